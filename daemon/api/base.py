@@ -1,0 +1,59 @@
+"""The request-handler contract, the registry of request types, and structured errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from daemon.server import Daemon
+
+__all__ = ["ApiError", "Request", "registry", "register"]
+
+
+class ApiError(Exception):
+    """An error for the client: a stable ``code``, a human ``message``, optional ``details``."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.details = code, message, details or {}
+
+
+class Request:
+    """One control request type. Subclasses set ``type`` and implement :meth:`execute`.
+
+    ``execute`` returns the reply result, or :data:`DEFERRED` when the reply is sent later (after
+    the store has committed what the request caused).
+    """
+
+    type: ClassVar[str]
+
+    def __init__(self, daemon: Daemon, body: dict[str, Any], reply_to: tuple[bytes, str]) -> None:
+        self.daemon = daemon
+        self.body = body
+        self.reply_to = reply_to
+
+    def arg(self, name: str, types: type | tuple[type, ...], default: Any = ..., *,
+            check: Callable[[Any], bool] | None = None, hint: str = "") -> Any:
+        value = self.body.get(name, default)
+        if value is ...:
+            raise ApiError("bad_request", f"missing field {name!r}")
+        if value is default and default is not ...:
+            return value
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            raise ApiError("bad_request", f"field {name!r} must be {hint or types}")
+        if not isinstance(value, types) or (check is not None and not check(value)):
+            raise ApiError("bad_request", f"field {name!r} must be {hint or types}")
+        return value
+
+    def execute(self) -> Any:
+        raise NotImplementedError
+
+
+DEFERRED = object()
+registry: dict[str, type[Request]] = {}
+
+
+def register(cls: type[Request]) -> type[Request]:
+    registry[cls.type] = cls
+    return cls

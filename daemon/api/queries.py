@@ -1,0 +1,54 @@
+"""Read requests: event history, daemon status, workflows, ping."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from daemon.api.base import Request, register
+from daemon.api.sessions import resolve_session
+from runner.workflows.registry import BUILTINS, describe, resolve
+from store.queries import MAX_PAGE
+
+
+@register
+class Ping(Request):
+    type = "ping"
+
+    def execute(self) -> Any:
+        return {"pid": os.getpid(), "version": self.daemon.version, "uptime": time.time() - self.daemon.started}
+
+
+@register
+class Events(Request):
+    type = "events.query"
+
+    def execute(self) -> Any:
+        row = resolve_session(self)
+        since = self.arg("since", int, 0, check=lambda n: n >= 0, hint="a seq >= 0")
+        limit = self.arg("limit", int, MAX_PAGE, check=lambda n: 0 < n <= MAX_PAGE, hint=f"1-{MAX_PAGE}")
+        kinds = self.arg("kinds", list, None)
+        evs = self.daemon.store.events(row["id"], since=since, limit=limit, kinds=kinds)
+        return {"session": row["id"], "events": evs, "status": row["status"],
+                "more": len(evs) == limit}
+
+
+@register
+class Status(Request):
+    type = "daemon.status"
+
+    def execute(self) -> Any:
+        d = self.daemon
+        return {"pid": os.getpid(), "home": str(d.layout.home), "db": d.cfg.db_url.split("@")[-1],
+                "running": sorted(d.supervisor.running), "counters": dict(d.counters),
+                "uptime": time.time() - d.started}
+
+
+@register
+class Workflows(Request):
+    type = "workflows.list"
+
+    def execute(self) -> Any:
+        return {"workflows": [{"name": name, "target": target, **describe(resolve(name))}
+                              for name, target in sorted(BUILTINS.items())]}

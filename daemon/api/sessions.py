@@ -1,0 +1,144 @@
+"""Session requests: start, list, get, stop, kill."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from daemon.api.base import DEFERRED, ApiError, Request, register
+from daemon.config import ConfigError, parse_duration, parse_percent, parse_size
+from daemon.monitor import Limits
+from ipc.events import TERMINAL_STATUSES
+
+__all__ = ["resolve_session"]
+
+
+def resolve_session(req: Request) -> dict[str, Any]:
+    """The session a request names by id, unique id prefix, or name."""
+    ref = req.arg("session", str, check=lambda s: 0 < len(s) <= 200, hint="a session id or name")
+    row = req.daemon.store.session(ref)
+    if row is not None:
+        return row
+    found = req.daemon.store.find_session(ref)
+    if not found:
+        raise ApiError("not_found", f"no session {ref!r}")
+    by_name = [r for r in found if r["name"] == ref]
+    if by_name:
+        return by_name[0]  # names may repeat: the newest one
+    if len(found) > 1:
+        raise ApiError("ambiguous", f"{ref!r} matches {len(found)} sessions; give more of the id",
+                       {"matches": [r["id"] for r in found]})
+    return found[0]
+
+
+def _limits(body: dict[str, Any]) -> Limits:
+    raw = body.get("limits") or {}
+    if not isinstance(raw, dict):
+        raise ApiError("bad_request", "field 'limits' must be an object")
+    unknown = set(raw) - {"memory", "cpu", "timeout"}
+    if unknown:
+        raise ApiError("bad_request", f"unknown limits {sorted(unknown)} (accepted: memory, cpu, timeout)")
+    try:
+        mem, cpu, tmo = raw.get("memory"), raw.get("cpu"), raw.get("timeout")
+        return Limits(
+            memory=parse_size(mem) if isinstance(mem, str) else _positive(mem, "memory"),
+            cpu=parse_percent(cpu) if isinstance(cpu, str) else _positive(cpu, "cpu"),
+            timeout=parse_duration(tmo) if isinstance(tmo, str) else _positive(tmo, "timeout"),
+        )
+    except ConfigError as exc:
+        raise ApiError("bad_limits", str(exc)) from None
+
+
+def _positive(value: Any, name: str) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ApiError("bad_limits", f"limit {name!r} must be a positive number or a string like 512M / 50% / 1h")
+    return value
+
+
+def live_view(req: Request, row: dict[str, Any]) -> dict[str, Any]:
+    """A session row plus live figures from the monitor (for sessions still running)."""
+    out = dict(row)
+    live = req.daemon.monitor.snapshot().get(row["id"])
+    out["live"] = live
+    seen = req.daemon.last_seen.get(row["id"])
+    out["last_seen"] = seen
+    return out
+
+
+@register
+class Start(Request):
+    type = "session.start"
+
+    def execute(self) -> Any:
+        workflow = self.arg("workflow", str, check=lambda s: 0 < len(s) <= 300, hint="a workflow name")
+        params = self.arg("params", dict, {})
+        name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
+        limits = _limits(self.body)
+        d = self.daemon
+        check = d.check_workflow(workflow, params)
+        if not check.get("ok"):
+            raise ApiError(check.get("code", "bad_params"), check.get("message", "invalid workflow"),
+                           check.get("details"))
+        sid = secrets.token_hex(6)
+        name = name or f"{workflow.rsplit(':', 1)[-1]}-{sid[:6]}"
+        workdir = d.layout.sessions_dir / sid / "work"
+        d.post_event(sid, "session.created", {"workflow": workflow, "name": name, "params": params,
+                                              "limits": limits.to_dict(), "workdir": str(workdir)},
+                     reply_to=self.reply_to)
+        spec = {"session_id": sid, "workflow": workflow, "params": params, "workdir": str(workdir),
+                "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env}
+        try:
+            d.supervisor.launch(sid, spec, limits)
+        except Exception as exc:  # noqa: BLE001 - reported as the session's end and to the client
+            d.post_event(sid, "session.ended", {"status": "failed", "reason": f"launch failed: {exc}",
+                                                "ended_by": "launch"})
+        return DEFERRED
+
+
+@register
+class ListSessions(Request):
+    type = "session.list"
+
+    def execute(self) -> Any:
+        status = self.arg("status", list, None)
+        limit = self.arg("limit", int, 200, check=lambda n: 0 < n <= 10_000, hint="1-10000")
+        rows = self.daemon.store.sessions(status=status, limit=limit)
+        return {"sessions": [live_view(self, r) for r in rows]}
+
+
+@register
+class GetSession(Request):
+    type = "session.get"
+
+    def execute(self) -> Any:
+        row = resolve_session(self)
+        out = live_view(self, row)
+        out["steps"] = self.daemon.store.steps(row["id"])
+        out["history"] = self.daemon.store.history(row["id"])
+        return {"session": out}
+
+
+@register
+class Stop(Request):
+    type = "session.stop"
+
+    def execute(self) -> Any:
+        row = resolve_session(self)
+        grace = self.arg("grace", (int, float), self.daemon.cfg.stop_grace, check=lambda g: 0 <= g <= 3600,
+                         hint="seconds between 0 and 3600")
+        if row["status"] in TERMINAL_STATUSES or not self.daemon.supervisor.stop(row["id"], "client", grace):
+            raise ApiError("not_running", f"session {row['id']} is not running (status {row['status']})")
+        return {"session": row["id"], "stopping": True, "grace": grace}
+
+
+@register
+class Kill(Request):
+    type = "session.kill"
+
+    def execute(self) -> Any:
+        row = resolve_session(self)
+        if row["status"] in TERMINAL_STATUSES or not self.daemon.supervisor.kill(row["id"], "client"):
+            raise ApiError("not_running", f"session {row['id']} is not running (status {row['status']})")
+        return {"session": row["id"], "killing": True}

@@ -1,0 +1,111 @@
+"""One typed configuration: defaults, then the config file, then the environment, then CLI flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ipc.paths import Layout, layout_for
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_size", "parse_duration", "parse_percent"]
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; the CLI turns it into a message and exit code 2."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Daemon settings."""
+
+    home: Path
+    db_url: str
+    log_format: str = "auto"  # auto | json | console
+    log_level: str = "info"
+    stop_grace: float = 5.0  # cooperative stop -> SIGTERM after this many seconds
+    term_grace: float = 5.0  # SIGTERM -> SIGKILL after this many seconds
+    sample_interval: float = 0.25  # psutil limit checks
+    record_interval: float = 2.0  # resource.sample events
+    max_message: int = 16 * 1024 * 1024
+    secret_env: list[str] = field(default_factory=list)  # extra env var names withheld from sessions
+    preload: list[str] = field(default_factory=list)  # extra modules the template imports
+
+    @property
+    def layout(self) -> Layout:
+        return layout_for(self.home)
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``1048576`` -> bytes."""
+    units = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
+             "G": 2**30, "GB": 2**30, "GIB": 2**30}
+    t = text.strip().upper()
+    num = t.rstrip("KMGIB")
+    unit = t[len(num):]
+    try:
+        value = float(num)
+    except ValueError:
+        raise ConfigError(f"bad size {text!r} (try 512M or 2G)") from None
+    if unit not in units or value <= 0:
+        raise ConfigError(f"bad size {text!r} (try 512M or 2G)")
+    return int(value * units[unit])
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``1h``, ``2d`` -> seconds."""
+    t = text.strip().lower()
+    mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(t[-1:], None)
+    num = t[:-1] if mult else t
+    try:
+        value = float(num) * (mult or 1)
+    except ValueError:
+        raise ConfigError(f"bad duration {text!r} (try 90s, 15m or 1h)") from None
+    if value <= 0:
+        raise ConfigError(f"bad duration {text!r}: must be positive")
+    return value
+
+
+def parse_percent(text: str) -> float:
+    """``50%`` or ``50`` -> 50.0 (percent of one core; 200 means two cores)."""
+    t = text.strip().rstrip("%")
+    try:
+        value = float(t)
+    except ValueError:
+        raise ConfigError(f"bad CPU limit {text!r} (try 50%)") from None
+    if not 0 < value <= 100 * (os.cpu_count() or 1):
+        raise ConfigError(f"bad CPU limit {text!r}: must be between 0 and {100 * (os.cpu_count() or 1)}%")
+    return value
+
+
+_ENV = {"LABD_DB": "db_url", "LABD_LOG_FORMAT": "log_format", "LABD_LOG_LEVEL": "log_level"}
+
+
+def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
+    """Build the config: defaults -> ``<home>/config.toml`` [daemon] table -> environment -> overrides."""
+    layout = layout_for(home)
+    values: dict[str, Any] = {"home": layout.home, "db_url": layout.default_db_url}
+    known = {f.name for f in fields(Config)}
+    if layout.config_file.exists():
+        try:
+            data = tomllib.loads(layout.config_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {layout.config_file}: {exc}") from None
+        section = data.get("daemon", {})
+        unknown = set(section) - known
+        if unknown:
+            raise ConfigError(f"{layout.config_file}: unknown [daemon] settings {sorted(unknown)}")
+        values.update(section)
+    for env, key in _ENV.items():
+        if os.environ.get(env):
+            values[key] = os.environ[env]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        cfg = Config(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.log_format not in ("auto", "json", "console"):
+        raise ConfigError(f"log_format must be auto, json or console, not {cfg.log_format!r}")
+    return replace(cfg, home=Path(cfg.home))

@@ -1,0 +1,211 @@
+"""The launcher seam: how the supervisor starts, signals, polls and kills runner processes.
+
+:class:`Launcher` is the whole interface the supervisor uses; a later launcher (a Ray actor per
+session, a container) implements the same methods without touching the rest of the daemon. The
+launcher never calls back into the supervisor: exits are *reported* by :meth:`Launcher.drain_exits`,
+which the supervisor polls.
+
+:class:`TemplateLauncher` forks runners from a warm template process (``runner.template``); a fork
+from a parent that already imported the runner stack takes ~2 ms instead of ~0.8 s for a cold start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import psutil
+
+__all__ = ["Launcher", "TemplateLauncher", "ExitInfo", "LaunchError", "signal_group", "is_same_process"]
+
+
+class LaunchError(Exception):
+    """The runner could not be started."""
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How a runner process ended (``exit_code`` is None when it was killed by ``signal``)."""
+
+    pid: int
+    exit_code: int | None
+    signal: int | None
+
+
+def signal_group(pid: int, sig: int) -> bool:
+    """Send ``sig`` to the runner's process group; False if it no longer exists ("no such process")."""
+    try:
+        os.killpg(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # the pgid was reused by someone else's process: not ours to signal
+        return False
+
+
+class Launcher(Protocol):
+    """What the supervisor needs from a way of running runners."""
+
+    def start(self) -> None:
+        """Called once by the daemon at start-up, before any launch."""
+
+    def fileno(self) -> int | None:
+        """A file descriptor the daemon's main loop polls; when readable, call :meth:`drain_exits`."""
+
+    def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
+        """Start a runner for ``spec``; return ``(pid, process create time)``. Called by the supervisor."""
+
+    def inspect(self, workflow: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Resolve a workflow and check params in isolation; ``{"ok": bool, ...}``. Called by request handlers."""
+
+    def drain_exits(self) -> list[ExitInfo]:
+        """Exits observed since the last call (only for runners this launcher started)."""
+
+    def signal(self, pid: int, sig: int) -> bool:
+        """Signal the runner's whole process group; False if it is gone."""
+
+    def shutdown(self) -> None:
+        """Release launcher resources; runners keep running. Called once at daemon exit."""
+
+
+class TemplateLauncher:
+    """Forks runners from a warm ``runner.template`` process over a JSON-lines pipe."""
+
+    def __init__(self, env: dict[str, str] | None = None, preload: list[str] | None = None,
+                 timeout: float = 30.0) -> None:
+        self._env = dict(os.environ if env is None else env)
+        if preload:
+            self._env["LABD_PRELOAD"] = ",".join(preload)
+        self._timeout = timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._buf = b""
+        self._exits: list[ExitInfo] = []
+        self._replies: list[dict[str, Any]] = []
+        self._req = 0
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "runner.template"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env=self._env, start_new_session=True, close_fds=True,
+        )
+        assert self._proc.stdout is not None  # noqa: S101 - Popen contract with stdout=PIPE
+        os.set_blocking(self._proc.stdout.fileno(), False)
+        ready = self._wait_for(lambda m: m.get("op") == "ready")
+        if ready is None:
+            raise LaunchError("runner template did not start (see the daemon log for its error)")
+
+    @property
+    def template_pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def fileno(self) -> int | None:
+        return self._proc.stdout.fileno() if self._proc and self._proc.stdout else None
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            self._restart()
+        assert self._proc is not None and self._proc.stdin is not None  # noqa: S101
+        self._proc.stdin.write(json.dumps(msg).encode() + b"\n")
+        self._proc.stdin.flush()
+
+    def _restart(self) -> None:
+        # The template died (killed by an admin, OOM): start a fresh one; running sessions are unaffected.
+        self.start()
+
+    def _read_available(self) -> None:
+        """Read all the template has written; exits go to the exit queue, replies to the reply list."""
+        assert self._proc is not None and self._proc.stdout is not None  # noqa: S101
+        while True:
+            try:
+                chunk = os.read(self._proc.stdout.fileno(), 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self._buf += chunk
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            msg = json.loads(line)
+            if msg.get("op") == "exited":
+                self._exits.append(ExitInfo(msg["pid"], msg["exit_code"], msg["signal"]))
+            else:
+                self._replies.append(msg)
+
+    def _wait_for(self, pred: Any) -> dict[str, Any] | None:
+        import select
+
+        assert self._proc is not None and self._proc.stdout is not None  # noqa: S101
+        deadline = time.monotonic() + self._timeout
+        fd = self._proc.stdout.fileno()
+        while True:
+            self._read_available()
+            for i, msg in enumerate(self._replies):
+                if pred(msg):
+                    del self._replies[i]
+                    return msg
+            if self._proc.poll() is not None or time.monotonic() >= deadline:
+                return None
+            select.select([fd], [], [], max(0.0, min(0.5, deadline - time.monotonic())))
+
+    def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
+        self._req += 1
+        req = self._req
+        self._send({"op": "spawn", "req": req, "spec": spec})
+        reply = self._wait_for(lambda m: m.get("op") == "spawned" and m.get("req") == req)
+        if reply is None:
+            raise LaunchError("runner template did not answer the spawn request")
+        pid = int(reply["pid"])
+        try:
+            create_time = psutil.Process(pid).create_time()
+        except psutil.NoSuchProcess:
+            create_time = time.time()  # it already exited; its exit is in the queue
+        return pid, create_time
+
+    def inspect(self, workflow: str, params: dict[str, Any]) -> dict[str, Any]:
+        self._req += 1
+        req = self._req
+        self._send({"op": "inspect", "req": req, "workflow": workflow, "params": params})
+        reply = self._wait_for(lambda m: m.get("op") == "inspected" and m.get("req") == req)
+        if reply is None:
+            return {"ok": False, "code": "launch_failed", "message": "runner template did not answer"}
+        return reply
+
+    def drain_exits(self) -> list[ExitInfo]:
+        if self._proc is not None:
+            self._read_available()
+        exits, self._exits = self._exits, []
+        return exits
+
+    def signal(self, pid: int, sig: int) -> bool:
+        return signal_group(pid, sig)
+
+    def shutdown(self) -> None:
+        if self._proc is None:
+            return
+        if self._proc.stdin:
+            self._proc.stdin.close()  # end of input: the template exits, runners carry on
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc.stdout:
+            self._proc.stdout.close()
+        self._proc = None
+
+
+def is_same_process(pid: int, create_time: float | None) -> bool:
+    """True if ``pid`` is alive, not a zombie, and is the process started at ``create_time``."""
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return create_time is None or abs(p.create_time() - create_time) < 0.05
+    except psutil.NoSuchProcess:
+        return False
+

@@ -1,0 +1,282 @@
+"""The daemon: wires store, ingest, monitor, launcher and supervisor together and runs the main loop.
+
+Threads: the main thread serves control requests and supervises runners; ``labd-ingest`` is the only
+store writer; ``labd-monitor`` samples and enforces limits. Signal handlers only record; the main
+loop acts on them. Stopping the daemon never stops sessions: runners carry on and a restarted daemon
+adopts them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+import zmq
+
+from daemon.api import ApiError, registry
+from daemon.api.base import DEFERRED
+from daemon.config import Config
+from daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
+from daemon.launcher import TemplateLauncher
+from daemon.monitor import Monitor
+from daemon.supervisor import Supervisor
+from ipc.connection import ConnectionInfo, write_connection_file
+from ipc.wire import Codec, WireError
+from runner.workflows.registry import WorkflowError, bind_params, is_builtin, resolve
+from store.db import migrate, open_engine
+from store.queries import Store
+from store.writer import BatchWriter
+
+__all__ = ["Daemon", "AlreadyRunning"]
+
+VERSION = "0.1.0"
+
+
+class AlreadyRunning(Exception):
+    """Another daemon holds this home's lock."""
+
+
+def _key_for(home: Path) -> str:
+    """The signing key, kept in ``<home>/daemon.key`` (0600) so runners survive daemon restarts."""
+    path = home / "daemon.key"
+    try:
+        key = path.read_text().strip()
+        bytes.fromhex(key)
+        if len(key) >= 32:
+            return key
+    except (OSError, ValueError):
+        pass
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return key
+
+
+class Daemon:
+    """One labd daemon bound to one home."""
+
+    version = VERSION
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.layout = cfg.layout
+        self.log = structlog.get_logger("labd.daemon")
+        self.counters: dict[str, int] = {}
+        self.last_seen: dict[str, float] = {}
+        self.started = time.time()
+        self._signals: list[int] = []
+        self._lock_fd: int | None = None
+
+    # ---- helpers used by request handlers ---------------------------------------------------------
+    def post_event(self, sid: str, kind: str, payload: dict[str, Any], node_id: str | None = None,
+                   reply_to: tuple[bytes, str] | None = None) -> None:
+        """Hand a daemon-side event to ingest (persisted, then published, like every event)."""
+        self._to_ingest.send_pyobj(("event", sid, kind, payload, node_id, reply_to))
+
+    def send_runner(self, sid: str, type_: str, body: dict[str, Any]) -> None:
+        self._to_ingest.send_pyobj(("send", sid, type_, body))
+
+    def check_workflow(self, workflow: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Resolve a workflow and bind its params without starting anything.
+
+        Built-ins are our own side-effect-free code and are checked here; user workflows are imported
+        only in a throwaway child of the template, never in the daemon.
+        """
+        if is_builtin(workflow):
+            try:
+                bind_params(resolve(workflow), params)
+                return {"ok": True}
+            except WorkflowError as exc:
+                return {"ok": False, "code": exc.code, "message": exc.message, "details": exc.details}
+        if ":" not in workflow:
+            try:
+                resolve(workflow)
+            except WorkflowError as exc:
+                return {"ok": False, "code": exc.code, "message": exc.message}
+        return self.launcher.inspect(workflow, params)
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    def _acquire_lock(self) -> None:
+        self.layout.ensure()
+        fd = os.open(self.layout.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            other = self.layout.lock_file.read_text().strip() or "?"
+            raise AlreadyRunning(f"another labd daemon (pid {other}) is already serving home "
+                                 f"{self.layout.home}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def serve(self) -> None:
+        """Run until SIGTERM/SIGINT (or :meth:`request_stop`)."""
+        self._acquire_lock()
+        try:
+            self._serve()
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+
+    def _serve(self) -> None:
+        cfg, layout = self.cfg, self.layout
+        engine = open_engine(cfg.db_url)
+        migrate(engine)
+        self.store = Store(engine)
+        key = _key_for(layout.home)
+        self.info = ConnectionInfo(control=layout.endpoint("control"), events=layout.endpoint("events"),
+                                   runners=layout.endpoint("runners"), key=key, pid=os.getpid(),
+                                   home=str(layout.home))
+        z = zmq.Context()
+        notes = z.socket(zmq.PULL)
+        notes.bind(INGEST_NOTIFY)
+        ingest = Ingest(z, BatchWriter(engine), bytes.fromhex(key), self.info.runners, self.info.events,
+                        self.counters, self.last_seen, cfg.max_message)
+        ingest.start()
+        ingest.ready.wait(10)
+        self._to_ingest = z.socket(zmq.PUSH)
+        self._to_ingest.connect(INGEST_IN)
+        self.monitor = Monitor(z, cfg.sample_interval, cfg.record_interval)
+        self.monitor.start()
+        self.launcher = TemplateLauncher(preload=cfg.preload)
+        self.launcher.start()
+        self.supervisor = Supervisor(self.launcher, self.monitor, self.post_event, self.send_runner,
+                                     cfg.term_grace)
+        for row in self.store.live_sessions():
+            self.supervisor.adopt(row)
+        control = z.socket(zmq.ROUTER)
+        control.setsockopt(zmq.LINGER, 0)
+        control.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.max_message)
+        control.bind(self.info.control)
+        self.codec = Codec(bytes.fromhex(key), max_message=cfg.max_message)
+        write_connection_file(layout, os.getpid(), key=key)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.log.info("labd serving", home=str(layout.home), pid=os.getpid(), control=self.info.control,
+                      template_pid=self.launcher.template_pid, adopted=sorted(self.supervisor.running))
+        poller = zmq.Poller()
+        poller.register(control, zmq.POLLIN)
+        poller.register(notes, zmq.POLLIN)
+        poller.register(wake_r, zmq.POLLIN)
+        tfd = self.launcher.fileno()
+        if tfd is not None:
+            poller.register(tfd, zmq.POLLIN)
+        try:
+            while not self._signals:
+                ready = dict(poller.poll(100))
+                if control in ready:
+                    self._drain_control(control)
+                if notes in ready:
+                    self._drain_notes(notes, control)
+                if wake_r in ready:
+                    try:
+                        os.read(wake_r, 1024)
+                    except BlockingIOError:
+                        pass
+                for info in self.launcher.drain_exits():
+                    self.supervisor.on_exit(info)
+                self.supervisor.tick()
+                if ingest.failed is not None:
+                    self.log.error("ingest thread failed; stopping the daemon", error=repr(ingest.failed))
+                    break
+            if self._signals:
+                self.log.info("signal received; stopping daemon (sessions keep running)",
+                              signal=signal.Signals(self._signals[0]).name)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for s, h in old.items():
+                signal.signal(s, h)
+            try:
+                layout.connection_file.unlink()
+            except FileNotFoundError:
+                pass
+            self.monitor.stop()
+            self.monitor.join(5)
+            self._to_ingest.send_pyobj(("stop",))
+            ingest.join(10)
+            self.launcher.shutdown()
+            for s in (control, notes, self._to_ingest):
+                s.close(0)
+            z.term()
+            engine.dispose()
+            os.close(wake_r)
+            os.close(wake_w)
+            self.log.info("labd stopped")
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        # Record only; the main loop acts. A second Ctrl-C while stopping forces exit.
+        if self._signals and signum == signal.SIGINT:
+            os._exit(130)
+        self._signals.append(signum)
+
+    # ---- control requests -------------------------------------------------------------------------
+    def _drain_control(self, control: zmq.Socket) -> None:
+        for _ in range(100):
+            try:
+                frames = control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(control, frames)
+
+    def _reply(self, control: zmq.Socket, identity: bytes, req_id: str, result: Any = None,
+               error: ApiError | None = None) -> None:
+        if error is not None:
+            body = {"ok": False, "error": {"code": error.code, "message": error.message, "details": error.details}}
+        else:
+            body = {"ok": True, "result": result}
+        control.send_multipart([identity, *self.codec.pack("reply", body, re=req_id)])
+
+    def _handle(self, control: zmq.Socket, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self.counters["dropped.control.malformed"] = self.counters.get("dropped.control.malformed", 0) + 1
+            return
+        identity = frames[0]
+        try:
+            msg = self.codec.unpack(frames[1:])
+        except WireError as exc:
+            name = f"dropped.control.{exc.reason}"
+            self.counters[name] = self.counters.get(name, 0) + 1
+            self.log.warning("control frame dropped", reason=exc.reason, error=str(exc))
+            return
+        handler = registry.get(msg.type)
+        try:
+            if handler is None:
+                raise ApiError("unknown_request", f"unknown request type {msg.type!r}",
+                               {"known": sorted(registry)})
+            result = handler(self, msg.body, (identity, msg.id)).execute()
+        except ApiError as exc:
+            self._reply(control, identity, msg.id, error=exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - never a traceback on the wire; the log has it
+            self.log.exception("request failed", type=msg.type)
+            self._reply(control, identity, msg.id, error=ApiError("internal", f"internal error: {exc}"))
+            return
+        if result is not DEFERRED:
+            self._reply(control, identity, msg.id, result)
+
+    def _drain_notes(self, notes: zmq.Socket, control: zmq.Socket) -> None:
+        while True:
+            try:
+                note = notes.recv_pyobj(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if note[0] == "committed":
+                _, (identity, req_id), sid, _seq, payload = note
+                run = self.supervisor.running.get(sid)
+                self._reply(control, identity, req_id, {"session": sid, "name": payload.get("name"),
+                                                        "pid": run.pid if run else None})
+            elif note[0] == "ingest_failed":
+                self.log.error("ingest failed", error=note[1])
+            else:
+                self.supervisor.on_note(note)

@@ -1,0 +1,151 @@
+"""The supervisor: which runners are alive, how each one is started, stopped, adopted and ended.
+
+Runs on the daemon's main thread. Every stop goes down one ladder, each rung with a deadline:
+ask the runner over IPC (cooperative, at a step boundary) -> SIGTERM to its process group -> SIGKILL.
+The rung that ended the session is recorded in ``session.ended`` as ``ended_by``.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from daemon.launcher import ExitInfo, Launcher, is_same_process
+from daemon.monitor import Limits, Monitor
+
+__all__ = ["Supervisor", "Running"]
+
+PostEvent = Callable[..., None]
+VANISH_CONFIRM_S = 1.0
+
+
+@dataclass
+class Running:
+    """A runner the supervisor is responsible for."""
+
+    sid: str
+    pid: int
+    create_time: float
+    limits: Limits
+    started: float
+    adopted: bool = False
+    step: str | None = None  # last ladder rung taken: cooperative | sigterm | sigkill
+    deadline: float = 0.0  # when to take the next rung
+    grace: float = 0.0
+    vanished_at: float = 0.0
+
+
+class Supervisor:
+    """Owns the table of running sessions; all methods run on the main thread."""
+
+    def __init__(self, launcher: Launcher, monitor: Monitor, post_event: PostEvent,
+                 send_runner: Callable[[str, str, dict[str, Any]], None], term_grace: float) -> None:
+        self.launcher = launcher
+        self.monitor = monitor
+        self.post = post_event
+        self.send_runner = send_runner
+        self.term_grace = term_grace
+        self.running: dict[str, Running] = {}
+        self.log = structlog.get_logger("labd.supervisor")
+
+    def launch(self, sid: str, spec: dict[str, Any], limits: Limits) -> Running:
+        pid, create_time = self.launcher.launch(spec)
+        run = Running(sid, pid, create_time, limits, time.time())
+        self.running[sid] = run
+        self.post(sid, "session.launched", {"pid": pid, "create_time": create_time, "launcher": "template"})
+        self.monitor.watch(sid, pid, limits, run.started)
+        self.log.info("session launched", session_id=sid, pid=pid)
+        return run
+
+    def adopt(self, row: dict[str, Any]) -> bool:
+        """Take over a runner that outlived a previous daemon; False (and the session is lost) if it is gone."""
+        sid, pid, ctime = row["id"], row["pid"], row["pid_create_time"]
+        if pid and is_same_process(pid, ctime):
+            lim = row["limits"]
+            limits = Limits(memory=lim.get("memory"), cpu=lim.get("cpu"), timeout=lim.get("timeout"))
+            started = row["started_at"] or row["created_at"]
+            self.running[sid] = Running(sid, pid, ctime, limits, started, adopted=True)
+            self.monitor.watch(sid, pid, limits, started)
+            self.post(sid, "session.adopted", {"pid": pid})
+            self.log.info("runner adopted", session_id=sid, pid=pid)
+            return True
+        why = ("the runner was never started" if not pid else
+               f"runner pid {pid} vanished while no daemon was watching it")
+        self.post(sid, "session.ended", {"status": "lost", "reason": why, "ended_by": "vanished"})
+        self.log.warning("session lost", session_id=sid, reason=why)
+        return False
+
+    def stop(self, sid: str, by: str, grace: float, reason: str = "stop requested") -> bool:
+        """Begin the shutdown ladder: ask politely, SIGTERM after ``grace``, SIGKILL after term_grace."""
+        run = self.running.get(sid)
+        if run is None:
+            return False
+        if run.step is None:
+            run.step, run.grace = "cooperative", grace
+            run.deadline = time.monotonic() + grace
+            self.post(sid, "session.stopping", {"by": by, "reason": reason, "step": "cooperative"})
+            self.send_runner(sid, "cancel", {"reason": reason})
+        return True
+
+    def kill(self, sid: str, by: str) -> bool:
+        run = self.running.get(sid)
+        if run is None:
+            return False
+        self.post(sid, "session.stopping", {"by": by, "reason": "kill requested", "step": "sigkill"})
+        self._rung(run, "sigkill")
+        return True
+
+    def _rung(self, run: Running, step: str) -> None:
+        run.step = step
+        sig = signal.SIGTERM if step == "sigterm" else signal.SIGKILL
+        self.launcher.signal(run.pid, signal.SIGCONT)  # a throttled (stopped) group must see the signal
+        self.launcher.signal(run.pid, sig)
+        run.deadline = time.monotonic() + self.term_grace
+        self.log.info("stop ladder", session_id=run.sid, step=step)
+
+    def on_note(self, note: tuple[Any, ...]) -> None:
+        """Notes from the monitor: a limit kill, a timeout, a vanished process."""
+        kind, sid = note[0], note[1]
+        run = self.running.get(sid)
+        if run is None:
+            return
+        if kind == "killed":
+            run.step = "sigkill"
+        elif kind == "timeout":
+            self.stop(sid, "limit", grace=min(5.0, run.grace or 5.0), reason="wall-time limit exceeded")
+        elif kind == "vanished" and not run.vanished_at:
+            run.vanished_at = time.monotonic()
+
+    def on_exit(self, info: ExitInfo) -> None:
+        sid = next((s for s, r in self.running.items() if r.pid == info.pid), None)
+        if sid is None:
+            return
+        run = self.running.pop(sid)
+        self.monitor.unwatch(sid)
+        payload: dict[str, Any] = {"ended_by": run.step or "exit"}
+        if info.exit_code is not None:
+            payload["exit_code"] = info.exit_code
+        if info.signal is not None:
+            payload["signal"] = info.signal
+        self.post(sid, "session.ended", payload)
+        self.log.info("session ended", session_id=sid, **payload)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for run in list(self.running.values()):
+            if run.vanished_at and (run.adopted or now - run.vanished_at > VANISH_CONFIRM_S):
+                # no exit status can be had for a process that is not our child (or whose reaper died)
+                self.running.pop(run.sid)
+                self.monitor.unwatch(run.sid)
+                self.post(run.sid, "session.ended", {"ended_by": run.step or "vanished"})
+                continue
+            if run.step and now >= run.deadline:
+                if run.step == "cooperative":
+                    self._rung(run, "sigterm")
+                elif run.step == "sigterm":
+                    self._rung(run, "sigkill")

@@ -1,0 +1,215 @@
+"""The Python client SDK: what the ``labd`` CLI uses, and what a GUI or script can use too.
+
+    from ipc import Client
+    with Client(home) as c:
+        sid = c.start("demo.count", params={"n": 5})
+        for ev in c.follow(sid):          # history from the store, then the live tail; no gap, no dup
+            print(ev["seq"], ev["kind"], ev["payload"])
+
+A :class:`Client` is synchronous and not thread-safe: use one per thread.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import zmq
+
+from ipc.connection import ConnectionFileError, ConnectionInfo, read_connection_file
+from ipc.paths import layout_for
+from ipc.wire import Codec, WireError
+
+__all__ = ["Client", "LabdError", "event_from_wire"]
+
+WIRE_FIELDS = ("seq", "ts", "kind", "src", "node_id", "parent", "payload")
+
+
+class LabdError(Exception):
+    """A structured error from the daemon (or from reaching it): ``code``, ``message``, ``details``."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.details = code, message, details or {}
+
+
+def event_from_wire(item: list[Any]) -> dict[str, Any]:
+    """Turn a published compact event ``[seq, ts, kind, src, node_id, parent, payload]`` into a dict."""
+    ev = dict(zip(WIRE_FIELDS, item, strict=True))
+    ev["src"] = "runner" if ev["src"] == "r" else "daemon"
+    return ev
+
+
+class Client:
+    """A connection to the daemon serving ``home`` (default: ``$LABD_HOME`` or the XDG data dir)."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None, *, timeout: float = 15.0) -> None:
+        self.layout = layout_for(home)
+        self.timeout = timeout
+        try:
+            self.info: ConnectionInfo = read_connection_file(self.layout)
+        except ConnectionFileError as exc:
+            raise LabdError("no_daemon", str(exc)) from None
+        self._codec = Codec(self.info.key_bytes)
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(self.info.control)
+
+    def close(self) -> None:
+        self._sock.close(0)
+        self._ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ---- raw requests -----------------------------------------------------------------------------
+    def request(self, type_: str, **body: Any) -> Any:
+        """Send one request and return its result; raise :class:`LabdError` on an error reply or timeout."""
+        frames = self._codec.pack(type_, body)
+        self._sock.send_multipart(frames)
+        sent_id = _id_of(frames[1])
+        deadline = time.monotonic() + self.timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._sock.poll(int(left * 1000)):
+                raise LabdError("timeout", f"no reply from the daemon within {self.timeout:g}s "
+                                f"(is it running? home {self.layout.home})")
+            try:
+                msg = self._codec.unpack(self._sock.recv_multipart())
+            except WireError:
+                continue
+            if msg.re != sent_id:
+                continue  # a late reply to an earlier request that timed out
+            if msg.body.get("ok"):
+                return msg.body.get("result")
+            err = msg.body.get("error") or {}
+            raise LabdError(err.get("code", "error"), err.get("message", "unknown error"), err.get("details"))
+
+    # ---- convenience ------------------------------------------------------------------------------
+    def ping(self) -> dict[str, Any]:
+        return self.request("ping")  # type: ignore[no-any-return]
+
+    def status(self) -> dict[str, Any]:
+        return self.request("daemon.status")  # type: ignore[no-any-return]
+
+    def workflows(self) -> list[dict[str, Any]]:
+        return self.request("workflows.list")["workflows"]  # type: ignore[no-any-return]
+
+    def start(self, workflow: str, *, name: str | None = None, params: dict[str, Any] | None = None,
+              memory: str | int | None = None, cpu: str | float | None = None,
+              timeout: str | float | None = None) -> str:
+        """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``)."""
+        limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout}.items() if v is not None}
+        body: dict[str, Any] = {"workflow": workflow, "params": params or {}, "limits": limits}
+        if name:
+            body["name"] = name
+        return self.request("session.start", **body)["session"]  # type: ignore[no-any-return]
+
+    def sessions(self, status: list[str] | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"limit": limit}
+        if status:
+            body["status"] = status
+        return self.request("session.list", **body)["sessions"]  # type: ignore[no-any-return]
+
+    def session(self, ref: str) -> dict[str, Any]:
+        return self.request("session.get", session=ref)["session"]  # type: ignore[no-any-return]
+
+    def stop(self, ref: str, grace: float | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"session": ref}
+        if grace is not None:
+            body["grace"] = grace
+        return self.request("session.stop", **body)  # type: ignore[no-any-return]
+
+    def kill(self, ref: str) -> dict[str, Any]:
+        return self.request("session.kill", session=ref)  # type: ignore[no-any-return]
+
+    def events(self, ref: str, since: int = 0, limit: int = 5000, kinds: list[str] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"session": ref, "since": since, "limit": limit}
+        if kinds:
+            body["kinds"] = kinds
+        return self.request("events.query", **body)  # type: ignore[no-any-return]
+
+    def history(self, ref: str, since: int = 0, kinds: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Every stored event after ``since``, page by page."""
+        while True:
+            page = self.events(ref, since=since, kinds=kinds)
+            yield from page["events"]
+            if not page["more"]:
+                return
+            since = page["events"][-1]["seq"]
+
+    def wait(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
+        """Follow a session until it ends; return its final row."""
+        for _ in self.follow(ref, timeout=timeout):
+            pass
+        return self.session(ref)
+
+    def follow(self, ref: str, since: int = 0, *, until_end: bool = True,
+               timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Events after ``since``: history from the store, then the live tail, each ``seq`` exactly once.
+
+        Subscribes first, then reads history, then the live stream; a live event beyond the next
+        expected ``seq`` (the live tail may drop under bursts) is filled in from the store. Stops after
+        ``session.ended`` when ``until_end``; raises :class:`LabdError` ``timeout`` after ``timeout`` s.
+        """
+        sid = self.session(ref)["id"]
+        sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 100_000)
+        sub.setsockopt(zmq.SUBSCRIBE, f"session.{sid}".encode())
+        sub.connect(self.info.events)
+        codec = Codec(self.info.key_bytes)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = since
+        ended = False
+        try:
+            def from_store(upto: int | None) -> Iterator[dict[str, Any]]:
+                nonlocal last, ended
+                for ev in self.history(sid, since=last):
+                    if upto is not None and ev["seq"] > upto:
+                        return
+                    last = ev["seq"]
+                    ended = ended or ev["kind"] == "session.ended"
+                    yield ev
+
+            yield from from_store(None)
+            idle_checks = 0.0
+            while not (ended and until_end):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise LabdError("timeout", f"session {sid} did not end within {timeout:g}s")
+                if not sub.poll(250):
+                    idle_checks += 0.25
+                    if idle_checks >= 1.0:  # quiet for a while: make sure nothing was dropped live
+                        idle_checks = 0.0
+                        yield from from_store(None)
+                    continue
+                frames = sub.recv_multipart()
+                try:
+                    msg = codec.unpack(frames[1:])
+                except WireError:
+                    continue
+                for item in msg.body.get("events", []):
+                    ev = event_from_wire(item)
+                    if ev["seq"] <= last:
+                        continue
+                    if ev["seq"] > last + 1:
+                        yield from from_store(ev["seq"] - 1)
+                    if ev["seq"] != last + 1:
+                        continue
+                    last = ev["seq"]
+                    ended = ended or ev["kind"] == "session.ended"
+                    yield ev
+        finally:
+            sub.close(0)
+
+
+def _id_of(raw: bytes) -> str:
+    import orjson
+
+    return str(orjson.loads(raw)["id"])

@@ -1,0 +1,128 @@
+"""The message envelope: how every frame on every labd socket is encoded, signed and checked.
+
+On the wire a message is two frames, ``[signature, body]`` (a ROUTER socket prepends the peer's
+routing id; the event PUB socket prepends a topic). ``body`` is one JSON object::
+
+    {"v": 1, "id": "<unique id>", "ts": <unix seconds>, "type": "<message type>",
+     "re": "<id of the request this answers>" (replies only), "body": {...}}
+
+See docs/protocol.md for every message type.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ipc.signing import ReplayError, ReplayGuard, SignatureError, Signer
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "DEFAULT_MAX_MESSAGE",
+    "Message",
+    "WireError",
+    "MalformedFrame",
+    "OversizedFrame",
+    "Codec",
+]
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
+
+
+class WireError(Exception):
+    """A frame that must be dropped; ``reason`` is a stable short label for counters."""
+
+    reason = "malformed"
+
+
+class MalformedFrame(WireError):
+    reason = "malformed"
+
+
+class OversizedFrame(WireError):
+    reason = "oversized"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A verified, decoded message."""
+
+    type: str
+    body: dict[str, Any]
+    id: str
+    ts: float
+    re: str | None = None
+
+
+class Codec:
+    """Packs and unpacks signed messages with one key; one instance per socket owner (not thread-safe)."""
+
+    def __init__(self, key: bytes, *, max_message: int = DEFAULT_MAX_MESSAGE, replay_window: float = 300.0):
+        self.signer = Signer(key)
+        self.guard = ReplayGuard(window=replay_window)
+        self.max_message = max_message
+        # Cheap unique ids: a random per-process prefix plus a counter (no uuid4 per message).
+        self._prefix = os.urandom(6).hex()
+        self._counter = itertools.count()
+
+    def new_id(self) -> str:
+        return f"{self._prefix}{next(self._counter):x}"
+
+    def pack(self, type_: str, body: dict[str, Any], *, re: str | None = None) -> list[bytes]:
+        """Return ``[signature, body]`` frames for a new message."""
+        env: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": self.new_id(), "ts": time.time(), "type": type_}
+        if re is not None:
+            env["re"] = re
+        env["body"] = body
+        raw = orjson.dumps(env, default=_json_fallback, option=orjson.OPT_NON_STR_KEYS)
+        return [self.signer.sign(raw), raw]
+
+    def unpack(self, frames: list[bytes]) -> Message:
+        """Verify and decode ``[signature, body]``; raise a :class:`WireError` subclass to drop it."""
+        if len(frames) != 2:
+            raise MalformedFrame(f"expected 2 frames, got {len(frames)}")
+        sig, raw = frames
+        if len(raw) > self.max_message:
+            raise OversizedFrame(f"message of {len(raw)} bytes exceeds {self.max_message}")
+        try:
+            self.signer.verify(sig, raw)
+        except SignatureError as exc:
+            raise _Dropped("bad_signature", str(exc)) from None
+        try:
+            env = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedFrame(f"body is not JSON: {exc}") from None
+        if not isinstance(env, dict):
+            raise MalformedFrame("body is not a JSON object")
+        msg_id, ts, type_, body = env.get("id"), env.get("ts"), env.get("type"), env.get("body")
+        if env.get("v") != PROTOCOL_VERSION:
+            raise MalformedFrame(f"unsupported protocol version {env.get('v')!r}")
+        if not isinstance(msg_id, str) or not isinstance(type_, str) or not isinstance(body, dict):
+            raise MalformedFrame("envelope needs string 'id', string 'type' and object 'body'")
+        if not isinstance(ts, int | float) or isinstance(ts, bool):
+            raise MalformedFrame("envelope needs numeric 'ts'")
+        try:
+            self.guard.check(msg_id, float(ts))
+        except ReplayError as exc:
+            raise _Dropped("replayed", str(exc)) from None
+        re = env.get("re")
+        return Message(type=type_, body=body, id=msg_id, ts=float(ts), re=re if isinstance(re, str) else None)
+
+
+def _json_fallback(obj: Any) -> Any:
+    """Workflow payloads may hold anything; what JSON cannot carry travels as its repr."""
+    if isinstance(obj, set | frozenset):
+        return list(obj)
+    return repr(obj)
+
+
+class _Dropped(WireError):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

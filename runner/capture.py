@@ -1,0 +1,98 @@
+"""Capture of the runner's stdout and stderr at the file-descriptor level.
+
+File descriptors 1 and 2 are replaced by pipes, so ``print``, writes from C extensions and the output
+of child processes (which inherit fds 1 and 2) all arrive here. A reader thread per stream turns the
+bytes into ``output`` events: chunks that end on a line boundary (at most 64 KiB), or a partial line
+once it has waited 100 ms, so a progress bar still shows up live.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+import select
+import sys
+import threading
+from collections.abc import Callable
+
+__all__ = ["OutputCapture"]
+
+CHUNK = 64 * 1024
+PARTIAL_FLUSH_S = 0.1
+
+Emit = Callable[[str, str], None]  # (stream, text)
+
+
+class OutputCapture:
+    """Redirects fds 1 and 2 into pipes read by background threads."""
+
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+
+    def install(self) -> None:
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            r, w = os.pipe()
+            os.dup2(w, fd)
+            os.close(w)
+            t = threading.Thread(target=self._read, args=(r, name), name=f"labd-{name}", daemon=True)
+            self._threads.append(t)
+        # Fresh Python-level streams over the new fds, line-buffered so prints appear promptly.
+        sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8",
+                                      errors="backslashreplace", line_buffering=True)
+        sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)), encoding="utf-8",
+                                      errors="backslashreplace", line_buffering=True)
+        for t in self._threads:
+            t.start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Flush Python streams, close our write ends, and let the readers drain (bounded wait).
+
+        A child process that still holds fd 1 or 2 open would keep the pipe open forever, so the
+        readers stop after ``timeout`` even without end-of-file.
+        """
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        for t in self._threads:
+            t.join(timeout)
+        self._stop.set()
+        for t in self._threads:
+            t.join(0.5)
+
+    def _read(self, fd: int, stream: str) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
+        pending = ""
+        emit = self._emit
+        while not self._stop.is_set():
+            ready, _, _ = select.select([fd], [], [], PARTIAL_FLUSH_S)
+            if not ready:
+                if pending:
+                    emit(stream, pending)
+                    pending = ""
+                continue
+            data = os.read(fd, CHUNK)
+            if not data:
+                break
+            text = pending + decoder.decode(data)
+            cut = text.rfind("\n") + 1
+            if cut:
+                emit(stream, text[:cut])
+                pending = text[cut:]
+            else:
+                pending = text
+            if len(pending) >= CHUNK:
+                emit(stream, pending)
+                pending = ""
+        pending += decoder.decode(b"", final=True)
+        if pending:
+            emit(stream, pending)
+        os.close(fd)

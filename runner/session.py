@@ -1,0 +1,106 @@
+"""The body of a runner process: set up isolation, run one workflow, report everything as events.
+
+Called in a freshly forked child of the template (or by ``python -m runner.cold`` for the cold-start
+comparison). By the time a workflow runs, the process is its own session and process group, its cwd
+is the session's work directory, its environment holds no secrets, fds 1 and 2 are captured, and
+logging is routed to events.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from runner.capture import OutputCapture
+from runner.channel import Channel
+from runner.context import Cancelled, Context
+from runner.logsetup import configure_logging
+from runner.workflows.registry import WorkflowError, bind_params, resolve
+
+__all__ = ["run_session", "SECRET_PATTERN", "split_secrets"]
+
+#: environment variables that look like credentials are withheld from the workflow's environment
+SECRET_PATTERN = re.compile(r"(API_KEY|APIKEY|_TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
+
+EXIT_COMPLETED, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
+
+
+def split_secrets(env: dict[str, str], extra_names: list[str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Split ``env`` into (clean environment, secrets) by name pattern and an explicit list."""
+    names = set(extra_names or [])
+    secrets = {k: v for k, v in env.items() if k in names or SECRET_PATTERN.search(k)}
+    clean = {k: v for k, v in env.items() if k not in secrets}
+    return clean, secrets
+
+
+def run_session(spec: dict[str, Any]) -> int:
+    """Run the session described by ``spec``; return the process exit code."""
+    session_id: str = spec["session_id"]
+    workdir = Path(spec["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chdir(workdir)
+    clean_env, secrets = split_secrets(dict(os.environ), spec.get("secret_names"))
+    clean_env.update(spec.get("env") or {})
+    clean_env.update({"LABD_SESSION_ID": session_id, "LABD_WORKDIR": str(workdir)})
+    os.environ.clear()
+    os.environ.update(clean_env)
+
+    me = psutil.Process()
+    channel = Channel(spec["endpoint"], bytes.fromhex(spec["key"]), session_id,
+                      hello={"pid": os.getpid(), "create_time": me.create_time()})
+    channel.start()
+    emit = channel.emit
+    capture = OutputCapture(lambda stream, text: emit("output", {"stream": stream, "text": text}))
+    capture.install()
+    log = configure_logging(emit, session_id)
+    ctx = Context(session_id, workdir, spec.get("params") or {}, emit, log, secrets)
+
+    def on_cancel(body: dict[str, Any]) -> None:
+        ctx.request_cancel(str(body.get("reason") or "stop requested"))
+
+    def on_sigterm(_signum: int, _frame: Any) -> None:
+        ctx.request_cancel("terminated (SIGTERM)")
+        raise Cancelled("terminated (SIGTERM)")
+
+    channel.on_cancel = on_cancel
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+    emit("session.started", {"pid": os.getpid(), "workdir": str(workdir)})
+    outcome, code, extra = "completed", EXIT_COMPLETED, {}
+    try:
+        fn = resolve(spec["workflow"])
+        kwargs = bind_params(fn, dict(ctx.params))
+        result = fn(ctx, **kwargs)
+        extra = {"result": result}
+    except Cancelled as exc:
+        outcome, code, extra = "cancelled", EXIT_CANCELLED, {"error": str(exc) or "cancelled"}
+    except WorkflowError as exc:
+        outcome, code, extra = "failed", EXIT_FAILED, {"error": f"{exc.code}: {exc.message}"}
+    except BaseException as exc:  # noqa: BLE001 - everything the workflow raises is its outcome
+        outcome, code = "failed", EXIT_FAILED
+        extra = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    capture.close()
+    emit("session.finished", {"outcome": outcome, **extra})
+    channel.close(timeout=float(spec.get("flush_timeout", 30.0)))
+    return code
+
+
+def child_main(spec: dict[str, Any]) -> None:
+    """Entry point in a forked child: never returns."""
+    code = EXIT_FAILED
+    try:
+        code = run_session(spec)
+    except BaseException:  # noqa: BLE001 - last resort: report on the real stderr, then exit
+        try:
+            traceback.print_exc(file=sys.__stderr__)
+        finally:
+            os._exit(EXIT_FAILED)
+    os._exit(code)

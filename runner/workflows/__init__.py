@@ -1,0 +1,1 @@
+"""Workflows: the built-in ones, and resolution of user workflows by import path."""

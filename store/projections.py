@@ -1,0 +1,166 @@
+"""Projections: how each event changes the session, step and state-history rows.
+
+Ingest calls :func:`apply` for every accepted event, in ``seq`` order, and writes the resulting row
+changes in the same transaction as the events. Replaying a session's events through :func:`apply`
+rebuilds its projections exactly, so the projections are never a second source of truth.
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ipc.events import TERMINAL_STATUSES
+
+__all__ = ["SessionCursor", "RowChanges", "apply", "ALLOWED_TRANSITIONS"]
+
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    "created": frozenset({"starting", "failed", "cancelled", "lost"}),
+    "starting": frozenset({"running", "completed", "failed", "cancelled", "lost"}),
+    "running": frozenset({"completed", "failed", "cancelled", "lost"}),
+}
+
+
+@dataclass
+class SessionCursor:
+    """What ingest must remember about one session between batches."""
+
+    id: str
+    last_seq: int = 0
+    runner_seq: int = 0
+    status: str = "created"
+    outcome: str | None = None
+    outcome_error: str | None = None
+    kill_reason: str | None = None  # a limit breach that ended it
+    stop_by: str | None = None  # who asked it to stop
+    peak_rss: int = 0
+    peak_cpu_percent: float = 0.0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass
+class RowChanges:
+    """Row writes produced by one batch, flushed by the writer in one transaction."""
+
+    session_inserts: list[dict[str, Any]] = field(default_factory=list)
+    session_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    step_inserts: list[dict[str, Any]] = field(default_factory=list)
+    step_updates: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def update(self, session_id: str, **values: Any) -> None:
+        self.session_updates.setdefault(session_id, {}).update(values)
+
+
+def _transition(cur: SessionCursor, to: str, seq: int, ts: float, reason: str, actor: str,
+                out: RowChanges) -> None:
+    if to == cur.status or to not in ALLOWED_TRANSITIONS.get(cur.status, frozenset()):
+        return
+    out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": cur.status,
+                        "to_status": to, "reason": reason, "actor": actor})
+    cur.status = to
+    out.update(cur.id, status=to, reason=reason)
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return _signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def finalize(cur: SessionCursor, payload: dict[str, Any]) -> None:
+    """Fill the final ``status`` and ``reason`` of a ``session.ended`` payload from what is known."""
+    if payload.get("status") and payload.get("reason"):
+        return
+    code, sig = payload.get("exit_code"), payload.get("signal")
+    if payload.get("status"):
+        status, reason = payload["status"], payload["status"]
+    elif cur.kill_reason:
+        status, reason = "failed", cur.kill_reason
+    elif cur.stop_by:
+        status, reason = "cancelled", f"stopped by {cur.stop_by} (ended by {payload['ended_by']})"
+    elif cur.outcome == "completed" and not sig:
+        status, reason = "completed", "completed"
+    elif cur.outcome == "failed":
+        status, reason = "failed", f"workflow failed: {cur.outcome_error or 'error'}"
+    elif cur.outcome == "cancelled":
+        status, reason = "cancelled", cur.outcome_error or "cancelled"
+    elif sig:
+        status, reason = "failed", f"runner killed by {_signal_name(sig)}"
+    elif code is not None:
+        status, reason = "failed", f"runner exited with code {code} before reporting an outcome"
+    else:
+        status, reason = "lost", "runner process vanished without reporting an outcome"
+    payload["status"], payload["reason"] = status, reason
+
+
+def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id: str | None,
+          payload: dict[str, Any], out: RowChanges) -> None:
+    """Update ``cur`` and ``out`` for one event (may complete a ``session.ended`` payload in place)."""
+    cur.last_seq = seq
+    actor = "runner" if src == "r" else "daemon"
+    if kind == "session.created":
+        cur.status = "created"
+        out.session_inserts.append({
+            "id": cur.id, "name": payload["name"], "workflow": payload["workflow"],
+            "params": orjson.dumps(payload["params"]).decode(),
+            "limits": orjson.dumps(payload["limits"]).decode(), "workdir": payload["workdir"],
+            "status": "created", "created_at": ts, "last_seq": seq, "runner_seq": 0,
+            "peak_rss": 0, "peak_cpu_percent": 0.0, "rejected_events": 0,
+        })
+        out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": None,
+                            "to_status": "created", "reason": "created", "actor": "client"})
+    elif kind == "session.launched":
+        out.update(cur.id, pid=payload["pid"], pid_create_time=payload["create_time"])
+        _transition(cur, "starting", seq, ts, f"launched pid {payload['pid']}", actor, out)
+    elif kind == "session.started":
+        out.update(cur.id, started_at=ts)
+        _transition(cur, "running", seq, ts, "runner started", actor, out)
+    elif kind == "session.finished":
+        cur.outcome = payload["outcome"]
+        cur.outcome_error = payload.get("error")
+        out.update(cur.id, outcome=cur.outcome)
+    elif kind == "session.stopping":
+        cur.stop_by = cur.stop_by or payload["by"]
+    elif kind == "limit.exceeded":
+        cur.kill_reason = cur.kill_reason or _limit_reason(payload)
+    elif kind == "session.ended":
+        finalize(cur, payload)
+        out.update(cur.id, ended_at=ts, ended_by=payload["ended_by"], exit_code=payload.get("exit_code"),
+                   signal=payload.get("signal"))
+        _transition(cur, payload["status"], seq, ts, payload["reason"], actor, out)
+    elif kind == "step.started":
+        out.step_inserts.append({"session_id": cur.id, "node_id": node_id, "name": payload["name"],
+                                 "status": "running", "started_at": ts, "start_seq": seq})
+    elif kind == "step.finished":
+        out.step_updates.append({"session_id": cur.id, "node_id": node_id, "status": payload["status"],
+                                 "ended_at": ts, "duration": payload["duration"],
+                                 "error": payload.get("error")})
+    elif kind == "resource.sample":
+        cur.peak_rss = max(cur.peak_rss, payload["peak_rss"])
+        cur.peak_cpu_percent = max(cur.peak_cpu_percent, float(payload["peak_cpu_percent"]))
+        out.update(cur.id, peak_rss=cur.peak_rss, peak_cpu_percent=cur.peak_cpu_percent)
+    elif kind == "session.adopted":
+        out.update(cur.id, pid=payload["pid"])
+
+
+def _limit_reason(p: dict[str, Any]) -> str:
+    verb = "killed" if p["action"] == "kill" else "stopped"
+    return f"{verb}: {p['limit']} {_fmt(p['measured'], p['unit'])} > limit {_fmt(p['max'], p['unit'])}"
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "bytes":
+        return f"{value / 2**20:.0f} MiB"
+    if unit == "seconds":
+        return f"{value:.1f} s"
+    if unit == "percent":
+        return f"{value:.0f} %"
+    return f"{value:g} {unit}"

@@ -1,0 +1,82 @@
+"""Table definitions: the append-only ``events`` log and the projections ingest keeps beside it.
+
+JSON columns are plain TEXT holding pre-encoded JSON: SQLAlchemy's JSON type costs 40-45 % of insert
+throughput (DESIGN.md §9) and ingest already has the encoded bytes.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text
+
+__all__ = ["metadata", "sessions", "events", "steps", "state_history"]
+
+metadata = MetaData()
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("workflow", String(300), nullable=False),
+    Column("params", Text, nullable=False),
+    Column("limits", Text, nullable=False),
+    Column("workdir", Text, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("reason", Text),
+    Column("ended_by", String(20)),
+    Column("outcome", String(20)),  # what the runner itself reported
+    Column("exit_code", Integer),
+    Column("signal", Integer),
+    Column("pid", Integer),
+    Column("pid_create_time", Float),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("ended_at", Float),
+    Column("last_seq", Integer, nullable=False, default=0),
+    Column("runner_seq", Integer, nullable=False, default=0),  # last runner src_seq committed
+    Column("peak_rss", Integer, nullable=False, default=0),
+    Column("peak_cpu_percent", Float, nullable=False, default=0.0),
+    Column("rejected_events", Integer, nullable=False, default=0),
+)
+Index("ix_sessions_status", sessions.c.status)
+
+events = Table(
+    "events",
+    metadata,
+    Column("session_id", String(32), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("ts", Float, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("src", String(1), nullable=False),  # 'r' runner, 'd' daemon
+    Column("src_seq", Integer, nullable=False),
+    Column("node_id", String(64)),
+    Column("parent", Integer),
+    Column("payload", Text, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("session_id", String(32), primary_key=True),
+    Column("node_id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("started_at", Float),
+    Column("ended_at", Float),
+    Column("duration", Float),
+    Column("error", Text),
+    Column("start_seq", Integer),
+)
+
+state_history = Table(
+    "state_history",
+    metadata,
+    Column("session_id", String(32), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),  # the event that caused it
+    Column("ts", Float, nullable=False),
+    Column("from_status", String(20)),
+    Column("to_status", String(20), nullable=False),
+    Column("reason", Text),
+    Column("actor", String(40), nullable=False),
+)
