@@ -91,8 +91,7 @@ class Daemon:
         """
         if is_builtin(workflow):
             try:
-                bind_params(resolve(workflow), params)
-                return {"ok": True}
+                return {"ok": True, "params": bind_params(resolve(workflow), params)}
             except WorkflowError as exc:
                 return {"ok": False, "code": exc.code, "message": exc.message, "details": exc.details}
         if ":" not in workflow:

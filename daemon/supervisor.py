@@ -126,7 +126,7 @@ class Supervisor:
         if sid is None:
             return
         run = self.running.pop(sid)
-        self.monitor.unwatch(sid)
+        self._final_sample(sid)
         payload: dict[str, Any] = {"ended_by": run.step or "exit"}
         if info.exit_code is not None:
             payload["exit_code"] = info.exit_code
@@ -135,13 +135,21 @@ class Supervisor:
         self.post(sid, "session.ended", payload)
         self.log.info("session ended", session_id=sid, **payload)
 
+    def _final_sample(self, sid: str) -> None:
+        """Record the peaks once more at the end (short sessions may never reach a periodic sample)."""
+        snap = self.monitor.snapshot().get(sid)
+        self.monitor.unwatch(sid)
+        if snap is not None:
+            self.post(sid, "resource.sample", {k: snap[k] for k in
+                                               ("rss", "cpu_percent", "num_procs", "peak_rss", "peak_cpu_percent")})
+
     def tick(self) -> None:
         now = time.monotonic()
         for run in list(self.running.values()):
             if run.vanished_at and (run.adopted or now - run.vanished_at > VANISH_CONFIRM_S):
                 # no exit status can be had for a process that is not our child (or whose reaper died)
                 self.running.pop(run.sid)
-                self.monitor.unwatch(run.sid)
+                self._final_sample(run.sid)
                 self.post(run.sid, "session.ended", {"ended_by": run.step or "vanished"})
                 continue
             if run.step and now >= run.deadline:

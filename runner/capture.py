@@ -9,11 +9,15 @@ once it has waited 100 ms, so a progress bar still shows up live.
 from __future__ import annotations
 
 import codecs
+import fcntl
 import io
 import os
 import select
+import struct
 import sys
+import termios
 import threading
+import time
 from collections.abc import Callable
 
 __all__ = ["OutputCapture"]
@@ -31,13 +35,16 @@ class OutputCapture:
         self._emit = emit
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+        self._fds: list[int] = []
+        self._busy = [0, 0]  # per reader: 1 while it holds bytes not yet emitted
 
     def install(self) -> None:
         for fd, name in ((1, "stdout"), (2, "stderr")):
             r, w = os.pipe()
             os.dup2(w, fd)
             os.close(w)
-            t = threading.Thread(target=self._read, args=(r, name), name=f"labd-{name}", daemon=True)
+            self._fds.append(r)
+            t = threading.Thread(target=self._read, args=(r, name, fd - 1), name=f"labd-{name}", daemon=True)
             self._threads.append(t)
         # Fresh Python-level streams over the new fds, line-buffered so prints appear promptly.
         sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8",
@@ -46,6 +53,28 @@ class OutputCapture:
                                       errors="backslashreplace", line_buffering=True)
         for t in self._threads:
             t.start()
+
+    def sync(self, timeout: float = 0.2) -> None:
+        """Wait (bounded) until everything written so far has been emitted, so output lands before
+        the step boundary that follows it and is attributed to the step that printed it."""
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + timeout
+        buf = bytearray(4)
+        while time.monotonic() < deadline:
+            pending = 0
+            for fd in self._fds:
+                try:
+                    fcntl.ioctl(fd, termios.FIONREAD, buf)
+                    pending += struct.unpack("i", buf)[0]
+                except OSError:
+                    pass
+            if not pending and not any(self._busy):
+                return
+            time.sleep(0.0005)
 
     def close(self, timeout: float = 2.0) -> None:
         """Flush Python streams, close our write ends, and let the readers drain (bounded wait).
@@ -68,7 +97,7 @@ class OutputCapture:
         for t in self._threads:
             t.join(0.5)
 
-    def _read(self, fd: int, stream: str) -> None:
+    def _read(self, fd: int, stream: str, index: int) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
         pending = ""
         emit = self._emit
@@ -79,6 +108,7 @@ class OutputCapture:
                     emit(stream, pending)
                     pending = ""
                 continue
+            self._busy[index] = 1
             data = os.read(fd, CHUNK)
             if not data:
                 break
@@ -92,6 +122,7 @@ class OutputCapture:
             if len(pending) >= CHUNK:
                 emit(stream, pending)
                 pending = ""
+            self._busy[index] = 0
         pending += decoder.decode(b"", final=True)
         if pending:
             emit(stream, pending)

@@ -53,6 +53,10 @@ class Context:
         self._node_ids = itertools.count(1)
         self._cancel = threading.Event()
         self.cancel_reason = ""
+        #: the innermost open step of the main thread (for output, which is read on another thread)
+        self.active_node: str | None = None
+        #: called before each step boundary (the runner drains captured output there)
+        self.before_boundary: Callable[[], None] = lambda: None
 
     # ---- events -----------------------------------------------------------------------------------
     def emit(self, name: str, data: Any = None) -> None:
@@ -67,8 +71,12 @@ class Context:
         """
         self.check_cancelled()
         node = Node(f"n{next(self._node_ids)}", name)
+        self.before_boundary()
         self._emit("step.started", {"name": name, "parent_node": current_node.get()}, node.id)
         token = current_node.set(node.id)
+        outer, main = self.active_node, threading.current_thread() is threading.main_thread()
+        if main:
+            self.active_node = node.id
         start = time.monotonic()
         status, error = "completed", None
         try:
@@ -80,7 +88,10 @@ class Context:
             status, error = "failed", f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            self.before_boundary()
             current_node.reset(token)
+            if main:
+                self.active_node = outer
             payload = {"name": name, "status": status, "duration": time.monotonic() - start}
             if error:
                 payload["error"] = error

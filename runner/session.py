@@ -57,10 +57,12 @@ def run_session(spec: dict[str, Any]) -> int:
                       hello={"pid": os.getpid(), "create_time": me.create_time()})
     channel.start()
     emit = channel.emit
-    capture = OutputCapture(lambda stream, text: emit("output", {"stream": stream, "text": text}))
-    capture.install()
     log = configure_logging(emit, session_id)
     ctx = Context(session_id, workdir, spec.get("params") or {}, emit, log, secrets)
+    capture = OutputCapture(lambda stream, text: emit("output", {"stream": stream, "text": text},
+                                                      ctx.active_node))
+    capture.install()
+    ctx.before_boundary = capture.sync
 
     def on_cancel(body: dict[str, Any]) -> None:
         ctx.request_cancel(str(body.get("reason") or "stop requested"))

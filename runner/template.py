@@ -57,8 +57,7 @@ def _inspect_in_child(workflow: str, params: dict[str, Any]) -> dict[str, Any]:
 
     try:
         fn = resolve(workflow)
-        bind_params(fn, params)
-        return {"ok": True, "describe": describe(fn)}
+        return {"ok": True, "params": bind_params(fn, params), "describe": describe(fn)}
     except WorkflowError as exc:
         return {"ok": False, "code": exc.code, "message": exc.message, "details": exc.details}
 

@@ -25,10 +25,11 @@ class Events(Request):
     type = "events.query"
 
     def execute(self) -> Any:
-        row = resolve_session(self)
         since = self.arg("since", int, 0, check=lambda n: n >= 0, hint="a seq >= 0")
         limit = self.arg("limit", int, MAX_PAGE, check=lambda n: 0 < n <= MAX_PAGE, hint=f"1-{MAX_PAGE}")
-        kinds = self.arg("kinds", list, None)
+        kinds = self.arg("kinds", list, None, check=lambda ks: all(isinstance(k, str) for k in ks),
+                         hint="a list of event kinds")
+        row = resolve_session(self)
         evs = self.daemon.store.events(row["id"], since=since, limit=limit, kinds=kinds)
         return {"session": row["id"], "events": evs, "status": row["status"],
                 "more": len(evs) == limit}

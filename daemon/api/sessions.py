@@ -81,6 +81,7 @@ class Start(Request):
         if not check.get("ok"):
             raise ApiError(check.get("code", "bad_params"), check.get("message", "invalid workflow"),
                            check.get("details"))
+        params = check.get("params", params)
         sid = secrets.token_hex(6)
         name = name or f"{workflow.rsplit(':', 1)[-1]}-{sid[:6]}"
         workdir = d.layout.sessions_dir / sid / "work"

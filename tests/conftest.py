@@ -1,0 +1,141 @@
+"""Shared fixtures: an isolated home per test, real daemons as subprocesses, wait-until helpers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SUPPORT = Path(__file__).resolve().parent / "support"
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
+    """Poll ``pred`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}")
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """Every test gets its own HOME, runtime dir (short path: Unix socket paths are limited) and labd home."""
+    runtime = Path(tempfile.mkdtemp(prefix="lr", dir="/tmp"))
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("LABD_HOME", str(home))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), str(REPO)]))
+    yield home
+    subprocess.run(["rm", "-rf", str(runtime)], check=False)
+
+
+class DaemonProc:
+    """A real ``labd serve`` subprocess on a home."""
+
+    def __init__(self, home: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.env = {**os.environ, **(extra_env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = home.parent / f"daemon-{int(time.time() * 1000)}.log"
+
+    def start(self, wait: bool = True) -> DaemonProc:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "--home", str(self.home), "serve",
+                                      "--log-format", "json"], stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=self.env)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        from ipc import Client, LabdError
+
+        def ready() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, f"daemon exited: {self.log()}"
+            try:
+                with Client(self.home, timeout=1.0) as c:
+                    c.ping()
+                return True
+            except LabdError:
+                return False
+
+        wait_until(ready, timeout=20, interval=0.05, what="daemon ready")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def client(self, timeout: float = 15.0) -> Any:
+        from ipc import Client
+
+        return Client(self.home, timeout=timeout)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def kill_runners(home: Path) -> None:
+    """Kill every runner process group recorded in the home's database (tests never leak runners)."""
+    db = home / "labd.db"
+    if not db.exists():
+        return
+    try:
+        with sqlite3.connect(db) as conn:
+            pids = [r[0] for r in conn.execute("SELECT pid FROM sessions WHERE pid IS NOT NULL")]
+    except sqlite3.Error:
+        return
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+@pytest.fixture
+def daemon(isolated_env: Path) -> Iterator[DaemonProc]:
+    """A running daemon on the test's home; stopped, and its runners killed, afterwards."""
+    d = DaemonProc(isolated_env).start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        kill_runners(isolated_env)
+
+
+@pytest.fixture
+def client(daemon: DaemonProc) -> Iterator[Any]:
+    c = daemon.client()
+    try:
+        yield c
+    finally:
+        c.close()

@@ -1,0 +1,98 @@
+"""Sessions end to end: start, events, steps, outcomes, and clear errors that start nothing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ipc import LabdError
+
+
+def test_session_runs_in_its_own_process_and_records_gap_free_events(client) -> None:
+    """A built-in workflow runs in a separate process; every event is stored once, seq 1..N with no gap."""
+    sid = client.start("demo.count", params={"n": 3, "delay": 0.01})
+    final = client.wait(sid, timeout=30)
+    assert final["status"] == "completed" and final["reason"] == "completed"
+    assert final["pid"] and final["pid"] != os.getpid()
+    events = list(client.history(sid))
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "session.created" and kinds[-1] == "session.ended"
+    assert kinds.count("step.started") == 3 and kinds.count("step.finished") == 3
+    text = "".join(e["payload"]["text"] for e in events if e["kind"] == "output")
+    assert text == "count 1/3\ncount 2/3\ncount 3/3\n"
+    started = next(e for e in events if e["kind"] == "session.started")
+    assert started["src"] == "runner" and started["payload"]["pid"] == final["pid"]
+    assert [s["status"] for s in final["steps"]] == ["completed"] * 3
+    assert [h["to_status"] for h in final["history"]] == ["created", "starting", "running", "completed"]
+
+
+def test_output_is_attributed_to_the_step_that_printed_it(client) -> None:
+    """Output (also from a child process and raw fd writes) carries the node id of the step it came from."""
+    sid = client.start("demo.compute", params={"rounds": 2, "work": 1000})
+    assert client.wait(sid, timeout=30)["status"] == "completed"
+    events = list(client.history(sid))
+    steps = {e["node_id"]: e["payload"]["name"] for e in events if e["kind"] == "step.started"}
+    outputs = [(steps.get(e["node_id"]), e["payload"]["text"]) for e in events if e["kind"] == "output"]
+    assert ("round 1", outputs[0][1]) == outputs[0] and outputs[0][1].startswith("round 1:")
+    report = "".join(t for name, t in outputs if name == "report")
+    assert "child process: report written" in report and "fd-level write: done" in report
+    logs = [e for e in events if e["kind"] == "log"]
+    assert logs and logs[0]["payload"]["fields"]["round"] == 1 and logs[0]["node_id"] == "n1"
+
+
+def test_failing_workflow_is_failed_with_its_error(client) -> None:
+    """An exception in the workflow ends the session failed, with the error as reason and a failed step."""
+    sid = client.start("demo.fail", params={"message": "boom here"})
+    final = client.wait(sid, timeout=30)
+    assert final["status"] == "failed"
+    assert "RuntimeError: boom here" in final["reason"]
+    assert final["steps"][0]["status"] == "failed"
+    finished = [e for e in client.history(sid) if e["kind"] == "session.finished"][0]
+    assert "Traceback" in finished["payload"]["traceback"]
+
+
+def test_user_workflow_by_import_path_with_typed_params(client) -> None:
+    """A user workflow is loaded by import path; string params are converted by annotation."""
+    sid = client.start("labd_testflows:needs_param", params={"count": "4"})
+    final = client.wait(sid, timeout=30)
+    assert final["status"] == "completed"
+    assert final["params"] == {"count": 4}
+    finished = [e for e in client.history(sid) if e["kind"] == "session.finished"][0]
+    assert finished["payload"]["result"] == 2.0
+
+
+@pytest.mark.parametrize(("workflow", "params", "code"), [
+    ("no.such.builtin", {}, "unknown_workflow"),
+    ("labd_no_such_module:fn", {}, "unknown_workflow"),
+    ("labd_testflows:not_there", {}, "unknown_workflow"),
+    ("demo.count", {"n": "many"}, "bad_params"),
+    ("demo.count", {"bogus": 1}, "bad_params"),
+    ("labd_testflows:needs_param", {}, "bad_params"),
+])
+def test_bad_workflow_or_params_give_a_clear_error_and_start_nothing(client, workflow, params, code) -> None:
+    """Unknown workflows and misfit params are refused with a structured error; no session is created."""
+    before = len(client.sessions())
+    with pytest.raises(LabdError) as err:
+        client.start(workflow, params=params)
+    assert err.value.code == code
+    assert err.value.message and "Traceback" not in err.value.message
+    assert len(client.sessions()) == before
+
+
+def test_bad_requests_get_structured_errors(client) -> None:
+    """Malformed requests get stable error codes, never a traceback, and the daemon keeps serving."""
+    cases = [
+        ("session.start", {}, "bad_request"),
+        ("session.start", {"workflow": "demo.count", "limits": {"memory": "lots"}}, "bad_limits"),
+        ("session.start", {"workflow": "demo.count", "limits": {"disk": 1}}, "bad_request"),
+        ("session.get", {"session": "nope"}, "not_found"),
+        ("events.query", {"session": "x", "since": -1}, "bad_request"),
+        ("no.such.request", {}, "unknown_request"),
+    ]
+    for type_, body, code in cases:
+        with pytest.raises(LabdError) as err:
+            client.request(type_, **body)
+        assert err.value.code == code, (type_, body, err.value)
+    assert client.ping()["pid"] > 0

@@ -1,0 +1,95 @@
+"""Workflows used by the integration tests, including deliberately misbehaving ones.
+
+They are *user* workflows (loaded by import path), so the tests also cover that path. They contain no
+tracking code: only prints, steps and plain Python.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+STATE = {"owner": None}  # a module global each session overwrites with its own tag
+
+
+def isolation(ctx, tag: str, lines: int = 2000) -> dict:
+    """Change every kind of process-global state, print heavily from Python, C level and a child."""
+    STATE["owner"] = tag
+    os.makedirs(f"cwd-{tag}", exist_ok=True)
+    os.chdir(f"cwd-{tag}")
+    os.environ["ISO_TAG"] = tag
+    logging.basicConfig(level=logging.DEBUG, format=f"{tag} %(message)s", force=True)
+    logging.getLogger("iso").warning("logging configured by %s", tag)
+    with ctx.step("print"):
+        for i in range(lines):
+            print(f"{tag} py {i}")
+            if i % 100 == 0:
+                os.write(1, f"{tag} fd {i}\n".encode())
+                time.sleep(0.001)  # let the other session interleave
+    with ctx.step("child"):
+        subprocess.run([sys.executable, "-c",
+                        f"import os\nfor i in range(200): print('{tag} child', i, os.environ['ISO_TAG'])"],
+                       check=True)
+    return {"owner": STATE["owner"], "cwd": os.getcwd(), "env": os.environ["ISO_TAG"]}
+
+
+def memory_hog(ctx, mb: int = 600, step_mb: int = 16) -> None:
+    """Allocate (and touch) memory until killed."""
+    hoard = []
+    with ctx.step("allocate"):
+        for i in range(mb // step_mb):
+            hoard.append(bytearray(os.urandom(1024)) * (step_mb * 1024))
+            print(f"allocated {(i + 1) * step_mb} MiB", flush=True)
+            time.sleep(0.02)
+    time.sleep(60)
+
+
+def cpu_hog(ctx, seconds: float = 30.0) -> float:
+    """Spin on the CPU for ``seconds`` of wall time; returns the CPU seconds it got."""
+    start = time.monotonic()
+    x = 0
+    while time.monotonic() - start < seconds:
+        for _ in range(10_000):
+            x += 1
+    return time.process_time()
+
+
+def stubborn(ctx) -> None:
+    """Ignores SIGTERM and never checks for cancellation: only SIGKILL ends it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("ignoring SIGTERM", flush=True)
+    while True:
+        time.sleep(0.05)
+
+
+def ticker(ctx, n: int = 50, delay: float = 0.05) -> int:
+    """Emit a step and a line every ``delay`` seconds, ``n`` times."""
+    for i in range(n):
+        with ctx.step(f"tick {i}"):
+            print(f"tick {i}", flush=True)
+            ctx.emit("tick", {"i": i})
+        time.sleep(delay)
+    return n
+
+
+def flood(ctx, lines: int = 100_000) -> int:
+    """Print ``lines`` numbered lines as fast as possible."""
+    w = sys.stdout.write
+    for i in range(lines):
+        w(f"L{i}\n")
+    return lines
+
+
+def needs_param(ctx, count: int, ratio: float = 0.5) -> float:
+    """Has a required parameter."""
+    return count * ratio
+
+
+def env_report(ctx) -> dict:
+    """Reports which secret-looking variables the workflow can see."""
+    print("visible:", sorted(k for k in os.environ if "KEY" in k or "TOKEN" in k), flush=True)
+    return {"has_key": "FAKE_API_KEY" in os.environ, "secret_via_ctx": ctx.secret("FAKE_API_KEY") is not None}
