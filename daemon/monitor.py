@@ -78,7 +78,7 @@ class Monitor(threading.Thread):
         self.record_interval = record_interval
         self._lock = threading.Lock()
         self._watched: dict[str, _Watched] = {}
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.log = structlog.get_logger("labd.monitor")
 
     # ---- called from the supervisor (main thread) -------------------------------------------------
@@ -104,7 +104,7 @@ class Monitor(threading.Thread):
                     for sid, w in self._watched.items()}
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     # ---- thread -----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -114,7 +114,7 @@ class Monitor(threading.Thread):
         self.notes.connect(INGEST_NOTIFY)
         next_sample = next_record = time.monotonic()
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 with self._lock:
                     watched = list(self._watched.values())
                 throttled = [w for w in watched if w.limits.cpu is not None]
@@ -128,7 +128,7 @@ class Monitor(threading.Thread):
                         next_record = now + self.record_interval
                     for w in watched:
                         self._sample(w, now, record)
-                self._stop.wait(THROTTLE_TICK_S if throttled else min(self.sample_interval, 0.1))
+                self._halt.wait(THROTTLE_TICK_S if throttled else min(self.sample_interval, 0.1))
         finally:
             with self._lock:
                 for w in self._watched.values():

@@ -1,0 +1,65 @@
+"""The ``labd`` command line against a real daemon: what a user types and sees."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def labd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_run_follow_streams_output_and_exit_code_reflects_the_outcome(daemon) -> None:
+    """``labd run --follow`` prints the session's output live and exits 0 on success, 1 on failure."""
+    ok = labd("run", "demo.count", "--name", "cli-count", "-p", "n=3", "-p", "delay=0", "--follow")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == "count 1/3\ncount 2/3\ncount 3/3\n"
+    assert "session completed" in ok.stderr
+    bad = labd("run", "demo.fail", "--follow")
+    assert bad.returncode == 1
+    assert "about to fail" in bad.stdout and "session failed" in bad.stderr
+
+
+def test_ps_show_events_logs_for_a_finished_session(daemon) -> None:
+    """After a run, ps lists it, show explains it, events and logs replay it from the store."""
+    sid = labd("run", "demo.compute", "-p", "rounds=2", "-p", "work=100").stdout.strip()
+    assert len(sid) == 12
+    with daemon.client() as c:
+        c.wait(sid, timeout=30)
+    ps = labd("ps", "--all")
+    assert sid in ps.stdout and "completed" in ps.stdout and ps.stdout.startswith("ID")
+    show = labd("show", sid[:8])
+    assert "status    completed" in show.stdout and "round 2" in show.stdout and "ended by  exit" in show.stdout
+    events = [json.loads(line) for line in labd("events", sid, "--json").stdout.splitlines()]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    since = [json.loads(line) for line in labd("events", sid, "--json", "--since", "5").stdout.splitlines()]
+    assert since[0]["seq"] == 6
+    logs = labd("logs", sid, "--output-only")
+    assert "round 1:" in logs.stdout and "child process: report written" in logs.stdout
+
+
+def test_stop_from_the_cli(daemon) -> None:
+    """``labd stop --wait`` stops a running session and reports how it ended."""
+    sid = labd("run", "demo.sleep", "-p", "seconds=60").stdout.strip()
+    out = labd("stop", sid, "--grace", "2", "--wait")
+    assert out.returncode == 0
+    assert "cancelled: stopped by client (ended by cooperative)" in out.stdout
+
+
+def test_cli_errors_are_messages_not_tracebacks(daemon) -> None:
+    """Bad input gives a one-line message and exit code 2."""
+    for args in (["run", "nope.nope"], ["run", "demo.count", "-p", "n=x"], ["run", "demo.count", "-p", "oops"],
+                 ["run", "demo.count", "--memory", "lots"], ["show", "missing"], ["stop", "missing"]):
+        r = labd(*args)
+        assert r.returncode == 2, args
+        assert r.stderr.startswith("labd: ") and "Traceback" not in r.stderr, r.stderr
+
+
+def test_cli_without_a_daemon_says_how_to_start_one(isolated_env) -> None:
+    """With no daemon running, client commands explain what to do."""
+    r = labd("ps")
+    assert r.returncode == 2
+    assert "no labd daemon is running" in r.stderr and "labd serve" in r.stderr

@@ -1,0 +1,157 @@
+"""Protocol hardening: bad frames of every kind on every socket are dropped and counted; the daemon serves on."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import orjson
+import pytest
+import zmq
+
+from ipc.wire import Codec
+from tests.conftest import DaemonProc, wait_until
+
+MAX_MESSAGE = 64 * 1024
+
+
+@pytest.fixture
+def small_daemon(isolated_env):
+    """A daemon with a 64 KiB message limit, so oversized frames are cheap to produce."""
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text(f"[daemon]\nmax_message = {MAX_MESSAGE}\n")
+    d = DaemonProc(isolated_env).start()
+    yield d
+    d.stop()
+    from tests.conftest import kill_runners
+
+    kill_runners(isolated_env)
+
+
+def _bad_frames(codec: Codec, type_: str, body: dict) -> dict[str, list[bytes]]:
+    good = codec.pack(type_, body)
+    raw_bad_json = b"{not json"
+    replay = codec.pack(type_, body)
+    stale = orjson.dumps({"v": 1, "id": "stale-1", "ts": time.time() - 3600, "type": type_, "body": body})
+    huge = orjson.dumps({"v": 1, "id": "huge-1", "ts": time.time(), "type": type_,
+                         "body": {**body, "pad": "x" * (MAX_MESSAGE + 10)}})
+    return {
+        "unsigned": [b"", good[1]],
+        "bad_signature": [b"0" * 64, good[1]],
+        "wrong_key": Codec(b"k" * 32).pack(type_, body),
+        "malformed_json": [codec.signer.sign(raw_bad_json), raw_bad_json],
+        "malformed_frames": [b"only-one-frame"],
+        "malformed_envelope": [codec.signer.sign(b"[1,2]"), b"[1,2]"],
+        "stale": [codec.signer.sign(stale), stale],
+        "oversized": [codec.signer.sign(huge), huge],
+        "replay_first": replay,
+        "replay_again": replay,
+    }
+
+
+def test_bad_frames_on_the_control_socket_are_dropped_and_counted(small_daemon) -> None:
+    """Unsigned, wrongly signed, replayed, stale, malformed and oversized requests get no reply, are
+    counted by reason, and the daemon still answers a good request afterwards."""
+    with small_daemon.client() as c:
+        codec = Codec(c.info.key_bytes, max_message=MAX_MESSAGE)
+        ctx = zmq.Context.instance()
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(c.info.control)
+        replies = 0
+        for name, frames in _bad_frames(codec, "ping", {}).items():
+            s.send_multipart(frames)
+            if s.poll(300):
+                s.recv_multipart()
+                replies += 1
+                assert name == "replay_first", f"{name} got a reply"
+        assert replies == 1
+        counters = c.status()["counters"]
+        for reason, n in [("bad_signature", 3), ("malformed", 3), ("replayed", 2), ("oversized", 1)]:
+            assert counters.get(f"dropped.control.{reason}", 0) == n, (reason, counters)
+        assert c.ping()["pid"] == small_daemon.proc.pid
+        s.close(0)
+
+
+def test_bad_frames_on_the_runner_socket_are_dropped_and_counted(small_daemon) -> None:
+    """Forged runner traffic (every bad kind, plus a runner posing as another session) writes nothing."""
+    with small_daemon.client() as c:
+        sid = c.start("demo.count", params={"n": 1, "delay": 0})
+        c.wait(sid, timeout=30)
+        before = c.session(sid)["last_seq"]
+        codec = Codec(c.info.key_bytes, max_message=MAX_MESSAGE)
+        ctx = zmq.Context.instance()
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTING_ID, b"someone-else")
+        s.connect(c.info.runners)
+        event = [10_000, time.time(), "output", None, None, {"stream": "stdout", "text": "forged\n"}]
+        for frames in _bad_frames(codec, "events", {"session": sid, "events": [event]}).values():
+            s.send_multipart(frames)
+        counters = wait_until(lambda: (k := c.status()["counters"]).get("dropped.runner.bad_session") and k)
+        assert counters.get("dropped.runner.bad_signature", 0) == 3
+        assert counters.get("dropped.runner.replayed", 0) == 2
+        assert counters.get("dropped.runner.oversized", 0) == 1
+        assert counters.get("dropped.runner.malformed", 0) == 3
+        assert c.session(sid)["last_seq"] == before
+        assert "forged" not in "".join(str(e["payload"]) for e in c.history(sid))
+        s.close(0)
+
+
+def test_malformed_events_from_a_runner_are_rejected_and_recorded(small_daemon) -> None:
+    """A correctly signed batch with events that break their schema: each is rejected, counted and kept
+    as an ``event.rejected`` row; valid events around them are stored; the seq stays gap-free."""
+    with small_daemon.client() as c:
+        sid = c.start("demo.sleep", params={"seconds": 30})
+        wait_until(lambda: c.session(sid)["status"] == "running")
+        c.kill(sid)
+        c.wait(sid, timeout=30)
+        codec = Codec(c.info.key_bytes, max_message=MAX_MESSAGE)
+        ctx = zmq.Context.instance()
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTING_ID, sid.encode())
+        s.connect(c.info.runners)
+        base = [e for e in c.history(sid) if e["src"] == "runner"]
+        nxt = len(base) + 1  # runner src_seqs are 1..n
+        evs = [
+            [nxt, time.time(), "no.such.kind", None, None, {}],
+            [nxt + 1, time.time(), "output", None, None, {"stream": "stdout"}],
+            [nxt + 2, time.time(), "output", None, None, {"stream": "stdout", "text": "late but valid\n"}],
+            [nxt + 3, time.time(), "step.started", None, None, {"name": "no node id"}],
+        ]
+        s.send_multipart(codec.pack("events", {"session": sid, "events": evs}))
+        assert s.poll(5000), "no ack"
+        ack = codec.unpack(s.recv_multipart())
+        assert ack.type == "ack" and ack.body["next"] == nxt + 4
+        events = list(c.history(sid))
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        tail = events[-4:]
+        assert [e["kind"] for e in tail] == ["event.rejected", "event.rejected", "output", "event.rejected"]
+        assert [e["payload"]["kind"] for e in tail if e["kind"] == "event.rejected"] == \
+            ["no.such.kind", "output", "step.started"]
+        assert tail[2]["payload"]["text"] == "late but valid\n"
+        assert c.status()["counters"]["events_rejected"] == 3
+        s.close(0)
+
+
+def test_garbage_bytes_and_wrong_peers_on_every_socket_do_not_hurt(small_daemon) -> None:
+    """Raw garbage on each Unix socket and an XSUB sending junk to the event socket leave the daemon
+    serving, and a real subscriber still receives live events."""
+    with small_daemon.client() as c:
+        for endpoint in (c.info.control, c.info.runners, c.info.events):
+            path = endpoint.removeprefix("ipc://")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+                raw.connect(path)
+                raw.sendall(b"\xff" * 10 + b"GET / HTTP/1.1\r\n\r\n" + bytes(range(256)) * 40)
+        ctx = zmq.Context.instance()
+        x = ctx.socket(zmq.XSUB)
+        x.setsockopt(zmq.LINGER, 0)
+        x.connect(c.info.events)
+        for junk in (b"", b"\x05garbage", b"\x01" + b"s" * 10_000):
+            x.send(junk)
+        x.close(0)
+        assert c.ping()["pid"] == small_daemon.proc.pid
+        sid = c.start("demo.count", params={"n": 2, "delay": 0.01})
+        kinds = [e["kind"] for e in c.follow(sid, timeout=30)]
+        assert kinds[-1] == "session.ended"
