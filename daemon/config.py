@@ -57,7 +57,7 @@ def parse_size(text: str) -> int:
 def parse_duration(text: str) -> float:
     """``90``, ``90s``, ``15m``, ``1h``, ``2d`` -> seconds."""
     t = text.strip().lower()
-    mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(t[-1:], None)
+    mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(t[-1:])
     num = t[:-1] if mult else t
     try:
         value = float(num) * (mult or 1)

@@ -1,6 +1,6 @@
 """The durable record: SQLAlchemy tables, migrations, the batch writer behind ingest, and queries."""
 
-from store.db import open_engine, migrate
+from store.db import migrate, open_engine
 from store.queries import Store
 
 __all__ = ["open_engine", "migrate", "Store"]

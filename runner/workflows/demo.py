@@ -12,11 +12,11 @@ from runner.context import Context
 __all__ = ["count", "compute", "chatty", "fail", "sleep", "events"]
 
 
-def count(ctx: Context, n: int = 10, delay: float = 0.2) -> int:
-    """Count to ``n``, one step per number, printing each and pausing ``delay`` seconds."""
+def count(ctx: Context, n: int = 10, delay: float = 0.2, label: str = "count") -> int:
+    """Count to ``n``, one step per number, printing ``label i/n`` and pausing ``delay`` seconds."""
     for i in range(1, n + 1):
-        with ctx.step(f"count {i}"):
-            print(f"{ctx.params.get('label', 'count')} {i}/{n}")
+        with ctx.step(f"{label} {i}"):
+            print(f"{label} {i}/{n}")
             ctx.sleep(delay)
     return n
 
