@@ -34,7 +34,9 @@ RESEND_INTERVAL_S = 0.5
 #: kinds that change projections (everything else only advances the session's seq)
 PROJECTED = frozenset({"session.created", "session.launched", "session.started", "session.finished",
                        "session.stopping", "session.ended", "session.adopted", "limit.exceeded",
-                       "step.started", "step.finished", "resource.sample"})
+                       "step.started", "step.finished", "resource.sample", "agent.turn.started",
+                       "agent.turn.finished", "cost.recorded", "file.created", "file.changed",
+                       "approval.requested", "approval.resolved", "session.paused", "session.resumed"})
 
 
 class Ingest(threading.Thread):
@@ -113,6 +115,7 @@ class Ingest(threading.Thread):
             acks: dict[str, tuple[bytes, bool]] = {}
             pub: dict[str, list[list[Any]]] = {}
             notes: list[tuple[Any, ...]] = []
+            to_runners: list[tuple[str, str, dict[str, Any]]] = []
             # Daemon-side items first: a session.created must be in before that session's runner events.
             while len(rows) < MAX_BATCH:
                 try:
@@ -122,13 +125,13 @@ class Ingest(threading.Thread):
                 if item[0] == "stop":
                     stopping = True
                     break
-                self._on_internal(item, rows, changes, pub, notes)
+                self._on_internal(item, rows, changes, pub, notes, to_runners)
             while len(rows) < MAX_BATCH:
                 try:
                     frames = self.router.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                self._on_runner_frames(frames, rows, changes, pub, acks)
+                self._on_runner_frames(frames, rows, changes, pub, acks, notes, to_runners)
             if rows or changes.session_updates:
                 self.writer.commit(rows, changes, self.cursors)
                 self.count("events_persisted", len(rows))
@@ -139,12 +142,15 @@ class Ingest(threading.Thread):
                 cur = self.cursors[sid]
                 body = {"next": cur.runner_seq + 1, "resend": resend}
                 self.router.send_multipart([identity, *self.runner_codec.pack("ack", body)])
+            for sid, type_, body in to_runners:  # e.g. an approval's resolution, now that it is durable
+                self.router.send_multipart([sid.encode(), *self.runner_codec.pack(type_, body)])
             for note in notes:
                 self.notify.send_pyobj(note)
 
     # ---- daemon-side items ------------------------------------------------------------------------
     def _on_internal(self, item: tuple[Any, ...], rows: list[EventRow], changes: RowChanges,
-                     pub: dict[str, list[list[Any]]], notes: list[tuple[Any, ...]]) -> None:
+                     pub: dict[str, list[list[Any]]], notes: list[tuple[Any, ...]],
+                     to_runners: list[tuple[str, str, dict[str, Any]]]) -> None:
         op = item[0]
         if op == "event":
             _, sid, kind, payload, node_id, reply_to = item
@@ -155,8 +161,18 @@ class Ingest(threading.Thread):
                 cur = self._cursor(sid)
                 if cur is None:
                     self.log.error("daemon event for unknown session dropped", session_id=sid, kind=kind)
+                    if reply_to is not None:
+                        notes.append(("refused", reply_to, "not_found", f"no session {sid!r}"))
                     return
-            self._append(cur, time.time(), kind, "d", None, node_id, None, payload, rows, changes, pub)
+            if kind == "approval.resolved":
+                # The one place an approval is resolved: ingest is single-threaded, so exactly once.
+                refusal = _refuse_resolution(cur, payload)
+                if refusal is not None:
+                    if reply_to is not None:
+                        notes.append(("refused", reply_to, *refusal))
+                    return
+                to_runners.append((sid, "approval.resolved", payload))
+            self._append(cur, time.time(), kind, "d", None, node_id, None, payload, rows, changes, pub, notes)
             if reply_to is not None:
                 notes.append(("committed", reply_to, sid, cur.last_seq, payload))
         elif op == "send":  # a message for a runner, e.g. cancel
@@ -165,7 +181,8 @@ class Ingest(threading.Thread):
 
     # ---- runner frames ----------------------------------------------------------------------------
     def _on_runner_frames(self, frames: list[bytes], rows: list[EventRow], changes: RowChanges,
-                          pub: dict[str, list[list[Any]]], acks: dict[str, tuple[bytes, bool]]) -> None:
+                          pub: dict[str, list[list[Any]]], acks: dict[str, tuple[bytes, bool]],
+                          notes: list[tuple[Any, ...]], to_runners: list[tuple[str, str, dict[str, Any]]]) -> None:
         identity, rest = frames[0], frames[1:]
         try:
             msg = self.runner_codec.unpack(rest)
@@ -186,6 +203,11 @@ class Ingest(threading.Thread):
         self.last_seen[sid] = time.time()
         if msg.type == "hello":
             acks[sid] = (identity, acks.get(sid, (identity, False))[1])
+            waiting = [a for a in msg.body.get("waiting_approvals") or [] if isinstance(a, str)][:100]
+            for r in self.writer.resolutions(sid, waiting):  # answered while we could not tell it
+                to_runners.append((sid, "approval.resolved", {
+                    "approval_id": r["id"], "decision": r["decision"], "feedback": r["feedback"],
+                    "hypothesis": r["hypothesis"], "by": r["resolved_by"], "via": r["resolved_via"]}))
             return
         if msg.type == "heartbeat":
             return
@@ -225,9 +247,14 @@ class Ingest(threading.Thread):
                 changes.update(sid, rejected_events=self._rejected(sid))
                 self.log.warning("event rejected", session_id=sid, kind=str(kind)[:64], error=str(exc))
                 self._append(cur, float(ts), "event.rejected", "r", src_seq, None, None,
-                             {"kind": str(kind)[:64], "reason": str(exc)}, rows, changes, pub)
+                             {"kind": str(kind)[:64], "reason": str(exc)}, rows, changes, pub, notes)
                 continue
-            self._append(cur, float(ts), kind, "r", src_seq, node_id, parent, payload, rows, changes, pub)
+            if kind == "approval.requested" and payload["approval_id"] in cur.pending_approvals:
+                self.count("events_rejected")
+                self._append(cur, float(ts), "event.rejected", "r", src_seq, None, None,
+                             {"kind": kind, "reason": "duplicate approval id"}, rows, changes, pub, notes)
+                continue
+            self._append(cur, float(ts), kind, "r", src_seq, node_id, parent, payload, rows, changes, pub, notes)
         acks[sid] = (identity, resend)
 
     def _rejected(self, sid: str) -> int:
@@ -236,12 +263,30 @@ class Ingest(threading.Thread):
 
     def _append(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
                 node_id: str | None, parent: int | None, payload: dict[str, Any], rows: list[EventRow],
-                changes: RowChanges, pub: dict[str, list[list[Any]]]) -> None:
+                changes: RowChanges, pub: dict[str, list[list[Any]]], notes: list[tuple[Any, ...]]) -> None:
         seq = cur.last_seq + 1
         if kind in PROJECTED:
             apply(cur, seq, ts, kind, src, node_id, payload, changes)
+            if kind == "cost.recorded" and cur.budget is not None and cur.cost > cur.budget and not cur.budget_hit:
+                cur.budget_hit = True
+                notes.append(("budget", cur.id, cur.cost, cur.budget))
+            elif kind == "approval.requested":
+                notes.append(("approval", cur.id, payload["approval_id"], payload.get("timeout"),
+                              payload.get("policy")))
         else:
             cur.last_seq = seq
         text = orjson.dumps(payload, default=repr).decode()
         rows.append((cur.id, seq, ts, kind, src, seq if src_seq is None else src_seq, node_id, parent, text))
         pub.setdefault(cur.id, []).append([seq, ts, kind, src, node_id, parent, payload])
+
+
+def _refuse_resolution(cur: SessionCursor, payload: dict[str, Any]) -> tuple[str, str] | None:
+    """Why an approval resolution must not be recorded, or None if it may."""
+    aid = payload.get("approval_id")
+    options = cur.pending_approvals.get(aid) if isinstance(aid, str) else None
+    if options is None:
+        return ("not_pending", f"approval {aid} is not pending (already resolved, or unknown)")
+    decision = payload.get("decision")
+    if decision not in options and not (payload.get("via") == "timeout" and decision == "fail"):
+        return ("bad_decision", f"decision {decision!r} is not allowed here (allowed: {', '.join(options)})")
+    return None

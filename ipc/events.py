@@ -18,7 +18,8 @@ __all__ = ["SCHEMAS", "KIND_VERSION", "EventError", "validate", "TERMINAL_STATUS
 NUM = (int, float)
 ANY = object
 #: session statuses, in lifecycle order; the last four are terminal
-STATUSES = ("created", "starting", "running", "completed", "failed", "cancelled", "lost")
+STATUSES = ("created", "starting", "running", "paused", "waiting_approval", "completed", "failed", "cancelled",
+            "lost")
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "lost"})
 
 
@@ -42,11 +43,52 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     # output
     "output": {"stream": (str, True), "text": (str, True)},
     "log": {"level": (str, True), "event": (str, True), "logger": (str, False), "fields": (dict, False)},
-    # workflow
-    "step.started": {"name": (str, True)},
+    "session.paused": {"by": (str, True), "reason": (str, True)},  # runner, at a step boundary
+    "session.resumed": {"by": (str, True)},  # runner
+    "session.pause_requested": {"by": (str, True), "reason": (str, True)},  # daemon
+    # workflow (DAG): steps and phases are nodes; edges are [[src node, type], ...] into this node
+    "step.started": {"name": (str, True), "kind": (str, False), "parent_node": (str, False),
+                     "edges": (list, False), "redo_of": (str, False), "attempt": (int, False)},
     "step.finished": {"name": (str, True), "status": (str, True), "duration": (NUM, True),
                       "error": (str, False)},
     "custom": {"name": (str, True), "data": (ANY, False)},
+    # agents (runner; node_id = the agent-turn node or the step it runs in)
+    "agent.turn.started": {"agent": (str, True), "parent_node": (str, False), "input": (str, False),
+                           "edges": (list, False)},
+    "agent.turn.finished": {"agent": (str, True), "status": (str, True), "duration": (NUM, True),
+                            "output": (str, False), "error": (str, False)},
+    "agent.message": {"agent": (str, True), "content": (str, True)},
+    "llm.request": {"agent": (str, True), "model": (str, True), "provider": (str, True), "offline": (bool, True),
+                    "messages": (int, True), "input": (str, False)},
+    "llm.response": {"agent": (str, True), "model": (str, True), "provider": (str, True), "offline": (bool, True),
+                     "status": (str, True), "duration": (NUM, True), "usage": (dict, False),
+                     "content": (str, False), "tool_calls": (list, False), "finish_reason": (str, False),
+                     "error": (str, False)},
+    "tool.call": {"agent": (str, True), "call_id": (str, True), "name": (str, True), "arguments": (ANY, False)},
+    "tool.result": {"agent": (str, True), "call_id": (str, True), "name": (str, True), "status": (str, True),
+                    "duration": (NUM, True), "result": (str, False), "error": (str, False)},
+    "code.execution": {"agent": (str, True), "language": (str, True), "code": (str, True),
+                       "exit_code": (int, True), "output": (str, True), "duration": (NUM, True),
+                       "call_id": (str, False)},
+    "subagent.started": {"agent": (str, True), "child": (str, True), "task_id": (str, True),
+                         "objective": (str, False)},
+    "subagent.finished": {"agent": (str, True), "child": (str, True), "task_id": (str, True),
+                          "status": (str, True), "result": (str, False), "error": (str, False)},
+    # cost (runner prices each LLM call with the session's price table)
+    "cost.recorded": {"agent": (str, True), "model": (str, True), "prompt_tokens": (int, True),
+                      "completion_tokens": (int, True), "cost": (NUM, True), "currency": (str, True),
+                      "offline": (bool, True), "price_source": (str, False)},
+    # files in the work directory, attributed to the node (and agent / tool) that produced them
+    "file.created": {"path": (str, True), "sha256": (str, True), "size": (int, True), "kind": (str, True),
+                     "agent": (str, False), "tool": (str, False)},
+    "file.changed": {"path": (str, True), "sha256": (str, True), "size": (int, True), "kind": (str, True),
+                     "agent": (str, False), "tool": (str, False)},
+    # approvals: requested by the runner, resolved by the daemon (a client's answer or the timeout policy)
+    "approval.requested": {"approval_id": (str, True), "kind": (str, True), "prompt": (str, True),
+                           "options": (list, True), "context": (ANY, False), "timeout": (NUM, False),
+                           "policy": (str, False), "agent": (str, False)},
+    "approval.resolved": {"approval_id": (str, True), "decision": (str, True), "feedback": (str, False),
+                          "hypothesis": (str, False), "by": (str, True), "via": (str, True)},
     # limits and resources (daemon)
     "limit.exceeded": {"limit": (str, True), "measured": (NUM, True), "max": (NUM, True),
                        "unit": (str, True), "action": (str, True)},
@@ -58,7 +100,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
 KIND_VERSION = {kind: 1 for kind in SCHEMAS}
 
 #: kinds that must carry a node_id
-_NEEDS_NODE = frozenset({"step.started", "step.finished"})
+_NEEDS_NODE = frozenset({"step.started", "step.finished", "agent.turn.started", "agent.turn.finished"})
 
 
 def validate(kind: Any, payload: Any, node_id: Any = None) -> None:

@@ -17,10 +17,13 @@ from ipc.events import TERMINAL_STATUSES
 
 __all__ = ["SessionCursor", "RowChanges", "apply", "ALLOWED_TRANSITIONS"]
 
+_ENDS = frozenset({"completed", "failed", "cancelled", "lost"})
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     "created": frozenset({"starting", "failed", "cancelled", "lost"}),
-    "starting": frozenset({"running", "completed", "failed", "cancelled", "lost"}),
-    "running": frozenset({"completed", "failed", "cancelled", "lost"}),
+    "starting": frozenset({"running"}) | _ENDS,
+    "running": frozenset({"paused", "waiting_approval"}) | _ENDS,
+    "paused": frozenset({"running", "waiting_approval"}) | _ENDS,
+    "waiting_approval": frozenset({"running", "paused"}) | _ENDS,
 }
 
 
@@ -38,6 +41,11 @@ class SessionCursor:
     stop_by: str | None = None  # who asked it to stop
     peak_rss: int = 0
     peak_cpu_percent: float = 0.0
+    cost: float = 0.0
+    budget: float | None = None
+    budget_hit: bool = False
+    #: approval id -> allowed decisions, for approvals not yet resolved
+    pending_approvals: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:
@@ -53,6 +61,11 @@ class RowChanges:
     step_inserts: list[dict[str, Any]] = field(default_factory=list)
     step_updates: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    edges: list[dict[str, Any]] = field(default_factory=list)
+    costs: list[dict[str, Any]] = field(default_factory=list)
+    files: list[dict[str, Any]] = field(default_factory=list)
+    approval_inserts: list[dict[str, Any]] = field(default_factory=list)
+    approval_updates: list[dict[str, Any]] = field(default_factory=list)
 
     def update(self, session_id: str, **values: Any) -> None:
         self.session_updates.setdefault(session_id, {}).update(values)
@@ -63,7 +76,7 @@ def _transition(cur: SessionCursor, to: str, seq: int, ts: float, reason: str, a
     if to == cur.status or to not in ALLOWED_TRANSITIONS.get(cur.status, frozenset()):
         return
     out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": cur.status,
-                        "to_status": to, "reason": reason, "actor": actor})
+                        "to_status": to, "reason": reason, "actor": actor, "node_id": None})
     cur.status = to
     out.update(cur.id, status=to, reason=reason)
 
@@ -116,7 +129,9 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
             "peak_rss": 0, "peak_cpu_percent": 0.0, "rejected_events": 0,
         })
         out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": None,
-                            "to_status": "created", "reason": "created", "actor": "client"})
+                            "to_status": "created", "reason": "created", "actor": "client", "node_id": None})
+        budget = payload["limits"].get("budget")
+        cur.budget = float(budget) if isinstance(budget, int | float) else None
     elif kind == "session.launched":
         out.update(cur.id, pid=payload["pid"], pid_create_time=payload["create_time"])
         _transition(cur, "starting", seq, ts, f"launched pid {payload['pid']}", actor, out)
@@ -130,19 +145,77 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
     elif kind == "session.stopping":
         cur.stop_by = cur.stop_by or payload["by"]
     elif kind == "limit.exceeded":
-        cur.kill_reason = cur.kill_reason or _limit_reason(payload)
+        if payload["action"] != "pause":
+            cur.kill_reason = cur.kill_reason or _limit_reason(payload)
     elif kind == "session.ended":
         finalize(cur, payload)
         out.update(cur.id, ended_at=ts, ended_by=payload["ended_by"], exit_code=payload.get("exit_code"),
                    signal=payload.get("signal"))
         _transition(cur, payload["status"], seq, ts, payload["reason"], actor, out)
-    elif kind == "step.started":
-        out.step_inserts.append({"session_id": cur.id, "node_id": node_id, "name": payload["name"],
-                                 "status": "running", "started_at": ts, "start_seq": seq})
-    elif kind == "step.finished":
+    elif kind in ("step.started", "agent.turn.started"):
+        agent_turn = kind == "agent.turn.started"
+        parent = payload.get("parent_node")
+        out.step_inserts.append({
+            "session_id": cur.id, "node_id": node_id,
+            "name": payload["agent"] if agent_turn else payload["name"],
+            "status": "running", "started_at": ts, "start_seq": seq,
+            "kind": "agent" if agent_turn else payload.get("kind") or "step", "parent_node": parent,
+            "agent": payload["agent"] if agent_turn else None, "attempt": payload.get("attempt"),
+            "redo_of": payload.get("redo_of"),
+        })
+        if parent:
+            out.edges.append({"session_id": cur.id, "src": parent, "dst": node_id, "type": "contains"})
+        for edge in payload.get("edges") or []:
+            if isinstance(edge, list) and len(edge) == 2 and all(isinstance(x, str) for x in edge):
+                out.edges.append({"session_id": cur.id, "src": edge[0], "dst": node_id, "type": edge[1]})
+        out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": None,
+                            "to_status": "running", "reason": "started", "actor": actor, "node_id": node_id})
+    elif kind in ("step.finished", "agent.turn.finished"):
         out.step_updates.append({"session_id": cur.id, "node_id": node_id, "status": payload["status"],
                                  "ended_at": ts, "duration": payload["duration"],
                                  "error": payload.get("error")})
+        out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": "running",
+                            "to_status": payload["status"], "reason": payload.get("error") or payload["status"],
+                            "actor": actor, "node_id": node_id})
+    elif kind == "cost.recorded":
+        cur.cost += float(payload["cost"])
+        out.costs.append({"session_id": cur.id, "seq": seq, "ts": ts, "node_id": node_id,
+                          "agent": payload["agent"], "model": payload["model"],
+                          "prompt_tokens": payload["prompt_tokens"],
+                          "completion_tokens": payload["completion_tokens"], "cost": float(payload["cost"]),
+                          "offline": bool(payload["offline"])})
+        out.update(cur.id, cost=cur.cost)
+    elif kind in ("file.created", "file.changed"):
+        out.files.append({"session_id": cur.id, "seq": seq, "path": payload["path"],
+                          "change": kind.split(".")[1], "sha256": payload["sha256"], "size": payload["size"],
+                          "kind": payload["kind"], "node_id": node_id, "agent": payload.get("agent"),
+                          "tool": payload.get("tool"), "ts": ts})
+    elif kind == "approval.requested":
+        aid = payload["approval_id"]
+        cur.pending_approvals[aid] = [str(o) for o in payload["options"]]
+        timeout = payload.get("timeout")
+        out.approval_inserts.append({
+            "id": aid, "session_id": cur.id, "node_id": node_id, "kind": payload["kind"],
+            "prompt": payload["prompt"], "options": orjson.dumps(payload["options"]).decode(),
+            "context": orjson.dumps(payload.get("context"), default=repr).decode(), "status": "pending",
+            "policy": payload.get("policy"), "requested_at": ts,
+            "expires_at": ts + float(timeout) if timeout else None,
+        })
+        _transition(cur, "waiting_approval", seq, ts, f"approval requested: {payload['kind']}", actor, out)
+    elif kind == "approval.resolved":
+        cur.pending_approvals.pop(payload["approval_id"], None)
+        out.approval_updates.append({
+            "id": payload["approval_id"], "status": "resolved", "decision": payload["decision"],
+            "feedback": payload.get("feedback"), "hypothesis": payload.get("hypothesis"),
+            "resolved_by": payload["by"], "resolved_via": payload["via"], "resolved_at": ts,
+        })
+        if not cur.pending_approvals and cur.status == "waiting_approval":
+            _transition(cur, "running", seq, ts, f"approval {payload['decision']} by {payload['by']}",
+                        payload["by"], out)
+    elif kind == "session.paused":
+        _transition(cur, "paused", seq, ts, payload["reason"], payload["by"], out)
+    elif kind == "session.resumed":
+        _transition(cur, "running", seq, ts, "resumed", payload["by"], out)
     elif kind == "resource.sample":
         cur.peak_rss = max(cur.peak_rss, payload["peak_rss"])
         cur.peak_cpu_percent = max(cur.peak_cpu_percent, float(payload["peak_cpu_percent"]))
@@ -152,7 +225,7 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
 
 
 def _limit_reason(p: dict[str, Any]) -> str:
-    verb = "killed" if p["action"] == "kill" else "stopped"
+    verb = {"kill": "killed", "pause": "paused"}.get(p["action"], "stopped")
     return f"{verb}: {p['limit']} {_fmt(p['measured'], p['unit'])} > limit {_fmt(p['max'], p['unit'])}"
 
 
@@ -163,4 +236,6 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value:.1f} s"
     if unit == "percent":
         return f"{value:.0f} %"
+    if unit == "USD":
+        return f"${value:.4f}"
     return f"{value:g} {unit}"

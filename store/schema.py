@@ -6,9 +6,10 @@ throughput (DESIGN.md §9) and ingest already has the encoded bytes.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
 
-__all__ = ["metadata", "sessions", "events", "steps", "state_history"]
+__all__ = ["metadata", "sessions", "events", "steps", "state_history", "dag_edges", "cost_records", "files",
+           "approvals"]
 
 metadata = MetaData()
 
@@ -37,6 +38,7 @@ sessions = Table(
     Column("peak_rss", Integer, nullable=False, default=0),
     Column("peak_cpu_percent", Float, nullable=False, default=0.0),
     Column("rejected_events", Integer, nullable=False, default=0),
+    Column("cost", Float, nullable=False, default=0.0),
 )
 Index("ix_sessions_status", sessions.c.status)
 
@@ -67,6 +69,11 @@ steps = Table(
     Column("duration", Float),
     Column("error", Text),
     Column("start_seq", Integer),
+    Column("kind", String(20), nullable=False, default="step"),  # phase | step | agent
+    Column("parent_node", String(64)),
+    Column("agent", String(100)),
+    Column("attempt", Integer),
+    Column("redo_of", String(64)),
 )
 
 state_history = Table(
@@ -79,4 +86,69 @@ state_history = Table(
     Column("to_status", String(20), nullable=False),
     Column("reason", Text),
     Column("actor", String(40), nullable=False),
+    Column("node_id", String(64)),  # set for step transitions, None for the session's own
 )
+
+dag_edges = Table(
+    "dag_edges",
+    metadata,
+    Column("session_id", String(32), primary_key=True),
+    Column("src", String(64), primary_key=True),
+    Column("dst", String(64), primary_key=True),
+    Column("type", String(20), nullable=False),  # contains | sequence | dependency | redo
+)
+
+cost_records = Table(
+    "cost_records",
+    metadata,
+    Column("session_id", String(32), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("ts", Float, nullable=False),
+    Column("node_id", String(64)),
+    Column("agent", String(100)),
+    Column("model", String(200), nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("cost", Float, nullable=False),
+    Column("offline", Boolean, nullable=False),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("session_id", String(32), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("path", Text, nullable=False),
+    Column("change", String(10), nullable=False),  # created | changed
+    Column("sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("node_id", String(64)),
+    Column("agent", String(100)),
+    Column("tool", String(100)),
+    Column("ts", Float, nullable=False),
+)
+
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("session_id", String(32), nullable=False),
+    Column("node_id", String(64)),
+    Column("kind", String(40), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("options", Text, nullable=False),
+    Column("context", Text, nullable=False),
+    Column("status", String(20), nullable=False),  # pending | resolved
+    Column("policy", String(20)),
+    Column("requested_at", Float, nullable=False),
+    Column("expires_at", Float),
+    Column("decision", String(20)),
+    Column("feedback", Text),
+    Column("hypothesis", Text),
+    Column("resolved_by", String(100)),
+    Column("resolved_via", String(20)),
+    Column("resolved_at", Float),
+)
+Index("ix_approvals_status", approvals.c.status)
+Index("ix_approvals_session", approvals.c.session_id)

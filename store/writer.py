@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, select
 
 from store.projections import RowChanges, SessionCursor
-from store.schema import sessions
+from store.schema import approvals, sessions
 
 __all__ = ["BatchWriter", "EventRow"]
 
@@ -48,7 +49,36 @@ class BatchWriter:
                             peak_cpu_percent=row["peak_cpu_percent"])
         if row["status"] in ("failed", "cancelled") or row["reason"]:
             cur.outcome_error = row["reason"]
+        cur.cost = row["cost"] or 0.0
+        budget = orjson.loads(row["limits"]).get("budget")
+        cur.budget = float(budget) if isinstance(budget, int | float) else None
+        cur.budget_hit = cur.budget is not None and cur.cost > cur.budget
+        pending = self._conn.execute(select(approvals.c.id, approvals.c.options).where(
+            approvals.c.session_id == session_id, approvals.c.status == "pending")).all()
+        self._conn.rollback()
+        cur.pending_approvals = {r[0]: orjson.loads(r[1]) for r in pending}
         return cur
+
+    def resolutions(self, session_id: str, ids: list[str]) -> list[dict[str, Any]]:
+        """Resolved approvals among ``ids`` (re-sent to a runner that reconnects while waiting)."""
+        if not ids:
+            return []
+        rows = self._conn.execute(select(approvals).where(
+            approvals.c.session_id == session_id, approvals.c.id.in_(ids),
+            approvals.c.status == "resolved")).mappings().all()
+        self._conn.rollback()
+        return [dict(r) for r in rows]
+
+    def _insert(self, conn: Any, table: str, rows: list[dict[str, Any]], ignore_duplicates: bool = False) -> None:
+        if not rows:
+            return
+        cols = list(rows[0])
+        verb = "INSERT"
+        suffix = ""
+        if ignore_duplicates:  # both SQLite and PostgreSQL understand ON CONFLICT DO NOTHING
+            suffix = " ON CONFLICT DO NOTHING"
+        sql = f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join([self._p] * len(cols))}){suffix}"
+        conn.exec_driver_sql(sql, [tuple(r.get(c) for c in cols) for r in rows])
 
     def commit(self, rows: list[EventRow], changes: RowChanges, cursors: dict[str, SessionCursor]) -> None:
         """Write ``rows`` and ``changes`` in one transaction; ``cursors`` give each session's seq marks."""
@@ -73,19 +103,21 @@ class BatchWriter:
                 cols = list(values)
                 sql = f"UPDATE sessions SET {', '.join(f'{c} = {p}' for c in cols)} WHERE id = {p}"
                 conn.exec_driver_sql(sql, (*[values[c] for c in cols], sid))
-            if changes.step_inserts:
-                cols = ["session_id", "node_id", "name", "status", "started_at", "start_seq"]
-                sql = f"INSERT INTO steps ({', '.join(cols)}) VALUES ({', '.join([p] * len(cols))})"
-                conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in changes.step_inserts])
+            self._insert(conn, "steps", changes.step_inserts)
+            self._insert(conn, "dag_edges", changes.edges, ignore_duplicates=True)
+            self._insert(conn, "cost_records", changes.costs)
+            self._insert(conn, "files", changes.files)
+            self._insert(conn, "approvals", changes.approval_inserts)
+            for r in changes.approval_updates:
+                cols = [c for c in r if c != "id"]
+                sql = f"UPDATE approvals SET {', '.join(f'{c} = {p}' for c in cols)} WHERE id = {p}"
+                conn.exec_driver_sql(sql, (*[r[c] for c in cols], r["id"]))
             if changes.step_updates:
                 sql = (f"UPDATE steps SET status = {p}, ended_at = {p}, duration = {p}, error = {p} "
                        f"WHERE session_id = {p} AND node_id = {p}")
                 conn.exec_driver_sql(sql, [(r["status"], r["ended_at"], r["duration"], r["error"],
                                             r["session_id"], r["node_id"]) for r in changes.step_updates])
-            if changes.history:
-                cols = ["session_id", "seq", "ts", "from_status", "to_status", "reason", "actor"]
-                sql = f"INSERT INTO state_history ({', '.join(cols)}) VALUES ({', '.join([p] * len(cols))})"
-                conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in changes.history])
+            self._insert(conn, "state_history", changes.history)
             conn.commit()
         except BaseException:
             conn.rollback()

@@ -1,0 +1,360 @@
+#!/usr/bin/env python
+"""Session start latency: labd's warm template vs. a cold interpreter vs. multiprocess's forkserver.
+
+Measured side by side, interleaved round by round, in one run:
+
+(a) warm  - the real daemon path: ``ipc.Client.start("demo.count", n=0)`` -> the session's first events as
+            seen by a client subscribed to the live tail (the daemon's event PUB socket, prefix ``session.``):
+            ``session.created`` (the daemon committed the request) and ``session.started`` (the forked runner
+            is up, connected back, and its first event went through ingest). Also: the request's reply, and
+            when the runner *emitted* session.started (event ts, wall clock), to split runner vs. transport time.
+(b) cold  - a fresh interpreter, ``python -c "import <the template's PRELOAD modules>; write(pipe)"``, Popen ->
+            first byte on the pipe; and ``python -m runner.template`` Popen -> its ``ready`` line (the same
+            imports plus gc.collect/freeze, i.e. what the daemon pays once per template start).
+(c) forkserver - ``multiprocess.get_context("forkserver")`` with ``set_forkserver_preload`` of the same
+            modules: ``Process.start()`` -> first message over a ``Pipe``.
+(d) os.fork - a bare fork of this (warm) process, child writes one byte to a pipe: the floor.
+
+Prints p50/p90/p99 per variant and the p50 ratios. The machine is shared and noisy: read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_common import (  # noqa: E402
+    BenchDaemon,
+    EventTail,
+    fmt_ms,
+    interrupt_on_sigterm,
+    print_machine,
+    print_table,
+    ratio,
+    summary,
+)
+
+from runner.template import PRELOAD  # noqa: E402
+
+WORKFLOW = "demo.count"
+PARAMS = {"n": 0, "delay": 0.0}  # demo.count(ctx, n=10, delay=0.2): n=0 returns at once
+
+
+# ---- (c) forkserver target: module level so the forkserver imports it once (we preload __main__) ----------
+def _fs_child(conn: Any) -> None:
+    conn.send_bytes(b"r")
+    conn.close()
+
+
+def cold_import_code(fd: int) -> str:
+    imports = "; ".join(f"import {m}" for m in PRELOAD)
+    return f"import os; {imports}; os.write({fd}, b'r')"
+
+
+def time_cold_c(env: dict[str, str]) -> float:
+    """Popen of ``python -c 'import <PRELOAD>; write'`` -> first byte on a pipe."""
+    r, w = os.pipe()
+    try:
+        t0 = time.perf_counter()
+        p = subprocess.Popen([sys.executable, "-c", cold_import_code(w)], pass_fds=(w,), env=env,
+                             stdin=subprocess.DEVNULL)
+        os.close(w)
+        w = -1
+        data = os.read(r, 1)
+        t1 = time.perf_counter()
+        p.wait(30)
+        if data != b"r":
+            raise RuntimeError(f"cold child wrote {data!r} (exit {p.returncode})")
+        return t1 - t0
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def time_cold_template(env: dict[str, str]) -> float:
+    """Popen of ``python -m runner.template`` -> its ``{"op": "ready"}`` line (then close its stdin: it exits)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-m", "runner.template"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         env=env, start_new_session=True)
+    try:
+        assert p.stdout is not None and p.stdin is not None
+        line = p.stdout.readline()
+        t1 = time.perf_counter()
+        if b'"ready"' not in line:
+            raise RuntimeError(f"template did not get ready: {line!r}")
+        return t1 - t0
+    finally:
+        if p.stdin:
+            p.stdin.close()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        if p.stdout:
+            p.stdout.close()
+
+
+def time_fork() -> float:
+    """os.fork() of this process (which has imported the runner stack) -> first byte on a pipe."""
+    r, w = os.pipe()
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # child: nothing but the write
+        try:
+            os.write(w, b"r")
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = os.read(r, 1)
+    t1 = time.perf_counter()
+    os.close(r)
+    os.waitpid(pid, 0)
+    if data != b"r":
+        raise RuntimeError("fork child did not write")
+    return t1 - t0
+
+
+class ForkServerBench:
+    def __init__(self) -> None:
+        import multiprocess
+
+        self.ctx = multiprocess.get_context("forkserver")
+        # '__main__' first: the server imports this script once, so children do not re-import it
+        self.ctx.set_forkserver_preload(["__main__", *PRELOAD])
+
+    def once(self) -> float:
+        r, w = self.ctx.Pipe(duplex=False)
+        t0 = time.perf_counter()
+        p = self.ctx.Process(target=_fs_child, args=(w,))
+        p.start()
+        data = r.recv_bytes()
+        t1 = time.perf_counter()
+        w.close()
+        r.close()
+        p.join(10)
+        if data != b"r":
+            raise RuntimeError("forkserver child did not send")
+        return t1 - t0
+
+    def close(self) -> None:
+        try:
+            from multiprocess import forkserver
+
+            forkserver._forkserver._stop()
+        except Exception:  # noqa: BLE001 - best effort; the server also exits when we do
+            pass
+
+
+class WarmBench:
+    """Sessions through the real daemon, one at a time."""
+
+    def __init__(self, daemon: BenchDaemon, tail: EventTail) -> None:
+        self.d = daemon
+        self.tail = tail
+        self.c = daemon.client()
+        self.rows: list[dict[str, float]] = []
+        self.failed = 0
+
+    def once(self) -> dict[str, float] | None:
+        wall0 = time.time()
+        t0 = time.perf_counter()
+        sid = self.c.start(WORKFLOW, params=PARAMS)
+        t_reply = time.perf_counter()
+        t_created = self.tail.wait_for(sid, "session.created", 10)
+        t_launched = self.tail.wait_for(sid, "session.launched", 10)
+        t_started = self.tail.wait_for(sid, "session.started", 10)
+        t_ended = self.tail.wait_for(sid, "session.ended", 30)
+        if t_ended is None:  # the live tail may drop: make sure it really ended before the next one
+            self.d.wait_ended([sid], timeout=30)
+        if None in (t_created, t_started):
+            self.failed += 1
+            return None
+        row = {"reply": t_reply - t0, "created": t_created - t0, "started": t_started - t0}
+        if t_launched is not None:
+            row["launched"] = t_launched - t0
+        emitted = self.tail.ts_of(sid, "session.started")
+        if emitted is not None:
+            row["started_emitted"] = emitted - wall0  # runner's wall clock vs ours: same machine
+        if t_ended is not None:
+            row["ended"] = t_ended - t0
+        self.rows.append(row)
+        return row
+
+    def close(self) -> None:
+        self.c.close()
+
+
+class TsTail(EventTail):
+    """An EventTail that also keeps the event's own ``ts`` (the emitter's wall clock) for first sightings."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.ts: dict[tuple[str, str], float] = {}
+
+    def run(self) -> None:  # same loop, plus event timestamps
+        import zmq
+
+        from ipc.wire import Codec, WireError
+
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 1_000_000)
+        sub.setsockopt(zmq.SUBSCRIBE, b"session.")
+        sub.connect(self.info.events)
+        codec = Codec(self.info.key_bytes)
+        self._ready.set()
+        try:
+            while not self._halt.is_set():
+                if not sub.poll(100):
+                    continue
+                frames = sub.recv_multipart()
+                t = time.perf_counter()
+                self.messages += 1
+                try:
+                    msg = codec.unpack(frames[1:])
+                except WireError:
+                    self.bad += 1
+                    continue
+                sid = msg.body.get("session")
+                with self._cond:
+                    for ev in msg.body.get("events") or []:
+                        key = (sid, ev[2])
+                        if key not in self.first:
+                            self.first[key] = t
+                            self.ts[key] = ev[1]
+                    self._cond.notify_all()
+        finally:
+            sub.close(0)
+            ctx.term()
+
+    def ts_of(self, sid: str, kind: str) -> float | None:
+        with self._cond:
+            return self.ts.get((sid, kind))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--warm", type=int, default=100, help="warm (daemon) session starts (default 100)")
+    ap.add_argument("--fork", type=int, default=100, help="bare os.fork samples (default 100)")
+    ap.add_argument("--forkserver", type=int, default=100, help="multiprocess forkserver starts (default 100)")
+    ap.add_argument("--cold", type=int, default=12, help="cold interpreter starts, per cold variant (default 12)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed warm-up rounds per variant (default 3)")
+    ap.add_argument("--pause", type=float, default=0.02, help="seconds between rounds (default 0.02)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp home (daemon log, database)")
+    args = ap.parse_args()
+    interrupt_on_sigterm()
+    print_machine(f"workflow {WORKFLOW} {PARAMS}")
+
+    env = {**os.environ}
+    env["PYTHONPATH"] = os.pathsep.join([str(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
+                                        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    for m in PRELOAD:  # this process is "warm" too, for the os.fork floor
+        __import__(m)
+
+    samples: dict[str, list[float]] = {"fork": [], "forkserver": [], "cold_c": [], "cold_template": []}
+    fs = None
+    warm = None
+    tail = None
+    t_begin = time.monotonic()
+    try:
+        with BenchDaemon(keep=args.keep) as d:
+            tail = TsTail(d.home)
+            tail.start()
+            warm = WarmBench(d, tail)
+            fs = ForkServerBench()
+            for _ in range(args.warmup):  # not timed: first requests, forkserver start, page cache
+                warm.once()
+                fs.once()
+                time_fork()
+            warm.rows.clear()
+            warm_n = args.warm
+            rounds = max(args.warm, args.fork, args.forkserver, args.cold)
+            cold_every = max(1, rounds // max(1, args.cold)) if args.cold else 0
+            done_cold = 0
+            for i in range(rounds):
+                if i < warm_n:
+                    warm.once()
+                    time.sleep(args.pause)
+                if i < args.forkserver:
+                    samples["forkserver"].append(fs.once())
+                if i < args.fork:
+                    samples["fork"].append(time_fork())
+                if cold_every and i % cold_every == 0 and done_cold < args.cold:
+                    samples["cold_c"].append(time_cold_c(env))
+                    samples["cold_template"].append(time_cold_template(env))
+                    done_cold += 1
+                time.sleep(args.pause)
+            print(f"\n{len(warm.rows)} warm sessions ({warm.failed} without a live event), "
+                  f"live tail: {tail.messages} messages, {tail.bad} undecodable")
+            report(warm.rows, samples)
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaned up", file=sys.stderr)
+        return 130
+    finally:
+        if warm is not None:
+            warm.close()
+        if tail is not None:
+            tail.stop()
+        if fs is not None:
+            fs.close()
+    print(f"\n(total {time.monotonic() - t_begin:.1f}s)")
+    return 0
+
+
+def report(rows: list[dict[str, float]], samples: dict[str, list[float]]) -> None:
+    def col(name: str) -> list[float]:
+        return [r[name] for r in rows if name in r]
+
+    lines: list[tuple[str, str, list[float]]] = [
+        ("warm: start() reply", "request -> reply (runner forked)", col("reply")),
+        ("warm: session.created", "request -> first event visible on live tail", col("created")),
+        ("warm: session.launched", "request -> launched visible", col("launched")),
+        ("warm: runner emits started", "request -> runner's emit (its clock)", col("started_emitted")),
+        ("warm: session.started", "request -> runner's first event visible", col("started")),
+        ("warm: session.ended", "request -> ended visible (n=0 workflow)", col("ended")),
+        ("cold: python -c import", "Popen -> PRELOAD imported, pipe write", samples["cold_c"]),
+        ("cold: -m runner.template", "Popen -> template 'ready' line", samples["cold_template"]),
+        ("forkserver (preloaded)", "Process.start -> first Pipe message", samples["forkserver"]),
+        ("os.fork (floor)", "fork -> first pipe byte", samples["fork"]),
+    ]
+    created = summary(col("created"))["p50"]
+    started = summary(col("started"))["p50"]
+    table = []
+    for name, what, vals in lines:
+        if not vals:
+            continue
+        s = summary(vals)
+        table.append([name, what, s["n"], fmt_ms(s["p50"]), fmt_ms(s["p90"]), fmt_ms(s["p99"]),
+                      ratio(s["p50"], created), ratio(s["p50"], started)])
+    print_table(["variant", "measures", "n", "p50 ms", "p90 ms", "p99 ms", "p50/warm created", "p50/warm started"],
+                table, title="Session start latency (ms; ratios of p50s)")
+
+    cold = summary(samples["cold_c"])["p50"]
+    fsv = summary(samples["forkserver"])["p50"]
+    fk = summary(samples["fork"])["p50"]
+    print("\nside by side (p50):")
+    print(f"  cold python -c import / warm session.started     = {ratio(cold, started)}  (warm is that much faster)")
+    print(f"  cold python -c import / warm session.created     = {ratio(cold, created)}")
+    print(f"  forkserver start / warm session.started          = {ratio(fsv, started)}")
+    print(f"  os.fork floor / warm session.started             = {ratio(fk, started)}")
+    emitted = summary(col("started_emitted"))["p50"]
+    if emitted == emitted:
+        print(f"  warm session.started split: runner up and emitting {fmt_ms(emitted)} ms after the request, "
+              f"visible {fmt_ms(started - emitted)} ms later (channel -> ingest -> commit -> PUB)")
+    verdict = "MET" if created <= 0.015 else "NOT MET"
+    print(f"\ntarget: warm p50 request -> first event visible <= 15 ms: {fmt_ms(created)} ms "
+          f"(session.created) -> {verdict}; runner's session.started p50 {fmt_ms(started)} ms "
+          f"({'within' if started <= 0.015 else 'over'} 15 ms)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

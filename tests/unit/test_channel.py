@@ -1,0 +1,181 @@
+"""Unit tests for runner.channel.Channel against an in-test ZeroMQ ROUTER standing in for the daemon."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zmq
+
+from ipc.wire import Codec, Message
+from runner.channel import Channel
+from tests.conftest import wait_until
+
+KEY = b"channel-test-key-0123456789abcdef"
+SID = "sess-unit-1"
+
+
+class FakeDaemon:
+    """A ROUTER socket that receives the channel's messages and answers with signed acks."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.zctx = zmq.Context()
+        self.sock = self.zctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(endpoint)
+        self.codec = Codec(KEY)
+        self.identity = b""
+
+    def recv(self, type_: str, timeout: float = 5.0) -> Message:
+        """The next message of ``type_`` (others, like heartbeats, are skipped); fails after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {type_!r} message within {timeout}s")
+            if not self.sock.poll(int(left * 1000) + 1):
+                continue
+            identity, *frames = self.sock.recv_multipart()
+            msg = self.codec.unpack(frames)
+            self.identity = identity
+            if msg.type == type_:
+                return msg
+
+    def recv_events(self, upto: int, timeout: float = 5.0) -> list[list[Any]]:
+        """Receive 'events' batches until one ending at src_seq ``upto``; returns all events received."""
+        got: list[list[Any]] = []
+        while not got or got[-1][0] < upto:
+            got.extend(self.recv("events", timeout).body["events"])
+        return got
+
+    def send(self, type_: str, body: dict[str, Any], codec: Codec | None = None) -> None:
+        self.sock.send_multipart([self.identity, *(codec or self.codec).pack(type_, body)])
+
+    def ack(self, nxt: int, resend: bool = False) -> None:
+        self.send("ack", {"next": nxt, "resend": resend})
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.zctx.term()
+
+
+@pytest.fixture
+def endpoint(isolated_env: Any) -> str:
+    """An ipc:// endpoint in the test's (short) runtime directory."""
+    return f"ipc://{os.environ['XDG_RUNTIME_DIR']}/chan.sock"
+
+
+@pytest.fixture
+def daemon(endpoint: str) -> Iterator[FakeDaemon]:
+    d = FakeDaemon(endpoint)
+    yield d
+    d.close()
+
+
+def _channel(endpoint: str, daemon: FakeDaemon, **kw: Any) -> Channel:
+    """A started channel whose hello the daemon has received (so the connect-time resend is behind us)."""
+    ch = Channel(endpoint, KEY, SID, hello={"pid": 4242}, **kw)
+    ch.start()
+    hello = daemon.recv("hello")
+    assert hello.body == {"session": SID, "last_seq": 0, "pid": 4242}
+    return ch
+
+
+@pytest.fixture
+def channels() -> Iterator[list[Channel]]:
+    """Channels to close after the test (quickly: nothing waits for acks at teardown)."""
+    made: list[Channel] = []
+    yield made
+    for ch in made:
+        ch.close(timeout=0.0)
+
+
+def test_hello_events_and_ack(endpoint: str, daemon: FakeDaemon, channels: list[Channel]) -> None:
+    """The channel says hello, sends emitted events in src_seq order, and close() succeeds once all are acked."""
+    ch = _channel(endpoint, daemon)
+    channels.append(ch)
+    seqs = [ch.emit("output", {"stream": "stdout", "text": f"line {i}\n"}, "n1") for i in range(3)]
+    assert seqs == [1, 2, 3] and ch.last_seq == 3
+    events = daemon.recv_events(3)
+    assert [e[0] for e in events] == [1, 2, 3]
+    src_seq, ts, kind, node, parent, payload = events[1]
+    assert (kind, node, parent, payload) == ("output", "n1", None, {"stream": "stdout", "text": "line 1\n"})
+    assert abs(ts - time.time()) < 60
+    daemon.ack(4)
+    t0 = time.monotonic()
+    assert ch.close(timeout=5.0) is True
+    assert time.monotonic() - t0 < 4
+
+
+def test_close_reports_unacknowledged_events(endpoint: str, daemon: FakeDaemon, channels: list[Channel]) -> None:
+    """close() returns False when the daemon has not acknowledged everything by the timeout."""
+    ch = _channel(endpoint, daemon)
+    channels.append(ch)
+    ch.emit("custom", {"name": "x"})
+    daemon.recv_events(1)
+    assert ch.close(timeout=0.2) is False
+
+
+def test_resend_on_request(endpoint: str, daemon: FakeDaemon, channels: list[Channel]) -> None:
+    """An ack with resend=True makes the channel send every still-unacknowledged event again."""
+    ch = _channel(endpoint, daemon)
+    channels.append(ch)
+    for i in range(3):
+        ch.emit("custom", {"name": "e", "data": i})
+    assert [e[0] for e in daemon.recv_events(3)] == [1, 2, 3]
+    daemon.ack(2, resend=True)  # 1 is committed; 2 and 3 were "lost"
+    again = daemon.recv_events(3)
+    assert [e[0] for e in again] == [2, 3]
+    assert [e[5]["data"] for e in again] == [1, 2]
+    daemon.ack(4)
+    assert ch.close(timeout=5.0) is True
+
+
+def test_emit_blocks_at_max_unacked_until_acked(endpoint: str, daemon: FakeDaemon, channels: list[Channel]) -> None:
+    """With max_unacked=3 the 4th emit blocks (back-pressure, no loss) until an ack frees room."""
+    ch = _channel(endpoint, daemon, max_unacked=3)
+    channels.append(ch)
+    for i in range(3):
+        ch.emit("custom", {"name": "e", "data": i})
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(ch.emit("custom", {"name": "e", "data": 3})), daemon=True)
+    t.start()
+    assert [e[0] for e in daemon.recv_events(3)] == [1, 2, 3]
+    t.join(0.3)
+    assert t.is_alive() and result == [], "emit did not block with 3 unacknowledged events"
+    daemon.ack(4)
+    wait_until(lambda: result, timeout=5, what="blocked emit to return")
+    assert result == [4]
+    assert [e[0] for e in daemon.recv_events(4)] == [4]
+    daemon.ack(5)
+    assert ch.close(timeout=5.0) is True
+
+
+def test_forged_ack_is_ignored(endpoint: str, daemon: FakeDaemon, channels: list[Channel]) -> None:
+    """An ack signed with another key does not acknowledge anything; a genuine one sent after it does."""
+    ch = _channel(endpoint, daemon)
+    channels.append(ch)
+    for _ in range(3):
+        ch.emit("custom", {"name": "e"})
+    daemon.recv_events(3)
+    daemon.send("ack", {"next": 4}, codec=Codec(b"another-key-0123456789"))
+    daemon.ack(2)  # same connection, so processed after the forged one
+    wait_until(lambda: ch._acked_upto >= 1, timeout=5, what="genuine ack")
+    assert ch._acked_upto == 1  # private, but it is exactly what an ack changes
+
+
+def test_cancel_message_reaches_on_cancel(endpoint: str, daemon: FakeDaemon, channels: list[Channel]) -> None:
+    """A 'cancel' message from the daemon calls on_cancel with its body."""
+    ch = Channel(endpoint, KEY, SID)
+    got: list[dict[str, Any]] = []
+    ch.on_cancel = got.append
+    ch.start()
+    channels.append(ch)
+    daemon.recv("hello")  # the daemon learns the runner's routing id from it
+    daemon.send("cancel", {"reason": "stop requested by user"})
+    wait_until(lambda: got, timeout=5, what="on_cancel")
+    assert got == [{"reason": "stop requested by user"}]

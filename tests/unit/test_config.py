@@ -1,0 +1,176 @@
+"""Unit tests for daemon.config: size/duration/percent parsing and config precedence."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from daemon.config import Config, ConfigError, load_config, parse_duration, parse_percent, parse_size
+
+MiB, GiB = 2**20, 2**30
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No LABD_* config variables leak in from the outer environment."""
+    for name in ("LABD_DB", "LABD_LOG_FORMAT", "LABD_LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("1048576", 1048576), ("512M", 512 * MiB), ("512m", 512 * MiB), ("512MB", 512 * MiB), ("512MiB", 512 * MiB),
+    ("2G", 2 * GiB), ("2gb", 2 * GiB), ("1.5G", int(1.5 * GiB)), ("64K", 64 * 1024), ("64kib", 64 * 1024),
+    ("100B", 100), (" 8M ", 8 * MiB), ("12 MB", 12 * MiB),
+])
+def test_parse_size_good(text: str, value: int) -> None:
+    """Sizes with or without unit (K/M/G, optional B / iB, any case) parse to bytes."""
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "M", "abc", "0", "0M", "-1M", "5T", "5KG", "5MBB", "1,5G", "GiB"])
+def test_parse_size_bad(text: str) -> None:
+    """Empty, unitless garbage, non-positive, unknown or doubled units raise ConfigError."""
+    with pytest.raises(ConfigError, match="bad size"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "infM"])
+def test_parse_size_non_finite_is_a_config_error(text: str) -> None:
+    """'nan' / 'inf' are bad sizes: ConfigError, not a ValueError/OverflowError escaping from int()."""
+    with pytest.raises(ConfigError):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("1h", 3600.0), ("2d", 172800.0), ("1.5h", 5400.0),
+    ("0.5", 0.5), (" 10S ", 10.0),
+])
+def test_parse_duration_good(text: str, value: float) -> None:
+    """Durations in s/m/h/d (default seconds) parse to seconds."""
+    assert parse_duration(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "s", "abc", "10x", "5ms", "0", "0s", "-1m", "1h30m"])
+def test_parse_duration_bad(text: str) -> None:
+    """Garbage, unknown units and non-positive durations raise ConfigError."""
+    with pytest.raises(ConfigError, match="bad duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["nan", "nans"])
+def test_parse_duration_nan_is_a_config_error(text: str) -> None:
+    """'nan' is not a usable timeout: ConfigError instead of returning float('nan')."""
+    with pytest.raises(ConfigError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(("text", "value"), [("50%", 50.0), ("50", 50.0), (" 12.5% ", 12.5), ("100", 100.0)])
+def test_parse_percent_good(text: str, value: float) -> None:
+    """Percent with or without '%' parses to a float."""
+    assert parse_percent(text) == value
+
+
+def test_parse_percent_allows_up_to_all_cores() -> None:
+    """The upper bound is 100% per core."""
+    cores = os.cpu_count() or 1
+    assert parse_percent(f"{100 * cores}%") == 100.0 * cores
+    with pytest.raises(ConfigError, match="between"):
+        parse_percent(f"{100 * cores + 1}%")
+
+
+@pytest.mark.parametrize("text", ["", "%", "abc", "0", "0%", "-5%", "nan", "inf"])
+def test_parse_percent_bad(text: str) -> None:
+    """Non-numbers, zero, negatives and non-finite values raise ConfigError."""
+    with pytest.raises(ConfigError, match="bad CPU limit"):
+        parse_percent(text)
+
+
+# ---- load_config ------------------------------------------------------------------------------------
+
+def _write_config(home: Path, text: str) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(text)
+
+
+def test_defaults_without_config_file(tmp_path: Path) -> None:
+    """Without config file, env or overrides: the dataclass defaults and a SQLite db inside the home."""
+    home = tmp_path / "h"
+    cfg = load_config(home)
+    assert isinstance(cfg, Config)
+    assert cfg.home == home.resolve() and isinstance(cfg.home, Path)
+    assert cfg.db_url == f"sqlite:///{home.resolve() / 'labd.db'}"
+    assert cfg.log_format == "auto" and cfg.stop_grace == 5.0 and cfg.secret_env == []
+
+
+def test_home_comes_from_labd_home_when_not_given(isolated_env: Path) -> None:
+    """With no home argument, LABD_HOME (set by the isolated_env fixture) is used."""
+    assert load_config().home == isolated_env.resolve()
+
+
+def test_config_file_overrides_defaults(tmp_path: Path) -> None:
+    """Settings in the [daemon] table replace defaults; other tables are ignored."""
+    home = tmp_path / "h"
+    _write_config(home, '[daemon]\nstop_grace = 1.5\nlog_level = "debug"\nsecret_env = ["MY_KEY"]\n'
+                        'db_url = "sqlite:///file.db"\n[other]\nwhatever = 1\n')
+    cfg = load_config(home)
+    assert (cfg.stop_grace, cfg.log_level, cfg.secret_env, cfg.db_url) == (1.5, "debug", ["MY_KEY"],
+                                                                          "sqlite:///file.db")
+
+
+def test_env_overrides_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LABD_DB / LABD_LOG_LEVEL beat the config file; empty variables are ignored."""
+    home = tmp_path / "h"
+    _write_config(home, '[daemon]\ndb_url = "sqlite:///file.db"\nlog_level = "debug"\nlog_format = "json"\n')
+    monkeypatch.setenv("LABD_DB", "sqlite:///env.db")
+    monkeypatch.setenv("LABD_LOG_LEVEL", "warning")
+    monkeypatch.setenv("LABD_LOG_FORMAT", "")
+    cfg = load_config(home)
+    assert (cfg.db_url, cfg.log_level, cfg.log_format) == ("sqlite:///env.db", "warning", "json")
+
+
+def test_overrides_beat_env_and_none_overrides_are_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keyword overrides (CLI flags) win over env and file; an override of None leaves the value alone."""
+    home = tmp_path / "h"
+    _write_config(home, '[daemon]\ndb_url = "sqlite:///file.db"\nstop_grace = 2.0\n')
+    monkeypatch.setenv("LABD_DB", "sqlite:///env.db")
+    cfg = load_config(home, db_url="sqlite:///flag.db", stop_grace=None, log_format="console")
+    assert (cfg.db_url, cfg.stop_grace, cfg.log_format) == ("sqlite:///flag.db", 2.0, "console")
+
+
+def test_unknown_config_key_is_an_error(tmp_path: Path) -> None:
+    """A misspelt [daemon] setting is refused and named."""
+    home = tmp_path / "h"
+    _write_config(home, "[daemon]\nstop_grase = 1\n")
+    with pytest.raises(ConfigError, match="stop_grase"):
+        load_config(home)
+
+
+def test_unknown_override_is_an_error(tmp_path: Path) -> None:
+    """An override that is not a Config field raises ConfigError (not TypeError)."""
+    with pytest.raises(ConfigError):
+        load_config(tmp_path / "h", bogus=1)
+
+
+def test_bad_toml_is_an_error(tmp_path: Path) -> None:
+    """A config file that is not valid TOML raises ConfigError naming the file."""
+    home = tmp_path / "h"
+    _write_config(home, "[daemon\nstop_grace = \n")
+    with pytest.raises(ConfigError, match="config.toml"):
+        load_config(home)
+
+
+@pytest.mark.parametrize("where", ["file", "env", "override"])
+def test_bad_log_format_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """log_format must be auto, json or console wherever it comes from."""
+    home = tmp_path / "h"
+    overrides = {}
+    if where == "file":
+        _write_config(home, '[daemon]\nlog_format = "xml"\n')
+    elif where == "env":
+        monkeypatch.setenv("LABD_LOG_FORMAT", "xml")
+    else:
+        overrides["log_format"] = "xml"
+    with pytest.raises(ConfigError, match="log_format"):
+        load_config(home, **overrides)

@@ -1,0 +1,110 @@
+"""Unit tests for ipc.events.validate: the per-kind payload schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ipc.events import KIND_VERSION, SCHEMAS, TERMINAL_STATUSES, EventError, validate
+
+VALID: list[tuple[str, dict[str, Any], str | None]] = [
+    ("session.created", {"workflow": "demo.count", "name": "s", "params": {}, "limits": {}, "workdir": "/w"}, None),
+    ("session.launched", {"pid": 123, "create_time": 1.5, "launcher": "template"}, None),
+    ("session.launched", {"pid": 123, "create_time": 2, "launcher": "template"}, None),  # int is a number
+    ("session.finished", {"outcome": "completed", "result": {"any": ["thing"]}}, None),
+    ("session.finished", {"outcome": "failed", "error": "boom", "traceback": None}, None),  # optional None ok
+    ("session.ended", {"ended_by": "monitor", "exit_code": 0}, None),
+    ("output", {"stream": "stdout", "text": "hi\n"}, "n1"),
+    ("log", {"level": "info", "event": "x", "fields": {"a": 1}}, None),
+    ("step.started", {"name": "train", "parent_node": None}, "n1"),  # extra fields are allowed
+    ("step.finished", {"name": "train", "status": "completed", "duration": 0.25}, "n1"),
+    ("custom", {"name": "tick"}, None),
+    ("limit.exceeded", {"limit": "memory", "measured": 10, "max": 5.0, "unit": "bytes", "action": "kill"}, None),
+    ("resource.sample", {"rss": 1, "cpu_percent": 0, "num_procs": 1, "peak_rss": 2, "peak_cpu_percent": 3.5}, None),
+    ("event.rejected", {"kind": "bogus", "reason": "unknown"}, None),
+]
+
+
+@pytest.mark.parametrize(("kind", "payload", "node"), VALID, ids=[f"{k}-{i}" for i, (k, _, _) in enumerate(VALID)])
+def test_valid_payloads_are_accepted(kind: str, payload: dict[str, Any], node: str | None) -> None:
+    """Well-formed payloads of many kinds pass validation."""
+    validate(kind, payload, node)
+
+
+def test_every_kind_is_at_version_1() -> None:
+    """Each schema kind has a version entry, all 1, and terminal statuses are the four end states."""
+    assert set(KIND_VERSION) == set(SCHEMAS) and set(KIND_VERSION.values()) == {1}
+    assert frozenset({"completed", "failed", "cancelled", "lost"}) == TERMINAL_STATUSES
+
+
+@pytest.mark.parametrize("kind", ["nope", "output@2", "", None, 5, ["output"]])
+def test_unknown_kinds_are_rejected(kind: Any) -> None:
+    """Kinds that are not in SCHEMAS (or not strings) are rejected."""
+    with pytest.raises(EventError, match="unknown event kind"):
+        validate(kind, {})
+
+
+@pytest.mark.parametrize("payload", [None, [], "text", 3, [("stream", "stdout")]])
+def test_non_dict_payloads_are_rejected(payload: Any) -> None:
+    """The payload must be an object."""
+    with pytest.raises(EventError, match="must be an object"):
+        validate("output", payload)
+
+
+@pytest.mark.parametrize(("kind", "payload", "field"), [
+    ("output", {"stream": "stdout"}, "text"),
+    ("session.launched", {"pid": 1, "launcher": "x"}, "create_time"),
+    ("session.ended", {"status": "completed"}, "ended_by"),
+    ("limit.exceeded", {"limit": "cpu", "measured": 1, "max": 1, "unit": "percent"}, "action"),
+    ("output", {"stream": "stdout", "text": None}, "text"),  # None counts as missing
+])
+def test_missing_required_fields_are_rejected(kind: str, payload: dict[str, Any], field: str) -> None:
+    """A required field that is absent (or None) is reported by name."""
+    with pytest.raises(EventError, match=f"missing field '{field}'"):
+        validate(kind, payload)
+
+
+@pytest.mark.parametrize(("kind", "payload"), [
+    ("output", {"stream": "stdout", "text": b"bytes"}),
+    ("output", {"stream": 1, "text": "x"}),
+    ("session.launched", {"pid": "123", "create_time": 1.0, "launcher": "x"}),
+    ("session.launched", {"pid": 1.5, "create_time": 1.0, "launcher": "x"}),  # pid must be int
+    ("session.created", {"workflow": "w", "name": "n", "params": [], "limits": {}, "workdir": "/"}),
+    ("step.finished", {"name": "s", "status": "completed", "duration": "1s"}),
+    ("session.finished", {"outcome": "failed", "error": 42}),  # optional field, wrong type
+])
+def test_wrong_types_are_rejected(kind: str, payload: dict[str, Any]) -> None:
+    """A field of the wrong type is rejected even when the rest is valid."""
+    node = "n1" if kind.startswith("step.") else None
+    with pytest.raises(EventError, match="wrong type"):
+        validate(kind, payload, node)
+
+
+@pytest.mark.parametrize(("kind", "payload"), [
+    ("session.launched", {"pid": True, "create_time": 1.0, "launcher": "x"}),
+    ("session.launched", {"pid": 1, "create_time": False, "launcher": "x"}),
+    ("step.finished", {"name": "s", "status": "completed", "duration": True}),
+    ("resource.sample", {"rss": 1, "cpu_percent": True, "num_procs": 1, "peak_rss": 1, "peak_cpu_percent": 1}),
+    ("session.ended", {"ended_by": "x", "exit_code": False}),
+])
+def test_booleans_are_not_numbers(kind: str, payload: dict[str, Any]) -> None:
+    """True/False where an int or float is expected is rejected (bool subclasses int in Python)."""
+    node = "n1" if kind.startswith("step.") else None
+    with pytest.raises(EventError, match="boolean"):
+        validate(kind, payload, node)
+
+
+@pytest.mark.parametrize("kind", ["step.started", "step.finished"])
+def test_step_events_need_a_node_id(kind: str) -> None:
+    """Step events without a node_id are rejected; with one they pass."""
+    payload = {"name": "s", "status": "completed", "duration": 1.0}
+    with pytest.raises(EventError, match="node_id is required"):
+        validate(kind, payload)
+    validate(kind, payload, "n7")
+
+
+def test_node_id_must_be_a_string() -> None:
+    """A non-string node_id is rejected for any kind."""
+    with pytest.raises(EventError, match="node_id must be a string"):
+        validate("output", {"stream": "stdout", "text": "x"}, 7)

@@ -1,0 +1,250 @@
+"""Unit tests for runner.workflows.registry: resolving workflows and binding their parameters."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.workflows import demo
+from runner.workflows.registry import BUILTINS, WorkflowError, bind_params, describe, is_builtin, resolve
+
+_names = count()
+
+
+@pytest.fixture
+def make_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], str]]:
+    """Write a uniquely named module into tmp_path (on sys.path); returns its name; unloads it afterwards."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    created: list[str] = []
+
+    def make(source: str) -> str:
+        name = f"labd_unit_wf_{next(_names)}"
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        sys.modules.pop(name, None)
+
+
+def _code(fn: Callable[[], Any]) -> WorkflowError:
+    with pytest.raises(WorkflowError) as info:
+        fn()
+    return info.value
+
+
+# ---- resolve ----------------------------------------------------------------------------------------
+
+def test_resolve_builtin_short_name() -> None:
+    """A built-in short name resolves to the demo function."""
+    assert resolve("demo.count") is demo.count
+    assert is_builtin("demo.count") and not is_builtin("runner.workflows.demo:count")
+
+
+def test_every_builtin_resolves_to_a_callable() -> None:
+    """Every entry of BUILTINS imports and is callable."""
+    for name in BUILTINS:
+        assert callable(resolve(name)), name
+
+
+def test_resolve_import_path() -> None:
+    """A 'module:function' path resolves to that function."""
+    assert resolve("runner.workflows.demo:fail") is demo.fail
+
+
+def test_resolve_name_without_colon_is_unknown() -> None:
+    """A name that is neither a built-in nor an import path is 'unknown_workflow' and lists the built-ins."""
+    err = _code(lambda: resolve("demo.nope"))
+    assert err.code == "unknown_workflow"
+    assert "demo.count" in err.message
+
+
+def test_resolve_missing_module() -> None:
+    """A module that does not exist is 'unknown_workflow'."""
+    err = _code(lambda: resolve("labd_no_such_module_xyz:run"))
+    assert err.code == "unknown_workflow"
+    assert "labd_no_such_module_xyz" in err.message
+
+
+@pytest.mark.parametrize("attr", ["no_such_function", "__all__"])
+def test_resolve_missing_or_non_callable_attribute(attr: str) -> None:
+    """A missing attribute, or one that is not callable, is 'unknown_workflow'."""
+    err = _code(lambda: resolve(f"runner.workflows.demo:{attr}"))
+    assert err.code == "unknown_workflow"
+    assert attr in err.message
+
+
+def test_resolve_module_that_raises_at_import(make_module: Callable[[str], str]) -> None:
+    """A module raising at import is reported as 'workflow_import_failed' with the exception, not raised."""
+    name = make_module("""
+        raise RuntimeError("config missing")
+        def run(ctx):
+            pass
+    """)
+    err = _code(lambda: resolve(f"{name}:run"))
+    assert err.code == "workflow_import_failed"
+    assert "RuntimeError" in err.message and "config missing" in err.message
+
+
+def test_resolve_module_with_syntax_error(make_module: Callable[[str], str]) -> None:
+    """A module with a syntax error is 'workflow_import_failed' too."""
+    name = make_module("def run(ctx:\n    pass\n")
+    assert _code(lambda: resolve(f"{name}:run")).code == "workflow_import_failed"
+
+
+def test_resolve_user_module(make_module: Callable[[str], str]) -> None:
+    """A user module on sys.path resolves by import path."""
+    name = make_module("""
+        def run(ctx, n: int = 1):
+            return n
+    """)
+    assert resolve(f"{name}:run")(None, n=4) == 4
+
+
+# ---- bind_params ------------------------------------------------------------------------------------
+
+def typed(ctx: Any, n: int, rate: float = 0.5, flag: bool = False, label: str = "x", anything=None) -> None:
+    """A workflow with typed parameters."""
+
+
+def kw(ctx: Any, n: int = 1, **extra: Any) -> None:
+    """Accepts any extra parameter."""
+
+
+def test_strings_are_converted_by_annotation() -> None:
+    """String values from the command line become int, float and bool; str stays str."""
+    assert bind_params(typed, {"n": "3", "rate": "1e-3", "flag": "true", "label": "42"}) == {
+        "n": 3, "rate": 0.001, "flag": True, "label": "42"}
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("1", True), ("true", True), ("True", True), ("YES", True), ("on", True), (" yes ", True),
+    ("0", False), ("false", False), ("No", False), ("OFF", False),
+])
+def test_bool_spellings(text: str, value: bool) -> None:
+    """The accepted bool spellings, case- and whitespace-insensitive."""
+    assert bind_params(typed, {"n": 1, "flag": text})["flag"] is value
+
+
+@pytest.mark.parametrize(("name", "text"), [("flag", "maybe"), ("flag", ""), ("n", "three"), ("n", "1.5"),
+                                            ("rate", "fast")])
+def test_unconvertible_strings_are_bad_params(name: str, text: str) -> None:
+    """A string that does not convert is reported under its parameter name."""
+    params: dict[str, Any] = {"n": 1, name: text}
+    err = _code(lambda: bind_params(typed, params))
+    assert err.code == "bad_params"
+    assert set(err.details["params"]) == {name}
+    assert "expected" in err.details["params"][name]
+
+
+def test_unknown_parameter_is_rejected() -> None:
+    """A parameter the workflow does not take is an error listing the accepted names."""
+    err = _code(lambda: bind_params(typed, {"n": 1, "bogus": 2}))
+    assert err.code == "bad_params"
+    assert "bogus" in err.details["params"]
+    assert "rate" in err.details["params"]["bogus"]
+
+
+def test_missing_required_parameter() -> None:
+    """A parameter without default must be given."""
+    err = _code(lambda: bind_params(typed, {}))
+    assert err.details["params"] == {"n": "required parameter missing"}
+
+
+def test_all_errors_are_reported_together() -> None:
+    """Unknown, badly typed and missing parameters are all reported in one error."""
+    err = _code(lambda: bind_params(typed, {"rate": "x", "zzz": 1}))
+    assert set(err.details["params"]) == {"rate", "zzz", "n"}
+
+
+def test_var_keyword_workflows_accept_anything() -> None:
+    """With **kwargs, unknown parameters pass through unchanged; declared ones are still converted."""
+    assert bind_params(kw, {"n": "5", "lr": "0.1", "obj": [1]}) == {"n": 5, "lr": "0.1", "obj": [1]}
+
+
+@pytest.mark.parametrize(("name", "value"), [("n", 1.5), ("n", [1]), ("rate", {}), ("flag", 1),
+                                             ("label", 3)])
+def test_wrong_non_string_types_are_rejected(name: str, value: Any) -> None:
+    """Non-string values of the wrong type are not coerced: they are bad_params."""
+    params: dict[str, Any] = {"n": 1, name: value}
+    err = _code(lambda: bind_params(typed, params))
+    assert err.code == "bad_params" and name in err.details["params"]
+
+
+def test_int_is_widened_to_float() -> None:
+    """An int given for a float parameter becomes a float; a bool does not."""
+    bound = bind_params(typed, {"n": 1, "rate": 2})
+    assert bound["rate"] == 2.0 and isinstance(bound["rate"], float)
+    assert _code(lambda: bind_params(typed, {"n": 1, "rate": True})).code == "bad_params"
+
+
+def test_native_values_of_the_right_type_pass_and_unannotated_accept_anything() -> None:
+    """Values already of the annotated type are kept; unannotated parameters take any value."""
+    assert bind_params(typed, {"n": 2, "flag": False, "anything": {"a": 1}}) == {"n": 2, "flag": False,
+                                                                               "anything": {"a": 1}}
+
+
+# ---- describe ---------------------------------------------------------------------------------------
+
+def test_describe_lists_params_with_types_defaults_and_doc() -> None:
+    """describe() gives the docstring and each parameter (ctx excluded) with type, required and default."""
+    d = describe(typed)
+    assert d["doc"] == "A workflow with typed parameters."
+    assert d["params"] == [
+        {"name": "n", "type": "int", "required": True, "default": None},
+        {"name": "rate", "type": "float", "required": False, "default": 0.5},
+        {"name": "flag", "type": "bool", "required": False, "default": False},
+        {"name": "label", "type": "str", "required": False, "default": "x"},
+        {"name": "anything", "type": "any", "required": False, "default": None},
+    ]
+
+
+def test_describe_builtin() -> None:
+    """The built-in demo.count describes n (int) and delay (float)."""
+    d = describe(resolve("demo.count"))
+    params = {p["name"]: (p["type"], p["required"], p["default"]) for p in d["params"]}
+    assert params["n"] == ("int", False, 10)
+    assert params["delay"] == ("float", False, 0.2)
+    assert "ctx" not in params
+    assert d["doc"].startswith("Count to")
+
+
+# ---- `from __future__ import annotations` -----------------------------------------------------------
+
+def test_future_annotations_module_converts_params(make_module: Callable[[str], str]) -> None:
+    """String annotations (PEP 563) are evaluated, so conversion and describe() work as usual."""
+    name = make_module("""
+        from __future__ import annotations
+        from runner.context import Context
+
+        def run(ctx: Context, n: int, rate: float = 1.0, flag: bool = False) -> int:
+            '''Future-annotated.'''
+            return n
+    """)
+    fn = resolve(f"{name}:run")
+    assert bind_params(fn, {"n": "7", "rate": "2", "flag": "no"}) == {"n": 7, "rate": 2.0, "flag": False}
+    assert [p["type"] for p in describe(fn)["params"]] == ["int", "float", "bool"]
+    assert _code(lambda: bind_params(fn, {"n": "seven"})).code == "bad_params"
+
+
+def test_future_annotations_with_type_checking_only_import_still_converts(make_module: Callable[[str], str]) -> None:
+    """A module importing Context only under TYPE_CHECKING (so one annotation cannot be evaluated) still gets
+    its int/bool parameters converted, instead of receiving the raw strings ('no' would be truthy)."""
+    name = make_module("""
+        from __future__ import annotations
+        from typing import TYPE_CHECKING
+        if TYPE_CHECKING:
+            from runner.context import Context
+
+        def run(ctx: Context, n: int = 1, flag: bool = False) -> int:
+            return n
+    """)
+    fn = resolve(f"{name}:run")
+    assert bind_params(fn, {"n": "5", "flag": "no"}) == {"n": 5, "flag": False}

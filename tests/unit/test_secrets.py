@@ -1,0 +1,53 @@
+"""Unit tests for runner.session.split_secrets: which environment variables are withheld from workflows."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner.session import SECRET_PATTERN, split_secrets
+
+WITHHELD = ["OPENAI_API_KEY", "anthropic_api_key", "MY_APIKEY", "GITHUB_TOKEN", "HF_TOKEN", "AWS_SESSION_TOKEN",
+            "CLIENT_SECRET", "DB_PASSWORD", "FTP_PASSWD", "GOOGLE_APPLICATION_CREDENTIALS", "SVC_CREDENTIAL"]
+KEPT = ["PATH", "HOME", "LANG", "TOKENIZERS_PARALLELISM", "MAX_TOKENS", "CUDA_VISIBLE_DEVICES", "PYTHONPATH",
+        "TOKEN_COUNT_LIMIT", "KEYBOARD_LAYOUT"]
+
+
+@pytest.mark.parametrize("name", WITHHELD)
+def test_credential_looking_names_are_withheld(name: str) -> None:
+    """Names ending in API_KEY, _TOKEN, SECRET, PASSWORD, CREDENTIALS... (any case) go to the secrets."""
+    clean, secrets = split_secrets({name: "v", "PATH": "/bin"})
+    assert secrets == {name: "v"}
+    assert clean == {"PATH": "/bin"}
+
+
+@pytest.mark.parametrize("name", KEPT)
+def test_ordinary_names_are_kept(name: str) -> None:
+    """Ordinary settings, including ones with TOKEN/KEY in their names, stay in the environment."""
+    assert SECRET_PATTERN.search(name) is None
+    clean, secrets = split_secrets({name: "v"})
+    assert clean == {name: "v"} and secrets == {}
+
+
+def test_explicit_names_are_withheld_exactly() -> None:
+    """Names in the explicit list are withheld even if they do not match the pattern; matching is exact."""
+    env = {"WANDB_ENTITY": "me", "DATABASE_URL": "postgres://u:p@h/db", "DATABASE_URL_RO": "x", "PATH": "/bin"}
+    clean, secrets = split_secrets(env, ["DATABASE_URL", "NOT_PRESENT"])
+    assert secrets == {"DATABASE_URL": "postgres://u:p@h/db"}
+    assert clean == {"WANDB_ENTITY": "me", "DATABASE_URL_RO": "x", "PATH": "/bin"}
+
+
+def test_split_is_a_partition_and_does_not_mutate_the_input() -> None:
+    """Every variable lands in exactly one of the two dicts; the input dict is unchanged."""
+    env = {"A": "1", "X_TOKEN": "t", "B_SECRET": "s", "C": "3"}
+    snapshot = dict(env)
+    clean, secrets = split_secrets(env, None)
+    assert env == snapshot
+    assert set(clean) | set(secrets) == set(env) and not set(clean) & set(secrets)
+    assert {**clean, **secrets} == env
+
+
+def test_aws_secret_access_key_is_withheld() -> None:
+    """AWS_SECRET_ACCESS_KEY, the most common cloud credential name, is withheld from the workflow."""
+    clean, secrets = split_secrets({"AWS_SECRET_ACCESS_KEY": "wJalr...", "AWS_REGION": "eu-west-1"})
+    assert "AWS_SECRET_ACCESS_KEY" in secrets
+    assert clean == {"AWS_REGION": "eu-west-1"}

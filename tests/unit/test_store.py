@@ -1,0 +1,207 @@
+"""Unit tests for the store: migrations, BatchWriter.commit and the Store read queries on a temp SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import Engine, inspect
+
+from store.db import migrate, open_engine
+from store.projections import RowChanges, SessionCursor, apply
+from store.queries import Store
+from store.writer import BatchWriter, EventRow
+
+CREATED = {"workflow": "demo.count", "name": "first", "params": {"n": 2}, "limits": {"memory": 1024},
+           "workdir": "/w/s1"}
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """A migrated SQLite database in tmp_path."""
+    eng = open_engine(f"sqlite:///{tmp_path / 'labd.db'}")
+    migrate(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def writer(engine: Engine) -> Iterator[BatchWriter]:
+    w = BatchWriter(engine)
+    yield w
+    w.close()
+
+
+class Batch:
+    """Builds one batch like ingest does: apply() each event, collect event rows and row changes."""
+
+    def __init__(self, cursors: dict[str, SessionCursor]) -> None:
+        self.cursors = cursors
+        self.rows: list[EventRow] = []
+        self.changes = RowChanges()
+
+    def add(self, sid: str, kind: str, payload: dict[str, Any], *, src: str = "d", node: str | None = None,
+            ts: float | None = None) -> None:
+        cur = self.cursors.setdefault(sid, SessionCursor(id=sid))
+        seq = cur.last_seq + 1
+        src_seq = 0
+        if src == "r":
+            cur.runner_seq += 1
+            src_seq = cur.runner_seq
+        payload = dict(payload)
+        apply(cur, seq, ts if ts is not None else 1000.0 + seq, kind, src, node, payload, self.changes)
+        self.rows.append((sid, seq, ts if ts is not None else 1000.0 + seq, kind, src, src_seq, node, None,
+                          orjson.dumps(payload).decode()))
+
+    def commit(self, writer: BatchWriter) -> None:
+        writer.commit(self.rows, self.changes, self.cursors)
+
+
+def _run_session(writer: BatchWriter, cursors: dict[str, SessionCursor], sid: str = "s1",
+                 created: dict[str, Any] | None = None, base_ts: float = 0.0) -> None:
+    """Two batches: creation/launch, then a run with one step that completes."""
+    b = Batch(cursors)
+    b.add(sid, "session.created", {**CREATED, **(created or {})}, ts=base_ts + 1)
+    b.add(sid, "session.launched", {"pid": 4242, "create_time": 5.0, "launcher": "template"}, ts=base_ts + 2)
+    b.commit(writer)
+    b = Batch(cursors)
+    b.add(sid, "session.started", {"pid": 4242, "workdir": "/w/s1"}, src="r", ts=base_ts + 3)
+    b.add(sid, "step.started", {"name": "count 1"}, src="r", node="n1", ts=base_ts + 4)
+    b.add(sid, "output", {"stream": "stdout", "text": "count 1/2\n"}, src="r", node="n1", ts=base_ts + 5)
+    b.add(sid, "step.finished", {"name": "count 1", "status": "completed", "duration": 0.5}, src="r", node="n1",
+          ts=base_ts + 6)
+    b.add(sid, "session.finished", {"outcome": "completed", "result": 2}, src="r", ts=base_ts + 7)
+    b.add(sid, "session.ended", {"ended_by": "runner", "exit_code": 0}, ts=base_ts + 8)
+    b.commit(writer)
+
+
+def test_migrate_creates_the_tables_and_is_idempotent(engine: Engine, writer: BatchWriter) -> None:
+    """migrate() creates the core tables; running it again changes nothing and keeps the data."""
+    names = set(inspect(engine).get_table_names())
+    assert {"sessions", "events", "steps", "state_history"} <= names
+    _run_session(writer, {})
+    migrate(engine)
+    migrate(engine)
+    assert set(inspect(engine).get_table_names()) == names
+    assert Store(engine).session("s1") is not None
+    assert len(Store(engine).events("s1")) == 8
+
+
+def test_session_row_reads_back(engine: Engine, writer: BatchWriter) -> None:
+    """The session row has the final status, reason, pid, seq marks and decoded params/limits."""
+    cursors: dict[str, SessionCursor] = {}
+    _run_session(writer, cursors)
+    row = Store(engine).session("s1")
+    assert row is not None
+    assert (row["status"], row["reason"], row["outcome"]) == ("completed", "completed", "completed")
+    assert (row["pid"], row["pid_create_time"], row["exit_code"], row["ended_by"]) == (4242, 5.0, 0, "runner")
+    assert (row["created_at"], row["started_at"], row["ended_at"]) == (1.0, 3.0, 8.0)
+    assert row["params"] == {"n": 2} and row["limits"] == {"memory": 1024}
+    assert (row["last_seq"], row["runner_seq"]) == (8, 5)
+    assert Store(engine).session("nope") is None
+
+
+def test_events_read_back_in_seq_order_with_filters(engine: Engine, writer: BatchWriter) -> None:
+    """Store.events returns decoded payloads in seq order, honouring since, kinds and limit."""
+    _run_session(writer, {})
+    store = Store(engine)
+    evs = store.events("s1")
+    assert [e["seq"] for e in evs] == list(range(1, 9))
+    assert [e["kind"] for e in evs][:3] == ["session.created", "session.launched", "session.started"]
+    out = evs[4]
+    assert out["kind"] == "output" and out["src"] == "runner" and out["node_id"] == "n1"
+    assert out["payload"] == {"stream": "stdout", "text": "count 1/2\n"} and out["ts"] == 5.0
+    assert evs[0]["src"] == "daemon"
+    assert evs[-1]["payload"]["status"] == "completed"  # the completed session.ended payload is stored
+    assert [e["seq"] for e in store.events("s1", since=6)] == [7, 8]
+    assert [e["seq"] for e in store.events("s1", limit=2)] == [1, 2]
+    assert [e["seq"] for e in store.events("s1", kinds=["output", "step.started"])] == [4, 5]
+    assert store.events("other") == []
+
+
+def test_steps_read_back(engine: Engine, writer: BatchWriter) -> None:
+    """A started-then-finished step is one row with its final status and duration."""
+    _run_session(writer, {})
+    (step,) = Store(engine).steps("s1")
+    assert (step["node_id"], step["name"], step["status"]) == ("n1", "count 1", "completed")
+    assert (step["started_at"], step["ended_at"], step["duration"], step["start_seq"]) == (4.0, 6.0, 0.5, 4)
+
+
+def test_history_reads_back_in_order(engine: Engine, writer: BatchWriter) -> None:
+    """The session's state history is every transition, in seq order, with reasons and actors."""
+    _run_session(writer, {})
+    hist = [h for h in Store(engine).history("s1") if h.get("node_id") is None]
+    assert [(h["from_status"], h["to_status"]) for h in hist] == [
+        (None, "created"), ("created", "starting"), ("starting", "running"), ("running", "completed")]
+    assert [h["actor"] for h in hist] == ["client", "daemon", "runner", "daemon"]
+    assert hist[1]["reason"] == "launched pid 4242"
+
+
+def test_sessions_list_newest_first_and_by_status(engine: Engine, writer: BatchWriter) -> None:
+    """Store.sessions lists newest first and filters by status; find_session matches id prefix or name."""
+    cursors: dict[str, SessionCursor] = {}
+    _run_session(writer, cursors, "s1", base_ts=0)
+    b = Batch(cursors)
+    b.add("s2", "session.created", {**CREATED, "name": "second"}, ts=50.0)
+    b.commit(writer)
+    store = Store(engine)
+    assert [r["id"] for r in store.sessions()] == ["s2", "s1"]
+    assert [r["id"] for r in store.sessions(status=["completed"])] == ["s1"]
+    assert [r["id"] for r in store.live_sessions()] == ["s2"]
+    assert [r["id"] for r in store.find_session("second")] == ["s2"]
+    assert {r["id"] for r in store.find_session("s")} == {"s1", "s2"}
+    assert store.find_session("%") == []  # LIKE wildcards are escaped
+
+
+def test_failed_commit_is_rolled_back(engine: Engine, writer: BatchWriter) -> None:
+    """A batch that fails (duplicate event seq) writes nothing, and the writer stays usable."""
+    cursors: dict[str, SessionCursor] = {}
+    _run_session(writer, cursors)
+    b = Batch(cursors)
+    b.add("s1", "custom", {"name": "x"})
+    b.rows.append(b.rows[0])  # same (session_id, seq) twice
+    with pytest.raises(Exception):  # noqa: B017 - any DB integrity error
+        b.commit(writer)
+    assert len(Store(engine).events("s1")) == 8
+    b = Batch(cursors)
+    b.add("s1", "custom", {"name": "y"})
+    b.commit(writer)
+    assert Store(engine).events("s1", since=8)[0]["payload"] == {"name": "y"}
+
+
+def test_load_cursor_restores_seq_marks_and_status(engine: Engine, writer: BatchWriter) -> None:
+    """load_cursor rebuilds last_seq, runner_seq, status, outcome and peaks from the row; None if unknown."""
+    cursors: dict[str, SessionCursor] = {}
+    b = Batch(cursors)
+    b.add("s1", "session.created", CREATED)
+    b.add("s1", "session.launched", {"pid": 1, "create_time": 1.0, "launcher": "x"})
+    b.add("s1", "session.started", {"pid": 1, "workdir": "/w"}, src="r")
+    b.add("s1", "output", {"stream": "stdout", "text": "hi"}, src="r")
+    b.add("s1", "resource.sample", {"rss": 10, "cpu_percent": 1.0, "num_procs": 1, "peak_rss": 99,
+                                    "peak_cpu_percent": 12.5})
+    b.commit(writer)
+    cur = writer.load_cursor("s1")
+    assert cur is not None
+    assert (cur.last_seq, cur.runner_seq, cur.status) == (5, 2, "running")
+    assert (cur.peak_rss, cur.peak_cpu_percent) == (99, 12.5)
+    assert writer.load_cursor("missing") is None
+
+
+def test_restored_cursor_finalizes_like_the_original(engine: Engine, writer: BatchWriter) -> None:
+    """After a daemon restart between the runner's failure report and its exit, the end reason still
+    carries the workflow's error (not the row's last transition reason, 'runner started')."""
+    cursors: dict[str, SessionCursor] = {}
+    b = Batch(cursors)
+    b.add("s1", "session.created", CREATED)
+    b.add("s1", "session.launched", {"pid": 1, "create_time": 1.0, "launcher": "x"})
+    b.add("s1", "session.started", {"pid": 1, "workdir": "/w"}, src="r")
+    b.add("s1", "session.finished", {"outcome": "failed", "error": "ValueError: boom"}, src="r")
+    b.commit(writer)
+    restored = writer.load_cursor("s1")
+    assert restored is not None and restored.outcome == "failed"
+    ended = {"ended_by": "monitor", "exit_code": 1}
+    apply(restored, 5, 10.0, "session.ended", "d", None, ended, RowChanges())
+    assert (ended["status"], ended["reason"]) == ("failed", "workflow failed: ValueError: boom")
