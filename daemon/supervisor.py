@@ -139,7 +139,7 @@ class Supervisor:
         """Record the peaks once more at the end (short sessions may never reach a periodic sample)."""
         snap = self.monitor.snapshot().get(sid)
         self.monitor.unwatch(sid)
-        if snap is not None:
+        if snap is not None and snap["peak_rss"]:
             self.post(sid, "resource.sample", {k: snap[k] for k in
                                                ("rss", "cpu_percent", "num_procs", "peak_rss", "peak_cpu_percent")})
 

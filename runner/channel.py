@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -31,11 +32,11 @@ class Channel:
     """Signed, acknowledged, re-sending event channel to the daemon (one per runner process)."""
 
     def __init__(self, endpoint: str, key: bytes, session_id: str, *, max_unacked: int = 200_000,
-                 hello: dict[str, Any] | None = None) -> None:
+                 hello: Callable[[], dict[str, Any]] | None = None) -> None:
         self.endpoint = endpoint
         self.session_id = session_id
         self._codec = Codec(key)
-        self._hello = hello or {}
+        self._hello = hello or dict
         self._max_unacked = max_unacked
         self._lock = threading.Condition()
         self._next_seq = 1
@@ -47,7 +48,8 @@ class Channel:
         os.set_blocking(self._wake_r, False)
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="labd-channel", daemon=True)
-        self.on_cancel: Any = None  # callable(body) run on the channel thread when the daemon asks to stop
+        #: message type -> callable(body), run on the channel thread (cancel, pause, resume, approval.resolved)
+        self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.connected = threading.Event()
 
     # ---- producer side (any thread) -------------------------------------------------------------
@@ -157,7 +159,7 @@ class Channel:
             if evt["event"] == zmq.EVENT_CONNECTED:
                 # A (new) daemon: introduce ourselves, then resend all that is unacknowledged.
                 self._send(sock, "hello", {"session": self.session_id, "last_seq": self.last_seq,
-                                           **self._hello})
+                                           **self._hello()})
                 with self._lock:
                     self._send_pos = 0
                 self.connected.set()
@@ -183,8 +185,9 @@ class Channel:
                     self._send_pos = 0
                 self._lock.notify_all()
             return True
-        if msg.type == "cancel" and self.on_cancel is not None:
-            self.on_cancel(msg.body)
+        handler = self.handlers.get(msg.type)
+        if handler is not None:
+            handler(msg.body)
         return False
 
     def _flush(self, sock: zmq.Socket) -> bool:

@@ -1,24 +1,29 @@
-"""The context object a workflow receives: params, workdir, logging, events, steps, cancellation.
+"""The context object a workflow receives: params, workdir, steps, agents, approvals, cancellation.
 
-Workflow code holds no tracking code of its own: output, logs and steps become events through this
-object, and everything it emits is attributed to the session (and to the current step node).
+Workflow code holds no tracking code of its own: output, logs, steps, agent activity, costs and files
+become events through this object, each attributed to the session and to the current DAG node.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["Context", "Cancelled", "Node"]
+if TYPE_CHECKING:
+    from runner.approvals import Approvals, Decision
+
+__all__ = ["Context", "Cancelled", "Node", "current_node"]
 
 Emit = Callable[..., int]
+T = TypeVar("T")
 
 #: the DAG node the calling code is inside (per thread / task, so concurrent steps attribute correctly)
 current_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("labd_node", default=None)
@@ -57,6 +62,18 @@ class Context:
         self.active_node: str | None = None
         #: called before each step boundary (the runner drains captured output there)
         self.before_boundary: Callable[[], None] = lambda: None
+        #: called after each step (the runner scans the work directory there)
+        self.after_step: Callable[[str], None] = lambda node_id: None
+        self._last_done: dict[str | None, str] = {}
+        self._pause: tuple[str, str] | None = None
+        self._resume = threading.Event()
+        self._lock = threading.Lock()
+        self.approvals: Approvals | None = None
+        self._agents: Callable[[], Any] | None = None
+        self._agent_factory: Any = None
+
+    def new_node_id(self) -> str:
+        return f"n{next(self._node_ids)}"
 
     # ---- events -----------------------------------------------------------------------------------
     def emit(self, name: str, data: Any = None) -> None:
@@ -64,15 +81,38 @@ class Context:
         self._emit("custom", {"name": name, "data": data}, current_node.get())
 
     @contextmanager
-    def step(self, name: str) -> Iterator[Node]:
-        """Open a DAG node for a step; checks for cancellation on entry and exit.
+    def step(self, name: str, *, kind: str = "step", depends_on: Iterable[str] | None = None,
+             redo_of: str | None = None, attempt: int | None = None) -> Iterator[Node]:
+        """Open a DAG node (``kind`` step or phase) around a block; checks for pause and cancellation.
 
-        Emits ``step.started`` and ``step.finished`` (status completed, failed or cancelled).
+        Edges into the node: ``contains`` from the enclosing node, ``dependency`` from each id in
+        ``depends_on`` (or, when it is None, ``sequence`` from the previous finished sibling), and
+        ``redo`` from ``redo_of``. Emits ``step.started`` and ``step.finished`` (completed, failed or
+        cancelled).
         """
         self.check_cancelled()
-        node = Node(f"n{next(self._node_ids)}", name)
+        self._maybe_pause()
+        parent = current_node.get()
+        node = Node(self.new_node_id(), name)
+        edges: list[list[str]] = []
+        if depends_on is None:
+            with self._lock:
+                prev = self._last_done.get(parent)
+            if prev:
+                edges.append([prev, "sequence"])
+        else:
+            edges.extend([dep, "dependency"] for dep in depends_on)
+        if redo_of:
+            edges.append([redo_of, "redo"])
+        payload: dict[str, Any] = {"name": name, "kind": kind, "edges": edges}
+        if parent:
+            payload["parent_node"] = parent
+        if redo_of:
+            payload["redo_of"] = redo_of
+        if attempt is not None:
+            payload["attempt"] = attempt
         self.before_boundary()
-        self._emit("step.started", {"name": name, "parent_node": current_node.get()}, node.id)
+        self._emit("step.started", payload, node.id)
         token = current_node.set(node.id)
         outer, main = self.active_node, threading.current_thread() is threading.main_thread()
         if main:
@@ -89,16 +129,80 @@ class Context:
             raise
         finally:
             self.before_boundary()
+            self.after_step(node.id)
             current_node.reset(token)
             if main:
                 self.active_node = outer
-            payload = {"name": name, "status": status, "duration": time.monotonic() - start}
+            done: dict[str, Any] = {"name": name, "status": status, "duration": time.monotonic() - start}
             if error:
-                payload["error"] = error
-            self._emit("step.finished", payload, node.id)
+                done["error"] = error
+            self._emit("step.finished", done, node.id)
+            with self._lock:
+                self._last_done[parent] = node.id
         self.check_cancelled()
 
-    # ---- cancellation -----------------------------------------------------------------------------
+    def skip(self, name: str, reason: str, *, kind: str = "step") -> str:
+        """Record a step that was decided against (e.g. rejected by a human): a node with status skipped."""
+        parent = current_node.get()
+        node_id = self.new_node_id()
+        payload: dict[str, Any] = {"name": name, "kind": kind, "edges": []}
+        if parent:
+            payload["parent_node"] = parent
+        self._emit("step.started", payload, node_id)
+        self._emit("step.finished", {"name": name, "status": "skipped", "duration": 0.0, "error": reason}, node_id)
+        return node_id
+
+    # ---- agents -----------------------------------------------------------------------------------
+    def agent(self, name: str, system_prompt: str | Iterable[str] = (), *, model: str = "default",
+              tools: Iterable[Any] = (), code_execution: bool = False, **kwargs: Any) -> Any:
+        """An ``ag2.Agent`` whose every LLM call, tool call, code execution, sub-task and human-input
+        request is recorded automatically. ``model`` names a configured model (``default``: the
+        configured default, or the offline scripted model when none is configured)."""
+        if self._agent_factory is None:
+            if self._agents is None:
+                raise RuntimeError("agents are not available in this context")
+            self._agent_factory = self._agents()
+        return self._agent_factory.agent(name, system_prompt, model=model, tools=tools,
+                                         code_execution=code_execution, **kwargs)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run an async workflow body (ag2 is async) to completion from synchronous workflow code."""
+        return asyncio.run(coro)
+
+    # ---- approvals --------------------------------------------------------------------------------
+    def approval(self, kind: str, prompt: str, *, options: Iterable[str] = ("approve", "reject", "modify", "redo"),
+                 context: Any = None, timeout: float | None = None, policy: str = "reject") -> Decision:
+        """Ask a human and wait for the answer (a durable request; see ``labd approvals``).
+
+        ``timeout`` seconds without an answer applies ``policy``: approve, reject, or fail (raises
+        :class:`runner.approvals.ApprovalTimeout`). Blocks the calling thread; use
+        ``await asyncio.to_thread(ctx.approval, ...)`` from async code.
+        """
+        if self.approvals is None:
+            raise RuntimeError("approvals are not available in this context")
+        return self.approvals.request(kind, prompt, options=tuple(options), context=context, timeout=timeout,
+                                      policy=policy, node_id=current_node.get(), on_cancel=self.check_cancelled)
+
+    # ---- pause / cancellation ---------------------------------------------------------------------
+    def request_pause(self, by: str, reason: str) -> None:
+        self._resume.clear()
+        self._pause = (by, reason)
+
+    def resume(self) -> None:
+        self._pause = None
+        self._resume.set()
+
+    def _maybe_pause(self) -> None:
+        pause = self._pause
+        if pause is None:
+            return
+        by, reason = pause
+        self._emit("session.paused", {"by": by, "reason": reason}, current_node.get())
+        while not self._resume.wait(0.25):
+            self.check_cancelled()
+        self.check_cancelled()
+        self._emit("session.resumed", {"by": "client"}, current_node.get())
+
     @property
     def cancelled(self) -> bool:
         return self._cancel.is_set()
@@ -116,6 +220,7 @@ class Context:
     def request_cancel(self, reason: str) -> None:
         self.cancel_reason = reason
         self._cancel.set()
+        self._resume.set()
 
     # ---- secrets ----------------------------------------------------------------------------------
     def secret(self, name: str) -> str | None:

@@ -18,9 +18,11 @@ from typing import Any
 
 import psutil
 
+from runner.approvals import Approvals, ApprovalTimeout
 from runner.capture import OutputCapture
 from runner.channel import Channel
 from runner.context import Cancelled, Context
+from runner.files import FileTracker
 from runner.logsetup import configure_logging
 from runner.workflows.registry import WorkflowError, bind_params, resolve
 
@@ -53,8 +55,11 @@ def run_session(spec: dict[str, Any]) -> int:
     os.environ.update(clean_env)
 
     me = psutil.Process()
+    create_time = me.create_time()
+    approvals_box: list[Approvals] = []
     channel = Channel(spec["endpoint"], bytes.fromhex(spec["key"]), session_id,
-                      hello={"pid": os.getpid(), "create_time": me.create_time()})
+                      hello=lambda: {"pid": os.getpid(), "create_time": create_time,
+                                     "waiting_approvals": approvals_box[0].waiting_ids() if approvals_box else []})
     channel.start()
     emit = channel.emit
     log = configure_logging(emit, session_id)
@@ -63,15 +68,30 @@ def run_session(spec: dict[str, Any]) -> int:
                                                       ctx.active_node))
     capture.install()
     ctx.before_boundary = capture.sync
+    files = FileTracker(workdir, emit)
+    ctx.after_step = lambda node_id: files.scan(node_id)
+    ctx.approvals = Approvals(emit, ctx._cancel)  # noqa: SLF001 - the runner owns the context
+    approvals_box.append(ctx.approvals)
 
-    def on_cancel(body: dict[str, Any]) -> None:
-        ctx.request_cancel(str(body.get("reason") or "stop requested"))
+    def agents() -> Any:
+        from runner.agents import AgentFactory
+
+        return AgentFactory(emit=emit, new_node_id=ctx.new_node_id, workdir=workdir,
+                            models=spec.get("models") or {}, prices=spec.get("prices") or {}, secrets=secrets,
+                            approvals=ctx.approvals, files=files)  # type: ignore[arg-type]
+
+    ctx._agents = agents  # noqa: SLF001
 
     def on_sigterm(_signum: int, _frame: Any) -> None:
         ctx.request_cancel("terminated (SIGTERM)")
         raise Cancelled("terminated (SIGTERM)")
 
-    channel.on_cancel = on_cancel
+    channel.handlers.update({
+        "cancel": lambda body: ctx.request_cancel(str(body.get("reason") or "stop requested")),
+        "pause": lambda body: ctx.request_pause(str(body.get("by") or "client"), str(body.get("reason") or "paused")),
+        "resume": lambda body: ctx.resume(),
+        "approval.resolved": ctx.approvals.on_resolved,
+    })
     signal.signal(signal.SIGTERM, on_sigterm)
 
     emit("session.started", {"pid": os.getpid(), "workdir": str(workdir)})
@@ -85,11 +105,14 @@ def run_session(spec: dict[str, Any]) -> int:
         outcome, code, extra = "cancelled", EXIT_CANCELLED, {"error": str(exc) or "cancelled"}
     except WorkflowError as exc:
         outcome, code, extra = "failed", EXIT_FAILED, {"error": f"{exc.code}: {exc.message}"}
+    except ApprovalTimeout as exc:
+        outcome, code, extra = "failed", EXIT_FAILED, {"error": str(exc)}
     except BaseException as exc:  # noqa: BLE001 - everything the workflow raises is its outcome
         outcome, code = "failed", EXIT_FAILED
         extra = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     capture.close()
+    files.scan(None)  # whatever the workflow left outside any step
     emit("session.finished", {"outcome": outcome, **extra})
     channel.close(timeout=float(spec.get("flush_timeout", 30.0)))
     return code

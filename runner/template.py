@@ -27,7 +27,8 @@ import sys
 from typing import Any
 
 #: imported before any fork so every runner starts warm
-PRELOAD = ["zmq", "orjson", "structlog", "psutil", "runner.session", "runner.workflows.demo"]
+PRELOAD = ["zmq", "orjson", "structlog", "psutil", "runner.session", "runner.workflows.demo", "runner.agents",
+           "runner.workflows.planning", "runner.workflows.one_shot", "runner.workflows.deep_research"]
 
 
 def _write(out_fd: int, obj: dict[str, Any]) -> None:

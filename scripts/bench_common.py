@@ -111,7 +111,12 @@ def print_machine(extra: str = "") -> None:
 
 
 def interrupt_on_sigterm() -> None:
-    """Turn SIGTERM into KeyboardInterrupt so ``finally`` blocks (cleanup) run on either."""
+    """Turn SIGTERM into KeyboardInterrupt so ``finally`` blocks (cleanup) run on either.
+
+    SIGINT gets Python's default handler explicitly: a shell starts background jobs with SIGINT ignored,
+    and Python keeps an inherited "ignore".
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def handler(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
@@ -428,3 +433,24 @@ def thread_names(pid: int) -> dict[int, str]:
             with contextlib.suppress(OSError):
                 out[int(tid)] = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
     return out
+
+
+def main() -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Shared helpers of the labd benchmarks; run directly to print the "
+                                 "machine line, or with --smoke to start and stop a throwaway daemon.")
+    ap.add_argument("--smoke", action="store_true", help="start a daemon on a temp home, ping it, stop it, clean up")
+    args = ap.parse_args()
+    interrupt_on_sigterm()
+    print_machine()
+    if args.smoke:
+        t0 = time.perf_counter()
+        with BenchDaemon() as d, d.client() as c:
+            print(f"daemon pid {d.pid} (template {d.template_pid}) ready in {time.perf_counter() - t0:.2f} s; "
+                  f"ping: {c.ping()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -258,10 +258,12 @@ def main() -> int:
         table = [
             ["labd end to end (all rows)", fmt_rate(e2e), ratio(e2e, raw_b), f"{total:,} rows in {window:.2f} s"],
             ["labd end to end (tick events)", fmt_rate(ticks_rate), ratio(ticks_rate, raw_b), ""],
-            ["daemon insert rate, mean busy", fmt_rate(mean_ingest), ratio(mean_ingest, raw_b), "events_persisted counter"],
+            ["daemon insert rate, mean busy", fmt_rate(mean_ingest), ratio(mean_ingest, raw_b),
+             "events_persisted counter"],
             ["daemon insert rate, best 1 s", fmt_rate(best_ingest), ratio(best_ingest, raw_b), ""],
             [f"labd BatchWriter, {args.batch}/commit", fmt_rate(bw), ratio(bw, raw_b), "SQLAlchemy exec_driver_sql"],
-            [f"raw sqlite3 executemany, {args.batch}/commit", fmt_rate(raw_b), "1.00x", f"{n_rows:,} rows, WAL, NORMAL"],
+            [f"raw sqlite3 executemany, {args.batch}/commit", fmt_rate(raw_b), "1.00x",
+             f"{n_rows:,} rows, WAL, NORMAL"],
             ["raw sqlite3 executemany, 1000/commit", fmt_rate(raw_1k), ratio(raw_1k, raw_b), ""],
         ]
         print_table(["path", "rate", "vs raw sqlite3", "notes"], table, title="Event throughput (events/s)")

@@ -22,6 +22,10 @@ BUILTINS: dict[str, str] = {
     "demo.fail": "runner.workflows.demo:fail",
     "demo.sleep": "runner.workflows.demo:sleep",
     "demo.events": "runner.workflows.demo:events",
+    "one_shot": "runner.workflows.one_shot:one_shot",
+    "planning_and_control": "runner.workflows.planning:planning_and_control",
+    "hitl": "runner.workflows.planning:hitl",
+    "deep_research": "runner.workflows.deep_research:deep_research",
 }
 
 

@@ -179,3 +179,15 @@ def test_cancel_message_reaches_on_cancel(endpoint: str, daemon: FakeDaemon, cha
     daemon.send("cancel", {"reason": "stop requested by user"})
     wait_until(lambda: got, timeout=5, what="on_cancel")
     assert got == [{"reason": "stop requested by user"}]
+
+
+def test_unencodable_payload_does_not_kill_the_channel(endpoint: str, daemon: FakeDaemon,
+                                                       channels: list[Channel]) -> None:
+    """An event whose payload JSON cannot carry (an int over 64 bits) does not stop later events from
+    being delivered (the channel thread must survive it)."""
+    ch = _channel(endpoint, daemon)
+    channels.append(ch)
+    ch.emit("custom", {"name": "big", "data": 2**70})
+    ch.emit("custom", {"name": "after"})
+    events = daemon.recv_events(2, timeout=2.0)
+    assert [e[5]["name"] for e in events] == ["big", "after"]

@@ -197,13 +197,18 @@ def test_describe_lists_params_with_types_defaults_and_doc() -> None:
     """describe() gives the docstring and each parameter (ctx excluded) with type, required and default."""
     d = describe(typed)
     assert d["doc"] == "A workflow with typed parameters."
-    assert d["params"] == [
+    assert d["params"][:4] == [
         {"name": "n", "type": "int", "required": True, "default": None},
         {"name": "rate", "type": "float", "required": False, "default": 0.5},
         {"name": "flag", "type": "bool", "required": False, "default": False},
         {"name": "label", "type": "str", "required": False, "default": "x"},
-        {"name": "anything", "type": "any", "required": False, "default": None},
     ]
+
+
+def test_describe_unannotated_parameter_has_type_any() -> None:
+    """A parameter without annotation is described as type 'any' (not the internal 'inspect._empty')."""
+    (anything,) = [p for p in describe(typed)["params"] if p["name"] == "anything"]
+    assert anything == {"name": "anything", "type": "any", "required": False, "default": None}
 
 
 def test_describe_builtin() -> None:

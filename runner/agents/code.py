@@ -1,0 +1,57 @@
+"""Code execution as a tool: ``run_code(code, language)`` in the session's work directory.
+
+Runs as a child process of the runner, so it inherits the runner's cleaned environment (no secrets)
+and its output is returned to the agent, not mixed into the session's stdout. Every execution is
+recorded as a ``code.execution`` event (code, exit code, output), attributed to the calling agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from runner.agents.context import current_agent, current_call
+from runner.context import current_node
+
+__all__ = ["make_run_code", "MAX_OUTPUT"]
+
+MAX_OUTPUT = 20_000
+_COMMANDS = {"python": lambda code: [sys.executable, "-c", code], "bash": lambda code: ["bash", "-c", code]}
+
+
+def make_run_code(emit: Callable[..., int], workdir: Path, timeout: float = 300.0) -> Callable[..., Any]:
+    """Build the ``run_code`` tool function bound to a session."""
+
+    async def run_code(code: str, language: str = "python") -> str:
+        """Run a Python or bash program in the working directory; returns its output (and exit code if non-zero)."""
+        if language not in _COMMANDS:
+            return f"unsupported language {language!r}; use one of: {', '.join(_COMMANDS)}\n[exit code: 2]"
+        start = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            *_COMMANDS[language](code), cwd=workdir, env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=False)
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+            rc = proc.returncode if proc.returncode is not None else -1
+        except TimeoutError:
+            proc.kill()
+            out, _ = await proc.communicate()
+            out += f"\n(timed out after {timeout:g}s)".encode()
+            rc = -9
+        text = out.decode("utf-8", "backslashreplace")
+        if len(text) > MAX_OUTPUT:
+            text = text[:MAX_OUTPUT] + f"\n… ({len(text) - MAX_OUTPUT} more characters)"
+        payload: dict[str, Any] = {"agent": current_agent.get() or "?", "language": language, "code": code,
+                                   "exit_code": rc, "output": text, "duration": time.monotonic() - start}
+        call = current_call.get()
+        if call:
+            payload["call_id"] = call
+        emit("code.execution", payload, current_node.get())
+        return text if rc == 0 else f"{text}\n[exit code: {rc}]"
+
+    return run_code

@@ -1,0 +1,118 @@
+"""Building ag2 agents for a session: model from configuration, tracking wired in, HITL routed to approvals.
+
+``ctx.agent(...)`` calls :meth:`AgentFactory.agent`. The model is looked up by name in the session's
+model configuration (``[models.<name>]`` in config.toml); with nothing configured, ``default`` is the
+offline scripted model. API keys are read from the runner's withheld secrets by the *name* of the
+environment variable in the configuration, so they never reach the environment of executed code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from runner.agents.code import make_run_code
+from runner.agents.offline import OFFLINE_MODEL, OFFLINE_PROVIDER, OfflineModelConfig
+from runner.agents.pricing import PriceTable
+from runner.agents.tracking import Tracker
+from runner.approvals import Approvals
+from runner.context import current_node
+from runner.files import FileTracker
+
+__all__ = ["AgentFactory", "ModelError", "PROVIDERS"]
+
+#: provider name in config -> (module, class) of the ag2 model config
+PROVIDERS: dict[str, tuple[str, str]] = {
+    "openai": ("ag2.config", "OpenAIConfig"),
+    "anthropic": ("ag2.config", "AnthropicConfig"),
+    "gemini": ("ag2.config", "GeminiConfig"),
+    "ollama": ("ag2.config", "OllamaConfig"),
+    "mistral": ("ag2.config", "MistralConfig"),
+    "bedrock": ("ag2.config", "BedrockConfig"),
+    "xai": ("ag2.config", "XAIConfig"),
+}
+_PASSTHROUGH = ("base_url", "temperature", "max_tokens", "seed", "timeout", "max_retries", "streaming")
+
+
+class ModelError(Exception):
+    """A model name that is not configured, or a configuration that cannot be used."""
+
+
+class AgentFactory:
+    """Creates tracked ag2 agents for one session."""
+
+    def __init__(self, *, emit: Callable[..., int], new_node_id: Callable[[], str], workdir: Path,
+                 models: Mapping[str, Mapping[str, Any]], prices: Mapping[str, Mapping[str, float]],
+                 secrets: Mapping[str, str], approvals: Approvals, files: FileTracker) -> None:
+        self.models = dict(models)
+        self.secrets = secrets
+        self.approvals = approvals
+        self.workdir = workdir
+        self.emit = emit
+        self.tracker = Tracker(emit, new_node_id, PriceTable(prices), files)
+        self._run_code = make_run_code(emit, workdir)
+
+    def model_config(self, name: str) -> tuple[Any, str, str, bool]:
+        """(ag2 model config, model name, provider, offline) for a configured model name."""
+        entry = self.models.get(name)
+        if entry is None:
+            if name in ("default", "offline"):
+                return OfflineModelConfig(), OFFLINE_MODEL, OFFLINE_PROVIDER, True
+            raise ModelError(f"unknown model {name!r}; configured: {', '.join(sorted(self.models)) or 'none'} "
+                             "(add [models.<name>] to config.toml)")
+        provider = str(entry.get("provider", "openai"))
+        if provider == "offline":
+            model = str(entry.get("model", OFFLINE_MODEL))
+            return OfflineModelConfig(model), model, OFFLINE_PROVIDER, True
+        if provider not in PROVIDERS:
+            raise ModelError(f"model {name!r}: unknown provider {provider!r} (known: offline, {', '.join(PROVIDERS)})")
+        model = entry.get("model")
+        if not isinstance(model, str) or not model:
+            raise ModelError(f"model {name!r}: 'model' (the provider's model name) is required")
+        kwargs: dict[str, Any] = {"model": model}
+        kwargs.update({k: entry[k] for k in _PASSTHROUGH if k in entry})
+        key_env = entry.get("api_key_env")
+        if key_env:
+            key = self.secrets.get(str(key_env))
+            if not key:
+                raise ModelError(f"model {name!r}: environment variable {key_env} (api_key_env) is not set "
+                                 "for the daemon")
+            kwargs["api_key"] = key
+        elif provider == "openai":
+            kwargs["api_key"] = "not-needed"  # local OpenAI-compatible servers (Ollama, vLLM, llama.cpp)
+        module, cls = PROVIDERS[provider]
+        config = getattr(importlib.import_module(module), cls)(**kwargs)
+        return config, model, provider, False
+
+    def agent(self, name: str, system_prompt: str | Iterable[str] = (), *, model: str = "default",
+              tools: Iterable[Any] = (), code_execution: bool = False, **kwargs: Any) -> Any:
+        """A tracked ``ag2.Agent``; ``code_execution`` adds the ``run_code`` tool."""
+        from ag2 import Agent
+
+        config, model_name, provider, offline = self.model_config(model)
+        all_tools = list(tools)
+        if code_execution:
+            from ag2 import tool
+
+            all_tools.append(tool(self._run_code, name="run_code"))
+        middleware = [self.tracker.middleware(name, model_name, provider, offline), *kwargs.pop("middleware", [])]
+        observers = [self.tracker.subtask_observer(name), *kwargs.pop("observers", [])]
+        prompt = [system_prompt] if isinstance(system_prompt, str) else list(system_prompt)
+        return Agent(name, prompt, config=config, tools=all_tools, middleware=middleware, observers=observers,
+                     hitl_hook=kwargs.pop("hitl_hook", self._human_input_hook(name)), **kwargs)
+
+    def _human_input_hook(self, agent: str) -> Callable[..., Any]:
+        async def hook(request: Any) -> str:
+            # An agent asking a human becomes a durable approval of kind "human_input"; the answer is
+            # the resolver's feedback (or the decision word when none was given).
+            node = current_node.get()
+            timeout = getattr(request, "timeout", None)
+            decision = await asyncio.to_thread(
+                self.approvals.request, "human_input", str(getattr(request, "content", "")),
+                options=("approve", "reject", "modify"), node_id=node, agent=agent,
+                timeout=float(timeout) if timeout else None)
+            return decision.feedback or decision.decision
+        return hook

@@ -1,0 +1,92 @@
+"""Approvals inside a runner: ask, then wait (without polling) for the daemon to deliver the answer.
+
+The request is an ``approval.requested`` event; the daemon stores it as a durable row, a client
+resolves it (or the per-request timeout policy does), and the daemon sends the resolution to the
+runner over its channel once it is committed. A runner that reconnects (e.g. after a daemon restart)
+names the approvals it still waits for in its ``hello``, and the daemon re-sends their resolutions.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Approvals", "Decision", "ApprovalTimeout", "DECISIONS"]
+
+DECISIONS = ("approve", "reject", "modify", "redo")
+
+
+class ApprovalTimeout(Exception):
+    """Nobody answered in time and the request's policy is ``fail``."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A human's (or the timeout policy's) answer."""
+
+    decision: str  # approve | reject | modify | redo
+    feedback: str | None = None
+    hypothesis: str | None = None
+    by: str = "client"
+    via: str = "client"  # client | timeout
+
+    @property
+    def approved(self) -> bool:
+        return self.decision == "approve"
+
+
+class Approvals:
+    """Outstanding approval requests of this runner."""
+
+    def __init__(self, emit: Callable[..., int], cancelled: threading.Event) -> None:
+        self._emit = emit
+        self._cancelled = cancelled
+        self._lock = threading.Lock()
+        self._waiting: dict[str, tuple[threading.Event, list[dict[str, Any]]]] = {}
+
+    def waiting_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._waiting)
+
+    def on_resolved(self, body: dict[str, Any]) -> None:
+        """Called on the channel thread when the daemon delivers a resolution."""
+        with self._lock:
+            entry = self._waiting.get(str(body.get("approval_id")))
+        if entry is not None and not entry[0].is_set():
+            entry[1].append(body)
+            entry[0].set()
+
+    def request(self, kind: str, prompt: str, *, options: tuple[str, ...] | list[str] = DECISIONS,
+                context: Any = None, timeout: float | None = None, policy: str = "reject",
+                node_id: str | None = None, agent: str | None = None,
+                on_cancel: Callable[[], None] | None = None) -> Decision:
+        """Ask and block until answered. ``policy`` (approve | reject | fail) applies after ``timeout`` s."""
+        if policy not in ("approve", "reject", "fail"):
+            raise ValueError(f"policy must be approve, reject or fail, not {policy!r}")
+        aid = "ap-" + secrets.token_hex(8)
+        done: threading.Event = threading.Event()
+        box: list[dict[str, Any]] = []
+        with self._lock:
+            self._waiting[aid] = (done, box)
+        payload: dict[str, Any] = {"approval_id": aid, "kind": kind, "prompt": prompt, "options": list(options),
+                                   "context": context, "policy": policy}
+        if timeout is not None:
+            payload["timeout"] = float(timeout)
+        if agent:
+            payload["agent"] = agent
+        self._emit("approval.requested", payload, node_id)
+        try:
+            while not done.wait(0.25):  # the wake-up only checks for cancellation; answers arrive pushed
+                if self._cancelled.is_set() and on_cancel is not None:
+                    on_cancel()
+        finally:
+            with self._lock:
+                self._waiting.pop(aid, None)
+        body = box[0]
+        if body["decision"] == "fail":
+            raise ApprovalTimeout(f"approval {kind!r} was not answered within {timeout:g}s (policy: fail)")
+        return Decision(decision=body["decision"], feedback=body.get("feedback"), hypothesis=body.get("hypothesis"),
+                        by=str(body.get("by") or "client"), via=str(body.get("via") or "client"))

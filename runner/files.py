@@ -1,0 +1,87 @@
+"""Work-directory scanning: which files appeared or changed, with content hashes, for attribution.
+
+The runner scans after every tool call, after every step and at the end; each new or changed file is
+reported once, attributed to the node (and agent / tool) active when it was found. Unchanged files
+are recognised by (size, mtime) so a scan costs a ``stat`` per file, and hashing only what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FileTracker", "file_kind"]
+
+_KINDS = {
+    "code": {".py", ".sh", ".js", ".ts", ".r", ".jl", ".c", ".cpp", ".rs", ".go", ".java", ".ipynb", ".sql"},
+    "data": {".csv", ".json", ".jsonl", ".parquet", ".npy", ".npz", ".h5", ".hdf5", ".fits", ".pkl", ".tsv",
+             ".xml", ".yaml", ".yml", ".toml", ".db", ".sqlite"},
+    "image": {".png", ".jpg", ".jpeg", ".gif", ".svg", ".pdf", ".eps", ".webp"},
+    "text": {".txt", ".md", ".rst", ".log", ".tex", ".html"},
+}
+MAX_FILES = 20_000  # a runaway workflow writing millions of files must not stall every step
+
+
+def file_kind(path: str) -> str:
+    """A coarse kind from the file name: code, data, image, text or other."""
+    ext = os.path.splitext(path)[1].lower()
+    return next((kind for kind, exts in _KINDS.items() if ext in exts), "other")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class FileTracker:
+    """Remembers what the work directory looked like and reports differences as events."""
+
+    def __init__(self, root: Path, emit: Callable[..., int]) -> None:
+        self.root = root
+        self._emit = emit
+        self._seen: dict[str, tuple[int, int, str]] = {}  # rel path -> (size, mtime_ns, sha256)
+        self._lock = threading.Lock()
+
+    def scan(self, node_id: str | None, agent: str | None = None, tool: str | None = None) -> int:
+        """Report new/changed files; returns how many were reported."""
+        with self._lock:
+            found = 0
+            count = 0
+            for dirpath, dirnames, filenames in os.walk(self.root):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
+                for name in filenames:
+                    count += 1
+                    if count > MAX_FILES:
+                        return found
+                    full = Path(dirpath) / name
+                    try:
+                        st = full.stat()
+                    except OSError:
+                        continue
+                    rel = str(full.relative_to(self.root))
+                    prev = self._seen.get(rel)
+                    if prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns:
+                        continue
+                    try:
+                        digest = _sha256(full)
+                    except OSError:
+                        continue
+                    self._seen[rel] = (st.st_size, st.st_mtime_ns, digest)
+                    if prev is not None and prev[2] == digest:
+                        continue  # touched, not changed
+                    payload: dict[str, Any] = {"path": rel, "sha256": digest, "size": st.st_size,
+                                               "kind": file_kind(rel)}
+                    if agent:
+                        payload["agent"] = agent
+                    if tool:
+                        payload["tool"] = tool
+                    self._emit("file.changed" if prev is not None else "file.created", payload, node_id)
+                    found += 1
+            return found

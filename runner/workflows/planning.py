@@ -1,0 +1,199 @@
+"""``planning_and_control`` and ``hitl``: plan with a reviewed planner, then execute step by step.
+
+Planning: a planner agent proposes a JSON plan (steps, each with an agent and a goal), a reviewer
+approves it or sends it back once. Control: each step runs its agent (engineers execute code) with
+up to ``max_retries`` retries that feed the error back. ``hitl`` adds approval checkpoints after
+planning, before each step and on error, with bounded redos that become branch nodes in the DAG.
+There is no tracking code here: agents, LLM calls, tools, files and costs are recorded by the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from runner.approvals import Decision
+from runner.context import Context
+from runner.workflows import prompts
+
+__all__ = ["planning_and_control", "hitl", "Plan", "PlanStep", "StepFailed", "make_plan", "run_step"]
+
+DEFAULT_TASK = ("Estimate the sum of squares below 10,000 three ways and compare them.\n"
+                "- compute the sum directly\n- compute it with the closed formula\n- compare both results")
+
+
+class StepFailed(Exception):
+    """A step's agent reported failure after all retries."""
+
+
+class PlanRejected(Exception):
+    """The human rejected the plan more often than allowed."""
+
+
+@dataclass
+class PlanStep:
+    agent: str
+    goal: str
+    depends_on: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    steps: list[PlanStep]
+
+    def to_json(self) -> str:
+        return json.dumps({"steps": [asdict(s) for s in self.steps]})
+
+
+def parse_plan(text: str, max_steps: int) -> Plan:
+    """The plan in a planner's reply (the first JSON object in it)."""
+    m = re.search(r"\{.*\}", text or "", re.S)
+    try:
+        data = json.loads(m.group(0)) if m else None
+        raw = data["steps"] if isinstance(data, dict) else None
+        steps = [PlanStep(agent=str(s.get("agent", "engineer")), goal=str(s["goal"]),
+                          depends_on=[int(d) for d in s.get("depends_on", []) if isinstance(d, int)])
+                 for s in raw or []]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        steps = []
+    if not steps:
+        raise StepFailed(f"the planner did not produce a usable plan: {text[:300]!r}")
+    return Plan([PlanStep(s.agent if s.agent in ("engineer", "researcher") else "engineer", s.goal,
+                          [d for d in s.depends_on if 0 <= d < i]) for i, s in enumerate(steps[:max_steps])])
+
+
+async def make_plan(ctx: Context, task: str, max_steps: int, model: str, *, feedback: str | None = None,
+                    hypothesis: str | None = None) -> Plan:
+    """Planner proposes, reviewer approves or sends it back once."""
+    planner = ctx.agent("planner", prompts.PLANNER, model=model)
+    reviewer = ctx.agent("plan_reviewer", prompts.PLAN_REVIEWER, model=model)
+    request = f"Task: {task}\nMake a plan with at most {max_steps} steps."
+    if feedback:
+        request += f"\nFeedback: {feedback}"
+    if hypothesis:
+        request += f"\nHypothesis: {hypothesis}"
+    plan = parse_plan((await planner.ask(request)).body or "", max_steps)
+    review = (await reviewer.ask(f"Task: {task}\nPlan: {plan.to_json()}")).body or ""
+    if not review.strip().upper().startswith("APPROVED"):
+        plan = parse_plan((await planner.ask(f"{request}\nFeedback: {review}")).body or "", max_steps)
+    return plan
+
+
+async def run_step(ctx: Context, index: int, total: int, step: PlanStep, model: str, max_retries: int, *,
+                   instructions: str | None = None, hypothesis: str | None = None) -> str:
+    """Run one plan step with its agent, retrying with the error fed back; raises StepFailed."""
+    engineer = step.agent == "engineer"
+    agent = ctx.agent(step.agent, prompts.ENGINEER if engineer else prompts.RESEARCHER, model=model,
+                      code_execution=engineer)
+    error = None
+    for _attempt in range(max_retries + 1):
+        msg = f"Step {index} of {total}: {step.goal}"
+        if instructions:
+            msg += f"\nInstructions: {instructions}"
+        if hypothesis:
+            msg += f"\nHypothesis: {hypothesis}"
+        if error:
+            msg += f"\nPrevious attempt failed: {error}"
+        body = (await agent.ask(msg)).body or ""
+        if not body.startswith("ERROR"):
+            return body
+        error = body
+    raise StepFailed(error or "step failed")
+
+
+def planning_and_control(ctx: Context, task: str = DEFAULT_TASK, max_steps: int = 3, max_retries: int = 2,
+                         model: str = "default") -> dict[str, Any]:
+    """Plan the task (planner + reviewer), then execute the steps in order with per-step retries."""
+
+    async def body() -> dict[str, Any]:
+        with ctx.step("planning", kind="phase"):
+            plan = await make_plan(ctx, task, max_steps, model)
+        results = []
+        with ctx.step("control", kind="phase"):
+            for i, st in enumerate(plan.steps, 1):
+                with ctx.step(f"step {i}: {st.goal[:60]}"):
+                    results.append(await run_step(ctx, i, len(plan.steps), st, model, max_retries))
+        return {"plan": json.loads(plan.to_json())["steps"], "results": results}
+
+    return ctx.run(body())
+
+
+def hitl(ctx: Context, task: str = DEFAULT_TASK, max_steps: int = 3, max_retries: int = 1, max_redos: int = 2,
+         approval_timeout: float = 0.0, timeout_policy: str = "reject", model: str = "default") -> dict[str, Any]:
+    """planning_and_control with a human in the loop: approve / reject / modify / redo after planning,
+    before each step and on error. Redos (at most ``max_redos`` per checkpoint) become branch nodes.
+    ``approval_timeout`` > 0 applies ``timeout_policy`` (approve, reject or fail) to unanswered requests."""
+    timeout = approval_timeout if approval_timeout > 0 else None
+
+    async def ask(kind: str, prompt: str, options: list[str], context: Any = None) -> Decision:
+        return await asyncio.to_thread(ctx.approval, kind, prompt, options=options, context=context,
+                                       timeout=timeout, policy=timeout_policy)
+
+    async def body() -> dict[str, Any]:
+        feedback = hypothesis = guidance = None
+        redos = rejections = 0
+        previous: str | None = None
+        while True:
+            label = "planning" if previous is None else f"planning (attempt {redos + rejections + 1})"
+            with ctx.step(label, kind="phase", redo_of=previous) as node:
+                plan = await make_plan(ctx, task, max_steps, model, feedback=feedback, hypothesis=hypothesis)
+                options = ["approve", "reject", "modify"] + (["redo"] if redos < max_redos else [])
+                decision = await ask("after_planning", f"Approve this plan for: {task}", options,
+                                     {"plan": json.loads(plan.to_json())["steps"]})
+            previous = node.id
+            if decision.decision == "approve":
+                break
+            if decision.decision == "modify":
+                guidance = decision.feedback
+                break
+            if decision.decision == "reject":
+                rejections += 1
+                if rejections > max_redos:
+                    raise PlanRejected(f"plan rejected {rejections} times: {decision.feedback or 'no feedback'}")
+                feedback = decision.feedback or "the plan was rejected"
+            else:
+                redos += 1
+                hypothesis = decision.hypothesis or decision.feedback
+        results: list[str] = []
+        with ctx.step("control", kind="phase"):
+            for i, st in enumerate(plan.steps, 1):
+                name = f"step {i}: {st.goal[:60]}"
+                before = await ask("before_step", f"Run {name}?", ["approve", "reject", "modify"], asdict(st))
+                if before.decision == "reject":
+                    ctx.skip(name, before.feedback or "rejected by a human")
+                    continue
+                instructions = " ".join(x for x in (guidance, before.feedback) if x) or None
+                results.append(await _run_with_redos(ctx, ask, i, len(plan.steps), st, name, model, max_retries,
+                                                     max_redos, instructions))
+        return {"plan": json.loads(plan.to_json())["steps"], "results": results}
+
+    return ctx.run(body())
+
+
+async def _run_with_redos(ctx: Context, ask: Any, i: int, total: int, st: PlanStep, name: str, model: str,
+                          max_retries: int, max_redos: int, instructions: str | None) -> str:
+    """Run a step; on failure ask a human: redo (with a hypothesis) as a branch node, accept, or abort."""
+    redo_of: str | None = None
+    hypothesis: str | None = None
+    redos = 0
+    while True:
+        label = name if not redos else f"{name} (redo {redos})"
+        node_id = ""
+        try:
+            with ctx.step(label, redo_of=redo_of) as node:
+                node_id = node.id
+                return await run_step(ctx, i, total, st, model, max_retries, instructions=instructions,
+                                      hypothesis=hypothesis)
+        except StepFailed as exc:
+            options = ["approve", "reject"] + (["redo", "modify"] if redos < max_redos else [])
+            d = await ask("on_error", f"{label} failed: {exc}", options, {"error": str(exc), "redos": redos})
+            if d.decision == "approve":
+                return f"accepted failure: {exc}"
+            if d.decision == "reject":
+                raise
+            redos += 1
+            redo_of = node_id
+            hypothesis = d.hypothesis or d.feedback
