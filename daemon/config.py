@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -49,7 +50,7 @@ def parse_size(text: str) -> int:
         value = float(num)
     except ValueError:
         raise ConfigError(f"bad size {text!r} (try 512M or 2G)") from None
-    if unit not in units or value <= 0:
+    if unit not in units or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"bad size {text!r} (try 512M or 2G)")
     return int(value * units[unit])
 
@@ -63,7 +64,7 @@ def parse_duration(text: str) -> float:
         value = float(num) * (mult or 1)
     except ValueError:
         raise ConfigError(f"bad duration {text!r} (try 90s, 15m or 1h)") from None
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"bad duration {text!r}: must be positive")
     return value
 
@@ -75,7 +76,7 @@ def parse_percent(text: str) -> float:
         value = float(t)
     except ValueError:
         raise ConfigError(f"bad CPU limit {text!r} (try 50%)") from None
-    if not 0 < value <= 100 * (os.cpu_count() or 1):
+    if not math.isfinite(value) or not 0 < value <= 100 * (os.cpu_count() or 1):
         raise ConfigError(f"bad CPU limit {text!r}: must be between 0 and {100 * (os.cpu_count() or 1)}%")
     return value
 

@@ -80,7 +80,12 @@ class Codec:
         if re is not None:
             env["re"] = re
         env["body"] = body
-        raw = orjson.dumps(env, default=_json_fallback, option=orjson.OPT_NON_STR_KEYS)
+        try:
+            raw = orjson.dumps(env, default=_json_fallback, option=orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError:
+            # orjson refuses some values without asking the fallback (ints over 64 bits, tuple keys):
+            # sanitise a copy rather than lose the message.
+            raw = orjson.dumps(_sanitise(env), default=_json_fallback, option=orjson.OPT_NON_STR_KEYS)
         return [self.signer.sign(raw), raw]
 
     def unpack(self, frames: list[bytes]) -> Message:
@@ -120,6 +125,17 @@ def _json_fallback(obj: Any) -> Any:
     if isinstance(obj, set | frozenset):
         return list(obj)
     return repr(obj)
+
+
+def _sanitise(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k if isinstance(k, str | int | float | bool) or k is None else repr(k): _sanitise(v)
+                for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_sanitise(v) for v in obj]
+    if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
+        return repr(obj)
+    return obj
 
 
 class _Dropped(WireError):

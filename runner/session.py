@@ -29,7 +29,9 @@ from runner.workflows.registry import WorkflowError, bind_params, resolve
 __all__ = ["run_session", "SECRET_PATTERN", "split_secrets"]
 
 #: environment variables that look like credentials are withheld from the workflow's environment
-SECRET_PATTERN = re.compile(r"(API_KEY|APIKEY|_TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
+SECRET_PATTERN = re.compile(
+    r"(^|_)(API_?KEY|APIKEY|SECRET|SECRET_KEY|SECRET_ACCESS_KEY|ACCESS_KEY|PRIVATE_KEY|PASSWORD|PASSWD|"
+    r"CREDENTIALS?)(_|$)|(API_?KEY|TOKEN|SECRET|PASSWORD)$", re.IGNORECASE)
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
 

@@ -66,9 +66,14 @@ def time_cold_c(env: dict[str, str]) -> float:
                              stdin=subprocess.DEVNULL)
         os.close(w)
         w = -1
-        data = os.read(r, 1)
-        t1 = time.perf_counter()
-        p.wait(30)
+        try:
+            data = os.read(r, 1)
+            t1 = time.perf_counter()
+            p.wait(30)
+        except BaseException:  # Ctrl-C: do not leave the child behind
+            p.kill()
+            p.wait()
+            raise
         if data != b"r":
             raise RuntimeError(f"cold child wrote {data!r} (exit {p.returncode})")
         return t1 - t0

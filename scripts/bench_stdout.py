@@ -74,9 +74,14 @@ def plain_run(lines: int, width: int, line_buffered: bool) -> tuple[float, float
         os.close(w)
         w = -1
         data = b""
-        while chunk := os.read(r, 4096):
-            data += chunk
-        p.wait(120)
+        try:
+            while chunk := os.read(r, 4096):
+                data += chunk
+            p.wait(120)
+        except BaseException:  # Ctrl-C: do not leave the child printing
+            p.kill()
+            p.wait()
+            raise
         wall = time.perf_counter() - t0
         return float(data.decode()), wall
     finally:

@@ -141,12 +141,14 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
     elif kind == "session.finished":
         cur.outcome = payload["outcome"]
         cur.outcome_error = payload.get("error")
-        out.update(cur.id, outcome=cur.outcome)
+        out.update(cur.id, outcome=cur.outcome, outcome_error=cur.outcome_error)
     elif kind == "session.stopping":
         cur.stop_by = cur.stop_by or payload["by"]
+        out.update(cur.id, stop_by=cur.stop_by)
     elif kind == "limit.exceeded":
         if payload["action"] != "pause":
             cur.kill_reason = cur.kill_reason or _limit_reason(payload)
+            out.update(cur.id, kill_reason=cur.kill_reason)
     elif kind == "session.ended":
         finalize(cur, payload)
         out.update(cur.id, ended_at=ts, ended_by=payload["ended_by"], exit_code=payload.get("exit_code"),

@@ -39,6 +39,10 @@ sessions = Table(
     Column("peak_cpu_percent", Float, nullable=False, default=0.0),
     Column("rejected_events", Integer, nullable=False, default=0),
     Column("cost", Float, nullable=False, default=0.0),
+    # what finalize() needs after a daemon restart (see store.projections.finalize)
+    Column("outcome_error", Text),
+    Column("stop_by", String(40)),
+    Column("kill_reason", Text),
 )
 Index("ix_sessions_status", sessions.c.status)
 

@@ -47,8 +47,9 @@ class BatchWriter:
         cur = SessionCursor(id=session_id, last_seq=row["last_seq"], runner_seq=row["runner_seq"],
                             status=row["status"], outcome=row["outcome"], peak_rss=row["peak_rss"],
                             peak_cpu_percent=row["peak_cpu_percent"])
-        if row["status"] in ("failed", "cancelled") or row["reason"]:
-            cur.outcome_error = row["reason"]
+        cur.outcome_error = row["outcome_error"]
+        cur.stop_by = row["stop_by"]
+        cur.kill_reason = row["kill_reason"]
         cur.cost = row["cost"] or 0.0
         budget = orjson.loads(row["limits"]).get("budget")
         cur.budget = float(budget) if isinstance(budget, int | float) else None

@@ -72,11 +72,19 @@ _CONVERTERS: dict[Any, Callable[[str], Any]] = {
 }
 
 
+_BY_NAME = {"int": int, "float": float, "bool": bool, "str": str}
+
+
 def _signature(fn: Callable[..., Any]) -> inspect.Signature:
     try:  # modules with `from __future__ import annotations` keep annotations as strings
         return inspect.signature(fn, eval_str=True)
     except (NameError, TypeError, SyntaxError):
-        return inspect.signature(fn)
+        # Some annotation cannot be evaluated (e.g. a TYPE_CHECKING-only import): still resolve the
+        # simple ones parameter by parameter, so conversion keeps working.
+        sig = inspect.signature(fn)
+        return sig.replace(parameters=[
+            p.replace(annotation=_BY_NAME.get(p.annotation, p.annotation)) if isinstance(p.annotation, str) else p
+            for p in sig.parameters.values()])
 
 
 def _params_of(fn: Callable[..., Any]) -> list[inspect.Parameter]:
@@ -89,7 +97,7 @@ def describe(fn: Callable[..., Any]) -> dict[str, Any]:
     out = []
     for p in _params_of(fn):
         ann = p.annotation
-        type_name = ann.__name__ if isinstance(ann, type) else (str(ann) if ann is not p.empty else "any")
+        type_name = "any" if ann is p.empty else (ann.__name__ if isinstance(ann, type) else str(ann))
         out.append({"name": p.name, "type": type_name, "required": p.default is p.empty,
                     "default": None if p.default is p.empty else p.default})
     return {"doc": inspect.getdoc(fn) or "", "params": out}
@@ -118,7 +126,8 @@ def bind_params(fn: Callable[..., Any], params: dict[str, Any]) -> dict[str, Any
                 continue
         elif conv is not None and p.annotation is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        elif isinstance(p.annotation, type) and p.annotation in _CONVERTERS and not isinstance(value, p.annotation):
+        elif isinstance(p.annotation, type) and p.annotation in _CONVERTERS and (
+                not isinstance(value, p.annotation) or (isinstance(value, bool) and p.annotation is not bool)):
             errors[name] = f"expected {p.annotation.__name__}, got {type(value).__name__}"
             continue
         bound[name] = value

@@ -78,7 +78,7 @@ def daemon(endpoint: str) -> Iterator[FakeDaemon]:
 
 def _channel(endpoint: str, daemon: FakeDaemon, **kw: Any) -> Channel:
     """A started channel whose hello the daemon has received (so the connect-time resend is behind us)."""
-    ch = Channel(endpoint, KEY, SID, hello={"pid": 4242}, **kw)
+    ch = Channel(endpoint, KEY, SID, hello=lambda: {"pid": 4242}, **kw)
     ch.start()
     hello = daemon.recv("hello")
     assert hello.body == {"session": SID, "last_seq": 0, "pid": 4242}
@@ -168,16 +168,16 @@ def test_forged_ack_is_ignored(endpoint: str, daemon: FakeDaemon, channels: list
     assert ch._acked_upto == 1  # private, but it is exactly what an ack changes
 
 
-def test_cancel_message_reaches_on_cancel(endpoint: str, daemon: FakeDaemon, channels: list[Channel]) -> None:
-    """A 'cancel' message from the daemon calls on_cancel with its body."""
+def test_cancel_message_reaches_its_handler(endpoint: str, daemon: FakeDaemon, channels: list[Channel]) -> None:
+    """A "cancel" message from the daemon calls the registered cancel handler with its body."""
     ch = Channel(endpoint, KEY, SID)
     got: list[dict[str, Any]] = []
-    ch.on_cancel = got.append
+    ch.handlers["cancel"] = got.append
     ch.start()
     channels.append(ch)
     daemon.recv("hello")  # the daemon learns the runner's routing id from it
     daemon.send("cancel", {"reason": "stop requested by user"})
-    wait_until(lambda: got, timeout=5, what="on_cancel")
+    wait_until(lambda: got, timeout=5, what="cancel handler")
     assert got == [{"reason": "stop requested by user"}]
 
 

@@ -22,6 +22,9 @@ def upgrade() -> None:
         b.add_column(sa.Column("redo_of", sa.String(64)))
     with op.batch_alter_table("sessions") as b:
         b.add_column(sa.Column("cost", sa.Float, nullable=False, server_default="0"))
+        b.add_column(sa.Column("outcome_error", sa.Text))
+        b.add_column(sa.Column("stop_by", sa.String(40)))
+        b.add_column(sa.Column("kill_reason", sa.Text))
     with op.batch_alter_table("state_history") as b:
         b.add_column(sa.Column("node_id", sa.String(64)))
     op.create_table(
@@ -88,7 +91,8 @@ def downgrade() -> None:
     with op.batch_alter_table("state_history") as b:
         b.drop_column("node_id")
     with op.batch_alter_table("sessions") as b:
-        b.drop_column("cost")
+        for col in ("kill_reason", "stop_by", "outcome_error", "cost"):
+            b.drop_column(col)
     with op.batch_alter_table("steps") as b:
         for col in ("redo_of", "attempt", "agent", "parent_node", "kind"):
             b.drop_column(col)
