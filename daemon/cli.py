@@ -27,6 +27,11 @@ EPILOG = """examples:
   labd events SESSION --since 100 --json     raw events after seq 100
   labd show SESSION                          status, exit reason, limits, peaks, steps
   labd stop SESSION                          graceful stop, forced after a grace period
+  labd run hitl --budget 0.50 --follow       a human-in-the-loop session with an LLM budget
+  labd approvals                             what waits for a human, across sessions
+  labd approve SESSION | reject SESSION --feedback "..." | redo SESSION --hypothesis "..."
+  labd dag SESSION --format mermaid          the step graph (json, mermaid or dot)
+  labd cost SESSION / labd files SESSION / labd history SESSION
 """
 
 
@@ -108,8 +113,10 @@ def cmd_run(args: argparse.Namespace, c: Client) -> int:
     memory = parse_size(args.memory) if args.memory else None
     cpu = parse_percent(args.cpu) if args.cpu else None
     timeout = parse_duration(args.timeout) if args.timeout else None
+    if args.budget is not None and not args.budget > 0:
+        raise ConfigError("--budget must be a positive amount of USD")
     sid = c.start(args.workflow, name=args.name, params=_params(args.param), memory=memory, cpu=cpu,
-                  timeout=timeout)
+                  timeout=timeout, budget=args.budget, budget_action=args.on_budget)
     if not args.follow:
         print(sid)
         return 0
@@ -122,7 +129,7 @@ def cmd_run(args: argparse.Namespace, c: Client) -> int:
 def cmd_ps(args: argparse.Namespace, c: Client) -> int:
     rows = c.sessions(status=None if args.all else None, limit=args.limit)
     if not args.all:
-        rows = [r for r in rows if r["status"] in ("created", "starting", "running")] or rows[:10]
+        rows = [r for r in rows if r["status"] in LIVE] or rows[:10]
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
@@ -209,6 +216,77 @@ def cmd_kill(args: argparse.Namespace, c: Client) -> int:
     return 0
 
 
+def cmd_approvals(args: argparse.Namespace, c: Client) -> int:
+    rows = c.approvals(args.session, status="all" if args.all else "pending")
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        print("no pending approvals" if not args.all else "no approvals")
+        return 0
+    table = [[r["session_id"], r["id"], r["kind"], r["status"], r["decision"] or "-", "/".join(r["options"]),
+              _fmt_age(r["requested_at"]), r["prompt"][:60]] for r in rows]
+    print(_table(table, ["SESSION", "APPROVAL", "KIND", "STATUS", "DECISION", "OPTIONS", "AGE", "PROMPT"]))
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace, c: Client) -> int:
+    r = c.resolve(args.session, args.cmd,
+                  feedback=args.feedback, hypothesis=getattr(args, "hypothesis", None), approval_id=args.id)
+    print(f"{r['decision']}: {r['approval_id']} ({r['session']})")
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace, c: Client) -> int:
+    r = c.pause(args.session) if args.cmd == "pause" else c.resume(args.session)
+    print(f"{args.cmd} requested for {r['session']}" + (" (takes effect at the next step boundary)"
+                                                        if args.cmd == "pause" else ""))
+    return 0
+
+
+def cmd_dag(args: argparse.Namespace, c: Client) -> int:
+    print(c.dag(args.session, args.format)["text"], end="")
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace, c: Client) -> int:
+    r = c.cost(args.session)
+    if args.json:
+        print(json.dumps(r, indent=2, default=str))
+        return 0
+    t = r["total"]
+    label = " (offline scripted model: nominal prices)" if t["offline"] else ""
+    print(f"session {r['session']}: ${t['cost']:.6f} for {t['calls']} LLM calls, "
+          f"{t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens{label}"
+          + (f"; budget ${r['budget']:g}" if r.get("budget") else ""))
+    for key, title in (("by_agent", "AGENT"), ("by_model", "MODEL"), ("by_node", "NODE")):
+        col = {"by_agent": "agent", "by_model": "model", "by_node": "node_id"}[key]
+        rows = [[str(g[col]), str(g["calls"]), str(g["prompt_tokens"]), str(g["completion_tokens"]),
+                 f"${g['cost']:.6f}"] for g in r[key]]
+        print()
+        print(_table(rows, [title, "CALLS", "PROMPT", "COMPLETION", "COST"]))
+    return 0
+
+
+def cmd_files(args: argparse.Namespace, c: Client) -> int:
+    rows = c.files(args.session)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    table = [[f["path"], f["change"], str(f["size"]), f["kind"], f["sha256"][:12], f["step"] or "-",
+              f["agent"] or "-", f["tool"] or "-"] for f in rows]
+    print(_table(table, ["PATH", "CHANGE", "SIZE", "KIND", "SHA256", "STEP", "AGENT", "TOOL"]))
+    return 0
+
+
+def cmd_history(args: argparse.Namespace, c: Client) -> int:
+    for h in c.state_history(args.session):
+        t = datetime.fromtimestamp(h["ts"]).strftime("%H:%M:%S.%f")[:-3]
+        what = f"step {h['node_id']}" if h["node_id"] else "session"
+        print(f"{t}  {what:<12} {h['from_status'] or '-':>16} -> {h['to_status']:<16} by {h['actor']:<8} {h['reason']}")
+    return 0
+
+
 def cmd_workflows(args: argparse.Namespace, c: Client) -> int:
     for wf in c.workflows():
         params = ", ".join(f"{p['name']}: {p['type']}" + ("" if p["required"] else f" = {p['default']}")
@@ -241,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--memory", help="memory limit for the whole process tree, e.g. 512M")
     s.add_argument("--cpu", help="CPU limit in percent of one core, e.g. 50%%")
     s.add_argument("--timeout", help="wall-time limit, e.g. 90s, 15m, 1h")
+    s.add_argument("--budget", type=float, help="LLM budget in USD for the whole session, e.g. 2.50")
+    s.add_argument("--on-budget", choices=["stop", "pause"], help="what crossing the budget does (default stop)")
     s.add_argument("--follow", "-f", action="store_true", help="stream its output until it ends")
 
     s = sub.add_parser("ps", help="list sessions")
@@ -272,13 +352,46 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("kill", help="kill a session's process tree now (SIGKILL)")
     s.add_argument("session")
 
+    s = sub.add_parser("approvals", help="approval requests (pending, across sessions)")
+    s.add_argument("session", nargs="?", help="only this session")
+    s.add_argument("--all", "-a", action="store_true", help="include resolved ones")
+    s.add_argument("--json", action="store_true")
+    for name, text in (("approve", "approve a session's pending request (optionally with feedback)"),
+                       ("reject", "reject it, with feedback for the agents"),
+                       ("modify", "approve with changes: feedback the agents must follow"),
+                       ("redo", "redo the step or plan with a hypothesis to try")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("session")
+        s.add_argument("--id", help="the approval id, when a session has several pending")
+        s.add_argument("--feedback", required=name in ("modify",), help="text for the agents")
+        if name == "redo":
+            s.add_argument("--hypothesis", required=True, help="what to try differently")
+    for name in ("pause", "resume"):
+        s = sub.add_parser(name, help=f"{name} a session at its next step boundary")
+        s.add_argument("session")
+    s = sub.add_parser("dag", help="a session's step graph")
+    s.add_argument("session")
+    s.add_argument("--format", choices=["json", "mermaid", "dot"], default="json")
+    s = sub.add_parser("cost", help="a session's LLM cost per agent, model and node")
+    s.add_argument("session")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("files", help="files a session produced, with the step and agent that wrote them")
+    s.add_argument("session")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("history", help="a session's state transitions (who, why, when)")
+    s.add_argument("session")
+
     sub.add_parser("workflows", help="list built-in workflows and their parameters")
     sub.add_parser("status", help="daemon status and counters")
     return p
 
 
 COMMANDS = {"run": cmd_run, "ps": cmd_ps, "logs": cmd_logs, "events": cmd_events, "show": cmd_show,
-            "stop": cmd_stop, "kill": cmd_kill, "workflows": cmd_workflows, "status": cmd_status}
+            "stop": cmd_stop, "kill": cmd_kill, "workflows": cmd_workflows, "status": cmd_status,
+            "approvals": cmd_approvals, "approve": cmd_resolve, "reject": cmd_resolve, "modify": cmd_resolve,
+            "redo": cmd_resolve, "pause": cmd_pause, "resume": cmd_pause, "dag": cmd_dag, "cost": cmd_cost,
+            "files": cmd_files, "history": cmd_history}
+LIVE = ("created", "starting", "running", "paused", "waiting_approval")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,10 @@ class Config:
     max_message: int = 16 * 1024 * 1024
     secret_env: list[str] = field(default_factory=list)  # extra env var names withheld from sessions
     preload: list[str] = field(default_factory=list)  # extra modules the template imports
+    #: [models.<name>]: provider, model, base_url, api_key_env (the *name* of the variable), ...
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: [prices."<model>"]: input, output (USD per million tokens), over the shipped defaults
+    prices: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def layout(self) -> Layout:
@@ -84,21 +88,64 @@ def parse_percent(text: str) -> float:
 _ENV = {"LABD_DB": "db_url", "LABD_LOG_FORMAT": "log_format", "LABD_LOG_LEVEL": "log_level"}
 
 
+def config_files(home: Path) -> list[Path]:
+    """Config files in the order they apply: the user's (XDG config dir), then the home's."""
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return [xdg / "labd" / "config.toml", home / "config.toml"]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+
+
+def _check_models(path: Path, models: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(models, dict) or not all(isinstance(v, dict) for v in models.values()):
+        raise ConfigError(f"{path}: [models.<name>] entries must be tables")
+    for name, entry in models.items():
+        if "api_key" in entry:
+            raise ConfigError(f"{path}: model {name!r}: put the key in an environment variable and name it with "
+                              "api_key_env; keys are never stored in configuration")
+        if not isinstance(entry.get("provider", "openai"), str):
+            raise ConfigError(f"{path}: model {name!r}: provider must be a string")
+    return models
+
+
+def _check_prices(path: Path, prices: Any) -> dict[str, dict[str, float]]:
+    ok = isinstance(prices, dict) and all(
+        isinstance(p, dict) and set(p) <= {"input", "output"} and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in p.values())
+        for p in prices.values())
+    if not ok:
+        raise ConfigError(f'{path}: [prices."<model>"] entries take input and output, USD per million tokens')
+    return prices
+
+
 def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
-    """Build the config: defaults -> ``<home>/config.toml`` [daemon] table -> environment -> overrides."""
+    """Build the config: defaults -> config files (user's, then home's) -> environment -> overrides."""
     layout = layout_for(home)
     values: dict[str, Any] = {"home": layout.home, "db_url": layout.default_db_url}
     known = {f.name for f in fields(Config)}
-    if layout.config_file.exists():
-        try:
-            data = tomllib.loads(layout.config_file.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read {layout.config_file}: {exc}") from None
+    models: dict[str, dict[str, Any]] = {}
+    prices: dict[str, dict[str, float]] = {}
+    for path in config_files(layout.home):
+        if not path.exists():
+            continue
+        data = _read_toml(path)
+        unknown_sections = set(data) - {"daemon", "models", "prices"}
+        if unknown_sections:
+            raise ConfigError(f"{path}: unknown sections {sorted(unknown_sections)} (known: daemon, models, prices)")
         section = data.get("daemon", {})
         unknown = set(section) - known
         if unknown:
-            raise ConfigError(f"{layout.config_file}: unknown [daemon] settings {sorted(unknown)}")
+            raise ConfigError(f"{path}: unknown [daemon] settings {sorted(unknown)}")
         values.update(section)
+        models.update(_check_models(path, data.get("models", {})))
+        prices.update(_check_prices(path, data.get("prices", {})))
+    values.setdefault("models", models)
+    values.setdefault("prices", prices)
     for env, key in _ENV.items():
         if os.environ.get(env):
             values[key] = os.environ[env]

@@ -39,9 +39,17 @@ class Limits:
     memory: int | None = None  # bytes, RSS of the whole tree
     cpu: float | None = None  # percent of one core
     timeout: float | None = None  # wall seconds since start
+    budget: float | None = None  # USD of LLM usage (enforced from cost events by ingest + supervisor)
+    budget_action: str = "stop"  # stop | pause
 
     def to_dict(self) -> dict[str, Any]:
-        return {"memory": self.memory, "cpu": self.cpu, "timeout": self.timeout}
+        return {"memory": self.memory, "cpu": self.cpu, "timeout": self.timeout, "budget": self.budget,
+                "budget_action": self.budget_action}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Limits:
+        return cls(memory=d.get("memory"), cpu=d.get("cpu"), timeout=d.get("timeout"), budget=d.get("budget"),
+                   budget_action=d.get("budget_action") or "stop")
 
 
 @dataclass

@@ -73,6 +73,12 @@ class Daemon:
         self.started = time.time()
         self._signals: list[int] = []
         self._lock_fd: int | None = None
+        #: request id -> how to build the reply once ingest has committed what the request caused
+        self._deferred: dict[str, Any] = {}
+
+    def defer(self, reply_to: tuple[bytes, str], result: Any) -> None:
+        """Reply to ``reply_to`` only after the event it posts is committed; ``result(seq, payload)``."""
+        self._deferred[reply_to[1]] = result
 
     # ---- helpers used by request handlers ---------------------------------------------------------
     def post_event(self, sid: str, kind: str, payload: dict[str, Any], node_id: str | None = None,
@@ -151,6 +157,9 @@ class Daemon:
                                      cfg.term_grace)
         for row in self.store.live_sessions():
             self.supervisor.adopt(row)
+        for ap in self.store.approvals(status="pending", limit=100_000):
+            if ap["expires_at"]:
+                self.supervisor.watch_approval(ap["session_id"], ap["id"], ap["expires_at"], ap["policy"] or "reject")
         control = z.socket(zmq.ROUTER)
         control.setsockopt(zmq.LINGER, 0)
         control.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.max_message)
@@ -271,10 +280,18 @@ class Daemon:
             except zmq.Again:
                 return
             if note[0] == "committed":
-                _, (identity, req_id), sid, _seq, payload = note
+                _, (identity, req_id), sid, seq, payload = note
+                formatter = self._deferred.pop(req_id, None)
+                if formatter is not None:
+                    self._reply(control, identity, req_id, formatter(seq, payload))
+                    continue
                 run = self.supervisor.running.get(sid)
                 self._reply(control, identity, req_id, {"session": sid, "name": payload.get("name"),
                                                         "pid": run.pid if run else None})
+            elif note[0] == "refused":
+                _, (identity, req_id), code, message = note
+                self._deferred.pop(req_id, None)
+                self._reply(control, identity, req_id, error=ApiError(code, message))
             elif note[0] == "ingest_failed":
                 self.log.error("ingest failed", error=note[1])
             else:

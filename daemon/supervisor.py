@@ -51,6 +51,8 @@ class Supervisor:
         self.send_runner = send_runner
         self.term_grace = term_grace
         self.running: dict[str, Running] = {}
+        #: approval id -> (session, wall-clock deadline, policy) for requests with a timeout
+        self.approval_deadlines: dict[str, tuple[str, float, str]] = {}
         self.log = structlog.get_logger("labd.supervisor")
 
     def launch(self, sid: str, spec: dict[str, Any], limits: Limits) -> Running:
@@ -66,8 +68,7 @@ class Supervisor:
         """Take over a runner that outlived a previous daemon; False (and the session is lost) if it is gone."""
         sid, pid, ctime = row["id"], row["pid"], row["pid_create_time"]
         if pid and is_same_process(pid, ctime):
-            lim = row["limits"]
-            limits = Limits(memory=lim.get("memory"), cpu=lim.get("cpu"), timeout=lim.get("timeout"))
+            limits = Limits.from_dict(row["limits"])
             started = row["started_at"] or row["created_at"]
             self.running[sid] = Running(sid, pid, ctime, limits, started, adopted=True)
             self.monitor.watch(sid, pid, limits, started)
@@ -108,11 +109,43 @@ class Supervisor:
         run.deadline = time.monotonic() + self.term_grace
         self.log.info("stop ladder", session_id=run.sid, step=step)
 
+    def pause(self, sid: str, by: str, reason: str) -> bool:
+        """Ask the runner to pause at its next step boundary."""
+        if sid not in self.running:
+            return False
+        self.post(sid, "session.pause_requested", {"by": by, "reason": reason})
+        self.send_runner(sid, "pause", {"by": by, "reason": reason})
+        return True
+
+    def resume(self, sid: str, by: str) -> bool:
+        if sid not in self.running:
+            return False
+        self.send_runner(sid, "resume", {"by": by})
+        return True
+
+    def watch_approval(self, sid: str, approval_id: str, deadline: float, policy: str) -> None:
+        self.approval_deadlines[approval_id] = (sid, deadline, policy or "reject")
+
     def on_note(self, note: tuple[Any, ...]) -> None:
-        """Notes from the monitor: a limit kill, a timeout, a vanished process."""
+        """Notes from the monitor (limit kill, timeout, vanished process) and ingest (budget, approvals)."""
         kind, sid = note[0], note[1]
+        if kind == "approval":
+            _, _, aid, timeout, policy = note
+            if timeout:
+                self.watch_approval(sid, aid, time.time() + float(timeout), policy)
+            return
         run = self.running.get(sid)
         if run is None:
+            return
+        if kind == "budget":
+            _, _, cost, budget = note
+            action = run.limits.budget_action
+            self.post(sid, "limit.exceeded", {"limit": "budget", "measured": cost, "max": budget, "unit": "USD",
+                                              "action": action})
+            if action == "pause":
+                self.pause(sid, "limit", f"budget ${budget:g} exceeded")
+            else:
+                self.stop(sid, "limit", grace=5.0, reason=f"budget ${budget:g} exceeded")
             return
         if kind == "killed":
             run.step = "sigkill"
@@ -144,6 +177,14 @@ class Supervisor:
                                                ("rss", "cpu_percent", "num_procs", "peak_rss", "peak_cpu_percent")})
 
     def tick(self) -> None:
+        wall = time.time()
+        for aid, (sid, deadline, policy) in list(self.approval_deadlines.items()):
+            if wall >= deadline:
+                # Ingest drops this if a client resolved it first: each approval resolves exactly once.
+                del self.approval_deadlines[aid]
+                decision = policy if policy in ("approve", "reject") else "fail"
+                self.post(sid, "approval.resolved", {"approval_id": aid, "decision": decision, "by": "timeout",
+                                                     "via": "timeout"})
         now = time.monotonic()
         for run in list(self.running.values()):
             if run.vanished_at and (run.adopted or now - run.vanished_at > VANISH_CONFIRM_S):

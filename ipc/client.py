@@ -103,9 +103,12 @@ class Client:
 
     def start(self, workflow: str, *, name: str | None = None, params: dict[str, Any] | None = None,
               memory: str | int | None = None, cpu: str | float | None = None,
-              timeout: str | float | None = None) -> str:
-        """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``)."""
-        limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout}.items() if v is not None}
+              timeout: str | float | None = None, budget: float | None = None,
+              budget_action: str | None = None) -> str:
+        """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``);
+        ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause."""
+        limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
+                                    "budget_action": budget_action}.items() if v is not None}
         body: dict[str, Any] = {"workflow": workflow, "params": params or {}, "limits": limits}
         if name:
             body["name"] = name
@@ -128,6 +131,53 @@ class Client:
 
     def kill(self, ref: str) -> dict[str, Any]:
         return self.request("session.kill", session=ref)  # type: ignore[no-any-return]
+
+    # ---- agents, approvals, state ------------------------------------------------------------------
+    def approvals(self, session: str | None = None, status: str = "pending") -> list[dict[str, Any]]:
+        """Approval requests (pending by default), across sessions or for one."""
+        body: dict[str, Any] = {"status": status}
+        if session:
+            body["session"] = session
+        return self.request("approvals.list", **body)["approvals"]  # type: ignore[no-any-return]
+
+    def resolve(self, session: str, decision: str, *, feedback: str | None = None, hypothesis: str | None = None,
+                approval_id: str | None = None, by: str | None = None) -> dict[str, Any]:
+        """Answer a session's pending approval: approve, reject, modify (with feedback) or redo (hypothesis)."""
+        body: dict[str, Any] = {"session": session, "decision": decision}
+        for k, v in {"feedback": feedback, "hypothesis": hypothesis, "approval_id": approval_id, "by": by}.items():
+            if v is not None:
+                body[k] = v
+        return self.request("approval.resolve", **body)  # type: ignore[no-any-return]
+
+    def approve(self, session: str, feedback: str | None = None, **kw: Any) -> dict[str, Any]:
+        return self.resolve(session, "approve", feedback=feedback, **kw)
+
+    def reject(self, session: str, feedback: str | None = None, **kw: Any) -> dict[str, Any]:
+        return self.resolve(session, "reject", feedback=feedback, **kw)
+
+    def modify(self, session: str, feedback: str, **kw: Any) -> dict[str, Any]:
+        return self.resolve(session, "modify", feedback=feedback, **kw)
+
+    def redo(self, session: str, hypothesis: str, **kw: Any) -> dict[str, Any]:
+        return self.resolve(session, "redo", hypothesis=hypothesis, **kw)
+
+    def pause(self, session: str, reason: str = "pause requested") -> dict[str, Any]:
+        return self.request("session.pause", session=session, reason=reason)  # type: ignore[no-any-return]
+
+    def resume(self, session: str) -> dict[str, Any]:
+        return self.request("session.resume", session=session)  # type: ignore[no-any-return]
+
+    def dag(self, session: str, fmt: str = "json") -> dict[str, Any]:
+        return self.request("session.dag", session=session, format=fmt)  # type: ignore[no-any-return]
+
+    def cost(self, session: str) -> dict[str, Any]:
+        return self.request("session.cost", session=session)  # type: ignore[no-any-return]
+
+    def files(self, session: str) -> list[dict[str, Any]]:
+        return self.request("session.files", session=session)["files"]  # type: ignore[no-any-return]
+
+    def state_history(self, session: str) -> list[dict[str, Any]]:
+        return self.request("session.history", session=session)["history"]  # type: ignore[no-any-return]
 
     def events(self, ref: str, since: int = 0, limit: int = 5000, kinds: list[str] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"session": ref, "since": since, "limit": limit}

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
-from store.schema import events, sessions, state_history, steps
+from store.schema import approvals, cost_records, dag_edges, events, files, sessions, state_history, steps
 
 __all__ = ["Store", "MAX_PAGE"]
 
@@ -80,4 +80,59 @@ class Store:
 
     def live_sessions(self) -> list[dict[str, Any]]:
         """Sessions not in a terminal status (what a restarted daemon must adopt or mark lost)."""
-        return self.sessions(status=["created", "starting", "running"], limit=100_000)
+        return self.sessions(status=["created", "starting", "running", "paused", "waiting_approval"], limit=100_000)
+
+    # ---- agent tracking ---------------------------------------------------------------------------
+    def edges(self, session_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(dag_edges.c.src, dag_edges.c.dst, dag_edges.c.type)
+                                .where(dag_edges.c.session_id == session_id)).all()
+        return [{"src": r[0], "dst": r[1], "type": r[2]} for r in rows]
+
+    def dag(self, session_id: str) -> dict[str, Any]:
+        """Nodes (phases, steps, agent turns) and edges of a session's DAG."""
+        nodes = self.steps(session_id)
+        return {"session": session_id, "nodes": nodes, "edges": self.edges(session_id)}
+
+    def costs(self, session_id: str) -> dict[str, Any]:
+        """Cost per call, and summed per agent, model, node and for the session."""
+        with self.engine.connect() as conn:
+            calls = [dict(r) for r in conn.execute(select(cost_records).where(
+                cost_records.c.session_id == session_id).order_by(cost_records.c.seq)).mappings().all()]
+            groups: dict[str, list[dict[str, Any]]] = {}
+            for col in ("agent", "model", "node_id"):
+                c = cost_records.c[col]
+                rows = conn.execute(
+                    select(c, func.count(), func.sum(cost_records.c.prompt_tokens),
+                           func.sum(cost_records.c.completion_tokens), func.sum(cost_records.c.cost))
+                    .where(cost_records.c.session_id == session_id).group_by(c).order_by(c)).all()
+                groups[col] = [{col: r[0], "calls": r[1], "prompt_tokens": int(r[2] or 0),
+                                "completion_tokens": int(r[3] or 0), "cost": float(r[4] or 0.0)} for r in rows]
+        total = {"calls": len(calls), "prompt_tokens": sum(c["prompt_tokens"] for c in calls),
+                 "completion_tokens": sum(c["completion_tokens"] for c in calls),
+                 "cost": sum(c["cost"] for c in calls), "offline": any(c["offline"] for c in calls)}
+        return {"session": session_id, "total": total, "by_agent": groups["agent"], "by_model": groups["model"],
+                "by_node": groups["node_id"], "calls": calls}
+
+    def files(self, session_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(files).where(files.c.session_id == session_id)
+                                .order_by(files.c.seq)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def approvals(self, *, session_id: str | None = None, status: str | None = None,
+                  limit: int = 500) -> list[dict[str, Any]]:
+        q = select(approvals).order_by(approvals.c.requested_at).limit(limit)
+        if session_id:
+            q = q.where(approvals.c.session_id == session_id)
+        if status:
+            q = q.where(approvals.c.status == status)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["options"] = orjson.loads(d["options"])
+            d["context"] = orjson.loads(d["context"])
+            out.append(d)
+        return out

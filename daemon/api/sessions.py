@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from typing import Any
 
@@ -35,15 +36,20 @@ def _limits(body: dict[str, Any]) -> Limits:
     raw = body.get("limits") or {}
     if not isinstance(raw, dict):
         raise ApiError("bad_request", "field 'limits' must be an object")
-    unknown = set(raw) - {"memory", "cpu", "timeout"}
+    unknown = set(raw) - {"memory", "cpu", "timeout", "budget", "budget_action"}
     if unknown:
-        raise ApiError("bad_request", f"unknown limits {sorted(unknown)} (accepted: memory, cpu, timeout)")
+        raise ApiError("bad_request", f"unknown limits {sorted(unknown)} "
+                       "(accepted: memory, cpu, timeout, budget, budget_action)")
+    action = raw.get("budget_action") or "stop"
+    if action not in ("stop", "pause"):
+        raise ApiError("bad_limits", "budget_action must be stop or pause")
     try:
         mem, cpu, tmo = raw.get("memory"), raw.get("cpu"), raw.get("timeout")
         return Limits(
             memory=parse_size(mem) if isinstance(mem, str) else _positive(mem, "memory"),
             cpu=parse_percent(cpu) if isinstance(cpu, str) else _positive(cpu, "cpu"),
             timeout=parse_duration(tmo) if isinstance(tmo, str) else _positive(tmo, "timeout"),
+            budget=_positive(raw.get("budget"), "budget"), budget_action=action,
         )
     except ConfigError as exc:
         raise ApiError("bad_limits", str(exc)) from None
@@ -78,6 +84,8 @@ class Start(Request):
         limits = _limits(self.body)
         d = self.daemon
         check = d.check_workflow(workflow, params)
+        if isinstance(limits.budget, float | int) and not math.isfinite(limits.budget):
+            raise ApiError("bad_limits", "budget must be a finite amount of USD")
         if not check.get("ok"):
             raise ApiError(check.get("code", "bad_params"), check.get("message", "invalid workflow"),
                            check.get("details"))
@@ -89,7 +97,8 @@ class Start(Request):
                                               "limits": limits.to_dict(), "workdir": str(workdir)},
                      reply_to=self.reply_to)
         spec = {"session_id": sid, "workflow": workflow, "params": params, "workdir": str(workdir),
-                "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env}
+                "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
+                "models": d.cfg.models, "prices": d.cfg.prices}
         try:
             d.supervisor.launch(sid, spec, limits)
         except Exception as exc:  # noqa: BLE001 - reported as the session's end and to the client

@@ -1,0 +1,134 @@
+"""Requests about what agents did and what humans decide: approvals, pause/resume, DAG, cost, files, history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daemon.api.base import DEFERRED, ApiError, Request, register
+from daemon.api.sessions import resolve_session
+from ipc.events import TERMINAL_STATUSES
+from store.exports import FORMATS
+
+_DECISIONS = ("approve", "reject", "modify", "redo")
+
+
+@register
+class ListApprovals(Request):
+    type = "approvals.list"
+
+    def execute(self) -> Any:
+        status = self.arg("status", str, "pending", check=lambda s: s in ("pending", "resolved", "all"),
+                          hint="pending, resolved or all")
+        sid = resolve_session(self)["id"] if self.body.get("session") else None
+        rows = self.daemon.store.approvals(session_id=sid, status=None if status == "all" else status)
+        return {"approvals": rows}
+
+
+@register
+class ResolveApproval(Request):
+    type = "approval.resolve"
+
+    def execute(self) -> Any:
+        decision = self.arg("decision", str, check=lambda d: d in _DECISIONS, hint=" | ".join(_DECISIONS))
+        feedback = self.arg("feedback", str, None, check=lambda s: len(s) <= 20_000, hint="text up to 20000 chars")
+        hypothesis = self.arg("hypothesis", str, None, check=lambda s: len(s) <= 20_000, hint="text")
+        by = self.arg("by", str, "client", check=lambda s: 0 < len(s) <= 100, hint="a name up to 100 chars")
+        aid = self.arg("approval_id", str, None, check=lambda s: 0 < len(s) <= 40, hint="an approval id")
+        row = resolve_session(self)
+        if aid is None:
+            pending = self.daemon.store.approvals(session_id=row["id"], status="pending")
+            if not pending:
+                raise ApiError("not_pending", f"session {row['id']} has no pending approval")
+            if len(pending) > 1:
+                raise ApiError("ambiguous", f"session {row['id']} has {len(pending)} pending approvals; "
+                               "name one with approval_id", {"approvals": [p["id"] for p in pending]})
+            aid = pending[0]["id"]
+        if decision == "redo" and not (hypothesis or feedback):
+            raise ApiError("bad_request", "a redo needs a hypothesis (or feedback) to try")
+        payload: dict[str, Any] = {"approval_id": aid, "decision": decision, "by": by, "via": "client"}
+        if feedback:
+            payload["feedback"] = feedback
+        if hypothesis:
+            payload["hypothesis"] = hypothesis
+        self.daemon.defer(self.reply_to, lambda _seq, p: {"session": row["id"], "approval_id": p["approval_id"],
+                                                           "decision": p["decision"]})
+        self.daemon.post_event(row["id"], "approval.resolved", payload, reply_to=self.reply_to)
+        return DEFERRED
+
+
+class _Control(Request):
+    def running(self) -> dict[str, Any]:
+        row = resolve_session(self)
+        if row["status"] in TERMINAL_STATUSES or row["id"] not in self.daemon.supervisor.running:
+            raise ApiError("not_running", f"session {row['id']} is not running (status {row['status']})")
+        return row
+
+
+@register
+class Pause(_Control):
+    type = "session.pause"
+
+    def execute(self) -> Any:
+        row = self.running()
+        reason = self.arg("reason", str, "pause requested", check=lambda s: len(s) <= 1000, hint="text")
+        self.daemon.supervisor.pause(row["id"], "client", reason)
+        return {"session": row["id"], "pausing": True}
+
+
+@register
+class Resume(_Control):
+    type = "session.resume"
+
+    def execute(self) -> Any:
+        row = self.running()
+        self.daemon.supervisor.resume(row["id"], "client")
+        return {"session": row["id"], "resuming": True}
+
+
+@register
+class Dag(Request):
+    type = "session.dag"
+
+    def execute(self) -> Any:
+        fmt = self.arg("format", str, "json", check=lambda f: f in FORMATS, hint=" | ".join(FORMATS))
+        row = resolve_session(self)
+        dag = self.daemon.store.dag(row["id"])
+        return {"session": row["id"], "format": fmt, "dag": dag if fmt == "json" else None,
+                "text": FORMATS[fmt](dag)}
+
+
+@register
+class Cost(Request):
+    type = "session.cost"
+
+    def execute(self) -> Any:
+        row = resolve_session(self)
+        out = self.daemon.store.costs(row["id"])
+        out["budget"] = row["limits"].get("budget")
+        return out
+
+
+@register
+class Files(Request):
+    type = "session.files"
+
+    def execute(self) -> Any:
+        row = resolve_session(self)
+        nodes = {n["node_id"]: n for n in self.daemon.store.steps(row["id"])}
+        files = self.daemon.store.files(row["id"])
+        for f in files:  # the step a file belongs to: its node, or the step enclosing the agent turn
+            node = nodes.get(f["node_id"] or "")
+            while node is not None and node["kind"] == "agent":
+                node = nodes.get(node["parent_node"] or "")
+            f["step"] = node["name"] if node else None
+            f["step_node"] = node["node_id"] if node else None
+        return {"session": row["id"], "workdir": row["workdir"], "files": files}
+
+
+@register
+class History(Request):
+    type = "session.history"
+
+    def execute(self) -> Any:
+        row = resolve_session(self)
+        return {"session": row["id"], "history": self.daemon.store.history(row["id"])}
