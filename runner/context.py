@@ -95,12 +95,12 @@ class Context:
         parent = current_node.get()
         node = Node(self.new_node_id(), name)
         edges: list[list[str]] = []
-        if depends_on is None:
+        if depends_on is None and not redo_of:  # a redo's link to its predecessor is the redo edge
             with self._lock:
                 prev = self._last_done.get(parent)
             if prev:
                 edges.append([prev, "sequence"])
-        else:
+        elif depends_on is not None:
             edges.extend([dep, "dependency"] for dep in depends_on)
         if redo_of:
             edges.append([redo_of, "redo"])

@@ -56,7 +56,7 @@ class Store:
         """Events with ``seq > since`` in seq order, at most ``limit`` (capped at :data:`MAX_PAGE`)."""
         limit = max(1, min(limit, MAX_PAGE))
         q = (select(events.c.seq, events.c.ts, events.c.kind, events.c.src, events.c.node_id, events.c.parent,
-                    events.c.payload)
+                    events.c.payload, events.c.src_seq)
              .where(events.c.session_id == session_id, events.c.seq > since)
              .order_by(events.c.seq).limit(limit))
         if kinds:
@@ -64,7 +64,7 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
         return [{"seq": r[0], "ts": r[1], "kind": r[2], "src": "runner" if r[3] == "r" else "daemon",
-                 "node_id": r[4], "parent": r[5], "payload": orjson.loads(r[6])} for r in rows]
+                 "node_id": r[4], "parent": r[5], "payload": orjson.loads(r[6]), "src_seq": r[7]} for r in rows]
 
     def steps(self, session_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -9,7 +9,7 @@ chosen from the ``ROLE: <name>`` line the built-in prompts carry (any other agen
 - plan_reviewer: ``APPROVED``;
 - engineer: first a ``run_code`` tool call writing ``step_<n>.json``, then ``DONE: ...`` or
   ``ERROR: ...`` from the exit code. A goal containing ``FAIL_ONCE`` fails on the first attempt only;
-  ``FAIL_UNTIL_HYPOTHESIS`` fails until the request carries a hypothesis;
+  ``FAIL_UNTIL_HYPOTHESIS`` fails until the request carries a hypothesis; ``FAIL_ALWAYS`` always fails;
 - researcher / writer: deterministic prose (the writer's report names its inputs).
 
 Token usage is counted as characters / 4, so costs are deterministic too.
@@ -111,7 +111,7 @@ def _step_number(request: str) -> int:
 def _engineer_code(request: str) -> str:
     n = _step_number(request)
     failing = ("FAIL_ONCE" in request and "Previous attempt failed" not in request) or (
-        "FAIL_UNTIL_HYPOTHESIS" in request and "Hypothesis:" not in request)
+        "FAIL_UNTIL_HYPOTHESIS" in request and "Hypothesis:" not in request) or "FAIL_ALWAYS" in request
     if failing:
         return f"raise RuntimeError('simulated failure in step {n}')\n"
     return (

@@ -93,3 +93,22 @@ def env_report(ctx) -> dict:
     """Reports which secret-looking variables the workflow can see."""
     print("visible:", sorted(k for k in os.environ if "KEY" in k or "TOKEN" in k), flush=True)
     return {"has_key": "FAKE_API_KEY" in os.environ, "secret_via_ctx": ctx.secret("FAKE_API_KEY") is not None}
+
+
+def word_count(text: str) -> int:
+    """Count the words in a text."""
+    return len(text.split())
+
+
+def agent_flow(ctx, task: str = "Step 7 of 7: count and compute") -> str:
+    """A user workflow with agents and tools but not one line of tracking code (and no steps)."""
+    import asyncio
+
+    async def body() -> str:
+        engineer = ctx.agent("my_engineer", "ROLE: engineer\nSolve it.", tools=[word_count], code_execution=True)
+        helper = ctx.agent("my_helper", "Answer briefly.")
+        first = await engineer.ask(task)
+        second = await helper.ask(f"Summarise: {first.body}")
+        return second.body
+
+    return asyncio.run(body())
