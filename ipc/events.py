@@ -103,26 +103,43 @@ KIND_VERSION = {kind: 1 for kind in SCHEMAS}
 _NEEDS_NODE = frozenset({"step.started", "step.finished", "agent.turn.started", "agent.turn.finished"})
 
 
+def _compile() -> dict[str, tuple[tuple[str, tuple[type, ...] | None, bool, bool], ...]]:
+    """Per kind: (field, accepted types or None for any, required, booleans allowed) — precomputed
+    because ingest validates every event (it is on the hot path)."""
+    out = {}
+    for kind, schema in SCHEMAS.items():
+        fields = []
+        for name, (types, required) in schema.items():
+            tup = None if types is ANY else (types if isinstance(types, tuple) else (types,))
+            fields.append((name, tup, required, tup is not None and bool in tup))
+        out[kind] = tuple(fields)
+    return out
+
+
+_COMPILED = _compile()
+
+
 def validate(kind: Any, payload: Any, node_id: Any = None) -> None:
     """Raise :class:`EventError` unless ``payload`` matches the schema of ``kind``."""
-    schema = SCHEMAS.get(kind) if isinstance(kind, str) else None
-    if schema is None:
+    fields = _COMPILED.get(kind) if isinstance(kind, str) else None
+    if fields is None:
         raise EventError(f"unknown event kind {kind!r}")
     if not isinstance(payload, dict):
         raise EventError(f"{kind}: payload must be an object")
     if node_id is not None and not isinstance(node_id, str):
         raise EventError(f"{kind}: node_id must be a string")
-    if kind in _NEEDS_NODE and node_id is None:
+    if node_id is None and kind in _NEEDS_NODE:
         raise EventError(f"{kind}: node_id is required")
-    for field, (types, required) in schema.items():
-        value = payload.get(field, _MISSING)
-        if value is _MISSING or value is None:
+    get = payload.get
+    for field, types, required, bools in fields:
+        value = get(field)
+        if value is None:
             if required:
                 raise EventError(f"{kind}: missing field {field!r}")
             continue
-        if types is ANY:
+        if types is None:
             continue
-        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        if value.__class__ is bool and not bools:
             raise EventError(f"{kind}: field {field!r} must not be a boolean")
         if not isinstance(value, types):
             raise EventError(f"{kind}: field {field!r} has the wrong type ({type(value).__name__})")

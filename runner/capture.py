@@ -24,6 +24,9 @@ __all__ = ["OutputCapture"]
 
 CHUNK = 64 * 1024
 PARTIAL_FLUSH_S = 0.1
+COALESCE_S = 0.002  # after a short read, wait this long for more: far fewer, larger output events
+PIPE_SIZE = 1 << 20  # a larger pipe lets a chatty workflow run ahead of the reader instead of blocking
+F_SETPIPE_SZ = 1031  # Linux
 
 Emit = Callable[[str, str], None]  # (stream, text)
 
@@ -41,6 +44,10 @@ class OutputCapture:
     def install(self) -> None:
         for fd, name in ((1, "stdout"), (2, "stderr")):
             r, w = os.pipe()
+            try:
+                fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:  # not Linux, or above /proc/sys/fs/pipe-max-size: the default will do
+                pass
             os.dup2(w, fd)
             os.close(w)
             self._fds.append(r)
@@ -112,6 +119,11 @@ class OutputCapture:
             data = os.read(fd, CHUNK)
             if not data:
                 break
+            while len(data) < CHUNK and select.select([fd], [], [], COALESCE_S)[0]:
+                more = os.read(fd, CHUNK - len(data))
+                if not more:
+                    break
+                data += more
             text = pending + decoder.decode(data)
             cut = text.rfind("\n") + 1
             if cut:

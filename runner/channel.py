@@ -51,6 +51,7 @@ class Channel:
         #: message type -> callable(body), run on the channel thread (cancel, pause, resume, approval.resolved)
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.connected = threading.Event()
+        self._was_connected = False
 
     # ---- producer side (any thread) -------------------------------------------------------------
     def emit(self, kind: str, payload: dict[str, Any], node_id: str | None = None,
@@ -157,11 +158,14 @@ class Channel:
             except zmq.Again:
                 return
             if evt["event"] == zmq.EVENT_CONNECTED:
-                # A (new) daemon: introduce ourselves, then resend all that is unacknowledged.
+                # Introduce ourselves. On a *re*connect (a new daemon), also resend all that is
+                # unacknowledged; on the first connect, what was queued before it is delivered anyway.
                 self._send(sock, "hello", {"session": self.session_id, "last_seq": self.last_seq,
                                            **self._hello()})
-                with self._lock:
-                    self._send_pos = 0
+                if self._was_connected:
+                    with self._lock:
+                        self._send_pos = 0
+                self._was_connected = True
                 self.connected.set()
             elif evt["event"] == zmq.EVENT_DISCONNECTED:
                 self.connected.clear()

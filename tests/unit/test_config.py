@@ -110,13 +110,26 @@ def test_home_comes_from_labd_home_when_not_given(isolated_env: Path) -> None:
 
 
 def test_config_file_overrides_defaults(tmp_path: Path) -> None:
-    """Settings in the [daemon] table replace defaults; other tables are ignored."""
+    """Settings in the [daemon] table replace defaults; models and prices tables are read too."""
     home = tmp_path / "h"
     _write_config(home, '[daemon]\nstop_grace = 1.5\nlog_level = "debug"\nsecret_env = ["MY_KEY"]\n'
-                        'db_url = "sqlite:///file.db"\n[other]\nwhatever = 1\n')
+                        'db_url = "sqlite:///file.db"\n[models.fast]\nprovider = "openai"\nmodel = "m"\n'
+                        '[prices."m"]\ninput = 1.0\noutput = 2\n')
     cfg = load_config(home)
     assert (cfg.stop_grace, cfg.log_level, cfg.secret_env, cfg.db_url) == (1.5, "debug", ["MY_KEY"],
                                                                           "sqlite:///file.db")
+    assert cfg.models == {"fast": {"provider": "openai", "model": "m"}}
+    assert cfg.prices == {"m": {"input": 1.0, "output": 2}}
+
+
+@pytest.mark.parametrize("text", ['[other]\nwhatever = 1\n', '[models.x]\napi_key = "sk-1"\n',
+                                  '[prices.m]\ninput = -1\n', '[prices.m]\ncurrency = 1\n', 'models = 3\n'])
+def test_bad_config_sections_are_refused(tmp_path: Path, text: str) -> None:
+    """Unknown sections (typos), keys written into the file, and malformed prices or models raise ConfigError."""
+    home = tmp_path / "h"
+    _write_config(home, text)
+    with pytest.raises(ConfigError):
+        load_config(home)
 
 
 def test_env_overrides_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
