@@ -20,7 +20,7 @@ import orjson
 import structlog
 import zmq
 
-from ipc.events import EventError, validate
+from ipc.events import EventError, quick_valid, validate
 from ipc.wire import Codec, WireError
 from store.projections import RowChanges, SessionCursor, apply
 from store.writer import BatchWriter, EventRow
@@ -58,6 +58,7 @@ class Ingest(threading.Thread):
         self.log = structlog.get_logger("labd.ingest")
         self.cursors: dict[str, SessionCursor] = {}
         self._last_resend: dict[str, float] = {}
+        self.topics: set[bytes] = set()  # live-tail subscriptions (see _on_subscriptions)
         self.ready = threading.Event()
         self.failed: BaseException | None = None
         # sockets are created in run(): a ZeroMQ socket belongs to the thread that uses it
@@ -88,7 +89,6 @@ class Ingest(threading.Thread):
         self.pub.setsockopt(zmq.SNDHWM, 100_000)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.bind(self.events_endpoint)
-        self.topics: set[bytes] = set()
         self.pull = z.socket(zmq.PULL)
         self.pull.bind(INGEST_IN)
         self.notify = z.socket(zmq.PUSH)
@@ -143,9 +143,9 @@ class Ingest(threading.Thread):
                 self.writer.commit(rows, changes, self.cursors)
                 self.count("events_persisted", len(rows))
             for sid, evs in pub.items():  # persisted: now publish
-                topic = f"session.{sid}".encode()
-                if any(topic.startswith(t) for t in self.topics):
-                    self.pub.send_multipart([topic, *self.pub_codec.pack("events", {"session": sid, "events": evs})])
+                if evs:
+                    self.pub.send_multipart([f"session.{sid}".encode(),
+                                             *self.pub_codec.pack("events", {"session": sid, "events": evs})])
             for sid, (identity, resend) in acks.items():
                 cur = self.cursors[sid]
                 body = {"next": cur.runner_seq + 1, "resend": resend}
@@ -239,6 +239,9 @@ class Ingest(threading.Thread):
             self.count("dropped.runner.malformed")
             return
         resend = acks.get(sid, (identity, False))[1]
+        live = self._is_live(sid)
+        live_list = pub.setdefault(sid, []) if live else None
+        dumps = orjson.dumps
         for ev in evs:
             if not (isinstance(ev, list) and len(ev) == 6 and isinstance(ev[0], int)
                     and isinstance(ev[1], _NUMBER)):
@@ -258,6 +261,13 @@ class Ingest(threading.Thread):
                 break
             cur.runner_seq = src_seq
             _, ts, kind, node_id, parent, payload = ev
+            if parent is None and quick_valid(kind, payload, node_id):
+                # hot path (output, log, custom): no projection to update
+                seq = cur.last_seq = cur.last_seq + 1
+                rows.append((sid, seq, ts, kind, "r", src_seq, node_id, None, dumps(payload, default=repr).decode()))
+                if live_list is not None:
+                    live_list.append([seq, ts, kind, "r", node_id, None, payload])
+                continue
             try:
                 validate(kind, payload, node_id)
                 if parent is not None and not isinstance(parent, int):
@@ -297,7 +307,15 @@ class Ingest(threading.Thread):
             cur.last_seq = seq
         text = orjson.dumps(payload, default=repr).decode()
         rows.append((cur.id, seq, ts, kind, src, seq if src_seq is None else src_seq, node_id, parent, text))
-        pub.setdefault(cur.id, []).append([seq, ts, kind, src, node_id, parent, payload])
+        if self._is_live(cur.id):
+            pub.setdefault(cur.id, []).append([seq, ts, kind, src, node_id, parent, payload])
+
+    def _is_live(self, sid: str) -> bool:
+        """Does any client follow this session's live tail?"""
+        if not self.topics:
+            return False
+        topic = f"session.{sid}".encode()
+        return any(topic.startswith(t) for t in self.topics)
 
 
 def _refuse_resolution(cur: SessionCursor, payload: dict[str, Any]) -> tuple[str, str] | None:
