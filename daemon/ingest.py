@@ -20,7 +20,7 @@ import orjson
 import structlog
 import zmq
 
-from ipc.events import EventError, quick_valid, validate
+from ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
 from ipc.wire import Codec, WireError
 from store.projections import RowChanges, SessionCursor, apply
 from store.writer import BatchWriter, EventRow
@@ -143,9 +143,9 @@ class Ingest(threading.Thread):
                 self.writer.commit(rows, changes, self.cursors)
                 self.count("events_persisted", len(rows))
             for sid, evs in pub.items():  # persisted: now publish
-                if evs:
+                for chunk in _chunks(evs):
                     self.pub.send_multipart([f"session.{sid}".encode(),
-                                             *self.pub_codec.pack("events", {"session": sid, "events": evs})])
+                                             *self.pub_codec.pack("events", {"session": sid, "events": chunk})])
             for sid, (identity, resend) in acks.items():
                 cur = self.cursors[sid]
                 body = {"next": cur.runner_seq + 1, "resend": resend}
@@ -243,11 +243,12 @@ class Ingest(threading.Thread):
         live_list = pub.setdefault(sid, []) if live else None
         dumps = orjson.dumps
         for ev in evs:
-            if not (isinstance(ev, list) and len(ev) == 6 and isinstance(ev[0], int)
-                    and isinstance(ev[1], _NUMBER)):
+            if not (isinstance(ev, list) and len(ev) == 6 and isinstance(ev[0], int)):
+                # Without a readable src_seq nothing after it can be placed; asking for a resend would
+                # only bring the same bytes back, so the rest of this batch is dropped and counted.
                 self.count("dropped.runner.malformed")
-                resend = True
                 break
+            bad_ts = not isinstance(ev[1], _NUMBER)
             src_seq = ev[0]
             if src_seq <= cur.runner_seq:
                 self.count("duplicates_ignored")
@@ -261,17 +262,25 @@ class Ingest(threading.Thread):
                 break
             cur.runner_seq = src_seq
             _, ts, kind, node_id, parent, payload = ev
+            if bad_ts:
+                self.count("events_rejected")
+                self._append(cur, time.time(), "event.rejected", "r", src_seq, None, None,
+                             {"kind": str(kind)[:64], "reason": "timestamp is not a number"}, rows, changes, pub,
+                             notes)
+                continue
             if parent is None and quick_valid(kind, payload, node_id):
                 # hot path (output, log, custom): no projection to update
                 seq = cur.last_seq = cur.last_seq + 1
                 rows.append((sid, seq, ts, kind, "r", src_seq, node_id, None, dumps(payload, default=repr).decode()))
                 if live_list is not None:
-                    live_list.append([seq, ts, kind, "r", node_id, None, payload])
+                    live_list.append([seq, ts, kind, "r", node_id, None, payload, src_seq])
                 continue
             try:
                 validate(kind, payload, node_id)
                 if parent is not None and not isinstance(parent, int):
-                    raise EventError("parent must be an integer seq")
+                    raise EventError("parent must be an integer (the src_seq of the enclosing event)")
+                if kind in DAEMON_KINDS:
+                    raise EventError(f"{kind} may only be recorded by the daemon")
             except EventError as exc:
                 self.count("events_rejected")
                 changes.update(sid, rejected_events=self._rejected(sid))
@@ -308,7 +317,8 @@ class Ingest(threading.Thread):
         text = orjson.dumps(payload, default=repr).decode()
         rows.append((cur.id, seq, ts, kind, src, seq if src_seq is None else src_seq, node_id, parent, text))
         if self._is_live(cur.id):
-            pub.setdefault(cur.id, []).append([seq, ts, kind, src, node_id, parent, payload])
+            pub.setdefault(cur.id, []).append([seq, ts, kind, src, node_id, parent, payload,
+                                               seq if src_seq is None else src_seq])
 
     def _is_live(self, sid: str) -> bool:
         """Does any client follow this session's live tail?"""
@@ -328,3 +338,24 @@ def _refuse_resolution(cur: SessionCursor, payload: dict[str, Any]) -> tuple[str
     if decision not in options and not (payload.get("via") == "timeout" and decision == "fail"):
         return ("bad_decision", f"decision {decision!r} is not allowed here (allowed: {', '.join(options)})")
     return None
+
+
+PUB_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def _chunks(evs: list[list[Any]]) -> list[list[list[Any]]]:
+    """Split a live batch so no message nears the clients' size limit (output chunks can be 64 KiB)."""
+    out: list[list[list[Any]]] = []
+    cur: list[list[Any]] = []
+    size = 0
+    for ev in evs:
+        payload = ev[6]
+        text = payload.get("text") if isinstance(payload, dict) else None
+        size += 100 + (len(text) if isinstance(text, str) else 0)
+        cur.append(ev)
+        if size > PUB_CHUNK_BYTES:
+            out.append(cur)
+            cur, size = [], 0
+    if cur:
+        out.append(cur)
+    return out

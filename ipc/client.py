@@ -24,7 +24,7 @@ from ipc.wire import Codec, WireError
 
 __all__ = ["Client", "LabdError", "event_from_wire"]
 
-WIRE_FIELDS = ("seq", "ts", "kind", "src", "node_id", "parent", "payload")
+WIRE_FIELDS = ("seq", "ts", "kind", "src", "node_id", "parent", "payload", "src_seq")
 
 
 class LabdError(Exception):
@@ -36,8 +36,8 @@ class LabdError(Exception):
 
 
 def event_from_wire(item: list[Any]) -> dict[str, Any]:
-    """Turn a published compact event ``[seq, ts, kind, src, node_id, parent, payload]`` into a dict."""
-    ev = dict(zip(WIRE_FIELDS, item, strict=True))
+    """Turn a published compact event ``[seq, ts, kind, src, node_id, parent, payload, src_seq]`` into a dict."""
+    ev = dict(zip(WIRE_FIELDS, item, strict=False))
     ev["src"] = "runner" if ev["src"] == "r" else "daemon"
     return ev
 
@@ -240,6 +240,7 @@ class Client:
                         yield from from_store(None)
                     continue
                 frames = sub.recv_multipart()
+                idle_checks = 0.0
                 try:
                     msg = codec.unpack(frames[1:])
                 except WireError:

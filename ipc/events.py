@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["SCHEMAS", "KIND_VERSION", "EventError", "validate", "quick_valid", "TERMINAL_STATUSES", "STATUSES"]
+__all__ = ["SCHEMAS", "KIND_VERSION", "DAEMON_KINDS", "EventError", "validate", "quick_valid", "TERMINAL_STATUSES",
+           "STATUSES"]
 
 NUM = (int, float)
 ANY = object
@@ -94,10 +95,18 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                        "unit": (str, True), "action": (str, True)},
     "resource.sample": {"rss": (int, True), "cpu_percent": (NUM, True), "num_procs": (int, True),
                         "peak_rss": (int, True), "peak_cpu_percent": (NUM, True)},
-    # an event that failed validation, kept so the history shows it (daemon)
+    # an event that failed validation, kept so the history shows it (written by ingest in the
+    # runner's src_seq slot, so the runner's sequence stays gap-free)
     "event.rejected": {"kind": (str, True), "reason": (str, True)},
+    # an event too large to send, replaced by the runner with this marker
+    "event.truncated": {"kind": (str, True), "size": (int, True)},
 }
 KIND_VERSION = {kind: 1 for kind in SCHEMAS}
+
+#: kinds only the daemon may record (lifecycle facts a runner cannot know); from a runner they are rejected
+DAEMON_KINDS = frozenset({"session.created", "session.launched", "session.stopping", "session.ended",
+                          "session.adopted", "session.pause_requested", "limit.exceeded", "resource.sample",
+                          "event.rejected", "approval.resolved"})
 
 #: kinds that must carry a node_id
 _NEEDS_NODE = frozenset({"step.started", "step.finished", "agent.turn.started", "agent.turn.finished"})

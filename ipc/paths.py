@@ -71,6 +71,9 @@ class Layout:
         self.home.mkdir(parents=True, exist_ok=True)
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         base = self.runtime_dir.parent
+        if not os.environ.get("XDG_RUNTIME_DIR"):  # our own /tmp/labd-<uid>: nobody else may look in
+            base.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(base.parent, 0o700)
         base.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.runtime_dir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.runtime_dir, 0o700)

@@ -52,6 +52,7 @@ class Channel:
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.connected = threading.Event()
         self._was_connected = False
+        self._batch_cap = BATCH_EVENTS
 
     # ---- producer side (any thread) -------------------------------------------------------------
     def emit(self, kind: str, payload: dict[str, Any], node_id: str | None = None,
@@ -200,15 +201,34 @@ class Channel:
         while True:
             with self._lock:
                 start = self._send_pos
-                batch = _size_bounded(self._unacked[start:start + BATCH_EVENTS])
+                batch = _size_bounded(self._unacked[start:start + self._batch_cap])
+                self._batch_cap = BATCH_EVENTS
             if not batch:
                 return sent
-            if not self._send(sock, "events", {"session": self.session_id, "events": batch}):
+            frames = self._codec.pack("events", {"session": self.session_id, "events": batch})
+            if len(frames[1]) > self._codec.max_message:
+                self._shrink(start, batch)
+                continue
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
                 return sent
             sent = True
             with self._lock:
                 if self._send_pos == start:
                     self._send_pos = start + len(batch)
+
+    def _shrink(self, start: int, batch: list[list[Any]]) -> None:
+        """A batch too large for one message: send fewer events; a single event too large to send at all
+        is replaced by an ``event.truncated`` marker (otherwise it would be re-sent forever)."""
+        if len(batch) > 1:
+            self._batch_cap = max(1, len(batch) // 2)
+            return
+        seq, ts, kind, node_id, parent, _payload = batch[0]
+        size = len(self._codec.pack("events", {"session": self.session_id, "events": batch})[1])
+        with self._lock:
+            if self._unacked and self._send_pos == start:
+                self._unacked[start] = [seq, ts, "event.truncated", node_id, parent, {"kind": kind, "size": size}]
 
     def _send(self, sock: zmq.Socket, type_: str, body: dict[str, Any]) -> bool:
         try:

@@ -67,6 +67,7 @@ class Context:
         self._last_done: dict[str | None, str] = {}
         self._pause: tuple[str, str] | None = None
         self._resume = threading.Event()
+        self._resumed_by = "client"
         self._lock = threading.Lock()
         self.approvals: Approvals | None = None
         self._agents: Callable[[], Any] | None = None
@@ -188,7 +189,8 @@ class Context:
         self._resume.clear()
         self._pause = (by, reason)
 
-    def resume(self) -> None:
+    def resume(self, by: str = "client") -> None:
+        self._resumed_by = by
         self._pause = None
         self._resume.set()
 
@@ -201,7 +203,7 @@ class Context:
         while not self._resume.wait(0.25):
             self.check_cancelled()
         self.check_cancelled()
-        self._emit("session.resumed", {"by": "client"}, current_node.get())
+        self._emit("session.resumed", {"by": self._resumed_by}, current_node.get())
 
     @property
     def cancelled(self) -> bool:

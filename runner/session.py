@@ -91,7 +91,7 @@ def run_session(spec: dict[str, Any]) -> int:
     channel.handlers.update({
         "cancel": lambda body: ctx.request_cancel(str(body.get("reason") or "stop requested")),
         "pause": lambda body: ctx.request_pause(str(body.get("by") or "client"), str(body.get("reason") or "paused")),
-        "resume": lambda body: ctx.resume(),
+        "resume": lambda body: ctx.resume(str(body.get("by") or "client")),
         "approval.resolved": ctx.approvals.on_resolved,
     })
     signal.signal(signal.SIGTERM, on_sigterm)

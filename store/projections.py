@@ -19,7 +19,8 @@ __all__ = ["SessionCursor", "RowChanges", "apply", "ALLOWED_TRANSITIONS"]
 
 _ENDS = frozenset({"completed", "failed", "cancelled", "lost"})
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
-    "created": frozenset({"starting", "failed", "cancelled", "lost"}),
+    # created -> running: the runner's first event can be stored before the daemon's session.launched
+    "created": frozenset({"starting", "running"}) | _ENDS,
     "starting": frozenset({"running"}) | _ENDS,
     "running": frozenset({"paused", "waiting_approval"}) | _ENDS,
     "paused": frozenset({"running", "waiting_approval"}) | _ENDS,

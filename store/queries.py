@@ -15,6 +15,7 @@ from store.schema import approvals, cost_records, dag_edges, events, files, sess
 __all__ = ["Store", "MAX_PAGE"]
 
 MAX_PAGE = 5000
+MAX_PAGE_BYTES = 8 * 1024 * 1024  # keeps a page well under the 16 MiB message limit
 
 
 def _session_dict(row: Any) -> dict[str, Any]:
@@ -54,6 +55,12 @@ class Store:
     def events(self, session_id: str, *, since: int = 0, limit: int = MAX_PAGE,
                kinds: list[str] | None = None) -> list[dict[str, Any]]:
         """Events with ``seq > since`` in seq order, at most ``limit`` (capped at :data:`MAX_PAGE`)."""
+        return self.events_page(session_id, since=since, limit=limit, kinds=kinds)["events"]
+
+    def events_page(self, session_id: str, *, since: int = 0, limit: int = MAX_PAGE,
+                    kinds: list[str] | None = None) -> dict[str, Any]:
+        """A page of events after ``since``: at most ``limit`` rows and about :data:`MAX_PAGE_BYTES`;
+        ``more`` tells whether another page may follow."""
         limit = max(1, min(limit, MAX_PAGE))
         q = (select(events.c.seq, events.c.ts, events.c.kind, events.c.src, events.c.node_id, events.c.parent,
                     events.c.payload, events.c.src_seq)
@@ -61,10 +68,19 @@ class Store:
              .order_by(events.c.seq).limit(limit))
         if kinds:
             q = q.where(events.c.kind.in_(kinds))
+        out: list[dict[str, Any]] = []
+        size = 0
+        more = False
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
-        return [{"seq": r[0], "ts": r[1], "kind": r[2], "src": "runner" if r[3] == "r" else "daemon",
-                 "node_id": r[4], "parent": r[5], "payload": orjson.loads(r[6]), "src_seq": r[7]} for r in rows]
+        for r in rows:
+            size += len(r[6]) + 100
+            if out and size > MAX_PAGE_BYTES:
+                more = True
+                break
+            out.append({"seq": r[0], "ts": r[1], "kind": r[2], "src": "runner" if r[3] == "r" else "daemon",
+                        "node_id": r[4], "parent": r[5], "payload": orjson.loads(r[6]), "src_seq": r[7]})
+        return {"events": out, "more": more or len(rows) == limit}
 
     def steps(self, session_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

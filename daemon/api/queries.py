@@ -30,9 +30,8 @@ class Events(Request):
         kinds = self.arg("kinds", list, None, check=lambda ks: all(isinstance(k, str) for k in ks),
                          hint="a list of event kinds")
         row = resolve_session(self)
-        evs = self.daemon.store.events(row["id"], since=since, limit=limit, kinds=kinds)
-        return {"session": row["id"], "events": evs, "status": row["status"],
-                "more": len(evs) == limit}
+        page = self.daemon.store.events_page(row["id"], since=since, limit=limit, kinds=kinds)
+        return {"session": row["id"], "events": page["events"], "status": row["status"], "more": page["more"]}
 
 
 @register

@@ -9,7 +9,7 @@ from typing import Any
 from daemon.api.base import DEFERRED, ApiError, Request, register
 from daemon.config import ConfigError, parse_duration, parse_percent, parse_size
 from daemon.monitor import Limits
-from ipc.events import TERMINAL_STATUSES
+from ipc.events import STATUSES, TERMINAL_STATUSES
 
 __all__ = ["resolve_session"]
 
@@ -47,7 +47,7 @@ def _limits(body: dict[str, Any]) -> Limits:
         mem, cpu, tmo = raw.get("memory"), raw.get("cpu"), raw.get("timeout")
         return Limits(
             memory=parse_size(mem) if isinstance(mem, str) else _positive(mem, "memory"),
-            cpu=parse_percent(cpu) if isinstance(cpu, str) else _positive(cpu, "cpu"),
+            cpu=parse_percent(str(cpu)) if cpu is not None else None,
             timeout=parse_duration(tmo) if isinstance(tmo, str) else _positive(tmo, "timeout"),
             budget=_positive(raw.get("budget"), "budget"), budget_action=action,
         )
@@ -58,7 +58,7 @@ def _limits(body: dict[str, Any]) -> Limits:
 def _positive(value: Any, name: str) -> Any:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise ApiError("bad_limits", f"limit {name!r} must be a positive number or a string like 512M / 50% / 1h")
     return value
 
@@ -112,7 +112,8 @@ class ListSessions(Request):
     type = "session.list"
 
     def execute(self) -> Any:
-        status = self.arg("status", list, None)
+        status = self.arg("status", list, None, check=lambda s: all(x in STATUSES for x in s),
+                          hint=f"a list of statuses ({', '.join(STATUSES)})")
         limit = self.arg("limit", int, 200, check=lambda n: 0 < n <= 10_000, hint="1-10000")
         rows = self.daemon.store.sessions(status=status, limit=limit)
         return {"sessions": [live_view(self, r) for r in rows]}

@@ -155,3 +155,39 @@ def test_garbage_bytes_and_wrong_peers_on_every_socket_do_not_hurt(small_daemon)
         sid = c.start("demo.count", params={"n": 2, "delay": 0.01})
         kinds = [e["kind"] for e in c.follow(sid, timeout=30)]
         assert kinds[-1] == "session.ended"
+
+
+def test_a_runner_cannot_record_daemon_facts_and_bad_items_do_not_wedge_it(small_daemon) -> None:
+    """Events only the daemon may record (session.created, session.ended, approval.resolved) are rejected
+    when a runner sends them; an item with a bad timestamp is rejected and the runner's sequence moves
+    on; an unreadable item drops the rest of its batch without asking for it again. The daemon serves on."""
+    with small_daemon.client() as c:
+        sid = c.start("demo.sleep", params={"seconds": 30})
+        wait_until(lambda: c.session(sid)["status"] == "running")
+        c.kill(sid)
+        c.wait(sid, timeout=30)
+        codec = Codec(c.info.key_bytes, max_message=MAX_MESSAGE)
+        s = zmq.Context.instance().socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTING_ID, sid.encode())
+        s.connect(c.info.runners)
+        nxt = len([e for e in c.history(sid) if e["src"] == "runner"]) + 1
+        created = {"workflow": "x", "name": "x", "params": {}, "limits": {}, "workdir": "/"}
+        evs = [
+            [nxt, time.time(), "session.created", None, None, created],
+            [nxt + 1, time.time(), "session.ended", None, None, {"ended_by": "exit", "status": "completed"}],
+            [nxt + 2, "yesterday", "output", None, None, {"stream": "stdout", "text": "x\n"}],
+            [nxt + 3, time.time(), "output", None, None, {"stream": "stdout", "text": "still counted\n"}],
+            "not an event",
+            [nxt + 4, time.time(), "output", None, None, {"stream": "stdout", "text": "after the junk\n"}],
+        ]
+        s.send_multipart(codec.pack("events", {"session": sid, "events": evs}))
+        assert s.poll(5000), "no ack"
+        ack = codec.unpack(s.recv_multipart())
+        assert ack.body == {"next": nxt + 4, "resend": False}
+        tail = list(c.history(sid))[-4:]
+        assert [e["kind"] for e in tail] == ["event.rejected"] * 3 + ["output"]
+        assert "may only be recorded by the daemon" in tail[0]["payload"]["reason"]
+        assert c.session(sid)["status"] == "cancelled"  # the forged session.ended changed nothing
+        assert c.status()["counters"]["dropped.runner.malformed"] == 1
+        s.close(0)

@@ -81,15 +81,26 @@ def test_terminal_status_is_sticky() -> None:
     assert f.out.session_updates["s1"]["status"] == "lost" and f.out.session_updates["s1"]["reason"] == "gone"
 
 
-def test_invalid_transition_is_ignored() -> None:
-    """A runner 'started' before the daemon's 'launched' cannot jump created -> running; it is ignored."""
+def test_runner_started_before_launched_is_running_and_stays_so() -> None:
+    """A runner 'started' stored before the daemon's 'launched' moves created -> running; the late
+    'launched' (running -> starting is not allowed) is ignored, so the session does not go backwards."""
     f = Feed()
     f("session.created", CREATED)
     f("session.started", {"pid": 1, "workdir": "/w"}, src="r")
-    assert f.cur.status == "created"
-    assert f.session_history() == [(None, "created")]
+    assert f.cur.status == "running"
     f("session.launched", {"pid": 1, "create_time": 1.0, "launcher": "x"})
-    assert f.cur.status == "starting"
+    assert f.cur.status == "running"
+    assert f.session_history() == [(None, "created"), ("created", "running")]
+
+
+def test_invalid_transition_is_ignored() -> None:
+    """A pause request on a session that has ended changes nothing: terminal statuses are sticky."""
+    f = Feed()
+    f("session.created", CREATED)
+    f("session.ended", {"ended_by": "launch", "status": "failed", "reason": "launch failed"})
+    f("session.paused", {"by": "client", "reason": "x"}, src="r")
+    assert f.cur.status == "failed"
+    assert f.session_history() == [(None, "created"), ("created", "failed")]
 
 
 def test_repeated_status_is_not_a_transition() -> None:
