@@ -47,8 +47,9 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Pa
 class DaemonProc:
     """A real ``labd serve`` subprocess on a home."""
 
-    def __init__(self, home: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
         self.home = home
+        self.args = args or []
         self.env = {**os.environ, **(extra_env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = home.parent / f"daemon-{int(time.time() * 1000)}.log"
@@ -57,7 +58,7 @@ class DaemonProc:
         self.home.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "--home", str(self.home), "serve",
-                                      "--log-format", "json"], stdout=self._log, stderr=subprocess.STDOUT,
+                                      "--log-format", "json", *self.args], stdout=self._log, stderr=subprocess.STDOUT,
                                      env=self.env)
         if wait:
             self.wait_ready()
@@ -139,3 +140,46 @@ def client(daemon: DaemonProc) -> Iterator[Any]:
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session (initdb + pg_ctl on a free loopback port), torn down after.
+
+    scripts/test installs the server when it is missing; as root it runs as the ``postgres`` user,
+    because PostgreSQL refuses to run as root.
+    """
+    import shutil
+    import socket
+
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not (initdb and pg_ctl):
+        for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin")):
+            initdb, pg_ctl = str(candidate / "initdb"), str(candidate / "pg_ctl")
+    assert initdb and Path(initdb).exists(), "PostgreSQL server binaries not found (scripts/test installs them)"
+    base = Path(tempfile.mkdtemp(prefix="labd-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        os.chown(base, *_uid_gid("postgres"))
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = base / "data"
+    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
+                   capture_output=True)
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(base / "log"), "-w", "-o",
+                    f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start"], check=True,
+                   capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _uid_gid(user: str) -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
