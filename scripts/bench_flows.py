@@ -1,0 +1,24 @@
+"""Workflows used only by the benchmarks (loaded by import path; the scripts put scripts/ on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+
+def turns(ctx: Any, turns: int = 10_000, tracked: bool = True) -> dict[str, float]:
+    """``turns`` agent turns against the offline scripted model, with labd's tracking (``ctx.agent``) or
+    without it (a plain ``ag2.Agent`` with the same model). Returns the loop's own wall time."""
+    from ag2 import Agent
+
+    from runner.agents.offline import OfflineModelConfig
+
+    async def body() -> float:
+        agent = ctx.agent("bench", "Answer.") if tracked else Agent("bench", ["Answer."], config=OfflineModelConfig())
+        start = time.perf_counter()
+        for i in range(turns):
+            await agent.ask(f"turn {i}")
+        return time.perf_counter() - start
+
+    return {"seconds": asyncio.run(body()), "turns": float(turns)}

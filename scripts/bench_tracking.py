@@ -1,0 +1,94 @@
+"""Tracking overhead: the same scripted agent workflow with and without labd's automatic capture.
+
+One run, side by side (alternating, ``--rounds`` times each, medians reported):
+
+1. **untracked**: a labd session whose workflow drives a plain ``ag2.Agent`` on the offline scripted model
+   for ``--turns`` turns (no middleware, no events besides the session's own lifecycle);
+2. **tracked**: the same loop with the agent built by ``ctx.agent`` — every turn records agent.turn.*,
+   llm.request/response, agent.message and cost.recorded events, which the daemon persists;
+3. **bare ag2**: the untracked loop in a plain Python process (no labd at all), for reference.
+
+Each workflow times its own loop; the tracked/untracked ratio is the overhead of labd's capture. The
+persisted events are counted to show the work was really done. Target (issue 3): <= 10 % overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+from bench_common import BenchDaemon, interrupt_on_sigterm, print_machine, print_table  # noqa: E402
+
+BARE = """
+import asyncio, sys, time
+from ag2 import Agent
+from runner.agents.offline import OfflineModelConfig
+async def main(n):
+    agent = Agent("bench", ["Answer."], config=OfflineModelConfig())
+    start = time.perf_counter()
+    for i in range(n):
+        await agent.ask(f"turn {i}")
+    print(time.perf_counter() - start)
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+def run_session(d: BenchDaemon, turns: int, tracked: bool) -> tuple[float, int]:
+    with d.client(timeout=60) as c:
+        sid = c.start("bench_flows:turns", params={"turns": turns, "tracked": tracked})
+        final = c.wait(sid, timeout=900)
+        if final["status"] != "completed":
+            raise SystemExit(f"session {sid} ended {final['status']}: {final['reason']}")
+        result = next(e for e in c.history(sid, kinds=["session.finished"]))["payload"]["result"]
+        return float(result["seconds"]), int(final["last_seq"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--turns", type=int, default=10_000, help="agent turns per run (default 10000)")
+    ap.add_argument("--rounds", type=int, default=2, help="runs of each variant, alternating (default 2)")
+    args = ap.parse_args()
+    interrupt_on_sigterm()
+    print_machine()
+    env = {"PYTHONPATH": f"{HERE}:{HERE.parent}"}
+    times: dict[str, list[float]] = {"untracked": [], "tracked": [], "bare ag2": []}
+    events: dict[str, int] = {}
+    with BenchDaemon(extra_env=env) as d:
+        for r in range(args.rounds):
+            for variant in ("untracked", "tracked"):
+                secs, n_events = run_session(d, args.turns, variant == "tracked")
+                times[variant].append(secs)
+                events[variant] = n_events
+                print(f"round {r + 1}: {variant:<9} {secs:7.2f} s  ({n_events:,} events stored)", flush=True)
+            out = subprocess.run([sys.executable, "-c", BARE, str(args.turns)], capture_output=True, text=True,
+                                 cwd=HERE.parent, check=True, env={**__import__("os").environ, **env})
+            times["bare ag2"].append(float(out.stdout.strip()))
+            print(f"round {r + 1}: bare ag2  {times['bare ag2'][-1]:7.2f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["untracked"]
+    rows = [[k, f"{v:.2f} s", f"{v / args.turns * 1e6:.0f} us", f"{v / base:.3f}x", f"{events.get(k, 0):,}"]
+            for k, v in med.items()]
+    print()
+    print_table(["variant", "median loop time", "per turn", "vs untracked", "events stored"], rows,
+                title=f"{args.turns:,} agent turns, offline scripted model, median of {args.rounds}")
+    overhead = (med["tracked"] / base - 1) * 100
+    per_turn = (med["tracked"] - base) / args.turns * 1e6
+    print(f"\ntracking overhead: {overhead:+.1f} % ({per_turn:.0f} us per turn for "
+          f"{(events['tracked'] - events['untracked']) / args.turns:.1f} extra events per turn); "
+          f"target <= 10 %: {'MET' if overhead <= 10 else 'NOT MET'}")
+    return 0
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    try:
+        sys.exit(main())
+    finally:
+        print(f"(total {time.perf_counter() - t0:.1f}s)")
