@@ -74,6 +74,7 @@ class _Watched:
     stopped_until: float = 0.0
     breached: bool = False
     timeout_reported: bool = False
+    fresh: bool = True  # sampled on the monitor's next tick, so even short sessions get their peaks
 
 
 class Monitor(threading.Thread):
@@ -129,6 +130,10 @@ class Monitor(threading.Thread):
                 now = time.monotonic()
                 for w in throttled:
                     self._throttle(w, now)
+                for w in watched:
+                    if w.fresh:
+                        w.fresh = False
+                        self._sample(w, now, False)
                 if now >= next_sample:
                     next_sample = now + self.sample_interval
                     record = now >= next_record

@@ -29,8 +29,23 @@ SESSIONS = [
     ("counter", "demo.count", {"n": 8, "delay": 0.25, "label": "tick"}, {}),
     ("hasher", "demo.compute", {"rounds": 4, "work": 150_000}, {}),
     ("printer", "demo.chatty", {"lines": 20_000, "width": 40}, {}),
+    ("research", "planning_and_control", {"max_steps": 3}, {"budget": 1.0}),
     ("sleeper", "demo.sleep", {"seconds": 60}, {"timeout": 2.0}),
 ]
+
+
+def describe(ev: dict) -> str | None:
+    """One line for the agent events worth showing live (everything is in the store anyway)."""
+    kind, p = ev["kind"], ev["payload"]
+    if kind == "step.started" and p.get("kind") == "phase":
+        return f"phase: {p['name']}"
+    if kind == "agent.turn.started":
+        return f"{p['agent']} is working"
+    if kind == "code.execution":
+        return f"{p['agent']} ran {p['language']} code -> exit {p['exit_code']}: {p['output'].strip()[:50]}"
+    if kind == "file.created":
+        return f"file {p['path']} ({p['size']} bytes) by {p.get('agent') or 'workflow'}"
+    return None
 
 
 def start_daemon(home: Path) -> subprocess.Popen[bytes]:
@@ -55,7 +70,11 @@ def follow(home: Path, sid: str, label: str, color: str, quiet_after: int, lock:
     shown = 0
     with Client(home) as c:
         for ev in c.follow(sid, timeout=120):
-            if ev["kind"] == "output":
+            line_for_agent = describe(ev)
+            if line_for_agent:
+                with lock:
+                    print(f"{color}{label:>8} |{RESET} {line_for_agent}", flush=True)
+            elif ev["kind"] == "output":
                 for line in ev["payload"]["text"].splitlines():
                     shown += 1
                     if shown <= quiet_after:
@@ -104,12 +123,15 @@ def main() -> int:
             for label, sid in ids:
                 s = c.session(sid)
                 dur = (s["ended_at"] or time.time()) - (s["started_at"] or s["created_at"])
+                cost = f"${s['cost']:.4f}" if s["cost"] else "-"
                 rows.append([sid, label, s["workflow"], str(s["pid"]), s["status"], str(s["last_seq"]),
-                             f"{s['peak_rss'] / 2**20:.0f} MiB", f"{dur:.2f}s", s["reason"] or ""])
-            header = ["SESSION", "NAME", "WORKFLOW", "PID", "STATUS", "EVENTS", "PEAK RSS", "RAN", "REASON"]
+                             f"{s['peak_rss'] / 2**20:.0f} MiB", f"{dur:.2f}s", cost, s["reason"] or ""])
+            header = ["SESSION", "NAME", "WORKFLOW", "PID", "STATUS", "EVENTS", "PEAK RSS", "RAN", "LLM COST",
+                      "REASON"]
             widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=False)]
             for r in [header, *rows]:
                 print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+            print("\n(LLM cost is the offline scripted model's nominal price: no network was used.)")
             if args.keep:
                 print(f"\nEverything is in {home / 'labd.db'}; try: .venv/bin/labd --home {home} show {ids[1][1]}")
             else:
