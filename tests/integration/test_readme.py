@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+
 from tests.conftest import REPO, wait_until
 
 
