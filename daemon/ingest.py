@@ -175,15 +175,13 @@ class Ingest(threading.Thread):
         if op == "event":
             _, sid, kind, payload, node_id, reply_to = item
             if kind == "session.created":
-                cur = SessionCursor(id=sid)
-                self.cursors[sid] = cur
-            else:
-                cur = self._cursor(sid)
-                if cur is None:
-                    self.log.error("daemon event for unknown session dropped", session_id=sid, kind=kind)
-                    if reply_to is not None:
-                        notes.append(("refused", reply_to, "not_found", f"no session {sid!r}"))
-                    return
+                self.cursors[sid] = SessionCursor(id=sid)
+            cur = self._cursor(sid)
+            if cur is None:
+                self.log.error("daemon event for unknown session dropped", session_id=sid, kind=kind)
+                if reply_to is not None:
+                    notes.append(("refused", reply_to, "not_found", f"no session {sid!r}"))
+                return
             if kind == "approval.resolved":
                 # The one place an approval is resolved: ingest is single-threaded, so exactly once.
                 refusal = _refuse_resolution(cur, payload)

@@ -214,8 +214,8 @@ class Daemon:
             self._to_ingest.send_pyobj(("stop",))
             ingest.join(10)
             self.launcher.shutdown()
-            for s in (control, notes, self._to_ingest):
-                s.close(0)
+            for sock in (control, notes, self._to_ingest):
+                sock.close(0)
             z.term()
             engine.dispose()
             os.close(wake_r)

@@ -125,7 +125,7 @@ class Channel:
                         break
                 # While events wait in the buffer (emitted without a wake-up), poll briefly.
                 timeout = LINGER_S if self._pending else HEARTBEAT_S
-                events = dict(poller.poll(timeout * 1000))
+                events = dict(poller.poll(int(timeout * 1000)))
                 now = time.monotonic()
                 if monitor in events:
                     self._on_monitor(monitor, sock)

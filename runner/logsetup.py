@@ -6,7 +6,7 @@ This configuration is process-global, which is exactly right here: the process *
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -22,7 +22,7 @@ _RESERVED = {"event", "level", "logger", "timestamp"}
 def configure_logging(emit: Emit, session_id: str) -> Any:
     """Route structlog and stdlib logging to ``emit``; return the session's bound structlog logger."""
 
-    def to_event(_logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
+    def to_event(_logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
         fields = {k: v for k, v in event_dict.items() if k not in _RESERVED}
         emit("log", {"level": event_dict.get("level", method), "event": str(event_dict.get("event", "")),
                      "logger": event_dict.get("logger", "structlog"), "fields": fields}, current_node.get())

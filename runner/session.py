@@ -66,12 +66,17 @@ def run_session(spec: dict[str, Any]) -> int:
     emit = channel.emit
     log = configure_logging(emit, session_id)
     ctx = Context(session_id, workdir, spec.get("params") or {}, emit, log, secrets)
-    capture = OutputCapture(lambda stream, text: emit("output", {"stream": stream, "text": text},
-                                                      ctx.active_node))
+    def emit_output(stream: str, text: str) -> None:
+        emit("output", {"stream": stream, "text": text}, ctx.active_node)
+
+    capture = OutputCapture(emit_output)
     capture.install()
     ctx.before_boundary = capture.sync
     files = FileTracker(workdir, emit)
-    ctx.after_step = lambda node_id: files.scan(node_id)
+    def scan_after_step(node_id: str) -> None:
+        files.scan(node_id)
+
+    ctx.after_step = scan_after_step
     ctx.approvals = Approvals(emit, ctx._cancel)  # noqa: SLF001 - the runner owns the context
     approvals_box.append(ctx.approvals)
 

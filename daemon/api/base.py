@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -33,7 +34,7 @@ class Request:
         self.body = body
         self.reply_to = reply_to
 
-    def arg(self, name: str, types: type | tuple[type, ...], default: Any = ..., *,
+    def arg(self, name: str, types: builtins.type | tuple[builtins.type, ...], default: Any = ..., *,
             check: Callable[[Any], bool] | None = None, hint: str = "") -> Any:
         value = self.body.get(name, default)
         if value is ...:

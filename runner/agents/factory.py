@@ -69,9 +69,10 @@ class AgentFactory:
             return OfflineModelConfig(model), model, OFFLINE_PROVIDER, True
         if provider not in PROVIDERS:
             raise ModelError(f"model {name!r}: unknown provider {provider!r} (known: offline, {', '.join(PROVIDERS)})")
-        model = entry.get("model")
-        if not isinstance(model, str) or not model:
+        provider_model = entry.get("model")
+        if not isinstance(provider_model, str) or not provider_model:
             raise ModelError(f"model {name!r}: 'model' (the provider's model name) is required")
+        model = provider_model
         kwargs: dict[str, Any] = {"model": model}
         kwargs.update({k: entry[k] for k in _PASSTHROUGH if k in entry})
         key_env = entry.get("api_key_env")
