@@ -191,6 +191,13 @@ def cmd_show(args: argparse.Namespace, c: Client) -> int:
         f"timings   created {datetime.fromtimestamp(s['created_at']).isoformat(timespec='seconds')}, "
         f"ran {dur:.2f}s, events {s['last_seq']}",
     ]
+    if s["cost"]:
+        budget = lim.get("budget")
+        lines.append(f"llm cost  ${s['cost']:.6f}" + (f" of budget ${budget:g}" if budget else "")
+                     + "  (labd cost for details)")
+    if s["status"] in LIVE and s.get("last_seen"):
+        quiet = time.time() - s["last_seen"]
+        lines.append(f"runner    last heard from {quiet:.1f}s ago" + ("  (unresponsive?)" if quiet > 10 else ""))
     if s["steps"]:
         lines.append("steps")
         for st in s["steps"]:

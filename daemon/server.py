@@ -192,6 +192,12 @@ class Daemon:
                         os.read(wake_r, 1024)
                     except BlockingIOError:
                         pass
+                if self.launcher.fileno() != tfd:  # the template was restarted: poll its new pipe
+                    if tfd is not None:
+                        poller.unregister(tfd)
+                    tfd = self.launcher.fileno()
+                    if tfd is not None:
+                        poller.register(tfd, zmq.POLLIN)
                 for info in self.launcher.drain_exits():
                     self.supervisor.on_exit(info)
                 self.supervisor.tick()
