@@ -37,7 +37,8 @@ PROJECTED = frozenset({"session.created", "session.launched", "session.started",
                        "session.stopping", "session.ended", "session.adopted", "limit.exceeded",
                        "step.started", "step.finished", "resource.sample", "agent.turn.started",
                        "agent.turn.finished", "cost.recorded", "file.created", "file.changed",
-                       "approval.requested", "approval.resolved", "session.paused", "session.resumed"})
+                       "approval.requested", "approval.resolved", "session.paused", "session.resumed",
+                       "event.rejected"})
 
 
 class Ingest(threading.Thread):
@@ -281,7 +282,6 @@ class Ingest(threading.Thread):
                     raise EventError(f"{kind} may only be recorded by the daemon")
             except EventError as exc:
                 self.count("events_rejected")
-                changes.update(sid, rejected_events=self._rejected(sid))
                 self.log.warning("event rejected", session_id=sid, kind=str(kind)[:64], error=str(exc))
                 self._append(cur, float(ts), "event.rejected", "r", src_seq, None, None,
                              {"kind": str(kind)[:64], "reason": str(exc)}, rows, changes, pub, notes)
@@ -293,10 +293,6 @@ class Ingest(threading.Thread):
                 continue
             self._append(cur, float(ts), kind, "r", src_seq, node_id, parent, payload, rows, changes, pub, notes)
         acks[sid] = (identity, resend)
-
-    def _rejected(self, sid: str) -> int:
-        self.counters[f"rejected.{sid}"] = self.counters.get(f"rejected.{sid}", 0) + 1
-        return self.counters[f"rejected.{sid}"]
 
     def _append(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
                 node_id: str | None, parent: int | None, payload: dict[str, Any], rows: list[EventRow],
@@ -333,7 +329,9 @@ def _refuse_resolution(cur: SessionCursor, payload: dict[str, Any]) -> tuple[str
     if options is None:
         return ("not_pending", f"approval {aid} is not pending (already resolved, or unknown)")
     decision = payload.get("decision")
-    if decision not in options and not (payload.get("via") == "timeout" and decision == "fail"):
+    if payload.get("via") == "timeout" and decision in ("approve", "reject", "fail"):
+        return None  # the request's own policy applies whatever the human options were
+    if decision not in options:
         return ("bad_decision", f"decision {decision!r} is not allowed here (allowed: {', '.join(options)})")
     return None
 

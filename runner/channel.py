@@ -33,10 +33,10 @@ class Channel:
     """Signed, acknowledged, re-sending event channel to the daemon (one per runner process)."""
 
     def __init__(self, endpoint: str, key: bytes, session_id: str, *, max_unacked: int = 200_000,
-                 hello: Callable[[], dict[str, Any]] | None = None) -> None:
+                 hello: Callable[[], dict[str, Any]] | None = None, max_message: int | None = None) -> None:
         self.endpoint = endpoint
         self.session_id = session_id
-        self._codec = Codec(key)
+        self._codec = Codec(key) if max_message is None else Codec(key, max_message=max_message)
         self._hello = hello or dict
         self._max_unacked = max_unacked
         self._lock = threading.Condition()

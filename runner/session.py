@@ -61,7 +61,8 @@ def run_session(spec: dict[str, Any]) -> int:
     approvals_box: list[Approvals] = []
     channel = Channel(spec["endpoint"], bytes.fromhex(spec["key"]), session_id,
                       hello=lambda: {"pid": os.getpid(), "create_time": create_time,
-                                     "waiting_approvals": approvals_box[0].waiting_ids() if approvals_box else []})
+                                     "waiting_approvals": approvals_box[0].waiting_ids() if approvals_box else []},
+                      max_message=spec.get("max_message"))
     channel.start()
     emit = channel.emit
     log = configure_logging(emit, session_id)

@@ -47,6 +47,7 @@ class SessionCursor:
     budget_hit: bool = False
     #: approval id -> allowed decisions, for approvals not yet resolved
     pending_approvals: dict[str, list[str]] = field(default_factory=dict)
+    rejected: int = 0  # events that failed validation
 
     @property
     def terminal(self) -> bool:
@@ -215,6 +216,9 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
         if not cur.pending_approvals and cur.status == "waiting_approval":
             _transition(cur, "running", seq, ts, f"approval {payload['decision']} by {payload['by']}",
                         payload["by"], out)
+    elif kind == "event.rejected":
+        cur.rejected += 1
+        out.update(cur.id, rejected_events=cur.rejected)
     elif kind == "session.paused":
         _transition(cur, "paused", seq, ts, payload["reason"], payload["by"], out)
     elif kind == "session.resumed":
@@ -236,7 +240,7 @@ def _fmt(value: float, unit: str) -> str:
     if unit == "bytes":
         return f"{value / 2**20:.0f} MiB"
     if unit == "seconds":
-        return f"{value:.1f} s"
+        return f"{value:.2f} s" if value != int(value) else f"{value:g} s"
     if unit == "percent":
         return f"{value:.0f} %"
     if unit == "USD":

@@ -48,6 +48,7 @@ class BatchWriter:
                             status=row["status"], outcome=row["outcome"], peak_rss=row["peak_rss"],
                             peak_cpu_percent=row["peak_cpu_percent"])
         cur.outcome_error = row["outcome_error"]
+        cur.rejected = row["rejected_events"]
         cur.stop_by = row["stop_by"]
         cur.kill_reason = row["kill_reason"]
         cur.cost = row["cost"] or 0.0

@@ -186,7 +186,7 @@ def test_cancelled_outcome_without_stop_request() -> None:
     ({"limit": "memory", "measured": 530 * MiB, "max": 512 * MiB, "unit": "bytes", "action": "kill"},
      "killed: memory 530 MiB > limit 512 MiB"),
     ({"limit": "timeout", "measured": 61.04, "max": 60, "unit": "seconds", "action": "stop"},
-     "stopped: timeout 61.0 s > limit 60.0 s"),
+     "stopped: timeout 61.04 s > limit 60 s"),
     ({"limit": "cpu", "measured": 151.2, "max": 100, "unit": "percent", "action": "kill"},
      "killed: cpu 151 % > limit 100 %"),
 ])
