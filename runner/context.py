@@ -154,11 +154,12 @@ class Context:
         return node_id
 
     # ---- agents -----------------------------------------------------------------------------------
-    def agent(self, name: str, system_prompt: str | Iterable[str] = (), *, model: str = "default",
+    def agent(self, name: str, system_prompt: str | Iterable[str] = (), *, model: Any = "default",
               tools: Iterable[Any] = (), code_execution: bool = False, **kwargs: Any) -> Any:
         """An ``ag2.Agent`` whose every LLM call, tool call, code execution, sub-task and human-input
         request is recorded automatically. ``model`` names a configured model (``default``: the
-        configured default, or the offline scripted model when none is configured)."""
+        configured default, or the offline scripted model when none is configured), or is an ag2
+        model config object used as is."""
         if self._agent_factory is None:
             if self._agents is None:
                 raise RuntimeError("agents are not available in this context")

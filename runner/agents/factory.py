@@ -55,8 +55,11 @@ class AgentFactory:
         self.tracker = Tracker(emit, new_node_id, PriceTable(prices), files)
         self._run_code = make_run_code(emit, workdir)
 
-    def model_config(self, name: str) -> tuple[Any, str, str, bool]:
-        """(ag2 model config, model name, provider, offline) for a configured model name."""
+    def model_config(self, name: Any) -> tuple[Any, str, str, bool]:
+        """(ag2 model config, model name, provider, offline) for a configured model name, or for an ag2
+        model config object passed directly (any provider ag2 supports, or ``ag2.testing.TestConfig``)."""
+        if not isinstance(name, str):
+            return name, _describe(name, "model", "unknown"), _describe(name, "provider", "ag2"), False
         entry = self.models.get(name)
         if entry is None:
             if name in ("default", "offline"):
@@ -88,7 +91,7 @@ class AgentFactory:
         config = getattr(importlib.import_module(module), cls)(**kwargs)
         return config, model, provider, False
 
-    def agent(self, name: str, system_prompt: str | Iterable[str] = (), *, model: str = "default",
+    def agent(self, name: str, system_prompt: str | Iterable[str] = (), *, model: Any = "default",
               tools: Iterable[Any] = (), code_execution: bool = False, **kwargs: Any) -> Any:
         """A tracked ``ag2.Agent``; ``code_execution`` adds the ``run_code`` tool."""
         from ag2 import Agent
@@ -117,3 +120,11 @@ class AgentFactory:
                 timeout=float(timeout) if timeout else None)
             return decision.feedback or decision.decision
         return hook
+
+
+def _describe(config: Any, attr: str, default: str) -> str:
+    try:
+        value = getattr(config, attr)
+    except (NotImplementedError, AttributeError):  # e.g. a TestConfig without model/provider
+        return default
+    return str(getattr(value, "value", value) or default)

@@ -137,3 +137,29 @@ def test_budget_stops_a_session_when_crossed(client) -> None:
     assert final["reason"].startswith("stopped: budget $") and "> limit $0.0005" in final["reason"]
     breach = _by_kind(_events(client, sid), "limit.exceeded")[0]["payload"]
     assert breach["limit"] == "budget" and breach["measured"] > breach["max"] == 0.0005
+
+
+def test_sub_agents_and_human_input_requests_are_tracked(client) -> None:
+    """A sub-agent run as a tool is recorded (subagent.started/finished) and its own turn is a DAG node
+    nested under the delegating agent's; an agent asking a human creates a durable approval of kind
+    human_input whose feedback becomes the agent's answer."""
+    from tests.conftest import wait_until
+
+    sid = client.start("labd_testflows:delegation")
+    ap = wait_until(lambda: client.approvals(sid), timeout=60, what="the human-input request")[0]
+    assert ap["kind"] == "human_input" and ap["prompt"] == "Publish the poem?"
+    client.approve(sid, feedback="yes, publish it")
+    final = client.wait(sid, timeout=60)
+    assert final["status"] == "completed", final["reason"]
+    events = _events(client, sid)
+    started, finished = _by_kind(events, "subagent.started"), _by_kind(events, "subagent.finished")
+    assert len(started) == len(finished) == 1
+    assert started[0]["payload"]["child"] == "writer" and finished[0]["payload"]["status"] == "completed"
+    assert "A poem about limits." in finished[0]["payload"]["result"]
+    nodes = {n["node_id"]: n for n in client.dag(sid)["dag"]["nodes"]}
+    writer = next(n for n in nodes.values() if n["agent"] == "writer")
+    assert nodes[writer["parent_node"]]["agent"] == "boss"
+    answer = next(e for e in _by_kind(events, "tool.result") if e["payload"]["name"] == "ask_human")
+    assert answer["payload"]["result"] == "yes, publish it"
+    requested = _by_kind(events, "approval.requested")[0]
+    assert requested["payload"]["agent"] == "boss" and nodes[requested["node_id"]]["agent"] == "boss"

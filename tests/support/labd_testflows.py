@@ -112,3 +112,28 @@ def agent_flow(ctx, task: str = "Step 7 of 7: count and compute") -> str:
         return second.body
 
     return asyncio.run(body())
+
+
+def delegation(ctx) -> str:
+    """A boss agent delegates to a writer sub-agent (ag2 agent-as-tool) and asks a human through a tool;
+    models are scripted with ag2's own TestConfig. No tracking code."""
+    import asyncio
+
+    from ag2 import Context
+    from ag2.events import ToolCallEvent
+    from ag2.testing import TestConfig
+
+    async def ask_human(question: str, ctx: Context) -> str:
+        """Ask the human a question."""
+        return await ctx.input(question, timeout=60)
+
+    async def body() -> str:
+        writer = ctx.agent("writer", "You write.", model=TestConfig("A poem about limits."))
+        boss = ctx.agent(
+            "boss", "You lead.", tools=[writer.as_tool(description="Delegate writing"), ask_human],
+            model=TestConfig(ToolCallEvent("task_writer", arguments='{"objective": "a poem"}'),
+                             ToolCallEvent("ask_human", arguments='{"question": "Publish the poem?"}'),
+                             "Published.", raise_tool_errors=False))
+        return (await boss.ask("Get a poem written and ask before publishing.")).body
+
+    return asyncio.run(body())
