@@ -3,6 +3,10 @@
 Runs as a child process of the runner, so it inherits the runner's cleaned environment (no secrets)
 and its output is returned to the agent, not mixed into the session's stdout. Every execution is
 recorded as a ``code.execution`` event (code, exit code, output), attributed to the calling agent.
+
+Executions of one session run one at a time, each followed by a scan of the work directory: that is
+what makes file attribution exact when steps run concurrently (they share the work directory, and a
+scan cannot tell which of two overlapping programs wrote a file).
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ import asyncio
 import os
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from runner.agents.context import current_agent, current_call
 from runner.context import current_node
+from runner.files import FileTracker
 
 __all__ = ["make_run_code", "MAX_OUTPUT"]
 
@@ -24,13 +30,21 @@ MAX_OUTPUT = 20_000
 _COMMANDS = {"python": lambda code: [sys.executable, "-c", code], "bash": lambda code: ["bash", "-c", code]}
 
 
-def make_run_code(emit: Callable[..., int], workdir: Path, timeout: float = 300.0) -> Callable[..., Any]:
+def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
+                  timeout: float = 300.0) -> Callable[..., Any]:
     """Build the ``run_code`` tool function bound to a session."""
+    locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
     async def run_code(code: str, language: str = "python") -> str:
         """Run a Python or bash program in the working directory; returns its output (and exit code if non-zero)."""
         if language not in _COMMANDS:
             return f"unsupported language {language!r}; use one of: {', '.join(_COMMANDS)}\n[exit code: 2]"
+        loop = asyncio.get_running_loop()
+        lock = locks.setdefault(loop, asyncio.Lock())
+        async with lock:
+            return await _execute(code, language)
+
+    async def _execute(code: str, language: str) -> str:
         start = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             *_COMMANDS[language](code), cwd=workdir, env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL,
@@ -52,6 +66,7 @@ def make_run_code(emit: Callable[..., int], workdir: Path, timeout: float = 300.
         if call:
             payload["call_id"] = call
         emit("code.execution", payload, current_node.get())
+        files.scan(current_node.get(), agent=payload["agent"], tool="run_code")
         return text if rc == 0 else f"{text}\n[exit code: {rc}]"
 
     return run_code

@@ -53,7 +53,7 @@ class AgentFactory:
         self.workdir = workdir
         self.emit = emit
         self.tracker = Tracker(emit, new_node_id, PriceTable(prices), files)
-        self._run_code = make_run_code(emit, workdir)
+        self._run_code = make_run_code(emit, workdir, files)
 
     def model_config(self, name: Any) -> tuple[Any, str, str, bool]:
         """(ag2 model config, model name, provider, offline) for a configured model name, or for an ag2

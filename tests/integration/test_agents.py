@@ -163,3 +163,16 @@ def test_sub_agents_and_human_input_requests_are_tracked(client) -> None:
     assert answer["payload"]["result"] == "yes, publish it"
     requested = _by_kind(events, "approval.requested")[0]
     assert requested["payload"]["agent"] == "boss" and nodes[requested["node_id"]]["agent"] == "boss"
+
+
+def test_files_are_attributed_exactly_when_steps_run_concurrently(client) -> None:
+    """deep_research runs its plan steps concurrently in one work directory; each step's output file is
+    still attributed to the step (and engineer) whose code wrote it."""
+    sid = client.start("deep_research", params={"subquestions": 2, "max_steps": 4})
+    assert client.wait(sid, timeout=90)["status"] == "completed"
+    files = [f for f in client.files(sid) if f["path"].startswith("step_")]
+    assert len(files) >= 3
+    for f in files:
+        n = f["path"].removeprefix("step_").removesuffix(".json")
+        assert f["step"].startswith(f"step {n}:"), (f["path"], f["step"])
+        assert (f["agent"], f["tool"]) == ("engineer", "run_code")
