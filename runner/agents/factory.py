@@ -103,7 +103,7 @@ class AgentFactory:
 
             all_tools.append(tool(self._run_code, name="run_code"))
         middleware = [self.tracker.middleware(name, model_name, provider, offline), *kwargs.pop("middleware", [])]
-        observers = [self.tracker.subtask_observer(name), *kwargs.pop("observers", [])]
+        observers = list(kwargs.pop("observers", []))
         prompt = [system_prompt] if isinstance(system_prompt, str) else list(system_prompt)
         return Agent(name, prompt, config=config, tools=all_tools, middleware=middleware, observers=observers,
                      hitl_hook=kwargs.pop("hitl_hook", self._human_input_hook(name)), **kwargs)

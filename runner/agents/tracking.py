@@ -1,7 +1,7 @@
-"""Automatic tracking of ag2 agents: middleware and an observer that turn agent activity into events.
+"""Automatic tracking of ag2 agents: a middleware that turns agent activity into events.
 
-Every agent built through the runner's context gets :class:`TrackingMiddleware` (per turn) and the
-sub-task observer. Workflow code contains no tracking code. Per turn:
+Every agent built through the runner's context gets :class:`TrackingMiddleware` (ag2 creates one per
+turn). Workflow code contains no tracking code. Per turn:
 
     agent.turn.started (a DAG sub-node under the current step) ->
       llm.request -> llm.response (+ agent.message, cost.recorded) ->
@@ -9,6 +9,11 @@ sub-task observer. Workflow code contains no tracking code. Per turn:
     agent.turn.finished
 
 ``parent`` links a response to its request and a result to its call (producer-side ``src_seq``).
+
+Sub-agents are recorded from the tool call that runs them (``task_<agent>`` from ``Agent.as_tool``,
+``run_subtask(s)`` from ``TaskConfig``) as ``subagent.started`` / ``subagent.finished``; the child's own
+turns nest under the delegating agent's node. (An ag2 observer for ``TaskStarted`` would see the same,
+but ag2 rebuilds every observer's call model on every turn: ~0.7 ms per turn, docs/benchmarks.md.)
 """
 
 from __future__ import annotations
@@ -17,17 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ag2 import observer
-from ag2.events import (
-    BaseEvent,
-    ModelRequest,
-    TaskCompleted,
-    TaskFailed,
-    TaskStarted,
-    ToolErrorEvent,
-    ToolNotFoundEvent,
-    ToolResultsEvent,
-)
+from ag2.events import BaseEvent, ModelRequest, ToolErrorEvent, ToolNotFoundEvent, ToolResultsEvent
 from ag2.middleware import BaseMiddleware
 
 from runner.agents.context import current_agent, current_call
@@ -38,6 +33,7 @@ from runner.files import FileTracker
 __all__ = ["Tracker", "TrackingMiddleware"]
 
 MAX_TEXT = 4000
+SUBTASK_TOOLS = ("run_subtask", "run_subtasks")
 
 
 def _clip(text: str | None, limit: int = MAX_TEXT) -> str:
@@ -74,29 +70,6 @@ class Tracker:
             return TrackingMiddleware(event, context, tracker=self, agent=agent, model=model, provider=provider,
                                       offline=offline)
         return factory
-
-    def subtask_observer(self, agent: str) -> Any:
-        started: dict[str, str] = {}
-
-        def on_task(event: BaseEvent) -> BaseEvent:
-            node = current_node.get()
-            if isinstance(event, TaskStarted):
-                tid = str(event.task_id)
-                started[tid] = event.agent_name
-                self.emit("subagent.started", {"agent": agent, "child": event.agent_name, "task_id": tid,
-                                               "objective": _clip(str(event.objective or ""))}, node)
-            elif isinstance(event, (TaskCompleted, TaskFailed)):  # noqa: UP038 - see above
-                tid = str(event.task_id)
-                payload: dict[str, Any] = {"agent": agent, "child": started.pop(tid, "?"), "task_id": tid,
-                                           "status": "completed" if isinstance(event, TaskCompleted) else "failed"}
-                if isinstance(event, TaskCompleted):
-                    payload["result"] = _clip(str(event.result or ""))
-                else:
-                    payload["error"] = _clip(str(event.error))
-                self.emit("subagent.finished", payload, node)
-            return event
-
-        return observer(TaskStarted | TaskCompleted | TaskFailed, on_task, interrupt=True)
 
 
 class TrackingMiddleware(BaseMiddleware):
@@ -178,6 +151,11 @@ class TrackingMiddleware(BaseMiddleware):
             arguments = event.arguments
         call = self.t.emit("tool.call", {"agent": self.agent, "call_id": str(event.id), "name": event.name,
                                          "arguments": arguments}, node)
+        child = _subagent_of(event.name)
+        if child:
+            objective = arguments.get("objective") or arguments.get("task") if isinstance(arguments, dict) else None
+            self.t.emit("subagent.started", {"agent": self.agent, "child": child, "task_id": str(event.id),
+                                             "objective": _clip(str(objective or arguments))}, node, call)
         call_token, agent_token = current_call.set(str(event.id)), current_agent.set(self.agent)
         start = time.monotonic()
         try:
@@ -193,5 +171,20 @@ class TrackingMiddleware(BaseMiddleware):
             payload["error"] = _clip(f"{type(result.error).__name__}: {result.error}"
                                      if getattr(result, "error", None) else type(result).__name__)
         self.t.emit("tool.result", payload, node, call)
+        if child:
+            failed = payload["status"] == "error" or payload["result"].startswith("Sub-task")
+            done: dict[str, Any] = {"agent": self.agent, "child": child, "task_id": str(event.id),
+                                    "status": "failed" if failed else "completed"}
+            done["error" if failed else "result"] = payload.get("error") or payload["result"]
+            self.t.emit("subagent.finished", done, node, call)
         self.t.files.scan(node, agent=self.agent, tool=event.name)
         return result
+
+
+def _subagent_of(tool_name: str) -> str | None:
+    """The sub-agent a tool call runs, if it is a delegation tool."""
+    if tool_name.startswith("task_"):
+        return tool_name.removeprefix("task_")
+    if tool_name in SUBTASK_TOOLS:
+        return "subtask"
+    return None
