@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import sqlalchemy.exc as sa_exc
 import structlog
 import zmq
 
 from ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
-from ipc.wire import Codec, WireError
+from ipc.wire import Codec, Message, WireError
 from store.projections import RowChanges, SessionCursor, apply
 from store.writer import BatchWriter, EventRow
 
@@ -32,6 +34,9 @@ INGEST_NOTIFY = "inproc://labd-ingest-notify"
 MAX_BATCH = 5000
 _NUMBER = (int, float)
 RESEND_INTERVAL_S = 0.5
+#: the database cannot be reached (retry the same batch); anything else it raises means it refused data
+UNREACHABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
+REFUSED = (sa_exc.StatementError, OverflowError, ValueError, TypeError)
 #: kinds that change projections (everything else only advances the session's seq)
 PROJECTED = frozenset({"session.created", "session.launched", "session.started", "session.finished",
                        "session.stopping", "session.ended", "session.adopted", "limit.exceeded",
@@ -60,6 +65,9 @@ class Ingest(threading.Thread):
         self.cursors: dict[str, SessionCursor] = {}
         self._last_resend: dict[str, float] = {}
         self.topics: set[bytes] = set()  # live-tail subscriptions (see _on_subscriptions)
+        #: control messages for runners that have not said hello yet (e.g. pause right after start)
+        self._waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        self._safe = False  # safe mode: commit event by event (after the store refused a batch)
         self.ready = threading.Event()
         self.failed: BaseException | None = None
         # sockets are created in run(): a ZeroMQ socket belongs to the thread that uses it
@@ -81,6 +89,7 @@ class Ingest(threading.Thread):
         z = self.zctx
         self.router = z.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting runner takes over its identity
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to an unconnected runner raises, not drops
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.MAXMSGSIZE, 2 * self.runner_codec.max_message)
         self.router.bind(self.runners_endpoint)
@@ -118,14 +127,10 @@ class Ingest(threading.Thread):
                 continue
             if self.pub in ready:
                 self._on_subscriptions()
-            rows: list[EventRow] = []
-            changes = RowChanges()
-            acks: dict[str, tuple[bytes, bool]] = {}
-            pub: dict[str, list[list[Any]]] = {}
-            notes: list[tuple[Any, ...]] = []
-            to_runners: list[tuple[str, str, dict[str, Any]]] = []
             # Daemon-side items first: a session.created must be in before that session's runner events.
-            while len(rows) < MAX_BATCH:
+            items: list[tuple[Any, ...]] = []
+            frames_list: list[tuple[bytes, Message]] = []
+            while len(items) < MAX_BATCH:
                 try:
                     item = self.pull.recv_pyobj(zmq.NOBLOCK)
                 except zmq.Again:
@@ -133,28 +138,114 @@ class Ingest(threading.Thread):
                 if item[0] == "stop":
                     stopping = True
                     break
-                self._on_internal(item, rows, changes, pub, notes, to_runners)
-            while len(rows) < MAX_BATCH:
+                items.append(item)
+            budget = MAX_BATCH
+            while budget > 0:
                 try:
                     frames = self.router.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                self._on_runner_frames(frames, rows, changes, pub, acks, notes, to_runners)
-            if rows or changes.session_updates:
-                self.writer.commit(rows, changes, self.cursors)
-                self.count("events_persisted", len(rows))
-            for sid, evs in pub.items():  # persisted: now publish
-                for chunk in _chunks(evs):
-                    self.pub.send_multipart([f"session.{sid}".encode(),
-                                             *self.pub_codec.pack("events", {"session": sid, "events": chunk})])
-            for sid, (identity, resend) in acks.items():
-                cur = self.cursors[sid]
-                body = {"next": cur.runner_seq + 1, "resend": resend}
-                self.router.send_multipart([identity, *self.runner_codec.pack("ack", body)])
-            for sid, type_, body in to_runners:  # e.g. an approval's resolution, now that it is durable
-                self.router.send_multipart([sid.encode(), *self.runner_codec.pack(type_, body)])
-            for note in notes:
-                self.notify.send_pyobj(note)
+                decoded = self._decode(frames)  # once: a replayed batch must not trip the replay guard
+                if decoded is not None:
+                    frames_list.append(decoded)
+                budget -= 1000  # a runner batch holds up to 1000 events
+            if items or frames_list:
+                self._write(self._process(items, frames_list), items, frames_list)
+
+    def _decode(self, frames: list[bytes]) -> tuple[bytes, Message] | None:
+        try:
+            return frames[0], self.runner_codec.unpack(frames[1:])
+        except WireError as exc:
+            self.count(f"dropped.runner.{exc.reason}")
+            self.log.warning("runner frame dropped", reason=exc.reason, error=str(exc))
+            return None
+
+    def _process(self, items: list[tuple[Any, ...]], frames_list: list[tuple[bytes, Message]]) -> Batch:
+        batch = Batch()
+        for item in items:
+            try:
+                self._on_internal(item, batch)
+            except Exception:  # noqa: BLE001 - one bad item must not stop the writer
+                self.count("dropped.internal.error")
+                self.log.exception("daemon item dropped", op=str(item[0]))
+        for identity, msg in frames_list:
+            try:
+                self._on_runner_message(identity, msg, batch)
+            except Exception:  # noqa: BLE001 - a frame we cannot handle is counted and dropped
+                self.count("dropped.runner.error")
+                self.log.exception("runner frame dropped")
+        return batch
+
+    def _write(self, batch: Batch, items: list[tuple[Any, ...]], frames_list: list[tuple[bytes, Message]]) -> None:
+        """Commit a batch, then publish, acknowledge and notify. A batch the store refuses is written again
+        event by event, the refused events replaced by ``event.rejected`` rows; while the store is
+        unreachable, the batch waits and is then processed again (runners keep what is unacknowledged)."""
+        while True:
+            try:
+                if batch.rows or batch.changes.session_updates or batch.changes.session_inserts:
+                    self.writer.commit(batch.rows, batch.changes, self.cursors)
+                break
+            except UNREACHABLE as exc:
+                self.count("store_unavailable")
+                self.log.error("store unavailable; waiting for it", error=str(exc)[:300])
+                self._wait_for_store()
+                self._forget(batch)
+                batch = self._process(items, frames_list)
+            except REFUSED as exc:
+                self.count("store_refused_batches")
+                self.log.error("store refused a batch; writing it event by event", error=str(exc)[:300])
+                self._forget(batch)
+                self._safe = True
+                try:
+                    batch = self._process(items, frames_list)
+                finally:
+                    self._safe = False
+                break
+        self.count("events_persisted", batch.count)
+        self._send_batch(batch)
+
+    def _wait_for_store(self) -> None:
+        delay = 0.5
+        while True:
+            time.sleep(delay)
+            try:
+                self.writer.reconnect()
+                self.log.info("store reachable again")
+                return
+            except UNREACHABLE:
+                delay = min(delay * 2, 5.0)
+
+    def _forget(self, batch: Batch) -> None:
+        """Drop cached cursors a failed batch touched: they are reloaded from the store."""
+        touched = {r[0] for r in batch.rows} | set(batch.changes.session_updates) | {
+            r["id"] for r in batch.changes.session_inserts}
+        for sid in touched:
+            self.cursors.pop(sid, None)
+
+    def _send_batch(self, batch: Batch) -> None:
+        for sid, evs in batch.pub.items():  # persisted: now publish
+            for chunk in _chunks(evs):
+                self.pub.send_multipart([f"session.{sid}".encode(),
+                                         *self.pub_codec.pack("events", {"session": sid, "events": chunk})])
+        for sid, (identity, resend) in batch.acks.items():
+            cur = self.cursors.get(sid)
+            if cur is not None:
+                self._to_runner(identity, "ack", {"next": cur.runner_seq + 1, "resend": resend}, queue=False)
+        for sid, type_, body in batch.to_runners:  # e.g. an approval's resolution, now that it is durable
+            self._to_runner(sid.encode(), type_, body, queue=True)
+        for note in batch.notes:
+            self.notify.send_pyobj(note)
+        for sid in batch.ended:  # nothing more will change for it: free its memory
+            self.cursors.pop(sid, None)
+            self._last_resend.pop(sid, None)
+
+    def _to_runner(self, identity: bytes, type_: str, body: dict[str, Any], *, queue: bool) -> None:
+        """Send to a runner; a control message for a runner that is not connected (yet) waits for its hello."""
+        try:
+            self.router.send_multipart([identity, *self.runner_codec.pack(type_, body)], zmq.NOBLOCK)
+        except zmq.ZMQError:  # EHOSTUNREACH (ROUTER_MANDATORY) or a full pipe
+            if queue:
+                self._waiting_for_hello.setdefault(identity.decode(), []).append((type_, body))
 
     def _on_subscriptions(self) -> None:
         """Track live-tail subscriptions (XPUB passes each topic's first subscribe and last unsubscribe)."""
@@ -169,46 +260,39 @@ class Ingest(threading.Thread):
                 self.topics.discard(msg[1:])
 
     # ---- daemon-side items ------------------------------------------------------------------------
-    def _on_internal(self, item: tuple[Any, ...], rows: list[EventRow], changes: RowChanges,
-                     pub: dict[str, list[list[Any]]], notes: list[tuple[Any, ...]],
-                     to_runners: list[tuple[str, str, dict[str, Any]]]) -> None:
+    def _on_internal(self, item: tuple[Any, ...], b: Batch) -> None:
         op = item[0]
         if op == "event":
             _, sid, kind, payload, node_id, reply_to = item
-            if kind == "session.created":
+            if kind == "session.created" and self._cursor(sid) is None:
                 self.cursors[sid] = SessionCursor(id=sid)
             cur = self._cursor(sid)
             if cur is None:
                 self.log.error("daemon event for unknown session dropped", session_id=sid, kind=kind)
                 if reply_to is not None:
-                    notes.append(("refused", reply_to, "not_found", f"no session {sid!r}"))
+                    b.notes.append(("refused", reply_to, "not_found", f"no session {sid!r}"))
                 return
             if kind == "approval.resolved":
                 # The one place an approval is resolved: ingest is single-threaded, so exactly once.
                 refusal = _refuse_resolution(cur, payload)
                 if refusal is not None:
                     if reply_to is not None:
-                        notes.append(("refused", reply_to, *refusal))
+                        b.notes.append(("refused", reply_to, *refusal))
                     return
-                to_runners.append((sid, "approval.resolved", payload))
-            self._append(cur, time.time(), kind, "d", None, node_id, None, payload, rows, changes, pub, notes)
+            if not self._append(cur, time.time(), kind, "d", None, node_id, None, payload, b):
+                if reply_to is not None:
+                    b.notes.append(("refused", reply_to, "store_error", "the store refused this change"))
+                return
+            if kind == "approval.resolved":
+                b.to_runners.append((sid, "approval.resolved", payload))
             if reply_to is not None:
-                notes.append(("committed", reply_to, sid, cur.last_seq, payload))
+                b.notes.append(("committed", reply_to, sid, cur.last_seq, payload))
         elif op == "send":  # a message for a runner, e.g. cancel
             _, sid, type_, body = item
-            self.router.send_multipart([sid.encode(), *self.runner_codec.pack(type_, body)])
+            b.to_runners.append((sid, type_, body))
 
     # ---- runner frames ----------------------------------------------------------------------------
-    def _on_runner_frames(self, frames: list[bytes], rows: list[EventRow], changes: RowChanges,
-                          pub: dict[str, list[list[Any]]], acks: dict[str, tuple[bytes, bool]],
-                          notes: list[tuple[Any, ...]], to_runners: list[tuple[str, str, dict[str, Any]]]) -> None:
-        identity, rest = frames[0], frames[1:]
-        try:
-            msg = self.runner_codec.unpack(rest)
-        except WireError as exc:
-            self.count(f"dropped.runner.{exc.reason}")
-            self.log.warning("runner frame dropped", reason=exc.reason, error=str(exc))
-            return
+    def _on_runner_message(self, identity: bytes, msg: Message, b: Batch) -> None:
         sid = msg.body.get("session")
         if not isinstance(sid, str) or sid.encode() != identity:
             self.count("dropped.runner.bad_session")
@@ -220,13 +304,10 @@ class Ingest(threading.Thread):
             self.log.warning("runner frame for unknown session dropped", session_id=sid)
             return
         self.last_seen[sid] = time.time()
+        for type_, msg_body in self._waiting_for_hello.pop(sid, []):  # control sent before it could be delivered
+            b.to_runners.append((sid, type_, msg_body))
         if msg.type == "hello":
-            acks[sid] = (identity, acks.get(sid, (identity, False))[1])
-            waiting = [a for a in msg.body.get("waiting_approvals") or [] if isinstance(a, str)][:100]
-            for r in self.writer.resolutions(sid, waiting):  # answered while we could not tell it
-                to_runners.append((sid, "approval.resolved", {
-                    "approval_id": r["id"], "decision": r["decision"], "feedback": r["feedback"],
-                    "hypothesis": r["hypothesis"], "by": r["resolved_by"], "via": r["resolved_via"]}))
+            self._on_hello(sid, identity, msg.body, b)
             return
         if msg.type == "heartbeat":
             return
@@ -237,17 +318,29 @@ class Ingest(threading.Thread):
         if not isinstance(evs, list):
             self.count("dropped.runner.malformed")
             return
-        resend = acks.get(sid, (identity, False))[1]
-        live = self._is_live(sid)
-        live_list = pub.setdefault(sid, []) if live else None
+        self._on_events(cur, identity, evs, b)
+
+    def _on_hello(self, sid: str, identity: bytes, body: dict[str, Any], b: Batch) -> None:
+        b.acks[sid] = (identity, b.acks.get(sid, (identity, False))[1])
+        waiting = body.get("waiting_approvals")
+        ids = [a for a in waiting if isinstance(a, str)][:100] if isinstance(waiting, list) else []
+        for r in self.writer.resolutions(sid, ids):  # answered while we could not tell it
+            b.to_runners.append((sid, "approval.resolved", {
+                "approval_id": r["id"], "decision": r["decision"], "feedback": r["feedback"],
+                "hypothesis": r["hypothesis"], "by": r["resolved_by"], "via": r["resolved_via"]}))
+
+    def _on_events(self, cur: SessionCursor, identity: bytes, evs: list[Any], b: Batch) -> None:
+        sid = cur.id
+        resend = b.acks.get(sid, (identity, False))[1]
+        live_list = b.pub.setdefault(sid, []) if self._is_live(sid) else None
         dumps = orjson.dumps
+        rows = b.rows
         for ev in evs:
             if not (isinstance(ev, list) and len(ev) == 6 and isinstance(ev[0], int)):
                 # Without a readable src_seq nothing after it can be placed; asking for a resend would
                 # only bring the same bytes back, so the rest of this batch is dropped and counted.
                 self.count("dropped.runner.malformed")
                 break
-            bad_ts = not isinstance(ev[1], _NUMBER)
             src_seq = ev[0]
             if src_seq <= cur.runner_seq:
                 self.count("duplicates_ignored")
@@ -261,42 +354,70 @@ class Ingest(threading.Thread):
                 break
             cur.runner_seq = src_seq
             _, ts, kind, node_id, parent, payload = ev
-            if bad_ts:
-                self.count("events_rejected")
-                self._append(cur, time.time(), "event.rejected", "r", src_seq, None, None,
-                             {"kind": str(kind)[:64], "reason": "timestamp is not a number"}, rows, changes, pub,
-                             notes)
-                continue
-            if parent is None and quick_valid(kind, payload, node_id):
+            if not self._safe and parent is None and ts.__class__ is float and quick_valid(kind, payload, node_id):
                 # hot path (output, log, custom): no projection to update
                 seq = cur.last_seq = cur.last_seq + 1
                 rows.append((sid, seq, ts, kind, "r", src_seq, node_id, None, dumps(payload, default=repr).decode()))
                 if live_list is not None:
                     live_list.append([seq, ts, kind, "r", node_id, None, payload, src_seq])
+                b.count += 1
                 continue
             try:
+                if not isinstance(ts, _NUMBER) or isinstance(ts, bool) or not 0 <= ts < 1e11:
+                    raise EventError("timestamp is not a number of seconds")
                 validate(kind, payload, node_id)
-                if parent is not None and not isinstance(parent, int):
+                if parent is not None and not (isinstance(parent, int) and 0 < parent < 2**63):
                     raise EventError("parent must be an integer (the src_seq of the enclosing event)")
                 if kind in DAEMON_KINDS:
                     raise EventError(f"{kind} may only be recorded by the daemon")
+                if kind == "approval.requested" and payload["approval_id"] in cur.pending_approvals:
+                    raise EventError("duplicate approval id")
             except EventError as exc:
                 self.count("events_rejected")
                 self.log.warning("event rejected", session_id=sid, kind=str(kind)[:64], error=str(exc))
-                self._append(cur, float(ts), "event.rejected", "r", src_seq, None, None,
-                             {"kind": str(kind)[:64], "reason": str(exc)}, rows, changes, pub, notes)
+                self._append(cur, time.time(), "event.rejected", "r", src_seq, None, None,
+                             {"kind": str(kind)[:64], "reason": str(exc)}, b)
                 continue
-            if kind == "approval.requested" and payload["approval_id"] in cur.pending_approvals:
-                self.count("events_rejected")
-                self._append(cur, float(ts), "event.rejected", "r", src_seq, None, None,
-                             {"kind": kind, "reason": "duplicate approval id"}, rows, changes, pub, notes)
-                continue
-            self._append(cur, float(ts), kind, "r", src_seq, node_id, parent, payload, rows, changes, pub, notes)
-        acks[sid] = (identity, resend)
+            self._append(cur, float(ts), kind, "r", src_seq, node_id, parent, payload, b)
+        b.acks[sid] = (identity, resend)
 
     def _append(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
-                node_id: str | None, parent: int | None, payload: dict[str, Any], rows: list[EventRow],
-                changes: RowChanges, pub: dict[str, list[list[Any]]], notes: list[tuple[Any, ...]]) -> None:
+                node_id: str | None, parent: int | None, payload: dict[str, Any], b: Batch) -> bool:
+        """Add one event (and its projection changes) to the batch; in safe mode, commit it on its own.
+        Returns False if the store refused it (it is then recorded as ``event.rejected``)."""
+        if not self._safe:
+            self._stage(cur, ts, kind, src, src_seq, node_id, parent, payload, b.rows, b.changes, b.pub, b.notes,
+                        b.ended)
+            b.count += 1
+            return True
+        one = Batch()
+        self._stage(cur, ts, kind, src, src_seq, node_id, parent, payload, one.rows, one.changes, one.pub,
+                    one.notes, one.ended)
+        try:
+            self.writer.commit(one.rows, one.changes, self.cursors)
+        except REFUSED as exc:
+            self.count("store_rejected")
+            self.log.error("store refused an event", session_id=cur.id, kind=kind, error=str(exc)[:300])
+            self.cursors.pop(cur.id, None)
+            fresh = self._cursor(cur.id)
+            if fresh is None:
+                return False
+            if src_seq is not None and src == "r":
+                fresh.runner_seq = max(fresh.runner_seq, src_seq)
+            marker = Batch()
+            self._stage(fresh, time.time(), "event.rejected", src, src_seq, None, None,
+                        {"kind": kind[:64], "reason": f"the store refused it: {type(exc).__name__}"},
+                        marker.rows, marker.changes, marker.pub, marker.notes, marker.ended)
+            self.writer.commit(marker.rows, marker.changes, self.cursors)
+            b.merge(marker)
+            return False
+        b.merge(one)
+        return True
+
+    def _stage(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
+               node_id: str | None, parent: int | None, payload: dict[str, Any], rows: list[EventRow],
+               changes: RowChanges, pub: dict[str, list[list[Any]]], notes: list[tuple[Any, ...]],
+               ended: set[str]) -> None:
         seq = cur.last_seq + 1
         if kind in PROJECTED:
             apply(cur, seq, ts, kind, src, node_id, payload, changes)
@@ -306,6 +427,8 @@ class Ingest(threading.Thread):
             elif kind == "approval.requested":
                 notes.append(("approval", cur.id, payload["approval_id"], payload.get("timeout"),
                               payload.get("policy")))
+            elif kind == "session.ended":
+                ended.add(cur.id)
         else:
             cur.last_seq = seq
         text = orjson.dumps(payload, default=repr).decode()
@@ -320,6 +443,29 @@ class Ingest(threading.Thread):
             return False
         topic = f"session.{sid}".encode()
         return any(topic.startswith(t) for t in self.topics)
+
+
+@dataclass
+class Batch:
+    """What one pass over incoming items produced: rows and projection changes to commit, then what to
+    publish, acknowledge and tell the rest of the daemon once they are committed."""
+
+    rows: list[EventRow] = field(default_factory=list)
+    changes: RowChanges = field(default_factory=RowChanges)
+    acks: dict[str, tuple[bytes, bool]] = field(default_factory=dict)
+    pub: dict[str, list[list[Any]]] = field(default_factory=dict)
+    notes: list[tuple[Any, ...]] = field(default_factory=list)
+    to_runners: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    ended: set[str] = field(default_factory=set)
+    count: int = 0
+
+    def merge(self, other: Batch) -> None:
+        """Take over the after-commit work of an event committed on its own (safe mode)."""
+        self.count += len(other.rows)
+        for sid, evs in other.pub.items():
+            self.pub.setdefault(sid, []).extend(evs)
+        self.notes.extend(other.notes)
+        self.ended |= other.ended
 
 
 def _refuse_resolution(cur: SessionCursor, payload: dict[str, Any]) -> tuple[str, str] | None:

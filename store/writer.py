@@ -38,6 +38,18 @@ class BatchWriter:
     def close(self) -> None:
         self._conn.close()
 
+    def reconnect(self) -> None:
+        """Replace the connection (after the database went away); raises while it is still unreachable."""
+        from sqlalchemy import text
+
+        try:
+            self._conn.invalidate()
+        except Exception:  # noqa: BLE001 - the old connection is dead anyway
+            pass
+        self._conn = self.engine.connect()
+        self._conn.execute(text("SELECT 1"))
+        self._conn.rollback()
+
     def load_cursor(self, session_id: str) -> SessionCursor | None:
         """Rebuild ingest's cursor for a session from its row (after a restart, or first sight)."""
         row = self._conn.execute(select(sessions).where(sessions.c.id == session_id)).mappings().first()
