@@ -92,18 +92,25 @@ def _print_output(ev: dict[str, Any], show_meta: bool = True) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import sqlalchemy.exc
+
     from daemon import logsetup
     from daemon.config import load_config
     from daemon.server import AlreadyRunning, Daemon
 
     cfg = load_config(args.home, db_url=args.db, log_format=args.log_format, log_level=args.log_level)
     logsetup.configure(cfg.log_format, cfg.log_level)
+    daemon = Daemon(cfg)
     try:
-        Daemon(cfg).serve()
+        daemon.serve()
     except AlreadyRunning as exc:
         print(f"labd: {exc}", file=sys.stderr)
         return 2
-    return 0
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        print(f"labd: cannot use the database {cfg.db_url.split('@')[-1]}: {str(exc).splitlines()[0]}",
+              file=sys.stderr)
+        return 2
+    return 1 if daemon.failed else 0
 
 
 def cmd_run(args: argparse.Namespace, c: Client) -> int:
@@ -127,9 +134,9 @@ def cmd_run(args: argparse.Namespace, c: Client) -> int:
 
 
 def cmd_ps(args: argparse.Namespace, c: Client) -> int:
-    rows = c.sessions(status=None if args.all else None, limit=args.limit)
-    if not args.all:
-        rows = [r for r in rows if r["status"] in LIVE] or rows[:10]
+    rows = c.sessions(status=None if args.all else list(LIVE), limit=args.limit)
+    if not args.all and not rows:
+        rows = c.sessions(limit=10)  # nothing running: show the most recent ones instead
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
@@ -238,7 +245,7 @@ def cmd_approvals(args: argparse.Namespace, c: Client) -> int:
 
 
 def cmd_resolve(args: argparse.Namespace, c: Client) -> int:
-    r = c.resolve(args.session, args.cmd,
+    r = c.resolve(args.session, args.decision if args.cmd == "resolve" else args.cmd,
                   feedback=args.feedback, hypothesis=getattr(args, "hypothesis", None), approval_id=args.id)
     print(f"{r['decision']}: {r['approval_id']} ({r['session']})")
     return 0
@@ -373,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--feedback", required=name in ("modify",), help="text for the agents")
         if name == "redo":
             s.add_argument("--hypothesis", required=True, help="what to try differently")
+    s = sub.add_parser("resolve", help="answer a pending approval with any of its options")
+    s.add_argument("session")
+    s.add_argument("decision", help="one of the request's options (see labd approvals)")
+    s.add_argument("--id", help="the approval id, when a session has several pending")
+    s.add_argument("--feedback", help="text for the agents")
+    s.add_argument("--hypothesis", help="what to try differently (for redo)")
     for name in ("pause", "resume"):
         s = sub.add_parser(name, help=f"{name} a session at its next step boundary")
         s.add_argument("session")
@@ -396,8 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"run": cmd_run, "ps": cmd_ps, "logs": cmd_logs, "events": cmd_events, "show": cmd_show,
             "stop": cmd_stop, "kill": cmd_kill, "workflows": cmd_workflows, "status": cmd_status,
             "approvals": cmd_approvals, "approve": cmd_resolve, "reject": cmd_resolve, "modify": cmd_resolve,
-            "redo": cmd_resolve, "pause": cmd_pause, "resume": cmd_pause, "dag": cmd_dag, "cost": cmd_cost,
-            "files": cmd_files, "history": cmd_history}
+            "redo": cmd_resolve, "resolve": cmd_resolve, "pause": cmd_pause, "resume": cmd_pause,
+            "dag": cmd_dag, "cost": cmd_cost, "files": cmd_files, "history": cmd_history}
 LIVE = ("created", "starting", "running", "paused", "waiting_approval")
 
 

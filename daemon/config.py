@@ -156,4 +156,15 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         raise ConfigError(str(exc)) from None
     if cfg.log_format not in ("auto", "json", "console"):
         raise ConfigError(f"log_format must be auto, json or console, not {cfg.log_format!r}")
+    if str(cfg.log_level).lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level must be debug, info, warning or error, not {cfg.log_level!r}")
+    for name in ("stop_grace", "term_grace", "sample_interval", "record_interval"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+    if isinstance(cfg.max_message, bool) or not isinstance(cfg.max_message, int) or cfg.max_message < 4096:
+        raise ConfigError(f"max_message must be an integer of at least 4096 bytes, not {cfg.max_message!r}")
+    for name in ("secret_env", "preload"):
+        if not isinstance(getattr(cfg, name), list) or not all(isinstance(x, str) for x in getattr(cfg, name)):
+            raise ConfigError(f"{name} must be a list of strings")
     return replace(cfg, home=Path(cfg.home))

@@ -126,15 +126,41 @@ class TemplateLauncher:
             except BlockingIOError:
                 break
             if not chunk:
-                break
+                self._template_gone()
+                return
             self._buf += chunk
         while b"\n" in self._buf:
             line, self._buf = self._buf.split(b"\n", 1)
-            msg = json.loads(line)
+            try:
+                msg = json.loads(line)
+            except ValueError:  # e.g. a preloaded module printed on import: not ours, skip it
+                continue
             if msg.get("op") == "exited":
                 self._exits.append(ExitInfo(msg["pid"], msg["exit_code"], msg["signal"]))
             else:
                 self._replies.append(msg)
+
+    def _template_gone(self) -> None:
+        """The template's pipe closed (it was killed): reap it and start a fresh one. Running sessions are
+        unaffected; their exits are then noticed by the monitor instead."""
+        assert self._proc is not None  # noqa: S101 - only called while a template runs
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+        self._proc = None
+        self._buf = b""
+        try:
+            self.start()
+        except LaunchError:
+            self._proc = None  # the next launch tries again
 
     def _wait_for(self, pred: Any) -> dict[str, Any] | None:
         import select
@@ -157,6 +183,8 @@ class TemplateLauncher:
         req = self._req
         self._send({"op": "spawn", "req": req, "spec": spec})
         reply = self._wait_for(lambda m: m.get("op") == "spawned" and m.get("req") == req)
+        if reply is None and self._proc is None:
+            raise LaunchError("runner template died while starting the runner")
         if reply is None:
             raise LaunchError("runner template did not answer the spawn request")
         pid = int(reply["pid"])

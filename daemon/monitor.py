@@ -96,6 +96,8 @@ class Monitor(threading.Thread):
             proc = psutil.Process(pid)
         except psutil.NoSuchProcess:
             return
+        # A runner adopted after a daemon crash may have been left stopped by the old daemon's throttle.
+        signal_group(pid, signal.SIGCONT)
         with self._lock:
             self._watched[sid] = _Watched(sid, proc, limits, started, t_at=time.monotonic())
 
@@ -221,19 +223,18 @@ class Monitor(threading.Thread):
         lim = w.limits
         if lim.memory is not None and rss > lim.memory and not w.breached:
             w.breached = True
-            self._event(sid, "limit.exceeded", {"limit": "memory", "measured": rss, "max": lim.memory,
-                                                "unit": "bytes", "action": "kill"})
+            # The note goes out before the kill, so the supervisor records the breach before the exit.
+            self.notes.send_pyobj(("limit", sid, {"limit": "memory", "measured": rss, "max": lim.memory,
+                                                  "unit": "bytes", "action": "kill"}))
             self.log.warning("memory limit exceeded: killing", session_id=sid, rss=rss, limit=lim.memory)
             signal_group(w.proc.pid, signal.SIGCONT)
             signal_group(w.proc.pid, signal.SIGKILL)
-            self.notes.send_pyobj(("killed", sid, "sigkill"))
             record = True
         elapsed = time.time() - w.started
         if lim.timeout is not None and elapsed > lim.timeout and not w.timeout_reported:
             w.timeout_reported = True
-            self._event(sid, "limit.exceeded", {"limit": "wall time", "measured": round(elapsed, 2),
-                                                "max": lim.timeout, "unit": "seconds", "action": "stop"})
-            self.notes.send_pyobj(("timeout", sid))
+            self.notes.send_pyobj(("limit", sid, {"limit": "wall time", "measured": round(elapsed, 2),
+                                                  "max": lim.timeout, "unit": "seconds", "action": "stop"}))
         if record:
             self._event(sid, "resource.sample", {"rss": rss, "cpu_percent": round(w.cpu_percent, 1),
                                                  "num_procs": len(tree), "peak_rss": w.peak_rss,

@@ -28,6 +28,7 @@ from daemon.monitor import Monitor
 from daemon.supervisor import Supervisor
 from ipc.connection import ConnectionInfo, write_connection_file
 from ipc.wire import Codec, WireError
+from runner.session import split_secrets
 from runner.workflows.registry import WorkflowError, bind_params, is_builtin, resolve
 from store.db import migrate, open_engine
 from store.queries import Store
@@ -75,6 +76,7 @@ class Daemon:
         self._lock_fd: int | None = None
         #: request id -> how to build the reply once ingest has committed what the request caused
         self._deferred: dict[str, Any] = {}
+        self.failed = False  # set when the daemon stops because a part of it broke (exit code 1)
 
     def defer(self, reply_to: tuple[bytes, str], result: Any) -> None:
         """Reply to ``reply_to`` only after the event it posts is committed; ``result(seq, payload)``."""
@@ -110,6 +112,7 @@ class Daemon:
     # ---- lifecycle --------------------------------------------------------------------------------
     def _acquire_lock(self) -> None:
         self.layout.ensure()
+        os.chmod(self.layout.home, 0o700)  # sessions' outputs and the database are the user's alone
         fd = os.open(self.layout.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -148,10 +151,14 @@ class Daemon:
         ingest.start()
         ingest.ready.wait(10)
         self._to_ingest = z.socket(zmq.PUSH)
+        self._to_ingest.setsockopt(zmq.SNDTIMEO, 30_000)  # a stalled ingest must not hang the main loop forever
         self._to_ingest.connect(INGEST_IN)
         self.monitor = Monitor(z, cfg.sample_interval, cfg.record_interval)
         self.monitor.start()
-        self.launcher = TemplateLauncher(preload=cfg.preload)
+        # The template (and so every runner) starts without secrets in its environment: code a session
+        # runs cannot find them in os.environ nor in /proc/<pid>/environ. Runners get them in their spec.
+        clean_env, self.secrets = split_secrets(dict(os.environ), cfg.secret_env)
+        self.launcher = TemplateLauncher(env=clean_env, preload=cfg.preload)
         self.launcher.start()
         self.supervisor = Supervisor(self.launcher, self.monitor, self.post_event, self.send_runner,
                                      cfg.term_grace)
@@ -203,6 +210,7 @@ class Daemon:
                 self.supervisor.tick()
                 if ingest.failed is not None:
                     self.log.error("ingest thread failed; stopping the daemon", error=repr(ingest.failed))
+                    self.failed = True
                     break
             if self._signals:
                 self.log.info("signal received; stopping daemon (sessions keep running)",
@@ -217,7 +225,10 @@ class Daemon:
                 pass
             self.monitor.stop()
             self.monitor.join(5)
-            self._to_ingest.send_pyobj(("stop",))
+            try:  # never block here: a dead ingest thread no longer reads its queue
+                self._to_ingest.send_pyobj(("stop",), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
             ingest.join(10)
             self.launcher.shutdown()
             for sock in (control, notes, self._to_ingest):

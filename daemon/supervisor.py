@@ -22,6 +22,7 @@ __all__ = ["Supervisor", "Running"]
 
 PostEvent = Callable[..., None]
 VANISH_CONFIRM_S = 1.0
+LEFTOVER_GRACE_S = 2.0
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Supervisor:
         self.running: dict[str, Running] = {}
         #: approval id -> (session, wall-clock deadline, policy) for requests with a timeout
         self.approval_deadlines: dict[str, tuple[str, float, str]] = {}
+        self._leftovers: dict[int, float] = {}  # process group -> when to SIGKILL what is left of it
         self.log = structlog.get_logger("labd.supervisor")
 
     def launch(self, sid: str, spec: dict[str, Any], limits: Limits) -> Running:
@@ -147,10 +149,13 @@ class Supervisor:
             else:
                 self.stop(sid, "limit", grace=5.0, reason=f"budget ${budget:g} exceeded")
             return
-        if kind == "killed":
-            run.step = "sigkill"
-        elif kind == "timeout":
-            self.stop(sid, "limit", grace=min(5.0, run.grace or 5.0), reason="wall-time limit exceeded")
+        if kind == "limit":  # posted from here, so it is ordered before the session.ended it leads to
+            _, _, payload = note
+            self.post(sid, "limit.exceeded", payload)
+            if payload["action"] == "kill":
+                run.step = "sigkill"
+            else:
+                self.stop(sid, "limit", grace=min(5.0, run.grace or 5.0), reason=f"{payload['limit']} limit exceeded")
         elif kind == "vanished" and not run.vanished_at:
             run.vanished_at = time.monotonic()
 
@@ -160,6 +165,9 @@ class Supervisor:
             return
         run = self.running.pop(sid)
         self._final_sample(sid)
+        # Processes the workflow left behind in the session's group go with it (SIGTERM, then SIGKILL).
+        if self.launcher.signal(run.pid, signal.SIGTERM):
+            self._leftovers[run.pid] = time.monotonic() + LEFTOVER_GRACE_S
         payload: dict[str, Any] = {"ended_by": run.step or "exit"}
         if info.exit_code is not None:
             payload["exit_code"] = info.exit_code
@@ -177,6 +185,10 @@ class Supervisor:
                                                ("rss", "cpu_percent", "num_procs", "peak_rss", "peak_cpu_percent")})
 
     def tick(self) -> None:
+        for pgid, deadline in list(self._leftovers.items()):
+            if time.monotonic() >= deadline:
+                del self._leftovers[pgid]
+                self.launcher.signal(pgid, signal.SIGKILL)
         wall = time.time()
         for aid, (sid, deadline, policy) in list(self.approval_deadlines.items()):
             if wall >= deadline:

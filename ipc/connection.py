@@ -53,6 +53,9 @@ def write_connection_file(layout: Layout, pid: int, key: str) -> ConnectionInfo:
 def read_connection_file(layout: Layout) -> ConnectionInfo:
     path = layout.connection_file
     try:
+        st = path.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise ConnectionFileError(f"refusing {path}: it must belong to you and be private (mode 0600)")
         data = json.loads(path.read_text())
         return ConnectionInfo(**data)
     except FileNotFoundError:

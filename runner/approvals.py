@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ipc.events import validate
+
 __all__ = ["Approvals", "Decision", "ApprovalTimeout", "DECISIONS"]
 
 DECISIONS = ("approve", "reject", "modify", "redo")
@@ -66,6 +68,8 @@ class Approvals:
         """Ask and block until answered. ``policy`` (approve | reject | fail) applies after ``timeout`` s."""
         if policy not in ("approve", "reject", "fail"):
             raise ValueError(f"policy must be approve, reject or fail, not {policy!r}")
+        if not options or not all(isinstance(o, str) and 0 < len(o) <= 40 for o in options):
+            raise ValueError("options must be a non-empty list of strings of at most 40 characters")
         aid = "ap-" + secrets.token_hex(8)
         done: threading.Event = threading.Event()
         box: list[dict[str, Any]] = []
@@ -77,6 +81,7 @@ class Approvals:
             payload["timeout"] = float(timeout)
         if agent:
             payload["agent"] = agent
+        validate("approval.requested", payload, node_id)  # raise here, rather than wait for a rejected request
         self._emit("approval.requested", payload, node_id)
         try:
             while not done.wait(0.25):  # the wake-up only checks for cancellation; answers arrive pushed

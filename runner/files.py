@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -62,8 +63,10 @@ class FileTracker:
                         return found
                     full = Path(dirpath) / name
                     try:
-                        st = full.stat()
+                        st = full.lstat()
                     except OSError:
+                        continue
+                    if not stat.S_ISREG(st.st_mode):  # FIFOs, sockets, devices, links: never opened
                         continue
                     rel = str(full.relative_to(self.root))
                     prev = self._seen.get(rel)

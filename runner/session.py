@@ -8,6 +8,7 @@ logging is routed to events.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import structlog
 
 from runner.approvals import Approvals, ApprovalTimeout
 from runner.capture import OutputCapture
@@ -36,9 +38,13 @@ SECRET_PATTERN = re.compile(
 EXIT_COMPLETED, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
 
 
+#: never passed to sessions: the database URL may hold a password
+WITHHELD = ("LABD_DB",)
+
+
 def split_secrets(env: dict[str, str], extra_names: list[str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """Split ``env`` into (clean environment, secrets) by name pattern and an explicit list."""
-    names = set(extra_names or [])
+    names = set(extra_names or []) | set(WITHHELD)
     secrets = {k: v for k, v in env.items() if k in names or SECRET_PATTERN.search(k)}
     clean = {k: v for k, v in env.items() if k not in secrets}
     return clean, secrets
@@ -50,7 +56,10 @@ def run_session(spec: dict[str, Any]) -> int:
     workdir = Path(spec["workdir"])
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
+    # The template was started without secrets (so /proc/<pid>/environ of a runner holds none); they
+    # arrive in the spec, over the template's pipe. Splitting our own environment again is a second guard.
     clean_env, secrets = split_secrets(dict(os.environ), spec.get("secret_names"))
+    secrets.update(spec.get("secrets") or {})
     clean_env.update(spec.get("env") or {})
     clean_env.update({"LABD_SESSION_ID": session_id, "LABD_WORKDIR": str(workdir)})
     os.environ.clear()
@@ -94,6 +103,15 @@ def run_session(spec: dict[str, Any]) -> int:
         ctx.request_cancel("terminated (SIGTERM)")
         raise Cancelled("terminated (SIGTERM)")
 
+    def in_forked_child() -> None:
+        # A child forked by the workflow (multiprocessing, os.fork) has no channel thread: our SIGTERM
+        # handler would make it unkillable by Pool.terminate(), and its log records would vanish into a
+        # buffer nobody sends. Give it default SIGTERM and plain stderr logging (captured as output).
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        logging.getLogger().handlers[:] = [logging.StreamHandler(sys.stderr)]
+        structlog.reset_defaults()
+
+    os.register_at_fork(after_in_child=in_forked_child)
     channel.handlers.update({
         "cancel": lambda body: ctx.request_cancel(str(body.get("reason") or "stop requested")),
         "pause": lambda body: ctx.request_pause(str(body.get("by") or "client"), str(body.get("reason") or "paused")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,9 @@ def is_sqlite(url: str) -> bool:
 def open_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, NORMAL sync and a busy timeout on every connection."""
     if is_sqlite(url):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:" and not os.path.exists(path):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # the store is the user's alone
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")

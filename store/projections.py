@@ -153,6 +153,10 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
             out.update(cur.id, kill_reason=cur.kill_reason)
     elif kind == "session.ended":
         finalize(cur, payload)
+        for aid in cur.pending_approvals:  # nobody can answer them any more
+            out.approval_updates.append({"id": aid, "status": "expired", "resolved_at": ts,
+                                         "resolved_via": "session ended"})
+        cur.pending_approvals = {}
         out.update(cur.id, ended_at=ts, ended_by=payload["ended_by"], exit_code=payload.get("exit_code"),
                    signal=payload.get("signal"))
         _transition(cur, payload["status"], seq, ts, payload["reason"], actor, out)

@@ -9,8 +9,6 @@ from daemon.api.sessions import resolve_session
 from ipc.events import TERMINAL_STATUSES
 from store.exports import FORMATS
 
-_DECISIONS = ("approve", "reject", "modify", "redo")
-
 
 @register
 class ListApprovals(Request):
@@ -29,7 +27,8 @@ class ResolveApproval(Request):
     type = "approval.resolve"
 
     def execute(self) -> Any:
-        decision = self.arg("decision", str, check=lambda d: d in _DECISIONS, hint=" | ".join(_DECISIONS))
+        # approve | reject | modify | redo for the built-in checkpoints; any option the request listed
+        decision = self.arg("decision", str, check=lambda d: 0 < len(d) <= 40, hint="one of the request's options")
         feedback = self.arg("feedback", str, None, check=lambda s: len(s) <= 20_000, hint="text up to 20000 chars")
         hypothesis = self.arg("hypothesis", str, None, check=lambda s: len(s) <= 20_000, hint="text")
         by = self.arg("by", str, "client", check=lambda s: 0 < len(s) <= 100, hint="a name up to 100 chars")
@@ -118,7 +117,9 @@ class Files(Request):
         files = self.daemon.store.files(row["id"])
         for f in files:  # the step a file belongs to: its node, or the step enclosing the agent turn
             node = nodes.get(f["node_id"] or "")
-            while node is not None and node["kind"] == "agent":
+            seen: set[str] = set()
+            while node is not None and node["kind"] == "agent" and node["node_id"] not in seen:
+                seen.add(node["node_id"])
                 node = nodes.get(node["parent_node"] or "")
             f["step"] = node["name"] if node else None
             f["step_node"] = node["node_id"] if node else None

@@ -98,7 +98,8 @@ class Start(Request):
                      reply_to=self.reply_to)
         spec = {"session_id": sid, "workflow": workflow, "params": params, "workdir": str(workdir),
                 "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
-                "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message}
+                "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
+                "secrets": d.secrets}
         try:
             d.supervisor.launch(sid, spec, limits)
         except Exception as exc:  # noqa: BLE001 - reported as the session's end and to the client
