@@ -398,14 +398,16 @@ class Ingest(threading.Thread):
         except REFUSED as exc:
             self.count("store_rejected")
             self.log.error("store refused an event", session_id=cur.id, kind=kind, error=str(exc)[:300])
-            self.cursors.pop(cur.id, None)
-            fresh = self._cursor(cur.id)
+            # Back to what the store has (in place: callers hold this cursor), then skip the event.
+            fresh = self.writer.load_cursor(cur.id)
             if fresh is None:
+                self.cursors.pop(cur.id, None)
                 return False
+            cur.__dict__.update(fresh.__dict__)
             if src_seq is not None and src == "r":
-                fresh.runner_seq = max(fresh.runner_seq, src_seq)
+                cur.runner_seq = max(cur.runner_seq, src_seq)
             marker = Batch()
-            self._stage(fresh, time.time(), "event.rejected", src, src_seq, None, None,
+            self._stage(cur, time.time(), "event.rejected", src, src_seq, None, None,
                         {"kind": kind[:64], "reason": f"the store refused it: {type(exc).__name__}"},
                         marker.rows, marker.changes, marker.pub, marker.notes, marker.ended)
             self.writer.commit(marker.rows, marker.changes, self.cursors)

@@ -72,7 +72,6 @@ def run_session(spec: dict[str, Any]) -> int:
                       hello=lambda: {"pid": os.getpid(), "create_time": create_time,
                                      "waiting_approvals": approvals_box[0].waiting_ids() if approvals_box else []},
                       max_message=spec.get("max_message"))
-    channel.start()
     emit = channel.emit
     log = configure_logging(emit, session_id)
     ctx = Context(session_id, workdir, spec.get("params") or {}, emit, log, secrets)
@@ -119,6 +118,7 @@ def run_session(spec: dict[str, Any]) -> int:
         "approval.resolved": ctx.approvals.on_resolved,
     })
     signal.signal(signal.SIGTERM, on_sigterm)
+    channel.start()  # only now: a message from the daemon must never find its handler missing
 
     emit("session.started", {"pid": os.getpid(), "workdir": str(workdir)})
     outcome, code, extra = "completed", EXIT_COMPLETED, {}

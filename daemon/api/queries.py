@@ -42,6 +42,7 @@ class Status(Request):
         d = self.daemon
         return {"pid": os.getpid(), "home": str(d.layout.home), "db": d.cfg.db_url.split("@")[-1],
                 "running": sorted(d.supervisor.running), "counters": dict(d.counters),
+                "template_pid": d.launcher.template_pid,
                 "uptime": time.time() - d.started}
 
 

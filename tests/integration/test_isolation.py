@@ -36,17 +36,20 @@ def test_two_concurrent_sessions_keep_their_own_state_and_output(client) -> None
 
 
 def test_secrets_are_withheld_from_the_workflow_environment(daemon) -> None:
-    """Credential-looking environment variables never reach the environment of workflow code."""
+    """Credential-looking variables (and the database URL) never reach workflow code: not in its
+    environment, not in /proc/<pid>/environ of the runner or its parent, not in a child it runs."""
     daemon.stop()
     from tests.conftest import DaemonProc
 
-    d = DaemonProc(daemon.home, extra_env={"FAKE_API_KEY": "sk-very-secret"}).start()
+    d = DaemonProc(daemon.home, extra_env={"FAKE_API_KEY": "sk-very-secret",
+                                           "LABD_DB": f"sqlite:///{daemon.home / 'labd.db'}"}).start()
     try:
         with d.client() as c:
             sid = c.start("labd_testflows:env_report")
             assert c.wait(sid, timeout=30)["status"] == "completed"
             result = [e for e in c.history(sid) if e["kind"] == "session.finished"][0]["payload"]["result"]
-            assert result == {"has_key": False, "secret_via_ctx": True}
+            assert result == {"has_key": False, "secret_via_ctx": True, "in_proc": False, "in_child": False,
+                              "db_url_visible": False}
     finally:
         d.stop()
     db = (daemon.home / "labd.db").read_bytes() + (daemon.home / "labd.db-wal").read_bytes() \

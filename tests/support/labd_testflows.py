@@ -90,9 +90,15 @@ def needs_param(ctx, count: int, ratio: float = 0.5) -> float:
 
 
 def env_report(ctx) -> dict:
-    """Reports which secret-looking variables the workflow can see."""
+    """Reports which secrets the workflow (and a child it runs) can find, in os.environ or in /proc."""
     print("visible:", sorted(k for k in os.environ if "KEY" in k or "TOKEN" in k), flush=True)
-    return {"has_key": "FAKE_API_KEY" in os.environ, "secret_via_ctx": ctx.secret("FAKE_API_KEY") is not None}
+    from pathlib import Path
+
+    procs = [Path(f"/proc/{p}/environ").read_bytes() for p in (os.getpid(), os.getppid())]
+    child = subprocess.run(["bash", "-c", "cat /proc/self/environ /proc/$PPID/environ"], capture_output=True).stdout
+    return {"has_key": "FAKE_API_KEY" in os.environ, "secret_via_ctx": ctx.secret("FAKE_API_KEY") is not None,
+            "in_proc": any(b"sk-very-secret" in p for p in procs), "in_child": b"sk-very-secret" in child,
+            "db_url_visible": "LABD_DB" in os.environ}
 
 
 def word_count(text: str) -> int:
@@ -137,3 +143,44 @@ def delegation(ctx) -> str:
         return (await boss.ask("Get a poem written and ask before publishing.")).body
 
     return asyncio.run(body())
+
+
+def pool_rounds(ctx, rounds: int = 6) -> int:
+    """multiprocessing pools created and terminated in a loop (workers are forked from the runner)."""
+    import multiprocessing
+
+    total = 0
+    for _ in range(rounds):
+        pool = multiprocessing.get_context("fork").Pool(2)
+        total += sum(pool.map(abs, range(-10, 0)))
+        pool.terminate()
+        pool.join()
+    return total
+
+
+def fifo_in_workdir(ctx) -> str:
+    """Leaves a FIFO (and a link to /dev/zero) in the work directory: the file scan must not open them."""
+    with ctx.step("make"):
+        os.mkfifo("pipe")
+        os.symlink("/dev/zero", "zeros")
+        with open("real.txt", "w") as f:
+            f.write("real\n")
+    return "ok"
+
+
+def leave_children(ctx) -> int:
+    """Starts a long-running child process and returns without waiting for it."""
+    child = subprocess.Popen(["sleep", "300"])
+    print(f"child {child.pid}", flush=True)
+    return child.pid
+
+
+def custom_approval(ctx) -> str:
+    """An approval with the workflow's own options."""
+    d = ctx.approval("choose", "Which colour?", options=["red", "green"])
+    return d.decision
+
+
+def bad_approval(ctx) -> None:
+    """An approval whose prompt is not text: the workflow gets an error at once (no hanging)."""
+    ctx.approval("review", 12345, timeout=1)  # type: ignore[arg-type]

@@ -1,0 +1,161 @@
+"""Misbehaving workflows and failures around the daemon: nothing hangs, nothing leaks, the daemon serves on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from ipc import LabdError
+from tests.conftest import DaemonProc, wait_until
+from tests.integration.test_protocol import MAX_MESSAGE, _impostor_runner
+
+
+@pytest.fixture
+def small_daemon(isolated_env):
+    """A daemon with a 64 KiB message limit."""
+    from tests.conftest import kill_runners
+
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text(f"[daemon]\nmax_message = {MAX_MESSAGE}\n")
+    d = DaemonProc(isolated_env).start()
+    yield d
+    d.stop()
+    kill_runners(isolated_env)
+
+
+def test_an_event_the_store_refuses_becomes_a_rejection_and_the_daemon_serves_on(small_daemon) -> None:
+    """A batch the database refuses (here: two DAG nodes with the same id, a primary-key violation) is
+    written event by event: the refused event becomes ``event.rejected``, the others are stored, the seq
+    stays gap-free, and a malformed hello (wrong types) is dropped without harm."""
+    with small_daemon.client() as c:
+        sid, codec, s = _impostor_runner(c)
+        s.send_multipart(codec.pack("hello", {"session": sid, "waiting_approvals": 5}))
+        nxt = len([e for e in c.history(sid) if e["src"] == "runner"]) + 1
+        evs = [[nxt, time.time(), "step.started", "nX", None, {"name": "first"}],
+               [nxt + 1, time.time(), "step.started", "nX", None, {"name": "same node again"}],
+               [nxt + 2, time.time(), "output", None, None, {"stream": "stdout", "text": "after\n"}]]
+        s.send_multipart(codec.pack("events", {"session": sid, "events": evs}))
+        acks = []
+        wait_until(lambda: s.poll(100) and acks.append(codec.unpack(s.recv_multipart()).body)
+                   or any(a.get("next") == nxt + 3 for a in acks), what="ack")
+        tail = list(c.history(sid))[-3:]
+        assert [e["kind"] for e in tail] == ["step.started", "event.rejected", "output"]
+        assert "refused" in tail[1]["payload"]["reason"]
+        events = list(c.history(sid))
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        assert c.status()["counters"]["store_refused_batches"] >= 1
+        assert c.ping()["pid"] == small_daemon.proc.pid
+        s.close(0)
+
+
+def test_a_runner_left_stopped_by_a_dead_daemon_is_continued_on_adoption(daemon) -> None:
+    """A CPU-limited runner may be SIGSTOPped when the daemon dies; the next daemon continues it."""
+    with daemon.client() as c:
+        sid = c.start("labd_testflows:ticker", params={"n": 30, "delay": 0.05}, cpu="80%")
+        pid = wait_until(lambda: c.session(sid)["status"] == "running" and c.session(sid)["pid"])
+    daemon.kill9()
+    os.killpg(pid, signal.SIGSTOP)  # as the old daemon's throttle would have left it
+    restarted = DaemonProc(daemon.home).start()
+    try:
+        with restarted.client() as c:
+            assert c.wait(sid, timeout=60)["status"] == "completed"
+    finally:
+        restarted.stop()
+
+
+def test_a_killed_template_is_replaced_and_the_daemon_does_not_spin(client, daemon) -> None:
+    """kill -9 of the warm template: the daemon starts a new one (without burning CPU meanwhile) and
+    the next session runs."""
+    old = client.status()["template_pid"]
+    os.kill(old, signal.SIGKILL)
+    new = wait_until(lambda: (p := client.status()["template_pid"]) not in (None, old) and p, what="new template")
+    me = psutil.Process(daemon.proc.pid)
+    before = sum(me.cpu_times()[:2])
+    deadline = time.monotonic() + 2.0
+    wait_until(lambda: time.monotonic() > deadline, timeout=5, interval=0.1)
+    assert sum(me.cpu_times()[:2]) - before < 1.0, "the daemon spins"
+    assert new != old
+    sid = client.start("demo.count", params={"n": 2, "delay": 0})
+    assert client.wait(sid, timeout=30)["status"] == "completed"
+
+
+def test_multiprocessing_pools_in_a_workflow_can_be_terminated(client) -> None:
+    """Workers forked from the runner do not inherit its SIGTERM handling: Pool.terminate() works."""
+    sid = client.start("labd_testflows:pool_rounds", params={"rounds": 6})
+    final = client.wait(sid, timeout=60)
+    assert final["status"] == "completed", final["reason"]
+
+
+def test_fifos_and_device_links_in_the_workdir_do_not_hang_the_session(client) -> None:
+    """The file scan never opens FIFOs or links: the session completes and records only the real file."""
+    sid = client.start("labd_testflows:fifo_in_workdir")
+    assert client.wait(sid, timeout=30)["status"] == "completed"
+    assert [f["path"] for f in client.files(sid)] == ["real.txt"]
+
+
+def test_processes_left_behind_by_a_session_are_cleaned_up(client) -> None:
+    """A child the workflow left running is terminated once the session has ended."""
+    sid = client.start("labd_testflows:leave_children")
+    assert client.wait(sid, timeout=30)["status"] == "completed"
+    child = next(client.history(sid, kinds=["session.finished"]))["payload"]["result"]
+    wait_until(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE,
+               timeout=10, what="the leftover child to go")
+
+
+def test_custom_approval_options_can_be_answered(client) -> None:
+    """A workflow's own options (red/green) are answerable with `labd resolve`; other answers are refused."""
+    sid = client.start("labd_testflows:custom_approval")
+    ap = wait_until(lambda: client.approvals(sid))[0]
+    assert ap["options"] == ["red", "green"]
+    with pytest.raises(LabdError) as err:
+        client.resolve(sid, "blue")
+    assert err.value.code == "bad_decision"
+    r = subprocess.run([sys.executable, "-m", "daemon.cli", "resolve", sid, "green"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    client.wait(sid, timeout=30)
+    assert next(client.history(sid, kinds=["session.finished"]))["payload"]["result"] == "green"
+
+
+def test_an_invalid_approval_request_fails_the_workflow_at_once(client) -> None:
+    """An approval whose fields break the schema raises in the workflow instead of waiting forever."""
+    sid = client.start("labd_testflows:bad_approval")
+    final = client.wait(sid, timeout=30)
+    assert final["status"] == "failed" and "approval.requested" in final["reason"]
+
+
+def test_approvals_of_an_ended_session_expire(client) -> None:
+    """Stopping a session that waits for a human expires its request: it is no longer pending."""
+    sid = client.start("labd_testflows:custom_approval")
+    wait_until(lambda: client.approvals(sid))
+    client.stop(sid, grace=1)
+    assert client.wait(sid, timeout=30)["status"] == "cancelled"
+    assert client.approvals(sid) == []
+    assert [a["status"] for a in client.approvals(sid, status="all")] == ["expired"]
+
+
+def test_pause_right_after_start_is_not_lost(client) -> None:
+    """A pause sent before the runner has connected is delivered once it does."""
+    sid = client.start("demo.count", params={"n": 20, "delay": 0.05})
+    client.pause(sid)
+    wait_until(lambda: client.session(sid)["status"] == "paused", timeout=30, what="paused")
+    client.resume(sid)
+    assert client.wait(sid, timeout=60)["status"] == "completed"
+
+
+def test_ps_lists_running_sessions_even_behind_newer_finished_ones(client) -> None:
+    """`labd ps` (no --all) shows live sessions however many newer ones have finished."""
+    running = client.start("demo.sleep", params={"seconds": 60})
+    wait_until(lambda: client.session(running)["status"] == "running")
+    done = client.start("demo.count", params={"n": 1, "delay": 0})
+    client.wait(done, timeout=30)
+    out = subprocess.run([sys.executable, "-m", "daemon.cli", "ps", "--limit", "1"], capture_output=True,
+                         text=True, timeout=60).stdout
+    assert running in out and done not in out
+    client.stop(running, grace=1)
