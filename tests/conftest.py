@@ -142,40 +142,71 @@ def client(daemon: DaemonProc) -> Iterator[Any]:
         c.close()
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A real PostgreSQL server for the session (initdb + pg_ctl on a free loopback port), torn down after.
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (initdb + pg_ctl) on a free loopback port.
 
     scripts/test installs the server when it is missing; as root it runs as the ``postgres`` user,
     because PostgreSQL refuses to run as root.
     """
-    import shutil
-    import socket
 
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    if not (initdb and pg_ctl):
-        for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin")):
-            initdb, pg_ctl = str(candidate / "initdb"), str(candidate / "pg_ctl")
-    assert initdb and Path(initdb).exists(), "PostgreSQL server binaries not found (scripts/test installs them)"
-    base = Path(tempfile.mkdtemp(prefix="labd-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        os.chown(base, *_uid_gid("postgres"))
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = base / "data"
-    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
-                   capture_output=True)
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(base / "log"), "-w", "-o",
-                    f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start"], check=True,
-                   capture_output=True)
+    def __init__(self) -> None:
+        import shutil
+        import socket
+
+        initdb, self.pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+        if not (initdb and self.pg_ctl):
+            for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin")):
+                initdb, self.pg_ctl = str(candidate / "initdb"), str(candidate / "pg_ctl")
+        assert initdb and Path(initdb).exists(), "PostgreSQL server binaries not found (scripts/test installs them)"
+        self.base = Path(tempfile.mkdtemp(prefix="labd-pg-"))
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            os.chown(self.base, *_uid_gid("postgres"))
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.data = self.base / "data"
+        subprocess.run([*self.as_user, initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres"], check=True,
+                       capture_output=True)
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        subprocess.run([*self.as_user, str(self.pg_ctl), "-D", str(self.data), "-l", str(self.base / "log"), "-w",
+                        "-o", f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                       check=True, capture_output=True)
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run([*self.as_user, str(self.pg_ctl), "-D", str(self.data), "-m", mode, "-w", "stop"],
+                       capture_output=True)
+
+    def destroy(self) -> None:
+        import shutil
+
+        self.stop("immediate")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server shared by the tests of a run."""
+    server = PostgresServer()
+    server.start()
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        yield server.url
     finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+        server.destroy()
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test's own (it may stop and start it)."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
 
 
 def _uid_gid(user: str) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import sqlalchemy as sa
@@ -48,3 +49,29 @@ def test_sessions_and_agent_tracking_persist_in_postgresql(isolated_env, postgre
         with admin.begin() as conn:
             conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+def test_database_outage_is_waited_out_without_losing_events(isolated_env, postgres_server) -> None:
+    """The PostgreSQL server stops while a session runs: the daemon waits for it (runners hold their
+    events), and when it is back the session finishes with every event stored once."""
+    from tests.conftest import wait_until
+
+    daemon = DaemonProc(isolated_env, args=["--db", postgres_server.url]).start()
+    try:
+        with daemon.client() as c:
+            sid = c.start("labd_testflows:ticker", params={"n": 60, "delay": 0.05})
+            wait_until(lambda: len(list(c.history(sid, kinds=["custom"]))) >= 5, what="first ticks")
+            postgres_server.stop()
+            down_until = time.monotonic() + 2.0  # keep it down for a while
+            wait_until(lambda: time.monotonic() > down_until, timeout=5, interval=0.1)
+            postgres_server.start()
+            final = c.wait(sid, timeout=90)
+            assert final["status"] == "completed", final["reason"]
+            events = list(c.history(sid))
+            assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+            assert [e["payload"]["data"]["i"] for e in events if e["kind"] == "custom"] == list(range(60))
+            assert c.status()["counters"].get("store_unavailable", 0) >= 1
+            assert daemon.proc.poll() is None
+    finally:
+        daemon.stop()
+        kill_runners(isolated_env)
