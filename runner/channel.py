@@ -86,6 +86,22 @@ class Channel:
         return self._next_seq - 1
 
     def start(self) -> None:
+        """Connect and send what is buffered from the calling thread (no thread start-up on the path of
+        the first event), then hand the sockets over to the channel thread."""
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self.session_id.encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 1000)
+        sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        sock.connect(self.endpoint)  # the pipe exists at once: messages queue until the connection is up
+        with self._lock:
+            self._unacked.extend(self._pending)
+            self._pending = []
+        self._flush(sock)
+        self._sockets = (ctx, sock, monitor)
         self._thread.start()
 
     def close(self, timeout: float = 10.0) -> bool:
@@ -104,15 +120,7 @@ class Channel:
 
     # ---- channel thread ---------------------------------------------------------------------------
     def _run(self) -> None:
-        ctx = zmq.Context()
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.ROUTING_ID, self.session_id.encode())
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 1000)
-        sock.setsockopt(zmq.RECONNECT_IVL, 50)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-        sock.connect(self.endpoint)
+        ctx, sock, monitor = self._sockets  # created by start(); used by this thread only from now on
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)

@@ -13,7 +13,9 @@ import os
 import re
 import signal
 import sys
+import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,33 @@ def split_secrets(env: dict[str, str], extra_names: list[str] | None = None) -> 
     return clean, secrets
 
 
+class _Inbox:
+    """Daemon messages (cancel, pause, ...) that may arrive before the context exists: held, then delivered."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: list[tuple[str, dict[str, Any]]] = []
+        self._handlers: dict[str, Callable[[dict[str, Any]], None]] | None = None
+
+    def handler(self, type_: str) -> Callable[[dict[str, Any]], None]:
+        return lambda body: self._deliver(type_, body)
+
+    def _deliver(self, type_: str, body: dict[str, Any]) -> None:
+        with self._lock:
+            if self._handlers is None:
+                self._held.append((type_, body))
+                return
+            handler = self._handlers[type_]
+        handler(body)
+
+    def open(self, handlers: dict[str, Callable[[dict[str, Any]], None]]) -> None:
+        with self._lock:
+            self._handlers = handlers
+            held, self._held = self._held, []
+        for type_, body in held:
+            handlers[type_](body)
+
+
 def run_session(spec: dict[str, Any]) -> int:
     """Run the session described by ``spec``; return the process exit code."""
     session_id: str = spec["session_id"]
@@ -73,6 +102,12 @@ def run_session(spec: dict[str, Any]) -> int:
                                      "waiting_approvals": approvals_box[0].waiting_ids() if approvals_box else []},
                       max_message=spec.get("max_message"))
     emit = channel.emit
+    # Say we are up before the rest of the set-up (which the workflow needs, the client does not): this is
+    # what makes a session's start quick to see. Daemon messages arriving meanwhile are held, not lost.
+    inbox = _Inbox()
+    channel.handlers.update({t: inbox.handler(t) for t in ("cancel", "pause", "resume", "approval.resolved")})
+    emit("session.started", {"pid": os.getpid(), "workdir": str(workdir)})
+    channel.start()
     log = configure_logging(emit, session_id)
     ctx = Context(session_id, workdir, spec.get("params") or {}, emit, log, secrets)
     def emit_output(stream: str, text: str) -> None:
@@ -111,16 +146,15 @@ def run_session(spec: dict[str, Any]) -> int:
         structlog.reset_defaults()
 
     os.register_at_fork(after_in_child=in_forked_child)
-    channel.handlers.update({
+    approvals = ctx.approvals
+    inbox.open({
         "cancel": lambda body: ctx.request_cancel(str(body.get("reason") or "stop requested")),
         "pause": lambda body: ctx.request_pause(str(body.get("by") or "client"), str(body.get("reason") or "paused")),
         "resume": lambda body: ctx.resume(str(body.get("by") or "client")),
-        "approval.resolved": ctx.approvals.on_resolved,
+        "approval.resolved": approvals.on_resolved,
     })
     signal.signal(signal.SIGTERM, on_sigterm)
-    channel.start()  # only now: a message from the daemon must never find its handler missing
 
-    emit("session.started", {"pid": os.getpid(), "workdir": str(workdir)})
     outcome, code, extra = "completed", EXIT_COMPLETED, {}
     try:
         fn = resolve(spec["workflow"])
