@@ -129,7 +129,7 @@ class Ingest(threading.Thread):
                 self._on_subscriptions()
             # Daemon-side items first: a session.created must be in before that session's runner events.
             items: list[tuple[Any, ...]] = []
-            frames_list: list[tuple[bytes, Message]] = []
+            frames_list: list[list[bytes]] = []
             while len(items) < MAX_BATCH:
                 try:
                     item = self.pull.recv_pyobj(zmq.NOBLOCK)
@@ -139,28 +139,36 @@ class Ingest(threading.Thread):
                     stopping = True
                     break
                 items.append(item)
-            budget = MAX_BATCH
-            while budget > 0:
+            batch = self._process(items, [])
+            # Runner frames are decoded and processed one at a time (a decoded batch is thousands of
+            # objects: holding several at once costs GC time); the raw frames are kept in case the
+            # batch must be processed again.
+            while len(batch.rows) < MAX_BATCH:
                 try:
                     frames = self.router.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                decoded = self._decode(frames)  # once: a replayed batch must not trip the replay guard
-                if decoded is not None:
-                    frames_list.append(decoded)
-                budget -= 1000  # a runner batch holds up to 1000 events
+                frames_list.append(frames)
+                self._process_frames(frames, batch, seen=False)
             if items or frames_list:
-                self._write(self._process(items, frames_list), items, frames_list)
+                self._write(batch, items, frames_list)
 
-    def _decode(self, frames: list[bytes]) -> tuple[bytes, Message] | None:
+    def _process_frames(self, frames: list[bytes], batch: Batch, *, seen: bool) -> None:
         try:
-            return frames[0], self.runner_codec.unpack(frames[1:])
+            msg = self.runner_codec.unpack(frames[1:], seen=seen)
         except WireError as exc:
-            self.count(f"dropped.runner.{exc.reason}")
-            self.log.warning("runner frame dropped", reason=exc.reason, error=str(exc))
-            return None
+            if not seen:
+                self.count(f"dropped.runner.{exc.reason}")
+                self.log.warning("runner frame dropped", reason=exc.reason, error=str(exc))
+            return
+        try:
+            self._on_runner_message(frames[0], msg, batch)
+        except Exception:  # noqa: BLE001 - a frame we cannot handle is counted and dropped
+            self.count("dropped.runner.error")
+            self.log.exception("runner frame dropped")
 
-    def _process(self, items: list[tuple[Any, ...]], frames_list: list[tuple[bytes, Message]]) -> Batch:
+    def _process(self, items: list[tuple[Any, ...]], frames_list: list[list[bytes]]) -> Batch:
+        """Process daemon items and (again: ``seen``) runner frames into a batch."""
         batch = Batch()
         for item in items:
             try:
@@ -168,15 +176,11 @@ class Ingest(threading.Thread):
             except Exception:  # noqa: BLE001 - one bad item must not stop the writer
                 self.count("dropped.internal.error")
                 self.log.exception("daemon item dropped", op=str(item[0]))
-        for identity, msg in frames_list:
-            try:
-                self._on_runner_message(identity, msg, batch)
-            except Exception:  # noqa: BLE001 - a frame we cannot handle is counted and dropped
-                self.count("dropped.runner.error")
-                self.log.exception("runner frame dropped")
+        for frames in frames_list:
+            self._process_frames(frames, batch, seen=True)
         return batch
 
-    def _write(self, batch: Batch, items: list[tuple[Any, ...]], frames_list: list[tuple[bytes, Message]]) -> None:
+    def _write(self, batch: Batch, items: list[tuple[Any, ...]], frames_list: list[list[bytes]]) -> None:
         """Commit a batch, then publish, acknowledge and notify. A batch the store refuses is written again
         event by event, the refused events replaced by ``event.rejected`` rows; while the store is
         unreachable, the batch waits and is then processed again (runners keep what is unacknowledged)."""
@@ -335,6 +339,8 @@ class Ingest(threading.Thread):
         live_list = b.pub.setdefault(sid, []) if self._is_live(sid) else None
         dumps = orjson.dumps
         rows = b.rows
+        fast = not self._safe
+        hot = 0
         for ev in evs:
             if not (isinstance(ev, list) and len(ev) == 6 and isinstance(ev[0], int)):
                 # Without a readable src_seq nothing after it can be placed; asking for a resend would
@@ -354,13 +360,13 @@ class Ingest(threading.Thread):
                 break
             cur.runner_seq = src_seq
             _, ts, kind, node_id, parent, payload = ev
-            if not self._safe and parent is None and ts.__class__ is float and quick_valid(kind, payload, node_id):
+            if fast and parent is None and ts.__class__ is float and quick_valid(kind, payload, node_id):
                 # hot path (output, log, custom): no projection to update
                 seq = cur.last_seq = cur.last_seq + 1
                 rows.append((sid, seq, ts, kind, "r", src_seq, node_id, None, dumps(payload, default=repr).decode()))
                 if live_list is not None:
                     live_list.append([seq, ts, kind, "r", node_id, None, payload, src_seq])
-                b.count += 1
+                hot += 1
                 continue
             try:
                 if not isinstance(ts, _NUMBER) or isinstance(ts, bool) or not 0 <= ts < 1e11:
@@ -379,6 +385,7 @@ class Ingest(threading.Thread):
                              {"kind": str(kind)[:64], "reason": str(exc)}, b)
                 continue
             self._append(cur, float(ts), kind, "r", src_seq, node_id, parent, payload, b)
+        b.count += hot
         b.acks[sid] = (identity, resend)
 
     def _append(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,

@@ -88,8 +88,11 @@ class Codec:
             raw = orjson.dumps(_sanitise(env), default=_json_fallback, option=orjson.OPT_NON_STR_KEYS)
         return [self.signer.sign(raw), raw]
 
-    def unpack(self, frames: list[bytes]) -> Message:
-        """Verify and decode ``[signature, body]``; raise a :class:`WireError` subclass to drop it."""
+    def unpack(self, frames: list[bytes], *, seen: bool = False) -> Message:
+        """Verify and decode ``[signature, body]``; raise a :class:`WireError` subclass to drop it.
+
+        ``seen=True`` decodes a message this codec already accepted once (a receiver processing it
+        again after a failure) without tripping the replay guard."""
         if len(frames) != 2:
             raise MalformedFrame(f"expected 2 frames, got {len(frames)}")
         sig, raw = frames
@@ -113,7 +116,8 @@ class Codec:
         if not isinstance(ts, int | float) or isinstance(ts, bool):
             raise MalformedFrame("envelope needs numeric 'ts'")
         try:
-            self.guard.check(msg_id, float(ts))
+            if not seen:
+                self.guard.check(msg_id, float(ts))
         except ReplayError as exc:
             raise _Dropped("replayed", str(exc)) from None
         re = env.get("re")
