@@ -14,11 +14,13 @@ def turns(ctx: Any, turns: int = 10_000, tracked: bool = True) -> dict[str, floa
 
     from runner.agents.offline import OfflineModelConfig
 
-    async def body() -> float:
+    async def body() -> tuple[float, float]:
         agent = ctx.agent("bench", "Answer.") if tracked else Agent("bench", ["Answer."], config=OfflineModelConfig())
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for i in range(turns):
             await agent.ask(f"turn {i}")
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
-    return {"seconds": asyncio.run(body()), "turns": float(turns)}
+    wall, cpu = asyncio.run(body())
+    # CPU seconds of the whole runner process (all threads: the channel thread's work is included)
+    return {"seconds": wall, "cpu_seconds": cpu, "turns": float(turns)}
