@@ -30,7 +30,7 @@ from ipc.connection import ConnectionInfo, write_connection_file
 from ipc.wire import Codec, WireError
 from runner.session import split_secrets
 from runner.workflows.registry import WorkflowError, bind_params, is_builtin, resolve
-from store.db import migrate, open_engine
+from store.db import Checkpointer, is_sqlite, migrate, open_engine
 from store.queries import Store
 from store.writer import BatchWriter
 
@@ -146,6 +146,9 @@ class Daemon:
         z = zmq.Context()
         notes = z.socket(zmq.PULL)
         notes.bind(INGEST_NOTIFY)
+        checkpointer = Checkpointer(engine) if is_sqlite(cfg.db_url) else None
+        if checkpointer is not None:
+            checkpointer.start()
         ingest = Ingest(z, BatchWriter(engine), bytes.fromhex(key), self.info.runners, self.info.events,
                         self.counters, self.last_seen, cfg.max_message)
         ingest.start()
@@ -231,6 +234,9 @@ class Daemon:
                 pass
             ingest.join(10)
             self.launcher.shutdown()
+            if checkpointer is not None:
+                checkpointer.stop()
+                checkpointer.join(10)
             for sock in (control, notes, self._to_ingest):
                 sock.close(0)
             z.term()

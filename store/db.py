@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 
-__all__ = ["open_engine", "migrate", "is_sqlite"]
+__all__ = ["open_engine", "migrate", "is_sqlite", "Checkpointer"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -32,6 +33,10 @@ def open_engine(url: str) -> Engine:
             # NORMAL is durable across process crashes in WAL mode (only an OS crash can lose the last commits).
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            # Checkpoints are run by store.db.Checkpointer on its own thread and connection, so the
+            # single writer never stops to copy the WAL back into the database (measured: the writer's
+            # time per event drops; docs/benchmarks.md).
+            cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.close()
 
         return engine
@@ -48,3 +53,44 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+class Checkpointer(threading.Thread):
+    """Copies SQLite's write-ahead log back into the database from a thread of its own.
+
+    PASSIVE checkpoints never block the writer or readers; when the log has grown past ``truncate_pages``
+    and nothing is being written, a TRUNCATE checkpoint also shrinks the file again.
+    """
+
+    def __init__(self, engine: Engine, interval: float = 1.0, truncate_pages: int = 50_000) -> None:
+        super().__init__(name="labd-checkpoint", daemon=True)
+        self.engine = engine
+        self.interval = interval
+        self.truncate_pages = truncate_pages
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        from sqlalchemy import exc
+
+        while not self._halt.wait(self.interval):
+            try:
+                with self.engine.connect() as conn:
+                    raw = conn.connection.dbapi_connection
+                    assert raw is not None  # noqa: S101 - an open connection has one
+                    busy, log, done = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if log > self.truncate_pages and done == log:
+                        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except exc.SQLAlchemyError:
+                continue  # the next round tries again
+            except Exception:  # noqa: BLE001 - sqlite3 errors from the raw connection: same
+                continue
+        try:  # a last complete checkpoint, so a stopped daemon leaves a compact database
+            with self.engine.connect() as conn:
+                raw = conn.connection.dbapi_connection
+                if raw is not None:
+                    raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception:  # noqa: BLE001 - best effort at shutdown
+            pass
