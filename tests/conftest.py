@@ -133,6 +133,22 @@ def daemon(isolated_env: Path) -> Iterator[DaemonProc]:
         kill_runners(isolated_env)
 
 
+SMALL_MAX_MESSAGE = 64 * 1024
+
+
+@pytest.fixture
+def small_daemon(isolated_env: Path) -> Iterator[DaemonProc]:
+    """A daemon with a 64 KiB message limit, so oversized frames are cheap to produce."""
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text(f"[daemon]\nmax_message = {SMALL_MAX_MESSAGE}\n")
+    d = DaemonProc(isolated_env).start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        kill_runners(isolated_env)
+
+
 @pytest.fixture
 def client(daemon: DaemonProc) -> Iterator[Any]:
     c = daemon.client()

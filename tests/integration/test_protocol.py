@@ -6,26 +6,11 @@ import socket
 import time
 
 import orjson
-import pytest
 import zmq
 
 from ipc.wire import Codec
-from tests.conftest import DaemonProc, wait_until
-
-MAX_MESSAGE = 64 * 1024
-
-
-@pytest.fixture
-def small_daemon(isolated_env):
-    """A daemon with a 64 KiB message limit, so oversized frames are cheap to produce."""
-    isolated_env.mkdir(parents=True, exist_ok=True)
-    (isolated_env / "config.toml").write_text(f"[daemon]\nmax_message = {MAX_MESSAGE}\n")
-    d = DaemonProc(isolated_env).start()
-    yield d
-    d.stop()
-    from tests.conftest import kill_runners
-
-    kill_runners(isolated_env)
+from tests.conftest import SMALL_MAX_MESSAGE as MAX_MESSAGE
+from tests.conftest import wait_until
 
 
 def _bad_frames(codec: Codec, type_: str, body: dict) -> dict[str, list[bytes]]:

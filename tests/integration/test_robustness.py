@@ -13,20 +13,7 @@ import pytest
 
 from ipc import LabdError
 from tests.conftest import DaemonProc, wait_until
-from tests.integration.test_protocol import MAX_MESSAGE, _impostor_runner
-
-
-@pytest.fixture
-def small_daemon(isolated_env):
-    """A daemon with a 64 KiB message limit."""
-    from tests.conftest import kill_runners
-
-    isolated_env.mkdir(parents=True, exist_ok=True)
-    (isolated_env / "config.toml").write_text(f"[daemon]\nmax_message = {MAX_MESSAGE}\n")
-    d = DaemonProc(isolated_env).start()
-    yield d
-    d.stop()
-    kill_runners(isolated_env)
+from tests.integration.test_protocol import _impostor_runner
 
 
 def test_an_event_the_store_refuses_becomes_a_rejection_and_the_daemon_serves_on(small_daemon) -> None:
