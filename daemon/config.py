@@ -88,10 +88,10 @@ def parse_percent(text: str) -> float:
 _ENV = {"LABD_DB": "db_url", "LABD_LOG_FORMAT": "log_format", "LABD_LOG_LEVEL": "log_level"}
 
 
-def config_files(home: Path) -> list[Path]:
+def config_files(layout: Layout) -> list[Path]:
     """Config files in the order they apply: the user's (XDG config dir), then the home's."""
     xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return [xdg / "labd" / "config.toml", home / "config.toml"]
+    return [xdg / "labd" / "config.toml", layout.config_file]
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -130,7 +130,7 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     known = {f.name for f in fields(Config)}
     models: dict[str, dict[str, Any]] = {}
     prices: dict[str, dict[str, float]] = {}
-    for path in config_files(layout.home):
+    for path in config_files(layout):
         if not path.exists():
             continue
         data = _read_toml(path)

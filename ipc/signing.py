@@ -66,7 +66,7 @@ class ReplayGuard:
         cutoff = now - self.window
         seen = self._seen
         while seen:
-            oldest_id, oldest_ts = next(iter(seen.items()))
+            oldest_ts = next(iter(seen.values()))
             if oldest_ts >= cutoff and len(seen) <= self.max_ids:
                 break
             seen.popitem(last=False)

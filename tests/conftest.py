@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -122,15 +123,22 @@ def kill_runners(home: Path) -> None:
             pass
 
 
-@pytest.fixture
-def daemon(isolated_env: Path) -> Iterator[DaemonProc]:
-    """A running daemon on the test's home; stopped, and its runners killed, afterwards."""
-    d = DaemonProc(isolated_env).start()
+@contextmanager
+def running_daemon(home: Path, **kwargs: Any) -> Iterator[DaemonProc]:
+    """A started daemon on ``home``; stopped, and its runners killed, when the block ends."""
+    d = DaemonProc(home, **kwargs).start()
     try:
         yield d
     finally:
         d.stop()
-        kill_runners(isolated_env)
+        kill_runners(home)
+
+
+@pytest.fixture
+def daemon(isolated_env: Path) -> Iterator[DaemonProc]:
+    """A running daemon on the test's home; stopped, and its runners killed, afterwards."""
+    with running_daemon(isolated_env) as d:
+        yield d
 
 
 SMALL_MAX_MESSAGE = 64 * 1024
@@ -141,12 +149,8 @@ def small_daemon(isolated_env: Path) -> Iterator[DaemonProc]:
     """A daemon with a 64 KiB message limit, so oversized frames are cheap to produce."""
     isolated_env.mkdir(parents=True, exist_ok=True)
     (isolated_env / "config.toml").write_text(f"[daemon]\nmax_message = {SMALL_MAX_MESSAGE}\n")
-    d = DaemonProc(isolated_env).start()
-    try:
+    with running_daemon(isolated_env) as d:
         yield d
-    finally:
-        d.stop()
-        kill_runners(isolated_env)
 
 
 @pytest.fixture
