@@ -13,8 +13,8 @@ import time
 from datetime import datetime
 from typing import Any
 
-from daemon.config import ConfigError
-from ipc.client import Client, LabdError
+from labd.daemon.config import ConfigError
+from labd.ipc.client import Client, LabdError
 
 __all__ = ["main"]
 
@@ -94,9 +94,9 @@ def _print_output(ev: dict[str, Any], show_meta: bool = True) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import sqlalchemy.exc
 
-    from daemon import logsetup
-    from daemon.config import load_config
-    from daemon.server import AlreadyRunning, Daemon
+    from labd.daemon import logsetup
+    from labd.daemon.config import load_config
+    from labd.daemon.server import AlreadyRunning, Daemon
 
     cfg = load_config(args.home, db_url=args.db, log_format=args.log_format, log_level=args.log_level)
     logsetup.configure(cfg.log_format, cfg.log_level)
@@ -114,7 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, c: Client) -> int:
-    from daemon.config import parse_duration, parse_percent, parse_size
+    from labd.daemon.config import parse_duration, parse_percent, parse_size
 
     # Parse limits here too, so a typo is reported before anything reaches the daemon.
     memory = parse_size(args.memory) if args.memory else None

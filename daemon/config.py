@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ipc.paths import Layout, layout_for
+from labd.ipc.paths import Layout, layout_for
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_size", "parse_duration", "parse_percent"]
 

@@ -22,10 +22,10 @@ import sqlalchemy.exc as sa_exc
 import structlog
 import zmq
 
-from ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
-from ipc.wire import Codec, Message, WireError
-from store.projections import RowChanges, SessionCursor, apply
-from store.writer import BatchWriter, EventRow
+from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
+from labd.ipc.wire import Codec, Message, WireError
+from labd.store.projections import RowChanges, SessionCursor, apply
+from labd.store.writer import BatchWriter, EventRow
 
 __all__ = ["Ingest", "INGEST_IN", "INGEST_NOTIFY", "MAX_BATCH"]
 

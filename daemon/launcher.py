@@ -5,7 +5,7 @@ session, a container) implements the same methods without touching the rest of t
 launcher never calls back into the supervisor: exits are *reported* by :meth:`Launcher.drain_exits`,
 which the supervisor polls.
 
-:class:`TemplateLauncher` forks runners from a warm template process (``runner.template``); a fork
+:class:`TemplateLauncher` forks runners from a warm template process (``labd.runner.template``); a fork
 from a parent that already imported the runner stack takes ~2 ms instead of ~0.8 s for a cold start.
 """
 
@@ -74,7 +74,7 @@ class Launcher(Protocol):
 
 
 class TemplateLauncher:
-    """Forks runners from a warm ``runner.template`` process over a JSON-lines pipe."""
+    """Forks runners from a warm ``labd.runner.template`` process over a JSON-lines pipe."""
 
     def __init__(self, env: dict[str, str] | None = None, preload: list[str] | None = None,
                  timeout: float = 30.0) -> None:
@@ -90,7 +90,7 @@ class TemplateLauncher:
 
     def start(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "runner.template"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-m", "labd.runner.template"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             env=self._env, start_new_session=True, close_fds=True,
         )
         assert self._proc.stdout is not None  # noqa: S101 - Popen contract with stdout=PIPE

@@ -23,8 +23,8 @@ import psutil
 import structlog
 import zmq
 
-from daemon.ingest import INGEST_IN, INGEST_NOTIFY
-from daemon.launcher import signal_group
+from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY
+from labd.daemon.launcher import signal_group
 
 __all__ = ["Monitor", "Limits"]
 

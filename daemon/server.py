@@ -19,24 +19,24 @@ from typing import Any
 import structlog
 import zmq
 
-from daemon.api import ApiError, registry
-from daemon.api.base import DEFERRED
-from daemon.config import Config
-from daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
-from daemon.launcher import TemplateLauncher
-from daemon.monitor import Monitor
-from daemon.supervisor import Supervisor
-from ipc.connection import ConnectionInfo, write_connection_file
-from ipc.wire import Codec, WireError
-from runner.session import split_secrets
-from runner.workflows.registry import WorkflowError, bind_params, is_builtin, resolve
-from store.db import Checkpointer, is_sqlite, migrate, open_engine
-from store.queries import Store
-from store.writer import BatchWriter
+from labd.daemon.api import ApiError, registry
+from labd.daemon.api.base import DEFERRED
+from labd.daemon.config import Config
+from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
+from labd.daemon.launcher import TemplateLauncher
+from labd.daemon.monitor import Monitor
+from labd.daemon.supervisor import Supervisor
+from labd.ipc.connection import ConnectionInfo, write_connection_file
+from labd.ipc.wire import Codec, WireError
+from labd.runner.session import split_secrets
+from labd.runner.workflows.registry import WorkflowError, bind_params, is_builtin, resolve
+from labd.store.db import Checkpointer, is_sqlite, migrate, open_engine
+from labd.store.queries import Store
+from labd.store.writer import BatchWriter
 
 __all__ = ["Daemon", "AlreadyRunning"]
 
-VERSION = "0.1.0"
+from labd import __version__ as VERSION
 
 
 class AlreadyRunning(Exception):

@@ -15,8 +15,8 @@ from typing import Any
 
 import structlog
 
-from daemon.launcher import ExitInfo, Launcher, is_same_process
-from daemon.monitor import Limits, Monitor
+from labd.daemon.launcher import ExitInfo, Launcher, is_same_process
+from labd.daemon.monitor import Limits, Monitor
 
 __all__ = ["Supervisor", "Running"]
 

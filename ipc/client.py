@@ -1,6 +1,6 @@
 """The Python client SDK: what the ``labd`` CLI uses, and what a GUI or script can use too.
 
-    from ipc import Client
+    from labd.ipc import Client
     with Client(home) as c:
         sid = c.start("demo.count", params={"n": 5})
         for ev in c.follow(sid):          # history from the store, then the live tail; no gap, no dup
@@ -18,9 +18,9 @@ from typing import Any
 
 import zmq
 
-from ipc.connection import ConnectionFileError, ConnectionInfo, read_connection_file
-from ipc.paths import layout_for
-from ipc.wire import Codec, WireError
+from labd.ipc.connection import ConnectionFileError, ConnectionInfo, read_connection_file
+from labd.ipc.paths import layout_for
+from labd.ipc.wire import Codec, WireError
 
 __all__ = ["Client", "LabdError", "event_from_wire"]
 

@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from ipc.paths import Layout
+from labd.ipc.paths import Layout
 
 __all__ = ["ConnectionInfo", "write_connection_file", "read_connection_file", "ConnectionFileError"]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from ipc.signing import ReplayError, ReplayGuard, SignatureError, Signer
+from labd.ipc.signing import ReplayError, ReplayGuard, SignatureError, Signer
 
 __all__ = [
     "PROTOCOL_VERSION",

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ipc.events import validate
+from labd.ipc.events import validate
 
 __all__ = ["Approvals", "Decision", "ApprovalTimeout", "DECISIONS"]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from ipc.wire import Codec, WireError
+from labd.ipc.wire import Codec, WireError
 
 __all__ = ["Channel"]
 

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from runner.approvals import Approvals, Decision
+    from labd.runner.approvals import Approvals, Decision
 
 __all__ = ["Context", "Cancelled", "Node", "current_node"]
 
@@ -177,7 +177,7 @@ class Context:
         """Ask a human and wait for the answer (a durable request; see ``labd approvals``).
 
         ``timeout`` seconds without an answer applies ``policy``: approve, reject, or fail (raises
-        :class:`runner.approvals.ApprovalTimeout`). Blocks the calling thread; use
+        :class:`labd.runner.approvals.ApprovalTimeout`). Blocks the calling thread; use
         ``await asyncio.to_thread(ctx.approval, ...)`` from async code.
         """
         if self.approvals is None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from runner.context import current_node
+from labd.runner.context import current_node
 
 __all__ = ["configure_logging"]
 

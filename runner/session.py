@@ -1,6 +1,6 @@
 """The body of a runner process: set up isolation, run one workflow, report everything as events.
 
-Called in a freshly forked child of the template (or by ``python -m runner.cold`` for the cold-start
+Called in a freshly forked child of the template (or by ``python -m labd.runner.cold`` for the cold-start
 comparison). By the time a workflow runs, the process is its own session and process group, its cwd
 is the session's work directory, its environment holds no secrets, fds 1 and 2 are captured, and
 logging is routed to events.
@@ -22,13 +22,13 @@ from typing import Any
 import psutil
 import structlog
 
-from runner.approvals import Approvals, ApprovalTimeout
-from runner.capture import OutputCapture
-from runner.channel import Channel
-from runner.context import Cancelled, Context
-from runner.files import FileTracker
-from runner.logsetup import configure_logging
-from runner.workflows.registry import WorkflowError, bind_params, resolve
+from labd.runner.approvals import Approvals, ApprovalTimeout
+from labd.runner.capture import OutputCapture
+from labd.runner.channel import Channel
+from labd.runner.context import Cancelled, Context
+from labd.runner.files import FileTracker
+from labd.runner.logsetup import configure_logging
+from labd.runner.workflows.registry import WorkflowError, bind_params, resolve
 
 __all__ = ["run_session", "SECRET_PATTERN", "split_secrets"]
 
@@ -125,7 +125,7 @@ def run_session(spec: dict[str, Any]) -> int:
     approvals_box.append(ctx.approvals)
 
     def agents() -> Any:
-        from runner.agents import AgentFactory
+        from labd.runner.agents import AgentFactory
 
         return AgentFactory(emit=emit, new_node_id=ctx.new_node_id, workdir=workdir,
                             models=spec.get("models") or {}, prices=spec.get("prices") or {}, secrets=secrets,

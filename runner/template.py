@@ -1,6 +1,6 @@
 """The warm template (zygote): a process that has imported the runner stack and forks runners on request.
 
-Started once by the daemon as ``python -m runner.template``. It imports everything a runner needs,
+Started once by the daemon as ``python -m labd.runner.template``. It imports everything a runner needs,
 freezes the GC generations (so children do not unshare ~28 MiB on their first collection), and then
 holds **no sockets, no threads and no session state**: ZeroMQ contexts cannot survive a fork.
 
@@ -27,8 +27,9 @@ import sys
 from typing import Any
 
 #: imported before any fork so every runner starts warm
-PRELOAD = ["zmq", "orjson", "structlog", "psutil", "runner.session", "runner.workflows.demo", "runner.agents",
-           "runner.workflows.planning", "runner.workflows.one_shot", "runner.workflows.deep_research"]
+PRELOAD = ["zmq", "orjson", "structlog", "psutil", "labd.runner.session", "labd.runner.workflows.demo",
+           "labd.runner.agents", "labd.runner.workflows.planning", "labd.runner.workflows.one_shot",
+           "labd.runner.workflows.deep_research"]
 
 
 def _write(out_fd: int, obj: dict[str, Any]) -> None:
@@ -54,7 +55,7 @@ def _reap(out_fd: int) -> None:
 
 
 def _inspect_in_child(workflow: str, params: dict[str, Any]) -> dict[str, Any]:
-    from runner.workflows.registry import WorkflowError, bind_params, describe, resolve
+    from labd.runner.workflows.registry import WorkflowError, bind_params, describe, resolve
 
     try:
         fn = resolve(workflow)
@@ -152,7 +153,7 @@ def main() -> None:
                 spec = req["spec"]
 
                 def run(spec: dict[str, Any] = spec) -> None:
-                    from runner.session import child_main
+                    from labd.runner.session import child_main
 
                     child_main(spec)
 

@@ -167,11 +167,11 @@ class BenchDaemon:
         env["PYTHONPATH"] = os.pathsep.join(pp)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "--home", str(self.home), "serve", "--log-format", "json"],
+            [sys.executable, "-m", "labd.daemon.cli", "--home", str(self.home), "serve", "--log-format", "json"],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(self.tmp),
             start_new_session=True,  # Ctrl-C reaches us, not the daemon: we stop it in order
         )
-        from ipc import Client, LabdError
+        from labd.ipc import Client, LabdError
 
         deadline = time.monotonic() + timeout
         while True:
@@ -201,7 +201,7 @@ class BenchDaemon:
         return self.proc.pid
 
     def client(self, timeout: float = 30.0) -> Any:
-        from ipc import Client
+        from labd.ipc import Client
 
         return Client(self.home, timeout=timeout)
 
@@ -306,8 +306,8 @@ class EventTail(threading.Thread):
 
     def __init__(self, home: Path, kinds: Iterable[str] | None = None) -> None:
         super().__init__(name="bench-tail", daemon=True)
-        from ipc.connection import read_connection_file
-        from ipc.paths import layout_for
+        from labd.ipc.connection import read_connection_file
+        from labd.ipc.paths import layout_for
 
         self.info = read_connection_file(layout_for(home))
         self.kinds = set(kinds) if kinds else None
@@ -322,7 +322,7 @@ class EventTail(threading.Thread):
     def run(self) -> None:
         import zmq
 
-        from ipc.wire import Codec, WireError
+        from labd.ipc.wire import Codec, WireError
 
         ctx = zmq.Context()
         sub = ctx.socket(zmq.SUB)

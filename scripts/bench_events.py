@@ -152,9 +152,9 @@ def ceiling_raw(path: Path, ddl: str, rows: list[tuple[Any, ...]], batch: int) -
 
 def ceiling_batchwriter(path: Path, sids: list[str], rows: list[tuple[Any, ...]], batch: int) -> float:
     """labd's BatchWriter (what ingest calls) on a migrated database. Returns rows/s."""
-    from store.db import migrate, open_engine
-    from store.projections import RowChanges, SessionCursor, apply
-    from store.writer import BatchWriter
+    from labd.store.db import migrate, open_engine
+    from labd.store.projections import RowChanges, SessionCursor, apply
+    from labd.store.writer import BatchWriter
 
     for suffix in ("", "-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)

@@ -12,7 +12,7 @@ def turns(ctx: Any, turns: int = 10_000, tracked: bool = True) -> dict[str, floa
     without it (a plain ``ag2.Agent`` with the same model). Returns the loop's own wall time."""
     from ag2 import Agent
 
-    from runner.agents.offline import OfflineModelConfig
+    from labd.runner.agents.offline import OfflineModelConfig
 
     async def body() -> tuple[float, float]:
         agent = ctx.agent("bench", "Answer.") if tracked else Agent("bench", ["Answer."], config=OfflineModelConfig())

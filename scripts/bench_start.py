@@ -9,7 +9,7 @@ Measured side by side, interleaved round by round, in one run:
             is up, connected back, and its first event went through ingest). Also: the request's reply, and
             when the runner *emitted* session.started (event ts, wall clock), to split runner vs. transport time.
 (b) cold  - a fresh interpreter, ``python -c "import <the template's PRELOAD modules>; write(pipe)"``, Popen ->
-            first byte on the pipe; and ``python -m runner.template`` Popen -> its ``ready`` line (the same
+            first byte on the pipe; and ``python -m labd.runner.template`` Popen -> its ``ready`` line (the same
             imports plus gc.collect/freeze, i.e. what the daemon pays once per template start).
 (c) forkserver - ``multiprocess.get_context("forkserver")`` with ``set_forkserver_preload`` of the same
             modules: ``Process.start()`` -> first message over a ``Pipe``.
@@ -40,7 +40,7 @@ from bench_common import (  # noqa: E402
     summary,
 )
 
-from runner.template import PRELOAD  # noqa: E402
+from labd.runner.template import PRELOAD  # noqa: E402
 
 WORKFLOW = "demo.count"
 PARAMS = {"n": 0, "delay": 0.0}  # demo.count(ctx, n=10, delay=0.2): n=0 returns at once
@@ -84,9 +84,9 @@ def time_cold_c(env: dict[str, str]) -> float:
 
 
 def time_cold_template(env: dict[str, str]) -> float:
-    """Popen of ``python -m runner.template`` -> its ``{"op": "ready"}`` line (then close its stdin: it exits)."""
+    """Popen of ``python -m labd.runner.template`` -> its ``{"op": "ready"}`` line (then close its stdin: it exits)."""
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "runner.template"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-m", "labd.runner.template"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          env=env, start_new_session=True)
     try:
         assert p.stdout is not None and p.stdin is not None
@@ -207,7 +207,7 @@ class TsTail(EventTail):
     def run(self) -> None:  # same loop, plus event timestamps
         import zmq
 
-        from ipc.wire import Codec, WireError
+        from labd.ipc.wire import Codec, WireError
 
         ctx = zmq.Context()
         sub = ctx.socket(zmq.SUB)
@@ -327,7 +327,7 @@ def report(rows: list[dict[str, float]], samples: dict[str, list[float]]) -> Non
         ("warm: session.started", "request -> runner's first event visible", col("started")),
         ("warm: session.ended", "request -> ended visible (n=0 workflow)", col("ended")),
         ("cold: python -c import", "Popen -> PRELOAD imported, pipe write", samples["cold_c"]),
-        ("cold: -m runner.template", "Popen -> template 'ready' line", samples["cold_template"]),
+        ("cold: -m labd.runner.template", "Popen -> template 'ready' line", samples["cold_template"]),
         ("forkserver (preloaded)", "Process.start -> first Pipe message", samples["forkserver"]),
         ("os.fork (floor)", "fork -> first pipe byte", samples["fork"]),
     ]

@@ -38,7 +38,7 @@ from bench_common import (  # noqa: E402
 
 TARGET = 200_000  # lines/s (the issue's target)
 
-# The loop of runner.workflows.demo.chatty, verbatim, timed inside the child.
+# The loop of labd.runner.workflows.demo.chatty, verbatim, timed inside the child.
 PLAIN_LOOP = r"""
 import os, sys, time
 lines, width, fd, line_buffered = {lines}, {width}, {fd}, {line_buffered}

@@ -31,7 +31,7 @@ from bench_common import BenchDaemon, interrupt_on_sigterm, print_machine, print
 BARE = """
 import asyncio, sys, time
 from ag2 import Agent
-from runner.agents.offline import OfflineModelConfig
+from labd.runner.agents.offline import OfflineModelConfig
 async def main(n):
     agent = Agent("bench", ["Answer."], config=OfflineModelConfig())
     start = time.perf_counter()

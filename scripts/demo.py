@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ipc import Client, LabdError  # noqa: E402
+from labd.ipc import Client, LabdError  # noqa: E402
 
 _TTY = sys.stdout.isatty()
 COLORS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m"] if _TTY else [""]
@@ -50,7 +50,7 @@ def describe(ev: dict) -> str | None:
 
 def start_daemon(home: Path) -> subprocess.Popen[bytes]:
     log = open(home.parent / "daemon.log", "wb")  # noqa: SIM115 - lives as long as the daemon
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "--home", str(home), "serve",
+    proc = subprocess.Popen([sys.executable, "-m", "labd.daemon.cli", "--home", str(home), "serve",
                              "--log-format", "json"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ipc.events import TERMINAL_STATUSES
+from labd.ipc.events import TERMINAL_STATUSES
 
 __all__ = ["SessionCursor", "RowChanges", "apply", "ALLOWED_TRANSITIONS"]
 

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, func, select
 
-from store.schema import approvals, cost_records, dag_edges, events, files, sessions, state_history, steps
+from labd.store.schema import approvals, cost_records, dag_edges, events, files, sessions, state_history, steps
 
 __all__ = ["Store", "MAX_PAGE"]
 

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, select
 
-from store.projections import RowChanges, SessionCursor
-from store.schema import approvals, sessions
+from labd.store.projections import RowChanges, SessionCursor
+from labd.store.schema import approvals, sessions
 
 __all__ = ["BatchWriter", "EventRow"]
 

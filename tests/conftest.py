@@ -58,7 +58,7 @@ class DaemonProc:
     def start(self, wait: bool = True) -> DaemonProc:
         self.home.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "--home", str(self.home), "serve",
+        self.proc = subprocess.Popen([sys.executable, "-m", "labd.daemon.cli", "--home", str(self.home), "serve",
                                       "--log-format", "json", *self.args], stdout=self._log, stderr=subprocess.STDOUT,
                                      env=self.env)
         if wait:
@@ -66,7 +66,7 @@ class DaemonProc:
         return self
 
     def wait_ready(self) -> None:
-        from ipc import Client, LabdError
+        from labd.ipc import Client, LabdError
 
         def ready() -> bool:
             assert self.proc is not None and self.proc.poll() is None, f"daemon exited: {self.log()}"
@@ -83,7 +83,7 @@ class DaemonProc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def client(self, timeout: float = 15.0) -> Any:
-        from ipc import Client
+        from labd.ipc import Client
 
         return Client(self.home, timeout=timeout)
 

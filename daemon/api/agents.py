@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.api.base import DEFERRED, ApiError, Request, register
-from daemon.api.sessions import resolve_session
-from ipc.events import TERMINAL_STATUSES
-from store.exports import FORMATS
+from labd.daemon.api.base import DEFERRED, ApiError, Request, register
+from labd.daemon.api.sessions import resolve_session
+from labd.ipc.events import TERMINAL_STATUSES
+from labd.store.exports import FORMATS
 
 
 @register

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from daemon.server import Daemon
+    from labd.daemon.server import Daemon
 
 __all__ = ["ApiError", "Request", "registry", "register"]
 

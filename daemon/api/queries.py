@@ -6,10 +6,10 @@ import os
 import time
 from typing import Any
 
-from daemon.api.base import Request, register
-from daemon.api.sessions import resolve_session
-from runner.workflows.registry import BUILTINS, describe, resolve
-from store.queries import MAX_PAGE
+from labd.daemon.api.base import Request, register
+from labd.daemon.api.sessions import resolve_session
+from labd.runner.workflows.registry import BUILTINS, describe, resolve
+from labd.store.queries import MAX_PAGE
 
 
 @register

@@ -6,10 +6,10 @@ import math
 import secrets
 from typing import Any
 
-from daemon.api.base import DEFERRED, ApiError, Request, register
-from daemon.config import ConfigError, parse_duration, parse_percent, parse_size
-from daemon.monitor import Limits
-from ipc.events import STATUSES, TERMINAL_STATUSES
+from labd.daemon.api.base import DEFERRED, ApiError, Request, register
+from labd.daemon.config import ConfigError, parse_duration, parse_percent, parse_size
+from labd.daemon.monitor import Limits
+from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 
 __all__ = ["resolve_session"]
 

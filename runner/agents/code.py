@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner.agents.context import current_agent, current_call
-from runner.context import current_node
-from runner.files import FileTracker
+from labd.runner.agents.context import current_agent, current_call
+from labd.runner.context import current_node
+from labd.runner.files import FileTracker
 
 __all__ = ["make_run_code", "MAX_OUTPUT"]
 

@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from runner.agents.code import make_run_code
-from runner.agents.offline import OFFLINE_MODEL, OFFLINE_PROVIDER, OfflineModelConfig
-from runner.agents.pricing import PriceTable
-from runner.agents.tracking import Tracker
-from runner.approvals import Approvals
-from runner.context import current_node
-from runner.files import FileTracker
+from labd.runner.agents.code import make_run_code
+from labd.runner.agents.offline import OFFLINE_MODEL, OFFLINE_PROVIDER, OfflineModelConfig
+from labd.runner.agents.pricing import PriceTable
+from labd.runner.agents.tracking import Tracker
+from labd.runner.approvals import Approvals
+from labd.runner.context import current_node
+from labd.runner.files import FileTracker
 
 __all__ = ["AgentFactory", "ModelError", "PROVIDERS"]
 

@@ -25,10 +25,10 @@ from typing import Any
 from ag2.events import BaseEvent, ModelRequest, ToolErrorEvent, ToolNotFoundEvent, ToolResultsEvent
 from ag2.middleware import BaseMiddleware
 
-from runner.agents.context import current_agent, current_call
-from runner.agents.pricing import PriceTable
-from runner.context import current_node
-from runner.files import FileTracker
+from labd.runner.agents.context import current_agent, current_call
+from labd.runner.agents.pricing import PriceTable
+from labd.runner.context import current_node
+from labd.runner.files import FileTracker
 
 __all__ = ["Tracker", "TrackingMiddleware"]
 

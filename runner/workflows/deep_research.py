@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from runner.context import Context
-from runner.workflows import prompts
-from runner.workflows.planning import make_plan, run_step
+from labd.runner.context import Context
+from labd.runner.workflows import prompts
+from labd.runner.workflows.planning import make_plan, run_step
 
 __all__ = ["deep_research"]
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from runner.context import Context
+from labd.runner.context import Context
 
 __all__ = ["count", "compute", "chatty", "fail", "sleep", "events"]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from runner.context import Context
-from runner.workflows.planning import PlanStep, run_step
+from labd.runner.context import Context
+from labd.runner.workflows.planning import PlanStep, run_step
 
 __all__ = ["one_shot"]
 

@@ -15,9 +15,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from runner.approvals import Decision
-from runner.context import Context
-from runner.workflows import prompts
+from labd.runner.approvals import Decision
+from labd.runner.context import Context
+from labd.runner.workflows import prompts
 
 __all__ = ["planning_and_control", "hitl", "Plan", "PlanStep", "StepFailed", "make_plan", "run_step"]
 

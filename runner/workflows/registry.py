@@ -16,16 +16,16 @@ from typing import Any
 __all__ = ["BUILTINS", "WorkflowError", "resolve", "bind_params", "describe", "is_builtin"]
 
 BUILTINS: dict[str, str] = {
-    "demo.count": "runner.workflows.demo:count",
-    "demo.compute": "runner.workflows.demo:compute",
-    "demo.chatty": "runner.workflows.demo:chatty",
-    "demo.fail": "runner.workflows.demo:fail",
-    "demo.sleep": "runner.workflows.demo:sleep",
-    "demo.events": "runner.workflows.demo:events",
-    "one_shot": "runner.workflows.one_shot:one_shot",
-    "planning_and_control": "runner.workflows.planning:planning_and_control",
-    "hitl": "runner.workflows.planning:hitl",
-    "deep_research": "runner.workflows.deep_research:deep_research",
+    "demo.count": "labd.runner.workflows.demo:count",
+    "demo.compute": "labd.runner.workflows.demo:compute",
+    "demo.chatty": "labd.runner.workflows.demo:chatty",
+    "demo.fail": "labd.runner.workflows.demo:fail",
+    "demo.sleep": "labd.runner.workflows.demo:sleep",
+    "demo.events": "labd.runner.workflows.demo:events",
+    "one_shot": "labd.runner.workflows.one_shot:one_shot",
+    "planning_and_control": "labd.runner.workflows.planning:planning_and_control",
+    "hitl": "labd.runner.workflows.planning:hitl",
+    "deep_research": "labd.runner.workflows.deep_research:deep_research",
 }
 
 

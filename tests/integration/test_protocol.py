@@ -8,7 +8,7 @@ import time
 import orjson
 import zmq
 
-from ipc.wire import Codec
+from labd.ipc.wire import Codec
 from tests.conftest import SMALL_MAX_MESSAGE as MAX_MESSAGE
 from tests.conftest import wait_until
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ipc import LabdError
+from labd.ipc import LabdError
 
 
 def test_session_runs_in_its_own_process_and_records_gap_free_events(client) -> None:

@@ -1,4 +1,4 @@
-"""Unit tests for runner.channel.Channel against an in-test ZeroMQ ROUTER standing in for the daemon."""
+"""Unit tests for labd.runner.channel.Channel against an in-test ZeroMQ ROUTER standing in for the daemon."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import zmq
 
-from ipc.wire import Codec, Message
-from runner.channel import Channel
+from labd.ipc.wire import Codec, Message
+from labd.runner.channel import Channel
 from tests.conftest import wait_until
 
 KEY = b"channel-test-key-0123456789abcdef"

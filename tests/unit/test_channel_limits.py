@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runner.channel import Channel
+from labd.runner.channel import Channel
 
 
 def test_an_event_too_large_for_one_message_is_replaced_by_a_marker() -> None:

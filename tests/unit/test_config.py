@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Config, ConfigError, load_config, parse_duration, parse_percent, parse_size
+from labd.daemon.config import Config, ConfigError, load_config, parse_duration, parse_percent, parse_size
 
 MiB, GiB = 2**20, 2**30
 

@@ -1,4 +1,4 @@
-"""Unit tests for runner.context.Context: steps as DAG nodes, custom events and cancellation."""
+"""Unit tests for labd.runner.context.Context: steps as DAG nodes, custom events and cancellation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from runner.context import Cancelled, Context, current_node
+from labd.runner.context import Cancelled, Context, current_node
 
 
 class Recorder:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ipc.events import KIND_VERSION, SCHEMAS, TERMINAL_STATUSES, EventError, validate
+from labd.ipc.events import KIND_VERSION, SCHEMAS, TERMINAL_STATUSES, EventError, validate
 
 VALID: list[tuple[str, dict[str, Any], str | None]] = [
     ("session.created", {"workflow": "demo.count", "name": "s", "params": {}, "limits": {}, "workdir": "/w"}, None),

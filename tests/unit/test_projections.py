@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from store.projections import RowChanges, SessionCursor, apply, finalize
+from labd.store.projections import RowChanges, SessionCursor, apply, finalize
 
 MiB = 2**20
 

@@ -1,4 +1,4 @@
-"""Unit tests for runner.workflows.registry: resolving workflows and binding their parameters."""
+"""Unit tests for labd.runner.workflows.registry: resolving workflows and binding their parameters."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from runner.workflows import demo
-from runner.workflows.registry import BUILTINS, WorkflowError, bind_params, describe, is_builtin, resolve
+from labd.runner.workflows import demo
+from labd.runner.workflows.registry import BUILTINS, WorkflowError, bind_params, describe, is_builtin, resolve
 
 _names = count()
 
@@ -45,7 +45,7 @@ def _code(fn: Callable[[], Any]) -> WorkflowError:
 def test_resolve_builtin_short_name() -> None:
     """A built-in short name resolves to the demo function."""
     assert resolve("demo.count") is demo.count
-    assert is_builtin("demo.count") and not is_builtin("runner.workflows.demo:count")
+    assert is_builtin("demo.count") and not is_builtin("labd.runner.workflows.demo:count")
 
 
 def test_every_builtin_resolves_to_a_callable() -> None:
@@ -56,7 +56,7 @@ def test_every_builtin_resolves_to_a_callable() -> None:
 
 def test_resolve_import_path() -> None:
     """A 'module:function' path resolves to that function."""
-    assert resolve("runner.workflows.demo:fail") is demo.fail
+    assert resolve("labd.runner.workflows.demo:fail") is demo.fail
 
 
 def test_resolve_name_without_colon_is_unknown() -> None:
@@ -76,7 +76,7 @@ def test_resolve_missing_module() -> None:
 @pytest.mark.parametrize("attr", ["no_such_function", "__all__"])
 def test_resolve_missing_or_non_callable_attribute(attr: str) -> None:
     """A missing attribute, or one that is not callable, is 'unknown_workflow'."""
-    err = _code(lambda: resolve(f"runner.workflows.demo:{attr}"))
+    err = _code(lambda: resolve(f"labd.runner.workflows.demo:{attr}"))
     assert err.code == "unknown_workflow"
     assert attr in err.message
 
@@ -227,7 +227,7 @@ def test_future_annotations_module_converts_params(make_module: Callable[[str], 
     """String annotations (PEP 563) are evaluated, so conversion and describe() work as usual."""
     name = make_module("""
         from __future__ import annotations
-        from runner.context import Context
+        from labd.runner.context import Context
 
         def run(ctx: Context, n: int, rate: float = 1.0, flag: bool = False) -> int:
             '''Future-annotated.'''
@@ -246,7 +246,7 @@ def test_future_annotations_with_type_checking_only_import_still_converts(make_m
         from __future__ import annotations
         from typing import TYPE_CHECKING
         if TYPE_CHECKING:
-            from runner.context import Context
+            from labd.runner.context import Context
 
         def run(ctx: Context, n: int = 1, flag: bool = False) -> int:
             return n

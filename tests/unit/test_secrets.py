@@ -1,10 +1,10 @@
-"""Unit tests for runner.session.split_secrets: which environment variables are withheld from workflows."""
+"""Unit tests for labd.runner.session.split_secrets: which environment variables are withheld from workflows."""
 
 from __future__ import annotations
 
 import pytest
 
-from runner.session import SECRET_PATTERN, split_secrets
+from labd.runner.session import SECRET_PATTERN, split_secrets
 
 WITHHELD = ["OPENAI_API_KEY", "anthropic_api_key", "MY_APIKEY", "GITHUB_TOKEN", "HF_TOKEN", "AWS_SESSION_TOKEN",
             "CLIENT_SECRET", "DB_PASSWORD", "FTP_PASSWD", "GOOGLE_APPLICATION_CREDENTIALS", "SVC_CREDENTIAL"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipc.signing import ReplayError, ReplayGuard, SignatureError, Signer
+from labd.ipc.signing import ReplayError, ReplayGuard, SignatureError, Signer
 
 KEY = b"k" * 32
 NOW = 1_700_000_000.0

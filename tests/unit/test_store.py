@@ -10,10 +10,10 @@ import orjson
 import pytest
 from sqlalchemy import Engine, inspect
 
-from store.db import migrate, open_engine
-from store.projections import RowChanges, SessionCursor, apply
-from store.queries import Store
-from store.writer import BatchWriter, EventRow
+from labd.store.db import migrate, open_engine
+from labd.store.projections import RowChanges, SessionCursor, apply
+from labd.store.queries import Store
+from labd.store.writer import BatchWriter, EventRow
 
 CREATED = {"workflow": "demo.count", "name": "first", "params": {"n": 2}, "limits": {"memory": 1024},
            "workdir": "/w/s1"}

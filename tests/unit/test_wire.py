@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from ipc.wire import PROTOCOL_VERSION, Codec, MalformedFrame, Message, OversizedFrame, WireError
+from labd.ipc.wire import PROTOCOL_VERSION, Codec, MalformedFrame, Message, OversizedFrame, WireError
 
 KEY = b"0123456789abcdef0123456789abcdef"
 
