@@ -167,7 +167,7 @@ class BenchDaemon:
         env["PYTHONPATH"] = os.pathsep.join(pp)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "labd.daemon.cli", "--home", str(self.home), "serve", "--log-format", "json"],
+            [sys.executable, "-m", "labd", "--home", str(self.home), "serve", "--log-format", "json"],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(self.tmp),
             start_new_session=True,  # Ctrl-C reaches us, not the daemon: we stop it in order
         )

@@ -50,7 +50,7 @@ def describe(ev: dict) -> str | None:
 
 def start_daemon(home: Path) -> subprocess.Popen[bytes]:
     log = open(home.parent / "daemon.log", "wb")  # noqa: SIM115 - lives as long as the daemon
-    proc = subprocess.Popen([sys.executable, "-m", "labd.daemon.cli", "--home", str(home), "serve",
+    proc = subprocess.Popen([sys.executable, "-m", "labd", "--home", str(home), "serve",
                              "--log-format", "json"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -58,7 +58,7 @@ class DaemonProc:
     def start(self, wait: bool = True) -> DaemonProc:
         self.home.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "labd.daemon.cli", "--home", str(self.home), "serve",
+        self.proc = subprocess.Popen([sys.executable, "-m", "labd", "--home", str(self.home), "serve",
                                       "--log-format", "json", *self.args], stdout=self._log, stderr=subprocess.STDOUT,
                                      env=self.env)
         if wait:

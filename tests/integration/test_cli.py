@@ -8,7 +8,7 @@ import sys
 
 
 def labd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "labd.daemon.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "labd", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -18,7 +18,7 @@ def pending(client, sid):
 
 
 def labd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "labd.daemon.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "labd", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_approval_answered_from_another_process_lets_the_workflow_continue(client) -> None:

@@ -103,7 +103,7 @@ def test_custom_approval_options_can_be_answered(client) -> None:
     with pytest.raises(LabdError) as err:
         client.resolve(sid, "blue")
     assert err.value.code == "bad_decision"
-    r = subprocess.run([sys.executable, "-m", "labd.daemon.cli", "resolve", sid, "green"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "labd", "resolve", sid, "green"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     client.wait(sid, timeout=30)
@@ -142,7 +142,7 @@ def test_ps_lists_running_sessions_even_behind_newer_finished_ones(client) -> No
     wait_until(lambda: client.session(running)["status"] == "running")
     done = client.start("demo.count", params={"n": 1, "delay": 0})
     client.wait(done, timeout=30)
-    out = subprocess.run([sys.executable, "-m", "labd.daemon.cli", "ps", "--limit", "1"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "labd", "ps", "--limit", "1"], capture_output=True,
                          text=True, timeout=60).stdout
     assert running in out and done not in out
     client.stop(running, grace=1)

@@ -6,7 +6,8 @@ from pathlib import Path
 import labd
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = {"labd": "labd", "daemon": "labd.daemon", "runner": "labd.runner", "ipc": "labd.ipc", "store": "labd.store"}
+FOLDERS = {"labd": "labd", "daemon": "labd.daemon", "runner": "labd.runner", "ipc": "labd.ipc", "store": "labd.store",
+           "frontends": "labd.frontends"}
 
 
 def test_every_package_folder_is_listed_in_pyproject() -> None:
