@@ -33,10 +33,18 @@ class Config:
     max_message: int = 16 * 1024 * 1024
     secret_env: list[str] = field(default_factory=list)  # extra env var names withheld from sessions
     preload: list[str] = field(default_factory=list)  # extra modules the template imports
+    #: automatic retention: delete sessions that ended longer ago than this ("30d"); None keeps everything
+    retention: str | None = None
+    #: ... and only sessions in these terminal statuses (default: all of them)
+    retention_statuses: list[str] = field(default_factory=lambda: ["completed", "failed", "cancelled", "lost"])
     #: [models.<name>]: provider, model, base_url, api_key_env (the *name* of the variable), ...
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: [prices."<model>"]: input, output (USD per million tokens), over the shipped defaults
     prices: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def retention_seconds(self) -> float | None:
+        return parse_duration(self.retention) if self.retention else None
 
     @property
     def layout(self) -> Layout:
@@ -164,6 +172,14 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
             raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
     if isinstance(cfg.max_message, bool) or not isinstance(cfg.max_message, int) or cfg.max_message < 4096:
         raise ConfigError(f"max_message must be an integer of at least 4096 bytes, not {cfg.max_message!r}")
+    if cfg.retention is not None:
+        if not isinstance(cfg.retention, str):
+            raise ConfigError(f"retention must be a duration like \"30d\", not {cfg.retention!r}")
+        parse_duration(cfg.retention)  # raises ConfigError with the reason
+    terminal = {"completed", "failed", "cancelled", "lost"}
+    if not isinstance(cfg.retention_statuses, list) or not set(cfg.retention_statuses) <= terminal \
+            or not cfg.retention_statuses:
+        raise ConfigError(f"retention_statuses must be a non-empty list of {sorted(terminal)}")
     for name in ("secret_env", "preload"):
         if not isinstance(getattr(cfg, name), list) or not all(isinstance(x, str) for x in getattr(cfg, name)):
             raise ConfigError(f"{name} must be a list of strings")

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from labd.daemon.config import ConfigError
+from labd.frontends import retention_cmd
 from labd.ipc.client import Client, LabdError
 
 __all__ = ["main"]
@@ -362,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("session")
     s.add_argument("--grace", type=float, help="seconds to wait before SIGTERM (default 5)")
     s.add_argument("--wait", action="store_true", help="wait until it has ended")
+
+    COMMANDS.update(retention_cmd.register(sub))
 
     s = sub.add_parser("kill", help="kill a session's process tree now (SIGKILL)")
     s.add_argument("session")
