@@ -41,6 +41,8 @@ class Config:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: [prices."<model>"]: input, output (USD per million tokens), over the shipped defaults
     prices: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: [mcp.servers.<name>]: MCP servers agents may use (ctx.agent(..., mcp=[name]))
+    mcp_servers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def retention_seconds(self) -> float | None:
@@ -131,6 +133,27 @@ def _check_prices(path: Path, prices: Any) -> dict[str, dict[str, float]]:
     return prices
 
 
+def _check_mcp(path: Path, section: Any) -> dict[str, dict[str, Any]]:
+    """``[mcp.servers.<name>]``: ``command`` (+ ``args``, ``env``, ``cwd``) for stdio, or ``url``."""
+    if not isinstance(section, dict) or set(section) - {"servers"}:
+        raise ConfigError(f"{path}: [mcp] takes only [mcp.servers.<name>] tables")
+    servers = section.get("servers", {})
+    if not isinstance(servers, dict) or not all(isinstance(v, dict) for v in servers.values()):
+        raise ConfigError(f"{path}: [mcp.servers.<name>] entries must be tables")
+    for name, entry in servers.items():
+        unknown = set(entry) - {"command", "args", "env", "cwd", "url"}
+        if unknown:
+            raise ConfigError(f"{path}: MCP server {name!r}: unknown keys {sorted(unknown)}")
+        if bool(entry.get("command")) == bool(entry.get("url")):
+            raise ConfigError(f"{path}: MCP server {name!r}: give either command (stdio) or url (HTTP)")
+        if not isinstance(entry.get("args", []), list) or not all(isinstance(a, str) for a in entry.get("args", [])):
+            raise ConfigError(f"{path}: MCP server {name!r}: args must be a list of strings")
+        env = entry.get("env", {})
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise ConfigError(f"{path}: MCP server {name!r}: env must be a table of strings")
+    return servers
+
+
 def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
     """Build the config: defaults -> config files (user's, then home's) -> environment -> overrides."""
     layout = layout_for(home)
@@ -138,13 +161,15 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     known = {f.name for f in fields(Config)}
     models: dict[str, dict[str, Any]] = {}
     prices: dict[str, dict[str, float]] = {}
+    mcp_servers: dict[str, dict[str, Any]] = {}
     for path in config_files(layout):
         if not path.exists():
             continue
         data = _read_toml(path)
-        unknown_sections = set(data) - {"daemon", "models", "prices"}
+        unknown_sections = set(data) - {"daemon", "models", "prices", "mcp"}
         if unknown_sections:
-            raise ConfigError(f"{path}: unknown sections {sorted(unknown_sections)} (known: daemon, models, prices)")
+            raise ConfigError(f"{path}: unknown sections {sorted(unknown_sections)} "
+                              "(known: daemon, models, prices, mcp)")
         section = data.get("daemon", {})
         unknown = set(section) - known
         if unknown:
@@ -152,8 +177,10 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         values.update(section)
         models.update(_check_models(path, data.get("models", {})))
         prices.update(_check_prices(path, data.get("prices", {})))
+        mcp_servers.update(_check_mcp(path, data.get("mcp", {})))
     values.setdefault("models", models)
     values.setdefault("prices", prices)
+    values.setdefault("mcp_servers", mcp_servers)
     for env, key in _ENV.items():
         if os.environ.get(env):
             values[key] = os.environ[env]

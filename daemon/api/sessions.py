@@ -106,6 +106,7 @@ class Start(Request):
         spec = {"session_id": sid, "workflow": workflow, "params": params, "workdir": str(workdir),
                 "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
                 "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
+                "mcp_servers": d.cfg.mcp_servers,
                 "secrets": d.secrets}
         try:
             d.supervisor.launch(sid, spec, limits)
