@@ -41,6 +41,9 @@ class Config:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: [prices."<model>"]: input, output (USD per million tokens), over the shipped defaults
     prices: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: [telemetry]: otlp_endpoint (OTLP/HTTP base URL), service_name, interval (s), headers_env
+    #: ({header: NAME of the environment variable holding its value}); no endpoint = no export
+    telemetry: dict[str, Any] = field(default_factory=dict)
     #: [mcp.servers.<name>]: MCP servers agents may use (ctx.agent(..., mcp=[name]))
     mcp_servers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -154,6 +157,25 @@ def _check_mcp(path: Path, section: Any) -> dict[str, dict[str, Any]]:
     return servers
 
 
+def _check_telemetry(path: Path, section: Any) -> dict[str, Any]:
+    """``[telemetry]``: otlp_endpoint (http/https URL), service_name, interval (s), headers_env."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [telemetry] must be a table")
+    unknown = set(section) - {"otlp_endpoint", "service_name", "interval", "headers_env"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown [telemetry] settings {sorted(unknown)}")
+    endpoint = section.get("otlp_endpoint")
+    if endpoint is not None and (not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))):
+        raise ConfigError(f"{path}: [telemetry] otlp_endpoint must be an http(s) URL, not {endpoint!r}")
+    interval = section.get("interval", 2.0)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0.05 <= interval <= 3600:
+        raise ConfigError(f"{path}: [telemetry] interval must be between 0.05 and 3600 seconds")
+    headers = section.get("headers_env", {})
+    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise ConfigError(f"{path}: [telemetry] headers_env maps header names to environment variable NAMES")
+    return section
+
+
 def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
     """Build the config: defaults -> config files (user's, then home's) -> environment -> overrides."""
     layout = layout_for(home)
@@ -162,14 +184,15 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     models: dict[str, dict[str, Any]] = {}
     prices: dict[str, dict[str, float]] = {}
     mcp_servers: dict[str, dict[str, Any]] = {}
+    telemetry: dict[str, Any] = {}
     for path in config_files(layout):
         if not path.exists():
             continue
         data = _read_toml(path)
-        unknown_sections = set(data) - {"daemon", "models", "prices", "mcp"}
+        unknown_sections = set(data) - {"daemon", "models", "prices", "mcp", "telemetry"}
         if unknown_sections:
             raise ConfigError(f"{path}: unknown sections {sorted(unknown_sections)} "
-                              "(known: daemon, models, prices, mcp)")
+                              "(known: daemon, models, prices, mcp, telemetry)")
         section = data.get("daemon", {})
         unknown = set(section) - known
         if unknown:
@@ -178,9 +201,11 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         models.update(_check_models(path, data.get("models", {})))
         prices.update(_check_prices(path, data.get("prices", {})))
         mcp_servers.update(_check_mcp(path, data.get("mcp", {})))
+        telemetry.update(_check_telemetry(path, data.get("telemetry", {})))
     values.setdefault("models", models)
     values.setdefault("prices", prices)
     values.setdefault("mcp_servers", mcp_servers)
+    values.setdefault("telemetry", telemetry)
     for env, key in _ENV.items():
         if os.environ.get(env):
             values[key] = os.environ[env]

@@ -175,6 +175,7 @@ class Daemon:
                                      cfg.term_grace)
         for row in self.store.live_sessions():
             self.supervisor.adopt(row)
+        self.telemetry = _start_telemetry(cfg, engine, layout.home)
         self.retention = Retention(layout.sessions_dir, engine, self.delete_sessions,
                                    older_than=cfg.retention_seconds, statuses=cfg.retention_statuses)
         self.retention.sweep(lambda sid: self.store.session(sid) is not None)
@@ -240,6 +241,9 @@ class Daemon:
                 pass
             self.monitor.stop()
             self.monitor.join(5)
+            if self.telemetry is not None:
+                self.telemetry.stop()
+                self.telemetry.join(15)
             try:  # never block here: a dead ingest thread no longer reads its queue
                 self._to_ingest.send_pyobj(("stop",), zmq.NOBLOCK)
             except zmq.ZMQError:
@@ -338,3 +342,18 @@ class Daemon:
                 self.log.error("ingest failed", error=note[1])
             else:
                 self.supervisor.on_note(note)
+
+
+def _start_telemetry(cfg: Config, engine: Any, home: Path) -> Any:
+    """The OTLP exporter thread, when ``[telemetry] otlp_endpoint`` is set (None otherwise)."""
+    tel = cfg.telemetry
+    if not tel.get("otlp_endpoint"):
+        return None
+    from labd.daemon.otel_export import OtelExporter
+
+    headers = {h: os.environ.get(var, "") for h, var in (tel.get("headers_env") or {}).items()}
+    exporter = OtelExporter(engine, tel["otlp_endpoint"], home / "otel-export.json",
+                            service_name=str(tel.get("service_name") or "labd"),
+                            interval=float(tel.get("interval", 2.0)), headers=headers or None)
+    exporter.start()
+    return exporter
