@@ -324,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("mcp", help="serve MCP over stdio (for Claude Desktop, Cursor, VS Code ...)")
 
+    s = sub.add_parser("ui", help="the web dashboard on 127.0.0.1 (prints its URL with a token)")
+    s.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    s.add_argument("--open", action="store_true", help="open it in the browser")
+
     s = sub.add_parser("serve", help="run the daemon in the foreground")
     s.add_argument("--db", help="database URL (default: SQLite in the home; postgresql://... for PostgreSQL)")
     s.add_argument("--log-format", choices=["auto", "json", "console"], help="log format (default auto)")
@@ -424,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "serve":
             return cmd_serve(args)
+        if args.cmd == "ui":
+            from labd.frontends import ui
+
+            return ui.run(args.home, port=args.port, open_browser=args.open)
         if args.cmd == "mcp":  # the SDK is imported only here: other commands stay fast
             from labd.frontends import mcp
 
