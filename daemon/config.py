@@ -33,6 +33,8 @@ class Config:
     max_message: int = 16 * 1024 * 1024
     secret_env: list[str] = field(default_factory=list)  # extra env var names withheld from sessions
     preload: list[str] = field(default_factory=list)  # extra modules the template imports
+    #: also serve clients on TCP (always CurveZMQ): "tcp://HOST:PORT" (control; events on PORT+1)
+    listen: str | None = None
     #: automatic retention: delete sessions that ended longer ago than this ("30d"); None keeps everything
     retention: str | None = None
     #: ... and only sessions in these terminal statuses (default: all of them)
@@ -224,6 +226,13 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
             raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
     if isinstance(cfg.max_message, bool) or not isinstance(cfg.max_message, int) or cfg.max_message < 4096:
         raise ConfigError(f"max_message must be an integer of at least 4096 bytes, not {cfg.max_message!r}")
+    if cfg.listen is not None:
+        from labd.daemon.gateway import ListenError, check_listen
+
+        try:
+            check_listen(str(cfg.listen))
+        except ListenError as exc:
+            raise ConfigError(str(exc)) from None
     if cfg.retention is not None:
         if not isinstance(cfg.retention, str):
             raise ConfigError(f"retention must be a duration like \"30d\", not {cfg.retention!r}")

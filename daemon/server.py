@@ -151,6 +151,7 @@ class Daemon:
         self.info = ConnectionInfo(control=layout.endpoint("control"), events=layout.endpoint("events"),
                                    runners=layout.endpoint("runners"), key=key, pid=os.getpid(),
                                    home=str(layout.home))
+        self.gateway = _start_gateway(cfg, self.info)  # first: a bad --listen stops us before anything runs
         z = zmq.Context()
         notes = z.socket(zmq.PULL)
         notes.bind(INGEST_NOTIFY)
@@ -241,6 +242,9 @@ class Daemon:
                 pass
             self.monitor.stop()
             self.monitor.join(5)
+            if self.gateway is not None:
+                self.gateway.stop()
+                self.gateway.join(5)
             if self.telemetry is not None:
                 self.telemetry.stop()
                 self.telemetry.join(15)
@@ -357,3 +361,21 @@ def _start_telemetry(cfg: Config, engine: Any, home: Path) -> Any:
                             interval=float(tel.get("interval", 2.0)), headers=headers or None)
     exporter.start()
     return exporter
+
+
+def _start_gateway(cfg: Config, info: ConnectionInfo) -> Any:
+    """The TCP (CurveZMQ) gateway when ``listen`` is set; raises if it cannot listen."""
+    if not cfg.listen:
+        return None
+    from labd.daemon.gateway import Gateway
+
+    gw = Gateway(cfg.home, cfg.listen, info.control, info.events, cfg.max_message)
+    gw.start()
+    gw.ready.wait(10)
+    if gw.error is not None:
+        raise GatewayError(f"cannot listen on {cfg.listen}: {gw.error}")
+    return gw
+
+
+class GatewayError(Exception):
+    """``--listen`` could not be served (address in use, bad host)."""

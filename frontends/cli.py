@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from labd.daemon.config import ConfigError
-from labd.frontends import retention_cmd
+from labd.frontends import remote_cmd, retention_cmd
 from labd.ipc.client import Client, LabdError
 
 __all__ = ["main"]
@@ -97,14 +97,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from labd.daemon import logsetup
     from labd.daemon.config import load_config
-    from labd.daemon.server import AlreadyRunning, Daemon
+    from labd.daemon.server import AlreadyRunning, Daemon, GatewayError
 
-    cfg = load_config(args.home, db_url=args.db, log_format=args.log_format, log_level=args.log_level)
+    cfg = load_config(args.home, db_url=args.db, log_format=args.log_format, log_level=args.log_level,
+                      listen=args.listen)
     logsetup.configure(cfg.log_format, cfg.log_level)
     daemon = Daemon(cfg)
     try:
         daemon.serve()
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, GatewayError) as exc:
         print(f"labd: {exc}", file=sys.stderr)
         return 2
     except sqlalchemy.exc.SQLAlchemyError as exc:
@@ -320,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and keep a complete record of everything they do.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--home", help="labd home (data, database, sockets); default $LABD_HOME or the XDG data dir")
+    p.add_argument("--connect", metavar="FILE", help="a daemon on another machine: a connection file from "
+                   "`labd remote add` (or $LABD_CONNECTION_FILE)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     sub.add_parser("mcp", help="serve MCP over stdio (for Claude Desktop, Cursor, VS Code ...)")
@@ -332,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--db", help="database URL (default: SQLite in the home; postgresql://... for PostgreSQL)")
     s.add_argument("--log-format", choices=["auto", "json", "console"], help="log format (default auto)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--listen", metavar="tcp://HOST:PORT",
+                   help="also serve clients on TCP, encrypted and authenticated with CurveZMQ (events on PORT+1)")
 
     s = sub.add_parser("run", help="start a session (prints its id)")
     s.add_argument("workflow", help="a built-in (see `labd workflows`) or package.module:function")
@@ -371,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait until it has ended")
 
     COMMANDS.update(retention_cmd.register(sub))
+    COMMANDS.update(remote_cmd.register(sub))
 
     s = sub.add_parser("kill", help="kill a session's process tree now (SIGKILL)")
     s.add_argument("session")
@@ -436,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             from labd.frontends import mcp
 
             return mcp.run(args.home)
-        with Client(args.home) as c:
+        with Client(args.home, connection_file=args.connect) as c:
             return COMMANDS[args.cmd](args, c)
     except LabdError as exc:
         print(f"labd: {exc.message} [{exc.code}]", file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -45,18 +46,31 @@ def event_from_wire(item: list[Any]) -> dict[str, Any]:
 class Client:
     """A connection to the daemon serving ``home`` (default: ``$LABD_HOME`` or the XDG data dir)."""
 
-    def __init__(self, home: str | os.PathLike[str] | None = None, *, timeout: float = 15.0) -> None:
+    def __init__(self, home: str | os.PathLike[str] | None = None, *, timeout: float = 15.0,
+                 connection_file: str | os.PathLike[str] | None = None) -> None:
+        """``connection_file`` (or ``$LABD_CONNECTION_FILE``): a file from ``labd remote add`` for a daemon on
+        another machine, reached over TCP with CurveZMQ; otherwise the local daemon of ``home``."""
         self.layout = layout_for(home)
         self.timeout = timeout
+        remote = connection_file or os.environ.get("LABD_CONNECTION_FILE") or None
         try:
-            self.info: ConnectionInfo = read_connection_file(self.layout)
+            self.info: ConnectionInfo = read_connection_file(self.layout, Path(remote) if remote else None)
         except ConnectionFileError as exc:
             raise LabdError("no_daemon", str(exc)) from None
         self._codec = Codec(self.info.key_bytes)
         self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock = self._socket(zmq.DEALER)
         self._sock.connect(self.info.control)
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        """A socket to the daemon: CurveZMQ-encrypted when the connection file carries keys (TCP)."""
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.info.server_public:
+            sock.curve_serverkey = self.info.server_public.encode()
+            sock.curve_publickey = (self.info.client_public or "").encode()
+            sock.curve_secretkey = (self.info.client_secret or "").encode()
+        return sock
 
     def close(self) -> None:
         self._sock.close(0)
@@ -221,8 +235,7 @@ class Client:
         ``session.ended`` when ``until_end``; raises :class:`LabdError` ``timeout`` after ``timeout`` s.
         """
         sid = self.session(ref)["id"]
-        sub = self._ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
+        sub = self._socket(zmq.SUB)
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.setsockopt(zmq.SUBSCRIBE, f"session.{sid}".encode())
         sub.connect(self.info.events)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from labd.ipc.paths import Layout
 
@@ -30,6 +31,10 @@ class ConnectionInfo:
     key: str  # hex
     pid: int
     home: str
+    #: set for TCP clients (a file from `labd remote add`): CurveZMQ keys, Z85 text
+    server_public: str | None = None
+    client_public: str | None = None
+    client_secret: str | None = None
 
     @property
     def key_bytes(self) -> bytes:
@@ -50,8 +55,9 @@ def write_connection_file(layout: Layout, pid: int, key: str) -> ConnectionInfo:
     return info
 
 
-def read_connection_file(layout: Layout) -> ConnectionInfo:
-    path = layout.connection_file
+def read_connection_file(layout: Layout, path: Path | None = None) -> ConnectionInfo:
+    """The daemon's connection file (or ``path``: one written by ``labd remote add``); it must be private."""
+    path = path or layout.connection_file
     try:
         st = path.stat()
         if st.st_uid != os.getuid() or st.st_mode & 0o077:
