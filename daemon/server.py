@@ -22,6 +22,7 @@ import zmq
 from labd.daemon.api import ApiError, registry
 from labd.daemon.api.base import DEFERRED
 from labd.daemon.config import Config
+from labd.daemon.indexer import Indexer
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
 from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.monitor import Monitor
@@ -177,6 +178,8 @@ class Daemon:
         for row in self.store.live_sessions():
             self.supervisor.adopt(row)
         self.telemetry = _start_telemetry(cfg, engine, layout.home)
+        self.indexer = Indexer(layout.home, engine)
+        self.indexer.start()
         self.retention = Retention(layout.sessions_dir, engine, self.delete_sessions,
                                    older_than=cfg.retention_seconds, statuses=cfg.retention_statuses)
         self.retention.sweep(lambda sid: self.store.session(sid) is not None)
@@ -245,6 +248,8 @@ class Daemon:
             if self.gateway is not None:
                 self.gateway.stop()
                 self.gateway.join(5)
+            self.indexer.stop()
+            self.indexer.join(10)
             if self.telemetry is not None:
                 self.telemetry.stop()
                 self.telemetry.join(15)
@@ -338,6 +343,7 @@ class Daemon:
             elif note[0] == "deleted":
                 _, reply_to, sids, counts = note
                 self.retention.remove_dirs(sids)
+                self.indexer.index.forget(sids)
                 if reply_to is not None:
                     formatter = self._deferred.pop(reply_to[1], None)
                     self._reply(control, reply_to[0], reply_to[1],

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from labd.daemon.config import ConfigError
-from labd.frontends import remote_cmd, retention_cmd
+from labd.frontends import remote_cmd, retention_cmd, search_cmd
 from labd.ipc.client import Client, LabdError
 
 __all__ = ["main"]
@@ -377,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     COMMANDS.update(retention_cmd.register(sub))
     COMMANDS.update(remote_cmd.register(sub))
+    COMMANDS.update(search_cmd.register(sub))
 
     s = sub.add_parser("kill", help="kill a session's process tree now (SIGKILL)")
     s.add_argument("session")

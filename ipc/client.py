@@ -155,6 +155,15 @@ class Client:
             body["status"] = status
         return self.request("session.prune", **body)  # type: ignore[no-any-return]
 
+    def search(self, query: str, *, types: list[str] | None = None, status: list[str] | None = None,
+               workflow: str | None = None, since: str | float | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Full-text search over sessions, steps, agent messages, code, files and results (best first)."""
+        body: dict[str, Any] = {"query": query, "limit": limit}
+        for k, v in {"types": types, "status": status, "workflow": workflow, "since": since}.items():
+            if v is not None:
+                body[k] = v
+        return self.request("search", **body)["hits"]  # type: ignore[no-any-return]
+
     def kill(self, ref: str) -> dict[str, Any]:
         return self.request("session.kill", session=ref)  # type: ignore[no-any-return]
 
