@@ -125,12 +125,12 @@ def find_unpicklable(obj: Any, path: str, depth: int = 0) -> tuple[str, Any, Exc
         return path, obj, exc
 
 
-def describe_unpicklable(obj: Any, path: str, *, verb: str = "cannot be sent to a session") -> tuple[str, str]:
-    """``(message, type name)`` for something that does not pickle, naming the innermost culprit's path."""
+def describe_unpicklable(obj: Any, path: str, *, verb: str = "cannot be sent to a session") -> tuple[str, str, str]:
+    """``(message, path, type name)`` for something that does not pickle, naming the innermost culprit."""
     found = find_unpicklable(obj, path)
     where, culprit, exc = found if found is not None else (path, obj, Exception("unknown error"))
     type_name = type(culprit).__name__
-    return f"{where}: a {type_name} object {verb} ({type(exc).__name__}: {exc})", type_name
+    return f"{where}: a {type_name} object {verb} ({type(exc).__name__}: {exc})", where, type_name
 
 
 def _client_path() -> list[str]:
@@ -159,9 +159,8 @@ def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
         parts += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
         for path, part in parts:
             if find_unpicklable(part, path) is not None:
-                message, type_name = describe_unpicklable(part, path)
-                raise LabdError("not_serializable", message, {"path": message.split(": a ", 1)[0],
-                                                              "type": type_name}) from None
+                message, where, type_name = describe_unpicklable(part, path)
+                raise LabdError("not_serializable", message, {"path": where, "type": type_name}) from None
         raise
     if len(data) > MAX_PAYLOAD:
         raise LabdError("payload_too_large",

@@ -79,7 +79,7 @@ def _encode(value: Any) -> dict[str, Any]:
     try:
         data = dumps(value)
     except Exception:  # noqa: BLE001 - say which part of the value does not pickle
-        message, _ = describe_unpicklable(value, "the return value", verb="cannot be sent back from a session")
+        message, _, _ = describe_unpicklable(value, "the return value", verb="cannot be sent back from a session")
         raise ResultNotSerializable(f"{message}; return plain data, or write it to a file in the session's "
                                     "work directory") from None
     if len(data) > MAX_RESULT:

@@ -76,6 +76,8 @@ def test_lambda_with_args_and_kwargs(client) -> None:
     sid = client.submit(lambda x, y=1: x * y, 6, y=7)
     assert client.result(sid, timeout=60) == 42
     assert client.session(sid)["name"].startswith("lambda-")
+    # result() works for any workflow: a JSON result comes back as it is
+    assert client.result(client.start("demo.count", params={"n": 1, "delay": 0}), timeout=60) == 1
 
 
 def test_function_defined_in_main_of_a_script(daemon, tmp_path: Path) -> None:
@@ -229,12 +231,16 @@ def test_executor_map_runs_at_most_max_workers_sessions_at_once_in_order(daemon)
 
 
 def test_cancelling_a_future_stops_its_session(daemon) -> None:
-    """Cancelling a running future stops its session (status cancelled); a queued one never starts a session."""
+    """Cancelling a running future stops its session (status cancelled); a queued one never starts a session;
+    result() with a timeout gives up with `timeout` while the session runs."""
     with daemon.client() as c, labd.Executor(max_workers=1, home=daemon.home, stop_grace=1.0) as ex:
         running = ex.submit(time.sleep, 600)
         queued = ex.submit(time.sleep, 600)
         sid = wait_until(lambda: running.session, timeout=60, what="session started")
         wait_until(lambda: c.session(sid)["status"] == "running", timeout=60, what="session running")
+        with pytest.raises(LabdError) as info:
+            c.result(sid, timeout=0.5)
+        assert info.value.code == "timeout"
         assert running.cancel() and running.cancelled() and running.done()
         assert queued.cancel()
         row = wait_until(lambda: (r := c.session(sid))["ended_at"] and r, timeout=60, what="session ended")
