@@ -158,6 +158,23 @@ def test_custom_class_instance_returned(client) -> None:
     assert type(pair).__name__ == "Pair" and pair.first() == "a" and pair.items == ("a", 1)
 
 
+def hog_memory(mb: int) -> None:
+    blocks = [b"x" * (mb << 20)]  # bytes are written, so the pages count in RSS
+    time.sleep(600)
+    print(len(blocks))
+
+
+def test_limits_apply_and_a_killed_function_raises_remote_error(client) -> None:
+    """A submitted function is held to its session's limits: over its memory limit it is killed, and result()
+    raises RemoteError saying how the session ended."""
+    sid = client.submit(hog_memory, 400, memory="150M", timeout="120s")
+    with pytest.raises(labd.RemoteError) as info:
+        client.result(sid, timeout=90)
+    err = info.value
+    assert err.status == "failed" and err.type_name == "SessionEnded" and "killed: memory" in err.message
+    assert client.session(sid)["limits"]["memory"] == 150 * 2**20
+
+
 def test_unserializable_return_value_is_reported_as_such(client) -> None:
     """A return value that cannot be pickled fails the session with an error that says so and names the part."""
     sid = client.submit(lambda: {"ok": 1, "gen": (i for i in range(3))})
