@@ -219,6 +219,9 @@ def remote_error(session: dict[str, Any], finished: dict[str, Any] | None, error
     if finished is not None and finished.get("error") and status != "cancelled":
         type_name, _, message = str(finished["error"]).partition(": ")
         return RemoteError(type_name, message, str(finished.get("traceback") or ""), session=sid, status=status)
+    if status == "completed":  # e.g. a result event over the daemon's max_message, replaced by event.truncated
+        return RemoteError("ResultMissing", f"session {sid} completed but its result is not in the record (was it "
+                           "larger than the daemon's max_message?)", session=sid, status=status)
     reason = session.get("reason") or session.get("outcome_error") or status
     return RemoteError("Cancelled" if status == "cancelled" else "SessionEnded",
                        f"session {sid} ended {status}: {reason}", session=sid, status=status)

@@ -10,7 +10,7 @@ from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.config import ConfigError, parse_duration, parse_percent, parse_size
 from labd.daemon.monitor import Limits
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
-from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT, check_params
+from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT, MAX_RESULT, check_params
 
 __all__ = ["resolve_session"]
 
@@ -113,7 +113,9 @@ class Start(Request):
         if payload is not None:
             created["payload"] = payload
         d.post_event(sid, "session.created", created, reply_to=self.reply_to)
-        run_params = params if payload is None else {**params, "payload": payload}
+        # the value sent back must fit one event (base64 grows it by 4/3; headroom for the envelope)
+        max_result = max(0, min(MAX_RESULT, (d.cfg.max_message - 2048) * 3 // 4))
+        run_params = params if payload is None else {**params, "payload": payload, "max_result": max_result}
         spec = {"session_id": sid, "workflow": workflow, "params": run_params, "workdir": str(workdir),
                 "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
                 "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,

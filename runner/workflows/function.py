@@ -38,17 +38,17 @@ class ResultTooLarge(ValueError):
 
 
 def call(ctx: Context, payload: str = "", sha256: str = "", size: int = 0, function: str = "",
-         path: list[str] | None = None, cwd: str = "") -> dict[str, Any]:
+         path: list[str] | None = None, cwd: str = "", max_result: int = MAX_RESULT) -> dict[str, Any]:
     """Run a Python function sent by ``Client.submit`` (not for the command line: it needs the pickled call)."""
     try:
         fn, args, kwargs = _load(payload, sha256, path or [])
         with ctx.step(_step_name(function, fn)):
             value = fn(*args, **kwargs)
-        return _encode(value)
+        return _encode(value, max_result)
     except Cancelled:
         raise
     except BaseException as exc:  # noqa: BLE001 - recorded for Client.result, then the session fails with it
-        _record(ctx, exc)
+        _record(ctx, exc, max_result // 2)
         raise
 
 
@@ -75,15 +75,15 @@ def _step_name(function: str, fn: Any) -> str:
     return (name or "call")[:200]
 
 
-def _encode(value: Any) -> dict[str, Any]:
+def _encode(value: Any, limit: int) -> dict[str, Any]:
     try:
         data = dumps(value)
     except Exception:  # noqa: BLE001 - say which part of the value does not pickle
         message, _, _ = describe_unpicklable(value, "the return value", verb="cannot be sent back from a session")
         raise ResultNotSerializable(f"{message}; return plain data, or write it to a file in the session's "
                                     "work directory") from None
-    if len(data) > MAX_RESULT:
-        raise ResultTooLarge(f"the return value pickles to {len(data):,} bytes, more than the {MAX_RESULT:,} a "
+    if len(data) > limit:
+        raise ResultTooLarge(f"the return value pickles to {len(data):,} bytes, more than the {limit:,} a "
                              "session may send back: write large results to files in the session's work "
                              "directory (labd.context().workdir) and read them from there")
     kind = type(value)
@@ -95,7 +95,7 @@ def _encode(value: Any) -> dict[str, Any]:
             "repr": shown, "size": len(data)}
 
 
-def _record(ctx: Context, exc: BaseException) -> None:
+def _record(ctx: Context, exc: BaseException, limit: int) -> None:
     """Record the exception (type, message, traceback without our own frames, and its pickle if it has one)."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
@@ -104,7 +104,7 @@ def _record(ctx: Context, exc: BaseException) -> None:
     pickled: str | None = None
     try:
         data = dumps(exc)
-        if len(data) <= 1024 * 1024:
+        if len(data) <= min(limit, 1024 * 1024):
             pickled = base64.b64encode(data).decode("ascii")
     except Exception:  # noqa: BLE001 - the text is enough
         pickled = None

@@ -296,3 +296,14 @@ def test_context_outside_a_session_is_a_clear_error(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr("labd.runner.context._current", None)  # unit tests in this process may have made one
     with pytest.raises(RuntimeError, match="only available inside a labd session"):
         labd.context()
+
+
+def test_result_too_large_for_the_daemons_messages_is_reported(small_daemon) -> None:
+    """A return value too large for one event under the daemon's max_message (64 KiB here) fails the session with
+    ResultTooLarge, which says to use files, instead of vanishing with the event; a smaller one still comes back."""
+    with small_daemon.client() as c:
+        sid = c.submit(lambda: b"x" * (200 * 1024))
+        with pytest.raises(labd.RemoteError) as info:
+            c.result(sid, timeout=60)
+        assert info.value.type_name.endswith("ResultTooLarge") and "files" in info.value.message
+        assert c.result(c.submit(lambda: b"y" * 30_000), timeout=60) == b"y" * 30_000
