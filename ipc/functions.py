@@ -71,11 +71,44 @@ class FunctionCall:
     size: int
 
 
+_pickler: Any = None
+
+
+def _pickler_class() -> Any:
+    """dill's Pickler, except that every module but ``__main__`` is pickled by reference.
+
+    dill pickles a module that lives outside ``sys.prefix`` (the user's own project, an editable install) by
+    value: its whole ``__dict__``, which fails on anything unpicklable in it and would overwrite the module's
+    state in the runner. A module a function uses must be imported there instead (through the sent sys.path).
+    """
+    global _pickler
+    if _pickler is None:
+        import importlib
+        import types
+
+        import dill  # imported on use: the daemon and plain clients never need it
+
+        def save_module(pickler: Any, obj: types.ModuleType) -> None:
+            if obj.__name__ == "__main__":
+                dill.Pickler.dispatch[types.ModuleType](pickler, obj)
+            else:
+                pickler.save_reduce(importlib.import_module, (obj.__name__,), obj=obj)
+
+        class Pickler(dill.Pickler):  # type: ignore[misc]
+            dispatch = type(dill.Pickler.dispatch)(dill.Pickler.dispatch)  # keeps its metaclass fallback
+
+        Pickler.dispatch[types.ModuleType] = save_module
+        _pickler = Pickler
+    return _pickler
+
+
 def dumps(obj: Any) -> bytes:
     """Pickle with dill; ``recurse`` pickles a ``__main__`` function with the globals it uses, not all of them."""
-    import dill  # imported on use: the daemon and plain clients never need it
+    import io
 
-    return dill.dumps(obj, recurse=True)  # type: ignore[no-any-return]
+    buf = io.BytesIO()
+    _pickler_class()(buf, recurse=True).dump(obj)
+    return buf.getvalue()
 
 
 def loads(data: bytes) -> Any:

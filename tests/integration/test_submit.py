@@ -82,8 +82,10 @@ def test_lambda_with_args_and_kwargs(client) -> None:
 
 def test_function_defined_in_main_of_a_script(daemon, tmp_path: Path) -> None:
     """Functions and a class defined in a script's __main__ (using its globals and a helper) travel by value;
-    a function of a module beside the script travels by reference and is found through the sent sys.path."""
-    (tmp_path / "scriptmod_helpers.py").write_text("def cube(x):\n    return x ** 3\n")
+    a module beside the script, used by them or whose function is sent, travels by reference (not its state) and
+    is found through the sent sys.path."""
+    # a module of the user's own (outside sys.prefix) holding something unpicklable: it must travel by reference
+    (tmp_path / "scriptmod_helpers.py").write_text("STATE = (i for i in range(3))\n\ndef cube(x):\n    return x ** 3\n")
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent("""
         import json, sys
@@ -102,7 +104,7 @@ def test_function_defined_in_main_of_a_script(daemon, tmp_path: Path) -> None:
             return x * FACTOR
 
         def work(n):
-            return Box(helper(n))
+            return Box(helper(n) + scriptmod_helpers.cube(0))
 
         if __name__ == "__main__":
             with labd.Client() as c:
