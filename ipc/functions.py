@@ -45,6 +45,10 @@ _PARAMS = {"function": str, "path": list, "cwd": str}
 class RemoteError(Exception):
     """A submitted function (or its session) failed: the remote exception's type name, message and traceback.
 
+    ``type_name`` is the remote exception's (``ValueError``; ``module.qualname`` for others), or, when the session
+    ended without one: ``Cancelled`` (stopped), ``SessionEnded`` (killed by a limit or a signal, lost) or
+    ``ResultMissing`` (completed, but its result is not in the record).
+
     ``exception`` is the remote exception object itself when it could be unpickled here (else ``None``);
     ``status`` is the session's final status (``failed``, ``cancelled``, ``lost``).
     """
