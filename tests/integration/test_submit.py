@@ -251,7 +251,7 @@ def test_executor_map_runs_at_most_max_workers_sessions_at_once_in_order(daemon)
 
 def test_cancelling_a_future_stops_its_session(daemon) -> None:
     """Cancelling a running future stops its session (status cancelled); a queued one never starts a session;
-    result() with a timeout gives up with `timeout` while the session runs."""
+    result() with a timeout gives up with `timeout` while the session runs, and raises Cancelled after."""
     with daemon.client() as c, labd.Executor(max_workers=1, home=daemon.home, stop_grace=1.0) as ex:
         running = ex.submit(time.sleep, 600)
         queued = ex.submit(time.sleep, 600)
@@ -264,6 +264,9 @@ def test_cancelling_a_future_stops_its_session(daemon) -> None:
         assert queued.cancel()
         row = wait_until(lambda: (r := c.session(sid))["ended_at"] and r, timeout=60, what="session ended")
         assert row["status"] == "cancelled"
+        with pytest.raises(labd.RemoteError) as err:
+            c.result(sid, timeout=30)
+        assert err.value.type_name == "Cancelled" and err.value.status == "cancelled"
     with daemon.client() as c:
         assert [r["id"] for r in c.sessions()] == [sid]
     assert queued.cancelled() and queued.session is None
