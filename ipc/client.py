@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from labd.ipc.connection import ConnectionFileError, ConnectionInfo, read_connection_file
+from labd.ipc.events import TERMINAL_STATUSES
 from labd.ipc.paths import layout_for
 from labd.ipc.wire import Codec, WireError
+
+if TYPE_CHECKING:
+    from labd.ipc.functions import FunctionCall
 
 __all__ = ["Client", "LabdError", "event_from_wire"]
 
@@ -127,6 +131,60 @@ class Client:
         if name:
             body["name"] = name
         return self.request("session.start", **body)["session"]  # type: ignore[no-any-return]
+
+    # ---- Python functions as sessions (see labd.ipc.functions) -------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any, name: str | None = None, memory: str | int | None = None,
+               cpu: str | float | None = None, timeout: str | float | None = None, budget: float | None = None,
+               budget_action: str | None = None, **kwargs: Any) -> str:
+        """Start a session that runs ``fn(*args, **kwargs)`` (runs your code as you); returns its id.
+
+        ``fn`` and its arguments are pickled here with dill (closures, lambdas, ``__main__`` and notebook
+        code included); a part that does not pickle raises :class:`LabdError` ``not_serializable`` naming it,
+        a pickle over 1 MiB ``payload_too_large``. The keywords of this method (``name``, limits) are not
+        passed on to ``fn``: bind those with ``functools.partial``. Get the value with :meth:`result`.
+        """
+        from labd.ipc.functions import encode_call
+
+        return self.start_function(encode_call(fn, args, kwargs), name=name, memory=memory, cpu=cpu,
+                                   timeout=timeout, budget=budget, budget_action=budget_action)
+
+    def start_function(self, call: FunctionCall, *, name: str | None = None, memory: str | int | None = None,
+                       cpu: str | float | None = None, timeout: str | float | None = None,
+                       budget: float | None = None, budget_action: str | None = None) -> str:
+        """Start a session for an already pickled call (:func:`labd.ipc.functions.encode_call`)."""
+        from labd.ipc.functions import FUNCTION_WORKFLOW
+
+        limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
+                                    "budget_action": budget_action}.items() if v is not None}
+        body: dict[str, Any] = {"workflow": FUNCTION_WORKFLOW, "params": call.params, "payload": call.payload,
+                                "limits": limits}
+        if name:
+            body["name"] = name
+        return self.request("session.start", **body)["session"]  # type: ignore[no-any-return]
+
+    def result(self, ref: str, timeout: float | None = None) -> Any:
+        """Wait for a session to end and return its result: a submitted function's return value (unpickled),
+        or a workflow's JSON result. If it did not complete, raise :class:`~labd.ipc.functions.RemoteError`
+        (remote type name, message, traceback). Reads the record: works from any process, at any later time.
+        Raises :class:`LabdError` ``timeout`` after ``timeout`` seconds."""
+        from labd.ipc.functions import ERROR_EVENT, decode_result, remote_error
+
+        row = self.session(ref)
+        sid = row["id"]
+        if row["status"] not in TERMINAL_STATUSES:
+            for _ in self.follow(sid, since=row["last_seq"], timeout=timeout):
+                pass
+            row = self.session(sid)
+        found = self.events(sid, kinds=["session.finished"], limit=1)["events"]
+        finished = found[0]["payload"] if found else None
+        if row["status"] == "completed" and finished is not None:
+            return decode_result(finished.get("result"))
+        error = None
+        if finished is not None and row["status"] != "cancelled":
+            for ev in self.history(sid, kinds=["custom"]):
+                if ev["payload"].get("name") == ERROR_EVENT and isinstance(ev["payload"].get("data"), dict):
+                    error = ev["payload"]["data"]
+        raise remote_error(row, finished, error)
 
     def sessions(self, status: list[str] | None = None, limit: int = 200) -> list[dict[str, Any]]:
         body: dict[str, Any] = {"limit": limit}

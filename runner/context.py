@@ -20,13 +20,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from labd.runner.approvals import Approvals, Decision
 
-__all__ = ["Context", "Cancelled", "Node", "current_node"]
+__all__ = ["Context", "Cancelled", "Node", "current_node", "current"]
 
 Emit = Callable[..., int]
 T = TypeVar("T")
 
 #: the DAG node the calling code is inside (per thread / task, so concurrent steps attribute correctly)
 current_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("labd_node", default=None)
+
+
+_current: Context | None = None
 
 
 class Cancelled(BaseException):
@@ -42,6 +45,14 @@ class Node:
     def __init__(self, node_id: str, name: str) -> None:
         self.id = node_id
         self.name = name
+
+
+def current() -> Context:
+    """The running session's context (``labd.context()``), for code that was not handed ``ctx``, such as a
+    plain function sent with ``Client.submit``. A runner runs one session, so one per process is right."""
+    if _current is None:
+        raise RuntimeError("labd.context() is only available inside a labd session")
+    return _current
 
 
 class Context:
@@ -72,6 +83,8 @@ class Context:
         self.approvals: Approvals | None = None
         self._agents: Callable[[], Any] | None = None
         self._agent_factory: Any = None
+        global _current
+        _current = self  # the newest context is the session's (see current())
 
     def new_node_id(self) -> str:
         return f"n{next(self._node_ids)}"

@@ -10,6 +10,7 @@ from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.config import ConfigError, parse_duration, parse_percent, parse_size
 from labd.daemon.monitor import Limits
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
+from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT, MAX_RESULT, check_params
 
 __all__ = ["resolve_ref", "resolve_session"]
 
@@ -90,7 +91,20 @@ class Start(Request):
         name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
         limits = _limits(self.body)
         d = self.daemon
-        check = d.check_workflow(workflow, params)
+        # A function sent with Client.submit: its pickle travels in `payload`, is recorded in session.created
+        # (not in the session row, which every session.list returns) and reaches only the runner. Never unpickled here.
+        payload = self.arg("payload", str, None, check=lambda s: 0 < len(s) <= MAX_PAYLOAD_TEXT,
+                           hint=f"base64 text of a pickled call of at most {MAX_PAYLOAD} bytes")
+        if (payload is not None) != (workflow == FUNCTION_WORKFLOW):
+            raise ApiError("bad_request", f"field 'payload' goes with workflow {FUNCTION_WORKFLOW!r}, and that "
+                           "workflow needs it (use Client.submit)")
+        if payload is not None:
+            try:
+                check: dict[str, Any] = {"ok": True, "params": check_params(params, payload)}
+            except ValueError as exc:
+                raise ApiError("bad_params", str(exc)) from None
+        else:
+            check = d.check_workflow(workflow, params)
         if isinstance(limits.budget, float | int) and not math.isfinite(limits.budget):
             raise ApiError("bad_limits", "budget must be a finite amount of USD")
         if not check.get("ok"):
@@ -98,12 +112,18 @@ class Start(Request):
                            check.get("details"))
         params = check.get("params", params)
         sid = secrets.token_hex(6)
-        name = name or f"{workflow.rsplit(':', 1)[-1]}-{sid[:6]}"
+        label = workflow.rsplit(":", 1)[-1] if payload is None else str(params.get("function") or "function")
+        name = name or f"{label.rsplit('.', 1)[-1].strip('<>')[:180]}-{sid[:6]}"
         workdir = d.layout.sessions_dir / sid / "work"
-        d.post_event(sid, "session.created", {"workflow": workflow, "name": name, "params": params,
-                                              "limits": limits.to_dict(), "workdir": str(workdir)},
-                     reply_to=self.reply_to)
-        spec = {"session_id": sid, "workflow": workflow, "params": params, "workdir": str(workdir),
+        created = {"workflow": workflow, "name": name, "params": params, "limits": limits.to_dict(),
+                   "workdir": str(workdir)}
+        if payload is not None:
+            created["payload"] = payload
+        d.post_event(sid, "session.created", created, reply_to=self.reply_to)
+        # the value sent back must fit one event (base64 grows it by 4/3; headroom for the envelope)
+        max_result = max(0, min(MAX_RESULT, (d.cfg.max_message - 2048) * 3 // 4))
+        run_params = params if payload is None else {**params, "payload": payload, "max_result": max_result}
+        spec = {"session_id": sid, "workflow": workflow, "params": run_params, "workdir": str(workdir),
                 "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
                 "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
                 "mcp_servers": d.cfg.mcp_servers,
