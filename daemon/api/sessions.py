@@ -7,9 +7,10 @@ import secrets
 from typing import Any
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
-from labd.daemon.config import ConfigError, parse_duration, parse_percent, parse_size
 from labd.daemon.monitor import Limits
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
+from labd.ipc.units import UnitError, parse_duration, parse_percent, parse_size
+from labd.runner.workflows.registry import WorkflowError, canonical
 
 __all__ = ["resolve_session"]
 
@@ -51,7 +52,7 @@ def _limits(body: dict[str, Any]) -> Limits:
             timeout=parse_duration(tmo) if isinstance(tmo, str) else _positive(tmo, "timeout"),
             budget=_positive(raw.get("budget"), "budget"), budget_action=action,
         )
-    except ConfigError as exc:
+    except UnitError as exc:
         raise ApiError("bad_limits", str(exc)) from None
 
 
@@ -61,6 +62,27 @@ def _positive(value: Any, name: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise ApiError("bad_limits", f"limit {name!r} must be a positive number or a string like 512M / 50% / 1h")
     return value
+
+
+def _is_abs_path(p: Any) -> bool:
+    return isinstance(p, str) and 0 < len(p) <= 4096 and p.startswith("/") and "\0" not in p
+
+
+def where_from(req: Request) -> tuple[str, str | None, list[str]]:
+    """The request's workflow, made canonical against its ``cwd``, and the directories the runner (and the
+    inspecting child) put first on ``sys.path``: the client's ``cwd``, then its ``pythonpath``."""
+    workflow = req.arg("workflow", str, check=lambda s: 0 < len(s) <= 4096, hint="a workflow name")
+    cwd = req.arg("cwd", str, None, check=_is_abs_path, hint="an absolute directory path")
+    pythonpath = req.arg("pythonpath", list, [], check=lambda ps: len(ps) <= 100 and all(map(_is_abs_path, ps)),
+                         hint="a list of up to 100 absolute directory paths")
+    try:
+        workflow = canonical(workflow, cwd)
+    except WorkflowError as exc:
+        raise ApiError(exc.code, exc.message, exc.details) from None
+    if len(workflow) > 300:  # the sessions table's column
+        raise ApiError("bad_request", f"workflow name or path too long ({len(workflow)} > 300 characters)")
+    path = ([cwd] if cwd else []) + [p for p in pythonpath if p != cwd]
+    return workflow, cwd, path
 
 
 def live_view(req: Request, row: dict[str, Any]) -> dict[str, Any]:
@@ -78,12 +100,12 @@ class Start(Request):
     type = "session.start"
 
     def execute(self) -> Any:
-        workflow = self.arg("workflow", str, check=lambda s: 0 < len(s) <= 300, hint="a workflow name")
+        workflow, _cwd, path = where_from(self)
         params = self.arg("params", dict, {})
         name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
         limits = _limits(self.body)
         d = self.daemon
-        check = d.check_workflow(workflow, params)
+        check = d.check_workflow(workflow, params, path)
         if isinstance(limits.budget, float | int) and not math.isfinite(limits.budget):
             raise ApiError("bad_limits", "budget must be a finite amount of USD")
         if not check.get("ok"):
@@ -91,12 +113,13 @@ class Start(Request):
                            check.get("details"))
         params = check.get("params", params)
         sid = secrets.token_hex(6)
-        name = name or f"{workflow.rsplit(':', 1)[-1]}-{sid[:6]}"
+        name = name or f"{check.get('function') or workflow.rsplit(':', 1)[-1]}-{sid[:6]}"
         workdir = d.layout.sessions_dir / sid / "work"
         d.post_event(sid, "session.created", {"workflow": workflow, "name": name, "params": params,
                                               "limits": limits.to_dict(), "workdir": str(workdir)},
                      reply_to=self.reply_to)
-        spec = {"session_id": sid, "workflow": workflow, "params": params, "workdir": str(workdir),
+        spec = {"session_id": sid, "name": name, "workflow": workflow, "sys_path": path, "params": params,
+                "workdir": str(workdir),
                 "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
                 "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
                 "secrets": d.secrets}
@@ -106,6 +129,24 @@ class Start(Request):
             d.post_event(sid, "session.ended", {"status": "failed", "reason": f"launch failed: {exc}",
                                                 "ended_by": "launch"})
         return DEFERRED
+
+
+@register
+class InspectWorkflow(Request):
+    """What ``session.start`` would run: the resolved workflow's doc and parameters, resolved where the client stands."""
+
+    type = "workflow.inspect"
+
+    def execute(self) -> Any:
+        workflow, _cwd, path = where_from(self)
+        params = self.arg("params", dict, {})
+        check = self.daemon.check_workflow(workflow, params, path)
+        if not check.get("ok"):
+            raise ApiError(check.get("code", "bad_params"), check.get("message", "invalid workflow"),
+                           check.get("details"))
+        described = check.get("describe") or {}
+        return {"workflow": workflow, "function": check.get("function"), "doc": described.get("doc", ""),
+                "params": described.get("params", []), "bound": check.get("params", {})}
 
 
 @register
