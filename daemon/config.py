@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from labd.ipc.paths import Layout, layout_for
+
 # The unit parsers are public (the CLI and SDK parse the same strings); re-exported here for old callers.
 from labd.ipc.units import UnitError, parse_duration, parse_percent, parse_size
 

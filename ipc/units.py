@@ -49,7 +49,7 @@ _DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)\s*([a-z]*)", re.IGNORECASE)
 
 
 def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``1h30m``, ``1h 30m``, ``1.5h``, ``2d``, ``500ms`` -> seconds (a bare number is seconds)."""
+    """``90``, ``90s``, ``15m``, ``1h30m``, ``1h 30m``, ``1.5h``, ``2d``, ``500ms`` -> seconds (bare: seconds)."""
     t = text.strip().lower()
     pos, total, parts = 0, 0.0, 0
     hint = "(try 90s, 15m, 1h30m or 2d)"

@@ -133,7 +133,7 @@ class Start(Request):
 
 @register
 class InspectWorkflow(Request):
-    """What ``session.start`` would run: the resolved workflow's doc and parameters, resolved where the client stands."""
+    """What ``session.start`` would run: the workflow's doc and parameters, resolved where the client stands."""
 
     type = "workflow.inspect"
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from labd.daemon.config import Config, ConfigError, load_config
-
 
 
 @pytest.fixture(autouse=True)
