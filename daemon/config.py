@@ -11,7 +11,10 @@ from typing import Any
 
 from labd.ipc.paths import Layout, layout_for
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_size", "parse_duration", "parse_percent"]
+# The unit parsers are public (the CLI and SDK parse the same strings); re-exported here for old callers.
+from labd.ipc.units import UnitError, parse_duration, parse_percent, parse_size
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_size", "parse_duration", "parse_percent", "UnitError"]
 
 
 class ConfigError(Exception):
@@ -56,48 +59,6 @@ class Config:
     @property
     def layout(self) -> Layout:
         return layout_for(self.home)
-
-
-def parse_size(text: str) -> int:
-    """``512M``, ``2G``, ``1048576`` -> bytes."""
-    units = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
-             "G": 2**30, "GB": 2**30, "GIB": 2**30}
-    t = text.strip().upper()
-    num = t.rstrip("KMGIB")
-    unit = t[len(num):]
-    try:
-        value = float(num)
-    except ValueError:
-        raise ConfigError(f"bad size {text!r} (try 512M or 2G)") from None
-    if unit not in units or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"bad size {text!r} (try 512M or 2G)")
-    return int(value * units[unit])
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``1h``, ``2d`` -> seconds."""
-    t = text.strip().lower()
-    mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(t[-1:])
-    num = t[:-1] if mult else t
-    try:
-        value = float(num) * (mult or 1)
-    except ValueError:
-        raise ConfigError(f"bad duration {text!r} (try 90s, 15m or 1h)") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"bad duration {text!r}: must be positive")
-    return value
-
-
-def parse_percent(text: str) -> float:
-    """``50%`` or ``50`` -> 50.0 (percent of one core; 200 means two cores)."""
-    t = text.strip().rstrip("%")
-    try:
-        value = float(t)
-    except ValueError:
-        raise ConfigError(f"bad CPU limit {text!r} (try 50%)") from None
-    if not math.isfinite(value) or not 0 < value <= 100 * (os.cpu_count() or 1):
-        raise ConfigError(f"bad CPU limit {text!r}: must be between 0 and {100 * (os.cpu_count() or 1)}%")
-    return value
 
 
 _ENV = {"LABD_DB": "db_url", "LABD_LOG_FORMAT": "log_format", "LABD_LOG_LEVEL": "log_level"}

@@ -31,7 +31,7 @@ from labd.daemon.supervisor import Supervisor
 from labd.ipc.connection import ConnectionInfo, write_connection_file
 from labd.ipc.wire import Codec, WireError
 from labd.runner.session import split_secrets
-from labd.runner.workflows.registry import WorkflowError, bind_params, is_builtin, resolve
+from labd.runner.workflows.registry import WorkflowError, bind_params, describe, is_builtin, parse_target, resolve
 from labd.store.db import Checkpointer, is_sqlite, migrate, open_engine
 from labd.store.queries import Store
 from labd.store.writer import BatchWriter
@@ -100,23 +100,22 @@ class Daemon:
     def send_runner(self, sid: str, type_: str, body: dict[str, Any]) -> None:
         self._to_ingest.send_pyobj(("send", sid, type_, body))
 
-    def check_workflow(self, workflow: str, params: dict[str, Any]) -> dict[str, Any]:
+    def check_workflow(self, workflow: str, params: dict[str, Any], path: list[str] | None = None) -> dict[str, Any]:
         """Resolve a workflow and bind its params without starting anything.
 
         Built-ins are our own side-effect-free code and are checked here; user workflows are imported
-        only in a throwaway child of the template, never in the daemon.
+        only in a throwaway child of the template (with the client's ``path`` first on ``sys.path``),
+        never in the daemon.
         """
-        if is_builtin(workflow):
-            try:
-                return {"ok": True, "params": bind_params(resolve(workflow), params)}
-            except WorkflowError as exc:
-                return {"ok": False, "code": exc.code, "message": exc.message, "details": exc.details}
-        if ":" not in workflow:
-            try:
-                resolve(workflow)
-            except WorkflowError as exc:
-                return {"ok": False, "code": exc.code, "message": exc.message}
-        return self.launcher.inspect(workflow, params)
+        try:
+            if is_builtin(workflow):
+                fn = resolve(workflow)
+                return {"ok": True, "params": bind_params(fn, params), "describe": describe(fn),
+                        "function": fn.__name__}
+            parse_target(workflow)  # a malformed name is refused without forking anything
+        except WorkflowError as exc:
+            return {"ok": False, "code": exc.code, "message": exc.message, "details": exc.details}
+        return self.launcher.inspect(workflow, params, path)
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def _acquire_lock(self) -> None:

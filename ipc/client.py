@@ -119,15 +119,26 @@ class Client:
     def workflows(self) -> list[dict[str, Any]]:
         return self.request("workflows.list")["workflows"]  # type: ignore[no-any-return]
 
+    def inspect_workflow(self, workflow: str, params: dict[str, Any] | None = None, *, cwd: str | None = None,
+                         pythonpath: list[str] | None = None) -> dict[str, Any]:
+        """What :meth:`start` would run (doc, parameters, converted ``params``), resolved as :meth:`start` does."""
+        return self.request("workflow.inspect", workflow=workflow, params=params or {},  # type: ignore[no-any-return]
+                            **where(cwd, pythonpath))
+
     def start(self, workflow: str, *, name: str | None = None, params: dict[str, Any] | None = None,
               memory: str | int | None = None, cpu: str | float | None = None,
               timeout: str | float | None = None, budget: float | None = None,
-              budget_action: str | None = None) -> str:
+              budget_action: str | None = None, cwd: str | None = None,
+              pythonpath: list[str] | None = None) -> str:
         """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``);
-        ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause."""
+        ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause.
+
+        ``workflow`` (``mymod:fn``, ``./flows.py:fn``) is resolved where the caller stands: against ``cwd``
+        and ``pythonpath`` (default: this process's working directory and ``$PYTHONPATH``)."""
         limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
                                     "budget_action": budget_action}.items() if v is not None}
-        body: dict[str, Any] = {"workflow": workflow, "params": params or {}, "limits": limits}
+        body: dict[str, Any] = {"workflow": workflow, "params": params or {}, "limits": limits,
+                                **where(cwd, pythonpath)}
         if name:
             body["name"] = name
         return self.request("session.start", **body)["session"]  # type: ignore[no-any-return]
@@ -350,6 +361,17 @@ class Client:
                     yield ev
         finally:
             sub.close(0)
+
+
+def where(cwd: str | None = None, pythonpath: list[str] | None = None) -> dict[str, Any]:
+    """The ``cwd`` and ``pythonpath`` fields of a request: absolute paths, by default this process's."""
+    try:
+        base = os.path.abspath(cwd or os.getcwd())
+    except FileNotFoundError:  # our working directory was removed: resolve against labd's path only
+        return {}
+    if pythonpath is None:
+        pythonpath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"cwd": base, "pythonpath": [os.path.join(base, os.path.expanduser(p)) for p in pythonpath]}
 
 
 def _id_of(raw: bytes) -> str:

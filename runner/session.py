@@ -8,6 +8,7 @@ logging is routed to events.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -158,7 +159,12 @@ def run_session(spec: dict[str, Any]) -> int:
 
     outcome, code, extra = "completed", EXIT_COMPLETED, {}
     try:
-        fn = resolve(spec["workflow"])
+        # The client's working directory and PYTHONPATH come first, so `labd run mymod:fn` finds what
+        # `python -c "import mymod"` would find where the user typed it.
+        search = list(spec.get("sys_path") or [])
+        sys.path[:0] = search
+        importlib.invalidate_caches()
+        fn = resolve(spec["workflow"], search=search)
         kwargs = bind_params(fn, dict(ctx.params))
         result = fn(ctx, **kwargs)
         extra = {"result": result}

@@ -7,10 +7,11 @@ import secrets
 from typing import Any
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
-from labd.daemon.config import ConfigError, parse_duration, parse_percent, parse_size
 from labd.daemon.monitor import Limits
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT, MAX_RESULT, check_params
+from labd.ipc.units import UnitError, parse_duration, parse_percent, parse_size
+from labd.runner.workflows.registry import WorkflowError, canonical
 
 __all__ = ["resolve_ref", "resolve_session"]
 
@@ -59,7 +60,7 @@ def _limits(body: dict[str, Any]) -> Limits:
             timeout=parse_duration(tmo) if isinstance(tmo, str) else _positive(tmo, "timeout"),
             budget=_positive(raw.get("budget"), "budget"), budget_action=action,
         )
-    except ConfigError as exc:
+    except UnitError as exc:
         raise ApiError("bad_limits", str(exc)) from None
 
 
@@ -69,6 +70,27 @@ def _positive(value: Any, name: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise ApiError("bad_limits", f"limit {name!r} must be a positive number or a string like 512M / 50% / 1h")
     return value
+
+
+def _is_abs_path(p: Any) -> bool:
+    return isinstance(p, str) and 0 < len(p) <= 4096 and p.startswith("/") and "\0" not in p
+
+
+def where_from(req: Request) -> tuple[str, str | None, list[str]]:
+    """The request's workflow, made canonical against its ``cwd``, and the directories the runner (and the
+    inspecting child) put first on ``sys.path``: the client's ``cwd``, then its ``pythonpath``."""
+    workflow = req.arg("workflow", str, check=lambda s: 0 < len(s) <= 4096, hint="a workflow name")
+    cwd = req.arg("cwd", str, None, check=_is_abs_path, hint="an absolute directory path")
+    pythonpath = req.arg("pythonpath", list, [], check=lambda ps: len(ps) <= 100 and all(map(_is_abs_path, ps)),
+                         hint="a list of up to 100 absolute directory paths")
+    try:
+        workflow = canonical(workflow, cwd)
+    except WorkflowError as exc:
+        raise ApiError(exc.code, exc.message, exc.details) from None
+    if len(workflow) > 300:  # the sessions table's column
+        raise ApiError("bad_request", f"workflow name or path too long ({len(workflow)} > 300 characters)")
+    path = ([cwd] if cwd else []) + [p for p in pythonpath if p != cwd]
+    return workflow, cwd, path
 
 
 def live_view(req: Request, row: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +108,7 @@ class Start(Request):
     type = "session.start"
 
     def execute(self) -> Any:
-        workflow = self.arg("workflow", str, check=lambda s: 0 < len(s) <= 300, hint="a workflow name")
+        workflow, _cwd, path = where_from(self)
         params = self.arg("params", dict, {})
         name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
         limits = _limits(self.body)
@@ -104,7 +126,7 @@ class Start(Request):
             except ValueError as exc:
                 raise ApiError("bad_params", str(exc)) from None
         else:
-            check = d.check_workflow(workflow, params)
+            check = d.check_workflow(workflow, params, path)
         if isinstance(limits.budget, float | int) and not math.isfinite(limits.budget):
             raise ApiError("bad_limits", "budget must be a finite amount of USD")
         if not check.get("ok"):
@@ -112,7 +134,8 @@ class Start(Request):
                            check.get("details"))
         params = check.get("params", params)
         sid = secrets.token_hex(6)
-        label = workflow.rsplit(":", 1)[-1] if payload is None else str(params.get("function") or "function")
+        label = (check.get("function") or workflow.rsplit(":", 1)[-1]) if payload is None \
+            else str(params.get("function") or "function")
         name = name or f"{label.rsplit('.', 1)[-1].strip('<>')[:180]}-{sid[:6]}"
         workdir = d.layout.sessions_dir / sid / "work"
         created = {"workflow": workflow, "name": name, "params": params, "limits": limits.to_dict(),
@@ -123,7 +146,8 @@ class Start(Request):
         # the value sent back must fit one event (base64 grows it by 4/3; headroom for the envelope)
         max_result = max(0, min(MAX_RESULT, (d.cfg.max_message - 2048) * 3 // 4))
         run_params = params if payload is None else {**params, "payload": payload, "max_result": max_result}
-        spec = {"session_id": sid, "workflow": workflow, "params": run_params, "workdir": str(workdir),
+        spec = {"session_id": sid, "name": name, "workflow": workflow, "sys_path": path, "params": run_params,
+                "workdir": str(workdir),
                 "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
                 "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
                 "mcp_servers": d.cfg.mcp_servers,
@@ -134,6 +158,24 @@ class Start(Request):
             d.post_event(sid, "session.ended", {"status": "failed", "reason": f"launch failed: {exc}",
                                                 "ended_by": "launch"})
         return DEFERRED
+
+
+@register
+class InspectWorkflow(Request):
+    """What ``session.start`` would run: the workflow's doc and parameters, resolved where the client stands."""
+
+    type = "workflow.inspect"
+
+    def execute(self) -> Any:
+        workflow, _cwd, path = where_from(self)
+        params = self.arg("params", dict, {})
+        check = self.daemon.check_workflow(workflow, params, path)
+        if not check.get("ok"):
+            raise ApiError(check.get("code", "bad_params"), check.get("message", "invalid workflow"),
+                           check.get("details"))
+        described = check.get("describe") or {}
+        return {"workflow": workflow, "function": check.get("function"), "doc": described.get("doc", ""),
+                "params": described.get("params", []), "bound": check.get("params", {})}
 
 
 @register

@@ -8,12 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from labd.ipc.client import Client
+from labd.frontends.cli.base import Ctx, command
+
+__all__ = ["register"]
 
 
-def register(sub: Any) -> dict[str, Any]:
-    """Add the `remote` command; returns its handler by name."""
-    s = sub.add_parser("remote", help="clients on other machines (needs `labd serve --listen tcp://...`)")
+def register(sub: Any) -> None:
+    s = command(sub, "remote", cmd_remote, "clients on other machines (needs `labd serve --listen tcp://...`)")
     rsub = s.add_subparsers(dest="remote_cmd", required=True, metavar="ACTION")
     a = rsub.add_parser("add", help="authorise a new client; writes its connection file (keep it secret)")
     a.add_argument("name")
@@ -23,10 +24,10 @@ def register(sub: Any) -> dict[str, Any]:
     r = rsub.add_parser("rm", help="revoke a client's key")
     r.add_argument("name")
     s.add_argument("--json", action="store_true")
-    return {"remote": cmd_remote}
 
 
-def cmd_remote(args: argparse.Namespace, c: Client) -> int:
+def cmd_remote(args: argparse.Namespace, ctx: Ctx) -> int:
+    c = ctx.client()
     if args.remote_cmd == "add":
         body: dict[str, Any] = {"name": args.name}
         if args.host:
@@ -36,17 +37,17 @@ def cmd_remote(args: argparse.Namespace, c: Client) -> int:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(r["connection"], f, indent=2)
-        print(f"wrote {out} (mode 0600). On the other machine: labd --connect {out.name} ps")
+        ctx.out.line(f"wrote {out} (mode 0600). On the other machine: labd --connect {out.name} ps")
         return 0
     if args.remote_cmd == "list":
         r = c.request("remote.list")
         if args.json:
-            print(json.dumps(r))
+            ctx.out.json(r)
         else:
-            print(f"listening: {', '.join(r['listen']) if r['listen'] else 'no (start with --listen tcp://...)'}")
+            ctx.out.line(f"listening: {', '.join(r['listen']) if r['listen'] else 'no (start with --listen tcp://...)'}")
             for name in r["clients"]:
-                print(f"  {name}")
+                ctx.out.line(f"  {name}")
         return 0
     r = c.request("remote.remove", name=args.name)
-    print(f"revoked {r['name']}")
+    ctx.out.line(f"revoked {r['name']}")
     return 0

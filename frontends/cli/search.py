@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import datetime
 from typing import Any
 
-from labd.ipc.client import Client
+from labd.frontends.cli.base import Ctx, command
+
+__all__ = ["register"]
 
 
-def register(sub: Any) -> dict[str, Any]:
-    """Add the subcommand; returns its handler by name."""
-    s = sub.add_parser("search", help="full-text search: tasks, step names, agent messages, code, files, results")
+def register(sub: Any) -> None:
+    s = command(sub, "search", cmd_search, "full-text search: tasks, step names, agent messages, code, files, results")
     s.add_argument("query", nargs="+", help="words (all must match; prefixes match too)")
     s.add_argument("--type", help="comma-separated: session,step,message,code,file,approval,result")
     s.add_argument("--status", help="comma-separated session statuses")
@@ -20,22 +20,22 @@ def register(sub: Any) -> dict[str, Any]:
     s.add_argument("--since", help="only sessions created within this duration, e.g. 7d")
     s.add_argument("--limit", type=int, default=30)
     s.add_argument("--json", action="store_true")
-    return {"search": cmd_search}
 
 
-def cmd_search(args: argparse.Namespace, c: Client) -> int:
+def cmd_search(args: argparse.Namespace, ctx: Ctx) -> int:
+    c = ctx.client()
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     hits = c.search(" ".join(args.query), types=split(args.type), status=split(args.status), workflow=args.workflow,
                     since=args.since, limit=args.limit)
     if args.json:
-        print(json.dumps(hits))
+        ctx.out.json(hits)
         return 0
     if not hits:
-        print("no matches")
+        ctx.out.line("no matches")
         return 0
     for h in hits:
         when = datetime.fromtimestamp(h["ts"]).strftime("%Y-%m-%d %H:%M")
         where = f"{h['session_id']} {h['session_name'] or ''}".strip() + (f" {h['node_id']}" if h["node_id"] else "")
-        print(f"{when}  {h['type']:<8} {where}  [{h['session_status']}]")
-        print(f"    {h['title'][:80]}: {' '.join(h['snippet'].split())[:160]}")
+        ctx.out.line(f"{when}  {h['type']:<8} {where}  [{h['session_status']}]")
+        ctx.out.line(f"    {h['title'][:80]}: {' '.join(h['snippet'].split())[:160]}")
     return 0
