@@ -197,7 +197,10 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     if cfg.retention is not None:
         if not isinstance(cfg.retention, str):
             raise ConfigError(f"retention must be a duration like \"30d\", not {cfg.retention!r}")
-        parse_duration(cfg.retention)  # raises ConfigError with the reason
+        try:
+            parse_duration(cfg.retention)
+        except UnitError as exc:
+            raise ConfigError(f"retention: {exc}") from None
     terminal = {"completed", "failed", "cancelled", "lost"}
     if not isinstance(cfg.retention_statuses, list) or not set(cfg.retention_statuses) <= terminal \
             or not cfg.retention_statuses:

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from labd.daemon.api.base import ApiError, Request, register
-from labd.daemon.config import ConfigError, parse_duration
+from labd.ipc.units import UnitError, parse_duration
 from labd.ipc.events import STATUSES
 
 TYPES = ("session", "step", "message", "code", "file", "approval", "result")
@@ -33,7 +33,7 @@ class Search(Request):
         if status or workflow or since is not None:
             try:
                 cutoff = time.time() - parse_duration(since) if isinstance(since, str) else since
-            except ConfigError as exc:
+            except UnitError as exc:
                 raise ApiError("bad_request", str(exc)) from None
             rows = self.daemon.store.sessions(status=status, limit=100_000)
             allowed = {r["id"] for r in rows if (not workflow or r["workflow"] == workflow)
