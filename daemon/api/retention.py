@@ -13,8 +13,8 @@ from typing import Any
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.sessions import resolve_ref
-from labd.ipc.units import UnitError, parse_duration
 from labd.ipc.events import TERMINAL_STATUSES
+from labd.ipc.units import UnitError, parse_duration
 from labd.store.retention import prune_candidates
 
 MAX_IDS = 10_000

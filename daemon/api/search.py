@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 from labd.daemon.api.base import ApiError, Request, register
-from labd.ipc.units import UnitError, parse_duration
 from labd.ipc.events import STATUSES
+from labd.ipc.units import UnitError, parse_duration
 
 TYPES = ("session", "step", "message", "code", "file", "approval", "result")
 
