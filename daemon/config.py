@@ -49,6 +49,8 @@ class Config:
     #: [telemetry]: otlp_endpoint (OTLP/HTTP base URL), service_name, interval (s), headers_env
     #: ({header: NAME of the environment variable holding its value}); no endpoint = no export
     telemetry: dict[str, Any] = field(default_factory=dict)
+    #: [agents.<name>]: agent roles (system_prompt or system_prompt_file, model, code_execution, mcp, extends)
+    agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: [mcp.servers.<name>]: MCP servers agents may use (ctx.agent(..., mcp=[name]))
     mcp_servers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -120,6 +122,19 @@ def _check_mcp(path: Path, section: Any) -> dict[str, dict[str, Any]]:
     return servers
 
 
+def _check_agents(path: Path, section: Any) -> dict[str, dict[str, Any]]:
+    """``[agents.<name>]`` tables: checked now (a bad role stops the daemon at start), used per session."""
+    from labd.runner.roles import RoleError, load_roles
+
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [agents.<name>] entries must be tables")
+    try:
+        load_roles(section, None)
+    except RoleError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return section
+
+
 def _check_telemetry(path: Path, section: Any) -> dict[str, Any]:
     """``[telemetry]``: otlp_endpoint (http/https URL), service_name, interval (s), headers_env."""
     if not isinstance(section, dict):
@@ -148,14 +163,15 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     prices: dict[str, dict[str, float]] = {}
     mcp_servers: dict[str, dict[str, Any]] = {}
     telemetry: dict[str, Any] = {}
+    agents: dict[str, dict[str, Any]] = {}
     for path in config_files(layout):
         if not path.exists():
             continue
         data = _read_toml(path)
-        unknown_sections = set(data) - {"daemon", "models", "prices", "mcp", "telemetry"}
+        unknown_sections = set(data) - {"daemon", "models", "prices", "mcp", "telemetry", "agents"}
         if unknown_sections:
             raise ConfigError(f"{path}: unknown sections {sorted(unknown_sections)} "
-                              "(known: daemon, models, prices, mcp, telemetry)")
+                              "(known: daemon, models, prices, mcp, telemetry, agents)")
         section = data.get("daemon", {})
         unknown = set(section) - known
         if unknown:
@@ -165,10 +181,12 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         prices.update(_check_prices(path, data.get("prices", {})))
         mcp_servers.update(_check_mcp(path, data.get("mcp", {})))
         telemetry.update(_check_telemetry(path, data.get("telemetry", {})))
+        agents.update(_check_agents(path, data.get("agents", {})))
     values.setdefault("models", models)
     values.setdefault("prices", prices)
     values.setdefault("mcp_servers", mcp_servers)
     values.setdefault("telemetry", telemetry)
+    values.setdefault("agents", agents)
     for env, key in _ENV.items():
         if os.environ.get(env):
             values[key] = os.environ[env]

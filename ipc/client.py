@@ -129,19 +129,26 @@ class Client:
               memory: str | int | None = None, cpu: str | float | None = None,
               timeout: str | float | None = None, budget: float | None = None,
               budget_action: str | None = None, cwd: str | None = None,
-              pythonpath: list[str] | None = None) -> str:
+              pythonpath: list[str] | None = None, agents: dict[str, str] | None = None) -> str:
         """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``);
         ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause.
 
         ``workflow`` (``mymod:fn``, ``./flows.py:fn``) is resolved where the caller stands: against ``cwd``
-        and ``pythonpath`` (default: this process's working directory and ``$PYTHONPATH``)."""
+        and ``pythonpath`` (default: this process's working directory and ``$PYTHONPATH``). ``agents``
+        replaces registry roles for this session: ``{"engineer": "my_engineer"}``."""
         limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
                                     "budget_action": budget_action}.items() if v is not None}
         body: dict[str, Any] = {"workflow": workflow, "params": params or {}, "limits": limits,
                                 **where(cwd, pythonpath)}
         if name:
             body["name"] = name
+        if agents:
+            body["agents"] = agents
         return self.request("session.start", **body)["session"]  # type: ignore[no-any-return]
+
+    def agents(self) -> list[dict[str, Any]]:
+        """The agent registry: roles with system prompt, model, code execution, MCP servers and source."""
+        return self.request("agents.list")["agents"]  # type: ignore[no-any-return]
 
     # ---- Python functions as sessions (see labd.ipc.functions) -------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, name: str | None = None, memory: str | int | None = None,

@@ -131,7 +131,8 @@ def run_session(spec: dict[str, Any]) -> int:
         return AgentFactory(emit=emit, new_node_id=ctx.new_node_id, workdir=workdir,
                             models=spec.get("models") or {}, prices=spec.get("prices") or {}, secrets=secrets,
                             approvals=ctx.approvals, files=files,  # type: ignore[arg-type]
-                            mcp_servers=spec.get("mcp_servers") or {})
+                            mcp_servers=spec.get("mcp_servers") or {}, roles=spec.get("roles") or None,
+                            role_overrides=spec.get("agent_overrides") or {})
 
     ctx._agents = agents  # noqa: SLF001
 

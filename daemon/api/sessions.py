@@ -93,6 +93,24 @@ def where_from(req: Request) -> tuple[str, str | None, list[str]]:
     return workflow, cwd, path
 
 
+def _roles(req: Request) -> tuple[dict[str, Any], dict[str, str]]:
+    """The agent registry for a new session (read now: edits apply to the next session) and its
+    ``agents`` overrides ``{role asked for: role to use}``, checked against the registry."""
+    from labd.runner.roles import RoleError, load_roles
+
+    overrides = req.arg("agents", dict, {}, check=lambda a: len(a) <= 100 and all(
+        isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 100 and 0 < len(v) <= 100 for k, v in a.items()),
+        hint="an object {role: other role}")
+    try:
+        roles = load_roles(req.daemon.cfg.agents, req.daemon.layout.home / "agents")
+    except RoleError as exc:
+        raise ApiError("bad_agents", str(exc)) from None
+    unknown = sorted(v for v in overrides.values() if v not in roles)
+    if unknown:
+        raise ApiError("bad_agents", f"unknown agent roles {unknown}; known: {', '.join(sorted(roles))}")
+    return {n: r.to_dict() for n, r in roles.items()}, overrides
+
+
 def live_view(req: Request, row: dict[str, Any]) -> dict[str, Any]:
     """A session row plus live figures from the monitor (for sessions still running)."""
     out = dict(row)
@@ -113,6 +131,7 @@ class Start(Request):
         name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
         limits = _limits(self.body)
         d = self.daemon
+        roles, overrides = _roles(self)
         # A function sent with Client.submit: its pickle travels in `payload`, is recorded in session.created
         # (not in the session row, which every session.list returns) and reaches only the runner. Never unpickled here.
         payload = self.arg("payload", str, None, check=lambda s: 0 < len(s) <= MAX_PAYLOAD_TEXT,
@@ -150,7 +169,7 @@ class Start(Request):
                 "workdir": str(workdir),
                 "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
                 "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
-                "mcp_servers": d.cfg.mcp_servers,
+                "mcp_servers": d.cfg.mcp_servers, "roles": roles, "agent_overrides": overrides,
                 "secrets": d.secrets}
         try:
             d.supervisor.launch(sid, spec, limits)

@@ -106,6 +106,18 @@ def _params_text(params: list[dict[str, Any]]) -> str:
     return ", ".join(f"{p['name']}: {p['type']}" + ("" if p["required"] else f" = {p['default']!r}") for p in params)
 
 
+def cmd_agents(args: argparse.Namespace, ctx: Ctx) -> int:
+    roles = ctx.client().agents()
+    if args.json:
+        ctx.out.json(roles)
+        return 0
+    rows = [[r["name"], r["model"] or "(workflow's)", "yes" if r["code_execution"] else "",
+             ",".join(r["mcp"]), r["source"], (r["description"] or r["system_prompt"].splitlines()[-1])[:60]]
+            for r in roles]
+    ctx.out.table(["ROLE", "MODEL", "CODE", "MCP", "SOURCE", "DESCRIPTION"], rows)
+    return 0
+
+
 def cmd_workflows(args: argparse.Namespace, ctx: Ctx) -> int:
     c = ctx.client()
     if args.target:
@@ -143,6 +155,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     s = command(sub, "paths", cmd_paths, "where labd keeps things: home, runtime dir, connection file, database, logs")
     add_json(s, "an object with those paths")
+
+    s = command(sub, "agents", cmd_agents, "the agent registry: roles workflows ask for, and where each comes from")
+    add_json(s, "a JSON array of roles")
 
     s = command(sub, "workflows", cmd_workflows, "built-in workflows and their parameters (or describe one)")
     s.add_argument("target", nargs="?", help="describe this workflow (mypkg.flows:study, ./flows.py, ...)")

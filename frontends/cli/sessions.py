@@ -60,10 +60,24 @@ def limits_from(args: argparse.Namespace) -> dict[str, Any]:
     return {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": args.budget, "budget_action": args.on_budget}
 
 
+def parse_agents(items: list[str]) -> dict[str, str]:
+    """``--agent engineer=my_engineer`` (repeatable) -> ``{"engineer": "my_engineer"}``; duplicates refused."""
+    out: dict[str, str] = {}
+    for item in items:
+        role, sep, other = item.partition("=")
+        if not sep or not role.strip() or not other.strip():
+            raise CliError(f"--agent takes ROLE=OTHER_ROLE (e.g. engineer=my_engineer), not {item!r}")
+        if role.strip() in out:
+            raise CliError(f"--agent {role.strip()} given twice")
+        out[role.strip()] = other.strip()
+    return out
+
+
 def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
     limits = limits_from(args)
     c = ctx.client()
-    sid = c.start(args.workflow, name=args.name, params=parse_params(args.param), **limits)
+    sid = c.start(args.workflow, name=args.name, params=parse_params(args.param), agents=parse_agents(args.agent),
+                  **limits)
     if not args.follow:
         if args.json:
             ctx.out.json({"session": sid})
@@ -248,6 +262,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--timeout", help="wall-time limit: 90s, 15m, 1h30m")
     s.add_argument("--budget", type=float, help="LLM budget in USD for the whole session, e.g. 2.50")
     s.add_argument("--on-budget", choices=["stop", "pause"], help="what crossing the budget does (default stop)")
+    s.add_argument("--agent", action="append", default=[], metavar="ROLE=OTHER",
+                   help="use registry role OTHER wherever the workflow asks for ROLE (see `labd agents`; repeat)")
     s.add_argument("--follow", "-f", action="store_true", help="show its output and agent activity until it ends")
     s.add_argument("--raw", action="store_true", help="with -f: only the session's own output, no activity lines")
     add_json(s, '{"session": ID} instead of the bare id')
