@@ -156,7 +156,7 @@ class Daemon:
         self._to_ingest = z.socket(zmq.PUSH)
         self._to_ingest.setsockopt(zmq.SNDTIMEO, 30_000)  # a stalled ingest must not hang the main loop forever
         self._to_ingest.connect(INGEST_IN)
-        self.monitor = Monitor(z, cfg.sample_interval, cfg.record_interval)
+        self.monitor = Monitor(z, cfg.sample_interval, cfg.record_interval, cfg.limit_interval)
         self.monitor.start()
         # The template (and so every runner) starts without secrets in its environment: code a session
         # runs cannot find them in os.environ nor in /proc/<pid>/environ. Runners get them in their spec.

@@ -108,6 +108,8 @@ class Supervisor:
         sig = signal.SIGTERM if step == "sigterm" else signal.SIGKILL
         self.launcher.signal(run.pid, signal.SIGCONT)  # a throttled (stopped) group must see the signal
         self.launcher.signal(run.pid, sig)
+        self.monitor.signal_tree(run.sid, signal.SIGCONT)  # and so must its members outside the group (setsid)
+        self.monitor.signal_tree(run.sid, sig)
         run.deadline = time.monotonic() + self.term_grace
         self.log.info("stop ladder", session_id=run.sid, step=step)
 

@@ -32,24 +32,45 @@ def resolve_session(req: Request) -> dict[str, Any]:
     return found[0]
 
 
-def _limits(body: dict[str, Any]) -> Limits:
+#: below this a runner cannot even start: an idle runner's PSS is ~7-12 MiB (docs/benchmarks.md), and the
+#: channel, capture and first workflow import need headroom; a smaller --memory would kill every session
+MIN_MEMORY = 32 * 2**20
+MAX_PROCS = 1_000_000
+
+
+def _limits(body: dict[str, Any], default_procs: int | None = None) -> Limits:
     raw = body.get("limits") or {}
     if not isinstance(raw, dict):
         raise ApiError("bad_request", "field 'limits' must be an object")
-    unknown = set(raw) - {"memory", "cpu", "timeout", "budget", "budget_action"}
+    unknown = set(raw) - {"memory", "cpu", "timeout", "budget", "budget_action", "procs"}
     if unknown:
         raise ApiError("bad_request", f"unknown limits {sorted(unknown)} "
-                       "(accepted: memory, cpu, timeout, budget, budget_action)")
+                       "(accepted: memory, cpu, timeout, budget, budget_action, procs)")
     action = raw.get("budget_action") or "stop"
     if action not in ("stop", "pause"):
         raise ApiError("bad_limits", "budget_action must be stop or pause")
     try:
         mem, cpu, tmo = raw.get("memory"), raw.get("cpu"), raw.get("timeout")
+        if isinstance(mem, str) and mem.strip().isdigit():
+            raise ApiError("bad_limits", f"memory limit {mem!r} has no unit: write e.g. {mem.strip()}M or "
+                           f"{mem.strip()}G (a JSON number means bytes)")
+        memory = parse_size(mem) if isinstance(mem, str) else _positive(mem, "memory")
+        if memory is not None and memory < MIN_MEMORY:
+            raise ApiError("bad_limits", f"memory limit {int(memory)} bytes is below what a runner needs to start "
+                           f"({MIN_MEMORY // 2**20} MiB); sizes take a unit, e.g. 512M",
+                           {"min_bytes": MIN_MEMORY})
+        cpu_pct = parse_percent(str(cpu)) if cpu is not None else None
+        if cpu_pct is not None and cpu_pct < 1:
+            raise ApiError("bad_limits", f"CPU limit {cpu!r} is {cpu_pct:g} % of one core, too little to run; "
+                           "the unit is percent (50% = half a core)")
+        procs = raw.get("procs", body.get("procs", default_procs))
+        if procs is not None and (isinstance(procs, bool) or not isinstance(procs, int)
+                                  or not 1 <= procs <= MAX_PROCS):
+            raise ApiError("bad_limits", f"procs must be a whole number of processes (1-{MAX_PROCS}), not {procs!r}")
         return Limits(
-            memory=parse_size(mem) if isinstance(mem, str) else _positive(mem, "memory"),
-            cpu=parse_percent(str(cpu)) if cpu is not None else None,
+            memory=memory, cpu=cpu_pct,
             timeout=parse_duration(tmo) if isinstance(tmo, str) else _positive(tmo, "timeout"),
-            budget=_positive(raw.get("budget"), "budget"), budget_action=action,
+            budget=_positive(raw.get("budget"), "budget"), budget_action=action, procs=procs,
         )
     except ConfigError as exc:
         raise ApiError("bad_limits", str(exc)) from None
@@ -81,7 +102,7 @@ class Start(Request):
         workflow = self.arg("workflow", str, check=lambda s: 0 < len(s) <= 300, hint="a workflow name")
         params = self.arg("params", dict, {})
         name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
-        limits = _limits(self.body)
+        limits = _limits(self.body, self.daemon.cfg.procs or None)
         d = self.daemon
         check = d.check_workflow(workflow, params)
         if isinstance(limits.budget, float | int) and not math.isfinite(limits.budget):
