@@ -21,10 +21,12 @@ import zmq
 
 from labd.daemon.api import ApiError, registry
 from labd.daemon.api.base import DEFERRED
+from labd.daemon.api.sessions import requeue, session_spec
 from labd.daemon.config import Config
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
 from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.monitor import Monitor
+from labd.daemon.queue import RunQueue
 from labd.daemon.supervisor import Supervisor
 from labd.ipc.connection import ConnectionInfo, write_connection_file
 from labd.ipc.wire import Codec, WireError
@@ -165,8 +167,12 @@ class Daemon:
         self.launcher.start()
         self.supervisor = Supervisor(self.launcher, self.monitor, self.post_event, self.send_runner,
                                      cfg.term_grace)
+        total = cfg.memory_total
+        self.supervisor.queue = RunQueue(cfg.max_sessions, int(total) if total is not None else None)
+        self.supervisor.spec_for = lambda q: session_spec(self, q)
         for row in self.store.live_sessions():
             self.supervisor.adopt(row)
+        requeue(self)  # sessions queued when the last daemon stopped wait again, in their order
         for ap in self.store.approvals(status="pending", limit=100_000):
             if ap["expires_at"]:
                 self.supervisor.watch_approval(ap["session_id"], ap["id"], ap["expires_at"], ap["policy"] or "reject")

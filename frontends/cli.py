@@ -411,7 +411,7 @@ COMMANDS = {"run": cmd_run, "ps": cmd_ps, "logs": cmd_logs, "events": cmd_events
             "approvals": cmd_approvals, "approve": cmd_resolve, "reject": cmd_resolve, "modify": cmd_resolve,
             "redo": cmd_resolve, "resolve": cmd_resolve, "pause": cmd_pause, "resume": cmd_pause,
             "dag": cmd_dag, "cost": cmd_cost, "files": cmd_files, "history": cmd_history}
-LIVE = ("created", "starting", "running", "paused", "waiting_approval")
+LIVE = ("created", "queued", "starting", "running", "paused", "waiting_approval")
 
 
 def main(argv: list[str] | None = None) -> int:

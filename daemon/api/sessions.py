@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 from typing import Any
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.config import ConfigError, parse_duration, parse_percent, parse_size
 from labd.daemon.monitor import Limits
+from labd.daemon.queue import Queued
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 
-__all__ = ["resolve_session"]
+__all__ = ["resolve_session", "session_spec", "requeue"]
 
 
 def resolve_session(req: Request) -> dict[str, Any]:
@@ -89,6 +91,8 @@ def live_view(req: Request, row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     live = req.daemon.monitor.snapshot().get(row["id"])
     out["live"] = live
+    if row["status"] in ("created", "queued"):
+        out["queue_position"] = req.daemon.supervisor.queue.position(row["id"])
     seen = req.daemon.last_seen.get(row["id"])
     out["last_seen"] = seen
     return out
@@ -103,6 +107,7 @@ class Start(Request):
         params = self.arg("params", dict, {})
         name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
         limits = _limits(self.body, self.daemon.cfg.procs or None)
+        priority = self.arg("priority", int, 0, check=lambda p: -1000 <= p <= 1000, hint="an integer -1000..1000")
         d = self.daemon
         check = d.check_workflow(workflow, params)
         if isinstance(limits.budget, float | int) and not math.isfinite(limits.budget):
@@ -111,22 +116,38 @@ class Start(Request):
             raise ApiError(check.get("code", "bad_params"), check.get("message", "invalid workflow"),
                            check.get("details"))
         params = check.get("params", params)
+        queue = d.supervisor.queue
+        if queue.never_fits(limits):
+            raise ApiError("bad_limits", f"memory limit {limits.memory} bytes is more than the daemon's whole "
+                           f"memory_total ({queue.memory_total} bytes): the session could never start")
         sid = secrets.token_hex(6)
         name = name or f"{workflow.rsplit(':', 1)[-1]}-{sid[:6]}"
         workdir = d.layout.sessions_dir / sid / "work"
         d.post_event(sid, "session.created", {"workflow": workflow, "name": name, "params": params,
                                               "limits": limits.to_dict(), "workdir": str(workdir)},
                      reply_to=self.reply_to)
-        spec = {"session_id": sid, "workflow": workflow, "params": params, "workdir": str(workdir),
-                "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
-                "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
-                "secrets": d.secrets}
-        try:
-            d.supervisor.launch(sid, spec, limits)
-        except Exception as exc:  # noqa: BLE001 - reported as the session's end and to the client
-            d.post_event(sid, "session.ended", {"status": "failed", "reason": f"launch failed: {exc}",
-                                                "ended_by": "launch"})
+        d.supervisor.submit(queue.entry(sid, workflow, params, limits, str(workdir), priority, time.time()))
         return DEFERRED
+
+
+def session_spec(d: Any, q: Queued) -> dict[str, Any]:
+    """The runner's start spec for a session (built when it launches, so a queued one gets current settings)."""
+    return {"session_id": q.sid, "workflow": q.workflow, "params": q.params, "workdir": q.workdir,
+            "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
+            "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
+            "secrets": d.secrets}
+
+
+def requeue(d: Any) -> int:
+    """Put the sessions stored as ``queued`` back in the run queue, in their order; at daemon start."""
+    rows = d.store.sessions(status=["queued"], limit=100_000)
+    for row in rows:
+        queued = d.store.events(row["id"], kinds=["session.queued"], limit=1)
+        priority = int(queued[0]["payload"].get("priority") or 0) if queued else 0
+        d.supervisor.requeue(d.supervisor.queue.entry(row["id"], row["workflow"], row["params"],
+                                                      Limits.from_dict(row["limits"]), row["workdir"], priority,
+                                                      row["created_at"]))
+    return len(rows)
 
 
 @register
@@ -161,6 +182,8 @@ class Stop(Request):
         row = resolve_session(self)
         grace = self.arg("grace", (int, float), self.daemon.cfg.stop_grace, check=lambda g: 0 <= g <= 3600,
                          hint="seconds between 0 and 3600")
+        if self.daemon.supervisor.dequeue(row["id"], "client"):
+            return {"session": row["id"], "stopping": True, "grace": grace, "was_queued": True}
         if row["status"] in TERMINAL_STATUSES or not self.daemon.supervisor.stop(row["id"], "client", grace):
             raise ApiError("not_running", f"session {row['id']} is not running (status {row['status']})")
         return {"session": row["id"], "stopping": True, "grace": grace}
@@ -172,6 +195,8 @@ class Kill(Request):
 
     def execute(self) -> Any:
         row = resolve_session(self)
+        if self.daemon.supervisor.dequeue(row["id"], "client"):
+            return {"session": row["id"], "killing": True, "was_queued": True}
         if row["status"] in TERMINAL_STATUSES or not self.daemon.supervisor.kill(row["id"], "client"):
             raise ApiError("not_running", f"session {row['id']} is not running (status {row['status']})")
         return {"session": row["id"], "killing": True}
