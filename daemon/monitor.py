@@ -186,7 +186,7 @@ class Monitor(threading.Thread):
         self.out.connect(INGEST_IN)
         self.notes = self.zctx.socket(zmq.PUSH)
         self.notes.connect(INGEST_NOTIFY)
-        next_pass = time.monotonic()
+        next_pass = last_pass = time.monotonic()
         next_record = next_pass + self.record_interval
         try:
             while not self._halt.is_set():
@@ -195,11 +195,14 @@ class Monitor(threading.Thread):
                     buried = bool(self._buried)
                 now = time.monotonic()
                 strict = buried or any(w.limits.strict for w in watched)
-                if now >= next_pass or any(w.fresh for w in watched):
+                if any(w.fresh for w in watched):  # a new session is sampled soon, but a burst of starts
+                    next_pass = min(next_pass, last_pass + self.limit_interval)  # costs one pass per period
+                if now >= next_pass:
                     record = now >= next_record
                     if record:
                         next_record = now + self.record_interval
                     self._pass(watched, now, record)
+                    last_pass = now
                     next_pass = now + (self.limit_interval if strict else self.sample_interval)
                 else:
                     for w in watched:
