@@ -28,7 +28,7 @@ class Config:
     log_level: str = "info"
     stop_grace: float = 5.0  # cooperative stop -> SIGTERM after this many seconds
     term_grace: float = 5.0  # SIGTERM -> SIGKILL after this many seconds
-    sample_interval: float = 1.0  # process-table pass while no session has a memory/procs limit
+    sample_interval: float = 2.0  # process-table pass while no session has a memory/procs limit
     limit_interval: float = 0.1  # process-table pass while one has (memory breach -> kill bound)
     record_interval: float = 2.0  # resource.sample events
     max_message: int = 16 * 1024 * 1024

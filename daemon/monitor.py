@@ -6,7 +6,7 @@ the box, not with sessions x processes. A session's tree is its runner's descend
 escaped it (their parent died and they were re-parented outside the tree): recognised by a process key seen
 in the tree before, by the runner's process group, or by the inherited ``LABD_SESSION_ID`` marker.
 
-Periods: a pass every ``sample_interval`` (1 s) while no watched session has a memory or process-count limit,
+Periods: a pass every ``sample_interval`` (2 s) while no watched session has a memory or process-count limit,
 every ``limit_interval`` (0.1 s) while one has; a session whose memory is past half its limit is re-read
 between passes every ``NEAR_TICK_S`` (its known members only). Memory is the tree's summed PSS
 (proportional set size: a page shared by k processes counts 1/k in each, so pages shared within a tree
@@ -170,11 +170,15 @@ class Monitor(threading.Thread):
                 _kill(p, sig)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Live figures of every watched session."""
         with self._lock:
-            return {sid: {"rss": w.memory, "rss_sum": w.rss, "cpu_percent": round(w.cpu_percent, 1),
-                          "num_procs": w.num_procs, "peak_rss": w.peak_memory,
-                          "peak_cpu_percent": round(w.peak_cpu, 1), "throttled": w.stopped_until > 0}
-                    for sid, w in self._watched.items()}
+            return {sid: _figures(w) for sid, w in self._watched.items()}
+
+    def snapshot_of(self, sid: str) -> dict[str, Any] | None:
+        """Live figures of one session (None if not watched)."""
+        with self._lock:
+            w = self._watched.get(sid)
+            return _figures(w) if w is not None else None
 
     def stop(self) -> None:
         self._halt.set()
@@ -208,6 +212,7 @@ class Monitor(threading.Thread):
                     for w in watched:
                         if w.near and not w.breached:
                             self._quick(w)
+                deadline = self._timeouts(watched)
                 throttled = False
                 for w in watched:
                     if w.limits.cpu is not None:
@@ -218,6 +223,7 @@ class Monitor(threading.Thread):
                     wait = min(wait, THROTTLE_TICK_S)
                 if any(w.near for w in watched):
                     wait = min(wait, NEAR_TICK_S)
+                wait = min(wait, deadline - time.time())
                 self._wake.wait(max(0.002, wait))
                 self._wake.clear()
         finally:
@@ -227,6 +233,24 @@ class Monitor(threading.Thread):
                         self._signal_members(w, signal.SIGCONT)
             self.out.close(0)
             self.notes.close(0)
+
+    def _timeouts(self, watched: list[_Watched]) -> float:
+        """Report sessions over their wall-time limit (no process-table read needed); returns the wall-clock
+        time of the next timeout, so the loop wakes for it whatever the pass period."""
+        wall = time.time()
+        nearest = wall + 3600.0
+        for w in watched:
+            lim = w.limits.timeout
+            if lim is None or w.timeout_reported:
+                continue
+            due = w.started + lim
+            if wall > due:
+                w.timeout_reported = True
+                self.notes.send_pyobj(("limit", w.sid, {"limit": "wall time", "measured": round(wall - w.started, 2),
+                                                        "max": lim, "unit": "seconds", "action": "stop"}))
+            else:
+                nearest = min(nearest, due + 0.001)
+        return nearest
 
     def _event(self, sid: str, kind: str, payload: dict[str, Any]) -> None:
         self.out.send_pyobj(("event", sid, kind, payload, None, None))
@@ -238,7 +262,7 @@ class Monitor(threading.Thread):
         with self._lock:
             buried = list(self._buried.values())
         claimed: set[int] = set()
-        roots: dict[str, list[int]] = {}
+        extra: dict[str, list[int]] = {}  # session -> roots of its members outside the runner's tree
         alive: list[_Watched] = []
         for w in watched:
             root = procs.get(w.pid)
@@ -246,8 +270,8 @@ class Monitor(threading.Thread):
                 self._vanished(w)
                 continue
             alive.append(w)
-            roots[w.sid] = [w.pid]
-            claimed.update(p.pid for p in self.table.tree([w.pid]))
+            w.members = self.table.tree([w.pid])
+            claimed.update(p.pid for p in w.members)
         # Processes outside every runner's tree that belong to a session anyway (escaped, or left behind).
         owners: list[_Watched | _Buried] = [*alive, *buried]
         by_key = {k: s.sid for s in owners for k in s.keys}
@@ -261,17 +285,21 @@ class Monitor(threading.Thread):
                 marker = self.markers.session_of(p)
                 owner = marker if marker in known else None
             if owner is not None:
-                roots.setdefault(owner, []).append(p.pid)
-        self.pss.prune(procs)
-        self.markers.prune(procs)
+                extra.setdefault(owner, []).append(p.pid)
+        if self.passes % 10 == 0:  # dropping dead processes' cache entries need not happen every pass
+            self.pss.prune(procs)
+            self.markers.prune(procs)
         for w in alive:
-            w.members = self.table.tree(roots[w.sid])
+            if w.sid in extra:
+                w.members += [p for p in self.table.tree(extra[w.sid]) if p.pid not in claimed]
             w.keys.update(p.key for p in w.members)
             self._sample(w, now, record)
         for b in buried:
-            self._hunt(b, self.table.tree(roots.get(b.sid, [])), now)
+            self._hunt(b, self.table.tree(extra.get(b.sid, [])), now)
 
     def _vanished(self, w: _Watched) -> None:
+        if w.peak_memory:
+            self._record(w)  # the supervisor's final sample will find the session unwatched
         self.notes.send_pyobj(("vanished", w.sid))
         self.unwatch(w.sid)
 
@@ -339,6 +367,8 @@ class Monitor(threading.Thread):
                                                         "unit": "bytes", "action": "kill"}))
                 self.log.warning("memory limit exceeded: killing", session_id=w.sid, memory=memory, limit=lim)
                 self._kill_tree(w)
+                w.memory, w.peak_memory = memory, max(w.peak_memory, memory)
+                self._record(w)  # the peak that broke the limit, whichever path (pass or quick re-read) saw it
         w.memory = memory
         w.peak_memory = max(w.peak_memory, memory)
         return memory
@@ -354,7 +384,6 @@ class Monitor(threading.Thread):
         w.num_procs = len(members)
         read = self.pss.exact if record else self.pss.estimate
         estimate = sum(read(p) for p in members)
-        breached_before = w.breached
         self._check_memory(w, estimate)
         total = sum(p.cpu for p in members)
         if w.cpu_at:
@@ -367,20 +396,27 @@ class Monitor(threading.Thread):
                                                   "max": lim.procs, "unit": "processes", "action": "kill"}))
             self.log.warning("process limit exceeded: killing", session_id=sid, procs=w.num_procs, limit=lim.procs)
             self._kill_tree(w)
-        elapsed = time.time() - w.started
-        if lim.timeout is not None and elapsed > lim.timeout and not w.timeout_reported:
-            w.timeout_reported = True
-            self.notes.send_pyobj(("limit", sid, {"limit": "wall time", "measured": round(elapsed, 2),
-                                                  "max": lim.timeout, "unit": "seconds", "action": "stop"}))
-        if record or w.breached != breached_before:
-            self._event(sid, "resource.sample", {"rss": w.memory, "rss_sum": w.rss,
-                                                 "cpu_percent": round(w.cpu_percent, 1),
-                                                 "num_procs": w.num_procs, "peak_rss": w.peak_memory,
-                                                 "peak_cpu_percent": round(w.peak_cpu, 1)})
+            record = True
+        if record:
+            self._record(w)
+
+    def _record(self, w: _Watched) -> None:
+        self._event(w.sid, "resource.sample", {"rss": w.memory, "rss_sum": w.rss,
+                                               "cpu_percent": round(w.cpu_percent, 1), "num_procs": w.num_procs,
+                                               "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1)})
+
+
+def _figures(w: _Watched) -> dict[str, Any]:
+    return {"rss": w.memory, "rss_sum": w.rss, "cpu_percent": round(w.cpu_percent, 1), "num_procs": w.num_procs,
+            "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1), "throttled": w.stopped_until > 0}
 
 
 def _kill(p: Proc, sig: int) -> None:
-    """Signal one process found in this pass (its pid cannot have been reused since: the read was just now)."""
+    """Signal a process seen in a pass, unless its pid now names another process (checked by start time:
+    a pass can be up to ``sample_interval`` old, and a fork storm recycles pids quickly)."""
+    now = read_proc(p.pid)
+    if now is None or now.start != p.start:
+        return
     try:
         os.kill(p.pid, sig)
     except (ProcessLookupError, PermissionError):

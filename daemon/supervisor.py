@@ -225,7 +225,7 @@ class Supervisor:
 
     def _final_sample(self, sid: str) -> None:
         """Record the peaks once more at the end (short sessions may never reach a periodic sample)."""
-        snap = self.monitor.snapshot().get(sid)
+        snap = self.monitor.snapshot_of(sid)
         self.monitor.unwatch(sid)
         if snap is not None and snap["peak_rss"]:
             self.post(sid, "resource.sample", {k: snap[k] for k in

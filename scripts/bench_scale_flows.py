@@ -14,19 +14,19 @@ def _pss() -> int:
 
 
 def hog(ctx: Any, limit_mb: int = 200, chunk_mb: int = 16, pause: float = 0.01) -> None:
-    """Allocate (and touch) ``chunk_mb`` every ``pause`` s until killed. When base PSS + allocated bytes first
-    exceeds ``limit_mb``, write that wall-clock instant to ``crossed`` in the work directory (a file: the page
-    cache keeps it after the SIGKILL, unlike a print still in the runner's queue)."""
+    """Allocate (and touch) ``chunk_mb`` every ``pause`` s until killed. After each chunk it reads its own PSS
+    (what the monitor measures; the runner is the whole tree here); the first time that exceeds ``limit_mb``,
+    the wall-clock instant goes to ``crossed`` in the work directory (a file: the page cache keeps it after
+    the SIGKILL, unlike a print still in the runner's queue)."""
     limit = limit_mb * 2**20
-    base = _pss()
     hoard = []
     crossed = False
     while True:
-        hoard.append(bytearray(chunk_mb * 2**20))
-        block = hoard[-1]
+        block = bytearray(chunk_mb * 2**20)
         for i in range(0, len(block), 4096):  # touch every page: RSS, not just address space
             block[i] = 1
-        if not crossed and base + len(hoard) * chunk_mb * 2**20 > limit:
+        hoard.append(block)
+        if not crossed and _pss() > limit:
             Path("crossed").write_text(repr(time.time()))
             crossed = True
         time.sleep(pause)

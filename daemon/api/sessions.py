@@ -86,15 +86,17 @@ def _positive(value: Any, name: str) -> Any:
     return value
 
 
-def live_view(req: Request, row: dict[str, Any]) -> dict[str, Any]:
-    """A session row plus live figures from the monitor (for sessions still running)."""
+def live_view(req: Request, row: dict[str, Any], live: dict[str, dict[str, Any]] | None = None,
+              positions: dict[str, int] | None = None) -> dict[str, Any]:
+    """A session row plus live figures from the monitor (for sessions still running) and, for a session not
+    started yet, its place in the run queue. ``live``/``positions``: precomputed for a whole list."""
     out = dict(row)
-    live = req.daemon.monitor.snapshot().get(row["id"])
-    out["live"] = live
+    sid = row["id"]
+    out["live"] = live.get(sid) if live is not None else req.daemon.monitor.snapshot_of(sid)
+    out["last_seen"] = req.daemon.last_seen.get(sid)
     if row["status"] in ("created", "queued"):
-        out["queue_position"] = req.daemon.supervisor.queue.position(row["id"])
-    seen = req.daemon.last_seen.get(row["id"])
-    out["last_seen"] = seen
+        queue = req.daemon.supervisor.queue
+        out["queue_position"] = positions.get(sid) if positions is not None else queue.position(sid)
     return out
 
 
@@ -159,7 +161,8 @@ class ListSessions(Request):
                           hint=f"a list of statuses ({', '.join(STATUSES)})")
         limit = self.arg("limit", int, 200, check=lambda n: 0 < n <= 10_000, hint="1-10000")
         rows = self.daemon.store.sessions(status=status, limit=limit)
-        return {"sessions": [live_view(self, r) for r in rows]}
+        live, positions = self.daemon.monitor.snapshot(), self.daemon.supervisor.queue.positions()
+        return {"sessions": [live_view(self, r, live, positions) for r in rows]}
 
 
 @register

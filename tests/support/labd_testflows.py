@@ -192,6 +192,9 @@ if os.fork():
     os._exit(0)           # the intermediate parent exits: the grandchild is an orphan
 os.setsid()               # own session and process group: a signal to the runner's group misses it
 print(os.getpid(), flush=True)
+null = os.open(os.devnull, os.O_RDWR)
+for fd in (0, 1, 2):      # let go of the parent's pipes, as a daemon does (else run() waits for their EOF)
+    os.dup2(null, fd)
 time.sleep(300)
 """
 
