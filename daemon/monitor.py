@@ -111,6 +111,7 @@ class _Buried:
     kill_at: float
     until: float
     termed: set[tuple[int, int]] = field(default_factory=set)
+    empty: int = 0  # consecutive passes that found nothing left
 
 
 class Monitor(threading.Thread):
@@ -323,7 +324,10 @@ class Monitor(threading.Thread):
                 b.termed.add(p.key)
                 _kill(p, signal.SIGCONT)
                 _kill(p, signal.SIGTERM)
-        if now >= b.until or (not members and now >= b.kill_at):
+        b.empty = 0 if members else b.empty + 1
+        # nothing left in two passes in a row (in-flight forks have landed by then): done; keeps the fast
+        # pass period from lasting BURY_HUNT_S after every ordinary session end
+        if now >= b.until or b.empty >= 2 or (not members and now >= b.kill_at):
             with self._lock:
                 if self._buried.get(b.sid) is b:
                     del self._buried[b.sid]
