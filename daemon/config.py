@@ -31,7 +31,8 @@ class Config:
     log_level: str = "info"
     stop_grace: float = 5.0  # cooperative stop -> SIGTERM after this many seconds
     term_grace: float = 5.0  # SIGTERM -> SIGKILL after this many seconds
-    sample_interval: float = 0.25  # psutil limit checks
+    sample_interval: float = 2.0  # process-table pass while no session has a memory/procs limit
+    limit_interval: float = 0.1  # process-table pass while one has (memory breach -> kill bound)
     record_interval: float = 2.0  # resource.sample events
     max_message: int = 16 * 1024 * 1024
     secret_env: list[str] = field(default_factory=list)  # extra env var names withheld from sessions
@@ -57,6 +58,10 @@ class Config:
     @property
     def retention_seconds(self) -> float | None:
         return parse_duration(self.retention) if self.retention else None
+
+    max_sessions: int = 0  # run queue: sessions running at once (0 = no limit)
+    memory_total: int | str | None = None  # run queue: sum of --memory reservations (bytes or "16G")
+    procs: int | None = None  # default process-count limit per session
 
     @property
     def layout(self) -> Layout:
@@ -199,7 +204,16 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         raise ConfigError(f"log_format must be auto, json or console, not {cfg.log_format!r}")
     if str(cfg.log_level).lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not {cfg.log_level!r}")
-    for name in ("stop_grace", "term_grace", "sample_interval", "record_interval"):
+    for name in ("max_sessions", "procs"):
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(f"{name} must be a whole number >= 0, not {value!r}")
+    if isinstance(cfg.memory_total, str):
+        cfg = replace(cfg, memory_total=parse_size(cfg.memory_total))
+    elif cfg.memory_total is not None and (isinstance(cfg.memory_total, bool) or not isinstance(cfg.memory_total, int)
+                                           or cfg.memory_total <= 0):
+        raise ConfigError(f"memory_total must be a size like 16G, not {cfg.memory_total!r}")
+    for name in ("stop_grace", "term_grace", "sample_interval", "limit_interval", "record_interval"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
             raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")

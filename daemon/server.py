@@ -21,11 +21,13 @@ import zmq
 
 from labd.daemon.api import ApiError, registry
 from labd.daemon.api.base import DEFERRED
+from labd.daemon.api.sessions import requeue, session_spec
 from labd.daemon.config import Config
 from labd.daemon.indexer import Indexer
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
 from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.monitor import Monitor
+from labd.daemon.queue import RunQueue
 from labd.daemon.retention import Retention
 from labd.daemon.supervisor import Supervisor
 from labd.ipc.connection import ConnectionInfo, write_connection_file
@@ -165,7 +167,7 @@ class Daemon:
         self._to_ingest = z.socket(zmq.PUSH)
         self._to_ingest.setsockopt(zmq.SNDTIMEO, 30_000)  # a stalled ingest must not hang the main loop forever
         self._to_ingest.connect(INGEST_IN)
-        self.monitor = Monitor(z, cfg.sample_interval, cfg.record_interval)
+        self.monitor = Monitor(z, cfg.sample_interval, cfg.record_interval, cfg.limit_interval)
         self.monitor.start()
         # The template (and so every runner) starts without secrets in its environment: code a session
         # runs cannot find them in os.environ nor in /proc/<pid>/environ. Runners get them in their spec.
@@ -174,8 +176,12 @@ class Daemon:
         self.launcher.start()
         self.supervisor = Supervisor(self.launcher, self.monitor, self.post_event, self.send_runner,
                                      cfg.term_grace)
+        total = cfg.memory_total
+        self.supervisor.queue = RunQueue(cfg.max_sessions, int(total) if total is not None else None)
+        self.supervisor.spec_for = lambda q: session_spec(self, q)
         for row in self.store.live_sessions():
             self.supervisor.adopt(row)
+        requeue(self)  # sessions queued when the last daemon stopped wait again, in their order
         self.telemetry = _start_telemetry(cfg, engine, layout.home)
         self.indexer = Indexer(layout.home, engine)
         self.indexer.start()

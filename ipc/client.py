@@ -129,17 +129,21 @@ class Client:
               memory: str | int | None = None, cpu: str | float | None = None,
               timeout: str | float | None = None, budget: float | None = None,
               budget_action: str | None = None, cwd: str | None = None,
-              pythonpath: list[str] | None = None, agents: dict[str, str] | None = None) -> str:
+              pythonpath: list[str] | None = None, agents: dict[str, str] | None = None,
+              procs: int | None = None, priority: int | None = None) -> str:
         """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``);
         ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause.
 
         ``workflow`` (``mymod:fn``, ``./flows.py:fn``) is resolved where the caller stands: against ``cwd``
         and ``pythonpath`` (default: this process's working directory and ``$PYTHONPATH``). ``agents``
-        replaces registry roles for this session: ``{"engineer": "my_engineer"}``."""
+        replaces registry roles for this session: ``{"engineer": "my_engineer"}``. ``procs`` caps the
+        session's process count; ``priority`` orders the run queue when the daemon is at ``max_sessions``."""
         limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
-                                    "budget_action": budget_action}.items() if v is not None}
+                                    "budget_action": budget_action, "procs": procs}.items() if v is not None}
         body: dict[str, Any] = {"workflow": workflow, "params": params or {}, "limits": limits,
                                 **where(cwd, pythonpath)}
+        if priority is not None:
+            body["priority"] = priority
         if name:
             body["name"] = name
         if agents:

@@ -29,6 +29,7 @@ from labd.runner.channel import Channel
 from labd.runner.context import Cancelled, Context
 from labd.runner.files import FileTracker
 from labd.runner.logsetup import configure_logging
+from labd.runner.reaper import become_subreaper
 from labd.runner.workflows.registry import WorkflowError, bind_params, resolve
 
 __all__ = ["run_session", "SECRET_PATTERN", "split_secrets"]
@@ -94,6 +95,7 @@ def run_session(spec: dict[str, Any]) -> int:
     clean_env.update({"LABD_SESSION_ID": session_id, "LABD_WORKDIR": str(workdir)})
     os.environ.clear()
     os.environ.update(clean_env)
+    become_subreaper()  # a double-forked orphan of the workflow stays in our tree (see runner/reaper.py)
 
     me = psutil.Process()
     create_time = me.create_time()

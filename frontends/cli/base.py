@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["CliError", "Ctx", "Handler", "command", "global_options", "add_json", "LIVE"]
 
 #: statuses of sessions that have not ended
-LIVE = ("created", "starting", "running", "paused", "waiting_approval")
+LIVE = ("queued", "created", "starting", "running", "paused", "waiting_approval")
 
 
 class CliError(Exception):

@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
     limits = limits_from(args)
     c = ctx.client()
     sid = c.start(args.workflow, name=args.name, params=parse_params(args.param), agents=parse_agents(args.agent),
-                  **limits)
+                  procs=args.procs, priority=args.priority, **limits)
     if not args.follow:
         if args.json:
             ctx.out.json({"session": sid})
@@ -262,6 +262,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--timeout", help="wall-time limit: 90s, 15m, 1h30m")
     s.add_argument("--budget", type=float, help="LLM budget in USD for the whole session, e.g. 2.50")
     s.add_argument("--on-budget", choices=["stop", "pause"], help="what crossing the budget does (default stop)")
+    s.add_argument("--procs", type=int, help="at most this many processes in the session's tree")
+    s.add_argument("--priority", type=int, help="run-queue order when the daemon is at max_sessions (higher first)")
     s.add_argument("--agent", action="append", default=[], metavar="ROLE=OTHER",
                    help="use registry role OTHER wherever the workflow asks for ROLE (see `labd agents`; repeat)")
     s.add_argument("--follow", "-f", action="store_true", help="show its output and agent activity until it ends")
