@@ -208,7 +208,21 @@ class Ingest(threading.Thread):
         self.count("events_persisted", batch.count)
         for sids, reply_to in batch.deletes:
             self._delete(sids, reply_to, batch)
+        for job in batch.jobs:
+            self._job(job, batch)
         self._send_batch(batch)
+
+    def _job(self, job: tuple[Any, ...], batch: Batch) -> None:
+        """A write that is not an event (a skill saved or deleted), after the batch; its result goes back to
+        the request that asked for it."""
+        op, arg, reply_to = job
+        try:
+            result = self.writer.save_skill(arg) if op == "skill.save" else self.writer.delete_skill(arg)
+        except Exception as exc:  # noqa: BLE001 - reported to the client; nothing half-written
+            self.log.error("store refused a write", op=op, error=str(exc)[:300])
+            batch.notes.append(("refused", reply_to, "store_error", f"could not write: {exc}"[:300]))
+            return
+        batch.notes.append(("done", reply_to, result))
 
     def _delete(self, sids: list[str], reply_to: tuple[bytes, str] | None, batch: Batch) -> None:
         """Delete terminal sessions, after the batch that may still have held their last events.
@@ -326,6 +340,8 @@ class Ingest(threading.Thread):
         elif op == "delete":  # retention: whole sessions, after this batch (see _delete)
             _, sids, reply_to = item
             b.deletes.append((list(sids), reply_to))
+        elif op in ("skill.save", "skill.delete"):  # the skills table: written here too (one writer)
+            b.jobs.append(item)
         elif op == "send":  # a message for a runner, e.g. cancel
             _, sid, type_, body = item
             b.to_runners.append((sid, type_, body))
@@ -501,6 +517,8 @@ class Batch:
     notes: list[tuple[Any, ...]] = field(default_factory=list)
     #: retention requests: (session ids, reply_to), run after this batch is committed
     deletes: list[tuple[list[str], Any]] = field(default_factory=list)
+    #: other writes after this batch: (op, argument, reply_to)
+    jobs: list[tuple[Any, ...]] = field(default_factory=list)
     to_runners: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     ended: set[str] = field(default_factory=set)
     count: int = 0

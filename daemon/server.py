@@ -99,6 +99,10 @@ class Daemon:
             self.defer(reply_to, result)
         self._to_ingest.send_pyobj(("delete", sids, reply_to))
 
+    def write(self, op: str, arg: Any, reply_to: tuple[bytes, str]) -> None:
+        """Ask ingest (the store's only writer) for a write that is not an event; the reply follows it."""
+        self._to_ingest.send_pyobj((op, arg, reply_to))
+
     def send_runner(self, sid: str, type_: str, body: dict[str, Any]) -> None:
         self._to_ingest.send_pyobj(("send", sid, type_, body))
 
@@ -345,6 +349,10 @@ class Daemon:
                 _, (identity, req_id), code, message = note
                 self._deferred.pop(req_id, None)
                 self._reply(control, identity, req_id, error=ApiError(code, message))
+            elif note[0] == "done":  # a write that is not an event (skills)
+                _, (identity, req_id), result = note
+                self._deferred.pop(req_id, None)
+                self._reply(control, identity, req_id, result)
             elif note[0] == "deleted":
                 _, reply_to, sids, counts = note
                 self.retention.remove_dirs(sids)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
 
 __all__ = ["metadata", "sessions", "events", "steps", "state_history", "dag_edges", "cost_records", "files",
-           "approvals"]
+           "approvals", "skills"]
 
 metadata = MetaData()
 
@@ -155,4 +155,17 @@ approvals = Table(
     Column("resolved_at", Float),
 )
 Index("ix_approvals_status", approvals.c.status)
+
+#: reusable patterns extracted from successful sessions (labd skills); `document` is the skill as JSON text
+skills = Table(
+    "skills",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("created_at", Float, nullable=False),
+    Column("origin_session", String(32)),
+    Column("workflow", String(300), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("document", Text, nullable=False),
+)
 Index("ix_approvals_session", approvals.c.session_id)

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 from labd.store.projections import RowChanges, SessionCursor
 from labd.store.retention import delete_sessions
 from labd.store.schema import approvals, sessions
+from labd.store.skills import delete_skill, insert_skill
 
 __all__ = ["BatchWriter", "EventRow"]
 
@@ -94,6 +95,28 @@ class BatchWriter:
             suffix = " ON CONFLICT DO NOTHING"
         sql = f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join([self._p] * len(cols))}){suffix}"
         conn.exec_driver_sql(sql, [tuple(r.get(c) for c in cols) for r in rows])
+
+    def save_skill(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Store a skill document as the next version of its name; ``{name, version}``."""
+        import time
+
+        try:
+            version = insert_skill(self._conn, doc, time.time())
+            self._conn.commit()
+            return {"name": doc["name"], "version": version}
+        except BaseException:
+            self._conn.rollback()
+            raise
+
+    def delete_skill(self, name: str) -> dict[str, Any]:
+        """Delete every version of a skill; ``{name, versions}``."""
+        try:
+            n = delete_skill(self._conn, name)
+            self._conn.commit()
+            return {"name": name, "versions": n}
+        except BaseException:
+            self._conn.rollback()
+            raise
 
     def delete_sessions(self, ids: list[str]) -> dict[str, int]:
         """Delete whole sessions (every row of theirs, in one transaction); rows deleted per table."""

@@ -153,6 +153,15 @@ class Start(Request):
     type = "session.start"
 
     def execute(self) -> Any:
+        skill = None
+        ref = self.body.get("workflow")
+        if isinstance(ref, str) and ref.startswith("skill:"):  # a saved skill: its workflow, params and plan
+            from labd.daemon.api.skills import expand_skill
+
+            wf, expanded, skill = expand_skill(self.daemon, ref, self.arg("params", dict, {}))
+            self.body = {**self.body, "workflow": wf, "params": expanded}
+            if not self.body.get("name"):
+                self.body["name"] = f"skill-{skill['name']}-{secrets.token_hex(3)}"[:200]
         workflow, _cwd, path = where_from(self)
         params = self.arg("params", dict, {})
         name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
@@ -197,6 +206,8 @@ class Start(Request):
             created["sys_path"] = path
         if overrides:
             created["agents"] = overrides
+        if skill is not None:
+            created["skill"] = skill
         d.post_event(sid, "session.created", created, reply_to=self.reply_to)
         d.supervisor.submit(queue.entry(sid, workflow, _run_params(d, params, payload), limits, str(workdir),
                                         priority, time.time(),

@@ -21,6 +21,7 @@ from labd.frontends.cli import (
     search,
     servers,
     sessions,
+    skills,
 )
 from labd.frontends.cli.base import CliError, Ctx, global_options
 from labd.ipc.client import LabdError
@@ -29,7 +30,7 @@ from labd.ipc.units import UnitError
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 #: each module's ``register(sub)`` adds its commands; a new command group is one more entry here
-COMMAND_MODULES = [sessions, logs, approvals, records, search, retention, admin, remote, servers, completion]
+COMMAND_MODULES = [sessions, logs, approvals, records, search, skills, retention, admin, remote, servers, completion]
 
 EPILOG = """examples:
   labd serve &                               run the daemon (foreground; use systemd or & to background)

@@ -102,18 +102,25 @@ async def run_step(ctx: Context, index: int, total: int, step: PlanStep, model: 
 
 
 def planning_and_control(ctx: Context, task: str = DEFAULT_TASK, max_steps: int = 3, max_retries: int = 2,
-                         model: str = "default") -> dict[str, Any]:
-    """Plan the task (planner + reviewer), then execute the steps in order with per-step retries."""
+                         model: str = "default", plan: list[Any] | None = None,
+                         hints: list[Any] | None = None) -> dict[str, Any]:
+    """Plan the task (planner + reviewer), then execute the steps in order with per-step retries.
+
+    ``plan`` (a list of ``{agent, goal, depends_on}``, e.g. from a skill) skips planning; ``hints`` (one text per
+    step, e.g. the code that worked before) are given to each step's agent as instructions."""
 
     async def body() -> dict[str, Any]:
         with ctx.step("planning", kind="phase"):
-            plan = await make_plan(ctx, task, max_steps, model)
+            the_plan = parse_plan(json.dumps({"steps": plan}), len(plan)) if plan else \
+                await make_plan(ctx, task, max_steps, model)
         results = []
         with ctx.step("control", kind="phase"):
-            for i, st in enumerate(plan.steps, 1):
+            for i, st in enumerate(the_plan.steps, 1):
+                hint = hints[i - 1] if hints and i - 1 < len(hints) and hints[i - 1] else None
                 with ctx.step(f"step {i}: {st.goal[:60]}"):
-                    results.append(await run_step(ctx, i, len(plan.steps), st, model, max_retries))
-        return {"plan": json.loads(plan.to_json())["steps"], "results": results}
+                    results.append(await run_step(ctx, i, len(the_plan.steps), st, model, max_retries,
+                                                  instructions=hint))
+        return {"plan": json.loads(the_plan.to_json())["steps"], "results": results}
 
     return ctx.run(body())
 
