@@ -32,6 +32,7 @@ EPILOG = """examples:
   labd approve SESSION | reject SESSION --feedback "..." | redo SESSION --hypothesis "..."
   labd dag SESSION --format mermaid          the step graph (json, mermaid or dot)
   labd cost SESSION / labd files SESSION / labd history SESSION
+  labd top                                   live dashboard of all sessions (? lists its keys)
 """
 
 
@@ -403,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("workflows", help="list built-in workflows and their parameters")
     sub.add_parser("status", help="daemon status and counters")
+    sub.add_parser("top", help="live dashboard: sessions, output, DAG, approvals (q quits, ? for keys)")
     return p
 
 
@@ -419,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "serve":
             return cmd_serve(args)
+        if args.cmd == "top":
+            from labd.frontends.top import run as run_top
+
+            return run_top(args.home)
         with Client(args.home) as c:
             return COMMANDS[args.cmd](args, c)
     except LabdError as exc:

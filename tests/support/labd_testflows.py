@@ -184,3 +184,13 @@ def custom_approval(ctx) -> str:
 def bad_approval(ctx) -> None:
     """An approval whose prompt is not text: the workflow gets an error at once (no hanging)."""
     ctx.approval("review", 12345, timeout=1)  # type: ignore[arg-type]
+
+
+def review_once(ctx) -> str:
+    """One approval with the built-in options; prints the answer (``labd top`` answers it in place)."""
+    with ctx.step("draft"):
+        print("draft ready", flush=True)
+    d = ctx.approval("review", "Publish the draft?", options=["approve", "reject", "modify"])
+    with ctx.step("publish"):
+        print(f"decision={d.decision} feedback={d.feedback}", flush=True)
+    return d.decision
