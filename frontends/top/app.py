@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from os import PathLike
-from typing import Any
+from typing import Any, TypeVar
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
+from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Log, RichLog, Static, TabbedContent, TabPane
 
 from labd.ipc import Client, LabdError
@@ -20,6 +23,24 @@ from .messages import ConnectionChanged, DagUpdated, EventsArrived, SessionsUpda
 from .widgets import LIVE, DagTree, DetailPane, FeedbackScreen, History, SessionTable
 
 __all__ = ["TopApp"]
+
+H = TypeVar("H", bound=Message)
+
+
+def feed_handler(fn: Callable[[TopApp, H], None]) -> Callable[[TopApp, H], None]:
+    """A handler of a feed message that does nothing once the app is closing (its widgets may be gone)."""
+
+    @functools.wraps(fn)
+    def handler(self: TopApp, msg: H) -> None:
+        if self._exit:
+            return
+        try:
+            fn(self, msg)
+        except NoMatches:  # the screen is being torn down under a late message
+            if not self._exit:
+                raise
+
+    return handler
 
 MAX_OUTPUT_LINES = 5000  # the output tab keeps this many lines; older ones stay in the store (`labd logs`)
 MAX_ACTIVITY_LINES = 2000
@@ -87,13 +108,21 @@ class TopApp(App[int]):
         self.sub_title = "connecting…"
         self.feed = Feed(self.home, self.post_message, **self.feed_options)
         self.feed.start()
-        self.query_one(SessionTable).focus()
+        # Kept, not queried: while a modal screen is up, queries would look at the modal, not at these.
+        self.table = self.query_one(SessionTable)
+        self.output_log = self.query_one("#output-log", Log)
+        self.activity_log = self.query_one("#activity-log", RichLog)
+        self.dag_tree = self.query_one(DagTree)
+        self.banner = self.query_one("#banner", Static)
+        self.detail = self.query_one(DetailPane)
+        self.table.focus()
 
     async def on_unmount(self) -> None:
         if self.feed is not None:
             await self.feed.close()
 
     # ---- feed messages -----------------------------------------------------------------------------
+    @feed_handler
     def on_sessions_updated(self, msg: SessionsUpdated) -> None:
         self.updates += 1
         for row in msg.sessions:
@@ -106,7 +135,7 @@ class TopApp(App[int]):
             self.pending.setdefault(ap["session_id"], []).append(ap)
         live = [r for r in msg.sessions if r["status"] in LIVE]
         shown = live + ([r for r in msg.sessions if r["status"] not in LIVE] if self.show_ended else [])
-        table = self.query_one(SessionTable)
+        table = self.table
         with table.prevent(DataTable.RowHighlighted):  # a rebuild must not switch the followed session
             table.show(shown, self.history, self.clock(), self.selected)
         if self.selected not in {r["id"] for r in shown}:
@@ -116,6 +145,7 @@ class TopApp(App[int]):
                           + (f" · {waiting} waiting for approval" if waiting else ""))
         self.refresh_detail()
 
+    @feed_handler
     def on_events_arrived(self, msg: EventsArrived) -> None:
         if msg.session != self.selected:
             return
@@ -148,7 +178,7 @@ class TopApp(App[int]):
         if chunks:
             self._write_output("".join(chunks))
         if lines:
-            log = self.query_one("#activity-log", RichLog)
+            log = self.activity_log
             if len(lines) > MAX_ACTIVITY_LINES:
                 log.write(f"… {len(lines) - MAX_ACTIVITY_LINES} activity lines not shown")
                 lines = lines[-MAX_ACTIVITY_LINES:]
@@ -158,19 +188,21 @@ class TopApp(App[int]):
 
     def _write_output(self, text: str) -> None:
         """Append to the output tab; a burst longer than the tab keeps only its tail (the store has it all)."""
-        log = self.query_one("#output-log", Log)
+        log = self.output_log
         if text.count("\n") > MAX_OUTPUT_LINES:
             parts = text.split("\n")
             dropped = len(parts) - MAX_OUTPUT_LINES
             text = f"… {dropped} lines not shown (labd logs has them)\n" + "\n".join(parts[-MAX_OUTPUT_LINES:])
         log.write(text)
 
+    @feed_handler
     def on_dag_updated(self, msg: DagUpdated) -> None:
         if msg.session == self.selected:
-            self.query_one(DagTree).show(msg.dag, msg.cost_by_node, msg.files)
+            self.dag_tree.show(msg.dag, msg.cost_by_node, msg.files)
 
+    @feed_handler
     def on_connection_changed(self, msg: ConnectionChanged) -> None:
-        banner = self.query_one("#banner", Static)
+        banner = self.banner
         if msg.connected:
             banner.remove_class("shown")
         else:
@@ -187,9 +219,9 @@ class TopApp(App[int]):
             return
         self.selected = sid
         self.activity = {}
-        self.query_one("#output-log", Log).clear()
-        self.query_one("#activity-log", RichLog).clear()
-        self.query_one(DagTree).clear()
+        self.output_log.clear()
+        self.activity_log.clear()
+        self.dag_tree.clear()
         if self.feed is not None:
             self.feed.follow(sid)
         self.refresh_detail()
@@ -197,7 +229,7 @@ class TopApp(App[int]):
     def refresh_detail(self) -> None:
         sid = self.selected
         pending = self.pending.get(sid or "") or []
-        self.query_one(DetailPane).show(self.rows.get(sid or ""), self.history, pending[0] if pending else None,
+        self.detail.show(self.rows.get(sid or ""), self.history, pending[0] if pending else None,
                                         self.activity, self.clock())
 
     # ---- actions -----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -108,7 +109,8 @@ class Feed:
             result = await asyncio.get_running_loop().run_in_executor(self._exec, self._call, fn)
         except LabdError as exc:
             if exc.code in ("timeout", "no_daemon"):
-                self._set_connected(False, exc.message)
+                self._set_connected(False, "no daemon is running for this home (start one with `labd serve`)"
+                                    if exc.code == "no_daemon" else "no reply from the daemon")
             raise
         self._set_connected(True)
         return result
@@ -143,9 +145,7 @@ class Feed:
                 sid = self._want
                 if sid and self._dag_dirty:
                     self._dag_dirty = False
-                    dag = await self.call(lambda c: c.dag(sid)["dag"])
-                    cost = await self.call(lambda c: c.cost(sid))
-                    files = await self.call(lambda c: c.files(sid))
+                    dag, cost, files = await self.call(functools.partial(_dag_of, session=sid))
                     by_node = {r["node_id"]: r["cost"] for r in cost.get("by_node", []) if r.get("node_id")}
                     self.post(DagUpdated(sid, dag, by_node, files))
             except LabdError:
@@ -251,8 +251,7 @@ class Feed:
     async def _from_store(self, sid: str, last: int, upto: int | None, ended: bool) -> tuple[int, bool]:
         """Deliver stored events after ``last`` (up to ``upto``); return the new ``last`` and ``ended``."""
         while True:
-            since = last
-            page = await self.call(lambda c: c.events(sid, since=since, limit=2000))
+            page = await self.call(functools.partial(Client.events, ref=sid, since=last, limit=2000))
             for ev in page["events"]:
                 if upto is not None and ev["seq"] > upto:
                     return last, ended
@@ -282,3 +281,8 @@ class Feed:
                 self.delivered += len(batch)
                 self.post(EventsArrived(self._buffer_sid, batch, self._skipped))
                 self._skipped = 0
+
+
+def _dag_of(c: Client, session: str) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """What the DAG tab shows: the graph, the cost per node and the files (three requests, one round of the lane)."""
+    return c.dag(session)["dag"], c.cost(session), c.files(session)

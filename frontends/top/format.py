@@ -119,7 +119,8 @@ def activity_line(ev: dict[str, Any]) -> Text | None:
     elif kind in ("file.created", "file.changed"):
         body, style = f"{kind.split('.')[1]} {p.get('path')} ({fmt_bytes(p.get('size'))})", "file"
     elif kind == "limit.exceeded":
-        body, style = f"limit exceeded: {p.get('limit')} {p.get('measured')} > {p.get('max')} → {p.get('action')}", "error"
+        body = f"limit exceeded: {p.get('limit')} {p.get('measured')} > {p.get('max')} → {p.get('action')}"
+        style = "error"
     elif kind == "session.ended":
         body, style = f"session {p.get('status')}: {p.get('reason')}", "session"
     elif kind in ("session.started", "session.paused", "session.resumed", "session.stopping", "session.adopted",
