@@ -422,9 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "serve":
             return cmd_serve(args)
         if args.cmd == "top":
+            from pathlib import Path
+
             from labd.frontends.top import run as run_top
 
-            return run_top(args.home)
+            return run_top(Path(args.home) if args.home else None)
         with Client(args.home) as c:
             return COMMANDS[args.cmd](args, c)
     except LabdError as exc:

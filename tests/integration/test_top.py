@@ -195,6 +195,8 @@ def test_screen_snapshot_without_a_daemon(isolated_env: Path) -> None:
         await until(lambda: "daemon unreachable" in screen_text(app), what="the outage banner")
         await pilot.pause()
         got.append(screen_text(app).replace(str(isolated_env), "<home>"))
+        await pilot.press("question_mark")  # the help panel lists every key binding
+        await until(lambda: app.screen.query("HelpPanel") and "Modify" in screen_text(app), what="help panel")
 
     run_app(isolated_env, scenario, clock=lambda: 1_800_000_000.0)
     if os.environ.get("LABD_UPDATE_SNAPSHOTS"):
