@@ -146,6 +146,10 @@ class Channel:
                         os.read(self._wake_r, 4096)
                     except BlockingIOError:
                         pass
+                    if not busy and sock not in events:
+                        # Woken from the long poll by an emit: linger once, so the rest of its burst (a
+                        # step's start, output and end come together) goes out in the same frame.
+                        continue
                 if sock in events:
                     while True:
                         try:

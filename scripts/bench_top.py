@@ -42,6 +42,7 @@ async def measure(home: Any, followed: str, seconds: float) -> dict[str, Any]:
 
     app = TopApp(home)
     lags: list[float] = []
+    app_lags: list[float] = []  # the app's own share: the feed got the event -> the line is on screen
     list_calls: list[float] = []
     list_times: list[float] = []
     async with app.run_test(size=(160, 50)) as pilot:
@@ -63,30 +64,50 @@ async def measure(home: Any, followed: str, seconds: float) -> dict[str, Any]:
             return result
 
         feed.call = timed_call  # type: ignore[method-assign]
-        seen = len(app.output_log.lines)
+        received: dict[str, float] = {}  # line stamp -> when the feed got it from the socket or the store
+        deliver = feed._deliver
+
+        def timed_deliver(sid: str, ev: dict[str, Any]) -> None:
+            if ev["kind"] == "output":
+                received[ev["payload"]["text"].split(" ", 1)[0]] = time.time()
+            deliver(sid, ev)
+
+        feed._deliver = timed_deliver  # type: ignore[method-assign]
+        seen = complete(app.output_log.lines)
         updates0, delivered0, cpu0, t0 = app.updates, feed.delivered, time.process_time(), time.monotonic()
         while time.monotonic() - t0 < seconds:
             await asyncio.sleep(0.02)
             lines = app.output_log.lines
             now = time.time()
-            if len(lines) < seen:  # the widget trimmed its oldest lines
+            n = complete(lines)
+            if n < seen:  # the widget trimmed its oldest lines
                 seen = 0
-            for line in lines[seen:]:
+            for line in lines[seen:n]:
                 stamp = line.split(" ", 1)[0]
                 if stamp.replace(".", "", 1).isdigit():
                     lags.append(now - float(stamp))
-            seen = len(lines)
+                    if stamp in received:
+                        app_lags.append(now - received.pop(stamp))
+            seen = n
         wall = time.monotonic() - t0
         out = {"updates/s": (app.updates - updates0) / wall, "events/s": (feed.delivered - delivered0) / wall,
                "cpu%": 100 * (time.process_time() - cpu0) / wall, "lines": len(lags),
                "lag p50": pct(lags, 50), "lag p90": pct(lags, 90), "lag p99": pct(lags, 99),
                "lag max": max(lags) if lags else float("nan"),
+               "app lag p50": pct(app_lags, 50), "app lag p99": pct(app_lags, 99),
+               "app lag max": max(app_lags) if app_lags else float("nan"),
                "list rtt p50": pct(list_calls, 50), "list rtt max": max(list_calls) if list_calls else float("nan"),
                "list period": (pct([b - a for a, b in zip(list_times, list_times[1:], strict=False)], 50)
                                if len(list_times) > 1 else float("nan")),
                "rows": len(app.rows)}
         feed.call = call  # type: ignore[method-assign]
+        feed._deliver = deliver  # type: ignore[method-assign]
     return out
+
+
+def complete(lines: Any) -> int:
+    """How many of a Log's lines are complete (the last one is the line being written, often empty)."""
+    return max(0, len(lines) - 1)
 
 
 def main() -> None:
@@ -118,11 +139,12 @@ def main() -> None:
             for sid in [followed, *others]:
                 c.kill(sid)
     names = list(results)
-    keys = ["rows", "lines", "lag p50", "lag p90", "lag p99", "lag max", "updates/s", "events/s", "list rtt p50",
+    keys = ["rows", "lines", "lag p50", "lag p90", "lag p99", "lag max", "app lag p50", "app lag p99",
+            "app lag max", "updates/s", "events/s", "list rtt p50",
             "list rtt max", "list period", "cpu%"]
 
     def show(k: str, v: float) -> str:
-        if k.startswith(("lag", "list")):
+        if k.startswith(("lag", "list", "app lag")):
             return fmt_ms(v)
         return f"{v:.1f}" if isinstance(v, float) else str(v)
 
