@@ -8,8 +8,8 @@ Three asyncio tasks on the app's loop, each owning what it reads:
   second, and the followed session's DAG, cost and files when its events say they changed;
 * the **tail** owns the one SUB socket: it follows one session exactly as ``Client.follow`` does (subscribe,
   read the store from the last ``seq`` seen, then the live tail, gaps filled from the store), but without
-  blocking, so the followed session can change at any time. Events are batched and posted about 12 times a
-  second.
+  blocking, so the followed session can change at any time. Events are batched and posted at most about 12
+  times a second.
 
 A daemon restart is just a quiet spell: requests time out (3 s), the client is rebuilt from the connection
 file, the SUB socket reconnects by itself, and the tail resumes from the last ``seq`` it delivered.
@@ -64,6 +64,7 @@ class Feed:
         self._client: Client | None = None  # used only in the worker thread
         self._want: str | None = None  # the session to follow (set by the app)
         self._want_changed = asyncio.Event()
+        self._has_events = asyncio.Event()
         self._dag_dirty = False
         self._buffer: list[dict[str, Any]] = []
         self._buffer_sid: str | None = None
@@ -269,18 +270,22 @@ class Feed:
         if sid != self._buffer_sid:
             return
         self._buffer.append(ev)
+        self._has_events.set()
         if ev["kind"].startswith(DAG_KINDS):
             self._dag_dirty = True
 
     async def _flush(self) -> None:
-        """Post the buffered events as one message per tick: the screen updates ~12 times a second at most."""
+        """Post the buffered events as one message, at most ~12 times a second: the first event after a quiet
+        spell goes out at once, the rest of a burst waits for the next tick."""
         while True:
-            await asyncio.sleep(self.flush_interval)
+            await self._has_events.wait()
+            self._has_events.clear()
             if self._buffer and self._buffer_sid:
                 batch, self._buffer = self._buffer, []
                 self.delivered += len(batch)
                 self.post(EventsArrived(self._buffer_sid, batch, self._skipped))
                 self._skipped = 0
+            await asyncio.sleep(self.flush_interval)
 
 
 def _dag_of(c: Client, session: str) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
