@@ -32,12 +32,12 @@ def feed_handler(fn: Callable[[TopApp, H], None]) -> Callable[[TopApp, H], None]
 
     @functools.wraps(fn)
     def handler(self: TopApp, msg: H) -> None:
-        if self._exit:
+        if self._exit or not self.is_running:
             return
         try:
             fn(self, msg)
         except NoMatches:  # the screen is being torn down under a late message
-            if not self._exit:
+            if not self._exit and self.is_running:
                 raise
 
     return handler
