@@ -53,6 +53,7 @@ class TopApp(App[int]):
     CSS = """
     #banner { display: none; background: $error; color: $text; padding: 0 1; }
     #banner.shown { display: block; }
+    #output-note { color: $text-muted; }
     #sessions { height: 2fr; }
     #bottom { height: 3fr; }
     #detail { width: 52; }
@@ -97,6 +98,7 @@ class TopApp(App[int]):
             yield DetailPane(id="detail")
             with TabbedContent(initial="output"):
                 with TabPane("Output", id="output"):
+                    yield Static("", id="output-note")
                     yield Log(max_lines=MAX_OUTPUT_LINES, id="output-log")
                 with TabPane("Activity", id="activity"):
                     yield RichLog(max_lines=MAX_ACTIVITY_LINES, wrap=False, markup=False, id="activity-log")
@@ -111,6 +113,8 @@ class TopApp(App[int]):
         # Kept, not queried: while a modal screen is up, queries would look at the modal, not at these.
         self.table = self.query_one(SessionTable)
         self.output_log = self.query_one("#output-log", Log)
+        self.output_note = self.query_one("#output-note", Static)
+        self.output_note.display = False
         self.activity_log = self.query_one("#activity-log", RichLog)
         self.dag_tree = self.query_one(DagTree)
         self.banner = self.query_one("#banner", Static)
@@ -151,8 +155,9 @@ class TopApp(App[int]):
             return
         self.updates += 1
         chunks: list[str] = []
-        if msg.skipped:
-            chunks.append(f"… {msg.skipped} earlier events not loaded (labd logs {msg.session} has them)\n")
+        if msg.skipped:  # above the log, not in it: the log trims its oldest lines
+            self.output_note.update(f"… {msg.skipped} earlier events not loaded (labd logs {msg.session} has them)")
+            self.output_note.display = True
         lines = []
         act = self.activity
         for ev in msg.events:
@@ -220,6 +225,7 @@ class TopApp(App[int]):
         self.selected = sid
         self.activity = {}
         self.output_log.clear()
+        self.output_note.display = False
         self.activity_log.clear()
         self.dag_tree.clear()
         if self.feed is not None:

@@ -50,13 +50,14 @@ class Feed:
 
     def __init__(self, home: str | PathLike[str] | None, post: Callable[[Message], Any], *,
                  list_interval: float = 1.0, flush_interval: float = 1 / 12, request_timeout: float = 3.0,
-                 history: int = 5000, list_limit: int = 500) -> None:
+                 history: int = 5000, history_lines: int = 5000, list_limit: int = 500) -> None:
         self.home = home
         self.post = post
         self.list_interval = list_interval
         self.flush_interval = flush_interval
         self.request_timeout = request_timeout
         self.history = history  # events loaded when a session is selected: its tail, not all of it
+        self.history_lines = history_lines  # ... and only as far back as this many lines of output need
         self.list_limit = list_limit
         self.connected: bool | None = None
         self.delivered = 0  # events posted (the benchmark reads it)
@@ -243,9 +244,22 @@ class Feed:
             await asyncio.wait_for(self._want_changed.wait(), seconds)
 
     async def _start_point(self, sid: str) -> int:
-        """Where a newly selected session is read from: its last ``history`` events, not all of them."""
+        """Where a newly selected session is read from: far enough back for ``history_lines`` lines of output
+        (the output tab's size), at most ``history`` events back. The window grows 4x per try, reading only
+        ``output`` events, so a chatty session's megabytes of old output are never fetched."""
         row = await self.call(lambda c: c.session(sid))
-        start = max(0, int(row.get("last_seq") or 0) - self.history)
+        last = int(row.get("last_seq") or 0)
+        span = 64
+        while True:
+            start = max(0, last - min(span, self.history))
+            if start == 0 or span >= self.history:
+                break
+            page = await self.call(functools.partial(Client.events, ref=sid, since=start, limit=span,
+                                                     kinds=["output"]))
+            lines = sum(ev["payload"].get("text", "").count("\n") for ev in page["events"])
+            if lines >= self.history_lines:
+                break
+            span *= 4
         self._skipped = start
         return start
 

@@ -99,6 +99,26 @@ def test_selecting_a_session_follows_its_output(daemon: DaemonProc) -> None:
         c.close()
 
 
+def test_long_output_shows_its_tail(daemon: DaemonProc) -> None:
+    """Selecting a session that printed 200,000 lines loads only its tail: the last line is shown, the tab
+    holds at most its 5,000 lines, and a line says that earlier events were not loaded."""
+    c = daemon.client(timeout=30)
+    sid = c.start("demo.chatty", params={"lines": 200_000, "width": 40})
+    c.wait(sid, timeout=60)
+    c.close()
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: app.selected == sid and any("line 000199999" in x for x in output_lines(app)),
+                    what="the last line")
+        lines = output_lines(app)
+        assert len(lines) <= 5001
+        assert "earlier events not loaded" in screen_text(app)
+        assert len(set(lines)) == len(lines), "a line shown twice"
+        assert lines[-1].startswith("== session completed")
+
+    run_app(daemon.home, scenario)
+
+
 def test_approval_answered_in_place(daemon: DaemonProc) -> None:
     """`a` approves the selected session's pending approval; `m` + feedback + Enter modifies another's."""
     c = daemon.client()
