@@ -112,7 +112,7 @@ def test_long_output_shows_its_tail(daemon: DaemonProc) -> None:
                     what="the last line")
         lines = output_lines(app)
         assert len(lines) <= 5001
-        assert "earlier events not loaded" in screen_text(app)
+        await until(lambda: "earlier events not loaded" in screen_text(app), what="the note above the log")
         assert len(set(lines)) == len(lines), "a line shown twice"
         assert lines[-1].startswith("== session completed")
 
