@@ -315,6 +315,11 @@ class TopApp(App[int]):
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
 
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if self.feed is not None:  # the DAG (3 requests and a tree rebuild) is fetched only while visible
+            self.feed.dag_wanted = event.pane.id == "dag"
+            self.feed.refresh()
+
     def action_help(self) -> None:
         if self.screen.query("HelpPanel"):
             self.action_hide_help_panel()

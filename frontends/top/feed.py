@@ -67,6 +67,7 @@ class Feed:
         self._want_changed = asyncio.Event()
         self._has_events = asyncio.Event()
         self._dag_dirty = False
+        self.dag_wanted = True  # the app clears it while the DAG tab is hidden: no graph fetched for nothing
         self._buffer: list[dict[str, Any]] = []
         self._buffer_sid: str | None = None
         self._skipped = 0
@@ -145,7 +146,7 @@ class Feed:
                 approvals = await self.call(lambda c: c.approvals())
                 self.post(SessionsUpdated(sessions, approvals, time.time()))
                 sid = self._want
-                if sid and self._dag_dirty:
+                if sid and self._dag_dirty and self.dag_wanted:
                     self._dag_dirty = False
                     dag, cost, files = await self.call(functools.partial(_dag_of, session=sid))
                     by_node = {r["node_id"]: r["cost"] for r in cost.get("by_node", []) if r.get("node_id")}

@@ -22,6 +22,7 @@ STATUS_STYLE = {"running": "green", "waiting_approval": "bold yellow", "paused":
 COLUMNS = (("id", "ID", 12), ("name", "NAME", 22), ("status", "STATUS", 16), ("cpu", "CPU%", 6),
            ("cpu_spark", "cpu", 10), ("mem", "MEM", 7), ("mem_spark", "mem", 10), ("cost", "COST", 8),
            ("age", "AGE", 5))
+MAX_NODES = 1000
 
 
 class History:
@@ -153,7 +154,9 @@ class DagTree(Tree[Any]):
     ICONS = {"running": "▶", "completed": "✓", "failed": "✗", "cancelled": "■", "skipped": "↷"}
 
     def show(self, dag: dict[str, Any], cost_by_node: dict[str, float], files: list[dict[str, Any]]) -> None:
-        nodes = {n["node_id"]: n for n in dag.get("nodes", [])}
+        all_nodes = dag.get("nodes", [])
+        # A tree of many thousands of nodes is slow to rebuild every second: show the newest MAX_NODES.
+        nodes = {n["node_id"]: n for n in sorted(all_nodes, key=lambda n: _node_key(n["node_id"]))[-MAX_NODES:]}
         children: dict[str | None, list[str]] = {}
         for nid, n in nodes.items():
             parent = n.get("parent_node") if n.get("parent_node") in nodes else None
@@ -164,10 +167,9 @@ class DagTree(Tree[Any]):
             if node:
                 files_by_node.setdefault(node, []).append(f["path"])
         self.clear()
-        self.root.set_label(Text(f"{dag.get('session', '')}  ({len(nodes)} nodes)", style="bold"))
-
-        def key(nid: str) -> tuple[int, str]:
-            return (int(nid[1:]) if nid[1:].isdigit() else 0, nid)
+        shown = f"the newest {len(nodes)} of {len(all_nodes)}" if len(all_nodes) > len(nodes) else str(len(nodes))
+        self.root.set_label(Text(f"{dag.get('session', '')}  ({shown} nodes)", style="bold"))
+        key = _node_key
 
         def add(parent: Any, nid: str) -> None:
             n = nodes[nid]
@@ -193,6 +195,11 @@ class DagTree(Tree[Any]):
         for nid in sorted(children.get(None, []), key=key):
             add(self.root, nid)
         self.root.expand()
+
+
+def _node_key(nid: str) -> tuple[int, str]:
+    """Node ids in creation order (n2 before n10)."""
+    return (int(nid[1:]) if nid[1:].isdigit() else 0, nid)
 
 
 class FeedbackScreen(ModalScreen[str | None]):
