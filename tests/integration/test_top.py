@@ -99,6 +99,28 @@ def test_selecting_a_session_follows_its_output(daemon: DaemonProc) -> None:
         c.close()
 
 
+def test_agent_activity_and_dag(daemon: DaemonProc) -> None:
+    """An agent session's activity tab shows its turns, LLM calls, tool calls, code runs and costs; the detail
+    pane counts them; the DAG tab shows the agent-turn nodes with their cost and the file a turn wrote."""
+    c = daemon.client()
+    sid = c.start("labd_testflows:agent_flow")
+    c.wait(sid, timeout=60)
+    c.close()
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: app.selected == sid, what="selected")
+        await pilot.press("2")
+        await until(lambda: "→ run_code(" in screen_text(app), what="the tool call in the activity tab")
+        text = screen_text(app)
+        assert "▶ my_engineer turn starts" in text and "ran python → exit 0" in text and "$0.0" in text
+        assert "tool calls 1  code runs 1" in text
+        await pilot.press("3")
+        await until(lambda: "step_7.json" in screen_text(app), what="the file on its node in the DAG tab")
+        assert "✓ n1" in screen_text(app)
+
+    run_app(daemon.home, scenario)
+
+
 def test_long_output_shows_its_tail(daemon: DaemonProc) -> None:
     """Selecting a session that printed 200,000 lines loads only its tail: the last line is shown, the tab
     holds at most its 5,000 lines, and a line says that earlier events were not loaded."""
