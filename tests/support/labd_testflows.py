@@ -259,3 +259,11 @@ def busy_children(ctx, seconds: float = 4.0) -> float:
     t1 = os.times()
     used = (t1.children_user - t0.children_user) + (t1.children_system - t0.children_system)
     return round(used / (time.monotonic() - start) * 100, 1)
+def review_once(ctx) -> str:
+    """One approval with the built-in options; prints the answer (``labd top`` answers it in place)."""
+    with ctx.step("draft"):
+        print("draft ready", flush=True)
+    d = ctx.approval("review", "Publish the draft?", options=["approve", "reject", "modify"])
+    with ctx.step("publish"):
+        print(f"decision={d.decision} feedback={d.feedback}", flush=True)
+    return d.decision
