@@ -24,6 +24,7 @@ import zmq
 
 from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
 from labd.ipc.wire import Codec, Message, WireError
+from labd.store.blobs import take_blobs
 from labd.store.projections import RowChanges, SessionCursor, apply
 from labd.store.writer import BatchWriter, EventRow
 
@@ -428,6 +429,7 @@ class Ingest(threading.Thread):
                changes: RowChanges, pub: dict[str, list[list[Any]]], notes: list[tuple[Any, ...]],
                ended: set[str]) -> None:
         seq = cur.last_seq + 1
+        payload = take_blobs(cur.id, seq, ts, payload, changes)  # full-fidelity texts -> blobs table
         if kind in PROJECTED:
             apply(cur, seq, ts, kind, src, node_id, payload, changes)
             if kind == "cost.recorded" and cur.budget is not None and cur.cost > cur.budget and not cur.budget_hit:

@@ -179,16 +179,26 @@ class Client:
     def state_history(self, session: str) -> list[dict[str, Any]]:
         return self.request("session.history", session=session)["history"]  # type: ignore[no-any-return]
 
-    def events(self, ref: str, since: int = 0, limit: int = 5000, kinds: list[str] | None = None) -> dict[str, Any]:
+    def events(self, ref: str, since: int = 0, limit: int = 5000, kinds: list[str] | None = None, *,
+               full: bool = False, node: str | None = None, agent: str | None = None) -> dict[str, Any]:
+        """A page of events. ``full``: blob references replaced by their texts (complete LLM requests and
+        responses); ``node``: only that node and the nodes nested in it; ``agent``: only that agent's."""
         body: dict[str, Any] = {"session": ref, "since": since, "limit": limit}
         if kinds:
             body["kinds"] = kinds
+        if full:
+            body["full"] = True
+        if node:
+            body["node"] = node
+        if agent:
+            body["agent"] = agent
         return self.request("events.query", **body)  # type: ignore[no-any-return]
 
-    def history(self, ref: str, since: int = 0, kinds: list[str] | None = None) -> Iterator[dict[str, Any]]:
-        """Every stored event after ``since``, page by page."""
+    def history(self, ref: str, since: int = 0, kinds: list[str] | None = None, *, full: bool = False,
+                node: str | None = None, agent: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every stored event after ``since``, page by page (filters as in :meth:`events`)."""
         while True:
-            page = self.events(ref, since=since, kinds=kinds)
+            page = self.events(ref, since=since, kinds=kinds, full=full, node=node, agent=agent)
             yield from page["events"]
             if not page["more"]:
                 return

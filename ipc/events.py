@@ -11,13 +11,18 @@ version suffix (``output@2``) so old readers never misread new rows.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 __all__ = ["SCHEMAS", "KIND_VERSION", "DAEMON_KINDS", "EventError", "validate", "quick_valid", "TERMINAL_STATUSES",
-           "STATUSES"]
+           "STATUSES", "BLOBS_FIELD"]
 
 NUM = (int, float)
 ANY = object
+#: a text field that may hold a blob reference ``{"$blob": sha256, "size": n}`` instead of the text
+TEXT = (str, dict)
+#: payload field carrying the texts of blobs referenced for the first time: {sha256 hex: text}
+BLOBS_FIELD = "blobs"
 #: session statuses, in lifecycle order; the last four are terminal
 STATUSES = ("created", "starting", "running", "paused", "waiting_approval", "completed", "failed", "cancelled",
             "lost")
@@ -54,20 +59,23 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                       "error": (str, False)},
     "custom": {"name": (str, True), "data": (ANY, False)},
     # agents (runner; node_id = the agent-turn node or the step it runs in)
-    "agent.turn.started": {"agent": (str, True), "parent_node": (str, False), "input": (str, False),
+    "agent.turn.started": {"agent": (str, True), "parent_node": (str, False), "input": (TEXT, False),
                            "edges": (list, False)},
     "agent.turn.finished": {"agent": (str, True), "status": (str, True), "duration": (NUM, True),
-                            "output": (str, False), "error": (str, False)},
-    "agent.message": {"agent": (str, True), "content": (str, True)},
+                            "output": (TEXT, False), "error": (str, False)},
+    "agent.message": {"agent": (str, True), "content": (TEXT, True)},
+    # control passed from one agent to another in an ag2 network channel (group chat, swarm, handoff tool)
+    "agent.handoff": {"agent": (str, True), "from": (str, True), "to": (str, True), "channel": (str, True),
+                      "from_node": (str, False), "tool": (str, False), "reason": (str, False)},
     "llm.request": {"agent": (str, True), "model": (str, True), "provider": (str, True), "offline": (bool, True),
-                    "messages": (int, True), "input": (str, False)},
+                    "messages": (int, True), "input": (TEXT, False), "request": (dict, False)},
     "llm.response": {"agent": (str, True), "model": (str, True), "provider": (str, True), "offline": (bool, True),
                      "status": (str, True), "duration": (NUM, True), "usage": (dict, False),
-                     "content": (str, False), "tool_calls": (list, False), "finish_reason": (str, False),
+                     "content": (TEXT, False), "tool_calls": (list, False), "finish_reason": (str, False),
                      "error": (str, False)},
     "tool.call": {"agent": (str, True), "call_id": (str, True), "name": (str, True), "arguments": (ANY, False)},
     "tool.result": {"agent": (str, True), "call_id": (str, True), "name": (str, True), "status": (str, True),
-                    "duration": (NUM, True), "result": (str, False), "error": (str, False)},
+                    "duration": (NUM, True), "result": (TEXT, False), "error": (TEXT, False)},
     "code.execution": {"agent": (str, True), "language": (str, True), "code": (str, True),
                        "exit_code": (int, True), "output": (str, True), "duration": (NUM, True),
                        "call_id": (str, False)},
@@ -79,6 +87,9 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     "cost.recorded": {"agent": (str, True), "model": (str, True), "prompt_tokens": (int, True),
                       "completion_tokens": (int, True), "cost": (NUM, True), "currency": (str, True),
                       "offline": (bool, True), "price_source": (str, False)},
+    # the runner refused an LLM call because the session's budget is spent (then stops or pauses)
+    "budget.exceeded": {"spent": (NUM, True), "budget": (NUM, True), "action": (str, True), "reason": (str, True),
+                        "agent": (str, False)},
     # files in the work directory, attributed to the node (and agent / tool) that produced them
     "file.created": {"path": (str, True), "sha256": (str, True), "size": (int, True), "kind": (str, True),
                      "agent": (str, False), "tool": (str, False)},
@@ -140,6 +151,9 @@ def validate(kind: Any, payload: Any, node_id: Any = None) -> None:
     if node_id is None and kind in _NEEDS_NODE:
         raise EventError(f"{kind}: node_id is required")
     get = payload.get
+    blobs = get(BLOBS_FIELD)
+    if blobs is not None:
+        _check_blobs(kind, blobs)
     for field, types, required, bools in fields:
         value = get(field)
         if value is None:
@@ -152,6 +166,17 @@ def validate(kind: Any, payload: Any, node_id: Any = None) -> None:
             raise EventError(f"{kind}: field {field!r} must not be a boolean")
         if not isinstance(value, types):
             raise EventError(f"{kind}: field {field!r} has the wrong type ({type(value).__name__})")
+
+
+def _check_blobs(kind: str, blobs: Any) -> None:
+    """Blobs are content-addressed and shared by all sessions: a text must match its address."""
+    if not isinstance(blobs, dict):
+        raise EventError(f"{kind}: blobs must be an object of sha256 -> text")
+    for digest, text in blobs.items():
+        if not (isinstance(digest, str) and len(digest) == 64 and isinstance(text, str)):
+            raise EventError(f"{kind}: blobs must map sha256 hex digests to texts")
+        if hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest() != digest:
+            raise EventError(f"{kind}: blob {digest[:12]}… does not match its sha256")
 
 
 def quick_valid(kind: Any, payload: Any, node_id: Any) -> bool:

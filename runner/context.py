@@ -160,12 +160,16 @@ class Context:
         request is recorded automatically. ``model`` names a configured model (``default``: the
         configured default, or the offline scripted model when none is configured), or is an ag2
         model config object used as is."""
+        return self.agent_factory().agent(name, system_prompt, model=model, tools=tools,
+                                         code_execution=code_execution, **kwargs)
+
+    def agent_factory(self) -> Any:
+        """The session's agent factory (created on first use; also tracks agents built without it)."""
         if self._agent_factory is None:
             if self._agents is None:
                 raise RuntimeError("agents are not available in this context")
             self._agent_factory = self._agents()
-        return self._agent_factory.agent(name, system_prompt, model=model, tools=tools,
-                                         code_execution=code_execution, **kwargs)
+        return self._agent_factory
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run an async workflow body (ag2 is async) to completion from synchronous workflow code."""

@@ -132,6 +132,9 @@ def run_session(spec: dict[str, Any]) -> int:
                             approvals=ctx.approvals, files=files)  # type: ignore[arg-type]
 
     ctx._agents = agents  # noqa: SLF001
+    from labd.runner.agents.hooks import track_all_agents
+
+    track_all_agents(ctx.agent_factory)  # every ag2 agent of this session, however built
 
     def on_sigterm(_signum: int, _frame: Any) -> None:
         ctx.request_cancel("terminated (SIGTERM)")

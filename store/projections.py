@@ -68,6 +68,8 @@ class RowChanges:
     files: list[dict[str, Any]] = field(default_factory=list)
     approval_inserts: list[dict[str, Any]] = field(default_factory=list)
     approval_updates: list[dict[str, Any]] = field(default_factory=list)
+    blobs: list[dict[str, Any]] = field(default_factory=list)
+    blob_refs: list[dict[str, Any]] = field(default_factory=list)
 
     def update(self, session_id: str, **values: Any) -> None:
         self.session_updates.setdefault(session_id, {}).update(values)

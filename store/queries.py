@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, func, select
 
+from labd.store.blobs import inline
 from labd.store.schema import approvals, cost_records, dag_edges, events, files, sessions, state_history, steps
 
 __all__ = ["Store", "MAX_PAGE"]
@@ -53,14 +54,32 @@ class Store:
             return [_session_dict(r) for r in conn.execute(q).mappings().all()]
 
     def events(self, session_id: str, *, since: int = 0, limit: int = MAX_PAGE,
-               kinds: list[str] | None = None) -> list[dict[str, Any]]:
+               kinds: list[str] | None = None, full: bool = False) -> list[dict[str, Any]]:
         """Events with ``seq > since`` in seq order, at most ``limit`` (capped at :data:`MAX_PAGE`)."""
-        return self.events_page(session_id, since=since, limit=limit, kinds=kinds)["events"]
+        return self.events_page(session_id, since=since, limit=limit, kinds=kinds, full=full)["events"]
+
+    def subtree(self, session_id: str, node_id: str) -> list[str]:
+        """``node_id`` and every node nested in it (steps, agent turns), from the DAG's parent links."""
+        children: dict[str, list[str]] = {}
+        for n in self.steps(session_id):
+            if n["parent_node"]:
+                children.setdefault(n["parent_node"], []).append(n["node_id"])
+        out, todo = [], [node_id]
+        while todo:
+            nid = todo.pop()
+            if nid in out:
+                continue
+            out.append(nid)
+            todo.extend(children.get(nid, ()))
+        return out
 
     def events_page(self, session_id: str, *, since: int = 0, limit: int = MAX_PAGE,
-                    kinds: list[str] | None = None) -> dict[str, Any]:
+                    kinds: list[str] | None = None, full: bool = False, nodes: list[str] | None = None,
+                    agent: str | None = None) -> dict[str, Any]:
         """A page of events after ``since``: at most ``limit`` rows and about :data:`MAX_PAGE_BYTES`;
-        ``more`` tells whether another page may follow."""
+        ``more`` tells whether another page may follow. ``full`` inlines blob references (the complete
+        LLM requests and responses); ``nodes`` keeps events of those nodes; ``agent`` those whose
+        payload names that agent."""
         limit = max(1, min(limit, MAX_PAGE))
         q = (select(events.c.seq, events.c.ts, events.c.kind, events.c.src, events.c.node_id, events.c.parent,
                     events.c.payload, events.c.src_seq)
@@ -68,18 +87,26 @@ class Store:
              .order_by(events.c.seq).limit(limit))
         if kinds:
             q = q.where(events.c.kind.in_(kinds))
+        if nodes is not None:
+            q = q.where(events.c.node_id.in_(nodes))
+        if agent is not None:
+            # payloads are stored as compact JSON (orjson), so the field appears exactly like this
+            q = q.where(events.c.payload.contains('"agent":' + orjson.dumps(agent).decode(), autoescape=True))
         out: list[dict[str, Any]] = []
         size = 0
         more = False
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
-        for r in rows:
-            size += len(r[6]) + 100
+            if full:
+                payloads = inline(conn, [orjson.loads(r[6]) for r in rows])
+        for i, r in enumerate(rows):
+            size += (len(orjson.dumps(payloads[i])) if full else len(r[6])) + 100
             if out and size > MAX_PAGE_BYTES:
                 more = True
                 break
             out.append({"seq": r[0], "ts": r[1], "kind": r[2], "src": "runner" if r[3] == "r" else "daemon",
-                        "node_id": r[4], "parent": r[5], "payload": orjson.loads(r[6]), "src_seq": r[7]})
+                        "node_id": r[4], "parent": r[5], "payload": payloads[i] if full else orjson.loads(r[6]),
+                        "src_seq": r[7]})
         return {"events": out, "more": more or len(rows) == limit}
 
     def steps(self, session_id: str) -> list[dict[str, Any]]:
@@ -129,6 +156,13 @@ class Store:
                  "cost": sum(c["cost"] for c in calls), "offline": any(c["offline"] for c in calls)}
         return {"session": session_id, "total": total, "by_agent": groups["agent"], "by_model": groups["model"],
                 "by_node": groups["node_id"], "calls": calls}
+
+    def blob_count(self) -> int:
+        """How many distinct blobs the store holds."""
+        from labd.store.schema import blobs
+
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(blobs)).scalar() or 0)
 
     def files(self, session_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

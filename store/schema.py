@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
 
 __all__ = ["metadata", "sessions", "events", "steps", "state_history", "dag_edges", "cost_records", "files",
-           "approvals"]
+           "approvals", "blobs", "blob_refs"]
 
 metadata = MetaData()
 
@@ -156,3 +156,23 @@ approvals = Table(
 )
 Index("ix_approvals_status", approvals.c.status)
 Index("ix_approvals_session", approvals.c.session_id)
+
+#: content-addressed payloads (sha256 of the UTF-8 text), stored once however many events refer to them
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("size", Integer, nullable=False),  # bytes of UTF-8
+    Column("data", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+#: which sessions refer to which blobs: a blob no row refers to may be pruned
+blob_refs = Table(
+    "blob_refs",
+    metadata,
+    Column("session_id", String(32), primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+    Column("first_seq", Integer, nullable=False),  # the event that brought it
+)
+Index("ix_blob_refs_sha256", blob_refs.c.sha256)

@@ -122,6 +122,8 @@ class BatchWriter:
             self._insert(conn, "cost_records", changes.costs)
             self._insert(conn, "files", changes.files)
             self._insert(conn, "approvals", changes.approval_inserts)
+            self._insert(conn, "blobs", changes.blobs, ignore_duplicates=True)
+            self._insert(conn, "blob_refs", changes.blob_refs, ignore_duplicates=True)
             for r in changes.approval_updates:
                 cols = [c for c in r if c != "id"]
                 sql = f"UPDATE approvals SET {', '.join(f'{c} = {p}' for c in cols)} WHERE id = {p}"

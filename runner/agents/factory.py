@@ -52,7 +52,7 @@ class AgentFactory:
         self.approvals = approvals
         self.workdir = workdir
         self.emit = emit
-        self.tracker = Tracker(emit, new_node_id, PriceTable(prices), files)
+        self.tracker = Tracker(emit, new_node_id, PriceTable(prices), files, describe=self.describe)
         self._run_code = make_run_code(emit, workdir, files)
 
     def model_config(self, name: Any) -> tuple[Any, str, str, bool]:
@@ -90,6 +90,18 @@ class AgentFactory:
         module, cls = PROVIDERS[provider]
         config = getattr(importlib.import_module(module), cls)(**kwargs)
         return config, model, provider, False
+
+    def describe(self, config: Any) -> tuple[str, str, bool]:
+        """(model, provider, offline) of an ag2 model config an agent was built with directly."""
+        if isinstance(config, OfflineModelConfig):
+            return config.model, OFFLINE_PROVIDER, True
+        if config is None:
+            return "unknown", "ag2", False
+        return _describe(config, "model", "unknown"), _describe(config, "provider", "ag2"), False
+
+    def tracker_for(self, agent: Any) -> Any:
+        """Tracking middleware for an agent built without ``ctx.agent`` (see hooks.track_all_agents)."""
+        return self.tracker.tracker_for(agent)
 
     def agent(self, name: str, system_prompt: str | Iterable[str] = (), *, model: Any = "default",
               tools: Iterable[Any] = (), code_execution: bool = False, **kwargs: Any) -> Any:
