@@ -256,7 +256,7 @@ def cmd_resolve(args: argparse.Namespace, c: Client) -> int:
 
 
 def cmd_pause(args: argparse.Namespace, c: Client) -> int:
-    r = c.pause(args.session) if args.cmd == "pause" else c.resume(args.session)
+    r = c.pause(args.session) if args.cmd == "pause" else c.resume(args.session, budget=args.budget)
     print(f"{args.cmd} requested for {r['session']}" + (" (takes effect at the next step boundary)"
                                                         if args.cmd == "pause" else ""))
     return 0
@@ -396,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("pause", "resume"):
         s = sub.add_parser(name, help=f"{name} a session at its next step boundary")
         s.add_argument("session")
+    s.add_argument("--budget", type=float, help="continue a budget-paused session with this budget (USD)")
+    sub.choices["pause"].set_defaults(budget=None)
     s = sub.add_parser("dag", help="a session's step graph")
     s.add_argument("session")
     s.add_argument("--format", choices=["json", "mermaid", "dot"], default="json")

@@ -164,8 +164,10 @@ class Client:
     def pause(self, session: str, reason: str = "pause requested") -> dict[str, Any]:
         return self.request("session.pause", session=session, reason=reason)  # type: ignore[no-any-return]
 
-    def resume(self, session: str) -> dict[str, Any]:
-        return self.request("session.resume", session=session)  # type: ignore[no-any-return]
+    def resume(self, session: str, budget: float | None = None) -> dict[str, Any]:
+        """Resume a paused session; ``budget`` (USD) continues a budget-paused one with a new budget."""
+        extra = {} if budget is None else {"budget": budget}
+        return self.request("session.resume", session=session, **extra)  # type: ignore[no-any-return]
 
     def dag(self, session: str, fmt: str = "json") -> dict[str, Any]:
         return self.request("session.dag", session=session, format=fmt)  # type: ignore[no-any-return]

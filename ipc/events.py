@@ -50,7 +50,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     "output": {"stream": (str, True), "text": (str, True)},
     "log": {"level": (str, True), "event": (str, True), "logger": (str, False), "fields": (dict, False)},
     "session.paused": {"by": (str, True), "reason": (str, True)},  # runner, at a step boundary
-    "session.resumed": {"by": (str, True)},  # runner
+    "session.resumed": {"by": (str, True), "budget": (NUM, False)},  # runner; budget: a new one given
     "session.pause_requested": {"by": (str, True), "reason": (str, True)},  # daemon
     # workflow (DAG): steps and phases are nodes; edges are [[src node, type], ...] into this node
     "step.started": {"name": (str, True), "kind": (str, False), "parent_node": (str, False),

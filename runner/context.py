@@ -68,6 +68,7 @@ class Context:
         self._pause: tuple[str, str] | None = None
         self._resume = threading.Event()
         self._resumed_by = "client"
+        self._resume_budget: float | None = None
         self._lock = threading.Lock()
         self.approvals: Approvals | None = None
         self._agents: Callable[[], Any] | None = None
@@ -194,10 +195,28 @@ class Context:
         self._resume.clear()
         self._pause = (by, reason)
 
-    def resume(self, by: str = "client") -> None:
+    def resume(self, by: str = "client", budget: float | None = None) -> None:
+        """Continue a paused session; ``budget`` (USD) replaces a budget that paused it."""
         self._resumed_by = by
+        self._resume_budget = float(budget) if isinstance(budget, int | float) and not isinstance(budget, bool) \
+            else None
         self._pause = None
         self._resume.set()
+
+    def wait_paused(self, by: str, reason: str) -> float | None:
+        """Pause here (not at a step boundary: e.g. before an LLM call the budget refuses) until resumed;
+        returns the new budget the resume gave, if any. Raises :class:`Cancelled` on a stop meanwhile."""
+        self._resume.clear()
+        self._resume_budget = None
+        self._emit("session.paused", {"by": by, "reason": reason}, current_node.get())
+        while not self._resume.wait(0.25):
+            self.check_cancelled()
+        self.check_cancelled()
+        resumed: dict[str, Any] = {"by": self._resumed_by}
+        if self._resume_budget is not None:
+            resumed["budget"] = self._resume_budget
+        self._emit("session.resumed", resumed, current_node.get())
+        return self._resume_budget
 
     def _maybe_pause(self) -> None:
         pause = self._pause

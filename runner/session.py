@@ -129,7 +129,8 @@ def run_session(spec: dict[str, Any]) -> int:
 
         return AgentFactory(emit=emit, new_node_id=ctx.new_node_id, workdir=workdir,
                             models=spec.get("models") or {}, prices=spec.get("prices") or {}, secrets=secrets,
-                            approvals=ctx.approvals, files=files)  # type: ignore[arg-type]
+                            approvals=ctx.approvals, files=files, limits=spec.get("limits"),  # type: ignore[arg-type]
+                            pause=lambda reason: ctx.wait_paused("budget", reason))
 
     ctx._agents = agents  # noqa: SLF001
     from labd.runner.agents.hooks import track_all_agents
@@ -153,7 +154,7 @@ def run_session(spec: dict[str, Any]) -> int:
     inbox.open({
         "cancel": lambda body: ctx.request_cancel(str(body.get("reason") or "stop requested")),
         "pause": lambda body: ctx.request_pause(str(body.get("by") or "client"), str(body.get("reason") or "paused")),
-        "resume": lambda body: ctx.resume(str(body.get("by") or "client")),
+        "resume": lambda body: ctx.resume(str(body.get("by") or "client"), body.get("budget")),
         "approval.resolved": approvals.on_resolved,
     })
     signal.signal(signal.SIGTERM, on_sigterm)

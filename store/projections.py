@@ -99,12 +99,13 @@ def finalize(cur: SessionCursor, payload: dict[str, Any]) -> None:
     code, sig = payload.get("exit_code"), payload.get("signal")
     if payload.get("status"):
         status, reason = payload["status"], payload["status"]
+    elif cur.outcome == "completed" and not sig:
+        # a session that finished keeps its own outcome, whatever limit or stop arrived after
+        status, reason = "completed", "completed"
     elif cur.kill_reason:
         status, reason = "failed", cur.kill_reason
     elif cur.stop_by:
         status, reason = "cancelled", f"stopped by {cur.stop_by} (ended by {payload['ended_by']})"
-    elif cur.outcome == "completed" and not sig:
-        status, reason = "completed", "completed"
     elif cur.outcome == "failed":
         status, reason = "failed", f"workflow failed: {cur.outcome_error or 'error'}"
     elif cur.outcome == "cancelled":
@@ -250,5 +251,5 @@ def _fmt(value: float, unit: str) -> str:
     if unit == "percent":
         return f"{value:.0f} %"
     if unit == "USD":
-        return f"${value:.4f}"
+        return f"${value:.6f}"
     return f"{value:g} {unit}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
@@ -80,8 +81,13 @@ class Resume(_Control):
 
     def execute(self) -> Any:
         row = self.running()
-        self.daemon.supervisor.resume(row["id"], "client")
-        return {"session": row["id"], "resuming": True}
+        budget = self.arg("budget", (int, float), None, check=lambda b: math.isfinite(b) and b > 0,
+                          hint="a positive amount of USD")
+        if budget is None:
+            self.daemon.supervisor.resume(row["id"], "client")
+        else:  # the runner enforces budgets before each LLM call; it continues with the new one
+            self.daemon.supervisor.send_runner(row["id"], "resume", {"by": "client", "budget": float(budget)})
+        return {"session": row["id"], "resuming": True, **({"budget": budget} if budget is not None else {})}
 
 
 @register

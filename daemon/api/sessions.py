@@ -99,7 +99,7 @@ class Start(Request):
         spec = {"session_id": sid, "workflow": workflow, "params": params, "workdir": str(workdir),
                 "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
                 "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
-                "secrets": d.secrets}
+                "secrets": d.secrets, "limits": limits.to_dict()}
         try:
             d.supervisor.launch(sid, spec, limits)
         except Exception as exc:  # noqa: BLE001 - reported as the session's end and to the client

@@ -2,7 +2,9 @@
 
 With a budget ``B`` a call is refused once the session has spent ``B`` or more, so a session spends at
 most ``B`` plus the one call that crossed it. ``stop`` ends the workflow (``BudgetExceeded``, a
-``Cancelled``: the session ends ``cancelled`` with the figures in its reason); ``pause`` blocks the
+a BaseException,
+so a workflow's ``except Exception`` cannot swallow it: the session ends ``failed`` with the figures in its
+reason); ``pause`` blocks the
 calling thread, as a pause at a step boundary does, until the session is resumed — with a new budget
 (``session.resume {budget}``) or without one (the budget is then lifted, so the resume means "go on").
 """
@@ -13,12 +15,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from labd.runner.context import Cancelled
-
 __all__ = ["Budget", "BudgetExceeded"]
 
 
-class BudgetExceeded(Cancelled):
+class BudgetExceeded(BaseException):
     """Raised in the workflow when a stop-on-budget session reaches its budget."""
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from labd.runner.agents.budget import Budget
 from labd.runner.agents.code import make_run_code
 from labd.runner.agents.offline import OFFLINE_MODEL, OFFLINE_PROVIDER, OfflineModelConfig
 from labd.runner.agents.pricing import PriceTable
@@ -46,7 +47,8 @@ class AgentFactory:
 
     def __init__(self, *, emit: Callable[..., int], new_node_id: Callable[[], str], workdir: Path,
                  models: Mapping[str, Mapping[str, Any]], prices: Mapping[str, Mapping[str, float]],
-                 secrets: Mapping[str, str], approvals: Approvals, files: FileTracker) -> None:
+                 secrets: Mapping[str, str], approvals: Approvals, files: FileTracker,
+                 limits: Mapping[str, Any] | None = None, pause: Callable[[str], float | None] | None = None) -> None:
         self.models = dict(models)
         self.secrets = secrets
         self.approvals = approvals
@@ -54,6 +56,10 @@ class AgentFactory:
         self.emit = emit
         self.tracker = Tracker(emit, new_node_id, PriceTable(prices), files, describe=self.describe)
         self._run_code = make_run_code(emit, workdir, files)
+        budget = (limits or {}).get("budget")
+        if isinstance(budget, int | float) and not isinstance(budget, bool):
+            self.tracker.budget = Budget(float(budget), str((limits or {}).get("budget_action") or "stop"), emit,
+                                         pause)
 
     def model_config(self, name: Any) -> tuple[Any, str, str, bool]:
         """(ag2 model config, model name, provider, offline) for a configured model name, or for an ag2

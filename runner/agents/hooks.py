@@ -17,12 +17,25 @@ The cost per turn is a dictionary lookup and two small objects (docs/benchmarks.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["track_all_agents", "RecordingClient", "current_llm_call", "LLMCall"]
+__all__ = ["track_all_agents", "untracked", "RecordingClient", "current_llm_call", "LLMCall"]
 
 _installed: list[Callable[[], Any]] = []
+_off: contextvars.ContextVar[bool] = contextvars.ContextVar("labd_untracked", default=False)
+
+
+@contextmanager
+def untracked() -> Iterator[None]:
+    """Agents run inside this block are not tracked (only for measuring the tracking's own overhead,
+    scripts/bench_tracking.py; the record of a session that uses it is knowingly incomplete)."""
+    token = _off.set(True)
+    try:
+        yield
+    finally:
+        _off.reset(token)
 
 
 class LLMCall:
@@ -75,7 +88,7 @@ def track_all_agents(factory: Callable[[], Any]) -> None:
     original = Agent._drive_scope
 
     def _drive_scope(self: Any, event: Any, *, client: Any, additional_middleware: Any = (), **kwargs: Any) -> Any:
-        if _installed:
+        if _installed and not _off.get():
             agents = _installed[0]()
             if not isinstance(client, RecordingClient):
                 client = RecordingClient(client, agents, getattr(self, "config", None))
