@@ -42,7 +42,7 @@ REFUSED = (sa_exc.StatementError, OverflowError, ValueError, TypeError)
 PROJECTED = frozenset({"session.created", "session.launched", "session.started", "session.finished",
                        "session.stopping", "session.ended", "session.adopted", "limit.exceeded",
                        "step.started", "step.finished", "resource.sample", "agent.turn.started",
-                       "agent.turn.finished", "cost.recorded", "file.created", "file.changed",
+                       "agent.turn.finished", "cost.recorded", "file.created", "file.changed", "file.deleted",
                        "approval.requested", "approval.resolved", "session.paused", "session.resumed",
                        "event.rejected"})
 

@@ -51,10 +51,11 @@ class FileTracker:
         self._lock = threading.Lock()
 
     def scan(self, node_id: str | None, agent: str | None = None, tool: str | None = None) -> int:
-        """Report new/changed files; returns how many were reported."""
+        """Report new, changed and deleted files; returns how many were reported."""
         with self._lock:
             found = 0
             count = 0
+            present: set[str] = set()
             for dirpath, dirnames, filenames in os.walk(self.root):
                 dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
                 for name in filenames:
@@ -69,6 +70,7 @@ class FileTracker:
                     if not stat.S_ISREG(st.st_mode):  # FIFOs, sockets, devices, links: never opened
                         continue
                     rel = str(full.relative_to(self.root))
+                    present.add(rel)
                     prev = self._seen.get(rel)
                     if prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns:
                         continue
@@ -87,4 +89,14 @@ class FileTracker:
                         payload["tool"] = tool
                     self._emit("file.changed" if prev is not None else "file.created", payload, node_id)
                     found += 1
+            # a complete walk (not cut at MAX_FILES) tells what is gone
+            for rel in sorted(set(self._seen) - present):
+                _size, _mtime, digest = self._seen.pop(rel)
+                gone: dict[str, Any] = {"path": rel, "sha256": digest, "kind": file_kind(rel)}
+                if agent:
+                    gone["agent"] = agent
+                if tool:
+                    gone["tool"] = tool
+                self._emit("file.deleted", gone, node_id)
+                found += 1
             return found

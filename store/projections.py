@@ -196,9 +196,9 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
                           "completion_tokens": payload["completion_tokens"], "cost": float(payload["cost"]),
                           "offline": bool(payload["offline"])})
         out.update(cur.id, cost=cur.cost)
-    elif kind in ("file.created", "file.changed"):
+    elif kind in ("file.created", "file.changed", "file.deleted"):
         out.files.append({"session_id": cur.id, "seq": seq, "path": payload["path"],
-                          "change": kind.split(".")[1], "sha256": payload["sha256"], "size": payload["size"],
+                          "change": kind.split(".")[1], "sha256": payload["sha256"], "size": payload.get("size", 0),
                           "kind": payload["kind"], "node_id": node_id, "agent": payload.get("agent"),
                           "tool": payload.get("tool"), "ts": ts})
     elif kind == "approval.requested":

@@ -123,7 +123,7 @@ files = Table(
     Column("session_id", String(32), primary_key=True),
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("path", Text, nullable=False),
-    Column("change", String(10), nullable=False),  # created | changed
+    Column("change", String(10), nullable=False),  # created | changed | deleted
     Column("sha256", String(64), nullable=False),
     Column("size", Integer, nullable=False),
     Column("kind", String(20), nullable=False),

@@ -121,7 +121,11 @@ class Files(Request):
         row = resolve_session(self)
         nodes = {n["node_id"]: n for n in self.daemon.store.steps(row["id"])}
         files = self.daemon.store.files(row["id"])
-        for f in files:  # the step a file belongs to: its node, or the step enclosing the agent turn
+        latest = {f["path"]: f["seq"] for f in files}  # rows are in seq order: the last one per path wins
+        for f in files:
+            # the history stays; `current` marks each path's latest row unless that row is its deletion
+            f["current"] = latest[f["path"]] == f["seq"] and f["change"] != "deleted"
+            # the step a file belongs to: its node, or the step enclosing the agent turn
             node = nodes.get(f["node_id"] or "")
             seen: set[str] = set()
             while node is not None and node["kind"] == "agent" and node["node_id"] not in seen:

@@ -139,3 +139,16 @@ def spend_loop(ctx: Any, calls: int = 40) -> int:
         return done
 
     return asyncio.run(body())
+
+
+def delete_file(ctx: Any) -> str:
+    """A step writes a file, a later step deletes it, a third writes another."""
+    from pathlib import Path
+
+    with ctx.step("write"):
+        Path("draft.txt").write_text("first draft")
+    with ctx.step("remove"):
+        Path("draft.txt").unlink()
+    with ctx.step("final"):
+        Path("final.txt").write_text("final")
+    return "ok"

@@ -1,0 +1,20 @@
+"""File capture: deletions are recorded; the current state and the history are both kept."""
+
+from __future__ import annotations
+
+
+def test_a_deleted_file_is_recorded_and_no_longer_current(client) -> None:
+    """A file written in one step and deleted in the next gets a ``file.deleted`` event attributed to the
+    deleting step; ``session.files`` keeps its history but no longer lists it as current."""
+    sid = client.start("labd_fidelityflows:delete_file")
+    final = client.wait(sid, timeout=60)
+    assert final["status"] == "completed", final["reason"]
+    steps = {n["name"]: n["node_id"] for n in client.dag(sid)["dag"]["nodes"]}
+    deleted = [e for e in client.history(sid) if e["kind"] == "file.deleted"]
+    assert [(e["payload"]["path"], e["node_id"]) for e in deleted] == [("draft.txt", steps["remove"])]
+    files = client.files(sid)
+    draft = [f for f in files if f["path"] == "draft.txt"]
+    assert [(f["change"], f["step"], f["current"]) for f in draft] == [("created", "write", False),
+                                                                       ("deleted", "remove", False)]
+    assert draft[0]["sha256"] == draft[1]["sha256"]
+    assert [f["path"] for f in files if f["current"]] == ["final.txt"]
