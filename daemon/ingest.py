@@ -41,7 +41,7 @@ REFUSED = (sa_exc.StatementError, OverflowError, ValueError, TypeError)
 #: kinds that change projections (everything else only advances the session's seq)
 PROJECTED = frozenset({"session.created", "session.launched", "session.started", "session.finished",
                        "session.stopping", "session.ended", "session.adopted", "limit.exceeded",
-                       "step.started", "step.finished", "resource.sample", "agent.turn.started",
+                       "step.started", "step.finished", "step.planned", "resource.sample", "agent.turn.started",
                        "agent.turn.finished", "cost.recorded", "file.created", "file.changed", "file.deleted",
                        "approval.requested", "approval.resolved", "session.paused", "session.resumed",
                        "event.rejected"})

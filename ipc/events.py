@@ -54,9 +54,16 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     "session.pause_requested": {"by": (str, True), "reason": (str, True)},  # daemon
     # workflow (DAG): steps and phases are nodes; edges are [[src node, type], ...] into this node
     "step.started": {"name": (str, True), "kind": (str, False), "parent_node": (str, False),
-                     "edges": (list, False), "redo_of": (str, False), "attempt": (int, False)},
+                     "edges": (list, False), "redo_of": (str, False), "attempt": (int, False),
+                     "planned": (bool, False)},
     "step.finished": {"name": (str, True), "status": (str, True), "duration": (NUM, True),
                       "error": (str, False)},
+    # a step announced by a plan, not run yet: a DAG node with status "planned" (step.started on the same
+    # node_id, with planned: true, turns it into the running step)
+    "step.planned": {"name": (str, True), "kind": (str, False), "parent_node": (str, False)},
+    # an attempt failed and the work is tried again (node_id: the enclosing step)
+    "retry": {"name": (str, True), "attempt": (int, True), "of": (int, False), "error": (str, True),
+              "previous_node": (str, True)},
     "custom": {"name": (str, True), "data": (ANY, False)},
     # agents (runner; node_id = the agent-turn node or the step it runs in)
     "agent.turn.started": {"agent": (str, True), "parent_node": (str, False), "input": (TEXT, False),
@@ -123,7 +130,8 @@ DAEMON_KINDS = frozenset({"session.created", "session.launched", "session.stoppi
                           "event.rejected", "approval.resolved"})
 
 #: kinds that must carry a node_id
-_NEEDS_NODE = frozenset({"step.started", "step.finished", "agent.turn.started", "agent.turn.finished"})
+_NEEDS_NODE = frozenset({"step.started", "step.finished", "step.planned", "agent.turn.started",
+                         "agent.turn.finished"})
 
 
 def _compile() -> dict[str, tuple[tuple[str, tuple[type, ...] | None, bool, bool], ...]]:

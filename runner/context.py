@@ -42,6 +42,12 @@ class Node:
     def __init__(self, node_id: str, name: str) -> None:
         self.id = node_id
         self.name = name
+        self.error: str | None = None
+
+    def fail(self, error: str) -> None:
+        """Mark the step ``failed`` with ``error`` when it ends, without raising (e.g. an attempt whose
+        agent reported an error: the workflow goes on with a retry)."""
+        self.error = error
 
 
 class Context:
@@ -84,20 +90,25 @@ class Context:
 
     @contextmanager
     def step(self, name: str, *, kind: str = "step", depends_on: Iterable[str] | None = None,
-             redo_of: str | None = None, attempt: int | None = None) -> Iterator[Node]:
+             redo_of: str | None = None, attempt: int | None = None, retry_of: str | None = None,
+             planned: str | None = None) -> Iterator[Node]:
         """Open a DAG node (``kind`` step or phase) around a block; checks for pause and cancellation.
 
         Edges into the node: ``contains`` from the enclosing node, ``dependency`` from each id in
         ``depends_on`` (or, when it is None, ``sequence`` from the previous finished sibling), and
-        ``redo`` from ``redo_of``. Emits ``step.started`` and ``step.finished`` (completed, failed or
-        cancelled).
+        ``redo`` from ``redo_of``, ``retry`` from ``retry_of`` (the failed attempt this one retries).
+        ``planned``: the id :meth:`plan` gave this step, so the planned node becomes the running one.
+        Emits ``step.started`` and ``step.finished`` (completed, failed or cancelled; ``failed`` also
+        when the block called ``node.fail(error)``).
         """
         self.check_cancelled()
         self._maybe_pause()
         parent = current_node.get()
-        node = Node(self.new_node_id(), name)
+        node = Node(planned or self.new_node_id(), name)
         edges: list[list[str]] = []
-        if depends_on is None and not redo_of:  # a redo's link to its predecessor is the redo edge
+        if retry_of:
+            edges.append([retry_of, "retry"])
+        elif depends_on is None and not redo_of:  # a redo's link to its predecessor is the redo edge
             with self._lock:
                 prev = self._last_done.get(parent)
             if prev:
@@ -113,6 +124,8 @@ class Context:
             payload["redo_of"] = redo_of
         if attempt is not None:
             payload["attempt"] = attempt
+        if planned:
+            payload["planned"] = True
         self.before_boundary()
         self._emit("step.started", payload, node.id)
         token = current_node.set(node.id)
@@ -129,6 +142,9 @@ class Context:
         except BaseException as exc:
             status, error = "failed", f"{type(exc).__name__}: {exc}"
             raise
+        else:
+            if node.error is not None:
+                status, error = "failed", node.error
         finally:
             self.before_boundary()
             self.after_step(node.id)
@@ -142,6 +158,42 @@ class Context:
             with self._lock:
                 self._last_done[parent] = node.id
         self.check_cancelled()
+
+    def retrying(self, name: str, failed: Node, attempt: int, of: int | None = None) -> None:
+        """Record that ``name`` is tried again as attempt number ``attempt`` after the ``failed`` attempt
+        (a ``retry`` event with that attempt's real error). Each attempt is its own step::
+
+            previous = None
+            for n in range(1, tries + 1):
+                if previous is not None:
+                    ctx.retrying("step 1", previous, n, tries)
+                with ctx.step(f"step 1 (attempt {n})", attempt=n, retry_of=previous and previous.id) as node:
+                    result = work(previous and previous.error)
+                    if not result.ok:
+                        node.fail(result.error)   # status failed, with its error
+                if node.error is None:
+                    break
+                previous = node
+        """
+        payload: dict[str, Any] = {"name": name, "attempt": attempt, "error": failed.error or "failed",
+                                   "previous_node": failed.id}
+        if of is not None:
+            payload["of"] = of
+        self._emit("retry", payload, current_node.get())
+
+    def plan(self, names: Iterable[str], *, kind: str = "step") -> list[str]:
+        """Announce steps that will run later: each becomes a DAG node with status ``planned`` (nested in
+        the current step) until ``ctx.step(name, planned=<its id>)`` runs it. Returns the node ids."""
+        parent = current_node.get()
+        ids = []
+        for name in names:
+            node_id = self.new_node_id()
+            payload: dict[str, Any] = {"name": name, "kind": kind}
+            if parent:
+                payload["parent_node"] = parent
+            self._emit("step.planned", payload, node_id)
+            ids.append(node_id)
+        return ids
 
     def skip(self, name: str, reason: str, *, kind: str = "step") -> str:
         """Record a step that was decided against (e.g. rejected by a human): a node with status skipped."""

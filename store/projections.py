@@ -62,6 +62,7 @@ class RowChanges:
     session_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
     step_inserts: list[dict[str, Any]] = field(default_factory=list)
     step_updates: list[dict[str, Any]] = field(default_factory=list)
+    step_starts: list[dict[str, Any]] = field(default_factory=list)  # a planned node starts running
     history: list[dict[str, Any]] = field(default_factory=list)
     edges: list[dict[str, Any]] = field(default_factory=list)
     costs: list[dict[str, Any]] = field(default_factory=list)
@@ -163,6 +164,25 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
         out.update(cur.id, ended_at=ts, ended_by=payload["ended_by"], exit_code=payload.get("exit_code"),
                    signal=payload.get("signal"))
         _transition(cur, payload["status"], seq, ts, payload["reason"], actor, out)
+    elif kind == "step.planned":
+        parent = payload.get("parent_node")
+        out.step_inserts.append({
+            "session_id": cur.id, "node_id": node_id, "name": payload["name"], "status": "planned",
+            "start_seq": seq, "kind": payload.get("kind") or "step", "parent_node": parent, "agent": None,
+            "attempt": None, "redo_of": None})
+        if parent:
+            out.edges.append({"session_id": cur.id, "src": parent, "dst": node_id, "type": "contains"})
+        out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": None,
+                            "to_status": "planned", "reason": "planned", "actor": actor, "node_id": node_id})
+    elif kind == "step.started" and payload.get("planned") is True:
+        out.step_starts.append({"session_id": cur.id, "node_id": node_id, "name": payload["name"],
+                                "status": "running", "started_at": ts, "start_seq": seq,
+                                "attempt": payload.get("attempt"), "redo_of": payload.get("redo_of")})
+        for edge in payload.get("edges") or []:
+            if isinstance(edge, list) and len(edge) == 2 and all(isinstance(x, str) for x in edge):
+                out.edges.append({"session_id": cur.id, "src": edge[0], "dst": node_id, "type": edge[1]})
+        out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": "planned",
+                            "to_status": "running", "reason": "started", "actor": actor, "node_id": node_id})
     elif kind in ("step.started", "agent.turn.started"):
         agent_turn = kind == "agent.turn.started"
         parent = payload.get("parent_node")

@@ -125,10 +125,10 @@ class Files(Request):
         for f in files:
             # the history stays; `current` marks each path's latest row unless that row is its deletion
             f["current"] = latest[f["path"]] == f["seq"] and f["change"] != "deleted"
-            # the step a file belongs to: its node, or the step enclosing the agent turn
+            # the step a file belongs to: its node, or the step enclosing the agent turn (and its attempt)
             node = nodes.get(f["node_id"] or "")
             seen: set[str] = set()
-            while node is not None and node["kind"] == "agent" and node["node_id"] not in seen:
+            while node is not None and node["kind"] in ("agent", "attempt") and node["node_id"] not in seen:
                 seen.add(node["node_id"])
                 node = nodes.get(node["parent_node"] or "")
             f["step"] = node["name"] if node else None

@@ -153,7 +153,9 @@ def _answer(role: str, request: str, tool_output: str) -> str:
             return "DONE: nothing to run"
         m = re.search(r"\[exit code: (\d+)\]", tool_output)
         if m:
-            return f"ERROR: the code exited with code {m.group(1)}: {tool_output.strip().splitlines()[0][:200]}"
+            # the real error: the last lines of the traceback, ending with the exception
+            tail = [line for line in tool_output.strip().splitlines() if not line.startswith("[exit code")][-3:]
+            return f"ERROR: the code exited with code {m.group(1)}: " + " | ".join(t.strip() for t in tail)[-400:]
         return f"DONE: {tool_output.strip()[:200]}"
     if role == "researcher":
         digest = hashlib.sha256(request.encode()).hexdigest()[:8]
