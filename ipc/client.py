@@ -104,20 +104,37 @@ class Client:
     def start(self, workflow: str, *, name: str | None = None, params: dict[str, Any] | None = None,
               memory: str | int | None = None, cpu: str | float | None = None,
               timeout: str | float | None = None, budget: float | None = None,
-              budget_action: str | None = None) -> str:
+              budget_action: str | None = None, tags: dict[str, str] | None = None) -> str:
         """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``);
-        ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause."""
+        ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause; ``tags`` label the
+        session for ``sessions(tags=...)`` and ``cost_summary(by="tag")``."""
         limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
                                     "budget_action": budget_action}.items() if v is not None}
         body: dict[str, Any] = {"workflow": workflow, "params": params or {}, "limits": limits}
         if name:
             body["name"] = name
+        if tags:
+            body["tags"] = tags
         return self.request("session.start", **body)["session"]  # type: ignore[no-any-return]
 
-    def sessions(self, status: list[str] | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    def cost_summary(self, by: str = "model", since: float | None = None) -> dict[str, Any]:
+        """LLM cost across all sessions, grouped ``by`` model | workflow | tag | day | session, calls at or
+        after ``since`` (seconds since the epoch)."""
+        extra = {} if since is None else {"since": since}
+        return self.request("cost.summary", by=by, **extra)  # type: ignore[no-any-return]
+
+    def sessions(self, status: list[str] | None = None, limit: int = 200, *, workflow: str | None = None,
+                 tags: dict[str, str] | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        """Sessions newest first, filtered by status, exact workflow, tags (all must match), created since."""
         body: dict[str, Any] = {"limit": limit}
         if status:
             body["status"] = status
+        if workflow:
+            body["workflow"] = workflow
+        if tags:
+            body["tags"] = tags
+        if since is not None:
+            body["since"] = since
         return self.request("session.list", **body)["sessions"]  # type: ignore[no-any-return]
 
     def session(self, ref: str) -> dict[str, Any]:

@@ -133,6 +133,7 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
             "limits": orjson.dumps(payload["limits"]).decode(), "workdir": payload["workdir"],
             "status": "created", "created_at": ts, "last_seq": seq, "runner_seq": 0,
             "peak_rss": 0, "peak_cpu_percent": 0.0, "rejected_events": 0,
+            "tags": orjson.dumps(payload.get("tags") or {}).decode(),
         })
         out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": None,
                             "to_status": "created", "reason": "created", "actor": "client", "node_id": None})

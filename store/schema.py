@@ -43,6 +43,7 @@ sessions = Table(
     Column("outcome_error", Text),
     Column("stop_by", String(40)),
     Column("kill_reason", Text),
+    Column("tags", Text),  # JSON object of str -> str, from session.start
 )
 Index("ix_sessions_status", sessions.c.status)
 

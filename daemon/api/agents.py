@@ -9,6 +9,7 @@ from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.sessions import resolve_session
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.store.exports import FORMATS
+from labd.store.queries import COST_GROUPS
 
 
 @register
@@ -111,6 +112,17 @@ class Cost(Request):
         out = self.daemon.store.costs(row["id"])
         out["budget"] = row["limits"].get("budget")
         return out
+
+
+@register
+class CostSummary(Request):
+    type = "cost.summary"
+
+    def execute(self) -> Any:
+        by = self.arg("by", str, "model", check=lambda b: b in COST_GROUPS, hint=" | ".join(COST_GROUPS))
+        since = self.arg("since", (int, float), None, check=lambda t: math.isfinite(t) and t >= 0,
+                         hint="a time in seconds since the epoch")
+        return self.daemon.store.cost_summary(by=by, since=None if since is None else float(since))
 
 
 @register

@@ -63,6 +63,11 @@ def _positive(value: Any, name: str) -> Any:
     return value
 
 
+def _valid_tags(tags: Any) -> bool:
+    return len(tags) <= 50 and all(isinstance(k, str) and 0 < len(k) <= 100 and isinstance(v, str)
+                                   and len(v) <= 300 for k, v in tags.items())
+
+
 def live_view(req: Request, row: dict[str, Any]) -> dict[str, Any]:
     """A session row plus live figures from the monitor (for sessions still running)."""
     out = dict(row)
@@ -82,6 +87,7 @@ class Start(Request):
         params = self.arg("params", dict, {})
         name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
         limits = _limits(self.body)
+        tags = self.arg("tags", dict, None, check=_valid_tags, hint="an object of up to 50 str -> str tags")
         d = self.daemon
         check = d.check_workflow(workflow, params)
         if isinstance(limits.budget, float | int) and not math.isfinite(limits.budget):
@@ -94,7 +100,8 @@ class Start(Request):
         name = name or f"{workflow.rsplit(':', 1)[-1]}-{sid[:6]}"
         workdir = d.layout.sessions_dir / sid / "work"
         d.post_event(sid, "session.created", {"workflow": workflow, "name": name, "params": params,
-                                              "limits": limits.to_dict(), "workdir": str(workdir)},
+                                              "limits": limits.to_dict(), "workdir": str(workdir),
+                                              **({"tags": tags} if tags else {})},
                      reply_to=self.reply_to)
         spec = {"session_id": sid, "workflow": workflow, "params": params, "workdir": str(workdir),
                 "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
@@ -116,7 +123,17 @@ class ListSessions(Request):
         status = self.arg("status", list, None, check=lambda s: all(x in STATUSES for x in s),
                           hint=f"a list of statuses ({', '.join(STATUSES)})")
         limit = self.arg("limit", int, 200, check=lambda n: 0 < n <= 10_000, hint="1-10000")
-        rows = self.daemon.store.sessions(status=status, limit=limit)
+        # filters are honoured or refused, never silently ignored
+        unknown = set(self.body) - {"status", "limit", "workflow", "tags", "since"}
+        if unknown:
+            raise ApiError("bad_request", f"session.list has no filter {', '.join(sorted(unknown))} "
+                           "(accepted: status, limit, workflow, tags, since)")
+        workflow = self.arg("workflow", str, None, check=lambda s: 0 < len(s) <= 300, hint="a workflow name")
+        tags = self.arg("tags", dict, None, check=_valid_tags, hint="an object of str -> str tags")
+        since = self.arg("since", (int, float), None, check=lambda t: math.isfinite(t) and t >= 0,
+                         hint="a time in seconds since the epoch")
+        rows = self.daemon.store.sessions(status=status, limit=limit, workflow=workflow, tags=tags,
+                                          since=None if since is None else float(since))
         return {"sessions": [live_view(self, r) for r in rows]}
 
 

@@ -1,4 +1,5 @@
-"""Content-addressed blobs (full LLM requests and responses, large outputs) and their references.
+"""Content-addressed blobs (full LLM requests and responses, large outputs) and their references;
+session tags.
 
 Revision ID: 0003_blobs
 Revises: 0002
@@ -28,9 +29,13 @@ def upgrade() -> None:
         sa.Column("first_seq", sa.Integer, nullable=False),
     )
     op.create_index("ix_blob_refs_sha256", "blob_refs", ["sha256"])
+    with op.batch_alter_table("sessions") as b:
+        b.add_column(sa.Column("tags", sa.Text))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("sessions") as b:
+        b.drop_column("tags")
     op.drop_index("ix_blob_refs_sha256", "blob_refs")
     op.drop_table("blob_refs")
     op.drop_table("blobs")
