@@ -15,6 +15,7 @@ from typing import Any
 
 from labd.daemon.config import ConfigError
 from labd.ipc.client import Client, LabdError
+from labd.ipc.events import STATUSES
 
 __all__ = ["main"]
 
@@ -65,12 +66,12 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _params(items: list[str]) -> dict[str, str]:
+def _params(items: list[str], flag: str = "--param") -> dict[str, str]:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--param takes key=value, got {item!r}")
+            raise ConfigError(f"{flag} takes key=value, got {item!r}")
         out[key] = value
     return out
 
@@ -123,7 +124,8 @@ def cmd_run(args: argparse.Namespace, c: Client) -> int:
     if args.budget is not None and not args.budget > 0:
         raise ConfigError("--budget must be a positive amount of USD")
     sid = c.start(args.workflow, name=args.name, params=_params(args.param), memory=memory, cpu=cpu,
-                  timeout=timeout, budget=args.budget, budget_action=args.on_budget)
+                  timeout=timeout, budget=args.budget, budget_action=args.on_budget,
+                  tags=_params(args.tag, "--tag") or None)
     if not args.follow:
         print(sid)
         return 0
@@ -134,8 +136,11 @@ def cmd_run(args: argparse.Namespace, c: Client) -> int:
 
 
 def cmd_ps(args: argparse.Namespace, c: Client) -> int:
-    rows = c.sessions(status=None if args.all else list(LIVE), limit=args.limit)
-    if not args.all and not rows:
+    filters = {"workflow": args.workflow, "tags": _params(args.tag, "--tag") or None,
+               "since": _since(args.since) if args.since else None}
+    status = args.status or (None if args.all or any(filters.values()) else list(LIVE))
+    rows = c.sessions(status=status, limit=args.limit, **filters)  # type: ignore[arg-type]
+    if not args.all and not rows and not args.status and not any(filters.values()):
         rows = c.sessions(limit=10)  # nothing running: show the most recent ones instead
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
@@ -267,7 +272,28 @@ def cmd_dag(args: argparse.Namespace, c: Client) -> int:
     return 0
 
 
+def _since(text: str) -> float:
+    """``7d``, ``12h``, ``30m`` ago (or seconds) as a time."""
+    from labd.daemon.config import parse_duration
+
+    return time.time() - parse_duration(text)
+
+
 def cmd_cost(args: argparse.Namespace, c: Client) -> int:
+    if args.all:
+        s = c.cost_summary(by=args.by, since=_since(args.since) if args.since else None)
+        if args.json:
+            print(json.dumps(s, indent=2, default=str))
+            return 0
+        t = s["total"]
+        print(f"{t['sessions']} sessions: ${t['cost']:.6f} for {t['calls']} LLM calls, "
+              f"{t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens")
+        print(_table([[str(g[args.by]), str(g["sessions"]), str(g["calls"]), str(g["prompt_tokens"]),
+                       str(g["completion_tokens"]), f"${g['cost']:.6f}"] for g in s["groups"]],
+                     [args.by.upper(), "SESSIONS", "CALLS", "PROMPT", "COMPLETION", "COST"]))
+        return 0
+    if not args.session:
+        raise ConfigError("labd cost needs a SESSION, or --all")
     r = c.cost(args.session)
     if args.json:
         print(json.dumps(r, indent=2, default=str))
@@ -340,9 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", type=float, help="LLM budget in USD for the whole session, e.g. 2.50")
     s.add_argument("--on-budget", choices=["stop", "pause"], help="what crossing the budget does (default stop)")
     s.add_argument("--follow", "-f", action="store_true", help="stream its output until it ends")
+    s.add_argument("--tag", action="append", default=[], metavar="K=V", help="label the session (repeatable)")
 
     s = sub.add_parser("ps", help="list sessions")
     s.add_argument("--all", "-a", action="store_true", help="include ended sessions")
+    s.add_argument("--status", action="append", choices=list(STATUSES), help="only this status (repeatable)")
+    s.add_argument("--workflow", help="only sessions of this workflow")
+    s.add_argument("--tag", action="append", default=[], metavar="K=V", help="only sessions with this tag")
+    s.add_argument("--since", help="only sessions created in the last 7d / 12h / 30m")
     s.add_argument("--limit", type=int, default=200)
     s.add_argument("--json", action="store_true")
 
@@ -401,8 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("dag", help="a session's step graph")
     s.add_argument("session")
     s.add_argument("--format", choices=["json", "mermaid", "dot"], default="json")
-    s = sub.add_parser("cost", help="a session's LLM cost per agent, model and node")
-    s.add_argument("session")
+    s = sub.add_parser("cost", help="a session's LLM cost per agent, model and node (or --all sessions)")
+    s.add_argument("session", nargs="?")
+    s.add_argument("--all", action="store_true", help="cost across all sessions")
+    s.add_argument("--by", choices=["model", "workflow", "tag", "day", "session"], default="model")
+    s.add_argument("--since", help="with --all: only calls in the last 7d / 12h / 30m")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("files", help="files a session produced, with the step and agent that wrote them")
     s.add_argument("session")

@@ -108,3 +108,28 @@ def test_cost_across_sessions_equals_the_sum_of_sessions(client) -> None:
     sessions = {g["session"]: g["cost"] for g in client.cost_summary(by="session")["groups"]}
     assert sessions == pytest.approx(per_session, rel=1e-9)
     assert client.cost_summary(since=time.time() + 60)["total"]["calls"] == 0
+
+
+def test_cli_flags_for_full_events_tags_and_cost_across_sessions(daemon) -> None:
+    """``labd run --tag``, ``labd ps --tag/--workflow/--since``, ``labd events --full --agent`` and
+    ``labd cost --all --by`` reach the daemon and print what they asked for."""
+    import json
+    import subprocess
+    import sys
+
+    def labd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "labd", *args], capture_output=True, text=True, timeout=90)
+
+    sid = labd("run", "labd_fidelityflows:big_reply", "-p", "chars=6000", "--tag", "team=red").stdout.strip()
+    with daemon.client() as c:
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+    listed = labd("ps", "--tag", "team=red", "--since", "1h", "--workflow", "labd_fidelityflows:big_reply", "--json")
+    assert [r["id"] for r in json.loads(listed.stdout)] == [sid], listed.stderr
+    assert json.loads(labd("ps", "--tag", "team=blue", "--json").stdout) == []
+    full = labd("events", sid, "--full", "--agent", "writer", "--json", "--kind", "llm.response")
+    (resp,) = [json.loads(line) for line in full.stdout.splitlines()]
+    assert isinstance(resp["payload"]["content"], str) and len(resp["payload"]["content"]) == 6000
+    cost = labd("cost", "--all", "--by", "tag", "--json")
+    groups = {g["tag"]: g for g in json.loads(cost.stdout)["groups"]}
+    assert groups["team=red"]["sessions"] == 1
+    assert "follow" in labd("events", sid, "--full", "--follow").stderr
