@@ -99,12 +99,14 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                         "agent": (str, False)},
     # files in the work directory, attributed to the node (and agent / tool) that produced them
     "file.created": {"path": (str, True), "sha256": (str, True), "size": (int, True), "kind": (str, True),
-                     "agent": (str, False), "tool": (str, False)},
+                     "agent": (str, False), "tool": (str, False), "ambiguous": (bool, False),
+                     "candidates": (list, False)},
     "file.changed": {"path": (str, True), "sha256": (str, True), "size": (int, True), "kind": (str, True),
-                     "agent": (str, False), "tool": (str, False)},
+                     "agent": (str, False), "tool": (str, False), "ambiguous": (bool, False),
+                     "candidates": (list, False)},
     # a file that was in the work directory at the previous scan and is gone (sha256: its last content)
     "file.deleted": {"path": (str, True), "sha256": (str, True), "kind": (str, True), "agent": (str, False),
-                     "tool": (str, False)},
+                     "tool": (str, False), "ambiguous": (bool, False), "candidates": (list, False)},
     # approvals: requested by the runner, resolved by the daemon (a client's answer or the timeout policy)
     "approval.requested": {"approval_id": (str, True), "kind": (str, True), "prompt": (str, True),
                            "options": (list, True), "context": (ANY, False), "timeout": (NUM, False),

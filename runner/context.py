@@ -78,6 +78,11 @@ class Context:
         self._lock = threading.Lock()
         self.approvals: Approvals | None = None
         self._agents: Callable[[], Any] | None = None
+        #: file attribution under concurrency: every step's parent, the steps open now, and the steps that
+        #: were open at some time since the last work-directory scan
+        self._parents: dict[str, str | None] = {}
+        self._open: set[str] = set()
+        self._window: set[str] = set()
         self._agent_factory: Any = None
 
     def new_node_id(self) -> str:
@@ -128,6 +133,10 @@ class Context:
             payload["planned"] = True
         self.before_boundary()
         self._emit("step.started", payload, node.id)
+        with self._lock:
+            self._parents[node.id] = parent
+            self._open.add(node.id)
+            self._window.add(node.id)
         token = current_node.set(node.id)
         outer, main = self.active_node, threading.current_thread() is threading.main_thread()
         if main:
@@ -147,6 +156,8 @@ class Context:
                 status, error = "failed", node.error
         finally:
             self.before_boundary()
+            with self._lock:  # closed before its scan, so the next window starts without it
+                self._open.discard(node.id)
             self.after_step(node.id)
             current_node.reset(token)
             if main:
@@ -194,6 +205,25 @@ class Context:
             self._emit("step.planned", payload, node_id)
             ids.append(node_id)
         return ids
+
+    def concurrent_with(self, node_id: str | None) -> list[str]:
+        """Steps that may also have written what a work-directory scan for ``node_id`` finds: those open at
+        some time since the previous scan that are neither ``node_id``, its ancestors nor its descendants.
+        Starts the next window (what is still open stays in it)."""
+        with self._lock:
+            window, self._window = self._window, set(self._open)
+            if node_id is None:
+                return sorted(window)
+            mine = self._ancestors(node_id) | {node_id}
+            return sorted(m for m in window if m not in mine and node_id not in self._ancestors(m))
+
+    def _ancestors(self, node_id: str) -> set[str]:
+        out: set[str] = set()
+        parent = self._parents.get(node_id)
+        while parent is not None and parent not in out:
+            out.add(parent)
+            parent = self._parents.get(parent)
+        return out
 
     def skip(self, name: str, reason: str, *, kind: str = "step") -> str:
         """Record a step that was decided against (e.g. rejected by a human): a node with status skipped."""

@@ -49,10 +49,21 @@ class FileTracker:
         self._emit = emit
         self._seen: dict[str, tuple[int, int, str]] = {}  # rel path -> (size, mtime_ns, sha256)
         self._lock = threading.Lock()
+        #: steps running concurrently with a node (Context.concurrent_with); None: no concurrency known
+        self.concurrent: Callable[[str | None], list[str]] | None = None
 
-    def scan(self, node_id: str | None, agent: str | None = None, tool: str | None = None) -> int:
-        """Report new, changed and deleted files; returns how many were reported."""
+    def scan(self, node_id: str | None, agent: str | None = None, tool: str | None = None,
+             step: str | None = None) -> int:
+        """Report new, changed and deleted files; returns how many were reported. ``step``: the step the
+        scanning node runs in (for an agent turn's node). When another step ran concurrently since the last
+        scan, a change cannot be attributed exactly: it is recorded with no node, ``ambiguous: true`` and
+        the ``candidates`` (this node and the concurrent steps) rather than credited to a wrong step."""
         with self._lock:
+            others = self.concurrent(step or node_id) if self.concurrent is not None else []
+            if others:
+                candidates = [node_id, *others] if node_id else others
+                node_id, agent, tool = None, None, None
+            attribution: dict[str, Any] = {"ambiguous": True, "candidates": candidates} if others else {}
             found = 0
             count = 0
             present: set[str] = set()
@@ -87,6 +98,7 @@ class FileTracker:
                         payload["agent"] = agent
                     if tool:
                         payload["tool"] = tool
+                    payload.update(attribution)
                     self._emit("file.changed" if prev is not None else "file.created", payload, node_id)
                     found += 1
             # a complete walk (not cut at MAX_FILES) tells what is gone
@@ -97,6 +109,7 @@ class FileTracker:
                     gone["agent"] = agent
                 if tool:
                     gone["tool"] = tool
+                gone.update(attribution)
                 self._emit("file.deleted", gone, node_id)
                 found += 1
             return found

@@ -117,6 +117,7 @@ def run_session(spec: dict[str, Any]) -> int:
     capture.install()
     ctx.before_boundary = capture.sync
     files = FileTracker(workdir, emit)
+    files.concurrent = ctx.concurrent_with  # concurrent steps: "ambiguous", never a wrong step
     def scan_after_step(node_id: str) -> None:
         files.scan(node_id)
 

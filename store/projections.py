@@ -221,7 +221,9 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
         out.files.append({"session_id": cur.id, "seq": seq, "path": payload["path"],
                           "change": kind.split(".")[1], "sha256": payload["sha256"], "size": payload.get("size", 0),
                           "kind": payload["kind"], "node_id": node_id, "agent": payload.get("agent"),
-                          "tool": payload.get("tool"), "ts": ts})
+                          "tool": payload.get("tool"), "ts": ts,
+                          "candidates": orjson.dumps(payload["candidates"]).decode()
+                          if isinstance(payload.get("candidates"), list) else None})
     elif kind == "approval.requested":
         aid = payload["approval_id"]
         cur.pending_approvals[aid] = [str(o) for o in payload["options"]]

@@ -267,7 +267,11 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(select(files).where(files.c.session_id == session_id)
                                 .order_by(files.c.seq)).mappings().all()
-        return [dict(r) for r in rows]
+        out = [dict(r) for r in rows]
+        for f in out:
+            f["candidates"] = orjson.loads(f["candidates"]) if f.get("candidates") else None
+            f["ambiguous"] = f["candidates"] is not None
+        return out
 
     def approvals(self, *, session_id: str | None = None, status: str | None = None,
                   limit: int = 500) -> list[dict[str, Any]]:

@@ -132,6 +132,7 @@ files = Table(
     Column("agent", String(100)),
     Column("tool", String(100)),
     Column("ts", Float, nullable=False),
+    Column("candidates", Text),  # JSON list of node ids when concurrent steps make attribution ambiguous
 )
 
 approvals = Table(

@@ -150,9 +150,11 @@ class TrackingMiddleware(BaseMiddleware):
         self.provider = provider
         self.offline = offline
         self._routing: tuple[str, str | None] | None = None  # last tool called this turn, with its reason
+        self._step: str | None = None  # the node this turn runs in (for file attribution)
 
     async def on_turn(self, call_next: Any, event: BaseEvent, context: Any) -> Any:
         parent = current_node.get()
+        self._step = parent
         node = self.t.new_node_id()
         payload: dict[str, Any] = {"agent": self.agent, "input": _event_text(event)}
         if parent:
@@ -277,7 +279,7 @@ class TrackingMiddleware(BaseMiddleware):
                                     "status": "failed" if failed else "completed"}
             done["error" if failed else "result"] = _clip(payload.get("error") or result_text)
             self.t.emit("subagent.finished", done, node, call)
-        self.t.files.scan(node, agent=self.agent, tool=event.name)
+        self.t.files.scan(node, agent=self.agent, tool=event.name, step=self._step)
         return result
 
 

@@ -152,3 +152,29 @@ def delete_file(ctx: Any) -> str:
     with ctx.step("final"):
         Path("final.txt").write_text("final")
     return "ok"
+
+
+def concurrent_writers(ctx: Any) -> str:
+    """Two steps run at once in threads and write files at interleaved times; then a step alone."""
+    import threading
+    from pathlib import Path
+
+    turn = [threading.Event() for _ in range(4)]
+
+    def writer(name: str, mine: tuple[int, int], files: tuple[str, str]) -> None:
+        with ctx.step(name):
+            for i, path in zip(mine, files, strict=True):
+                if i:
+                    turn[i - 1].wait(30)
+                Path(path).write_text(name)
+                turn[i].set()
+
+    a = threading.Thread(target=writer, args=("A", (0, 2), ("a1.txt", "a2.txt")))
+    b = threading.Thread(target=writer, args=("B", (1, 3), ("b1.txt", "b2.txt")))
+    a.start()
+    b.start()
+    a.join()
+    b.join()
+    with ctx.step("alone"):
+        Path("c.txt").write_text("alone")
+    return "ok"

@@ -1,5 +1,5 @@
 """Content-addressed blobs (full LLM requests and responses, large outputs) and their references;
-session tags.
+session tags; candidate steps of an ambiguously attributed file.
 
 Revision ID: 0003_blobs
 Revises: 0002
@@ -31,9 +31,13 @@ def upgrade() -> None:
     op.create_index("ix_blob_refs_sha256", "blob_refs", ["sha256"])
     with op.batch_alter_table("sessions") as b:
         b.add_column(sa.Column("tags", sa.Text))
+    with op.batch_alter_table("files") as b:
+        b.add_column(sa.Column("candidates", sa.Text))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("files") as b:
+        b.drop_column("candidates")
     with op.batch_alter_table("sessions") as b:
         b.drop_column("tags")
     op.drop_index("ix_blob_refs_sha256", "blob_refs")
