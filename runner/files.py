@@ -51,15 +51,30 @@ class FileTracker:
         self._lock = threading.Lock()
         #: steps running concurrently with a node (Context.concurrent_with); None: no concurrency known
         self.concurrent: Callable[[str | None], list[str]] | None = None
+        self._within: dict[str, str | None] = {}  # agent-turn node -> the node it runs in
+
+    def nest(self, node_id: str, parent: str | None) -> None:
+        """Record that ``node_id`` (an agent turn, not a step) runs inside ``parent``."""
+        self._within[node_id] = parent
+
+    def step_of(self, node_id: str | None) -> str | None:
+        """The step (not agent turn) a node runs in."""
+        seen: set[str] = set()
+        while node_id is not None and node_id in self._within and node_id not in seen:
+            seen.add(node_id)
+            node_id = self._within[node_id]
+        return node_id
 
     def scan(self, node_id: str | None, agent: str | None = None, tool: str | None = None,
-             step: str | None = None) -> int:
+             step: str | None = None, exact: bool = False) -> int:
         """Report new, changed and deleted files; returns how many were reported. ``step``: the step the
         scanning node runs in (for an agent turn's node). When another step ran concurrently since the last
         scan, a change cannot be attributed exactly: it is recorded with no node, ``ambiguous: true`` and
-        the ``candidates`` (this node and the concurrent steps) rather than credited to a wrong step."""
+        the ``candidates`` (this node and the concurrent steps) rather than credited to a wrong step.
+        ``exact``: the caller knows who wrote what appeared (a code execution between two scans)."""
         with self._lock:
-            others = self.concurrent(step or node_id) if self.concurrent is not None else []
+            others = self.concurrent(step or self.step_of(node_id)) \
+                if self.concurrent is not None and not exact else []
             if others:
                 candidates = [node_id, *others] if node_id else others
                 node_id, agent, tool = None, None, None

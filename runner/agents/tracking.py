@@ -156,6 +156,7 @@ class TrackingMiddleware(BaseMiddleware):
         parent = current_node.get()
         self._step = parent
         node = self.t.new_node_id()
+        self.t.files.nest(node, parent)
         payload: dict[str, Any] = {"agent": self.agent, "input": _event_text(event)}
         if parent:
             payload["parent_node"] = parent
