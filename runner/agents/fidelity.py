@@ -24,32 +24,35 @@ _SECRET_WORDS = ("key", "secret", "token", "password", "credential", "auth")
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def jsonable(obj: Any, _depth: int = 0) -> Any:
+def jsonable(obj: Any, _depth: int = 0, text: Any = None) -> Any:
     """A JSON-compatible form of an ag2 event, tool schema or plain value (ag2's own ``to_dict`` for
-    events, so a recorded request can be turned back into ag2 objects)."""
+    events, so a recorded request can be turned back into ag2 objects). ``text``: applied to every
+    string (the blob sender's reference maker), so serialising and externalising is one pass."""
+    if isinstance(obj, str):
+        return text(obj) if text is not None else obj
     if isinstance(obj, _SCALARS):
         return obj
     if _depth > 40:
         return repr(obj)
     if isinstance(obj, Mapping):
-        return {str(k): jsonable(v, _depth + 1) for k, v in obj.items()}
+        return {str(k): jsonable(v, _depth + 1, text) for k, v in obj.items()}
     if isinstance(obj, list | tuple | set | frozenset):
-        return [jsonable(v, _depth + 1) for v in obj]
+        return [jsonable(v, _depth + 1, text) for v in obj]
     to_dict = getattr(obj, "to_dict", None)
     if callable(to_dict):
         try:
-            out = jsonable(to_dict(), _depth + 1)
+            out = jsonable(to_dict(), _depth + 1, text)
         except Exception:  # noqa: BLE001 - a value ag2 cannot serialise is recorded by its repr
             return repr(obj)
         if isinstance(out, dict):
             out = {"type": type(obj).__name__, **out}
         return out
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: jsonable(getattr(obj, f.name, None), _depth + 1) for f in dataclasses.fields(obj)}
+        return {f.name: jsonable(getattr(obj, f.name, None), _depth + 1, text) for f in dataclasses.fields(obj)}
     dump = getattr(obj, "model_dump", None)
     if callable(dump):
         try:
-            return jsonable(dump(), _depth + 1)
+            return jsonable(dump(), _depth + 1, text)
         except Exception:  # noqa: BLE001
             return repr(obj)
     if isinstance(obj, bytes):
@@ -87,6 +90,11 @@ class BlobSender:
         """``obj`` with every long string replaced by a reference, and the texts not sent before."""
         new: dict[str, str] = {}
         return self._walk(obj, new), new
+
+    def serialize(self, obj: Any, new: dict[str, str]) -> Any:
+        """:func:`jsonable` and :meth:`externalize` in one pass; texts not sent before go to ``new``."""
+        threshold = self.threshold
+        return jsonable(obj, text=lambda s: s if len(s) < threshold else self._walk(s, new))
 
     def _walk(self, obj: Any, new: dict[str, str]) -> Any:
         if isinstance(obj, str):

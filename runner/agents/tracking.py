@@ -28,7 +28,7 @@ from ag2.middleware import BaseMiddleware
 
 from labd.runner.agents.budget import Budget
 from labd.runner.agents.context import current_agent, current_call
-from labd.runner.agents.fidelity import BlobSender, jsonable, model_params
+from labd.runner.agents.fidelity import BlobSender, model_params
 from labd.runner.agents.hooks import LLMCall, current_llm_call
 from labd.runner.agents.pricing import PriceTable
 from labd.runner.context import current_node
@@ -79,6 +79,7 @@ class Tracker:
         self._lock = threading.Lock()
         #: ag2 network channel id -> (agent, its turn node, routing tool, reason) of the last turn in it
         self._last_speaker: dict[str, tuple[str, str, str | None, str | None]] = {}
+        self._param_cache: dict[int, tuple[Any, dict[str, Any]]] = {}
 
     def emit_full(self, kind: str, payload: dict[str, Any], node: str | None, parent: int | None = None) -> int:
         """Emit with long strings moved to blobs (never truncated; each blob sent once per session)."""
@@ -111,17 +112,29 @@ class Tracker:
             await budget.check(self.spent, call)
 
     def record_request(self, call: LLMCall, messages: Any, context: Any, tools: Any, response_schema: Any) -> int:
+        new: dict[str, str] = {}
+        ser = self.blobs.serialize  # serialise and move long texts to blobs in one pass (it is per call)
         request: dict[str, Any] = {
-            "system": [str(p) for p in (getattr(context, "prompt", None) or [])],
-            "messages": [jsonable(m) for m in messages],
-            "tools": [jsonable(t) for t in tools or ()],
-            "params": model_params(call.config),
+            "system": ser([str(p) for p in (getattr(context, "prompt", None) or [])], new),
+            "messages": ser(messages, new),
+            "tools": ser(list(tools or ()), new),
+            "params": self._params(call.config),
         }
         if response_schema is not None:
-            request["response_schema"] = jsonable(response_schema)
+            request["response_schema"] = ser(response_schema, new)
         last_input = next((_event_text(e) for e in reversed(messages) if isinstance(e, ModelRequest)), "")
-        return self.emit_full("llm.request", {**call.base, "messages": len(messages), "input": last_input,
-                                              "request": request}, call.node)
+        payload: dict[str, Any] = {**call.base, "messages": len(messages), "input": ser(last_input, new),
+                                   "request": request}
+        if new:
+            payload["blobs"] = new
+        return self.emit("llm.request", payload, call.node)
+
+    def _params(self, config: Any) -> dict[str, Any]:
+        key = id(config)
+        cached = self._param_cache.get(key)
+        if cached is None or cached[0] is not config:
+            cached = self._param_cache[key] = (config, model_params(config))
+        return dict(cached[1])
 
     def add_cost(self, cost: float) -> None:
         with self._lock:
