@@ -77,3 +77,36 @@ def test_a_shared_big_system_prompt_is_stored_once_for_500_calls(daemon) -> None
     blobs, refs = _blob_rows(daemon.home)
     assert [sha for sha, _size in blobs] == list(digests)
     assert refs == [(sid, next(iter(digests)))]
+
+
+def test_blobs_tags_and_rollups_work_on_postgresql(isolated_env, postgres_url) -> None:
+    """On PostgreSQL too: a 100,000-character reply round-trips through a blob, tags filter sessions,
+    roll-ups and cost across sessions read back, and the blob is stored once."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from tests.conftest import DaemonProc, kill_runners
+
+    schema = f"labd_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    daemon = DaemonProc(isolated_env, args=["--db", f"{postgres_url}?options=-csearch_path%3D{schema}"]).start()
+    try:
+        with daemon.client() as c:
+            sids = [c.start("labd_fidelityflows:big_reply", params={"chars": 100_000}, tags={"db": "pg"})
+                    for _ in range(2)]
+            for sid in sids:
+                assert c.wait(sid, timeout=60)["status"] == "completed"
+            (resp,) = [e for e in c.history(sids[0], full=True) if e["kind"] == "llm.response"]
+            assert resp["payload"]["content"] == big_text(100_000)
+            assert {s["id"] for s in c.sessions(tags={"db": "pg"})} == set(sids)
+            assert c.cost_summary(by="tag")["total"]["sessions"] == 2
+            assert all("cost" in n for n in c.dag(sids[0])["dag"]["nodes"])
+    finally:
+        daemon.stop()
+        kill_runners(isolated_env)
+    with admin.connect() as conn:
+        assert conn.execute(sa.text(f"SELECT count(*) FROM {schema}.blobs")).scalar() == 1
+        assert conn.execute(sa.text(f"SELECT count(*) FROM {schema}.blob_refs")).scalar() == 2
