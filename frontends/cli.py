@@ -219,6 +219,7 @@ def cmd_show(args: argparse.Namespace, c: Client) -> int:
         for st in s["steps"]:
             d = f"{st['duration']:.2f}s" if st["duration"] is not None else "…"
             lines.append(f"  {st['node_id']:<6} {st['status']:<10} {d:>8}  {st['name']}"
+                         + (f"  [${st['cost']:.6f}, {st['calls']} calls]" if st.get("calls") else "")
                          + (f"  ({st['error']})" if st["error"] else ""))
     print("\n".join(lines))
     return 0
@@ -303,8 +304,8 @@ def cmd_cost(args: argparse.Namespace, c: Client) -> int:
     print(f"session {r['session']}: ${t['cost']:.6f} for {t['calls']} LLM calls, "
           f"{t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens{label}"
           + (f"; budget ${r['budget']:g}" if r.get("budget") else ""))
-    for key, title in (("by_agent", "AGENT"), ("by_model", "MODEL"), ("by_node", "NODE")):
-        col = {"by_agent": "agent", "by_model": "model", "by_node": "node_id"}[key]
+    for key, title in (("by_agent", "AGENT"), ("by_model", "MODEL"), ("by_node", "NODE"), ("by_step", "STEP")):
+        col = {"by_agent": "agent", "by_model": "model", "by_node": "node_id", "by_step": "name"}[key]
         rows = [[str(g[col]), str(g["calls"]), str(g["prompt_tokens"]), str(g["completion_tokens"]),
                  f"${g['cost']:.6f}"] for g in r[key]]
         print()

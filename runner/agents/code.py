@@ -61,11 +61,12 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
             out, _ = await proc.communicate()
             out += f"\n(timed out after {timeout:g}s)".encode()
             rc = -9
-        text = out.decode("utf-8", "backslashreplace")
+        full = out.decode("utf-8", "backslashreplace")
+        text = full  # what the model gets back is cut; the record keeps everything (long texts become blobs)
         if len(text) > MAX_OUTPUT:
             text = text[:MAX_OUTPUT] + f"\n… ({len(text) - MAX_OUTPUT} more characters)"
         payload: dict[str, Any] = {"agent": current_agent.get() or "?", "language": language, "code": code,
-                                   "exit_code": rc, "output": text, "duration": time.monotonic() - start}
+                                   "exit_code": rc, "output": full, "duration": time.monotonic() - start}
         call = current_call.get()
         if call:
             payload["call_id"] = call

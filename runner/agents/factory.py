@@ -55,7 +55,7 @@ class AgentFactory:
         self.workdir = workdir
         self.emit = emit
         self.tracker = Tracker(emit, new_node_id, PriceTable(prices), files, describe=self.describe)
-        self._run_code = make_run_code(emit, workdir, files)
+        self._run_code = make_run_code(self.tracker.emit_full, workdir, files)  # full outputs, as blobs
         budget = (limits or {}).get("budget")
         if isinstance(budget, int | float) and not isinstance(budget, bool):
             self.tracker.budget = Budget(float(budget), str((limits or {}).get("budget_action") or "stop"), emit,

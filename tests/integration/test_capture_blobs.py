@@ -110,3 +110,15 @@ def test_blobs_tags_and_rollups_work_on_postgresql(isolated_env, postgres_url) -
     with admin.connect() as conn:
         assert conn.execute(sa.text(f"SELECT count(*) FROM {schema}.blobs")).scalar() == 1
         assert conn.execute(sa.text(f"SELECT count(*) FROM {schema}.blob_refs")).scalar() == 2
+
+
+def test_code_execution_output_is_recorded_whole(client) -> None:
+    """A program printing 3,000 lines (~90 k characters): the model gets the tool result cut at 20,000
+    characters, the ``code.execution`` record keeps every line (a blob, inlined by ``full``)."""
+    sid = client.start("labd_fidelityflows:long_output", params={"lines": 3000})
+    assert client.wait(sid, timeout=60)["status"] == "completed"
+    events = list(client.history(sid, full=True))
+    (execution,) = [e["payload"] for e in events if e["kind"] == "code.execution"]
+    (result,) = [e["payload"] for e in events if e["kind"] == "tool.result"]
+    assert execution["output"].splitlines() == [f"line {i:05d} " + "x" * 20 for i in range(3000)]
+    assert len(result["result"]) < 20_100 and "more characters" in result["result"]

@@ -178,3 +178,20 @@ def concurrent_writers(ctx: Any) -> str:
     with ctx.step("alone"):
         Path("c.txt").write_text("alone")
     return "ok"
+
+
+def long_output(ctx: Any, lines: int = 3000) -> str:
+    """An agent runs code that prints more than the model is shown (ag2 TestConfig scripts the call)."""
+    import json
+
+    from ag2.events import ToolCallEvent
+    from ag2.testing import TestConfig
+
+    code = f"for i in range({lines}):\n    print(f'line {{i:05d}} ' + 'x' * 20)\n"
+
+    async def body() -> str:
+        coder = ctx.agent("coder", "You run code.", code_execution=True,
+                          model=TestConfig(ToolCallEvent("run_code", arguments=json.dumps({"code": code})), "done"))
+        return (await coder.ask("Print the table.")).body or ""
+
+    return asyncio.run(body())
