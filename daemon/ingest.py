@@ -24,6 +24,7 @@ import zmq
 
 from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
 from labd.ipc.wire import Codec, Message, WireError
+from labd.store.blobs import take_blobs
 from labd.store.projections import RowChanges, SessionCursor, apply
 from labd.store.writer import BatchWriter, EventRow
 
@@ -40,8 +41,8 @@ REFUSED = (sa_exc.StatementError, OverflowError, ValueError, TypeError)
 #: kinds that change projections (everything else only advances the session's seq)
 PROJECTED = frozenset({"session.created", "session.queued", "session.launched", "session.started", "session.finished",
                        "session.stopping", "session.ended", "session.adopted", "limit.exceeded",
-                       "step.started", "step.finished", "resource.sample", "agent.turn.started",
-                       "agent.turn.finished", "cost.recorded", "file.created", "file.changed",
+                       "step.started", "step.finished", "step.planned", "resource.sample", "agent.turn.started",
+                       "agent.turn.finished", "cost.recorded", "file.created", "file.changed", "file.deleted",
                        "approval.requested", "approval.resolved", "session.paused", "session.resumed",
                        "event.rejected"})
 
@@ -479,6 +480,7 @@ class Ingest(threading.Thread):
                changes: RowChanges, pub: dict[str, list[list[Any]]], notes: list[tuple[Any, ...]],
                ended: set[str]) -> None:
         seq = cur.last_seq + 1
+        payload = take_blobs(cur.id, seq, ts, payload, changes)  # full-fidelity texts -> blobs table
         if kind in PROJECTED:
             apply(cur, seq, ts, kind, src, node_id, payload, changes)
             if kind == "cost.recorded" and cur.budget is not None and cur.cost > cur.budget and not cur.budget_hit:

@@ -120,6 +120,7 @@ def run_session(spec: dict[str, Any]) -> int:
     capture.install()
     ctx.before_boundary = capture.sync
     files = FileTracker(workdir, emit)
+    files.concurrent = ctx.concurrent_with  # concurrent steps: "ambiguous", never a wrong step
     def scan_after_step(node_id: str) -> None:
         files.scan(node_id)
 
@@ -132,11 +133,15 @@ def run_session(spec: dict[str, Any]) -> int:
 
         return AgentFactory(emit=emit, new_node_id=ctx.new_node_id, workdir=workdir,
                             models=spec.get("models") or {}, prices=spec.get("prices") or {}, secrets=secrets,
-                            approvals=ctx.approvals, files=files,  # type: ignore[arg-type]
+                            approvals=ctx.approvals, files=files, limits=spec.get("limits"),  # type: ignore[arg-type]
+                            pause=lambda reason: ctx.wait_paused("budget", reason),
                             mcp_servers=spec.get("mcp_servers") or {}, roles=spec.get("roles") or None,
                             role_overrides=spec.get("agent_overrides") or {})
 
     ctx._agents = agents  # noqa: SLF001
+    from labd.runner.agents.hooks import track_all_agents
+
+    track_all_agents(ctx.agent_factory)  # every ag2 agent of this session, however built
 
     def on_sigterm(_signum: int, _frame: Any) -> None:
         ctx.request_cancel("terminated (SIGTERM)")
@@ -155,7 +160,7 @@ def run_session(spec: dict[str, Any]) -> int:
     inbox.open({
         "cancel": lambda body: ctx.request_cancel(str(body.get("reason") or "stop requested")),
         "pause": lambda body: ctx.request_pause(str(body.get("by") or "client"), str(body.get("reason") or "paused")),
-        "resume": lambda body: ctx.resume(str(body.get("by") or "client")),
+        "resume": lambda body: ctx.resume(str(body.get("by") or "client"), body.get("budget")),
         "approval.resolved": approvals.on_resolved,
     })
     signal.signal(signal.SIGTERM, on_sigterm)

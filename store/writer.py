@@ -156,10 +156,17 @@ class BatchWriter:
             self._insert(conn, "cost_records", changes.costs)
             self._insert(conn, "files", changes.files)
             self._insert(conn, "approvals", changes.approval_inserts)
+            self._insert(conn, "blobs", changes.blobs, ignore_duplicates=True)
+            self._insert(conn, "blob_refs", changes.blob_refs, ignore_duplicates=True)
             for r in changes.approval_updates:
                 cols = [c for c in r if c != "id"]
                 sql = f"UPDATE approvals SET {', '.join(f'{c} = {p}' for c in cols)} WHERE id = {p}"
                 conn.exec_driver_sql(sql, (*[r[c] for c in cols], r["id"]))
+            if changes.step_starts:  # before step_updates: a planned node can start and finish in one batch
+                sql = (f"UPDATE steps SET name = {p}, status = {p}, started_at = {p}, start_seq = {p}, attempt = {p}, "
+                       f"redo_of = {p} WHERE session_id = {p} AND node_id = {p}")
+                conn.exec_driver_sql(sql, [(r["name"], r["status"], r["started_at"], r["start_seq"], r["attempt"],
+                                            r["redo_of"], r["session_id"], r["node_id"]) for r in changes.step_starts])
             if changes.step_updates:
                 sql = (f"UPDATE steps SET status = {p}, ended_at = {p}, duration = {p}, error = {p} "
                        f"WHERE session_id = {p} AND node_id = {p}")

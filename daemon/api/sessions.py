@@ -134,6 +134,11 @@ def _roles(req: Request) -> tuple[dict[str, Any], dict[str, str]]:
     return {n: r.to_dict() for n, r in roles.items()}, overrides
 
 
+def _valid_tags(tags: Any) -> bool:
+    return len(tags) <= 50 and all(isinstance(k, str) and 0 < len(k) <= 100 and isinstance(v, str)
+                                   and len(v) <= 300 for k, v in tags.items())
+
+
 def live_view(req: Request, row: dict[str, Any], live: dict[str, dict[str, Any]] | None = None,
               positions: dict[str, int] | None = None) -> dict[str, Any]:
     """A session row plus live figures from the monitor (for sessions still running) and, for a session not
@@ -167,6 +172,7 @@ class Start(Request):
         name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
         limits = _limits(self.body, self.daemon.cfg.procs or None)
         priority = self.arg("priority", int, 0, check=lambda p: -1000 <= p <= 1000, hint="an integer -1000..1000")
+        tags = self.arg("tags", dict, None, check=_valid_tags, hint="an object of up to 50 str -> str tags")
         d = self.daemon
         _, overrides = _roles(self)  # checked now; the runner gets the registry as it is at launch
         # A function sent with Client.submit: its pickle travels in `payload`, is recorded in session.created
@@ -208,6 +214,8 @@ class Start(Request):
             created["agents"] = overrides
         if skill is not None:
             created["skill"] = skill
+        if tags:
+            created["tags"] = tags
         d.post_event(sid, "session.created", created, reply_to=self.reply_to)
         d.supervisor.submit(queue.entry(sid, workflow, _run_params(d, params, payload), limits, str(workdir),
                                         priority, time.time(),
@@ -236,7 +244,8 @@ def session_spec(d: Any, q: Queued) -> dict[str, Any]:
     return {"session_id": q.sid, "workflow": q.workflow, "params": q.params, "workdir": q.workdir,
             "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
             "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
-            "mcp_servers": d.cfg.mcp_servers, "roles": roles, "secrets": d.secrets, **q.extra}
+            "mcp_servers": d.cfg.mcp_servers, "roles": roles, "secrets": d.secrets,
+            "limits": q.limits.to_dict(), **q.extra}
 
 
 def requeue(d: Any) -> int:
@@ -281,7 +290,17 @@ class ListSessions(Request):
         status = self.arg("status", list, None, check=lambda s: all(x in STATUSES for x in s),
                           hint=f"a list of statuses ({', '.join(STATUSES)})")
         limit = self.arg("limit", int, 200, check=lambda n: 0 < n <= 10_000, hint="1-10000")
-        rows = self.daemon.store.sessions(status=status, limit=limit)
+        # filters are honoured or refused, never silently ignored
+        unknown = set(self.body) - {"status", "limit", "workflow", "tags", "since"}
+        if unknown:
+            raise ApiError("bad_request", f"session.list has no filter {', '.join(sorted(unknown))} "
+                           "(accepted: status, limit, workflow, tags, since)")
+        workflow = self.arg("workflow", str, None, check=lambda s: 0 < len(s) <= 300, hint="a workflow name")
+        tags = self.arg("tags", dict, None, check=_valid_tags, hint="an object of str -> str tags")
+        since = self.arg("since", (int, float), None, check=lambda t: math.isfinite(t) and t >= 0,
+                         hint="a time in seconds since the epoch")
+        rows = self.daemon.store.sessions(status=status, limit=limit, workflow=workflow, tags=tags,
+                                          since=None if since is None else float(since))
         live, positions = self.daemon.monitor.snapshot(), self.daemon.supervisor.queue.positions()
         return {"sessions": [live_view(self, r, live, positions) for r in rows]}
 

@@ -4,9 +4,12 @@ Runs as a child process of the runner, so it inherits the runner's cleaned envir
 and its output is returned to the agent, not mixed into the session's stdout. Every execution is
 recorded as a ``code.execution`` event (code, exit code, output), attributed to the calling agent.
 
-Executions of one session run one at a time, each followed by a scan of the work directory: that is
-what makes file attribution exact when steps run concurrently (they share the work directory, and a
-scan cannot tell which of two overlapping programs wrote a file).
+Executions of one session run one at a time, each between two scans of the work directory: the scan
+before takes what others wrote meanwhile (attributed, or marked ambiguous, by the usual rules), the scan
+after credits what appeared during the execution to it exactly. That is what makes file attribution
+exact when steps run concurrently (they share the work directory, and a scan cannot tell which of two
+overlapping programs wrote a file); a concurrent step's own Python writing at that very moment is the
+one case this cannot tell apart.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
             return await _execute(code, language)
 
     async def _execute(code: str, language: str) -> str:
+        files.scan(files.step_of(current_node.get()))  # what others wrote before this execution
         start = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             *_COMMANDS[language](code), cwd=workdir, env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL,
@@ -57,16 +61,17 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
             out, _ = await proc.communicate()
             out += f"\n(timed out after {timeout:g}s)".encode()
             rc = -9
-        text = out.decode("utf-8", "backslashreplace")
+        full = out.decode("utf-8", "backslashreplace")
+        text = full  # what the model gets back is cut; the record keeps everything (long texts become blobs)
         if len(text) > MAX_OUTPUT:
             text = text[:MAX_OUTPUT] + f"\n… ({len(text) - MAX_OUTPUT} more characters)"
         payload: dict[str, Any] = {"agent": current_agent.get() or "?", "language": language, "code": code,
-                                   "exit_code": rc, "output": text, "duration": time.monotonic() - start}
+                                   "exit_code": rc, "output": full, "duration": time.monotonic() - start}
         call = current_call.get()
         if call:
             payload["call_id"] = call
         emit("code.execution", payload, current_node.get())
-        files.scan(current_node.get(), agent=payload["agent"], tool="run_code")
+        files.scan(current_node.get(), agent=payload["agent"], tool="run_code", exact=True)
         return text if rc == 0 else f"{text}\n[exit code: {rc}]"
 
     return run_code
