@@ -1,14 +1,14 @@
 """Skills: reusable patterns extracted from successful sessions, versioned.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0004_skills
+Revises: 0003_blobs
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0004_skills"
+down_revision = "0003_blobs"
 branch_labels = None
 depends_on = None
 
