@@ -28,6 +28,8 @@ from labd.daemon.monitor import Monitor
 from labd.daemon.supervisor import Supervisor
 from labd.ipc.connection import ConnectionInfo, write_connection_file
 from labd.ipc.wire import Codec, WireError
+from labd.runner.sandbox import SandboxStatus, hidden_paths, probe
+from labd.runner.sandbox import landlock as _landlock
 from labd.runner.session import split_secrets
 from labd.runner.workflows.registry import WorkflowError, bind_params, is_builtin, resolve
 from labd.store.db import Checkpointer, is_sqlite, migrate, open_engine
@@ -161,6 +163,7 @@ class Daemon:
         # The template (and so every runner) starts without secrets in its environment: code a session
         # runs cannot find them in os.environ nor in /proc/<pid>/environ. Runners get them in their spec.
         clean_env, self.secrets = split_secrets(dict(os.environ), cfg.secret_env)
+        self._probe_sandbox()
         self.launcher = TemplateLauncher(env=clean_env, preload=cfg.preload)
         self.launcher.start()
         self.supervisor = Supervisor(self.launcher, self.monitor, self.post_event, self.send_runner,
@@ -244,6 +247,42 @@ class Daemon:
             os.close(wake_r)
             os.close(wake_w)
             self.log.info("labd stopped")
+
+    def _probe_sandbox(self) -> None:
+        """Find out, by running a confined probe, how code that agents execute can be confined; say so in
+        the log when it is less than full (never silently less). See docs/security.md."""
+        sb, layout = self.cfg.sandbox, self.layout
+        db_path = self.cfg.db_url.split("sqlite:///", 1)[1] if self.cfg.db_url.startswith("sqlite:///") else None
+        self.sandbox_hide = hidden_paths(layout.home, layout.runtime_dir, sb.hide, db_path)
+        self.sandbox: SandboxStatus = probe(sb.mechanism, self.sandbox_hide, layout.home / "tmp", sb.require)
+        #: the runner's own Landlock (labd.runner.credentials); bwrap cannot run under it
+        if not sb.confine_runner:
+            self.runner_confinement = "off: [sandbox] confine_runner = false"
+        elif _landlock.abi_version() < 1:
+            self.runner_confinement = "off: no Landlock in this kernel"
+        elif self.sandbox.mechanism == "bwrap":
+            self.runner_confinement = "off: bwrap cannot start under a Landlock-confined runner"
+        else:
+            self.runner_confinement = "landlock"
+        info = {"level": self.sandbox.level, "mechanism": self.sandbox.mechanism, "reasons": self.sandbox.reasons,
+                "runner": self.runner_confinement}
+        if self.sandbox.level == "full":
+            self.log.info("sandbox for executed code", **info)
+        elif sb.require and self.sandbox.level == "none":
+            self.log.error("no sandbox works here and [sandbox] require = true: code execution is refused", **info)
+        else:
+            self.log.warning("executed code is not fully confined", **info)
+
+    def sandbox_spec(self, sid: str, network: bool) -> dict[str, Any]:
+        """What a runner needs to confine its session's executed code, and itself (part of its spec)."""
+        return {"level": self.sandbox.level, "mechanism": self.sandbox.mechanism, "reasons": self.sandbox.reasons,
+                "require": self.sandbox.require, "hide": self.sandbox_hide, "network": network}
+
+    def runner_confine_spec(self, sid: str) -> dict[str, Any] | None:
+        if self.runner_confinement != "landlock":
+            return None
+        return {"hide": [str(self.layout.home), str(self.layout.runtime_dir.parent)],
+                "allow": [str(self.layout.sessions_dir / sid)]}
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         # Record only; the main loop acts. A second Ctrl-C while stopping forces exit.

@@ -10,6 +10,7 @@ from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.config import ConfigError, parse_duration, parse_percent, parse_size
 from labd.daemon.monitor import Limits
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
+from labd.ipc.signing import derive_key
 
 __all__ = ["resolve_session"]
 
@@ -83,6 +84,9 @@ class Start(Request):
         name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
         limits = _limits(self.body)
         d = self.daemon
+        network = self.arg("network", (bool, str), d.cfg.sandbox.network,
+                           check=lambda v: isinstance(v, bool) or v in ("on", "off"), hint="on or off")
+        network = network is True or network == "on"
         check = d.check_workflow(workflow, params)
         if isinstance(limits.budget, float | int) and not math.isfinite(limits.budget):
             raise ApiError("bad_limits", "budget must be a finite amount of USD")
@@ -93,11 +97,17 @@ class Start(Request):
         sid = secrets.token_hex(6)
         name = name or f"{workflow.rsplit(':', 1)[-1]}-{sid[:6]}"
         workdir = d.layout.sessions_dir / sid / "work"
+        sandbox = d.sandbox_spec(sid, network)
         d.post_event(sid, "session.created", {"workflow": workflow, "name": name, "params": params,
-                                              "limits": limits.to_dict(), "workdir": str(workdir)},
+                                              "limits": limits.to_dict(), "workdir": str(workdir),
+                                              "sandbox": {k: sandbox[k] for k in ("level", "mechanism", "reasons",
+                                                                                  "network")}
+                                              | {"runner": d.runner_confinement}},
                      reply_to=self.reply_to)
+        # The runner's own key, derived for this session: it can sign for this session only.
         spec = {"session_id": sid, "workflow": workflow, "params": params, "workdir": str(workdir),
-                "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
+                "endpoint": d.info.runners, "key": derive_key(d.info.key_bytes, sid).hex(),
+                "sandbox": sandbox, "confine": d.runner_confine_spec(sid), "secret_names": d.cfg.secret_env,
                 "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
                 "secrets": d.secrets}
         try:
