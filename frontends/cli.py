@@ -123,7 +123,8 @@ def cmd_run(args: argparse.Namespace, c: Client) -> int:
     if args.budget is not None and not args.budget > 0:
         raise ConfigError("--budget must be a positive amount of USD")
     sid = c.start(args.workflow, name=args.name, params=_params(args.param), memory=memory, cpu=cpu,
-                  timeout=timeout, budget=args.budget, budget_action=args.on_budget)
+                  timeout=timeout, budget=args.budget, budget_action=args.on_budget,
+                  network=None if args.network is None else args.network == "on")
     if not args.follow:
         print(sid)
         return 0
@@ -335,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", help="wall-time limit, e.g. 90s, 15m, 1h")
     s.add_argument("--budget", type=float, help="LLM budget in USD for the whole session, e.g. 2.50")
     s.add_argument("--on-budget", choices=["stop", "pause"], help="what crossing the budget does (default stop)")
+    s.add_argument("--network", choices=["on", "off"],
+                   help="may code the agents execute use the network (default: [sandbox] network, off)")
     s.add_argument("--follow", "-f", action="store_true", help="stream its output until it ends")
 
     s = sub.add_parser("ps", help="list sessions")

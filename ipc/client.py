@@ -104,14 +104,17 @@ class Client:
     def start(self, workflow: str, *, name: str | None = None, params: dict[str, Any] | None = None,
               memory: str | int | None = None, cpu: str | float | None = None,
               timeout: str | float | None = None, budget: float | None = None,
-              budget_action: str | None = None) -> str:
+              budget_action: str | None = None, network: bool | None = None) -> str:
         """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``);
-        ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause."""
+        ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause. ``network``: may code the
+        session's agents execute use the network (default: the daemon's ``[sandbox] network``)."""
         limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
                                     "budget_action": budget_action}.items() if v is not None}
         body: dict[str, Any] = {"workflow": workflow, "params": params or {}, "limits": limits}
         if name:
             body["name"] = name
+        if network is not None:
+            body["network"] = bool(network)
         return self.request("session.start", **body)["session"]  # type: ignore[no-any-return]
 
     def sessions(self, status: list[str] | None = None, limit: int = 200) -> list[dict[str, Any]]:
