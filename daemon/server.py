@@ -141,6 +141,9 @@ class Daemon:
         engine = open_engine(cfg.db_url)
         migrate(engine)
         self.store = Store(engine)
+        # Before the runner socket is bound: a runner that outlived the previous daemon delivers its last
+        # events and may exit as soon as it can connect, and adoption (below) must come right after that.
+        self._probe_sandbox()
         key = _key_for(layout.home)
         self.info = ConnectionInfo(control=layout.endpoint("control"), events=layout.endpoint("events"),
                                    runners=layout.endpoint("runners"), key=key, pid=os.getpid(),
@@ -163,7 +166,6 @@ class Daemon:
         # The template (and so every runner) starts without secrets in its environment: code a session
         # runs cannot find them in os.environ nor in /proc/<pid>/environ. Runners get them in their spec.
         clean_env, self.secrets = split_secrets(dict(os.environ), cfg.secret_env)
-        self._probe_sandbox()
         self.launcher = TemplateLauncher(env=clean_env, preload=cfg.preload)
         self.launcher.start()
         self.supervisor = Supervisor(self.launcher, self.monitor, self.post_event, self.send_runner,
