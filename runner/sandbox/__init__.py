@@ -95,7 +95,7 @@ class Sandbox:
     def tmpdir(self, workdir: str) -> str:
         """The private tmp of Landlock-confined commands (bwrap mounts a fresh /tmp instead)."""
         base = self.session_dir or os.path.dirname(os.path.realpath(workdir))
-        path = os.path.join(base, "tmp")
+        path = os.path.join(base, "exec-tmp")  # not the runner's own tmp: code may not plant files there
         os.makedirs(path, mode=0o700, exist_ok=True)
         return path
 
