@@ -45,7 +45,16 @@ class Status(Request):
                 "template_pid": d.launcher.template_pid,
                 "sandbox": {**d.sandbox.to_dict(), "runner": d.runner_confinement,
                             "network_default": d.cfg.sandbox.network},
-                "uptime": time.time() - d.started}
+                "uptime": time.time() - d.started, "telemetry": _telemetry(d)}
+
+
+def _telemetry(d: Any) -> dict[str, Any] | None:
+    """The OTLP exporter's state, or None when export is off."""
+    t = getattr(d, "telemetry", None)
+    if t is None:
+        return None
+    return {"endpoint": d.cfg.telemetry.get("otlp_endpoint"), "exported_spans": t.exported,
+            "failures": t.failures, "alive": t.is_alive()}
 
 
 @register
