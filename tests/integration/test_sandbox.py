@@ -42,6 +42,15 @@ def _require_mechanism(c, mechanism: str) -> dict:
     return sb
 
 
+def _other_session_file(c) -> Path:
+    """A file written by another (real, finished) session into its own work directory."""
+    sid = c.start("labd_testflows:hostile_code", params={"programs": ["open('secret.txt', 'w').write('theirs')"]})
+    assert c.wait(sid, timeout=90)["status"] == "completed"
+    path = Path(c.session(sid)["workdir"]) / "secret.txt"
+    assert path.read_text() == "theirs"
+    return path
+
+
 def _outputs(c, sid: str) -> list[str]:
     return [e["payload"]["output"] for e in c.history(sid, kinds=["code.execution"])]
 
@@ -89,14 +98,12 @@ def test_hostile_code_cannot_escape(isolated_env: Path, tmp_path: Path, mechanis
     ssh = tmp_path / ".ssh"
     ssh.mkdir()
     (ssh / "id_rsa").write_text("-----BEGIN FAKE PRIVATE KEY-----\n")
-    other = home / "sessions" / "0ther5e55ion" / "work"
-    other.mkdir(parents=True)
-    (other / "secret.txt").write_text("another session's data")
     outside = tmp_path / "written-outside.txt"
     net = _Listeners()
     try:
         with running_daemon(home) as d, d.client(timeout=60) as c:
             _require_mechanism(c, mechanism)
+            other = _other_session_file(c)
             daemon_pid = c.status()["pid"]
             key_before = (home / "daemon.key").read_text()
             layout = layout_for(home)
@@ -106,7 +113,7 @@ def test_hostile_code_cannot_escape(isolated_env: Path, tmp_path: Path, mechanis
                 "database": f"open({str(home / 'labd.db')!r}, 'rb').read(16)",
                 "connection_file": f"open({str(layout.connection_file)!r}).read()",
                 "runtime_dir": f"os.listdir({str(layout.runtime_dir)!r})",
-                "other_session": f"open({str(other / 'secret.txt')!r}).read()",
+                "other_session": f"open({str(other)!r}).read()",
                 "ssh_key": f"open({str(ssh / 'id_rsa')!r}).read()",
                 "daemon_environ": f"open('/proc/{daemon_pid}/environ', 'rb').read()",
                 "signal_daemon": f"os.kill({daemon_pid}, 0)",
@@ -195,3 +202,35 @@ def test_status_reports_the_sandbox_level(daemon) -> None:
     assert isinstance(sb["reasons"], list) and sb["network_default"] is False
     assert sb["runner"] == "landlock" or sb["runner"].startswith("off")
     print("sandbox:", sb)
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_a_home_outside_tmp_is_hidden_too(tmp_path: Path, mechanism: str) -> None:
+    """With labd's home outside /tmp (bwrap then covers it with a read-only tmpfs and binds the work
+    directory back, instead of relying on its private /tmp), executed code still cannot read the key, the
+    database or another session, cannot write into the home, and can write its work directory."""
+    import shutil
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="labd-sbx-", dir="/var/tmp")) / "home"
+    try:
+        _configure(home, mechanism=mechanism)
+        planted = home / "planted.txt"
+        with running_daemon(home) as d, d.client(timeout=60) as c:
+            _require_mechanism(c, mechanism)
+            other = _other_session_file(c)
+            attempts = {"daemon_key": f"open({str(home / 'daemon.key')!r}).read()",
+                        "database": f"open({str(home / 'labd.db')!r}, 'rb').read(16)",
+                        "other_session": f"open({str(other)!r}).read()"}
+            programs = [_attempt(n, a) for n, a in attempts.items()]
+            programs += [_attempt("plant", f"open({str(planted)!r}, 'w').write('x')"),
+                         "open('mine.txt', 'w').write('ok'); print('CONTROL', open('mine.txt').read())"]
+            sid = c.start("labd_testflows:hostile_code", params={"programs": programs})
+            assert c.wait(sid, timeout=90)["status"] == "completed"
+            report = "\n".join(_outputs(c, sid))
+            print(f"[{mechanism}, home {home}]\n{report}")
+            assert all(f"DENIED {n}" in report for n in attempts), report
+            assert "DENIED plant" in report and not planted.exists()
+            assert "CONTROL ok" in report
+    finally:
+        shutil.rmtree(home.parent, ignore_errors=True)
