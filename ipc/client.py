@@ -131,7 +131,7 @@ class Client:
               budget_action: str | None = None, cwd: str | None = None,
               pythonpath: list[str] | None = None, agents: dict[str, str] | None = None,
               procs: int | None = None, priority: int | None = None,
-              tags: dict[str, str] | None = None) -> str:
+              tags: dict[str, str] | None = None, network: bool | None = None) -> str:
         """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``);
         ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause; ``tags`` label the session
         for ``sessions(tags=...)`` and ``cost_summary(by="tag")``.
@@ -139,7 +139,9 @@ class Client:
         ``workflow`` (``mymod:fn``, ``./flows.py:fn``) is resolved where the caller stands: against ``cwd``
         and ``pythonpath`` (default: this process's working directory and ``$PYTHONPATH``). ``agents``
         replaces registry roles for this session: ``{"engineer": "my_engineer"}``. ``procs`` caps the
-        session's process count; ``priority`` orders the run queue when the daemon is at ``max_sessions``."""
+        session's process count; ``priority`` orders the run queue when the daemon is at ``max_sessions``.
+        ``network``: may code the session's agents execute use the network (default: the daemon's
+        ``[sandbox] network``)."""
         limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
                                     "budget_action": budget_action, "procs": procs}.items() if v is not None}
         body: dict[str, Any] = {"workflow": workflow, "params": params or {}, "limits": limits,
@@ -152,6 +154,8 @@ class Client:
             body["agents"] = agents
         if tags:
             body["tags"] = tags
+        if network is not None:
+            body["network"] = network
         return self.request("session.start", **body)["session"]  # type: ignore[no-any-return]
 
     def agents(self) -> list[dict[str, Any]]:

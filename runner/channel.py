@@ -91,7 +91,9 @@ class Channel:
         the first event), then hand the sockets over to the channel thread."""
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.ROUTING_ID, self.session_id.encode())
+        # "<session>:<random>": the daemon reads the session from it, and no other process can guess it to
+        # take the route over (the route moves only with frames signed with this session's key anyway).
+        sock.setsockopt(zmq.ROUTING_ID, f"{self.session_id}:{os.urandom(8).hex()}".encode())
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.RECONNECT_IVL, 50)

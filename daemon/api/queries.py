@@ -48,6 +48,8 @@ class Status(Request):
         return {"pid": os.getpid(), "home": str(d.layout.home), "db": d.cfg.db_url.split("@")[-1],
                 "running": sorted(d.supervisor.running), "counters": dict(d.counters),
                 "template_pid": d.launcher.template_pid,
+                "sandbox": {**d.sandbox.to_dict(), "runner": d.runner_confinement,
+                            "network_default": d.cfg.sandbox.network},
                 "uptime": time.time() - d.started, "telemetry": _telemetry(d)}
 
 

@@ -12,6 +12,7 @@ from labd.daemon.monitor import Limits
 from labd.daemon.queue import Queued
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT, MAX_RESULT, check_params
+from labd.ipc.signing import derive_key
 from labd.ipc.units import UnitError, parse_duration, parse_percent, parse_size
 from labd.runner.workflows.registry import WorkflowError, canonical
 
@@ -174,6 +175,9 @@ class Start(Request):
         priority = self.arg("priority", int, 0, check=lambda p: -1000 <= p <= 1000, hint="an integer -1000..1000")
         tags = self.arg("tags", dict, None, check=_valid_tags, hint="an object of up to 50 str -> str tags")
         d = self.daemon
+        network = self.arg("network", (bool, str), d.cfg.sandbox.network,
+                           check=lambda v: isinstance(v, bool) or v in ("on", "off"), hint="on or off")
+        network = network is True or network == "on"
         _, overrides = _roles(self)  # checked now; the runner gets the registry as it is at launch
         # A function sent with Client.submit: its pickle travels in `payload`, is recorded in session.created
         # (not in the session row, which every session.list returns) and reaches only the runner. Never unpickled here.
@@ -216,10 +220,14 @@ class Start(Request):
             created["skill"] = skill
         if tags:
             created["tags"] = tags
+        sandbox = d.sandbox_spec(sid, network)  # what confines the code its agents run: recorded on the session
+        created["sandbox"] = {k: sandbox[k] for k in ("level", "mechanism", "reasons", "network")} | {
+            "runner": d.runner_confinement}
         d.post_event(sid, "session.created", created, reply_to=self.reply_to)
         d.supervisor.submit(queue.entry(sid, workflow, _run_params(d, params, payload), limits, str(workdir),
                                         priority, time.time(),
-                                        extra={"name": name, "sys_path": path, "agent_overrides": overrides}))
+                                        extra={"name": name, "sys_path": path, "agent_overrides": overrides,
+                                               "network": network}))
         return DEFERRED
 
 
@@ -241,11 +249,16 @@ def session_spec(d: Any, q: Queued) -> dict[str, Any]:
         roles = {n: r.to_dict() for n, r in load_roles(d.cfg.agents, d.layout.home / "agents").items()}
     except RoleError:
         roles = None  # checked at session.start; a registry file broken since then: the built-in roles
+    extra = dict(q.extra)
+    network = bool(extra.pop("network", d.cfg.sandbox.network))
+    # The runner's own key, derived for this session: it can sign for this session only.
     return {"session_id": q.sid, "workflow": q.workflow, "params": q.params, "workdir": q.workdir,
-            "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
+            "endpoint": d.info.runners, "key": derive_key(d.info.key_bytes, q.sid).hex(),
+            "sandbox": d.sandbox_spec(q.sid, network), "confine": d.runner_confine_spec(q.sid),
+            "secret_names": d.cfg.secret_env,
             "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
             "mcp_servers": d.cfg.mcp_servers, "roles": roles, "secrets": d.secrets,
-            "limits": q.limits.to_dict(), **q.extra}
+            "limits": q.limits.to_dict(), **extra}
 
 
 def requeue(d: Any) -> int:
@@ -260,7 +273,8 @@ def requeue(d: Any) -> int:
             row["id"], row["workflow"], _run_params(d, row["params"], c.get("payload")),
             Limits.from_dict(row["limits"]), row["workdir"], priority, row["created_at"],
             extra={"name": row["name"], "sys_path": c.get("sys_path") or [],
-                   "agent_overrides": c.get("agents") or {}}))
+                   "agent_overrides": c.get("agents") or {},
+                   "network": bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network))}))
     return len(rows)
 
 

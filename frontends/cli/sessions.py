@@ -90,7 +90,8 @@ def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
     limits = limits_from(args)
     c = ctx.client()
     sid = c.start(args.workflow, name=args.name, params=parse_params(args.param), agents=parse_agents(args.agent),
-                  procs=args.procs, priority=args.priority, tags=parse_tags(args.tag) or None, **limits)
+                  procs=args.procs, priority=args.priority, tags=parse_tags(args.tag) or None,
+                  network=None if args.network is None else args.network == "on", **limits)
     if not args.follow:
         if args.json:
             ctx.out.json({"session": sid})
@@ -282,6 +283,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--on-budget", choices=["stop", "pause"], help="what crossing the budget does (default stop)")
     s.add_argument("--procs", type=int, help="at most this many processes in the session's tree")
     s.add_argument("--tag", action="append", default=[], metavar="K=V", help="label the session (repeat)")
+    s.add_argument("--network", choices=["on", "off"],
+                   help="may code the agents execute use the network (default: [sandbox] network, off)")
     s.add_argument("--priority", type=int, help="run-queue order when the daemon is at max_sessions (higher first)")
     s.add_argument("--agent", action="append", default=[], metavar="ROLE=OTHER",
                    help="use registry role OTHER wherever the workflow asks for ROLE (see `labd agents`; repeat)")

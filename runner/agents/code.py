@@ -1,7 +1,10 @@
 """Code execution as a tool: ``run_code(code, language)`` in the session's work directory.
 
 Runs as a child process of the runner, so it inherits the runner's cleaned environment (no secrets)
-and its output is returned to the agent, not mixed into the session's stdout. Every execution is
+and its output is returned to the agent, not mixed into the session's stdout. The program runs
+confined by the session's sandbox (:mod:`labd.runner.sandbox`): writes only in the work directory and a
+private tmp, no labd state or credential files, no network unless the session asked for it. When the
+daemon requires a sandbox and none works, the program is not run and the agent is told why. Every execution is
 recorded as a ``code.execution`` event (code, exit code, output), attributed to the calling agent.
 
 Executions of one session run one at a time, each between two scans of the work directory: the scan
@@ -26,6 +29,7 @@ from typing import Any
 from labd.runner.agents.context import current_agent, current_call
 from labd.runner.context import current_node
 from labd.runner.files import FileTracker
+from labd.runner.sandbox import Sandbox, SandboxRefused, session_sandbox
 
 __all__ = ["make_run_code", "MAX_OUTPUT"]
 
@@ -34,8 +38,9 @@ _COMMANDS = {"python": lambda code: [sys.executable, "-c", code], "bash": lambda
 
 
 def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
-                  timeout: float = 300.0) -> Callable[..., Any]:
-    """Build the ``run_code`` tool function bound to a session."""
+                  timeout: float = 300.0, sandbox: Sandbox | None = None) -> Callable[..., Any]:
+    """Build the ``run_code`` tool function bound to a session (confined by ``sandbox``, by default the
+    runner's own)."""
     locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
     async def run_code(code: str, language: str = "python") -> str:
@@ -50,8 +55,17 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
     async def _execute(code: str, language: str) -> str:
         files.scan(files.step_of(current_node.get()))  # what others wrote before this execution
         start = time.monotonic()
+        sb = sandbox or session_sandbox()
+        try:
+            argv = sb.wrap(_COMMANDS[language](code), str(workdir))
+        except SandboxRefused as exc:
+            text = f"not run: {exc}"
+            emit("code.execution", {"agent": current_agent.get() or "?", "language": language, "code": code,
+                                    "exit_code": 126, "output": text, "duration": 0.0,
+                                    "sandbox": sb.status.level}, current_node.get())
+            return f"{text}\n[exit code: 126]"
         proc = await asyncio.create_subprocess_exec(
-            *_COMMANDS[language](code), cwd=workdir, env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL,
+            *argv, cwd=workdir, env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=False)
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
@@ -66,7 +80,8 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
         if len(text) > MAX_OUTPUT:
             text = text[:MAX_OUTPUT] + f"\n… ({len(text) - MAX_OUTPUT} more characters)"
         payload: dict[str, Any] = {"agent": current_agent.get() or "?", "language": language, "code": code,
-                                   "exit_code": rc, "output": full, "duration": time.monotonic() - start}
+                                   "exit_code": rc, "output": full, "duration": time.monotonic() - start,
+                                   "sandbox": sb.status.level}
         call = current_call.get()
         if call:
             payload["call_id"] = call

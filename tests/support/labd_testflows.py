@@ -186,6 +186,38 @@ def bad_approval(ctx) -> None:
     ctx.approval("review", 12345, timeout=1)  # type: ignore[arg-type]
 
 
+def hostile_code(ctx, programs: list) -> str:
+    """An agent runs each program with its run_code tool (the model is scripted with ag2's TestConfig):
+    the path LLM-written code takes. Used by the sandbox tests with deliberately hostile programs."""
+    import asyncio
+    import json
+
+    from ag2.events import ToolCallEvent
+    from ag2.testing import TestConfig
+
+    calls = [ToolCallEvent("run_code", arguments=json.dumps({"code": p, "language": "python"})) for p in programs]
+
+    async def body() -> str:
+        engineer = ctx.agent("engineer", "You run code.", code_execution=True,
+                             model=TestConfig(*calls, "done", raise_tool_errors=False))
+        return (await engineer.ask("Run the programs.")).body
+
+    return asyncio.run(body())
+
+
+def runner_reads(ctx, paths: list) -> dict:
+    """The runner itself (workflow code, not executed code) tries to read each path."""
+    out = {}
+    for p in paths:
+        try:
+            with open(p, "rb") as f:
+                f.read(1)
+            out[p] = "read"
+        except OSError as exc:
+            out[p] = type(exc).__name__
+    return out
+
+
 def writes_files(ctx) -> int:
     """Write a text file and a nested one inside a step (recorded as the step's files)."""
     from pathlib import Path
