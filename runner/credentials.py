@@ -51,6 +51,8 @@ def confine_runner(confine: dict[str, Any] | None) -> str:
         rules = landlock.Ruleset(scope_signals=True)
         for root in landlock.allowed_roots(confine.get("hide", []), allow=confine.get("allow", [])):
             rules.allow(root, rules.fs)
+        for parent in landlock.listable_ancestors(confine.get("hide", [])):
+            rules.allow(parent, landlock.READ_DIR)
         rules.restrict()
     except OSError as exc:
         return f"unavailable: {exc}"

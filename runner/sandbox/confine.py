@@ -63,6 +63,8 @@ def confine(policy: dict[str, Any]) -> list[str]:
     rules = landlock.Ruleset(deny_tcp=not network, scope_signals=True, scope_abstract_unix=not network)
     for root in read:
         rules.allow(str(root), landlock.READ)
+    for parent in landlock.listable_ancestors([str(p) for p in policy.get("hide", [])]):
+        rules.allow(parent, landlock.READ_DIR)  # list, never read: imports from `~` keep working
     for path in write:
         if not rules.allow(path, rules.fs):
             raise OSError(f"writable path {path} does not exist")

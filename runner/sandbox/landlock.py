@@ -175,3 +175,19 @@ def allowed_roots(deny: Iterable[str], allow: Iterable[str] = ()) -> list[str]:
 
     visit("/")
     return out
+
+
+def listable_ancestors(deny: Iterable[str]) -> list[str]:
+    """The directories above each ``deny`` path (``/`` included). :func:`allowed_roots` grants their other
+    entries but not the directories themselves, so nothing could *list* them: Python's import system lists a
+    ``sys.path`` directory to find a module, and a workflow in ``~`` (above the default home) would not import.
+    Callers grant ``READ_DIR`` alone on these — names become visible, contents of denied paths do not."""
+    out: set[str] = set()
+    for d in {os.path.realpath(p) for p in deny}:
+        parent = os.path.dirname(d)
+        while True:
+            out.add(parent)
+            if parent == "/":
+                break
+            parent = os.path.dirname(parent)
+    return sorted(out)
