@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ import zmq
 
 from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
 from labd.ipc.wire import Codec, Message, WireError
+from labd.runner.spool import SPOOL_NAME, read_spool
 from labd.store.projections import RowChanges, SessionCursor, apply
 from labd.store.writer import BatchWriter, EventRow
 
@@ -51,8 +53,10 @@ class Ingest(threading.Thread):
 
     def __init__(self, zctx: zmq.Context, writer: BatchWriter, key: bytes, runners_endpoint: str,
                  events_endpoint: str, counters: dict[str, int], last_seen: dict[str, float],
-                 max_message: int) -> None:
+                 max_message: int, sessions_dir: Path | None = None) -> None:
         super().__init__(name="labd-ingest", daemon=True)
+        #: where runners keep their spools (``<sessions_dir>/<id>/events.spool``); None: no spools read
+        self.sessions_dir = sessions_dir
         self.zctx = zctx
         self.writer = writer
         self.runner_codec = Codec(key, max_message=max_message)
@@ -242,6 +246,11 @@ class Ingest(threading.Thread):
         for sid in batch.ended:  # nothing more will change for it: free its memory
             self.cursors.pop(sid, None)
             self._last_resend.pop(sid, None)
+            if self.sessions_dir is not None:  # its events are committed: the spool has served
+                try:
+                    (self.sessions_dir / sid / SPOOL_NAME).unlink()
+                except OSError:
+                    pass
 
     def _to_runner(self, identity: bytes, type_: str, body: dict[str, Any], *, queue: bool) -> None:
         """Send to a runner; a control message for a runner that is not connected (yet) waits for its hello."""
@@ -271,6 +280,10 @@ class Ingest(threading.Thread):
             if kind == "session.created" and self._cursor(sid) is None:
                 self.cursors[sid] = SessionCursor(id=sid)
             cur = self._cursor(sid)
+            if cur is not None and kind == "session.ended" and not cur.terminal:
+                # Whatever the runner recorded and we do not have yet goes in first: its events, and its
+                # own outcome (session.finished), which the final status is decided from.
+                self._ingest_spool(cur, b)
             if cur is None:
                 self.log.error("daemon event for unknown session dropped", session_id=sid, kind=kind)
                 if reply_to is not None:
@@ -283,7 +296,12 @@ class Ingest(threading.Thread):
                     if reply_to is not None:
                         b.notes.append(("refused", reply_to, *refusal))
                     return
-            if not self._append(cur, time.time(), kind, "d", None, node_id, None, payload, b):
+            try:
+                stored = self._append(cur, time.time(), kind, "d", None, node_id, None, payload, b)
+            except TypeError:  # a payload JSON cannot carry (nested too deeply): refused, not a crash
+                self.count("dropped.internal.unencodable")
+                stored = False
+            if not stored:
                 if reply_to is not None:
                     b.notes.append(("refused", reply_to, "store_error", "the store refused this change"))
                 return
@@ -362,8 +380,13 @@ class Ingest(threading.Thread):
             _, ts, kind, node_id, parent, payload = ev
             if fast and parent is None and ts.__class__ is float and quick_valid(kind, payload, node_id):
                 # hot path (output, log, custom): no projection to update
+                try:
+                    text = dumps(payload, default=repr).decode()
+                except TypeError:  # nested too deeply to store
+                    self._reject(cur, src_seq, kind, "payload cannot be stored (nested too deeply)", b)
+                    continue
                 seq = cur.last_seq = cur.last_seq + 1
-                rows.append((sid, seq, ts, kind, "r", src_seq, node_id, None, dumps(payload, default=repr).decode()))
+                rows.append((sid, seq, ts, kind, "r", src_seq, node_id, None, text))
                 if live_list is not None:
                     live_list.append([seq, ts, kind, "r", node_id, None, payload, src_seq])
                 hot += 1
@@ -379,14 +402,47 @@ class Ingest(threading.Thread):
                 if kind == "approval.requested" and payload["approval_id"] in cur.pending_approvals:
                     raise EventError("duplicate approval id")
             except EventError as exc:
-                self.count("events_rejected")
-                self.log.warning("event rejected", session_id=sid, kind=str(kind)[:64], error=str(exc))
-                self._append(cur, time.time(), "event.rejected", "r", src_seq, None, None,
-                             {"kind": str(kind)[:64], "reason": str(exc)}, b)
+                self._reject(cur, src_seq, kind, str(exc), b)
                 continue
-            self._append(cur, float(ts), kind, "r", src_seq, node_id, parent, payload, b)
+            try:
+                self._append(cur, float(ts), kind, "r", src_seq, node_id, parent, payload, b)
+            except TypeError:  # nested too deeply to store (_stage encodes before it changes anything)
+                self._reject(cur, src_seq, kind, "payload cannot be stored (nested too deeply)", b)
         b.count += hot
-        b.acks[sid] = (identity, resend)
+        if identity is not None:
+            b.acks[sid] = (identity, resend)
+
+    def _reject(self, cur: SessionCursor, src_seq: int, kind: Any, reason: str, b: Batch) -> None:
+        """Record an ``event.rejected`` in the runner's ``src_seq`` slot (the runner's sequence stays gap-free)."""
+        self.count("events_rejected")
+        self.log.warning("event rejected", session_id=cur.id, kind=str(kind)[:64], error=reason)
+        self._append(cur, time.time(), "event.rejected", "r", src_seq, None, None,
+                     {"kind": str(kind)[:64], "reason": reason}, b)
+
+    def _ingest_spool(self, cur: SessionCursor, b: Batch) -> None:
+        """Stage what the session's spool holds beyond the last runner event we have (its runner has ended:
+        the file is complete). Exactly once: records at or below ``runner_seq`` are skipped."""
+        if self.sessions_dir is None:
+            return
+        path = self.sessions_dir / cur.id / SPOOL_NAME
+        evs: list[Any] = []
+        try:
+            for src_seq, body in read_spool(path, after=cur.runner_seq):
+                try:
+                    ev = orjson.loads(body)
+                except orjson.JSONDecodeError:
+                    ev = None
+                if not (isinstance(ev, list) and len(ev) == 6 and ev[0] == src_seq):
+                    ev = [src_seq, time.time(), "spool.unreadable", None, None, {}]  # rejected, in its slot
+                evs.append(ev)
+        except OSError as exc:
+            self.count("spool_unreadable")
+            self.log.error("spool unreadable", session_id=cur.id, error=str(exc))
+        if evs:
+            before = cur.runner_seq
+            self._on_events(cur, None, evs, b)
+            self.count("spool_events_ingested", cur.runner_seq - before)
+            self.log.info("spool ingested", session_id=cur.id, events=cur.runner_seq - before)
 
     def _append(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
                 node_id: str | None, parent: int | None, payload: dict[str, Any], b: Batch) -> bool:
@@ -428,6 +484,7 @@ class Ingest(threading.Thread):
                changes: RowChanges, pub: dict[str, list[list[Any]]], notes: list[tuple[Any, ...]],
                ended: set[str]) -> None:
         seq = cur.last_seq + 1
+        text = orjson.dumps(payload, default=repr).decode()  # first: a TypeError here has changed nothing
         if kind in PROJECTED:
             apply(cur, seq, ts, kind, src, node_id, payload, changes)
             if kind == "cost.recorded" and cur.budget is not None and cur.cost > cur.budget and not cur.budget_hit:
@@ -440,7 +497,6 @@ class Ingest(threading.Thread):
                 ended.add(cur.id)
         else:
             cur.last_seq = seq
-        text = orjson.dumps(payload, default=repr).decode()
         rows.append((cur.id, seq, ts, kind, src, seq if src_seq is None else src_seq, node_id, parent, text))
         if self._is_live(cur.id):
             pub.setdefault(cur.id, []).append([seq, ts, kind, src, node_id, parent, payload,

@@ -150,7 +150,7 @@ class Daemon:
         if checkpointer is not None:
             checkpointer.start()
         ingest = Ingest(z, BatchWriter(engine), bytes.fromhex(key), self.info.runners, self.info.events,
-                        self.counters, self.last_seen, cfg.max_message)
+                        self.counters, self.last_seen, cfg.max_message, sessions_dir=layout.sessions_dir)
         ingest.start()
         ingest.ready.wait(10)
         self._to_ingest = z.socket(zmq.PUSH)
