@@ -24,7 +24,7 @@ import structlog
 import zmq
 
 from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
-from labd.ipc.wire import Codec, Message, WireError
+from labd.ipc.wire import Codec, Message, PayloadError, WireError
 from labd.runner.spool import SPOOL_NAME, read_spool
 from labd.store.projections import RowChanges, SessionCursor, apply
 from labd.store.writer import BatchWriter, EventRow
@@ -233,8 +233,12 @@ class Ingest(threading.Thread):
     def _send_batch(self, batch: Batch) -> None:
         for sid, evs in batch.pub.items():  # persisted: now publish
             for chunk in _chunks(evs):
-                self.pub.send_multipart([f"session.{sid}".encode(),
-                                         *self.pub_codec.pack("events", {"session": sid, "events": chunk})])
+                try:
+                    frames = self.pub_codec.pack("events", {"session": sid, "events": chunk})
+                except PayloadError:  # too deep to wrap in a message: clients fill the gap from the store
+                    self.count("dropped.pub.unencodable")
+                    continue
+                self.pub.send_multipart([f"session.{sid}".encode(), *frames])
         for sid, (identity, resend) in batch.acks.items():
             cur = self.cursors.get(sid)
             if cur is not None:

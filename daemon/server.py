@@ -27,7 +27,7 @@ from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.monitor import Monitor
 from labd.daemon.supervisor import Supervisor
 from labd.ipc.connection import ConnectionInfo, write_connection_file
-from labd.ipc.wire import Codec, WireError
+from labd.ipc.wire import Codec, WireError, nesting_ok
 from labd.runner.session import split_secrets
 from labd.runner.workflows.registry import WorkflowError, bind_params, is_builtin, resolve
 from labd.store.db import Checkpointer, is_sqlite, migrate, open_engine
@@ -37,6 +37,9 @@ from labd.store.writer import BatchWriter
 __all__ = ["Daemon", "AlreadyRunning"]
 
 from labd import __version__ as VERSION
+
+#: a request body may nest this deep: what it carries into events (params) must stay encodable
+MAX_REQUEST_DEPTH = 200
 
 
 class AlreadyRunning(Exception):
@@ -278,10 +281,16 @@ class Daemon:
         except WireError as exc:
             name = f"dropped.control.{exc.reason}"
             self.counters[name] = self.counters.get(name, 0) + 1
-            self.log.warning("control frame dropped", reason=exc.reason, error=str(exc))
+            self.log.warning("control frame dropped", reason=exc.reason, error=str(exc)[:300])
+            msg_id = getattr(exc, "msg_id", None)
+            if msg_id:  # signed but undecodable (e.g. nested too deeply): the sender still gets an answer
+                self._reply(control, identity, msg_id, error=ApiError("bad_request", f"undecodable request: {exc}"))
             return
         handler = registry.get(msg.type)
         try:
+            if not nesting_ok(msg.body, MAX_REQUEST_DEPTH):
+                raise ApiError("bad_request", f"request nested deeper than {MAX_REQUEST_DEPTH} levels",
+                               {"max_depth": MAX_REQUEST_DEPTH})
             if handler is None:
                 raise ApiError("unknown_request", f"unknown request type {msg.type!r}",
                                {"known": sorted(registry)})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,11 @@ def nesting_ok(obj: Any, limit: int = MAX_DEPTH) -> bool:
 
 class MalformedFrame(WireError):
     reason = "malformed"
+    #: the message id, when a signed frame could not be decoded but its id could be read
+    msg_id: str | None = None
+
+
+_ID_RE = re.compile(rb'"id":"([0-9A-Za-z_-]{1,64})"')
 
 
 class OversizedFrame(WireError):
@@ -150,7 +156,12 @@ class Codec:
         try:
             env = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise MalformedFrame(f"body is not JSON: {exc}") from None
+            err = MalformedFrame(f"body is not JSON: {exc}")
+            # The signature is valid, so the sender is genuine: give the receiver the id to answer (e.g. a
+            # request nested deeper than the decoder allows still gets a structured error reply).
+            found = _ID_RE.search(raw[:256])
+            err.msg_id = found.group(1).decode() if found else None
+            raise err from None
         if not isinstance(env, dict):
             raise MalformedFrame("body is not a JSON object")
         msg_id, ts, type_, body = env.get("id"), env.get("ts"), env.get("type"), env.get("body")

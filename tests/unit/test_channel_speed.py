@@ -7,8 +7,10 @@ heartbeat", nothing finer.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,29 @@ import pytest
 from labd.ipc.wire import PayloadError
 from labd.runner.channel import BULK_DELAY_S, HEARTBEAT_S, Channel, is_bulk
 from labd.runner.spool import read_spool
-from tests.unit.test_channel import KEY, SID, FakeDaemon, _channel, channels, daemon, endpoint  # noqa: F401
+from tests.unit.test_channel import KEY, SID, FakeDaemon, _channel
+
+
+@pytest.fixture
+def endpoint(isolated_env: Any) -> str:
+    """An ipc:// endpoint in the test's (short) runtime directory."""
+    return f"ipc://{os.environ['XDG_RUNTIME_DIR']}/chan.sock"
+
+
+@pytest.fixture
+def daemon(endpoint: str) -> Iterator[FakeDaemon]:
+    d = FakeDaemon(endpoint)
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def channels() -> Iterator[list[Channel]]:
+    """Channels to close after the test (quickly: nothing waits for acks at teardown)."""
+    made: list[Channel] = []
+    yield made
+    for ch in made:
+        ch.close(timeout=0.0)
 
 BOUND_S = 0.5  # well under the heartbeat: an event that waited for it would take ~1 s
 PHASES = ("top", "drained", "taken", "flushed", "decided", "polled", "handled")
