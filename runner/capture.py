@@ -24,7 +24,7 @@ __all__ = ["OutputCapture"]
 
 CHUNK = 64 * 1024
 PARTIAL_FLUSH_S = 0.1
-COALESCE_S = 0.002  # after a short read, wait this long for more: far fewer, larger output events
+COALESCE_S = 0.002  # after a read, gather more for at most this long: far fewer, larger output events
 PIPE_SIZE = 1 << 20  # a larger pipe lets a chatty workflow run ahead of the reader instead of blocking
 F_SETPIPE_SZ = 1031  # Linux
 
@@ -119,7 +119,13 @@ class OutputCapture:
             data = os.read(fd, CHUNK)
             if not data:
                 break
-            while len(data) < CHUNK and select.select([fd], [], [], COALESCE_S)[0]:
+            # Coalesce for at most COALESCE_S in all (not per gap: a steady trickle of prints would
+            # otherwise be held until a whole CHUNK has piled up).
+            until = time.monotonic() + COALESCE_S
+            while len(data) < CHUNK:
+                left = until - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    break
                 more = os.read(fd, CHUNK - len(data))
                 if not more:
                     break
