@@ -23,9 +23,9 @@ import sqlalchemy.exc as sa_exc
 import structlog
 import zmq
 
+from labd.daemon.spools import remove_spool, spool_of, spooled_events
 from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
 from labd.ipc.wire import Codec, Message, PayloadError, WireError
-from labd.runner.spool import SPOOL_NAME, read_spool
 from labd.store.projections import RowChanges, SessionCursor, apply
 from labd.store.writer import BatchWriter, EventRow
 
@@ -34,6 +34,11 @@ __all__ = ["Ingest", "INGEST_IN", "INGEST_NOTIFY", "MAX_BATCH"]
 INGEST_IN = "inproc://labd-ingest-in"
 INGEST_NOTIFY = "inproc://labd-ingest-notify"
 MAX_BATCH = 5000
+MAX_BATCH_BYTES = 8 * 1024 * 1024  # raw runner frames per batch: bounds the memory one batch holds
+#: messages queued per runner in the ROUTER (each <= ~512 KiB from the Python runner): a flooding runner
+#: blocks in its own send queue instead of growing the daemon's memory
+RUNNER_RCVHWM = 32
+WARN_EVERY_S = 1.0  # a given kind of warning (dropped frame, rejected event) is logged at most this often
 _NUMBER = (int, float)
 RESEND_INTERVAL_S = 0.5
 #: the database cannot be reached (retry the same batch); anything else it raises means it refused data
@@ -68,6 +73,7 @@ class Ingest(threading.Thread):
         self.log = structlog.get_logger("labd.ingest")
         self.cursors: dict[str, SessionCursor] = {}
         self._last_resend: dict[str, float] = {}
+        self._warned: dict[tuple[str, str], tuple[float, int]] = {}  # see _warn
         self.topics: set[bytes] = set()  # live-tail subscriptions (see _on_subscriptions)
         #: control messages for runners that have not said hello yet (e.g. pause right after start)
         self._waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]] = {}
@@ -80,6 +86,20 @@ class Ingest(threading.Thread):
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+    def _warn(self, what: str, reason: str, **fields: Any) -> None:
+        """Log a warning at most once per second per (what, reason), saying how many were not logged; the
+        counters keep the exact numbers (a flood of bad frames must not become a flood of log lines)."""
+        key = (what, reason)
+        now = time.monotonic()
+        last, suppressed = self._warned.get(key, (0.0, 0))
+        if now - last < WARN_EVERY_S:
+            self._warned[key] = (last, suppressed + 1)
+            return
+        self._warned[key] = (now, 0)
+        if suppressed:
+            fields["not_logged_since_last"] = suppressed
+        self.log.warning(what, reason=reason, **fields)
 
     def _cursor(self, sid: str) -> SessionCursor | None:
         cur = self.cursors.get(sid)
@@ -96,6 +116,7 @@ class Ingest(threading.Thread):
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to an unconnected runner raises, not drops
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.MAXMSGSIZE, 2 * self.runner_codec.max_message)
+        self.router.setsockopt(zmq.RCVHWM, RUNNER_RCVHWM)
         self.router.bind(self.runners_endpoint)
         # XPUB rather than PUB: it tells us what clients subscribe to, so events nobody follows are
         # not encoded for the live tail at all (~9 % of ingest time under load).
@@ -147,11 +168,13 @@ class Ingest(threading.Thread):
             # Runner frames are decoded and processed one at a time (a decoded batch is thousands of
             # objects: holding several at once costs GC time); the raw frames are kept in case the
             # batch must be processed again.
-            while len(batch.rows) < MAX_BATCH:
+            nbytes = 0
+            while len(batch.rows) < MAX_BATCH and nbytes < MAX_BATCH_BYTES:
                 try:
                     frames = self.router.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
+                nbytes += sum(len(f) for f in frames)
                 frames_list.append(frames)
                 self._process_frames(frames, batch, seen=False)
             if items or frames_list:
@@ -163,7 +186,7 @@ class Ingest(threading.Thread):
         except WireError as exc:
             if not seen:
                 self.count(f"dropped.runner.{exc.reason}")
-                self.log.warning("runner frame dropped", reason=exc.reason, error=str(exc))
+                self._warn("runner frame dropped", exc.reason, error=str(exc)[:300])
             return
         try:
             self._on_runner_message(frames[0], msg, batch)
@@ -251,10 +274,7 @@ class Ingest(threading.Thread):
             self.cursors.pop(sid, None)
             self._last_resend.pop(sid, None)
             if self.sessions_dir is not None:  # its events are committed: the spool has served
-                try:
-                    (self.sessions_dir / sid / SPOOL_NAME).unlink()
-                except OSError:
-                    pass
+                remove_spool(spool_of(self.sessions_dir, sid))
 
     def _to_runner(self, identity: bytes, type_: str, body: dict[str, Any], *, queue: bool) -> None:
         """Send to a runner; a control message for a runner that is not connected (yet) waits for its hello."""
@@ -322,12 +342,12 @@ class Ingest(threading.Thread):
         sid = msg.body.get("session")
         if not isinstance(sid, str) or sid.encode() != identity:
             self.count("dropped.runner.bad_session")
-            self.log.warning("runner frame dropped", reason="bad_session", session_id=str(sid)[:64])
+            self._warn("runner frame dropped", "bad_session", session_id=str(sid)[:64])
             return
         cur = self._cursor(sid)
         if cur is None:
             self.count("dropped.runner.unknown_session")
-            self.log.warning("runner frame for unknown session dropped", session_id=sid)
+            self._warn("runner frame dropped", "unknown_session", session_id=sid[:64])
             return
         self.last_seen[sid] = time.time()
         for type_, msg_body in self._waiting_for_hello.pop(sid, []):  # control sent before it could be delivered
@@ -355,7 +375,7 @@ class Ingest(threading.Thread):
                 "approval_id": r["id"], "decision": r["decision"], "feedback": r["feedback"],
                 "hypothesis": r["hypothesis"], "by": r["resolved_by"], "via": r["resolved_via"]}))
 
-    def _on_events(self, cur: SessionCursor, identity: bytes, evs: list[Any], b: Batch) -> None:
+    def _on_events(self, cur: SessionCursor, identity: bytes | None, evs: list[Any], b: Batch) -> None:
         sid = cur.id
         resend = b.acks.get(sid, (identity, False))[1]
         live_list = b.pub.setdefault(sid, []) if self._is_live(sid) else None
@@ -419,7 +439,7 @@ class Ingest(threading.Thread):
     def _reject(self, cur: SessionCursor, src_seq: int, kind: Any, reason: str, b: Batch) -> None:
         """Record an ``event.rejected`` in the runner's ``src_seq`` slot (the runner's sequence stays gap-free)."""
         self.count("events_rejected")
-        self.log.warning("event rejected", session_id=cur.id, kind=str(kind)[:64], error=reason)
+        self._warn("event rejected", "rejected", session_id=cur.id, kind=str(kind)[:64], error=reason[:300])
         self._append(cur, time.time(), "event.rejected", "r", src_seq, None, None,
                      {"kind": str(kind)[:64], "reason": reason}, b)
 
@@ -428,17 +448,9 @@ class Ingest(threading.Thread):
         the file is complete). Exactly once: records at or below ``runner_seq`` are skipped."""
         if self.sessions_dir is None:
             return
-        path = self.sessions_dir / cur.id / SPOOL_NAME
         evs: list[Any] = []
         try:
-            for src_seq, body in read_spool(path, after=cur.runner_seq):
-                try:
-                    ev = orjson.loads(body)
-                except orjson.JSONDecodeError:
-                    ev = None
-                if not (isinstance(ev, list) and len(ev) == 6 and ev[0] == src_seq):
-                    ev = [src_seq, time.time(), "spool.unreadable", None, None, {}]  # rejected, in its slot
-                evs.append(ev)
+            evs = spooled_events(spool_of(self.sessions_dir, cur.id), cur.runner_seq)
         except OSError as exc:
             self.count("spool_unreadable")
             self.log.error("spool unreadable", session_id=cur.id, error=str(exc))

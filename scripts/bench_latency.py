@@ -124,24 +124,23 @@ def main() -> int:
     interrupt_on_sigterm()
     print_machine(f"{args.seconds:g} s per configuration")
     rows = []
-    with BenchDaemon(extra_env={"PYTHONPATH": f"{HERE}:{HERE.parent}"}) as d:
-        with d.client() as c:
-            for mode in args.modes.split(","):
-                for rate in (int(r) for r in args.rates.split(",")):
-                    f = Follower(d.home)
-                    f.start()
-                    f.ready.wait(5)
-                    time.sleep(0.2)  # the subscription reaches the daemon's XPUB
-                    sid = c.start("bench_latency:paced", params={"rate": rate, "seconds": args.seconds, "mode": mode})
-                    f.sid = sid
-                    final = c.wait(sid, timeout=args.seconds * 20 + 60)
-                    f.ended.wait(5)
-                    f.halt.set()
-                    f.join(5)
-                    s, h = summary(f.lat), summary(f.hop)
-                    rows.append([mode, f"{rate:,}/s", final["status"], s["n"], fmt_ms(s["p50"]), fmt_ms(s["p90"]),
-                                 fmt_ms(s["p99"]), fmt_ms(max(f.lat) if f.lat else float("nan")),
-                                 fmt_ms(h["p50"]), fmt_ms(h["p99"])])
+    with BenchDaemon(extra_env={"PYTHONPATH": f"{HERE}:{HERE.parent}"}) as d, d.client() as c:
+        for mode in args.modes.split(","):
+            for rate in (int(r) for r in args.rates.split(",")):
+                f = Follower(d.home)
+                f.start()
+                f.ready.wait(5)
+                time.sleep(0.2)  # the subscription reaches the daemon's XPUB
+                sid = c.start("bench_latency:paced", params={"rate": rate, "seconds": args.seconds, "mode": mode})
+                f.sid = sid
+                final = c.wait(sid, timeout=args.seconds * 20 + 60)
+                f.ended.wait(5)
+                f.halt.set()
+                f.join(5)
+                s, h = summary(f.lat), summary(f.hop)
+                rows.append([mode, f"{rate:,}/s", final["status"], s["n"], fmt_ms(s["p50"]), fmt_ms(s["p90"]),
+                             fmt_ms(s["p99"]), fmt_ms(max(f.lat) if f.lat else float("nan")),
+                             fmt_ms(h["p50"]), fmt_ms(h["p99"])])
     print_table(["path", "rate", "status", "events seen", "p50 ms", "p90 ms", "p99 ms", "max ms",
                  "event ts->client p50", "p99"], rows, title="made -> client on the live tail (persisted first)")
     print("\nprint = urgent output path (sent at once); emit = bulk tracking kind (batched ~100 ms by design).")

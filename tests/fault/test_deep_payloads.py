@@ -30,8 +30,8 @@ def _crafted_start(c: Any, depth: int) -> dict[str, Any]:
     encoder refuses it) and return the reply body."""
     params = '{"a":' * depth + "1" + "}" * depth
     msg_id = "crafted" + str(depth)
-    raw = ('{"v":1,"id":"%s","ts":%r,"type":"session.start","body":{"workflow":"demo.count","params":{"x":%s}}}'
-           % (msg_id, time.time(), params)).encode()
+    head = f'{{"v":1,"id":"{msg_id}","ts":{time.time()!r},"type":"session.start",'
+    raw = (head + '"body":{"workflow":"demo.count","params":{"x":' + params + "}}}").encode()
     c._sock.send_multipart([c._codec.signer.sign(raw), raw])  # noqa: SLF001 - a hand-crafted frame
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
