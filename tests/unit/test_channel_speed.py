@@ -44,7 +44,7 @@ def channels() -> Iterator[list[Channel]]:
     for ch in made:
         ch.close(timeout=0.0)
 
-BOUND_S = 0.5  # well under the heartbeat: an event that waited for it would take ~1 s
+BOUND_S = 0.8  # under the heartbeat: an event that waited for it takes ~1 s (generous: the box is shared)
 PHASES = ("top", "drained", "taken", "flushed", "decided", "polled", "handled")
 
 
@@ -115,7 +115,7 @@ def test_an_event_emitted_at_every_phase_of_the_loop_leaves_promptly(endpoint: s
     try:
         from tests.conftest import wait_until
 
-        wait_until(lambda: not todo and len(rx.arrived) >= len(emitted) + 1, timeout=30, what="all phases")
+        wait_until(lambda: not todo and len(rx.arrived) >= len(emitted) + 1, timeout=90, what="all phases")
     finally:
         ch.phase_hook = None
         rx.stop = True
@@ -188,7 +188,7 @@ def test_a_torn_spool_tail_is_ignored(tmp_path: Path) -> None:
     ch = Channel("ipc:///nonexistent", KEY, SID, spool=spool)
     for i in range(3):
         ch.emit("custom", {"name": "e", "data": i})
-    data = spool.read_bytes()
+    data = spool.read_bytes()[:ch._spool.size]  # noqa: SLF001 - the records, without the mapped zero tail
     spool.write_bytes(data[:-5])
     assert [s for s, _ in read_spool(spool)] == [1, 2]
     bad = bytearray(data)
