@@ -40,6 +40,9 @@ BATCH_EVENTS = 2000
 BATCH_BYTES = 512 * 1024
 BULK_DELAY_S = 0.1  # how long a bulk tracking event may wait for company
 BULK_BYTES = 256 * 1024  # ... or until this much is waiting
+#: an urgent event leaves at once, unless a message left less than this long ago: then it waits for the rest
+#: of this gap (a burst of output becomes a few hundred messages per second, not one per chunk)
+URGENT_GAP_S = 0.002
 HEARTBEAT_S = 1.0
 RESEND_AFTER_S = 5.0
 SPOOL_TRUNCATE_BYTES = 1 << 20  # everything acked and the spool is larger than this: truncate it
@@ -76,7 +79,9 @@ class Channel:
         self._unsent_bytes = 0
         self._force = False  # resend everything unsent now (reconnect, resend request, stall)
         self._wake_pending = False  # a byte is in the wake pipe (or about to be): no need to write another
-        self._armed = False  # the thread sleeps with a bulk deadline: bulk emits need not wake it
+        self._armed = False  # the thread sleeps with a deadline: bulk emits need not wake it
+        self._armed_until = 0.0  # ... that deadline (urgent emits need not wake it if it is within URGENT_GAP_S)
+        self._last_send = 0.0  # monotonic time of the last events message
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -109,6 +114,7 @@ class Channel:
             return 0  # a child forked by the workflow: its parent's channel is not its own (see forget_after_fork)
         urgent = not is_bulk(kind)
         error: str | None = None
+        mono = time.monotonic()
         with self._lock:
             while len(self._q) + len(self._pending) >= self._max_unacked and not self._closing:
                 self._lock.wait(0.5)
@@ -123,8 +129,9 @@ class Channel:
                     error = self.spool_error = f"event spool unavailable: {exc}"
                     self._spool.close()
                     self._spool = None
-            self._pending.append((raw, urgent, time.monotonic()))
-            wake = not self._wake_pending and (urgent or not self._armed)
+            self._pending.append((raw, urgent, mono))
+            wake = not self._wake_pending and (
+                not self._armed or (urgent and self._armed_until - mono > URGENT_GAP_S))
             if wake:
                 self._wake_pending = True
         if wake:
@@ -213,10 +220,12 @@ class Channel:
         pos = self._send_pos
         if pos >= len(self._q):
             return None
-        if (self._force or self._urgent_seq >= self._acked_upto + 1 + pos or self._unsent_bytes >= BULK_BYTES
-                or len(self._q) - pos >= BATCH_EVENTS):
+        if self._force or self._unsent_bytes >= BULK_BYTES or len(self._q) - pos >= BATCH_EVENTS:
             return now
-        return self._times[pos] + BULK_DELAY_S
+        bulk_due = self._times[pos] + BULK_DELAY_S
+        if self._urgent_seq >= self._acked_upto + 1 + pos:
+            return min(bulk_due, max(now, self._last_send + URGENT_GAP_S))
+        return bulk_due
 
     def _run(self) -> None:
         ctx, sock, monitor = self._sockets  # created by start(); used by this thread only from now on
@@ -260,6 +269,7 @@ class Channel:
                     else:
                         due = self._due_at(now)
                         self._armed = due is not None
+                        self._armed_until = due if due is not None else 0.0
                         timeout = HEARTBEAT_S - (now - last_sent)
                         if due is not None and not blocked:
                             timeout = min(timeout, due - now)
@@ -397,6 +407,7 @@ class Channel:
                 return sent, True
             sent = True
             self.sends += 1
+            self._last_send = time.monotonic()
             with self._lock:
                 if self._send_pos == start:
                     self._send_pos = start + len(batch)
