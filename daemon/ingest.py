@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,9 +23,10 @@ import sqlalchemy.exc as sa_exc
 import structlog
 import zmq
 
+from labd.daemon.spools import remove_spool, spool_of, spooled_events
 from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
 from labd.ipc.signing import derive_key
-from labd.ipc.wire import Codec, Message, WireError
+from labd.ipc.wire import Codec, Message, PayloadError, WireError
 from labd.store.blobs import take_blobs
 from labd.store.projections import RowChanges, SessionCursor, apply
 from labd.store.writer import BatchWriter, EventRow
@@ -34,6 +36,11 @@ __all__ = ["Ingest", "INGEST_IN", "INGEST_NOTIFY", "MAX_BATCH"]
 INGEST_IN = "inproc://labd-ingest-in"
 INGEST_NOTIFY = "inproc://labd-ingest-notify"
 MAX_BATCH = 5000
+MAX_BATCH_BYTES = 8 * 1024 * 1024  # raw runner frames per batch: bounds the memory one batch holds
+#: messages queued per runner in the ROUTER (each <= ~512 KiB from the Python runner): a flooding runner
+#: blocks in its own send queue instead of growing the daemon's memory
+RUNNER_RCVHWM = 32
+WARN_EVERY_S = 1.0  # a given kind of warning (dropped frame, rejected event) is logged at most this often
 _NUMBER = (int, float)
 RESEND_INTERVAL_S = 0.5
 #: the database cannot be reached (retry the same batch); anything else it raises means it refused data
@@ -53,8 +60,10 @@ class Ingest(threading.Thread):
 
     def __init__(self, zctx: zmq.Context, writer: BatchWriter, key: bytes, runners_endpoint: str,
                  events_endpoint: str, counters: dict[str, int], last_seen: dict[str, float],
-                 max_message: int) -> None:
+                 max_message: int, sessions_dir: Path | None = None) -> None:
         super().__init__(name="labd-ingest", daemon=True)
+        #: where runners keep their spools (``<sessions_dir>/<id>/events.spool``); None: no spools read
+        self.sessions_dir = sessions_dir
         self.zctx = zctx
         self.writer = writer
         self._key = key
@@ -71,6 +80,7 @@ class Ingest(threading.Thread):
         self.log = structlog.get_logger("labd.ingest")
         self.cursors: dict[str, SessionCursor] = {}
         self._last_resend: dict[str, float] = {}
+        self._warned: dict[tuple[str, str], tuple[float, int]] = {}  # see _warn
         self.topics: set[bytes] = set()  # live-tail subscriptions (see _on_subscriptions)
         #: control messages for runners that have not said hello yet (e.g. pause right after start)
         self._waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]] = {}
@@ -83,6 +93,20 @@ class Ingest(threading.Thread):
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+    def _warn(self, what: str, reason: str, **fields: Any) -> None:
+        """Log a warning at most once per second per (what, reason), saying how many were not logged; the
+        counters keep the exact numbers (a flood of bad frames must not become a flood of log lines)."""
+        key = (what, reason)
+        now = time.monotonic()
+        last, suppressed = self._warned.get(key, (0.0, 0))
+        if now - last < WARN_EVERY_S:
+            self._warned[key] = (last, suppressed + 1)
+            return
+        self._warned[key] = (now, 0)
+        if suppressed:
+            fields["not_logged_since_last"] = suppressed
+        self.log.warning(what, reason=reason, **fields)
 
     def _cursor(self, sid: str) -> SessionCursor | None:
         cur = self.cursors.get(sid)
@@ -101,6 +125,7 @@ class Ingest(threading.Thread):
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to an unconnected runner raises, not drops
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_message)
+        self.router.setsockopt(zmq.RCVHWM, RUNNER_RCVHWM)
         self.router.bind(self.runners_endpoint)
         # XPUB rather than PUB: it tells us what clients subscribe to, so events nobody follows are
         # not encoded for the live tail at all (~9 % of ingest time under load).
@@ -152,11 +177,13 @@ class Ingest(threading.Thread):
             # Runner frames are decoded and processed one at a time (a decoded batch is thousands of
             # objects: holding several at once costs GC time); the raw frames are kept in case the
             # batch must be processed again.
-            while len(batch.rows) < MAX_BATCH:
+            nbytes = 0
+            while len(batch.rows) < MAX_BATCH and nbytes < MAX_BATCH_BYTES:
                 try:
                     frames = self.router.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
+                nbytes += sum(len(f) for f in frames)
                 frames_list.append(frames)
                 self._process_frames(frames, batch, seen=False)
             if items or frames_list:
@@ -184,7 +211,7 @@ class Ingest(threading.Thread):
         except WireError as exc:
             if not seen:
                 self.count(f"dropped.runner.{exc.reason}")
-                self.log.warning("runner frame dropped", reason=exc.reason, error=str(exc))
+                self._warn("runner frame dropped", exc.reason, error=str(exc)[:300])
             return
         try:
             self._on_runner_message(frames[0], msg, batch)
@@ -300,8 +327,12 @@ class Ingest(threading.Thread):
     def _send_batch(self, batch: Batch) -> None:
         for sid, evs in batch.pub.items():  # persisted: now publish
             for chunk in _chunks(evs):
-                self.pub.send_multipart([f"session.{sid}".encode(),
-                                         *self.pub_codec.pack("events", {"session": sid, "events": chunk})])
+                try:
+                    frames = self.pub_codec.pack("events", {"session": sid, "events": chunk})
+                except PayloadError:  # too deep to wrap in a message: clients fill the gap from the store
+                    self.count("dropped.pub.unencodable")
+                    continue
+                self.pub.send_multipart([f"session.{sid}".encode(), *frames])
         for sid, (_identity, resend) in batch.acks.items():
             cur = self.cursors.get(sid)
             if cur is not None:
@@ -315,6 +346,8 @@ class Ingest(threading.Thread):
             self._last_resend.pop(sid, None)
             self._runner_codecs.pop(sid, None)
             self.routes.pop(sid, None)
+            if self.sessions_dir is not None:  # its events are committed: the spool has served
+                remove_spool(spool_of(self.sessions_dir, sid))
 
     def _to_runner(self, sid: str, type_: str, body: dict[str, Any], *, queue: bool) -> None:
         """Send to a session's runner; a control message for a runner that is not connected (yet) waits for
@@ -348,6 +381,10 @@ class Ingest(threading.Thread):
             if kind == "session.created" and self._cursor(sid) is None:
                 self.cursors[sid] = SessionCursor(id=sid)
             cur = self._cursor(sid)
+            if cur is not None and kind == "session.ended" and not cur.terminal:
+                # Whatever the runner recorded and we do not have yet goes in first: its events, and its
+                # own outcome (session.finished), which the final status is decided from.
+                self._ingest_spool(cur, b)
             if cur is None:
                 self.log.error("daemon event for unknown session dropped", session_id=sid, kind=kind)
                 if reply_to is not None:
@@ -360,7 +397,12 @@ class Ingest(threading.Thread):
                     if reply_to is not None:
                         b.notes.append(("refused", reply_to, *refusal))
                     return
-            if not self._append(cur, time.time(), kind, "d", None, node_id, None, payload, b):
+            try:
+                stored = self._append(cur, time.time(), kind, "d", None, node_id, None, payload, b)
+            except TypeError:  # a payload JSON cannot carry (nested too deeply): refused, not a crash
+                self.count("dropped.internal.unencodable")
+                stored = False
+            if not stored:
                 if reply_to is not None:
                     b.notes.append(("refused", reply_to, "store_error", "the store refused this change"))
                 return
@@ -382,12 +424,12 @@ class Ingest(threading.Thread):
         sid = msg.body.get("session")
         if not isinstance(sid, str) or sid != runner_session(identity):
             self.count("dropped.runner.bad_session")
-            self.log.warning("runner frame dropped", reason="bad_session", session_id=str(sid)[:64])
+            self._warn("runner frame dropped", "bad_session", session_id=str(sid)[:64])
             return
         cur = self._cursor(sid)
         if cur is None:
             self.count("dropped.runner.unknown_session")
-            self.log.warning("runner frame for unknown session dropped", session_id=sid)
+            self._warn("runner frame dropped", "unknown_session", session_id=sid[:64])
             return
         self.last_seen[sid] = time.time()
         self.routes[sid] = identity  # signed with this session's key: this is where its runner is now
@@ -416,7 +458,7 @@ class Ingest(threading.Thread):
                 "approval_id": r["id"], "decision": r["decision"], "feedback": r["feedback"],
                 "hypothesis": r["hypothesis"], "by": r["resolved_by"], "via": r["resolved_via"]}))
 
-    def _on_events(self, cur: SessionCursor, identity: bytes, evs: list[Any], b: Batch) -> None:
+    def _on_events(self, cur: SessionCursor, identity: bytes | None, evs: list[Any], b: Batch) -> None:
         sid = cur.id
         resend = b.acks.get(sid, (identity, False))[1]
         live_list = b.pub.setdefault(sid, []) if self._is_live(sid) else None
@@ -445,8 +487,13 @@ class Ingest(threading.Thread):
             _, ts, kind, node_id, parent, payload = ev
             if fast and parent is None and ts.__class__ is float and quick_valid(kind, payload, node_id):
                 # hot path (output, log, custom): no projection to update
+                try:
+                    text = dumps(payload, default=repr).decode()
+                except TypeError:  # nested too deeply to store
+                    self._reject(cur, src_seq, kind, "payload cannot be stored (nested too deeply)", b)
+                    continue
                 seq = cur.last_seq = cur.last_seq + 1
-                rows.append((sid, seq, ts, kind, "r", src_seq, node_id, None, dumps(payload, default=repr).decode()))
+                rows.append((sid, seq, ts, kind, "r", src_seq, node_id, None, text))
                 if live_list is not None:
                     live_list.append([seq, ts, kind, "r", node_id, None, payload, src_seq])
                 hot += 1
@@ -462,14 +509,39 @@ class Ingest(threading.Thread):
                 if kind == "approval.requested" and payload["approval_id"] in cur.pending_approvals:
                     raise EventError("duplicate approval id")
             except EventError as exc:
-                self.count("events_rejected")
-                self.log.warning("event rejected", session_id=sid, kind=str(kind)[:64], error=str(exc))
-                self._append(cur, time.time(), "event.rejected", "r", src_seq, None, None,
-                             {"kind": str(kind)[:64], "reason": str(exc)}, b)
+                self._reject(cur, src_seq, kind, str(exc), b)
                 continue
-            self._append(cur, float(ts), kind, "r", src_seq, node_id, parent, payload, b)
+            try:
+                self._append(cur, float(ts), kind, "r", src_seq, node_id, parent, payload, b)
+            except TypeError:  # nested too deeply to store (_stage encodes before it changes anything)
+                self._reject(cur, src_seq, kind, "payload cannot be stored (nested too deeply)", b)
         b.count += hot
-        b.acks[sid] = (identity, resend)
+        if identity is not None:
+            b.acks[sid] = (identity, resend)
+
+    def _reject(self, cur: SessionCursor, src_seq: int, kind: Any, reason: str, b: Batch) -> None:
+        """Record an ``event.rejected`` in the runner's ``src_seq`` slot (the runner's sequence stays gap-free)."""
+        self.count("events_rejected")
+        self._warn("event rejected", "rejected", session_id=cur.id, kind=str(kind)[:64], error=reason[:300])
+        self._append(cur, time.time(), "event.rejected", "r", src_seq, None, None,
+                     {"kind": str(kind)[:64], "reason": reason}, b)
+
+    def _ingest_spool(self, cur: SessionCursor, b: Batch) -> None:
+        """Stage what the session's spool holds beyond the last runner event we have (its runner has ended:
+        the file is complete). Exactly once: records at or below ``runner_seq`` are skipped."""
+        if self.sessions_dir is None:
+            return
+        evs: list[Any] = []
+        try:
+            evs = spooled_events(spool_of(self.sessions_dir, cur.id), cur.runner_seq)
+        except OSError as exc:
+            self.count("spool_unreadable")
+            self.log.error("spool unreadable", session_id=cur.id, error=str(exc))
+        if evs:
+            before = cur.runner_seq
+            self._on_events(cur, None, evs, b)
+            self.count("spool_events_ingested", cur.runner_seq - before)
+            self.log.info("spool ingested", session_id=cur.id, events=cur.runner_seq - before)
 
     def _append(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
                 node_id: str | None, parent: int | None, payload: dict[str, Any], b: Batch) -> bool:
@@ -512,6 +584,7 @@ class Ingest(threading.Thread):
                ended: set[str]) -> None:
         seq = cur.last_seq + 1
         payload = take_blobs(cur.id, seq, ts, payload, changes)  # full-fidelity texts -> blobs table
+        text = orjson.dumps(payload, default=repr).decode()  # first: a TypeError here has changed nothing
         if kind in PROJECTED:
             apply(cur, seq, ts, kind, src, node_id, payload, changes)
             if kind == "cost.recorded" and cur.budget is not None and cur.cost > cur.budget and not cur.budget_hit:
@@ -524,7 +597,6 @@ class Ingest(threading.Thread):
                 ended.add(cur.id)
         else:
             cur.last_seq = seq
-        text = orjson.dumps(payload, default=repr).decode()
         rows.append((cur.id, seq, ts, kind, src, seq if src_seq is None else src_seq, node_id, parent, text))
         if self._is_live(cur.id):
             pub.setdefault(cur.id, []).append([seq, ts, kind, src, node_id, parent, payload,

@@ -31,7 +31,7 @@ from labd.daemon.queue import RunQueue
 from labd.daemon.retention import Retention
 from labd.daemon.supervisor import Supervisor
 from labd.ipc.connection import ConnectionInfo, write_connection_file
-from labd.ipc.wire import Codec, WireError
+from labd.ipc.wire import Codec, WireError, nesting_ok
 from labd.runner.sandbox import SandboxStatus, hidden_paths, probe
 from labd.runner.sandbox import landlock as _landlock
 from labd.runner.session import split_secrets
@@ -43,6 +43,9 @@ from labd.store.writer import BatchWriter
 __all__ = ["Daemon", "AlreadyRunning"]
 
 from labd import __version__ as VERSION
+
+#: a request body may nest this deep: what it carries into events (params) must stay encodable
+MAX_REQUEST_DEPTH = 200
 
 
 class AlreadyRunning(Exception):
@@ -170,7 +173,7 @@ class Daemon:
         if checkpointer is not None:
             checkpointer.start()
         ingest = Ingest(z, BatchWriter(engine), bytes.fromhex(key), self.info.runners, self.info.events,
-                        self.counters, self.last_seen, cfg.max_message)
+                        self.counters, self.last_seen, cfg.max_message, sessions_dir=layout.sessions_dir)
         ingest.start()
         ingest.ready.wait(10)
         self._to_ingest = z.socket(zmq.PUSH)
@@ -353,10 +356,16 @@ class Daemon:
         except WireError as exc:
             name = f"dropped.control.{exc.reason}"
             self.counters[name] = self.counters.get(name, 0) + 1
-            self.log.warning("control frame dropped", reason=exc.reason, error=str(exc))
+            self.log.warning("control frame dropped", reason=exc.reason, error=str(exc)[:300])
+            msg_id = getattr(exc, "msg_id", None)
+            if msg_id:  # signed but undecodable (e.g. nested too deeply): the sender still gets an answer
+                self._reply(control, identity, msg_id, error=ApiError("bad_request", f"undecodable request: {exc}"))
             return
         handler = registry.get(msg.type)
         try:
+            if not nesting_ok(msg.body, MAX_REQUEST_DEPTH):
+                raise ApiError("bad_request", f"request nested deeper than {MAX_REQUEST_DEPTH} levels",
+                               {"max_depth": MAX_REQUEST_DEPTH})
             if handler is None:
                 raise ApiError("unknown_request", f"unknown request type {msg.type!r}",
                                {"known": sorted(registry)})

@@ -122,10 +122,16 @@ class Supervisor:
             self.post(sid, "session.adopted", {"pid": pid})
             self.log.info("runner adopted", session_id=sid, pid=pid)
             return True
-        why = ("the runner was never started" if not pid else
-               f"runner pid {pid} vanished while no daemon was watching it")
-        self.post(sid, "session.ended", {"status": "lost", "reason": why, "ended_by": "vanished"})
-        self.log.warning("session lost", session_id=sid, reason=why)
+        if not pid:
+            why = "the runner was never started"
+            self.post(sid, "session.ended", {"status": "lost", "reason": why, "ended_by": "vanished"})
+            self.log.warning("session lost", session_id=sid, reason=why)
+            return False
+        # The runner ended while no daemon watched it (or just before this one adopted it). Ingest reads
+        # its spool before recording the end, so a session that reported its own outcome ends with it;
+        # only one that never did is lost.
+        self.post(sid, "session.ended", {"ended_by": "vanished"})
+        self.log.warning("runner gone at adoption", session_id=sid, pid=pid)
         return False
 
     def stop(self, sid: str, by: str, grace: float, reason: str = "stop requested") -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,10 @@ __all__ = [
     "MalformedFrame",
     "OversizedFrame",
     "Codec",
+    "PayloadError",
+    "encode_json",
+    "nesting_ok",
+    "MAX_DEPTH",
 ]
 
 PROTOCOL_VERSION = 1
@@ -41,8 +46,51 @@ class WireError(Exception):
     reason = "malformed"
 
 
+class PayloadError(ValueError):
+    """A value that cannot be encoded as JSON at all (nested deeper than :data:`MAX_DEPTH` levels)."""
+
+
+#: orjson refuses to encode structures nested deeper than this; labd refuses them where they enter
+MAX_DEPTH = 255
+
+
+def encode_json(obj: Any) -> bytes:
+    """Encode ``obj`` as JSON the way every labd frame is encoded (unknown types as their repr, big ints
+    as strings); raise :class:`PayloadError` for what cannot be encoded at all (too deeply nested)."""
+    try:
+        return orjson.dumps(obj, default=_json_fallback, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError as exc:
+        if "ecursion" in str(exc):
+            raise PayloadError(f"value nested deeper than {MAX_DEPTH} levels cannot be recorded") from None
+    # orjson refuses some values without asking the fallback (ints over 64 bits, tuple keys):
+    # sanitise a copy rather than lose the message.
+    return orjson.dumps(_sanitise(obj), default=_json_fallback, option=orjson.OPT_NON_STR_KEYS)
+
+
+def nesting_ok(obj: Any, limit: int = MAX_DEPTH) -> bool:
+    """True if ``obj`` (decoded JSON) nests at most ``limit`` levels (iterative: no recursion limit)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return True
+
+
 class MalformedFrame(WireError):
     reason = "malformed"
+    #: the message id, when a signed frame could not be decoded but its id could be read
+    msg_id: str | None = None
+
+
+_ID_RE = re.compile(rb'"id":"([0-9A-Za-z_-]{1,64})"')
 
 
 class OversizedFrame(WireError):
@@ -80,12 +128,15 @@ class Codec:
         if re is not None:
             env["re"] = re
         env["body"] = body
-        try:
-            raw = orjson.dumps(env, default=_json_fallback, option=orjson.OPT_NON_STR_KEYS)
-        except orjson.JSONEncodeError:
-            # orjson refuses some values without asking the fallback (ints over 64 bits, tuple keys):
-            # sanitise a copy rather than lose the message.
-            raw = orjson.dumps(_sanitise(env), default=_json_fallback, option=orjson.OPT_NON_STR_KEYS)
+        raw = encode_json(env)
+        return [self.signer.sign(raw), raw]
+
+    def pack_events(self, session: str, events: list[bytes]) -> list[bytes]:
+        """``[signature, body]`` of an ``events`` message whose events are already JSON-encoded (the runner
+        encodes each event once, when it is emitted, for its spool; they are spliced in, not re-encoded)."""
+        head = (b'{"v":%d,"id":"%s","ts":%r,"type":"events","body":{"session":' %
+                (PROTOCOL_VERSION, self.new_id().encode(), time.time()))
+        raw = b"".join((head, orjson.dumps(session), b',"events":[', b",".join(events), b"]}}"))
         return [self.signer.sign(raw), raw]
 
     def unpack(self, frames: list[bytes], *, seen: bool = False) -> Message:
@@ -105,7 +156,12 @@ class Codec:
         try:
             env = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise MalformedFrame(f"body is not JSON: {exc}") from None
+            err = MalformedFrame(f"body is not JSON: {exc}")
+            # The signature is valid, so the sender is genuine: give the receiver the id to answer (e.g. a
+            # request nested deeper than the decoder allows still gets a structured error reply).
+            found = _ID_RE.search(raw[:256])
+            err.msg_id = found.group(1).decode() if found else None
+            raise err from None
         if not isinstance(env, dict):
             raise MalformedFrame("body is not a JSON object")
         msg_id, ts, type_, body = env.get("id"), env.get("ts"), env.get("type"), env.get("body")

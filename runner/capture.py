@@ -24,7 +24,8 @@ __all__ = ["OutputCapture"]
 
 CHUNK = 64 * 1024
 PARTIAL_FLUSH_S = 0.1
-COALESCE_S = 0.002  # after a short read, wait this long for more: far fewer, larger output events
+COALESCE_S = 0.002  # after a read in a burst, gather more for at most this long: far fewer, larger events
+BURST_S = 0.05  # output within this long of the previous chunk is part of a burst
 PIPE_SIZE = 1 << 20  # a larger pipe lets a chatty workflow run ahead of the reader instead of blocking
 F_SETPIPE_SZ = 1031  # Linux
 
@@ -108,6 +109,7 @@ class OutputCapture:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
         pending = ""
         emit = self._emit
+        last_emit = 0.0
         while not self._stop.is_set():
             ready, _, _ = select.select([fd], [], [], PARTIAL_FLUSH_S)
             if not ready:
@@ -119,11 +121,20 @@ class OutputCapture:
             data = os.read(fd, CHUNK)
             if not data:
                 break
-            while len(data) < CHUNK and select.select([fd], [], [], COALESCE_S)[0]:
+            # Within a burst (the last chunk left less than BURST_S ago), coalesce for at most COALESCE_S in
+            # all (not per gap: a steady trickle of prints would otherwise be held until a CHUNK piled up).
+            # The first output after a quiet spell leaves at once.
+            now = time.monotonic()
+            until = now + COALESCE_S if now - last_emit < BURST_S else now
+            while len(data) < CHUNK:
+                left = until - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    break
                 more = os.read(fd, CHUNK - len(data))
                 if not more:
                     break
                 data += more
+            last_emit = time.monotonic()
             text = pending + decoder.decode(data)
             cut = text.rfind("\n") + 1
             if cut:

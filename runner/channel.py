@@ -1,39 +1,67 @@
-"""The runner's end of the event path: a thread that owns the DEALER socket to the daemon.
+"""The runner's end of the event path: a durable spool plus a thread that owns the DEALER socket.
 
-Any thread may call :meth:`Channel.emit`; it stamps the next producer sequence number (``src_seq``,
-gap-free per runner) and appends to a buffer. The channel thread sends buffered events in batches and
-keeps every event until the daemon acknowledges it (``ack`` carries the next ``src_seq`` the daemon
-expects). After a reconnect, on a daemon request (``resend``) or when acks stall, it re-sends
-everything unacknowledged; the daemon discards what it already has. Memory is bounded: when too many
-events are unacknowledged, ``emit`` blocks (back-pressure, never loss).
+Any thread may call :meth:`Channel.emit`. Under one lock it stamps the next producer sequence number
+(``src_seq``, gap-free per runner), encodes the event once, appends it to the session's spool file
+(:mod:`labd.runner.spool`; from then on a SIGKILL of the runner loses nothing) and hands it to the
+channel thread. The thread sends from there and keeps every event until the daemon acknowledges it
+(``ack`` carries the next ``src_seq`` the daemon expects); the spool is truncated or compacted behind
+the acks. After a reconnect, on a daemon request (``resend``) or when acks stall, it re-sends everything
+unacknowledged; the daemon discards what it already has. When the runner ends with events still
+unacknowledged (no daemon, or a store outage), they stay in the spool and the daemon ingests them.
+
+Two speeds. What people watch — output, log records, lifecycle, steps, approvals, errors — is *urgent*:
+the emit wakes the thread at once (one wake-up per burst: no write to the wake pipe while one is
+pending), and it sends everything up to the urgent event. Bulk tracking kinds (agent turns, ``llm.*``,
+``tool.*``, ``cost.*``, ``file.*``, ``custom``...) wait up to :data:`BULK_DELAY_S` or until
+:data:`BULK_BYTES` pile up, so a busy agent workflow pays for a few sends per 100 ms, not one per event.
+No wake-up is lost: the thread decides how long to sleep under the same lock in which ``emit`` decides
+whether to wake it (see ``_run``). Memory is bounded: when too many events are unacknowledged, ``emit``
+blocks (back-pressure, never loss).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import zmq
 
-from labd.ipc.wire import Codec, WireError
+from labd.ipc.wire import Codec, PayloadError, WireError, encode_json
+from labd.runner.spool import Spool
 
-__all__ = ["Channel"]
+__all__ = ["Channel", "is_bulk", "PayloadError"]
 
-BATCH_EVENTS = 1000
+BATCH_EVENTS = 2000
 BATCH_BYTES = 512 * 1024
+BULK_DELAY_S = 0.1  # how long a bulk tracking event may wait for company
+BULK_BYTES = 256 * 1024  # ... or until this much is waiting
+#: an urgent event leaves at once, unless a message left less than this long ago: then it waits for the rest
+#: of this gap (a burst of output becomes a few hundred messages per second, not one per chunk)
+URGENT_GAP_S = 0.002
 HEARTBEAT_S = 1.0
-LINGER_S = 0.02
 RESEND_AFTER_S = 5.0
+SPOOL_TRUNCATE_BYTES = 1 << 20  # everything acked and the spool is larger than this: truncate it
+SPOOL_COMPACT_BYTES = 64 << 20  # the spool is larger than this and mostly acked: rewrite its tail
+
+_BULK_PREFIXES = ("agent.", "llm.", "tool.", "cost.", "file.", "code.", "subagent.")
+
+
+def is_bulk(kind: str) -> bool:
+    """Bulk tracking kinds are batched by time and bytes; every other kind leaves at once."""
+    return kind == "custom" or kind.startswith(_BULK_PREFIXES)
 
 
 class Channel:
-    """Signed, acknowledged, re-sending event channel to the daemon (one per runner process)."""
+    """Spooled, signed, acknowledged, re-sending event channel to the daemon (one per runner process)."""
 
     def __init__(self, endpoint: str, key: bytes, session_id: str, *, max_unacked: int = 200_000,
-                 hello: Callable[[], dict[str, Any]] | None = None, max_message: int | None = None) -> None:
+                 hello: Callable[[], dict[str, Any]] | None = None, max_message: int | None = None,
+                 spool: str | os.PathLike[str] | None = None) -> None:
         self.endpoint = endpoint
         self.session_id = session_id
         self._codec = Codec(key) if max_message is None else Codec(key, max_message=max_message)
@@ -41,58 +69,95 @@ class Channel:
         self._max_unacked = max_unacked
         self._lock = threading.Condition()
         self._next_seq = 1
-        self._pending: list[list[Any]] = []  # emitted, not yet handed to the channel thread
-        self._unacked: list[list[Any]] = []  # handed over, in src_seq order, not acknowledged
+        #: emitted, not yet taken by the channel thread: (encoded event, urgent, monotonic emit time)
+        self._pending: list[tuple[bytes, bool, float]] = []
+        self._q: list[bytes] = []  # taken, not acknowledged; _q[i] has src_seq _acked_upto + 1 + i
+        self._times: list[float] = []  # emit time of each _q entry
         self._acked_upto = 0  # every src_seq <= this is committed in the store
-        self._send_pos = 0  # index into _unacked of the next event to (re)send
+        self._send_pos = 0  # index into _q of the next event to (re)send
+        self._urgent_seq = 0  # highest src_seq of an urgent event taken so far
+        self._unsent_bytes = 0
+        self._force = False  # resend everything unsent now (reconnect, resend request, stall)
+        self._wake_pending = False  # a byte is in the wake pipe (or about to be): no need to write another
+        self._armed = False  # the thread sleeps with a deadline: bulk emits need not wake it
+        self._armed_until = 0.0  # ... that deadline (urgent emits need not wake it if it is within URGENT_GAP_S)
+        self._last_send = 0.0  # monotonic time of the last events message
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._closing = False
+        self._forked = False
+        self._spool = Spool(spool) if spool is not None else None
+        self.spool_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="labd-channel", daemon=True)
         #: message type -> callable(body), run on the channel thread (cancel, pause, resume, approval.resolved)
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.connected = threading.Event()
         self._was_connected = False
-        self._idle = False  # the channel thread is in its long poll: the next emit must wake it
         self._batch_cap = BATCH_EVENTS
+        self.sends = 0  # messages sent with events (for tests and benchmarks)
+        #: called with the name of each phase of the channel thread's loop (tests emit at every phase)
+        self.phase_hook: Callable[[str], None] | None = None
+
+    @property
+    def spool_path(self) -> Path | None:
+        return self._spool.path if self._spool is not None else None
 
     # ---- producer side (any thread) -------------------------------------------------------------
     def emit(self, kind: str, payload: dict[str, Any], node_id: str | None = None,
              parent: int | None = None) -> int:
-        """Queue one event; returns its ``src_seq``. Blocks while the unacknowledged backlog is full."""
+        """Record one event; returns its ``src_seq``. When this returns the event is in the spool.
+
+        Raises :class:`PayloadError` (and records nothing) for a payload JSON cannot carry at all (nested
+        deeper than 255 levels). Blocks while the unacknowledged backlog is full."""
+        if self._forked:
+            return 0  # a child forked by the workflow: its parent's channel is not its own (see forget_after_fork)
+        urgent = not is_bulk(kind)
+        error: str | None = None
+        mono = time.monotonic()
         with self._lock:
-            while len(self._unacked) + len(self._pending) >= self._max_unacked and not self._closing:
+            while len(self._q) + len(self._pending) >= self._max_unacked and not self._closing:
                 self._lock.wait(0.5)
             seq = self._next_seq
-            self._next_seq = seq + 1
             now = time.time()
-            # Wake the channel thread only when it sleeps the long (heartbeat) poll: the first event after
-            # a quiet spell goes out at once, and events during a burst are picked up by its short timed
-            # poll instead: one wake-up per burst rather than per event, so the thread contends far less
-            # for the GIL with the workflow (measured: tracking overhead dropped several-fold,
-            # docs/benchmarks.md). The thread says under the lock which poll it takes, so no event can
-            # wait for the heartbeat timeout (it did: sparse events reached clients in 1 s bursts).
-            wake = self._idle
-            self._idle = False
-            self._pending.append([seq, now, kind, node_id, parent, payload])
+            raw = encode_json([seq, now, kind, node_id, parent, payload])  # PayloadError: nothing recorded
+            self._next_seq = seq + 1
+            if self._spool is not None:
+                try:
+                    self._spool.append(seq, raw)
+                except OSError as exc:  # e.g. a full disk: carry on in memory (the old guarantee) and say so
+                    error = self.spool_error = f"event spool unavailable: {exc}"
+                    self._spool.close()
+                    self._spool = None
+            self._pending.append((raw, urgent, mono))
+            wake = not self._wake_pending and (
+                not self._armed or (urgent and self._armed_until - mono > URGENT_GAP_S))
+            if wake:
+                self._wake_pending = True
         if wake:
             try:
                 os.write(self._wake_w, b"x")
-            except BlockingIOError:  # pipe full: the thread is already awake
+            except BlockingIOError:  # pipe full: the thread is awake anyway
                 pass
+        if error is not None:
+            self.emit("log", {"level": "error", "event": error, "logger": "labd.runner.channel"})
         return seq
 
     @property
     def last_seq(self) -> int:
         return self._next_seq - 1
 
+    def forget_after_fork(self) -> None:
+        """In a child process forked by the workflow: never write to the parent's spool or queue."""
+        self._forked = True
+        self._spool = None
+
     def start(self) -> None:
         """Connect and send what is buffered from the calling thread (no thread start-up on the path of
         the first event), then hand the sockets over to the channel thread."""
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
-        # "<session>:<random>": the daemon reads the session from it, and no other process can guess it to
-        # take the route over (the route moves only with frames signed with this session's key anyway).
+        # Unique per connection: the daemon routes to the last validly signed one (no hijack by routing id).
         sock.setsockopt(zmq.ROUTING_ID, f"{self.session_id}:{os.urandom(8).hex()}".encode())
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 1000)
@@ -101,27 +166,68 @@ class Channel:
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         sock.connect(self.endpoint)  # the pipe exists at once: messages queue until the connection is up
         with self._lock:
-            self._unacked.extend(self._pending)
-            self._pending = []
-        self._flush(sock)
+            self._take()
+            self._force = True
+        self._flush(sock, time.monotonic())
         self._sockets = (ctx, sock, monitor)
         self._thread.start()
 
     def close(self, timeout: float = 10.0) -> bool:
-        """Flush, wait up to ``timeout`` for every event to be acknowledged; True if all were."""
+        """Flush, wait up to ``timeout`` for every event to be acknowledged; True if all were.
+
+        Either way nothing is lost: what is not acknowledged stays in the spool for the daemon to ingest
+        (the spool is removed only when everything was acknowledged)."""
         deadline = time.monotonic() + timeout
-        os.write(self._wake_w, b"x")
+        with self._lock:
+            self._force = True
+        self._poke()
         with self._lock:
             while (self._pending or self._acked_upto < self._next_seq - 1) and time.monotonic() < deadline:
                 self._lock.wait(min(0.2, max(0.0, deadline - time.monotonic())))
             done = not self._pending and self._acked_upto >= self._next_seq - 1
             self._closing = True
             self._lock.notify_all()
-        os.write(self._wake_w, b"x")
-        self._thread.join(timeout=2.0)
+        self._poke()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        with self._lock:
+            if self._spool is not None:
+                self._spool.close(remove=done)
+                self._spool = None
         return done
 
+    def _poke(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
     # ---- channel thread ---------------------------------------------------------------------------
+    def _take(self) -> None:
+        """Move emitted events to the send queue (lock held)."""
+        if not self._pending:
+            return
+        base = self._acked_upto + 1 + len(self._q)
+        for i, (raw, urgent, t) in enumerate(self._pending):
+            self._q.append(raw)
+            self._times.append(t)
+            self._unsent_bytes += len(raw)
+            if urgent:
+                self._urgent_seq = base + i
+        self._pending = []
+
+    def _due_at(self, now: float) -> float | None:
+        """When the unsent events must leave (``now`` if at once); None if nothing is unsent (lock held)."""
+        pos = self._send_pos
+        if pos >= len(self._q):
+            return None
+        if self._force or self._unsent_bytes >= BULK_BYTES or len(self._q) - pos >= BATCH_EVENTS:
+            return now
+        bulk_due = self._times[pos] + BULK_DELAY_S
+        if self._urgent_seq >= self._acked_upto + 1 + pos:
+            return min(bulk_due, max(now, self._last_send + URGENT_GAP_S))
+        return bulk_due
+
     def _run(self) -> None:
         ctx, sock, monitor = self._sockets  # created by start(); used by this thread only from now on
         poller = zmq.Poller()
@@ -129,30 +235,57 @@ class Channel:
         poller.register(monitor, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         last_sent = last_ack = time.monotonic()
+        watching_out = False
         try:
             while True:
+                # Drain the wake pipe *before* clearing _wake_pending under the lock: an emit that comes
+                # after the clear writes a new byte, one that came before is taken below. No lost wake-up.
+                hook = self.phase_hook
+                if hook is not None:
+                    hook("top")
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                if hook is not None:
+                    hook("drained")
                 with self._lock:
                     if self._closing:
                         break
-                    # While events wait in the buffer, or were sent just now (a burst may go on), poll
-                    # briefly; otherwise sleep until a heartbeat is due and let the next emit wake us.
-                    busy = bool(self._pending) or time.monotonic() - last_sent < LINGER_S
-                    timeout = LINGER_S if busy else HEARTBEAT_S
-                    self._idle = not busy
-                events = dict(poller.poll(int(timeout * 1000)))
+                    self._wake_pending = False
+                    self._take()
+                if hook is not None:
+                    hook("taken")
+                now = time.monotonic()
+                sent, blocked = self._flush(sock, now)
+                if sent:
+                    last_sent = now
+                if hook is not None:
+                    hook("flushed")
+                with self._lock:
+                    # Decide how long to sleep under the lock emit() uses to decide whether to wake us.
+                    if self._pending:
+                        timeout = 0.0
+                        due = None
+                    else:
+                        due = self._due_at(now)
+                        self._armed = due is not None
+                        self._armed_until = due if due is not None else 0.0
+                        timeout = HEARTBEAT_S - (now - last_sent)
+                        if due is not None and not blocked:
+                            timeout = min(timeout, due - now)
+                if blocked != watching_out:  # the send queue is full: wake when it has room again
+                    poller.modify(sock, zmq.POLLIN | zmq.POLLOUT if blocked else zmq.POLLIN)
+                    watching_out = blocked
+                if hook is not None:
+                    hook("decided")
+                events = dict(poller.poll(max(0, math.ceil(timeout * 1000))))
+                if hook is not None:
+                    hook("polled")
                 now = time.monotonic()
                 if monitor in events:
                     self._on_monitor(monitor, sock)
-                if self._wake_r in events:
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
-                    if not busy and sock not in events:
-                        # Woken from the long poll by an emit: linger once, so the rest of its burst (a
-                        # step's start, output and end come together) goes out in the same frame.
-                        continue
-                if sock in events:
+                if events.get(sock, 0) & zmq.POLLIN:
                     while True:
                         try:
                             frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -160,24 +293,49 @@ class Channel:
                             break
                         if self._on_message(frames):
                             last_ack = now
+                    self._trim_spool()
+                if hook is not None:
+                    hook("handled")
                 with self._lock:
-                    if self._pending:
-                        self._unacked.extend(self._pending)
-                        self._pending = []
-                    stalled = self._send_pos > 0 and now - last_ack > RESEND_AFTER_S
-                    if stalled:  # acks stopped coming: assume the daemon lost them, send again
-                        self._send_pos = 0
+                    if self._send_pos > 0 and now - last_ack > RESEND_AFTER_S:
+                        # acks stopped coming: assume the daemon lost them, send again
+                        self._resend()
                         last_ack = now
-                if self._flush(sock):
-                    last_sent = now
-                if now - last_sent > HEARTBEAT_S and self.connected.is_set():
-                    self._send(sock, "heartbeat", {"session": self.session_id, "last_seq": self.last_seq})
+                if now - last_sent > HEARTBEAT_S:
+                    if self.connected.is_set():
+                        self._send(sock, "heartbeat", {"session": self.session_id, "last_seq": self.last_seq})
                     last_sent = now
         finally:
             sock.disable_monitor()
             monitor.close(0)
             sock.close(0)
             ctx.term()
+
+    def _resend(self) -> None:
+        """Send everything unacknowledged again, now (lock held)."""
+        self._send_pos = 0
+        self._unsent_bytes = sum(len(r) for r in self._q)
+        self._force = True
+
+    def _trim_spool(self) -> None:
+        """Truncate the spool when everything in it is acknowledged, or rewrite it to the unacknowledged
+        tail when it has grown large; run on the channel thread after acks."""
+        spool = self._spool
+        if spool is None or spool.size < SPOOL_TRUNCATE_BYTES:
+            return
+        with self._lock:
+            if self._spool is None:
+                return
+            if not self._q and not self._pending:
+                self._spool.truncate()
+            elif self._spool.size > SPOOL_COMPACT_BYTES:
+                tail = sum(len(r) for r in self._q) + sum(len(p[0]) for p in self._pending)
+                if tail * 2 < self._spool.size:
+                    first = self._acked_upto + 1
+                    records = [(first + i, raw) for i, raw in enumerate(self._q)]
+                    first += len(self._q)
+                    records += [(first + i, p[0]) for i, p in enumerate(self._pending)]
+                    self._spool.rewrite(records)
 
     def _on_monitor(self, monitor: zmq.Socket, sock: zmq.Socket) -> None:
         from zmq.utils.monitor import recv_monitor_message
@@ -194,7 +352,7 @@ class Channel:
                                            **self._hello()})
                 if self._was_connected:
                     with self._lock:
-                        self._send_pos = 0
+                        self._resend()
                 self._was_connected = True
                 self.connected.set()
             elif evt["event"] == zmq.EVENT_DISCONNECTED:
@@ -210,13 +368,16 @@ class Channel:
             if not isinstance(nxt, int):
                 return False
             with self._lock:
-                drop = max(0, min(nxt - 1 - self._acked_upto, len(self._unacked)))
+                drop = max(0, min(nxt - 1 - self._acked_upto, len(self._q)))
                 if drop:
-                    del self._unacked[:drop]
+                    if drop > self._send_pos:  # acknowledged before we (re)sent them
+                        self._unsent_bytes -= sum(len(r) for r in self._q[self._send_pos:drop])
+                    del self._q[:drop]
+                    del self._times[:drop]
                     self._acked_upto += drop
                     self._send_pos = max(0, self._send_pos - drop)
                 if msg.body.get("resend"):
-                    self._send_pos = 0
+                    self._resend()
                 self._lock.notify_all()
             return True
         handler = self.handlers.get(msg.type)
@@ -224,40 +385,52 @@ class Channel:
             handler(msg.body)
         return False
 
-    def _flush(self, sock: zmq.Socket) -> bool:
-        """Send unsent events in batches without blocking; True if anything was sent."""
+    def _flush(self, sock: zmq.Socket, now: float) -> tuple[bool, bool]:
+        """Send what is due, in batches, without blocking; returns (anything sent, send queue full)."""
         sent = False
         while True:
             with self._lock:
+                due = self._due_at(now)
+                if due is None or due > now:
+                    if due is None:
+                        self._force = False
+                    return sent, False
                 start = self._send_pos
-                batch = _size_bounded(self._unacked[start:start + self._batch_cap])
+                batch = _size_bounded(self._q[start:start + self._batch_cap])
                 self._batch_cap = BATCH_EVENTS
-            if not batch:
-                return sent
-            frames = self._codec.pack("events", {"session": self.session_id, "events": batch})
+            frames = self._codec.pack_events(self.session_id, batch)
             if len(frames[1]) > self._codec.max_message:
                 self._shrink(start, batch)
                 continue
             try:
                 sock.send_multipart(frames, zmq.NOBLOCK)
             except zmq.Again:
-                return sent
+                return sent, True
             sent = True
+            self.sends += 1
+            self._last_send = time.monotonic()
             with self._lock:
                 if self._send_pos == start:
                     self._send_pos = start + len(batch)
+                    self._unsent_bytes -= sum(len(r) for r in batch)
+                    if self._send_pos >= len(self._q):
+                        self._force = False
 
-    def _shrink(self, start: int, batch: list[list[Any]]) -> None:
+    def _shrink(self, start: int, batch: list[bytes]) -> None:
         """A batch too large for one message: send fewer events; a single event too large to send at all
-        is replaced by an ``event.truncated`` marker (otherwise it would be re-sent forever)."""
+        is replaced by an ``event.truncated`` marker (otherwise it would be re-sent forever). The spool
+        keeps the whole event: if the daemon reads it from there, it stores it whole."""
         if len(batch) > 1:
             self._batch_cap = max(1, len(batch) // 2)
             return
-        seq, ts, kind, node_id, parent, _payload = batch[0]
-        size = len(self._codec.pack("events", {"session": self.session_id, "events": batch})[1])
+        import orjson
+
+        seq, ts, kind, node_id, parent, _payload = orjson.loads(batch[0])
+        marker = encode_json([seq, ts, "event.truncated", node_id, parent, {"kind": kind, "size": len(batch[0])}])
         with self._lock:
-            if self._unacked and self._send_pos == start:
-                self._unacked[start] = [seq, ts, "event.truncated", node_id, parent, {"kind": kind, "size": size}]
+            if self._q and self._send_pos == start:
+                self._unsent_bytes += len(marker) - len(self._q[start])
+                self._q[start] = marker
 
     def _send(self, sock: zmq.Socket, type_: str, body: dict[str, Any]) -> bool:
         try:
@@ -267,12 +440,11 @@ class Channel:
             return False
 
 
-def _size_bounded(batch: list[list[Any]]) -> list[list[Any]]:
-    """Cut a batch so its text payloads stay under BATCH_BYTES (output chunks can be large)."""
+def _size_bounded(batch: list[bytes]) -> list[bytes]:
+    """Cut a batch of encoded events so it stays under BATCH_BYTES (output chunks can be large)."""
     total = 0
-    for i, ev in enumerate(batch):
-        text = ev[5].get("text") if isinstance(ev[5], dict) else None
-        total += 64 + (len(text) if isinstance(text, str) else 0)
+    for i, raw in enumerate(batch):
+        total += len(raw)
         if total > BATCH_BYTES and i > 0:
             return batch[:i]
     return batch

@@ -26,7 +26,7 @@ import structlog
 
 from labd.runner.approvals import Approvals, ApprovalTimeout
 from labd.runner.capture import OutputCapture
-from labd.runner.channel import Channel
+from labd.runner.channel import Channel, PayloadError
 from labd.runner.context import Cancelled, Context
 from labd.runner.credentials import confine_runner, take_key
 from labd.runner.files import FileTracker
@@ -92,6 +92,9 @@ def run_session(spec: dict[str, Any]) -> int:
     os.chdir(workdir)
     # The template was started without secrets (so /proc/<pid>/environ of a runner holds none); they
     # arrive in the spec, over the template's pipe. Splitting our own environment again is a second guard.
+    # How long to wait for the daemon's last acknowledgements before exiting (what is not acknowledged by
+    # then stays in the spool for the daemon to ingest); the variable is an operations/test knob.
+    flush_timeout = float(spec.get("flush_timeout") or os.environ.pop("LABD_RUNNER_FLUSH_TIMEOUT", "") or 30.0)
     clean_env, secrets = split_secrets(dict(os.environ), spec.get("secret_names"))
     secrets.update(spec.get("secrets") or {})
     clean_env.update(spec.get("env") or {})
@@ -114,7 +117,9 @@ def run_session(spec: dict[str, Any]) -> int:
     channel = Channel(spec["endpoint"], key, session_id,
                       hello=lambda: {"pid": os.getpid(), "create_time": create_time,
                                      "waiting_approvals": approvals_box[0].waiting_ids() if approvals_box else []},
-                      max_message=spec.get("max_message"))
+                      max_message=spec.get("max_message"),
+                      # beside the work directory, not in it: the work directory is the agent's to write
+                      spool=spec.get("spool") or workdir.parent / "events.spool")
     emit = channel.emit
     # Say we are up before the rest of the set-up (which the workflow needs, the client does not): this is
     # what makes a session's start quick to see. Daemon messages arriving meanwhile are held, not lost.
@@ -163,6 +168,7 @@ def run_session(spec: dict[str, Any]) -> int:
         # handler would make it unkillable by Pool.terminate(), and its log records would vanish into a
         # buffer nobody sends. Give it default SIGTERM and plain stderr logging (captured as output).
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        channel.forget_after_fork()  # never append to the parent's spool with the parent's sequence numbers
         logging.getLogger().handlers[:] = [logging.StreamHandler(sys.stderr)]
         structlog.reset_defaults()
 
@@ -199,8 +205,11 @@ def run_session(spec: dict[str, Any]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     capture.close()
     files.scan(None)  # whatever the workflow left outside any step
-    emit("session.finished", {"outcome": outcome, **extra})
-    channel.close(timeout=float(spec.get("flush_timeout", 30.0)))
+    try:
+        emit("session.finished", {"outcome": outcome, **extra})
+    except PayloadError as exc:  # a result nested too deeply to record: the outcome still is
+        emit("session.finished", {"outcome": outcome, "error": extra.get("error") or f"result not recorded: {exc}"})
+    channel.close(timeout=flush_timeout)
     return code
 
 

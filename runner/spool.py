@@ -1,0 +1,188 @@
+"""The runner's event spool: every emitted event is appended here before ``emit()`` returns.
+
+One file per session, ``<sessions_dir>/<id>/events.spool`` — beside the session's work directory, not in
+it (the work directory is the agent's to write; the spool is the runner's record). The file is a sequence
+of length-prefixed, checksummed records::
+
+    header (16 bytes, little endian): u32 body length | u32 crc32(src_seq bytes + body) | u64 src_seq
+    body: the event as the runner sends it, JSON ``[src_seq, ts, kind, node_id, parent, payload]``
+
+Memory-mapped (``MAP_SHARED``), not ``write(2)``: a store into the shared mapping is in the kernel's page
+cache as soon as it is made, which outlives the process (SIGKILL, OOM kill), and it costs a memory copy
+instead of a system call per event (measured on this box: ~5 µs per 300-byte record including the CRC,
+against ~18 µs for an ``O_APPEND`` write under load). The file grows by :data:`SEGMENT` at a time; the
+blocks are allocated with ``posix_fallocate`` before they are mapped, so a full disk is an error at that
+point, never a SIGBUS. The mapped tail beyond the last record is zeros, which end the reading. It is not
+``fsync``ed: a power loss may lose the tail, as with the store's own ``synchronous=NORMAL``.
+
+The daemon reads a spool (:func:`read_spool`) when a runner has ended, and before it decides how the
+session ended; records it already has (by ``src_seq``) are skipped, so each event is stored exactly once.
+A torn or corrupt tail (a write cut short) ends the reading; everything before it is used. The channel
+truncates or compacts the file behind the daemon's acknowledgements, and removes it when everything was
+acknowledged.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+__all__ = ["Spool", "read_spool", "spool_path", "SPOOL_NAME", "HEADER"]
+
+SPOOL_NAME = "events.spool"
+HEADER = struct.Struct("<IIQ")
+MAX_RECORD = 1 << 31  # a length beyond this is corruption, not an event
+SEGMENT = 1 << 20  # the mapped file grows by this much at a time
+
+
+def spool_path(session_dir: str | os.PathLike[str]) -> Path:
+    """Where the spool of the session whose directory is ``session_dir`` lives."""
+    return Path(session_dir) / SPOOL_NAME
+
+
+def _record(src_seq: int, body: bytes) -> bytes:
+    seq_bytes = src_seq.to_bytes(8, "little")
+    return HEADER.pack(len(body), zlib.crc32(body, zlib.crc32(seq_bytes)), src_seq) + body
+
+
+class Spool:
+    """Append-only, memory-mapped spool file of one runner. Not thread-safe: the channel calls it under its lock."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._map: mmap.mmap | None = None
+        self.size = _data_end(self.path)  # bytes of records; the mapped file beyond them is zeros
+        self._reserve(self.size + 1)
+
+    def _reserve(self, need: int) -> None:
+        """Make the mapping at least ``need`` bytes long. The blocks are allocated first (posix_fallocate): a full
+        disk is an OSError here, never a SIGBUS on a later store into the map."""
+        cap = len(self._map) if self._map is not None else 0
+        if need <= cap:
+            return
+        new = -(-need // SEGMENT) * SEGMENT
+        os.posix_fallocate(self._fd, 0, new)
+        if self._map is None:
+            self._map = mmap.mmap(self._fd, new)
+        else:
+            self._map.resize(new)
+
+    def append(self, src_seq: int, body: bytes) -> None:
+        """Append one record; when this returns, a SIGKILL of this process no longer loses it (the bytes are in
+        the page cache through the shared mapping)."""
+        data = _record(src_seq, body)
+        end = self.size + len(data)
+        if self._map is None or end > len(self._map):
+            self._reserve(end + 1)  # +1: a zero byte after the last record ends the reading
+        assert self._map is not None
+        self._map[self.size:end] = data
+        self.size = end
+
+    def truncate(self) -> None:
+        """Everything in the spool is acknowledged: start it again from empty."""
+        self._unmap()
+        os.ftruncate(self._fd, 0)
+        self.size = 0
+        self._reserve(1)
+
+    def rewrite(self, records: Iterable[tuple[int, bytes]]) -> None:
+        """Replace the spool by ``records`` (the unacknowledged tail): written to a new file, then renamed
+        over the old one, so a kill at any point leaves one complete spool."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        size = 0
+        try:
+            chunk: list[bytes] = []
+            for src_seq, body in records:
+                chunk.append(_record(src_seq, body))
+                if len(chunk) >= 1024:
+                    size += _write_all(fd, b"".join(chunk))
+                    chunk = []
+            if chunk:
+                size += _write_all(fd, b"".join(chunk))
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._unmap()
+        os.close(self._fd)
+        self._fd, self.size = fd, size
+        self._reserve(size + 1)
+
+    def _unmap(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def close(self, remove: bool = False) -> None:
+        """Close the file (cut to its records); ``remove`` deletes it (everything in it reached the store)."""
+        if self._fd < 0:
+            return
+        self._unmap()
+        if not remove:
+            os.ftruncate(self._fd, self.size)
+        os.close(self._fd)
+        self._fd = -1
+        if remove:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    return len(data)
+
+
+def _data_end(path: Path) -> int:
+    """Offset just after the last intact record of an existing spool (0 for a new one)."""
+    end = 0
+    with open(path, "rb") as f:
+        while True:
+            head = f.read(HEADER.size)
+            if len(head) < HEADER.size:
+                return end
+            length, crc, src_seq = HEADER.unpack(head)
+            body = f.read(length) if 0 < length <= MAX_RECORD else b""
+            if len(body) != length or length == 0 or zlib.crc32(body, zlib.crc32(src_seq.to_bytes(8, "little"))) != crc:
+                return end
+            end += HEADER.size + length
+
+
+def read_spool(path: str | os.PathLike[str], after: int = 0) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(src_seq, body)`` of every intact record with ``src_seq > after``, in file order.
+
+    Stops at the first record that is torn (file ends inside it) or fails its checksum: a write cut short
+    by a crash can only be the last one, and nothing after a damaged record can be trusted to be in order.
+    A missing file yields nothing."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed in finally (a generator)
+    except FileNotFoundError:
+        return
+    try:
+        size = HEADER.size
+        while True:
+            head = f.read(size)
+            if len(head) < size:
+                return
+            length, crc, src_seq = HEADER.unpack(head)
+            if length > MAX_RECORD or (length == 0 and crc == 0 and src_seq == 0):  # damage, or the zeroed tail
+                return
+            if src_seq <= after:  # already stored: skip it without reading or checking it
+                f.seek(length, os.SEEK_CUR)
+                continue
+            body = f.read(length)
+            if len(body) < length or zlib.crc32(body, zlib.crc32(src_seq.to_bytes(8, "little"))) != crc:
+                return
+            yield src_seq, body
+    finally:
+        f.close()

@@ -1,0 +1,107 @@
+"""Daemon and store outages longer than a runner waits: the session's record stays complete and its
+status is its own outcome. The runner's ack wait is shortened with ``LABD_RUNNER_FLUSH_TIMEOUT`` (2 s here
+instead of 30 s), so "longer than the runner waits" needs seconds, not minutes."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import DaemonProc, kill_runners, running_daemon, wait_until
+from tests.fault.conftest import RUNNER_FLUSH_ENV, figures, outage_seconds
+
+pytestmark = pytest.mark.fault
+
+N = 40
+
+
+def _check_complete(events: list[dict[str, Any]], n: int = N) -> tuple[list[int], list[str]]:
+    ticks = [e["payload"]["data"]["i"] for e in events if e["kind"] == "custom"]
+    lines = "".join(e["payload"]["text"] for e in events if e["kind"] == "output").splitlines()
+    seqs = [e["seq"] for e in events]
+    runner = [e["src_seq"] for e in events if e["src"] == "r"]
+    assert seqs == list(range(1, len(seqs) + 1)), "history has gaps"
+    assert runner == list(range(1, len(runner) + 1)), "runner events not exactly once"
+    assert ticks == list(range(n)), f"ticks lost or duplicated: {len(ticks)} of {n}"
+    assert lines == [f"tick {i}" for i in range(n)], f"lines lost: {len(lines)} of {n}"
+    assert events[-1]["kind"] == "session.ended", "events committed after session.ended"
+    return ticks, lines
+
+
+def _daemon_outage(home: Path, outage: float) -> None:
+    with running_daemon(home, extra_env=RUNNER_FLUSH_ENV) as d:
+        with d.client() as c:
+            sid = c.start("labd_testflows:ticker", params={"n": N, "delay": 0.05})
+            wait_until(lambda: len([e for e in c.history(sid) if e["kind"] == "custom"]) >= 3, timeout=30,
+                       what="first ticks")
+            pid = c.session(sid)["pid"]
+        d.kill9()
+        t0 = time.monotonic()
+        # the session finishes and its runner gives up waiting for acks (2 s) and exits, all during the outage
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=outage + 30, what="runner exit")
+        runner_gone = time.monotonic() - t0
+        time.sleep(max(0.0, outage - (time.monotonic() - t0)))
+        restarted = DaemonProc(home, extra_env=RUNNER_FLUSH_ENV).start()
+        try:
+            with restarted.client() as c:
+                final = c.wait(sid, timeout=60)
+                events = list(c.history(sid))
+                counters = c.status().get("counters", {})
+        finally:
+            restarted.stop()
+    figures("daemon outage", outage_s=outage, runner_exited_after_s=round(runner_gone, 1), events=len(events),
+            status=final["status"], ended_by=final["ended_by"],
+            from_spool=counters.get("spool_events_ingested", 0))
+    assert final["status"] == "completed", final
+    _check_complete(events)
+
+
+def test_daemon_down_longer_than_the_runner_waits_then_back(isolated_env: Path) -> None:
+    """Daemon SIGKILLed mid-session and down (10 s by default) while the session finishes and its runner,
+    after waiting 2 s for acks, exits: the next daemon ingests the spool — complete record, status
+    completed (not lost)."""
+    _daemon_outage(isolated_env, outage_seconds(10.0))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_daemon_down_for_two_minutes(isolated_env: Path) -> None:
+    """The same with a 120 s outage (the old runner lost everything after 30 s)."""
+    _daemon_outage(isolated_env, 120.0)
+
+
+def test_store_refusing_writes_then_back(isolated_env: Path) -> None:
+    """Another process holds SQLite's write lock (the store refuses every write) while the session runs,
+    finishes and its runner exits; once the lock is released: complete record, status completed, and
+    session.ended is the last event (never committed ahead of the runner's queued events)."""
+    outage = outage_seconds(10.0)
+    try:
+        with running_daemon(isolated_env, extra_env=RUNNER_FLUSH_ENV) as d, d.client() as c:
+            sid = c.start("labd_testflows:ticker", params={"n": N, "delay": 0.05})
+            wait_until(lambda: len([e for e in c.history(sid) if e["kind"] == "custom"]) >= 3, timeout=30,
+                       what="first ticks")
+            pid = c.session(sid)["pid"]
+            db = sqlite3.connect(isolated_env / "labd.db", isolation_level=None, timeout=30)
+            db.execute("BEGIN EXCLUSIVE")  # in WAL mode: readers go on, no writer gets in
+            t0 = time.monotonic()
+            try:
+                wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=outage + 30, what="runner exit")
+                runner_gone = time.monotonic() - t0
+                time.sleep(max(0.0, outage - (time.monotonic() - t0)))
+            finally:
+                db.execute("ROLLBACK")
+                db.close()
+            final = c.wait(sid, timeout=90)
+            events = list(c.history(sid))
+            counters = c.status().get("counters", {})
+    finally:
+        kill_runners(isolated_env)
+    figures("store outage", outage_s=outage, runner_exited_after_s=round(runner_gone, 1), events=len(events),
+            status=final["status"], store_unavailable=counters.get("store_unavailable", 0),
+            from_spool=counters.get("spool_events_ingested", 0))
+    assert final["status"] == "completed", final
+    _check_complete(events)
