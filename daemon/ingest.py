@@ -259,7 +259,7 @@ class Ingest(threading.Thread):
                 break
         self.count("events_persisted", batch.count)
         for sids, reply_to in batch.deletes:
-            self._delete(sids, reply_to, batch)
+            self._delete_sessions(sids, reply_to, batch)
         for job in batch.jobs:
             self._job(job, batch)
         self._send_batch(batch)
@@ -276,7 +276,7 @@ class Ingest(threading.Thread):
             return
         batch.notes.append(("done", reply_to, result))
 
-    def _delete(self, sids: list[str], reply_to: tuple[bytes, str] | None, batch: Batch) -> None:
+    def _delete_sessions(self, sids: list[str], reply_to: tuple[bytes, str] | None, batch: Batch) -> None:
         """Delete terminal sessions, after the batch that may still have held their last events.
 
         Ingest decides (it is single-threaded and knows each session's committed status): a session
@@ -410,7 +410,7 @@ class Ingest(threading.Thread):
                 b.to_runners.append((sid, "approval.resolved", payload))
             if reply_to is not None:
                 b.notes.append(("committed", reply_to, sid, cur.last_seq, payload))
-        elif op == "delete":  # retention: whole sessions, after this batch (see _delete)
+        elif op == "delete":  # retention: whole sessions, after this batch (see _delete_sessions)
             _, sids, reply_to = item
             b.deletes.append((list(sids), reply_to))
         elif op in ("skill.save", "skill.delete"):  # the skills table: written here too (one writer)

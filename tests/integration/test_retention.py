@@ -183,3 +183,13 @@ def test_blobs_go_with_the_last_session_that_refers_to_them(daemon) -> None:
         full = c.events(b, full=True)["events"]  # b's requests still read back whole
         assert any(len(str(e["payload"])) > 20_000 for e in full if e["kind"] == "llm.request")
         assert c.rm(b)["rows"]["blobs"] == shared and blob_count() == 0
+
+
+def test_daemon_exits_cleanly_after_deleting_sessions(isolated_env: Path) -> None:
+    """After an `rm`, stopping the daemon exits 0 with no traceback in its log (ingest's methods must not
+    shadow threading.Thread's private ones, as a `_delete` once did)."""
+    with running_daemon(isolated_env) as d:
+        with d.client() as c:
+            c.rm(_finished(c, n=1))
+        assert d.stop() == 0
+        assert "Traceback" not in d.log()
