@@ -70,6 +70,7 @@ class Ingest(threading.Thread):
         self._safe = False  # safe mode: commit event by event (after the store refused a batch)
         self.ready = threading.Event()
         self.failed: BaseException | None = None
+        self.beat = time.monotonic()  # last turn of the loop: the systemd watchdog pings only while it moves
         # sockets are created in run(): a ZeroMQ socket belongs to the thread that uses it
         self.pull: zmq.Socket
         self.notify: zmq.Socket
@@ -122,6 +123,7 @@ class Ingest(threading.Thread):
     def _loop(self, poller: zmq.Poller) -> None:
         stopping = False
         while not stopping:
+            self.beat = time.monotonic()
             ready = dict(poller.poll(200))
             if not ready:
                 continue

@@ -3,7 +3,9 @@
 Threads: the main thread serves control requests and supervises runners; ``labd-ingest`` is the only
 store writer; ``labd-monitor`` samples and enforces limits. Signal handlers only record; the main
 loop acts on them. Stopping the daemon never stops sessions: runners carry on and a restarted daemon
-adopts them.
+adopts them -- unless it runs with ``drain`` (``labd serve --drain``): then SIGTERM first stops every
+running session gracefully (the ordinary stop ladder), waits for them to end, and only then exits.
+Under systemd it reports readiness, status and watchdog pings (:mod:`labd.daemon.systemd`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
 from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.monitor import Monitor
 from labd.daemon.supervisor import Supervisor
+from labd.daemon.systemd import Heartbeat, Notifier
 from labd.ipc.connection import ConnectionInfo, write_connection_file
 from labd.ipc.wire import Codec, WireError
 from labd.runner.session import split_secrets
@@ -65,8 +68,11 @@ class Daemon:
 
     version = VERSION
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, drain: bool = False) -> None:
         self.cfg = cfg
+        self.drain = drain  # stop the sessions on SIGTERM/SIGINT and wait for them before exiting
+        # Created first: it takes NOTIFY_SOCKET & co. out of the environment the template and runners inherit.
+        self.notifier = Notifier()
         self.layout = cfg.layout
         self.log = structlog.get_logger("labd.daemon")
         self.counters: dict[str, int] = {}
@@ -183,6 +189,9 @@ class Daemon:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.log.info("labd serving", home=str(layout.home), pid=os.getpid(), control=self.info.control,
                       template_pid=self.launcher.template_pid, adopted=sorted(self.supervisor.running))
+        # Ready only now: migrated, sockets bound, template up, connection file written, signal handlers set.
+        heartbeat = Heartbeat(self.notifier)
+        self.notifier.ready(f"serving {layout.home}; {len(self.supervisor.running)} sessions adopted")
         poller = zmq.Poller()
         poller.register(control, zmq.POLLIN)
         poller.register(notes, zmq.POLLIN)
@@ -190,8 +199,16 @@ class Daemon:
         tfd = self.launcher.fileno()
         if tfd is not None:
             poller.register(tfd, zmq.POLLIN)
+        drain_deadline: float | None = None
         try:
-            while not self._signals:
+            while True:
+                if self._signals and drain_deadline is None:
+                    if not self.drain or len(self._signals) > 1 or not self.supervisor.running:
+                        break
+                    drain_deadline = self._start_drain()
+                if drain_deadline is not None and (not self.supervisor.running or len(self._signals) > 1
+                                                   or time.monotonic() > drain_deadline):
+                    break
                 ready = dict(poller.poll(100))
                 if control in ready:
                     self._drain_control(control)
@@ -211,14 +228,21 @@ class Daemon:
                 for info in self.launcher.drain_exits():
                     self.supervisor.on_exit(info)
                 self.supervisor.tick()
+                stale = time.monotonic() - ingest.beat
+                problem = ("ingest thread died" if ingest.failed is not None or not ingest.is_alive()
+                           else f"ingest stuck for {stale:.0f}s" if stale > 10 else "")
+                heartbeat.tick(not problem, len(self.supervisor.running), self.counters.get("events_persisted", 0),
+                               problem)
                 if ingest.failed is not None:
                     self.log.error("ingest thread failed; stopping the daemon", error=repr(ingest.failed))
                     self.failed = True
                     break
             if self._signals:
-                self.log.info("signal received; stopping daemon (sessions keep running)",
+                self.log.info("signal received; stopping daemon" + (
+                    f" ({len(self.supervisor.running)} sessions keep running)" if self.supervisor.running else ""),
                               signal=signal.Signals(self._signals[0]).name)
         finally:
+            self.notifier.stopping(f"stopping; {len(self.supervisor.running)} sessions keep running")
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old.items():
                 signal.signal(s, h)
@@ -243,10 +267,22 @@ class Daemon:
             engine.dispose()
             os.close(wake_r)
             os.close(wake_w)
+            self.notifier.close()
             self.log.info("labd stopped")
 
+    def _start_drain(self) -> float:
+        """Ask every running session to stop (the ordinary ladder); return the deadline for them to end."""
+        running = sorted(self.supervisor.running)
+        self.log.info("draining: stopping running sessions before exit", sessions=running)
+        self.notifier.send(status=f"draining: stopping {len(running)} sessions")
+        for sid in running:
+            self.supervisor.stop(sid, "daemon", self.cfg.stop_grace, reason="daemon stopping (drain)")
+        # the ladder: stop_grace, then SIGTERM and term_grace, then SIGKILL; a few seconds more to record the ends
+        return time.monotonic() + self.cfg.stop_grace + self.cfg.term_grace + 10
+
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        # Record only; the main loop acts. A second Ctrl-C while stopping forces exit.
+        # Record only; the main loop acts. A second Ctrl-C while stopping forces exit (a second signal while
+        # draining stops waiting for the sessions).
         if self._signals and signum == signal.SIGINT:
             os._exit(130)
         self._signals.append(signum)

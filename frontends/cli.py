@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from labd.daemon.config import ConfigError
+from labd.frontends import daemonctl, service
 from labd.ipc.client import Client, LabdError
 
 __all__ = ["main"]
@@ -97,13 +98,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from labd.daemon import logsetup
     from labd.daemon.config import load_config
     from labd.daemon.server import AlreadyRunning, Daemon
+    from labd.ipc.paths import UnsafeRuntimeDir
 
+    if args.detach:
+        return daemonctl.serve_detached(args)
     cfg = load_config(args.home, db_url=args.db, log_format=args.log_format, log_level=args.log_level)
     logsetup.configure(cfg.log_format, cfg.log_level)
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, drain=args.drain)
     try:
         daemon.serve()
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, UnsafeRuntimeDir) as exc:
         print(f"labd: {exc}", file=sys.stderr)
         return 2
     except sqlalchemy.exc.SQLAlchemyError as exc:
@@ -325,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--db", help="database URL (default: SQLite in the home; postgresql://... for PostgreSQL)")
     s.add_argument("--log-format", choices=["auto", "json", "console"], help="log format (default auto)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    daemonctl.add_serve_options(s)
+    daemonctl.add_commands(sub)
+    service.add_commands(sub)
 
     s = sub.add_parser("run", help="start a session (prints its id)")
     s.add_argument("workflow", help="a built-in (see `labd workflows`) or package.module:function")
@@ -419,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "serve":
             return cmd_serve(args)
+        if args.cmd in daemonctl.COMMANDS or args.cmd in service.COMMANDS:
+            return {**daemonctl.COMMANDS, **service.COMMANDS}[args.cmd](args)
         with Client(args.home) as c:
             return COMMANDS[args.cmd](args, c)
     except LabdError as exc:

@@ -18,7 +18,13 @@ from typing import Any
 
 import zmq
 
-from labd.ipc.connection import ConnectionFileError, ConnectionInfo, read_connection_file
+from labd.ipc.connection import (
+    ConnectionFileError,
+    ConnectionInfo,
+    UnsafeConnectionFile,
+    daemon_alive,
+    read_connection_file,
+)
 from labd.ipc.paths import layout_for
 from labd.ipc.wire import Codec, WireError
 
@@ -50,8 +56,14 @@ class Client:
         self.timeout = timeout
         try:
             self.info: ConnectionInfo = read_connection_file(self.layout)
+        except UnsafeConnectionFile as exc:
+            raise LabdError("unsafe_runtime_dir", str(exc)) from None
         except ConnectionFileError as exc:
             raise LabdError("no_daemon", str(exc)) from None
+        if not daemon_alive(self.info):  # killed or crashed: fail now, not after a reply timeout
+            raise LabdError("no_daemon", f"the labd daemon of home {self.layout.home} (pid {self.info.pid}) is not "
+                            "running: it stopped without removing its connection file (killed or crashed); "
+                            "start one with `labd serve`", {"pid": self.info.pid, "stale": True})
         self._codec = Codec(self.info.key_bytes)
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
