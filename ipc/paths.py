@@ -126,13 +126,16 @@ class Layout:
         self.home.mkdir(parents=True, exist_ok=True)
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         chain = self._private_chain()
-        chain[0].parent.mkdir(parents=True, exist_ok=True)
-        for d in chain:
+        base = chain[0].parent
+        base.mkdir(parents=True, exist_ok=True)
+        if base != Path(tempfile.gettempdir()):
+            check_private(base, exact=False)
+        for d in chain:  # checked one by one: nothing is created inside a directory that failed
             try:
                 d.mkdir(mode=0o700)  # the umask can only narrow 0700
             except FileExistsError:
                 pass
-        self.check_runtime_dir()
+            check_private(d)
 
 
 def layout_for(home: str | os.PathLike[str] | None = None) -> Layout:
