@@ -82,6 +82,8 @@ class Daemon:
         self._lock_fd: int | None = None
         #: request id -> how to build the reply once ingest has committed what the request caused
         self._deferred: dict[str, Any] = {}
+        #: session.start idempotency key -> (session id, request digest, name, time), until pruned (api/sessions.py)
+        self.idempotent_starts: dict[str, tuple[str, str, str, float]] = {}
         self.failed = False  # set when the daemon stops because a part of it broke (exit code 1)
 
     def defer(self, reply_to: tuple[bytes, str], result: Any) -> None:

@@ -12,6 +12,7 @@ A :class:`Client` is synchronous and not thread-safe: use one per thread.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -116,15 +117,27 @@ class Client:
     def start(self, workflow: str, *, name: str | None = None, params: dict[str, Any] | None = None,
               memory: str | int | None = None, cpu: str | float | None = None,
               timeout: str | float | None = None, budget: float | None = None,
-              budget_action: str | None = None) -> str:
+              budget_action: str | None = None, idempotency_key: str | None = None, retries: int = 1) -> str:
         """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``);
-        ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause."""
+        ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause.
+
+        Every call carries an idempotency key (``idempotency_key``, else a fresh random one) and is retried
+        ``retries`` times with the same key when no reply comes in time: the daemon returns the session the
+        first attempt started, so a retry never starts a second one.
+        """
         limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
                                     "budget_action": budget_action}.items() if v is not None}
         body: dict[str, Any] = {"workflow": workflow, "params": params or {}, "limits": limits}
         if name:
             body["name"] = name
-        return self.request("session.start", **body)["session"]  # type: ignore[no-any-return]
+        body["idempotency_key"] = idempotency_key or secrets.token_hex(16)
+        for attempt in range(retries + 1):
+            try:
+                return self.request("session.start", **body)["session"]  # type: ignore[no-any-return]
+            except LabdError as exc:
+                if exc.code != "timeout" or attempt == retries:
+                    raise
+        raise AssertionError("unreachable")
 
     def sessions(self, status: list[str] | None = None, limit: int = 200) -> list[dict[str, Any]]:
         body: dict[str, Any] = {"limit": limit}

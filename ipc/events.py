@@ -32,7 +32,8 @@ class EventError(ValueError):
 SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     # lifecycle (daemon unless noted)
     "session.created": {"workflow": (str, True), "name": (str, True), "params": (dict, True),
-                        "limits": (dict, True), "workdir": (str, True)},
+                        "limits": (dict, True), "workdir": (str, True),
+                        "idempotency_key": (str, False), "request_digest": (str, False)},
     "session.launched": {"pid": (int, True), "create_time": (NUM, True), "launcher": (str, True)},
     "session.started": {"pid": (int, True), "workdir": (str, True)},  # runner
     "session.finished": {"outcome": (str, True), "error": (str, False), "traceback": (str, False),

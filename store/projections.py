@@ -68,6 +68,7 @@ class RowChanges:
     files: list[dict[str, Any]] = field(default_factory=list)
     approval_inserts: list[dict[str, Any]] = field(default_factory=list)
     approval_updates: list[dict[str, Any]] = field(default_factory=list)
+    idempotency: list[dict[str, Any]] = field(default_factory=list)  # session.start keys, with the session
 
     def update(self, session_id: str, **values: Any) -> None:
         self.session_updates.setdefault(session_id, {}).update(values)
@@ -134,6 +135,9 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
                             "to_status": "created", "reason": "created", "actor": "client", "node_id": None})
         budget = payload["limits"].get("budget")
         cur.budget = float(budget) if isinstance(budget, int | float) else None
+        if payload.get("idempotency_key"):  # committed with the session: a retry finds it, even after a restart
+            out.idempotency.append({"key": payload["idempotency_key"], "session_id": cur.id,
+                                    "digest": payload.get("request_digest") or "", "created_at": ts})
     elif kind == "session.launched":
         out.update(cur.id, pid=payload["pid"], pid_create_time=payload["create_time"])
         _transition(cur, "starting", seq, ts, f"launched pid {payload['pid']}", actor, out)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
+import time
 from typing import Any
+
+import orjson
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.config import ConfigError, parse_duration, parse_percent, parse_size
 from labd.daemon.monitor import Limits
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
+from labd.store.schema import IDEMPOTENCY_RETENTION
 
 __all__ = ["resolve_session"]
 
@@ -73,11 +78,61 @@ def live_view(req: Request, row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+MAX_PENDING_KEYS = 10_000  # in-flight idempotency keys remembered in memory (each a few dozen bytes)
+
+
+def _request_digest(body: dict[str, Any]) -> str:
+    """What a start asks for, so a key re-used for a different request is refused rather than replayed."""
+    what = {"workflow": body.get("workflow"), "params": body.get("params") or {}, "name": body.get("name") or None,
+            "limits": body.get("limits") or {}}  # absent and empty mean the same request
+    return hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS, default=repr)).hexdigest()
+
+
 @register
 class Start(Request):
+    """Start a session. With ``idempotency_key`` a retry of the same request returns the session the first
+    one started (found in memory while its creation is not yet committed, then in the store, where the key
+    is committed with the session and kept :data:`IDEMPOTENCY_RETENTION` seconds); never a second session."""
+
     type = "session.start"
 
+    def _replayed(self, key: str, digest: str) -> dict[str, Any] | None:
+        d = self.daemon
+        pending = d.idempotent_starts
+        hit = pending.get(key)
+        if hit is not None:
+            sid, first, name = hit[0], hit[1], hit[2]
+        else:
+            row = d.store.idempotent_start(key, time.time())
+            if row is None:
+                return None
+            sid, first, name = row["session_id"], row["digest"], None
+        if first and first != digest:
+            raise ApiError("idempotency_conflict", "this idempotency_key was used for a different session.start "
+                           "(another workflow, params, name or limits); use a new key per request",
+                           {"session": sid})
+        stored = d.store.session(sid)
+        run = d.supervisor.running.get(sid)
+        return {"session": sid, "name": stored["name"] if stored else name, "pid": run.pid if run else None,
+                "replayed": True}
+
+    def _remember(self, key: str, sid: str, digest: str, name: str) -> None:
+        pending = self.daemon.idempotent_starts
+        now = time.time()
+        for k in [k for k, v in pending.items() if now - v[3] > IDEMPOTENCY_RETENTION]:
+            del pending[k]
+        while len(pending) >= MAX_PENDING_KEYS:
+            del pending[next(iter(pending))]  # oldest first (insertion order)
+        pending[key] = (sid, digest, name, now)
+
     def execute(self) -> Any:
+        key = self.arg("idempotency_key", str, None, check=lambda s: 0 < len(s) <= 200 and s.isprintable(),
+                       hint="1-200 printable characters")
+        digest = _request_digest(self.body)
+        if key is not None:
+            replay = self._replayed(key, digest)
+            if replay is not None:
+                return replay
         workflow = self.arg("workflow", str, check=lambda s: 0 < len(s) <= 300, hint="a workflow name")
         params = self.arg("params", dict, {})
         name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
@@ -93,9 +148,12 @@ class Start(Request):
         sid = secrets.token_hex(6)
         name = name or f"{workflow.rsplit(':', 1)[-1]}-{sid[:6]}"
         workdir = d.layout.sessions_dir / sid / "work"
-        d.post_event(sid, "session.created", {"workflow": workflow, "name": name, "params": params,
-                                              "limits": limits.to_dict(), "workdir": str(workdir)},
-                     reply_to=self.reply_to)
+        created = {"workflow": workflow, "name": name, "params": params, "limits": limits.to_dict(),
+                   "workdir": str(workdir)}
+        if key is not None:
+            created.update(idempotency_key=key, request_digest=digest)
+            self._remember(key, sid, digest, name)
+        d.post_event(sid, "session.created", created, reply_to=self.reply_to)
         spec = {"session_id": sid, "workflow": workflow, "params": params, "workdir": str(workdir),
                 "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
                 "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
