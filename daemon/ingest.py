@@ -213,6 +213,7 @@ class Ingest(threading.Thread):
     def _wait_for_store(self) -> None:
         delay = 0.5
         while True:
+            self.beat = time.monotonic()  # waiting for the store is healthy: a restart would not bring it back
             time.sleep(delay)
             try:
                 self.writer.reconnect()

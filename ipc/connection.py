@@ -4,9 +4,12 @@ Written by the daemon into its runtime directory with mode 0600 (only the user c
 It is removed when the daemon stops; the key itself lives in ``<home>/daemon.key`` (0600) so that
 runners which outlived a daemon can talk to its successor.
 
-It also names the daemon process (``pid`` and its start time ``started``), so a client tells a dead
-daemon (killed, crashed: the file stays behind) from a slow one at once instead of waiting for a reply
-timeout; the start time guards against a recycled pid.
+It also names the daemon process (``pid``, its start time ``started`` and, on Linux, ``start_ticks``), so
+a client tells a dead daemon (killed, crashed: the file stays behind) from a slow one at once instead of
+waiting for a reply timeout; the start time guards against a recycled pid. ``start_ticks`` (field 22 of
+``/proc/<pid>/stat``) is fixed at fork and compared exactly; ``started`` (seconds since the epoch) is derived
+from the boot time, which the kernel may shift by a second (clock steps, suspend), so it is compared loosely
+and only when ``/proc`` cannot be read.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import psutil
 from labd.ipc.paths import Layout, UnsafeRuntimeDir
 
 __all__ = ["ConnectionInfo", "write_connection_file", "read_connection_file", "ConnectionFileError",
-           "process_start_time", "daemon_alive", "UnsafeConnectionFile"]
+           "process_start_time", "process_start_ticks", "daemon_alive", "UnsafeConnectionFile"]
 
 
 class ConnectionFileError(Exception):
@@ -44,6 +47,7 @@ class ConnectionInfo:
     pid: int
     home: str
     started: float | None = None  # the daemon process's start time (psutil create_time); None: older daemon
+    start_ticks: int | None = None  # its start in clock ticks since boot (/proc/<pid>/stat field 22), Linux
 
     @property
     def key_bytes(self) -> bytes:
@@ -58,15 +62,30 @@ def process_start_time(pid: int) -> float | None:
         return None
 
 
+def process_start_ticks(pid: int) -> int | None:
+    """Field 22 of ``/proc/<pid>/stat`` (start time in clock ticks since boot), or None (no such process, no
+    ``/proc``). The command name (field 2) may hold spaces and parentheses: fields are counted after the last ')'."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+        return int(stat_line[stat_line.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def daemon_alive(info: ConnectionInfo) -> bool:
-    """Whether the process the connection file names still runs (same pid *and* same start time)."""
+    """Whether the process the connection file names still runs (same pid *and* same start)."""
     try:
         proc = psutil.Process(info.pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        # create_time is derived from boot time and clock ticks: the same process always gives the same value,
-        # a recycled pid a later one. A second of tolerance absorbs rounding across psutil versions.
-        return info.started is None or abs(proc.create_time() - info.started) < 1.0
+        if info.start_ticks is not None:
+            ticks = process_start_ticks(info.pid)
+            if ticks is not None:
+                return ticks == info.start_ticks
+        # no /proc: create_time = boot time + ticks, and the boot time may move by a second; a recycled pid
+        # belongs to a process started after the daemon died, normally long after the daemon started
+        return info.started is None or abs(proc.create_time() - info.started) < 2.0
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
     except psutil.AccessDenied:  # exists, not ours to inspect (another namespace): assume alive
@@ -78,7 +97,7 @@ def write_connection_file(layout: Layout, pid: int, key: str) -> ConnectionInfo:
     path = layout.connection_file
     info = ConnectionInfo(control=layout.endpoint("control"), events=layout.endpoint("events"),
                           runners=layout.endpoint("runners"), key=key, pid=pid, home=str(layout.home),
-                          started=process_start_time(pid))
+                          started=process_start_time(pid), start_ticks=process_start_ticks(pid))
     tmp = path.with_suffix(".tmp")
     try:
         tmp.unlink()  # never write through something left in our place

@@ -46,17 +46,24 @@ def test_client_fails_fast_against_a_killed_daemon(daemon: DaemonProc) -> None:
     assert r.returncode == 2 and "[no_daemon]" in r.stderr and "killed or crashed" in r.stderr, r.stderr
 
 
-def test_recycled_pid_is_not_mistaken_for_the_daemon(daemon: DaemonProc) -> None:
-    """The connection file names the daemon's pid *and* start time: a stale file whose pid now belongs to
-    another live process (here: the test itself) is still recognised as stale."""
+@pytest.mark.parametrize("exact", [True, False], ids=["start_ticks", "started-only"])
+def test_recycled_pid_is_not_mistaken_for_the_daemon(daemon: DaemonProc, exact: bool) -> None:
+    """The connection file names the daemon's pid *and* start (exact clock ticks, or the start time when a
+    reader has only that): a stale file whose pid now belongs to another live process (pid 1, started long
+    before) is still recognised as stale."""
     from labd.ipc import Client, LabdError
     from labd.ipc.paths import layout_for
 
     path = layout_for(daemon.home).connection_file
     info = json.loads(path.read_text())
     assert info["pid"] == daemon.proc.pid and isinstance(info["started"], float)
+    assert isinstance(info["start_ticks"], int)
+    with Client(daemon.home) as c:  # the live daemon passes the same check
+        c.ping()
     daemon.kill9()
-    info["pid"] = os.getpid()
+    info["pid"] = 1
+    if not exact:
+        del info["start_ticks"]
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     os.write(fd, json.dumps(info).encode())
     os.close(fd)
