@@ -2,7 +2,7 @@
 
 The daemon runs under ``Type=notify``: it sends ``READY=1`` once migrations ran, its sockets are bound, the
 runner template is up and the connection file is written (so a unit ordered after labd can use it at once),
-``STATUS=`` lines with what it is doing, ``WATCHDOG=1`` only while its main loop turns and its ingest thread
+``STATUS=`` lines with what it is doing, ``WATCHDOG=1`` (every third of ``WatchdogSec``) only while its main loop turns and its ingest thread
 is alive and not stuck, and ``STOPPING=1`` when it stops. Outside systemd (no ``NOTIFY_SOCKET``) every call is
 a cheap no-op. The protocol is one datagram of ``KEY=VALUE`` lines to an ``AF_UNIX`` socket, whose address
 starts with ``@`` for the abstract namespace (sd_notify(3)).
@@ -95,7 +95,8 @@ class Heartbeat:
         self.notifier = notifier
         self.status_every = status_every
         timeout = notifier.watchdog_timeout
-        self.ping_every = None if timeout is None else max(0.05, timeout / 2)  # systemd's advice: half
+        # systemd advises half the timeout; a third leaves room for a main-loop iteration that blocks a while
+        self.ping_every = None if timeout is None else max(0.05, timeout / 3)
         self._last_ping = 0.0
         self._last_status = 0.0
         self._last_events: tuple[float, int] | None = None

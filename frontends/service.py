@@ -22,7 +22,9 @@ from labd.ipc.paths import resolve_home
 __all__ = ["render_unit", "unit_path", "add_commands", "cmd_service", "COMMANDS", "UNIT_NAME"]
 
 UNIT_NAME = "labd.service"
-WATCHDOG_SEC = 30
+#: generous: the main loop can block up to ~20 s (importing a user workflow to check its params) and pings
+#: every third of this, so a healthy daemon never misses the deadline
+WATCHDOG_SEC = 60
 
 LINGER_HELP = """\
 Lingering: without it systemd starts your user services only when you log in and stops them, with
@@ -63,13 +65,15 @@ def render_unit(python: str, home: str | None = None, *, drain: bool = False,
 #   systemctl --user enable --now labd     journalctl --user -u labd -f
 [Unit]
 Description=labd - agent research sessions daemon
+# keep retrying (e.g. a database that comes up later): never give up on a daemon meant to run for weeks
+StartLimitIntervalSec=0
 
 [Service]
 Type=notify
 NotifyAccess=main
 ExecStart={" ".join(_quote(a) for a in argv)}
 Restart=on-failure
-RestartSec=2
+RestartSec=5
 KillMode=process
 TimeoutStartSec=120
 TimeoutStopSec=60

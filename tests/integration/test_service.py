@@ -188,7 +188,7 @@ def test_ready_status_watchdog_over_notify_socket(isolated_env: Path, notify_soc
         wait_until(lambda: len(notify_socket.having("WATCHDOG")) >= 3, timeout=30, what="3 watchdog pings")
         pings = [t for t, m in notify_socket.messages if "WATCHDOG" in m]
         gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
-        print(f"watchdog pings every {sum(gaps) / len(gaps):.2f}s (WATCHDOG_USEC 1 s)")
+        print(f"watchdog pings every {sum(gaps) / len(gaps):.2f}s (WATCHDOG_USEC 1 s: every third)")
         assert all(m["WATCHDOG"] == "1" for m in notify_socket.having("WATCHDOG"))
     finally:
         assert d.stop() == 0
@@ -262,7 +262,7 @@ def test_service_install_writes_a_user_unit_for_this_interpreter(isolated_env: P
     assert f"wrote {unit}" in r.stdout and "loginctl enable-linger" in r.stdout
     text = unit.read_text()
     assert f"\nExecStart={sys.executable} -m labd --home {isolated_env} serve --log-format json --drain\n" in text
-    for line in ("Type=notify", "WatchdogSec=30", "KillMode=process", "WantedBy=default.target"):
+    for line in ("Type=notify", "WatchdogSec=60", "KillMode=process", "WantedBy=default.target"):
         assert f"\n{line}\n" in text
     assert "unchanged" in _labd("service", "install", "--drain", env=env).stdout
     st = _labd("service", "status", env=env)
@@ -284,7 +284,9 @@ def test_generated_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     unit = tmp_path / "labd.service"
     unit.write_text(render_unit(sys.executable, str(tmp_path / "my home 100%")))
     r = subprocess.run([exe, "--user", "verify", str(unit)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
+    # newer systemd versions note that KillMode=process is discouraged: it is our deliberate drain policy
+    complaints = [line for line in (r.stdout + r.stderr).splitlines() if line.strip() and "KillMode" not in line]
+    assert r.returncode == 0 and not complaints, r.stdout + r.stderr
     broken = unit.read_text().replace("Type=notify", "Type=notfy")
     unit.write_text(broken)
     r = subprocess.run([exe, "--user", "verify", str(unit)], capture_output=True, text=True, timeout=60)
