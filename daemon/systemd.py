@@ -2,10 +2,10 @@
 
 The daemon runs under ``Type=notify``: it sends ``READY=1`` once migrations ran, its sockets are bound, the
 runner template is up and the connection file is written (so a unit ordered after labd can use it at once),
-``STATUS=`` lines with what it is doing, ``WATCHDOG=1`` (every third of ``WatchdogSec``) only while its main loop turns and its ingest thread
-is alive and not stuck, and ``STOPPING=1`` when it stops. Outside systemd (no ``NOTIFY_SOCKET``) every call is
-a cheap no-op. The protocol is one datagram of ``KEY=VALUE`` lines to an ``AF_UNIX`` socket, whose address
-starts with ``@`` for the abstract namespace (sd_notify(3)).
+``STATUS=`` lines with what it is doing, ``WATCHDOG=1`` (every third of ``WatchdogSec``) only while its main
+loop turns and its ingest thread is alive and not stuck, and ``STOPPING=1`` when it stops. Outside systemd
+(no ``NOTIFY_SOCKET``) every call is a cheap no-op. The protocol is one datagram of ``KEY=VALUE`` lines to
+an ``AF_UNIX`` socket, whose address starts with ``@`` for the abstract namespace (sd_notify(3)).
 """
 
 from __future__ import annotations
