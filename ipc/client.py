@@ -90,9 +90,14 @@ class Client:
         deadline = time.monotonic() + self.timeout
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self._sock.poll(int(left * 1000)):
+            if left <= 0:
                 raise LabdError("timeout", f"no reply from the daemon within {self.timeout:g}s "
                                 f"(is it running? home {self.layout.home})")
+            if not self._sock.poll(int(min(left, 0.5) * 1000)):
+                if not daemon_alive(self.info):  # it died meanwhile: no reply will ever come
+                    raise LabdError("no_daemon", f"the labd daemon of home {self.layout.home} (pid {self.info.pid}) "
+                                    "stopped before it replied", {"pid": self.info.pid})
+                continue
             try:
                 msg = self._codec.unpack(self._sock.recv_multipart())
             except WireError:

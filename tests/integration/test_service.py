@@ -300,3 +300,21 @@ def test_scripts_labd_service_is_the_generated_unit() -> None:
 
     example = (REPO / "scripts" / "labd.service").read_text()
     assert example == render_unit("/opt/labd/.venv/bin/python")
+
+
+def test_request_fails_fast_when_the_daemon_dies_meanwhile(daemon: DaemonProc) -> None:
+    """A client waiting for a reply notices that the daemon died (SIGSTOP, then SIGKILL: it never answers)
+    and fails with `no_daemon` well before its reply timeout."""
+    from labd.ipc import LabdError
+
+    with daemon.client(timeout=60.0) as c:
+        c.ping()
+        os.kill(daemon.proc.pid, signal.SIGSTOP)  # the request below is queued but never answered
+        threading.Timer(1.0, daemon.kill9).start()
+        t0 = time.monotonic()
+        with pytest.raises(LabdError) as err:
+            c.ping()
+        elapsed = time.monotonic() - t0
+    print(f"daemon death noticed {elapsed:.2f}s into the request (reply timeout 60 s)")
+    assert err.value.code == "no_daemon" and "stopped before it replied" in err.value.message
+    assert elapsed < 30.0
