@@ -82,8 +82,10 @@ class Daemon:
         self._lock_fd: int | None = None
         #: request id -> how to build the reply once ingest has committed what the request caused
         self._deferred: dict[str, Any] = {}
-        #: session.start idempotency key -> (session id, request digest, name, time), until pruned (api/sessions.py)
+        #: session.start idempotency keys not yet committed: key -> (session id, request digest, name, time), and
+        #: the request that carries each (api/sessions.py); dropped once ingest committed or refused the start
         self.idempotent_starts: dict[str, tuple[str, str, str, float]] = {}
+        self.idempotent_requests: dict[str, str] = {}
         self.failed = False  # set when the daemon stops because a part of it broke (exit code 1)
 
     def defer(self, reply_to: tuple[bytes, str], result: Any) -> None:
@@ -340,6 +342,8 @@ class Daemon:
                 note = notes.recv_pyobj(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if note[0] in ("committed", "refused"):  # committed: the store has the key now; refused: no session
+                self.idempotent_starts.pop(self.idempotent_requests.pop(note[1][1], ""), None)
             if note[0] == "committed":
                 _, (identity, req_id), sid, seq, payload = note
                 formatter = self._deferred.pop(req_id, None)

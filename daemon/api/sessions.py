@@ -119,11 +119,16 @@ class Start(Request):
     def _remember(self, key: str, sid: str, digest: str, name: str) -> None:
         pending = self.daemon.idempotent_starts
         now = time.time()
+        # normally emptied as ingest commits; bounded in case a store outage holds starts for a long time
         for k in [k for k, v in pending.items() if now - v[3] > IDEMPOTENCY_RETENTION]:
             del pending[k]
         while len(pending) >= MAX_PENDING_KEYS:
             del pending[next(iter(pending))]  # oldest first (insertion order)
         pending[key] = (sid, digest, name, now)
+        requests = self.daemon.idempotent_requests
+        while len(requests) >= MAX_PENDING_KEYS:
+            del requests[next(iter(requests))]
+        requests[self.reply_to[1]] = key
 
     def execute(self) -> Any:
         key = self.arg("idempotency_key", str, None, check=lambda s: 0 < len(s) <= 200 and s.isprintable(),
