@@ -33,10 +33,23 @@ class Config:
     max_message: int = 16 * 1024 * 1024
     secret_env: list[str] = field(default_factory=list)  # extra env var names withheld from sessions
     preload: list[str] = field(default_factory=list)  # extra modules the template imports
+    #: automatic retention: delete sessions that ended longer ago than this ("30d"); None keeps everything
+    retention: str | None = None
+    #: ... and only sessions in these terminal statuses (default: all of them)
+    retention_statuses: list[str] = field(default_factory=lambda: ["completed", "failed", "cancelled", "lost"])
     #: [models.<name>]: provider, model, base_url, api_key_env (the *name* of the variable), ...
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: [prices."<model>"]: input, output (USD per million tokens), over the shipped defaults
     prices: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: [telemetry]: otlp_endpoint (OTLP/HTTP base URL), service_name, interval (s), headers_env
+    #: ({header: NAME of the environment variable holding its value}); no endpoint = no export
+    telemetry: dict[str, Any] = field(default_factory=dict)
+    #: [mcp.servers.<name>]: MCP servers agents may use (ctx.agent(..., mcp=[name]))
+    mcp_servers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def retention_seconds(self) -> float | None:
+        return parse_duration(self.retention) if self.retention else None
 
     @property
     def layout(self) -> Layout:
@@ -123,6 +136,46 @@ def _check_prices(path: Path, prices: Any) -> dict[str, dict[str, float]]:
     return prices
 
 
+def _check_mcp(path: Path, section: Any) -> dict[str, dict[str, Any]]:
+    """``[mcp.servers.<name>]``: ``command`` (+ ``args``, ``env``, ``cwd``) for stdio, or ``url``."""
+    if not isinstance(section, dict) or set(section) - {"servers"}:
+        raise ConfigError(f"{path}: [mcp] takes only [mcp.servers.<name>] tables")
+    servers = section.get("servers", {})
+    if not isinstance(servers, dict) or not all(isinstance(v, dict) for v in servers.values()):
+        raise ConfigError(f"{path}: [mcp.servers.<name>] entries must be tables")
+    for name, entry in servers.items():
+        unknown = set(entry) - {"command", "args", "env", "cwd", "url"}
+        if unknown:
+            raise ConfigError(f"{path}: MCP server {name!r}: unknown keys {sorted(unknown)}")
+        if bool(entry.get("command")) == bool(entry.get("url")):
+            raise ConfigError(f"{path}: MCP server {name!r}: give either command (stdio) or url (HTTP)")
+        if not isinstance(entry.get("args", []), list) or not all(isinstance(a, str) for a in entry.get("args", [])):
+            raise ConfigError(f"{path}: MCP server {name!r}: args must be a list of strings")
+        env = entry.get("env", {})
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise ConfigError(f"{path}: MCP server {name!r}: env must be a table of strings")
+    return servers
+
+
+def _check_telemetry(path: Path, section: Any) -> dict[str, Any]:
+    """``[telemetry]``: otlp_endpoint (http/https URL), service_name, interval (s), headers_env."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [telemetry] must be a table")
+    unknown = set(section) - {"otlp_endpoint", "service_name", "interval", "headers_env"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown [telemetry] settings {sorted(unknown)}")
+    endpoint = section.get("otlp_endpoint")
+    if endpoint is not None and (not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))):
+        raise ConfigError(f"{path}: [telemetry] otlp_endpoint must be an http(s) URL, not {endpoint!r}")
+    interval = section.get("interval", 2.0)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0.05 <= interval <= 3600:
+        raise ConfigError(f"{path}: [telemetry] interval must be between 0.05 and 3600 seconds")
+    headers = section.get("headers_env", {})
+    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise ConfigError(f"{path}: [telemetry] headers_env maps header names to environment variable NAMES")
+    return section
+
+
 def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
     """Build the config: defaults -> config files (user's, then home's) -> environment -> overrides."""
     layout = layout_for(home)
@@ -130,13 +183,16 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     known = {f.name for f in fields(Config)}
     models: dict[str, dict[str, Any]] = {}
     prices: dict[str, dict[str, float]] = {}
+    mcp_servers: dict[str, dict[str, Any]] = {}
+    telemetry: dict[str, Any] = {}
     for path in config_files(layout):
         if not path.exists():
             continue
         data = _read_toml(path)
-        unknown_sections = set(data) - {"daemon", "models", "prices"}
+        unknown_sections = set(data) - {"daemon", "models", "prices", "mcp", "telemetry"}
         if unknown_sections:
-            raise ConfigError(f"{path}: unknown sections {sorted(unknown_sections)} (known: daemon, models, prices)")
+            raise ConfigError(f"{path}: unknown sections {sorted(unknown_sections)} "
+                              "(known: daemon, models, prices, mcp, telemetry)")
         section = data.get("daemon", {})
         unknown = set(section) - known
         if unknown:
@@ -144,8 +200,12 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         values.update(section)
         models.update(_check_models(path, data.get("models", {})))
         prices.update(_check_prices(path, data.get("prices", {})))
+        mcp_servers.update(_check_mcp(path, data.get("mcp", {})))
+        telemetry.update(_check_telemetry(path, data.get("telemetry", {})))
     values.setdefault("models", models)
     values.setdefault("prices", prices)
+    values.setdefault("mcp_servers", mcp_servers)
+    values.setdefault("telemetry", telemetry)
     for env, key in _ENV.items():
         if os.environ.get(env):
             values[key] = os.environ[env]
@@ -164,6 +224,14 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
             raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
     if isinstance(cfg.max_message, bool) or not isinstance(cfg.max_message, int) or cfg.max_message < 4096:
         raise ConfigError(f"max_message must be an integer of at least 4096 bytes, not {cfg.max_message!r}")
+    if cfg.retention is not None:
+        if not isinstance(cfg.retention, str):
+            raise ConfigError(f"retention must be a duration like \"30d\", not {cfg.retention!r}")
+        parse_duration(cfg.retention)  # raises ConfigError with the reason
+    terminal = {"completed", "failed", "cancelled", "lost"}
+    if not isinstance(cfg.retention_statuses, list) or not set(cfg.retention_statuses) <= terminal \
+            or not cfg.retention_statuses:
+        raise ConfigError(f"retention_statuses must be a non-empty list of {sorted(terminal)}")
     for name in ("secret_env", "preload"):
         if not isinstance(getattr(cfg, name), list) or not all(isinstance(x, str) for x in getattr(cfg, name)):
             raise ConfigError(f"{name} must be a list of strings")

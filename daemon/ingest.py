@@ -208,7 +208,39 @@ class Ingest(threading.Thread):
                     self._safe = False
                 break
         self.count("events_persisted", batch.count)
+        for sids, reply_to in batch.deletes:
+            self._delete(sids, reply_to, batch)
         self._send_batch(batch)
+
+    def _delete(self, sids: list[str], reply_to: tuple[bytes, str] | None, batch: Batch) -> None:
+        """Delete terminal sessions, after the batch that may still have held their last events.
+
+        Ingest decides (it is single-threaded and knows each session's committed status): a session
+        that is not in a terminal status is refused, and nothing of the request is deleted."""
+        from labd.ipc.events import TERMINAL_STATUSES
+
+        live = []
+        for sid in sids:
+            cur = self._cursor(sid)
+            if cur is not None and cur.status not in TERMINAL_STATUSES:
+                live.append(sid)
+        if live:
+            if reply_to is not None:
+                batch.notes.append(("refused", reply_to, "not_terminal",
+                                    f"session {live[0]} is {self.cursors[live[0]].status}: stop it first"))
+            return
+        try:
+            counts = self.writer.delete_sessions(sids)
+        except Exception as exc:  # noqa: BLE001 - reported to the client; the record is unchanged
+            self.log.error("deleting sessions failed", error=str(exc)[:300])
+            if reply_to is not None:
+                batch.notes.append(("refused", reply_to, "store_error", f"could not delete: {exc}"[:300]))
+            return
+        for sid in sids:
+            self.cursors.pop(sid, None)
+            self._last_resend.pop(sid, None)
+        self.count("sessions_deleted", counts.get("sessions", 0))
+        batch.notes.append(("deleted", reply_to, sids, counts))
 
     def _wait_for_store(self) -> None:
         delay = 0.5
@@ -294,6 +326,9 @@ class Ingest(threading.Thread):
                 b.to_runners.append((sid, "approval.resolved", payload))
             if reply_to is not None:
                 b.notes.append(("committed", reply_to, sid, cur.last_seq, payload))
+        elif op == "delete":  # retention: whole sessions, after this batch (see _delete)
+            _, sids, reply_to = item
+            b.deletes.append((list(sids), reply_to))
         elif op == "send":  # a message for a runner, e.g. cancel
             _, sid, type_, body = item
             b.to_runners.append((sid, type_, body))
@@ -467,6 +502,8 @@ class Batch:
     acks: dict[str, tuple[bytes, bool]] = field(default_factory=dict)
     pub: dict[str, list[list[Any]]] = field(default_factory=dict)
     notes: list[tuple[Any, ...]] = field(default_factory=list)
+    #: retention requests: (session ids, reply_to), run after this batch is committed
+    deletes: list[tuple[list[str], Any]] = field(default_factory=list)
     to_runners: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     ended: set[str] = field(default_factory=set)
     count: int = 0

@@ -27,6 +27,7 @@ from labd.daemon.config import Config
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
 from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.monitor import Monitor
+from labd.daemon.retention import Retention
 from labd.daemon.supervisor import Supervisor
 from labd.daemon.systemd import Heartbeat, Notifier
 from labd.ipc.connection import ConnectionInfo, write_connection_file
@@ -97,6 +98,13 @@ class Daemon:
                    reply_to: tuple[bytes, str] | None = None) -> None:
         """Hand a daemon-side event to ingest (persisted, then published, like every event)."""
         self._to_ingest.send_pyobj(("event", sid, kind, payload, node_id, reply_to))
+
+    def delete_sessions(self, sids: list[str], reply_to: tuple[bytes, str] | None = None,
+                        result: Any = None) -> None:
+        """Ask ingest to delete whole terminal sessions; their directories go once the rows are gone."""
+        if reply_to is not None and result is not None:
+            self.defer(reply_to, result)
+        self._to_ingest.send_pyobj(("delete", sids, reply_to))
 
     def send_runner(self, sid: str, type_: str, body: dict[str, Any]) -> None:
         self._to_ingest.send_pyobj(("send", sid, type_, body))
@@ -177,6 +185,10 @@ class Daemon:
                                      cfg.term_grace)
         for row in self.store.live_sessions():
             self.supervisor.adopt(row)
+        self.telemetry = _start_telemetry(cfg, engine, layout.home)
+        self.retention = Retention(layout.sessions_dir, engine, self.delete_sessions,
+                                   older_than=cfg.retention_seconds, statuses=cfg.retention_statuses)
+        self.retention.sweep(lambda sid: self.store.session(sid) is not None)
         for ap in self.store.approvals(status="pending", limit=100_000):
             if ap["expires_at"]:
                 self.supervisor.watch_approval(ap["session_id"], ap["id"], ap["expires_at"], ap["policy"] or "reject")
@@ -237,6 +249,7 @@ class Daemon:
                            else f"ingest stuck for {stale:.0f}s" if stale > 10 else "")
                 heartbeat.tick(not problem, len(self.supervisor.running), self.counters.get("events_persisted", 0),
                                problem)
+                self.retention.tick()
                 if ingest.failed is not None:
                     self.log.error("ingest thread failed; stopping the daemon", error=repr(ingest.failed))
                     self.failed = True
@@ -256,6 +269,9 @@ class Daemon:
                 pass
             self.monitor.stop()
             self.monitor.join(5)
+            if self.telemetry is not None:
+                self.telemetry.stop()
+                self.telemetry.join(15)
             try:  # never block here: a dead ingest thread no longer reads its queue
                 self._to_ingest.send_pyobj(("stop",), zmq.NOBLOCK)
             except zmq.ZMQError:
@@ -357,7 +373,29 @@ class Daemon:
                 _, (identity, req_id), code, message = note
                 self._deferred.pop(req_id, None)
                 self._reply(control, identity, req_id, error=ApiError(code, message))
+            elif note[0] == "deleted":
+                _, reply_to, sids, counts = note
+                self.retention.remove_dirs(sids)
+                if reply_to is not None:
+                    formatter = self._deferred.pop(reply_to[1], None)
+                    self._reply(control, reply_to[0], reply_to[1],
+                                formatter(sids, counts) if formatter else {"deleted": sids, "rows": counts})
             elif note[0] == "ingest_failed":
                 self.log.error("ingest failed", error=note[1])
             else:
                 self.supervisor.on_note(note)
+
+
+def _start_telemetry(cfg: Config, engine: Any, home: Path) -> Any:
+    """The OTLP exporter thread, when ``[telemetry] otlp_endpoint`` is set (None otherwise)."""
+    tel = cfg.telemetry
+    if not tel.get("otlp_endpoint"):
+        return None
+    from labd.daemon.otel_export import OtelExporter
+
+    headers = {h: os.environ.get(var, "") for h, var in (tel.get("headers_env") or {}).items()}
+    exporter = OtelExporter(engine, tel["otlp_endpoint"], home / "otel-export.json",
+                            service_name=str(tel.get("service_name") or "labd"),
+                            interval=float(tel.get("interval", 2.0)), headers=headers or None)
+    exporter.start()
+    return exporter

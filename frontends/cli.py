@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from labd.daemon.config import ConfigError
-from labd.frontends import daemonctl, service
+from labd.frontends import daemonctl, retention_cmd, service
 from labd.ipc.client import Client, LabdError
 
 __all__ = ["main"]
@@ -325,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help="labd home (data, database, sockets); default $LABD_HOME or the XDG data dir")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
+    sub.add_parser("mcp", help="serve MCP over stdio (for Claude Desktop, Cursor, VS Code ...)")
+
     s = sub.add_parser("serve", help="run the daemon in the foreground")
     s.add_argument("--db", help="database URL (default: SQLite in the home; postgresql://... for PostgreSQL)")
     s.add_argument("--log-format", choices=["auto", "json", "console"], help="log format (default auto)")
@@ -369,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("session")
     s.add_argument("--grace", type=float, help="seconds to wait before SIGTERM (default 5)")
     s.add_argument("--wait", action="store_true", help="wait until it has ended")
+
+    COMMANDS.update(retention_cmd.register(sub))
 
     s = sub.add_parser("kill", help="kill a session's process tree now (SIGKILL)")
     s.add_argument("session")
@@ -428,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_serve(args)
         if args.cmd in daemonctl.COMMANDS or args.cmd in service.COMMANDS:
             return {**daemonctl.COMMANDS, **service.COMMANDS}[args.cmd](args)
+        if args.cmd == "mcp":  # the SDK is imported only here: other commands stay fast
+            from labd.frontends import mcp
+
+            return mcp.run(args.home)
         with Client(args.home) as c:
             return COMMANDS[args.cmd](args, c)
     except LabdError as exc:

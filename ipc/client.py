@@ -159,6 +159,18 @@ class Client:
             body["grace"] = grace
         return self.request("session.stop", **body)  # type: ignore[no-any-return]
 
+    def rm(self, *refs: str) -> dict[str, Any]:
+        """Delete terminal sessions: their whole record and their directories (``session.rm``)."""
+        return self.request("session.rm", sessions=list(refs))  # type: ignore[no-any-return]
+
+    def prune(self, older_than: str | float, *, status: list[str] | None = None,
+              dry_run: bool = False) -> dict[str, Any]:
+        """Delete terminal sessions that ended more than ``older_than`` ago ("30d", or seconds)."""
+        body: dict[str, Any] = {"older_than": older_than, "dry_run": dry_run}
+        if status:
+            body["status"] = status
+        return self.request("session.prune", **body)  # type: ignore[no-any-return]
+
     def kill(self, ref: str) -> dict[str, Any]:
         return self.request("session.kill", session=ref)  # type: ignore[no-any-return]
 

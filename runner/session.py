@@ -129,7 +129,8 @@ def run_session(spec: dict[str, Any]) -> int:
 
         return AgentFactory(emit=emit, new_node_id=ctx.new_node_id, workdir=workdir,
                             models=spec.get("models") or {}, prices=spec.get("prices") or {}, secrets=secrets,
-                            approvals=ctx.approvals, files=files)  # type: ignore[arg-type]
+                            approvals=ctx.approvals, files=files,  # type: ignore[arg-type]
+                            mcp_servers=spec.get("mcp_servers") or {})
 
     ctx._agents = agents  # noqa: SLF001
 

@@ -13,6 +13,7 @@ import orjson
 from sqlalchemy import Engine, select
 
 from labd.store.projections import RowChanges, SessionCursor
+from labd.store.retention import delete_sessions
 from labd.store.schema import IDEMPOTENCY_RETENTION, approvals, sessions
 
 __all__ = ["BatchWriter", "EventRow"]
@@ -93,6 +94,16 @@ class BatchWriter:
             suffix = " ON CONFLICT DO NOTHING"
         sql = f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join([self._p] * len(cols))}){suffix}"
         conn.exec_driver_sql(sql, [tuple(r.get(c) for c in cols) for r in rows])
+
+    def delete_sessions(self, ids: list[str]) -> dict[str, int]:
+        """Delete whole sessions (every row of theirs, in one transaction); rows deleted per table."""
+        try:
+            counts = delete_sessions(self._conn, ids)
+            self._conn.commit()
+            return counts
+        except BaseException:
+            self._conn.rollback()
+            raise
 
     def commit(self, rows: list[EventRow], changes: RowChanges, cursors: dict[str, SessionCursor]) -> None:
         """Write ``rows`` and ``changes`` in one transaction; ``cursors`` give each session's seq marks."""

@@ -43,7 +43,16 @@ class Status(Request):
         return {"pid": os.getpid(), "home": str(d.layout.home), "db": d.cfg.db_url.split("@")[-1],
                 "running": sorted(d.supervisor.running), "counters": dict(d.counters),
                 "template_pid": d.launcher.template_pid,
-                "uptime": time.time() - d.started}
+                "uptime": time.time() - d.started, "telemetry": _telemetry(d)}
+
+
+def _telemetry(d: Any) -> dict[str, Any] | None:
+    """The OTLP exporter's state, or None when export is off."""
+    t = getattr(d, "telemetry", None)
+    if t is None:
+        return None
+    return {"endpoint": d.cfg.telemetry.get("otlp_endpoint"), "exported_spans": t.exported,
+            "failures": t.failures, "alive": t.is_alive()}
 
 
 @register

@@ -16,16 +16,23 @@ from labd.daemon.monitor import Limits
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 from labd.store.schema import IDEMPOTENCY_RETENTION
 
-__all__ = ["resolve_session"]
+__all__ = ["resolve_ref", "resolve_session"]
 
 
 def resolve_session(req: Request) -> dict[str, Any]:
     """The session a request names by id, unique id prefix, or name."""
     ref = req.arg("session", str, check=lambda s: 0 < len(s) <= 200, hint="a session id or name")
-    row = req.daemon.store.session(ref)
+    return resolve_ref(req.daemon.store, ref)
+
+
+def resolve_ref(store: Any, ref: str) -> dict[str, Any]:
+    """The session ``ref`` names: an id, a unique id prefix, or a name (the newest with that name)."""
+    if not 0 < len(ref) <= 200:
+        raise ApiError("bad_request", "a session reference must be 1-200 characters")
+    row = store.session(ref)
     if row is not None:
         return row
-    found = req.daemon.store.find_session(ref)
+    found = store.find_session(ref)
     if not found:
         raise ApiError("not_found", f"no session {ref!r}")
     by_name = [r for r in found if r["name"] == ref]
@@ -162,6 +169,7 @@ class Start(Request):
         spec = {"session_id": sid, "workflow": workflow, "params": params, "workdir": str(workdir),
                 "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
                 "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
+                "mcp_servers": d.cfg.mcp_servers,
                 "secrets": d.secrets}
         try:
             d.supervisor.launch(sid, spec, limits)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from labd.runner.agents.code import make_run_code
+from labd.runner.agents.mcp_tools import toolkits_for
 from labd.runner.agents.offline import OFFLINE_MODEL, OFFLINE_PROVIDER, OfflineModelConfig
 from labd.runner.agents.pricing import PriceTable
 from labd.runner.agents.tracking import Tracker
@@ -46,8 +47,10 @@ class AgentFactory:
 
     def __init__(self, *, emit: Callable[..., int], new_node_id: Callable[[], str], workdir: Path,
                  models: Mapping[str, Mapping[str, Any]], prices: Mapping[str, Mapping[str, float]],
-                 secrets: Mapping[str, str], approvals: Approvals, files: FileTracker) -> None:
+                 secrets: Mapping[str, str], approvals: Approvals, files: FileTracker,
+                 mcp_servers: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.models = dict(models)
+        self.mcp_servers = dict(mcp_servers or {})
         self.secrets = secrets
         self.approvals = approvals
         self.workdir = workdir
@@ -92,12 +95,14 @@ class AgentFactory:
         return config, model, provider, False
 
     def agent(self, name: str, system_prompt: str | Iterable[str] = (), *, model: Any = "default",
-              tools: Iterable[Any] = (), code_execution: bool = False, **kwargs: Any) -> Any:
-        """A tracked ``ag2.Agent``; ``code_execution`` adds the ``run_code`` tool."""
+              tools: Iterable[Any] = (), code_execution: bool = False, mcp: Iterable[str] = (),
+              **kwargs: Any) -> Any:
+        """A tracked ``ag2.Agent``; ``code_execution`` adds the ``run_code`` tool, ``mcp`` the tools of the
+        named configured MCP servers (``[mcp.servers.<name>]``)."""
         from ag2 import Agent
 
         config, model_name, provider, offline = self.model_config(model)
-        all_tools = list(tools)
+        all_tools = [*tools, *toolkits_for(mcp, self.mcp_servers, str(self.workdir))]
         if code_execution:
             from ag2 import tool
 

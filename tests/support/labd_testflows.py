@@ -184,3 +184,29 @@ def custom_approval(ctx) -> str:
 def bad_approval(ctx) -> None:
     """An approval whose prompt is not text: the workflow gets an error at once (no hanging)."""
     ctx.approval("review", 12345, timeout=1)  # type: ignore[arg-type]
+
+
+def writes_files(ctx) -> int:
+    """Write a text file and a nested one inside a step (recorded as the step's files)."""
+    from pathlib import Path
+
+    with ctx.step("write"):
+        Path("report.md").write_text("# Report\n\nall good\n")
+        Path("data").mkdir(exist_ok=True)
+        Path("data/values.csv").write_text("x,y\n1,2\n")
+    return 2
+
+
+def mcp_agent(ctx) -> str:
+    """An agent with the tools of the configured MCP server `adder`; its scripted model calls `adder_add`."""
+    from ag2.events import ToolCallEvent
+    from ag2.testing import TestConfig
+
+    model = TestConfig(ToolCallEvent(name="adder_add", arguments='{"a": 2, "b": 40}'), "the sum is 42")
+
+    async def ask() -> str:
+        agent = ctx.agent("calculator", "You add numbers.", model=model, mcp=["adder"])
+        return (await agent.ask("2 + 40?")).body
+
+    with ctx.step("add"):
+        return ctx.run(ask())

@@ -1,0 +1,74 @@
+"""Retention requests: ``session.rm`` deletes named sessions, ``session.prune`` deletes by age and status.
+
+Both delete the whole record of each session (events, projections, approvals, files list, costs) and its
+directory. Only sessions in a terminal status are deleted; the check is made by ingest, the single writer,
+so a session cannot start running between the check and the deletion.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from labd.daemon.api.base import DEFERRED, ApiError, Request, register
+from labd.daemon.api.sessions import resolve_ref
+from labd.daemon.config import ConfigError, parse_duration
+from labd.ipc.events import TERMINAL_STATUSES
+from labd.store.retention import prune_candidates
+
+MAX_IDS = 10_000
+
+
+def _deleted_reply(dry_run: bool = False) -> Any:
+    def fmt(sids: list[str], counts: dict[str, int]) -> dict[str, Any]:
+        return {"deleted": sids, "rows": counts, "dry_run": dry_run}
+    return fmt
+
+
+@register
+class Remove(Request):
+    type = "session.rm"
+
+    def execute(self) -> Any:
+        refs = self.arg("sessions", list, check=lambda s: 0 < len(s) <= MAX_IDS and all(isinstance(x, str) for x in s),
+                        hint=f"a list of 1-{MAX_IDS} session ids or names")
+        ids: list[str] = []
+        for ref in refs:
+            row = resolve_ref(self.daemon.store, ref)
+            if row["status"] not in TERMINAL_STATUSES:
+                raise ApiError("not_terminal", f"session {row['id']} is {row['status']}: stop it first",
+                               {"session": row["id"], "status": row["status"]})
+            if row["id"] not in ids:
+                ids.append(row["id"])
+        self.daemon.delete_sessions(ids, self.reply_to, _deleted_reply())
+        return DEFERRED
+
+
+@register
+class Prune(Request):
+    type = "session.prune"
+
+    def execute(self) -> Any:
+        older = self.arg("older_than", (str, int, float), check=lambda v: not isinstance(v, bool),
+                         hint="a duration like 30d or seconds")
+        try:
+            # "0s" is a fair request here (everything that has ended), though not a valid limit.
+            zero = isinstance(older, str) and re.fullmatch(r"\s*0+(\.0*)?\s*[smhd]?\s*", older.lower())
+            seconds = 0.0 if zero else parse_duration(older) if isinstance(older, str) else float(older)
+        except ConfigError as exc:
+            raise ApiError("bad_request", str(exc)) from None
+        if not seconds >= 0:
+            raise ApiError("bad_request", "older_than must not be negative")
+        statuses = self.arg("status", list, sorted(TERMINAL_STATUSES),
+                            check=lambda s: bool(s) and all(x in TERMINAL_STATUSES for x in s),
+                            hint=f"a list of terminal statuses ({', '.join(sorted(TERMINAL_STATUSES))})")
+        dry_run = self.arg("dry_run", bool, False)
+        ids = prune_candidates(self.daemon.store.engine, ended_before=time.time() - seconds, statuses=statuses,
+                               limit=MAX_IDS)
+        if dry_run or not ids:
+            return {"deleted": [] if dry_run else ids, "would_delete": ids if dry_run else [], "rows": {},
+                    "dry_run": dry_run}
+        self.daemon.delete_sessions(ids, self.reply_to, _deleted_reply())
+        return DEFERRED
+

@@ -1,0 +1,176 @@
+"""OpenTelemetry export (opt-in): the record, sent as spans to an OTLP/HTTP collector.
+
+``[telemetry] otlp_endpoint = "http://127.0.0.1:4318"`` turns it on. A thread of the daemon reads the store —
+never the live stream — and sends the spans that :mod:`labd.daemon.otel_spans` maps from each session's events,
+through the OpenTelemetry SDK's OTLP/HTTP exporter. Its cursor (per session: the last seq whose spans the
+collector acknowledged) lives in ``<home>/otel-export.json``, replaced atomically after each acknowledged
+batch. So a collector outage loses nothing (the cursor does not move; the next pass sends the same spans), a
+daemon restart resumes where the last acknowledged batch ended, and nothing is sent twice unless a collector
+stored a batch but its reply was lost — and then the span ids are the same (deterministic), so the collector
+sees the same spans again, not new ones.
+
+Sessions are read in order of creation; a session is forgotten by the cursor once it has ended and every span
+of it is acknowledged (``done_before`` marks how far that goes, so the file stays small).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from sqlalchemy import Engine, select
+
+from labd.daemon.otel_spans import CLOSERS, SpanRecord, span_id, spans_from_events, trace_id
+from labd.ipc.events import TERMINAL_STATUSES
+from labd.store.schema import events, sessions, steps
+
+__all__ = ["OtelExporter"]
+
+BATCH_SPANS = 512
+PAGE_EVENTS = 2000
+
+
+class OtelExporter(threading.Thread):
+    """Sends spans for every session's record to an OTLP/HTTP endpoint, resuming from its cursor file."""
+
+    def __init__(self, engine: Engine, endpoint: str, cursor_file: Path, *, service_name: str = "labd",
+                 interval: float = 2.0, headers: dict[str, str] | None = None, timeout: float = 10.0) -> None:
+        super().__init__(name="labd-otel", daemon=True)
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+
+        url = endpoint.rstrip("/")
+        self.exporter = OTLPSpanExporter(endpoint=url if url.endswith("/v1/traces") else f"{url}/v1/traces",
+                                         headers=headers, timeout=timeout)
+        self.resource = Resource.create({"service.name": service_name})
+        self.engine = engine
+        self.cursor_file = cursor_file
+        self.interval = interval
+        self.log = structlog.get_logger("labd.otel")
+        self._stop = threading.Event()
+        self.exported = 0  # spans acknowledged by the collector (for status/tests)
+        self.failures = 0
+        self.cursor = self._load()
+
+    # ---- cursor ---------------------------------------------------------------------------------
+    def _load(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.cursor_file.read_text())
+            if isinstance(data, dict) and isinstance(data.get("sessions"), dict):
+                return {"done_before": float(data.get("done_before") or 0.0), "sessions": data["sessions"]}
+        except (OSError, ValueError):
+            pass
+        return {"done_before": 0.0, "sessions": {}}
+
+    def _save(self) -> None:
+        tmp = self.cursor_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.cursor))
+        os.replace(tmp, self.cursor_file)
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.export_pass()
+            except Exception:  # noqa: BLE001 - the exporter must never take the daemon down
+                self.failures += 1
+                self.log.exception("telemetry export pass failed")
+            self._stop.wait(self.interval)
+        self.exporter.shutdown()
+
+    def export_pass(self) -> bool:
+        """One pass over sessions with unexported events; returns False when the collector refused a batch."""
+        done_before = self.cursor["done_before"]
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(sessions).where(sessions.c.created_at >= done_before)
+                                .order_by(sessions.c.created_at)).mappings().all()
+        ok = True
+        for row in rows:
+            session = dict(row)
+            sid = session["id"]
+            if not self._export_session(session):
+                ok = False
+                break
+            if session["status"] in TERMINAL_STATUSES and self.cursor["sessions"].get(sid, 0) >= session["last_seq"]:
+                self.cursor["sessions"][sid] = -1  # finished: forgotten once done_before passes it
+        # Move done_before over the leading run of finished sessions, and forget them.
+        for row in rows:
+            if self.cursor["sessions"].get(row["id"]) == -1:
+                self.cursor["done_before"] = row["created_at"] + 1e-6
+                self.cursor["sessions"].pop(row["id"], None)
+            else:
+                break
+        self._save()
+        return ok
+
+    def _export_session(self, session: dict[str, Any]) -> bool:
+        sid = session["id"]
+        since = self.cursor["sessions"].get(sid, 0)
+        if since < 0 or since >= session["last_seq"]:
+            return True
+        upto = session["last_seq"]
+        while since < upto:
+            with self.engine.connect() as conn:
+                page = conn.execute(
+                    select(events.c.seq, events.c.ts, events.c.kind, events.c.node_id, events.c.parent,
+                           events.c.payload)
+                    .where(events.c.session_id == sid, events.c.seq > since, events.c.seq <= upto,
+                           events.c.kind.in_(CLOSERS))
+                    .order_by(events.c.seq).limit(PAGE_EVENTS)).all()
+                evs = [{"seq": r[0], "ts": r[1], "kind": r[2], "node_id": r[3], "parent": r[4],
+                        "payload": orjson.loads(r[5])} for r in page]
+                spans = spans_from_events(session, evs, lambda nid: self._node(conn, sid, nid),
+                                          lambda src_seq: self._opener(conn, sid, src_seq))
+            page_end = evs[-1]["seq"] if len(page) == PAGE_EVENTS else upto
+            for start in range(0, len(spans), BATCH_SPANS):
+                if not self._send(spans[start:start + BATCH_SPANS]):
+                    return False
+            since = page_end
+            self.cursor["sessions"][sid] = since
+            self._save()
+        return True
+
+    @staticmethod
+    def _node(conn: Any, sid: str, nid: str) -> dict[str, Any] | None:
+        row = conn.execute(select(steps).where(steps.c.session_id == sid, steps.c.node_id == nid)).mappings().first()
+        return dict(row) if row else None
+
+    @staticmethod
+    def _opener(conn: Any, sid: str, src_seq: int) -> dict[str, Any] | None:
+        row = conn.execute(select(events.c.ts, events.c.kind).where(
+            events.c.session_id == sid, events.c.src == "r", events.c.src_seq == src_seq)).first()
+        return {"ts": row[0], "kind": row[1]} if row else None
+
+    def _send(self, records: list[SpanRecord]) -> bool:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        if not records:
+            return True
+        result = self.exporter.export([self._to_otel(r) for r in records])
+        if result is SpanExportResult.SUCCESS:
+            self.exported += len(records)
+            return True
+        self.failures += 1
+        self.log.warning("collector refused or unreachable; will retry", spans=len(records))
+        return False
+
+    def _to_otel(self, r: SpanRecord) -> Any:
+        from opentelemetry.sdk.trace import ReadableSpan
+        from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+        tid = trace_id(r.session_id)
+        ctx = SpanContext(tid, span_id(r.session_id, r.key), is_remote=False, trace_flags=TraceFlags(1))
+        parent = SpanContext(tid, span_id(r.session_id, r.parent_key), is_remote=False,
+                             trace_flags=TraceFlags(1)) if r.parent_key else None
+        status = Status(StatusCode.ERROR, r.error) if r.error else Status(StatusCode.OK)
+        return ReadableSpan(r.name, context=ctx, parent=parent, resource=self.resource, attributes=r.attributes,
+                            kind=SpanKind.CLIENT if r.kind == "client" else SpanKind.INTERNAL, status=status,
+                            start_time=int(r.start * 1e9), end_time=int(max(r.end, r.start) * 1e9))

@@ -1,0 +1,191 @@
+"""`labd mcp`: an MCP server (stdio) that lets desktop agents and editors drive labd.
+
+Built on the official MCP Python SDK (``mcp.server.mcpserver.MCPServer``). It is a client of the public
+protocol like every front-end: each tool call opens a :class:`labd.ipc.Client` to the daemon of the home
+(in a worker thread, so the server's event loop never blocks on the daemon), and returns at once — starting
+a session answers with its id, and the caller polls ``read_output`` / ``get_session`` (MCP tools should not
+hold a call open for the hours a session may run). Errors from the daemon become MCP tool errors carrying
+labd's stable code, e.g. ``labd: no session 'x' [not_found]``.
+
+Only protocol frames go to stdout (the SDK's stdio transport owns it); nothing here prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+
+from labd import __version__
+from labd.ipc.client import Client, LabdError
+
+__all__ = ["build_server", "run"]
+
+T = TypeVar("T")
+OUTPUT_KINDS = ["output"]
+MAX_TEXT = 200_000  # characters of output returned by one read_output call (page with `since`)
+MAX_FILE = 1_000_000  # bytes of a file returned as a resource
+
+
+def build_server(home: str | os.PathLike[str] | None = None) -> MCPServer:
+    """The MCP server for the daemon of ``home`` (default: ``$LABD_HOME`` or the XDG data dir)."""
+    server: MCPServer = MCPServer(
+        "labd", version=__version__,
+        instructions=("labd runs AI research sessions, each in its own process, and records everything they do. "
+                      "Start one with start_session, then poll get_session / read_output with the returned id; "
+                      "answer pending approvals with answer_approval."))
+
+    async def call(fn: Callable[[Client], T]) -> T:
+        def run_sync() -> T:
+            try:
+                with Client(home) as c:
+                    return fn(c)
+            except LabdError as exc:
+                raise ToolError(f"labd: {exc.message} [{exc.code}]") from None
+        return await anyio.to_thread.run_sync(run_sync)
+
+    @server.tool()
+    async def list_workflows() -> list[dict[str, Any]]:
+        """Workflows this daemon can run (built-ins), with their parameters."""
+        return await call(lambda c: c.workflows())
+
+    @server.tool()
+    async def start_session(workflow: str, params: dict[str, Any] | None = None, name: str | None = None,
+                            memory: str | None = None, cpu: str | None = None, timeout: str | None = None,
+                            budget: float | None = None) -> dict[str, Any]:
+        """Start a session and return its id at once (poll get_session / read_output).
+
+        workflow: a built-in name (see list_workflows) or 'package.module:function'.
+        memory like '512M', cpu like '50%' of one core, timeout like '1h30m' or '90s', budget in USD."""
+        def start(c: Client) -> dict[str, Any]:
+            sid = c.start(workflow, name=name, params=params or {}, memory=memory, cpu=cpu, timeout=timeout,
+                          budget=budget)
+            row = c.session(sid)
+            return {"session": sid, "name": row["name"], "status": row["status"]}
+        return await call(start)
+
+    @server.tool()
+    async def list_sessions(status: list[str] | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Sessions, newest first: id, name, workflow, status, reason, cost, created_at, ended_at."""
+        rows = await call(lambda c: c.sessions(status=status, limit=limit))
+        keep = ("id", "name", "workflow", "status", "reason", "cost", "created_at", "ended_at", "last_seq")
+        return [{k: r.get(k) for k in keep} for r in rows]
+
+    @server.tool()
+    async def get_session(session: str) -> dict[str, Any]:
+        """One session: status, reason, limits, peaks, cost, its steps and state history."""
+        return await call(lambda c: c.session(session))
+
+    @server.tool()
+    async def read_output(session: str, since: int = 0) -> dict[str, Any]:
+        """The session's printed output after event seq `since` (0: from the start), as text.
+
+        Returns {text, next_since, status, more}: call again with since=next_since for what follows."""
+        def read(c: Client) -> dict[str, Any]:
+            page = c.events(session, since=since, kinds=OUTPUT_KINDS)
+            parts: list[str] = []
+            last, size = since, 0
+            for ev in page["events"]:
+                text = ev["payload"].get("text", "")
+                if size + len(text) > MAX_TEXT and parts:
+                    return {"text": "".join(parts), "next_since": last, "status": page["status"], "more": True}
+                parts.append(text)
+                size += len(text)
+                last = ev["seq"]
+            if not page["events"] and not page["more"]:
+                last = max(since, c.session(session)["last_seq"])  # skip past non-output events
+            return {"text": "".join(parts), "next_since": last, "status": page["status"], "more": page["more"]}
+        return await call(read)
+
+    @server.tool()
+    async def read_events(session: str, since: int = 0, limit: int = 200,
+                          kinds: list[str] | None = None) -> dict[str, Any]:
+        """Recorded events after seq `since` (agent turns, LLM calls, tool calls, files, approvals...)."""
+        return await call(lambda c: c.events(session, since=since, limit=max(1, min(limit, 5000)), kinds=kinds))
+
+    @server.tool()
+    async def get_dag(session: str, format: str = "json") -> dict[str, Any]:
+        """The session's step graph: json (nodes and edges), mermaid or dot."""
+        return await call(lambda c: c.dag(session, fmt=format))
+
+    @server.tool()
+    async def get_cost(session: str) -> dict[str, Any]:
+        """LLM cost and tokens of a session: total, by agent, by model, by node."""
+        def cost(c: Client) -> dict[str, Any]:
+            r = c.cost(session)
+            r.pop("calls", None)  # every call is in read_events; keep the reply small
+            return r
+        return await call(cost)
+
+    @server.tool()
+    async def list_approvals(session: str | None = None) -> list[dict[str, Any]]:
+        """Approval requests waiting for a human (across sessions, or of one session)."""
+        return await call(lambda c: c.approvals(session=session))
+
+    @server.tool()
+    async def answer_approval(session: str, decision: str, feedback: str | None = None,
+                              hypothesis: str | None = None, approval_id: str | None = None) -> dict[str, Any]:
+        """Answer a pending approval: decision is one of its options (approve, reject, modify, redo, ...)."""
+        return await call(lambda c: c.resolve(session, decision, feedback=feedback, hypothesis=hypothesis,
+                                              approval_id=approval_id, by="mcp"))
+
+    @server.tool()
+    async def stop_session(session: str) -> dict[str, Any]:
+        """Stop a session: asked politely, then SIGTERM, then SIGKILL."""
+        return await call(lambda c: c.stop(session))
+
+    @server.tool()
+    async def pause_session(session: str) -> dict[str, Any]:
+        """Pause a session at its next step boundary."""
+        return await call(lambda c: c.pause(session))
+
+    @server.tool()
+    async def resume_session(session: str) -> dict[str, Any]:
+        """Resume a paused session."""
+        return await call(lambda c: c.resume(session))
+
+    @server.resource("labd://sessions/{session}/files", mime_type="application/json")
+    async def session_files(session: str) -> str:
+        """The files a session wrote: path, size, sha256, the step and agent that wrote them."""
+        try:
+            files = await call(lambda c: c.files(session))
+        except ToolError as exc:
+            raise ResourceError(str(exc)) from None
+        return json.dumps([{k: f.get(k) for k in ("path", "size", "sha256", "kind", "step", "agent", "change")}
+                           for f in files])
+
+    @server.resource("labd://sessions/{session}/file/{+path}")
+    async def session_file(session: str, path: str) -> str | bytes:
+        """One file of a session's work directory (only files the record lists; text or bytes)."""
+        def read(c: Client) -> str | bytes:
+            reply = c.request("session.files", session=session)
+            listed = {f["path"] for f in reply["files"]}
+            if path not in listed:
+                raise ResourceError(f"session {session} has no file {path!r}")
+            workdir = Path(reply["workdir"]).resolve()
+            target = (workdir / path).resolve()
+            if not target.is_relative_to(workdir) or not target.is_file():
+                raise ResourceError(f"file {path!r} is not in the work directory any more")
+            data = target.read_bytes()[:MAX_FILE]
+            try:
+                return data.decode()
+            except UnicodeDecodeError:
+                return data
+        try:
+            return await call(read)
+        except ToolError as exc:
+            raise ResourceError(str(exc)) from None
+
+    return server
+
+
+def run(home: str | os.PathLike[str] | None = None) -> int:
+    """Serve MCP over stdio until the client closes the stream."""
+    build_server(home).run("stdio")
+    return 0

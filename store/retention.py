@@ -1,0 +1,51 @@
+"""Retention: deleting whole sessions from the record, and choosing which ones a policy removes.
+
+Deletion is generic over the schema: every table with a ``session_id`` column loses that session's rows,
+so a projection added later is covered without touching this module. Only the batch writer (on ingest's
+thread) calls :func:`delete_sessions`; :func:`prune_candidates` is a read-only query for the request side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select
+
+from labd.ipc.events import TERMINAL_STATUSES
+from labd.store.schema import metadata, sessions
+
+__all__ = ["delete_sessions", "prune_candidates"]
+
+
+def _keyed_tables() -> list[Any]:
+    """Every table that holds per-session rows (the ``sessions`` table itself last)."""
+    out = [t for t in metadata.sorted_tables if "session_id" in t.c and t is not sessions]
+    return [*out, sessions]
+
+
+def delete_sessions(conn: Connection, ids: Iterable[str]) -> dict[str, int]:
+    """Delete the given sessions and every row that belongs to them; returns rows deleted per table.
+
+    Runs in the caller's transaction (the caller commits)."""
+    ids = list(ids)
+    counts: dict[str, int] = {}
+    if not ids:
+        return counts
+    for table in _keyed_tables():
+        col = table.c.id if table is sessions else table.c.session_id
+        for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
+            res = conn.execute(table.delete().where(col.in_(ids[start:start + 500])))
+            counts[table.name] = counts.get(table.name, 0) + (res.rowcount or 0)
+    return counts
+
+
+def prune_candidates(engine: Engine, *, ended_before: float, statuses: Iterable[str] | None = None,
+                     limit: int = 10_000) -> list[str]:
+    """Ids of terminal sessions that ended before ``ended_before`` (epoch seconds), oldest first."""
+    wanted = [s for s in (statuses or TERMINAL_STATUSES) if s in TERMINAL_STATUSES]
+    q = (select(sessions.c.id).where(sessions.c.status.in_(wanted))
+         .where(sessions.c.ended_at.is_not(None)).where(sessions.c.ended_at < ended_before)
+         .order_by(sessions.c.ended_at).limit(limit))
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(q).all()]

@@ -1,0 +1,196 @@
+"""`labd mcp`: the MCP server, driven by the official SDK's client against a real daemon — in process for
+the tool surface, and once over real stdio (`python -m labd mcp`) as a desktop agent would start it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client as McpClient
+from mcp.client.stdio import StdioServerParameters
+
+from labd.frontends.mcp import build_server
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _data(result: Any) -> Any:
+    """A tool result's structured content (the SDK wraps non-object returns in {"result": ...})."""
+    assert not result.is_error, result.content
+    data = result.structured_content
+    if isinstance(data, dict) and set(data) == {"result"}:
+        return data["result"]
+    return data
+
+
+def _call(server: Any, name: str, **args: Any) -> Any:
+    async def go() -> Any:
+        async with McpClient(server) as c:
+            return await c.call_tool(name, args)
+    return anyio.run(go)
+
+
+def test_tools_list_start_follow_and_inspect_a_session(daemon) -> None:
+    """An agent lists workflows, starts a session (the id comes back at once), polls its output to the end,
+    and reads its state, events, DAG and cost through tools."""
+    server = build_server(daemon.home)
+
+    async def go() -> dict[str, Any]:
+        async with McpClient(server) as c:
+            tools = {t.name for t in (await c.list_tools()).tools}
+            assert {"list_workflows", "start_session", "read_output", "answer_approval", "stop_session",
+                    "get_dag", "get_cost", "list_sessions", "pause_session", "resume_session"} <= tools
+            names = {w["name"] for w in _data(await c.call_tool("list_workflows", {}))}
+            assert {"demo.count", "planning_and_control", "hitl"} <= names
+            started = _data(await c.call_tool("start_session", {"workflow": "demo.count", "params": {"n": 3},
+                                                                "memory": "256M"}))
+            sid = started["session"]
+            text, since = "", 0
+            with anyio.fail_after(60):
+                while True:
+                    out = _data(await c.call_tool("read_output", {"session": sid, "since": since}))
+                    text += out["text"]
+                    since = out["next_since"]
+                    if out["status"] in ("completed", "failed") and not out["more"]:
+                        break
+                    await anyio.sleep(0.1)
+            session = _data(await c.call_tool("get_session", {"session": sid}))
+            events = _data(await c.call_tool("read_events", {"session": sid, "kinds": ["session.ended"]}))
+            listed = _data(await c.call_tool("list_sessions", {}))
+            return {"sid": sid, "text": text, "session": session, "events": events, "listed": listed}
+
+    r = anyio.run(go)
+    assert r["session"]["status"] == "completed"
+    assert [line for line in r["text"].splitlines() if line.startswith("count")] or r["text"].count("\n") >= 3
+    assert r["events"]["events"][0]["payload"]["status"] == "completed"
+    assert any(s["id"] == r["sid"] for s in r["listed"])
+
+
+def test_errors_are_tool_errors_with_labd_codes(daemon) -> None:
+    """A bad workflow or an unknown session is an MCP tool error that names labd's stable code; the server
+    keeps serving."""
+    server = build_server(daemon.home)
+
+    async def go() -> tuple[Any, Any, Any]:
+        async with McpClient(server) as c:
+            bad = await c.call_tool("start_session", {"workflow": "no.such:flow"})
+            missing = await c.call_tool("get_session", {"session": "doesnotexist"})
+            ok = await c.call_tool("list_workflows", {})
+            return bad, missing, ok
+
+    bad, missing, ok = anyio.run(go)
+    assert bad.is_error
+    assert "[unknown_workflow]" in bad.content[0].text or "[workflow_import_failed]" in bad.content[0].text
+    assert missing.is_error and "[not_found]" in missing.content[0].text
+    assert not ok.is_error
+
+
+def test_an_approval_answered_through_mcp_resolves_the_session(daemon) -> None:
+    """A hitl session waits for approval; list_approvals shows it; answer_approval (approve) lets it go on,
+    recorded as resolved by `mcp`."""
+    server = build_server(daemon.home)
+    with daemon.client() as lc:
+        sid = lc.start("hitl", params={"task": "Sum the squares of 1..4"})
+        wait_until(lambda: lc.approvals(session=sid), timeout=60, what="approval requested")
+    pending = _call(server, "list_approvals", session=sid)
+    assert _data(pending)[0]["session_id"] == sid
+    _data(_call(server, "answer_approval", session=sid, decision="approve"))
+    with daemon.client() as lc:
+        resolved = lc.approvals(session=sid, status="all")
+        assert resolved[0]["status"] == "resolved" and resolved[0]["resolved_by"] == "mcp"
+        # approve every later checkpoint too, so the session can finish
+        for _ in range(20):
+            s = lc.session(sid)
+            if s["status"] in ("completed", "failed"):
+                break
+            if lc.approvals(session=sid):
+                lc.approve(sid)
+            else:
+                wait_until(lambda: lc.approvals(session=sid) or lc.session(sid)["status"] in
+                           ("completed", "failed"), timeout=60, what="next approval or end")
+        assert lc.session(sid)["status"] == "completed"
+
+
+def test_files_are_resources_and_traversal_is_refused(daemon) -> None:
+    """A session's files are listed as a JSON resource and read one by one; a path outside the record
+    (or a `..` traversal) is refused."""
+    server = build_server(daemon.home)
+    with daemon.client() as lc:
+        sid = lc.start("labd_testflows:writes_files")
+        assert lc.wait(sid, timeout=60)["status"] == "completed"
+        files = lc.files(sid)
+    assert files, "the test workflow writes files"
+    first = "data/values.csv"  # nested: the path parameter carries a slash
+    assert first in {f["path"] for f in files}
+
+    async def go() -> tuple[Any, Any, Any]:
+        async with McpClient(server) as c:
+            listing = await c.read_resource(f"labd://sessions/{sid}/files")
+            one = await c.read_resource(f"labd://sessions/{sid}/file/{first}")
+            errors = []
+            for bad in ("../../daemon.key", "not-a-file.txt"):
+                try:
+                    await c.read_resource(f"labd://sessions/{sid}/file/{bad}")
+                    errors.append(None)
+                except Exception as exc:  # noqa: BLE001 - the SDK raises its own error type
+                    errors.append(exc)
+            return listing, one, errors
+
+    listing, one, errors = anyio.run(go)
+    assert first in {f["path"] for f in json.loads(listing.contents[0].text)}
+    assert one.contents[0].text == "x,y\n1,2\n"
+    assert all(e is not None for e in errors)
+
+
+def test_real_stdio_round_trip(daemon) -> None:
+    """`python -m labd mcp` over real stdio: the SDK's client starts it, calls a tool, and stdout carries
+    only protocol frames (the call would fail to parse otherwise)."""
+    params = StdioServerParameters(command=sys.executable, args=["-m", "labd", "--home", str(daemon.home), "mcp"],
+                                   env={k: v for k, v in os.environ.items() if k.startswith(("LABD", "XDG", "PYTHON",
+                                                                                              "HOME", "PATH"))})
+
+    async def go() -> Any:
+        async with McpClient(params) as c:
+            started = _data(await c.call_tool("start_session", {"workflow": "demo.count", "params": {"n": 1}}))
+            sessions = _data(await c.call_tool("list_sessions", {}))
+            return started, sessions
+
+    started, sessions = anyio.run(go)
+    assert any(s["id"] == started["session"] for s in sessions)
+
+
+def test_agents_use_tools_of_configured_mcp_servers_and_calls_are_tracked(isolated_env) -> None:
+    """`[mcp.servers.adder]` in config: an agent created with mcp=["adder"] calls the server's tool for real
+    (the server writes a side file), and the call is recorded as tool.call / tool.result like any tool."""
+    from tests.conftest import SUPPORT, running_daemon
+
+    side = isolated_env.parent / "adder.log"
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text(
+        f'[mcp.servers.adder]\ncommand = "{sys.executable}"\nargs = ["{SUPPORT / "mcp_adder.py"}"]\n'
+        f'env = {{ ADDER_LOG = "{side}" }}\n')
+    with running_daemon(isolated_env) as d, d.client() as c:
+        sid = c.start("labd_testflows:mcp_agent")
+        s = c.wait(sid, timeout=90)
+        assert s["status"] == "completed", s["reason"]
+        kinds = {e["kind"]: e for e in c.history(sid)}
+    assert side.read_text() == "2+40\n"
+    assert kinds["tool.call"]["payload"]["name"] == "adder_add"
+    assert kinds["tool.result"]["payload"]["status"] == "ok"
+    assert "42" in str(kinds["tool.result"]["payload"])
+
+
+def test_bad_mcp_config_is_refused_at_start(isolated_env) -> None:
+    """An MCP server with neither command nor url stops the daemon at start with a clear message."""
+    import subprocess
+
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text('[mcp.servers.broken]\nargs = ["x"]\n')
+    out = subprocess.run([sys.executable, "-m", "labd", "--home", str(isolated_env), "serve"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "broken" in out.stderr and "command" in out.stderr

@@ -1,0 +1,165 @@
+"""Retention: `session.rm` / `session.prune` delete whole ended sessions — record and directories — and
+nothing else; the automatic policy; bounded growth of the database under run-prune cycles."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import running_daemon, wait_until
+
+TABLES = ["events", "steps", "state_history", "dag_edges", "cost_records", "files", "approvals"]
+
+
+def _rows(home: Path, sid: str) -> dict[str, int]:
+    with sqlite3.connect(home / "labd.db") as conn:
+        out = {t: conn.execute(f"SELECT count(*) FROM {t} WHERE session_id = ?", (sid,)).fetchone()[0]
+               for t in TABLES}
+        out["sessions"] = conn.execute("SELECT count(*) FROM sessions WHERE id = ?", (sid,)).fetchone()[0]
+    return out
+
+
+def _finished(c, workflow: str = "demo.count", **params) -> str:
+    sid = c.start(workflow, params=params)
+    assert c.wait(sid, timeout=60)["status"] in ("completed", "failed")
+    return sid
+
+
+def test_rm_deletes_the_whole_record_and_directory_of_one_session(daemon) -> None:
+    """After `rm`, no table holds a row of the session and its directory is gone; another session is untouched."""
+    from labd.ipc import LabdError
+
+    with daemon.client() as c:
+        gone = _finished(c, "one_shot", task="Say hi")  # an agent workflow: steps, costs, edges too
+        kept = _finished(c, n=3)
+        assert sum(_rows(daemon.home, gone).values()) > 10
+        before_kept = _rows(daemon.home, kept)
+        r = c.rm(gone)
+        assert r["deleted"] == [gone] and r["rows"]["events"] > 0
+        assert all(v == 0 for v in _rows(daemon.home, gone).values())
+        assert _rows(daemon.home, kept) == before_kept
+        wait_until(lambda: not (daemon.home / "sessions" / gone).exists(), timeout=10, what="directory removed")
+        assert (daemon.home / "sessions" / kept).exists()
+        with pytest.raises(LabdError) as err:
+            c.session(gone)
+        assert err.value.code == "not_found"
+        assert c.session(kept)["status"] == "completed"
+
+
+def test_rm_refuses_a_running_session_and_deletes_nothing_of_the_request(daemon) -> None:
+    """A live session cannot be deleted (clear error, `not_terminal`), and the ended session named beside it
+    in the same request is kept too: a request is all or nothing."""
+    from labd.ipc import LabdError
+
+    with daemon.client() as c:
+        done = _finished(c, n=1)
+        live = c.start("demo.sleep", params={"seconds": 60})
+        wait_until(lambda: c.session(live)["status"] == "running", timeout=30, what="running")
+        with pytest.raises(LabdError) as err:
+            c.rm(done, live)
+        assert err.value.code == "not_terminal"
+        assert _rows(daemon.home, done)["sessions"] == 1
+        assert c.session(live)["status"] == "running"
+        c.kill(live)
+
+
+def test_prune_by_age_and_status_with_dry_run(daemon) -> None:
+    """`prune --dry-run` lists without deleting; a status filter keeps other statuses; bad input is refused."""
+    from labd.ipc import LabdError
+
+    with daemon.client() as c:
+        ok = _finished(c, n=1)
+        bad = _finished(c, "demo.fail")
+        assert c.session(bad)["status"] == "failed"
+        dry = c.prune(0, status=["failed"], dry_run=True)
+        assert dry["would_delete"] == [bad] and _rows(daemon.home, bad)["sessions"] == 1
+        assert c.prune("1d")["deleted"] == []  # nothing ended a day ago
+        r = c.prune(0, status=["failed"])
+        assert r["deleted"] == [bad]
+        assert _rows(daemon.home, bad)["sessions"] == 0 and _rows(daemon.home, ok)["sessions"] == 1
+        for bad_args in ({"older_than": "soon"}, {"older_than": 0, "status": ["running"]}):
+            with pytest.raises(LabdError) as err:
+                c.request("session.prune", **bad_args)
+            assert err.value.code == "bad_request"
+
+
+def test_cli_rm_and_prune(daemon) -> None:
+    """The CLI commands print what they deleted and exit 0; `--json` has the stable reply shape."""
+    with daemon.client() as c:
+        a, b = _finished(c, n=1), _finished(c, n=1)
+    env = {**os.environ, "LABD_HOME": str(daemon.home)}
+    out = subprocess.run([sys.executable, "-m", "labd", "rm", a], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0 and "deleted 1 session" in out.stdout, out.stderr
+    out = subprocess.run([sys.executable, "-m", "labd", "prune", "--older-than", "0s", "--dry-run"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0 and b in out.stdout
+    out = subprocess.run([sys.executable, "-m", "labd", "rm", "nope-no-such"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert out.returncode == 2 and "not_found" in out.stderr
+
+
+def test_retention_policy_prunes_old_sessions_automatically(isolated_env: Path) -> None:
+    """`[daemon] retention = "1s"` deletes ended sessions on its own, only the configured statuses."""
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text('[daemon]\nretention = "1s"\nretention_statuses = ["completed"]\n')
+    with running_daemon(isolated_env) as d, d.client() as c:
+        ok = _finished(c, n=1)
+        bad = _finished(c, "demo.fail")
+        wait_until(lambda: _rows(d.home, ok)["sessions"] == 0, timeout=30, what="policy pruned the session")
+        assert _rows(d.home, bad)["sessions"] == 1
+
+
+def test_orphaned_session_directories_are_removed_at_start(isolated_env: Path) -> None:
+    """A deletion interrupted by a crash (rows gone, directory left) is finished by the next daemon."""
+    orphan = isolated_env / "sessions" / "0123456789ab"
+    (orphan / "work").mkdir(parents=True)
+    (orphan / "work" / "data.bin").write_bytes(b"x" * 1000)
+    with running_daemon(isolated_env):
+        wait_until(lambda: not orphan.exists(), timeout=10, what="orphan removed")
+
+
+def test_bad_config_retention_is_refused(isolated_env: Path) -> None:
+    """A retention that is not a duration stops the daemon at start with a clear message."""
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text('[daemon]\nretention = "forever"\n')
+    out = subprocess.run([sys.executable, "-m", "labd", "--home", str(isolated_env), "serve"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "forever" in out.stderr
+
+
+def _db_bytes(home: Path) -> tuple[int, int]:
+    """(file size, bytes in use) of the main database file; the WAL is checkpointed by the daemon."""
+    with sqlite3.connect(home / "labd.db") as conn:
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    return (home / "labd.db").stat().st_size, (pages - free) * page
+
+
+@pytest.mark.slow
+def test_run_prune_cycles_keep_the_database_bounded(daemon) -> None:
+    """200 sessions with output, pruned, then 200 more, pruned: the database does not keep growing (SQLite
+    reuses freed pages), and every session's rows are gone each time."""
+    sizes = []
+    with daemon.client(timeout=60) as c:
+        for _ in range(2):
+            sids = []
+            for batch in range(10):
+                started = [c.start("labd_testflows:ticker", params={"n": 20, "delay": 0}) for _ in range(20)]
+                for sid in started:
+                    assert c.wait(sid, timeout=120)["status"] == "completed"
+                sids += started
+                del batch
+            r = c.prune(0)
+            assert set(sids) <= set(r["deleted"])
+            with sqlite3.connect(daemon.home / "labd.db") as conn:
+                assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+            sizes.append(_db_bytes(daemon.home))
+    print(f"database bytes after each cycle: {sizes}")
+    assert sizes[1][0] <= sizes[0][0] * 1.25  # freed pages are reused, the file does not keep growing
+    assert sizes[1][1] <= sizes[0][1] * 1.25
