@@ -72,6 +72,7 @@ class Daemon:
     def __init__(self, cfg: Config, *, drain: bool = False) -> None:
         self.cfg = cfg
         self.drain = drain  # stop the sessions on SIGTERM/SIGINT and wait for them before exiting
+        self.draining = False  # set once that has begun: new sessions are refused
         # Created first: it takes NOTIFY_SOCKET & co. out of the environment the template and runners inherit.
         self.notifier = Notifier()
         self.layout = cfg.layout
@@ -292,6 +293,7 @@ class Daemon:
 
     def _start_drain(self) -> float:
         """Ask every running session to stop (the ordinary ladder); return the deadline for them to end."""
+        self.draining = True
         running = sorted(self.supervisor.running)
         self.log.info("draining: stopping running sessions before exit", sessions=running)
         self.notifier.send(status=f"draining: stopping {len(running)} sessions")

@@ -138,6 +138,9 @@ class Start(Request):
         requests[self.reply_to[1]] = key
 
     def execute(self) -> Any:
+        if self.daemon.draining:
+            raise ApiError("draining", "the daemon is stopping and stopping its sessions (serve --drain): "
+                           "no new sessions; start it again, then retry")
         key = self.arg("idempotency_key", str, None, check=lambda s: 0 < len(s) <= 200 and s.isprintable(),
                        hint="1-200 printable characters")
         digest = _request_digest(self.body)

@@ -106,7 +106,10 @@ def test_labd_wait(isolated_env: Path) -> None:
 
 def test_drain_stops_sessions_before_exit(isolated_env: Path) -> None:
     """Default policy: a stopped daemon leaves sessions running. With `serve --drain`, SIGTERM first stops
-    every running session through the ordinary stop ladder, records their ends, then exits 0."""
+    every running session through the ordinary stop ladder (refusing new sessions meanwhile), records their
+    ends, then exits 0."""
+    from labd.ipc import LabdError
+
     with running_daemon(isolated_env) as d:
         with d.client() as c:
             kept = c.start("demo.sleep", params={"seconds": 600})
@@ -115,14 +118,20 @@ def test_drain_stops_sessions_before_exit(isolated_env: Path) -> None:
         with running_daemon(isolated_env, args=["--drain"]) as d2:
             with d2.client() as c:
                 assert c.session(kept)["status"] == "running", "the session did not survive a plain stop"
-                other = c.start("demo.sleep", params={"seconds": 600})
+                other = c.start("labd_testflows:stubborn")  # only SIGKILL ends it: the drain takes ~10 s
                 wait_until(lambda: c.session(other)["status"] == "running", timeout=60, what="running")
-            assert d2.stop() == 0
-            assert "draining" in d2.log()
+            d2.proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: "draining" in d2.log(), timeout=30, what="the drain to begin")
+            with d2.client() as c:  # while draining, the daemon still answers but starts nothing new
+                with pytest.raises(LabdError) as err:
+                    c.start("demo.count", params={"n": 1})
+                assert err.value.code == "draining"
+            assert d2.proc.wait(60) == 0
         with running_daemon(isolated_env) as d3, d3.client() as c:
             for sid in (kept, other):
                 row = c.session(sid)
                 assert row["status"] == "cancelled" and row["stop_by"] == "daemon", row
+            assert c.session(other)["ended_by"] == "sigkill", "the drain did not run the whole ladder"
 
 
 # ---- systemd notifications ------------------------------------------------------------------------------------
