@@ -11,7 +11,10 @@ from typing import Any
 
 from labd.ipc.paths import Layout, layout_for
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_size", "parse_duration", "parse_percent"]
+# The unit parsers are public (the CLI and SDK parse the same strings); re-exported here for old callers.
+from labd.ipc.units import UnitError, parse_duration, parse_percent, parse_size
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_size", "parse_duration", "parse_percent", "UnitError"]
 
 
 class ConfigError(Exception):
@@ -28,11 +31,14 @@ class Config:
     log_level: str = "info"
     stop_grace: float = 5.0  # cooperative stop -> SIGTERM after this many seconds
     term_grace: float = 5.0  # SIGTERM -> SIGKILL after this many seconds
-    sample_interval: float = 0.25  # psutil limit checks
+    sample_interval: float = 2.0  # process-table pass while no session has a memory/procs limit
+    limit_interval: float = 0.1  # process-table pass while one has (memory breach -> kill bound)
     record_interval: float = 2.0  # resource.sample events
     max_message: int = 16 * 1024 * 1024
     secret_env: list[str] = field(default_factory=list)  # extra env var names withheld from sessions
     preload: list[str] = field(default_factory=list)  # extra modules the template imports
+    #: also serve clients on TCP (always CurveZMQ): "tcp://HOST:PORT" (control; events on PORT+1)
+    listen: str | None = None
     #: automatic retention: delete sessions that ended longer ago than this ("30d"); None keeps everything
     retention: str | None = None
     #: ... and only sessions in these terminal statuses (default: all of them)
@@ -44,6 +50,8 @@ class Config:
     #: [telemetry]: otlp_endpoint (OTLP/HTTP base URL), service_name, interval (s), headers_env
     #: ({header: NAME of the environment variable holding its value}); no endpoint = no export
     telemetry: dict[str, Any] = field(default_factory=dict)
+    #: [agents.<name>]: agent roles (system_prompt or system_prompt_file, model, code_execution, mcp, extends)
+    agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: [mcp.servers.<name>]: MCP servers agents may use (ctx.agent(..., mcp=[name]))
     mcp_servers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -51,51 +59,13 @@ class Config:
     def retention_seconds(self) -> float | None:
         return parse_duration(self.retention) if self.retention else None
 
+    max_sessions: int = 0  # run queue: sessions running at once (0 = no limit)
+    memory_total: int | str | None = None  # run queue: sum of --memory reservations (bytes or "16G")
+    procs: int | None = None  # default process-count limit per session
+
     @property
     def layout(self) -> Layout:
         return layout_for(self.home)
-
-
-def parse_size(text: str) -> int:
-    """``512M``, ``2G``, ``1048576`` -> bytes."""
-    units = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
-             "G": 2**30, "GB": 2**30, "GIB": 2**30}
-    t = text.strip().upper()
-    num = t.rstrip("KMGIB")
-    unit = t[len(num):]
-    try:
-        value = float(num)
-    except ValueError:
-        raise ConfigError(f"bad size {text!r} (try 512M or 2G)") from None
-    if unit not in units or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"bad size {text!r} (try 512M or 2G)")
-    return int(value * units[unit])
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``1h``, ``2d`` -> seconds."""
-    t = text.strip().lower()
-    mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(t[-1:])
-    num = t[:-1] if mult else t
-    try:
-        value = float(num) * (mult or 1)
-    except ValueError:
-        raise ConfigError(f"bad duration {text!r} (try 90s, 15m or 1h)") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"bad duration {text!r}: must be positive")
-    return value
-
-
-def parse_percent(text: str) -> float:
-    """``50%`` or ``50`` -> 50.0 (percent of one core; 200 means two cores)."""
-    t = text.strip().rstrip("%")
-    try:
-        value = float(t)
-    except ValueError:
-        raise ConfigError(f"bad CPU limit {text!r} (try 50%)") from None
-    if not math.isfinite(value) or not 0 < value <= 100 * (os.cpu_count() or 1):
-        raise ConfigError(f"bad CPU limit {text!r}: must be between 0 and {100 * (os.cpu_count() or 1)}%")
-    return value
 
 
 _ENV = {"LABD_DB": "db_url", "LABD_LOG_FORMAT": "log_format", "LABD_LOG_LEVEL": "log_level"}
@@ -157,6 +127,19 @@ def _check_mcp(path: Path, section: Any) -> dict[str, dict[str, Any]]:
     return servers
 
 
+def _check_agents(path: Path, section: Any) -> dict[str, dict[str, Any]]:
+    """``[agents.<name>]`` tables: checked now (a bad role stops the daemon at start), used per session."""
+    from labd.runner.roles import RoleError, load_roles
+
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [agents.<name>] entries must be tables")
+    try:
+        load_roles(section, None)
+    except RoleError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return section
+
+
 def _check_telemetry(path: Path, section: Any) -> dict[str, Any]:
     """``[telemetry]``: otlp_endpoint (http/https URL), service_name, interval (s), headers_env."""
     if not isinstance(section, dict):
@@ -185,14 +168,15 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     prices: dict[str, dict[str, float]] = {}
     mcp_servers: dict[str, dict[str, Any]] = {}
     telemetry: dict[str, Any] = {}
+    agents: dict[str, dict[str, Any]] = {}
     for path in config_files(layout):
         if not path.exists():
             continue
         data = _read_toml(path)
-        unknown_sections = set(data) - {"daemon", "models", "prices", "mcp", "telemetry"}
+        unknown_sections = set(data) - {"daemon", "models", "prices", "mcp", "telemetry", "agents"}
         if unknown_sections:
             raise ConfigError(f"{path}: unknown sections {sorted(unknown_sections)} "
-                              "(known: daemon, models, prices, mcp, telemetry)")
+                              "(known: daemon, models, prices, mcp, telemetry, agents)")
         section = data.get("daemon", {})
         unknown = set(section) - known
         if unknown:
@@ -202,10 +186,12 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         prices.update(_check_prices(path, data.get("prices", {})))
         mcp_servers.update(_check_mcp(path, data.get("mcp", {})))
         telemetry.update(_check_telemetry(path, data.get("telemetry", {})))
+        agents.update(_check_agents(path, data.get("agents", {})))
     values.setdefault("models", models)
     values.setdefault("prices", prices)
     values.setdefault("mcp_servers", mcp_servers)
     values.setdefault("telemetry", telemetry)
+    values.setdefault("agents", agents)
     for env, key in _ENV.items():
         if os.environ.get(env):
             values[key] = os.environ[env]
@@ -218,16 +204,35 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         raise ConfigError(f"log_format must be auto, json or console, not {cfg.log_format!r}")
     if str(cfg.log_level).lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not {cfg.log_level!r}")
-    for name in ("stop_grace", "term_grace", "sample_interval", "record_interval"):
+    for name in ("max_sessions", "procs"):
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(f"{name} must be a whole number >= 0, not {value!r}")
+    if isinstance(cfg.memory_total, str):
+        cfg = replace(cfg, memory_total=parse_size(cfg.memory_total))
+    elif cfg.memory_total is not None and (isinstance(cfg.memory_total, bool) or not isinstance(cfg.memory_total, int)
+                                           or cfg.memory_total <= 0):
+        raise ConfigError(f"memory_total must be a size like 16G, not {cfg.memory_total!r}")
+    for name in ("stop_grace", "term_grace", "sample_interval", "limit_interval", "record_interval"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
             raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
     if isinstance(cfg.max_message, bool) or not isinstance(cfg.max_message, int) or cfg.max_message < 4096:
         raise ConfigError(f"max_message must be an integer of at least 4096 bytes, not {cfg.max_message!r}")
+    if cfg.listen is not None:
+        from labd.daemon.gateway import ListenError, check_listen
+
+        try:
+            check_listen(str(cfg.listen))
+        except ListenError as exc:
+            raise ConfigError(str(exc)) from None
     if cfg.retention is not None:
         if not isinstance(cfg.retention, str):
             raise ConfigError(f"retention must be a duration like \"30d\", not {cfg.retention!r}")
-        parse_duration(cfg.retention)  # raises ConfigError with the reason
+        try:
+            parse_duration(cfg.retention)
+        except UnitError as exc:
+            raise ConfigError(f"retention: {exc}") from None
     terminal = {"completed", "failed", "cancelled", "lost"}
     if not isinstance(cfg.retention_statuses, list) or not set(cfg.retention_statuses) <= terminal \
             or not cfg.retention_statuses:

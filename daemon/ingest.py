@@ -38,7 +38,7 @@ RESEND_INTERVAL_S = 0.5
 UNREACHABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
 REFUSED = (sa_exc.StatementError, OverflowError, ValueError, TypeError)
 #: kinds that change projections (everything else only advances the session's seq)
-PROJECTED = frozenset({"session.created", "session.launched", "session.started", "session.finished",
+PROJECTED = frozenset({"session.created", "session.queued", "session.launched", "session.started", "session.finished",
                        "session.stopping", "session.ended", "session.adopted", "limit.exceeded",
                        "step.started", "step.finished", "resource.sample", "agent.turn.started",
                        "agent.turn.finished", "cost.recorded", "file.created", "file.changed",

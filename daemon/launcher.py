@@ -60,8 +60,9 @@ class Launcher(Protocol):
     def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
         """Start a runner for ``spec``; return ``(pid, process create time)``. Called by the supervisor."""
 
-    def inspect(self, workflow: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Resolve a workflow and check params in isolation; ``{"ok": bool, ...}``. Called by request handlers."""
+    def inspect(self, workflow: str, params: dict[str, Any], path: list[str] | None = None) -> dict[str, Any]:
+        """Resolve a workflow and check params in isolation, with ``path`` first on ``sys.path``;
+        ``{"ok": bool, ...}``. Called by request handlers."""
 
     def drain_exits(self) -> list[ExitInfo]:
         """Exits observed since the last call (only for runners this launcher started)."""
@@ -194,10 +195,10 @@ class TemplateLauncher:
             create_time = time.time()  # it already exited; its exit is in the queue
         return pid, create_time
 
-    def inspect(self, workflow: str, params: dict[str, Any]) -> dict[str, Any]:
+    def inspect(self, workflow: str, params: dict[str, Any], path: list[str] | None = None) -> dict[str, Any]:
         self._req += 1
         req = self._req
-        self._send({"op": "inspect", "req": req, "workflow": workflow, "params": params})
+        self._send({"op": "inspect", "req": req, "workflow": workflow, "params": params, "path": path or []})
         reply = self._wait_for(lambda m: m.get("op") == "inspected" and m.get("req") == req)
         if reply is None:
             return {"ok": False, "code": "launch_failed", "message": "runner template did not answer"}

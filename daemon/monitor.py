@@ -1,121 +1,189 @@
-"""The limits monitor: psutil sampling of every runner's process tree, limit enforcement, CPU throttling.
+"""The limits monitor: one pass over the process table per tick for all sessions, limit enforcement, throttling.
 
-One thread for all sessions. Every ``sample_interval`` it measures each tree (RSS, CPU %, process
-count), kills a tree over its memory limit at once, reports a wall-time breach to the supervisor
-(which stops the session through the shutdown ladder), and notices runners that vanished. Every
-``record_interval`` it records a ``resource.sample`` event with the peaks.
+One thread for all sessions. Each pass reads every ``/proc/<pid>/stat`` once (:mod:`labd.daemon.proctable`)
+and walks the parent -> children map from each runner, so the cost grows with the number of processes on
+the box, not with sessions x processes. A session's tree is its runner's descendants plus processes that
+escaped it (their parent died and they were re-parented outside the tree): recognised by a process key seen
+in the tree before, by the runner's process group, or by the inherited ``LABD_SESSION_ID`` marker.
 
-CPU limits are enforced by throttling: a token bucket per session refilled at the quota (a fraction
-of one core); when the tree has used more CPU than it earned, the whole process group is stopped
-(SIGSTOP) until the debt is paid, then continued (SIGCONT). cgroup v2 would be smoother, but is not
-available everywhere (DESIGN.md §6: psutil enforcement is required, cgroups optional).
+Periods: a pass every ``sample_interval`` (2 s) while no watched session has a memory or process-count limit,
+every ``limit_interval`` (0.1 s) while one has; a session whose memory is past half its limit is re-read
+between passes every ``NEAR_TICK_S`` (its known members only). Memory is the tree's summed PSS
+(proportional set size: a page shared by k processes counts 1/k in each, so pages shared within a tree
+count once and pages shared with the template only by their share). A breach kills the tree at once;
+wall-time and process-count breaches go to the supervisor (notes). ``record_interval`` sets how often a
+``resource.sample`` event is recorded.
+
+CPU limits are enforced by throttling: a token bucket per session refilled at the quota (a fraction of one
+core); when the tree has used more CPU than it earned, the process group and every tree member are stopped
+(SIGSTOP) until the debt is paid, then continued. CPU includes reaped children (``cutime + cstime``).
+
+When a session ends, :meth:`Monitor.unwatch` *buries* it: whatever is left of its tree is sent SIGTERM,
+then SIGKILL after ``BURY_GRACE_S``, and hunted for ``BURY_HUNT_S`` more (double-forked escapees).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
 import structlog
 import zmq
 
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY
 from labd.daemon.launcher import signal_group
+from labd.daemon.proctable import MarkerCache, Proc, ProcTable, PssCache, read_proc
 
 __all__ = ["Monitor", "Limits"]
 
 THROTTLE_TICK_S = 0.02
+NEAR_TICK_S = 0.025  # re-read of a session past NEAR_FRACTION of its memory limit
+NEAR_FRACTION = 0.5
 BURST_S = 0.1  # how much CPU time a throttled session may bank
+BURY_GRACE_S = 2.0  # SIGTERM -> SIGKILL for what a finished session left behind
+BURY_HUNT_S = 10.0  # how long escaped processes of an ended session are looked for
 
 
 @dataclass(frozen=True)
 class Limits:
     """Per-session limits; None means unlimited."""
 
-    memory: int | None = None  # bytes, RSS of the whole tree
+    memory: int | None = None  # bytes, PSS of the whole tree
     cpu: float | None = None  # percent of one core
     timeout: float | None = None  # wall seconds since start
     budget: float | None = None  # USD of LLM usage (enforced from cost events by ingest + supervisor)
     budget_action: str = "stop"  # stop | pause
+    procs: int | None = None  # processes in the tree (zombies included)
 
     def to_dict(self) -> dict[str, Any]:
         return {"memory": self.memory, "cpu": self.cpu, "timeout": self.timeout, "budget": self.budget,
-                "budget_action": self.budget_action}
+                "budget_action": self.budget_action, "procs": self.procs}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Limits:
         return cls(memory=d.get("memory"), cpu=d.get("cpu"), timeout=d.get("timeout"), budget=d.get("budget"),
-                   budget_action=d.get("budget_action") or "stop")
+                   budget_action=d.get("budget_action") or "stop", procs=d.get("procs"))
+
+    @property
+    def strict(self) -> bool:
+        """Limits that need the fast sampling period."""
+        return self.memory is not None or self.procs is not None
 
 
 @dataclass
 class _Watched:
     sid: str
-    proc: psutil.Process
+    pid: int
     limits: Limits
     started: float  # wall-clock start, for the timeout
-    tree: list[psutil.Process] = field(default_factory=list)
-    tree_at: float = 0.0
+    start_key: int | None = None  # the runner's start time in ticks, once seen
+    members: list[Proc] = field(default_factory=list)
+    keys: set[tuple[int, int]] = field(default_factory=set)  # every process ever seen in the tree
     cpu_total: float = 0.0
     cpu_at: float = 0.0
     cpu_percent: float = 0.0
+    memory: int = 0
     rss: int = 0
     num_procs: int = 1
-    peak_rss: int = 0
+    peak_memory: int = 0
     peak_cpu: float = 0.0
+    near: bool = False
     # throttling
     allowance: float = 0.0
     t_total: float = 0.0
     t_at: float = 0.0
     stopped_until: float = 0.0
     breached: bool = False
+    procs_reported: bool = False
     timeout_reported: bool = False
     fresh: bool = True  # sampled on the monitor's next tick, so even short sessions get their peaks
+
+
+@dataclass
+class _Buried:
+    sid: str
+    pid: int
+    keys: set[tuple[int, int]]
+    kill_at: float
+    until: float
+    termed: set[tuple[int, int]] = field(default_factory=set)
+    empty: int = 0  # consecutive passes that found nothing left
 
 
 class Monitor(threading.Thread):
     """Samples and enforces limits; talks to ingest (events) and the supervisor (notes) over inproc."""
 
-    def __init__(self, zctx: zmq.Context, sample_interval: float, record_interval: float) -> None:
+    def __init__(self, zctx: zmq.Context, sample_interval: float, record_interval: float,
+                 limit_interval: float = 0.1) -> None:
         super().__init__(name="labd-monitor", daemon=True)
         self.zctx = zctx
         self.sample_interval = sample_interval
+        self.limit_interval = min(limit_interval, sample_interval)
         self.record_interval = record_interval
         self._lock = threading.Lock()
         self._watched: dict[str, _Watched] = {}
+        self._buried: dict[str, _Buried] = {}
         self._halt = threading.Event()
+        self._wake = threading.Event()
+        self.table = ProcTable()
+        self.pss = PssCache()
+        self.markers = MarkerCache()
+        self.passes = 0
         self.log = structlog.get_logger("labd.monitor")
 
     # ---- called from the supervisor (main thread) -------------------------------------------------
     def watch(self, sid: str, pid: int, limits: Limits, started: float) -> None:
-        try:
-            proc = psutil.Process(pid)
-        except psutil.NoSuchProcess:
+        p = read_proc(pid)
+        if p is None:
             return
         # A runner adopted after a daemon crash may have been left stopped by the old daemon's throttle.
         signal_group(pid, signal.SIGCONT)
         with self._lock:
-            self._watched[sid] = _Watched(sid, proc, limits, started, t_at=time.monotonic())
+            self._buried.pop(sid, None)
+            self._watched[sid] = _Watched(sid, pid, limits, started, start_key=p.start, t_at=time.monotonic(),
+                                          keys={p.key})
+        self._wake.set()
 
-    def unwatch(self, sid: str) -> None:
+    def unwatch(self, sid: str, bury: bool = True) -> None:
+        """Stop watching ``sid``; with ``bury``, terminate whatever of its tree outlived the runner."""
         with self._lock:
             w = self._watched.pop(sid, None)
+            if w is not None and bury:
+                now = time.monotonic()
+                self._buried[sid] = _Buried(sid, w.pid, set(w.keys), now + (0.0 if w.breached else BURY_GRACE_S),
+                                            now + BURY_GRACE_S + BURY_HUNT_S)
         if w is not None and w.stopped_until:
-            signal_group(w.proc.pid, signal.SIGCONT)  # never leave a group stopped behind
+            self._signal_members(w, signal.SIGCONT)  # never leave a group stopped behind
+        self._wake.set()
+
+    def signal_tree(self, sid: str, sig: int) -> None:
+        """Send ``sig`` to every process of the session's tree outside the runner's group (setsid children);
+        the supervisor signals the group itself."""
+        with self._lock:
+            w = self._watched.get(sid)
+            members = list(w.members) if w is not None else []
+        for p in members:
+            if p.pgid != (w.pid if w else 0):
+                _kill(p, sig)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Live figures of every watched session."""
         with self._lock:
-            return {sid: {"rss": w.rss, "cpu_percent": round(w.cpu_percent, 1), "num_procs": w.num_procs,
-                          "peak_rss": w.peak_rss, "peak_cpu_percent": round(w.peak_cpu, 1),
-                          "throttled": w.stopped_until > 0}
-                    for sid, w in self._watched.items()}
+            return {sid: _figures(w) for sid, w in self._watched.items()}
+
+    def snapshot_of(self, sid: str) -> dict[str, Any] | None:
+        """Live figures of one session (None if not watched)."""
+        with self._lock:
+            w = self._watched.get(sid)
+            return _figures(w) if w is not None else None
 
     def stop(self) -> None:
         self._halt.set()
+        self._wake.set()
 
     # ---- thread -----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -123,67 +191,161 @@ class Monitor(threading.Thread):
         self.out.connect(INGEST_IN)
         self.notes = self.zctx.socket(zmq.PUSH)
         self.notes.connect(INGEST_NOTIFY)
-        next_sample = next_record = time.monotonic()
+        next_pass = last_pass = time.monotonic()
+        next_record = next_pass + self.record_interval
         try:
             while not self._halt.is_set():
                 with self._lock:
                     watched = list(self._watched.values())
-                throttled = [w for w in watched if w.limits.cpu is not None]
+                    buried = bool(self._buried)
                 now = time.monotonic()
-                for w in throttled:
-                    self._throttle(w, now)
-                for w in watched:
-                    if w.fresh:
-                        w.fresh = False
-                        self._sample(w, now, False)
-                if now >= next_sample:
-                    next_sample = now + self.sample_interval
+                strict = buried or any(w.limits.strict for w in watched)
+                if any(w.fresh for w in watched):  # a new session is sampled soon, but a burst of starts
+                    next_pass = min(next_pass, last_pass + self.limit_interval)  # costs one pass per period
+                if now >= next_pass:
                     record = now >= next_record
                     if record:
                         next_record = now + self.record_interval
+                    self._pass(watched, now, record)
+                    last_pass = now
+                    next_pass = now + (self.limit_interval if strict else self.sample_interval)
+                else:
                     for w in watched:
-                        self._sample(w, now, record)
-                self._halt.wait(THROTTLE_TICK_S if throttled else min(self.sample_interval, 0.1))
+                        if w.near and not w.breached:
+                            self._quick(w)
+                deadline = self._timeouts(watched)
+                throttled = False
+                for w in watched:
+                    if w.limits.cpu is not None:
+                        throttled = True
+                        self._throttle(w, now)
+                wait = next_pass - time.monotonic()
+                if throttled:
+                    wait = min(wait, THROTTLE_TICK_S)
+                if any(w.near for w in watched):
+                    wait = min(wait, NEAR_TICK_S)
+                wait = min(wait, deadline - time.time())
+                self._wake.wait(max(0.002, wait))
+                self._wake.clear()
         finally:
             with self._lock:
                 for w in self._watched.values():
                     if w.stopped_until:
-                        signal_group(w.proc.pid, signal.SIGCONT)
+                        self._signal_members(w, signal.SIGCONT)
             self.out.close(0)
             self.notes.close(0)
+
+    def _timeouts(self, watched: list[_Watched]) -> float:
+        """Report sessions over their wall-time limit (no process-table read needed); returns the wall-clock
+        time of the next timeout, so the loop wakes for it whatever the pass period."""
+        wall = time.time()
+        nearest = wall + 3600.0
+        for w in watched:
+            lim = w.limits.timeout
+            if lim is None or w.timeout_reported:
+                continue
+            due = w.started + lim
+            if wall > due:
+                w.timeout_reported = True
+                self.notes.send_pyobj(("limit", w.sid, {"limit": "wall time", "measured": round(wall - w.started, 2),
+                                                        "max": lim, "unit": "seconds", "action": "stop"}))
+            else:
+                nearest = min(nearest, due + 0.001)
+        return nearest
 
     def _event(self, sid: str, kind: str, payload: dict[str, Any]) -> None:
         self.out.send_pyobj(("event", sid, kind, payload, None, None))
 
-    def _refresh_tree(self, w: _Watched, now: float) -> list[psutil.Process]:
-        if now - w.tree_at > 0.5:
-            try:
-                w.tree = [w.proc, *w.proc.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                w.tree = []
-            w.tree_at = now
-        return w.tree
+    def _pass(self, watched: list[_Watched], now: float, record: bool) -> None:
+        """One read of the process table; every session sampled from it."""
+        procs = self.table.scan()
+        self.passes += 1
+        with self._lock:
+            buried = list(self._buried.values())
+        claimed: set[int] = set()
+        extra: dict[str, list[int]] = {}  # session -> roots of its members outside the runner's tree
+        alive: list[_Watched] = []
+        for w in watched:
+            root = procs.get(w.pid)
+            if root is None or root.zombie or (w.start_key is not None and root.start != w.start_key):
+                self._vanished(w)
+                continue
+            alive.append(w)
+            w.members = self.table.tree([w.pid])
+            claimed.update(p.pid for p in w.members)
+        # Processes outside every runner's tree that belong to a session anyway (escaped, or left behind).
+        owners: list[_Watched | _Buried] = [*alive, *buried]
+        by_key = {k: s.sid for s in owners for k in s.keys}
+        by_group = {s.pid: s.sid for s in owners}
+        known = {s.sid for s in owners}
+        for p in procs.values():
+            if p.pid in claimed or p.pid == os.getpid():
+                continue
+            owner = by_key.get(p.key) or by_group.get(p.pgid)
+            if owner is None:
+                marker = self.markers.session_of(p)
+                owner = marker if marker in known else None
+            if owner is not None:
+                extra.setdefault(owner, []).append(p.pid)
+        if self.passes % 10 == 0:  # dropping dead processes' cache entries need not happen every pass
+            self.pss.prune(procs)
+            self.markers.prune(procs)
+        for w in alive:
+            if w.sid in extra:
+                w.members += [p for p in self.table.tree(extra[w.sid]) if p.pid not in claimed]
+            w.keys.update(p.key for p in w.members)
+            self._sample(w, now, record)
+        for b in buried:
+            self._hunt(b, self.table.tree(extra.get(b.sid, [])), now)
 
-    @staticmethod
-    def _cpu_of(tree: list[psutil.Process]) -> float:
-        total = 0.0
-        for p in tree:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        return total
+    def _vanished(self, w: _Watched) -> None:
+        if w.peak_memory:
+            self._record(w)  # the supervisor's final sample will find the session unwatched
+        self.notes.send_pyobj(("vanished", w.sid))
+        self.unwatch(w.sid)
+
+    def _quick(self, w: _Watched) -> None:
+        """Between passes: re-read the known members of a session close to its memory limit."""
+        members = [p for p in (read_proc(m.pid) for m in w.members) if p is not None]
+        if members:
+            w.members = members
+            self._check_memory(w, sum(self.pss.estimate(p) for p in members))
+
+    def _hunt(self, b: _Buried, members: list[Proc], now: float) -> None:
+        """Terminate what is left of an ended session: SIGTERM once, SIGKILL from ``kill_at``."""
+        b.keys.update(p.key for p in members)
+        for p in members:
+            if p.zombie:
+                continue
+            if now >= b.kill_at:
+                _kill(p, signal.SIGCONT)
+                _kill(p, signal.SIGKILL)
+            elif p.key not in b.termed:
+                b.termed.add(p.key)
+                _kill(p, signal.SIGCONT)
+                _kill(p, signal.SIGTERM)
+        b.empty = 0 if members else b.empty + 1
+        # nothing left in two passes in a row (in-flight forks have landed by then): done; keeps the fast
+        # pass period from lasting BURY_HUNT_S after every ordinary session end
+        if now >= b.until or b.empty >= 2 or (not members and now >= b.kill_at):
+            with self._lock:
+                if self._buried.get(b.sid) is b:
+                    del self._buried[b.sid]
+
+    def _signal_members(self, w: _Watched, sig: int) -> None:
+        signal_group(w.pid, sig)
+        for p in w.members:
+            if p.pgid != w.pid:
+                _kill(p, sig)
 
     def _throttle(self, w: _Watched, now: float) -> None:
-        pid = w.proc.pid
         if w.stopped_until:
             if now < w.stopped_until:
                 return
-            signal_group(pid, signal.SIGCONT)
+            self._signal_members(w, signal.SIGCONT)
             w.stopped_until = 0.0
         quota = (w.limits.cpu or 100.0) / 100.0
-        total = self._cpu_of(self._refresh_tree(w, now))
+        total = sum(p.cpu for p in (read_proc(m.pid) for m in w.members) if p is not None)
         if w.t_total == 0.0:
             w.t_total, w.t_at, w.allowance = total, now, 0.0
             return
@@ -191,51 +353,75 @@ class Monitor(threading.Thread):
         w.allowance = min(w.allowance + quota * (now - w.t_at), quota * BURST_S) - used
         w.t_total, w.t_at = total, now
         if w.allowance < 0:
-            pause = -w.allowance / quota
-            if signal_group(pid, signal.SIGSTOP):
-                w.stopped_until = now + pause
+            w.stopped_until = now + -w.allowance / quota
+            self._signal_members(w, signal.SIGSTOP)
+
+    def _check_memory(self, w: _Watched, estimate: int) -> int:
+        """Kill the tree if its memory is over the limit (confirmed by an exact PSS read); returns the figure."""
+        lim = w.limits.memory
+        memory = estimate
+        if lim is not None and estimate > lim and not w.breached:
+            memory = sum(self.pss.exact(p) for p in w.members)
+        if lim is not None:
+            w.near = memory > lim * NEAR_FRACTION
+            if memory > lim and not w.breached:
+                w.breached = True
+                # The note goes out before the kill, so the supervisor records the breach before the exit.
+                self.notes.send_pyobj(("limit", w.sid, {"limit": "memory", "measured": memory, "max": lim,
+                                                        "unit": "bytes", "action": "kill"}))
+                self.log.warning("memory limit exceeded: killing", session_id=w.sid, memory=memory, limit=lim)
+                self._kill_tree(w)
+                w.memory, w.peak_memory = memory, max(w.peak_memory, memory)
+                self._record(w)  # the peak that broke the limit, whichever path (pass or quick re-read) saw it
+        w.memory = memory
+        w.peak_memory = max(w.peak_memory, memory)
+        return memory
+
+    def _kill_tree(self, w: _Watched) -> None:
+        self._signal_members(w, signal.SIGCONT)
+        self._signal_members(w, signal.SIGKILL)
 
     def _sample(self, w: _Watched, now: float, record: bool) -> None:
-        sid = w.sid
-        try:
-            alive = w.proc.is_running() and w.proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            alive = False
-        if not alive:
-            self.notes.send_pyobj(("vanished", sid))
-            with self._lock:
-                self._watched.pop(sid, None)
-            return
-        tree = self._refresh_tree(w, now)
-        rss = 0
-        for p in tree:
-            try:
-                rss += p.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        total = self._cpu_of(tree)
+        sid, lim, members = w.sid, w.limits, w.members
+        w.fresh = False
+        w.rss = sum(p.rss for p in members)
+        w.num_procs = len(members)
+        read = self.pss.exact if record else self.pss.estimate
+        estimate = sum(read(p) for p in members)
+        self._check_memory(w, estimate)
+        total = sum(p.cpu for p in members)
         if w.cpu_at:
             w.cpu_percent = max(0.0, (total - w.cpu_total) / max(1e-6, now - w.cpu_at) * 100.0)
         w.cpu_total, w.cpu_at = total, now
-        w.rss, w.num_procs = rss, len(tree)
-        w.peak_rss = max(w.peak_rss, rss)
         w.peak_cpu = max(w.peak_cpu, w.cpu_percent)
-        lim = w.limits
-        if lim.memory is not None and rss > lim.memory and not w.breached:
-            w.breached = True
-            # The note goes out before the kill, so the supervisor records the breach before the exit.
-            self.notes.send_pyobj(("limit", sid, {"limit": "memory", "measured": rss, "max": lim.memory,
-                                                  "unit": "bytes", "action": "kill"}))
-            self.log.warning("memory limit exceeded: killing", session_id=sid, rss=rss, limit=lim.memory)
-            signal_group(w.proc.pid, signal.SIGCONT)
-            signal_group(w.proc.pid, signal.SIGKILL)
+        if lim.procs is not None and w.num_procs > lim.procs and not w.procs_reported and not w.breached:
+            w.procs_reported = w.breached = True
+            self.notes.send_pyobj(("limit", sid, {"limit": "processes", "measured": w.num_procs,
+                                                  "max": lim.procs, "unit": "processes", "action": "kill"}))
+            self.log.warning("process limit exceeded: killing", session_id=sid, procs=w.num_procs, limit=lim.procs)
+            self._kill_tree(w)
             record = True
-        elapsed = time.time() - w.started
-        if lim.timeout is not None and elapsed > lim.timeout and not w.timeout_reported:
-            w.timeout_reported = True
-            self.notes.send_pyobj(("limit", sid, {"limit": "wall time", "measured": round(elapsed, 2),
-                                                  "max": lim.timeout, "unit": "seconds", "action": "stop"}))
         if record:
-            self._event(sid, "resource.sample", {"rss": rss, "cpu_percent": round(w.cpu_percent, 1),
-                                                 "num_procs": len(tree), "peak_rss": w.peak_rss,
-                                                 "peak_cpu_percent": round(w.peak_cpu, 1)})
+            self._record(w)
+
+    def _record(self, w: _Watched) -> None:
+        self._event(w.sid, "resource.sample", {"rss": w.memory, "rss_sum": w.rss,
+                                               "cpu_percent": round(w.cpu_percent, 1), "num_procs": w.num_procs,
+                                               "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1)})
+
+
+def _figures(w: _Watched) -> dict[str, Any]:
+    return {"rss": w.memory, "rss_sum": w.rss, "cpu_percent": round(w.cpu_percent, 1), "num_procs": w.num_procs,
+            "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1), "throttled": w.stopped_until > 0}
+
+
+def _kill(p: Proc, sig: int) -> None:
+    """Signal a process seen in a pass, unless its pid now names another process (checked by start time:
+    a pass can be up to ``sample_interval`` old, and a fork storm recycles pids quickly)."""
+    now = read_proc(p.pid)
+    if now is None or now.start != p.start:
+        return
+    try:
+        os.kill(p.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

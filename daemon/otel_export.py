@@ -52,7 +52,7 @@ class OtelExporter(threading.Thread):
         self.cursor_file = cursor_file
         self.interval = interval
         self.log = structlog.get_logger("labd.otel")
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.exported = 0  # spans acknowledged by the collector (for status/tests)
         self.failures = 0
         self.cursor = self._load()
@@ -74,16 +74,16 @@ class OtelExporter(threading.Thread):
 
     # ---- the loop -------------------------------------------------------------------------------
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 self.export_pass()
             except Exception:  # noqa: BLE001 - the exporter must never take the daemon down
                 self.failures += 1
                 self.log.exception("telemetry export pass failed")
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
         self.exporter.shutdown()
 
     def export_pass(self) -> bool:

@@ -23,17 +23,20 @@ import zmq
 
 from labd.daemon.api import ApiError, registry
 from labd.daemon.api.base import DEFERRED
+from labd.daemon.api.sessions import requeue, session_spec
 from labd.daemon.config import Config
+from labd.daemon.indexer import Indexer
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
 from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.monitor import Monitor
+from labd.daemon.queue import RunQueue
 from labd.daemon.retention import Retention
 from labd.daemon.supervisor import Supervisor
 from labd.daemon.systemd import Heartbeat, Notifier
 from labd.ipc.connection import ConnectionInfo, write_connection_file
 from labd.ipc.wire import Codec, WireError
 from labd.runner.session import split_secrets
-from labd.runner.workflows.registry import WorkflowError, bind_params, is_builtin, resolve
+from labd.runner.workflows.registry import WorkflowError, bind_params, describe, is_builtin, parse_target, resolve
 from labd.store.db import Checkpointer, is_sqlite, migrate, open_engine
 from labd.store.queries import Store
 from labd.store.writer import BatchWriter
@@ -110,23 +113,22 @@ class Daemon:
     def send_runner(self, sid: str, type_: str, body: dict[str, Any]) -> None:
         self._to_ingest.send_pyobj(("send", sid, type_, body))
 
-    def check_workflow(self, workflow: str, params: dict[str, Any]) -> dict[str, Any]:
+    def check_workflow(self, workflow: str, params: dict[str, Any], path: list[str] | None = None) -> dict[str, Any]:
         """Resolve a workflow and bind its params without starting anything.
 
         Built-ins are our own side-effect-free code and are checked here; user workflows are imported
-        only in a throwaway child of the template, never in the daemon.
+        only in a throwaway child of the template (with the client's ``path`` first on ``sys.path``),
+        never in the daemon.
         """
-        if is_builtin(workflow):
-            try:
-                return {"ok": True, "params": bind_params(resolve(workflow), params)}
-            except WorkflowError as exc:
-                return {"ok": False, "code": exc.code, "message": exc.message, "details": exc.details}
-        if ":" not in workflow:
-            try:
-                resolve(workflow)
-            except WorkflowError as exc:
-                return {"ok": False, "code": exc.code, "message": exc.message}
-        return self.launcher.inspect(workflow, params)
+        try:
+            if is_builtin(workflow):
+                fn = resolve(workflow)
+                return {"ok": True, "params": bind_params(fn, params), "describe": describe(fn),
+                        "function": fn.__name__}
+            parse_target(workflow)  # a malformed name is refused without forking anything
+        except WorkflowError as exc:
+            return {"ok": False, "code": exc.code, "message": exc.message, "details": exc.details}
+        return self.launcher.inspect(workflow, params, path)
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def _acquire_lock(self) -> None:
@@ -162,6 +164,7 @@ class Daemon:
         self.info = ConnectionInfo(control=layout.endpoint("control"), events=layout.endpoint("events"),
                                    runners=layout.endpoint("runners"), key=key, pid=os.getpid(),
                                    home=str(layout.home))
+        self.gateway = _start_gateway(cfg, self.info)  # first: a bad --listen stops us before anything runs
         z = zmq.Context()
         notes = z.socket(zmq.PULL)
         notes.bind(INGEST_NOTIFY)
@@ -175,7 +178,7 @@ class Daemon:
         self._to_ingest = z.socket(zmq.PUSH)
         self._to_ingest.setsockopt(zmq.SNDTIMEO, 30_000)  # a stalled ingest must not hang the main loop forever
         self._to_ingest.connect(INGEST_IN)
-        self.monitor = Monitor(z, cfg.sample_interval, cfg.record_interval)
+        self.monitor = Monitor(z, cfg.sample_interval, cfg.record_interval, cfg.limit_interval)
         self.monitor.start()
         # The template (and so every runner) starts without secrets in its environment: code a session
         # runs cannot find them in os.environ nor in /proc/<pid>/environ. Runners get them in their spec.
@@ -184,9 +187,15 @@ class Daemon:
         self.launcher.start()
         self.supervisor = Supervisor(self.launcher, self.monitor, self.post_event, self.send_runner,
                                      cfg.term_grace)
+        total = cfg.memory_total
+        self.supervisor.queue = RunQueue(cfg.max_sessions, int(total) if total is not None else None)
+        self.supervisor.spec_for = lambda q: session_spec(self, q)
         for row in self.store.live_sessions():
             self.supervisor.adopt(row)
+        requeue(self)  # sessions queued when the last daemon stopped wait again, in their order
         self.telemetry = _start_telemetry(cfg, engine, layout.home)
+        self.indexer = Indexer(layout.home, engine)
+        self.indexer.start()
         self.retention = Retention(layout.sessions_dir, engine, self.delete_sessions,
                                    older_than=cfg.retention_seconds, statuses=cfg.retention_statuses)
         self.retention.sweep(lambda sid: self.store.session(sid) is not None)
@@ -270,6 +279,11 @@ class Daemon:
                 pass
             self.monitor.stop()
             self.monitor.join(5)
+            if self.gateway is not None:
+                self.gateway.stop()
+                self.gateway.join(5)
+            self.indexer.stop()
+            self.indexer.join(10)
             if self.telemetry is not None:
                 self.telemetry.stop()
                 self.telemetry.join(15)
@@ -378,6 +392,7 @@ class Daemon:
             elif note[0] == "deleted":
                 _, reply_to, sids, counts = note
                 self.retention.remove_dirs(sids)
+                self.indexer.index.forget(sids)
                 if reply_to is not None:
                     formatter = self._deferred.pop(reply_to[1], None)
                     self._reply(control, reply_to[0], reply_to[1],
@@ -401,3 +416,21 @@ def _start_telemetry(cfg: Config, engine: Any, home: Path) -> Any:
                             interval=float(tel.get("interval", 2.0)), headers=headers or None)
     exporter.start()
     return exporter
+
+
+def _start_gateway(cfg: Config, info: ConnectionInfo) -> Any:
+    """The TCP (CurveZMQ) gateway when ``listen`` is set; raises if it cannot listen."""
+    if not cfg.listen:
+        return None
+    from labd.daemon.gateway import Gateway
+
+    gw = Gateway(cfg.home, cfg.listen, info.control, info.events, cfg.max_message)
+    gw.start()
+    gw.ready.wait(10)
+    if gw.error is not None:
+        raise GatewayError(f"cannot listen on {cfg.listen}: {gw.error}")
+    return gw
+
+
+class GatewayError(Exception):
+    """``--listen`` could not be served (address in use, bad host)."""

@@ -17,6 +17,7 @@ import structlog
 
 from labd.daemon.launcher import ExitInfo, Launcher, is_same_process
 from labd.daemon.monitor import Limits, Monitor
+from labd.daemon.queue import Queued, RunQueue
 
 __all__ = ["Supervisor", "Running"]
 
@@ -56,6 +57,50 @@ class Supervisor:
         self.approval_deadlines: dict[str, tuple[str, float, str]] = {}
         self._leftovers: dict[int, float] = {}  # process group -> when to SIGKILL what is left of it
         self.log = structlog.get_logger("labd.supervisor")
+        #: the run queue and how to build a queued session's runner spec (both set by the daemon)
+        self.queue = RunQueue()
+        self.spec_for: Callable[[Queued], dict[str, Any]] | None = None
+
+    # ---- the run queue (daemon/queue.py) -----------------------------------------------------------
+    def submit(self, q: Queued) -> int | None:
+        """Start ``q`` now if there is capacity and nobody waits ahead of it; else queue it.
+        Returns its queue position, or None if it was launched."""
+        if not len(self.queue) and self.queue.fits(q.limits, self._running_limits()):
+            self._start(q)
+            return None
+        pos = self.queue.push(q)
+        self.post(q.sid, "session.queued", {"position": pos, "priority": q.priority})
+        self.log.info("session queued", session_id=q.sid, position=pos, priority=q.priority)
+        return pos
+
+    def requeue(self, q: Queued) -> None:
+        """Put back a session that was queued when the previous daemon stopped (no new event)."""
+        self.queue.push(q)
+
+    def dequeue(self, sid: str, by: str) -> bool:
+        """End a queued session before any runner started: ``cancelled``. False if it is not queued."""
+        if not self.queue.remove(sid):
+            return False
+        self.post(sid, "session.ended", {"status": "cancelled", "reason": f"stopped while queued (by {by})",
+                                         "ended_by": "queue"})
+        return True
+
+    def pump(self) -> None:
+        """Start queued sessions, in order, while capacity allows."""
+        if len(self.queue):
+            for q in self.queue.admit(self._running_limits()):
+                self._start(q)
+
+    def _running_limits(self) -> list[Limits]:
+        return [r.limits for r in self.running.values()]
+
+    def _start(self, q: Queued) -> None:
+        assert self.spec_for is not None  # noqa: S101 - set by the daemon before any request is served
+        try:
+            self.launch(q.sid, self.spec_for(q), q.limits)
+        except Exception as exc:  # noqa: BLE001 - reported as the session's end (and so to the client)
+            self.post(q.sid, "session.ended", {"status": "failed", "reason": f"launch failed: {exc}",
+                                               "ended_by": "launch"})
 
     def launch(self, sid: str, spec: dict[str, Any], limits: Limits) -> Running:
         pid, create_time = self.launcher.launch(spec)
@@ -108,6 +153,8 @@ class Supervisor:
         sig = signal.SIGTERM if step == "sigterm" else signal.SIGKILL
         self.launcher.signal(run.pid, signal.SIGCONT)  # a throttled (stopped) group must see the signal
         self.launcher.signal(run.pid, sig)
+        self.monitor.signal_tree(run.sid, signal.SIGCONT)  # and so must its members outside the group (setsid)
+        self.monitor.signal_tree(run.sid, sig)
         run.deadline = time.monotonic() + self.term_grace
         self.log.info("stop ladder", session_id=run.sid, step=step)
 
@@ -178,13 +225,14 @@ class Supervisor:
 
     def _final_sample(self, sid: str) -> None:
         """Record the peaks once more at the end (short sessions may never reach a periodic sample)."""
-        snap = self.monitor.snapshot().get(sid)
+        snap = self.monitor.snapshot_of(sid)
         self.monitor.unwatch(sid)
         if snap is not None and snap["peak_rss"]:
             self.post(sid, "resource.sample", {k: snap[k] for k in
                                                ("rss", "cpu_percent", "num_procs", "peak_rss", "peak_cpu_percent")})
 
     def tick(self) -> None:
+        self.pump()
         for pgid, deadline in list(self._leftovers.items()):
             if time.monotonic() >= deadline:
                 del self._leftovers[pgid]

@@ -17,24 +17,9 @@ from labd.ipc.client import Client, LabdError
 from labd.ipc.paths import layout_for
 from labd.ipc.ready import wait_for_daemon
 
-__all__ = ["add_serve_options", "add_commands", "serve_detached", "cmd_wait", "COMMANDS", "DETACH_TIMEOUT"]
+__all__ = ["serve_detached", "wait", "DETACH_TIMEOUT"]
 
 DETACH_TIMEOUT = 60.0  # first start: migrations and the runner template's imports take a few seconds
-
-
-def add_serve_options(s: argparse.ArgumentParser) -> None:
-    """The ``serve`` options this module (and the drain policy) add."""
-    s.add_argument("--detach", action="store_true",
-                   help="start the daemon in the background; return once it answers (prints pid and log file)")
-    s.add_argument("--drain", action="store_true",
-                   help="on SIGTERM/SIGINT stop the running sessions gracefully and wait for them before "
-                        "exiting (default: they keep running and the next daemon adopts them)")
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register ``labd wait``."""
-    s = sub.add_parser("wait", help="wait until the daemon answers (for scripts that just started it)")
-    s.add_argument("--timeout", type=float, default=30.0, help="give up after this many seconds (default 30)")
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -44,14 +29,14 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def serve_detached(args: argparse.Namespace) -> int:
+def serve_detached(args: argparse.Namespace, home: str | None) -> int:
     """``labd serve --detach``: start a daemon in the background and wait until it is ready."""
-    layout = layout_for(args.home)
+    layout = layout_for(home)
     layout.home.mkdir(parents=True, exist_ok=True)
     log_path = layout.home / "daemon.log"
     argv = [sys.executable, "-m", "labd", "--home", str(layout.home), "serve"]
     for flag, value in (("--db", args.db), ("--log-format", args.log_format or "json"),
-                        ("--log-level", args.log_level)):
+                        ("--log-level", args.log_level), ("--listen", getattr(args, "listen", None))):
         if value:
             argv += [flag, value]
     if args.drain:
@@ -81,11 +66,8 @@ def serve_detached(args: argparse.Namespace) -> int:
         time.sleep(0.05)
 
 
-def cmd_wait(args: argparse.Namespace) -> int:
-    """``labd wait``: block until the daemon answers; exit 2 after ``--timeout``."""
-    pong = wait_for_daemon(args.home, timeout=args.timeout)
+def wait(home: str | None, timeout: float) -> int:
+    """``labd wait``: block until the daemon answers; exit 2 (``LabdError`` timeout) after ``timeout``."""
+    pong = wait_for_daemon(home, timeout=timeout)
     print(f"labd daemon pid {pong.get('pid')} ready")
     return 0
-
-
-COMMANDS = {"wait": cmd_wait}

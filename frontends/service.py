@@ -9,7 +9,6 @@ restarting the service stops the daemon only, sessions keep running and the next
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import os
 import shutil
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from labd.ipc.paths import resolve_home
 
-__all__ = ["render_unit", "unit_path", "add_commands", "cmd_service", "COMMANDS", "UNIT_NAME"]
+__all__ = ["render_unit", "unit_path", "install", "uninstall", "status", "UNIT_NAME", "WATCHDOG_SEC"]
 
 UNIT_NAME = "labd.service"
 #: generous: the main loop can block up to ~20 s (importing a user workflow to check its params) and pings
@@ -104,23 +103,11 @@ def _linger(user: str) -> bool | None:
     return (path / user).exists() if path.is_dir() else None
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register ``labd service install|uninstall|status``."""
-    s = sub.add_parser("service", help="install, remove or inspect labd as a systemd user service")
-    ss = s.add_subparsers(dest="service_cmd", required=True, metavar="ACTION")
-    i = ss.add_parser("install", help=f"write ~/.config/systemd/user/{UNIT_NAME} for this interpreter")
-    i.add_argument("--drain", action="store_true", help="stopping the service stops sessions gracefully first")
-    i.add_argument("--watchdog", type=int, default=WATCHDOG_SEC, metavar="SEC",
-                   help=f"WatchdogSec: restart a daemon that stops answering (default {WATCHDOG_SEC})")
-    i.add_argument("--enable", action="store_true", help="also `systemctl --user enable --now labd`")
-    ss.add_parser("uninstall", help="stop and disable the service, remove the unit (sessions keep running)")
-    ss.add_parser("status", help="is the unit installed, current, enabled, running; is lingering on")
-
-
-def _install(args: argparse.Namespace) -> int:
+def install(home: str | None, *, drain: bool = False, watchdog_sec: int = WATCHDOG_SEC, enable: bool = False) -> int:
+    """``labd service install``: write the unit for this interpreter and ``home``; daemon-reload; explain linger."""
     path = unit_path()
-    home = str(resolve_home(args.home))
-    text = render_unit(sys.executable, home, drain=args.drain, watchdog_sec=args.watchdog)
+    home = str(resolve_home(home))
+    text = render_unit(sys.executable, home, drain=drain, watchdog_sec=watchdog_sec)
     old = path.read_text() if path.exists() else None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -131,7 +118,7 @@ def _install(args: argparse.Namespace) -> int:
     code, out = _systemctl("daemon-reload")
     if code != 0:
         print(f"  (systemctl --user daemon-reload: {out or code}; run it in your login session)")
-    if args.enable and code == 0:
+    if enable and code == 0:
         code, out = _systemctl("enable", "--now", UNIT_NAME)
         print(f"  systemctl --user enable --now {UNIT_NAME}: {'ok' if code == 0 else out}")
         if code != 0:
@@ -144,7 +131,8 @@ def _install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _uninstall(args: argparse.Namespace) -> int:
+def uninstall() -> int:
+    """``labd service uninstall``: stop and disable the service, remove the unit (sessions keep running)."""
     path = unit_path()
     code, out = _systemctl("disable", "--now", UNIT_NAME)
     if code not in (0, 127):
@@ -158,7 +146,8 @@ def _uninstall(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
+def status() -> int:
+    """``labd service status``: installed? for this interpreter? enabled, active? lingering? (1: not installed)"""
     path = unit_path()
     if not path.exists():
         print(f"not installed (no {path}); `labd service install` writes it")
@@ -175,11 +164,3 @@ def _status(args: argparse.Namespace) -> int:
     linger = _linger(user)
     print(f"linger:   {'on' if linger else 'off (sessions stop when you log out)' if linger is False else 'unknown'}")
     return 0
-
-
-def cmd_service(args: argparse.Namespace) -> int:
-    """``labd service ACTION``."""
-    return {"install": _install, "uninstall": _uninstall, "status": _status}[args.service_cmd](args)
-
-
-COMMANDS = {"service": cmd_service}

@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -26,8 +27,12 @@ from labd.ipc.connection import (
     daemon_alive,
     read_connection_file,
 )
+from labd.ipc.events import TERMINAL_STATUSES
 from labd.ipc.paths import layout_for
 from labd.ipc.wire import Codec, WireError
+
+if TYPE_CHECKING:
+    from labd.ipc.functions import FunctionCall
 
 __all__ = ["Client", "LabdError", "event_from_wire"]
 
@@ -52,24 +57,39 @@ def event_from_wire(item: list[Any]) -> dict[str, Any]:
 class Client:
     """A connection to the daemon serving ``home`` (default: ``$LABD_HOME`` or the XDG data dir)."""
 
-    def __init__(self, home: str | os.PathLike[str] | None = None, *, timeout: float = 15.0) -> None:
+    def __init__(self, home: str | os.PathLike[str] | None = None, *, timeout: float = 15.0,
+                 connection_file: str | os.PathLike[str] | None = None) -> None:
+        """``connection_file`` (or ``$LABD_CONNECTION_FILE``): a file from ``labd remote add`` for a daemon on
+        another machine, reached over TCP with CurveZMQ; otherwise the local daemon of ``home``."""
         self.layout = layout_for(home)
         self.timeout = timeout
+        remote = connection_file or os.environ.get("LABD_CONNECTION_FILE") or None
         try:
-            self.info: ConnectionInfo = read_connection_file(self.layout)
+            self.info: ConnectionInfo = read_connection_file(self.layout, Path(remote) if remote else None)
         except UnsafeConnectionFile as exc:
             raise LabdError("unsafe_runtime_dir", str(exc)) from None
         except ConnectionFileError as exc:
             raise LabdError("no_daemon", str(exc)) from None
-        if not daemon_alive(self.info):  # killed or crashed: fail now, not after a reply timeout
+        #: the daemon is on this machine: its pid can be checked (a remote one is only known by its replies)
+        self.local = remote is None
+        if self.local and not daemon_alive(self.info):  # killed or crashed: fail now, not after a reply timeout
             raise LabdError("no_daemon", f"the labd daemon of home {self.layout.home} (pid {self.info.pid}) is not "
                             "running: it stopped without removing its connection file (killed or crashed); "
                             "start one with `labd serve`", {"pid": self.info.pid, "stale": True})
         self._codec = Codec(self.info.key_bytes)
         self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock = self._socket(zmq.DEALER)
         self._sock.connect(self.info.control)
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        """A socket to the daemon: CurveZMQ-encrypted when the connection file carries keys (TCP)."""
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.info.server_public:
+            sock.curve_serverkey = self.info.server_public.encode()
+            sock.curve_publickey = (self.info.client_public or "").encode()
+            sock.curve_secretkey = (self.info.client_secret or "").encode()
+        return sock
 
     def close(self) -> None:
         self._sock.close(0)
@@ -94,7 +114,7 @@ class Client:
                 raise LabdError("timeout", f"no reply from the daemon within {self.timeout:g}s "
                                 f"(is it running? home {self.layout.home})")
             if not self._sock.poll(int(min(left, 0.5) * 1000)):
-                if not daemon_alive(self.info):  # it died meanwhile: no reply will ever come
+                if self.local and not daemon_alive(self.info):  # it died meanwhile: no reply will ever come
                     raise LabdError("no_daemon", f"the labd daemon of home {self.layout.home} (pid {self.info.pid}) "
                                     "stopped before it replied", {"pid": self.info.pid})
                 continue
@@ -119,22 +139,44 @@ class Client:
     def workflows(self) -> list[dict[str, Any]]:
         return self.request("workflows.list")["workflows"]  # type: ignore[no-any-return]
 
+    def inspect_workflow(self, workflow: str, params: dict[str, Any] | None = None, *, cwd: str | None = None,
+                         pythonpath: list[str] | None = None) -> dict[str, Any]:
+        """What :meth:`start` would run (doc, parameters, converted ``params``), resolved as :meth:`start` does."""
+        return self.request("workflow.inspect", workflow=workflow, params=params or {},  # type: ignore[no-any-return]
+                            **where(cwd, pythonpath))
+
     def start(self, workflow: str, *, name: str | None = None, params: dict[str, Any] | None = None,
               memory: str | int | None = None, cpu: str | float | None = None,
               timeout: str | float | None = None, budget: float | None = None,
-              budget_action: str | None = None, idempotency_key: str | None = None, retries: int = 1) -> str:
+              budget_action: str | None = None, cwd: str | None = None,
+              pythonpath: list[str] | None = None, agents: dict[str, str] | None = None,
+              procs: int | None = None, priority: int | None = None, idempotency_key: str | None = None,
+              retries: int = 1) -> str:
         """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``);
         ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause.
 
+        ``workflow`` (``mymod:fn``, ``./flows.py:fn``) is resolved where the caller stands: against ``cwd``
+        and ``pythonpath`` (default: this process's working directory and ``$PYTHONPATH``). ``agents``
+        replaces registry roles for this session: ``{"engineer": "my_engineer"}``. ``procs`` caps the
+        session's process count; ``priority`` orders the run queue when the daemon is at ``max_sessions``.
+
         Every call carries an idempotency key (``idempotency_key``, else a fresh random one) and is retried
         ``retries`` times with the same key when no reply comes in time: the daemon returns the session the
-        first attempt started, so a retry never starts a second one.
-        """
+        first attempt started, so a retry never starts a second one."""
         limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
-                                    "budget_action": budget_action}.items() if v is not None}
-        body: dict[str, Any] = {"workflow": workflow, "params": params or {}, "limits": limits}
+                                    "budget_action": budget_action, "procs": procs}.items() if v is not None}
+        body: dict[str, Any] = {"workflow": workflow, "params": params or {}, "limits": limits,
+                                **where(cwd, pythonpath)}
+        if priority is not None:
+            body["priority"] = priority
         if name:
             body["name"] = name
+        if agents:
+            body["agents"] = agents
+        return self._start(body, idempotency_key, retries)
+
+    def _start(self, body: dict[str, Any], idempotency_key: str | None, retries: int) -> str:
+        """Send ``session.start`` with an idempotency key, re-sent unchanged on each retry after a timeout."""
         body["idempotency_key"] = idempotency_key or secrets.token_hex(16)
         for attempt in range(retries + 1):
             try:
@@ -143,6 +185,64 @@ class Client:
                 if exc.code != "timeout" or attempt == retries:
                     raise
         raise AssertionError("unreachable")
+
+    def agents(self) -> list[dict[str, Any]]:
+        """The agent registry: roles with system prompt, model, code execution, MCP servers and source."""
+        return self.request("agents.list")["agents"]  # type: ignore[no-any-return]
+
+    # ---- Python functions as sessions (see labd.ipc.functions) -------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any, name: str | None = None, memory: str | int | None = None,
+               cpu: str | float | None = None, timeout: str | float | None = None, budget: float | None = None,
+               budget_action: str | None = None, **kwargs: Any) -> str:
+        """Start a session that runs ``fn(*args, **kwargs)`` (runs your code as you); returns its id.
+
+        ``fn`` and its arguments are pickled here with dill (closures, lambdas, ``__main__`` and notebook
+        code included); a part that does not pickle raises :class:`LabdError` ``not_serializable`` naming it,
+        a pickle over 1 MiB ``payload_too_large``. The keywords of this method (``name``, limits) are not
+        passed on to ``fn``: bind those with ``functools.partial``. Get the value with :meth:`result`.
+        """
+        from labd.ipc.functions import encode_call
+
+        return self.start_function(encode_call(fn, args, kwargs), name=name, memory=memory, cpu=cpu,
+                                   timeout=timeout, budget=budget, budget_action=budget_action)
+
+    def start_function(self, call: FunctionCall, *, name: str | None = None, memory: str | int | None = None,
+                       cpu: str | float | None = None, timeout: str | float | None = None,
+                       budget: float | None = None, budget_action: str | None = None) -> str:
+        """Start a session for an already pickled call (:func:`labd.ipc.functions.encode_call`)."""
+        from labd.ipc.functions import FUNCTION_WORKFLOW
+
+        limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
+                                    "budget_action": budget_action}.items() if v is not None}
+        body: dict[str, Any] = {"workflow": FUNCTION_WORKFLOW, "params": call.params, "payload": call.payload,
+                                "limits": limits}
+        if name:
+            body["name"] = name
+        return self._start(body, None, 1)
+
+    def result(self, ref: str, timeout: float | None = None) -> Any:
+        """Wait for a session to end and return its result: a submitted function's return value (unpickled),
+        or a workflow's JSON result. If it did not complete, raise :class:`~labd.ipc.functions.RemoteError`
+        (remote type name, message, traceback). Reads the record: works from any process, at any later time.
+        Raises :class:`LabdError` ``timeout`` after ``timeout`` seconds."""
+        from labd.ipc.functions import ERROR_EVENT, decode_result, remote_error
+
+        row = self.session(ref)
+        sid = row["id"]
+        if row["status"] not in TERMINAL_STATUSES:
+            for _ in self.follow(sid, since=row["last_seq"], timeout=timeout):
+                pass
+            row = self.session(sid)
+        found = self.events(sid, kinds=["session.finished"], limit=1)["events"]
+        finished = found[0]["payload"] if found else None
+        if row["status"] == "completed" and finished is not None:
+            return decode_result(finished.get("result"))
+        error = None
+        if finished is not None and row["status"] != "cancelled":
+            for ev in self.history(sid, kinds=["custom"]):
+                if ev["payload"].get("name") == ERROR_EVENT and isinstance(ev["payload"].get("data"), dict):
+                    error = ev["payload"]["data"]
+        raise remote_error(row, finished, error)
 
     def sessions(self, status: list[str] | None = None, limit: int = 200) -> list[dict[str, Any]]:
         body: dict[str, Any] = {"limit": limit}
@@ -170,6 +270,15 @@ class Client:
         if status:
             body["status"] = status
         return self.request("session.prune", **body)  # type: ignore[no-any-return]
+
+    def search(self, query: str, *, types: list[str] | None = None, status: list[str] | None = None,
+               workflow: str | None = None, since: str | float | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Full-text search over sessions, steps, agent messages, code, files and results (best first)."""
+        body: dict[str, Any] = {"query": query, "limit": limit}
+        for k, v in {"types": types, "status": status, "workflow": workflow, "since": since}.items():
+            if v is not None:
+                body[k] = v
+        return self.request("search", **body)["hits"]  # type: ignore[no-any-return]
 
     def kill(self, ref: str) -> dict[str, Any]:
         return self.request("session.kill", session=ref)  # type: ignore[no-any-return]
@@ -251,8 +360,7 @@ class Client:
         ``session.ended`` when ``until_end``; raises :class:`LabdError` ``timeout`` after ``timeout`` s.
         """
         sid = self.session(ref)["id"]
-        sub = self._ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
+        sub = self._socket(zmq.SUB)
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.setsockopt(zmq.SUBSCRIBE, f"session.{sid}".encode())
         sub.connect(self.info.events)
@@ -300,6 +408,17 @@ class Client:
                     yield ev
         finally:
             sub.close(0)
+
+
+def where(cwd: str | None = None, pythonpath: list[str] | None = None) -> dict[str, Any]:
+    """The ``cwd`` and ``pythonpath`` fields of a request: absolute paths, by default this process's."""
+    try:
+        base = os.path.abspath(cwd or os.getcwd())
+    except FileNotFoundError:  # our working directory was removed: resolve against labd's path only
+        return {}
+    if pythonpath is None:
+        pythonpath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"cwd": base, "pythonpath": [os.path.join(base, os.path.expanduser(p)) for p in pythonpath]}
 
 
 def _id_of(raw: bytes) -> str:

@@ -19,6 +19,7 @@ import json
 import os
 import stat
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import psutil
 
@@ -48,6 +49,10 @@ class ConnectionInfo:
     home: str
     started: float | None = None  # the daemon process's start time (psutil create_time); None: older daemon
     start_ticks: int | None = None  # its start in clock ticks since boot (/proc/<pid>/stat field 22), Linux
+    #: set for TCP clients (a file from `labd remote add`): CurveZMQ keys, Z85 text
+    server_public: str | None = None
+    client_public: str | None = None
+    client_secret: str | None = None
 
     @property
     def key_bytes(self) -> bytes:
@@ -111,15 +116,18 @@ def write_connection_file(layout: Layout, pid: int, key: str) -> ConnectionInfo:
     return info
 
 
-def read_connection_file(layout: Layout) -> ConnectionInfo:
-    """Read and check the connection file of ``layout``.
+def read_connection_file(layout: Layout, path: Path | None = None) -> ConnectionInfo:
+    """Read and check the connection file of ``layout`` (or ``path``: one written by ``labd remote add``).
 
-    Refuses (:class:`ConnectionFileError`) a runtime directory that is not ours and private, and a file that
-    is a symlink, not ours, or readable by others: its key signs requests and its endpoints get the key.
+    Refuses (:class:`ConnectionFileError`) a runtime directory that is not ours and private (local daemon
+    only), and a file that is a symlink, not ours, or readable by others: its key signs requests and its
+    endpoints get the key.
     """
-    path = layout.connection_file
+    remote = path is not None
+    path = path or layout.connection_file
     try:
-        layout.check_runtime_dir()
+        if not remote:
+            layout.check_runtime_dir()
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd) as f:
             st = os.fstat(f.fileno())

@@ -19,8 +19,8 @@ __all__ = ["SCHEMAS", "KIND_VERSION", "DAEMON_KINDS", "EventError", "validate", 
 NUM = (int, float)
 ANY = object
 #: session statuses, in lifecycle order; the last four are terminal
-STATUSES = ("created", "starting", "running", "paused", "waiting_approval", "completed", "failed", "cancelled",
-            "lost")
+STATUSES = ("created", "queued", "starting", "running", "paused", "waiting_approval", "completed", "failed",
+            "cancelled", "lost")
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "lost"})
 
 
@@ -33,7 +33,11 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     # lifecycle (daemon unless noted)
     "session.created": {"workflow": (str, True), "name": (str, True), "params": (dict, True),
                         "limits": (dict, True), "workdir": (str, True),
+                        "payload": (str, False),  # a submitted function's pickle (base64)
+                        "sys_path": (list, False),  # the client's cwd + PYTHONPATH, first on the runner's sys.path
+                        "agents": (dict, False),  # --agent overrides {role asked for: role used}
                         "idempotency_key": (str, False), "request_digest": (str, False)},
+    "session.queued": {"position": (int, True), "priority": (int, True)},  # waits for capacity (run queue)
     "session.launched": {"pid": (int, True), "create_time": (NUM, True), "launcher": (str, True)},
     "session.started": {"pid": (int, True), "workdir": (str, True)},  # runner
     "session.finished": {"outcome": (str, True), "error": (str, False), "traceback": (str, False),
@@ -105,7 +109,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
 KIND_VERSION = {kind: 1 for kind in SCHEMAS}
 
 #: kinds only the daemon may record (lifecycle facts a runner cannot know); from a runner they are rejected
-DAEMON_KINDS = frozenset({"session.created", "session.launched", "session.stopping", "session.ended",
+DAEMON_KINDS = frozenset({"session.created", "session.queued", "session.launched", "session.stopping", "session.ended",
                           "session.adopted", "session.pause_requested", "limit.exceeded", "resource.sample",
                           "event.rejected", "approval.resolved"})
 

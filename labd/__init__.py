@@ -14,6 +14,22 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-from labd.ipc.client import Client, LabdError  # noqa: E402 - after __version__, which the client may read
+from typing import TYPE_CHECKING  # noqa: E402
 
-__all__ = ["Client", "LabdError", "__version__"]
+from labd.ipc.client import Client, LabdError  # noqa: E402 - after __version__, which the client may read
+from labd.ipc.executor import Executor  # noqa: E402
+from labd.ipc.functions import RemoteError  # noqa: E402
+
+if TYPE_CHECKING:
+    from labd.runner.context import Context
+
+
+def context() -> "Context":
+    """Inside a session: its context (steps, agents, approvals, workdir), e.g. from a function sent with
+    ``Client.submit``; raises RuntimeError elsewhere."""
+    from labd.runner.context import current  # not at import time: clients never need the runner
+
+    return current()
+
+
+__all__ = ["Client", "Executor", "LabdError", "RemoteError", "context", "__version__"]

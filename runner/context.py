@@ -20,13 +20,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from labd.runner.approvals import Approvals, Decision
 
-__all__ = ["Context", "Cancelled", "Node", "current_node"]
+__all__ = ["Context", "Cancelled", "Node", "current_node", "current"]
 
 Emit = Callable[..., int]
 T = TypeVar("T")
 
 #: the DAG node the calling code is inside (per thread / task, so concurrent steps attribute correctly)
 current_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("labd_node", default=None)
+
+
+_current: Context | None = None
 
 
 class Cancelled(BaseException):
@@ -42,6 +45,14 @@ class Node:
     def __init__(self, node_id: str, name: str) -> None:
         self.id = node_id
         self.name = name
+
+
+def current() -> Context:
+    """The running session's context (``labd.context()``), for code that was not handed ``ctx``, such as a
+    plain function sent with ``Client.submit``. A runner runs one session, so one per process is right."""
+    if _current is None:
+        raise RuntimeError("labd.context() is only available inside a labd session")
+    return _current
 
 
 class Context:
@@ -72,6 +83,8 @@ class Context:
         self.approvals: Approvals | None = None
         self._agents: Callable[[], Any] | None = None
         self._agent_factory: Any = None
+        global _current
+        _current = self  # the newest context is the session's (see current())
 
     def new_node_id(self) -> str:
         return f"n{next(self._node_ids)}"
@@ -166,6 +179,16 @@ class Context:
             self._agent_factory = self._agents()
         return self._agent_factory.agent(name, system_prompt, model=model, tools=tools,
                                          code_execution=code_execution, **kwargs)
+
+    def role(self, role: str, *, name: str | None = None, model: Any = "default", **kwargs: Any) -> Any:
+        """A tracked agent for a role of the agent registry (``labd agents``): its system prompt, model, code
+        execution and MCP servers come from the registry — built-in roles, ``[agents.<name>]`` in config,
+        ``<home>/agents/*.toml`` — after the session's ``--agent role=other`` overrides."""
+        if self._agent_factory is None:
+            if self._agents is None:
+                raise RuntimeError("agents are not available in this context")
+            self._agent_factory = self._agents()
+        return self._agent_factory.role(role, name=name, model=model, **kwargs)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run an async workflow body (ag2 is async) to completion from synchronous workflow code."""

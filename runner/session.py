@@ -8,6 +8,7 @@ logging is routed to events.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ from labd.runner.channel import Channel
 from labd.runner.context import Cancelled, Context
 from labd.runner.files import FileTracker
 from labd.runner.logsetup import configure_logging
+from labd.runner.reaper import become_subreaper
 from labd.runner.workflows.registry import WorkflowError, bind_params, resolve
 
 __all__ = ["run_session", "SECRET_PATTERN", "split_secrets"]
@@ -93,6 +95,7 @@ def run_session(spec: dict[str, Any]) -> int:
     clean_env.update({"LABD_SESSION_ID": session_id, "LABD_WORKDIR": str(workdir)})
     os.environ.clear()
     os.environ.update(clean_env)
+    become_subreaper()  # a double-forked orphan of the workflow stays in our tree (see runner/reaper.py)
 
     me = psutil.Process()
     create_time = me.create_time()
@@ -130,7 +133,8 @@ def run_session(spec: dict[str, Any]) -> int:
         return AgentFactory(emit=emit, new_node_id=ctx.new_node_id, workdir=workdir,
                             models=spec.get("models") or {}, prices=spec.get("prices") or {}, secrets=secrets,
                             approvals=ctx.approvals, files=files,  # type: ignore[arg-type]
-                            mcp_servers=spec.get("mcp_servers") or {})
+                            mcp_servers=spec.get("mcp_servers") or {}, roles=spec.get("roles") or None,
+                            role_overrides=spec.get("agent_overrides") or {})
 
     ctx._agents = agents  # noqa: SLF001
 
@@ -158,7 +162,12 @@ def run_session(spec: dict[str, Any]) -> int:
 
     outcome, code, extra = "completed", EXIT_COMPLETED, {}
     try:
-        fn = resolve(spec["workflow"])
+        # The client's working directory and PYTHONPATH come first, so `labd run mymod:fn` finds what
+        # `python -c "import mymod"` would find where the user typed it.
+        search = list(spec.get("sys_path") or [])
+        sys.path[:0] = search
+        importlib.invalidate_caches()
+        fn = resolve(spec["workflow"], search=search)
         kwargs = bind_params(fn, dict(ctx.params))
         result = fn(ctx, **kwargs)
         extra = {"result": result}

@@ -7,7 +7,7 @@ holds **no sockets, no threads and no session state**: ZeroMQ contexts cannot su
 Protocol (JSON lines; the daemon writes requests on our stdin, we answer on our stdout):
 
 - ``{"op": "spawn", "req": R, "spec": {...}}`` -> ``{"op": "spawned", "req": R, "pid": P}``
-- ``{"op": "inspect", "req": R, "workflow": W, "params": {...}}`` -> ``{"op": "inspected", "req": R,
+- ``{"op": "inspect", "req": R, "workflow": W, "params": {...}, "path": [dirs]}`` -> ``{"op": "inspected", "req": R,
   "ok": bool, "code"?, "message"?, "details"?}`` (resolved in a throwaway child, so importing user
   code never touches the template)
 - unsolicited: ``{"op": "exited", "pid": P, "exit_code": C | null, "signal": S | null}``
@@ -26,10 +26,17 @@ import signal
 import sys
 from typing import Any
 
+from setproctitle import setproctitle
+
 #: imported before any fork so every runner starts warm
 PRELOAD = ["zmq", "orjson", "structlog", "psutil", "labd.runner.session", "labd.runner.workflows.demo",
            "labd.runner.agents", "labd.runner.workflows.planning", "labd.runner.workflows.one_shot",
            "labd.runner.workflows.deep_research"]
+
+
+def _set_title(title: str) -> None:
+    """Name this process in ps/htop (``labd: study-1 (mypkg.flows:study)``) instead of ``python -m ...``."""
+    setproctitle(title[:200])
 
 
 def _write(out_fd: int, obj: dict[str, Any]) -> None:
@@ -54,12 +61,15 @@ def _reap(out_fd: int) -> None:
                             "signal": None})
 
 
-def _inspect_in_child(workflow: str, params: dict[str, Any]) -> dict[str, Any]:
+def _inspect_in_child(workflow: str, params: dict[str, Any], path: list[str]) -> dict[str, Any]:
     from labd.runner.workflows.registry import WorkflowError, bind_params, describe, resolve
 
+    # The same sys.path the runner will have: the client's directory and PYTHONPATH first.
+    sys.path[:0] = path
+    importlib.invalidate_caches()
     try:
-        fn = resolve(workflow)
-        return {"ok": True, "params": bind_params(fn, params), "describe": describe(fn)}
+        fn = resolve(workflow, search=path)
+        return {"ok": True, "params": bind_params(fn, params), "describe": describe(fn), "function": fn.__name__}
     except WorkflowError as exc:
         return {"ok": False, "code": exc.code, "message": exc.message, "details": exc.details}
 
@@ -125,6 +135,7 @@ def main() -> None:
     os.set_blocking(wake_r, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    _set_title("labd: runner template")
     gc.collect()
     gc.freeze()
     _write(out_fd, {"op": "ready", "pid": os.getpid()})
@@ -155,6 +166,7 @@ def main() -> None:
                 def run(spec: dict[str, Any] = spec) -> None:
                     from labd.runner.session import child_main
 
+                    _set_title(f"labd: {spec.get('name') or spec['session_id']} ({spec['workflow']})")
                     child_main(spec)
 
                 pid = _fork_child(in_fd, out_fd, (wake_r, wake_w), run)
@@ -164,7 +176,7 @@ def main() -> None:
 
                 def inspect_job(req: dict[str, Any] = req, r: int = r, w: int = w) -> None:
                     os.close(r)
-                    result = _inspect_in_child(req["workflow"], req.get("params") or {})
+                    result = _inspect_in_child(req["workflow"], req.get("params") or {}, req.get("path") or [])
                     os.write(w, json.dumps(result, default=repr).encode())
                     os._exit(0)
 

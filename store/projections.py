@@ -20,7 +20,8 @@ __all__ = ["SessionCursor", "RowChanges", "apply", "ALLOWED_TRANSITIONS"]
 _ENDS = frozenset({"completed", "failed", "cancelled", "lost"})
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     # created -> running: the runner's first event can be stored before the daemon's session.launched
-    "created": frozenset({"starting", "running"}) | _ENDS,
+    "created": frozenset({"queued", "starting", "running"}) | _ENDS,
+    "queued": frozenset({"starting", "running"}) | _ENDS,  # run queue: waits for capacity, then launches
     "starting": frozenset({"running"}) | _ENDS,
     "running": frozenset({"paused", "waiting_approval"}) | _ENDS,
     "paused": frozenset({"running", "waiting_approval"}) | _ENDS,
@@ -138,6 +139,8 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
         if payload.get("idempotency_key"):  # committed with the session: a retry finds it, even after a restart
             out.idempotency.append({"key": payload["idempotency_key"], "session_id": cur.id,
                                     "digest": payload.get("request_digest") or "", "created_at": ts})
+    elif kind == "session.queued":
+        _transition(cur, "queued", seq, ts, f"queued at position {payload['position']}", actor, out)
     elif kind == "session.launched":
         out.update(cur.id, pid=payload["pid"], pid_create_time=payload["create_time"])
         _transition(cur, "starting", seq, ts, f"launched pid {payload['pid']}", actor, out)
@@ -251,6 +254,8 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value:.2f} s" if value != int(value) else f"{value:g} s"
     if unit == "percent":
         return f"{value:.0f} %"
+    if unit == "processes":
+        return f"{value:g}"
     if unit == "USD":
         return f"${value:.4f}"
     return f"{value:g} {unit}"

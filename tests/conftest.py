@@ -234,3 +234,11 @@ def _uid_gid(user: str) -> tuple[int, int]:
 
     entry = pwd.getpwnam(user)
     return entry.pw_uid, entry.pw_gid
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test item (fixtures use it to save screenshots of failed tests)."""
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep

@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from labd.daemon.api.base import Request, register
+from labd.daemon.api.base import ApiError, Request, register
 from labd.daemon.api.sessions import resolve_session
 from labd.runner.workflows.registry import BUILTINS, describe, resolve
 from labd.store.queries import MAX_PAGE
@@ -62,3 +62,19 @@ class Workflows(Request):
     def execute(self) -> Any:
         return {"workflows": [{"name": name, "target": target, **describe(resolve(name))}
                               for name, target in sorted(BUILTINS.items())]}
+
+
+@register
+class Agents(Request):
+    """The agent registry: every role with its prompt, model, code execution, MCP servers and source."""
+
+    type = "agents.list"
+
+    def execute(self) -> Any:
+        from labd.runner.roles import RoleError, load_roles
+
+        try:
+            roles = load_roles(self.daemon.cfg.agents, self.daemon.layout.home / "agents")
+        except RoleError as exc:
+            raise ApiError("bad_agents", str(exc)) from None
+        return {"agents": [r.to_dict() for _, r in sorted(roles.items())]}

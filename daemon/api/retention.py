@@ -13,8 +13,8 @@ from typing import Any
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.sessions import resolve_ref
-from labd.daemon.config import ConfigError, parse_duration
 from labd.ipc.events import TERMINAL_STATUSES
+from labd.ipc.units import UnitError, parse_duration
 from labd.store.retention import prune_candidates
 
 MAX_IDS = 10_000
@@ -56,7 +56,7 @@ class Prune(Request):
             # "0s" is a fair request here (everything that has ended), though not a valid limit.
             zero = isinstance(older, str) and re.fullmatch(r"\s*0+(\.0*)?\s*[smhd]?\s*", older.lower())
             seconds = 0.0 if zero else parse_duration(older) if isinstance(older, str) else float(older)
-        except ConfigError as exc:
+        except UnitError as exc:
             raise ApiError("bad_request", str(exc)) from None
         if not seconds >= 0:
             raise ApiError("bad_request", "older_than must not be negative")

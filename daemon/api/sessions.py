@@ -11,12 +11,15 @@ from typing import Any
 import orjson
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
-from labd.daemon.config import ConfigError, parse_duration, parse_percent, parse_size
 from labd.daemon.monitor import Limits
+from labd.daemon.queue import Queued
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
+from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT, MAX_RESULT, check_params
+from labd.ipc.units import UnitError, parse_duration, parse_percent, parse_size
+from labd.runner.workflows.registry import WorkflowError, canonical
 from labd.store.schema import IDEMPOTENCY_RETENTION
 
-__all__ = ["resolve_ref", "resolve_session"]
+__all__ = ["resolve_ref", "resolve_session", "session_spec", "requeue"]
 
 
 def resolve_session(req: Request) -> dict[str, Any]:
@@ -44,26 +47,47 @@ def resolve_ref(store: Any, ref: str) -> dict[str, Any]:
     return found[0]
 
 
-def _limits(body: dict[str, Any]) -> Limits:
+#: below this a runner cannot even start: an idle runner's PSS is ~7-12 MiB (docs/benchmarks.md), and the
+#: channel, capture and first workflow import need headroom; a smaller --memory would kill every session
+MIN_MEMORY = 32 * 2**20
+MAX_PROCS = 1_000_000
+
+
+def _limits(body: dict[str, Any], default_procs: int | None = None) -> Limits:
     raw = body.get("limits") or {}
     if not isinstance(raw, dict):
         raise ApiError("bad_request", "field 'limits' must be an object")
-    unknown = set(raw) - {"memory", "cpu", "timeout", "budget", "budget_action"}
+    unknown = set(raw) - {"memory", "cpu", "timeout", "budget", "budget_action", "procs"}
     if unknown:
         raise ApiError("bad_request", f"unknown limits {sorted(unknown)} "
-                       "(accepted: memory, cpu, timeout, budget, budget_action)")
+                       "(accepted: memory, cpu, timeout, budget, budget_action, procs)")
     action = raw.get("budget_action") or "stop"
     if action not in ("stop", "pause"):
         raise ApiError("bad_limits", "budget_action must be stop or pause")
     try:
         mem, cpu, tmo = raw.get("memory"), raw.get("cpu"), raw.get("timeout")
+        if isinstance(mem, str) and mem.strip().isdigit():
+            raise ApiError("bad_limits", f"memory limit {mem!r} has no unit: write e.g. {mem.strip()}M or "
+                           f"{mem.strip()}G (a JSON number means bytes)")
+        memory = parse_size(mem) if isinstance(mem, str) else _positive(mem, "memory")
+        if memory is not None and memory < MIN_MEMORY:
+            raise ApiError("bad_limits", f"memory limit {int(memory)} bytes is below what a runner needs to start "
+                           f"({MIN_MEMORY // 2**20} MiB); sizes take a unit, e.g. 512M",
+                           {"min_bytes": MIN_MEMORY})
+        cpu_pct = parse_percent(str(cpu)) if cpu is not None else None
+        if cpu_pct is not None and cpu_pct < 1:
+            raise ApiError("bad_limits", f"CPU limit {cpu!r} is {cpu_pct:g} % of one core, too little to run; "
+                           "the unit is percent (50% = half a core)")
+        procs = raw.get("procs", body.get("procs", default_procs))
+        if procs is not None and (isinstance(procs, bool) or not isinstance(procs, int)
+                                  or not 1 <= procs <= MAX_PROCS):
+            raise ApiError("bad_limits", f"procs must be a whole number of processes (1-{MAX_PROCS}), not {procs!r}")
         return Limits(
-            memory=parse_size(mem) if isinstance(mem, str) else _positive(mem, "memory"),
-            cpu=parse_percent(str(cpu)) if cpu is not None else None,
+            memory=memory, cpu=cpu_pct,
             timeout=parse_duration(tmo) if isinstance(tmo, str) else _positive(tmo, "timeout"),
-            budget=_positive(raw.get("budget"), "budget"), budget_action=action,
+            budget=_positive(raw.get("budget"), "budget"), budget_action=action, procs=procs,
         )
-    except ConfigError as exc:
+    except UnitError as exc:
         raise ApiError("bad_limits", str(exc)) from None
 
 
@@ -75,13 +99,56 @@ def _positive(value: Any, name: str) -> Any:
     return value
 
 
-def live_view(req: Request, row: dict[str, Any]) -> dict[str, Any]:
-    """A session row plus live figures from the monitor (for sessions still running)."""
+def _is_abs_path(p: Any) -> bool:
+    return isinstance(p, str) and 0 < len(p) <= 4096 and p.startswith("/") and "\0" not in p
+
+
+def where_from(req: Request) -> tuple[str, str | None, list[str]]:
+    """The request's workflow, made canonical against its ``cwd``, and the directories the runner (and the
+    inspecting child) put first on ``sys.path``: the client's ``cwd``, then its ``pythonpath``."""
+    workflow = req.arg("workflow", str, check=lambda s: 0 < len(s) <= 4096, hint="a workflow name")
+    cwd = req.arg("cwd", str, None, check=_is_abs_path, hint="an absolute directory path")
+    pythonpath = req.arg("pythonpath", list, [], check=lambda ps: len(ps) <= 100 and all(map(_is_abs_path, ps)),
+                         hint="a list of up to 100 absolute directory paths")
+    try:
+        workflow = canonical(workflow, cwd)
+    except WorkflowError as exc:
+        raise ApiError(exc.code, exc.message, exc.details) from None
+    if len(workflow) > 300:  # the sessions table's column
+        raise ApiError("bad_request", f"workflow name or path too long ({len(workflow)} > 300 characters)")
+    path = ([cwd] if cwd else []) + [p for p in pythonpath if p != cwd]
+    return workflow, cwd, path
+
+
+def _roles(req: Request) -> tuple[dict[str, Any], dict[str, str]]:
+    """The agent registry for a new session (read now: edits apply to the next session) and its
+    ``agents`` overrides ``{role asked for: role to use}``, checked against the registry."""
+    from labd.runner.roles import RoleError, load_roles
+
+    overrides = req.arg("agents", dict, {}, check=lambda a: len(a) <= 100 and all(
+        isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 100 and 0 < len(v) <= 100 for k, v in a.items()),
+        hint="an object {role: other role}")
+    try:
+        roles = load_roles(req.daemon.cfg.agents, req.daemon.layout.home / "agents")
+    except RoleError as exc:
+        raise ApiError("bad_agents", str(exc)) from None
+    unknown = sorted(v for v in overrides.values() if v not in roles)
+    if unknown:
+        raise ApiError("bad_agents", f"unknown agent roles {unknown}; known: {', '.join(sorted(roles))}")
+    return {n: r.to_dict() for n, r in roles.items()}, overrides
+
+
+def live_view(req: Request, row: dict[str, Any], live: dict[str, dict[str, Any]] | None = None,
+              positions: dict[str, int] | None = None) -> dict[str, Any]:
+    """A session row plus live figures from the monitor (for sessions still running) and, for a session not
+    started yet, its place in the run queue. ``live``/``positions``: precomputed for a whole list."""
     out = dict(row)
-    live = req.daemon.monitor.snapshot().get(row["id"])
-    out["live"] = live
-    seen = req.daemon.last_seen.get(row["id"])
-    out["last_seen"] = seen
+    sid = row["id"]
+    out["live"] = live.get(sid) if live is not None else req.daemon.monitor.snapshot_of(sid)
+    out["last_seen"] = req.daemon.last_seen.get(sid)
+    if row["status"] in ("created", "queued"):
+        queue = req.daemon.supervisor.queue
+        out["queue_position"] = positions.get(sid) if positions is not None else queue.position(sid)
     return out
 
 
@@ -90,8 +157,8 @@ MAX_PENDING_KEYS = 10_000  # in-flight idempotency keys remembered in memory (ea
 
 def _request_digest(body: dict[str, Any]) -> str:
     """What a start asks for, so a key re-used for a different request is refused rather than replayed."""
-    what = {"workflow": body.get("workflow"), "params": body.get("params") or {}, "name": body.get("name") or None,
-            "limits": body.get("limits") or {}}  # absent and empty mean the same request
+    # everything but the key itself; absent and empty (null, {}, [], "") mean the same request
+    what = {k: v for k, v in body.items() if k != "idempotency_key" and v not in (None, {}, [], "")}
     return hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS, default=repr)).hexdigest()
 
 
@@ -116,7 +183,7 @@ class Start(Request):
             sid, first, name = row["session_id"], row["digest"], None
         if first and first != digest:
             raise ApiError("idempotency_conflict", "this idempotency_key was used for a different session.start "
-                           "(another workflow, params, name or limits); use a new key per request",
+                           "(another workflow, params, name, limits, ...); use a new key per request",
                            {"session": sid})
         stored = d.store.session(sid)
         run = d.supervisor.running.get(sid)
@@ -148,38 +215,116 @@ class Start(Request):
             replay = self._replayed(key, digest)
             if replay is not None:
                 return replay
-        workflow = self.arg("workflow", str, check=lambda s: 0 < len(s) <= 300, hint="a workflow name")
+        workflow, _cwd, path = where_from(self)
         params = self.arg("params", dict, {})
         name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
-        limits = _limits(self.body)
+        limits = _limits(self.body, self.daemon.cfg.procs or None)
+        priority = self.arg("priority", int, 0, check=lambda p: -1000 <= p <= 1000, hint="an integer -1000..1000")
         d = self.daemon
-        check = d.check_workflow(workflow, params)
+        _, overrides = _roles(self)  # checked now; the runner gets the registry as it is at launch
+        # A function sent with Client.submit: its pickle travels in `payload`, is recorded in session.created
+        # (not in the session row, which every session.list returns) and reaches only the runner. Never unpickled here.
+        payload = self.arg("payload", str, None, check=lambda s: 0 < len(s) <= MAX_PAYLOAD_TEXT,
+                           hint=f"base64 text of a pickled call of at most {MAX_PAYLOAD} bytes")
+        if (payload is not None) != (workflow == FUNCTION_WORKFLOW):
+            raise ApiError("bad_request", f"field 'payload' goes with workflow {FUNCTION_WORKFLOW!r}, and that "
+                           "workflow needs it (use Client.submit)")
+        if payload is not None:
+            try:
+                check: dict[str, Any] = {"ok": True, "params": check_params(params, payload)}
+            except ValueError as exc:
+                raise ApiError("bad_params", str(exc)) from None
+        else:
+            check = d.check_workflow(workflow, params, path)
         if isinstance(limits.budget, float | int) and not math.isfinite(limits.budget):
             raise ApiError("bad_limits", "budget must be a finite amount of USD")
         if not check.get("ok"):
             raise ApiError(check.get("code", "bad_params"), check.get("message", "invalid workflow"),
                            check.get("details"))
         params = check.get("params", params)
+        queue = d.supervisor.queue
+        if queue.never_fits(limits):
+            raise ApiError("bad_limits", f"memory limit {limits.memory} bytes is more than the daemon's whole "
+                           f"memory_total ({queue.memory_total} bytes): the session could never start")
         sid = secrets.token_hex(6)
-        name = name or f"{workflow.rsplit(':', 1)[-1]}-{sid[:6]}"
+        label = (check.get("function") or workflow.rsplit(":", 1)[-1]) if payload is None \
+            else str(params.get("function") or "function")
+        name = name or f"{label.rsplit('.', 1)[-1].strip('<>')[:180]}-{sid[:6]}"
         workdir = d.layout.sessions_dir / sid / "work"
-        created = {"workflow": workflow, "name": name, "params": params, "limits": limits.to_dict(),
-                   "workdir": str(workdir)}
+        created: dict[str, Any] = {"workflow": workflow, "name": name, "params": params,
+                                   "limits": limits.to_dict(), "workdir": str(workdir)}
+        if payload is not None:
+            created["payload"] = payload
+        if path:
+            created["sys_path"] = path
+        if overrides:
+            created["agents"] = overrides
         if key is not None:
             created.update(idempotency_key=key, request_digest=digest)
             self._remember(key, sid, digest, name)
         d.post_event(sid, "session.created", created, reply_to=self.reply_to)
-        spec = {"session_id": sid, "workflow": workflow, "params": params, "workdir": str(workdir),
-                "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
-                "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
-                "mcp_servers": d.cfg.mcp_servers,
-                "secrets": d.secrets}
-        try:
-            d.supervisor.launch(sid, spec, limits)
-        except Exception as exc:  # noqa: BLE001 - reported as the session's end and to the client
-            d.post_event(sid, "session.ended", {"status": "failed", "reason": f"launch failed: {exc}",
-                                                "ended_by": "launch"})
+        d.supervisor.submit(queue.entry(sid, workflow, _run_params(d, params, payload), limits, str(workdir),
+                                        priority, time.time(),
+                                        extra={"name": name, "sys_path": path, "agent_overrides": overrides}))
         return DEFERRED
+
+
+def _run_params(d: Any, params: dict[str, Any], payload: str | None) -> dict[str, Any]:
+    """The params the runner gets: a submitted function's also carry its pickle and the result size bound."""
+    if payload is None:
+        return params
+    # the value sent back must fit one event (base64 grows it by 4/3; headroom for the envelope)
+    max_result = max(0, min(MAX_RESULT, (d.cfg.max_message - 2048) * 3 // 4))
+    return {**params, "payload": payload, "max_result": max_result}
+
+
+def session_spec(d: Any, q: Queued) -> dict[str, Any]:
+    """The runner's start spec for a session (built when it launches, so a queued one gets current settings:
+    models, prices, MCP servers and the agent registry as they are then)."""
+    from labd.runner.roles import RoleError, load_roles
+
+    try:
+        roles = {n: r.to_dict() for n, r in load_roles(d.cfg.agents, d.layout.home / "agents").items()}
+    except RoleError:
+        roles = None  # checked at session.start; a registry file broken since then: the built-in roles
+    return {"session_id": q.sid, "workflow": q.workflow, "params": q.params, "workdir": q.workdir,
+            "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
+            "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
+            "mcp_servers": d.cfg.mcp_servers, "roles": roles, "secrets": d.secrets, **q.extra}
+
+
+def requeue(d: Any) -> int:
+    """Put the sessions stored as ``queued`` back in the run queue, in their order; at daemon start."""
+    rows = d.store.sessions(status=["queued"], limit=100_000)
+    for row in rows:
+        queued = d.store.events(row["id"], kinds=["session.queued"], limit=1)
+        priority = int(queued[0]["payload"].get("priority") or 0) if queued else 0
+        created = d.store.events(row["id"], kinds=["session.created"], limit=1)
+        c = created[0]["payload"] if created else {}
+        d.supervisor.requeue(d.supervisor.queue.entry(
+            row["id"], row["workflow"], _run_params(d, row["params"], c.get("payload")),
+            Limits.from_dict(row["limits"]), row["workdir"], priority, row["created_at"],
+            extra={"name": row["name"], "sys_path": c.get("sys_path") or [],
+                   "agent_overrides": c.get("agents") or {}}))
+    return len(rows)
+
+
+@register
+class InspectWorkflow(Request):
+    """What ``session.start`` would run: the workflow's doc and parameters, resolved where the client stands."""
+
+    type = "workflow.inspect"
+
+    def execute(self) -> Any:
+        workflow, _cwd, path = where_from(self)
+        params = self.arg("params", dict, {})
+        check = self.daemon.check_workflow(workflow, params, path)
+        if not check.get("ok"):
+            raise ApiError(check.get("code", "bad_params"), check.get("message", "invalid workflow"),
+                           check.get("details"))
+        described = check.get("describe") or {}
+        return {"workflow": workflow, "function": check.get("function"), "doc": described.get("doc", ""),
+                "params": described.get("params", []), "bound": check.get("params", {})}
 
 
 @register
@@ -191,7 +336,8 @@ class ListSessions(Request):
                           hint=f"a list of statuses ({', '.join(STATUSES)})")
         limit = self.arg("limit", int, 200, check=lambda n: 0 < n <= 10_000, hint="1-10000")
         rows = self.daemon.store.sessions(status=status, limit=limit)
-        return {"sessions": [live_view(self, r) for r in rows]}
+        live, positions = self.daemon.monitor.snapshot(), self.daemon.supervisor.queue.positions()
+        return {"sessions": [live_view(self, r, live, positions) for r in rows]}
 
 
 @register
@@ -214,6 +360,8 @@ class Stop(Request):
         row = resolve_session(self)
         grace = self.arg("grace", (int, float), self.daemon.cfg.stop_grace, check=lambda g: 0 <= g <= 3600,
                          hint="seconds between 0 and 3600")
+        if self.daemon.supervisor.dequeue(row["id"], "client"):
+            return {"session": row["id"], "stopping": True, "grace": grace, "was_queued": True}
         if row["status"] in TERMINAL_STATUSES or not self.daemon.supervisor.stop(row["id"], "client", grace):
             raise ApiError("not_running", f"session {row['id']} is not running (status {row['status']})")
         return {"session": row["id"], "stopping": True, "grace": grace}
@@ -225,6 +373,8 @@ class Kill(Request):
 
     def execute(self) -> Any:
         row = resolve_session(self)
+        if self.daemon.supervisor.dequeue(row["id"], "client"):
+            return {"session": row["id"], "killing": True, "was_queued": True}
         if row["status"] in TERMINAL_STATUSES or not self.daemon.supervisor.kill(row["id"], "client"):
             raise ApiError("not_running", f"session {row['id']} is not running (status {row['status']})")
         return {"session": row["id"], "killing": True}

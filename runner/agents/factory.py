@@ -22,6 +22,7 @@ from labd.runner.agents.tracking import Tracker
 from labd.runner.approvals import Approvals
 from labd.runner.context import current_node
 from labd.runner.files import FileTracker
+from labd.runner.roles import BUILTIN, pick
 
 __all__ = ["AgentFactory", "ModelError", "PROVIDERS"]
 
@@ -48,9 +49,12 @@ class AgentFactory:
     def __init__(self, *, emit: Callable[..., int], new_node_id: Callable[[], str], workdir: Path,
                  models: Mapping[str, Mapping[str, Any]], prices: Mapping[str, Mapping[str, float]],
                  secrets: Mapping[str, str], approvals: Approvals, files: FileTracker,
-                 mcp_servers: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 mcp_servers: Mapping[str, Mapping[str, Any]] | None = None,
+                 roles: Mapping[str, Any] | None = None, role_overrides: Mapping[str, str] | None = None) -> None:
         self.models = dict(models)
         self.mcp_servers = dict(mcp_servers or {})
+        self.roles = dict(roles or BUILTIN)
+        self.role_overrides = dict(role_overrides or {})
         self.secrets = secrets
         self.approvals = approvals
         self.workdir = workdir
@@ -112,6 +116,16 @@ class AgentFactory:
         prompt = [system_prompt] if isinstance(system_prompt, str) else list(system_prompt)
         return Agent(name, prompt, config=config, tools=all_tools, middleware=middleware, observers=observers,
                      hitl_hook=kwargs.pop("hitl_hook", self._human_input_hook(name)), **kwargs)
+
+    def role(self, wanted: str, *, name: str | None = None, model: Any = "default", **kwargs: Any) -> Any:
+        """A tracked agent for the registry role ``wanted`` (after the session's ``--agent`` overrides).
+
+        The role's own model, if it names one, wins over ``model`` (the workflow's default); ``name`` is the
+        agent's name in the record (default: the role asked for, so the DAG reads the same whatever replaced it)."""
+        role = pick(self.roles, self.role_overrides, wanted)
+        return self.agent(name or wanted, role.system_prompt, model=role.model or model,
+                          code_execution=role.code_execution or kwargs.pop("code_execution", False),
+                          mcp=[*role.mcp, *kwargs.pop("mcp", [])], **kwargs)
 
     def _human_input_hook(self, agent: str) -> Callable[..., Any]:
         async def hook(request: Any) -> str:

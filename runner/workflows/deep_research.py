@@ -11,7 +11,6 @@ import asyncio
 from typing import Any
 
 from labd.runner.context import Context
-from labd.runner.workflows import prompts
 from labd.runner.workflows.planning import make_plan, run_step
 
 __all__ = ["deep_research"]
@@ -25,7 +24,7 @@ def deep_research(ctx: Context, question: str = DEFAULT_QUESTION, subquestions: 
 
     async def review(i: int) -> str:
         with ctx.step(f"review {i}", depends_on=[]):
-            researcher = ctx.agent(f"researcher_{i}", prompts.RESEARCHER, model=model)
+            researcher = ctx.role("researcher", name=f"researcher_{i}", model=model)
             return (await researcher.ask(f"Literature question {i} about: {question}")).body or ""
 
     async def execute(plan: Any) -> list[str]:
@@ -52,7 +51,7 @@ def deep_research(ctx: Context, question: str = DEFAULT_QUESTION, subquestions: 
         with ctx.step("control", kind="phase"):
             results = await execute(plan)
         with ctx.step("synthesis", kind="phase"):
-            writer = ctx.agent("writer", prompts.WRITER, model=model)
+            writer = ctx.role("writer", model=model)
             report = (await writer.ask("\n".join([f"Question: {question}", *notes, *results]))).body or ""
             (ctx.workdir / "report.md").write_text(report)
         return {"notes": notes, "results": results, "report": "report.md"}

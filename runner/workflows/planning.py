@@ -17,7 +17,6 @@ from typing import Any
 
 from labd.runner.approvals import Decision
 from labd.runner.context import Context
-from labd.runner.workflows import prompts
 
 __all__ = ["planning_and_control", "hitl", "Plan", "PlanStep", "StepFailed", "make_plan", "run_step"]
 
@@ -68,8 +67,8 @@ def parse_plan(text: str, max_steps: int) -> Plan:
 async def make_plan(ctx: Context, task: str, max_steps: int, model: str, *, feedback: str | None = None,
                     hypothesis: str | None = None) -> Plan:
     """Planner proposes, reviewer approves or sends it back once."""
-    planner = ctx.agent("planner", prompts.PLANNER, model=model)
-    reviewer = ctx.agent("plan_reviewer", prompts.PLAN_REVIEWER, model=model)
+    planner = ctx.role("planner", model=model)
+    reviewer = ctx.role("plan_reviewer", model=model)
     request = f"Task: {task}\nMake a plan with at most {max_steps} steps."
     if feedback:
         request += f"\nFeedback: {feedback}"
@@ -85,9 +84,7 @@ async def make_plan(ctx: Context, task: str, max_steps: int, model: str, *, feed
 async def run_step(ctx: Context, index: int, total: int, step: PlanStep, model: str, max_retries: int, *,
                    instructions: str | None = None, hypothesis: str | None = None) -> str:
     """Run one plan step with its agent, retrying with the error fed back; raises StepFailed."""
-    engineer = step.agent == "engineer"
-    agent = ctx.agent(step.agent, prompts.ENGINEER if engineer else prompts.RESEARCHER, model=model,
-                      code_execution=engineer)
+    agent = ctx.role(step.agent, model=model)
     error = None
     for _attempt in range(max_retries + 1):
         msg = f"Step {index} of {total}: {step.goal}"

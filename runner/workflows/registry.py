@@ -3,17 +3,25 @@
 A workflow is a function ``fn(ctx, **params)``. Its parameters are its keyword arguments; their
 annotations (``int``, ``float``, ``bool``, ``str``) convert string values from the command line, and
 parameters without a default are required. Built-ins have short names (``demo.count``); anything else
-is an import path ``package.module:function``.
+is an import path ``package.module:function`` or a file ``path/to/flows.py`` (``:function`` optional when
+the file defines one). Names are resolved where the *client* stands: the daemon passes the client's
+working directory and PYTHONPATH, which the runner (and the inspecting child) put first on ``sys.path``.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
+import os
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
-__all__ = ["BUILTINS", "WorkflowError", "resolve", "bind_params", "describe", "is_builtin"]
+__all__ = ["BUILTINS", "Target", "WorkflowError", "bind_params", "canonical", "describe", "is_builtin", "parse_target",
+           "resolve"]
 
 BUILTINS: dict[str, str] = {
     "demo.count": "labd.runner.workflows.demo:count",
@@ -43,23 +51,128 @@ def is_builtin(name: str) -> bool:
     return name in BUILTINS
 
 
-def resolve(name: str) -> Callable[..., Any]:
-    """Import and return the workflow function for a built-in name or ``module:function`` path."""
+@dataclass(frozen=True)
+class Target:
+    """What a workflow name points at, found without importing anything.
+
+    ``module`` is an import path (``mypkg.flows``) or ``file`` a path to a ``.py`` file; ``attr`` is the
+    function's name, or None for a file whose single public function is the workflow.
+    """
+
+    module: str | None
+    file: str | None
+    attr: str | None
+
+    def label(self) -> str:
+        return f"{self.module or self.file}:{self.attr}" if self.attr else str(self.file)
+
+
+def _is_file_ref(ref: str) -> bool:
+    return ref.endswith(".py") or "/" in ref or ref.startswith(".")
+
+
+def parse_target(name: str, cwd: str | None = None) -> Target:
+    """Split a built-in name, ``package.module:function``, ``path/to/flows.py[:function]`` into a :class:`Target`.
+
+    Relative file paths are made absolute against ``cwd`` (the client's working directory). Raises
+    :class:`WorkflowError` ``unknown_workflow`` for names that cannot be any of these.
+    """
     path = BUILTINS.get(name, name)
-    if ":" not in path:
+    ref, sep, attr = path.rpartition(":") if ":" in path else (path, "", "")
+    if sep and not attr.isidentifier():
+        raise WorkflowError("unknown_workflow", f"bad workflow {name!r}: {attr!r} after ':' is not a function name")
+    if _is_file_ref(ref):
+        file = os.path.expanduser(ref)
+        if not os.path.isabs(file):
+            if not cwd:
+                raise WorkflowError("unknown_workflow", f"workflow file {ref!r} is relative, and no working "
+                                    "directory came with the request to resolve it against")
+            file = os.path.join(cwd, file)
+        return Target(None, os.path.normpath(file), attr or None)
+    if not sep:
         raise WorkflowError("unknown_workflow", f"unknown workflow {name!r}: not a built-in "
-                            f"({', '.join(sorted(BUILTINS))}) and not an import path 'package.module:function'")
-    module_name, _, attr = path.partition(":")
+                            f"({', '.join(sorted(BUILTINS))}), not package.module:function, "
+                            "and not a file (path/to/flows.py or ./flows.py:function)")
+    if not all(part.isidentifier() for part in ref.split(".")):
+        raise WorkflowError("unknown_workflow", f"bad workflow {name!r}: {ref!r} is not a module import path")
+    return Target(ref, None, attr)
+
+
+def canonical(name: str, cwd: str | None = None) -> str:
+    """The name to record and hand to the runner: built-ins as given, files with an absolute path."""
+    if is_builtin(name):
+        return name
+    t = parse_target(name, cwd)
+    return t.label() if t.file else name
+
+
+def _searched(search: list[str] | None) -> str:
+    if not search:
+        return ""
+    return f"; searched {', '.join(search)} (the client's directory and PYTHONPATH), then labd's own path"
+
+
+def _load_file(file: str) -> ModuleType:
+    if not os.path.isfile(file):
+        raise WorkflowError("unknown_workflow", f"no workflow file {file}")
+    name = os.path.splitext(os.path.basename(file))[0]
+    # As `python path/to/flows.py` does: the file's folder first, so its sibling modules import.
+    folder = os.path.dirname(file)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise WorkflowError("unknown_workflow", f"cannot load {file} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # pickling (multiprocessing) and dataclasses look their module up by name
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise WorkflowError("unknown_workflow", f"cannot import workflow module {module_name!r}: {exc}") from None
+        spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - user code failing at import is reported, not raised
-        raise WorkflowError("workflow_import_failed",
-                            f"importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
-    fn = getattr(module, attr, None)
+        sys.modules.pop(name, None)
+        raise WorkflowError("workflow_import_failed", f"running {file} raised {type(exc).__name__}: {exc}") from None
+    return module
+
+
+def _single_function(module: ModuleType, file: str) -> Callable[..., Any]:
+    """The workflow of a file named without ``:function``: its one public function taking ``ctx`` first."""
+    funcs = [f for n, f in vars(module).items() if inspect.isfunction(f) and not n.startswith("_")
+             and f.__module__ == module.__name__ and inspect.signature(f).parameters]
+    if len(funcs) != 1:  # helpers beside it: the one whose first parameter is ctx
+        funcs = [f for f in funcs if next(iter(inspect.signature(f).parameters)) == "ctx"] or funcs
+    if len(funcs) == 1:
+        return funcs[0]  # type: ignore[no-any-return]
+    if not funcs:
+        raise WorkflowError("unknown_workflow", f"{file} defines no public function fn(ctx, ...) to run")
+    names = sorted(f.__name__ for f in funcs)
+    raise WorkflowError("unknown_workflow", f"{file} defines several workflows ({', '.join(names)}): "
+                        f"name one, e.g. {file}:{names[0]}")
+
+
+def resolve(name: str, cwd: str | None = None, search: list[str] | None = None) -> Callable[..., Any]:
+    """Import and return the workflow function for a built-in name, ``module:function`` or a ``.py`` file.
+
+    The caller has put the client's directories on ``sys.path``; ``search`` names them in error messages.
+    """
+    target = parse_target(name, cwd)
+    if target.file is not None:
+        module = _load_file(target.file)
+        if target.attr is None:
+            return _single_function(module, target.file)
+        where = target.file
+    else:
+        assert target.module is not None
+        where = repr(target.module)
+        try:
+            module = importlib.import_module(target.module)
+        except ImportError as exc:
+            raise WorkflowError("unknown_workflow", f"cannot import workflow module {target.module!r}: {exc}"
+                                f"{_searched(search)}") from None
+        except Exception as exc:  # noqa: BLE001 - user code failing at import is reported, not raised
+            raise WorkflowError("workflow_import_failed",
+                                f"importing {target.module!r} raised {type(exc).__name__}: {exc}") from None
+    fn = getattr(module, target.attr or "", None)
     if not callable(fn):
-        raise WorkflowError("unknown_workflow", f"module {module_name!r} has no callable {attr!r}")
+        raise WorkflowError("unknown_workflow", f"{where} has no function {target.attr!r}")
     return fn  # type: ignore[no-any-return]
 
 

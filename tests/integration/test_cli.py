@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-
-def labd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "labd", *args], capture_output=True, text=True,
-                          timeout=timeout)
+from tests.integration.cli_support import labd
 
 
 def test_run_follow_streams_output_and_exit_code_reflects_the_outcome(daemon) -> None:

@@ -62,3 +62,93 @@ def test_stop_ladder_records_the_step_that_ended_the_session(client, workflow, e
     assert final["status"] == "cancelled"
     assert final["ended_by"] == expected_step
     assert f"ended by {expected_step}" in final["reason"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _marked(sid: str) -> list[int]:
+    """Live processes whose environment carries the session's marker."""
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get("LABD_SESSION_ID") == sid:
+                out.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
+def _output(client, sid: str) -> str:
+    return "".join(e["payload"]["text"] for e in client.history(sid) if e["kind"] == "output")
+
+
+def test_setsid_double_forked_child_dies_with_stop(client) -> None:
+    """A grandchild that double-forked and called setsid (own group, parent gone) is still counted in the
+    session's tree and is killed when the session is stopped."""
+    sid = client.start("labd_testflows:escapee")
+    text = wait_until(lambda: "escapee" in _output(client, sid) and _output(client, sid), timeout=60,
+                      what="escapee pid")
+    pid = int(text.split("escapee ")[1].split()[0])
+    assert _alive(pid)
+    assert psutil.Process(pid).ppid() == client.session(sid)["pid"]  # the runner adopted the orphan
+    wait_until(lambda: (client.session(sid).get("live") or {}).get("num_procs", 0) >= 2, timeout=30,
+               what="the escapee counted in the tree")
+    client.stop(sid, grace=0.5)
+    assert client.wait(sid, timeout=60)["status"] == "cancelled"
+    wait_until(lambda: not _alive(pid), timeout=30, what="the escaped grandchild to die")
+
+
+def test_fork_storm_is_stopped_by_the_process_limit(client) -> None:
+    """2000 children under procs=100: the breach is recorded and every process of the session dies."""
+    sid = client.request("session.start", workflow="labd_testflows:fork_storm", params={"children": 2000},
+                         limits={"procs": 100})["session"]
+    final = client.wait(sid, timeout=90)
+    assert final["status"] == "failed", final
+    assert final["reason"].startswith("killed: processes "), final["reason"]
+    breach = [e for e in client.history(sid) if e["kind"] == "limit.exceeded"][0]["payload"]
+    assert breach["limit"] == "processes" and breach["max"] == 100 and breach["measured"] > 100
+    wait_until(lambda: not _marked(sid), timeout=60, what="every process of the session gone")
+
+
+def test_shared_pages_count_once(client) -> None:
+    """300 idle `sleep` children: the tree's memory (PSS) is a small fraction of the summed RSS that
+    counted each shared library page once per process."""
+    sid = client.start("labd_testflows:sleepers", params={"children": 300})
+    wait_until(lambda: "sleepers 300" in _output(client, sid), timeout=60, what="children started")
+    live = wait_until(lambda: (lambda v: v if v and v["num_procs"] >= 301 else None)(client.session(sid)["live"]),
+                      timeout=30, what="tree sampled")
+    client.kill(sid)
+    assert live["rss"] < live["rss_sum"] / 2, live
+    assert live["rss"] < 300 * 2**20, live  # summed RSS is ~300 x 1-2 MiB; PSS well under 1 MiB each
+
+
+def test_cpu_of_short_lived_children_is_counted(client) -> None:
+    """CPU burnt by children that live ~50 ms each counts against a 25 % limit (their times reach the
+    tree through the parent's cutime/cstime): the children together get at most ~25 % of a core."""
+    sid = client.start("labd_testflows:busy_children", params={"seconds": 5}, cpu="25%")
+    final = client.wait(sid, timeout=90)
+    assert final["status"] == "completed", final
+    share = [e for e in client.history(sid) if e["kind"] == "session.finished"][0]["payload"]["result"]
+    assert share <= 25 * 1.3, f"children used {share} % of a core under a 25 % limit"
+
+
+@pytest.mark.parametrize(("limits", "words"), [
+    ({"memory": "512"}, "no unit"),
+    ({"memory": 4096}, "below what a runner needs"),
+    ({"memory": "1M"}, "below what a runner needs"),
+    ({"cpu": 0.5}, "50% = half a core"),
+    ({"procs": 0}, "procs must be"),
+])
+def test_limits_that_cannot_work_are_refused(client, limits, words) -> None:
+    """A limit that would kill every session (or means something else than it reads) is refused at start."""
+    from labd.ipc import LabdError
+
+    with pytest.raises(LabdError) as err:
+        client.request("session.start", workflow="demo.sleep", params={"seconds": 1}, limits=limits)
+    assert err.value.code == "bad_limits" and words in str(err.value), str(err.value)
+    assert client.sessions() == []

@@ -122,6 +122,7 @@ def test_an_agent_session_is_exported_as_a_span_tree_with_genai_attributes(isola
             want = _expected(c, sid)
             wait_until(lambda: _got(rx.of(sid)) == want, timeout=30, what=f"spans {want}")
             status = c.status()
+            assert d.stop() == 0, d.log()[-2000:]  # the exporter thread stops cleanly with the daemon
         spans = rx.of(sid)
         assert len({s["id"] for s in spans}) == len(spans)  # none twice
         assert len({s["trace"] for s in spans}) == 1

@@ -210,3 +210,52 @@ def mcp_agent(ctx) -> str:
 
     with ctx.step("add"):
         return ctx.run(ask())
+ESCAPE = """
+import os, sys, time
+if os.fork():
+    os._exit(0)           # the intermediate parent exits: the grandchild is an orphan
+os.setsid()               # own session and process group: a signal to the runner's group misses it
+print(os.getpid(), flush=True)
+null = os.open(os.devnull, os.O_RDWR)
+for fd in (0, 1, 2):      # let go of the parent's pipes, as a daemon does (else run() waits for their EOF)
+    os.dup2(null, fd)
+time.sleep(300)
+"""
+
+
+def escapee(ctx) -> int:
+    """Starts a setsid + double-forked grandchild (pid printed as 'escapee <pid>') and keeps running."""
+    out = subprocess.run([sys.executable, "-c", ESCAPE], capture_output=True, text=True, check=True)
+    pid = int(out.stdout.split()[0])
+    print(f"escapee {pid}", flush=True)
+    time.sleep(300)
+    return pid
+
+
+def fork_storm(ctx, children: int = 2000) -> int:
+    """Starts ``children`` sleeping processes as fast as it can, then waits."""
+    procs = []
+    for i in range(children):
+        procs.append(subprocess.Popen(["sleep", "300"]))
+        if i % 100 == 0:
+            print(f"started {i}", flush=True)
+    time.sleep(300)
+    return len(procs)
+
+
+def sleepers(ctx, children: int = 300) -> int:
+    """Starts ``children`` idle ``sleep`` processes, says so, and waits."""
+    procs = [subprocess.Popen(["sleep", "300"]) for _ in range(children)]
+    print(f"sleepers {len(procs)}", flush=True)
+    time.sleep(300)
+    return len(procs)
+
+
+def busy_children(ctx, seconds: float = 4.0) -> float:
+    """Runs short-lived CPU-bound children one after another; returns their CPU time / wall time (percent)."""
+    start, t0 = time.monotonic(), os.times()
+    while time.monotonic() - start < seconds:
+        subprocess.run(["sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"], check=True)
+    t1 = os.times()
+    used = (t1.children_user - t0.children_user) + (t1.children_system - t0.children_system)
+    return round(used / (time.monotonic() - start) * 100, 1)

@@ -1,15 +1,12 @@
-"""Unit tests for daemon.config: size/duration/percent parsing and config precedence."""
+"""Unit tests for daemon.config: config precedence and checks (unit parsing: test_units.py)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from labd.daemon.config import Config, ConfigError, load_config, parse_duration, parse_percent, parse_size
-
-MiB, GiB = 2**20, 2**30
+from labd.daemon.config import Config, ConfigError, load_config
 
 
 @pytest.fixture(autouse=True)
@@ -17,74 +14,6 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No LABD_* config variables leak in from the outer environment."""
     for name in ("LABD_DB", "LABD_LOG_FORMAT", "LABD_LOG_LEVEL"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.mark.parametrize(("text", "value"), [
-    ("1048576", 1048576), ("512M", 512 * MiB), ("512m", 512 * MiB), ("512MB", 512 * MiB), ("512MiB", 512 * MiB),
-    ("2G", 2 * GiB), ("2gb", 2 * GiB), ("1.5G", int(1.5 * GiB)), ("64K", 64 * 1024), ("64kib", 64 * 1024),
-    ("100B", 100), (" 8M ", 8 * MiB), ("12 MB", 12 * MiB),
-])
-def test_parse_size_good(text: str, value: int) -> None:
-    """Sizes with or without unit (K/M/G, optional B / iB, any case) parse to bytes."""
-    assert parse_size(text) == value
-
-
-@pytest.mark.parametrize("text", ["", "M", "abc", "0", "0M", "-1M", "5T", "5KG", "5MBB", "1,5G", "GiB"])
-def test_parse_size_bad(text: str) -> None:
-    """Empty, unitless garbage, non-positive, unknown or doubled units raise ConfigError."""
-    with pytest.raises(ConfigError, match="bad size"):
-        parse_size(text)
-
-
-@pytest.mark.parametrize("text", ["nan", "inf", "infM"])
-def test_parse_size_non_finite_is_a_config_error(text: str) -> None:
-    """'nan' / 'inf' are bad sizes: ConfigError, not a ValueError/OverflowError escaping from int()."""
-    with pytest.raises(ConfigError):
-        parse_size(text)
-
-
-@pytest.mark.parametrize(("text", "value"), [
-    ("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("1h", 3600.0), ("2d", 172800.0), ("1.5h", 5400.0),
-    ("0.5", 0.5), (" 10S ", 10.0),
-])
-def test_parse_duration_good(text: str, value: float) -> None:
-    """Durations in s/m/h/d (default seconds) parse to seconds."""
-    assert parse_duration(text) == value
-
-
-@pytest.mark.parametrize("text", ["", "s", "abc", "10x", "5ms", "0", "0s", "-1m", "1h30m"])
-def test_parse_duration_bad(text: str) -> None:
-    """Garbage, unknown units and non-positive durations raise ConfigError."""
-    with pytest.raises(ConfigError, match="bad duration"):
-        parse_duration(text)
-
-
-@pytest.mark.parametrize("text", ["nan", "nans"])
-def test_parse_duration_nan_is_a_config_error(text: str) -> None:
-    """'nan' is not a usable timeout: ConfigError instead of returning float('nan')."""
-    with pytest.raises(ConfigError):
-        parse_duration(text)
-
-
-@pytest.mark.parametrize(("text", "value"), [("50%", 50.0), ("50", 50.0), (" 12.5% ", 12.5), ("100", 100.0)])
-def test_parse_percent_good(text: str, value: float) -> None:
-    """Percent with or without '%' parses to a float."""
-    assert parse_percent(text) == value
-
-
-def test_parse_percent_allows_up_to_all_cores() -> None:
-    """The upper bound is 100% per core."""
-    cores = os.cpu_count() or 1
-    assert parse_percent(f"{100 * cores}%") == 100.0 * cores
-    with pytest.raises(ConfigError, match="between"):
-        parse_percent(f"{100 * cores + 1}%")
-
-
-@pytest.mark.parametrize("text", ["", "%", "abc", "0", "0%", "-5%", "nan", "inf"])
-def test_parse_percent_bad(text: str) -> None:
-    """Non-numbers, zero, negatives and non-finite values raise ConfigError."""
-    with pytest.raises(ConfigError, match="bad CPU limit"):
-        parse_percent(text)
 
 
 # ---- load_config ------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Unit tests for the store: migrations, BatchWriter.commit and the Store read queries on a temp SQLite file."""
+"""Unit tests for the store: migrations, BatchWriter.commit, retention and the Store read queries — each run on
+both backends: a temp SQLite file and a real PostgreSQL server (a fresh schema per test)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,31 @@ CREATED = {"workflow": "demo.count", "name": "first", "params": {"n": 2}, "limit
            "workdir": "/w/s1"}
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    """A migrated SQLite database in tmp_path."""
-    eng = open_engine(f"sqlite:///{tmp_path / 'labd.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated database: SQLite in tmp_path, or a fresh schema on the test run's PostgreSQL server."""
+    if request.param == "sqlite":
+        eng = open_engine(f"sqlite:///{tmp_path / 'labd.db'}")
+        migrate(eng)
+        yield eng
+        eng.dispose()
+        return
+    import uuid
+
+    import sqlalchemy as sa
+
+    url = request.getfixturevalue("postgres_url")
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    eng = open_engine(f"{url}?options=-csearch_path%3D{schema}")
     migrate(eng)
     yield eng
     eng.dispose()
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
 
 
 @pytest.fixture
@@ -205,3 +224,28 @@ def test_restored_cursor_finalizes_like_the_original(engine: Engine, writer: Bat
     ended = {"ended_by": "monitor", "exit_code": 1}
     apply(restored, 5, 10.0, "session.ended", "d", None, ended, RowChanges())
     assert (ended["status"], ended["reason"]) == ("failed", "workflow failed: ValueError: boom")
+
+
+def test_delete_sessions_removes_every_row_and_only_theirs(engine: Engine, writer: BatchWriter) -> None:
+    """Retention deletes every row of the named sessions in every per-session table, and nothing of others;
+    prune_candidates picks terminal sessions by end time and status."""
+    from sqlalchemy import func, select
+
+    from labd.store.retention import prune_candidates
+    from labd.store.schema import metadata
+
+    cursors: dict[str, SessionCursor] = {}
+    _run_session(writer, cursors, "old", base_ts=0.0)
+    _run_session(writer, cursors, "new", base_ts=5000.0)
+    assert prune_candidates(engine, ended_before=1000.0) == ["old"]
+    assert prune_candidates(engine, ended_before=1e12, statuses=["failed"]) == []
+    counts = writer.delete_sessions(["old"])
+    assert counts["sessions"] == 1 and counts["events"] == 8
+    with engine.connect() as conn:
+        for table in metadata.sorted_tables:
+            col = table.c.get("session_id") if "session_id" in table.c else table.c.get("id")
+            if col is None:
+                continue
+            assert conn.execute(select(func.count()).where(col == "old")).scalar() == 0, table.name
+        assert conn.execute(select(func.count()).select_from(metadata.tables["events"])).scalar() == 8
+    assert Store(engine).session("new") is not None

@@ -1,0 +1,196 @@
+"""The TCP gateway: the control and event sockets on ``tcp://``, always encrypted and authenticated (CurveZMQ).
+
+``labd serve --listen tcp://0.0.0.0:7450`` (or ``[daemon] listen``) starts one thread that owns two TCP sockets
+and relays them to the daemon's local ``ipc://`` sockets, so the daemon's main loop and ingest are unchanged:
+
+- control: a ROUTER on PORT. Each remote client gets its own DEALER connected to the local control socket;
+  its frames (still HMAC-signed by the client, and checked by the daemon as usual) are passed through, and the
+  replies come back to it. Idle relays are closed (at most :data:`MAX_RELAYS`).
+- events: an XPUB on PORT+1 fed by an XSUB connected to the local event socket; subscriptions travel upstream,
+  so ingest still encodes a session's live tail only while somebody follows it.
+
+Both TCP sockets are CURVE servers; the ZAP handler (pyzmq's ``ThreadAuthenticator``) admits only client public
+keys in ``<home>/curve/clients/`` — written by ``remote.add`` — and only over CURVE: a plain TCP peer, or one
+with an unknown key, never completes the handshake. The server keypair lives in ``<home>/curve/server.key_secret``
+(0600), created once; its public half goes into every connection file given out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+__all__ = ["Gateway", "check_listen", "curve_dir", "ensure_server_keys", "add_client"]
+
+MAX_RELAYS = 256
+RELAY_IDLE_S = 300.0
+
+
+class ListenError(ValueError):
+    """A ``--listen`` address labd will not serve."""
+
+
+def check_listen(address: str) -> tuple[str, int]:
+    """``tcp://HOST:PORT`` -> (host, port). Only TCP is accepted here: local clients use ``ipc://`` already."""
+    if not address.startswith("tcp://"):
+        raise ListenError(f"--listen takes tcp://HOST:PORT (got {address!r}); local clients use ipc:// already")
+    host, _, port = address[len("tcp://"):].rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65535:
+        raise ListenError(f"bad listen address {address!r}: use tcp://HOST:PORT (events use PORT+1)")
+    return host, int(port)
+
+
+def curve_dir(home: Path) -> Path:
+    return home / "curve"
+
+
+def ensure_server_keys(home: Path) -> tuple[bytes, bytes]:
+    """The daemon's CURVE keypair (public, secret), created once in ``<home>/curve`` (0700 / 0600)."""
+    d = curve_dir(home)
+    (d / "clients").mkdir(parents=True, exist_ok=True)
+    d.chmod(0o700)
+    secret = d / "server.key_secret"
+    if not secret.exists():
+        pub_path, sec_path = zmq.auth.create_certificates(str(d), "server")
+        Path(pub_path).chmod(0o600)
+        Path(sec_path).chmod(0o600)
+    public, secret_key = zmq.auth.load_certificate(str(secret))
+    assert secret_key is not None
+    return public, secret_key
+
+
+def add_client(home: Path, name: str) -> tuple[bytes, bytes]:
+    """A new client keypair named ``name``; its public key is authorised (written to ``clients/``)."""
+    d = curve_dir(home)
+    tmp = d / "tmp"
+    tmp.mkdir(mode=0o700, exist_ok=True)
+    pub_path, sec_path = zmq.auth.create_certificates(str(tmp), name)
+    public, secret = zmq.auth.load_certificate(sec_path)
+    Path(pub_path).replace(d / "clients" / f"{name}.key")
+    Path(sec_path).unlink()  # the secret half goes to the client only, inside its connection file
+    assert secret is not None
+    return public, secret
+
+
+class Gateway(threading.Thread):
+    """Relays TCP (CURVE) clients to the daemon's local control and event sockets."""
+
+    def __init__(self, home: Path, listen: str, control: str, events: str, max_message: int) -> None:
+        super().__init__(name="labd-gateway", daemon=True)
+        self.host, self.port = check_listen(listen)
+        self.home, self.control, self.events, self.max_message = home, control, events, max_message
+        self.public, self._secret = ensure_server_keys(home)
+        self.log = structlog.get_logger("labd.gateway")
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self._halt = threading.Event()
+        self._ctx = zmq.Context()
+        self._auth: ThreadAuthenticator | None = None
+
+    @property
+    def endpoints(self) -> tuple[str, str]:
+        return f"tcp://{self.host}:{self.port}", f"tcp://{self.host}:{self.port + 1}"
+
+    def reload_clients(self) -> None:
+        """Re-read the authorised client keys (after ``remote.add`` / a removed key file)."""
+        if self._auth is not None:
+            self._auth.configure_curve(domain="labd", location=str(curve_dir(self.home) / "clients"))
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def _server_socket(self, kind: int) -> zmq.Socket:
+        s = self._ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        s.curve_server = True
+        s.curve_publickey = self.public
+        s.curve_secretkey = self._secret
+        s.setsockopt(zmq.ZAP_DOMAIN, b"labd")
+        s.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_message)
+        return s
+
+    def run(self) -> None:
+        try:
+            self._auth = ThreadAuthenticator(self._ctx)
+            self._auth.start()
+            self.reload_clients()
+            router = self._server_socket(zmq.ROUTER)
+            router.bind(self.endpoints[0])
+            xpub = self._server_socket(zmq.XPUB)
+            xpub.bind(self.endpoints[1])
+            xsub = self._ctx.socket(zmq.XSUB)
+            xsub.setsockopt(zmq.LINGER, 0)
+            xsub.connect(self.events)
+        except Exception as exc:  # noqa: BLE001 - reported to the daemon, which refuses to start
+            self.error = exc
+            if self._auth is not None:
+                self._auth.stop()
+            self._ctx.destroy(0)
+            self.ready.set()
+            return
+        self.ready.set()
+        self.log.info("listening on TCP (CurveZMQ)", control=self.endpoints[0], events=self.endpoints[1])
+        relays: dict[bytes, tuple[zmq.Socket, float]] = {}
+        by_sock: dict[zmq.Socket, bytes] = {}
+        poller = zmq.Poller()
+        for s in (router, xpub, xsub):
+            poller.register(s, zmq.POLLIN)
+        try:
+            while not self._halt.is_set():
+                ready = dict(poller.poll(200))
+                if router in ready:
+                    frames = router.recv_multipart()
+                    ident, payload = frames[0], frames[1:]
+                    relay = relays.get(ident)
+                    if relay is None:
+                        if len(relays) >= MAX_RELAYS:
+                            self._close_oldest(relays, by_sock, poller)
+                        sock = self._ctx.socket(zmq.DEALER)
+                        sock.setsockopt(zmq.LINGER, 0)
+                        sock.connect(self.control)
+                        poller.register(sock, zmq.POLLIN)
+                        by_sock[sock] = ident
+                        relay = (sock, time.monotonic())
+                    relays[ident] = (relay[0], time.monotonic())
+                    relay[0].send_multipart(payload)
+                for sock in [s for s in ready if s in by_sock]:
+                    ident = by_sock[sock]
+                    reply = sock.recv_multipart()
+                    try:
+                        router.send_multipart([ident, *reply], zmq.NOBLOCK)
+                    except zmq.ZMQError:
+                        pass  # the remote client is gone
+                if xpub in ready:  # subscriptions from remote followers, upstream
+                    xsub.send(xpub.recv())
+                if xsub in ready:
+                    xpub.send_multipart(xsub.recv_multipart())
+                now = time.monotonic()
+                for ident, (_sock, last) in list(relays.items()):
+                    if now - last > RELAY_IDLE_S:
+                        self._drop(ident, relays, by_sock, poller)
+        finally:
+            for sock in list(by_sock):
+                sock.close(0)
+            for s in (router, xpub, xsub):
+                s.close(0)
+            if self._auth is not None:
+                self._auth.stop()
+            self._ctx.term()
+
+    def _close_oldest(self, relays: dict[bytes, Any], by_sock: dict[zmq.Socket, bytes], poller: zmq.Poller) -> None:
+        oldest = min(relays, key=lambda i: relays[i][1])
+        self._drop(oldest, relays, by_sock, poller)
+
+    @staticmethod
+    def _drop(ident: bytes, relays: dict[bytes, Any], by_sock: dict[zmq.Socket, bytes], poller: zmq.Poller) -> None:
+        sock, _ = relays.pop(ident)
+        by_sock.pop(sock, None)
+        poller.unregister(sock)
+        sock.close(0)

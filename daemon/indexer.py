@@ -1,0 +1,37 @@
+"""The search indexer: a daemon thread that keeps ``<home>/search.db`` (see :mod:`labd.store.search`) up to
+date with the store, about once a second. It reads the store and writes only its own index file."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from labd.store.search import SearchIndex
+
+__all__ = ["Indexer"]
+
+
+class Indexer(threading.Thread):
+    """Runs :meth:`SearchIndex.update` every ``interval`` seconds until stopped."""
+
+    def __init__(self, home: Path, engine: Any, interval: float = 1.0) -> None:
+        super().__init__(name="labd-indexer", daemon=True)
+        self.index = SearchIndex(home / "search.db", engine)
+        self.interval = interval
+        self._halt = threading.Event()  # not `_stop`: Thread has a method of that name
+        self.log = structlog.get_logger("labd.indexer")
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self.index.update()
+            except Exception:  # noqa: BLE001 - a broken index must never take the daemon down
+                self.log.exception("search indexing failed; will retry")
+            self._halt.wait(self.interval)
+        self.index.close()

@@ -1,0 +1,126 @@
+"""The run queue: sessions beyond the daemon's capacity wait, in order, and start as soon as capacity frees.
+
+Capacity is ``[daemon] max_sessions`` (runners at once; 0 = no limit) and, when ``memory_total`` is set,
+the sum of the running sessions' memory limits (a session's ``--memory`` is its reservation). Order is
+``priority`` (higher first), then submission order. The queue is strictly first in, first out within that
+order: a small session never overtakes a bigger one waiting at the head (no starvation of big sessions).
+
+The queue is kept in memory and is rebuilt from the store when a daemon starts (:func:`requeue`): every
+session whose stored status is ``queued`` goes back in, in its original order (``session.queued`` records
+the priority; submission order is ``created_at``). A queued session has no process; stopping it ends it
+``cancelled`` without a runner ever starting.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from labd.daemon.monitor import Limits
+
+__all__ = ["Queued", "RunQueue"]
+
+
+@dataclass(order=True)
+class Queued:
+    """A session waiting for capacity, with what is needed to launch it later."""
+
+    order: tuple[int, float, int]  # (-priority, submitted at, tie-breaker)
+    sid: str = field(compare=False)
+    workflow: str = field(compare=False)
+    params: dict[str, Any] = field(compare=False)
+    limits: Limits = field(compare=False)
+    workdir: str = field(compare=False)
+    priority: int = field(compare=False, default=0)
+    #: the rest of the runner's start spec that belongs to this session (name, sys_path, agent_overrides)
+    extra: dict[str, Any] = field(compare=False, default_factory=dict)
+
+
+class RunQueue:
+    """Capacity bookkeeping and the ordered queue of sessions waiting for it."""
+
+    def __init__(self, max_sessions: int = 0, memory_total: int | None = None) -> None:
+        self.max_sessions = max_sessions
+        self.memory_total = memory_total
+        self._heap: list[Queued] = []
+        self._gone: set[str] = set()  # removed (stopped) entries still in the heap: skipped lazily
+        self._sids: set[str] = set()
+        self._tie = itertools.count()
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.max_sessions) or self.memory_total is not None
+
+    def reservation(self, limits: Limits) -> int:
+        """What a session counts against ``memory_total`` (its memory limit; 0 when no total is set)."""
+        return (limits.memory or 0) if self.memory_total is not None else 0
+
+    def never_fits(self, limits: Limits) -> bool:
+        """True if the session could not start even on an idle daemon."""
+        return self.memory_total is not None and self.reservation(limits) > self.memory_total
+
+    def fits(self, limits: Limits, running: Iterable[Limits]) -> bool:
+        """Whether a session with ``limits`` can start next to the ``running`` ones."""
+        running = list(running)
+        if self.max_sessions and len(running) >= self.max_sessions:
+            return False
+        if self.memory_total is not None:
+            reserved = sum(self.reservation(lim) for lim in running)
+            return reserved + self.reservation(limits) <= self.memory_total
+        return True
+
+    def entry(self, sid: str, workflow: str, params: dict[str, Any], limits: Limits, workdir: str,
+              priority: int = 0, submitted: float = 0.0, extra: dict[str, Any] | None = None) -> Queued:
+        return Queued((-priority, submitted, next(self._tie)), sid, workflow, params, limits, workdir, priority,
+                      extra or {})
+
+    def push(self, q: Queued) -> int:
+        """Queue ``q``; returns its 1-based position."""
+        heapq.heappush(self._heap, q)
+        self._sids.add(q.sid)
+        return self.position(q.sid) or 0
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._sids
+
+    def __len__(self) -> int:
+        return len(self._sids)
+
+    def remove(self, sid: str) -> bool:
+        """Take a session out of the queue (it was stopped); False if it is not queued."""
+        if sid not in self._sids:
+            return False
+        self._sids.discard(sid)
+        self._gone.add(sid)
+        return True
+
+    def _clean_head(self) -> None:
+        while self._heap and self._heap[0].sid in self._gone:
+            self._gone.discard(heapq.heappop(self._heap).sid)
+
+    def admit(self, running: Iterable[Limits]) -> list[Queued]:
+        """Pop, in order, the sessions that fit now (stops at the first one that does not)."""
+        running = list(running)
+        out: list[Queued] = []
+        self._clean_head()
+        while self._heap and self.fits(self._heap[0].limits, running):
+            q = heapq.heappop(self._heap)
+            self._sids.discard(q.sid)
+            out.append(q)
+            running.append(q.limits)
+            self._clean_head()
+        return out
+
+    def position(self, sid: str) -> int | None:
+        """1-based place in the queue, or None if not queued."""
+        if sid not in self._sids:
+            return None
+        live = sorted(q for q in self._heap if q.sid in self._sids)
+        return next(i for i, q in enumerate(live, 1) if q.sid == sid)
+
+    def positions(self) -> dict[str, int]:
+        live = sorted(q for q in self._heap if q.sid in self._sids)
+        return {q.sid: i for i, q in enumerate(live, 1)}

@@ -1,0 +1,189 @@
+"""A session's events as a person reads them: its output verbatim, agent activity as one short line each.
+
+Used by ``labd logs`` and ``labd run --follow``. The workflow's stdout goes to our stdout and its stderr
+to our stderr, byte for byte, so ``labd logs S > out.txt`` captures exactly what it printed; activity lines
+(steps, agent turns, tool calls, code runs, costs, approvals waiting, the end) go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from labd.frontends.cli.output import Output
+from labd.ipc.units import format_duration, format_size
+
+__all__ = ["Activity", "Line"]
+
+
+class Line(NamedTuple):
+    """One printable piece: ``stream`` is stdout / stderr (verbatim text) or note (an activity line)."""
+
+    ts: float
+    stream: str
+    text: str
+    style: str | None = None
+
+
+def _short(value: Any, n: int = 100) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _dur(p: dict[str, Any]) -> str:
+    d = p.get("duration")
+    return format_duration(d) if isinstance(d, int | float) else ""
+
+
+_LOG_STYLE = {"debug": "dim", "info": "dim", "warning": "yellow", "error": "red", "critical": "bold red"}
+_STANDARD_DECISIONS = {"approve", "reject", "modify", "redo"}
+
+
+class Activity:
+    """Renders events of one session; keeps the running cost total and where output lines start."""
+
+    def __init__(self, session: str, *, raw: bool = False) -> None:
+        self.session = session
+        self.raw = raw
+        self.cost = 0.0
+
+    def lines(self, ev: dict[str, Any]) -> list[Line]:
+        """What to print for ``ev`` (possibly nothing)."""
+        kind, p, ts = ev["kind"], ev.get("payload") or {}, ev.get("ts") or 0.0
+        if kind == "output":
+            stream = "stderr" if p.get("stream") == "stderr" else "stdout"
+            return [Line(ts, stream, piece) for piece in str(p.get("text", "")).splitlines(keepends=True)]
+        if self.raw:
+            return []
+        note = self._note(kind, p, ev)
+        if note is None:
+            return []
+        texts = note if isinstance(note, list) else [note]
+        return [Line(ts, "note", text, style) for text, style in texts]
+
+    def _note(self, kind: str, p: dict[str, Any], ev: dict[str, Any]) -> Any:  # noqa: C901 - one branch per kind
+        node = ev.get("node_id") or ""
+        agent = p.get("agent", "")
+        if kind == "log":
+            fields = " ".join(f"{k}={v}" for k, v in (p.get("fields") or {}).items() if k != "session_id")
+            level = str(p.get("level", "info"))
+            return (f"[{level}] {p.get('event', '')} {fields}".rstrip(), _LOG_STYLE.get(level, "dim"))
+        if kind == "step.started":
+            return (f"▸ {node} {p['name']}" + (f" ({p['kind']})" if p.get("kind") not in (None, "step") else ""),
+                    "bold cyan")
+        if kind == "step.finished":
+            ok = p["status"] == "completed"
+            mark = "✓" if ok else "✗"
+            err = f": {_short(p['error'], 160)}" if p.get("error") else ""
+            return (f"{mark} {node} {p['name']} {p['status']} in {_dur(p)}{err}", "green" if ok else "bold red")
+        if kind == "agent.turn.started":
+            what = f": {_short(p['input'], 100)}" if p.get("input") else ""
+            return (f"  {agent} · turn {node}{what}", "magenta")
+        if kind == "agent.turn.finished":
+            ok = p["status"] == "completed"
+            err = f": {_short(p['error'], 120)}" if p.get("error") else ""
+            return (f"  {agent} · turn {node} {p['status']} in {_dur(p)}{err}", "dim" if ok else "red")
+        if kind == "agent.message":
+            return (f"  {agent}: {_short(p['content'], 160)}", None)
+        if kind == "llm.response":
+            usage = p.get("usage") or {}
+            toks = (f", {usage.get('prompt_tokens', 0)}+{usage.get('completion_tokens', 0)} tokens"
+                    if usage else "")
+            if p.get("status") != "ok" and p.get("error"):
+                return (f"  {agent} ← {p['model']} failed: {_short(p['error'], 120)}", "red")
+            return (f"  {agent} ← {p['model']} in {_dur(p)}{toks}" + (" (offline)" if p.get("offline") else ""),
+                    "dim")
+        if kind == "tool.call":
+            args = f"({_short(p['arguments'], 80)})" if p.get("arguments") not in (None, "", {}) else "()"
+            return (f"  {agent} → {p['name']}{args}", "yellow")
+        if kind == "tool.result":
+            ok = p["status"] in ("ok", "completed", "success")
+            detail = _short(p.get("error") or p.get("result") or "", 100)
+            return (f"  {agent} ← {p['name']} {p['status']} in {_dur(p)}" + (f": {detail}" if detail else ""),
+                    "dim" if ok else "red")
+        if kind == "code.execution":
+            out = str(p.get("output") or "").strip().splitlines()
+            first = f": {_short(out[0], 100)}" if out else ""
+            return (f"  {agent} ran {p['language']} code, exit {p['exit_code']} in {_dur(p)}{first}",
+                    "yellow" if p["exit_code"] == 0 else "red")
+        if kind == "subagent.started":
+            return (f"  {agent} ⇒ {p['child']}" + (f": {_short(p['objective'], 100)}" if p.get("objective") else ""),
+                    "magenta")
+        if kind == "subagent.finished":
+            return (f"  {agent} ⇐ {p['child']} {p['status']}", "dim")
+        if kind == "cost.recorded":
+            self.cost += float(p.get("cost") or 0.0)
+            offline = " (offline, nominal)" if p.get("offline") else ""
+            return (f"  $ {p['cost']:.6f} {p['model']}{offline} · session total ${self.cost:.6f}", "dim")
+        if kind in ("file.created", "file.changed"):
+            mark = "+" if kind == "file.created" else "~"
+            return (f"  {mark} {p['path']} ({format_size(p.get('size'))})", "dim")
+        if kind == "approval.requested":
+            return self._approval(p)
+        if kind == "approval.resolved":
+            fb = f" — {_short(p['feedback'], 100)}" if p.get("feedback") else ""
+            return (f"✓ approval {p['approval_id']}: {p['decision']} by {p['by']}{fb}", "green")
+        if kind == "session.pause_requested":
+            return (f"== pause requested by {p['by']} (at the next step boundary)", "yellow")
+        if kind == "session.paused":
+            return (f"== paused by {p['by']}: {p['reason']} — labd resume {self.session}", "bold yellow")
+        if kind == "session.resumed":
+            return (f"== resumed by {p['by']}", "yellow")
+        if kind == "session.stopping":
+            return (f"== stopping ({p['reason']}; {p['step']})", "yellow")
+        if kind == "limit.exceeded":
+            measured, top = p["measured"], p["max"]
+            if p.get("unit") == "bytes":
+                measured, top = format_size(measured), format_size(top)
+            return (f"== limit exceeded: {p['limit']} {measured} > {top} ({p['action']})", "bold red")
+        if kind == "session.finished" and p.get("outcome") == "failed" and p.get("error"):
+            return (f"✗ {_short(p['error'], 300)}", "red")
+        if kind == "session.ended":
+            style = {"completed": "bold green", "failed": "bold red", "lost": "bold red"}.get(p.get("status", ""))
+            return (f"== session {p.get('status')}: {p.get('reason')}", style or "bold")
+        if kind in ("event.rejected", "event.truncated"):
+            return (f"! {kind}: {p.get('kind')} {p.get('reason') or p.get('size')}", "red")
+        return None
+
+    def _approval(self, p: dict[str, Any]) -> list[tuple[str, str | None]]:
+        options = [str(o) for o in p.get("options") or []]
+        s, aid = self.session, p["approval_id"]
+        if set(options) <= _STANDARD_DECISIONS:
+            how = f"labd approve {s} | labd reject {s} --feedback \"...\""
+            if "modify" in options:
+                how += f" | labd modify {s} --feedback \"...\""
+            if "redo" in options:
+                how += f" | labd redo {s} --hypothesis \"...\""
+        else:
+            how = f"labd resolve {s} {'|'.join(options)}"
+        return [(f"⏸ approval {aid} waiting ({p['kind']}): {_short(p['prompt'], 200)}", "bold yellow"),
+                (f"  answer with: {how}", "yellow")]
+
+
+class Printer:
+    """Writes :class:`Line` s: verbatim text to stdout/stderr, notes to stderr (styled on a terminal)."""
+
+    def __init__(self, out: Output, *, timestamps: bool = False) -> None:
+        self.out = out
+        self.timestamps = timestamps
+        self._line_start = {"stdout": True, "stderr": True}
+
+    def _stamp(self, ts: float) -> str:
+        return datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3] + " " if self.timestamps else ""
+
+    def write(self, line: Line) -> None:
+        if line.stream == "note":
+            if not self._line_start["stderr"]:  # a note starts on a fresh line after unfinished stderr output
+                self.out.stderr.write("\n")
+                self._line_start["stderr"] = True
+            self.out.line(self._stamp(line.ts) + line.text, line.style, err=True)
+            return
+        f = self.out.stderr if line.stream == "stderr" else self.out.stdout
+        text = line.text
+        if self._line_start[line.stream]:
+            text = self._stamp(line.ts) + text
+        f.write(text)
+        f.flush()
+        self._line_start[line.stream] = text.endswith("\n")

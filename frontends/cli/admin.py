@@ -1,0 +1,174 @@
+"""The daemon and its surroundings: serve, status, paths, workflows."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from labd.frontends.cli.base import Ctx, add_json, command
+from labd.frontends.cli.output import styled
+from labd.ipc.client import LabdError
+from labd.ipc.paths import layout_for
+from labd.ipc.units import format_duration
+
+__all__ = ["register"]
+
+
+def cmd_serve(args: argparse.Namespace, ctx: Ctx) -> int:
+    # The one place a front-end reaches into the daemon: starting it, through its public entry points.
+    import sqlalchemy.exc
+    from setproctitle import setproctitle
+
+    from labd.daemon import logsetup
+    from labd.daemon.config import ConfigError, load_config
+    from labd.daemon.server import AlreadyRunning, Daemon, GatewayError
+    from labd.frontends import daemonctl
+    from labd.ipc.paths import UnsafeRuntimeDir
+
+    if args.detach:
+        return daemonctl.serve_detached(args, ctx.home)
+    try:
+        cfg = load_config(ctx.home, db_url=args.db, log_format=args.log_format, log_level=args.log_level,
+                          listen=args.listen)
+    except ConfigError as exc:
+        print(f"labd: {exc}", file=sys.stderr)
+        return 2
+    logsetup.configure(cfg.log_format, cfg.log_level)
+    setproctitle(f"labd: daemon ({cfg.home})")
+    daemon = Daemon(cfg, drain=args.drain)
+    try:
+        daemon.serve()
+    except (AlreadyRunning, GatewayError, UnsafeRuntimeDir) as exc:
+        print(f"labd: {exc}", file=sys.stderr)
+        return 2
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        print(f"labd: cannot use the database {cfg.db_url.split('@')[-1]}: {str(exc).splitlines()[0]}",
+              file=sys.stderr)
+        return 2
+    return 1 if daemon.failed else 0
+
+
+def cmd_status(args: argparse.Namespace, ctx: Ctx) -> int:
+    st = ctx.client().status()
+    if args.json:
+        ctx.out.json(st)
+        return 0
+    running = st.get("running") or []
+    ctx.out.fields([
+        ("daemon", styled(f"running, pid {st['pid']}, up {format_duration(st.get('uptime'))}", "green")),
+        ("home", st["home"]),
+        ("database", st["db"]),
+        ("template", f"pid {st.get('template_pid') or '-'} (forks runners)"),
+        ("sessions", f"{len(running)} running" + (f": {', '.join(running[:8])}" if running else "")
+         + (" …" if len(running) > 8 else "")),
+    ])
+    counters = st.get("counters") or {}
+    if counters:
+        ctx.out.line("")
+        ctx.out.table(["COUNTER", "VALUE"], [[k, str(v)] for k, v in sorted(counters.items())], right=("VALUE",))
+    return 0
+
+
+def _paths(ctx: Ctx) -> dict[str, Any]:
+    layout = layout_for(ctx.home)
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    db, db_from, running = layout.default_db_url, "default (config.toml or LABD_DB may name another)", False
+    if layout.connection_file.exists():
+        try:
+            db, db_from, running = ctx.client(timeout=2.0).status()["db"], "the running daemon", True
+        except LabdError:
+            pass
+    return {"home": str(layout.home), "runtime_dir": str(layout.runtime_dir),
+            "connection_file": str(layout.connection_file), "database": db, "database_from": db_from,
+            "config_files": [str(xdg / "labd" / "config.toml"), str(layout.config_file)],
+            "sessions_dir": str(layout.sessions_dir), "daemon_running": running,
+            "daemon_log": "stderr of `labd serve` (under systemd: journalctl --user -u labd)"}
+
+
+def cmd_paths(args: argparse.Namespace, ctx: Ctx) -> int:
+    p = _paths(ctx)
+    if args.json:
+        ctx.out.json(p)
+        return 0
+    conn = "" if Path(p["connection_file"]).exists() else "  (absent: no daemon running)"
+    ctx.out.fields([
+        ("home", p["home"]),
+        ("runtime dir", p["runtime_dir"]),
+        ("connection file", p["connection_file"] + conn),
+        ("database", f"{p['database']}  ({p['database_from']})"),
+        ("config files", ", ".join(p["config_files"])),
+        ("sessions", f"{p['sessions_dir']}  (one work directory per session)"),
+        ("daemon log", p["daemon_log"]),
+    ])
+    return 0
+
+
+def _params_text(params: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{p['name']}: {p['type']}" + ("" if p["required"] else f" = {p['default']!r}") for p in params)
+
+
+def cmd_agents(args: argparse.Namespace, ctx: Ctx) -> int:
+    roles = ctx.client().agents()
+    if args.json:
+        ctx.out.json(roles)
+        return 0
+    rows = [[r["name"], r["model"] or "(workflow's)", "yes" if r["code_execution"] else "",
+             ",".join(r["mcp"]), r["source"], (r["description"] or r["system_prompt"].splitlines()[-1])[:60]]
+            for r in roles]
+    ctx.out.table(["ROLE", "MODEL", "CODE", "MCP", "SOURCE", "DESCRIPTION"], rows)
+    return 0
+
+
+def cmd_workflows(args: argparse.Namespace, ctx: Ctx) -> int:
+    c = ctx.client()
+    if args.target:
+        info = c.inspect_workflow(args.target)
+        if args.json:
+            ctx.out.json(info)
+            return 0
+        ctx.out.line(f"{info['workflow']}  ({_params_text(info['params'])})", "bold")
+        if info["doc"]:
+            print(info["doc"])
+        return 0
+    flows = c.workflows()
+    if args.json:
+        ctx.out.json(flows)
+        return 0
+    for w in flows:  # a list, not a table: parameter lists are long
+        ctx.out.line(f"{w['name']}  ({_params_text(w['params'])})", "bold")
+        if w["doc"]:
+            ctx.out.line(f"    {w['doc'].splitlines()[0]}")
+    ctx.out.line("also: package.module:function or path/to/flows.py[:function], resolved from where you stand "
+                 "(labd workflows TARGET describes one)", "dim", err=True)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = command(sub, "serve", cmd_serve, "run the daemon in the foreground")
+    s.add_argument("--db", help="database URL (default: SQLite in the home; postgresql://... for PostgreSQL)")
+    s.add_argument("--log-format", choices=["auto", "json", "console"], help="log format (default auto)")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--listen", metavar="tcp://HOST:PORT",
+                   help="also serve clients on TCP, encrypted and authenticated with CurveZMQ (events on PORT+1)")
+    s.add_argument("--detach", action="store_true",
+                   help="start the daemon in the background; return once it answers (prints pid and log file)")
+    s.add_argument("--drain", action="store_true",
+                   help="on SIGTERM/SIGINT stop the running sessions gracefully and wait for them before "
+                        "exiting (default: they keep running and the next daemon adopts them)")
+
+    s = command(sub, "status", cmd_status, "the daemon: pid, uptime, home, database, running sessions, counters")
+    add_json(s, "the daemon.status reply")
+
+    s = command(sub, "paths", cmd_paths, "where labd keeps things: home, runtime dir, connection file, database, logs")
+    add_json(s, "an object with those paths")
+
+    s = command(sub, "agents", cmd_agents, "the agent registry: roles workflows ask for, and where each comes from")
+    add_json(s, "a JSON array of roles")
+
+    s = command(sub, "workflows", cmd_workflows, "built-in workflows and their parameters (or describe one)")
+    s.add_argument("target", nargs="?", help="describe this workflow (mypkg.flows:study, ./flows.py, ...)")
+    add_json(s, "a JSON array of workflows (or the one described)")
+

@@ -1,0 +1,85 @@
+"""The ``labd`` parser and ``main``: global options, ``--version``, the command modules, errors to exit codes.
+
+Only this module turns errors into messages and exit codes: 0 ok, 1 a session failed (``run --follow``),
+2 bad usage / configuration / daemon errors, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import labd
+from labd.frontends.cli import (
+    admin,
+    approvals,
+    completion,
+    logs,
+    records,
+    remote,
+    retention,
+    search,
+    servers,
+    service,
+    sessions,
+)
+from labd.frontends.cli.base import CliError, Ctx, global_options
+from labd.ipc.client import LabdError
+from labd.ipc.units import UnitError
+
+__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+
+#: each module's ``register(sub)`` adds its commands; a new command group is one more entry here
+COMMAND_MODULES = [sessions, logs, approvals, records, search, retention, admin, service, remote, servers,
+                   completion]
+
+EPILOG = """examples:
+  labd serve &                               run the daemon (foreground; use systemd or & to background)
+  labd serve --detach / labd wait            in the background, returning once it answers (for scripts)
+  labd service install                       a systemd user unit for this interpreter (then systemctl --user)
+  labd run demo.count -p n=5 --follow        start a session and follow its output and agent activity
+  labd run ./flows.py:study --memory 512M --cpus 0.5 --timeout 1h30m
+  labd ps                                    live sessions with RSS / CPU / cost (-a: all)
+  labd logs -f SESSION                       output and activity so far, then live (--tail 20 --timestamps)
+  labd show SESSION                          status, exit reason, limits, peaks, steps
+  labd stop SESSION                          graceful stop, forced after a grace period
+  labd approvals / labd approve SESSION      what waits for a human, and the answer
+  labd dag SESSION                           the step graph as a tree (--format mermaid|dot|json)
+  labd paths                                 where the home, sockets, database and logs are
+  labd completion bash|zsh|fish              shell completion
+Every command that prints data takes --json. Global options (--home, --no-color) go before or after the command."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="labd", description="Run AI research sessions, each in its own process, "
+                                "and keep a complete record of everything they do.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"labd {labd.__version__}")
+    global_options(p, top=True)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ctx = Ctx(args)
+    try:
+        return int(args.handler(args, ctx))
+    except LabdError as exc:
+        print(f"labd: {exc.message} [{exc.code}]", file=sys.stderr)
+        return 2
+    except (CliError, UnitError) as exc:
+        print(f"labd: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`labd events S | head`): quiet exit, and no second error when Python flushes
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:
+        ctx.close()

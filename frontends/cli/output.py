@@ -1,0 +1,138 @@
+"""How the CLI prints: rich tables and colours on a terminal, plain aligned text otherwise, JSON on request.
+
+Colours follow https://no-color.org (``NO_COLOR`` set to anything non-empty) and ``--no-color``; when
+stdout is not a terminal the output is plain text with no escape codes at all, so pipes and scripts
+see stable columns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from typing import IO, Any
+
+from labd.ipc.units import format_duration
+
+__all__ = ["Output", "Cell", "styled", "natural_key", "age", "STATUS_STYLE"]
+
+#: a table cell: text, or (text, rich style)
+Cell = str | tuple[str, str]
+
+STATUS_STYLE = {
+    "created": "cyan", "starting": "cyan", "running": "green", "paused": "yellow",
+    "waiting_approval": "bold yellow", "pending": "bold yellow", "completed": "blue", "failed": "bold red",
+    "lost": "red", "cancelled": "magenta", "approve": "green", "reject": "red", "expired": "red",
+}
+
+
+def styled(text: str, style: str | None) -> Cell:
+    return (text, style) if style else text
+
+
+def natural_key(value: Any) -> tuple[Any, ...]:
+    """Sort key reading digit runs as numbers: ``n2`` before ``n10``, ``n1.10`` after ``n1.9``."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", str(value)) if p)
+
+
+def age(ts: float | None) -> str:
+    """How long ago ``ts`` was, short (``42s``, ``5m12s``)."""
+    return "-" if not ts else format_duration(time.time() - ts)
+
+
+def _text(cell: Cell) -> str:
+    return cell[0] if isinstance(cell, tuple) else cell
+
+
+class Output:
+    """Printing for one CLI invocation."""
+
+    def __init__(self, *, no_color: bool = False, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> None:
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self.tty = self.stdout.isatty()
+        self.err_tty = self.stderr.isatty()
+        self.color = not no_color and not os.environ.get("NO_COLOR")
+        self._consoles: dict[bool, Any] = {}
+
+    def console(self, err: bool = False) -> Any:
+        """A rich Console on stdout (or stderr); only used when that stream is a terminal."""
+        if err not in self._consoles:
+            from rich.console import Console
+
+            self._consoles[err] = Console(file=self.stderr if err else self.stdout, force_terminal=True,
+                                          no_color=not self.color, highlight=False, emoji=False, soft_wrap=True)
+        return self._consoles[err]
+
+    def fancy(self, err: bool = False) -> bool:
+        return self.err_tty if err else self.tty
+
+    # ---- data ------------------------------------------------------------------------------------
+    def json(self, data: Any) -> None:
+        """One JSON document (indented), the ``--json`` output of every data command."""
+        self.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+    def table(self, columns: Sequence[str], rows: Sequence[Sequence[Cell]], *, right: Sequence[str] = (),
+              title: str | None = None, wrap: Sequence[str] = ()) -> None:
+        """Rows under a header; columns named in ``right`` are right-aligned (numbers). On a terminal too
+        narrow for the table, cells are cut with an ellipsis, except in the columns named in ``wrap``
+        (and never ids, which must stay copyable)."""
+        if self.tty:
+            from rich.box import SIMPLE_HEAD
+            from rich.table import Table
+            from rich.text import Text
+
+            t = Table(box=SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold", title=title,
+                      title_justify="left", title_style="bold")
+            for i, c in enumerate(columns):
+                longest = max([len(_text(r[i])) for r in rows] + [len(c)])
+                keep = c in ("ID", "SESSION", "APPROVAL", "NODE", "STATUS") or c in right
+                t.add_column(c, justify="right" if c in right else "left", no_wrap=c not in wrap,
+                             overflow="fold" if c in wrap else "ellipsis", min_width=longest if keep else None)
+            for r in rows:
+                t.add_row(*[Text(c[0], style=c[1]) if isinstance(c, tuple) else Text(c) for c in r])
+            self.console().print(t)
+            return
+        if title:
+            self.stdout.write(title + "\n")
+        texts = [[_text(c) for c in r] for r in rows]
+        widths = [max(len(x) for x in col) for col in zip(columns, *texts, strict=False)]
+        for line in [list(columns), *texts]:
+            cells = [v.rjust(w) if c in right else v.ljust(w) for v, w, c in zip(line, widths, columns, strict=True)]
+            self.stdout.write("  ".join(cells).rstrip() + "\n")
+
+    def fields(self, pairs: Sequence[tuple[str, Cell]]) -> None:
+        """``label   value`` lines, labels aligned (the human form of ``show`` and ``status``)."""
+        width = max((len(k) for k, _ in pairs), default=0)
+        for k, v in pairs:
+            if self.tty and isinstance(v, tuple):
+                from rich.text import Text
+
+                line = Text(f"{k:<{width}}  ", style="bold")
+                line.append(v[0], style=v[1])
+                self.console().print(line)
+            elif self.tty:
+                from rich.text import Text
+
+                line = Text(f"{k:<{width}}  ", style="bold")
+                line.append(_text(v))
+                self.console().print(line)
+            else:
+                self.stdout.write(f"{k:<{width}}  {_text(v)}".rstrip() + "\n")
+
+    # ---- text ------------------------------------------------------------------------------------
+    def line(self, text: str, style: str | None = None, *, err: bool = False) -> None:
+        """One line on stdout (or stderr), in ``style`` when that stream is a terminal."""
+        if style and self.fancy(err):
+            from rich.text import Text
+
+            self.console(err).print(Text(text, style=style))
+        else:
+            (self.stderr if err else self.stdout).write(text + "\n")
+        (self.stderr if err else self.stdout).flush()
+
+    def print_renderable(self, renderable: Any) -> None:
+        self.console().print(renderable)

@@ -1,0 +1,141 @@
+"""What a session's record holds: its step graph (dag), LLM cost, files, and state history."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from labd.frontends.cli.base import Ctx, add_json, command
+from labd.frontends.cli.output import STATUS_STYLE, natural_key, styled
+from labd.ipc.units import format_duration, format_size
+
+__all__ = ["register", "tree_lines"]
+
+
+def _node_text(n: dict[str, Any]) -> str:
+    bits = [f"{n['node_id']} {n['name']}"]
+    if n.get("kind") and n["kind"] != "step":
+        bits.append(f"({n['kind']})")
+    bits.append(f"· {n['status']}")
+    if n.get("duration") is not None:
+        bits.append(f"· {format_duration(n['duration'])}")
+    if n.get("redo_of"):
+        bits.append(f"· redo of {n['redo_of']}")
+    if n.get("error"):
+        bits.append(f"· {' '.join(str(n['error']).split())[:100]}")
+    return " ".join(bits)
+
+
+def _children(dag: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Roots and children by parent, each in recorded order; parents from ``parent_node`` or contains-edges."""
+    nodes = {n["node_id"]: n for n in dag["nodes"]}
+    parent = {n["node_id"]: n.get("parent_node") for n in dag["nodes"]}
+    for e in dag.get("edges", []):
+        if e["type"] == "contains" and not parent.get(e["dst"]):
+            parent[e["dst"]] = e["src"]
+    kids: dict[str, list[dict[str, Any]]] = {}
+    roots = []
+    for nid, n in nodes.items():
+        p = parent.get(nid)
+        if p and p in nodes and p != nid:
+            kids.setdefault(p, []).append(n)
+        else:
+            roots.append(n)
+    return roots, kids
+
+
+def tree_lines(dag: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(prefix + text, node)`` per node, drawn as a tree with box characters."""
+    roots, kids = _children(dag)
+    seen: set[str] = set()
+
+    def walk(n: dict[str, Any], prefix: str, last: bool, top: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+        if n["node_id"] in seen:  # a cycle in a damaged record must not hang the CLI
+            return
+        seen.add(n["node_id"])
+        branch = "" if top else ("└── " if last else "├── ")
+        yield prefix + branch + _node_text(n), n
+        inner = prefix + ("" if top else ("    " if last else "│   "))
+        children = kids.get(n["node_id"], [])
+        for i, child in enumerate(children):
+            yield from walk(child, inner, i == len(children) - 1, False)
+
+    for r in roots:
+        yield from walk(r, "", True, True)
+
+
+def cmd_dag(args: argparse.Namespace, ctx: Ctx) -> int:
+    c = ctx.client()
+    if args.format != "tree":
+        print(c.dag(args.session, args.format)["text"], end="")
+        return 0
+    dag = c.dag(args.session, "json")["dag"]
+    if not dag["nodes"]:
+        ctx.out.line(f"session {dag['session']} has no steps yet", "dim", err=True)
+        return 0
+    for text, n in tree_lines(dag):
+        ctx.out.line(text, STATUS_STYLE.get(n["status"]))
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace, ctx: Ctx) -> int:
+    r = ctx.client().cost(args.session)
+    if args.json:
+        ctx.out.json(r)
+        return 0
+    t = r["total"]
+    label = " (offline scripted model: nominal prices)" if t["offline"] else ""
+    print(f"session {r['session']}: ${t['cost']:.6f} for {t['calls']} LLM calls, "
+          f"{t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens{label}"
+          + (f"; budget ${r['budget']:g}" if r.get("budget") else ""))
+    for key, col, title in (("by_agent", "agent", "AGENT"), ("by_model", "model", "MODEL"),
+                            ("by_node", "node_id", "NODE")):
+        groups = sorted(r[key], key=lambda g, col=col: natural_key(g[col]))  # type: ignore[misc]  # col bound per loop
+        rows = [[str(g[col]), str(g["calls"]), str(g["prompt_tokens"]), str(g["completion_tokens"]),
+                 f"${g['cost']:.6f}"] for g in groups]
+        print()
+        ctx.out.table([title, "CALLS", "PROMPT", "COMPLETION", "COST"], rows,
+                      right=("CALLS", "PROMPT", "COMPLETION", "COST"))
+    return 0
+
+
+def cmd_files(args: argparse.Namespace, ctx: Ctx) -> int:
+    rows = ctx.client().files(args.session)
+    if args.json:
+        ctx.out.json(rows)
+        return 0
+    table = [[f["path"], f["change"], format_size(f["size"]) if f["size"] else "0B", f["kind"], f["sha256"][:12],
+              f["step"] or "-", f["agent"] or "-", f["tool"] or "-"] for f in rows]
+    ctx.out.table(["PATH", "CHANGE", "SIZE", "KIND", "SHA256", "STEP", "AGENT", "TOOL"], table, right=("SIZE",))
+    return 0
+
+
+def cmd_history(args: argparse.Namespace, ctx: Ctx) -> int:
+    rows = ctx.client().state_history(args.session)
+    if args.json:
+        ctx.out.json(rows)
+        return 0
+    table = [[datetime.fromtimestamp(h["ts"]).strftime("%H:%M:%S.%f")[:-3],
+              f"step {h['node_id']}" if h["node_id"] else "session", h["from_status"] or "-",
+              styled(h["to_status"], STATUS_STYLE.get(h["to_status"])), h["actor"], h["reason"] or ""]
+             for h in rows]
+    ctx.out.table(["TIME", "WHAT", "FROM", "TO", "BY", "REASON"], table)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = command(sub, "dag", cmd_dag, "a session's step graph: a tree in the terminal, or json / mermaid / dot")
+    s.add_argument("session")
+    s.add_argument("--format", choices=["tree", "json", "mermaid", "dot"], default="tree",
+                   help="tree (default), json, mermaid or dot")
+    s = command(sub, "cost", cmd_cost, "a session's LLM cost per agent, model and node")
+    s.add_argument("session")
+    add_json(s, "the cost object (total, by_agent, by_model, by_node, calls)")
+    s = command(sub, "files", cmd_files, "files a session produced, with the step and agent that wrote them")
+    s.add_argument("session")
+    add_json(s, "a JSON array of file objects")
+    s = command(sub, "history", cmd_history, "a session's state transitions (who, why, when)")
+    s.add_argument("session")
+    add_json(s, "a JSON array of transitions (ts, node_id, from_status, to_status, actor, reason, seq)")

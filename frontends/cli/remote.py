@@ -1,0 +1,53 @@
+"""`labd remote add|list|rm`: credentials for clients on other machines (TCP + CurveZMQ)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from labd.frontends.cli.base import Ctx, command
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    s = command(sub, "remote", cmd_remote, "clients on other machines (needs `labd serve --listen tcp://...`)")
+    rsub = s.add_subparsers(dest="remote_cmd", required=True, metavar="ACTION")
+    a = rsub.add_parser("add", help="authorise a new client; writes its connection file (keep it secret)")
+    a.add_argument("name")
+    a.add_argument("--host", help="the address the client reaches this machine by (default: the listen host)")
+    a.add_argument("--output", "-o", help="where to write the connection file (default: ./<name>.labd.json)")
+    rsub.add_parser("list", help="authorised clients and the TCP endpoints")
+    r = rsub.add_parser("rm", help="revoke a client's key")
+    r.add_argument("name")
+    s.add_argument("--json", action="store_true")
+
+
+def cmd_remote(args: argparse.Namespace, ctx: Ctx) -> int:
+    c = ctx.client()
+    if args.remote_cmd == "add":
+        body: dict[str, Any] = {"name": args.name}
+        if args.host:
+            body["host"] = args.host
+        r = c.request("remote.add", **body)
+        out = Path(args.output or f"{args.name}.labd.json")
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(r["connection"], f, indent=2)
+        ctx.out.line(f"wrote {out} (mode 0600). On the other machine: labd --connect {out.name} ps")
+        return 0
+    if args.remote_cmd == "list":
+        r = c.request("remote.list")
+        if args.json:
+            ctx.out.json(r)
+        else:
+            ctx.out.line(f"listening: {', '.join(r['listen']) if r['listen'] else 'no (start with --listen tcp://...)'}")
+            for name in r["clients"]:
+                ctx.out.line(f"  {name}")
+        return 0
+    r = c.request("remote.remove", name=args.name)
+    ctx.out.line(f"revoked {r['name']}")
+    return 0

@@ -1,0 +1,41 @@
+"""`labd search TEXT`: find sessions, steps, agent messages, code, files and results by the words in them."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from typing import Any
+
+from labd.frontends.cli.base import Ctx, command
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    s = command(sub, "search", cmd_search, "full-text search: tasks, step names, agent messages, code, files, results")
+    s.add_argument("query", nargs="+", help="words (all must match; prefixes match too)")
+    s.add_argument("--type", help="comma-separated: session,step,message,code,file,approval,result")
+    s.add_argument("--status", help="comma-separated session statuses")
+    s.add_argument("--workflow")
+    s.add_argument("--since", help="only sessions created within this duration, e.g. 7d")
+    s.add_argument("--limit", type=int, default=30)
+    s.add_argument("--json", action="store_true")
+
+
+def cmd_search(args: argparse.Namespace, ctx: Ctx) -> int:
+    c = ctx.client()
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    hits = c.search(" ".join(args.query), types=split(args.type), status=split(args.status), workflow=args.workflow,
+                    since=args.since, limit=args.limit)
+    if args.json:
+        ctx.out.json(hits)
+        return 0
+    if not hits:
+        ctx.out.line("no matches")
+        return 0
+    for h in hits:
+        when = datetime.fromtimestamp(h["ts"]).strftime("%Y-%m-%d %H:%M")
+        where = f"{h['session_id']} {h['session_name'] or ''}".strip() + (f" {h['node_id']}" if h["node_id"] else "")
+        ctx.out.line(f"{when}  {h['type']:<8} {where}  [{h['session_status']}]")
+        ctx.out.line(f"    {h['title'][:80]}: {' '.join(h['snippet'].split())[:160]}")
+    return 0

@@ -1,0 +1,28 @@
+"""Front-ends that serve other programs: `labd ui` (a browser dashboard) and `labd mcp` (MCP over stdio)."""
+
+from __future__ import annotations
+
+import argparse
+
+from labd.frontends.cli.base import Ctx, command
+
+__all__ = ["register"]
+
+
+def cmd_ui(args: argparse.Namespace, ctx: Ctx) -> int:
+    from labd.frontends import ui  # imported here: other commands stay fast
+
+    return ui.run(ctx.home, port=args.port, open_browser=args.open)
+
+
+def cmd_mcp(args: argparse.Namespace, ctx: Ctx) -> int:
+    from labd.frontends import mcp
+
+    return mcp.run(ctx.home)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = command(sub, "ui", cmd_ui, "the web dashboard on 127.0.0.1 (prints its URL with a token)")
+    s.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    s.add_argument("--open", action="store_true", help="open it in the browser")
+    command(sub, "mcp", cmd_mcp, "serve MCP over stdio (for Claude Desktop, Cursor, VS Code ...)")

@@ -1,0 +1,299 @@
+"""Session commands: run, ps, show, stop, kill, pause, resume."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+from labd.frontends.cli.activity import Activity, Printer
+from labd.frontends.cli.base import LIVE, CliError, Ctx, add_json, command
+from labd.frontends.cli.output import STATUS_STYLE, age, natural_key, styled
+from labd.ipc.units import (
+    UnitError,
+    format_duration,
+    format_size,
+    parse_cpus,
+    parse_duration,
+    parse_percent,
+    parse_size,
+)
+
+__all__ = ["register", "parse_params", "limits_from"]
+
+
+def parse_params(items: list[str]) -> dict[str, str]:
+    """``-p k=v`` pairs; a key given twice is refused (silently keeping the last one hid typos)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CliError(f"-p/--param takes key=value, got {item!r}")
+        if key in out:
+            raise CliError(f"parameter {key!r} given twice ({out[key]!r} and {value!r}): give it once")
+        out[key] = value
+    return out
+
+
+def limits_from(args: argparse.Namespace) -> dict[str, Any]:
+    """Limits from the flags, parsed here so a typo is reported before anything reaches the daemon."""
+    try:
+        memory = parse_size(args.memory) if args.memory else None
+        if args.cpu and args.cpus:
+            raise CliError("give --cpu (percent of one core) or --cpus (cores), not both")
+        cpu = None
+        if args.cpu:
+            if not args.cpu.strip().endswith("%"):
+                raise CliError(f"--cpu takes a percent of one core, e.g. --cpu 50%; for cores use --cpus {args.cpu}")
+            cpu = parse_percent(args.cpu)
+        elif args.cpus:
+            cpu = parse_cpus(args.cpus)
+        timeout = parse_duration(args.timeout) if args.timeout else None
+    except UnitError as exc:
+        raise CliError(str(exc)) from None
+    if args.budget is not None and not args.budget > 0:
+        raise CliError("--budget must be a positive amount of USD")
+    return {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": args.budget, "budget_action": args.on_budget}
+
+
+def parse_agents(items: list[str]) -> dict[str, str]:
+    """``--agent engineer=my_engineer`` (repeatable) -> ``{"engineer": "my_engineer"}``; duplicates refused."""
+    out: dict[str, str] = {}
+    for item in items:
+        role, sep, other = item.partition("=")
+        if not sep or not role.strip() or not other.strip():
+            raise CliError(f"--agent takes ROLE=OTHER_ROLE (e.g. engineer=my_engineer), not {item!r}")
+        if role.strip() in out:
+            raise CliError(f"--agent {role.strip()} given twice")
+        out[role.strip()] = other.strip()
+    return out
+
+
+def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
+    limits = limits_from(args)
+    c = ctx.client()
+    sid = c.start(args.workflow, name=args.name, params=parse_params(args.param), agents=parse_agents(args.agent),
+                  procs=args.procs, priority=args.priority, **limits)
+    if not args.follow:
+        if args.json:
+            ctx.out.json({"session": sid})
+        else:
+            print(sid)
+        return 0
+    return follow(ctx, sid, raw=args.raw, header=True)
+
+
+def follow(ctx: Ctx, sid: str, *, raw: bool = False, timestamps: bool = False, since: int = 0,
+           header: bool = False) -> int:
+    """Print a session's output and activity until it ends; 0 if it completed, 1 otherwise, 130 on Ctrl-C."""
+    c = ctx.client()
+    activity, printer = Activity(sid, raw=raw), Printer(ctx.out, timestamps=timestamps)
+    if header and not raw:
+        ctx.out.line(f"== session {sid} (Ctrl-C detaches; the session keeps running)", "bold", err=True)
+    status = None
+    try:
+        for ev in c.follow(sid, since=since):
+            for line in activity.lines(ev):
+                printer.write(line)
+            if ev["kind"] == "session.ended":
+                status = ev["payload"].get("status")
+    except KeyboardInterrupt:
+        ctx.out.line(f"\n== detached: session {sid} keeps running. Stop it with `labd stop {sid}`; "
+                     f"follow it again with `labd logs -f {sid}`.", "bold yellow", err=True)
+        return 130
+    if status is None:
+        status = c.session(sid)["status"]
+    return 0 if status == "completed" else 1
+
+
+def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
+    statuses: list[str] | None = None
+    if args.status:
+        statuses = [s.strip() for item in args.status for s in item.split(",") if s.strip()]
+    elif not args.all:
+        statuses = list(LIVE)
+    rows = ctx.client().sessions(status=statuses, limit=args.limit)
+    if args.workflow:
+        pat = args.workflow if any(ch in args.workflow for ch in "*?[") else f"*{args.workflow}*"
+        rows = [r for r in rows if fnmatch.fnmatchcase(r["workflow"], pat)]
+    if args.since:
+        try:
+            cutoff = time.time() - parse_duration(args.since)
+        except UnitError as exc:
+            raise CliError(f"--since: {exc}") from None
+        rows = [r for r in rows if (r.get("created_at") or 0) >= cutoff]
+    return rows
+
+
+def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
+    rows = _ps_rows(args, ctx)
+    if args.json:
+        ctx.out.json(rows)
+        return 0
+    if args.quiet:
+        for r in rows:
+            print(r["id"])
+        return 0
+    if not rows:
+        hint = "" if args.all or args.status else " (labd ps -a shows ended ones too)"
+        ctx.out.line(f"no {'matching' if args.all or args.status else 'live'} sessions{hint}", "dim", err=True)
+        return 0
+    table = []
+    for r in rows:
+        live = r.get("live") or {}
+        rss = live.get("rss") if live else r.get("peak_rss")
+        table.append([r["id"], r["name"][:28], r["workflow"][-40:], styled(r["status"], STATUS_STYLE.get(r["status"])),
+                      str(r["pid"] or "-"), format_size(rss), f"{live['cpu_percent']:.0f}%" if live else "-",
+                      f"${r['cost']:.4f}" if r.get("cost") else "-", age(r["created_at"])])
+    ctx.out.table(["ID", "NAME", "WORKFLOW", "STATUS", "PID", "RSS", "CPU", "COST", "AGE"], table,
+                  right=("PID", "RSS", "CPU", "COST", "AGE"))
+    return 0
+
+
+def _limits_text(lim: dict[str, Any]) -> str:
+    parts = [f"memory {format_size(lim['memory']) if lim.get('memory') else 'none'}",
+             f"cpu {lim['cpu']:g}% ({lim['cpu'] / 100:g} cores)" if lim.get("cpu") else "cpu none",
+             f"timeout {format_duration(lim['timeout'])}" if lim.get("timeout") else "timeout none"]
+    if lim.get("budget"):
+        parts.append(f"budget ${lim['budget']:g} ({lim.get('budget_action') or 'stop'})")
+    return ", ".join(parts)
+
+
+def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
+    s = ctx.client().session(args.session)
+    if args.json:
+        ctx.out.json(s)
+        return 0
+    lim, live = s["limits"], s.get("live") or {}
+    dur = (s["ended_at"] or time.time()) - (s["started_at"] or s["created_at"])
+    status = s["status"] + (f"  ({s['reason']})" if s["reason"] else "")
+    pairs: list[tuple[str, Any]] = [
+        ("session", f"{s['id']}  ({s['name']})"),
+        ("workflow", f"{s['workflow']}  params {json.dumps(s['params'])}"),
+        ("status", styled(status, STATUS_STYLE.get(s["status"]))),
+        ("ended by", f"{s['ended_by'] or '-'}  exit code {s['exit_code'] if s['exit_code'] is not None else '-'}"
+         + (f"  signal {s['signal']}" if s["signal"] else "")),
+        ("pid", f"{s['pid'] or '-'}   workdir {s['workdir']}"),
+        ("limits", _limits_text(lim)),
+        ("peaks", f"rss {format_size(max(s['peak_rss'] or 0, live.get('peak_rss', 0)))}, "
+         f"cpu {max(s['peak_cpu_percent'] or 0, live.get('peak_cpu_percent', 0)):.0f}%"),
+        ("timings", f"created {datetime.fromtimestamp(s['created_at']).isoformat(timespec='seconds')}, "
+         f"ran {format_duration(dur)}, events {s['last_seq']}"),
+    ]
+    if s["cost"]:
+        budget = lim.get("budget")
+        pairs.append(("llm cost", f"${s['cost']:.6f}" + (f" of budget ${budget:g}" if budget else "")
+                      + "  (labd cost for details)"))
+    if s["status"] in LIVE and s.get("last_seen"):
+        quiet = time.time() - s["last_seen"]
+        text = f"last heard from {quiet:.1f}s ago" + ("  (unresponsive?)" if quiet > 10 else "")
+        pairs.append(("runner", styled(text, "red" if quiet > 10 else None)))
+    ctx.out.fields(pairs)
+    if s["steps"]:
+        rows = [[st["node_id"], styled(st["status"], STATUS_STYLE.get(st["status"])),
+                 format_duration(st["duration"]) if st["duration"] is not None else "…", st["name"],
+                 st["error"] or ""] for st in sorted(s["steps"], key=lambda st: natural_key(st["node_id"]))]
+        ctx.out.line("")
+        ctx.out.table(["NODE", "STATUS", "TIME", "STEP", "ERROR"], rows, right=("TIME",))
+    return 0
+
+
+def _reply(ctx: Ctx, args: argparse.Namespace, result: dict[str, Any], text: str) -> int:
+    if getattr(args, "json", False):
+        ctx.out.json(result)
+    else:
+        print(text)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace, ctx: Ctx) -> int:
+    c = ctx.client()
+    r = c.stop(args.session, grace=parse_grace(args.grace))
+    if args.wait:
+        s = c.wait(r["session"])
+        r = {**r, "status": s["status"], "reason": s["reason"]}
+        return _reply(ctx, args, r, f"stopping {r['session']} (forced after {r['grace']:g}s)\n"
+                      f"{s['status']}: {s['reason']}")
+    return _reply(ctx, args, r, f"stopping {r['session']} (forced after {r['grace']:g}s)")
+
+
+def parse_grace(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return 0.0 if text.strip() in ("0", "0s") else parse_duration(text)
+    except UnitError as exc:
+        raise CliError(f"--grace: {exc}") from None
+
+
+def cmd_kill(args: argparse.Namespace, ctx: Ctx) -> int:
+    r = ctx.client().kill(args.session)
+    return _reply(ctx, args, r, f"killing {r['session']}")
+
+
+def cmd_pause(args: argparse.Namespace, ctx: Ctx) -> int:
+    c = ctx.client()
+    if args.cmd == "pause":
+        r = c.pause(args.session)
+        return _reply(ctx, args, r, f"pause requested for {r['session']} (takes effect at the next step boundary)")
+    r = c.resume(args.session)
+    return _reply(ctx, args, r, f"resume requested for {r['session']}")
+
+
+RUN_EPILOG = """workflow:
+  a built-in (labd workflows), package.module:function, path/to/flows.py[:function] or ./flows.py:function,
+  resolved where you stand: against this directory and $PYTHONPATH, as `python -c "import ..."` would.
+units:
+  --memory 512M | 2G   --cpu 50% (of one core) | --cpus 0.5 (cores)   --timeout 90s | 15m | 1h30m | 2d"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = command(sub, "run", cmd_run, "start a session (prints its id; -f to follow it)", epilog=RUN_EPILOG)
+    s.add_argument("workflow", help="built-in name, package.module:function, or path/to/flows.py[:function]")
+    s.add_argument("--name", help="a name for the session (usable instead of its id)")
+    s.add_argument("--param", "-p", action="append", default=[], metavar="K=V", help="a workflow parameter (repeat)")
+    s.add_argument("--memory", help="memory limit for the whole process tree: 512M, 2G")
+    s.add_argument("--cpu", help="CPU limit in percent of one core: 50%%")
+    s.add_argument("--cpus", help="CPU limit in cores: 0.5 (= --cpu 50%%), 2")
+    s.add_argument("--timeout", help="wall-time limit: 90s, 15m, 1h30m")
+    s.add_argument("--budget", type=float, help="LLM budget in USD for the whole session, e.g. 2.50")
+    s.add_argument("--on-budget", choices=["stop", "pause"], help="what crossing the budget does (default stop)")
+    s.add_argument("--procs", type=int, help="at most this many processes in the session's tree")
+    s.add_argument("--priority", type=int, help="run-queue order when the daemon is at max_sessions (higher first)")
+    s.add_argument("--agent", action="append", default=[], metavar="ROLE=OTHER",
+                   help="use registry role OTHER wherever the workflow asks for ROLE (see `labd agents`; repeat)")
+    s.add_argument("--follow", "-f", action="store_true", help="show its output and agent activity until it ends")
+    s.add_argument("--raw", action="store_true", help="with -f: only the session's own output, no activity lines")
+    add_json(s, '{"session": ID} instead of the bare id')
+
+    s = command(sub, "ps", cmd_ps, "list live sessions (-a: all) with pid, RSS, CPU, cost, age")
+    s.add_argument("--all", "-a", action="store_true", help="include ended sessions")
+    s.add_argument("--status", action="append", metavar="S", help="only these statuses (repeat or comma-separate)")
+    s.add_argument("--workflow", metavar="W", help="only workflows containing W (or matching a glob: 'demo.*')")
+    s.add_argument("--since", metavar="DUR", help="only sessions created in the last DUR (30m, 2h, 1d)")
+    s.add_argument("--limit", type=int, default=200, help="at most this many (newest first; default 200)")
+    s.add_argument("--quiet", "-q", action="store_true", help="only ids")
+    add_json(s, "a JSON array of session objects")
+
+    s = command(sub, "show", cmd_show, "a session's status, exit reason, limits, peaks, timings, steps")
+    s.add_argument("session")
+    add_json(s, "the session object")
+
+    s = command(sub, "stop", cmd_stop, "stop a session: ask, then SIGTERM, then SIGKILL")
+    s.add_argument("session")
+    s.add_argument("--grace", metavar="DUR", help="how long to wait before SIGTERM (default 5s)")
+    s.add_argument("--wait", action="store_true", help="wait until it has ended")
+    add_json(s, "the reply")
+
+    s = command(sub, "kill", cmd_kill, "kill a session's process tree now (SIGKILL)")
+    s.add_argument("session")
+    add_json(s, "the reply")
+
+    for name in ("pause", "resume"):
+        s = command(sub, name, cmd_pause, f"{name} a session at its next step boundary")
+        s.add_argument("session")
+        add_json(s, "the reply")

@@ -1,0 +1,217 @@
+// labd dashboard: hash-routed pages over the server's JSON API; live events by Server-Sent Events.
+"use strict";
+const $ = (sel, root = document) => root.querySelector(sel);
+const el = (tag, attrs = {}, ...children) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(e.dataset, v);
+    else if (v !== null && v !== undefined) e.setAttribute(k, v);
+  }
+  for (const c of children.flat()) e.append(c instanceof Node ? c : document.createTextNode(String(c ?? "")));
+  return e;
+};
+let timers = [];
+let streams = [];
+function cleanup() { timers.forEach(clearInterval); timers = []; streams.forEach(s => s.close()); streams = []; }
+
+async function api(path, opts = {}) {
+  const r = await fetch(path, {headers: {"Content-Type": "application/json"}, ...opts});
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error((data.error && `${data.error.message} [${data.error.code}]`) || r.statusText);
+  return data;
+}
+function toast(msg, error = false) {
+  const t = $("#toast");
+  t.textContent = msg; t.className = "show" + (error ? " error" : "");
+  setTimeout(() => { t.className = ""; }, 4000);
+}
+const fmtBytes = b => b == null ? "" : b > 2 ** 30 ? (b / 2 ** 30).toFixed(1) + " GiB" : (b / 2 ** 20).toFixed(1) + " MiB";
+const fmtAge = t => { if (!t) return ""; const s = Date.now() / 1000 - t;
+  return s < 60 ? `${s.toFixed(0)}s` : s < 3600 ? `${(s / 60).toFixed(0)}m` : s < 86400 ? `${(s / 3600).toFixed(1)}h` : `${(s / 86400).toFixed(1)}d`; };
+const status = s => el("span", {class: `status s-${s}`, "data-status": s}, s);
+
+// ---- sessions ---------------------------------------------------------------------------------------
+async function sessionsPage(main) {
+  const filter = el("input", {placeholder: "filter by name, workflow or id", id: "filter"});
+  const which = el("select", {id: "which"}, el("option", {value: ""}, "all"), el("option", {value: "live"}, "live"),
+    ...["completed", "failed", "cancelled", "lost"].map(s => el("option", {value: s}, s)));
+  const tbody = el("tbody", {id: "sessions-body"});
+  const table = el("table", {id: "sessions"}, el("thead", {}, el("tr", {}, ...["id", "name", "workflow", "status", "CPU", "memory", "cost", "age", "reason"].map(h => el("th", {}, h)))), tbody);
+  main.replaceChildren(el("div", {class: "row"}, el("div", {class: "grow"}, el("div", {class: "card"}, el("div", {class: "row"}, filter, which)), table), await startForm()));
+  const refresh = async () => {
+    const live = ["created", "starting", "running", "paused", "waiting_approval", "queued"];
+    const wanted = which.value === "live" ? live.join(",") : which.value;
+    const rows = await api("/api/sessions" + (wanted ? `?status=${wanted}` : ""));
+    const q = filter.value.toLowerCase();
+    tbody.replaceChildren(...rows.filter(s => !q || [s.id, s.name, s.workflow].some(v => (v || "").toLowerCase().includes(q))).map(s =>
+      el("tr", {class: "clickable", dataset: {session: s.id}, onclick: () => { location.hash = `#/s/${s.id}`; }},
+        el("td", {}, s.id), el("td", {}, s.name), el("td", {}, s.workflow), el("td", {}, status(s.status)),
+        el("td", {}, s.live ? `${s.live.cpu_percent.toFixed(0)}%` : ""), el("td", {}, s.live ? fmtBytes(s.live.rss) : fmtBytes(s.peak_rss)),
+        el("td", {}, s.cost ? `$${s.cost.toFixed(4)}` : ""), el("td", {}, fmtAge(s.created_at)), el("td", {class: "muted"}, (s.reason || "").slice(0, 60)))));
+  };
+  filter.addEventListener("input", refresh); which.addEventListener("change", refresh);
+  await refresh();
+  timers.push(setInterval(() => refresh().catch(() => {}), 1000));
+}
+
+async function startForm() {
+  const flows = await api("/api/workflows");
+  const wf = el("select", {id: "start-workflow"}, ...flows.map(w => el("option", {value: w.name}, w.name)));
+  const params = el("textarea", {id: "start-params", rows: 5});
+  const fill = () => { const w = flows.find(f => f.name === wf.value) || {params: []};
+    params.value = JSON.stringify(Object.fromEntries(w.params.map(p => [p.name, p.default ?? ""])), null, 1); };
+  wf.addEventListener("change", fill); fill();
+  const name = el("input", {id: "start-name", placeholder: "optional"});
+  const memory = el("input", {id: "start-memory", placeholder: "e.g. 512M"});
+  const budget = el("input", {id: "start-budget", placeholder: "USD, e.g. 2.50"});
+  const go = el("button", {id: "start-button", onclick: async () => {
+    try {
+      const body = {workflow: wf.value, params: JSON.parse(params.value || "{}"), name: name.value, memory: memory.value,
+        budget: budget.value ? Number(budget.value) : null};
+      const r = await api("/api/sessions", {method: "POST", body: JSON.stringify(body)});
+      toast(`started ${r.session}`); location.hash = `#/s/${r.session}`;
+    } catch (e) { toast(e.message, true); }
+  }}, "Start");
+  return el("div", {class: "card", style: "width:340px"}, el("b", {}, "Start a session"), el("label", {}, "workflow"), wf,
+    el("label", {}, "parameters (JSON)"), params, el("label", {}, "name"), name, el("label", {}, "memory limit"), memory,
+    el("label", {}, "budget"), budget, el("p", {}, go));
+}
+
+// ---- one session ------------------------------------------------------------------------------------
+function activityLine(ev) {
+  const p = ev.payload || {};
+  switch (ev.kind) {
+    case "agent.turn.started": return [`▶ ${p.agent} turn`, ""];
+    case "agent.turn.finished": return [`■ ${p.agent} turn ${p.status} (${(p.duration || 0).toFixed(2)}s)`, p.status === "ok" || p.status === "completed" ? "" : "act-error"];
+    case "llm.response": return [`LLM ${p.model}: ${(p.usage || {}).prompt_tokens ?? "?"}+${(p.usage || {}).completion_tokens ?? "?"} tokens`, "act-llm"];
+    case "cost.recorded": return [`cost $${(p.cost || 0).toFixed(6)} (${p.model})`, "act-llm"];
+    case "tool.call": return [`tool ${p.name}(${JSON.stringify(p.arguments ?? {}).slice(0, 120)})`, "act-tool"];
+    case "tool.result": return [`tool ${p.name} → ${p.status}`, p.status === "ok" ? "act-tool" : "act-error"];
+    case "code.execution": return [`run_code exit ${p.exit_code} (${(p.duration || 0).toFixed(2)}s)`, p.exit_code ? "act-error" : "act-tool"];
+    case "approval.requested": return [`⏸ approval requested: ${p.prompt || ""}`.slice(0, 200), "act-approval"];
+    case "approval.resolved": return [`approval ${p.decision} by ${p.by || p.resolved_by || "?"}`, "act-approval"];
+    case "step.started": return [`step ${p.name} started`, ""];
+    case "step.finished": return [`step ${p.name} ${p.status}`, p.status === "completed" ? "" : "act-error"];
+    case "file.created": case "file.changed": return [`${ev.kind.split(".")[1]} ${p.path}`, "act-tool"];
+    case "session.ended": return [`session ended: ${p.status} — ${p.reason || ""}`, p.status === "completed" ? "" : "act-error"];
+    default: return null;
+  }
+}
+
+async function sessionPage(main, sid) {
+  const s = await api(`/api/sessions/${sid}`);
+  const head = el("div", {class: "card", id: "session-head"});
+  const renderHead = x => head.replaceChildren(el("h2", {}, `${x.name} `, status(x.status)),
+    el("div", {class: "muted"}, `${x.id} · ${x.workflow} · cost $${(x.cost || 0).toFixed(4)} · ${x.reason || ""}`),
+    el("p", {}, ...(["completed", "failed", "cancelled", "lost"].includes(x.status) ? [] : ["stop", "pause", "resume"]).map(a => el("button", {class: a === "stop" ? "danger" : "secondary", id: `action-${a}`, onclick: async () => {
+      try { await api(`/api/sessions/${sid}/${a}`, {method: "POST"}); toast(`${a} sent`); } catch (e) { toast(e.message, true); }
+    }}, a)), " ", el("a", {href: "#/approvals"}, "approvals")));
+  renderHead(s);
+  const tabs = ["output", "dag", "cost", "files", "history"];
+  const panes = Object.fromEntries(tabs.map(t => [t, el("div", {id: `pane-${t}`, style: t === "output" ? "" : "display:none"})]));
+  const bar = el("div", {class: "tabs"}, ...tabs.map(t => el("button", {id: `tab-${t}`, class: t === "output" ? "active" : "", onclick: () => show(t)}, t)));
+  const show = t => { for (const k of tabs) { panes[k].style.display = k === t ? "" : "none"; $(`#tab-${k}`).className = k === t ? "active" : ""; }
+    if (t === "dag") loadDag(); if (t === "cost") loadCost(); if (t === "files") loadFiles(); if (t === "history") loadHistory(); };
+  main.replaceChildren(head, bar, ...Object.values(panes));
+
+  const log = el("pre", {class: "log", id: "output"});
+  const activity = el("div", {class: "activity", id: "activity"});
+  panes.output.append(el("div", {class: "row"}, el("div", {class: "grow"}, el("b", {}, "output"), log), el("div", {class: "grow"}, el("b", {}, "agent activity"), activity)));
+  const es = new EventSource(`/api/sessions/${sid}/stream?since=0`);
+  streams.push(es);
+  let pending = [];
+  es.onmessage = m => { pending.push(JSON.parse(m.data)); };
+  es.addEventListener("end", () => es.close());
+  timers.push(setInterval(async () => {  // batch DOM updates (~10 Hz)
+    if (!pending.length) return;
+    const batch = pending; pending = [];
+    let text = "", ended = false;
+    for (const ev of batch) {
+      if (ev.kind === "output") text += ev.payload.text;
+      const line = activityLine(ev);
+      if (line) activity.append(el("div", {class: line[1], "data-kind": ev.kind}, line[0]));
+      ended = ended || ev.kind === "session.ended" || ev.kind.startsWith("approval.") || ev.kind.startsWith("session.");
+    }
+    if (text) { log.append(text); if (log.textContent.length > 2e6) log.textContent = log.textContent.slice(-1e6); log.scrollTop = log.scrollHeight; }
+    while (activity.childElementCount > 5000) activity.firstChild.remove();
+    if (ended) renderHead(await api(`/api/sessions/${sid}`));
+  }, 100));
+
+  const detail = el("div", {class: "card", id: "node-detail"}, el("span", {class: "muted"}, "click a node for its details"));
+  const dagBox = el("div", {id: "dag"});
+  const agentsToggle = el("input", {type: "checkbox", id: "show-agents"});
+  panes.dag.append(el("label", {class: "inline"}, agentsToggle, " show agent turns"), dagBox, detail);
+  const loadDag = async () => {
+    const d = await api(`/api/sessions/${sid}/dag`);
+    renderDag(dagBox, d.dag, {showAgents: agentsToggle.checked, onSelect: async n => {
+      const evs = await api(`/api/sessions/${sid}/events?node=${encodeURIComponent(n.node_id)}`);
+      detail.replaceChildren(el("b", {}, `${n.name} (${n.node_id}) `), status(n.status),
+        el("div", {class: "muted"}, `${n.kind}${n.agent ? " · " + n.agent : ""} · ${n.duration ? n.duration.toFixed(2) + "s" : ""} ${n.error ? "· " + n.error : ""}`),
+        el("div", {class: "activity"}, ...evs.events.map(ev => { const l = activityLine(ev); return l ? el("div", {class: l[1]}, l[0]) : null; }).filter(Boolean)));
+    }});
+  };
+  agentsToggle.addEventListener("change", loadDag);
+  const bars = (title, rows, key) => {
+    const max = Math.max(1e-12, ...rows.map(r => r.cost));
+    return el("div", {class: "card bars", "data-chart": title}, el("b", {}, title), ...rows.map(r => el("div", {class: "bar"},
+      el("span", {style: "width:12rem"}, r[key] ?? "—"), el("div", {class: "fill", style: `width:${Math.max(2, 300 * r.cost / max)}px`}),
+      el("span", {class: "muted"}, `$${r.cost.toFixed(6)} · ${r.calls} calls`))));
+  };
+  const loadCost = async () => { const c = await api(`/api/sessions/${sid}/cost`);
+    panes.cost.replaceChildren(el("div", {class: "card"}, `total $${c.total.cost.toFixed(6)} · ${c.total.calls} calls · ${c.total.prompt_tokens}+${c.total.completion_tokens} tokens${c.total.offline ? " · offline model" : ""}`),
+      el("div", {class: "row"}, bars("by agent", c.by_agent, "agent"), bars("by model", c.by_model, "model"), bars("by node", c.by_node, "node_id"))); };
+  const loadFiles = async () => { const f = await api(`/api/sessions/${sid}/files`);
+    panes.files.replaceChildren(el("table", {id: "files"}, el("thead", {}, el("tr", {}, ...["path", "size", "kind", "step", "agent", "tool", "sha256"].map(h => el("th", {}, h)))),
+      el("tbody", {}, ...f.files.map(x => el("tr", {}, el("td", {}, el("a", {href: `/api/sessions/${sid}/files/${encodeURI(x.path)}`}, x.path)), el("td", {}, x.size), el("td", {}, x.kind),
+        el("td", {}, x.step || ""), el("td", {}, x.agent || ""), el("td", {}, x.tool || ""), el("td", {class: "muted"}, (x.sha256 || "").slice(0, 12))))))); };
+  const loadHistory = async () => { const x = await api(`/api/sessions/${sid}`);
+    panes.history.replaceChildren(el("table", {}, el("tbody", {}, ...x.history.map(h => el("tr", {}, el("td", {}, new Date(h.ts * 1000).toLocaleTimeString()),
+      el("td", {}, `${h.from_status || ""} → ${h.to_status}`), el("td", {}, h.node_id || ""), el("td", {}, h.actor), el("td", {class: "muted"}, h.reason || "")))))); };
+}
+
+// ---- approvals --------------------------------------------------------------------------------------
+async function approvalsPage(main) {
+  const box = el("div", {id: "approvals"});
+  main.replaceChildren(el("h2", {}, "Waiting for a human"), box);
+  const refresh = async () => {
+    const list = await api("/api/approvals");
+    if (!list.length) { box.replaceChildren(el("p", {class: "muted", id: "no-approvals"}, "nothing is waiting")); return; }
+    if (box.dataset.ids === list.map(a => a.id).join(",")) return;  // unchanged: keep what the user typed
+    box.dataset.ids = list.map(a => a.id).join(",");
+    box.replaceChildren(...list.map(a => {
+      const feedback = el("textarea", {rows: 2, placeholder: "feedback / hypothesis (for modify and redo)"});
+      return el("div", {class: "card", dataset: {approval: a.id}}, el("b", {}, `${a.kind} · `, el("a", {href: `#/s/${a.session_id}`}, a.session_id)),
+        el("pre", {style: "white-space:pre-wrap"}, a.prompt), feedback,
+        el("p", {}, ...JSON.parse(typeof a.options === "string" ? a.options : JSON.stringify(a.options)).map(opt => el("button", {class: opt === "reject" ? "danger" : "", dataset: {decision: opt}, onclick: async () => {
+          const body = {session: a.session_id, approval_id: a.id, decision: opt};
+          if (feedback.value) { body.feedback = feedback.value; if (opt === "redo") body.hypothesis = feedback.value; }
+          try { await api("/api/approvals/resolve", {method: "POST", body: JSON.stringify(body)}); toast(`${opt}: done`); box.dataset.ids = ""; refresh(); }
+          catch (e) { toast(e.message, true); box.dataset.ids = ""; refresh(); }
+        }}, opt))));
+    }));
+  };
+  await refresh();
+  timers.push(setInterval(() => refresh().catch(() => {}), 1000));
+}
+
+// ---- frame ------------------------------------------------------------------------------------------
+async function header() {
+  try {
+    const [st, ap] = await Promise.all([api("/api/status"), api("/api/approvals")]);
+    $("#daemon-status").textContent = `daemon pid ${st.pid} · ${st.running.length} running`;
+    $("#approval-count").textContent = ap.length || "";
+  } catch (e) { $("#daemon-status").textContent = `daemon: ${e.message}`; }
+}
+async function route() {
+  cleanup();
+  const main = $("#main");
+  const h = location.hash || "#/";
+  try {
+    if (h.startsWith("#/s/")) await sessionPage(main, h.slice(4));
+    else if (h === "#/approvals") await approvalsPage(main);
+    else await sessionsPage(main);
+  } catch (e) { main.replaceChildren(el("p", {class: "act-error", id: "page-error"}, e.message)); }
+}
+window.addEventListener("hashchange", route);
+setInterval(header, 2000); header(); route();

@@ -1,0 +1,188 @@
+"""``labd.Executor``: the standard library's ``concurrent.futures.Executor`` with one labd session per call.
+
+    with labd.Executor(max_workers=4, memory="1G") as ex:
+        squares = list(ex.map(lambda x: x * x, range(100)))   # 100 sessions, at most 4 at once, in order
+
+Each worker thread owns a :class:`~labd.ipc.client.Client` (a client is not thread-safe) and handles one call
+at a time: it starts the session, follows its event stream until ``session.ended`` (no polling loop), and
+resolves the future from the record (:meth:`Client.result`). So at most ``max_workers`` sessions of this
+executor run at once. Calls are pickled in :meth:`Executor.submit`, so an argument that cannot be sent fails
+there, in the caller. Cancelling a future whose session runs stops the session.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED, RUNNING
+from dataclasses import dataclass
+from typing import Any
+
+from labd.ipc.client import Client, LabdError
+from labd.ipc.functions import FunctionCall, encode_call
+
+__all__ = ["Executor", "SessionFuture"]
+
+
+class SessionFuture(futures.Future[Any]):
+    """A future whose call runs as a labd session; ``session`` is its id once started (else ``None``)."""
+
+    def __init__(self, stop: Callable[[str], None]) -> None:
+        super().__init__()
+        self.session: str | None = None
+        self._stop = stop
+
+    def cancel(self) -> bool:
+        """Cancel the call: a pending one never starts; a running one's session is stopped (returns True)."""
+        with self._condition:
+            running = self._state == RUNNING
+            if running:
+                # concurrent.futures cannot cancel a running call; a session can be stopped, so we do, and mark
+                # the future as set_running_or_notify_cancel() marks a cancelled one (the waiters are told now).
+                self._state = CANCELLED_AND_NOTIFIED
+                for waiter in self._waiters:
+                    waiter.add_cancelled(self)
+                self._condition.notify_all()
+            sid = self.session
+        if not running:
+            return super().cancel()
+        if sid is not None:  # else the worker stops it as soon as it has the id (see _attach)
+            self._stop(sid)
+        self._invoke_callbacks()  # type: ignore[attr-defined]  # Future's own (untyped) helper, as in cancel()
+        return True
+
+    def _attach(self, sid: str) -> bool:
+        """Record the started session's id; True if the future was cancelled meanwhile (stop it then)."""
+        with self._condition:
+            self.session = sid
+            return self.cancelled()
+
+
+@dataclass
+class _Work:
+    future: SessionFuture
+    call: FunctionCall
+
+
+class Executor(futures.Executor):
+    """Run calls as labd sessions, at most ``max_workers`` at once (runs your code as you).
+
+    ``home`` selects the daemon (default: ``$LABD_HOME``); ``name`` prefixes session names; ``memory``, ``cpu``,
+    ``timeout``, ``budget`` and ``budget_action`` are each session's limits (as for ``Client.start``);
+    ``stop_grace`` is the seconds a cancelled session gets to stop before it is killed (daemon default).
+    Futures fail with :class:`~labd.ipc.functions.RemoteError` when the function raises.
+    """
+
+    def __init__(self, max_workers: int = 4, home: str | os.PathLike[str] | None = None, *, name: str | None = None,
+                 memory: str | int | None = None, cpu: str | float | None = None,
+                 timeout: str | float | None = None, budget: float | None = None,
+                 budget_action: str | None = None, stop_grace: float | None = None) -> None:
+        if not isinstance(max_workers, int) or max_workers <= 0:
+            raise ValueError("max_workers must be a positive integer")
+        self._max_workers = max_workers
+        self._home = home
+        self._name = name
+        self._limits: dict[str, Any] = {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
+                                        "budget_action": budget_action}
+        self._grace = stop_grace
+        self._control = Client(home)  # fails here, not in a worker, when no daemon serves home
+        self._control_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self._count = 0
+        self._closed = False
+
+    # ---- concurrent.futures.Executor --------------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> SessionFuture:
+        """Schedule ``fn(*args, **kwargs)`` as a session; pickling errors are raised here (``LabdError``)."""
+        call = encode_call(fn, args, kwargs)
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future = SessionFuture(self._stop)
+            self._queue.put(_Work(future, call))
+            if len(self._threads) < self._max_workers:
+                t = threading.Thread(target=self._worker, name=f"labd-executor-{len(self._threads)}", daemon=True)
+                self._threads.append(t)
+                t.start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No new calls; ``cancel_futures`` cancels the calls not started; ``wait`` waits for the running ones."""
+        with self._lock:
+            already, self._shutdown = self._shutdown, True
+            if cancel_futures:
+                while True:
+                    try:
+                        work = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if work is not None:
+                        work.future.cancel()
+            if not already:
+                for _ in self._threads:
+                    self._queue.put(None)  # one end marker per worker
+        if wait:
+            for t in self._threads:
+                t.join()
+            with self._control_lock:
+                if not self._closed:
+                    self._closed = True
+                    self._control.close()
+
+    # ---- workers ----------------------------------------------------------------------------------
+    def _worker(self) -> None:
+        client: Client | None = None
+        try:
+            while True:
+                work = self._queue.get()
+                if work is None:
+                    return
+                if not work.future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    if client is None:
+                        client = Client(self._home)
+                    value = self._run(client, work)
+                except Exception as exc:  # noqa: BLE001 - RemoteError, LabdError, an unpicklable value: the future's
+                    self._settle(work.future, exc=exc)
+                else:
+                    self._settle(work.future, value=value)
+        finally:
+            if client is not None:
+                client.close()
+
+    def _run(self, client: Client, work: _Work) -> Any:
+        with self._lock:
+            self._count += 1
+            name = f"{self._name}-{self._count}" if self._name else None
+        sid = client.start_function(work.call, name=name, **self._limits)
+        if work.future._attach(sid):  # cancelled while starting
+            self._stop(sid)
+        return client.result(sid)  # follows the session's events until it ends
+
+    @staticmethod
+    def _settle(future: SessionFuture, *, value: Any = None, exc: BaseException | None = None) -> None:
+        if future.cancelled():
+            return
+        try:
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(value)
+        except futures.InvalidStateError:  # cancelled between the check and now
+            pass
+
+    def _stop(self, sid: str) -> None:
+        with self._control_lock:
+            if self._closed:
+                return
+            try:
+                self._control.stop(sid, self._grace)
+            except LabdError:  # already ended (not_running), or the daemon is gone: nothing left to stop
+                pass

@@ -1,0 +1,134 @@
+"""Human units for limits: sizes (``512M``), durations (``1h30m``), CPU as percent (``50%``) or cores (``0.5``).
+
+Public, because the daemon (validating ``session.start`` and config files), the CLI and the SDK all parse
+the same strings and must agree on what they mean. Every parser raises :class:`UnitError` (a
+``ValueError``) with a message that says what to type instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+
+__all__ = ["UnitError", "parse_size", "parse_duration", "parse_percent", "parse_cpus", "max_cpu_percent",
+           "format_size", "format_duration"]
+
+
+class UnitError(ValueError):
+    """A value that does not parse; the message says what a good one looks like."""
+
+
+_SIZE_UNITS = {"B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
+               "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``1.5GiB``, ``100B`` -> bytes (binary multiples).
+
+    A bare number is refused: ``--memory 512`` meant 512 bytes, which kills any session at once, and
+    nobody means that. The message suggests the unit (``add a unit: 512M``).
+    """
+    m = _SIZE.match(text)
+    if not m:
+        raise UnitError(f"bad size {text!r} (try 512M or 2G)")
+    num, unit = m.group(1), m.group(2).upper()
+    value = float(num)
+    if not unit:
+        raise UnitError(f"bad size {text!r}: add a unit: {num}M (or {num}G; B for bytes)")
+    if unit not in _SIZE_UNITS:
+        raise UnitError(f"bad size {text!r}: unknown unit {m.group(2)!r} (use B, K, M, G or T)")
+    if not math.isfinite(value) or value <= 0:
+        raise UnitError(f"bad size {text!r}: must be positive")
+    return int(value * _SIZE_UNITS[unit])
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)\s*([a-z]*)", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``1h30m``, ``1h 30m``, ``1.5h``, ``2d``, ``500ms`` -> seconds (bare: seconds)."""
+    t = text.strip().lower()
+    pos, total, parts = 0, 0.0, 0
+    hint = "(try 90s, 15m, 1h30m or 2d)"
+    while pos < len(t):
+        m = _DURATION_PART.match(t, pos)
+        if not m:
+            raise UnitError(f"bad duration {text!r} {hint}")
+        num, unit = m.group(1), m.group(2)
+        if unit not in _DURATION_UNITS and not (unit == "" and pos == 0 and m.end() == len(t)):
+            raise UnitError(f"bad duration {text!r}: unknown unit {unit or '(none)'!r} {hint}")
+        total += float(num) * _DURATION_UNITS.get(unit, 1)
+        parts += 1
+        pos = m.end()
+        while pos < len(t) and t[pos] == " ":
+            pos += 1
+    if not parts:
+        raise UnitError(f"bad duration {text!r} {hint}")
+    if not math.isfinite(total) or total <= 0:
+        raise UnitError(f"bad duration {text!r}: must be positive")
+    return total
+
+
+def max_cpu_percent() -> float:
+    """The most CPU a session can use: 100 % per core of this machine."""
+    return 100.0 * (os.cpu_count() or 1)
+
+
+def parse_percent(text: str) -> float:
+    """``50%`` or ``50`` -> 50.0: percent of one core (200 means two cores), up to all cores."""
+    t = text.strip()
+    num = t[:-1].strip() if t.endswith("%") else t
+    try:
+        value = float(num)
+    except ValueError:
+        raise UnitError(f"bad CPU limit {text!r} (try 50% of one core, or --cpus 0.5)") from None
+    top = max_cpu_percent()
+    if not math.isfinite(value) or not 0 < value <= top:
+        raise UnitError(f"bad CPU limit {text!r}: must be between 0 and {top:g}% ({top / 100:g} cores)")
+    return value
+
+
+def parse_cpus(text: str) -> float:
+    """``0.5`` (cores, as docker's ``--cpus``) -> 50.0 percent of one core."""
+    try:
+        cores = float(text.strip())
+    except ValueError:
+        raise UnitError(f"bad CPU count {text!r} (a number of cores, e.g. 0.5 or 2)") from None
+    top = max_cpu_percent() / 100
+    if not math.isfinite(cores) or not 0 < cores <= top:
+        raise UnitError(f"bad CPU count {text!r}: must be more than 0 and at most {top:g} (cores here)")
+    return cores * 100.0
+
+
+def format_size(n: float | None) -> str:
+    """Bytes for people: ``512.0M``, ``1.5G``; ``-`` for nothing."""
+    if not n:
+        return "-"
+    value = float(n)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1024:
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}T"
+
+
+def format_duration(seconds: float | None) -> str:
+    """Seconds for people, two units at most: ``850ms``, ``42s``, ``5m12s``, ``3h05m``, ``2d04h``."""
+    if seconds is None:
+        return "-"
+    s = max(0.0, float(seconds))
+    if s < 1:
+        return f"{s * 1000:.0f}ms"
+    if s < 60:
+        return f"{s:.1f}s" if s < 10 else f"{s:.0f}s"
+    m, sec = divmod(int(s), 60)
+    if m < 60:
+        return f"{m}m{sec:02d}s"
+    h, m = divmod(m, 60)
+    if h < 48:
+        return f"{h}h{m:02d}m"
+    d, h = divmod(h, 24)
+    return f"{d}d{h:02d}h"

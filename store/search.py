@@ -1,0 +1,140 @@
+"""Full-text search over the record: sessions (name, workflow, task), steps, agent messages, code and files.
+
+The index is derived data, like a projection, but kept outside the store: an SQLite FTS5 database
+(``<home>/search.db``) that an indexer fills from the events, whichever backend holds the record. So ingest —
+the single writer of the store — does no extra work per event, the same search works on SQLite and PostgreSQL
+stores, and the index can be deleted and rebuilt from the events at any time. Each session's indexed seq is kept
+in the index itself, in the same transaction as its documents, so indexing is exactly once across restarts.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, select
+
+from labd.store.schema import events, sessions
+
+__all__ = ["SearchIndex", "KINDS"]
+
+#: event kind -> (document type, how to get (title, body) from the payload)
+KINDS = ("session.created", "step.started", "agent.message", "code.execution", "file.created", "file.changed",
+         "approval.requested", "session.finished")
+MAX_BODY = 20_000  # characters of one document that are indexed
+_SCHEMA = """
+CREATE VIRTUAL TABLE IF NOT EXISTS docs USING fts5(
+    title, body, type UNINDEXED, session_id UNINDEXED, seq UNINDEXED, node_id UNINDEXED, ts UNINDEXED,
+    tokenize = 'unicode61 remove_diacritics 2');
+CREATE TABLE IF NOT EXISTS indexed (session_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+"""
+
+
+def _doc(kind: str, p: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(type, title, body) of one event, or None if it holds nothing worth finding."""
+    if kind == "session.created":
+        params = " ".join(f"{k} {v}" for k, v in (p.get("params") or {}).items() if isinstance(v, str | int | float))
+        return "session", f"{p.get('name', '')} {p.get('workflow', '')}", params
+    if kind == "step.started":
+        return "step", str(p.get("name", "")), str(p.get("kind", ""))
+    if kind == "agent.message":
+        return "message", str(p.get("agent", "")), str(p.get("content", ""))
+    if kind == "code.execution":
+        return "code", str(p.get("agent", "")), f"{p.get('code', '')}\n{p.get('output', '')}"
+    if kind in ("file.created", "file.changed"):
+        path = str(p.get("path", ""))
+        return "file", path, f"{path.replace('/', ' ').replace('.', ' ').replace('_', ' ')} {p.get('kind', '')}"
+    if kind == "approval.requested":
+        return "approval", str(p.get("kind", "")), str(p.get("prompt", ""))
+    if kind == "session.finished":
+        result = p.get("result")
+        return "result", str(p.get("outcome", "")), result if isinstance(result, str) else orjson.dumps(result).decode()
+    return None
+
+
+def _fts_query(text: str) -> str:
+    """User text -> an FTS5 query: each word a quoted prefix term, all required (no FTS syntax injection)."""
+    words = re.findall(r"\w+", text, flags=re.UNICODE)
+    return " ".join(f'"{w}"*' for w in words[:20])
+
+
+class SearchIndex:
+    """The FTS5 index of one home; :meth:`update` indexes what the store has beyond each session's mark."""
+
+    def __init__(self, path: Path, engine: Engine) -> None:
+        self.path = path
+        self.engine = engine
+        self._lock = threading.Lock()  # one connection, used by the indexer thread and request handlers
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._db.executescript(_SCHEMA)
+        self._db.execute("PRAGMA journal_mode=WAL")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def update(self, limit_sessions: int = 500) -> int:
+        """Index new events of sessions whose record grew; returns the number of documents added."""
+        with self.engine.connect() as conn:
+            marks = dict(self._db.execute("SELECT session_id, seq FROM indexed").fetchall())
+            rows = conn.execute(select(sessions.c.id, sessions.c.last_seq)).all()
+            todo = [(sid, last) for sid, last in rows if last > marks.get(sid, 0)][:limit_sessions]
+            added = 0
+            for sid, last in todo:
+                since = marks.get(sid, 0)
+                evs = conn.execute(select(events.c.seq, events.c.ts, events.c.kind, events.c.node_id, events.c.payload)
+                                   .where(events.c.session_id == sid, events.c.seq > since, events.c.seq <= last,
+                                          events.c.kind.in_(KINDS)).order_by(events.c.seq)).all()
+                docs = []
+                for seq, ts, kind, node_id, payload in evs:
+                    d = _doc(kind, orjson.loads(payload))
+                    if d is not None:
+                        docs.append((d[1][:500], d[2][:MAX_BODY], d[0], sid, seq, node_id, ts))
+                with self._lock, self._db:  # documents and the mark in one transaction: exactly once
+                    self._db.executemany("INSERT INTO docs (title, body, type, session_id, seq, node_id, ts) "
+                                         "VALUES (?, ?, ?, ?, ?, ?, ?)", docs)
+                    self._db.execute("INSERT INTO indexed (session_id, seq) VALUES (?, ?) ON CONFLICT(session_id) "
+                                     "DO UPDATE SET seq = excluded.seq", (sid, last))
+                added += len(docs)
+        return added
+
+    def forget(self, sids: Iterable[str]) -> None:
+        """Drop deleted sessions from the index (retention)."""
+        ids = list(sids)
+        with self._lock, self._db:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                self._db.execute(f"DELETE FROM docs WHERE session_id IN ({marks})", chunk)
+                self._db.execute(f"DELETE FROM indexed WHERE session_id IN ({marks})", chunk)
+
+    def search(self, text: str, *, types: list[str] | None = None, session_ids: set[str] | None = None,
+               limit: int = 50) -> list[dict[str, Any]]:
+        """Best matches first: ``{type, session_id, seq, node_id, ts, title, snippet}``."""
+        query = _fts_query(text)
+        if not query:
+            return []
+        sql = ("SELECT type, session_id, seq, node_id, ts, title, snippet(docs, 1, '[', ']', ' … ', 12) "
+               "FROM docs WHERE docs MATCH ?")
+        args: list[Any] = [query]
+        if types:
+            sql += f" AND type IN ({','.join('?' * len(types))})"
+            args += types
+        sql += " ORDER BY rank LIMIT ?"
+        args.append(limit * 5 if session_ids is not None else limit)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        out = []
+        for t, sid, seq, node, ts, title, snip in rows:
+            if session_ids is not None and sid not in session_ids:
+                continue
+            out.append({"type": t, "session_id": sid, "seq": seq, "node_id": node, "ts": ts, "title": title,
+                        "snippet": snip})
+            if len(out) >= limit:
+                break
+        return out

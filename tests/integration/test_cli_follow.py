@@ -1,0 +1,65 @@
+"""Following sessions: agent activity in `logs` and `run --follow`, --raw, --tail, --timestamps, Ctrl-C."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+
+from tests.conftest import wait_until
+from tests.integration.cli_support import labd
+
+
+def test_logs_show_agent_activity(daemon) -> None:
+    """For an agent workflow, `logs` shows steps, agent turns, LLM calls, tool calls, code runs, files and
+    costs (on stderr), and `--raw` shows only what the session printed."""
+    r = labd("run", "planning_and_control", "--follow")
+    assert r.returncode == 0, r.stderr
+    sid = r.stderr.split()[2]
+    for text in (r.stderr, labd("logs", sid).stderr):
+        assert re.search(r"▸ n\d+ step 1", text) and "engineer · turn" in text
+        assert "engineer → run_code(" in text and "ran python code, exit 0" in text
+        assert "← labd-offline" in text and "session total $" in text and "+ step_1.json" in text
+        assert "== session completed" in text
+    raw = labd("logs", sid, "--raw")
+    assert raw.returncode == 0 and raw.stderr == ""
+
+
+def test_logs_tail_and_timestamps(daemon) -> None:
+    """`--tail N` prints the last N lines only; `--timestamps` prefixes every line with its time."""
+    sid = labd("run", "demo.count", "-p", "n=6", "-p", "delay=0", "--follow").stderr.split()[2]
+    tail = labd("logs", sid, "--tail", "3", "--raw")
+    assert tail.stdout == "count 4/6\ncount 5/6\ncount 6/6\n"
+    stamped = labd("logs", sid, "-n", "2", "--raw", "--timestamps").stdout.splitlines()
+    assert len(stamped) == 2 and all(re.match(r"\d\d:\d\d:\d\d\.\d{3} count [56]/6$", ln) for ln in stamped)
+    everything = labd("logs", sid, "--timestamps")
+    assert re.search(r"^\d\d:\d\d:\d\d\.\d{3} == session completed", everything.stderr, re.M)
+    assert labd("logs", sid, "--tail", "0").stdout == ""
+
+
+def test_approval_waiting_is_shown_with_how_to_answer(daemon) -> None:
+    """A session waiting for a human shows the request and the command that answers it."""
+    sid = labd("run", "labd_testflows:custom_approval").stdout.strip()
+    with daemon.client() as c:
+        wait_until(lambda: c.approvals(sid), timeout=60, what="the approval")
+    err = labd("logs", sid).stderr
+    assert "waiting" in err and f"labd resolve {sid}" in err
+    labd("kill", sid)
+
+
+def test_ctrl_c_during_run_follow_detaches_and_says_so(daemon) -> None:
+    """Ctrl-C while following: exit 130, the message says the session keeps running and how to stop it;
+    the session really does keep running."""
+    proc = subprocess.Popen([sys.executable, "-m", "labd", "run", "demo.count", "-p", "n=100", "-p", "delay=0.2",
+                             "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "count 1/100\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    sid = err.split()[2]
+    assert f"session {sid} keeps running" in err and f"labd stop {sid}" in err
+    with daemon.client() as c:
+        assert c.session(sid)["status"] == "running"
+        c.kill(sid)

@@ -1,0 +1,111 @@
+"""CLI options people type: global options anywhere, --version, units with hints, params, paths, completion."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import labd as labd_pkg
+from tests.conftest import kill_runners, wait_until
+from tests.integration.cli_support import labd
+
+
+def test_global_options_go_before_or_after_the_command(isolated_env: Path, tmp_path: Path) -> None:
+    """`labd serve --home DIR` (as the README shows) starts a daemon on DIR; `labd ps --home DIR` and
+    `labd --home DIR ps` both reach it; --version prints the package version."""
+    home = tmp_path / "elsewhere"
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "labd", "serve", "--home", str(home), "--log-format", "json"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: labd("status", "--home", str(home), "--json").returncode == 0, timeout=30,
+                   what="the daemon on --home")
+        after, before = labd("ps", "-a", "--home", str(home)), labd("--home", str(home), "ps", "-a")
+        assert after.returncode == before.returncode == 0
+        assert json.loads(labd("status", "--json", "--home", str(home)).stdout)["home"] == str(home)
+        assert labd("ps").returncode == 2  # the default home ($LABD_HOME) has no daemon
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        log.close()
+        kill_runners(home)
+    v = labd("--version")
+    assert v.returncode == 0 and v.stdout.strip() == f"labd {labd_pkg.__version__}"
+
+
+def test_units_people_mean(daemon) -> None:
+    """--memory needs a unit (512 is refused, saying `512M`), --cpus 0.5 is half a core (= --cpu 50%),
+    --cpu without % is refused with the --cpus hint, --timeout takes 1h30m; the limits reach the session."""
+    r = labd("run", "demo.count", "--memory", "512")
+    assert r.returncode == 2 and "add a unit: 512M" in r.stderr
+    r = labd("run", "demo.count", "--cpu", "0.5")
+    assert r.returncode == 2 and "--cpus 0.5" in r.stderr
+    r = labd("run", "demo.count", "--cpu", "50%", "--cpus", "0.5")
+    assert r.returncode == 2 and "not both" in r.stderr
+    r = labd("run", "demo.count", "--timeout", "1h30")
+    assert r.returncode == 2 and "bad duration" in r.stderr
+    sid = labd("run", "demo.sleep", "-p", "seconds=60", "--memory", "256M", "--cpus", "0.5",
+               "--timeout", "1h30m").stdout.strip()
+    lim = json.loads(labd("show", sid, "--json").stdout)["limits"]
+    assert lim["memory"] == 256 * 2**20 and lim["cpu"] == 50.0 and lim["timeout"] == 5400.0
+    sid2 = labd("run", "demo.sleep", "-p", "seconds=60", "--cpu", "25%").stdout.strip()
+    assert json.loads(labd("show", sid2, "--json").stdout)["limits"]["cpu"] == 25.0
+    for s in (sid, sid2):
+        assert labd("kill", s).returncode == 0
+
+
+def test_a_parameter_given_twice_is_refused(daemon) -> None:
+    """`-p n=5 -p n=6` is an error naming both values, not a silent last-wins; nothing is started."""
+    r = labd("run", "demo.count", "-p", "n=5", "-p", "n=6")
+    assert r.returncode == 2 and "'n' given twice ('5' and '6')" in r.stderr
+    assert labd("ps", "-a", "--json").stdout.strip() == "[]"
+
+
+def test_paths_tells_where_things_are(isolated_env: Path) -> None:
+    """`labd paths` prints home, runtime dir, connection file, database and logs, with no daemon running;
+    --json has the same in stable fields."""
+    r = labd("paths")
+    assert r.returncode == 0
+    for label in ("home", "runtime dir", "connection file", "database", "daemon log"):
+        assert label in r.stdout
+    p = json.loads(labd("paths", "--json").stdout)
+    assert p["home"] == str(isolated_env.resolve()) and p["daemon_running"] is False
+    assert p["connection_file"].startswith(p["runtime_dir"])
+    assert p["runtime_dir"].startswith(os.environ["XDG_RUNTIME_DIR"])
+    assert p["database"] == f"sqlite:///{isolated_env.resolve() / 'labd.db'}"
+    assert {"config_files", "sessions_dir", "daemon_log"} <= set(p)
+
+
+def test_paths_reports_the_running_daemons_database(daemon) -> None:
+    """With a daemon up, the database comes from it."""
+    p = json.loads(labd("paths", "--json").stdout)
+    assert p["daemon_running"] is True and p["database_from"] == "the running daemon"
+
+
+def test_completion_scripts(daemon, tmp_path: Path) -> None:
+    """bash completion (a syntax-checked script) completes commands, options and session ids from the
+    daemon; zsh and fish scripts are produced and name every command."""
+    sid = labd("run", "demo.count", "-p", "n=1", "-p", "delay=0").stdout.strip()
+    script = labd("completion", "bash").stdout
+    (tmp_path / "labd.bash").write_text(script)
+    assert subprocess.run(["bash", "-n", str(tmp_path / "labd.bash")]).returncode == 0
+
+    def complete(*words: str) -> list[str]:
+        cmd = (f"source {tmp_path / 'labd.bash'}; COMP_WORDS=({' '.join(repr(w) for w in words)}); "
+               f"COMP_CWORD={len(words) - 1}; _labd; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env).stdout.split()
+
+    assert complete("labd", "ru") == ["run"]
+    assert "--follow" in complete("labd", "run", "--f")
+    assert complete("labd", "run", "--on-budget", "") == ["stop", "pause"]
+    assert sid in complete("labd", "show", "")
+    assert "demo.count" in complete("labd", "run", "demo.c")
+    zsh, fish = labd("completion", "zsh").stdout, labd("completion", "fish").stdout
+    assert zsh.startswith("#compdef labd") and "_labd_sessions" in zsh
+    for name in ("run", "ps", "logs", "paths", "completion", "dag"):
+        assert f"'{name}:" in zsh and f"-a {name} " in fish

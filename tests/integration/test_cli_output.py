@@ -1,0 +1,107 @@
+"""What the CLI prints: live-only ps and its filters, human status, JSON everywhere, numeric node order,
+terminal colours vs plain pipes, the DAG as a tree and properly escaped Mermaid / DOT."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+from tests.integration.cli_support import labd, labd_tty
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def test_ps_shows_live_sessions_unless_asked(daemon) -> None:
+    """`ps` lists live sessions only (with nothing live: nothing, and a hint on stderr, JSON stays []);
+    -a adds ended ones; --status, --workflow, --since filter; -q prints ids."""
+    done = labd("run", "demo.count", "-p", "n=1", "-p", "delay=0", "--follow")
+    assert done.returncode == 0
+    empty = labd("ps")
+    assert empty.returncode == 0 and empty.stdout == "" and "no live sessions" in empty.stderr
+    assert labd("ps", "--json").stdout.strip() == "[]"
+    live = labd("run", "demo.sleep", "-p", "seconds=60", "--name", "sleeper").stdout.strip()
+    rows = json.loads(labd("ps", "--json").stdout)
+    assert [r["id"] for r in rows] == [live]
+    assert {r["workflow"] for r in json.loads(labd("ps", "-a", "--json").stdout)} == {"demo.count", "demo.sleep"}
+    counted = labd("ps", "-a", "-q", "--workflow", "demo.c*").stdout.split()
+    assert len(counted) == 1 and live not in counted
+    assert labd("ps", "-a", "-q", "--workflow", "sleep").stdout.split() == [live]
+    assert len(labd("ps", "-q", "--status", "completed").stdout.split()) == 1
+    assert len(labd("ps", "-aq", "--since", "10m").stdout.split()) == 2
+    assert labd("ps", "-aq", "--since", "bogus").returncode == 2
+    table = labd("ps").stdout.splitlines()
+    assert table[0].split()[:4] == ["ID", "NAME", "WORKFLOW", "STATUS"] and "sleeper" in table[1]
+    assert labd("kill", live).returncode == 0
+
+
+def test_status_is_for_people_and_json_for_programs(daemon) -> None:
+    """`status` prints labelled lines (not raw JSON); --json gives the reply object."""
+    human = labd("status").stdout
+    assert human.startswith("daemon") and "running, pid" in human and "database" in human and "{" not in human
+    data = json.loads(labd("status", "--json").stdout)
+    assert {"pid", "home", "db", "running", "counters", "uptime"} <= set(data)
+
+
+def test_json_on_every_data_command(daemon) -> None:
+    """history, files, cost, approvals, show, workflows each take --json and print one JSON document."""
+    sid = labd("run", "demo.compute", "-p", "rounds=1", "-p", "work=10", "--follow").stderr.split()[2]
+    for args in (["history", sid], ["files", sid], ["cost", sid], ["approvals", "-a"], ["show", sid],
+                 ["workflows"], ["dag", sid, "--format", "json"], ["stop", sid]):
+        r = labd(*args, "--json") if args[0] != "dag" else labd(*args)
+        if args[0] == "stop":
+            assert r.returncode == 2  # not running: an error, not JSON
+            continue
+        assert r.returncode == 0, (args, r.stderr)
+        json.loads(r.stdout)
+    hist = json.loads(labd("history", sid, "--json").stdout)
+    assert [h["to_status"] for h in hist if h["node_id"] is None][-1] == "completed"
+
+
+def test_node_columns_sort_numerically(daemon) -> None:
+    """With ten and more nodes, n2 comes before n10 in the NODE column (the store orders them as text)."""
+    r = labd("run", "planning_and_control", "--follow")
+    assert r.returncode == 0, r.stderr
+    sid = r.stderr.split()[2]
+    cost = labd("cost", sid).stdout
+    nodes = [line.split()[0] for line in cost.split("NODE", 1)[1].splitlines()[1:] if line.strip()]
+    assert "n10" in nodes and nodes == sorted(nodes, key=lambda n: int(n[1:]))
+    show = labd("show", sid).stdout
+    listed = re.findall(r"^(n\d+)\s", show, re.M)
+    assert listed == sorted(listed, key=lambda n: int(n[1:])) and "n10" in listed
+
+
+def test_colours_on_a_terminal_plain_text_in_pipes(daemon) -> None:
+    """On a terminal `ps -a` draws a table with coloured statuses; NO_COLOR (or --no-color) removes the
+    colours; in a pipe there is no escape code at all."""
+    labd("run", "demo.count", "-p", "n=1", "-p", "delay=0", "--follow")
+    tty = labd_tty("ps", "-a")
+    assert "\x1b[34m" in tty and "completed" in ANSI.sub("", tty)  # blue status
+    for extra_env, args in (({"NO_COLOR": "1"}, ["ps", "-a"]), ({}, ["ps", "-a", "--no-color"])):
+        plain_tty = labd_tty(*args, env=extra_env)
+        assert not re.search(r"\x1b\[(3\d|9\d)", plain_tty) and "completed" in plain_tty
+    piped = labd("ps", "-a")
+    assert "\x1b" not in piped.stdout and "completed" in piped.stdout
+
+
+def test_dag_is_a_tree_by_default_and_exports_escape_names(daemon, tmp_path: Path) -> None:
+    """`labd dag` draws the steps as a tree; names with quotes, brackets, # and newlines come out as valid
+    Mermaid (entity codes) and DOT (backslash escapes)."""
+    (tmp_path / "odd.py").write_text(textwrap.dedent('''
+        def odd(ctx):
+            with ctx.step('say "hi" <b>#1'):
+                with ctx.step("inner\\\\path\\nline2"):
+                    pass
+    '''))
+    r = labd("run", "./odd.py", "--follow", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    sid = r.stderr.split()[2]
+    tree = labd("dag", sid).stdout.splitlines()
+    assert tree[0].startswith('n1 say "hi" <b>#1') and tree[1].startswith("└── n2 inner")
+    mermaid = labd("dag", sid, "--format", "mermaid").stdout
+    assert 'n1["say #quot;hi#quot; #lt;b#gt;#35;1 · completed"]' in mermaid
+    assert "\\nline2" not in mermaid and '"hi"' not in mermaid
+    dot = labd("dag", sid, "--format", "dot").stdout
+    assert r'"n1" [label="say \"hi\" <b>#1 · completed"' in dot
+    assert r'label="inner\\path\nline2 · completed"' in dot

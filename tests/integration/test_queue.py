@@ -1,0 +1,120 @@
+"""The run queue: capacity (max_sessions), order (priority, then submission), restart, stop while queued."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import DaemonProc, kill_runners, running_daemon, wait_until
+
+
+def _configure(home: Path, max_sessions: int) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(f"[daemon]\nmax_sessions = {max_sessions}\n")
+
+
+def _ts(client: Any, sid: str, kind: str) -> float | None:
+    found = [e["ts"] for e in client.history(sid, kinds=[kind])]
+    return found[0] if found else None
+
+
+def _start(client: Any, workflow: str = "demo.sleep", seconds: float = 60, priority: int = 0) -> str:
+    return client.request("session.start", workflow=workflow, params={"seconds": seconds}, limits={},
+                          priority=priority)["session"]  # type: ignore[no-any-return]
+
+
+def _positions(client: Any) -> dict[str, int]:
+    """Queued sessions -> their queue position, as session.list reports them."""
+    return {r["id"]: r["queue_position"] for r in client.sessions(status=["queued"])}
+
+
+def _status(client: Any, sid: str) -> str:
+    return client.session(sid)["status"]  # type: ignore[no-any-return]
+
+
+def test_fifty_submissions_under_max_sessions_four(isolated_env: Path) -> None:
+    """50 sessions under max_sessions = 4: never more than 4 runners at once, all complete, and they
+    are launched in submission order."""
+    _configure(isolated_env, 4)
+    with running_daemon(isolated_env) as d, d.client(timeout=30) as c:
+        sids = [_start(c, seconds=1.0) for _ in range(50)]
+        for sid in sids:
+            assert c.wait(sid, timeout=300)["status"] == "completed"
+        spans = [(_ts(c, s, "session.launched"), _ts(c, s, "session.ended")) for s in sids]
+        waited = sum(_ts(c, s, "session.queued") is not None for s in sids)
+    assert waited >= 30, f"only {waited} of 50 sessions waited in the queue"
+    assert all(a is not None and b is not None for a, b in spans)
+    launched = [a for a, _ in spans]
+    assert launched == sorted(launched), "sessions were launched out of submission order"
+    # the most runners alive at any launch instant (a runner counts from its launch to its recorded end)
+    overlap = max(sum(1 for a, b in spans if a <= t < b) for t in launched)  # type: ignore[operator]
+    assert overlap <= 4, f"{overlap} sessions ran at once under max_sessions = 4"
+
+
+def test_priority_then_submission_order_and_ps_shows_the_queue(isolated_env: Path) -> None:
+    """Queued sessions start highest priority first, then in submission order; session.list reports
+    status queued with the queue position, and `labd ps` lists them."""
+    _configure(isolated_env, 1)
+    with running_daemon(isolated_env) as d, d.client() as c:
+        blocker = _start(c)
+        wait_until(lambda: _status(c, blocker) == "running", timeout=30, what="blocker running")
+        low_a, low_b = _start(c, seconds=0.1), _start(c, seconds=0.1)
+        high = _start(c, seconds=0.1, priority=5)
+        expected = {high: 1, low_a: 2, low_b: 3}
+        wait_until(lambda: _positions(c) == expected, what=f"queue positions {expected} (is {_positions(c)})")
+        ps = subprocess.run([sys.executable, "-m", "labd", "--home", str(isolated_env), "ps"], capture_output=True,
+                            text=True, check=True).stdout
+        assert ps.count("queued") == 3, ps
+        c.stop(blocker, grace=1)
+        for sid in (high, low_a, low_b):
+            assert c.wait(sid, timeout=60)["status"] == "completed"
+        order = sorted((high, low_a, low_b), key=lambda s: _ts(c, s, "session.launched") or 0)
+    assert order == [high, low_a, low_b]
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_a_queued_session_can_be_stopped(isolated_env: Path, how: str) -> None:
+    """Stopping (or killing) a queued session ends it cancelled, and no runner is ever started for it."""
+    _configure(isolated_env, 1)
+    with running_daemon(isolated_env) as d, d.client() as c:
+        blocker = _start(c)
+        waiting = _start(c, seconds=0.1)
+        wait_until(lambda: _status(c, waiting) == "queued", what="queued")
+        getattr(c, how)(waiting)
+        final = c.wait(waiting, timeout=30)
+        assert final["status"] == "cancelled" and final["ended_by"] == "queue"
+        assert final["pid"] is None
+        assert _ts(c, waiting, "session.launched") is None
+        c.stop(blocker, grace=1)
+        c.wait(blocker, timeout=30)
+        assert _ts(c, waiting, "session.launched") is None  # freed capacity does not revive it
+
+
+def test_the_queue_survives_a_daemon_restart(isolated_env: Path) -> None:
+    """Sessions queued when the daemon stops are still queued, in the same order, after it restarts (the
+    adopted blocker still holds the only slot), and run in that order once capacity frees."""
+    _configure(isolated_env, 1)
+    first = DaemonProc(isolated_env).start()
+    try:
+        with first.client() as c:
+            blocker = _start(c)
+            wait_until(lambda: _status(c, blocker) == "running", timeout=30, what="blocker running")
+            queued = [_start(c, seconds=0.1), _start(c, seconds=0.1, priority=2), _start(c, seconds=0.1)]
+            before = wait_until(lambda: _positions(c) if len(_positions(c)) == 3 else None, what="three queued")
+        first.stop()  # sessions keep running: the blocker's runner outlives the daemon
+        with running_daemon(isolated_env) as d, d.client() as c:
+            after = _positions(c)
+            assert after == before == {queued[1]: 1, queued[0]: 2, queued[2]: 3}
+            assert _status(c, blocker) == "running"
+            c.stop(blocker, grace=1)
+            for sid in queued:
+                assert c.wait(sid, timeout=60)["status"] == "completed"
+            order = sorted(queued, key=lambda s: _ts(c, s, "session.launched") or 0)
+    finally:
+        first.stop()
+        kill_runners(isolated_env)
+    assert order == [queued[1], queued[0], queued[2]]

@@ -1,0 +1,93 @@
+"""Full-text search (`search` / `labd search`): sessions are found by a word in one agent message, a file by
+its name, a step by its name; filters by status and workflow are honoured; bad input is refused; deleted
+sessions leave the index; the index is rebuilt from the record if it is lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import running_daemon, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _indexed(c, query: str, **kw) -> list[dict]:
+    return wait_until(lambda: c.search(query, **kw), timeout=30, what=f"search hits for {query!r}")
+
+
+def test_find_a_session_by_a_word_in_an_agent_message_and_a_file_by_name(daemon) -> None:
+    """planning_and_control on the offline model: the reviewer's word 'APPROVED' finds the session (type
+    message); the file step_2.json is found by 'step_2'; a step by its name; nothing for a word nobody wrote."""
+    with daemon.client() as c:
+        sid = c.start("planning_and_control", params={"task": "Fit the zebrafish growth curve"})
+        other = c.start("demo.count", params={"n": 1})
+        for s in (sid, other):
+            assert c.wait(s, timeout=90)["status"] == "completed"
+        msg = _indexed(c, "approved", types=["message"])
+        assert {h["session_id"] for h in msg} == {sid} and msg[0]["title"] == "plan_reviewer"
+        files = c.search("step_2", types=["file"])
+        assert [h["title"] for h in files] == ["step_2.json"] and files[0]["session_id"] == sid
+        assert c.search("zebrafish", types=["session"])[0]["session_id"] == sid  # the task text
+        steps = c.search("summarise findings", types=["step"])
+        assert steps and steps[0]["node_id"] and steps[0]["session_workflow"] == "planning_and_control"
+        assert c.search("xylophoneqq") == []
+
+
+def test_filters_and_bad_input(daemon) -> None:
+    """status / workflow / since filters are applied, not ignored; an empty query or unknown type is refused."""
+    from labd.ipc import LabdError
+
+    with daemon.client() as c:
+        ok = c.start("demo.count", params={"n": 1}, name="alpha-run")
+        bad = c.start("demo.fail", name="alpha-fail")
+        for s in (ok, bad):
+            c.wait(s, timeout=60)
+        _indexed(c, "alpha", types=["session"])
+        wait_until(lambda: len(c.search("alpha", types=["session"])) == 2, timeout=30, what="both indexed")
+        assert {h["session_id"] for h in c.search("alpha", status=["failed"])} == {bad}
+        assert {h["session_id"] for h in c.search("alpha", workflow="demo.count")} == {ok}
+        assert c.search("alpha", since="1d") and c.search("alpha", since=0.0, workflow="nope") == []
+        for body in ({"query": "  "}, {"query": "x", "types": ["nonsense"]}, {"query": "x", "since": "soon"}):
+            with pytest.raises(LabdError) as err:
+                c.request("search", **body)
+            assert err.value.code == "bad_request"
+
+
+def test_deleted_sessions_leave_the_index_and_a_lost_index_is_rebuilt(isolated_env: Path) -> None:
+    """`rm` removes a session's documents; deleting search.db while the daemon is down loses nothing: the next
+    daemon re-indexes the record."""
+    with running_daemon(isolated_env) as d, d.client() as c:
+        a = c.start("demo.count", params={"n": 1}, name="gamma-one")
+        b = c.start("demo.count", params={"n": 1}, name="gamma-two")
+        for s in (a, b):
+            c.wait(s, timeout=60)
+        wait_until(lambda: len(c.search("gamma")) == 2, timeout=30, what="indexed")
+        c.rm(a)
+        assert [h["session_id"] for h in c.search("gamma")] == [b]
+    (isolated_env / "search.db").unlink()
+    for extra in ("search.db-wal", "search.db-shm"):
+        (isolated_env / extra).unlink(missing_ok=True)
+    with running_daemon(isolated_env) as d, d.client() as c:
+        assert [h["session_id"] for h in _indexed(c, "gamma")] == [b]
+
+
+def test_cli_search(daemon) -> None:
+    """`labd search` prints the hits with their session, and `--json` the stable reply shape."""
+    import json
+
+    with daemon.client() as c:
+        sid = c.start("demo.count", params={"n": 1}, name="delta-cli")
+        c.wait(sid, timeout=60)
+        _indexed(c, "delta")
+    env = {**os.environ, "LABD_HOME": str(daemon.home)}
+    out = subprocess.run([sys.executable, "-m", "labd", "search", "delta"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert out.returncode == 0 and sid in out.stdout
+    out = subprocess.run([sys.executable, "-m", "labd", "search", "delta", "--json"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert json.loads(out.stdout)[0]["session_id"] == sid

@@ -1,0 +1,126 @@
+"""TCP with CurveZMQ: a daemon started with --listen serves remote clients whose keys it issued (control and the
+live event stream, over real TCP on loopback), refuses clients with unknown keys or no encryption, and refuses
+a non-TCP listen address; revoking a client locks it out."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zmq
+
+from tests.conftest import running_daemon
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _port() -> int:
+    with socket.socket() as s:  # two consecutive free ports: control and events
+        for _ in range(50):
+            s2 = socket.socket()
+            try:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+                s2.bind(("127.0.0.1", port + 1))
+                return int(port)
+            except OSError:
+                s.close()
+                s = socket.socket()
+            finally:
+                s2.close()
+    raise RuntimeError("no free port pair")
+
+
+@pytest.fixture
+def tcp_daemon(isolated_env: Path):
+    port = _port()
+    with running_daemon(isolated_env, args=["--listen", f"tcp://127.0.0.1:{port}"]) as d:
+        yield d, port
+
+
+def _write(path: Path, data: dict) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    return path
+
+
+def test_a_remote_client_controls_and_follows_over_tcp(tcp_daemon, tmp_path: Path) -> None:
+    """`remote.add` issues a connection file; a client using it (no access to the local runtime dir) starts a
+    session and follows its output live over TCP."""
+    from labd.ipc import Client
+
+    d, port = tcp_daemon
+    with d.client() as local:
+        conn = local.request("remote.add", name="laptop")["connection"]
+        assert conn["control"] == f"tcp://127.0.0.1:{port}" and conn["server_public"]
+        assert local.request("remote.list")["clients"] == ["laptop"]
+    path = _write(tmp_path / "laptop.labd.json", conn)
+    with Client(connection_file=path, timeout=10) as remote:
+        sid = remote.start("demo.count", params={"n": 3})
+        texts = [e["payload"]["text"] for e in remote.follow(sid, timeout=60) if e["kind"] == "output"]
+        assert "".join(texts).count("count") == 3
+        assert remote.session(sid)["status"] == "completed"
+
+
+def test_unknown_key_or_plain_tcp_gets_nothing(tcp_daemon, tmp_path: Path) -> None:
+    """A client with a keypair the daemon never issued, or one that does not encrypt, gets no reply; a revoked
+    client is locked out too."""
+    from labd.ipc import Client, LabdError
+
+    d, port = tcp_daemon
+    with d.client() as local:
+        conn = local.request("remote.add", name="box")["connection"]
+    pub, sec = zmq.curve_keypair()
+    forged = _write(tmp_path / "forged.json", {**conn, "client_public": pub.decode(), "client_secret": sec.decode()})
+    with Client(connection_file=forged, timeout=2) as c, pytest.raises(LabdError) as err:
+        c.ping()
+    assert err.value.code == "timeout"
+    plain = _write(tmp_path / "plain.json", {k: v for k, v in conn.items() if not k.startswith(("server_", "client_"))})
+    with Client(connection_file=plain, timeout=2) as c, pytest.raises(LabdError) as err:
+        c.ping()
+    assert err.value.code == "timeout"
+    good = _write(tmp_path / "good.json", conn)
+    with Client(connection_file=good, timeout=10) as c:
+        assert c.ping()["pid"] == d.proc.pid
+    with d.client() as local:
+        local.request("remote.remove", name="box")
+    with Client(connection_file=good, timeout=2) as c, pytest.raises(LabdError):
+        c.ping()
+
+
+def test_cli_remote_add_and_connect(tcp_daemon, tmp_path: Path) -> None:
+    """`labd remote add` writes a private connection file; `labd --connect FILE ps` works with it."""
+    d, _ = tcp_daemon
+    env = {**os.environ, "LABD_HOME": str(d.home)}
+    out = subprocess.run([sys.executable, "-m", "labd", "remote", "add", "ws1", "-o", str(tmp_path / "ws1.json")],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "ws1.json").stat().st_mode & 0o777 == 0o600
+    other = {k: v for k, v in os.environ.items() if k not in ("LABD_HOME",)}
+    other["XDG_RUNTIME_DIR"] = str(tmp_path / "elsewhere")  # no local daemon to find: only the file
+    out = subprocess.run([sys.executable, "-m", "labd", "--connect", str(tmp_path / "ws1.json"), "status"],
+                         capture_output=True, text=True, env=other, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def test_listen_without_tcp_is_refused(isolated_env: Path) -> None:
+    """Only tcp:// is served remotely (and always with CURVE): another scheme stops the daemon with a message."""
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run([sys.executable, "-m", "labd", "--home", str(isolated_env), "serve", "--listen",
+                          "ipc:///tmp/x"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "tcp://" in out.stderr
+
+
+def test_remote_add_without_listen_is_a_clear_error(daemon) -> None:
+    """A daemon without --listen answers remote.add with `no_tcp`."""
+    from labd.ipc import LabdError
+
+    with daemon.client() as c, pytest.raises(LabdError) as err:
+        c.request("remote.add", name="x")
+    assert err.value.code == "no_tcp"

@@ -1,0 +1,31 @@
+"""Front-ends are clients of the public protocol: no `labd.daemon` imports, except `labd serve` starting it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+FRONTENDS = Path(__file__).resolve().parents[2] / "frontends"
+
+
+def _daemon_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(tree):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        found += [(node.lineno, n) for n in names if n == "labd.daemon" or n.startswith("labd.daemon.")]
+    return found
+
+
+def test_frontends_import_no_daemon_module_outside_serve() -> None:
+    """Every `labd.daemon` import under frontends/ sits inside the `serve` command's handler."""
+    offenders = []
+    for path in FRONTENDS.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        allowed: set[int] = set()
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef) and fn.name == "cmd_serve":
+                allowed |= {n.lineno for n in ast.walk(fn) if hasattr(n, "lineno")}
+        offenders += [f"{path.name}:{line} {name}" for line, name in _daemon_imports(tree) if line not in allowed]
+    assert offenders == []
+    assert any(_daemon_imports(ast.parse(p.read_text())) for p in FRONTENDS.rglob("*.py"))  # the check sees them

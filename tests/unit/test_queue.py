@@ -1,0 +1,64 @@
+"""The run queue's order and capacity rules (daemon/queue.py), and the queued status in projections."""
+
+from __future__ import annotations
+
+from labd.daemon.monitor import Limits
+from labd.daemon.queue import RunQueue
+from labd.store.projections import RowChanges, SessionCursor, apply
+
+
+def _push(q: RunQueue, sid: str, priority: int = 0, memory: int | None = None, at: float = 0.0) -> None:
+    q.push(q.entry(sid, "demo.sleep", {}, Limits(memory=memory), "/w", priority, at))
+
+
+def test_priority_first_then_submission_order() -> None:
+    """Higher priority goes first; equal priorities keep submission order; positions are 1-based."""
+    q = RunQueue(max_sessions=1)
+    for i, (sid, prio) in enumerate([("a", 0), ("b", 0), ("c", 5), ("d", 0)]):
+        _push(q, sid, prio, at=float(i))
+    assert q.positions() == {"c": 1, "a": 2, "b": 3, "d": 4}
+    order = []
+    while len(q):
+        (started,) = q.admit([])
+        order.append(started.sid)
+    assert order == ["c", "a", "b", "d"]
+
+
+def test_capacity_and_strict_head_of_line() -> None:
+    """max_sessions bounds runners; with memory_total, a big head waits and nothing smaller overtakes it."""
+    q = RunQueue(max_sessions=2)
+    _push(q, "a")
+    _push(q, "b")
+    _push(q, "c")
+    assert [x.sid for x in q.admit([Limits()])] == ["a"]  # one slot left
+    q = RunQueue(memory_total=100)
+    _push(q, "big", memory=80, at=1)
+    _push(q, "small", memory=10, at=2)
+    assert q.admit([Limits(memory=50)]) == []  # 50 + 80 > 100, and "small" may not jump the queue
+    assert [x.sid for x in q.admit([])] == ["big", "small"]
+    assert q.never_fits(Limits(memory=101)) and not q.never_fits(Limits(memory=100))
+
+
+def test_removed_entries_never_start() -> None:
+    """A session taken out of the queue (stopped) is skipped and no longer has a position."""
+    q = RunQueue(max_sessions=1)
+    _push(q, "a", at=1)
+    _push(q, "b", at=2)
+    assert q.remove("a") and not q.remove("a")
+    assert q.position("a") is None and q.position("b") == 1
+    assert [x.sid for x in q.admit([])] == ["b"]
+
+
+def test_queued_status_transitions() -> None:
+    """session.queued moves created -> queued; launch moves queued -> starting; a queued session can end."""
+    cur, out = SessionCursor("s1"), RowChanges()
+    apply(cur, 1, 1.0, "session.created", "d", None, {"workflow": "w", "name": "n", "params": {}, "limits": {},
+                                                      "workdir": "/w"}, out)
+    apply(cur, 2, 2.0, "session.queued", "d", None, {"position": 3, "priority": 0}, out)
+    assert cur.status == "queued" and out.history[-1]["reason"] == "queued at position 3"
+    apply(cur, 3, 3.0, "session.launched", "d", None, {"pid": 1, "create_time": 1.0, "launcher": "template"}, out)
+    assert cur.status == "starting"
+    cur2, out2 = SessionCursor("s2", status="queued"), RowChanges()
+    ended = {"status": "cancelled", "reason": "stopped while queued (by client)", "ended_by": "queue"}
+    apply(cur2, 5, 5.0, "session.ended", "d", None, ended, out2)
+    assert cur2.status == "cancelled"

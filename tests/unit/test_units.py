@@ -1,0 +1,98 @@
+"""Unit tests for labd.ipc.units: the human units every front-end and the daemon parse the same way."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from labd.ipc.units import (
+    UnitError,
+    format_duration,
+    format_size,
+    parse_cpus,
+    parse_duration,
+    parse_percent,
+    parse_size,
+)
+
+MiB, GiB = 2**20, 2**30
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("512M", 512 * MiB), ("512m", 512 * MiB), ("512MB", 512 * MiB), ("512MiB", 512 * MiB),
+    ("2G", 2 * GiB), ("2gb", 2 * GiB), ("1.5G", int(1.5 * GiB)), ("64K", 64 * 1024), ("64kib", 64 * 1024),
+    ("100B", 100), (" 8M ", 8 * MiB), ("12 MB", 12 * MiB), ("1T", 2**40),
+])
+def test_parse_size_good(text: str, value: int) -> None:
+    """Sizes with a unit (B/K/M/G/T, optional B / iB, any case) parse to bytes."""
+    assert parse_size(text) == value
+
+
+def test_a_bare_number_is_refused_with_the_unit_to_add() -> None:
+    """``512`` would be 512 bytes (a session killed at once): refused, and the message says `512M`."""
+    with pytest.raises(UnitError, match="add a unit: 512M"):
+        parse_size("512")
+
+
+@pytest.mark.parametrize("text", ["", "M", "abc", "0M", "-1M", "5P", "5KG", "5MBB", "1,5G", "GiB", "nan", "infM"])
+def test_parse_size_bad(text: str) -> None:
+    """Empty, garbage, non-positive, unknown or doubled units and non-finite values raise UnitError."""
+    with pytest.raises(UnitError, match="bad size"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("1h", 3600.0), ("2d", 172800.0), ("1.5h", 5400.0),
+    ("0.5", 0.5), (" 10S ", 10.0), ("1h30m", 5400.0), ("1h 30m", 5400.0), ("2m30s", 150.0), ("500ms", 0.5),
+    ("1w", 604800.0), ("10min", 600.0),
+])
+def test_parse_duration_good(text: str, value: float) -> None:
+    """Durations in ms/s/m/h/d/w, compound (1h30m) or not, parse to seconds; a bare number is seconds."""
+    assert parse_duration(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "s", "abc", "10x", "0", "0s", "-1m", "1h30", "h1", "nan", "1h-5m"])
+def test_parse_duration_bad(text: str) -> None:
+    """Garbage, unknown units, a bare number after a unit, and non-positive durations raise UnitError."""
+    with pytest.raises(UnitError, match="bad duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(("text", "value"), [("50%", 50.0), ("50", 50.0), (" 12.5% ", 12.5), ("100", 100.0)])
+def test_parse_percent_good(text: str, value: float) -> None:
+    """Percent of one core, with or without '%'."""
+    assert parse_percent(text) == value
+
+
+def test_cpu_limits_go_up_to_all_cores_in_either_unit() -> None:
+    """The upper bound is 100% per core; --cpus counts cores (0.5 = 50%)."""
+    cores = os.cpu_count() or 1
+    assert parse_percent(f"{100 * cores}%") == 100.0 * cores
+    assert parse_cpus("0.5") == 50.0 and parse_cpus(str(cores)) == 100.0 * cores
+    with pytest.raises(UnitError, match="between"):
+        parse_percent(f"{100 * cores + 1}%")
+    with pytest.raises(UnitError, match="at most"):
+        parse_cpus(str(cores + 1))
+
+
+@pytest.mark.parametrize("text", ["", "%", "abc", "0", "0%", "-5%", "nan", "inf"])
+def test_parse_percent_bad(text: str) -> None:
+    """Non-numbers, zero, negatives and non-finite values raise UnitError."""
+    with pytest.raises(UnitError, match="bad CPU limit"):
+        parse_percent(text)
+
+
+@pytest.mark.parametrize("text", ["", "half", "0", "-1", "nan", "50%"])
+def test_parse_cpus_bad(text: str) -> None:
+    """A core count must be a positive finite number."""
+    with pytest.raises(UnitError, match="bad CPU count"):
+        parse_cpus(text)
+
+
+def test_formatting_for_people() -> None:
+    """Sizes and durations print short, in the units people read."""
+    assert format_size(None) == "-" and format_size(512) == "512B" and format_size(512 * MiB) == "512.0M"
+    assert format_size(1.5 * GiB) == "1.5G"
+    assert format_duration(0.25) == "250ms" and format_duration(42) == "42s" and format_duration(312) == "5m12s"
+    assert format_duration(3 * 3600 + 300) == "3h05m" and format_duration(52 * 3600) == "2d04h"
