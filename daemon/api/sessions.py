@@ -157,8 +157,10 @@ MAX_PENDING_KEYS = 10_000  # in-flight idempotency keys remembered in memory (ea
 
 def _request_digest(body: dict[str, Any]) -> str:
     """What a start asks for, so a key re-used for a different request is refused rather than replayed."""
-    # everything but the key itself; absent and empty (null, {}, [], "") mean the same request
-    what = {k: v for k, v in body.items() if k != "idempotency_key" and v not in (None, {}, [], "")}
+    # everything but the key and where the client stands (a retry from another shell is the same request);
+    # absent and empty (null, {}, [], "") mean the same
+    what = {k: v for k, v in body.items()
+            if k not in ("idempotency_key", "cwd", "pythonpath") and v not in (None, {}, [], "")}
     return hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS, default=repr)).hexdigest()
 
 
