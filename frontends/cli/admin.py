@@ -85,7 +85,8 @@ def _paths(ctx: Ctx) -> dict[str, Any]:
             "connection_file": str(layout.connection_file), "database": db, "database_from": db_from,
             "config_files": [str(xdg / "labd" / "config.toml"), str(layout.config_file)],
             "sessions_dir": str(layout.sessions_dir), "daemon_running": running,
-            "daemon_log": "stderr of `labd serve` (under systemd: journalctl --user -u labd)"}
+            "daemon_log": f"stderr of `labd serve` (`serve --detach`: {layout.home / 'daemon.log'}; "
+                          "under systemd: journalctl --user -u labd)"}
 
 
 def cmd_paths(args: argparse.Namespace, ctx: Ctx) -> int:
