@@ -14,11 +14,23 @@ from labd.ipc.paths import Layout, layout_for
 # The unit parsers are public (the CLI and SDK parse the same strings); re-exported here for old callers.
 from labd.ipc.units import UnitError, parse_duration, parse_percent, parse_size
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_size", "parse_duration", "parse_percent", "UnitError"]
+__all__ = ["Config", "ConfigError", "SandboxSettings", "load_config", "parse_size", "parse_duration", "parse_percent",
+           "UnitError"]
 
 
 class ConfigError(Exception):
     """Configuration that cannot be used; the CLI turns it into a message and exit code 2."""
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    """The ``[sandbox]`` section: how code that agents execute is confined (docs/security.md)."""
+
+    mechanism: str = "auto"  # auto (bwrap, else landlock) | bwrap | landlock | none
+    network: bool = False  # default for sessions that do not say (session.start field "network")
+    require: bool = False  # refuse to run code when no sandbox works
+    hide: list[str] = field(default_factory=list)  # more paths executed code must not read (besides labd's own)
+    confine_runner: bool = True  # Landlock on runner processes: no access to labd's home but their own session
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class Config:
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: [mcp.servers.<name>]: MCP servers agents may use (ctx.agent(..., mcp=[name]))
     mcp_servers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: [sandbox]: how code that agents execute is confined
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
 
     @property
     def retention_seconds(self) -> float | None:
@@ -159,6 +173,24 @@ def _check_telemetry(path: Path, section: Any) -> dict[str, Any]:
     return section
 
 
+def _check_sandbox(path: Path, section: Any) -> dict[str, Any]:
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [sandbox] must be a table")
+    known = {f.name for f in fields(SandboxSettings)}
+    unknown = set(section) - known
+    if unknown:
+        raise ConfigError(f"{path}: unknown [sandbox] settings {sorted(unknown)} (known: {', '.join(sorted(known))})")
+    if section.get("mechanism", "auto") not in ("auto", "bwrap", "landlock", "none"):
+        raise ConfigError(f"{path}: [sandbox] mechanism must be auto, bwrap, landlock or none")
+    for name in ("network", "require", "confine_runner"):
+        if not isinstance(section.get(name, False), bool):
+            raise ConfigError(f"{path}: [sandbox] {name} must be true or false")
+    hide = section.get("hide", [])
+    if not isinstance(hide, list) or not all(isinstance(x, str) for x in hide):
+        raise ConfigError(f"{path}: [sandbox] hide must be a list of paths")
+    return section
+
+
 def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
     """Build the config: defaults -> config files (user's, then home's) -> environment -> overrides."""
     layout = layout_for(home)
@@ -169,14 +201,16 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     mcp_servers: dict[str, dict[str, Any]] = {}
     telemetry: dict[str, Any] = {}
     agents: dict[str, dict[str, Any]] = {}
+    sandbox: dict[str, Any] = {}
     for path in config_files(layout):
         if not path.exists():
             continue
         data = _read_toml(path)
-        unknown_sections = set(data) - {"daemon", "models", "prices", "mcp", "telemetry", "agents"}
+        unknown_sections = set(data) - {"daemon", "models", "prices", "mcp", "telemetry", "agents", "sandbox"}
         if unknown_sections:
             raise ConfigError(f"{path}: unknown sections {sorted(unknown_sections)} "
-                              "(known: daemon, models, prices, mcp, telemetry, agents)")
+                              "(known: daemon, models, prices, mcp, telemetry, agents, sandbox)")
+        sandbox.update(_check_sandbox(path, data.get("sandbox", {})))
         section = data.get("daemon", {})
         unknown = set(section) - known
         if unknown:
@@ -192,6 +226,7 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     values.setdefault("mcp_servers", mcp_servers)
     values.setdefault("telemetry", telemetry)
     values.setdefault("agents", agents)
+    values.setdefault("sandbox", SandboxSettings(**sandbox))
     for env, key in _ENV.items():
         if os.environ.get(env):
             values[key] = os.environ[env]

@@ -23,7 +23,9 @@ import structlog
 import zmq
 
 from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
+from labd.ipc.signing import derive_key
 from labd.ipc.wire import Codec, Message, WireError
+from labd.store.blobs import take_blobs
 from labd.store.projections import RowChanges, SessionCursor, apply
 from labd.store.writer import BatchWriter, EventRow
 
@@ -40,8 +42,8 @@ REFUSED = (sa_exc.StatementError, OverflowError, ValueError, TypeError)
 #: kinds that change projections (everything else only advances the session's seq)
 PROJECTED = frozenset({"session.created", "session.queued", "session.launched", "session.started", "session.finished",
                        "session.stopping", "session.ended", "session.adopted", "limit.exceeded",
-                       "step.started", "step.finished", "resource.sample", "agent.turn.started",
-                       "agent.turn.finished", "cost.recorded", "file.created", "file.changed",
+                       "step.started", "step.finished", "step.planned", "resource.sample", "agent.turn.started",
+                       "agent.turn.finished", "cost.recorded", "file.created", "file.changed", "file.deleted",
                        "approval.requested", "approval.resolved", "session.paused", "session.resumed",
                        "event.rejected"})
 
@@ -55,8 +57,13 @@ class Ingest(threading.Thread):
         super().__init__(name="labd-ingest", daemon=True)
         self.zctx = zctx
         self.writer = writer
-        self.runner_codec = Codec(key, max_message=max_message)
+        self._key = key
+        self.max_message = max_message
         self.pub_codec = Codec(key, max_message=max_message)
+        #: per-session codecs (each runner signs with its own key), created on a session's first valid frame
+        self._runner_codecs: dict[str, Codec] = {}
+        #: session -> routing id of its runner, learned only from frames signed with that session's key
+        self.routes: dict[str, bytes] = {}
         self.runners_endpoint = runners_endpoint
         self.events_endpoint = events_endpoint
         self.counters = counters
@@ -89,10 +96,12 @@ class Ingest(threading.Thread):
     def run(self) -> None:
         z = self.zctx
         self.router = z.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting runner takes over its identity
+        # A reconnecting runner takes over its (unguessable, see runner_session) routing id. Routing ids
+        # are never trusted: replies go to the id of the last frame signed with the session's key.
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to an unconnected runner raises, not drops
         self.router.setsockopt(zmq.LINGER, 0)
-        self.router.setsockopt(zmq.MAXMSGSIZE, 2 * self.runner_codec.max_message)
+        self.router.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_message)
         self.router.bind(self.runners_endpoint)
         # XPUB rather than PUB: it tells us what clients subscribe to, so events nobody follows are
         # not encoded for the live tail at all (~9 % of ingest time under load).
@@ -155,9 +164,25 @@ class Ingest(threading.Thread):
             if items or frames_list:
                 self._write(batch, items, frames_list)
 
+    # ---- per-session credentials ------------------------------------------------------------------
+    def key_for(self, session_id: str) -> bytes:
+        """The key a session's runner signs with (docs/security.md): never the daemon's own."""
+        return derive_key(self._key, session_id)
+
+    def _codec_for(self, session_id: str) -> Codec:
+        codec = self._runner_codecs.get(session_id)
+        if codec is None:  # cached by the caller once a frame verified with it
+            codec = Codec(self.key_for(session_id), max_message=self.max_message)
+        return codec
+
     def _process_frames(self, frames: list[bytes], batch: Batch, *, seen: bool) -> None:
+        sid = runner_session(frames[0])
         try:
-            msg = self.runner_codec.unpack(frames[1:], seen=seen)
+            if sid is None:
+                raise _BadIdentity()
+            codec = self._codec_for(sid)
+            msg = codec.unpack(frames[1:], seen=seen)
+            self._runner_codecs.setdefault(sid, codec)
         except WireError as exc:
             if not seen:
                 self.count(f"dropped.runner.{exc.reason}")
@@ -210,7 +235,21 @@ class Ingest(threading.Thread):
         self.count("events_persisted", batch.count)
         for sids, reply_to in batch.deletes:
             self._delete(sids, reply_to, batch)
+        for job in batch.jobs:
+            self._job(job, batch)
         self._send_batch(batch)
+
+    def _job(self, job: tuple[Any, ...], batch: Batch) -> None:
+        """A write that is not an event (a skill saved or deleted), after the batch; its result goes back to
+        the request that asked for it."""
+        op, arg, reply_to = job
+        try:
+            result = self.writer.save_skill(arg) if op == "skill.save" else self.writer.delete_skill(arg)
+        except Exception as exc:  # noqa: BLE001 - reported to the client; nothing half-written
+            self.log.error("store refused a write", op=op, error=str(exc)[:300])
+            batch.notes.append(("refused", reply_to, "store_error", f"could not write: {exc}"[:300]))
+            return
+        batch.notes.append(("done", reply_to, result))
 
     def _delete(self, sids: list[str], reply_to: tuple[bytes, str] | None, batch: Batch) -> None:
         """Delete terminal sessions, after the batch that may still have held their last events.
@@ -266,25 +305,31 @@ class Ingest(threading.Thread):
             for chunk in _chunks(evs):
                 self.pub.send_multipart([f"session.{sid}".encode(),
                                          *self.pub_codec.pack("events", {"session": sid, "events": chunk})])
-        for sid, (identity, resend) in batch.acks.items():
+        for sid, (_identity, resend) in batch.acks.items():
             cur = self.cursors.get(sid)
             if cur is not None:
-                self._to_runner(identity, "ack", {"next": cur.runner_seq + 1, "resend": resend}, queue=False)
+                self._to_runner(sid, "ack", {"next": cur.runner_seq + 1, "resend": resend}, queue=False)
         for sid, type_, body in batch.to_runners:  # e.g. an approval's resolution, now that it is durable
-            self._to_runner(sid.encode(), type_, body, queue=True)
+            self._to_runner(sid, type_, body, queue=True)
         for note in batch.notes:
             self.notify.send_pyobj(note)
         for sid in batch.ended:  # nothing more will change for it: free its memory
             self.cursors.pop(sid, None)
             self._last_resend.pop(sid, None)
+            self._runner_codecs.pop(sid, None)
+            self.routes.pop(sid, None)
 
-    def _to_runner(self, identity: bytes, type_: str, body: dict[str, Any], *, queue: bool) -> None:
-        """Send to a runner; a control message for a runner that is not connected (yet) waits for its hello."""
+    def _to_runner(self, sid: str, type_: str, body: dict[str, Any], *, queue: bool) -> None:
+        """Send to a session's runner; a control message for a runner that is not connected (yet) waits for
+        its hello."""
+        identity = self.routes.get(sid)
         try:
-            self.router.send_multipart([identity, *self.runner_codec.pack(type_, body)], zmq.NOBLOCK)
+            if identity is None:
+                raise zmq.ZMQError(zmq.EHOSTUNREACH)
+            self.router.send_multipart([identity, *self._codec_for(sid).pack(type_, body)], zmq.NOBLOCK)
         except zmq.ZMQError:  # EHOSTUNREACH (ROUTER_MANDATORY) or a full pipe
             if queue:
-                self._waiting_for_hello.setdefault(identity.decode(), []).append((type_, body))
+                self._waiting_for_hello.setdefault(sid, []).append((type_, body))
 
     def _on_subscriptions(self) -> None:
         """Track live-tail subscriptions (XPUB passes each topic's first subscribe and last unsubscribe)."""
@@ -329,6 +374,8 @@ class Ingest(threading.Thread):
         elif op == "delete":  # retention: whole sessions, after this batch (see _delete)
             _, sids, reply_to = item
             b.deletes.append((list(sids), reply_to))
+        elif op in ("skill.save", "skill.delete"):  # the skills table: written here too (one writer)
+            b.jobs.append(item)
         elif op == "send":  # a message for a runner, e.g. cancel
             _, sid, type_, body = item
             b.to_runners.append((sid, type_, body))
@@ -336,7 +383,7 @@ class Ingest(threading.Thread):
     # ---- runner frames ----------------------------------------------------------------------------
     def _on_runner_message(self, identity: bytes, msg: Message, b: Batch) -> None:
         sid = msg.body.get("session")
-        if not isinstance(sid, str) or sid.encode() != identity:
+        if not isinstance(sid, str) or sid != runner_session(identity):
             self.count("dropped.runner.bad_session")
             self.log.warning("runner frame dropped", reason="bad_session", session_id=str(sid)[:64])
             return
@@ -346,6 +393,7 @@ class Ingest(threading.Thread):
             self.log.warning("runner frame for unknown session dropped", session_id=sid)
             return
         self.last_seen[sid] = time.time()
+        self.routes[sid] = identity  # signed with this session's key: this is where its runner is now
         for type_, msg_body in self._waiting_for_hello.pop(sid, []):  # control sent before it could be delivered
             b.to_runners.append((sid, type_, msg_body))
         if msg.type == "hello":
@@ -466,6 +514,7 @@ class Ingest(threading.Thread):
                changes: RowChanges, pub: dict[str, list[list[Any]]], notes: list[tuple[Any, ...]],
                ended: set[str]) -> None:
         seq = cur.last_seq + 1
+        payload = take_blobs(cur.id, seq, ts, payload, changes)  # full-fidelity texts -> blobs table
         if kind in PROJECTED:
             apply(cur, seq, ts, kind, src, node_id, payload, changes)
             if kind == "cost.recorded" and cur.budget is not None and cur.cost > cur.budget and not cur.budget_hit:
@@ -492,6 +541,25 @@ class Ingest(threading.Thread):
         return any(topic.startswith(t) for t in self.topics)
 
 
+class _BadIdentity(WireError):
+    reason = "bad_session"
+
+    def __init__(self) -> None:
+        super().__init__("routing id names no session")
+
+
+def runner_session(identity: bytes) -> str | None:
+    """The session a runner's routing id claims (``<session id>:<random>``; a bare id is accepted too).
+    A claim only: the frame must still verify with that session's key."""
+    sid = identity.split(b":", 1)[0]
+    if not 0 < len(sid) <= 64:
+        return None
+    try:
+        return sid.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
 @dataclass
 class Batch:
     """What one pass over incoming items produced: rows and projection changes to commit, then what to
@@ -504,6 +572,8 @@ class Batch:
     notes: list[tuple[Any, ...]] = field(default_factory=list)
     #: retention requests: (session ids, reply_to), run after this batch is committed
     deletes: list[tuple[list[str], Any]] = field(default_factory=list)
+    #: other writes after this batch: (op, argument, reply_to)
+    jobs: list[tuple[Any, ...]] = field(default_factory=list)
     to_runners: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     ended: set[str] = field(default_factory=set)
     count: int = 0

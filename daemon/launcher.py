@@ -21,7 +21,8 @@ from typing import Any, Protocol
 
 import psutil
 
-__all__ = ["Launcher", "TemplateLauncher", "ExitInfo", "LaunchError", "signal_group", "is_same_process"]
+__all__ = ["Launcher", "TemplateLauncher", "ExitInfo", "LaunchError", "signal_group", "is_same_process",
+           "hand_over_key"]
 
 
 class LaunchError(Exception):
@@ -182,7 +183,7 @@ class TemplateLauncher:
     def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
         self._req += 1
         req = self._req
-        self._send({"op": "spawn", "req": req, "spec": spec})
+        self._send({"op": "spawn", "req": req, "spec": hand_over_key(spec)})
         reply = self._wait_for(lambda m: m.get("op") == "spawned" and m.get("req") == req)
         if reply is None and self._proc is None:
             raise LaunchError("runner template died while starting the runner")
@@ -226,6 +227,28 @@ class TemplateLauncher:
         if self._proc.stdout:
             self._proc.stdout.close()
         self._proc = None
+
+
+KEY_FILE = "runner.key"
+
+
+def hand_over_key(spec: dict[str, Any]) -> dict[str, Any]:
+    """Move the runner's key out of its spec into ``<session dir>/runner.key`` (0600), which the runner
+    reads and deletes before it runs any workflow code.
+
+    The spec travels through the template, whose memory every later runner inherits by fork: a key in a
+    spec would leave copies in that memory for the next sessions to find. The file is in the session's
+    own directory, which no other session's runner or executed code may read (docs/security.md)."""
+    key = spec.get("key")
+    if not key:
+        return spec
+    session_dir = os.path.dirname(os.path.realpath(spec["workdir"]))
+    os.makedirs(session_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(session_dir, KEY_FILE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return {**{k: v for k, v in spec.items() if k != "key"}, "key_file": path}
 
 
 def is_same_process(pid: int, create_time: float | None) -> bool:

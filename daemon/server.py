@@ -35,6 +35,8 @@ from labd.daemon.supervisor import Supervisor
 from labd.daemon.systemd import Heartbeat, Notifier
 from labd.ipc.connection import ConnectionInfo, write_connection_file
 from labd.ipc.wire import Codec, WireError
+from labd.runner.sandbox import SandboxStatus, hidden_paths, probe
+from labd.runner.sandbox import landlock as _landlock
 from labd.runner.session import split_secrets
 from labd.runner.workflows.registry import WorkflowError, bind_params, describe, is_builtin, parse_target, resolve
 from labd.store.db import Checkpointer, is_sqlite, migrate, open_engine
@@ -110,6 +112,10 @@ class Daemon:
             self.defer(reply_to, result)
         self._to_ingest.send_pyobj(("delete", sids, reply_to))
 
+    def write(self, op: str, arg: Any, reply_to: tuple[bytes, str]) -> None:
+        """Ask ingest (the store's only writer) for a write that is not an event; the reply follows it."""
+        self._to_ingest.send_pyobj((op, arg, reply_to))
+
     def send_runner(self, sid: str, type_: str, body: dict[str, Any]) -> None:
         self._to_ingest.send_pyobj(("send", sid, type_, body))
 
@@ -160,6 +166,9 @@ class Daemon:
         engine = open_engine(cfg.db_url)
         migrate(engine)
         self.store = Store(engine)
+        # Before the runner socket is bound: a runner that outlived the previous daemon delivers its last
+        # events and may exit as soon as it can connect, and adoption (below) must come right after that.
+        self._probe_sandbox()
         key = _key_for(layout.home)
         self.info = ConnectionInfo(control=layout.endpoint("control"), events=layout.endpoint("events"),
                                    runners=layout.endpoint("runners"), key=key, pid=os.getpid(),
@@ -316,6 +325,42 @@ class Daemon:
         # the ladder: stop_grace, then SIGTERM and term_grace, then SIGKILL; a few seconds more to record the ends
         return time.monotonic() + self.cfg.stop_grace + self.cfg.term_grace + 10
 
+    def _probe_sandbox(self) -> None:
+        """Find out, by running a confined probe, how code that agents execute can be confined; say so in
+        the log when it is less than full (never silently less). See docs/security.md."""
+        sb, layout = self.cfg.sandbox, self.layout
+        db_path = self.cfg.db_url.split("sqlite:///", 1)[1] if self.cfg.db_url.startswith("sqlite:///") else None
+        self.sandbox_hide = hidden_paths(layout.home, layout.runtime_dir, sb.hide, db_path)
+        self.sandbox: SandboxStatus = probe(sb.mechanism, self.sandbox_hide, layout.home / "tmp", sb.require)
+        #: the runner's own Landlock (labd.runner.credentials); bwrap cannot run under it
+        if not sb.confine_runner:
+            self.runner_confinement = "off: [sandbox] confine_runner = false"
+        elif _landlock.abi_version() < 1:
+            self.runner_confinement = "off: no Landlock in this kernel"
+        elif self.sandbox.mechanism == "bwrap":
+            self.runner_confinement = "off: bwrap cannot start under a Landlock-confined runner"
+        else:
+            self.runner_confinement = "landlock"
+        info = {"level": self.sandbox.level, "mechanism": self.sandbox.mechanism, "reasons": self.sandbox.reasons,
+                "runner": self.runner_confinement}
+        if self.sandbox.level == "full":
+            self.log.info("sandbox for executed code", **info)
+        elif sb.require and self.sandbox.level == "none":
+            self.log.error("no sandbox works here and [sandbox] require = true: code execution is refused", **info)
+        else:
+            self.log.warning("executed code is not fully confined", **info)
+
+    def sandbox_spec(self, sid: str, network: bool) -> dict[str, Any]:
+        """What a runner needs to confine its session's executed code, and itself (part of its spec)."""
+        return {"level": self.sandbox.level, "mechanism": self.sandbox.mechanism, "reasons": self.sandbox.reasons,
+                "require": self.sandbox.require, "hide": self.sandbox_hide, "network": network}
+
+    def runner_confine_spec(self, sid: str) -> dict[str, Any] | None:
+        if self.runner_confinement != "landlock":
+            return None
+        return {"hide": [str(self.layout.home), str(self.layout.runtime_dir.parent)],
+                "allow": [str(self.layout.sessions_dir / sid)]}
+
     def _on_signal(self, signum: int, _frame: Any) -> None:
         # Record only; the main loop acts. A second Ctrl-C while stopping forces exit (a second signal while
         # draining stops waiting for the sessions).
@@ -389,6 +434,10 @@ class Daemon:
                 _, (identity, req_id), code, message = note
                 self._deferred.pop(req_id, None)
                 self._reply(control, identity, req_id, error=ApiError(code, message))
+            elif note[0] == "done":  # a write that is not an event (skills)
+                _, (identity, req_id), result = note
+                self._deferred.pop(req_id, None)
+                self._reply(control, identity, req_id, result)
             elif note[0] == "deleted":
                 _, reply_to, sids, counts = note
                 self.retention.remove_dirs(sids)

@@ -150,15 +150,19 @@ class Client:
               timeout: str | float | None = None, budget: float | None = None,
               budget_action: str | None = None, cwd: str | None = None,
               pythonpath: list[str] | None = None, agents: dict[str, str] | None = None,
-              procs: int | None = None, priority: int | None = None, idempotency_key: str | None = None,
-              retries: int = 1) -> str:
+              procs: int | None = None, priority: int | None = None,
+              tags: dict[str, str] | None = None, network: bool | None = None,
+              idempotency_key: str | None = None, retries: int = 1) -> str:
         """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``);
-        ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause.
+        ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause; ``tags`` label the session
+        for ``sessions(tags=...)`` and ``cost_summary(by="tag")``.
 
         ``workflow`` (``mymod:fn``, ``./flows.py:fn``) is resolved where the caller stands: against ``cwd``
         and ``pythonpath`` (default: this process's working directory and ``$PYTHONPATH``). ``agents``
         replaces registry roles for this session: ``{"engineer": "my_engineer"}``. ``procs`` caps the
         session's process count; ``priority`` orders the run queue when the daemon is at ``max_sessions``.
+        ``network``: may code the session's agents execute use the network (default: the daemon's
+        ``[sandbox] network``).
 
         Every call carries an idempotency key (``idempotency_key``, else a fresh random one) and is retried
         ``retries`` times with the same key when no reply comes in time: the daemon returns the session the
@@ -173,6 +177,10 @@ class Client:
             body["name"] = name
         if agents:
             body["agents"] = agents
+        if tags:
+            body["tags"] = tags
+        if network is not None:
+            body["network"] = network
         return self._start(body, idempotency_key, retries)
 
     def _start(self, body: dict[str, Any], idempotency_key: str | None, retries: int) -> str:
@@ -244,10 +252,24 @@ class Client:
                     error = ev["payload"]["data"]
         raise remote_error(row, finished, error)
 
-    def sessions(self, status: list[str] | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    def cost_summary(self, by: str = "model", since: float | None = None) -> dict[str, Any]:
+        """LLM cost across all sessions, grouped ``by`` model | workflow | tag | day | session, calls at or
+        after ``since`` (seconds since the epoch)."""
+        extra = {} if since is None else {"since": since}
+        return self.request("cost.summary", by=by, **extra)  # type: ignore[no-any-return]
+
+    def sessions(self, status: list[str] | None = None, limit: int = 200, *, workflow: str | None = None,
+                 tags: dict[str, str] | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        """Sessions newest first, filtered by status, exact workflow, tags (all must match), created since."""
         body: dict[str, Any] = {"limit": limit}
         if status:
             body["status"] = status
+        if workflow:
+            body["workflow"] = workflow
+        if tags:
+            body["tags"] = tags
+        if since is not None:
+            body["since"] = since
         return self.request("session.list", **body)["sessions"]  # type: ignore[no-any-return]
 
     def session(self, ref: str) -> dict[str, Any]:
@@ -315,8 +337,10 @@ class Client:
     def pause(self, session: str, reason: str = "pause requested") -> dict[str, Any]:
         return self.request("session.pause", session=session, reason=reason)  # type: ignore[no-any-return]
 
-    def resume(self, session: str) -> dict[str, Any]:
-        return self.request("session.resume", session=session)  # type: ignore[no-any-return]
+    def resume(self, session: str, budget: float | None = None) -> dict[str, Any]:
+        """Resume a paused session; ``budget`` (USD) continues a budget-paused one with a new budget."""
+        extra = {} if budget is None else {"budget": budget}
+        return self.request("session.resume", session=session, **extra)  # type: ignore[no-any-return]
 
     def dag(self, session: str, fmt: str = "json") -> dict[str, Any]:
         return self.request("session.dag", session=session, format=fmt)  # type: ignore[no-any-return]
@@ -330,16 +354,26 @@ class Client:
     def state_history(self, session: str) -> list[dict[str, Any]]:
         return self.request("session.history", session=session)["history"]  # type: ignore[no-any-return]
 
-    def events(self, ref: str, since: int = 0, limit: int = 5000, kinds: list[str] | None = None) -> dict[str, Any]:
+    def events(self, ref: str, since: int = 0, limit: int = 5000, kinds: list[str] | None = None, *,
+               full: bool = False, node: str | None = None, agent: str | None = None) -> dict[str, Any]:
+        """A page of events. ``full``: blob references replaced by their texts (complete LLM requests and
+        responses); ``node``: only that node and the nodes nested in it; ``agent``: only that agent's."""
         body: dict[str, Any] = {"session": ref, "since": since, "limit": limit}
         if kinds:
             body["kinds"] = kinds
+        if full:
+            body["full"] = True
+        if node:
+            body["node"] = node
+        if agent:
+            body["agent"] = agent
         return self.request("events.query", **body)  # type: ignore[no-any-return]
 
-    def history(self, ref: str, since: int = 0, kinds: list[str] | None = None) -> Iterator[dict[str, Any]]:
-        """Every stored event after ``since``, page by page."""
+    def history(self, ref: str, since: int = 0, kinds: list[str] | None = None, *, full: bool = False,
+                node: str | None = None, agent: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every stored event after ``since``, page by page (filters as in :meth:`events`)."""
         while True:
-            page = self.events(ref, since=since, kinds=kinds)
+            page = self.events(ref, since=since, kinds=kinds, full=full, node=node, agent=agent)
             yield from page["events"]
             if not page["more"]:
                 return

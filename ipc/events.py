@@ -11,13 +11,18 @@ version suffix (``output@2``) so old readers never misread new rows.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 __all__ = ["SCHEMAS", "KIND_VERSION", "DAEMON_KINDS", "EventError", "validate", "quick_valid", "TERMINAL_STATUSES",
-           "STATUSES"]
+           "STATUSES", "BLOBS_FIELD"]
 
 NUM = (int, float)
 ANY = object
+#: a text field that may hold a blob reference ``{"$blob": sha256, "size": n}`` instead of the text
+TEXT = (str, dict)
+#: payload field carrying the texts of blobs referenced for the first time: {sha256 hex: text}
+BLOBS_FIELD = "blobs"
 #: session statuses, in lifecycle order; the last four are terminal
 STATUSES = ("created", "queued", "starting", "running", "paused", "waiting_approval", "completed", "failed",
             "cancelled", "lost")
@@ -32,10 +37,11 @@ class EventError(ValueError):
 SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     # lifecycle (daemon unless noted)
     "session.created": {"workflow": (str, True), "name": (str, True), "params": (dict, True),
-                        "limits": (dict, True), "workdir": (str, True),
+                        "limits": (dict, True), "workdir": (str, True), "tags": (dict, False),
                         "payload": (str, False),  # a submitted function's pickle (base64)
                         "sys_path": (list, False),  # the client's cwd + PYTHONPATH, first on the runner's sys.path
                         "agents": (dict, False),  # --agent overrides {role asked for: role used}
+                        "skill": (dict, False),  # started from a skill: {name, version, origin_session}
                         "idempotency_key": (str, False), "request_digest": (str, False)},
     "session.queued": {"position": (int, True), "priority": (int, True)},  # waits for capacity (run queue)
     "session.launched": {"pid": (int, True), "create_time": (NUM, True), "launcher": (str, True)},
@@ -50,31 +56,41 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     "output": {"stream": (str, True), "text": (str, True)},
     "log": {"level": (str, True), "event": (str, True), "logger": (str, False), "fields": (dict, False)},
     "session.paused": {"by": (str, True), "reason": (str, True)},  # runner, at a step boundary
-    "session.resumed": {"by": (str, True)},  # runner
+    "session.resumed": {"by": (str, True), "budget": (NUM, False)},  # runner; budget: a new one given
     "session.pause_requested": {"by": (str, True), "reason": (str, True)},  # daemon
     # workflow (DAG): steps and phases are nodes; edges are [[src node, type], ...] into this node
     "step.started": {"name": (str, True), "kind": (str, False), "parent_node": (str, False),
-                     "edges": (list, False), "redo_of": (str, False), "attempt": (int, False)},
+                     "edges": (list, False), "redo_of": (str, False), "attempt": (int, False),
+                     "planned": (bool, False)},
     "step.finished": {"name": (str, True), "status": (str, True), "duration": (NUM, True),
                       "error": (str, False)},
+    # a step announced by a plan, not run yet: a DAG node with status "planned" (step.started on the same
+    # node_id, with planned: true, turns it into the running step)
+    "step.planned": {"name": (str, True), "kind": (str, False), "parent_node": (str, False)},
+    # an attempt failed and the work is tried again (node_id: the enclosing step)
+    "retry": {"name": (str, True), "attempt": (int, True), "of": (int, False), "error": (str, True),
+              "previous_node": (str, True)},
     "custom": {"name": (str, True), "data": (ANY, False)},
     # agents (runner; node_id = the agent-turn node or the step it runs in)
-    "agent.turn.started": {"agent": (str, True), "parent_node": (str, False), "input": (str, False),
+    "agent.turn.started": {"agent": (str, True), "parent_node": (str, False), "input": (TEXT, False),
                            "edges": (list, False)},
     "agent.turn.finished": {"agent": (str, True), "status": (str, True), "duration": (NUM, True),
-                            "output": (str, False), "error": (str, False)},
-    "agent.message": {"agent": (str, True), "content": (str, True)},
+                            "output": (TEXT, False), "error": (str, False)},
+    "agent.message": {"agent": (str, True), "content": (TEXT, True)},
+    # control passed from one agent to another in an ag2 network channel (group chat, swarm, handoff tool)
+    "agent.handoff": {"agent": (str, True), "from": (str, True), "to": (str, True), "channel": (str, True),
+                      "from_node": (str, False), "tool": (str, False), "reason": (str, False)},
     "llm.request": {"agent": (str, True), "model": (str, True), "provider": (str, True), "offline": (bool, True),
-                    "messages": (int, True), "input": (str, False)},
+                    "messages": (int, True), "input": (TEXT, False), "request": (dict, False)},
     "llm.response": {"agent": (str, True), "model": (str, True), "provider": (str, True), "offline": (bool, True),
                      "status": (str, True), "duration": (NUM, True), "usage": (dict, False),
-                     "content": (str, False), "tool_calls": (list, False), "finish_reason": (str, False),
+                     "content": (TEXT, False), "tool_calls": (list, False), "finish_reason": (str, False),
                      "error": (str, False)},
     "tool.call": {"agent": (str, True), "call_id": (str, True), "name": (str, True), "arguments": (ANY, False)},
     "tool.result": {"agent": (str, True), "call_id": (str, True), "name": (str, True), "status": (str, True),
-                    "duration": (NUM, True), "result": (str, False), "error": (str, False)},
-    "code.execution": {"agent": (str, True), "language": (str, True), "code": (str, True),
-                       "exit_code": (int, True), "output": (str, True), "duration": (NUM, True),
+                    "duration": (NUM, True), "result": (TEXT, False), "error": (TEXT, False)},
+    "code.execution": {"agent": (str, True), "language": (str, True), "code": (TEXT, True),
+                       "exit_code": (int, True), "output": (TEXT, True), "duration": (NUM, True),
                        "call_id": (str, False)},
     "subagent.started": {"agent": (str, True), "child": (str, True), "task_id": (str, True),
                          "objective": (str, False)},
@@ -84,11 +100,19 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     "cost.recorded": {"agent": (str, True), "model": (str, True), "prompt_tokens": (int, True),
                       "completion_tokens": (int, True), "cost": (NUM, True), "currency": (str, True),
                       "offline": (bool, True), "price_source": (str, False)},
+    # the runner refused an LLM call because the session's budget is spent (then stops or pauses)
+    "budget.exceeded": {"spent": (NUM, True), "budget": (NUM, True), "action": (str, True), "reason": (str, True),
+                        "agent": (str, False)},
     # files in the work directory, attributed to the node (and agent / tool) that produced them
     "file.created": {"path": (str, True), "sha256": (str, True), "size": (int, True), "kind": (str, True),
-                     "agent": (str, False), "tool": (str, False)},
+                     "agent": (str, False), "tool": (str, False), "ambiguous": (bool, False),
+                     "candidates": (list, False)},
     "file.changed": {"path": (str, True), "sha256": (str, True), "size": (int, True), "kind": (str, True),
-                     "agent": (str, False), "tool": (str, False)},
+                     "agent": (str, False), "tool": (str, False), "ambiguous": (bool, False),
+                     "candidates": (list, False)},
+    # a file that was in the work directory at the previous scan and is gone (sha256: its last content)
+    "file.deleted": {"path": (str, True), "sha256": (str, True), "kind": (str, True), "agent": (str, False),
+                     "tool": (str, False), "ambiguous": (bool, False), "candidates": (list, False)},
     # approvals: requested by the runner, resolved by the daemon (a client's answer or the timeout policy)
     "approval.requested": {"approval_id": (str, True), "kind": (str, True), "prompt": (str, True),
                            "options": (list, True), "context": (ANY, False), "timeout": (NUM, False),
@@ -114,7 +138,8 @@ DAEMON_KINDS = frozenset({"session.created", "session.queued", "session.launched
                           "event.rejected", "approval.resolved"})
 
 #: kinds that must carry a node_id
-_NEEDS_NODE = frozenset({"step.started", "step.finished", "agent.turn.started", "agent.turn.finished"})
+_NEEDS_NODE = frozenset({"step.started", "step.finished", "step.planned", "agent.turn.started",
+                         "agent.turn.finished"})
 
 
 def _compile() -> dict[str, tuple[tuple[str, tuple[type, ...] | None, bool, bool], ...]]:
@@ -145,6 +170,9 @@ def validate(kind: Any, payload: Any, node_id: Any = None) -> None:
     if node_id is None and kind in _NEEDS_NODE:
         raise EventError(f"{kind}: node_id is required")
     get = payload.get
+    blobs = get(BLOBS_FIELD)
+    if blobs is not None:
+        _check_blobs(kind, blobs)
     for field, types, required, bools in fields:
         value = get(field)
         if value is None:
@@ -157,6 +185,17 @@ def validate(kind: Any, payload: Any, node_id: Any = None) -> None:
             raise EventError(f"{kind}: field {field!r} must not be a boolean")
         if not isinstance(value, types):
             raise EventError(f"{kind}: field {field!r} has the wrong type ({type(value).__name__})")
+
+
+def _check_blobs(kind: str, blobs: Any) -> None:
+    """Blobs are content-addressed and shared by all sessions: a text must match its address."""
+    if not isinstance(blobs, dict):
+        raise EventError(f"{kind}: blobs must be an object of sha256 -> text")
+    for digest, text in blobs.items():
+        if not (isinstance(digest, str) and len(digest) == 64 and isinstance(text, str)):
+            raise EventError(f"{kind}: blobs must map sha256 hex digests to texts")
+        if hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest() != digest:
+            raise EventError(f"{kind}: blob {digest[:12]}… does not match its sha256")
 
 
 def quick_valid(kind: Any, payload: Any, node_id: Any) -> bool:

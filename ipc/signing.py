@@ -14,7 +14,20 @@ import hmac
 import time
 from collections import OrderedDict
 
-__all__ = ["Signer", "ReplayGuard", "SignatureError", "ReplayError"]
+__all__ = ["Signer", "ReplayGuard", "SignatureError", "ReplayError", "derive_key", "RUNNER_KEY_CONTEXT"]
+
+#: the label a runner's key is derived under (distinct from any other use of the daemon key)
+RUNNER_KEY_CONTEXT = b"labd runner key v1:"
+
+
+def derive_key(daemon_key: bytes, session_id: str) -> bytes:
+    """The signing key of one session's runner: ``HMAC-SHA256(daemon_key, context + session id)``.
+
+    A runner holds only this key, never the daemon's: it can sign frames for its own session and for no
+    other (the daemon verifies each runner frame with the key of the session it claims), and the key
+    tells nothing about the daemon key or other sessions' keys. The daemon re-derives it at will, so a
+    restarted daemon still verifies runners it did not start."""
+    return hmac.new(daemon_key, RUNNER_KEY_CONTEXT + session_id.encode(), hashlib.sha256).digest()
 
 
 class SignatureError(Exception):

@@ -53,7 +53,7 @@ class Channel:
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.connected = threading.Event()
         self._was_connected = False
-        self._last_wake = 0.0
+        self._idle = False  # the channel thread is in its long poll: the next emit must wake it
         self._batch_cap = BATCH_EVENTS
 
     # ---- producer side (any thread) -------------------------------------------------------------
@@ -66,13 +66,14 @@ class Channel:
             seq = self._next_seq
             self._next_seq = seq + 1
             now = time.time()
-            # Wake the channel thread for the first event after a quiet spell (lowest latency for sparse
-            # events). Events that follow within LINGER_S are picked up by its timed poll instead: one
-            # wake-up per burst rather than per event, so the thread contends far less for the GIL with
-            # the workflow (measured: tracking overhead dropped several-fold, docs/benchmarks.md).
-            wake = not self._pending and now - self._last_wake > LINGER_S
-            if wake:
-                self._last_wake = now
+            # Wake the channel thread only when it sleeps the long (heartbeat) poll: the first event after
+            # a quiet spell goes out at once, and events during a burst are picked up by its short timed
+            # poll instead: one wake-up per burst rather than per event, so the thread contends far less
+            # for the GIL with the workflow (measured: tracking overhead dropped several-fold,
+            # docs/benchmarks.md). The thread says under the lock which poll it takes, so no event can
+            # wait for the heartbeat timeout (it did: sparse events reached clients in 1 s bursts).
+            wake = self._idle
+            self._idle = False
             self._pending.append([seq, now, kind, node_id, parent, payload])
         if wake:
             try:
@@ -90,7 +91,9 @@ class Channel:
         the first event), then hand the sockets over to the channel thread."""
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.ROUTING_ID, self.session_id.encode())
+        # "<session>:<random>": the daemon reads the session from it, and no other process can guess it to
+        # take the route over (the route moves only with frames signed with this session's key anyway).
+        sock.setsockopt(zmq.ROUTING_ID, f"{self.session_id}:{os.urandom(8).hex()}".encode())
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.RECONNECT_IVL, 50)
@@ -131,8 +134,11 @@ class Channel:
                 with self._lock:
                     if self._closing:
                         break
-                # While events wait in the buffer (emitted without a wake-up), poll briefly.
-                timeout = LINGER_S if self._pending else HEARTBEAT_S
+                    # While events wait in the buffer, or were sent just now (a burst may go on), poll
+                    # briefly; otherwise sleep until a heartbeat is due and let the next emit wake us.
+                    busy = bool(self._pending) or time.monotonic() - last_sent < LINGER_S
+                    timeout = LINGER_S if busy else HEARTBEAT_S
+                    self._idle = not busy
                 events = dict(poller.poll(int(timeout * 1000)))
                 now = time.monotonic()
                 if monitor in events:
@@ -142,6 +148,10 @@ class Channel:
                         os.read(self._wake_r, 4096)
                     except BlockingIOError:
                         pass
+                    if not busy and sock not in events:
+                        # Woken from the long poll by an emit: linger once, so the rest of its burst (a
+                        # step's start, output and end come together) goes out in the same frame.
+                        continue
                 if sock in events:
                     while True:
                         try:

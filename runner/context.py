@@ -45,6 +45,12 @@ class Node:
     def __init__(self, node_id: str, name: str) -> None:
         self.id = node_id
         self.name = name
+        self.error: str | None = None
+
+    def fail(self, error: str) -> None:
+        """Mark the step ``failed`` with ``error`` when it ends, without raising (e.g. an attempt whose
+        agent reported an error: the workflow goes on with a retry)."""
+        self.error = error
 
 
 def current() -> Context:
@@ -79,9 +85,15 @@ class Context:
         self._pause: tuple[str, str] | None = None
         self._resume = threading.Event()
         self._resumed_by = "client"
+        self._resume_budget: float | None = None
         self._lock = threading.Lock()
         self.approvals: Approvals | None = None
         self._agents: Callable[[], Any] | None = None
+        #: file attribution under concurrency: every step's parent, the steps open now, and the steps that
+        #: were open at some time since the last work-directory scan
+        self._parents: dict[str, str | None] = {}
+        self._open: set[str] = set()
+        self._window: set[str] = set()
         self._agent_factory: Any = None
         global _current
         _current = self  # the newest context is the session's (see current())
@@ -96,20 +108,25 @@ class Context:
 
     @contextmanager
     def step(self, name: str, *, kind: str = "step", depends_on: Iterable[str] | None = None,
-             redo_of: str | None = None, attempt: int | None = None) -> Iterator[Node]:
+             redo_of: str | None = None, attempt: int | None = None, retry_of: str | None = None,
+             planned: str | None = None) -> Iterator[Node]:
         """Open a DAG node (``kind`` step or phase) around a block; checks for pause and cancellation.
 
         Edges into the node: ``contains`` from the enclosing node, ``dependency`` from each id in
         ``depends_on`` (or, when it is None, ``sequence`` from the previous finished sibling), and
-        ``redo`` from ``redo_of``. Emits ``step.started`` and ``step.finished`` (completed, failed or
-        cancelled).
+        ``redo`` from ``redo_of``, ``retry`` from ``retry_of`` (the failed attempt this one retries).
+        ``planned``: the id :meth:`plan` gave this step, so the planned node becomes the running one.
+        Emits ``step.started`` and ``step.finished`` (completed, failed or cancelled; ``failed`` also
+        when the block called ``node.fail(error)``).
         """
         self.check_cancelled()
         self._maybe_pause()
         parent = current_node.get()
-        node = Node(self.new_node_id(), name)
+        node = Node(planned or self.new_node_id(), name)
         edges: list[list[str]] = []
-        if depends_on is None and not redo_of:  # a redo's link to its predecessor is the redo edge
+        if retry_of:
+            edges.append([retry_of, "retry"])
+        elif depends_on is None and not redo_of:  # a redo's link to its predecessor is the redo edge
             with self._lock:
                 prev = self._last_done.get(parent)
             if prev:
@@ -125,8 +142,14 @@ class Context:
             payload["redo_of"] = redo_of
         if attempt is not None:
             payload["attempt"] = attempt
+        if planned:
+            payload["planned"] = True
         self.before_boundary()
         self._emit("step.started", payload, node.id)
+        with self._lock:
+            self._parents[node.id] = parent
+            self._open.add(node.id)
+            self._window.add(node.id)
         token = current_node.set(node.id)
         outer, main = self.active_node, threading.current_thread() is threading.main_thread()
         if main:
@@ -141,8 +164,13 @@ class Context:
         except BaseException as exc:
             status, error = "failed", f"{type(exc).__name__}: {exc}"
             raise
+        else:
+            if node.error is not None:
+                status, error = "failed", node.error
         finally:
             self.before_boundary()
+            with self._lock:  # closed before its scan, so the next window starts without it
+                self._open.discard(node.id)
             self.after_step(node.id)
             current_node.reset(token)
             if main:
@@ -154,6 +182,61 @@ class Context:
             with self._lock:
                 self._last_done[parent] = node.id
         self.check_cancelled()
+
+    def retrying(self, name: str, failed: Node, attempt: int, of: int | None = None) -> None:
+        """Record that ``name`` is tried again as attempt number ``attempt`` after the ``failed`` attempt
+        (a ``retry`` event with that attempt's real error). Each attempt is its own step::
+
+            previous = None
+            for n in range(1, tries + 1):
+                if previous is not None:
+                    ctx.retrying("step 1", previous, n, tries)
+                with ctx.step(f"step 1 (attempt {n})", attempt=n, retry_of=previous and previous.id) as node:
+                    result = work(previous and previous.error)
+                    if not result.ok:
+                        node.fail(result.error)   # status failed, with its error
+                if node.error is None:
+                    break
+                previous = node
+        """
+        payload: dict[str, Any] = {"name": name, "attempt": attempt, "error": failed.error or "failed",
+                                   "previous_node": failed.id}
+        if of is not None:
+            payload["of"] = of
+        self._emit("retry", payload, current_node.get())
+
+    def plan(self, names: Iterable[str], *, kind: str = "step") -> list[str]:
+        """Announce steps that will run later: each becomes a DAG node with status ``planned`` (nested in
+        the current step) until ``ctx.step(name, planned=<its id>)`` runs it. Returns the node ids."""
+        parent = current_node.get()
+        ids = []
+        for name in names:
+            node_id = self.new_node_id()
+            payload: dict[str, Any] = {"name": name, "kind": kind}
+            if parent:
+                payload["parent_node"] = parent
+            self._emit("step.planned", payload, node_id)
+            ids.append(node_id)
+        return ids
+
+    def concurrent_with(self, node_id: str | None) -> list[str]:
+        """Steps that may also have written what a work-directory scan for ``node_id`` finds: those open at
+        some time since the previous scan that are neither ``node_id``, its ancestors nor its descendants.
+        Starts the next window (what is still open stays in it)."""
+        with self._lock:
+            window, self._window = self._window, set(self._open)
+            if node_id is None:
+                return sorted(window)
+            mine = self._ancestors(node_id) | {node_id}
+            return sorted(m for m in window if m not in mine and node_id not in self._ancestors(m))
+
+    def _ancestors(self, node_id: str) -> set[str]:
+        out: set[str] = set()
+        parent = self._parents.get(node_id)
+        while parent is not None and parent not in out:
+            out.add(parent)
+            parent = self._parents.get(parent)
+        return out
 
     def skip(self, name: str, reason: str, *, kind: str = "step") -> str:
         """Record a step that was decided against (e.g. rejected by a human): a node with status skipped."""
@@ -173,12 +256,16 @@ class Context:
         request is recorded automatically. ``model`` names a configured model (``default``: the
         configured default, or the offline scripted model when none is configured), or is an ag2
         model config object used as is."""
+        return self.agent_factory().agent(name, system_prompt, model=model, tools=tools,
+                                         code_execution=code_execution, **kwargs)
+
+    def agent_factory(self) -> Any:
+        """The session's agent factory (created on first use; also tracks agents built without it)."""
         if self._agent_factory is None:
             if self._agents is None:
                 raise RuntimeError("agents are not available in this context")
             self._agent_factory = self._agents()
-        return self._agent_factory.agent(name, system_prompt, model=model, tools=tools,
-                                         code_execution=code_execution, **kwargs)
+        return self._agent_factory
 
     def role(self, role: str, *, name: str | None = None, model: Any = "default", **kwargs: Any) -> Any:
         """A tracked agent for a role of the agent registry (``labd agents``): its system prompt, model, code
@@ -213,10 +300,28 @@ class Context:
         self._resume.clear()
         self._pause = (by, reason)
 
-    def resume(self, by: str = "client") -> None:
+    def resume(self, by: str = "client", budget: float | None = None) -> None:
+        """Continue a paused session; ``budget`` (USD) replaces a budget that paused it."""
         self._resumed_by = by
+        self._resume_budget = float(budget) if isinstance(budget, int | float) and not isinstance(budget, bool) \
+            else None
         self._pause = None
         self._resume.set()
+
+    def wait_paused(self, by: str, reason: str) -> float | None:
+        """Pause here (not at a step boundary: e.g. before an LLM call the budget refuses) until resumed;
+        returns the new budget the resume gave, if any. Raises :class:`Cancelled` on a stop meanwhile."""
+        self._resume.clear()
+        self._resume_budget = None
+        self._emit("session.paused", {"by": by, "reason": reason}, current_node.get())
+        while not self._resume.wait(0.25):
+            self.check_cancelled()
+        self.check_cancelled()
+        resumed: dict[str, Any] = {"by": self._resumed_by}
+        if self._resume_budget is not None:
+            resumed["budget"] = self._resume_budget
+        self._emit("session.resumed", resumed, current_node.get())
+        return self._resume_budget
 
     def _maybe_pause(self) -> None:
         pause = self._pause

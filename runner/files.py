@@ -49,12 +49,39 @@ class FileTracker:
         self._emit = emit
         self._seen: dict[str, tuple[int, int, str]] = {}  # rel path -> (size, mtime_ns, sha256)
         self._lock = threading.Lock()
+        #: steps running concurrently with a node (Context.concurrent_with); None: no concurrency known
+        self.concurrent: Callable[[str | None], list[str]] | None = None
+        self._within: dict[str, str | None] = {}  # agent-turn node -> the node it runs in
 
-    def scan(self, node_id: str | None, agent: str | None = None, tool: str | None = None) -> int:
-        """Report new/changed files; returns how many were reported."""
+    def nest(self, node_id: str, parent: str | None) -> None:
+        """Record that ``node_id`` (an agent turn, not a step) runs inside ``parent``."""
+        self._within[node_id] = parent
+
+    def step_of(self, node_id: str | None) -> str | None:
+        """The step (not agent turn) a node runs in."""
+        seen: set[str] = set()
+        while node_id is not None and node_id in self._within and node_id not in seen:
+            seen.add(node_id)
+            node_id = self._within[node_id]
+        return node_id
+
+    def scan(self, node_id: str | None, agent: str | None = None, tool: str | None = None,
+             step: str | None = None, exact: bool = False) -> int:
+        """Report new, changed and deleted files; returns how many were reported. ``step``: the step the
+        scanning node runs in (for an agent turn's node). When another step ran concurrently since the last
+        scan, a change cannot be attributed exactly: it is recorded with no node, ``ambiguous: true`` and
+        the ``candidates`` (this node and the concurrent steps) rather than credited to a wrong step.
+        ``exact``: the caller knows who wrote what appeared (a code execution between two scans)."""
         with self._lock:
+            others = self.concurrent(step or self.step_of(node_id)) \
+                if self.concurrent is not None and not exact else []
+            if others:
+                candidates = [node_id, *others] if node_id else others
+                node_id, agent, tool = None, None, None
+            attribution: dict[str, Any] = {"ambiguous": True, "candidates": candidates} if others else {}
             found = 0
             count = 0
+            present: set[str] = set()
             for dirpath, dirnames, filenames in os.walk(self.root):
                 dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
                 for name in filenames:
@@ -69,6 +96,7 @@ class FileTracker:
                     if not stat.S_ISREG(st.st_mode):  # FIFOs, sockets, devices, links: never opened
                         continue
                     rel = str(full.relative_to(self.root))
+                    present.add(rel)
                     prev = self._seen.get(rel)
                     if prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns:
                         continue
@@ -85,6 +113,18 @@ class FileTracker:
                         payload["agent"] = agent
                     if tool:
                         payload["tool"] = tool
+                    payload.update(attribution)
                     self._emit("file.changed" if prev is not None else "file.created", payload, node_id)
                     found += 1
+            # a complete walk (not cut at MAX_FILES) tells what is gone
+            for rel in sorted(set(self._seen) - present):
+                _size, _mtime, digest = self._seen.pop(rel)
+                gone: dict[str, Any] = {"path": rel, "sha256": digest, "kind": file_kind(rel)}
+                if agent:
+                    gone["agent"] = agent
+                if tool:
+                    gone["tool"] = tool
+                gone.update(attribution)
+                self._emit("file.deleted", gone, node_id)
+                found += 1
             return found

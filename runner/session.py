@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable
@@ -27,9 +28,11 @@ from labd.runner.approvals import Approvals, ApprovalTimeout
 from labd.runner.capture import OutputCapture
 from labd.runner.channel import Channel
 from labd.runner.context import Cancelled, Context
+from labd.runner.credentials import confine_runner, take_key
 from labd.runner.files import FileTracker
 from labd.runner.logsetup import configure_logging
 from labd.runner.reaper import become_subreaper
+from labd.runner.sandbox import Sandbox, install
 from labd.runner.workflows.registry import WorkflowError, bind_params, resolve
 
 __all__ = ["run_session", "SECRET_PATTERN", "split_secrets"]
@@ -99,8 +102,16 @@ def run_session(spec: dict[str, Any]) -> int:
 
     me = psutil.Process()
     create_time = me.create_time()
+    # Our own key (deleted from disk once read), then Landlock on ourselves: both before any thread starts.
+    key = take_key(spec)
+    install(Sandbox.from_spec(spec.get("sandbox"), session_dir=str(workdir.parent)))  # for run_code
+    confined = confine_runner(spec.get("confine"))
+    if confined == "landlock":  # the parent of the default tmp dir may be out of reach now: use our own
+        (workdir.parent / "tmp").mkdir(mode=0o700, exist_ok=True)
+        os.environ["TMPDIR"] = str(workdir.parent / "tmp")
+        tempfile.tempdir = None
     approvals_box: list[Approvals] = []
-    channel = Channel(spec["endpoint"], bytes.fromhex(spec["key"]), session_id,
+    channel = Channel(spec["endpoint"], key, session_id,
                       hello=lambda: {"pid": os.getpid(), "create_time": create_time,
                                      "waiting_approvals": approvals_box[0].waiting_ids() if approvals_box else []},
                       max_message=spec.get("max_message"))
@@ -109,7 +120,7 @@ def run_session(spec: dict[str, Any]) -> int:
     # what makes a session's start quick to see. Daemon messages arriving meanwhile are held, not lost.
     inbox = _Inbox()
     channel.handlers.update({t: inbox.handler(t) for t in ("cancel", "pause", "resume", "approval.resolved")})
-    emit("session.started", {"pid": os.getpid(), "workdir": str(workdir)})
+    emit("session.started", {"pid": os.getpid(), "workdir": str(workdir), "runner_confinement": confined})
     channel.start()
     log = configure_logging(emit, session_id)
     ctx = Context(session_id, workdir, spec.get("params") or {}, emit, log, secrets)
@@ -120,6 +131,7 @@ def run_session(spec: dict[str, Any]) -> int:
     capture.install()
     ctx.before_boundary = capture.sync
     files = FileTracker(workdir, emit)
+    files.concurrent = ctx.concurrent_with  # concurrent steps: "ambiguous", never a wrong step
     def scan_after_step(node_id: str) -> None:
         files.scan(node_id)
 
@@ -132,11 +144,15 @@ def run_session(spec: dict[str, Any]) -> int:
 
         return AgentFactory(emit=emit, new_node_id=ctx.new_node_id, workdir=workdir,
                             models=spec.get("models") or {}, prices=spec.get("prices") or {}, secrets=secrets,
-                            approvals=ctx.approvals, files=files,  # type: ignore[arg-type]
+                            approvals=ctx.approvals, files=files, limits=spec.get("limits"),  # type: ignore[arg-type]
+                            pause=lambda reason: ctx.wait_paused("budget", reason),
                             mcp_servers=spec.get("mcp_servers") or {}, roles=spec.get("roles") or None,
                             role_overrides=spec.get("agent_overrides") or {})
 
     ctx._agents = agents  # noqa: SLF001
+    from labd.runner.agents.hooks import track_all_agents
+
+    track_all_agents(ctx.agent_factory)  # every ag2 agent of this session, however built
 
     def on_sigterm(_signum: int, _frame: Any) -> None:
         ctx.request_cancel("terminated (SIGTERM)")
@@ -155,7 +171,7 @@ def run_session(spec: dict[str, Any]) -> int:
     inbox.open({
         "cancel": lambda body: ctx.request_cancel(str(body.get("reason") or "stop requested")),
         "pause": lambda body: ctx.request_pause(str(body.get("by") or "client"), str(body.get("reason") or "paused")),
-        "resume": lambda body: ctx.resume(str(body.get("by") or "client")),
+        "resume": lambda body: ctx.resume(str(body.get("by") or "client"), body.get("budget")),
         "approval.resolved": approvals.on_resolved,
     })
     signal.signal(signal.SIGTERM, on_sigterm)

@@ -12,6 +12,7 @@ def turns(ctx: Any, turns: int = 10_000, tracked: bool = True) -> dict[str, floa
     without it (a plain ``ag2.Agent`` with the same model). Returns the loop's own wall time."""
     from ag2 import Agent
 
+    from labd.runner.agents.hooks import untracked
     from labd.runner.agents.offline import OfflineModelConfig
 
     async def body() -> tuple[float, float]:
@@ -21,6 +22,10 @@ def turns(ctx: Any, turns: int = 10_000, tracked: bool = True) -> dict[str, floa
             await agent.ask(f"turn {i}")
         return time.perf_counter() - start, time.process_time() - cpu
 
-    wall, cpu = asyncio.run(body())
+    if tracked:
+        wall, cpu = asyncio.run(body())
+    else:  # every agent of a session is tracked, however built: switch the capture off to measure it
+        with untracked():
+            wall, cpu = asyncio.run(body())
     # CPU seconds of the whole runner process (all threads: the channel thread's work is included)
     return {"seconds": wall, "cpu_seconds": cpu, "turns": float(turns)}

@@ -63,6 +63,7 @@ class RowChanges:
     session_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
     step_inserts: list[dict[str, Any]] = field(default_factory=list)
     step_updates: list[dict[str, Any]] = field(default_factory=list)
+    step_starts: list[dict[str, Any]] = field(default_factory=list)  # a planned node starts running
     history: list[dict[str, Any]] = field(default_factory=list)
     edges: list[dict[str, Any]] = field(default_factory=list)
     costs: list[dict[str, Any]] = field(default_factory=list)
@@ -70,6 +71,8 @@ class RowChanges:
     approval_inserts: list[dict[str, Any]] = field(default_factory=list)
     approval_updates: list[dict[str, Any]] = field(default_factory=list)
     idempotency: list[dict[str, Any]] = field(default_factory=list)  # session.start keys, with the session
+    blobs: list[dict[str, Any]] = field(default_factory=list)
+    blob_refs: list[dict[str, Any]] = field(default_factory=list)
 
     def update(self, session_id: str, **values: Any) -> None:
         self.session_updates.setdefault(session_id, {}).update(values)
@@ -99,12 +102,13 @@ def finalize(cur: SessionCursor, payload: dict[str, Any]) -> None:
     code, sig = payload.get("exit_code"), payload.get("signal")
     if payload.get("status"):
         status, reason = payload["status"], payload["status"]
+    elif cur.outcome == "completed" and not sig:
+        # a session that finished keeps its own outcome, whatever limit or stop arrived after
+        status, reason = "completed", "completed"
     elif cur.kill_reason:
         status, reason = "failed", cur.kill_reason
     elif cur.stop_by:
         status, reason = "cancelled", f"stopped by {cur.stop_by} (ended by {payload['ended_by']})"
-    elif cur.outcome == "completed" and not sig:
-        status, reason = "completed", "completed"
     elif cur.outcome == "failed":
         status, reason = "failed", f"workflow failed: {cur.outcome_error or 'error'}"
     elif cur.outcome == "cancelled":
@@ -131,6 +135,7 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
             "limits": orjson.dumps(payload["limits"]).decode(), "workdir": payload["workdir"],
             "status": "created", "created_at": ts, "last_seq": seq, "runner_seq": 0,
             "peak_rss": 0, "peak_cpu_percent": 0.0, "rejected_events": 0,
+            "tags": orjson.dumps(payload.get("tags") or {}).decode(),
         })
         out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": None,
                             "to_status": "created", "reason": "created", "actor": "client", "node_id": None})
@@ -167,6 +172,25 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
         out.update(cur.id, ended_at=ts, ended_by=payload["ended_by"], exit_code=payload.get("exit_code"),
                    signal=payload.get("signal"))
         _transition(cur, payload["status"], seq, ts, payload["reason"], actor, out)
+    elif kind == "step.planned":
+        parent = payload.get("parent_node")
+        out.step_inserts.append({
+            "session_id": cur.id, "node_id": node_id, "name": payload["name"], "status": "planned",
+            "start_seq": seq, "kind": payload.get("kind") or "step", "parent_node": parent, "agent": None,
+            "attempt": None, "redo_of": None})
+        if parent:
+            out.edges.append({"session_id": cur.id, "src": parent, "dst": node_id, "type": "contains"})
+        out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": None,
+                            "to_status": "planned", "reason": "planned", "actor": actor, "node_id": node_id})
+    elif kind == "step.started" and payload.get("planned") is True:
+        out.step_starts.append({"session_id": cur.id, "node_id": node_id, "name": payload["name"],
+                                "status": "running", "started_at": ts, "start_seq": seq,
+                                "attempt": payload.get("attempt"), "redo_of": payload.get("redo_of")})
+        for edge in payload.get("edges") or []:
+            if isinstance(edge, list) and len(edge) == 2 and all(isinstance(x, str) for x in edge):
+                out.edges.append({"session_id": cur.id, "src": edge[0], "dst": node_id, "type": edge[1]})
+        out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": "planned",
+                            "to_status": "running", "reason": "started", "actor": actor, "node_id": node_id})
     elif kind in ("step.started", "agent.turn.started"):
         agent_turn = kind == "agent.turn.started"
         parent = payload.get("parent_node")
@@ -200,11 +224,13 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
                           "completion_tokens": payload["completion_tokens"], "cost": float(payload["cost"]),
                           "offline": bool(payload["offline"])})
         out.update(cur.id, cost=cur.cost)
-    elif kind in ("file.created", "file.changed"):
+    elif kind in ("file.created", "file.changed", "file.deleted"):
         out.files.append({"session_id": cur.id, "seq": seq, "path": payload["path"],
-                          "change": kind.split(".")[1], "sha256": payload["sha256"], "size": payload["size"],
+                          "change": kind.split(".")[1], "sha256": payload["sha256"], "size": payload.get("size", 0),
                           "kind": payload["kind"], "node_id": node_id, "agent": payload.get("agent"),
-                          "tool": payload.get("tool"), "ts": ts})
+                          "tool": payload.get("tool"), "ts": ts,
+                          "candidates": orjson.dumps(payload["candidates"]).decode()
+                          if isinstance(payload.get("candidates"), list) else None})
     elif kind == "approval.requested":
         aid = payload["approval_id"]
         cur.pending_approvals[aid] = [str(o) for o in payload["options"]]
@@ -257,5 +283,5 @@ def _fmt(value: float, unit: str) -> str:
     if unit == "processes":
         return f"{value:g}"
     if unit == "USD":
-        return f"${value:.4f}"
+        return f"${value:.6f}"
     return f"{value:g} {unit}"

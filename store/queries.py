@@ -5,11 +5,13 @@ Readers never write. With SQLite in WAL mode they run beside the ingest writer w
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 from sqlalchemy import Engine, func, select
 
+from labd.store.blobs import inline
 from labd.store.schema import (
     IDEMPOTENCY_RETENTION,
     approvals,
@@ -23,16 +25,44 @@ from labd.store.schema import (
     steps,
 )
 
-__all__ = ["Store", "MAX_PAGE"]
+__all__ = ["Store", "MAX_PAGE", "rollup", "COST_GROUPS"]
+
+#: how ``cost_summary`` can group the cost of many sessions
+COST_GROUPS = ("model", "workflow", "tag", "day", "session")
 
 MAX_PAGE = 5000
 MAX_PAGE_BYTES = 8 * 1024 * 1024  # keeps a page well under the 16 MiB message limit
+
+
+def rollup(nodes: list[dict[str, Any]], own: dict[Any, Any]) -> list[dict[str, Any]]:
+    """Add to each node the LLM usage of its subtree; ``own`` maps node_id -> (calls, prompt, completion,
+    cost) recorded on that node itself."""
+    by_id = {n["node_id"]: n for n in nodes}
+    for n in nodes:
+        calls, prompt, completion, cost = own.get(n["node_id"]) or (0, 0, 0, 0.0)
+        n.update(calls=int(calls or 0), prompt_tokens=int(prompt or 0), completion_tokens=int(completion or 0),
+                 cost=float(cost or 0.0))
+    # children start after their parent, so adding each node to its ancestors in reverse start order is
+    # one pass; the guard stops a malformed parent cycle
+    for n in reversed(nodes):
+        own_usage = own.get(n["node_id"]) or (0, 0, 0, 0.0)
+        parent, seen = n.get("parent_node"), {n["node_id"]}
+        while parent in by_id and parent not in seen:
+            seen.add(parent)
+            p = by_id[parent]
+            p["calls"] += int(own_usage[0] or 0)
+            p["prompt_tokens"] += int(own_usage[1] or 0)
+            p["completion_tokens"] += int(own_usage[2] or 0)
+            p["cost"] += float(own_usage[3] or 0.0)
+            parent = p.get("parent_node")
+    return nodes
 
 
 def _session_dict(row: Any) -> dict[str, Any]:
     d = dict(row)
     d["params"] = orjson.loads(d["params"])
     d["limits"] = orjson.loads(d["limits"])
+    d["tags"] = orjson.loads(d["tags"]) if d.get("tags") else {}
     return d
 
 
@@ -65,22 +95,58 @@ class Store:
             ).mappings().all()
         return [_session_dict(r) for r in rows]
 
-    def sessions(self, *, status: list[str] | None = None, limit: int = 200) -> list[dict[str, Any]]:
-        q = select(sessions).order_by(sessions.c.created_at.desc()).limit(limit)
+    def sessions(self, *, status: list[str] | None = None, limit: int = 200, workflow: str | None = None,
+                 tags: dict[str, str] | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        """Sessions newest first; ``workflow`` exact, every ``tags`` key=value present, created at or after
+        ``since`` (seconds since the epoch)."""
+        q = select(sessions).order_by(sessions.c.created_at.desc())
         if status:
             q = q.where(sessions.c.status.in_(status))
+        if workflow is not None:
+            q = q.where(sessions.c.workflow == workflow)
+        if since is not None:
+            q = q.where(sessions.c.created_at >= since)
+        if tags:  # compact JSON (orjson): each pair appears as "k":"v"; checked exactly below
+            for k, v in tags.items():
+                q = q.where(sessions.c.tags.contains(orjson.dumps({k: v}).decode()[1:-1], autoescape=True))
+        out: list[dict[str, Any]] = []
         with self.engine.connect() as conn:
-            return [_session_dict(r) for r in conn.execute(q).mappings().all()]
+            for r in conn.execute(q).mappings():
+                d = _session_dict(r)
+                if tags and any(d["tags"].get(k) != v for k, v in tags.items()):
+                    continue
+                out.append(d)
+                if len(out) >= limit:
+                    break
+        return out
 
     def events(self, session_id: str, *, since: int = 0, limit: int = MAX_PAGE,
-               kinds: list[str] | None = None) -> list[dict[str, Any]]:
+               kinds: list[str] | None = None, full: bool = False) -> list[dict[str, Any]]:
         """Events with ``seq > since`` in seq order, at most ``limit`` (capped at :data:`MAX_PAGE`)."""
-        return self.events_page(session_id, since=since, limit=limit, kinds=kinds)["events"]
+        return self.events_page(session_id, since=since, limit=limit, kinds=kinds, full=full)["events"]
+
+    def subtree(self, session_id: str, node_id: str) -> list[str]:
+        """``node_id`` and every node nested in it (steps, agent turns), from the DAG's parent links."""
+        children: dict[str, list[str]] = {}
+        for n in self.steps(session_id):
+            if n["parent_node"]:
+                children.setdefault(n["parent_node"], []).append(n["node_id"])
+        out, todo = [], [node_id]
+        while todo:
+            nid = todo.pop()
+            if nid in out:
+                continue
+            out.append(nid)
+            todo.extend(children.get(nid, ()))
+        return out
 
     def events_page(self, session_id: str, *, since: int = 0, limit: int = MAX_PAGE,
-                    kinds: list[str] | None = None) -> dict[str, Any]:
+                    kinds: list[str] | None = None, full: bool = False, nodes: list[str] | None = None,
+                    agent: str | None = None) -> dict[str, Any]:
         """A page of events after ``since``: at most ``limit`` rows and about :data:`MAX_PAGE_BYTES`;
-        ``more`` tells whether another page may follow."""
+        ``more`` tells whether another page may follow. ``full`` inlines blob references (the complete
+        LLM requests and responses); ``nodes`` keeps events of those nodes; ``agent`` those whose
+        payload names that agent."""
         limit = max(1, min(limit, MAX_PAGE))
         q = (select(events.c.seq, events.c.ts, events.c.kind, events.c.src, events.c.node_id, events.c.parent,
                     events.c.payload, events.c.src_seq)
@@ -88,25 +154,40 @@ class Store:
              .order_by(events.c.seq).limit(limit))
         if kinds:
             q = q.where(events.c.kind.in_(kinds))
+        if nodes is not None:
+            q = q.where(events.c.node_id.in_(nodes))
+        if agent is not None:
+            # payloads are stored as compact JSON (orjson), so the field appears exactly like this
+            q = q.where(events.c.payload.contains('"agent":' + orjson.dumps(agent).decode(), autoescape=True))
         out: list[dict[str, Any]] = []
         size = 0
         more = False
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
-        for r in rows:
-            size += len(r[6]) + 100
+            if full:
+                payloads = inline(conn, [orjson.loads(r[6]) for r in rows])
+        for i, r in enumerate(rows):
+            size += (len(orjson.dumps(payloads[i])) if full else len(r[6])) + 100
             if out and size > MAX_PAGE_BYTES:
                 more = True
                 break
             out.append({"seq": r[0], "ts": r[1], "kind": r[2], "src": "runner" if r[3] == "r" else "daemon",
-                        "node_id": r[4], "parent": r[5], "payload": orjson.loads(r[6]), "src_seq": r[7]})
+                        "node_id": r[4], "parent": r[5], "payload": payloads[i] if full else orjson.loads(r[6]),
+                        "src_seq": r[7]})
         return {"events": out, "more": more or len(rows) == limit}
 
     def steps(self, session_id: str) -> list[dict[str, Any]]:
+        """DAG nodes in start order, each with its LLM roll-up: ``calls``, ``prompt_tokens``,
+        ``completion_tokens`` and ``cost`` summed over the node and every node nested in it."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(steps).where(steps.c.session_id == session_id)
                                 .order_by(steps.c.start_seq)).mappings().all()
-        return [dict(r) for r in rows]
+            own = {r[0]: r[1:] for r in conn.execute(
+                select(cost_records.c.node_id, func.count(), func.sum(cost_records.c.prompt_tokens),
+                       func.sum(cost_records.c.completion_tokens), func.sum(cost_records.c.cost))
+                .where(cost_records.c.session_id == session_id).group_by(cost_records.c.node_id)).all()}
+        nodes = [dict(r) for r in rows]
+        return rollup(nodes, own)
 
     def history(self, session_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -147,14 +228,70 @@ class Store:
         total = {"calls": len(calls), "prompt_tokens": sum(c["prompt_tokens"] for c in calls),
                  "completion_tokens": sum(c["completion_tokens"] for c in calls),
                  "cost": sum(c["cost"] for c in calls), "offline": any(c["offline"] for c in calls)}
+        steps_rollup = [{k: n[k] for k in ("node_id", "name", "kind", "parent_node", "calls", "prompt_tokens",
+                                           "completion_tokens", "cost")}
+                        for n in self.steps(session_id) if n["kind"] != "agent"]
         return {"session": session_id, "total": total, "by_agent": groups["agent"], "by_model": groups["model"],
-                "by_node": groups["node_id"], "calls": calls}
+                "by_node": groups["node_id"], "by_step": steps_rollup, "calls": calls}
+
+    def cost_summary(self, *, by: str = "model", since: float | None = None) -> dict[str, Any]:
+        """LLM cost across sessions, grouped ``by`` model | workflow | tag | day | session, from ``since``
+        (a time, seconds since the epoch, on the call's own time). ``tag`` groups by ``key=value``."""
+        q = (select(cost_records.c.session_id, cost_records.c.ts, cost_records.c.model,
+                    cost_records.c.prompt_tokens, cost_records.c.completion_tokens, cost_records.c.cost,
+                    sessions.c.workflow, sessions.c.tags)
+             .join(sessions, sessions.c.id == cost_records.c.session_id))
+        if since is not None:
+            q = q.where(cost_records.c.ts >= since)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        groups: dict[str, dict[str, Any]] = {}
+        total = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0, "sessions": 0}
+        seen: set[str] = set()
+        for sid, ts, model, prompt, completion, cost, workflow, tags in rows:
+            if by == "model":
+                keys = [model]
+            elif by == "workflow":
+                keys = [workflow]
+            elif by == "session":
+                keys = [sid]
+            elif by == "day":
+                keys = [time.strftime("%Y-%m-%d", time.gmtime(ts))]
+            else:  # tag: a call counts once under each of its session's tags
+                keys = [f"{k}={v}" for k, v in sorted(orjson.loads(tags or "{}").items())] or ["(untagged)"]
+            for key in keys:
+                g = groups.setdefault(key, {by: key, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                            "cost": 0.0, "sessions": set()})
+                g["calls"] += 1
+                g["prompt_tokens"] += prompt
+                g["completion_tokens"] += completion
+                g["cost"] += cost
+                g["sessions"].add(sid)
+            total["calls"] += 1
+            total["prompt_tokens"] += prompt
+            total["completion_tokens"] += completion
+            total["cost"] += cost
+            seen.add(sid)
+        total["sessions"] = len(seen)
+        out = [{**g, "sessions": len(g["sessions"])} for _k, g in sorted(groups.items())]
+        return {"by": by, "since": since, "total": total, "groups": out}
+
+    def blob_count(self) -> int:
+        """How many distinct blobs the store holds."""
+        from labd.store.schema import blobs
+
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(blobs)).scalar() or 0)
 
     def files(self, session_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(files).where(files.c.session_id == session_id)
                                 .order_by(files.c.seq)).mappings().all()
-        return [dict(r) for r in rows]
+        out = [dict(r) for r in rows]
+        for f in out:
+            f["candidates"] = orjson.loads(f["candidates"]) if f.get("candidates") else None
+            f["ambiguous"] = f["candidates"] is not None
+        return out
 
     def approvals(self, *, session_id: str | None = None, status: str | None = None,
                   limit: int = 500) -> list[dict[str, Any]]:

@@ -1,5 +1,8 @@
 """Retention: deleting whole sessions from the record, and choosing which ones a policy removes.
 
+Content-addressed blobs (full LLM requests and responses) are shared between sessions and counted by their
+``blob_refs`` rows: a blob goes with the last session that refers to it, in the same transaction.
+
 Deletion is generic over the schema: every table with a ``session_id`` column loses that session's rows,
 so a projection added later is covered without touching this module. Only the batch writer (on ingest's
 thread) calls :func:`delete_sessions`; :func:`prune_candidates` is a read-only query for the request side.
@@ -13,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from labd.ipc.events import TERMINAL_STATUSES
-from labd.store.schema import metadata, sessions
+from labd.store.schema import blob_refs, blobs, metadata, sessions
 
 __all__ = ["delete_sessions", "prune_candidates"]
 
@@ -32,11 +35,22 @@ def delete_sessions(conn: Connection, ids: Iterable[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     if not ids:
         return counts
+    shas: set[str] = set()  # blobs these sessions referred to: deleted below unless another session still does
+    for start in range(0, len(ids), 500):
+        shas.update(r[0] for r in conn.execute(select(blob_refs.c.sha256).where(
+            blob_refs.c.session_id.in_(ids[start:start + 500]))).all())
     for table in _keyed_tables():
         col = table.c.id if table is sessions else table.c.session_id
         for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
             res = conn.execute(table.delete().where(col.in_(ids[start:start + 500])))
             counts[table.name] = counts.get(table.name, 0) + (res.rowcount or 0)
+    gone = 0
+    ordered = sorted(shas)
+    for start in range(0, len(ordered), 500):
+        chunk = ordered[start:start + 500]
+        still = ~select(blob_refs.c.sha256).where(blob_refs.c.sha256 == blobs.c.sha256).exists()
+        gone += conn.execute(blobs.delete().where(blobs.c.sha256.in_(chunk), still)).rowcount or 0
+    counts["blobs"] = gone
     return counts
 
 

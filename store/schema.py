@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
 
 __all__ = ["metadata", "sessions", "events", "steps", "state_history", "dag_edges", "cost_records", "files",
-           "approvals", "idempotency_keys", "IDEMPOTENCY_RETENTION"]
+           "approvals", "skills", "blobs", "blob_refs", "idempotency_keys", "IDEMPOTENCY_RETENTION"]
 
 metadata = MetaData()
 
@@ -43,6 +43,7 @@ sessions = Table(
     Column("outcome_error", Text),
     Column("stop_by", String(40)),
     Column("kill_reason", Text),
+    Column("tags", Text),  # JSON object of str -> str, from session.start
 )
 Index("ix_sessions_status", sessions.c.status)
 
@@ -123,7 +124,7 @@ files = Table(
     Column("session_id", String(32), primary_key=True),
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("path", Text, nullable=False),
-    Column("change", String(10), nullable=False),  # created | changed
+    Column("change", String(10), nullable=False),  # created | changed | deleted
     Column("sha256", String(64), nullable=False),
     Column("size", Integer, nullable=False),
     Column("kind", String(20), nullable=False),
@@ -131,6 +132,7 @@ files = Table(
     Column("agent", String(100)),
     Column("tool", String(100)),
     Column("ts", Float, nullable=False),
+    Column("candidates", Text),  # JSON list of node ids when concurrent steps make attribution ambiguous
 )
 
 approvals = Table(
@@ -155,7 +157,40 @@ approvals = Table(
     Column("resolved_at", Float),
 )
 Index("ix_approvals_status", approvals.c.status)
+
+#: reusable patterns extracted from successful sessions (labd skills); `document` is the skill as JSON text
+skills = Table(
+    "skills",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("created_at", Float, nullable=False),
+    Column("origin_session", String(32)),
+    Column("workflow", String(300), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("document", Text, nullable=False),
+)
 Index("ix_approvals_session", approvals.c.session_id)
+
+#: content-addressed payloads (sha256 of the UTF-8 text), stored once however many events refer to them
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("size", Integer, nullable=False),  # bytes of UTF-8
+    Column("data", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+#: which sessions refer to which blobs: a blob no row refers to may be pruned
+blob_refs = Table(
+    "blob_refs",
+    metadata,
+    Column("session_id", String(32), primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+    Column("first_seq", Integer, nullable=False),  # the event that brought it
+)
+Index("ix_blob_refs_sha256", blob_refs.c.sha256)
 
 #: how long a session.start idempotency key is remembered (a retry after that starts a new session)
 IDEMPOTENCY_RETENTION = 24 * 3600.0

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 from labd.store.projections import RowChanges, SessionCursor
 from labd.store.retention import delete_sessions
 from labd.store.schema import IDEMPOTENCY_RETENTION, approvals, sessions
+from labd.store.skills import delete_skill, insert_skill
 
 __all__ = ["BatchWriter", "EventRow"]
 
@@ -95,6 +96,28 @@ class BatchWriter:
         sql = f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join([self._p] * len(cols))}){suffix}"
         conn.exec_driver_sql(sql, [tuple(r.get(c) for c in cols) for r in rows])
 
+    def save_skill(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Store a skill document as the next version of its name; ``{name, version}``."""
+        import time
+
+        try:
+            version = insert_skill(self._conn, doc, time.time())
+            self._conn.commit()
+            return {"name": doc["name"], "version": version}
+        except BaseException:
+            self._conn.rollback()
+            raise
+
+    def delete_skill(self, name: str) -> dict[str, Any]:
+        """Delete every version of a skill; ``{name, versions}``."""
+        try:
+            n = delete_skill(self._conn, name)
+            self._conn.commit()
+            return {"name": name, "versions": n}
+        except BaseException:
+            self._conn.rollback()
+            raise
+
     def delete_sessions(self, ids: list[str]) -> dict[str, int]:
         """Delete whole sessions (every row of theirs, in one transaction); rows deleted per table."""
         try:
@@ -133,10 +156,17 @@ class BatchWriter:
             self._insert(conn, "cost_records", changes.costs)
             self._insert(conn, "files", changes.files)
             self._insert(conn, "approvals", changes.approval_inserts)
+            self._insert(conn, "blobs", changes.blobs, ignore_duplicates=True)
+            self._insert(conn, "blob_refs", changes.blob_refs, ignore_duplicates=True)
             for r in changes.approval_updates:
                 cols = [c for c in r if c != "id"]
                 sql = f"UPDATE approvals SET {', '.join(f'{c} = {p}' for c in cols)} WHERE id = {p}"
                 conn.exec_driver_sql(sql, (*[r[c] for c in cols], r["id"]))
+            if changes.step_starts:  # before step_updates: a planned node can start and finish in one batch
+                sql = (f"UPDATE steps SET name = {p}, status = {p}, started_at = {p}, start_seq = {p}, attempt = {p}, "
+                       f"redo_of = {p} WHERE session_id = {p} AND node_id = {p}")
+                conn.exec_driver_sql(sql, [(r["name"], r["status"], r["started_at"], r["start_seq"], r["attempt"],
+                                            r["redo_of"], r["session_id"], r["node_id"]) for r in changes.step_starts])
             if changes.step_updates:
                 sql = (f"UPDATE steps SET status = {p}, ended_at = {p}, duration = {p}, error = {p} "
                        f"WHERE session_id = {p} AND node_id = {p}")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.sessions import resolve_session
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.store.exports import FORMATS
+from labd.store.queries import COST_GROUPS
 
 
 @register
@@ -80,8 +82,13 @@ class Resume(_Control):
 
     def execute(self) -> Any:
         row = self.running()
-        self.daemon.supervisor.resume(row["id"], "client")
-        return {"session": row["id"], "resuming": True}
+        budget = self.arg("budget", (int, float), None, check=lambda b: math.isfinite(b) and b > 0,
+                          hint="a positive amount of USD")
+        if budget is None:
+            self.daemon.supervisor.resume(row["id"], "client")
+        else:  # the runner enforces budgets before each LLM call; it continues with the new one
+            self.daemon.supervisor.send_runner(row["id"], "resume", {"by": "client", "budget": float(budget)})
+        return {"session": row["id"], "resuming": True, **({"budget": budget} if budget is not None else {})}
 
 
 @register
@@ -108,6 +115,17 @@ class Cost(Request):
 
 
 @register
+class CostSummary(Request):
+    type = "cost.summary"
+
+    def execute(self) -> Any:
+        by = self.arg("by", str, "model", check=lambda b: b in COST_GROUPS, hint=" | ".join(COST_GROUPS))
+        since = self.arg("since", (int, float), None, check=lambda t: math.isfinite(t) and t >= 0,
+                         hint="a time in seconds since the epoch")
+        return self.daemon.store.cost_summary(by=by, since=None if since is None else float(since))
+
+
+@register
 class Files(Request):
     type = "session.files"
 
@@ -115,10 +133,14 @@ class Files(Request):
         row = resolve_session(self)
         nodes = {n["node_id"]: n for n in self.daemon.store.steps(row["id"])}
         files = self.daemon.store.files(row["id"])
-        for f in files:  # the step a file belongs to: its node, or the step enclosing the agent turn
+        latest = {f["path"]: f["seq"] for f in files}  # rows are in seq order: the last one per path wins
+        for f in files:
+            # the history stays; `current` marks each path's latest row unless that row is its deletion
+            f["current"] = latest[f["path"]] == f["seq"] and f["change"] != "deleted"
+            # the step a file belongs to: its node, or the step enclosing the agent turn (and its attempt)
             node = nodes.get(f["node_id"] or "")
             seen: set[str] = set()
-            while node is not None and node["kind"] == "agent" and node["node_id"] not in seen:
+            while node is not None and node["kind"] in ("agent", "attempt") and node["node_id"] not in seen:
                 seen.add(node["node_id"])
                 node = nodes.get(node["parent_node"] or "")
             f["step"] = node["name"] if node else None

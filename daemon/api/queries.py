@@ -29,8 +29,13 @@ class Events(Request):
         limit = self.arg("limit", int, MAX_PAGE, check=lambda n: 0 < n <= MAX_PAGE, hint=f"1-{MAX_PAGE}")
         kinds = self.arg("kinds", list, None, check=lambda ks: all(isinstance(k, str) for k in ks),
                          hint="a list of event kinds")
+        full = self.arg("full", bool, False, hint="true to inline blobs (complete LLM requests and responses)")
+        node = self.arg("node", str, None, check=lambda s: 0 < len(s) <= 64, hint="a node id")
+        agent = self.arg("agent", str, None, check=lambda s: 0 < len(s) <= 100, hint="an agent name")
         row = resolve_session(self)
-        page = self.daemon.store.events_page(row["id"], since=since, limit=limit, kinds=kinds)
+        nodes = self.daemon.store.subtree(row["id"], node) if node else None
+        page = self.daemon.store.events_page(row["id"], since=since, limit=limit, kinds=kinds, full=full,
+                                             nodes=nodes, agent=agent)
         return {"session": row["id"], "events": page["events"], "status": row["status"], "more": page["more"]}
 
 
@@ -43,6 +48,8 @@ class Status(Request):
         return {"pid": os.getpid(), "home": str(d.layout.home), "db": d.cfg.db_url.split("@")[-1],
                 "running": sorted(d.supervisor.running), "counters": dict(d.counters),
                 "template_pid": d.launcher.template_pid,
+                "sandbox": {**d.sandbox.to_dict(), "runner": d.runner_confinement,
+                            "network_default": d.cfg.sandbox.network},
                 "uptime": time.time() - d.started, "telemetry": _telemetry(d)}
 
 

@@ -15,6 +15,7 @@ from labd.daemon.monitor import Limits
 from labd.daemon.queue import Queued
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT, MAX_RESULT, check_params
+from labd.ipc.signing import derive_key
 from labd.ipc.units import UnitError, parse_duration, parse_percent, parse_size
 from labd.runner.workflows.registry import WorkflowError, canonical
 from labd.store.schema import IDEMPOTENCY_RETENTION
@@ -138,6 +139,11 @@ def _roles(req: Request) -> tuple[dict[str, Any], dict[str, str]]:
     return {n: r.to_dict() for n, r in roles.items()}, overrides
 
 
+def _valid_tags(tags: Any) -> bool:
+    return len(tags) <= 50 and all(isinstance(k, str) and 0 < len(k) <= 100 and isinstance(v, str)
+                                   and len(v) <= 300 for k, v in tags.items())
+
+
 def live_view(req: Request, row: dict[str, Any], live: dict[str, dict[str, Any]] | None = None,
               positions: dict[str, int] | None = None) -> dict[str, Any]:
     """A session row plus live figures from the monitor (for sessions still running) and, for a session not
@@ -217,12 +223,25 @@ class Start(Request):
             replay = self._replayed(key, digest)
             if replay is not None:
                 return replay
+        skill = None
+        ref = self.body.get("workflow")
+        if isinstance(ref, str) and ref.startswith("skill:"):  # a saved skill: its workflow, params and plan
+            from labd.daemon.api.skills import expand_skill
+
+            wf, expanded, skill = expand_skill(self.daemon, ref, self.arg("params", dict, {}))
+            self.body = {**self.body, "workflow": wf, "params": expanded}
+            if not self.body.get("name"):
+                self.body["name"] = f"skill-{skill['name']}-{secrets.token_hex(3)}"[:200]
         workflow, _cwd, path = where_from(self)
         params = self.arg("params", dict, {})
         name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
         limits = _limits(self.body, self.daemon.cfg.procs or None)
         priority = self.arg("priority", int, 0, check=lambda p: -1000 <= p <= 1000, hint="an integer -1000..1000")
+        tags = self.arg("tags", dict, None, check=_valid_tags, hint="an object of up to 50 str -> str tags")
         d = self.daemon
+        network = self.arg("network", (bool, str), d.cfg.sandbox.network,
+                           check=lambda v: isinstance(v, bool) or v in ("on", "off"), hint="on or off")
+        network = network is True or network == "on"
         _, overrides = _roles(self)  # checked now; the runner gets the registry as it is at launch
         # A function sent with Client.submit: its pickle travels in `payload`, is recorded in session.created
         # (not in the session row, which every session.list returns) and reaches only the runner. Never unpickled here.
@@ -264,10 +283,18 @@ class Start(Request):
         if key is not None:
             created.update(idempotency_key=key, request_digest=digest)
             self._remember(key, sid, digest, name)
+        if skill is not None:
+            created["skill"] = skill
+        if tags:
+            created["tags"] = tags
+        sandbox = d.sandbox_spec(sid, network)  # what confines the code its agents run: recorded on the session
+        created["sandbox"] = {k: sandbox[k] for k in ("level", "mechanism", "reasons", "network")} | {
+            "runner": d.runner_confinement}
         d.post_event(sid, "session.created", created, reply_to=self.reply_to)
         d.supervisor.submit(queue.entry(sid, workflow, _run_params(d, params, payload), limits, str(workdir),
                                         priority, time.time(),
-                                        extra={"name": name, "sys_path": path, "agent_overrides": overrides}))
+                                        extra={"name": name, "sys_path": path, "agent_overrides": overrides,
+                                               "network": network}))
         return DEFERRED
 
 
@@ -289,10 +316,16 @@ def session_spec(d: Any, q: Queued) -> dict[str, Any]:
         roles = {n: r.to_dict() for n, r in load_roles(d.cfg.agents, d.layout.home / "agents").items()}
     except RoleError:
         roles = None  # checked at session.start; a registry file broken since then: the built-in roles
+    extra = dict(q.extra)
+    network = bool(extra.pop("network", d.cfg.sandbox.network))
+    # The runner's own key, derived for this session: it can sign for this session only.
     return {"session_id": q.sid, "workflow": q.workflow, "params": q.params, "workdir": q.workdir,
-            "endpoint": d.info.runners, "key": d.info.key, "secret_names": d.cfg.secret_env,
+            "endpoint": d.info.runners, "key": derive_key(d.info.key_bytes, q.sid).hex(),
+            "sandbox": d.sandbox_spec(q.sid, network), "confine": d.runner_confine_spec(q.sid),
+            "secret_names": d.cfg.secret_env,
             "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
-            "mcp_servers": d.cfg.mcp_servers, "roles": roles, "secrets": d.secrets, **q.extra}
+            "mcp_servers": d.cfg.mcp_servers, "roles": roles, "secrets": d.secrets,
+            "limits": q.limits.to_dict(), **extra}
 
 
 def requeue(d: Any) -> int:
@@ -307,7 +340,8 @@ def requeue(d: Any) -> int:
             row["id"], row["workflow"], _run_params(d, row["params"], c.get("payload")),
             Limits.from_dict(row["limits"]), row["workdir"], priority, row["created_at"],
             extra={"name": row["name"], "sys_path": c.get("sys_path") or [],
-                   "agent_overrides": c.get("agents") or {}}))
+                   "agent_overrides": c.get("agents") or {},
+                   "network": bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network))}))
     return len(rows)
 
 
@@ -337,7 +371,17 @@ class ListSessions(Request):
         status = self.arg("status", list, None, check=lambda s: all(x in STATUSES for x in s),
                           hint=f"a list of statuses ({', '.join(STATUSES)})")
         limit = self.arg("limit", int, 200, check=lambda n: 0 < n <= 10_000, hint="1-10000")
-        rows = self.daemon.store.sessions(status=status, limit=limit)
+        # filters are honoured or refused, never silently ignored
+        unknown = set(self.body) - {"status", "limit", "workflow", "tags", "since"}
+        if unknown:
+            raise ApiError("bad_request", f"session.list has no filter {', '.join(sorted(unknown))} "
+                           "(accepted: status, limit, workflow, tags, since)")
+        workflow = self.arg("workflow", str, None, check=lambda s: 0 < len(s) <= 300, hint="a workflow name")
+        tags = self.arg("tags", dict, None, check=_valid_tags, hint="an object of str -> str tags")
+        since = self.arg("since", (int, float), None, check=lambda t: math.isfinite(t) and t >= 0,
+                         hint="a time in seconds since the epoch")
+        rows = self.daemon.store.sessions(status=status, limit=limit, workflow=workflow, tags=tags,
+                                          since=None if since is None else float(since))
         live, positions = self.daemon.monitor.snapshot(), self.daemon.supervisor.queue.positions()
         return {"sessions": [live_view(self, r, live, positions) for r in rows]}
 

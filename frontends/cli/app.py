@@ -22,6 +22,7 @@ from labd.frontends.cli import (
     servers,
     service,
     sessions,
+    skills,
 )
 from labd.frontends.cli.base import CliError, Ctx, global_options
 from labd.ipc.client import LabdError
@@ -30,8 +31,8 @@ from labd.ipc.units import UnitError
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 #: each module's ``register(sub)`` adds its commands; a new command group is one more entry here
-COMMAND_MODULES = [sessions, logs, approvals, records, search, retention, admin, service, remote, servers,
-                   completion]
+COMMAND_MODULES = [sessions, logs, approvals, records, search, skills, retention, admin, service, remote,
+                   servers, completion]
 
 EPILOG = """examples:
   labd serve &                               run the daemon (foreground; use systemd or & to background)

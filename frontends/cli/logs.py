@@ -51,7 +51,10 @@ def _exit(code: int) -> int:
 
 def cmd_events(args: argparse.Namespace, ctx: Ctx) -> int:
     c = ctx.client()
-    it = c.follow(args.session, since=args.since) if args.follow else c.history(args.session, since=args.since)
+    if args.follow and (args.full or args.node or args.agent):
+        raise CliError("--full, --node and --agent read the stored history; they do not combine with --follow")
+    it = c.follow(args.session, since=args.since) if args.follow else c.history(
+        args.session, since=args.since, full=args.full, node=args.node, agent=args.agent)
     for ev in it:
         if args.kind and not any(ev["kind"].startswith(k) for k in args.kind):
             continue
@@ -61,7 +64,8 @@ def cmd_events(args: argparse.Namespace, ctx: Ctx) -> int:
             t = datetime.fromtimestamp(ev["ts"]).strftime("%H:%M:%S.%f")[:-3]
             node = f" [{ev['node_id']}]" if ev["node_id"] else ""
             payload = json.dumps(ev["payload"], default=str)
-            print(f"{ev['seq']:>7} {t} {ev['src'][0]} {ev['kind']}{node} {payload[:200]}", flush=True)
+            print(f"{ev['seq']:>7} {t} {ev['src'][0]} {ev['kind']}{node} {payload if args.full else payload[:200]}",
+                  flush=True)
     return 0
 
 
@@ -81,4 +85,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--since", type=int, default=0, metavar="SEQ", help="only events with seq > SEQ")
     s.add_argument("--kind", action="append", help="only kinds starting with this (repeatable)")
     s.add_argument("--follow", "-f", action="store_true")
+    s.add_argument("--full", action="store_true", help="complete payloads: LLM requests/responses with blobs inlined")
+    s.add_argument("--node", help="only this DAG node and the nodes nested in it")
+    s.add_argument("--agent", help="only events of this agent")
     add_json(s, "one JSON object per line (JSON Lines: seq, ts, kind, src, node_id, parent, payload, src_seq)")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from labd.frontends.cli.base import Ctx, add_json, command
+from labd.frontends.cli.base import CliError, Ctx, add_json, command
 from labd.frontends.cli.output import STATUS_STYLE, natural_key, styled
-from labd.ipc.units import format_duration, format_size
+from labd.ipc.units import UnitError, format_duration, format_size, parse_duration
 
 __all__ = ["register", "tree_lines"]
 
@@ -81,6 +82,27 @@ def cmd_dag(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def cmd_cost(args: argparse.Namespace, ctx: Ctx) -> int:
+    if args.all:
+        since = None
+        if args.since:
+            try:
+                since = time.time() - parse_duration(args.since)
+            except UnitError as exc:
+                raise CliError(f"--since: {exc}") from None
+        s = ctx.client().cost_summary(by=args.by, since=since)
+        if args.json:
+            ctx.out.json(s)
+            return 0
+        t = s["total"]
+        print(f"{t['sessions']} sessions: ${t['cost']:.6f} for {t['calls']} LLM calls, "
+              f"{t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens")
+        ctx.out.table([args.by.upper(), "SESSIONS", "CALLS", "PROMPT", "COMPLETION", "COST"],
+                      [[str(g[args.by]), str(g["sessions"]), str(g["calls"]), str(g["prompt_tokens"]),
+                        str(g["completion_tokens"]), f"${g['cost']:.6f}"] for g in s["groups"]],
+                      right=("SESSIONS", "CALLS", "PROMPT", "COMPLETION", "COST"))
+        return 0
+    if not args.session:
+        raise CliError("labd cost needs a SESSION, or --all")
     r = ctx.client().cost(args.session)
     if args.json:
         ctx.out.json(r)
@@ -91,7 +113,9 @@ def cmd_cost(args: argparse.Namespace, ctx: Ctx) -> int:
           f"{t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens{label}"
           + (f"; budget ${r['budget']:g}" if r.get("budget") else ""))
     for key, col, title in (("by_agent", "agent", "AGENT"), ("by_model", "model", "MODEL"),
-                            ("by_node", "node_id", "NODE")):
+                            ("by_node", "node_id", "NODE"), ("by_step", "name", "STEP")):
+        if key not in r:
+            continue
         groups = sorted(r[key], key=lambda g, col=col: natural_key(g[col]))  # type: ignore[misc]  # col bound per loop
         rows = [[str(g[col]), str(g["calls"]), str(g["prompt_tokens"]), str(g["completion_tokens"]),
                  f"${g['cost']:.6f}"] for g in groups]
@@ -130,8 +154,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("session")
     s.add_argument("--format", choices=["tree", "json", "mermaid", "dot"], default="tree",
                    help="tree (default), json, mermaid or dot")
-    s = command(sub, "cost", cmd_cost, "a session's LLM cost per agent, model and node")
-    s.add_argument("session")
+    s = command(sub, "cost", cmd_cost, "a session's LLM cost per agent, model, node and step (or --all sessions)")
+    s.add_argument("session", nargs="?")
+    s.add_argument("--all", action="store_true", help="cost across all sessions")
+    s.add_argument("--by", choices=["model", "workflow", "tag", "day", "session"], default="model")
+    s.add_argument("--since", help="with --all: only calls in the last 7d / 12h / 30m")
     add_json(s, "the cost object (total, by_agent, by_model, by_node, calls)")
     s = command(sub, "files", cmd_files, "files a session produced, with the step and agent that wrote them")
     s.add_argument("session")

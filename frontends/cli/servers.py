@@ -1,4 +1,4 @@
-"""Front-ends that serve other programs: `labd ui` (a browser dashboard) and `labd mcp` (MCP over stdio)."""
+"""Front-ends with their own screen or peer: `labd top` (terminal), `labd ui` (browser), `labd mcp` (MCP, stdio)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,14 @@ def cmd_ui(args: argparse.Namespace, ctx: Ctx) -> int:
     return ui.run(ctx.home, port=args.port, open_browser=args.open)
 
 
+def cmd_top(args: argparse.Namespace, ctx: Ctx) -> int:
+    from pathlib import Path
+
+    from labd.frontends.top import run as run_top
+
+    return run_top(Path(ctx.home) if ctx.home else None)
+
+
 def cmd_mcp(args: argparse.Namespace, ctx: Ctx) -> int:
     from labd.frontends import mcp
 
@@ -22,6 +30,7 @@ def cmd_mcp(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command(sub, "top", cmd_top, "live dashboard: sessions, output, DAG, approvals (q quits, ? for keys)")
     s = command(sub, "ui", cmd_ui, "the web dashboard on 127.0.0.1 (prints its URL with a token)")
     s.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
     s.add_argument("--open", action="store_true", help="open it in the browser")

@@ -60,6 +60,19 @@ def limits_from(args: argparse.Namespace) -> dict[str, Any]:
     return {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": args.budget, "budget_action": args.on_budget}
 
 
+def parse_tags(items: list[str]) -> dict[str, str]:
+    """``--tag k=v`` (repeatable) -> ``{k: v}``; duplicates refused."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"--tag takes key=value, not {item!r}")
+        if key.strip() in out:
+            raise CliError(f"--tag {key.strip()} given twice")
+        out[key.strip()] = value
+    return out
+
+
 def parse_agents(items: list[str]) -> dict[str, str]:
     """``--agent engineer=my_engineer`` (repeatable) -> ``{"engineer": "my_engineer"}``; duplicates refused."""
     out: dict[str, str] = {}
@@ -77,7 +90,8 @@ def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
     limits = limits_from(args)
     c = ctx.client()
     sid = c.start(args.workflow, name=args.name, params=parse_params(args.param), agents=parse_agents(args.agent),
-                  procs=args.procs, priority=args.priority, **limits)
+                  procs=args.procs, priority=args.priority, tags=parse_tags(args.tag) or None,
+                  network=None if args.network is None else args.network == "on", **limits)
     if not args.follow:
         if args.json:
             ctx.out.json({"session": sid})
@@ -116,7 +130,10 @@ def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
         statuses = [s.strip() for item in args.status for s in item.split(",") if s.strip()]
     elif not args.all:
         statuses = list(LIVE)
-    rows = ctx.client().sessions(status=statuses, limit=args.limit)
+    tags = parse_tags(args.tag)
+    if tags and not args.status:
+        statuses = None  # a tag selects sessions whatever their status
+    rows = ctx.client().sessions(status=statuses, limit=args.limit, tags=tags or None)
     if args.workflow:
         pat = args.workflow if any(ch in args.workflow for ch in "*?[") else f"*{args.workflow}*"
         rows = [r for r in rows if fnmatch.fnmatchcase(r["workflow"], pat)]
@@ -196,9 +213,10 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
     if s["steps"]:
         rows = [[st["node_id"], styled(st["status"], STATUS_STYLE.get(st["status"])),
                  format_duration(st["duration"]) if st["duration"] is not None else "…", st["name"],
-                 st["error"] or ""] for st in sorted(s["steps"], key=lambda st: natural_key(st["node_id"]))]
+                 f"${st['cost']:.6f}" if st.get("calls") else "", st["error"] or ""]
+                for st in sorted(s["steps"], key=lambda st: natural_key(st["node_id"]))]
         ctx.out.line("")
-        ctx.out.table(["NODE", "STATUS", "TIME", "STEP", "ERROR"], rows, right=("TIME",))
+        ctx.out.table(["NODE", "STATUS", "TIME", "STEP", "COST", "ERROR"], rows, right=("TIME", "COST"))
     return 0
 
 
@@ -240,8 +258,9 @@ def cmd_pause(args: argparse.Namespace, ctx: Ctx) -> int:
     if args.cmd == "pause":
         r = c.pause(args.session)
         return _reply(ctx, args, r, f"pause requested for {r['session']} (takes effect at the next step boundary)")
-    r = c.resume(args.session)
-    return _reply(ctx, args, r, f"resume requested for {r['session']}")
+    r = c.resume(args.session, budget=args.budget)
+    return _reply(ctx, args, r, f"resume requested for {r['session']}"
+                  + (f" with a budget of ${args.budget:g}" if args.budget else ""))
 
 
 RUN_EPILOG = """workflow:
@@ -263,6 +282,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--budget", type=float, help="LLM budget in USD for the whole session, e.g. 2.50")
     s.add_argument("--on-budget", choices=["stop", "pause"], help="what crossing the budget does (default stop)")
     s.add_argument("--procs", type=int, help="at most this many processes in the session's tree")
+    s.add_argument("--tag", action="append", default=[], metavar="K=V", help="label the session (repeat)")
+    s.add_argument("--network", choices=["on", "off"],
+                   help="may code the agents execute use the network (default: [sandbox] network, off)")
     s.add_argument("--priority", type=int, help="run-queue order when the daemon is at max_sessions (higher first)")
     s.add_argument("--agent", action="append", default=[], metavar="ROLE=OTHER",
                    help="use registry role OTHER wherever the workflow asks for ROLE (see `labd agents`; repeat)")
@@ -275,6 +297,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--status", action="append", metavar="S", help="only these statuses (repeat or comma-separate)")
     s.add_argument("--workflow", metavar="W", help="only workflows containing W (or matching a glob: 'demo.*')")
     s.add_argument("--since", metavar="DUR", help="only sessions created in the last DUR (30m, 2h, 1d)")
+    s.add_argument("--tag", action="append", default=[], metavar="K=V", help="only sessions with this tag (repeat)")
     s.add_argument("--limit", type=int, default=200, help="at most this many (newest first; default 200)")
     s.add_argument("--quiet", "-q", action="store_true", help="only ids")
     add_json(s, "a JSON array of session objects")
@@ -297,3 +320,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         s = command(sub, name, cmd_pause, f"{name} a session at its next step boundary")
         s.add_argument("session")
         add_json(s, "the reply")
+    s.add_argument("--budget", type=float, help="continue a budget-paused session with this budget (USD)")
+    sub.choices["pause"].set_defaults(budget=None)

@@ -1,12 +1,18 @@
 """Code execution as a tool: ``run_code(code, language)`` in the session's work directory.
 
 Runs as a child process of the runner, so it inherits the runner's cleaned environment (no secrets)
-and its output is returned to the agent, not mixed into the session's stdout. Every execution is
+and its output is returned to the agent, not mixed into the session's stdout. The program runs
+confined by the session's sandbox (:mod:`labd.runner.sandbox`): writes only in the work directory and a
+private tmp, no labd state or credential files, no network unless the session asked for it. When the
+daemon requires a sandbox and none works, the program is not run and the agent is told why. Every execution is
 recorded as a ``code.execution`` event (code, exit code, output), attributed to the calling agent.
 
-Executions of one session run one at a time, each followed by a scan of the work directory: that is
-what makes file attribution exact when steps run concurrently (they share the work directory, and a
-scan cannot tell which of two overlapping programs wrote a file).
+Executions of one session run one at a time, each between two scans of the work directory: the scan
+before takes what others wrote meanwhile (attributed, or marked ambiguous, by the usual rules), the scan
+after credits what appeared during the execution to it exactly. That is what makes file attribution
+exact when steps run concurrently (they share the work directory, and a scan cannot tell which of two
+overlapping programs wrote a file); a concurrent step's own Python writing at that very moment is the
+one case this cannot tell apart.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 from labd.runner.agents.context import current_agent, current_call
 from labd.runner.context import current_node
 from labd.runner.files import FileTracker
+from labd.runner.sandbox import Sandbox, SandboxRefused, session_sandbox
 
 __all__ = ["make_run_code", "MAX_OUTPUT"]
 
@@ -31,8 +38,9 @@ _COMMANDS = {"python": lambda code: [sys.executable, "-c", code], "bash": lambda
 
 
 def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
-                  timeout: float = 300.0) -> Callable[..., Any]:
-    """Build the ``run_code`` tool function bound to a session."""
+                  timeout: float = 300.0, sandbox: Sandbox | None = None) -> Callable[..., Any]:
+    """Build the ``run_code`` tool function bound to a session (confined by ``sandbox``, by default the
+    runner's own)."""
     locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
     async def run_code(code: str, language: str = "python") -> str:
@@ -45,9 +53,19 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
             return await _execute(code, language)
 
     async def _execute(code: str, language: str) -> str:
+        files.scan(files.step_of(current_node.get()))  # what others wrote before this execution
         start = time.monotonic()
+        sb = sandbox or session_sandbox()
+        try:
+            argv = sb.wrap(_COMMANDS[language](code), str(workdir))
+        except SandboxRefused as exc:
+            text = f"not run: {exc}"
+            emit("code.execution", {"agent": current_agent.get() or "?", "language": language, "code": code,
+                                    "exit_code": 126, "output": text, "duration": 0.0,
+                                    "sandbox": sb.status.level}, current_node.get())
+            return f"{text}\n[exit code: 126]"
         proc = await asyncio.create_subprocess_exec(
-            *_COMMANDS[language](code), cwd=workdir, env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL,
+            *argv, cwd=workdir, env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=False)
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
@@ -57,16 +75,18 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
             out, _ = await proc.communicate()
             out += f"\n(timed out after {timeout:g}s)".encode()
             rc = -9
-        text = out.decode("utf-8", "backslashreplace")
+        full = out.decode("utf-8", "backslashreplace")
+        text = full  # what the model gets back is cut; the record keeps everything (long texts become blobs)
         if len(text) > MAX_OUTPUT:
             text = text[:MAX_OUTPUT] + f"\n… ({len(text) - MAX_OUTPUT} more characters)"
         payload: dict[str, Any] = {"agent": current_agent.get() or "?", "language": language, "code": code,
-                                   "exit_code": rc, "output": text, "duration": time.monotonic() - start}
+                                   "exit_code": rc, "output": full, "duration": time.monotonic() - start,
+                                   "sandbox": sb.status.level}
         call = current_call.get()
         if call:
             payload["call_id"] = call
         emit("code.execution", payload, current_node.get())
-        files.scan(current_node.get(), agent=payload["agent"], tool="run_code")
+        files.scan(current_node.get(), agent=payload["agent"], tool="run_code", exact=True)
         return text if rc == 0 else f"{text}\n[exit code: {rc}]"
 
     return run_code

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from labd.runner.agents.budget import Budget
 from labd.runner.agents.code import make_run_code
 from labd.runner.agents.mcp_tools import toolkits_for
 from labd.runner.agents.offline import OFFLINE_MODEL, OFFLINE_PROVIDER, OfflineModelConfig
@@ -50,7 +51,8 @@ class AgentFactory:
                  models: Mapping[str, Mapping[str, Any]], prices: Mapping[str, Mapping[str, float]],
                  secrets: Mapping[str, str], approvals: Approvals, files: FileTracker,
                  mcp_servers: Mapping[str, Mapping[str, Any]] | None = None,
-                 roles: Mapping[str, Any] | None = None, role_overrides: Mapping[str, str] | None = None) -> None:
+                 roles: Mapping[str, Any] | None = None, role_overrides: Mapping[str, str] | None = None,
+                 limits: Mapping[str, Any] | None = None, pause: Callable[[str], float | None] | None = None) -> None:
         self.models = dict(models)
         self.mcp_servers = dict(mcp_servers or {})
         self.roles = dict(roles or BUILTIN)
@@ -59,8 +61,12 @@ class AgentFactory:
         self.approvals = approvals
         self.workdir = workdir
         self.emit = emit
-        self.tracker = Tracker(emit, new_node_id, PriceTable(prices), files)
-        self._run_code = make_run_code(emit, workdir, files)
+        self.tracker = Tracker(emit, new_node_id, PriceTable(prices), files, describe=self.describe)
+        self._run_code = make_run_code(self.tracker.emit_full, workdir, files)  # full outputs, as blobs
+        budget = (limits or {}).get("budget")
+        if isinstance(budget, int | float) and not isinstance(budget, bool):
+            self.tracker.budget = Budget(float(budget), str((limits or {}).get("budget_action") or "stop"), emit,
+                                         pause)
 
     def model_config(self, name: Any) -> tuple[Any, str, str, bool]:
         """(ag2 model config, model name, provider, offline) for a configured model name, or for an ag2
@@ -97,6 +103,18 @@ class AgentFactory:
         module, cls = PROVIDERS[provider]
         config = getattr(importlib.import_module(module), cls)(**kwargs)
         return config, model, provider, False
+
+    def describe(self, config: Any) -> tuple[str, str, bool]:
+        """(model, provider, offline) of an ag2 model config an agent was built with directly."""
+        if isinstance(config, OfflineModelConfig):
+            return config.model, OFFLINE_PROVIDER, True
+        if config is None:
+            return "unknown", "ag2", False
+        return _describe(config, "model", "unknown"), _describe(config, "provider", "ag2"), False
+
+    def tracker_for(self, agent: Any) -> Any:
+        """Tracking middleware for an agent built without ``ctx.agent`` (see hooks.track_all_agents)."""
+        return self.tracker.tracker_for(agent)
 
     def agent(self, name: str, system_prompt: str | Iterable[str] = (), *, model: Any = "default",
               tools: Iterable[Any] = (), code_execution: bool = False, mcp: Iterable[str] = (),

@@ -10,7 +10,9 @@ chosen from the ``ROLE: <name>`` line the built-in prompts carry (any other agen
 - engineer: first a ``run_code`` tool call writing ``step_<n>.json``, then ``DONE: ...`` or
   ``ERROR: ...`` from the exit code. A goal containing ``FAIL_ONCE`` fails on the first attempt only;
   ``FAIL_UNTIL_HYPOTHESIS`` fails until the request carries a hypothesis; ``FAIL_ALWAYS`` always fails;
-- researcher / writer: deterministic prose (the writer's report names its inputs).
+- researcher / writer: deterministic prose (the writer's report names its inputs);
+- any agent: a ``CALL_TOOL: <name> <json arguments>`` line in its system prompt or request makes it call
+  that tool (when it has it) before answering, so tool use and ag2 handoff tools are scriptable too.
 
 Token usage is counted as characters / 4, so costs are deterministic too.
 """
@@ -41,6 +43,7 @@ __all__ = ["OfflineModelConfig", "OFFLINE_MODEL", "OFFLINE_PROVIDER"]
 OFFLINE_MODEL = "labd-offline"
 OFFLINE_PROVIDER = "offline"
 _ROLE = re.compile(r"ROLE:\s*([a-z_]+)")
+_CALL_TOOL = re.compile(r"^CALL_TOOL:\s*(\S+)\s*(\{.*\})?\s*$", re.M)
 
 
 def _text_of(event: BaseEvent) -> str:
@@ -78,6 +81,13 @@ class OfflineClient(LLMClient):
         prompt_text = system + "".join(_text_of(m) for m in messages)
         tool_names = {getattr(t, "name", None) or (t.get("name") if isinstance(t, dict) else None)
                       for t in _tool_schemas(tools)}
+        if not tool_output:
+            for m in _CALL_TOOL.finditer(system + "\n" + request):
+                if m.group(1) in tool_names:
+                    args = m.group(2) or "{}"
+                    call = ToolCallEvent(m.group(1), arguments=args)
+                    return ModelResponse(tool_calls=ToolCallsEvent([call]), usage=self._usage(prompt_text, args),
+                                         model=self.model, provider=OFFLINE_PROVIDER, finish_reason="tool_calls")
         if role == "engineer" and not tool_output and "run_code" in tool_names:
             code = _engineer_code(request)
             call = ToolCallEvent("run_code", arguments=json.dumps({"code": code, "language": "python"}))
@@ -143,7 +153,9 @@ def _answer(role: str, request: str, tool_output: str) -> str:
             return "DONE: nothing to run"
         m = re.search(r"\[exit code: (\d+)\]", tool_output)
         if m:
-            return f"ERROR: the code exited with code {m.group(1)}: {tool_output.strip().splitlines()[0][:200]}"
+            # the real error: the last lines of the traceback, ending with the exception
+            tail = [line for line in tool_output.strip().splitlines() if not line.startswith("[exit code")][-3:]
+            return f"ERROR: the code exited with code {m.group(1)}: " + " | ".join(t.strip() for t in tail)[-400:]
         return f"DONE: {tool_output.strip()[:200]}"
     if role == "researcher":
         digest = hashlib.sha256(request.encode()).hexdigest()[:8]

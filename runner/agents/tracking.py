@@ -18,6 +18,7 @@ but ag2 rebuilds every observer's call model on every turn: ~0.7 ms per turn, do
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,10 @@ from typing import Any
 from ag2.events import BaseEvent, ModelRequest, ToolErrorEvent, ToolNotFoundEvent, ToolResultsEvent
 from ag2.middleware import BaseMiddleware
 
+from labd.runner.agents.budget import Budget
 from labd.runner.agents.context import current_agent, current_call
+from labd.runner.agents.fidelity import BlobSender, model_params
+from labd.runner.agents.hooks import LLMCall, current_llm_call
 from labd.runner.agents.pricing import PriceTable
 from labd.runner.context import current_node
 from labd.runner.files import FileTracker
@@ -34,6 +38,9 @@ __all__ = ["Tracker", "TrackingMiddleware"]
 
 MAX_TEXT = 4000
 SUBTASK_TOOLS = ("run_subtask", "run_subtasks")
+#: where ag2's network puts the channel of a turn in ``context.dependencies`` (ag2.network.policies.CHANNEL_DEP;
+#: a literal so that tracking does not import ag2.network)
+CHANNEL_DEP = "ag2.network.channel"
 
 
 def _clip(text: str | None, limit: int = MAX_TEXT) -> str:
@@ -59,17 +66,89 @@ class Tracker:
     """Per-session state shared by all tracked agents."""
 
     def __init__(self, emit: Callable[..., int], new_node_id: Callable[[], str], prices: PriceTable,
-                 files: FileTracker) -> None:
+                 files: FileTracker, describe: Callable[[Any], tuple[str, str, bool]] | None = None) -> None:
         self.emit = emit
         self.new_node_id = new_node_id
         self.prices = prices
         self.files = files
+        self.blobs = BlobSender()
+        #: USD priced so far by this runner (the budget is checked against it before each call)
+        self.spent = 0.0
+        self.budget: Budget | None = None
+        self._describe = describe
+        self._lock = threading.Lock()
+        #: ag2 network channel id -> (agent, its turn node, routing tool, reason) of the last turn in it
+        self._last_speaker: dict[str, tuple[str, str, str | None, str | None]] = {}
+        self._param_cache: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+    def emit_full(self, kind: str, payload: dict[str, Any], node: str | None, parent: int | None = None) -> int:
+        """Emit with long strings moved to blobs (never truncated; each blob sent once per session)."""
+        payload, new = self.blobs.externalize(payload)
+        if new:
+            payload["blobs"] = new
+        return self.emit(kind, payload, node, parent)
 
     def middleware(self, agent: str, model: str, provider: str, offline: bool) -> Callable[..., BaseMiddleware]:
         def factory(event: BaseEvent, context: Any) -> BaseMiddleware:
             return TrackingMiddleware(event, context, tracker=self, agent=agent, model=model, provider=provider,
                                       offline=offline)
+        factory._labd_tracking = True  # type: ignore[attr-defined]
         return factory
+
+    def tracker_for(self, agent: Any) -> Callable[..., BaseMiddleware]:
+        """The tracking middleware for an agent built without ``ctx.agent`` (model read from its config)."""
+        cached = agent.__dict__.get("_labd_middleware")
+        if cached is None:
+            model, provider, offline = (self._describe(agent.config) if self._describe
+                                        else ("unknown", "ag2", False))
+            cached = agent.__dict__["_labd_middleware"] = self.middleware(agent.name, model, provider, offline)
+        return cached  # type: ignore[no-any-return]
+
+    # ---- LLM calls (called by hooks.RecordingClient, innermost, right before the model is called) ----
+    async def before_llm_call(self, call: LLMCall) -> None:
+        """Budget check before the call: the session spends at most its budget plus one call."""
+        budget = self.budget
+        if budget is not None:
+            await budget.check(self.spent, call)
+
+    def record_request(self, call: LLMCall, messages: Any, context: Any, tools: Any, response_schema: Any) -> int:
+        new: dict[str, str] = {}
+        ser = self.blobs.serialize  # serialise and move long texts to blobs in one pass (it is per call)
+        request: dict[str, Any] = {
+            "system": ser([str(p) for p in (getattr(context, "prompt", None) or [])], new),
+            "messages": ser(messages, new),
+            "tools": ser(list(tools or ()), new),
+            "params": self._params(call.config),
+        }
+        if response_schema is not None:
+            request["response_schema"] = ser(response_schema, new)
+        last_input = next((_event_text(e) for e in reversed(messages) if isinstance(e, ModelRequest)), "")
+        payload: dict[str, Any] = {**call.base, "messages": len(messages), "input": ser(last_input, new),
+                                   "request": request}
+        if new:
+            payload["blobs"] = new
+        return self.emit("llm.request", payload, call.node)
+
+    def _params(self, config: Any) -> dict[str, Any]:
+        key = id(config)
+        cached = self._param_cache.get(key)
+        if cached is None or cached[0] is not config:
+            cached = self._param_cache[key] = (config, model_params(config))
+        return dict(cached[1])
+
+    def add_cost(self, cost: float) -> None:
+        with self._lock:
+            self.spent += cost
+
+    # ---- handoffs in ag2 networks (group chats, swarms) --------------------------------------------
+    def handoff_from(self, channel: str, agent: str) -> tuple[str, str, str | None, str | None] | None:
+        with self._lock:
+            last = self._last_speaker.get(channel)
+        return last if last is not None and last[0] != agent else None
+
+    def spoke(self, channel: str, agent: str, node: str, tool: str | None, reason: str | None) -> None:
+        with self._lock:
+            self._last_speaker[channel] = (agent, node, tool, reason)
 
 
 class TrackingMiddleware(BaseMiddleware):
@@ -83,14 +162,30 @@ class TrackingMiddleware(BaseMiddleware):
         self.model = model
         self.provider = provider
         self.offline = offline
+        self._routing: tuple[str, str | None] | None = None  # last tool called this turn, with its reason
+        self._step: str | None = None  # the node this turn runs in (for file attribution)
 
     async def on_turn(self, call_next: Any, event: BaseEvent, context: Any) -> Any:
         parent = current_node.get()
+        self._step = parent
         node = self.t.new_node_id()
-        payload: dict[str, Any] = {"agent": self.agent, "input": _clip(_event_text(event))}
+        self.t.files.nest(node, parent)
+        payload: dict[str, Any] = {"agent": self.agent, "input": _event_text(event)}
         if parent:
             payload["parent_node"] = parent
-        self.t.emit("agent.turn.started", payload, node)
+        channel = _channel_id(context)
+        handoff = self.t.handoff_from(channel, self.agent) if channel else None
+        if handoff:
+            payload["edges"] = [[handoff[1], "handoff"]]
+        self.t.emit_full("agent.turn.started", payload, node)
+        if handoff and channel:
+            moved: dict[str, Any] = {"agent": self.agent, "from": handoff[0], "to": self.agent, "channel": channel,
+                                     "from_node": handoff[1]}
+            if handoff[2]:
+                moved["tool"] = handoff[2]
+            if handoff[3]:
+                moved["reason"] = handoff[3]
+            self.t.emit("agent.handoff", moved, node)
         node_token, agent_token = current_node.set(node), current_agent.set(self.agent)
         start = time.monotonic()
         try:
@@ -103,43 +198,61 @@ class TrackingMiddleware(BaseMiddleware):
         finally:
             current_node.reset(node_token)
             current_agent.reset(agent_token)
-        self.t.emit("agent.turn.finished", {"agent": self.agent, "status": "completed",
-                                            "duration": time.monotonic() - start,
-                                            "output": _clip(getattr(response, "content", None))}, node)
+            if channel:
+                tool, reason = self._routing or (None, None)
+                self.t.spoke(channel, self.agent, node, tool, reason)
+        self.t.emit_full("agent.turn.finished", {"agent": self.agent, "status": "completed",
+                                                 "duration": time.monotonic() - start,
+                                                 "output": getattr(response, "content", None) or ""}, node)
         return response
 
     async def on_llm_call(self, call_next: Any, events: Any, context: Any) -> Any:
         node = current_node.get()
-        last_input = next((_event_text(e) for e in reversed(events) if isinstance(e, ModelRequest)), "")
         base = {"agent": self.agent, "model": self.model, "provider": self.provider, "offline": self.offline}
-        req = self.t.emit("llm.request", {**base, "messages": len(events), "input": _clip(last_input)}, node)
+        call = LLMCall(self.agent, base, node, _config_of(context))
+        token = current_llm_call.set(call)
         start = time.monotonic()
         try:
             resp = await call_next(events, context)
         except BaseException as exc:
-            self.t.emit("llm.response", {**base, "status": "error", "duration": time.monotonic() - start,
-                                         "error": f"{type(exc).__name__}: {exc}"}, node, req)
+            if call.req_seq is not None:  # a refused budget never reached the model: no response to record
+                self.t.emit("llm.response", {**base, "status": "error", "duration": time.monotonic() - start,
+                                             "error": f"{type(exc).__name__}: {exc}"}, node, call.req_seq)
             raise
+        finally:
+            current_llm_call.reset(token)
+        req = call.req_seq
+        if req is None:  # the client was not wrapped (hooks not installed): record what we know
+            req = self.t.emit_full("llm.request", {**base, "messages": len(events),
+                                                   "input": next((_event_text(e) for e in reversed(events)
+                                                                  if isinstance(e, ModelRequest)), "")}, node)
         model = resp.model or self.model
         usage = resp.usage
         prompt_tokens = int(usage.prompt_tokens or 0)
         completion_tokens = int(usage.completion_tokens or 0)
-        calls = [{"id": c.id, "name": c.name} for c in resp.tool_calls.calls] if resp.tool_calls else []
+        full_usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": int(usage.total_tokens or prompt_tokens + completion_tokens)}
+        for extra in ("cache_read_input_tokens", "cache_creation_input_tokens", "thinking_tokens"):
+            value = getattr(usage, extra, None)
+            if isinstance(value, int):
+                full_usage[extra] = value
+        calls = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in resp.tool_calls.calls] \
+            if resp.tool_calls else []
         payload = {**base, "model": model, "status": "ok", "duration": time.monotonic() - start,
-                   "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                             "total_tokens": int(usage.total_tokens or prompt_tokens + completion_tokens)},
-                   "tool_calls": calls}
+                   "usage": full_usage, "tool_calls": calls}
         if resp.content:
-            payload["content"] = _clip(resp.content)
+            payload["content"] = resp.content
         if resp.finish_reason:
             payload["finish_reason"] = str(resp.finish_reason)
-        res_seq = self.t.emit("llm.response", payload, node, req)
+        res_seq = self.t.emit_full("llm.response", payload, node, req)
         if resp.content:
-            self.t.emit("agent.message", {"agent": self.agent, "content": _clip(resp.content)}, node, res_seq)
+            self.t.emit_full("agent.message", {"agent": self.agent, "content": resp.content}, node, res_seq)
         price = self.t.prices.price(model)
+        cost = price.cost(prompt_tokens, completion_tokens)
+        self.t.add_cost(cost)
         self.t.emit("cost.recorded", {"agent": self.agent, "model": model, "prompt_tokens": prompt_tokens,
                                       "completion_tokens": completion_tokens,
-                                      "cost": price.cost(prompt_tokens, completion_tokens), "currency": "USD",
+                                      "cost": cost, "currency": "USD",
                                       "offline": self.offline, "price_source": price.source}, node, res_seq)
         return resp
 
@@ -149,8 +262,10 @@ class TrackingMiddleware(BaseMiddleware):
             arguments: Any = event.serialized_arguments
         except Exception:  # noqa: BLE001 - malformed JSON from the model is recorded as given
             arguments = event.arguments
-        call = self.t.emit("tool.call", {"agent": self.agent, "call_id": str(event.id), "name": event.name,
-                                         "arguments": arguments}, node)
+        self._routing = (event.name, str(arguments.get("reason")) if isinstance(arguments, dict)
+                         and arguments.get("reason") else None)
+        call = self.t.emit_full("tool.call", {"agent": self.agent, "call_id": str(event.id), "name": event.name,
+                                              "arguments": arguments}, node)
         child = _subagent_of(event.name)
         if child:
             objective = arguments.get("objective") or arguments.get("task") if isinstance(arguments, dict) else None
@@ -163,22 +278,39 @@ class TrackingMiddleware(BaseMiddleware):
         finally:
             current_call.reset(call_token)
             current_agent.reset(agent_token)
+        result_text = _result_text(result)
         payload: dict[str, Any] = {"agent": self.agent, "call_id": str(event.id), "name": event.name,
                                    "status": "ok", "duration": time.monotonic() - start,
-                                   "result": _clip(_result_text(result))}
+                                   "result": result_text}
         if isinstance(result, (ToolErrorEvent, ToolNotFoundEvent)):  # noqa: UP038 - ag2 event types are not unionable
             payload["status"] = "error"
-            payload["error"] = _clip(f"{type(result.error).__name__}: {result.error}"
-                                     if getattr(result, "error", None) else type(result).__name__)
-        self.t.emit("tool.result", payload, node, call)
+            payload["error"] = (f"{type(result.error).__name__}: {result.error}"
+                                if getattr(result, "error", None) else type(result).__name__)
+        self.t.emit_full("tool.result", payload, node, call)
         if child:
-            failed = payload["status"] == "error" or payload["result"].startswith("Sub-task")
+            failed = payload["status"] == "error" or result_text.startswith("Sub-task")
             done: dict[str, Any] = {"agent": self.agent, "child": child, "task_id": str(event.id),
                                     "status": "failed" if failed else "completed"}
-            done["error" if failed else "result"] = payload.get("error") or payload["result"]
+            done["error" if failed else "result"] = _clip(payload.get("error") or result_text)
             self.t.emit("subagent.finished", done, node, call)
-        self.t.files.scan(node, agent=self.agent, tool=event.name)
+        self.t.files.scan(node, agent=self.agent, tool=event.name, step=self._step)
         return result
+
+
+def _channel_id(context: Any) -> str | None:
+    """The ag2 network channel a turn runs in (group chat / workflow / handoffs), if any."""
+    deps = getattr(context, "dependencies", None)
+    if not deps:
+        return None
+    channel = deps.get(CHANNEL_DEP)
+    if channel is None:
+        return None
+    cid = getattr(channel, "channel_id", None) or getattr(getattr(channel, "metadata", None), "channel_id", None)
+    return str(cid) if cid else None
+
+
+def _config_of(context: Any) -> Any:
+    return getattr(context, "config", None)
 
 
 def _subagent_of(tool_name: str) -> str | None:

@@ -85,35 +85,51 @@ async def run_step(ctx: Context, index: int, total: int, step: PlanStep, model: 
                    instructions: str | None = None, hypothesis: str | None = None) -> str:
     """Run one plan step with its agent, retrying with the error fed back; raises StepFailed."""
     agent = ctx.role(step.agent, model=model)
-    error = None
-    for _attempt in range(max_retries + 1):
+    # each attempt is its own node (attempt n, a retry edge from the failed one, its real error)
+    previous = None
+    tries = max_retries + 1
+    for attempt in range(1, tries + 1):
         msg = f"Step {index} of {total}: {step.goal}"
         if instructions:
             msg += f"\nInstructions: {instructions}"
         if hypothesis:
             msg += f"\nHypothesis: {hypothesis}"
-        if error:
-            msg += f"\nPrevious attempt failed: {error}"
-        body = (await agent.ask(msg)).body or ""
-        if not body.startswith("ERROR"):
+        if previous is not None:
+            msg += f"\nPrevious attempt failed: {previous.error}"
+            ctx.retrying(f"step {index}", previous, attempt, tries)
+        with ctx.step(f"step {index} attempt {attempt}", kind="attempt", attempt=attempt,
+                      retry_of=previous.id if previous else None) as node:
+            body = (await agent.ask(msg)).body or ""
+            if body.startswith("ERROR"):
+                node.fail(body)
+        if node.error is None:
             return body
-        error = body
-    raise StepFailed(error or "step failed")
+        previous = node
+    raise StepFailed(previous.error if previous and previous.error else "step failed")
 
 
 def planning_and_control(ctx: Context, task: str = DEFAULT_TASK, max_steps: int = 3, max_retries: int = 2,
-                         model: str = "default") -> dict[str, Any]:
-    """Plan the task (planner + reviewer), then execute the steps in order with per-step retries."""
+                         model: str = "default", plan: list[Any] | None = None,
+                         hints: list[Any] | None = None) -> dict[str, Any]:
+    """Plan the task (planner + reviewer), then execute the steps in order with per-step retries.
+
+    ``plan`` (a list of ``{agent, goal, depends_on}``, e.g. from a skill) skips planning; ``hints`` (one text per
+    step, e.g. the code that worked before) are given to each step's agent as instructions."""
 
     async def body() -> dict[str, Any]:
         with ctx.step("planning", kind="phase"):
-            plan = await make_plan(ctx, task, max_steps, model)
+            the_plan = parse_plan(json.dumps({"steps": plan}), len(plan)) if plan else \
+                await make_plan(ctx, task, max_steps, model)
         results = []
         with ctx.step("control", kind="phase"):
-            for i, st in enumerate(plan.steps, 1):
-                with ctx.step(f"step {i}: {st.goal[:60]}"):
-                    results.append(await run_step(ctx, i, len(plan.steps), st, model, max_retries))
-        return {"plan": json.loads(plan.to_json())["steps"], "results": results}
+            names = [f"step {i}: {st.goal[:60]}" for i, st in enumerate(the_plan.steps, 1)]
+            planned = ctx.plan(names)  # in the DAG as "planned" until each runs
+            for i, st in enumerate(the_plan.steps, 1):
+                hint = hints[i - 1] if hints and i - 1 < len(hints) and hints[i - 1] else None
+                with ctx.step(names[i - 1], planned=planned[i - 1]):
+                    results.append(await run_step(ctx, i, len(the_plan.steps), st, model, max_retries,
+                                                  instructions=hint))
+        return {"plan": json.loads(the_plan.to_json())["steps"], "results": results}
 
     return ctx.run(body())
 

@@ -33,6 +33,8 @@ def test_planning_and_control_records_the_exact_dag_and_every_call_once(client) 
     planning, control = by_name["planning"], by_name["control"]
     assert planning["kind"] == control["kind"] == "phase"
     steps = sorted((n for n in dag["nodes"] if n["kind"] == "step"), key=lambda n: n["start_seq"])
+    # each step runs its agent in attempt nodes (attempt 1, 2, ... on retries)
+    attempt_of = {n["node_id"]: n["parent_node"] for n in dag["nodes"] if n["kind"] == "attempt"}
     assert [s["name"].split(":")[0] for s in steps] == ["step 1", "step 2", "step 3"]
     assert all(s["parent_node"] == control["node_id"] and s["status"] == "completed" for s in steps)
     edges = {(e["src"], e["dst"], e["type"]) for e in dag["edges"]}
@@ -43,9 +45,10 @@ def test_planning_and_control_records_the_exact_dag_and_every_call_once(client) 
     assert sorted(n["agent"] for n in agents if n["parent_node"] == planning["node_id"]) == ["plan_reviewer",
                                                                                              "planner"]
     for s in steps:
-        inside = [n for n in agents if n["parent_node"] == s["node_id"]]
+        inside = [n for n in agents if attempt_of.get(n["parent_node"]) == s["node_id"]]
         assert len(inside) == 1 and inside[0]["agent"] in ("engineer", "researcher")
-        assert (s["node_id"], inside[0]["node_id"], "contains") in edges
+        assert (s["node_id"], inside[0]["parent_node"], "contains") in edges
+        assert (inside[0]["parent_node"], inside[0]["node_id"], "contains") in edges
     assert all(e["src"] in nodes and e["dst"] in nodes for e in dag["edges"])
 
     # --- every LLM call exactly once, paired, on the agent's own node
@@ -74,7 +77,8 @@ def test_planning_and_control_records_the_exact_dag_and_every_call_once(client) 
 
     # --- files: each engineer step's output file, attributed to that step and the engineer
     files = client.files(sid)
-    engineer_steps = [s for s in steps if any(n["parent_node"] == s["node_id"] and n["agent"] == "engineer"
+    engineer_steps = [s for s in steps if any(attempt_of.get(n["parent_node"]) == s["node_id"]
+                                              and n["agent"] == "engineer"
                                               for n in agents)]
     assert engineer_steps
     for s in engineer_steps:

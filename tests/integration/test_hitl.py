@@ -83,7 +83,9 @@ def test_redo_creates_a_branch_node_and_respects_max_redos(client) -> None:
     assert {"src": original["node_id"], "dst": redo["node_id"], "type": "redo"} in dag["edges"]
     engineer_inputs = [e["payload"]["input"] for e in client.history(sid)
                        if e["kind"] == "llm.request" and e["node_id"] in
-                       {n["node_id"] for n in dag["nodes"] if n["parent_node"] == redo["node_id"]}]
+                       {n["node_id"] for n in dag["nodes"] if n["parent_node"] == redo["node_id"]
+                        or any(a["node_id"] == n["parent_node"] and a["parent_node"] == redo["node_id"]
+                               for a in dag["nodes"])}]
     assert engineer_inputs and all("Hypothesis: HYPO-42 maybe the input is wrong" in i for i in engineer_inputs)
 
 

@@ -170,6 +170,9 @@ def test_agents_use_tools_of_configured_mcp_servers_and_calls_are_tracked(isolat
     from tests.conftest import SUPPORT, running_daemon
 
     side = isolated_env.parent / "adder.log"
+    # Created up front: a Landlock-confined runner (and what it starts) cannot create new entries directly in
+    # a directory that contains labd's home, here the test's tmp dir (docs/security.md, "Runners").
+    side.write_text("")
     isolated_env.mkdir(parents=True, exist_ok=True)
     (isolated_env / "config.toml").write_text(
         f'[mcp.servers.adder]\ncommand = "{sys.executable}"\nargs = ["{SUPPORT / "mcp_adder.py"}"]\n'

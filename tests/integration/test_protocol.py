@@ -8,6 +8,7 @@ import time
 import orjson
 import zmq
 
+from labd.ipc.signing import derive_key
 from labd.ipc.wire import Codec
 from tests.conftest import SMALL_MAX_MESSAGE as MAX_MESSAGE
 from tests.conftest import wait_until
@@ -64,7 +65,8 @@ def test_bad_frames_on_the_runner_socket_are_dropped_and_counted(small_daemon) -
         sid = c.start("demo.count", params={"n": 1, "delay": 0})
         c.wait(sid, timeout=30)
         before = c.session(sid)["last_seq"]
-        codec = Codec(c.info.key_bytes, max_message=MAX_MESSAGE)
+        # signed with the key of the session its routing id names: it verifies, then poses as `sid`
+        codec = Codec(derive_key(c.info.key_bytes, "someone-else"), max_message=MAX_MESSAGE)
         ctx = zmq.Context.instance()
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
@@ -93,7 +95,7 @@ def _impostor_runner(c):
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.ROUTING_ID, sid.encode())
     s.connect(c.info.runners)
-    return sid, Codec(c.info.key_bytes, max_message=MAX_MESSAGE), s
+    return sid, Codec(derive_key(c.info.key_bytes, sid), max_message=MAX_MESSAGE), s
 
 
 def test_malformed_events_from_a_runner_are_rejected_and_recorded(small_daemon) -> None:

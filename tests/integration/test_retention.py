@@ -163,3 +163,23 @@ def test_run_prune_cycles_keep_the_database_bounded(daemon) -> None:
     print(f"database bytes after each cycle: {sizes}")
     assert sizes[1][0] <= sizes[0][0] * 1.25  # freed pages are reused, the file does not keep growing
     assert sizes[1][1] <= sizes[0][1] * 1.25
+
+
+def test_blobs_go_with_the_last_session_that_refers_to_them(daemon) -> None:
+    """Two sessions share one big system prompt (one blob, two refs): deleting the first keeps the blob for the
+    second; deleting the second removes it — no referenced blob is ever deleted, no orphan is left."""
+    def blob_count() -> int:
+        with sqlite3.connect(daemon.home / "labd.db") as conn:
+            return int(conn.execute("SELECT count(*) FROM blobs").fetchone()[0])
+
+    with daemon.client() as c:
+        a = c.start("labd_fidelityflows:shared_prompt", params={"calls": 3, "prompt_chars": 20_000})
+        assert c.wait(a, timeout=90)["status"] == "completed"
+        b = c.start("labd_fidelityflows:shared_prompt", params={"calls": 3, "prompt_chars": 20_000})
+        assert c.wait(b, timeout=90)["status"] == "completed"
+        shared = blob_count()
+        assert shared >= 1
+        assert c.rm(a)["rows"]["blobs"] == 0 and blob_count() == shared  # b still refers to them
+        full = c.events(b, full=True)["events"]  # b's requests still read back whole
+        assert any(len(str(e["payload"])) > 20_000 for e in full if e["kind"] == "llm.request")
+        assert c.rm(b)["rows"]["blobs"] == shared and blob_count() == 0

@@ -186,6 +186,38 @@ def bad_approval(ctx) -> None:
     ctx.approval("review", 12345, timeout=1)  # type: ignore[arg-type]
 
 
+def hostile_code(ctx, programs: list) -> str:
+    """An agent runs each program with its run_code tool (the model is scripted with ag2's TestConfig):
+    the path LLM-written code takes. Used by the sandbox tests with deliberately hostile programs."""
+    import asyncio
+    import json
+
+    from ag2.events import ToolCallEvent
+    from ag2.testing import TestConfig
+
+    calls = [ToolCallEvent("run_code", arguments=json.dumps({"code": p, "language": "python"})) for p in programs]
+
+    async def body() -> str:
+        engineer = ctx.agent("engineer", "You run code.", code_execution=True,
+                             model=TestConfig(*calls, "done", raise_tool_errors=False))
+        return (await engineer.ask("Run the programs.")).body
+
+    return asyncio.run(body())
+
+
+def runner_reads(ctx, paths: list) -> dict:
+    """The runner itself (workflow code, not executed code) tries to read each path."""
+    out = {}
+    for p in paths:
+        try:
+            with open(p, "rb") as f:
+                f.read(1)
+            out[p] = "read"
+        except OSError as exc:
+            out[p] = type(exc).__name__
+    return out
+
+
 def writes_files(ctx) -> int:
     """Write a text file and a nested one inside a step (recorded as the step's files)."""
     from pathlib import Path
@@ -259,3 +291,11 @@ def busy_children(ctx, seconds: float = 4.0) -> float:
     t1 = os.times()
     used = (t1.children_user - t0.children_user) + (t1.children_system - t0.children_system)
     return round(used / (time.monotonic() - start) * 100, 1)
+def review_once(ctx) -> str:
+    """One approval with the built-in options; prints the answer (``labd top`` answers it in place)."""
+    with ctx.step("draft"):
+        print("draft ready", flush=True)
+    d = ctx.approval("review", "Publish the draft?", options=["approve", "reject", "modify"])
+    with ctx.step("publish"):
+        print(f"decision={d.decision} feedback={d.feedback}", flush=True)
+    return d.decision

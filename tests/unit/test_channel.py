@@ -191,3 +191,20 @@ def test_unencodable_payload_does_not_kill_the_channel(endpoint: str, daemon: Fa
     ch.emit("custom", {"name": "after"})
     events = daemon.recv_events(2, timeout=2.0)
     assert [e[5]["name"] for e in events] == ["big", "after"]
+
+
+def test_sparse_events_do_not_wait_for_the_heartbeat(endpoint: str, daemon: FakeDaemon, channels: list[Channel],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event emitted just after the channel thread went back to its long (heartbeat) poll still wakes it.
+
+    The heartbeat poll is made 60 s long: an event that waited for it would miss the 10 s deadline. (Sparse
+    events used to reach clients in heartbeat-sized bursts: an event emitted within the linger time of the
+    previous wake-up did not wake the thread.)"""
+    import labd.runner.channel as channel_module
+
+    monkeypatch.setattr(channel_module, "HEARTBEAT_S", 60.0)
+    ch = _channel(endpoint, daemon)
+    channels.append(ch)
+    for i in range(1, 11):
+        ch.emit("custom", {"name": "sparse", "data": i})
+        assert daemon.recv_events(i, timeout=10.0)[-1][0] == i

@@ -108,3 +108,18 @@ def test_node_id_must_be_a_string() -> None:
     """A non-string node_id is rejected for any kind."""
     with pytest.raises(EventError, match="node_id must be a string"):
         validate("output", {"stream": "stdout", "text": "x"}, 7)
+
+
+def test_blobs_must_match_their_sha256() -> None:
+    """A blob whose text does not hash to its key is refused (blobs are shared by all sessions)."""
+    import hashlib
+
+    from labd.ipc.events import EventError, validate
+
+    text = "x" * 5000
+    good = hashlib.sha256(text.encode()).hexdigest()
+    validate("agent.message", {"agent": "a", "content": {"$blob": good, "size": 5000}, "blobs": {good: text}})
+    with pytest.raises(EventError, match="does not match"):
+        validate("agent.message", {"agent": "a", "content": "y", "blobs": {good: text + "!"}})
+    with pytest.raises(EventError, match="sha256"):
+        validate("agent.message", {"agent": "a", "content": "y", "blobs": {"short": text}})

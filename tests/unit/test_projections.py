@@ -245,3 +245,58 @@ def test_finalize_keeps_explicit_status_and_reason() -> None:
     q = {"ended_by": "daemon", "status": "cancelled"}
     finalize(cur, q)
     assert (q["status"], q["reason"]) == ("cancelled", "cancelled")
+
+
+# ---- capture fidelity: planned steps, deletions, blobs, outcome precedence ---------------------------------
+
+def test_a_planned_step_is_a_row_that_starts_in_place() -> None:
+    """``step.planned`` inserts a node with status planned; ``step.started`` with ``planned`` updates that
+    same row to running (no second insert) and records planned -> running."""
+    f = Feed().started()
+    f("step.planned", {"name": "step 1", "kind": "step"}, src="r", node="n1")
+    assert [(r["node_id"], r["status"]) for r in f.out.step_inserts] == [("n1", "planned")]
+    f("step.started", {"name": "step 1", "kind": "step", "planned": True, "edges": [["n0", "retry"]]}, src="r",
+      node="n1")
+    assert len(f.out.step_inserts) == 1
+    assert [(r["node_id"], r["status"]) for r in f.out.step_starts] == [("n1", "running")]
+    assert {"session_id": "s1", "src": "n0", "dst": "n1", "type": "retry"} in f.out.edges
+    node_rows = [(h["from_status"], h["to_status"]) for h in f.out.history if h["node_id"] == "n1"]
+    assert node_rows == [(None, "planned"), ("planned", "running")]
+
+
+def test_file_deleted_is_a_files_row_and_candidates_are_kept() -> None:
+    """A deletion is a ``files`` row with change ``deleted``; an ambiguous change keeps its candidates."""
+    f = Feed().started()
+    f("file.created", {"path": "a.txt", "sha256": "0" * 64, "size": 3, "kind": "text", "ambiguous": True,
+                       "candidates": ["n1", "n2"]}, src="r")
+    f("file.deleted", {"path": "a.txt", "sha256": "0" * 64, "kind": "text"}, src="r", node="n3")
+    assert [(r["change"], r["size"], r["candidates"]) for r in f.out.files] == [("created", 3, '["n1","n2"]'),
+                                                                              ("deleted", 0, None)]
+
+
+def test_take_blobs_moves_texts_out_of_the_payload() -> None:
+    """Ingest's blob step: the payload loses ``blobs``, the texts and a reference row go to the changes,
+    and a payload without blobs is returned as is."""
+    import hashlib
+
+    from labd.store.blobs import take_blobs
+
+    text = "é" * 5000
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    out = RowChanges()
+    payload = {"content": {"$blob": digest, "size": 10000}, "blobs": {digest: text}}
+    stored = take_blobs("s1", 7, 1.0, payload, out)
+    assert stored == {"content": {"$blob": digest, "size": 10000}} and "blobs" in payload
+    assert out.blobs == [{"sha256": digest, "size": 10000, "data": text, "created_at": 1.0}]
+    assert out.blob_refs == [{"session_id": "s1", "sha256": digest, "first_seq": 7}]
+    plain = {"content": "x"}
+    assert take_blobs("s1", 8, 1.0, plain, out) is plain
+
+
+def test_a_completed_outcome_wins_over_a_later_limit() -> None:
+    """A runner that reported ``completed`` keeps that outcome even if a budget stop was recorded after."""
+    f = Feed().started()
+    f("session.finished", {"outcome": "completed"}, src="r")
+    f("limit.exceeded", {"limit": "budget", "measured": 0.0016, "max": 0.0015, "unit": "USD", "action": "stop"})
+    ended = f("session.ended", {"ended_by": "exit", "exit_code": 0})
+    assert (ended["status"], ended["reason"]) == ("completed", "completed")

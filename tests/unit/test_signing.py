@@ -123,3 +123,11 @@ def test_max_ids_bounds_the_history() -> None:
     for i in (3, 4, 5):
         with pytest.raises(ReplayError, match="already seen"):
             g.check(f"id{i}", NOW, now=NOW)
+
+
+def test_runner_key_derivation_matches_the_protocol_test_vector() -> None:
+    """The runner key of docs/protocol.md §7: HMAC-SHA256(daemon key, "labd runner key v1:" + session id)."""
+    from labd.ipc.signing import derive_key
+
+    assert derive_key(bytes(range(32)), "4378cfd2cc34").hex() == (
+        "ad58c7e19c310222773e56a154ca525ea026757c1013d05fb6ca143ba3f5f3c6")

@@ -1,14 +1,14 @@
 """Idempotency keys of session.start: a retried request returns the session the first one started.
 
 Revision ID: 0005_idempotency
-Revises: 0002
+Revises: 0004_skills
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_idempotency"
-down_revision = "0002"
+down_revision = "0004_skills"
 branch_labels = None
 depends_on = None
 

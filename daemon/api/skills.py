@@ -1,0 +1,136 @@
+"""Skills requests: save a skill from a completed session, list / search / show / delete / import them.
+
+Running one is ``session.start`` with workflow ``skill:NAME`` (or ``skill:NAME@VERSION``), see
+:func:`expand_skill`. Writes go through ingest, the store's only writer.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from labd.daemon.api.base import DEFERRED, ApiError, Request, register
+from labd.daemon.api.sessions import resolve_session
+from labd.store.skills import SkillError, extract, get_skill, list_skills
+
+__all__ = ["expand_skill"]
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+#: workflows that can start from a saved plan (they take ``plan`` and ``hints`` parameters)
+PLAN_WORKFLOWS = {"planning_and_control"}
+
+
+def _name(req: Request) -> str:
+    return str(req.arg("name", str, check=lambda n: NAME.match(n) is not None,
+                       hint="1-100 letters, digits, '.', '_' or '-'"))
+
+
+def _skill_error(exc: SkillError) -> ApiError:
+    return ApiError(exc.code, str(exc))
+
+
+def expand_skill(d: Any, ref: str, params: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """``skill:NAME[@V]`` -> (workflow, params for it, {name, version, origin_session}); given params win over
+    the skill's, and every parameter the skill declared must be given."""
+    name, _, version = ref.removeprefix("skill:").partition("@")
+    try:
+        doc = get_skill(d.store.engine, name, int(version) if version.isdigit() else None)
+    except SkillError as exc:
+        raise _skill_error(exc) from None
+    missing = [p for p in doc.get("parameters", []) if p not in params]
+    if missing:
+        raise ApiError("bad_params", f"skill {name!r} needs parameters {missing} (-p {missing[0]}=...)",
+                       {"params": {p: "required by the skill" for p in missing}})
+    out = {**doc.get("params", {}), **params}
+    if doc["workflow"] in PLAN_WORKFLOWS and doc.get("plan"):
+        out["plan"] = doc["plan"]
+        out["hints"] = [_hint(s) for s in doc.get("steps", [])]
+    return doc["workflow"], out, {"name": doc["name"], "version": doc["version"],
+                                  "origin_session": doc.get("origin_session")}
+
+
+def _hint(step: dict[str, Any]) -> str:
+    """What worked in a step, given to its agent as instructions (code that ran successfully, the answer)."""
+    parts = []
+    if step.get("code"):
+        parts.append("Code that worked for this step before:\n" + "\n---\n".join(step["code"])[:8000])
+    if step.get("answer"):
+        parts.append("The answer that was accepted then: " + step["answer"][:1000])
+    return "\n".join(parts)
+
+
+@register
+class SaveSkill(Request):
+    type = "skill.save"
+
+    def execute(self) -> Any:
+        row = resolve_session(self)
+        name = _name(self)
+        description = self.arg("description", str, "", check=lambda s: len(s) <= 2000, hint="≤ 2000 characters")
+        parameters = self.arg("parameters", list, [], check=lambda p: all(isinstance(x, str) for x in p),
+                              hint="a list of parameter names")
+        from_node = self.arg("from_node", str, None, check=lambda s: 0 < len(s) <= 64, hint="a node id")
+        from labd.runner.roles import RoleError, load_roles
+
+        try:
+            roles = {n: r.to_dict() for n, r in load_roles(self.daemon.cfg.agents,
+                                                           self.daemon.layout.home / "agents").items()}
+        except RoleError:
+            roles = {}
+        try:
+            doc = extract(self.daemon.store, row, name=name, description=description, parameters=parameters,
+                          from_node=from_node, roles=roles)
+        except SkillError as exc:
+            raise _skill_error(exc) from None
+        self.daemon.write("skill.save", doc, self.reply_to)
+        return DEFERRED
+
+
+@register
+class ImportSkill(Request):
+    type = "skill.import"
+
+    def execute(self) -> Any:
+        doc = self.arg("document", dict)
+        if not isinstance(doc.get("name"), str) or not NAME.match(doc["name"]) or not isinstance(
+                doc.get("workflow"), str) or not isinstance(doc.get("params", {}), dict) or not isinstance(
+                doc.get("plan", []), list):
+            raise ApiError("bad_request", "not a skill document (needs name, workflow, params, plan)")
+        name = self.arg("name", str, doc["name"], check=lambda n: NAME.match(n) is not None, hint="a skill name")
+        self.daemon.write("skill.save", {**doc, "name": name}, self.reply_to)
+        return DEFERRED
+
+
+@register
+class ListSkills(Request):
+    type = "skill.list"
+
+    def execute(self) -> Any:
+        search = self.arg("search", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
+        return {"skills": list_skills(self.daemon.store.engine, search)}
+
+
+@register
+class GetSkill(Request):
+    type = "skill.get"
+
+    def execute(self) -> Any:
+        version = self.arg("version", int, None, check=lambda v: v > 0, hint="a version number")
+        try:
+            return {"skill": get_skill(self.daemon.store.engine, _name(self), version)}
+        except SkillError as exc:
+            raise _skill_error(exc) from None
+
+
+@register
+class DeleteSkill(Request):
+    type = "skill.delete"
+
+    def execute(self) -> Any:
+        name = _name(self)
+        try:
+            get_skill(self.daemon.store.engine, name)
+        except SkillError as exc:
+            raise _skill_error(exc) from None
+        self.daemon.write("skill.delete", name, self.reply_to)
+        return DEFERRED

@@ -1,0 +1,98 @@
+"""`labd skills`: save what made a session work, list / search / show / delete / export / import skills.
+
+Run one with `labd run skill:NAME -p param=value`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+from labd.frontends.cli.base import CliError, Ctx, add_json, command
+
+__all__ = ["register"]
+
+
+def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
+    c = ctx.client()
+    action = args.action or "list"
+    if action == "list":
+        body = {"search": args.search} if args.search else {}
+        rows = c.request("skill.list", **body)["skills"]
+        if args.json:
+            ctx.out.json(rows)
+        elif not rows:
+            ctx.out.line("no skills yet: labd skills save SESSION --name NAME")
+        else:
+            ctx.out.table(["NAME", "VERSION", "WORKFLOW", "FROM", "SAVED", "DESCRIPTION"],
+                          [[r["name"], str(r["version"]), r["workflow"], r["origin_session"] or "",
+                            datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M"),
+                            r["description"][:60]] for r in rows])
+        return 0
+    if action == "save":
+        if not args.session or not args.name:
+            raise CliError("usage: labd skills save SESSION --name NAME [--param P] [--from NODE]")
+        body = {"session": args.session, "name": args.name, "parameters": args.param or []}
+        if args.description:
+            body["description"] = args.description
+        if args.from_node:
+            body["from_node"] = args.from_node
+        r = c.request("skill.save", **body)
+        ctx.out.json(r) if args.json else ctx.out.line(f"saved skill {r['name']} version {r['version']}; "
+                                                       f"run it with: labd run skill:{r['name']}")
+        return 0
+    name = args.session  # show / rm / export take the skill's name as the positional argument
+    if action == "import":
+        if not name:
+            raise CliError("usage: labd skills import FILE [--name NAME]")
+        doc = json.loads(Path(name).read_text())
+        r = c.request("skill.import", document=doc, **({"name": args.name} if args.name else {}))
+        ctx.out.json(r) if args.json else ctx.out.line(f"imported skill {r['name']} version {r['version']}")
+        return 0
+    if not name:
+        raise CliError(f"usage: labd skills {action} NAME")
+    if action == "show":
+        doc = c.request("skill.get", name=name)["skill"]
+        if args.json:
+            ctx.out.json(doc)
+            return 0
+        ctx.out.fields([("skill", f"{doc['name']} v{doc['version']}"), ("workflow", doc["workflow"]),
+                        ("from session", doc.get("origin_session") or ""), ("description", doc["description"]),
+                        ("parameters", ", ".join(doc.get("parameters", [])) or "(none: defaults below)"),
+                        ("defaults", json.dumps(doc.get("params", {}))[:200])])
+        for i, s in enumerate(doc.get("steps", []), 1):
+            runs = f"  ({len(s['code'])} code runs)" if s["code"] else ""
+            ctx.out.line(f"  {i}. [{s['agent']}] {s['goal']}{runs}")
+        return 0
+    if action == "rm":
+        r = c.request("skill.delete", name=name)
+        ctx.out.line(f"deleted skill {r['name']} ({r['versions']} versions)")
+        return 0
+    if action == "export":
+        doc = c.request("skill.get", name=name)["skill"]
+        out = Path(args.output or f"{name}.skill.json")
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=2)
+        ctx.out.line(f"wrote {out}")
+        return 0
+    raise CliError(f"unknown action {action!r}")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = command(sub, "skills", cmd_skills, "reusable skills from successful sessions (list, save, show, rm, "
+                "export, import)", epilog="examples:\n  labd skills save 3f2a --name fit-curve --param task\n"
+                "  labd run skill:fit-curve -p task='Fit the 2024 data'\n  labd skills --search plot")
+    s.add_argument("action", nargs="?", choices=["list", "save", "show", "rm", "export", "import"])
+    s.add_argument("session", nargs="?", metavar="SESSION|NAME|FILE",
+                   help="save: the session; show/rm/export: the skill; import: the file")
+    s.add_argument("--name", help="save/import: the skill's name")
+    s.add_argument("--description")
+    s.add_argument("--param", action="append", metavar="P",
+                   help="save: a parameter of the session that each run must give (repeat)")
+    s.add_argument("--from", dest="from_node", metavar="NODE", help="save: only this step and the ones after it")
+    s.add_argument("--search", help="list: only skills whose name, description or content contains this")
+    s.add_argument("--output", "-o", help="export: the file to write (default NAME.skill.json)")
+    add_json(s)

@@ -1,0 +1,131 @@
+"""Pure formatting for ``labd top``: numbers stay numbers until here (sparklines, sizes, ages, activity lines)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rich.text import Text
+
+__all__ = ["MAX_LINE", "activity_line", "fmt_age", "fmt_bytes", "fmt_cost", "output_text", "spark", "truncate"]
+
+MAX_LINE = 400  # characters of one output line shown; the store keeps the whole line (`labd logs` has it)
+BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def truncate(line: str, limit: int = MAX_LINE) -> str:
+    """One line cut to ``limit`` characters, saying how much was cut (display only)."""
+    if len(line) <= limit:
+        return line
+    return f"{line[:limit]}… (+{len(line) - limit} chars)"
+
+
+def output_text(text: str, limit: int = MAX_LINE) -> str:
+    """An ``output`` chunk with each of its lines truncated for display; partial lines are kept partial."""
+    if len(text) <= limit and "\r" not in text:
+        return text
+    return "\n".join(truncate(line.replace("\r", ""), limit) for line in text.split("\n"))
+
+
+def spark(values: Iterable[float], width: int = 10, top: float | None = None) -> str:
+    """A text sparkline of the last ``width`` values, scaled to ``top`` (default: their maximum)."""
+    vals = list(values)[-width:]
+    if not vals:
+        return " " * width
+    hi = max(top or 0.0, max(vals)) or 1.0
+    chars = [BLOCKS[min(len(BLOCKS) - 1, int(max(0.0, v) / hi * (len(BLOCKS) - 1) + 0.5))] for v in vals]
+    return "".join(chars).rjust(width)
+
+
+def fmt_bytes(n: float | None) -> str:
+    """Bytes in binary units, ``-`` for none."""
+    if not n:
+        return "-"
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit in ("B", "K") else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}G"  # unreachable: the loop returns at "G"
+
+
+def fmt_age(start: float | None, now: float) -> str:
+    """How long ago ``start`` was, in the largest fitting unit."""
+    if not start:
+        return "-"
+    s = max(0.0, now - start)
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}m"
+    if s < 172800:
+        return f"{s / 3600:.0f}h"
+    return f"{s / 86400:.0f}d"
+
+
+def fmt_cost(cost: float | None) -> str:
+    """USD with enough digits for offline-cheap sessions, ``-`` when nothing was spent."""
+    if not cost:
+        return "-"
+    return f"${cost:.4f}" if cost < 1 else f"${cost:.2f}"
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return truncate(" ".join(text.split()), limit)
+
+
+STYLES = {"agent": "bold cyan", "tool": "magenta", "code": "yellow", "cost": "green", "step": "blue",
+          "approval": "bold yellow", "session": "bold", "error": "bold red", "file": "dim"}
+
+
+def activity_line(ev: dict[str, Any]) -> Text | None:
+    """One line of agent/step activity for an event, or ``None`` for kinds that are not activity (output, log)."""
+    kind, p, node = ev["kind"], ev.get("payload") or {}, ev.get("node_id") or ""
+    tag = f"{node:>4} " if node else "     "
+    agent = p.get("agent", "")
+    if kind == "agent.turn.started":
+        body, style = f"▶ {agent} turn starts" + (f": {_short(p['input'], 80)}" if p.get("input") else ""), "agent"
+    elif kind == "agent.turn.finished":
+        body, style = f"■ {agent} turn {p.get('status')} in {p.get('duration', 0):.1f}s", "agent"
+    elif kind == "agent.message":
+        body, style = f"{agent}: {_short(p.get('content', ''))}", "agent"
+    elif kind == "llm.response":
+        usage = p.get("usage") or {}
+        body = (f"{agent} ← {p.get('model')} {p.get('status')} {usage.get('total_tokens', 0)} tok "
+                f"{p.get('duration', 0):.1f}s")
+        style = "agent" if p.get("status") == "ok" else "error"
+    elif kind == "tool.call":
+        body, style = f"{agent} → {p.get('name')}({_short(p.get('arguments', ''), 80)})", "tool"
+    elif kind == "tool.result":
+        body, style = f"{agent} ← {p.get('name')} {p.get('status')} {p.get('duration', 0):.2f}s", "tool"
+    elif kind == "code.execution":
+        body, style = (f"{agent} ran {p.get('language')} → exit {p.get('exit_code')} "
+                       f"({p.get('duration', 0):.2f}s)"), "code"
+    elif kind == "cost.recorded":
+        body, style = (f"{agent} ${p.get('cost', 0):.4f} {p.get('model')} "
+                       f"({p.get('prompt_tokens', 0)}+{p.get('completion_tokens', 0)} tok)"), "cost"
+    elif kind in ("subagent.started", "subagent.finished"):
+        body, style = f"{agent} ⇢ {p.get('child')} {kind.split('.')[1]} {_short(p.get('objective', ''), 60)}", "agent"
+    elif kind == "step.started":
+        body, style = f"┌ {p.get('kind', 'step')} {p.get('name')}", "step"
+    elif kind == "step.finished":
+        body = f"└ {p.get('name')} {p.get('status')} {p.get('duration', 0):.2f}s"
+        style = "step" if p.get("status") != "failed" else "error"
+    elif kind == "approval.requested":
+        body, style = f"? approval {p.get('kind')}: {_short(p.get('prompt', ''))} {p.get('options')}", "approval"
+    elif kind == "approval.resolved":
+        fb = f" — {_short(p['feedback'], 80)}" if p.get("feedback") else ""
+        body, style = f"✓ approval {p.get('decision')} by {p.get('by')}{fb}", "approval"
+    elif kind in ("file.created", "file.changed"):
+        body, style = f"{kind.split('.')[1]} {p.get('path')} ({fmt_bytes(p.get('size'))})", "file"
+    elif kind == "limit.exceeded":
+        body = f"limit exceeded: {p.get('limit')} {p.get('measured')} > {p.get('max')} → {p.get('action')}"
+        style = "error"
+    elif kind == "session.ended":
+        body, style = f"session {p.get('status')}: {p.get('reason')}", "session"
+    elif kind in ("session.started", "session.paused", "session.resumed", "session.stopping", "session.adopted",
+                  "session.pause_requested"):
+        body, style = f"{kind} {_short({k: v for k, v in p.items() if k != 'workdir'}, 80)}", "session"
+    else:
+        return None
+    return Text.assemble((tag, "dim"), (body, STYLES[style]))

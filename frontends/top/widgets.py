@@ -1,0 +1,232 @@
+"""The widgets of ``labd top``: they only render what the app hands them (no daemon access here)."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Input, Label, Sparkline, Static, Tree
+
+from .format import fmt_age, fmt_bytes, fmt_cost, spark, truncate
+
+__all__ = ["DagTree", "DetailPane", "FeedbackScreen", "SessionTable", "History"]
+
+LIVE = ("created", "starting", "running", "paused", "waiting_approval")
+STATUS_STYLE = {"running": "green", "waiting_approval": "bold yellow", "paused": "yellow", "starting": "cyan",
+                "created": "cyan", "completed": "dim green", "failed": "red", "cancelled": "dim", "lost": "red"}
+COLUMNS = (("id", "ID", 12), ("name", "NAME", 22), ("status", "STATUS", 16), ("cpu", "CPU%", 6),
+           ("cpu_spark", "cpu", 10), ("mem", "MEM", 7), ("mem_spark", "mem", 10), ("cost", "COST", 8),
+           ("age", "AGE", 5))
+MAX_NODES = 1000
+
+
+class History:
+    """The last CPU / memory figures of each session, for sparklines (newest last)."""
+
+    def __init__(self, width: int = 30) -> None:
+        self.width = width
+        self.cpu: dict[str, deque[float]] = {}
+        self.mem: dict[str, deque[float]] = {}
+
+    def add(self, sid: str, live: dict[str, Any] | None) -> None:
+        if not live:
+            return
+        self.cpu.setdefault(sid, deque(maxlen=self.width)).append(float(live.get("cpu_percent") or 0.0))
+        self.mem.setdefault(sid, deque(maxlen=self.width)).append(float(live.get("rss") or 0))
+
+    def forget(self, keep: set[str]) -> None:
+        for table in (self.cpu, self.mem):
+            for sid in [s for s in table if s not in keep]:
+                del table[sid]
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+class SessionTable(DataTable[Any]):
+    """Sessions, live ones first, newest first; cells are updated in place, rows rebuilt only when the set changes."""
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        self.zebra_stripes = True
+        for key, label, width in COLUMNS:
+            self.add_column(label, key=key, width=width)
+        self._order: list[str] = []
+        self._cells: dict[str, tuple[Any, ...]] = {}
+
+    def row_cells(self, row: dict[str, Any], hist: History, now: float) -> tuple[Any, ...]:
+        sid, live = row["id"], row.get("live") or {}
+        alive = row["status"] in LIVE
+        return (sid, truncate(row.get("name") or "", 22), status_text(row["status"]),
+                f"{live['cpu_percent']:.0f}" if alive and live else "-",
+                spark(hist.cpu.get(sid, ()), 10, top=100.0) if alive else "",
+                fmt_bytes(live.get("rss")) if alive and live else fmt_bytes(row.get("peak_rss")),
+                spark(hist.mem.get(sid, ()), 10) if alive else "",
+                fmt_cost(row.get("cost")), fmt_age(row.get("created_at"), now))
+
+    def show(self, rows: list[dict[str, Any]], hist: History, now: float, selected: str | None) -> None:
+        """Show ``rows`` (already filtered and ordered), keeping the cursor on ``selected``."""
+        order = [r["id"] for r in rows]
+        cells = {r["id"]: self.row_cells(r, hist, now) for r in rows}
+        if order != self._order:
+            self.clear()
+            for sid in order:
+                self.add_row(*cells[sid], key=sid)
+            self._order = order
+            if selected in order:
+                self.move_cursor(row=order.index(selected), animate=False)
+        else:
+            keys = [c[0] for c in COLUMNS]
+            for sid in order:
+                old = self._cells.get(sid)
+                for i, value in enumerate(cells[sid]):
+                    if old is None or str(old[i]) != str(value):
+                        self.update_cell(sid, keys[i], value)
+        self._cells = cells
+
+    def selected_id(self) -> str | None:
+        if not self._order or self.cursor_row < 0 or self.cursor_row >= len(self._order):
+            return None
+        return self._order[self.cursor_row]
+
+
+class DetailPane(Vertical):
+    """The selected session: what it is, how it is doing, sparklines, and the approval waiting for an answer."""
+
+    DEFAULT_CSS = """
+    DetailPane { height: 1fr; border: round $primary; padding: 0 1; }
+    DetailPane Sparkline { height: 2; margin: 0 0 1 0; }
+    DetailPane #approval { color: $warning; margin: 1 0 0 0; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static("no session selected", id="summary")
+        yield Label("cpu %", classes="spark-label")
+        yield Sparkline([], id="cpu-spark", summary_function=max)
+        yield Label("memory", classes="spark-label")
+        yield Sparkline([], id="mem-spark", summary_function=max)
+        yield Static("", id="approval")
+
+    def show(self, row: dict[str, Any] | None, hist: History, approval: dict[str, Any] | None,
+             activity: dict[str, Any], now: float) -> None:
+        summary = self.query_one("#summary", Static)
+        if row is None:
+            summary.update("no session selected")
+            self.query_one("#approval", Static).update("")
+            return
+        sid, live = row["id"], row.get("live") or {}
+        text = Text.assemble((f"{row.get('name')}\n", "bold"), (f"{sid} ", "dim"), status_text(row["status"]),
+                             f"  age {fmt_age(row.get('created_at'), now)}\n{truncate(row.get('workflow') or '', 48)}")
+        if row.get("reason") and row["status"] not in LIVE:
+            text.append(f"\n{truncate(row['reason'], 200)}", style="dim")
+        figures = (f"\ncpu {live.get('cpu_percent', 0):.0f}%  mem {fmt_bytes(live.get('rss'))}  "
+                   f"procs {live.get('num_procs', '-')}" if live else
+                   f"\npeak cpu {row.get('peak_cpu_percent') or 0:.0f}%  peak mem {fmt_bytes(row.get('peak_rss'))}")
+        text.append(figures)
+        text.append(f"\ncost {fmt_cost(row.get('cost'))}  events {row.get('last_seq') or 0}")
+        if activity.get("agent"):
+            text.append(f"\nagent {truncate(activity['agent'], 30)}  turns {activity.get('turns', 0)}\n"
+                        f"tool calls {activity.get('tools', 0)}  code runs {activity.get('code', 0)}  "
+                        f"llm calls {activity.get('llm', 0)}", style="cyan")
+        summary.update(text)
+        self.query_one("#cpu-spark", Sparkline).data = list(hist.cpu.get(sid, [0.0]))
+        self.query_one("#mem-spark", Sparkline).data = list(hist.mem.get(sid, [0.0]))
+        box = self.query_one("#approval", Static)
+        if approval:
+            opts = " / ".join(approval.get("options") or [])
+            box.update(Text.assemble(("approval waiting ", "bold"), f"({approval.get('kind')}): ",
+                                     truncate(str(approval.get("prompt")), 300), f"\noptions: {opts}\n",
+                                     ("a", "bold"), " approve  ", ("r", "bold"), " reject  ", ("m", "bold"),
+                                     " modify"))
+        else:
+            box.update("")
+
+
+class DagTree(Tree[Any]):
+    """The session's step / agent graph as a tree (``contains`` edges), with status, cost and files per node."""
+
+    ICONS = {"running": "▶", "completed": "✓", "failed": "✗", "cancelled": "■", "skipped": "↷"}
+
+    def show(self, dag: dict[str, Any], cost_by_node: dict[str, float], files: list[dict[str, Any]]) -> None:
+        all_nodes = dag.get("nodes", [])
+        # A tree of many thousands of nodes is slow to rebuild every second: show the newest MAX_NODES.
+        nodes = {n["node_id"]: n for n in sorted(all_nodes, key=lambda n: _node_key(n["node_id"]))[-MAX_NODES:]}
+        children: dict[str | None, list[str]] = {}
+        for nid, n in nodes.items():
+            parent = n.get("parent_node") if n.get("parent_node") in nodes else None
+            children.setdefault(parent, []).append(nid)
+        files_by_node: dict[str, list[str]] = {}
+        for f in files:
+            node = f.get("node_id") or f.get("step_node")
+            if node:
+                files_by_node.setdefault(node, []).append(f["path"])
+        self.clear()
+        shown = f"the newest {len(nodes)} of {len(all_nodes)}" if len(all_nodes) > len(nodes) else str(len(nodes))
+        self.root.set_label(Text(f"{dag.get('session', '')}  ({shown} nodes)", style="bold"))
+        key = _node_key
+
+        def add(parent: Any, nid: str) -> None:
+            n = nodes[nid]
+            label = Text.assemble((f"{self.ICONS.get(n.get('status') or '', '·')} ", STATUS_STYLE.get(
+                n.get("status") or "", "")), (f"{nid} ", "dim"), truncate(n.get("name") or "", 60),
+                (f"  {n.get('kind')}", "dim"))
+            if n.get("duration"):
+                label.append(f"  {n['duration']:.1f}s", style="dim")
+            if cost_by_node.get(nid):
+                label.append(f"  {fmt_cost(cost_by_node[nid])}", style="green")
+            kids = sorted(children.get(nid, []), key=key)
+            paths = files_by_node.get(nid, [])
+            if paths:
+                label.append(f"  files: {', '.join(truncate(p, 40) for p in paths[:4])}"
+                             + (f" +{len(paths) - 4}" if len(paths) > 4 else ""), style="magenta")
+            if kids:
+                branch = parent.add(label, expand=True)
+                for kid in kids:
+                    add(branch, kid)
+            else:
+                parent.add_leaf(label)
+
+        for nid in sorted(children.get(None, []), key=key):
+            add(self.root, nid)
+        self.root.expand()
+
+
+def _node_key(nid: str) -> tuple[int, str]:
+    """Node ids in creation order (n2 before n10)."""
+    return (int(nid[1:]) if nid[1:].isdigit() else 0, nid)
+
+
+class FeedbackScreen(ModalScreen[str | None]):
+    """Ask for the feedback of a reject / modify decision; Enter sends, Escape cancels."""
+
+    DEFAULT_CSS = """
+    FeedbackScreen { align: center middle; }
+    FeedbackScreen > Vertical { width: 80; height: auto; border: thick $warning; background: $surface; padding: 1; }
+    """
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, prompt: str, required: bool) -> None:
+        super().__init__()
+        self.title_text, self.prompt, self.required = title, prompt, required
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(Text(self.title_text, style="bold"))
+            yield Label(truncate(self.prompt, 300))
+            yield Input(placeholder="feedback for the agents" + ("" if self.required else " (optional)"),
+                        id="feedback")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if self.required and not event.value.strip():
+            self.notify("feedback is required for modify", severity="warning")
+            return
+        self.dismiss(event.value.strip())
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,108 @@
+"""Every ag2 agent a session runs is tracked, however it was built: one class-level seam in the runner.
+
+ag2 builds a turn in ``Agent._drive_scope``: it instantiates the agent's middleware factories plus the
+turn's ``additional_middleware`` and binds the LLM client. :func:`track_all_agents` wraps that method
+once, in the runner process only (never in the daemon or the template's other children), so that
+
+- an agent without labd's tracking middleware (a plain ``ag2.Agent(...)``, an agent a library or an
+  ag2 network built) gets it for the turn, with the model, provider and offline flag read from its
+  config: the same events and attribution as ``ctx.agent``;
+- the LLM client of every turn is wrapped by :class:`RecordingClient`, the innermost layer, which sees
+  the request exactly as it goes to the model (after any middleware rewrote it, with the tool schemas
+  bound for the turn): it records the full request and checks the budget *before* the call.
+
+The cost per turn is a dictionary lookup and two small objects (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = ["track_all_agents", "untracked", "RecordingClient", "current_llm_call", "LLMCall"]
+
+_installed: list[Callable[[], Any]] = []
+_off: contextvars.ContextVar[bool] = contextvars.ContextVar("labd_untracked", default=False)
+
+
+@contextmanager
+def untracked() -> Iterator[None]:
+    """Agents run inside this block are not tracked (only for measuring the tracking's own overhead,
+    scripts/bench_tracking.py; the record of a session that uses it is knowingly incomplete)."""
+    token = _off.set(True)
+    try:
+        yield
+    finally:
+        _off.reset(token)
+
+
+class LLMCall:
+    """One LLM call in flight: what the tracking middleware knows, filled in by the recording client."""
+
+    __slots__ = ("agent", "base", "node", "req_seq", "config")
+
+    def __init__(self, agent: str, base: dict[str, Any], node: str | None, config: Any) -> None:
+        self.agent = agent
+        self.base = base
+        self.node = node
+        self.req_seq: int | None = None
+        self.config = config
+
+
+#: set by TrackingMiddleware.on_llm_call around the call; read by the RecordingClient inside it
+current_llm_call: contextvars.ContextVar[LLMCall | None] = contextvars.ContextVar("labd_llm_call", default=None)
+
+
+class RecordingClient:
+    """Wraps an ag2 LLM client: records the complete request and enforces the budget before each call."""
+
+    def __init__(self, inner: Any, factory: Any, config: Any) -> None:
+        self._inner = inner
+        self._factory = factory
+        self._config = config
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def __call__(self, messages: Any, context: Any, *, tools: Any = (), response_schema: Any = None,
+                       serializer: Any = None) -> Any:
+        call = current_llm_call.get()
+        if call is not None:
+            tracker = self._factory.tracker
+            call.config = self._config
+            await tracker.before_llm_call(call)
+            call.req_seq = tracker.record_request(call, messages, context, tools, response_schema)
+        return await self._inner(messages, context, tools=tools, response_schema=response_schema,
+                                 serializer=serializer)
+
+
+def track_all_agents(factory: Callable[[], Any]) -> None:
+    """Install the class-level seam (once per process); ``factory`` returns the session's AgentFactory."""
+    _installed[:] = [factory]
+    from ag2 import Agent
+
+    if getattr(Agent._drive_scope, "_labd_hook", False):
+        return
+    original = Agent._drive_scope
+
+    def _drive_scope(self: Any, event: Any, *, client: Any, additional_middleware: Any = (), **kwargs: Any) -> Any:
+        if _installed and not _off.get():
+            agents = _installed[0]()
+            if not isinstance(client, RecordingClient):
+                client = RecordingClient(client, agents, getattr(self, "config", None))
+            if not _is_tracked(self):
+                additional_middleware = (agents.tracker_for(self), *additional_middleware)
+        return original(self, event, client=client, additional_middleware=additional_middleware, **kwargs)
+
+    _drive_scope._labd_hook = True  # type: ignore[attr-defined]
+    Agent._drive_scope = _drive_scope  # type: ignore[method-assign]
+
+
+def _is_tracked(agent: Any) -> bool:
+    cached = agent.__dict__.get("_labd_tracked")
+    if cached is None:
+        cached = any(getattr(m, "_labd_tracking", False) for m in getattr(agent, "_middleware", ()))
+        agent.__dict__["_labd_tracked"] = cached
+    return bool(cached)

@@ -1,0 +1,193 @@
+"""Landlock (Linux >= 5.13) through raw syscalls: restrict what the calling thread and its future children
+may read, write, connect to and signal.
+
+Standard library only (ctypes): the exec helper (:mod:`labd.runner.sandbox.confine`) loads this file with
+``python -I -S``, without labd on the path.
+
+Landlock is an allow-list: a rule on a directory grants access to everything beneath it. To *deny* a
+subtree (labd's home, ``~/.ssh``) under an allowed tree, :func:`allowed_roots` splits every ancestor of a
+denied path into its children and grants each child that holds nothing denied. An ancestor itself gets no
+rule, so it cannot be listed, and a file created in it later is not reachable either (safe by default).
+
+A Landlock domain applies to the thread that calls :func:`restrict` and to what it starts afterwards;
+call it before a process starts threads (or in the child right before ``exec``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from collections.abc import Iterable
+
+__all__ = ["abi_version", "Ruleset", "allowed_roots", "LandlockError", "READ", "FILE_RIGHTS"]
+
+_SYS_CREATE, _SYS_ADD_RULE, _SYS_RESTRICT = 444, 445, 446  # the same number on every architecture
+_CREATE_RULESET_VERSION = 1
+_RULE_PATH_BENEATH = 1
+
+EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+REMOVE_DIR, REMOVE_FILE, MAKE_CHAR, MAKE_DIR, MAKE_REG = 1 << 4, 1 << 5, 1 << 6, 1 << 7, 1 << 8
+MAKE_SOCK, MAKE_FIFO, MAKE_BLOCK, MAKE_SYM = 1 << 9, 1 << 10, 1 << 11, 1 << 12
+REFER, TRUNCATE, IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15  # ABI 2, 3, 5
+NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
+SCOPE_ABSTRACT_UNIX, SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
+
+#: rights that make sense on a file (a rule on a non-directory may carry only these)
+FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
+READ = EXECUTE | READ_FILE | READ_DIR | IOCTL_DEV
+
+
+class LandlockError(OSError):
+    """Landlock is missing, disabled, or refused a rule."""
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _syscall(*args: object) -> int:
+    ret = _libc.syscall(*args)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise LandlockError(err, os.strerror(err))
+    return int(ret)
+
+
+def abi_version() -> int:
+    """The kernel's Landlock ABI version; 0 when Landlock is not built in or not enabled at boot."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        return _syscall(_SYS_CREATE, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION))
+    except LandlockError:
+        return 0
+
+
+def _fs_rights(abi: int) -> int:
+    rights = (1 << 13) - 1  # ABI 1: EXECUTE .. MAKE_SYM
+    if abi >= 2:
+        rights |= REFER
+    if abi >= 3:
+        rights |= TRUNCATE
+    if abi >= 5:
+        rights |= IOCTL_DEV
+    return rights
+
+
+def no_new_privs() -> None:
+    """``prctl(PR_SET_NO_NEW_PRIVS)``: exec can never grant privileges again (required by Landlock and
+    seccomp for an unprivileged process)."""
+    if _libc.prctl(38, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise LandlockError(err, f"PR_SET_NO_NEW_PRIVS: {os.strerror(err)}")
+
+
+class Ruleset:
+    """A Landlock ruleset being built: every right this ABI knows is denied unless a rule grants it."""
+
+    def __init__(self, *, deny_tcp: bool = False, scope_signals: bool = False,
+                 scope_abstract_unix: bool = False) -> None:
+        self.abi = abi_version()
+        if self.abi < 1:
+            raise LandlockError(38, "Landlock is not available in this kernel")
+        self.fs = _fs_rights(self.abi)
+        attr = _RulesetAttr(self.fs, 0, 0)
+        size = 8
+        #: what this ruleset really enforces beyond the filesystem (older ABIs cannot)
+        self.enforced: set[str] = {"filesystem"}
+        if deny_tcp and self.abi >= 4:
+            attr.handled_access_net = NET_BIND_TCP | NET_CONNECT_TCP  # no rule follows: all TCP denied
+            size = 16
+            self.enforced.add("tcp")
+        if (scope_signals or scope_abstract_unix) and self.abi >= 6:
+            attr.scoped = (SCOPE_SIGNAL if scope_signals else 0) | (SCOPE_ABSTRACT_UNIX if scope_abstract_unix else 0)
+            size = 24
+            self.enforced.add("scope")
+        self.fd = _syscall(_SYS_CREATE, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+
+    def allow(self, path: str, rights: int) -> bool:
+        """Grant ``rights`` beneath ``path``; False if the path does not exist (nothing to grant)."""
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            if not os.path.isdir(path):
+                rights &= FILE_RIGHTS
+            rule = _PathBeneath(rights & self.fs, fd)
+            if rule.allowed_access:
+                _syscall(_SYS_ADD_RULE, self.fd, ctypes.c_int(_RULE_PATH_BENEATH), ctypes.byref(rule),
+                         ctypes.c_uint32(0))
+        finally:
+            os.close(fd)
+        return True
+
+    def restrict(self) -> None:
+        """Enforce the ruleset on the calling thread (and everything it starts from now on)."""
+        no_new_privs()
+        try:
+            _syscall(_SYS_RESTRICT, self.fd, ctypes.c_uint32(0))
+        finally:
+            os.close(self.fd)
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def allowed_roots(deny: Iterable[str], allow: Iterable[str] = ()) -> list[str]:
+    """The smallest set of existing paths that covers the whole filesystem except ``deny`` (resolved
+    through symlinks), plus ``allow`` (paths beneath a denied one that are granted again, e.g. a session's
+    own directory inside labd's home). Symlinks are skipped: the path they point to has its own rule."""
+    denied = sorted({os.path.realpath(p) for p in deny})
+    regrant = [os.path.realpath(p) for p in allow]
+    out: list[str] = []
+
+    def visit(path: str) -> None:
+        if any(_under(path, d) for d in denied):
+            out.extend(a for a in regrant if _under(a, path) and a not in out)
+            return
+        if not any(_under(d, path) for d in denied):
+            out.append(path)
+            return
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                if entry.is_symlink():
+                    continue
+            except OSError:
+                continue
+            visit(entry.path)
+
+    visit("/")
+    return out
+
+
+def listable_ancestors(deny: Iterable[str]) -> list[str]:
+    """The directories above each ``deny`` path (``/`` included). :func:`allowed_roots` grants their other
+    entries but not the directories themselves, so nothing could *list* them: Python's import system lists a
+    ``sys.path`` directory to find a module, and a workflow in ``~`` (above the default home) would not import.
+    Callers grant ``READ_DIR`` alone on these — names become visible, contents of denied paths do not."""
+    out: set[str] = set()
+    for d in {os.path.realpath(p) for p in deny}:
+        parent = os.path.dirname(d)
+        while True:
+            out.add(parent)
+            if parent == "/":
+                break
+            parent = os.path.dirname(parent)
+    return sorted(out)

@@ -1,0 +1,50 @@
+"""Budgets are enforced in the runner before each LLM call: at most the budget plus one call is spent."""
+
+from __future__ import annotations
+
+from tests.conftest import wait_until
+
+BUDGET = 0.0015  # ~9 calls of the 40-call loop on the offline model's nominal prices
+
+
+def _calls(c, sid):
+    return [e for e in c.history(sid) if e["kind"] == "cost.recorded"]
+
+
+def test_stop_on_budget_spends_at_most_one_call_more(client) -> None:
+    """A 40-call loop with a budget: the runner refuses the first call after the budget is reached, so
+    the cost is at most the budget plus one call; the session fails with the exact figures in its reason
+    and a ``budget.exceeded`` event."""
+    sid = client.start("labd_fidelityflows:spend_loop", params={"calls": 40}, budget=BUDGET)
+    final = client.wait(sid, timeout=90)
+    costs = [e["payload"]["cost"] for e in _calls(client, sid)]
+    assert 0 < len(costs) < 40
+    total = sum(costs)
+    assert BUDGET <= total <= BUDGET + max(costs) + 1e-12
+    assert sum(costs[:-1]) < BUDGET  # the last call was allowed because the budget was not reached yet
+    assert final["status"] == "failed"
+    assert "budget" in final["reason"] and "0.001500" in final["reason"], final["reason"]
+    refused = [e for e in client.history(sid) if e["kind"] == "budget.exceeded"]
+    assert len(refused) <= 1  # the daemon's own stop may end it first; never a second call after the budget
+    if refused:
+        assert refused[0]["payload"]["budget"] == BUDGET and refused[0]["payload"]["spent"] == total
+
+
+def test_pause_on_budget_blocks_until_resumed_with_a_new_budget(client) -> None:
+    """With ``budget_action pause`` the runner blocks before the call that the budget refuses (status
+    paused, no more calls while paused); ``session.resume {budget}`` continues with the new budget and
+    the loop completes all 40 calls."""
+    sid = client.start("labd_fidelityflows:spend_loop", params={"calls": 40}, budget=BUDGET,
+                       budget_action="pause")
+    wait_until(lambda: client.session(sid)["status"] == "paused", timeout=60, what="budget pause")
+    wait_until(lambda: any(e["kind"] == "budget.exceeded" for e in client.history(sid)), timeout=30)
+    before = _calls(client, sid)
+    total = sum(e["payload"]["cost"] for e in before)
+    assert BUDGET <= total <= BUDGET + max(e["payload"]["cost"] for e in before) + 1e-12
+    assert len(_calls(client, sid)) == len(before)  # really paused: nothing more was spent
+    client.resume(sid, budget=1.0)
+    final = client.wait(sid, timeout=90)
+    assert final["status"] == "completed", final["reason"]
+    assert len(_calls(client, sid)) == 40
+    resumed = [e for e in client.history(sid) if e["kind"] == "session.resumed"]
+    assert any(e["payload"].get("budget") == 1.0 for e in resumed)

@@ -1,0 +1,135 @@
+"""Queries over the record: roll-ups per node, event filters, tags and session filters, cost across sessions."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from labd.ipc.client import LabdError
+
+
+def test_rollups_equal_the_sum_of_their_calls(client) -> None:
+    """Every DAG node carries the tokens and cost of its own calls plus those of every node nested in it:
+    each step, attempt and phase total equals the sum of the cost.recorded events inside it, and the
+    phases add up to the session total (in dag, show and cost replies alike)."""
+    sid = client.start("planning_and_control", params={"task": "Go.\n- compute FAIL_ONCE values\n- two",
+                                                       "max_steps": 2})
+    assert client.wait(sid, timeout=90)["status"] == "completed"
+    nodes = client.dag(sid)["dag"]["nodes"]
+    children: dict[str, list[str]] = {}
+    for n in nodes:
+        children.setdefault(n["parent_node"], []).append(n["node_id"])
+
+    def subtree(nid: str) -> set[str]:
+        out, todo = set(), [nid]
+        while todo:
+            x = todo.pop()
+            out.add(x)
+            todo.extend(children.get(x, []))
+        return out
+
+    costs = [e for e in client.history(sid, kinds=["cost.recorded"])]
+    for n in nodes:
+        inside = [e["payload"] for e in costs if e["node_id"] in subtree(n["node_id"])]
+        assert n["calls"] == len(inside)
+        assert n["prompt_tokens"] == sum(p["prompt_tokens"] for p in inside)
+        assert n["completion_tokens"] == sum(p["completion_tokens"] for p in inside)
+        assert n["cost"] == pytest.approx(sum(p["cost"] for p in inside), rel=1e-9)
+    phases = [n for n in nodes if n["kind"] == "phase"]
+    total = client.cost(sid)["total"]["cost"]
+    assert sum(p["cost"] for p in phases) == pytest.approx(total, rel=1e-9) and total > 0
+    shown = {s["node_id"]: s["cost"] for s in client.session(sid)["steps"]}
+    by_step = {s["node_id"]: s["cost"] for s in client.cost(sid)["by_step"]}
+    assert all(shown[n["node_id"]] == n["cost"] for n in nodes)
+    assert all(by_step[n["node_id"]] == n["cost"] for n in nodes if n["kind"] != "agent")
+
+
+def test_events_filter_by_node_with_children_and_by_agent(client) -> None:
+    """``node`` returns the events of that node and of every node nested in it, ``agent`` the events of
+    one agent; both combine."""
+    sid = client.start("planning_and_control", params={"max_steps": 2})
+    assert client.wait(sid, timeout=90)["status"] == "completed"
+    nodes = client.dag(sid)["dag"]["nodes"]
+    planning = next(n for n in nodes if n["name"] == "planning")
+    inside = {planning["node_id"]} | {n["node_id"] for n in nodes if n["parent_node"] == planning["node_id"]}
+    everything = list(client.history(sid))
+    got = list(client.history(sid, node=planning["node_id"]))
+    assert [e["seq"] for e in got] == [e["seq"] for e in everything if e["node_id"] in inside]
+    assert {e["payload"].get("agent") for e in got if e["kind"] == "llm.request"} == {"planner", "plan_reviewer"}
+    planner = list(client.history(sid, agent="planner"))
+    assert planner and all(e["payload"]["agent"] == "planner" for e in planner)
+    assert [e["seq"] for e in planner] == [e["seq"] for e in everything if e["payload"].get("agent") == "planner"]
+    both = list(client.history(sid, node=planning["node_id"], agent="plan_reviewer"))
+    assert both and all(e["payload"]["agent"] == "plan_reviewer" for e in both)
+
+
+def test_tags_and_session_list_filters_are_honoured_or_refused(client) -> None:
+    """Sessions started with tags are found by tag, by workflow and by creation time; an unknown filter
+    is refused (never silently ignored)."""
+    t0 = time.time()
+    a = client.start("demo.count", params={"n": 1}, tags={"project": "alpha", "owner": "ann"})
+    b = client.start("demo.count", params={"n": 1}, tags={"project": "beta"})
+    c = client.start("labd_fidelityflows:spend_loop", params={"calls": 1}, tags={"project": "alpha"})
+    for sid in (a, b, c):
+        client.wait(sid, timeout=60)
+    assert {s["id"] for s in client.sessions(tags={"project": "alpha"})} == {a, c}
+    assert [s["id"] for s in client.sessions(tags={"project": "alpha", "owner": "ann"})] == [a]
+    assert {s["id"] for s in client.sessions(workflow="demo.count")} == {a, b}
+    assert {s["id"] for s in client.sessions(since=t0 - 1)} == {a, b, c}
+    assert client.sessions(since=time.time() + 60) == []
+    assert client.session(a)["tags"] == {"project": "alpha", "owner": "ann"}
+    with pytest.raises(LabdError) as refused:
+        client.request("session.list", name="x")
+    assert refused.value.code == "bad_request"
+    with pytest.raises(LabdError):
+        client.start("demo.count", tags={"project": 3})
+
+
+def test_cost_across_sessions_equals_the_sum_of_sessions(client) -> None:
+    """``cost.summary`` over all sessions: its total is the sum of the sessions' costs, and grouping by
+    model, workflow, tag, day or session splits that same total."""
+    sids = [client.start("labd_fidelityflows:spend_loop", params={"calls": n}, tags={"team": t})
+            for n, t in ((2, "red"), (3, "blue"))]
+    sids.append(client.start("labd_fidelityflows:plain_ag2"))
+    for sid in sids:
+        assert client.wait(sid, timeout=90)["status"] == "completed"
+    per_session = {sid: client.cost(sid)["total"]["cost"] for sid in sids}
+    expected = sum(per_session.values())
+    for by in ("model", "workflow", "tag", "day", "session"):
+        summary = client.cost_summary(by=by)
+        assert summary["total"]["cost"] == pytest.approx(expected, rel=1e-9)
+        assert summary["total"]["sessions"] == 3
+        if by != "tag":
+            assert sum(g["cost"] for g in summary["groups"]) == pytest.approx(expected, rel=1e-9)
+    tags = {g["tag"]: g for g in client.cost_summary(by="tag")["groups"]}
+    assert tags["team=red"]["cost"] == pytest.approx(per_session[sids[0]], rel=1e-9)
+    assert tags["(untagged)"]["cost"] == pytest.approx(per_session[sids[2]], rel=1e-9)
+    sessions = {g["session"]: g["cost"] for g in client.cost_summary(by="session")["groups"]}
+    assert sessions == pytest.approx(per_session, rel=1e-9)
+    assert client.cost_summary(since=time.time() + 60)["total"]["calls"] == 0
+
+
+def test_cli_flags_for_full_events_tags_and_cost_across_sessions(daemon) -> None:
+    """``labd run --tag``, ``labd ps --tag/--workflow/--since``, ``labd events --full --agent`` and
+    ``labd cost --all --by`` reach the daemon and print what they asked for."""
+    import json
+    import subprocess
+    import sys
+
+    def labd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "labd", *args], capture_output=True, text=True, timeout=90)
+
+    sid = labd("run", "labd_fidelityflows:big_reply", "-p", "chars=6000", "--tag", "team=red").stdout.strip()
+    with daemon.client() as c:
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+    listed = labd("ps", "--tag", "team=red", "--since", "1h", "--workflow", "labd_fidelityflows:big_reply", "--json")
+    assert [r["id"] for r in json.loads(listed.stdout)] == [sid], listed.stderr
+    assert json.loads(labd("ps", "--tag", "team=blue", "--json").stdout) == []
+    full = labd("events", sid, "--full", "--agent", "writer", "--json", "--kind", "llm.response")
+    (resp,) = [json.loads(line) for line in full.stdout.splitlines()]
+    assert isinstance(resp["payload"]["content"], str) and len(resp["payload"]["content"]) == 6000
+    cost = labd("cost", "--all", "--by", "tag", "--json")
+    groups = {g["tag"]: g for g in json.loads(cost.stdout)["groups"]}
+    assert groups["team=red"]["sessions"] == 1
+    assert "follow" in labd("events", sid, "--full", "--follow").stderr

@@ -1,0 +1,150 @@
+"""Per-session credentials: a runner holds only its own session's key, can sign for nothing else, and
+cannot be cut off from the daemon by another process that takes its routing id (issue 8, items 1 and 13)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from labd.ipc.paths import layout_for
+from labd.ipc.signing import derive_key
+from labd.ipc.wire import Codec
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.fault
+
+
+def _memory_contains(pid: int, needles: list[bytes]) -> set[bytes]:
+    """Which of ``needles`` occur anywhere in the readable memory of process ``pid``."""
+    found: set[bytes] = set()
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+        mem = open(f"/proc/{pid}/mem", "rb", 0)  # noqa: SIM115 - closed below
+    except PermissionError as exc:
+        print(f"SKIP memory scan: {exc}")
+        pytest.skip(f"cannot read /proc/{pid}/mem here ({exc})")
+    with mem:
+        for line in maps:
+            addr, perms = line.split()[:2]
+            if not perms.startswith("r") or line.endswith(("[vvar]", "[vsyscall]", "[vvar_vclock]")):
+                continue
+            start, end = (int(x, 16) for x in addr.split("-"))
+            try:
+                mem.seek(start)
+                data = mem.read(end - start)
+            except (OSError, ValueError, OverflowError):
+                continue
+            found |= {n for n in needles if n in data}
+    return found
+
+
+def test_the_daemon_key_never_reaches_a_runner_or_the_template(daemon) -> None:
+    """A runner's memory holds its own derived key and not the daemon's (neither hex nor raw); the
+    template's memory holds neither; the key file the runner was given is gone once it runs."""
+    with daemon.client() as c:
+        sid = c.start("demo.sleep", params={"seconds": 60})
+        wait_until(lambda: c.session(sid)["status"] == "running", timeout=30, what="running")
+        pid, template = c.session(sid)["pid"], c.status()["template_pid"]
+        daemon_key = c.info.key_bytes
+        own = derive_key(daemon_key, sid)
+        assert not (daemon.home / "sessions" / sid / "runner.key").exists()
+        in_runner = _memory_contains(pid, [daemon_key, daemon_key.hex().encode(), own, own.hex().encode()])
+        assert in_runner & {own, own.hex().encode()}, "the scan did not even find the runner's own key"
+        assert not in_runner & {daemon_key, daemon_key.hex().encode()}, "the daemon key is in a runner"
+        in_template = _memory_contains(template, [daemon_key, daemon_key.hex().encode(), own, own.hex().encode()])
+        assert not in_template, "the template holds a key"
+        c.kill(sid)
+
+
+def test_a_runner_cannot_read_labd_state(daemon) -> None:
+    """Workflow code in the runner (Landlock on the runner process) cannot read daemon.key, the database,
+    the connection file or another session's directory; its own work directory stays usable."""
+    with daemon.client() as c:
+        runner = c.status()["sandbox"]["runner"]
+        if runner != "landlock":
+            print(f"SKIP runner confinement: {runner}")
+            pytest.skip(f"runner confinement unavailable: {runner}")
+        first = c.start("demo.count", params={"n": 1, "delay": 0})
+        c.wait(first, timeout=30)
+        home = daemon.home
+        (home / "sessions" / first / "work" / "secret.txt").write_text("first session's data")
+        paths = [str(home / "daemon.key"), str(home / "labd.db"), str(layout_for(home).connection_file),
+                 str(home / "sessions" / first / "work" / "secret.txt")]
+        sid = c.start("labd_testflows:runner_reads", params={"paths": paths + ["runner-own-file"]})
+        # (the last path does not exist: FileNotFoundError, not PermissionError: its directory is ours)
+        final = c.wait(sid, timeout=60)
+        assert final["status"] == "completed", final.get("reason")
+        result = next(c.history(sid, kinds=["session.finished"]))["payload"]["result"]
+        assert all(result[p] == "PermissionError" for p in paths), result
+        assert result["runner-own-file"] == "FileNotFoundError"
+        started = next(c.history(sid, kinds=["session.started"]))["payload"]
+        assert started["runner_confinement"] == "landlock"
+
+
+def test_events_forged_for_another_session_are_dropped_and_counted(daemon) -> None:
+    """A compromised runner of session A (it has A's key only) sends events for session B: under B's
+    routing id they fail B's signature; under its own id they name the wrong session. Both are dropped
+    and counted; B's record is untouched and B still finishes normally."""
+    with daemon.client() as c:
+        a = c.start("demo.sleep", params={"seconds": 60})
+        b = c.start("demo.count", params={"n": 30, "delay": 0.1})
+        wait_until(lambda: c.session(b)["status"] == "running", timeout=30, what="B running")
+        codec_a = Codec(derive_key(c.info.key_bytes, a))
+        ctx = zmq.Context.instance()
+        forged = [[10_000, time.time(), "output", None, None, {"stream": "stdout", "text": "FORGED\n"}]]
+        socks = []
+        for identity in (f"{b}:x".encode(), b.encode(), f"{a}:y".encode()):
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.ROUTING_ID, identity)
+            s.connect(c.info.runners)
+            s.send_multipart(codec_a.pack("events", {"session": b, "events": forged}))
+            socks.append(s)
+        counters = wait_until(lambda: (k := c.status()["counters"]).get("dropped.runner.bad_session") and k,
+                              timeout=20, what="bad_session counted")
+        assert counters.get("dropped.runner.bad_signature", 0) >= 2
+        final = c.wait(b, timeout=60)
+        assert final["status"] == "completed"
+        text = "".join(e["payload"].get("text", "") for e in c.history(b, kinds=["output"]))
+        assert "FORGED" not in text and text.count("count ") == 30
+        for s in socks:
+            s.close(0)
+        c.kill(a)
+
+
+def test_routing_id_hijack_does_not_stop_recording(daemon) -> None:
+    """Another process connects to the runner socket with ROUTING_ID=<session id> (and a guessed suffix)
+    while the session runs and stays connected: the real runner's events keep arriving and the session
+    completes with every line recorded (before, ROUTER_HANDOVER gave the route to the impostor)."""
+    with daemon.client() as c:
+        n = 40
+        sid = c.start("demo.count", params={"n": n, "delay": 0.1})
+        wait_until(lambda: c.session(sid)["status"] == "running", timeout=30, what="running")
+        ctx = zmq.Context.instance()
+        impostors = []
+        wrong_key = Codec(c.info.key_bytes)  # even the daemon's key is not this session's key
+        for identity in (sid.encode(), f"{sid}:0000000000000000".encode()):
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.ROUTING_ID, identity)
+            s.connect(c.info.runners)
+            s.send_multipart(wrong_key.pack("hello", {"session": sid, "last_seq": 0}))
+            impostors.append(s)
+        final = c.wait(sid, timeout=90)
+        assert final["status"] == "completed", final.get("reason")
+        lines = [e for e in c.history(sid, kinds=["output"]) if "count " in e["payload"].get("text", "")]
+        assert len(lines) == n
+        for s in impostors:
+            assert not s.poll(0), "the impostor was sent something meant for the runner"
+            s.close(0)
+
+
+def test_derived_keys_differ_per_session_and_from_the_daemon_key() -> None:
+    """``derive_key`` is deterministic per (daemon key, session) and yields distinct 32-byte keys."""
+    k = b"k" * 32
+    assert derive_key(k, "a") == derive_key(k, "a")
+    assert len({derive_key(k, "a"), derive_key(k, "b"), derive_key(b"j" * 32, "a"), k}) == 4
+    assert len(derive_key(k, "a")) == 32

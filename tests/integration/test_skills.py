@@ -1,0 +1,89 @@
+"""Skills: saved from a completed planning_and_control session and run again — planning is not repeated (no
+planner call), the same step structure runs with the code that worked given as a hint, the new session names
+its skill and origin; versions, search, export/import, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _agents_called(c, sid: str) -> list[str]:
+    return [e["payload"]["agent"] for e in c.history(sid) if e["kind"] == "llm.request"]
+
+
+def test_save_and_run_a_skill_without_planning_again(daemon, tmp_path: Path) -> None:
+    """A skill from a 2-step planning session: running it makes no planner/reviewer calls, runs the same steps,
+    gives each engineer the code that worked, and records the skill and its origin on the new session."""
+    from labd.ipc import LabdError
+
+    with daemon.client() as c:
+        origin = c.start("planning_and_control",
+                         params={"task": "Step 1 of 2: fit. Step 2 of 2: plot", "max_steps": 2})
+        assert c.wait(origin, timeout=90)["status"] == "completed"
+        assert "planner" in _agents_called(c, origin)
+        saved = c.request("skill.save", session=origin, name="fit-and-plot", parameters=["task"],
+                          description="fit a curve, then plot it")
+        assert saved == {"name": "fit-and-plot", "version": 1}
+        doc = c.request("skill.get", name="fit-and-plot")["skill"]
+        assert len(doc["steps"]) == 2 and all(s["code"] for s in doc["steps"]) and doc["origin_session"] == origin
+        assert "engineer" in doc["agents"] and doc["agents"]["engineer"]["system_prompt"].startswith("ROLE: engineer")
+        with pytest.raises(LabdError) as err:
+            c.start("skill:fit-and-plot")  # `task` is the skill's parameter
+        assert err.value.code == "bad_params"
+        run = c.start("skill:fit-and-plot", params={"task": "Step 1 of 2: fit 2025. Step 2 of 2: plot"})
+        assert c.wait(run, timeout=90)["status"] == "completed"
+        called = _agents_called(c, run)
+        assert "planner" not in called and "plan_reviewer" not in called and called.count("engineer") >= 2
+        first_input = next(e["payload"]["input"] for e in c.history(run) if e["kind"] == "llm.request")
+        assert "Code that worked for this step before" in first_input
+        created = next(e for e in c.history(run) if e["kind"] == "session.created")["payload"]
+        assert created["skill"] == {"name": "fit-and-plot", "version": 1, "origin_session": origin}
+        steps = [n["name"] for n in c.dag(run)["dag"]["nodes"] if n["kind"] == "step"]
+        assert len(steps) == 2
+        # a second save is version 2; search finds it; export/import round-trips under a new name
+        assert c.request("skill.save", session=origin, name="fit-and-plot")["version"] == 2
+        assert [s["name"] for s in c.request("skill.list", search="2 of 2: plot")["skills"]] == ["fit-and-plot"]
+    env = {**os.environ, "LABD_HOME": str(daemon.home)}
+    out_file = tmp_path / "s.json"
+    r = subprocess.run([sys.executable, "-m", "labd", "skills", "export", "fit-and-plot", "-o", str(out_file)],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "labd", "skills", "import", str(out_file), "--name", "shared-fit"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and "shared-fit" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-m", "labd", "skills", "--json"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert {s["name"] for s in json.loads(r.stdout)} == {"fit-and-plot", "shared-fit"}
+    assert json.loads(out_file.read_text())["plan"] == doc["plan"]
+
+
+def test_skill_errors(daemon) -> None:
+    """A failed session cannot become a skill; unknown skills and bad names are refused; rm deletes every version."""
+    from labd.ipc import LabdError
+
+    with daemon.client() as c:
+        bad = c.start("demo.fail")
+        c.wait(bad, timeout=60)
+        for body, code in (({"session": bad, "name": "x"}, "not_completed"),
+                           ({"session": bad, "name": "bad name!"}, "bad_request")):
+            with pytest.raises(LabdError) as err:
+                c.request("skill.save", **body)
+            assert err.value.code == code
+        with pytest.raises(LabdError) as err:
+            c.start("skill:nope")
+        assert err.value.code == "not_found"
+        ok = c.start("demo.count", params={"n": 1})
+        c.wait(ok, timeout=60)
+        c.request("skill.save", session=ok, name="count-once")
+        c.request("skill.save", session=ok, name="count-once")
+        assert c.request("skill.delete", name="count-once") == {"name": "count-once", "versions": 2}
+        with pytest.raises(LabdError):
+            c.request("skill.get", name="count-once")

@@ -1,0 +1,246 @@
+"""`labd top`, driven headless with Textual's pilot (key presses, screen contents) against real daemons."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from labd.frontends.top.app import TopApp
+from tests.conftest import DaemonProc, kill_runners
+
+SIZE = (140, 44)
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+
+
+def screen_text(app: TopApp) -> str:
+    """What the terminal shows, as plain text lines."""
+    return "\n".join(strip.text.rstrip() for strip in app.screen._compositor.render_strips())
+
+
+def output_lines(app: TopApp) -> list[str]:
+    return [line for line in app.output_log.lines if line]
+
+
+def table_rows(app: TopApp) -> dict[str, list[str]]:
+    table = app.table
+    return {str(key.value): [str(c) for c in table.get_row(key)] for key in table.rows}
+
+
+async def until(pred: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    """Await ``pred()`` becoming truthy while the app keeps running; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}")
+        await asyncio.sleep(0.05)
+
+
+def run_app(home: Path, scenario: Callable[[TopApp, Any], Awaitable[None]], **kw: Any) -> None:
+    async def main() -> None:
+        app = TopApp(home, **kw)
+        async with app.run_test(size=SIZE) as pilot:
+            await scenario(app, pilot)
+
+    asyncio.run(main())
+
+
+def test_list_shows_sessions_and_updates_live(daemon: DaemonProc) -> None:
+    """The list shows running sessions with live figures, gains a session started later, and shows a stop."""
+    c = daemon.client()
+    first = c.start("demo.sleep", params={"seconds": 60})
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        rows = await until(lambda: table_rows(app).get(first), what="first session listed")
+        assert "running" in rows[2] or "starting" in rows[2]
+        await until(lambda: table_rows(app)[first][5] not in ("-", ""), what="live memory figure")
+        second = c.start("demo.sleep", params={"seconds": 60})
+        await until(lambda: second in table_rows(app), what="a session started later appears")
+        c.stop(second, grace=0)
+        await until(lambda: table_rows(app)[second][2] == "cancelled", what="the stop shows")
+        assert table_rows(app)[first][2] == "running"
+        assert "1 live / 2 sessions" in (app.sub_title or "")
+
+    try:
+        run_app(daemon.home, scenario)
+    finally:
+        c.close()
+
+
+def test_selecting_a_session_follows_its_output(daemon: DaemonProc) -> None:
+    """The newest session is followed at first; moving the cursor follows another one's output instead."""
+    c = daemon.client()
+    alpha = c.start("demo.count", params={"n": 400, "delay": 0.05, "label": "alpha"})
+    beta = c.start("demo.count", params={"n": 400, "delay": 0.05, "label": "beta"})
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: app.selected == beta, what="newest session selected")
+        await until(lambda: any(line.startswith("beta ") for line in output_lines(app)), what="beta's output")
+        await pilot.press("down")
+        await until(lambda: app.selected == alpha, what="alpha selected")
+        await until(lambda: len(output_lines(app)) >= 5, what="alpha's output")
+        lines = output_lines(app)
+        assert all(not line.startswith("beta ") for line in lines), lines[:10]
+        assert any(line.startswith("alpha ") for line in lines)
+        n = len(output_lines(app))
+        await until(lambda: len(output_lines(app)) > n + 3, what="alpha's output grows live")
+        await pilot.press("3")  # the DAG tab: the steps, with their statuses
+        await until(lambda: "alpha 1" in screen_text(app) and "✓" in screen_text(app), what="the DAG tree")
+
+    try:
+        run_app(daemon.home, scenario)
+    finally:
+        c.close()
+
+
+def test_agent_activity_and_dag(daemon: DaemonProc) -> None:
+    """An agent session's activity tab shows its turns, LLM calls, tool calls, code runs and costs; the detail
+    pane counts them; the DAG tab shows the agent-turn nodes with their cost and the file a turn wrote."""
+    c = daemon.client()
+    sid = c.start("labd_testflows:agent_flow")
+    c.wait(sid, timeout=60)
+    c.close()
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: app.selected == sid, what="selected")
+        await pilot.press("2")
+        await until(lambda: "→ run_code(" in screen_text(app), what="the tool call in the activity tab")
+        text = screen_text(app)
+        assert "▶ my_engineer turn starts" in text and "ran python → exit 0" in text and "$0.0" in text
+        assert "tool calls 1  code runs 1" in text
+        await pilot.press("3")
+        await until(lambda: "step_7.json" in screen_text(app), what="the file on its node in the DAG tab")
+        assert "✓ n1" in screen_text(app)
+
+    run_app(daemon.home, scenario)
+
+
+def test_long_output_shows_its_tail(daemon: DaemonProc) -> None:
+    """Selecting a session that printed 200,000 lines loads only its tail: the last line is shown, the tab
+    holds at most its 5,000 lines, and a line says that earlier events were not loaded."""
+    c = daemon.client(timeout=30)
+    sid = c.start("demo.chatty", params={"lines": 200_000, "width": 40})
+    c.wait(sid, timeout=60)
+    c.close()
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: app.selected == sid and any("line 000199999" in x for x in output_lines(app)),
+                    what="the last line")
+        lines = output_lines(app)
+        assert len(lines) <= 5001
+        await until(lambda: "earlier events not loaded" in screen_text(app), what="the note above the log")
+        assert len(set(lines)) == len(lines), "a line shown twice"
+        assert lines[-1].startswith("== session completed")
+
+    run_app(daemon.home, scenario)
+
+
+def test_approval_answered_in_place(daemon: DaemonProc) -> None:
+    """`a` approves the selected session's pending approval; `m` + feedback + Enter modifies another's."""
+    c = daemon.client()
+    first = c.start("labd_testflows:review_once")
+    second = c.start("labd_testflows:review_once")
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: app.selected == second, what="newest selected")
+        await until(lambda: "approval waiting" in screen_text(app), what="the approval shows")
+        assert "Publish the draft?" in screen_text(app)
+        await pilot.press("m")
+        await until(lambda: app.screen.query("#feedback"), what="the feedback box")
+        await pilot.press(*["space" if ch == " " else ch for ch in "use blue"], "enter")
+        await until(lambda: c.session(second)["status"] == "completed", what="second completed")
+        await until(lambda: "decision=modify feedback=use blue" in output_lines(app), what="modified in output")
+        # Live sessions are listed first: the ended one moved below the one still waiting.
+        await until(lambda: list(table_rows(app)) == [first, second], what="the ended session moves down")
+        await pilot.press("up")
+        await until(lambda: app.selected == first and "approval waiting" in screen_text(app), what="first waits")
+        await pilot.press("a")
+        await until(lambda: c.session(first)["status"] == "completed", what="first completed")
+        await until(lambda: "decision=approve feedback=None" in output_lines(app), what="approved in output")
+        approvals = {a["session_id"]: a for a in c.approvals(status="all")}
+        assert approvals[first]["resolved_by"] == "labd top"
+        assert approvals[second]["decision"] == "modify"
+
+    try:
+        run_app(daemon.home, scenario)
+    finally:
+        c.close()
+
+
+def test_pause_resume_and_stop_keys(daemon: DaemonProc) -> None:
+    """`p` pauses the selected session, `u` resumes it, `s` stops it (ended cancelled, by the client)."""
+    c = daemon.client()
+    sid = c.start("demo.count", params={"n": 10_000, "delay": 0.05})
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: app.selected == sid and c.session(sid)["status"] == "running", what="running")
+        await pilot.press("p")
+        await until(lambda: table_rows(app)[sid][2] == "paused", what="paused shows")
+        await pilot.press("u")
+        await until(lambda: table_rows(app)[sid][2] == "running", what="running again")
+        await pilot.press("s")
+        await until(lambda: table_rows(app)[sid][2] == "cancelled", what="stopped")
+        assert c.session(sid)["stop_by"] == "client"
+        await until(lambda: any(line.startswith("== session cancelled") for line in output_lines(app)),
+                    what="the end shows in the output")
+
+    try:
+        run_app(daemon.home, scenario)
+    finally:
+        c.close()
+
+
+def test_daemon_restart_resumes_without_loss_or_duplicates(daemon: DaemonProc) -> None:
+    """After a daemon is killed and another starts on the same home, the app resumes the followed session
+    from the last seq it saw: new output keeps coming, each line exactly once and in order."""
+    c = daemon.client(timeout=5)
+    sid = c.start("labd_testflows:ticker", params={"n": 300, "delay": 0.05})
+    c.close()
+    restarted: list[DaemonProc] = []
+
+    def ticks(app: TopApp) -> list[int]:
+        return [int(line.split()[1]) for line in output_lines(app) if line.startswith("tick ")]
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: app.selected == sid and len(ticks(app)) >= 10, what="ticks before the restart")
+        await asyncio.to_thread(daemon.kill9)
+        await until(lambda: "daemon unreachable" in screen_text(app), what="the outage shows")
+        seen = max(ticks(app))
+        restarted.append(await asyncio.to_thread(DaemonProc(daemon.home).start))
+        await until(lambda: max(ticks(app)) > seen + 20, timeout=60, what="ticks after the restart")
+        await until(lambda: "daemon unreachable" not in screen_text(app), what="the banner goes")
+        got = ticks(app)
+        assert got == list(range(got[0], got[0] + len(got))), "output lost or duplicated across the restart"
+
+    try:
+        run_app(daemon.home, scenario)
+    finally:
+        for d in restarted:
+            d.stop()
+        kill_runners(daemon.home)
+
+
+def test_screen_snapshot_without_a_daemon(isolated_env: Path) -> None:
+    """At a fixed size and clock, with no daemon, the screen is exactly the baseline: the layout, column
+    headers, tabs, the outage banner and the key bindings in the footer. Regenerate on purpose with
+    LABD_UPDATE_SNAPSHOTS=1."""
+    baseline = SNAPSHOTS / "top_no_daemon.txt"
+    got: list[str] = []
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: "daemon unreachable" in screen_text(app), what="the outage banner")
+        await pilot.pause()
+        got.append(screen_text(app).replace(str(isolated_env), "<home>"))
+        await pilot.press("question_mark")  # the help panel lists every key binding
+        await until(lambda: app.screen.query("HelpPanel") and "Modify" in screen_text(app), what="help panel")
+
+    run_app(isolated_env, scenario, clock=lambda: 1_800_000_000.0)
+    if os.environ.get("LABD_UPDATE_SNAPSHOTS"):
+        baseline.write_text(got[0] + "\n")
+    assert got[0] + "\n" == baseline.read_text()

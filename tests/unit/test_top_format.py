@@ -1,0 +1,41 @@
+"""`labd top`'s display formatting: truncation, sparklines, units, activity lines."""
+
+from __future__ import annotations
+
+from labd.frontends.top.format import activity_line, fmt_age, fmt_bytes, fmt_cost, output_text, spark, truncate
+
+
+def test_long_lines_are_cut_for_display_saying_how_much() -> None:
+    """A line longer than the limit shows its start and the number of characters cut; short ones are kept."""
+    assert truncate("abc", 5) == "abc"
+    assert truncate("x" * 12, 5) == "xxxxx… (+7 chars)"
+    text = output_text("short\n" + "y" * 1000 + "\npartial", limit=10)
+    assert text.split("\n") == ["short", "yyyyyyyyyy… (+990 chars)", "partial"]  # a partial line stays partial
+
+
+def test_sparkline_scales_to_the_top_and_keeps_the_newest() -> None:
+    """Values map onto eight block heights against ``top`` (or their max); only the last ``width`` are drawn."""
+    assert spark([0, 50, 100], width=3, top=100) == "▁▅█"
+    assert spark([100, 0, 0, 200], width=2) == "▁█"
+    assert spark([], width=4) == "    "
+    assert spark([5], width=3, top=100) == "  ▁"
+
+
+def test_units() -> None:
+    """Sizes in binary units, ages in the largest fitting unit, costs with enough digits."""
+    assert fmt_bytes(None) == "-" and fmt_bytes(512) == "512B" and fmt_bytes(3 * 1024 ** 2) == "3.0M"
+    assert fmt_age(None, 100.0) == "-" and fmt_age(40.0, 100.0) == "60s" and fmt_age(0.5, 7300.0) == "2h"
+    assert fmt_cost(0) == "-" and fmt_cost(0.00012) == "$0.0001" and fmt_cost(2.5) == "$2.50"
+
+
+def test_activity_lines_for_agent_events_only() -> None:
+    """Agent, tool, code, cost and approval events become activity lines; output and unknown kinds do not."""
+    tool = {"kind": "tool.call", "node_id": "n3", "payload": {"agent": "eng", "name": "run_code",
+                                                              "arguments": {"code": "print(1)"}}}
+    line = activity_line(tool)
+    assert line is not None and "n3" in line.plain and "eng → run_code(" in line.plain
+    cost = activity_line({"kind": "cost.recorded", "node_id": "n3", "payload": {
+        "agent": "eng", "model": "m", "cost": 0.0123, "prompt_tokens": 5, "completion_tokens": 7}})
+    assert cost is not None and "$0.0123" in cost.plain and "(5+7 tok)" in cost.plain
+    assert activity_line({"kind": "output", "node_id": None, "payload": {"text": "x"}}) is None
+    assert activity_line({"kind": "something.new", "node_id": None, "payload": {}}) is None
