@@ -87,6 +87,7 @@ class Ingest(threading.Thread):
         self._safe = False  # safe mode: commit event by event (after the store refused a batch)
         self.ready = threading.Event()
         self.failed: BaseException | None = None
+        self.beat = time.monotonic()  # last turn of the loop: the systemd watchdog pings only while it moves
         # sockets are created in run(): a ZeroMQ socket belongs to the thread that uses it
         self.pull: zmq.Socket
         self.notify: zmq.Socket
@@ -156,6 +157,7 @@ class Ingest(threading.Thread):
     def _loop(self, poller: zmq.Poller) -> None:
         stopping = False
         while not stopping:
+            self.beat = time.monotonic()
             ready = dict(poller.poll(200))
             if not ready:
                 continue
@@ -309,6 +311,7 @@ class Ingest(threading.Thread):
     def _wait_for_store(self) -> None:
         delay = 0.5
         while True:
+            self.beat = time.monotonic()  # waiting for the store is healthy: a restart would not bring it back
             time.sleep(delay)
             try:
                 self.writer.reconnect()

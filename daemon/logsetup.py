@@ -8,6 +8,8 @@ import sys
 import orjson
 import structlog
 
+from labd.daemon.systemd import journal_prefixer, under_journald
+
 __all__ = ["configure"]
 
 
@@ -21,6 +23,8 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if pretty else structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     )
+    if under_journald(sys.stderr):  # journald reads a <N> prefix as the line's priority
+        renderer = journal_prefixer(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

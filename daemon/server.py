@@ -3,7 +3,9 @@
 Threads: the main thread serves control requests and supervises runners; ``labd-ingest`` is the only
 store writer; ``labd-monitor`` samples and enforces limits. Signal handlers only record; the main
 loop acts on them. Stopping the daemon never stops sessions: runners carry on and a restarted daemon
-adopts them.
+adopts them -- unless it runs with ``drain`` (``labd serve --drain``): then SIGTERM first stops every
+running session gracefully (the ordinary stop ladder), waits for them to end, and only then exits.
+Under systemd it reports readiness, status and watchdog pings (:mod:`labd.daemon.systemd`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from labd.daemon.monitor import Monitor
 from labd.daemon.queue import RunQueue
 from labd.daemon.retention import Retention
 from labd.daemon.supervisor import Supervisor
+from labd.daemon.systemd import Heartbeat, Notifier
 from labd.ipc.connection import ConnectionInfo, write_connection_file
 from labd.ipc.wire import Codec, WireError, nesting_ok
 from labd.runner.sandbox import SandboxStatus, hidden_paths, probe
@@ -74,8 +77,12 @@ class Daemon:
 
     version = VERSION
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, drain: bool = False) -> None:
         self.cfg = cfg
+        self.drain = drain  # stop the sessions on SIGTERM/SIGINT and wait for them before exiting
+        self.draining = False  # set once that has begun: new sessions are refused
+        # Created first: it takes NOTIFY_SOCKET & co. out of the environment the template and runners inherit.
+        self.notifier = Notifier()
         self.layout = cfg.layout
         self.log = structlog.get_logger("labd.daemon")
         self.counters: dict[str, int] = {}
@@ -85,6 +92,10 @@ class Daemon:
         self._lock_fd: int | None = None
         #: request id -> how to build the reply once ingest has committed what the request caused
         self._deferred: dict[str, Any] = {}
+        #: session.start idempotency keys not yet committed: key -> (session id, request digest, name, time), and
+        #: the request that carries each (api/sessions.py); dropped once ingest committed or refused the start
+        self.idempotent_starts: dict[str, tuple[str, str, str, float]] = {}
+        self.idempotent_requests: dict[str, str] = {}
         self.failed = False  # set when the daemon stops because a part of it broke (exit code 1)
 
     def defer(self, reply_to: tuple[bytes, str], result: Any) -> None:
@@ -216,6 +227,9 @@ class Daemon:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.log.info("labd serving", home=str(layout.home), pid=os.getpid(), control=self.info.control,
                       template_pid=self.launcher.template_pid, adopted=sorted(self.supervisor.running))
+        # Ready only now: migrated, sockets bound, template up, connection file written, signal handlers set.
+        heartbeat = Heartbeat(self.notifier)
+        self.notifier.ready(f"serving {layout.home}; {len(self.supervisor.running)} sessions adopted")
         poller = zmq.Poller()
         poller.register(control, zmq.POLLIN)
         poller.register(notes, zmq.POLLIN)
@@ -223,8 +237,16 @@ class Daemon:
         tfd = self.launcher.fileno()
         if tfd is not None:
             poller.register(tfd, zmq.POLLIN)
+        drain_deadline: float | None = None
         try:
-            while not self._signals:
+            while True:
+                if self._signals and drain_deadline is None:
+                    if not self.drain or len(self._signals) > 1 or not self.supervisor.running:
+                        break
+                    drain_deadline = self._start_drain()
+                if drain_deadline is not None and (not self.supervisor.running or len(self._signals) > 1
+                                                   or time.monotonic() > drain_deadline):
+                    break
                 ready = dict(poller.poll(100))
                 if control in ready:
                     self._drain_control(control)
@@ -244,15 +266,22 @@ class Daemon:
                 for info in self.launcher.drain_exits():
                     self.supervisor.on_exit(info)
                 self.supervisor.tick()
+                stale = time.monotonic() - ingest.beat
+                problem = ("ingest thread died" if ingest.failed is not None or not ingest.is_alive()
+                           else f"ingest stuck for {stale:.0f}s" if stale > 10 else "")
+                heartbeat.tick(not problem, len(self.supervisor.running), self.counters.get("events_persisted", 0),
+                               problem)
                 self.retention.tick()
                 if ingest.failed is not None:
                     self.log.error("ingest thread failed; stopping the daemon", error=repr(ingest.failed))
                     self.failed = True
                     break
             if self._signals:
-                self.log.info("signal received; stopping daemon (sessions keep running)",
+                self.log.info("signal received; stopping daemon" + (
+                    f" ({len(self.supervisor.running)} sessions keep running)" if self.supervisor.running else ""),
                               signal=signal.Signals(self._signals[0]).name)
         finally:
+            self.notifier.stopping(f"stopping; {len(self.supervisor.running)} sessions keep running")
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old.items():
                 signal.signal(s, h)
@@ -285,7 +314,19 @@ class Daemon:
             engine.dispose()
             os.close(wake_r)
             os.close(wake_w)
+            self.notifier.close()
             self.log.info("labd stopped")
+
+    def _start_drain(self) -> float:
+        """Ask every running session to stop (the ordinary ladder); return the deadline for them to end."""
+        self.draining = True
+        running = sorted(self.supervisor.running)
+        self.log.info("draining: stopping running sessions before exit", sessions=running)
+        self.notifier.send(status=f"draining: stopping {len(running)} sessions")
+        for sid in running:
+            self.supervisor.stop(sid, "daemon", self.cfg.stop_grace, reason="daemon stopping (drain)")
+        # the ladder: stop_grace, then SIGTERM and term_grace, then SIGKILL; a few seconds more to record the ends
+        return time.monotonic() + self.cfg.stop_grace + self.cfg.term_grace + 10
 
     def _probe_sandbox(self) -> None:
         """Find out, by running a confined probe, how code that agents execute can be confined; say so in
@@ -324,7 +365,8 @@ class Daemon:
                 "allow": [str(self.layout.sessions_dir / sid)]}
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        # Record only; the main loop acts. A second Ctrl-C while stopping forces exit.
+        # Record only; the main loop acts. A second Ctrl-C while stopping forces exit (a second signal while
+        # draining stops waiting for the sessions).
         if self._signals and signum == signal.SIGINT:
             os._exit(130)
         self._signals.append(signum)
@@ -386,6 +428,8 @@ class Daemon:
                 note = notes.recv_pyobj(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if note[0] in ("committed", "refused"):  # committed: the store has the key now; refused: no session
+                self.idempotent_starts.pop(self.idempotent_requests.pop(note[1][1], ""), None)
             if note[0] == "committed":
                 _, (identity, req_id), sid, seq, payload = note
                 formatter = self._deferred.pop(req_id, None)

@@ -12,6 +12,7 @@ A :class:`Client` is synchronous and not thread-safe: use one per thread.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from labd.ipc.connection import ConnectionFileError, ConnectionInfo, read_connection_file
+from labd.ipc.connection import (
+    ConnectionFileError,
+    ConnectionInfo,
+    UnsafeConnectionFile,
+    daemon_alive,
+    read_connection_file,
+)
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.ipc.paths import layout_for
 from labd.ipc.wire import Codec, WireError
@@ -59,8 +66,16 @@ class Client:
         remote = connection_file or os.environ.get("LABD_CONNECTION_FILE") or None
         try:
             self.info: ConnectionInfo = read_connection_file(self.layout, Path(remote) if remote else None)
+        except UnsafeConnectionFile as exc:
+            raise LabdError("unsafe_runtime_dir", str(exc)) from None
         except ConnectionFileError as exc:
             raise LabdError("no_daemon", str(exc)) from None
+        #: the daemon is on this machine: its pid can be checked (a remote one is only known by its replies)
+        self.local = remote is None
+        if self.local and not daemon_alive(self.info):  # killed or crashed: fail now, not after a reply timeout
+            raise LabdError("no_daemon", f"the labd daemon of home {self.layout.home} (pid {self.info.pid}) is not "
+                            "running: it stopped without removing its connection file (killed or crashed); "
+                            "start one with `labd serve`", {"pid": self.info.pid, "stale": True})
         self._codec = Codec(self.info.key_bytes)
         self._ctx = zmq.Context()
         self._sock = self._socket(zmq.DEALER)
@@ -95,9 +110,14 @@ class Client:
         deadline = time.monotonic() + self.timeout
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self._sock.poll(int(left * 1000)):
+            if left <= 0:
                 raise LabdError("timeout", f"no reply from the daemon within {self.timeout:g}s "
                                 f"(is it running? home {self.layout.home})")
+            if not self._sock.poll(int(min(left, 0.5) * 1000)):
+                if self.local and not daemon_alive(self.info):  # it died meanwhile: no reply will ever come
+                    raise LabdError("no_daemon", f"the labd daemon of home {self.layout.home} (pid {self.info.pid}) "
+                                    "stopped before it replied", {"pid": self.info.pid})
+                continue
             try:
                 msg = self._codec.unpack(self._sock.recv_multipart())
             except WireError:
@@ -131,7 +151,8 @@ class Client:
               budget_action: str | None = None, cwd: str | None = None,
               pythonpath: list[str] | None = None, agents: dict[str, str] | None = None,
               procs: int | None = None, priority: int | None = None,
-              tags: dict[str, str] | None = None, network: bool | None = None) -> str:
+              tags: dict[str, str] | None = None, network: bool | None = None,
+              idempotency_key: str | None = None, retries: int = 1) -> str:
         """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``);
         ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause; ``tags`` label the session
         for ``sessions(tags=...)`` and ``cost_summary(by="tag")``.
@@ -141,7 +162,11 @@ class Client:
         replaces registry roles for this session: ``{"engineer": "my_engineer"}``. ``procs`` caps the
         session's process count; ``priority`` orders the run queue when the daemon is at ``max_sessions``.
         ``network``: may code the session's agents execute use the network (default: the daemon's
-        ``[sandbox] network``)."""
+        ``[sandbox] network``).
+
+        Every call carries an idempotency key (``idempotency_key``, else a fresh random one) and is retried
+        ``retries`` times with the same key when no reply comes in time: the daemon returns the session the
+        first attempt started, so a retry never starts a second one."""
         limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
                                     "budget_action": budget_action, "procs": procs}.items() if v is not None}
         body: dict[str, Any] = {"workflow": workflow, "params": params or {}, "limits": limits,
@@ -156,7 +181,18 @@ class Client:
             body["tags"] = tags
         if network is not None:
             body["network"] = network
-        return self.request("session.start", **body)["session"]  # type: ignore[no-any-return]
+        return self._start(body, idempotency_key, retries)
+
+    def _start(self, body: dict[str, Any], idempotency_key: str | None, retries: int) -> str:
+        """Send ``session.start`` with an idempotency key, re-sent unchanged on each retry after a timeout."""
+        body["idempotency_key"] = idempotency_key or secrets.token_hex(16)
+        for attempt in range(retries + 1):
+            try:
+                return self.request("session.start", **body)["session"]  # type: ignore[no-any-return]
+            except LabdError as exc:
+                if exc.code != "timeout" or attempt == retries:
+                    raise
+        raise AssertionError("unreachable")
 
     def agents(self) -> list[dict[str, Any]]:
         """The agent registry: roles with system prompt, model, code execution, MCP servers and source."""
@@ -190,7 +226,7 @@ class Client:
                                 "limits": limits}
         if name:
             body["name"] = name
-        return self.request("session.start", **body)["session"]  # type: ignore[no-any-return]
+        return self._start(body, None, 1)
 
     def result(self, ref: str, timeout: float | None = None) -> Any:
         """Wait for a session to end and return its result: a submitted function's return value (unpickled),

@@ -3,27 +3,43 @@
 Written by the daemon into its runtime directory with mode 0600 (only the user can read the key).
 It is removed when the daemon stops; the key itself lives in ``<home>/daemon.key`` (0600) so that
 runners which outlived a daemon can talk to its successor.
+
+It also names the daemon process (``pid``, its start time ``started`` and, on Linux, ``start_ticks``), so
+a client tells a dead daemon (killed, crashed: the file stays behind) from a slow one at once instead of
+waiting for a reply timeout; the start time guards against a recycled pid. ``start_ticks`` (field 22 of
+``/proc/<pid>/stat``) is fixed at fork and compared exactly; ``started`` (seconds since the epoch) is derived
+from the boot time, which the kernel may shift by a second (clock steps, suspend), so it is compared loosely
+and only when ``/proc`` cannot be read.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-from dataclasses import asdict, dataclass
+import stat
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from labd.ipc.paths import Layout
+import psutil
 
-__all__ = ["ConnectionInfo", "write_connection_file", "read_connection_file", "ConnectionFileError"]
+from labd.ipc.paths import Layout, UnsafeRuntimeDir
+
+__all__ = ["ConnectionInfo", "write_connection_file", "read_connection_file", "ConnectionFileError",
+           "process_start_time", "process_start_ticks", "daemon_alive", "UnsafeConnectionFile"]
 
 
 class ConnectionFileError(Exception):
-    """The connection file is missing or unreadable: no daemon is running for this home."""
+    """The connection file is missing, unreadable or untrustworthy: no usable daemon for this home."""
+
+
+class UnsafeConnectionFile(ConnectionFileError):
+    """The connection file or its directory could have been written by someone else: not trusted."""
 
 
 @dataclass(frozen=True)
 class ConnectionInfo:
-    """Endpoints and key of one daemon."""
+    """Endpoints and key of one daemon, and which process it is."""
 
     control: str
     events: str
@@ -31,6 +47,8 @@ class ConnectionInfo:
     key: str  # hex
     pid: int
     home: str
+    started: float | None = None  # the daemon process's start time (psutil create_time); None: older daemon
+    start_ticks: int | None = None  # its start in clock ticks since boot (/proc/<pid>/stat field 22), Linux
     #: set for TCP clients (a file from `labd remote add`): CurveZMQ keys, Z85 text
     server_public: str | None = None
     client_public: str | None = None
@@ -41,13 +59,56 @@ class ConnectionInfo:
         return bytes.fromhex(self.key)
 
 
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), or None if there is no such process."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Field 22 of ``/proc/<pid>/stat`` (start time in clock ticks since boot), or None (no such process, no
+    ``/proc``). The command name (field 2) may hold spaces and parentheses: fields are counted after the last ')'."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+        return int(stat_line[stat_line.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def daemon_alive(info: ConnectionInfo) -> bool:
+    """Whether the process the connection file names still runs (same pid *and* same start)."""
+    try:
+        proc = psutil.Process(info.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if info.start_ticks is not None:
+            ticks = process_start_ticks(info.pid)
+            if ticks is not None:
+                return ticks == info.start_ticks
+        # no /proc: create_time = boot time + ticks, and the boot time may move by a second; a recycled pid
+        # belongs to a process started after the daemon died, normally long after the daemon started
+        return info.started is None or abs(proc.create_time() - info.started) < 2.0
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:  # exists, not ours to inspect (another namespace): assume alive
+        return True
+
+
 def write_connection_file(layout: Layout, pid: int, key: str) -> ConnectionInfo:
-    """Write (atomically, 0600) the connection file for a daemon serving ``layout``."""
+    """Write (atomically, 0600) the connection file for daemon process ``pid`` serving ``layout``."""
     path = layout.connection_file
     info = ConnectionInfo(control=layout.endpoint("control"), events=layout.endpoint("events"),
-                          runners=layout.endpoint("runners"), key=key, pid=pid, home=str(layout.home))
+                          runners=layout.endpoint("runners"), key=key, pid=pid, home=str(layout.home),
+                          started=process_start_time(pid), start_ticks=process_start_ticks(pid))
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        tmp.unlink()  # never write through something left in our place
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(asdict(info), f, indent=2)
     os.chmod(tmp, 0o600)
@@ -56,16 +117,37 @@ def write_connection_file(layout: Layout, pid: int, key: str) -> ConnectionInfo:
 
 
 def read_connection_file(layout: Layout, path: Path | None = None) -> ConnectionInfo:
-    """The daemon's connection file (or ``path``: one written by ``labd remote add``); it must be private."""
+    """Read and check the connection file of ``layout`` (or ``path``: one written by ``labd remote add``).
+
+    Refuses (:class:`ConnectionFileError`) a runtime directory that is not ours and private (local daemon
+    only), and a file that is a symlink, not ours, or readable by others: its key signs requests and its
+    endpoints get the key.
+    """
+    remote = path is not None
     path = path or layout.connection_file
     try:
-        st = path.stat()
-        if st.st_uid != os.getuid() or st.st_mode & 0o077:
-            raise ConnectionFileError(f"refusing {path}: it must belong to you and be private (mode 0600)")
-        data = json.loads(path.read_text())
-        return ConnectionInfo(**data)
+        if not remote:
+            layout.check_runtime_dir()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+                raise UnsafeConnectionFile(
+                    f"refusing {path}: it must be a file of your own (uid {os.getuid()}, found uid {st.st_uid}) "
+                    f"readable by you only (mode 0600, found {stat.S_IMODE(st.st_mode):04o})")
+            data = json.loads(f.read())
+        known = {f.name for f in fields(ConnectionInfo)}
+        return ConnectionInfo(**{k: v for k, v in data.items() if k in known})
     except FileNotFoundError:
         raise ConnectionFileError(f"no labd daemon is running for home {layout.home} "
                                   f"(no {path}); start one with `labd serve`") from None
-    except (OSError, ValueError, TypeError) as exc:
+    except UnsafeRuntimeDir as exc:
+        raise UnsafeConnectionFile(str(exc)) from None
+    except ConnectionFileError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  #: O_NOFOLLOW met a symlink
+            raise UnsafeConnectionFile(f"refusing {path}: it is a symlink") from None
+        raise ConnectionFileError(f"cannot read connection file {path}: {exc}") from None
+    except (ValueError, TypeError, AttributeError) as exc:
         raise ConnectionFileError(f"cannot read connection file {path}: {exc}") from None

@@ -41,7 +41,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                         "payload": (str, False),  # a submitted function's pickle (base64)
                         "sys_path": (list, False),  # the client's cwd + PYTHONPATH, first on the runner's sys.path
                         "agents": (dict, False),  # --agent overrides {role asked for: role used}
-                        "skill": (dict, False)},  # started from a skill: {name, version, origin_session}
+                        "skill": (dict, False),  # started from a skill: {name, version, origin_session}
+                        "idempotency_key": (str, False), "request_digest": (str, False)},
     "session.queued": {"position": (int, True), "priority": (int, True)},  # waits for capacity (run queue)
     "session.launched": {"pid": (int, True), "create_time": (NUM, True), "launcher": (str, True)},
     "session.started": {"pid": (int, True), "workdir": (str, True)},  # runner

@@ -4,19 +4,26 @@ The data home (database, session work directories, logs) comes from ``--home`` /
 XDG data directory. Sockets live in a per-user runtime directory (mode 0700). Several daemons can run
 side by side, one per home, so the runtime directory is keyed by a short hash of the home path; the
 hash keeps ``ipc://`` paths well under the ~100-byte limit of Unix socket addresses.
+
+Whoever controls the runtime directory controls the sockets (a listener put in place of
+``runners.sock`` reads every session's output), so daemon and clients check, before they use it, that
+every directory of it labd creates belongs to the current user and is private (0700), and that the
+base (``$XDG_RUNTIME_DIR``) belongs to the user and is writable by nobody else. They never "fix" a
+directory that fails the check: another local user may have made it (e.g. under a shared ``TMPDIR``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
-__all__ = ["Layout", "resolve_home", "layout_for"]
+__all__ = ["Layout", "resolve_home", "layout_for", "UnsafeRuntimeDir", "check_private"]
 
 HOME_ENV = "LABD_HOME"
 
@@ -26,6 +33,30 @@ def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
     if home is None:
         home = os.environ.get(HOME_ENV) or platformdirs.user_data_dir("labd", appauthor=False)
     return Path(home).expanduser().resolve()
+
+
+class UnsafeRuntimeDir(Exception):
+    """A runtime directory (or the connection file) is not the current user's alone: labd refuses to use it."""
+
+
+def check_private(path: Path, *, exact: bool = True) -> None:
+    """Raise :class:`UnsafeRuntimeDir` unless ``path`` is a real directory (no symlink) owned by us.
+
+    ``exact``: mode must be 0700 (no group/other bits at all); otherwise only group/other write is refused
+    (for ``$XDG_RUNTIME_DIR``, which the system creates).
+    """
+    st = os.lstat(path)
+    uid = os.getuid()
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeRuntimeDir(f"refusing runtime directory {path}: it is not a directory (a symlink?)")
+    if st.st_uid != uid:
+        raise UnsafeRuntimeDir(f"refusing runtime directory {path}: it belongs to uid {st.st_uid}, not to you "
+                               f"(uid {uid}); another user may have created it. Remove it, or set "
+                               f"XDG_RUNTIME_DIR/TMPDIR to a directory of your own")
+    bad = 0o077 if exact else 0o022
+    if st.st_mode & bad:
+        raise UnsafeRuntimeDir(f"refusing runtime directory {path}: mode {stat.S_IMODE(st.st_mode):04o} lets other "
+                               f"users in (must be 0700); check what is in it, then `chmod 700 {path}`")
 
 
 def _runtime_base() -> Path:
@@ -66,17 +97,45 @@ class Layout:
     def endpoint(self, name: str) -> str:
         return f"ipc://{self.runtime_dir / name}.sock"
 
+    def _private_chain(self) -> list[Path]:
+        """The runtime directories labd creates itself, outermost first (each must be ours and 0700)."""
+        labd_dir = self.runtime_dir.parent
+        chain = [labd_dir, self.runtime_dir]
+        if labd_dir.parent.name == f"labd-{os.getuid()}":  # no XDG runtime dir: <tmp>/labd-<uid> is ours too
+            chain.insert(0, labd_dir.parent)
+        return chain
+
+    def check_runtime_dir(self) -> None:
+        """Raise :class:`UnsafeRuntimeDir` unless the runtime directory and its parents are ours and private.
+
+        Clients call this before they trust the connection file; a missing directory raises
+        ``FileNotFoundError`` (no daemon).
+        """
+        chain = self._private_chain()
+        base = chain[0].parent  # $XDG_RUNTIME_DIR, or the shared temp dir (sticky, not ours: not checked)
+        if base != Path(tempfile.gettempdir()):
+            check_private(base, exact=False)
+        for d in chain:
+            check_private(d)
+
     def ensure(self) -> None:
-        """Create the home and the runtime directory (0700) if missing."""
+        """Create the home and the runtime directory (0700) if missing; refuse one that is not ours.
+
+        Raises :class:`UnsafeRuntimeDir` (see :meth:`check_runtime_dir`).
+        """
         self.home.mkdir(parents=True, exist_ok=True)
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
-        base = self.runtime_dir.parent
-        if not os.environ.get("XDG_RUNTIME_DIR"):  # our own /tmp/labd-<uid>: nobody else may look in
-            base.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(base.parent, 0o700)
-        base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.runtime_dir.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(self.runtime_dir, 0o700)
+        chain = self._private_chain()
+        base = chain[0].parent
+        base.mkdir(parents=True, exist_ok=True)
+        if base != Path(tempfile.gettempdir()):
+            check_private(base, exact=False)
+        for d in chain:  # checked one by one: nothing is created inside a directory that failed
+            try:
+                d.mkdir(mode=0o700)  # the umask can only narrow 0700
+            except FileExistsError:
+                pass
+            check_private(d)
 
 
 def layout_for(home: str | os.PathLike[str] | None = None) -> Layout:

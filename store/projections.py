@@ -70,6 +70,7 @@ class RowChanges:
     files: list[dict[str, Any]] = field(default_factory=list)
     approval_inserts: list[dict[str, Any]] = field(default_factory=list)
     approval_updates: list[dict[str, Any]] = field(default_factory=list)
+    idempotency: list[dict[str, Any]] = field(default_factory=list)  # session.start keys, with the session
     blobs: list[dict[str, Any]] = field(default_factory=list)
     blob_refs: list[dict[str, Any]] = field(default_factory=list)
 
@@ -140,6 +141,9 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
                             "to_status": "created", "reason": "created", "actor": "client", "node_id": None})
         budget = payload["limits"].get("budget")
         cur.budget = float(budget) if isinstance(budget, int | float) else None
+        if payload.get("idempotency_key"):  # committed with the session: a retry finds it, even after a restart
+            out.idempotency.append({"key": payload["idempotency_key"], "session_id": cur.id,
+                                    "digest": payload.get("request_digest") or "", "created_at": ts})
     elif kind == "session.queued":
         _transition(cur, "queued", seq, ts, f"queued at position {payload['position']}", actor, out)
     elif kind == "session.launched":

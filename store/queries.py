@@ -12,7 +12,18 @@ import orjson
 from sqlalchemy import Engine, func, select
 
 from labd.store.blobs import inline
-from labd.store.schema import approvals, cost_records, dag_edges, events, files, sessions, state_history, steps
+from labd.store.schema import (
+    IDEMPOTENCY_RETENTION,
+    approvals,
+    cost_records,
+    dag_edges,
+    events,
+    files,
+    idempotency_keys,
+    sessions,
+    state_history,
+    steps,
+)
 
 __all__ = ["Store", "MAX_PAGE", "rollup", "COST_GROUPS"]
 
@@ -65,6 +76,15 @@ class Store:
         with self.engine.connect() as conn:
             row = conn.execute(select(sessions).where(sessions.c.id == session_id)).mappings().first()
         return _session_dict(row) if row else None
+
+    def idempotent_start(self, key: str, now: float) -> dict[str, Any] | None:
+        """The session a ``session.start`` with idempotency ``key`` created (``session_id``, ``digest``), if the
+        key is still retained at ``now``."""
+        q = select(idempotency_keys.c.session_id, idempotency_keys.c.digest).where(
+            idempotency_keys.c.key == key, idempotency_keys.c.created_at >= now - IDEMPOTENCY_RETENTION)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        return dict(row) if row else None
 
     def find_session(self, ref: str) -> list[dict[str, Any]]:
         """Sessions whose id starts with ``ref`` or whose name equals it (newest first)."""

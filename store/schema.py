@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
 
 __all__ = ["metadata", "sessions", "events", "steps", "state_history", "dag_edges", "cost_records", "files",
-           "approvals", "skills", "blobs", "blob_refs"]
+           "approvals", "skills", "blobs", "blob_refs", "idempotency_keys", "IDEMPOTENCY_RETENTION"]
 
 metadata = MetaData()
 
@@ -191,3 +191,16 @@ blob_refs = Table(
     Column("first_seq", Integer, nullable=False),  # the event that brought it
 )
 Index("ix_blob_refs_sha256", blob_refs.c.sha256)
+
+#: how long a session.start idempotency key is remembered (a retry after that starts a new session)
+IDEMPOTENCY_RETENTION = 24 * 3600.0
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key", String(200), primary_key=True),  # client-generated, one per intended start
+    Column("session_id", String(32), nullable=False),
+    Column("digest", String(64), nullable=False),  # of the request, to refuse a key re-used for another request
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_idempotency_keys_created_at", idempotency_keys.c.created_at)

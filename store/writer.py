@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select
 
 from labd.store.projections import RowChanges, SessionCursor
 from labd.store.retention import delete_sessions
-from labd.store.schema import approvals, sessions
+from labd.store.schema import IDEMPOTENCY_RETENTION, approvals, sessions
 from labd.store.skills import delete_skill, insert_skill
 
 __all__ = ["BatchWriter", "EventRow"]
@@ -173,6 +173,12 @@ class BatchWriter:
                 conn.exec_driver_sql(sql, [(r["status"], r["ended_at"], r["duration"], r["error"],
                                             r["session_id"], r["node_id"]) for r in changes.step_updates])
             self._insert(conn, "state_history", changes.history)
+            if changes.idempotency:
+                # bounded retention, pruned where keys are added (starts are rare; the index makes it cheap);
+                # first, so that an expired key given again is recorded for its new session
+                cutoff = changes.idempotency[0]["created_at"] - IDEMPOTENCY_RETENTION
+                conn.exec_driver_sql(f"DELETE FROM idempotency_keys WHERE created_at < {p}", (cutoff,))
+                self._insert(conn, "idempotency_keys", changes.idempotency, ignore_duplicates=True)
             conn.commit()
         except BaseException:
             conn.rollback()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 import time
 from typing import Any
+
+import orjson
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.monitor import Limits
@@ -15,6 +18,7 @@ from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT,
 from labd.ipc.signing import derive_key
 from labd.ipc.units import UnitError, parse_duration, parse_percent, parse_size
 from labd.runner.workflows.registry import WorkflowError, canonical
+from labd.store.schema import IDEMPOTENCY_RETENTION
 
 __all__ = ["resolve_ref", "resolve_session", "session_spec", "requeue"]
 
@@ -154,11 +158,71 @@ def live_view(req: Request, row: dict[str, Any], live: dict[str, dict[str, Any]]
     return out
 
 
+MAX_PENDING_KEYS = 10_000  # in-flight idempotency keys remembered in memory (each a few dozen bytes)
+
+
+def _request_digest(body: dict[str, Any]) -> str:
+    """What a start asks for, so a key re-used for a different request is refused rather than replayed."""
+    # everything but the key and where the client stands (a retry from another shell is the same request);
+    # absent and empty (null, {}, [], "") mean the same
+    what = {k: v for k, v in body.items()
+            if k not in ("idempotency_key", "cwd", "pythonpath") and v not in (None, {}, [], "")}
+    return hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS, default=repr)).hexdigest()
+
+
 @register
 class Start(Request):
+    """Start a session. With ``idempotency_key`` a retry of the same request returns the session the first
+    one started (found in memory while its creation is not yet committed, then in the store, where the key
+    is committed with the session and kept :data:`IDEMPOTENCY_RETENTION` seconds); never a second session."""
+
     type = "session.start"
 
+    def _replayed(self, key: str, digest: str) -> dict[str, Any] | None:
+        d = self.daemon
+        pending = d.idempotent_starts
+        hit = pending.get(key)
+        if hit is not None:
+            sid, first, name = hit[0], hit[1], hit[2]
+        else:
+            row = d.store.idempotent_start(key, time.time())
+            if row is None:
+                return None
+            sid, first, name = row["session_id"], row["digest"], None
+        if first and first != digest:
+            raise ApiError("idempotency_conflict", "this idempotency_key was used for a different session.start "
+                           "(another workflow, params, name, limits, ...); use a new key per request",
+                           {"session": sid})
+        stored = d.store.session(sid)
+        run = d.supervisor.running.get(sid)
+        return {"session": sid, "name": stored["name"] if stored else name, "pid": run.pid if run else None,
+                "replayed": True}
+
+    def _remember(self, key: str, sid: str, digest: str, name: str) -> None:
+        pending = self.daemon.idempotent_starts
+        now = time.time()
+        # normally emptied as ingest commits; bounded in case a store outage holds starts for a long time
+        for k in [k for k, v in pending.items() if now - v[3] > IDEMPOTENCY_RETENTION]:
+            del pending[k]
+        while len(pending) >= MAX_PENDING_KEYS:
+            del pending[next(iter(pending))]  # oldest first (insertion order)
+        pending[key] = (sid, digest, name, now)
+        requests = self.daemon.idempotent_requests
+        while len(requests) >= MAX_PENDING_KEYS:
+            del requests[next(iter(requests))]
+        requests[self.reply_to[1]] = key
+
     def execute(self) -> Any:
+        if self.daemon.draining:
+            raise ApiError("draining", "the daemon is stopping and stopping its sessions (serve --drain): "
+                           "no new sessions; start it again, then retry")
+        key = self.arg("idempotency_key", str, None, check=lambda s: 0 < len(s) <= 200 and s.isprintable(),
+                       hint="1-200 printable characters")
+        digest = _request_digest(self.body)
+        if key is not None:
+            replay = self._replayed(key, digest)
+            if replay is not None:
+                return replay
         skill = None
         ref = self.body.get("workflow")
         if isinstance(ref, str) and ref.startswith("skill:"):  # a saved skill: its workflow, params and plan
@@ -216,6 +280,9 @@ class Start(Request):
             created["sys_path"] = path
         if overrides:
             created["agents"] = overrides
+        if key is not None:
+            created.update(idempotency_key=key, request_digest=digest)
+            self._remember(key, sid, digest, name)
         if skill is not None:
             created["skill"] = skill
         if tags:

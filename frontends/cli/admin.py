@@ -25,7 +25,11 @@ def cmd_serve(args: argparse.Namespace, ctx: Ctx) -> int:
     from labd.daemon import logsetup
     from labd.daemon.config import ConfigError, load_config
     from labd.daemon.server import AlreadyRunning, Daemon, GatewayError
+    from labd.frontends import daemonctl
+    from labd.ipc.paths import UnsafeRuntimeDir
 
+    if args.detach:
+        return daemonctl.serve_detached(args, ctx.home)
     try:
         cfg = load_config(ctx.home, db_url=args.db, log_format=args.log_format, log_level=args.log_level,
                           listen=args.listen)
@@ -34,10 +38,10 @@ def cmd_serve(args: argparse.Namespace, ctx: Ctx) -> int:
         return 2
     logsetup.configure(cfg.log_format, cfg.log_level)
     setproctitle(f"labd: daemon ({cfg.home})")
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, drain=args.drain)
     try:
         daemon.serve()
-    except (AlreadyRunning, GatewayError) as exc:
+    except (AlreadyRunning, GatewayError, UnsafeRuntimeDir) as exc:
         print(f"labd: {exc}", file=sys.stderr)
         return 2
     except sqlalchemy.exc.SQLAlchemyError as exc:
@@ -81,7 +85,8 @@ def _paths(ctx: Ctx) -> dict[str, Any]:
             "connection_file": str(layout.connection_file), "database": db, "database_from": db_from,
             "config_files": [str(xdg / "labd" / "config.toml"), str(layout.config_file)],
             "sessions_dir": str(layout.sessions_dir), "daemon_running": running,
-            "daemon_log": "stderr of `labd serve` (under systemd: journalctl --user -u labd)"}
+            "daemon_log": f"stderr of `labd serve` (`serve --detach`: {layout.home / 'daemon.log'}; "
+                          "under systemd: journalctl --user -u labd)"}
 
 
 def cmd_paths(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -149,6 +154,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     s.add_argument("--listen", metavar="tcp://HOST:PORT",
                    help="also serve clients on TCP, encrypted and authenticated with CurveZMQ (events on PORT+1)")
+    s.add_argument("--detach", action="store_true",
+                   help="start the daemon in the background; return once it answers (prints pid and log file)")
+    s.add_argument("--drain", action="store_true",
+                   help="on SIGTERM/SIGINT stop the running sessions gracefully and wait for them before "
+                        "exiting (default: they keep running and the next daemon adopts them)")
 
     s = command(sub, "status", cmd_status, "the daemon: pid, uptime, home, database, running sessions, counters")
     add_json(s, "the daemon.status reply")

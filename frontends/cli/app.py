@@ -20,6 +20,7 @@ from labd.frontends.cli import (
     retention,
     search,
     servers,
+    service,
     sessions,
     skills,
 )
@@ -30,10 +31,13 @@ from labd.ipc.units import UnitError
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 #: each module's ``register(sub)`` adds its commands; a new command group is one more entry here
-COMMAND_MODULES = [sessions, logs, approvals, records, search, skills, retention, admin, remote, servers, completion]
+COMMAND_MODULES = [sessions, logs, approvals, records, search, skills, retention, admin, service, remote,
+                   servers, completion]
 
 EPILOG = """examples:
   labd serve &                               run the daemon (foreground; use systemd or & to background)
+  labd serve --detach / labd wait            in the background, returning once it answers (for scripts)
+  labd service install                       a systemd user unit for this interpreter (then systemctl --user)
   labd run demo.count -p n=5 --follow        start a session and follow its output and agent activity
   labd run ./flows.py:study --memory 512M --cpus 0.5 --timeout 1h30m
   labd ps                                    live sessions with RSS / CPU / cost (-a: all)

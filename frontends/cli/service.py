@@ -1,0 +1,41 @@
+"""The daemon as a service: `labd wait` (for scripts) and `labd service install|uninstall|status` (systemd).
+
+``labd serve --detach`` / ``--drain`` are options of ``serve`` (admin.py); the logic lives in
+:mod:`labd.frontends.daemonctl` and :mod:`labd.frontends.service`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from labd.frontends import daemonctl, service
+from labd.frontends.cli.base import Ctx, command
+
+__all__ = ["register"]
+
+
+def cmd_wait(args: argparse.Namespace, ctx: Ctx) -> int:
+    return daemonctl.wait(ctx.home, args.timeout)
+
+
+def cmd_service(args: argparse.Namespace, ctx: Ctx) -> int:
+    if args.service_cmd == "install":
+        return service.install(ctx.home, drain=args.drain, watchdog_sec=args.watchdog, enable=args.enable)
+    if args.service_cmd == "uninstall":
+        return service.uninstall()
+    return service.status()
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = command(sub, "wait", cmd_wait, "wait until the daemon answers (for scripts that just started one)")
+    s.add_argument("--timeout", type=float, default=30.0, help="give up after this many seconds (default 30)")
+
+    s = command(sub, "service", cmd_service, "install, remove or inspect labd as a systemd user service")
+    actions = s.add_subparsers(dest="service_cmd", required=True, metavar="ACTION")
+    i = actions.add_parser("install", help=f"write ~/.config/systemd/user/{service.UNIT_NAME} for this interpreter")
+    i.add_argument("--drain", action="store_true", help="stopping the service stops sessions gracefully first")
+    i.add_argument("--watchdog", type=int, default=service.WATCHDOG_SEC, metavar="SEC",
+                   help=f"WatchdogSec: restart a daemon that stops answering (default {service.WATCHDOG_SEC})")
+    i.add_argument("--enable", action="store_true", help="also `systemctl --user enable --now labd`")
+    actions.add_parser("uninstall", help="stop and disable the service, remove the unit (sessions keep running)")
+    actions.add_parser("status", help="is the unit installed, current, enabled, running; is lingering on")

@@ -1,0 +1,73 @@
+"""Starting the daemon from scripts: ``labd serve --detach`` and ``labd wait``.
+
+``serve --detach`` starts ``labd serve`` as a detached process (own session, stdin closed, output to a log
+file in the home) and returns only once that very process answers a ping, so the next command works at
+once; if it exits first (another daemon already serves the home, a bad config) it says why and fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from labd.ipc.client import Client, LabdError
+from labd.ipc.paths import layout_for
+from labd.ipc.ready import wait_for_daemon
+
+__all__ = ["serve_detached", "wait", "DETACH_TIMEOUT"]
+
+DETACH_TIMEOUT = 60.0  # first start: migrations and the runner template's imports take a few seconds
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def serve_detached(args: argparse.Namespace, home: str | None) -> int:
+    """``labd serve --detach``: start a daemon in the background and wait until it is ready."""
+    layout = layout_for(home)
+    layout.home.mkdir(parents=True, exist_ok=True)
+    log_path = layout.home / "daemon.log"
+    argv = [sys.executable, "-m", "labd", "--home", str(layout.home), "serve"]
+    for flag, value in (("--db", args.db), ("--log-format", args.log_format or "json"),
+                        ("--log-level", args.log_level), ("--listen", getattr(args, "listen", None))):
+        if value:
+            argv += [flag, value]
+    if args.drain:
+        argv.append("--drain")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + DETACH_TIMEOUT
+    while True:
+        code = proc.poll()
+        if code is not None:
+            print(f"labd: the daemon exited with code {code} before it was ready; the end of {log_path}:\n"
+                  f"{_tail(log_path)}", file=sys.stderr)
+            return 2
+        try:
+            with Client(layout.home, timeout=1.0) as c:
+                if c.ping().get("pid") == proc.pid:  # our daemon, not one that was already there
+                    print(f"labd daemon pid {proc.pid} serving {layout.home}; log: {log_path}")
+                    return 0
+        except LabdError as exc:
+            if exc.code not in ("no_daemon", "timeout"):
+                raise
+        if time.monotonic() > deadline:
+            print(f"labd: the daemon (pid {proc.pid}) did not answer within {DETACH_TIMEOUT:g}s; it keeps "
+                  f"starting in the background; see {log_path}", file=sys.stderr)
+            return 2
+        time.sleep(0.05)
+
+
+def wait(home: str | None, timeout: float) -> int:
+    """``labd wait``: block until the daemon answers; exit 2 (``LabdError`` timeout) after ``timeout``."""
+    pong = wait_for_daemon(home, timeout=timeout)
+    print(f"labd daemon pid {pong.get('pid')} ready")
+    return 0

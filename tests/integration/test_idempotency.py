@@ -1,0 +1,121 @@
+"""Idempotent session.start: a retried request (same idempotency key) never starts a second session, also when
+the retry comes while the first is still in flight, or after a daemon restart (issue 8, item 12)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DaemonProc, running_daemon, wait_until
+
+
+def _count_sessions(home: Path) -> int:
+    with sqlite3.connect(home / "labd.db") as conn:
+        return int(conn.execute("SELECT count(*) FROM sessions").fetchone()[0])
+
+
+def test_same_key_twice_returns_the_first_session(daemon: DaemonProc) -> None:
+    """The second start with the same key replies with the first session (marked `replayed`) and starts
+    nothing; a different key starts a new session; the key is stored with the session."""
+    with daemon.client() as c:
+        body = {"workflow": "demo.count", "params": {"n": 2, "delay": 0.01}, "idempotency_key": "k-1"}
+        first = c.request("session.start", **body)
+        again = c.request("session.start", **body)
+        assert again["session"] == first["session"] and again.get("replayed") is True
+        assert "replayed" not in first
+        other = c.start("demo.count", params={"n": 2, "delay": 0.01}, idempotency_key="k-2")
+        assert other != first["session"]
+        assert len(c.sessions()) == 2
+        c.wait(first["session"], timeout=60)
+        created = next(e for e in c.history(first["session"]) if e["kind"] == "session.created")
+        assert created["payload"]["idempotency_key"] == "k-1"
+
+
+def test_retry_in_flight_gives_one_session(daemon: DaemonProc) -> None:
+    """Two identical starts sent back to back, the second before the first is committed or answered, get the
+    same session: in-flight keys are remembered, not only committed ones."""
+    with daemon.client() as c:
+        body = {"workflow": "demo.count", "params": {"n": 1, "delay": 0.01}, "idempotency_key": "burst"}
+        frames = [c._codec.pack("session.start", body) for _ in range(2)]
+        for f in frames:
+            c._sock.send_multipart(f)
+        replies = []
+        while len(replies) < 2:
+            assert c._sock.poll(30_000), "no reply"
+            replies.append(c._codec.unpack(c._sock.recv_multipart()).body)
+        assert all(r["ok"] for r in replies), replies
+        assert replies[0]["result"]["session"] == replies[1]["result"]["session"]
+        wait_until(lambda: len(c.sessions()) == 1, what="the session row")
+        assert _count_sessions(daemon.home) == 1
+
+
+def test_timed_out_start_retried_with_its_key_runs_once(daemon: DaemonProc) -> None:
+    """The issue's case: a start times out at the client but runs in the daemon; the retry with the same key
+    (as the SDK does) returns that session instead of starting a second run. The SDK's own retry loop with
+    a too-short timeout also ends with exactly one session."""
+    from labd.ipc import Client, LabdError
+
+    with Client(daemon.home, timeout=0.001) as hasty:
+        with pytest.raises(LabdError) as err:
+            hasty.start("demo.count", params={"n": 1, "delay": 0.01}, idempotency_key="slow", retries=0)
+        assert err.value.code == "timeout"
+    with daemon.client() as c:
+        sid = c.start("demo.count", params={"n": 1, "delay": 0.01}, idempotency_key="slow")
+        assert [s["id"] for s in c.sessions()] == [sid]
+    with Client(daemon.home, timeout=0.05) as quick:
+        sid2 = quick.start("demo.count", params={"n": 1, "delay": 0.01}, retries=400)
+    with daemon.client() as c:
+        assert sorted(s["id"] for s in c.sessions()) == sorted([sid, sid2])
+
+
+def test_same_key_after_daemon_restart(isolated_env: Path) -> None:
+    """Keys are committed with the session in the store: after a daemon restart the same key still returns
+    the first session."""
+    with running_daemon(isolated_env) as d, d.client() as c:
+        sid = c.start("demo.count", params={"n": 1, "delay": 0.01}, idempotency_key="durable")
+        c.wait(sid, timeout=60)
+    with running_daemon(isolated_env) as d, d.client() as c:
+        again = c.request("session.start", workflow="demo.count", params={"n": 1, "delay": 0.01},
+                          idempotency_key="durable")
+        assert again["session"] == sid and again["replayed"] is True
+        assert len(c.sessions()) == 1
+
+
+def test_key_reused_for_another_request_is_refused(daemon: DaemonProc) -> None:
+    """A key re-used with different params is a client bug: refused with `idempotency_conflict` (naming the
+    first session), not silently answered with a session that does something else."""
+    from labd.ipc import LabdError
+
+    with daemon.client() as c:
+        sid = c.start("demo.count", params={"n": 1, "delay": 0.01}, idempotency_key="k")
+        with pytest.raises(LabdError) as err:
+            c.start("demo.count", params={"n": 2, "delay": 0.01}, idempotency_key="k")
+        assert err.value.code == "idempotency_conflict" and err.value.details["session"] == sid
+        with pytest.raises(LabdError) as err:
+            c.request("session.start", workflow="demo.count", idempotency_key="")
+        assert err.value.code == "bad_request"
+        assert len(c.sessions()) == 1
+
+
+def test_expired_keys_are_pruned(isolated_env: Path) -> None:
+    """Retention is bounded: a key older than the retention period no longer replays, and is deleted from the
+    store when new keys are added."""
+    from labd.store.schema import IDEMPOTENCY_RETENTION
+
+    with running_daemon(isolated_env) as d, d.client() as c:
+        old = c.start("demo.count", params={"n": 1, "delay": 0.01}, idempotency_key="old")
+        c.wait(old, timeout=60)
+    with sqlite3.connect(isolated_env / "labd.db") as conn:
+        conn.execute("UPDATE idempotency_keys SET created_at = created_at - ? WHERE key = 'old'",
+                     (IDEMPOTENCY_RETENTION + 60,))
+    with running_daemon(isolated_env) as d, d.client() as c:
+        new = c.start("demo.count", params={"n": 1, "delay": 0.01}, idempotency_key="old")
+        assert new != old
+        wait_until(lambda: _keys(isolated_env) == [("old", new)], what="expired key replaced")
+
+
+def _keys(home: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(home / "labd.db") as conn:
+        return [tuple(r) for r in conn.execute("SELECT key, session_id FROM idempotency_keys")]

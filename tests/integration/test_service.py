@@ -1,0 +1,330 @@
+"""The daemon as a service: dead-daemon detection, `serve --detach` / `labd wait`, the drain policy, systemd
+notifications (READY/STATUS/WATCHDOG over a real NOTIFY_SOCKET), journald priorities and `labd service`
+(issue 8, items 10 and "a real systemd service")."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, DaemonProc, kill_runners, running_daemon, wait_until
+
+
+def _labd(*args: str, timeout: float = 90, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "labd", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+# ---- dead daemon, detach, wait --------------------------------------------------------------------------------
+def test_client_fails_fast_against_a_killed_daemon(daemon: DaemonProc) -> None:
+    """After kill -9 of the daemon its connection file stays behind; a client sees that the pid is gone and
+    fails with `no_daemon` at once, instead of waiting its 15 s reply timeout; the CLI says so clearly."""
+    from labd.ipc import Client, LabdError
+
+    daemon.kill9()
+    t0 = time.monotonic()
+    with pytest.raises(LabdError) as err:
+        Client(daemon.home, timeout=15.0)
+    elapsed = time.monotonic() - t0
+    print(f"dead daemon detected in {elapsed * 1000:.1f} ms (reply timeout 15 s)")
+    assert err.value.code == "no_daemon" and "is not running" in err.value.message
+    assert elapsed < 5.0, "the client waited for a reply instead of checking the daemon's pid"
+    r = _labd("ps")
+    assert r.returncode == 2 and "[no_daemon]" in r.stderr and "killed or crashed" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["start_ticks", "started-only"])
+def test_recycled_pid_is_not_mistaken_for_the_daemon(daemon: DaemonProc, exact: bool) -> None:
+    """The connection file names the daemon's pid *and* start (exact clock ticks, or the start time when a
+    reader has only that): a stale file whose pid now belongs to another live process (pid 1, started long
+    before) is still recognised as stale."""
+    from labd.ipc import Client, LabdError
+    from labd.ipc.paths import layout_for
+
+    path = layout_for(daemon.home).connection_file
+    info = json.loads(path.read_text())
+    assert info["pid"] == daemon.proc.pid and isinstance(info["started"], float)
+    assert isinstance(info["start_ticks"], int)
+    with Client(daemon.home) as c:  # the live daemon passes the same check
+        c.ping()
+    daemon.kill9()
+    info["pid"] = 1
+    if not exact:
+        del info["start_ticks"]
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, json.dumps(info).encode())
+    os.close(fd)
+    with pytest.raises(LabdError) as err:
+        Client(daemon.home, timeout=15.0)
+    assert err.value.code == "no_daemon"
+
+
+def test_serve_detach_then_ps_works_at_once(isolated_env: Path) -> None:
+    """`labd serve --detach` returns only when its daemon answers (printing pid and log file), so the next
+    command works immediately; a second `serve --detach` on the same home fails and says why."""
+    r = _labd("serve", "--detach")
+    assert r.returncode == 0, r.stderr
+    pid = int(r.stdout.split("pid ")[1].split()[0])
+    try:
+        assert "log: " in r.stdout and Path(r.stdout.split("log: ")[1].strip()).exists()
+        ps = _labd("ps")
+        assert ps.returncode == 0 and "no live sessions" in ps.stdout + ps.stderr, ps.stderr
+        again = _labd("serve", "--detach")
+        assert again.returncode == 2 and "already serving" in again.stderr, again.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
+                   timeout=30, what="detached daemon exit")
+        kill_runners(isolated_env)
+
+
+def test_labd_wait(isolated_env: Path) -> None:
+    """`labd wait` fails (exit 2, timeout) when no daemon comes, and returns as soon as a starting daemon
+    answers."""
+    r = _labd("wait", "--timeout", "0.5")
+    assert r.returncode == 2 and "[timeout]" in r.stderr, r.stderr
+    d = DaemonProc(isolated_env).start(wait=False)
+    try:
+        r = _labd("wait", "--timeout", "90")
+        assert r.returncode == 0 and f"pid {d.proc.pid} ready" in r.stdout, r.stderr
+    finally:
+        d.stop()
+
+
+def test_drain_stops_sessions_before_exit(isolated_env: Path) -> None:
+    """Default policy: a stopped daemon leaves sessions running. With `serve --drain`, SIGTERM first stops
+    every running session through the ordinary stop ladder (refusing new sessions meanwhile), records their
+    ends, then exits 0."""
+    from labd.ipc import LabdError
+
+    with running_daemon(isolated_env) as d:
+        with d.client() as c:
+            kept = c.start("demo.sleep", params={"seconds": 600})
+            wait_until(lambda: c.session(kept)["status"] == "running", timeout=60, what="running")
+        assert d.stop() == 0
+        with running_daemon(isolated_env, args=["--drain"]) as d2:
+            with d2.client() as c:
+                assert c.session(kept)["status"] == "running", "the session did not survive a plain stop"
+                other = c.start("labd_testflows:stubborn")  # only SIGKILL ends it: the drain takes ~10 s
+                wait_until(lambda: c.session(other)["status"] == "running", timeout=60, what="running")
+            d2.proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: "draining" in d2.log(), timeout=30, what="the drain to begin")
+            with d2.client() as c:  # while draining, the daemon still answers but starts nothing new
+                with pytest.raises(LabdError) as err:
+                    c.start("demo.count", params={"n": 1})
+                assert err.value.code == "draining"
+            assert d2.proc.wait(60) == 0
+        with running_daemon(isolated_env) as d3, d3.client() as c:
+            for sid in (kept, other):
+                row = c.session(sid)
+                assert row["status"] == "cancelled" and row["stop_by"] == "daemon", row
+            assert c.session(other)["ended_by"] == "sigkill", "the drain did not run the whole ladder"
+
+
+# ---- systemd notifications ------------------------------------------------------------------------------------
+class NotifyListener:
+    """A real sd_notify receiver: an AF_UNIX datagram socket the test binds, collecting messages."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address.replace("@", "\0", 1) if address.startswith("@") else address)
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append((time.monotonic(), fields))
+
+    def having(self, key: str) -> list[dict[str, str]]:
+        return [m for _, m in self.messages if key in m]
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[NotifyListener]:
+    path = Path(tempfile.mkdtemp(prefix="ln", dir="/tmp")) / "notify"
+    listener = NotifyListener(str(path))
+    yield listener
+    listener.close()
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def test_ready_status_watchdog_over_notify_socket(isolated_env: Path, notify_socket: NotifyListener) -> None:
+    """Under systemd (NOTIFY_SOCKET, WATCHDOG_USEC set) the daemon sends READY=1 with its MAINPID only when it
+    answers requests, STATUS= lines, WATCHDOG=1 about every half watchdog period, STOPPING=1 on SIGTERM; and
+    its sessions do not inherit NOTIFY_SOCKET (they must not speak for the daemon)."""
+    from labd.ipc import Client
+
+    d = DaemonProc(isolated_env, extra_env={"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "1000000"})
+    d.start(wait=False)
+    try:
+        ready = wait_until(lambda: notify_socket.having("READY"), timeout=60, what="READY=1")[0]
+        with Client(isolated_env, timeout=5.0) as c:  # ready means ready: the very next request is answered
+            assert c.ping()["pid"] == d.proc.pid
+            assert ready["READY"] == "1" and ready["MAINPID"] == str(d.proc.pid) and "serving" in ready["STATUS"]
+            sid = c.start("demo.sleep", params={"seconds": 600})
+            wait_until(lambda: c.session(sid)["status"] == "running", timeout=60, what="running")
+            runner_env = Path(f"/proc/{c.session(sid)['pid']}/environ").read_bytes()
+            assert b"NOTIFY_SOCKET" not in runner_env and b"WATCHDOG_USEC" not in runner_env
+        wait_until(lambda: any("1 session running" in m["STATUS"] for m in notify_socket.having("STATUS")),
+                   timeout=30, what="STATUS with the running session")
+        wait_until(lambda: len(notify_socket.having("WATCHDOG")) >= 3, timeout=30, what="3 watchdog pings")
+        pings = [t for t, m in notify_socket.messages if "WATCHDOG" in m]
+        gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+        print(f"watchdog pings every {sum(gaps) / len(gaps):.2f}s (WATCHDOG_USEC 1 s: every third)")
+        assert all(m["WATCHDOG"] == "1" for m in notify_socket.having("WATCHDOG"))
+    finally:
+        assert d.stop() == 0
+        kill_runners(isolated_env)
+    stopping = notify_socket.having("STOPPING")
+    assert stopping and "1 sessions keep running" in stopping[0]["STATUS"]
+
+
+def test_abstract_notify_socket(isolated_env: Path) -> None:
+    """A NOTIFY_SOCKET starting with '@' names the abstract namespace (as systemd passes it); READY=1 arrives."""
+    listener = NotifyListener(f"@labd-test-{secrets.token_hex(6)}")
+    try:
+        with running_daemon(isolated_env, extra_env={"NOTIFY_SOCKET": listener.address}):
+            wait_until(lambda: listener.having("READY"), timeout=30, what="READY=1")
+    finally:
+        listener.close()
+
+
+def test_watchdog_withheld_while_unhealthy(notify_socket: NotifyListener) -> None:
+    """The heartbeat pings only while told the daemon is healthy, and says why in STATUS when not."""
+    from labd.daemon.systemd import Heartbeat, Notifier
+
+    env = {"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "100000"}
+    notifier = Notifier(env)
+    assert env == {}, "the notifier must take its variables out of the environment children inherit"
+    hb = Heartbeat(notifier, status_every=0.0)
+    for _ in range(5):
+        hb.tick(False, 0, 0, "ingest stuck for 12s")
+        time.sleep(0.06)
+    wait_until(lambda: notify_socket.having("STATUS"), what="STATUS")
+    assert not notify_socket.having("WATCHDOG") and hb.withheld >= 2
+    assert "UNHEALTHY: ingest stuck" in notify_socket.having("STATUS")[-1]["STATUS"]
+    hb.tick(True, 2, 0)
+    wait_until(lambda: notify_socket.having("WATCHDOG"), what="a ping once healthy")
+    notifier.close()
+
+
+def test_journald_priorities(isolated_env: Path) -> None:
+    """When stderr is the journal stream (JOURNAL_STREAM names its device:inode), each log line starts with
+    its syslog priority, <6> for info and <4> for warnings; otherwise lines are plain JSON."""
+    d = DaemonProc(isolated_env)
+    d.log_path.parent.mkdir(parents=True, exist_ok=True)
+    d.log_path.touch()
+    st = d.log_path.stat()
+    d.env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+    d.start()
+    try:
+        with d.client() as c:
+            c.ping()
+    finally:
+        d.stop()
+    lines = [line for line in d.log().splitlines() if line.strip()]
+    serving = next(line for line in lines if "labd serving" in line)
+    assert serving.startswith('<6>{"'), serving
+    assert json.loads(serving[3:])["level"] == "info"
+    with running_daemon(isolated_env) as plain:
+        pass
+    records = [line for line in plain.log().splitlines() if line.startswith(("{", "<"))]
+    assert records and all(line.startswith("{") for line in records), records
+
+
+# ---- labd service install|status|uninstall --------------------------------------------------------------------
+def test_service_install_writes_a_user_unit_for_this_interpreter(isolated_env: Path, tmp_path: Path) -> None:
+    """`labd service install` writes ~/.config/systemd/user/labd.service running *this* interpreter with the
+    home in use, as a Type=notify unit with a watchdog and KillMode=process, explains lingering; `status`
+    recognises it; `uninstall` removes it."""
+    unit = tmp_path / ".config" / "systemd" / "user" / "labd.service"
+    # never the real user manager: the isolated XDG_RUNTIME_DIR has no bus, and no session bus address either
+    env = {k: v for k, v in os.environ.items() if k != "DBUS_SESSION_BUS_ADDRESS"}
+    r = _labd("service", "install", "--drain", env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"wrote {unit}" in r.stdout and "loginctl enable-linger" in r.stdout
+    text = unit.read_text()
+    assert f"\nExecStart={sys.executable} -m labd --home {isolated_env} serve --log-format json --drain\n" in text
+    for line in ("Type=notify", "WatchdogSec=60", "KillMode=process", "WantedBy=default.target"):
+        assert f"\n{line}\n" in text
+    assert "unchanged" in _labd("service", "install", "--drain", env=env).stdout
+    st = _labd("service", "status", env=env)
+    assert st.returncode == 0 and str(unit) in st.stdout and "not this interpreter" not in st.stdout, st.stdout
+    r = _labd("service", "uninstall", env=env)
+    assert r.returncode == 0 and not unit.exists()
+    assert _labd("service", "status", env=env).returncode == 1
+
+
+def test_generated_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """The generated unit, including a home path with a space and a '%', is valid for systemd: `systemd-analyze
+    --user verify` accepts it without a single warning."""
+    from labd.frontends.service import render_unit
+
+    exe = shutil.which("systemd-analyze")
+    if exe is None:
+        print("SKIPPED: systemd-analyze not installed")
+        pytest.skip("systemd-analyze not installed")
+    unit = tmp_path / "labd.service"
+    unit.write_text(render_unit(sys.executable, str(tmp_path / "my home 100%")))
+    r = subprocess.run([exe, "--user", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    # newer systemd versions note that KillMode=process is discouraged: it is our deliberate drain policy
+    complaints = [line for line in (r.stdout + r.stderr).splitlines() if line.strip() and "KillMode" not in line]
+    assert r.returncode == 0 and not complaints, r.stdout + r.stderr
+    broken = unit.read_text().replace("Type=notify", "Type=notfy")
+    unit.write_text(broken)
+    r = subprocess.run([exe, "--user", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert "notfy" in r.stdout + r.stderr, "verify did not look at the unit at all"
+
+
+def test_scripts_labd_service_is_the_generated_unit() -> None:
+    """scripts/labd.service is what `labd service install` generates (for an example virtualenv): one
+    source of truth, never a hand-edited copy that drifts."""
+    from labd.frontends.service import render_unit
+
+    example = (REPO / "scripts" / "labd.service").read_text()
+    assert example == render_unit("/opt/labd/.venv/bin/python")
+
+
+def test_request_fails_fast_when_the_daemon_dies_meanwhile(daemon: DaemonProc) -> None:
+    """A client waiting for a reply notices that the daemon died (SIGSTOP, then SIGKILL: it never answers)
+    and fails with `no_daemon` well before its reply timeout."""
+    from labd.ipc import LabdError
+
+    with daemon.client(timeout=60.0) as c:
+        c.ping()
+        os.kill(daemon.proc.pid, signal.SIGSTOP)  # the request below is queued but never answered
+        threading.Timer(1.0, daemon.kill9).start()
+        t0 = time.monotonic()
+        with pytest.raises(LabdError) as err:
+            c.ping()
+        elapsed = time.monotonic() - t0
+    print(f"daemon death noticed {elapsed:.2f}s into the request (reply timeout 60 s)")
+    assert err.value.code == "no_daemon" and "stopped before it replied" in err.value.message
+    assert elapsed < 30.0
