@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterable
 
 __all__ = ["find", "wrap"]
@@ -39,6 +40,10 @@ def wrap(bwrap: str, argv: list[str], workdir: str, hide: Iterable[str], network
     if not network:
         out.append("--unshare-net")
     out += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
+    # The interpreter must stay reachable: a virtualenv under /tmp would vanish behind the private /tmp.
+    for prefix in sorted({os.path.realpath(p) for p in (sys.prefix, sys.exec_prefix, sys.base_prefix)}):
+        if _under(prefix, "/tmp") and os.path.isdir(prefix):
+            out += ["--ro-bind", prefix, prefix]
     read_only: list[str] = []
     for path in sorted({os.path.realpath(p) for p in hide}):
         if _under(path, "/tmp") or _under(path, "/proc") or _under(path, "/dev") or not os.path.lexists(path):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from labd.daemon.proctable import MarkerCache, ProcTable, PssCache, read_proc
+from tests.conftest import wait_until
 
 
 def test_tree_holds_a_child_and_its_grandchild() -> None:
@@ -52,6 +54,9 @@ def test_marker_names_the_session_from_the_inherited_environment() -> None:
     """A process started with LABD_SESSION_ID in its environment is recognised as the session's."""
     child = subprocess.Popen(["sleep", "30"], env={**os.environ, "LABD_SESSION_ID": "abc123"})
     try:
+        # /proc/<pid>/environ is the parent's copy until the child has exec'd `sleep`
+        wait_until(lambda: Path(f"/proc/{child.pid}/comm").read_text().strip() == "sleep", timeout=10,
+                   what="child exec'd")
         p = read_proc(child.pid)
         assert p is not None
         assert MarkerCache().session_of(p) == "abc123"
