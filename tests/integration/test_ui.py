@@ -126,6 +126,9 @@ def test_dag_renders_with_the_record_node_count(page: Any, ui: dict[str, Any]) -
     page.click("#tab-cost")
     page.wait_for_selector('[data-chart="by agent"] .bar')
     _shot(page, "cost")
+    page.click("#tab-files")  # files with their step and agent; a text file previews in place
+    page.click('tr[data-file="step_1.json"] button')
+    page.wait_for_function("document.querySelector('#file-preview').textContent.includes('\"step\": 1')")
 
 
 def test_approval_answered_in_the_page_resolves_the_session_once(browser: Any, page: Any, ui: dict[str, Any]) -> None:

@@ -161,10 +161,18 @@ async function sessionPage(main, sid) {
   const loadCost = async () => { const c = await api(`/api/sessions/${sid}/cost`);
     panes.cost.replaceChildren(el("div", {class: "card"}, `total $${c.total.cost.toFixed(6)} · ${c.total.calls} calls · ${c.total.prompt_tokens}+${c.total.completion_tokens} tokens${c.total.offline ? " · offline model" : ""}`),
       el("div", {class: "row"}, bars("by agent", c.by_agent, "agent"), bars("by model", c.by_model, "model"), bars("by node", c.by_node, "node_id"))); };
+  const preview = el("pre", {class: "log", id: "file-preview", style: "display:none"});
+  const showPreview = async (x) => {  // text files up to 200 kB, shown in place; others: the download link
+    const r = await fetch(`/api/sessions/${sid}/files/${encodeURI(x.path)}`);
+    const text = await r.text();
+    preview.style.display = ""; preview.textContent = `${x.path}\n\n` + text.slice(0, 200000);
+  };
   const loadFiles = async () => { const f = await api(`/api/sessions/${sid}/files`);
-    panes.files.replaceChildren(el("table", {id: "files"}, el("thead", {}, el("tr", {}, ...["path", "size", "kind", "step", "agent", "tool", "sha256"].map(h => el("th", {}, h)))),
-      el("tbody", {}, ...f.files.map(x => el("tr", {}, el("td", {}, el("a", {href: `/api/sessions/${sid}/files/${encodeURI(x.path)}`}, x.path)), el("td", {}, x.size), el("td", {}, x.kind),
-        el("td", {}, x.step || ""), el("td", {}, x.agent || ""), el("td", {}, x.tool || ""), el("td", {class: "muted"}, (x.sha256 || "").slice(0, 12))))))); };
+    const textual = x => x.size <= 200000 && !["image", "binary", "archive"].includes(x.kind);
+    panes.files.replaceChildren(el("table", {id: "files"}, el("thead", {}, el("tr", {}, ...["path", "size", "kind", "step", "agent", "tool", "sha256", ""].map(h => el("th", {}, h)))),
+      el("tbody", {}, ...f.files.map(x => el("tr", {dataset: {file: x.path}}, el("td", {}, el("a", {href: `/api/sessions/${sid}/files/${encodeURI(x.path)}`}, x.path)), el("td", {}, x.size), el("td", {}, x.kind),
+        el("td", {}, x.step || ""), el("td", {}, x.agent || ""), el("td", {}, x.tool || ""), el("td", {class: "muted"}, (x.sha256 || "").slice(0, 12)),
+        el("td", {}, textual(x) ? el("button", {class: "secondary", onclick: () => showPreview(x)}, "preview") : ""))))), preview); };
   const loadHistory = async () => { const x = await api(`/api/sessions/${sid}`);
     panes.history.replaceChildren(el("table", {}, el("tbody", {}, ...x.history.map(h => el("tr", {}, el("td", {}, new Date(h.ts * 1000).toLocaleTimeString()),
       el("td", {}, `${h.from_status || ""} → ${h.to_status}`), el("td", {}, h.node_id || ""), el("td", {}, h.actor), el("td", {class: "muted"}, h.reason || "")))))); };
