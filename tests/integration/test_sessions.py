@@ -98,3 +98,13 @@ def test_bad_requests_get_structured_errors(client) -> None:
             client.request(type_, **body)
         assert err.value.code == code, (type_, body, err.value)
     assert client.ping()["pid"] > 0
+
+
+def test_stored_session_ended_carries_status_and_reason(daemon) -> None:
+    """The stored `session.ended` (what history and every client read back) holds the final status and reason,
+    the same as the live tail and the session row."""
+    with daemon.client() as c:
+        sid = c.start("demo.count", params={"n": 1})
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        ended = [e for e in c.history(sid) if e["kind"] == "session.ended"]
+        assert ended[0]["payload"]["status"] == "completed" and ended[0]["payload"]["reason"] == "completed"
