@@ -598,9 +598,9 @@ class Ingest(threading.Thread):
                               payload.get("policy")))
             elif kind == "session.ended":
                 ended.add(cur.id)
-            # projections may complete the payload (finalize() writes the session's status and reason into
-            # session.ended): store what clients are told, not what arrived
-            text = orjson.dumps(payload, default=repr).decode()
+                # finalize() wrote the session's status and reason into the payload: store what clients are
+                # told, not what arrived (the only projection that changes its event)
+                text = orjson.dumps(payload, default=repr).decode()
         else:
             cur.last_seq = seq
         rows.append((cur.id, seq, ts, kind, src, seq if src_seq is None else src_seq, node_id, parent, text))

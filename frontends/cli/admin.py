@@ -65,6 +65,16 @@ def cmd_status(args: argparse.Namespace, ctx: Ctx) -> int:
         ("sessions", f"{len(running)} running" + (f": {', '.join(running[:8])}" if running else "")
          + (" …" if len(running) > 8 else "")),
     ])
+    sb = st.get("sandbox") or {}
+    if sb:
+        level = str(sb.get("level", "?"))
+        ctx.out.fields([("sandbox", styled(f"{level} ({sb.get('mechanism') or 'none'}); runner: {sb.get('runner')}; "
+                                           f"network for executed code: {'on' if sb.get('network_default') else 'off'}",
+                                           "green" if level == "full" else "yellow"))])
+    tel = st.get("telemetry")
+    if tel:
+        ctx.out.fields([("telemetry", f"{tel['endpoint']}: {tel['exported_spans']} spans exported, "
+                                      f"{tel['failures']} failures")])
     counters = st.get("counters") or {}
     if counters:
         ctx.out.line("")

@@ -24,7 +24,8 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
         if args.json:
             ctx.out.json(rows)
         elif not rows:
-            ctx.out.line("no skills yet: labd skills save SESSION --name NAME")
+            ctx.out.line(f"no skill matches {args.search!r}" if args.search
+                         else "no skills yet: labd skills save SESSION --name NAME")
         else:
             ctx.out.table(["NAME", "VERSION", "WORKFLOW", "FROM", "SAVED", "DESCRIPTION"],
                           [[r["name"], str(r["version"]), r["workflow"], r["origin_session"] or "",

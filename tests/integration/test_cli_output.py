@@ -42,6 +42,7 @@ def test_status_is_for_people_and_json_for_programs(daemon) -> None:
     assert human.startswith("daemon") and "running, pid" in human and "database" in human and "{" not in human
     data = json.loads(labd("status", "--json").stdout)
     assert {"pid", "home", "db", "running", "counters", "uptime"} <= set(data)
+    assert re.search(rf"^sandbox\s+{data['sandbox']['level']} ", human, re.M)  # the level the README promises
 
 
 def test_json_on_every_data_command(daemon) -> None:
