@@ -44,8 +44,14 @@ sessions = Table(
     Column("stop_by", String(40)),
     Column("kill_reason", Text),
     Column("tags", Text),  # JSON object of str -> str, from session.start
+    # lineage (0006): the session this one was started from, how ("branch" | "replay" | "skill"), and the
+    # node of the parent it branched before (branch) or replayed up to (replay)
+    Column("parent_id", String(32)),
+    Column("origin", String(20)),
+    Column("branch_node", String(64)),
 )
 Index("ix_sessions_status", sessions.c.status)
+Index("ix_sessions_parent_id", sessions.c.parent_id)
 
 events = Table(
     "events",
