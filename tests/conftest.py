@@ -77,7 +77,7 @@ class DaemonProc:
             except LabdError:
                 return False
 
-        wait_until(ready, timeout=20, interval=0.05, what="daemon ready")
+        wait_until(ready, timeout=60, interval=0.05, what="daemon ready")  # a deadline, not a goal: loaded CI
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
