@@ -52,6 +52,7 @@ sessions = Table(
 )
 Index("ix_sessions_status", sessions.c.status)
 Index("ix_sessions_parent_id", sessions.c.parent_id)
+Index("ix_sessions_ended_at", sessions.c.ended_at)
 
 events = Table(
     "events",

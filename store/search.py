@@ -12,13 +12,15 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, or_, select
 
+from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 from labd.store.schema import events, sessions
 
 __all__ = ["SearchIndex", "KINDS"]
@@ -27,6 +29,11 @@ __all__ = ["SearchIndex", "KINDS"]
 KINDS = ("session.created", "step.started", "agent.message", "code.execution", "file.created", "file.changed",
          "approval.requested", "session.finished")
 MAX_BODY = 20_000  # characters of one document that are indexed
+LIVE = tuple(s for s in STATUSES if s not in TERMINAL_STATUSES)
+#: seconds between full scans of the sessions table; in between, only live and recently ended sessions are read
+#: (a daemon that has kept 100,000 sessions would otherwise read every row every second)
+FULL_SCAN_EVERY = 60.0
+_ENDED_SLACK = 5.0  # seconds: a session that ended just before the previous scan's read is read once more
 _SCHEMA = """
 CREATE VIRTUAL TABLE IF NOT EXISTS docs USING fts5(
     title, body, type UNINDEXED, session_id UNINDEXED, seq UNINDEXED, node_id UNINDEXED, ts UNINDEXED,
@@ -73,17 +80,36 @@ class SearchIndex:
         self._db = sqlite3.connect(path, check_same_thread=False)
         self._db.executescript(_SCHEMA)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._marks: dict[str, int] | None = None  # session -> indexed seq, loaded once, then kept in step
+        self._full_at = 0.0  # monotonic time of the last full scan
+        self._since = 0.0  # wall time when the previous scan began
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     def update(self, limit_sessions: int = 500) -> int:
-        """Index new events of sessions whose record grew; returns the number of documents added."""
+        """Index new events of sessions whose record grew; returns the number of documents added.
+
+        Reads the whole sessions table at most every :data:`FULL_SCAN_EVERY` seconds; in between only the
+        sessions that are live or ended since the previous scan (both indexed columns), which are the only
+        ones whose record grows."""
+        if self._marks is None:
+            with self._lock:
+                self._marks = dict(self._db.execute("SELECT session_id, seq FROM indexed").fetchall())
+        marks = self._marks
+        now, wall = time.monotonic(), time.time()
+        query = select(sessions.c.id, sessions.c.last_seq)
+        if now - self._full_at < FULL_SCAN_EVERY:
+            query = query.where(or_(sessions.c.status.in_(LIVE), sessions.c.ended_at >= self._since - _ENDED_SLACK))
+        else:
+            self._full_at = now
         with self.engine.connect() as conn:
-            marks = dict(self._db.execute("SELECT session_id, seq FROM indexed").fetchall())
-            rows = conn.execute(select(sessions.c.id, sessions.c.last_seq)).all()
-            todo = [(sid, last) for sid, last in rows if last > marks.get(sid, 0)][:limit_sessions]
+            rows = conn.execute(query).all()
+            todo = [(sid, last) for sid, last in rows if last > marks.get(sid, 0)]
+            if len(todo) > limit_sessions:  # the rest next time: do not let the next scan skip them
+                todo, self._full_at = todo[:limit_sessions], 0.0
+            self._since = wall
             added = 0
             for sid, last in todo:
                 since = marks.get(sid, 0)
@@ -100,6 +126,7 @@ class SearchIndex:
                                          "VALUES (?, ?, ?, ?, ?, ?, ?)", docs)
                     self._db.execute("INSERT INTO indexed (session_id, seq) VALUES (?, ?) ON CONFLICT(session_id) "
                                      "DO UPDATE SET seq = excluded.seq", (sid, last))
+                marks[sid] = last
                 added += len(docs)
         return added
 
@@ -112,6 +139,9 @@ class SearchIndex:
                 marks = ",".join("?" * len(chunk))
                 self._db.execute(f"DELETE FROM docs WHERE session_id IN ({marks})", chunk)
                 self._db.execute(f"DELETE FROM indexed WHERE session_id IN ({marks})", chunk)
+            for sid in ids:
+                if self._marks is not None:
+                    self._marks.pop(sid, None)
 
     def search(self, text: str, *, types: list[str] | None = None, session_ids: set[str] | None = None,
                limit: int = 50) -> list[dict[str, Any]]:

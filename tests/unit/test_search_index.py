@@ -1,0 +1,109 @@
+"""The search index reads only what can have grown: live sessions and those that ended since its previous
+scan, with a full scan now and then; whatever the timing, every session's documents are indexed once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from sqlalchemy import Engine, insert, update
+from sqlalchemy.engine import Connection
+
+from labd.store import search
+from labd.store.db import migrate, open_engine
+from labd.store.schema import events, sessions
+from labd.store.search import SearchIndex
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    eng = open_engine(f"sqlite:///{tmp_path / 'labd.db'}")
+    migrate(eng)
+    yield eng
+    eng.dispose()
+
+
+def _session(eng: Engine, sid: str, words: str, *, status: str = "running", ended_at: float | None = None) -> None:
+    """A session row with one step.started event named ``words``."""
+    now = time.time()
+    with eng.begin() as conn:
+        conn.execute(insert(sessions).values(id=sid, name=sid, workflow="demo.count", params="{}", limits="{}",
+                                             workdir="/w", status=status, created_at=now, ended_at=ended_at,
+                                             last_seq=1, runner_seq=0))
+        conn.execute(insert(events).values(session_id=sid, seq=1, ts=now, kind="step.started", src="r", src_seq=1,
+                                           node_id="n1", payload=orjson.dumps({"name": words}).decode()))
+
+
+def _grow(eng: Engine, sid: str, seq: int, words: str, **values: object) -> None:
+    with eng.begin() as conn:
+        conn.execute(insert(events).values(session_id=sid, seq=seq, ts=time.time(), kind="step.started", src="r",
+                                           src_seq=seq, node_id=f"n{seq}",
+                                           payload=orjson.dumps({"name": words}).decode()))
+        conn.execute(update(sessions).where(sessions.c.id == sid).values(last_seq=seq, **values))
+
+
+def _hits(index: SearchIndex, text: str) -> list[tuple[str, int]]:
+    return sorted((h["session_id"], h["seq"]) for h in index.search(text))
+
+
+def test_incremental_scans_index_live_growth_and_sessions_that_lived_between_two_scans(engine: Engine,
+                                                                                        tmp_path: Path) -> None:
+    """After the first (full) scan, a live session's new events are indexed; a session created and ended between
+    two scans is indexed too; nothing is indexed twice."""
+    index = SearchIndex(tmp_path / "search.db", engine)
+    _session(engine, "old", "ancient alpha", status="completed", ended_at=time.time() - 3600)
+    _session(engine, "live", "live alpha")
+    assert index.update() == 2
+    _grow(engine, "live", 2, "live beta")
+    _session(engine, "brief", "brief beta", status="completed", ended_at=time.time())
+    assert index.update() == 2
+    assert _hits(index, "beta") == [("brief", 1), ("live", 2)]
+    assert index.update() == 0
+    assert _hits(index, "alpha") == [("live", 1), ("old", 1)]
+    index.close()
+
+
+def test_between_full_scans_long_ended_sessions_are_not_read(engine: Engine, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 300 sessions that ended an hour ago, an incremental scan fetches only the live one's row; the next
+    full scan (FULL_SCAN_EVERY) still catches a change to an old session (e.g. events the daemon appended)."""
+    for i in range(300):
+        _session(engine, f"s{i:03}", f"word{i}", status="completed", ended_at=time.time() - 3600)
+    _session(engine, "live", "gamma")
+    index = SearchIndex(tmp_path / "search.db", engine)
+    assert index.update() == 301
+    rows_seen: list[int] = []
+    real_update = SearchIndex.update
+    orig_execute = Connection.execute
+
+    def spy(self, statement, *a, **kw):  # type: ignore[no-untyped-def]
+        result = orig_execute(self, statement, *a, **kw)
+        if [c.name for c in getattr(statement, "selected_columns", [])] == ["id", "last_seq"]:
+            rows = result.all()
+            rows_seen.append(len(rows))
+            return _Rows(rows)
+        return result
+
+    monkeypatch.setattr(Connection, "execute", spy)
+    _grow(engine, "live", 2, "delta")
+    assert real_update(index) == 1
+    assert rows_seen == [1]
+    _grow(engine, "s007", 2, "epsilon")  # an old session changed behind the incremental scan's back
+    monkeypatch.setattr(search, "FULL_SCAN_EVERY", 0.0)
+    assert real_update(index) == 1
+    assert rows_seen[-1] == 301
+    assert _hits(index, "epsilon") == [("s007", 2)]
+    index.close()
+
+
+class _Rows:
+    """A consumed result handed back to the caller."""
+
+    def __init__(self, rows: list) -> None:  # type: ignore[type-arg]
+        self._rows = rows
+
+    def all(self) -> list:  # type: ignore[type-arg]
+        return self._rows
