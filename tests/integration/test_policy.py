@@ -42,9 +42,10 @@ agent = "spender"
 max_cost = 0.0005
 
 [[policy]]
-name = "ask-before-code"
+name = "ask-before-networked-code"
 action = "code"
 agent = "engineer"
+network = true
 effect = "require_approval"
 """
 
@@ -101,14 +102,16 @@ def _pending_policy_approval(c: Any, sid: str) -> dict[str, Any]:
                       what="a policy approval")[0]
 
 
-def test_code_needing_approval_runs_once_approved(pd: Any) -> None:
-    """`require_approval` on code: the engineer's run_code waits as a pending approval of kind `policy` (the
-    approver sees the rule and the code); approved, the code runs and the session completes. The decisions
-    are recorded: pending, then allowed by the approver."""
-    sid = pd.start("one_shot", params={"task": "Step 1 of 1: sum squares"})
+def test_networked_code_runs_once_approved(pd: Any) -> None:
+    """`require_approval` on code run with the network on: the engineer's run_code waits as a pending approval
+    of kind `policy` (the approver sees the rule and the code); approved, the code runs and the session
+    completes. The decisions are recorded: pending, then allowed by the approver. The same workflow with the
+    network off runs its code without asking (no rule applies)."""
+    offline = pd.start("one_shot", params={"task": "Step 1 of 1: sum squares"}, network=False)
+    sid = pd.start("one_shot", params={"task": "Step 1 of 1: sum squares"}, network=True)
     ap = _pending_policy_approval(pd, sid)
     assert ap["options"] == ["approve", "reject"]
-    assert ap["context"]["policy_rule"] == "ask-before-code" and "sum(" in ap["context"]["code"]
+    assert ap["context"]["policy_rule"] == "ask-before-networked-code" and "sum(" in ap["context"]["code"]
     assert pd.session(sid)["status"] == "waiting_approval"
     kinds = [e["kind"] for e in pd.history(sid)]
     assert "code.execution" not in kinds  # nothing ran while it waited
@@ -118,14 +121,19 @@ def test_code_needing_approval_runs_once_approved(pd: Any) -> None:
     assert len(runs) == 1 and runs[0]["exit_code"] == 0
     code = [d for d in _decisions(pd, sid) if d["action"] == "code"]
     assert [d["outcome"] for d in code] == ["pending", "allowed"]
-    assert code[0]["rule"] == "ask-before-code" and code[0]["effect"] == "require_approval"
+    assert code[0]["rule"] == "ask-before-networked-code" and code[0]["effect"] == "require_approval"
     assert code[1]["by"] == "client" and code[0]["agent"] == "engineer" and code[0]["node_id"]
+    assert code[0]["network"] is True and code[0]["tool"] == "run_code" and code[0]["language"] == "python"
+    assert pd.wait(offline, timeout=90)["status"] == "completed"
+    assert not pd.approvals(offline, status="all")
+    assert [(d["outcome"], d["rule"], d["network"]) for d in _decisions(pd, offline) if d["action"] == "code"] \
+        == [("allowed", None, False)]
 
 
 def test_code_rejected_gives_the_agent_the_refusal(pd: Any) -> None:
     """Rejected, the code never runs; run_code's result (what the model reads) is the refusal with the
     approver's feedback, and the session still completes."""
-    sid = pd.start("one_shot", params={"task": "Step 1 of 1: sum squares"})
+    sid = pd.start("one_shot", params={"task": "Step 1 of 1: sum squares"}, network=True)
     _pending_policy_approval(pd, sid)
     pd.reject(sid, feedback="not on this machine")
     assert pd.wait(sid, timeout=90)["status"] == "completed"
