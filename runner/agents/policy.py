@@ -22,6 +22,7 @@ from typing import Any
 
 from labd.ipc.policy import Action, Decision, Policy
 from labd.runner.approvals import Approvals
+from labd.runner.context import Cancelled
 
 __all__ = ["PolicyGate", "PolicyDenied", "refused_response"]
 
@@ -67,7 +68,8 @@ class PolicyGate:
             context["code"] = code[:CODE_PREVIEW]
         answer = await asyncio.to_thread(
             self.approvals.request, "policy", f"{decision.reason}: approve?", options=("approve", "reject"),
-            context=context, timeout=rule.timeout, policy=rule.on_timeout, node_id=node, agent=action.agent)
+            context=context, timeout=rule.timeout, policy=rule.on_timeout, node_id=node, agent=action.agent,
+            on_cancel=_stop)
         final: dict[str, Any] = {**base, "outcome": "allowed" if answer.approved else "denied", "by": answer.by}
         if answer.feedback:
             final["feedback"] = answer.feedback
@@ -76,6 +78,11 @@ class PolicyGate:
             return None
         why = f"{decision.reason}, and {answer.by} rejected it" + (f": {answer.feedback}" if answer.feedback else "")
         return refusal(Decision(rule, "deny", why), action)
+
+
+def _stop() -> None:
+    # a stop while a human is asked ends the wait at once (cooperatively), not after the SIGTERM grace
+    raise Cancelled("stop requested while waiting for a policy approval")
 
 
 def refusal(decision: Decision, action: Action) -> str:

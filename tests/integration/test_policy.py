@@ -144,6 +144,18 @@ def test_code_rejected_gives_the_agent_the_refusal(pd: Any) -> None:
     assert final["outcome"] == "denied" and final["feedback"] == "not on this machine"
 
 
+def test_stop_while_a_policy_approval_waits(pd: Any) -> None:
+    """Stopping a session whose code waits for a policy approval ends the wait at once: the session ends
+    cancelled by the cooperative rung (no SIGTERM needed), the code never ran, the approval expired."""
+    sid = pd.start("one_shot", params={"task": "Step 1 of 1: sum squares"}, network=True)
+    _pending_policy_approval(pd, sid)
+    pd.request("session.stop", session=sid, grace=60)
+    row = pd.wait(sid, timeout=60)
+    assert row["status"] == "cancelled" and row["ended_by"] == "cooperative", row
+    assert not list(pd.history(sid, kinds=["code.execution"]))
+    assert [a["status"] for a in pd.approvals(sid, status="all")] == ["expired"]
+
+
 def test_session_policy_denies_a_tool(pd: Any, shared: dict[str, Any], tmp_path: Path) -> None:
     """`labd run --policy FILE`: the session's own rule denies the tool; the tool does not run (no marker
     file), its result is an error carrying the refusal, the agent answers anyway, the session completes. The
