@@ -37,9 +37,13 @@ def _action(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def cmd_policy(args: argparse.Namespace, ctx: Ctx) -> int:
     action = _action(args)
+    if args.with_daemon and not args.file:
+        raise CliError("--with-daemon goes with a FILE: the daemon's rules, then the file's")
     if args.file:
+        # the daemon's rules first, as a session started with --policy FILE would meet them
+        ahead = Policy.from_spec(ctx.client().request("policy.check")["rules"]).rules if args.with_daemon else []
         try:
-            rules = parse_rules(load_file(args.file), args.file)
+            rules = ahead + parse_rules(load_file(args.file), args.file)
             decision = None
             if action is not None:
                 act = Action.from_dict(action)
@@ -50,7 +54,8 @@ def cmd_policy(args: argparse.Namespace, ctx: Ctx) -> int:
                               "error": {"code": "bad_policy", "message": exc.message, "details": exc.details()}})
                 return 2
             raise CliError(exc.message) from None
-        result: dict[str, Any] = {"file": args.file, "valid": True, "source": args.file,
+        where = f"the daemon's rules + {args.file}" if args.with_daemon else args.file
+        result: dict[str, Any] = {"file": args.file, "valid": True, "source": where,
                                   "rules": [r.to_dict() for r in rules], "decision": decision}
     else:
         body: dict[str, Any] = {"action": action} if action is not None else {}
@@ -71,9 +76,10 @@ def _show(ctx: Ctx, result: dict[str, Any]) -> None:
     else:
         ctx.out.line(f"{where}: {len(rules)} rule{'s' if len(rules) != 1 else ''}, valid; the first that applies "
                      "decides, none: allow")
-        ctx.out.table(["#", "NAME", "EFFECT", "MATCH", "REASON"],
-                      [[str(i), r["name"], _effect(r), Policy.from_spec([r]).rules[0].describe(), r.get("reason", "")]
-                       for i, r in enumerate(rules, 1)])
+        sources = len({r["source"] for r in rules}) > 1
+        ctx.out.table(["#", "NAME", "EFFECT", "MATCH", "REASON"] + (["SOURCE"] if sources else []),
+                      [[str(r["index"]), r["name"], _effect(r), Policy.from_spec([r]).rules[0].describe(),
+                        r.get("reason", "")] + ([r["source"]] if sources else []) for r in rules])
     d = result.get("decision")
     if d is None:
         return
@@ -84,7 +90,7 @@ def _show(ctx: Ctx, result: dict[str, Any]) -> None:
         return
     style = {"allow": "green", "deny": "bold red", "approval": "bold yellow"}[d["outcome"]]
     effect = d["effect"] if d["effect"] in ("allow", "deny") else f"{d['effect']} → {d['outcome']}"
-    ctx.out.line(f"{what} → rule {d['rule']!r} (#{d['index']}): {effect}: {d['reason']}", style)
+    ctx.out.line(f"{what} → rule {d['rule']!r} ({d['source']} #{d['index']}): {effect}: {d['reason']}", style)
 
 
 def _effect(rule: dict[str, Any]) -> str:
@@ -102,10 +108,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("what", choices=["check"], help="check: validate the rules (and decide --action)")
     s.add_argument("file", nargs="?", metavar="FILE", help="a TOML file of [[policy]] tables (default: the "
                    "daemon's rules from config.toml)")
+    s.add_argument("--with-daemon", action="store_true", help="with FILE: the daemon's rules first, then the file's "
+                   "(what a session started with --policy FILE meets)")
     s.add_argument("--action", choices=["llm", "tool", "code"], help="an action to decide")
     s.add_argument("--agent", help="the agent that acts")
     s.add_argument("--tool", help="the tool it calls (tool actions; code actions are run_code)")
-    s.add_argument("--model", help="the model of the agent")
+    s.add_argument("--model", help="the agent's model as the provider names it (as in llm.request: gpt-4o-mini, "
+                   "not the [models.<name>] key)")
     s.add_argument("--language", help="code actions: python or bash")
     s.add_argument("--network", choices=["on", "off"], help="code actions: the session's network setting")
     s.add_argument("--cost", type=float, metavar="USD", help="what the agent has spent so far")

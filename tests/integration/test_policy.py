@@ -251,6 +251,13 @@ def test_policy_check_cli(shared: dict[str, Any], tmp_path: Path, pd: Any) -> No
     assert out.returncode == 0, out.stderr
     assert "spender-cap" in out.stdout and "cap → deny" in out.stdout
     assert pd.request("policy.check")["rules"][0]["name"] == "smart-for-planner-only"
+    session = tmp_path / "session.toml"
+    session.write_text(SESSION_POLICY)
+    out = _labd(shared["env"], "policy", "check", str(session), "--with-daemon", "--action", "tool", "--agent",
+                "engineer", "--tool", "touch_x", "--json")
+    doc = json.loads(out.stdout)
+    assert [r["source"] for r in doc["rules"]] == ["config", "config", "config", str(session)]
+    assert doc["decision"]["rule"] == "no-markers" and doc["decision"]["index"] == 1
 
 
 def test_daemon_refuses_an_invalid_policy(isolated_env: Path) -> None:

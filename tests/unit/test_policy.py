@@ -123,3 +123,27 @@ def test_load_file_and_action_from_dict(tmp_path: Path) -> None:
     assert a.tool == "run_code" and a.session_cost == 2.0 and a.network is True
     with pytest.raises(PolicyError, match="one of llm"):
         Action.from_dict({"action": "think"})
+
+
+def test_front_ends_show_refusals_and_approvals_not_default_allows() -> None:
+    """`labd logs` (and `labd top`) give a refused action and a pending approval a line naming the rule; an
+    action allowed because no rule applies is recorded but not shown."""
+    from labd.frontends.cli.activity import Activity
+    from labd.frontends.top.format import activity_line
+
+    def ev(**p: object) -> dict:
+        return {"kind": "policy.decision", "ts": 0.0, "node_id": "n3", "payload": p}
+
+    act = Activity("s1")
+    denied = ev(action="tool", tool="shell", agent="eng", rule="no-shell", effect="deny", outcome="denied",
+                reason="no shells")
+    (line,) = act.lines(denied)
+    assert "policy no-shell: denied tool shell" in line.text and "no shells" in line.text
+    (line,) = act.lines(ev(action="code", language="python", network=True, agent="eng", rule="ask",
+                           effect="require_approval", outcome="pending", reason="r"))
+    assert "python code (network on) waits for approval" in line.text
+    default = ev(action="llm", model="m", agent="eng", rule=None, effect="allow", outcome="allowed", reason="r")
+    assert act.lines(default) == []
+    assert activity_line(default) is None
+    top = activity_line(denied)
+    assert top is not None and "policy no-shell: denied tool shell" in top.plain
