@@ -66,6 +66,8 @@ class Config:
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: [mcp.servers.<name>]: MCP servers agents may use (ctx.agent(..., mcp=[name]))
     mcp_servers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: [[policy]]: rules on what agents may do (labd.ipc.policy), validated at load, in evaluation order
+    policy: list[dict[str, Any]] = field(default_factory=list)
     #: [sandbox]: how code that agents execute is confined
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
 
@@ -154,6 +156,17 @@ def _check_agents(path: Path, section: Any) -> dict[str, dict[str, Any]]:
     return section
 
 
+def _check_policy(path: Path, tables: Any) -> list[dict[str, Any]]:
+    """``[[policy]]`` tables: validated now, so a daemon with a bad rule refuses to start."""
+    from labd.ipc.policy import PolicyError, parse_rules
+
+    try:
+        parse_rules(tables, str(path))
+    except PolicyError as exc:
+        raise ConfigError(exc.message) from None
+    return list(tables)
+
+
 def _check_telemetry(path: Path, section: Any) -> dict[str, Any]:
     """``[telemetry]``: otlp_endpoint (http/https URL), service_name, interval (s), headers_env."""
     if not isinstance(section, dict):
@@ -202,14 +215,17 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     telemetry: dict[str, Any] = {}
     agents: dict[str, dict[str, Any]] = {}
     sandbox: dict[str, Any] = {}
+    policies: list[list[dict[str, Any]]] = []
     for path in config_files(layout):
         if not path.exists():
             continue
         data = _read_toml(path)
-        unknown_sections = set(data) - {"daemon", "models", "prices", "mcp", "telemetry", "agents", "sandbox"}
+        unknown_sections = set(data) - {"daemon", "models", "prices", "mcp", "telemetry", "agents", "sandbox",
+                                        "policy"}
         if unknown_sections:
             raise ConfigError(f"{path}: unknown sections {sorted(unknown_sections)} "
-                              "(known: daemon, models, prices, mcp, telemetry, agents, sandbox)")
+                              "(known: daemon, models, prices, mcp, telemetry, agents, sandbox, policy)")
+        policies.append(_check_policy(path, data.get("policy", [])))
         sandbox.update(_check_sandbox(path, data.get("sandbox", {})))
         section = data.get("daemon", {})
         unknown = set(section) - known
@@ -226,6 +242,10 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     values.setdefault("mcp_servers", mcp_servers)
     values.setdefault("telemetry", telemetry)
     values.setdefault("agents", agents)
+    # the home's file wins, as for every setting: its rules are evaluated before the user file's
+    values.setdefault("policy", [rule for rules in reversed(policies) for rule in rules])
+    if len(policies) > 1:  # names must stay unique across the files too (decisions name the rule)
+        _check_policy(Path("config.toml"), values["policy"])
     values.setdefault("sandbox", SandboxSettings(**sandbox))
     for env, key in _ENV.items():
         if os.environ.get(env):

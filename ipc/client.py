@@ -152,7 +152,8 @@ class Client:
               pythonpath: list[str] | None = None, agents: dict[str, str] | None = None,
               procs: int | None = None, priority: int | None = None,
               tags: dict[str, str] | None = None, network: bool | None = None,
-              idempotency_key: str | None = None, retries: int = 1) -> str:
+              idempotency_key: str | None = None, retries: int = 1,
+              policy: list[dict[str, Any]] | None = None) -> str:
         """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``);
         ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause; ``tags`` label the session
         for ``sessions(tags=...)`` and ``cost_summary(by="tag")``.
@@ -162,7 +163,8 @@ class Client:
         replaces registry roles for this session: ``{"engineer": "my_engineer"}``. ``procs`` caps the
         session's process count; ``priority`` orders the run queue when the daemon is at ``max_sessions``.
         ``network``: may code the session's agents execute use the network (default: the daemon's
-        ``[sandbox] network``).
+        ``[sandbox] network``). ``policy``: the session's own policy rules (tables as in ``[[policy]]``,
+        e.g. from :func:`labd.ipc.policy.load_file`), evaluated after the daemon's.
 
         Every call carries an idempotency key (``idempotency_key``, else a fresh random one) and is retried
         ``retries`` times with the same key when no reply comes in time: the daemon returns the session the
@@ -181,6 +183,8 @@ class Client:
             body["tags"] = tags
         if network is not None:
             body["network"] = network
+        if policy:
+            body["policy"] = policy
         return self._start(body, idempotency_key, retries)
 
     def _start(self, body: dict[str, Any], idempotency_key: str | None, retries: int) -> str:

@@ -42,6 +42,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                         "sys_path": (list, False),  # the client's cwd + PYTHONPATH, first on the runner's sys.path
                         "agents": (dict, False),  # --agent overrides {role asked for: role used}
                         "skill": (dict, False),  # started from a skill: {name, version, origin_session}
+                        "policy": (list, False),  # the session's own policy rules (labd run --policy FILE)
                         "idempotency_key": (str, False), "request_digest": (str, False)},
     "session.queued": {"position": (int, True), "priority": (int, True)},  # waits for capacity (run queue)
     "session.launched": {"pid": (int, True), "create_time": (NUM, True), "launcher": (str, True)},
@@ -103,6 +104,13 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     # the runner refused an LLM call because the session's budget is spent (then stops or pauses)
     "budget.exceeded": {"spent": (NUM, True), "budget": (NUM, True), "action": (str, True), "reason": (str, True),
                         "agent": (str, False)},
+    # a policy rule decided an LLM call, tool call or code execution before it happened (runner); outcome
+    # allowed | denied | pending (an approval was asked; a second decision follows with its answer)
+    "policy.decision": {"action": (str, True), "effect": (str, True), "outcome": (str, True), "reason": (str, True),
+                        "rule": (str, False), "source": (str, False), "index": (int, False), "agent": (str, False),
+                        "tool": (str, False), "model": (str, False), "language": (str, False),
+                        "network": (bool, False), "agent_cost": (NUM, False), "session_cost": (NUM, False),
+                        "by": (str, False), "feedback": (str, False)},
     # files in the work directory, attributed to the node (and agent / tool) that produced them
     "file.created": {"path": (str, True), "sha256": (str, True), "size": (int, True), "kind": (str, True),
                      "agent": (str, False), "tool": (str, False), "ambiguous": (bool, False),

@@ -152,7 +152,7 @@ def run_session(spec: dict[str, Any]) -> int:
                             approvals=ctx.approvals, files=files, limits=spec.get("limits"),  # type: ignore[arg-type]
                             pause=lambda reason: ctx.wait_paused("budget", reason),
                             mcp_servers=spec.get("mcp_servers") or {}, roles=spec.get("roles") or None,
-                            role_overrides=spec.get("agent_overrides") or {})
+                            role_overrides=spec.get("agent_overrides") or {}, policy=spec.get("policy"))
 
     ctx._agents = agents  # noqa: SLF001
     from labd.runner.agents.hooks import track_all_agents

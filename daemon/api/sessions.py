@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
+from labd.daemon.api.policy import runner_policy, session_rules
 from labd.daemon.monitor import Limits
 from labd.daemon.queue import Queued
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
@@ -243,6 +244,7 @@ class Start(Request):
                            check=lambda v: isinstance(v, bool) or v in ("on", "off"), hint="on or off")
         network = network is True or network == "on"
         _, overrides = _roles(self)  # checked now; the runner gets the registry as it is at launch
+        policy = session_rules(self)  # the session's own rules (labd run --policy FILE), validated
         # A function sent with Client.submit: its pickle travels in `payload`, is recorded in session.created
         # (not in the session row, which every session.list returns) and reaches only the runner. Never unpickled here.
         payload = self.arg("payload", str, None, check=lambda s: 0 < len(s) <= MAX_PAYLOAD_TEXT,
@@ -285,6 +287,8 @@ class Start(Request):
             self._remember(key, sid, digest, name)
         if skill is not None:
             created["skill"] = skill
+        if policy:
+            created["policy"] = policy
         if tags:
             created["tags"] = tags
         sandbox = d.sandbox_spec(sid, network)  # what confines the code its agents run: recorded on the session
@@ -294,7 +298,7 @@ class Start(Request):
         d.supervisor.submit(queue.entry(sid, workflow, _run_params(d, params, payload), limits, str(workdir),
                                         priority, time.time(),
                                         extra={"name": name, "sys_path": path, "agent_overrides": overrides,
-                                               "network": network}))
+                                               "network": network, "policy": policy}))
         return DEFERRED
 
 
@@ -318,6 +322,7 @@ def session_spec(d: Any, q: Queued) -> dict[str, Any]:
         roles = None  # checked at session.start; a registry file broken since then: the built-in roles
     extra = dict(q.extra)
     network = bool(extra.pop("network", d.cfg.sandbox.network))
+    extra["policy"] = runner_policy(d, extra.pop("policy", None))  # the daemon's rules, then the session's
     # The runner's own key, derived for this session: it can sign for this session only.
     return {"session_id": q.sid, "workflow": q.workflow, "params": q.params, "workdir": q.workdir,
             "endpoint": d.info.runners, "key": derive_key(d.info.key_bytes, q.sid).hex(),
@@ -340,7 +345,7 @@ def requeue(d: Any) -> int:
             row["id"], row["workflow"], _run_params(d, row["params"], c.get("payload")),
             Limits.from_dict(row["limits"]), row["workdir"], priority, row["created_at"],
             extra={"name": row["name"], "sys_path": c.get("sys_path") or [],
-                   "agent_overrides": c.get("agents") or {},
+                   "agent_overrides": c.get("agents") or {}, "policy": c.get("policy") or [],
                    "network": bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network))}))
     return len(rows)
 

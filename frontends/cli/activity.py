@@ -120,6 +120,8 @@ class Activity:
         if kind in ("file.created", "file.changed"):
             mark = "+" if kind == "file.created" else "~"
             return (f"  {mark} {p['path']} ({format_size(p.get('size'))})", "dim")
+        if kind == "policy.decision":
+            return _policy_line(p)
         if kind == "approval.requested":
             return self._approval(p)
         if kind == "approval.resolved":
@@ -160,6 +162,29 @@ class Activity:
             how = f"labd resolve {s} {'|'.join(options)}"
         return [(f"⏸ approval {aid} waiting ({p['kind']}): {_short(p['prompt'], 200)}", "bold yellow"),
                 (f"  answer with: {how}", "yellow")]
+
+
+def policy_what(p: dict[str, Any]) -> str:
+    """The action of a ``policy.decision`` in a few words: ``LLM call to gpt-4o``, ``tool x``, ``python code``."""
+    if p.get("action") == "llm":
+        return f"LLM call to {p.get('model') or '?'}"
+    if p.get("action") == "tool":
+        return f"tool {p.get('tool') or '?'}"
+    return f"{p.get('language') or ''} code".strip() + (" (network on)" if p.get("network") else "")
+
+
+def _policy_line(p: dict[str, Any]) -> tuple[str, str | None] | None:
+    rule, outcome = p.get("rule"), p.get("outcome")
+    who = f"{p['agent']}: " if p.get("agent") else ""
+    if outcome == "denied":
+        return (f"  ✗ policy {rule or '(default)'}: denied {policy_what(p)} ({who}{_short(p.get('reason', ''), 120)})",
+                "red")
+    if outcome == "pending":
+        return (f"  ⏸ policy {rule}: {who}{policy_what(p)} waits for approval", "yellow")
+    if rule is None:  # allowed because no rule applies: recorded, not worth a line
+        return None
+    by = f" by {p['by']}" if p.get("by") else ""
+    return (f"  policy {rule}: allowed {policy_what(p)}{by}", "dim")
 
 
 class Printer:

@@ -86,12 +86,25 @@ def parse_agents(items: list[str]) -> dict[str, str]:
     return out
 
 
+def read_policy(path: str) -> list[dict[str, Any]]:
+    """The rule tables of ``labd run --policy FILE``, checked here first (the daemon checks them again)."""
+    from labd.ipc.policy import PolicyError, load_file, parse_rules
+
+    try:
+        tables = load_file(path)
+        parse_rules(tables, path)
+    except PolicyError as exc:
+        raise CliError(exc.message) from None
+    return tables
+
+
 def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
     limits = limits_from(args)
     c = ctx.client()
     sid = c.start(args.workflow, name=args.name, params=parse_params(args.param), agents=parse_agents(args.agent),
                   procs=args.procs, priority=args.priority, tags=parse_tags(args.tag) or None,
-                  network=None if args.network is None else args.network == "on", **limits)
+                  network=None if args.network is None else args.network == "on",
+                  policy=read_policy(args.policy) if args.policy else None, **limits)
     if not args.follow:
         if args.json:
             ctx.out.json({"session": sid})
@@ -288,6 +301,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--priority", type=int, help="run-queue order when the daemon is at max_sessions (higher first)")
     s.add_argument("--agent", action="append", default=[], metavar="ROLE=OTHER",
                    help="use registry role OTHER wherever the workflow asks for ROLE (see `labd agents`; repeat)")
+    s.add_argument("--policy", metavar="FILE", help="this session's own [[policy]] rules (after the daemon's; "
+                   "see `labd policy check FILE`)")
     s.add_argument("--follow", "-f", action="store_true", help="show its output and agent activity until it ends")
     s.add_argument("--raw", action="store_true", help="with -f: only the session's own output, no activity lines")
     add_json(s, '{"session": ID} instead of the bare id')

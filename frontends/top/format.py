@@ -111,6 +111,10 @@ def activity_line(ev: dict[str, Any]) -> Text | None:
     elif kind == "step.finished":
         body = f"└ {p.get('name')} {p.get('status')} {p.get('duration', 0):.2f}s"
         style = "step" if p.get("status") != "failed" else "error"
+    elif kind == "policy.decision" and (p.get("rule") or p.get("outcome") != "allowed"):
+        what = p.get("tool") or p.get("model") or p.get("language") or ""
+        body = f"policy {p.get('rule') or '(default)'}: {p.get('outcome')} {p.get('action')} {what}".rstrip()
+        style = "error" if p.get("outcome") == "denied" else "approval"
     elif kind == "approval.requested":
         body, style = f"? approval {p.get('kind')}: {_short(p.get('prompt', ''))} {p.get('options')}", "approval"
     elif kind == "approval.resolved":

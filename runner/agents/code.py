@@ -22,7 +22,7 @@ import os
 import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +38,21 @@ _COMMANDS = {"python": lambda code: [sys.executable, "-c", code], "bash": lambda
 
 
 def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
-                  timeout: float = 300.0, sandbox: Sandbox | None = None) -> Callable[..., Any]:
+                  timeout: float = 300.0, sandbox: Sandbox | None = None,
+                  gate: Callable[[str, str, bool], Awaitable[str | None]] | None = None) -> Callable[..., Any]:
     """Build the ``run_code`` tool function bound to a session (confined by ``sandbox``, by default the
-    runner's own)."""
+    runner's own). ``gate(code, language, network)``: the session's policy, asked before each execution (None:
+    run it; a text: the refusal returned instead)."""
     locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
     async def run_code(code: str, language: str = "python") -> str:
         """Run a Python or bash program in the working directory; returns its output (and exit code if non-zero)."""
         if language not in _COMMANDS:
             return f"unsupported language {language!r}; use one of: {', '.join(_COMMANDS)}\n[exit code: 2]"
+        if gate is not None:  # before the lock: an approval may wait for a human, other executions need not
+            refused = await gate(code, language, (sandbox or session_sandbox()).network)
+            if refused is not None:
+                return refused
         loop = asyncio.get_running_loop()
         lock = locks.setdefault(loop, asyncio.Lock())
         async with lock:

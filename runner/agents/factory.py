@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from labd.ipc.policy import Policy
 from labd.runner.agents.budget import Budget
 from labd.runner.agents.code import make_run_code
+from labd.runner.agents.context import current_agent, current_model
 from labd.runner.agents.mcp_tools import toolkits_for
 from labd.runner.agents.offline import OFFLINE_MODEL, OFFLINE_PROVIDER, OfflineModelConfig
+from labd.runner.agents.policy import PolicyGate
 from labd.runner.agents.pricing import PriceTable
 from labd.runner.agents.tracking import Tracker
 from labd.runner.approvals import Approvals
@@ -52,7 +55,8 @@ class AgentFactory:
                  secrets: Mapping[str, str], approvals: Approvals, files: FileTracker,
                  mcp_servers: Mapping[str, Mapping[str, Any]] | None = None,
                  roles: Mapping[str, Any] | None = None, role_overrides: Mapping[str, str] | None = None,
-                 limits: Mapping[str, Any] | None = None, pause: Callable[[str], float | None] | None = None) -> None:
+                 limits: Mapping[str, Any] | None = None, pause: Callable[[str], float | None] | None = None,
+                 policy: Sequence[Mapping[str, Any]] | None = None) -> None:
         self.models = dict(models)
         self.mcp_servers = dict(mcp_servers or {})
         self.roles = dict(roles or BUILTIN)
@@ -62,11 +66,25 @@ class AgentFactory:
         self.workdir = workdir
         self.emit = emit
         self.tracker = Tracker(emit, new_node_id, PriceTable(prices), files, describe=self.describe)
-        self._run_code = make_run_code(self.tracker.emit_full, workdir, files)  # full outputs, as blobs
+        rules = Policy.from_spec([dict(r) for r in policy or ()])
+        if rules:  # no rules: no gate, no decisions recorded, nothing asked
+            self.tracker.policy = PolicyGate(rules, emit, approvals, self.tracker.costs)
+        # full outputs, as blobs
+        self._run_code = make_run_code(self.tracker.emit_full, workdir, files,
+                                       gate=self._code_gate if rules else None)
         budget = (limits or {}).get("budget")
         if isinstance(budget, int | float) and not isinstance(budget, bool):
             self.tracker.budget = Budget(float(budget), str((limits or {}).get("budget_action") or "stop"), emit,
                                          pause)
+
+    async def _code_gate(self, code: str, language: str, network: bool) -> str | None:
+        gate = self.tracker.policy
+        if gate is None:
+            return None
+        agent = current_agent.get()
+        action = gate.action("code", agent, tool="run_code", model=current_model.get(), language=language,
+                             network=network)
+        return await gate.check(action, current_node.get(), code=code)
 
     def model_config(self, name: Any) -> tuple[Any, str, str, bool]:
         """(ag2 model config, model name, provider, offline) for a configured model name, or for an ag2

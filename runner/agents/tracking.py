@@ -27,9 +27,10 @@ from ag2.events import BaseEvent, ModelRequest, ToolErrorEvent, ToolNotFoundEven
 from ag2.middleware import BaseMiddleware
 
 from labd.runner.agents.budget import Budget
-from labd.runner.agents.context import current_agent, current_call
+from labd.runner.agents.context import current_agent, current_call, current_model
 from labd.runner.agents.fidelity import BlobSender, model_params
 from labd.runner.agents.hooks import LLMCall, current_llm_call
+from labd.runner.agents.policy import PolicyGate, refused_response, refused_tool_result
 from labd.runner.agents.pricing import PriceTable
 from labd.runner.context import current_node
 from labd.runner.files import FileTracker
@@ -74,7 +75,9 @@ class Tracker:
         self.blobs = BlobSender()
         #: USD priced so far by this runner (the budget is checked against it before each call)
         self.spent = 0.0
+        self.spent_by: dict[str, float] = {}  # ... and per agent (policies can cap an agent's cost)
         self.budget: Budget | None = None
+        self.policy: PolicyGate | None = None  # the session's [[policy]] rules, when it has any
         self._describe = describe
         self._lock = threading.Lock()
         #: ag2 network channel id -> (agent, its turn node, routing tool, reason) of the last turn in it
@@ -136,9 +139,16 @@ class Tracker:
             cached = self._param_cache[key] = (config, model_params(config))
         return dict(cached[1])
 
-    def add_cost(self, cost: float) -> None:
+    def add_cost(self, cost: float, agent: str | None = None) -> None:
         with self._lock:
             self.spent += cost
+            if agent is not None:
+                self.spent_by[agent] = self.spent_by.get(agent, 0.0) + cost
+
+    def costs(self, agent: str | None) -> tuple[float, float]:
+        """(USD ``agent`` spent so far, USD the session spent so far) in this runner."""
+        with self._lock:
+            return self.spent_by.get(agent or "", 0.0), self.spent
 
     # ---- handoffs in ag2 networks (group chats, swarms) --------------------------------------------
     def handoff_from(self, channel: str, agent: str) -> tuple[str, str, str | None, str | None] | None:
@@ -208,6 +218,11 @@ class TrackingMiddleware(BaseMiddleware):
 
     async def on_llm_call(self, call_next: Any, events: Any, context: Any) -> Any:
         node = current_node.get()
+        gate = self.t.policy
+        if gate is not None:  # before anything is recorded: a refused call never reaches the model
+            refused = await gate.check(gate.action("llm", self.agent, model=self.model), node)
+            if refused is not None:
+                return refused_response(refused, self.model)
         base = {"agent": self.agent, "model": self.model, "provider": self.provider, "offline": self.offline}
         call = LLMCall(self.agent, base, node, _config_of(context))
         token = current_llm_call.set(call)
@@ -249,7 +264,7 @@ class TrackingMiddleware(BaseMiddleware):
             self.t.emit_full("agent.message", {"agent": self.agent, "content": resp.content}, node, res_seq)
         price = self.t.prices.price(model)
         cost = price.cost(prompt_tokens, completion_tokens)
-        self.t.add_cost(cost)
+        self.t.add_cost(cost, self.agent)
         self.t.emit("cost.recorded", {"agent": self.agent, "model": model, "prompt_tokens": prompt_tokens,
                                       "completion_tokens": completion_tokens,
                                       "cost": cost, "currency": "USD",
@@ -272,12 +287,18 @@ class TrackingMiddleware(BaseMiddleware):
             self.t.emit("subagent.started", {"agent": self.agent, "child": child, "task_id": str(event.id),
                                              "objective": _clip(str(objective or arguments))}, node, call)
         call_token, agent_token = current_call.set(str(event.id)), current_agent.set(self.agent)
+        model_token = current_model.set(self.model)
         start = time.monotonic()
         try:
-            result = await call_next(event, context)
+            gate = self.t.policy
+            refused = None if gate is None else await gate.check(
+                gate.action("tool", self.agent, tool=event.name, model=self.model), node)
+            # refused: the tool does not run, its (error) result is the refusal the model reads
+            result = refused_tool_result(event, refused) if refused is not None else await call_next(event, context)
         finally:
             current_call.reset(call_token)
             current_agent.reset(agent_token)
+            current_model.reset(model_token)
         result_text = _result_text(result)
         payload: dict[str, Any] = {"agent": self.agent, "call_id": str(event.id), "name": event.name,
                                    "status": "ok", "duration": time.monotonic() - start,

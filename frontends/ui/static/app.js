@@ -89,6 +89,7 @@ function activityLine(ev) {
     case "tool.call": return [`tool ${p.name}(${JSON.stringify(p.arguments ?? {}).slice(0, 120)})`, "act-tool"];
     case "tool.result": return [`tool ${p.name} → ${p.status}`, p.status === "ok" ? "act-tool" : "act-error"];
     case "code.execution": return [`run_code exit ${p.exit_code} (${(p.duration || 0).toFixed(2)}s)`, p.exit_code ? "act-error" : "act-tool"];
+    case "policy.decision": return (p.rule || p.outcome !== "allowed") ? [`policy ${p.rule || "(default)"}: ${p.outcome} ${p.action} ${p.tool || p.model || p.language || ""}`, p.outcome === "denied" ? "act-error" : "act-approval"] : null;
     case "approval.requested": return [`⏸ approval requested: ${p.prompt || ""}`.slice(0, 200), "act-approval"];
     case "approval.resolved": return [`approval ${p.decision} by ${p.by || p.resolved_by || "?"}`, "act-approval"];
     case "step.started": return [`step ${p.name} started`, ""];

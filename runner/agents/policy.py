@@ -1,0 +1,109 @@
+"""Policies in the runner: every LLM call, tool call and code execution asks the session's rules first.
+
+The rules (:mod:`labd.ipc.policy`: the daemon's ``[[policy]]`` tables, then the session's own) come in the
+start spec. The tracking middleware asks :class:`PolicyGate` before an LLM call and before a tool runs;
+``run_code`` asks before it executes a program. Each decision is a ``policy.decision`` event on the node the
+action belongs to. What a refusal does, so that the agent (and the session) goes on:
+
+- an LLM call: the turn ends with a reply ``POLICY DENIED: ...`` instead of the model's (as ag2's own halt
+  middleware does); the workflow sees that text as the agent's answer;
+- a tool call: the tool does not run; its result (an error result) is the refusal, which the model reads;
+- a code execution: the program does not run; ``run_code`` returns the refusal.
+
+``require_approval`` asks a human through the session's approvals (kind ``policy``, options approve /
+reject): approve runs the action, reject refuses it (with the human's feedback in the refusal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from labd.ipc.policy import Action, Decision, Policy
+from labd.runner.approvals import Approvals
+from labd.runner.context import Cancelled
+
+__all__ = ["PolicyGate", "PolicyDenied", "refused_response"]
+
+#: how much of the code an approver sees in the approval's context (the full code is in the record anyway)
+CODE_PREVIEW = 4000
+
+
+class PolicyDenied(Exception):
+    """The error carried by a refused tool call's result (the model reads its message)."""
+
+
+class PolicyGate:
+    """The session's policy, with what a decision needs: costs so far, the event stream, the approvals."""
+
+    def __init__(self, policy: Policy, emit: Callable[..., int], approvals: Approvals | None,
+                 costs: Callable[[str | None], tuple[float, float]]) -> None:
+        self.policy = policy
+        self.emit = emit
+        self.approvals = approvals
+        #: agent -> (USD this agent spent so far, USD the session spent so far)
+        self.costs = costs
+
+    def action(self, kind: str, agent: str | None, **fields: Any) -> Action:
+        agent_cost, session_cost = self.costs(agent)
+        return Action(kind, agent=agent, agent_cost=agent_cost, session_cost=session_cost, **fields)
+
+    async def check(self, action: Action, node: str | None, *, code: str | None = None) -> str | None:
+        """Decide ``action``; None: go ahead, else the refusal text the agent gets."""
+        decision = self.policy.evaluate(action)
+        # rule null: no rule applies (allowed by default); source/index only with a rule
+        base = {**action.to_dict(), **{k: v for k, v in decision.to_dict().items() if v is not None or k == "rule"}}
+        if decision.outcome == "allow":
+            self.emit("policy.decision", {**base, "outcome": "allowed"}, node)
+            return None
+        if decision.outcome == "deny" or self.approvals is None:
+            self.emit("policy.decision", {**base, "outcome": "denied"}, node)
+            return refusal(decision, action)
+        self.emit("policy.decision", {**base, "outcome": "pending"}, node)
+        rule = decision.rule
+        assert rule is not None  # an approval outcome always comes from a rule
+        context: dict[str, Any] = {"policy_rule": rule.name, "source": rule.source, **action.to_dict()}
+        if code is not None:
+            context["code"] = code[:CODE_PREVIEW]
+        answer = await asyncio.to_thread(
+            self.approvals.request, "policy", f"{decision.reason}: approve?", options=("approve", "reject"),
+            context=context, timeout=rule.timeout, policy=rule.on_timeout, node_id=node, agent=action.agent,
+            on_cancel=_stop)
+        final: dict[str, Any] = {**base, "outcome": "allowed" if answer.approved else "denied", "by": answer.by}
+        if answer.feedback:
+            final["feedback"] = answer.feedback
+        self.emit("policy.decision", final, node)
+        if answer.approved:
+            return None
+        why = f"{decision.reason}, and {answer.by} rejected it" + (f": {answer.feedback}" if answer.feedback else "")
+        return refusal(Decision(rule, "deny", why), action)
+
+
+def _stop() -> None:
+    # a stop while a human is asked ends the wait at once (cooperatively), not after the SIGTERM grace
+    raise Cancelled("stop requested while waiting for a policy approval")
+
+
+def refusal(decision: Decision, action: Action) -> str:
+    """The text an agent gets instead of the action's result: what was refused, why, and what to do."""
+    rule = decision.rule
+    by = f" (policy rule {rule.name!r})" if rule is not None and rule.name not in decision.reason else ""
+    what = {"llm": "This LLM call was not made", "tool": f"The tool {action.tool} was not run",
+            "code": "The code was not run"}[action.kind]
+    return (f"POLICY DENIED: {decision.reason}{by}. {what}; do not retry it the same way - continue without it, "
+            "or say what you would need.")
+
+
+def refused_response(text: str, model: str | None) -> Any:
+    """A model response that ends the agent's turn with ``text`` (no model was called)."""
+    from ag2.events import ModelMessage, ModelResponse
+
+    return ModelResponse(ModelMessage(text), model=model, finish_reason="policy")
+
+
+def refused_tool_result(event: Any, text: str) -> Any:
+    """A tool's error result carrying the refusal (the model reads ``text``; the tool never ran)."""
+    from ag2.events import ToolErrorEvent, ToolResult
+
+    return ToolErrorEvent(parent_id=event.id, name=event.name, error=PolicyDenied(text), result=ToolResult(text))
