@@ -152,7 +152,7 @@ class Client:
               pythonpath: list[str] | None = None, agents: dict[str, str] | None = None,
               procs: int | None = None, priority: int | None = None,
               tags: dict[str, str] | None = None, network: bool | None = None,
-              idempotency_key: str | None = None, retries: int = 1) -> str:
+              idempotency_key: str | None = None, retries: int = 1, max_output: str | int | None = None) -> str:
         """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``);
         ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause; ``tags`` label the session
         for ``sessions(tags=...)`` and ``cost_summary(by="tag")``.
@@ -162,13 +162,16 @@ class Client:
         replaces registry roles for this session: ``{"engineer": "my_engineer"}``. ``procs`` caps the
         session's process count; ``priority`` orders the run queue when the daemon is at ``max_sessions``.
         ``network``: may code the session's agents execute use the network (default: the daemon's
-        ``[sandbox] network``).
+        ``[sandbox] network``). ``max_output`` caps the captured stdout+stderr kept (``"10M"``, bytes, or
+        ``"none"``; default: the daemon's ``max_output``); past it output is dropped and ``output.truncated``
+        recorded.
 
         Every call carries an idempotency key (``idempotency_key``, else a fresh random one) and is retried
         ``retries`` times with the same key when no reply comes in time: the daemon returns the session the
         first attempt started, so a retry never starts a second one."""
         limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
-                                    "budget_action": budget_action, "procs": procs}.items() if v is not None}
+                                    "budget_action": budget_action, "procs": procs,
+                                    "output": max_output}.items() if v is not None}
         body: dict[str, Any] = {"workflow": workflow, "params": params or {}, "limits": limits,
                                 **where(cwd, pythonpath)}
         if priority is not None:
@@ -216,12 +219,13 @@ class Client:
 
     def start_function(self, call: FunctionCall, *, name: str | None = None, memory: str | int | None = None,
                        cpu: str | float | None = None, timeout: str | float | None = None,
-                       budget: float | None = None, budget_action: str | None = None) -> str:
+                       budget: float | None = None, budget_action: str | None = None,
+                       max_output: str | int | None = None) -> str:
         """Start a session for an already pickled call (:func:`labd.ipc.functions.encode_call`)."""
         from labd.ipc.functions import FUNCTION_WORKFLOW
 
         limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
-                                    "budget_action": budget_action}.items() if v is not None}
+                                    "budget_action": budget_action, "output": max_output}.items() if v is not None}
         body: dict[str, Any] = {"workflow": FUNCTION_WORKFLOW, "params": call.params, "payload": call.payload,
                                 "limits": limits}
         if name:
