@@ -11,6 +11,7 @@ import time
 import orjson
 import psutil
 import pytest
+import zmq
 
 from tests.conftest import SUPPORT, DaemonProc
 from tests.fault.conftest import figures
@@ -46,11 +47,22 @@ def _check_prefix(out: bytes, lines: int) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_four_stdout_floods_keep_daemon_rss_bounded_and_lose_nothing_below_the_cap(daemon: DaemonProc) -> None:
+@pytest.mark.parametrize("follower", ["none", "stalled"])
+def test_four_stdout_floods_keep_daemon_rss_bounded_and_lose_nothing_below_the_cap(daemon: DaemonProc,
+                                                                                  follower: str) -> None:
     """4 sessions write numbered 100-byte lines to fd 1 as fast as they can for 15 s (two capped at 100 MiB,
     two writing 40 MB under their cap) while the daemon's RSS is sampled every 100 ms: it never exceeds
-    300 MB; the capped sessions stored exactly their first 100 MiB, the others every line, in order."""
+    300 MB; the capped sessions stored exactly their first 100 MiB, the others every line, in order. With a
+    ``stalled`` follower (subscribed to every session's live tail, never reading) the live publish queue
+    must not hold the flood either."""
     assert daemon.proc is not None
+    stalled = None
+    if follower == "stalled":
+        stalled = zmq.Context.instance().socket(zmq.SUB)
+        stalled.setsockopt(zmq.LINGER, 0)
+        stalled.setsockopt(zmq.SUBSCRIBE, b"session.")
+        with daemon.client() as c:
+            stalled.connect(c.info.events)
     proc = psutil.Process(daemon.proc.pid)
     samples: list[int] = []
     stop = threading.Event()
@@ -76,10 +88,12 @@ def test_four_stdout_floods_keep_daemon_rss_bounded_and_lose_nothing_below_the_c
                    for sid in capped}
     stop.set()
     sampler.join()
+    if stalled is not None:
+        stalled.close(0)
     db = str(daemon.home / "labd.db")
     stored = {sid: _stored(db, sid) for sid in capped + whole}
     written = sum(results.values()) * LINE
-    figures("4 stdout floods", seconds=round(elapsed, 1), written_mb=round(written / 1e6),
+    figures("4 stdout floods", follower=follower, seconds=round(elapsed, 1), written_mb=round(written / 1e6),
             stored_mb=round(sum(map(len, stored.values())) / 1e6),
             dropped_mb=round(sum(dropped.values()) / 1e6), rss_start_mb=round(rss0 / 1e6),
             rss_peak_mb=round(max(samples) / 1e6), rss_end_mb=round(samples[-1] / 1e6), samples=len(samples))
