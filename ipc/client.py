@@ -204,7 +204,7 @@ class Client:
     # ---- Python functions as sessions (see labd.ipc.functions) -------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, name: str | None = None, memory: str | int | None = None,
                cpu: str | float | None = None, timeout: str | float | None = None, budget: float | None = None,
-               budget_action: str | None = None, **kwargs: Any) -> str:
+               budget_action: str | None = None, max_output: str | int | None = None, **kwargs: Any) -> str:
         """Start a session that runs ``fn(*args, **kwargs)`` (runs your code as you); returns its id.
 
         ``fn`` and its arguments are pickled here with dill (closures, lambdas, ``__main__`` and notebook
@@ -215,7 +215,8 @@ class Client:
         from labd.ipc.functions import encode_call
 
         return self.start_function(encode_call(fn, args, kwargs), name=name, memory=memory, cpu=cpu,
-                                   timeout=timeout, budget=budget, budget_action=budget_action)
+                                   timeout=timeout, budget=budget, budget_action=budget_action,
+                                   max_output=max_output)
 
     def start_function(self, call: FunctionCall, *, name: str | None = None, memory: str | int | None = None,
                        cpu: str | float | None = None, timeout: str | float | None = None,

@@ -147,3 +147,19 @@ def test_config_max_output(tmp_path: Path) -> None:
         (tmp_path / "config.toml").write_text(f"[daemon]\nmax_output = {bad}\n")
         with pytest.raises(ConfigError, match="max_output"):
             load_config(tmp_path)
+
+
+def _chatty(n: int) -> int:
+    for i in range(n):
+        print(f"{i:09d}")
+    return n
+
+
+def test_submitted_function_takes_max_output(client: Client) -> None:
+    """Client.submit(..., max_output=...) caps a function session's output like `labd run --max-output`."""
+    sid = client.submit(_chatty, 1000, max_output="2K")
+    assert client.result(sid, timeout=90) == 1000
+    assert client.session(sid)["limits"]["output"] == 2048
+    assert len(stored_output(client, sid)) == 2048
+    marks = [e["payload"] for e in client.history(sid, kinds=["output.truncated"])]
+    assert marks[-1] == {"cap": 2048, "dropped": 10_000 - 2048, "by": "runner"}
