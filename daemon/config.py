@@ -78,6 +78,8 @@ class Config:
     max_sessions: int = 0  # run queue: sessions running at once (0 = no limit)
     memory_total: int | str | None = None  # run queue: sum of --memory reservations (bytes or "16G")
     procs: int | None = None  # default process-count limit per session
+    #: default per-session output cap (captured stdout+stderr kept): a size ("1G"), or "none" for no cap
+    max_output: int | str | None = "1G"
 
     @property
     def layout(self) -> Layout:
@@ -204,6 +206,20 @@ def _check_sandbox(path: Path, section: Any) -> dict[str, Any]:
     return section
 
 
+def _max_output(value: Any) -> int | None:
+    """``max_output``: a size with a unit, or "none" (also false/0) for sessions without an output cap."""
+    if value is None or value is False or value == 0 or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    if isinstance(value, str):
+        try:
+            value = parse_size(value)
+        except UnitError as exc:
+            raise ConfigError(f"max_output: {exc}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
+        raise ConfigError(f"max_output must be a size of at least 1K like \"1G\", or \"none\", not {value!r}")
+    return value
+
+
 def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
     """Build the config: defaults -> config files (user's, then home's) -> environment -> overrides."""
     layout = layout_for(home)
@@ -268,6 +284,7 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     elif cfg.memory_total is not None and (isinstance(cfg.memory_total, bool) or not isinstance(cfg.memory_total, int)
                                            or cfg.memory_total <= 0):
         raise ConfigError(f"memory_total must be a size like 16G, not {cfg.memory_total!r}")
+    cfg = replace(cfg, max_output=_max_output(cfg.max_output))
     for name in ("stop_grace", "term_grace", "sample_interval", "limit_interval", "record_interval"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:

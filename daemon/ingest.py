@@ -23,6 +23,7 @@ import sqlalchemy.exc as sa_exc
 import structlog
 import zmq
 
+from labd.daemon.outputcap import OutputCaps, stored_cap
 from labd.daemon.spools import remove_spool, spool_of, spooled_events
 from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
 from labd.ipc.signing import derive_key
@@ -77,6 +78,7 @@ class Ingest(threading.Thread):
         self.events_endpoint = events_endpoint
         self.counters = counters
         self.last_seen = last_seen
+        self.outcap = OutputCaps(lambda sid: stored_cap(writer.engine, sid), counters)  # output cap backstop
         self.log = structlog.get_logger("labd.ingest")
         self.cursors: dict[str, SessionCursor] = {}
         self._last_resend: dict[str, float] = {}
@@ -381,6 +383,7 @@ class Ingest(threading.Thread):
         op = item[0]
         if op == "event":
             _, sid, kind, payload, node_id, reply_to = item
+            self.outcap.learn(sid, kind, payload)
             if kind == "session.created" and self._cursor(sid) is None:
                 self.cursors[sid] = SessionCursor(id=sid)
             cur = self._cursor(sid)
@@ -388,6 +391,8 @@ class Ingest(threading.Thread):
                 # Whatever the runner recorded and we do not have yet goes in first: its events, and its
                 # own outcome (session.finished), which the final status is decided from.
                 self._ingest_spool(cur, b)
+                if (total := self.outcap.final(sid)) is not None:
+                    self._append(cur, time.time(), "output.truncated", "d", None, None, None, total, b)
             if cur is None:
                 self.log.error("daemon event for unknown session dropped", session_id=sid, kind=kind)
                 if reply_to is not None:
@@ -488,6 +493,10 @@ class Ingest(threading.Thread):
                 break
             cur.runner_seq = src_seq
             _, ts, kind, node_id, parent, payload = ev
+            if kind == "output" and (cut := self.outcap.drop(sid, payload)) is not False:  # past the cap
+                if cut is not True:
+                    self._append(cur, time.time(), "output.truncated", "r", src_seq, None, None, cut, b)
+                continue
             if fast and parent is None and ts.__class__ is float and quick_valid(kind, payload, node_id):
                 # hot path (output, log, custom): no projection to update
                 try:

@@ -58,15 +58,17 @@ class Limits:
     budget: float | None = None  # USD of LLM usage (enforced from cost events by ingest + supervisor)
     budget_action: str = "stop"  # stop | pause
     procs: int | None = None  # processes in the tree (zombies included)
+    output: int | None = None  # bytes of captured stdout+stderr kept (runner/capture.py, daemon/outputcap.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {"memory": self.memory, "cpu": self.cpu, "timeout": self.timeout, "budget": self.budget,
-                "budget_action": self.budget_action, "procs": self.procs}
+                "budget_action": self.budget_action, "procs": self.procs, "output": self.output}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Limits:
         return cls(memory=d.get("memory"), cpu=d.get("cpu"), timeout=d.get("timeout"), budget=d.get("budget"),
-                   budget_action=d.get("budget_action") or "stop", procs=d.get("procs"))
+                   budget_action=d.get("budget_action") or "stop", procs=d.get("procs"),
+                   output=d.get("output"))
 
     @property
     def strict(self) -> bool:

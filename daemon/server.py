@@ -33,6 +33,7 @@ from labd.daemon.queue import RunQueue
 from labd.daemon.retention import Retention
 from labd.daemon.supervisor import Supervisor
 from labd.daemon.systemd import Heartbeat, Notifier
+from labd.daemon.warnlimit import WarnLimiter
 from labd.ipc.connection import ConnectionInfo, write_connection_file
 from labd.ipc.wire import Codec, WireError, nesting_ok
 from labd.runner.sandbox import SandboxStatus, hidden_paths, probe
@@ -85,6 +86,7 @@ class Daemon:
         self.notifier = Notifier()
         self.layout = cfg.layout
         self.log = structlog.get_logger("labd.daemon")
+        self._warn = WarnLimiter(self.log)  # dropped control frames: a line a second per reason, not per frame
         self.counters: dict[str, int] = {}
         self.last_seen: dict[str, float] = {}
         self.started = time.time()
@@ -398,7 +400,7 @@ class Daemon:
         except WireError as exc:
             name = f"dropped.control.{exc.reason}"
             self.counters[name] = self.counters.get(name, 0) + 1
-            self.log.warning("control frame dropped", reason=exc.reason, error=str(exc)[:300])
+            self._warn.warn("control frame dropped", exc.reason, error=str(exc)[:300])  # rate-limited
             msg_id = getattr(exc, "msg_id", None)
             if msg_id:  # signed but undecodable (e.g. nested too deeply): the sender still gets an answer
                 self._reply(control, identity, msg_id, error=ApiError("bad_request", f"undecodable request: {exc}"))

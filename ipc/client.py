@@ -153,7 +153,7 @@ class Client:
               procs: int | None = None, priority: int | None = None,
               tags: dict[str, str] | None = None, network: bool | None = None,
               idempotency_key: str | None = None, retries: int = 1,
-              policy: list[dict[str, Any]] | None = None) -> str:
+              policy: list[dict[str, Any]] | None = None, max_output: str | int | None = None) -> str:
         """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``);
         ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause; ``tags`` label the session
         for ``sessions(tags=...)`` and ``cost_summary(by="tag")``.
@@ -164,13 +164,16 @@ class Client:
         session's process count; ``priority`` orders the run queue when the daemon is at ``max_sessions``.
         ``network``: may code the session's agents execute use the network (default: the daemon's
         ``[sandbox] network``). ``policy``: the session's own policy rules (tables as in ``[[policy]]``,
-        e.g. from :func:`labd.ipc.policy.load_file`), evaluated after the daemon's.
+        e.g. from :func:`labd.ipc.policy.load_file`), evaluated after the daemon's. ``max_output`` caps the
+        captured stdout+stderr kept (``"10M"``, bytes, or ``"none"``; default: the daemon's ``max_output``);
+        past it output is dropped and ``output.truncated`` recorded.
 
         Every call carries an idempotency key (``idempotency_key``, else a fresh random one) and is retried
         ``retries`` times with the same key when no reply comes in time: the daemon returns the session the
         first attempt started, so a retry never starts a second one."""
         limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
-                                    "budget_action": budget_action, "procs": procs}.items() if v is not None}
+                                    "budget_action": budget_action, "procs": procs,
+                                    "output": max_output}.items() if v is not None}
         body: dict[str, Any] = {"workflow": workflow, "params": params or {}, "limits": limits,
                                 **where(cwd, pythonpath)}
         if priority is not None:
@@ -205,7 +208,7 @@ class Client:
     # ---- Python functions as sessions (see labd.ipc.functions) -------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, name: str | None = None, memory: str | int | None = None,
                cpu: str | float | None = None, timeout: str | float | None = None, budget: float | None = None,
-               budget_action: str | None = None, **kwargs: Any) -> str:
+               budget_action: str | None = None, max_output: str | int | None = None, **kwargs: Any) -> str:
         """Start a session that runs ``fn(*args, **kwargs)`` (runs your code as you); returns its id.
 
         ``fn`` and its arguments are pickled here with dill (closures, lambdas, ``__main__`` and notebook
@@ -216,16 +219,18 @@ class Client:
         from labd.ipc.functions import encode_call
 
         return self.start_function(encode_call(fn, args, kwargs), name=name, memory=memory, cpu=cpu,
-                                   timeout=timeout, budget=budget, budget_action=budget_action)
+                                   timeout=timeout, budget=budget, budget_action=budget_action,
+                                   max_output=max_output)
 
     def start_function(self, call: FunctionCall, *, name: str | None = None, memory: str | int | None = None,
                        cpu: str | float | None = None, timeout: str | float | None = None,
-                       budget: float | None = None, budget_action: str | None = None) -> str:
+                       budget: float | None = None, budget_action: str | None = None,
+                       max_output: str | int | None = None) -> str:
         """Start a session for an already pickled call (:func:`labd.ipc.functions.encode_call`)."""
         from labd.ipc.functions import FUNCTION_WORKFLOW
 
         limits = {k: v for k, v in {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
-                                    "budget_action": budget_action}.items() if v is not None}
+                                    "budget_action": budget_action, "output": max_output}.items() if v is not None}
         body: dict[str, Any] = {"workflow": FUNCTION_WORKFLOW, "params": call.params, "payload": call.payload,
                                 "limits": limits}
         if name:

@@ -71,7 +71,7 @@ class Executor(futures.Executor):
     """Run calls as labd sessions, at most ``max_workers`` at once (runs your code as you).
 
     ``home`` selects the daemon (default: ``$LABD_HOME``); ``name`` prefixes session names; ``memory``, ``cpu``,
-    ``timeout``, ``budget`` and ``budget_action`` are each session's limits (as for ``Client.start``);
+    ``timeout``, ``budget``, ``budget_action`` and ``max_output`` are each session's limits (as for ``Client.start``);
     ``stop_grace`` is the seconds a cancelled session gets to stop before it is killed (daemon default).
     Futures fail with :class:`~labd.ipc.functions.RemoteError` when the function raises.
     """
@@ -79,14 +79,15 @@ class Executor(futures.Executor):
     def __init__(self, max_workers: int = 4, home: str | os.PathLike[str] | None = None, *, name: str | None = None,
                  memory: str | int | None = None, cpu: str | float | None = None,
                  timeout: str | float | None = None, budget: float | None = None,
-                 budget_action: str | None = None, stop_grace: float | None = None) -> None:
+                 budget_action: str | None = None, stop_grace: float | None = None,
+                 max_output: str | int | None = None) -> None:
         if not isinstance(max_workers, int) or max_workers <= 0:
             raise ValueError("max_workers must be a positive integer")
         self._max_workers = max_workers
         self._home = home
         self._name = name
         self._limits: dict[str, Any] = {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
-                                        "budget_action": budget_action}
+                                        "budget_action": budget_action, "max_output": max_output}
         self._grace = stop_grace
         self._control = Client(home)  # fails here, not in a worker, when no daemon serves home
         self._control_lock = threading.Lock()

@@ -4,6 +4,12 @@ File descriptors 1 and 2 are replaced by pipes, so ``print``, writes from C exte
 of child processes (which inherit fds 1 and 2) all arrive here. A reader thread per stream turns the
 bytes into ``output`` events: chunks that end on a line boundary (at most 64 KiB), or a partial line
 once it has waited 100 ms, so a progress bar still shows up live.
+
+With a cap (the session's ``output`` limit), the first ``cap`` bytes (UTF-8 of the emitted text) of stdout
+and stderr together are emitted; the rest is still read (the session never blocks on a full pipe) but
+dropped and counted. The
+first drop reports once through ``on_truncated`` (``{"cap": ...}``); :meth:`OutputCapture.close` reports
+the total (``{"cap": ..., "dropped": ...}``).
 """
 
 from __future__ import annotations
@@ -30,13 +36,19 @@ PIPE_SIZE = 1 << 20  # a larger pipe lets a chatty workflow run ahead of the rea
 F_SETPIPE_SZ = 1031  # Linux
 
 Emit = Callable[[str, str], None]  # (stream, text)
+Report = Callable[[dict[str, int]], None]  # an output.truncated payload
 
 
 class OutputCapture:
     """Redirects fds 1 and 2 into pipes read by background threads."""
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: Emit, cap: int | None = None, on_truncated: Report | None = None) -> None:
         self._emit = emit
+        self.cap = cap
+        self._on_truncated = on_truncated
+        self._cap_lock = threading.Lock()
+        self.kept = 0  # bytes emitted (both streams)
+        self.dropped = 0  # bytes dropped past the cap
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._fds: list[int] = []
@@ -104,11 +116,31 @@ class OutputCapture:
         self._stop.set()
         for t in self._threads:
             t.join(0.5)
+        if self.dropped and self._on_truncated is not None:
+            self._on_truncated({"cap": self.cap or 0, "dropped": self.dropped})
+
+    def _capped(self, stream: str, text: str) -> None:
+        """Emit what fits under the cap (counted in UTF-8 bytes of the text); count the rest as dropped."""
+        cap = self.cap
+        if cap is None:
+            self._emit(stream, text)
+            return
+        data = text.encode("utf-8", "surrogatepass")
+        with self._cap_lock:  # two readers share one cap
+            room = max(0, cap - self.kept)
+            keep = data[:room]
+            self.kept += len(keep)
+            first = not self.dropped and len(keep) < len(data)
+            self.dropped += len(data) - len(keep)
+        if keep:  # a character cut in two at the cap is dropped whole
+            self._emit(stream, text if len(keep) == len(data) else keep.decode("utf-8", "ignore"))
+        if first and self._on_truncated is not None:
+            self._on_truncated({"cap": cap})
 
     def _read(self, fd: int, stream: str, index: int) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
         pending = ""
-        emit = self._emit
+        emit = self._capped
         last_emit = 0.0
         while not self._stop.is_set():
             ready, _, _ = select.select([fd], [], [], PARTIAL_FLUSH_S)

@@ -132,7 +132,10 @@ def run_session(spec: dict[str, Any]) -> int:
     def emit_output(stream: str, text: str) -> None:
         emit("output", {"stream": stream, "text": text}, ctx.active_node)
 
-    capture = OutputCapture(emit_output)
+    def truncated(report: dict[str, int]) -> None:  # once at the first drop, once with the total at the end
+        emit("output.truncated", {**report, "by": "runner"})
+
+    capture = OutputCapture(emit_output, (spec.get("limits") or {}).get("output"), truncated)
     capture.install()
     ctx.before_boundary = capture.sync
     files = FileTracker(workdir, emit)

@@ -53,16 +53,17 @@ def resolve_ref(store: Any, ref: str) -> dict[str, Any]:
 #: channel, capture and first workflow import need headroom; a smaller --memory would kill every session
 MIN_MEMORY = 32 * 2**20
 MAX_PROCS = 1_000_000
+MIN_OUTPUT = 1024  # an output cap below this would truncate the first traceback
 
 
-def _limits(body: dict[str, Any], default_procs: int | None = None) -> Limits:
+def _limits(body: dict[str, Any], default_procs: int | None = None, default_output: Any = None) -> Limits:
     raw = body.get("limits") or {}
     if not isinstance(raw, dict):
         raise ApiError("bad_request", "field 'limits' must be an object")
-    unknown = set(raw) - {"memory", "cpu", "timeout", "budget", "budget_action", "procs"}
+    unknown = set(raw) - {"memory", "cpu", "timeout", "budget", "budget_action", "procs", "output"}
     if unknown:
         raise ApiError("bad_request", f"unknown limits {sorted(unknown)} "
-                       "(accepted: memory, cpu, timeout, budget, budget_action, procs)")
+                       "(accepted: memory, cpu, timeout, budget, budget_action, procs, output)")
     action = raw.get("budget_action") or "stop"
     if action not in ("stop", "pause"):
         raise ApiError("bad_limits", "budget_action must be stop or pause")
@@ -88,9 +89,25 @@ def _limits(body: dict[str, Any], default_procs: int | None = None) -> Limits:
             memory=memory, cpu=cpu_pct,
             timeout=parse_duration(tmo) if isinstance(tmo, str) else _positive(tmo, "timeout"),
             budget=_positive(raw.get("budget"), "budget"), budget_action=action, procs=procs,
+            output=output_cap(raw.get("output", default_output)),
         )
     except UnitError as exc:
         raise ApiError("bad_limits", str(exc)) from None
+
+
+def output_cap(value: Any) -> int | None:
+    """The ``output`` limit: bytes (a JSON integer), a size string ("10M"), or "none" for no cap."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    if isinstance(value, str):
+        if value.strip().isdigit():
+            raise ApiError("bad_limits", f"output limit {value!r} has no unit: write e.g. {value.strip()}M "
+                           "(a JSON number means bytes; \"none\": no cap)")
+        value = parse_size(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_OUTPUT:
+        raise ApiError("bad_limits", f"output limit {value!r} must be a size of at least {MIN_OUTPUT // 1024}K "
+                       "(e.g. 10M, 1G) or \"none\"", {"min_bytes": MIN_OUTPUT})
+    return value
 
 
 def _positive(value: Any, name: str) -> Any:
@@ -236,7 +253,7 @@ class Start(Request):
         workflow, _cwd, path = where_from(self)
         params = self.arg("params", dict, {})
         name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
-        limits = _limits(self.body, self.daemon.cfg.procs or None)
+        limits = _limits(self.body, self.daemon.cfg.procs or None, self.daemon.cfg.max_output)
         priority = self.arg("priority", int, 0, check=lambda p: -1000 <= p <= 1000, hint="an integer -1000..1000")
         tags = self.arg("tags", dict, None, check=_valid_tags, hint="an object of up to 50 str -> str tags")
         d = self.daemon

@@ -55,6 +55,10 @@ class Activity:
         if kind == "output":
             stream = "stderr" if p.get("stream") == "stderr" else "stdout"
             return [Line(ts, stream, piece) for piece in str(p.get("text", "")).splitlines(keepends=True)]
+        if kind == "output.truncated":  # about the output itself: shown with --raw too
+            size = format_size(p.get("cap") or 0)
+            end = f": {format_size(p['dropped'])} dropped]" if p.get("dropped") else ": the rest is not kept]"
+            return [Line(ts, "note", f"[output truncated at {size}{end}", "yellow")]
         if self.raw:
             return []
         note = self._note(kind, p, ev)

@@ -57,7 +57,24 @@ def limits_from(args: argparse.Namespace) -> dict[str, Any]:
         raise CliError(str(exc)) from None
     if args.budget is not None and not args.budget > 0:
         raise CliError("--budget must be a positive amount of USD")
-    return {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": args.budget, "budget_action": args.on_budget}
+    limits: dict[str, Any] = {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": args.budget,
+                              "budget_action": args.on_budget}
+    if getattr(args, "max_output", None):
+        limits["max_output"] = max_output_arg(args.max_output)
+    return limits
+
+
+def max_output_arg(text: str) -> str | int:
+    """``--max-output 10M`` -> bytes; ``none`` (no cap) passes through for the daemon."""
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        size = parse_size(text)
+    except UnitError as exc:
+        raise CliError(f"--max-output: {exc}") from None
+    if size < 1024:
+        raise CliError(f"--max-output {text}: at least 1K (e.g. 10M, 1G), or none")
+    return size
 
 
 def parse_tags(items: list[str]) -> dict[str, str]:
@@ -190,7 +207,22 @@ def _limits_text(lim: dict[str, Any]) -> str:
              f"timeout {format_duration(lim['timeout'])}" if lim.get("timeout") else "timeout none"]
     if lim.get("budget"):
         parts.append(f"budget ${lim['budget']:g} ({lim.get('budget_action') or 'stop'})")
+    if lim.get("output"):
+        parts.append(f"output {format_size(lim['output'])}")
     return ", ".join(parts)
+
+
+def truncation_text(events: Any) -> str | None:
+    """``[output truncated at 10.0M: 1.2G dropped]`` from a session's ``output.truncated`` events (the
+    runner's and the daemon backstop's); None if its output was never cut."""
+    cap, dropped = None, 0
+    for ev in events:
+        p = ev.get("payload") or {}
+        cap = p.get("cap", cap)
+        dropped += p.get("dropped") or 0
+    if cap is None:
+        return None
+    return f"[output truncated at {format_size(cap)}" + (f": {format_size(dropped)} dropped]" if dropped else "]")
 
 
 def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -218,6 +250,9 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
         budget = lim.get("budget")
         pairs.append(("llm cost", f"${s['cost']:.6f}" + (f" of budget ${budget:g}" if budget else "")
                       + "  (labd cost for details)"))
+    cut = truncation_text(ctx.client().history(s["id"], kinds=["output.truncated"]))
+    if cut:
+        pairs.append(("output", styled(cut, "yellow")))
     if s["status"] in LIVE and s.get("last_seen"):
         quiet = time.time() - s["last_seen"]
         text = f"last heard from {quiet:.1f}s ago" + ("  (unresponsive?)" if quiet > 10 else "")
@@ -295,6 +330,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--budget", type=float, help="LLM budget in USD for the whole session, e.g. 2.50")
     s.add_argument("--on-budget", choices=["stop", "pause"], help="what crossing the budget does (default stop)")
     s.add_argument("--procs", type=int, help="at most this many processes in the session's tree")
+    s.add_argument("--max-output", metavar="SIZE",
+                   help="keep at most this much stdout+stderr (10M, 1G; none: no cap; default: max_output)")
     s.add_argument("--tag", action="append", default=[], metavar="K=V", help="label the session (repeat)")
     s.add_argument("--network", choices=["on", "off"],
                    help="may code the agents execute use the network (default: [sandbox] network, off)")

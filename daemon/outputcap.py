@@ -1,0 +1,93 @@
+"""The daemon's backstop for the per-session output cap (``limits.output``).
+
+The runner enforces the cap where output is captured (runner/capture.py), but a runner runs the session's
+code and can be made to ignore it. Ingest therefore counts the text of each session's ``output`` events
+too and, past the cap plus :data:`MARGIN`, stores no more of them: the first dropped event's slot records
+an ``output.truncated`` (``by: "daemon"``), and the session's end records the total dropped. An honest
+runner never reaches the backstop: it counts UTF-8 bytes, this counts characters (never more).
+
+The cap of a session is learned from its ``session.created`` (or, after a daemon restart, read once from
+its stored row); sessions that ended are forgotten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+__all__ = ["OutputCaps", "MARGIN", "stored_cap"]
+
+#: output accepted beyond the cap before the daemon drops: the runner's own cut is exact, so this only
+#: has to absorb a last partial chunk; anything past it is a runner that ignored its cap
+MARGIN = 1 << 20
+
+
+class _Usage:
+    __slots__ = ("cap", "seen", "dropped", "reported")
+
+    def __init__(self, cap: int | None) -> None:
+        self.cap = None if cap is None else cap + MARGIN
+        self.seen = 0  # characters of output text accepted
+        self.dropped = 0  # characters of output text dropped here
+        self.reported = False  # the first-drop marker was recorded
+
+
+class OutputCaps:
+    """Per-session output accounting for ingest (single-threaded, like ingest itself)."""
+
+    def __init__(self, lookup: Callable[[str], int | None], counters: dict[str, int]) -> None:
+        self._lookup = lookup  # session id -> its stored cap (first sight after a restart)
+        self._usage: dict[str, _Usage] = {}
+        self._counters = counters
+
+    def learn(self, sid: str, kind: str, payload: Any) -> None:
+        """Take the cap from a ``session.created`` as it goes by."""
+        if kind == "session.created" and isinstance(payload, dict):
+            cap = (payload.get("limits") or {}).get("output")
+            self._usage[sid] = _Usage(cap if isinstance(cap, int) and not isinstance(cap, bool) else None)
+
+    def drop(self, sid: str, payload: Any) -> dict[str, Any] | bool:
+        """Account one runner ``output`` event. False: store it. True: drop it silently. A dict: drop it and
+        record this ``output.truncated`` payload in its place (the first drop of the session)."""
+        usage = self._usage.get(sid)
+        if usage is None:
+            usage = self._usage[sid] = _Usage(self._lookup(sid))
+        if usage.cap is None:
+            return False
+        text = payload.get("text") if isinstance(payload, dict) else None
+        size = len(text) if isinstance(text, str) else 0
+        if usage.seen + size <= usage.cap:
+            usage.seen += size
+            return False
+        usage.dropped += size
+        self._counters["dropped.output.events"] = self._counters.get("dropped.output.events", 0) + 1
+        self._counters["dropped.output.chars"] = self._counters.get("dropped.output.chars", 0) + size
+        if usage.reported:
+            return True
+        usage.reported = True
+        return {"cap": usage.cap - MARGIN, "by": "daemon"}
+
+    def final(self, sid: str) -> dict[str, Any] | None:
+        """At the session's end: the ``output.truncated`` total to record if the backstop dropped anything;
+        forgets the session."""
+        usage = self._usage.pop(sid, None)
+        if usage is None or not usage.dropped or usage.cap is None:
+            return None
+        return {"cap": usage.cap - MARGIN, "dropped": usage.dropped, "by": "daemon"}
+
+
+def stored_cap(engine: Any, sid: str) -> int | None:
+    """A session's output cap from its stored row (read-only; for sessions first seen after a restart)."""
+    from sqlalchemy import select
+
+    from labd.store.schema import sessions
+
+    with engine.connect() as conn:
+        raw = conn.execute(select(sessions.c.limits).where(sessions.c.id == sid)).scalar()
+    try:
+        cap = orjson.loads(raw).get("output") if raw else None
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return cap if isinstance(cap, int) and not isinstance(cap, bool) else None
