@@ -81,6 +81,11 @@ class Resume(_Control):
     type = "session.resume"
 
     def execute(self) -> Any:
+        ended = resolve_session(self)
+        if ended["status"] in TERMINAL_STATUSES:  # a new runner continues it (labd.daemon.api.durable)
+            from labd.daemon.api.durable import resume_ended
+
+            return resume_ended(self, ended)
         row = self.running()
         budget = self.arg("budget", (int, float), None, check=lambda b: math.isfinite(b) and b > 0,
                           hint="a positive amount of USD")

@@ -1,0 +1,204 @@
+"""Durable steps: a checkpoint at every completed step, and completed steps skipped on re-execution.
+
+The DBOS/Temporal approach. A resumed (or branched) session runs its workflow function again from the top.
+Each step has a *position*: its parent's position and its ordinal among the steps opened in that parent
+(``"1"``, ``"1/0"``...). When the record (the seed the daemon hands over, built from ``step.checkpoint``
+events) holds a completed step at that position, the step is not executed: its body is skipped and
+``node.result`` is what the recorded run set it to. A step asked for by another name than the record
+holds at its position is a divergence: :class:`Divergence` is raised (a ``step.diverged`` event), and the
+session fails instead of guessing.
+
+At every completed step the runner records a checkpoint (``step.checkpoint``): the position, the
+pickled ``node.result`` (an object), the agents' last LLM request (each holds the agent's whole message
+history, in blobs), and the manifest of the work directory (see :mod:`labd.runner.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import orjson
+
+from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, restore
+
+__all__ = ["Durable", "Divergence", "SkipBody", "skip_with_body", "SEED_FILE", "read_seed"]
+
+#: the seed the daemon writes into the session directory before a resume or branch launches a runner
+SEED_FILE = "durable.seed.json"
+
+
+def read_seed(session_dir: Path) -> dict[str, Any]:
+    """The record the daemon wrote for this runner (a resume or a branch)."""
+    return dict(orjson.loads((session_dir / SEED_FILE).read_bytes()))
+
+
+class Divergence(BaseException):  # noqa: N818 - a BaseException, like Cancelled: `except Exception` must not hide it
+    """The re-executed workflow asked for another step than the record holds at that position."""
+
+
+class SkipBody(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by the trace hook on the first line of a skipped step's ``with`` body."""
+
+
+def skip_with_body(frame: FrameType) -> Callable[[], None]:
+    """Make the ``with`` block of ``frame`` that is being entered raise :class:`SkipBody` on its first line
+    (the step's ``__exit__`` swallows it): how a completed step's body is not executed again. Returns a
+    function that restores the previous tracing. CPython's frame tracing, as debuggers use it."""
+    previous = sys.gettrace()
+
+    def on_line(fr: FrameType, event: str, _arg: Any) -> Any:
+        if fr is frame and event == "line":
+            raise SkipBody
+        return on_line
+
+    frame.f_trace = on_line
+    frame.f_trace_lines = True
+    sys.settrace(lambda *_a: None)  # turns tracing on for this thread; new frames stay untraced
+
+    def undo() -> None:
+        frame.f_trace = None
+        sys.settrace(previous)
+    return undo
+
+
+class Durable:
+    """Positions, the recorded steps to skip, and checkpoints, for one runner."""
+
+    def __init__(self, emit: Callable[..., int], session_dir: Path, workdir: Path, files: Any,
+                 seed: dict[str, Any] | None = None) -> None:
+        self._emit = emit
+        self.workdir = workdir
+        self.files = files
+        self.objects = ObjectStore(session_dir / OBJECTS_DIR)
+        seed = seed or {}
+        self.mode: str | None = seed.get("mode")  # resume | branch | None (a first run)
+        self.record: dict[str, dict[str, Any]] = dict(seed.get("steps") or {})
+        self.manifest: str | None = seed.get("manifest")
+        self.node_base = int(seed.get("node_base") or 0)
+        self.hypothesis: str | None = seed.get("hypothesis")
+        self.instructions: str | None = seed.get("instructions")
+        self._ordinals: dict[str, int] = {}
+        self._paths: dict[str, str] = {}
+        self._lock = threading.Lock()
+        #: agent name -> src_seq of its latest llm.request (that request holds its whole history)
+        self.agents: dict[str, int] = {}
+        self.live = not self.record  # True once a step ran that the record did not hold
+        self.enabled = True
+        self.reused = 0
+
+    # ---- positions and the record -----------------------------------------------------------------
+    def position(self, parent_node: str | None) -> str:
+        """The next position under ``parent_node`` (deterministic if the workflow is, outside its steps)."""
+        with self._lock:
+            parent = self._paths.get(parent_node, "") if parent_node else ""
+            n = self._ordinals.get(parent, 0)
+            self._ordinals[parent] = n + 1
+        return f"{parent}/{n}" if parent else str(n)
+
+    def bind(self, node_id: str, path: str) -> None:
+        with self._lock:
+            self._paths[node_id] = path
+
+    def recorded(self, path: str, name: str) -> dict[str, Any] | None:
+        """The completed step the record holds at ``path``, or None (run it); raises :class:`Divergence`."""
+        rec = self.record.get(path)
+        if rec is None:
+            self.live = True
+            return None
+        if rec.get("name") != name:
+            self._emit("step.diverged", {"path": path, "expected": str(rec.get("name")), "got": name,
+                                         "recorded_node": str(rec.get("node"))})
+            raise Divergence(f"the workflow diverged from its record at step position {path}: it asks for step "
+                             f"{name!r} where the record has {rec.get('name')!r} (the code outside steps must be "
+                             "deterministic; see docs/design.md, 'Durable steps')")
+        return rec
+
+    def result_of(self, rec: dict[str, Any]) -> Any:
+        digest = rec.get("result")
+        if not digest:
+            return None
+        return pickle.loads(self.objects.get_bytes(digest))  # noqa: S301 - written by this session's own runner
+
+    def note_request(self, agent: str, src_seq: int) -> None:
+        self.agents[agent] = src_seq
+
+    def extra_prompt(self) -> str | None:
+        """What a branch adds to the system prompt of agents created once it went live."""
+        if self.mode != "branch" or not self.live:
+            return None
+        parts = []
+        if self.hypothesis:
+            parts.append(f"Hypothesis to test: {self.hypothesis}")
+        if self.instructions:
+            parts.append(f"Instructions: {self.instructions}")
+        return "\n".join(parts) or None
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def restore_workdir(self) -> None:
+        """Bring the work directory to the record's last checkpoint (a resume or branch, before the workflow)."""
+        if not self.manifest:
+            return
+        start = time.monotonic()
+        manifest = self.objects.get_json(self.manifest)
+        counts = restore(self.workdir, manifest, self.objects)
+        with self.files.lock:  # the tracker knows them: the next scan reports changes, not 50 creations
+            for rel, (digest, size, mode) in manifest.items():
+                try:
+                    st = (self.workdir / rel).stat()
+                except OSError:
+                    continue
+                self.files.seen[rel] = (size, st.st_mtime_ns, digest)
+                self.files.modes[rel] = int(mode)
+        self._emit("checkpoint.restored", {"manifest": self.manifest, "files": len(manifest),
+                                           "duration": time.monotonic() - start, **counts})
+
+    def checkpoint(self, node_id: str, path: str, name: str, result: Any) -> None:
+        """Record a completed step: its result, the agents' histories, the work directory's manifest."""
+        if not self.enabled:
+            return
+        start = time.monotonic()
+        new_objects = new_bytes = 0
+        with self.files.lock:
+            seen = dict(self.files.seen)
+            modes = dict(self.files.modes)
+        manifest: dict[str, list[Any]] = {}
+        total = 0
+        for rel, (size, _mtime, digest) in seen.items():
+            if not self.objects.has(digest):
+                try:
+                    digest, written = self.objects.put_file(self.workdir / rel, digest)
+                except OSError:  # gone since the scan: not part of this checkpoint
+                    continue
+                if written:
+                    new_objects += 1
+                    new_bytes += written
+            manifest[rel] = [digest, size, modes.get(rel, 0o644)]
+            total += size
+        payload: dict[str, Any] = {"path": path, "name": name, "manifest": self.objects.put_json(manifest),
+                                   "files": len(manifest), "bytes": total, "new_objects": new_objects,
+                                   "new_bytes": new_bytes}
+        if result is not None:
+            try:
+                payload["result"] = self.objects.put_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+                payload["result_preview"] = _preview(result)
+            except Exception as exc:  # noqa: BLE001 - an unpicklable result: the step is re-run on resume
+                payload["result_error"] = f"{type(exc).__name__}: {exc}"[:500]
+        if self.agents:
+            payload["agents"] = dict(self.agents)
+        payload["duration"] = time.monotonic() - start
+        self._emit("step.checkpoint", payload, node_id)
+
+
+def _preview(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a repr that fails must not fail the step
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 500 else text[:497] + "..."
