@@ -15,6 +15,7 @@ history, in blobs), and the manifest of the work directory (see :mod:`labd.runne
 
 from __future__ import annotations
 
+import dis
 import pickle
 import sys
 import threading
@@ -39,6 +40,22 @@ def read_seed(session_dir: Path) -> dict[str, Any]:
     return dict(orjson.loads((session_dir / SEED_FILE).read_bytes()))
 
 
+_NOP = dis.opmap["NOP"]
+
+
+def _body_start(frame: FrameType) -> int:
+    """The offset of the first instruction of the ``with`` body being entered in ``frame`` (after
+    ``BEFORE_WITH`` and the store of its ``as`` target); 0 when the bytecode is not the expected shape."""
+    instrs = list(dis.get_instructions(frame.f_code))
+    for i, ins in enumerate(instrs):
+        if ins.offset == frame.f_lasti and ins.opname == "BEFORE_WITH" and i + 2 < len(instrs):
+            j = i + 1
+            if instrs[j].opname == "UNPACK_SEQUENCE":  # `as (a, b)`: skip the stores of its items
+                j += instrs[j].arg or 0
+            return instrs[j + 1].offset
+    return 0
+
+
 class Divergence(BaseException):  # noqa: N818 - a BaseException, like Cancelled: `except Exception` must not hide it
     """The re-executed workflow asked for another step than the record holds at that position."""
 
@@ -52,9 +69,15 @@ def skip_with_body(frame: FrameType) -> Callable[[], None]:
     (the step's ``__exit__`` swallows it): how a completed step's body is not executed again. Returns a
     function that restores the previous tracing. CPython's frame tracing, as debuggers use it."""
     previous = sys.gettrace()
+    with_line = frame.f_lineno
+    body_start = _body_start(frame)
 
     def on_line(fr: FrameType, event: str, _arg: Any) -> Any:
-        if fr is frame and event == "line":
+        # Only inside the body: past the `as` target's store (which may sit on a later line of a multi-line
+        # `with`), not on the `with` line (its __exit__ call is attributed to it), and not on a NOP (a body of
+        # just `pass` compiles to a NOP outside the block's handler; such a body may as well run).
+        if fr is frame and event == "line" and fr.f_lasti >= body_start and fr.f_lineno != with_line \
+                and fr.f_code.co_code[fr.f_lasti] != _NOP:
             raise SkipBody
         return on_line
 

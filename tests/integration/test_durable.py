@@ -1,0 +1,85 @@
+"""Durable sessions: checkpoints at completed steps, `resume` of an ended session from its last completed
+step (steps not executed again, the work directory restored), and divergence detection."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import wait_until
+
+
+def _events(home: Path, sid: str, kind: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(home / "labd.db") as conn:
+        return conn.execute("SELECT seq, src_seq, node_id, payload FROM events WHERE session_id = ? AND kind = ? "
+                            "ORDER BY seq", (sid, kind)).fetchall()
+
+
+def _counts(counter: Path) -> dict[str, int]:
+    return {p.name: int(p.read_text()) for p in counter.iterdir()}
+
+
+def _ended(c: Any, sid: str, timeout: float = 60) -> dict[str, Any]:
+    return wait_until(lambda: (lambda s: s if s["status"] in ("completed", "failed", "cancelled", "lost") else None)(
+        c.session(sid)), timeout=timeout, interval=0.1, what=f"session {sid} ended")
+
+
+def test_resume_skips_completed_steps_and_restores_the_work_directory(daemon, tmp_path: Path) -> None:
+    """A 4-step workflow whose step 3 fails once: `resume` completes it; steps 1-2 ran once in all, step 3
+    saw the files as step 2 left them (its failed run's writes undone), results of skipped steps restored;
+    the history shows failed -> queued by the client; src_seq goes on gap-free after the first runner's."""
+    counter = tmp_path / "counts"
+    counter.mkdir()
+    with daemon.client() as c:
+        sid = c.start("labd_testflows:durable_four", params={"counter": str(counter)})
+        assert _ended(c, sid)["status"] == "failed"
+        cps = c.checkpoints(sid)
+        assert [cp["name"] for cp in cps] == ["one", "two"]
+        reply = c.resume(sid, reason="fixed the flaky step")
+        assert reply["resumed"] and reply["from_status"] == "failed" and reply["steps_kept"] == 2
+        s = _ended(c, sid)
+        assert s["status"] == "completed", s
+        assert _counts(counter) == {"one": 1, "two": 1, "three": 2, "four": 1}
+        result = _events(daemon.home, sid, "session.finished")[-1][3]
+        assert '"seen":{"a.txt":"two","sub/b.txt":"b"}' in result and '"two":2' in result
+        hist = [(h["from_status"], h["to_status"], h["actor"]) for h in s["history"] if h["node_id"] is None]
+        assert ("failed", "queued", "client") in hist and hist[-1][1] == "completed"
+        assert any("fixed the flaky step" in (h["reason"] or "") for h in s["history"])
+        src = [r[1] for r in _events_all(daemon.home, sid)]
+        assert src == sorted(src) and len(src) == len(set(src))  # one runner sequence, no duplicates
+        assert len(_events(daemon.home, sid, "session.continued")) == 1
+        restored = _events(daemon.home, sid, "checkpoint.restored")
+        assert len(restored) == 1
+        files = sorted(p.name for p in (daemon.home / "sessions" / sid / "work").rglob("*.txt"))
+        assert files == ["a.txt", "b.txt", "junk.txt"]
+
+
+def _events_all(home: Path, sid: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(home / "labd.db") as conn:
+        return conn.execute("SELECT seq, src_seq FROM events WHERE session_id = ? AND src = 'r' ORDER BY seq",
+                            (sid,)).fetchall()
+
+
+def test_resume_refusals_and_divergence(daemon, tmp_path: Path) -> None:
+    """`resume` of a completed session is refused with a clear error; a workflow whose re-execution asks for
+    another step than the record holds at a position fails with a step.diverged event, not a silent guess."""
+    from labd.ipc import LabdError
+
+    counter = tmp_path / "c"
+    counter.mkdir()
+    with daemon.client() as c:
+        done = c.start("demo.count", params={"n": 2})
+        assert _ended(c, done)["status"] == "completed"
+        with pytest.raises(LabdError) as err:
+            c.resume(done)
+        assert err.value.code == "not_resumable" and "completed" in str(err.value)
+        sid = c.start("labd_testflows:durable_diverge", params={"counter": str(counter)})
+        assert _ended(c, sid)["status"] == "failed"
+        c.resume(sid)
+        s = _ended(c, sid)
+        assert s["status"] == "failed" and "diverged" in s["reason"], s["reason"]
+        div = _events(daemon.home, sid, "step.diverged")
+        assert len(div) == 1 and '"expected":"first"' in div[0][3] and '"got":"other"' in div[0][3]
