@@ -47,7 +47,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                         "parent_id": (str, False), "origin": (str, False), "branch_node": (str, False)},
     # an ended session (failed, lost, cancelled) continued by a new runner from its last checkpoint (daemon)
     "session.continued": {"by": (str, True), "reason": (str, True), "from_status": (str, True),
-                          "limits": (dict, False), "checkpoints": (int, False)},
+                          "limits": (dict, False), "checkpoints": (int, False), "interrupted": (list, False)},
     "session.queued": {"position": (int, True), "priority": (int, True)},  # waits for capacity (run queue)
     "session.launched": {"pid": (int, True), "create_time": (NUM, True), "launcher": (str, True)},
     "session.started": {"pid": (int, True), "workdir": (str, True)},  # runner

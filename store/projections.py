@@ -291,6 +291,10 @@ def _continue(cur: SessionCursor, seq: int, ts: float, payload: dict[str, Any], 
         cur.budget = float(budget) if isinstance(budget, int | float) else None
         cur.budget_hit = cur.budget is not None and cur.cost > cur.budget
     out.update(cur.id, **values)
+    for node in payload.get("interrupted") or []:  # steps the ended runner left open: they never finish
+        if isinstance(node, str):
+            out.step_updates.append({"session_id": cur.id, "node_id": node, "status": "interrupted", "ended_at": ts,
+                                     "duration": None, "error": "its runner ended before the step did"})
 
 
 def _limit_reason(p: dict[str, Any]) -> str:

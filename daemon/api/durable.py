@@ -84,7 +84,9 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Any:
     d.defer(req.reply_to, lambda seq, payload: {"session": sid, "resumed": True, "from_status": status,
                                                  "steps_kept": len(seed["steps"]), "seq": seq})
     d.post_event(sid, "session.continued", {"by": "client", "reason": why, "from_status": status,
-                                            "limits": limits.to_dict(), "checkpoints": len(cps)},
+                                            "limits": limits.to_dict(), "checkpoints": len(cps),
+                                            "interrupted": [st["node_id"] for st in d.store.steps(sid)
+                                                            if st["status"] in ("running", "paused")]},
                  reply_to=req.reply_to)
     d.supervisor.submit(d.supervisor.queue.entry(
         sid, row["workflow"], _run_params(d, row["params"], c.get("payload")), limits, row["workdir"], 0,

@@ -83,3 +83,58 @@ def test_resume_refusals_and_divergence(daemon, tmp_path: Path) -> None:
         assert s["status"] == "failed" and "diverged" in s["reason"], s["reason"]
         div = _events(daemon.home, sid, "step.diverged")
         assert len(div) == 1 and '"expected":"first"' in div[0][3] and '"got":"other"' in div[0][3]
+
+
+def _subtree_step(steps: list[dict[str, Any]]) -> dict[str, str | None]:
+    parent = {s["node_id"]: s["parent_node"] for s in steps}
+    return parent
+
+
+def _within(node: str | None, ancestors: set[str], parent: dict[str, str | None]) -> bool:
+    seen = set()
+    while node is not None and node not in seen:
+        if node in ancestors:
+            return True
+        seen.add(node)
+        node = parent.get(node)
+    return False
+
+
+def test_deep_research_killed_midway_is_lost_then_resumed_without_repeating_llm_calls(daemon) -> None:
+    """deep_research paused after its first checkpoint, its daemon and runner SIGKILLed (status lost after the
+    restart); `labd resume` (the CLI)
+    completes it: no step completes twice, and no LLM request after the resume belongs to a step that had
+    completed before the kill (their calls were not repeated)."""
+    import os
+    import signal
+
+    from tests.integration.cli_support import labd
+
+    with daemon.client() as c:
+        sid = c.start("deep_research", params={"subquestions": 2, "max_steps": 2})
+        wait_until(lambda: c.events(sid, kinds=["step.checkpoint"])["events"], timeout=30, interval=0.01,
+                   what="a first checkpoint")
+        c.pause(sid, "test: hold it mid-way")
+        wait_until(lambda: c.session(sid)["status"] == "paused", timeout=30, what="paused")
+        pid = c.session(sid)["pid"]
+    daemon.kill9()  # no daemon sees the runner die: the next one finds it gone and records it lost
+    os.killpg(pid, signal.SIGKILL)
+    daemon.start()
+    with daemon.client() as c:
+        assert _ended(c, sid)["status"] == "lost"
+        kill_seq = c.session(sid)["last_seq"]
+        before = {cp["node_id"] for cp in c.checkpoints(sid)}
+        assert before
+        out = labd("resume", sid, "--reason", "runner was killed", "--json")
+        assert '"resumed": true' in out.stdout, out.stdout + out.stderr
+        s = _ended(c, sid)
+        assert s["status"] == "completed", s["reason"]
+        steps = c.session(sid)["steps"]
+        done = [st["name"] for st in steps if st["status"] == "completed" and st["kind"] != "agent"]
+        assert len(done) == len(set(done)) and "synthesis" in done
+        assert not [st for st in steps if st["status"] == "running"]  # the killed runner's open steps: interrupted
+        parent = _subtree_step(steps)
+        later = [e for e in c.events(sid, since=kill_seq, kinds=["llm.request"])["events"]]
+        assert later, "the resumed run made the calls of the steps that had not completed"
+        assert not [e for e in later if _within(e["node_id"], before, parent)]
+        assert (daemon.home / "sessions" / sid / "work" / "report.md").exists()

@@ -305,7 +305,10 @@ def _count_run(counter: str, name: str) -> int:
     """Count an execution of ``name`` in a file under ``counter`` (outside the work directory: a side channel
     that survives resume and restore)."""
     path = os.path.join(counter, name)
-    n = int(open(path).read()) + 1 if os.path.exists(path) else 1
+    n = 1
+    if os.path.exists(path):
+        with open(path) as f:
+            n = int(f.read()) + 1
     with open(path, "w") as f:
         f.write(str(n))
     return n
