@@ -138,3 +138,44 @@ def test_deep_research_killed_midway_is_lost_then_resumed_without_repeating_llm_
         assert later, "the resumed run made the calls of the steps that had not completed"
         assert not [e for e in later if _within(e["node_id"], before, parent)]
         assert (daemon.home / "sessions" / sid / "work" / "report.md").exists()
+
+
+def test_branch_planning_and_control_from_its_second_step_with_a_hypothesis(daemon) -> None:
+    """`branch --from <step 2> --hypothesis`: planning and step 1 are `reused` (no LLM request of theirs in the
+    branch), the work directory is restored to exactly the parent's files at that point (same manifest, same
+    file hashes), the hypothesis is in the recorded input of the re-executed step's agent, and the branch
+    records its parent and branch node; two branches (--count 2) run."""
+    with daemon.client() as c:
+        parent = c.start("planning_and_control", params={"max_steps": 3})
+        assert _ended(c, parent)["status"] == "completed"
+        psteps = c.session(parent)["steps"]
+        second = next(s for s in psteps if s["name"].startswith("step 2:") and s["kind"] == "step")
+        reply = c.branch(parent, second["node_id"], hypothesis="the input is in Kelvin", count=2)
+        assert reply["node"] == second["node_id"] and len(reply["sessions"]) == 2 and reply["reused"] >= 2
+        kids = [s["session"] for s in reply["sessions"]]
+        for kid in kids:
+            assert _ended(c, kid)["status"] == "completed", c.session(kid)["reason"]
+        kid = kids[0]
+        row = c.session(kid)
+        assert (row["parent_id"], row["origin"], row["branch_node"]) == (parent, "branch", second["node_id"])
+        ksteps = row["steps"]
+        by_name = {s["name"]: s for s in ksteps}
+        assert by_name["planning"]["status"] == "reused"
+        assert next(s for s in ksteps if s["name"].startswith("step 1:"))["status"] == "reused"
+        assert [s["status"] for s in ksteps if s["name"].startswith("step 2:")] == ["completed"]
+        requests = c.events(kid, kinds=["llm.request"], full=True)["events"]
+        assert requests and not [e for e in requests if e["payload"]["agent"] in ("planner", "plan_reviewer")]
+        # the work directory as the parent's was when step 2 started: the same manifest (content-addressed)
+        before = [cp for cp in c.checkpoints(parent) if cp["seq"] < second["start_seq"]]
+        restored = _events(daemon.home, kid, "checkpoint.restored")
+        assert len(restored) == 1 and f'"manifest":"{before[-1]["manifest"]}"' in restored[0][3]
+        created = {e["payload"]["path"]: e["payload"]["sha256"] for e in c.events(parent, kinds=["file.created"])[
+            "events"] if e["seq"] < second["start_seq"]}
+        assert created and all(f'"{p}":["{h}"' in _manifest(daemon.home, kid, before[-1]["manifest"])
+                               for p, h in created.items())
+        hypothesis = [e for e in requests if "the input is in Kelvin" in str(e["payload"])]
+        assert hypothesis and {e["payload"]["agent"] for e in hypothesis} == {"engineer"}
+
+
+def _manifest(home: Path, sid: str, digest: str) -> str:
+    return (home / "sessions" / sid / "checkpoints" / "objects" / digest[:2] / digest).read_text()
