@@ -25,10 +25,44 @@ from typing import Any
 
 import orjson
 
-__all__ = ["ObjectStore", "restore", "walk_files", "OBJECTS_DIR"]
+__all__ = ["ObjectStore", "restore", "walk_files", "load_manifest", "manifest_object", "OBJECTS_DIR",
+           "MAX_CHAIN"]
 
 #: relative to the session directory (the directory that holds ``work``)
 OBJECTS_DIR = "checkpoints/objects"
+#: a manifest is stored as the changes since the previous one; every MAX_CHAIN-th is stored whole, so
+#: reading one follows at most this many links (and a step that changed one file stores a few hundred bytes
+#: of manifest, not the whole directory's listing)
+MAX_CHAIN = 32
+
+
+def manifest_object(manifest: dict[str, list[Any]], base: tuple[str, dict[str, list[Any]], int] | None) -> Any:
+    """The object to store for ``manifest``: whole, or the changes from ``base`` (digest, manifest, chain length)."""
+    if base is None or base[2] >= MAX_CHAIN:
+        return {"files": manifest}
+    digest, old, _ = base
+    return {"base": digest, "set": {k: v for k, v in manifest.items() if old.get(k) != v},
+            "del": sorted(set(old) - set(manifest))}
+
+
+def load_manifest(get_json: Any, digest: str) -> tuple[dict[str, list[Any]], list[str], int]:
+    """Resolve a manifest object (following its chain of changes); returns (manifest, every object digest of
+    the chain, chain length). ``get_json(digest)`` reads one object."""
+    chain: list[Any] = []
+    digests: list[str] = []
+    while True:
+        obj = get_json(digest)
+        chain.append(obj)
+        digests.append(digest)
+        if "files" in obj or len(chain) > MAX_CHAIN + 1:
+            break
+        digest = obj["base"]
+    manifest: dict[str, list[Any]] = dict(chain[-1].get("files") or {})
+    for obj in reversed(chain[:-1]):
+        for rel in obj.get("del") or ():
+            manifest.pop(rel, None)
+        manifest.update(obj.get("set") or {})
+    return manifest, digests, len(chain) - 1
 
 
 class ObjectStore:

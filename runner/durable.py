@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, restore
+from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, load_manifest, manifest_object, restore
 
 __all__ = ["Durable", "Divergence", "SkipBody", "skip_with_body", "SEED_FILE", "read_seed"]
 
@@ -113,6 +113,9 @@ class Durable:
         #: agent name -> src_seq of its latest llm.request (that request holds its whole history)
         self.agents: dict[str, int] = {}
         self.live = not self.record  # True once a step ran that the record did not hold
+        #: the last manifest stored (digest, manifest, chain length): the next is stored as changes from it
+        self._base: tuple[str, dict[str, list[Any]], int] | None = None
+        self._ck_lock = threading.Lock()
         self.enabled = True
         self.reused = 0
 
@@ -169,7 +172,8 @@ class Durable:
         if not self.manifest:
             return
         start = time.monotonic()
-        manifest = self.objects.get_json(self.manifest)
+        manifest, _digests, depth = load_manifest(self.objects.get_json, self.manifest)
+        self._base = (self.manifest, manifest, depth)
         counts = restore(self.workdir, manifest, self.objects)
         with self.files.lock:  # the tracker knows them: the next scan reports changes, not 50 creations
             for rel, (digest, size, mode) in manifest.items():
@@ -204,7 +208,15 @@ class Durable:
                     new_bytes += written
             manifest[rel] = [digest, size, modes.get(rel, 0o644)]
             total += size
-        payload: dict[str, Any] = {"path": path, "name": name, "manifest": self.objects.put_json(manifest),
+        with self._ck_lock:
+            base = self._base
+            if base is not None and base[1] == manifest:
+                digest = base[0]  # the work directory did not change: the same manifest
+            else:
+                obj = manifest_object(manifest, base)
+                digest = self.objects.put_json(obj)
+                self._base = (digest, manifest, base[2] + 1 if base is not None and "base" in obj else 0)
+        payload: dict[str, Any] = {"path": path, "name": name, "manifest": digest,
                                    "files": len(manifest), "bytes": total, "new_objects": new_objects,
                                    "new_bytes": new_bytes}
         if result is not None:

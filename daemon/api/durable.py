@@ -21,7 +21,7 @@ import orjson
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.sessions import _limits, _run_params, resolve_ref, resolve_session
 from labd.daemon.monitor import Limits
-from labd.runner.checkpoint import OBJECTS_DIR
+from labd.runner.checkpoint import OBJECTS_DIR, load_manifest
 from labd.runner.durable import SEED_FILE
 from labd.store.checkpoints import checkpoints, max_node_number, step_row
 
@@ -169,11 +169,12 @@ class Branch(Request):
         src = d.layout.sessions_dir / psid / OBJECTS_DIR
         manifest: dict[str, Any] = {}
         if seed["manifest"]:
-            digests.add(seed["manifest"])
             try:
-                manifest = orjson.loads((src / seed["manifest"][:2] / seed["manifest"]).read_bytes())
-            except OSError:
+                manifest, chain, _ = load_manifest(lambda h: orjson.loads((src / h[:2] / h).read_bytes()),
+                                                   seed["manifest"])
+            except (OSError, ValueError, KeyError):
                 raise ApiError("no_checkpoint", f"the checkpoint files of session {psid} are gone") from None
+            digests.update(chain)
             digests.update(v[0] for v in manifest.values())
         network = bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network))
         made: list[dict[str, Any]] = []

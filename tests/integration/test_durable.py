@@ -176,14 +176,19 @@ def test_branch_planning_and_control_from_its_second_step_with_a_hypothesis(daem
         assert len(restored) == 1 and f'"manifest":"{before[-1]["manifest"]}"' in restored[0][3]
         created = {e["payload"]["path"]: e["payload"]["sha256"] for e in c.events(parent, kinds=["file.created"])[
             "events"] if e["seq"] < second["start_seq"]}
-        assert created and all(f'"{p}":["{h}"' in _manifest(daemon.home, kid, before[-1]["manifest"])
-                               for p, h in created.items())
+        manifest = _manifest(daemon.home, kid, before[-1]["manifest"])
+        assert created and all(manifest[p][0] == h for p, h in created.items())
         hypothesis = [e for e in requests if "the input is in Kelvin" in str(e["payload"])]
         assert hypothesis and {e["payload"]["agent"] for e in hypothesis} == {"engineer"}
 
 
-def _manifest(home: Path, sid: str, digest: str) -> str:
-    return (home / "sessions" / sid / "checkpoints" / "objects" / digest[:2] / digest).read_text()
+def _manifest(home: Path, sid: str, digest: str) -> dict[str, Any]:
+    import orjson
+
+    from labd.runner.checkpoint import load_manifest
+
+    objects = home / "sessions" / sid / "checkpoints" / "objects"
+    return load_manifest(lambda h: orjson.loads((objects / h[:2] / h).read_bytes()), digest)[0]
 
 
 @pytest.mark.slow
