@@ -433,7 +433,7 @@ class Client:
                     if upto is not None and ev["seq"] > upto:
                         return
                     last = ev["seq"]
-                    ended = ended or ev["kind"] == "session.ended"
+                    ended = _still_ended(ended, ev["kind"])
                     yield ev
 
             yield from from_store(None)
@@ -462,7 +462,7 @@ class Client:
                     if ev["seq"] != last + 1:
                         continue
                     last = ev["seq"]
-                    ended = ended or ev["kind"] == "session.ended"
+                    ended = _still_ended(ended, ev["kind"])
                     yield ev
         finally:
             sub.close(0)
@@ -483,3 +483,9 @@ def _id_of(raw: bytes) -> str:
     import orjson
 
     return str(orjson.loads(raw)["id"])
+
+
+def _still_ended(ended: bool, kind: str) -> bool:
+    """Has the session ended, after an event of ``kind``? A resumed session (``session.continued``, see
+    ``labd resume``) has an earlier ``session.ended`` in its history: that end no longer counts."""
+    return kind == "session.ended" or (ended and kind != "session.continued")

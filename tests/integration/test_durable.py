@@ -40,7 +40,8 @@ def test_resume_skips_completed_steps_and_restores_the_work_directory(daemon, tm
         assert [cp["name"] for cp in cps] == ["one", "two"]
         reply = c.resume(sid, reason="fixed the flaky step")
         assert reply["resumed"] and reply["from_status"] == "failed" and reply["steps_kept"] == 2
-        s = _ended(c, sid)
+        s = c.wait(sid, timeout=60)  # follows past the first end (the SDK's wait after a resume)
+        s = c.session(sid)
         assert s["status"] == "completed", s
         assert _counts(counter) == {"one": 1, "two": 1, "three": 2, "four": 1}
         result = _events(daemon.home, sid, "session.finished")[-1][3]
