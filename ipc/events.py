@@ -77,7 +77,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     # restored before a resumed or branched workflow runs, and a re-executed workflow that left its record
     "step.checkpoint": {"path": (str, True), "name": (str, True), "manifest": (str, True), "files": (int, True),
                         "bytes": (int, True), "new_objects": (int, True), "new_bytes": (int, True),
-                        "result": (str, False), "result_preview": (str, False), "result_error": (str, False),
+                        "result": (str, False), "result_inline": (str, False), "result_preview": (str, False),
+                        "result_error": (str, False), "manifest_delta": (dict, False),
                         "agents": (dict, False), "duration": (NUM, False)},
     "checkpoint.restored": {"manifest": (str, True), "files": (int, True), "duration": (NUM, True),
                             "removed": (int, False), "written": (int, False), "kept": (int, False)},

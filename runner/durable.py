@@ -15,7 +15,9 @@ history, in blobs), and the manifest of the work directory (see :mod:`labd.runne
 
 from __future__ import annotations
 
+import base64
 import dis
+import hashlib
 import pickle
 import sys
 import threading
@@ -41,6 +43,8 @@ def read_seed(session_dir: Path) -> dict[str, Any]:
 
 
 _NOP = dis.opmap["NOP"]
+#: step results and manifest changes up to this size travel in the step.checkpoint event, not as objects
+INLINE_BYTES = 8192
 
 
 def _body_start(frame: FrameType) -> int:
@@ -104,6 +108,8 @@ class Durable:
         self.mode: str | None = seed.get("mode")  # resume | branch | None (a first run)
         self.record: dict[str, dict[str, Any]] = dict(seed.get("steps") or {})
         self.manifest: str | None = seed.get("manifest")
+        self.seed_files: dict[str, list[Any]] | None = seed.get("files")
+        self.seed_depth = int(seed.get("depth") or 0)
         self.node_base = int(seed.get("node_base") or 0)
         self.hypothesis: str | None = seed.get("hypothesis")
         self.instructions: str | None = seed.get("instructions")
@@ -147,6 +153,9 @@ class Durable:
         return rec
 
     def result_of(self, rec: dict[str, Any]) -> Any:
+        inline = rec.get("result_inline")
+        if inline:
+            return pickle.loads(base64.b64decode(inline))  # noqa: S301 - written by this session's own runner
         digest = rec.get("result")
         if not digest:
             return None
@@ -172,8 +181,10 @@ class Durable:
         if not self.manifest:
             return
         start = time.monotonic()
-        manifest, _digests, depth = load_manifest(self.objects.get_json, self.manifest)
-        self._base = (self.manifest, manifest, depth)
+        # the daemon resolved it (small manifest changes travel inline in the events, not as objects)
+        manifest = self.seed_files if self.seed_files is not None else \
+            load_manifest(self.objects.get_json, self.manifest)[0]
+        self._base = (self.manifest, manifest, self.seed_depth)
         counts = restore(self.workdir, manifest, self.objects)
         with self.files.lock:  # the tracker knows them: the next scan reports changes, not 50 creations
             for rel, (digest, size, mode) in manifest.items():
@@ -208,20 +219,31 @@ class Durable:
                     new_bytes += written
             manifest[rel] = [digest, size, modes.get(rel, 0o644)]
             total += size
+        delta: dict[str, Any] | None = None
         with self._ck_lock:
             base = self._base
             if base is not None and base[1] == manifest:
                 digest = base[0]  # the work directory did not change: the same manifest
             else:
                 obj = manifest_object(manifest, base)
-                digest = self.objects.put_json(obj)
+                data = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+                if "base" in obj and len(data) <= INLINE_BYTES:  # small changes: in the event, no file to create
+                    digest, delta = hashlib.sha256(data).hexdigest(), obj
+                else:
+                    digest = self.objects.put_bytes(data)
                 self._base = (digest, manifest, base[2] + 1 if base is not None and "base" in obj else 0)
         payload: dict[str, Any] = {"path": path, "name": name, "manifest": digest,
                                    "files": len(manifest), "bytes": total, "new_objects": new_objects,
                                    "new_bytes": new_bytes}
+        if delta is not None:
+            payload["manifest_delta"] = delta
         if result is not None:
             try:
-                payload["result"] = self.objects.put_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+                data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+                if len(data) <= INLINE_BYTES:  # small: in the event (one file fewer to create per step)
+                    payload["result_inline"] = base64.b64encode(data).decode()
+                else:
+                    payload["result"] = self.objects.put_bytes(data)
                 payload["result_preview"] = _preview(result)
             except Exception as exc:  # noqa: BLE001 - an unpicklable result: the step is re-run on resume
                 payload["result_error"] = f"{type(exc).__name__}: {exc}"[:500]

@@ -33,13 +33,27 @@ MAX_BRANCHES = 20
 _TEXT = 10_000
 
 
-def _seed(cps: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+def _seed(cps: list[dict[str, Any]], objects: Path, **extra: Any) -> dict[str, Any]:
+    """The record for a runner: completed steps by position, and the work directory of the last checkpoint
+    (resolved here: small manifest changes are in the events, larger ones and whole manifests are objects)."""
     steps: dict[str, dict[str, Any]] = {}
     for c in cps:
         if c.get("result_error"):  # its result could not be kept: it runs again
             continue
-        steps[c["path"]] = {"name": c["name"], "node": c["node_id"], "result": c.get("result")}
-    return {"steps": steps, "manifest": cps[-1]["manifest"] if cps else None, **extra}
+        steps[c["path"]] = {"name": c["name"], "node": c["node_id"], "result": c.get("result"),
+                            "result_inline": c.get("result_inline")}
+    seed: dict[str, Any] = {"steps": steps, "manifest": None, **extra}
+    if cps:
+        inline = {c["manifest"]: c["manifest_delta"] for c in cps if isinstance(c.get("manifest_delta"), dict)}
+        try:
+            files, chain, depth = load_manifest(
+                lambda h: inline[h] if h in inline else orjson.loads((objects / h[:2] / h).read_bytes()),
+                cps[-1]["manifest"])
+        except (OSError, ValueError, KeyError):
+            raise ApiError("no_checkpoint", "the checkpoint files of this session are gone") from None
+        seed.update(manifest=cps[-1]["manifest"], files=files, depth=depth,
+                    chain=[h for h in chain if h not in inline])
+    return seed
 
 
 def _write_seed(session_dir: Path, seed: dict[str, Any]) -> None:
@@ -75,7 +89,8 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Any:
     if budget is not None:
         limits = _limits({"limits": {**limits.to_dict(), "budget": budget}})
     cps = checkpoints(d.store, sid)
-    seed = _seed(cps, mode="resume", node_base=max_node_number(d.store, sid), first_seq=int(row["runner_seq"]) + 1)
+    seed = _seed(cps, d.layout.sessions_dir / sid / OBJECTS_DIR, mode="resume",
+                 node_base=max_node_number(d.store, sid), first_seq=int(row["runner_seq"]) + 1)
     _write_seed(d.layout.sessions_dir / sid, seed)
     created = d.store.events(sid, kinds=["session.created"], limit=1)
     c = created[0]["payload"] if created else {}
@@ -163,19 +178,13 @@ class Branch(Request):
                                check.get("details"))
             params = check.get("params", params)
         limits = _merged_limits(parent, self.body.get("limits"))
-        seed = _seed(cps, mode="branch", node_base=max_node_number(d.store, psid), hypothesis=hypothesis,
+        src = d.layout.sessions_dir / psid / OBJECTS_DIR
+        seed = _seed(cps, src, mode="branch", node_base=max_node_number(d.store, psid), hypothesis=hypothesis,
                      instructions=instructions)
         digests = {s["result"] for s in seed["steps"].values() if s.get("result")}
-        src = d.layout.sessions_dir / psid / OBJECTS_DIR
-        manifest: dict[str, Any] = {}
-        if seed["manifest"]:
-            try:
-                manifest, chain, _ = load_manifest(lambda h: orjson.loads((src / h[:2] / h).read_bytes()),
-                                                   seed["manifest"])
-            except (OSError, ValueError, KeyError):
-                raise ApiError("no_checkpoint", f"the checkpoint files of session {psid} are gone") from None
-            digests.update(chain)
-            digests.update(v[0] for v in manifest.values())
+        manifest: dict[str, Any] = seed.get("files") or {}
+        digests.update(seed.get("chain") or ())
+        digests.update(v[0] for v in manifest.values())
         network = bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network))
         made: list[dict[str, Any]] = []
         reply = {"sessions": made, "parent": psid, "node": node["node_id"], "reused": len(seed["steps"]),
