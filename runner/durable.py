@@ -110,6 +110,8 @@ class Durable:
         self.manifest: str | None = seed.get("manifest")
         self.seed_files: dict[str, list[Any]] | None = seed.get("files")
         self.seed_depth = int(seed.get("depth") or 0)
+        #: USD the session spent before this runner (a resume): its budget counts the whole session
+        self.spent = float(seed.get("spent") or 0.0)
         self.node_base = int(seed.get("node_base") or 0)
         self.hypothesis: str | None = seed.get("hypothesis")
         self.instructions: str | None = seed.get("instructions")

@@ -168,6 +168,7 @@ def run_session(spec: dict[str, Any]) -> int:
                             pause=lambda reason: ctx.wait_paused("budget", reason),
                             mcp_servers=spec.get("mcp_servers") or {}, roles=spec.get("roles") or None,
                             role_overrides=spec.get("agent_overrides") or {})
+        factory.tracker.spent = durable.spent
         plain = factory.agent
 
         def agent(name: str, system_prompt: Any = (), **kw: Any) -> Any:

@@ -90,7 +90,8 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Any:
         limits = _limits({"limits": {**limits.to_dict(), "budget": budget}})
     cps = checkpoints(d.store, sid)
     seed = _seed(cps, d.layout.sessions_dir / sid / OBJECTS_DIR, mode="resume",
-                 node_base=max_node_number(d.store, sid), first_seq=int(row["runner_seq"]) + 1)
+                 node_base=max_node_number(d.store, sid), first_seq=int(row["runner_seq"]) + 1,
+                 spent=float(row.get("cost") or 0.0))  # a budget is the session's whole spend, as ingest counts it
     _write_seed(d.layout.sessions_dir / sid, seed)
     created = d.store.events(sid, kinds=["session.created"], limit=1)
     c = created[0]["payload"] if created else {}

@@ -89,6 +89,11 @@ def test_resume_refusals_and_divergence(daemon, tmp_path: Path) -> None:
         assert s["status"] == "failed" and "diverged" in s["reason"], s["reason"]
         div = _events(daemon.home, sid, "step.diverged")
         assert len(div) == 1 and '"expected":"first"' in div[0][3] and '"got":"other"' in div[0][3]
+        for kwargs, code in (({"from_node": "no such step"}, "no_such_node"), ({"from_node": "first", "count": 0},
+                                                                                  "bad_request")):
+            with pytest.raises(LabdError) as err:
+                c.branch(sid, **kwargs)
+            assert err.value.code == code, err.value
 
 
 def _subtree_step(steps: list[dict[str, Any]]) -> dict[str, str | None]:
