@@ -33,6 +33,7 @@ from bench_common import BenchDaemon, interrupt_on_sigterm, print_machine, print
 def overhead(rounds: int, turns: int, per_step: int) -> None:
     env = {"PYTHONPATH": f"{HERE}:{HERE.parent}"}
     walls: dict[bool, list[float]] = {True: [], False: []}
+    cpus: dict[bool, list[float]] = {True: [], False: []}
     costs: list[float] = []
     with BenchDaemon(extra_env=env) as d, d.client(timeout=60) as c:
         for _ in range(rounds):
@@ -44,18 +45,21 @@ def overhead(rounds: int, turns: int, per_step: int) -> None:
                     raise SystemExit(f"session {sid} ended {final['status']}: {final['reason']}")
                 result = next(e for e in c.history(sid, kinds=["session.finished"]))["payload"]["result"]
                 walls[on].append(float(result["seconds"]))
+                cpus[on].append(float(result["cpu_seconds"]))
                 if on:  # what each checkpoint itself took, measured in the runner (steadier than wall time)
                     costs.extend(e["payload"]["duration"] for e in c.history(sid, kinds=["step.checkpoint"]))
     off, on = statistics.median(walls[False]), statistics.median(walls[True])
     steps = max(1, turns // per_step)
-    print_table(["variant", "rounds (s)", "median", "per step"],
+    print_table(["variant", "wall, rounds (s)", "median wall", "per step", "median runner CPU"],
                 [["checkpoints off", " ".join(f"{w:.2f}" for w in walls[False]), f"{off:.2f} s",
-                  f"{off / steps * 1000:.1f} ms"],
+                  f"{off / steps * 1000:.1f} ms", f"{statistics.median(cpus[False]):.2f} s"],
                  ["checkpoints on", " ".join(f"{w:.2f}" for w in walls[True]), f"{on:.2f} s",
-                  f"{on / steps * 1000:.1f} ms"]],
+                  f"{on / steps * 1000:.1f} ms", f"{statistics.median(cpus[True]):.2f} s"]],
                 title=f"1. checkpoint overhead: {turns} agent turns in {steps} steps of {per_step}")
     pct = (on / off - 1) * 100
     own = statistics.median(costs)
+    cpu_pct = (statistics.median(cpus[True]) / statistics.median(cpus[False]) - 1) * 100
+    print(f"runner CPU time with checkpoints: {cpu_pct:+.1f} %")
     print(f"checkpoint overhead: {pct:+.1f} % wall ({(on - off) / steps * 1000:+.2f} ms per step); "
           f"target <= 5 %: {'MET' if pct <= 5 else 'NOT MET'}")
     print(f"each checkpoint itself (runner-side, median of {len(costs)}): {own * 1000:.2f} ms = "
