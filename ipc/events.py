@@ -79,7 +79,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                         "bytes": (int, True), "new_objects": (int, True), "new_bytes": (int, True),
                         "result": (str, False), "result_inline": (str, False), "result_preview": (str, False),
                         "result_error": (str, False), "manifest_delta": (dict, False),
-                        "agents": (dict, False), "duration": (NUM, False)},
+                        "agents": (dict, False), "duration": (NUM, False), "reused": (bool, False)},
     "checkpoint.restored": {"manifest": (str, True), "files": (int, True), "duration": (NUM, True),
                             "removed": (int, False), "written": (int, False), "kept": (int, False)},
     "step.diverged": {"path": (str, True), "expected": (str, True), "got": (str, True),

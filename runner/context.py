@@ -220,6 +220,8 @@ class Context:
         durable.reused += 1
         if durable.mode == "branch" or payload.get("planned"):
             self._emit("step.started", payload, node.id)
+            if durable.mode == "branch":
+                durable.reused_checkpoint(node.id, path, rec)
             self._emit("step.finished", {"name": node.name, "status": "reused", "duration": 0.0}, node.id)
         with self._lock:
             self._last_done[parent] = node.id

@@ -187,6 +187,8 @@ class Durable:
         manifest = self.seed_files if self.seed_files is not None else \
             load_manifest(self.objects.get_json, self.manifest)[0]
         self._base = (self.manifest, manifest, self.seed_depth)
+        if self.mode == "branch":  # its own record must stand alone: the manifest whole, in its own store
+            self._base = (self.objects.put_json(manifest_object(manifest, None)), manifest, 0)
         counts = restore(self.workdir, manifest, self.objects)
         with self.files.lock:  # the tracker knows them: the next scan reports changes, not 50 creations
             for rel, (digest, size, mode) in manifest.items():
@@ -198,6 +200,21 @@ class Durable:
                 self.files.modes[rel] = int(mode)
         self._emit("checkpoint.restored", {"manifest": self.manifest, "files": len(manifest),
                                            "duration": time.monotonic() - start, **counts})
+
+    def reused_checkpoint(self, node_id: str, path: str, rec: dict[str, Any]) -> None:
+        """A branch's record of a step it reused: the parent's result, the restored work directory; so a
+        resume of the branch skips it as well."""
+        with self._ck_lock:
+            if self._base is None:
+                self._base = (self.objects.put_json(manifest_object({}, None)), {}, 0)
+            digest, manifest, _ = self._base
+        payload: dict[str, Any] = {"path": path, "name": str(rec.get("name")), "manifest": digest,
+                                   "files": len(manifest), "bytes": sum(int(v[1]) for v in manifest.values()),
+                                   "new_objects": 0, "new_bytes": 0, "reused": True}
+        for key in ("result", "result_inline"):
+            if rec.get(key):
+                payload[key] = rec[key]
+        self._emit("step.checkpoint", payload, node_id)
 
     def checkpoint(self, node_id: str, path: str, name: str, result: Any) -> None:
         """Record a completed step: its result, the agents' histories, the work directory's manifest."""

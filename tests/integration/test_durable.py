@@ -187,6 +187,8 @@ def test_branch_planning_and_control_from_its_second_step_with_a_hypothesis(daem
         restored_files = {str(p.relative_to(work)): _sha(p) for work in [daemon.home / "sessions" / kid / "work"]
                           for p in work.rglob("*") if p.is_file() and p.name in {q.rsplit("/", 1)[-1] for q in created}}
         assert restored_files == created  # the files the parent had then are still as they were (not rewritten)
+        kid_cps = {cp["name"]: cp for cp in c.checkpoints(kid)}  # its record stands alone (for its own resume)
+        assert kid_cps["planning"].get("reused") and kid_cps[by_name["planning"]["name"]]["result_inline"]
         hypothesis = [e for e in requests if "the input is in Kelvin" in str(e["payload"])]
         assert hypothesis and {e["payload"]["agent"] for e in hypothesis} == {"engineer"}
 
@@ -202,3 +204,21 @@ def _sha(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_branch_that_fails_resumes_without_running_its_reused_steps(daemon, tmp_path: Path) -> None:
+    """A branch from step three reuses steps one and two; when its step three fails, `resume` of the branch
+    skips them as well (its own record holds them) and completes: one and two ran once in all, across parent,
+    branch and resume, and the branch's step three saw the parent's files as step two left them."""
+    counter = tmp_path / "counts"
+    counter.mkdir()
+    with daemon.client() as c:
+        parent = c.start("labd_testflows:durable_four", params={"counter": str(counter), "fail_three": 2})
+        assert _ended(c, parent)["status"] == "failed"
+        kid = c.branch(parent, "three")["sessions"][0]["session"]
+        assert _ended(c, kid)["status"] == "failed"  # step three's second run fails too
+        c.resume(kid)
+        assert c.wait(kid, timeout=60)["status"] == "completed"
+        assert _counts(counter) == {"one": 1, "two": 1, "three": 3, "four": 1}
+        result = _events(daemon.home, kid, "session.finished")[-1][3]
+        assert '"seen":{"a.txt":"two","sub/b.txt":"b"}' in result and '"two":2' in result
