@@ -207,7 +207,8 @@ def _sha(path: Path) -> str:
 
 
 def test_a_branch_that_fails_resumes_without_running_its_reused_steps(daemon, tmp_path: Path) -> None:
-    """A branch from step three reuses steps one and two; when its step three fails, `resume` of the branch
+    """A branch (`labd branch`, the CLI) from step three reuses steps one and two; when its step three fails,
+    `resume` of the branch
     skips them as well (its own record holds them) and completes: one and two ran once in all, across parent,
     branch and resume, and the branch's step three saw the parent's files as step two left them."""
     counter = tmp_path / "counts"
@@ -215,7 +216,13 @@ def test_a_branch_that_fails_resumes_without_running_its_reused_steps(daemon, tm
     with daemon.client() as c:
         parent = c.start("labd_testflows:durable_four", params={"counter": str(counter), "fail_three": 2})
         assert _ended(c, parent)["status"] == "failed"
-        kid = c.branch(parent, "three")["sessions"][0]["session"]
+        import json
+
+        from tests.integration.cli_support import labd
+
+        out = labd("branch", parent, "--from", "three", "--instructions", "try again", "--json")
+        assert out.returncode == 0, out.stderr
+        kid = json.loads(out.stdout)["sessions"][0]["session"]
         assert _ended(c, kid)["status"] == "failed"  # step three's second run fails too
         c.resume(kid)
         assert c.wait(kid, timeout=60)["status"] == "completed"
