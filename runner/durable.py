@@ -130,6 +130,9 @@ class Durable:
     # ---- positions and the record -----------------------------------------------------------------
     def position(self, parent_node: str | None) -> str:
         """The next position under ``parent_node`` (deterministic if the workflow is, outside its steps)."""
+        if parent_node is not None and parent_node not in self._paths:
+            # an agent turn (a step opened in a tool call): positions count under the step the turn runs in
+            parent_node = self.files.step_of(parent_node)
         with self._lock:
             parent = self._paths.get(parent_node, "") if parent_node else ""
             n = self._ordinals.get(parent, 0)
