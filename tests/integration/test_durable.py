@@ -229,3 +229,53 @@ def test_a_branch_that_fails_resumes_without_running_its_reused_steps(daemon, tm
         assert _counts(counter) == {"one": 1, "two": 1, "three": 3, "four": 1}
         result = _events(daemon.home, kid, "session.finished")[-1][3]
         assert '"seen":{"a.txt":"two","sub/b.txt":"b"}' in result and '"two":2' in result
+
+
+@pytest.mark.slow
+def test_daemon_sigkill_during_resume_duplicates_nothing_and_completes_after_restart(isolated_env: Path,
+                                                                                     tmp_path: Path) -> None:
+    """The daemon is SIGKILLed twice while resumes run: once while the resumed session waits in the run queue
+    (max_sessions = 1, another session holds the slot), once while its new runner is inside step 3. After each
+    restart the resume goes on and completes: steps 1-2 ran once, each step completed once, one runner
+    sequence without duplicates, one session.continued per resume."""
+    import os
+
+    from tests.conftest import running_daemon
+
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text("[daemon]\nmax_sessions = 1\n")
+    counter = tmp_path / "counts"
+    counter.mkdir()
+    with running_daemon(isolated_env) as d:
+        with d.client() as c:
+            sid = c.start("labd_testflows:durable_four", params={"counter": str(counter), "fail_three": 1,
+                                                                 "sleep_three": 1.5})
+            assert _ended(c, sid)["status"] == "failed"
+            blocker = c.start("labd_testflows:ticker", params={"n": 400, "delay": 0.05})
+            wait_until(lambda: c.session(blocker)["status"] == "running", timeout=30, what="blocker running")
+            c.resume(sid)
+            assert c.session(sid)["status"] == "queued"
+        d.kill9()
+        d.start()
+        with d.client() as c:
+            assert c.session(sid)["status"] == "queued"  # re-queued by the new daemon, still a continuation
+            c.kill(blocker)
+            wait_until(lambda: (counter / "three").exists() and (counter / "three").read_text() == "2",
+                       timeout=60, what="step three running again")
+            pid = c.session(sid)["pid"]
+        d.kill9()
+        d.start()
+        with d.client() as c:
+            s = _ended(c, sid, timeout=90)
+            assert s["status"] == "completed", s["reason"]
+        assert _counts(counter) == {"one": 1, "two": 1, "three": 2, "four": 1}
+        names = [st["name"] for st in s["steps"] if st["status"] == "completed"]
+        assert sorted(names) == ["four", "one", "three", "two"]
+        src = [r[1] for r in _events_all(d.home, sid)]
+        assert src == sorted(src) and len(src) == len(set(src))
+        assert len(_events(d.home, sid, "session.continued")) == 1
+        try:
+            os.kill(pid, 0)
+            raise AssertionError("the resumed runner is still alive")
+        except ProcessLookupError:
+            pass
