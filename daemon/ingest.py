@@ -53,7 +53,7 @@ PROJECTED = frozenset({"session.created", "session.queued", "session.launched", 
                        "step.started", "step.finished", "step.planned", "resource.sample", "agent.turn.started",
                        "agent.turn.finished", "cost.recorded", "file.created", "file.changed", "file.deleted",
                        "approval.requested", "approval.resolved", "session.paused", "session.resumed",
-                       "event.rejected"})
+                       "event.rejected", "session.continued"})
 
 
 class Ingest(threading.Thread):

@@ -346,10 +346,34 @@ class Client:
     def pause(self, session: str, reason: str = "pause requested") -> dict[str, Any]:
         return self.request("session.pause", session=session, reason=reason)  # type: ignore[no-any-return]
 
-    def resume(self, session: str, budget: float | None = None) -> dict[str, Any]:
-        """Resume a paused session; ``budget`` (USD) continues a budget-paused one with a new budget."""
-        extra = {} if budget is None else {"budget": budget}
+    def resume(self, session: str, budget: float | None = None, *, limits: dict[str, Any] | None = None,
+               reason: str | None = None) -> dict[str, Any]:
+        """Resume a paused session (``budget``, USD: continue a budget-paused one with a new budget), or
+        continue an ended one (failed, lost, cancelled, budget-stopped) with a new runner from its last
+        completed step; ``limits`` (memory, cpu, timeout, budget, procs) then replace the session's."""
+        extra: dict[str, Any] = {} if budget is None else {"budget": budget}
+        if limits:
+            extra["limits"] = limits
+        if reason:
+            extra["reason"] = reason
         return self.request("session.resume", session=session, **extra)  # type: ignore[no-any-return]
+
+    def branch(self, session: str, from_node: str, *, hypothesis: str | None = None,
+               instructions: str | None = None, params: dict[str, Any] | None = None, count: int = 1,
+               limits: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Start ``count`` new sessions from ``session``'s record up to node ``from_node`` (an id or step name):
+        the steps completed before it are reused, the work directory is as it was, the hypothesis and
+        instructions reach the agents of the steps that run again. ``{"sessions": [{session, name}], ...}``."""
+        body: dict[str, Any] = {"session": session, "from": from_node, "count": count}
+        for key, value in (("hypothesis", hypothesis), ("instructions", instructions), ("params", params),
+                           ("limits", limits)):
+            if value:
+                body[key] = value
+        return self.request("session.branch", **body)  # type: ignore[no-any-return]
+
+    def checkpoints(self, session: str) -> list[dict[str, Any]]:
+        """The checkpoints a session recorded (one per completed step), in record order."""
+        return self.request("session.checkpoints", session=session)["checkpoints"]  # type: ignore[no-any-return]
 
     def dag(self, session: str, fmt: str = "json") -> dict[str, Any]:
         return self.request("session.dag", session=session, format=fmt)  # type: ignore[no-any-return]
@@ -418,7 +442,7 @@ class Client:
                     if upto is not None and ev["seq"] > upto:
                         return
                     last = ev["seq"]
-                    ended = ended or ev["kind"] == "session.ended"
+                    ended = _still_ended(ended, ev["kind"])
                     yield ev
 
             yield from from_store(None)
@@ -447,7 +471,7 @@ class Client:
                     if ev["seq"] != last + 1:
                         continue
                     last = ev["seq"]
-                    ended = ended or ev["kind"] == "session.ended"
+                    ended = _still_ended(ended, ev["kind"])
                     yield ev
         finally:
             sub.close(0)
@@ -468,3 +492,9 @@ def _id_of(raw: bytes) -> str:
     import orjson
 
     return str(orjson.loads(raw)["id"])
+
+
+def _still_ended(ended: bool, kind: str) -> bool:
+    """Has the session ended, after an event of ``kind``? A resumed session (``session.continued``, see
+    ``labd resume``) has an earlier ``session.ended`` in its history: that end no longer counts."""
+    return kind == "session.ended" or (ended and kind != "session.continued")

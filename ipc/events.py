@@ -43,7 +43,12 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                         "agents": (dict, False),  # --agent overrides {role asked for: role used}
                         "skill": (dict, False),  # started from a skill: {name, version, origin_session}
                         "policy": (list, False),  # the session's own policy rules (labd run --policy FILE)
-                        "idempotency_key": (str, False), "request_digest": (str, False)},
+                        "idempotency_key": (str, False), "request_digest": (str, False),
+                        # lineage: the session this one came from (origin "branch": at node branch_node)
+                        "parent_id": (str, False), "origin": (str, False), "branch_node": (str, False)},
+    # an ended session (failed, lost, cancelled) continued by a new runner from its last checkpoint (daemon)
+    "session.continued": {"by": (str, True), "reason": (str, True), "from_status": (str, True),
+                          "limits": (dict, False), "checkpoints": (int, False), "interrupted": (list, False)},
     "session.queued": {"position": (int, True), "priority": (int, True)},  # waits for capacity (run queue)
     "session.launched": {"pid": (int, True), "create_time": (NUM, True), "launcher": (str, True)},
     "session.started": {"pid": (int, True), "workdir": (str, True)},  # runner
@@ -71,6 +76,18 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     # a step announced by a plan, not run yet: a DAG node with status "planned" (step.started on the same
     # node_id, with planned: true, turns it into the running step)
     "step.planned": {"name": (str, True), "kind": (str, False), "parent_node": (str, False)},
+    # durable steps (runner): a completed step's checkpoint (result, agents' last requests, the work
+    # directory's manifest; digests name objects in the session's checkpoint store), the work directory
+    # restored before a resumed or branched workflow runs, and a re-executed workflow that left its record
+    "step.checkpoint": {"path": (str, True), "name": (str, True), "manifest": (str, True), "files": (int, True),
+                        "bytes": (int, True), "new_objects": (int, True), "new_bytes": (int, True),
+                        "result": (str, False), "result_inline": (str, False), "result_preview": (str, False),
+                        "result_error": (str, False), "manifest_delta": (dict, False),
+                        "agents": (dict, False), "duration": (NUM, False), "reused": (bool, False)},
+    "checkpoint.restored": {"manifest": (str, True), "files": (int, True), "duration": (NUM, True),
+                            "removed": (int, False), "written": (int, False), "kept": (int, False)},
+    "step.diverged": {"path": (str, True), "expected": (str, True), "got": (str, True),
+                      "recorded_node": (str, False)},
     # an attempt failed and the work is tried again (node_id: the enclosing step)
     "retry": {"name": (str, True), "attempt": (int, True), "of": (int, False), "error": (str, True),
               "previous_node": (str, True)},
@@ -146,7 +163,7 @@ KIND_VERSION = {kind: 1 for kind in SCHEMAS}
 #: kinds only the daemon may record (lifecycle facts a runner cannot know); from a runner they are rejected
 DAEMON_KINDS = frozenset({"session.created", "session.queued", "session.launched", "session.stopping", "session.ended",
                           "session.adopted", "session.pause_requested", "limit.exceeded", "resource.sample",
-                          "event.rejected", "approval.resolved"})
+                          "event.rejected", "approval.resolved", "session.continued"})
 
 #: kinds that must carry a node_id
 _NEEDS_NODE = frozenset({"step.started", "step.finished", "step.planned", "agent.turn.started",

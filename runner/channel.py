@@ -61,19 +61,19 @@ class Channel:
 
     def __init__(self, endpoint: str, key: bytes, session_id: str, *, max_unacked: int = 200_000,
                  hello: Callable[[], dict[str, Any]] | None = None, max_message: int | None = None,
-                 spool: str | os.PathLike[str] | None = None) -> None:
+                 spool: str | os.PathLike[str] | None = None, first_seq: int = 1) -> None:
         self.endpoint = endpoint
         self.session_id = session_id
         self._codec = Codec(key) if max_message is None else Codec(key, max_message=max_message)
         self._hello = hello or dict
         self._max_unacked = max_unacked
         self._lock = threading.Condition()
-        self._next_seq = 1
+        self._next_seq = first_seq  # > 1: a resumed session's new runner goes on after its predecessor
         #: emitted, not yet taken by the channel thread: (encoded event, urgent, monotonic emit time)
         self._pending: list[tuple[bytes, bool, float]] = []
         self._q: list[bytes] = []  # taken, not acknowledged; _q[i] has src_seq _acked_upto + 1 + i
         self._times: list[float] = []  # emit time of each _q entry
-        self._acked_upto = 0  # every src_seq <= this is committed in the store
+        self._acked_upto = first_seq - 1  # every src_seq <= this is committed in the store
         self._send_pos = 0  # index into _q of the next event to (re)send
         self._urgent_seq = 0  # highest src_seq of an urgent event taken so far
         self._unsent_bytes = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
@@ -46,6 +47,12 @@ class Node:
         self.id = node_id
         self.name = name
         self.error: str | None = None
+        #: what the step produced, for later code: recorded in its checkpoint and, when a resumed or
+        #: branched session skips the completed step, restored here (``with ctx.step(...) as s:
+        #: s.result = work()``; then use ``s.result`` after the block)
+        self.result: Any = None
+        #: True when the step was not executed but restored from the record (resume, branch)
+        self.reused = False
 
     def fail(self, error: str) -> None:
         """Mark the step ``failed`` with ``error`` when it ends, without raising (e.g. an attempt whose
@@ -95,6 +102,11 @@ class Context:
         self._open: set[str] = set()
         self._window: set[str] = set()
         self._agent_factory: Any = None
+        #: durable steps (labd.runner.durable.Durable): positions, checkpoints, the record to skip
+        self.durable: Any = None
+        #: a branch's hypothesis and instructions (``labd branch --hypothesis/--instructions``), else None
+        self.hypothesis: str | None = None
+        self.instructions: str | None = None
         global _current
         _current = self  # the newest context is the session's (see current())
 
@@ -144,6 +156,14 @@ class Context:
             payload["attempt"] = attempt
         if planned:
             payload["planned"] = True
+        durable = self.durable
+        path = durable.position(parent) if durable is not None else ""
+        rec = durable.recorded(path, name) if durable is not None else None
+        if rec is not None:  # completed in the record: restored, not executed (labd.runner.durable)
+            yield from self._reused(node, rec, path, payload, parent)
+            return
+        if durable is not None:
+            durable.bind(node.id, path)
         self.before_boundary()
         self._emit("step.started", payload, node.id)
         with self._lock:
@@ -172,6 +192,8 @@ class Context:
             with self._lock:  # closed before its scan, so the next window starts without it
                 self._open.discard(node.id)
             self.after_step(node.id)
+            if status == "completed" and durable is not None:
+                durable.checkpoint(node.id, path, name, node.result)
             current_node.reset(token)
             if main:
                 self.active_node = outer
@@ -182,6 +204,34 @@ class Context:
             with self._lock:
                 self._last_done[parent] = node.id
         self.check_cancelled()
+
+    def _reused(self, node: Node, rec: dict[str, Any], path: str, payload: dict[str, Any],
+                parent: str | None) -> Iterator[Node]:
+        """The body of a step the record holds as completed: skipped, its result restored. A branch shows it
+        as a ``reused`` node (so does a planned node a resume re-announced); a resume's record has it already."""
+        from labd.runner.durable import SkipBody, skip_with_body
+
+        durable = self.durable
+        if not payload.get("planned"):
+            node.id = str(rec.get("node") or node.id)
+        node.result = durable.result_of(rec)
+        node.reused = True
+        durable.bind(node.id, path)
+        durable.reused += 1
+        if durable.mode == "branch" or payload.get("planned"):
+            self._emit("step.started", payload, node.id)
+            if durable.mode == "branch":
+                durable.reused_checkpoint(node.id, path, rec)
+            self._emit("step.finished", {"name": node.name, "status": "reused", "duration": 0.0}, node.id)
+        with self._lock:
+            self._last_done[parent] = node.id
+        undo = skip_with_body(sys._getframe(3))  # noqa: SLF001 - the frame of the `with` (via step, __enter__)
+        try:
+            yield node
+        except SkipBody:
+            pass
+        finally:
+            undo()
 
     def retrying(self, name: str, failed: Node, attempt: int, of: int | None = None) -> None:
         """Record that ``name`` is tried again as attempt number ``attempt`` after the ``failed`` attempt

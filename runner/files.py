@@ -49,6 +49,10 @@ class FileTracker:
         self._emit = emit
         self._seen: dict[str, tuple[int, int, str]] = {}  # rel path -> (size, mtime_ns, sha256)
         self._lock = threading.Lock()
+        #: rel path -> permission bits, for checkpoints (labd.runner.durable); ``seen``/``lock`` expose the rest
+        self.modes: dict[str, int] = {}
+        self.seen = self._seen
+        self.lock = self._lock
         #: steps running concurrently with a node (Context.concurrent_with); None: no concurrency known
         self.concurrent: Callable[[str | None], list[str]] | None = None
         self._within: dict[str, str | None] = {}  # agent-turn node -> the node it runs in
@@ -105,6 +109,7 @@ class FileTracker:
                     except OSError:
                         continue
                     self._seen[rel] = (st.st_size, st.st_mtime_ns, digest)
+                    self.modes[rel] = stat.S_IMODE(st.st_mode)
                     if prev is not None and prev[2] == digest:
                         continue  # touched, not changed
                     payload: dict[str, Any] = {"path": rel, "sha256": digest, "size": st.st_size,
@@ -119,6 +124,7 @@ class FileTracker:
             # a complete walk (not cut at MAX_FILES) tells what is gone
             for rel in sorted(set(self._seen) - present):
                 _size, _mtime, digest = self._seen.pop(rel)
+                self.modes.pop(rel, None)
                 gone: dict[str, Any] = {"path": rel, "sha256": digest, "kind": file_kind(rel)}
                 if agent:
                     gone["agent"] = agent

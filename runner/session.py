@@ -9,6 +9,7 @@ logging is routed to events.
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import os
 import re
@@ -29,6 +30,7 @@ from labd.runner.capture import OutputCapture
 from labd.runner.channel import Channel, PayloadError
 from labd.runner.context import Cancelled, Context
 from labd.runner.credentials import confine_runner, take_key
+from labd.runner.durable import Durable, read_seed
 from labd.runner.files import FileTracker
 from labd.runner.logsetup import configure_logging
 from labd.runner.reaper import become_subreaper
@@ -114,12 +116,15 @@ def run_session(spec: dict[str, Any]) -> int:
         os.environ["TMPDIR"] = str(workdir.parent / "tmp")
         tempfile.tempdir = None
     approvals_box: list[Approvals] = []
+    seed = read_seed(workdir.parent) if spec.get("durable") else None  # a resume or branch (runner/durable.py)
     channel = Channel(spec["endpoint"], key, session_id,
                       hello=lambda: {"pid": os.getpid(), "create_time": create_time,
                                      "waiting_approvals": approvals_box[0].waiting_ids() if approvals_box else []},
                       max_message=spec.get("max_message"),
                       # beside the work directory, not in it: the work directory is the agent's to write
-                      spool=spec.get("spool") or workdir.parent / "events.spool")
+                      spool=spec.get("spool") or workdir.parent / "events.spool",
+                      # a resumed session's new runner continues its predecessor's sequence (exactly-once ingest)
+                      first_seq=int((seed or {}).get("first_seq") or 1))
     emit = channel.emit
     # Say we are up before the rest of the set-up (which the workflow needs, the client does not): this is
     # what makes a session's start quick to see. Daemon messages arriving meanwhile are held, not lost.
@@ -144,18 +149,38 @@ def run_session(spec: dict[str, Any]) -> int:
         files.scan(node_id)
 
     ctx.after_step = scan_after_step
+    durable = Durable(emit, workdir.parent, workdir, files, seed)
+    ctx.durable, ctx.hypothesis, ctx.instructions = durable, durable.hypothesis, durable.instructions
+    if durable.node_base:  # node ids go on after the record's (a resume's DAG, a branch's parent)
+        ctx._node_ids = itertools.count(durable.node_base + 1)  # noqa: SLF001
+
+    def agent_emit(kind: str, payload: Any, node_id: str | None = None, parent: int | None = None) -> int:
+        seq = emit(kind, payload, node_id, parent)
+        if kind == "llm.request" and isinstance(payload, dict):  # holds the agent's whole history
+            durable.note_request(str(payload.get("agent")), seq)
+        return seq
     ctx.approvals = Approvals(emit, ctx._cancel)  # noqa: SLF001 - the runner owns the context
     approvals_box.append(ctx.approvals)
 
     def agents() -> Any:
         from labd.runner.agents import AgentFactory
 
-        return AgentFactory(emit=emit, new_node_id=ctx.new_node_id, workdir=workdir,
+        factory = AgentFactory(emit=agent_emit, new_node_id=ctx.new_node_id, workdir=workdir,
                             models=spec.get("models") or {}, prices=spec.get("prices") or {}, secrets=secrets,
                             approvals=ctx.approvals, files=files, limits=spec.get("limits"),  # type: ignore[arg-type]
                             pause=lambda reason: ctx.wait_paused("budget", reason),
                             mcp_servers=spec.get("mcp_servers") or {}, roles=spec.get("roles") or None,
                             role_overrides=spec.get("agent_overrides") or {}, policy=spec.get("policy"))
+        factory.tracker.spent = durable.spent
+        plain = factory.agent
+
+        def agent(name: str, system_prompt: Any = (), **kw: Any) -> Any:
+            extra = durable.extra_prompt()  # a branch's hypothesis reaches the agents of its live steps
+            if extra:
+                system_prompt = [*([system_prompt] if isinstance(system_prompt, str) else system_prompt), extra]
+            return plain(name, system_prompt, **kw)
+        factory.agent = agent  # type: ignore[method-assign]
+        return factory
 
     ctx._agents = agents  # noqa: SLF001
     from labd.runner.agents.hooks import track_all_agents
@@ -194,6 +219,7 @@ def run_session(spec: dict[str, Any]) -> int:
         importlib.invalidate_caches()
         fn = resolve(spec["workflow"], search=search)
         kwargs = bind_params(fn, dict(ctx.params))
+        durable.restore_workdir()  # a resume or branch: the work directory as the record's last checkpoint
         result = fn(ctx, **kwargs)
         extra = {"result": result}
     except Cancelled as exc:

@@ -29,3 +29,32 @@ def turns(ctx: Any, turns: int = 10_000, tracked: bool = True) -> dict[str, floa
             wall, cpu = asyncio.run(body())
     # CPU seconds of the whole runner process (all threads: the channel thread's work is included)
     return {"seconds": wall, "cpu_seconds": cpu, "turns": float(turns)}
+
+
+def stepped_turns(ctx: Any, turns: int = 1000, per_step: int = 10, checkpoints: bool = True,
+                  fail_at: int = 0) -> dict[str, float]:
+    """The tracking benchmark's agent loop in steps of ``per_step`` turns, each step also writing a small
+    file; ``checkpoints=False`` switches durable checkpoints off (to measure their cost). ``fail_at``: the
+    step number that fails on its first run (a marker file beside the work directory remembers), for resume."""
+    import os
+
+    if not checkpoints:
+        ctx.durable.enabled = False
+    marker = ctx.workdir.parent / "bench-failed-once"
+
+    async def body() -> tuple[float, float]:
+        agent = ctx.agent("bench", "Answer.")
+        start, cpu = time.perf_counter(), time.process_time()
+        for s in range(max(1, turns // per_step)):
+            with ctx.step(f"step {s + 1}") as node:
+                if fail_at and s + 1 == fail_at and not marker.exists():
+                    marker.write_text("1")
+                    raise RuntimeError(f"step {fail_at} fails on its first run")
+                for i in range(per_step):
+                    await agent.ask(f"turn {s * per_step + i}")
+                (ctx.workdir / f"out_{s % 50}.txt").write_text(f"step {s}\n" * 20)
+                node.result = s
+        return time.perf_counter() - start, time.process_time() - cpu
+
+    wall, cpu = asyncio.run(body())
+    return {"seconds": wall, "cpu_seconds": cpu, "pid": float(os.getpid())}

@@ -136,6 +136,8 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
             "status": "created", "created_at": ts, "last_seq": seq, "runner_seq": 0,
             "peak_rss": 0, "peak_cpu_percent": 0.0, "rejected_events": 0,
             "tags": orjson.dumps(payload.get("tags") or {}).decode(),
+            "parent_id": payload.get("parent_id"), "origin": payload.get("origin"),
+            "branch_node": payload.get("branch_node"),
         })
         out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": None,
                             "to_status": "created", "reason": "created", "actor": "client", "node_id": None})
@@ -172,6 +174,8 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
         out.update(cur.id, ended_at=ts, ended_by=payload["ended_by"], exit_code=payload.get("exit_code"),
                    signal=payload.get("signal"))
         _transition(cur, payload["status"], seq, ts, payload["reason"], actor, out)
+    elif kind == "session.continued":
+        _continue(cur, seq, ts, payload, out)
     elif kind == "step.planned":
         parent = payload.get("parent_node")
         out.step_inserts.append({
@@ -266,6 +270,31 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
         out.update(cur.id, peak_rss=cur.peak_rss, peak_cpu_percent=cur.peak_cpu_percent)
     elif kind == "session.adopted":
         out.update(cur.id, pid=payload["pid"])
+
+
+def _continue(cur: SessionCursor, seq: int, ts: float, payload: dict[str, Any], out: RowChanges) -> None:
+    """An ended session continued by a new runner (``labd resume``): back to ``queued`` (the run queue
+    launches it; a daemon that restarts meanwhile re-queues it), its previous end forgotten."""
+    if cur.status not in ("failed", "lost", "cancelled"):
+        return
+    out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": cur.status,
+                        "to_status": "queued", "reason": payload["reason"], "actor": payload["by"], "node_id": None})
+    cur.status = "queued"
+    cur.outcome = cur.outcome_error = cur.kill_reason = cur.stop_by = None
+    values: dict[str, Any] = dict(status="queued", reason=payload["reason"], outcome=None, outcome_error=None,
+                                  kill_reason=None, stop_by=None, ended_at=None, ended_by=None, exit_code=None,
+                                  signal=None, pid=None, pid_create_time=None)
+    limits = payload.get("limits")
+    if isinstance(limits, dict):
+        values["limits"] = orjson.dumps(limits).decode()
+        budget = limits.get("budget")
+        cur.budget = float(budget) if isinstance(budget, int | float) else None
+        cur.budget_hit = cur.budget is not None and cur.cost > cur.budget
+    out.update(cur.id, **values)
+    for node in payload.get("interrupted") or []:  # steps the ended runner left open: they never finish
+        if isinstance(node, str):
+            out.step_updates.append({"session_id": cur.id, "node_id": node, "status": "interrupted", "ended_at": ts,
+                                     "duration": None, "error": "its runner ended before the step did"})
 
 
 def _limit_reason(p: dict[str, Any]) -> str:

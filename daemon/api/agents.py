@@ -81,6 +81,14 @@ class Resume(_Control):
     type = "session.resume"
 
     def execute(self) -> Any:
+        ended = resolve_session(self)
+        if ended["status"] in TERMINAL_STATUSES:  # a new runner continues it (labd.daemon.api.durable)
+            from labd.daemon.api.durable import resume_ended
+
+            return resume_ended(self, ended)
+        if self.body.get("limits"):  # refused rather than ignored
+            raise ApiError("bad_request", "limits can be changed only when resuming an ended session; a paused one "
+                           "takes a new budget only")
         row = self.running()
         budget = self.arg("budget", (int, float), None, check=lambda b: math.isfinite(b) and b > 0,
                           hint="a positive amount of USD")

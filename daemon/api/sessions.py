@@ -340,6 +340,8 @@ def session_spec(d: Any, q: Queued) -> dict[str, Any]:
     extra = dict(q.extra)
     network = bool(extra.pop("network", d.cfg.sandbox.network))
     extra["policy"] = runner_policy(d, extra.pop("policy", None))  # the daemon's rules, then the session's
+    if (d.layout.sessions_dir / q.sid / "durable.seed.json").exists():  # a resume or branch (api/durable.py)
+        extra["durable"] = True
     # The runner's own key, derived for this session: it can sign for this session only.
     return {"session_id": q.sid, "workflow": q.workflow, "params": q.params, "workdir": q.workdir,
             "endpoint": d.info.runners, "key": derive_key(d.info.key_bytes, q.sid).hex(),

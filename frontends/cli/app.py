@@ -14,6 +14,7 @@ from labd.frontends.cli import (
     admin,
     approvals,
     completion,
+    durable,
     logs,
     policy,
     records,
@@ -32,7 +33,8 @@ from labd.ipc.units import UnitError
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 #: each module's ``register(sub)`` adds its commands; a new command group is one more entry here
-COMMAND_MODULES = [sessions, logs, approvals, records, search, skills, policy, retention, admin, service, remote,
+COMMAND_MODULES = [sessions, durable, logs, approvals, records, search, skills, policy, retention, admin, service,
+                   remote,
                    servers, completion]
 
 EPILOG = """examples:

@@ -23,9 +23,12 @@ def deep_research(ctx: Context, question: str = DEFAULT_QUESTION, subquestions: 
     """Review literature (concurrently), plan, execute independent steps concurrently, synthesise a report."""
 
     async def review(i: int) -> str:
-        with ctx.step(f"review {i}", depends_on=[]):
+        # results go through node.result: a resumed or branched session skips a completed step's body
+        # and restores its result (labd.runner.durable)
+        with ctx.step(f"review {i}", depends_on=[]) as node:
             researcher = ctx.role("researcher", name=f"researcher_{i}", model=model)
-            return (await researcher.ask(f"Literature question {i} about: {question}")).body or ""
+            node.result = (await researcher.ask(f"Literature question {i} about: {question}")).body or ""
+        return str(node.result)
 
     async def execute(plan: Any) -> list[str]:
         done: dict[int, str] = {}
@@ -34,7 +37,8 @@ def deep_research(ctx: Context, question: str = DEFAULT_QUESTION, subquestions: 
 
         async def one(i: int, st: Any) -> None:
             with ctx.step(f"step {i + 1}: {st.goal[:60]}", depends_on=[done[d] for d in st.depends_on]) as node:
-                results[i] = await run_step(ctx, i + 1, len(plan.steps), st, model, max_retries)
+                node.result = await run_step(ctx, i + 1, len(plan.steps), st, model, max_retries)
+            results[i] = node.result
             done[i] = node.id
 
         while pending:
@@ -44,12 +48,15 @@ def deep_research(ctx: Context, question: str = DEFAULT_QUESTION, subquestions: 
         return [results[i] for i in sorted(results)]
 
     async def body() -> dict[str, Any]:
-        with ctx.step("literature review", kind="phase"):
-            notes = await asyncio.gather(*(review(i) for i in range(1, subquestions + 1)))
-        with ctx.step("planning", kind="phase"):
-            plan = await make_plan(ctx, f"{question}\nThe steps are independent.", max_steps, model)
-        with ctx.step("control", kind="phase"):
-            results = await execute(plan)
+        with ctx.step("literature review", kind="phase") as phase:
+            phase.result = await asyncio.gather(*(review(i) for i in range(1, subquestions + 1)))
+        notes = phase.result
+        with ctx.step("planning", kind="phase") as phase:
+            phase.result = await make_plan(ctx, f"{question}\nThe steps are independent.", max_steps, model)
+        plan = phase.result
+        with ctx.step("control", kind="phase") as phase:
+            phase.result = await execute(plan)
+        results = phase.result
         with ctx.step("synthesis", kind="phase"):
             writer = ctx.role("writer", model=model)
             report = (await writer.ask("\n".join([f"Question: {question}", *notes, *results]))).body or ""

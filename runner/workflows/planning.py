@@ -99,11 +99,11 @@ async def run_step(ctx: Context, index: int, total: int, step: PlanStep, model: 
             ctx.retrying(f"step {index}", previous, attempt, tries)
         with ctx.step(f"step {index} attempt {attempt}", kind="attempt", attempt=attempt,
                       retry_of=previous.id if previous else None) as node:
-            body = (await agent.ask(msg)).body or ""
-            if body.startswith("ERROR"):
-                node.fail(body)
+            node.result = (await agent.ask(msg)).body or ""
+            if node.result.startswith("ERROR"):
+                node.fail(node.result)
         if node.error is None:
-            return body
+            return str(node.result)
         previous = node
     raise StepFailed(previous.error if previous and previous.error else "step failed")
 
@@ -117,18 +117,22 @@ def planning_and_control(ctx: Context, task: str = DEFAULT_TASK, max_steps: int 
     step, e.g. the code that worked before) are given to each step's agent as instructions."""
 
     async def body() -> dict[str, Any]:
-        with ctx.step("planning", kind="phase"):
-            the_plan = parse_plan(json.dumps({"steps": plan}), len(plan)) if plan else \
+        # results go through node.result: a resumed or branched session skips a completed step's body and
+        # restores its result (labd.runner.durable)
+        with ctx.step("planning", kind="phase") as phase:
+            phase.result = parse_plan(json.dumps({"steps": plan}), len(plan)) if plan else \
                 await make_plan(ctx, task, max_steps, model)
+        the_plan = phase.result
         results = []
         with ctx.step("control", kind="phase"):
             names = [f"step {i}: {st.goal[:60]}" for i, st in enumerate(the_plan.steps, 1)]
             planned = ctx.plan(names)  # in the DAG as "planned" until each runs
             for i, st in enumerate(the_plan.steps, 1):
                 hint = hints[i - 1] if hints and i - 1 < len(hints) and hints[i - 1] else None
-                with ctx.step(names[i - 1], planned=planned[i - 1]):
-                    results.append(await run_step(ctx, i, len(the_plan.steps), st, model, max_retries,
-                                                  instructions=hint))
+                with ctx.step(names[i - 1], planned=planned[i - 1]) as node:
+                    node.result = await run_step(ctx, i, len(the_plan.steps), st, model, max_retries,
+                                                 instructions=hint)
+                results.append(node.result)
         return {"plan": json.loads(the_plan.to_json())["steps"], "results": results}
 
     return ctx.run(body())

@@ -299,3 +299,59 @@ def review_once(ctx) -> str:
     with ctx.step("publish"):
         print(f"decision={d.decision} feedback={d.feedback}", flush=True)
     return d.decision
+
+
+def _count_run(counter: str, name: str) -> int:
+    """Count an execution of ``name`` in a file under ``counter`` (outside the work directory: a side channel
+    that survives resume and restore)."""
+    path = os.path.join(counter, name)
+    n = 1
+    if os.path.exists(path):
+        with open(path) as f:
+            n = int(f.read()) + 1
+    with open(path, "w") as f:
+        f.write(str(n))
+    return n
+
+
+def durable_four(ctx, counter: str, fail_three: int = 1, sleep_three: float = 0.0) -> dict:
+    """Four durable steps, each counting its executions under ``counter``; step three fails its first
+    ``fail_three`` runs (after leaving a mess in the work directory) and reports the files it found."""
+    work = ctx.workdir
+    with ctx.step("one") as one:
+        _count_run(counter, "one")
+        (work / "a.txt").write_text("one")
+        one.result = {"x": 1}
+    with ctx.step("two") as two:
+        _count_run(counter, "two")
+        (work / "a.txt").write_text("two")
+        (work / "sub").mkdir(exist_ok=True)
+        (work / "sub" / "b.txt").write_text("b")
+        two.result = one.result["x"] + 1
+    with ctx.step("three") as three:
+        n = _count_run(counter, "three")
+        seen = {str(p.relative_to(work)): p.read_text() for p in sorted(work.rglob("*.txt"))}
+        (work / "a.txt").write_text("three")
+        (work / "junk.txt").write_text("junk")
+        if sleep_three:
+            time.sleep(sleep_three)
+        if n <= fail_three:
+            raise RuntimeError(f"step three fails on run {n}")
+        three.result = {"seen": seen, "two": two.result}
+    with ctx.step("four") as four:
+        _count_run(counter, "four")
+        four.result = three.result
+    return four.result
+
+
+
+def durable_diverge(ctx, counter: str) -> str:
+    """Step names depend on state outside steps (a counter file): a resume asks for another step than the
+    record holds at the same position — a divergence."""
+    n = _count_run(counter, "top")
+    with ctx.step("first" if n == 1 else "other"):
+        print("first step", flush=True)
+    with ctx.step("second"):
+        if n == 1:
+            raise RuntimeError("fail once")
+    return "done"

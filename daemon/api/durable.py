@@ -1,0 +1,232 @@
+"""Durable sessions: ``session.resume`` of an ended session, and ``session.branch`` from a step.
+
+Both hand a new runner a *seed* (``<session dir>/durable.seed.json``): the completed steps of the record by
+position, the manifest to restore the work directory from, where node ids and the event sequence go on.
+The runner is confined and cannot read the store, so the daemon writes the seed into the session directory
+before the launch; the file also makes a relaunch after a daemon restart (the session is ``queued``) a
+continuation again. See labd.runner.durable and docs/design.md, "Durable steps".
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from labd.daemon.api.base import DEFERRED, ApiError, Request, register
+from labd.daemon.api.sessions import _limits, _run_params, resolve_ref, resolve_session
+from labd.daemon.monitor import Limits
+from labd.runner.checkpoint import OBJECTS_DIR, load_manifest
+from labd.runner.durable import SEED_FILE
+from labd.store.checkpoints import checkpoints, max_node_number, step_row
+
+__all__ = ["resume_ended", "RESUMABLE"]
+
+#: the statuses a runner can be continued from (a budget stop ends as failed)
+RESUMABLE = ("failed", "lost", "cancelled")
+MAX_BRANCHES = 20
+_TEXT = 10_000
+
+
+def _seed(cps: list[dict[str, Any]], objects: Path, **extra: Any) -> dict[str, Any]:
+    """The record for a runner: completed steps by position, and the work directory of the last checkpoint
+    (resolved here: small manifest changes are in the events, larger ones and whole manifests are objects)."""
+    steps: dict[str, dict[str, Any]] = {}
+    for c in cps:
+        if c.get("result_error"):  # its result could not be kept: it runs again
+            continue
+        steps[c["path"]] = {"name": c["name"], "node": c["node_id"], "result": c.get("result"),
+                            "result_inline": c.get("result_inline")}
+    seed: dict[str, Any] = {"steps": steps, "manifest": None, **extra}
+    if cps:
+        inline = {c["manifest"]: c["manifest_delta"] for c in cps if isinstance(c.get("manifest_delta"), dict)}
+        try:
+            files, chain, depth = load_manifest(
+                lambda h: inline[h] if h in inline else orjson.loads((objects / h[:2] / h).read_bytes()),
+                cps[-1]["manifest"])
+        except (OSError, ValueError, KeyError):
+            raise ApiError("no_checkpoint", "the checkpoint files of this session are gone") from None
+        seed.update(manifest=cps[-1]["manifest"], files=files, depth=depth,
+                    chain=[h for h in chain if h not in inline])
+    return seed
+
+
+def _write_seed(session_dir: Path, seed: dict[str, Any]) -> None:
+    session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = session_dir / (SEED_FILE + ".tmp")
+    tmp.write_bytes(orjson.dumps(seed))
+    os.replace(tmp, session_dir / SEED_FILE)
+
+
+def _merged_limits(row: dict[str, Any], override: Any) -> Limits:
+    if override is None:
+        return Limits.from_dict(row["limits"])
+    if not isinstance(override, dict):
+        raise ApiError("bad_request", "field 'limits' must be an object")
+    base = {k: v for k, v in (row["limits"] or {}).items() if v is not None}
+    return _limits({"limits": {**base, **override}})
+
+
+def resume_ended(req: Request, row: dict[str, Any]) -> Any:
+    """``session.resume`` of an ended session: a new runner continues it from its last completed step."""
+    d, sid, status = req.daemon, row["id"], row["status"]
+    if status not in RESUMABLE:
+        hint = "branch it (labd branch) to run part of it again" if status == "completed" else "it has not ended"
+        raise ApiError("not_resumable", f"session {sid} is {status}: only a failed, lost or cancelled session "
+                       f"can be resumed; {hint}", {"status": status})
+    if sid in d.supervisor.running or sid in d.supervisor.queue:
+        raise ApiError("not_resumable", f"session {sid} still has a runner")
+    if d.draining:
+        raise ApiError("draining", "the daemon is stopping its sessions (serve --drain): no resume now")
+    reason = req.arg("reason", str, "", check=lambda s: len(s) <= 1000, hint="text of at most 1000 characters")
+    limits = _merged_limits(row, req.body.get("limits"))
+    budget = req.body.get("budget")
+    if budget is not None:
+        limits = _limits({"limits": {**limits.to_dict(), "budget": budget}})
+    cps = checkpoints(d.store, sid)
+    seed = _seed(cps, d.layout.sessions_dir / sid / OBJECTS_DIR, mode="resume",
+                 node_base=max_node_number(d.store, sid), first_seq=int(row["runner_seq"]) + 1,
+                 spent=float(row.get("cost") or 0.0))  # a budget is the session's whole spend, as ingest counts it
+    _write_seed(d.layout.sessions_dir / sid, seed)
+    created = d.store.events(sid, kinds=["session.created"], limit=1)
+    c = created[0]["payload"] if created else {}
+    why = f"resumed by client from {status}" + (f": {reason}" if reason else "") + \
+        f" ({len(seed['steps'])} completed steps kept)"
+    d.defer(req.reply_to, lambda seq, payload: {"session": sid, "resumed": True, "from_status": status,
+                                                 "steps_kept": len(seed["steps"]), "seq": seq})
+    d.post_event(sid, "session.continued", {"by": "client", "reason": why, "from_status": status,
+                                            "limits": limits.to_dict(), "checkpoints": len(cps),
+                                            "interrupted": [st["node_id"] for st in d.store.steps(sid)
+                                                            if st["status"] in ("running", "paused")]},
+                 reply_to=req.reply_to)
+    d.supervisor.submit(d.supervisor.queue.entry(
+        sid, row["workflow"], _run_params(d, row["params"], c.get("payload")), limits, row["workdir"], 0,
+        time.time(), extra={"name": row["name"], "sys_path": c.get("sys_path") or [],
+                            "agent_overrides": c.get("agents") or {},
+                            "network": bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network))}))
+    return DEFERRED
+
+
+def _find_node(d: Any, sid: str, ref: str) -> dict[str, Any]:
+    node = step_row(d.store, sid, ref)
+    if node is None:
+        named = [s for s in d.store.steps(sid) if s["name"] == ref]
+        if not named:
+            raise ApiError("no_such_node", f"session {sid} has no node {ref!r} (see labd dag {sid})",
+                           {"node": ref})
+        node = named[0]
+    if node["kind"] == "agent":
+        raise ApiError("bad_node", f"node {node['node_id']} is an agent turn; branch from a step or phase",
+                       {"node": node["node_id"]})
+    if node["status"] == "planned" or node.get("start_seq") is None:
+        raise ApiError("no_checkpoint", f"node {node['node_id']} never ran: nothing to branch from",
+                       {"node": node["node_id"]})
+    return node
+
+
+def _link_objects(src: Path, dst: Path, digests: set[str]) -> None:
+    """Make the parent's objects the branch's (hard links: objects are write-once and read-only)."""
+    for digest in digests:
+        a, b = src / digest[:2] / digest, dst / digest[:2] / digest
+        if b.exists():
+            continue
+        b.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(a, b)
+        except OSError:  # another file system, or links not allowed: a copy
+            shutil.copyfile(a, b)
+
+
+@register
+class Branch(Request):
+    """A new session (or ``count``) seeded from a session's record up to a node."""
+
+    type = "session.branch"
+
+    def execute(self) -> Any:
+        d = self.daemon
+        if d.draining:
+            raise ApiError("draining", "the daemon is stopping its sessions (serve --drain): no new sessions")
+        parent = resolve_ref(d.store, self.arg("session", str, check=lambda s: 0 < len(s) <= 200,
+                                               hint="a session id or name"))
+        ref = self.arg("from", str, check=lambda s: 0 < len(s) <= 200, hint="a node id or step name")
+        hypothesis = self.arg("hypothesis", str, None, check=lambda s: len(s) <= _TEXT, hint="text")
+        instructions = self.arg("instructions", str, None, check=lambda s: len(s) <= _TEXT, hint="text")
+        count = self.arg("count", int, 1, check=lambda n: 1 <= n <= MAX_BRANCHES, hint=f"1-{MAX_BRANCHES}")
+        overrides = self.arg("params", dict, {})
+        psid = parent["id"]
+        if parent["status"] in ("created", "queued"):
+            raise ApiError("not_started", f"session {psid} has not run yet: nothing to branch from")
+        node = _find_node(d, psid, ref)
+        all_cps = checkpoints(d.store, psid)
+        if not all_cps:
+            raise ApiError("no_checkpoint", f"session {psid} recorded no checkpoints (it ran before durable "
+                           "steps, or no step completed)", {"node": node["node_id"]})
+        cps = [c for c in all_cps if c["seq"] < node["start_seq"]]
+        created = d.store.events(psid, kinds=["session.created"], limit=1)
+        c = created[0]["payload"] if created else {}
+        params = {**parent["params"], **overrides}
+        path = c.get("sys_path") or []
+        if overrides and c.get("payload") is None:
+            check = d.check_workflow(parent["workflow"], params, path)
+            if not check.get("ok"):
+                raise ApiError(check.get("code", "bad_params"), check.get("message", "invalid params"),
+                               check.get("details"))
+            params = check.get("params", params)
+        limits = _merged_limits(parent, self.body.get("limits"))
+        src = d.layout.sessions_dir / psid / OBJECTS_DIR
+        seed = _seed(cps, src, mode="branch", node_base=max_node_number(d.store, psid), hypothesis=hypothesis,
+                     instructions=instructions)
+        digests = {s["result"] for s in seed["steps"].values() if s.get("result")}
+        manifest: dict[str, Any] = seed.get("files") or {}
+        digests.update(seed.get("chain") or ())
+        digests.update(v[0] for v in manifest.values())
+        network = bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network))
+        made: list[dict[str, Any]] = []
+        reply = {"sessions": made, "parent": psid, "node": node["node_id"], "reused": len(seed["steps"]),
+                 "files": len(manifest) if seed["manifest"] else 0}
+        d.defer(self.reply_to, lambda _seq, _payload: reply)  # once the last branch is committed
+        for _ in range(count):
+            sid = secrets.token_hex(6)
+            session_dir = d.layout.sessions_dir / sid
+            try:
+                _link_objects(src, session_dir / OBJECTS_DIR, digests)
+            except OSError as exc:
+                raise ApiError("no_checkpoint", f"the checkpoint files of session {psid} cannot be read: {exc}") \
+                    from None
+            _write_seed(session_dir, seed)  # before session.created: a restart that re-queues it finds it
+            name = f"{parent['name'][:150]}-branch-{sid[:6]}"
+            workdir = session_dir / "work"
+            payload: dict[str, Any] = {"workflow": parent["workflow"], "name": name, "params": params,
+                                       "limits": limits.to_dict(), "workdir": str(workdir), "parent_id": psid,
+                                       "origin": "branch", "branch_node": node["node_id"]}
+            for key in ("payload", "sys_path", "agents", "tags"):
+                if c.get(key):
+                    payload[key] = c[key]
+            sandbox = d.sandbox_spec(sid, network)
+            payload["sandbox"] = {k: sandbox[k] for k in ("level", "mechanism", "reasons", "network")} | {
+                "runner": d.runner_confinement}
+            last = len(made) == count - 1
+            d.post_event(sid, "session.created", payload, reply_to=self.reply_to if last else None)
+            d.supervisor.submit(d.supervisor.queue.entry(
+                sid, parent["workflow"], _run_params(d, params, c.get("payload")), limits, str(workdir), 0,
+                time.time(), extra={"name": name, "sys_path": path, "agent_overrides": c.get("agents") or {},
+                                    "network": network}))
+            made.append({"session": sid, "name": name})
+        return DEFERRED
+
+
+@register
+class Checkpoints(Request):
+    """The checkpoints a session recorded (what resume and branch can start from)."""
+
+    type = "session.checkpoints"
+
+    def execute(self) -> Any:
+        row = resolve_session(self)
+        return {"session": row["id"], "checkpoints": checkpoints(self.daemon.store, row["id"])}

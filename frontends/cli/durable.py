@@ -1,0 +1,94 @@
+"""Durable sessions in the CLI: ``labd resume`` of an ended session, ``labd branch``, ``labd checkpoints``.
+
+``labd resume`` is registered by the sessions module (it unpauses a paused session); this module adds the
+limit overrides and ``--reason`` to it and routes an ended session to a continuation (the daemon decides
+which by the session's status, so both work through one request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from labd.frontends.cli.base import Ctx, add_json, command
+from labd.frontends.cli.sessions import limits_from, parse_params
+
+__all__ = ["register"]
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    limits = limits_from(args)
+    return {k: v for k, v in limits.items() if v is not None}
+
+
+def cmd_resume(args: argparse.Namespace, ctx: Ctx) -> int:
+    limits = _overrides(args)
+    budget = limits.pop("budget", None)
+    r = ctx.client().resume(args.session, budget=budget, limits=limits or None, reason=args.reason)
+    if args.json:
+        ctx.out.json(r)
+    elif r.get("resumed"):
+        print(f"{r['session']}: resumed from {r['from_status']} ({r['steps_kept']} completed steps kept)")
+    else:
+        print(f"resume requested for {r['session']}" + (f" with a budget of ${budget:g}" if budget else ""))
+    return 0
+
+
+def cmd_branch(args: argparse.Namespace, ctx: Ctx) -> int:
+    limits = _overrides(args)
+    r = ctx.client().branch(args.session, args.from_node, hypothesis=args.hypothesis, instructions=args.instructions,
+                            params=parse_params(args.param) or None, count=args.count, limits=limits or None)
+    if args.json:
+        ctx.out.json(r)
+        return 0
+    for s in r["sessions"]:
+        print(s["session"])
+    print(f"branched {len(r['sessions'])} session(s) from {r['parent']} at {r['node']}: "
+            f"{r['reused']} completed steps reused, {r['files']} files restored", file=sys.stderr)
+    return 0
+
+
+def cmd_checkpoints(args: argparse.Namespace, ctx: Ctx) -> int:
+    cps = ctx.client().checkpoints(args.session)
+    if args.json:
+        ctx.out.json(cps)
+        return 0
+    for c in cps:
+        print(f"{c['node_id'] or '-':>6}  {c['path']:<10} {c['files']:>6} files  +{c['new_bytes']:>10} B  {c['name']}")
+    return 0
+
+
+def _limit_flags(s: argparse.ArgumentParser, *, budget: bool = True) -> None:
+    s.add_argument("--memory", help="new memory limit: 512M, 2G")
+    s.add_argument("--cpu", help="new CPU limit in percent of one core: 50%%")
+    s.add_argument("--cpus", help="new CPU limit in cores: 0.5")
+    s.add_argument("--timeout", help="new wall-time limit: 90s, 15m, 1h30m")
+    if budget:
+        s.add_argument("--budget", type=float, help="new LLM budget in USD")
+    s.add_argument("--on-budget", choices=["stop", "pause"], help="what crossing the budget does")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    resume = sub.choices.get("resume")
+    if resume is not None:  # the sessions module's `labd resume` (unpause): add the continuation's options
+        resume.description = ("continue a paused session, or an ended one (failed, lost, cancelled, budget-stopped) "
+                              "with a new runner from its last completed step")
+        _limit_flags(resume, budget=False)
+        resume.add_argument("--reason", help="why (recorded in the session's history)")
+        resume.set_defaults(handler=cmd_resume)
+
+    s = command(sub, "branch", cmd_branch, "start new sessions from a session's record up to a step")
+    s.add_argument("session")
+    s.add_argument("--from", dest="from_node", required=True, metavar="NODE",
+                   help="the step (node id or name) to run again; the steps completed before it are reused")
+    s.add_argument("--hypothesis", help="a hypothesis for the agents of the steps that run again")
+    s.add_argument("--instructions", help="instructions for the agents of the steps that run again")
+    s.add_argument("--param", "-p", action="append", default=[], metavar="K=V", help="change a parameter (repeat)")
+    s.add_argument("--count", type=int, default=1, help="start this many branches (concurrently; default 1)")
+    _limit_flags(s)
+    add_json(s, "the reply")
+
+    s = command(sub, "checkpoints", cmd_checkpoints, "a session's checkpoints (one per completed step)")
+    s.add_argument("session")
+    add_json(s, "a JSON array of checkpoints")

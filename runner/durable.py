@@ -1,0 +1,283 @@
+"""Durable steps: a checkpoint at every completed step, and completed steps skipped on re-execution.
+
+The DBOS/Temporal approach. A resumed (or branched) session runs its workflow function again from the top.
+Each step has a *position*: its parent's position and its ordinal among the steps opened in that parent
+(``"1"``, ``"1/0"``...). When the record (the seed the daemon hands over, built from ``step.checkpoint``
+events) holds a completed step at that position, the step is not executed: its body is skipped and
+``node.result`` is what the recorded run set it to. A step asked for by another name than the record
+holds at its position is a divergence: :class:`Divergence` is raised (a ``step.diverged`` event), and the
+session fails instead of guessing.
+
+At every completed step the runner records a checkpoint (``step.checkpoint``): the position, the
+pickled ``node.result`` (an object), the agents' last LLM request (each holds the agent's whole message
+history, in blobs), and the manifest of the work directory (see :mod:`labd.runner.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import base64
+import dis
+import hashlib
+import pickle
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import orjson
+
+from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, load_manifest, manifest_object, restore
+
+__all__ = ["Durable", "Divergence", "SkipBody", "skip_with_body", "SEED_FILE", "read_seed"]
+
+#: the seed the daemon writes into the session directory before a resume or branch launches a runner
+SEED_FILE = "durable.seed.json"
+
+
+def read_seed(session_dir: Path) -> dict[str, Any]:
+    """The record the daemon wrote for this runner (a resume or a branch)."""
+    return dict(orjson.loads((session_dir / SEED_FILE).read_bytes()))
+
+
+_NOP = dis.opmap["NOP"]
+#: step results and manifest changes up to this size travel in the step.checkpoint event, not as objects
+INLINE_BYTES = 8192
+
+
+def _body_start(frame: FrameType) -> int:
+    """The offset of the first instruction of the ``with`` body being entered in ``frame`` (after
+    ``BEFORE_WITH`` and the store of its ``as`` target); 0 when the bytecode is not the expected shape."""
+    instrs = list(dis.get_instructions(frame.f_code))
+    for i, ins in enumerate(instrs):
+        if ins.offset == frame.f_lasti and ins.opname == "BEFORE_WITH" and i + 2 < len(instrs):
+            j = i + 1
+            if instrs[j].opname == "UNPACK_SEQUENCE":  # `as (a, b)`: skip the stores of its items
+                j += instrs[j].arg or 0
+            return instrs[j + 1].offset
+    return 0
+
+
+class Divergence(BaseException):  # noqa: N818 - a BaseException, like Cancelled: `except Exception` must not hide it
+    """The re-executed workflow asked for another step than the record holds at that position."""
+
+
+class SkipBody(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by the trace hook on the first line of a skipped step's ``with`` body."""
+
+
+def skip_with_body(frame: FrameType) -> Callable[[], None]:
+    """Make the ``with`` block of ``frame`` that is being entered raise :class:`SkipBody` on its first line
+    (the step's ``__exit__`` swallows it): how a completed step's body is not executed again. Returns a
+    function that restores the previous tracing. CPython's frame tracing, as debuggers use it."""
+    previous = sys.gettrace()
+    with_line = frame.f_lineno
+    body_start = _body_start(frame)
+
+    def on_line(fr: FrameType, event: str, _arg: Any) -> Any:
+        # Only inside the body: past the `as` target's store (which may sit on a later line of a multi-line
+        # `with`), not on the `with` line (its __exit__ call is attributed to it), and not on a NOP (a body of
+        # just `pass` compiles to a NOP outside the block's handler; such a body may as well run).
+        if fr is frame and event == "line" and fr.f_lasti >= body_start and fr.f_lineno != with_line \
+                and fr.f_code.co_code[fr.f_lasti] != _NOP:
+            raise SkipBody
+        return on_line
+
+    frame.f_trace = on_line
+    frame.f_trace_lines = True
+    sys.settrace(lambda *_a: None)  # turns tracing on for this thread; new frames stay untraced
+
+    def undo() -> None:
+        frame.f_trace = None
+        sys.settrace(previous)
+    return undo
+
+
+class Durable:
+    """Positions, the recorded steps to skip, and checkpoints, for one runner."""
+
+    def __init__(self, emit: Callable[..., int], session_dir: Path, workdir: Path, files: Any,
+                 seed: dict[str, Any] | None = None) -> None:
+        self._emit = emit
+        self.workdir = workdir
+        self.files = files
+        self.objects = ObjectStore(session_dir / OBJECTS_DIR)
+        seed = seed or {}
+        self.mode: str | None = seed.get("mode")  # resume | branch | None (a first run)
+        self.record: dict[str, dict[str, Any]] = dict(seed.get("steps") or {})
+        self.manifest: str | None = seed.get("manifest")
+        self.seed_files: dict[str, list[Any]] | None = seed.get("files")
+        self.seed_depth = int(seed.get("depth") or 0)
+        #: USD the session spent before this runner (a resume): its budget counts the whole session
+        self.spent = float(seed.get("spent") or 0.0)
+        self.node_base = int(seed.get("node_base") or 0)
+        self.hypothesis: str | None = seed.get("hypothesis")
+        self.instructions: str | None = seed.get("instructions")
+        self._ordinals: dict[str, int] = {}
+        self._paths: dict[str, str] = {}
+        self._lock = threading.Lock()
+        #: agent name -> src_seq of its latest llm.request (that request holds its whole history)
+        self.agents: dict[str, int] = {}
+        self.live = not self.record  # True once a step ran that the record did not hold
+        #: the last manifest stored (digest, manifest, chain length): the next is stored as changes from it
+        self._base: tuple[str, dict[str, list[Any]], int] | None = None
+        self._ck_lock = threading.Lock()
+        self.enabled = True
+        self.reused = 0
+
+    # ---- positions and the record -----------------------------------------------------------------
+    def position(self, parent_node: str | None) -> str:
+        """The next position under ``parent_node`` (deterministic if the workflow is, outside its steps)."""
+        if parent_node is not None and parent_node not in self._paths:
+            # an agent turn (a step opened in a tool call): positions count under the step the turn runs in
+            parent_node = self.files.step_of(parent_node)
+        with self._lock:
+            parent = self._paths.get(parent_node, "") if parent_node else ""
+            n = self._ordinals.get(parent, 0)
+            self._ordinals[parent] = n + 1
+        return f"{parent}/{n}" if parent else str(n)
+
+    def bind(self, node_id: str, path: str) -> None:
+        with self._lock:
+            self._paths[node_id] = path
+
+    def recorded(self, path: str, name: str) -> dict[str, Any] | None:
+        """The completed step the record holds at ``path``, or None (run it); raises :class:`Divergence`."""
+        rec = self.record.get(path)
+        if rec is None:
+            self.live = True
+            return None
+        if rec.get("name") != name:
+            self._emit("step.diverged", {"path": path, "expected": str(rec.get("name")), "got": name,
+                                         "recorded_node": str(rec.get("node"))})
+            raise Divergence(f"the workflow diverged from its record at step position {path}: it asks for step "
+                             f"{name!r} where the record has {rec.get('name')!r} (the code outside steps must be "
+                             "deterministic; see docs/design.md, 'Durable steps')")
+        return rec
+
+    def result_of(self, rec: dict[str, Any]) -> Any:
+        inline = rec.get("result_inline")
+        if inline:
+            return pickle.loads(base64.b64decode(inline))  # noqa: S301 - written by this session's own runner
+        digest = rec.get("result")
+        if not digest:
+            return None
+        return pickle.loads(self.objects.get_bytes(digest))  # noqa: S301 - written by this session's own runner
+
+    def note_request(self, agent: str, src_seq: int) -> None:
+        self.agents[agent] = src_seq
+
+    def extra_prompt(self) -> str | None:
+        """What a branch adds to the system prompt of agents created once it went live."""
+        if self.mode != "branch" or not self.live:
+            return None
+        parts = []
+        if self.hypothesis:
+            parts.append(f"Hypothesis to test: {self.hypothesis}")
+        if self.instructions:
+            parts.append(f"Instructions: {self.instructions}")
+        return "\n".join(parts) or None
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def restore_workdir(self) -> None:
+        """Bring the work directory to the record's last checkpoint (a resume or branch, before the workflow)."""
+        if not self.manifest:
+            return
+        start = time.monotonic()
+        # the daemon resolved it (small manifest changes travel inline in the events, not as objects)
+        manifest = self.seed_files if self.seed_files is not None else \
+            load_manifest(self.objects.get_json, self.manifest)[0]
+        self._base = (self.manifest, manifest, self.seed_depth)
+        if self.mode == "branch":  # its own record must stand alone: the manifest whole, in its own store
+            self._base = (self.objects.put_json(manifest_object(manifest, None)), manifest, 0)
+        counts = restore(self.workdir, manifest, self.objects)
+        with self.files.lock:  # the tracker knows them: the next scan reports changes, not 50 creations
+            for rel, (digest, size, mode) in manifest.items():
+                try:
+                    st = (self.workdir / rel).stat()
+                except OSError:
+                    continue
+                self.files.seen[rel] = (size, st.st_mtime_ns, digest)
+                self.files.modes[rel] = int(mode)
+        self._emit("checkpoint.restored", {"manifest": self.manifest, "files": len(manifest),
+                                           "duration": time.monotonic() - start, **counts})
+
+    def reused_checkpoint(self, node_id: str, path: str, rec: dict[str, Any]) -> None:
+        """A branch's record of a step it reused: the parent's result, the restored work directory; so a
+        resume of the branch skips it as well."""
+        with self._ck_lock:
+            if self._base is None:
+                self._base = (self.objects.put_json(manifest_object({}, None)), {}, 0)
+            digest, manifest, _ = self._base
+        payload: dict[str, Any] = {"path": path, "name": str(rec.get("name")), "manifest": digest,
+                                   "files": len(manifest), "bytes": sum(int(v[1]) for v in manifest.values()),
+                                   "new_objects": 0, "new_bytes": 0, "reused": True}
+        for key in ("result", "result_inline"):
+            if rec.get(key):
+                payload[key] = rec[key]
+        self._emit("step.checkpoint", payload, node_id)
+
+    def checkpoint(self, node_id: str, path: str, name: str, result: Any) -> None:
+        """Record a completed step: its result, the agents' histories, the work directory's manifest."""
+        if not self.enabled:
+            return
+        start = time.monotonic()
+        new_objects = new_bytes = 0
+        with self.files.lock:
+            seen = dict(self.files.seen)
+            modes = dict(self.files.modes)
+        manifest: dict[str, list[Any]] = {}
+        total = 0
+        for rel, (size, _mtime, digest) in seen.items():
+            if not self.objects.has(digest):
+                try:
+                    digest, written = self.objects.put_file(self.workdir / rel, digest)
+                except OSError:  # gone since the scan: not part of this checkpoint
+                    continue
+                if written:
+                    new_objects += 1
+                    new_bytes += written
+            manifest[rel] = [digest, size, modes.get(rel, 0o644)]
+            total += size
+        delta: dict[str, Any] | None = None
+        with self._ck_lock:
+            base = self._base
+            if base is not None and base[1] == manifest:
+                digest = base[0]  # the work directory did not change: the same manifest
+            else:
+                obj = manifest_object(manifest, base)
+                data = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+                if "base" in obj and len(data) <= INLINE_BYTES:  # small changes: in the event, no file to create
+                    digest, delta = hashlib.sha256(data).hexdigest(), obj
+                else:
+                    digest = self.objects.put_bytes(data)
+                self._base = (digest, manifest, base[2] + 1 if base is not None and "base" in obj else 0)
+        payload: dict[str, Any] = {"path": path, "name": name, "manifest": digest,
+                                   "files": len(manifest), "bytes": total, "new_objects": new_objects,
+                                   "new_bytes": new_bytes}
+        if delta is not None:
+            payload["manifest_delta"] = delta
+        if result is not None:
+            try:
+                data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+                if len(data) <= INLINE_BYTES:  # small: in the event (one file fewer to create per step)
+                    payload["result_inline"] = base64.b64encode(data).decode()
+                else:
+                    payload["result"] = self.objects.put_bytes(data)
+                payload["result_preview"] = _preview(result)
+            except Exception as exc:  # noqa: BLE001 - an unpicklable result: the step is re-run on resume
+                payload["result_error"] = f"{type(exc).__name__}: {exc}"[:500]
+        if self.agents:
+            payload["agents"] = dict(self.agents)
+        payload["duration"] = time.monotonic() - start
+        self._emit("step.checkpoint", payload, node_id)
+
+
+def _preview(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a repr that fails must not fail the step
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 500 else text[:497] + "..."

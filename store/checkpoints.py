@@ -1,0 +1,46 @@
+"""Reading durable-step checkpoints back from the event log (the ``step.checkpoint`` events).
+
+Checkpoints are events, not a table of their own: the log stays the single source of truth, retention
+deletes them with the session's events, and their file contents live in the session directory's object
+store (``checkpoints/objects``), which ``labd rm``/``prune`` delete with the directory.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+
+from labd.store.schema import events, steps
+
+__all__ = ["checkpoints", "max_node_number", "step_row"]
+
+_NODE_NUMBER = re.compile(r"^n(\d+)$")
+
+
+def checkpoints(store: Any, session_id: str, before_seq: int | None = None) -> list[dict[str, Any]]:
+    """The session's checkpoints in record order: ``{seq, node_id, **payload}``."""
+    q = (select(events.c.seq, events.c.node_id, events.c.payload)
+         .where(events.c.session_id == session_id, events.c.kind == "step.checkpoint").order_by(events.c.seq))
+    if before_seq is not None:
+        q = q.where(events.c.seq < before_seq)
+    with store.engine.connect() as conn:
+        rows = conn.execute(q).all()
+    return [{"seq": r[0], "node_id": r[1], **orjson.loads(r[2])} for r in rows]
+
+
+def max_node_number(store: Any, session_id: str) -> int:
+    """The highest ``n<number>`` node id of the session's DAG (new nodes are numbered after it)."""
+    with store.engine.connect() as conn:
+        ids = conn.execute(select(steps.c.node_id).where(steps.c.session_id == session_id)).scalars().all()
+    return max((int(m.group(1)) for m in map(_NODE_NUMBER.match, ids) if m), default=0)
+
+
+def step_row(store: Any, session_id: str, node_id: str) -> dict[str, Any] | None:
+    """One DAG node of a session, or None."""
+    with store.engine.connect() as conn:
+        row = conn.execute(select(steps).where(steps.c.session_id == session_id,
+                                               steps.c.node_id == node_id)).mappings().first()
+    return dict(row) if row else None

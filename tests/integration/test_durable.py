@@ -1,0 +1,281 @@
+"""Durable sessions: checkpoints at completed steps, `resume` of an ended session from its last completed
+step (steps not executed again, the work directory restored), and divergence detection."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import wait_until
+
+
+def _events(home: Path, sid: str, kind: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(home / "labd.db") as conn:
+        return conn.execute("SELECT seq, src_seq, node_id, payload FROM events WHERE session_id = ? AND kind = ? "
+                            "ORDER BY seq", (sid, kind)).fetchall()
+
+
+def _counts(counter: Path) -> dict[str, int]:
+    return {p.name: int(p.read_text()) for p in counter.iterdir()}
+
+
+def _ended(c: Any, sid: str, timeout: float = 60) -> dict[str, Any]:
+    return wait_until(lambda: (lambda s: s if s["status"] in ("completed", "failed", "cancelled", "lost") else None)(
+        c.session(sid)), timeout=timeout, interval=0.1, what=f"session {sid} ended")
+
+
+def test_resume_skips_completed_steps_and_restores_the_work_directory(daemon, tmp_path: Path) -> None:
+    """A 4-step workflow whose step 3 fails once: `resume` completes it; steps 1-2 ran once in all, step 3
+    saw the files as step 2 left them (its failed run's writes undone), results of skipped steps restored;
+    the history shows failed -> queued by the client; src_seq goes on gap-free after the first runner's."""
+    counter = tmp_path / "counts"
+    counter.mkdir()
+    with daemon.client() as c:
+        sid = c.start("labd_testflows:durable_four", params={"counter": str(counter)})
+        assert _ended(c, sid)["status"] == "failed"
+        cps = c.checkpoints(sid)
+        assert [cp["name"] for cp in cps] == ["one", "two"]
+        reply = c.resume(sid, reason="fixed the flaky step")
+        assert reply["resumed"] and reply["from_status"] == "failed" and reply["steps_kept"] == 2
+        s = c.wait(sid, timeout=60)  # follows past the first end (the SDK's wait after a resume)
+        s = c.session(sid)
+        assert s["status"] == "completed", s
+        assert _counts(counter) == {"one": 1, "two": 1, "three": 2, "four": 1}
+        result = _events(daemon.home, sid, "session.finished")[-1][3]
+        assert '"seen":{"a.txt":"two","sub/b.txt":"b"}' in result and '"two":2' in result
+        hist = [(h["from_status"], h["to_status"], h["actor"]) for h in s["history"] if h["node_id"] is None]
+        assert ("failed", "queued", "client") in hist and hist[-1][1] == "completed"
+        assert any("fixed the flaky step" in (h["reason"] or "") for h in s["history"])
+        src = [r[1] for r in _events_all(daemon.home, sid)]
+        assert src == sorted(src) and len(src) == len(set(src))  # one runner sequence, no duplicates
+        assert len(_events(daemon.home, sid, "session.continued")) == 1
+        restored = _events(daemon.home, sid, "checkpoint.restored")
+        assert len(restored) == 1
+        files = sorted(p.name for p in (daemon.home / "sessions" / sid / "work").rglob("*.txt"))
+        assert files == ["a.txt", "b.txt", "junk.txt"]
+        objects = daemon.home / "sessions" / sid / "checkpoints" / "objects"
+        assert objects.is_dir()
+        c.rm(sid)  # retention: checkpoints are events and files of the session directory, deleted with it
+        wait_until(lambda: not objects.exists(), timeout=30, what="checkpoint objects removed")
+        assert not _events(daemon.home, sid, "step.checkpoint")
+
+
+def _events_all(home: Path, sid: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(home / "labd.db") as conn:
+        return conn.execute("SELECT seq, src_seq FROM events WHERE session_id = ? AND src = 'r' ORDER BY seq",
+                            (sid,)).fetchall()
+
+
+def test_resume_refusals_and_divergence(daemon, tmp_path: Path) -> None:
+    """`resume` of a completed session is refused with a clear error; a workflow whose re-execution asks for
+    another step than the record holds at a position fails with a step.diverged event, not a silent guess."""
+    from labd.ipc import LabdError
+
+    counter = tmp_path / "c"
+    counter.mkdir()
+    with daemon.client() as c:
+        done = c.start("demo.count", params={"n": 2})
+        assert _ended(c, done)["status"] == "completed"
+        with pytest.raises(LabdError) as err:
+            c.resume(done)
+        assert err.value.code == "not_resumable" and "completed" in str(err.value)
+        sid = c.start("labd_testflows:durable_diverge", params={"counter": str(counter)})
+        assert _ended(c, sid)["status"] == "failed"
+        c.resume(sid)
+        s = _ended(c, sid)
+        assert s["status"] == "failed" and "diverged" in s["reason"], s["reason"]
+        div = _events(daemon.home, sid, "step.diverged")
+        assert len(div) == 1 and '"expected":"first"' in div[0][3] and '"got":"other"' in div[0][3]
+        for kwargs, code in (({"from_node": "no such step"}, "no_such_node"), ({"from_node": "first", "count": 0},
+                                                                                  "bad_request")):
+            with pytest.raises(LabdError) as err:
+                c.branch(sid, **kwargs)
+            assert err.value.code == code, err.value
+
+
+def _subtree_step(steps: list[dict[str, Any]]) -> dict[str, str | None]:
+    parent = {s["node_id"]: s["parent_node"] for s in steps}
+    return parent
+
+
+def _within(node: str | None, ancestors: set[str], parent: dict[str, str | None]) -> bool:
+    seen = set()
+    while node is not None and node not in seen:
+        if node in ancestors:
+            return True
+        seen.add(node)
+        node = parent.get(node)
+    return False
+
+
+def test_deep_research_killed_midway_is_lost_then_resumed_without_repeating_llm_calls(daemon) -> None:
+    """deep_research paused after its first checkpoint, its daemon and runner SIGKILLed (status lost after the
+    restart); `labd resume` (the CLI)
+    completes it: no step completes twice, and no LLM request after the resume belongs to a step that had
+    completed before the kill (their calls were not repeated)."""
+    import os
+    import signal
+
+    from tests.integration.cli_support import labd
+
+    with daemon.client() as c:
+        sid = c.start("deep_research", params={"subquestions": 2, "max_steps": 2})
+        wait_until(lambda: c.events(sid, kinds=["step.checkpoint"])["events"], timeout=30, interval=0.01,
+                   what="a first checkpoint")
+        c.pause(sid, "test: hold it mid-way")
+        wait_until(lambda: c.session(sid)["status"] == "paused", timeout=30, what="paused")
+        pid = c.session(sid)["pid"]
+    daemon.kill9()  # no daemon sees the runner die: the next one finds it gone and records it lost
+    os.killpg(pid, signal.SIGKILL)
+    daemon.start()
+    with daemon.client() as c:
+        assert _ended(c, sid)["status"] == "lost"
+        kill_seq = c.session(sid)["last_seq"]
+        before = {cp["node_id"] for cp in c.checkpoints(sid)}
+        assert before
+        out = labd("resume", sid, "--reason", "runner was killed", "--json")
+        assert '"resumed": true' in out.stdout, out.stdout + out.stderr
+        s = _ended(c, sid)
+        assert s["status"] == "completed", s["reason"]
+        steps = c.session(sid)["steps"]
+        done = [st["name"] for st in steps if st["status"] == "completed" and st["kind"] != "agent"]
+        assert len(done) == len(set(done)) and "synthesis" in done
+        assert not [st for st in steps if st["status"] == "running"]  # the killed runner's open steps: interrupted
+        parent = _subtree_step(steps)
+        later = [e for e in c.events(sid, since=kill_seq, kinds=["llm.request"])["events"]]
+        assert later, "the resumed run made the calls of the steps that had not completed"
+        assert not [e for e in later if _within(e["node_id"], before, parent)]
+        assert (daemon.home / "sessions" / sid / "work" / "report.md").exists()
+
+
+def test_branch_planning_and_control_from_its_second_step_with_a_hypothesis(daemon) -> None:
+    """`branch --from <step 2> --hypothesis`: planning and step 1 are `reused` (no LLM request of theirs in the
+    branch), the work directory is restored to exactly the parent's files at that point (same manifest, same
+    file hashes), the hypothesis is in the recorded input of the re-executed step's agent, and the branch
+    records its parent and branch node; two branches (--count 2) run."""
+    with daemon.client() as c:
+        parent = c.start("planning_and_control", params={"max_steps": 3})
+        assert _ended(c, parent)["status"] == "completed"
+        psteps = c.session(parent)["steps"]
+        second = next(s for s in psteps if s["name"].startswith("step 2:") and s["kind"] == "step")
+        reply = c.branch(parent, second["node_id"], hypothesis="the input is in Kelvin", count=2)
+        assert reply["node"] == second["node_id"] and len(reply["sessions"]) == 2 and reply["reused"] >= 2
+        kids = [s["session"] for s in reply["sessions"]]
+        for kid in kids:
+            assert _ended(c, kid)["status"] == "completed", c.session(kid)["reason"]
+        kid = kids[0]
+        row = c.session(kid)
+        assert (row["parent_id"], row["origin"], row["branch_node"]) == (parent, "branch", second["node_id"])
+        ksteps = row["steps"]
+        by_name = {s["name"]: s for s in ksteps}
+        assert by_name["planning"]["status"] == "reused"
+        assert next(s for s in ksteps if s["name"].startswith("step 1:"))["status"] == "reused"
+        assert [s["status"] for s in ksteps if s["name"].startswith("step 2:")] == ["completed"]
+        requests = c.events(kid, kinds=["llm.request"], full=True)["events"]
+        assert requests and not [e for e in requests if e["payload"]["agent"] in ("planner", "plan_reviewer")]
+        # the work directory as the parent's was when step 2 started: the same manifest (content-addressed)
+        before = [cp for cp in c.checkpoints(parent) if cp["seq"] < second["start_seq"]]
+        restored = _events(daemon.home, kid, "checkpoint.restored")
+        assert len(restored) == 1 and f'"manifest":"{before[-1]["manifest"]}"' in restored[0][3]
+        created = {e["payload"]["path"]: e["payload"]["sha256"] for e in c.events(parent, kinds=["file.created"])[
+            "events"] if e["seq"] < second["start_seq"]}
+        manifest = _seeded_files(daemon.home, kid)
+        assert created and all(manifest[p][0] == h for p, h in created.items())
+        restored_files = {str(p.relative_to(work)): _sha(p) for work in [daemon.home / "sessions" / kid / "work"]
+                          for p in work.rglob("*") if p.is_file() and p.name in {q.rsplit("/", 1)[-1] for q in created}}
+        assert restored_files == created  # the files the parent had then are still as they were (not rewritten)
+        kid_cps = {cp["name"]: cp for cp in c.checkpoints(kid)}  # its record stands alone (for its own resume)
+        assert kid_cps["planning"].get("reused") and kid_cps[by_name["planning"]["name"]]["result_inline"]
+        hypothesis = [e for e in requests if "the input is in Kelvin" in str(e["payload"])]
+        assert hypothesis and {e["payload"]["agent"] for e in hypothesis} == {"engineer"}
+
+
+def _seeded_files(home: Path, sid: str) -> dict[str, Any]:
+    """The work directory the daemon handed a branch's runner (resolved manifest: path -> [sha256, size, mode])."""
+    import orjson
+
+    return dict(orjson.loads((home / "sessions" / sid / "durable.seed.json").read_bytes())["files"])
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_branch_that_fails_resumes_without_running_its_reused_steps(daemon, tmp_path: Path) -> None:
+    """A branch (`labd branch`, the CLI) from step three reuses steps one and two; when its step three fails,
+    `resume` of the branch
+    skips them as well (its own record holds them) and completes: one and two ran once in all, across parent,
+    branch and resume, and the branch's step three saw the parent's files as step two left them."""
+    counter = tmp_path / "counts"
+    counter.mkdir()
+    with daemon.client() as c:
+        parent = c.start("labd_testflows:durable_four", params={"counter": str(counter), "fail_three": 2})
+        assert _ended(c, parent)["status"] == "failed"
+        import json
+
+        from tests.integration.cli_support import labd
+
+        out = labd("branch", parent, "--from", "three", "--instructions", "try again", "--json")
+        assert out.returncode == 0, out.stderr
+        kid = json.loads(out.stdout)["sessions"][0]["session"]
+        assert _ended(c, kid)["status"] == "failed"  # step three's second run fails too
+        c.resume(kid)
+        assert c.wait(kid, timeout=60)["status"] == "completed"
+        assert _counts(counter) == {"one": 1, "two": 1, "three": 3, "four": 1}
+        result = _events(daemon.home, kid, "session.finished")[-1][3]
+        assert '"seen":{"a.txt":"two","sub/b.txt":"b"}' in result and '"two":2' in result
+
+
+@pytest.mark.slow
+def test_daemon_sigkill_during_resume_duplicates_nothing_and_completes_after_restart(isolated_env: Path,
+                                                                                     tmp_path: Path) -> None:
+    """The daemon is SIGKILLed twice while resumes run: once while the resumed session waits in the run queue
+    (max_sessions = 1, another session holds the slot), once while its new runner is inside step 3. After each
+    restart the resume goes on and completes: steps 1-2 ran once, each step completed once, one runner
+    sequence without duplicates, one session.continued per resume."""
+    import os
+
+    from tests.conftest import running_daemon
+
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text("[daemon]\nmax_sessions = 1\n")
+    counter = tmp_path / "counts"
+    counter.mkdir()
+    with running_daemon(isolated_env) as d:
+        with d.client() as c:
+            sid = c.start("labd_testflows:durable_four", params={"counter": str(counter), "fail_three": 1,
+                                                                 "sleep_three": 1.5})
+            assert _ended(c, sid)["status"] == "failed"
+            blocker = c.start("labd_testflows:ticker", params={"n": 400, "delay": 0.05})
+            wait_until(lambda: c.session(blocker)["status"] == "running", timeout=30, what="blocker running")
+            c.resume(sid)
+            assert c.session(sid)["status"] == "queued"
+        d.kill9()
+        d.start()
+        with d.client() as c:
+            assert c.session(sid)["status"] == "queued"  # re-queued by the new daemon, still a continuation
+            c.kill(blocker)
+            wait_until(lambda: (counter / "three").exists() and (counter / "three").read_text() == "2",
+                       timeout=60, what="step three running again")
+            pid = c.session(sid)["pid"]
+        d.kill9()
+        d.start()
+        with d.client() as c:
+            s = _ended(c, sid, timeout=90)
+            assert s["status"] == "completed", s["reason"]
+        assert _counts(counter) == {"one": 1, "two": 1, "three": 2, "four": 1}
+        names = [st["name"] for st in s["steps"] if st["status"] == "completed"]
+        assert sorted(names) == ["four", "one", "three", "two"]
+        src = [r[1] for r in _events_all(d.home, sid)]
+        assert src == sorted(src) and len(src) == len(set(src))
+        assert len(_events(d.home, sid, "session.continued")) == 1
+        try:
+            os.kill(pid, 0)
+            raise AssertionError("the resumed runner is still alive")
+        except ProcessLookupError:
+            pass
