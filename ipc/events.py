@@ -42,7 +42,9 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                         "sys_path": (list, False),  # the client's cwd + PYTHONPATH, first on the runner's sys.path
                         "agents": (dict, False),  # --agent overrides {role asked for: role used}
                         "skill": (dict, False),  # started from a skill: {name, version, origin_session}
-                        "idempotency_key": (str, False), "request_digest": (str, False)},
+                        "idempotency_key": (str, False), "request_digest": (str, False),
+                        # lineage: started from another session (origin branch | replay | skill)
+                        "parent_id": (str, False), "origin": (str, False), "branch_node": (str, False)},
     "session.queued": {"position": (int, True), "priority": (int, True)},  # waits for capacity (run queue)
     "session.launched": {"pid": (int, True), "create_time": (NUM, True), "launcher": (str, True)},
     "session.started": {"pid": (int, True), "workdir": (str, True)},  # runner
@@ -119,6 +121,11 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                            "policy": (str, False), "agent": (str, False)},
     "approval.resolved": {"approval_id": (str, True), "decision": (str, True), "feedback": (str, False),
                           "hypothesis": (str, False), "by": (str, True), "via": (str, True)},
+    # labd replay (runner): an approval answered from the recorded session, and a request the record lacks
+    "approval.replayed": {"kind": (str, True), "prompt": (str, True), "digest": (str, True),
+                          "decision": (str, True), "feedback": (str, False), "hypothesis": (str, False)},
+    "replay.miss": {"what": (str, True), "digest": (str, True), "input": (str, False), "agent": (str, False),
+                    "expected": (dict, False)},
     # limits and resources (daemon)
     "limit.exceeded": {"limit": (str, True), "measured": (NUM, True), "max": (NUM, True),
                        "unit": (str, True), "action": (str, True)},

@@ -107,6 +107,8 @@ def run_session(spec: dict[str, Any]) -> int:
     create_time = me.create_time()
     # Our own key (deleted from disk once read), then Landlock on ourselves: both before any thread starts.
     key = take_key(spec)
+    replay_seed = spec.get("replay_seed")  # labd replay: read now, before the runner confines itself
+    seed_text = Path(replay_seed).read_text() if replay_seed else None
     install(Sandbox.from_spec(spec.get("sandbox"), session_dir=str(workdir.parent)))  # for run_code
     confined = confine_runner(spec.get("confine"))
     if confined == "landlock":  # the parent of the default tmp dir may be out of reach now: use our own
@@ -121,6 +123,10 @@ def run_session(spec: dict[str, Any]) -> int:
                       # beside the work directory, not in it: the work directory is the agent's to write
                       spool=spec.get("spool") or workdir.parent / "events.spool")
     emit = channel.emit
+    if seed_text is not None:
+        from labd.runner import replay
+
+        replay.activate(seed_text, emit, workdir=str(workdir), session_id=session_id)
     # Say we are up before the rest of the set-up (which the workflow needs, the client does not): this is
     # what makes a session's start quick to see. Daemon messages arriving meanwhile are held, not lost.
     inbox = _Inbox()

@@ -136,6 +136,8 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
             "status": "created", "created_at": ts, "last_seq": seq, "runner_seq": 0,
             "peak_rss": 0, "peak_cpu_percent": 0.0, "rejected_events": 0,
             "tags": orjson.dumps(payload.get("tags") or {}).decode(),
+            "parent_id": payload.get("parent_id"), "origin": payload.get("origin"),
+            "branch_node": payload.get("branch_node"),
         })
         out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": None,
                             "to_status": "created", "reason": "created", "actor": "client", "node_id": None})

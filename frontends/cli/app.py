@@ -14,6 +14,7 @@ from labd.frontends.cli import (
     admin,
     approvals,
     completion,
+    lineage,
     logs,
     records,
     remote,
@@ -32,7 +33,7 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 #: each module's ``register(sub)`` adds its commands; a new command group is one more entry here
 COMMAND_MODULES = [sessions, logs, approvals, records, search, skills, retention, admin, service, remote,
-                   servers, completion]
+                   servers, completion, lineage]
 
 EPILOG = """examples:
   labd serve &                               run the daemon (foreground; use systemd or & to background)
