@@ -75,6 +75,9 @@ def test_full_replay_of_hitl_costs_nothing_and_reproduces_dag_and_files(isolated
             replayed = [e["payload"] for e in history if e["kind"] == "approval.replayed"]
             assert [a["kind"] for a in replayed] == ["after_planning", "before_step", "before_step"]
             assert not c.approvals(rid, status="pending") and not [e for e in history if e["kind"] == "replay.miss"]
+            same = c.compare(sid, rid)  # nothing differs but the cost
+            assert {f for s in same["steps"] for f in s["changed"]} == {"cost"} and same["result"]["same"]
+            assert not any(f["differs"] for f in same["files"]) and same["totals"][1]["cost"] == 0
 
             second = c.replay(rid)  # a replay of a replay serves what the first one was served
             assert c.wait(second, timeout=90)["status"] == "completed"
