@@ -126,6 +126,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                           "decision": (str, True), "feedback": (str, False), "hypothesis": (str, False)},
     "replay.miss": {"what": (str, True), "digest": (str, True), "input": (str, False), "agent": (str, False),
                     "expected": (dict, False)},
+    # labd replay (runner): the first step whose name differs from the recorded node's (expected: that name)
+    "replay.diverged": {"name": (str, True), "expected": (str, False)},
     # limits and resources (daemon)
     "limit.exceeded": {"limit": (str, True), "measured": (NUM, True), "max": (NUM, True),
                        "unit": (str, True), "action": (str, True)},

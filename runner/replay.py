@@ -91,6 +91,9 @@ class Replayer:
         #: the recorded calls in order [{digest, node, agent, input}], to name what was expected at a miss
         self._order: list[dict[str, Any]] = list(seed.get("order") or [])
         self._used: set[int] = set()
+        #: recorded steps {node id: name} up to the replay point, to report the first step that differs
+        self._steps: dict[str, str] = {str(k): str(v) for k, v in (seed.get("steps") or {}).items()}
+        self._diverged = False
         self._left = sum(len(v) for v in self._llm.values()) + sum(len(v) for v in self._approvals.values())
         self._lock = threading.Lock()
         self.served = 0
@@ -142,6 +145,27 @@ class Replayer:
                 if expected else "; the record has no call left")
         return ReplayMiss(f"replay diverged{where}: this {what} request ({digest[:12]}) was never recorded in "
                           f"session {self.parent}{hint}")
+
+    # ---- steps -----------------------------------------------------------------------------------
+    def watch(self, emit: Callable[..., int]) -> Callable[..., int]:
+        """``emit`` that also compares each started step with the record: the first step whose name differs
+        from the recorded node's (or that the record lacks, in a full replay) gets one ``replay.diverged``
+        event. Reported, not fatal: the LLM calls and approvals decide whether the replay can go on."""
+        def checked(kind: str, payload: dict[str, Any], node_id: str | None = None, parent: int | None = None) -> int:
+            if kind == "step.started" and not self._diverged and node_id is not None:
+                self._check_step(node_id, str(payload.get("name", "")))
+            return emit(kind, payload, node_id, parent)
+        return checked
+
+    def _check_step(self, node: str, name: str) -> None:
+        recorded = self._steps.get(node)
+        if recorded == name or (recorded is None and self.until is not None):
+            return  # the same step; or, after a partial replay's point, anything (it runs live)
+        self._diverged = True
+        payload: dict[str, Any] = {"name": name}
+        if recorded is not None:
+            payload["expected"] = recorded
+        self.emit("replay.diverged", payload, node)
 
     # ---- LLM calls -------------------------------------------------------------------------------
     def serve_llm(self, request: Mapping[str, Any], *, node: str | None, agent: str | None) -> dict[str, Any] | None:

@@ -123,10 +123,10 @@ def run_session(spec: dict[str, Any]) -> int:
                       # beside the work directory, not in it: the work directory is the agent's to write
                       spool=spec.get("spool") or workdir.parent / "events.spool")
     emit = channel.emit
-    if seed_text is not None:
+    if seed_text is not None:  # labd replay: answers from the record, and steps checked against it
         from labd.runner import replay
 
-        replay.activate(seed_text, emit, workdir=str(workdir), session_id=session_id)
+        emit = replay.activate(seed_text, emit, workdir=str(workdir), session_id=session_id).watch(emit)
     # Say we are up before the rest of the set-up (which the workflow needs, the client does not): this is
     # what makes a session's start quick to see. Daemon messages arriving meanwhile are held, not lost.
     inbox = _Inbox()

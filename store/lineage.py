@@ -17,7 +17,8 @@ from labd.store.schema import events, sessions, state_history
 
 __all__ = ["replay_seed", "cut_seq", "family", "SEED_KINDS"]
 
-SEED_KINDS = ["llm.request", "llm.response", "approval.requested", "approval.resolved", "approval.replayed"]
+SEED_KINDS = ["llm.request", "llm.response", "approval.requested", "approval.resolved", "approval.replayed",
+              "step.started"]
 
 
 def _all_events(store: Any, sid: str, kinds: list[str], upto: int | None) -> list[dict[str, Any]]:
@@ -53,9 +54,12 @@ def replay_seed(store: Any, session: dict[str, Any], until: str | None = None) -
     llm: dict[str, list[dict[str, Any]]] = {}
     approvals: dict[str, list[dict[str, Any]]] = {}
     order: list[dict[str, Any]] = []
+    steps: dict[str, str] = {}
     for e in evs:
         p, kind = e["payload"], e["kind"]
-        if kind == "llm.response":
+        if kind == "step.started" and e["node_id"]:
+            steps[e["node_id"]] = str(p.get("name", ""))
+        elif kind == "llm.response":
             req = requests.get(e["parent"])
             if req is None or p.get("status") != "ok" or not isinstance(req["payload"].get("request"), dict):
                 continue  # a failed call, or one recorded without its full request: nothing to serve
@@ -78,7 +82,8 @@ def replay_seed(store: Any, session: dict[str, Any], until: str | None = None) -
             approvals.setdefault(digest, []).append({**entry, "index": len(order)})
             order.append({"what": "approval", "digest": digest, "node": e["node_id"], "kind": p["kind"],
                           "input": str(p["prompt"])[-300:]})
-    return {"parent": sid, "workdir": workdir, "until": until, "llm": llm, "approvals": approvals, "order": order}
+    return {"parent": sid, "workdir": workdir, "until": until, "llm": llm, "approvals": approvals, "order": order,
+            "steps": steps}
 
 
 def family(store: Any, sid: str) -> dict[str, Any]:

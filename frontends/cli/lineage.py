@@ -26,25 +26,37 @@ def cmd_replay(args: argparse.Namespace, ctx: Ctx) -> int:
         ctx.out.json({"session": sid}) if args.json else ctx.out.line(sid)
         return 0
     final = c.wait(sid)
-    misses = [e["payload"] for e in c.history(sid, kinds=["replay.miss"])]
-    served = sum(1 for e in c.history(sid, kinds=["llm.response", "approval.replayed"])
-                 if e["kind"] == "approval.replayed" or e["payload"].get("replayed"))
+    events = list(c.history(sid, kinds=["replay.miss", "replay.diverged", "llm.response", "approval.replayed"]))
+    divergences = [e for e in events if e["kind"] in ("replay.miss", "replay.diverged")]
+    served = sum(1 for e in events if e["kind"] == "approval.replayed"
+                 or (e["kind"] == "llm.response" and e["payload"].get("replayed")))
     if args.json:
         ctx.out.json({"session": sid, "status": final["status"], "reason": final.get("reason"),
-                      "cost": final.get("cost"), "served": served, "misses": misses})
+                      "cost": final.get("cost"), "served": served,
+                      "divergences": [{"kind": e["kind"], "node_id": e["node_id"], **e["payload"]}
+                                      for e in divergences]})
     else:
         ctx.out.fields([("session", sid), ("status", final["status"]), ("reason", final.get("reason") or ""),
                         ("served from the record", str(served)), ("cost", _money(final.get("cost")))])
-        if misses:
-            m = misses[0]
-            exp = m.get("expected") or {}
-            ctx.out.line(f"first divergence: a {m['what']} request ({m['digest'][:12]}) the record does not have"
-                         + (f"; expected {exp.get('what')} in node {exp.get('node')}" if exp else ""), "red")
-            if m.get("input"):
-                ctx.out.line("  asked: " + m["input"].strip().splitlines()[-1][:160])
-            if exp.get("input"):
-                ctx.out.line("  recorded: " + exp["input"].strip().splitlines()[-1][:160])
+        if divergences:
+            _first_divergence(ctx, divergences[0])
     return 0 if final["status"] == "completed" else 1
+
+
+def _first_divergence(ctx: Ctx, e: dict[str, Any]) -> None:
+    m = e["payload"]
+    if e["kind"] == "replay.diverged":
+        has = f"the record has {m['expected']!r}" if m.get("expected") else "the record has no such step"
+        ctx.out.line(f"first divergence: node {e['node_id']} is step {m['name']!r}, {has}", "red")
+        return
+    exp = m.get("expected") or {}
+    wanted = f"; the record expected {exp.get('what')} in node {exp.get('node')}" if exp else ""
+    ctx.out.line(f"first divergence: node {e['node_id']} made a {m['what']} request ({m['digest'][:12]}) the record "
+                 f"does not have{wanted}", "red")
+    if m.get("input"):
+        ctx.out.line("  asked:    " + m["input"].strip().splitlines()[-1][:160])
+    if exp.get("input"):
+        ctx.out.line("  recorded: " + exp["input"].strip().splitlines()[-1][:160])
 
 
 def cmd_compare(args: argparse.Namespace, ctx: Ctx) -> int:

@@ -116,6 +116,16 @@ def test_changed_input_divergence_compare_and_bad_requests(isolated_env: Path, t
         out = labd(isolated_env, "replay", sid, "--wait")
         assert out.returncode == 1 and "first divergence" in out.stdout, out.stdout + out.stderr
 
+        source.write_text("alpha\n")  # a workflow without LLM calls whose second step is now named differently
+        steps_sid = c.start("labd_testflows:replay_steps", params={"source": str(source)})
+        assert c.wait(steps_sid, timeout=90)["status"] == "completed"
+        source.write_text("beta\n")
+        steps_rid = c.replay(steps_sid)
+        assert c.wait(steps_rid, timeout=90)["status"] == "completed"  # reported, not fatal
+        diverged = [e for e in c.history(steps_rid) if e["kind"] == "replay.diverged"]
+        assert [(e["node_id"], e["payload"]) for e in diverged] == [
+            (node_named(c, steps_rid, "analyse beta"), {"name": "analyse beta", "expected": "analyse alpha"})]
+
         variant = c.start("labd_testflows:replay_probe", params={"source": str(source)})
         assert c.wait(variant, timeout=90)["status"] == "completed"
         cmp = c.compare(sid, variant)

@@ -321,3 +321,16 @@ def replay_probe(ctx, source: str = "", steps: int = 2, model: str = "default") 
         return answers
 
     return ctx.run(body())
+
+
+def replay_steps(ctx, source: str) -> str:
+    """Two steps without agents; the second one's name is the text of the file ``source``, so changing the file
+    makes a replay's second step differ from the recorded one (labd replay's step divergence)."""
+    from pathlib import Path
+
+    label = Path(source).read_text().strip()
+    with ctx.step("prepare"):
+        pass
+    with ctx.step(f"analyse {label}"):
+        Path("label.txt").write_text(label + "\n")
+    return label
