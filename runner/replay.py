@@ -109,6 +109,12 @@ class Replayer:
     def _live_now(self) -> bool:
         return self.until is not None and self._left == 0
 
+    @property
+    def live(self) -> bool:
+        """Past the replay point of a partial replay: requests go to the model (nothing to digest)."""
+        with self._lock:
+            return self._live_now()
+
     def _take(self, table: dict[str, list[dict[str, Any]]], digest: str) -> dict[str, Any] | None:
         with self._lock:
             entries = table.get(digest)

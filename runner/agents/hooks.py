@@ -78,7 +78,7 @@ class RecordingClient:
             await tracker.before_llm_call(call)
             call.req_seq = tracker.record_request(call, messages, context, tools, response_schema)
             replayer = replay.active()
-            if replayer is not None:  # a replay session: the recorded response, if this request was recorded
+            if replayer is not None and not replayer.live:  # a replay: the recorded response, if it was recorded
                 recorded = replayer.serve_llm(tracker.full_request(call, messages, context, tools, response_schema),
                                               node=call.node, agent=call.agent)
                 if recorded is not None:
