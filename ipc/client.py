@@ -378,6 +378,32 @@ class Client:
     def dag(self, session: str, fmt: str = "json") -> dict[str, Any]:
         return self.request("session.dag", session=session, format=fmt)  # type: ignore[no-any-return]
 
+    def replay(self, session: str, *, from_node: str | None = None, name: str | None = None,
+               idempotency_key: str | None = None, retries: int = 1) -> str:
+        """Replay a finished session: a new session (``origin`` replay, ``parent_id`` the session) re-runs its
+        workflow with its params, every LLM response and approval answer served from the record (up to the
+        end of node ``from_node``, then live); code runs again. Returns the new session's id."""
+        body: dict[str, Any] = {"session": session, "idempotency_key": idempotency_key or secrets.token_hex(16)}
+        if from_node:
+            body["from"] = from_node
+        if name:
+            body["name"] = name
+        for attempt in range(retries + 1):
+            try:
+                return self.request("session.replay", **body)["session"]  # type: ignore[no-any-return]
+            except LabdError as exc:
+                if exc.code != "timeout" or attempt == retries:
+                    raise
+        raise AssertionError("unreachable")
+
+    def compare(self, *sessions: str) -> dict[str, Any]:
+        """Sessions side by side (the first is the baseline): steps, files, totals, final results."""
+        return self.request("sessions.compare", sessions=list(sessions))  # type: ignore[no-any-return]
+
+    def tree(self, session: str) -> dict[str, Any]:
+        """A session's family (root ancestor and all descendants: branches, replays, skill runs) as a tree."""
+        return self.request("sessions.tree", session=session)  # type: ignore[no-any-return]
+
     def cost(self, session: str) -> dict[str, Any]:
         return self.request("session.cost", session=session)  # type: ignore[no-any-return]
 

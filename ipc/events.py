@@ -44,7 +44,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                         "skill": (dict, False),  # started from a skill: {name, version, origin_session}
                         "policy": (list, False),  # the session's own policy rules (labd run --policy FILE)
                         "idempotency_key": (str, False), "request_digest": (str, False),
-                        # lineage: the session this one came from (origin "branch": at node branch_node)
+                        # lineage: started from another session (origin branch | replay | skill; branch_node: where)
                         "parent_id": (str, False), "origin": (str, False), "branch_node": (str, False)},
     # an ended session (failed, lost, cancelled) continued by a new runner from its last checkpoint (daemon)
     "session.continued": {"by": (str, True), "reason": (str, True), "from_status": (str, True),
@@ -147,6 +147,13 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                            "policy": (str, False), "agent": (str, False)},
     "approval.resolved": {"approval_id": (str, True), "decision": (str, True), "feedback": (str, False),
                           "hypothesis": (str, False), "by": (str, True), "via": (str, True)},
+    # labd replay (runner): an approval answered from the recorded session, and a request the record lacks
+    "approval.replayed": {"kind": (str, True), "prompt": (str, True), "digest": (str, True),
+                          "decision": (str, True), "feedback": (str, False), "hypothesis": (str, False)},
+    "replay.miss": {"what": (str, True), "digest": (str, True), "input": (str, False), "agent": (str, False),
+                    "expected": (dict, False)},
+    # labd replay (runner): the first step whose name differs from the recorded node's (expected: that name)
+    "replay.diverged": {"name": (str, True), "expected": (str, False)},
     # limits and resources (daemon)
     "limit.exceeded": {"limit": (str, True), "measured": (NUM, True), "max": (NUM, True),
                        "unit": (str, True), "action": (str, True)},

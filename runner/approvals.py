@@ -70,6 +70,16 @@ class Approvals:
             raise ValueError(f"policy must be approve, reject or fail, not {policy!r}")
         if not options or not all(isinstance(o, str) and 0 < len(o) <= 40 for o in options):
             raise ValueError("options must be a non-empty list of strings of at most 40 characters")
+        from labd.runner import replay
+
+        replayer = replay.active()
+        if replayer is not None:  # a replay session: the recorded answer (a never-asked question raises)
+            answer = replayer.serve_approval(kind, prompt, options, context, node=node_id)
+            if answer is not None:
+                if answer["decision"] == "fail":  # the recorded request timed out with policy fail
+                    raise ApprovalTimeout(f"approval {kind!r} was not answered in the recorded session (policy: fail)")
+                return Decision(decision=answer["decision"], feedback=answer.get("feedback"),
+                                hypothesis=answer.get("hypothesis"), by="replay", via="replay")
         aid = "ap-" + secrets.token_hex(8)
         done: threading.Event = threading.Event()
         box: list[dict[str, Any]] = []

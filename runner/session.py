@@ -109,6 +109,8 @@ def run_session(spec: dict[str, Any]) -> int:
     create_time = me.create_time()
     # Our own key (deleted from disk once read), then Landlock on ourselves: both before any thread starts.
     key = take_key(spec)
+    replay_seed = spec.get("replay_seed")  # labd replay: read now, before the runner confines itself
+    seed_text = Path(replay_seed).read_text() if replay_seed else None
     install(Sandbox.from_spec(spec.get("sandbox"), session_dir=str(workdir.parent)))  # for run_code
     confined = confine_runner(spec.get("confine"))
     if confined == "landlock":  # the parent of the default tmp dir may be out of reach now: use our own
@@ -126,6 +128,10 @@ def run_session(spec: dict[str, Any]) -> int:
                       # a resumed session's new runner continues its predecessor's sequence (exactly-once ingest)
                       first_seq=int((seed or {}).get("first_seq") or 1))
     emit = channel.emit
+    if seed_text is not None:  # labd replay: answers from the record, and steps checked against it
+        from labd.runner import replay
+
+        emit = replay.activate(seed_text, emit, workdir=str(workdir), session_id=session_id).watch(emit)
     # Say we are up before the rest of the set-up (which the workflow needs, the client does not): this is
     # what makes a session's start quick to see. Daemon messages arriving meanwhile are held, not lost.
     inbox = _Inbox()

@@ -3,6 +3,7 @@
 from labd.daemon.api import (  # noqa: F401 - importing registers the request types
     agents,
     durable,
+    lineage,
     policy,
     queries,
     remote,

@@ -195,6 +195,12 @@ class Start(Request):
     is committed with the session and kept :data:`IDEMPOTENCY_RETENTION` seconds); never a second session."""
 
     type = "session.start"
+    #: set by requests that start a session from another one (daemon/api/lineage.py): recorded on
+    #: session.created as {parent_id, origin, branch_node}
+    lineage: dict[str, Any] | None = None
+
+    def prepare(self, sid: str) -> None:
+        """Called with the new session's id before its creation is posted (a replay writes its seed here)."""
 
     def _replayed(self, key: str, digest: str) -> dict[str, Any] | None:
         d = self.daemon
@@ -304,8 +310,13 @@ class Start(Request):
             self._remember(key, sid, digest, name)
         if skill is not None:
             created["skill"] = skill
+            if skill.get("origin_session"):
+                created.update(parent_id=skill["origin_session"], origin="skill")
         if policy:
             created["policy"] = policy
+        if self.lineage:
+            created.update({k: v for k, v in self.lineage.items() if v is not None})
+            self.prepare(sid)
         if tags:
             created["tags"] = tags
         sandbox = d.sandbox_spec(sid, network)  # what confines the code its agents run: recorded on the session
@@ -342,6 +353,9 @@ def session_spec(d: Any, q: Queued) -> dict[str, Any]:
     extra["policy"] = runner_policy(d, extra.pop("policy", None))  # the daemon's rules, then the session's
     if (d.layout.sessions_dir / q.sid / "durable.seed.json").exists():  # a resume or branch (api/durable.py)
         extra["durable"] = True
+    seed = d.layout.sessions_dir / q.sid / "replay.json"  # labd replay (daemon/api/lineage.py); also after requeue
+    if seed.exists():
+        extra["replay_seed"] = str(seed)
     # The runner's own key, derived for this session: it can sign for this session only.
     return {"session_id": q.sid, "workflow": q.workflow, "params": q.params, "workdir": q.workdir,
             "endpoint": d.info.runners, "key": derive_key(d.info.key_bytes, q.sid).hex(),

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from labd.runner import replay
+
 __all__ = ["track_all_agents", "untracked", "RecordingClient", "current_llm_call", "LLMCall"]
 
 _installed: list[Callable[[], Any]] = []
@@ -41,7 +43,7 @@ def untracked() -> Iterator[None]:
 class LLMCall:
     """One LLM call in flight: what the tracking middleware knows, filled in by the recording client."""
 
-    __slots__ = ("agent", "base", "node", "req_seq", "config")
+    __slots__ = ("agent", "base", "node", "req_seq", "config", "served")
 
     def __init__(self, agent: str, base: dict[str, Any], node: str | None, config: Any) -> None:
         self.agent = agent
@@ -49,6 +51,7 @@ class LLMCall:
         self.node = node
         self.req_seq: int | None = None
         self.config = config
+        self.served = False  # answered from a recorded session (labd replay), not by the model
 
 
 #: set by TrackingMiddleware.on_llm_call around the call; read by the RecordingClient inside it
@@ -74,6 +77,13 @@ class RecordingClient:
             call.config = self._config
             await tracker.before_llm_call(call)
             call.req_seq = tracker.record_request(call, messages, context, tools, response_schema)
+            replayer = replay.active()
+            if replayer is not None and not replayer.live:  # a replay: the recorded response, if it was recorded
+                recorded = replayer.serve_llm(tracker.full_request(call, messages, context, tools, response_schema),
+                                              node=call.node, agent=call.agent)
+                if recorded is not None:
+                    call.served = True
+                    return await replay.send_response(recorded, context)
         return await self._inner(messages, context, tools=tools, response_schema=response_schema,
                                  serializer=serializer)
 

@@ -28,7 +28,7 @@ from ag2.middleware import BaseMiddleware
 
 from labd.runner.agents.budget import Budget
 from labd.runner.agents.context import current_agent, current_call, current_model
-from labd.runner.agents.fidelity import BlobSender, model_params
+from labd.runner.agents.fidelity import BlobSender, jsonable, model_params
 from labd.runner.agents.hooks import LLMCall, current_llm_call
 from labd.runner.agents.policy import PolicyGate, refused_response, refused_tool_result
 from labd.runner.agents.pricing import PriceTable
@@ -131,6 +131,17 @@ class Tracker:
         if new:
             payload["blobs"] = new
         return self.emit("llm.request", payload, call.node)
+
+    def full_request(self, call: LLMCall, messages: Any, context: Any, tools: Any,
+                     response_schema: Any) -> dict[str, Any]:
+        """The request as :meth:`record_request` records it, with no text moved to blobs (labd replay
+        digests it; only replay sessions pay for this second serialisation)."""
+        request: dict[str, Any] = {"system": [str(p) for p in (getattr(context, "prompt", None) or [])],
+                                   "messages": jsonable(messages), "tools": jsonable(list(tools or ())),
+                                   "params": self._params(call.config)}
+        if response_schema is not None:
+            request["response_schema"] = jsonable(response_schema)
+        return request
 
     def _params(self, config: Any) -> dict[str, Any]:
         key = id(config)
@@ -259,16 +270,19 @@ class TrackingMiddleware(BaseMiddleware):
             payload["content"] = resp.content
         if resp.finish_reason:
             payload["finish_reason"] = str(resp.finish_reason)
+        if call.served:
+            payload["replayed"] = True
         res_seq = self.t.emit_full("llm.response", payload, node, req)
         if resp.content:
             self.t.emit_full("agent.message", {"agent": self.agent, "content": resp.content}, node, res_seq)
         price = self.t.prices.price(model)
-        cost = price.cost(prompt_tokens, completion_tokens)
+        # a response served from a recorded session (labd replay) cost nothing now: the record keeps its tokens
+        cost = 0.0 if call.served else price.cost(prompt_tokens, completion_tokens)
         self.t.add_cost(cost, self.agent)
         self.t.emit("cost.recorded", {"agent": self.agent, "model": model, "prompt_tokens": prompt_tokens,
                                       "completion_tokens": completion_tokens,
-                                      "cost": cost, "currency": "USD",
-                                      "offline": self.offline, "price_source": price.source}, node, res_seq)
+                                      "cost": cost, "currency": "USD", "offline": self.offline,
+                                      "price_source": "replay" if call.served else price.source}, node, res_seq)
         return resp
 
     async def on_tool_execution(self, call_next: Any, event: Any, context: Any) -> Any:

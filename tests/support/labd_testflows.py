@@ -355,3 +355,36 @@ def durable_diverge(ctx, counter: str) -> str:
         if n == 1:
             raise RuntimeError("fail once")
     return "done"
+def replay_probe(ctx, source: str = "", steps: int = 2, model: str = "default") -> list:
+    """``steps`` steps, each asking a researcher and writing its answer to ``answer_<i>.txt``; the first
+    question carries the text of the file ``source`` (outside the work directory), so changing that file
+    changes what a replay of the session asks (labd replay's divergence report)."""
+    from pathlib import Path
+
+    note = Path(source).read_text().strip() if source else "none"
+
+    async def body() -> list:
+        answers = []
+        for i in range(1, steps + 1):
+            with ctx.step(f"ask {i}"):
+                agent = ctx.role("researcher", model=model)
+                question = f"Step {i} of {steps}: " + (f"what follows from {note}?" if i == 1 else "go on")
+                reply = (await agent.ask(question)).body or ""
+                Path(f"answer_{i}.txt").write_text(reply + "\n")
+                answers.append(reply)
+        return answers
+
+    return ctx.run(body())
+
+
+def replay_steps(ctx, source: str) -> str:
+    """Two steps without agents; the second one's name is the text of the file ``source``, so changing the file
+    makes a replay's second step differ from the recorded one (labd replay's step divergence)."""
+    from pathlib import Path
+
+    label = Path(source).read_text().strip()
+    with ctx.step("prepare"):
+        pass
+    with ctx.step(f"analyse {label}"):
+        Path("label.txt").write_text(label + "\n")
+    return label

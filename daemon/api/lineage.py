@@ -1,0 +1,106 @@
+"""Lineage requests: replay a recorded session, compare sessions side by side, show a session's family."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import orjson
+
+from labd.daemon.api.base import ApiError, Request, register
+from labd.daemon.api.sessions import Start, resolve_ref, resolve_session
+from labd.ipc.events import TERMINAL_STATUSES
+from labd.ipc.functions import FUNCTION_WORKFLOW
+from labd.store.compare import compare
+from labd.store.lineage import family, replay_seed
+
+__all__ = ["Replay", "Compare", "Tree", "MAX_COMPARE"]
+
+MAX_COMPARE = 10
+
+
+def _created(store: Any, sid: str) -> dict[str, Any]:
+    first = store.events(sid, kinds=["session.created"], limit=1)
+    return first[0]["payload"] if first else {}
+
+
+@register
+class Replay(Start):
+    """Start a new session that re-runs a finished session's workflow with the same params, every LLM response
+    and approval answer served from the record (up to the end of node ``from``, then live). Replies like
+    ``session.start``; the new session records ``parent_id``, ``origin: replay`` and ``branch_node``."""
+
+    type = "session.replay"
+    _seed: dict[str, Any] | None = None
+
+    def execute(self) -> Any:
+        d = self.daemon
+        row = resolve_session(self)
+        until = self.arg("from", str, None, check=lambda s: 0 < len(s) <= 64, hint="a node id of the session")
+        if row["status"] not in TERMINAL_STATUSES:
+            raise ApiError("not_finished", f"session {row['id']} is {row['status']}: only a finished session can be "
+                           "replayed (wait for it, or stop it)", {"status": row["status"]})
+        if until is not None:
+            nodes = [n["node_id"] for n in d.store.steps(row["id"])]
+            if until not in nodes:
+                raise ApiError("unknown_node", f"session {row['id']} has no node {until!r}",
+                               {"nodes": nodes[:200]})
+        name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
+        key = self.arg("idempotency_key", str, None)
+        created = _created(d.store, row["id"])
+        self._seed = replay_seed(d.store, row, until)
+        body: dict[str, Any] = {
+            "workflow": row["workflow"], "params": row["params"],
+            "limits": {k: v for k, v in row["limits"].items() if v is not None},
+            "name": name or f"replay-{row['name'][:180]}-{secrets.token_hex(2)}",
+            "tags": row.get("tags") or None, "agents": created.get("agents") or None,
+            "pythonpath": created.get("sys_path") or [],
+            "network": bool((created.get("sandbox") or {}).get("network", d.cfg.sandbox.network)),
+            # part of the request digest: one idempotency key is one replay of one session from one node
+            "replay_of": row["id"], "replay_from": until,
+        }
+        if row["workflow"] == FUNCTION_WORKFLOW:
+            body["payload"] = created.get("payload")
+            body["params"] = {k: v for k, v in row["params"].items() if k not in ("payload", "max_result")}
+        if key is not None:
+            body["idempotency_key"] = key
+        self.body = {k: v for k, v in body.items() if v is not None}
+        self.lineage = {"parent_id": row["id"], "origin": "replay", "branch_node": until}
+        return super().execute()
+
+    def prepare(self, sid: str) -> None:
+        # beside the work directory (never in it: the agent's files), read by the runner before it confines itself
+        session_dir = self.daemon.layout.sessions_dir / sid
+        session_dir.mkdir(parents=True, exist_ok=True)
+        path = session_dir / "replay.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(self._seed))
+        tmp.replace(path)
+
+
+@register
+class Compare(Request):
+    """Sessions side by side: steps (matched by name), files (by hash, with diffs), totals, final results."""
+
+    type = "sessions.compare"
+
+    def execute(self) -> Any:
+        refs = self.arg("sessions", list, check=lambda s: all(isinstance(x, str) for x in s),
+                        hint="a list of session ids or names")
+        if len(refs) < 2:
+            raise ApiError("bad_request", "compare needs at least two sessions")
+        if len(refs) > MAX_COMPARE:
+            raise ApiError("bad_request", f"compare takes at most {MAX_COMPARE} sessions")
+        rows = [resolve_ref(self.daemon.store, r) for r in refs]
+        return compare(self.daemon.store, rows)
+
+
+@register
+class Tree(Request):
+    """A session's family: its root ancestor and every descendant via ``parent_id``, as a tree."""
+
+    type = "sessions.tree"
+
+    def execute(self) -> Any:
+        row = resolve_session(self)
+        return family(self.daemon.store, row["id"])

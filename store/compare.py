@@ -1,0 +1,169 @@
+"""Sessions side by side (``labd compare A B [C ...]``): steps, files, totals and final results.
+
+Steps are matched by name (the n-th step of a name with the n-th of the same name in every session, so a
+retried or repeated step lines up with its counterpart), in the order of the first session, then the
+steps only later sessions have. Each step shows status, duration, LLM calls, tokens, cost, and its result:
+the output of the last agent turn nested in it (or its error). Files are each session's final work
+directory as its file events left it (created / changed / deleted), compared by content hash; a small
+text file that differs gets a unified diff read from the work directories, when they still exist.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+__all__ = ["compare", "DIFF_MAX_BYTES", "DIFF_MAX_LINES"]
+
+DIFF_MAX_BYTES = 64 * 1024  # larger files are compared by hash only
+DIFF_MAX_LINES = 200
+_STEP_FIELDS = ("status", "duration", "calls", "prompt_tokens", "completion_tokens", "cost", "result")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    import json
+
+    return json.dumps(value, indent=1, sort_keys=True, default=repr)
+
+
+def diff(a: Any, b: Any, label_a: str, label_b: str) -> str:
+    """A unified diff of two values (text, or JSON for anything else), at most :data:`DIFF_MAX_LINES` lines."""
+    lines = list(difflib.unified_diff(_text(a).splitlines(), _text(b).splitlines(), label_a, label_b, lineterm=""))
+    if len(lines) > DIFF_MAX_LINES:
+        lines = [*lines[:DIFF_MAX_LINES], f"... ({len(lines) - DIFF_MAX_LINES} more lines)"]
+    return "\n".join(lines)
+
+
+def _outputs(store: Any, sid: str) -> tuple[dict[str, Any], Any]:
+    """Per agent-turn node its output, and the session's final result (or error)."""
+    out: dict[str, Any] = {}
+    final: Any = None
+    since = 0
+    while True:
+        page = store.events_page(sid, since=since, kinds=["agent.turn.finished", "session.finished"], full=True)
+        for e in page["events"]:
+            p = e["payload"]
+            if e["kind"] == "session.finished":
+                final = p.get("result") if "result" in p else {"outcome": p.get("outcome"), "error": p.get("error")}
+            else:
+                out[e["node_id"]] = p.get("output") if p.get("status") == "completed" else p.get("error")
+        if not page["more"] or not page["events"]:
+            return out, final
+        since = page["events"][-1]["seq"]
+
+
+def _steps(store: Any, sid: str) -> list[tuple[str, dict[str, Any]]]:
+    nodes = store.steps(sid)
+    outputs, _ = _outputs(store, sid)
+    children: dict[str, list[dict[str, Any]]] = {}
+    for n in nodes:
+        if n["parent_node"]:
+            children.setdefault(n["parent_node"], []).append(n)
+
+    def result(node: dict[str, Any]) -> Any:
+        # the last agent turn in the node's subtree, in start order
+        best: tuple[int, Any] | None = None
+        todo = [node]
+        while todo:
+            cur = todo.pop()
+            if cur["kind"] == "agent" and cur["node_id"] in outputs:
+                key = cur.get("start_seq") or 0
+                if best is None or key > best[0]:
+                    best = (key, outputs[cur["node_id"]])
+            todo.extend(children.get(cur["node_id"], ()))
+        return best[1] if best else node.get("error")
+
+    seen: dict[str, int] = {}
+    out = []
+    for n in nodes:
+        if n["kind"] == "agent":
+            continue
+        seen[n["name"]] = seen.get(n["name"], 0) + 1
+        key = n["name"] if seen[n["name"]] == 1 else f"{n['name']} #{seen[n['name']]}"
+        out.append((key, {"node_id": n["node_id"], "kind": n["kind"], "status": n["status"],
+                          "duration": n["duration"], "calls": n["calls"], "prompt_tokens": n["prompt_tokens"],
+                          "completion_tokens": n["completion_tokens"], "cost": n["cost"], "result": result(n)}))
+    return out
+
+
+def _files(store: Any, sid: str) -> dict[str, dict[str, Any]]:
+    final: dict[str, dict[str, Any]] = {}
+    for f in store.files(sid):
+        if f["change"] == "deleted":
+            final.pop(f["path"], None)
+        else:
+            final[f["path"]] = {"sha256": f["sha256"], "size": f["size"], "kind": f["kind"], "node_id": f["node_id"]}
+    return final
+
+
+def _read_text(workdir: str, path: str, size: int) -> str | None:
+    if size > DIFF_MAX_BYTES:
+        return None
+    try:
+        full = (Path(workdir) / path).resolve()
+        if not full.is_relative_to(Path(workdir).resolve()):
+            return None
+        return full.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def compare(store: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The comparison of the sessions ``rows`` (session rows, at least two), the first as the baseline."""
+    ids = [r["id"] for r in rows]
+    steps = [_steps(store, sid) for sid in ids]
+    order: list[str] = []
+    for per in steps:
+        order.extend(k for k, _ in per if k not in order)
+    by_key = [dict(per) for per in steps]
+    step_rows = []
+    for key in order:
+        cells = [m.get(key) for m in by_key]
+        base = cells[0]
+        changed = sorted({f for c in cells[1:] for f in _STEP_FIELDS
+                          if base is None or c is None or (f != "duration" and c.get(f) != base.get(f))})
+        row: dict[str, Any] = {"name": key, "sessions": cells, "changed": changed}
+        if base is not None and "result" in changed:
+            row["result_diff"] = [diff(base["result"], c["result"], ids[0], ids[i]) if c is not None else None
+                                  for i, c in enumerate(cells[1:], 1)]
+        step_rows.append(row)
+    files = [_files(store, sid) for sid in ids]
+    paths = sorted(set().union(*files))
+    file_rows = []
+    for path in paths:
+        cells = [f.get(path) for f in files]
+        base = cells[0]
+        states = []
+        for c in cells[1:]:
+            if base is None:
+                states.append("added" if c is not None else "absent")
+            elif c is None:
+                states.append("removed")
+            else:
+                states.append("same" if c["sha256"] == base["sha256"] else "changed")
+        row = {"path": path, "sessions": cells, "states": states, "differs": any(s != "same" for s in states)}
+        if "changed" in states and base is not None:
+            old = _read_text(rows[0]["workdir"], path, base["size"])
+            row["diffs"] = [diff(old, _read_text(rows[i]["workdir"], path, c["size"]), f"{ids[0]}/{path}",
+                                 f"{ids[i]}/{path}") if s == "changed" and old is not None and c is not None
+                            else None for i, (s, c) in enumerate(zip(states, cells[1:], strict=True), 1)]
+        file_rows.append(row)
+    totals = []
+    results = []
+    for r, per in zip(rows, steps, strict=True):
+        _, final = _outputs(store, r["id"])
+        results.append(final)
+        started, ended = r.get("started_at"), r.get("ended_at")
+        llm = store.costs(r["id"])["total"]
+        totals.append({"session": r["id"], "name": r["name"], "status": r["status"], "origin": r.get("origin"),
+                       "parent_id": r.get("parent_id"), "cost": llm["cost"], "calls": llm["calls"],
+                       "prompt_tokens": llm["prompt_tokens"], "completion_tokens": llm["completion_tokens"],
+                       "duration": (ended - started) if started and ended else None, "steps": len(per)})
+    return {"sessions": ids, "totals": totals, "steps": step_rows, "files": file_rows,
+            "result": {"sessions": results, "same": all(x == results[0] for x in results[1:]),
+                       "diffs": [diff(results[0], x, ids[0], ids[i]) for i, x in enumerate(results[1:], 1)]}}

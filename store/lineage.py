@@ -1,0 +1,133 @@
+"""Lineage reads: the replay seed of a recorded session, and the family tree of a session.
+
+:func:`replay_seed` turns a session's record into what a replay runner serves from (see runner/replay.py):
+every successful LLM call as {digest of its canonical request: [recorded responses in order]}, every
+answered approval as {digest of the question: [answers in order]}, optionally only up to the end of a node.
+:func:`family` walks ``sessions.parent_id`` up to the root and down to every descendant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from labd.runner.replay import approval_digest, last_input, request_digest
+from labd.store.schema import events, sessions, state_history
+
+__all__ = ["replay_seed", "cut_seq", "family", "SEED_KINDS"]
+
+SEED_KINDS = ["llm.request", "llm.response", "approval.requested", "approval.resolved", "approval.replayed",
+              "step.started"]
+
+
+def _all_events(store: Any, sid: str, kinds: list[str], upto: int | None) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    since = 0
+    while True:
+        page = store.events_page(sid, since=since, kinds=kinds, full=True)
+        rows = page["events"]
+        out.extend(e for e in rows if upto is None or e["seq"] <= upto)
+        if not page["more"] or not rows or (upto is not None and rows[-1]["seq"] > upto):
+            return out
+        since = rows[-1]["seq"]
+
+
+def cut_seq(store: Any, sid: str, node: str) -> int | None:
+    """The last event of ``node`` and everything nested in it (the replay point); None if it has none."""
+    nodes = store.subtree(sid, node)
+    with store.engine.connect() as conn:
+        value = conn.execute(select(func.max(events.c.seq)).where(
+            events.c.session_id == sid, events.c.node_id.in_(nodes))).scalar()
+    return int(value) if value is not None else None
+
+
+def replay_seed(store: Any, session: dict[str, Any], until: str | None = None) -> dict[str, Any]:
+    """The seed a replay of ``session`` serves from; with ``until`` (a node id) only what was recorded up to
+    the end of that node."""
+    sid, workdir = session["id"], session["workdir"]
+    upto = cut_seq(store, sid, until) if until else None
+    evs = _all_events(store, sid, SEED_KINDS, upto)
+    requests = {e["src_seq"]: e for e in evs if e["kind"] == "llm.request"}
+    resolved = {e["payload"].get("approval_id"): e["payload"] for e in _all_events(
+        store, sid, ["approval.resolved"], None)}  # an answer given after the replay point still answers
+    llm: dict[str, list[dict[str, Any]]] = {}
+    approvals: dict[str, list[dict[str, Any]]] = {}
+    order: list[dict[str, Any]] = []
+    steps: dict[str, str] = {}
+    for e in evs:
+        p, kind = e["payload"], e["kind"]
+        if kind == "step.started" and e["node_id"]:
+            steps[e["node_id"]] = str(p.get("name", ""))
+        elif kind == "llm.response":
+            req = requests.get(e["parent"])
+            if req is None or p.get("status") != "ok" or not isinstance(req["payload"].get("request"), dict):
+                continue  # a failed call, or one recorded without its full request: nothing to serve
+            request = req["payload"]["request"]
+            digest = request_digest(request, workdir=workdir, session_id=sid)
+            response = {k: v for k, v in p.items() if k not in ("duration", "replayed", "status")}
+            llm.setdefault(digest, []).append({"response": response, "index": len(order)})
+            order.append({"what": "llm", "digest": digest, "node": req["node_id"], "agent": p.get("agent"),
+                          "input": last_input(request)[-300:]})
+        elif kind in ("approval.requested", "approval.replayed"):
+            if kind == "approval.requested":
+                answer = resolved.get(p.get("approval_id"))
+                if answer is None:
+                    continue  # never answered: a replay asks a human
+                digest = approval_digest(p["kind"], p["prompt"], p.get("options"), p.get("context"),
+                                         workdir=workdir, session_id=sid)
+            else:
+                answer, digest = p, p["digest"]  # a replay of a replay: the answer it was served
+            entry = {k: answer.get(k) for k in ("decision", "feedback", "hypothesis") if answer.get(k) is not None}
+            approvals.setdefault(digest, []).append({**entry, "index": len(order)})
+            order.append({"what": "approval", "digest": digest, "node": e["node_id"], "kind": p["kind"],
+                          "input": str(p["prompt"])[-300:]})
+    return {"parent": sid, "workdir": workdir, "until": until, "llm": llm, "approvals": approvals, "order": order,
+            "steps": steps}
+
+
+def family(store: Any, sid: str) -> dict[str, Any]:
+    """The tree of ``sid``'s family: its root ancestor and every descendant (branches, replays, skill runs),
+    each node ``{id, name, status, origin, branch_node, parent_id, created_at, resumes, children}``;
+    ``resumes`` counts the times a session went back to running after it had ended (same session)."""
+    cols = (sessions.c.id, sessions.c.name, sessions.c.status, sessions.c.origin, sessions.c.branch_node,
+            sessions.c.parent_id, sessions.c.created_at, sessions.c.workflow, sessions.c.cost)
+    with store.engine.connect() as conn:
+        def row(i: str) -> dict[str, Any] | None:
+            r = conn.execute(select(*cols).where(sessions.c.id == i)).mappings().first()
+            return dict(r) if r else None
+
+        root = row(sid)
+        if root is None:
+            raise KeyError(sid)
+        seen = {root["id"]}
+        while root["parent_id"] and root["parent_id"] not in seen:
+            up = row(root["parent_id"])
+            if up is None:
+                break  # the parent was deleted: the oldest one still stored is the root
+            seen.add(up["id"])
+            root = up
+        members = {root["id"]: root}
+        frontier = [root["id"]]
+        while frontier:
+            kids = conn.execute(select(*cols).where(sessions.c.parent_id.in_(frontier))
+                                .order_by(sessions.c.created_at)).mappings().all()
+            frontier = []
+            for k in kids:
+                if k["id"] not in members:
+                    members[k["id"]] = dict(k)
+                    frontier.append(k["id"])
+        ended = ("completed", "failed", "cancelled", "lost")
+        resumes = dict(conn.execute(
+            select(state_history.c.session_id, func.count())
+            .where(state_history.c.session_id.in_(list(members)), state_history.c.from_status.in_(ended),
+                   state_history.c.to_status == "running")
+            .group_by(state_history.c.session_id)).all())
+    for m in members.values():
+        m["resumes"] = int(resumes.get(m["id"], 0))
+        m["children"] = []
+    for m in sorted(members.values(), key=lambda m: m["created_at"]):
+        parent = members.get(m["parent_id"]) if m["parent_id"] else None
+        if parent is not None and m["id"] != root["id"]:
+            parent["children"].append(m)
+    return {"session": sid, "root": root["id"], "tree": members[root["id"]], "size": len(members)}

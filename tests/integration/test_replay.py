@@ -1,0 +1,183 @@
+"""labd replay / compare / tree with real daemons and runners: served responses, divergence, lineage."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labd.ipc import LabdError
+from tests.conftest import running_daemon, wait_until
+from tests.support.scripted_openai import config_for, scripted_server
+
+HITL = {"task": "Plain.\n- one\n- two", "max_steps": 2}
+
+
+def labd(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "labd", "--home", str(home), *args], capture_output=True,
+                          text=True, timeout=90)
+
+
+def shape(c: Any, sid: str) -> tuple[list[tuple[Any, ...]], list[tuple[str, str, str]]]:
+    dag = c.dag(sid)["dag"]
+    nodes = [(n["node_id"], n["name"], n["kind"], n["status"], n["parent_node"]) for n in dag["nodes"]]
+    return nodes, sorted((e["src"], e["dst"], e["type"]) for e in dag["edges"])
+
+
+def final_files(c: Any, sid: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for f in c.files(sid):
+        if f["change"] == "deleted":
+            out.pop(f["path"], None)
+        else:
+            out[f["path"]] = f["sha256"]
+    return out
+
+
+def node_named(c: Any, sid: str, name: str) -> str:
+    return next(n["node_id"] for n in c.dag(sid)["dag"]["nodes"] if n["name"] == name)
+
+
+def test_full_replay_of_hitl_costs_nothing_and_reproduces_dag_and_files(isolated_env: Path) -> None:
+    """A hitl session run against an OpenAI-compatible server, replayed twice: every LLM response and all
+    three approvals come from the record (no request reaches the server, no approval waits), the cost is
+    $0, the DAG (nodes, statuses, edges) and the final file hashes are the parent's; both replays name the
+    parent, and `tree` shows the parent with its two children."""
+    with scripted_server() as server:
+        isolated_env.mkdir(parents=True, exist_ok=True)
+        (isolated_env / "config.toml").write_text(config_for(server))
+        with running_daemon(isolated_env) as d, d.client(timeout=30) as c:
+            sid = c.start("hitl", params=HITL)
+            for _ in range(3):
+                wait_until(lambda: c.approvals(sid), timeout=60, what="an approval")
+                c.approve(sid)
+            parent = c.wait(sid, timeout=90)
+            assert parent["status"] == "completed", parent["reason"]
+            asked = len(server.requests)
+            assert asked >= 4 and parent["cost"] > 0
+
+            rid = c.replay(sid)
+            replay = c.wait(rid, timeout=90)
+            assert replay["status"] == "completed", replay["reason"]
+            assert len(server.requests) == asked  # zero requests reached the model
+            assert replay["cost"] == 0
+            assert (replay["parent_id"], replay["origin"], replay["branch_node"]) == (sid, "replay", None)
+            assert replay["params"] == parent["params"]
+            assert shape(c, rid) == shape(c, sid)
+            files = final_files(c, sid)
+            assert files and final_files(c, rid) == files
+            history = list(c.history(rid))
+            responses = [e["payload"] for e in history if e["kind"] == "llm.response"]
+            assert len(responses) == asked and all(r["replayed"] for r in responses)
+            replayed = [e["payload"] for e in history if e["kind"] == "approval.replayed"]
+            assert [a["kind"] for a in replayed] == ["after_planning", "before_step", "before_step"]
+            assert not c.approvals(rid, status="pending") and not [e for e in history if e["kind"] == "replay.miss"]
+            same = c.compare(sid, rid)  # nothing differs but the cost
+            assert {f for s in same["steps"] for f in s["changed"]} == {"cost"} and same["result"]["same"]
+            assert not any(f["differs"] for f in same["files"]) and same["totals"][1]["cost"] == 0
+
+            second = c.replay(rid)  # a replay of a replay serves what the first one was served
+            assert c.wait(second, timeout=90)["status"] == "completed"
+            assert len(server.requests) == asked
+            c.replay(sid)
+            tree = c.tree(second)
+            assert tree["root"] == sid and tree["size"] == 4
+            kids = tree["tree"]["children"]
+            assert [k["origin"] for k in kids] == ["replay", "replay"] and kids[0]["id"] == rid
+            assert [g["id"] for g in kids[0]["children"]] == [second]
+            out = labd(isolated_env, "tree", sid)
+            assert out.returncode == 0, out.stderr
+            assert sid in out.stdout and f"`-- {second}" in out.stdout.replace("|-- ", "`-- ")
+
+
+def test_changed_input_divergence_compare_and_bad_requests(isolated_env: Path, tmp_path: Path) -> None:
+    """A replay whose workflow now asks something else (its input file changed) fails at the first divergence
+    with a replay.miss naming the node and the recorded request expected there, never a guessed answer;
+    `compare` of the session and a variant run shows the changed step result and the changed file (with a
+    text diff), and the unchanged ones as such; bad requests get clear errors."""
+    source = tmp_path / "note.txt"
+    source.write_text("alpha\n")
+    with running_daemon(isolated_env) as d, d.client(timeout=30) as c:
+        sid = c.start("labd_testflows:replay_probe", params={"source": str(source)})
+        assert c.wait(sid, timeout=90)["status"] == "completed"
+        source.write_text("beta\n")
+        rid = c.replay(sid)
+        final = c.wait(rid, timeout=90)
+        assert final["status"] == "failed" and "replay diverged" in final["reason"]
+        miss = [e for e in c.history(rid) if e["kind"] == "replay.miss"]
+        assert len(miss) == 1
+        turn = miss[0]["node_id"]
+        assert next(n for n in c.dag(rid)["dag"]["nodes"] if n["node_id"] == turn)["parent_node"] == \
+            node_named(c, rid, "ask 1")
+        assert "beta" in miss[0]["payload"]["input"] and "alpha" in miss[0]["payload"]["expected"]["input"]
+        out = labd(isolated_env, "replay", sid, "--wait")
+        assert out.returncode == 1 and "first divergence" in out.stdout, out.stdout + out.stderr
+
+        source.write_text("alpha\n")  # a workflow without LLM calls whose second step is now named differently
+        steps_sid = c.start("labd_testflows:replay_steps", params={"source": str(source)})
+        assert c.wait(steps_sid, timeout=90)["status"] == "completed"
+        source.write_text("beta\n")
+        steps_rid = c.replay(steps_sid)
+        assert c.wait(steps_rid, timeout=90)["status"] == "completed"  # reported, not fatal
+        diverged = [e for e in c.history(steps_rid) if e["kind"] == "replay.diverged"]
+        assert [(e["node_id"], e["payload"]) for e in diverged] == [
+            (node_named(c, steps_rid, "analyse beta"), {"name": "analyse beta", "expected": "analyse alpha"})]
+
+        variant = c.start("labd_testflows:replay_probe", params={"source": str(source)})
+        assert c.wait(variant, timeout=90)["status"] == "completed"
+        cmp = c.compare(sid, variant)
+        steps = {s["name"]: s for s in cmp["steps"]}
+        assert "result" in steps["ask 1"]["changed"] and "beta" in steps["ask 1"]["result_diff"][0]
+        assert steps["ask 2"]["changed"] == []
+        files = {f["path"]: f for f in cmp["files"]}
+        assert files["answer_1.txt"]["states"] == ["changed"] and "+" in files["answer_1.txt"]["diffs"][0]
+        assert "beta" in files["answer_1.txt"]["diffs"][0]
+        assert files["answer_2.txt"]["states"] == ["same"]
+        assert not cmp["result"]["same"]
+        out = labd(isolated_env, "compare", sid, variant)
+        assert out.returncode == 0 and "answer_1.txt" in out.stdout and "changed" in out.stdout, out.stderr
+
+        with pytest.raises(LabdError) as err:
+            c.replay("no-such-session")
+        assert err.value.code == "not_found"
+        with pytest.raises(LabdError) as err:
+            c.replay(sid, from_node="n999")
+        assert err.value.code == "unknown_node"
+        with pytest.raises(LabdError) as err:
+            c.compare(sid)
+        assert err.value.code == "bad_request" and "at least two" in err.value.message
+        waiting = c.start("labd_testflows:review_once")
+        wait_until(lambda: c.approvals(waiting), timeout=60, what="an approval")
+        with pytest.raises(LabdError) as err:
+            c.replay(waiting)
+        assert err.value.code == "not_finished"
+        c.stop(waiting, grace=1)
+        out = labd(isolated_env, "compare", sid)
+        assert out.returncode == 2 and "at least two" in out.stderr
+
+
+def test_replay_from_a_node_goes_live_after_it(isolated_env: Path) -> None:
+    """`replay --from NODE` serves the calls recorded up to the end of NODE and sends the ones after it to
+    the model: the server sees exactly the second step's request again, and only that call costs money."""
+    with scripted_server() as server:
+        isolated_env.mkdir(parents=True, exist_ok=True)
+        (isolated_env / "config.toml").write_text(config_for(server))
+        with running_daemon(isolated_env) as d, d.client(timeout=30) as c:
+            sid = c.start("labd_testflows:replay_probe")
+            assert c.wait(sid, timeout=90)["status"] == "completed"
+            assert len(server.requests) == 2
+            first = node_named(c, sid, "ask 1")
+            rid = c.replay(sid, from_node=first)
+            final = c.wait(rid, timeout=90)
+            assert final["status"] == "completed", final["reason"]
+            assert final["branch_node"] == first
+            assert len(server.requests) == 3 and server.requests[2]["messages"] == server.requests[1]["messages"]
+            responses = {e["node_id"]: e["payload"] for e in c.history(rid) if e["kind"] == "llm.response"}
+            step_of = {n["node_id"]: n["parent_node"] for n in c.dag(rid)["dag"]["nodes"]}
+            served = {step_of[n]: bool(p.get("replayed")) for n, p in responses.items()}
+            assert served == {node_named(c, rid, "ask 1"): True, node_named(c, rid, "ask 2"): False}
+            assert 0 < final["cost"] < c.session(sid)["cost"]
+            assert final_files(c, rid) == final_files(c, sid)
