@@ -34,7 +34,7 @@ from labd.ipc.wire import Codec, WireError
 if TYPE_CHECKING:
     from labd.ipc.functions import FunctionCall
 
-__all__ = ["Client", "LabdError", "event_from_wire"]
+__all__ = ["Client", "LabdError", "event_from_wire", "still_ended"]
 
 WIRE_FIELDS = ("seq", "ts", "kind", "src", "node_id", "parent", "payload", "src_seq")
 
@@ -468,7 +468,7 @@ class Client:
                     if upto is not None and ev["seq"] > upto:
                         return
                     last = ev["seq"]
-                    ended = _still_ended(ended, ev["kind"])
+                    ended = still_ended(ended, ev["kind"])
                     yield ev
 
             yield from from_store(None)
@@ -497,7 +497,7 @@ class Client:
                     if ev["seq"] != last + 1:
                         continue
                     last = ev["seq"]
-                    ended = _still_ended(ended, ev["kind"])
+                    ended = still_ended(ended, ev["kind"])
                     yield ev
         finally:
             sub.close(0)
@@ -520,7 +520,7 @@ def _id_of(raw: bytes) -> str:
     return str(orjson.loads(raw)["id"])
 
 
-def _still_ended(ended: bool, kind: str) -> bool:
+def still_ended(ended: bool, kind: str) -> bool:
     """Has the session ended, after an event of ``kind``? A resumed session (``session.continued``, see
     ``labd resume``) has an earlier ``session.ended`` in its history: that end no longer counts."""
     return kind == "session.ended" or (ended and kind != "session.continued")

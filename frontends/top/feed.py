@@ -31,7 +31,7 @@ import zmq.asyncio
 from textual.message import Message
 
 from labd.ipc import Client, LabdError
-from labd.ipc.client import event_from_wire
+from labd.ipc.client import event_from_wire, still_ended
 from labd.ipc.connection import ConnectionFileError, read_connection_file
 from labd.ipc.paths import layout_for
 from labd.ipc.wire import Codec, WireError
@@ -233,7 +233,7 @@ class Feed:
                         if ev["seq"] != last + 1:
                             continue
                         last = ev["seq"]
-                        ended = ended or ev["kind"] == "session.ended"
+                        ended = still_ended(ended, ev["kind"])  # a resumed session goes on
                         self._deliver(sid, ev)
         finally:
             if sub is not None:
@@ -274,7 +274,7 @@ class Feed:
                 if ev["seq"] != last + 1 and ev["seq"] <= last:
                     continue
                 last = ev["seq"]
-                ended = ended or ev["kind"] == "session.ended"
+                ended = still_ended(ended, ev["kind"])
                 self._deliver(sid, ev)
             if not page["more"] or not page["events"]:
                 return last, ended

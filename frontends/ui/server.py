@@ -33,7 +33,7 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from labd.ipc.client import Client, LabdError
+from labd.ipc.client import Client, LabdError, still_ended
 
 __all__ = ["build_app", "run"]
 
@@ -201,7 +201,7 @@ def build_app(home: str | None, token: str, port_ref: list[int]) -> Starlette:
                     continue
                 for ev in page["events"]:
                     last = ev["seq"]
-                    ended = ended or ev["kind"] == "session.ended"
+                    ended = still_ended(ended, ev["kind"])  # a resumed session's old end does not count
                     yield f"id: {last}\ndata: {json.dumps(ev, default=str)}\n\n"
                 if not page["more"] and not ended:
                     await asyncio.sleep(STREAM_POLL_S)

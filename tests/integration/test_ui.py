@@ -181,3 +181,23 @@ def test_start_a_session_from_the_form(page: Any, ui: dict[str, Any]) -> None:
     page.goto(ui["base"] + "/#/")
     page.wait_for_selector("#sessions tbody tr")
     _shot(page, "sessions")
+
+
+
+def test_a_session_page_open_on_a_failed_session_follows_its_resume(page: Any, ui: dict[str, Any],
+                                                                    tmp_path: Path) -> None:
+    """A session page left open on a failed session picks the session up again when it is resumed (`labd
+    resume`): the resume and the rerun's end appear in its activity, and the header turns `completed`."""
+    counter = tmp_path / "counts"
+    counter.mkdir()
+    with ui["daemon"].client() as c:
+        sid = c.start("labd_testflows:durable_four", params={"counter": str(counter), "fail_three": 1})
+        assert c.wait(sid, timeout=60)["status"] == "failed"
+        page.goto(ui["base"] + f"/#/s/{sid}")
+        page.wait_for_selector('#session-head [data-status="failed"]')
+        page.wait_for_selector('#activity [data-kind="session.ended"]')
+        c.resume(sid, reason="fixed the input")
+    page.wait_for_selector('#activity [data-kind="session.continued"]', timeout=30_000)
+    page.wait_for_selector('#session-head [data-status="completed"]', timeout=30_000)
+    assert page.locator('#activity [data-kind="session.ended"]').count() == 2
+    assert "fixed the input" in page.locator('#activity [data-kind="session.continued"]').inner_text()

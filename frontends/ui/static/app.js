@@ -13,6 +13,7 @@ const el = (tag, attrs = {}, ...children) => {
 };
 let timers = [];
 let streams = [];
+const TERMINAL = ["completed", "failed", "cancelled", "lost"];
 function cleanup() { timers.forEach(clearInterval); timers = []; streams.forEach(s => s.close()); streams = []; }
 
 async function api(path, opts = {}) {
@@ -95,6 +96,7 @@ function activityLine(ev) {
     case "step.started": return [`step ${p.name} started`, ""];
     case "step.finished": return [`step ${p.name} ${p.status}`, p.status === "completed" ? "" : "act-error"];
     case "file.created": case "file.changed": return [`${ev.kind.split(".")[1]} ${p.path}`, "act-tool"];
+    case "session.continued": return [`session resumed by ${p.by} (was ${p.from_status}) — ${p.reason || ""}`, ""];
     case "session.ended": return [`session ended: ${p.status} — ${p.reason || ""}`, p.status === "completed" ? "" : "act-error"];
     default: return null;
   }
@@ -119,11 +121,22 @@ async function sessionPage(main, sid) {
   const log = el("pre", {class: "log", id: "output"});
   const activity = el("div", {class: "activity", id: "activity"});
   panes.output.append(el("div", {class: "row"}, el("div", {class: "grow"}, el("b", {}, "output"), log), el("div", {class: "grow"}, el("b", {}, "agent activity"), activity)));
-  const es = new EventSource(`/api/sessions/${sid}/stream?since=0`);
-  streams.push(es);
-  let pending = [];
-  es.onmessage = m => { pending.push(JSON.parse(m.data)); };
-  es.addEventListener("end", () => es.close());
+  let pending = [], lastSeq = 0;
+  const follow = since => {  // the stream ends with the session; a resumed session (labd resume) is followed again
+    const es = new EventSource(`/api/sessions/${sid}/stream?since=${since}`);
+    streams.push(es);
+    es.onmessage = m => { const ev = JSON.parse(m.data); lastSeq = Math.max(lastSeq, ev.seq); pending.push(ev); };
+    es.addEventListener("end", () => {
+      es.close();
+      const watch = setInterval(async () => {
+        const s = await api(`/api/sessions/${sid}`).catch(() => null);
+        // anything recorded after the end (a resume; it may already have ended again): follow on from there
+        if (s && (s.last_seq > lastSeq || !TERMINAL.includes(s.status))) { clearInterval(watch); follow(lastSeq); }
+      }, 2000);
+      timers.push(watch);
+    });
+  };
+  follow(0);
   timers.push(setInterval(async () => {  // batch DOM updates (~10 Hz)
     if (!pending.length) return;
     const batch = pending; pending = [];
