@@ -152,7 +152,7 @@ class Client:
               pythonpath: list[str] | None = None, agents: dict[str, str] | None = None,
               procs: int | None = None, priority: int | None = None,
               tags: dict[str, str] | None = None, network: bool | None = None,
-              idempotency_key: str | None = None, retries: int = 1) -> str:
+              placement: dict[str, Any] | None = None, idempotency_key: str | None = None, retries: int = 1) -> str:
         """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``);
         ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause; ``tags`` label the session
         for ``sessions(tags=...)`` and ``cost_summary(by="tag")``.
@@ -163,6 +163,8 @@ class Client:
         session's process count; ``priority`` orders the run queue when the daemon is at ``max_sessions``.
         ``network``: may code the session's agents execute use the network (default: the daemon's
         ``[sandbox] network``).
+        ``placement``: where it runs -- ``{"on": "ray", "gpus": 1, "resources": {"big_node": 1}}`` puts it in its
+        own actor on the daemon's Ray cluster (``cpu`` and ``memory`` are then the actor's request too).
 
         Every call carries an idempotency key (``idempotency_key``, else a fresh random one) and is retried
         ``retries`` times with the same key when no reply comes in time: the daemon returns the session the
@@ -181,6 +183,8 @@ class Client:
             body["tags"] = tags
         if network is not None:
             body["network"] = network
+        if placement is not None:  # {"on": "ray"|"local", "gpus": n, "resources": {name: amount}}
+            body["placement"] = placement
         return self._start(body, idempotency_key, retries)
 
     def _start(self, body: dict[str, Any], idempotency_key: str | None, retries: int) -> str:

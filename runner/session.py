@@ -119,7 +119,7 @@ def run_session(spec: dict[str, Any]) -> int:
                                      "waiting_approvals": approvals_box[0].waiting_ids() if approvals_box else []},
                       max_message=spec.get("max_message"),
                       # beside the work directory, not in it: the work directory is the agent's to write
-                      spool=spec.get("spool") or workdir.parent / "events.spool")
+                      spool=spec.get("spool") or workdir.parent / "events.spool", curve=spec.get("curve"))
     emit = channel.emit
     # Say we are up before the rest of the set-up (which the workflow needs, the client does not): this is
     # what makes a session's start quick to see. Daemon messages arriving meanwhile are held, not lost.
@@ -205,6 +205,10 @@ def run_session(spec: dict[str, Any]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     capture.close()
     files.scan(None)  # whatever the workflow left outside any step
+    if spec.get("ship_files"):  # a remote runner (Ray): the daemon gets the work directory's files over the channel
+        from labd.runner.ship import ship_files
+
+        ship_files(workdir, emit, int(spec["ship_files"]))
     try:
         emit("session.finished", {"outcome": outcome, **extra})
     except PayloadError as exc:  # a result nested too deeply to record: the outcome still is

@@ -242,6 +242,7 @@ class Start(Request):
         network = self.arg("network", (bool, str), d.cfg.sandbox.network,
                            check=lambda v: isinstance(v, bool) or v in ("on", "off"), hint="on or off")
         network = network is True or network == "on"
+        placement = _placement(self)  # where it runs: None (here) or a Ray resource request
         _, overrides = _roles(self)  # checked now; the runner gets the registry as it is at launch
         # A function sent with Client.submit: its pickle travels in `payload`, is recorded in session.created
         # (not in the session row, which every session.list returns) and reaches only the runner. Never unpickled here.
@@ -287,6 +288,8 @@ class Start(Request):
             created["skill"] = skill
         if tags:
             created["tags"] = tags
+        if placement:
+            created["placement"] = placement
         sandbox = d.sandbox_spec(sid, network)  # what confines the code its agents run: recorded on the session
         created["sandbox"] = {k: sandbox[k] for k in ("level", "mechanism", "reasons", "network")} | {
             "runner": d.runner_confinement}
@@ -294,8 +297,17 @@ class Start(Request):
         d.supervisor.submit(queue.entry(sid, workflow, _run_params(d, params, payload), limits, str(workdir),
                                         priority, time.time(),
                                         extra={"name": name, "sys_path": path, "agent_overrides": overrides,
-                                               "network": network}))
+                                               "network": network, "placement": placement}))
         return DEFERRED
+
+
+def _placement(req: Any) -> dict[str, Any] | None:
+    from labd.daemon.ray_launcher import PlacementError, placement_from
+
+    try:
+        return placement_from(req.body, str(req.daemon.cfg.launcher.get("kind") or "template"))
+    except PlacementError as exc:
+        raise ApiError("bad_request", str(exc)) from None
 
 
 def _run_params(d: Any, params: dict[str, Any], payload: str | None) -> dict[str, Any]:
@@ -341,7 +353,8 @@ def requeue(d: Any) -> int:
             Limits.from_dict(row["limits"]), row["workdir"], priority, row["created_at"],
             extra={"name": row["name"], "sys_path": c.get("sys_path") or [],
                    "agent_overrides": c.get("agents") or {},
-                   "network": bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network))}))
+                   "network": bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network)),
+                   "placement": c.get("placement")}))
     return len(rows)
 
 
