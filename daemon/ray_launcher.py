@@ -170,7 +170,8 @@ class RayLauncher:
             del self._sid[handle]
             self._exits.append(ExitInfo(handle, msg.get("exit_code"), msg.get("signal"), msg.get("reason")))
         elif op == "placed" and sid is not None:
-            info = {k: msg[k] for k in ("node", "ip", "pid", "workdir", "hostname") if msg.get(k) is not None}
+            keys = ("node", "ip", "pid", "workdir", "hostname", "actor_pid")
+            info = {k: msg[k] for k in keys if msg.get(k) is not None}
             self._notes.append(("event", sid, "session.placed", {"actor": f"labd-{sid}", **info}))
         elif op == "note" and sid is not None:
             note = msg["note"]

@@ -54,7 +54,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                       "signal": (int, False), "ended_by": (str, True), "lost_reason": (str, False)},
     # Ray launcher: where a session's actor runs (node id, address, the runner's pid there, its work directory)
     "session.placed": {"node": (str, True), "ip": (str, True), "pid": (int, True), "workdir": (str, True),
-                       "actor": (str, False), "hostname": (str, False)},
+                       "actor": (str, False), "hostname": (str, False), "actor_pid": (int, False)},
     "session.adopted": {"pid": (int, True)},
     # output
     "output": {"stream": (str, True), "text": (str, True)},
