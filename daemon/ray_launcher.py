@@ -120,6 +120,10 @@ class RayLauncher:
         elif host in ("0.0.0.0", "*", ""):
             host = socket.gethostbyname(socket.gethostname())
         self.endpoint = f"tcp://{host}:{port}"
+        self._start_driver()
+
+    def _start_driver(self) -> None:
+        self._buf = b""
         self._proc = subprocess.Popen([sys.executable, "-m", "labd.daemon.ray_driver", self.address],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env,
                                       start_new_session=True, close_fds=True)
@@ -127,7 +131,7 @@ class RayLauncher:
         os.set_blocking(self._proc.stdout.fileno(), False)
         first = self._wait_for(lambda m: m.get("op") in ("ready", "error"))
         if first is None or first["op"] == "error":
-            self.shutdown()
+            self._stop_driver()
             raise LaunchError((first or {}).get("message") or f"the Ray driver did not start (address {self.address})")
         self.log.info("Ray launcher ready", address=self.address, ray=first.get("ray"), nodes=first.get("nodes"),
                       runner_endpoint=self.endpoint)
@@ -190,6 +194,12 @@ class RayLauncher:
         self._sid.clear()
         if self._proc is not None:
             self._proc.wait()
+            for pipe in (self._proc.stdin, self._proc.stdout):
+                if pipe is not None:
+                    try:
+                        pipe.close()
+                    except OSError:
+                        pass
         self._proc = None
 
     def _wait_for(self, pred: Any) -> dict[str, Any] | None:
@@ -218,6 +228,8 @@ class RayLauncher:
             remote["node_dir"] = self.node_dir
         self._sid[handle] = sid
         try:
+            if self._proc is None:  # the driver died (its sessions were reported lost): a new one for this session
+                self._start_driver()
             self._send({"op": "spawn", "req": req, "handle": handle, "sid": sid, "spec": remote,
                         "options": ray_options(spec)})
             reply = self._wait_for(lambda m: m.get("op") == "spawned" and m.get("req") == req)
@@ -252,6 +264,11 @@ class RayLauncher:
         return True
 
     def shutdown(self) -> None:
+        self._stop_driver()
+        self.gateway.stop()
+        self.gateway.join(5)
+
+    def _stop_driver(self) -> None:
         if self._proc is not None:
             if self._proc.stdin:
                 self._proc.stdin.close()
@@ -263,8 +280,6 @@ class RayLauncher:
             if self._proc.stdout:
                 self._proc.stdout.close()
             self._proc = None
-        self.gateway.stop()
-        self.gateway.join(5)
 
 
 class Launchers:

@@ -164,6 +164,13 @@ def _ended(c: object, sid: str, timeout: float = 60) -> dict[str, object]:
                       and s, timeout=timeout, interval=0.1, what=f"session {sid} ended")
 
 
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _placed(c: object, sid: str) -> dict[str, object]:
     ev = wait_until(lambda: _events(c, sid, ["session.placed"]), timeout=60, interval=0.1, what="session.placed")
     return ev[0]["payload"]  # type: ignore[no-any-return]
@@ -223,8 +230,7 @@ def test_actor_killed_session_lost_delivered_kept(ray_daemon: DaemonProc, rc: ob
     assert ticks == list(range(len(ticks)))  # nothing it delivered is missing
     print(f"actor kill -> session lost: {took:.2f}s")
     # the runner did not outlive its actor (parent-death signal): it stops writing
-    wait_until(lambda: not psutil.pid_exists(int(placed["pid"]))
-               or psutil.Process(int(placed["pid"])).status() == psutil.STATUS_ZOMBIE, timeout=10, what="runner gone")
+    wait_until(lambda: _gone(int(placed["pid"])), timeout=10, what="runner gone")
 
 
 def test_stop_and_kill_through_ray(ray_daemon: DaemonProc, rc: object) -> None:
@@ -273,24 +279,43 @@ def test_node_lost_session_lost(ray_daemon: DaemonProc, rc: object, worker_node:
     assert seen in "".join(e["payload"]["text"] for e in _events(c, sid, ["output"]))
 
 
-def test_memory_limit_enforced_on_node(ray_daemon: DaemonProc, rc: object) -> None:
-    """A remote session over its memory limit is killed by the node-local monitor in its actor, and the daemon
-    records the same limit.exceeded event (memory, action kill) as for a local session."""
+def test_limits_enforced_on_node(ray_daemon: DaemonProc, rc: object) -> None:
+    """A remote session over its memory limit is killed by the node-local monitor in its actor, and one over its
+    wall time is stopped by the daemon's ladder on the monitor's note: the same limit.exceeded events (memory /
+    kill, wall time / stop) as for local sessions."""
     c = rc
-    sid = c.start("labd_testflows:memory_hog", params={"mb": 600}, memory="150M")  # type: ignore[attr-defined]
-    s = _ended(c, sid)
+    mem = c.start("labd_testflows:memory_hog", params={"mb": 600}, memory="150M")  # type: ignore[attr-defined]
+    slow = c.start(f"{ray_daemon.flows}:tick", timeout=2, placement={"on": "ray"})  # type: ignore[attr-defined]
+    s = _ended(c, mem)
     assert s["status"] == "failed", s
-    lim = _events(c, sid, ["limit.exceeded"])
+    lim = _events(c, mem, ["limit.exceeded"])
     assert lim and lim[0]["payload"]["limit"] == "memory" and lim[0]["payload"]["action"] == "kill", lim
+    s = _ended(c, slow)
+    lim = _events(c, slow, ["limit.exceeded"])
+    assert lim and lim[0]["payload"]["limit"] == "wall time" and lim[0]["payload"]["action"] == "stop", lim
+    assert s["status"] in ("failed", "cancelled") and "wall time" in str(s.get("reason")), s
 
 
-def test_infeasible_request_fails_at_launch(ray_daemon: DaemonProc, rc: object) -> None:
-    """A resource request no node of the cluster can satisfy (8 GPUs here) fails the session at launch with the
-    reason, instead of waiting forever in Ray's queue."""
+def test_cli_placement_and_infeasible_request(ray_daemon: DaemonProc, rc: object) -> None:
+    """`labd run --on ray --gpus 8` asks Ray for 8 GPUs; no node of the cluster has them, so the session fails at
+    launch with the reason instead of waiting forever in Ray's queue. `--on local --gpus 1` is refused as a bad
+    request (GPUs are a Ray resource request)."""
     c = rc
-    sid = c.start(f"{ray_daemon.flows}:tick", placement={"on": "ray", "gpus": 8})  # type: ignore[attr-defined]
+    env = {**os.environ}
+
+    def labd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "labd", "--home", str(ray_daemon.home), *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    run = labd("run", f"{ray_daemon.flows}:tick", "--on", "ray", "--gpus", "8", "--resource", "head=1")
+    assert run.returncode == 0, run.stderr
+    sid = run.stdout.strip()
     s = _ended(c, sid)
     assert s["status"] == "failed" and "no node of the Ray cluster" in str(s.get("reason")), s
+    created = _events(c, sid, ["session.created"])[0]["payload"]
+    assert created["placement"] == {"on": "ray", "gpus": 8.0, "resources": {"head": 1.0}}
+    bad = labd("run", f"{ray_daemon.flows}:tick", "--on", "local", "--gpus", "1")
+    assert bad.returncode != 0 and "Ray resource requests" in bad.stderr, bad
 
 
 def test_runner_endpoint_refuses_wrong_curve_key(ray_daemon: DaemonProc) -> None:
