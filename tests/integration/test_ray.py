@@ -234,7 +234,8 @@ def test_actor_killed_session_lost_delivered_kept(ray_daemon: DaemonProc, rc: ob
 
 
 def test_stop_and_kill_through_ray(ray_daemon: DaemonProc, rc: object) -> None:
-    """`labd stop` reaches a remote runner cooperatively (over its channel): cancelled; `labd kill` goes through
+    """`labd pause`/`resume` and `labd stop` reach a remote runner cooperatively (over its channel): paused, running
+    again, then cancelled; `labd kill` goes through
     the actor (SIGKILL to the runner's group on its node). Both end `cancelled` (stopped by the client), the
     second with the sigkill rung as the one that ended it."""
     c = rc
@@ -242,6 +243,10 @@ def test_stop_and_kill_through_ray(ray_daemon: DaemonProc, rc: object) -> None:
     b = c.start(f"{ray_daemon.flows}:tick")  # type: ignore[attr-defined]
     for sid in (a, b):
         wait_until(lambda sid=sid: _events(c, sid, ["output"]), timeout=60, interval=0.1, what="output")
+    c.pause(a)  # type: ignore[attr-defined]  # over the channel: at its next step boundary
+    wait_until(lambda: c.session(a)["status"] == "paused", timeout=30, interval=0.1, what="paused")  # type: ignore[attr-defined]
+    c.resume(a)  # type: ignore[attr-defined]
+    wait_until(lambda: c.session(a)["status"] == "running", timeout=30, interval=0.1, what="resumed")  # type: ignore[attr-defined]
     c.stop(a)  # type: ignore[attr-defined]
     c.kill(b)  # type: ignore[attr-defined]
     sa, sb = _ended(c, a), _ended(c, b)
