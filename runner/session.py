@@ -206,9 +206,9 @@ def run_session(spec: dict[str, Any]) -> int:
     capture.close()
     files.scan(None)  # whatever the workflow left outside any step
     if spec.get("ship_files"):  # a remote runner (Ray): the daemon gets the work directory's files over the channel
-        from labd.runner.ship import ship_files
+        from labd.runner.ship import chunk_for, ship_files
 
-        ship_files(workdir, emit, int(spec["ship_files"]))
+        ship_files(workdir, emit, int(spec["ship_files"]), chunk_for(spec.get("max_message")))
     try:
         emit("session.finished", {"outcome": outcome, **extra})
     except PayloadError as exc:  # a result nested too deeply to record: the outcome still is

@@ -17,7 +17,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["ship_files", "CHUNK"]
+__all__ = ["ship_files", "chunk_for", "CHUNK"]
 
 CHUNK = 512 * 1024  # raw bytes per event (~683 KiB of base64): well under max_message, one event per message
 
@@ -30,7 +30,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def ship_files(root: Path, emit: Callable[..., int], max_bytes: int) -> tuple[int, int]:
+def chunk_for(max_message: int | None) -> int:
+    """Raw bytes per chunk so that one event (base64: 4/3, plus its envelope) fits the daemon's ``max_message``."""
+    if not max_message:
+        return CHUNK
+    return max(1024, min(CHUNK, (max_message - 8192) * 3 // 4))
+
+
+def ship_files(root: Path, emit: Callable[..., int], max_bytes: int, chunk: int = CHUNK) -> tuple[int, int]:
     """Emit ``file.shipped`` events for every regular file under ``root`` (symlinks are not followed), up to
     ``max_bytes`` in all; files beyond it are named in one ``log`` warning. Returns (files, bytes) shipped."""
     shipped = total = 0
@@ -54,7 +61,7 @@ def ship_files(root: Path, emit: Callable[..., int], max_bytes: int) -> tuple[in
                 with open(path, "rb") as f:
                     offset = 0
                     while True:
-                        data = f.read(CHUNK)
+                        data = f.read(chunk)
                         last = offset + len(data) >= st.st_size or not data
                         emit("file.shipped", {"path": rel, "size": st.st_size, "sha256": digest, "offset": offset,
                                               "data": base64.b64encode(data).decode(), "last": last})

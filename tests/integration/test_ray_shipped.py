@@ -51,3 +51,26 @@ def test_paths_out_of_the_work_directory_are_refused(tmp_path: Path) -> None:
         got = receive(tmp_path, "s2", _chunks(rel, b"x", 10)[0])
         assert got.get("error", "").startswith("refused"), (rel, got)
     assert not list(outside.iterdir()) and not (tmp_path / "s2" / "escape.txt").exists()
+
+
+def test_ship_then_receive_round_trip_within_small_max_message(tmp_path: Path) -> None:
+    """What a remote runner ships (runner/ship.py, chunked for a 64 KiB ``max_message``) is received as the same
+    tree of files; every event fits the message limit; symlinks are not shipped."""
+    import orjson
+
+    from labd.runner.ship import chunk_for, ship_files
+
+    src = tmp_path / "node" / "work"
+    (src / "a" / "b").mkdir(parents=True)
+    files = {"top.txt": b"hello\n", "a/b/big.bin": os.urandom(300_000), "a/empty": b""}
+    for rel, data in files.items():
+        (src / rel).write_bytes(data)
+    (src / "a" / "ln").symlink_to("/etc/passwd")
+    events: list[dict[str, object]] = []
+    n, total = ship_files(src, lambda kind, payload: events.append(payload) or 0, 1 << 30, chunk_for(64 * 1024))
+    assert (n, total) == (3, sum(len(d) for d in files.values()))
+    assert all(len(orjson.dumps(e)) < 64 * 1024 for e in events)
+    for e in events:
+        assert "error" not in receive(tmp_path, "s3", e)
+    work = tmp_path / "s3" / "work"
+    assert {p.relative_to(work).as_posix(): p.read_bytes() for p in work.rglob("*") if p.is_file()} == files
