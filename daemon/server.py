@@ -444,7 +444,7 @@ class Daemon:
                     continue
                 run = self.supervisor.running.get(sid)
                 self._reply(control, identity, req_id, {"session": sid, "name": payload.get("name"),
-                                                        "pid": run.pid if run else None})
+                                                        "pid": run.pid if run and run.pid > 0 else None})
             elif note[0] == "refused":
                 _, (identity, req_id), code, message = note
                 self._deferred.pop(req_id, None)

@@ -195,8 +195,8 @@ class Start(Request):
                            {"session": sid})
         stored = d.store.session(sid)
         run = d.supervisor.running.get(sid)
-        return {"session": sid, "name": stored["name"] if stored else name, "pid": run.pid if run else None,
-                "replayed": True}
+        return {"session": sid, "name": stored["name"] if stored else name,
+                "pid": run.pid if run and run.pid > 0 else None, "replayed": True}
 
     def _remember(self, key: str, sid: str, digest: str, name: str) -> None:
         pending = self.daemon.idempotent_starts
