@@ -70,6 +70,8 @@ class Config:
     policy: list[dict[str, Any]] = field(default_factory=list)
     #: [sandbox]: how code that agents execute is confined
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    #: [launcher]: kind ("template" | "ray"), address ("auto" | "ray://..."), runner_listen, advertise, node_dir
+    launcher: dict[str, Any] = field(default_factory=dict)
 
     @property
     def retention_seconds(self) -> float | None:
@@ -220,6 +222,28 @@ def _max_output(value: Any) -> int | None:
     return value
 
 
+LAUNCHER_KEYS = {"kind": str, "address": str, "runner_listen": str, "advertise": str, "node_dir": str,
+                 "ship_max_bytes": int}
+
+
+def _check_launcher(path: Path, section: Any) -> dict[str, Any]:
+    """``[launcher]``: which launcher runs sessions by default, and where the Ray cluster is."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [launcher] must be a table")
+    for key, value in section.items():
+        kind = LAUNCHER_KEYS.get(key)
+        if kind is None:
+            raise ConfigError(f"{path}: unknown [launcher] setting {key!r} (known: {sorted(LAUNCHER_KEYS)})")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(f"{path}: [launcher] {key} must be a {kind.__name__}")
+    if section.get("kind", "template") not in ("template", "ray"):
+        raise ConfigError(f"{path}: [launcher] kind must be \"template\" or \"ray\", not {section['kind']!r}")
+    listen = section.get("runner_listen")
+    if listen is not None and not (listen.startswith("tcp://") and listen.rpartition(":")[2].isdigit()):
+        raise ConfigError(f"{path}: [launcher] runner_listen must be tcp://HOST:PORT (port 0: any free port)")
+    return dict(section)
+
+
 def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
     """Build the config: defaults -> config files (user's, then home's) -> environment -> overrides."""
     layout = layout_for(home)
@@ -232,16 +256,18 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     agents: dict[str, dict[str, Any]] = {}
     sandbox: dict[str, Any] = {}
     policies: list[list[dict[str, Any]]] = []
+    launcher: dict[str, Any] = {}
     for path in config_files(layout):
         if not path.exists():
             continue
         data = _read_toml(path)
         unknown_sections = set(data) - {"daemon", "models", "prices", "mcp", "telemetry", "agents", "sandbox",
-                                        "policy"}
+                                        "policy", "launcher"}
         if unknown_sections:
             raise ConfigError(f"{path}: unknown sections {sorted(unknown_sections)} "
-                              "(known: daemon, models, prices, mcp, telemetry, agents, sandbox, policy)")
+                              "(known: daemon, models, prices, mcp, telemetry, agents, sandbox, policy, launcher)")
         policies.append(_check_policy(path, data.get("policy", [])))
+        launcher.update(_check_launcher(path, data.get("launcher", {})))
         sandbox.update(_check_sandbox(path, data.get("sandbox", {})))
         section = data.get("daemon", {})
         unknown = set(section) - known
@@ -263,6 +289,7 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     if len(policies) > 1:  # names must stay unique across the files too (decisions name the rule)
         _check_policy(Path("config.toml"), values["policy"])
     values.setdefault("sandbox", SandboxSettings(**sandbox))
+    values.setdefault("launcher", launcher)
     for env, key in _ENV.items():
         if os.environ.get(env):
             values[key] = os.environ[env]

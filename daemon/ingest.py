@@ -24,6 +24,7 @@ import structlog
 import zmq
 
 from labd.daemon.outputcap import OutputCaps, stored_cap
+from labd.daemon.shipped import receive as receive_shipped
 from labd.daemon.spools import remove_spool, spool_of, spooled_events
 from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
 from labd.ipc.signing import derive_key
@@ -595,6 +596,8 @@ class Ingest(threading.Thread):
                changes: RowChanges, pub: dict[str, list[list[Any]]], notes: list[tuple[Any, ...]],
                ended: set[str]) -> None:
         seq = cur.last_seq + 1
+        if kind == "file.shipped":  # a remote runner's file: the bytes go to the work directory, not the store
+            payload = receive_shipped(self.sessions_dir, cur.id, payload)
         payload = take_blobs(cur.id, seq, ts, payload, changes)  # full-fidelity texts -> blobs table
         text = orjson.dumps(payload, default=repr).decode()  # first: a TypeError here has changed nothing
         if kind in PROJECTED:

@@ -36,6 +36,8 @@ class ExitInfo:
     pid: int
     exit_code: int | None
     signal: int | None
+    #: set when the runner was lost rather than ended (a remote launcher: its actor or node died, and why)
+    reason: str | None = None
 
 
 def signal_group(pid: int, sig: int) -> bool:

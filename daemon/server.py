@@ -197,7 +197,8 @@ class Daemon:
         # The template (and so every runner) starts without secrets in its environment: code a session
         # runs cannot find them in os.environ nor in /proc/<pid>/environ. Runners get them in their spec.
         clean_env, self.secrets = split_secrets(dict(os.environ), cfg.secret_env)
-        self.launcher = TemplateLauncher(env=clean_env, preload=cfg.preload)
+        self.launcher = _launchers(cfg, TemplateLauncher(env=clean_env, preload=cfg.preload), clean_env,
+                                   self.info.runners)
         self.launcher.start()
         self.supervisor = Supervisor(self.launcher, self.monitor, self.post_event, self.send_runner,
                                      cfg.term_grace)
@@ -265,6 +266,11 @@ class Daemon:
                     tfd = self.launcher.fileno()
                     if tfd is not None:
                         poller.register(tfd, zmq.POLLIN)
+                for note in self.launcher.drain_notes():  # a remote launcher's node monitors (limits, samples)
+                    if note[0] == "event":
+                        self.post_event(note[1], note[2], note[3])
+                    else:
+                        self.supervisor.on_note(note)
                 for info in self.launcher.drain_exits():
                     self.supervisor.on_exit(info)
                 self.supervisor.tick()
@@ -440,7 +446,7 @@ class Daemon:
                     continue
                 run = self.supervisor.running.get(sid)
                 self._reply(control, identity, req_id, {"session": sid, "name": payload.get("name"),
-                                                        "pid": run.pid if run else None})
+                                                        "pid": run.pid if run and run.pid > 0 else None})
             elif note[0] == "refused":
                 _, (identity, req_id), code, message = note
                 self._deferred.pop(req_id, None)
@@ -476,6 +482,16 @@ def _start_telemetry(cfg: Config, engine: Any, home: Path) -> Any:
                             interval=float(tel.get("interval", 2.0)), headers=headers or None)
     exporter.start()
     return exporter
+
+
+def _launchers(cfg: Config, local: TemplateLauncher, env: dict[str, str], runners: str) -> Any:
+    """The template launcher, with the Ray launcher beside it when ``[launcher]`` names a Ray cluster."""
+    from labd.daemon.ray_launcher import Launchers, RayLauncher
+
+    settings = cfg.launcher
+    if settings.get("kind") != "ray" and not settings.get("address"):
+        return Launchers(local)
+    return Launchers(local, RayLauncher(cfg.home, runners, cfg.max_message, settings, env=env))
 
 
 def _start_gateway(cfg: Config, info: ConnectionInfo) -> Any:

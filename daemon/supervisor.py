@@ -106,8 +106,12 @@ class Supervisor:
         pid, create_time = self.launcher.launch(spec)
         run = Running(sid, pid, create_time, limits, time.time())
         self.running[sid] = run
-        self.post(sid, "session.launched", {"pid": pid, "create_time": create_time, "launcher": "template"})
-        self.monitor.watch(sid, pid, limits, run.started)
+        # A remote launcher's handle is no local process: recorded as pid 0, watched by its node's monitor
+        remote = bool(getattr(self.launcher, "is_remote", lambda _pid: False)(pid))
+        kind = getattr(self.launcher, "kind_of", lambda _pid: "template")(pid)
+        self.post(sid, "session.launched", {"pid": 0 if remote else pid, "create_time": create_time, "launcher": kind})
+        if not remote:
+            self.monitor.watch(sid, pid, limits, run.started)
         self.log.info("session launched", session_id=sid, pid=pid)
         return run
 
@@ -122,8 +126,8 @@ class Supervisor:
             self.post(sid, "session.adopted", {"pid": pid})
             self.log.info("runner adopted", session_id=sid, pid=pid)
             return True
-        if not pid:
-            why = "the runner was never started"
+        if not pid:  # pid 0: never started, or started by a remote launcher (Ray), whose actors end with the driver
+            why = "no local runner to adopt (never started, or it ran on a Ray node)"
             self.post(sid, "session.ended", {"status": "lost", "reason": why, "ended_by": "vanished"})
             self.log.warning("session lost", session_id=sid, reason=why)
             return False
@@ -221,11 +225,13 @@ class Supervisor:
         # Processes the workflow left behind in the session's group go with it (SIGTERM, then SIGKILL).
         if self.launcher.signal(run.pid, signal.SIGTERM):
             self._leftovers[run.pid] = time.monotonic() + LEFTOVER_GRACE_S
-        payload: dict[str, Any] = {"ended_by": run.step or "exit"}
+        payload: dict[str, Any] = {"ended_by": run.step or ("lost" if info.reason else "exit")}
         if info.exit_code is not None:
             payload["exit_code"] = info.exit_code
         if info.signal is not None:
             payload["signal"] = info.signal
+        if info.reason:  # lost, not ended (a remote runner's actor or node died): the launcher says why
+            payload["lost_reason"] = info.reason
         self.post(sid, "session.ended", payload)
         self.log.info("session ended", session_id=sid, **payload)
 

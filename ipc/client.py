@@ -152,7 +152,7 @@ class Client:
               pythonpath: list[str] | None = None, agents: dict[str, str] | None = None,
               procs: int | None = None, priority: int | None = None,
               tags: dict[str, str] | None = None, network: bool | None = None,
-              idempotency_key: str | None = None, retries: int = 1,
+              placement: dict[str, Any] | None = None, idempotency_key: str | None = None, retries: int = 1,
               policy: list[dict[str, Any]] | None = None, max_output: str | int | None = None) -> str:
         """Start a session; returns its id. Limits accept numbers or strings (``512M``, ``50%``, ``1h``);
         ``budget`` is USD of LLM usage, ``budget_action`` stop (default) or pause; ``tags`` label the session
@@ -167,6 +167,8 @@ class Client:
         e.g. from :func:`labd.ipc.policy.load_file`), evaluated after the daemon's. ``max_output`` caps the
         captured stdout+stderr kept (``"10M"``, bytes, or ``"none"``; default: the daemon's ``max_output``);
         past it output is dropped and ``output.truncated`` recorded.
+        ``placement``: where it runs -- ``{"on": "ray", "gpus": 1, "resources": {"big_node": 1}}`` puts it in its
+        own actor on the daemon's Ray cluster (``cpu`` and ``memory`` are then the actor's request too).
 
         Every call carries an idempotency key (``idempotency_key``, else a fresh random one) and is retried
         ``retries`` times with the same key when no reply comes in time: the daemon returns the session the
@@ -188,6 +190,8 @@ class Client:
             body["network"] = network
         if policy:
             body["policy"] = policy
+        if placement is not None:  # {"on": "ray"|"local", "gpus": n, "resources": {name: amount}}
+            body["placement"] = placement
         return self._start(body, idempotency_key, retries)
 
     def _start(self, body: dict[str, Any], idempotency_key: str | None, retries: int) -> str:

@@ -40,6 +40,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                         "limits": (dict, True), "workdir": (str, True), "tags": (dict, False),
                         "payload": (str, False),  # a submitted function's pickle (base64)
                         "sys_path": (list, False),  # the client's cwd + PYTHONPATH, first on the runner's sys.path
+                        "placement": (dict, False),  # Ray launcher: {on: "ray", gpus, resources}
                         "agents": (dict, False),  # --agent overrides {role asked for: role used}
                         "skill": (dict, False),  # started from a skill: {name, version, origin_session}
                         "policy": (list, False),  # the session's own policy rules (labd run --policy FILE)
@@ -56,7 +57,10 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                          "result": (ANY, False)},  # runner: what the workflow did
     "session.stopping": {"by": (str, True), "reason": (str, True), "step": (str, True)},
     "session.ended": {"status": (str, False), "reason": (str, False), "exit_code": (int, False),
-                      "signal": (int, False), "ended_by": (str, True)},
+                      "signal": (int, False), "ended_by": (str, True), "lost_reason": (str, False)},
+    # Ray launcher: where a session's actor runs (node id, address, the runner's pid there, its work directory)
+    "session.placed": {"node": (str, True), "ip": (str, True), "pid": (int, True), "workdir": (str, True),
+                       "actor": (str, False), "hostname": (str, False), "actor_pid": (int, False)},
     "session.adopted": {"pid": (int, True)},
     # output
     "output": {"stream": (str, True), "text": (str, True)},
@@ -141,6 +145,10 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     # a file that was in the work directory at the previous scan and is gone (sha256: its last content)
     "file.deleted": {"path": (str, True), "sha256": (str, True), "kind": (str, True), "agent": (str, False),
                      "tool": (str, False), "ambiguous": (bool, False), "candidates": (list, False)},
+    # a remote runner's work-directory file, shipped back in chunks at the end (Ray launcher; the daemon keeps the
+    # bytes in its copy of the work directory and stores the event without ``data``)
+    "file.shipped": {"path": (str, True), "size": (int, True), "sha256": (str, True), "offset": (int, True),
+                     "data": (str, False), "last": (bool, True), "bytes": (int, False), "error": (str, False)},
     # approvals: requested by the runner, resolved by the daemon (a client's answer or the timeout policy)
     "approval.requested": {"approval_id": (str, True), "kind": (str, True), "prompt": (str, True),
                            "options": (list, True), "context": (ANY, False), "timeout": (NUM, False),
@@ -170,7 +178,7 @@ KIND_VERSION = {kind: 1 for kind in SCHEMAS}
 #: kinds only the daemon may record (lifecycle facts a runner cannot know); from a runner they are rejected
 DAEMON_KINDS = frozenset({"session.created", "session.queued", "session.launched", "session.stopping", "session.ended",
                           "session.adopted", "session.pause_requested", "limit.exceeded", "resource.sample",
-                          "event.rejected", "approval.resolved", "session.continued"})
+                          "event.rejected", "approval.resolved", "session.continued", "session.placed"})
 
 #: kinds that must carry a node_id
 _NEEDS_NODE = frozenset({"step.started", "step.finished", "step.planned", "agent.turn.started",

@@ -61,8 +61,11 @@ class Channel:
 
     def __init__(self, endpoint: str, key: bytes, session_id: str, *, max_unacked: int = 200_000,
                  hello: Callable[[], dict[str, Any]] | None = None, max_message: int | None = None,
-                 spool: str | os.PathLike[str] | None = None, first_seq: int = 1) -> None:
+                 spool: str | os.PathLike[str] | None = None, first_seq: int = 1,
+                 curve: dict[str, str] | None = None) -> None:
         self.endpoint = endpoint
+        #: a runner on another machine (Ray launcher): CurveZMQ keys (Z85), the daemon's public key pinned
+        self._curve = curve
         self.session_id = session_id
         self._codec = Codec(key) if max_message is None else Codec(key, max_message=max_message)
         self._hello = hello or dict
@@ -163,6 +166,10 @@ class Channel:
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.RECONNECT_IVL, 50)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if self._curve:  # before connect: the handshake authenticates us and the daemon (docs/protocol.md)
+            sock.curve_serverkey = self._curve["server_public"].encode()
+            sock.curve_publickey = self._curve["public"].encode()
+            sock.curve_secretkey = self._curve["secret"].encode()
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         sock.connect(self.endpoint)  # the pipe exists at once: messages queue until the connection is up
         with self._lock:

@@ -126,7 +126,7 @@ def run_session(spec: dict[str, Any]) -> int:
                       # beside the work directory, not in it: the work directory is the agent's to write
                       spool=spec.get("spool") or workdir.parent / "events.spool",
                       # a resumed session's new runner continues its predecessor's sequence (exactly-once ingest)
-                      first_seq=int((seed or {}).get("first_seq") or 1))
+                      first_seq=int((seed or {}).get("first_seq") or 1), curve=spec.get("curve"))
     emit = channel.emit
     if seed_text is not None:  # labd replay: answers from the record, and steps checked against it
         from labd.runner import replay
@@ -240,6 +240,10 @@ def run_session(spec: dict[str, Any]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     capture.close()
     files.scan(None)  # whatever the workflow left outside any step
+    if spec.get("ship_files"):  # a remote runner (Ray): the daemon gets the work directory's files over the channel
+        from labd.runner.ship import chunk_for, ship_files
+
+        ship_files(workdir, emit, int(spec["ship_files"]), chunk_for(spec.get("max_message")))
     try:
         emit("session.finished", {"outcome": outcome, **extra})
     except PayloadError as exc:  # a result nested too deeply to record: the outcome still is

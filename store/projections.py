@@ -118,7 +118,8 @@ def finalize(cur: SessionCursor, payload: dict[str, Any]) -> None:
     elif code is not None:
         status, reason = "failed", f"runner exited with code {code} before reporting an outcome"
     else:
-        status, reason = "lost", "runner process vanished without reporting an outcome"
+        # lost_reason: what the launcher knows (a Ray actor or node that died, and why)
+        status, reason = "lost", payload.get("lost_reason") or "runner process vanished without reporting an outcome"
     payload["status"], payload["reason"] = status, reason
 
 

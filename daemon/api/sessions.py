@@ -219,8 +219,8 @@ class Start(Request):
                            {"session": sid})
         stored = d.store.session(sid)
         run = d.supervisor.running.get(sid)
-        return {"session": sid, "name": stored["name"] if stored else name, "pid": run.pid if run else None,
-                "replayed": True}
+        return {"session": sid, "name": stored["name"] if stored else name,
+                "pid": run.pid if run and run.pid > 0 else None, "replayed": True}
 
     def _remember(self, key: str, sid: str, digest: str, name: str) -> None:
         pending = self.daemon.idempotent_starts
@@ -266,6 +266,7 @@ class Start(Request):
         network = self.arg("network", (bool, str), d.cfg.sandbox.network,
                            check=lambda v: isinstance(v, bool) or v in ("on", "off"), hint="on or off")
         network = network is True or network == "on"
+        placement = _placement(self)  # where it runs: None (here) or a Ray resource request
         _, overrides = _roles(self)  # checked now; the runner gets the registry as it is at launch
         policy = session_rules(self)  # the session's own rules (labd run --policy FILE), validated
         # A function sent with Client.submit: its pickle travels in `payload`, is recorded in session.created
@@ -319,6 +320,8 @@ class Start(Request):
             self.prepare(sid)
         if tags:
             created["tags"] = tags
+        if placement:
+            created["placement"] = placement
         sandbox = d.sandbox_spec(sid, network)  # what confines the code its agents run: recorded on the session
         created["sandbox"] = {k: sandbox[k] for k in ("level", "mechanism", "reasons", "network")} | {
             "runner": d.runner_confinement}
@@ -326,8 +329,18 @@ class Start(Request):
         d.supervisor.submit(queue.entry(sid, workflow, _run_params(d, params, payload), limits, str(workdir),
                                         priority, time.time(),
                                         extra={"name": name, "sys_path": path, "agent_overrides": overrides,
-                                               "network": network, "policy": policy}))
+                                               "network": network, "policy": policy,
+                                               "placement": placement}))
         return DEFERRED
+
+
+def _placement(req: Any) -> dict[str, Any] | None:
+    from labd.daemon.ray_launcher import PlacementError, placement_from
+
+    try:
+        return placement_from(req.body, str(req.daemon.cfg.launcher.get("kind") or "template"))
+    except PlacementError as exc:
+        raise ApiError("bad_request", str(exc)) from None
 
 
 def _run_params(d: Any, params: dict[str, Any], payload: str | None) -> dict[str, Any]:
@@ -379,7 +392,8 @@ def requeue(d: Any) -> int:
             Limits.from_dict(row["limits"]), row["workdir"], priority, row["created_at"],
             extra={"name": row["name"], "sys_path": c.get("sys_path") or [],
                    "agent_overrides": c.get("agents") or {}, "policy": c.get("policy") or [],
-                   "network": bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network))}))
+                   "network": bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network)),
+                   "placement": c.get("placement")}))
     return len(rows)
 
 

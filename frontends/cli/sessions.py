@@ -115,12 +115,33 @@ def read_policy(path: str) -> list[dict[str, Any]]:
     return tables
 
 
+def placement_from(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--on ray --gpus 1 --resource big_node=1`` -> the ``placement`` of session.start (None: the default)."""
+    resources: dict[str, float] = {}
+    for item in args.resource or []:
+        key, sep, value = item.partition("=")
+        try:
+            resources[key.strip()] = float(value)
+        except ValueError:
+            raise CliError(f"--resource takes NAME=AMOUNT (e.g. big_node=1), not {item!r}") from None
+        if not sep or not key.strip():
+            raise CliError(f"--resource takes NAME=AMOUNT (e.g. big_node=1), not {item!r}")
+    if args.on is None and args.gpus is None and not resources:
+        return None
+    out: dict[str, Any] = {"on": args.on or "ray"}
+    if args.gpus is not None:
+        out["gpus"] = args.gpus
+    if resources:
+        out["resources"] = resources
+    return out
+
+
 def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
     limits = limits_from(args)
     c = ctx.client()
     sid = c.start(args.workflow, name=args.name, params=parse_params(args.param), agents=parse_agents(args.agent),
                   procs=args.procs, priority=args.priority, tags=parse_tags(args.tag) or None,
-                  network=None if args.network is None else args.network == "on",
+                  network=None if args.network is None else args.network == "on", placement=placement_from(args),
                   policy=read_policy(args.policy) if args.policy else None, **limits)
     if not args.follow:
         if args.json:
@@ -336,6 +357,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--network", choices=["on", "off"],
                    help="may code the agents execute use the network (default: [sandbox] network, off)")
     s.add_argument("--priority", type=int, help="run-queue order when the daemon is at max_sessions (higher first)")
+    s.add_argument("--on", choices=["local", "ray"], help="where it runs: here, or in its own actor on the daemon's "
+                   "Ray cluster (default: [launcher] kind); with ray, --cpus and --memory are the actor's request")
+    s.add_argument("--gpus", type=float, help="with --on ray: GPUs the session's actor asks Ray for")
+    s.add_argument("--resource", action="append", default=[], metavar="NAME=N",
+                   help="with --on ray: a custom Ray resource the node must have (placement; repeat)")
     s.add_argument("--agent", action="append", default=[], metavar="ROLE=OTHER",
                    help="use registry role OTHER wherever the workflow asks for ROLE (see `labd agents`; repeat)")
     s.add_argument("--policy", metavar="FILE", help="this session's own [[policy]] rules (after the daemon's; "

@@ -1,0 +1,160 @@
+"""``python -m labd.daemon.ray_driver ADDRESS``: the Ray launcher's driver process (JSON lines on stdin/stdout).
+
+Ray is a heavy client (a core worker with its own threads, gRPC, signal handlers): it runs in this child of the
+daemon, never inside the daemon, exactly as the template launcher keeps forking out of the daemon. The daemon
+side is :class:`labd.daemon.ray_launcher.RayLauncher`. Requests (one JSON object per line on stdin):
+
+- ``{"op": "spawn", "req", "handle", "sid", "spec", "options"}``: create the session's actor
+  (:class:`labd.runner.ray_actor.SessionActor`, ``options`` = its Ray resource request) and start the runner in
+  it. Answered at once with ``{"op": "spawned", "req"}`` (or ``"error"`` when no node of the cluster could ever
+  satisfy the request); placement happens afterwards and is reported as ``{"op": "placed", "handle", ...}``.
+- ``{"op": "signal", "handle", "sig"}``: signal the runner's group on its node. A SIGKILL also kills the actor
+  (``ray.kill``) if the runner has not ended :data:`KILL_ACTOR_AFTER_S` later.
+
+Reports: ``{"op": "note", "handle", "note"}`` (the node monitor's limit breaches and samples) and
+``{"op": "exited", "handle", "exit_code", "signal", "reason"}`` -- ``reason`` set when the actor or its node was
+lost (Ray's own account of why). End of stdin: the driver exits, and Ray ends the actors it owns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from typing import Any
+
+__all__ = ["main"]
+
+POLL_S = 0.5  # the actor's long poll: notes reach the daemon at least this often
+KILL_ACTOR_AFTER_S = 3.0
+
+
+def _out(msg: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(msg) + "\n")
+    sys.stdout.flush()
+
+
+def _reason(exc: BaseException) -> str:
+    """Ray's account of an actor's death, shortened to its first meaningful line."""
+    text = str(exc).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Traceback", "ray.exceptions")):
+            return f"Ray actor lost: {line}"[:500]
+    return f"Ray actor lost: {type(exc).__name__}"
+
+
+def _feasible(ray: Any, options: dict[str, Any]) -> str | None:
+    """None if some node of the cluster has (in total) every resource asked for; else why not."""
+    want = dict(options.get("resources") or {})
+    for name, key in (("CPU", "num_cpus"), ("GPU", "num_gpus"), ("memory", "memory")):
+        if options.get(key):
+            want[name] = options[key]
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    for n in nodes:
+        have = n.get("Resources") or {}
+        if all(have.get(k, 0) >= v for k, v in want.items()):
+            return None
+    return f"no node of the Ray cluster has {want} (alive nodes: {len(nodes)})"
+
+
+def main() -> None:
+    address = sys.argv[1] if len(sys.argv) > 1 else "auto"
+    try:
+        import ray
+
+        from labd.runner.ray_actor import SessionActor
+
+        ray.init(address=address, namespace="labd", log_to_driver=False, logging_level=logging.WARNING,
+                 configure_logging=False)
+        Actor = ray.remote(max_concurrency=4)(SessionActor)  # type: ignore[call-overload]  # wait() blocks one thread; signal() needs another
+    except Exception as exc:  # noqa: BLE001 - reported to the daemon, which refuses to start
+        _out({"op": "error", "message": f"cannot connect to Ray at {address!r}: {exc}"[:1000]})
+        return
+    _out({"op": "ready", "ray": ray.__version__, "nodes": len([n for n in ray.nodes() if n.get("Alive")])})
+
+    inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            try:
+                inbox.put(json.loads(line))
+            except ValueError:
+                continue
+        inbox.put(None)
+
+    threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
+    actors: dict[int, Any] = {}
+    refs: dict[Any, tuple[int, str]] = {}  # in-flight call -> (handle, "start" | "wait")
+    kill_at: dict[int, float] = {}
+
+    def ended(handle: int, **fields: Any) -> None:
+        actor = actors.pop(handle, None)
+        kill_at.pop(handle, None)
+        for ref, (h, _) in list(refs.items()):
+            if h == handle:
+                del refs[ref]
+        _out({"op": "exited", "handle": handle, "exit_code": fields.get("exit_code"),
+              "signal": fields.get("signal"), "reason": fields.get("reason")})
+        if actor is not None:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+    while True:
+        while True:
+            try:
+                msg = inbox.get_nowait() if refs else inbox.get(timeout=0.1)
+            except queue.Empty:
+                break
+            if msg is None:
+                return  # the daemon closed our stdin: exit (Ray ends the actors this driver owns)
+            op, handle = msg.get("op"), int(msg.get("handle") or 0)
+            if op == "spawn":
+                why = _feasible(ray, msg["options"])
+                if why is not None:
+                    _out({"op": "spawned", "req": msg["req"], "error": why})
+                    continue
+                actor = Actor.options(name=f"labd-{msg['sid']}", **msg["options"]).remote(msg["sid"])
+                actors[handle] = actor
+                refs[actor.start.remote(msg["spec"])] = (handle, "start")
+                _out({"op": "spawned", "req": msg["req"]})
+            elif op == "signal" and handle in actors:
+                actors[handle].signal.remote(int(msg["sig"]))
+                if int(msg["sig"]) == 9:
+                    kill_at.setdefault(handle, time.monotonic() + KILL_ACTOR_AFTER_S)
+        if not refs:
+            continue
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0.05)
+        for ref in ready:
+            handle, what = refs.pop(ref)
+            if handle not in actors:
+                continue
+            try:
+                result = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - the actor (or its node) died: the session is lost
+                ended(handle, reason=_reason(exc))
+                continue
+            if what == "start":
+                _out({"op": "placed", "handle": handle, **result})
+            else:
+                for note in result["notes"]:
+                    _out({"op": "note", "handle": handle, "note": list(note)})
+                if result["exited"]:
+                    ended(handle, exit_code=result["exit_code"], signal=result["signal"])
+                    continue
+            refs[actors[handle].wait.remote(POLL_S)] = (handle, "wait")
+        now = time.monotonic()
+        for handle, due in list(kill_at.items()):
+            if now >= due and handle in actors:  # SIGKILL did not end it (the actor hangs): end the actor
+                ended(handle, signal=9)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    main()

@@ -1,0 +1,336 @@
+"""The Ray launcher: each session in its own Ray actor on some node of a cluster (``[launcher] kind = "ray"``).
+
+Behind the launcher seam (:class:`labd.daemon.launcher.Launcher`), with what a remote launcher adds to it:
+
+- **handles, not pids**: the supervisor keys runners by the int :meth:`launch` returns; a Ray session's is a
+  negative *handle* (never a local pid), and :meth:`Launchers.is_remote` tells the supervisor not to watch it in the
+  local process table. Where it runs is reported as a ``session.placed`` event (node, ip, pid there, work dir).
+- **liveness from the launcher**: :meth:`drain_exits` reports the runner's exit status as the actor saw it, or
+  ``reason`` when the actor or its node was lost (Ray's account) -- the session ends ``lost`` with that reason.
+- **limits from the node**: :meth:`drain_notes` yields the node monitor's notes (``limit`` breaches and
+  ``resource.sample`` events), in the formats of the local monitor's.
+
+The runner connects back over TCP with CurveZMQ (:class:`labd.daemon.runner_gateway.RunnerGateway`): a keypair per
+session, authorised for the session's lifetime, the daemon's public key pinned in the runner's spec. Ray itself runs
+in a child process (:mod:`labd.daemon.ray_driver`) spoken to in JSON lines, so the daemon never imports Ray.
+
+:class:`Launchers` routes between the template launcher and this one per session (``labd run --on ray|local``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from labd.daemon.launcher import ExitInfo, LaunchError, TemplateLauncher
+from labd.daemon.runner_gateway import RunnerGateway
+
+__all__ = ["RayLauncher", "Launchers", "placement_from", "PlacementError"]
+
+SHIP_MAX_BYTES = 1 << 30  # at most this much of a work directory is shipped back (files beyond are named)
+
+
+class PlacementError(ValueError):
+    """A ``placement`` request field labd cannot honour."""
+
+
+def placement_from(body: dict[str, Any], default_kind: str) -> dict[str, Any] | None:
+    """The ``placement`` field of ``session.start`` checked: ``{"on": "ray"|"local", "gpus", "resources"}``;
+    None for a local session. ``on`` defaults to the configured launcher kind."""
+    raw = body.get("placement")
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PlacementError("placement must be an object {on, gpus, resources}")
+    unknown = set(raw) - {"on", "gpus", "resources"}
+    if unknown:
+        raise PlacementError(f"unknown placement fields {sorted(unknown)} (known: on, gpus, resources)")
+    on = raw.get("on") or ("ray" if default_kind == "ray" else "local")
+    if on not in ("ray", "local"):
+        raise PlacementError(f"placement.on must be ray or local, not {on!r}")
+    gpus, resources = raw.get("gpus"), raw.get("resources") or {}
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int | float) or not 0 <= gpus <= 1024):
+        raise PlacementError("placement.gpus must be a number of GPUs (0-1024)")
+    if not isinstance(resources, dict) or len(resources) > 32 or not all(
+            isinstance(k, str) and 0 < len(k) <= 100 and isinstance(v, int | float) and not isinstance(v, bool)
+            and 0 <= v <= 1e9 for k, v in resources.items()):
+        raise PlacementError("placement.resources must map up to 32 resource names to amounts")
+    if on == "local":
+        if gpus or resources:
+            raise PlacementError("gpus and resources are Ray resource requests: use them with on = ray")
+        return None
+    return {"on": "ray", "gpus": gpus, "resources": resources}
+
+
+def ray_options(spec: dict[str, Any]) -> dict[str, Any]:
+    """The actor's Ray resource request: ``--cpus`` (1 by default), ``--gpus``, ``--memory``, custom resources."""
+    limits, placement = spec.get("limits") or {}, spec.get("placement") or {}
+    cpu = limits.get("cpu")
+    opts: dict[str, Any] = {"num_cpus": round(cpu / 100.0, 2) if cpu else 1}
+    if placement.get("gpus"):
+        opts["num_gpus"] = placement["gpus"]
+    if limits.get("memory"):
+        opts["memory"] = int(limits["memory"])
+    if placement.get("resources"):
+        opts["resources"] = dict(placement["resources"])
+    return opts
+
+
+class RayLauncher:
+    """Sessions as Ray actors; the Ray client runs in a driver child process."""
+
+    def __init__(self, home: Path, runners_local: str, max_message: int, settings: dict[str, Any],
+                 env: dict[str, str] | None = None, timeout: float = 60.0) -> None:
+        self.address = str(settings.get("address") or "auto")
+        self.listen = str(settings.get("runner_listen") or "tcp://0.0.0.0:0")
+        self.advertise = settings.get("advertise")
+        self.node_dir = settings.get("node_dir")
+        self.ship_max = int(settings.get("ship_max_bytes") or SHIP_MAX_BYTES)
+        self._env = dict(os.environ if env is None else env)
+        self._timeout = timeout
+        self.gateway = RunnerGateway(home, self.listen, runners_local, max_message)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._buf = b""
+        self._replies: list[dict[str, Any]] = []
+        self._exits: list[ExitInfo] = []
+        self._notes: list[tuple[Any, ...]] = []
+        self._sid: dict[int, str] = {}
+        self._next = 0
+        self._req = 0
+        self.endpoint = ""
+        self.log = structlog.get_logger("labd.ray")
+
+    def start(self) -> None:
+        self.gateway.start()
+        self.gateway.ready.wait(10)
+        if self.gateway.error is not None:
+            raise LaunchError(f"cannot listen for remote runners on {self.listen}: {self.gateway.error}")
+        host, _, port = self.gateway.endpoint[len("tcp://"):].rpartition(":")
+        if self.advertise:
+            host = str(self.advertise)
+        elif host in ("0.0.0.0", "*", ""):
+            host = socket.gethostbyname(socket.gethostname())
+        self.endpoint = f"tcp://{host}:{port}"
+        self._start_driver()
+
+    def _start_driver(self) -> None:
+        self._buf = b""
+        self._proc = subprocess.Popen([sys.executable, "-m", "labd.daemon.ray_driver", self.address],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env,
+                                      start_new_session=True, close_fds=True)
+        assert self._proc.stdout is not None  # noqa: S101 - Popen contract
+        os.set_blocking(self._proc.stdout.fileno(), False)
+        first = self._wait_for(lambda m: m.get("op") in ("ready", "error"))
+        if first is None or first["op"] == "error":
+            self._stop_driver()
+            raise LaunchError((first or {}).get("message") or f"the Ray driver did not start (address {self.address})")
+        self.log.info("Ray launcher ready", address=self.address, ray=first.get("ray"), nodes=first.get("nodes"),
+                      runner_endpoint=self.endpoint)
+
+    def fileno(self) -> int | None:
+        return self._proc.stdout.fileno() if self._proc and self._proc.stdout else None
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        if self._proc is None or self._proc.poll() is not None or self._proc.stdin is None:
+            raise LaunchError("the Ray driver is not running")
+        self._proc.stdin.write(json.dumps(msg).encode() + b"\n")
+        self._proc.stdin.flush()
+
+    def _read_available(self) -> None:
+        if self._proc is None or self._proc.stdout is None:
+            return
+        while True:
+            try:
+                chunk = os.read(self._proc.stdout.fileno(), 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self._driver_gone()
+                return
+            self._buf += chunk
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            try:
+                msg = json.loads(line)
+            except ValueError:  # something Ray printed: not ours
+                continue
+            self._on_report(msg)
+
+    def _on_report(self, msg: dict[str, Any]) -> None:
+        op, raw = msg.get("op"), msg.get("handle")
+        handle = raw if isinstance(raw, int) else 0
+        sid = self._sid.get(handle)
+        if op == "exited" and sid is not None:
+            self.gateway.revoke(sid)
+            del self._sid[handle]
+            self._exits.append(ExitInfo(handle, msg.get("exit_code"), msg.get("signal"), msg.get("reason")))
+        elif op == "placed" and sid is not None:
+            keys = ("node", "ip", "pid", "workdir", "hostname", "actor_pid")
+            info = {k: msg[k] for k in keys if msg.get(k) is not None}
+            self._notes.append(("event", sid, "session.placed", {"actor": f"labd-{sid}", **info}))
+        elif op == "note" and sid is not None:
+            note = msg["note"]
+            if note[0] == "limit":
+                self._notes.append(("limit", sid, note[1]))
+            elif note[0] == "event":
+                self._notes.append(("event", sid, note[1], note[2]))
+        elif op not in ("exited", "placed", "note"):
+            self._replies.append(msg)
+
+    def _driver_gone(self) -> None:
+        """The driver died: Ray ends the actors it owned, so every session it ran is lost, with this reason."""
+        for handle, sid in list(self._sid.items()):
+            self.gateway.revoke(sid)
+            self._exits.append(ExitInfo(handle, None, None, "the Ray driver process ended; its actors went with it"))
+        self._sid.clear()
+        if self._proc is not None:
+            self._proc.wait()
+            for pipe in (self._proc.stdin, self._proc.stdout):
+                if pipe is not None:
+                    try:
+                        pipe.close()
+                    except OSError:
+                        pass
+        self._proc = None
+
+    def _wait_for(self, pred: Any) -> dict[str, Any] | None:
+        deadline = time.monotonic() + self._timeout
+        while self._proc is not None:
+            self._read_available()
+            for i, msg in enumerate(self._replies):
+                if pred(msg):
+                    del self._replies[i]
+                    return msg
+            if time.monotonic() >= deadline or self._proc is None:
+                return None
+            fd = self.fileno()
+            if fd is not None:
+                select.select([fd], [], [], 0.2)
+        return None
+
+    def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
+        sid = spec["session_id"]
+        self._next -= 1
+        handle, self._req = self._next, self._req + 1
+        req = self._req
+        remote = {**spec, "endpoint": self.endpoint, "curve": self.gateway.authorize(sid), "ship_files": self.ship_max,
+                  "record_interval": spec.get("record_interval") or 2.0}
+        if self.node_dir:
+            remote["node_dir"] = self.node_dir
+        self._sid[handle] = sid
+        try:
+            if self._proc is None:  # the driver died (its sessions were reported lost): a new one for this session
+                self._start_driver()
+            self._send({"op": "spawn", "req": req, "handle": handle, "sid": sid, "spec": remote,
+                        "options": ray_options(spec)})
+            reply = self._wait_for(lambda m: m.get("op") == "spawned" and m.get("req") == req)
+        except (LaunchError, OSError) as exc:
+            reply = {"error": str(exc)}
+        if reply is None or reply.get("error"):
+            self._sid.pop(handle, None)
+            self.gateway.revoke(sid)
+            raise LaunchError((reply or {}).get("error") or "the Ray driver did not answer the spawn request")
+        return handle, time.time()
+
+    def inspect(self, workflow: str, params: dict[str, Any], path: list[str] | None = None) -> dict[str, Any]:
+        return {"ok": False, "code": "launch_failed", "message": "the Ray launcher does not inspect workflows"}
+
+    def drain_exits(self) -> list[ExitInfo]:
+        self._read_available()
+        exits, self._exits = self._exits, []
+        return exits
+
+    def drain_notes(self) -> list[tuple[Any, ...]]:
+        self._read_available()
+        notes, self._notes = self._notes, []
+        return notes
+
+    def signal(self, pid: int, sig: int) -> bool:
+        if pid not in self._sid:
+            return False
+        try:
+            self._send({"op": "signal", "handle": pid, "sig": int(sig)})
+        except (LaunchError, OSError):
+            return False
+        return True
+
+    def shutdown(self) -> None:
+        self._stop_driver()
+        self.gateway.stop()
+        self.gateway.join(5)
+
+    def _stop_driver(self) -> None:
+        if self._proc is not None:
+            if self._proc.stdin:
+                self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            if self._proc.stdout:
+                self._proc.stdout.close()
+            self._proc = None
+
+
+class Launchers:
+    """The daemon's launcher: the template launcher, plus the Ray launcher when one is configured; each session
+    goes to the one its spec names (``placement.on``). Ray sessions have negative handles."""
+
+    def __init__(self, local: TemplateLauncher, ray: RayLauncher | None = None) -> None:
+        self.local, self.ray = local, ray
+
+    @property
+    def template_pid(self) -> int | None:
+        return self.local.template_pid
+
+    def start(self) -> None:
+        self.local.start()
+        if self.ray is not None:
+            self.ray.start()
+
+    def fileno(self) -> int | None:
+        return self.local.fileno()
+
+    def is_remote(self, pid: int) -> bool:
+        """Whether ``pid`` is a remote launcher's handle (not a local process: not for the local monitor)."""
+        return pid < 0
+
+    def kind_of(self, pid: int) -> str:
+        return "ray" if pid < 0 else "template"
+
+    def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
+        if (spec.get("placement") or {}).get("on") == "ray":
+            if self.ray is None:
+                raise LaunchError("this daemon has no Ray launcher: set [launcher] kind = \"ray\" and address")
+            return self.ray.launch(spec)
+        return self.local.launch(spec)
+
+    def inspect(self, workflow: str, params: dict[str, Any], path: list[str] | None = None) -> dict[str, Any]:
+        return self.local.inspect(workflow, params, path)
+
+    def drain_exits(self) -> list[ExitInfo]:
+        exits = self.local.drain_exits()
+        return exits + self.ray.drain_exits() if self.ray is not None else exits
+
+    def drain_notes(self) -> list[tuple[Any, ...]]:
+        return self.ray.drain_notes() if self.ray is not None else []
+
+    def signal(self, pid: int, sig: int) -> bool:
+        if pid < 0:
+            return self.ray.signal(pid, sig) if self.ray is not None else False
+        return self.local.signal(pid, sig)
+
+    def shutdown(self) -> None:
+        self.local.shutdown()
+        if self.ray is not None:
+            self.ray.shutdown()

@@ -1,0 +1,70 @@
+"""Receiving the files a remote runner ships back (``file.shipped`` events, see :mod:`labd.runner.ship`).
+
+Ingest calls :func:`receive` for each such event before it is stored: the chunk is written into the daemon's
+copy of the session's work directory (``<sessions>/<id>/work``, where ``labd files`` and downloads read) and
+the stored event keeps everything but the bytes. A file is assembled in ``<path>.labd-part`` and renamed into
+place only when its last chunk arrived and its sha256 matches, so a reader never sees half a file. Paths are
+relative and confined to the work directory (no ``..``, no absolute path, nothing written through a symlink):
+a runner writes only into its own session's directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+__all__ = ["receive"]
+
+PART = ".labd-part"
+
+
+def _target(sessions_dir: Path, sid: str, rel: str) -> Path | None:
+    p = PurePosixPath(rel)
+    if p.is_absolute() or not p.parts or any(part in ("..", "") for part in p.parts) or "\x00" in rel:
+        return None
+    work = sessions_dir / sid / "work"
+    target = work.joinpath(*p.parts)
+    try:  # no component may be a symlink leading out
+        if not target.parent.resolve().is_relative_to(work.resolve()):
+            return None
+    except OSError:
+        return None
+    return target
+
+
+def receive(sessions_dir: Path | None, sid: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Write the chunk in ``payload`` (best effort: a failure is noted in the returned payload as ``error``);
+    return the payload to store, without ``data``."""
+    stored = {k: v for k, v in payload.items() if k != "data"}
+    if sessions_dir is None:
+        return stored
+    target = _target(sessions_dir, sid, str(payload["path"]))
+    if target is None:
+        return {**stored, "error": "refused: the path leaves the work directory"}
+    try:
+        data = base64.b64decode(str(payload.get("data") or ""), validate=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + PART)
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            if int(payload["offset"]) == 0:
+                os.ftruncate(fd, 0)
+            os.pwrite(fd, data, int(payload["offset"]))
+        finally:
+            os.close(fd)
+        stored["bytes"] = len(data)
+        if payload.get("last"):
+            h = hashlib.sha256()
+            with open(part, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            if h.hexdigest() != payload["sha256"]:
+                return {**stored, "error": "sha256 mismatch: a chunk is missing; the file was not kept"}
+            os.replace(part, target)
+    except (OSError, ValueError, binascii.Error) as exc:
+        return {**stored, "error": f"not written: {exc}"[:300]}
+    return stored

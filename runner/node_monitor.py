@@ -1,0 +1,124 @@
+"""The node-local monitor: limits of a session that runs on another machine, enforced where it runs.
+
+The daemon's monitor (:mod:`labd.daemon.monitor`) reads the local process table, so it cannot see a runner on a
+Ray node. This thread runs inside the session's Ray actor, beside the runner it started, samples the runner's
+process tree (``psutil``) and enforces the same limits with the same outcomes: over its memory or process limit
+the tree is killed at once (``action: kill``); over its wall time the daemon is told (``action: stop``) and runs
+its ordinary stop ladder. Breaches and periodic ``resource.sample`` figures are queued as *notes* in the same
+payload formats as the local monitor's; the launcher collects them and the daemon records them as
+``limit.exceeded`` / ``resource.sample`` events. CPU throttling (``--cpu``) is not done on a node: there, ``--cpus``
+is the actor's Ray resource request (scheduling), not a throttle.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import psutil
+
+__all__ = ["NodeMonitor"]
+
+
+class NodeMonitor(threading.Thread):
+    """Samples one runner's process tree; notes go to :meth:`take_notes`."""
+
+    def __init__(self, pid: int, limits: dict[str, Any], started: float, interval: float = 0.1,
+                 record_interval: float = 2.0) -> None:
+        super().__init__(name="labd-node-monitor", daemon=True)
+        self.pid, self.limits, self.started = pid, limits, started
+        self.interval, self.record_interval = interval, record_interval
+        self._lock = threading.Lock()
+        self._notes: list[tuple[Any, ...]] = []
+        self._halt = threading.Event()
+        self.peak_rss = 0
+        self.peak_cpu = 0.0
+        self._breached = self._timed_out = False
+        self._cpu: dict[int, tuple[float, float]] = {}
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def take_notes(self) -> list[tuple[Any, ...]]:
+        with self._lock:
+            notes, self._notes = self._notes, []
+        return notes
+
+    def _note(self, *note: Any) -> None:
+        with self._lock:
+            self._notes.append(note)
+
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def kill_tree(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the runner's group and every member of its tree (members may have left the group: setsid)."""
+        members = self._tree()
+        for p in members:
+            try:
+                p.send_signal(signal.SIGCONT)
+                p.send_signal(sig)
+            except psutil.Error:
+                pass
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def sample(self) -> dict[str, Any]:
+        """One reading of the tree (and the peaks so far), the local monitor's ``resource.sample`` fields."""
+        members = self._tree()
+        rss = cpu = 0.0
+        now = time.monotonic()
+        seen: dict[int, tuple[float, float]] = {}
+        for p in members:
+            try:
+                with p.oneshot():
+                    rss += p.memory_info().rss
+                    t = p.cpu_times()
+                    total = t.user + t.system
+            except psutil.Error:
+                continue
+            prev = self._cpu.get(p.pid)
+            if prev is not None and now > prev[1]:
+                cpu += (total - prev[0]) / (now - prev[1]) * 100.0
+            seen[p.pid] = (total, now)
+        self._cpu = seen
+        self.peak_rss = max(self.peak_rss, int(rss))
+        self.peak_cpu = max(self.peak_cpu, cpu)
+        return {"rss": int(rss), "rss_sum": int(rss), "cpu_percent": round(cpu, 1), "num_procs": len(members),
+                "peak_rss": self.peak_rss, "peak_cpu_percent": round(self.peak_cpu, 1)}
+
+    def run(self) -> None:
+        last_record = 0.0
+        lim = self.limits
+        while not self._halt.wait(self.interval):
+            s = self.sample()
+            if not s["num_procs"]:
+                return  # the runner is gone
+            if not self._breached and lim.get("memory") is not None and s["rss"] > lim["memory"]:
+                self._breached = True  # noted before the kill, so the breach is recorded before the exit
+                self._note("limit", {"limit": "memory", "measured": s["rss"], "max": lim["memory"], "unit": "bytes",
+                                     "action": "kill"})
+                self.kill_tree()
+            if not self._breached and lim.get("procs") is not None and s["num_procs"] > lim["procs"]:
+                self._breached = True
+                self._note("limit", {"limit": "processes", "measured": s["num_procs"], "max": lim["procs"],
+                                     "unit": "processes", "action": "kill"})
+                self.kill_tree()
+            wall = time.time() - self.started
+            if not self._timed_out and lim.get("timeout") is not None and wall > lim["timeout"]:
+                self._timed_out = True
+                self._note("limit", {"limit": "wall time", "measured": round(wall, 2), "max": lim["timeout"],
+                                     "unit": "seconds", "action": "stop"})
+            now = time.monotonic()
+            if now - last_record >= self.record_interval:
+                last_record = now
+                self._note("event", "resource.sample", s)

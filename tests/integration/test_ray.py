@@ -1,0 +1,362 @@
+"""The Ray launcher against a real local Ray cluster: ``ray start --head`` on 127.0.0.1 with 2 CPUs (a real GCS,
+raylet and worker processes, started once per test session), plus, for the node-loss test, a second ``ray start``
+worker node on the same host (a real second raylet). Not ``ray.init()`` local mode: the launcher's driver connects
+to a cluster by address, and actor death, node death and placement are what is tested.
+
+Sessions run in their own actor process, the runner connecting back over TCP with CurveZMQ; output, agent events,
+approvals and shipped files reach the daemon; a killed actor or node makes the session ``lost`` with Ray's reason
+and keeps what it delivered; the runner endpoint refuses wrong keys."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import zmq
+
+from tests.conftest import REPO, SUPPORT, DaemonProc, wait_until
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
+ray = pytest.importorskip("ray")
+
+FLOWS = '''
+import os, time
+from pathlib import Path
+
+def work(ctx) -> str:
+    for i in range(3):
+        print(f"remote line {i}", flush=True)
+    Path("out.txt").write_text("written on the node\\n")
+    Path("sub").mkdir(exist_ok=True)
+    Path("sub/blob.bin").write_bytes(bytes(range(256)) * 5000)  # 1.28 MB: three chunks
+    d = ctx.approval("choose", "Which colour?", options=["red", "green"])
+    from labd_testflows import agent_flow
+    agent_flow(ctx)
+    return d.decision
+
+def tick(ctx, n: int = 100000, delay: float = 0.05) -> int:
+    for i in range(n):
+        print(f"tick {i}", flush=True)
+        time.sleep(delay)
+    return n
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RayNode:
+    """A ``ray start --block`` process group of our own (head or worker), stopped by its group id."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        ray_bin = str(Path(sys.executable).parent / "ray")
+        self.proc = subprocess.Popen([ray_bin, "start", "--block", "--disable-usage-stats", *args], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.output: list[str] = []
+        self.up = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            text = line.decode(errors="replace")
+            self.output.append(text)
+            if "Ray runtime started" in text:
+                self.up.set()
+
+    def wait_up(self) -> None:
+        wait_until(lambda: self.up.is_set() or self.proc.poll() is not None, timeout=90, interval=0.1,
+                   what="ray start")
+        assert self.up.is_set(), "".join(self.output[-30:])
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[dict[str, object]]:
+    """A one-node Ray cluster (2 CPUs) on loopback for the whole test session; a short temp dir (Unix sockets)."""
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    port = _free_port()
+    env = {**os.environ, "HOME": temp, "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)]),
+           # node death is noticed in ~2 s instead of Ray's default ~15 s
+           "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
+           "RAY_health_check_initial_delay_ms": "500"}
+    env.pop("XDG_RUNTIME_DIR", None)
+    head = RayNode(["--head", "--num-cpus", "2", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--temp-dir", temp, "--include-dashboard", "false", "--resources", '{"head": 1}'], env)
+    try:
+        head.wait_up()
+        yield {"address": f"127.0.0.1:{port}", "env": env, "temp": temp}
+    finally:
+        head.stop()
+        subprocess.run(["rm", "-rf", temp], check=False)
+
+
+@pytest.fixture(scope="module")
+def ray_daemon(ray_cluster: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
+    """One daemon for the module, its launcher on the cluster; its runtime dir fixed so every test reaches it."""
+    base = tmp_path_factory.mktemp("raydaemon")
+    home, runtime = base / "home", Path(tempfile.mkdtemp(prefix="lr", dir="/tmp"))
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[launcher]\nkind = "ray"\naddress = "{ray_cluster["address"]}"\nrunner_listen = "tcp://127.0.0.1:0"\n'
+        f'node_dir = "{base / "node"}"\n')
+    (base / "flows.py").write_text(FLOWS)
+    d = DaemonProc(home, extra_env={"XDG_RUNTIME_DIR": str(runtime), "LABD_HOME": str(home),
+                                    "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)])})
+    d.flows = base / "flows.py"  # type: ignore[attr-defined]
+    d.runtime = runtime  # type: ignore[attr-defined]
+    with pytest.MonkeyPatch.context() as mp:  # the daemon's readiness is checked through its own runtime dir
+        mp.setenv("XDG_RUNTIME_DIR", str(runtime))
+        d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        subprocess.run(["rm", "-rf", str(runtime)], check=False)
+
+
+@pytest.fixture
+def rc(ray_daemon: DaemonProc, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """A client of the module's daemon (the test's own runtime dir is replaced by the daemon's)."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(ray_daemon.runtime))  # type: ignore[attr-defined]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), str(REPO)]))
+    c = ray_daemon.client(timeout=30)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def _events(c: object, sid: str, kinds: list[str] | None = None) -> list[dict[str, object]]:
+    return list(c.history(sid, kinds=kinds))  # type: ignore[attr-defined]
+
+
+def _ended(c: object, sid: str, timeout: float = 60) -> dict[str, object]:
+    return wait_until(lambda: (s := c.session(sid)) and s["status"] in ("completed", "failed", "cancelled", "lost")  # type: ignore[attr-defined]
+                      and s, timeout=timeout, interval=0.1, what=f"session {sid} ended")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _placed(c: object, sid: str) -> dict[str, object]:
+    ev = wait_until(lambda: _events(c, sid, ["session.placed"]), timeout=60, interval=0.1, what="session.placed")
+    return ev[0]["payload"]  # type: ignore[no-any-return]
+
+
+def test_session_in_actor_output_agents_approval_files(ray_daemon: DaemonProc, rc: object) -> None:
+    """A session started with the Ray launcher runs in an actor process (not a child of the daemon), in a work
+    directory on the node; its output, agent events and approval go through the TCP+CURVE channel, the client's
+    answer reaches it, and at the end its files are shipped back byte for byte where `labd files` looks."""
+    c = rc
+    sid = c.start(f"{ray_daemon.flows}:work")  # type: ignore[attr-defined]
+    placed = _placed(c, sid)
+    assert placed["workdir"] != str(ray_daemon.home / "sessions" / sid / "work")
+    assert placed["node"] and placed["pid"] > 0
+    ap = wait_until(lambda: _events(c, sid, ["approval.requested"]), timeout=60, interval=0.1, what="approval")
+    assert ap[0]["payload"]["options"] == ["red", "green"]
+    c.resolve(sid, "green")  # type: ignore[attr-defined]
+    s = _ended(c, sid)
+    assert s["status"] == "completed", s
+    evs = _events(c, sid)
+    launched = next(e for e in evs if e["kind"] == "session.launched")
+    assert launched["payload"]["launcher"] == "ray"
+    out = "".join(e["payload"]["text"] for e in evs if e["kind"] == "output")
+    assert "remote line 0" in out and "remote line 2" in out
+    kinds = {e["kind"] for e in evs}
+    assert {"agent.turn.started", "agent.turn.finished", "file.shipped"} <= kinds, kinds
+    finished = next(e for e in evs if e["kind"] == "session.finished")
+    assert finished["payload"]["result"] == "green"
+    work = ray_daemon.home / "sessions" / sid / "work"
+    blob = bytes(range(256)) * 5000
+    assert (work / "out.txt").read_text() == "written on the node\n"
+    assert hashlib.sha256((work / "sub" / "blob.bin").read_bytes()).digest() == hashlib.sha256(blob).digest()
+    files = {f["path"] for f in c.files(sid)}  # type: ignore[attr-defined]
+    assert {"out.txt", "sub/blob.bin"} <= files
+    shipped = [e["payload"] for e in evs if e["kind"] == "file.shipped"]
+    assert all("data" not in p and "error" not in p for p in shipped)  # bytes on disk, not in the store
+
+
+def test_actor_killed_session_lost_delivered_kept(ray_daemon: DaemonProc, rc: object) -> None:
+    """Killing the session's actor process (SIGKILL, as an OOM killer or a crash would) ends the session `lost`
+    with Ray's reason within seconds; every output line it had delivered is still there, gap-free."""
+    c = rc
+    sid = c.start(f"{ray_daemon.flows}:tick")  # type: ignore[attr-defined]
+    placed = _placed(c, sid)
+    wait_until(lambda: len(_events(c, sid, ["output"])) >= 5, timeout=60, interval=0.1, what="some output")
+    seen = [e["payload"]["text"] for e in _events(c, sid, ["output"])]
+    os.kill(int(placed["actor_pid"]), signal.SIGKILL)
+    t0 = time.monotonic()
+    s = _ended(c, sid, timeout=60)
+    took = time.monotonic() - t0
+    assert s["status"] == "lost", s
+    ended = _events(c, sid, ["session.ended"])[0]["payload"]
+    assert "Ray actor lost" in ended["reason"], ended
+    kept = "".join(e["payload"]["text"] for e in _events(c, sid, ["output"]))
+    assert "".join(seen) in kept
+    ticks = [int(line.split()[1]) for line in kept.splitlines() if line.startswith("tick ")]
+    assert ticks == list(range(len(ticks)))  # nothing it delivered is missing
+    print(f"actor kill -> session lost: {took:.2f}s")
+    # the runner did not outlive its actor (parent-death signal): it stops writing
+    wait_until(lambda: _gone(int(placed["pid"])), timeout=10, what="runner gone")
+
+
+def test_stop_and_kill_through_ray(ray_daemon: DaemonProc, rc: object) -> None:
+    """`labd pause`/`resume` and `labd stop` reach a remote runner cooperatively (over its channel): paused, running
+    again, then cancelled; `labd kill` goes through
+    the actor (SIGKILL to the runner's group on its node). Both end `cancelled` (stopped by the client), the
+    second with the sigkill rung as the one that ended it."""
+    c = rc
+    a = c.start("labd_testflows:ticker", params={"n": 100000, "delay": 0.05})  # type: ignore[attr-defined]
+    b = c.start(f"{ray_daemon.flows}:tick")  # type: ignore[attr-defined]
+    for sid in (a, b):
+        wait_until(lambda sid=sid: _events(c, sid, ["output"]), timeout=60, interval=0.1, what="output")
+    c.pause(a)  # type: ignore[attr-defined]  # over the channel: at its next step boundary
+    wait_until(lambda: c.session(a)["status"] == "paused", timeout=30, interval=0.1, what="paused")  # type: ignore[attr-defined]
+    c.resume(a)  # type: ignore[attr-defined]
+    wait_until(lambda: c.session(a)["status"] == "running", timeout=30, interval=0.1, what="resumed")  # type: ignore[attr-defined]
+    c.stop(a)  # type: ignore[attr-defined]
+    c.kill(b)  # type: ignore[attr-defined]
+    sa, sb = _ended(c, a), _ended(c, b)
+    assert sa["status"] == "cancelled", sa
+    ended = _events(c, b, ["session.ended"])[0]["payload"]
+    assert sb["status"] == "cancelled" and ended["ended_by"] == "sigkill" and ended.get("signal") == 9, ended
+
+
+@pytest.fixture
+def worker_node(ray_cluster: dict[str, object]) -> Iterator[RayNode]:
+    """A second Ray node (a second raylet, 1 CPU, custom resource ``spare``) joined to the cluster on this host."""
+    node = RayNode(["--address", str(ray_cluster["address"]), "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
+                    "--resources", '{"spare": 1}'], ray_cluster["env"])  # type: ignore[arg-type]
+    try:
+        node.wait_up()
+        yield node
+    finally:
+        node.stop()
+
+
+def test_node_lost_session_lost(ray_daemon: DaemonProc, rc: object, worker_node: RayNode) -> None:
+    """A session placed by a custom resource on a second node is lost with Ray's reason when that node dies
+    (its raylet and workers SIGKILLed); what it delivered before is kept."""
+    c = rc
+    sid = c.start(f"{ray_daemon.flows}:tick", placement={"on": "ray", "resources": {"spare": 1}})  # type: ignore[attr-defined]
+    placed = _placed(c, sid)
+    wait_until(lambda: len(_events(c, sid, ["output"])) >= 3, timeout=60, interval=0.1, what="some output")
+    seen = "".join(e["payload"]["text"] for e in _events(c, sid, ["output"]))
+    worker_node.kill()
+    t0 = time.monotonic()
+    s = _ended(c, sid, timeout=90)
+    print(f"node kill -> session lost: {time.monotonic() - t0:.2f}s (placed on node {placed['node']})")
+    assert s["status"] == "lost", s
+    assert "Ray actor lost" in _events(c, sid, ["session.ended"])[0]["payload"]["reason"]
+    assert seen in "".join(e["payload"]["text"] for e in _events(c, sid, ["output"]))
+
+
+def test_limits_enforced_on_node(ray_daemon: DaemonProc, rc: object) -> None:
+    """A remote session over its memory limit is killed by the node-local monitor in its actor, and one over its
+    wall time is stopped by the daemon's ladder on the monitor's note: the same limit.exceeded events (memory /
+    kill, wall time / stop) as for local sessions."""
+    c = rc
+    mem = c.start("labd_testflows:memory_hog", params={"mb": 600}, memory="150M")  # type: ignore[attr-defined]
+    slow = c.start(f"{ray_daemon.flows}:tick", timeout=2, placement={"on": "ray"})  # type: ignore[attr-defined]
+    s = _ended(c, mem)
+    assert s["status"] == "failed", s
+    lim = _events(c, mem, ["limit.exceeded"])
+    assert lim and lim[0]["payload"]["limit"] == "memory" and lim[0]["payload"]["action"] == "kill", lim
+    s = _ended(c, slow)
+    lim = _events(c, slow, ["limit.exceeded"])
+    assert lim and lim[0]["payload"]["limit"] == "wall time" and lim[0]["payload"]["action"] == "stop", lim
+    assert s["status"] in ("failed", "cancelled") and "wall time" in str(s.get("reason")), s
+
+
+def test_cli_placement_and_infeasible_request(ray_daemon: DaemonProc, rc: object) -> None:
+    """`labd run --on ray --gpus 8` asks Ray for 8 GPUs; no node of the cluster has them, so the session fails at
+    launch with the reason instead of waiting forever in Ray's queue. `--on local --gpus 1` is refused as a bad
+    request (GPUs are a Ray resource request)."""
+    c = rc
+    env = {**os.environ}
+
+    def labd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "labd", "--home", str(ray_daemon.home), *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    run = labd("run", f"{ray_daemon.flows}:tick", "--on", "ray", "--gpus", "8", "--resource", "head=1")
+    assert run.returncode == 0, run.stderr
+    sid = run.stdout.strip()
+    s = _ended(c, sid)
+    assert s["status"] == "failed" and "no node of the Ray cluster" in str(s.get("reason")), s
+    created = _events(c, sid, ["session.created"])[0]["payload"]
+    assert created["placement"] == {"on": "ray", "gpus": 8.0, "resources": {"head": 1.0}}
+    bad = labd("run", f"{ray_daemon.flows}:tick", "--on", "local", "--gpus", "1")
+    assert bad.returncode != 0 and "Ray resource requests" in bad.stderr, bad
+
+
+def test_runner_endpoint_refuses_wrong_curve_key(ray_daemon: DaemonProc) -> None:
+    """The TCP runner endpoint completes no handshake with a client whose key the daemon did not issue, nor with
+    a plain (unencrypted) TCP client, even one that knows the daemon's public key."""
+    log = ray_daemon.log()
+    line = next(x for x in log.splitlines() if "runner endpoint on TCP" in x)
+    endpoint = line.split('"endpoint":"')[1].split('"')[0]
+    server_public = (ray_daemon.home / "curve" / "server.key").read_text().split('public-key = "')[1].split('"')[0]
+    ctx = zmq.Context()
+    try:
+        def attempt(curve: bool) -> set[int]:
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            if curve:
+                pub, sec = zmq.curve_keypair()
+                s.curve_serverkey, s.curve_publickey, s.curve_secretkey = server_public.encode(), pub, sec
+            mon = s.get_monitor_socket()
+            s.connect(endpoint)
+            seen: set[int] = set()
+            deadline = time.monotonic() + 5
+            from zmq.utils.monitor import recv_monitor_message
+
+            while time.monotonic() < deadline and not seen & {zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+                                                              zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                                                              zmq.EVENT_HANDSHAKE_SUCCEEDED}:
+                if mon.poll(200):
+                    seen.add(recv_monitor_message(mon)["event"])
+            s.disable_monitor()
+            mon.close(0)
+            s.close(0)
+            return seen
+
+        wrong = attempt(curve=True)
+        assert zmq.EVENT_HANDSHAKE_FAILED_AUTH in wrong and zmq.EVENT_HANDSHAKE_SUCCEEDED not in wrong, wrong
+        plain = attempt(curve=False)
+        assert zmq.EVENT_HANDSHAKE_SUCCEEDED not in plain, plain
+    finally:
+        ctx.destroy(0)

@@ -1,0 +1,76 @@
+"""Receiving shipped files (daemon/shipped.py, what ingest does with a remote runner's ``file.shipped`` events),
+on a real directory without Ray: chunks assemble into the file only when the last one matches the sha256; a path
+that would leave the session's work directory, or go through a symlink out of it, is refused."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+
+from labd.daemon.shipped import receive
+
+
+def _chunks(rel: str, data: bytes, size: int) -> list[dict[str, object]]:
+    digest = hashlib.sha256(data).hexdigest()
+    out = []
+    for off in range(0, max(len(data), 1), size):
+        part = data[off:off + size]
+        out.append({"path": rel, "size": len(data), "sha256": digest, "offset": off,
+                    "data": base64.b64encode(part).decode(), "last": off + size >= len(data)})
+    return out
+
+
+def test_chunks_assemble_atomically_and_bytes_are_not_stored(tmp_path: Path) -> None:
+    """Three chunks become the file (byte for byte) only when the last arrives; before that nothing is at the
+    path; the payloads returned for storage carry no ``data``. A wrong sha256 leaves no file and says so."""
+    data = os.urandom(2500)
+    work = tmp_path / "s1" / "work"
+    stored = []
+    for i, ev in enumerate(_chunks("deep/dir/f.bin", data, 1000)):
+        stored.append(receive(tmp_path, "s1", ev))
+        if i < 2:
+            assert not (work / "deep" / "dir" / "f.bin").exists()
+    assert (work / "deep" / "dir" / "f.bin").read_bytes() == data
+    assert all("data" not in p and "error" not in p for p in stored) and sum(p["bytes"] for p in stored) == 2500
+    bad = _chunks("g.bin", b"abc", 10)[0] | {"sha256": "0" * 64}
+    assert "sha256 mismatch" in receive(tmp_path, "s1", bad)["error"]
+    assert not (work / "g.bin").exists()
+
+
+def test_paths_out_of_the_work_directory_are_refused(tmp_path: Path) -> None:
+    """``..``, absolute paths and a symlinked directory leading out of the work directory are refused; nothing is
+    written outside it."""
+    work = tmp_path / "s2" / "work"
+    work.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (work / "link").symlink_to(outside)
+    for rel in ("../escape.txt", "/tmp/abs.txt", "a/../../escape.txt", "link/x.txt"):
+        got = receive(tmp_path, "s2", _chunks(rel, b"x", 10)[0])
+        assert got.get("error", "").startswith("refused"), (rel, got)
+    assert not list(outside.iterdir()) and not (tmp_path / "s2" / "escape.txt").exists()
+
+
+def test_ship_then_receive_round_trip_within_small_max_message(tmp_path: Path) -> None:
+    """What a remote runner ships (runner/ship.py, chunked for a 64 KiB ``max_message``) is received as the same
+    tree of files; every event fits the message limit; symlinks are not shipped."""
+    import orjson
+
+    from labd.runner.ship import chunk_for, ship_files
+
+    src = tmp_path / "node" / "work"
+    (src / "a" / "b").mkdir(parents=True)
+    files = {"top.txt": b"hello\n", "a/b/big.bin": os.urandom(300_000), "a/empty": b""}
+    for rel, data in files.items():
+        (src / rel).write_bytes(data)
+    (src / "a" / "ln").symlink_to("/etc/passwd")
+    events: list[dict[str, object]] = []
+    n, total = ship_files(src, lambda kind, payload: events.append(payload) or 0, 1 << 30, chunk_for(64 * 1024))
+    assert (n, total) == (3, sum(len(d) for d in files.values()))
+    assert all(len(orjson.dumps(e)) < 64 * 1024 for e in events)
+    for e in events:
+        assert "error" not in receive(tmp_path, "s3", e)
+    work = tmp_path / "s3" / "work"
+    assert {p.relative_to(work).as_posix(): p.read_bytes() for p in work.rglob("*") if p.is_file()} == files
