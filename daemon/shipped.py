@@ -45,6 +45,13 @@ def receive(sessions_dir: Path | None, sid: str, payload: dict[str, Any]) -> dic
     target = _target(sessions_dir, sid, str(payload["path"]))
     if target is None:
         return {**stored, "error": "refused: the path leaves the work directory"}
+    if payload.get("deleted"):  # deleted on the node since it was shipped: so in the daemon's copy
+        try:
+            if target.is_file() and not target.is_symlink():
+                target.unlink()
+        except OSError as exc:
+            return {**stored, "error": f"not deleted: {exc}"[:300]}
+        return stored
     try:
         data = base64.b64decode(str(payload.get("data") or ""), validate=True)
         target.parent.mkdir(parents=True, exist_ok=True)

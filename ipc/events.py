@@ -145,10 +145,12 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     # a file that was in the work directory at the previous scan and is gone (sha256: its last content)
     "file.deleted": {"path": (str, True), "sha256": (str, True), "kind": (str, True), "agent": (str, False),
                      "tool": (str, False), "ambiguous": (bool, False), "candidates": (list, False)},
-    # a remote runner's work-directory file, shipped back in chunks at the end (Ray launcher; the daemon keeps the
-    # bytes in its copy of the work directory and stores the event without ``data``)
+    # a remote runner's work-directory file, shipped back in chunks after each checkpoint and at the end (Ray;
+    # the daemon keeps the bytes in its copy of the work directory and stores the event without ``data``;
+    # ``deleted``: gone on the node since it was shipped)
     "file.shipped": {"path": (str, True), "size": (int, True), "sha256": (str, True), "offset": (int, True),
-                     "data": (str, False), "last": (bool, True), "bytes": (int, False), "error": (str, False)},
+                     "data": (str, False), "last": (bool, True), "bytes": (int, False), "error": (str, False),
+                     "deleted": (bool, False)},
     # approvals: requested by the runner, resolved by the daemon (a client's answer or the timeout policy)
     "approval.requested": {"approval_id": (str, True), "kind": (str, True), "prompt": (str, True),
                            "options": (list, True), "context": (ANY, False), "timeout": (NUM, False),

@@ -126,6 +126,8 @@ class Durable:
         self._ck_lock = threading.Lock()
         self.enabled = True
         self.reused = 0
+        #: called after each step's checkpoint (a remote runner ships the changed files: runner/ship.py)
+        self.after_checkpoint: Callable[[], object] | None = None
 
     # ---- positions and the record -----------------------------------------------------------------
     def position(self, parent_node: str | None) -> str:
@@ -273,6 +275,8 @@ class Durable:
             payload["agents"] = dict(self.agents)
         payload["duration"] = time.monotonic() - start
         self._emit("step.checkpoint", payload, node_id)
+        if self.after_checkpoint is not None:
+            self.after_checkpoint()
 
 
 def _preview(value: Any) -> str:

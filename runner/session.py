@@ -157,6 +157,12 @@ def run_session(spec: dict[str, Any]) -> int:
     ctx.after_step = scan_after_step
     durable = Durable(emit, workdir.parent, workdir, files, seed)
     ctx.durable, ctx.hypothesis, ctx.instructions = durable, durable.hypothesis, durable.instructions
+    shipper = None
+    if spec.get("ship_files"):  # a remote runner (Ray): its files reach the daemon after each step and at the end
+        from labd.runner.ship import Shipper, chunk_for
+
+        shipper = Shipper(workdir, emit, int(spec["ship_files"]), chunk_for(spec.get("max_message")))
+        durable.after_checkpoint = shipper.ship
     if durable.node_base:  # node ids go on after the record's (a resume's DAG, a branch's parent)
         ctx._node_ids = itertools.count(durable.node_base + 1)  # noqa: SLF001
 
@@ -240,10 +246,8 @@ def run_session(spec: dict[str, Any]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     capture.close()
     files.scan(None)  # whatever the workflow left outside any step
-    if spec.get("ship_files"):  # a remote runner (Ray): the daemon gets the work directory's files over the channel
-        from labd.runner.ship import chunk_for, ship_files
-
-        ship_files(workdir, emit, int(spec["ship_files"]), chunk_for(spec.get("max_message")))
+    if shipper is not None:  # what changed since the last checkpoint
+        shipper.ship()
     try:
         emit("session.finished", {"outcome": outcome, **extra})
     except PayloadError as exc:  # a result nested too deeply to record: the outcome still is

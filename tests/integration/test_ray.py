@@ -45,6 +45,15 @@ def work(ctx) -> str:
     agent_flow(ctx)
     return d.decision
 
+def stepped(ctx) -> str:
+    with ctx.step("first"):
+        Path("first.txt").write_text("step one's result\\n")
+        Path("scratch.txt").write_text("deleted in step two\\n")
+    with ctx.step("second"):
+        os.remove("scratch.txt")
+        d = ctx.approval("go", "Finish?", options=["yes"])
+    return d.decision
+
 def tick(ctx, n: int = 100000, delay: float = 0.05) -> int:
     for i in range(n):
         print(f"tick {i}", flush=True)
@@ -360,3 +369,20 @@ def test_runner_endpoint_refuses_wrong_curve_key(ray_daemon: DaemonProc) -> None
         assert zmq.EVENT_HANDSHAKE_SUCCEEDED not in plain, plain
     finally:
         ctx.destroy(0)
+
+
+def test_files_are_shipped_after_each_step_while_the_session_runs(ray_daemon: DaemonProc, rc: object) -> None:
+    """A Ray session's files reach the daemon at each checkpoint, not only at the end: while step two waits for
+    an approval, step one's file is already in the daemon's copy of the work directory; a file deleted on the
+    node in step two is gone from the copy at the end."""
+    c = rc
+    sid = c.start(f"{ray_daemon.flows}:stepped")  # type: ignore[attr-defined]
+    work = ray_daemon.home / "sessions" / sid / "work"
+    wait_until(lambda: _events(c, sid, ["approval.requested"]), timeout=60, interval=0.1, what="step two waits")
+    assert (work / "first.txt").read_text() == "step one's result\n"
+    assert (work / "scratch.txt").exists()
+    c.resolve(sid, "yes")  # type: ignore[attr-defined]
+    assert _ended(c, sid)["status"] == "completed"
+    assert (work / "first.txt").exists() and not (work / "scratch.txt").exists()
+    shipped = [e["payload"]["path"] for e in _events(c, sid, ["file.shipped"]) if not e["payload"].get("deleted")]
+    assert shipped.count("first.txt") == 1  # unchanged after step one: not shipped again at the end

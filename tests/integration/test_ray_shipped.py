@@ -74,3 +74,33 @@ def test_ship_then_receive_round_trip_within_small_max_message(tmp_path: Path) -
         assert "error" not in receive(tmp_path, "s3", e)
     work = tmp_path / "s3" / "work"
     assert {p.relative_to(work).as_posix(): p.read_bytes() for p in work.rglob("*") if p.is_file()} == files
+
+
+def test_incremental_shipping_sends_only_changes_and_deletions(tmp_path: Path) -> None:
+    """After each checkpoint a remote runner ships only what changed since its last shipment (an untouched
+    file is not sent again), and a file deleted on the node is deleted from the daemon's copy too."""
+    from labd.runner.ship import Shipper
+
+    src = tmp_path / "node" / "work"
+    src.mkdir(parents=True)
+    (src / "keep.txt").write_text("same")
+    (src / "gone.txt").write_text("soon deleted")
+    sent: list[dict[str, object]] = []
+    shipper = Shipper(src, lambda kind, payload: sent.append(payload) or 0, 1 << 30)
+
+    def deliver() -> list[str]:
+        batch, sent[:] = list(sent), []
+        for e in batch:
+            assert "error" not in receive(tmp_path, "s4", e)
+        return sorted(str(e["path"]) + (" (deleted)" if e.get("deleted") else "") for e in batch)
+
+    assert shipper.ship() == (2, len("same") + len("soon deleted"))
+    assert deliver() == ["gone.txt", "keep.txt"]
+    (src / "gone.txt").unlink()
+    (src / "new.txt").write_text("step two")
+    os.utime(src / "keep.txt")  # touched, same bytes: not sent again
+    assert shipper.ship() == (1, len("step two"))
+    assert deliver() == ["gone.txt (deleted)", "new.txt"]
+    work = tmp_path / "s4" / "work"
+    assert sorted(p.name for p in work.iterdir()) == ["keep.txt", "new.txt"]
+    assert shipper.ship() == (0, 0) and deliver() == []
