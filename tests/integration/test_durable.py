@@ -281,3 +281,55 @@ def test_daemon_sigkill_during_resume_duplicates_nothing_and_completes_after_res
                 return True
 
         wait_until(runner_gone, timeout=30, what="the resumed runner to exit")
+
+
+@pytest.mark.slow
+def test_daemon_sigkill_during_branch_duplicates_nothing_and_completes_after_restart(isolated_env: Path,
+                                                                                     tmp_path: Path) -> None:
+    """The daemon is SIGKILLed twice while a branch runs: once while the branch waits in the run queue
+    (max_sessions = 1, another session holds the slot), once while its runner is inside step three. After each
+    restart the branch goes on and completes: exactly one branch session exists, steps one and two ran once in
+    all (the parent's runs; the branch reused them), one runner sequence without duplicates."""
+    import psutil
+
+    from tests.conftest import running_daemon
+
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text("[daemon]\nmax_sessions = 1\n")
+    counter = tmp_path / "counts"
+    counter.mkdir()
+    with running_daemon(isolated_env) as d:
+        with d.client() as c:
+            parent = c.start("labd_testflows:durable_four", params={"counter": str(counter), "fail_three": 1,
+                                                                    "sleep_three": 1.5})
+            assert _ended(c, parent)["status"] == "failed"
+            blocker = c.start("labd_testflows:ticker", params={"n": 400, "delay": 0.05})
+            wait_until(lambda: c.session(blocker)["status"] == "running", timeout=30, what="blocker running")
+            kid = c.branch(parent, "three", instructions="once more")["sessions"][0]["session"]
+            assert c.session(kid)["status"] == "queued"
+        d.kill9()
+        d.start()
+        with d.client() as c:
+            assert c.session(kid)["status"] == "queued"  # re-queued by the new daemon, still a branch
+            c.kill(blocker)
+            wait_until(lambda: (counter / "three").read_text() == "2", timeout=60, what="the branch's step three")
+            pid = c.session(kid)["pid"]
+        d.kill9()
+        d.start()
+        with d.client() as c:
+            s = _ended(c, kid, timeout=90)
+            assert s["status"] == "completed", s["reason"]
+            family = [x for x in c.sessions(limit=50) if x.get("parent_id") == parent]
+            assert [x["id"] for x in family] == [kid]
+        assert _counts(counter) == {"one": 1, "two": 1, "three": 2, "four": 1}
+        src = [r[1] for r in _events_all(d.home, kid)]
+        assert src == sorted(src) and len(src) == len(set(src))
+        assert s["parent_id"] == parent and s["origin"] == "branch"
+
+        def runner_gone() -> bool:
+            try:
+                return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+
+        wait_until(runner_gone, timeout=30, what="the branch's runner to exit")
