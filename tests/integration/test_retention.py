@@ -142,23 +142,50 @@ def _db_bytes(home: Path) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-def test_run_prune_cycles_keep_the_database_bounded(daemon) -> None:
-    """200 sessions with output, pruned, then 200 more, pruned: the database does not keep growing (SQLite
-    reuses freed pages), and every session's rows are gone each time."""
+def test_run_prune_cycles_keep_the_database_bounded(daemon, tmp_path: Path) -> None:
+    """200 sessions with output, steps and checkpoints (content-addressed objects of their work directories),
+    pruned, then 200 more, pruned: the database does not keep growing (SQLite reuses freed pages), every
+    session's rows are gone each time, and so are its checkpoint objects (the sessions directory is empty)."""
     sizes = []
+    sessions_dir = daemon.home / "sessions"
+
+    def tree_bytes(root: Path) -> int:
+        total = 0
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except FileNotFoundError:  # being deleted meanwhile
+                    pass
+        return total
+
     with daemon.client(timeout=60) as c:
-        for _ in range(2):
+        for cycle in range(2):
             sids = []
             for batch in range(10):
-                started = [c.start("labd_testflows:ticker", params={"n": 20, "delay": 0}) for _ in range(20)]
+                started = []
+                for i in range(20):
+                    if i % 2:
+                        started.append(c.start("labd_testflows:ticker", params={"n": 20, "delay": 0}))
+                    else:  # its own counter directory: sessions run concurrently
+                        counter = tmp_path / f"c{cycle}-{batch}-{i}"
+                        counter.mkdir()
+                        started.append(c.start("labd_testflows:durable_four",
+                                               params={"counter": str(counter), "fail_three": 0}))
                 for sid in started:
                     assert c.wait(sid, timeout=120)["status"] == "completed"
                 sids += started
-                del batch
+            checkpoints = sum(len(c.checkpoints(sid)) for sid in sids[::2][:5])
+            assert checkpoints == 5 * 4  # four steps, four checkpoints each
+            before = tree_bytes(sessions_dir)
             r = c.prune(0)
             assert set(sids) <= set(r["deleted"])
             with sqlite3.connect(daemon.home / "labd.db") as conn:
                 assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+            # directories go after the rows (the reply does not wait for the disk)
+            wait_until(lambda: tree_bytes(sessions_dir) == 0, timeout=60, what="session directories deleted")
+            print(f"cycle {cycle}: sessions directory {before} -> 0 bytes")
+            assert before > 0
             sizes.append(_db_bytes(daemon.home))
     print(f"database bytes after each cycle: {sizes}")
     assert sizes[1][0] <= sizes[0][0] * 1.25  # freed pages are reused, the file does not keep growing
