@@ -101,6 +101,7 @@ class _Watched:
     procs_reported: bool = False
     timeout_reported: bool = False
     fresh: bool = True  # sampled on the monitor's next tick, so even short sessions get their peaks
+    seen_at: float | None = None  # wall time of the last pass that found the runner alive (its liveness)
 
 
 @dataclass
@@ -271,6 +272,7 @@ class Monitor(threading.Thread):
                 self._vanished(w)
                 continue
             alive.append(w)
+            w.seen_at = time.time()  # liveness from the process table: idle runners need not send heartbeats
             w.members = self.table.tree([w.pid])
             claimed.update(p.pid for p in w.members)
         # Processes outside every runner's tree that belong to a session anyway (escaped, or left behind).
@@ -412,7 +414,8 @@ class Monitor(threading.Thread):
 
 def _figures(w: _Watched) -> dict[str, Any]:
     return {"rss": w.memory, "rss_sum": w.rss, "cpu_percent": round(w.cpu_percent, 1), "num_procs": w.num_procs,
-            "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1), "throttled": w.stopped_until > 0}
+            "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1), "throttled": w.stopped_until > 0,
+            "seen_at": w.seen_at}
 
 
 def _kill(p: Proc, sig: int) -> None:
