@@ -47,6 +47,10 @@ URGENT_GAP_S = 0.002
 #: the daemon's process table (monitor) and the exit watch, not from these: each heartbeat costs the
 #: daemon's single ingest thread a signature check, so 500 idle sessions at 1/s cost it ~7 % of a core.
 HEARTBEAT_S = 30.0
+try:  # benchmarks compare periods side by side (scripts/bench_scale.py --heartbeat)
+    HEARTBEAT_S = max(0.1, float(os.environ.get("LABD_CHANNEL_HEARTBEAT_S") or HEARTBEAT_S))
+except ValueError:
+    pass
 RESEND_AFTER_S = 5.0
 SPOOL_TRUNCATE_BYTES = 1 << 20  # everything acked and the spool is larger than this: truncate it
 SPOOL_COMPACT_BYTES = 64 << 20  # the spool is larger than this and mostly acked: rewrite its tail
