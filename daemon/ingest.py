@@ -12,6 +12,7 @@ beyond what we have) is not written and the runner is told to resend from the fi
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ from labd.ipc.wire import Codec, Message, PayloadError, WireError
 from labd.store.blobs import take_blobs
 from labd.store.projections import RowChanges, SessionCursor, apply
 from labd.store.writer import BatchWriter, EventRow
+
+Fragment = orjson.Fragment  # JSON already encoded, spliced verbatim into a message (orjson >= 3.9)
+#: an event for the live tail: (size of its encoded payload, [seq, ts, kind, src, node_id, parent, payload, src_seq])
+LiveEvent = tuple[int, list[Any]]
 
 __all__ = ["Ingest", "INGEST_IN", "INGEST_NOTIFY", "MAX_BATCH"]
 
@@ -121,6 +126,7 @@ class Ingest(threading.Thread):
         return cur
 
     def run(self) -> None:
+        tune_gc()
         z = self.zctx
         self.router = z.socket(zmq.ROUTER)
         # A reconnecting runner takes over its (unguessable, see runner_session) routing id. Routing ids
@@ -501,14 +507,14 @@ class Ingest(threading.Thread):
             if fast and parent is None and ts.__class__ is float and quick_valid(kind, payload, node_id):
                 # hot path (output, log, custom): no projection to update
                 try:
-                    text = dumps(payload, default=repr).decode()
+                    raw = dumps(payload, default=repr)
                 except TypeError:  # nested too deeply to store
                     self._reject(cur, src_seq, kind, "payload cannot be stored (nested too deeply)", b)
                     continue
                 seq = cur.last_seq = cur.last_seq + 1
-                rows.append((sid, seq, ts, kind, "r", src_seq, node_id, None, text))
-                if live_list is not None:
-                    live_list.append([seq, ts, kind, "r", node_id, None, payload, src_seq])
+                rows.append((sid, seq, ts, kind, "r", src_seq, node_id, None, raw.decode()))
+                if live_list is not None:  # the live copy is the stored bytes, spliced in (not encoded again)
+                    live_list.append((len(raw), [seq, ts, kind, "r", node_id, None, Fragment(raw), src_seq]))
                 hot += 1
                 continue
             try:
@@ -593,7 +599,7 @@ class Ingest(threading.Thread):
 
     def _stage(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
                node_id: str | None, parent: int | None, payload: dict[str, Any], rows: list[EventRow],
-               changes: RowChanges, pub: dict[str, list[list[Any]]], notes: list[tuple[Any, ...]],
+               changes: RowChanges, pub: dict[str, list[LiveEvent]], notes: list[tuple[Any, ...]],
                ended: set[str]) -> None:
         seq = cur.last_seq + 1
         if kind == "file.shipped":  # a remote runner's file: the bytes go to the work directory, not the store
@@ -616,9 +622,9 @@ class Ingest(threading.Thread):
         else:
             cur.last_seq = seq
         rows.append((cur.id, seq, ts, kind, src, seq if src_seq is None else src_seq, node_id, parent, text))
-        if self._is_live(cur.id):
-            pub.setdefault(cur.id, []).append([seq, ts, kind, src, node_id, parent, payload,
-                                               seq if src_seq is None else src_seq])
+        if self._is_live(cur.id):  # what clients see live is exactly the stored text, encoded once
+            pub.setdefault(cur.id, []).append((len(text), [seq, ts, kind, src, node_id, parent, Fragment(text),
+                                                           seq if src_seq is None else src_seq]))
 
     def _is_live(self, sid: str) -> bool:
         """Does any client follow this session's live tail?"""
@@ -626,6 +632,23 @@ class Ingest(threading.Thread):
             return False
         topic = f"session.{sid}".encode()
         return any(topic.startswith(t) for t in self.topics)
+
+
+#: allocations between young-generation collections (CPython's default is 700). Decoding one runner frame
+#: allocates thousands of containers; at the default, collections cost ingest as much as the decoding itself.
+GC_GEN0 = 20_000
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for the event path (process-wide; called as ingest starts).
+
+    Everything the daemon built while starting (modules, the SQLAlchemy metadata, ...) lives as long as the
+    daemon: frozen, so full collections no longer walk it. And the young generation is collected every
+    :data:`GC_GEN0` allocations instead of 700. Events are acyclic lists and dicts freed by reference
+    counting; the collector is kept (cycles elsewhere are still collected), only run less often."""
+    gc.freeze()
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(GC_GEN0, gen0), gen1, gen2)
 
 
 class _BadIdentity(WireError):
@@ -655,7 +678,8 @@ class Batch:
     rows: list[EventRow] = field(default_factory=list)
     changes: RowChanges = field(default_factory=RowChanges)
     acks: dict[str, tuple[bytes, bool]] = field(default_factory=dict)
-    pub: dict[str, list[list[Any]]] = field(default_factory=dict)
+    #: per session, the committed events to publish: (payload size, event with its payload pre-encoded)
+    pub: dict[str, list[LiveEvent]] = field(default_factory=dict)
     notes: list[tuple[Any, ...]] = field(default_factory=list)
     #: retention requests: (session ids, reply_to), run after this batch is committed
     deletes: list[tuple[list[str], Any]] = field(default_factory=list)
@@ -691,15 +715,13 @@ def _refuse_resolution(cur: SessionCursor, payload: dict[str, Any]) -> tuple[str
 PUB_CHUNK_BYTES = 4 * 1024 * 1024
 
 
-def _chunks(evs: list[list[Any]]) -> list[list[list[Any]]]:
+def _chunks(evs: list[LiveEvent]) -> list[list[list[Any]]]:
     """Split a live batch so no message nears the clients' size limit (output chunks can be 64 KiB)."""
     out: list[list[list[Any]]] = []
     cur: list[list[Any]] = []
     size = 0
-    for ev in evs:
-        payload = ev[6]
-        text = payload.get("text") if isinstance(payload, dict) else None
-        size += 100 + (len(text) if isinstance(text, str) else 0)
+    for n, ev in evs:
+        size += 100 + n
         cur.append(ev)
         if size > PUB_CHUNK_BYTES:
             out.append(cur)

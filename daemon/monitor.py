@@ -12,7 +12,7 @@ between passes every ``NEAR_TICK_S`` (its known members only). Memory is the tre
 (proportional set size: a page shared by k processes counts 1/k in each, so pages shared within a tree
 count once and pages shared with the template only by their share). A breach kills the tree at once;
 wall-time and process-count breaches go to the supervisor (notes). ``record_interval`` sets how often a
-``resource.sample`` event is recorded.
+``resource.sample`` event may be recorded: only when a figure moved, or every ``IDLE_RECORD_S`` otherwise.
 
 CPU limits are enforced by throttling: a token bucket per session refilled at the quota (a fraction of one
 core); when the tree has used more CPU than it earned, the process group and every tree member are stopped
@@ -44,6 +44,10 @@ THROTTLE_TICK_S = 0.02
 NEAR_TICK_S = 0.025  # re-read of a session past NEAR_FRACTION of its memory limit
 NEAR_FRACTION = 0.5
 BURST_S = 0.1  # how much CPU time a throttled session may bank
+#: a periodic resource.sample is recorded only when a figure moved (memory by MEMORY_STEP or 2 %, CPU by a
+#: point, the process count, a peak) or this long after the last one: idle sessions record ~nothing
+IDLE_RECORD_S = 30.0
+MEMORY_STEP = 1 << 20
 BURY_GRACE_S = 2.0  # SIGTERM -> SIGKILL for what a finished session left behind
 BURY_HUNT_S = 10.0  # how long escaped processes of an ended session are looked for
 
@@ -103,6 +107,9 @@ class _Watched:
     procs_reported: bool = False
     timeout_reported: bool = False
     fresh: bool = True  # sampled on the monitor's next tick, so even short sessions get their peaks
+    seen_at: float | None = None
+    recorded: tuple[int, float, int, int, float] | None = None  # figures of the last resource.sample event
+    recorded_at: float = 0.0  # wall time of the last pass that found the runner alive (its liveness)
 
 
 @dataclass
@@ -273,6 +280,7 @@ class Monitor(threading.Thread):
                 self._vanished(w)
                 continue
             alive.append(w)
+            w.seen_at = time.time()  # liveness from the process table: idle runners need not send heartbeats
             w.members = self.table.tree([w.pid])
             claimed.update(p.pid for p in w.members)
         # Processes outside every runner's tree that belong to a session anyway (escaped, or left behind).
@@ -402,11 +410,24 @@ class Monitor(threading.Thread):
                                                   "max": lim.procs, "unit": "processes", "action": "kill"}))
             self.log.warning("process limit exceeded: killing", session_id=sid, procs=w.num_procs, limit=lim.procs)
             self._kill_tree(w)
-            record = True
-        if record:
+            self._record(w)
+        elif record and self._changed(w, now):
             self._record(w)
 
+    @staticmethod
+    def _changed(w: _Watched, now: float) -> bool:
+        """Is a periodic sample worth an event? Only when a figure moved, or ``IDLE_RECORD_S`` passed: 500
+        idle sessions recording identical samples every 2 s cost the daemon more than everything else."""
+        last = w.recorded
+        if last is None or now - w.recorded_at >= IDLE_RECORD_S:
+            return True
+        memory, cpu, procs, peak_memory, peak_cpu = last
+        return (abs(w.memory - memory) > max(MEMORY_STEP, memory * 0.02) or abs(w.cpu_percent - cpu) >= 1.0
+                or w.num_procs != procs or w.peak_memory != peak_memory or w.peak_cpu >= peak_cpu + 1.0)
+
     def _record(self, w: _Watched) -> None:
+        w.recorded = (w.memory, w.cpu_percent, w.num_procs, w.peak_memory, w.peak_cpu)
+        w.recorded_at = time.monotonic()
         self._event(w.sid, "resource.sample", {"rss": w.memory, "rss_sum": w.rss,
                                                "cpu_percent": round(w.cpu_percent, 1), "num_procs": w.num_procs,
                                                "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1)})
@@ -414,7 +435,8 @@ class Monitor(threading.Thread):
 
 def _figures(w: _Watched) -> dict[str, Any]:
     return {"rss": w.memory, "rss_sum": w.rss, "cpu_percent": round(w.cpu_percent, 1), "num_procs": w.num_procs,
-            "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1), "throttled": w.stopped_until > 0}
+            "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1), "throttled": w.stopped_until > 0,
+            "seen_at": w.seen_at}
 
 
 def _kill(p: Proc, sig: int) -> None:

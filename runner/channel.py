@@ -43,7 +43,14 @@ BULK_BYTES = 256 * 1024  # ... or until this much is waiting
 #: an urgent event leaves at once, unless a message left less than this long ago: then it waits for the rest
 #: of this gap (a burst of output becomes a few hundred messages per second, not one per chunk)
 URGENT_GAP_S = 0.002
-HEARTBEAT_S = 1.0
+#: an idle runner says it is there this often (nothing else to send). Liveness of the process comes from
+#: the daemon's process table (monitor) and the exit watch, not from these: each heartbeat costs the
+#: daemon's single ingest thread a signature check, so 500 idle sessions at 1/s cost it ~7 % of a core.
+HEARTBEAT_S = 30.0
+try:  # benchmarks compare periods side by side (scripts/bench_scale.py --heartbeat)
+    HEARTBEAT_S = max(0.1, float(os.environ.get("LABD_CHANNEL_HEARTBEAT_S") or HEARTBEAT_S))
+except ValueError:
+    pass
 RESEND_AFTER_S = 5.0
 SPOOL_TRUNCATE_BYTES = 1 << 20  # everything acked and the spool is larger than this: truncate it
 SPOOL_COMPACT_BYTES = 64 << 20  # the spool is larger than this and mostly acked: rewrite its tail
@@ -264,9 +271,12 @@ class Channel:
                 if hook is not None:
                     hook("taken")
                 now = time.monotonic()
+                idle = self._send_pos == 0  # nothing awaits an ack (this thread alone moves _send_pos)
                 sent, blocked = self._flush(sock, now)
                 if sent:
                     last_sent = now
+                    if idle:  # the ack clock starts with the first unacknowledged send, not the last ack
+                        last_ack = now
                 if hook is not None:
                     hook("flushed")
                 with self._lock:
@@ -281,6 +291,8 @@ class Channel:
                         timeout = HEARTBEAT_S - (now - last_sent)
                         if due is not None and not blocked:
                             timeout = min(timeout, due - now)
+                        if self._send_pos > 0:  # sent, not acknowledged: wake to notice if acks stall
+                            timeout = min(timeout, max(0.05, RESEND_AFTER_S - (now - last_ack)))
                 if blocked != watching_out:  # the send queue is full: wake when it has room again
                     poller.modify(sock, zmq.POLLIN | zmq.POLLOUT if blocked else zmq.POLLIN)
                     watching_out = blocked

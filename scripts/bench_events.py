@@ -14,6 +14,11 @@ One run does, side by side:
    fresh WAL database with the daemon's pragmas: raw ``sqlite3.executemany`` (one transaction per batch),
    and labd's own ``store.writer.BatchWriter`` (SQLAlchemy ``exec_driver_sql`` + per-session UPDATE).
 
+With ``--rounds R`` (default 3) step 1 runs R times without and R times with a client following every session
+on the live tail (a SUB subscribed to ``session.``, decoding every message like ``labd tail``), alternated so
+the box's drift hits both alike; medians are compared (goal: following costs <= 10 %, i.e. >= 0.9x). The
+ceilings of step 3 are measured once, after the labd rounds, on rows of the last round's shape.
+
 Prints the figures and the ratios; nothing asserts on timing (noisy shared machine).
 """
 
@@ -33,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import (  # noqa: E402
     BenchDaemon,
     CpuMeter,
+    EventTail,
     fmt_rate,
     interrupt_on_sigterm,
     print_machine,
@@ -183,10 +189,61 @@ def ceiling_batchwriter(path: Path, sids: list[str], rows: list[tuple[Any, ...]]
         engine.dispose()
 
 
+def labd_round(args: argparse.Namespace, follow: bool) -> dict[str, Any]:
+    """One labd end-to-end run on a fresh daemon; with ``follow``, a client follows every session live."""
+    with BenchDaemon(keep=args.keep) as d:
+        c = d.client()
+        tail = EventTail(d.home, kinds={"session.ended"}) if follow else None
+        sampler = CounterSampler(d, args.interval)
+        try:
+            if tail is not None:
+                tail.start()
+            meter = CpuMeter(d.pid, d.template_pid)
+            sampler.start()
+            time.sleep(0.3)
+            meter.start()
+            t0 = time.perf_counter()
+            sids = [c.start("demo.events", params={"n": args.n}) for _ in range(args.sessions)]
+            for sid in sids:
+                d.remember_runner(c.session(sid).get("pid"))
+            statuses = d.wait_ended(sids, timeout=args.timeout, interval=0.05)
+            t_client = time.perf_counter() - t0
+            if tail is not None:  # the follower has seen each session end: it kept up
+                for sid in sids:
+                    tail.wait_for(sid, "session.ended", timeout=60)
+            time.sleep(0.3)  # let the template reap the runners so their CPU time is counted
+            cpu = meter.stop()
+        finally:
+            sampler.stop()
+            if tail is not None:
+                tail.stop()
+            c.close()
+        conn = d.db()
+        try:
+            q = f"IN ({','.join('?' * len(sids))})"
+            (created,) = conn.execute(f"SELECT min(ts) FROM events WHERE kind='session.created' "
+                                      f"AND session_id {q}", sids).fetchone()
+            (ended,) = conn.execute(f"SELECT max(ts) FROM events WHERE kind='session.ended' "
+                                    f"AND session_id {q}", sids).fetchone()
+            (total,) = conn.execute(f"SELECT count(*) FROM events WHERE session_id {q}", sids).fetchone()
+            vrows, problems = verify(conn, sids, args.n)
+            ddl = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='events'").fetchone()[0]
+        finally:
+            conn.close()
+    window = ended - created
+    mean_ingest, best_ingest = sampler.rates()
+    return {"follow": follow, "sids": sids, "statuses": statuses, "t_client": t_client, "cpu": cpu,
+            "total": total, "window": window, "e2e": total / window, "ticks": args.n * len(sids) / window,
+            "mean": mean_ingest, "best": best_ingest, "vrows": vrows, "problems": problems, "ddl": ddl,
+            "counters": sampler.counters, "live_events": tail.events if tail is not None else 0}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sessions", type=int, default=4, help="concurrent demo.events sessions (default 4)")
     ap.add_argument("-n", "--n", type=int, default=300_000, help="tick events per session (default 300000)")
+    ap.add_argument("--rounds", type=int, default=3, help="labd rounds without and with a follower (default 3)")
+    ap.add_argument("--no-follow", action="store_true", help="skip the rounds with a client following")
     ap.add_argument("--batch", type=int, default=5000,
                     help="rows per transaction in the write ceilings (default 5000 = ingest's MAX_BATCH)")
     ap.add_argument("--ceiling-rows", type=int, default=1_000_000,
@@ -196,95 +253,81 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temp home (daemon log, database)")
     args = ap.parse_args()
     interrupt_on_sigterm()
-    print_machine(f"{args.sessions} x demo.events n={args.n:,}")
+    print_machine(f"{args.sessions} x demo.events n={args.n:,}, {args.rounds} rounds")
     t_begin = time.monotonic()
-    sampler = None
     try:
-        with BenchDaemon(keep=args.keep) as d:
-            c = d.client()
-            try:
-                meter = CpuMeter(d.pid, d.template_pid)
-                sampler = CounterSampler(d, args.interval)
-                sampler.start()
-                time.sleep(0.3)
-                meter.start()
-                t0 = time.perf_counter()
-                sids = [c.start("demo.events", params={"n": args.n}) for _ in range(args.sessions)]
-                t_started = time.perf_counter()
-                for sid in sids:
-                    d.remember_runner(c.session(sid).get("pid"))
-                statuses = d.wait_ended(sids, timeout=args.timeout, interval=0.05)
-                t_client = time.perf_counter() - t0
-                time.sleep(0.3)  # let the template reap the runners so their CPU time is counted
-                cpu = meter.stop()
-                sampler.stop()
-            finally:
-                c.close()
-            conn = d.db()
-            try:
-                q = f"IN ({','.join('?' * len(sids))})"
-                (created,) = conn.execute(f"SELECT min(ts) FROM events WHERE kind='session.created' "
-                                          f"AND session_id {q}", sids).fetchone()
-                (ended,) = conn.execute(f"SELECT max(ts) FROM events WHERE kind='session.ended' "
-                                        f"AND session_id {q}", sids).fetchone()
-                (total,) = conn.execute(f"SELECT count(*) FROM events WHERE session_id {q}", sids).fetchone()
-                vrows, problems = verify(conn, sids, args.n)
-                ddl = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='events'").fetchone()[0]
-            finally:
-                conn.close()
-            counters = sampler.counters
-            window = ended - created
-            e2e = total / window
-            ticks_rate = args.n * len(sids) / window
-            mean_ingest, best_ingest = sampler.rates()
+        runs: list[dict[str, Any]] = []
+        for r in range(args.rounds):
+            for follow in ((False,) if args.no_follow else (False, True)):
+                print(f"round {r + 1}: {'with' if follow else 'without'} a client following ...", flush=True)
+                runs.append(labd_round(args, follow))
+        last = runs[-1]
+        lost = 0
+        for run in runs:
+            lost += sum(v[-1] for v in run["vrows"])
+            if run["problems"]:
+                print(f"problems ({'follow' if run['follow'] else 'no follow'}): {run['problems']}")
+        print_table(["session", "status", "rows", "ticks", "seq", "seq gap-free", "src_seq gap-free", "lost"],
+                    last["vrows"], title="Loss check (store, last round)")
+        dropped: dict[str, int] = {}
+        for run in runs:
+            for k, v in run["counters"].items():
+                if k.startswith(("dropped", "duplicates", "events_rejected")):
+                    dropped[k] = dropped.get(k, 0) + v
+        print(f"lost ticks over all rounds: {lost}; daemon drop/dup counters: {dropped or 'none'}")
 
-            print(f"\nsessions started in {(t_started - t0) * 1000:.1f} ms; all ended after {t_client:.2f} s "
-                  f"(client view); statuses {sorted(set(statuses.values()))}")
-            print_table(["session", "status", "rows", "ticks", "seq", "seq gap-free", "src_seq gap-free", "lost"],
-                        vrows, title="Loss check (store)")
-            lost = sum(r[-1] for r in vrows)
-            dropped = {k: v for k, v in counters.items() if k.startswith(("dropped", "duplicates", "events_rejected"))}
-            print(f"lost ticks: {lost}; problems: {problems or 'none'}; daemon drop/dup counters: {dropped or 'none'}")
+        # ---- write ceilings, same run, after the labd rounds ------------------------------------------------
+        import tempfile
 
-            # ---- write ceilings, same run, after the daemon is idle --------------------------------------
-            n_rows = min(args.ceiling_rows, total)
-            rows = sample_rows(sids, n_rows)
-            dbp = d.tmp / "ceiling.db"
-            raw_b = ceiling_raw(dbp, ddl, rows, args.batch)
-            raw_1k = ceiling_raw(dbp, ddl, rows, 1000)
-            bw = ceiling_batchwriter(d.tmp / "ceiling-bw.db", sids, rows, args.batch)
+        with tempfile.TemporaryDirectory(prefix="labd-ceiling-") as tmp:
+            n_rows = min(args.ceiling_rows, last["total"])
+            rows = sample_rows(last["sids"], n_rows)
+            dbp = Path(tmp) / "ceiling.db"
+            raw_b = ceiling_raw(dbp, last["ddl"], rows, args.batch)
+            raw_1k = ceiling_raw(dbp, last["ddl"], rows, 1000)
+            bw = ceiling_batchwriter(Path(tmp) / "ceiling-bw.db", last["sids"], rows, args.batch)
 
-        wall = cpu["wall"]
+        def med(follow: bool, key: str) -> float:
+            vals = sorted(run[key] for run in runs if run["follow"] == follow)
+            return vals[len(vals) // 2] if vals else float("nan")
+
+        plain, followed = med(False, "e2e"), med(True, "e2e")
+        print_table(["round", "client following", "end-to-end events/s", "vs raw sqlite3", "daemon mean busy",
+                     "best 1 s", "events seen live"],
+                    [[i // (1 if args.no_follow else 2) + 1, "yes" if run["follow"] else "no", fmt_rate(run["e2e"]),
+                      ratio(run["e2e"], raw_b), fmt_rate(run["mean"]), fmt_rate(run["best"]),
+                      f"{run['live_events']:,}" if run["follow"] else ""] for i, run in enumerate(runs)],
+                    title="labd rounds")
         table = [
-            ["labd end to end (all rows)", fmt_rate(e2e), ratio(e2e, raw_b), f"{total:,} rows in {window:.2f} s"],
-            ["labd end to end (tick events)", fmt_rate(ticks_rate), ratio(ticks_rate, raw_b), ""],
-            ["daemon insert rate, mean busy", fmt_rate(mean_ingest), ratio(mean_ingest, raw_b),
+            ["labd end to end, median", fmt_rate(plain), ratio(plain, raw_b), f"{len(runs)} rounds in all"],
+            ["labd end to end, client following all, median", fmt_rate(followed), ratio(followed, raw_b),
+             f"{ratio(followed, plain)} of without"],
+            ["daemon insert rate, mean busy (median)", fmt_rate(med(False, "mean")), ratio(med(False, "mean"), raw_b),
              "events_persisted counter"],
-            ["daemon insert rate, best 1 s", fmt_rate(best_ingest), ratio(best_ingest, raw_b), ""],
             [f"labd BatchWriter, {args.batch}/commit", fmt_rate(bw), ratio(bw, raw_b), "SQLAlchemy exec_driver_sql"],
             [f"raw sqlite3 executemany, {args.batch}/commit", fmt_rate(raw_b), "1.00x",
              f"{n_rows:,} rows, WAL, NORMAL"],
             ["raw sqlite3 executemany, 1000/commit", fmt_rate(raw_1k), ratio(raw_1k, raw_b), ""],
         ]
         print_table(["path", "rate", "vs raw sqlite3", "notes"], table, title="Event throughput (events/s)")
-        per_ev = 1e6 / max(1, total)
-        print(f"\nCPU during the run ({wall:.2f} s wall, {os.cpu_count()} cpus): daemon {cpu['daemon_cpu']:.2f} s "
-              f"({cpu['daemon_cpu'] / wall:.0%} of a core; busiest thread = ingest {cpu['busiest_thread_cpu']:.2f} s, "
-              f"{cpu['busiest_thread_cpu'] / wall:.0%}), runners {cpu['runners_cpu']:.2f} s "
-              f"({cpu['runners_cpu'] / wall:.0%} of a core)")
-        print(f"CPU per event: daemon {cpu['daemon_cpu'] * per_ev:.1f} us (ingest thread "
-              f"{cpu['busiest_thread_cpu'] * per_ev:.1f} us), runners {cpu['runners_cpu'] * per_ev:.1f} us; "
-              f"raw sqlite3 insert {1e6 / raw_b:.1f} us")
-        print(f"\nratios: end-to-end / raw sqlite3 ceiling = {ratio(e2e, raw_b)}; end-to-end / BatchWriter = "
-              f"{ratio(e2e, bw)}; daemon busy insert rate / raw ceiling = {ratio(mean_ingest, raw_b)}")
-        verdict = "MET" if e2e >= TARGET and lost == 0 and not problems else "NOT MET"
-        print(f"target: >= {TARGET:,} events/s persisted, 0 lost: {e2e:,.0f} events/s, {lost} lost -> {verdict}")
+        for follow in ((False,) if args.no_follow else (False, True)):
+            sel = [run for run in runs if run["follow"] == follow]
+            total = sum(run["total"] for run in sel)
+            wall = sum(run["cpu"]["wall"] for run in sel)
+            dcpu = sum(run["cpu"]["daemon_cpu"] for run in sel)
+            icpu = sum(run["cpu"]["busiest_thread_cpu"] for run in sel)
+            rcpu = sum(run["cpu"]["runners_cpu"] for run in sel)
+            print(f"CPU {'with' if follow else 'without'} a follower ({wall:.2f} s wall over {len(sel)} rounds): "
+                  f"per event daemon {dcpu * 1e6 / total:.1f} us (ingest thread {icpu * 1e6 / total:.1f} us, "
+                  f"{icpu / wall:.0%} of a core), runners {rcpu * 1e6 / total:.1f} us; raw sqlite3 insert "
+                  f"{1e6 / raw_b:.1f} us")
+        print(f"\nratios: end-to-end / raw sqlite3 = {ratio(plain, raw_b)} (goal >= 0.75x); with a client "
+              f"following / without = {ratio(followed, plain)} (goal >= 0.9x)")
+        verdict = "MET" if plain >= TARGET and lost == 0 else "NOT MET"
+        print(f"target: >= {TARGET:,} events/s persisted, 0 lost: {plain:,.0f} events/s, {lost} lost -> {verdict}")
     except KeyboardInterrupt:
         print("\ninterrupted; cleaned up", file=sys.stderr)
         return 130
-    finally:
-        if sampler is not None and sampler.is_alive():
-            sampler.stop()
     print(f"\n(total {time.monotonic() - t_begin:.1f}s)")
     return 0
 

@@ -7,8 +7,8 @@ For each step (a fresh daemon per step, so figures do not leak between steps):
    request latency (``session.start`` -> reply), request -> runner's ``session.started`` and request -> the
    first ``output`` event on the live tail (p50/p99); every session must start and print;
 2. idle: after a settling pause, the daemon's CPU (% of one core) over ``--idle`` seconds with N idle
-   sessions, and of its monitor thread alone (the thread with the highest id: the last one the daemon
-   starts), its RSS and PSS;
+   sessions, and of its busiest thread alone (OS threads are unnamed: ``py-spy record --threads`` names
+   them), its RSS and PSS;
 3. ingest with N idle sessions: one ``demo.events`` session of ``--events`` events; rate = rows / (its
    ``session.created`` -> ``session.ended``, daemon-side timestamps), and the ratio to the first step;
 4. stop all N (``session.stop`` each, grace 5 s) and wait until all are terminal; every one must end
@@ -84,10 +84,11 @@ def kill_latency(args: argparse.Namespace) -> dict[str, list[float]]:
     return {"latency": lat, "overshoot": over}
 
 
-def step(n: int, args: argparse.Namespace) -> dict[str, object]:
+def step(n: int, args: argparse.Namespace, heartbeat: str = "") -> dict[str, object]:
     import psutil
 
-    with BenchDaemon(keep=args.keep, quiet=True) as d:
+    env = {"LABD_CHANNEL_HEARTBEAT_S": heartbeat} if heartbeat else None
+    with BenchDaemon(keep=args.keep, quiet=True, extra_env=env) as d:
         tail = EventTail(d.home, kinds={"session.started", "output"})
         tail.start()
         c = d.client(timeout=60)
@@ -130,10 +131,12 @@ def step(n: int, args: argparse.Namespace) -> dict[str, object]:
         finally:
             c.close()
             tail.stop()
-    return {"n": n, "start_all": start_all, "req": req_lat, "started": started, "printed": printed,
+    return {"n": n, "hb": heartbeat or "default", "start_all": start_all, "req": req_lat, "started": started,
+            "printed": printed,
             "missing": missing, "cpu_pct": cpu["daemon_cpu"] / cpu["wall"] * 100,
-            # the monitor is the last thread the daemon starts (after the zmq, checkpointer and ingest threads)
-            "monitor_pct": max(cpu["threads"])[1] / cpu["wall"] * 100 if cpu["threads"] else float("nan"),
+            # the busiest single thread (OS threads are unnamed; the highest thread id was once the monitor,
+            # but the daemon now starts more threads after it: py-spy --threads names them)
+            "monitor_pct": max(c for _, c in cpu["threads"]) / cpu["wall"] * 100 if cpu["threads"] else float("nan"),
             "rss": mem.rss, "pss": mem.pss,
             "rate": rate, "stop_all": stop_all,
             "cancelled": sum(1 for s in statuses.values() if s == "cancelled")}
@@ -150,27 +153,32 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=20, help="memory-limit kills to time (0: skip)")
     ap.add_argument("--kill-limit", type=int, default=200, help="memory limit of the hogs, MiB (default 200)")
     ap.add_argument("--keep", action="store_true", help="keep the temp homes")
+    ap.add_argument("--heartbeat", default="", help="runners' idle heartbeat periods to compare, comma-separated "
+                    "seconds (e.g. 30,1; default: the channel's own)")
     args = ap.parse_args()
     interrupt_on_sigterm()
     steps = [int(x) for x in args.steps.split(",") if x.strip()]
     print_machine(f"steps {steps}, idle window {args.idle:g} s, ingest probe {args.events:,} events")
     results = []
+    beats = [x.strip() for x in args.heartbeat.split(",") if x.strip()] or [""]
     for n in steps:
-        print(f"step: {n} sessions ...", flush=True)
-        results.append(step(n, args))
-    base = results[0]["rate"]
+        for hb in beats:  # alternated within a step, so drift of the shared box hits both alike
+            print(f"step: {n} sessions{f', heartbeat {hb} s' if hb else ''} ...", flush=True)
+            results.append(step(n, args, hb))
     rows = []
     for r in results:
+        base = next(x["rate"] for x in results if x["hb"] == r["hb"])
         req, started, printed = r["req"], r["started"], r["printed"]
-        rows.append([r["n"], f"{r['start_all']:.2f}", fmt_ms(pct(req, 50)), fmt_ms(pct(req, 99)),  # type: ignore[arg-type]
+        rows.append([r["n"], r["hb"], f"{r['start_all']:.2f}", fmt_ms(pct(req, 50)), fmt_ms(pct(req, 99)),  # type: ignore[arg-type]
                      fmt_ms(pct(started, 50)), fmt_ms(pct(started, 99)),  # type: ignore[arg-type]
                      fmt_ms(pct(printed, 50)), fmt_ms(pct(printed, 99)), r["missing"],  # type: ignore[arg-type]
                      f"{r['cpu_pct']:.2f}", f"{r['monitor_pct']:.2f}",
                      f"{r['rss'] / 2**20:.0f}", f"{r['pss'] / 2**20:.0f}",  # type: ignore[operator]
                      fmt_rate(r["rate"]), ratio(r["rate"], base), f"{r['stop_all']:.2f}",  # type: ignore[arg-type]
                      f"{r['cancelled']}/{r['n']}"])
-    print_table(["sessions", "start all s", "req p50 ms", "req p99", "started p50", "started p99", "output p50",
-                 "output p99", "missing", "daemon CPU % idle", "monitor thread %", "RSS MiB", "PSS MiB", "ingest",
+    print_table(["sessions", "heartbeat s", "start all s", "req p50 ms", "req p99", "started p50", "started p99",
+                 "output p50", "output p99", "missing", "daemon CPU % idle", "busiest thread %", "RSS MiB", "PSS MiB",
+                 "ingest",
                  "vs first", "stop all s", "cancelled"], rows, title="Scale (one fresh daemon per step)")
     if args.kills:
         k = kill_latency(args)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, bindparam, or_, select
 
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 from labd.store.schema import events, sessions
@@ -28,6 +28,11 @@ __all__ = ["SearchIndex", "KINDS"]
 #: event kind -> (document type, how to get (title, body) from the payload)
 KINDS = ("session.created", "step.started", "agent.message", "code.execution", "file.created", "file.changed",
          "approval.requested", "session.finished")
+#: built once (statement construction was a large share of an update with hundreds of sessions)
+_NEW_EVENTS = (select(events.c.seq, events.c.ts, events.c.kind, events.c.node_id, events.c.payload)
+               .where(events.c.session_id == bindparam("sid"), events.c.seq > bindparam("since"),
+                      events.c.seq <= bindparam("last"), events.c.kind.in_(KINDS)).order_by(events.c.seq))
+FLUSH_DOCS = 5000  # documents per index transaction (many sessions' worth share one commit)
 MAX_BODY = 20_000  # characters of one document that are indexed
 LIVE = tuple(s for s in STATUSES if s not in TERMINAL_STATUSES)
 #: seconds between full scans of the sessions table; in between, only live and recently ended sessions are read
@@ -111,24 +116,35 @@ class SearchIndex:
                 todo, self._full_at = todo[:limit_sessions], 0.0
             self._since = wall
             added = 0
+            docs: list[tuple[Any, ...]] = []
+            done: list[tuple[str, int]] = []
             for sid, last in todo:
                 since = marks.get(sid, 0)
-                evs = conn.execute(select(events.c.seq, events.c.ts, events.c.kind, events.c.node_id, events.c.payload)
-                                   .where(events.c.session_id == sid, events.c.seq > since, events.c.seq <= last,
-                                          events.c.kind.in_(KINDS)).order_by(events.c.seq)).all()
-                docs = []
+                evs = conn.execute(_NEW_EVENTS, {"sid": sid, "since": since, "last": last}).all()
                 for seq, ts, kind, node_id, payload in evs:
                     d = _doc(kind, orjson.loads(payload))
                     if d is not None:
                         docs.append((d[1][:500], d[2][:MAX_BODY], d[0], sid, seq, node_id, ts))
-                with self._lock, self._db:  # documents and the mark in one transaction: exactly once
-                    self._db.executemany("INSERT INTO docs (title, body, type, session_id, seq, node_id, ts) "
-                                         "VALUES (?, ?, ?, ?, ?, ?, ?)", docs)
-                    self._db.execute("INSERT INTO indexed (session_id, seq) VALUES (?, ?) ON CONFLICT(session_id) "
-                                     "DO UPDATE SET seq = excluded.seq", (sid, last))
-                marks[sid] = last
-                added += len(docs)
+                done.append((sid, last))
+                if len(docs) >= FLUSH_DOCS:
+                    added += self._commit(docs, done)
+                    docs, done = [], []
+            if done:
+                added += self._commit(docs, done)
         return added
+
+    def _commit(self, docs: list[tuple[Any, ...]], done: list[tuple[str, int]]) -> int:
+        """Documents and the marks of the sessions they came from, in one transaction: exactly once. One
+        commit for many sessions: with hundreds of sessions recording a sample now and then, a commit per
+        session was most of an idle daemon's CPU."""
+        with self._lock, self._db:
+            self._db.executemany("INSERT INTO docs (title, body, type, session_id, seq, node_id, ts) "
+                                 "VALUES (?, ?, ?, ?, ?, ?, ?)", docs)
+            self._db.executemany("INSERT INTO indexed (session_id, seq) VALUES (?, ?) ON CONFLICT(session_id) "
+                                 "DO UPDATE SET seq = excluded.seq", done)
+        if self._marks is not None:  # in step with the committed marks
+            self._marks.update(done)
+        return len(docs)
 
     def forget(self, sids: Iterable[str]) -> None:
         """Drop deleted sessions from the index (retention)."""

@@ -117,7 +117,8 @@ def test_fork_storm_is_stopped_by_the_process_limit(client) -> None:
 
 def test_shared_pages_count_once(client) -> None:
     """300 idle `sleep` children: the tree's memory (PSS) is a small fraction of the summed RSS that
-    counted each shared library page once per process."""
+    counted each shared library page once per process; the live view says when the process table last
+    showed the runner alive."""
     sid = client.start("labd_testflows:sleepers", params={"children": 300})
     wait_until(lambda: "sleepers 300" in _output(client, sid), timeout=60, what="children started")
     live = wait_until(lambda: (lambda v: v if v and v["num_procs"] >= 301 else None)(client.session(sid)["live"]),
@@ -125,6 +126,8 @@ def test_shared_pages_count_once(client) -> None:
     client.kill(sid)
     assert live["rss"] < live["rss_sum"] / 2, live
     assert live["rss"] < 300 * 2**20, live  # summed RSS is ~300 x 1-2 MiB; PSS well under 1 MiB each
+    # the runner's liveness comes from the process table (idle runners send a heartbeat only every 30 s)
+    assert isinstance(live["seen_at"], float) and live["seen_at"] > client.session(sid)["created_at"], live
 
 
 def test_cpu_of_short_lived_children_is_counted(client) -> None:

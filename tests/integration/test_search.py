@@ -30,7 +30,7 @@ def test_find_a_session_by_a_word_in_an_agent_message_and_a_file_by_name(daemon)
             assert c.wait(s, timeout=90)["status"] == "completed"
         msg = _indexed(c, "approved", types=["message"])
         assert {h["session_id"] for h in msg} == {sid} and msg[0]["title"] == "plan_reviewer"
-        files = c.search("step_2", types=["file"])
+        files = _indexed(c, "step_2", types=["file"])  # the file comes later in the session than the review
         assert [h["title"] for h in files] == ["step_2.json"] and files[0]["session_id"] == sid
         assert c.search("zebrafish", types=["session"])[0]["session_id"] == sid  # the task text
         steps = c.search("summarise findings", types=["step"])

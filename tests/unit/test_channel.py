@@ -208,3 +208,24 @@ def test_sparse_events_do_not_wait_for_the_heartbeat(endpoint: str, daemon: Fake
     for i in range(1, 11):
         ch.emit("custom", {"name": "sparse", "data": i})
         assert daemon.recv_events(i, timeout=10.0)[-1][0] == i
+
+
+def test_stalled_acks_are_noticed_without_waiting_for_the_heartbeat(
+        endpoint: str, daemon: FakeDaemon, channels: list[Channel], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events the daemon never acknowledges are sent again after RESEND_AFTER_S, even though an idle channel
+    now sleeps a long heartbeat poll: the thread wakes for the ack deadline while anything is unacknowledged.
+
+    The heartbeat is made 600 s long and the stall limit 0.5 s; a thread that slept through to the heartbeat
+    would miss the 20 s deadline."""
+    import labd.runner.channel as channel_module
+
+    monkeypatch.setattr(channel_module, "HEARTBEAT_S", 600.0)
+    monkeypatch.setattr(channel_module, "RESEND_AFTER_S", 0.5)
+    ch = _channel(endpoint, daemon)
+    channels.append(ch)
+    ch.emit("output", {"stream": "stdout", "text": "x\n"})
+    assert [e[0] for e in daemon.recv_events(1)] == [1]
+    # no ack: the same event must come again
+    assert [e[0] for e in daemon.recv_events(1, timeout=20.0)] == [1]
+    daemon.ack(2)
+    assert ch.close(timeout=5.0) is True
