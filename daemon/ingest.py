@@ -43,7 +43,7 @@ __all__ = ["Ingest", "INGEST_IN", "INGEST_NOTIFY", "MAX_BATCH"]
 INGEST_IN = "inproc://labd-ingest-in"
 INGEST_NOTIFY = "inproc://labd-ingest-notify"
 MAX_BATCH = 5000
-MAX_BATCH_BYTES = 8 * 1024 * 1024  # raw runner frames per batch: bounds the memory one batch holds
+MAX_BATCH_BYTES = 4 * 1024 * 1024  # raw runner frames per batch: bounds the memory one batch holds
 #: messages queued per runner in the ROUTER (each <= ~512 KiB from the Python runner): a flooding runner
 #: blocks in its own send queue instead of growing the daemon's memory
 RUNNER_RCVHWM = 32
@@ -140,7 +140,10 @@ class Ingest(threading.Thread):
         # XPUB rather than PUB: it tells us what clients subscribe to, so events nobody follows are
         # not encoded for the live tail at all (~9 % of ingest time under load).
         self.pub = z.socket(zmq.XPUB)
-        self.pub.setsockopt(zmq.SNDHWM, 100_000)
+        # Bounded per subscriber: PUB_SNDHWM messages of at most ~PUB_CHUNK_BYTES (16 MiB). A follower that
+        # stops reading loses live messages past that (it fills the gap from the store, as after any drop)
+        # instead of growing the daemon's memory (a stalled follower of 4 stdout floods: +260 MB before).
+        self.pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.bind(self.events_endpoint)
         self.pull = z.socket(zmq.PULL)
@@ -712,7 +715,8 @@ def _refuse_resolution(cur: SessionCursor, payload: dict[str, Any]) -> tuple[str
     return None
 
 
-PUB_CHUNK_BYTES = 4 * 1024 * 1024
+PUB_CHUNK_BYTES = 256 * 1024  # live messages: small enough that PUB_SNDHWM of them bound a slow follower
+PUB_SNDHWM = 64
 
 
 def _chunks(evs: list[LiveEvent]) -> list[list[list[Any]]]:

@@ -28,6 +28,7 @@ from labd.daemon.config import Config
 from labd.daemon.indexer import Indexer
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
 from labd.daemon.launcher import TemplateLauncher
+from labd.daemon.memory import limit_arenas
 from labd.daemon.monitor import Monitor
 from labd.daemon.queue import RunQueue
 from labd.daemon.retention import Retention
@@ -79,6 +80,7 @@ class Daemon:
     version = VERSION
 
     def __init__(self, cfg: Config, *, drain: bool = False) -> None:
+        limit_arenas()  # before any thread starts: bounded RSS after bursts (daemon/memory.py)
         self.cfg = cfg
         self.drain = drain  # stop the sessions on SIGTERM/SIGINT and wait for them before exiting
         self.draining = False  # set once that has begun: new sessions are refused
