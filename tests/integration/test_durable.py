@@ -306,7 +306,7 @@ def test_daemon_sigkill_during_branch_duplicates_nothing_and_completes_after_res
             blocker = c.start("labd_testflows:ticker", params={"n": 400, "delay": 0.05})
             wait_until(lambda: c.session(blocker)["status"] == "running", timeout=30, what="blocker running")
             kid = c.branch(parent, "three", instructions="once more")["sessions"][0]["session"]
-            assert c.session(kid)["status"] == "queued"
+            wait_until(lambda: c.session(kid)["status"] == "queued", timeout=30, what="the branch queued")
         d.kill9()
         d.start()
         with d.client() as c:
