@@ -72,6 +72,7 @@ class Client:
             raise LabdError("no_daemon", str(exc)) from None
         #: the daemon is on this machine: its pid can be checked (a remote one is only known by its replies)
         self.local = remote is None
+        self._remote_file = remote
         if self.local and not daemon_alive(self.info):  # killed or crashed: fail now, not after a reply timeout
             raise LabdError("no_daemon", f"the labd daemon of home {self.layout.home} (pid {self.info.pid}) is not "
                             "running: it stopped without removing its connection file (killed or crashed); "
@@ -111,8 +112,10 @@ class Client:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
+                where = (f"home {self.layout.home}" if self.local else
+                         f"connection file {self._remote_file}; a revoked or unknown client key gets no reply")
                 raise LabdError("timeout", f"no reply from the daemon within {self.timeout:g}s "
-                                f"(is it running? home {self.layout.home})")
+                                f"(is it running? {where})")
             if not self._sock.poll(int(min(left, 0.5) * 1000)):
                 if self.local and not daemon_alive(self.info):  # it died meanwhile: no reply will ever come
                     raise LabdError("no_daemon", f"the labd daemon of home {self.layout.home} (pid {self.info.pid}) "

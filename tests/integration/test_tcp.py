@@ -81,6 +81,7 @@ def test_unknown_key_or_plain_tcp_gets_nothing(tcp_daemon, tmp_path: Path) -> No
     with Client(connection_file=forged, timeout=2) as c, pytest.raises(LabdError) as err:
         c.ping()
     assert err.value.code == "timeout"
+    assert str(forged) in err.value.message and "revoked or unknown client key" in err.value.message
     plain = _write(tmp_path / "plain.json", {k: v for k, v in conn.items() if not k.startswith(("server_", "client_"))})
     with Client(connection_file=plain, timeout=2) as c, pytest.raises(LabdError) as err:
         c.ping()
