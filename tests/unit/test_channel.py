@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -61,19 +60,6 @@ class FakeDaemon:
     def close(self) -> None:
         self.sock.close(0)
         self.zctx.term()
-
-
-@pytest.fixture
-def endpoint(isolated_env: Any) -> str:
-    """An ipc:// endpoint in the test's (short) runtime directory."""
-    return f"ipc://{os.environ['XDG_RUNTIME_DIR']}/chan.sock"
-
-
-@pytest.fixture
-def daemon(endpoint: str) -> Iterator[FakeDaemon]:
-    d = FakeDaemon(endpoint)
-    yield d
-    d.close()
 
 
 def _channel(endpoint: str, daemon: FakeDaemon, **kw: Any) -> Channel:
