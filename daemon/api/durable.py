@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
-from labd.daemon.api.sessions import _limits, _run_params, resolve_ref, resolve_session
+from labd.daemon.api.sessions import _limits, _run_params, entry_extra, resolve_ref, resolve_session
 from labd.daemon.monitor import Limits
 from labd.runner.checkpoint import OBJECTS_DIR, load_manifest
 from labd.runner.durable import SEED_FILE
@@ -106,9 +106,7 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Any:
                  reply_to=req.reply_to)
     d.supervisor.submit(d.supervisor.queue.entry(
         sid, row["workflow"], _run_params(d, row["params"], c.get("payload")), limits, row["workdir"], 0,
-        time.time(), extra={"name": row["name"], "sys_path": c.get("sys_path") or [],
-                            "agent_overrides": c.get("agents") or {},
-                            "network": bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network))}))
+        time.time(), extra=entry_extra(d, row["name"], c)))
     return DEFERRED
 
 
@@ -205,7 +203,7 @@ class Branch(Request):
             payload: dict[str, Any] = {"workflow": parent["workflow"], "name": name, "params": params,
                                        "limits": limits.to_dict(), "workdir": str(workdir), "parent_id": psid,
                                        "origin": "branch", "branch_node": node["node_id"]}
-            for key in ("payload", "sys_path", "agents", "tags"):
+            for key in ("payload", "sys_path", "agents", "tags", "policy", "placement"):
                 if c.get(key):
                     payload[key] = c[key]
             sandbox = d.sandbox_spec(sid, network)
@@ -215,8 +213,7 @@ class Branch(Request):
             d.post_event(sid, "session.created", payload, reply_to=self.reply_to if last else None)
             d.supervisor.submit(d.supervisor.queue.entry(
                 sid, parent["workflow"], _run_params(d, params, c.get("payload")), limits, str(workdir), 0,
-                time.time(), extra={"name": name, "sys_path": path, "agent_overrides": c.get("agents") or {},
-                                    "network": network}))
+                time.time(), extra=entry_extra(d, name, payload)))
             made.append({"session": sid, "name": name})
         return DEFERRED
 

@@ -327,10 +327,7 @@ class Start(Request):
             "runner": d.runner_confinement}
         d.post_event(sid, "session.created", created, reply_to=self.reply_to)
         d.supervisor.submit(queue.entry(sid, workflow, _run_params(d, params, payload), limits, str(workdir),
-                                        priority, time.time(),
-                                        extra={"name": name, "sys_path": path, "agent_overrides": overrides,
-                                               "network": network, "policy": policy,
-                                               "placement": placement}))
+                                        priority, time.time(), extra=entry_extra(d, name, created)))
         return DEFERRED
 
 
@@ -379,6 +376,15 @@ def session_spec(d: Any, q: Queued) -> dict[str, Any]:
             "limits": q.limits.to_dict(), **extra}
 
 
+def entry_extra(d: Any, name: str, created: dict[str, Any]) -> dict[str, Any]:
+    """What a queued session's runner needs beyond workflow, params and limits, from its ``session.created``
+    payload: one rule for a start, a requeue after a restart, a resume and a branch."""
+    return {"name": name, "sys_path": created.get("sys_path") or [], "agent_overrides": created.get("agents") or {},
+            "policy": created.get("policy") or [],
+            "network": bool((created.get("sandbox") or {}).get("network", d.cfg.sandbox.network)),
+            "placement": created.get("placement")}
+
+
 def requeue(d: Any) -> int:
     """Put the sessions stored as ``queued`` back in the run queue, in their order; at daemon start."""
     rows = d.store.sessions(status=["queued"], limit=100_000)
@@ -390,10 +396,7 @@ def requeue(d: Any) -> int:
         d.supervisor.requeue(d.supervisor.queue.entry(
             row["id"], row["workflow"], _run_params(d, row["params"], c.get("payload")),
             Limits.from_dict(row["limits"]), row["workdir"], priority, row["created_at"],
-            extra={"name": row["name"], "sys_path": c.get("sys_path") or [],
-                   "agent_overrides": c.get("agents") or {}, "policy": c.get("policy") or [],
-                   "network": bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network)),
-                   "placement": c.get("placement")}))
+            extra=entry_extra(d, row["name"], c)))
     return len(rows)
 
 

@@ -115,14 +115,16 @@ def test_deep_research_killed_midway_is_lost_then_resumed_without_repeating_llm_
     """deep_research paused after its first checkpoint, its daemon and runner SIGKILLed (status lost after the
     restart); `labd resume` (the CLI)
     completes it: no step completes twice, and no LLM request after the resume belongs to a step that had
-    completed before the kill (their calls were not repeated)."""
+    completed before the kill (their calls were not repeated). The session's own policy rules (`--policy`)
+    still govern the resumed runner: its LLM calls are decided by them."""
     import os
     import signal
 
     from tests.integration.cli_support import labd
 
     with daemon.client() as c:
-        sid = c.start("deep_research", params={"subquestions": 2, "max_steps": 2})
+        sid = c.start("deep_research", params={"subquestions": 2, "max_steps": 2},
+                      policy=[{"name": "llm-allowed", "action": "llm", "effect": "allow"}])
         wait_until(lambda: c.events(sid, kinds=["step.checkpoint"])["events"], timeout=30, interval=0.01,
                    what="a first checkpoint")
         c.pause(sid, "test: hold it mid-way")
@@ -148,6 +150,9 @@ def test_deep_research_killed_midway_is_lost_then_resumed_without_repeating_llm_
         later = [e for e in c.events(sid, since=kill_seq, kinds=["llm.request"])["events"]]
         assert later, "the resumed run made the calls of the steps that had not completed"
         assert not [e for e in later if _within(e["node_id"], before, parent)]
+        decided = [e["payload"] for e in c.events(sid, since=kill_seq, kinds=["policy.decision"])["events"]
+                   if e["payload"]["action"] == "llm"]
+        assert decided and all(p["rule"] == "llm-allowed" for p in decided), decided[:3]
         assert (daemon.home / "sessions" / sid / "work" / "report.md").exists()
 
 
@@ -231,6 +236,25 @@ def test_a_branch_that_fails_resumes_without_running_its_reused_steps(daemon, tm
         assert '"seen":{"a.txt":"two","sub/b.txt":"b"}' in result and '"two":2' in result
 
 
+def _one_slot(home: Path) -> Path:
+    """``home`` configured with ``max_sessions = 1`` (a second session waits in the run queue)."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text("[daemon]\nmax_sessions = 1\n")
+    return home
+
+
+def _failed_then_blocked(c: Any, counter: Path) -> tuple[str, str]:
+    """A durable_four session whose step three failed (its next run sleeps 1.5 s in step three), and a ticker
+    holding the only run slot: (failed session, blocker)."""
+    counter.mkdir()
+    sid = c.start("labd_testflows:durable_four", params={"counter": str(counter), "fail_three": 1,
+                                                         "sleep_three": 1.5})
+    assert _ended(c, sid)["status"] == "failed"
+    blocker = c.start("labd_testflows:ticker", params={"n": 400, "delay": 0.05})
+    wait_until(lambda: c.session(blocker)["status"] == "running", timeout=30, what="blocker running")
+    return sid, blocker
+
+
 @pytest.mark.slow
 def test_daemon_sigkill_during_resume_duplicates_nothing_and_completes_after_restart(isolated_env: Path,
                                                                                      tmp_path: Path) -> None:
@@ -242,17 +266,10 @@ def test_daemon_sigkill_during_resume_duplicates_nothing_and_completes_after_res
 
     from tests.conftest import running_daemon
 
-    isolated_env.mkdir(parents=True, exist_ok=True)
-    (isolated_env / "config.toml").write_text("[daemon]\nmax_sessions = 1\n")
     counter = tmp_path / "counts"
-    counter.mkdir()
-    with running_daemon(isolated_env) as d:
+    with running_daemon(_one_slot(isolated_env)) as d:
         with d.client() as c:
-            sid = c.start("labd_testflows:durable_four", params={"counter": str(counter), "fail_three": 1,
-                                                                 "sleep_three": 1.5})
-            assert _ended(c, sid)["status"] == "failed"
-            blocker = c.start("labd_testflows:ticker", params={"n": 400, "delay": 0.05})
-            wait_until(lambda: c.session(blocker)["status"] == "running", timeout=30, what="blocker running")
+            sid, blocker = _failed_then_blocked(c, counter)
             c.resume(sid)
             assert c.session(sid)["status"] == "queued"
         d.kill9()
@@ -294,17 +311,10 @@ def test_daemon_sigkill_during_branch_duplicates_nothing_and_completes_after_res
 
     from tests.conftest import running_daemon
 
-    isolated_env.mkdir(parents=True, exist_ok=True)
-    (isolated_env / "config.toml").write_text("[daemon]\nmax_sessions = 1\n")
     counter = tmp_path / "counts"
-    counter.mkdir()
-    with running_daemon(isolated_env) as d:
+    with running_daemon(_one_slot(isolated_env)) as d:
         with d.client() as c:
-            parent = c.start("labd_testflows:durable_four", params={"counter": str(counter), "fail_three": 1,
-                                                                    "sleep_three": 1.5})
-            assert _ended(c, parent)["status"] == "failed"
-            blocker = c.start("labd_testflows:ticker", params={"n": 400, "delay": 0.05})
-            wait_until(lambda: c.session(blocker)["status"] == "running", timeout=30, what="blocker running")
+            parent, blocker = _failed_then_blocked(c, counter)
             kid = c.branch(parent, "three", instructions="once more")["sessions"][0]["session"]
             wait_until(lambda: c.session(kid)["status"] == "queued", timeout=30, what="the branch queued")
         d.kill9()
