@@ -16,7 +16,8 @@ Match keys (all given keys must match; a key the action does not carry never mat
 - ``agent``, ``tool``, ``model``, ``language``: a glob (``*``, ``?``, ``[abc]``) or a list of globs; a glob
   starting with ``!`` excludes (``agent = "!planner"``: every agent but the planner). LLM calls carry agent and
   model; tool calls agent, tool and model; code executions agent, tool (``run_code``), model, language, network;
-- ``network``: true / false, code executions only (the session's network setting for executed code);
+- ``network``: true / false, code executions only (the session's network setting for executed code); a code
+  execution (the ``run_code`` tool) is decided once, as a ``code`` action, never also as a ``tool`` call;
 - ``min_agent_cost`` / ``min_session_cost``: USD spent so far (by this agent / by the session) is at least this.
 
 Effects: ``allow``; ``deny`` (the agent gets a refusal it can act on; ``reason`` is shown to it);

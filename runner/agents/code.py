@@ -31,7 +31,9 @@ from labd.runner.context import current_node
 from labd.runner.files import FileTracker
 from labd.runner.sandbox import Sandbox, SandboxRefused, session_sandbox
 
-__all__ = ["make_run_code", "MAX_OUTPUT"]
+__all__ = ["make_run_code", "MAX_OUTPUT", "CODE_TOOL"]
+
+CODE_TOOL = "run_code"  # the tool's name, as agents see it (and as policy rules name it: a `code` action)
 
 MAX_OUTPUT = 20_000
 _COMMANDS = {"python": lambda code: [sys.executable, "-c", code], "bash": lambda code: ["bash", "-c", code]}

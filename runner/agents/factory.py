@@ -16,7 +16,7 @@ from typing import Any
 
 from labd.ipc.policy import Policy
 from labd.runner.agents.budget import Budget
-from labd.runner.agents.code import make_run_code
+from labd.runner.agents.code import CODE_TOOL, make_run_code
 from labd.runner.agents.context import current_agent, current_model
 from labd.runner.agents.mcp_tools import toolkits_for
 from labd.runner.agents.offline import OFFLINE_MODEL, OFFLINE_PROVIDER, OfflineModelConfig
@@ -79,10 +79,9 @@ class AgentFactory:
 
     async def _code_gate(self, code: str, language: str, network: bool) -> str | None:
         gate = self.tracker.policy
-        if gate is None:
-            return None
+        assert gate is not None  # installed only with rules
         agent = current_agent.get()
-        action = gate.action("code", agent, tool="run_code", model=current_model.get(), language=language,
+        action = gate.action("code", agent, tool=CODE_TOOL, model=current_model.get(), language=language,
                              network=network)
         return await gate.check(action, current_node.get(), code=code)
 
@@ -146,7 +145,7 @@ class AgentFactory:
         if code_execution:
             from ag2 import tool
 
-            all_tools.append(tool(self._run_code, name="run_code"))
+            all_tools.append(tool(self._run_code, name=CODE_TOOL))
         middleware = [self.tracker.middleware(name, model_name, provider, offline), *kwargs.pop("middleware", [])]
         observers = list(kwargs.pop("observers", []))
         prompt = [system_prompt] if isinstance(system_prompt, str) else list(system_prompt)

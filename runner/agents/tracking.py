@@ -27,6 +27,7 @@ from ag2.events import BaseEvent, ModelRequest, ToolErrorEvent, ToolNotFoundEven
 from ag2.middleware import BaseMiddleware
 
 from labd.runner.agents.budget import Budget
+from labd.runner.agents.code import CODE_TOOL
 from labd.runner.agents.context import current_agent, current_call, current_model
 from labd.runner.agents.fidelity import BlobSender, jsonable, model_params
 from labd.runner.agents.hooks import LLMCall, current_llm_call
@@ -305,7 +306,9 @@ class TrackingMiddleware(BaseMiddleware):
         start = time.monotonic()
         try:
             gate = self.t.policy
-            refused = None if gate is None else await gate.check(
+            # the session's own run_code is decided once, inside it, as a `code` action (with its language and
+            # network): checking it here too would record two decisions and ask a human twice
+            refused = None if gate is None or event.name == CODE_TOOL else await gate.check(
                 gate.action("tool", self.agent, tool=event.name, model=self.model), node)
             # refused: the tool does not run, its (error) result is the refusal the model reads
             result = refused_tool_result(event, refused) if refused is not None else await call_next(event, context)

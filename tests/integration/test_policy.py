@@ -105,7 +105,8 @@ def _pending_policy_approval(c: Any, sid: str) -> dict[str, Any]:
 def test_networked_code_runs_once_approved(pd: Any) -> None:
     """`require_approval` on code run with the network on: the engineer's run_code waits as a pending approval
     of kind `policy` (the approver sees the rule and the code); approved, the code runs and the session
-    completes. The decisions are recorded: pending, then allowed by the approver. The same workflow with the
+    completes. The decisions are recorded: pending, then allowed by the approver — once, as a `code` action
+    (run_code is not also decided as a tool call, which would ask twice). The same workflow with the
     network off runs its code without asking (no rule applies)."""
     offline = pd.start("one_shot", params={"task": "Step 1 of 1: sum squares"}, network=False)
     sid = pd.start("one_shot", params={"task": "Step 1 of 1: sum squares"}, network=True)
@@ -121,6 +122,8 @@ def test_networked_code_runs_once_approved(pd: Any) -> None:
     assert len(runs) == 1 and runs[0]["exit_code"] == 0
     code = [d for d in _decisions(pd, sid) if d["action"] == "code"]
     assert [d["outcome"] for d in code] == ["pending", "allowed"]
+    assert not [d for d in _decisions(pd, sid) if d["action"] == "tool" and d.get("tool") == "run_code"]  # once
+    assert len(pd.approvals(sid, status="all")) == 1
     assert code[0]["rule"] == "ask-before-networked-code" and code[0]["effect"] == "require_approval"
     assert code[1]["by"] == "client" and code[0]["agent"] == "engineer" and code[0]["node_id"]
     assert code[0]["network"] is True and code[0]["tool"] == "run_code" and code[0]["language"] == "python"
