@@ -27,6 +27,7 @@ import zmq
 from labd.daemon.outputcap import OutputCaps, stored_cap
 from labd.daemon.shipped import receive as receive_shipped
 from labd.daemon.spools import remove_spool, spool_of, spooled_events
+from labd.daemon.warnlimit import WarnLimiter
 from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
 from labd.ipc.signing import derive_key
 from labd.ipc.wire import Codec, Message, PayloadError, WireError
@@ -47,7 +48,6 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024  # raw runner frames per batch: bounds the mem
 #: messages queued per runner in the ROUTER (each <= ~512 KiB from the Python runner): a flooding runner
 #: blocks in its own send queue instead of growing the daemon's memory
 RUNNER_RCVHWM = 32
-WARN_EVERY_S = 1.0  # a given kind of warning (dropped frame, rejected event) is logged at most this often
 _NUMBER = (int, float)
 RESEND_INTERVAL_S = 0.5
 #: the database cannot be reached (retry the same batch); anything else it raises means it refused data
@@ -88,7 +88,7 @@ class Ingest(threading.Thread):
         self.log = structlog.get_logger("labd.ingest")
         self.cursors: dict[str, SessionCursor] = {}
         self._last_resend: dict[str, float] = {}
-        self._warned: dict[tuple[str, str], tuple[float, int]] = {}  # see _warn
+        self._warn = WarnLimiter(self.log).warn  # bad frames: a line a second per reason, counters exact
         self.topics: set[bytes] = set()  # live-tail subscriptions (see _on_subscriptions)
         #: control messages for runners that have not said hello yet (e.g. pause right after start)
         self._waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]] = {}
@@ -102,20 +102,6 @@ class Ingest(threading.Thread):
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
-
-    def _warn(self, what: str, reason: str, **fields: Any) -> None:
-        """Log a warning at most once per second per (what, reason), saying how many were not logged; the
-        counters keep the exact numbers (a flood of bad frames must not become a flood of log lines)."""
-        key = (what, reason)
-        now = time.monotonic()
-        last, suppressed = self._warned.get(key, (0.0, 0))
-        if now - last < WARN_EVERY_S:
-            self._warned[key] = (last, suppressed + 1)
-            return
-        self._warned[key] = (now, 0)
-        if suppressed:
-            fields["not_logged_since_last"] = suppressed
-        self.log.warning(what, reason=reason, **fields)
 
     def _cursor(self, sid: str) -> SessionCursor | None:
         cur = self.cursors.get(sid)

@@ -197,12 +197,14 @@ class Client:
             body["placement"] = placement
         return self._start(body, idempotency_key, retries)
 
-    def _start(self, body: dict[str, Any], idempotency_key: str | None, retries: int) -> str:
-        """Send ``session.start`` with an idempotency key, re-sent unchanged on each retry after a timeout."""
+    def _start(self, body: dict[str, Any], idempotency_key: str | None, retries: int,
+               type_: str = "session.start") -> str:
+        """Send ``type_`` (a request that starts a session) with an idempotency key, re-sent unchanged on each
+        retry after a timeout; returns the new session's id."""
         body["idempotency_key"] = idempotency_key or secrets.token_hex(16)
         for attempt in range(retries + 1):
             try:
-                return self.request("session.start", **body)["session"]  # type: ignore[no-any-return]
+                return self.request(type_, **body)["session"]  # type: ignore[no-any-return]
             except LabdError as exc:
                 if exc.code != "timeout" or attempt == retries:
                     raise
@@ -390,18 +392,12 @@ class Client:
         """Replay a finished session: a new session (``origin`` replay, ``parent_id`` the session) re-runs its
         workflow with its params, every LLM response and approval answer served from the record (up to the
         end of node ``from_node``, then live); code runs again. Returns the new session's id."""
-        body: dict[str, Any] = {"session": session, "idempotency_key": idempotency_key or secrets.token_hex(16)}
+        body: dict[str, Any] = {"session": session}
         if from_node:
             body["from"] = from_node
         if name:
             body["name"] = name
-        for attempt in range(retries + 1):
-            try:
-                return self.request("session.replay", **body)["session"]  # type: ignore[no-any-return]
-            except LabdError as exc:
-                if exc.code != "timeout" or attempt == retries:
-                    raise
-        raise AssertionError("unreachable")
+        return self._start(body, idempotency_key, retries, "session.replay")
 
     def compare(self, *sessions: str) -> dict[str, Any]:
         """Sessions side by side (the first is the baseline): steps, files, totals, final results."""

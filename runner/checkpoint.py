@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from labd.runner.files import sha256_file
+
 __all__ = ["ObjectStore", "restore", "walk_files", "load_manifest", "manifest_object", "OBJECTS_DIR",
            "MAX_CHAIN"]
 
@@ -156,7 +158,7 @@ def restore(root: Path, manifest: dict[str, list[Any]], objects: ObjectStore) ->
         if want is None:
             os.unlink(root / rel)
             removed += 1
-        elif want[1] == st.st_size and _sha256(root / rel) == want[0]:
+        elif want[1] == st.st_size and sha256_file(root / rel) == want[0]:
             kept += 1
             if stat.S_IMODE(st.st_mode) != int(want[2]):
                 os.chmod(root / rel, int(want[2]))
@@ -181,9 +183,3 @@ def restore(root: Path, manifest: dict[str, list[Any]], objects: ObjectStore) ->
     return {"removed": removed, "written": written, "kept": kept}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -217,7 +217,6 @@ class Context:
         node.result = durable.result_of(rec)
         node.reused = True
         durable.bind(node.id, path)
-        durable.reused += 1
         if durable.mode == "branch" or payload.get("planned"):
             self._emit("step.started", payload, node.id)
             if durable.mode == "branch":

@@ -124,8 +124,7 @@ class Durable:
         #: the last manifest stored (digest, manifest, chain length): the next is stored as changes from it
         self._base: tuple[str, dict[str, list[Any]], int] | None = None
         self._ck_lock = threading.Lock()
-        self.enabled = True
-        self.reused = 0
+        self.enabled = True  # scripts/bench_flows.py turns checkpoints off to measure their cost
         #: called after each step's checkpoint (a remote runner ships the changed files: runner/ship.py)
         self.after_checkpoint: Callable[[], object] | None = None
 

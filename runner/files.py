@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FileTracker", "file_kind"]
+__all__ = ["FileTracker", "file_kind", "sha256_file"]
 
 _KINDS = {
     "code": {".py", ".sh", ".js", ".ts", ".r", ".jl", ".c", ".cpp", ".rs", ".go", ".java", ".ipynb", ".sql"},
@@ -33,7 +33,8 @@ def file_kind(path: str) -> str:
     return next((kind for kind, exts in _KINDS.items() if ext in exts), "other")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 hex digest of a file's content, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -105,7 +106,7 @@ class FileTracker:
                     if prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns:
                         continue
                     try:
-                        digest = _sha256(full)
+                        digest = sha256_file(full)
                     except OSError:
                         continue
                     self._seen[rel] = (st.st_size, st.st_mtime_ns, digest)

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["ReplayMiss", "Replayer", "request_digest", "approval_digest", "activate", "active", "deactivate",
+__all__ = ["ReplayMiss", "Replayer", "request_digest", "approval_digest", "activate", "active",
            "VOLATILE"]
 
 #: keys whose values differ between two runs of the same conversation (and never steer the model)
@@ -100,12 +100,6 @@ class Replayer:
         self.misses = 0
 
     # ---- state -----------------------------------------------------------------------------------
-    @property
-    def exhausted(self) -> bool:
-        """Everything recorded up to the replay point was served: what follows runs live."""
-        with self._lock:
-            return self._left == 0
-
     def _live_now(self) -> bool:
         return self.until is not None and self._left == 0
 
@@ -250,7 +244,3 @@ def active() -> Replayer | None:
     """The runner's replayer, if this session is a replay."""
     return _active[0] if _active else None
 
-
-def deactivate() -> None:
-    """Forget the replayer (tests, and a runner that is done)."""
-    _active.clear()

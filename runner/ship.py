@@ -13,23 +13,18 @@ where ``labd files`` and downloads look.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
+
+from labd.runner.files import sha256_file
 
 __all__ = ["ship_files", "chunk_for", "CHUNK", "Shipper"]
 
 CHUNK = 512 * 1024  # raw bytes per event (~683 KiB of base64): well under max_message, one event per message
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def chunk_for(max_message: int | None) -> int:
@@ -78,7 +73,7 @@ class Shipper:
                     skipped.append(rel)
                     continue
                 try:
-                    digest = _sha256(path)
+                    digest = sha256_file(path)
                     if before is not None and before[2] == digest:  # touched, same bytes
                         self._sent[rel] = (st.st_size, st.st_mtime_ns, digest)
                         continue

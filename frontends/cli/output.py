@@ -134,5 +134,3 @@ class Output:
             (self.stderr if err else self.stdout).write(text + "\n")
         (self.stderr if err else self.stdout).flush()
 
-    def print_renderable(self, renderable: Any) -> None:
-        self.console().print(renderable)
