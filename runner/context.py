@@ -320,11 +320,7 @@ class Context:
         """A tracked agent for a role of the agent registry (``labd agents``): its system prompt, model, code
         execution and MCP servers come from the registry — built-in roles, ``[agents.<name>]`` in config,
         ``<home>/agents/*.toml`` — after the session's ``--agent role=other`` overrides."""
-        if self._agent_factory is None:
-            if self._agents is None:
-                raise RuntimeError("agents are not available in this context")
-            self._agent_factory = self._agents()
-        return self._agent_factory.role(role, name=name, model=model, **kwargs)
+        return self.agent_factory().role(role, name=name, model=model, **kwargs)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run an async workflow body (ag2 is async) to completion from synchronous workflow code."""

@@ -11,7 +11,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from labd.frontends.cli.base import Ctx, command
-from labd.runner.workflows.registry import BUILTINS
+from labd.ipc.workflows import BUILTINS
 
 __all__ = ["register", "script"]
 

@@ -20,21 +20,11 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from labd.ipc.workflows import BUILTINS  # the names are public; this module resolves them
+
 __all__ = ["BUILTINS", "Target", "WorkflowError", "bind_params", "canonical", "describe", "is_builtin", "parse_target",
            "resolve"]
 
-BUILTINS: dict[str, str] = {
-    "demo.count": "labd.runner.workflows.demo:count",
-    "demo.compute": "labd.runner.workflows.demo:compute",
-    "demo.chatty": "labd.runner.workflows.demo:chatty",
-    "demo.fail": "labd.runner.workflows.demo:fail",
-    "demo.sleep": "labd.runner.workflows.demo:sleep",
-    "demo.events": "labd.runner.workflows.demo:events",
-    "one_shot": "labd.runner.workflows.one_shot:one_shot",
-    "planning_and_control": "labd.runner.workflows.planning:planning_and_control",
-    "hitl": "labd.runner.workflows.planning:hitl",
-    "deep_research": "labd.runner.workflows.deep_research:deep_research",
-}
 
 
 class WorkflowError(Exception):

@@ -147,6 +147,20 @@ def test_code_rejected_gives_the_agent_the_refusal(pd: Any) -> None:
     assert final["outcome"] == "denied" and final["feedback"] == "not on this machine"
 
 
+def test_a_session_policy_cannot_lift_the_daemons_rules(pd: Any) -> None:
+    """A session's own rules come after the daemon's: an `allow` for all code in `--policy` does not lift the
+    daemon's require-approval rule on networked code; the approval is still asked, by the daemon's rule."""
+    sid = pd.start("one_shot", params={"task": "Step 1 of 1: sum squares"}, network=True,
+                   policy=[{"name": "all-code-allowed", "action": "code", "effect": "allow"}])
+    ap = _pending_policy_approval(pd, sid)
+    assert ap["context"]["policy_rule"] == "ask-before-networked-code"
+    pd.reject(sid, feedback="no")
+    assert pd.wait(sid, timeout=90)["status"] == "completed"
+    code = [d for d in _decisions(pd, sid) if d["action"] == "code"]
+    assert code[0]["rule"] == "ask-before-networked-code" and code[0]["source"] != "session"
+    assert not list(pd.history(sid, kinds=["code.execution"]))
+
+
 def test_stop_while_a_policy_approval_waits(pd: Any) -> None:
     """Stopping a session whose code waits for a policy approval ends the wait at once: the session ends
     cancelled by the cooperative rung (no SIGTERM needed), the code never ran, the approval expired."""

@@ -1,4 +1,5 @@
-"""Front-ends are clients of the public protocol: no `labd.daemon` imports, except `labd serve` starting it."""
+"""Front-ends are clients of the public protocol: no `labd.daemon` imports, except `labd serve` starting it, and
+no `labd.runner` or `labd.store` imports at all (the SDK and the wire are in `labd.ipc`)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,21 @@ def test_frontends_import_no_daemon_module_outside_serve() -> None:
         offenders += [f"{path.name}:{line} {name}" for line, name in _daemon_imports(tree) if line not in allowed]
     assert offenders == []
     assert any(_daemon_imports(ast.parse(p.read_text())) for p in FRONTENDS.rglob("*.py"))  # the check sees them
+
+
+
+def test_frontends_import_neither_runner_nor_store() -> None:
+    """Nothing under frontends/ imports the runner's or the store's modules (`import labd.runner...`,
+    `from labd.runner... import`, `from labd import runner`)."""
+    offenders = []
+    for path in FRONTENDS.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{a.name}" if node.module == "labd" else node.module or "" for a in node.names]
+            else:
+                continue
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names
+                          if n.split(".")[:2] in (["labd", "runner"], ["labd", "store"])]
+    assert offenders == []
