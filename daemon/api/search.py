@@ -35,9 +35,8 @@ class Search(Request):
                 cutoff = time.time() - parse_duration(since) if isinstance(since, str) else since
             except UnitError as exc:
                 raise ApiError("bad_request", str(exc)) from None
-            rows = self.daemon.store.sessions(status=status, limit=100_000)
-            allowed = {r["id"] for r in rows if (not workflow or r["workflow"] == workflow)
-                       and (cutoff is None or r["created_at"] >= cutoff)}
+            rows = self.daemon.store.sessions(status=status, workflow=workflow, since=cutoff, limit=100_000)
+            allowed = {r["id"] for r in rows}  # the filters are the store's query, not a pass over every row
         hits = indexer.index.search(text, types=types, session_ids=allowed, limit=limit)
         names: dict[str, dict[str, Any]] = {}
         for h in hits:
