@@ -17,7 +17,7 @@ from labd.daemon.queue import Queued
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT, MAX_RESULT, check_params
 from labd.ipc.signing import derive_key
-from labd.ipc.units import UnitError, parse_duration, parse_percent, parse_size
+from labd.ipc.units import MIN_OUTPUT, UnitError, parse_duration, parse_output_cap, parse_percent, parse_size
 from labd.runner.workflows.registry import WorkflowError, canonical
 from labd.store.schema import IDEMPOTENCY_RETENTION
 
@@ -53,7 +53,6 @@ def resolve_ref(store: Any, ref: str) -> dict[str, Any]:
 #: channel, capture and first workflow import need headroom; a smaller --memory would kill every session
 MIN_MEMORY = 32 * 2**20
 MAX_PROCS = 1_000_000
-MIN_OUTPUT = 1024  # an output cap below this would truncate the first traceback
 
 
 def _limits(body: dict[str, Any], default_procs: int | None = None, default_output: Any = None) -> Limits:
@@ -96,18 +95,12 @@ def _limits(body: dict[str, Any], default_procs: int | None = None, default_outp
 
 
 def output_cap(value: Any) -> int | None:
-    """The ``output`` limit: bytes (a JSON integer), a size string ("10M"), or "none" for no cap."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
-        return None
-    if isinstance(value, str):
-        if value.strip().isdigit():
-            raise ApiError("bad_limits", f"output limit {value!r} has no unit: write e.g. {value.strip()}M "
-                           "(a JSON number means bytes; \"none\": no cap)")
-        value = parse_size(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_OUTPUT:
-        raise ApiError("bad_limits", f"output limit {value!r} must be a size of at least {MIN_OUTPUT // 1024}K "
-                       "(e.g. 10M, 1G) or \"none\"", {"min_bytes": MIN_OUTPUT})
-    return value
+    """The ``output`` limit (:func:`labd.ipc.units.parse_output_cap`); ``bad_limits`` when it does not parse."""
+    try:
+        return parse_output_cap(value)
+    except UnitError as exc:
+        raise ApiError("bad_limits", f"output limit: {exc} (a JSON number means bytes)",
+                       {"min_bytes": MIN_OUTPUT}) from None
 
 
 def _positive(value: Any, name: str) -> Any:

@@ -209,6 +209,19 @@ def test_load_cursor_restores_seq_marks_and_status(engine: Engine, writer: Batch
     assert writer.load_cursor("missing") is None
 
 
+def test_load_cursor_carries_budget_and_output_cap(engine: Engine, writer: BatchWriter) -> None:
+    """The limits ingest enforces after a restart come with the cursor from the one row read: the budget and the
+    output cap (the backstop of daemon/outputcap.py does not read the row again); no cap stored is None."""
+    cursors: dict[str, SessionCursor] = {}
+    b = Batch(cursors)
+    b.add("s1", "session.created", CREATED | {"limits": {"budget": 0.5, "output": 4096}})
+    b.add("s2", "session.created", CREATED | {"workdir": "/w/s2"})
+    b.commit(writer)
+    one, two = writer.load_cursor("s1"), writer.load_cursor("s2")
+    assert one is not None and (one.budget, one.output_cap) == (0.5, 4096)
+    assert two is not None and (two.budget, two.output_cap) == (None, None)
+
+
 def test_restored_cursor_finalizes_like_the_original(engine: Engine, writer: BatchWriter) -> None:
     """After a daemon restart between the runner's failure report and its exit, the end reason still
     carries the workflow's error (not the row's last transition reason, 'runner started')."""
