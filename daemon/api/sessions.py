@@ -12,6 +12,7 @@ import orjson
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.policy import runner_policy, session_rules
+from labd.daemon.api.roles import agent_roles
 from labd.daemon.monitor import Limits
 from labd.daemon.queue import Queued
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
@@ -135,19 +136,14 @@ def where_from(req: Request) -> tuple[str, str | None, list[str]]:
 def _roles(req: Request) -> tuple[dict[str, Any], dict[str, str]]:
     """The agent registry for a new session (read now: edits apply to the next session) and its
     ``agents`` overrides ``{role asked for: role to use}``, checked against the registry."""
-    from labd.runner.roles import RoleError, load_roles
-
     overrides = req.arg("agents", dict, {}, check=lambda a: len(a) <= 100 and all(
         isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 100 and 0 < len(v) <= 100 for k, v in a.items()),
         hint="an object {role: other role}")
-    try:
-        roles = load_roles(req.daemon.cfg.agents, req.daemon.layout.home / "agents")
-    except RoleError as exc:
-        raise ApiError("bad_agents", str(exc)) from None
+    roles = agent_roles(req.daemon)
     unknown = sorted(v for v in overrides.values() if v not in roles)
     if unknown:
         raise ApiError("bad_agents", f"unknown agent roles {unknown}; known: {', '.join(sorted(roles))}")
-    return {n: r.to_dict() for n, r in roles.items()}, overrides
+    return roles, overrides
 
 
 def _valid_tags(tags: Any) -> bool:
@@ -345,11 +341,10 @@ def _run_params(d: Any, params: dict[str, Any], payload: str | None) -> dict[str
 def session_spec(d: Any, q: Queued) -> dict[str, Any]:
     """The runner's start spec for a session (built when it launches, so a queued one gets current settings:
     models, prices, MCP servers and the agent registry as they are then)."""
-    from labd.runner.roles import RoleError, load_roles
-
+    roles: dict[str, Any] | None
     try:
-        roles = {n: r.to_dict() for n, r in load_roles(d.cfg.agents, d.layout.home / "agents").items()}
-    except RoleError:
+        roles = agent_roles(d)
+    except ApiError:
         roles = None  # checked at session.start; a registry file broken since then: the built-in roles
     extra = dict(q.extra)
     network = bool(extra.pop("network", d.cfg.sandbox.network))
