@@ -376,11 +376,10 @@ def entry_extra(d: Any, name: str, created: dict[str, Any]) -> dict[str, Any]:
 def requeue(d: Any) -> int:
     """Put the sessions stored as ``queued`` back in the run queue, in their order; at daemon start."""
     rows = d.store.sessions(status=["queued"], limit=100_000)
+    first = d.store.first_events([row["id"] for row in rows], ["session.queued", "session.created"])
     for row in rows:
-        queued = d.store.events(row["id"], kinds=["session.queued"], limit=1)
-        priority = int(queued[0]["payload"].get("priority") or 0) if queued else 0
-        created = d.store.events(row["id"], kinds=["session.created"], limit=1)
-        c = created[0]["payload"] if created else {}
+        priority = int(first.get((row["id"], "session.queued"), {}).get("priority") or 0)
+        c = first.get((row["id"], "session.created"), {})
         d.supervisor.requeue(d.supervisor.queue.entry(
             row["id"], row["workflow"], _run_params(d, row["params"], c.get("payload")),
             Limits.from_dict(row["limits"]), row["workdir"], priority, row["created_at"],
