@@ -115,11 +115,19 @@ class NodeMonitor(threading.Thread):
         self._recorded, self._recorded_at = figures, now
         self._note("event", "resource.sample", s)
 
+    def _next_wait(self) -> float:
+        """The pass interval, shortened to wake up when the wall-time limit runs out (a session with only a
+        timeout is sampled every ``record_interval``, yet stopped on time, as the daemon's monitor does)."""
+        timeout = self.limits.get("timeout")
+        if timeout is None or self._timed_out:
+            return self.interval
+        return max(0.01, min(self.interval, self.started + timeout - time.time() + 0.01))
+
     def run(self) -> None:
         last_record = 0.0
         lim = self.limits
         last: dict[str, Any] | None = None
-        while not self._halt.wait(self.interval):
+        while not self._halt.wait(self._next_wait()):
             s = self.sample()
             if not s["num_procs"]:
                 if last is not None:  # the runner is gone: its last figures (the peaks) unless noted already

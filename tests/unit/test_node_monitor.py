@@ -15,11 +15,13 @@ from tests.conftest import wait_until
 
 def test_fast_sampling_only_with_a_kill_limit() -> None:
     """0.1 s passes with a memory or process limit; otherwise one pass per record interval (a wall-time limit
-    alone needs no fast pass)."""
+    alone needs no fast pass, only a wake-up when it runs out)."""
     assert NodeMonitor(1, {"memory": 1 << 30}, 0.0).interval == 0.1
     assert NodeMonitor(1, {"procs": 5}, 0.0).interval == 0.1
     assert NodeMonitor(1, {"timeout": 60}, 0.0).interval == 2.0
     assert NodeMonitor(1, {}, 0.0, record_interval=5.0).interval == 5.0
+    soon = NodeMonitor(1, {"timeout": 1.0}, time.time())  # wakes when the wall time runs out, not 2 s later
+    assert 0.01 <= soon._next_wait() <= 1.02  # noqa: SLF001
 
 
 def _samples(m: NodeMonitor) -> list[dict[str, object]]:
