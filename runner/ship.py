@@ -37,7 +37,8 @@ def chunk_for(max_message: int | None) -> int:
 
 class Shipper:
     """Ships a work directory incrementally: each :meth:`ship` sends only the files of a snapshot whose content
-    differs from what was shipped before, and marks the ones deleted since; ``max_bytes`` bounds the session."""
+    differs from what was shipped before, and marks the ones deleted since; ``max_bytes`` bounds the session.
+    ``root`` is the work directory the snapshots describe (kept for callers; the bytes come from the snapshots)."""
 
     def __init__(self, root: Path, emit: Callable[..., int], max_bytes: int, chunk: int = CHUNK) -> None:
         self.root, self.emit, self.max_bytes, self.chunk = root, emit, max_bytes, chunk
