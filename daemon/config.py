@@ -12,7 +12,7 @@ from typing import Any
 from labd.ipc.paths import Layout, layout_for
 
 # The unit parsers are public (the CLI and SDK parse the same strings); re-exported here for old callers.
-from labd.ipc.units import UnitError, parse_duration, parse_percent, parse_size
+from labd.ipc.units import UnitError, parse_duration, parse_output_cap, parse_percent, parse_size
 
 __all__ = ["Config", "ConfigError", "SandboxSettings", "load_config", "parse_size", "parse_duration", "parse_percent",
            "UnitError"]
@@ -210,16 +210,10 @@ def _check_sandbox(path: Path, section: Any) -> dict[str, Any]:
 
 def _max_output(value: Any) -> int | None:
     """``max_output``: a size with a unit, or "none" (also false/0) for sessions without an output cap."""
-    if value is None or value is False or value == 0 or (isinstance(value, str) and value.strip().lower() == "none"):
-        return None
-    if isinstance(value, str):
-        try:
-            value = parse_size(value)
-        except UnitError as exc:
-            raise ConfigError(f"max_output: {exc}") from None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
-        raise ConfigError(f"max_output must be a size of at least 1K like \"1G\", or \"none\", not {value!r}")
-    return value
+    try:
+        return parse_output_cap(None if value is False or value == 0 else value)
+    except UnitError as exc:
+        raise ConfigError(f"max_output: {exc}") from None
 
 
 LAUNCHER_KEYS = {"kind": str, "address": str, "runner_listen": str, "advertise": str, "node_dir": str,

@@ -5,7 +5,8 @@ and relays them to the daemon's local ``ipc://`` sockets, so the daemon's main l
 
 - control: a ROUTER on PORT. Each remote client gets its own DEALER connected to the local control socket;
   its frames (still HMAC-signed by the client, and checked by the daemon as usual) are passed through, and the
-  replies come back to it. Idle relays are closed (at most :data:`MAX_RELAYS`).
+  replies come back to it. Idle relays are closed (at most :data:`MAX_RELAYS`; :mod:`labd.daemon.curve_relay`,
+  shared with the runner gateway).
 - events: an XPUB on PORT+1 fed by an XSUB connected to the local event socket; subscriptions travel upstream,
   so ingest still encodes a session's live tail only while somebody follows it.
 
@@ -18,14 +19,14 @@ with an unknown key, never completes the handshake. The server keypair lives in 
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
-from typing import Any
 
 import structlog
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+
+from labd.daemon.curve_relay import Relays, curve_server_socket
 
 __all__ = ["Gateway", "check_listen", "curve_dir", "ensure_server_keys", "add_client"]
 
@@ -107,14 +108,7 @@ class Gateway(threading.Thread):
         self._halt.set()
 
     def _server_socket(self, kind: int) -> zmq.Socket:
-        s = self._ctx.socket(kind)
-        s.setsockopt(zmq.LINGER, 0)
-        s.curve_server = True
-        s.curve_publickey = self.public
-        s.curve_secretkey = self._secret
-        s.setsockopt(zmq.ZAP_DOMAIN, b"labd")
-        s.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_message)
-        return s
+        return curve_server_socket(self._ctx, kind, self.public, self._secret, "labd", self.max_message)
 
     def run(self) -> None:
         try:
@@ -137,9 +131,8 @@ class Gateway(threading.Thread):
             return
         self.ready.set()
         self.log.info("listening on TCP (CurveZMQ)", control=self.endpoints[0], events=self.endpoints[1])
-        relays: dict[bytes, tuple[zmq.Socket, float]] = {}
-        by_sock: dict[zmq.Socket, bytes] = {}
         poller = zmq.Poller()
+        relays = Relays(self._ctx, poller, self.control, RELAY_IDLE_S, MAX_RELAYS)
         for s in (router, xpub, xsub):
             poller.register(s, zmq.POLLIN)
         try:
@@ -147,50 +140,17 @@ class Gateway(threading.Thread):
                 ready = dict(poller.poll(200))
                 if router in ready:
                     frames = router.recv_multipart()
-                    ident, payload = frames[0], frames[1:]
-                    relay = relays.get(ident)
-                    if relay is None:
-                        if len(relays) >= MAX_RELAYS:
-                            self._close_oldest(relays, by_sock, poller)
-                        sock = self._ctx.socket(zmq.DEALER)
-                        sock.setsockopt(zmq.LINGER, 0)
-                        sock.connect(self.control)
-                        poller.register(sock, zmq.POLLIN)
-                        by_sock[sock] = ident
-                        relay = (sock, time.monotonic())
-                    relays[ident] = (relay[0], time.monotonic())
-                    relay[0].send_multipart(payload)
-                for sock in [s for s in ready if s in by_sock]:
-                    ident = by_sock[sock]
-                    reply = sock.recv_multipart()
-                    try:
-                        router.send_multipart([ident, *reply], zmq.NOBLOCK)
-                    except zmq.ZMQError:
-                        pass  # the remote client is gone
+                    relays.send(frames[0], frames[1:])
+                relays.reply(ready, router)
                 if xpub in ready:  # subscriptions from remote followers, upstream
                     xsub.send(xpub.recv())
                 if xsub in ready:
                     xpub.send_multipart(xsub.recv_multipart())
-                now = time.monotonic()
-                for ident, (_sock, last) in list(relays.items()):
-                    if now - last > RELAY_IDLE_S:
-                        self._drop(ident, relays, by_sock, poller)
+                relays.sweep()
         finally:
-            for sock in list(by_sock):
-                sock.close(0)
+            relays.close()
             for s in (router, xpub, xsub):
                 s.close(0)
             if self._auth is not None:
                 self._auth.stop()
             self._ctx.term()
-
-    def _close_oldest(self, relays: dict[bytes, Any], by_sock: dict[zmq.Socket, bytes], poller: zmq.Poller) -> None:
-        oldest = min(relays, key=lambda i: relays[i][1])
-        self._drop(oldest, relays, by_sock, poller)
-
-    @staticmethod
-    def _drop(ident: bytes, relays: dict[bytes, Any], by_sock: dict[zmq.Socket, bytes], poller: zmq.Poller) -> None:
-        sock, _ = relays.pop(ident)
-        by_sock.pop(sock, None)
-        poller.unregister(sock)
-        sock.close(0)

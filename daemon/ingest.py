@@ -24,7 +24,7 @@ import sqlalchemy.exc as sa_exc
 import structlog
 import zmq
 
-from labd.daemon.outputcap import OutputCaps, stored_cap
+from labd.daemon.outputcap import OutputCaps
 from labd.daemon.shipped import receive as receive_shipped
 from labd.daemon.spools import remove_spool, spool_of, spooled_events
 from labd.daemon.warnlimit import WarnLimiter
@@ -84,7 +84,7 @@ class Ingest(threading.Thread):
         self.events_endpoint = events_endpoint
         self.counters = counters
         self.last_seen = last_seen
-        self.outcap = OutputCaps(lambda sid: stored_cap(writer.engine, sid), counters)  # output cap backstop
+        self.outcap = OutputCaps(lambda sid: getattr(self.cursors.get(sid), "output_cap", None), counters)  # backstop
         self.log = structlog.get_logger("labd.ingest")
         self.cursors: dict[str, SessionCursor] = {}
         self._last_resend: dict[str, float] = {}

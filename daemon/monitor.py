@@ -12,7 +12,8 @@ between passes every ``NEAR_TICK_S`` (its known members only). Memory is the tre
 (proportional set size: a page shared by k processes counts 1/k in each, so pages shared within a tree
 count once and pages shared with the template only by their share). A breach kills the tree at once;
 wall-time and process-count breaches go to the supervisor (notes). ``record_interval`` sets how often a
-``resource.sample`` event may be recorded: only when a figure moved, or every ``IDLE_RECORD_S`` otherwise.
+``resource.sample`` event may be recorded: only when a figure moved, or every ``IDLE_RECORD_S`` otherwise
+(:mod:`labd.ipc.samples`, the rule the node monitor of a remote session uses too).
 
 CPU limits are enforced by throttling: a token bucket per session refilled at the quota (a fraction of one
 core); when the tree has used more CPU than it earned, the process group and every tree member are stopped
@@ -37,6 +38,7 @@ import zmq
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY
 from labd.daemon.launcher import signal_group
 from labd.daemon.proctable import MarkerCache, Proc, ProcTable, PssCache, read_proc
+from labd.ipc.samples import worth_recording
 
 __all__ = ["Monitor", "Limits"]
 
@@ -44,10 +46,6 @@ THROTTLE_TICK_S = 0.02
 NEAR_TICK_S = 0.025  # re-read of a session past NEAR_FRACTION of its memory limit
 NEAR_FRACTION = 0.5
 BURST_S = 0.1  # how much CPU time a throttled session may bank
-#: a periodic resource.sample is recorded only when a figure moved (memory by MEMORY_STEP or 2 %, CPU by a
-#: point, the process count, a peak) or this long after the last one: idle sessions record ~nothing
-IDLE_RECORD_S = 30.0
-MEMORY_STEP = 1 << 20
 BURY_GRACE_S = 2.0  # SIGTERM -> SIGKILL for what a finished session left behind
 BURY_HUNT_S = 10.0  # how long escaped processes of an ended session are looked for
 
@@ -416,14 +414,9 @@ class Monitor(threading.Thread):
 
     @staticmethod
     def _changed(w: _Watched, now: float) -> bool:
-        """Is a periodic sample worth an event? Only when a figure moved, or ``IDLE_RECORD_S`` passed: 500
-        idle sessions recording identical samples every 2 s cost the daemon more than everything else."""
-        last = w.recorded
-        if last is None or now - w.recorded_at >= IDLE_RECORD_S:
-            return True
-        memory, cpu, procs, peak_memory, peak_cpu = last
-        return (abs(w.memory - memory) > max(MEMORY_STEP, memory * 0.02) or abs(w.cpu_percent - cpu) >= 1.0
-                or w.num_procs != procs or w.peak_memory != peak_memory or w.peak_cpu >= peak_cpu + 1.0)
+        """Is a periodic sample worth an event? (:func:`labd.ipc.samples.worth_recording`)"""
+        return worth_recording(w.recorded, (w.memory, w.cpu_percent, w.num_procs, w.peak_memory, w.peak_cpu),
+                               now - w.recorded_at)
 
     def _record(self, w: _Watched) -> None:
         w.recorded = (w.memory, w.cpu_percent, w.num_procs, w.peak_memory, w.peak_cpu)

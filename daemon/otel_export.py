@@ -56,6 +56,7 @@ class OtelExporter(threading.Thread):
         self.exported = 0  # spans acknowledged by the collector (for status/tests)
         self.failures = 0
         self.cursor = self._load()
+        self._saved = json.dumps(self.cursor)  # what the cursor file holds (or the empty cursor, with no file)
 
     # ---- cursor ---------------------------------------------------------------------------------
     def _load(self) -> dict[str, Any]:
@@ -68,9 +69,15 @@ class OtelExporter(threading.Thread):
         return {"done_before": 0.0, "sessions": {}}
 
     def _save(self) -> None:
+        """Write the cursor file, only when the cursor moved: an idle daemon's pass every ``interval`` seconds
+        writes nothing."""
+        data = json.dumps(self.cursor)
+        if data == self._saved:
+            return
         tmp = self.cursor_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.cursor))
+        tmp.write_text(data)
         os.replace(tmp, self.cursor_file)
+        self._saved = data
 
     # ---- the loop -------------------------------------------------------------------------------
     def stop(self) -> None:

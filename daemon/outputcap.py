@@ -6,8 +6,9 @@ too and, past the cap plus :data:`MARGIN`, stores no more of them: the first dro
 an ``output.truncated`` (``by: "daemon"``), and the session's end records the total dropped. An honest
 runner never reaches the backstop: it counts UTF-8 bytes, this counts characters (never more).
 
-The cap of a session is learned from its ``session.created`` (or, after a daemon restart, read once from
-its stored row); sessions that ended are forgotten.
+The cap of a session is learned from its ``session.created`` (or, after a daemon restart, from ingest's cursor
+of the session, which :meth:`labd.store.writer.BatchWriter.load_cursor` filled from its row with the budget: the
+row is not read again); sessions that ended are forgotten.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
-__all__ = ["OutputCaps", "MARGIN", "stored_cap"]
+__all__ = ["OutputCaps", "MARGIN"]
 
 #: output accepted beyond the cap before the daemon drops: the runner's own cut is exact, so this only
 #: has to absorb a last partial chunk; anything past it is a runner that ignored its cap
@@ -38,7 +37,7 @@ class OutputCaps:
     """Per-session output accounting for ingest (single-threaded, like ingest itself)."""
 
     def __init__(self, lookup: Callable[[str], int | None], counters: dict[str, int]) -> None:
-        self._lookup = lookup  # session id -> its stored cap (first sight after a restart)
+        self._lookup = lookup  # session id -> its cap as ingest's cursor holds it (first sight after a restart)
         self._usage: dict[str, _Usage] = {}
         self._counters = counters
 
@@ -77,17 +76,3 @@ class OutputCaps:
             return None
         return {"cap": usage.cap - MARGIN, "dropped": usage.dropped, "by": "daemon"}
 
-
-def stored_cap(engine: Any, sid: str) -> int | None:
-    """A session's output cap from its stored row (read-only; for sessions first seen after a restart)."""
-    from sqlalchemy import select
-
-    from labd.store.schema import sessions
-
-    with engine.connect() as conn:
-        raw = conn.execute(select(sessions.c.limits).where(sessions.c.id == sid)).scalar()
-    try:
-        cap = orjson.loads(raw).get("output") if raw else None
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return cap if isinstance(cap, int) and not isinstance(cap, bool) else None

@@ -46,8 +46,9 @@ class RunQueue:
         self.max_sessions = max_sessions
         self.memory_total = memory_total
         self._heap: list[Queued] = []
-        self._gone: set[str] = set()  # removed (stopped) entries still in the heap: skipped lazily
-        self._sids: set[str] = set()
+        #: sid -> its entry, for the sessions still queued; a heap entry that is not here (removed, stopped)
+        #: is skipped lazily when it reaches the head
+        self._live: dict[str, Queued] = {}
         self._tie = itertools.count()
 
     @property
@@ -77,29 +78,25 @@ class RunQueue:
         return Queued((-priority, submitted, next(self._tie)), sid, workflow, params, limits, workdir, priority,
                       extra or {})
 
-    def push(self, q: Queued) -> int:
-        """Queue ``q``; returns its 1-based position."""
+    def push(self, q: Queued) -> None:
+        """Queue ``q`` (O(log n): a daemon re-queuing thousands of sessions at start does not sort for each;
+        :meth:`position` tells where it stands)."""
         heapq.heappush(self._heap, q)
-        self._sids.add(q.sid)
-        return self.position(q.sid) or 0
+        self._live[q.sid] = q
 
     def __contains__(self, sid: object) -> bool:
-        return sid in self._sids
+        return sid in self._live
 
     def __len__(self) -> int:
-        return len(self._sids)
+        return len(self._live)
 
     def remove(self, sid: str) -> bool:
         """Take a session out of the queue (it was stopped); False if it is not queued."""
-        if sid not in self._sids:
-            return False
-        self._sids.discard(sid)
-        self._gone.add(sid)
-        return True
+        return self._live.pop(sid, None) is not None
 
     def _clean_head(self) -> None:
-        while self._heap and self._heap[0].sid in self._gone:
-            self._gone.discard(heapq.heappop(self._heap).sid)
+        while self._heap and self._live.get(self._heap[0].sid) is not self._heap[0]:
+            heapq.heappop(self._heap)
 
     def admit(self, running: Iterable[Limits]) -> list[Queued]:
         """Pop, in order, the sessions that fit now (stops at the first one that does not)."""
@@ -108,7 +105,7 @@ class RunQueue:
         self._clean_head()
         while self._heap and self.fits(self._heap[0].limits, running):
             q = heapq.heappop(self._heap)
-            self._sids.discard(q.sid)
+            self._live.pop(q.sid, None)
             out.append(q)
             running.append(q.limits)
             self._clean_head()
@@ -116,11 +113,11 @@ class RunQueue:
 
     def position(self, sid: str) -> int | None:
         """1-based place in the queue, or None if not queued."""
-        if sid not in self._sids:
+        entry = self._live.get(sid)
+        if entry is None:
             return None
-        live = sorted(q for q in self._heap if q.sid in self._sids)
-        return next(i for i, q in enumerate(live, 1) if q.sid == sid)
+        return 1 + sum(1 for q in self._live.values() if q.order < entry.order)
 
     def positions(self) -> dict[str, int]:
-        live = sorted(q for q in self._heap if q.sid in self._sids)
+        live = sorted(self._live.values())
         return {q.sid: i for i, q in enumerate(live, 1)}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +50,10 @@ class Retention:
         t.start()
         return t
 
-    def sweep(self, known: Callable[[str], bool]) -> list[str]:
-        """Remove session directories whose session no longer exists (a deletion interrupted by a crash)."""
-        orphans = [p.name for p in self.sessions_dir.iterdir() if p.is_dir() and not known(p.name)] \
+    def sweep(self, known: Container[str]) -> list[str]:
+        """Remove session directories whose session no longer exists (a deletion interrupted by a crash);
+        ``known``: every session id (one query, not one per directory)."""
+        orphans = [p.name for p in self.sessions_dir.iterdir() if p.is_dir() and p.name not in known] \
             if self.sessions_dir.is_dir() else []
         if orphans:
             self.log.info("removing directories of deleted sessions", count=len(orphans))

@@ -18,14 +18,13 @@ keypair is the daemon's (``<home>/curve``, shared with the client gateway); its 
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
-from typing import Any
 
 import structlog
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from labd.daemon.curve_relay import Relays, curve_server_socket
 from labd.daemon.gateway import ensure_server_keys
 
 __all__ = ["RunnerGateway", "SessionKeys"]
@@ -94,13 +93,7 @@ class RunnerGateway(threading.Thread):
             auth = ThreadAuthenticator(self._ctx)
             auth.start()
             auth.configure_curve_callback(domain=DOMAIN, credentials_provider=self.keys)
-            router = self._ctx.socket(zmq.ROUTER)
-            router.setsockopt(zmq.LINGER, 0)
-            router.curve_server = True
-            router.curve_publickey = self.public
-            router.curve_secretkey = self._secret
-            router.setsockopt(zmq.ZAP_DOMAIN, DOMAIN.encode())
-            router.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_message)
+            router = curve_server_socket(self._ctx, zmq.ROUTER, self.public, self._secret, DOMAIN, self.max_message)
             host, _, port = self.listen[len("tcp://"):].rpartition(":")
             if port in ("0", "*"):
                 real = router.bind_to_random_port(f"tcp://{host}")
@@ -125,10 +118,10 @@ class RunnerGateway(threading.Thread):
             self._ctx.destroy(0)
 
     def _relay(self, router: zmq.Socket) -> None:
-        relays: dict[bytes, list[Any]] = {}  # routing id -> [dealer, last used]
-        by_sock: dict[zmq.Socket, bytes] = {}
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
+        # the relay connects with the runner's routing id: ingest sees the same identity as from a local runner
+        relays = Relays(self._ctx, poller, self.local, RELAY_IDLE_S, keep_identity=True)
         try:
             while not self._halt.is_set():
                 ready = dict(poller.poll(200))
@@ -138,31 +131,13 @@ class RunnerGateway(threading.Thread):
                             frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
-                        self._upstream(frames, relays, by_sock, poller)
-                for sock in [s for s in ready if s in by_sock]:
-                    ident = by_sock[sock]
-                    while True:
-                        try:
-                            reply = sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        try:
-                            router.send_multipart([ident, *reply], zmq.NOBLOCK)
-                        except zmq.ZMQError:
-                            pass  # the runner is gone; it re-sends what was not acknowledged
-                now = time.monotonic()
-                for ident, (sock, last) in list(relays.items()):
-                    if now - last > RELAY_IDLE_S:
-                        del relays[ident]
-                        by_sock.pop(sock, None)
-                        poller.unregister(sock)
-                        sock.close(0)
+                        self._upstream(frames, relays)
+                relays.reply(ready, router)
+                relays.sweep()
         finally:
-            for sock in by_sock:
-                sock.close(0)
+            relays.close()
 
-    def _upstream(self, frames: list[zmq.Frame], relays: dict[bytes, list[Any]], by_sock: dict[zmq.Socket, bytes],
-                  poller: zmq.Poller) -> None:
+    def _upstream(self, frames: list[zmq.Frame], relays: Relays) -> None:
         if len(frames) < 2:
             return
         ident = frames[0].bytes
@@ -174,14 +149,4 @@ class RunnerGateway(threading.Thread):
         if sid is None or not ident.startswith(sid.encode() + b":"):
             self.refused += 1  # a key issued for another session (or revoked): not passed on
             return
-        relay = relays.get(ident)
-        if relay is None:
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTING_ID, ident)
-            sock.connect(self.local)
-            poller.register(sock, zmq.POLLIN)
-            by_sock[sock] = ident
-            relay = relays[ident] = [sock, 0.0]
-        relay[1] = time.monotonic()
-        relay[0].send_multipart([f.bytes for f in frames[1:]])
+        relays.send(ident, [f.bytes for f in frames[1:]])

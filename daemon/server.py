@@ -215,7 +215,7 @@ class Daemon:
         self.indexer.start()
         self.retention = Retention(layout.sessions_dir, engine, self.delete_sessions,
                                    older_than=cfg.retention_seconds, statuses=cfg.retention_statuses)
-        self.retention.sweep(lambda sid: self.store.session(sid) is not None)
+        self.retention.sweep(self.store.session_ids())
         for ap in self.store.approvals(status="pending", limit=100_000):
             if ap["expires_at"]:
                 self.supervisor.watch_approval(ap["session_id"], ap["id"], ap["expires_at"], ap["policy"] or "reject")

@@ -68,7 +68,8 @@ class Supervisor:
         if not len(self.queue) and self.queue.fits(q.limits, self._running_limits()):
             self._start(q)
             return None
-        pos = self.queue.push(q)
+        self.queue.push(q)
+        pos = self.queue.position(q.sid) or 0
         self.post(q.sid, "session.queued", {"position": pos, "priority": q.priority})
         self.log.info("session queued", session_id=q.sid, position=pos, priority=q.priority)
         return pos

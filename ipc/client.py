@@ -28,6 +28,7 @@ from labd.ipc.connection import (
     read_connection_file,
 )
 from labd.ipc.events import TERMINAL_STATUSES
+from labd.ipc.follow import FollowCursor, still_ended
 from labd.ipc.paths import layout_for
 from labd.ipc.wire import Codec, WireError
 
@@ -452,8 +453,9 @@ class Client:
         """Events after ``since``: history from the store, then the live tail, each ``seq`` exactly once.
 
         Subscribes first, then reads history, then the live stream; a live event beyond the next
-        expected ``seq`` (the live tail may drop under bursts) is filled in from the store. Stops after
-        ``session.ended`` when ``until_end``; raises :class:`LabdError` ``timeout`` after ``timeout`` s.
+        expected ``seq`` (the live tail may drop under bursts) is filled in from the store
+        (:class:`~labd.ipc.follow.FollowCursor`). Stops after ``session.ended`` when ``until_end``; raises
+        :class:`LabdError` ``timeout`` after ``timeout`` s.
         """
         sid = self.session(ref)["id"]
         sub = self._socket(zmq.SUB)
@@ -462,21 +464,18 @@ class Client:
         sub.connect(self.info.events)
         codec = Codec(self.info.key_bytes)
         deadline = None if timeout is None else time.monotonic() + timeout
-        last = since
-        ended = False
+        cursor = FollowCursor(since)
         try:
             def from_store(upto: int | None) -> Iterator[dict[str, Any]]:
-                nonlocal last, ended
-                for ev in self.history(sid, since=last):
+                for ev in self.history(sid, since=cursor.last):
                     if upto is not None and ev["seq"] > upto:
                         return
-                    last = ev["seq"]
-                    ended = still_ended(ended, ev["kind"])
-                    yield ev
+                    if cursor.stored(ev):
+                        yield ev
 
             yield from from_store(None)
             idle_checks = 0.0
-            while not (ended and until_end):
+            while not (cursor.ended and until_end):
                 if deadline is not None and time.monotonic() > deadline:
                     raise LabdError("timeout", f"session {sid} did not end within {timeout:g}s")
                 if not sub.poll(250):
@@ -493,15 +492,11 @@ class Client:
                     continue
                 for item in msg.body.get("events", []):
                     ev = event_from_wire(item)
-                    if ev["seq"] <= last:
-                        continue
-                    if ev["seq"] > last + 1:
-                        yield from from_store(ev["seq"] - 1)
-                    if ev["seq"] != last + 1:
-                        continue
-                    last = ev["seq"]
-                    ended = still_ended(ended, ev["kind"])
-                    yield ev
+                    upto = cursor.gap_before(ev)
+                    if upto is not None:
+                        yield from from_store(upto)
+                    if cursor.live(ev):
+                        yield ev
         finally:
             sub.close(0)
 
@@ -522,8 +517,3 @@ def _id_of(raw: bytes) -> str:
 
     return str(orjson.loads(raw)["id"])
 
-
-def still_ended(ended: bool, kind: str) -> bool:
-    """Has the session ended, after an event of ``kind``? A resumed session (``session.continued``, see
-    ``labd resume``) has an earlier ``session.ended`` in its history: that end no longer counts."""
-    return kind == "session.ended" or (ended and kind != "session.continued")

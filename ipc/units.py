@@ -11,7 +11,8 @@ import math
 import os
 import re
 
-__all__ = ["UnitError", "parse_size", "parse_duration", "parse_percent", "parse_cpus", "max_cpu_percent",
+__all__ = ["UnitError", "parse_size", "parse_output_cap", "MIN_OUTPUT", "parse_duration",
+           "parse_percent", "parse_cpus", "max_cpu_percent",
            "format_size", "format_duration"]
 
 
@@ -46,6 +47,25 @@ def parse_size(text: str) -> int:
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)\s*([a-z]*)", re.IGNORECASE)
+
+
+#: an output cap below this would truncate the first traceback
+MIN_OUTPUT = 1024
+
+
+def parse_output_cap(value: object) -> int | None:
+    """A session's output cap (``limits.output``, ``--max-output``, ``[daemon] max_output``) -> bytes, or None
+    for no cap (``None``, ``"none"``). Bytes as an integer, or a size string (``"10M"``; a bare number string is
+    refused, as by :func:`parse_size`); at least :data:`MIN_OUTPUT`. The one parser of the rule, so the CLI,
+    the config file and the daemon's API accept and refuse the same values."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    if isinstance(value, str):
+        value = parse_size(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_OUTPUT:
+        raise UnitError(f"output cap {value!r} must be a size of at least {MIN_OUTPUT // 1024}K "
+                        "(e.g. 10M, 1G) or \"none\"")
+    return value
 
 
 def parse_duration(text: str) -> float:

@@ -19,15 +19,14 @@ import hashlib
 import os
 import shutil
 import stat
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-from labd.runner.files import sha256_file
+from labd.runner.files import sha256_file, walk_files
 
-__all__ = ["ObjectStore", "restore", "walk_files", "load_manifest", "manifest_object", "OBJECTS_DIR",
+__all__ = ["ObjectStore", "Snapshot", "restore", "walk_files", "load_manifest", "manifest_object", "OBJECTS_DIR",
            "MAX_CHAIN"]
 
 #: relative to the session directory (the directory that holds ``work``)
@@ -134,18 +133,13 @@ class ObjectStore:
         return orjson.loads(self.get_bytes(digest))
 
 
-def walk_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """The regular files the file tracker follows (dot directories and ``__pycache__`` are not tracked)."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(full)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                yield os.path.relpath(full, root), st
+class Snapshot(NamedTuple):
+    """A work directory as a checkpoint saw it: its manifest (relative path -> ``[sha256, size, mode]``) and the
+    object store that holds every file the manifest names (so a reader gets exactly those bytes, whatever the
+    work directory holds by then)."""
+
+    files: dict[str, list[Any]]
+    objects: ObjectStore
 
 
 def restore(root: Path, manifest: dict[str, list[Any]], objects: ObjectStore) -> dict[str, int]:

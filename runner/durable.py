@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, load_manifest, manifest_object, restore
+from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, Snapshot, load_manifest, manifest_object, restore
 
 __all__ = ["Durable", "Divergence", "SkipBody", "skip_with_body", "SEED_FILE", "read_seed"]
 
@@ -125,8 +125,8 @@ class Durable:
         self._base: tuple[str, dict[str, list[Any]], int] | None = None
         self._ck_lock = threading.Lock()
         self.enabled = True  # scripts/bench_flows.py turns checkpoints off to measure their cost
-        #: called after each step's checkpoint (a remote runner ships the changed files: runner/ship.py)
-        self.after_checkpoint: Callable[[], object] | None = None
+        #: called with each step's checkpoint (a remote runner ships the files that changed: runner/ship.py)
+        self.after_checkpoint: Callable[[Snapshot], object] | None = None
 
     # ---- positions and the record -----------------------------------------------------------------
     def position(self, parent_node: str | None) -> str:
@@ -225,23 +225,7 @@ class Durable:
         if not self.enabled:
             return
         start = time.monotonic()
-        new_objects = new_bytes = 0
-        with self.files.lock:
-            seen = dict(self.files.seen)
-            modes = dict(self.files.modes)
-        manifest: dict[str, list[Any]] = {}
-        total = 0
-        for rel, (size, _mtime, digest) in seen.items():
-            if not self.objects.has(digest):
-                try:
-                    digest, written = self.objects.put_file(self.workdir / rel, digest)
-                except OSError:  # gone since the scan: not part of this checkpoint
-                    continue
-                if written:
-                    new_objects += 1
-                    new_bytes += written
-            manifest[rel] = [digest, size, modes.get(rel, 0o644)]
-            total += size
+        manifest, total, new_objects, new_bytes = self._manifest()
         delta: dict[str, Any] | None = None
         with self._ck_lock:
             base = self._base
@@ -275,7 +259,34 @@ class Durable:
         payload["duration"] = time.monotonic() - start
         self._emit("step.checkpoint", payload, node_id)
         if self.after_checkpoint is not None:
-            self.after_checkpoint()
+            self.after_checkpoint(Snapshot(manifest, self.objects))
+
+    def snapshot(self) -> Snapshot:
+        """The work directory as the file tracker last scanned it, its files stored as objects, without
+        recording a checkpoint (what a remote runner ships once the workflow has ended)."""
+        return Snapshot(self._manifest()[0], self.objects)
+
+    def _manifest(self) -> tuple[dict[str, list[Any]], int, int, int]:
+        """The manifest of the tracker's last scan (hashes it already computed: no file is read twice), each
+        file's content stored as an object first. Returns (manifest, bytes, new objects, new bytes)."""
+        new_objects = new_bytes = 0
+        with self.files.lock:
+            seen = dict(self.files.seen)
+            modes = dict(self.files.modes)
+        manifest: dict[str, list[Any]] = {}
+        total = 0
+        for rel, (size, _mtime, digest) in seen.items():
+            if not self.objects.has(digest):
+                try:
+                    digest, written = self.objects.put_file(self.workdir / rel, digest)
+                except OSError:  # gone since the scan: not part of this checkpoint
+                    continue
+                if written:
+                    new_objects += 1
+                    new_bytes += written
+            manifest[rel] = [digest, size, modes.get(rel, 0o644)]
+            total += size
+        return manifest, total, new_objects, new_bytes
 
 
 def _preview(value: Any) -> str:

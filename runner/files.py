@@ -11,11 +11,11 @@ import hashlib
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FileTracker", "file_kind", "sha256_file"]
+__all__ = ["FileTracker", "file_kind", "sha256_file", "walk_files"]
 
 _KINDS = {
     "code": {".py", ".sh", ".js", ".ts", ".r", ".jl", ".c", ".cpp", ".rs", ".go", ".java", ".ipynb", ".sql"},
@@ -40,6 +40,24 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def walk_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """(relative path, lstat) of the regular files under ``root`` that a session's work directory is made of:
+    dot directories and ``__pycache__`` are skipped, symlinks, FIFOs, sockets and devices are never followed
+    nor opened. The one rule for what is tracked (:class:`FileTracker`), checkpointed
+    (:mod:`labd.runner.checkpoint`) and shipped back from a remote node (:mod:`labd.runner.ship`, which ships
+    the checkpoint's manifest). Directories are walked in sorted order, so the order is stable."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(full)
+            except OSError:  # vanished meanwhile
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield os.path.relpath(full, root), st
 
 
 class FileTracker:
@@ -87,41 +105,31 @@ class FileTracker:
             found = 0
             count = 0
             present: set[str] = set()
-            for dirpath, dirnames, filenames in os.walk(self.root):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
-                for name in filenames:
-                    count += 1
-                    if count > MAX_FILES:
-                        return found
-                    full = Path(dirpath) / name
-                    try:
-                        st = full.lstat()
-                    except OSError:
-                        continue
-                    if not stat.S_ISREG(st.st_mode):  # FIFOs, sockets, devices, links: never opened
-                        continue
-                    rel = str(full.relative_to(self.root))
-                    present.add(rel)
-                    prev = self._seen.get(rel)
-                    if prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns:
-                        continue
-                    try:
-                        digest = sha256_file(full)
-                    except OSError:
-                        continue
-                    self._seen[rel] = (st.st_size, st.st_mtime_ns, digest)
-                    self.modes[rel] = stat.S_IMODE(st.st_mode)
-                    if prev is not None and prev[2] == digest:
-                        continue  # touched, not changed
-                    payload: dict[str, Any] = {"path": rel, "sha256": digest, "size": st.st_size,
-                                               "kind": file_kind(rel)}
-                    if agent:
-                        payload["agent"] = agent
-                    if tool:
-                        payload["tool"] = tool
-                    payload.update(attribution)
-                    self._emit("file.changed" if prev is not None else "file.created", payload, node_id)
-                    found += 1
+            for rel, st in walk_files(self.root):
+                count += 1
+                if count > MAX_FILES:
+                    return found
+                present.add(rel)
+                prev = self._seen.get(rel)
+                if prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns:
+                    continue
+                try:
+                    digest = sha256_file(self.root / rel)
+                except OSError:
+                    continue
+                self._seen[rel] = (st.st_size, st.st_mtime_ns, digest)
+                self.modes[rel] = stat.S_IMODE(st.st_mode)
+                if prev is not None and prev[2] == digest:
+                    continue  # touched, not changed
+                payload: dict[str, Any] = {"path": rel, "sha256": digest, "size": st.st_size,
+                                           "kind": file_kind(rel)}
+                if agent:
+                    payload["agent"] = agent
+                if tool:
+                    payload["tool"] = tool
+                payload.update(attribution)
+                self._emit("file.changed" if prev is not None else "file.created", payload, node_id)
+                found += 1
             # a complete walk (not cut at MAX_FILES) tells what is gone
             for rel in sorted(set(self._seen) - present):
                 _size, _mtime, digest = self._seen.pop(rel)

@@ -6,8 +6,11 @@ process tree (``psutil``) and enforces the same limits with the same outcomes: o
 the tree is killed at once (``action: kill``); over its wall time the daemon is told (``action: stop``) and runs
 its ordinary stop ladder. Breaches and periodic ``resource.sample`` figures are queued as *notes* in the same
 payload formats as the local monitor's; the launcher collects them and the daemon records them as
-``limit.exceeded`` / ``resource.sample`` events. CPU throttling (``--cpu``) is not done on a node: there, ``--cpus``
-is the actor's Ray resource request (scheduling), not a throttle.
+``limit.exceeded`` / ``resource.sample`` events. As on the daemon's monitor, the tree is sampled every 0.1 s only
+while the session has a memory or process limit to enforce (else every ``record_interval``), and a periodic
+sample is noted only when a figure moved or 30 s passed (:func:`labd.ipc.samples.worth_recording`).
+CPU throttling (``--cpu``) is not done on a node: there, ``--cpus`` is the actor's Ray resource request
+(scheduling), not a throttle.
 """
 
 from __future__ import annotations
@@ -20,17 +23,25 @@ from typing import Any
 
 import psutil
 
+from labd.ipc.samples import Figures, worth_recording
+
 __all__ = ["NodeMonitor"]
 
 
 class NodeMonitor(threading.Thread):
     """Samples one runner's process tree; notes go to :meth:`take_notes`."""
 
-    def __init__(self, pid: int, limits: dict[str, Any], started: float, interval: float = 0.1,
-                 record_interval: float = 2.0) -> None:
+    def __init__(self, pid: int, limits: dict[str, Any], started: float, interval: float | None = None,
+                 record_interval: float = 2.0, limit_interval: float = 0.1) -> None:
         super().__init__(name="labd-node-monitor", daemon=True)
         self.pid, self.limits, self.started = pid, limits, started
-        self.interval, self.record_interval = interval, record_interval
+        self.record_interval = record_interval
+        if interval is None:  # the daemon monitor's periods: fast only while a kill limit needs it
+            strict = limits.get("memory") is not None or limits.get("procs") is not None
+            interval = min(limit_interval, record_interval) if strict else record_interval
+        self.interval = interval
+        self._recorded: Figures | None = None  # figures of the last resource.sample noted
+        self._recorded_at = 0.0
         self._lock = threading.Lock()
         self._notes: list[tuple[Any, ...]] = []
         self._halt = threading.Event()
@@ -96,23 +107,45 @@ class NodeMonitor(threading.Thread):
         return {"rss": int(rss), "rss_sum": int(rss), "cpu_percent": round(cpu, 1), "num_procs": len(members),
                 "peak_rss": self.peak_rss, "peak_cpu_percent": round(self.peak_cpu, 1)}
 
+    def _record(self, s: dict[str, Any], now: float, periodic: bool = True) -> None:
+        """Note ``s`` as a ``resource.sample`` unless ``periodic`` and no figure moved since the last one."""
+        figures: Figures = (s["rss"], s["cpu_percent"], s["num_procs"], s["peak_rss"], s["peak_cpu_percent"])
+        if periodic and not worth_recording(self._recorded, figures, now - self._recorded_at):
+            return
+        self._recorded, self._recorded_at = figures, now
+        self._note("event", "resource.sample", s)
+
+    def _next_wait(self) -> float:
+        """The pass interval, shortened to wake up when the wall-time limit runs out (a session with only a
+        timeout is sampled every ``record_interval``, yet stopped on time, as the daemon's monitor does)."""
+        timeout = self.limits.get("timeout")
+        if timeout is None or self._timed_out:
+            return self.interval
+        return max(0.01, min(self.interval, self.started + timeout - time.time() + 0.01))
+
     def run(self) -> None:
         last_record = 0.0
         lim = self.limits
-        while not self._halt.wait(self.interval):
+        last: dict[str, Any] | None = None
+        while not self._halt.wait(self._next_wait()):
             s = self.sample()
             if not s["num_procs"]:
-                return  # the runner is gone
+                if last is not None:  # the runner is gone: its last figures (the peaks) unless noted already
+                    self._record(last, time.monotonic())
+                return
+            last = s
             if not self._breached and lim.get("memory") is not None and s["rss"] > lim["memory"]:
                 self._breached = True  # noted before the kill, so the breach is recorded before the exit
                 self._note("limit", {"limit": "memory", "measured": s["rss"], "max": lim["memory"], "unit": "bytes",
                                      "action": "kill"})
                 self.kill_tree()
+                self._record(s, time.monotonic(), periodic=False)  # the peak that broke the limit
             if not self._breached and lim.get("procs") is not None and s["num_procs"] > lim["procs"]:
                 self._breached = True
                 self._note("limit", {"limit": "processes", "measured": s["num_procs"], "max": lim["procs"],
                                      "unit": "processes", "action": "kill"})
                 self.kill_tree()
+                self._record(s, time.monotonic(), periodic=False)
             wall = time.time() - self.started
             if not self._timed_out and lim.get("timeout") is not None and wall > lim["timeout"]:
                 self._timed_out = True
@@ -121,4 +154,4 @@ class NodeMonitor(threading.Thread):
             now = time.monotonic()
             if now - last_record >= self.record_interval:
                 last_record = now
-                self._note("event", "resource.sample", s)
+                self._record(s, now)

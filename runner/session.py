@@ -247,7 +247,7 @@ def run_session(spec: dict[str, Any]) -> int:
     capture.close()
     files.scan(None)  # whatever the workflow left outside any step
     if shipper is not None:  # what changed since the last checkpoint
-        shipper.ship()
+        shipper.ship(durable.snapshot())
     try:
         emit("session.finished", {"outcome": outcome, **extra})
     except PayloadError as exc:  # a result nested too deeply to record: the outcome still is

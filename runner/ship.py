@@ -4,27 +4,28 @@ A runner started by the Ray launcher works in a directory on its node, which the
 every checkpoint (a completed step) and when the workflow has ended (completed, failed or cancelled -- not
 after a SIGKILL), the runner sends the regular files of its work directory that changed since it last shipped
 them as ``file.shipped`` events (a file deleted since is shipped as ``deleted: true``): base64 chunks of at
-most :data:`CHUNK` bytes with the file's size and sha256. They travel like every other event (spooled,
-signed, acknowledged, re-sent), so a file is either delivered whole or the session's record says which chunks
-are missing; the daemon writes them under its own copy of the work directory (:mod:`labd.daemon.shipped`),
-where ``labd files`` and downloads look.
+most :data:`CHUNK` bytes with the file's size and sha256. What is shipped is the checkpoint's manifest
+(:class:`~labd.runner.checkpoint.Snapshot`), read from the checkpoint's object store: the work directory is
+not walked nor hashed again (the file tracker did that once, :func:`~labd.runner.files.walk_files` decides
+what is tracked, checkpointed and shipped), and a file rewritten after the checkpoint cannot be shipped
+half-old, half-new. They travel like every other event (spooled, signed, acknowledged, re-sent), so a file
+is either delivered whole or the session's record says which chunks are missing; the daemon writes them
+under its own copy of the work directory (:mod:`labd.daemon.shipped`), where ``labd files`` and downloads look.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from labd.runner.files import sha256_file
+from labd.runner.checkpoint import Snapshot
 
-__all__ = ["ship_files", "chunk_for", "CHUNK", "Shipper"]
+__all__ = ["chunk_for", "CHUNK", "Shipper"]
 
 CHUNK = 512 * 1024  # raw bytes per event (~683 KiB of base64): well under max_message, one event per message
-
-
 
 
 def chunk_for(max_message: int | None) -> int:
@@ -34,59 +35,45 @@ def chunk_for(max_message: int | None) -> int:
     return max(1024, min(CHUNK, (max_message - 8192) * 3 // 4))
 
 
-def ship_files(root: Path, emit: Callable[..., int], max_bytes: int, chunk: int = CHUNK) -> tuple[int, int]:
-    """Emit ``file.shipped`` events for every regular file under ``root`` (symlinks are not followed), up to
-    ``max_bytes`` in all; files beyond it are named in one ``log`` warning. Returns (files, bytes) shipped."""
-    return Shipper(root, emit, max_bytes, chunk).ship()
-
-
 class Shipper:
-    """Ships a work directory incrementally: each :meth:`ship` sends only files that changed (size, mtime or
-    content) since the previous one, and marks the ones deleted since; ``max_bytes`` bounds the whole session."""
+    """Ships a work directory incrementally: each :meth:`ship` sends only the files of a snapshot whose content
+    differs from what was shipped before, and marks the ones deleted since; ``max_bytes`` bounds the session.
+    ``root`` is the work directory the snapshots describe (kept for callers; the bytes come from the snapshots)."""
 
     def __init__(self, root: Path, emit: Callable[..., int], max_bytes: int, chunk: int = CHUNK) -> None:
         self.root, self.emit, self.max_bytes, self.chunk = root, emit, max_bytes, chunk
         self.total = 0
-        self._sent: dict[str, tuple[int, int, str]] = {}  # rel -> (size, mtime_ns, sha256) as last shipped
+        self._sent: dict[str, str] = {}  # rel -> sha256 as last shipped
+        self._lock = threading.Lock()  # concurrent steps checkpoint (and ship) from their own threads
 
-    def ship(self) -> tuple[int, int]:
-        """Ship what changed since the last call; returns (files, bytes) shipped by this call."""
+    def ship(self, snapshot: Snapshot) -> tuple[int, int]:
+        """Ship what ``snapshot`` holds that was not shipped yet; returns (files, bytes) shipped by this call."""
+        with self._lock:
+            return self._ship(snapshot)
+
+    def _ship(self, snapshot: Snapshot) -> tuple[int, int]:
         shipped = nbytes = 0
         skipped: list[str] = []
-        present: set[str] = set()
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                try:
-                    st = os.lstat(path)
-                except OSError:
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                rel = path.relative_to(self.root).as_posix()
-                present.add(rel)
-                before = self._sent.get(rel)
-                if before is not None and before[:2] == (st.st_size, st.st_mtime_ns):
-                    continue  # unchanged since shipped: not even read
-                if self.total + st.st_size > self.max_bytes:
+        for rel in sorted(snapshot.files):
+            digest = str(snapshot.files[rel][0])
+            if self._sent.get(rel) == digest:
+                continue  # unchanged since shipped: not even opened
+            source = snapshot.objects.path(digest)
+            try:
+                size = os.stat(source).st_size
+                if self.total + size > self.max_bytes:
                     skipped.append(rel)
                     continue
-                try:
-                    digest = sha256_file(path)
-                    if before is not None and before[2] == digest:  # touched, same bytes
-                        self._sent[rel] = (st.st_size, st.st_mtime_ns, digest)
-                        continue
-                    self._send(path, rel, st.st_size, digest)
-                except OSError as exc:  # vanished or unreadable meanwhile: say so, ship the rest
-                    self.emit("log", {"level": "warning", "event": f"file not shipped: {rel}: {exc}",
-                                      "logger": "labd.runner.ship"})
-                    continue
-                self._sent[rel] = (st.st_size, st.st_mtime_ns, digest)
-                shipped += 1
-                nbytes += st.st_size
-                self.total += st.st_size
-        for rel in sorted(set(self._sent) - present):  # deleted since shipped: the daemon's copy follows
+                self._send(source, rel, size, digest)
+            except OSError as exc:  # an object gone or unreadable: say so, ship the rest
+                self.emit("log", {"level": "warning", "event": f"file not shipped: {rel}: {exc}",
+                                  "logger": "labd.runner.ship"})
+                continue
+            self._sent[rel] = digest
+            shipped += 1
+            nbytes += size
+            self.total += size
+        for rel in sorted(set(self._sent) - set(snapshot.files)):  # deleted since shipped: the daemon's copy follows
             del self._sent[rel]
             self.emit("file.shipped", {"path": rel, "size": 0, "sha256": "", "offset": 0, "last": True,
                                        "deleted": True})

@@ -46,6 +46,8 @@ class SessionCursor:
     cost: float = 0.0
     budget: float | None = None
     budget_hit: bool = False
+    #: bytes of output kept (``limits.output``) as stored; ingest's backstop (daemon/outputcap.py) reads it
+    output_cap: int | None = None
     #: approval id -> allowed decisions, for approvals not yet resolved
     pending_approvals: dict[str, list[str]] = field(default_factory=dict)
     rejected: int = 0  # events that failed validation

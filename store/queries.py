@@ -32,6 +32,7 @@ COST_GROUPS = ("model", "workflow", "tag", "day", "session")
 
 MAX_PAGE = 5000
 MAX_PAGE_BYTES = 8 * 1024 * 1024  # keeps a page well under the 16 MiB message limit
+ID_CHUNK = 500  # session ids per IN (...) list: well under SQLite's bound on parameters
 
 
 def rollup(nodes: list[dict[str, Any]], own: dict[Any, Any]) -> list[dict[str, Any]]:
@@ -198,6 +199,28 @@ class Store:
     def live_sessions(self) -> list[dict[str, Any]]:
         """Sessions not in a terminal status (what a restarted daemon must adopt or mark lost)."""
         return self.sessions(status=["created", "starting", "running", "paused", "waiting_approval"], limit=100_000)
+
+    def session_ids(self) -> set[str]:
+        """Every session id (one query: what a starting daemon checks its session directories against)."""
+        with self.engine.connect() as conn:
+            return {r[0] for r in conn.execute(select(sessions.c.id))}
+
+    def first_events(self, session_ids: list[str], kinds: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+        """The payload of the first event of each of ``kinds`` in each session, as ``{(session, kind): payload}``:
+        one query per :data:`ID_CHUNK` sessions (re-queuing thousands of sessions at start is not two queries
+        each)."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(session_ids), ID_CHUNK):
+                chunk = session_ids[start:start + ID_CHUNK]
+                first = (select(events.c.session_id, events.c.kind, func.min(events.c.seq).label("seq"))
+                         .where(events.c.session_id.in_(chunk), events.c.kind.in_(kinds))
+                         .group_by(events.c.session_id, events.c.kind).subquery())
+                rows = conn.execute(select(events.c.session_id, events.c.kind, events.c.payload).join(
+                    first, (events.c.session_id == first.c.session_id) & (events.c.seq == first.c.seq)))
+                for sid, kind, payload in rows:
+                    out[(sid, kind)] = orjson.loads(payload)
+        return out
 
     # ---- agent tracking ---------------------------------------------------------------------------
     def edges(self, session_id: str) -> list[dict[str, Any]]:

@@ -66,8 +66,10 @@ class BatchWriter:
         cur.stop_by = row["stop_by"]
         cur.kill_reason = row["kill_reason"]
         cur.cost = row["cost"] or 0.0
-        budget = orjson.loads(row["limits"]).get("budget")
+        limits = orjson.loads(row["limits"]) if row["limits"] else {}
+        budget, cap = limits.get("budget"), limits.get("output")
         cur.budget = float(budget) if isinstance(budget, int | float) else None
+        cur.output_cap = cap if isinstance(cap, int) and not isinstance(cap, bool) else None
         cur.budget_hit = cur.budget is not None and cur.cost > cur.budget
         pending = self._conn.execute(select(approvals.c.id, approvals.c.options).where(
             approvals.c.session_id == session_id, approvals.c.status == "pending")).all()

@@ -6,7 +6,8 @@ import os
 import time
 from typing import Any
 
-from labd.daemon.api.base import ApiError, Request, register
+from labd.daemon.api.base import Request, register
+from labd.daemon.api.roles import agent_roles
 from labd.daemon.api.sessions import resolve_session
 from labd.runner.workflows.registry import BUILTINS, describe, resolve
 from labd.store.queries import MAX_PAGE
@@ -78,10 +79,4 @@ class Agents(Request):
     type = "agents.list"
 
     def execute(self) -> Any:
-        from labd.runner.roles import RoleError, load_roles
-
-        try:
-            roles = load_roles(self.daemon.cfg.agents, self.daemon.layout.home / "agents")
-        except RoleError as exc:
-            raise ApiError("bad_agents", str(exc)) from None
-        return {"agents": [r.to_dict() for _, r in sorted(roles.items())]}
+        return {"agents": [role for _, role in sorted(agent_roles(self.daemon).items())]}

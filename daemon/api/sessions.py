@@ -12,12 +12,13 @@ import orjson
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.policy import runner_policy, session_rules
+from labd.daemon.api.roles import agent_roles
 from labd.daemon.monitor import Limits
 from labd.daemon.queue import Queued
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT, MAX_RESULT, check_params
 from labd.ipc.signing import derive_key
-from labd.ipc.units import UnitError, parse_duration, parse_percent, parse_size
+from labd.ipc.units import MIN_OUTPUT, UnitError, parse_duration, parse_output_cap, parse_percent, parse_size
 from labd.runner.workflows.registry import WorkflowError, canonical
 from labd.store.schema import IDEMPOTENCY_RETENTION
 
@@ -53,7 +54,6 @@ def resolve_ref(store: Any, ref: str) -> dict[str, Any]:
 #: channel, capture and first workflow import need headroom; a smaller --memory would kill every session
 MIN_MEMORY = 32 * 2**20
 MAX_PROCS = 1_000_000
-MIN_OUTPUT = 1024  # an output cap below this would truncate the first traceback
 
 
 def _limits(body: dict[str, Any], default_procs: int | None = None, default_output: Any = None) -> Limits:
@@ -96,18 +96,12 @@ def _limits(body: dict[str, Any], default_procs: int | None = None, default_outp
 
 
 def output_cap(value: Any) -> int | None:
-    """The ``output`` limit: bytes (a JSON integer), a size string ("10M"), or "none" for no cap."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
-        return None
-    if isinstance(value, str):
-        if value.strip().isdigit():
-            raise ApiError("bad_limits", f"output limit {value!r} has no unit: write e.g. {value.strip()}M "
-                           "(a JSON number means bytes; \"none\": no cap)")
-        value = parse_size(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_OUTPUT:
-        raise ApiError("bad_limits", f"output limit {value!r} must be a size of at least {MIN_OUTPUT // 1024}K "
-                       "(e.g. 10M, 1G) or \"none\"", {"min_bytes": MIN_OUTPUT})
-    return value
+    """The ``output`` limit (:func:`labd.ipc.units.parse_output_cap`); ``bad_limits`` when it does not parse."""
+    try:
+        return parse_output_cap(value)
+    except UnitError as exc:
+        raise ApiError("bad_limits", f"output limit: {exc} (a JSON number means bytes)",
+                       {"min_bytes": MIN_OUTPUT}) from None
 
 
 def _positive(value: Any, name: str) -> Any:
@@ -142,19 +136,14 @@ def where_from(req: Request) -> tuple[str, str | None, list[str]]:
 def _roles(req: Request) -> tuple[dict[str, Any], dict[str, str]]:
     """The agent registry for a new session (read now: edits apply to the next session) and its
     ``agents`` overrides ``{role asked for: role to use}``, checked against the registry."""
-    from labd.runner.roles import RoleError, load_roles
-
     overrides = req.arg("agents", dict, {}, check=lambda a: len(a) <= 100 and all(
         isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 100 and 0 < len(v) <= 100 for k, v in a.items()),
         hint="an object {role: other role}")
-    try:
-        roles = load_roles(req.daemon.cfg.agents, req.daemon.layout.home / "agents")
-    except RoleError as exc:
-        raise ApiError("bad_agents", str(exc)) from None
+    roles = agent_roles(req.daemon)
     unknown = sorted(v for v in overrides.values() if v not in roles)
     if unknown:
         raise ApiError("bad_agents", f"unknown agent roles {unknown}; known: {', '.join(sorted(roles))}")
-    return {n: r.to_dict() for n, r in roles.items()}, overrides
+    return roles, overrides
 
 
 def _valid_tags(tags: Any) -> bool:
@@ -352,11 +341,10 @@ def _run_params(d: Any, params: dict[str, Any], payload: str | None) -> dict[str
 def session_spec(d: Any, q: Queued) -> dict[str, Any]:
     """The runner's start spec for a session (built when it launches, so a queued one gets current settings:
     models, prices, MCP servers and the agent registry as they are then)."""
-    from labd.runner.roles import RoleError, load_roles
-
+    roles: dict[str, Any] | None
     try:
-        roles = {n: r.to_dict() for n, r in load_roles(d.cfg.agents, d.layout.home / "agents").items()}
-    except RoleError:
+        roles = agent_roles(d)
+    except ApiError:
         roles = None  # checked at session.start; a registry file broken since then: the built-in roles
     extra = dict(q.extra)
     network = bool(extra.pop("network", d.cfg.sandbox.network))
@@ -388,11 +376,10 @@ def entry_extra(d: Any, name: str, created: dict[str, Any]) -> dict[str, Any]:
 def requeue(d: Any) -> int:
     """Put the sessions stored as ``queued`` back in the run queue, in their order; at daemon start."""
     rows = d.store.sessions(status=["queued"], limit=100_000)
+    first = d.store.first_events([row["id"] for row in rows], ["session.queued", "session.created"])
     for row in rows:
-        queued = d.store.events(row["id"], kinds=["session.queued"], limit=1)
-        priority = int(queued[0]["payload"].get("priority") or 0) if queued else 0
-        created = d.store.events(row["id"], kinds=["session.created"], limit=1)
-        c = created[0]["payload"] if created else {}
+        priority = int(first.get((row["id"], "session.queued"), {}).get("priority") or 0)
+        c = first.get((row["id"], "session.created"), {})
         d.supervisor.requeue(d.supervisor.queue.entry(
             row["id"], row["workflow"], _run_params(d, row["params"], c.get("payload")),
             Limits.from_dict(row["limits"]), row["workdir"], priority, row["created_at"],

@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
+from labd.daemon.api.roles import agent_roles
 from labd.daemon.api.sessions import resolve_session
 from labd.store.skills import SkillError, extract, get_skill, list_skills
 
@@ -70,12 +71,9 @@ class SaveSkill(Request):
         parameters = self.arg("parameters", list, [], check=lambda p: all(isinstance(x, str) for x in p),
                               hint="a list of parameter names")
         from_node = self.arg("from_node", str, None, check=lambda s: 0 < len(s) <= 64, hint="a node id")
-        from labd.runner.roles import RoleError, load_roles
-
         try:
-            roles = {n: r.to_dict() for n, r in load_roles(self.daemon.cfg.agents,
-                                                           self.daemon.layout.home / "agents").items()}
-        except RoleError:
+            roles = agent_roles(self.daemon)
+        except ApiError:  # a role file broken since: the skill is saved without the roles it used
             roles = {}
         try:
             doc = extract(self.daemon.store, row, name=name, description=description, parameters=parameters,

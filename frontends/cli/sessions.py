@@ -18,6 +18,7 @@ from labd.ipc.units import (
     format_size,
     parse_cpus,
     parse_duration,
+    parse_output_cap,
     parse_percent,
     parse_size,
 )
@@ -66,15 +67,11 @@ def limits_from(args: argparse.Namespace) -> dict[str, Any]:
 
 def max_output_arg(text: str) -> str | int:
     """``--max-output 10M`` -> bytes; ``none`` (no cap) passes through for the daemon."""
-    if text.strip().lower() == "none":
-        return "none"
     try:
-        size = parse_size(text)
+        size = parse_output_cap(text)
     except UnitError as exc:
         raise CliError(f"--max-output: {exc}") from None
-    if size < 1024:
-        raise CliError(f"--max-output {text}: at least 1K (e.g. 10M, 1G), or none")
-    return size
+    return "none" if size is None else size
 
 
 def parse_tags(items: list[str]) -> dict[str, str]:

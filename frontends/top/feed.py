@@ -7,7 +7,8 @@ Three asyncio tasks on the app's loop, each owning what it reads:
 * the **poller** asks ``session.list`` (live CPU / memory figures included) and ``approvals.list`` once a
   second, and the followed session's DAG, cost and files when its events say they changed;
 * the **tail** owns the one SUB socket: it follows one session exactly as ``Client.follow`` does (subscribe,
-  read the store from the last ``seq`` seen, then the live tail, gaps filled from the store), but without
+  read the store from the last ``seq`` seen, then the live tail, gaps filled from the store: the same
+  :class:`labd.ipc.follow.FollowCursor`), but without
   blocking, so the followed session can change at any time. Events are batched and posted at most about 12
   times a second.
 
@@ -31,8 +32,9 @@ import zmq.asyncio
 from textual.message import Message
 
 from labd.ipc import Client, LabdError
-from labd.ipc.client import event_from_wire, still_ended
+from labd.ipc.client import event_from_wire
 from labd.ipc.connection import ConnectionFileError, read_connection_file
+from labd.ipc.follow import FollowCursor
 from labd.ipc.paths import layout_for
 from labd.ipc.wire import Codec, WireError
 
@@ -163,15 +165,14 @@ class Feed:
         codec: Codec | None = None
         sid: str | None = None
         subscribed = False
-        last = 0
-        ended = False
+        cursor = FollowCursor()
         quiet = 0.0
         try:
             while True:
                 if self._want != sid:  # switch sessions: drop the old subscription and buffer
                     if sub is not None and sid:
                         sub.setsockopt(zmq.UNSUBSCRIBE, f"session.{sid}".encode())
-                    sid, last, ended, quiet = self._want, 0, False, 0.0
+                    sid, cursor, quiet = self._want, FollowCursor(), 0.0
                     self._want_changed.clear()
                     self._buffer, self._buffer_sid, self._skipped = [], sid, 0
                     subscribed = False
@@ -197,9 +198,9 @@ class Feed:
                     sub.setsockopt(zmq.SUBSCRIBE, f"session.{sid}".encode())
                     subscribed = True
                     try:
-                        if last == 0:
-                            last = await self._start_point(sid)
-                        last, ended = await self._from_store(sid, last, None, ended)
+                        if cursor.last == 0:
+                            cursor.last = await self._start_point(sid)
+                        await self._from_store(sid, cursor, None)
                     except LabdError:
                         subscribed = False  # unreachable or unknown: try again in a moment
                         sub.setsockopt(zmq.UNSUBSCRIBE, f"session.{sid}".encode())
@@ -208,10 +209,10 @@ class Feed:
                 while self._want == sid and (info.events, info.key) == (endpoint, key):
                     if not await sub.poll(250):
                         quiet += 0.25
-                        if quiet >= 1.0 and not ended:  # quiet: make sure the live tail dropped nothing
+                        if quiet >= 1.0 and not cursor.ended:  # quiet: make sure the live tail dropped nothing
                             quiet = 0.0
                             try:
-                                last, ended = await self._from_store(sid, last, None, ended)
+                                await self._from_store(sid, cursor, None)
                             except LabdError:
                                 break  # daemon unreachable: re-check the connection info
                         continue
@@ -223,18 +224,14 @@ class Feed:
                         continue
                     for item in msg.body.get("events", []):
                         ev = event_from_wire(item)
-                        if ev["seq"] <= last:
-                            continue
-                        if ev["seq"] > last + 1:
+                        upto = cursor.gap_before(ev)
+                        if upto is not None:
                             try:
-                                last, ended = await self._from_store(sid, last, ev["seq"] - 1, ended)
+                                await self._from_store(sid, cursor, upto)
                             except LabdError:
                                 break
-                        if ev["seq"] != last + 1:
-                            continue
-                        last = ev["seq"]
-                        ended = still_ended(ended, ev["kind"])  # a resumed session goes on
-                        self._deliver(sid, ev)
+                        if cursor.live(ev):
+                            self._deliver(sid, ev)
         finally:
             if sub is not None:
                 sub.close(0)
@@ -264,22 +261,17 @@ class Feed:
         self._skipped = start
         return start
 
-    async def _from_store(self, sid: str, last: int, upto: int | None, ended: bool) -> tuple[int, bool]:
-        """Deliver stored events after ``last`` (up to ``upto``); return the new ``last`` and ``ended``."""
+    async def _from_store(self, sid: str, cursor: FollowCursor, upto: int | None) -> None:
+        """Deliver the stored events after the cursor (up to ``upto``), moving it."""
         while True:
-            page = await self.call(functools.partial(Client.events, ref=sid, since=last, limit=2000))
+            page = await self.call(functools.partial(Client.events, ref=sid, since=cursor.last, limit=2000))
             for ev in page["events"]:
                 if upto is not None and ev["seq"] > upto:
-                    return last, ended
-                if ev["seq"] != last + 1 and ev["seq"] <= last:
-                    continue
-                last = ev["seq"]
-                ended = still_ended(ended, ev["kind"])
-                self._deliver(sid, ev)
-            if not page["more"] or not page["events"]:
-                return last, ended
-            if self._want != sid:
-                return last, ended
+                    return
+                if cursor.stored(ev):
+                    self._deliver(sid, ev)
+            if not page["more"] or not page["events"] or self._want != sid:
+                return
 
     def _deliver(self, sid: str, ev: dict[str, Any]) -> None:
         if sid != self._buffer_sid:

@@ -72,8 +72,10 @@ def test_config_role_of_a_builtin_name_replaces_it_everywhere(isolated_env: Path
 
 
 def test_bad_roles_are_refused_clearly(isolated_env: Path) -> None:
-    """An override naming an unknown role is refused at start (`bad_agents`); a role with unknown keys in
-    config.toml stops the daemon with a message naming it; `labd run --agent` checks its syntax."""
+    """An override naming an unknown role is refused at start (`bad_agents`); a role file in <home>/agents that
+    does not parse makes `agents.list` and `session.start` answer `bad_agents` naming the file (one rule,
+    daemon/api/roles.py); a role with unknown keys in config.toml stops the daemon with a message naming it;
+    `labd run --agent` checks its syntax."""
     from labd.ipc import LabdError
 
     with running_daemon(isolated_env) as d, d.client() as c:
@@ -87,6 +89,13 @@ def test_bad_roles_are_refused_clearly(isolated_env: Path) -> None:
         out = subprocess.run([sys.executable, "-m", "labd", "agents", "--json"], capture_output=True, text=True,
                              env=env, timeout=60)
         assert out.returncode == 0 and "engineer" in {r["name"] for r in json.loads(out.stdout)}
+        (d.home / "agents").mkdir(exist_ok=True)
+        (d.home / "agents" / "broken.toml").write_text("system_prompt = [unclosed\n")
+        for ask in (lambda: c.request("agents.list"), lambda: c.start("one_shot")):
+            with pytest.raises(LabdError) as err:
+                ask()
+            assert err.value.code == "bad_agents" and "broken.toml" in err.value.message
+        (d.home / "agents" / "broken.toml").unlink()
     (isolated_env / "config.toml").write_text('[agents.x]\nsystem_prompt = "hi"\ntemperature = 3\n')
     out = subprocess.run([sys.executable, "-m", "labd", "--home", str(isolated_env), "serve"], capture_output=True,
                          text=True, timeout=60)

@@ -173,6 +173,37 @@ def test_stop_while_a_policy_approval_waits(pd: Any) -> None:
     assert [a["status"] for a in pd.approvals(sid, status="all")] == ["expired"]
 
 
+def test_an_unanswered_policy_approval_times_out_by_its_rule(pd: Any) -> None:
+    """`require_approval` with `timeout` and `on_timeout` (README, "Policies"): nobody answers, and after the
+    timeout the rule's `on_timeout` decides. `reject`: the code never runs, run_code's result is the refusal, the
+    approval is resolved `reject` by `timeout` and the decisions recorded are pending then denied by `timeout`.
+    `approve`: the code runs, recorded pending then allowed by `timeout`. Both sessions complete."""
+    def rule(on_timeout: str) -> list[dict[str, Any]]:
+        return [{"name": f"ask-briefly-{on_timeout}", "action": "code", "agent": "engineer",
+                 "effect": "require_approval", "timeout": 1, "on_timeout": on_timeout}]
+
+    task = {"task": "Step 1 of 1: sum squares"}
+    denied = pd.start("one_shot", params=task, network=False, policy=rule("reject"))
+    allowed = pd.start("one_shot", params=task, network=False, policy=rule("approve"))
+    for sid in (denied, allowed):
+        assert pd.wait(sid, timeout=90)["status"] == "completed"
+        (ap,) = pd.approvals(sid, status="all")
+        assert ap["kind"] == "policy" and ap["expires_at"] == pytest.approx(ap["requested_at"] + 1, abs=0.5)
+        assert (ap["status"], ap["resolved_via"]) == ("resolved", "timeout")
+    assert not list(pd.history(denied, kinds=["code.execution"]))
+    result = next(e["payload"] for e in pd.history(denied, kinds=["tool.result"])
+                  if e["payload"]["name"] == "run_code")
+    assert result["result"].startswith("POLICY DENIED") and "timeout rejected it" in result["result"]
+    runs = [e["payload"] for e in pd.history(allowed, kinds=["code.execution"])]
+    assert len(runs) == 1 and runs[0]["exit_code"] == 0
+    for sid, decision, outcome in ((denied, "reject", "denied"), (allowed, "approve", "allowed")):
+        (resolved,) = [e["payload"] for e in pd.history(sid, kinds=["approval.resolved"])]
+        assert (resolved["decision"], resolved["by"], resolved["via"]) == (decision, "timeout", "timeout")
+        code = [d for d in _decisions(pd, sid) if d["action"] == "code"]
+        assert [(d["outcome"], d.get("by")) for d in code] == [("pending", None), (outcome, "timeout")]
+        assert code[0]["rule"] == f"ask-briefly-{decision}" and code[0]["source"] == "session"
+
+
 def test_session_policy_denies_a_tool(pd: Any, shared: dict[str, Any], tmp_path: Path) -> None:
     """`labd run --policy FILE`: the session's own rule denies the tool; the tool does not run (no marker
     file), its result is an error carrying the refusal, the agent answers anyway, the session completes. The

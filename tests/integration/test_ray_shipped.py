@@ -54,11 +54,13 @@ def test_paths_out_of_the_work_directory_are_refused(tmp_path: Path) -> None:
 
 
 def test_ship_then_receive_round_trip_within_small_max_message(tmp_path: Path) -> None:
-    """What a remote runner ships (runner/ship.py, chunked for a 64 KiB ``max_message``) is received as the same
-    tree of files; every event fits the message limit; symlinks are not shipped."""
+    """What a remote runner ships (runner/ship.py: a checkpoint's snapshot, chunked for a 64 KiB ``max_message``)
+    is received as the same tree of files; every event fits the message limit; symlinks are not shipped."""
     import orjson
 
-    from labd.runner.ship import chunk_for, ship_files
+    from labd.runner.durable import Durable
+    from labd.runner.files import FileTracker
+    from labd.runner.ship import Shipper, chunk_for
 
     src = tmp_path / "node" / "work"
     (src / "a" / "b").mkdir(parents=True)
@@ -66,8 +68,12 @@ def test_ship_then_receive_round_trip_within_small_max_message(tmp_path: Path) -
     for rel, data in files.items():
         (src / rel).write_bytes(data)
     (src / "a" / "ln").symlink_to("/etc/passwd")
+    tracker = FileTracker(src, lambda *a, **k: 0)
+    tracker.scan(None)
+    snapshot = Durable(lambda *a, **k: 0, src.parent, src, tracker).snapshot()
     events: list[dict[str, object]] = []
-    n, total = ship_files(src, lambda kind, payload: events.append(payload) or 0, 1 << 30, chunk_for(64 * 1024))
+    shipper = Shipper(src, lambda kind, payload: events.append(payload) or 0, 1 << 30, chunk_for(64 * 1024))
+    n, total = shipper.ship(snapshot)
     assert (n, total) == (3, sum(len(d) for d in files.values()))
     assert all(len(orjson.dumps(e)) < 64 * 1024 for e in events)
     for e in events:
@@ -79,14 +85,22 @@ def test_ship_then_receive_round_trip_within_small_max_message(tmp_path: Path) -
 def test_incremental_shipping_sends_only_changes_and_deletions(tmp_path: Path) -> None:
     """After each checkpoint a remote runner ships only what changed since its last shipment (an untouched
     file is not sent again), and a file deleted on the node is deleted from the daemon's copy too."""
+    from labd.runner.durable import Durable
+    from labd.runner.files import FileTracker
     from labd.runner.ship import Shipper
 
     src = tmp_path / "node" / "work"
     src.mkdir(parents=True)
     (src / "keep.txt").write_text("same")
     (src / "gone.txt").write_text("soon deleted")
+    tracker = FileTracker(src, lambda *a, **k: 0)
+    durable = Durable(lambda *a, **k: 0, src.parent, src, tracker)
     sent: list[dict[str, object]] = []
     shipper = Shipper(src, lambda kind, payload: sent.append(payload) or 0, 1 << 30)
+
+    def ship() -> tuple[int, int]:
+        tracker.scan(None)
+        return shipper.ship(durable.snapshot())
 
     def deliver() -> list[str]:
         batch, sent[:] = list(sent), []
@@ -94,13 +108,13 @@ def test_incremental_shipping_sends_only_changes_and_deletions(tmp_path: Path) -
             assert "error" not in receive(tmp_path, "s4", e)
         return sorted(str(e["path"]) + (" (deleted)" if e.get("deleted") else "") for e in batch)
 
-    assert shipper.ship() == (2, len("same") + len("soon deleted"))
+    assert ship() == (2, len("same") + len("soon deleted"))
     assert deliver() == ["gone.txt", "keep.txt"]
     (src / "gone.txt").unlink()
     (src / "new.txt").write_text("step two")
     os.utime(src / "keep.txt")  # touched, same bytes: not sent again
-    assert shipper.ship() == (1, len("step two"))
+    assert ship() == (1, len("step two"))
     assert deliver() == ["gone.txt (deleted)", "new.txt"]
     work = tmp_path / "s4" / "work"
     assert sorted(p.name for p in work.iterdir()) == ["keep.txt", "new.txt"]
-    assert shipper.ship() == (0, 0) and deliver() == []
+    assert ship() == (0, 0) and deliver() == []

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from labd.daemon.monitor import IDLE_RECORD_S, Limits, Monitor, _Watched
+from labd.daemon.monitor import Limits, Monitor, _Watched
+from labd.ipc.samples import IDLE_RECORD_S
 
 
 def _watched() -> _Watched:

@@ -62,3 +62,21 @@ def test_queued_status_transitions() -> None:
     ended = {"status": "cancelled", "reason": "stopped while queued (by client)", "ended_by": "queue"}
     apply(cur2, 5, 5.0, "session.ended", "d", None, ended, out2)
     assert cur2.status == "cancelled"
+
+
+def test_push_is_cheap_and_positions_follow_removals() -> None:
+    """push does not compute a position (a daemon re-queuing many sessions at start does not sort for each);
+    position() counts the live entries ahead; a stopped session leaves no gap, and a session stopped and
+    queued again under the same id takes its new place (the stale heap entry is skipped, not the new one)."""
+    q = RunQueue(max_sessions=1)
+    for i, sid in enumerate("abcd"):
+        assert q.push(q.entry(sid, "demo.sleep", {}, Limits(), "/w", 0, float(i))) is None
+    assert [q.position(s) for s in "abcd"] == [1, 2, 3, 4] and q.position("zz") is None
+    assert q.remove("b") and not q.remove("b")
+    assert q.positions() == {"a": 1, "c": 2, "d": 3} and q.position("d") == 3
+    assert q.remove("a")
+    _push(q, "a", at=10.0)  # back, at the end
+    assert q.positions() == {"c": 1, "d": 2, "a": 3}
+    assert [x.sid for x in q.admit([])] == ["c"]
+    assert [x.sid for x in q.admit([])] == ["d"]
+    assert [x.sid for x in q.admit([])] == ["a"] and not len(q)

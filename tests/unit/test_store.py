@@ -209,6 +209,38 @@ def test_load_cursor_restores_seq_marks_and_status(engine: Engine, writer: Batch
     assert writer.load_cursor("missing") is None
 
 
+def test_first_events_and_session_ids_in_one_query_each(engine: Engine, writer: BatchWriter) -> None:
+    """first_events gives, for many sessions at once, the payload of the first event of each kind asked for (a
+    later event of the same kind does not replace it; a kind a session lacks is absent); session_ids lists every
+    session. (What a starting daemon needs to re-queue sessions and sweep orphaned directories.)"""
+    cursors: dict[str, SessionCursor] = {}
+    b = Batch(cursors)
+    for sid in ("s1", "s2"):
+        b.add(sid, "session.created", CREATED | {"name": sid})
+    b.add("s1", "session.queued", {"position": 1, "priority": 5, "reason": "queued"})
+    b.add("s1", "session.queued", {"position": 1, "priority": 9, "reason": "queued"})
+    b.commit(writer)
+    store = Store(engine)
+    got = store.first_events(["s1", "s2", "nope"], ["session.queued", "session.created"])
+    assert set(got) == {("s1", "session.queued"), ("s1", "session.created"), ("s2", "session.created")}
+    assert got[("s1", "session.queued")]["priority"] == 5 and got[("s2", "session.created")]["name"] == "s2"
+    assert store.first_events([], ["session.created"]) == {}
+    assert store.session_ids() == {"s1", "s2"}
+
+
+def test_load_cursor_carries_budget_and_output_cap(engine: Engine, writer: BatchWriter) -> None:
+    """The limits ingest enforces after a restart come with the cursor from the one row read: the budget and the
+    output cap (the backstop of daemon/outputcap.py does not read the row again); no cap stored is None."""
+    cursors: dict[str, SessionCursor] = {}
+    b = Batch(cursors)
+    b.add("s1", "session.created", CREATED | {"limits": {"budget": 0.5, "output": 4096}})
+    b.add("s2", "session.created", CREATED | {"workdir": "/w/s2"})
+    b.commit(writer)
+    one, two = writer.load_cursor("s1"), writer.load_cursor("s2")
+    assert one is not None and (one.budget, one.output_cap) == (0.5, 4096)
+    assert two is not None and (two.budget, two.output_cap) == (None, None)
+
+
 def test_restored_cursor_finalizes_like_the_original(engine: Engine, writer: BatchWriter) -> None:
     """After a daemon restart between the runner's failure report and its exit, the end reason still
     carries the workflow's error (not the row's last transition reason, 'runner started')."""

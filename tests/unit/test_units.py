@@ -12,6 +12,7 @@ from labd.ipc.units import (
     format_size,
     parse_cpus,
     parse_duration,
+    parse_output_cap,
     parse_percent,
     parse_size,
 )
@@ -96,3 +97,14 @@ def test_formatting_for_people() -> None:
     assert format_size(1.5 * GiB) == "1.5G"
     assert format_duration(0.25) == "250ms" and format_duration(42) == "42s" and format_duration(312) == "5m12s"
     assert format_duration(3 * 3600 + 300) == "3h05m" and format_duration(52 * 3600) == "2d04h"
+
+
+def test_one_output_cap_rule() -> None:
+    """The output cap (CLI --max-output, [daemon] max_output, limits.output): bytes or a size with a unit, at least
+    1K; "none"/None is no cap; a bare number string, a bool, a float or a tiny cap is refused with a reason."""
+    assert parse_output_cap("10M") == 10 * MiB and parse_output_cap(4096) == 4096
+    assert parse_output_cap("none") is None and parse_output_cap(" None ") is None and parse_output_cap(None) is None
+    for bad, why in (("10", "add a unit"), ("ten", "bad size"), ("100B", "at least 1K"), (True, "at least 1K"),
+                     (1.5, "at least 1K"), (-5, "at least 1K"), ([1], "at least 1K")):
+        with pytest.raises(UnitError, match=why):
+            parse_output_cap(bad)

@@ -1,0 +1,105 @@
+"""Shipping a remote runner's work directory from its checkpoints (labd.runner.ship) and the one walk rule that
+decides what the file tracker follows, a checkpoint holds and a remote runner ships (labd.runner.files.walk_files)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from labd.runner.checkpoint import Snapshot
+from labd.runner.durable import Durable
+from labd.runner.files import FileTracker, walk_files
+from labd.runner.ship import Shipper
+
+
+def _tree(work: Path) -> None:
+    (work / "a" / "b").mkdir(parents=True)
+    (work / "top.txt").write_text("top")
+    (work / "a" / "b" / "deep.csv").write_text("1,2\n")
+    (work / ".git").mkdir()
+    (work / ".git" / "HEAD").write_text("ref")
+    (work / "a" / "__pycache__").mkdir()
+    (work / "a" / "__pycache__" / "m.pyc").write_bytes(b"\0")
+    (work / "link").symlink_to(work / "top.txt")
+    os.mkfifo(work / "fifo")
+
+
+def _durable(tmp: Path) -> tuple[Durable, FileTracker, list[tuple[str, Any]]]:
+    events: list[tuple[str, Any]] = []
+
+    def emit(kind: str, payload: Any, node: Any = None, parent: Any = None) -> int:
+        events.append((kind, payload))
+        return len(events)
+
+    work = tmp / "s" / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    files = FileTracker(work, emit)
+    return Durable(emit, tmp / "s", work, files), files, events
+
+
+def test_one_walk_rule_for_tracking_checkpoints_and_shipping(tmp_path: Path) -> None:
+    """walk_files yields the regular files only, skipping dot directories, __pycache__, symlinks and FIFOs, in a
+    stable order; the tracker reports exactly those, a checkpoint's snapshot holds exactly those, and so the
+    shipper (which ships snapshots) ships exactly those."""
+    durable, files, events = _durable(tmp_path)
+    _tree(durable.workdir)
+    walked = [rel for rel, _ in walk_files(durable.workdir)]
+    assert walked == ["top.txt", "a/b/deep.csv"]
+    files.scan(None)
+    assert sorted(p["path"] for k, p in events if k == "file.created") == sorted(walked)
+    snap = durable.snapshot()
+    assert sorted(snap.files) == sorted(walked)
+    sent: list[dict[str, Any]] = []
+    Shipper(durable.workdir, lambda kind, payload: sent.append(payload) or 0, 1 << 30).ship(snap)
+    assert sorted(str(e["path"]) for e in sent) == sorted(walked)
+
+
+def test_shipping_reads_the_checkpoint_not_the_work_directory(tmp_path: Path) -> None:
+    """The shipper sends the bytes the checkpoint recorded, from the object store: a file rewritten in the work
+    directory after the checkpoint (a concurrent step) is shipped as checkpointed, with a matching sha256; the
+    work directory is not walked again (a file created after the checkpoint is not shipped until a later one)."""
+    import base64
+    import hashlib
+
+    durable, files, _ = _durable(tmp_path)
+    shipped: list[Snapshot] = []
+    durable.after_checkpoint = shipped.append
+    (durable.workdir / "r.txt").write_text("checkpointed")
+    files.scan(None)
+    durable.checkpoint("n1", "0", "step", None)
+    (durable.workdir / "r.txt").write_text("rewritten later")
+    (durable.workdir / "late.txt").write_text("after the checkpoint")
+    sent: list[dict[str, Any]] = []
+    assert Shipper(durable.workdir, lambda kind, payload: sent.append(payload) or 0, 1 << 30).ship(shipped[0]) \
+        == (1, len("checkpointed"))
+    (event,) = sent
+    data = base64.b64decode(str(event["data"]))
+    assert data == b"checkpointed" and event["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_incremental_shipping_skips_unchanged_and_marks_deleted(tmp_path: Path) -> None:
+    """Successive snapshots ship only files whose content changed (a touched file with the same bytes is not sent
+    again), a file gone from the snapshot is shipped as deleted once, and ``max_bytes`` bounds the whole session
+    with one warning naming what was left behind."""
+    durable, files, _ = _durable(tmp_path)
+    work = durable.workdir
+    (work / "keep.txt").write_text("same")
+    (work / "gone.txt").write_text("soon deleted")
+    sent: list[tuple[str, dict[str, Any]]] = []
+    shipper = Shipper(work, lambda kind, payload: sent.append((kind, payload)) or 0, 40)
+    files.scan(None)
+    assert shipper.ship(durable.snapshot()) == (2, len("same") + len("soon deleted"))
+    sent.clear()
+    (work / "gone.txt").unlink()
+    os.utime(work / "keep.txt", ns=(1, 1))
+    (work / "new.txt").write_text("step two")
+    (work / "huge.bin").write_bytes(b"x" * 100)
+    files.scan(None)
+    assert shipper.ship(durable.snapshot()) == (1, len("step two"))
+    assert [(k, p["path"], p.get("deleted", False)) for k, p in sent if k == "file.shipped"] == \
+        [("file.shipped", "new.txt", False), ("file.shipped", "gone.txt", True)]
+    (warning,) = [p for k, p in sent if k == "log"]
+    assert "huge.bin" in warning["event"]
+    sent.clear()
+    assert shipper.ship(durable.snapshot()) == (0, 0) and not [k for k, _ in sent if k == "file.shipped"]
