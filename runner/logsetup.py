@@ -13,7 +13,7 @@ import structlog
 
 from labd.runner.context import current_node
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "logging_after_fork"]
 
 Emit = Callable[..., int]
 _RESERVED = {"event", "level", "logger", "timestamp"}
@@ -51,3 +51,13 @@ def configure_logging(emit: Emit, session_id: str) -> Any:
     root.handlers[:] = [EventHandler()]
     root.setLevel(logging.INFO)
     return structlog.get_logger("workflow").bind(session_id=session_id)
+
+
+def logging_after_fork() -> None:
+    """In a child forked by the workflow: log records go to its stderr (the runner's captured output), since
+    the child has no event path of its own (see runner/forksafe.py). Runs after the interpreter's own
+    after-fork handlers, which re-create the locks of logging and of every handler."""
+    import sys
+
+    logging.getLogger().handlers[:] = [logging.StreamHandler(sys.stderr)]
+    structlog.reset_defaults()

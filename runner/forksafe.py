@@ -1,0 +1,85 @@
+"""What a process forked by the workflow (``os.fork``, a ``multiprocessing`` fork-context worker, ``subprocess``
+with ``preexec_fn``) gets from the runner, and what it must not.
+
+The runner is multi-threaded (channel thread, output readers, ZeroMQ I/O threads) and catches SIGTERM to
+cancel the session. A forked child has only the forking thread, so:
+
+* **SIGTERM must kill it.** ``Pool.terminate()`` SIGTERMs its workers and then joins them. The child has to
+  have the default SIGTERM action *from the first instruction on*: resetting it in an ``after_in_child``
+  at-fork handler alone leaves a window (fork -> handler) in which a SIGTERM hits the runner's inherited
+  handler: CPython drops a signal that arrived before its own after-fork reset, and ignores one that
+  arrived before the handler changed the action ("Signal 15 ignored due to race condition"). A worker that
+  survives its SIGTERM while a sibling died holding the pool's queue lock blocks forever, and so does
+  ``Pool.join()``: that was the flaky ``test_multiprocessing_pools_in_a_workflow_can_be_terminated``
+  (measured: with the reset alone, 299 of 300 children SIGTERMed right after fork survived). So SIGTERM is
+  *blocked* from just before the fork until the child has reset it; a SIGTERM sent meanwhile stays
+  pending in the kernel and takes its default action when the child unblocks it.
+* **It must not touch the parent's event path** (:meth:`Channel.forget_after_fork`): the spool is a
+  ``MAP_SHARED`` mapping (shared with the child) and ``src_seq`` is the parent's counter; a child's events
+  are dropped. Its log records go to stderr instead, which is the parent's captured output.
+* **It must be able to print.** ``sys.stdout``/``sys.stderr`` are replaced by fresh streams over fds 1 and 2:
+  the inherited buffered writers may be locked by a parent thread that was printing at fork time (that
+  lock would never be released in the child) and may hold the parent's unflushed partial line (the child
+  would print it a second time).
+* **It must not run the runner's exit path**: the runner ends with ``os._exit``; a child that calls
+  ``sys.exit`` runs only interpreter-level atexit handlers, none of which are the runner's.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+__all__ = ["install", "fresh_std_streams"]
+
+_BLOCKED = {signal.SIGTERM}
+_saved = threading.local()  # the forking thread's signal mask, per thread (two threads may fork at once)
+
+
+def _before() -> None:
+    _saved.mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+
+
+def _restore() -> None:
+    mask = getattr(_saved, "mask", None)
+    if mask is not None:
+        _saved.mask = None
+        # In the parent, a SIGTERM that came meanwhile runs the runner's handler here; its Cancelled cannot
+        # leave an at-fork handler (CPython reports it as unraisable), but the cancel it requested stands.
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def fresh_std_streams() -> None:
+    """New line-buffered ``sys.stdout``/``sys.stderr`` over fds 1 and 2 (which still lead to the runner's
+    capture pipes), so the child owns no lock and no buffered text of the parent's."""
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True)
+    sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True)
+
+
+def install(*in_child: Callable[[], None]) -> None:
+    """Make forks of this process safe (see the module doc); ``in_child`` run in each forked child, in order,
+    with SIGTERM still blocked and its action already the default.
+
+    Register this after everything else the runner registers at fork, so its ``before`` runs first
+    (``before`` handlers run in reverse order of registration) and SIGTERM is blocked throughout."""
+
+    def child() -> None:
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            fresh_std_streams()
+            for hook in in_child:
+                try:
+                    hook()
+                except Exception:  # noqa: BLE001 - one broken hook must not leave SIGTERM blocked
+                    logging.getLogger("labd.runner.forksafe").exception("at-fork hook failed")
+        finally:
+            _restore()  # a SIGTERM that came since the fork kills the child here
+
+    os.register_at_fork(before=_before, after_in_parent=_restore, after_in_child=child)
