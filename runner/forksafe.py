@@ -21,21 +21,32 @@ cancel the session. A forked child has only the forking thread, so:
   the inherited buffered writers may be locked by a parent thread that was printing at fork time (that
   lock would never be released in the child) and may hold the parent's unflushed partial line (the child
   would print it a second time).
-* **It must not run the runner's exit path**: the runner ends with ``os._exit``; a child that calls
-  ``sys.exit`` runs only interpreter-level atexit handlers, none of which are the runner's.
+* **It must not run the runner's exit path.** A raw ``os.fork`` child that calls ``sys.exit()``, raises, or
+  returns from the workflow function unwinds into :func:`labd.runner.session.run_session`, which would
+  record an outcome, close the output capture and wait up to the flush timeout for acknowledgements of the
+  parent's events on a channel it does not have (on a lock a parent thread may have held at fork time). The
+  workflow is called through :func:`call`, which ends such a child as a plain Python process would end:
+  the ``SystemExit`` code (or 1 and a traceback on stderr, or 0 after a return), atexit handlers, flushed
+  std streams, ``os._exit``. (``multiprocessing`` workers never get there: they end in ``os._exit``.)
 """
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import io
 import logging
 import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
-__all__ = ["install", "fresh_std_streams"]
+T = TypeVar("T")
+
+__all__ = ["install", "fresh_std_streams", "call"]
 
 _BLOCKED = {signal.SIGTERM}
 _saved = threading.local()  # the forking thread's signal mask, per thread (two threads may fork at once)
@@ -56,7 +67,12 @@ def _restore() -> None:
 
 def fresh_std_streams() -> None:
     """New line-buffered ``sys.stdout``/``sys.stderr`` over fds 1 and 2 (which still lead to the runner's
-    capture pipes), so the child owns no lock and no buffered text of the parent's."""
+    capture pipes), so the child owns no lock and no buffered text of the parent's.
+
+    The inherited streams are never freed in the child: freeing one flushes it, which writes the parent's
+    partial line a second time, or blocks for ever on a lock a parent thread held at fork time."""
+    for old in (sys.stdout, sys.stderr):
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(old))
     sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8",
                                   errors="backslashreplace", line_buffering=True)
     sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)), encoding="utf-8",
@@ -83,3 +99,38 @@ def install(*in_child: Callable[[], None]) -> None:
             _restore()  # a SIGTERM that came since the fork kills the child here
 
     os.register_at_fork(before=_before, after_in_parent=_restore, after_in_child=child)
+
+
+def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in the runner; in a child the workflow forked, the end of the child's process
+    (see the module doc) however ``fn`` ends there."""
+    me = os.getpid()
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        if os.getpid() != me:
+            _end_child(exc)
+        raise
+    if os.getpid() != me:
+        _end_child(None)
+    return result
+
+
+def _end_child(exc: BaseException | None) -> NoReturn:
+    code = 0
+    try:
+        if isinstance(exc, SystemExit):
+            if isinstance(exc.code, int) or exc.code is None:
+                code = exc.code or 0
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+        elif exc is not None:
+            traceback.print_exception(exc, file=sys.stderr)
+            code = 1
+        atexit._run_exitfuncs()  # noqa: SLF001 - what interpreter exit runs (the runner registers none)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+    except BaseException:  # noqa: BLE001 - ending the child must not fail
+        code = code or 1
+    os._exit(code)

@@ -224,7 +224,7 @@ def run_session(spec: dict[str, Any]) -> int:
         fn = resolve(spec["workflow"], search=search)
         kwargs = bind_params(fn, dict(ctx.params))
         durable.restore_workdir()  # a resume or branch: the work directory as the record's last checkpoint
-        result = fn(ctx, **kwargs)
+        result = forksafe.call(fn, ctx, **kwargs)  # a child the workflow forked ends in there
         extra = {"result": result}
     except Cancelled as exc:
         outcome, code, extra = "cancelled", EXIT_CANCELLED, {"error": str(exc) or "cancelled"}
