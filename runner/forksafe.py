@@ -6,9 +6,9 @@ cancel the session. A forked child has only the forking thread, so:
 
 * **SIGTERM must kill it.** ``Pool.terminate()`` SIGTERMs its workers and then joins them. The child has to
   have the default SIGTERM action *from the first instruction on*: resetting it in an ``after_in_child``
-  at-fork handler alone leaves a window (fork -> handler) in which a SIGTERM hits the runner's inherited
-  handler: CPython drops a signal that arrived before its own after-fork reset, and ignores one that
-  arrived before the handler changed the action ("Signal 15 ignored due to race condition"). A worker that
+  at-fork handler alone leaves a window (fork -> handler) in which a SIGTERM is caught by the runner's
+  inherited handler and then lost (CPython clears signals pending from before its own after-fork reset, and
+  ignores one still pending once the action is the default: "Signal 15 ignored due to race condition"). A worker that
   survives its SIGTERM while a sibling died holding the pool's queue lock blocks forever, and so does
   ``Pool.join()``: that was the flaky ``test_multiprocessing_pools_in_a_workflow_can_be_terminated``
   (measured: with the reset alone, 299 of 300 children SIGTERMed right after fork survived). So SIGTERM is
