@@ -17,6 +17,10 @@ cancel the session. A forked child has only the forking thread, so:
 * **It must not touch the parent's event path** (:meth:`Channel.forget_after_fork`): the spool is a
   ``MAP_SHARED`` mapping (shared with the child) and ``src_seq`` is the parent's counter; a child's events
   are dropped. Its log records go to stderr instead, which is the parent's captured output.
+* **Its ``ctx`` must not deadlock or write the parent's record** (:func:`detach_context`): the locks of the
+  runner's objects (context, file tracker, durable store, approvals) are re-created unlocked, since a parent
+  thread may have held one at fork time; a step in the child neither scans files nor checkpoints (the
+  checkpoint store and the file tracker's state are the parent's).
 * **It must be able to print.** ``sys.stdout``/``sys.stderr`` are replaced by fresh streams over fds 1 and 2:
   the inherited buffered writers may be locked by a parent thread that was printing at fork time (that
   lock would never be released in the child) and may hold the parent's unflushed partial line (the child
@@ -46,7 +50,7 @@ from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["install", "fresh_std_streams", "call"]
+__all__ = ["install", "fresh_std_streams", "call", "detach_context"]
 
 _BLOCKED = {signal.SIGTERM}
 _saved = threading.local()  # the forking thread's signal mask, per thread (two threads may fork at once)
@@ -134,3 +138,28 @@ def _end_child(exc: BaseException | None) -> NoReturn:
     except BaseException:  # noqa: BLE001 - ending the child must not fail
         code = code or 1
     os._exit(code)
+
+
+def _reinit_locks(obj: Any) -> None:
+    """Re-create, unlocked, every lock, condition and event that is an attribute of ``obj``: in a forked
+    child, one held by a parent thread at fork time would never be released. (``_at_fork_reinit`` is what
+    CPython's threading module does for its own locks after a fork.)"""
+    for value in list(vars(obj).values()):
+        reinit = getattr(value, "_at_fork_reinit", None)
+        if reinit is not None and isinstance(value, _SYNC_TYPES):
+            reinit()
+
+
+_SYNC_TYPES = (type(threading.Lock()), type(threading.RLock()), threading.Condition, threading.Event)
+
+
+def detach_context(ctx: Any, *owned: Any) -> None:
+    """In a child forked by the workflow: ``ctx`` (and the runner objects in ``owned``) usable without a lock
+    a parent thread may hold, and without side effects on the parent's record (no file scan, no checkpoint,
+    no output sync)."""
+    for obj in (ctx, *owned, ctx.approvals):
+        if obj is not None:
+            _reinit_locks(obj)
+    ctx.durable = None
+    ctx.after_step = lambda node_id: None
+    ctx.before_boundary = lambda: None

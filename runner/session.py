@@ -204,7 +204,8 @@ def run_session(spec: dict[str, Any]) -> int:
 
     # A child forked by the workflow (multiprocessing, os.fork) gets default SIGTERM (Pool.terminate() must
     # kill it), fresh std streams, and no access to our event path: see runner/forksafe.py.
-    forksafe.install(channel.forget_after_fork, capture.forget_after_fork, logging_after_fork)
+    forksafe.install(channel.forget_after_fork, capture.forget_after_fork, logging_after_fork,
+                     lambda: forksafe.detach_context(ctx, files, durable))
     approvals = ctx.approvals
     inbox.open({
         "cancel": lambda body: ctx.request_cancel(str(body.get("reason") or "stop requested")),

@@ -46,7 +46,8 @@ def test_a_child_sigtermed_right_after_fork_dies(shared) -> None:
 def test_children_forked_under_traffic_print_log_and_leave_the_event_path_alone(shared) -> None:
     """Children forked while another thread emits, prints and logs flat out: each child prints and logs
     (as output of the session), its events are dropped (no ``from_child`` event, no child step), it ends
-    at once with its own exit code (sys.exit(5), or 0 after returning from the workflow function), the
+    at once with its own exit code (0 after returning from the workflow function, 5 from sys.exit(5) after
+    running its atexit handler, 1 and a traceback after raising), the
     parent's partial stdout line is printed once, and the parent's events are all there, in order, with
     gap-free src_seq."""
     n = 16
@@ -55,7 +56,7 @@ def test_children_forked_under_traffic_print_log_and_leave_the_event_path_alone(
     assert final["status"] == "completed", final["reason"]
     events = list(shared.history(sid))
     result = next(e for e in events if e["kind"] == "session.finished")["payload"]["result"]
-    assert result["codes"] == [5 if k % 2 else 0 for k in range(n)]
+    assert result["codes"] == [(0, 5, 1)[k % 3] for k in range(n)]
     runner = [e for e in events if e["src"] == "runner"]
     assert [e["src_seq"] for e in runner] == list(range(1, len(runner) + 1))
     customs = [e["payload"] for e in events if e["kind"] == "custom"]
@@ -66,8 +67,22 @@ def test_children_forked_under_traffic_print_log_and_leave_the_event_path_alone(
     for k in range(n):
         assert f"child {k} prints" in text and f"child {k} logs" in text
     assert text.count("child structlog") == n
+    assert all(f"child {k} atexit" in text for k in range(1, n, 3))
+    assert all(f"ValueError: child {k} fails" in text for k in range(2, n, 3))
     assert text.count("partial line of the parent") == 1
     assert not [e for e in events if e["kind"] == "event.rejected"]
+
+
+def test_a_child_can_run_a_step_while_a_parent_thread_held_the_context_lock(shared) -> None:
+    """A lock of the runner's context held by a parent thread at fork time does not deadlock the child's
+    ctx.step (the child's copies of the runner's locks are re-created); the child's step is not recorded."""
+    sid = shared.start("labd_forkflows:fork_while_the_context_is_locked")
+    final = wait_explained(shared, sid, timeout=60)
+    assert final["status"] == "completed", final["reason"]
+    events = list(shared.history(sid))
+    assert next(e for e in events if e["kind"] == "session.finished")["payload"]["result"] == 0
+    assert [e["payload"]["name"] for e in events if e["kind"] == "step.started"] == ["in the parent"]
+    assert "the child's step ran" in "".join(e["payload"]["text"] for e in events if e["kind"] == "output")
 
 
 def test_an_overrun_deadline_reports_the_stacks_of_the_session(shared) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -37,8 +38,9 @@ def sigterm_right_after_fork(ctx, children: int = 30) -> dict:
 def fork_under_traffic(ctx, children: int = 20) -> dict:
     """Fork while another thread prints, logs and emits events as fast as it can (the channel lock, the
     spool and stdout's lock are taken at random moments of the fork). Each child prints, logs (stdlib and
-    structlog), emits an event and ends: half by ``sys.exit(5)``, half by returning from the workflow
-    function (both must end the child at once, not run the runner's epilogue). Returns the children's exit
+    structlog), emits an event, runs a step and ends by returning from the workflow function, by
+    ``sys.exit(5)`` (after registering an atexit handler) or by raising: each must end the child at once with
+    the status a plain Python process would have, not run the runner's epilogue. Returns the children's exit
     codes and how many events the thread emitted."""
     stop = threading.Event()
     emitted = [0]
@@ -68,23 +70,54 @@ def fork_under_traffic(ctx, children: int = 20) -> dict:
                 ctx.emit("from_child", {"k": k})
                 with ctx.step(f"child step {k}"):
                     pass
-                if k % 2:
+                if k % 3 == 1:
+                    atexit.register(print, f"child {k} atexit")
                     sys.exit(5)
+                if k % 3 == 2:
+                    raise ValueError(f"child {k} fails")
                 return {"i am": "a child"}  # the runner must end this process, not record this as the result
-            deadline = time.monotonic() + 30
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    codes.append(os.waitstatus_to_exitcode(status))
-                    break
-                if time.monotonic() > deadline:  # a hung child: say so instead of hanging the session
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    codes.append("hung")
-                    break
-                time.sleep(0.01)
+            codes.append(_wait_child(pid, 30))
     finally:
         stop.set()
         thread.join()
     print()
     return {"codes": codes, "emitted": emitted[0]}
+
+
+def fork_while_the_context_is_locked(ctx) -> object:
+    """A parent thread holds the context's lock (as one does inside step bookkeeping) while the workflow
+    forks; the child runs a step. Returns the child's exit code, or "hung"."""
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with ctx._lock:  # noqa: SLF001 - standing in for a thread of the parent that is inside ctx.step
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:
+        with ctx.step("in the child"):
+            print("the child's step ran")
+        os._exit(0)
+    code = _wait_child(pid, 20)
+    release.set()
+    thread.join()
+    with ctx.step("in the parent"):
+        pass
+    return code
+
+
+def _wait_child(pid: int, timeout: float) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:  # a hung child: say so instead of hanging the session
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "hung"
+        time.sleep(0.01)
