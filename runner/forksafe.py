@@ -8,8 +8,8 @@ cancel the session. A forked child has only the forking thread, so:
   have the default SIGTERM action *from the first instruction on*: resetting it in an ``after_in_child``
   at-fork handler alone leaves a window (fork -> handler) in which a SIGTERM is caught by the runner's
   inherited handler and then lost (CPython clears signals pending from before its own after-fork reset, and
-  ignores one still pending once the action is the default: "Signal 15 ignored due to race condition"). A worker that
-  survives its SIGTERM while a sibling died holding the pool's queue lock blocks forever, and so does
+  ignores one still pending once the action is the default: "Signal 15 ignored due to race condition").
+  A worker that survives its SIGTERM while a sibling died holding the pool's queue lock blocks forever, and so does
   ``Pool.join()``: that was the flaky ``test_multiprocessing_pools_in_a_workflow_can_be_terminated``
   (measured: with the reset alone, 299 of 300 children SIGTERMed right after fork survived). So SIGTERM is
   *blocked* from just before the fork until the child has reset it; a SIGTERM sent meanwhile stays
@@ -53,20 +53,23 @@ T = TypeVar("T")
 __all__ = ["install", "fresh_std_streams", "call", "detach_context"]
 
 _BLOCKED = {signal.SIGTERM}
-_saved = threading.local()  # the forking thread's signal mask, per thread (two threads may fork at once)
+_saved = threading.local()  # per forking thread (two threads may fork at once): did we block SIGTERM?
 
 
 def _before() -> None:
-    _saved.mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+    _saved.unblock = True  # set first: pthread_sigmask may raise *after* blocking (below)
+    # CPython runs pending Python signal handlers after any pthread_sigmask call: a SIGTERM caught just before
+    # the fork runs the runner's handler here and its Cancelled leaves this call (CPython then reports it as
+    # unraisable; the cancel it requested stands). SIGTERM is blocked by then, and is unblocked after the fork.
+    _saved.unblock = signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
 
 
 def _restore() -> None:
-    mask = getattr(_saved, "mask", None)
-    if mask is not None:
-        _saved.mask = None
-        # In the parent, a SIGTERM that came meanwhile runs the runner's handler here; its Cancelled cannot
-        # leave an at-fork handler (CPython reports it as unraisable), but the cancel it requested stands.
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    if getattr(_saved, "unblock", False):
+        _saved.unblock = False
+        # In the child a SIGTERM sent since the fork kills it here; in the parent it runs the runner's handler
+        # (as in _before, its Cancelled cannot leave an at-fork hook; the cancel stands).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _BLOCKED)
 
 
 def fresh_std_streams() -> None:
