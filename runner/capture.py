@@ -74,6 +74,10 @@ class OutputCapture:
         for t in self._threads:
             t.start()
 
+    def forget_after_fork(self) -> None:
+        """In a child forked by the workflow: the readers are the parent's threads; never wait for them."""
+        self._fds, self._threads, self._busy = [], [], [0, 0]
+
     def sync(self, timeout: float = 0.2) -> None:
         """Wait (bounded) until everything written so far has been emitted, so output lands before
         the step boundary that follows it and is attributed to the step that printed it."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import logging
 import os
 import re
 import signal
@@ -23,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import structlog
 
+from labd.runner import forksafe
 from labd.runner.approvals import Approvals, ApprovalTimeout
 from labd.runner.capture import OutputCapture
 from labd.runner.channel import Channel, PayloadError
@@ -32,7 +31,7 @@ from labd.runner.context import Cancelled, Context
 from labd.runner.credentials import confine_runner, take_key
 from labd.runner.durable import Durable, read_seed
 from labd.runner.files import FileTracker
-from labd.runner.logsetup import configure_logging
+from labd.runner.logsetup import configure_logging, logging_after_fork
 from labd.runner.reaper import become_subreaper
 from labd.runner.sandbox import Sandbox, install
 from labd.runner.workflows.registry import WorkflowError, bind_params, resolve
@@ -203,16 +202,10 @@ def run_session(spec: dict[str, Any]) -> int:
         ctx.request_cancel("terminated (SIGTERM)")
         raise Cancelled("terminated (SIGTERM)")
 
-    def in_forked_child() -> None:
-        # A child forked by the workflow (multiprocessing, os.fork) has no channel thread: our SIGTERM
-        # handler would make it unkillable by Pool.terminate(), and its log records would vanish into a
-        # buffer nobody sends. Give it default SIGTERM and plain stderr logging (captured as output).
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        channel.forget_after_fork()  # never append to the parent's spool with the parent's sequence numbers
-        logging.getLogger().handlers[:] = [logging.StreamHandler(sys.stderr)]
-        structlog.reset_defaults()
-
-    os.register_at_fork(after_in_child=in_forked_child)
+    # A child forked by the workflow (multiprocessing, os.fork) gets default SIGTERM (Pool.terminate() must
+    # kill it), fresh std streams, and no access to our event path: see runner/forksafe.py.
+    forksafe.install(channel.forget_after_fork, capture.forget_after_fork, logging_after_fork,
+                     lambda: forksafe.detach_context(ctx, files, durable))
     approvals = ctx.approvals
     inbox.open({
         "cancel": lambda body: ctx.request_cancel(str(body.get("reason") or "stop requested")),
@@ -232,7 +225,7 @@ def run_session(spec: dict[str, Any]) -> int:
         fn = resolve(spec["workflow"], search=search)
         kwargs = bind_params(fn, dict(ctx.params))
         durable.restore_workdir()  # a resume or branch: the work directory as the record's last checkpoint
-        result = fn(ctx, **kwargs)
+        result = forksafe.call(fn, ctx, **kwargs)  # a child the workflow forked ends in there
         extra = {"result": result}
     except Cancelled as exc:
         outcome, code, extra = "cancelled", EXIT_CANCELLED, {"error": str(exc) or "cancelled"}

@@ -13,6 +13,7 @@ import pytest
 
 from labd.ipc import LabdError
 from tests.conftest import DaemonProc, wait_until
+from tests.integration.stuck import wait_explained
 from tests.integration.test_protocol import _impostor_runner
 
 
@@ -73,9 +74,10 @@ def test_a_killed_template_is_replaced_and_the_daemon_does_not_spin(client, daem
 
 
 def test_multiprocessing_pools_in_a_workflow_can_be_terminated(client) -> None:
-    """Workers forked from the runner do not inherit its SIGTERM handling: Pool.terminate() works."""
+    """Workers forked from the runner do not inherit its SIGTERM handling, not even in the moment right after
+    the fork (runner/forksafe.py): Pool.terminate() works. Should it hang, the failure shows the stacks."""
     sid = client.start("labd_testflows:pool_rounds", params={"rounds": 6})
-    final = client.wait(sid, timeout=60)
+    final = wait_explained(client, sid, timeout=60)
     assert final["status"] == "completed", final["reason"]
 
 

@@ -1,0 +1,123 @@
+"""Workflows that fork (tests/integration/test_fork.py): what a forked child of a runner can and cannot do."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+
+def sigterm_right_after_fork(ctx, children: int = 30) -> dict:
+    """Fork children and SIGTERM each one at once (as Pool.terminate() may hit a worker still starting up);
+    count those that survive it. Also report whether SIGTERM is blocked in programs started by subprocess,
+    with and without preexec_fn (it must not be: they would be unkillable by SIGTERM)."""
+    survived = 0
+    for _ in range(children):
+        pid = os.fork()
+        if pid == 0:
+            for _ in range(100):  # a worker that waits to be terminated
+                time.sleep(0.01)
+            os._exit(7)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        survived += os.WIFEXITED(status)
+    sigterm_bit = 1 << (signal.SIGTERM - 1)
+    blocked = {}
+    for name, extra in (("plain", {}), ("preexec_fn", {"preexec_fn": lambda: None})):
+        out = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True, check=True, **extra)
+        mask = int(next(line for line in out.stdout.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
+        blocked[name] = bool(mask & sigterm_bit)
+    return {"survived": survived, "sigterm_blocked": blocked}
+
+
+def fork_under_traffic(ctx, children: int = 20) -> dict:
+    """Fork while another thread prints, logs and emits events as fast as it can (the channel lock, the
+    spool and stdout's lock are taken at random moments of the fork). Each child prints, logs (stdlib and
+    structlog), emits an event, runs a step and ends by returning from the workflow function, by
+    ``sys.exit(5)`` (after registering an atexit handler) or by raising: each must end the child at once with
+    the status a plain Python process would have, not run the runner's epilogue. Returns the children's exit
+    codes and how many events the thread emitted."""
+    stop = threading.Event()
+    emitted = [0]
+    bg_log = logging.getLogger("bg")
+
+    def traffic() -> None:
+        while not stop.is_set():
+            i = emitted[0]
+            ctx.emit("bg", {"i": i})
+            emitted[0] = i + 1
+            if i % 10 == 0:
+                print(f"bg line {i}")
+                bg_log.info("bg record %d", i)
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    codes = []
+    print("partial line of the parent", end="")  # in stdout's buffer at every fork: a child must not print it
+    try:
+        for k in range(children):
+            time.sleep(0.005)
+            pid = os.fork()
+            if pid == 0:
+                print(f"child {k} prints")
+                logging.getLogger("kid").warning("child %d logs", k)
+                ctx.log.info("child structlog", k=k)
+                ctx.emit("from_child", {"k": k})
+                with ctx.step(f"child step {k}"):
+                    pass
+                if k % 3 == 1:
+                    atexit.register(print, f"child {k} atexit")
+                    sys.exit(5)
+                if k % 3 == 2:
+                    raise ValueError(f"child {k} fails")
+                return {"i am": "a child"}  # the runner must end this process, not record this as the result
+            codes.append(_wait_child(pid, 30))
+    finally:
+        stop.set()
+        thread.join()
+    print()
+    return {"codes": codes, "emitted": emitted[0]}
+
+
+def fork_while_the_context_is_locked(ctx) -> object:
+    """A parent thread holds the context's lock (as one does inside step bookkeeping) while the workflow
+    forks; the child runs a step. Returns the child's exit code, or "hung"."""
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with ctx._lock:  # noqa: SLF001 - standing in for a thread of the parent that is inside ctx.step
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:
+        with ctx.step("in the child"):
+            print("the child's step ran")
+        os._exit(0)
+    code = _wait_child(pid, 20)
+    release.set()
+    thread.join()
+    with ctx.step("in the parent"):
+        pass
+    return code
+
+
+def _wait_child(pid: int, timeout: float) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:  # a hung child: say so instead of hanging the session
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "hung"
+        time.sleep(0.01)
