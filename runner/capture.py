@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["OutputCapture"]
+__all__ = ["OutputCapture", "prepare_pipes"]
 
 CHUNK = 64 * 1024
 PARTIAL_FLUSH_S = 0.1
@@ -34,6 +34,26 @@ COALESCE_S = 0.002  # after a read in a burst, gather more for at most this long
 BURST_S = 0.05  # output within this long of the previous chunk is part of a burst
 PIPE_SIZE = 1 << 20  # a larger pipe lets a chatty workflow run ahead of the reader instead of blocking
 F_SETPIPE_SZ = 1031  # Linux
+
+#: (read, write) pipe pairs made ahead of time by a spare runner (runner/spare.py), used by the next install()
+_prepared: list[tuple[int, int]] = []
+
+
+def _new_pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:  # not Linux, or above /proc/sys/fs/pipe-max-size: the default will do
+        pass
+    return r, w
+
+
+def prepare_pipes() -> None:
+    """Make the stdout and stderr pipes now (a spare runner, before its session exists); the next
+    :meth:`OutputCapture.install` uses them instead of making its own."""
+    while len(_prepared) < 2:
+        _prepared.append(_new_pipe())
+
 
 Emit = Callable[[str, str], None]  # (stream, text)
 Report = Callable[[dict[str, int]], None]  # an output.truncated payload
@@ -56,11 +76,7 @@ class OutputCapture:
 
     def install(self) -> None:
         for fd, name in ((1, "stdout"), (2, "stderr")):
-            r, w = os.pipe()
-            try:
-                fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
-            except OSError:  # not Linux, or above /proc/sys/fs/pipe-max-size: the default will do
-                pass
+            r, w = _prepared.pop(0) if _prepared else _new_pipe()
             os.dup2(w, fd)
             os.close(w)
             self._fds.append(r)

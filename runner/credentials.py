@@ -18,7 +18,11 @@ from typing import Any
 
 from labd.runner.sandbox import landlock
 
-__all__ = ["take_key", "confine_runner"]
+__all__ = ["take_key", "confine_runner", "prepare_confinement"]
+
+#: a ruleset built ahead of the session by a spare runner: (hide list, its walk, the ruleset with every
+#: session-independent rule); confine_runner adds the session's own directory and enforces it
+_prepared: tuple[list[str], landlock.Walk, landlock.Ruleset] | None = None
 
 
 def take_key(spec: dict[str, Any]) -> bytes:
@@ -39,6 +43,43 @@ def take_key(spec: dict[str, Any]) -> bytes:
     return bytes.fromhex(key)
 
 
+def _base_rules(hide: list[str]) -> tuple[landlock.Walk, landlock.Ruleset]:
+    """A ruleset granting everything but ``hide`` (and listing of its ancestors): all but the session's part."""
+    w = landlock.walk(hide)
+    rules = landlock.Ruleset(scope_signals=True)
+    for root in w.roots:
+        rules.allow(root, rules.fs)
+    for parent in landlock.listable_ancestors(hide):
+        rules.allow(parent, landlock.READ_DIR)
+    return w, rules
+
+
+def prepare_confinement(hide: list[str]) -> None:
+    """Build the session-independent part of the runner's Landlock ruleset now (a spare runner, before its
+    spec arrives); :func:`confine_runner` uses it if its ``hide`` list is the same and the filesystem walk
+    behind it is still fresh. Nothing is enforced here."""
+    global _prepared
+    if landlock.abi_version() < 1:
+        return
+    try:
+        w, rules = _base_rules(hide)
+    except OSError:
+        return
+    _prepared = (list(hide), w, rules)
+
+
+def _take_prepared(hide: list[str]) -> landlock.Ruleset | None:
+    global _prepared
+    prepared, _prepared = _prepared, None
+    if prepared is None:
+        return None
+    old_hide, w, rules = prepared
+    if old_hide == hide and landlock.walk(hide) is w:  # same deny list, and no listed directory changed
+        return rules
+    os.close(rules.fd)
+    return None
+
+
 def confine_runner(confine: dict[str, Any] | None) -> str:
     """Apply the runner's Landlock policy (``spec["confine"]``: ``hide`` and ``allow`` paths) to the calling
     thread and what it starts; call it before the runner starts any thread. Returns what happened
@@ -47,12 +88,15 @@ def confine_runner(confine: dict[str, Any] | None) -> str:
         return "off"
     if landlock.abi_version() < 1:
         return "unavailable: no Landlock in this kernel"
+    hide = [str(p) for p in confine.get("hide", [])]
     try:
-        rules = landlock.Ruleset(scope_signals=True)
-        for root in landlock.allowed_roots(confine.get("hide", []), allow=confine.get("allow", [])):
-            rules.allow(root, rules.fs)
-        for parent in landlock.listable_ancestors(confine.get("hide", [])):
-            rules.allow(parent, landlock.READ_DIR)
+        rules = _take_prepared(hide)
+        if rules is None:
+            w, rules = _base_rules(hide)
+        else:
+            w = landlock.walk(hide)
+        for path in w.regranted(confine.get("allow", [])):
+            rules.allow(path, rules.fs)
         rules.restrict()
     except OSError as exc:
         return f"unavailable: {exc}"

@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Iterable
 
-__all__ = ["abi_version", "Ruleset", "allowed_roots", "LandlockError", "READ", "FILE_RIGHTS"]
+__all__ = ["abi_version", "Ruleset", "allowed_roots", "walk", "LandlockError", "READ", "FILE_RIGHTS"]
 
 _SYS_CREATE, _SYS_ADD_RULE, _SYS_RESTRICT = 444, 445, 446  # the same number on every architecture
 _CREATE_RULESET_VERSION = 1
@@ -146,21 +146,58 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def allowed_roots(deny: Iterable[str], allow: Iterable[str] = ()) -> list[str]:
-    """The smallest set of existing paths that covers the whole filesystem except ``deny`` (resolved
-    through symlinks), plus ``allow`` (paths beneath a denied one that are granted again, e.g. a session's
-    own directory inside labd's home). Symlinks are skipped: the path they point to has its own rule."""
-    denied = sorted({os.path.realpath(p) for p in deny})
-    regrant = [os.path.realpath(p) for p in allow]
-    out: list[str] = []
+class Walk:
+    """One walk of the filesystem for a deny list: the roots covering everything else, the denied paths
+    met on the way, and the directories listed (with their mtimes, to tell when the walk is stale)."""
+
+    def __init__(self, roots: list[str], met: list[str], scanned: list[tuple[str, int]]) -> None:
+        self.roots, self.met, self.scanned = roots, met, scanned
+
+    def fresh(self) -> bool:
+        """True while every listed directory has the mtime it had when listed (an entry added, removed or
+        renamed in a directory changes its mtime), i.e. a new walk would find the same roots."""
+        return all(_mtime(p) == m for p, m in self.scanned)
+
+    def regranted(self, allow: Iterable[str]) -> list[str]:
+        """The ``allow`` paths beneath a denied path met by this walk (granted again)."""
+        regrant = [os.path.realpath(p) for p in allow]
+        out: list[str] = []
+        for path in self.met:
+            out.extend(a for a in regrant if _under(a, path) and a not in out)
+        return out
+
+
+#: denied paths -> their last walk: a spare runner walks ahead of its session (runner/spare.py); a later
+#: call reuses the walk while it is fresh
+_walks: dict[tuple[str, ...], Walk] = {}
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path, follow_symlinks=False).st_mtime_ns
+    except OSError:
+        return -1
+
+
+def walk(deny: Iterable[str]) -> Walk:
+    """The walk for ``deny`` (resolved through symlinks): the cached one while fresh, else a new one."""
+    denied = tuple(sorted({os.path.realpath(p) for p in deny}))
+    cached = _walks.get(denied)
+    if cached is not None and cached.fresh():
+        return cached
+    roots: list[str] = []
+    met: list[str] = []
+    scanned: list[tuple[str, int]] = []
 
     def visit(path: str) -> None:
         if any(_under(path, d) for d in denied):
-            out.extend(a for a in regrant if _under(a, path) and a not in out)
+            met.append(path)
             return
         if not any(_under(d, path) for d in denied):
-            out.append(path)
+            roots.append(path)
             return
+        # the mtime before listing: a change while we list shows as a different mtime later
+        scanned.append((path, _mtime(path)))
         try:
             entries = list(os.scandir(path))
         except OSError:
@@ -174,7 +211,16 @@ def allowed_roots(deny: Iterable[str], allow: Iterable[str] = ()) -> list[str]:
             visit(entry.path)
 
     visit("/")
-    return out
+    _walks[denied] = result = Walk(roots, met, scanned)
+    return result
+
+
+def allowed_roots(deny: Iterable[str], allow: Iterable[str] = ()) -> list[str]:
+    """The smallest set of existing paths that covers the whole filesystem except ``deny`` (resolved
+    through symlinks), plus ``allow`` (paths beneath a denied one that are granted again, e.g. a session's
+    own directory inside labd's home). Symlinks are skipped: the path they point to has its own rule."""
+    w = walk(deny)
+    return [*w.roots, *w.regranted(allow)]
 
 
 def listable_ancestors(deny: Iterable[str]) -> list[str]:
