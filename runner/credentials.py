@@ -68,13 +68,15 @@ def prepare_confinement(hide: list[str]) -> None:
     _prepared = (list(hide), w, rules)
 
 
-def _take_prepared(hide: list[str]) -> landlock.Ruleset | None:
+def _take_prepared(hide: list[str] | None) -> landlock.Ruleset | None:
+    """The prepared ruleset if it was built for ``hide`` and is still fresh; else None (and it is closed)."""
     global _prepared
     prepared, _prepared = _prepared, None
     if prepared is None:
         return None
     old_hide, w, rules = prepared
-    if old_hide == hide and landlock.walk(hide) is w:  # same deny list, and no listed directory changed
+    # the same deny list, and no directory its walk listed has changed since
+    if hide is not None and old_hide == hide and landlock.walk(hide) is w:
         return rules
     os.close(rules.fd)
     return None
@@ -85,6 +87,7 @@ def confine_runner(confine: dict[str, Any] | None) -> str:
     thread and what it starts; call it before the runner starts any thread. Returns what happened
     (``landlock``, ``off`` or ``unavailable: <why>``): the runner reports it in ``session.started``."""
     if not confine:
+        _take_prepared(None)  # a spare prepared for a confinement this session does not have: drop it
         return "off"
     if landlock.abi_version() < 1:
         return "unavailable: no Landlock in this kernel"

@@ -25,7 +25,7 @@ import os
 import threading
 from typing import Any
 
-__all__ = ["warm_up", "wait_for_spec", "HINT_KEYS"]
+__all__ = ["warm_up", "wait_for_spec", "single_threaded", "hints_of", "HINT_KEYS"]
 
 #: spec fields the template passes on to the next spare (session-independent: the daemon's hide lists),
 #: so the spare can walk the filesystem for its Landlock rules before the spec arrives
@@ -97,6 +97,14 @@ def warm_up(hints: dict[str, list[str]]) -> None:
     codec.pack_events("spare", [encode_json([1, 0.0, "session.started", None, None, {"pid": 0}])])
     bind_params(resolve("demo.count"), {"n": 1})
     json.loads(json.dumps({"warm": [1, 2.0, "x", None]}))
+
+
+def single_threaded() -> bool:
+    """True if this process has one thread (Python's or any library's: the kernel's count)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return threading.active_count() == 1
 
 
 def wait_for_spec(fd: int) -> dict[str, Any] | None:

@@ -155,38 +155,64 @@ def _run_spec(spec: dict[str, Any]) -> None:
 
 
 class _Spare:
-    """The one spare runner: its pid, the write end of its spec pipe, and its create time."""
+    """The one spare runner: its pid, the write end of its spec pipe, the read end of its ready pipe (one byte
+    when its warm-up is done), and its create time."""
 
-    def __init__(self, pid: int, fd: int, create_time: float | None) -> None:
-        self.pid, self.fd, self.create_time = pid, fd, create_time
+    def __init__(self, pid: int, fd: int, ready_fd: int, create_time: float | None) -> None:
+        self.pid, self.fd, self.ready_fd, self.create_time = pid, fd, ready_fd, create_time
+        self._ready = False
+
+    @property
+    def fds(self) -> tuple[int, int]:
+        return self.fd, self.ready_fd
+
+    def ready(self) -> bool:
+        """True once it has warmed up: a spec handed over earlier would wait for the warm-up (a fork is quicker)."""
+        if not self._ready and select.select([self.ready_fd], [], [], 0)[0]:
+            self._ready = os.read(self.ready_fd, 1) == b"r"
+        return self._ready
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
 
 
 def _fork_spare(in_fd: int, out_fd: int, wake_fds: tuple[int, int], hints: dict[str, list[str]]) -> _Spare:
     r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
     try:
         fcntl.fcntl(w, 1031, SPEC_PIPE_SIZE)  # F_SETPIPE_SZ (Linux)
     except OSError:
         pass
 
     def job() -> None:
-        from labd.runner.spare import wait_for_spec, warm_up
+        from labd.runner.spare import single_threaded, wait_for_spec, warm_up
 
-        _set_title("labd: spare runner")
-        warm_up(hints)
+        _set_title("labd: spare runner (warming up)")
+        try:
+            warm_up(hints)
+        except Exception:  # noqa: BLE001 - an optimisation only: a spare that could not warm up still serves
+            pass
+        if not single_threaded():  # never wait with a thread Landlock would not confine (runner/spare.py)
+            os._exit(0)
+        os.write(ready_w, b"r")
+        os.close(ready_w)
+        _set_title("labd: spare runner")  # ready (tests look for this title)
         spec = wait_for_spec(r)
         if spec is None:  # the template is gone (or dropped us): a spare never outlives it
             os._exit(0)
         _run_spec(spec)
 
-    pid = _fork_child(in_fd, out_fd, wake_fds, job, close=(w,))
+    pid = _fork_child(in_fd, out_fd, wake_fds, job, close=(w, ready_r))
     os.close(r)
+    os.close(ready_w)
     try:
         import psutil
 
         create_time: float | None = psutil.Process(pid).create_time()
     except Exception:  # noqa: BLE001 - the daemon reads it itself then
         create_time = None
-    return _Spare(pid, w, create_time)
+    return _Spare(pid, w, ready_r, create_time)
 
 
 def _hand_over(spare: _Spare, spec: dict[str, Any]) -> bool:
@@ -199,7 +225,7 @@ def _hand_over(spare: _Spare, spec: dict[str, Any]) -> bool:
     except OSError:  # EPIPE: it died before we noticed
         return False
     finally:
-        os.close(spare.fd)
+        spare.close()
 
 
 def main() -> None:
@@ -236,7 +262,7 @@ def main() -> None:
                 pass
             if _reap(out_fd, spare.pid if spare else None):  # the spare died unused
                 assert spare is not None  # noqa: S101 - _reap reports only the spare we named
-                os.close(spare.fd)
+                spare.close()
                 spare, spare_due = None, time.monotonic() + SPARE_RETRY_S
         if in_fd not in ready:
             continue
@@ -247,21 +273,24 @@ def main() -> None:
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             req = json.loads(line)
-            close = (spare.fd,) if spare is not None else ()
             if req["op"] == "spawn":
                 spec = req["spec"]
-                if spare is not None and _hand_over(spare, spec):
-                    reply = {"pid": spare.pid, "create_time": spare.create_time, "via": "spare"}
-                else:
-                    # (a spare's pipe, if there was one, is closed by now: nothing more to shed)
-                    pid = _fork_child(in_fd, out_fd, (wake_r, wake_w), lambda s=spec: _run_spec(s))
+                reply: dict[str, Any] | None = None
+                if spare is not None and spare.ready():  # used once, whether the hand-over worked or not
+                    if _hand_over(spare, spec):
+                        reply = {"pid": spare.pid, "create_time": spare.create_time, "via": "spare"}
+                    spare = None
+                if reply is None:  # no spare, or still warming up: fork (a spare's pipes never go to the child)
+                    pid = _fork_child(in_fd, out_fd, (wake_r, wake_w), lambda s=spec: _run_spec(s),
+                                      spare.fds if spare is not None else ())
                     reply = {"pid": pid, "create_time": None, "via": "fork"}
                 _write(out_fd, {"op": "spawned", "req": req["req"], **reply})
-                if use_spare:  # a spare is used once: the next one prepares for the same daemon settings
+                if use_spare:  # the next spare prepares for the same daemon settings
                     from labd.runner.spare import hints_of
 
-                    spare, hints = None, hints_of(spec)
-                    spare_due = time.monotonic() + SPARE_DELAY_S
+                    hints = hints_of(spec)
+                    if spare is None:
+                        spare_due = time.monotonic() + SPARE_DELAY_S
             elif req["op"] == "inspect":
                 r, w = os.pipe()
 
@@ -271,7 +300,8 @@ def main() -> None:
                     os.write(w, json.dumps(result, default=repr).encode())
                     os._exit(0)
 
-                pid = _fork_child(in_fd, out_fd, (wake_r, wake_w), inspect_job, close)
+                pid = _fork_child(in_fd, out_fd, (wake_r, wake_w), inspect_job,
+                                  spare.fds if spare is not None else ())
                 os.close(w)
                 data = _read_all(r, pid, timeout=INSPECT_TIMEOUT_S)
                 try:

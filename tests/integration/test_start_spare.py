@@ -47,12 +47,15 @@ def client(shared: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[
         yield c
 
 
-def spares(template_pid: int) -> list[psutil.Process]:
-    """The template's children that are (still) spare runners, by their process title."""
+def spares(template_pid: int, ready: bool = True) -> list[psutil.Process]:
+    """The template's children that are (still) spare runners, by their process title (``ready``: warmed
+    up; a spare still warming up is not handed a spec: the launch forks instead)."""
     out = []
     for p in psutil.Process(template_pid).children():
         try:
-            if p.status() != psutil.STATUS_ZOMBIE and p.cmdline() and p.cmdline()[0].startswith(SPARE_TITLE):
+            title = p.cmdline()[0].strip() if p.cmdline() else ""
+            if p.status() != psutil.STATUS_ZOMBIE and (title == SPARE_TITLE or
+                                                        (not ready and title.startswith(SPARE_TITLE))):
                 out.append(p)
         except psutil.NoSuchProcess:
             pass
@@ -72,7 +75,8 @@ def test_a_session_runs_in_the_spare_and_a_new_spare_takes_its_place(client: Cli
     run = wait_until(lambda: (s := client.session(sid)).get("pid") and s, timeout=30, what="runner pid")
     assert run["pid"] == spare.pid
     assert os.getpgid(spare.pid) == spare.pid and os.getsid(spare.pid) == spare.pid
-    assert not psutil.Process(spare.pid).cmdline()[0].startswith(SPARE_TITLE)  # now titled for its session
+    wait_until(lambda: not psutil.Process(spare.pid).cmdline()[0].startswith(SPARE_TITLE), timeout=30,
+               what="the runner's title for its session")
     final = client.wait(sid, timeout=60)  # the daemon's wall-time limit applies to it as to any runner
     assert final["status"] == "failed" and final["reason"].startswith("stopped: wall time")
     nxt = the_spare(client)
@@ -157,7 +161,7 @@ def test_spares_can_be_turned_off(tmp_path: Path) -> None:
         template = c.status()["template_pid"]
         sid = c.start("demo.count", params={"n": 1, "delay": 0})
         assert c.wait(sid, timeout=60)["status"] == "completed"
-        assert spares(template) == []
+        assert spares(template, ready=False) == []
     (tmp_path / "h2").mkdir()
     (tmp_path / "h2" / "config.toml").write_text("[daemon]\nspare_runners = 2\n")
     with pytest.raises(ConfigError, match="spare_runners"):
