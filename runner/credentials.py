@@ -18,7 +18,7 @@ from typing import Any
 
 from labd.runner.sandbox import landlock
 
-__all__ = ["take_key", "confine_runner", "prepare_confinement"]
+__all__ = ["take_key", "confine_runner", "prepare_confinement", "refresh_confinement"]
 
 #: a ruleset built ahead of the session by a spare runner: (hide list, its walk, the ruleset with every
 #: session-independent rule); confine_runner adds the session's own directory and enforces it
@@ -66,6 +66,18 @@ def prepare_confinement(hide: list[str]) -> None:
     except OSError:
         return
     _prepared = (list(hide), w, rules)
+
+
+def refresh_confinement(hide: list[str]) -> None:
+    """Prepare again if nothing is prepared for ``hide`` or its walk went stale (a waiting spare calls this
+    now and then, so a long wait does not end in a full walk on the request's path)."""
+    global _prepared
+    if _prepared is not None and _prepared[0] == hide and _prepared[1].fresh():
+        return
+    if _prepared is not None:
+        os.close(_prepared[2].fd)
+        _prepared = None
+    prepare_confinement(hide)
 
 
 def _take_prepared(hide: list[str] | None) -> landlock.Ruleset | None:

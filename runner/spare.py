@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import threading
 from typing import Any
 
-__all__ = ["warm_up", "wait_for_spec", "single_threaded", "hints_of", "HINT_KEYS"]
+__all__ = ["warm_up", "wait_for_spec", "refresh", "single_threaded", "hints_of", "HINT_KEYS"]
 
 #: spec fields the template passes on to the next spare (session-independent: the daemon's hide lists),
 #: so the spare can walk the filesystem for its Landlock rules before the spec arrives
@@ -45,7 +46,8 @@ def hints_of(spec: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def warm_up(hints: dict[str, list[str]]) -> None:
-    """The dry pass: touch what every runner's start touches, leaving no thread, socket or fd behind."""
+    """The dry pass: touch what every runner's start touches, leaving no thread and no socket behind. What it
+    keeps (the output pipes, a Landlock ruleset not yet enforced, cached walks) is for the session to use."""
     import zmq
 
     from labd.runner.capture import prepare_pipes
@@ -107,9 +109,30 @@ def single_threaded() -> bool:
         return threading.active_count() == 1
 
 
-def wait_for_spec(fd: int) -> dict[str, Any] | None:
+#: while waiting, a spare checks this often whether its prepared Landlock walk went stale, and redoes it
+REFRESH_S = 2.0
+
+
+def refresh(hints: dict[str, list[str]]) -> None:
+    """Redo what the warm-up prepared from ``hints`` if the filesystem changed under it (runs while waiting)."""
+    from labd.runner.credentials import refresh_confinement
+    from labd.runner.sandbox import landlock
+
+    if hints.get("sandbox_hide"):
+        landlock.walk(hints["sandbox_hide"])  # walks again only if stale
+    if hints.get("confine_hide"):
+        refresh_confinement(hints["confine_hide"])
+
+
+def wait_for_spec(fd: int, hints: dict[str, list[str]] | None = None) -> dict[str, Any] | None:
     """Block until the template sends the spec (all of it, then end of file); None when the pipe ends
-    without one (the template is gone or dropped this spare): the caller exits."""
+    without one (the template is gone or dropped this spare): the caller exits. Meanwhile, every
+    :data:`REFRESH_S`, refresh what was prepared from ``hints``."""
+    while hints and not select.select([fd], [], [], REFRESH_S)[0]:
+        try:
+            refresh(hints)
+        except Exception:  # noqa: BLE001 - an optimisation only: the session prepares what is missing
+            hints = None
     chunks: list[bytes] = []
     while True:
         try:

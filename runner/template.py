@@ -198,7 +198,7 @@ def _fork_spare(in_fd: int, out_fd: int, wake_fds: tuple[int, int], hints: dict[
         os.write(ready_w, b"r")
         os.close(ready_w)
         _set_title("labd: spare runner")  # ready (tests look for this title)
-        spec = wait_for_spec(r)
+        spec = wait_for_spec(r, hints)
         if spec is None:  # the template is gone (or dropped us): a spare never outlives it
             os._exit(0)
         _run_spec(spec)

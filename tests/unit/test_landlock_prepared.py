@@ -94,3 +94,28 @@ def test_a_prepared_ruleset_confines_like_a_fresh_one(tmp_path: Path, case: str)
     if case == "stale":
         expected[probes[4]] = "ok"
     assert res == expected
+
+
+@pytest.mark.skipif(landlock.abi_version() < 1, reason="no Landlock in this kernel")
+def test_a_waiting_spare_redoes_a_stale_preparation(tmp_path: Path) -> None:
+    """What a spare prepared is redone when a directory its walk listed changes while it waits (so the
+    request does not pay for the walk), and left alone while nothing changed. Nothing is enforced here."""
+    from labd.runner import credentials
+    from labd.runner.spare import refresh
+
+    (tmp_path / "labd").mkdir()
+    hide = [str(tmp_path / "labd")]
+    try:
+        credentials.prepare_confinement(hide)
+        first = credentials._prepared
+        assert first is not None
+        refresh({"confine_hide": hide})
+        assert credentials._prepared is first  # fresh: kept
+        (tmp_path / "new").mkdir()
+        assert not first[1].fresh()
+        refresh({"confine_hide": hide})
+        again = credentials._prepared
+        assert again is not None and again is not first and again[1].fresh()
+        assert str(tmp_path / "new") in again[1].roots
+    finally:
+        credentials._take_prepared(None)
