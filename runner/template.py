@@ -18,7 +18,8 @@ End of stdin (the daemon went away) makes the template exit; runners live on.
 Spare runner (``LABD_SPARE_RUNNERS``, default 1; 0 = off): the template keeps one pre-forked child that has
 done every session-independent step (:mod:`labd.runner.spare`) and waits on a private pipe. A spawn hands
 the spec to it (no fork on the request's path); the next spare is forked :data:`SPARE_DELAY_S` later, so
-its fork and warm-up do not compete with the runner that just started. Without a live spare, a spawn forks.
+its fork and warm-up do not compete with the runner that just started. Only a spare that has finished its
+warm-up (one byte on its ready pipe) is handed a spec; otherwise, or without a spare, a spawn forks.
 """
 
 from __future__ import annotations
