@@ -69,27 +69,35 @@ def prepare_confinement(hide: list[str]) -> None:
 
 
 def refresh_confinement(hide: list[str]) -> None:
-    """Prepare again if nothing is prepared for ``hide`` or its walk went stale (a waiting spare calls this
-    now and then, so a long wait does not end in a full walk on the request's path)."""
+    """Bring what is prepared for ``hide`` up to date (a waiting spare calls this now and then, so a long
+    wait does not end in a full walk on the request's path): nothing if fresh, rules for new entries if
+    entries were only added, else prepare again."""
     global _prepared
     if _prepared is not None and _prepared[0] == hide and _prepared[1].fresh():
         return
-    if _prepared is not None:
-        os.close(_prepared[2].fd)
-        _prepared = None
-    prepare_confinement(hide)
+    rules = _take_prepared(hide)
+    if rules is None:
+        prepare_confinement(hide)
+    else:
+        _prepared = (list(hide), landlock.walk(hide), rules)
 
 
 def _take_prepared(hide: list[str] | None) -> landlock.Ruleset | None:
-    """The prepared ruleset if it was built for ``hide`` and is still fresh; else None (and it is closed)."""
+    """The prepared ruleset if it was built for ``hide`` and is still fresh, or its walk was only extended
+    since (the new roots are granted now, as a new walk would); else None (and it is closed)."""
     global _prepared
     prepared, _prepared = _prepared, None
     if prepared is None:
         return None
     old_hide, w, rules = prepared
-    # the same deny list, and no directory its walk listed has changed since
-    if hide is not None and old_hide == hide and landlock.walk(hide) is w:
-        return rules
+    added = landlock.walk(hide).added_since(w) if hide is not None and old_hide == hide else None
+    if added is not None:
+        try:
+            for root in added:
+                rules.allow(root, rules.fs)
+            return rules
+        except OSError:
+            pass
     os.close(rules.fd)
     return None
 

@@ -65,11 +65,13 @@ def _confined_child(prepare: list[str] | None, confine: dict[str, Any], probes: 
 
 
 @pytest.mark.skipif(landlock.abi_version() < 1, reason="no Landlock in this kernel")
-@pytest.mark.parametrize("case", ["prepared", "fresh", "other_hide", "stale"])
+@pytest.mark.parametrize("case", ["prepared", "fresh", "other_hide", "stale", "moved_in"])
 def test_a_prepared_ruleset_confines_like_a_fresh_one(tmp_path: Path, case: str) -> None:
     """Whether the runner's ruleset was built ahead (the spare), fresh, prepared for another deny list, or
     prepared before the filesystem changed: the hidden tree is unreadable except the session's own
-    directory, and the rest (including a directory made after the preparation) is readable."""
+    directory, and the rest (including a directory made after the preparation) is readable. A directory
+    granted when prepared and then moved into the hidden tree is not readable there (rules follow inodes:
+    a removed or renamed entry forces a new ruleset, not an extension)."""
     home = tmp_path / "labd"
     (home / "sessions" / "s1").mkdir(parents=True)
     (home / "sessions" / "s2").mkdir(parents=True)
@@ -79,20 +81,30 @@ def test_a_prepared_ruleset_confines_like_a_fresh_one(tmp_path: Path, case: str)
     (tmp_path / "open.txt").write_text("open")
     later = tmp_path / "later"
 
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "f").write_text("granted when prepared")
+
     def make_later() -> None:
         later.mkdir()
         (later / "f").write_text("made after the spare was prepared")
 
+    def move_in() -> None:
+        os.rename(tmp_path / "outside", home / "moved")
+
     hide = [str(home)]
-    prepare = {"prepared": hide, "fresh": None, "other_hide": [str(home / "sessions")], "stale": hide}[case]
+    prepare = {"prepared": hide, "fresh": None, "other_hide": [str(home / "sessions")], "stale": hide,
+               "moved_in": hide}[case]
     probes = [str(home / "sessions" / "s1" / "f"), str(home / "sessions" / "s2" / "f"), str(home / "daemon.key"),
-              str(tmp_path / "open.txt")] + ([str(later / "f")] if case == "stale" else [])
+              str(tmp_path / "open.txt")] + ([str(later / "f")] if case == "stale" else []) + \
+        ([str(home / "moved" / "f")] if case == "moved_in" else [])
     res = _confined_child(prepare, {"hide": hide, "allow": [str(home / "sessions" / "s1")]}, probes,
-                          before=make_later if case == "stale" else None)
+                          before={"stale": make_later, "moved_in": move_in}.get(case))
     assert res.pop("mode") == "landlock"
     expected = {probes[0]: "ok", probes[1]: "denied", probes[2]: "denied", probes[3]: "ok"}
     if case == "stale":
         expected[probes[4]] = "ok"
+    if case == "moved_in":
+        expected[probes[4]] = "denied"
     assert res == expected
 
 
