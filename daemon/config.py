@@ -80,6 +80,8 @@ class Config:
     max_sessions: int = 0  # run queue: sessions running at once (0 = no limit)
     memory_total: int | str | None = None  # run queue: sum of --memory reservations (bytes or "16G")
     procs: int | None = None  # default process-count limit per session
+    #: a warm spare runner kept by the template (runner/spare.py): 1 = on, 0 = off (env LABD_SPARE_RUNNERS)
+    spare_runners: int = 1
     #: default per-session output cap (captured stdout+stderr kept): a size ("1G"), or "none" for no cap
     max_output: int | str | None = "1G"
 
@@ -88,7 +90,8 @@ class Config:
         return layout_for(self.home)
 
 
-_ENV = {"LABD_DB": "db_url", "LABD_LOG_FORMAT": "log_format", "LABD_LOG_LEVEL": "log_level"}
+_ENV = {"LABD_DB": "db_url", "LABD_LOG_FORMAT": "log_format", "LABD_LOG_LEVEL": "log_level",
+        "LABD_SPARE_RUNNERS": "spare_runners"}
 
 
 def config_files(layout: Layout) -> list[Path]:
@@ -296,6 +299,10 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         raise ConfigError(f"log_format must be auto, json or console, not {cfg.log_format!r}")
     if str(cfg.log_level).lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not {cfg.log_level!r}")
+    if isinstance(cfg.spare_runners, str) and cfg.spare_runners.strip().isdigit():  # from the environment
+        cfg = replace(cfg, spare_runners=int(cfg.spare_runners))
+    if cfg.spare_runners not in (0, 1) or isinstance(cfg.spare_runners, bool):
+        raise ConfigError(f"spare_runners must be 0 (off) or 1, not {cfg.spare_runners!r}")
     for name in ("max_sessions", "procs"):
         value = getattr(cfg, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):

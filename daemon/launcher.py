@@ -81,10 +81,12 @@ class TemplateLauncher:
     """Forks runners from a warm ``labd.runner.template`` process over a JSON-lines pipe."""
 
     def __init__(self, env: dict[str, str] | None = None, preload: list[str] | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, spare_runners: int = 1) -> None:
         self._env = dict(os.environ if env is None else env)
         if preload:
             self._env["LABD_PRELOAD"] = ",".join(preload)
+        # a warm spare runner in the template (runner/spare.py): 1 = on, 0 = off
+        self._env["LABD_SPARE_RUNNERS"] = "1" if spare_runners else "0"
         self._timeout = timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._buf = b""
@@ -192,6 +194,8 @@ class TemplateLauncher:
         if reply is None:
             raise LaunchError("runner template did not answer the spawn request")
         pid = int(reply["pid"])
+        if isinstance(reply.get("create_time"), float):  # a spare's: read by the template before the request
+            return pid, reply["create_time"]
         try:
             create_time = psutil.Process(pid).create_time()
         except psutil.NoSuchProcess:

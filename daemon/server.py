@@ -199,8 +199,8 @@ class Daemon:
         # The template (and so every runner) starts without secrets in its environment: code a session
         # runs cannot find them in os.environ nor in /proc/<pid>/environ. Runners get them in their spec.
         clean_env, self.secrets = split_secrets(dict(os.environ), cfg.secret_env)
-        self.launcher = _launchers(cfg, TemplateLauncher(env=clean_env, preload=cfg.preload), clean_env,
-                                   self.info.runners)
+        template = TemplateLauncher(env=clean_env, preload=cfg.preload, spare_runners=cfg.spare_runners)
+        self.launcher = _launchers(cfg, template, clean_env, self.info.runners)
         self.launcher.start()
         self.supervisor = Supervisor(self.launcher, self.monitor, self.post_event, self.send_runner,
                                      cfg.term_grace)

@@ -1,9 +1,10 @@
 """Capture of the runner's stdout and stderr at the file-descriptor level.
 
 File descriptors 1 and 2 are replaced by pipes, so ``print``, writes from C extensions and the output
-of child processes (which inherit fds 1 and 2) all arrive here. A reader thread per stream turns the
-bytes into ``output`` events: chunks that end on a line boundary (at most 64 KiB), or a partial line
-once it has waited 100 ms, so a progress bar still shows up live.
+of child processes (which inherit fds 1 and 2) all arrive here. One reader thread for both streams (one
+thread start on the way to a session's first output, not two) turns the bytes into ``output`` events:
+chunks that end on a line boundary (at most 64 KiB), or a partial line once it has waited 100 ms, so a
+progress bar still shows up live.
 
 With a cap (the session's ``output`` limit), the first ``cap`` bytes (UTF-8 of the emitted text) of stdout
 and stderr together are emitted; the rest is still read (the session never blocks on a full pipe) but
@@ -26,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["OutputCapture"]
+__all__ = ["OutputCapture", "prepare_pipes"]
 
 CHUNK = 64 * 1024
 PARTIAL_FLUSH_S = 0.1
@@ -34,6 +35,26 @@ COALESCE_S = 0.002  # after a read in a burst, gather more for at most this long
 BURST_S = 0.05  # output within this long of the previous chunk is part of a burst
 PIPE_SIZE = 1 << 20  # a larger pipe lets a chatty workflow run ahead of the reader instead of blocking
 F_SETPIPE_SZ = 1031  # Linux
+
+#: (read, write) pipe pairs made ahead of time by a spare runner (runner/spare.py), used by the next install()
+_prepared: list[tuple[int, int]] = []
+
+
+def _new_pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:  # not Linux, or above /proc/sys/fs/pipe-max-size: the default will do
+        pass
+    return r, w
+
+
+def prepare_pipes() -> None:
+    """Make the stdout and stderr pipes now (a spare runner, before its session exists); the next
+    :meth:`OutputCapture.install` uses them instead of making its own."""
+    while len(_prepared) < 2:
+        _prepared.append(_new_pipe())
+
 
 Emit = Callable[[str, str], None]  # (stream, text)
 Report = Callable[[dict[str, int]], None]  # an output.truncated payload
@@ -52,20 +73,15 @@ class OutputCapture:
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._fds: list[int] = []
-        self._busy = [0, 0]  # per reader: 1 while it holds bytes not yet emitted
+        self._busy = [0, 0]  # per stream: 1 while the reader holds its bytes not yet emitted
 
     def install(self) -> None:
-        for fd, name in ((1, "stdout"), (2, "stderr")):
-            r, w = os.pipe()
-            try:
-                fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
-            except OSError:  # not Linux, or above /proc/sys/fs/pipe-max-size: the default will do
-                pass
+        for fd in (1, 2):
+            r, w = _prepared.pop(0) if _prepared else _new_pipe()
             os.dup2(w, fd)
             os.close(w)
             self._fds.append(r)
-            t = threading.Thread(target=self._read, args=(r, name, fd - 1), name=f"labd-{name}", daemon=True)
-            self._threads.append(t)
+        self._threads.append(threading.Thread(target=self._read, name="labd-output", daemon=True))
         # Fresh Python-level streams over the new fds, line-buffered so prints appear promptly.
         sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8",
                                       errors="backslashreplace", line_buffering=True)
@@ -141,48 +157,71 @@ class OutputCapture:
         if first and self._on_truncated is not None:
             self._on_truncated({"cap": cap})
 
-    def _read(self, fd: int, stream: str, index: int) -> None:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
-        pending = ""
+    def _read(self) -> None:
+        streams = {fd: _Stream(name, index) for index, (fd, name) in enumerate(zip(self._fds, ("stdout", "stderr"),
+                                                                                   strict=True))}
         emit = self._capped
-        last_emit = 0.0
-        while not self._stop.is_set():
-            ready, _, _ = select.select([fd], [], [], PARTIAL_FLUSH_S)
-            if not ready:
-                if pending:
-                    emit(stream, pending)
-                    pending = ""
-                continue
-            self._busy[index] = 1
-            data = os.read(fd, CHUNK)
-            if not data:
-                break
-            # Within a burst (the last chunk left less than BURST_S ago), coalesce for at most COALESCE_S in
-            # all (not per gap: a steady trickle of prints would otherwise be held until a CHUNK piled up).
-            # The first output after a quiet spell leaves at once.
+        while streams and not self._stop.is_set():
+            # Sleep until output comes, or until the oldest held partial line is due (PARTIAL_FLUSH_S without
+            # more bytes on its stream), or for PARTIAL_FLUSH_S at most (to see _stop).
             now = time.monotonic()
-            until = now + COALESCE_S if now - last_emit < BURST_S else now
-            while len(data) < CHUNK:
-                left = until - time.monotonic()
-                if left <= 0 or not select.select([fd], [], [], left)[0]:
-                    break
-                more = os.read(fd, CHUNK - len(data))
-                if not more:
-                    break
-                data += more
-            last_emit = time.monotonic()
-            text = pending + decoder.decode(data)
-            cut = text.rfind("\n") + 1
-            if cut:
-                emit(stream, text[:cut])
-                pending = text[cut:]
-            else:
-                pending = text
-            if len(pending) >= CHUNK:
-                emit(stream, pending)
-                pending = ""
-            self._busy[index] = 0
-        pending += decoder.decode(b"", final=True)
-        if pending:
-            emit(stream, pending)
+            due = [st.last_data + PARTIAL_FLUSH_S for st in streams.values() if st.pending]
+            timeout = max(0.0, min(due) - now) if due else PARTIAL_FLUSH_S
+            ready, _, _ = select.select(list(streams), [], [], timeout)
+            now = time.monotonic()
+            for st in streams.values():
+                if st.pending and now - st.last_data >= PARTIAL_FLUSH_S:
+                    emit(st.name, st.pending)
+                    st.pending = ""
+            for fd in ready:
+                st = streams[fd]
+                self._busy[st.index] = 1
+                data = os.read(fd, CHUNK)
+                if not data:  # every writer closed it
+                    self._finish(fd, streams.pop(fd))
+                    continue
+                # Within a burst (the last chunk left less than BURST_S ago), coalesce for at most COALESCE_S
+                # in all (not per gap: a steady trickle of prints would otherwise be held until a CHUNK piled
+                # up). The first output after a quiet spell leaves at once.
+                until = now + COALESCE_S if now - st.last_emit < BURST_S else now
+                while len(data) < CHUNK:
+                    left = until - time.monotonic()
+                    if left <= 0 or not select.select([fd], [], [], left)[0]:
+                        break
+                    more = os.read(fd, CHUNK - len(data))
+                    if not more:
+                        break
+                    data += more
+                st.last_emit = st.last_data = time.monotonic()
+                text = st.pending + st.decoder.decode(data)
+                cut = text.rfind("\n") + 1
+                if cut:
+                    emit(st.name, text[:cut])
+                    st.pending = text[cut:]
+                else:
+                    st.pending = text
+                if len(st.pending) >= CHUNK:
+                    emit(st.name, st.pending)
+                    st.pending = ""
+                self._busy[st.index] = 0
+        for fd, st in streams.items():  # stopped (close() timed out waiting for end of file)
+            self._finish(fd, st)
+
+    def _finish(self, fd: int, st: _Stream) -> None:
+        st.pending += st.decoder.decode(b"", final=True)
+        if st.pending:
+            self._capped(st.name, st.pending)
+            st.pending = ""
+        self._busy[st.index] = 0
         os.close(fd)
+
+
+class _Stream:
+    """One captured stream's reading state."""
+
+    def __init__(self, name: str, index: int) -> None:
+        self.name, self.index = name, index
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
+        self.pending = ""  # a partial line held for more
+        self.last_emit = 0.0  # monotonic time of the last chunk read (burst detection)
+        self.last_data = 0.0  # ... and when bytes last came (a held partial line leaves PARTIAL_FLUSH_S later)

@@ -18,7 +18,11 @@ from typing import Any
 
 from labd.runner.sandbox import landlock
 
-__all__ = ["take_key", "confine_runner"]
+__all__ = ["take_key", "confine_runner", "prepare_confinement", "refresh_confinement"]
+
+#: a ruleset built ahead of the session by a spare runner: (hide list, its walk, the ruleset with every
+#: session-independent rule); confine_runner adds the session's own directory and enforces it
+_prepared: tuple[list[str], landlock.Walk, landlock.Ruleset] | None = None
 
 
 def take_key(spec: dict[str, Any]) -> bytes:
@@ -39,20 +43,83 @@ def take_key(spec: dict[str, Any]) -> bytes:
     return bytes.fromhex(key)
 
 
+def _base_rules(hide: list[str]) -> tuple[landlock.Walk, landlock.Ruleset]:
+    """A ruleset granting everything but ``hide`` (and listing of its ancestors): all but the session's part."""
+    w = landlock.walk(hide)
+    rules = landlock.Ruleset(scope_signals=True)
+    for root in w.roots:
+        rules.allow(root, rules.fs)
+    for parent in landlock.listable_ancestors(hide):
+        rules.allow(parent, landlock.READ_DIR)
+    return w, rules
+
+
+def prepare_confinement(hide: list[str]) -> None:
+    """Build the session-independent part of the runner's Landlock ruleset now (a spare runner, before its
+    spec arrives); :func:`confine_runner` uses it if its ``hide`` list is the same and the filesystem walk
+    behind it is still fresh. Nothing is enforced here."""
+    global _prepared
+    if landlock.abi_version() < 1:
+        return
+    try:
+        w, rules = _base_rules(hide)
+    except OSError:
+        return
+    _prepared = (list(hide), w, rules)
+
+
+def refresh_confinement(hide: list[str]) -> None:
+    """Bring what is prepared for ``hide`` up to date (a waiting spare calls this now and then, so a long
+    wait does not end in a full walk on the request's path): nothing if fresh, rules for new entries if
+    entries were only added, else prepare again."""
+    global _prepared
+    if _prepared is not None and _prepared[0] == hide and _prepared[1].fresh():
+        return
+    rules = _take_prepared(hide)
+    if rules is None:
+        prepare_confinement(hide)
+    else:
+        _prepared = (list(hide), landlock.walk(hide), rules)
+
+
+def _take_prepared(hide: list[str] | None) -> landlock.Ruleset | None:
+    """The prepared ruleset if it was built for ``hide`` and is still fresh, or its walk was only extended
+    since (the new roots are granted now, as a new walk would); else None (and it is closed)."""
+    global _prepared
+    prepared, _prepared = _prepared, None
+    if prepared is None:
+        return None
+    old_hide, w, rules = prepared
+    added = landlock.walk(hide).added_since(w) if hide is not None and old_hide == hide else None
+    if added is not None:
+        try:
+            for root in added:
+                rules.allow(root, rules.fs)
+            return rules
+        except OSError:
+            pass
+    os.close(rules.fd)
+    return None
+
+
 def confine_runner(confine: dict[str, Any] | None) -> str:
     """Apply the runner's Landlock policy (``spec["confine"]``: ``hide`` and ``allow`` paths) to the calling
     thread and what it starts; call it before the runner starts any thread. Returns what happened
     (``landlock``, ``off`` or ``unavailable: <why>``): the runner reports it in ``session.started``."""
     if not confine:
+        _take_prepared(None)  # a spare prepared for a confinement this session does not have: drop it
         return "off"
     if landlock.abi_version() < 1:
         return "unavailable: no Landlock in this kernel"
+    hide = [str(p) for p in confine.get("hide", [])]
     try:
-        rules = landlock.Ruleset(scope_signals=True)
-        for root in landlock.allowed_roots(confine.get("hide", []), allow=confine.get("allow", [])):
-            rules.allow(root, rules.fs)
-        for parent in landlock.listable_ancestors(confine.get("hide", [])):
-            rules.allow(parent, landlock.READ_DIR)
+        rules = _take_prepared(hide)
+        if rules is None:
+            w, rules = _base_rules(hide)
+        else:
+            w = landlock.walk(hide)
+        for path in w.regranted(confine.get("allow", [])):
+            rules.allow(path, rules.fs)
         rules.restrict()
     except OSError as exc:
         return f"unavailable: {exc}"

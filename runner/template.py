@@ -6,17 +6,25 @@ holds **no sockets, no threads and no session state**: ZeroMQ contexts cannot su
 
 Protocol (JSON lines; the daemon writes requests on our stdin, we answer on our stdout):
 
-- ``{"op": "spawn", "req": R, "spec": {...}}`` -> ``{"op": "spawned", "req": R, "pid": P}``
+- ``{"op": "spawn", "req": R, "spec": {...}}`` -> ``{"op": "spawned", "req": R, "pid": P, "create_time": T | null,
+  "via": "spare" | "fork"}`` (``create_time`` is known when a spare took the spec: read when it was forked)
 - ``{"op": "inspect", "req": R, "workflow": W, "params": {...}, "path": [dirs]}`` -> ``{"op": "inspected", "req": R,
   "ok": bool, "code"?, "message"?, "details"?}`` (resolved in a throwaway child, so importing user
   code never touches the template)
 - unsolicited: ``{"op": "exited", "pid": P, "exit_code": C | null, "signal": S | null}``
 
 End of stdin (the daemon went away) makes the template exit; runners live on.
+
+Spare runner (``LABD_SPARE_RUNNERS``, default 1; 0 = off): the template keeps one pre-forked child that has
+done every session-independent step (:mod:`labd.runner.spare`) and waits on a private pipe. A spawn hands
+the spec to it (no fork on the request's path); the next spare is forked :data:`SPARE_DELAY_S` later, so
+its fork and warm-up do not compete with the runner that just started. Only a spare that has finished its
+warm-up (one byte on its ready pipe) is handed a spec; otherwise, or without a spare, a spawn forks.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import importlib
 import json
@@ -24,6 +32,7 @@ import os
 import select
 import signal
 import sys
+import time
 from typing import Any
 
 from setproctitle import setproctitle
@@ -46,14 +55,20 @@ def _write(out_fd: int, obj: dict[str, Any]) -> None:
         data = data[n:]
 
 
-def _reap(out_fd: int) -> None:
+def _reap(out_fd: int, spare: int | None = None) -> bool:
+    """Report ended children to the daemon; True if ``spare`` (the unused spare's pid) was among them: it
+    ran no session, so its end is nobody's news."""
+    spare_died = False
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return spare_died
         if pid == 0:
-            return
+            return spare_died
+        if pid == spare:
+            spare_died = True
+            continue
         if os.WIFSIGNALED(status):
             _write(out_fd, {"op": "exited", "pid": pid, "exit_code": None, "signal": os.WTERMSIG(status)})
         else:
@@ -100,8 +115,9 @@ def _read_all(fd: int, pid: int, timeout: float) -> bytes:
     return data
 
 
-def _fork_child(in_fd: int, out_fd: int, wake_fds: tuple[int, int], job: Any) -> int:
-    """Fork; in the child, shed the template's fds and signal setup, run ``job`` and exit."""
+def _fork_child(in_fd: int, out_fd: int, wake_fds: tuple[int, int], job: Any, close: tuple[int, ...] = ()) -> int:
+    """Fork; in the child, shed the template's fds (and ``close``: a spare's pipe, which must stay the
+    template's alone) and signal setup, run ``job`` and exit."""
     pid = os.fork()
     if pid:
         return pid
@@ -111,7 +127,7 @@ def _fork_child(in_fd: int, out_fd: int, wake_fds: tuple[int, int], job: Any) ->
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
-        for fd in (*wake_fds, in_fd):
+        for fd in (*wake_fds, in_fd, *close):
             os.close(fd)
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
@@ -123,6 +139,94 @@ def _fork_child(in_fd: int, out_fd: int, wake_fds: tuple[int, int], job: Any) ->
     finally:
         os._exit(1)
     return 0  # pragma: no cover
+
+
+#: fork the next spare this long after a launch: not while the runner that just started sets itself up
+SPARE_DELAY_S = 0.05
+#: after a spare died unused (killed, crashed in its warm-up), wait this long before the next one
+SPARE_RETRY_S = 1.0
+SPEC_PIPE_SIZE = 1 << 20  # a spec of up to this size is handed over without waiting for the spare to read
+
+
+def _run_spec(spec: dict[str, Any]) -> None:
+    from labd.runner.session import child_main
+
+    _set_title(f"labd: {spec.get('name') or spec['session_id']} ({spec['workflow']})")
+    child_main(spec)
+
+
+class _Spare:
+    """The one spare runner: its pid, the write end of its spec pipe, the read end of its ready pipe (one byte
+    when its warm-up is done), and its create time."""
+
+    def __init__(self, pid: int, fd: int, ready_fd: int, create_time: float | None) -> None:
+        self.pid, self.fd, self.ready_fd, self.create_time = pid, fd, ready_fd, create_time
+        self._ready = False
+
+    @property
+    def fds(self) -> tuple[int, int]:
+        return self.fd, self.ready_fd
+
+    def ready(self) -> bool:
+        """True once it has warmed up: a spec handed over earlier would wait for the warm-up (a fork is quicker)."""
+        if not self._ready and select.select([self.ready_fd], [], [], 0)[0]:
+            self._ready = os.read(self.ready_fd, 1) == b"r"
+        return self._ready
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
+def _fork_spare(in_fd: int, out_fd: int, wake_fds: tuple[int, int], hints: dict[str, list[str]]) -> _Spare:
+    r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    try:
+        fcntl.fcntl(w, 1031, SPEC_PIPE_SIZE)  # F_SETPIPE_SZ (Linux)
+    except OSError:
+        pass
+
+    def job() -> None:
+        from labd.runner.spare import single_threaded, wait_for_spec, warm_up
+
+        _set_title("labd: spare runner (warming up)")
+        try:
+            warm_up(hints)
+        except Exception:  # noqa: BLE001 - an optimisation only: a spare that could not warm up still serves
+            pass
+        if not single_threaded():  # never wait with a thread Landlock would not confine (runner/spare.py)
+            os._exit(0)
+        os.write(ready_w, b"r")
+        os.close(ready_w)
+        _set_title("labd: spare runner")  # ready (tests look for this title)
+        spec = wait_for_spec(r, hints)
+        if spec is None:  # the template is gone (or dropped us): a spare never outlives it
+            os._exit(0)
+        _run_spec(spec)
+
+    pid = _fork_child(in_fd, out_fd, wake_fds, job, close=(w, ready_r))
+    os.close(r)
+    os.close(ready_w)
+    try:
+        import psutil
+
+        create_time: float | None = psutil.Process(pid).create_time()
+    except Exception:  # noqa: BLE001 - the daemon reads it itself then
+        create_time = None
+    return _Spare(pid, w, ready_r, create_time)
+
+
+def _hand_over(spare: _Spare, spec: dict[str, Any]) -> bool:
+    """Give ``spec`` to the spare (all of it, then end of file); False if the spare is gone."""
+    data = json.dumps(spec).encode()
+    try:
+        while data:
+            data = data[os.write(spare.fd, data):]
+        return True
+    except OSError:  # EPIPE: it died before we noticed
+        return False
+    finally:
+        spare.close()
 
 
 def main() -> None:
@@ -139,10 +243,17 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     _write(out_fd, {"op": "ready", "pid": os.getpid()})
+    use_spare = os.environ.get("LABD_SPARE_RUNNERS", "1").strip() not in ("0", "")
+    spare: _Spare | None = None
+    spare_due: float | None = time.monotonic() if use_spare else None
+    hints: dict[str, list[str]] = {}
     buf = b""
     while True:
+        if spare is None and spare_due is not None and time.monotonic() >= spare_due:
+            spare, spare_due = _fork_spare(in_fd, out_fd, (wake_r, wake_w), hints), None
+        timeout = None if spare_due is None else max(0.0, spare_due - time.monotonic())
         try:
-            ready, _, _ = select.select([in_fd, wake_r], [], [])
+            ready, _, _ = select.select([in_fd, wake_r], [], [], timeout)
         except InterruptedError:
             continue
         if wake_r in ready:
@@ -150,27 +261,37 @@ def main() -> None:
                 os.read(wake_r, 4096)
             except BlockingIOError:
                 pass
-            _reap(out_fd)
+            if _reap(out_fd, spare.pid if spare else None):  # the spare died unused
+                assert spare is not None  # noqa: S101 - _reap reports only the spare we named
+                spare.close()
+                spare, spare_due = None, time.monotonic() + SPARE_RETRY_S
         if in_fd not in ready:
             continue
         chunk = os.read(in_fd, 65536)
         if not chunk:
-            return  # the daemon is gone; our children (runners) carry on
+            return  # the daemon is gone; our children (runners) carry on, an unused spare sees EOF and exits
         buf += chunk
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             req = json.loads(line)
             if req["op"] == "spawn":
                 spec = req["spec"]
+                reply: dict[str, Any] | None = None
+                if spare is not None and spare.ready():  # used once, whether the hand-over worked or not
+                    if _hand_over(spare, spec):
+                        reply = {"pid": spare.pid, "create_time": spare.create_time, "via": "spare"}
+                    spare = None
+                if reply is None:  # no spare, or still warming up: fork (a spare's pipes never go to the child)
+                    pid = _fork_child(in_fd, out_fd, (wake_r, wake_w), lambda s=spec: _run_spec(s),
+                                      spare.fds if spare is not None else ())
+                    reply = {"pid": pid, "create_time": None, "via": "fork"}
+                _write(out_fd, {"op": "spawned", "req": req["req"], **reply})
+                if use_spare:  # the next spare prepares for the same daemon settings
+                    from labd.runner.spare import hints_of
 
-                def run(spec: dict[str, Any] = spec) -> None:
-                    from labd.runner.session import child_main
-
-                    _set_title(f"labd: {spec.get('name') or spec['session_id']} ({spec['workflow']})")
-                    child_main(spec)
-
-                pid = _fork_child(in_fd, out_fd, (wake_r, wake_w), run)
-                _write(out_fd, {"op": "spawned", "req": req["req"], "pid": pid})
+                    hints = hints_of(spec)
+                    if spare is None:
+                        spare_due = time.monotonic() + SPARE_DELAY_S
             elif req["op"] == "inspect":
                 r, w = os.pipe()
 
@@ -180,7 +301,8 @@ def main() -> None:
                     os.write(w, json.dumps(result, default=repr).encode())
                     os._exit(0)
 
-                pid = _fork_child(in_fd, out_fd, (wake_r, wake_w), inspect_job)
+                pid = _fork_child(in_fd, out_fd, (wake_r, wake_w), inspect_job,
+                                  spare.fds if spare is not None else ())
                 os.close(w)
                 data = _read_all(r, pid, timeout=INSPECT_TIMEOUT_S)
                 try:

@@ -84,10 +84,12 @@ def kill_latency(args: argparse.Namespace) -> dict[str, list[float]]:
     return {"latency": lat, "overshoot": over}
 
 
-def step(n: int, args: argparse.Namespace, heartbeat: str = "") -> dict[str, object]:
+def step(n: int, args: argparse.Namespace, heartbeat: str = "", spare: str = "") -> dict[str, object]:
     import psutil
 
-    env = {"LABD_CHANNEL_HEARTBEAT_S": heartbeat} if heartbeat else None
+    env = {"LABD_CHANNEL_HEARTBEAT_S": heartbeat} if heartbeat else {}
+    if spare:
+        env["LABD_SPARE_RUNNERS"] = spare
     with BenchDaemon(keep=args.keep, quiet=True, extra_env=env) as d:
         tail = EventTail(d.home, kinds={"session.started", "output"})
         tail.start()
@@ -131,7 +133,8 @@ def step(n: int, args: argparse.Namespace, heartbeat: str = "") -> dict[str, obj
         finally:
             c.close()
             tail.stop()
-    return {"n": n, "hb": heartbeat or "default", "start_all": start_all, "req": req_lat, "started": started,
+    return {"n": n, "hb": heartbeat or "default", "spare": spare or "default", "start_all": start_all, "req": req_lat,
+            "started": started,
             "printed": printed,
             "missing": missing, "cpu_pct": cpu["daemon_cpu"] / cpu["wall"] * 100,
             # the busiest single thread (OS threads are unnamed; the highest thread id was once the monitor,
@@ -153,6 +156,8 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=20, help="memory-limit kills to time (0: skip)")
     ap.add_argument("--kill-limit", type=int, default=200, help="memory limit of the hogs, MiB (default 200)")
     ap.add_argument("--keep", action="store_true", help="keep the temp homes")
+    ap.add_argument("--spare", default="", help="spare runner settings to compare, comma-separated (e.g. 1,0: "
+                    "[daemon] spare_runners on and off; default: the daemon's own)")
     ap.add_argument("--heartbeat", default="", help="runners' idle heartbeat periods to compare, comma-separated "
                     "seconds (e.g. 30,1; default: the channel's own)")
     args = ap.parse_args()
@@ -161,24 +166,27 @@ def main() -> int:
     print_machine(f"steps {steps}, idle window {args.idle:g} s, ingest probe {args.events:,} events")
     results = []
     beats = [x.strip() for x in args.heartbeat.split(",") if x.strip()] or [""]
+    spares = [x.strip() for x in args.spare.split(",") if x.strip()] or [""]
     for n in steps:
         for hb in beats:  # alternated within a step, so drift of the shared box hits both alike
-            print(f"step: {n} sessions{f', heartbeat {hb} s' if hb else ''} ...", flush=True)
-            results.append(step(n, args, hb))
+            for sp in spares:
+                print(f"step: {n} sessions{f', heartbeat {hb} s' if hb else ''}"
+                      f"{f', spare_runners {sp}' if sp else ''} ...", flush=True)
+                results.append(step(n, args, hb, sp))
     rows = []
     for r in results:
-        base = next(x["rate"] for x in results if x["hb"] == r["hb"])
+        base = next(x["rate"] for x in results if x["hb"] == r["hb"] and x["spare"] == r["spare"])
         req, started, printed = r["req"], r["started"], r["printed"]
-        rows.append([r["n"], r["hb"], f"{r['start_all']:.2f}", fmt_ms(pct(req, 50)), fmt_ms(pct(req, 99)),  # type: ignore[arg-type]
+        rows.append([r["n"], r["hb"], r["spare"], f"{r['start_all']:.2f}", fmt_ms(pct(req, 50)), fmt_ms(pct(req, 99)),  # type: ignore[arg-type]
                      fmt_ms(pct(started, 50)), fmt_ms(pct(started, 99)),  # type: ignore[arg-type]
                      fmt_ms(pct(printed, 50)), fmt_ms(pct(printed, 99)), r["missing"],  # type: ignore[arg-type]
                      f"{r['cpu_pct']:.2f}", f"{r['monitor_pct']:.2f}",
                      f"{r['rss'] / 2**20:.0f}", f"{r['pss'] / 2**20:.0f}",  # type: ignore[operator]
                      fmt_rate(r["rate"]), ratio(r["rate"], base), f"{r['stop_all']:.2f}",  # type: ignore[arg-type]
                      f"{r['cancelled']}/{r['n']}"])
-    print_table(["sessions", "heartbeat s", "start all s", "req p50 ms", "req p99", "started p50", "started p99",
-                 "output p50", "output p99", "missing", "daemon CPU % idle", "busiest thread %", "RSS MiB", "PSS MiB",
-                 "ingest",
+    print_table(["sessions", "heartbeat s", "spare", "start all s", "req p50 ms", "req p99", "started p50",
+                 "started p99", "output p50", "output p99", "missing", "daemon CPU % idle", "busiest thread %",
+                 "RSS MiB", "PSS MiB", "ingest",
                  "vs first", "stop all s", "cancelled"], rows, title="Scale (one fresh daemon per step)")
     if args.kills:
         k = kill_latency(args)

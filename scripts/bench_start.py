@@ -24,6 +24,7 @@ Prints p50/p90/p99 per variant and the p50 ratios. The machine is shared and noi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -172,6 +173,7 @@ class WarmBench:
         self.failed = 0
 
     def once(self) -> dict[str, float] | None:
+        os.environ["XDG_RUNTIME_DIR"] = str(self.d.runtime)  # two daemons in one run: each has its own
         wall0 = time.time()
         t0 = time.perf_counter()
         sid = self.c.start(WORKFLOW, params=PARAMS)
@@ -257,12 +259,15 @@ class TsTail(EventTail):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--warm", type=int, default=40, help="warm (daemon) session starts (default 40)")
+    ap.add_argument("--warm", type=int, default=40, help="warm (daemon) session starts, per daemon (default 40)")
     ap.add_argument("--fork", type=int, default=100, help="bare os.fork samples (default 100)")
     ap.add_argument("--forkserver", type=int, default=100, help="multiprocess forkserver starts (default 100)")
     ap.add_argument("--cold", type=int, default=12, help="cold interpreter starts, per cold variant (default 12)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed warm-up rounds per variant (default 3)")
-    ap.add_argument("--pause", type=float, default=0.02, help="seconds between rounds (default 0.02)")
+    ap.add_argument("--pause", type=float, default=0.1,
+                    help="seconds between rounds (default 0.1; a spare is forked 0.05 s after each launch)")
+    ap.add_argument("--no-ab", action="store_true",
+                    help="only the default daemon (spare runner on); no second daemon with spare_runners = 0")
     ap.add_argument("--keep", action="store_true", help="keep the temp home (daemon log, database)")
     args = ap.parse_args()
     interrupt_on_sigterm()
@@ -276,28 +281,37 @@ def main() -> int:
 
     samples: dict[str, list[float]] = {"fork": [], "forkserver": [], "cold_c": [], "cold_template": []}
     fs = None
-    warm = None
-    tail = None
+    benches: dict[str, WarmBench] = {}
+    tails: list[TsTail] = []
     t_begin = time.monotonic()
+    variants = [("spare", "1")] + ([] if args.no_ab else [("no spare", "0")])
     try:
-        with BenchDaemon(keep=args.keep) as d:
-            tail = TsTail(d.home)
-            tail.start()
-            warm = WarmBench(d, tail)
+        with contextlib.ExitStack() as stack:
+            for label, value in variants:
+                # one daemon per variant, started and connected in turn (each points XDG_RUNTIME_DIR at its own)
+                d = stack.enter_context(BenchDaemon(keep=args.keep, extra_env={"LABD_SPARE_RUNNERS": value}))
+                tail = TsTail(d.home)
+                tail.start()
+                tails.append(tail)
+                benches[label] = WarmBench(d, tail)
             fs = ForkServerBench()
             for _ in range(args.warmup):  # not timed: first requests, forkserver start, page cache
-                warm.once()
+                for b in benches.values():
+                    b.once()
+                    time.sleep(args.pause)
                 fs.once()
                 time_fork()
-            warm.rows.clear()
-            warm_n = args.warm
+            for b in benches.values():
+                b.rows.clear()
             rounds = max(args.warm, args.fork, args.forkserver, args.cold)
             cold_every = max(1, rounds // max(1, args.cold)) if args.cold else 0
             done_cold = 0
             for i in range(rounds):
-                if i < warm_n:
-                    warm.once()
-                    time.sleep(args.pause)
+                if i < args.warm:  # A/B alternated round by round: both see the same box
+                    order = list(benches.values()) if i % 2 == 0 else list(benches.values())[::-1]
+                    for b in order:
+                        b.once()
+                        time.sleep(args.pause)
                 if i < args.forkserver:
                     samples["forkserver"].append(fs.once())
                 if i < args.fork:
@@ -307,16 +321,22 @@ def main() -> int:
                     samples["cold_template"].append(time_cold_template(env))
                     done_cold += 1
                 time.sleep(args.pause)
-            print(f"\n{len(warm.rows)} warm sessions ({warm.failed} without a live event), "
-                  f"live tail: {tail.messages} messages, {tail.bad} undecodable")
-            report(warm.rows, samples)
+            for label, b in benches.items():
+                print(f"\n[{label}] {len(b.rows)} warm sessions ({b.failed} without a live event), live tail: "
+                      f"{b.tail.messages} messages, {b.tail.bad} undecodable")
+            for label, b in benches.items():
+                report(b.rows, samples, title=f"daemon with {label}" + (" (spare_runners = 1, the default)"
+                                                                       if label == "spare" else
+                                                                       " (spare_runners = 0)"))
+            if len(benches) == 2:
+                compare(benches["spare"].rows, benches["no spare"].rows)
     except KeyboardInterrupt:
         print("\ninterrupted; cleaned up", file=sys.stderr)
         return 130
     finally:
-        if warm is not None:
-            warm.close()
-        if tail is not None:
+        for b in benches.values():
+            b.close()
+        for tail in tails:
             tail.stop()
         if fs is not None:
             fs.close()
@@ -324,7 +344,21 @@ def main() -> int:
     return 0
 
 
-def report(rows: list[dict[str, float]], samples: dict[str, list[float]]) -> None:
+def compare(on: list[dict[str, float]], off: list[dict[str, float]]) -> None:
+    """The spare runner's effect, side by side (same run, rounds alternated)."""
+    table = []
+    for name, what in (("reply", "start() reply"), ("created", "session.created visible"),
+                       ("started_emitted", "runner emits started"), ("started", "session.started visible"),
+                       ("output_emitted", "runner emits first output"), ("output", "FIRST OUTPUT visible")):
+        a = summary([r[name] for r in on if name in r])
+        b = summary([r[name] for r in off if name in r])
+        table.append([what, fmt_ms(a["p50"]), fmt_ms(b["p50"]), ratio(a["p50"], b["p50"]),
+                      fmt_ms(a["p99"]), fmt_ms(b["p99"]), ratio(a["p99"], b["p99"])])
+    print_table(["request ->", "spare p50", "no spare p50", "ratio", "spare p99", "no spare p99", "ratio"],
+                table, title="\nSpare runner on vs off (ms; same run, rounds alternated)")
+
+
+def report(rows: list[dict[str, float]], samples: dict[str, list[float]], title: str = "") -> None:
     def col(name: str) -> list[float]:
         return [r[name] for r in rows if name in r]
 
@@ -352,7 +386,7 @@ def report(rows: list[dict[str, float]], samples: dict[str, list[float]]) -> Non
         table.append([name, what, s["n"], fmt_ms(s["p50"]), fmt_ms(s["p90"]), fmt_ms(s["p99"]),
                       ratio(s["p50"], created), ratio(s["p50"], started)])
     print_table(["variant", "measures", "n", "p50 ms", "p90 ms", "p99 ms", "p50/warm created", "p50/warm started"],
-                table, title="Session start latency (ms; ratios of p50s)")
+                table, title=f"\nSession start latency, {title} (ms; ratios of p50s)")
 
     cold = summary(samples["cold_c"])["p50"]
     fsv = summary(samples["forkserver"])["p50"]

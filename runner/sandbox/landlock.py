@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Iterable
 
-__all__ = ["abi_version", "Ruleset", "allowed_roots", "LandlockError", "READ", "FILE_RIGHTS"]
+__all__ = ["abi_version", "Ruleset", "allowed_roots", "walk", "LandlockError", "READ", "FILE_RIGHTS"]
 
 _SYS_CREATE, _SYS_ADD_RULE, _SYS_RESTRICT = 444, 445, 446  # the same number on every architecture
 _CREATE_RULESET_VERSION = 1
@@ -146,35 +146,151 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+class Walk:
+    """One walk of the filesystem for a deny list: the roots covering everything else, the denied paths
+    met on the way, and the directories listed (with their mtimes, to tell when the walk is stale, and the
+    (name, inode) of each entry, to tell whether entries were only added since).
+
+    A walk made by extending another (only new entries in listed directories) names it as ``base`` and
+    lists its new roots in ``added``: a ruleset built from ``base`` becomes this walk's by adding those."""
+
+    MAX_CHAIN = 8  # extensions of extensions: beyond this, a walk names no base (holders rebuild)
+
+    def __init__(self, roots: list[str], met: list[str], scanned: list[tuple[str, int]],
+                 entries: dict[str, frozenset[tuple[str, int]]], base: Walk | None = None,
+                 added: list[str] | None = None) -> None:
+        self.roots, self.met, self.scanned, self.entries = roots, met, scanned, entries
+        self.base, self.added = base, added or []
+        self.depth: int = base.depth + 1 if base is not None else 0
+        if self.depth > self.MAX_CHAIN:
+            self.base, self.depth = None, 0
+
+    def fresh(self) -> bool:
+        """True while every listed directory has the mtime it had when listed (an entry added, removed or
+        renamed in a directory changes its mtime), i.e. a new walk would find the same roots."""
+        return all(_mtime(p) == m for p, m in self.scanned)
+
+    def added_since(self, older: Walk) -> list[str] | None:
+        """The roots this walk has beyond ``older``, if it extends it (through ``base``); else None."""
+        added: list[str] = []
+        w: Walk | None = self
+        while w is not None:
+            if w is older:
+                return added
+            added.extend(w.added)
+            w = w.base
+        return None
+
+    def regranted(self, allow: Iterable[str]) -> list[str]:
+        """The ``allow`` paths beneath a denied path met by this walk (granted again)."""
+        regrant = [os.path.realpath(p) for p in allow]
+        out: list[str] = []
+        for path in self.met:
+            out.extend(a for a in regrant if _under(a, path) and a not in out)
+        return out
+
+
+#: denied paths -> their last walk: a spare runner walks ahead of its session (runner/spare.py); a later
+#: call reuses the walk while it is fresh, or extends it when entries were only added
+_walks: dict[tuple[str, ...], Walk] = {}
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path, follow_symlinks=False).st_mtime_ns
+    except OSError:
+        return -1
+
+
+class _Walker:
+    """Collects roots, denied paths met and listed directories, as :func:`walk` visits paths."""
+
+    def __init__(self, denied: tuple[str, ...]) -> None:
+        self.denied = denied
+        self.roots: list[str] = []
+        self.met: list[str] = []
+        self.scanned: list[tuple[str, int]] = []
+        self.entries: dict[str, frozenset[tuple[str, int]]] = {}
+
+    def visit(self, path: str) -> None:
+        if any(_under(path, d) for d in self.denied):
+            self.met.append(path)
+            return
+        if not any(_under(d, path) for d in self.denied):
+            self.roots.append(path)
+            return
+        # the mtime before listing: a change while we list shows as a different mtime later
+        self.scanned.append((path, _mtime(path)))
+        try:
+            listing = list(os.scandir(path))
+        except OSError:
+            return
+        self.entries[path] = frozenset((e.name, e.inode()) for e in listing)
+        for entry in listing:
+            self.visit_entry(entry)
+
+    def visit_entry(self, entry: os.DirEntry[str]) -> None:
+        try:
+            if entry.is_symlink():  # the path it points to has its own rule
+                return
+        except OSError:
+            return
+        self.visit(entry.path)
+
+
+def _extend(cached: Walk, denied: tuple[str, ...]) -> Walk | None:
+    """``cached`` brought up to date if its changed directories only gained entries; else None (walk again).
+
+    An entry that went away or was renamed (or replaced: another inode) forces a whole new walk, so a grant
+    never follows a directory to a new place."""
+    w = _Walker(denied)
+    w.roots, w.met, w.entries = list(cached.roots), list(cached.met), dict(cached.entries)
+    first_new = len(w.roots)
+    for path, mtime in cached.scanned:
+        now = _mtime(path)
+        if now == mtime:
+            w.scanned.append((path, mtime))
+            continue
+        old = cached.entries.get(path)
+        try:
+            listing = list(os.scandir(path))
+        except OSError:
+            return None
+        new = frozenset((e.name, e.inode()) for e in listing)
+        if old is None or not old <= new:
+            return None
+        w.scanned.append((path, now))
+        w.entries[path] = new
+        for entry in listing:
+            if (entry.name, entry.inode()) not in old:
+                w.visit_entry(entry)
+    return Walk(w.roots, w.met, w.scanned, w.entries, base=cached, added=w.roots[first_new:])
+
+
+def walk(deny: Iterable[str]) -> Walk:
+    """The walk for ``deny`` (resolved through symlinks): the cached one while fresh, else the cached one
+    extended (entries were only added), else a new one."""
+    denied = tuple(sorted({os.path.realpath(p) for p in deny}))
+    cached = _walks.get(denied)
+    if cached is not None:
+        if cached.fresh():
+            return cached
+        extended = _extend(cached, denied)
+        if extended is not None:
+            _walks[denied] = extended
+            return extended
+    w = _Walker(denied)
+    w.visit("/")
+    _walks[denied] = result = Walk(w.roots, w.met, w.scanned, w.entries)
+    return result
+
+
 def allowed_roots(deny: Iterable[str], allow: Iterable[str] = ()) -> list[str]:
     """The smallest set of existing paths that covers the whole filesystem except ``deny`` (resolved
     through symlinks), plus ``allow`` (paths beneath a denied one that are granted again, e.g. a session's
     own directory inside labd's home). Symlinks are skipped: the path they point to has its own rule."""
-    denied = sorted({os.path.realpath(p) for p in deny})
-    regrant = [os.path.realpath(p) for p in allow]
-    out: list[str] = []
-
-    def visit(path: str) -> None:
-        if any(_under(path, d) for d in denied):
-            out.extend(a for a in regrant if _under(a, path) and a not in out)
-            return
-        if not any(_under(d, path) for d in denied):
-            out.append(path)
-            return
-        try:
-            entries = list(os.scandir(path))
-        except OSError:
-            return
-        for entry in entries:
-            try:
-                if entry.is_symlink():
-                    continue
-            except OSError:
-                continue
-            visit(entry.path)
-
-    visit("/")
-    return out
+    w = walk(deny)
+    return [*w.roots, *w.regranted(allow)]
 
 
 def listable_ancestors(deny: Iterable[str]) -> list[str]:

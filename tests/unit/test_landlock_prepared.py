@@ -1,0 +1,133 @@
+"""A spare runner's work ahead of its session (runner/spare.py): the Landlock walk is reused only while no
+listed directory changed, and a ruleset prepared before the spec confines exactly like a fresh one."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labd.runner.sandbox import landlock
+
+
+def test_a_walk_is_reused_while_fresh_and_redone_when_a_listed_directory_changes(tmp_path: Path) -> None:
+    """Same deny list, nothing changed: the same walk. A new entry beside a denied path: a new walk that
+    grants it (a cached walk never hides a path a fresh walk would grant, nor grants a denied one)."""
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "old").mkdir()
+    deny = [str(tmp_path / "secret")]
+    first = landlock.walk(deny)
+    assert landlock.walk(deny) is first
+    assert str(tmp_path / "old") in first.roots and str(tmp_path / "secret") not in first.roots
+    (tmp_path / "new").mkdir()
+    second = landlock.walk(deny)
+    assert second is not first
+    assert str(tmp_path / "new") in second.roots
+    assert landlock.allowed_roots(deny, allow=[str(tmp_path / "secret" / "mine")])[-1] == \
+        str(tmp_path / "secret" / "mine")
+
+
+def _confined_child(prepare: list[str] | None, confine: dict[str, Any], probes: list[str],
+                    before: Any = None) -> dict[str, Any]:
+    """Fork; in the child, optionally prepare (as a spare does), run ``before``, confine, then try to read
+    each probe. Returns {"mode": ..., probe: "ok" | "denied"}."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            from labd.runner import credentials
+
+            if prepare is not None:
+                credentials.prepare_confinement(prepare)
+            if before is not None:
+                before()
+            res: dict[str, Any] = {"mode": credentials.confine_runner(confine)}
+            for p in probes:
+                try:
+                    Path(p).read_text()
+                    res[p] = "ok"
+                except OSError:
+                    res[p] = "denied"
+            os.write(w, json.dumps(res).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    return json.loads(data)  # type: ignore[no-any-return]
+
+
+@pytest.mark.skipif(landlock.abi_version() < 1, reason="no Landlock in this kernel")
+@pytest.mark.parametrize("case", ["prepared", "fresh", "other_hide", "stale", "moved_in"])
+def test_a_prepared_ruleset_confines_like_a_fresh_one(tmp_path: Path, case: str) -> None:
+    """Whether the runner's ruleset was built ahead (the spare), fresh, prepared for another deny list, or
+    prepared before the filesystem changed: the hidden tree is unreadable except the session's own
+    directory, and the rest (including a directory made after the preparation) is readable. A directory
+    granted when prepared and then moved into the hidden tree is not readable there (rules follow inodes:
+    a removed or renamed entry forces a new ruleset, not an extension)."""
+    home = tmp_path / "labd"
+    (home / "sessions" / "s1").mkdir(parents=True)
+    (home / "sessions" / "s2").mkdir(parents=True)
+    (home / "sessions" / "s1" / "f").write_text("mine")
+    (home / "sessions" / "s2" / "f").write_text("other session")
+    (home / "daemon.key").write_text("key")
+    (tmp_path / "open.txt").write_text("open")
+    later = tmp_path / "later"
+
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "f").write_text("granted when prepared")
+
+    def make_later() -> None:
+        later.mkdir()
+        (later / "f").write_text("made after the spare was prepared")
+
+    def move_in() -> None:
+        os.rename(tmp_path / "outside", home / "moved")
+
+    hide = [str(home)]
+    prepare = {"prepared": hide, "fresh": None, "other_hide": [str(home / "sessions")], "stale": hide,
+               "moved_in": hide}[case]
+    probes = [str(home / "sessions" / "s1" / "f"), str(home / "sessions" / "s2" / "f"), str(home / "daemon.key"),
+              str(tmp_path / "open.txt")] + ([str(later / "f")] if case == "stale" else []) + \
+        ([str(home / "moved" / "f")] if case == "moved_in" else [])
+    res = _confined_child(prepare, {"hide": hide, "allow": [str(home / "sessions" / "s1")]}, probes,
+                          before={"stale": make_later, "moved_in": move_in}.get(case))
+    assert res.pop("mode") == "landlock"
+    expected = {probes[0]: "ok", probes[1]: "denied", probes[2]: "denied", probes[3]: "ok"}
+    if case == "stale":
+        expected[probes[4]] = "ok"
+    if case == "moved_in":
+        expected[probes[4]] = "denied"
+    assert res == expected
+
+
+@pytest.mark.skipif(landlock.abi_version() < 1, reason="no Landlock in this kernel")
+def test_a_waiting_spare_redoes_a_stale_preparation(tmp_path: Path) -> None:
+    """What a spare prepared is redone when a directory its walk listed changes while it waits (so the
+    request does not pay for the walk), and left alone while nothing changed. Nothing is enforced here."""
+    from labd.runner import credentials
+    from labd.runner.spare import refresh
+
+    (tmp_path / "labd").mkdir()
+    hide = [str(tmp_path / "labd")]
+    try:
+        credentials.prepare_confinement(hide)
+        first = credentials._prepared
+        assert first is not None
+        refresh({"confine_hide": hide})
+        assert credentials._prepared is first  # fresh: kept
+        (tmp_path / "new").mkdir()
+        assert not first[1].fresh()
+        refresh({"confine_hide": hide})
+        again = credentials._prepared
+        assert again is not None and again is not first and again[1].fresh()
+        assert str(tmp_path / "new") in again[1].roots
+    finally:
+        credentials._take_prepared(None)
