@@ -7,9 +7,10 @@ import time
 from typing import Any
 
 
-def turns(ctx: Any, turns: int = 10_000, tracked: bool = True) -> dict[str, float]:
+def turns(ctx: Any, turns: int = 10_000, tracked: bool = True, profile: str = "") -> dict[str, float]:
     """``turns`` agent turns against the offline scripted model, with labd's tracking (``ctx.agent``) or
-    without it (a plain ``ag2.Agent`` with the same model). Returns the loop's own wall time."""
+    without it (a plain ``ag2.Agent`` with the same model). Returns the loop's own wall time.
+    ``profile``: a file to write the loop's cProfile statistics to (the workflow's thread only)."""
     from ag2 import Agent
 
     from labd.runner.agents.hooks import untracked
@@ -18,8 +19,17 @@ def turns(ctx: Any, turns: int = 10_000, tracked: bool = True) -> dict[str, floa
     async def body() -> tuple[float, float]:
         agent = ctx.agent("bench", "Answer.") if tracked else Agent("bench", ["Answer."], config=OfflineModelConfig())
         start, cpu = time.perf_counter(), time.process_time()
+        prof = None
+        if profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
         for i in range(turns):
             await agent.ask(f"turn {i}")
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(profile)
         return time.perf_counter() - start, time.process_time() - cpu
 
     if tracked:
