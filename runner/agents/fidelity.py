@@ -122,7 +122,7 @@ class BlobSender:
 
     def serialize_messages(self, messages: Any, new: dict[str, str]) -> list[Any]:
         """:meth:`serialize` of a message list, each ag2 event serialised once per session (memo)."""
-        memo = self._memo
+        memo, threshold = self._memo, self.threshold
         out: list[Any] = []
         for message in messages:
             if type(message) is str or not hasattr(message, "to_dict"):  # plain values: not memoised
@@ -135,7 +135,6 @@ class BlobSender:
                 out.append(hit[1])
                 continue
             refs: list[tuple[str, str]] = []
-            threshold = self.threshold
 
             def text(s: str, refs: list[tuple[str, str]] = refs) -> Any:
                 if len(s) < threshold:
