@@ -99,6 +99,10 @@ def main() -> int:
     print(f"\ntracking overhead, wall time: {overhead:+.1f} % ({per_turn:.0f} us per turn)")
     print(f"tracking overhead, runner CPU time: {cpu_overhead:+.1f} % "
           f"({cpu_med['untracked']:.2f} s -> {cpu_med['tracked']:.2f} s for {extra:.1f} extra events per turn)")
+    # each round's tracked/untracked pair ran back to back: the median of the pairs' ratios follows the
+    # box's load drift less than the ratio of the medians does
+    paired = statistics.median(t / u for t, u in zip(cpu["tracked"], cpu["untracked"], strict=True))
+    print(f"  paired per round (median of {args.rounds} ratios): {(paired - 1) * 100:+.1f} % runner CPU")
     main_med = {k: statistics.median(v) for k, v in main_cpu.items()}
     other_med = {k: statistics.median(v) for k, v in other_cpu.items()}
     per_event = 1e6 / max(1.0, extra * args.turns)
