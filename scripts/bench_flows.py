@@ -23,7 +23,7 @@ def turns(ctx: Any, turns: int = 10_000, tracked: bool = True, profile: str = ""
     main_tid = threading.get_native_id()
 
     def thread_cpu() -> tuple[float, float]:
-        """(CPU seconds of the workflow's thread, of all the runner's other threads: the channel's)."""
+        """(CPU seconds of the workflow's thread, of all the runner's other threads: the channel's, ag2's workers)."""
         main = other = 0.0
         for t in me.threads():
             if t.id == main_tid:
