@@ -16,18 +16,32 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["BLOB_MIN", "BlobSender", "jsonable", "model_params"]
+__all__ = ["BLOB_MIN", "MEMO_SIZE", "BlobSender", "jsonable", "model_params"]
 
 #: strings at least this long (characters) become blobs; shorter ones stay inline in the event
 BLOB_MIN = 4096
+#: ag2 events whose serialised form a BlobSender keeps (a few agents' histories; the oldest quarter goes first)
+MEMO_SIZE = 8192
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential", "auth")
 _SCALARS = (str, int, float, bool, type(None))
+_LEAVES = frozenset((int, float, bool, type(None)))  # values the blob walk leaves alone
 
 
 def jsonable(obj: Any, _depth: int = 0, text: Any = None) -> Any:
     """A JSON-compatible form of an ag2 event, tool schema or plain value (ag2's own ``to_dict`` for
     events, so a recorded request can be turned back into ag2 objects). ``text``: applied to every
     string (the blob sender's reference maker), so serialising and externalising is one pass."""
+    # exact types first: this runs for every value of every recorded request (the isinstance chain
+    # below gives the same result for them, an ABC check at a time)
+    kind = type(obj)
+    if kind is str:
+        return text(obj) if text is not None else obj
+    if kind is int or kind is float or kind is bool or obj is None:
+        return obj
+    if kind is dict and _depth <= 40:
+        return {k if type(k) is str else str(k): jsonable(v, _depth + 1, text) for k, v in obj.items()}
+    if (kind is list or kind is tuple) and _depth <= 40:
+        return [jsonable(v, _depth + 1, text) for v in obj]
     if isinstance(obj, str):
         return text(obj) if text is not None else obj
     if isinstance(obj, _SCALARS):
@@ -79,39 +93,109 @@ def model_params(config: Any) -> dict[str, Any]:
 
 
 class BlobSender:
-    """Replaces long strings by blob references; remembers which blobs this runner already sent."""
+    """Replaces long strings by blob references; remembers which blobs this runner already sent.
+
+    It also remembers the serialised form of the last :data:`MEMO_SIZE` ag2 events it serialised
+    (:meth:`serialize_messages`): an agent's history grows by a message or two per call and every call
+    records all of it, so without the memo each call would serialise the whole history again (O(n) per
+    call, ~80 us per message). The memo holds the event itself beside its form, so an id is never
+    reused for another object while its entry lives. ag2 events are records of what happened: a
+    middleware that rewrites history (compaction, assembly) builds new events, which are new entries."""
 
     def __init__(self, threshold: int = BLOB_MIN) -> None:
         self.threshold = threshold
         self._sent: set[str] = set()
         self._lock = threading.Lock()
+        #: id(event) -> (event, its serialised form, the (digest, text) of every blob the form refers to)
+        self._memo: dict[int, tuple[Any, Any, tuple[tuple[str, str], ...]]] = {}
 
     def externalize(self, obj: Any) -> tuple[Any, dict[str, str]]:
-        """``obj`` with every long string replaced by a reference, and the texts not sent before."""
+        """``obj`` with every long string replaced by a reference, and the texts not sent before.
+        Containers holding no long string are returned as they are (not copied)."""
         new: dict[str, str] = {}
         return self._walk(obj, new), new
 
     def serialize(self, obj: Any, new: dict[str, str]) -> Any:
         """:func:`jsonable` and :meth:`externalize` in one pass; texts not sent before go to ``new``."""
         threshold = self.threshold
-        return jsonable(obj, text=lambda s: s if len(s) < threshold else self._walk(s, new))
+        return jsonable(obj, text=lambda s: s if len(s) < threshold else self._ref(s, new))
+
+    def serialize_messages(self, messages: Any, new: dict[str, str]) -> list[Any]:
+        """:meth:`serialize` of a message list, each ag2 event serialised once per session (memo)."""
+        memo, threshold = self._memo, self.threshold
+        out: list[Any] = []
+        for message in messages:
+            if type(message) is str or not hasattr(message, "to_dict"):  # plain values: not memoised
+                out.append(self.serialize(message, new))
+                continue
+            hit = memo.get(id(message))
+            if hit is not None and hit[0] is message:
+                if hit[2]:  # its texts go with this event if the runner forgot having sent them
+                    self._resend(hit[2], new)
+                out.append(hit[1])
+                continue
+            refs: list[tuple[str, str]] = []
+
+            def text(s: str, refs: list[tuple[str, str]] = refs) -> Any:
+                if len(s) < threshold:
+                    return s
+                ref = self._ref(s, new)
+                refs.append((ref["$blob"], s))
+                return ref
+            form = jsonable(message, text=text)
+            if len(memo) >= MEMO_SIZE:
+                with self._lock:  # oldest first (insertion order); another thread may have evicted it
+                    for key in list(memo)[:MEMO_SIZE // 4]:
+                        memo.pop(key, None)
+            memo[id(message)] = (message, form, tuple(refs))
+            out.append(form)
+        return out
+
+    def _resend(self, refs: tuple[tuple[str, str], ...], new: dict[str, str]) -> None:
+        with self._lock:
+            for digest, text in refs:
+                if digest not in self._sent:
+                    self._sent.add(digest)
+                    new[digest] = text
+
+    def _ref(self, text: str, new: dict[str, str]) -> dict[str, Any]:
+        data = text.encode("utf-8", "surrogatepass")
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            first = digest not in self._sent
+            self._sent.add(digest)
+        if first:
+            new[digest] = text
+        return {"$blob": digest, "size": len(data)}
 
     def _walk(self, obj: Any, new: dict[str, str]) -> Any:
-        if isinstance(obj, str):
-            if len(obj) < self.threshold:
-                return obj
-            data = obj.encode("utf-8", "surrogatepass")
-            digest = hashlib.sha256(data).hexdigest()
-            with self._lock:
-                first = digest not in self._sent
-                self._sent.add(digest)
-            if first:
-                new[digest] = obj
-            return {"$blob": digest, "size": len(data)}
-        if isinstance(obj, dict):
-            return {k: self._walk(v, new) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [self._walk(v, new) for v in obj]
+        kind = type(obj)
+        if kind is str or isinstance(obj, str):
+            return obj if len(obj) < self.threshold else self._ref(obj, new)
+        if kind is dict or isinstance(obj, dict):
+            out: dict[str, Any] | None = None
+            threshold = self.threshold
+            for key, value in obj.items():
+                vkind = type(value)
+                if vkind in _LEAVES or (vkind is str and len(value) < threshold):
+                    continue  # most values of an event: nothing to walk, nothing to copy
+                walked = self._walk(value, new)
+                if walked is not value:
+                    if out is None:
+                        out = dict(obj)
+                    out[key] = walked
+            return obj if out is None else out
+        if kind is list or isinstance(obj, list):
+            items: list[Any] | None = None
+            for i, value in enumerate(obj):
+                if type(value) in _LEAVES:
+                    continue
+                walked = self._walk(value, new)
+                if walked is not value:
+                    if items is None:
+                        items = list(obj)
+                    items[i] = walked
+            return obj if items is None else items
         return obj
 
     def forget(self, digests: Mapping[str, str]) -> None:

@@ -120,7 +120,7 @@ class Tracker:
         ser = self.blobs.serialize  # serialise and move long texts to blobs in one pass (it is per call)
         request: dict[str, Any] = {
             "system": ser([str(p) for p in (getattr(context, "prompt", None) or [])], new),
-            "messages": ser(messages, new),
+            "messages": self.blobs.serialize_messages(messages, new),  # each message serialised once
             "tools": ser(list(tools or ()), new),
             "params": self._params(call.config),
         }
