@@ -5,10 +5,10 @@
   stand-in daemon in a child process (a ROUTER that verifies, decodes and acknowledges every message). CPU time of
   the emitting thread and of the whole runner process, per event.
 - ``ingest``: the real ingest code (:class:`~labd.daemon.ingest.Ingest`'s frame handling and write path) on a
-  migrated temp SQLite database, fed pre-signed runner messages of 2,000 events (4 sessions interleaved), without
-  and with a live follower. CPU time of the thread per event, split into frame handling (verify, decode,
-  validate, stage) and the write (commit, publish, acknowledge); and raw sqlite3 ``executemany`` of the same rows
-  for comparison.
+  migrated temp SQLite database (with the daemon's checkpoint thread), fed pre-signed runner messages of 2,000
+  events (4 sessions interleaved), without and with a live follower. CPU time of the thread per event, split
+  into frame handling (verify, decode, validate, stage) and the write (commit, publish, acknowledge); and raw
+  sqlite3 ``executemany`` of the same rows for comparison.
 
 ``--baseline DIR`` runs the same measurements, alternated, with labd imported from DIR (a directory holding a
 ``labd`` package whose subpackages are another tree's folders; see scripts/bench_events.py). Medians of
@@ -72,13 +72,14 @@ def ingest(n, live):
     from labd.daemon import ingest as ing_mod
     from labd.ipc.signing import derive_key
     from labd.ipc.wire import Codec, encode_json
-    from labd.store.db import migrate, open_engine
+    from labd.store.db import Checkpointer, migrate, open_engine
     from labd.store.projections import RowChanges, SessionCursor, apply
     from labd.store.writer import BatchWriter
     key = os.urandom(32)
     tmp = tempfile.mkdtemp(prefix="labd-cost-")
     engine = open_engine(f"sqlite:///{tmp}/s.db"); migrate(engine)
     w = BatchWriter(engine); z = zmq.Context()
+    Checkpointer(engine).start()  # as in the daemon: the writer's connection never checkpoints
     ing = ing_mod.Ingest(z, w, key, "inproc://r", "inproc://p", {}, {}, 16 << 20, Path(tmp))
     ing.router = z.socket(zmq.ROUTER); ing.router.setsockopt(zmq.ROUTER_MANDATORY, 1); ing.router.bind("inproc://r")
     ing.pub = z.socket(zmq.XPUB); ing.pub.bind("inproc://p")
