@@ -155,55 +155,61 @@ class RunnerFrames:
         fast = not self._safe
         hot = 0
         runner_seq, last_seq = cur.runner_seq, cur.last_seq
-        for ev in evs:
-            if ev.__class__ is not list or len(ev) != 6 or not isinstance(ev[0], int):
-                # Without a readable src_seq nothing after it can be placed; asking for a resend would
-                # only bring the same bytes back, so the rest of this batch is dropped and counted.
-                self.count("dropped.runner.malformed")
-                break
-            src_seq, ts, kind, node_id, parent, payload = ev
-            if src_seq != runner_seq + 1:
-                if src_seq <= runner_seq:
-                    self.count("duplicates_ignored")
+        in_slow = False  # True while a slow path runs: then the cursor, not the locals, is current
+        try:
+            for ev in evs:
+                if ev.__class__ is not list or len(ev) != 6 or not isinstance(ev[0], int):
+                    # Without a readable src_seq nothing after it can be placed; asking for a resend would
+                    # only bring the same bytes back, so the rest of this batch is dropped and counted.
+                    self.count("dropped.runner.malformed")
+                    break
+                src_seq, ts, kind, node_id, parent, payload = ev
+                if src_seq != runner_seq + 1:
+                    if src_seq <= runner_seq:
+                        self.count("duplicates_ignored")
+                        continue
+                    # a gap: something before this was lost in transit (e.g. across a daemon restart)
+                    now = time.monotonic()
+                    if now - self._last_resend.get(sid, 0.0) > RESEND_INTERVAL_S:
+                        self._last_resend[sid] = now
+                        resend = True
+                    break
+                runner_seq = src_seq
+                if kind == "output" and (cut := self.outcap.drop(sid, payload)) is not False:  # past the cap
+                    if cut is not True:
+                        cur.runner_seq, cur.last_seq, in_slow = runner_seq, last_seq, True
+                        self._append(cur, time.time(), "output.truncated", "r", src_seq, None, None, cut, b)
+                        runner_seq, last_seq, in_slow = cur.runner_seq, cur.last_seq, False  # (safe mode reloads)
                     continue
-                # a gap: something before this was lost in transit (e.g. across a daemon restart)
-                now = time.monotonic()
-                if now - self._last_resend.get(sid, 0.0) > RESEND_INTERVAL_S:
-                    self._last_resend[sid] = now
-                    resend = True
-                break
-            runner_seq = src_seq
-            if kind == "output" and (cut := self.outcap.drop(sid, payload)) is not False:  # past the cap
-                if cut is not True:
-                    cur.runner_seq, cur.last_seq = runner_seq, last_seq
-                    self._append(cur, time.time(), "output.truncated", "r", src_seq, None, None, cut, b)
-                    last_seq = cur.last_seq
-                continue
-            # Hot path: custom, log and output events, which update no projection. A custom event is checked
-            # inline (the commonest kind in bulk); the others by quick_valid.
-            if fast and parent is None and ts.__class__ is float and (
-                    (kind == "custom" and payload.__class__ is dict and payload.get("name").__class__ is str
-                     and (node_id is None or node_id.__class__ is str))
-                    or quick_valid(kind, payload, node_id)):
-                try:
-                    text = _dumps(payload, default=repr).decode()
-                except TypeError:  # nested too deeply to store
-                    cur.runner_seq, cur.last_seq = runner_seq, last_seq
-                    self._reject(cur, src_seq, kind, "payload cannot be stored (nested too deeply)", b)
-                    last_seq = cur.last_seq
+                # Hot path: custom, log and output events, which update no projection. A custom event is checked
+                # inline (the commonest kind in bulk); the others by quick_valid.
+                if fast and parent is None and ts.__class__ is float and (
+                        (kind == "custom" and payload.__class__ is dict and payload.get("name").__class__ is str
+                         and (node_id is None or node_id.__class__ is str))
+                        or quick_valid(kind, payload, node_id)):
+                    try:
+                        text = _dumps(payload, default=repr).decode()
+                    except TypeError:  # nested too deeply to store
+                        cur.runner_seq, cur.last_seq, in_slow = runner_seq, last_seq, True
+                        self._reject(cur, src_seq, kind, "payload cannot be stored (nested too deeply)", b)
+                        runner_seq, last_seq, in_slow = cur.runner_seq, cur.last_seq, False
+                        continue
+                    last_seq += 1
+                    rows_append((sid, last_seq, ts, kind, "r", src_seq, node_id, None, text))
+                    if live_events is not None:  # the live copy is the stored text, spliced in (not encoded again)
+                        live_sizes(len(text) + LIVE_OVERHEAD)  # type: ignore[misc]
+                        live_events([last_seq, ts, kind, "r", node_id, None, Fragment(text), src_seq])
+                    hot += 1
                     continue
-                last_seq += 1
-                rows_append((sid, last_seq, ts, kind, "r", src_seq, node_id, None, text))
-                if live_events is not None:  # the live copy is the stored text, spliced in (not encoded again)
-                    live_sizes(len(text) + LIVE_OVERHEAD)  # type: ignore[misc]
-                    live_events([last_seq, ts, kind, "r", node_id, None, Fragment(text), src_seq])
-                hot += 1
-                continue
-            cur.runner_seq, cur.last_seq = runner_seq, last_seq
-            self._slow_event(cur, src_seq, ts, kind, node_id, parent, payload, b)
-            runner_seq, last_seq = cur.runner_seq, cur.last_seq
-        cur.runner_seq, cur.last_seq = runner_seq, last_seq
-        b.count += hot
+                cur.runner_seq, cur.last_seq, in_slow = runner_seq, last_seq, True
+                self._slow_event(cur, src_seq, ts, kind, node_id, parent, payload, b)
+                runner_seq, last_seq, in_slow = cur.runner_seq, cur.last_seq, False
+        finally:
+            # Also when an exception ends the frame (it is counted and dropped by the caller): the rows staged
+            # so far keep their seqs, so the cursor must cover them.
+            if not in_slow:
+                cur.runner_seq, cur.last_seq = runner_seq, last_seq
+            b.count += hot
         if identity is not None:
             b.acks[sid] = (identity, resend)
 

@@ -114,3 +114,71 @@ def test_emit_records_what_orjson_alone_cannot_encode(tmp_path: Path) -> None:
         assert [orjson.loads(b) for _, b in read_spool(tmp_path / "events.spool")] == pending
     finally:
         ch.close(timeout=0.0)
+
+
+def test_an_exception_mid_frame_leaves_the_cursor_covering_the_staged_rows(tmp_path: Path) -> None:
+    """Ingest's hot loop keeps seq counters in locals: when an unexpected error ends a runner frame half-way
+    (the frame is counted and dropped), the session's cursor still covers the rows staged before it, so the
+    next frame's events get fresh seqs (no duplicate key, no gap) and the first ones are not taken again."""
+    import time
+
+    import zmq
+
+    from labd.daemon.ingest import Batch, Ingest
+    from labd.ipc.signing import derive_key
+    from labd.ipc.wire import Codec, encode_json
+    from labd.store.db import migrate, open_engine
+    from labd.store.projections import RowChanges, SessionCursor, apply
+    from labd.store.writer import BatchWriter
+
+    class Faulty(Ingest):
+        def _slow_event(self, cur, src_seq, ts, kind, node_id, parent, payload, b):  # type: ignore[no-untyped-def]
+            if kind == "boom":  # an error no check anticipated, after the cursor was handed over
+                raise RuntimeError("unexpected")
+            super()._slow_event(cur, src_seq, ts, kind, node_id, parent, payload, b)
+
+    engine = open_engine(f"sqlite:///{tmp_path}/s.db")
+    migrate(engine)
+    writer = BatchWriter(engine)
+    key = b"k" * 32
+    ing = Faulty(zmq.Context.instance(), writer, key, "inproc://unused-r", "inproc://unused-p", {}, {}, 1 << 20,
+                 tmp_path)
+    sid = "0123456789ab"
+    cur = ing.cursors[sid] = SessionCursor(id=sid)
+    changes = RowChanges()
+    apply(cur, 1, time.time(), "session.created", "d", None,
+          {"workflow": "demo.events", "name": sid, "params": {}, "limits": {}, "workdir": str(tmp_path)}, changes)
+    writer.commit([], changes, ing.cursors)
+    codec = Codec(derive_key(key, sid))
+    real_caps = ing.outcap
+
+    class FaultyCaps:  # an error in the hot path itself, while the loop's counters are ahead of the cursor
+        def drop(self, sid: str, payload: Any) -> Any:
+            if payload.get("text") == "boom":
+                raise RuntimeError("unexpected")
+            return real_caps.drop(sid, payload)
+
+    ing.outcap = FaultyCaps()  # type: ignore[assignment]
+
+    def frame(evs: list[list[Any]]) -> list[bytes]:
+        return [f"{sid}:x".encode(), *codec.pack_events(sid, [encode_json(e) for e in evs])]
+
+    now = time.time()
+    b = Batch()
+    ing._process_frames(frame([[1, now, "custom", None, None, {"name": "a"}],  # noqa: SLF001
+                               [2, now, "custom", None, None, {"name": "b"}],
+                               [3, now, "boom", None, None, {}]]), b, seen=False)
+    assert ing.counters.get("dropped.runner.error") == 1
+    assert [r[1] for r in b.rows] == [2, 3] and (cur.runner_seq, cur.last_seq) == (3, 3)
+    ing._process_frames(frame([[3, now, "custom", None, None, {"name": "c"}],  # noqa: SLF001
+                               [4, now, "custom", None, None, {"name": "d"}]]), b, seen=False)
+    assert [(r[1], r[5]) for r in b.rows] == [(2, 1), (3, 2), (4, 4)]
+    ing._process_frames(frame([[5, now, "custom", None, None, {"name": "e"}],  # noqa: SLF001
+                               [6, now, "output", None, None, {"stream": "stdout", "text": "boom"}]]), b, seen=False)
+    assert ing.counters.get("dropped.runner.error") == 2
+    assert (cur.runner_seq, cur.last_seq) == (6, 5)
+    ing._process_frames(frame([[7, now, "custom", None, None, {"name": "f"}]]), b, seen=False)  # noqa: SLF001
+    assert [(r[1], r[5]) for r in b.rows][-2:] == [(5, 5), (6, 7)]
+    writer.commit(b.rows, b.changes, ing.cursors)  # no duplicate key
+    writer.close()
+    engine.dispose()
