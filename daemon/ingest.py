@@ -9,8 +9,9 @@ update projections -> one transaction -> publish on ``session.<id>`` -> ack ``ne
 Duplicates (``src_seq`` already committed) are skipped and re-acked; a gap (a runner's batch that starts
 beyond what we have) is not written and the runner is told to resend from the first missing one.
 
-This module is the writer loop and the daemon's own items; what runners send is verified and staged by
-:mod:`labd.daemon.runner_frames` (a mixin of :class:`Ingest`), into a :class:`~labd.daemon.ingest_batch.Batch`.
+This module is the writer loop (and staging into the store's rows); what runners send is verified and staged by
+:mod:`labd.daemon.runner_frames`, what the rest of the daemon hands over by :mod:`labd.daemon.daemon_items` (both
+mixins of :class:`Ingest`, on its thread), into a :class:`~labd.daemon.ingest_batch.Batch`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sqlalchemy.exc as sa_exc
 import structlog
 import zmq
 
+from labd.daemon.daemon_items import DaemonItems
 from labd.daemon.ingest_batch import PUB_SNDHWM, Batch, Fragment, LiveEvents, tune_gc
 from labd.daemon.outputcap import OutputCaps, stored_cap
 from labd.daemon.runner_frames import RunnerFrames, runner_session
@@ -57,7 +59,7 @@ PROJECTED = frozenset({"session.created", "session.queued", "session.launched", 
                        "event.rejected", "session.continued"})
 
 
-class Ingest(RunnerFrames, threading.Thread):
+class Ingest(RunnerFrames, DaemonItems, threading.Thread):
     """The store-writer thread. Communicate with it only through its sockets."""
 
     def __init__(self, zctx: zmq.Context, writer: BatchWriter, key: bytes, runners_endpoint: str,
@@ -229,48 +231,6 @@ class Ingest(RunnerFrames, threading.Thread):
             self._job(job, batch)
         self._send_batch(batch)
 
-    def _job(self, job: tuple[Any, ...], batch: Batch) -> None:
-        """A write that is not an event (a skill saved or deleted), after the batch; its result goes back to
-        the request that asked for it."""
-        op, arg, reply_to = job
-        try:
-            result = self.writer.save_skill(arg) if op == "skill.save" else self.writer.delete_skill(arg)
-        except Exception as exc:  # noqa: BLE001 - reported to the client; nothing half-written
-            self.log.error("store refused a write", op=op, error=str(exc)[:300])
-            batch.notes.append(("refused", reply_to, "store_error", f"could not write: {exc}"[:300]))
-            return
-        batch.notes.append(("done", reply_to, result))
-
-    def _delete_sessions(self, sids: list[str], reply_to: tuple[bytes, str] | None, batch: Batch) -> None:
-        """Delete terminal sessions, after the batch that may still have held their last events.
-
-        Ingest decides (it is single-threaded and knows each session's committed status): a session
-        that is not in a terminal status is refused, and nothing of the request is deleted."""
-        from labd.ipc.events import TERMINAL_STATUSES
-
-        live = []
-        for sid in sids:
-            cur = self._cursor(sid)
-            if cur is not None and cur.status not in TERMINAL_STATUSES:
-                live.append(sid)
-        if live:
-            if reply_to is not None:
-                batch.notes.append(("refused", reply_to, "not_terminal",
-                                    f"session {live[0]} is {self.cursors[live[0]].status}: stop it first"))
-            return
-        try:
-            counts = self.writer.delete_sessions(sids)
-        except Exception as exc:  # noqa: BLE001 - reported to the client; the record is unchanged
-            self.log.error("deleting sessions failed", error=str(exc)[:300])
-            if reply_to is not None:
-                batch.notes.append(("refused", reply_to, "store_error", f"could not delete: {exc}"[:300]))
-            return
-        for sid in sids:
-            self.cursors.pop(sid, None)
-            self._last_resend.pop(sid, None)
-        self.count("sessions_deleted", counts.get("sessions", 0))
-        batch.notes.append(("deleted", reply_to, sids, counts))
-
     def _wait_for_store(self) -> None:
         delay = 0.5
         while True:
@@ -338,55 +298,6 @@ class Ingest(RunnerFrames, threading.Thread):
                 self.topics.add(msg[1:])
             elif msg[:1] == b"\x00":
                 self.topics.discard(msg[1:])
-
-    # ---- daemon-side items ------------------------------------------------------------------------
-    def _on_internal(self, item: tuple[Any, ...], b: Batch) -> None:
-        op = item[0]
-        if op == "event":
-            _, sid, kind, payload, node_id, reply_to = item
-            self.outcap.learn(sid, kind, payload)
-            if kind == "session.created" and self._cursor(sid) is None:
-                self.cursors[sid] = SessionCursor(id=sid)
-            cur = self._cursor(sid)
-            if cur is not None and kind == "session.ended" and not cur.terminal:
-                # Whatever the runner recorded and we do not have yet goes in first: its events, and its
-                # own outcome (session.finished), which the final status is decided from.
-                self._ingest_spool(cur, b)
-                if (total := self.outcap.final(sid)) is not None:
-                    self._append(cur, time.time(), "output.truncated", "d", None, None, None, total, b)
-            if cur is None:
-                self.log.error("daemon event for unknown session dropped", session_id=sid, kind=kind)
-                if reply_to is not None:
-                    b.notes.append(("refused", reply_to, "not_found", f"no session {sid!r}"))
-                return
-            if kind == "approval.resolved":
-                # The one place an approval is resolved: ingest is single-threaded, so exactly once.
-                refusal = _refuse_resolution(cur, payload)
-                if refusal is not None:
-                    if reply_to is not None:
-                        b.notes.append(("refused", reply_to, *refusal))
-                    return
-            try:
-                stored = self._append(cur, time.time(), kind, "d", None, node_id, None, payload, b)
-            except TypeError:  # a payload JSON cannot carry (nested too deeply): refused, not a crash
-                self.count("dropped.internal.unencodable")
-                stored = False
-            if not stored:
-                if reply_to is not None:
-                    b.notes.append(("refused", reply_to, "store_error", "the store refused this change"))
-                return
-            if kind == "approval.resolved":
-                b.to_runners.append((sid, "approval.resolved", payload))
-            if reply_to is not None:
-                b.notes.append(("committed", reply_to, sid, cur.last_seq, payload))
-        elif op == "delete":  # retention: whole sessions, after this batch (see _delete_sessions)
-            _, sids, reply_to = item
-            b.deletes.append((list(sids), reply_to))
-        elif op in ("skill.save", "skill.delete"):  # the skills table: written here too (one writer)
-            b.jobs.append(item)
-        elif op == "send":  # a message for a runner, e.g. cancel
-            _, sid, type_, body = item
-            b.to_runners.append((sid, type_, body))
 
     def _append(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
                 node_id: str | None, parent: int | None, payload: dict[str, Any], b: Batch) -> bool:
@@ -458,19 +369,5 @@ class Ingest(RunnerFrames, threading.Thread):
             return False
         topic = f"session.{sid}".encode()
         return any(topic.startswith(t) for t in self.topics)
-
-
-def _refuse_resolution(cur: SessionCursor, payload: dict[str, Any]) -> tuple[str, str] | None:
-    """Why an approval resolution must not be recorded, or None if it may."""
-    aid = payload.get("approval_id")
-    options = cur.pending_approvals.get(aid) if isinstance(aid, str) else None
-    if options is None:
-        return ("not_pending", f"approval {aid} is not pending (already resolved, or unknown)")
-    decision = payload.get("decision")
-    if payload.get("via") == "timeout" and decision in ("approve", "reject", "fail"):
-        return None  # the request's own policy applies whatever the human options were
-    if decision not in options:
-        return ("bad_decision", f"decision {decision!r} is not allowed here (allowed: {', '.join(options)})")
-    return None
 
 
