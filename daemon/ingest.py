@@ -8,14 +8,16 @@ Per batch (up to :data:`MAX_BATCH` events): validate -> assign each event the se
 update projections -> one transaction -> publish on ``session.<id>`` -> ack ``next`` src_seq to each runner.
 Duplicates (``src_seq`` already committed) are skipped and re-acked; a gap (a runner's batch that starts
 beyond what we have) is not written and the runner is told to resend from the first missing one.
+
+This module is the writer loop (and staging into the store's rows); what runners send is verified and staged by
+:mod:`labd.daemon.runner_frames`, what the rest of the daemon hands over by :mod:`labd.daemon.daemon_items` (both
+mixins of :class:`Ingest`, on its thread), into a :class:`~labd.daemon.ingest_batch.Batch`.
 """
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +26,19 @@ import sqlalchemy.exc as sa_exc
 import structlog
 import zmq
 
+from labd.daemon.daemon_items import DaemonItems
+from labd.daemon.ingest_batch import PUB_SNDHWM, Batch, Fragment, LiveEvents, tune_gc
 from labd.daemon.outputcap import OutputCaps
+from labd.daemon.runner_frames import RunnerFrames, runner_session
 from labd.daemon.shipped import receive as receive_shipped
-from labd.daemon.spools import remove_spool, spool_of, spooled_events
+from labd.daemon.spools import remove_spool, spool_of
 from labd.daemon.warnlimit import WarnLimiter
-from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
-from labd.ipc.signing import derive_key
-from labd.ipc.wire import Codec, Message, PayloadError, WireError
+from labd.ipc.wire import Codec, PayloadError
 from labd.store.blobs import take_blobs
 from labd.store.projections import RowChanges, SessionCursor, apply
 from labd.store.writer import BatchWriter, EventRow
 
-Fragment = orjson.Fragment  # JSON already encoded, spliced verbatim into a message (orjson >= 3.9)
-#: an event for the live tail: (size of its encoded payload, [seq, ts, kind, src, node_id, parent, payload, src_seq])
-LiveEvent = tuple[int, list[Any]]
-
-__all__ = ["Ingest", "INGEST_IN", "INGEST_NOTIFY", "MAX_BATCH"]
+__all__ = ["Ingest", "INGEST_IN", "INGEST_NOTIFY", "MAX_BATCH", "Batch", "runner_session"]
 
 INGEST_IN = "inproc://labd-ingest-in"
 INGEST_NOTIFY = "inproc://labd-ingest-notify"
@@ -48,8 +47,6 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024  # raw runner frames per batch: bounds the mem
 #: messages queued per runner in the ROUTER (each <= ~512 KiB from the Python runner): a flooding runner
 #: blocks in its own send queue instead of growing the daemon's memory
 RUNNER_RCVHWM = 32
-_NUMBER = (int, float)
-RESEND_INTERVAL_S = 0.5
 #: the database cannot be reached (retry the same batch); anything else it raises means it refused data
 UNREACHABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
 REFUSED = (sa_exc.StatementError, OverflowError, ValueError, TypeError)
@@ -62,7 +59,7 @@ PROJECTED = frozenset({"session.created", "session.queued", "session.launched", 
                        "event.rejected", "session.continued"})
 
 
-class Ingest(threading.Thread):
+class Ingest(RunnerFrames, DaemonItems, threading.Thread):
     """The store-writer thread. Communicate with it only through its sockets."""
 
     def __init__(self, zctx: zmq.Context, writer: BatchWriter, key: bytes, runners_endpoint: str,
@@ -189,36 +186,6 @@ class Ingest(threading.Thread):
             if items or frames_list:
                 self._write(batch, items, frames_list)
 
-    # ---- per-session credentials ------------------------------------------------------------------
-    def key_for(self, session_id: str) -> bytes:
-        """The key a session's runner signs with (docs/security.md): never the daemon's own."""
-        return derive_key(self._key, session_id)
-
-    def _codec_for(self, session_id: str) -> Codec:
-        codec = self._runner_codecs.get(session_id)
-        if codec is None:  # cached by the caller once a frame verified with it
-            codec = Codec(self.key_for(session_id), max_message=self.max_message)
-        return codec
-
-    def _process_frames(self, frames: list[bytes], batch: Batch, *, seen: bool) -> None:
-        sid = runner_session(frames[0])
-        try:
-            if sid is None:
-                raise _BadIdentity()
-            codec = self._codec_for(sid)
-            msg = codec.unpack(frames[1:], seen=seen)
-            self._runner_codecs.setdefault(sid, codec)
-        except WireError as exc:
-            if not seen:
-                self.count(f"dropped.runner.{exc.reason}")
-                self._warn("runner frame dropped", exc.reason, error=str(exc)[:300])
-            return
-        try:
-            self._on_runner_message(frames[0], msg, batch)
-        except Exception:  # noqa: BLE001 - a frame we cannot handle is counted and dropped
-            self.count("dropped.runner.error")
-            self.log.exception("runner frame dropped")
-
     def _process(self, items: list[tuple[Any, ...]], frames_list: list[list[bytes]]) -> Batch:
         """Process daemon items and (again: ``seen``) runner frames into a batch."""
         batch = Batch()
@@ -264,48 +231,6 @@ class Ingest(threading.Thread):
             self._job(job, batch)
         self._send_batch(batch)
 
-    def _job(self, job: tuple[Any, ...], batch: Batch) -> None:
-        """A write that is not an event (a skill saved or deleted), after the batch; its result goes back to
-        the request that asked for it."""
-        op, arg, reply_to = job
-        try:
-            result = self.writer.save_skill(arg) if op == "skill.save" else self.writer.delete_skill(arg)
-        except Exception as exc:  # noqa: BLE001 - reported to the client; nothing half-written
-            self.log.error("store refused a write", op=op, error=str(exc)[:300])
-            batch.notes.append(("refused", reply_to, "store_error", f"could not write: {exc}"[:300]))
-            return
-        batch.notes.append(("done", reply_to, result))
-
-    def _delete_sessions(self, sids: list[str], reply_to: tuple[bytes, str] | None, batch: Batch) -> None:
-        """Delete terminal sessions, after the batch that may still have held their last events.
-
-        Ingest decides (it is single-threaded and knows each session's committed status): a session
-        that is not in a terminal status is refused, and nothing of the request is deleted."""
-        from labd.ipc.events import TERMINAL_STATUSES
-
-        live = []
-        for sid in sids:
-            cur = self._cursor(sid)
-            if cur is not None and cur.status not in TERMINAL_STATUSES:
-                live.append(sid)
-        if live:
-            if reply_to is not None:
-                batch.notes.append(("refused", reply_to, "not_terminal",
-                                    f"session {live[0]} is {self.cursors[live[0]].status}: stop it first"))
-            return
-        try:
-            counts = self.writer.delete_sessions(sids)
-        except Exception as exc:  # noqa: BLE001 - reported to the client; the record is unchanged
-            self.log.error("deleting sessions failed", error=str(exc)[:300])
-            if reply_to is not None:
-                batch.notes.append(("refused", reply_to, "store_error", f"could not delete: {exc}"[:300]))
-            return
-        for sid in sids:
-            self.cursors.pop(sid, None)
-            self._last_resend.pop(sid, None)
-        self.count("sessions_deleted", counts.get("sessions", 0))
-        batch.notes.append(("deleted", reply_to, sids, counts))
-
     def _wait_for_store(self) -> None:
         delay = 0.5
         while True:
@@ -327,7 +252,7 @@ class Ingest(threading.Thread):
 
     def _send_batch(self, batch: Batch) -> None:
         for sid, evs in batch.pub.items():  # persisted: now publish
-            for chunk in _chunks(evs):
+            for chunk in evs.chunks():
                 try:
                     frames = self.pub_codec.pack("events", {"session": sid, "events": chunk})
                 except PayloadError:  # too deep to wrap in a message: clients fill the gap from the store
@@ -374,183 +299,6 @@ class Ingest(threading.Thread):
             elif msg[:1] == b"\x00":
                 self.topics.discard(msg[1:])
 
-    # ---- daemon-side items ------------------------------------------------------------------------
-    def _on_internal(self, item: tuple[Any, ...], b: Batch) -> None:
-        op = item[0]
-        if op == "event":
-            _, sid, kind, payload, node_id, reply_to = item
-            self.outcap.learn(sid, kind, payload)
-            if kind == "session.created" and self._cursor(sid) is None:
-                self.cursors[sid] = SessionCursor(id=sid)
-            cur = self._cursor(sid)
-            if cur is not None and kind == "session.ended" and not cur.terminal:
-                # Whatever the runner recorded and we do not have yet goes in first: its events, and its
-                # own outcome (session.finished), which the final status is decided from.
-                self._ingest_spool(cur, b)
-                if (total := self.outcap.final(sid)) is not None:
-                    self._append(cur, time.time(), "output.truncated", "d", None, None, None, total, b)
-            if cur is None:
-                self.log.error("daemon event for unknown session dropped", session_id=sid, kind=kind)
-                if reply_to is not None:
-                    b.notes.append(("refused", reply_to, "not_found", f"no session {sid!r}"))
-                return
-            if kind == "approval.resolved":
-                # The one place an approval is resolved: ingest is single-threaded, so exactly once.
-                refusal = _refuse_resolution(cur, payload)
-                if refusal is not None:
-                    if reply_to is not None:
-                        b.notes.append(("refused", reply_to, *refusal))
-                    return
-            try:
-                stored = self._append(cur, time.time(), kind, "d", None, node_id, None, payload, b)
-            except TypeError:  # a payload JSON cannot carry (nested too deeply): refused, not a crash
-                self.count("dropped.internal.unencodable")
-                stored = False
-            if not stored:
-                if reply_to is not None:
-                    b.notes.append(("refused", reply_to, "store_error", "the store refused this change"))
-                return
-            if kind == "approval.resolved":
-                b.to_runners.append((sid, "approval.resolved", payload))
-            if reply_to is not None:
-                b.notes.append(("committed", reply_to, sid, cur.last_seq, payload))
-        elif op == "delete":  # retention: whole sessions, after this batch (see _delete_sessions)
-            _, sids, reply_to = item
-            b.deletes.append((list(sids), reply_to))
-        elif op in ("skill.save", "skill.delete"):  # the skills table: written here too (one writer)
-            b.jobs.append(item)
-        elif op == "send":  # a message for a runner, e.g. cancel
-            _, sid, type_, body = item
-            b.to_runners.append((sid, type_, body))
-
-    # ---- runner frames ----------------------------------------------------------------------------
-    def _on_runner_message(self, identity: bytes, msg: Message, b: Batch) -> None:
-        sid = msg.body.get("session")
-        if not isinstance(sid, str) or sid != runner_session(identity):
-            self.count("dropped.runner.bad_session")
-            self._warn("runner frame dropped", "bad_session", session_id=str(sid)[:64])
-            return
-        cur = self._cursor(sid)
-        if cur is None:
-            self.count("dropped.runner.unknown_session")
-            self._warn("runner frame dropped", "unknown_session", session_id=sid[:64])
-            return
-        self.last_seen[sid] = time.time()
-        self.routes[sid] = identity  # signed with this session's key: this is where its runner is now
-        for type_, msg_body in self._waiting_for_hello.pop(sid, []):  # control sent before it could be delivered
-            b.to_runners.append((sid, type_, msg_body))
-        if msg.type == "hello":
-            self._on_hello(sid, identity, msg.body, b)
-            return
-        if msg.type == "heartbeat":
-            return
-        if msg.type != "events":
-            self.count("dropped.runner.unknown_type")
-            return
-        evs = msg.body.get("events")
-        if not isinstance(evs, list):
-            self.count("dropped.runner.malformed")
-            return
-        self._on_events(cur, identity, evs, b)
-
-    def _on_hello(self, sid: str, identity: bytes, body: dict[str, Any], b: Batch) -> None:
-        b.acks[sid] = (identity, b.acks.get(sid, (identity, False))[1])
-        waiting = body.get("waiting_approvals")
-        ids = [a for a in waiting if isinstance(a, str)][:100] if isinstance(waiting, list) else []
-        for r in self.writer.resolutions(sid, ids):  # answered while we could not tell it
-            b.to_runners.append((sid, "approval.resolved", {
-                "approval_id": r["id"], "decision": r["decision"], "feedback": r["feedback"],
-                "hypothesis": r["hypothesis"], "by": r["resolved_by"], "via": r["resolved_via"]}))
-
-    def _on_events(self, cur: SessionCursor, identity: bytes | None, evs: list[Any], b: Batch) -> None:
-        sid = cur.id
-        resend = b.acks.get(sid, (identity, False))[1]
-        live_list = b.pub.setdefault(sid, []) if self._is_live(sid) else None
-        dumps = orjson.dumps
-        rows = b.rows
-        fast = not self._safe
-        hot = 0
-        for ev in evs:
-            if not (isinstance(ev, list) and len(ev) == 6 and isinstance(ev[0], int)):
-                # Without a readable src_seq nothing after it can be placed; asking for a resend would
-                # only bring the same bytes back, so the rest of this batch is dropped and counted.
-                self.count("dropped.runner.malformed")
-                break
-            src_seq = ev[0]
-            if src_seq <= cur.runner_seq:
-                self.count("duplicates_ignored")
-                continue
-            if src_seq != cur.runner_seq + 1:
-                # a gap: something before this was lost in transit (e.g. across a daemon restart)
-                now = time.monotonic()
-                if now - self._last_resend.get(sid, 0.0) > RESEND_INTERVAL_S:
-                    self._last_resend[sid] = now
-                    resend = True
-                break
-            cur.runner_seq = src_seq
-            _, ts, kind, node_id, parent, payload = ev
-            if kind == "output" and (cut := self.outcap.drop(sid, payload)) is not False:  # past the cap
-                if cut is not True:
-                    self._append(cur, time.time(), "output.truncated", "r", src_seq, None, None, cut, b)
-                continue
-            if fast and parent is None and ts.__class__ is float and quick_valid(kind, payload, node_id):
-                # hot path (output, log, custom): no projection to update
-                try:
-                    raw = dumps(payload, default=repr)
-                except TypeError:  # nested too deeply to store
-                    self._reject(cur, src_seq, kind, "payload cannot be stored (nested too deeply)", b)
-                    continue
-                seq = cur.last_seq = cur.last_seq + 1
-                rows.append((sid, seq, ts, kind, "r", src_seq, node_id, None, raw.decode()))
-                if live_list is not None:  # the live copy is the stored bytes, spliced in (not encoded again)
-                    live_list.append((len(raw), [seq, ts, kind, "r", node_id, None, Fragment(raw), src_seq]))
-                hot += 1
-                continue
-            try:
-                if not isinstance(ts, _NUMBER) or isinstance(ts, bool) or not 0 <= ts < 1e11:
-                    raise EventError("timestamp is not a number of seconds")
-                validate(kind, payload, node_id)
-                if parent is not None and not (isinstance(parent, int) and 0 < parent < 2**63):
-                    raise EventError("parent must be an integer (the src_seq of the enclosing event)")
-                if kind in DAEMON_KINDS:
-                    raise EventError(f"{kind} may only be recorded by the daemon")
-                if kind == "approval.requested" and payload["approval_id"] in cur.pending_approvals:
-                    raise EventError("duplicate approval id")
-            except EventError as exc:
-                self._reject(cur, src_seq, kind, str(exc), b)
-                continue
-            try:
-                self._append(cur, float(ts), kind, "r", src_seq, node_id, parent, payload, b)
-            except TypeError:  # nested too deeply to store (_stage encodes before it changes anything)
-                self._reject(cur, src_seq, kind, "payload cannot be stored (nested too deeply)", b)
-        b.count += hot
-        if identity is not None:
-            b.acks[sid] = (identity, resend)
-
-    def _reject(self, cur: SessionCursor, src_seq: int, kind: Any, reason: str, b: Batch) -> None:
-        """Record an ``event.rejected`` in the runner's ``src_seq`` slot (the runner's sequence stays gap-free)."""
-        self.count("events_rejected")
-        self._warn("event rejected", "rejected", session_id=cur.id, kind=str(kind)[:64], error=reason[:300])
-        self._append(cur, time.time(), "event.rejected", "r", src_seq, None, None,
-                     {"kind": str(kind)[:64], "reason": reason}, b)
-
-    def _ingest_spool(self, cur: SessionCursor, b: Batch) -> None:
-        """Stage what the session's spool holds beyond the last runner event we have (its runner has ended:
-        the file is complete). Exactly once: records at or below ``runner_seq`` are skipped."""
-        if self.sessions_dir is None:
-            return
-        evs: list[Any] = []
-        try:
-            evs = spooled_events(spool_of(self.sessions_dir, cur.id), cur.runner_seq)
-        except OSError as exc:
-            self.count("spool_unreadable")
-            self.log.error("spool unreadable", session_id=cur.id, error=str(exc))
-        if evs:
-            before = cur.runner_seq
-            self._on_events(cur, None, evs, b)
-            self.count("spool_events_ingested", cur.runner_seq - before)
-            self.log.info("spool ingested", session_id=cur.id, events=cur.runner_seq - before)
-
     def _append(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
                 node_id: str | None, parent: int | None, payload: dict[str, Any], b: Batch) -> bool:
         """Add one event (and its projection changes) to the batch; in safe mode, commit it on its own.
@@ -588,7 +336,7 @@ class Ingest(threading.Thread):
 
     def _stage(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
                node_id: str | None, parent: int | None, payload: dict[str, Any], rows: list[EventRow],
-               changes: RowChanges, pub: dict[str, list[LiveEvent]], notes: list[tuple[Any, ...]],
+               changes: RowChanges, pub: dict[str, LiveEvents], notes: list[tuple[Any, ...]],
                ended: set[str]) -> None:
         seq = cur.last_seq + 1
         if kind == "file.shipped":  # a remote runner's file: the bytes go to the work directory, not the store
@@ -612,8 +360,8 @@ class Ingest(threading.Thread):
             cur.last_seq = seq
         rows.append((cur.id, seq, ts, kind, src, seq if src_seq is None else src_seq, node_id, parent, text))
         if self._is_live(cur.id):  # what clients see live is exactly the stored text, encoded once
-            pub.setdefault(cur.id, []).append((len(text), [seq, ts, kind, src, node_id, parent, Fragment(text),
-                                                           seq if src_seq is None else src_seq]))
+            pub.setdefault(cur.id, LiveEvents()).add(len(text), [seq, ts, kind, src, node_id, parent, Fragment(text),
+                                                                 seq if src_seq is None else src_seq])
 
     def _is_live(self, sid: str) -> bool:
         """Does any client follow this session's live tail?"""
@@ -623,99 +371,3 @@ class Ingest(threading.Thread):
         return any(topic.startswith(t) for t in self.topics)
 
 
-#: allocations between young-generation collections (CPython's default is 700). Decoding one runner frame
-#: allocates thousands of containers; at the default, collections cost ingest as much as the decoding itself.
-GC_GEN0 = 20_000
-
-
-def tune_gc() -> None:
-    """Make the cyclic garbage collector cheap for the event path (process-wide; called as ingest starts).
-
-    Everything the daemon built while starting (modules, the SQLAlchemy metadata, ...) lives as long as the
-    daemon: frozen, so full collections no longer walk it. And the young generation is collected every
-    :data:`GC_GEN0` allocations instead of 700. Events are acyclic lists and dicts freed by reference
-    counting; the collector is kept (cycles elsewhere are still collected), only run less often."""
-    gc.freeze()
-    gen0, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(max(GC_GEN0, gen0), gen1, gen2)
-
-
-class _BadIdentity(WireError):
-    reason = "bad_session"
-
-    def __init__(self) -> None:
-        super().__init__("routing id names no session")
-
-
-def runner_session(identity: bytes) -> str | None:
-    """The session a runner's routing id claims (``<session id>:<random>``; a bare id is accepted too).
-    A claim only: the frame must still verify with that session's key."""
-    sid = identity.split(b":", 1)[0]
-    if not 0 < len(sid) <= 64:
-        return None
-    try:
-        return sid.decode("ascii")
-    except UnicodeDecodeError:
-        return None
-
-
-@dataclass
-class Batch:
-    """What one pass over incoming items produced: rows and projection changes to commit, then what to
-    publish, acknowledge and tell the rest of the daemon once they are committed."""
-
-    rows: list[EventRow] = field(default_factory=list)
-    changes: RowChanges = field(default_factory=RowChanges)
-    acks: dict[str, tuple[bytes, bool]] = field(default_factory=dict)
-    #: per session, the committed events to publish: (payload size, event with its payload pre-encoded)
-    pub: dict[str, list[LiveEvent]] = field(default_factory=dict)
-    notes: list[tuple[Any, ...]] = field(default_factory=list)
-    #: retention requests: (session ids, reply_to), run after this batch is committed
-    deletes: list[tuple[list[str], Any]] = field(default_factory=list)
-    #: other writes after this batch: (op, argument, reply_to)
-    jobs: list[tuple[Any, ...]] = field(default_factory=list)
-    to_runners: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
-    ended: set[str] = field(default_factory=set)
-    count: int = 0
-
-    def merge(self, other: Batch) -> None:
-        """Take over the after-commit work of an event committed on its own (safe mode)."""
-        self.count += len(other.rows)
-        for sid, evs in other.pub.items():
-            self.pub.setdefault(sid, []).extend(evs)
-        self.notes.extend(other.notes)
-        self.ended |= other.ended
-
-
-def _refuse_resolution(cur: SessionCursor, payload: dict[str, Any]) -> tuple[str, str] | None:
-    """Why an approval resolution must not be recorded, or None if it may."""
-    aid = payload.get("approval_id")
-    options = cur.pending_approvals.get(aid) if isinstance(aid, str) else None
-    if options is None:
-        return ("not_pending", f"approval {aid} is not pending (already resolved, or unknown)")
-    decision = payload.get("decision")
-    if payload.get("via") == "timeout" and decision in ("approve", "reject", "fail"):
-        return None  # the request's own policy applies whatever the human options were
-    if decision not in options:
-        return ("bad_decision", f"decision {decision!r} is not allowed here (allowed: {', '.join(options)})")
-    return None
-
-
-PUB_CHUNK_BYTES = 256 * 1024  # live messages: small enough that PUB_SNDHWM of them bound a slow follower
-PUB_SNDHWM = 64
-
-
-def _chunks(evs: list[LiveEvent]) -> list[list[list[Any]]]:
-    """Split a live batch so no message nears the clients' size limit (output chunks can be 64 KiB)."""
-    out: list[list[list[Any]]] = []
-    cur: list[list[Any]] = []
-    size = 0
-    for n, ev in evs:
-        size += 100 + n
-        cur.append(ev)
-        if size > PUB_CHUNK_BYTES:
-            out.append(cur)
-            cur, size = [], 0
-    if cur:
-        out.append(cur)
-    return out

@@ -32,6 +32,7 @@ __all__ = [
     "Codec",
     "PayloadError",
     "encode_json",
+    "json_fallback",
     "nesting_ok",
     "MAX_DEPTH",
 ]
@@ -58,13 +59,13 @@ def encode_json(obj: Any) -> bytes:
     """Encode ``obj`` as JSON the way every labd frame is encoded (unknown types as their repr, big ints
     as strings); raise :class:`PayloadError` for what cannot be encoded at all (too deeply nested)."""
     try:
-        return orjson.dumps(obj, default=_json_fallback, option=orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(obj, default=json_fallback, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError as exc:
         if "ecursion" in str(exc):
             raise PayloadError(f"value nested deeper than {MAX_DEPTH} levels cannot be recorded") from None
     # orjson refuses some values without asking the fallback (ints over 64 bits, tuple keys):
     # sanitise a copy rather than lose the message.
-    return orjson.dumps(_sanitise(obj), default=_json_fallback, option=orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(_sanitise(obj), default=json_fallback, option=orjson.OPT_NON_STR_KEYS)
 
 
 def nesting_ok(obj: Any, limit: int = MAX_DEPTH) -> bool:
@@ -180,7 +181,7 @@ class Codec:
         return Message(type=type_, body=body, id=msg_id, ts=float(ts), re=re if isinstance(re, str) else None)
 
 
-def _json_fallback(obj: Any) -> Any:
+def json_fallback(obj: Any) -> Any:
     """Workflow payloads may hold anything; what JSON cannot carry travels as its repr."""
     if isinstance(obj, set | frozenset):
         return list(obj)

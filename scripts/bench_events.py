@@ -19,6 +19,12 @@ on the live tail (a SUB subscribed to ``session.``, decoding every message like 
 the box's drift hits both alike; medians are compared (goal: following costs <= 10 %, i.e. >= 0.9x). The
 ceilings of step 3 are measured once, after the labd rounds, on rows of the last round's shape.
 
+With ``--baseline DIR`` every round also runs a daemon (and its runners) from another labd tree, alternated with
+this one, so before/after figures come from the same run: DIR holds a ``labd`` package whose subpackages are that
+tree's folders (e.g. ``git archive <rev>`` unpacked, then ``labd/{daemon,runner,ipc,store,frontends}`` symlinked to
+its folders). The CPU per event of each side (daemon, its ingest thread, runners) is robust to the box's load; the
+rates are not.
+
 Prints the figures and the ratios; nothing asserts on timing (noisy shared machine).
 """
 
@@ -35,6 +41,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_common  # noqa: E402
 from bench_common import (  # noqa: E402
     BenchDaemon,
     CpuMeter,
@@ -189,8 +196,19 @@ def ceiling_batchwriter(path: Path, sids: list[str], rows: list[tuple[Any, ...]]
         engine.dispose()
 
 
-def labd_round(args: argparse.Namespace, follow: bool) -> dict[str, Any]:
-    """One labd end-to-end run on a fresh daemon; with ``follow``, a client follows every session live."""
+def labd_round(args: argparse.Namespace, follow: bool, baseline: str | None = None) -> dict[str, Any]:
+    """One labd end-to-end run on a fresh daemon; with ``follow``, a client follows every session live; with
+    ``baseline``, the daemon and its runners import labd from that directory instead of this tree."""
+    repo = bench_common.REPO
+    if baseline is not None:
+        bench_common.REPO = Path(baseline)  # the daemon's PYTHONPATH starts with it
+    try:
+        return _labd_round(args, follow, baseline)
+    finally:
+        bench_common.REPO = repo
+
+
+def _labd_round(args: argparse.Namespace, follow: bool, baseline: str | None) -> dict[str, Any]:
     with BenchDaemon(keep=args.keep) as d:
         c = d.client()
         tail = EventTail(d.home, kinds={"session.ended"}) if follow else None
@@ -232,7 +250,8 @@ def labd_round(args: argparse.Namespace, follow: bool) -> dict[str, Any]:
             conn.close()
     window = ended - created
     mean_ingest, best_ingest = sampler.rates()
-    return {"follow": follow, "sids": sids, "statuses": statuses, "t_client": t_client, "cpu": cpu,
+    return {"follow": follow, "variant": "baseline" if baseline else "this",
+            "sids": sids, "statuses": statuses, "t_client": t_client, "cpu": cpu,
             "total": total, "window": window, "e2e": total / window, "ticks": args.n * len(sids) / window,
             "mean": mean_ingest, "best": best_ingest, "vrows": vrows, "problems": problems, "ddl": ddl,
             "counters": sampler.counters, "live_events": tail.events if tail is not None else 0}
@@ -251,17 +270,21 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=0.25, help="daemon counter sampling interval (s)")
     ap.add_argument("--timeout", type=float, default=300, help="give up waiting for the sessions after this (s)")
     ap.add_argument("--keep", action="store_true", help="keep the temp home (daemon log, database)")
+    ap.add_argument("--baseline", metavar="DIR", help="also run a labd tree importable from DIR, alternated (A/B)")
     args = ap.parse_args()
     interrupt_on_sigterm()
     print_machine(f"{args.sessions} x demo.events n={args.n:,}, {args.rounds} rounds")
     t_begin = time.monotonic()
     try:
         runs: list[dict[str, Any]] = []
+        variants: tuple[str | None, ...] = (None, args.baseline) if args.baseline else (None,)
         for r in range(args.rounds):
             for follow in ((False,) if args.no_follow else (False, True)):
-                print(f"round {r + 1}: {'with' if follow else 'without'} a client following ...", flush=True)
-                runs.append(labd_round(args, follow))
-        last = runs[-1]
+                for base in variants if r % 2 == 0 else variants[::-1]:
+                    print(f"round {r + 1}: {'baseline' if base else 'this tree'}, "
+                          f"{'with' if follow else 'without'} a client following ...", flush=True)
+                    runs.append(labd_round(args, follow, base))
+        last = [run for run in runs if run["variant"] == "this"][-1]
         lost = 0
         for run in runs:
             lost += sum(v[-1] for v in run["vrows"])
@@ -287,14 +310,15 @@ def main() -> int:
             raw_1k = ceiling_raw(dbp, last["ddl"], rows, 1000)
             bw = ceiling_batchwriter(Path(tmp) / "ceiling-bw.db", last["sids"], rows, args.batch)
 
-        def med(follow: bool, key: str) -> float:
-            vals = sorted(run[key] for run in runs if run["follow"] == follow)
+        def med(follow: bool, key: str, variant: str = "this") -> float:
+            vals = sorted(run[key] for run in runs if run["follow"] == follow and run["variant"] == variant)
             return vals[len(vals) // 2] if vals else float("nan")
 
         plain, followed = med(False, "e2e"), med(True, "e2e")
-        print_table(["round", "client following", "end-to-end events/s", "vs raw sqlite3", "daemon mean busy",
+        per_round = len(runs) // args.rounds
+        print_table(["round", "labd", "client following", "end-to-end events/s", "vs raw sqlite3", "daemon mean busy",
                      "best 1 s", "events seen live"],
-                    [[i // (1 if args.no_follow else 2) + 1, "yes" if run["follow"] else "no", fmt_rate(run["e2e"]),
+                    [[i // per_round + 1, run["variant"], "yes" if run["follow"] else "no", fmt_rate(run["e2e"]),
                       ratio(run["e2e"], raw_b), fmt_rate(run["mean"]), fmt_rate(run["best"]),
                       f"{run['live_events']:,}" if run["follow"] else ""] for i, run in enumerate(runs)],
                     title="labd rounds")
@@ -309,15 +333,25 @@ def main() -> int:
              f"{n_rows:,} rows, WAL, NORMAL"],
             ["raw sqlite3 executemany, 1000/commit", fmt_rate(raw_1k), ratio(raw_1k, raw_b), ""],
         ]
+        if args.baseline:
+            b_plain, b_followed = med(False, "e2e", "baseline"), med(True, "e2e", "baseline")
+            table[2:2] = [
+                ["baseline labd end to end, median", fmt_rate(b_plain), ratio(b_plain, raw_b),
+                 f"this tree: {ratio(plain, b_plain)} of baseline"],
+                ["baseline, client following all, median", fmt_rate(b_followed), ratio(b_followed, raw_b),
+                 f"{ratio(b_followed, b_plain)} of without"]]
         print_table(["path", "rate", "vs raw sqlite3", "notes"], table, title="Event throughput (events/s)")
-        for follow in ((False,) if args.no_follow else (False, True)):
-            sel = [run for run in runs if run["follow"] == follow]
+        for variant, follow in [(v, f) for v in ("this", "baseline") if v == "this" or args.baseline
+                                for f in ((False,) if args.no_follow else (False, True))]:
+            sel = [run for run in runs if run["follow"] == follow and run["variant"] == variant]
             total = sum(run["total"] for run in sel)
             wall = sum(run["cpu"]["wall"] for run in sel)
             dcpu = sum(run["cpu"]["daemon_cpu"] for run in sel)
             icpu = sum(run["cpu"]["busiest_thread_cpu"] for run in sel)
             rcpu = sum(run["cpu"]["runners_cpu"] for run in sel)
-            print(f"CPU {'with' if follow else 'without'} a follower ({wall:.2f} s wall over {len(sel)} rounds): "
+            who = "this tree" if variant == "this" else "baseline"
+            mode = "with" if follow else "without"
+            print(f"CPU, {who}, {mode} a follower ({wall:.2f} s wall over {len(sel)} rounds): "
                   f"per event daemon {dcpu * 1e6 / total:.1f} us (ingest thread {icpu * 1e6 / total:.1f} us, "
                   f"{icpu / wall:.0%} of a core), runners {rcpu * 1e6 / total:.1f} us; raw sqlite3 insert "
                   f"{1e6 / raw_b:.1f} us")

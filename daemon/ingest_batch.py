@@ -1,0 +1,106 @@
+"""What one turn of the ingest loop stages: the :class:`Batch` (rows, projection changes, and what to do once
+they are committed), the live-tail shape of an event, and the memory settings of the event path.
+
+Split from :mod:`labd.daemon.ingest` (the writer loop) and :mod:`labd.daemon.runner_frames` (decoding and
+validating what runners send): both fill a Batch; the writer commits it, then publishes, acknowledges and
+notifies from it.
+"""
+
+from __future__ import annotations
+
+import gc
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import Any
+
+import orjson
+
+from labd.store.projections import RowChanges
+from labd.store.writer import EventRow
+
+__all__ = ["Batch", "LiveEvents", "Fragment", "tune_gc", "PUB_CHUNK_BYTES", "PUB_SNDHWM", "GC_GEN0"]
+
+Fragment = orjson.Fragment  # JSON already encoded, spliced verbatim into a message (orjson >= 3.9)
+
+PUB_CHUNK_BYTES = 256 * 1024  # live messages: small enough that PUB_SNDHWM of them bound a slow follower
+PUB_SNDHWM = 64
+LIVE_OVERHEAD = 100  # bytes counted per live event beside its payload (seq, ts, kind, ...)
+
+
+class LiveEvents:
+    """One session's committed events for the live tail: ``[seq, ts, kind, src, node_id, parent, payload,
+    src_seq]`` with the payload an ``orjson.Fragment`` of the very text stored (encoded once), and beside them
+    their approximate sizes (kept apart so that cutting them into messages is done in C, not per event)."""
+
+    __slots__ = ("sizes", "events")
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.events: list[list[Any]] = []
+
+    def add(self, payload_size: int, event: list[Any]) -> None:
+        self.sizes.append(payload_size + LIVE_OVERHEAD)
+        self.events.append(event)
+
+    def extend(self, other: LiveEvents) -> None:
+        self.sizes += other.sizes
+        self.events += other.events
+
+    def chunks(self) -> list[list[list[Any]]]:
+        """The events cut so no message nears the clients' size limit (output chunks can be 64 KiB): a message
+        ends with the event that takes it past :data:`PUB_CHUNK_BYTES`."""
+        evs = self.events
+        cum = list(accumulate(self.sizes))
+        out: list[list[list[Any]]] = []
+        start, base, n = 0, 0, len(evs)
+        while start < n:
+            end = min(n, bisect_right(cum, base + PUB_CHUNK_BYTES, start) + 1)
+            out.append(evs[start:end])
+            base, start = cum[end - 1], end
+        return out
+
+
+@dataclass
+class Batch:
+    """What one pass over incoming items produced: rows and projection changes to commit, then what to
+    publish, acknowledge and tell the rest of the daemon once they are committed."""
+
+    rows: list[EventRow] = field(default_factory=list)
+    changes: RowChanges = field(default_factory=RowChanges)
+    acks: dict[str, tuple[bytes, bool]] = field(default_factory=dict)
+    #: per session, the committed events to publish (payloads pre-encoded)
+    pub: dict[str, LiveEvents] = field(default_factory=dict)
+    notes: list[tuple[Any, ...]] = field(default_factory=list)
+    #: retention requests: (session ids, reply_to), run after this batch is committed
+    deletes: list[tuple[list[str], Any]] = field(default_factory=list)
+    #: other writes after this batch: (op, argument, reply_to)
+    jobs: list[tuple[Any, ...]] = field(default_factory=list)
+    to_runners: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    ended: set[str] = field(default_factory=set)
+    count: int = 0
+
+    def merge(self, other: Batch) -> None:
+        """Take over the after-commit work of an event committed on its own (safe mode)."""
+        self.count += len(other.rows)
+        for sid, evs in other.pub.items():
+            self.pub.setdefault(sid, LiveEvents()).extend(evs)
+        self.notes.extend(other.notes)
+        self.ended |= other.ended
+
+
+#: allocations between young-generation collections (CPython's default is 700). Decoding one runner frame
+#: allocates thousands of containers; at the default, collections cost ingest as much as the decoding itself.
+GC_GEN0 = 20_000
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for the event path (process-wide; called as ingest starts).
+
+    Everything the daemon built while starting (modules, the SQLAlchemy metadata, ...) lives as long as the
+    daemon: frozen, so full collections no longer walk it. And the young generation is collected every
+    :data:`GC_GEN0` allocations instead of 700. Events are acyclic lists and dicts freed by reference
+    counting; the collector is kept (cycles elsewhere are still collected), only run less often."""
+    gc.freeze()
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(GC_GEN0, gen0), gen1, gen2)

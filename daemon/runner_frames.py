@@ -1,0 +1,279 @@
+"""Ingest's side facing runners: verify a runner's frames, decode them, and stage its events in a batch.
+
+A mixin of :class:`labd.daemon.ingest.Ingest` (it runs on the ingest thread and uses its cursors, writer and
+counters); split from the writer loop because it is a concern of its own: what a runner may send. A frame must
+verify with the key of the session its routing id claims, and name that session in its body; an event must
+carry the next ``src_seq`` (duplicates are skipped, a gap asks for a resend), must not be of a daemon kind, and
+must pass its kind's schema — an invalid one is stored as ``event.rejected`` in its ``src_seq`` slot.
+
+The hot loop (:meth:`RunnerFrames._on_events`) is the per-event cost of the whole event path (docs/design.md,
+"Ingest per event"): sequence numbers are kept in locals, the commonest kinds are checked inline, and each
+payload is encoded once — the text stored is the text the live tail splices in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from labd.daemon.ingest_batch import LIVE_OVERHEAD, Batch, Fragment, LiveEvents
+from labd.daemon.outputcap import OutputCaps
+from labd.daemon.spools import spool_of, spooled_events
+from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
+from labd.ipc.signing import derive_key
+from labd.ipc.wire import Codec, Message, WireError
+from labd.store.projections import SessionCursor
+
+if TYPE_CHECKING:
+    from labd.store.writer import BatchWriter
+
+__all__ = ["RunnerFrames", "runner_session", "RESEND_INTERVAL_S"]
+
+RESEND_INTERVAL_S = 0.5  # at most one resend request per session this often (a gap shows in every later frame)
+_NUMBER = (int, float)
+_dumps = orjson.dumps
+
+
+class RunnerFrames:
+    """Runner frames -> staged events (mixin of the ingest thread; see the module docstring)."""
+
+    # provided by Ingest
+    _key: bytes
+    max_message: int
+    writer: BatchWriter
+    sessions_dir: Path | None
+    outcap: OutputCaps
+    log: Any
+    cursors: dict[str, SessionCursor]
+    routes: dict[str, bytes]
+    last_seen: dict[str, float]
+    _runner_codecs: dict[str, Codec]
+    _last_resend: dict[str, float]
+    _waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]]
+    _safe: bool
+    _warn: Callable[..., None]  # a line a second per reason (WarnLimiter)
+
+    def count(self, name: str, n: int = 1) -> None:
+        raise NotImplementedError
+
+    def _cursor(self, sid: str) -> SessionCursor | None:
+        raise NotImplementedError
+
+    def _is_live(self, sid: str) -> bool:
+        raise NotImplementedError
+
+    def _append(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
+                node_id: str | None, parent: int | None, payload: dict[str, Any], b: Batch) -> bool:
+        raise NotImplementedError
+
+    # ---- per-session credentials ------------------------------------------------------------------
+    def key_for(self, session_id: str) -> bytes:
+        """The key a session's runner signs with (docs/security.md): never the daemon's own."""
+        return derive_key(self._key, session_id)
+
+    def _codec_for(self, session_id: str) -> Codec:
+        codec = self._runner_codecs.get(session_id)
+        if codec is None:  # cached by the caller once a frame verified with it
+            codec = Codec(self.key_for(session_id), max_message=self.max_message)
+        return codec
+
+    # ---- frames -----------------------------------------------------------------------------------
+    def _process_frames(self, frames: list[bytes], batch: Batch, *, seen: bool) -> None:
+        """Verify, decode and stage one runner message ``[identity, signature, body]``; a bad one is counted."""
+        sid = runner_session(frames[0])
+        try:
+            if sid is None:
+                raise _BadIdentity()
+            codec = self._codec_for(sid)
+            msg = codec.unpack(frames[1:], seen=seen)
+            self._runner_codecs.setdefault(sid, codec)
+        except WireError as exc:
+            if not seen:
+                self.count(f"dropped.runner.{exc.reason}")
+                self._warn("runner frame dropped", exc.reason, error=str(exc)[:300])
+            return
+        try:
+            self._on_runner_message(frames[0], msg, batch)
+        except Exception:  # noqa: BLE001 - a frame we cannot handle is counted and dropped
+            self.count("dropped.runner.error")
+            self.log.exception("runner frame dropped")
+
+    def _on_runner_message(self, identity: bytes, msg: Message, b: Batch) -> None:
+        sid = msg.body.get("session")
+        if not isinstance(sid, str) or sid != runner_session(identity):
+            self.count("dropped.runner.bad_session")
+            self._warn("runner frame dropped", "bad_session", session_id=str(sid)[:64])
+            return
+        cur = self._cursor(sid)
+        if cur is None:
+            self.count("dropped.runner.unknown_session")
+            self._warn("runner frame dropped", "unknown_session", session_id=sid[:64])
+            return
+        self.last_seen[sid] = time.time()
+        self.routes[sid] = identity  # signed with this session's key: this is where its runner is now
+        for type_, msg_body in self._waiting_for_hello.pop(sid, []):  # control sent before it could be delivered
+            b.to_runners.append((sid, type_, msg_body))
+        if msg.type == "hello":
+            self._on_hello(sid, identity, msg.body, b)
+            return
+        if msg.type == "heartbeat":
+            return
+        if msg.type != "events":
+            self.count("dropped.runner.unknown_type")
+            return
+        evs = msg.body.get("events")
+        if not isinstance(evs, list):
+            self.count("dropped.runner.malformed")
+            return
+        self._on_events(cur, identity, evs, b)
+
+    def _on_hello(self, sid: str, identity: bytes, body: dict[str, Any], b: Batch) -> None:
+        b.acks[sid] = (identity, b.acks.get(sid, (identity, False))[1])
+        waiting = body.get("waiting_approvals")
+        ids = [a for a in waiting if isinstance(a, str)][:100] if isinstance(waiting, list) else []
+        for r in self.writer.resolutions(sid, ids):  # answered while we could not tell it
+            b.to_runners.append((sid, "approval.resolved", {
+                "approval_id": r["id"], "decision": r["decision"], "feedback": r["feedback"],
+                "hypothesis": r["hypothesis"], "by": r["resolved_by"], "via": r["resolved_via"]}))
+
+    # ---- events -----------------------------------------------------------------------------------
+    def _on_events(self, cur: SessionCursor, identity: bytes | None, evs: list[Any], b: Batch) -> None:
+        """Stage a runner's events ``[src_seq, ts, kind, node_id, parent, payload]`` in order.
+
+        The loop keeps the session's ``runner_seq`` and ``last_seq`` in locals and writes them back to the
+        cursor around anything that reads or changes it (the slow path, and the end)."""
+        sid = cur.id
+        resend = b.acks.get(sid, (identity, False))[1]
+        live = b.pub.setdefault(sid, LiveEvents()) if self._is_live(sid) else None
+        live_sizes = live.sizes.append if live is not None else None
+        live_events = live.events.append if live is not None else None
+        rows_append = b.rows.append
+        fast = not self._safe
+        hot = 0
+        runner_seq, last_seq = cur.runner_seq, cur.last_seq
+        in_slow = False  # True while a slow path runs: then the cursor, not the locals, is current
+        try:
+            for ev in evs:
+                if ev.__class__ is not list or len(ev) != 6 or not isinstance(ev[0], int):
+                    # Without a readable src_seq nothing after it can be placed; asking for a resend would
+                    # only bring the same bytes back, so the rest of this batch is dropped and counted.
+                    self.count("dropped.runner.malformed")
+                    break
+                src_seq, ts, kind, node_id, parent, payload = ev
+                if src_seq != runner_seq + 1:
+                    if src_seq <= runner_seq:
+                        self.count("duplicates_ignored")
+                        continue
+                    # a gap: something before this was lost in transit (e.g. across a daemon restart)
+                    now = time.monotonic()
+                    if now - self._last_resend.get(sid, 0.0) > RESEND_INTERVAL_S:
+                        self._last_resend[sid] = now
+                        resend = True
+                    break
+                runner_seq = src_seq
+                if kind == "output" and (cut := self.outcap.drop(sid, payload)) is not False:  # past the cap
+                    if cut is not True:
+                        cur.runner_seq, cur.last_seq, in_slow = runner_seq, last_seq, True
+                        self._append(cur, time.time(), "output.truncated", "r", src_seq, None, None, cut, b)
+                        runner_seq, last_seq, in_slow = cur.runner_seq, cur.last_seq, False  # (safe mode reloads)
+                    continue
+                # Hot path: custom, log and output events, which update no projection. A custom event is checked
+                # inline (the commonest kind in bulk); the others by quick_valid.
+                if fast and parent is None and ts.__class__ is float and (
+                        (kind == "custom" and payload.__class__ is dict and payload.get("name").__class__ is str
+                         and (node_id is None or node_id.__class__ is str))
+                        or quick_valid(kind, payload, node_id)):
+                    try:
+                        text = _dumps(payload, default=repr).decode()
+                    except TypeError:  # nested too deeply to store
+                        cur.runner_seq, cur.last_seq, in_slow = runner_seq, last_seq, True
+                        self._reject(cur, src_seq, kind, "payload cannot be stored (nested too deeply)", b)
+                        runner_seq, last_seq, in_slow = cur.runner_seq, cur.last_seq, False
+                        continue
+                    last_seq += 1
+                    rows_append((sid, last_seq, ts, kind, "r", src_seq, node_id, None, text))
+                    if live_events is not None:  # the live copy is the stored text, spliced in (not encoded again)
+                        live_sizes(len(text) + LIVE_OVERHEAD)  # type: ignore[misc]
+                        live_events([last_seq, ts, kind, "r", node_id, None, Fragment(text), src_seq])
+                    hot += 1
+                    continue
+                cur.runner_seq, cur.last_seq, in_slow = runner_seq, last_seq, True
+                self._slow_event(cur, src_seq, ts, kind, node_id, parent, payload, b)
+                runner_seq, last_seq, in_slow = cur.runner_seq, cur.last_seq, False
+        finally:
+            # Also when an exception ends the frame (it is counted and dropped by the caller): the rows staged
+            # so far keep their seqs, so the cursor must cover them.
+            if not in_slow:
+                cur.runner_seq, cur.last_seq = runner_seq, last_seq
+            b.count += hot
+        if identity is not None:
+            b.acks[sid] = (identity, resend)
+
+    def _slow_event(self, cur: SessionCursor, src_seq: int, ts: Any, kind: Any, node_id: Any, parent: Any,
+                    payload: Any, b: Batch) -> None:
+        """One event off the hot path (projected kinds, anything invalid, safe mode); the cursor is
+        current (``runner_seq`` already covers ``src_seq``)."""
+        try:
+            if not isinstance(ts, _NUMBER) or isinstance(ts, bool) or not 0 <= ts < 1e11:
+                raise EventError("timestamp is not a number of seconds")
+            validate(kind, payload, node_id)
+            if parent is not None and not (isinstance(parent, int) and 0 < parent < 2**63):
+                raise EventError("parent must be an integer (the src_seq of the enclosing event)")
+            if kind in DAEMON_KINDS:
+                raise EventError(f"{kind} may only be recorded by the daemon")
+            if kind == "approval.requested" and payload["approval_id"] in cur.pending_approvals:
+                raise EventError("duplicate approval id")
+        except EventError as exc:
+            self._reject(cur, src_seq, kind, str(exc), b)
+            return
+        try:
+            self._append(cur, float(ts), kind, "r", src_seq, node_id, parent, payload, b)
+        except TypeError:  # nested too deeply to store (_stage encodes before it changes anything)
+            self._reject(cur, src_seq, kind, "payload cannot be stored (nested too deeply)", b)
+
+    def _reject(self, cur: SessionCursor, src_seq: int, kind: Any, reason: str, b: Batch) -> None:
+        """Record an ``event.rejected`` in the runner's ``src_seq`` slot (the runner's sequence stays gap-free)."""
+        self.count("events_rejected")
+        self._warn("event rejected", "rejected", session_id=cur.id, kind=str(kind)[:64], error=reason[:300])
+        self._append(cur, time.time(), "event.rejected", "r", src_seq, None, None,
+                     {"kind": str(kind)[:64], "reason": reason}, b)
+
+    def _ingest_spool(self, cur: SessionCursor, b: Batch) -> None:
+        """Stage what the session's spool holds beyond the last runner event we have (its runner has ended:
+        the file is complete). Exactly once: records at or below ``runner_seq`` are skipped."""
+        if self.sessions_dir is None:
+            return
+        evs: list[Any] = []
+        try:
+            evs = spooled_events(spool_of(self.sessions_dir, cur.id), cur.runner_seq)
+        except OSError as exc:
+            self.count("spool_unreadable")
+            self.log.error("spool unreadable", session_id=cur.id, error=str(exc))
+        if evs:
+            before = cur.runner_seq
+            self._on_events(cur, None, evs, b)
+            self.count("spool_events_ingested", cur.runner_seq - before)
+            self.log.info("spool ingested", session_id=cur.id, events=cur.runner_seq - before)
+
+
+class _BadIdentity(WireError):
+    reason = "bad_session"
+
+    def __init__(self) -> None:
+        super().__init__("routing id names no session")
+
+
+def runner_session(identity: bytes) -> str | None:
+    """The session a runner's routing id claims (``<session id>:<random>``; a bare id is accepted too).
+    A claim only: the frame must still verify with that session's key."""
+    sid = identity.split(b":", 1)[0]
+    if not 0 < len(sid) <= 64:
+        return None
+    try:
+        return sid.decode("ascii")
+    except UnicodeDecodeError:
+        return None

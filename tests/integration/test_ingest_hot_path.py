@@ -1,0 +1,98 @@
+"""Ingest's hot path (custom, log and output events checked inline, payload encoded once for the store and the
+live tail) keeps every guarantee of the slow path: invalid events become ``event.rejected`` in their slot, daemon
+kinds cannot be forged, and what a follower sees live is exactly what is stored."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import zmq
+
+from labd.ipc.client import event_from_wire
+from labd.ipc.signing import derive_key
+from labd.ipc.wire import Codec, encode_json
+from tests.conftest import wait_until
+
+
+def _impostor_runner(c: Any) -> tuple[str, Codec, zmq.Socket]:
+    """A finished session, and a DEALER that speaks for it on the runner socket (as its runner would)."""
+    sid = c.start("demo.sleep", params={"seconds": 30})
+    wait_until(lambda: c.session(sid)["status"] == "running")
+    c.kill(sid)
+    c.wait(sid, timeout=30)
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.ROUTING_ID, f"{sid}:hotpath".encode())
+    s.connect(c.info.runners)
+    return sid, Codec(derive_key(c.info.key_bytes, sid)), s
+
+
+def _send(codec: Codec, s: zmq.Socket, sid: str, evs: list[list[Any]]) -> int:
+    """Send pre-encoded events the way the runner's channel does (spliced, not re-encoded); returns ack.next."""
+    s.send_multipart(codec.pack_events(sid, [encode_json(ev) for ev in evs]))
+    assert s.poll(10_000), "no ack"
+    ack = codec.unpack(s.recv_multipart())
+    assert ack.type == "ack"
+    return int(ack.body["next"])
+
+
+def test_hot_path_rejects_what_it_must_and_the_live_copy_is_the_stored_text(daemon) -> None:
+    """Events that look like hot-path kinds but break their schema (a custom name that is not a string, a
+    payload that is not an object, a node id that is not a string, a timestamp that is not a number), and a
+    forged daemon kind, are each stored as ``event.rejected`` in their own ``src_seq`` slot, with ``seq`` and
+    ``src_seq`` gap-free; the valid events around them are stored, and a client following the session live
+    receives exactly the stored events with the stored payloads (non-ASCII text included)."""
+    with daemon.client() as c:
+        sid, codec, s = _impostor_runner(c)
+        nxt = max(e["src_seq"] for e in c.history(sid) if e["src"] == "runner") + 1
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, f"session.{sid}".encode())
+        sub.connect(c.info.events)
+        live: list[dict[str, Any]] = []
+        pub_codec = Codec(c.info.key_bytes)
+
+        def drain(wait_ms: int) -> None:
+            while sub.poll(wait_ms):
+                frames = sub.recv_multipart()
+                live.extend(event_from_wire(item) for item in pub_codec.unpack(frames[1:]).body["events"])
+                wait_ms = 200
+
+        # the subscription reaches the daemon asynchronously: warm up until an event is seen live
+        for _ in range(50):
+            nxt = _send(codec, s, sid, [[nxt, time.time(), "custom", None, None, {"name": "warm-up"}]])
+            drain(200)
+            if live:
+                break
+        assert live, "the live tail never started"
+        live.clear()
+        first = nxt
+        now = time.time()
+        evs = [
+            [nxt, now, "custom", None, None, {"name": "ok", "data": "é ✓ \u2028 \"quoted\""}],
+            [nxt + 1, now, "custom", None, None, {"name": 5}],
+            [nxt + 2, now, "custom", None, None, ["not", "an", "object"]],
+            [nxt + 3, now, "custom", 7, None, {"name": "bad node"}],
+            [nxt + 4, "1.0", "custom", None, None, {"name": "string ts"}],
+            [nxt + 5, now, "custom", None, None, {"data": "no name"}],
+            [nxt + 6, now, "log", None, None, {"level": 3, "event": "bad level"}],
+            [nxt + 7, now, "session.ended", None, None, {"status": "completed"}],
+            [nxt + 8, now, "custom", "n1", nxt, {"name": "with parent", "data": {"k": [1, 2.5, None]}}],
+            [nxt + 9, now, "output", None, None, {"stream": "stdout", "text": "line\n"}],
+        ]
+        assert _send(codec, s, sid, evs) == nxt + 10
+        stored = [e for e in c.history(sid) if e["src"] == "runner" and e["src_seq"] >= first]
+        assert [e["src_seq"] for e in stored] == list(range(first, first + 10))
+        every = list(c.history(sid))
+        assert [e["seq"] for e in every] == list(range(1, len(every) + 1))
+        assert [e["kind"] for e in stored] == ["custom"] + ["event.rejected"] * 7 + ["custom", "output"]
+        assert [e["payload"]["kind"] for e in stored[1:8]] == ["custom"] * 5 + ["log", "session.ended"]
+        assert stored[0]["payload"] == evs[0][5]
+        assert stored[8]["payload"] == evs[8][5] and stored[8]["node_id"] == "n1" and stored[8]["parent"] == first
+        assert c.session(sid)["status"] != "completed"  # the forged session.ended changed nothing
+        wait_until(lambda: (drain(100), len(live) >= 10)[1], timeout=30, what="the live copies")
+        key = ("seq", "kind", "src_seq", "node_id", "parent", "payload")
+        assert [[e[k] for k in key] for e in live[:10]] == [[e[k] for k in key] for e in stored]
+        sub.close(0)
+        s.close(0)
