@@ -90,6 +90,8 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         #: control messages for runners that have not said hello yet (e.g. pause right after start)
         self._waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self._safe = False  # safe mode: commit event by event (after the store refused a batch)
+        self._deferred: list[list[bytes]] = []  # runner frames that overtook their session.created (runner_frames)
+        self._frame: tuple[list[bytes], bool] | None = None
         self.ready = threading.Event()
         self.failed: BaseException | None = None
         self.beat = time.monotonic()  # last turn of the loop: the systemd watchdog pings only while it moves
@@ -153,8 +155,9 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         stopping = False
         while not stopping:
             self.beat = time.monotonic()
-            ready = dict(poller.poll(200))
-            if not ready:
+            # frames deferred last pass (runner_frames._unknown) get the next pass at once, not after a wait
+            ready = dict(poller.poll(0 if self._deferred else 200))
+            if not ready and not self._deferred:
                 continue
             if self.pub in ready:
                 self._on_subscriptions()
@@ -175,6 +178,10 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
             # objects: holding several at once costs GC time); the raw frames are kept in case the
             # batch must be processed again.
             nbytes = 0
+            deferred, self._deferred = self._deferred, []
+            for frames in deferred:  # verified last pass; their sessions' items were just taken
+                frames_list.append(frames)
+                self._process_frames(frames, batch, seen=True)
             while len(batch.rows) < MAX_BATCH and nbytes < MAX_BATCH_BYTES:
                 try:
                     frames = self.router.recv_multipart(zmq.NOBLOCK)

@@ -56,6 +56,9 @@ class RunnerFrames:
     _waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]]
     _safe: bool
     _warn: Callable[..., None]  # a line a second per reason (WarnLimiter)
+    #: verified frames of a session ingest did not know yet, processed again in the next pass (see _unknown)
+    _deferred: list[list[bytes]]
+    _frame: tuple[list[bytes], bool] | None  # the frame being processed, and whether for the first time
 
     def count(self, name: str, n: int = 1) -> None:
         raise NotImplementedError
@@ -96,11 +99,30 @@ class RunnerFrames:
                 self.count(f"dropped.runner.{exc.reason}")
                 self._warn("runner frame dropped", exc.reason, error=str(exc)[:300])
             return
+        self._frame = (frames, not seen)
         try:
             self._on_runner_message(frames[0], msg, batch)
         except Exception:  # noqa: BLE001 - a frame we cannot handle is counted and dropped
             self.count("dropped.runner.error")
             self.log.exception("runner frame dropped")
+        finally:
+            self._frame = None
+
+    def _unknown(self, sid: str) -> None:
+        """A verified frame of a session the store does not have (yet). A runner's first frame can overtake its
+        ``session.created``: the daemon queued that before the launch, but this pass took the daemon's items
+        before the runner existed. Such a frame waits for one more pass (which takes the daemon's items first)
+        instead of being dropped, which would cost its runner a resend timeout; still unknown then, it is dropped.
+        Only frames signed with the session's own key get here, at most one pass's worth."""
+        assert self._frame is not None
+        frames, first = self._frame
+        if first:
+            self._deferred.append(frames)
+            self.count("runner.deferred")
+            return
+        if not any(frames is f for f in self._deferred):  # (a store retry's pass over a frame deferred just now)
+            self.count("dropped.runner.unknown_session")
+            self._warn("runner frame dropped", "unknown_session", session_id=sid[:64])
 
     def _on_runner_message(self, identity: bytes, msg: Message, b: Batch) -> None:
         sid = msg.body.get("session")
@@ -110,8 +132,7 @@ class RunnerFrames:
             return
         cur = self._cursor(sid)
         if cur is None:
-            self.count("dropped.runner.unknown_session")
-            self._warn("runner frame dropped", "unknown_session", session_id=sid[:64])
+            self._unknown(sid)
             return
         self.last_seen[sid] = time.time()
         self.routes[sid] = identity  # signed with this session's key: this is where its runner is now

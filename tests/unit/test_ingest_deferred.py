@@ -1,0 +1,130 @@
+"""A runner's first frame may overtake its ``session.created`` inside one ingest pass (the daemon queued the
+event before the launch, but the pass had already taken the daemon's items when the runner's frame came in).
+Such a frame waits for one more pass instead of being dropped (its runner would only resend it after its
+resend timeout); a frame whose session never appears is still dropped, once, and counted once.
+
+These tests drive the real :class:`~labd.daemon.ingest.Ingest` thread over real ZeroMQ sockets and a real
+SQLite file; the race is made deterministic by queueing ``session.created`` exactly while the pass handles
+the runner's frame."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
+from labd.ipc.signing import derive_key
+from labd.ipc.wire import Codec, encode_json
+from labd.store.db import migrate, open_engine
+from labd.store.writer import BatchWriter
+from tests.conftest import wait_until
+
+KEY = b"k" * 32
+
+
+@pytest.fixture()
+def ingest() -> Iterator[tuple[Ingest, zmq.Context, Path]]:
+    """A running ingest thread on a fresh SQLite store, with its own ZeroMQ context."""
+    tmp = Path(tempfile.mkdtemp(prefix="labd-deferred-"))
+    engine = open_engine(f"sqlite:///{tmp}/s.db")
+    migrate(engine)
+    z = zmq.Context()
+    notify = z.socket(zmq.PULL)
+    notify.bind(INGEST_NOTIFY)
+    ing = Ingest(z, BatchWriter(engine), KEY, "inproc://runners", "inproc://events", {}, {}, 16 << 20, tmp)
+    ing.start()
+    assert ing.ready.wait(10)
+    yield ing, z, tmp
+    stop = z.socket(zmq.PUSH)
+    stop.connect(INGEST_IN)
+    stop.send_pyobj(("stop",))
+    ing.join(10)
+    stop.close(0)
+    notify.close(0)
+    z.term()
+
+
+def _created(sid: str, tmp: Path) -> tuple[Any, ...]:
+    return ("event", sid, "session.created",
+            {"workflow": "demo.events", "name": sid, "params": {}, "limits": {}, "workdir": str(tmp)}, None, None)
+
+
+def _runner(z: zmq.Context, sid: str) -> tuple[zmq.Socket, Codec]:
+    s = z.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.ROUTING_ID, f"{sid}:test".encode())
+    s.connect("inproc://runners")
+    return s, Codec(derive_key(KEY, sid))
+
+
+def _stored(ing: Ingest, sid: str) -> list[tuple[Any, ...]]:
+    """(seq, kind, src_seq) of the session's stored events, read on a connection of this thread."""
+    with ing.writer.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT seq, kind, src_seq FROM events WHERE session_id = ? ORDER BY seq", (sid,)).fetchall()
+    return [tuple(r) for r in rows]
+
+
+def _send_first_event(s: zmq.Socket, codec: Codec, sid: str) -> None:
+    s.send_multipart(codec.pack_events(sid, [encode_json([1, time.time(), "custom", None, None, {"name": "first"}])]))
+
+
+def test_a_runner_frame_that_overtakes_its_session_created_is_stored_not_dropped(ingest, monkeypatch) -> None:
+    """The runner's first event arrives in the same pass as (and before) its session's ``session.created``: it
+    is acknowledged without a resend, stored after ``session.created`` (seq 1, then seq 2), and nothing is
+    counted as dropped."""
+    ing, z, tmp = ingest
+    sid = "a1b2c3d4e5f6"
+    daemon_side = z.socket(zmq.PUSH)
+    daemon_side.connect(INGEST_IN)
+    original = ing._process_frames
+    raced: list[bool] = []
+
+    def racing(frames: list[bytes], batch: Any, *, seen: bool) -> None:
+        if not seen and not raced:  # the daemon queues session.created while this pass handles the frame
+            raced.append(True)
+            daemon_side.send_pyobj(_created(sid, tmp))
+            wait_until(lambda: ing.pull.poll(0), timeout=10)
+        original(frames, batch, seen=seen)
+
+    monkeypatch.setattr(ing, "_process_frames", racing)
+    s, codec = _runner(z, sid)
+    _send_first_event(s, codec, sid)
+    assert s.poll(10_000), "no ack: the frame was dropped (its runner would wait for its resend timeout)"
+    ack = codec.unpack(s.recv_multipart())
+    assert ack.type == "ack" and ack.body["next"] == 2
+    assert raced and ing.counters.get("runner.deferred") == 1
+    assert not ing.counters.get("dropped.runner.unknown_session")
+    assert _stored(ing, sid) == [(1, "session.created", 1), (2, "custom", 1)]
+    s.close(0)
+    daemon_side.close(0)
+
+
+def test_a_frame_of_a_session_that_never_appears_is_dropped_once(ingest) -> None:
+    """A signed frame for a session the store never gets waits one pass, then is dropped: counted once as
+    deferred and once as dropped, never acknowledged, and the ingest thread goes on serving other sessions."""
+    ing, z, tmp = ingest
+    ghost = "0f0f0f0f0f0f"
+    s, codec = _runner(z, ghost)
+    _send_first_event(s, codec, ghost)
+    wait_until(lambda: ing.counters.get("dropped.runner.unknown_session") == 1, timeout=10)
+    assert ing.counters.get("runner.deferred") == 1
+    assert not s.poll(300), "a frame of an unknown session must not be acknowledged"
+    # still serving: a session created the normal way gets its runner's events acknowledged
+    sid = "0123456789ab"
+    daemon_side = z.socket(zmq.PUSH)
+    daemon_side.connect(INGEST_IN)
+    daemon_side.send_pyobj(_created(sid, tmp))
+    wait_until(lambda: _stored(ing, sid), timeout=10)
+    s2, codec2 = _runner(z, sid)
+    _send_first_event(s2, codec2, sid)
+    assert s2.poll(10_000) and codec2.unpack(s2.recv_multipart()).body["next"] == 2
+    assert ing.counters.get("dropped.runner.unknown_session") == 1
+    for sock in (s, s2, daemon_side):
+        sock.close(0)
