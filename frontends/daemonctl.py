@@ -1,23 +1,29 @@
-"""Starting the daemon from scripts: ``labd serve --detach`` and ``labd wait``.
+"""Starting and stopping the daemon from scripts: ``labd serve --detach``, ``labd wait`` and ``labd shutdown``.
 
 ``serve --detach`` starts ``labd serve`` as a detached process (own session, stdin closed, output to a log
 file in the home) and returns only once that very process answers a ping, so the next command works at
 once; if it exits first (another daemon already serves the home, a bad config) it says why and fails.
+``shutdown`` sends the local daemon SIGTERM, exactly what ``systemctl stop`` or Ctrl-C does, and waits until the
+process is gone: the operating system decides who may (the daemon's own user), so no request on the wire can
+stop a daemon, and a remote client cannot.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from labd.ipc.client import Client, LabdError
+from labd.ipc.connection import ConnectionFileError, daemon_alive, read_connection_file
 from labd.ipc.paths import layout_for
 from labd.ipc.ready import wait_for_daemon
 
-__all__ = ["serve_detached", "wait", "DETACH_TIMEOUT"]
+__all__ = ["serve_detached", "wait", "shutdown", "DETACH_TIMEOUT"]
 
 DETACH_TIMEOUT = 60.0  # first start: migrations and the runner template's imports take a few seconds
 
@@ -70,4 +76,36 @@ def wait(home: str | None, timeout: float) -> int:
     """``labd wait``: block until the daemon answers; exit 2 (``LabdError`` timeout) after ``timeout``."""
     pong = wait_for_daemon(home, timeout=timeout)
     print(f"labd daemon pid {pong.get('pid')} ready")
+    return 0
+
+
+def shutdown(home: str | None, timeout: float) -> int:
+    """``labd shutdown``: stop the daemon of ``home`` (SIGTERM) and wait until its process is gone.
+
+    Sessions keep running and the next ``labd serve`` adopts them, unless the daemon serves with ``--drain``:
+    then it first stops them (the ordinary stop ladder). Exit 0 once the daemon is gone; 2 if there is none,
+    or it is still there after ``timeout`` seconds (a draining daemon waits for its sessions)."""
+    layout = layout_for(home)
+    try:
+        with Client(layout.home, timeout=5.0) as c:
+            status = c.status()
+        info = read_connection_file(layout)
+    except (LabdError, ConnectionFileError) as exc:
+        raise LabdError("no_daemon", f"no daemon to stop at {layout.home} ({exc})") from None
+    pid = int(status.get("pid") or 0)
+    if pid != info.pid or not daemon_alive(info):  # the connection file names the process we may signal
+        raise LabdError("no_daemon", f"the daemon that answered (pid {pid}) is not the one {layout.home} names")
+    running = len(status.get("running") or [])
+    os.kill(pid, signal.SIGTERM)
+    print(f"stopping labd daemon pid {pid} ...", file=sys.stderr)
+    deadline = time.monotonic() + timeout
+    while daemon_alive(info):
+        if time.monotonic() > deadline:
+            print(f"labd: daemon pid {pid} is still stopping after {timeout:g}s (a daemon serving with --drain waits "
+                  f"for its sessions; see {layout.home / 'daemon.log'})", file=sys.stderr)
+            return 2
+        time.sleep(0.05)
+    kept = (f"; {running} session keeps running (the next `labd serve` adopts it)" if running == 1 else
+            f"; {running} sessions keep running (the next `labd serve` adopts them)" if running else "")
+    print(f"labd daemon pid {pid} stopped{kept}")
     return 0

@@ -1,4 +1,5 @@
-"""The daemon as a service: `labd wait` (for scripts) and `labd service install|uninstall|status` (systemd).
+"""The daemon as a service: `labd wait` and `labd shutdown` (for scripts) and `labd service install|uninstall|status`
+(systemd).
 
 ``labd serve --detach`` / ``--drain`` are options of ``serve`` (admin.py); the logic lives in
 :mod:`labd.frontends.daemonctl` and :mod:`labd.frontends.service`.
@@ -18,6 +19,10 @@ def cmd_wait(args: argparse.Namespace, ctx: Ctx) -> int:
     return daemonctl.wait(ctx.home, args.timeout)
 
 
+def cmd_shutdown(args: argparse.Namespace, ctx: Ctx) -> int:
+    return daemonctl.shutdown(ctx.home, args.timeout)
+
+
 def cmd_service(args: argparse.Namespace, ctx: Ctx) -> int:
     if args.service_cmd == "install":
         return service.install(ctx.home, drain=args.drain, watchdog_sec=args.watchdog, enable=args.enable)
@@ -29,6 +34,11 @@ def cmd_service(args: argparse.Namespace, ctx: Ctx) -> int:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "wait", cmd_wait, "wait until the daemon answers (for scripts that just started one)")
     s.add_argument("--timeout", type=float, default=30.0, help="give up after this many seconds (default 30)")
+
+    s = command(sub, "shutdown", cmd_shutdown,
+                "stop the daemon (sessions keep running; the next `labd serve` adopts them)")
+    s.add_argument("--timeout", type=float, default=60.0,
+                   help="wait this long for the daemon to exit (default 60; a --drain daemon waits for its sessions)")
 
     s = command(sub, "service", cmd_service, "install, remove or inspect labd as a systemd user service")
     actions = s.add_subparsers(dest="service_cmd", required=True, metavar="ACTION")

@@ -91,6 +91,48 @@ def test_serve_detach_then_ps_works_at_once(isolated_env: Path) -> None:
         kill_runners(isolated_env)
 
 
+def _gone(pid: int) -> bool:
+    """No such process, or only its zombie (the state follows the last ')' of /proc/PID/stat)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_labd_shutdown_stops_the_daemon_and_sessions_keep_running(isolated_env: Path) -> None:
+    """`labd shutdown` stops a detached daemon and returns once its process is gone, saying how many sessions
+    keep running; the running session survives it and the next daemon adopts it; with no daemon, shutdown
+    fails with a clear `no_daemon` error (exit 2)."""
+    from labd.ipc import Client
+
+    r = _labd("serve", "--detach")
+    assert r.returncode == 0, r.stderr
+    pid = int(r.stdout.split("pid ")[1].split()[0])
+    try:
+        with Client(isolated_env) as c:
+            sid = c.start("demo.sleep", params={"seconds": 60})
+            wait_until(lambda: c.session(sid)["status"] == "running", timeout=60)
+            runner = c.session(sid)["pid"]
+        down = _labd("shutdown", "--timeout", "60")
+        assert down.returncode == 0, down.stderr
+        assert f"pid {pid} stopped" in down.stdout and "1 session keeps running" in down.stdout, down.stdout
+        assert _gone(pid), "shutdown returned before the daemon exited"
+        assert Path(f"/proc/{runner}").exists(), "the session's runner must outlive the daemon"
+        again = _labd("serve", "--detach")
+        assert again.returncode == 0, again.stderr
+        with Client(isolated_env) as c:
+            wait_until(lambda: c.session(sid)["status"] == "running" and any(
+                e["kind"] == "session.adopted" for e in c.history(sid)), timeout=60, what="adopted")
+            c.stop(sid, grace=1)
+            c.wait(sid, timeout=60)
+        assert _labd("shutdown").returncode == 0
+        none = _labd("shutdown")
+        assert none.returncode == 2 and "[no_daemon]" in none.stderr, none.stderr
+    finally:
+        kill_runners(isolated_env)
+        _labd("shutdown", "--timeout", "30")
+
+
 def test_labd_wait(isolated_env: Path) -> None:
     """`labd wait` fails (exit 2, timeout) when no daemon comes, and returns as soon as a starting daemon
     answers."""
