@@ -90,8 +90,10 @@ def shutdown(home: str | None, timeout: float) -> int:
         with Client(layout.home, timeout=5.0) as c:
             status = c.status()
         info = read_connection_file(layout)
-    except (LabdError, ConnectionFileError) as exc:
-        raise LabdError("no_daemon", f"no daemon to stop at {layout.home} ({exc})") from None
+    except LabdError as exc:
+        raise LabdError(exc.code, f"nothing to stop: {exc.message}") from None
+    except ConnectionFileError as exc:
+        raise LabdError("no_daemon", f"nothing to stop at {layout.home}: {exc}") from None
     pid = int(status.get("pid") or 0)
     if pid != info.pid or not daemon_alive(info):  # the connection file names the process we may signal
         raise LabdError("no_daemon", f"the daemon that answered (pid {pid}) is not the one {layout.home} names")

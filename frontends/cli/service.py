@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from labd.frontends import daemonctl, service
 from labd.frontends.cli.base import Ctx, command
+from labd.ipc.client import LabdError
 
 __all__ = ["register"]
 
@@ -20,6 +22,10 @@ def cmd_wait(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def cmd_shutdown(args: argparse.Namespace, ctx: Ctx) -> int:
+    # a signal reaches only this machine's daemon: never stop the local one when a remote one was meant
+    if getattr(args, "connect", None) or os.environ.get("LABD_CONNECTION_FILE"):
+        raise LabdError("bad_request", "shutdown stops the daemon on this machine only; it does not take --connect "
+                                       "(on the daemon's machine: `labd shutdown` or `systemctl --user stop labd`)")
     return daemonctl.shutdown(ctx.home, args.timeout)
 
 

@@ -127,7 +127,9 @@ def test_labd_shutdown_stops_the_daemon_and_sessions_keep_running(isolated_env: 
             c.wait(sid, timeout=60)
         assert _labd("shutdown").returncode == 0
         none = _labd("shutdown")
-        assert none.returncode == 2 and "[no_daemon]" in none.stderr, none.stderr
+        assert none.returncode == 2 and "[no_daemon]" in none.stderr and "nothing to stop" in none.stderr, none.stderr
+        remote = _labd("shutdown", "--connect", str(isolated_env / "remote.json"))
+        assert remote.returncode == 2 and "[bad_request]" in remote.stderr and "this machine" in remote.stderr
     finally:
         kill_runners(isolated_env)
         _labd("shutdown", "--timeout", "30")
