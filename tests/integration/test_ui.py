@@ -201,3 +201,16 @@ def test_a_session_page_open_on_a_failed_session_follows_its_resume(page: Any, u
     page.wait_for_selector('#session-head [data-status="completed"]', timeout=30_000)
     assert page.locator('#activity [data-kind="session.ended"]').count() == 2
     assert "fixed the input" in page.locator('#activity [data-kind="session.continued"]').inner_text()
+
+
+def test_a_page_whose_first_load_fails_keeps_trying_and_recovers(page: Any, ui: dict[str, Any]) -> None:
+    """With the daemon down, the approvals page says it could not load (it does not go blank or stop); once a
+    daemon answers again, the same page, without a reload, shows the current state."""
+    daemon = ui["daemon"]
+    daemon.stop()
+    page.goto(ui["base"] + "/#/approvals")
+    page.wait_for_selector("#load-error:not([hidden])")
+    assert "could not load" in page.inner_text("#load-error")
+    daemon.start()
+    page.wait_for_selector("#no-approvals")
+    page.wait_for_selector("#load-error[hidden]", state="attached")

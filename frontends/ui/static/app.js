@@ -33,6 +33,17 @@ const fmtAge = t => { if (!t) return ""; const s = Date.now() / 1000 - t;
 const status = s => el("span", {class: `status s-${s}`, "data-status": s}, s);
 
 // ---- sessions ---------------------------------------------------------------------------------------
+// A page's list is fetched now and then every second. A failed fetch (the daemon busy or restarting) is shown
+// and the next second tries again: one error must never leave a page that has stopped updating.
+async function polled(refresh, main) {
+  const note = el("p", {class: "act-error", id: "load-error", hidden: true});
+  main.append(note);
+  const run = () => refresh().then(() => { note.hidden = true; },
+                                    e => { note.textContent = `could not load: ${e.message}`; note.hidden = false; });
+  await run();
+  timers.push(setInterval(run, 1000));
+}
+
 async function sessionsPage(main) {
   const filter = el("input", {placeholder: "filter by name, workflow or id", id: "filter"});
   const which = el("select", {id: "which"}, el("option", {value: ""}, "all"), el("option", {value: "live"}, "live"),
@@ -52,8 +63,7 @@ async function sessionsPage(main) {
         el("td", {}, s.cost ? `$${s.cost.toFixed(4)}` : ""), el("td", {}, fmtAge(s.created_at)), el("td", {class: "muted"}, (s.reason || "").slice(0, 60)))));
   };
   filter.addEventListener("input", refresh); which.addEventListener("change", refresh);
-  await refresh();
-  timers.push(setInterval(() => refresh().catch(() => {}), 1000));
+  await polled(refresh, main);
 }
 
 async function startForm() {
@@ -213,8 +223,7 @@ async function approvalsPage(main) {
         }}, opt))));
     }));
   };
-  await refresh();
-  timers.push(setInterval(() => refresh().catch(() => {}), 1000));
+  await polled(refresh, main);
 }
 
 // ---- frame ------------------------------------------------------------------------------------------
