@@ -124,6 +124,26 @@ def kill_runners(home: Path) -> None:
 
 
 @contextmanager
+def module_home(prefix: str) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A temporary HOME, runtime dir and labd home for one module's shared daemon, set in the environment while
+    it lasts: (base directory, the variables set). Removed afterwards."""
+    import shutil
+
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    runtime = base / "run"
+    runtime.mkdir(mode=0o700)
+    env = {"HOME": str(base), "XDG_RUNTIME_DIR": str(runtime), "LABD_HOME": str(base / "home"),
+           "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)])}
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            yield base, env
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
 def running_daemon(home: Path, **kwargs: Any) -> Iterator[DaemonProc]:
     """A started daemon on ``home``; stopped, and its runners killed, when the block ends."""
     d = DaemonProc(home, **kwargs).start()

@@ -3,33 +3,20 @@ print and log, cannot touch the runner's event path, and end without running the
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, SUPPORT, running_daemon
+from tests.conftest import module_home, running_daemon
 from tests.integration.stuck import wait_explained
 
 
 @pytest.fixture(scope="module")
 def shared() -> Iterator[Any]:
     """One daemon for the module (each test runs its own session)."""
-    base = Path(tempfile.mkdtemp(prefix="lfork", dir="/tmp"))
-    runtime = base / "run"
-    runtime.mkdir(mode=0o700)
-    env = {"HOME": str(base), "XDG_RUNTIME_DIR": str(runtime), "LABD_HOME": str(base / "home"),
-           "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)])}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        with running_daemon(base / "home") as d, d.client() as c:
-            yield c
-    shutil.rmtree(base, ignore_errors=True)
+    with module_home("lfork") as (base, env), running_daemon(base / "home") as d, d.client() as c:
+        yield c
 
 
 def test_a_child_sigtermed_right_after_fork_dies(shared) -> None:

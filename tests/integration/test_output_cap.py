@@ -4,10 +4,8 @@ daemon backstops a runner that ignores its cap, `show`/`logs` say so, and bad va
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import pytest
 
 from labd.daemon.config import ConfigError, load_config
 from labd.ipc import Client, LabdError
-from tests.conftest import REPO, SUPPORT, running_daemon
+from tests.conftest import SUPPORT, module_home, running_daemon
 
 sys.path.insert(0, str(SUPPORT))
 from labd_faultflows import line  # noqa: E402
@@ -27,17 +25,8 @@ MiB = 2**20
 @pytest.fixture(scope="module")
 def shared() -> Iterator[dict[str, Any]]:
     """One daemon for the whole module (its tests start their own sessions and do not interfere)."""
-    base = Path(tempfile.mkdtemp(prefix="lcap", dir="/tmp"))
-    runtime = base / "run"
-    runtime.mkdir(mode=0o700)
-    env = {"HOME": str(base), "XDG_RUNTIME_DIR": str(runtime), "LABD_HOME": str(base / "home"),
-           "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)])}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        with running_daemon(base / "home") as d:
-            yield {"daemon": d, "env": env}
-    shutil.rmtree(base, ignore_errors=True)
+    with module_home("lcap") as (base, env), running_daemon(base / "home") as d:
+        yield {"daemon": d, "env": env}
 
 
 @pytest.fixture

@@ -5,9 +5,7 @@ can be turned off ([daemon] spare_runners = 0). See docs/design.md, "Start laten
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ import pytest
 
 from labd.daemon.config import ConfigError, load_config
 from labd.ipc import Client
-from tests.conftest import REPO, SUPPORT, running_daemon, wait_until
+from tests.conftest import module_home, running_daemon, wait_until
 
 SECRET = "sk-spare-test-0123456789"
 SPARE_TITLE = "labd: spare runner"
@@ -26,17 +24,9 @@ SPARE_TITLE = "labd: spare runner"
 @pytest.fixture(scope="module")
 def shared() -> Iterator[dict[str, Any]]:
     """One daemon (spare on, the default) for the module, with a secret in its environment."""
-    base = Path(tempfile.mkdtemp(prefix="lspr", dir="/tmp"))
-    runtime = base / "run"
-    runtime.mkdir(mode=0o700)
-    env = {"HOME": str(base), "XDG_RUNTIME_DIR": str(runtime), "LABD_HOME": str(base / "home"),
-           "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)])}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        with running_daemon(base / "home", extra_env={"OPENAI_API_KEY": SECRET}) as d:
-            yield {"daemon": d, "env": env}
-    shutil.rmtree(base, ignore_errors=True)
+    with (module_home("lspr") as (base, env),
+          running_daemon(base / "home", extra_env={"OPENAI_API_KEY": SECRET}) as d):
+        yield {"daemon": d, "env": env}
 
 
 @pytest.fixture
