@@ -98,8 +98,11 @@ class Daemon:
         self._deferred: dict[str, Any] = {}
         #: session.start idempotency keys not yet committed: key -> (session id, request digest, name, time), and
         #: the request that carries each (api/sessions.py); dropped once ingest committed or refused the start
-        self.idempotent_starts: dict[str, tuple[str, str, str, float]] = {}
+        self.idempotent_starts: dict[str, tuple[str, str, str, float, str]] = {}
         self.idempotent_requests: dict[str, str] = {}
+        #: retries of a start that is not committed yet, by the first start's request id: they are answered
+        #: with it, once the session is in the store (so the session a retry names can always be read)
+        self.idempotent_waiters: dict[str, list[tuple[bytes, str]]] = {}
         self.failed = False  # set when the daemon stops because a part of it broke (exit code 1)
 
     def defer(self, reply_to: tuple[bytes, str], result: Any) -> None:
@@ -440,6 +443,7 @@ class Daemon:
                 return
             if note[0] in ("committed", "refused"):  # committed: the store has the key now; refused: no session
                 self.idempotent_starts.pop(self.idempotent_requests.pop(note[1][1], ""), None)
+                self._answer_retries(control, note)
             if note[0] == "committed":
                 _, (identity, req_id), sid, seq, payload = note
                 formatter = self._deferred.pop(req_id, None)
@@ -469,6 +473,18 @@ class Daemon:
                 self.log.error("ingest failed", error=note[1])
             else:
                 self.supervisor.on_note(note)
+
+    def _answer_retries(self, control: zmq.Socket, note: tuple[Any, ...]) -> None:
+        """Answer the keyed retries that waited for this start's commit (or share its refusal)."""
+        for identity, req_id in self.idempotent_waiters.pop(note[1][1], ()):
+            if note[0] == "committed":
+                sid, payload = note[2], note[4]
+                run = self.supervisor.running.get(sid)
+                self._reply(control, identity, req_id, {"session": sid, "name": payload.get("name"),
+                                                        "pid": run.pid if run and run.pid > 0 else None,
+                                                        "replayed": True})
+            else:
+                self._reply(control, identity, req_id, error=ApiError(note[2], note[3]))
 
 
 def _start_telemetry(cfg: Config, engine: Any, home: Path) -> Any:

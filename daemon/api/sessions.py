@@ -166,6 +166,7 @@ def live_view(req: Request, row: dict[str, Any], live: dict[str, dict[str, Any]]
 
 
 MAX_PENDING_KEYS = 10_000  # in-flight idempotency keys remembered in memory (each a few dozen bytes)
+MAX_WAITING_RETRIES = 64  # retries of one uncommitted start held for its commit; more are answered at once
 
 
 def _request_digest(body: dict[str, Any]) -> str:
@@ -191,12 +192,18 @@ class Start(Request):
     def prepare(self, sid: str) -> None:
         """Called with the new session's id before its creation is posted (a replay writes its seed here)."""
 
-    def _replayed(self, key: str, digest: str) -> dict[str, Any] | None:
+    def _replayed(self, key: str, digest: str) -> Any:
         d = self.daemon
         pending = d.idempotent_starts
         hit = pending.get(key)
         if hit is not None:
             sid, first, name = hit[0], hit[1], hit[2]
+            if first == digest:
+                waiters = d.idempotent_waiters.setdefault(hit[4], [])
+                if len(waiters) < MAX_WAITING_RETRIES:
+                    # the first start is not committed yet: answer with it, so the session it names exists
+                    waiters.append(self.reply_to)
+                    return DEFERRED
         else:
             row = d.store.idempotent_start(key, time.time())
             if row is None:
@@ -219,7 +226,7 @@ class Start(Request):
             del pending[k]
         while len(pending) >= MAX_PENDING_KEYS:
             del pending[next(iter(pending))]  # oldest first (insertion order)
-        pending[key] = (sid, digest, name, now)
+        pending[key] = (sid, digest, name, now, self.reply_to[1])
         requests = self.daemon.idempotent_requests
         while len(requests) >= MAX_PENDING_KEYS:
             del requests[next(iter(requests))]

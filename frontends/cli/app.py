@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ctx = Ctx(args)
     try:
-        return int(args.handler(args, ctx))
+        code = int(args.handler(args, ctx))
+        sys.stdout.flush()  # here, not at exit: a reader that went away is a quiet exit, not a traceback
+        return code
     except LabdError as exc:
         print(f"labd: {exc.message} [{exc.code}]", file=sys.stderr)
         return 2

@@ -108,3 +108,21 @@ def test_dag_is_a_tree_by_default_and_exports_escape_names(daemon, tmp_path: Pat
     dot = labd("dag", sid, "--format", "dot").stdout
     assert r'"n1" [label="say \"hi\" <b>#1 · completed"' in dot
     assert r'label="inner\\path\nline2 · completed"' in dot
+
+
+def test_a_reader_that_goes_away_is_a_quiet_exit(tmp_path: Path) -> None:
+    """`labd paths | head -0`: when the pipe's reader is gone before labd writes, labd exits 0 and says nothing
+    on stderr (no traceback, no "Exception ignored ... BrokenPipeError" from Python's flush at exit)."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # no reader at all: the first write fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "labd", "--home", str(tmp_path / "home"), "paths"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""

@@ -10,22 +10,9 @@ from typing import Any
 import zmq
 
 from labd.ipc.client import event_from_wire
-from labd.ipc.signing import derive_key
 from labd.ipc.wire import Codec, encode_json
 from tests.conftest import wait_until
-
-
-def _impostor_runner(c: Any) -> tuple[str, Codec, zmq.Socket]:
-    """A finished session, and a DEALER that speaks for it on the runner socket (as its runner would)."""
-    sid = c.start("demo.sleep", params={"seconds": 30})
-    wait_until(lambda: c.session(sid)["status"] == "running")
-    c.kill(sid)
-    c.wait(sid, timeout=30)
-    s = zmq.Context.instance().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.ROUTING_ID, f"{sid}:hotpath".encode())
-    s.connect(c.info.runners)
-    return sid, Codec(derive_key(c.info.key_bytes, sid)), s
+from tests.integration.impostor import impostor_runner
 
 
 def _send(codec: Codec, s: zmq.Socket, sid: str, evs: list[list[Any]]) -> int:
@@ -44,7 +31,7 @@ def test_hot_path_rejects_what_it_must_and_the_live_copy_is_the_stored_text(daem
     ``src_seq`` gap-free; the valid events around them are stored, and a client following the session live
     receives exactly the stored events with the stored payloads (non-ASCII text included)."""
     with daemon.client() as c:
-        sid, codec, s = _impostor_runner(c)
+        sid, codec, s = impostor_runner(c, routing_suffix=":hotpath")
         nxt = max(e["src_seq"] for e in c.history(sid) if e["src"] == "runner") + 1
         sub = zmq.Context.instance().socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)

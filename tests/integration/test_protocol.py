@@ -12,6 +12,7 @@ from labd.ipc.signing import derive_key
 from labd.ipc.wire import Codec
 from tests.conftest import SMALL_MAX_MESSAGE as MAX_MESSAGE
 from tests.conftest import wait_until
+from tests.integration.impostor import impostor_runner
 
 
 def _bad_frames(codec: Codec, type_: str, body: dict) -> dict[str, list[bytes]]:
@@ -85,24 +86,11 @@ def test_bad_frames_on_the_runner_socket_are_dropped_and_counted(small_daemon) -
         s.close(0)
 
 
-def _impostor_runner(c):
-    """A finished session, and a DEALER that speaks for it on the runner socket (as its runner would)."""
-    sid = c.start("demo.sleep", params={"seconds": 30})
-    wait_until(lambda: c.session(sid)["status"] == "running")
-    c.kill(sid)
-    c.wait(sid, timeout=30)
-    s = zmq.Context.instance().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.ROUTING_ID, sid.encode())
-    s.connect(c.info.runners)
-    return sid, Codec(derive_key(c.info.key_bytes, sid), max_message=MAX_MESSAGE), s
-
-
 def test_malformed_events_from_a_runner_are_rejected_and_recorded(small_daemon) -> None:
     """A correctly signed batch with events that break their schema: each is rejected, counted and kept
     as an ``event.rejected`` row; valid events around them are stored; the seq stays gap-free."""
     with small_daemon.client() as c:
-        sid, codec, s = _impostor_runner(c)
+        sid, codec, s = impostor_runner(c, max_message=MAX_MESSAGE)
         base = [e for e in c.history(sid) if e["src"] == "runner"]
         nxt = len(base) + 1  # runner src_seqs are 1..n
         evs = [
@@ -153,7 +141,7 @@ def test_a_runner_cannot_record_daemon_facts_and_bad_items_do_not_wedge_it(small
     when a runner sends them; an item with a bad timestamp is rejected and the runner's sequence moves
     on; an unreadable item drops the rest of its batch without asking for it again. The daemon serves on."""
     with small_daemon.client() as c:
-        sid, codec, s = _impostor_runner(c)
+        sid, codec, s = impostor_runner(c, max_message=MAX_MESSAGE)
         nxt = len([e for e in c.history(sid) if e["src"] == "runner"]) + 1
         created = {"workflow": "x", "name": "x", "params": {}, "limits": {}, "workdir": "/"}
         evs = [

@@ -12,9 +12,9 @@ import psutil
 import pytest
 
 from labd.ipc import LabdError
-from tests.conftest import DaemonProc, wait_until
+from tests.conftest import SMALL_MAX_MESSAGE, DaemonProc, wait_until
+from tests.integration.impostor import impostor_runner
 from tests.integration.stuck import wait_explained
-from tests.integration.test_protocol import _impostor_runner
 
 
 def test_an_event_the_store_refuses_becomes_a_rejection_and_the_daemon_serves_on(small_daemon) -> None:
@@ -22,7 +22,7 @@ def test_an_event_the_store_refuses_becomes_a_rejection_and_the_daemon_serves_on
     written event by event: the refused event becomes ``event.rejected``, the others are stored, the seq
     stays gap-free, and a malformed hello (wrong types) is dropped without harm."""
     with small_daemon.client() as c:
-        sid, codec, s = _impostor_runner(c)
+        sid, codec, s = impostor_runner(c, max_message=SMALL_MAX_MESSAGE)
         s.send_multipart(codec.pack("hello", {"session": sid, "waiting_approvals": 5}))
         nxt = len([e for e in c.history(sid) if e["src"] == "runner"]) + 1
         evs = [[nxt, time.time(), "step.started", "nX", None, {"name": "first"}],
