@@ -73,6 +73,8 @@ class TopApp(App[int]):
         Binding("3", "tab('dag')", "DAG", show=False),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
+        # what every terminal program does on Ctrl-C (Textual's default only hints at Ctrl-Q)
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
     ]
 
     def __init__(self, home: str | PathLike[str] | None = None, *, clock: Callable[[], float] = time.time,

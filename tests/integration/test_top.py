@@ -244,3 +244,19 @@ def test_screen_snapshot_without_a_daemon(isolated_env: Path) -> None:
     if os.environ.get("LABD_UPDATE_SNAPSHOTS"):
         baseline.write_text(got[0] + "\n")
     assert got[0] + "\n" == baseline.read_text()
+
+
+def test_ctrl_c_and_q_quit(isolated_env: Path) -> None:
+    """Ctrl-C quits `labd top` like any terminal program (Textual's own default only shows a hint), and so
+    does `q`; neither stops a session or the daemon (there is none here: quitting must not wait for it)."""
+    codes: dict[str, Any] = {}
+    for key in ("ctrl+c", "q"):
+
+        async def scenario(app: TopApp, pilot: Any, key: str = key) -> None:
+            await until(lambda: "daemon unreachable" in screen_text(app), what="the outage banner")
+            await pilot.press(key)
+            await until(lambda: app.return_code is not None, what=f"the app to quit on {key}")
+            codes[key] = app.return_code
+
+        run_app(isolated_env, scenario)
+    assert codes == {"ctrl+c": 0, "q": 0}
