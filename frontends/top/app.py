@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Footer, Header, Log, RichLog, Static, Tab
 from labd.ipc import Client, LabdError
 
 from .feed import Feed
-from .format import activity_line, output_text
+from .format import activity_line, matches, output_text
 from .messages import ConnectionChanged, DagUpdated, EventsArrived, SessionsUpdated
 from .widgets import LIVE, DagTree, DetailPane, FeedbackScreen, History, SessionTable
 
@@ -68,6 +68,7 @@ class TopApp(App[int]):
         Binding("m", "modify", "Modify"),
         Binding("K", "kill", "Kill", show=False),
         Binding("e", "toggle_ended", "Ended"),
+        Binding("slash", "filter", "Filter"),
         Binding("1", "tab('output')", "Output", show=False),
         Binding("2", "tab('activity')", "Activity", show=False),
         Binding("3", "tab('dag')", "DAG", show=False),
@@ -89,6 +90,8 @@ class TopApp(App[int]):
         self.pending: dict[str, list[dict[str, Any]]] = {}
         self.selected: str | None = None
         self.show_ended = True
+        self.filter = ""  # the session list's filter (`/`): see format.matches
+        self.sessions: list[dict[str, Any]] = []
         self.activity: dict[str, Any] = {}
         self.updates = 0  # screen updates from the feed (the benchmark reads it)
 
@@ -139,16 +142,24 @@ class TopApp(App[int]):
         self.pending = {}
         for ap in msg.approvals:
             self.pending.setdefault(ap["session_id"], []).append(ap)
-        live = [r for r in msg.sessions if r["status"] in LIVE]
-        shown = live + ([r for r in msg.sessions if r["status"] not in LIVE] if self.show_ended else [])
+        self.sessions = msg.sessions
+        self.show_sessions()
+
+    def show_sessions(self) -> None:
+        """The list as the last update has it, with ended sessions (unless hidden) and the filter applied."""
+        sessions = self.sessions
+        live = [r for r in sessions if r["status"] in LIVE]
+        shown = live + ([r for r in sessions if r["status"] not in LIVE] if self.show_ended else [])
+        shown = [r for r in shown if matches(r, self.filter)]
         table = self.table
         with table.prevent(DataTable.RowHighlighted):  # a rebuild must not switch the followed session
             table.show(shown, self.history, self.clock(), self.selected)
         if self.selected not in {r["id"] for r in shown}:
             self.select(table.selected_id())
         waiting = sum(1 for r in live if r["status"] == "waiting_approval")
-        self.sub_title = (f"{len(live)} live / {len(msg.sessions)} sessions"
-                          + (f" · {waiting} waiting for approval" if waiting else ""))
+        self.sub_title = (f"{len(live)} live / {len(sessions)} sessions"
+                          + (f" · {waiting} waiting for approval" if waiting else "")
+                          + (f" · filter {self.filter!r}: {len(shown)} shown" if self.filter else ""))
         self.refresh_detail()
 
     @feed_handler
@@ -313,6 +324,17 @@ class TopApp(App[int]):
     def action_toggle_ended(self) -> None:
         self.show_ended = not self.show_ended
         self.notify("showing ended sessions" if self.show_ended else "hiding ended sessions")
+        self.show_sessions()
+
+    def action_filter(self) -> None:
+        def done(query: str | None) -> None:
+            if query is not None:  # Escape keeps the filter as it was; an empty line clears it
+                self.filter = query
+                self.show_sessions()
+
+        self.push_screen(FeedbackScreen("filter sessions", "words that must all occur in a session's id, name, "
+                                        "workflow, status or key=value tag; empty shows all", required=False,
+                                        placeholder="e.g. running study", value=self.filter), done)
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab

@@ -7,7 +7,8 @@ from typing import Any
 
 from rich.text import Text
 
-__all__ = ["MAX_LINE", "activity_line", "fmt_age", "fmt_bytes", "fmt_cost", "output_text", "spark", "truncate"]
+__all__ = ["MAX_LINE", "activity_line", "fmt_age", "fmt_bytes", "fmt_cost", "matches", "output_text", "spark",
+           "truncate"]
 
 MAX_LINE = 400  # characters of one output line shown; the store keeps the whole line (`labd logs` has it)
 BLOCKS = "▁▂▃▄▅▆▇█"
@@ -25,6 +26,18 @@ def output_text(text: str, limit: int = MAX_LINE) -> str:
     if len(text) <= limit and "\r" not in text:
         return text
     return "\n".join(truncate(line.replace("\r", ""), limit) for line in text.split("\n"))
+
+
+def matches(row: dict[str, Any], query: str) -> bool:
+    """Does a session row match the list's filter? Every word of ``query`` must occur (case-insensitively) in
+    its id, name, workflow, status or a ``key=value`` tag; an empty query matches every session."""
+    words = query.lower().split()
+    if not words:
+        return True
+    tags = row.get("tags") or {}
+    hay = " ".join([str(row.get(k) or "") for k in ("id", "name", "workflow", "status")]
+                   + [f"{k}={v}" for k, v in tags.items()]).lower()
+    return all(w in hay for w in words)
 
 
 def spark(values: Iterable[float], width: int = 10, top: float | None = None) -> str:

@@ -203,7 +203,8 @@ def _node_key(nid: str) -> tuple[int, str]:
 
 
 class FeedbackScreen(ModalScreen[str | None]):
-    """Ask for the feedback of a reject / modify decision; Enter sends, Escape cancels."""
+    """Ask for one line (the feedback of a reject / modify decision, the session filter); Enter sends, Escape
+    cancels."""
 
     DEFAULT_CSS = """
     FeedbackScreen { align: center middle; }
@@ -211,15 +212,17 @@ class FeedbackScreen(ModalScreen[str | None]):
     """
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, title: str, prompt: str, required: bool) -> None:
+    def __init__(self, title: str, prompt: str, required: bool, *, placeholder: str = "feedback for the agents",
+                 value: str = "") -> None:
         super().__init__()
         self.title_text, self.prompt, self.required = title, prompt, required
+        self.placeholder, self.value = placeholder, value
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label(Text(self.title_text, style="bold"))
             yield Label(truncate(self.prompt, 300))
-            yield Input(placeholder="feedback for the agents" + ("" if self.required else " (optional)"),
+            yield Input(value=self.value, placeholder=self.placeholder + ("" if self.required else " (optional)"),
                         id="feedback")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

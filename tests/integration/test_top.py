@@ -260,3 +260,34 @@ def test_ctrl_c_and_q_quit(isolated_env: Path) -> None:
 
         run_app(isolated_env, scenario)
     assert codes == {"ctrl+c": 0, "q": 0}
+
+
+def test_filter_narrows_the_list_and_clears(daemon: DaemonProc) -> None:
+    """`/` asks for a filter: only sessions whose id, name, workflow, status or tag hold every word stay listed
+    (also ones that start later), the title says so, Escape keeps it and an empty filter shows all again."""
+    c = daemon.client()
+    alpha = c.start("demo.count", name="alpha-run", params={"n": 1, "delay": 0.01}, tags={"team": "vision"})
+    beta = c.start("demo.count", name="beta-run", params={"n": 1, "delay": 0.01})
+
+    async def type_filter(pilot: Any, text: str, clear: int = 0) -> None:
+        await pilot.press("slash")
+        await pilot.press(*(["backspace"] * clear), *text, "enter")
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: {alpha, beta} <= set(table_rows(app)), what="both sessions listed")
+        await type_filter(pilot, "team=vision")
+        await until(lambda: set(table_rows(app)) == {alpha}, what="only the tagged session")
+        assert "filter 'team=vision': 1 shown" in (app.sub_title or "")
+        gamma = c.start("demo.count", name="gamma-run", params={"n": 1, "delay": 0.01}, tags={"team": "vision"})
+        await until(lambda: set(table_rows(app)) == {alpha, gamma}, what="a later matching session appears")
+        await pilot.press("slash", "x", "escape")  # Escape: the filter stays as it was
+        await until(lambda: app.screen is app.screen_stack[0], what="the filter prompt to close")
+        assert set(table_rows(app)) == {alpha, gamma}
+        await type_filter(pilot, "", clear=len("team=vision"))
+        await until(lambda: {alpha, beta, gamma} <= set(table_rows(app)), what="every session again")
+        assert "filter" not in (app.sub_title or "")
+
+    try:
+        run_app(daemon.home, scenario)
+    finally:
+        c.close()

@@ -39,3 +39,16 @@ def test_activity_lines_for_agent_events_only() -> None:
     assert cost is not None and "$0.0123" in cost.plain and "(5+7 tok)" in cost.plain
     assert activity_line({"kind": "output", "node_id": None, "payload": {"text": "x"}}) is None
     assert activity_line({"kind": "something.new", "node_id": None, "payload": {}}) is None
+
+
+def test_session_filter_needs_every_word_somewhere() -> None:
+    """The list's filter: each word must occur, case-insensitively, in the id, name, workflow, status or a
+    key=value tag; an empty filter keeps every session; missing fields do not break it."""
+    from labd.frontends.top.format import matches
+
+    row = {"id": "a1b2c3", "name": "Study-7", "workflow": "demo.count", "status": "running",
+           "tags": {"team": "vision"}}
+    assert matches(row, "") and matches(row, "   ")
+    assert matches(row, "study RUN") and matches(row, "team=vis") and matches(row, "a1b2 count")
+    assert not matches(row, "study failed") and not matches(row, "team=nlp")
+    assert matches({"id": "x", "status": "queued"}, "queued") and not matches({"id": "x", "status": "q"}, "name")
