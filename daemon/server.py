@@ -30,6 +30,7 @@ from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
 from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.memory import limit_arenas
 from labd.daemon.monitor import Monitor
+from labd.daemon.orphans import find_unrecorded_runners
 from labd.daemon.queue import RunQueue
 from labd.daemon.retention import Retention
 from labd.daemon.supervisor import Supervisor
@@ -210,9 +211,13 @@ class Daemon:
         total = cfg.memory_total
         self.supervisor.queue = RunQueue(cfg.max_sessions, int(total) if total is not None else None)
         self.supervisor.spec_for = lambda q: session_spec(self, q)
-        for row in self.store.live_sessions():
-            self.supervisor.adopt(row)
-        requeue(self)  # sessions queued when the last daemon stopped wait again, in their order
+        live = self.store.live_sessions()
+        queued = self.store.sessions(status=["queued"], limit=100_000)
+        # runners the last daemon forked but died before recording (found by their process title)
+        unrecorded = find_unrecorded_runners({r["id"] for r in live + queued if not r["pid"]})
+        for row in live:
+            self.supervisor.adopt(row, unrecorded.get(row["id"]))
+        requeue(self, queued, unrecorded)  # sessions queued when the last daemon stopped wait again, in order
         self.telemetry = _start_telemetry(cfg, engine, layout.home)
         self.indexer = Indexer(layout.home, engine)
         self.indexer.start()

@@ -116,9 +116,15 @@ class Supervisor:
         self.log.info("session launched", session_id=sid, pid=pid)
         return run
 
-    def adopt(self, row: dict[str, Any]) -> bool:
-        """Take over a runner that outlived a previous daemon; False (and the session is lost) if it is gone."""
+    def adopt(self, row: dict[str, Any], unrecorded: tuple[int, float] | None = None) -> bool:
+        """Take over a runner that outlived a previous daemon; False (and the session is lost) if it is gone.
+        ``unrecorded``: the (pid, create time) of its runner found by title (daemon/orphans.py) when the
+        previous daemon died before it recorded ``session.launched``."""
         sid, pid, ctime = row["id"], row["pid"], row["pid_create_time"]
+        if not pid and unrecorded is not None:  # recorded now; if it ended meanwhile, it ends as below
+            pid, ctime = unrecorded
+            self.post(sid, "session.launched", {"pid": pid, "create_time": ctime, "launcher": "template",
+                                                "recovered": True})
         if pid and is_same_process(pid, ctime):
             limits = Limits.from_dict(row["limits"])
             started = row["started_at"] or row["created_at"]

@@ -150,8 +150,9 @@ SPEC_PIPE_SIZE = 1 << 20  # a spec of up to this size is handed over without wai
 
 def _run_spec(spec: dict[str, Any]) -> None:
     from labd.runner.session import child_main
+    from labd.runner.title import runner_title
 
-    _set_title(f"labd: {spec.get('name') or spec['session_id']} ({spec['workflow']})")
+    _set_title(runner_title(spec.get("name") or spec["session_id"], spec["workflow"], spec["session_id"]))
     child_main(spec)
 
 

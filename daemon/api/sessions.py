@@ -380,9 +380,14 @@ def entry_extra(d: Any, name: str, created: dict[str, Any]) -> dict[str, Any]:
             "placement": created.get("placement")}
 
 
-def requeue(d: Any) -> int:
-    """Put the sessions stored as ``queued`` back in the run queue, in their order; at daemon start."""
-    rows = d.store.sessions(status=["queued"], limit=100_000)
+def requeue(d: Any, rows: list[dict[str, Any]], unrecorded: dict[str, tuple[int, float]]) -> int:
+    """Put the sessions stored as ``queued`` (``rows``) back in the run queue, in their order; at daemon start.
+    One whose runner the last daemon had already forked (``unrecorded``, found by title) is adopted instead:
+    never a second runner."""
+    for row in rows:
+        if row["id"] in unrecorded:
+            d.supervisor.adopt(row, unrecorded[row["id"]])
+    rows = [row for row in rows if row["id"] not in unrecorded]
     first = d.store.first_events([row["id"] for row in rows], ["session.queued", "session.created"])
     for row in rows:
         priority = int(first.get((row["id"], "session.queued"), {}).get("priority") or 0)

@@ -80,7 +80,7 @@ def test_errors_name_the_path_tried(daemon, tmp_path: Path) -> None:
 
 
 def test_runners_are_named_in_ps(daemon, tmp_path: Path) -> None:
-    """A runner's command line (what ps and htop show) is `labd: <session name> (<workflow>)`."""
+    """A runner's command line (what ps and htop show) is `labd: <session name> (<workflow>) #<session id>`."""
     sid = labd("run", "demo.sleep", "-p", "seconds=60", "--name", "napper").stdout.strip()
     with daemon.client() as c:
         pid = wait_until(lambda: c.session(sid)["pid"], timeout=30, what="the runner's pid")
@@ -89,5 +89,5 @@ def test_runners_are_named_in_ps(daemon, tmp_path: Path) -> None:
             return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
 
         wait_until(lambda: title().startswith("labd: napper"), timeout=30, what="the runner's title")
-        assert title() == "labd: napper (demo.sleep)"
+        assert title() == f"labd: napper (demo.sleep) #{sid}"
         c.kill(sid)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
+from typing import Any
+
+import psutil
+import pytest
 
 from tests.conftest import DaemonProc, wait_until
 
@@ -14,25 +19,37 @@ def _assert_exactly_once(events: list[dict]) -> None:
     assert runner_seqs, "no runner events"
 
 
-def test_kill_9_of_the_daemon_mid_run_then_restart_finishes_gap_free(daemon) -> None:
-    """A SIGKILLed daemon leaves its sessions running; a new daemon adopts them, their events continue,
-    and the stored history has every runner event exactly once."""
-    n = 60
+def _ticking_then_daemon_killed(daemon: DaemonProc, n: int) -> tuple[str, int]:
+    """A ticker session (``n`` ticks, 50 ms apart) a few ticks in, then the daemon SIGKILLed: (id, runner pid)."""
     with daemon.client() as c:
         sid = c.start("labd_testflows:ticker", params={"n": n, "delay": 0.05})
         wait_until(lambda: len([e for e in c.history(sid) if e["kind"] == "custom"]) >= 5, what="ticks")
         pid = c.session(sid)["pid"]
     daemon.kill9()
+    return sid, pid
+
+
+def _completed_with_every_tick_once(c: Any, sid: str, n: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Wait for the ticker session to complete; each of its ``n`` ticks recorded exactly once, in order."""
+    final = c.wait(sid, timeout=60)
+    assert final["status"] == "completed", final
+    events = list(c.history(sid))
+    ticks = [e["payload"]["data"]["i"] for e in events if e["kind"] == "custom"]
+    assert ticks == list(range(n)), "ticks lost or duplicated (across the restart, or by a second runner)"
+    return final, events
+
+
+def test_kill_9_of_the_daemon_mid_run_then_restart_finishes_gap_free(daemon) -> None:
+    """A SIGKILLed daemon leaves its sessions running; a new daemon adopts them, their events continue,
+    and the stored history has every runner event exactly once."""
+    n = 60
+    sid, pid = _ticking_then_daemon_killed(daemon, n)
     os.kill(pid, 0)  # the runner is still alive without a daemon
     restarted = DaemonProc(daemon.home).start()
     try:
         with restarted.client() as c:
-            final = c.wait(sid, timeout=60)
-            assert final["status"] == "completed", final
-            events = list(c.history(sid))
+            final, events = _completed_with_every_tick_once(c, sid, n)
             _assert_exactly_once(events)
-            ticks = [e["payload"]["data"]["i"] for e in events if e["kind"] == "custom"]
-            assert ticks == list(range(n)), "tick events lost or duplicated across the restart"
             lines = "".join(e["payload"]["text"] for e in events if e["kind"] == "output")
             assert lines == "".join(f"tick {i}\n" for i in range(n))
             # Adopted while still running, or (it can finish while the new daemon starts: ingest binds the
@@ -57,6 +74,31 @@ def test_runner_that_vanished_while_the_daemon_was_down_is_marked_lost(daemon) -
             final = wait_until(lambda: (s := c.session(sid))["status"] == "lost" and s)
             assert "vanished without reporting an outcome" in final["reason"]
             assert final["ended_by"] == "vanished"
+    finally:
+        restarted.stop()
+
+
+@pytest.mark.parametrize("status", ["created", "queued"])
+def test_runner_forked_but_never_recorded_is_adopted_not_lost_or_run_twice(daemon, status: str) -> None:
+    """A daemon that dies after forking a runner but before ``session.launched`` is committed leaves a session
+    stored as ``created`` (or ``queued``, under a full run queue) with no pid. The next daemon finds the runner
+    by its process title and adopts it: the session completes with every tick exactly once: not ``lost``
+    while it still runs, and a queued one is not started a second time. (The crash window is a few
+    milliseconds, so the test SIGKILLs the daemon mid-run and puts the row back as that crash leaves it.)"""
+    n = 80
+    sid, pid = _ticking_then_daemon_killed(daemon, n)
+    assert f"#{sid}" in " ".join(psutil.Process(pid).cmdline())  # the title names the session
+    with sqlite3.connect(daemon.home / "labd.db") as conn:
+        conn.execute("UPDATE sessions SET pid = NULL, pid_create_time = NULL, status = ? WHERE id = ?",
+                     (status, sid))
+    restarted = DaemonProc(daemon.home).start()
+    try:
+        with restarted.client() as c:
+            final, events = _completed_with_every_tick_once(c, sid, n)
+            launched = [e["payload"] for e in events if e["kind"] == "session.launched"]
+            assert {p["pid"] for p in launched} == {pid}, "a second runner was launched"
+            assert launched[-1].get("recovered") is True
+            assert any(e["kind"] == "session.adopted" for e in events) or final["ended_by"] == "vanished"
     finally:
         restarted.stop()
 
