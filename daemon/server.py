@@ -1,8 +1,8 @@
 """The daemon: wires store, ingest, monitor, launcher and supervisor together and runs the main loop.
 
-Threads: the main thread serves control requests and supervises runners; ``labd-ingest`` is the only
-store writer; ``labd-monitor`` samples and enforces limits. Signal handlers only record; the main
-loop acts on them. Stopping the daemon never stops sessions: runners carry on and a restarted daemon
+Threads: the main thread serves control requests (:mod:`labd.daemon.control`) and supervises runners;
+``labd-ingest`` is the only store writer; ``labd-monitor`` samples and enforces limits. Signal handlers only
+record; the main loop acts on them. Stopping the daemon never stops sessions: runners carry on and a restarted daemon
 adopts them -- unless it runs with ``drain`` (``labd serve --drain``): then SIGTERM first stops every
 running session gracefully (the ordinary stop ladder), waits for them to end, and only then exits.
 Under systemd it reports readiness, status and watchdog pings (:mod:`labd.daemon.systemd`).
@@ -21,10 +21,9 @@ from typing import Any
 import structlog
 import zmq
 
-from labd.daemon.api import ApiError, registry
-from labd.daemon.api.base import DEFERRED
 from labd.daemon.api.sessions import requeue, session_spec
 from labd.daemon.config import Config
+from labd.daemon.control import ControlPlane
 from labd.daemon.indexer import Indexer
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
 from labd.daemon.launcher import TemplateLauncher
@@ -37,7 +36,7 @@ from labd.daemon.supervisor import Supervisor
 from labd.daemon.systemd import Heartbeat, Notifier
 from labd.daemon.warnlimit import WarnLimiter
 from labd.ipc.connection import ConnectionInfo, write_connection_file
-from labd.ipc.wire import Codec, WireError, nesting_ok
+from labd.ipc.wire import Codec
 from labd.runner.sandbox import SandboxStatus, hidden_paths, probe
 from labd.runner.sandbox import landlock as _landlock
 from labd.runner.session import split_secrets
@@ -49,9 +48,6 @@ from labd.store.writer import BatchWriter
 __all__ = ["Daemon", "AlreadyRunning"]
 
 from labd import __version__ as VERSION
-
-#: a request body may nest this deep: what it carries into events (params) must stay encodable
-MAX_REQUEST_DEPTH = 200
 
 
 class AlreadyRunning(Exception):
@@ -75,7 +71,7 @@ def _key_for(home: Path) -> str:
     return key
 
 
-class Daemon:
+class Daemon(ControlPlane):
     """One labd daemon bound to one home."""
 
     version = VERSION
@@ -105,10 +101,6 @@ class Daemon:
         #: with it, once the session is in the store (so the session a retry names can always be read)
         self.idempotent_waiters: dict[str, list[tuple[bytes, str]]] = {}
         self.failed = False  # set when the daemon stops because a part of it broke (exit code 1)
-
-    def defer(self, reply_to: tuple[bytes, str], result: Any) -> None:
-        """Reply to ``reply_to`` only after the event it posts is committed; ``result(seq, payload)``."""
-        self._deferred[reply_to[1]] = result
 
     # ---- helpers used by request handlers ---------------------------------------------------------
     def post_event(self, sid: str, kind: str, payload: dict[str, Any], node_id: str | None = None,
@@ -388,108 +380,6 @@ class Daemon:
         if self._signals and signum == signal.SIGINT:
             os._exit(130)
         self._signals.append(signum)
-
-    # ---- control requests -------------------------------------------------------------------------
-    def _drain_control(self, control: zmq.Socket) -> None:
-        for _ in range(100):
-            try:
-                frames = control.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._handle(control, frames)
-
-    def _reply(self, control: zmq.Socket, identity: bytes, req_id: str, result: Any = None,
-               error: ApiError | None = None) -> None:
-        if error is not None:
-            body = {"ok": False, "error": {"code": error.code, "message": error.message, "details": error.details}}
-        else:
-            body = {"ok": True, "result": result}
-        control.send_multipart([identity, *self.codec.pack("reply", body, re=req_id)])
-
-    def _handle(self, control: zmq.Socket, frames: list[bytes]) -> None:
-        if len(frames) < 2:
-            self.counters["dropped.control.malformed"] = self.counters.get("dropped.control.malformed", 0) + 1
-            return
-        identity = frames[0]
-        try:
-            msg = self.codec.unpack(frames[1:])
-        except WireError as exc:
-            name = f"dropped.control.{exc.reason}"
-            self.counters[name] = self.counters.get(name, 0) + 1
-            self._warn.warn("control frame dropped", exc.reason, error=str(exc)[:300])  # rate-limited
-            msg_id = getattr(exc, "msg_id", None)
-            if msg_id:  # signed but undecodable (e.g. nested too deeply): the sender still gets an answer
-                self._reply(control, identity, msg_id, error=ApiError("bad_request", f"undecodable request: {exc}"))
-            return
-        handler = registry.get(msg.type)
-        try:
-            if not nesting_ok(msg.body, MAX_REQUEST_DEPTH):
-                raise ApiError("bad_request", f"request nested deeper than {MAX_REQUEST_DEPTH} levels",
-                               {"max_depth": MAX_REQUEST_DEPTH})
-            if handler is None:
-                raise ApiError("unknown_request", f"unknown request type {msg.type!r}",
-                               {"known": sorted(registry)})
-            result = handler(self, msg.body, (identity, msg.id)).execute()
-        except ApiError as exc:
-            self._reply(control, identity, msg.id, error=exc)
-            return
-        except Exception as exc:  # noqa: BLE001 - never a traceback on the wire; the log has it
-            self.log.exception("request failed", type=msg.type)
-            self._reply(control, identity, msg.id, error=ApiError("internal", f"internal error: {exc}"))
-            return
-        if result is not DEFERRED:
-            self._reply(control, identity, msg.id, result)
-
-    def _drain_notes(self, notes: zmq.Socket, control: zmq.Socket) -> None:
-        while True:
-            try:
-                note = notes.recv_pyobj(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if note[0] in ("committed", "refused"):  # committed: the store has the key now; refused: no session
-                self.idempotent_starts.pop(self.idempotent_requests.pop(note[1][1], ""), None)
-                self._answer_retries(control, note)
-            if note[0] == "committed":
-                _, (identity, req_id), sid, seq, payload = note
-                formatter = self._deferred.pop(req_id, None)
-                if formatter is not None:
-                    self._reply(control, identity, req_id, formatter(seq, payload))
-                    continue
-                run = self.supervisor.running.get(sid)
-                self._reply(control, identity, req_id, {"session": sid, "name": payload.get("name"),
-                                                        "pid": run.pid if run and run.pid > 0 else None})
-            elif note[0] == "refused":
-                _, (identity, req_id), code, message = note
-                self._deferred.pop(req_id, None)
-                self._reply(control, identity, req_id, error=ApiError(code, message))
-            elif note[0] == "done":  # a write that is not an event (skills)
-                _, (identity, req_id), result = note
-                self._deferred.pop(req_id, None)
-                self._reply(control, identity, req_id, result)
-            elif note[0] == "deleted":
-                _, reply_to, sids, counts = note
-                self.retention.remove_dirs(sids)
-                self.indexer.index.forget(sids)
-                if reply_to is not None:
-                    formatter = self._deferred.pop(reply_to[1], None)
-                    self._reply(control, reply_to[0], reply_to[1],
-                                formatter(sids, counts) if formatter else {"deleted": sids, "rows": counts})
-            elif note[0] == "ingest_failed":
-                self.log.error("ingest failed", error=note[1])
-            else:
-                self.supervisor.on_note(note)
-
-    def _answer_retries(self, control: zmq.Socket, note: tuple[Any, ...]) -> None:
-        """Answer the keyed retries that waited for this start's commit (or share its refusal)."""
-        for identity, req_id in self.idempotent_waiters.pop(note[1][1], ()):
-            if note[0] == "committed":
-                sid, payload = note[2], note[4]
-                run = self.supervisor.running.get(sid)
-                self._reply(control, identity, req_id, {"session": sid, "name": payload.get("name"),
-                                                        "pid": run.pid if run and run.pid > 0 else None,
-                                                        "replayed": True})
-            else:
-                self._reply(control, identity, req_id, error=ApiError(note[2], note[3]))
 
 
 def _start_telemetry(cfg: Config, engine: Any, home: Path) -> Any:

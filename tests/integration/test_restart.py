@@ -87,11 +87,15 @@ def test_runner_forked_but_never_recorded_is_adopted_not_lost_or_run_twice(daemo
     milliseconds, so the test SIGKILLs the daemon mid-run and puts the row back as that crash leaves it.)"""
     n = 80
     sid, pid = _ticking_then_daemon_killed(daemon, n)
+    os.kill(pid, signal.SIGSTOP)  # held while no daemon runs: it must still be there to adopt, however slow the box
     assert f"#{sid}" in " ".join(psutil.Process(pid).cmdline())  # the title names the session
     with sqlite3.connect(daemon.home / "labd.db") as conn:
         conn.execute("UPDATE sessions SET pid = NULL, pid_create_time = NULL, status = ? WHERE id = ?",
                      (status, sid))
-    restarted = DaemonProc(daemon.home).start()
+    try:
+        restarted = DaemonProc(daemon.home).start()
+    finally:
+        os.kill(pid, signal.SIGCONT)
     try:
         with restarted.client() as c:
             final, events = _completed_with_every_tick_once(c, sid, n)

@@ -1,0 +1,140 @@
+"""The daemon's control plane: requests from clients, dispatched to their handlers (:mod:`labd.daemon.api`),
+and the replies that wait for ingest's commit (``session.start`` and every request that posts an event)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+from labd.daemon.api import ApiError, registry
+from labd.daemon.api.base import DEFERRED
+from labd.ipc.wire import WireError, nesting_ok
+
+__all__ = ["ControlPlane", "MAX_REQUEST_DEPTH"]
+
+#: a request body may nest this deep: what it carries into events (params) must stay encodable
+MAX_REQUEST_DEPTH = 200
+
+
+class ControlPlane:
+    """Mixed into :class:`labd.daemon.server.Daemon`, whose main loop calls :meth:`_drain_control` and
+    :meth:`_drain_notes`; it owns the state used here (codec, counters, supervisor, ...)."""
+
+    codec: Any
+    counters: dict[str, int]
+    log: Any
+    _warn: Any
+    _deferred: dict[str, Any]
+    idempotent_starts: dict[str, tuple[str, str, str, float, str]]
+    idempotent_requests: dict[str, str]
+    idempotent_waiters: dict[str, list[tuple[bytes, str]]]
+    supervisor: Any
+    retention: Any
+    indexer: Any
+
+    def defer(self, reply_to: tuple[bytes, str], result: Any) -> None:
+        """Reply to ``reply_to`` only after the event it posts is committed; ``result(seq, payload)``."""
+        self._deferred[reply_to[1]] = result
+
+    # ---- control requests -------------------------------------------------------------------------
+    def _drain_control(self, control: zmq.Socket) -> None:
+        for _ in range(100):
+            try:
+                frames = control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(control, frames)
+
+    def _reply(self, control: zmq.Socket, identity: bytes, req_id: str, result: Any = None,
+               error: ApiError | None = None) -> None:
+        if error is not None:
+            body = {"ok": False, "error": {"code": error.code, "message": error.message, "details": error.details}}
+        else:
+            body = {"ok": True, "result": result}
+        control.send_multipart([identity, *self.codec.pack("reply", body, re=req_id)])
+
+    def _handle(self, control: zmq.Socket, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self.counters["dropped.control.malformed"] = self.counters.get("dropped.control.malformed", 0) + 1
+            return
+        identity = frames[0]
+        try:
+            msg = self.codec.unpack(frames[1:])
+        except WireError as exc:
+            name = f"dropped.control.{exc.reason}"
+            self.counters[name] = self.counters.get(name, 0) + 1
+            self._warn.warn("control frame dropped", exc.reason, error=str(exc)[:300])  # rate-limited
+            msg_id = getattr(exc, "msg_id", None)
+            if msg_id:  # signed but undecodable (e.g. nested too deeply): the sender still gets an answer
+                self._reply(control, identity, msg_id, error=ApiError("bad_request", f"undecodable request: {exc}"))
+            return
+        handler = registry.get(msg.type)
+        try:
+            if not nesting_ok(msg.body, MAX_REQUEST_DEPTH):
+                raise ApiError("bad_request", f"request nested deeper than {MAX_REQUEST_DEPTH} levels",
+                               {"max_depth": MAX_REQUEST_DEPTH})
+            if handler is None:
+                raise ApiError("unknown_request", f"unknown request type {msg.type!r}",
+                               {"known": sorted(registry)})
+            result = handler(self, msg.body, (identity, msg.id)).execute()  # type: ignore[arg-type]  # a Daemon
+        except ApiError as exc:
+            self._reply(control, identity, msg.id, error=exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - never a traceback on the wire; the log has it
+            self.log.exception("request failed", type=msg.type)
+            self._reply(control, identity, msg.id, error=ApiError("internal", f"internal error: {exc}"))
+            return
+        if result is not DEFERRED:
+            self._reply(control, identity, msg.id, result)
+
+    def _drain_notes(self, notes: zmq.Socket, control: zmq.Socket) -> None:
+        while True:
+            try:
+                note = notes.recv_pyobj(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if note[0] in ("committed", "refused"):  # committed: the store has the key now; refused: no session
+                self.idempotent_starts.pop(self.idempotent_requests.pop(note[1][1], ""), None)
+                self._answer_retries(control, note)
+            if note[0] == "committed":
+                _, (identity, req_id), sid, seq, payload = note
+                formatter = self._deferred.pop(req_id, None)
+                if formatter is not None:
+                    self._reply(control, identity, req_id, formatter(seq, payload))
+                    continue
+                run = self.supervisor.running.get(sid)
+                self._reply(control, identity, req_id, {"session": sid, "name": payload.get("name"),
+                                                        "pid": run.pid if run and run.pid > 0 else None})
+            elif note[0] == "refused":
+                _, (identity, req_id), code, message = note
+                self._deferred.pop(req_id, None)
+                self._reply(control, identity, req_id, error=ApiError(code, message))
+            elif note[0] == "done":  # a write that is not an event (skills)
+                _, (identity, req_id), result = note
+                self._deferred.pop(req_id, None)
+                self._reply(control, identity, req_id, result)
+            elif note[0] == "deleted":
+                _, reply_to, sids, counts = note
+                self.retention.remove_dirs(sids)
+                self.indexer.index.forget(sids)
+                if reply_to is not None:
+                    formatter = self._deferred.pop(reply_to[1], None)
+                    self._reply(control, reply_to[0], reply_to[1],
+                                formatter(sids, counts) if formatter else {"deleted": sids, "rows": counts})
+            elif note[0] == "ingest_failed":
+                self.log.error("ingest failed", error=note[1])
+            else:
+                self.supervisor.on_note(note)
+
+    def _answer_retries(self, control: zmq.Socket, note: tuple[Any, ...]) -> None:
+        """Answer the keyed retries that waited for this start's commit (or share its refusal)."""
+        for identity, req_id in self.idempotent_waiters.pop(note[1][1], ()):
+            if note[0] == "committed":
+                sid, payload = note[2], note[4]
+                run = self.supervisor.running.get(sid)
+                self._reply(control, identity, req_id, {"session": sid, "name": payload.get("name"),
+                                                        "pid": run.pid if run and run.pid > 0 else None,
+                                                        "replayed": True})
+            else:
+                self._reply(control, identity, req_id, error=ApiError(note[2], note[3]))
