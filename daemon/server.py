@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 import zmq
 
-from labd.daemon.api.sessions import requeue, session_spec
+from labd.daemon.api.start import requeue, session_spec
 from labd.daemon.config import Config
 from labd.daemon.control import ControlPlane
 from labd.daemon.indexer import Indexer
@@ -94,7 +94,7 @@ class Daemon(ControlPlane):
         #: request id -> how to build the reply once ingest has committed what the request caused
         self._deferred: dict[str, Any] = {}
         #: session.start idempotency keys not yet committed: key -> (session id, request digest, name, time), and
-        #: the request that carries each (api/sessions.py); dropped once ingest committed or refused the start
+        #: the request that carries each (api/start.py); dropped once ingest committed or refused the start
         self.idempotent_starts: dict[str, tuple[str, str, str, float, str]] = {}
         self.idempotent_requests: dict[str, str] = {}
         #: retries of a start that is not committed yet, by the first start's request id: they are answered

@@ -11,6 +11,7 @@ from labd.daemon.api import (  # noqa: F401 - importing registers the request ty
     search,
     sessions,
     skills,
+    start,
 )
 from labd.daemon.api.base import ApiError, Request, registry
 

@@ -19,7 +19,8 @@ from typing import Any
 import orjson
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
-from labd.daemon.api.sessions import _limits, _run_params, entry_extra, resolve_ref, resolve_session
+from labd.daemon.api.sessions import _limits, resolve_ref, resolve_session
+from labd.daemon.api.start import _run_params, entry_extra
 from labd.daemon.monitor import Limits
 from labd.runner.checkpoint import OBJECTS_DIR, load_manifest
 from labd.runner.durable import SEED_FILE

@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 
 from labd.daemon.api.base import ApiError, Request, register
-from labd.daemon.api.sessions import Start, resolve_ref, resolve_session
+from labd.daemon.api.sessions import resolve_ref, resolve_session
+from labd.daemon.api.start import Start
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.ipc.functions import FUNCTION_WORKFLOW
 from labd.store.compare import compare

@@ -1,0 +1,257 @@
+"""``session.start``: a new session from a request (validated, recorded in ``session.created``, queued), its
+idempotency keys, and what its runner gets when it launches (also after a requeue, resume or branch)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+import time
+from typing import Any
+
+import orjson
+
+from labd.daemon.api.base import DEFERRED, ApiError, Request, register
+from labd.daemon.api.policy import runner_policy, session_rules
+from labd.daemon.api.roles import agent_roles
+from labd.daemon.api.sessions import _limits, _roles, _valid_tags, where_from
+from labd.daemon.monitor import Limits
+from labd.daemon.queue import Queued
+from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT, MAX_RESULT, check_params
+from labd.ipc.signing import derive_key
+from labd.store.schema import IDEMPOTENCY_RETENTION
+
+__all__ = ["Start", "entry_extra", "requeue", "session_spec"]
+
+MAX_PENDING_KEYS = 10_000  # in-flight idempotency keys remembered in memory (each a few dozen bytes)
+MAX_WAITING_RETRIES = 64  # retries of one uncommitted start held for its commit; more are answered at once
+
+
+def _request_digest(body: dict[str, Any]) -> str:
+    """What a start asks for, so a key re-used for a different request is refused rather than replayed."""
+    # everything but the key and where the client stands (a retry from another shell is the same request);
+    # absent and empty (null, {}, [], "") mean the same
+    what = {k: v for k, v in body.items()
+            if k not in ("idempotency_key", "cwd", "pythonpath") and v not in (None, {}, [], "")}
+    return hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS, default=repr)).hexdigest()
+
+
+@register
+class Start(Request):
+    """Start a session. With ``idempotency_key`` a retry of the same request returns the session the first
+    one started (found in memory while its creation is not yet committed, then in the store, where the key
+    is committed with the session and kept :data:`IDEMPOTENCY_RETENTION` seconds); never a second session."""
+
+    type = "session.start"
+    #: set by requests that start a session from another one (daemon/api/lineage.py): recorded on
+    #: session.created as {parent_id, origin, branch_node}
+    lineage: dict[str, Any] | None = None
+
+    def prepare(self, sid: str) -> None:
+        """Called with the new session's id before its creation is posted (a replay writes its seed here)."""
+
+    def _replayed(self, key: str, digest: str) -> Any:
+        d = self.daemon
+        pending = d.idempotent_starts
+        hit = pending.get(key)
+        if hit is not None:
+            sid, first, name = hit[0], hit[1], hit[2]
+            if first == digest:
+                waiters = d.idempotent_waiters.setdefault(hit[4], [])
+                if len(waiters) < MAX_WAITING_RETRIES:
+                    # the first start is not committed yet: answer with it, so the session it names exists
+                    waiters.append(self.reply_to)
+                    return DEFERRED
+        else:
+            row = d.store.idempotent_start(key, time.time())
+            if row is None:
+                return None
+            sid, first, name = row["session_id"], row["digest"], None
+        if first and first != digest:
+            raise ApiError("idempotency_conflict", "this idempotency_key was used for a different session.start "
+                           "(another workflow, params, name, limits, ...); use a new key per request",
+                           {"session": sid})
+        stored = d.store.session(sid)
+        run = d.supervisor.running.get(sid)
+        return {"session": sid, "name": stored["name"] if stored else name,
+                "pid": run.pid if run and run.pid > 0 else None, "replayed": True}
+
+    def _remember(self, key: str, sid: str, digest: str, name: str) -> None:
+        pending = self.daemon.idempotent_starts
+        now = time.time()
+        # normally emptied as ingest commits; bounded in case a store outage holds starts for a long time
+        for k in [k for k, v in pending.items() if now - v[3] > IDEMPOTENCY_RETENTION]:
+            del pending[k]
+        while len(pending) >= MAX_PENDING_KEYS:
+            del pending[next(iter(pending))]  # oldest first (insertion order)
+        pending[key] = (sid, digest, name, now, self.reply_to[1])
+        requests = self.daemon.idempotent_requests
+        while len(requests) >= MAX_PENDING_KEYS:
+            del requests[next(iter(requests))]
+        requests[self.reply_to[1]] = key
+
+    def execute(self) -> Any:
+        if self.daemon.draining:
+            raise ApiError("draining", "the daemon is stopping and stopping its sessions (serve --drain): "
+                           "no new sessions; start it again, then retry")
+        key = self.arg("idempotency_key", str, None, check=lambda s: 0 < len(s) <= 200 and s.isprintable(),
+                       hint="1-200 printable characters")
+        digest = _request_digest(self.body)
+        if key is not None:
+            replay = self._replayed(key, digest)
+            if replay is not None:
+                return replay
+        skill = None
+        ref = self.body.get("workflow")
+        if isinstance(ref, str) and ref.startswith("skill:"):  # a saved skill: its workflow, params and plan
+            from labd.daemon.api.skills import expand_skill
+
+            wf, expanded, skill = expand_skill(self.daemon, ref, self.arg("params", dict, {}))
+            self.body = {**self.body, "workflow": wf, "params": expanded}
+            if not self.body.get("name"):
+                self.body["name"] = f"skill-{skill['name']}-{secrets.token_hex(3)}"[:200]
+        workflow, _cwd, path = where_from(self)
+        params = self.arg("params", dict, {})
+        name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
+        limits = _limits(self.body, self.daemon.cfg.procs or None, self.daemon.cfg.max_output)
+        priority = self.arg("priority", int, 0, check=lambda p: -1000 <= p <= 1000, hint="an integer -1000..1000")
+        tags = self.arg("tags", dict, None, check=_valid_tags, hint="an object of up to 50 str -> str tags")
+        d = self.daemon
+        network = self.arg("network", (bool, str), d.cfg.sandbox.network,
+                           check=lambda v: isinstance(v, bool) or v in ("on", "off"), hint="on or off")
+        network = network is True or network == "on"
+        placement = _placement(self)  # where it runs: None (here) or a Ray resource request
+        _, overrides = _roles(self)  # checked now; the runner gets the registry as it is at launch
+        policy = session_rules(self)  # the session's own rules (labd run --policy FILE), validated
+        # A function sent with Client.submit: its pickle travels in `payload`, is recorded in session.created
+        # (not in the session row, which every session.list returns) and reaches only the runner. Never unpickled here.
+        payload = self.arg("payload", str, None, check=lambda s: 0 < len(s) <= MAX_PAYLOAD_TEXT,
+                           hint=f"base64 text of a pickled call of at most {MAX_PAYLOAD} bytes")
+        if (payload is not None) != (workflow == FUNCTION_WORKFLOW):
+            raise ApiError("bad_request", f"field 'payload' goes with workflow {FUNCTION_WORKFLOW!r}, and that "
+                           "workflow needs it (use Client.submit)")
+        if payload is not None:
+            try:
+                check: dict[str, Any] = {"ok": True, "params": check_params(params, payload)}
+            except ValueError as exc:
+                raise ApiError("bad_params", str(exc)) from None
+        else:
+            check = d.check_workflow(workflow, params, path)
+        if isinstance(limits.budget, float | int) and not math.isfinite(limits.budget):
+            raise ApiError("bad_limits", "budget must be a finite amount of USD")
+        if not check.get("ok"):
+            raise ApiError(check.get("code", "bad_params"), check.get("message", "invalid workflow"),
+                           check.get("details"))
+        params = check.get("params", params)
+        queue = d.supervisor.queue
+        if queue.never_fits(limits):
+            raise ApiError("bad_limits", f"memory limit {limits.memory} bytes is more than the daemon's whole "
+                           f"memory_total ({queue.memory_total} bytes): the session could never start")
+        sid = secrets.token_hex(6)
+        label = (check.get("function") or workflow.rsplit(":", 1)[-1]) if payload is None \
+            else str(params.get("function") or "function")
+        name = name or f"{label.rsplit('.', 1)[-1].strip('<>')[:180]}-{sid[:6]}"
+        workdir = d.layout.sessions_dir / sid / "work"
+        created: dict[str, Any] = {"workflow": workflow, "name": name, "params": params,
+                                   "limits": limits.to_dict(), "workdir": str(workdir)}
+        if payload is not None:
+            created["payload"] = payload
+        if path:
+            created["sys_path"] = path
+        if overrides:
+            created["agents"] = overrides
+        if key is not None:
+            created.update(idempotency_key=key, request_digest=digest)
+            self._remember(key, sid, digest, name)
+        if skill is not None:
+            created["skill"] = skill
+            if skill.get("origin_session"):
+                created.update(parent_id=skill["origin_session"], origin="skill")
+        if policy:
+            created["policy"] = policy
+        if self.lineage:
+            created.update({k: v for k, v in self.lineage.items() if v is not None})
+            self.prepare(sid)
+        if tags:
+            created["tags"] = tags
+        if placement:
+            created["placement"] = placement
+        sandbox = d.sandbox_spec(sid, network)  # what confines the code its agents run: recorded on the session
+        created["sandbox"] = {k: sandbox[k] for k in ("level", "mechanism", "reasons", "network")} | {
+            "runner": d.runner_confinement}
+        d.post_event(sid, "session.created", created, reply_to=self.reply_to)
+        d.supervisor.submit(queue.entry(sid, workflow, _run_params(d, params, payload), limits, str(workdir),
+                                        priority, time.time(), extra=entry_extra(d, name, created)))
+        return DEFERRED
+
+
+def _placement(req: Any) -> dict[str, Any] | None:
+    from labd.daemon.ray_launcher import PlacementError, placement_from
+
+    try:
+        return placement_from(req.body, str(req.daemon.cfg.launcher.get("kind") or "template"))
+    except PlacementError as exc:
+        raise ApiError("bad_request", str(exc)) from None
+
+
+def _run_params(d: Any, params: dict[str, Any], payload: str | None) -> dict[str, Any]:
+    """The params the runner gets: a submitted function's also carry its pickle and the result size bound."""
+    if payload is None:
+        return params
+    # the value sent back must fit one event (base64 grows it by 4/3; headroom for the envelope)
+    max_result = max(0, min(MAX_RESULT, (d.cfg.max_message - 2048) * 3 // 4))
+    return {**params, "payload": payload, "max_result": max_result}
+
+
+def session_spec(d: Any, q: Queued) -> dict[str, Any]:
+    """The runner's start spec for a session (built when it launches, so a queued one gets current settings:
+    models, prices, MCP servers and the agent registry as they are then)."""
+    roles: dict[str, Any] | None
+    try:
+        roles = agent_roles(d)
+    except ApiError:
+        roles = None  # checked at session.start; a registry file broken since then: the built-in roles
+    extra = dict(q.extra)
+    network = bool(extra.pop("network", d.cfg.sandbox.network))
+    extra["policy"] = runner_policy(d, extra.pop("policy", None))  # the daemon's rules, then the session's
+    if (d.layout.sessions_dir / q.sid / "durable.seed.json").exists():  # a resume or branch (api/durable.py)
+        extra["durable"] = True
+    seed = d.layout.sessions_dir / q.sid / "replay.json"  # labd replay (daemon/api/lineage.py); also after requeue
+    if seed.exists():
+        extra["replay_seed"] = str(seed)
+    # The runner's own key, derived for this session: it can sign for this session only.
+    return {"session_id": q.sid, "workflow": q.workflow, "params": q.params, "workdir": q.workdir,
+            "endpoint": d.info.runners, "key": derive_key(d.info.key_bytes, q.sid).hex(),
+            "sandbox": d.sandbox_spec(q.sid, network), "confine": d.runner_confine_spec(q.sid),
+            "secret_names": d.cfg.secret_env,
+            "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,
+            "mcp_servers": d.cfg.mcp_servers, "roles": roles, "secrets": d.secrets,
+            "limits": q.limits.to_dict(), **extra}
+
+
+def entry_extra(d: Any, name: str, created: dict[str, Any]) -> dict[str, Any]:
+    """What a queued session's runner needs beyond workflow, params and limits, from its ``session.created``
+    payload: one rule for a start, a requeue after a restart, a resume and a branch."""
+    return {"name": name, "sys_path": created.get("sys_path") or [], "agent_overrides": created.get("agents") or {},
+            "policy": created.get("policy") or [],
+            "network": bool((created.get("sandbox") or {}).get("network", d.cfg.sandbox.network)),
+            "placement": created.get("placement")}
+
+
+def requeue(d: Any, rows: list[dict[str, Any]], unrecorded: dict[str, tuple[int, float]]) -> int:
+    """Put the sessions stored as ``queued`` (``rows``) back in the run queue, in their order; at daemon start.
+    One whose runner the last daemon had already forked (``unrecorded``, found by title) is adopted instead:
+    never a second runner."""
+    for row in rows:
+        if row["id"] in unrecorded:
+            d.supervisor.adopt(row, unrecorded[row["id"]])
+    rows = [row for row in rows if row["id"] not in unrecorded]
+    first = d.store.first_events([row["id"] for row in rows], ["session.queued", "session.created"])
+    for row in rows:
+        priority = int(first.get((row["id"], "session.queued"), {}).get("priority") or 0)
+        c = first.get((row["id"], "session.created"), {})
+        d.supervisor.requeue(d.supervisor.queue.entry(
+            row["id"], row["workflow"], _run_params(d, row["params"], c.get("payload")),
+            Limits.from_dict(row["limits"]), row["workdir"], priority, row["created_at"],
+            extra=entry_extra(d, row["name"], c)))
+    return len(rows)
