@@ -169,6 +169,8 @@ def wait_for_spec(fd: int, hints: dict[str, list[str]] | None = None) -> dict[st
     """Block until the template sends the spec (all of it, then end of file); None when the pipe ends
     without one (the template is gone or dropped this spare): the caller exits. Meanwhile, every
     :data:`REFRESH_S`, refresh what was prepared from ``hints``."""
+    if hints and not (hints.get("sandbox_hide") or hints.get("confine_hide")):
+        hints = None  # nothing to keep fresh (the prepared spool does not go stale): no periodic wake-up
     while hints and not select.select([fd], [], [], REFRESH_S)[0]:
         try:
             refresh(hints)
