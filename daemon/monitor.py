@@ -46,6 +46,9 @@ THROTTLE_TICK_S = 0.02
 NEAR_TICK_S = 0.025  # re-read of a session past NEAR_FRACTION of its memory limit
 NEAR_FRACTION = 0.5
 BURST_S = 0.1  # how much CPU time a throttled session may bank
+#: a new session's first pass comes this long after its launch: not while its runner starts up (the pass
+#: would compete with it for the CPU), soon enough to catch the peaks of a short session
+FRESH_DELAY_S = 0.05
 BURY_GRACE_S = 2.0  # SIGTERM -> SIGKILL for what a finished session left behind
 BURY_HUNT_S = 10.0  # how long escaped processes of an ended session are looked for
 
@@ -104,7 +107,8 @@ class _Watched:
     breached: bool = False
     procs_reported: bool = False
     timeout_reported: bool = False
-    fresh: bool = True  # sampled on the monitor's next tick, so even short sessions get their peaks
+    fresh: bool = True  # sampled FRESH_DELAY_S after the watch began, so even short sessions get their peaks
+    watched_at: float = 0.0  # monotonic time the watch began
     seen_at: float | None = None
     recorded: tuple[int, float, int, int, float] | None = None  # figures of the last resource.sample event
     recorded_at: float = 0.0  # wall time of the last pass that found the runner alive (its liveness)
@@ -151,7 +155,8 @@ class Monitor(threading.Thread):
         signal_group(pid, signal.SIGCONT)
         with self._lock:
             self._buried.pop(sid, None)
-            self._watched[sid] = _Watched(sid, pid, limits, started, start_key=p.start, t_at=time.monotonic(),
+            now = time.monotonic()
+            self._watched[sid] = _Watched(sid, pid, limits, started, start_key=p.start, t_at=now, watched_at=now,
                                           keys={p.key})
         self._wake.set()
 
@@ -207,8 +212,11 @@ class Monitor(threading.Thread):
                     buried = bool(self._buried)
                 now = time.monotonic()
                 strict = buried or any(w.limits.strict for w in watched)
-                if any(w.fresh for w in watched):  # a new session is sampled soon, but a burst of starts
-                    next_pass = min(next_pass, last_pass + self.limit_interval)  # costs one pass per period
+                fresh = [w.watched_at for w in watched if w.fresh]
+                if fresh:  # a new session is sampled soon, but not while its runner starts (a pass is a few ms
+                    # of CPU on a 2-core box, competing with the runner's first output), and a burst of starts
+                    # costs one pass per period
+                    next_pass = min(next_pass, max(last_pass + self.limit_interval, min(fresh) + FRESH_DELAY_S))
                 if now >= next_pass:
                     record = now >= next_record
                     if record:

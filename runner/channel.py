@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 from bisect import bisect_right
@@ -80,7 +81,7 @@ class Channel:
 
     def __init__(self, endpoint: str, key: bytes, session_id: str, *, max_unacked: int = 200_000,
                  hello: Callable[[], dict[str, Any]] | None = None, max_message: int | None = None,
-                 spool: str | os.PathLike[str] | None = None, first_seq: int = 1,
+                 spool: str | os.PathLike[str] | Spool | None = None, first_seq: int = 1,
                  curve: dict[str, str] | None = None) -> None:
         self.endpoint = endpoint
         #: a runner on another machine (Ray launcher): CurveZMQ keys (Z85), the daemon's public key pinned
@@ -116,8 +117,10 @@ class Channel:
         os.set_blocking(self._wake_w, False)
         self._closing = False
         self._forked = False
-        self._spool = Spool(spool) if spool is not None else None
+        # a Spool already made (a spare runner's prepared file, runner/spare.py) or the path of one to open
+        self._spool = spool if isinstance(spool, Spool) or spool is None else Spool(spool)
         self.spool_error: str | None = None
+        self.connect_error: str | None = None  # set by the channel thread if it could not connect at all
         self._thread = threading.Thread(target=self._run, name="labd-channel", daemon=True)
         #: message type -> callable(body), run on the channel thread (cancel, pause, resume, approval.resolved)
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
@@ -204,8 +207,16 @@ class Channel:
         self._spool = None
 
     def start(self) -> None:
-        """Connect and send what is buffered from the calling thread (no thread start-up on the path of
-        the first event), then hand the sockets over to the channel thread."""
+        """Start the channel thread, which connects and sends what is buffered. Returns without waiting for
+        the connection: ZeroMQ's context and socket set-up (its I/O and reaper threads, ~2 ms, far more on a
+        busy box) overlaps with the caller's own set-up instead of delaying it (docs/design.md, "First
+        output"). A runner calls this only after it has confined itself: the thread (and ZeroMQ's threads,
+        which it starts) inherit the confinement."""
+        self._thread.start()
+
+    def _connect(self) -> tuple[zmq.Context, zmq.Socket, zmq.Socket]:
+        """Create the context and socket and connect (the channel thread's first step; messages queue until the
+        connection is up)."""
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
         # Unique per connection: the daemon routes to the last validly signed one (no hijack by routing id).
@@ -220,12 +231,16 @@ class Channel:
             sock.curve_secretkey = self._curve["secret"].encode()
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         sock.connect(self.endpoint)  # the pipe exists at once: messages queue until the connection is up
+        return ctx, sock, monitor
+
+    def discard(self) -> None:
+        """Release a channel that was never started (a spare runner's warm-up): its wake pipe and spool."""
+        os.close(self._wake_r)
+        os.close(self._wake_w)
         with self._lock:
-            self._take()
-            self._force = True
-        self._flush(sock, time.monotonic())
-        self._sockets = (ctx, sock, monitor)
-        self._thread.start()
+            if self._spool is not None:
+                self._spool.close(remove=True)
+                self._spool = None
 
     def close(self, timeout: float = 10.0) -> bool:
         """Flush, wait up to ``timeout`` for every event to be acknowledged; True if all were.
@@ -285,7 +300,14 @@ class Channel:
         return bulk_due
 
     def _run(self) -> None:
-        ctx, sock, monitor = self._sockets  # created by start(); used by this thread only from now on
+        try:
+            ctx, sock, monitor = self._connect()  # this thread's alone from now on
+        except Exception as exc:  # noqa: BLE001 - e.g. a malformed endpoint or CurveZMQ key: say so, keep the spool
+            self.connect_error = f"{type(exc).__name__}: {exc}"
+            print(f"labd runner: event channel cannot connect: {self.connect_error}", file=sys.__stderr__)
+            return  # emits still reach the spool, which the daemon reads when the runner has ended
+        with self._lock:
+            self._force = True  # what was emitted before the connection leaves in the first pass, at once
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)

@@ -34,6 +34,8 @@ from labd.runner.files import FileTracker
 from labd.runner.logsetup import configure_logging, logging_after_fork
 from labd.runner.reaper import become_subreaper
 from labd.runner.sandbox import Sandbox, install
+from labd.runner.spare import take_spool
+from labd.runner.spool import Spool
 from labd.runner.workflows.registry import WorkflowError, bind_params, resolve
 
 __all__ = ["run_session", "SECRET_PATTERN", "split_secrets"]
@@ -100,8 +102,11 @@ def run_session(spec: dict[str, Any]) -> int:
     secrets.update(spec.get("secrets") or {})
     clean_env.update(spec.get("env") or {})
     clean_env.update({"LABD_SESSION_ID": session_id, "LABD_WORKDIR": str(workdir)})
-    os.environ.clear()
-    os.environ.update(clean_env)
+    for name in [n for n in os.environ if n not in clean_env]:  # only what changes: each is a libc call
+        del os.environ[name]
+    for name, value in clean_env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
     become_subreaper()  # a double-forked orphan of the workflow stays in our tree (see runner/reaper.py)
 
     me = psutil.Process()
@@ -110,6 +115,13 @@ def run_session(spec: dict[str, Any]) -> int:
     key = take_key(spec)
     replay_seed = spec.get("replay_seed")  # labd replay: read now, before the runner confines itself
     seed_text = Path(replay_seed).read_text() if replay_seed else None
+    # The event spool: a spare runner prepared an unnamed file (runner/spare.py); named now, before the
+    # runner confines itself (Landlock would refuse a link from outside the session's directory)
+    spool_at = Path(spec.get("spool") or workdir.parent / "events.spool")
+    prepared = take_spool()
+    spool: Spool | Path = spool_at
+    if prepared is not None:
+        spool = Spool.link_prepared(prepared, spool_at) or spool_at
     install(Sandbox.from_spec(spec.get("sandbox"), session_dir=str(workdir.parent)))  # for run_code
     confined = confine_runner(spec.get("confine"))
     if confined == "landlock":  # the parent of the default tmp dir may be out of reach now: use our own
@@ -123,7 +135,7 @@ def run_session(spec: dict[str, Any]) -> int:
                                      "waiting_approvals": approvals_box[0].waiting_ids() if approvals_box else []},
                       max_message=spec.get("max_message"),
                       # beside the work directory, not in it: the work directory is the agent's to write
-                      spool=spec.get("spool") or workdir.parent / "events.spool",
+                      spool=spool,
                       # a resumed session's new runner continues its predecessor's sequence (exactly-once ingest)
                       first_seq=int((seed or {}).get("first_seq") or 1), curve=spec.get("curve"))
     emit = channel.emit
@@ -133,10 +145,12 @@ def run_session(spec: dict[str, Any]) -> int:
         emit = replay.activate(seed_text, emit, workdir=str(workdir), session_id=session_id).watch(emit)
     # Say we are up before the rest of the set-up (which the workflow needs, the client does not): this is
     # what makes a session's start quick to see. Daemon messages arriving meanwhile are held, not lost.
+    # The channel thread connects while this thread goes on with the set-up (it is confined: started after
+    # confine_runner above); session.started leaves as soon as the connection is there.
     inbox = _Inbox()
     channel.handlers.update({t: inbox.handler(t) for t in ("cancel", "pause", "resume", "approval.resolved")})
-    emit("session.started", {"pid": os.getpid(), "workdir": str(workdir), "runner_confinement": confined})
     channel.start()
+    emit("session.started", {"pid": os.getpid(), "workdir": str(workdir), "runner_confinement": confined})
     log = configure_logging(emit, session_id)
     ctx = Context(session_id, workdir, spec.get("params") or {}, emit, log, secrets)
     def emit_output(stream: str, text: str) -> None:

@@ -11,7 +11,8 @@ Rules that keep a spare safe:
 
 - it has **no thread** while it waits (Landlock, applied after the spec arrives, confines only the calling
   thread and what it starts later; see :mod:`labd.runner.credentials`): the dry pass joins what it starts;
-- it holds **no session's state**: no key, no secret, no socket (the dry ZeroMQ context is terminated);
+- it holds **no session's state**: no key, no secret, no socket (the dry ZeroMQ context is terminated); the
+  spool file it prepares is empty and unnamed (``O_TMPFILE``) until the one session it runs names it;
   its environment is the template's, which the daemon started without secrets;
 - it runs **one** spec at most: the pipe carries one document, and the template closes its end after it;
 - it **dies with the template**: end of file without a spec (the template exited or was killed; the write
@@ -26,11 +27,22 @@ import select
 import threading
 from typing import Any
 
-__all__ = ["warm_up", "wait_for_spec", "refresh", "single_threaded", "hints_of", "HINT_KEYS"]
+__all__ = ["warm_up", "wait_for_spec", "refresh", "single_threaded", "hints_of", "HINT_KEYS", "take_spool"]
 
-#: spec fields the template passes on to the next spare (session-independent: the daemon's hide lists),
-#: so the spare can walk the filesystem for its Landlock rules before the spec arrives
-HINT_KEYS = ("sandbox_hide", "confine_hide")
+#: spec fields the template passes on to the next spare (session-independent: the daemon's hide lists and
+#: where session directories are), so the spare can walk the filesystem for its Landlock rules and prepare a
+#: spool file before the spec arrives
+HINT_KEYS = ("sandbox_hide", "confine_hide", "spool_dir")
+
+#: the spool file the warm-up prepared (runner/spool.py, prepare_unnamed): unnamed until a session takes it
+_spool: tuple[int, Any] | None = None
+
+
+def take_spool() -> tuple[int, Any] | None:
+    """The prepared spool file (fd, map), once; None if there is none (no spare, or it could not be made)."""
+    global _spool
+    prepared, _spool = _spool, None
+    return prepared
 
 
 def hints_of(spec: dict[str, Any]) -> dict[str, list[str]]:
@@ -42,6 +54,8 @@ def hints_of(spec: dict[str, Any]) -> dict[str, list[str]]:
     confine = spec.get("confine") or {}
     if confine.get("hide"):
         out["confine_hide"] = [str(p) for p in confine["hide"]]
+    if not spec.get("spool") and spec.get("workdir"):  # <sessions>/<id>/work: the spool goes in <sessions>/<id>
+        out["spool_dir"] = [os.path.dirname(os.path.dirname(os.path.abspath(str(spec["workdir"]))))]
     return out
 
 
@@ -80,6 +94,8 @@ def warm_up(hints: dict[str, list[str]]) -> None:
         landlock.walk(hints["sandbox_hide"])
     if hints.get("confine_hide"):
         prepare_confinement(hints["confine_hide"])
+    if hints.get("spool_dir"):  # the session's spool file, unnamed (it vanishes with us if no session comes)
+        _prepare_spool(hints["spool_dir"][0])
     # Pure functions of every start, run once on throwaway input: their first call in a forked process
     # pays for copy-on-write faults and lazy caches (~3 ms for invalidate_caches alone); the second is cheap.
     import importlib
@@ -97,8 +113,33 @@ def warm_up(hints: dict[str, list[str]]) -> None:
     configure_logging(lambda *_a, **_k: 0, "spare")  # configured again, for real, by the session
     codec = Codec(bytes(32))
     codec.pack_events("spare", [encode_json([1, 0.0, "session.started", None, None, {"pid": 0}])])
+    _warm_channel()
     bind_params(resolve("demo.count"), {"n": 1})
     json.loads(json.dumps({"warm": [1, 2.0, "x", None]}))
+
+
+def _prepare_spool(directory: str) -> None:
+    global _spool
+    from labd.runner.spool import prepare_unnamed
+
+    try:
+        _spool = prepare_unnamed(directory)
+    except OSError:  # no O_TMPFILE there (or no such directory yet): the session makes its spool itself
+        _spool = None
+
+
+def _warm_channel() -> None:
+    """A throwaway channel, used once: the first ``Channel()`` and emit of a forked process cost ~1-2 ms of
+    copy-on-write faults and first calls (measured in a fork of the template: 1.25 ms for the first
+    ``Channel()``, 0.06 ms for the second). Its thread is never started and its pipe is closed: nothing of it
+    outlives this call. No spool file: a file made and removed in a directory the Landlock walks list (the
+    temp directory) would make those walks stale, costing the session a new walk (runner/sandbox/landlock.py)."""
+    from labd.runner.channel import Channel
+
+    ch = Channel("inproc://labd-spare-warm-up", bytes(32), "spare")
+    ch.emit("session.started", {"pid": 0, "workdir": "", "runner_confinement": None})
+    ch.emit("output", {"stream": "stdout", "text": "warm\n"}, None)
+    ch.discard()
 
 
 def single_threaded() -> bool:
@@ -128,6 +169,8 @@ def wait_for_spec(fd: int, hints: dict[str, list[str]] | None = None) -> dict[st
     """Block until the template sends the spec (all of it, then end of file); None when the pipe ends
     without one (the template is gone or dropped this spare): the caller exits. Meanwhile, every
     :data:`REFRESH_S`, refresh what was prepared from ``hints``."""
+    if hints and not (hints.get("sandbox_hide") or hints.get("confine_hide")):
+        hints = None  # nothing to keep fresh (the prepared spool does not go stale): no periodic wake-up
     while hints and not select.select([fd], [], [], REFRESH_S)[0]:
         try:
             refresh(hints)

@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["Spool", "read_spool", "spool_path", "SPOOL_NAME", "HEADER"]
+__all__ = ["Spool", "read_spool", "spool_path", "SPOOL_NAME", "HEADER", "prepare_unnamed"]
 
 SPOOL_NAME = "events.spool"
 HEADER = struct.Struct("<IIQ")
@@ -55,13 +55,40 @@ def _record(src_seq: int, body: bytes) -> bytes:
 class Spool:
     """Append-only, memory-mapped spool file of one runner. Not thread-safe: the channel calls it under its lock."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], prepared: tuple[int, mmap.mmap] | None = None) -> None:
         self.path = Path(path)
+        self._map: mmap.mmap | None = None
+        if prepared is not None:  # see prepare_unnamed: given a name, empty, mapped, its first pages touched
+            self._fd, self._map = prepared
+            self.size = 0
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._map: mmap.mmap | None = None
         self.size = _data_end(self.path)  # bytes of records; the mapped file beyond them is zeros
         self._reserve(self.size + 1)
+
+    @classmethod
+    def link_prepared(cls, prepared: tuple[int, mmap.mmap], path: str | os.PathLike[str]) -> Spool | None:
+        """The spool at ``path``, made from an unnamed file of :func:`prepare_unnamed` by giving it that name
+        (``linkat``); None (and ``prepared`` released) if that cannot be done: ``path`` exists already (a resumed
+        session's), another filesystem, no ``/proc``. The caller then opens ``path`` the ordinary way."""
+        fd, m = prepared
+        target = Path(path)
+        try:
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                # linkat(AT_SYMLINK_FOLLOW) through /proc names the open file; os.link uses it only with a dir fd
+                dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.link(f"/proc/self/fd/{fd}", target.name, dst_dir_fd=dfd, follow_symlinks=True)
+                finally:
+                    os.close(dfd)
+                return cls(target, prepared)
+        except OSError:
+            pass
+        m.close()
+        os.close(fd)
+        return None
 
     def _reserve(self, need: int) -> None:
         """Make the mapping at least ``need`` bytes long. The blocks are allocated first (posix_fallocate): a full
@@ -142,6 +169,27 @@ class Spool:
                 self.path.unlink()
             except FileNotFoundError:
                 pass
+
+
+#: pages of a prepared spool written once before use (a first event's page fault, paid ahead)
+PREPARED_PAGES = 4
+
+
+def prepare_unnamed(directory: str | os.PathLike[str]) -> tuple[int, mmap.mmap]:
+    """An unnamed (``O_TMPFILE``) file in ``directory``, its first :data:`SEGMENT` allocated and mapped and its
+    first pages touched: what :class:`Spool` does for a new spool, done ahead (a spare runner, before its
+    session exists). It has no name until :meth:`Spool.link_prepared` gives it one, so it vanishes with its
+    process if never used. Raises OSError where unnamed files are not supported."""
+    fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, SEGMENT)
+        m = mmap.mmap(fd, SEGMENT)
+    except BaseException:
+        os.close(fd)
+        raise
+    for page in range(0, min(SEGMENT, PREPARED_PAGES * mmap.PAGESIZE), mmap.PAGESIZE):
+        m[page] = 0  # zeros stay zeros (the end of the records); the page is now in the page cache
+    return fd, m
 
 
 def _write_all(fd: int, data: bytes) -> int:

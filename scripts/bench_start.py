@@ -19,6 +19,11 @@ Measured side by side, interleaved round by round, in one run:
 (d) os.fork - a bare fork of this (warm) process, child writes one byte to a pipe: the floor.
 
 Prints p50/p90/p99 per variant and the p50 ratios. The machine is shared and noisy: read the ratios.
+
+A/B: by default the second daemon runs with ``spare_runners = 0``. With ``--base REF`` it runs the code of git
+revision ``REF`` instead (spare runner on in both; exported with ``git archive`` to a temp directory and put first
+on that daemon's ``PYTHONPATH``, so its template and runners are ``REF``'s too): a change to the start path,
+measured against the code before it, rounds alternated in one run.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_common  # noqa: E402
 from bench_common import (  # noqa: E402
     BenchDaemon,
     EventTail,
@@ -257,6 +263,40 @@ class TsTail(EventTail):
             return self.ts.get((sid, kind))
 
 
+def export_base(ref: str, dest: str) -> str:
+    """``git archive`` of ``ref`` under ``dest``, plus an import root in which ``labd.*`` maps to that tree the way
+    the editable install maps it to ours (pyproject's package-dir); returns the import root."""
+    import tarfile
+    from io import BytesIO
+
+    src = os.path.join(dest, "src")
+    os.makedirs(src)
+    data = subprocess.run(["git", "-C", str(bench_common.REPO), "archive", ref], check=True,
+                          capture_output=True).stdout
+    with tarfile.open(fileobj=BytesIO(data)) as tar:
+        tar.extractall(src, filter="data")
+    root = os.path.join(dest, "pp")
+    pkg = os.path.join(root, "labd")
+    os.makedirs(pkg)
+    for name in os.listdir(os.path.join(src, "labd")):
+        os.symlink(os.path.join(src, "labd", name), os.path.join(pkg, name))
+    for sub in ("daemon", "runner", "ipc", "store", "frontends"):
+        os.symlink(os.path.join(src, sub), os.path.join(pkg, sub))
+    return root
+
+
+@contextlib.contextmanager
+def code_from(root: str | None) -> Any:
+    """While a BenchDaemon starts: its PYTHONPATH begins with ``root`` (None: this checkout)."""
+    old = bench_common.REPO
+    if root is not None:
+        bench_common.REPO = type(old)(root)
+    try:
+        yield
+    finally:
+        bench_common.REPO = old
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--warm", type=int, default=40, help="warm (daemon) session starts, per daemon (default 40)")
@@ -268,6 +308,8 @@ def main() -> int:
                     help="seconds between rounds (default 0.1; a spare is forked 0.05 s after each launch)")
     ap.add_argument("--no-ab", action="store_true",
                     help="only the default daemon (spare runner on); no second daemon with spare_runners = 0")
+    ap.add_argument("--base", metavar="REF", default=None,
+                    help="A/B against git revision REF's code (spare on in both) instead of spare_runners = 0")
     ap.add_argument("--keep", action="store_true", help="keep the temp home (daemon log, database)")
     args = ap.parse_args()
     interrupt_on_sigterm()
@@ -284,12 +326,26 @@ def main() -> int:
     benches: dict[str, WarmBench] = {}
     tails: list[TsTail] = []
     t_begin = time.monotonic()
-    variants = [("spare", "1")] + ([] if args.no_ab else [("no spare", "0")])
+    base_root = None
+    if args.base and not args.no_ab:
+        import tempfile
+
+        base_tmp = tempfile.mkdtemp(prefix="labd-base-")
+        base_root = export_base(args.base, base_tmp)
+    b_label = f"base {args.base}" if base_root else "no spare"
+    variants = [("spare", "1", None)]
+    if not args.no_ab:  # B: no spare runner, or --base REF's code with one
+        variants.append((b_label, "0" if base_root is None else "1", base_root))
     try:
         with contextlib.ExitStack() as stack:
-            for label, value in variants:
+            if base_root is not None:
+                import shutil
+
+                stack.callback(shutil.rmtree, os.path.dirname(base_root), True)
+            for label, value, root in variants:
                 # one daemon per variant, started and connected in turn (each points XDG_RUNTIME_DIR at its own)
-                d = stack.enter_context(BenchDaemon(keep=args.keep, extra_env={"LABD_SPARE_RUNNERS": value}))
+                with code_from(root):
+                    d = stack.enter_context(BenchDaemon(keep=args.keep, extra_env={"LABD_SPARE_RUNNERS": value}))
                 tail = TsTail(d.home)
                 tail.start()
                 tails.append(tail)
@@ -327,9 +383,11 @@ def main() -> int:
             for label, b in benches.items():
                 report(b.rows, samples, title=f"daemon with {label}" + (" (spare_runners = 1, the default)"
                                                                        if label == "spare" else
-                                                                       " (spare_runners = 0)"))
+                                                                       " (spare_runners = 0)" if label == "no spare"
+                                                                       else " (spare_runners = 1)"))
             if len(benches) == 2:
-                compare(benches["spare"].rows, benches["no spare"].rows)
+                compare(benches["spare"].rows, benches[b_label].rows,
+                        "this checkout" if base_root else "spare", b_label)
     except KeyboardInterrupt:
         print("\ninterrupted; cleaned up", file=sys.stderr)
         return 130
@@ -344,8 +402,9 @@ def main() -> int:
     return 0
 
 
-def compare(on: list[dict[str, float]], off: list[dict[str, float]]) -> None:
-    """The spare runner's effect, side by side (same run, rounds alternated)."""
+def compare(on: list[dict[str, float]], off: list[dict[str, float]], a_name: str = "spare",
+            b_name: str = "no spare") -> None:
+    """A vs B side by side (same run, rounds alternated): the spare runner's effect, or this checkout vs --base."""
     table = []
     for name, what in (("reply", "start() reply"), ("created", "session.created visible"),
                        ("started_emitted", "runner emits started"), ("started", "session.started visible"),
@@ -354,8 +413,8 @@ def compare(on: list[dict[str, float]], off: list[dict[str, float]]) -> None:
         b = summary([r[name] for r in off if name in r])
         table.append([what, fmt_ms(a["p50"]), fmt_ms(b["p50"]), ratio(a["p50"], b["p50"]),
                       fmt_ms(a["p99"]), fmt_ms(b["p99"]), ratio(a["p99"], b["p99"])])
-    print_table(["request ->", "spare p50", "no spare p50", "ratio", "spare p99", "no spare p99", "ratio"],
-                table, title="\nSpare runner on vs off (ms; same run, rounds alternated)")
+    print_table(["request ->", f"{a_name} p50", f"{b_name} p50", "ratio", f"{a_name} p99", f"{b_name} p99", "ratio"],
+                table, title=f"\n{a_name} vs {b_name} (ms; same run, rounds alternated)")
 
 
 def report(rows: list[dict[str, float]], samples: dict[str, list[float]], title: str = "") -> None:

@@ -126,6 +126,35 @@ def test_runner_events_never_race_ahead_of_session_created(client: Client) -> No
     assert not client.status()["counters"].get("dropped.runner.unknown_session")
 
 
+def test_the_spare_prepares_its_sessions_spool_unnamed(client: Client, shared: dict[str, Any]) -> None:
+    """Once it knows where session directories are (from the previous spec), a waiting spare holds its next
+    session's event spool as an unnamed file in the sessions directory: no name appears there while it waits,
+    the session that takes it records every event through it (named events.spool in its own directory, removed
+    once all was acknowledged), and a spare killed unused leaves no file behind."""
+    sessions = (shared["daemon"].home / "sessions").resolve()
+    warm = client.start("demo.count", params={"n": 1, "delay": 0})  # a spec: the next spares know the directory
+    assert client.wait(warm, timeout=60)["status"] == "completed"
+
+    def unnamed_spool(p: psutil.Process) -> list[str]:
+        links = [os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{p.pid}/fd")]
+        return [link for link in links if link.startswith(f"{sessions}/#") and link.endswith("(deleted)")]
+
+    spare = wait_until(lambda: (s := the_spare(client)) and unnamed_spool(s) and s, timeout=30,
+                       what="a spare holding a prepared spool")
+    assert [e.name for e in sessions.iterdir() if not e.is_dir()] == []
+    sid = client.start("demo.count", params={"n": 3, "delay": 0})
+    assert client.wait(sid, timeout=60)["status"] == "completed"
+    assert client.session(sid)["pid"] == spare.pid
+    kinds = [e["kind"] for e in client.events(sid, limit=100)["events"]]
+    assert kinds.count("output") >= 1 and "session.started" in kinds and "session.finished" in kinds
+    assert not (sessions / sid / "events.spool").exists()  # everything acknowledged: removed
+    nxt = wait_until(lambda: (s := the_spare(client)) and s.pid != spare.pid and unnamed_spool(s) and s,
+                     timeout=30, what="the next spare with its spool")
+    os.kill(nxt.pid, signal.SIGKILL)
+    wait_until(lambda: not nxt.is_running() or nxt.status() == psutil.STATUS_ZOMBIE, timeout=30, what="its end")
+    assert [e.name for e in sessions.iterdir() if not e.is_dir()] == []
+
+
 def test_a_spare_dies_with_its_template(client: Client) -> None:
     """kill -9 of the template: its unused spare exits too (end of file on its spec pipe), and the new
     template makes a new spare that runs the next session."""
