@@ -29,7 +29,7 @@ from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
 from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.memory import limit_arenas
 from labd.daemon.monitor import Monitor
-from labd.daemon.orphans import find_unrecorded_runners
+from labd.daemon.orphans import belongs_here, find_runners, stop_stray
 from labd.daemon.queue import RunQueue
 from labd.daemon.retention import Retention
 from labd.daemon.supervisor import Supervisor
@@ -205,8 +205,15 @@ class Daemon(ControlPlane):
         self.supervisor.spec_for = lambda q: session_spec(self, q)
         live = self.store.live_sessions()
         queued = self.store.sessions(status=["queued"], limit=100_000)
-        # runners the last daemon forked but died before recording (found by their process title)
-        unrecorded = find_unrecorded_runners({r["id"] for r in live + queued if not r["pid"]})
+        known = self.store.session_ids()
+        # runners the last daemon started but died before recording (found by their process title)
+        runners = find_runners()
+        no_pid = {r["id"] for r in live + queued if not r["pid"]}
+        unrecorded = {sid: found for sid, found in runners.items() if sid in no_pid}
+        for sid, (pid, ctime) in runners.items():
+            if sid not in known and belongs_here(pid, layout.sessions_dir / sid) and stop_stray(pid, ctime):
+                self.log.warning("killed the runner of a session never recorded (the last daemon died starting "
+                                 "it; its client got no reply)", session_id=sid, pid=pid)
         for row in live:
             self.supervisor.adopt(row, unrecorded.get(row["id"]))
         requeue(self, queued, unrecorded)  # sessions queued when the last daemon stopped wait again, in order
@@ -215,7 +222,7 @@ class Daemon(ControlPlane):
         self.indexer.start()
         self.retention = Retention(layout.sessions_dir, engine, self.delete_sessions,
                                    older_than=cfg.retention_seconds, statuses=cfg.retention_statuses)
-        self.retention.sweep(self.store.session_ids())
+        self.retention.sweep(known)
         for ap in self.store.approvals(status="pending", limit=100_000):
             if ap["expires_at"]:
                 self.supervisor.watch_approval(ap["session_id"], ap["id"], ap["expires_at"], ap["policy"] or "reject")

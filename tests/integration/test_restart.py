@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -105,6 +106,37 @@ def test_runner_forked_but_never_recorded_is_adopted_not_lost_or_run_twice(daemo
             assert any(e["kind"] == "session.adopted" for e in events) or final["ended_by"] == "vanished"
     finally:
         restarted.stop()
+
+
+def test_runner_of_a_session_never_recorded_is_stopped(daemon) -> None:
+    """A daemon that dies after handing a runner its spec but before ``session.created`` is committed leaves a
+    runner the store has no trace of (and whose client got no reply). The next daemon kills it rather than let
+    it run its workflow unrecorded and unsupervised, and removes its directory. (Simulated: the daemon is
+    SIGKILLed mid-run and every row of the session deleted, as if it had never been committed.)"""
+    sid, pid = _ticking_then_daemon_killed(daemon, 2000)  # 100 s: it would outlive the test
+    os.kill(pid, signal.SIGSTOP)  # it must still be running when the next daemon starts
+    with sqlite3.connect(daemon.home / "labd.db") as conn:
+        conn.execute("PRAGMA foreign_keys = OFF")
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            columns = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            if "session_id" in columns:
+                conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (sid,))
+        conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+    try:
+        restarted = DaemonProc(daemon.home).start()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    try:
+        wait_until(lambda: not _alive(pid), timeout=30, what="the stray runner to be killed")
+        assert not (daemon.home / "sessions" / sid).exists()
+        with restarted.client() as c:
+            assert sid not in {s["id"] for s in c.sessions(limit=1000)}
+    finally:
+        restarted.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # if the test failed: not 100 s of ticking after it
 
 
 def _alive(pid: int) -> bool:
