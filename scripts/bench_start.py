@@ -17,6 +17,9 @@ Measured side by side, interleaved round by round, in one run:
 (c) forkserver - ``multiprocess.get_context("forkserver")`` with ``set_forkserver_preload`` of the same
             modules: ``Process.start()`` -> first message over a ``Pipe``.
 (d) os.fork - a bare fork of this (warm) process, child writes one byte to a pipe: the floor.
+(e) Jupyter - issue 7's anchor (scripts/jupyter_anchor.py; ``pip install 'labd[bench]'``): a fresh IPython kernel,
+            ``start_kernel`` -> the first stdout of ``print`` at the client; and an idle kernel's PSS next to an
+            idle labd runner's.
 
 Prints p50/p90/p99 per variant and the p50 ratios. The machine is shared and noisy: read the ratios.
 
@@ -310,6 +313,9 @@ def main() -> int:
                     help="only the default daemon (spare runner on); no second daemon with spare_runners = 0")
     ap.add_argument("--base", metavar="REF", default=None,
                     help="A/B against git revision REF's code (spare on in both) instead of spare_runners = 0")
+    ap.add_argument("--jupyter", type=int, default=5,
+                    help="fresh Jupyter kernels (start -> first output), the issue's anchor (default 5; 0: none; "
+                         "needs pip install 'labd[bench]')")
     ap.add_argument("--keep", action="store_true", help="keep the temp home (daemon log, database)")
     args = ap.parse_args()
     interrupt_on_sigterm()
@@ -321,7 +327,9 @@ def main() -> int:
     for m in PRELOAD:  # this process is "warm" too, for the os.fork floor
         __import__(m)
 
-    samples: dict[str, list[float]] = {"fork": [], "forkserver": [], "cold_c": [], "cold_template": []}
+    samples: dict[str, list[float]] = {"fork": [], "forkserver": [], "cold_c": [], "cold_template": [],
+                                       "jupyter": []}
+    pss: dict[str, float] = {}
     fs = None
     benches: dict[str, WarmBench] = {}
     tails: list[TsTail] = []
@@ -377,11 +385,13 @@ def main() -> int:
                     samples["cold_template"].append(time_cold_template(env))
                     done_cold += 1
                 time.sleep(args.pause)
+            if args.jupyter:  # the issue's anchor, in this run (kernels one after another: ~0.5-1 s each)
+                jupyter_anchor(args.jupyter, samples, pss, benches["spare"])
             for label, b in benches.items():
                 print(f"\n[{label}] {len(b.rows)} warm sessions ({b.failed} without a live event), live tail: "
                       f"{b.tail.messages} messages, {b.tail.bad} undecodable")
             for label, b in benches.items():
-                report(b.rows, samples, title=f"daemon with {label}" + (" (spare_runners = 1, the default)"
+                report(b.rows, samples, pss, title=f"daemon with {label}" + (" (spare_runners = 1, the default)"
                                                                        if label == "spare" else
                                                                        " (spare_runners = 0)" if label == "no spare"
                                                                        else " (spare_runners = 1)"))
@@ -417,7 +427,32 @@ def compare(on: list[dict[str, float]], off: list[dict[str, float]], a_name: str
                 table, title=f"\n{a_name} vs {b_name} (ms; same run, rounds alternated)")
 
 
-def report(rows: list[dict[str, float]], samples: dict[str, list[float]], title: str = "") -> None:
+def jupyter_anchor(n: int, samples: dict[str, list[float]], pss: dict[str, float], bench: WarmBench) -> None:
+    """``n`` fresh Jupyter kernels: start -> first output at the client (s, into ``samples["jupyter"]``); and
+    the PSS and USS of an idle kernel next to an idle labd runner's (``pss``, MiB)."""
+    import jupyter_anchor as ja
+
+    if not ja.available():
+        print("\nJupyter anchor skipped: jupyter_client/ipykernel not installed (pip install 'labd[bench]')")
+        return
+    samples["jupyter"].extend(ms / 1000 for ms in ja.kernel_first_output(n))
+    pss["Jupyter kernel PSS"], pss["USS"] = ja.kernel_idle_memory()
+    import psutil
+
+    c = bench.c
+    os.environ["XDG_RUNTIME_DIR"] = str(bench.d.runtime)
+    sid = c.start("demo.sleep", params={"seconds": 30})
+    deadline = time.monotonic() + 30
+    while not c.session(sid).get("pid") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2.0)  # a benchmark: idle like the kernel above
+    mem = psutil.Process(c.session(sid)["pid"]).memory_full_info()  # forked: shares the template's pages
+    pss["labd runner PSS"], pss["USS "] = mem.pss / 2**20, mem.uss / 2**20
+    c.kill(sid)
+
+
+def report(rows: list[dict[str, float]], samples: dict[str, list[float]], pss: dict[str, float],
+           title: str = "") -> None:
     def col(name: str) -> list[float]:
         return [r[name] for r in rows if name in r]
 
@@ -434,6 +469,7 @@ def report(rows: list[dict[str, float]], samples: dict[str, list[float]], title:
         ("cold: -m labd.runner.template", "Popen -> template 'ready' line", samples["cold_template"]),
         ("forkserver (preloaded)", "Process.start -> first Pipe message", samples["forkserver"]),
         ("os.fork (floor)", "fork -> first pipe byte", samples["fork"]),
+        ("Jupyter kernel (ipykernel)", "start_kernel -> first stdout at the client", samples["jupyter"]),
     ]
     created = summary(col("created"))["p50"]
     started = summary(col("started"))["p50"]
@@ -464,6 +500,11 @@ def report(rows: list[dict[str, float]], samples: dict[str, list[float]], title:
     if out_emitted == out_emitted:
         print(f"  first output split: printed and emitted {fmt_ms(out_emitted)} ms after the request, visible "
               f"{fmt_ms(out['p50'] - out_emitted)} ms later (capture -> spool -> channel -> ingest -> commit -> PUB)")
+    if samples["jupyter"]:
+        jup = summary(samples["jupyter"])["p50"]
+        print(f"  Jupyter kernel first output / warm FIRST OUTPUT  = {ratio(jup, out['p50'])}  (issue 7: >= 30x)")
+    if pss:
+        print("  idle memory: " + ", ".join(f"{k.strip()} {v:.1f} MiB" for k, v in pss.items()))
     verdict = "MET" if out["p50"] <= 0.015 and out["p99"] <= 0.030 else "NOT MET"
     print(f"\ngoal (issue 7): request -> first output at a client p50 <= 15 ms, p99 <= 30 ms: p50 {fmt_ms(out['p50'])} "
           f"ms, p99 {fmt_ms(out['p99'])} ms -> {verdict}  (session.created p50 {fmt_ms(created)} ms, "

@@ -2,7 +2,8 @@
 
 A fresh IPython kernel (``jupyter_client.KernelManager``, the way a notebook server starts one) from the start
 call to the first ``stream`` message of ``print(...)`` at the client, executed as soon as the kernel answers
-``kernel_info`` (as a notebook front-end waits for it); and an idle kernel's PSS, next to an idle labd runner's.
+``kernel_info`` (as a notebook front-end waits for it); and an idle kernel's PSS and USS, next to an idle labd
+runner's.
 Needs ``pip install labd[bench]`` (jupyter_client, ipykernel); :func:`available` says whether it can run.
 """
 
@@ -12,7 +13,7 @@ import subprocess
 import time
 from typing import Any
 
-__all__ = ["available", "kernel_first_output", "kernel_idle_pss"]
+__all__ = ["available", "kernel_first_output", "kernel_idle_memory"]
 
 
 def available() -> bool:
@@ -57,8 +58,8 @@ def kernel_first_output(n: int) -> list[float]:
     return out
 
 
-def kernel_idle_pss(settle: float = 2.0) -> float:
-    """PSS (MiB) of a kernel that has printed once and then sits idle for ``settle`` seconds."""
+def kernel_idle_memory(settle: float = 2.0) -> tuple[float, float]:
+    """(PSS, USS) in MiB of a kernel that has printed once and then sat idle for ``settle`` seconds."""
     import psutil
 
     _, km = _first_output()
@@ -66,7 +67,8 @@ def kernel_idle_pss(settle: float = 2.0) -> float:
         time.sleep(settle)  # a benchmark, not a test: let it reach its idle state
         pid = km.provisioner.pid if km.provisioner is not None else None
         assert pid is not None  # noqa: S101 - a local kernel always has a pid
-        return float(psutil.Process(pid).memory_full_info().pss) / 2**20
+        mem = psutil.Process(pid).memory_full_info()
+        return mem.pss / 2**20, mem.uss / 2**20
     finally:
         km.shutdown_kernel(now=True)
 
@@ -76,4 +78,5 @@ if __name__ == "__main__":  # a quick look on its own: python scripts/jupyter_an
         raise SystemExit("needs jupyter_client and ipykernel: pip install 'labd[bench]'")
     runs = kernel_first_output(5)
     print("kernel start -> first output, ms:", ", ".join(f"{x:.0f}" for x in runs))
-    print(f"idle kernel PSS: {kernel_idle_pss():.1f} MiB")
+    pss, uss = kernel_idle_memory()
+    print(f"idle kernel PSS {pss:.1f} MiB, USS {uss:.1f} MiB")
