@@ -182,7 +182,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
             for frames in deferred:  # verified last pass; their sessions' items were just taken
                 frames_list.append(frames)
                 self._process_frames(frames, batch, seen=True)
-            while len(batch.rows) < MAX_BATCH and nbytes < MAX_BATCH_BYTES:
+            while len(batch.rows) + len(batch.plain) < MAX_BATCH and nbytes < MAX_BATCH_BYTES:
                 try:
                     frames = self.router.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
@@ -212,8 +212,8 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         unreachable, the batch waits and is then processed again (runners keep what is unacknowledged)."""
         while True:
             try:
-                if batch.rows or batch.changes.session_updates or batch.changes.session_inserts:
-                    self.writer.commit(batch.rows, batch.changes, self.cursors)
+                if batch.rows or batch.plain or batch.changes.session_updates or batch.changes.session_inserts:
+                    self.writer.commit(batch.rows, batch.changes, self.cursors, batch.plain)
                 break
             except UNREACHABLE as exc:
                 self.count("store_unavailable")
@@ -252,7 +252,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
 
     def _forget(self, batch: Batch) -> None:
         """Drop cached cursors a failed batch touched: they are reloaded from the store."""
-        touched = {r[0] for r in batch.rows} | set(batch.changes.session_updates) | {
+        touched = {r[0] for r in batch.rows} | {r[0] for r in batch.plain} | set(batch.changes.session_updates) | {
             r["id"] for r in batch.changes.session_inserts}
         for sid in touched:
             self.cursors.pop(sid, None)

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from labd.store.projections import RowChanges
-from labd.store.writer import EventRow
+from labd.store.writer import EventRow, PlainRow
 
 __all__ = ["Batch", "LiveEvents", "Fragment", "tune_gc", "PUB_CHUNK_BYTES", "PUB_SNDHWM", "GC_GEN0"]
 
@@ -67,6 +67,8 @@ class Batch:
     publish, acknowledge and tell the rest of the daemon once they are committed."""
 
     rows: list[EventRow] = field(default_factory=list)
+    #: hot-path rows without node id and parent (inserted by their own statement: store.writer.PlainRow)
+    plain: list[PlainRow] = field(default_factory=list)
     changes: RowChanges = field(default_factory=RowChanges)
     acks: dict[str, tuple[bytes, bool]] = field(default_factory=dict)
     #: per session, the committed events to publish (payloads pre-encoded)
@@ -82,7 +84,7 @@ class Batch:
 
     def merge(self, other: Batch) -> None:
         """Take over the after-commit work of an event committed on its own (safe mode)."""
-        self.count += len(other.rows)
+        self.count += len(other.rows) + len(other.plain)
         for sid, evs in other.pub.items():
             self.pub.setdefault(sid, LiveEvents()).extend(evs)
         self.notes.extend(other.notes)
