@@ -8,6 +8,7 @@ DESIGN.md §9).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -28,6 +29,7 @@ EventRow = tuple[str, int, float, str, str, int, "str | None", "int | None", str
 #: column (docs/design.md, "Event path: the store's share").
 PlainRow = tuple[str, int, float, str, str, int, str]
 
+_first = itemgetter(0)
 _SESSION_UPDATE_COLUMNS = frozenset(c.name for c in sessions.columns) - {"id"}
 
 
@@ -153,7 +155,7 @@ class BatchWriter:
                 conn.exec_driver_sql(self._insert_events, rows)
             if plain:
                 conn.exec_driver_sql(self._insert_plain, plain)
-            touched = {r[0] for r in rows} | {r[0] for r in plain} | set(changes.session_updates)
+            touched = set(map(_first, rows)) | set(map(_first, plain)) | set(changes.session_updates)  # C loops
             for sid in touched:
                 cur = cursors[sid]
                 values: dict[str, Any] = dict(changes.session_updates.get(sid, {}))
