@@ -109,7 +109,7 @@ def ingest(n, live):
     while i < len(frames):
         b = ing_mod.Batch(); nbytes = 0; flist = []
         t = time.thread_time()
-        while (i < len(frames) and len(b.rows) + len(getattr(b, "plain", ())) < ing_mod.MAX_BATCH
+        while (i < len(frames) and (b.size() if hasattr(b, "size") else len(b.rows)) < ing_mod.MAX_BATCH
                and nbytes < ing_mod.MAX_BATCH_BYTES):
             f = frames[i]; i += 1; nbytes += sum(map(len, f)); flist.append(f)
             ing._process_frames(f, b, seen=False)

@@ -19,7 +19,7 @@ from labd.store.retention import delete_sessions
 from labd.store.schema import IDEMPOTENCY_RETENTION, approvals, sessions
 from labd.store.skills import delete_skill, insert_skill
 
-__all__ = ["BatchWriter", "EventRow", "PlainRow"]
+__all__ = ["BatchWriter", "EventRow", "PlainRow", "NodeRow"]
 
 # (session_id, seq, ts, kind, src, src_seq, node_id, parent, payload_json)
 EventRow = tuple[str, int, float, str, str, int, "str | None", "int | None", str]
@@ -28,6 +28,8 @@ EventRow = tuple[str, int, float, str, str, int, "str | None", "int | None", str
 #: parameter, more than the rest of the row's binding): such rows are inserted by a statement that names neither
 #: column (docs/design.md, "Event path: the store's share").
 PlainRow = tuple[str, int, float, str, str, int, str]
+#: an event row with a node id but no parent (NULL): (session_id, seq, ts, kind, src, src_seq, node_id, payload_json)
+NodeRow = tuple[str, int, float, str, str, int, str, str]
 
 _first = itemgetter(0)
 _SESSION_UPDATE_COLUMNS = frozenset(c.name for c in sessions.columns) - {"id"}
@@ -46,6 +48,8 @@ class BatchWriter:
                                f"payload) VALUES ({', '.join([ph] * 9)})")
         self._insert_plain = ("INSERT INTO events (session_id, seq, ts, kind, src, src_seq, payload) "
                               f"VALUES ({', '.join([ph] * 7)})")
+        self._insert_noded = ("INSERT INTO events (session_id, seq, ts, kind, src, src_seq, node_id, payload) "
+                              f"VALUES ({', '.join([ph] * 8)})")
 
     def close(self) -> None:
         self._conn.close()
@@ -141,9 +145,9 @@ class BatchWriter:
             raise
 
     def commit(self, rows: list[EventRow], changes: RowChanges, cursors: dict[str, SessionCursor],
-               plain: Sequence[PlainRow] = ()) -> None:
-        """Write ``rows``, ``plain`` rows and ``changes`` in one transaction; ``cursors`` give each session's
-        seq marks."""
+               plain: Sequence[PlainRow] = (), noded: Sequence[NodeRow] = ()) -> None:
+        """Write ``rows``, ``plain`` and ``noded`` rows and ``changes`` in one transaction; ``cursors`` give each
+        session's seq marks."""
         conn = self._conn
         p = self._p
         try:
@@ -155,7 +159,10 @@ class BatchWriter:
                 conn.exec_driver_sql(self._insert_events, rows)
             if plain:
                 conn.exec_driver_sql(self._insert_plain, plain)
-            touched = set(map(_first, rows)) | set(map(_first, plain)) | set(changes.session_updates)  # C loops
+            if noded:
+                conn.exec_driver_sql(self._insert_noded, noded)
+            touched = set(map(_first, rows)) | set(map(_first, plain)) | set(map(_first, noded)) | set(
+                changes.session_updates)  # C loops
             for sid in touched:
                 cur = cursors[sid]
                 values: dict[str, Any] = dict(changes.session_updates.get(sid, {}))

@@ -164,7 +164,7 @@ def test_an_exception_mid_frame_leaves_the_cursor_covering_the_staged_rows(tmp_p
         return [f"{sid}:x".encode(), *codec.pack_events(sid, [encode_json(e) for e in evs])]
 
     def staged(b: Batch) -> list[tuple[int, int]]:  # (seq, src_seq) of every row, plain or not
-        return sorted([(r[1], r[5]) for r in b.rows] + [(r[1], r[5]) for r in b.plain])
+        return sorted((r[1], r[5]) for rows in (b.rows, b.plain, b.noded) for r in rows)
 
     now = time.time()
     b = Batch()
@@ -182,6 +182,6 @@ def test_an_exception_mid_frame_leaves_the_cursor_covering_the_staged_rows(tmp_p
     assert (cur.runner_seq, cur.last_seq) == (6, 5)
     ing._process_frames(frame([[7, now, "custom", None, None, {"name": "f"}]]), b, seen=False)  # noqa: SLF001
     assert staged(b)[-2:] == [(5, 5), (6, 7)]
-    writer.commit(b.rows, b.changes, ing.cursors, b.plain)  # no duplicate key
+    writer.commit(b.rows, b.changes, ing.cursors, b.plain, b.noded)  # no duplicate key
     writer.close()
     engine.dispose()

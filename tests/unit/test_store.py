@@ -142,33 +142,37 @@ def test_events_read_back_in_seq_order_with_filters(engine: Engine, writer: Batc
 
 
 def test_plain_rows_commit_with_the_others_and_advance_their_sessions(engine: Engine, writer: BatchWriter) -> None:
-    """Rows without node id and parent (ingest's hot path, ``store.writer.PlainRow``: their own INSERT that binds no
-    NULL) commit in the same transaction as full rows: read back in seq order with NULL node id and parent, and a
-    session touched only by plain rows has its ``last_seq``/``runner_seq`` advanced in that transaction."""
+    """Rows without node id and parent (``store.writer.PlainRow``) and with a node id but no parent (``NodeRow``),
+    each shape inserted by its own statement that binds no NULL, commit in one transaction with full rows: read back
+    in seq order with NULL where nothing was bound; a session touched only by plain rows has its
+    ``last_seq``/``runner_seq`` advanced in that transaction; a duplicate key in any shape rolls back all."""
     cursors: dict[str, SessionCursor] = {}
     for sid in ("s1", "s2"):
         b = Batch(cursors)
         b.add(sid, "session.created", {**CREATED, "name": sid}, ts=1.0)
         b.commit(writer)
     c1, c2 = cursors["s1"], cursors["s2"]
-    full: list[EventRow] = [("s1", 2, 2.0, "custom", "r", 1, "n1", None, '{"name":"in a step"}')]
+    full: list[EventRow] = [("s1", 2, 2.0, "custom", "r", 1, "n1", 1, '{"name":"in a step"}')]
     plain = [("s1", 3, 3.0, "custom", "r", 2, '{"name":"a","data":1}'),
              ("s2", 2, 2.5, "log", "r", 1, '{"level":"info","event":"x"}'),
              ("s2", 3, 2.6, "output", "r", 2, '{"stream":"stdout","text":"é\\n"}')]
-    c1.last_seq, c1.runner_seq, c2.last_seq, c2.runner_seq = 3, 2, 3, 2
-    writer.commit(full, RowChanges(), cursors, plain)
+    noded = [("s1", 4, 4.0, "custom", "r", 3, "n2", '{"name":"b"}')]
+    c1.last_seq, c1.runner_seq, c2.last_seq, c2.runner_seq = 4, 3, 3, 2
+    writer.commit(full, RowChanges(), cursors, plain, noded)
     store = Store(engine)
     e1, e2 = store.events("s1"), store.events("s2")
-    assert [(e["seq"], e["node_id"], e["parent"]) for e in e1] == [(1, None, None), (2, "n1", None), (3, None, None)]
+    assert [(e["seq"], e["node_id"], e["parent"]) for e in e1] == [(1, None, None), (2, "n1", 1), (3, None, None),
+                                                                   (4, "n2", None)]
+    assert e1[3]["payload"] == {"name": "b"} and e1[3]["src_seq"] == 3
     assert e1[2]["payload"] == {"name": "a", "data": 1} and e1[2]["src"] == "runner" and e1[2]["src_seq"] == 2
     assert [(e["seq"], e["kind"], e["node_id"], e["parent"]) for e in e2] == [
         (1, "session.created", None, None), (2, "log", None, None), (3, "output", None, None)]
     assert e2[2]["payload"] == {"stream": "stdout", "text": "é\n"}
     assert (writer.load_cursor("s2").last_seq, writer.load_cursor("s2").runner_seq) == (3, 2)  # type: ignore[union-attr]
     with pytest.raises(Exception):  # noqa: B017, PT011 - a duplicate key among plain rows rolls everything back
-        writer.commit([("s1", 4, 4.0, "custom", "r", 3, None, None, '{"name":"b"}')], RowChanges(), cursors,
-                      [("s1", 3, 3.0, "custom", "r", 2, '{"name":"dup"}')])
-    assert [e["seq"] for e in store.events("s1")] == [1, 2, 3]
+        writer.commit([("s1", 5, 5.0, "custom", "r", 4, None, None, '{"name":"c"}')], RowChanges(), cursors,
+                      [("s1", 6, 6.0, "custom", "r", 5, '{"name":"d"}')], [("s1", 4, 3.0, "custom", "r", 3, "n", "{}")])
+    assert [e["seq"] for e in store.events("s1")] == [1, 2, 3, 4]
 
 
 def test_checkpointer_copies_the_log_back_and_truncates_it_at_stop(tmp_path: Path) -> None:
