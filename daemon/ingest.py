@@ -35,8 +35,8 @@ from labd.daemon.spools import remove_spool, spool_of
 from labd.daemon.warnlimit import WarnLimiter
 from labd.ipc.wire import Codec, PayloadError
 from labd.store.blobs import take_blobs
-from labd.store.projections import RowChanges, SessionCursor, apply
-from labd.store.writer import BatchWriter, EventRow
+from labd.store.projections import SessionCursor, apply
+from labd.store.writer import BatchWriter
 
 __all__ = ["Ingest", "INGEST_IN", "INGEST_NOTIFY", "MAX_BATCH", "Batch", "runner_session"]
 
@@ -182,7 +182,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
             for frames in deferred:  # verified last pass; their sessions' items were just taken
                 frames_list.append(frames)
                 self._process_frames(frames, batch, seen=True)
-            while len(batch.rows) < MAX_BATCH and nbytes < MAX_BATCH_BYTES:
+            while batch.size() < MAX_BATCH and nbytes < MAX_BATCH_BYTES:
                 try:
                     frames = self.router.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
@@ -212,8 +212,8 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         unreachable, the batch waits and is then processed again (runners keep what is unacknowledged)."""
         while True:
             try:
-                if batch.rows or batch.changes.session_updates or batch.changes.session_inserts:
-                    self.writer.commit(batch.rows, batch.changes, self.cursors)
+                if batch.size() or batch.changes.session_updates or batch.changes.session_inserts:
+                    self.writer.commit(batch.rows, batch.changes, self.cursors, batch.plain, batch.noded)
                 break
             except UNREACHABLE as exc:
                 self.count("store_unavailable")
@@ -252,7 +252,8 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
 
     def _forget(self, batch: Batch) -> None:
         """Drop cached cursors a failed batch touched: they are reloaded from the store."""
-        touched = {r[0] for r in batch.rows} | set(batch.changes.session_updates) | {
+        touched = {r[0] for rows in (batch.rows, batch.plain, batch.noded) for r in rows} | set(
+            batch.changes.session_updates) | {
             r["id"] for r in batch.changes.session_inserts}
         for sid in touched:
             self.cursors.pop(sid, None)
@@ -311,15 +312,13 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         """Add one event (and its projection changes) to the batch; in safe mode, commit it on its own.
         Returns False if the store refused it (it is then recorded as ``event.rejected``)."""
         if not self._safe:
-            self._stage(cur, ts, kind, src, src_seq, node_id, parent, payload, b.rows, b.changes, b.pub, b.notes,
-                        b.ended)
+            self._stage(cur, ts, kind, src, src_seq, node_id, parent, payload, b)
             b.count += 1
             return True
         one = Batch()
-        self._stage(cur, ts, kind, src, src_seq, node_id, parent, payload, one.rows, one.changes, one.pub,
-                    one.notes, one.ended)
+        self._stage(cur, ts, kind, src, src_seq, node_id, parent, payload, one)
         try:
-            self.writer.commit(one.rows, one.changes, self.cursors)
+            self.writer.commit(one.rows, one.changes, self.cursors, one.plain, one.noded)
         except REFUSED as exc:
             self.count("store_rejected")
             self.log.error("store refused an event", session_id=cur.id, kind=kind, error=str(exc)[:300])
@@ -333,18 +332,16 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
                 cur.runner_seq = max(cur.runner_seq, src_seq)
             marker = Batch()
             self._stage(cur, time.time(), "event.rejected", src, src_seq, None, None,
-                        {"kind": kind[:64], "reason": f"the store refused it: {type(exc).__name__}"},
-                        marker.rows, marker.changes, marker.pub, marker.notes, marker.ended)
-            self.writer.commit(marker.rows, marker.changes, self.cursors)
+                        {"kind": kind[:64], "reason": f"the store refused it: {type(exc).__name__}"}, marker)
+            self.writer.commit(marker.rows, marker.changes, self.cursors, marker.plain, marker.noded)
             b.merge(marker)
             return False
         b.merge(one)
         return True
 
     def _stage(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
-               node_id: str | None, parent: int | None, payload: dict[str, Any], rows: list[EventRow],
-               changes: RowChanges, pub: dict[str, LiveEvents], notes: list[tuple[Any, ...]],
-               ended: set[str]) -> None:
+               node_id: str | None, parent: int | None, payload: dict[str, Any], b: Batch) -> None:
+        changes, notes = b.changes, b.notes
         seq = cur.last_seq + 1
         if kind == "file.shipped":  # a remote runner's file: the bytes go to the work directory, not the store
             payload = receive_shipped(self.sessions_dir, cur.id, payload)
@@ -359,15 +356,15 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
                 notes.append(("approval", cur.id, payload["approval_id"], payload.get("timeout"),
                               payload.get("policy")))
             elif kind == "session.ended":
-                ended.add(cur.id)
+                b.ended.add(cur.id)
                 # finalize() wrote the session's status and reason into the payload: store what clients are
                 # told, not what arrived (the only projection that changes its event)
                 text = orjson.dumps(payload, default=repr).decode()
         else:
             cur.last_seq = seq
-        rows.append((cur.id, seq, ts, kind, src, seq if src_seq is None else src_seq, node_id, parent, text))
+        b.stage_row(cur.id, seq, ts, kind, src, seq if src_seq is None else src_seq, node_id, parent, text)
         if self._is_live(cur.id):  # what clients see live is exactly the stored text, encoded once
-            pub.setdefault(cur.id, LiveEvents()).add(len(text), [seq, ts, kind, src, node_id, parent, Fragment(text),
+            b.pub.setdefault(cur.id, LiveEvents()).add(len(text), [seq, ts, kind, src, node_id, parent, Fragment(text),
                                                                  seq if src_seq is None else src_seq])
 
     def _is_live(self, sid: str) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from labd.store.projections import RowChanges
-from labd.store.writer import EventRow
+from labd.store.writer import EventRow, NodeRow, PlainRow
 
 __all__ = ["Batch", "LiveEvents", "Fragment", "tune_gc", "PUB_CHUNK_BYTES", "PUB_SNDHWM", "GC_GEN0"]
 
@@ -67,6 +67,10 @@ class Batch:
     publish, acknowledge and tell the rest of the daemon once they are committed."""
 
     rows: list[EventRow] = field(default_factory=list)
+    #: hot-path rows without node id and parent (inserted by their own statement: store.writer.PlainRow)
+    plain: list[PlainRow] = field(default_factory=list)
+    #: rows with a node id and no parent (their own INSERT too: store.writer.NodeRow)
+    noded: list[NodeRow] = field(default_factory=list)
     changes: RowChanges = field(default_factory=RowChanges)
     acks: dict[str, tuple[bytes, bool]] = field(default_factory=dict)
     #: per session, the committed events to publish (payloads pre-encoded)
@@ -80,9 +84,23 @@ class Batch:
     ended: set[str] = field(default_factory=set)
     count: int = 0
 
+    def size(self) -> int:
+        """Event rows staged, of every shape."""
+        return len(self.rows) + len(self.plain) + len(self.noded)
+
+    def stage_row(self, sid: str, seq: int, ts: float, kind: str, src: str, src_seq: int, node_id: str | None,
+                  parent: int | None, text: str) -> None:
+        """Stage one event row in the list of its shape (no NULL is ever bound: store.writer.PlainRow)."""
+        if parent is not None:
+            self.rows.append((sid, seq, ts, kind, src, src_seq, node_id, parent, text))
+        elif node_id is None:
+            self.plain.append((sid, seq, ts, kind, src, src_seq, text))
+        else:
+            self.noded.append((sid, seq, ts, kind, src, src_seq, node_id, text))
+
     def merge(self, other: Batch) -> None:
         """Take over the after-commit work of an event committed on its own (safe mode)."""
-        self.count += len(other.rows)
+        self.count += other.size()
         for sid, evs in other.pub.items():
             self.pub.setdefault(sid, LiveEvents()).extend(evs)
         self.notes.extend(other.notes)

@@ -172,7 +172,8 @@ class RunnerFrames:
         live = b.pub.setdefault(sid, LiveEvents()) if self._is_live(sid) else None
         live_sizes = live.sizes.append if live is not None else None
         live_events = live.events.append if live is not None else None
-        rows_append = b.rows.append
+        plain_append = b.plain.append
+        noded_append = b.noded.append
         fast = not self._safe
         hot = 0
         runner_seq, last_seq = cur.runner_seq, cur.last_seq
@@ -216,7 +217,10 @@ class RunnerFrames:
                         runner_seq, last_seq, in_slow = cur.runner_seq, cur.last_seq, False
                         continue
                     last_seq += 1
-                    rows_append((sid, last_seq, ts, kind, "r", src_seq, node_id, None, text))
+                    if node_id is None:  # no NULLs to bind (store.writer.PlainRow); the parent is None here
+                        plain_append((sid, last_seq, ts, kind, "r", src_seq, text))
+                    else:
+                        noded_append((sid, last_seq, ts, kind, "r", src_seq, node_id, text))
                     if live_events is not None:  # the live copy is the stored text, spliced in (not encoded again)
                         live_sizes(len(text) + LIVE_OVERHEAD)  # type: ignore[misc]
                         live_events([last_seq, ts, kind, "r", node_id, None, Fragment(text), src_seq])

@@ -50,8 +50,12 @@ class LabdError(Exception):
 
 def event_from_wire(item: list[Any]) -> dict[str, Any]:
     """Turn a published compact event ``[seq, ts, kind, src, node_id, parent, payload, src_seq]`` into a dict."""
+    if len(item) == 8:  # every event the daemon publishes: one dict display, no zip (a follower's per-event cost)
+        seq, ts, kind, src, node_id, parent, payload, src_seq = item
+        return {"seq": seq, "ts": ts, "kind": kind, "src": "runner" if src == "r" else "daemon", "node_id": node_id,
+                "parent": parent, "payload": payload, "src_seq": src_seq}
     ev = dict(zip(WIRE_FIELDS, item, strict=False))
-    ev["src"] = "runner" if ev["src"] == "r" else "daemon"
+    ev["src"] = "runner" if ev.get("src") == "r" else "daemon"
     return ev
 
 

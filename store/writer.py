@@ -7,6 +7,8 @@ DESIGN.md §9).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -17,11 +19,19 @@ from labd.store.retention import delete_sessions
 from labd.store.schema import IDEMPOTENCY_RETENTION, approvals, sessions
 from labd.store.skills import delete_skill, insert_skill
 
-__all__ = ["BatchWriter", "EventRow"]
+__all__ = ["BatchWriter", "EventRow", "PlainRow", "NodeRow"]
 
 # (session_id, seq, ts, kind, src, src_seq, node_id, parent, payload_json)
 EventRow = tuple[str, int, float, str, str, int, "str | None", "int | None", str]
+#: an event row without node id and parent (both NULL): (session_id, seq, ts, kind, src, src_seq, payload_json).
+#: Most bulk events have neither, and Python's sqlite3 binds None through its adapter lookup (~0.35 us per
+#: parameter, more than the rest of the row's binding): such rows are inserted by a statement that names neither
+#: column (docs/design.md, "Event path: the store's share").
+PlainRow = tuple[str, int, float, str, str, int, str]
+#: an event row with a node id but no parent (NULL): (session_id, seq, ts, kind, src, src_seq, node_id, payload_json)
+NodeRow = tuple[str, int, float, str, str, int, str, str]
 
+_first = itemgetter(0)
 _SESSION_UPDATE_COLUMNS = frozenset(c.name for c in sessions.columns) - {"id"}
 
 
@@ -36,6 +46,10 @@ class BatchWriter:
         self._p = ph
         self._insert_events = ("INSERT INTO events (session_id, seq, ts, kind, src, src_seq, node_id, parent, "
                                f"payload) VALUES ({', '.join([ph] * 9)})")
+        self._insert_plain = ("INSERT INTO events (session_id, seq, ts, kind, src, src_seq, payload) "
+                              f"VALUES ({', '.join([ph] * 7)})")
+        self._insert_noded = ("INSERT INTO events (session_id, seq, ts, kind, src, src_seq, node_id, payload) "
+                              f"VALUES ({', '.join([ph] * 8)})")
 
     def close(self) -> None:
         self._conn.close()
@@ -130,8 +144,10 @@ class BatchWriter:
             self._conn.rollback()
             raise
 
-    def commit(self, rows: list[EventRow], changes: RowChanges, cursors: dict[str, SessionCursor]) -> None:
-        """Write ``rows`` and ``changes`` in one transaction; ``cursors`` give each session's seq marks."""
+    def commit(self, rows: list[EventRow], changes: RowChanges, cursors: dict[str, SessionCursor],
+               plain: Sequence[PlainRow] = (), noded: Sequence[NodeRow] = ()) -> None:
+        """Write ``rows``, ``plain`` and ``noded`` rows and ``changes`` in one transaction; ``cursors`` give each
+        session's seq marks."""
         conn = self._conn
         p = self._p
         try:
@@ -141,7 +157,12 @@ class BatchWriter:
                 conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in changes.session_inserts])
             if rows:
                 conn.exec_driver_sql(self._insert_events, rows)
-            touched = {r[0] for r in rows} | set(changes.session_updates)
+            if plain:
+                conn.exec_driver_sql(self._insert_plain, plain)
+            if noded:
+                conn.exec_driver_sql(self._insert_noded, noded)
+            touched = set(map(_first, rows)) | set(map(_first, plain)) | set(map(_first, noded)) | set(
+                changes.session_updates)  # C loops
             for sid in touched:
                 cur = cursors[sid]
                 values: dict[str, Any] = dict(changes.session_updates.get(sid, {}))

@@ -67,19 +67,23 @@ def test_hot_path_rejects_what_it_must_and_the_live_copy_is_the_stored_text(daem
             [nxt + 7, now, "session.ended", None, None, {"status": "completed"}],
             [nxt + 8, now, "custom", "n1", nxt, {"name": "with parent", "data": {"k": [1, 2.5, None]}}],
             [nxt + 9, now, "output", None, None, {"stream": "stdout", "text": "line\n"}],
+            [nxt + 10, now, "custom", "n2", None, {"name": "in a step"}],  # hot path, with a node id
         ]
-        assert _send(codec, s, sid, evs) == nxt + 10
+        assert _send(codec, s, sid, evs) == nxt + 11
         stored = [e for e in c.history(sid) if e["src"] == "runner" and e["src_seq"] >= first]
-        assert [e["src_seq"] for e in stored] == list(range(first, first + 10))
+        assert [e["src_seq"] for e in stored] == list(range(first, first + 11))
         every = list(c.history(sid))
         assert [e["seq"] for e in every] == list(range(1, len(every) + 1))
-        assert [e["kind"] for e in stored] == ["custom"] + ["event.rejected"] * 7 + ["custom", "output"]
+        assert [e["kind"] for e in stored] == ["custom"] + ["event.rejected"] * 7 + ["custom", "output", "custom"]
         assert [e["payload"]["kind"] for e in stored[1:8]] == ["custom"] * 5 + ["log", "session.ended"]
         assert stored[0]["payload"] == evs[0][5]
         assert stored[8]["payload"] == evs[8][5] and stored[8]["node_id"] == "n1" and stored[8]["parent"] == first
+        # rows without node id and parent take their own INSERT (store.writer.PlainRow): both stored as NULL
+        assert (stored[0]["node_id"], stored[0]["parent"], stored[9]["node_id"], stored[9]["parent"]) == (None,) * 4
+        assert (stored[10]["node_id"], stored[10]["parent"], stored[10]["payload"]) == ("n2", None, evs[10][5])
         assert c.session(sid)["status"] != "completed"  # the forged session.ended changed nothing
-        wait_until(lambda: (drain(100), len(live) >= 10)[1], timeout=30, what="the live copies")
+        wait_until(lambda: (drain(100), len(live) >= 11)[1], timeout=30, what="the live copies")
         key = ("seq", "kind", "src_seq", "node_id", "parent", "payload")
-        assert [[e[k] for k in key] for e in live[:10]] == [[e[k] for k in key] for e in stored]
+        assert [[e[k] for k in key] for e in live[:11]] == [[e[k] for k in key] for e in stored]
         sub.close(0)
         s.close(0)

@@ -163,22 +163,25 @@ def test_an_exception_mid_frame_leaves_the_cursor_covering_the_staged_rows(tmp_p
     def frame(evs: list[list[Any]]) -> list[bytes]:
         return [f"{sid}:x".encode(), *codec.pack_events(sid, [encode_json(e) for e in evs])]
 
+    def staged(b: Batch) -> list[tuple[int, int]]:  # (seq, src_seq) of every row, plain or not
+        return sorted((r[1], r[5]) for rows in (b.rows, b.plain, b.noded) for r in rows)
+
     now = time.time()
     b = Batch()
     ing._process_frames(frame([[1, now, "custom", None, None, {"name": "a"}],  # noqa: SLF001
                                [2, now, "custom", None, None, {"name": "b"}],
                                [3, now, "boom", None, None, {}]]), b, seen=False)
     assert ing.counters.get("dropped.runner.error") == 1
-    assert [r[1] for r in b.rows] == [2, 3] and (cur.runner_seq, cur.last_seq) == (3, 3)
+    assert [seq for seq, _ in staged(b)] == [2, 3] and (cur.runner_seq, cur.last_seq) == (3, 3)
     ing._process_frames(frame([[3, now, "custom", None, None, {"name": "c"}],  # noqa: SLF001
                                [4, now, "custom", None, None, {"name": "d"}]]), b, seen=False)
-    assert [(r[1], r[5]) for r in b.rows] == [(2, 1), (3, 2), (4, 4)]
+    assert staged(b) == [(2, 1), (3, 2), (4, 4)]
     ing._process_frames(frame([[5, now, "custom", None, None, {"name": "e"}],  # noqa: SLF001
                                [6, now, "output", None, None, {"stream": "stdout", "text": "boom"}]]), b, seen=False)
     assert ing.counters.get("dropped.runner.error") == 2
     assert (cur.runner_seq, cur.last_seq) == (6, 5)
     ing._process_frames(frame([[7, now, "custom", None, None, {"name": "f"}]]), b, seen=False)  # noqa: SLF001
-    assert [(r[1], r[5]) for r in b.rows][-2:] == [(5, 5), (6, 7)]
-    writer.commit(b.rows, b.changes, ing.cursors)  # no duplicate key
+    assert staged(b)[-2:] == [(5, 5), (6, 7)]
+    writer.commit(b.rows, b.changes, ing.cursors, b.plain, b.noded)  # no duplicate key
     writer.close()
     engine.dispose()

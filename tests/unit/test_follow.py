@@ -88,3 +88,17 @@ def test_any_lossy_live_tail_yields_each_event_once_in_order(n: int, first_read:
     got = _follow(store, live, since, first_read)
     heard = max([ev["seq"] for ev in live] + [min(first_read, n)])
     assert got == list(range(since + 1, max(heard, since) + 1))
+
+
+def test_a_published_event_becomes_the_same_dict_as_the_stores() -> None:
+    """``event_from_wire`` (per event of every follower) turns the published compact form into the dict the store's
+    reads give, field for field: the 8-item form by one dict display, an older 7-item form (no ``src_seq``) too."""
+    from labd.ipc.client import WIRE_FIELDS, event_from_wire
+
+    item = [7, 1.5, "custom", "r", "n1", 3, {"name": "tick", "data": [1, None]}, 5]
+    assert event_from_wire(item) == {**dict(zip(WIRE_FIELDS, item, strict=True)), "src": "runner"}
+    assert list(event_from_wire(item)) == list(WIRE_FIELDS)
+    assert event_from_wire([8, 2.0, "session.ended", "d", None, None, {}, 8])["src"] == "daemon"
+    old = event_from_wire([9, 2.5, "log", "r", None, None, {"level": "info", "event": "x"}])
+    assert old == {"seq": 9, "ts": 2.5, "kind": "log", "src": "runner", "node_id": None, "parent": None,
+                   "payload": {"level": "info", "event": "x"}}

@@ -141,6 +141,86 @@ def test_events_read_back_in_seq_order_with_filters(engine: Engine, writer: Batc
     assert store.events("other") == []
 
 
+def test_plain_rows_commit_with_the_others_and_advance_their_sessions(engine: Engine, writer: BatchWriter) -> None:
+    """Rows without node id and parent (``store.writer.PlainRow``) and with a node id but no parent (``NodeRow``),
+    each shape inserted by its own statement that binds no NULL, commit in one transaction with full rows: read back
+    in seq order with NULL where nothing was bound; a session touched only by plain rows has its
+    ``last_seq``/``runner_seq`` advanced in that transaction; a duplicate key in any shape rolls back all."""
+    cursors: dict[str, SessionCursor] = {}
+    for sid in ("s1", "s2"):
+        b = Batch(cursors)
+        b.add(sid, "session.created", {**CREATED, "name": sid}, ts=1.0)
+        b.commit(writer)
+    c1, c2 = cursors["s1"], cursors["s2"]
+    full: list[EventRow] = [("s1", 2, 2.0, "custom", "r", 1, "n1", 1, '{"name":"in a step"}')]
+    plain = [("s1", 3, 3.0, "custom", "r", 2, '{"name":"a","data":1}'),
+             ("s2", 2, 2.5, "log", "r", 1, '{"level":"info","event":"x"}'),
+             ("s2", 3, 2.6, "output", "r", 2, '{"stream":"stdout","text":"é\\n"}')]
+    noded = [("s1", 4, 4.0, "custom", "r", 3, "n2", '{"name":"b"}')]
+    c1.last_seq, c1.runner_seq, c2.last_seq, c2.runner_seq = 4, 3, 3, 2
+    writer.commit(full, RowChanges(), cursors, plain, noded)
+    store = Store(engine)
+    e1, e2 = store.events("s1"), store.events("s2")
+    assert [(e["seq"], e["node_id"], e["parent"]) for e in e1] == [(1, None, None), (2, "n1", 1), (3, None, None),
+                                                                   (4, "n2", None)]
+    assert e1[3]["payload"] == {"name": "b"} and e1[3]["src_seq"] == 3
+    assert e1[2]["payload"] == {"name": "a", "data": 1} and e1[2]["src"] == "runner" and e1[2]["src_seq"] == 2
+    assert [(e["seq"], e["kind"], e["node_id"], e["parent"]) for e in e2] == [
+        (1, "session.created", None, None), (2, "log", None, None), (3, "output", None, None)]
+    assert e2[2]["payload"] == {"stream": "stdout", "text": "é\n"}
+    assert (writer.load_cursor("s2").last_seq, writer.load_cursor("s2").runner_seq) == (3, 2)  # type: ignore[union-attr]
+    with pytest.raises(Exception):  # noqa: B017, PT011 - a duplicate key among plain rows rolls everything back
+        writer.commit([("s1", 5, 5.0, "custom", "r", 4, None, None, '{"name":"c"}')], RowChanges(), cursors,
+                      [("s1", 6, 6.0, "custom", "r", 5, '{"name":"d"}')], [("s1", 4, 3.0, "custom", "r", 3, "n", "{}")])
+    assert [e["seq"] for e in store.events("s1")] == [1, 2, 3, 4]
+
+
+def test_checkpointer_copies_the_log_back_and_truncates_it_at_stop(tmp_path: Path) -> None:
+    """The writer's connection never checkpoints (``wal_autocheckpoint=0``): the Checkpointer thread copies the
+    write-ahead log into the database file on its own connection while the writer goes on, and leaves an empty
+    log when it stops; nothing written is lost on the way."""
+    import os
+
+    from labd.store.db import Checkpointer
+    from tests.conftest import wait_until
+
+    db = tmp_path / "labd.db"
+    eng = open_engine(f"sqlite:///{db}")
+    migrate(eng)
+    w = BatchWriter(eng)
+    cursors: dict[str, SessionCursor] = {}
+    b = Batch(cursors)
+    b.add("s1", "session.created", CREATED, ts=1.0)
+    b.commit(w)
+    cur = cursors["s1"]
+    wal = Path(f"{db}-wal")
+
+    def write(n: int) -> None:
+        rows = [("s1", cur.last_seq + i, 2.0, "custom", "r", cur.runner_seq + i, orjson.dumps({"name": "x" * 200,
+                 "data": i}).decode()) for i in range(1, n + 1)]
+        cur.last_seq += n
+        cur.runner_seq += n
+        w.commit([], RowChanges(), cursors, rows)
+
+    for _ in range(5):
+        write(2000)
+    size_before = os.path.getsize(db)
+    assert wal.stat().st_size > size_before  # the writer left it all in the log
+    ck = Checkpointer(eng, interval=0.05)
+    ck.start()
+    try:
+        wait_until(lambda: os.path.getsize(db) > size_before + 1_000_000, timeout=30, what="a checkpoint")
+        write(2000)  # the writer is never blocked by the checkpointer
+    finally:
+        ck.stop()
+        ck.join(30)
+    assert not ck.is_alive() and wal.stat().st_size == 0
+    assert Store(eng).session("s1")["last_seq"] == 1 + 6 * 2000
+    assert len(Store(eng).events("s1", since=12_000, limit=10)) == 1
+    w.close()
+    eng.dispose()
+
+
 def test_steps_read_back(engine: Engine, writer: BatchWriter) -> None:
     """A started-then-finished step is one row with its final status and duration."""
     _run_session(writer, {})
