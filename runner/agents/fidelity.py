@@ -11,12 +11,14 @@ first event of the session that refers to a given text carries it once in its ``
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import threading
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["BLOB_MIN", "MEMO_SIZE", "BlobSender", "jsonable", "model_params"]
+__all__ = ["BLOB_MIN", "MEMO_SIZE", "BlobSender", "event_form", "jsonable", "model_params"]
 
 #: strings at least this long (characters) become blobs; shorter ones stay inline in the event
 BLOB_MIN = 4096
@@ -72,6 +74,88 @@ def jsonable(obj: Any, _depth: int = 0, text: Any = None) -> Any:
     if isinstance(obj, bytes):
         return {"bytes": len(obj)}
     return repr(obj)
+
+
+class _Fallback(Exception):
+    """A value the one-pass event walk leaves to :func:`jsonable` (the message is serialised that way)."""
+
+
+#: ag2 event class -> its "module.qualname" (ag2's ``qualified_name``), for nested events
+_QUALNAMES: dict[type, str] = {}
+#: ag2 event class -> whether its ``to_dict`` is ag2's own ``event_to_dict`` (then :func:`event_form` applies)
+_PLAIN_TO_DICT: dict[type, bool] = {}
+
+
+def event_form(event: Any, text: Any = None) -> Any:
+    """``jsonable(event, text=text)`` of an ag2 event, in one pass.
+
+    :func:`jsonable` of an event calls ag2's ``to_dict`` (``event_to_dict``: a recursive copy of the
+    event's fields, nested events as ``{"__event__": <qualified name>, ...}``) and then walks that copy
+    again; this walks the event's fields once and builds the same form. The common values (strings,
+    numbers, dicts, lists, nested events) are handled here; anything else (enums, exceptions, bytes,
+    UUIDs, dataclasses, pydantic models, deep nesting), or an event class with its own ``to_dict``,
+    makes it fall back to :func:`jsonable` for the whole event, so the result is always the same."""
+    cls = type(event)
+    plain = _PLAIN_TO_DICT.get(cls)
+    if plain is None:
+        from ag2.events import BaseEvent
+
+        plain = _PLAIN_TO_DICT[cls] = (getattr(cls, "to_dict", None) is BaseEvent.to_dict
+                                        and hasattr(cls, "_event_fields_"))
+    if plain:
+        try:
+            out: dict[str, Any] = {"type": cls.__name__}
+            out.update(_fields_form(event, text, 1))
+            return out
+        except _Fallback:
+            pass
+    return jsonable(event, text=text)
+
+
+def _fields_form(event: Any, text: Any, depth: int) -> dict[str, Any]:
+    return {k: _value_form(v, text, depth + 1) for k, v in event.__dict__.items() if not k.startswith("_")}
+
+
+def _value_form(value: Any, text: Any, depth: int) -> Any:
+    if depth > 30:  # jsonable's depth limit (40) would apply somewhere below: let it decide
+        raise _Fallback
+    kind = type(value)
+    if kind is str:
+        return text(value) if text is not None else value
+    if kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return {k if type(k) is str else str(k): _value_form(v, text, depth + 1) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_value_form(v, text, depth + 1) for v in value]
+    if hasattr(kind, "_event_fields_"):  # a nested event (ag2's _is_event_instance)
+        name = _QUALNAMES.get(kind)
+        if name is None:
+            name = _QUALNAMES[kind] = f"{kind.__module__}.{kind.__qualname__}"
+        out: dict[str, Any] = {"__event__": text(name) if text is not None else name}  # as jsonable does
+        out.update(_fields_form(value, text, depth))
+        return out
+    if kind in _PLAIN_DATACLASSES or _plain_dataclass(kind):  # e.g. ag2's Usage, in every ModelResponse
+        name = _QUALNAMES.get(kind)
+        if name is None:
+            name = _QUALNAMES[kind] = f"{kind.__module__}.{kind.__qualname__}"
+        return {"__dataclass__": text(name) if text is not None else name,
+                "data": {f.name: _value_form(getattr(value, f.name), text, depth + 2)
+                         for f in dataclasses.fields(value)}}
+    raise _Fallback
+
+
+#: dataclasses that ag2's serialize_value turns into {"__dataclass__": ..., "data": ...} (checked once per class)
+_PLAIN_DATACLASSES: set[type] = set()
+
+
+def _plain_dataclass(kind: type) -> bool:
+    """A dataclass that none of serialize_value's earlier cases (enum, exception, dict, list, bytes, UUID) takes."""
+    if not dataclasses.is_dataclass(kind) or issubclass(kind, (enum.Enum, BaseException, dict, list, tuple, bytes,
+                                                               bytearray, uuid.UUID)):
+        return False
+    _PLAIN_DATACLASSES.add(kind)
+    return True
 
 
 def model_params(config: Any) -> dict[str, Any]:
@@ -142,7 +226,7 @@ class BlobSender:
                 ref = self._ref(s, new)
                 refs.append((ref["$blob"], s))
                 return ref
-            form = jsonable(message, text=text)
+            form = event_form(message, text)
             if len(memo) >= MEMO_SIZE:
                 with self._lock:  # oldest first (insertion order); another thread may have evicted it
                     for key in list(memo)[:MEMO_SIZE // 4]:

@@ -1,0 +1,70 @@
+"""The workflow of ``bench_tracking.py`` (loaded by import path; the script puts scripts/ on PYTHONPATH).
+
+One labd session alternates blocks of agent turns with labd's tracking on and off, in ABBA order, so that
+each tracked block has an untracked neighbour run moments apart in the same process (the box's load drifts
+over seconds; a runner process's memory layout differs from the next one's). Both variants drive the same
+offline scripted model; the tracked agent is built by ``ctx.agent`` and its events go the real way (channel
+thread -> daemon -> store), the untracked one is a plain ``ag2.Agent`` run inside ``hooks.untracked()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+
+def ab_turns(ctx: Any, turns: int = 200, pairs: int = 10, warm: int = 40, settle: float = 0.25) -> dict[str, Any]:
+    """``pairs`` pairs of blocks of ``turns`` agent turns (tracked and untracked; AB, then BA, ...).
+
+    For each block it returns the loop's wall time and the runner's CPU time from the block's start to
+    ``settle`` seconds after its last turn (so the channel thread's sending of the block's bulk events,
+    which may wait up to 100 ms for company, is counted with the block that emitted them), split into the
+    workflow's thread and the process's other threads (the channel thread; ag2's worker threads run in
+    both variants). ``warm`` turns of each variant run first, unmeasured."""
+    from ag2 import Agent
+
+    from labd.runner.agents.hooks import untracked
+    from labd.runner.agents.offline import OfflineModelConfig
+
+    def snap() -> tuple[float, float]:
+        """(process CPU, the workflow thread's CPU), seconds (clock_gettime: exact, where /proc's per-thread
+        times tick in 10 ms); the other threads' CPU is the difference."""
+        return time.process_time(), time.thread_time()
+
+    async def body() -> list[dict[str, Any]]:
+        tracked = ctx.agent("bench", "Answer.")
+        plain = Agent("bench", ["Answer."], config=OfflineModelConfig())
+        counter = 0
+
+        async def run(variant: str, n: int) -> float:
+            nonlocal counter
+            agent = tracked if variant == "tracked" else plain
+            start = time.perf_counter()
+            if variant == "tracked":
+                for _ in range(n):
+                    counter += 1
+                    await agent.ask(f"turn {counter}")
+            else:
+                with untracked():
+                    for _ in range(n):
+                        counter += 1
+                        await agent.ask(f"turn {counter}")
+            return time.perf_counter() - start
+
+        await run("untracked", warm)
+        await run("tracked", warm)
+        await asyncio.sleep(settle)
+        blocks: list[dict[str, Any]] = []
+        for p in range(pairs):
+            order = ("untracked", "tracked") if p % 2 == 0 else ("tracked", "untracked")
+            for variant in order:
+                cpu0, main0 = snap()
+                wall = await run(variant, turns)
+                await asyncio.sleep(settle)  # the channel thread sends this block's tail now, counted with it
+                cpu1, main1 = snap()
+                blocks.append({"pair": p, "variant": variant, "turns": turns, "wall": wall, "cpu": cpu1 - cpu0,
+                               "main_cpu": main1 - main0, "other_cpu": (cpu1 - cpu0) - (main1 - main0)})
+        return blocks
+
+    return {"blocks": asyncio.run(body()), "warm": warm}
