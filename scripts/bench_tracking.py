@@ -33,6 +33,8 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from bench_common import BenchDaemon, interrupt_on_sigterm, print_machine, print_table  # noqa: E402
 
+#: variant -> thread name -> CPU seconds, summed over all blocks of all sessions
+THREADS: dict[str, dict[str, float]] = {}
 EVENTS_PER_TURN = 6  # agent.turn.started/finished, llm.request/response, agent.message, cost.recorded
 
 
@@ -45,6 +47,9 @@ def run_session(d: BenchDaemon, args: argparse.Namespace) -> tuple[list[dict[str
         if final["status"] != "completed":
             raise SystemExit(f"session {sid} ended {final['status']}: {final['reason']}")
         result = next(e for e in c.history(sid, kinds=["session.finished"]))["payload"]["result"]
+        for variant, per in (result.get("threads") or {}).items():
+            for name, secs in per.items():
+                THREADS.setdefault(variant, {})[name] = THREADS.get(variant, {}).get(name, 0.0) + secs
         return list(result["blocks"]), int(final["last_seq"])
 
 
@@ -119,6 +124,14 @@ def main() -> int:
              f"{per_turn[v]['other_cpu']:.0f} us", f"{per_turn[v]['wall']:.0f} us"] for v in ("untracked", "tracked")]
     print_table(["variant", "CPU per turn", "workflow thread", "other threads", "loop wall"], rows,
                 title="summed over all blocks, per turn")
+    per_thread = {v: {n: secs / turns[v] * 1e6 for n, secs in THREADS.get(v, {}).items()}
+                  for v in ("untracked", "tracked")}  # us per turn
+    tracked_t, untracked_t = per_thread["tracked"], per_thread["untracked"]
+    names = sorted(set(tracked_t) | set(untracked_t), key=lambda n: -tracked_t.get(n, 0.0))
+    print_table(["thread", "untracked", "tracked", "difference per tracking event"],
+                [[n, f"{untracked_t.get(n, 0.0):.0f} us", f"{tracked_t.get(n, 0.0):.0f} us",
+                  f"{(tracked_t.get(n, 0.0) - untracked_t.get(n, 0.0)) / EVENTS_PER_TURN:.1f} us"] for n in names],
+                title="CPU per turn by thread (/proc, 10 ms ticks; summed over all blocks)")
     events = EVENTS_PER_TURN
     d_main = per_turn["tracked"]["main_cpu"] - per_turn["untracked"]["main_cpu"]
     d_other = per_turn["tracked"]["other_cpu"] - per_turn["untracked"]["other_cpu"]

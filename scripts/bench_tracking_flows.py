@@ -10,6 +10,7 @@ thread -> daemon -> store), the untracked one is a plain ``ag2.Agent`` run insid
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -31,6 +32,28 @@ def ab_turns(ctx: Any, turns: int = 200, pairs: int = 10, warm: int = 40, settle
         """(process CPU, the workflow thread's CPU), seconds (clock_gettime: exact, where /proc's per-thread
         times tick in 10 ms); the other threads' CPU is the difference."""
         return time.process_time(), time.thread_time()
+
+    def by_thread() -> dict[str, float]:
+        """CPU seconds of each thread of the runner, by name (Python's thread name, else the OS one: ZeroMQ's
+        I/O thread), summed per name. /proc ticks in 10 ms: for sums over many blocks only."""
+        import psutil
+
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        names[threading.get_native_id()] = "workflow"
+        out: dict[str, float] = {}
+        for t in psutil.Process().threads():
+            name = names.get(t.id)
+            if name is None:
+                try:
+                    with open(f"/proc/self/task/{t.id}/comm") as f:
+                        name = f.read().strip()
+                except OSError:
+                    name = "?"
+            name = name.split("_")[0] if name.startswith("AnyIO") else name
+            out[name] = out.get(name, 0.0) + t.user_time + t.system_time
+        return out
+
+    threads: dict[str, dict[str, float]] = {"tracked": {}, "untracked": {}}
 
     async def body() -> list[dict[str, Any]]:
         tracked = ctx.agent("bench", "Answer.")
@@ -59,12 +82,17 @@ def ab_turns(ctx: Any, turns: int = 200, pairs: int = 10, warm: int = 40, settle
         for p in range(pairs):
             order = ("untracked", "tracked") if p % 2 == 0 else ("tracked", "untracked")
             for variant in order:
+                per0 = by_thread()
                 cpu0, main0 = snap()
                 wall = await run(variant, turns)
                 await asyncio.sleep(settle)  # the channel thread sends this block's tail now, counted with it
                 cpu1, main1 = snap()
+                per1 = by_thread()
+                acc = threads[variant]
+                for name, secs in per1.items():
+                    acc[name] = acc.get(name, 0.0) + secs - per0.get(name, 0.0)
                 blocks.append({"pair": p, "variant": variant, "turns": turns, "wall": wall, "cpu": cpu1 - cpu0,
                                "main_cpu": main1 - main0, "other_cpu": (cpu1 - cpu0) - (main1 - main0)})
         return blocks
 
-    return {"blocks": asyncio.run(body()), "warm": warm}
+    return {"blocks": asyncio.run(body()), "warm": warm, "threads": threads}

@@ -122,3 +122,35 @@ def test_price_lookups_are_remembered_per_model_with_the_same_answers() -> None:
         assert (mine.input, mine.output, mine.source) == (1.5, 3.0, "config:my-model")
         assert table.price("nobody-knows").source == "unknown"
     assert table.price("gpt-4o") is table.price("gpt-4o")
+
+
+def test_the_message_memo_forgets_a_conversation_when_its_events_die() -> None:
+    """A serialised message stays memoised while its event lives (served again without serialising) and
+    its entry goes when the event is gone, so finished conversations are not kept alive; an object that
+    cannot be weakly referenced is held by its entry instead, and still served from it."""
+    import gc
+
+    from ag2.events import ModelRequest, TextInput
+
+    sender = BlobSender()
+    message = ModelRequest([TextInput("hello")])
+    first = sender.serialize_messages([message], {})
+    assert len(sender._memo) == 1
+    assert sender.serialize_messages([message], {})[0] is first[0]  # a memo hit: the same form object
+    del message
+    gc.collect()
+    assert sender._memo == {}
+
+    class Slotted:
+        __slots__ = ("v",)
+
+        def __init__(self, v: int) -> None:
+            self.v = v
+
+        def to_dict(self) -> dict[str, Any]:
+            return {"v": self.v}
+
+    held = Slotted(3)
+    form = sender.serialize_messages([held], {})
+    assert form == [{"type": "Slotted", "v": 3}]
+    assert sender.serialize_messages([held], {})[0] is form[0]
