@@ -5,16 +5,16 @@ Each labd session (``--sessions``, one after the other on one real daemon) runs 
 scripted model, one block **tracked** (the agent built by ``ctx.agent``: every turn records
 agent.turn.started/finished, llm.request/response, agent.message and cost.recorded, which go through the
 runner's channel thread to the daemon and are persisted) and one **untracked** (a plain ``ag2.Agent`` inside
-``hooks.untracked()``), in ABBA order (AB, BA, AB, ...), after a warm-up of both. Blocks are short and
-neighbours run moments apart in the same process, so the box's load drift and the process-to-process
-variance (memory layout) fall mostly out of each pair's ratio.
+``hooks.untracked()``), in ABBA order (AB, BA, AB, ...), after a warm-up of both and with a few unmeasured
+turns before each block. Blocks are short and neighbours run moments apart in the same process, so the box's
+load drift and the process-to-process variance (memory layout) fall mostly out of each pair's ratio.
 
 Figures, all from the runner process: its CPU time per block (all threads, counted until ``--settle``
 seconds after the block's last turn, so that the channel thread's sending of the block's batched events is
 in it), split into the workflow's thread and the other threads (the channel thread; ag2's worker threads run
-in both variants); and the loop's wall time. The overhead is the median of the per-pair tracked/untracked
-ratios, with its interquartile range and a bootstrap 95 % confidence interval of that median; the ratio of
-the summed CPU over all blocks is printed beside it. Target (issue 7): <= 5 % runner CPU.
+in both variants), and by thread name; and the loop's wall time. The overhead is the median of the per-pair
+tracked/untracked ratios, with its interquartile range and a bootstrap 95 % confidence interval of that
+median; the ratio of the summed CPU over all blocks is printed beside it. Target (issue 7): <= 5 % runner CPU.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def run_session(d: BenchDaemon, args: argparse.Namespace) -> tuple[list[dict[str
     """The blocks one session measured, and the number of events it stored."""
     with d.client(timeout=60) as c:
         sid = c.start("bench_tracking_flows:ab_turns",
-                      params={"turns": args.turns, "pairs": args.pairs, "warm": args.warm, "settle": args.settle})
+                      params={"turns": args.turns, "pairs": args.pairs, "warm": args.warm, "settle": args.settle,
+                              "block_warm": args.block_warm})
         final = c.wait(sid, timeout=1800)
         if final["status"] != "completed":
             raise SystemExit(f"session {sid} ended {final['status']}: {final['reason']}")
@@ -75,12 +76,14 @@ def describe(name: str, ratios: Sequence[float]) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--turns", type=int, default=200, help="agent turns per block (default 200)")
-    ap.add_argument("--pairs", type=int, default=10, help="tracked/untracked block pairs per session (default 10)")
-    ap.add_argument("--sessions", type=int, default=2, help="sessions, one after the other (default 2)")
+    ap.add_argument("--turns", type=int, default=100, help="agent turns per block (default 100)")
+    ap.add_argument("--pairs", type=int, default=20, help="tracked/untracked block pairs per session (default 20)")
+    ap.add_argument("--sessions", type=int, default=3, help="sessions, one after the other (default 3)")
     ap.add_argument("--warm", type=int, default=40, help="unmeasured warm-up turns of each variant (default 40)")
-    ap.add_argument("--settle", type=float, default=0.25,
-                    help="seconds after each block still counted with it (its batched events leave; default 0.25)")
+    ap.add_argument("--block-warm", type=int, default=5,
+                    help="unmeasured turns before each block, of its variant (default 5; the switch is not measured)")
+    ap.add_argument("--settle", type=float, default=0.2,
+                    help="seconds after each block still counted with it (its batched events leave; default 0.2)")
     args = ap.parse_args()
     interrupt_on_sigterm()
     print_machine()
@@ -132,6 +135,14 @@ def main() -> int:
                 [[n, f"{untracked_t.get(n, 0.0):.0f} us", f"{tracked_t.get(n, 0.0):.0f} us",
                   f"{(tracked_t.get(n, 0.0) - untracked_t.get(n, 0.0)) / EVENTS_PER_TURN:.1f} us"] for n in names],
                 title="CPU per turn by thread (/proc, 10 ms ticks; summed over all blocks)")
+    rows = []
+    for key, label, scale, unit in (("main_sys", "kernel CPU", 1e6, "us"), ("main_minflt", "minor page faults", 1, ""),
+                                    ("main_nvcsw", "voluntary switches", 1, ""),
+                                    ("main_nivcsw", "involuntary switches", 1, "")):
+        per = [sum(b.get(key, 0) for b in blocks if b["variant"] == v) / turns[v] * scale
+               for v in ("untracked", "tracked")]
+        rows.append([label, f"{per[0]:.2f} {unit}".strip(), f"{per[1]:.2f} {unit}".strip()])
+    print_table(["workflow thread, per turn", "untracked", "tracked"], rows, title="getrusage(RUSAGE_THREAD)")
     events = EVENTS_PER_TURN
     d_main = per_turn["tracked"]["main_cpu"] - per_turn["untracked"]["main_cpu"]
     d_other = per_turn["tracked"]["other_cpu"] - per_turn["untracked"]["other_cpu"]
@@ -139,7 +150,7 @@ def main() -> int:
     print(f"\nper tracking event ({events} per turn): workflow thread {d_main / events:.1f} us, other threads "
           f"(channel) {d_other / events:.1f} us")
     print(f"events stored per session: {', '.join(f'{n:,}' for n in stored)} (expected >= "
-          f"{(args.warm + args.pairs * args.turns) * events:,} tracking events each)")
+          f"{(args.warm + args.pairs * (args.turns + args.block_warm)) * events:,} tracking events each)")
     med = statistics.median(ratio["cpu"])
     lo, hi = bootstrap_median(ratio["cpu"])
     print(f"tracking overhead, runner CPU: {pct(med)} (median of {n_pairs} pairs; 95 % CI {pct(lo)} .. {pct(hi)}); "

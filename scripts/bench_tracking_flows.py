@@ -10,19 +10,23 @@ thread -> daemon -> store), the untracked one is a plain ``ag2.Agent`` run insid
 from __future__ import annotations
 
 import asyncio
+import resource
 import threading
 import time
 from typing import Any
 
 
-def ab_turns(ctx: Any, turns: int = 200, pairs: int = 10, warm: int = 40, settle: float = 0.25) -> dict[str, Any]:
+def ab_turns(ctx: Any, turns: int = 100, pairs: int = 20, warm: int = 40, settle: float = 0.2,
+             block_warm: int = 5) -> dict[str, Any]:
     """``pairs`` pairs of blocks of ``turns`` agent turns (tracked and untracked; AB, then BA, ...).
 
     For each block it returns the loop's wall time and the runner's CPU time from the block's start to
     ``settle`` seconds after its last turn (so the channel thread's sending of the block's bulk events,
     which may wait up to 100 ms for company, is counted with the block that emitted them), split into the
     workflow's thread and the process's other threads (the channel thread; ag2's worker threads run in
-    both variants). ``warm`` turns of each variant run first, unmeasured."""
+    both variants). ``warm`` turns of each variant run first, unmeasured, and ``block_warm`` turns before each
+    block (a variant's code and data are cold again after the other variant's block and the pause: without
+    these the switch itself would be measured, and the tracked variant has more code to bring back)."""
     from ag2 import Agent
 
     from labd.runner.agents.hooks import untracked
@@ -82,17 +86,23 @@ def ab_turns(ctx: Any, turns: int = 200, pairs: int = 10, warm: int = 40, settle
         for p in range(pairs):
             order = ("untracked", "tracked") if p % 2 == 0 else ("tracked", "untracked")
             for variant in order:
+                await run(variant, block_warm)
                 per0 = by_thread()
+                ru0 = resource.getrusage(resource.RUSAGE_THREAD)
                 cpu0, main0 = snap()
                 wall = await run(variant, turns)
                 await asyncio.sleep(settle)  # the channel thread sends this block's tail now, counted with it
                 cpu1, main1 = snap()
+                ru1 = resource.getrusage(resource.RUSAGE_THREAD)
                 per1 = by_thread()
                 acc = threads[variant]
                 for name, secs in per1.items():
                     acc[name] = acc.get(name, 0.0) + secs - per0.get(name, 0.0)
                 blocks.append({"pair": p, "variant": variant, "turns": turns, "wall": wall, "cpu": cpu1 - cpu0,
-                               "main_cpu": main1 - main0, "other_cpu": (cpu1 - cpu0) - (main1 - main0)})
+                               "main_cpu": main1 - main0, "other_cpu": (cpu1 - cpu0) - (main1 - main0),
+                               # the workflow thread's kernel time, page faults and context switches
+                               "main_sys": ru1.ru_stime - ru0.ru_stime, "main_minflt": ru1.ru_minflt - ru0.ru_minflt,
+                               "main_nvcsw": ru1.ru_nvcsw - ru0.ru_nvcsw, "main_nivcsw": ru1.ru_nivcsw - ru0.ru_nivcsw})
         return blocks
 
     return {"blocks": asyncio.run(body()), "warm": warm, "threads": threads}
