@@ -93,9 +93,10 @@ def event_form(event: Any, text: Any = None) -> Any:
     :func:`jsonable` of an event calls ag2's ``to_dict`` (``event_to_dict``: a recursive copy of the
     event's fields, nested events as ``{"__event__": <qualified name>, ...}``) and then walks that copy
     again; this walks the event's fields once and builds the same form. The common values (strings,
-    numbers, dicts, lists, nested events) are handled here; anything else (enums, exceptions, bytes,
-    UUIDs, dataclasses, pydantic models, deep nesting), or an event class with its own ``to_dict``,
-    makes it fall back to :func:`jsonable` for the whole event, so the result is always the same."""
+    numbers, dicts, lists, nested events, plain dataclasses such as ag2's ``Usage``) are handled here;
+    anything else (enums, exceptions, bytes, UUIDs, pydantic models, nesting deeper than 30), or an event
+    class with its own ``to_dict``, makes it fall back to :func:`jsonable` for the whole event, so the
+    result is always the same."""
     cls = type(event)
     plain = _PLAIN_TO_DICT.get(cls)
     if plain is None:
