@@ -1,119 +1,164 @@
-"""Tracking overhead: the same scripted agent workflow with and without labd's automatic capture.
+"""Tracking overhead: the same scripted agent loop with and without labd's automatic capture, A/B in one run.
 
-One run, side by side (alternating, ``--rounds`` times each, medians reported):
+Each labd session (``--sessions``, one after the other on one real daemon) runs the workflow
+``bench_tracking_flows:ab_turns``: ``--pairs`` pairs of blocks of ``--turns`` agent turns on the offline
+scripted model, one block **tracked** (the agent built by ``ctx.agent``: every turn records
+agent.turn.started/finished, llm.request/response, agent.message and cost.recorded, which go through the
+runner's channel thread to the daemon and are persisted) and one **untracked** (a plain ``ag2.Agent`` inside
+``hooks.untracked()``), in ABBA order (AB, BA, AB, ...), after a warm-up of both and with a few unmeasured
+turns before each block. Blocks are short and neighbours run moments apart in the same process, so the box's
+load drift and the process-to-process variance (memory layout) fall mostly out of each pair's ratio.
 
-1. **untracked**: a labd session whose workflow drives a plain ``ag2.Agent`` on the offline scripted model
-   for ``--turns`` turns (no middleware, no events besides the session's own lifecycle);
-2. **tracked**: the same loop with the agent built by ``ctx.agent`` — every turn records agent.turn.*,
-   llm.request/response, agent.message and cost.recorded events, which the daemon persists;
-3. **bare ag2**: the untracked loop in a plain Python process (no labd at all), for reference.
-
-Each workflow times its own loop, in wall time and in CPU time of the whole runner process (all its
-threads, so the channel thread's work counts). CPU time is the steadier figure on a shared machine; the
-tracked/untracked ratios are the overhead of labd's capture. The persisted events are counted to show
-the work was really done. Target (issue 7): <= 5 % overhead.
+Figures, all from the runner process: its CPU time per block (all threads, counted until ``--settle``
+seconds after the block's last turn, so that the channel thread's sending of the block's batched events is
+in it), split into the workflow's thread and the other threads (the channel thread; ag2's worker threads run
+in both variants), and by thread name; and the loop's wall time. The overhead is the median of the per-pair
+tracked/untracked ratios, with its interquartile range and a bootstrap 95 % confidence interval of that
+median; the ratio of the summed CPU over all blocks is printed beside it. Target (issue 7): <= 5 % runner CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
-import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from bench_common import BenchDaemon, interrupt_on_sigterm, print_machine, print_table  # noqa: E402
 
-BARE = """
-import asyncio, sys, time
-from ag2 import Agent
-from labd.runner.agents.offline import OfflineModelConfig
-async def main(n):
-    agent = Agent("bench", ["Answer."], config=OfflineModelConfig())
-    start = time.perf_counter()
-    for i in range(n):
-        await agent.ask(f"turn {i}")
-    print(time.perf_counter() - start)
-asyncio.run(main(int(sys.argv[1])))
-"""
+#: variant -> thread name -> CPU seconds, summed over all blocks of all sessions
+THREADS: dict[str, dict[str, float]] = {}
+EVENTS_PER_TURN = 6  # agent.turn.started/finished, llm.request/response, agent.message, cost.recorded
 
 
-def run_session(d: BenchDaemon, turns: int, tracked: bool) -> tuple[float, float, int, float, float]:
+def run_session(d: BenchDaemon, args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
+    """The blocks one session measured, and the number of events it stored."""
     with d.client(timeout=60) as c:
-        sid = c.start("bench_flows:turns", params={"turns": turns, "tracked": tracked})
-        final = c.wait(sid, timeout=900)
+        sid = c.start("bench_tracking_flows:ab_turns",
+                      params={"turns": args.turns, "pairs": args.pairs, "warm": args.warm, "settle": args.settle,
+                              "block_warm": args.block_warm})
+        final = c.wait(sid, timeout=1800)
         if final["status"] != "completed":
             raise SystemExit(f"session {sid} ended {final['status']}: {final['reason']}")
         result = next(e for e in c.history(sid, kinds=["session.finished"]))["payload"]["result"]
-        return (float(result["seconds"]), float(result["cpu_seconds"]), int(final["last_seq"]),
-                float(result.get("main_cpu_seconds", 0.0)), float(result.get("other_cpu_seconds", 0.0)))
+        for variant, per in (result.get("threads") or {}).items():
+            for name, secs in per.items():
+                THREADS.setdefault(variant, {})[name] = THREADS.get(variant, {}).get(name, 0.0) + secs
+        return list(result["blocks"]), int(final["last_seq"])
+
+
+def bootstrap_median(values: Sequence[float], n: int = 4000, seed: int = 7) -> tuple[float, float]:
+    """95 % bootstrap confidence interval of the median of ``values`` (percentile method)."""
+    rnd = random.Random(seed)
+    k = len(values)
+    meds = sorted(statistics.median(rnd.choices(values, k=k)) for _ in range(n))
+    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
+
+
+def pct(ratio: float) -> str:
+    return f"{(ratio - 1) * 100:+.1f} %"
+
+
+def describe(name: str, ratios: Sequence[float]) -> list[str]:
+    """A table row: median of the paired ratios, IQR, bootstrap CI, range."""
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    lo, hi = bootstrap_median(ratios)
+    return [name, pct(statistics.median(ratios)), f"{pct(q[0])} .. {pct(q[2])}", f"{pct(lo)} .. {pct(hi)}",
+            f"{pct(min(ratios))} .. {pct(max(ratios))}"]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--turns", type=int, default=10_000, help="agent turns per run (default 10000)")
-    ap.add_argument("--rounds", type=int, default=2, help="runs of each variant, alternating (default 2)")
+    ap.add_argument("--turns", type=int, default=100, help="agent turns per block (default 100)")
+    ap.add_argument("--pairs", type=int, default=20, help="tracked/untracked block pairs per session (default 20)")
+    ap.add_argument("--sessions", type=int, default=3, help="sessions, one after the other (default 3)")
+    ap.add_argument("--warm", type=int, default=40, help="unmeasured warm-up turns of each variant (default 40)")
+    ap.add_argument("--block-warm", type=int, default=5,
+                    help="unmeasured turns before each block, of its variant (default 5; the switch is not measured)")
+    ap.add_argument("--settle", type=float, default=0.2,
+                    help="seconds after each block still counted with it (its batched events leave; default 0.2)")
     args = ap.parse_args()
     interrupt_on_sigterm()
     print_machine()
     env = {"PYTHONPATH": f"{HERE}:{HERE.parent}"}
-    times: dict[str, list[float]] = {"untracked": [], "tracked": [], "bare ag2": []}
-    cpu: dict[str, list[float]] = {"untracked": [], "tracked": []}
-    #: the runner's CPU split: the workflow's thread (agents + tracking + emit's encode and spool append)
-    #: and its other threads (the channel thread sending to the daemon; ag2's worker threads, in both variants)
-    main_cpu: dict[str, list[float]] = {"untracked": [], "tracked": []}
-    other_cpu: dict[str, list[float]] = {"untracked": [], "tracked": []}
-    events: dict[str, int] = {}
+    blocks: list[dict[str, Any]] = []
+    stored = []
     with BenchDaemon(extra_env=env) as d:
-        for r in range(args.rounds):
-            for variant in ("untracked", "tracked"):
-                secs, cpu_secs, n_events, main_secs, other_secs = run_session(d, args.turns, variant == "tracked")
-                times[variant].append(secs)
-                cpu[variant].append(cpu_secs)
-                main_cpu[variant].append(main_secs)
-                other_cpu[variant].append(other_secs)
-                events[variant] = n_events
-                print(f"round {r + 1}: {variant:<9} {secs:7.2f} s wall, {cpu_secs:7.2f} s CPU "
-                      f"(workflow thread {main_secs:.2f} s, other threads {other_secs:.2f} s; "
-                      f"{n_events:,} events stored)", flush=True)
-            out = subprocess.run([sys.executable, "-c", BARE, str(args.turns)], capture_output=True, text=True,
-                                 cwd=HERE.parent, check=True, env={**__import__("os").environ, **env})
-            times["bare ag2"].append(float(out.stdout.strip()))
-            print(f"round {r + 1}: bare ag2  {times['bare ag2'][-1]:7.2f} s", flush=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    base = med["untracked"]
-    rows = [[k, f"{v:.2f} s", f"{v / args.turns * 1e6:.0f} us", f"{v / base:.3f}x", f"{events.get(k, 0):,}"]
-            for k, v in med.items()]
+        for s in range(args.sessions):
+            got, n_events = run_session(d, args)
+            for b in got:
+                b["session"] = s
+            blocks += got
+            stored.append(n_events)
+            by = {(b["pair"], b["variant"]): b for b in got}
+            for p in range(args.pairs):
+                t, u = by[(p, "tracked")], by[(p, "untracked")]
+                print(f"session {s + 1} pair {p + 1:>2} ({'AB' if p % 2 == 0 else 'BA'}): CPU untracked "
+                      f"{u['cpu']:.3f} s, tracked {t['cpu']:.3f} s ({pct(t['cpu'] / u['cpu'])}); workflow thread "
+                      f"{pct(t['main_cpu'] / u['main_cpu'])}; wall {pct(t['wall'] / u['wall'])}", flush=True)
+    pairs: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
+    for b in blocks:
+        pairs.setdefault((b["session"], b["pair"]), {})[b["variant"]] = b
+    ratio: dict[str, list[float]] = {"cpu": [], "main_cpu": [], "wall": []}
+    for pair in pairs.values():
+        for key in ratio:
+            ratio[key].append(pair["tracked"][key] / pair["untracked"][key])
+    tot = {v: {k: sum(b[k] for b in blocks if b["variant"] == v) for k in ("cpu", "main_cpu", "other_cpu", "wall")}
+           for v in ("untracked", "tracked")}
+    turns = {v: sum(b["turns"] for b in blocks if b["variant"] == v) for v in ("untracked", "tracked")}
+    n_pairs = len(pairs)
     print()
-    print_table(["variant", "median loop time", "per turn", "vs untracked", "events stored"], rows,
-                title=f"{args.turns:,} agent turns, offline scripted model, median of {args.rounds}")
-    overhead = (med["tracked"] / base - 1) * 100
-    per_turn = (med["tracked"] - base) / args.turns * 1e6
-    cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
-    cpu_overhead = (cpu_med["tracked"] / cpu_med["untracked"] - 1) * 100
-    extra = (events["tracked"] - events["untracked"]) / args.turns
-    print(f"\ntracking overhead, wall time: {overhead:+.1f} % ({per_turn:.0f} us per turn)")
-    print(f"tracking overhead, runner CPU time: {cpu_overhead:+.1f} % "
-          f"({cpu_med['untracked']:.2f} s -> {cpu_med['tracked']:.2f} s for {extra:.1f} extra events per turn)")
-    # each round's tracked/untracked pair ran back to back: the median of the pairs' ratios follows the
-    # box's load drift less than the ratio of the medians does
-    paired = statistics.median(t / u for t, u in zip(cpu["tracked"], cpu["untracked"], strict=True))
-    print(f"  paired per round (median of {args.rounds} ratios): {(paired - 1) * 100:+.1f} % runner CPU")
-    main_med = {k: statistics.median(v) for k, v in main_cpu.items()}
-    other_med = {k: statistics.median(v) for k, v in other_cpu.items()}
-    per_event = 1e6 / max(1.0, extra * args.turns)
-    print(f"  workflow thread: {main_med['untracked']:.2f} s -> {main_med['tracked']:.2f} s "
-          f"({(main_med['tracked'] - main_med['untracked']) * per_event:.0f} us per tracking event: capture, "
-          f"encode, spool)")
-    print(f"  other threads:   {other_med['untracked']:.2f} s -> {other_med['tracked']:.2f} s "
-          f"({(other_med['tracked'] - other_med['untracked']) * per_event:.0f} us per tracking event: the channel "
-          f"thread sending; ag2's worker threads run in both variants)")
-    verdict = {True: "MET", False: "NOT MET"}
-    print(f"target <= 5 %: wall {verdict[overhead <= 5]}, CPU {verdict[cpu_overhead <= 5]}")
+    print_table(["runner figure (tracked / untracked)", "median of pair ratios", "IQR", "bootstrap 95 % CI of median",
+                 "range"],
+                [describe("CPU, all threads (until settle)", ratio["cpu"]),
+                 describe("CPU, workflow thread", ratio["main_cpu"]),
+                 describe("loop wall time", ratio["wall"])],
+                title=f"{n_pairs} pairs of {args.turns}-turn blocks ({args.sessions} sessions x {args.pairs}), "
+                      f"offline scripted model, ABBA order")
+    per_turn = {v: {k: tot[v][k] / turns[v] * 1e6 for k in tot[v]} for v in tot}
+    rows = [[v, f"{per_turn[v]['cpu']:.0f} us", f"{per_turn[v]['main_cpu']:.0f} us",
+             f"{per_turn[v]['other_cpu']:.0f} us", f"{per_turn[v]['wall']:.0f} us"] for v in ("untracked", "tracked")]
+    print_table(["variant", "CPU per turn", "workflow thread", "other threads", "loop wall"], rows,
+                title="summed over all blocks, per turn")
+    per_thread = {v: {n: secs / turns[v] * 1e6 for n, secs in THREADS.get(v, {}).items()}
+                  for v in ("untracked", "tracked")}  # us per turn
+    tracked_t, untracked_t = per_thread["tracked"], per_thread["untracked"]
+    names = sorted(set(tracked_t) | set(untracked_t), key=lambda n: -tracked_t.get(n, 0.0))
+    print_table(["thread", "untracked", "tracked", "difference per tracking event"],
+                [[n, f"{untracked_t.get(n, 0.0):.0f} us", f"{tracked_t.get(n, 0.0):.0f} us",
+                  f"{(tracked_t.get(n, 0.0) - untracked_t.get(n, 0.0)) / EVENTS_PER_TURN:.1f} us"] for n in names],
+                title="CPU per turn by thread (/proc, 10 ms ticks; summed over all blocks)")
+    rows = []
+    for key, label, scale, unit in (("main_sys", "kernel CPU", 1e6, "us"), ("main_minflt", "minor page faults", 1, ""),
+                                    ("main_nvcsw", "voluntary switches", 1, ""),
+                                    ("main_nivcsw", "involuntary switches", 1, "")):
+        per = [sum(b.get(key, 0) for b in blocks if b["variant"] == v) / turns[v] * scale
+               for v in ("untracked", "tracked")]
+        rows.append([label, f"{per[0]:.2f} {unit}".strip(), f"{per[1]:.2f} {unit}".strip()])
+    print_table(["workflow thread, per turn", "untracked", "tracked"], rows, title="getrusage(RUSAGE_THREAD)")
+    events = EVENTS_PER_TURN
+    d_main = per_turn["tracked"]["main_cpu"] - per_turn["untracked"]["main_cpu"]
+    d_other = per_turn["tracked"]["other_cpu"] - per_turn["untracked"]["other_cpu"]
+    summed = tot["tracked"]["cpu"] / turns["tracked"] / (tot["untracked"]["cpu"] / turns["untracked"])
+    print(f"\nper tracking event ({events} per turn): workflow thread {d_main / events:.1f} us, other threads "
+          f"(channel) {d_other / events:.1f} us")
+    print(f"events stored per session: {', '.join(f'{n:,}' for n in stored)} (expected >= "
+          f"{(args.warm + args.pairs * (args.turns + args.block_warm)) * events:,} tracking events each)")
+    med = statistics.median(ratio["cpu"])
+    lo, hi = bootstrap_median(ratio["cpu"])
+    print(f"tracking overhead, runner CPU: {pct(med)} (median of {n_pairs} pairs; 95 % CI {pct(lo)} .. {pct(hi)}); "
+          f"summed over all blocks {pct(summed)}")
+    verdict = "MET" if med <= 1.05 else "NOT MET"
+    sure = " (the CI's upper end is below 5 % too)" if hi <= 1.05 else (
+        " (the CI's lower end is above 5 %)" if lo > 1.05 else " (the CI contains 5 %)")
+    print(f"target <= 5 %: {verdict}{sure}")
     return 0
 
 

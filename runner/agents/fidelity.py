@@ -11,12 +11,15 @@ first event of the session that refers to a given text carries it once in its ``
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import threading
-from collections.abc import Mapping
+import uuid
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["BLOB_MIN", "MEMO_SIZE", "BlobSender", "jsonable", "model_params"]
+__all__ = ["BLOB_MIN", "MEMO_SIZE", "BlobSender", "event_form", "jsonable", "model_params"]
 
 #: strings at least this long (characters) become blobs; shorter ones stay inline in the event
 BLOB_MIN = 4096
@@ -74,6 +77,89 @@ def jsonable(obj: Any, _depth: int = 0, text: Any = None) -> Any:
     return repr(obj)
 
 
+class _Fallback(Exception):
+    """A value the one-pass event walk leaves to :func:`jsonable` (the message is serialised that way)."""
+
+
+#: ag2 event class -> its "module.qualname" (ag2's ``qualified_name``), for nested events
+_QUALNAMES: dict[type, str] = {}
+#: ag2 event class -> whether its ``to_dict`` is ag2's own ``event_to_dict`` (then :func:`event_form` applies)
+_PLAIN_TO_DICT: dict[type, bool] = {}
+
+
+def event_form(event: Any, text: Any = None) -> Any:
+    """``jsonable(event, text=text)`` of an ag2 event, in one pass.
+
+    :func:`jsonable` of an event calls ag2's ``to_dict`` (``event_to_dict``: a recursive copy of the
+    event's fields, nested events as ``{"__event__": <qualified name>, ...}``) and then walks that copy
+    again; this walks the event's fields once and builds the same form. The common values (strings,
+    numbers, dicts, lists, nested events, plain dataclasses such as ag2's ``Usage``) are handled here;
+    anything else (enums, exceptions, bytes, UUIDs, pydantic models, nesting deeper than 30), or an event
+    class with its own ``to_dict``, makes it fall back to :func:`jsonable` for the whole event, so the
+    result is always the same."""
+    cls = type(event)
+    plain = _PLAIN_TO_DICT.get(cls)
+    if plain is None:
+        from ag2.events import BaseEvent
+
+        plain = _PLAIN_TO_DICT[cls] = (getattr(cls, "to_dict", None) is BaseEvent.to_dict
+                                        and hasattr(cls, "_event_fields_"))
+    if plain:
+        try:
+            out: dict[str, Any] = {"type": cls.__name__}
+            out.update(_fields_form(event, text, 1))
+            return out
+        except _Fallback:
+            pass
+    return jsonable(event, text=text)
+
+
+def _fields_form(event: Any, text: Any, depth: int) -> dict[str, Any]:
+    return {k: _value_form(v, text, depth + 1) for k, v in event.__dict__.items() if not k.startswith("_")}
+
+
+def _value_form(value: Any, text: Any, depth: int) -> Any:
+    if depth > 30:  # jsonable's depth limit (40) would apply somewhere below: let it decide
+        raise _Fallback
+    kind = type(value)
+    if kind is str:
+        return text(value) if text is not None else value
+    if kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return {k if type(k) is str else str(k): _value_form(v, text, depth + 1) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_value_form(v, text, depth + 1) for v in value]
+    if hasattr(kind, "_event_fields_"):  # a nested event (ag2's _is_event_instance)
+        name = _QUALNAMES.get(kind)
+        if name is None:
+            name = _QUALNAMES[kind] = f"{kind.__module__}.{kind.__qualname__}"
+        out: dict[str, Any] = {"__event__": text(name) if text is not None else name}  # as jsonable does
+        out.update(_fields_form(value, text, depth))
+        return out
+    if kind in _PLAIN_DATACLASSES or _plain_dataclass(kind):  # e.g. ag2's Usage, in every ModelResponse
+        name = _QUALNAMES.get(kind)
+        if name is None:
+            name = _QUALNAMES[kind] = f"{kind.__module__}.{kind.__qualname__}"
+        return {"__dataclass__": text(name) if text is not None else name,
+                "data": {f.name: _value_form(getattr(value, f.name), text, depth + 2)
+                         for f in dataclasses.fields(value)}}
+    raise _Fallback
+
+
+#: dataclasses that ag2's serialize_value turns into {"__dataclass__": ..., "data": ...} (checked once per class)
+_PLAIN_DATACLASSES: set[type] = set()
+
+
+def _plain_dataclass(kind: type) -> bool:
+    """A dataclass that none of serialize_value's earlier cases (enum, exception, dict, list, bytes, UUID) takes."""
+    if not dataclasses.is_dataclass(kind) or issubclass(kind, (enum.Enum, BaseException, dict, list, tuple, bytes,
+                                                               bytearray, uuid.UUID)):
+        return False
+    _PLAIN_DATACLASSES.add(kind)
+    return True
+
+
 def model_params(config: Any) -> dict[str, Any]:
     """The model parameters of an ag2 model config (temperature, max_tokens, ...): its scalar fields,
     never anything that looks like a credential."""
@@ -92,22 +178,40 @@ def model_params(config: Any) -> dict[str, Any]:
     return out
 
 
+def _keeper(message: Any, key: int, memo: dict[int, Any]) -> Callable[[], Any]:
+    """A weak reference to ``message`` that drops its memo entry when the message dies (or, for an object
+    that cannot be weakly referenced, a holder that keeps it alive until the entry is evicted)."""
+    def drop(ref: weakref.ref[Any]) -> None:
+        hit = memo.get(key)
+        if hit is not None and hit[0] is ref:  # not an entry made since for a new object with this id
+            memo.pop(key, None)
+    try:
+        return weakref.ref(message, drop)
+    except TypeError:
+        return lambda: message
+
+
 class BlobSender:
     """Replaces long strings by blob references; remembers which blobs this runner already sent.
 
     It also remembers the serialised form of the last :data:`MEMO_SIZE` ag2 events it serialised
     (:meth:`serialize_messages`): an agent's history grows by a message or two per call and every call
     records all of it, so without the memo each call would serialise the whole history again (O(n) per
-    call, ~80 us per message). The memo holds the event itself beside its form, so an id is never
-    reused for another object while its entry lives. ag2 events are records of what happened: a
-    middleware that rewrites history (compaction, assembly) builds new events, which are new entries."""
+    call, ~80 us per message). An entry lives as long as its event (a weak reference whose callback
+    removes it; an event that cannot be weakly referenced is held), so an id is never reused for another
+    object while its entry lives, and the memo keeps no finished conversation alive: a long-running
+    workflow whose conversations are short would otherwise carry up to MEMO_SIZE dead histories, which
+    every full garbage collection walks (measured: one 90 ms collection per few thousand turns, ~20-30 us
+    per turn). ag2 events are records of what happened: a middleware that rewrites history (compaction,
+    assembly) builds new events, which are new entries."""
 
     def __init__(self, threshold: int = BLOB_MIN) -> None:
         self.threshold = threshold
         self._sent: set[str] = set()
         self._lock = threading.Lock()
-        #: id(event) -> (event, its serialised form, the (digest, text) of every blob the form refers to)
-        self._memo: dict[int, tuple[Any, Any, tuple[tuple[str, str], ...]]] = {}
+        #: id(event) -> (a callable returning the event: its weak reference, or a holder; its serialised form;
+        #: the (digest, text) of every blob the form refers to)
+        self._memo: dict[int, tuple[Callable[[], Any], Any, tuple[tuple[str, str], ...]]] = {}
 
     def externalize(self, obj: Any) -> tuple[Any, dict[str, str]]:
         """``obj`` with every long string replaced by a reference, and the texts not sent before.
@@ -128,8 +232,9 @@ class BlobSender:
             if type(message) is str or not hasattr(message, "to_dict"):  # plain values: not memoised
                 out.append(self.serialize(message, new))
                 continue
-            hit = memo.get(id(message))
-            if hit is not None and hit[0] is message:
+            key = id(message)
+            hit = memo.get(key)
+            if hit is not None and hit[0]() is message:
                 if hit[2]:  # its texts go with this event if the runner forgot having sent them
                     self._resend(hit[2], new)
                 out.append(hit[1])
@@ -142,12 +247,12 @@ class BlobSender:
                 ref = self._ref(s, new)
                 refs.append((ref["$blob"], s))
                 return ref
-            form = jsonable(message, text=text)
+            form = event_form(message, text)
             if len(memo) >= MEMO_SIZE:
                 with self._lock:  # oldest first (insertion order); another thread may have evicted it
                     for key in list(memo)[:MEMO_SIZE // 4]:
                         memo.pop(key, None)
-            memo[id(message)] = (message, form, tuple(refs))
+            memo[key] = (_keeper(message, key, memo), form, tuple(refs))
             out.append(form)
         return out
 

@@ -75,7 +75,8 @@ class RecordingClient:
         if call is not None:
             tracker = self._factory.tracker
             call.config = self._config
-            await tracker.before_llm_call(call)
+            if tracker.budget is not None:  # no coroutine to await per call when the session has no budget
+                await tracker.before_llm_call(call)
             call.req_seq = tracker.record_request(call, messages, context, tools, response_schema)
             replayer = replay.active()
             if replayer is not None and not replayer.live:  # a replay: the recorded response, if it was recorded

@@ -47,8 +47,18 @@ class PriceTable:
         self._table: dict[str, tuple[float, float, str]] = {k: (*v, "default") for k, v in DEFAULT_PRICES.items()}
         for model, p in (overrides or {}).items():
             self._table[model] = (float(p.get("input", 0.0)), float(p.get("output", 0.0)), "config")
+        self._cache: dict[str, Price] = {}
 
     def price(self, model: str) -> Price:
+        """The price of ``model`` (remembered per model name: it is asked for after every LLM call)."""
+        cached = self._cache.get(model)
+        if cached is None:
+            cached = self._lookup(model)
+            if len(self._cache) < 1024:  # model names come from responses: bound the memo
+                self._cache[model] = cached
+        return cached
+
+    def _lookup(self, model: str) -> Price:
         hit = self._table.get(model)
         key = model
         if hit is None:

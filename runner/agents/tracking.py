@@ -93,9 +93,12 @@ class Tracker:
         return self.emit(kind, payload, node, parent)
 
     def middleware(self, agent: str, model: str, provider: str, offline: bool) -> Callable[..., BaseMiddleware]:
+        # what every event of this agent's turns repeats, built once per agent (ag2 calls the factory per turn)
+        base = {"agent": agent, "model": model, "provider": provider, "offline": offline}
+
         def factory(event: BaseEvent, context: Any) -> BaseMiddleware:
             return TrackingMiddleware(event, context, tracker=self, agent=agent, model=model, provider=provider,
-                                      offline=offline)
+                                      offline=offline, base=base)
         factory._labd_tracking = True  # type: ignore[attr-defined]
         return factory
 
@@ -117,17 +120,26 @@ class Tracker:
 
     def record_request(self, call: LLMCall, messages: Any, context: Any, tools: Any, response_schema: Any) -> int:
         new: dict[str, str] = {}
-        ser = self.blobs.serialize  # serialise and move long texts to blobs in one pass (it is per call)
+        blobs = self.blobs
+        threshold = blobs.threshold
+        # the common values inline (this runs for every LLM call); the general ones in one pass each,
+        # serialised and with long texts moved to blobs together (BlobSender.serialize)
+        system = []
+        for part in getattr(context, "prompt", None) or ():
+            text = str(part)
+            system.append(text if len(text) < threshold else blobs.serialize(text, new))
         request: dict[str, Any] = {
-            "system": ser([str(p) for p in (getattr(context, "prompt", None) or [])], new),
-            "messages": self.blobs.serialize_messages(messages, new),  # each message serialised once
-            "tools": ser(list(tools or ()), new),
+            "system": system,
+            "messages": blobs.serialize_messages(messages, new),  # each message serialised once
+            "tools": blobs.serialize(list(tools), new) if tools else [],
             "params": self._params(call.config),
         }
         if response_schema is not None:
-            request["response_schema"] = ser(response_schema, new)
+            request["response_schema"] = blobs.serialize(response_schema, new)
         last_input = next((_event_text(e) for e in reversed(messages) if isinstance(e, ModelRequest)), "")
-        payload: dict[str, Any] = {**call.base, "messages": len(messages), "input": ser(last_input, new),
+        payload: dict[str, Any] = {**call.base, "messages": len(messages),
+                                   "input": last_input if len(last_input) < threshold
+                                   else blobs.serialize(last_input, new),
                                    "request": request}
         if new:
             payload["blobs"] = new
@@ -177,13 +189,16 @@ class TrackingMiddleware(BaseMiddleware):
     """Records one agent turn, its LLM calls and tool executions (created by ag2 once per turn)."""
 
     def __init__(self, event: BaseEvent, context: Any, *, tracker: Tracker, agent: str, model: str,
-                 provider: str, offline: bool) -> None:
+                 provider: str, offline: bool, base: dict[str, Any] | None = None) -> None:
         super().__init__(event, context)
         self.t = tracker
         self.agent = agent
         self.model = model
         self.provider = provider
         self.offline = offline
+        #: the fields every llm.* payload starts with (shared by the agent's turns: copied, never changed)
+        self._base = base if base is not None else {"agent": agent, "model": model, "provider": provider,
+                                                    "offline": offline}
         self._routing: tuple[str, str | None] | None = None  # last tool called this turn, with its reason
         self._step: str | None = None  # the node this turn runs in (for file attribution)
 
@@ -235,7 +250,7 @@ class TrackingMiddleware(BaseMiddleware):
             refused = await gate.check(gate.action("llm", self.agent, model=self.model), node)
             if refused is not None:
                 return refused_response(refused, self.model)
-        base = {"agent": self.agent, "model": self.model, "provider": self.provider, "offline": self.offline}
+        base = self._base
         call = LLMCall(self.agent, base, node, _config_of(context))
         token = current_llm_call.set(call)
         start = time.monotonic()
@@ -267,15 +282,16 @@ class TrackingMiddleware(BaseMiddleware):
             if resp.tool_calls else []
         payload = {**base, "model": model, "status": "ok", "duration": time.monotonic() - start,
                    "usage": full_usage, "tool_calls": calls}
-        if resp.content:
-            payload["content"] = resp.content
+        content = resp.content  # a property (message.content): read once
+        if content:
+            payload["content"] = content
         if resp.finish_reason:
             payload["finish_reason"] = str(resp.finish_reason)
         if call.served:
             payload["replayed"] = True
         res_seq = self.t.emit_full("llm.response", payload, node, req)
-        if resp.content:
-            self.t.emit_full("agent.message", {"agent": self.agent, "content": resp.content}, node, res_seq)
+        if content:
+            self.t.emit_full("agent.message", {"agent": self.agent, "content": content}, node, res_seq)
         price = self.t.prices.price(model)
         # a response served from a recorded session (labd replay) cost nothing now: the record keeps its tokens
         cost = 0.0 if call.served else price.cost(prompt_tokens, completion_tokens)
