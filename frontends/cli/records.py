@@ -94,7 +94,9 @@ def cmd_cost(args: argparse.Namespace, ctx: Ctx) -> int:
             ctx.out.json(s)
             return 0
         t = s["total"]
-        print(f"{t['sessions']} sessions: ${t['cost']:.6f} for {t['calls']} LLM calls, "
+        # sessions that made LLM calls: ones that made none have no cost record to count
+        noun = "session" if t["sessions"] == 1 else "sessions"
+        print(f"{t['sessions']} {noun} with LLM calls: ${t['cost']:.6f} for {t['calls']} calls, "
               f"{t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens")
         ctx.out.table([args.by.upper(), "SESSIONS", "CALLS", "PROMPT", "COMPLETION", "COST"],
                       [[str(g[args.by]), str(g["sessions"]), str(g["calls"]), str(g["prompt_tokens"]),

@@ -132,4 +132,6 @@ def test_cli_flags_for_full_events_tags_and_cost_across_sessions(daemon) -> None
     cost = labd("cost", "--all", "--by", "tag", "--json")
     groups = {g["tag"]: g for g in json.loads(cost.stdout)["groups"]}
     assert groups["team=red"]["sessions"] == 1
+    text = labd("cost", "--all", "--by", "tag").stdout  # says what it counts: sessions that called a model
+    assert text.startswith("1 session with LLM calls: $"), text
     assert "follow" in labd("events", sid, "--full", "--follow").stderr
