@@ -36,26 +36,16 @@ def find_runners() -> dict[str, tuple[int, float]]:
     """``{session id: (pid, create time)}`` of this user's live runner processes. A workflow's forked children
     carry their runner's title too: the runner is the one whose parent does not."""
     uid = os.getuid()
-    tagged: dict[int, str] = {}
-    for p in psutil.process_iter(["uids", "status"]):
-        try:
-            if p.info["uids"] is None or p.info["uids"].real != uid or p.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-        except (psutil.Error, AttributeError):
-            continue
+    tagged: dict[int, tuple[str, int, float]] = {}  # pid -> (session id, parent pid, create time)
+    for p in psutil.process_iter(["uids", "status", "ppid", "create_time"]):
+        info = p.info
+        if info["uids"] is None or info["uids"].real != uid or info["status"] == psutil.STATUS_ZOMBIE:
+            continue  # another user's, gone, or unreadable (psutil leaves None)
         sid = _tagged(p.pid)
         if sid is not None:
-            tagged[p.pid] = sid
-    found: dict[str, tuple[int, float]] = {}
-    for pid, sid in tagged.items():
-        try:
-            proc = psutil.Process(pid)
-            if tagged.get(proc.ppid()) == sid:
-                continue  # a child of the runner
-            found[sid] = (pid, proc.create_time())
-        except psutil.Error:
-            continue
-    return found
+            tagged[p.pid] = (sid, info["ppid"], info["create_time"])
+    return {sid: (pid, ctime) for pid, (sid, ppid, ctime) in tagged.items()
+            if tagged.get(ppid, ("",))[0] != sid}  # not a child of the runner
 
 
 def belongs_here(pid: int, session_dir: Path) -> bool:

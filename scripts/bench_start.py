@@ -329,7 +329,7 @@ def main() -> int:
 
     samples: dict[str, list[float]] = {"fork": [], "forkserver": [], "cold_c": [], "cold_template": [],
                                        "jupyter": []}
-    pss: dict[str, float] = {}
+    mem: dict[str, tuple[float, float]] = {}  # idle process -> (PSS, USS) MiB
     fs = None
     benches: dict[str, WarmBench] = {}
     tails: list[TsTail] = []
@@ -386,12 +386,12 @@ def main() -> int:
                     done_cold += 1
                 time.sleep(args.pause)
             if args.jupyter:  # the issue's anchor, in this run (kernels one after another: ~0.5-1 s each)
-                jupyter_anchor(args.jupyter, samples, pss, benches["spare"])
+                jupyter_anchor(args.jupyter, samples, mem, benches["spare"])
             for label, b in benches.items():
                 print(f"\n[{label}] {len(b.rows)} warm sessions ({b.failed} without a live event), live tail: "
                       f"{b.tail.messages} messages, {b.tail.bad} undecodable")
             for label, b in benches.items():
-                report(b.rows, samples, pss, title=f"daemon with {label}" + (" (spare_runners = 1, the default)"
+                report(b.rows, samples, mem, title=f"daemon with {label}" + (" (spare_runners = 1, the default)"
                                                                        if label == "spare" else
                                                                        " (spare_runners = 0)" if label == "no spare"
                                                                        else " (spare_runners = 1)"))
@@ -427,16 +427,17 @@ def compare(on: list[dict[str, float]], off: list[dict[str, float]], a_name: str
                 table, title=f"\n{a_name} vs {b_name} (ms; same run, rounds alternated)")
 
 
-def jupyter_anchor(n: int, samples: dict[str, list[float]], pss: dict[str, float], bench: WarmBench) -> None:
+def jupyter_anchor(n: int, samples: dict[str, list[float]], mem: dict[str, tuple[float, float]],
+                   bench: WarmBench) -> None:
     """``n`` fresh Jupyter kernels: start -> first output at the client (s, into ``samples["jupyter"]``); and
-    the PSS and USS of an idle kernel next to an idle labd runner's (``pss``, MiB)."""
+    the PSS and USS of an idle kernel next to an idle labd runner's (``mem``, MiB)."""
     import jupyter_anchor as ja
 
     if not ja.available():
         print("\nJupyter anchor skipped: jupyter_client/ipykernel not installed (pip install 'labd[bench]')")
         return
     samples["jupyter"].extend(ms / 1000 for ms in ja.kernel_first_output(n))
-    pss["Jupyter kernel PSS"], pss["USS"] = ja.kernel_idle_memory()
+    mem["Jupyter kernel"] = ja.kernel_idle_memory()
     import psutil
 
     c = bench.c
@@ -446,12 +447,12 @@ def jupyter_anchor(n: int, samples: dict[str, list[float]], pss: dict[str, float
     while not c.session(sid).get("pid") and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(2.0)  # a benchmark: idle like the kernel above
-    mem = psutil.Process(c.session(sid)["pid"]).memory_full_info()  # forked: shares the template's pages
-    pss["labd runner PSS"], pss["USS "] = mem.pss / 2**20, mem.uss / 2**20
+    info = psutil.Process(c.session(sid)["pid"]).memory_full_info()  # forked: shares the template's pages
+    mem["labd runner"] = (info.pss / 2**20, info.uss / 2**20)
     c.kill(sid)
 
 
-def report(rows: list[dict[str, float]], samples: dict[str, list[float]], pss: dict[str, float],
+def report(rows: list[dict[str, float]], samples: dict[str, list[float]], mem: dict[str, tuple[float, float]],
            title: str = "") -> None:
     def col(name: str) -> list[float]:
         return [r[name] for r in rows if name in r]
@@ -503,8 +504,8 @@ def report(rows: list[dict[str, float]], samples: dict[str, list[float]], pss: d
     if samples["jupyter"]:
         jup = summary(samples["jupyter"])["p50"]
         print(f"  Jupyter kernel first output / warm FIRST OUTPUT  = {ratio(jup, out['p50'])}  (issue 7: >= 30x)")
-    if pss:
-        print("  idle memory: " + ", ".join(f"{k.strip()} {v:.1f} MiB" for k, v in pss.items()))
+    if mem:
+        print("  idle memory: " + ", ".join(f"{k} PSS {p:.1f} MiB, USS {u:.1f} MiB" for k, (p, u) in mem.items()))
     verdict = "MET" if out["p50"] <= 0.015 and out["p99"] <= 0.030 else "NOT MET"
     print(f"\ngoal (issue 7): request -> first output at a client p50 <= 15 ms, p99 <= 30 ms: p50 {fmt_ms(out['p50'])} "
           f"ms, p99 {fmt_ms(out['p99'])} ms -> {verdict}  (session.created p50 {fmt_ms(created)} ms, "

@@ -131,20 +131,22 @@ def _value_form(value: Any, text: Any, depth: int) -> Any:
     if kind is list or kind is tuple:
         return [_value_form(v, text, depth + 1) for v in value]
     if hasattr(kind, "_event_fields_"):  # a nested event (ag2's _is_event_instance)
-        name = _QUALNAMES.get(kind)
-        if name is None:
-            name = _QUALNAMES[kind] = f"{kind.__module__}.{kind.__qualname__}"
+        name = _QUALNAMES.get(kind) or _qualname(kind)
         out: dict[str, Any] = {"__event__": text(name) if text is not None else name}  # as jsonable does
         out.update(_fields_form(value, text, depth))
         return out
     if kind in _PLAIN_DATACLASSES or _plain_dataclass(kind):  # e.g. ag2's Usage, in every ModelResponse
-        name = _QUALNAMES.get(kind)
-        if name is None:
-            name = _QUALNAMES[kind] = f"{kind.__module__}.{kind.__qualname__}"
+        name = _QUALNAMES.get(kind) or _qualname(kind)
         return {"__dataclass__": text(name) if text is not None else name,
                 "data": {f.name: _value_form(getattr(value, f.name), text, depth + 2)
                          for f in dataclasses.fields(value)}}
     raise _Fallback
+
+
+def _qualname(kind: type) -> str:
+    """``module.qualname`` of a class, remembered (ag2's ``qualified_name``)."""
+    name = _QUALNAMES[kind] = f"{kind.__module__}.{kind.__qualname__}"
+    return name
 
 
 #: dataclasses that ag2's serialize_value turns into {"__dataclass__": ..., "data": ...} (checked once per class)

@@ -189,7 +189,7 @@ class TrackingMiddleware(BaseMiddleware):
     """Records one agent turn, its LLM calls and tool executions (created by ag2 once per turn)."""
 
     def __init__(self, event: BaseEvent, context: Any, *, tracker: Tracker, agent: str, model: str,
-                 provider: str, offline: bool, base: dict[str, Any] | None = None) -> None:
+                 provider: str, offline: bool, base: dict[str, Any]) -> None:
         super().__init__(event, context)
         self.t = tracker
         self.agent = agent
@@ -197,8 +197,7 @@ class TrackingMiddleware(BaseMiddleware):
         self.provider = provider
         self.offline = offline
         #: the fields every llm.* payload starts with (shared by the agent's turns: copied, never changed)
-        self._base = base if base is not None else {"agent": agent, "model": model, "provider": provider,
-                                                    "offline": offline}
+        self._base = base
         self._routing: tuple[str, str | None] | None = None  # last tool called this turn, with its reason
         self._step: str | None = None  # the node this turn runs in (for file attribution)
 
