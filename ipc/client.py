@@ -458,10 +458,12 @@ class Client:
 
         Subscribes first, then reads history, then the live stream; a live event beyond the next
         expected ``seq`` (the live tail may drop under bursts) is filled in from the store
-        (:class:`~labd.ipc.follow.FollowCursor`). Stops after ``session.ended`` when ``until_end``; raises
+        (:class:`~labd.ipc.follow.FollowCursor`). Stops after ``session.ended`` when ``until_end`` (at once if the
+        session had already ended at or before ``since``); raises
         :class:`LabdError` ``timeout`` after ``timeout`` s.
         """
-        sid = self.session(ref)["id"]
+        row = self.session(ref)
+        sid = row["id"]
         sub = self._socket(zmq.SUB)
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.setsockopt(zmq.SUBSCRIBE, f"session.{sid}".encode())
@@ -477,7 +479,12 @@ class Client:
                     if cursor.stored(ev):
                         yield ev
 
+            first = cursor.last
             yield from from_store(None)
+            if cursor.last == first and row["status"] in TERMINAL_STATUSES:
+                # it had ended (read before the history) and nothing came after `since`: its end is at or
+                # before `since`, so no session.ended is coming (a resume would have shown in the history)
+                cursor.ended = True
             idle_checks = 0.0
             while not (cursor.ended and until_end):
                 if deadline is not None and time.monotonic() > deadline:

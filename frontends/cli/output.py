@@ -47,6 +47,16 @@ def _text(cell: Cell) -> str:
     return cell[0] if isinstance(cell, tuple) else cell
 
 
+_LINE_BREAKS = str.maketrans({"\n": " ", "\r": " ", "\t": " ", "\v": " ", "\f": " "})
+
+
+def _one_line(cell: Cell) -> Cell:
+    """A table cell on one line: a line break in a value (an approval's prompt, a name) would break the row."""
+    if isinstance(cell, tuple):
+        return (cell[0].translate(_LINE_BREAKS), cell[1])
+    return cell.translate(_LINE_BREAKS)
+
+
 class Output:
     """Printing for one CLI invocation."""
 
@@ -80,6 +90,7 @@ class Output:
         """Rows under a header; columns named in ``right`` are right-aligned (numbers). On a terminal too
         narrow for the table, cells are cut with an ellipsis, except in the columns named in ``wrap``
         (and never ids, which must stay copyable)."""
+        rows = [[_one_line(c) for c in r] for r in rows]
         if self.tty:
             from rich.box import SIMPLE_HEAD
             from rich.table import Table

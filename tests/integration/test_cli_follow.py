@@ -38,6 +38,18 @@ def test_logs_tail_and_timestamps(daemon) -> None:
     assert labd("logs", sid, "--tail", "0").stdout == ""
 
 
+def test_following_a_session_that_already_ended_returns(daemon) -> None:
+    """`labd logs -f S --tail N` of an ended session prints the last N lines and exits (it waited forever for
+    a `session.ended` that was already behind it), and so does the SDK's follow from its last seq."""
+    sid = labd("run", "demo.count", "-p", "n=3", "-p", "delay=0", "--follow").stderr.split()[2]
+    followed = labd("logs", "-f", sid, "--tail", "2", "--raw", timeout=60)
+    assert followed.returncode == 0 and followed.stdout == "count 2/3\ncount 3/3\n", followed
+    with daemon.client() as c:
+        last = c.session(sid)["last_seq"]
+        assert list(c.follow(sid, since=last, timeout=60)) == []
+        assert [e["kind"] for e in c.follow(sid, since=last - 1, timeout=60)] == ["session.ended"]
+
+
 def test_approval_waiting_is_shown_with_how_to_answer(daemon) -> None:
     """A session waiting for a human shows the request and the command that answers it."""
     sid = labd("run", "labd_testflows:custom_approval").stdout.strip()

@@ -110,6 +110,18 @@ def test_dag_is_a_tree_by_default_and_exports_escape_names(daemon, tmp_path: Pat
     assert r'label="inner\\path\nline2 · completed"' in dot
 
 
+def test_a_line_break_in_a_value_keeps_its_table_row_on_one_line(daemon) -> None:
+    """A value with line breaks (a session name here; an approval's prompt alike) is shown on its row's one
+    line, in a pipe and on a terminal: it used to break the row in two and push the rest under the ID column."""
+    with daemon.client() as c:
+        sid = c.start("demo.count", name="first\nsecond\tthird", params={"n": 1, "delay": 0})
+        c.wait(sid, timeout=60)
+    for out in (labd("ps", "-a").stdout, ANSI.sub("", labd_tty("ps", "-a"))):
+        (row,) = [line for line in out.splitlines() if sid in line]
+        assert "first second third" in row and "completed" in row, out
+        assert not any(line.strip().startswith("second") for line in out.splitlines()), out
+
+
 def test_a_reader_that_goes_away_is_a_quiet_exit(tmp_path: Path) -> None:
     """`labd paths | head -0`: when the pipe's reader is gone before labd writes, labd exits 0 and says nothing
     on stderr (no traceback, no "Exception ignored ... BrokenPipeError" from Python's flush at exit)."""
