@@ -11,6 +11,7 @@ from typing import Any
 
 from labd.frontends.cli.activity import Activity, Printer
 from labd.frontends.cli.base import LIVE, CliError, Ctx, add_json, command
+from labd.frontends.cli.interrupt import ctrl_c
 from labd.frontends.cli.output import STATUS_STYLE, age, natural_key, styled
 from labd.ipc.units import (
     UnitError,
@@ -158,11 +159,13 @@ def follow(ctx: Ctx, sid: str, *, raw: bool = False, timestamps: bool = False, s
         ctx.out.line(f"== session {sid} (Ctrl-C detaches; the session keeps running)", "bold", err=True)
     status = None
     try:
-        for ev in c.follow(sid, since=since):
-            for line in activity.lines(ev):
-                printer.write(line)
-            if ev["kind"] == "session.ended":
-                status = ev["payload"].get("status")
+        with ctrl_c() as pressed:
+            for ev in c.follow(sid, since=since):
+                pressed.check()  # a press whose KeyboardInterrupt a finalizer swallowed
+                for line in activity.lines(ev):
+                    printer.write(line)
+                if ev["kind"] == "session.ended":
+                    status = ev["payload"].get("status")
     except KeyboardInterrupt:
         ctx.out.line(f"\n== detached: session {sid} keeps running. Stop it with `labd stop {sid}`; "
                      f"follow it again with `labd logs -f {sid}`.", "bold yellow", err=True)
