@@ -76,11 +76,17 @@ def test_bad_frames_on_the_runner_socket_are_dropped_and_counted(small_daemon) -
         event = [10_000, time.time(), "output", None, None, {"stream": "stdout", "text": "forged\n"}]
         for frames in _bad_frames(codec, "events", {"session": sid, "events": [event]}).values():
             s.send_multipart(frames)
-        counters = wait_until(lambda: (k := c.status()["counters"]).get("dropped.runner.bad_session") and k)
-        assert counters.get("dropped.runner.bad_signature", 0) == 3
-        assert counters.get("dropped.runner.replayed", 0) == 2
-        assert counters.get("dropped.runner.oversized", 0) == 1
-        assert counters.get("dropped.runner.malformed", 0) == 3
+        expected = {"bad_session": 1, "bad_signature": 3, "replayed": 2, "oversized": 1, "malformed": 3}
+
+        def dropped() -> dict[str, int]:
+            counters = c.status()["counters"]
+            return {reason: counters.get(f"dropped.runner.{reason}", 0) for reason in expected}
+
+        # wait for every frame to be handled: the replay's first copy (bad_session) comes before its second
+        # (replayed), so waiting for bad_session alone raced the last frame
+        wait_until(lambda: sum(dropped().values()) >= sum(expected.values()), timeout=20,
+                   what="every bad frame to be counted")
+        assert dropped() == expected
         assert c.session(sid)["last_seq"] == before
         assert "forged" not in "".join(str(e["payload"]) for e in c.history(sid))
         s.close(0)
