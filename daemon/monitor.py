@@ -37,10 +37,11 @@ import zmq
 
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY
 from labd.daemon.launcher import signal_group
+from labd.daemon.limits import Limits
 from labd.daemon.proctable import MarkerCache, Proc, ProcTable, PssCache, read_proc
 from labd.ipc.samples import worth_recording
 
-__all__ = ["Monitor", "Limits"]
+__all__ = ["Monitor"]
 
 THROTTLE_TICK_S = 0.02
 NEAR_TICK_S = 0.025  # re-read of a session past NEAR_FRACTION of its memory limit
@@ -51,34 +52,6 @@ BURST_S = 0.1  # how much CPU time a throttled session may bank
 FRESH_DELAY_S = 0.05
 BURY_GRACE_S = 2.0  # SIGTERM -> SIGKILL for what a finished session left behind
 BURY_HUNT_S = 10.0  # how long escaped processes of an ended session are looked for
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-session limits; None means unlimited."""
-
-    memory: int | None = None  # bytes, PSS of the whole tree
-    cpu: float | None = None  # percent of one core
-    timeout: float | None = None  # wall seconds since start
-    budget: float | None = None  # USD of LLM usage (enforced from cost events by ingest + supervisor)
-    budget_action: str = "stop"  # stop | pause
-    procs: int | None = None  # processes in the tree (zombies included)
-    output: int | None = None  # bytes of captured stdout+stderr kept (runner/capture.py, daemon/outputcap.py)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"memory": self.memory, "cpu": self.cpu, "timeout": self.timeout, "budget": self.budget,
-                "budget_action": self.budget_action, "procs": self.procs, "output": self.output}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Limits:
-        return cls(memory=d.get("memory"), cpu=d.get("cpu"), timeout=d.get("timeout"), budget=d.get("budget"),
-                   budget_action=d.get("budget_action") or "stop", procs=d.get("procs"),
-                   output=d.get("output"))
-
-    @property
-    def strict(self) -> bool:
-        """Limits that need the fast sampling period."""
-        return self.memory is not None or self.procs is not None
 
 
 @dataclass

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from labd.daemon.monitor import Limits
+from labd.daemon.limits import Limits
 
 __all__ = ["Queued", "RunQueue"]
 

@@ -16,7 +16,8 @@ from typing import Any
 import structlog
 
 from labd.daemon.launcher import ExitInfo, Launcher, is_same_process
-from labd.daemon.monitor import Limits, Monitor
+from labd.daemon.limits import Limits
+from labd.daemon.monitor import Monitor
 from labd.daemon.queue import Queued, RunQueue
 
 __all__ = ["Supervisor", "Running"]

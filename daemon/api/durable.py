@@ -21,7 +21,7 @@ import orjson
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.sessions import _limits, resolve_ref, resolve_session
 from labd.daemon.api.start import _run_params, entry_extra
-from labd.daemon.monitor import Limits
+from labd.daemon.limits import Limits
 from labd.runner.checkpoint import OBJECTS_DIR, load_manifest
 from labd.runner.durable import SEED_FILE
 from labd.store.checkpoints import checkpoints, max_node_number, step_row

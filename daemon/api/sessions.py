@@ -8,7 +8,7 @@ from typing import Any
 
 from labd.daemon.api.base import ApiError, Request, register
 from labd.daemon.api.roles import agent_roles
-from labd.daemon.monitor import Limits
+from labd.daemon.limits import Limits
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 from labd.ipc.units import MIN_OUTPUT, UnitError, parse_duration, parse_output_cap, parse_percent, parse_size
 from labd.runner.workflows.registry import WorkflowError, canonical

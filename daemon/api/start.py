@@ -15,7 +15,7 @@ from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.policy import runner_policy, session_rules
 from labd.daemon.api.roles import agent_roles
 from labd.daemon.api.sessions import _limits, _roles, _valid_tags, where_from
-from labd.daemon.monitor import Limits
+from labd.daemon.limits import Limits
 from labd.daemon.queue import Queued
 from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT, MAX_RESULT, check_params
 from labd.ipc.signing import derive_key

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import zmq
 
-from labd.daemon.monitor import FRESH_DELAY_S, Limits, Monitor
+from labd.daemon.limits import Limits
+from labd.daemon.monitor import FRESH_DELAY_S, Monitor
 from tests.conftest import wait_until
 
 

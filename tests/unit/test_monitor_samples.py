@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from labd.daemon.monitor import Limits, Monitor, _Watched
+from labd.daemon.limits import Limits
+from labd.daemon.monitor import Monitor, _Watched
 from labd.ipc.samples import IDLE_RECORD_S
 
 

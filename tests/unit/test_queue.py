@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from labd.daemon.monitor import Limits
+from labd.daemon.limits import Limits
 from labd.daemon.queue import RunQueue
 from labd.store.projections import RowChanges, SessionCursor, apply
 
