@@ -3,12 +3,14 @@ and the replies that wait for ingest's commit (``session.start`` and every reque
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 import zmq
 
 from labd.daemon.api import ApiError, registry
 from labd.daemon.api.base import DEFERRED
+from labd.daemon.checks import Check, CheckFlow, Checks
 from labd.ipc.wire import WireError, nesting_ok
 
 __all__ = ["ControlPlane", "MAX_REQUEST_DEPTH"]
@@ -32,6 +34,7 @@ class ControlPlane:
     supervisor: Any
     retention: Any
     indexer: Any
+    checks: Checks
 
     def defer(self, reply_to: tuple[bytes, str], result: Any) -> None:
         """Reply to ``reply_to`` only after the event it posts is committed; ``result(seq, payload)``."""
@@ -85,8 +88,41 @@ class ControlPlane:
             self.log.exception("request failed", type=msg.type)
             self._reply(control, identity, msg.id, error=ApiError("internal", f"internal error: {exc}"))
             return
+        if isinstance(result, Generator):  # a handler that waits for workflow checks (daemon/checks.py)
+            context = (identity, msg.id, msg.type)
+            check = self._run_flow(control, result, None, context)
+            if check is not None:
+                try:
+                    self.checks.submit(check, result, context)
+                except ApiError as exc:
+                    result.close()
+                    self._flow_failed(control, identity, msg.id, exc)
+            return
         if result is not DEFERRED:
             self._reply(control, identity, msg.id, result)
+
+    def _run_flow(self, control: zmq.Socket, flow: CheckFlow, value: Any,
+                  context: tuple[bytes, str, str]) -> Check | None:
+        """Run a suspended handler on to its next :class:`Check` (returned) or to its end (replied)."""
+        identity, req_id, type_ = context
+        try:
+            return flow.send(value)
+        except StopIteration as stop:
+            if stop.value is not DEFERRED:
+                self._reply(control, identity, req_id, stop.value)
+        except ApiError as exc:
+            self._flow_failed(control, identity, req_id, exc)
+        except Exception as exc:  # noqa: BLE001 - never a traceback on the wire; the log has it
+            self.log.exception("request failed", type=type_)
+            self._flow_failed(control, identity, req_id, ApiError("internal", f"internal error: {exc}"))
+        return None
+
+    def _flow_failed(self, control: zmq.Socket, identity: bytes, req_id: str, error: ApiError) -> None:
+        """Refuse a suspended request, and the keyed retries that waited for it (a start remembers its
+        idempotency key before its workflow check, so retries during the check join it)."""
+        self.idempotent_starts.pop(self.idempotent_requests.pop(req_id, ""), None)
+        self._answer_retries(control, ("refused", (identity, req_id), error.code, error.message))
+        self._reply(control, identity, req_id, error=error)
 
     def _drain_notes(self, notes: zmq.Socket, control: zmq.Socket) -> None:
         while True:

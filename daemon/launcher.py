@@ -63,10 +63,6 @@ class Launcher(Protocol):
     def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
         """Start a runner for ``spec``; return ``(pid, process create time)``. Called by the supervisor."""
 
-    def inspect(self, workflow: str, params: dict[str, Any], path: list[str] | None = None) -> dict[str, Any]:
-        """Resolve a workflow and check params in isolation, with ``path`` first on ``sys.path``;
-        ``{"ok": bool, ...}``. Called by request handlers."""
-
     def drain_exits(self) -> list[ExitInfo]:
         """Exits observed since the last call (only for runners this launcher started)."""
 
@@ -93,6 +89,7 @@ class TemplateLauncher:
         self._exits: list[ExitInfo] = []
         self._replies: list[dict[str, Any]] = []
         self._req = 0
+        self._inspecting: set[int] = set()  # inspect requests not answered yet
 
     def start(self) -> None:
         self._proc = subprocess.Popen(
@@ -126,14 +123,15 @@ class TemplateLauncher:
     def _read_available(self) -> None:
         """Read all the template has written; exits go to the exit queue, replies to the reply list."""
         assert self._proc is not None and self._proc.stdout is not None  # noqa: S101
+        gone = False
         while True:
             try:
                 chunk = os.read(self._proc.stdout.fileno(), 65536)
             except BlockingIOError:
                 break
             if not chunk:
-                self._template_gone()
-                return
+                gone = True  # after the lines it wrote before it died (exits, answers) are taken
+                break
             self._buf += chunk
         while b"\n" in self._buf:
             line, self._buf = self._buf.split(b"\n", 1)
@@ -145,6 +143,8 @@ class TemplateLauncher:
                 self._exits.append(ExitInfo(msg["pid"], msg["exit_code"], msg["signal"]))
             else:
                 self._replies.append(msg)
+        if gone:
+            self._template_gone()
 
     def _template_gone(self) -> None:
         """The template's pipe closed (it was killed): reap it and start a fresh one. Running sessions are
@@ -163,6 +163,7 @@ class TemplateLauncher:
                     pass
         self._proc = None
         self._buf = b""
+        self._lost_inspections()
         try:
             self.start()
         except LaunchError:
@@ -202,14 +203,37 @@ class TemplateLauncher:
             create_time = time.time()  # it already exited; its exit is in the queue
         return pid, create_time
 
-    def inspect(self, workflow: str, params: dict[str, Any], path: list[str] | None = None) -> dict[str, Any]:
+    def inspect_start(self, workflow: str, params: dict[str, Any], path: list[str] | None = None) -> int:
+        """Ask the template to resolve a workflow and check its params in a throwaway child, with ``path``
+        first on ``sys.path``; returns a request id at once (the daemon's request handlers wait for it
+        without blocking: :mod:`labd.daemon.checks`)."""
         self._req += 1
         req = self._req
-        self._send({"op": "inspect", "req": req, "workflow": workflow, "params": params, "path": path or []})
-        reply = self._wait_for(lambda m: m.get("op") == "inspected" and m.get("req") == req)
-        if reply is None:
-            return {"ok": False, "code": "launch_failed", "message": "runner template did not answer"}
-        return reply
+        self._inspecting.add(req)
+        try:
+            self._send({"op": "inspect", "req": req, "workflow": workflow, "params": params, "path": path or []})
+        except (OSError, LaunchError):  # no template (it could not be restarted): answered as a failure
+            self._lost_inspections()
+        return req
+
+    def drain_inspected(self) -> list[tuple[int, dict[str, Any]]]:
+        """Answers ``(request id, {"ok": bool, ...})`` that arrived since the last call (the main loop polls
+        :meth:`fileno`); every request gets one, also when the template died meanwhile."""
+        if self._proc is not None:
+            self._read_available()
+        answers = [(m["req"], m) for m in self._replies
+                   if m.get("op") == "inspected" and m.get("req") in self._inspecting]
+        if answers:
+            self._replies = [m for m in self._replies if m.get("op") != "inspected"]
+            self._inspecting.difference_update(req for req, _ in answers)
+        return answers
+
+    def _lost_inspections(self) -> None:
+        """The template went away with checks out: each gets a failure answer (never silence)."""
+        answered = {m.get("req") for m in self._replies if m.get("op") == "inspected"}
+        for req in self._inspecting - answered:
+            self._replies.append({"op": "inspected", "req": req, "ok": False, "code": "launch_failed",
+                                  "message": "the runner template stopped while checking the workflow; try again"})
 
     def drain_exits(self) -> list[ExitInfo]:
         if self._proc is not None:

@@ -241,9 +241,6 @@ class RayLauncher:
             raise LaunchError((reply or {}).get("error") or "the Ray driver did not answer the spawn request")
         return handle, time.time()
 
-    def inspect(self, workflow: str, params: dict[str, Any], path: list[str] | None = None) -> dict[str, Any]:
-        return {"ok": False, "code": "launch_failed", "message": "the Ray launcher does not inspect workflows"}
-
     def drain_exits(self) -> list[ExitInfo]:
         self._read_available()
         exits, self._exits = self._exits, []
@@ -315,8 +312,11 @@ class Launchers:
             return self.ray.launch(spec)
         return self.local.launch(spec)
 
-    def inspect(self, workflow: str, params: dict[str, Any], path: list[str] | None = None) -> dict[str, Any]:
-        return self.local.inspect(workflow, params, path)
+    def inspect_start(self, workflow: str, params: dict[str, Any], path: list[str] | None = None) -> int:
+        return self.local.inspect_start(workflow, params, path)
+
+    def drain_inspected(self) -> list[tuple[int, dict[str, Any]]]:
+        return self.local.drain_inspected()
 
     def drain_exits(self) -> list[ExitInfo]:
         exits = self.local.drain_exits()

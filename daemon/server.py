@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import structlog
 import zmq
 
 from labd.daemon.api.start import requeue, session_spec
+from labd.daemon.checks import Check, Checks
 from labd.daemon.config import Config
 from labd.daemon.control import ControlPlane
 from labd.daemon.indexer import Indexer
@@ -93,6 +95,7 @@ class Daemon(ControlPlane):
         self._lock_fd: int | None = None
         #: request id -> how to build the reply once ingest has committed what the request caused
         self._deferred: dict[str, Any] = {}
+        self.checks = Checks(lambda c: self.launcher.inspect_start(c.workflow, c.params, c.path))
         #: session.start idempotency keys not yet committed: key -> (session id, request digest, name, time), and
         #: the request that carries each (api/start.py); dropped once ingest committed or refused the start
         self.idempotent_starts: dict[str, tuple[str, str, str, float, str]] = {}
@@ -122,12 +125,14 @@ class Daemon(ControlPlane):
     def send_runner(self, sid: str, type_: str, body: dict[str, Any]) -> None:
         self._to_ingest.send_pyobj(("send", sid, type_, body))
 
-    def check_workflow(self, workflow: str, params: dict[str, Any], path: list[str] | None = None) -> dict[str, Any]:
-        """Resolve a workflow and bind its params without starting anything.
+    def check_workflow(self, workflow: str, params: dict[str, Any],
+                       path: list[str] | None = None) -> Generator[Check, dict[str, Any], dict[str, Any]]:
+        """Resolve a workflow and bind its params without starting anything: ``{"ok": bool, ...}``.
 
         Built-ins are our own side-effect-free code and are checked here; user workflows are imported
         only in a throwaway child of the template (with the client's ``path`` first on ``sys.path``),
-        never in the daemon.
+        never in the daemon, and without holding it up: handlers ``check = yield from
+        daemon.check_workflow(...)`` and are resumed with the answer (:mod:`labd.daemon.checks`).
         """
         try:
             if is_builtin(workflow):
@@ -137,7 +142,7 @@ class Daemon(ControlPlane):
             parse_target(workflow)  # a malformed name is refused without forking anything
         except WorkflowError as exc:
             return {"ok": False, "code": exc.code, "message": exc.message, "details": exc.details}
-        return self.launcher.inspect(workflow, params, path)
+        return (yield Check(workflow, params, path))
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def _acquire_lock(self) -> None:
@@ -282,6 +287,9 @@ class Daemon(ControlPlane):
                         self.supervisor.on_note(note)
                 for info in self.launcher.drain_exits():
                     self.supervisor.on_exit(info)
+                if self.checks:  # requests suspended on a workflow check: resume those the template answered
+                    self.checks.answered(self.launcher.drain_inspected(),
+                                         lambda flow, answer, ctx: self._run_flow(control, flow, answer, ctx))
                 self.supervisor.tick()
                 stale = time.monotonic() - ingest.beat
                 problem = ("ingest thread died" if ingest.failed is not None or not ingest.is_alive()
@@ -299,6 +307,7 @@ class Daemon(ControlPlane):
                               signal=signal.Signals(self._signals[0]).name)
         finally:
             self.notifier.stopping(f"stopping; {len(self.supervisor.running)} sessions keep running")
+            self.checks.close()
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old.items():
                 signal.signal(s, h)

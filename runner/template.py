@@ -10,7 +10,8 @@ Protocol (JSON lines; the daemon writes requests on our stdin, we answer on our 
   "via": "spare" | "fork"}`` (``create_time`` is known when a spare took the spec: read when it was forked)
 - ``{"op": "inspect", "req": R, "workflow": W, "params": {...}, "path": [dirs]}`` -> ``{"op": "inspected", "req": R,
   "ok": bool, "code"?, "message"?, "details"?}`` (resolved in a throwaway child, so importing user
-  code never touches the template)
+  code never touches the template; answered when the child is done, in any order: spawns and other
+  inspections go on meanwhile)
 - unsolicited: ``{"op": "exited", "pid": P, "exit_code": C | null, "signal": S | null}``
 
 End of stdin (the daemon went away) makes the template exit; runners live on.
@@ -92,27 +93,39 @@ def _inspect_in_child(workflow: str, params: dict[str, Any], path: list[str]) ->
 INSPECT_TIMEOUT_S = 20.0
 
 
-def _read_all(fd: int, pid: int, timeout: float) -> bytes:
-    """Read an inspect child's answer; a child that hangs (an import that never returns) is killed."""
-    import time
+class _Inspection:
+    """An inspect child at work: the loop reads its answer as it comes, so a slow import (a workflow module
+    that pulls in a large library) never holds up spawns or other inspections."""
 
-    deadline = time.monotonic() + timeout
-    data = b""
-    while True:
-        left = deadline - time.monotonic()
-        ready = select.select([fd], [], [], max(0.0, left))[0] if left > 0 else []
-        if not ready:
+    def __init__(self, req: int, pid: int, fd: int) -> None:
+        self.req, self.pid, self.fd = req, pid, fd
+        self.deadline = time.monotonic() + INSPECT_TIMEOUT_S
+        self.data = b""
+
+    def read(self) -> bool:
+        """Take what the child wrote; True at its end (EOF)."""
+        try:
+            part = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return False
+        self.data += part
+        return not part
+
+    def answer(self, timed_out: bool = False) -> dict[str, Any]:
+        os.close(self.fd)
+        if timed_out:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            break
-        part = os.read(fd, 65536)
-        if not part:
-            break
-        data += part
-    os.close(fd)
-    return data
+            return {"op": "inspected", "req": self.req, "ok": False, "code": "workflow_import_failed",
+                    "message": f"importing the workflow took longer than {INSPECT_TIMEOUT_S:g}s; it was stopped"}
+        try:
+            result = json.loads(self.data)
+        except ValueError:
+            result = {"ok": False, "code": "workflow_import_failed",
+                      "message": "inspecting the workflow crashed its process"}
+        return {"op": "inspected", "req": self.req, **result}
 
 
 def _fork_child(in_fd: int, out_fd: int, wake_fds: tuple[int, int], job: Any, close: tuple[int, ...] = ()) -> int:
@@ -179,7 +192,8 @@ class _Spare:
             os.close(fd)
 
 
-def _fork_spare(in_fd: int, out_fd: int, wake_fds: tuple[int, int], hints: dict[str, list[str]]) -> _Spare:
+def _fork_spare(in_fd: int, out_fd: int, wake_fds: tuple[int, int], hints: dict[str, list[str]],
+                close: tuple[int, ...] = ()) -> _Spare:
     r, w = os.pipe()
     ready_r, ready_w = os.pipe()
     try:
@@ -205,7 +219,7 @@ def _fork_spare(in_fd: int, out_fd: int, wake_fds: tuple[int, int], hints: dict[
             os._exit(0)
         _run_spec(spec)
 
-    pid = _fork_child(in_fd, out_fd, wake_fds, job, close=(w, ready_r))
+    pid = _fork_child(in_fd, out_fd, wake_fds, job, close=(w, ready_r, *close))
     os.close(r)
     os.close(ready_w)
     try:
@@ -249,14 +263,24 @@ def main() -> None:
     spare_due: float | None = time.monotonic() if use_spare else None
     hints: dict[str, list[str]] = {}
     buf = b""
+    inspecting: dict[int, _Inspection] = {}  # by the fd its answer comes on
     while True:
         if spare is None and spare_due is not None and time.monotonic() >= spare_due:
-            spare, spare_due = _fork_spare(in_fd, out_fd, (wake_r, wake_w), hints), None
-        timeout = None if spare_due is None else max(0.0, spare_due - time.monotonic())
+            # (an inspection's pipe is the template's alone: no child may read another's answer)
+            spare, spare_due = _fork_spare(in_fd, out_fd, (wake_r, wake_w), hints, tuple(inspecting)), None
+        now = time.monotonic()
+        for late in [j for j in inspecting.values() if now >= j.deadline]:  # an import that never returns
+            _write(out_fd, inspecting.pop(late.fd).answer(timed_out=True))
+        due = [t for t in (spare_due, *(j.deadline for j in inspecting.values())) if t is not None]
+        timeout = max(0.0, min(due) - now) if due else None
         try:
-            ready, _, _ = select.select([in_fd, wake_r], [], [], timeout)
+            ready, _, _ = select.select([in_fd, wake_r, *inspecting], [], [], timeout)
         except InterruptedError:
             continue
+        for fd in ready:
+            inspection = inspecting.get(fd)
+            if inspection is not None and inspection.read():
+                _write(out_fd, inspecting.pop(fd).answer())
         if wake_r in ready:
             try:
                 os.read(wake_r, 4096)
@@ -284,7 +308,7 @@ def main() -> None:
                     spare = None
                 if reply is None:  # no spare, or still warming up: fork (a spare's pipes never go to the child)
                     pid = _fork_child(in_fd, out_fd, (wake_r, wake_w), lambda s=spec: _run_spec(s),
-                                      spare.fds if spare is not None else ())
+                                      (*(spare.fds if spare is not None else ()), *inspecting))
                     reply = {"pid": pid, "create_time": None, "via": "fork"}
                 _write(out_fd, {"op": "spawned", "req": req["req"], **reply})
                 if use_spare:  # the next spare prepares for the same daemon settings
@@ -303,16 +327,10 @@ def main() -> None:
                     os._exit(0)
 
                 pid = _fork_child(in_fd, out_fd, (wake_r, wake_w), inspect_job,
-                                  spare.fds if spare is not None else ())
+                                  (*(spare.fds if spare is not None else ()), *inspecting))
                 os.close(w)
-                data = _read_all(r, pid, timeout=INSPECT_TIMEOUT_S)
-                try:
-                    result = json.loads(data)
-                except ValueError:
-                    result = {"ok": False, "code": "workflow_import_failed",
-                              "message": "inspecting the workflow crashed its process"}
-                _write(out_fd, {"op": "inspected", "req": req["req"], **result})
-
+                os.set_blocking(r, False)
+                inspecting[r] = _Inspection(req["req"], pid, r)
 
 if __name__ == "__main__":
     main()

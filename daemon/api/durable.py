@@ -172,7 +172,7 @@ class Branch(Request):
         params = {**parent["params"], **overrides}
         path = c.get("sys_path") or []
         if overrides and c.get("payload") is None:
-            check = d.check_workflow(parent["workflow"], params, path)
+            check = yield from d.check_workflow(parent["workflow"], params, path)  # waits without blocking
             if not check.get("ok"):
                 raise ApiError(check.get("code", "bad_params"), check.get("message", "invalid params"),
                                check.get("details"))

@@ -165,7 +165,7 @@ class InspectWorkflow(Request):
     def execute(self) -> Any:
         workflow, _cwd, path = where_from(self)
         params = self.arg("params", dict, {})
-        check = self.daemon.check_workflow(workflow, params, path)
+        check = yield from self.daemon.check_workflow(workflow, params, path)  # waits without blocking
         if not check.get("ok"):
             raise ApiError(check.get("code", "bad_params"), check.get("message", "invalid workflow"),
                            check.get("details"))

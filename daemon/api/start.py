@@ -90,7 +90,7 @@ class Start(Request):
             del requests[next(iter(requests))]
         requests[self.reply_to[1]] = key
 
-    def execute(self) -> Any:
+    def execute(self) -> Any:  # a generator: it waits for a user workflow's check (daemon/checks.py)
         if self.daemon.draining:
             raise ApiError("draining", "the daemon is stopping and stopping its sessions (serve --drain): "
                            "no new sessions; start it again, then retry")
@@ -130,13 +130,16 @@ class Start(Request):
         if (payload is not None) != (workflow == FUNCTION_WORKFLOW):
             raise ApiError("bad_request", f"field 'payload' goes with workflow {FUNCTION_WORKFLOW!r}, and that "
                            "workflow needs it (use Client.submit)")
+        sid = secrets.token_hex(6)
+        if key is not None:  # before the check: a retry while the workflow imports joins this start
+            self._remember(key, sid, digest, name or "")
         if payload is not None:
             try:
                 check: dict[str, Any] = {"ok": True, "params": check_params(params, payload)}
             except ValueError as exc:
                 raise ApiError("bad_params", str(exc)) from None
         else:
-            check = d.check_workflow(workflow, params, path)
+            check = yield from d.check_workflow(workflow, params, path)
         if isinstance(limits.budget, float | int) and not math.isfinite(limits.budget):
             raise ApiError("bad_limits", "budget must be a finite amount of USD")
         if not check.get("ok"):
@@ -147,7 +150,6 @@ class Start(Request):
         if queue.never_fits(limits):
             raise ApiError("bad_limits", f"memory limit {limits.memory} bytes is more than the daemon's whole "
                            f"memory_total ({queue.memory_total} bytes): the session could never start")
-        sid = secrets.token_hex(6)
         label = (check.get("function") or workflow.rsplit(":", 1)[-1]) if payload is None \
             else str(params.get("function") or "function")
         name = name or f"{label.rsplit('.', 1)[-1].strip('<>')[:180]}-{sid[:6]}"

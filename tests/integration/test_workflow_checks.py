@@ -1,0 +1,135 @@
+"""Checking a user's workflow (importing its module in a child of the template) never holds up the daemon.
+
+The module here waits at import for a gate file the test creates, so each test knows for certain that the
+check is still under way while it does something else: no timing assumptions.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from labd.ipc import LabdError
+from labd.ipc.wire import Codec
+from tests.conftest import wait_until
+
+GATED = '''
+import pathlib, time
+_here = pathlib.Path(__file__).parent
+with open(_here / "imports", "a") as f:
+    f.write("import\\n")
+_deadline = time.monotonic() + 90
+while not (_here / "gate").exists() and time.monotonic() < _deadline:
+    time.sleep(0.02)
+
+def study(ctx, n: int = 1):
+    print(f"ran {n}")
+'''
+
+
+def _imports(tmp_path: Path) -> int:
+    path = tmp_path / "imports"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.fixture
+def gated(tmp_path: Path) -> Path:
+    (tmp_path / "gated.py").write_text(GATED)
+    yield tmp_path
+    (tmp_path / "gate").touch()  # never leave an import child waiting
+
+
+def _start_in_thread(daemon: Any, cwd: Path, out: dict[str, Any], **kw: Any) -> threading.Thread:
+    def run() -> None:
+        try:
+            with daemon.client(timeout=90) as c:
+                out["sid"] = c.start("gated:study", params={"n": 2}, cwd=str(cwd), **kw)
+        except LabdError as exc:
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_slow_import_does_not_hold_up_other_clients(daemon, gated: Path) -> None:
+    """While one client's workflow module is still importing, the daemon answers other clients and runs
+    their sessions to the end; the slow start then completes normally (before, the daemon's main loop waited
+    for the import: every client stalled for as long as the slowest module took to import)."""
+    out: dict[str, Any] = {}
+    t = _start_in_thread(daemon, gated, out)
+    wait_until(lambda: _imports(gated) == 1, timeout=30, what="the check to start importing")
+    with daemon.client(timeout=10) as c:  # before the fix this timed out: the daemon was inside the import
+        assert c.ping()
+        assert c.status()["workflow_checks"] == 1
+        other = c.start("demo.count", params={"n": 1, "delay": 0})
+        assert c.wait(other, timeout=60)["status"] == "completed"
+        assert t.is_alive() and "sid" not in out  # the gated start is still being checked
+        (gated / "gate").touch()
+        t.join(60)
+        assert out.get("sid"), out
+        row = c.wait(out["sid"], timeout=60)
+        assert row["status"] == "completed"
+        assert "ran 2" in "".join(e["payload"].get("text", "") for e in c.history(out["sid"]) if e["kind"] == "output")
+        assert c.status()["workflow_checks"] == 0
+
+
+def test_a_keyed_retry_during_the_check_joins_the_first_start(daemon, gated: Path) -> None:
+    """Two starts with one idempotency key, the second sent while the first's workflow is still importing:
+    one check, one session, both replies name it."""
+    with daemon.client() as c:
+        codec = Codec(c.info.key_bytes)
+        s = zmq.Context.instance().socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(c.info.control)
+        body = {"workflow": "gated:study", "params": {"n": 1}, "cwd": str(gated), "pythonpath": [],
+                "idempotency_key": "retry-during-check"}
+        s.send_multipart(codec.pack("session.start", body))
+        s.send_multipart(codec.pack("session.start", body))  # same socket: handled after the first
+        wait_until(lambda: _imports(gated) == 1, timeout=30, what="the first check to start importing")
+        (gated / "gate").touch()
+        replies = []
+        for _ in range(2):
+            assert s.poll(60_000), "no reply"
+            replies.append(codec.unpack(s.recv_multipart()).body)
+        s.close(0)
+        assert all(r["ok"] for r in replies), replies
+        sids = {r["result"]["session"] for r in replies}
+        assert len(sids) == 1
+        assert [r["id"] for r in c.sessions(workflow="gated:study")] == list(sids)
+        c.wait(sids.pop(), timeout=60)
+        assert _imports(gated) == 2  # the one check and the one runner: the retry imported nothing
+
+
+def test_the_template_dying_during_a_check_refuses_the_start_clearly(daemon, gated: Path) -> None:
+    """The runner template killed while it checks a workflow: the start is refused with ``launch_failed``
+    (not left waiting forever), and the next start works on a fresh template."""
+    out: dict[str, Any] = {}
+    t = _start_in_thread(daemon, gated, out)
+    wait_until(lambda: _imports(gated) == 1, timeout=30, what="the check to start importing")
+    with daemon.client() as c:
+        os.kill(c.status()["template_pid"], signal.SIGKILL)
+        t.join(60)
+        assert not t.is_alive()
+        err = out.get("error")
+        assert isinstance(err, LabdError) and err.code == "launch_failed", out
+        assert "try again" in err.message
+        sid = c.start("demo.count", params={"n": 1, "delay": 0})
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+
+
+def test_a_bad_parameter_is_still_refused_before_any_session_exists(daemon, gated: Path) -> None:
+    """The check still decides the start: a value that does not fit the workflow's signature is a clear
+    ``bad_params`` error and no session row is made."""
+    (gated / "gate").touch()
+    with daemon.client() as c:
+        with pytest.raises(LabdError) as info:
+            c.start("gated:study", params={"n": "many"}, cwd=str(gated))
+        assert info.value.code == "bad_params" and "n" in info.value.message
+        assert c.sessions(workflow="gated:study") == []
