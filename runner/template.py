@@ -11,7 +11,7 @@ Protocol (JSON lines; the daemon writes requests on our stdin, we answer on our 
 - ``{"op": "inspect", "req": R, "workflow": W, "params": {...}, "path": [dirs]}`` -> ``{"op": "inspected", "req": R,
   "ok": bool, "code"?, "message"?, "details"?}`` (resolved in a throwaway child, so importing user
   code never touches the template; answered when the child is done, in any order: spawns and other
-  inspections go on meanwhile)
+  checks go on meanwhile; :mod:`labd.runner.checks`, which keeps one checker child forked ahead)
 - unsolicited: ``{"op": "exited", "pid": P, "exit_code": C | null, "signal": S | null}``
 
 End of stdin (the daemon went away) makes the template exit; runners live on.
@@ -37,6 +37,8 @@ import time
 from typing import Any
 
 from setproctitle import setproctitle
+
+from labd.runner.checks import CHECKER_DELAY_S, Check, Checker, fork_check, fork_checker
 
 #: imported before any fork so every runner starts warm
 PRELOAD = ["zmq", "orjson", "structlog", "psutil", "labd.runner.session", "labd.runner.workflows.demo",
@@ -75,57 +77,6 @@ def _reap(out_fd: int, spare: int | None = None) -> bool:
         else:
             _write(out_fd, {"op": "exited", "pid": pid, "exit_code": os.waitstatus_to_exitcode(status),
                             "signal": None})
-
-
-def _inspect_in_child(workflow: str, params: dict[str, Any], path: list[str]) -> dict[str, Any]:
-    from labd.runner.workflows.registry import WorkflowError, bind_params, describe, resolve
-
-    # The same sys.path the runner will have: the client's directory and PYTHONPATH first.
-    sys.path[:0] = path
-    importlib.invalidate_caches()
-    try:
-        fn = resolve(workflow, search=path)
-        return {"ok": True, "params": bind_params(fn, params), "describe": describe(fn), "function": fn.__name__}
-    except WorkflowError as exc:
-        return {"ok": False, "code": exc.code, "message": exc.message, "details": exc.details}
-
-
-INSPECT_TIMEOUT_S = 20.0
-
-
-class _Inspection:
-    """An inspect child at work: the loop reads its answer as it comes, so a slow import (a workflow module
-    that pulls in a large library) never holds up spawns or other inspections."""
-
-    def __init__(self, req: int, pid: int, fd: int) -> None:
-        self.req, self.pid, self.fd = req, pid, fd
-        self.deadline = time.monotonic() + INSPECT_TIMEOUT_S
-        self.data = b""
-
-    def read(self) -> bool:
-        """Take what the child wrote; True at its end (EOF)."""
-        try:
-            part = os.read(self.fd, 65536)
-        except BlockingIOError:
-            return False
-        self.data += part
-        return not part
-
-    def answer(self, timed_out: bool = False) -> dict[str, Any]:
-        os.close(self.fd)
-        if timed_out:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            return {"op": "inspected", "req": self.req, "ok": False, "code": "workflow_import_failed",
-                    "message": f"importing the workflow took longer than {INSPECT_TIMEOUT_S:g}s; it was stopped"}
-        try:
-            result = json.loads(self.data)
-        except ValueError:
-            result = {"ok": False, "code": "workflow_import_failed",
-                      "message": "inspecting the workflow crashed its process"}
-        return {"op": "inspected", "req": self.req, **result}
 
 
 def _fork_child(in_fd: int, out_fd: int, wake_fds: tuple[int, int], job: Any, close: tuple[int, ...] = ()) -> int:
@@ -263,15 +214,28 @@ def main() -> None:
     spare_due: float | None = time.monotonic() if use_spare else None
     hints: dict[str, list[str]] = {}
     buf = b""
-    inspecting: dict[int, _Inspection] = {}  # by the fd its answer comes on
+    inspecting: dict[int, Check] = {}  # checks at work, by the fd their answer comes on
+    checker: Checker | None = None  # a child forked ahead of the next check (runner/checks.py)
+    checker_due: float | None = time.monotonic() + SPARE_DELAY_S if use_spare else None
+
+    def private() -> tuple[int, ...]:
+        """The template's ends of its children's pipes: no other child may hold them (read another's
+        answer, or keep a pipe open that should close when the template goes)."""
+        return (*(spare.fds if spare is not None else ()), *(checker.fds if checker is not None else ()),
+                *inspecting)
+
+    def fork(job: Any, close: tuple[int, ...]) -> int:
+        return _fork_child(in_fd, out_fd, (wake_r, wake_w), job, (*private(), *close))
+
     while True:
         if spare is None and spare_due is not None and time.monotonic() >= spare_due:
-            # (an inspection's pipe is the template's alone: no child may read another's answer)
-            spare, spare_due = _fork_spare(in_fd, out_fd, (wake_r, wake_w), hints, tuple(inspecting)), None
+            spare, spare_due = _fork_spare(in_fd, out_fd, (wake_r, wake_w), hints, private()), None
+        if checker is None and checker_due is not None and time.monotonic() >= checker_due:
+            checker, checker_due = fork_checker(fork), None
         now = time.monotonic()
         for late in [j for j in inspecting.values() if now >= j.deadline]:  # an import that never returns
             _write(out_fd, inspecting.pop(late.fd).answer(timed_out=True))
-        due = [t for t in (spare_due, *(j.deadline for j in inspecting.values())) if t is not None]
+        due = [t for t in (spare_due, checker_due, *(j.deadline for j in inspecting.values())) if t is not None]
         timeout = max(0.0, min(due) - now) if due else None
         try:
             ready, _, _ = select.select([in_fd, wake_r, *inspecting], [], [], timeout)
@@ -307,8 +271,7 @@ def main() -> None:
                         reply = {"pid": spare.pid, "create_time": spare.create_time, "via": "spare"}
                     spare = None
                 if reply is None:  # no spare, or still warming up: fork (a spare's pipes never go to the child)
-                    pid = _fork_child(in_fd, out_fd, (wake_r, wake_w), lambda s=spec: _run_spec(s),
-                                      (*(spare.fds if spare is not None else ()), *inspecting))
+                    pid = fork(lambda s=spec: _run_spec(s), ())
                     reply = {"pid": pid, "create_time": None, "via": "fork"}
                 _write(out_fd, {"op": "spawned", "req": req["req"], **reply})
                 if use_spare:  # the next spare prepares for the same daemon settings
@@ -318,19 +281,15 @@ def main() -> None:
                     if spare is None:
                         spare_due = time.monotonic() + SPARE_DELAY_S
             elif req["op"] == "inspect":
-                r, w = os.pipe()
-
-                def inspect_job(req: dict[str, Any] = req, r: int = r, w: int = w) -> None:
-                    os.close(r)
-                    result = _inspect_in_child(req["workflow"], req.get("params") or {}, req.get("path") or [])
-                    os.write(w, json.dumps(result, default=repr).encode())
-                    os._exit(0)
-
-                pid = _fork_child(in_fd, out_fd, (wake_r, wake_w), inspect_job,
-                                  (*(spare.fds if spare is not None else ()), *inspecting))
-                os.close(w)
-                os.set_blocking(r, False)
-                inspecting[r] = _Inspection(req["req"], pid, r)
+                check = checker.hand_over(req) if checker is not None else None
+                if checker is not None:  # used once, whether the hand-over worked or not
+                    checker, checker_due = None, (time.monotonic() + CHECKER_DELAY_S if use_spare else None)
+                if check is None:  # none ready: fork one for this check
+                    check = fork_check(fork, req)
+                if check.fd < 0:  # it died before it read the check
+                    _write(out_fd, check.answer())
+                else:
+                    inspecting[check.fd] = check
 
 if __name__ == "__main__":
     main()

@@ -57,6 +57,17 @@ from labd.runner.template import PRELOAD  # noqa: E402
 
 WORKFLOW = "demo.count"
 PARAMS = {"n": 2, "delay": 0.2}  # prints "count 1/2", then works (sleeps) on: the print must leave on its own
+#: the same workflow as a user's own module (what `labd run mypkg.flows:count` starts): its start also checks
+#: the workflow by importing the module in a throwaway child of the template (docs/design.md, "Workflow checks")
+OWN_WORKFLOW = "benchflows:count"
+OWN_MODULE = """import time
+
+
+def count(ctx, n: int = 2, delay: float = 0.2):
+    for i in range(n):
+        print(f"count {i + 1}/{n}", flush=True)
+        time.sleep(delay)
+"""
 
 
 # ---- (c) forkserver target: module level so the forkserver imports it once (we preload __main__) ----------
@@ -179,13 +190,16 @@ class WarmBench:
         self.tail = tail
         self.c = daemon.client()
         self.rows: list[dict[str, float]] = []
+        self.own_rows: list[dict[str, float]] = []  # starts of OWN_WORKFLOW
         self.failed = 0
 
-    def once(self) -> dict[str, float] | None:
+    def once(self, own_dir: str | None = None) -> dict[str, float] | None:
+        """One start of ``demo.count``, or with ``own_dir`` of the same workflow as a user's module there."""
         os.environ["XDG_RUNTIME_DIR"] = str(self.d.runtime)  # two daemons in one run: each has its own
         wall0 = time.time()
         t0 = time.perf_counter()
-        sid = self.c.start(WORKFLOW, params=PARAMS)
+        sid = (self.c.start(OWN_WORKFLOW, params=PARAMS, cwd=own_dir, pythonpath=[]) if own_dir
+               else self.c.start(WORKFLOW, params=PARAMS))
         t_reply = time.perf_counter()
         t_created = self.tail.wait_for(sid, "session.created", 10)
         t_launched = self.tail.wait_for(sid, "session.launched", 10)
@@ -210,7 +224,7 @@ class WarmBench:
             row["started_emitted"] = emitted - wall0  # runner's wall clock vs ours: same machine
         if t_ended is not None:
             row["ended"] = t_ended - t0
-        self.rows.append(row)
+        (self.own_rows if own_dir else self.rows).append(row)
         return row
 
     def close(self) -> None:
@@ -316,6 +330,9 @@ def main() -> int:
     ap.add_argument("--jupyter", type=int, default=5,
                     help="fresh Jupyter kernels (start -> first output), the issue's anchor (default 5; 0: none; "
                          "needs pip install 'labd[bench]')")
+    ap.add_argument("--own", type=int, default=20,
+                    help="starts of the same workflow as a user's own module, on the first daemon, alternated with "
+                         "its demo.count starts (default 20; 0 = skip)")
     ap.add_argument("--keep", action="store_true", help="keep the temp home (daemon log, database)")
     args = ap.parse_args()
     interrupt_on_sigterm()
@@ -341,14 +358,20 @@ def main() -> int:
         base_tmp = tempfile.mkdtemp(prefix="labd-base-")
         base_root = export_base(args.base, base_tmp)
     b_label = f"base {args.base}" if base_root else "no spare"
+    import tempfile
+
+    own_dir = tempfile.mkdtemp(prefix="labd-own-")
+    with open(os.path.join(own_dir, "benchflows.py"), "w") as f:
+        f.write(OWN_MODULE)
     variants = [("spare", "1", None)]
     if not args.no_ab:  # B: no spare runner, or --base REF's code with one
         variants.append((b_label, "0" if base_root is None else "1", base_root))
     try:
         with contextlib.ExitStack() as stack:
-            if base_root is not None:
-                import shutil
+            import shutil
 
+            stack.callback(shutil.rmtree, own_dir, True)
+            if base_root is not None:
                 stack.callback(shutil.rmtree, os.path.dirname(base_root), True)
             for label, value, root in variants:
                 # one daemon per variant, started and connected in turn (each points XDG_RUNTIME_DIR at its own)
@@ -365,9 +388,12 @@ def main() -> int:
                     time.sleep(args.pause)
                 fs.once()
                 time_fork()
+                if args.own:
+                    benches["spare"].once(own_dir)
             for b in benches.values():
                 b.rows.clear()
-            rounds = max(args.warm, args.fork, args.forkserver, args.cold)
+                b.own_rows.clear()
+            rounds = max(args.warm, args.fork, args.forkserver, args.cold, args.own)
             cold_every = max(1, rounds // max(1, args.cold)) if args.cold else 0
             done_cold = 0
             for i in range(rounds):
@@ -376,6 +402,9 @@ def main() -> int:
                     for b in order:
                         b.once()
                         time.sleep(args.pause)
+                if i < args.own:
+                    benches["spare"].once(own_dir)
+                    time.sleep(args.pause)
                 if i < args.forkserver:
                     samples["forkserver"].append(fs.once())
                 if i < args.fork:
@@ -398,6 +427,9 @@ def main() -> int:
             if len(benches) == 2:
                 compare(benches["spare"].rows, benches[b_label].rows,
                         "this checkout" if base_root else "spare", b_label)
+            if benches["spare"].own_rows:  # a user's module: its start also imports it once to check it
+                compare(benches["spare"].own_rows, benches["spare"].rows, f"own module {OWN_WORKFLOW}",
+                        f"built-in {WORKFLOW}")
     except KeyboardInterrupt:
         print("\ninterrupted; cleaned up", file=sys.stderr)
         return 130

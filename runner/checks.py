@@ -1,0 +1,147 @@
+"""Workflow checks in the runner template: a user's workflow resolved and its params bound in a throwaway
+child, so importing user code never touches the template (docs/design.md, "Workflow checks never hold up the
+daemon").
+
+The template keeps one :class:`Checker` forked ahead of need (like its spare runner): a check then costs a
+pipe hand-over, the import and the bind, not a fork of the template on the request's path. A check that
+finds no ready checker forks one for itself. Each check's answer is read by the template's loop as it comes
+(:class:`Check`), with a deadline.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["CHECK_TIMEOUT_S", "Check", "Checker", "check_workflow", "fork_checker"]
+
+CHECK_TIMEOUT_S = 20.0
+#: fork a new checker this long after one was used: not while the check (and the start it serves) runs
+CHECKER_DELAY_S = 0.05
+
+
+def check_workflow(workflow: str, params: dict[str, Any], path: list[str]) -> dict[str, Any]:
+    """Resolve ``workflow`` with ``path`` first on ``sys.path`` and bind ``params``: ``{"ok": bool, ...}``
+    (run in a child that exits afterwards)."""
+    from labd.runner.workflows.registry import WorkflowError, bind_params, describe, resolve
+
+    # The same sys.path the runner will have: the client's directory and PYTHONPATH first.
+    sys.path[:0] = path
+    importlib.invalidate_caches()
+    try:
+        fn = resolve(workflow, search=path)
+        return {"ok": True, "params": bind_params(fn, params), "describe": describe(fn), "function": fn.__name__}
+    except WorkflowError as exc:
+        return {"ok": False, "code": exc.code, "message": exc.message, "details": exc.details}
+
+
+def _answer_one(requests: int, answers: int) -> None:
+    """In a checker child: read one request (to end of file), check it, write the answer, exit."""
+    # Warm up while waiting: the first run of this code copies the template's pages it touches (reference
+    # counts are writes); done now, not on the request's path.
+    json.loads(json.dumps(check_workflow("demo.count", {"n": "1"}, []), default=repr))
+    data = b""
+    while chunk := os.read(requests, 65536):
+        data += chunk
+    if not data:  # the template went away without using us
+        os._exit(0)
+    req = json.loads(data)
+    result = check_workflow(req["workflow"], req.get("params") or {}, req.get("path") or [])
+    payload = json.dumps(result, default=repr).encode()
+    while payload:
+        payload = payload[os.write(answers, payload):]
+    # End of file now: exit closes files only after it has torn down the address space (a forked template:
+    # several ms), and the template reads the answer at end of file.
+    os.close(answers)
+    os._exit(0)
+
+
+class Checker:
+    """A child forked ahead of need, waiting for one check: its pid, the template's write end of its request
+    pipe and read end of its answer pipe."""
+
+    def __init__(self, pid: int, requests: int, answers: int) -> None:
+        self.pid, self.requests, self.answers = pid, requests, answers
+
+    @property
+    def fds(self) -> tuple[int, int]:
+        return self.requests, self.answers
+
+    def hand_over(self, req: dict[str, Any]) -> Check | None:
+        """Give it the check (then end of file); the :class:`Check` to read its answer from, or None if it is
+        gone (its pipes are closed either way)."""
+        data = json.dumps(req).encode()
+        try:
+            while data:
+                data = data[os.write(self.requests, data):]
+        except OSError:  # EPIPE: it died unused
+            os.close(self.requests)
+            os.close(self.answers)
+            return None
+        os.close(self.requests)
+        os.set_blocking(self.answers, False)
+        return Check(req["req"], self.pid, self.answers)
+
+
+def fork_checker(fork: Callable[[Callable[[], None], tuple[int, ...]], int]) -> Checker:
+    """Fork a checker with ``fork(job, close)`` (the template's fork: the child sheds the template's fds and
+    those in ``close``, the template's ends of the checker's own pipes)."""
+    req_r, req_w = os.pipe()
+    ans_r, ans_w = os.pipe()
+    pid = fork(lambda: _answer_one(req_r, ans_w), (req_w, ans_r))
+    os.close(req_r)
+    os.close(ans_w)
+    return Checker(pid, req_w, ans_r)
+
+
+def fork_check(fork: Callable[[Callable[[], None], tuple[int, ...]], int], req: dict[str, Any]) -> Check:
+    """No ready checker: fork one for this check alone."""
+    checker = fork_checker(fork)
+    check = checker.hand_over(req)
+    if check is None:  # it died before reading: answered as a crash
+        return Check(req["req"], checker.pid, -1)
+    return check
+
+
+class Check:
+    """A check at work in a child: the template's loop reads its answer as it comes (``fd`` is in its
+    ``select``), so a slow import (a module that pulls in a large library) never holds up spawns or other
+    checks; past :data:`CHECK_TIMEOUT_S` the child is killed."""
+
+    def __init__(self, req: int, pid: int, fd: int) -> None:
+        self.req, self.pid, self.fd = req, pid, fd
+        self.deadline = time.monotonic() + CHECK_TIMEOUT_S
+        self.data = b""
+
+    def read(self) -> bool:
+        """Take what the child wrote; True at its end (EOF)."""
+        try:
+            part = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return False
+        self.data += part
+        return not part
+
+    def answer(self, timed_out: bool = False) -> dict[str, Any]:
+        """The ``inspected`` reply for the daemon; closes the pipe (and kills the child if it timed out)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+        if timed_out:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return {"op": "inspected", "req": self.req, "ok": False, "code": "workflow_import_failed",
+                    "message": f"importing the workflow took longer than {CHECK_TIMEOUT_S:g}s; it was stopped"}
+        try:
+            result = json.loads(self.data)
+        except ValueError:
+            result = {"ok": False, "code": "workflow_import_failed",
+                      "message": "inspecting the workflow crashed its process"}
+        return {"op": "inspected", "req": self.req, **result}
