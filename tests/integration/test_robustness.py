@@ -131,7 +131,9 @@ def test_approvals_of_an_ended_session_expire(client) -> None:
 
 def test_pause_right_after_start_is_not_lost(client) -> None:
     """A pause sent before the runner has connected is delivered once it does."""
-    sid = client.start("demo.count", params={"n": 20, "delay": 0.05})
+    # The workflow runs while its channel connects (on its own thread): long enough that a loaded box cannot
+    # finish it before the pause arrives (n=20 x 0.05 s did once, under a full suite plus benchmarks).
+    sid = client.start("demo.count", params={"n": 100, "delay": 0.05})
     client.pause(sid)
     wait_until(lambda: client.session(sid)["status"] == "paused", timeout=30, what="paused")
     client.resume(sid)
