@@ -27,7 +27,7 @@ import structlog
 import zmq
 
 from labd.daemon.daemon_items import DaemonItems
-from labd.daemon.ingest_batch import PUB_SNDHWM, Batch, Fragment, LiveEvents, tune_gc
+from labd.daemon.ingest_batch import PUB_SNDHWM, Batch, Fragment, LiveEvents, LiveRun, tune_gc
 from labd.daemon.outputcap import OutputCaps
 from labd.daemon.runner_frames import RunnerFrames, runner_session
 from labd.daemon.shipped import receive as receive_shipped
@@ -47,6 +47,10 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024  # raw runner frames per batch: bounds the mem
 #: messages queued per runner in the ROUTER (each <= ~512 KiB from the Python runner): a flooding runner
 #: blocks in its own send queue instead of growing the daemon's memory
 RUNNER_RCVHWM = 32
+#: live-tail subscriptions kept (distinct topics; XPUB passes each once): bounds memory and the "is anyone
+#: following" check against a same-user peer subscribing to very many prefixes
+MAX_TOPICS = 4096
+MAX_TOPIC_BYTES = len("session.") + 64  # the longest topic that can be a prefix of a session's (ids <= 64 bytes)
 #: the database cannot be reached (retry the same batch); anything else it raises means it refused data
 UNREACHABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
 REFUSED = (sa_exc.StatementError, OverflowError, ValueError, TypeError)
@@ -87,6 +91,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         self._last_resend: dict[str, float] = {}
         self._warn = WarnLimiter(self.log).warn  # bad frames: a line a second per reason, counters exact
         self.topics: set[bytes] = set()  # live-tail subscriptions (see _on_subscriptions)
+        self.topics_over = 0  # subscriptions past MAX_TOPICS (not kept: every session counts as followed)
         #: control messages for runners that have not said hello yet (e.g. pause right after start)
         self._waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self._safe = False  # safe mode: commit event by event (after the store refused a batch)
@@ -259,10 +264,13 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
             self.cursors.pop(sid, None)
 
     def _send_batch(self, batch: Batch) -> None:
-        for sid, evs in batch.pub.items():  # persisted: now publish
-            for chunk in evs.chunks():
+        for sid, evs in batch.pub.items():  # persisted: now publish, in seq order (runs and per-event items)
+            for chunk in evs.messages():
                 try:
-                    frames = self.pub_codec.pack("events", {"session": sid, "events": chunk})
+                    if isinstance(chunk, LiveRun):  # a runner frame's events as it sent them: spliced, O(1) here
+                        frames = self.pub_codec.pack_run(sid, chunk.offset, chunk.span)
+                    else:
+                        frames = self.pub_codec.pack("events", {"session": sid, "events": chunk})
                 except PayloadError:  # too deep to wrap in a message: clients fill the gap from the store
                     self.count("dropped.pub.unencodable")
                     continue
@@ -296,16 +304,31 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
                 self._waiting_for_hello.setdefault(sid, []).append((type_, body))
 
     def _on_subscriptions(self) -> None:
-        """Track live-tail subscriptions (XPUB passes each topic's first subscribe and last unsubscribe)."""
+        """Track live-tail subscriptions (XPUB passes each topic's first subscribe and last unsubscribe), bounded:
+        a topic that cannot be a prefix of any ``session.<id>`` (too long, or neither a prefix of ``session.`` nor
+        starting with it) matches nothing and is not kept; past :data:`MAX_TOPICS` kept ones, the rest are only
+        counted (``topics_over``), and while any is, every session counts as followed (nobody misses events)."""
         while True:
             try:
                 msg = self.pub.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            topic = msg[1:]
+            if len(topic) > MAX_TOPIC_BYTES or not (topic.startswith(b"session.") or b"session.".startswith(topic)):
+                if msg[:1] == b"\x01":
+                    self.count("live.topics_ignored")
+                continue
             if msg[:1] == b"\x01":
-                self.topics.add(msg[1:])
+                if len(self.topics) < MAX_TOPICS:
+                    self.topics.add(topic)
+                else:
+                    self.topics_over += 1
+                    self.count("live.topics_over")
             elif msg[:1] == b"\x00":
-                self.topics.discard(msg[1:])
+                if topic in self.topics:
+                    self.topics.discard(topic)
+                elif self.topics_over:
+                    self.topics_over -= 1
 
     def _append(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
                 node_id: str | None, parent: int | None, payload: dict[str, Any], b: Batch) -> bool:
@@ -369,9 +392,12 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
 
     def _is_live(self, sid: str) -> bool:
         """Does any client follow this session's live tail?"""
-        if not self.topics:
+        topics = self.topics
+        if self.topics_over:
+            return True
+        if not topics:
             return False
         topic = f"session.{sid}".encode()
-        return any(topic.startswith(t) for t in self.topics)
-
-
+        if len(topics) <= 16:
+            return any(topic.startswith(t) for t in topics)
+        return any(topic[:i] in topics for i in range(len(topic) + 1))  # O(topic length), not O(topics)

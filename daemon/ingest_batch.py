@@ -19,7 +19,7 @@ import orjson
 from labd.store.projections import RowChanges
 from labd.store.writer import EventRow, NodeRow, PlainRow
 
-__all__ = ["Batch", "LiveEvents", "Fragment", "tune_gc", "PUB_CHUNK_BYTES", "PUB_SNDHWM", "GC_GEN0"]
+__all__ = ["Batch", "LiveEvents", "LiveRun", "Fragment", "tune_gc", "PUB_CHUNK_BYTES", "PUB_SNDHWM", "GC_GEN0"]
 
 Fragment = orjson.Fragment  # JSON already encoded, spliced verbatim into a message (orjson >= 3.9)
 
@@ -28,30 +28,65 @@ PUB_SNDHWM = 64
 LIVE_OVERHEAD = 100  # bytes counted per live event beside its payload (seq, ts, kind, ...)
 
 
-class LiveEvents:
-    """One session's committed events for the live tail: ``[seq, ts, kind, src, node_id, parent, payload,
-    src_seq]`` with the payload an ``orjson.Fragment`` of the very text stored (encoded once), and beside them
-    their approximate sizes (kept apart so that cutting them into messages is done in C, not per event)."""
+class LiveRun:
+    """The events of one runner frame that all took ingest's hot path in order, published as the runner sent
+    them: ``span`` is the frame's ``events`` array, byte for byte, and each event's ``seq`` is its ``src_seq``
+    plus ``offset`` (see :mod:`labd.ipc.live`). The ingest thread's live-copy work for it is O(1)."""
 
-    __slots__ = ("sizes", "events")
+    __slots__ = ("offset", "span")
+
+    def __init__(self, offset: int, span: bytes | memoryview) -> None:
+        self.offset = offset
+        self.span = span
+
+
+class LiveEvents:
+    """One session's committed events for the live tail, in ``seq`` order: per-event items ``[seq, ts, kind, src,
+    node_id, parent, payload, src_seq]`` with the payload an ``orjson.Fragment`` of the very text stored (encoded
+    once), beside them their approximate sizes (kept apart so that cutting them into messages is done in C, not
+    per event), and :class:`LiveRun` s, each placed before the per-event item at its index (``runs``)."""
+
+    __slots__ = ("sizes", "events", "runs")
 
     def __init__(self) -> None:
         self.sizes: list[int] = []
         self.events: list[list[Any]] = []
+        self.runs: list[tuple[int, LiveRun]] = []
 
     def add(self, payload_size: int, event: list[Any]) -> None:
         self.sizes.append(payload_size + LIVE_OVERHEAD)
         self.events.append(event)
 
+    def add_run(self, run: LiveRun) -> None:
+        """A runner frame's events, after every event added so far."""
+        self.runs.append((len(self.events), run))
+
     def extend(self, other: LiveEvents) -> None:
+        base = len(self.events)
+        self.runs += [(at + base, run) for at, run in other.runs]
         self.sizes += other.sizes
         self.events += other.events
 
-    def chunks(self) -> list[list[list[Any]]]:
-        """The events cut so no message nears the clients' size limit (output chunks can be 64 KiB): a message
-        ends with the event that takes it past :data:`PUB_CHUNK_BYTES`."""
-        evs = self.events
-        cum = list(accumulate(self.sizes))
+    def messages(self) -> list[list[list[Any]] | LiveRun]:
+        """What to publish, in order: each run on its own, the per-event items between runs cut by :meth:`chunks`."""
+        if not self.runs:
+            return list(self.chunks())
+        out: list[list[list[Any]] | LiveRun] = []
+        start = 0
+        for at, run in self.runs:
+            if at > start:
+                out += self.chunks(start, at)
+            out.append(run)
+            start = at
+        if start < len(self.events):
+            out += self.chunks(start, len(self.events))
+        return out
+
+    def chunks(self, lo: int = 0, hi: int | None = None) -> list[list[list[Any]]]:
+        """The events ``[lo:hi]`` cut so no message nears the clients' size limit (output chunks can be 64 KiB): a
+        message ends with the event that takes it past :data:`PUB_CHUNK_BYTES`."""
+        evs = self.events[lo:hi]
+        cum = list(accumulate(self.sizes[lo:hi]))
         out: list[list[list[Any]]] = []
         start, base, n = 0, 0, len(evs)
         while start < n:

@@ -13,6 +13,7 @@ payload is encoded once — the text stored is the text the live tail splices in
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from labd.daemon.ingest_batch import LIVE_OVERHEAD, Batch, Fragment, LiveEvents
+from labd.daemon.ingest_batch import LIVE_OVERHEAD, PUB_CHUNK_BYTES, Batch, Fragment, LiveEvents, LiveRun
 from labd.daemon.outputcap import OutputCaps
 from labd.daemon.spools import spool_of, spooled_events
 from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
@@ -150,7 +151,7 @@ class RunnerFrames:
         if not isinstance(evs, list):
             self.count("dropped.runner.malformed")
             return
-        self._on_events(cur, identity, evs, b)
+        self._on_events(cur, identity, evs, b, self._frame[0][-1] if self._frame is not None else None)
 
     def _on_hello(self, sid: str, identity: bytes, body: dict[str, Any], b: Batch) -> None:
         b.acks[sid] = (identity, b.acks.get(sid, (identity, False))[1])
@@ -162,16 +163,25 @@ class RunnerFrames:
                 "hypothesis": r["hypothesis"], "by": r["resolved_by"], "via": r["resolved_via"]}))
 
     # ---- events -----------------------------------------------------------------------------------
-    def _on_events(self, cur: SessionCursor, identity: bytes | None, evs: list[Any], b: Batch) -> None:
+    def _on_events(self, cur: SessionCursor, identity: bytes | None, evs: list[Any], b: Batch,
+                   raw: bytes | None = None) -> None:
         """Stage a runner's events ``[src_seq, ts, kind, node_id, parent, payload]`` in order.
 
         The loop keeps the session's ``runner_seq`` and ``last_seq`` in locals and writes them back to the
-        cursor around anything that reads or changes it (the slow path, and the end)."""
+        cursor around anything that reads or changes it (the slow path, and the end).
+
+        ``raw``: the frame's body as received. When the session is followed live and every event takes the hot
+        path in order, the live copy is that frame's ``events`` array as the runner sent it (one
+        :class:`~labd.daemon.ingest_batch.LiveRun`, no per-event work); the per-event live items are built only
+        once something else happens (docs/design.md, "Live tail: a runner frame as it arrived")."""
         sid = cur.id
         resend = b.acks.get(sid, (identity, False))[1]
         live = b.pub.setdefault(sid, LiveEvents()) if self._is_live(sid) else None
-        live_sizes = live.sizes.append if live is not None else None
-        live_events = live.events.append if live is not None else None
+        span = run_span(raw, sid) if live is not None and raw is not None else None
+        deferred = span is not None  # the live items of hot events are not built (yet): they may be one run
+        live_sizes = live.sizes.append if live is not None and not deferred else None
+        live_events = live.events.append if live is not None and not deferred else None
+        p0, n0, offset = len(b.plain), len(b.noded), cur.last_seq - cur.runner_seq
         plain_append = b.plain.append
         noded_append = b.noded.append
         fast = not self._safe
@@ -200,6 +210,8 @@ class RunnerFrames:
                 if kind == "output" and (cut := self.outcap.drop(sid, payload)) is not False:  # past the cap
                     if cut is not True:
                         cur.runner_seq, cur.last_seq, in_slow = runner_seq, last_seq, True
+                        if deferred:  # what the slow path publishes must come after the hot events before it
+                            live_sizes, live_events, deferred = self._undefer(live, b, p0, n0)
                         self._append(cur, time.time(), "output.truncated", "r", src_seq, None, None, cut, b)
                         runner_seq, last_seq, in_slow = cur.runner_seq, cur.last_seq, False  # (safe mode reloads)
                     continue
@@ -213,6 +225,8 @@ class RunnerFrames:
                         text = _dumps(payload, default=repr).decode()
                     except TypeError:  # nested too deeply to store
                         cur.runner_seq, cur.last_seq, in_slow = runner_seq, last_seq, True
+                        if deferred:
+                            live_sizes, live_events, deferred = self._undefer(live, b, p0, n0)
                         self._reject(cur, src_seq, kind, "payload cannot be stored (nested too deeply)", b)
                         runner_seq, last_seq, in_slow = cur.runner_seq, cur.last_seq, False
                         continue
@@ -227,6 +241,8 @@ class RunnerFrames:
                     hot += 1
                     continue
                 cur.runner_seq, cur.last_seq, in_slow = runner_seq, last_seq, True
+                if deferred:
+                    live_sizes, live_events, deferred = self._undefer(live, b, p0, n0)
                 self._slow_event(cur, src_seq, ts, kind, node_id, parent, payload, b)
                 runner_seq, last_seq, in_slow = cur.runner_seq, cur.last_seq, False
         finally:
@@ -235,8 +251,26 @@ class RunnerFrames:
             if not in_slow:
                 cur.runner_seq, cur.last_seq = runner_seq, last_seq
             b.count += hot
+            if deferred and hot:
+                if hot == len(evs):  # all hot, in order: seq = src_seq + offset throughout
+                    live.add_run(LiveRun(offset, span))  # type: ignore[union-attr,arg-type]
+                else:  # a duplicate, a gap, a drop or an error: the per-event form
+                    self._undefer(live, b, p0, n0)
         if identity is not None:
             b.acks[sid] = (identity, resend)
+
+    @staticmethod
+    def _undefer(live: LiveEvents | None, b: Batch, p0: int, n0: int) -> tuple[Any, Any, bool]:
+        """Build the per-event live items of the hot rows this frame staged so far (from ``b.plain[p0:]`` and
+        ``b.noded[n0:]``, in seq order); returns the appenders for the rest of the frame."""
+        assert live is not None
+        rows: list[tuple[int, float, str, str | None, int, str]] = [
+            (r[1], r[2], r[3], None, r[5], r[6]) for r in b.plain[p0:]]
+        rows += [(r[1], r[2], r[3], r[6], r[5], r[7]) for r in b.noded[n0:]]
+        rows.sort(key=lambda r: r[0])
+        for seq, ts, kind, node_id, src_seq, text in rows:
+            live.add(len(text), [seq, ts, kind, "r", node_id, None, Fragment(text), src_seq])
+        return live.sizes.append, live.events.append, False
 
     def _slow_event(self, cur: SessionCursor, src_seq: int, ts: Any, kind: Any, node_id: Any, parent: Any,
                     payload: Any, b: Batch) -> None:
@@ -283,6 +317,32 @@ class RunnerFrames:
             self._on_events(cur, None, evs, b)
             self.count("spool_events_ingested", cur.runner_seq - before)
             self.log.info("spool ingested", session_id=cur.id, events=cur.runner_seq - before)
+
+
+#: the head of a runner frame exactly as :meth:`labd.ipc.wire.Codec.pack_events` writes it (nothing else may come
+#: before the events; the session is checked separately)
+_RUN_HEAD = re.compile(rb'\{"v":1,"id":"[0-9A-Za-z_-]{1,64}","ts":[0-9.eE+-]{1,32},"type":"events","body":\{"session":')
+#: a frame's events published as one run only up to this size (the Python runner's frames are at most 512 KiB);
+#: larger ones are cut into per-event messages
+MAX_RUN_BYTES = 2 * PUB_CHUNK_BYTES
+
+
+def run_span(raw: bytes, sid: str) -> memoryview | None:
+    """The bytes of a runner frame's ``events`` array, if the frame is laid out as the runner's codec writes it:
+    the fixed head, the session, ``"events":[`` ... ``]}}``. The head leaves no room for another ``body`` or
+    ``events`` key before the array; what follows the array inside the span, if it ended early (more keys:
+    crafted bytes), is caught where the span is published: inside a two-element array
+    (:meth:`labd.ipc.wire.Codec.pack_run`), anything but one JSON value makes the message invalid JSON, which a
+    follower drops (and fills from the store). None for any other layout (then the per-event form is published).
+    A view, not a copy: the frame is kept until its batch is published."""
+    m = _RUN_HEAD.match(raw)
+    if m is None or not raw.endswith(b"]}}") or len(raw) > MAX_RUN_BYTES:
+        return None
+    at = m.end()
+    mid = _dumps(sid) + b',"events":['
+    if not raw.startswith(mid, at):
+        return None
+    return memoryview(raw)[at + len(mid) - 1:-2]
 
 
 class _BadIdentity(WireError):

@@ -29,15 +29,14 @@ from labd.ipc.connection import (
 )
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.ipc.follow import FollowCursor, still_ended
+from labd.ipc.live import WIRE_FIELDS, event_from_wire, live_events
 from labd.ipc.paths import layout_for
 from labd.ipc.wire import Codec, WireError
 
 if TYPE_CHECKING:
     from labd.ipc.functions import FunctionCall
 
-__all__ = ["Client", "LabdError", "event_from_wire", "still_ended"]
-
-WIRE_FIELDS = ("seq", "ts", "kind", "src", "node_id", "parent", "payload", "src_seq")
+__all__ = ["Client", "LabdError", "WIRE_FIELDS", "event_from_wire", "still_ended"]
 
 
 class LabdError(Exception):
@@ -46,17 +45,6 @@ class LabdError(Exception):
     def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code, self.message, self.details = code, message, details or {}
-
-
-def event_from_wire(item: list[Any]) -> dict[str, Any]:
-    """Turn a published compact event ``[seq, ts, kind, src, node_id, parent, payload, src_seq]`` into a dict."""
-    if len(item) == 8:  # every event the daemon publishes: one dict display, no zip (a follower's per-event cost)
-        seq, ts, kind, src, node_id, parent, payload, src_seq = item
-        return {"seq": seq, "ts": ts, "kind": kind, "src": "runner" if src == "r" else "daemon", "node_id": node_id,
-                "parent": parent, "payload": payload, "src_seq": src_seq}
-    ev = dict(zip(WIRE_FIELDS, item, strict=False))
-    ev["src"] = "runner" if ev.get("src") == "r" else "daemon"
-    return ev
 
 
 class Client:
@@ -501,8 +489,7 @@ class Client:
                     msg = codec.unpack(frames[1:])
                 except WireError:
                     continue
-                for item in msg.body.get("events", []):
-                    ev = event_from_wire(item)
+                for ev in live_events(msg.body):
                     upto = cursor.gap_before(ev)
                     if upto is not None:
                         yield from from_store(upto)

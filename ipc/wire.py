@@ -140,6 +140,16 @@ class Codec:
         raw = b"".join((head, orjson.dumps(session), b',"events":[', b",".join(events), b"]}}"))
         return [self.signer.sign(raw), raw]
 
+    def pack_run(self, session: str, offset: int, span: bytes | memoryview) -> list[bytes]:
+        """``[signature, body]`` of a live ``events`` message in the run form, ``{"session", "run": [offset,
+        <span>]}``: ``span`` (a runner frame's events array, as received) is spliced in, not re-encoded. It sits
+        inside a two-element array on purpose: were it more than one JSON value (crafted bytes), the message would
+        not be valid JSON, so it never decodes into something other than that one array (docs/protocol.md)."""
+        head = (b'{"v":%d,"id":"%s","ts":%r,"type":"events","body":{"session":' %
+                (PROTOCOL_VERSION, self.new_id().encode(), time.time()))
+        raw = b"".join((head, orjson.dumps(session), b',"run":[%d,' % offset, span, b"]}}"))
+        return [self.signer.sign(raw), raw]
+
     def unpack(self, frames: list[bytes], *, seen: bool = False) -> Message:
         """Verify and decode ``[signature, body]``; raise a :class:`WireError` subclass to drop it.
 

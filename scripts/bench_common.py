@@ -346,11 +346,12 @@ class EventTail(threading.Thread):
                     self.bad += 1
                     continue
                 sid = msg.body.get("session")
-                evs = msg.body.get("events") or []
+                run = msg.body.get("run")  # the run form: [seq offset, the runner's events] (labd.ipc.live)
+                evs = run[1] if run is not None else msg.body.get("events") or []
                 self.events += len(evs)
                 new = False
                 with self._cond:
-                    for ev in evs:  # [seq, ts, kind, src, node_id, parent, payload]
+                    for ev in evs:  # kind and ts are at [2] and [1] in both forms
                         kind = ev[2]
                         if self.kinds is not None and kind not in self.kinds:
                             continue

@@ -104,6 +104,7 @@ def ingest(n, live):
                    for i in range(start, min(per, start + 2000))]
             frames.append([f"{sid}:x".encode(), *codec.pack_events(sid, evs)])
     ing_mod.tune_gc()
+    received = []
     t_frames = t_write = 0.0
     i = 0
     while i < len(frames):
@@ -116,13 +117,29 @@ def ingest(n, live):
         t2 = time.thread_time()
         ing._write(b, [], flist)
         t_frames += t2 - t; t_write += time.thread_time() - t2
-        while True:  # the follower, not timed
+        while True:  # the follower, not timed here (its decoding is timed below)
             try:
-                sub.recv_multipart(zmq.NOBLOCK)
+                got = sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            if live:
+                received.append(got)
     done = sum(c.runner_seq for c in ing.cursors.values())
     assert done == 4 * per, (done, 4 * per)
+    follower_us = float("nan")
+    if live:  # what the SDK's follower does per live message: verify, parse, one dict per event
+        try:
+            from labd.ipc.live import live_events
+        except ImportError:  # a tree from before the run form (labd.ipc.live)
+            from labd.ipc.client import event_from_wire
+            def live_events(body):
+                return [event_from_wire(item) for item in body.get("events", [])]
+        fcodec = Codec(key)
+        t = time.thread_time(); seen = 0
+        for got in received:
+            seen += len(live_events(fcodec.unpack(got[1:]).body))
+        follower_us = (time.thread_time() - t) / max(seen, 1) * 1e6
+        assert seen == 4 * per, (seen, 4 * per)
     rows = sorted(sqlite3.connect(f"{tmp}/s.db").execute(  # in the order ingest wrote them: runs of 2000
         "SELECT session_id, seq, ts, kind, src, src_seq, node_id, parent, payload FROM events WHERE kind='custom'"),
         key=lambda r: (r[5] // 2000, r[0], r[1]))
@@ -141,7 +158,8 @@ def ingest(n, live):
     raw_plain_us = raw_insert("raw-plain", "INSERT INTO events (session_id, seq, ts, kind, src, src_seq, payload) "
                               "VALUES (?,?,?,?,?,?,?)", [r[:6] + (r[8],) for r in rows])
     return {"frames_us": t_frames / done * 1e6, "write_us": t_write / done * 1e6,
-            "total_us": (t_frames + t_write) / done * 1e6, "raw_us": raw_us, "raw_plain_us": raw_plain_us}
+            "total_us": (t_frames + t_write) / done * 1e6, "raw_us": raw_us, "raw_plain_us": raw_plain_us,
+            "follower_us": follower_us}
 
 what, n = sys.argv[1], int(sys.argv[2])
 out = runner(n) if what == "runner" else ingest(n, what == "ingest-live")
@@ -187,6 +205,8 @@ def main() -> int:
                              ("  of which frames (verify, decode, validate, stage)", "ingest", "frames_us"),
                              ("  of which write (commit, publish, ack)", "ingest", "write_us"),
                              ("ingest thread, a follower on every session", "ingest-live", "total_us"),
+                             ("  of which write (commit, publish, ack)", "ingest-live", "write_us"),
+                             ("the follower (SDK: verify, parse, a dict per event)", "ingest-live", "follower_us"),
                              ("raw sqlite3 executemany, same rows", "ingest", "raw_us"),
                              ("raw sqlite3 executemany, NULLs not bound", "ingest", "raw_plain_us")]:
         row = [label, f"{med('this', what, key):.2f}"]

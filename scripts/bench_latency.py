@@ -71,6 +71,7 @@ class Follower(threading.Thread):
     def run(self) -> None:
         import zmq
 
+        from labd.ipc.live import wire_items
         from labd.ipc.wire import Codec, WireError
 
         ctx = zmq.Context()
@@ -93,7 +94,7 @@ class Follower(threading.Thread):
                     continue
                 if msg.body.get("session") != self.sid:
                     continue
-                for ev in msg.body.get("events") or []:  # [seq, ts, kind, src, node_id, parent, payload, src_seq]
+                for ev in wire_items(msg.body):  # [seq, ts, kind, src, node_id, parent, payload, src_seq]
                     kind, payload = ev[2], ev[6]
                     if kind in ("output", "custom"):
                         self.hop.append(now - ev[1])

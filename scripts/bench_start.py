@@ -265,7 +265,8 @@ class TsTail(EventTail):
                     continue
                 sid = msg.body.get("session")
                 with self._cond:
-                    for ev in msg.body.get("events") or []:
+                    run = msg.body.get("run")  # the run form: [seq offset, the runner's events] (labd.ipc.live)
+                    for ev in (run[1] if run is not None else msg.body.get("events") or []):  # ts [1], kind [2]
                         key = (sid, ev[2])
                         if key not in self.first:
                             self.first[key] = t

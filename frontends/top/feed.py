@@ -32,9 +32,9 @@ import zmq.asyncio
 from textual.message import Message
 
 from labd.ipc import Client, LabdError
-from labd.ipc.client import event_from_wire
 from labd.ipc.connection import ConnectionFileError, read_connection_file
 from labd.ipc.follow import FollowCursor
+from labd.ipc.live import live_events
 from labd.ipc.paths import layout_for
 from labd.ipc.wire import Codec, WireError
 
@@ -222,8 +222,7 @@ class Feed:
                         msg = codec.unpack(frames[1:])
                     except WireError:
                         continue
-                    for item in msg.body.get("events", []):
-                        ev = event_from_wire(item)
+                    for ev in live_events(msg.body):
                         upto = cursor.gap_before(ev)
                         if upto is not None:
                             try:

@@ -9,7 +9,7 @@ from typing import Any
 
 import zmq
 
-from labd.ipc.client import event_from_wire
+from labd.ipc.live import live_events
 from labd.ipc.wire import Codec, encode_json
 from tests.conftest import wait_until
 from tests.integration.impostor import impostor_runner
@@ -43,7 +43,7 @@ def test_hot_path_rejects_what_it_must_and_the_live_copy_is_the_stored_text(daem
         def drain(wait_ms: int) -> None:
             while sub.poll(wait_ms):
                 frames = sub.recv_multipart()
-                live.extend(event_from_wire(item) for item in pub_codec.unpack(frames[1:]).body["events"])
+                live.extend(live_events(pub_codec.unpack(frames[1:]).body))
                 wait_ms = 200
 
         # the subscription reaches the daemon asynchronously: warm up until an event is seen live
