@@ -56,6 +56,8 @@ try:  # benchmarks compare periods side by side (scripts/bench_scale.py --heartb
 except ValueError:
     pass
 RESEND_AFTER_S = 5.0
+#: after a send the thread ticks every BULK_DELAY_S for this long, armed: a bulk emit then wakes nothing
+BULK_TICK_S = 1.0
 SPOOL_TRUNCATE_BYTES = 1 << 20  # everything acked and the spool is larger than this: truncate it
 SPOOL_COMPACT_BYTES = 64 << 20  # the spool is larger than this and mostly acked: rewrite its tail
 
@@ -313,7 +315,8 @@ class Channel:
         poller.register(monitor, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         last_sent = last_ack = time.monotonic()
-        watching_out = False
+        watching_out = ticking = False
+        tick_at = 0.0
         try:
             while True:
                 # Drain the wake pipe *before* clearing _wake_pending under the lock: an emit that comes
@@ -332,6 +335,11 @@ class Channel:
                         break
                     self._wake_pending = False
                     self._take()
+                    if self._spool is not None:  # the emitting thread's next spool pages: written, no faults
+                        try:
+                            self._spool.stay_ahead()
+                        except OSError:
+                            pass  # the emit that needs the page takes the fault (or reports the error) itself
                 if hook is not None:
                     hook("taken")
                 now = time.monotonic()
@@ -348,13 +356,21 @@ class Channel:
                     if self._pending:
                         timeout = 0.0
                         due = None
+                        ticking = False
                     else:
                         due = self._due_at(now)
-                        self._armed = due is not None
-                        self._armed_until = due if due is not None else 0.0
+                        # Nothing unsent, but events went out lately: a busy workflow's next bulk event is
+                        # near. Sleep armed for one bulk delay and send whatever came meanwhile at its end, so
+                        # that event need not wake us (docs/design.md, "Bulk emits never wake the channel").
+                        ticking = due is None and not blocked and now - self._last_send < BULK_TICK_S
+                        self._armed = due is not None or ticking
+                        self._armed_until = due if due is not None else now + BULK_DELAY_S if ticking else 0.0
                         timeout = HEARTBEAT_S - (now - last_sent)
                         if due is not None and not blocked:
                             timeout = min(timeout, due - now)
+                        elif ticking:
+                            timeout = min(timeout, BULK_DELAY_S)
+                            tick_at = now + BULK_DELAY_S
                         if self._send_pos > 0:  # sent, not acknowledged: wake to notice if acks stall
                             timeout = min(timeout, max(0.05, RESEND_AFTER_S - (now - last_ack)))
                 if blocked != watching_out:  # the send queue is full: wake when it has room again
@@ -379,6 +395,10 @@ class Channel:
                     self._trim_spool()
                 if hook is not None:
                     hook("handled")
+                if ticking and now >= tick_at - 0.001:  # the tick's end: what came meanwhile leaves now
+                    with self._lock:
+                        if self._pending:
+                            self._force = True
                 with self._lock:
                     if self._send_pos > 0 and now - last_ack > RESEND_AFTER_S:
                         # acks stopped coming: assume the daemon lost them, send again
