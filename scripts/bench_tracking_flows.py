@@ -100,15 +100,6 @@ def ab_turns(ctx: Any, turns: int = 100, pairs: int = 20, warm: int = 40, settle
 
     async def body() -> list[dict[str, Any]]:
         tracked = ctx.agent("bench", "Answer.")
-        import os
-        if os.environ.get("LABD_EXP_EMIT") == "noop":
-            import gc as _gc
-
-            from labd.runner.agents.tracking import Tracker
-            seqs = iter(range(1, 1 << 60))
-            for o in _gc.get_objects():
-                if isinstance(o, Tracker):
-                    o.emit = lambda *a, **k: next(seqs)
         plain = Agent("bench", ["Answer."], config=OfflineModelConfig())
         counter = 0
 
@@ -127,11 +118,6 @@ def ab_turns(ctx: Any, turns: int = 100, pairs: int = 20, warm: int = 40, settle
                         await agent.ask(f"turn {counter}")
             return time.perf_counter() - start
 
-        if os.environ.get("LABD_EXP_ONLY"):
-            with open("/tmp/runner_exp/pid", "w") as f:
-                f.write(f"{os.getpid()} {threading.get_native_id()}")
-            await run(os.environ["LABD_EXP_ONLY"], 4000)
-            return []
         await run("untracked", warm)
         await run("tracked", warm)
         await asyncio.sleep(settle)
