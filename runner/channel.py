@@ -337,11 +337,6 @@ class Channel:
                         break
                     self._wake_pending = False
                     self._take()
-                    if self._spool is not None:  # the emitting thread's next spool pages: written, no faults
-                        try:
-                            self._spool.stay_ahead()
-                        except OSError:
-                            pass  # the emit that needs the page takes the fault (or reports the error) itself
                 if hook is not None:
                     hook("taken")
                 now = time.monotonic()

@@ -40,9 +40,6 @@ _pack_into = HEADER.pack_into
 _crc32 = zlib.crc32
 MAX_RECORD = 1 << 31  # a length beyond this is corruption, not an event
 SEGMENT = 1 << 20  # the mapped file grows by this much at a time
-#: how far ahead of the last record :meth:`Spool.stay_ahead` keeps the file's pages written (see there)
-AHEAD = 64 * 1024
-_ZEROS = bytes(AHEAD)
 
 
 def spool_path(session_dir: str | os.PathLike[str]) -> Path:
@@ -61,8 +58,6 @@ class Spool:
     def __init__(self, path: str | os.PathLike[str], prepared: tuple[int, mmap.mmap] | None = None) -> None:
         self.path = Path(path)
         self._map: mmap.mmap | None = None
-        #: the file's bytes below this are in the page cache, written (stay_ahead): stores into them take no fault
-        self._ready = 0
         if prepared is not None:  # see prepare_unnamed: given a name, empty, mapped, its first pages touched
             self._fd, self._map = prepared
             self.size = 0
@@ -124,35 +119,11 @@ class Spool:
         m[start + HEADER_SIZE:end] = body
         self.size = end
 
-    def stay_ahead(self) -> bool:
-        """Write zeros into the file just ahead of the last record (up to :data:`AHEAD` bytes), through the page
-        cache (``pwrite``), unless that is done already; True if it wrote. Called by the channel thread, under
-        the channel's lock, between the emits.
-
-        Why: the file's blocks are only allocated (``posix_fallocate``: unwritten extents), so the first store
-        into each page of the map is a page fault into the filesystem (``page_mkwrite``), taken by the thread
-        that emits — the workflow's — one fault per page (measured: 2.5 us per page in all). Pages written with
-        ``pwrite`` are in the page cache as large folios, written and dirty: the emitting thread's stores into
-        them cost 0.3 us per page and one fault per 16 pages, and the pwrite ahead costs the channel thread
-        0.75 us per page (docs/design.md, "Spool pages ahead of the writer"). Zeros over the zero tail change
-        nothing a reader sees."""
-        if self._map is None:
-            return False
-        start = max(self._ready, self.size)
-        if start - self.size >= AHEAD // 2:
-            return False
-        end = min(self.size + AHEAD, len(self._map))
-        if end <= start:
-            return False
-        os.pwrite(self._fd, memoryview(_ZEROS)[:end - start], start)
-        self._ready = end
-        return True
-
     def truncate(self) -> None:
         """Everything in the spool is acknowledged: start it again from empty."""
         self._unmap()
         os.ftruncate(self._fd, 0)
-        self.size = self._ready = 0
+        self.size = 0
         self._reserve(1)
 
     def rewrite(self, records: Iterable[tuple[int, bytes]]) -> None:
@@ -177,7 +148,6 @@ class Spool:
         self._unmap()
         os.close(self._fd)
         self._fd, self.size = fd, size
-        self._ready = 0
         self._reserve(size + 1)
 
     def _unmap(self) -> None:

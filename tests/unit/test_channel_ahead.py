@@ -1,5 +1,5 @@
-"""The tracking hot path's hand-offs: bulk emits in a busy stretch wake nothing, and the spool's next pages are
-written ahead of the emitting thread without changing what a reader (the daemon) finds, even after a crash.
+"""The tracking hot path's hand-offs: bulk emits in a busy stretch wake nothing, urgent ones still leave at once,
+and a runner killed in the middle of writing a record leaves every record before it readable.
 
 A fake daemon (a ROUTER socket in the test) receives and acknowledges; the channel and the spool are the real
 ones.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from labd.runner.channel import BULK_DELAY_S, Channel
-from labd.runner.spool import AHEAD, Spool, read_spool
+from labd.runner.spool import read_spool
 from tests.conftest import wait_until
 from tests.unit.test_channel import FakeDaemon, _channel
 from tests.unit.test_channel_speed import BOUND_S, Receiver
@@ -82,46 +82,13 @@ def test_an_urgent_emit_still_wakes_the_ticking_thread(endpoint: str, daemon: Fa
         rx.join()
 
 
-def _body(seq: int, size: int = 300) -> bytes:
-    return b'[%d,0.0,"llm.response",null,null,{"x":"%s"}]' % (seq, b"a" * size)
-
-
-def test_the_spool_stays_ahead_without_changing_what_is_read(tmp_path: Path) -> None:
-    """stay_ahead writes the next AHEAD bytes once, again only after the writer has used half of them; the
-    records appended into the prepared pages, and the spool reopened after close, read back exactly."""
-    path = tmp_path / "events.spool"
-    spool = Spool(path)
-    assert spool.stay_ahead() is True
-    assert spool.stay_ahead() is False  # done already: the channel thread's next passes cost nothing
-    seq = 0
-    while spool.size < AHEAD // 2 + 1:
-        seq += 1
-        spool.append(seq, _body(seq))
-    assert spool.stay_ahead() is True
-    for _ in range(50):
-        seq += 1
-        spool.append(seq, _body(seq))
-    assert [s for s, _ in read_spool(path)] == list(range(1, seq + 1))
-    assert dict(read_spool(path))[7] == _body(7)
-    spool.close()
-    assert path.stat().st_size == sum(16 + len(_body(s)) for s in range(1, seq + 1))
-    size = path.stat().st_size
-    again = Spool(path)
-    assert again.size == size
-    again.append(seq + 1, _body(seq + 1))
-    assert [s for s, _ in read_spool(path)][-2:] == [seq, seq + 1]
-    again.close(remove=True)
-
-
 _CRASH = """
 import os, signal, sys
 from labd.runner.spool import HEADER, Spool
 spool = Spool(sys.argv[1])
 for seq in range(1, 201):
     spool.append(seq, b'[%d,0.0,"llm.response",null,null,{"x":"%s"}]' % (seq, b"a" * 300))
-    if seq % 40 == 0:
-        spool.stay_ahead()  # the channel thread's pass between the emits
-# a record cut short by the kill: its header and half its body are in the map, written ahead or not
+# a record cut short by the kill: its header and half its body are in the map
 m, start = spool._map, spool.size
 body = b'[201,0.0,"llm.response",null,null,{"x":"%s"}]' % (b"b" * 300)
 HEADER.pack_into(m, start, len(body), 12345, 201)
@@ -130,9 +97,9 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_a_kill_mid_record_with_pages_written_ahead_loses_nothing_before_it(tmp_path: Path) -> None:
-    """A runner SIGKILLed while writing a record, in a spool whose pages were written ahead: the daemon's
-    reader gets every complete record, in order, and stops at the torn one (its checksum fails)."""
+def test_a_kill_mid_record_loses_nothing_before_it(tmp_path: Path) -> None:
+    """A runner SIGKILLed while writing a record (mid-batch: 200 complete ones before it): the daemon's reader
+    gets every complete record, in order, and stops at the torn one (its checksum fails)."""
     path = tmp_path / "events.spool"
     proc = subprocess.run([sys.executable, "-c", _CRASH, str(path)], timeout=60, check=False)
     assert proc.returncode == -9
