@@ -316,7 +316,6 @@ class Channel:
         poller.register(self._wake_r, zmq.POLLIN)
         last_sent = last_ack = time.monotonic()
         watching_out = ticking = False
-        woken = True  # the first pass reads the wake pipe (emits before the thread started wrote to it)
         tick_at = 0.0
         try:
             while True:
@@ -325,11 +324,10 @@ class Channel:
                 hook = self.phase_hook
                 if hook is not None:
                     hook("top")
-                if woken:  # only when poll saw a byte: a read is a GIL hand-off to a busy workflow thread
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
                 if hook is not None:
                     hook("drained")
                 with self._lock:
@@ -358,7 +356,7 @@ class Channel:
                         due = self._due_at(now)
                         # Nothing unsent, but events went out lately: a busy workflow's next bulk event is
                         # near. Sleep armed for one bulk delay and send whatever came meanwhile at its end, so
-                        # that event need not wake us (docs/design.md, "Bulk emits never wake the channel").
+                        # that event need not wake us (docs/design.md, "Tracking overhead on the event path").
                         ticking = due is None and not blocked and now - self._last_send < BULK_TICK_S
                         self._armed = due is not None or ticking
                         self._armed_until = due if due is not None else now + BULK_DELAY_S if ticking else 0.0
@@ -376,18 +374,13 @@ class Channel:
                 if hook is not None:
                     hook("decided")
                 events = dict(poller.poll(max(0, math.ceil(timeout * 1000))))
-                # A byte that arrives after this poll shows in the next one (which then returns at once): no
-                # wake-up is lost by not reading the pipe on passes that poll did not report it on.
-                woken = self._wake_r in events
                 if hook is not None:
                     hook("polled")
                 now = time.monotonic()
                 if monitor in events:
                     self._on_monitor(monitor, sock)
                 if events.get(sock, 0) & zmq.POLLIN:
-                    # ZMQ_EVENTS says whether another message waits, without a receive that finds none (each
-                    # receive lets go of the GIL: one more hand-off to and from a busy workflow thread)
-                    while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    while True:
                         try:
                             frames = sock.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
