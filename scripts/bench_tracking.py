@@ -52,6 +52,7 @@ def run_session(d: BenchDaemon, args: argparse.Namespace) -> tuple[list[dict[str
         result = next(e for e in c.history(sid, kinds=["session.finished"]))["payload"]["result"]
         for phase, secs in (result.get("phases") or {}).items():
             PHASES[phase] = PHASES.get(phase, 0.0) + secs
+        PHASES["passes"] = PHASES.get("passes", 0) + int(result.get("passes") or 0)
         for variant, per in (result.get("threads") or {}).items():
             for name, secs in per.items():
                 THREADS.setdefault(variant, {})[name] = THREADS.get(variant, {}).get(name, 0.0) + secs
@@ -153,12 +154,12 @@ def main() -> int:
         rows.append([label, f"{per[0]:.2f} {unit}".strip(), f"{per[1]:.2f} {unit}".strip()])
     print_table(["workflow thread, per turn", "untracked", "tracked"], rows,
                 title="getrusage(RUSAGE_THREAD); GC (gc.callbacks); the channel thread's loop passes and sends")
-    passes = sum(b.get("loops", 0) for b in blocks)
+    passes = PHASES.pop("passes", 0)  # the whole session's loop passes, like the phase sums
     if PHASES and passes:
         print_table(["phase (ends at)", "CPU per loop pass", "share"],
                     [[k, f"{v / passes * 1e6:.1f} us", f"{v / sum(PHASES.values()) * 100:.0f} %"]
                      for k, v in PHASES.items()],
-                    title=f"channel thread CPU by loop phase (whole session; {passes} passes in the blocks)")
+                    title=f"channel thread CPU by loop phase (whole sessions, {passes:,} passes)")
     events = EVENTS_PER_TURN
     d_main = per_turn["tracked"]["main_cpu"] - per_turn["untracked"]["main_cpu"]
     d_other = per_turn["tracked"]["other_cpu"] - per_turn["untracked"]["other_cpu"]

@@ -150,7 +150,8 @@ def ab_turns(ctx: Any, turns: int = 100, pairs: int = 20, warm: int = 40, settle
         return blocks
 
     try:
-        return {"blocks": asyncio.run(body()), "warm": warm, "threads": threads, "phases": phases}
+        return {"blocks": asyncio.run(body()), "warm": warm, "threads": threads, "phases": phases,
+                "passes": loops[0]}
     finally:
         gc.callbacks.remove(on_gc)
         if channel is not None:
