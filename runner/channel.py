@@ -13,7 +13,9 @@ Two speeds. What people watch — output, log records, lifecycle, steps, approva
 the emit wakes the thread at once (one wake-up per burst: no write to the wake pipe while one is
 pending), and it sends everything up to the urgent event. Bulk tracking kinds (agent turns, ``llm.*``,
 ``tool.*``, ``cost.*``, ``file.*``, ``custom``...) wait up to :data:`BULK_DELAY_S` or until
-:data:`BULK_BYTES` pile up, so a busy agent workflow pays for a few sends per 100 ms, not one per event.
+:data:`BULK_BYTES` pile up, so a busy agent workflow pays for a few sends per 100 ms, not one per event;
+for :data:`BULK_TICK_S` after a send the thread sleeps armed in ticks of :data:`BULK_DELAY_S`, so a steady stream
+of bulk events wakes it not at all.
 No wake-up is lost: the thread decides how long to sleep under the same lock in which ``emit`` decides
 whether to wake it (see ``_run``). Memory is bounded: when too many events are unacknowledged, ``emit``
 blocks (back-pressure, never loss).
