@@ -13,7 +13,9 @@ Two speeds. What people watch — output, log records, lifecycle, steps, approva
 the emit wakes the thread at once (one wake-up per burst: no write to the wake pipe while one is
 pending), and it sends everything up to the urgent event. Bulk tracking kinds (agent turns, ``llm.*``,
 ``tool.*``, ``cost.*``, ``file.*``, ``custom``...) wait up to :data:`BULK_DELAY_S` or until
-:data:`BULK_BYTES` pile up, so a busy agent workflow pays for a few sends per 100 ms, not one per event.
+:data:`BULK_BYTES` pile up, so a busy agent workflow pays for a few sends per 100 ms, not one per event;
+for :data:`BULK_TICK_S` after a send the thread sleeps armed in ticks of :data:`BULK_DELAY_S`, so a steady stream
+of bulk events wakes it not at all.
 No wake-up is lost: the thread decides how long to sleep under the same lock in which ``emit`` decides
 whether to wake it (see ``_run``). Memory is bounded: when too many events are unacknowledged, ``emit``
 blocks (back-pressure, never loss).
@@ -56,6 +58,8 @@ try:  # benchmarks compare periods side by side (scripts/bench_scale.py --heartb
 except ValueError:
     pass
 RESEND_AFTER_S = 5.0
+#: after a send the thread ticks every BULK_DELAY_S for this long, armed: a bulk emit then wakes nothing
+BULK_TICK_S = 1.0
 SPOOL_TRUNCATE_BYTES = 1 << 20  # everything acked and the spool is larger than this: truncate it
 SPOOL_COMPACT_BYTES = 64 << 20  # the spool is larger than this and mostly acked: rewrite its tail
 
@@ -313,7 +317,8 @@ class Channel:
         poller.register(monitor, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         last_sent = last_ack = time.monotonic()
-        watching_out = False
+        watching_out = ticking = False
+        tick_at = 0.0
         try:
             while True:
                 # Drain the wake pipe *before* clearing _wake_pending under the lock: an emit that comes
@@ -348,13 +353,21 @@ class Channel:
                     if self._pending:
                         timeout = 0.0
                         due = None
+                        ticking = False
                     else:
                         due = self._due_at(now)
-                        self._armed = due is not None
-                        self._armed_until = due if due is not None else 0.0
+                        # Nothing unsent, but events went out lately: a busy workflow's next bulk event is
+                        # near. Sleep armed for one bulk delay and send whatever came meanwhile at its end, so
+                        # that event need not wake us (docs/design.md, "Tracking overhead on the event path").
+                        ticking = due is None and not blocked and now - self._last_send < BULK_TICK_S
+                        self._armed = due is not None or ticking
+                        self._armed_until = due if due is not None else now + BULK_DELAY_S if ticking else 0.0
                         timeout = HEARTBEAT_S - (now - last_sent)
                         if due is not None and not blocked:
                             timeout = min(timeout, due - now)
+                        elif ticking:
+                            timeout = min(timeout, BULK_DELAY_S)
+                            tick_at = now + BULK_DELAY_S
                         if self._send_pos > 0:  # sent, not acknowledged: wake to notice if acks stall
                             timeout = min(timeout, max(0.05, RESEND_AFTER_S - (now - last_ack)))
                 if blocked != watching_out:  # the send queue is full: wake when it has room again
@@ -379,6 +392,10 @@ class Channel:
                     self._trim_spool()
                 if hook is not None:
                     hook("handled")
+                if ticking and now >= tick_at - 0.001:  # the tick's end: what came meanwhile leaves now
+                    with self._lock:
+                        if self._pending:
+                            self._force = True
                 with self._lock:
                     if self._send_pos > 0 and now - last_ack > RESEND_AFTER_S:
                         # acks stopped coming: assume the daemon lost them, send again

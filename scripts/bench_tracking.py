@@ -35,6 +35,8 @@ from bench_common import BenchDaemon, interrupt_on_sigterm, print_machine, print
 
 #: variant -> thread name -> CPU seconds, summed over all blocks of all sessions
 THREADS: dict[str, dict[str, float]] = {}
+#: the channel thread's CPU seconds by loop phase (the phase that ends there: drained, taken, flushed, ...)
+PHASES: dict[str, float] = {}
 EVENTS_PER_TURN = 6  # agent.turn.started/finished, llm.request/response, agent.message, cost.recorded
 
 
@@ -48,6 +50,9 @@ def run_session(d: BenchDaemon, args: argparse.Namespace) -> tuple[list[dict[str
         if final["status"] != "completed":
             raise SystemExit(f"session {sid} ended {final['status']}: {final['reason']}")
         result = next(e for e in c.history(sid, kinds=["session.finished"]))["payload"]["result"]
+        for phase, secs in (result.get("phases") or {}).items():
+            PHASES[phase] = PHASES.get(phase, 0.0) + secs
+        PHASES["passes"] = PHASES.get("passes", 0) + int(result.get("passes") or 0)
         for variant, per in (result.get("threads") or {}).items():
             for name, secs in per.items():
                 THREADS.setdefault(variant, {})[name] = THREADS.get(variant, {}).get(name, 0.0) + secs
@@ -138,11 +143,23 @@ def main() -> int:
     rows = []
     for key, label, scale, unit in (("main_sys", "kernel CPU", 1e6, "us"), ("main_minflt", "minor page faults", 1, ""),
                                     ("main_nvcsw", "voluntary switches", 1, ""),
-                                    ("main_nivcsw", "involuntary switches", 1, "")):
+                                    ("main_nivcsw", "involuntary switches", 1, ""),
+                                    ("gc0", "GC gen 0 CPU", 1e6, "us"), ("gc1", "GC gen 1 CPU", 1e6, "us"),
+                                    ("gc2", "GC gen 2 CPU", 1e6, "us"), ("gcn0", "GC gen 0 collections", 1, ""),
+                                    ("gcn2", "GC gen 2 collections", 1, ""),
+                                    ("loops", "channel loop passes", 1, ""), ("sends", "channel sends", 1, ""),
+                                    ("chan_cpu", "channel thread CPU (exact)", 1e6, "us")):
         per = [sum(b.get(key, 0) for b in blocks if b["variant"] == v) / turns[v] * scale
                for v in ("untracked", "tracked")]
         rows.append([label, f"{per[0]:.2f} {unit}".strip(), f"{per[1]:.2f} {unit}".strip()])
-    print_table(["workflow thread, per turn", "untracked", "tracked"], rows, title="getrusage(RUSAGE_THREAD)")
+    print_table(["workflow thread, per turn", "untracked", "tracked"], rows,
+                title="getrusage(RUSAGE_THREAD); GC (gc.callbacks); the channel thread's loop passes and sends")
+    passes = PHASES.pop("passes", 0)  # the whole session's loop passes, like the phase sums
+    if PHASES and passes:
+        print_table(["phase (ends at)", "CPU per loop pass", "share"],
+                    [[k, f"{v / passes * 1e6:.1f} us", f"{v / sum(PHASES.values()) * 100:.0f} %"]
+                     for k, v in PHASES.items()],
+                    title=f"channel thread CPU by loop phase (whole sessions, {passes:,} passes)")
     events = EVENTS_PER_TURN
     d_main = per_turn["tracked"]["main_cpu"] - per_turn["untracked"]["main_cpu"]
     d_other = per_turn["tracked"]["other_cpu"] - per_turn["untracked"]["other_cpu"]

@@ -58,6 +58,45 @@ def ab_turns(ctx: Any, turns: int = 100, pairs: int = 20, warm: int = 40, settle
         return out
 
     threads: dict[str, dict[str, float]] = {"tracked": {}, "untracked": {}}
+    import gc
+
+    gc_time = [0.0, 0.0, 0.0]  # thread CPU seconds spent in collections, per generation (workflow thread)
+    gc_count = [0, 0, 0]
+    gc_start = [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_start[0] = time.thread_time()
+        else:
+            gen = info["generation"]
+            gc_time[gen] += time.thread_time() - gc_start[0]
+            gc_count[gen] += 1
+
+    gc.callbacks.append(on_gc)
+    channel = _find_channel()
+    loops = [0]
+    phases: dict[str, float] = {}  # channel thread CPU seconds by loop phase (ended there), all blocks
+    if channel is not None:
+        last = [0.0]
+
+        def hook(phase: str) -> None:
+            """On the channel thread: count loop passes and its CPU by the phase that ends here."""
+            now = time.thread_time()
+            if phase == "top":
+                loops[0] += 1
+            elif last[0]:
+                phases[phase] = phases.get(phase, 0.0) + now - last[0]
+            last[0] = now
+        channel.phase_hook = hook
+
+    chan_clock = None  # the channel thread's own CPU clock: exact, where /proc's per-thread times tick in 10 ms
+    if channel is not None and channel._thread.ident is not None:  # noqa: SLF001 - a benchmark's probe
+        chan_clock = time.pthread_getcpuclockid(channel._thread.ident)  # noqa: SLF001
+
+    def counters() -> tuple[float, ...]:
+        sends = channel.sends if channel is not None else 0
+        chan = time.clock_gettime(chan_clock) if chan_clock is not None else 0.0
+        return (*gc_time, *gc_count, loops[0], sends, chan)
 
     async def body() -> list[dict[str, Any]]:
         tracked = ctx.agent("bench", "Answer.")
@@ -89,12 +128,14 @@ def ab_turns(ctx: Any, turns: int = 100, pairs: int = 20, warm: int = 40, settle
                 await run(variant, block_warm)
                 per0 = by_thread()
                 ru0 = resource.getrusage(resource.RUSAGE_THREAD)
+                k0 = counters()
                 cpu0, main0 = snap()
                 wall = await run(variant, turns)
                 await asyncio.sleep(settle)  # the channel thread sends this block's tail now, counted with it
                 cpu1, main1 = snap()
                 ru1 = resource.getrusage(resource.RUSAGE_THREAD)
                 per1 = by_thread()
+                k = [b - a for a, b in zip(k0, counters(), strict=True)]
                 acc = threads[variant]
                 for name, secs in per1.items():
                     acc[name] = acc.get(name, 0.0) + secs - per0.get(name, 0.0)
@@ -102,7 +143,25 @@ def ab_turns(ctx: Any, turns: int = 100, pairs: int = 20, warm: int = 40, settle
                                "main_cpu": main1 - main0, "other_cpu": (cpu1 - cpu0) - (main1 - main0),
                                # the workflow thread's kernel time, page faults and context switches
                                "main_sys": ru1.ru_stime - ru0.ru_stime, "main_minflt": ru1.ru_minflt - ru0.ru_minflt,
-                               "main_nvcsw": ru1.ru_nvcsw - ru0.ru_nvcsw, "main_nivcsw": ru1.ru_nivcsw - ru0.ru_nivcsw})
+                               "main_nvcsw": ru1.ru_nvcsw - ru0.ru_nvcsw, "main_nivcsw": ru1.ru_nivcsw - ru0.ru_nivcsw,
+                               # garbage collection (CPU s, count, per generation), channel loop passes, sends
+                               "gc0": k[0], "gc1": k[1], "gc2": k[2], "gcn0": k[3], "gcn1": k[4], "gcn2": k[5],
+                               "loops": k[6], "sends": k[7], "chan_cpu": k[8]})
         return blocks
 
-    return {"blocks": asyncio.run(body()), "warm": warm, "threads": threads}
+    try:
+        return {"blocks": asyncio.run(body()), "warm": warm, "threads": threads, "phases": phases,
+                "passes": loops[0]}
+    finally:
+        gc.callbacks.remove(on_gc)
+        if channel is not None:
+            channel.phase_hook = None
+
+
+def _find_channel() -> Any:
+    """This runner's event channel (the benchmark counts its loop passes and sends; a workflow has no handle)."""
+    import gc
+
+    from labd.runner.channel import Channel
+
+    return next((o for o in gc.get_objects() if isinstance(o, Channel)), None)
