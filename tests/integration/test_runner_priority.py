@@ -1,0 +1,38 @@
+"""[daemon] runner_nice: the daemon starts each runner at that niceness, so that session code yields the CPU to
+the daemon's recording when both want it (docs/design.md, "Event path end to end")."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from labd.ipc import Client
+from tests.conftest import running_daemon, wait_until
+
+
+def runner_of(c: Client, sid: str) -> int:
+    return int(wait_until(lambda: c.session(sid).get("pid"), timeout=30, what="the runner's pid"))
+
+
+def nices(pid: int) -> set[int]:
+    return {os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")}
+
+
+def test_runners_start_at_the_configured_niceness_and_0_leaves_them_alone(isolated_env: Path) -> None:
+    """With runner_nice = 15, a session's runner (every thread, and its session's autogroup where the kernel has
+    them) runs at niceness 15 while the daemon keeps its own; with runner_nice = 0 the runner keeps the daemon's."""
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    for configured in (15, 0):
+        (isolated_env / "config.toml").write_text(f"[daemon]\nrunner_nice = {configured}\n")
+        with running_daemon(isolated_env) as d, d.client() as c:
+            daemon_pid = int(c.status()["pid"])
+            own = os.getpriority(os.PRIO_PROCESS, daemon_pid)
+            sid = c.start("demo.sleep", params={"seconds": 60})
+            pid = runner_of(c, sid)
+            expected = max(own, configured)  # never lowered below the daemon's (that would need a privilege)
+            assert nices(pid) == {expected}
+            group = Path(f"/proc/{pid}/autogroup")
+            if group.exists() and configured:
+                assert group.read_text().split()[-1] == str(configured)
+            assert os.getpriority(os.PRIO_PROCESS, daemon_pid) == own
+            c.stop(sid)
