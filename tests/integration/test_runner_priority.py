@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from labd.ipc import Client
-from tests.conftest import running_daemon, wait_until
+from tests.conftest import DaemonProc, running_daemon, wait_until
 
 
 def runner_of(c: Client, sid: str) -> int:
@@ -36,3 +36,18 @@ def test_runners_start_at_the_configured_niceness_and_0_leaves_them_alone(isolat
                 assert group.read_text().split()[-1] == str(configured)
             assert os.getpriority(os.PRIO_PROCESS, daemon_pid) == own
             c.stop(sid)
+
+
+def test_ingest_counts_what_its_time_went_to(daemon: DaemonProc) -> None:
+    """daemon.status counters say how often the ingest loop turned, how long it waited in its poll and how many
+    batches it wrote in how long (what scripts/bench_events.py reads); they grow with a session's events."""
+    with daemon.client() as c:
+        before = c.status()["counters"]
+        sid = c.start("demo.events", params={"n": 20_000})
+        wait_until(lambda: c.session(sid)["status"] == "completed", timeout=60, what="the session's end")
+        after = c.status()["counters"]
+    grew = {k: after.get(k, 0) - before.get(k, 0)
+            for k in ("ingest.passes", "ingest.idle_us", "ingest.batches", "ingest.write_us", "events_persisted")}
+    assert grew["events_persisted"] >= 20_000
+    assert grew["ingest.passes"] >= grew["ingest.batches"] >= 20_000 // 7_000
+    assert grew["ingest.idle_us"] > 0 and grew["ingest.write_us"] > 0
