@@ -321,6 +321,10 @@ def labd_round(args: argparse.Namespace, follow: bool, baseline: bool = False) -
 
 def _labd_round(args: argparse.Namespace, follow: bool, baseline: bool, env: dict[str, str]) -> dict[str, Any]:
     with BenchDaemon(extra_env=env, keep=args.keep) as d:
+        if args.boost:  # the daemon (all its threads, and its session's autogroup) ahead of the rest of the box
+            from labd.daemon.priority import lower_priority
+
+            lower_priority(d.pid, 0, base=(-args.boost, -args.boost))
         c = d.client()
         tail = EventTail(d.home, kinds={"session.ended"}) if follow else None
         sampler = CounterSampler(d, args.interval)
@@ -359,6 +363,8 @@ def _labd_round(args: argparse.Namespace, follow: bool, baseline: bool, env: dic
             (ended,) = conn.execute(f"SELECT max(ts) FROM events WHERE kind='session.ended' "
                                     f"AND session_id {q}", sids).fetchone()
             (total,) = conn.execute(f"SELECT count(*) FROM events WHERE session_id {q}", sids).fetchone()
+            (first_end,) = conn.execute(f"SELECT min(ts) FROM events WHERE kind='session.ended' "
+                                        f"AND session_id {q}", sids).fetchone()
             vrows, problems = verify(conn, sids, args.n)
             ddl = [r[0] for r in conn.execute("SELECT sql FROM sqlite_master WHERE tbl_name='events' AND sql IS NOT "
                                               "NULL ORDER BY type DESC")]  # the table first, then its indexes
@@ -370,7 +376,8 @@ def _labd_round(args: argparse.Namespace, follow: bool, baseline: bool, env: dic
             "sids": sids, "statuses": statuses, "t_client": t_client, "cpu": cpu,
             "total": total, "window": window, "e2e": total / window, "ticks": args.n * len(sids) / window,
             "mean": mean_ingest, "best": best_ingest, "vrows": vrows, "problems": problems, "ddl": ddl,
-            "counters": sampler.counters, "waits": where, "live_events": tail.events if tail is not None else 0}
+            "counters": sampler.counters, "waits": where, "tail": (ended - first_end) / (ended - created),
+            "live_events": tail.events if tail is not None else 0}
 
 
 def main() -> int:
@@ -390,8 +397,18 @@ def main() -> int:
     ap.add_argument("--baseline-nice", metavar="N", type=int,
                     help="instead of --baseline: the other side is this tree with [daemon] runner_nice = N")
     ap.add_argument("--runner-nice", metavar="N", type=int, help="this tree's [daemon] runner_nice (default: its own)")
+    ap.add_argument("--boost", metavar="K", type=int, default=0,
+                    help="(root only) run this script and each daemon at niceness -K, so that other programs on a "
+                         "shared box hardly compete: a stand-in for a quiet box (runners follow the daemon's "
+                         "runner_nice relative to it; a baseline tree without runner_nice leaves its runners at 0)")
     args = ap.parse_args()
     interrupt_on_sigterm()
+    if args.boost:
+        from labd.daemon.priority import lower_priority
+
+        lower_priority(os.getpid(), 0, base=(-args.boost, -args.boost))
+        if os.getpriority(os.PRIO_PROCESS, 0) != -args.boost:
+            ap.error("--boost needs the privilege to lower niceness (root or CAP_SYS_NICE)")
     print_machine(f"{args.sessions} x demo.events n={args.n:,}, {args.rounds} rounds")
     t_begin = time.monotonic()
     try:
@@ -482,12 +499,13 @@ def main() -> int:
                   f"{1e6 / raw_b:.1f} us")
         print_table(["round", "labd", "following", "ingest: running", "waiting for a CPU", "idle in poll",
                      "asleep elsewhere (GIL)", "of which in write", "passes", "events/batch", "switches vol/invol",
-                     "other threads' CPU (top 5)", "box idle (of 1 core)", "steal"],
+                     "other threads' CPU (top 5)", "box idle (of 1 core)", "steal",
+                     "first to last session end"],
                     [[i // per_round + 1, run["variant"], "yes" if run["follow"] else "no",
                       *(f"{w[k] / w['wall']:.0%}" for k in ("cpu", "runq", "idle", "other_sleep", "write")),
                       f"{w['passes']:,}", f"{w['events'] / max(1, w['batches']):,.0f}", f"{w['vol']:,}/{w['nonvol']:,}",
                       " ".join(f"{x / w['wall']:.0%}" for x in w["others_cpu"]), f"{w['box_idle'] / w['wall']:.0%}",
-                      f"{w['box_steal'] / w['wall']:.0%}"]
+                      f"{w['box_steal'] / w['wall']:.0%}", f"{run['tail']:.0%}"]
                      for i, run in enumerate(runs) if (w := run["waits"])],
                     title="Where the ingest thread's wall time goes (share of the round; 'in write' overlaps)")
         print(f"\nratios: end-to-end / raw sqlite3 = {ratio(plain, raw_b)} (goal >= 0.75x; "

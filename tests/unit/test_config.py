@@ -119,13 +119,13 @@ def test_bad_log_format_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_runner_nice_default_file_env_and_bad_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """[daemon] runner_nice defaults to 10, is read from the file and from LABD_RUNNER_NICE (the environment wins),
+    """[daemon] runner_nice defaults to 0, is read from the file and from LABD_RUNNER_NICE (the environment wins),
     and anything but a whole number from 0 to 19 is refused with ConfigError."""
     monkeypatch.delenv("LABD_RUNNER_NICE", raising=False)
     home = tmp_path / "h"
-    assert load_config(home).runner_nice == 10
-    _write_config(home, "[daemon]\nrunner_nice = 0\n")
     assert load_config(home).runner_nice == 0
+    _write_config(home, "[daemon]\nrunner_nice = 7\n")
+    assert load_config(home).runner_nice == 7
     monkeypatch.setenv("LABD_RUNNER_NICE", "19")
     assert load_config(home).runner_nice == 19
     monkeypatch.delenv("LABD_RUNNER_NICE")
