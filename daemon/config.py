@@ -82,7 +82,7 @@ class Config:
     procs: int | None = None  # default process-count limit per session
     #: a warm spare runner kept by the template (runner/spare.py): 1 = on, 0 = off (env LABD_SPARE_RUNNERS)
     spare_runners: int = 1
-    #: runners run this many nice values below the daemon (0-19; 0 = at the daemon's): the daemon's recording goes
+    #: runners run this many nice values below the daemon (0-19; 0 = off, as started): the daemon's recording goes
     #: first when the CPU is short (daemon/priority.py; env LABD_RUNNER_NICE)
     runner_nice: int = 0
     #: default per-session output cap (captured stdout+stderr kept): a size ("1G"), or "none" for no cap

@@ -199,7 +199,8 @@ class TemplateLauncher:
         pid = int(reply["pid"])
         # here rather than in the template: a spare warms up at the daemon's priority (first output); the runner
         # is reniced as soon as the daemon knows its pid, i.e. within its first milliseconds
-        lower_priority(pid, self._runner_nice)  # relative to the daemon's own values (0: the daemon's)
+        if self._runner_nice:  # 0: as started (the daemon's nice value, inherited), and ~40 us off the start path
+            lower_priority(pid, self._runner_nice)  # relative to the daemon's own values
         if isinstance(reply.get("create_time"), float):  # a spare's: read by the template before the request
             return pid, reply["create_time"]
         try:
