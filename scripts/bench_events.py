@@ -404,8 +404,14 @@ def main() -> int:
     args = ap.parse_args()
     interrupt_on_sigterm()
     if args.boost:
-        from labd.daemon.priority import lower_priority
+        import atexit
 
+        from labd.daemon.priority import lower_priority, own_priority
+
+        # the autogroup is the whole shell session's: give it back its value when the script ends
+        group0 = own_priority()[1]
+        if group0 is not None:
+            atexit.register(lambda: Path("/proc/self/autogroup").write_text(str(group0)))
         lower_priority(os.getpid(), 0, base=(-args.boost, -args.boost))
         if os.getpriority(os.PRIO_PROCESS, 0) != -args.boost:
             ap.error("--boost needs the privilege to lower niceness (root or CAP_SYS_NICE)")
