@@ -82,6 +82,9 @@ class Config:
     procs: int | None = None  # default process-count limit per session
     #: a warm spare runner kept by the template (runner/spare.py): 1 = on, 0 = off (env LABD_SPARE_RUNNERS)
     spare_runners: int = 1
+    #: runners run this many nice values below the daemon (0-19; 0 = off, as started): the daemon's recording goes
+    #: first when the CPU is short (daemon/priority.py; env LABD_RUNNER_NICE)
+    runner_nice: int = 0
     #: default per-session output cap (captured stdout+stderr kept): a size ("1G"), or "none" for no cap
     max_output: int | str | None = "1G"
 
@@ -91,7 +94,7 @@ class Config:
 
 
 _ENV = {"LABD_DB": "db_url", "LABD_LOG_FORMAT": "log_format", "LABD_LOG_LEVEL": "log_level",
-        "LABD_SPARE_RUNNERS": "spare_runners"}
+        "LABD_SPARE_RUNNERS": "spare_runners", "LABD_RUNNER_NICE": "runner_nice"}
 
 
 def config_files(layout: Layout) -> list[Path]:
@@ -303,6 +306,10 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         cfg = replace(cfg, spare_runners=int(cfg.spare_runners))
     if cfg.spare_runners not in (0, 1) or isinstance(cfg.spare_runners, bool):
         raise ConfigError(f"spare_runners must be 0 (off) or 1, not {cfg.spare_runners!r}")
+    if isinstance(cfg.runner_nice, str) and cfg.runner_nice.strip().isdigit():  # from the environment
+        cfg = replace(cfg, runner_nice=int(cfg.runner_nice))
+    if isinstance(cfg.runner_nice, bool) or not isinstance(cfg.runner_nice, int) or not 0 <= cfg.runner_nice <= 19:
+        raise ConfigError(f"runner_nice must be a whole number from 0 to 19, not {cfg.runner_nice!r}")
     for name in ("max_sessions", "procs"):
         value = getattr(cfg, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):

@@ -161,7 +161,11 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         while not stopping:
             self.beat = time.monotonic()
             # frames deferred last pass (runner_frames._unknown) get the next pass at once, not after a wait
+            t_poll = time.perf_counter()
             ready = dict(poller.poll(0 if self._deferred else 200))
+            # what the thread waits on, per pass (docs/design.md "Event path end to end"): a few counters a pass
+            self.count("ingest.idle_us", int((time.perf_counter() - t_poll) * 1e6))
+            self.count("ingest.passes")
             if not ready and not self._deferred:
                 continue
             if self.pub in ready:
@@ -196,7 +200,10 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
                 frames_list.append(frames)
                 self._process_frames(frames, batch, seen=False)
             if items or frames_list:
+                t_write = time.perf_counter()
                 self._write(batch, items, frames_list)
+                self.count("ingest.write_us", int((time.perf_counter() - t_write) * 1e6))
+                self.count("ingest.batches")
 
     def _process(self, items: list[tuple[Any, ...]], frames_list: list[list[bytes]]) -> Batch:
         """Process daemon items and (again: ``seen``) runner frames into a batch."""

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import psutil
 
+from labd.daemon.priority import lower_priority
+
 __all__ = ["Launcher", "TemplateLauncher", "ExitInfo", "LaunchError", "signal_group", "is_same_process",
            "hand_over_key"]
 
@@ -77,12 +79,13 @@ class TemplateLauncher:
     """Forks runners from a warm ``labd.runner.template`` process over a JSON-lines pipe."""
 
     def __init__(self, env: dict[str, str] | None = None, preload: list[str] | None = None,
-                 timeout: float = 30.0, spare_runners: int = 1) -> None:
+                 timeout: float = 30.0, spare_runners: int = 1, runner_nice: int = 0) -> None:
         self._env = dict(os.environ if env is None else env)
         if preload:
             self._env["LABD_PRELOAD"] = ",".join(preload)
         # a warm spare runner in the template (runner/spare.py): 1 = on, 0 = off
         self._env["LABD_SPARE_RUNNERS"] = "1" if spare_runners else "0"
+        self._runner_nice = runner_nice  # each runner is reniced once launched (daemon/priority.py)
         self._timeout = timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._buf = b""
@@ -195,6 +198,10 @@ class TemplateLauncher:
         if reply is None:
             raise LaunchError("runner template did not answer the spawn request")
         pid = int(reply["pid"])
+        # here rather than in the template: a spare warms up at the daemon's priority (first output); the runner
+        # is reniced as soon as the daemon knows its pid, i.e. within its first milliseconds
+        if self._runner_nice:  # 0: as started (the daemon's nice value, inherited), and ~40 us off the start path
+            lower_priority(pid, self._runner_nice)  # relative to the daemon's own values
         if isinstance(reply.get("create_time"), float):  # a spare's: read by the template before the request
             return pid, reply["create_time"]
         try:

@@ -200,7 +200,8 @@ class Daemon(ControlPlane):
         # The template (and so every runner) starts without secrets in its environment: code a session
         # runs cannot find them in os.environ nor in /proc/<pid>/environ. Runners get them in their spec.
         clean_env, self.secrets = split_secrets(dict(os.environ), cfg.secret_env)
-        template = TemplateLauncher(env=clean_env, preload=cfg.preload, spare_runners=cfg.spare_runners)
+        template = TemplateLauncher(env=clean_env, preload=cfg.preload, spare_runners=cfg.spare_runners,
+                                    runner_nice=cfg.runner_nice)
         self.launcher = _launchers(cfg, template, clean_env, self.info.runners)
         self.launcher.start()
         self.supervisor = Supervisor(self.launcher, self.monitor, self.post_event, self.send_runner,

@@ -116,3 +116,24 @@ def test_bad_log_format_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         overrides["log_format"] = "xml"
     with pytest.raises(ConfigError, match="log_format"):
         load_config(home, **overrides)
+
+
+def test_runner_nice_default_file_env_and_bad_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[daemon] runner_nice defaults to 0, is read from the file and from LABD_RUNNER_NICE (the environment wins),
+    and anything but a whole number from 0 to 19 is refused with ConfigError."""
+    monkeypatch.delenv("LABD_RUNNER_NICE", raising=False)
+    home = tmp_path / "h"
+    assert load_config(home).runner_nice == 0
+    _write_config(home, "[daemon]\nrunner_nice = 7\n")
+    assert load_config(home).runner_nice == 7
+    monkeypatch.setenv("LABD_RUNNER_NICE", "19")
+    assert load_config(home).runner_nice == 19
+    monkeypatch.delenv("LABD_RUNNER_NICE")
+    for bad in ("-1", "20", "true", "2.5", '"x"'):
+        _write_config(home, f"[daemon]\nrunner_nice = {bad}\n")
+        with pytest.raises(ConfigError, match="runner_nice"):
+            load_config(home)
+    monkeypatch.setenv("LABD_RUNNER_NICE", "high")
+    _write_config(home, "")
+    with pytest.raises(ConfigError, match="runner_nice"):
+        load_config(home)

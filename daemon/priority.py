@@ -1,0 +1,60 @@
+"""Runners' CPU priority: session code yields the CPU to the daemon's recording when both want it.
+
+On a box with fewer cores than busy runners, the kernel shares the CPU among them and the daemon alike, and the
+ingest thread (the one writer of the store) spent a third of its time runnable but waiting for a core
+(docs/design.md, "Event path end to end"). A runner started ``[daemon] runner_nice`` steps of niceness below the
+daemon leaves the daemon ahead of it when both are runnable, and costs nothing when the CPU is free.
+
+Two mechanisms, both applied, because which one counts depends on the box: with the kernel's autogroup
+scheduling (``/proc/sys/kernel/sched_autogroup_enabled``, tasks in the root cgroup) every ``setsid`` makes a new
+group scheduled as one unit and only the group's nice value competes with the daemon's group; otherwise (e.g.
+systemd cgroups) each thread's own nice value does. Raising niceness needs no privilege.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+__all__ = ["lower_priority", "own_priority", "MAX_NICE"]
+
+MAX_NICE = 19
+
+
+def _group_nice(pid: int | str) -> int | None:
+    """The nice value of a process's autogroup (``/autogroup-123 nice 0``), None without autogroups."""
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def own_priority() -> tuple[int, int | None]:
+    """This process's (thread nice value, autogroup nice value or None): what runners are placed relative to."""
+    return os.getpriority(os.PRIO_PROCESS, 0), _group_nice("self")
+
+
+def lower_priority(pid: int, steps: int, base: tuple[int, int | None] | None = None) -> None:
+    """Make ``pid`` (every thread it has now; threads and children it creates later inherit it) and its autogroup
+    run ``steps`` nice values below ``base`` (default: this process's :func:`own_priority`), capped at 19. Best
+    effort: a process that already exited, a kernel without autogroups or a refused change (a value below the
+    current one needs a privilege) changes nothing and raises nothing."""
+    if steps < 0:
+        raise ValueError("steps must be >= 0")
+    thread_base, group_base = base if base is not None else own_priority()
+    target = min(MAX_NICE, thread_base + steps)
+    if group_base is not None:  # the autogroup of the runner's session (it called setsid)
+        group_target = min(MAX_NICE, group_base + steps)
+        current = _group_nice(pid)
+        if current is not None and current != group_target:
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{pid}/autogroup").write_text(str(group_target))
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        tids = [pid]
+    for tid in tids:  # Linux keeps a nice value per thread: PRIO_PROCESS with a thread id sets that thread's
+        with contextlib.suppress(OSError):
+            if os.getpriority(os.PRIO_PROCESS, tid) != target:
+                os.setpriority(os.PRIO_PROCESS, tid, target)

@@ -1,0 +1,65 @@
+"""daemon/priority.py: a runner is made to yield the CPU to the daemon (docs/design.md, "Event path end to end")."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from labd.daemon.priority import lower_priority
+
+# a child with a second thread, in a session of its own (as a runner is), that waits to be killed
+CHILD = "import threading, time; threading.Thread(target=time.sleep, args=(600,), daemon=True).start(); " \
+        "print('up', flush=True); time.sleep(600)"
+
+
+@pytest.fixture
+def child() -> Iterator[subprocess.Popen[str]]:
+    p = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "up"
+        yield p
+    finally:
+        p.kill()
+        p.wait()
+
+
+def thread_nices(pid: int) -> list[int]:
+    return [os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")]
+
+
+def test_every_thread_and_the_autogroup_go_steps_below_ours(child: subprocess.Popen[str]) -> None:
+    """All threads the process has go ``steps`` nice values below ours, and so does its session's autogroup below
+    ours where the kernel has them (that value is what competes with the daemon under autogroup scheduling); our
+    own values stay as they were."""
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    group0 = Path("/proc/self/autogroup").read_text().split()[-1] if Path("/proc/self/autogroup").exists() else None
+    target = min(19, ours + 7)
+    lower_priority(child.pid, 7)
+    nices = thread_nices(child.pid)
+    assert len(nices) >= 2 and set(nices) == {target}
+    group = Path(f"/proc/{child.pid}/autogroup")
+    if group.exists() and group0 is not None:
+        assert group.read_text().split()[-1] == str(min(19, int(group0) + 7))
+        assert Path("/proc/self/autogroup").read_text().split()[-1] == group0
+    assert os.getpriority(os.PRIO_PROCESS, 0) == ours
+
+
+def test_steps_are_relative_to_the_base_and_capped(child: subprocess.Popen[str]) -> None:
+    """The values are set relative to ``base`` (the daemon's own by default), capped at 19; a negative step count
+    is refused; a process that is gone raises nothing."""
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    lower_priority(child.pid, 3, base=(ours + 1, None))
+    assert set(thread_nices(child.pid)) == {min(19, ours + 4)}
+    lower_priority(child.pid, 30)
+    assert set(thread_nices(child.pid)) == {19}
+    with pytest.raises(ValueError):
+        lower_priority(child.pid, -1)
+    child.kill()
+    child.wait()
+    lower_priority(child.pid, 5)  # gone: nothing to do, nothing raised
+    assert not Path(f"/proc/{child.pid}").exists()
