@@ -87,7 +87,11 @@ def _fork_child(in_fd: int, out_fd: int, wake_fds: tuple[int, int], job: Any, cl
         return pid
     # --- child ---
     try:
-        os.setsid()  # own session and process group: signals to the group reach the whole runner tree
+        # Own process group (signals to the group reach the whole runner tree), but not a session of its own:
+        # with autogroup scheduling every session is a scheduling group that weighs as much as the daemon's,
+        # so N busy runners outvoted the daemon's recording N to 1. All runners stay in the template's group
+        # and together weigh as one against the daemon (docs/design.md, "Runners share one scheduling group").
+        os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
@@ -195,6 +199,22 @@ def _hand_over(spare: _Spare, spec: dict[str, Any]) -> bool:
         spare.close()
 
 
+def _outlive_runners() -> None:
+    """Stay until every child has ended, then return. Runners share our session, each in its own process
+    group: were we to exit first, their groups would become orphaned, and the kernel sends SIGHUP (then SIGCONT)
+    to an orphaned group with a stopped member, which would kill a session stopped for its CPU quota at that
+    moment. Nothing else is done meanwhile; the next daemon adopts the runners."""
+    signal.set_wakeup_fd(-1)
+    _set_title("labd: runner template (daemon gone; waiting for its runners to end)")
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+
+
 def main() -> None:
     for name in PRELOAD + [m for m in os.environ.get("LABD_PRELOAD", "").split(",") if m]:
         importlib.import_module(name)
@@ -257,8 +277,11 @@ def main() -> None:
         if in_fd not in ready:
             continue
         chunk = os.read(in_fd, 65536)
-        if not chunk:
-            return  # the daemon is gone; our children (runners) carry on, an unused spare sees EOF and exits
+        if not chunk:  # the daemon is gone; our children (runners) carry on
+            for fd in private():  # an unused spare and checker see end of file and exit
+                os.close(fd)
+            _outlive_runners()
+            return
         buf += chunk
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)

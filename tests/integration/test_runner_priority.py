@@ -53,3 +53,23 @@ def test_ingest_counts_what_its_time_went_to(daemon: DaemonProc) -> None:
     assert grew["events_persisted"] >= 20_000
     assert grew["ingest.passes"] >= grew["ingest.batches"] >= 20_000 // 7_000
     assert grew["ingest.idle_us"] > 0 and grew["ingest.write_us"] > 0
+
+
+def test_runners_share_one_scheduling_group_apart_from_the_daemon(daemon: DaemonProc) -> None:
+    """Each runner leads its own process group (stop/kill reach its tree) but stays in the template's session, so
+    with autogroup scheduling all runners are one group that weighs as much as the daemon's, not one group each
+    (4 busy runners left the ingest thread waiting for a CPU a third of the time: docs/design.md)."""
+    with daemon.client() as c:
+        template = int(c.status()["template_pid"])
+        daemon_pid = int(c.status()["pid"])
+        sids = [c.start("demo.sleep", params={"seconds": 60}) for _ in range(2)]
+        pids = [runner_of(c, sid) for sid in sids]
+        for pid in pids:
+            assert os.getpgid(pid) == pid
+            assert os.getsid(pid) == os.getsid(template) != pid
+        assert os.getsid(daemon_pid) != os.getsid(template)
+        groups = {Path(f"/proc/{pid}/autogroup").read_text().split()[0] for pid in [*pids, template]
+                  if Path(f"/proc/{pid}/autogroup").exists()}
+        assert len(groups) <= 1  # one group for the template and every runner (where the kernel has autogroups)
+        for sid in sids:
+            c.stop(sid)

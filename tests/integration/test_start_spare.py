@@ -58,13 +58,15 @@ def the_spare(c: Client) -> psutil.Process:
 
 
 def test_a_session_runs_in_the_spare_and_a_new_spare_takes_its_place(client: Client) -> None:
-    """The waiting spare becomes the next session's runner (same pid), in its own session and process
-    group, under the session's limits; a fresh spare (another pid) is forked after it."""
+    """The waiting spare becomes the next session's runner (same pid), in its own process group, under the
+    session's limits; a fresh spare (another pid) is forked after it."""
     spare = the_spare(client)
     sid = client.start("demo.sleep", params={"seconds": 60}, timeout=2.0)
     run = wait_until(lambda: (s := client.session(sid)).get("pid") and s, timeout=30, what="runner pid")
     assert run["pid"] == spare.pid
-    assert os.getpgid(spare.pid) == spare.pid and os.getsid(spare.pid) == spare.pid
+    template = client.status()["template_pid"]
+    # its own process group; the template's session (one scheduling group for all runners)
+    assert os.getpgid(spare.pid) == spare.pid and os.getsid(spare.pid) == os.getsid(template) != spare.pid
     wait_until(lambda: not psutil.Process(spare.pid).cmdline()[0].startswith(SPARE_TITLE), timeout=30,
                what="the runner's title for its session")
     final = client.wait(sid, timeout=60)  # the daemon's wall-time limit applies to it as to any runner
