@@ -84,6 +84,12 @@ def _fork_child(in_fd: int, out_fd: int, wake_fds: tuple[int, int], job: Any, cl
     template's alone) and signal setup, run ``job`` and exit."""
     pid = os.fork()
     if pid:
+        # The child makes itself a group leader too; whichever runs first wins, so its group exists before we
+        # report its pid (the daemon may signal the group at once: a stop right after the start).
+        try:
+            os.setpgid(pid, pid)
+        except OSError:  # it already exited (ESRCH)
+            pass
         return pid
     # --- child ---
     try:
