@@ -14,7 +14,8 @@ Protocol (JSON lines; the daemon writes requests on our stdin, we answer on our 
   checks go on meanwhile; :mod:`labd.runner.checks`, which keeps one checker child forked ahead)
 - unsolicited: ``{"op": "exited", "pid": P, "exit_code": C | null, "signal": S | null}``
 
-End of stdin (the daemon went away) makes the template exit; runners live on.
+End of stdin (the daemon went away): the template closes its spare and checker, waits until its runners have ended
+(see :func:`_outlive_runners`), then exits; runners live on.
 
 Spare runner (``LABD_SPARE_RUNNERS``, default 1; 0 = off): the template keeps one pre-forked child that has
 done every session-independent step (:mod:`labd.runner.spare`) and waits on a private pipe. A spawn hands
