@@ -6,9 +6,10 @@ ingest thread (the one writer of the store) spent a third of its time runnable b
 daemon leaves the daemon ahead of it when both are runnable, and costs nothing when the CPU is free.
 
 Two mechanisms, both applied, because which one counts depends on the box: with the kernel's autogroup
-scheduling (``/proc/sys/kernel/sched_autogroup_enabled``, tasks in the root cgroup) every ``setsid`` makes a new
-group scheduled as one unit and only the group's nice value competes with the daemon's group; otherwise (e.g.
-systemd cgroups) each thread's own nice value does. Raising niceness needs no privilege.
+scheduling (``/proc/sys/kernel/sched_autogroup_enabled``, tasks in the root cgroup) every session (``setsid``) is
+a group scheduled as one unit and only the group's nice value competes with the daemon's group: runners all share
+the template's session, so this sets that one group's value; otherwise (e.g. systemd cgroups) each thread's own
+nice value does. Raising niceness needs no privilege.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def lower_priority(pid: int, steps: int, base: tuple[int, int | None] | None = N
         raise ValueError("steps must be >= 0")
     thread_base, group_base = base if base is not None else own_priority()
     target = min(MAX_NICE, thread_base + steps)
-    if group_base is not None:  # the autogroup of the runner's session (it called setsid)
+    if group_base is not None:  # the autogroup of the runner's session: the template's, shared by all runners
         group_target = min(MAX_NICE, group_base + steps)
         current = _group_nice(pid)
         if current is not None and current != group_target:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CHECK_TIMEOUT_S", "Check", "Checker", "check_workflow", "fork_checker"]
+__all__ = ["CHECK_TIMEOUT_S", "CHECKER_DELAY_S", "Check", "Checker", "check_workflow", "fork_check", "fork_checker"]
 
 CHECK_TIMEOUT_S = 20.0
 #: fork a new checker this long after one was used: not while the check (and the start it serves) runs

@@ -1,4 +1,4 @@
-"""Fixtures of the runner-channel unit tests (test_channel.py, test_channel_speed.py): a fake daemon's ROUTER on
+"""Fixtures of the runner-channel unit tests (test_channel*.py): a fake daemon's ROUTER on
 an ipc:// endpoint in the test's runtime directory. (Named like the integration suites' real ``daemon`` fixture,
 which unit tests do not use.)"""
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from labd.runner.channel import Channel
 from tests.unit.test_channel import FakeDaemon
 
 
@@ -25,3 +26,12 @@ def daemon(endpoint: str) -> Iterator[FakeDaemon]:
     d = FakeDaemon(endpoint)
     yield d
     d.close()
+
+
+@pytest.fixture
+def channels() -> Iterator[list[Channel]]:
+    """Channels to close after the test (quickly: nothing waits for acks at teardown)."""
+    made: list[Channel] = []
+    yield made
+    for ch in made:
+        ch.close(timeout=0.0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -69,15 +68,6 @@ def _channel(endpoint: str, daemon: FakeDaemon, **kw: Any) -> Channel:
     hello = daemon.recv("hello")
     assert hello.body == {"session": SID, "last_seq": 0, "pid": 4242}
     return ch
-
-
-@pytest.fixture
-def channels() -> Iterator[list[Channel]]:
-    """Channels to close after the test (quickly: nothing waits for acks at teardown)."""
-    made: list[Channel] = []
-    yield made
-    for ch in made:
-        ch.close(timeout=0.0)
 
 
 def test_hello_events_and_ack(endpoint: str, daemon: FakeDaemon, channels: list[Channel]) -> None:

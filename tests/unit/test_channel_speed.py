@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +19,6 @@ from labd.ipc.wire import PayloadError
 from labd.runner.channel import HEARTBEAT_S, Channel, is_bulk
 from labd.runner.spool import read_spool
 from tests.unit.test_channel import KEY, SID, FakeDaemon, _channel
-
-
-@pytest.fixture
-def channels() -> Iterator[list[Channel]]:
-    """Channels to close after the test (quickly: nothing waits for acks at teardown)."""
-    made: list[Channel] = []
-    yield made
-    for ch in made:
-        ch.close(timeout=0.0)
 
 BOUND_S = 0.8  # far under the heartbeat (HEARTBEAT_S): an event that waited for it would show (generous: shared box)
 PHASES = ("top", "drained", "taken", "flushed", "decided", "polled", "handled")

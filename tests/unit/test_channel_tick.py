@@ -10,25 +10,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from labd.runner.channel import BULK_DELAY_S, Channel
 from labd.runner.spool import read_spool
 from tests.conftest import wait_until
 from tests.unit.test_channel import FakeDaemon, _channel
 from tests.unit.test_channel_speed import BOUND_S, Receiver
-
-
-@pytest.fixture
-def channels() -> Iterator[list[Channel]]:
-    """Channels to close after the test (quickly: nothing waits for acks at teardown)."""
-    made: list[Channel] = []
-    yield made
-    for ch in made:
-        ch.close(timeout=0.0)
 
 
 def test_bulk_emits_after_a_send_wake_nothing_and_still_leave_within_the_bulk_delay(
