@@ -66,7 +66,11 @@ def main() -> None:
     address = sys.argv[1] if len(sys.argv) > 1 else "auto"
     try:
         import ray
-
+    except ImportError:
+        _out({"op": "error", "message": "[launcher] names a Ray cluster, but Ray is not installed: "
+                                        "pip install 'labd[ray]' (or remove [launcher] address/kind from config.toml)"})
+        return
+    try:
         from labd.runner.ray_actor import SessionActor
 
         ray.init(address=address, namespace="labd", log_to_driver=False, logging_level=logging.WARNING,

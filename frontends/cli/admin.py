@@ -24,6 +24,7 @@ def cmd_serve(args: argparse.Namespace, ctx: Ctx) -> int:
 
     from labd.daemon import logsetup
     from labd.daemon.config import ConfigError, load_config
+    from labd.daemon.launcher import LaunchError
     from labd.daemon.server import AlreadyRunning, Daemon, GatewayError
     from labd.frontends import daemonctl
     from labd.ipc.paths import UnsafeRuntimeDir
@@ -41,7 +42,7 @@ def cmd_serve(args: argparse.Namespace, ctx: Ctx) -> int:
     daemon = Daemon(cfg, drain=args.drain)
     try:
         daemon.serve()
-    except (AlreadyRunning, GatewayError, UnsafeRuntimeDir) as exc:
+    except (AlreadyRunning, GatewayError, UnsafeRuntimeDir, LaunchError) as exc:  # e.g. Ray not installed
         print(f"labd: {exc}", file=sys.stderr)
         return 2
     except sqlalchemy.exc.SQLAlchemyError as exc:
