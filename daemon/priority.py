@@ -18,13 +18,15 @@ import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["lower_priority", "own_priority", "MAX_NICE"]
+__all__ = ["lower_priority", "own_priority", "group_nice", "MAX_NICE"]
 
 MAX_NICE = 19
 
 
-def _group_nice(pid: int | str) -> int | None:
-    """The nice value of a process's autogroup (``/autogroup-123 nice 0``), None without autogroups."""
+def group_nice(pid: int | str) -> int | None:
+    """The nice value of a process's autogroup (``/autogroup-123 nice 0``); None without autogroups, and None for a
+    process in the root autogroup (a session that never called ``setsid``, e.g. one a container started), whose
+    file the kernel leaves empty and whose value cannot be changed."""
     try:
         return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
     except (OSError, ValueError, IndexError):
@@ -33,7 +35,7 @@ def _group_nice(pid: int | str) -> int | None:
 
 def own_priority() -> tuple[int, int | None]:
     """This process's (thread nice value, autogroup nice value or None): what runners are placed relative to."""
-    return os.getpriority(os.PRIO_PROCESS, 0), _group_nice("self")
+    return os.getpriority(os.PRIO_PROCESS, 0), group_nice("self")
 
 
 def lower_priority(pid: int, steps: int, base: tuple[int, int | None] | None = None) -> None:
@@ -47,7 +49,7 @@ def lower_priority(pid: int, steps: int, base: tuple[int, int | None] | None = N
     target = min(MAX_NICE, thread_base + steps)
     if group_base is not None:  # the autogroup of the runner's session: the template's, shared by all runners
         group_target = min(MAX_NICE, group_base + steps)
-        current = _group_nice(pid)
+        current = group_nice(pid)
         if current is not None and current != group_target:
             with contextlib.suppress(OSError):
                 Path(f"/proc/{pid}/autogroup").write_text(str(group_target))
