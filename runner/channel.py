@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import sys
 import threading
 import time
@@ -46,9 +47,12 @@ BATCH_EVENTS = 2000
 BATCH_BYTES = 512 * 1024
 BULK_DELAY_S = 0.1  # how long a bulk tracking event may wait for company
 BULK_BYTES = 256 * 1024  # ... or until this much is waiting
-#: an urgent event leaves at once, unless a message left less than this long ago: then it waits for the rest
-#: of this gap (a burst of output becomes a few hundred messages per second, not one per chunk)
+#: urgent events leave at once while fewer than URGENT_BURST messages left in the last few gaps; past that,
+#: messages are paced URGENT_GAP_S apart (a token bucket): a flood of output becomes a few hundred messages per
+#: second, not one per chunk, while the first events of a burst (a step's start, then its first print) wait
+#: for nothing
 URGENT_GAP_S = 0.002
+URGENT_BURST = 4
 #: an idle runner says it is there this often (nothing else to send). Liveness of the process comes from
 #: the daemon's process table (monitor) and the exit watch, not from these: each heartbeat costs the
 #: daemon's single ingest thread a signature check, so 500 idle sessions at 1/s cost it ~7 % of a core.
@@ -77,6 +81,7 @@ _URGENT_CACHE_MAX = 512  # a workflow inventing kinds must not grow it without b
 _dumps = orjson.dumps
 _JSON_OPTS = orjson.OPT_NON_STR_KEYS
 _wall = time.time
+_MONITOR_HEAD = struct.Struct("=Hi")
 _mono = time.monotonic
 
 
@@ -116,6 +121,8 @@ class Channel:
         self._armed = False  # the thread sleeps with a deadline: bulk emits need not wake it
         self._armed_until = 0.0  # ... that deadline (urgent emits need not wake it if it is within URGENT_GAP_S)
         self._last_send = 0.0  # monotonic time of the last events message
+        self._tokens = float(URGENT_BURST)  # messages that may leave at once now (refilled 1 per URGENT_GAP_S)
+        self._tokens_at = 0.0  # ... as of this monotonic time
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -300,8 +307,19 @@ class Channel:
             return now
         bulk_due = self._times[pos] + BULK_DELAY_S
         if self._urgent_seq >= self._acked_upto + 1 + pos:
-            return min(bulk_due, max(now, self._last_send + URGENT_GAP_S))
+            tokens = self._tokens_now(now)
+            return min(bulk_due, now if tokens >= 1.0 else now + (1.0 - tokens) * URGENT_GAP_S)
         return bulk_due
+
+    def _tokens_now(self, now: float) -> float:
+        """How many messages may leave at once at ``now`` (URGENT_BURST at most; lock held)."""
+        return min(float(URGENT_BURST), self._tokens + (now - self._tokens_at) / URGENT_GAP_S)
+
+    def _spend_token(self, now: float) -> None:
+        """An events message left at ``now`` (lock held). Never below 0: a message forced out by size does not
+        make the next urgent event wait longer than one gap."""
+        self._tokens = max(0.0, self._tokens_now(now) - 1.0)
+        self._tokens_at = now
 
     def _run(self) -> None:
         try:
@@ -438,14 +456,12 @@ class Channel:
                     self._spool.rewrite(records)
 
     def _on_monitor(self, monitor: zmq.Socket, sock: zmq.Socket) -> None:
-        from zmq.utils.monitor import recv_monitor_message
-
         while True:
             try:
-                evt = recv_monitor_message(monitor, zmq.NOBLOCK)
+                evt = _monitor_event(monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
-            if evt["event"] == zmq.EVENT_CONNECTED:
+            if evt == zmq.EVENT_CONNECTED:
                 # Introduce ourselves. On a *re*connect (a new daemon), also resend all that is
                 # unacknowledged; on the first connect, what was queued before it is delivered anyway.
                 self._send(sock, "hello", {"session": self.session_id, "last_seq": self.last_seq,
@@ -455,7 +471,7 @@ class Channel:
                         self._resend()
                 self._was_connected = True
                 self.connected.set()
-            elif evt["event"] == zmq.EVENT_DISCONNECTED:
+            elif evt == zmq.EVENT_DISCONNECTED:
                 self.connected.clear()
 
     def _on_message(self, frames: list[bytes]) -> bool:
@@ -510,6 +526,7 @@ class Channel:
             self.sends += 1
             self._last_send = time.monotonic()
             with self._lock:
+                self._spend_token(self._last_send)
                 if self._send_pos == start:
                     self._send_pos = start + len(batch)
                     self._unsent_bytes -= nbytes
@@ -538,6 +555,16 @@ class Channel:
             return True
         except zmq.Again:
             return False
+
+
+def _monitor_event(frames: list[bytes]) -> int:
+    """The event id of a ZeroMQ socket-monitor message (first frame: 16-bit event id, 32-bit value; libzmq's
+    zmq_socket_monitor). Decoded here rather than with ``zmq.utils.monitor``, which imports ``zmq.asyncio``:
+    its first import in a runner took 2-4 ms on the channel thread, between the runner's first events and their
+    send (docs/design.md, "First output"). 0 for a message of another shape (none is expected)."""
+    if len(frames) != 2 or len(frames[0]) != 6:
+        return 0
+    return int(_MONITOR_HEAD.unpack(frames[0])[0])
 
 
 def _size_bounded(batch: list[bytes]) -> tuple[list[bytes], int]:

@@ -1,0 +1,128 @@
+"""Urgent events: the first of a burst leave at once, a flood is paced; the channel's connect path stays light.
+
+Found by time stamps along a session's start (docs/benchmarks.md §22): a step's ``step.started`` and the print
+right after it were two messages 0.1 ms apart, and the print waited out a fixed 2 ms gap after the first; and
+the channel thread's first connect event imported ``zmq.utils.monitor`` (and with it ``zmq.asyncio``), 2-4 ms
+on the channel thread between a runner's first events and their send.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import zmq
+
+from labd.runner.channel import BULK_DELAY_S, URGENT_BURST, URGENT_GAP_S, Channel, _monitor_event
+from tests.unit.test_channel import KEY, SID
+
+
+def _queued(ch: Channel, kind: str) -> float:
+    """Emit one event and move it to the send queue as the channel thread would; returns its emit time."""
+    t = time.monotonic()
+    ch.emit(kind, {"stream": "stdout", "text": "x\n"} if kind == "output" else {"name": "x"})
+    with ch._lock:  # noqa: SLF001 - the thread's own step, driven by hand (the thread is never started)
+        ch._take()  # noqa: SLF001
+    return t
+
+
+def _send_all(ch: Channel, now: float) -> None:
+    """What a send does to the pacing state: the queue is sent, one token spent."""
+    with ch._lock:  # noqa: SLF001
+        ch._spend_token(now)  # noqa: SLF001
+        ch._send_pos = len(ch._q)  # noqa: SLF001
+        ch._unsent_bytes = 0  # noqa: SLF001
+
+
+def test_the_first_urgent_messages_of_a_burst_leave_at_once_then_one_per_gap(endpoint: str) -> None:
+    """URGENT_BURST urgent messages in a row are due at once (no wait for the second: a step's start, then its
+    first print); the next is due one gap later; after a quiet spell the burst allowance is back. A message forced
+    out by size never makes the next urgent one wait more than one gap."""
+    ch = Channel(endpoint, KEY, SID)
+    try:
+        now = time.monotonic()
+        for _ in range(URGENT_BURST):
+            _queued(ch, "output")
+            assert ch._due_at(now) == now  # noqa: SLF001
+            _send_all(ch, now)
+        _queued(ch, "output")
+        assert ch._due_at(now) == now + URGENT_GAP_S  # noqa: SLF001
+        assert ch._due_at(now + URGENT_GAP_S / 2) == now + URGENT_GAP_S  # noqa: SLF001 - still paced
+        assert ch._due_at(now + URGENT_GAP_S) == now + URGENT_GAP_S  # noqa: SLF001 - its turn
+        _send_all(ch, now + URGENT_GAP_S)
+        later = now + URGENT_GAP_S * (URGENT_BURST + 1)  # quiet long enough to refill the allowance
+        for _ in range(URGENT_BURST):
+            _queued(ch, "output")
+            assert ch._due_at(later) == later  # noqa: SLF001
+            _send_all(ch, later)
+        for _ in range(50):  # a flood sent by size: the bucket is empty, not in debt
+            _send_all(ch, later)
+        _queued(ch, "output")
+        assert ch._due_at(later) == later + URGENT_GAP_S  # noqa: SLF001
+    finally:
+        ch.discard()
+
+
+def test_bulk_events_keep_their_batching_delay_whatever_the_allowance(endpoint: str) -> None:
+    """With the whole burst allowance unspent, a bulk event still waits for company (BULK_DELAY_S)."""
+    ch = Channel(endpoint, KEY, SID)
+    try:
+        t = _queued(ch, "custom")
+        assert abs(ch._due_at(t) - (t + BULK_DELAY_S)) < 0.05  # noqa: SLF001 - its emit time + the delay
+        assert ch._due_at(t) > t  # noqa: SLF001
+    finally:
+        ch.discard()
+
+
+def test_monitor_messages_are_decoded_from_a_real_socket(endpoint: str) -> None:
+    """The channel's own decoding of ZeroMQ's monitor messages gives the event a real socket reports on connect;
+    a message of any other shape is no event (0)."""
+    ctx = zmq.Context()
+    try:
+        router = ctx.socket(zmq.ROUTER)
+        router.bind(endpoint)
+        dealer = ctx.socket(zmq.DEALER)
+        monitor = dealer.get_monitor_socket(zmq.EVENT_CONNECTED)
+        dealer.connect(endpoint)
+        assert monitor.poll(10_000), "no monitor event within 10 s"
+        assert _monitor_event(monitor.recv_multipart()) == zmq.EVENT_CONNECTED
+        assert _monitor_event([b"short", b"x"]) == 0
+        assert _monitor_event([b"\x00" * 6]) == 0
+        dealer.disable_monitor()
+        for s in (monitor, dealer, router):
+            s.close(0)
+    finally:
+        ctx.term()
+
+
+def test_a_connected_channel_has_not_imported_zmq_asyncio(endpoint: str) -> None:
+    """A runner's channel connects, says hello and sends without importing ``zmq.asyncio`` (which
+    ``zmq.utils.monitor`` pulls in: 2-4 ms on the channel thread of a fresh runner, between its first events and
+    their send). Checked in a fresh interpreter, where nothing else imported it first."""
+    code = textwrap.dedent(f"""
+        import sys, zmq
+        from labd.ipc.wire import Codec
+        from labd.runner.channel import Channel
+        ctx = zmq.Context()
+        router = ctx.socket(zmq.ROUTER)
+        router.bind({endpoint!r})
+        ch = Channel({endpoint!r}, {KEY!r}, {SID!r})
+        ch.start()
+        assert ch.connected.wait(20), "not connected"
+        ch.emit("output", {{"stream": "stdout", "text": "hi"}})
+        codec = Codec({KEY!r})
+        types = set()
+        while "events" not in types:
+            assert router.poll(20_000), "nothing received"
+            types.add(codec.unpack(router.recv_multipart()[1:]).type)
+        print("hello" in types, "zmq.asyncio" in sys.modules, "zmq.utils.monitor" in sys.modules)
+        ch.discard = lambda: None
+        router.close(0)
+        import os
+        os._exit(0)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False", "False"]
