@@ -149,18 +149,24 @@ def run_session(spec: dict[str, Any]) -> int:
     # confine_runner above); session.started leaves as soon as the connection is there.
     inbox = _Inbox()
     channel.handlers.update({t: inbox.handler(t) for t in ("cancel", "pause", "resume", "approval.resolved")})
-    channel.start()
+    # The output pipes and their reader thread first, while no other thread of ours runs: a thread start waits
+    # for the new thread to take the GIL, and with the channel thread connecting beside it that took ~1 ms
+    # (docs/design.md, "First output"). session.started is queued before, so it stays the first event.
     emit("session.started", {"pid": os.getpid(), "workdir": str(workdir), "runner_confinement": confined})
-    log = configure_logging(emit, session_id)
-    ctx = Context(session_id, workdir, spec.get("params") or {}, emit, log, secrets)
+    ctx_box: list[Context] = []  # the context exists only below; output before it belongs to no step
+
     def emit_output(stream: str, text: str) -> None:
-        emit("output", {"stream": stream, "text": text}, ctx.active_node)
+        emit("output", {"stream": stream, "text": text}, ctx_box[0].active_node if ctx_box else None)
 
     def truncated(report: dict[str, int]) -> None:  # once at the first drop, once with the total at the end
         emit("output.truncated", {**report, "by": "runner"})
 
     capture = OutputCapture(emit_output, (spec.get("limits") or {}).get("output"), truncated)
     capture.install()
+    channel.start()
+    log = configure_logging(emit, session_id)
+    ctx = Context(session_id, workdir, spec.get("params") or {}, emit, log, secrets)
+    ctx_box.append(ctx)
     ctx.before_boundary = capture.sync
     files = FileTracker(workdir, emit)
     files.concurrent = ctx.concurrent_with  # concurrent steps: "ambiguous", never a wrong step
