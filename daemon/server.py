@@ -44,6 +44,7 @@ from labd.runner.sandbox import landlock as _landlock
 from labd.runner.session import split_secrets
 from labd.runner.workflows.registry import WorkflowError, bind_params, describe, is_builtin, parse_target, resolve
 from labd.store.db import Checkpointer, is_sqlite, migrate, open_engine
+from labd.store.known_keys import KnownKeys
 from labd.store.queries import Store
 from labd.store.writer import BatchWriter
 
@@ -173,7 +174,9 @@ class Daemon(ControlPlane):
         cfg, layout = self.cfg, self.layout
         engine = open_engine(cfg.db_url)
         migrate(engine)
-        self.store = Store(engine)
+        known_keys = KnownKeys()  # the store's idempotency keys in memory: a new key costs no store read
+        known_keys.load(engine, time.time())
+        self.store = Store(engine, known_keys)
         # Before the runner socket is bound: a runner that outlived the previous daemon delivers its last
         # events and may exit as soon as it can connect, and adoption (below) must come right after that.
         self._probe_sandbox()
@@ -188,7 +191,7 @@ class Daemon(ControlPlane):
         checkpointer = Checkpointer(engine) if is_sqlite(cfg.db_url) else None
         if checkpointer is not None:
             checkpointer.start()
-        ingest = Ingest(z, BatchWriter(engine), bytes.fromhex(key), self.info.runners, self.info.events,
+        ingest = Ingest(z, BatchWriter(engine, known_keys), bytes.fromhex(key), self.info.runners, self.info.events,
                         self.counters, self.last_seen, cfg.max_message, sessions_dir=layout.sessions_dir)
         ingest.start()
         ingest.ready.wait(10)

@@ -12,6 +12,7 @@ import orjson
 from sqlalchemy import Engine, func, select
 
 from labd.store.blobs import inline
+from labd.store.known_keys import KnownKeys
 from labd.store.schema import (
     IDEMPOTENCY_RETENTION,
     approvals,
@@ -70,8 +71,10 @@ def _session_dict(row: Any) -> dict[str, Any]:
 class Store:
     """Query helper bound to an engine."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, known_keys: KnownKeys | None = None) -> None:
         self.engine = engine
+        #: the keys the store holds, in memory (store/known_keys.py): a new key needs no store read
+        self.known_keys = known_keys
 
     def session(self, session_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -81,6 +84,8 @@ class Store:
     def idempotent_start(self, key: str, now: float) -> dict[str, Any] | None:
         """The session a ``session.start`` with idempotency ``key`` created (``session_id``, ``digest``), if the
         key is still retained at ``now``."""
+        if self.known_keys is not None and not self.known_keys.may_exist(key):
+            return None
         q = select(idempotency_keys.c.session_id, idempotency_keys.c.digest).where(
             idempotency_keys.c.key == key, idempotency_keys.c.created_at >= now - IDEMPOTENCY_RETENTION)
         with self.engine.connect() as conn:

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, select
 
+from labd.store.known_keys import KnownKeys
 from labd.store.projections import RowChanges, SessionCursor
 from labd.store.retention import delete_sessions
 from labd.store.schema import IDEMPOTENCY_RETENTION, approvals, sessions
@@ -38,8 +39,9 @@ _SESSION_UPDATE_COLUMNS = frozenset(c.name for c in sessions.columns) - {"id"}
 class BatchWriter:
     """Writes batches; owns one connection; used from a single thread."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, known_keys: KnownKeys | None = None) -> None:
         self.engine = engine
+        self.known_keys = known_keys  # told of idempotency keys before they are committed (store/known_keys.py)
         self._conn = engine.connect()
         style = engine.dialect.paramstyle
         ph = "?" if style == "qmark" else "%s"
@@ -199,6 +201,8 @@ class BatchWriter:
             if changes.idempotency:
                 # bounded retention, pruned where keys are added (starts are rare; the index makes it cheap);
                 # first, so that an expired key given again is recorded for its new session
+                if self.known_keys is not None:  # before the commit: a reader never misses a committed key
+                    self.known_keys.note(changes.idempotency)
                 cutoff = changes.idempotency[0]["created_at"] - IDEMPOTENCY_RETENTION
                 conn.exec_driver_sql(f"DELETE FROM idempotency_keys WHERE created_at < {p}", (cutoff,))
                 self._insert(conn, "idempotency_keys", changes.idempotency, ignore_duplicates=True)
