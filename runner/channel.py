@@ -9,13 +9,11 @@ the acks. After a reconnect, on a daemon request (``resend``) or when acks stall
 unacknowledged; the daemon discards what it already has. When the runner ends with events still
 unacknowledged (no daemon, or a store outage), they stay in the spool and the daemon ingests them.
 
-Two speeds. What people watch — output, log records, lifecycle, steps, approvals, errors — is *urgent*:
-the emit wakes the thread at once (one wake-up per burst: no write to the wake pipe while one is
-pending), and it sends everything up to the urgent event. Bulk tracking kinds (agent turns, ``llm.*``,
-``tool.*``, ``cost.*``, ``file.*``, ``custom``...) wait up to :data:`BULK_DELAY_S` or until
-:data:`BULK_BYTES` pile up, so a busy agent workflow pays for a few sends per 100 ms, not one per event;
-for :data:`BULK_TICK_S` after a send the thread sleeps armed in ticks of :data:`BULK_DELAY_S`, so a steady stream
-of bulk events wakes it not at all.
+Two speeds (:mod:`labd.runner.pacing` decides when events leave): an urgent emit wakes the thread at once (one
+wake-up per burst: no write to the wake pipe while one is pending) and it sends everything up to the urgent event;
+bulk tracking kinds wait for company, so a busy agent workflow pays for a few sends per 100 ms, not one per event.
+For :data:`~labd.runner.pacing.BULK_TICK_S` after a send the thread sleeps armed in ticks of the bulk delay, so a
+steady stream of bulk events wakes it not at all.
 No wake-up is lost: the thread decides how long to sleep under the same lock in which ``emit`` decides
 whether to wake it (see ``_run``). Memory is bounded: when too many events are unacknowledged, ``emit``
 blocks (back-pressure, never loss).
@@ -29,9 +27,7 @@ import struct
 import sys
 import threading
 import time
-from bisect import bisect_right
 from collections.abc import Callable
-from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +35,21 @@ import orjson
 import zmq
 
 from labd.ipc.wire import Codec, PayloadError, WireError, encode_json, json_fallback
+from labd.runner import pacing
+from labd.runner.pacing import (
+    BATCH_EVENTS,
+    BULK_BYTES,
+    URGENT_GAP_S,
+    URGENT_KINDS,
+    Pacer,
+    is_bulk,
+    size_bounded,
+    urgent,
+)
 from labd.runner.spool import Spool
 
 __all__ = ["Channel", "is_bulk", "PayloadError"]
 
-BATCH_EVENTS = 2000
-BATCH_BYTES = 512 * 1024
-BULK_DELAY_S = 0.1  # how long a bulk tracking event may wait for company
-BULK_BYTES = 256 * 1024  # ... or until this much is waiting
-#: urgent events leave at once while fewer than URGENT_BURST messages left in the last few gaps; past that,
-#: messages are paced URGENT_GAP_S apart (a token bucket): a flood of output becomes a few hundred messages per
-#: second, not one per chunk, while the first events of a burst (a step's start, then its first print) wait
-#: for nothing
-URGENT_GAP_S = 0.002
-URGENT_BURST = 4
 #: an idle runner says it is there this often (nothing else to send). Liveness of the process comes from
 #: the daemon's process table (monitor) and the exit watch, not from these: each heartbeat costs the
 #: daemon's single ingest thread a signature check, so 500 idle sessions at 1/s cost it ~7 % of a core.
@@ -62,22 +59,7 @@ try:  # benchmarks compare periods side by side (scripts/bench_scale.py --heartb
 except ValueError:
     pass
 RESEND_AFTER_S = 5.0
-#: after a send the thread ticks every BULK_DELAY_S for this long, armed: a bulk emit then wakes nothing
-BULK_TICK_S = 1.0
-SPOOL_TRUNCATE_BYTES = 1 << 20  # everything acked and the spool is larger than this: truncate it
-SPOOL_COMPACT_BYTES = 64 << 20  # the spool is larger than this and mostly acked: rewrite its tail
 
-_BULK_PREFIXES = ("agent.", "llm.", "tool.", "cost.", "file.", "code.", "subagent.")
-
-
-def is_bulk(kind: str) -> bool:
-    """Bulk tracking kinds are batched by time and bytes; every other kind leaves at once."""
-    return kind == "custom" or kind.startswith(_BULK_PREFIXES)
-
-
-#: kind -> urgent, filled as kinds are seen (emit's hot path: one dict lookup instead of a call)
-_URGENT: dict[str, bool] = {}
-_URGENT_CACHE_MAX = 512  # a workflow inventing kinds must not grow it without bound
 _dumps = orjson.dumps
 _JSON_OPTS = orjson.OPT_NON_STR_KEYS
 _wall = time.time
@@ -121,8 +103,7 @@ class Channel:
         self._armed = False  # the thread sleeps with a deadline: bulk emits need not wake it
         self._armed_until = 0.0  # ... that deadline (urgent emits need not wake it if it is within URGENT_GAP_S)
         self._last_send = 0.0  # monotonic time of the last events message
-        self._tokens = float(URGENT_BURST)  # messages that may leave at once now (refilled 1 per URGENT_GAP_S)
-        self._tokens_at = 0.0  # ... as of this monotonic time
+        self._pacer = Pacer()  # urgent messages: a few at once, then one per URGENT_GAP_S
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -157,11 +138,9 @@ class Channel:
         # "Ingest per event"). One encoding, which the spool, the wire and the daemon's store all keep.
         if self._forked:
             return 0  # a child forked by the workflow: its parent's channel is not its own (see forget_after_fork)
-        urgent = _URGENT.get(kind)
-        if urgent is None:
-            urgent = not is_bulk(kind)
-            if len(_URGENT) < _URGENT_CACHE_MAX:
-                _URGENT[kind] = urgent
+        is_urgent = URGENT_KINDS.get(kind)
+        if is_urgent is None:
+            is_urgent = urgent(kind)
         error: str | None = None
         mono = _mono()
         with self._mutex:
@@ -188,10 +167,10 @@ class Channel:
             self._pending.append(raw)
             self._pending_t.append(mono)
             self._pending_bytes += len(raw)
-            if urgent:
+            if is_urgent:
                 self._pending_urgent = seq
             wake = not self._wake_pending and (
-                not self._armed or (urgent and self._armed_until - mono > URGENT_GAP_S))
+                not self._armed or (is_urgent and self._armed_until - mono > URGENT_GAP_S))
             if wake:
                 self._wake_pending = True
         if wake:
@@ -305,21 +284,10 @@ class Channel:
             return None
         if self._force or self._unsent_bytes >= BULK_BYTES or len(self._q) - pos >= BATCH_EVENTS:
             return now
-        bulk_due = self._times[pos] + BULK_DELAY_S
+        bulk_due = self._times[pos] + pacing.BULK_DELAY_S
         if self._urgent_seq >= self._acked_upto + 1 + pos:
-            tokens = self._tokens_now(now)
-            return min(bulk_due, now if tokens >= 1.0 else now + (1.0 - tokens) * URGENT_GAP_S)
+            return min(bulk_due, self._pacer.due(now))
         return bulk_due
-
-    def _tokens_now(self, now: float) -> float:
-        """How many messages may leave at once at ``now`` (URGENT_BURST at most; lock held)."""
-        return min(float(URGENT_BURST), self._tokens + (now - self._tokens_at) / URGENT_GAP_S)
-
-    def _spend_token(self, now: float) -> None:
-        """An events message left at ``now`` (lock held). Never below 0: a message forced out by size does not
-        make the next urgent event wait longer than one gap."""
-        self._tokens = max(0.0, self._tokens_now(now) - 1.0)
-        self._tokens_at = now
 
     def _run(self) -> None:
         try:
@@ -377,15 +345,15 @@ class Channel:
                         # Nothing unsent, but events went out lately: a busy workflow's next bulk event is
                         # near. Sleep armed for one bulk delay and send whatever came meanwhile at its end, so
                         # that event need not wake us (docs/design.md, "Tracking overhead on the event path").
-                        ticking = due is None and not blocked and now - self._last_send < BULK_TICK_S
+                        ticking = due is None and not blocked and now - self._last_send < pacing.BULK_TICK_S
                         self._armed = due is not None or ticking
-                        self._armed_until = due if due is not None else now + BULK_DELAY_S if ticking else 0.0
+                        self._armed_until = due if due is not None else now + pacing.BULK_DELAY_S if ticking else 0.0
                         timeout = HEARTBEAT_S - (now - last_sent)
                         if due is not None and not blocked:
                             timeout = min(timeout, due - now)
                         elif ticking:
-                            timeout = min(timeout, BULK_DELAY_S)
-                            tick_at = now + BULK_DELAY_S
+                            timeout = min(timeout, pacing.BULK_DELAY_S)
+                            tick_at = now + pacing.BULK_DELAY_S
                         if self._send_pos > 0:  # sent, not acknowledged: wake to notice if acks stall
                             timeout = min(timeout, max(0.05, RESEND_AFTER_S - (now - last_ack)))
                 if blocked != watching_out:  # the send queue is full: wake when it has room again
@@ -436,24 +404,10 @@ class Channel:
         self._force = True
 
     def _trim_spool(self) -> None:
-        """Truncate the spool when everything in it is acknowledged, or rewrite it to the unacknowledged
-        tail when it has grown large; run on the channel thread after acks."""
-        spool = self._spool
-        if spool is None or spool.size < SPOOL_TRUNCATE_BYTES:
-            return
+        """Let the spool shed what is acknowledged (:meth:`Spool.behind_acks`); run on the channel thread after acks."""
         with self._lock:
-            if self._spool is None:
-                return
-            if not self._q and not self._pending:
-                self._spool.truncate()
-            elif self._spool.size > SPOOL_COMPACT_BYTES:
-                tail = sum(len(r) for r in self._q) + self._pending_bytes
-                if tail * 2 < self._spool.size:
-                    first = self._acked_upto + 1
-                    records = [(first + i, raw) for i, raw in enumerate(self._q)]
-                    first += len(self._q)
-                    records += [(first + i, raw) for i, raw in enumerate(self._pending)]
-                    self._spool.rewrite(records)
+            if self._spool is not None:
+                self._spool.behind_acks(self._acked_upto + 1, self._q, self._pending)
 
     def _on_monitor(self, monitor: zmq.Socket, sock: zmq.Socket) -> None:
         while True:
@@ -512,7 +466,7 @@ class Channel:
                         self._force = False
                     return sent, False
                 start = self._send_pos
-                batch, nbytes = _size_bounded(self._q[start:start + self._batch_cap])
+                batch, nbytes = size_bounded(self._q[start:start + self._batch_cap])
                 self._batch_cap = BATCH_EVENTS
             frames = self._codec.pack_events(self.session_id, batch)
             if len(frames[1]) > self._codec.max_message:
@@ -526,7 +480,7 @@ class Channel:
             self.sends += 1
             self._last_send = time.monotonic()
             with self._lock:
-                self._spend_token(self._last_send)
+                self._pacer.spent(self._last_send)
                 if self._send_pos == start:
                     self._send_pos = start + len(batch)
                     self._unsent_bytes -= nbytes
@@ -565,13 +519,3 @@ def _monitor_event(frames: list[bytes]) -> int:
     if len(frames) != 2 or len(frames[0]) != 6:
         return 0
     return int(_MONITOR_HEAD.unpack(frames[0])[0])
-
-
-def _size_bounded(batch: list[bytes]) -> tuple[list[bytes], int]:
-    """Cut a batch of encoded events so it stays under BATCH_BYTES (output chunks can be large); returns
-    the batch and its bytes (counted in C: no Python step per event)."""
-    if not batch:
-        return batch, 0
-    sizes = list(accumulate(map(len, batch)))
-    n = max(1, bisect_right(sizes, BATCH_BYTES))
-    return (batch if n == len(batch) else batch[:n]), sizes[n - 1]

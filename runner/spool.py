@@ -29,6 +29,7 @@ import os
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
+from itertools import chain
 from pathlib import Path
 
 __all__ = ["Spool", "read_spool", "spool_path", "SPOOL_NAME", "HEADER", "prepare_unnamed"]
@@ -40,6 +41,8 @@ _pack_into = HEADER.pack_into
 _crc32 = zlib.crc32
 MAX_RECORD = 1 << 31  # a length beyond this is corruption, not an event
 SEGMENT = 1 << 20  # the mapped file grows by this much at a time
+SPOOL_TRUNCATE_BYTES = 1 << 20  # everything acked and the spool is larger than this: truncate it
+SPOOL_COMPACT_BYTES = 64 << 20  # the spool is larger than this and mostly acked: rewrite its tail
 
 
 def spool_path(session_dir: str | os.PathLike[str]) -> Path:
@@ -118,6 +121,17 @@ class Spool:
         _pack_into(m, start, n, _crc32(body, _crc32(src_seq.to_bytes(8, "little"))), src_seq)
         m[start + HEADER_SIZE:end] = body
         self.size = end
+
+    def behind_acks(self, first_seq: int, *unacked: list[bytes]) -> None:
+        """Shed what the daemon has acknowledged: truncate when nothing is unacknowledged, or rewrite the file to
+        the ``unacked`` records (in order, from ``first_seq`` on; given in parts, not copied) once it is over
+        :data:`SPOOL_COMPACT_BYTES` and mostly acked. Below :data:`SPOOL_TRUNCATE_BYTES` it is left as it is."""
+        if self.size < SPOOL_TRUNCATE_BYTES:
+            return
+        if not any(unacked):
+            self.truncate()
+        elif self.size > SPOOL_COMPACT_BYTES and sum(sum(map(len, part)) for part in unacked) * 2 < self.size:
+            self.rewrite(enumerate(chain.from_iterable(unacked), first_seq))
 
     def truncate(self) -> None:
         """Everything in the spool is acknowledged: start it again from empty."""

@@ -15,8 +15,31 @@ import time
 
 import zmq
 
-from labd.runner.channel import BULK_DELAY_S, URGENT_BURST, URGENT_GAP_S, Channel, _monitor_event
+from labd.runner.channel import Channel, _monitor_event
+from labd.runner.pacing import BULK_DELAY_S, URGENT_BURST, URGENT_GAP_S, Pacer
 from tests.unit.test_channel import KEY, SID
+
+
+def test_the_first_urgent_messages_of_a_burst_leave_at_once_then_one_per_gap() -> None:
+    """URGENT_BURST urgent messages in a row may leave at once (no wait for the second: a step's start, then its
+    first print); the next is due one gap later; after a quiet spell the allowance is back. A flood forced out by
+    size never makes the next urgent message wait more than one gap."""
+    pacer = Pacer()
+    now = 1000.0
+    for _ in range(URGENT_BURST):
+        assert pacer.due(now) == now
+        pacer.spent(now)
+    assert pacer.due(now) == now + URGENT_GAP_S
+    assert pacer.due(now + URGENT_GAP_S / 2) == now + URGENT_GAP_S  # still paced
+    assert pacer.due(now + URGENT_GAP_S) == now + URGENT_GAP_S  # its turn
+    pacer.spent(now + URGENT_GAP_S)
+    later = now + URGENT_GAP_S * (URGENT_BURST + 1)  # quiet long enough to refill the allowance
+    for _ in range(URGENT_BURST):
+        assert pacer.due(later) == later
+        pacer.spent(later)
+    for _ in range(50):  # a flood sent by size: the bucket is empty, not in debt
+        pacer.spent(later)
+    assert pacer.due(later) == later + URGENT_GAP_S
 
 
 def _queued(ch: Channel, kind: str) -> float:
@@ -28,50 +51,17 @@ def _queued(ch: Channel, kind: str) -> float:
     return t
 
 
-def _send_all(ch: Channel, now: float) -> None:
-    """What a send does to the pacing state: the queue is sent, one token spent."""
-    with ch._lock:  # noqa: SLF001
-        ch._spend_token(now)  # noqa: SLF001
-        ch._send_pos = len(ch._q)  # noqa: SLF001
-        ch._unsent_bytes = 0  # noqa: SLF001
-
-
-def test_the_first_urgent_messages_of_a_burst_leave_at_once_then_one_per_gap(endpoint: str) -> None:
-    """URGENT_BURST urgent messages in a row are due at once (no wait for the second: a step's start, then its
-    first print); the next is due one gap later; after a quiet spell the burst allowance is back. A message forced
-    out by size never makes the next urgent one wait more than one gap."""
-    ch = Channel(endpoint, KEY, SID)
-    try:
-        now = time.monotonic()
-        for _ in range(URGENT_BURST):
-            _queued(ch, "output")
-            assert ch._due_at(now) == now  # noqa: SLF001
-            _send_all(ch, now)
-        _queued(ch, "output")
-        assert ch._due_at(now) == now + URGENT_GAP_S  # noqa: SLF001
-        assert ch._due_at(now + URGENT_GAP_S / 2) == now + URGENT_GAP_S  # noqa: SLF001 - still paced
-        assert ch._due_at(now + URGENT_GAP_S) == now + URGENT_GAP_S  # noqa: SLF001 - its turn
-        _send_all(ch, now + URGENT_GAP_S)
-        later = now + URGENT_GAP_S * (URGENT_BURST + 1)  # quiet long enough to refill the allowance
-        for _ in range(URGENT_BURST):
-            _queued(ch, "output")
-            assert ch._due_at(later) == later  # noqa: SLF001
-            _send_all(ch, later)
-        for _ in range(50):  # a flood sent by size: the bucket is empty, not in debt
-            _send_all(ch, later)
-        _queued(ch, "output")
-        assert ch._due_at(later) == later + URGENT_GAP_S  # noqa: SLF001
-    finally:
-        ch.discard()
-
-
-def test_bulk_events_keep_their_batching_delay_whatever_the_allowance(endpoint: str) -> None:
-    """With the whole burst allowance unspent, a bulk event still waits for company (BULK_DELAY_S)."""
+def test_the_channel_sends_urgent_events_as_paced_and_bulk_ones_after_their_delay(endpoint: str) -> None:
+    """The channel's decision: an urgent event is due when the pacer allows (at once after a quiet spell); a bulk
+    event alone waits BULK_DELAY_S for company, whatever the urgent allowance."""
     ch = Channel(endpoint, KEY, SID)
     try:
         t = _queued(ch, "custom")
         assert abs(ch._due_at(t) - (t + BULK_DELAY_S)) < 0.05  # noqa: SLF001 - its emit time + the delay
         assert ch._due_at(t) > t  # noqa: SLF001
+        _queued(ch, "output")  # an urgent one behind it: both may leave now
+        now = time.monotonic()
+        assert ch._due_at(now) == now  # noqa: SLF001
     finally:
         ch.discard()
 

@@ -112,9 +112,9 @@ def test_bulk_events_are_batched_but_urgent_ones_take_them_along(endpoint: str, 
     """A stream of bulk events goes out in a few messages (batched by time), and an urgent event
     emitted after them is not held back by the batching delay: it carries the waiting bulk ones. The delay is
     raised to 5 s here, so an urgent event that waited for it (or bulk events left behind) would show."""
-    from labd.runner import channel as channel_module
+    from labd.runner import pacing
 
-    monkeypatch.setattr(channel_module, "BULK_DELAY_S", 5.0)
+    monkeypatch.setattr(pacing, "BULK_DELAY_S", 5.0)
     ch = _channel(endpoint, daemon)
     channels.append(ch)
     rx = Receiver(daemon)

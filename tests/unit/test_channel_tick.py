@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from labd.runner.channel import BULK_DELAY_S, Channel
+from labd.runner.channel import Channel
+from labd.runner.pacing import BULK_DELAY_S
 from labd.runner.spool import read_spool
 from tests.conftest import wait_until
 from tests.unit.test_channel import FakeDaemon, _channel

@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from labd.daemon.ingest_batch import LIVE_OVERHEAD, PUB_CHUNK_BYTES, LiveEvents
-from labd.runner.channel import BATCH_BYTES, Channel, _size_bounded
+from labd.runner.channel import Channel
+from labd.runner.pacing import BATCH_BYTES, size_bounded
 from labd.runner.spool import HEADER, Spool, read_spool
 
 
@@ -68,7 +69,7 @@ def test_batch_cut_matches_the_plain_loop(sizes: list[int]) -> None:
     """The channel's batch cut (done in C) takes the same events as the plain loop, at least one, and reports
     their bytes."""
     batch = [b"x" * n for n in sizes]
-    cut, nbytes = _size_bounded(batch)
+    cut, nbytes = size_bounded(batch)
     assert cut == _size_bounded_reference(batch)
     assert nbytes == sum(map(len, cut))
 

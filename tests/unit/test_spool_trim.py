@@ -1,0 +1,77 @@
+"""The spool sheds what the daemon acknowledged (Spool.behind_acks), and a kill at any point keeps every
+unacknowledged record: the runner's side of "nothing is lost" while the file is kept small."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from labd.runner import spool as spool_module
+from labd.runner.spool import Spool, read_spool
+from tests.conftest import wait_until
+from tests.unit.test_channel import FakeDaemon, _channel
+from tests.unit.test_channel_speed import Receiver
+
+
+def _filled(path: Path, n: int, size: int = 100) -> tuple[Spool, list[bytes]]:
+    sp = Spool(path)
+    bodies = [bytes([65 + i % 26]) * size for i in range(n)]
+    for i, body in enumerate(bodies, 1):
+        sp.append(i, body)
+    return sp, bodies
+
+
+@pytest.fixture
+def small_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thresholds in bytes instead of MiB, so a few records cross them."""
+    monkeypatch.setattr(spool_module, "SPOOL_TRUNCATE_BYTES", 1_000)
+    monkeypatch.setattr(spool_module, "SPOOL_COMPACT_BYTES", 2_000)
+
+
+def test_everything_acknowledged_truncates_it(tmp_path: Path, small_limits: None) -> None:
+    """Over the truncate size with nothing unacknowledged: the file starts again from empty."""
+    sp, _ = _filled(tmp_path / "s", 20)
+    sp.behind_acks(21, [], [])
+    assert sp.size == 0 and list(read_spool(tmp_path / "s")) == []
+    sp.close()
+
+
+def test_a_large_mostly_acknowledged_spool_is_rewritten_to_its_tail(tmp_path: Path, small_limits: None) -> None:
+    """Over the compact size with a small unacknowledged tail (given in two parts, as the channel holds them):
+    the file holds exactly that tail, with its sequence numbers."""
+    sp, bodies = _filled(tmp_path / "s", 30)
+    sp.behind_acks(27, bodies[26:28], bodies[28:])
+    assert list(read_spool(tmp_path / "s")) == [(i, bodies[i - 1]) for i in range(27, 31)]
+    sp.close()
+
+
+def test_a_mostly_unacknowledged_or_small_spool_is_left_as_it_is(tmp_path: Path, small_limits: None) -> None:
+    """Rewriting most of a file to save little is not done; nor is anything under the truncate size."""
+    sp, bodies = _filled(tmp_path / "big", 30)
+    sp.behind_acks(5, bodies[4:], [])
+    assert len(list(read_spool(tmp_path / "big"))) == 30
+    small, _ = _filled(tmp_path / "small", 5)
+    small.behind_acks(6, [], [])
+    assert len(list(read_spool(tmp_path / "small"))) == 5
+    sp.close()
+    small.close()
+
+
+def test_a_running_channel_keeps_its_spool_small_behind_the_acks(endpoint: str, daemon: FakeDaemon,
+                                                                 small_limits: None, tmp_path: Path) -> None:
+    """End to end with a fake daemon that acknowledges everything: once all is acknowledged the spool holds no
+    record (truncated behind the acks), and the channel closes and removes it."""
+    ch = _channel(endpoint, daemon, spool=tmp_path / "events.spool")
+    rx = Receiver(daemon)
+    rx.start()
+    try:
+        for i in range(200):
+            ch.emit("output", {"stream": "stdout", "text": f"line {i} " + "x" * 50})
+        path = ch.spool_path
+        assert path is not None
+        wait_until(lambda: not list(read_spool(path)), timeout=30, what="the spool emptied behind the acks")
+        assert ch.close(timeout=10) and not path.exists()
+    finally:
+        rx.stop = True
+        rx.join(2)
