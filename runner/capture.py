@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["OutputCapture", "prepare_pipes"]
+__all__ = ["OutputCapture", "prepare_pipes", "report_crash"]
 
 CHUNK = 64 * 1024
 PARTIAL_FLUSH_S = 0.1
@@ -38,6 +38,22 @@ F_SETPIPE_SZ = 1031  # Linux
 
 #: (read, write) pipe pairs made ahead of time by a spare runner (runner/spare.py), used by the next install()
 _prepared: list[tuple[int, int]] = []
+
+
+#: a duplicate of fd 2 as it was before the first install(): the runner's real stderr (the daemon's log)
+_real_stderr: int | None = None
+
+
+def report_crash() -> None:
+    """Print the exception being handled on the runner's real stderr: fd 2 may be a capture pipe by now, whose
+    reader never gets to emit it when the process exits at once (the runner's last-resort handler)."""
+    import traceback
+
+    fd = _real_stderr if _real_stderr is not None else 2
+    try:
+        os.write(fd, traceback.format_exc().encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass
 
 
 def _new_pipe() -> tuple[int, int]:
@@ -76,6 +92,9 @@ class OutputCapture:
         self._busy = [0, 0]  # per stream: 1 while the reader holds its bytes not yet emitted
 
     def install(self) -> None:
+        global _real_stderr
+        if _real_stderr is None:  # where a crash of the runner's own set-up is reported (see report_crash)
+            _real_stderr = os.dup(2)
         for fd in (1, 2):
             r, w = _prepared.pop(0) if _prepared else _new_pipe()
             os.dup2(w, fd)

@@ -36,19 +36,14 @@ import zmq
 
 from labd.ipc.wire import Codec, PayloadError, WireError, encode_json, json_fallback
 from labd.runner import pacing
-from labd.runner.pacing import (
-    BATCH_EVENTS,
-    BULK_BYTES,
-    URGENT_GAP_S,
-    URGENT_KINDS,
-    Pacer,
-    is_bulk,
-    size_bounded,
-    urgent,
-)
+from labd.runner import spool as spool_file
+from labd.runner.pacing import URGENT_GAP_S, URGENT_KINDS, Pacer, is_bulk, size_bounded, urgent
 from labd.runner.spool import Spool
 
 __all__ = ["Channel", "is_bulk", "PayloadError"]
+
+# URGENT_GAP_S is read on emit's hot path (imported, a module global); the channel thread reads the rest of the
+# policy as pacing.X at call time, so tests and benchmarks can change it
 
 #: an idle runner says it is there this often (nothing else to send). Liveness of the process comes from
 #: the daemon's process table (monitor) and the exit watch, not from these: each heartbeat costs the
@@ -118,7 +113,7 @@ class Channel:
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.connected = threading.Event()
         self._was_connected = False
-        self._batch_cap = BATCH_EVENTS
+        self._batch_cap = pacing.BATCH_EVENTS
         self.sends = 0  # messages sent with events (for tests and benchmarks)
         #: called with the name of each phase of the channel thread's loop (tests emit at every phase)
         self.phase_hook: Callable[[str], None] | None = None
@@ -282,7 +277,7 @@ class Channel:
         pos = self._send_pos
         if pos >= len(self._q):
             return None
-        if self._force or self._unsent_bytes >= BULK_BYTES or len(self._q) - pos >= BATCH_EVENTS:
+        if self._force or self._unsent_bytes >= pacing.BULK_BYTES or len(self._q) - pos >= pacing.BATCH_EVENTS:
             return now
         bulk_due = self._times[pos] + pacing.BULK_DELAY_S
         if self._urgent_seq >= self._acked_upto + 1 + pos:
@@ -405,6 +400,9 @@ class Channel:
 
     def _trim_spool(self) -> None:
         """Let the spool shed what is acknowledged (:meth:`Spool.behind_acks`); run on the channel thread after acks."""
+        spool = self._spool
+        if spool is None or spool.size < spool_file.SPOOL_TRUNCATE_BYTES:  # the common case, without the lock
+            return
         with self._lock:
             if self._spool is not None:
                 self._spool.behind_acks(self._acked_upto + 1, self._q, self._pending)
@@ -467,7 +465,7 @@ class Channel:
                     return sent, False
                 start = self._send_pos
                 batch, nbytes = size_bounded(self._q[start:start + self._batch_cap])
-                self._batch_cap = BATCH_EVENTS
+                self._batch_cap = pacing.BATCH_EVENTS
             frames = self._codec.pack_events(self.session_id, batch)
             if len(frames[1]) > self._codec.max_message:
                 self._shrink(start, batch)

@@ -25,7 +25,7 @@ import psutil
 
 from labd.runner import forksafe
 from labd.runner.approvals import Approvals, ApprovalTimeout
-from labd.runner.capture import OutputCapture
+from labd.runner.capture import OutputCapture, report_crash
 from labd.runner.channel import Channel, PayloadError
 from labd.runner.context import Cancelled, Context
 from labd.runner.credentials import confine_runner, take_key
@@ -276,7 +276,7 @@ def child_main(spec: dict[str, Any]) -> None:
         code = run_session(spec)
     except BaseException:  # noqa: BLE001 - last resort: report on the real stderr, then exit
         try:
-            traceback.print_exc(file=sys.__stderr__)
+            report_crash()
         finally:
             os._exit(EXIT_FAILED)
     os._exit(code)

@@ -5,8 +5,9 @@ Measured on the start path (docs/benchmarks.md §22): the store read of a key to
 thread per ``session.start`` (SQLite re-reads pages after every commit of the writer), on the way to a session's
 first output. This set answers "certainly not in the store" without it.
 
-Exact, never a guess: the set is loaded at the daemon's start (every key within the retention period) and the
-writer notes each key *before* it commits it (a failed commit leaves an extra key, which only costs a store read).
+It never misses a key the store holds (it may hold extra ones, which only cost a store read): the set is loaded at
+the daemon's start (every key within the retention period) and the writer notes each key *before* it commits it (a
+failed commit leaves an extra key).
 The daemon is the store's only writer of keys. Past :data:`LIMIT` keys it stops being complete and every lookup goes
 to the store again, as before (bounded memory: ~100 bytes a key).
 """
@@ -14,6 +15,7 @@ to the store again, as before (bounded memory: ~100 bytes a key).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,6 +26,7 @@ from labd.store.schema import IDEMPOTENCY_RETENTION, idempotency_keys
 __all__ = ["KnownKeys", "LIMIT"]
 
 LIMIT = 20_000  # keys kept in memory (a day of starts for all but the busiest boxes)
+PRUNE_MARGIN_S = 3600.0  # expired keys are dropped from memory this long after the store stops returning them
 
 
 class KnownKeys:
@@ -55,8 +58,10 @@ class KnownKeys:
             for row in rows:
                 self._keys[str(row["key"])] = float(row["created_at"])
             if len(self._keys) > self.limit:
-                newest = max(self._keys.values())
-                self._keys = {k: t for k, t in self._keys.items() if t >= newest - IDEMPOTENCY_RETENTION}
+                # Only what the store no longer returns either, with a margin: a key noted with a clock that
+                # later stepped back must not be dropped while the store still holds it.
+                cutoff = min(max(self._keys.values()), time.time()) - IDEMPOTENCY_RETENTION - PRUNE_MARGIN_S
+                self._keys = {k: t for k, t in self._keys.items() if t >= cutoff}
                 if len(self._keys) > self.limit:  # more keys within a retention period than we keep
                     self.complete, self._keys = False, {}
 

@@ -17,7 +17,7 @@ import zmq
 
 from labd.runner.channel import Channel, _monitor_event
 from labd.runner.pacing import BULK_DELAY_S, URGENT_BURST, URGENT_GAP_S, Pacer
-from tests.unit.test_channel import KEY, SID
+from tests.unit.test_channel import KEY, SID, FakeDaemon
 
 
 def test_the_first_urgent_messages_of_a_burst_leave_at_once_then_one_per_gap() -> None:
@@ -63,6 +63,26 @@ def test_the_channel_sends_urgent_events_as_paced_and_bulk_ones_after_their_dela
         now = time.monotonic()
         assert ch._due_at(now) == now  # noqa: SLF001
     finally:
+        ch.discard()
+
+
+def test_each_events_message_the_channel_sends_spends_from_the_pacer(endpoint: str, daemon: FakeDaemon) -> None:
+    """The wiring: every events message ``_flush`` sends is counted by the pacer at its own send time (driven by
+    hand on a real socket; the bucket's arithmetic is pinned above)."""
+    ch = Channel(endpoint, KEY, SID)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(endpoint)
+    try:
+        for n in range(1, URGENT_BURST + 1):
+            _queued(ch, "output")
+            sent, blocked = ch._flush(sock, time.monotonic())  # noqa: SLF001
+            assert sent and not blocked and ch.sends == n
+            assert ch._pacer._at == ch._last_send  # noqa: SLF001 - spent at the send's own time
+        assert [ev[0] for ev in daemon.recv_events(URGENT_BURST, timeout=20)] == list(range(1, URGENT_BURST + 1))
+    finally:
+        sock.close(0)
+        ctx.term()
         ch.discard()
 
 

@@ -96,8 +96,10 @@ def test_noting_drops_expired_keys_before_giving_up() -> None:
     """At the limit, keys older than the retention period (relative to the newest) make room first."""
     known = KnownKeys(limit=2)
     known.complete = True  # as after loading an empty store
-    known.note([{"key": "a", "created_at": 0.0}, {"key": "b", "created_at": 1.0}])
-    known.note([{"key": "c", "created_at": IDEMPOTENCY_RETENTION + 10.0}])
+    now = time.time()
+    known.note([{"key": "a", "created_at": now - 2 * IDEMPOTENCY_RETENTION},
+                {"key": "b", "created_at": now - 2 * IDEMPOTENCY_RETENTION + 1}])
+    known.note([{"key": "c", "created_at": now}])
     assert known.complete and len(known) == 1 and known.may_exist("c") and not known.may_exist("a")
 
 
@@ -107,3 +109,36 @@ def test_an_unloaded_set_answers_nothing_from_memory() -> None:
     assert known.may_exist("x")
     known.note([{"key": "y", "created_at": 1.0}])
     assert known.may_exist("z")
+
+
+def test_the_writer_notes_a_key_before_its_commit(engine: Engine) -> None:  # noqa: F811
+    """At the moment the store commits a key, the set already has it: a reader on another thread, between the
+    commit and a later note, would otherwise take a committed key for a new one and start a second session."""
+    now = time.time()
+    known = KnownKeys()
+    known.load(engine, now)
+    writer = BatchWriter(engine, known)
+    at_commit: list[bool] = []
+
+    def on_commit(_conn: Any) -> None:
+        at_commit.append(known.may_exist("k-commit"))
+
+    event.listen(engine, "commit", on_commit)
+    try:
+        _start(writer, {}, "s1", "k-commit", now)
+    finally:
+        event.remove(engine, "commit", on_commit)
+    assert at_commit and all(at_commit)
+    writer.close()
+
+
+def test_a_clock_stepped_back_does_not_drop_a_key_the_store_still_holds() -> None:
+    """Pruning at the limit drops only keys the store no longer returns either, judged against the present: a key
+    noted under a clock that was ahead (then stepped back) stays."""
+    known = KnownKeys(limit=2)
+    known.complete = True
+    now = time.time()
+    known.note([{"key": "ahead", "created_at": now + 3 * IDEMPOTENCY_RETENTION}])  # noted with a wrong clock
+    known.note([{"key": "today", "created_at": now}, {"key": "also-today", "created_at": now - 60}])
+    assert not known.complete or known.may_exist("today")  # never "certainly not" for a key within the retention
+    assert known.may_exist("today") and known.may_exist("also-today")
