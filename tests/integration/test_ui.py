@@ -203,6 +203,27 @@ def test_a_session_page_open_on_a_failed_session_follows_its_resume(page: Any, u
     assert "fixed the input" in page.locator('#activity [data-kind="session.continued"]').inner_text()
 
 
+def test_a_page_left_while_it_loads_never_overwrites_the_next(page: Any, ui: dict[str, Any]) -> None:
+    """The sessions page waits for its start form's workflow list; the user moves to the approvals page meanwhile,
+    and only then does that request fail. The approvals page stays (no error of the page left behind replaces
+    it), and keeps updating. (Found as a CI flake: a request hanging across a daemon restart wiped the page the
+    test was on 15 s later.)"""
+    held: list[Any] = []
+    page.route("**/api/workflows", lambda route: held.append(route))  # held until the test fails it
+    with page.expect_request("**/api/workflows"):
+        page.reload()  # a fresh load of the sessions page, whose start form's request is held
+    # (the sync API runs the route handler while the test calls into the page)
+    wait_until(lambda: page.evaluate("true") and bool(held), timeout=30, what="the held request")
+    page.evaluate("location.hash = '#/approvals'")
+    page.wait_for_selector("#no-approvals")
+    with page.expect_event("requestfailed"):
+        held[0].abort()
+    page.evaluate("new Promise(r => setTimeout(r, 0))")  # let the page run what the failure queued
+    page.evaluate("new Promise(r => setTimeout(r, 0))")
+    assert page.locator("#page-error").count() == 0 and page.locator("#sessions").count() == 0
+    assert page.locator("#no-approvals").is_visible()
+
+
 def test_a_page_whose_first_load_fails_keeps_trying_and_recovers(page: Any, ui: dict[str, Any]) -> None:
     """With the daemon down, the approvals page says it could not load (it does not go blank or stop); once a
     daemon answers again, the same page, without a reload, shows the current state."""

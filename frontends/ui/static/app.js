@@ -41,6 +41,7 @@ async function polled(refresh, main) {
   const run = () => refresh().then(() => { note.hidden = true; },
                                     e => { note.textContent = `could not load: ${e.message}`; note.hidden = false; });
   await run();
+  if (!main.isConnected) return;  // the user moved on while it loaded: no timer for a page no longer shown
   timers.push(setInterval(run, 1000));
 }
 
@@ -114,6 +115,7 @@ function activityLine(ev) {
 
 async function sessionPage(main, sid) {
   const s = await api(`/api/sessions/${sid}`);
+  if (!main.isConnected) return;  // the user moved on while it loaded: no stream for a page no longer shown
   const head = el("div", {class: "card", id: "session-head"});
   const renderHead = x => head.replaceChildren(el("h2", {}, `${x.name} `, status(x.status)),
     el("div", {class: "muted"}, `${x.id} · ${x.workflow} · cost $${(x.cost || 0).toFixed(4)} · ${x.reason || ""}`),
@@ -236,7 +238,10 @@ async function header() {
 }
 async function route() {
   cleanup();
-  const main = $("#main");
+  // Each route renders into a container of its own: a page still loading when the user moves on (a slow
+  // daemon, a restart) then fills, or reports its error into, a container no longer shown, never the next page.
+  const main = el("div", {class: "page"});
+  $("#main").replaceChildren(main);
   const h = location.hash || "#/";
   try {
     if (h.startsWith("#/s/")) await sessionPage(main, h.slice(4));
