@@ -132,12 +132,15 @@ class Codec:
         raw = encode_json(env)
         return [self.signer.sign(raw), raw]
 
+    def _events_head(self, session: str) -> bytes:
+        """An ``events`` message up to its body's ``session`` field, for a body spliced together from bytes."""
+        return (b'{"v":%d,"id":"%s","ts":%r,"type":"events","body":{"session":' %
+                (PROTOCOL_VERSION, self.new_id().encode(), time.time())) + orjson.dumps(session)
+
     def pack_events(self, session: str, events: list[bytes]) -> list[bytes]:
         """``[signature, body]`` of an ``events`` message whose events are already JSON-encoded (the runner
         encodes each event once, when it is emitted, for its spool; they are spliced in, not re-encoded)."""
-        head = (b'{"v":%d,"id":"%s","ts":%r,"type":"events","body":{"session":' %
-                (PROTOCOL_VERSION, self.new_id().encode(), time.time()))
-        raw = b"".join((head, orjson.dumps(session), b',"events":[', b",".join(events), b"]}}"))
+        raw = b"".join((self._events_head(session), b',"events":[', b",".join(events), b"]}}"))
         return [self.signer.sign(raw), raw]
 
     def pack_run(self, session: str, offset: int, span: bytes | memoryview) -> list[bytes]:
@@ -145,9 +148,7 @@ class Codec:
         <span>]}``: ``span`` (a runner frame's events array, as received) is spliced in, not re-encoded. It sits
         inside a two-element array on purpose: were it more than one JSON value (crafted bytes), the message would
         not be valid JSON, so it never decodes into something other than that one array (docs/protocol.md)."""
-        head = (b'{"v":%d,"id":"%s","ts":%r,"type":"events","body":{"session":' %
-                (PROTOCOL_VERSION, self.new_id().encode(), time.time()))
-        raw = b"".join((head, orjson.dumps(session), b',"run":[%d,' % offset, span, b"]}}"))
+        raw = b"".join((self._events_head(session), b',"run":[%d,' % offset, span, b"]}}"))
         return [self.signer.sign(raw), raw]
 
     def unpack(self, frames: list[bytes], *, seen: bool = False) -> Message:

@@ -164,7 +164,11 @@ class Start(Request):
             created["agents"] = overrides
         if key is not None:
             created.update(idempotency_key=key, request_digest=digest)
-            self._remember(key, sid, digest, name)
+            hit = d.idempotent_starts.get(key)
+            if hit is not None:  # remembered before the check: now with the session's name
+                d.idempotent_starts[key] = (hit[0], hit[1], name, hit[3], hit[4])
+            else:  # pushed out while the check ran (a full table): remembered again
+                self._remember(key, sid, digest, name)
         if skill is not None:
             created["skill"] = skill
             if skill.get("origin_session"):

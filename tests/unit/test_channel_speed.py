@@ -25,7 +25,8 @@ PHASES = ("top", "drained", "taken", "flushed", "decided", "polled", "handled")
 
 
 class Receiver(threading.Thread):
-    """Receives events at the fake daemon, records when each src_seq arrived, and acks everything."""
+    """Receives events at the fake daemon, records when each src_seq arrived, and acks everything; a context
+    manager: running inside the ``with``, stopped after it."""
 
     def __init__(self, daemon: FakeDaemon, ack: bool = True) -> None:
         super().__init__(daemon=True)
@@ -33,6 +34,14 @@ class Receiver(threading.Thread):
         self.ack = ack
         self.arrived: dict[int, float] = {}
         self.stop = False
+
+    def __enter__(self) -> Receiver:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop = True
+        self.join(2)
 
     def run(self) -> None:
         while not self.stop:
@@ -117,9 +126,7 @@ def test_bulk_events_are_batched_but_urgent_ones_take_them_along(endpoint: str, 
     monkeypatch.setattr(pacing, "BULK_DELAY_S", 5.0)
     ch = _channel(endpoint, daemon)
     channels.append(ch)
-    rx = Receiver(daemon)
-    rx.start()
-    try:
+    with Receiver(daemon) as rx:
         before = ch.sends
         bulk = [ch.emit("custom", {"name": "tick", "data": i}) for i in range(500)]
         t0 = time.monotonic()
@@ -130,9 +137,6 @@ def test_bulk_events_are_batched_but_urgent_ones_take_them_along(endpoint: str, 
         assert rx.arrived[seq] - t0 < BOUND_S
         assert all(rx.arrived.get(b, float("inf")) <= rx.arrived[seq] for b in bulk), "bulk events left behind"
         assert ch.sends - before <= 20, f"{ch.sends - before} messages for 501 events"
-    finally:
-        rx.stop = True
-        rx.join(2)
 
 
 def test_emit_writes_a_checksummed_spool_that_is_removed_when_all_is_acked(endpoint: str, daemon: FakeDaemon,

@@ -20,6 +20,12 @@ from tests.unit.test_channel import FakeDaemon, _channel
 from tests.unit.test_channel_speed import BOUND_S, Receiver
 
 
+def _sent_once(ch: Channel, rx: Receiver) -> None:
+    """One bulk event sent and received: from now on the channel thread ticks armed (it sent lately)."""
+    first = ch.emit("llm.request", {"n": 0})
+    wait_until(lambda: first in rx.arrived, timeout=10)
+
+
 def test_bulk_emits_after_a_send_wake_nothing_and_still_leave_within_the_bulk_delay(
         endpoint: str, daemon: FakeDaemon, channels: list[Channel], tmp_path: Path) -> None:
     """A workflow emitting tracking events steadily: once the channel has sent, no bulk emit asks the channel
@@ -27,11 +33,8 @@ def test_bulk_emits_after_a_send_wake_nothing_and_still_leave_within_the_bulk_de
     daemon promptly. Before, the first bulk emit after each send woke the thread."""
     ch = _channel(endpoint, daemon, spool=tmp_path / "events.spool")
     channels.append(ch)
-    rx = Receiver(daemon)
-    rx.start()
-    try:
-        first = ch.emit("llm.request", {"n": 0})
-        wait_until(lambda: first in rx.arrived, timeout=10)
+    with Receiver(daemon) as rx:
+        _sent_once(ch, rx)
         woke = 0
         emitted: dict[int, float] = {}
         for i in range(1, 41):  # ~0.4 s of a busy agent: several sends and acks in between
@@ -43,9 +46,6 @@ def test_bulk_emits_after_a_send_wake_nothing_and_still_leave_within_the_bulk_de
         assert woke == 0
         late = {s: rx.arrived[s] - t for s, t in emitted.items() if rx.arrived[s] - t > BULK_DELAY_S + BOUND_S}
         assert not late
-    finally:
-        rx.stop = True
-        rx.join()
 
 
 def test_an_urgent_emit_still_wakes_the_ticking_thread(endpoint: str, daemon: FakeDaemon,
@@ -54,11 +54,8 @@ def test_an_urgent_emit_still_wakes_the_ticking_thread(endpoint: str, daemon: Fa
     leaves at once, taking the bulk events before it along."""
     ch = _channel(endpoint, daemon)
     channels.append(ch)
-    rx = Receiver(daemon)
-    rx.start()
-    try:
-        first = ch.emit("llm.request", {"n": 0})
-        wait_until(lambda: first in rx.arrived, timeout=10)
+    with Receiver(daemon) as rx:
+        _sent_once(ch, rx)
         time.sleep(0.02)  # acked; the thread now ticks
         bulk = ch.emit("cost.recorded", {"n": 1})
         t0 = time.monotonic()
@@ -66,9 +63,6 @@ def test_an_urgent_emit_still_wakes_the_ticking_thread(endpoint: str, daemon: Fa
         wait_until(lambda: urgent in rx.arrived, timeout=10)
         assert bulk in rx.arrived and rx.arrived[bulk] <= rx.arrived[urgent]
         assert rx.arrived[urgent] - t0 < BOUND_S
-    finally:
-        rx.stop = True
-        rx.join()
 
 
 _CRASH = """

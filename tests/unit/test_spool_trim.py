@@ -66,15 +66,10 @@ def test_a_running_channel_keeps_its_spool_small_behind_the_acks(endpoint: str, 
     # any size counts here: however the last acks fall, the one after the last event finds the spool non-empty
     monkeypatch.setattr(spool_module, "SPOOL_TRUNCATE_BYTES", 1)
     ch = _channel(endpoint, daemon, spool=tmp_path / "events.spool")
-    rx = Receiver(daemon)
-    rx.start()
-    try:
+    with Receiver(daemon):  # it acknowledges everything
         for i in range(200):
             ch.emit("output", {"stream": "stdout", "text": f"line {i} " + "x" * 50})
         path = ch.spool_path
         assert path is not None
         wait_until(lambda: not list(read_spool(path)), timeout=30, what="the spool emptied behind the acks")
         assert ch.close(timeout=10) and not path.exists()
-    finally:
-        rx.stop = True
-        rx.join(2)
