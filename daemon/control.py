@@ -96,7 +96,7 @@ class ControlPlane:
                     self.checks.submit(check, result, context)
                 except ApiError as exc:
                     result.close()
-                    self._flow_failed(control, identity, msg.id, exc)
+                    self._refuse(control, identity, msg.id, exc)
             return
         if result is not DEFERRED:
             self._reply(control, identity, msg.id, result)
@@ -111,17 +111,19 @@ class ControlPlane:
             if stop.value is not DEFERRED:
                 self._reply(control, identity, req_id, stop.value)
         except ApiError as exc:
-            self._flow_failed(control, identity, req_id, exc)
+            self._refuse(control, identity, req_id, exc)
         except Exception as exc:  # noqa: BLE001 - never a traceback on the wire; the log has it
             self.log.exception("request failed", type=type_)
-            self._flow_failed(control, identity, req_id, ApiError("internal", f"internal error: {exc}"))
+            self._refuse(control, identity, req_id, ApiError("internal", f"internal error: {exc}"))
         return None
 
-    def _flow_failed(self, control: zmq.Socket, identity: bytes, req_id: str, error: ApiError) -> None:
-        """Refuse a suspended request, and the keyed retries that waited for it (a start remembers its
-        idempotency key before its workflow check, so retries during the check join it)."""
+    def _refuse(self, control: zmq.Socket, identity: bytes, req_id: str, error: ApiError) -> None:
+        """Refuse a request, and the keyed retries that waited for it: a suspended one that failed (a start
+        remembers its idempotency key before its workflow check, so retries during the check join it), or a
+        start the writer refused."""
         self.idempotent_starts.pop(self.idempotent_requests.pop(req_id, ""), None)
         self._answer_retries(control, ("refused", (identity, req_id), error.code, error.message))
+        self._deferred.pop(req_id, None)
         self._reply(control, identity, req_id, error=error)
 
     def _drain_notes(self, notes: zmq.Socket, control: zmq.Socket) -> None:
@@ -130,10 +132,9 @@ class ControlPlane:
                 note = notes.recv_pyobj(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if note[0] in ("committed", "refused"):  # committed: the store has the key now; refused: no session
+            if note[0] == "committed":  # the store has the key now
                 self.idempotent_starts.pop(self.idempotent_requests.pop(note[1][1], ""), None)
                 self._answer_retries(control, note)
-            if note[0] == "committed":
                 _, (identity, req_id), sid, seq, payload = note
                 formatter = self._deferred.pop(req_id, None)
                 if formatter is not None:
@@ -143,9 +144,8 @@ class ControlPlane:
                 self._reply(control, identity, req_id, {"session": sid, "name": payload.get("name"),
                                                         "pid": run.pid if run and run.pid > 0 else None})
             elif note[0] == "refused":
-                _, (identity, req_id), code, message = note
-                self._deferred.pop(req_id, None)
-                self._reply(control, identity, req_id, error=ApiError(code, message))
+                _, (identity, req_id), code, message = note  # no session
+                self._refuse(control, identity, req_id, ApiError(code, message))
             elif note[0] == "done":  # a write that is not an event (skills)
                 _, (identity, req_id), result = note
                 self._deferred.pop(req_id, None)

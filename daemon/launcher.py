@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from labd.daemon.priority import lower_priority
+from labd.daemon.priority import lower_priority, own_priority
 
 __all__ = ["Launcher", "TemplateLauncher", "ExitInfo", "LaunchError", "signal_group", "is_same_process",
            "hand_over_key"]
@@ -86,6 +86,7 @@ class TemplateLauncher:
         # a warm spare runner in the template (runner/spare.py): 1 = on, 0 = off
         self._env["LABD_SPARE_RUNNERS"] = "1" if spare_runners else "0"
         self._runner_nice = runner_nice  # each runner is reniced once launched (daemon/priority.py)
+        self._base_priority: tuple[int, int | None] | None = None  # the daemon's, read at template start
         self._timeout = timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._buf = b""
@@ -95,6 +96,8 @@ class TemplateLauncher:
         self._inspecting: set[int] = set()  # inspect requests not answered yet
 
     def start(self) -> None:
+        if self._runner_nice:  # what runners are placed relative to: read once per template, not per launch
+            self._base_priority = own_priority()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "labd.runner.template"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             env=self._env, start_new_session=True, close_fds=True,
@@ -201,7 +204,7 @@ class TemplateLauncher:
         # here rather than in the template: a spare warms up at the daemon's priority (first output); the runner
         # is reniced as soon as the daemon knows its pid, i.e. within its first milliseconds
         if self._runner_nice:  # 0: as started (the daemon's nice value, inherited), and ~40 us off the start path
-            lower_priority(pid, self._runner_nice)  # relative to the daemon's own values
+            lower_priority(pid, self._runner_nice, self._base_priority)  # relative to the daemon's own values
         if isinstance(reply.get("create_time"), float):  # a spare's: read by the template before the request
             return pid, reply["create_time"]
         try:

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from labd.runner.pipes import write_all
+
 __all__ = ["CHECK_TIMEOUT_S", "CHECKER_DELAY_S", "Check", "Checker", "check_workflow", "fork_check", "fork_checker"]
 
 CHECK_TIMEOUT_S = 20.0
@@ -53,9 +55,7 @@ def _answer_one(requests: int, answers: int) -> None:
         os._exit(0)
     req = json.loads(data)
     result = check_workflow(req["workflow"], req.get("params") or {}, req.get("path") or [])
-    payload = json.dumps(result, default=repr).encode()
-    while payload:
-        payload = payload[os.write(answers, payload):]
+    write_all(answers, json.dumps(result, default=repr).encode())
     # End of file now: exit closes files only after it has torn down the address space (a forked template:
     # several ms), and the template reads the answer at end of file.
     os.close(answers)
@@ -76,10 +76,8 @@ class Checker:
     def hand_over(self, req: dict[str, Any]) -> Check | None:
         """Give it the check (then end of file); the :class:`Check` to read its answer from, or None if it is
         gone (its pipes are closed either way)."""
-        data = json.dumps(req).encode()
         try:
-            while data:
-                data = data[os.write(self.requests, data):]
+            write_all(self.requests, json.dumps(req).encode())
         except OSError:  # EPIPE: it died unused
             os.close(self.requests)
             os.close(self.answers)

@@ -40,6 +40,7 @@ from typing import Any
 from setproctitle import setproctitle
 
 from labd.runner.checks import CHECKER_DELAY_S, Check, Checker, fork_check, fork_checker
+from labd.runner.pipes import write_all
 
 #: imported before any fork so every runner starts warm
 PRELOAD = ["zmq", "orjson", "structlog", "psutil", "labd.runner.session", "labd.runner.workflows.demo",
@@ -53,10 +54,7 @@ def _set_title(title: str) -> None:
 
 
 def _write(out_fd: int, obj: dict[str, Any]) -> None:
-    data = (json.dumps(obj) + "\n").encode()
-    while data:
-        n = os.write(out_fd, data)
-        data = data[n:]
+    write_all(out_fd, (json.dumps(obj) + "\n").encode())
 
 
 def _reap(out_fd: int, spare: int | None = None) -> bool:
@@ -195,10 +193,8 @@ def _fork_spare(in_fd: int, out_fd: int, wake_fds: tuple[int, int], hints: dict[
 
 def _hand_over(spare: _Spare, spec: dict[str, Any]) -> bool:
     """Give ``spec`` to the spare (all of it, then end of file); False if the spare is gone."""
-    data = json.dumps(spec).encode()
     try:
-        while data:
-            data = data[os.write(spare.fd, data):]
+        write_all(spare.fd, json.dumps(spec).encode())
         return True
     except OSError:  # EPIPE: it died before we noticed
         return False
