@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from labd.store.search import SearchIndex
+from labd.store.search import IndexHints, SearchIndex
 
 __all__ = ["Indexer"]
 
@@ -17,9 +17,9 @@ __all__ = ["Indexer"]
 class Indexer(threading.Thread):
     """Runs :meth:`SearchIndex.update` every ``interval`` seconds until stopped."""
 
-    def __init__(self, home: Path, engine: Any, interval: float = 1.0) -> None:
+    def __init__(self, home: Path, engine: Any, hints: IndexHints | None = None, interval: float = 1.0) -> None:
         super().__init__(name="labd-indexer", daemon=True)
-        self.index = SearchIndex(home / "search.db", engine)
+        self.index = SearchIndex(home / "search.db", engine, hints)
         self.interval = interval
         self._halt = threading.Event()  # not `_stop`: Thread has a method of that name
         self.log = structlog.get_logger("labd.indexer")

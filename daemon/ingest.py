@@ -36,6 +36,7 @@ from labd.daemon.warnlimit import WarnLimiter
 from labd.ipc.wire import Codec, PayloadError
 from labd.store.blobs import take_blobs
 from labd.store.projections import SessionCursor, apply
+from labd.store.search import IndexHints
 from labd.store.writer import BatchWriter
 
 __all__ = ["Ingest", "INGEST_IN", "INGEST_NOTIFY", "MAX_BATCH", "Batch", "runner_session"]
@@ -88,6 +89,8 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         self.outcap = OutputCaps(lambda sid: getattr(self.cursors.get(sid), "output_cap", None), counters)  # backstop
         self.log = structlog.get_logger("labd.ingest")
         self.cursors: dict[str, SessionCursor] = {}
+        #: which sessions' new rows hold nothing the search index wants (read by the indexer)
+        self.index_hints = IndexHints()
         self._last_resend: dict[str, float] = {}
         self._warn = WarnLimiter(self.log).warn  # bad frames: a line a second per reason, counters exact
         self.topics: set[bytes] = set()  # live-tail subscriptions (see _on_subscriptions)
@@ -377,6 +380,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
             payload = receive_shipped(self.sessions_dir, cur.id, payload)
         payload = take_blobs(cur.id, seq, ts, payload, changes)  # full-fidelity texts -> blobs table
         text = orjson.dumps(payload, default=repr).decode()  # first: a TypeError here has changed nothing
+        self.index_hints.staged(cur.id, seq, kind)  # before the commit (store.search.IndexHints)
         if kind in PROJECTED:
             apply(cur, seq, ts, kind, src, node_id, payload, changes)
             if kind == "cost.recorded" and cur.budget is not None and cur.cost > cur.budget and not cur.budget_hit:

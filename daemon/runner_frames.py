@@ -28,6 +28,7 @@ from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
 from labd.ipc.signing import derive_key
 from labd.ipc.wire import Codec, Message, WireError
 from labd.store.projections import SessionCursor
+from labd.store.search import IndexHints
 
 if TYPE_CHECKING:
     from labd.store.writer import BatchWriter
@@ -50,6 +51,7 @@ class RunnerFrames:
     outcap: OutputCaps
     log: Any
     cursors: dict[str, SessionCursor]
+    index_hints: IndexHints
     routes: dict[str, bytes]
     last_seen: dict[str, float]
     _runner_codecs: dict[str, Codec]
@@ -187,6 +189,7 @@ class RunnerFrames:
         fast = not self._safe
         hot = 0
         runner_seq, last_seq = cur.runner_seq, cur.last_seq
+        self.index_hints.writing(sid, last_seq + 1)  # the hot rows below are never indexable kinds
         in_slow = False  # True while a slow path runs: then the cursor, not the locals, is current
         try:
             for ev in evs:

@@ -227,7 +227,7 @@ class Daemon(ControlPlane):
             self.supervisor.adopt(row, unrecorded.get(row["id"]))
         requeue(self, queued, unrecorded)  # sessions queued when the last daemon stopped wait again, in order
         self.telemetry = _start_telemetry(cfg, engine, layout.home)
-        self.indexer = Indexer(layout.home, engine)
+        self.indexer = Indexer(layout.home, engine, ingest.index_hints)
         self.indexer.start()
         self.retention = Retention(layout.sessions_dir, engine, self.delete_sessions,
                                    older_than=cfg.retention_seconds, statuses=cfg.retention_statuses)

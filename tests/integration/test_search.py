@@ -91,3 +91,32 @@ def test_cli_search(daemon) -> None:
     out = subprocess.run([sys.executable, "-m", "labd", "search", "delta", "--json"], capture_output=True, text=True,
                          env=env, timeout=60)
     assert json.loads(out.stdout)[0]["session_id"] == sid
+
+
+INTERLEAVED = """
+def interleaved(ctx, rounds: int = 30, ticks: int = 3000):
+    for r in range(rounds):
+        for i in range(ticks):
+            ctx.emit("tick", i)
+        print("round", r)
+        with ctx.step(f"stepmark {r}"):
+            pass
+        ctx.sleep(0.05)
+    return rounds
+"""
+
+
+def test_every_step_is_found_among_bulk_events_indexed_while_the_session_runs(daemon, tmp_path: Path) -> None:
+    """A session that writes bulk events (ticks, output) with a step now and then, for a few seconds, while the
+    indexer runs beside it: ingest tells the indexer which new rows hold nothing indexable (store.search.IndexHints),
+    and not one of the steps among them is missed."""
+    (tmp_path / "bulkflows.py").write_text(INTERLEAVED)
+    with daemon.client() as c:
+        sid = c.start("./bulkflows.py:interleaved", cwd=str(tmp_path))
+        assert c.wait(sid, timeout=120)["status"] == "completed"
+        wait_until(lambda: len(c.search("stepmark", types=["step"], limit=100)) >= 30, timeout=30,
+                   what="every step indexed")
+        hits = c.search("stepmark", types=["step"], limit=100)
+        assert sorted(h["title"] for h in hits) == sorted(f"stepmark {r}" for r in range(30))
+        assert {h["session_id"] for h in hits} == {sid}
+

@@ -107,3 +107,82 @@ class _Rows:
 
     def all(self) -> list:  # type: ignore[type-arg]
         return self._rows
+
+
+def _tick(eng: Engine, sid: str, seq: int) -> None:
+    """A bulk ``custom`` event (never indexed) at ``seq``."""
+    with eng.begin() as conn:
+        conn.execute(insert(events).values(session_id=sid, seq=seq, ts=time.time(), kind="custom", src="r",
+                                           src_seq=seq, payload=orjson.dumps({"name": "tick", "data": seq}).decode()))
+        conn.execute(update(sessions).where(sessions.c.id == sid).values(last_seq=seq))
+
+
+def _event_reads(engine: Engine) -> list[int]:
+    """Counts the indexer's reads of the events table (appends one per statement)."""
+    from sqlalchemy import event as sa_event
+
+    reads: list[int] = []
+
+    @sa_event.listens_for(engine, "before_cursor_execute")
+    def count(conn, cursor, statement, params, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("SELECT") and "FROM events" in statement:
+            reads.append(1)
+    return reads
+
+
+def test_hints_spare_reading_rows_that_hold_nothing_indexable(engine: Engine, tmp_path: Path) -> None:
+    """With ingest's hints, a session whose new rows (written by this daemon) are all bulk kinds is not read back:
+    only its mark moves. A row of an indexable kind staged among them is read and indexed, and then the session's
+    bulk rows are skipped again."""
+    hints = search.IndexHints()
+    _session(engine, "bulk", "bulk alpha")
+    index = SearchIndex(tmp_path / "search.db", engine, hints)
+    assert index.update() == 1  # written before this process's hints began: read
+    reads = _event_reads(engine)
+    hints.writing("bulk", 2)
+    for seq in range(2, 200):
+        _tick(engine, "bulk", seq)
+    assert index.update() == 0
+    assert reads == []  # the 198 ticks were not read back
+    hints.staged("bulk", 200, "step.started")
+    _grow(engine, "bulk", 200, "bulk omega")
+    assert index.update() == 1
+    assert len(reads) == 1
+    assert _hits(index, "omega") == [("bulk", 200)]
+    hints.writing("bulk", 201)
+    for seq in range(201, 250):
+        _tick(engine, "bulk", seq)
+    assert index.update() == 0
+    assert len(reads) == 1
+    with index._db:  # noqa: SLF001 - the mark moved over the skipped rows: a restart will not read them either
+        assert index._db.execute("SELECT seq FROM indexed WHERE session_id = 'bulk'").fetchone() == (249,)  # noqa: SLF001
+    index.close()
+
+
+def test_hints_never_hide_rows_written_before_them_or_dropped(engine: Engine, tmp_path: Path) -> None:
+    """Rows an earlier daemon wrote (before this process's first seq for the session) are read even though the
+    hints say nothing indexable came since; so is a session whose hints were dropped at the bound (a row staged
+    after the drop starts the session's hints again, from that row)."""
+    hints = search.IndexHints(limit=2)
+    _session(engine, "a", "first alpha")
+    _grow(engine, "a", 2, "earlier beta")  # an earlier daemon's row
+    hints.writing("a", 3)  # this daemon writes from seq 3 on
+    _tick(engine, "a", 3)
+    index = SearchIndex(tmp_path / "search.db", engine, hints)
+    assert index.update() == 2
+    assert _hits(index, "beta") == [("a", 2)]
+    hints.writing("b", 1)
+    hints.writing("c", 1)  # past the bound of 2: every hint is dropped
+    assert not hints.nothing_after("a", 3)
+    hints.staged("a", 4, "agent.message")  # starts "a" again, from seq 4, with an indexable row
+    with engine.begin() as conn:
+        conn.execute(insert(events).values(session_id="a", seq=4, ts=time.time(), kind="agent.message", src="r",
+                                           src_seq=4, node_id="n4",
+                                           payload=orjson.dumps({"agent": "x", "content": "gamma"}).decode()))
+        conn.execute(update(sessions).where(sessions.c.id == "a").values(last_seq=4))
+    assert index.update() == 1
+    assert _hits(index, "gamma") == [("a", 4)]
+    assert hints.nothing_after("a", 4)
+    index.forget(["a"])
+    assert not hints.nothing_after("a", 4)
+    index.close()
