@@ -127,7 +127,7 @@ def test_a_connected_channel_has_not_imported_zmq_asyncio(endpoint: str) -> None
         while "events" not in types:
             assert router.poll(20_000), "nothing received"
             types.add(codec.unpack(router.recv_multipart()[1:]).type)
-        print("hello" in types, "zmq.asyncio" in sys.modules, "zmq.utils.monitor" in sys.modules)
+        print("hello" in types, "zmq.asyncio" in sys.modules, "zmq.utils.monitor" in sys.modules, flush=True)
         ch.discard = lambda: None
         router.close(0)
         import os
