@@ -28,8 +28,8 @@ from labd.ipc.connection import (
     read_connection_file,
 )
 from labd.ipc.events import TERMINAL_STATUSES
-from labd.ipc.follow import follow_session, still_ended
-from labd.ipc.live import WIRE_FIELDS, event_from_wire
+from labd.ipc.follow import FollowCursor, still_ended
+from labd.ipc.live import WIRE_FIELDS, event_from_wire, live_events
 from labd.ipc.paths import layout_for
 from labd.ipc.wire import Codec, WireError
 
@@ -450,7 +450,53 @@ class Client:
         session had already ended at or before ``since``); raises
         :class:`LabdError` ``timeout`` after ``timeout`` s.
         """
-        return follow_session(self, ref, since, until_end=until_end, timeout=timeout)
+        row = self.session(ref)
+        sid = row["id"]
+        sub = self._socket(zmq.SUB)
+        sub.setsockopt(zmq.RCVHWM, 100_000)
+        sub.setsockopt(zmq.SUBSCRIBE, f"session.{sid}".encode())
+        sub.connect(self.info.events)
+        codec = Codec(self.info.key_bytes)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cursor = FollowCursor(since)
+        try:
+            def from_store(upto: int | None) -> Iterator[dict[str, Any]]:
+                for ev in self.history(sid, since=cursor.last):
+                    if upto is not None and ev["seq"] > upto:
+                        return
+                    if cursor.stored(ev):
+                        yield ev
+
+            first = cursor.last
+            yield from from_store(None)
+            if cursor.last == first and row["status"] in TERMINAL_STATUSES:
+                # it had ended (read before the history) and nothing came after `since`: its end is at or
+                # before `since`, so no session.ended is coming (a resume would have shown in the history)
+                cursor.ended = True
+            idle_checks = 0.0
+            while not (cursor.ended and until_end):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise LabdError("timeout", f"session {sid} did not end within {timeout:g}s")
+                if not sub.poll(250):
+                    idle_checks += 0.25
+                    if idle_checks >= 1.0:  # quiet for a while: make sure nothing was dropped live
+                        idle_checks = 0.0
+                        yield from from_store(None)
+                    continue
+                frames = sub.recv_multipart()
+                idle_checks = 0.0
+                try:
+                    msg = codec.unpack(frames[1:])
+                except WireError:
+                    continue
+                for ev in live_events(msg.body):
+                    upto = cursor.gap_before(ev)
+                    if upto is not None:
+                        yield from from_store(upto)
+                    if cursor.live(ev):
+                        yield ev
+        finally:
+            sub.close(0)
 
 
 def where(cwd: str | None = None, pythonpath: list[str] | None = None) -> dict[str, Any]:

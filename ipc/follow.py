@@ -8,26 +8,15 @@ one at or before it is a duplicate; one beyond it means events were dropped: the
 the one before it (the gap), then delivers it. The store is the truth: an event read from it is delivered
 whenever it is beyond the position (a follower that starts part-way, like ``labd top``, jumps forward).
 
-:class:`FollowCursor` holds no socket and does no I/O, so the blocking ``Client.follow`` (:func:`follow_session`)
-and the asyncio feed of ``labd top`` share it, each with its own way of reading the store.
+:class:`FollowCursor` holds no socket and does no I/O, so the blocking ``Client.follow`` and the asyncio
+feed of ``labd top`` share it, each with its own way of reading the store.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import zmq
-
-from labd.ipc.events import TERMINAL_STATUSES
-from labd.ipc.live import live_events
-from labd.ipc.wire import Codec, WireError
-
-if TYPE_CHECKING:
-    from labd.ipc.client import Client
-
-__all__ = ["FollowCursor", "follow_session", "still_ended"]
+__all__ = ["FollowCursor", "still_ended"]
 
 
 def still_ended(ended: bool, kind: str) -> bool:
@@ -68,58 +57,3 @@ class FollowCursor:
     def _advance(self, ev: dict[str, Any]) -> None:
         self.last = ev["seq"]
         self.ended = still_ended(self.ended, ev["kind"])
-
-
-def follow_session(client: Client, ref: str, since: int = 0, *, until_end: bool = True,
-                   timeout: float | None = None) -> Iterator[dict[str, Any]]:
-    """:meth:`labd.ipc.Client.follow`: subscribe to the session's live tail first, then read the store, then
-    take live events, filling any gap from the store (:class:`FollowCursor`)."""
-    row = client.session(ref)
-    sid = row["id"]
-    sub = client._socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, 100_000)
-    sub.setsockopt(zmq.SUBSCRIBE, f"session.{sid}".encode())
-    sub.connect(client.info.events)
-    codec = Codec(client.info.key_bytes)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    cursor = FollowCursor(since)
-    try:
-        def from_store(upto: int | None) -> Iterator[dict[str, Any]]:
-            for ev in client.history(sid, since=cursor.last):
-                if upto is not None and ev["seq"] > upto:
-                    return
-                if cursor.stored(ev):
-                    yield ev
-
-        first = cursor.last
-        yield from from_store(None)
-        if cursor.last == first and row["status"] in TERMINAL_STATUSES:
-            # it had ended (read before the history) and nothing came after `since`: its end is at or
-            # before `since`, so no session.ended is coming (a resume would have shown in the history)
-            cursor.ended = True
-        idle_checks = 0.0
-        while not (cursor.ended and until_end):
-            if deadline is not None and time.monotonic() > deadline:
-                from labd.ipc.client import LabdError  # client.py imports this module
-
-                raise LabdError("timeout", f"session {sid} did not end within {timeout:g}s")
-            if not sub.poll(250):
-                idle_checks += 0.25
-                if idle_checks >= 1.0:  # quiet for a while: make sure nothing was dropped live
-                    idle_checks = 0.0
-                    yield from from_store(None)
-                continue
-            frames = sub.recv_multipart()
-            idle_checks = 0.0
-            try:
-                msg = codec.unpack(frames[1:])
-            except WireError:
-                continue
-            for ev in live_events(msg.body):
-                upto = cursor.gap_before(ev)
-                if upto is not None:
-                    yield from from_store(upto)
-                if cursor.live(ev):
-                    yield ev
-    finally:
-        sub.close(0)

@@ -68,8 +68,8 @@ class IndexHints:
         self._hints: dict[str, tuple[int, int]] = {}
 
     def writing(self, sid: str, next_seq: int) -> None:
-        """Ingest is about to stage rows of ``sid`` from ``next_seq`` on, none of an indexable kind (a frame's
-        hot path: output, log, custom). Called before the rows are staged."""
+        """Ingest is about to stage rows of ``sid`` from ``next_seq`` on (called before they are staged; the
+        indexable ones among them are noted by :meth:`staged`)."""
         hints = self._hints
         if sid not in hints:
             if len(hints) >= self.limit:
