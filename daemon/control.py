@@ -4,7 +4,7 @@ and the replies that wait for ingest's commit (``session.start`` and every reque
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -12,6 +12,9 @@ from labd.daemon.api import ApiError, registry
 from labd.daemon.api.base import DEFERRED
 from labd.daemon.checks import Check, CheckFlow, Checks
 from labd.ipc.wire import WireError, nesting_ok
+
+if TYPE_CHECKING:
+    from labd.daemon.api.start import PendingStart
 
 __all__ = ["ControlPlane", "MAX_REQUEST_DEPTH"]
 
@@ -28,7 +31,7 @@ class ControlPlane:
     log: Any
     _warn: Any
     _deferred: dict[str, Any]
-    idempotent_starts: dict[str, tuple[str, str, str, float, str]]
+    idempotent_starts: dict[str, PendingStart]
     idempotent_requests: dict[str, str]
     idempotent_waiters: dict[str, list[tuple[bytes, str]]]
     supervisor: Any

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 import zmq
 
-from labd.daemon.api.start import requeue, session_spec
+from labd.daemon.api.start import PendingStart, requeue, session_spec
 from labd.daemon.checks import Check, Checks
 from labd.daemon.config import Config
 from labd.daemon.control import ControlPlane
@@ -99,7 +99,7 @@ class Daemon(ControlPlane):
         self.checks = Checks(lambda c: self.launcher.inspect_start(c.workflow, c.params, c.path))
         #: session.start idempotency keys not yet committed: key -> (session id, request digest, name, time), and
         #: the request that carries each (api/start.py); dropped once ingest committed or refused the start
-        self.idempotent_starts: dict[str, tuple[str, str, str, float, str]] = {}
+        self.idempotent_starts: dict[str, PendingStart] = {}
         self.idempotent_requests: dict[str, str] = {}
         #: retries of a start that is not committed yet, by the first start's request id: they are answered
         #: with it, once the session is in the store (so the session a retry names can always be read)

@@ -7,7 +7,7 @@ import hashlib
 import math
 import secrets
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -21,7 +21,7 @@ from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT,
 from labd.ipc.signing import derive_key
 from labd.store.schema import IDEMPOTENCY_RETENTION
 
-__all__ = ["Start", "entry_extra", "requeue", "session_spec"]
+__all__ = ["PendingStart", "Start", "entry_extra", "requeue", "session_spec"]
 
 MAX_PENDING_KEYS = 10_000  # in-flight idempotency keys remembered in memory (each a few dozen bytes)
 MAX_WAITING_RETRIES = 64  # retries of one uncommitted start held for its commit; more are answered at once
@@ -34,6 +34,16 @@ def _request_digest(body: dict[str, Any]) -> str:
     what = {k: v for k, v in body.items()
             if k not in ("idempotency_key", "cwd", "pythonpath") and v not in (None, {}, [], "")}
     return hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS, default=repr)).hexdigest()
+
+
+class PendingStart(NamedTuple):
+    """An idempotent ``session.start`` answered but not yet committed (``Daemon.idempotent_starts``, by key)."""
+
+    session: str
+    digest: str  # of the request: a retry with the same key must ask for the same session
+    name: str  # the session's name ("" until the request named it, which may be after a workflow check)
+    at: float  # time.time() when remembered (entries older than IDEMPOTENCY_RETENTION are dropped)
+    request: str  # the request id whose reply is deferred (retries wait on it)
 
 
 @register
@@ -55,9 +65,9 @@ class Start(Request):
         pending = d.idempotent_starts
         hit = pending.get(key)
         if hit is not None:
-            sid, first, name = hit[0], hit[1], hit[2]
+            sid, first, name = hit.session, hit.digest, hit.name
             if first == digest:
-                waiters = d.idempotent_waiters.setdefault(hit[4], [])
+                waiters = d.idempotent_waiters.setdefault(hit.request, [])
                 if len(waiters) < MAX_WAITING_RETRIES:
                     # the first start is not committed yet: answer with it, so the session it names exists
                     waiters.append(self.reply_to)
@@ -80,11 +90,11 @@ class Start(Request):
         pending = self.daemon.idempotent_starts
         now = time.time()
         # normally emptied as ingest commits; bounded in case a store outage holds starts for a long time
-        for k in [k for k, v in pending.items() if now - v[3] > IDEMPOTENCY_RETENTION]:
+        for k in [k for k, v in pending.items() if now - v.at > IDEMPOTENCY_RETENTION]:
             del pending[k]
         while len(pending) >= MAX_PENDING_KEYS:
             del pending[next(iter(pending))]  # oldest first (insertion order)
-        pending[key] = (sid, digest, name, now, self.reply_to[1])
+        pending[key] = PendingStart(sid, digest, name, now, self.reply_to[1])
         requests = self.daemon.idempotent_requests
         while len(requests) >= MAX_PENDING_KEYS:
             del requests[next(iter(requests))]
@@ -166,7 +176,7 @@ class Start(Request):
             created.update(idempotency_key=key, request_digest=digest)
             hit = d.idempotent_starts.get(key)
             if hit is not None:  # remembered before the check: now with the session's name
-                d.idempotent_starts[key] = (hit[0], hit[1], name, hit[3], hit[4])
+                d.idempotent_starts[key] = hit._replace(name=name)
             else:  # pushed out while the check ran (a full table): remembered again
                 self._remember(key, sid, digest, name)
         if skill is not None:
