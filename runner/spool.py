@@ -18,8 +18,10 @@ point, never a SIGBUS. The mapped tail beyond the last record is zeros, which en
 The daemon reads a spool (:func:`read_spool`) when a runner has ended, and before it decides how the
 session ended; records it already has (by ``src_seq``) are skipped, so each event is stored exactly once.
 A torn or corrupt tail (a write cut short) ends the reading; everything before it is used. The channel
-truncates or compacts the file behind the daemon's acknowledgements, and removes it when everything was
-acknowledged.
+empties or compacts the file behind the daemon's acknowledgements, and removes it when everything was
+acknowledged. Emptied, a small file keeps its pages (zeroed in place) and the pages ahead of the last record are
+faulted in 64 at a time (``MADV_POPULATE_WRITE``): a page fault taken one by one in the middle of a workflow's
+work costs it tens of microseconds.
 """
 
 from __future__ import annotations
@@ -41,7 +43,14 @@ _pack_into = HEADER.pack_into
 _crc32 = zlib.crc32
 MAX_RECORD = 1 << 31  # a length beyond this is corruption, not an event
 SEGMENT = 1 << 20  # the mapped file grows by this much at a time
-SPOOL_TRUNCATE_BYTES = 1 << 20  # everything acked and the spool is larger than this: truncate it
+SPOOL_TRUNCATE_BYTES = 1 << 20  # everything acked and the spool is larger than this: empty it
+#: ... in place (zeroed, its pages kept) if its file is at most this long, else truncated (disk space given back)
+SPOOL_REUSE_BYTES = 4 * SEGMENT
+#: the pages ahead of the last record are made present and writable this many bytes at a time (see _grow)
+POPULATE_BYTES = 256 << 10
+#: madvise(2) advice that faults a range in writable in one call (Linux >= 5.14; Python 3.11's mmap lacks the name)
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+_ZEROS = bytes(64 << 10)
 SPOOL_COMPACT_BYTES = 64 << 20  # the spool is larger than this and mostly acked: rewrite its tail
 
 
@@ -61,9 +70,12 @@ class Spool:
     def __init__(self, path: str | os.PathLike[str], prepared: tuple[int, mmap.mmap] | None = None) -> None:
         self.path = Path(path)
         self._map: mmap.mmap | None = None
-        if prepared is not None:  # see prepare_unnamed: given a name, empty, mapped, its first pages touched
+        #: appends below this offset need no check: the mapping covers it and its pages were populated (_grow)
+        self._ready = 0
+        if prepared is not None:  # see prepare_unnamed: given a name, empty, mapped, its first pages populated
             self._fd, self._map = prepared
             self.size = 0
+            self._ready = min(len(self._map), POPULATE_BYTES) - 1  # as _grow leaves it
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -106,6 +118,21 @@ class Spool:
         else:
             self._map.resize(new)
 
+    def _grow(self, end: int) -> None:
+        """Make room for a record ending at ``end`` and populate the pages after it, :data:`POPULATE_BYTES` at a
+        time. Each first store into a page of a shared file mapping is a page fault (on ext4 with its
+        ``page_mkwrite``); one ``MADV_POPULATE_WRITE`` call for 64 pages costs less than a few of those taken one
+        by one amid a workflow's own work (measured: docs/benchmarks.md §24)."""
+        self._reserve(end + 1)  # +1: a zero byte after the last record ends the reading
+        m = self._map
+        assert m is not None
+        start = end // mmap.PAGESIZE * mmap.PAGESIZE
+        # a new spool's first event populates a few pages only: it is on a session's start path
+        ahead = POPULATE_BYTES if start else PREPARED_PAGES * mmap.PAGESIZE
+        stop = min(len(m), max(end + 1, start + ahead))
+        _populate(m, start, stop)
+        self._ready = stop - 1  # strictly below: the zero byte after the record stays inside what is ready
+
     def append(self, src_seq: int, body: bytes) -> None:
         """Append one record; when this returns, a SIGKILL of this process no longer loses it (the bytes are in
         the page cache through the shared mapping)."""
@@ -113,11 +140,9 @@ class Spool:
         n = len(body)
         start = self.size
         end = start + HEADER_SIZE + n
-        m = self._map
-        if m is None or end >= len(m):
-            self._reserve(end + 1)  # +1: a zero byte after the last record ends the reading
-            m = self._map
-            assert m is not None
+        if end >= self._ready:
+            self._grow(end)
+        m: mmap.mmap = self._map  # type: ignore[assignment]  # mapped: end < _ready, which only _grow raises
         _pack_into(m, start, n, _crc32(body, _crc32(src_seq.to_bytes(8, "little"))), src_seq)
         m[start + HEADER_SIZE:end] = body
         self.size = end
@@ -134,7 +159,19 @@ class Spool:
             self.rewrite(enumerate(chain.from_iterable(unacked), first_seq))
 
     def truncate(self) -> None:
-        """Everything in the spool is acknowledged: start it again from empty."""
+        """Everything in the spool is acknowledged: start it again from empty. A file of at most
+        :data:`SPOOL_REUSE_BYTES` is emptied in place: its records are overwritten with zeros (what ends the
+        reading) and its pages stay mapped, so the next records cost no page faults; a larger one is cut to
+        nothing, giving its disk space back. A kill half way through the zeroing leaves zeros ahead of
+        acknowledged records: the reading ends at the zeros, and nothing unacknowledged is in the file."""
+        m = self._map
+        if m is not None and len(m) <= SPOOL_REUSE_BYTES:
+            zeros, size = memoryview(_ZEROS), self.size
+            for off in range(0, size, len(zeros)):
+                n = min(len(zeros), size - off)
+                m[off:off + n] = zeros[:n]
+            self.size = 0
+            return
         self._unmap()
         os.ftruncate(self._fd, 0)
         self.size = 0
@@ -165,6 +202,7 @@ class Spool:
         self._reserve(size + 1)
 
     def _unmap(self) -> None:
+        self._ready = 0
         if self._map is not None:
             self._map.close()
             self._map = None
@@ -201,9 +239,18 @@ def prepare_unnamed(directory: str | os.PathLike[str]) -> tuple[int, mmap.mmap]:
     except BaseException:
         os.close(fd)
         raise
-    for page in range(0, min(SEGMENT, PREPARED_PAGES * mmap.PAGESIZE), mmap.PAGESIZE):
-        m[page] = 0  # zeros stay zeros (the end of the records); the page is now in the page cache
+    _populate(m, 0, min(SEGMENT, POPULATE_BYTES))  # the first records' page faults, paid ahead
     return fd, m
+
+
+def _populate(m: mmap.mmap, start: int, stop: int) -> None:
+    """Fault in the pages of ``m[start:stop]`` writable (``start`` page-aligned); where the kernel cannot
+    (before Linux 5.14), touch the first :data:`PREPARED_PAGES` instead and let the rest fault on first store."""
+    try:
+        m.madvise(MADV_POPULATE_WRITE, start, stop - start)
+    except (OSError, ValueError):
+        for page in range(start, min(stop, start + PREPARED_PAGES * mmap.PAGESIZE), mmap.PAGESIZE):
+            m[page] = m[page]  # a store: the page is in the page cache and writable in this mapping
 
 
 def _write_all(fd: int, data: bytes) -> int:
