@@ -212,20 +212,7 @@ class Daemon(ControlPlane):
         total = cfg.memory_total
         self.supervisor.queue = RunQueue(cfg.max_sessions, int(total) if total is not None else None)
         self.supervisor.spec_for = lambda q: session_spec(self, q)
-        live = self.store.live_sessions()
-        queued = self.store.sessions(status=["queued"], limit=100_000)
-        known = self.store.session_ids()
-        # runners the last daemon started but died before recording (found by their process title)
-        runners = find_runners()
-        no_pid = {r["id"] for r in live + queued if not r["pid"]}
-        unrecorded = {sid: found for sid, found in runners.items() if sid in no_pid}
-        for sid, (pid, ctime) in runners.items():
-            if sid not in known and belongs_here(pid, layout.sessions_dir / sid) and stop_stray(pid, ctime):
-                self.log.warning("killed the runner of a session never recorded (the last daemon died starting "
-                                 "it; its client got no reply)", session_id=sid, pid=pid)
-        for row in live:
-            self.supervisor.adopt(row, unrecorded.get(row["id"]))
-        requeue(self, queued, unrecorded)  # sessions queued when the last daemon stopped wait again, in order
+        known = self._recover()
         self.telemetry = _start_telemetry(cfg, engine, layout.home)
         self.indexer = Indexer(layout.home, engine, ingest.index_hints)
         self.indexer.start()
@@ -255,60 +242,8 @@ class Daemon(ControlPlane):
         poller.register(control, zmq.POLLIN)
         poller.register(notes, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
-        tfd = self.launcher.fileno()
-        if tfd is not None:
-            poller.register(tfd, zmq.POLLIN)
-        drain_deadline: float | None = None
         try:
-            while True:
-                if self._signals and drain_deadline is None:
-                    if not self.drain or len(self._signals) > 1 or not self.supervisor.running:
-                        break
-                    drain_deadline = self._start_drain()
-                if drain_deadline is not None and (not self.supervisor.running or len(self._signals) > 1
-                                                   or time.monotonic() > drain_deadline):
-                    break
-                ready = dict(poller.poll(100))
-                if control in ready:
-                    self._drain_control(control)
-                if notes in ready:
-                    self._drain_notes(notes, control)
-                if wake_r in ready:
-                    try:
-                        os.read(wake_r, 1024)
-                    except BlockingIOError:
-                        pass
-                if self.launcher.fileno() != tfd:  # the template was restarted: poll its new pipe
-                    if tfd is not None:
-                        poller.unregister(tfd)
-                    tfd = self.launcher.fileno()
-                    if tfd is not None:
-                        poller.register(tfd, zmq.POLLIN)
-                for note in self.launcher.drain_notes():  # a remote launcher's node monitors (limits, samples)
-                    if note[0] == "event":
-                        self.post_event(note[1], note[2], note[3])
-                    else:
-                        self.supervisor.on_note(note)
-                for info in self.launcher.drain_exits():
-                    self.supervisor.on_exit(info)
-                if self.checks:  # requests suspended on a workflow check: resume those the template answered
-                    self.checks.answered(self.launcher.drain_inspected(),
-                                         lambda flow, answer, ctx: self._run_flow(control, flow, answer, ctx))
-                self.supervisor.tick()
-                stale = time.monotonic() - ingest.beat
-                problem = ("ingest thread died" if ingest.failed is not None or not ingest.is_alive()
-                           else f"ingest stuck for {stale:.0f}s" if stale > 10 else "")
-                heartbeat.tick(not problem, len(self.supervisor.running), self.counters.get("events_persisted", 0),
-                               problem)
-                self.retention.tick()
-                if ingest.failed is not None:
-                    self.log.error("ingest thread failed; stopping the daemon", error=repr(ingest.failed))
-                    self.failed = True
-                    break
-            if self._signals:
-                self.log.info("signal received; stopping daemon" + (
-                    f" ({len(self.supervisor.running)} sessions keep running)" if self.supervisor.running else ""),
-                              signal=signal.Signals(self._signals[0]).name)
+            self._loop(poller, control, notes, wake_r, ingest, heartbeat)
         finally:
             self.notifier.stopping(f"stopping; {len(self.supervisor.running)} sessions keep running")
             self.checks.close()
@@ -346,6 +281,83 @@ class Daemon(ControlPlane):
             os.close(wake_w)
             self.notifier.close()
             self.log.info("labd stopped")
+
+    def _loop(self, poller: zmq.Poller, control: zmq.Socket, notes: zmq.Socket, wake_r: int, ingest: Ingest,
+              heartbeat: Heartbeat) -> None:
+        """The main loop: requests, ingest's notes, the launcher's exits and notes, the supervisor's tick, until a
+        signal (with ``--drain``: until the last session ended, or a second signal) or ingest failing."""
+        tfd = self.launcher.fileno()
+        if tfd is not None:
+            poller.register(tfd, zmq.POLLIN)
+        drain_deadline: float | None = None
+        while True:
+            if self._signals and drain_deadline is None:
+                if not self.drain or len(self._signals) > 1 or not self.supervisor.running:
+                    break
+                drain_deadline = self._start_drain()
+            if drain_deadline is not None and (not self.supervisor.running or len(self._signals) > 1
+                                               or time.monotonic() > drain_deadline):
+                break
+            ready = dict(poller.poll(100))
+            if control in ready:
+                self._drain_control(control)
+            if notes in ready:
+                self._drain_notes(notes, control)
+            if wake_r in ready:
+                try:
+                    os.read(wake_r, 1024)
+                except BlockingIOError:
+                    pass
+            if self.launcher.fileno() != tfd:  # the template was restarted: poll its new pipe
+                if tfd is not None:
+                    poller.unregister(tfd)
+                tfd = self.launcher.fileno()
+                if tfd is not None:
+                    poller.register(tfd, zmq.POLLIN)
+            for note in self.launcher.drain_notes():  # a remote launcher's node monitors (limits, samples)
+                if note[0] == "event":
+                    self.post_event(note[1], note[2], note[3])
+                else:
+                    self.supervisor.on_note(note)
+            for info in self.launcher.drain_exits():
+                self.supervisor.on_exit(info)
+            if self.checks:  # requests suspended on a workflow check: resume those the template answered
+                self.checks.answered(self.launcher.drain_inspected(),
+                                     lambda flow, answer, ctx: self._run_flow(control, flow, answer, ctx))
+            self.supervisor.tick()
+            stale = time.monotonic() - ingest.beat
+            problem = ("ingest thread died" if ingest.failed is not None or not ingest.is_alive()
+                       else f"ingest stuck for {stale:.0f}s" if stale > 10 else "")
+            heartbeat.tick(not problem, len(self.supervisor.running), self.counters.get("events_persisted", 0),
+                           problem)
+            self.retention.tick()
+            if ingest.failed is not None:
+                self.log.error("ingest thread failed; stopping the daemon", error=repr(ingest.failed))
+                self.failed = True
+                break
+        if self._signals:
+            self.log.info("signal received; stopping daemon" + (
+                f" ({len(self.supervisor.running)} sessions keep running)" if self.supervisor.running else ""),
+                          signal=signal.Signals(self._signals[0]).name)
+
+    def _recover(self) -> set[str]:
+        """Take over what the last daemon left: its live sessions adopted, its queued ones queued again in order,
+        and runners it started but died before recording stopped. Returns the id of every stored session."""
+        live = self.store.live_sessions()
+        queued = self.store.sessions(status=["queued"], limit=100_000)
+        known = self.store.session_ids()
+        # runners the last daemon started but died before recording (found by their process title)
+        runners = find_runners()
+        no_pid = {r["id"] for r in live + queued if not r["pid"]}
+        unrecorded = {sid: found for sid, found in runners.items() if sid in no_pid}
+        for sid, (pid, ctime) in runners.items():
+            if sid not in known and belongs_here(pid, self.layout.sessions_dir / sid) and stop_stray(pid, ctime):
+                self.log.warning("killed the runner of a session never recorded (the last daemon died starting "
+                                 "it; its client got no reply)", session_id=sid, pid=pid)
+        for row in live:
+            self.supervisor.adopt(row, unrecorded.get(row["id"]))
+        requeue(self, queued, unrecorded)  # sessions queued when the last daemon stopped wait again, in order
+        return known
 
     def _start_drain(self) -> float:
         """Ask every running session to stop (the ordinary ladder); return the deadline for them to end."""
