@@ -79,7 +79,12 @@ class Spool:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self.size = _data_end(self.path)  # bytes of records; the mapped file beyond them is zeros
+        self.size = _data_end(self.path)  # bytes of records, up to the first torn, corrupt or zero one
+        # Nothing beyond them is ever read, but it may not be zeros: a runner killed while emptying its spool in
+        # place (truncate) leaves acknowledged records behind the zeros it wrote, which our appends could end
+        # next to. Cut them off, so that the file beyond our records is zeros again.
+        if os.fstat(self._fd).st_size > self.size:
+            os.ftruncate(self._fd, self.size)
         self._reserve(self.size + 1)
 
     @classmethod

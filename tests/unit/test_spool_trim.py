@@ -3,6 +3,7 @@ unacknowledged record: the runner's side of "nothing is lost" while the file is 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -60,14 +61,24 @@ def test_emptied_in_place_only_what_follows_is_read(tmp_path: Path, small_limits
 def test_a_kill_while_emptying_in_place_leaves_nothing_unacknowledged_behind(tmp_path: Path,
                                                                             small_limits: None) -> None:
     """The zeroing runs from the front: a runner killed half way leaves zeros ahead of acknowledged records,
-    and the reading ends at the zeros (the daemon has all of them already)."""
+    and the reading ends at the zeros (the daemon has all of them already). A runner that reopens that spool
+    (a resumed session's) and appends past where the zeros ended never has an old record read after its own:
+    opening cuts the file after its last intact record."""
     path = tmp_path / "s"
     sp, _ = _filled(path, 20)
     half = sp.size // 2
-    with open(path, "r+b") as f:  # the state after zeroing the first half
+    with open(path, "r+b") as f:  # the state after zeroing the first half, as a kill leaves it
         f.write(bytes(half))
     assert list(read_spool(path)) == []
-    sp.close()
+    sp._unmap()  # noqa: SLF001 - the killed runner's mapping and file, gone with it (close() would cut the file)
+    os.close(sp._fd)  # noqa: SLF001
+    resumed = Spool(path)
+    assert resumed.size == 0
+    fresh = [(100 + i, bytes([97 + i % 26]) * 100) for i in range(15)]  # same size: they end on an old boundary
+    for seq, body in fresh:
+        resumed.append(seq, body)
+    assert list(read_spool(path)) == fresh
+    resumed.close()
 
 
 def test_a_spool_over_the_reuse_size_gives_its_disk_space_back(tmp_path: Path, small_limits: None,
