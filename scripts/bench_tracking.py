@@ -1,6 +1,6 @@
 """Tracking overhead: the same scripted agent loop with and without labd's automatic capture, A/B in one run.
 
-Each labd session (``--sessions``, one after the other on one real daemon) runs the workflow
+Each labd session (``--sessions``, one after the other, each on a fresh real daemon) runs the workflow
 ``bench_tracking_flows:ab_turns``: ``--pairs`` pairs of blocks of ``--turns`` agent turns on the offline
 scripted model, one block **tracked** (the agent built by ``ctx.agent``: every turn records
 agent.turn.started/finished, llm.request/response, agent.message and cost.recorded, which go through the
@@ -15,11 +15,17 @@ in it), split into the workflow's thread and the other threads (the channel thre
 in both variants), and by thread name; and the loop's wall time. The overhead is the median of the per-pair
 tracked/untracked ratios, with its interquartile range and a bootstrap 95 % confidence interval of that
 median; the ratio of the summed CPU over all blocks is printed beside it. Target (issue 7): <= 5 % runner CPU.
+
+With ``--baseline DIR`` (another labd tree, e.g. ``git archive`` of an older commit with ``labd/{daemon,runner,
+ipc,store,frontends}`` symlinked to its folders), each session of this tree is followed by one on a daemon (and
+runners) importing labd from DIR, so both trees' overheads are measured on the same box in the same minutes; the
+detailed tables are this tree's, and a last table compares the two.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import statistics
 import sys
@@ -31,6 +37,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
+import bench_common  # noqa: E402
 from bench_common import BenchDaemon, interrupt_on_sigterm, print_machine, print_table  # noqa: E402
 
 #: variant -> thread name -> CPU seconds, summed over all blocks of all sessions
@@ -89,25 +96,33 @@ def main() -> int:
                     help="unmeasured turns before each block, of its variant (default 5; the switch is not measured)")
     ap.add_argument("--settle", type=float, default=0.2,
                     help="seconds after each block still counted with it (its batched events leave; default 0.2)")
+    ap.add_argument("--baseline", type=Path, metavar="DIR",
+                    help="also run each session on a labd tree importable from DIR, alternated (A/B)")
     args = ap.parse_args()
+    if args.baseline is not None and not (args.baseline / "labd").is_dir():
+        ap.error(f"{args.baseline} has no labd package")
     interrupt_on_sigterm()
     print_machine()
-    env = {"PYTHONPATH": f"{HERE}:{HERE.parent}"}
     blocks: list[dict[str, Any]] = []
+    base_ratios: list[float] = []
     stored = []
-    with BenchDaemon(extra_env=env) as d:
-        for s in range(args.sessions):
+    for s in range(args.sessions):
+        with BenchDaemon(extra_env={"PYTHONPATH": f"{HERE}:{HERE.parent}"}) as d:
             got, n_events = run_session(d, args)
-            for b in got:
-                b["session"] = s
-            blocks += got
-            stored.append(n_events)
-            by = {(b["pair"], b["variant"]): b for b in got}
-            for p in range(args.pairs):
-                t, u = by[(p, "tracked")], by[(p, "untracked")]
-                print(f"session {s + 1} pair {p + 1:>2} ({'AB' if p % 2 == 0 else 'BA'}): CPU untracked "
-                      f"{u['cpu']:.3f} s, tracked {t['cpu']:.3f} s ({pct(t['cpu'] / u['cpu'])}); workflow thread "
-                      f"{pct(t['main_cpu'] / u['main_cpu'])}; wall {pct(t['wall'] / u['wall'])}", flush=True)
+        for b in got:
+            b["session"] = s
+        blocks += got
+        stored.append(n_events)
+        by = {(b["pair"], b["variant"]): b for b in got}
+        for p in range(args.pairs):
+            t, u = by[(p, "tracked")], by[(p, "untracked")]
+            print(f"session {s + 1} pair {p + 1:>2} ({'AB' if p % 2 == 0 else 'BA'}): CPU untracked "
+                  f"{u['cpu']:.3f} s, tracked {t['cpu']:.3f} s ({pct(t['cpu'] / u['cpu'])}); workflow thread "
+                  f"{pct(t['main_cpu'] / u['main_cpu'])}; wall {pct(t['wall'] / u['wall'])}", flush=True)
+        if args.baseline is not None:
+            base_ratios += baseline_session(args)
+            print(f"session {s + 1} on the baseline: median pair {pct(statistics.median(base_ratios))} so far",
+                  flush=True)
     pairs: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
     for b in blocks:
         pairs.setdefault((b["session"], b["pair"]), {})[b["variant"]] = b
@@ -176,7 +191,30 @@ def main() -> int:
     sure = " (the CI's upper end is below 5 % too)" if hi <= 1.05 else (
         " (the CI's lower end is above 5 %)" if lo > 1.05 else " (the CI contains 5 %)")
     print(f"target <= 5 %: {verdict}{sure}")
+    if base_ratios:
+        print_table(["tree", "median of pair ratios", "IQR", "bootstrap 95 % CI of median", "range"],
+                    [describe("this tree", ratio["cpu"]), describe(f"baseline {args.baseline}", base_ratios)],
+                    title="tracking overhead, runner CPU, both trees (sessions alternated)")
     return 0
+
+
+def baseline_session(args: argparse.Namespace) -> list[float]:
+    """One session on a daemon importing labd from ``--baseline``: its pairs' tracked/untracked CPU ratios. The
+    per-thread and per-phase sums stay this tree's."""
+    saved = copy.deepcopy(THREADS), dict(PHASES)
+    repo = bench_common.REPO
+    bench_common.REPO = args.baseline.resolve()  # the daemon's PYTHONPATH starts with it (then this scripts dir)
+    try:
+        with BenchDaemon(extra_env={"PYTHONPATH": str(HERE)}) as d:
+            got, _ = run_session(d, args)
+    finally:
+        bench_common.REPO = repo
+        THREADS.clear()
+        THREADS.update(saved[0])
+        PHASES.clear()
+        PHASES.update(saved[1])
+    by = {(b["pair"], b["variant"]): b for b in got}
+    return [by[(p, "tracked")]["cpu"] / by[(p, "untracked")]["cpu"] for p in range(args.pairs)]
 
 
 if __name__ == "__main__":
