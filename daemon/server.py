@@ -97,8 +97,8 @@ class Daemon(ControlPlane):
         #: request id -> how to build the reply once ingest has committed what the request caused
         self._deferred: dict[str, Any] = {}
         self.checks = Checks(lambda c: self.launcher.inspect_start(c.workflow, c.params, c.path))
-        #: session.start idempotency keys not yet committed: key -> (session id, request digest, name, time), and
-        #: the request that carries each (api/start.py); dropped once ingest committed or refused the start
+        #: session.start idempotency keys not yet committed (key -> PendingStart), and the request that carries
+        #: each (api/start.py); dropped once ingest committed or refused the start
         self.idempotent_starts: dict[str, PendingStart] = {}
         self.idempotent_requests: dict[str, str] = {}
         #: retries of a start that is not committed yet, by the first start's request id: they are answered

@@ -34,6 +34,8 @@ from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
 
+from labd.runner.pipes import write_all
+
 __all__ = ["Spool", "read_spool", "spool_path", "SPOOL_NAME", "HEADER", "prepare_unnamed"]
 
 SPOOL_NAME = "events.spool"
@@ -46,12 +48,12 @@ SEGMENT = 1 << 20  # the mapped file grows by this much at a time
 SPOOL_TRUNCATE_BYTES = 1 << 20  # everything acked and the spool is larger than this: empty it
 #: ... in place (zeroed, its pages kept) if its file is at most this long, else truncated (disk space given back)
 SPOOL_REUSE_BYTES = 4 * SEGMENT
+SPOOL_COMPACT_BYTES = 64 << 20  # the spool is larger than this and mostly acked: rewrite its tail
 #: the pages ahead of the last record are made present and writable this many bytes at a time (see _grow)
 POPULATE_BYTES = 256 << 10
 #: madvise(2) advice that faults a range in writable in one call (Linux >= 5.14; Python 3.11's mmap lacks the name)
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
-_ZEROS = bytes(64 << 10)
-SPOOL_COMPACT_BYTES = 64 << 20  # the spool is larger than this and mostly acked: rewrite its tail
+_ZEROS = bytes(64 << 10)  # what an emptied-in-place spool is overwritten with, a chunk at a time
 
 
 def spool_path(session_dir: str | os.PathLike[str]) -> Path:
@@ -193,10 +195,10 @@ class Spool:
             for src_seq, body in records:
                 chunk.append(_record(src_seq, body))
                 if len(chunk) >= 1024:
-                    size += _write_all(fd, b"".join(chunk))
+                    size += _write_chunk(fd, chunk)
                     chunk = []
             if chunk:
-                size += _write_all(fd, b"".join(chunk))
+                size += _write_chunk(fd, chunk)
             os.replace(tmp, self.path)
         except BaseException:
             os.close(fd)
@@ -228,7 +230,8 @@ class Spool:
                 pass
 
 
-#: pages of a prepared spool written once before use (a first event's page fault, paid ahead)
+#: pages a new spool's first event populates (it is on a session's start path), and the pages touched where the
+#: kernel cannot populate a range
 PREPARED_PAGES = 4
 
 
@@ -258,10 +261,9 @@ def _populate(m: mmap.mmap, start: int, stop: int) -> None:
             m[page] = m[page]  # a store: the page is in the page cache and writable in this mapping
 
 
-def _write_all(fd: int, data: bytes) -> int:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+def _write_chunk(fd: int, records: list[bytes]) -> int:
+    data = b"".join(records)
+    write_all(fd, data)
     return len(data)
 
 
