@@ -48,6 +48,8 @@ class Approvals:
         self._cancelled = cancelled
         self._lock = threading.Lock()
         self._waiting: dict[str, tuple[threading.Event, list[dict[str, Any]]]] = {}
+        #: in a process the workflow forked: answers arrive on the runner's channel thread, which the child has not
+        self.forked = False
 
     def waiting_ids(self) -> list[str]:
         with self._lock:
@@ -70,6 +72,9 @@ class Approvals:
             raise ValueError(f"policy must be approve, reject or fail, not {policy!r}")
         if not options or not all(isinstance(o, str) and 0 < len(o) <= 40 for o in options):
             raise ValueError("options must be a non-empty list of strings of at most 40 characters")
+        if self.forked:
+            raise RuntimeError("an approval cannot be asked from a process the workflow forked (its answer could "
+                               "not reach it): ask in the session's own process")
         from labd.runner import replay
 
         replayer = replay.active()

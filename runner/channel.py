@@ -103,7 +103,7 @@ class Channel:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._closing = False
-        self._forked = False
+        self._forked: Callable[..., int] | None = None  # in a forked child: where its events go instead
         # a Spool already made (a spare runner's prepared file, runner/spare.py) or the path of one to open
         self._spool = spool if isinstance(spool, Spool) or spool is None else Spool(spool)
         self.spool_error: str | None = None
@@ -124,15 +124,16 @@ class Channel:
 
     # ---- producer side (any thread) -------------------------------------------------------------
     def emit(self, kind: str, payload: dict[str, Any], node_id: str | None = None,
-             parent: int | None = None) -> int:
-        """Record one event; returns its ``src_seq``. When this returns the event is in the spool.
+             parent: int | None = None, ts: float | None = None) -> int:
+        """Record one event; returns its ``src_seq``. When this returns the event is in the spool. ``ts``: the
+        producer's clock if not now (an event relayed from a forked child, :mod:`labd.runner.forked`).
 
         Raises :class:`PayloadError` (and records nothing) for a payload JSON cannot carry at all (nested
         deeper than 255 levels). Blocks while the unacknowledged backlog is full."""
         # The hot path of every workflow: a few C calls per event, no Python helpers (see docs/design.md,
         # "Ingest per event"). One encoding, which the spool, the wire and the daemon's store all keep.
-        if self._forked:
-            return 0  # a child forked by the workflow: its parent's channel is not its own (see forget_after_fork)
+        if self._forked is not None:  # a child forked by the workflow: the runner's channel is not its own
+            return self._forked(kind, payload, node_id, parent)
         is_urgent = URGENT_KINDS.get(kind)
         if is_urgent is None:
             is_urgent = urgent(kind)
@@ -142,7 +143,7 @@ class Channel:
             if len(self._q) + len(self._pending) >= self._max_unacked:
                 self._wait_for_room()
             seq = self._next_seq
-            ev = [seq, _wall(), kind, node_id, parent, payload]
+            ev = [seq, _wall() if ts is None else ts, kind, node_id, parent, payload]
             try:
                 # Kept until acknowledged: copied to an exact-size object. orjson's own result sits in a larger
                 # malloc block; keeping thousands of those makes glibc grow the heap page by page (measured:
@@ -186,9 +187,10 @@ class Channel:
     def last_seq(self) -> int:
         return self._next_seq - 1
 
-    def forget_after_fork(self) -> None:
-        """In a child process forked by the workflow: never write to the parent's spool or queue."""
-        self._forked = True
+    def forget_after_fork(self, relay: Callable[..., int] | None = None) -> None:
+        """In a child process forked by the workflow: never write to the parent's spool or queue; send events to
+        ``relay`` instead (:meth:`labd.runner.forked.Relay.child_emit`), or drop them without one."""
+        self._forked = relay or _dropped
         self._spool = None
 
     def start(self) -> None:
@@ -507,6 +509,10 @@ class Channel:
             return True
         except zmq.Again:
             return False
+
+
+def _dropped(*_args: Any, **_kw: Any) -> int:
+    return 0
 
 
 def _monitor_event(frames: list[bytes]) -> int:

@@ -80,6 +80,8 @@ class Context:
         self._emit = emit
         self._secrets = MappingProxyType(dict(secrets))
         self._node_ids = itertools.count(1)
+        #: node ids are <prefix><number>: "n" in the runner, "n<k>.<pid>." in a child the workflow forked (forksafe)
+        self._node_prefix = "n"
         self._cancel = threading.Event()
         self.cancel_reason = ""
         #: the innermost open step of the main thread (for output, which is read on another thread)
@@ -111,7 +113,7 @@ class Context:
         _current = self  # the newest context is the session's (see current())
 
     def new_node_id(self) -> str:
-        return f"n{next(self._node_ids)}"
+        return f"{self._node_prefix}{next(self._node_ids)}"
 
     # ---- events -----------------------------------------------------------------------------------
     def emit(self, name: str, data: Any = None) -> None:

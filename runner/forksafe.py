@@ -15,8 +15,10 @@ cancel the session. A forked child has only the forking thread, so:
   *blocked* from just before the fork until the child has reset it; a SIGTERM sent meanwhile stays
   pending in the kernel and takes its default action when the child unblocks it.
 * **It must not touch the parent's event path** (:meth:`Channel.forget_after_fork`): the spool is a
-  ``MAP_SHARED`` mapping (shared with the child) and ``src_seq`` is the parent's counter; a child's events
-  are dropped. Its log records go to stderr instead, which is the parent's captured output.
+  ``MAP_SHARED`` mapping (shared with the child) and ``src_seq`` is the parent's counter. A child's events
+  go to the runner over a socket instead, which records them (:mod:`labd.runner.forked`); its DAG nodes get
+  ids of their own (``n<k>.<pid>.<i>``). Its log records go to stderr, which is the parent's captured output.
+  It cannot ask for an approval (the answer could not reach it): ``request`` raises at once.
 * **Its ``ctx`` must not deadlock or write the parent's record** (:func:`detach_context`): the locks of the
   runner's objects (context, file tracker, durable store, approvals) are re-created unlocked, since a parent
   thread may have held one at fork time; a step in the child neither scans files nor checkpoints (the
@@ -39,6 +41,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import io
+import itertools
 import logging
 import os
 import signal
@@ -166,3 +169,8 @@ def detach_context(ctx: Any, *owned: Any) -> None:
     ctx.durable = None
     ctx.after_step = lambda node_id: None
     ctx.before_boundary = lambda: None
+    # its DAG nodes must not take ids the runner (or a sibling) gives later: "n<a number the runner skips>.<pid>.<k>"
+    ctx._node_prefix = f"n{next(ctx._node_ids)}.{os.getpid()}."  # noqa: SLF001 - the runner owns the context
+    ctx._node_ids = itertools.count(1)  # noqa: SLF001
+    if ctx.approvals is not None:
+        ctx.approvals.forked = True  # no answer could reach it: asking fails at once (runner/approvals.py)

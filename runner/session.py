@@ -31,6 +31,7 @@ from labd.runner.context import Cancelled, Context
 from labd.runner.credentials import confine_runner, take_key
 from labd.runner.durable import Durable, read_seed
 from labd.runner.files import FileTracker
+from labd.runner.forked import Relay
 from labd.runner.logsetup import configure_logging, logging_after_fork
 from labd.runner.reaper import become_subreaper
 from labd.runner.sandbox import Sandbox, install
@@ -223,9 +224,12 @@ def run_session(spec: dict[str, Any]) -> int:
         raise Cancelled("terminated (SIGTERM)")
 
     # A child forked by the workflow (multiprocessing, os.fork) gets default SIGTERM (Pool.terminate() must
-    # kill it), fresh std streams, and no access to our event path: see runner/forksafe.py.
-    forksafe.install(channel.forget_after_fork, capture.forget_after_fork, logging_after_fork,
-                     lambda: forksafe.detach_context(ctx, files, durable))
+    # kill it), fresh std streams, and no access to our spool or queue: see runner/forksafe.py.
+    # Its events reach the runner over a socket pair, whose thread starts at the first fork (runner/forked.py).
+    relay = Relay(channel.emit, workdir.parent)
+    os.register_at_fork(after_in_parent=relay.start)
+    forksafe.install(lambda: channel.forget_after_fork(relay.child_emit()), capture.forget_after_fork,
+                     logging_after_fork, lambda: forksafe.detach_context(ctx, files, durable))
     approvals = ctx.approvals
     inbox.open({
         "cancel": lambda body: ctx.request_cancel(str(body.get("reason") or "stop requested")),
@@ -257,6 +261,7 @@ def run_session(spec: dict[str, Any]) -> int:
         outcome, code = "failed", EXIT_FAILED
         extra = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    relay.close()  # what forked children sent comes before session.finished
     capture.close()
     files.scan(None)  # whatever the workflow left outside any step
     if shipper is not None:  # what changed since the last checkpoint

@@ -121,3 +121,66 @@ def _wait_child(pid: int, timeout: float) -> object:
             os.waitpid(pid, 0)
             return "hung"
         time.sleep(0.01)
+
+
+_CTX = None  # the session's context, for pool workers (a fork-context Pool's workers inherit it)
+
+
+def _pool_worker(i: int) -> dict:
+    """In a forked pool worker: one tracked agent turn on the offline model inside a step, and a custom event."""
+    import asyncio
+
+    ctx = _CTX
+    with ctx.step(f"worker {i}"):
+        ctx.emit("from_worker", {"i": i, "pid": os.getpid()})
+        agent = ctx.agent(f"agent{i}", "ROLE: researcher")
+        answer = asyncio.run(agent.ask(f"question {i}")).body or ""
+    return {"i": i, "pid": os.getpid(), "answered": bool(answer)}
+
+
+def pool_of_agents(ctx, workers: int = 3, tasks: int = 6) -> list:
+    """A multiprocessing Pool (fork context) whose workers each run a step with an agent turn: the parallel
+    agents a power user writes. Returns what the workers returned."""
+    import multiprocessing
+
+    global _CTX
+    _CTX = ctx
+    with ctx.step("fan out"), multiprocessing.get_context("fork").Pool(workers) as pool:
+        return pool.map(_pool_worker, range(tasks))
+
+
+def child_large_event(ctx, size: int = 5_000_000) -> object:
+    """A forked child emits one event of ``size`` characters (more than one message of the relay socket)
+    and one small one after it; returns the child's exit code."""
+    pid = os.fork()
+    if pid == 0:
+        ctx.emit("big", {"text": "y" * size})
+        ctx.emit("after_big", {})
+        os._exit(0)
+    return _wait_child(pid, 30)
+
+
+def child_asks_for_approval(ctx) -> object:
+    """A forked child asks for an approval: it gets an error at once (no answer could reach it) and prints
+    it; returns the child's exit code."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ctx.approval("deploy", "may I?")
+        except RuntimeError as exc:
+            print(f"child got: {exc}")
+            os._exit(3)
+        os._exit(0)
+    return _wait_child(pid, 30)
+
+
+def child_outlives_the_workflow(ctx) -> int:
+    """A forked child emits one event at once, then keeps running after the workflow returns (a process the
+    workflow left behind); returns the child's pid."""
+    pid = os.fork()
+    if pid == 0:
+        ctx.emit("early", {})
+        time.sleep(60)
+        ctx.emit("late", {})
+        os._exit(0)
+    return pid

@@ -1,0 +1,150 @@
+"""The relay of forked children's events (labd.runner.forked.Relay), with real forks and a real socket pair."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from labd.runner.forked import Relay
+
+
+class Recorder:
+    """Stands in for Channel.emit: numbers events 1, 2, ... and keeps them."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any, str | None, int | None, float | None]] = []
+
+    def emit(self, kind: str, payload: Any, node_id: str | None = None, parent: int | None = None,
+             ts: float | None = None) -> int:
+        self.events.append((kind, payload, node_id, parent, ts))
+        return len(self.events)
+
+
+def fork_and_run(relay: Relay, body: Any) -> None:
+    """Fork a child that runs ``body(emit)`` with the child's relay emit, then wait for it."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            body(relay.child_emit())
+        except BaseException:  # noqa: BLE001 - the exit code says it
+            code = 1
+        os._exit(code)
+    relay.start()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_children_events_arrive_in_order_with_parent_links_mapped(tmp_path: Path) -> None:
+    """Two children's events all arrive; each child's own order is kept, a negative ``parent`` (the reference
+    the child's emit returned) becomes the runner's number for that event, a ``parent`` >= 0 passes as it is,
+    and the child's time stamp is kept."""
+    rec = Recorder()
+    relay = Relay(rec.emit, tmp_path)
+
+    def child(emit: Any) -> None:
+        before = time.time()
+        req = emit("llm.request", {"who": os.getpid()}, "n1")
+        assert req == -1
+        emit("llm.response", {"who": os.getpid()}, "n1", req)
+        emit("custom", {"name": "x", "data": before}, None, 7)
+
+    fork_and_run(relay, child)
+    fork_and_run(relay, child)
+    relay.close()
+    assert len(rec.events) == 6
+    by_child: dict[int, list[int]] = {}
+    for i, (_kind, payload, _node, _parent, _ts) in enumerate(rec.events, start=1):
+        if "who" in payload:
+            by_child.setdefault(payload["who"], []).append(i)
+    for seqs in by_child.values():
+        req_seq, resp_seq = seqs
+        assert rec.events[resp_seq - 1][3] == req_seq
+    customs = [e for e in rec.events if e[0] == "custom"]
+    assert [c[3] for c in customs] == [7, 7]
+    assert all(c[4] is not None and c[4] >= c[1]["data"] for c in customs)
+
+
+def test_a_bad_message_is_reported_and_the_next_one_still_arrives(tmp_path: Path) -> None:
+    """Bytes that are not a child's event (session code writing to the socket) are reported as a log event and do
+    not stop the relay; a file name outside the session's directory is refused, not read."""
+    rec = Recorder()
+    relay = Relay(rec.emit, tmp_path)
+    outside = tmp_path.parent / "secret.txt"
+    outside.write_text("not for the relay")
+
+    def child(emit: Any) -> None:
+        sock = relay._send  # noqa: SLF001 - what session code holding the inherited fd could do
+        sock.send(b"[1, 2")
+        sock.send(orjson.dumps({"not": "a list"}))
+        sock.send(b"F../secret.txt")
+        emit("custom", {"name": "fine"})
+
+    fork_and_run(relay, child)
+    relay.close()
+    logs = [e[1]["event"] for e in rec.events if e[0] == "log"]
+    assert len(logs) == 3 and all("was not recorded" in m for m in logs)
+    assert rec.events[-1][0] == "custom" and rec.events[-1][1] == {"name": "fine"}
+    assert outside.read_text() == "not for the relay"
+
+
+def test_a_child_whose_runner_is_gone_neither_blocks_nor_fails(tmp_path: Path) -> None:
+    """Once the runner's end is closed (the runner exited), a child's emits return at once (dropped: the session
+    is over), even far more than the socket could buffer."""
+    relay = Relay(Recorder().emit, tmp_path)
+    done_r, done_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(done_r)
+        os.close(go_w)
+        emit = relay.child_emit()
+        os.read(go_r, 1)  # the runner's end is closed by now
+        for i in range(20_000):
+            emit("custom", {"name": "late", "data": "z" * 200, "i": i})
+        os.write(done_w, b"done")
+        os._exit(0)
+    os.close(done_w)
+    os.close(go_r)
+    relay._recv.close()  # noqa: SLF001 - the runner exited
+    relay._send.close()  # noqa: SLF001
+    os.write(go_w, b"x")
+    assert os.read(done_r, 4) == b"done"  # a child blocked on a full socket would hang here (pytest-timeout)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_payload_json_cannot_carry_raises_in_the_child(tmp_path: Path) -> None:
+    """A payload nested deeper than JSON can carry raises PayloadError in the child's emit, as it would in the
+    runner's, and sends nothing."""
+    rec = Recorder()
+    relay = Relay(rec.emit, tmp_path)
+
+    def child(emit: Any) -> None:
+        from labd.ipc.wire import PayloadError
+
+        deep: Any = {}
+        for _ in range(300):
+            deep = {"d": deep}
+        with pytest.raises(PayloadError):
+            emit("custom", {"name": "deep", "data": deep})
+        emit("custom", {"name": "after"})
+
+    fork_and_run(relay, child)
+    relay.close()
+    assert [e[1]["name"] for e in rec.events] == ["after"]
+
+
+def test_a_runner_that_never_forked_closes_without_a_thread(tmp_path: Path) -> None:
+    """close() of a relay that was never started returns at once and frees both ends."""
+    relay = Relay(Recorder().emit, tmp_path)
+    relay.close()
+    assert relay._recv.fileno() == -1 and relay._send.fileno() == -1  # noqa: SLF001
+    with pytest.raises(OSError):
+        relay._send.send(b"x", socket.MSG_NOSIGNAL)  # noqa: SLF001
