@@ -31,6 +31,7 @@ import os
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,9 @@ class Relay:
             self._send.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         #: the largest message a send can carry (the kernel reports twice what it grants; a bit less fits)
         self.max_message = self._send.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
-        self._refs: dict[tuple[int, int], int] = {}  # (child pid, its reference) -> src_seq
+        # (child pid, its reference) -> src_seq; ordered: the oldest go first, in O(1) (next(iter(dict)) after many
+        # deletions at its front walks every deleted slot: the relay ran 5x slower past MAX_REFS events)
+        self._refs: OrderedDict[tuple[int, int], int] = OrderedDict()
         self.relayed = 0  # events emitted for children (tests)
         self._thread = threading.Thread(target=self._run, name="labd-forked", daemon=True)
         self._started = False
@@ -119,24 +122,27 @@ class Relay:
             self._thread.join(1.0)
 
     def _run(self) -> None:
-        size = self.max_message + 64
+        # One buffer for every message: recv(size) allocates (and the allocator maps) max_message bytes per
+        # message, which halved the relay's rate (scripts/bench_forked.py)
+        buf = bytearray(self.max_message + 64)
+        view = memoryview(buf)
         while True:
             try:
-                msg = self._recv.recv(size)
+                size = self._recv.recv_into(buf)
             except OSError:
                 break
-            if not msg:  # every child (and the runner) closed its end, or close() gave up waiting
+            if not size:  # every child (and the runner) closed its end, or close() gave up waiting
                 break
             try:
-                self._relay(msg)
+                self._relay(view[:size])
             except Exception as exc:  # noqa: BLE001 - a child's bad message must not stop the others'
                 why = f"an event of a forked child was not recorded: {type(exc).__name__}: {exc}"
                 self._emit("log", {"level": "error", "logger": "labd.runner.forked", "event": why[:2000]})
         self._recv.close()
 
-    def _relay(self, msg: bytes) -> None:
+    def _relay(self, msg: bytes | memoryview) -> None:
         if msg[:1] == _FILE:  # a large event: in a file the child wrote
-            name = os.fsdecode(msg[1:])
+            name = os.fsdecode(bytes(msg[1:]))
             if "/" in name or not name.startswith(".forked-"):
                 raise ValueError(f"not a file of a forked child: {name[:100]!r}")
             path = self._spill_dir / name
@@ -157,5 +163,5 @@ class Relay:
         refs = self._refs
         refs[(pid, ref)] = seq
         if len(refs) > MAX_REFS:
-            del refs[next(iter(refs))]
+            refs.popitem(last=False)
         self.relayed += 1

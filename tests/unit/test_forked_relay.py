@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from labd.runner import forked
 from labd.runner.forked import Relay
 
 
@@ -148,3 +149,26 @@ def test_a_runner_that_never_forked_closes_without_a_thread(tmp_path: Path) -> N
     assert relay._recv.fileno() == -1 and relay._send.fileno() == -1  # noqa: SLF001
     with pytest.raises(OSError):
         relay._send.send(b"x", socket.MSG_NOSIGNAL)  # noqa: SLF001
+
+
+def test_parent_links_are_kept_for_the_newest_references_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner keeps at most MAX_REFS child references: a link to a recent event is mapped, one to an event
+    older than that is dropped (``parent`` null, never another event's number)."""
+    monkeypatch.setattr(forked, "MAX_REFS", 50)
+    rec = Recorder()
+    relay = Relay(rec.emit, tmp_path)
+
+    def child(emit: Any) -> None:
+        first = emit("custom", {"name": "first"})
+        for i in range(200):
+            emit("custom", {"name": "filler", "i": i})
+        recent = emit("custom", {"name": "recent"})
+        emit("custom", {"name": "to first"}, None, first)
+        emit("custom", {"name": "to recent"}, None, recent)
+
+    fork_and_run(relay, child)
+    relay.close()
+    assert len(relay._refs) <= 50  # noqa: SLF001
+    named = {e[1]["name"]: (i, e) for i, e in enumerate(rec.events, start=1)}
+    assert named["to first"][1][3] is None
+    assert named["to recent"][1][3] == named["recent"][0]
