@@ -17,8 +17,9 @@ cancel the session. A forked child has only the forking thread, so:
 * **It must not touch the parent's event path** (:meth:`Channel.forget_after_fork`): the spool is a
   ``MAP_SHARED`` mapping (shared with the child) and ``src_seq`` is the parent's counter. A child's events
   go to the runner over a socket instead, which records them (:mod:`labd.runner.forked`); its DAG nodes get
-  ids of their own (``n<k>.<pid>.<i>``). Its log records go to stderr, which is the parent's captured output.
-  It cannot ask for an approval (the answer could not reach it): ``request`` raises at once.
+  ids of their own (``n<k>.<i>``, ``k`` reserved by the runner before the fork). Its log records go to stderr,
+  which is the parent's captured output. It cannot ask for an approval nor pause (no answer or resume could
+  reach it): those raise at once.
 * **Its ``ctx`` must not deadlock or write the parent's record** (:func:`detach_context`): the locks of the
   runner's objects (context, file tracker, durable store, approvals) are re-created unlocked, since a parent
   thread may have held one at fork time; a step in the child neither scans files nor checkpoints (the
@@ -169,8 +170,30 @@ def detach_context(ctx: Any, *owned: Any) -> None:
     ctx.durable = None
     ctx.after_step = lambda node_id: None
     ctx.before_boundary = lambda: None
-    # its DAG nodes must not take ids the runner (or a sibling) gives later: "n<a number the runner skips>.<pid>.<k>"
-    ctx._node_prefix = f"n{next(ctx._node_ids)}.{os.getpid()}."  # noqa: SLF001 - the runner owns the context
+    # Its DAG nodes are "<prefix><k>.<i>": k the number reserve_node took in the forking process before the fork
+    # (which that process therefore never gives a node of its own), so the ids are unique without a pid and the
+    # same when a replay forks in the same order.
+    k = getattr(_reserved, "k", None)
+    _reserved.k = None
+    ctx._node_prefix = f"{ctx._node_prefix}{k if k is not None else next(ctx._node_ids)}."  # noqa: SLF001
     ctx._node_ids = itertools.count(1)  # noqa: SLF001
+    # Pause, resume and approval answers arrive on the runner's channel thread, which the child has not: it does
+    # not stop at a pause the runner was asked for, and what would wait for an answer fails at once.
+    ctx._pause = None  # noqa: SLF001
+    ctx.wait_paused = _cannot_pause
     if ctx.approvals is not None:
-        ctx.approvals.forked = True  # no answer could reach it: asking fails at once (runner/approvals.py)
+        ctx.approvals.forked = True  # (runner/approvals.py)
+
+
+_reserved = threading.local()  # per forking thread: the node number reserve_node took for the next child
+
+
+def reserve_node(ctx: Any) -> None:
+    """Before a fork, in the forking thread: take the next node number for the child's nodes
+    (:func:`detach_context`)."""
+    _reserved.k = next(ctx._node_ids)  # noqa: SLF001 - the runner owns the context
+
+
+def _cannot_pause(by: str, reason: str) -> float | None:
+    raise RuntimeError(f"cannot pause ({by}: {reason}) in a process the workflow forked: its resume could not "
+                       "reach it")

@@ -168,7 +168,14 @@ def run_session(spec: dict[str, Any]) -> int:
     log = configure_logging(emit, session_id)
     ctx = Context(session_id, workdir, spec.get("params") or {}, emit, log, secrets)
     ctx_box.append(ctx)
-    ctx.before_boundary = capture.sync
+    # events of children the workflow forks (runner/forked.py): a step boundary first takes in what they sent
+    relay = Relay(channel.emit, workdir.parent)
+
+    def before_boundary() -> None:
+        capture.sync()
+        relay.sync()
+
+    ctx.before_boundary = before_boundary
     files = FileTracker(workdir, emit)
     files.concurrent = ctx.concurrent_with  # concurrent steps: "ambiguous", never a wrong step
     def scan_after_step(node_id: str) -> None:
@@ -225,9 +232,13 @@ def run_session(spec: dict[str, Any]) -> int:
 
     # A child forked by the workflow (multiprocessing, os.fork) gets default SIGTERM (Pool.terminate() must
     # kill it), fresh std streams, and no access to our spool or queue: see runner/forksafe.py.
-    # Its events reach the runner over a socket pair, whose thread starts at the first fork (runner/forked.py).
-    relay = Relay(channel.emit, workdir.parent)
-    os.register_at_fork(after_in_parent=relay.start)
+    # Its events reach the runner over the relay, whose thread starts at the first fork (runner/forked.py); each
+    # child's node ids start from a number reserved here.
+    def before_fork() -> None:
+        relay.start()
+        forksafe.reserve_node(ctx)
+
+    os.register_at_fork(before=before_fork)  # before forksafe's (registered next, so run first: SIGTERM blocked)
     forksafe.install(lambda: channel.forget_after_fork(relay.child_emit()), capture.forget_after_fork,
                      logging_after_fork, lambda: forksafe.detach_context(ctx, files, durable))
     approvals = ctx.approvals
@@ -261,7 +272,10 @@ def run_session(spec: dict[str, Any]) -> int:
         outcome, code = "failed", EXIT_FAILED
         extra = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    relay.close()  # what forked children sent comes before session.finished
+    try:
+        relay.close()  # what forked children sent comes before session.finished
+    except Exception as exc:  # noqa: BLE001 - the session's outcome is recorded whatever happened here
+        emit("log", {"level": "error", "logger": "labd.runner.forked", "event": f"relay: {type(exc).__name__}: {exc}"})
     capture.close()
     files.scan(None)  # whatever the workflow left outside any step
     if shipper is not None:  # what changed since the last checkpoint

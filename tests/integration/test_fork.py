@@ -58,7 +58,11 @@ def test_children_forked_under_traffic_print_log_and_have_their_events_recorded(
     assert sorted(started.values()) == sorted(f"child step {k}" for k in range(n))
     assert len(started) == n  # n distinct node ids
     assert {e["node_id"] for e in events if e["kind"] == "step.finished"} == set(started)
-    assert all(node.count(".") == 2 for node in started)  # n<k>.<pid>.<i>: no id the runner gives
+    runner_nodes = {e["node_id"] for e in events if e["node_id"] and "." not in e["node_id"]}
+    for node in started:  # n<k>.<i>, k a number the runner reserved at the fork and never gives a node of its own
+        k, _, i = node.partition(".")
+        assert i == "1" and k not in runner_nodes
+    assert len({node.partition(".")[0] for node in started}) == n  # each fork its own k
     text = "".join(e["payload"]["text"] for e in events if e["kind"] == "output")
     for k in range(n):
         assert f"child {k} prints" in text and f"child {k} logs" in text
@@ -104,6 +108,9 @@ def test_agents_in_pool_workers_are_tracked_like_the_runners_own(shared) -> None
     fan_out = steps["fan out"]["node_id"]
     for i in range(tasks):
         assert steps[f"worker {i}"]["payload"]["parent_node"] == fan_out
+    order = {(e["kind"], e["node_id"]): i for i, e in enumerate(events)}
+    for i in range(tasks):  # the step that waited for its workers finishes after their events
+        assert order[("step.finished", steps[f"worker {i}"]["node_id"])] < order[("step.finished", fan_out)]
     by_src = {e["src_seq"]: e for e in runner}
     requests = [e for e in events if e["kind"] == "llm.request"]
     responses = [e for e in events if e["kind"] == "llm.response"]
@@ -131,9 +138,9 @@ def test_a_childs_event_larger_than_one_message_is_recorded_whole(shared) -> Non
     assert not list(session_dir.glob(".forked-*"))
 
 
-def test_a_child_asking_for_an_approval_gets_an_error_at_once(shared) -> None:
-    """An approval asked from a forked child (whose answer could not reach it) fails at once with a clear
-    error instead of waiting for ever; no approval is left pending."""
+def test_a_child_asking_for_an_approval_or_to_pause_gets_an_error_at_once(shared) -> None:
+    """An approval asked from a forked child, or a pause (a budget's) in one — whose answer or resume could not
+    reach it — fails at once with a clear error instead of waiting for ever; nothing is left pending."""
     sid = shared.start("labd_forkflows:child_asks_for_approval")
     final = wait_explained(shared, sid, timeout=60)
     assert final["status"] == "completed", final["reason"]
@@ -141,7 +148,8 @@ def test_a_child_asking_for_an_approval_gets_an_error_at_once(shared) -> None:
     assert next(e for e in events if e["kind"] == "session.finished")["payload"]["result"] == 3
     text = "".join(e["payload"]["text"] for e in events if e["kind"] == "output")
     assert "child got: an approval cannot be asked from a process the workflow forked" in text
-    assert not [e for e in events if e["kind"] == "approval.requested"]
+    assert "child pausing got: cannot pause (budget: over) in a process the workflow forked" in text
+    assert not [e for e in events if e["kind"] in ("approval.requested", "session.paused")]
 
 
 def test_a_child_left_running_does_not_hold_up_the_end_of_the_session(shared) -> None:

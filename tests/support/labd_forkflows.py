@@ -161,10 +161,14 @@ def child_large_event(ctx, size: int = 5_000_000) -> object:
 
 
 def child_asks_for_approval(ctx) -> object:
-    """A forked child asks for an approval: it gets an error at once (no answer could reach it) and prints
-    it; returns the child's exit code."""
+    """A forked child pauses (as a budget does) and asks for an approval: it gets an error at once for each (no
+    resume or answer could reach it) and prints them; returns the child's exit code."""
     pid = os.fork()
     if pid == 0:
+        try:
+            ctx.wait_paused("budget", "over")
+        except RuntimeError as exc:
+            print(f"child pausing got: {exc}")
         try:
             ctx.approval("deploy", "may I?")
         except RuntimeError as exc:

@@ -52,7 +52,7 @@ def test_children_events_arrive_in_order_with_parent_links_mapped(tmp_path: Path
     def child(emit: Any) -> None:
         before = time.time()
         req = emit("llm.request", {"who": os.getpid()}, "n1")
-        assert req == -1
+        assert req == -(os.getpid() << 32 | 1)
         emit("llm.response", {"who": os.getpid()}, "n1", req)
         emit("custom", {"name": "x", "data": before}, None, 7)
 
@@ -159,10 +159,10 @@ def test_parent_links_are_kept_for_the_newest_references_only(tmp_path: Path, mo
     relay = Relay(rec.emit, tmp_path)
 
     def child(emit: Any) -> None:
-        first = emit("custom", {"name": "first"})
+        first = emit("llm.request", {"name": "first"})
         for i in range(200):
-            emit("custom", {"name": "filler", "i": i})
-        recent = emit("custom", {"name": "recent"})
+            emit("tool.call", {"name": "filler", "i": i})
+        recent = emit("llm.request", {"name": "recent"})
         emit("custom", {"name": "to first"}, None, first)
         emit("custom", {"name": "to recent"}, None, recent)
 
@@ -172,3 +172,148 @@ def test_parent_links_are_kept_for_the_newest_references_only(tmp_path: Path, mo
     named = {e[1]["name"]: (i, e) for i, e in enumerate(rec.events, start=1)}
     assert named["to first"][1][3] is None
     assert named["to recent"][1][3] == named["recent"][0]
+
+
+def test_only_kinds_a_parent_can_name_are_remembered(tmp_path: Path) -> None:
+    """References are kept only for the kinds a ``parent`` may name (llm.request, llm.response, tool.call), so a
+    child emitting many custom events costs the runner no memory for them."""
+    relay = Relay(Recorder().emit, tmp_path)
+
+    def child(emit: Any) -> None:
+        for i in range(500):
+            emit("custom", {"name": "x", "i": i})
+        emit("tool.call", {"tool": "t"})
+
+    fork_and_run(relay, child)
+    relay.close()
+    assert len(relay._refs) == 1  # noqa: SLF001
+
+
+def test_an_empty_message_does_not_stop_the_relay(tmp_path: Path) -> None:
+    """A zero-length message (which recv returns like the end of the stream) is skipped: later events still
+    arrive."""
+    rec = Recorder()
+    relay = Relay(rec.emit, tmp_path)
+
+    def child(emit: Any) -> None:
+        emit("custom", {"name": "before"})
+        relay._send.send(b"")  # noqa: SLF001 - what session code holding the inherited fd could do
+        emit("custom", {"name": "after"})
+
+    fork_and_run(relay, child)
+    relay.close()
+    assert [e[1]["name"] for e in rec.events] == ["before", "after"]
+
+
+def test_a_file_name_naming_a_fifo_or_a_symlink_is_refused_without_blocking(tmp_path: Path) -> None:
+    """A message naming a FIFO (opening it would block for ever) or a symlink in the session's directory is
+    reported and removed, and the relay goes on; the symlink's target is untouched."""
+    rec = Recorder()
+    relay = Relay(rec.emit, tmp_path)
+    os.mkfifo(tmp_path / ".forked-1-1.json")
+    target = tmp_path / "target.txt"
+    target.write_text('[-1, 0, "custom", null, null, {"name": "via link"}]')
+    (tmp_path / ".forked-1-2.json").symlink_to(target)
+
+    def child(emit: Any) -> None:
+        relay._send.send(b"F.forked-1-1.json")  # noqa: SLF001
+        relay._send.send(b"F.forked-1-2.json")  # noqa: SLF001
+        emit("custom", {"name": "fine"})
+
+    fork_and_run(relay, child)
+    relay.close()
+    logs = [e[1]["event"] for e in rec.events if e[0] == "log"]
+    assert len(logs) == 2 and all("not recorded" in m for m in logs)
+    assert [e[1]["name"] for e in rec.events if e[0] == "custom"] == ["fine"]
+    assert target.exists() and not list(tmp_path.glob(".forked-*"))
+
+
+def test_a_grandchild_links_to_its_parents_request(tmp_path: Path) -> None:
+    """A reference made in a child and named as ``parent`` by a process that child forked maps to the child's
+    event (references are unique per process, not per sender)."""
+    rec = Recorder()
+    relay = Relay(rec.emit, tmp_path)
+
+    def child(emit: Any) -> None:
+        req = emit("llm.request", {"name": "child's request"})
+        pid = os.fork()
+        if pid == 0:
+            mine = relay.child_emit()
+            mine("llm.request", {"name": "grandchild's own"})
+            mine("llm.response", {"name": "grandchild's response"}, None, req)
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+    fork_and_run(relay, child)
+    relay.close()
+    seq_of = {e[1]["name"]: i for i, e in enumerate(rec.events, start=1)}
+    response = rec.events[seq_of["grandchild's response"] - 1]
+    assert response[3] == seq_of["child's request"]
+
+
+def test_a_relay_whose_thread_never_started_still_takes_in_what_was_sent(tmp_path: Path) -> None:
+    """Children forked while no thread could be started (a process limit): close() takes in what they sent."""
+    rec = Recorder()
+    relay = Relay(rec.emit, tmp_path)
+    pid = os.fork()
+    if pid == 0:
+        emit = relay.child_emit()
+        for i in range(100):
+            emit("custom", {"name": "queued", "i": i})
+        os._exit(0)
+    os.waitpid(pid, 0)
+    relay.close()
+    assert [e[1]["i"] for e in rec.events] == list(range(100))
+
+
+def test_close_takes_in_a_slow_backlog_before_it_returns(tmp_path: Path) -> None:
+    """A backlog that takes longer to emit than close()'s wait for children (a slow channel) is emitted in full
+    before close() returns: nothing comes after the session's last event."""
+    emitted: list[int] = []
+
+    def slow(kind: str, payload: Any, node_id: str | None = None, parent: int | None = None,
+             ts: float | None = None) -> int:
+        time.sleep(0.002)  # stands in for a channel under back-pressure
+        emitted.append(payload["i"])
+        return len(emitted)
+
+    relay = Relay(slow, tmp_path)
+
+    def child(emit: Any) -> None:
+        for i in range(400):
+            emit("custom", {"name": "backlog", "i": i})
+
+    fork_and_run(relay, child)
+    relay.close(timeout=0.05)
+    done = len(emitted)
+    assert emitted == list(range(400)) and done == 400
+    assert not relay._thread.is_alive()  # noqa: SLF001
+
+
+def test_sync_returns_after_what_children_sent_is_emitted(tmp_path: Path) -> None:
+    """sync() after a child exited returns once the child's events are all emitted (a step that waited for its
+    workers finishes after their events)."""
+    rec = Recorder()
+    relay = Relay(rec.emit, tmp_path)
+
+    def child(emit: Any) -> None:
+        for i in range(2000):
+            emit("custom", {"name": "w", "i": i})
+
+    fork_and_run(relay, child)
+    relay.sync()
+    assert len(rec.events) == 2000
+    relay.close()
+
+
+def test_event_files_left_by_a_killed_child_are_recorded_and_partial_ones_removed(tmp_path: Path) -> None:
+    """At the end, a whole event file whose name was never sent (its child was killed right after writing it) is
+    recorded; a half-written ``.part`` file is removed."""
+    rec = Recorder()
+    relay = Relay(rec.emit, tmp_path)
+    (tmp_path / ".forked-77-1.json").write_bytes(orjson.dumps([-(77 << 32 | 1), 1.0, "custom", None, None,
+                                                               {"name": "orphan"}]))
+    (tmp_path / ".forked-77-2.part").write_bytes(b"[-1, 1.0, \"cus")
+    relay.close()
+    assert [e[1]["name"] for e in rec.events] == ["orphan"]
+    assert not list(tmp_path.glob(".forked-*"))
