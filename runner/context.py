@@ -80,7 +80,7 @@ class Context:
         self._emit = emit
         self._secrets = MappingProxyType(dict(secrets))
         self._node_ids = itertools.count(1)
-        #: node ids are <prefix><number>: "n" in the runner, "n<k>.<pid>." in a child the workflow forked (forksafe)
+        #: node ids are <prefix><number>: "n" in the runner, "f<j>." in a child the workflow forked (forksafe)
         self._node_prefix = "n"
         self._cancel = threading.Event()
         self.cancel_reason = ""

@@ -88,21 +88,25 @@ class Relay:
         self._thread = threading.Thread(target=self._run, name="labd-forked", daemon=True)
         self._closing = self._stop = False
         self._cond = threading.Condition()
+        self._start_lock = threading.Lock()
         self._sync_sent = self._synced = 0
 
     def start(self) -> None:
         """Start the receiving thread, once (the runner calls this before each fork, so a session that never forks
         never pays for it). If no thread can start now (a process limit), the next fork tries again, and
-        :meth:`close` takes in what is queued itself."""
-        if self._thread.ident is None and not self._closing:
-            with contextlib.suppress(RuntimeError):
-                self._thread.start()
+        :meth:`close` takes in what is queued itself. Under a lock: two threads making their first fork at once
+        would otherwise start the same thread twice (which leaves it running but seen as dead)."""
+        with self._start_lock:
+            if self._thread.ident is None and not self._closing:
+                with contextlib.suppress(RuntimeError):
+                    self._thread.start()
 
     # ---- in a forked child ------------------------------------------------------------------------------------
     def child_emit(self) -> Callable[..., int]:
         """In a child just forked: close the runner's end and return the child's ``emit`` (same signature as
         :meth:`Channel.emit`; raises :class:`~labd.ipc.wire.PayloadError` for a payload JSON cannot carry)."""
         self._recv.close()
+        self._closing = True  # a child never starts the runner's thread (its copy of the object is not the runner's)
         pid, numbers, sock, limit = os.getpid(), itertools.count(1), self._send, self.max_message
         spill_dir = self._spill_dir
 
@@ -154,10 +158,7 @@ class Relay:
         self._closing = True
         self._send.close()  # ours: from now on the end-of-file comes when the last child's copy is gone
         thread = self._thread
-        if thread.ident is None:  # never forked, or no thread could start: take in what is queued here
-            self._recv.setblocking(False)
-            self._run()
-        else:
+        if thread.is_alive():
             thread.join(max(0.0, timeout))
             if thread.is_alive():  # children still alive: take what they sent, then end (recv returns b"")
                 with contextlib.suppress(OSError):
@@ -167,6 +168,10 @@ class Relay:
                 self._stop = True
                 thread.join(1.0)
         if not thread.is_alive():
+            # What is still queued, here: nothing after a thread that ran to the end; everything when no thread
+            # could start (a process limit) or the thread ended early (a receive error)
+            self._recv.setblocking(False)
+            self._run()
             self._sweep()
         if self.dropped or thread.is_alive():
             self._emit("log", {"level": "error", "logger": "labd.runner.forked",

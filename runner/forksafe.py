@@ -17,7 +17,7 @@ cancel the session. A forked child has only the forking thread, so:
 * **It must not touch the parent's event path** (:meth:`Channel.forget_after_fork`): the spool is a
   ``MAP_SHARED`` mapping (shared with the child) and ``src_seq`` is the parent's counter. A child's events
   go to the runner over a socket instead, which records them (:mod:`labd.runner.forked`); its DAG nodes get
-  ids of their own (``n<k>.<i>``, ``k`` reserved by the runner before the fork). Its log records go to stderr,
+  ids of their own (``f<j>.<i>``, ``j`` the fork's number in the forking process). Its log records go to stderr,
   which is the parent's captured output. It cannot ask for an approval nor pause (no answer or resume could
   reach it): those raise at once.
 * **Its ``ctx`` must not deadlock or write the parent's record** (:func:`detach_context`): the locks of the
@@ -170,13 +170,16 @@ def detach_context(ctx: Any, *owned: Any) -> None:
     ctx.durable = None
     ctx.after_step = lambda node_id: None
     ctx.before_boundary = lambda: None
-    # Its DAG nodes are "<prefix><k>.<i>": k the number reserve_node took in the forking process before the fork
-    # (which that process therefore never gives a node of its own), so the ids are unique without a pid and the
-    # same when a replay forks in the same order.
-    k = getattr(_reserved, "k", None)
-    _reserved.k = None
-    ctx._node_prefix = f"{ctx._node_prefix}{k if k is not None else next(ctx._node_ids)}."  # noqa: SLF001
+    # Its DAG nodes are "f<j>.<i>" (a grandchild's "f<j>.f<k>.<i>"): j the fork number reserve_fork took in the
+    # forking process, from a counter of its own, so the runner's own node ids ("n<i>") never depend on how many
+    # processes it forked (replays compare them) and children's ids are unique without a pid.
+    global _forks
+    j = getattr(_reserved, "j", None)
+    _reserved.j = None
+    prefix = ctx._node_prefix if ctx._node_prefix != "n" else ""  # noqa: SLF001
+    ctx._node_prefix = f"{prefix}f{j if j is not None else next(_forks)}."  # noqa: SLF001
     ctx._node_ids = itertools.count(1)  # noqa: SLF001
+    _forks = itertools.count(1)  # the child's own forks
     # Pause, resume and approval answers arrive on the runner's channel thread, which the child has not: it does
     # not stop at a pause the runner was asked for, and what would wait for an answer fails at once.
     ctx._pause = None  # noqa: SLF001
@@ -185,13 +188,25 @@ def detach_context(ctx: Any, *owned: Any) -> None:
         ctx.approvals.forked = True  # (runner/approvals.py)
 
 
-_reserved = threading.local()  # per forking thread: the node number reserve_node took for the next child
+_reserved = threading.local()  # per forking thread: the fork number reserve_fork took for the next child
+_forks = itertools.count(1)  # this process's fork numbers (a resumed runner goes on after its record's)
 
 
-def reserve_node(ctx: Any) -> None:
-    """Before a fork, in the forking thread: take the next node number for the child's nodes
-    (:func:`detach_context`)."""
-    _reserved.k = next(ctx._node_ids)  # noqa: SLF001 - the runner owns the context
+def number_forks_from(first: int) -> None:
+    """Number this process's forks from ``first`` (a resumed runner: after the numbers its record holds)."""
+    global _forks
+    _forks = itertools.count(first)
+
+
+def reserve_fork() -> None:
+    """Before a fork, in the forking thread: take the child's fork number (its node ids: :func:`detach_context`)."""
+    _reserved.j = next(_forks)
+
+
+def forget_reserved() -> None:
+    """After a fork, in the forking process: the number is the child's (a fork that never ran the before hooks must
+    not reuse it)."""
+    _reserved.j = None
 
 
 def _cannot_pause(by: str, reason: str) -> float | None:

@@ -192,6 +192,7 @@ def run_session(spec: dict[str, Any]) -> int:
         durable.after_checkpoint = shipper.ship
     if durable.node_base:  # node ids go on after the record's (a resume's DAG, a branch's parent)
         ctx._node_ids = itertools.count(durable.node_base + 1)  # noqa: SLF001
+        forksafe.number_forks_from(durable.node_base + 1)  # ... and its forked children's ("f<j>.<i>")
 
     def agent_emit(kind: str, payload: Any, node_id: str | None = None, parent: int | None = None) -> int:
         seq = emit(kind, payload, node_id, parent)
@@ -233,12 +234,13 @@ def run_session(spec: dict[str, Any]) -> int:
     # A child forked by the workflow (multiprocessing, os.fork) gets default SIGTERM (Pool.terminate() must
     # kill it), fresh std streams, and no access to our spool or queue: see runner/forksafe.py.
     # Its events reach the runner over the relay, whose thread starts at the first fork (runner/forked.py); each
-    # child's node ids start from a number reserved here.
+    # child's node ids start from a fork number reserved here.
     def before_fork() -> None:
+        forksafe.reserve_fork()
         relay.start()
-        forksafe.reserve_node(ctx)
 
-    os.register_at_fork(before=before_fork)  # before forksafe's (registered next, so run first: SIGTERM blocked)
+    # before forksafe's (registered next, so run first: SIGTERM blocked)
+    os.register_at_fork(before=before_fork, after_in_parent=forksafe.forget_reserved)
     forksafe.install(lambda: channel.forget_after_fork(relay.child_emit()), capture.forget_after_fork,
                      logging_after_fork, lambda: forksafe.detach_context(ctx, files, durable))
     approvals = ctx.approvals

@@ -17,7 +17,7 @@ from labd.store.schema import events, steps
 
 __all__ = ["checkpoints", "max_node_number", "step_row"]
 
-_NODE_NUMBER = re.compile(r"^n(\d+)(?:\.|$)")  # n12, and n12.3 (nodes of a child forked at 12)
+_NODE_NUMBER = re.compile(r"^[nf](\d+)(?:\.|$)")  # n12 (the runner's), f12.3 (a forked child's, fork 12)
 
 
 def checkpoints(store: Any, session_id: str, before_seq: int | None = None) -> list[dict[str, Any]]:
@@ -32,8 +32,8 @@ def checkpoints(store: Any, session_id: str, before_seq: int | None = None) -> l
 
 
 def max_node_number(store: Any, session_id: str) -> int:
-    """The highest ``n<number>`` of the session's DAG node ids (``n<number>`` or a forked child's ``n<number>.<i>``:
-    new nodes are numbered after it)."""
+    """The highest number of the session's DAG node ids, the runner's ``n<number>`` and the fork number of a forked
+    child's ``f<number>.<i>``: a resumed runner numbers its new nodes and forks after it."""
     with store.engine.connect() as conn:
         ids = conn.execute(select(steps.c.node_id).where(steps.c.session_id == session_id)).scalars().all()
     return max((int(m.group(1)) for m in map(_NODE_NUMBER.match, ids) if m), default=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from typing import Any
 
@@ -197,9 +198,9 @@ class DagTree(Tree[Any]):
         self.root.expand()
 
 
-def _node_key(nid: str) -> tuple[int, str]:
-    """Node ids in creation order (n2 before n10)."""
-    return (int(nid[1:]) if nid[1:].isdigit() else 0, nid)
+def _node_key(nid: str) -> tuple[tuple[int, ...], str]:
+    """Node ids in creation order: n2 before n10, a forked child's f3.2 before f3.10."""
+    return (tuple(int(n) for n in re.findall(r"\d+", nid)), nid)
 
 
 class FeedbackScreen(ModalScreen[str | None]):

@@ -317,3 +317,39 @@ def test_event_files_left_by_a_killed_child_are_recorded_and_partial_ones_remove
     relay.close()
     assert [e[1]["name"] for e in rec.events] == ["orphan"]
     assert not list(tmp_path.glob(".forked-*"))
+
+
+def test_threads_making_their_first_fork_at_once_start_one_relay_thread(tmp_path: Path) -> None:
+    """Eight threads forking at the same moment (each calling start() first, as the runner's before-fork hook does)
+    start the relay's thread once: it stays alive, and every event of every child arrives."""
+    import threading
+
+    rec = Recorder()
+    relay = Relay(rec.emit, tmp_path)
+    barrier = threading.Barrier(8)
+    pids: list[int] = []
+
+    def forker(k: int) -> None:
+        barrier.wait()
+        relay.start()
+        pid = os.fork()
+        if pid == 0:
+            emit = relay.child_emit()
+            for i in range(300):
+                emit("custom", {"k": k, "i": i})
+            os._exit(0)
+        pids.append(pid)
+
+    threads = [threading.Thread(target=forker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for pid in pids:
+        os.waitpid(pid, 0)
+    assert relay._thread.is_alive()  # noqa: SLF001
+    relay.close()
+    got: dict[int, list[int]] = {}
+    for e in rec.events:
+        got.setdefault(e[1]["k"], []).append(e[1]["i"])
+    assert got == {k: list(range(300)) for k in range(8)}

@@ -52,3 +52,12 @@ def test_session_filter_needs_every_word_somewhere() -> None:
     assert matches(row, "study RUN") and matches(row, "team=vis") and matches(row, "a1b2 count")
     assert not matches(row, "study failed") and not matches(row, "team=nlp")
     assert matches({"id": "x", "status": "queued"}, "queued") and not matches({"id": "x", "status": "q"}, "name")
+
+
+def test_dag_nodes_sort_in_creation_order_with_forked_childrens_ids() -> None:
+    """The DAG tab orders node ids as they were made: n2 before n10, a forked child's f3.2 before f3.10 (not all
+    children's nodes first, which the tab's newest-1,000 cap would then drop first)."""
+    from labd.frontends.top.widgets import _node_key
+
+    ids = ["n10", "f3.10", "n1", "f3.2", "n2", "f3.f1.1", "f12.1"]
+    assert sorted(ids, key=_node_key) == ["n1", "n2", "f3.f1.1", "f3.2", "f3.10", "n10", "f12.1"]
