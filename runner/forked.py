@@ -83,12 +83,12 @@ class Relay:
         # child reference -> src_seq; ordered: the oldest go first, in O(1) (next(iter(dict)) after many
         # deletions at its front walks every deleted slot: the relay ran 5x slower past MAX_REFS events)
         self._refs: OrderedDict[int, int] = OrderedDict()
-        self.relayed = 0  # events emitted for children (tests)
-        self.dropped = 0  # ... not emitted: still queued when the runner gave up at the end
+        self.dropped = 0  # events of children not emitted: still queued when the runner gave up at the end
         self._thread = threading.Thread(target=self._run, name="labd-forked", daemon=True)
         self._closing = self._stop = False
         self._cond = threading.Condition()
         self._start_lock = threading.Lock()
+        self._forked = False  # a fork was made (start() ran): else close() has nothing to take in or sweep
         self._sync_sent = self._synced = 0
 
     def start(self) -> None:
@@ -96,6 +96,7 @@ class Relay:
         never pays for it). If no thread can start now (a process limit), the next fork tries again, and
         :meth:`close` takes in what is queued itself. Under a lock: two threads making their first fork at once
         would otherwise start the same thread twice (which leaves it running but seen as dead)."""
+        self._forked = True
         with self._start_lock:
             if self._thread.ident is None and not self._closing:
                 with contextlib.suppress(RuntimeError):
@@ -157,6 +158,9 @@ class Relay:
         then what is queued; then stop. Call once, after the workflow returned."""
         self._closing = True
         self._send.close()  # ours: from now on the end-of-file comes when the last child's copy is gone
+        if not self._forked:  # the common case: no work (nor a buffer, nor a directory listing) at the session's end
+            self._recv.close()
+            return
         thread = self._thread
         if thread.is_alive():
             thread.join(max(0.0, timeout))
@@ -228,7 +232,6 @@ class Relay:
             refs[ref] = seq
             if len(refs) > MAX_REFS:
                 refs.popitem(last=False)
-        self.relayed += 1
 
     def _read_file(self, name: str) -> bytes:
         """The bytes of an event file a child named (then removed): a regular file of this user in the session's

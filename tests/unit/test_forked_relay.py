@@ -255,6 +255,12 @@ def test_a_relay_whose_thread_never_started_still_takes_in_what_was_sent(tmp_pat
     """Children forked while no thread could be started (a process limit): close() takes in what they sent."""
     rec = Recorder()
     relay = Relay(rec.emit, tmp_path)
+
+    def refused() -> None:
+        raise RuntimeError("can't start new thread")
+
+    relay._thread.start = refused  # type: ignore[method-assign]  # noqa: SLF001 - as under a process limit
+    relay.start()  # the runner's before-fork hook
     pid = os.fork()
     if pid == 0:
         emit = relay.child_emit()
@@ -314,6 +320,7 @@ def test_event_files_left_by_a_killed_child_are_recorded_and_partial_ones_remove
     (tmp_path / ".forked-77-1.json").write_bytes(orjson.dumps([-(77 << 32 | 1), 1.0, "custom", None, None,
                                                                {"name": "orphan"}]))
     (tmp_path / ".forked-77-2.part").write_bytes(b"[-1, 1.0, \"cus")
+    relay.start()  # the before-fork hook of the fork that made the child
     relay.close()
     assert [e[1]["name"] for e in rec.events] == ["orphan"]
     assert not list(tmp_path.glob(".forked-*"))
