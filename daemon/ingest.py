@@ -26,6 +26,7 @@ import sqlalchemy.exc as sa_exc
 import structlog
 import zmq
 
+from labd.daemon.acks import AckPacer
 from labd.daemon.daemon_items import DaemonItems
 from labd.daemon.ingest_batch import PUB_SNDHWM, Batch, Fragment, LiveEvents, LiveRun, tune_gc
 from labd.daemon.outputcap import OutputCaps
@@ -92,6 +93,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         #: which sessions' new rows hold nothing the search index wants (read by the indexer)
         self.index_hints = IndexHints()
         self._last_resend: dict[str, float] = {}
+        self.acks = AckPacer()  # when runners are acknowledged (at once, or once per interval)
         self._warn = WarnLimiter(self.log).warn  # bad frames: a line a second per reason, counters exact
         self.topics: set[bytes] = set()  # live-tail subscriptions (see _on_subscriptions)
         self.topics_over = 0  # subscriptions past MAX_TOPICS (not kept: every session counts as followed)
@@ -165,10 +167,12 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
             self.beat = time.monotonic()
             # frames deferred last pass (runner_frames._unknown) get the next pass at once, not after a wait
             t_poll = time.perf_counter()
-            ready = dict(poller.poll(0 if self._deferred else 200))
+            ready = dict(poller.poll(0 if self._deferred else self.acks.timeout_ms(time.monotonic(), 200)))
             # what the thread waits on, per pass (docs/design.md "Event path end to end"): a few counters a pass
             self.count("ingest.idle_us", int((time.perf_counter() - t_poll) * 1e6))
             self.count("ingest.passes")
+            for sid in self.acks.owed(time.monotonic()):  # between batches: every cursor is committed
+                self._ack(sid, resend=False)
             if not ready and not self._deferred:
                 continue
             if self.pub in ready:
@@ -285,10 +289,10 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
                     self.count("dropped.pub.unencodable")
                     continue
                 self.pub.send_multipart([f"session.{sid}".encode(), *frames])
-        for sid, (_identity, resend) in batch.acks.items():
-            cur = self.cursors.get(sid)
-            if cur is not None:
-                self._to_runner(sid, "ack", {"next": cur.runner_seq + 1, "resend": resend}, queue=False)
+        now = time.monotonic()
+        for sid, (_identity, resend, prompt) in batch.acks.items():
+            if self.acks.now_or_later(sid, now, prompt or resend):
+                self._ack(sid, resend)
         for sid, type_, body in batch.to_runners:  # e.g. an approval's resolution, now that it is durable
             self._to_runner(sid, type_, body, queue=True)
         for note in batch.notes:
@@ -296,10 +300,18 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         for sid in batch.ended:  # nothing more will change for it: free its memory
             self.cursors.pop(sid, None)
             self._last_resend.pop(sid, None)
+            self.acks.forget(sid)
             self._runner_codecs.pop(sid, None)
             self.routes.pop(sid, None)
             if self.sessions_dir is not None:  # its events are committed: the spool has served
                 remove_spool(spool_of(self.sessions_dir, sid))
+
+    def _ack(self, sid: str, resend: bool) -> None:
+        """Tell a runner which ``src_seq`` ingest expects next (everything before it is committed)."""
+        cur = self.cursors.get(sid)
+        if cur is not None:
+            self.count("acks.sent")
+            self._to_runner(sid, "ack", {"next": cur.runner_seq + 1, "resend": resend}, queue=False)
 
     def _to_runner(self, sid: str, type_: str, body: dict[str, Any], *, queue: bool) -> None:
         """Send to a session's runner; a control message for a runner that is not connected (yet) waits for

@@ -26,7 +26,7 @@ from labd.daemon.outputcap import OutputCaps
 from labd.daemon.spools import spool_of, spooled_events
 from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
 from labd.ipc.signing import derive_key
-from labd.ipc.wire import Codec, Message, WireError
+from labd.ipc.wire import ACK_TAIL, Codec, Message, WireError
 from labd.store.projections import SessionCursor
 from labd.store.search import IndexHints
 
@@ -154,9 +154,12 @@ class RunnerFrames:
             self.count("dropped.runner.malformed")
             return
         self._on_events(cur, identity, evs, b, self._frame[0][-1] if self._frame is not None else None)
+        if msg.body.get("ack") is True and sid in b.acks:  # the runner waits for it (daemon/acks.py)
+            self.count("acks.asked")
+            b.acks[sid] = (identity, b.acks[sid][1], True)
 
     def _on_hello(self, sid: str, identity: bytes, body: dict[str, Any], b: Batch) -> None:
-        b.acks[sid] = (identity, b.acks.get(sid, (identity, False))[1])
+        b.acks[sid] = (identity, b.acks.get(sid, (identity, False, True))[1], True)  # where to resend from: now
         waiting = body.get("waiting_approvals")
         ids = [a for a in waiting if isinstance(a, str)][:100] if isinstance(waiting, list) else []
         for r in self.writer.resolutions(sid, ids):  # answered while we could not tell it
@@ -177,7 +180,7 @@ class RunnerFrames:
         :class:`~labd.daemon.ingest_batch.LiveRun`, no per-event work); the per-event live items are built only
         once something else happens (docs/design.md, "Live tail: a runner frame as it arrived")."""
         sid = cur.id
-        resend = b.acks.get(sid, (identity, False))[1]
+        _, resend, prompt = b.acks.get(sid, (identity, False, False))
         live = b.pub.setdefault(sid, LiveEvents()) if self._is_live(sid) else None
         span = run_span(raw, sid) if live is not None and raw is not None else None
         deferred = span is not None  # the live items of hot events are not built (yet): they may be one run
@@ -260,7 +263,7 @@ class RunnerFrames:
                 else:  # a duplicate, a gap, a drop or an error: the per-event form
                     self._undefer(live, b, p0, n0)
         if identity is not None:
-            b.acks[sid] = (identity, resend)
+            b.acks[sid] = (identity, resend, prompt)
 
     @staticmethod
     def _undefer(live: LiveEvents | None, b: Batch, p0: int, n0: int) -> tuple[Any, Any, bool]:
@@ -332,20 +335,26 @@ MAX_RUN_BYTES = 2 * PUB_CHUNK_BYTES
 
 def run_span(raw: bytes, sid: str) -> memoryview | None:
     """The bytes of a runner frame's ``events`` array, if the frame is laid out as the runner's codec writes it:
-    the fixed head, the session, ``"events":[`` ... ``]}}``. The head leaves no room for another ``body`` or
-    ``events`` key before the array; what follows the array inside the span, if it ended early (more keys:
-    crafted bytes), is caught where the span is published: inside a two-element array
+    the fixed head, the session, ``"events":[`` ... ``]}}`` (or ``],"ack":true}}``). The head leaves no room
+    for another ``body`` or ``events`` key before the array; what follows the array inside the span, if it
+    ended early (more keys: crafted bytes), is caught where the span is published: inside a two-element array
     (:meth:`labd.ipc.wire.Codec.pack_run`), anything but one JSON value makes the message invalid JSON, which a
     follower drops (and fills from the store). None for any other layout (then the per-event form is published).
     A view, not a copy: the frame is kept until its batch is published."""
     m = _RUN_HEAD.match(raw)
-    if m is None or not raw.endswith(b"]}}") or len(raw) > MAX_RUN_BYTES:
+    if m is None or len(raw) > MAX_RUN_BYTES:
+        return None
+    if raw.endswith(b"]}}"):
+        tail = 2
+    elif raw.endswith(ACK_TAIL):  # the runner asked for an ack at once: the same array, one key after it
+        tail = len(ACK_TAIL) - 1
+    else:
         return None
     at = m.end()
     mid = _dumps(sid) + b',"events":['
     if not raw.startswith(mid, at):
         return None
-    return memoryview(raw)[at + len(mid) - 1:-2]
+    return memoryview(raw)[at + len(mid) - 1:-tail]
 
 
 class _BadIdentity(WireError):

@@ -35,10 +35,13 @@ __all__ = [
     "json_fallback",
     "nesting_ok",
     "MAX_DEPTH",
+    "ACK_TAIL",
 ]
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
+#: how a runner's ``events`` message asking for an ack at once ends (after its events array; docs/protocol.md §7)
+ACK_TAIL = b'],"ack":true}}'
 
 
 class WireError(Exception):
@@ -137,10 +140,11 @@ class Codec:
         return (b'{"v":%d,"id":"%s","ts":%r,"type":"events","body":{"session":' %
                 (PROTOCOL_VERSION, self.new_id().encode(), time.time())) + orjson.dumps(session)
 
-    def pack_events(self, session: str, events: list[bytes]) -> list[bytes]:
+    def pack_events(self, session: str, events: list[bytes], *, ack: bool = False) -> list[bytes]:
         """``[signature, body]`` of an ``events`` message whose events are already JSON-encoded (the runner
-        encodes each event once, when it is emitted, for its spool; they are spliced in, not re-encoded)."""
-        raw = b"".join((self._events_head(session), b',"events":[', b",".join(events), b"]}}"))
+        encodes each event once, when it is emitted, for its spool; they are spliced in, not re-encoded).
+        ``ack``: ask the daemon to acknowledge it at once rather than within its ack interval."""
+        raw = b"".join((self._events_head(session), b',"events":[', b",".join(events), ACK_TAIL if ack else b"]}}"))
         return [self.signer.sign(raw), raw]
 
     def pack_run(self, session: str, offset: int, span: bytes | memoryview) -> list[bytes]:

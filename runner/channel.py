@@ -103,6 +103,12 @@ class Channel:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._closing = False
+        #: acks wanted at once (close() waits for them): every events message asks for one, and if nothing is
+        #: left to send, one empty message does (the daemon otherwise paces acks: daemon/acks.py)
+        self._ack_now = False
+        self._ack_asked = False
+        #: a backlog this long asks for acks at once too (well before emit() blocks at max_unacked)
+        self._prompt_backlog = max(1, max_unacked // 4)
         self._forked: Callable[..., int] | None = None  # in a forked child: where its events go instead
         # a Spool already made (a spare runner's prepared file, runner/spare.py) or the path of one to open
         self._spool = spool if isinstance(spool, Spool) or spool is None else Spool(spool)
@@ -237,6 +243,7 @@ class Channel:
         deadline = time.monotonic() + timeout
         with self._lock:
             self._force = True
+            self._ack_now = True
         self._poke()
         with self._lock:
             while (self._pending or self._acked_upto < self._next_seq - 1) and time.monotonic() < deadline:
@@ -464,11 +471,17 @@ class Channel:
                 if due is None or due > now:
                     if due is None:
                         self._force = False
+                        if self._ack_now and not self._ack_asked and self._q:  # all sent, acks outstanding
+                            self._ack_asked = True
+                            self._ask_for_ack(sock)
                     return sent, False
                 start = self._send_pos
                 batch, nbytes = size_bounded(self._q[start:start + self._batch_cap])
                 self._batch_cap = pacing.BATCH_EVENTS
-            frames = self._codec.pack_events(self.session_id, batch)
+                prompt = self._ack_now or len(self._q) + len(self._pending) >= self._prompt_backlog
+                if self._ack_now:
+                    self._ack_asked = True
+            frames = self._codec.pack_events(self.session_id, batch, ack=prompt)
             if len(frames[1]) > self._codec.max_message:
                 self._shrink(start, batch)
                 continue
@@ -486,6 +499,13 @@ class Channel:
                     self._unsent_bytes -= nbytes
                     if self._send_pos >= len(self._q):
                         self._force = False
+
+    def _ask_for_ack(self, sock: zmq.Socket) -> None:
+        """An events message without events that asks for an ack at once (the daemon acks it like any)."""
+        try:
+            sock.send_multipart(self._codec.pack_events(self.session_id, [], ack=True), zmq.NOBLOCK)
+        except zmq.Again:  # the send queue is full: the daemon's paced ack comes anyway
+            pass
 
     def _shrink(self, start: int, batch: list[bytes]) -> None:
         """A batch too large for one message: send fewer events; a single event too large to send at all

@@ -120,6 +120,26 @@ def test_a_clean_frame_is_published_as_the_runner_sent_it_and_equals_the_store(s
         s.close(0)
 
 
+def test_a_frame_asking_for_an_ack_is_published_in_the_run_form_too(shared: Any) -> None:
+    """A runner asks for an ack at once with a key after its events array (``],"ack":true}}``: closing, or a full
+    backlog). Such a frame is still published as the runner sent it (the run form, no per-event items), and what
+    a follower decodes from it equals the store."""
+    c = shared
+    sid, codec, s, tail, nxt = _setup(c, ":asks")
+    first_seq = c.session(sid)["last_seq"] + 1
+    evs = [[nxt, time.time(), "custom", None, None, {"name": "asks", "data": [1, 2.5]}],
+           [nxt + 1, time.time(), "output", None, None, {"stream": "stdout", "text": "last words\n"}]]
+    raw = codec.pack_events(sid, [encode_json(ev) for ev in evs], ack=True)[1]
+    assert raw.endswith(b'],"ack":true}}')
+    assert _send_raw(codec, s, raw) == nxt + 2
+    wait_until(lambda: (tail.drain(), len(tail.events()) >= 2)[1], timeout=30, what="the live copy")
+    assert len(tail.bodies) == 1 and tail.bodies[0] is not None
+    assert "events" not in tail.bodies[0] and len(tail.bodies[0]["run"][1]) == 2
+    _same(tail.events(), _stored(c, sid, first_seq))
+    tail.sub.close(0)
+    s.close(0)
+
+
 def test_crafted_bytes_reach_a_follower_only_as_what_was_stored(shared: Any) -> None:
     """A runner (the same user) may send JSON the daemon's decoding collapses: repeated keys, non-canonical
     numbers, escapes. What a follower decodes from the run form is what the store holds. A frame with two
