@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -259,14 +260,37 @@ class TemplateLauncher:
             return
         if self._proc.stdin:
             self._proc.stdin.close()  # end of input: the template exits, runners carry on
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
+        # The template answers end of input by ending its output, then exits at once if it has no runners, or stays
+        # until they end (runner/template.py, _outlive_runners: their process groups must not become orphaned).
+        # So wait for that answer, not for its exit: a daemon stopped with sessions running waited 5 s here and
+        # then killed the template it means to leave behind.
+        if self._proc.stdout is not None and _output_ends_within(self._proc.stdout.fileno(), 5.0):
+            try:
+                self._proc.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass  # it outlives its runners; when they have ended it exits (and init reaps it)
+        else:  # hung, or an old template: as before
             self._proc.kill()
             self._proc.wait()
         if self._proc.stdout:
             self._proc.stdout.close()
         self._proc = None
+
+
+def _output_ends_within(fd: int, timeout: float) -> bool:
+    """Read (and drop) what is left on the template's output until its end; False if it has not ended in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return False
+        try:
+            if not os.read(fd, 65536):
+                return True
+        except BlockingIOError:
+            continue
+        except OSError:
+            return True
 
 
 KEY_FILE = "runner.key"

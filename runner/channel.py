@@ -17,13 +17,15 @@ steady stream of bulk events wakes it not at all.
 No wake-up is lost: the thread decides how long to sleep under the same lock in which ``emit`` decides
 whether to wake it (see ``_run``). Memory is bounded: when too many events are unacknowledged, ``emit``
 blocks (back-pressure, never loss).
+
+This module is the producer side and the thread's loop; what goes on the wire and what comes back (batches,
+acks, control messages, reconnects) is :mod:`labd.runner.channel_wire`, a mixin of :class:`Channel`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import struct
 import sys
 import threading
 import time
@@ -34,10 +36,10 @@ from typing import Any
 import orjson
 import zmq
 
-from labd.ipc.wire import Codec, PayloadError, WireError, encode_json, json_fallback
+from labd.ipc.wire import Codec, PayloadError, encode_json, json_fallback
 from labd.runner import pacing
-from labd.runner import spool as spool_file
-from labd.runner.pacing import URGENT_GAP_S, URGENT_KINDS, Pacer, is_bulk, size_bounded, urgent
+from labd.runner.channel_wire import ChannelWire
+from labd.runner.pacing import URGENT_GAP_S, URGENT_KINDS, Pacer, is_bulk, urgent
 from labd.runner.spool import Spool
 
 __all__ = ["Channel", "is_bulk", "PayloadError"]
@@ -58,11 +60,10 @@ RESEND_AFTER_S = 5.0
 _dumps = orjson.dumps
 _JSON_OPTS = orjson.OPT_NON_STR_KEYS
 _wall = time.time
-_MONITOR_HEAD = struct.Struct("=Hi")
 _mono = time.monotonic
 
 
-class Channel:
+class Channel(ChannelWire):
     """Spooled, signed, acknowledged, re-sending event channel to the daemon (one per runner process)."""
 
     def __init__(self, endpoint: str, key: bytes, session_id: str, *, max_unacked: int = 200_000,
@@ -401,145 +402,6 @@ class Channel:
             sock.close(0)
             ctx.term()
 
-    def _resend(self) -> None:
-        """Send everything unacknowledged again, now (lock held)."""
-        self._send_pos = 0
-        self._unsent_bytes = sum(len(r) for r in self._q)
-        self._force = True
-
-    def _trim_spool(self) -> None:
-        """Let the spool shed what is acknowledged (:meth:`Spool.behind_acks`); run on the channel thread after acks."""
-        spool = self._spool
-        if spool is None or spool.size < spool_file.SPOOL_TRUNCATE_BYTES:  # the common case, without the lock
-            return
-        with self._lock:
-            if self._spool is not None:
-                self._spool.behind_acks(self._acked_upto + 1, self._q, self._pending)
-
-    def _on_monitor(self, monitor: zmq.Socket, sock: zmq.Socket) -> None:
-        while True:
-            try:
-                evt = _monitor_event(monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
-            if evt == zmq.EVENT_CONNECTED:
-                # Introduce ourselves. On a *re*connect (a new daemon), also resend all that is
-                # unacknowledged; on the first connect, what was queued before it is delivered anyway.
-                self._send(sock, "hello", {"session": self.session_id, "last_seq": self.last_seq,
-                                           **self._hello()})
-                if self._was_connected:
-                    with self._lock:
-                        self._resend()
-                self._was_connected = True
-                self.connected.set()
-            elif evt == zmq.EVENT_DISCONNECTED:
-                self.connected.clear()
-
-    def _on_message(self, frames: list[bytes]) -> bool:
-        try:
-            msg = self._codec.unpack(frames)
-        except WireError:
-            return False  # a forged or stale frame: ignore it
-        if msg.type == "ack":
-            nxt = msg.body.get("next")
-            if not isinstance(nxt, int):
-                return False
-            with self._lock:
-                drop = max(0, min(nxt - 1 - self._acked_upto, len(self._q)))
-                if drop:
-                    if drop > self._send_pos:  # acknowledged before we (re)sent them
-                        self._unsent_bytes -= sum(len(r) for r in self._q[self._send_pos:drop])
-                    del self._q[:drop]
-                    del self._times[:drop]
-                    self._acked_upto += drop
-                    self._send_pos = max(0, self._send_pos - drop)
-                if msg.body.get("resend"):
-                    self._resend()
-                self._lock.notify_all()
-            return True
-        handler = self.handlers.get(msg.type)
-        if handler is not None:
-            handler(msg.body)
-        return False
-
-    def _flush(self, sock: zmq.Socket, now: float) -> tuple[bool, bool]:
-        """Send what is due, in batches, without blocking; returns (anything sent, send queue full)."""
-        sent = False
-        while True:
-            with self._lock:
-                due = self._due_at(now)
-                if due is None or due > now:
-                    if due is None:
-                        self._force = False
-                        if self._ack_now and not self._ack_asked and self._q:  # all sent, acks outstanding
-                            self._ack_asked = True
-                            self._ask_for_ack(sock)
-                    return sent, False
-                start = self._send_pos
-                batch, nbytes = size_bounded(self._q[start:start + self._batch_cap])
-                self._batch_cap = pacing.BATCH_EVENTS
-                prompt = self._ack_now or len(self._q) + len(self._pending) >= self._prompt_backlog
-                if self._ack_now:
-                    self._ack_asked = True
-            frames = self._codec.pack_events(self.session_id, batch, ack=prompt)
-            if len(frames[1]) > self._codec.max_message:
-                self._shrink(start, batch)
-                continue
-            try:
-                sock.send_multipart(frames, zmq.NOBLOCK)
-            except zmq.Again:
-                return sent, True
-            sent = True
-            self.sends += 1
-            self._last_send = time.monotonic()
-            with self._lock:
-                self._pacer.spent(self._last_send)
-                if self._send_pos == start:
-                    self._send_pos = start + len(batch)
-                    self._unsent_bytes -= nbytes
-                    if self._send_pos >= len(self._q):
-                        self._force = False
-
-    def _ask_for_ack(self, sock: zmq.Socket) -> None:
-        """An events message without events that asks for an ack at once (the daemon acks it like any)."""
-        try:
-            sock.send_multipart(self._codec.pack_events(self.session_id, [], ack=True), zmq.NOBLOCK)
-        except zmq.Again:  # the send queue is full: the daemon's paced ack comes anyway
-            pass
-
-    def _shrink(self, start: int, batch: list[bytes]) -> None:
-        """A batch too large for one message: send fewer events; a single event too large to send at all
-        is replaced by an ``event.truncated`` marker (otherwise it would be re-sent forever). The spool
-        keeps the whole event: if the daemon reads it from there, it stores it whole."""
-        if len(batch) > 1:
-            self._batch_cap = max(1, len(batch) // 2)
-            return
-        import orjson
-
-        seq, ts, kind, node_id, parent, _payload = orjson.loads(batch[0])
-        marker = encode_json([seq, ts, "event.truncated", node_id, parent, {"kind": kind, "size": len(batch[0])}])
-        with self._lock:
-            if self._q and self._send_pos == start:
-                self._unsent_bytes += len(marker) - len(self._q[start])
-                self._q[start] = marker
-
-    def _send(self, sock: zmq.Socket, type_: str, body: dict[str, Any]) -> bool:
-        try:
-            sock.send_multipart(self._codec.pack(type_, body), zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            return False
-
 
 def _dropped(*_args: Any, **_kw: Any) -> int:
     return 0
-
-
-def _monitor_event(frames: list[bytes]) -> int:
-    """The event id of a ZeroMQ socket-monitor message (first frame: 16-bit event id, 32-bit value; libzmq's
-    zmq_socket_monitor). Decoded here rather than with ``zmq.utils.monitor``, which imports ``zmq.asyncio``:
-    its first import in a runner took 2-4 ms on the channel thread, between the runner's first events and their
-    send (docs/design.md, "First output"). 0 for a message of another shape (none is expected)."""
-    if len(frames) != 2 or len(frames[0]) != 6:
-        return 0
-    return int(_MONITOR_HEAD.unpack(frames[0])[0])

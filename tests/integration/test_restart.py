@@ -170,6 +170,25 @@ def test_sigterm_stops_the_daemon_cleanly_but_not_the_sessions(daemon) -> None:
         restarted.stop()
 
 
+def test_a_daemon_stopped_with_sessions_running_leaves_its_template_to_outlive_them(daemon) -> None:
+    """Stopped while a session runs, the daemon does not wait for the runner template to exit (it never does
+    while it has runners) and does not kill it: the template stays, the runner's parent, so the runner's process
+    group is not orphaned (a stopped member would get SIGHUP), and ends once its last runner has ended. Before,
+    the daemon waited 5 s at every such stop and then SIGKILLed the template."""
+    with daemon.client() as c:
+        sid = c.start("demo.sleep", params={"seconds": 60})
+        pid = wait_until(lambda: c.session(sid)["status"] == "running" and c.session(sid)["pid"])
+        template = c.status()["template_pid"]
+    assert psutil.Process(pid).ppid() == template
+    assert daemon.stop() == 0
+    tmpl = psutil.Process(template)
+    assert tmpl.is_running() and tmpl.status() != psutil.STATUS_ZOMBIE
+    assert "waiting for its runners" in " ".join(tmpl.cmdline())
+    assert psutil.Process(pid).ppid() == template
+    os.killpg(pid, signal.SIGKILL)
+    wait_until(lambda: not _alive(template), timeout=20, what="the template to exit after its last runner")
+
+
 def test_second_daemon_on_the_same_home_refuses_to_start(daemon) -> None:
     """A second daemon on a home that is already served exits with a clear message; the first keeps serving."""
     second = DaemonProc(daemon.home).start(wait=False)

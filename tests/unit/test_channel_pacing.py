@@ -15,7 +15,8 @@ import time
 
 import zmq
 
-from labd.runner.channel import Channel, _monitor_event
+from labd.runner.channel import Channel
+from labd.runner.channel_wire import _monitor_event
 from labd.runner.pacing import BULK_DELAY_S, URGENT_BURST, URGENT_GAP_S, Pacer
 from tests.unit.test_channel import KEY, SID, FakeDaemon
 

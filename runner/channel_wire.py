@@ -1,0 +1,201 @@
+"""The channel thread's side facing the daemon: sending batches, reading acks and control messages, reconnects.
+
+A mixin of :class:`labd.runner.channel.Channel` (its methods run on the channel thread, under the channel's lock
+where they touch shared state); split from the producer side and the thread's loop because it is a concern of its
+own: what goes on the wire and what comes back. The daemon acknowledges at most every 0.25 s per session unless a
+frame asks (``"ack": true``, docs/protocol.md §7): the channel asks while closing and when its backlog is a quarter
+full.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import zmq
+
+from labd.ipc.wire import Codec, WireError, encode_json
+from labd.runner import pacing
+from labd.runner import spool as spool_file
+from labd.runner.pacing import Pacer, size_bounded
+from labd.runner.spool import Spool
+
+__all__ = ["ChannelWire"]
+
+_MONITOR_HEAD = struct.Struct("=Hi")
+
+
+class ChannelWire:
+    """Sending and receiving for :class:`~labd.runner.channel.Channel` (see the module docstring)."""
+
+    # provided by Channel
+    session_id: str
+    _codec: Codec
+    _hello: Callable[[], dict[str, Any]]
+    _lock: threading.Condition
+    _spool: Spool | None
+    _pending: list[bytes]
+    _q: list[bytes]
+    _times: list[float]
+    _acked_upto: int
+    _send_pos: int
+    _unsent_bytes: int
+    _force: bool
+    _ack_now: bool
+    _ack_asked: bool
+    _prompt_backlog: int
+    _batch_cap: int
+    _pacer: Pacer
+    _last_send: float
+    _was_connected: bool
+    sends: int
+    connected: threading.Event
+    handlers: dict[str, Callable[[dict[str, Any]], None]]
+
+    @property
+    def last_seq(self) -> int:
+        raise NotImplementedError
+
+    def _due_at(self, now: float) -> float | None:
+        raise NotImplementedError
+
+    def _resend(self) -> None:
+        """Send everything unacknowledged again, now (lock held)."""
+        self._send_pos = 0
+        self._unsent_bytes = sum(len(r) for r in self._q)
+        self._force = True
+
+    def _trim_spool(self) -> None:
+        """Let the spool shed what is acknowledged (:meth:`Spool.behind_acks`); run on the channel thread after acks."""
+        spool = self._spool
+        if spool is None or spool.size < spool_file.SPOOL_TRUNCATE_BYTES:  # the common case, without the lock
+            return
+        with self._lock:
+            if self._spool is not None:
+                self._spool.behind_acks(self._acked_upto + 1, self._q, self._pending)
+
+    def _on_monitor(self, monitor: zmq.Socket, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                evt = _monitor_event(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if evt == zmq.EVENT_CONNECTED:
+                # Introduce ourselves. On a *re*connect (a new daemon), also resend all that is
+                # unacknowledged; on the first connect, what was queued before it is delivered anyway.
+                self._send(sock, "hello", {"session": self.session_id, "last_seq": self.last_seq,
+                                           **self._hello()})
+                if self._was_connected:
+                    with self._lock:
+                        self._resend()
+                self._was_connected = True
+                self.connected.set()
+            elif evt == zmq.EVENT_DISCONNECTED:
+                self.connected.clear()
+
+    def _on_message(self, frames: list[bytes]) -> bool:
+        try:
+            msg = self._codec.unpack(frames)
+        except WireError:
+            return False  # a forged or stale frame: ignore it
+        if msg.type == "ack":
+            nxt = msg.body.get("next")
+            if not isinstance(nxt, int):
+                return False
+            with self._lock:
+                drop = max(0, min(nxt - 1 - self._acked_upto, len(self._q)))
+                if drop:
+                    if drop > self._send_pos:  # acknowledged before we (re)sent them
+                        self._unsent_bytes -= sum(len(r) for r in self._q[self._send_pos:drop])
+                    del self._q[:drop]
+                    del self._times[:drop]
+                    self._acked_upto += drop
+                    self._send_pos = max(0, self._send_pos - drop)
+                if msg.body.get("resend"):
+                    self._resend()
+                self._lock.notify_all()
+            return True
+        handler = self.handlers.get(msg.type)
+        if handler is not None:
+            handler(msg.body)
+        return False
+
+    def _flush(self, sock: zmq.Socket, now: float) -> tuple[bool, bool]:
+        """Send what is due, in batches, without blocking; returns (anything sent, send queue full)."""
+        sent = False
+        while True:
+            with self._lock:
+                due = self._due_at(now)
+                if due is None or due > now:
+                    if due is None:
+                        self._force = False
+                        if self._ack_now and not self._ack_asked and self._q:  # all sent, acks outstanding
+                            self._ack_asked = True
+                            self._ask_for_ack(sock)
+                    return sent, False
+                start = self._send_pos
+                batch, nbytes = size_bounded(self._q[start:start + self._batch_cap])
+                self._batch_cap = pacing.BATCH_EVENTS
+                prompt = self._ack_now or len(self._q) + len(self._pending) >= self._prompt_backlog
+                if self._ack_now:
+                    self._ack_asked = True
+            frames = self._codec.pack_events(self.session_id, batch, ack=prompt)
+            if len(frames[1]) > self._codec.max_message:
+                self._shrink(start, batch)
+                continue
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                return sent, True
+            sent = True
+            self.sends += 1
+            self._last_send = time.monotonic()
+            with self._lock:
+                self._pacer.spent(self._last_send)
+                if self._send_pos == start:
+                    self._send_pos = start + len(batch)
+                    self._unsent_bytes -= nbytes
+                    if self._send_pos >= len(self._q):
+                        self._force = False
+
+    def _ask_for_ack(self, sock: zmq.Socket) -> None:
+        """An events message without events that asks for an ack at once (the daemon acks it like any)."""
+        try:
+            sock.send_multipart(self._codec.pack_events(self.session_id, [], ack=True), zmq.NOBLOCK)
+        except zmq.Again:  # the send queue is full: the daemon's paced ack comes anyway
+            pass
+
+    def _shrink(self, start: int, batch: list[bytes]) -> None:
+        """A batch too large for one message: send fewer events; a single event too large to send at all
+        is replaced by an ``event.truncated`` marker (otherwise it would be re-sent forever). The spool
+        keeps the whole event: if the daemon reads it from there, it stores it whole."""
+        if len(batch) > 1:
+            self._batch_cap = max(1, len(batch) // 2)
+            return
+        seq, ts, kind, node_id, parent, _payload = orjson.loads(batch[0])
+        marker = encode_json([seq, ts, "event.truncated", node_id, parent, {"kind": kind, "size": len(batch[0])}])
+        with self._lock:
+            if self._q and self._send_pos == start:
+                self._unsent_bytes += len(marker) - len(self._q[start])
+                self._q[start] = marker
+
+    def _send(self, sock: zmq.Socket, type_: str, body: dict[str, Any]) -> bool:
+        try:
+            sock.send_multipart(self._codec.pack(type_, body), zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+
+def _monitor_event(frames: list[bytes]) -> int:
+    """The event id of a ZeroMQ socket-monitor message (first frame: 16-bit event id, 32-bit value; libzmq's
+    zmq_socket_monitor). Decoded here rather than with ``zmq.utils.monitor``, which imports ``zmq.asyncio``:
+    its first import in a runner took 2-4 ms on the channel thread, between the runner's first events and their
+    send (docs/design.md, "First output"). 0 for a message of another shape (none is expected)."""
+    if len(frames) != 2 or len(frames[0]) != 6:
+        return 0
+    return int(_MONITOR_HEAD.unpack(frames[0])[0])
