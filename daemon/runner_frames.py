@@ -159,7 +159,7 @@ class RunnerFrames:
             b.acks[sid] = (identity, b.acks[sid][1], True)
 
     def _on_hello(self, sid: str, identity: bytes, body: dict[str, Any], b: Batch) -> None:
-        b.acks[sid] = (identity, b.acks.get(sid, (identity, False, True))[1], True)  # where to resend from: now
+        b.acks[sid] = (identity, b.acks.get(sid, (identity, False, False))[1], True)  # where to resend from: now
         waiting = body.get("waiting_approvals")
         ids = [a for a in waiting if isinstance(a, str)][:100] if isinstance(waiting, list) else []
         for r in self.writer.resolutions(sid, ids):  # answered while we could not tell it

@@ -205,8 +205,12 @@ class Relay:
             try:
                 self._take(view[:size])
             except Exception as exc:  # noqa: BLE001 - a child's bad message must not stop the others'
-                why = f"an event of a forked child was not recorded: {type(exc).__name__}: {exc}"
-                self._emit("log", {"level": "error", "logger": "labd.runner.forked", "event": why[:2000]})
+                self._not_recorded(exc)
+
+    def _not_recorded(self, exc: Exception) -> None:
+        """Say in the record that a child's event was lost, and why (the others go on)."""
+        why = f"an event of a forked child was not recorded: {type(exc).__name__}: {exc}"
+        self._emit("log", {"level": "error", "logger": "labd.runner.forked", "event": why[:2000]})
 
     def _take(self, msg: memoryview | bytes) -> None:
         head = msg[:1]
@@ -266,8 +270,7 @@ class Relay:
                 else:
                     (self._spill_dir / name).unlink()
             except Exception as exc:  # noqa: BLE001 - one bad file must not keep the others
-                why = f"an event of a forked child was not recorded: {type(exc).__name__}: {exc}"
-                self._emit("log", {"level": "error", "logger": "labd.runner.forked", "event": why[:2000]})
+                self._not_recorded(exc)
 
 
 def _send_file(sock: socket.socket, spill_dir: Path, stem: str, raw: bytes) -> None:

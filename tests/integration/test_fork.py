@@ -178,3 +178,20 @@ def test_an_overrun_deadline_reports_the_stacks_of_the_session(shared) -> None:
     assert "did not end within 2s" in msg and "=== pid" in msg and "SigBlk" in msg and "wchan=" in msg
     if "py-spy not installed" not in msg:  # thread names are Python's: only py-spy's stacks show them
         assert "run_session" in msg and "labd-channel" in msg
+
+
+def test_a_resumed_runner_numbers_its_forks_after_the_record(shared, tmp_path) -> None:
+    """A resumed session's runner starts its fork numbers after those its record holds: the child forked again
+    by the step that runs again gets node ids of a new fork number (``f3.``), not the first run's ``f1.`` (which
+    the first step's child, skipped on resume, already holds). Every step node of the session is distinct."""
+    c = shared
+    sid = c.start("labd_forkflows:fork_in_steps_fail_once", params={"flag": str(tmp_path / "flag")})
+    assert c.wait(sid, timeout=60)["status"] == "failed"
+    c.resume(sid, reason="again")
+    c.wait(sid, timeout=60)
+    assert c.session(sid)["status"] == "completed"
+    started = [(e["payload"]["name"], e["node_id"]) for e in c.history(sid, kinds=["step.started"])]
+    children = [(name, node.split(".")[0]) for name, node in started if name.startswith("child of")]
+    assert children == [("child of first", "f1"), ("child of second", "f2"), ("child of second", "f3")]
+    nodes = [node for _, node in started]
+    assert len(nodes) == len(set(nodes))

@@ -188,3 +188,27 @@ def child_outlives_the_workflow(ctx) -> int:
         ctx.emit("late", {})
         os._exit(0)
     return pid
+
+
+def fork_in_steps_fail_once(ctx, flag: str) -> str:
+    """Two steps, each forking a child that runs a step of its own; the second fails the first time (no ``flag``
+    file yet), so a resume skips the first and runs the second again, forking once more."""
+
+    def fork_a_child_step(name: str) -> None:
+        pid = os.fork()
+        if pid == 0:
+            with ctx.step(name):
+                ctx.emit("from_child", {"name": name})
+            os._exit(0)
+        if _wait_child(pid, 30) != 0:
+            raise RuntimeError(f"the child of {name} failed")
+
+    with ctx.step("first"):
+        fork_a_child_step("child of first")
+    with ctx.step("second"):
+        fork_a_child_step("child of second")
+        if not os.path.exists(flag):
+            with open(flag, "w"):
+                pass
+            raise RuntimeError("fails once")
+    return "done"

@@ -205,3 +205,30 @@ def test_stalled_acks_are_noticed_without_waiting_for_the_heartbeat(
     assert [e[0] for e in daemon.recv_events(1, timeout=20.0)] == [1]
     daemon.ack(2)
     assert ch.close(timeout=5.0) is True
+
+
+def test_acks_are_asked_for_when_the_backlog_is_a_quarter_full_and_when_closing(
+        endpoint: str, daemon: FakeDaemon, channels: list[Channel]) -> None:
+    """The daemon paces acks unless a frame asks (``"ack": true``). The channel asks once a quarter of its
+    backlog limit is unacknowledged (well before emit() would block), not before; and when closing with
+    everything already sent, it asks with one frame without events, so close() does not wait for the pace."""
+    ch = _channel(endpoint, daemon, max_unacked=8)  # a quarter: 2 events
+    channels.append(ch)
+    ch.emit("output", {"stream": "stdout", "text": "one\n"})
+    first = daemon.recv("events")
+    assert [e[0] for e in first.body["events"]] == [1] and "ack" not in first.body
+    ch.emit("output", {"stream": "stdout", "text": "two\n"})
+    second = daemon.recv("events")
+    assert [e[0] for e in second.body["events"]] == [2] and second.body.get("ack") is True
+    daemon.ack(3)
+    wait_until(lambda: ch._acked_upto == 2, timeout=5)  # noqa: SLF001 - the ack taken in
+    ch.emit("output", {"stream": "stdout", "text": "three\n"})
+    third = daemon.recv("events")
+    assert [e[0] for e in third.body["events"]] == [3] and "ack" not in third.body
+    closing = threading.Thread(target=ch.close, kwargs={"timeout": 10.0})
+    closing.start()
+    ask = daemon.recv("events")
+    assert ask.body["events"] == [] and ask.body["ack"] is True
+    daemon.ack(4)
+    closing.join(10)
+    assert not closing.is_alive()

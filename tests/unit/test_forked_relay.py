@@ -272,17 +272,23 @@ def test_a_relay_whose_thread_never_started_still_takes_in_what_was_sent(tmp_pat
     assert [e[1]["i"] for e in rec.events] == list(range(100))
 
 
-def test_close_takes_in_a_slow_backlog_before_it_returns(tmp_path: Path) -> None:
-    """A backlog that takes longer to emit than close()'s wait for children (a slow channel) is emitted in full
-    before close() returns: nothing comes after the session's last event."""
+def _slow_emit(delay: float) -> tuple[list[int], Any]:
+    """The runner's emit for a channel under back-pressure: ``delay`` per event; records each payload's ``i``."""
     emitted: list[int] = []
 
     def slow(kind: str, payload: Any, node_id: str | None = None, parent: int | None = None,
              ts: float | None = None) -> int:
-        time.sleep(0.002)  # stands in for a channel under back-pressure
+        time.sleep(delay)
         emitted.append(payload["i"])
         return len(emitted)
 
+    return emitted, slow
+
+
+def test_close_takes_in_a_slow_backlog_before_it_returns(tmp_path: Path) -> None:
+    """A backlog that takes longer to emit than close()'s wait for children (a slow channel) is emitted in full
+    before close() returns: nothing comes after the session's last event."""
+    emitted, slow = _slow_emit(0.002)
     relay = Relay(slow, tmp_path)
 
     def child(emit: Any) -> None:
@@ -291,24 +297,24 @@ def test_close_takes_in_a_slow_backlog_before_it_returns(tmp_path: Path) -> None
 
     fork_and_run(relay, child)
     relay.close(timeout=0.05)
-    done = len(emitted)
-    assert emitted == list(range(400)) and done == 400
+    assert emitted == list(range(400))
     assert not relay._thread.is_alive()  # noqa: SLF001
 
 
 def test_sync_returns_after_what_children_sent_is_emitted(tmp_path: Path) -> None:
     """sync() after a child exited returns once the child's events are all emitted (a step that waited for its
-    workers finishes after their events)."""
-    rec = Recorder()
-    relay = Relay(rec.emit, tmp_path)
+    workers finishes after their events). The runner emits slowly here, so without sync() only part of them
+    would be in when the child has exited."""
+    emitted, slow = _slow_emit(0.001)
+    relay = Relay(slow, tmp_path)
 
     def child(emit: Any) -> None:
-        for i in range(2000):
+        for i in range(500):
             emit("custom", {"name": "w", "i": i})
 
     fork_and_run(relay, child)
     relay.sync()
-    assert len(rec.events) == 2000
+    assert emitted == list(range(500))
     relay.close()
 
 
