@@ -168,7 +168,8 @@ def _check_agents(path: Path, section: Any) -> dict[str, dict[str, Any]]:
 
 def _check_policy(path: Path, tables: Any) -> list[dict[str, Any]]:
     """``[[policy]]`` tables: validated now, so a daemon with a bad rule refuses to start."""
-    from labd.ipc.policy import PolicyError, parse_rules
+    from labd.ipc.policy import PolicyError
+    from labd.ipc.policy_rules import parse_rules
 
     try:
         parse_rules(tables, str(path))

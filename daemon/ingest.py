@@ -33,6 +33,7 @@ from labd.daemon.outputcap import OutputCaps
 from labd.daemon.runner_frames import RunnerFrames, runner_session
 from labd.daemon.shipped import receive as receive_shipped
 from labd.daemon.spools import remove_spool, spool_of
+from labd.daemon.subscriptions import LiveSubscriptions
 from labd.daemon.warnlimit import WarnLimiter
 from labd.ipc.wire import Codec, PayloadError
 from labd.store.blobs import take_blobs
@@ -49,10 +50,6 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024  # raw runner frames per batch: bounds the mem
 #: messages queued per runner in the ROUTER (each <= ~512 KiB from the Python runner): a flooding runner
 #: blocks in its own send queue instead of growing the daemon's memory
 RUNNER_RCVHWM = 32
-#: live-tail subscriptions kept (distinct topics; XPUB passes each once): bounds memory and the "is anyone
-#: following" check against a same-user peer subscribing to very many prefixes
-MAX_TOPICS = 4096
-MAX_TOPIC_BYTES = len("session.") + 64  # the longest topic that can be a prefix of a session's (ids <= 64 bytes)
 #: the database cannot be reached (retry the same batch); anything else it raises means it refused data
 UNREACHABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
 REFUSED = (sa_exc.StatementError, OverflowError, ValueError, TypeError)
@@ -95,8 +92,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         self._last_resend: dict[str, float] = {}
         self.acks = AckPacer()  # when runners are acknowledged (at once, or once per interval)
         self._warn = WarnLimiter(self.log).warn  # bad frames: a line a second per reason, counters exact
-        self.topics: set[bytes] = set()  # live-tail subscriptions (see _on_subscriptions)
-        self.topics_over = 0  # subscriptions past MAX_TOPICS (not kept: every session counts as followed)
+        self.live_subs = LiveSubscriptions(self.count)  # who follows which session's live tail
         #: control messages for runners that have not said hello yet (e.g. pause right after start)
         self._waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self._safe = False  # safe mode: commit event by event (after the store refused a batch)
@@ -176,7 +172,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
             if not ready and not self._deferred:
                 continue
             if self.pub in ready:
-                self._on_subscriptions()
+                self.live_subs.take(self.pub)
             # Daemon-side items first: a session.created must be in before that session's runner events.
             items: list[tuple[Any, ...]] = []
             frames_list: list[list[bytes]] = []
@@ -325,33 +321,6 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
             if queue:
                 self._waiting_for_hello.setdefault(sid, []).append((type_, body))
 
-    def _on_subscriptions(self) -> None:
-        """Track live-tail subscriptions (XPUB passes each topic's first subscribe and last unsubscribe), bounded:
-        a topic that cannot be a prefix of any ``session.<id>`` (too long, or neither a prefix of ``session.`` nor
-        starting with it) matches nothing and is not kept; past :data:`MAX_TOPICS` kept ones, the rest are only
-        counted (``topics_over``), and while any is, every session counts as followed (nobody misses events)."""
-        while True:
-            try:
-                msg = self.pub.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            topic = msg[1:]
-            if len(topic) > MAX_TOPIC_BYTES or not (topic.startswith(b"session.") or b"session.".startswith(topic)):
-                if msg[:1] == b"\x01":
-                    self.count("live.topics_ignored")
-                continue
-            if msg[:1] == b"\x01":
-                if len(self.topics) < MAX_TOPICS:
-                    self.topics.add(topic)
-                else:
-                    self.topics_over += 1
-                    self.count("live.topics_over")
-            elif msg[:1] == b"\x00":
-                if topic in self.topics:
-                    self.topics.discard(topic)
-                elif self.topics_over:
-                    self.topics_over -= 1
-
     def _append(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
                 node_id: str | None, parent: int | None, payload: dict[str, Any], b: Batch) -> bool:
         """Add one event (and its projection changes) to the batch; in safe mode, commit it on its own.
@@ -414,13 +383,4 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
                                                                  seq if src_seq is None else src_seq])
 
     def _is_live(self, sid: str) -> bool:
-        """Does any client follow this session's live tail?"""
-        topics = self.topics
-        if self.topics_over:
-            return True
-        if not topics:
-            return False
-        topic = f"session.{sid}".encode()
-        if len(topics) <= 16:
-            return any(topic.startswith(t) for t in topics)
-        return any(topic[:i] in topics for i in range(len(topic) + 1))  # O(topic length), not O(topics)
+        return self.live_subs.follows(sid)

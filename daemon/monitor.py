@@ -15,7 +15,7 @@ wall-time and process-count breaches go to the supervisor (notes). ``record_inte
 ``resource.sample`` event may be recorded: only when a figure moved, or every ``IDLE_RECORD_S`` otherwise
 (:mod:`labd.ipc.samples`, the rule the node monitor of a remote session uses too).
 
-CPU limits are enforced by throttling: a token bucket per session refilled at the quota (a fraction of one
+CPU limits are enforced by throttling (:func:`labd.daemon.watched.throttle`): a token bucket per session refilled at the quota (a fraction of one
 core); when the tree has used more CPU than it earned, the process group and every tree member are stopped
 (SIGSTOP) until the debt is paid, then continued. CPU includes reaped children (``cutime + cstime``).
 
@@ -29,7 +29,6 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -39,6 +38,7 @@ from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY
 from labd.daemon.launcher import signal_group
 from labd.daemon.limits import Limits
 from labd.daemon.proctable import MarkerCache, Proc, ProcTable, PssCache, read_proc
+from labd.daemon.watched import Buried, Watched, figures, kill_proc, signal_members, throttle
 from labd.ipc.samples import worth_recording
 
 __all__ = ["Monitor"]
@@ -46,56 +46,11 @@ __all__ = ["Monitor"]
 THROTTLE_TICK_S = 0.02
 NEAR_TICK_S = 0.025  # re-read of a session past NEAR_FRACTION of its memory limit
 NEAR_FRACTION = 0.5
-BURST_S = 0.1  # how much CPU time a throttled session may bank
 #: a new session's first pass comes this long after its launch: not while its runner starts up (the pass
 #: would compete with it for the CPU), soon enough to catch the peaks of a short session
 FRESH_DELAY_S = 0.05
 BURY_GRACE_S = 2.0  # SIGTERM -> SIGKILL for what a finished session left behind
 BURY_HUNT_S = 10.0  # how long escaped processes of an ended session are looked for
-
-
-@dataclass
-class _Watched:
-    sid: str
-    pid: int
-    limits: Limits
-    started: float  # wall-clock start, for the timeout
-    start_key: int | None = None  # the runner's start time in ticks, once seen
-    members: list[Proc] = field(default_factory=list)
-    keys: set[tuple[int, int]] = field(default_factory=set)  # every process ever seen in the tree
-    cpu_total: float = 0.0
-    cpu_at: float = 0.0
-    cpu_percent: float = 0.0
-    memory: int = 0
-    rss: int = 0
-    num_procs: int = 1
-    peak_memory: int = 0
-    peak_cpu: float = 0.0
-    near: bool = False
-    # throttling
-    allowance: float = 0.0
-    t_total: float = 0.0
-    t_at: float = 0.0
-    stopped_until: float = 0.0
-    breached: bool = False
-    procs_reported: bool = False
-    timeout_reported: bool = False
-    fresh: bool = True  # sampled FRESH_DELAY_S after the watch began, so even short sessions get their peaks
-    watched_at: float = 0.0  # monotonic time the watch began
-    seen_at: float | None = None
-    recorded: tuple[int, float, int, int, float] | None = None  # figures of the last resource.sample event
-    recorded_at: float = 0.0  # wall time of the last pass that found the runner alive (its liveness)
-
-
-@dataclass
-class _Buried:
-    sid: str
-    pid: int
-    keys: set[tuple[int, int]]
-    kill_at: float
-    until: float
-    termed: set[tuple[int, int]] = field(default_factory=set)
-    empty: int = 0  # consecutive passes that found nothing left
 
 
 class Monitor(threading.Thread):
@@ -109,8 +64,8 @@ class Monitor(threading.Thread):
         self.limit_interval = min(limit_interval, sample_interval)
         self.record_interval = record_interval
         self._lock = threading.Lock()
-        self._watched: dict[str, _Watched] = {}
-        self._buried: dict[str, _Buried] = {}
+        self._watched: dict[str, Watched] = {}
+        self._buried: dict[str, Buried] = {}
         self._halt = threading.Event()
         self._wake = threading.Event()
         self.table = ProcTable()
@@ -129,7 +84,7 @@ class Monitor(threading.Thread):
         with self._lock:
             self._buried.pop(sid, None)
             now = time.monotonic()
-            self._watched[sid] = _Watched(sid, pid, limits, started, start_key=p.start, t_at=now, watched_at=now,
+            self._watched[sid] = Watched(sid, pid, limits, started, start_key=p.start, t_at=now, watched_at=now,
                                           keys={p.key})
         self._wake.set()
 
@@ -139,10 +94,10 @@ class Monitor(threading.Thread):
             w = self._watched.pop(sid, None)
             if w is not None and bury:
                 now = time.monotonic()
-                self._buried[sid] = _Buried(sid, w.pid, set(w.keys), now + (0.0 if w.breached else BURY_GRACE_S),
+                self._buried[sid] = Buried(sid, w.pid, set(w.keys), now + (0.0 if w.breached else BURY_GRACE_S),
                                             now + BURY_GRACE_S + BURY_HUNT_S)
         if w is not None and w.stopped_until:
-            self._signal_members(w, signal.SIGCONT)  # never leave a group stopped behind
+            signal_members(w, signal.SIGCONT)  # never leave a group stopped behind
         self._wake.set()
 
     def signal_tree(self, sid: str, sig: int) -> None:
@@ -153,18 +108,18 @@ class Monitor(threading.Thread):
             members = list(w.members) if w is not None else []
         for p in members:
             if p.pgid != (w.pid if w else 0):
-                _kill(p, sig)
+                kill_proc(p, sig)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Live figures of every watched session."""
         with self._lock:
-            return {sid: _figures(w) for sid, w in self._watched.items()}
+            return {sid: figures(w) for sid, w in self._watched.items()}
 
     def snapshot_of(self, sid: str) -> dict[str, Any] | None:
         """Live figures of one session (None if not watched)."""
         with self._lock:
             w = self._watched.get(sid)
-            return _figures(w) if w is not None else None
+            return figures(w) if w is not None else None
 
     def stop(self) -> None:
         self._halt.set()
@@ -206,7 +161,7 @@ class Monitor(threading.Thread):
                 for w in watched:
                     if w.limits.cpu is not None:
                         throttled = True
-                        self._throttle(w, now)
+                        throttle(w, now)
                 wait = next_pass - time.monotonic()
                 if throttled:
                     wait = min(wait, THROTTLE_TICK_S)
@@ -219,11 +174,11 @@ class Monitor(threading.Thread):
             with self._lock:
                 for w in self._watched.values():
                     if w.stopped_until:
-                        self._signal_members(w, signal.SIGCONT)
+                        signal_members(w, signal.SIGCONT)
             self.out.close(0)
             self.notes.close(0)
 
-    def _timeouts(self, watched: list[_Watched]) -> float:
+    def _timeouts(self, watched: list[Watched]) -> float:
         """Report sessions over their wall-time limit (no process-table read needed); returns the wall-clock
         time of the next timeout, so the loop wakes for it whatever the pass period."""
         wall = time.time()
@@ -244,7 +199,7 @@ class Monitor(threading.Thread):
     def _event(self, sid: str, kind: str, payload: dict[str, Any]) -> None:
         self.out.send_pyobj(("event", sid, kind, payload, None, None))
 
-    def _pass(self, watched: list[_Watched], now: float, record: bool) -> None:
+    def _pass(self, watched: list[Watched], now: float, record: bool) -> None:
         """One read of the process table; every session sampled from it."""
         procs = self.table.scan()
         self.passes += 1
@@ -252,7 +207,7 @@ class Monitor(threading.Thread):
             buried = list(self._buried.values())
         claimed: set[int] = set()
         extra: dict[str, list[int]] = {}  # session -> roots of its members outside the runner's tree
-        alive: list[_Watched] = []
+        alive: list[Watched] = []
         for w in watched:
             root = procs.get(w.pid)
             if root is None or root.zombie or (w.start_key is not None and root.start != w.start_key):
@@ -263,7 +218,7 @@ class Monitor(threading.Thread):
             w.members = self.table.tree([w.pid])
             claimed.update(p.pid for p in w.members)
         # Processes outside every runner's tree that belong to a session anyway (escaped, or left behind).
-        owners: list[_Watched | _Buried] = [*alive, *buried]
+        owners: list[Watched | Buried] = [*alive, *buried]
         by_key = {k: s.sid for s in owners for k in s.keys}
         by_group = {s.pid: s.sid for s in owners}
         known = {s.sid for s in owners}
@@ -287,32 +242,32 @@ class Monitor(threading.Thread):
         for b in buried:
             self._hunt(b, self.table.tree(extra.get(b.sid, [])), now)
 
-    def _vanished(self, w: _Watched) -> None:
+    def _vanished(self, w: Watched) -> None:
         if w.peak_memory:
             self._record(w)  # the supervisor's final sample will find the session unwatched
         self.notes.send_pyobj(("vanished", w.sid))
         self.unwatch(w.sid)
 
-    def _quick(self, w: _Watched) -> None:
+    def _quick(self, w: Watched) -> None:
         """Between passes: re-read the known members of a session close to its memory limit."""
         members = [p for p in (read_proc(m.pid) for m in w.members) if p is not None]
         if members:
             w.members = members
             self._check_memory(w, sum(self.pss.estimate(p) for p in members))
 
-    def _hunt(self, b: _Buried, members: list[Proc], now: float) -> None:
+    def _hunt(self, b: Buried, members: list[Proc], now: float) -> None:
         """Terminate what is left of an ended session: SIGTERM once, SIGKILL from ``kill_at``."""
         b.keys.update(p.key for p in members)
         for p in members:
             if p.zombie:
                 continue
             if now >= b.kill_at:
-                _kill(p, signal.SIGCONT)
-                _kill(p, signal.SIGKILL)
+                kill_proc(p, signal.SIGCONT)
+                kill_proc(p, signal.SIGKILL)
             elif p.key not in b.termed:
                 b.termed.add(p.key)
-                _kill(p, signal.SIGCONT)
-                _kill(p, signal.SIGTERM)
+                kill_proc(p, signal.SIGCONT)
+                kill_proc(p, signal.SIGTERM)
         b.empty = 0 if members else b.empty + 1
         # nothing left in two passes in a row (in-flight forks have landed by then): done; keeps the fast
         # pass period from lasting BURY_HUNT_S after every ordinary session end
@@ -321,31 +276,7 @@ class Monitor(threading.Thread):
                 if self._buried.get(b.sid) is b:
                     del self._buried[b.sid]
 
-    def _signal_members(self, w: _Watched, sig: int) -> None:
-        signal_group(w.pid, sig)
-        for p in w.members:
-            if p.pgid != w.pid:
-                _kill(p, sig)
-
-    def _throttle(self, w: _Watched, now: float) -> None:
-        if w.stopped_until:
-            if now < w.stopped_until:
-                return
-            self._signal_members(w, signal.SIGCONT)
-            w.stopped_until = 0.0
-        quota = (w.limits.cpu or 100.0) / 100.0
-        total = sum(p.cpu for p in (read_proc(m.pid) for m in w.members) if p is not None)
-        if w.t_total == 0.0:
-            w.t_total, w.t_at, w.allowance = total, now, 0.0
-            return
-        used = max(0.0, total - w.t_total)
-        w.allowance = min(w.allowance + quota * (now - w.t_at), quota * BURST_S) - used
-        w.t_total, w.t_at = total, now
-        if w.allowance < 0:
-            w.stopped_until = now + -w.allowance / quota
-            self._signal_members(w, signal.SIGSTOP)
-
-    def _check_memory(self, w: _Watched, estimate: int) -> int:
+    def _check_memory(self, w: Watched, estimate: int) -> int:
         """Kill the tree if its memory is over the limit (confirmed by an exact PSS read); returns the figure."""
         lim = w.limits.memory
         memory = estimate
@@ -366,11 +297,11 @@ class Monitor(threading.Thread):
         w.peak_memory = max(w.peak_memory, memory)
         return memory
 
-    def _kill_tree(self, w: _Watched) -> None:
-        self._signal_members(w, signal.SIGCONT)
-        self._signal_members(w, signal.SIGKILL)
+    def _kill_tree(self, w: Watched) -> None:
+        signal_members(w, signal.SIGCONT)
+        signal_members(w, signal.SIGKILL)
 
-    def _sample(self, w: _Watched, now: float, record: bool) -> None:
+    def _sample(self, w: Watched, now: float, record: bool) -> None:
         sid, lim, members = w.sid, w.limits, w.members
         w.fresh = False
         w.rss = sum(p.rss for p in members)
@@ -394,32 +325,14 @@ class Monitor(threading.Thread):
             self._record(w)
 
     @staticmethod
-    def _changed(w: _Watched, now: float) -> bool:
+    def _changed(w: Watched, now: float) -> bool:
         """Is a periodic sample worth an event? (:func:`labd.ipc.samples.worth_recording`)"""
         return worth_recording(w.recorded, (w.memory, w.cpu_percent, w.num_procs, w.peak_memory, w.peak_cpu),
                                now - w.recorded_at)
 
-    def _record(self, w: _Watched) -> None:
+    def _record(self, w: Watched) -> None:
         w.recorded = (w.memory, w.cpu_percent, w.num_procs, w.peak_memory, w.peak_cpu)
         w.recorded_at = time.monotonic()
         self._event(w.sid, "resource.sample", {"rss": w.memory, "rss_sum": w.rss,
                                                "cpu_percent": round(w.cpu_percent, 1), "num_procs": w.num_procs,
                                                "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1)})
-
-
-def _figures(w: _Watched) -> dict[str, Any]:
-    return {"rss": w.memory, "rss_sum": w.rss, "cpu_percent": round(w.cpu_percent, 1), "num_procs": w.num_procs,
-            "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1), "throttled": w.stopped_until > 0,
-            "seen_at": w.seen_at}
-
-
-def _kill(p: Proc, sig: int) -> None:
-    """Signal a process seen in a pass, unless its pid now names another process (checked by start time:
-    a pass can be up to ``sample_interval`` old, and a fork storm recycles pids quickly)."""
-    now = read_proc(p.pid)
-    if now is None or now.start != p.start:
-        return
-    try:
-        os.kill(p.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

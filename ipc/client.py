@@ -160,7 +160,7 @@ class Client:
         session's process count; ``priority`` orders the run queue when the daemon is at ``max_sessions``.
         ``network``: may code the session's agents execute use the network (default: the daemon's
         ``[sandbox] network``). ``policy``: the session's own policy rules (tables as in ``[[policy]]``,
-        e.g. from :func:`labd.ipc.policy.load_file`), evaluated after the daemon's. ``max_output`` caps the
+        e.g. from :func:`labd.ipc.policy_rules.load_file`), evaluated after the daemon's. ``max_output`` caps the
         captured stdout+stderr kept (``"10M"``, bytes, or ``"none"``; default: the daemon's ``max_output``);
         past it output is dropped and ``output.truncated`` recorded.
         ``placement``: where it runs -- ``{"on": "ray", "gpus": 1, "resources": {"big_node": 1}}`` puts it in its

@@ -94,7 +94,7 @@ def ingest(n, live):
               "limits": {}, "workdir": tmp}, changes)
     w.commit([], changes, ing.cursors)
     if live:
-        ing.topics.add(b"session.")
+        ing.live_subs.topics.add(b"session.")
     frames = []
     per = n // 4
     for start in range(0, per, 2000):

@@ -87,7 +87,7 @@ def main() -> int:
     def one(way: str) -> tuple[float, float]:
         for sid in sids:  # the same frames again: from the start of each session
             ing.cursors[sid] = SessionCursor(id=sid)
-        ing.topics = set() if way == "none" else {b"session."}
+        ing.live_subs.topics = set() if way == "none" else {b"session."}
         runner_frames.run_span = real_span if way == "run" else (lambda raw, sid: None)  # type: ignore[assignment]
         t = time.thread_time()
         for k in range(0, len(frames), 40):

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from labd.daemon.api.base import ApiError, Request, register
-from labd.ipc.policy import MAX_RULES, Action, Policy, PolicyError, parse_rules
+from labd.ipc.policy import Action, Policy, PolicyError
+from labd.ipc.policy_rules import MAX_RULES, parse_rules
 
 __all__ = ["runner_policy", "session_rules"]
 

@@ -9,7 +9,8 @@ import argparse
 from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
-from labd.ipc.policy import Action, Policy, PolicyError, load_file, parse_rules
+from labd.ipc.policy import Action, Policy, PolicyError
+from labd.ipc.policy_rules import load_file, parse_rules
 
 __all__ = ["register"]
 

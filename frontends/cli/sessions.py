@@ -103,7 +103,8 @@ def parse_agents(items: list[str]) -> dict[str, str]:
 
 def read_policy(path: str) -> list[dict[str, Any]]:
     """The rule tables of ``labd run --policy FILE``, checked here first (the daemon checks them again)."""
-    from labd.ipc.policy import PolicyError, load_file, parse_rules
+    from labd.ipc.policy import PolicyError
+    from labd.ipc.policy_rules import load_file, parse_rules
 
     try:
         tables = load_file(path)

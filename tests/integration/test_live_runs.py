@@ -204,7 +204,7 @@ def test_live_subscriptions_are_bounded_and_a_flood_does_not_hide_events(shared:
     """A same-user peer subscribing to very many distinct prefixes on the live socket: topics that cannot match a
     session (too long, or not under ``session.``) are not kept; past the bound the rest are only counted, and every
     session then counts as followed, so a real follower still gets its events live."""
-    from labd.daemon.ingest import MAX_TOPICS
+    from labd.daemon.subscriptions import MAX_TOPICS
 
     c = shared
     if True:

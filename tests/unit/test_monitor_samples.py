@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from labd.daemon.limits import Limits
-from labd.daemon.monitor import Monitor, _Watched
+from labd.daemon.monitor import Monitor
+from labd.daemon.watched import Watched
 from labd.ipc.samples import IDLE_RECORD_S
 
 
-def _watched() -> _Watched:
-    w = _Watched(sid="s1", pid=1, limits=Limits(), started=0.0)
+def _watched() -> Watched:
+    w = Watched(sid="s1", pid=1, limits=Limits(), started=0.0)
     w.memory, w.cpu_percent, w.num_procs, w.peak_memory, w.peak_cpu = 50 << 20, 0.0, 1, 50 << 20, 3.0
     return w
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from labd.ipc.policy import Action, Policy, PolicyError, load_file, parse_rules
+from labd.ipc.policy import Action, Policy, PolicyError
+from labd.ipc.policy_rules import load_file, parse_rules
 
 
 def _policy(*tables: dict) -> Policy:
@@ -147,3 +148,16 @@ def test_front_ends_show_refusals_and_approvals_not_default_allows() -> None:
     assert activity_line(default) is None
     top = activity_line(denied)
     assert top is not None and "policy no-shell: denied tool shell" in top.plain
+
+
+def test_validation_names_are_still_found_in_the_policy_module() -> None:
+    """SDK users who imported ``load_file``/``parse_rules`` from ``labd.ipc.policy`` before validation moved to
+    ``labd.ipc.policy_rules`` get the same functions; an unknown name is still an AttributeError."""
+    import labd.ipc.policy as policy_mod
+    import labd.ipc.policy_rules as rules_mod
+
+    assert policy_mod.load_file is rules_mod.load_file
+    assert policy_mod.parse_rules is rules_mod.parse_rules
+    assert policy_mod.MAX_RULES == rules_mod.MAX_RULES
+    with pytest.raises(AttributeError):
+        policy_mod.no_such_name  # noqa: B018

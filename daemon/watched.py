@@ -1,0 +1,116 @@
+"""One watched session's state in the limits monitor, the signals sent to its tree, and its CPU throttle.
+
+Split from :mod:`labd.daemon.monitor` (the thread and its passes over the process table): what is here acts on
+one session and needs no process-table pass.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from labd.daemon.launcher import signal_group
+from labd.daemon.limits import Limits
+from labd.daemon.proctable import Proc, read_proc
+
+__all__ = ["Watched", "Buried", "figures", "kill_proc", "signal_members", "throttle", "BURST_S"]
+
+BURST_S = 0.1  # how much CPU time a throttled session may bank
+
+
+@dataclass
+class Watched:
+    """What the monitor knows of one watched session (its runner's tree, figures, throttle state)."""
+
+    sid: str
+    pid: int
+    limits: Limits
+    started: float  # wall-clock start, for the timeout
+    start_key: int | None = None  # the runner's start time in ticks, once seen
+    members: list[Proc] = field(default_factory=list)
+    keys: set[tuple[int, int]] = field(default_factory=set)  # every process ever seen in the tree
+    cpu_total: float = 0.0
+    cpu_at: float = 0.0
+    cpu_percent: float = 0.0
+    memory: int = 0
+    rss: int = 0
+    num_procs: int = 1
+    peak_memory: int = 0
+    peak_cpu: float = 0.0
+    near: bool = False
+    # throttling
+    allowance: float = 0.0
+    t_total: float = 0.0
+    t_at: float = 0.0
+    stopped_until: float = 0.0
+    breached: bool = False
+    procs_reported: bool = False
+    timeout_reported: bool = False
+    fresh: bool = True  # sampled FRESH_DELAY_S after the watch began, so even short sessions get their peaks
+    watched_at: float = 0.0  # monotonic time the watch began
+    seen_at: float | None = None
+    recorded: tuple[int, float, int, int, float] | None = None  # figures of the last resource.sample event
+    recorded_at: float = 0.0  # wall time of the last pass that found the runner alive (its liveness)
+
+
+@dataclass
+class Buried:
+    """An ended session whose left-over processes are being terminated (:meth:`Monitor.unwatch`)."""
+
+    sid: str
+    pid: int
+    keys: set[tuple[int, int]]
+    kill_at: float
+    until: float
+    termed: set[tuple[int, int]] = field(default_factory=set)
+    empty: int = 0  # consecutive passes that found nothing left
+
+
+def figures(w: Watched) -> dict[str, Any]:
+    """The live figures of a watched session, as ``status``/``ps`` show them."""
+    return {"rss": w.memory, "rss_sum": w.rss, "cpu_percent": round(w.cpu_percent, 1), "num_procs": w.num_procs,
+            "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1), "throttled": w.stopped_until > 0,
+            "seen_at": w.seen_at}
+
+
+def signal_members(w: Watched, sig: int) -> None:
+    """Send ``sig`` to the runner's process group and to every member of the tree outside it."""
+    signal_group(w.pid, sig)
+    for p in w.members:
+        if p.pgid != w.pid:
+            kill_proc(p, sig)
+
+
+def throttle(w: Watched, now: float) -> None:
+    """The CPU limit as a token bucket refilled at the quota (a fraction of one core): a tree that used more
+    than it earned is stopped (SIGSTOP) until the debt is paid, then continued. Members are re-read here."""
+    if w.stopped_until:
+        if now < w.stopped_until:
+            return
+        signal_members(w, signal.SIGCONT)
+        w.stopped_until = 0.0
+    quota = (w.limits.cpu or 100.0) / 100.0
+    total = sum(p.cpu for p in (read_proc(m.pid) for m in w.members) if p is not None)
+    if w.t_total == 0.0:
+        w.t_total, w.t_at, w.allowance = total, now, 0.0
+        return
+    used = max(0.0, total - w.t_total)
+    w.allowance = min(w.allowance + quota * (now - w.t_at), quota * BURST_S) - used
+    w.t_total, w.t_at = total, now
+    if w.allowance < 0:
+        w.stopped_until = now + -w.allowance / quota
+        signal_members(w, signal.SIGSTOP)
+
+
+def kill_proc(p: Proc, sig: int) -> None:
+    """Signal a process seen in a pass, unless its pid now names another process (checked by start time:
+    a pass can be up to ``sample_interval`` old, and a fork storm recycles pids quickly)."""
+    now = read_proc(p.pid)
+    if now is None or now.start != p.start:
+        return
+    try:
+        os.kill(p.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
