@@ -15,9 +15,10 @@ wall-time and process-count breaches go to the supervisor (notes). ``record_inte
 ``resource.sample`` event may be recorded: only when a figure moved, or every ``IDLE_RECORD_S`` otherwise
 (:mod:`labd.ipc.samples`, the rule the node monitor of a remote session uses too).
 
-CPU limits are enforced by throttling (:func:`labd.daemon.watched.throttle`): a token bucket per session refilled at the quota (a fraction of one
-core); when the tree has used more CPU than it earned, the process group and every tree member are stopped
-(SIGSTOP) until the debt is paid, then continued. CPU includes reaped children (``cutime + cstime``).
+CPU limits are enforced by throttling (:func:`labd.daemon.watched.throttle`): a token bucket per session
+refilled at the quota (a fraction of one core); when the tree has used more CPU than it earned, the process group
+and every tree member are stopped (SIGSTOP) until the debt is paid, then continued. CPU includes reaped children
+(``cutime + cstime``).
 
 When a session ends, :meth:`Monitor.unwatch` *buries* it: whatever is left of its tree is sent SIGTERM,
 then SIGKILL after ``BURY_GRACE_S``, and hunted for ``BURY_HUNT_S`` more (double-forked escapees).

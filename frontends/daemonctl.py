@@ -20,7 +20,7 @@ from pathlib import Path
 
 from labd.ipc.client import Client, LabdError
 from labd.ipc.connection import ConnectionFileError, daemon_alive, read_connection_file
-from labd.ipc.paths import layout_for
+from labd.ipc.paths import Layout, layout_for
 from labd.ipc.ready import wait_for_daemon
 
 __all__ = ["serve_detached", "wait", "shutdown", "DETACH_TIMEOUT"]
@@ -28,11 +28,25 @@ __all__ = ["serve_detached", "wait", "shutdown", "DETACH_TIMEOUT"]
 DETACH_TIMEOUT = 60.0  # first start: migrations and the runner template's imports take a few seconds
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def _tail(path: Path, lines: int = 15, start: int = 0) -> str:
+    """The last ``lines`` lines of ``path`` written from byte ``start`` on (what our daemon wrote, not what an
+    earlier one left in the shared log)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
     except OSError:
         return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _running(layout: Layout) -> int | None:
+    """The pid of the daemon already serving ``layout``'s home, if one answers."""
+    try:
+        with Client(layout.home, timeout=2.0) as c:
+            return int(c.ping().get("pid") or 0) or None
+    except LabdError:
+        return None
 
 
 def serve_detached(args: argparse.Namespace, home: str | None) -> int:
@@ -40,6 +54,14 @@ def serve_detached(args: argparse.Namespace, home: str | None) -> int:
     layout = layout_for(home)
     layout.home.mkdir(parents=True, exist_ok=True)
     log_path = layout.home / "daemon.log"
+    pid = _running(layout)
+    if pid is not None:  # checked first: a second daemon would only fail on the home's lock, in the shared log
+        if args.db or getattr(args, "listen", None):
+            print(f"labd: a daemon (pid {pid}) is already serving {layout.home}; stop it first (labd shutdown) to "
+                  "serve with other options", file=sys.stderr)
+            return 2
+        print(f"labd daemon pid {pid} already serving {layout.home}; log: {log_path}")
+        return 0
     argv = [sys.executable, "-m", "labd", "--home", str(layout.home), "serve"]
     for flag, value in (("--db", args.db), ("--log-format", args.log_format or "json"),
                         ("--log-level", args.log_level), ("--listen", getattr(args, "listen", None))):
@@ -48,6 +70,7 @@ def serve_detached(args: argparse.Namespace, home: str | None) -> int:
     if args.drain:
         argv.append("--drain")
     with open(log_path, "ab") as log:
+        start = log.seek(0, os.SEEK_END)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
     deadline = time.monotonic() + DETACH_TIMEOUT
@@ -55,7 +78,7 @@ def serve_detached(args: argparse.Namespace, home: str | None) -> int:
         code = proc.poll()
         if code is not None:
             print(f"labd: the daemon exited with code {code} before it was ready; the end of {log_path}:\n"
-                  f"{_tail(log_path)}", file=sys.stderr)
+                  f"{_tail(log_path, start=start)}", file=sys.stderr)
             return 2
         try:
             with Client(layout.home, timeout=1.0) as c:

@@ -18,8 +18,9 @@ import errno
 import json
 import os
 import stat
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -125,6 +126,7 @@ def read_connection_file(layout: Layout, path: Path | None = None) -> Connection
     """
     remote = path is not None
     path = path or layout.connection_file
+    data: Any = None
     try:
         if not remote:
             layout.check_runtime_dir()
@@ -139,6 +141,9 @@ def read_connection_file(layout: Layout, path: Path | None = None) -> Connection
         known = {f.name for f in fields(ConnectionInfo)}
         return ConnectionInfo(**{k: v for k, v in data.items() if k in known})
     except FileNotFoundError:
+        if remote:
+            raise ConnectionFileError(f"no connection file {path} (write one with `labd remote add NAME` on the "
+                                      "daemon's machine)") from None
         raise ConnectionFileError(f"no labd daemon is running for home {layout.home} "
                                   f"(no {path}); start one with `labd serve`") from None
     except UnsafeRuntimeDir as exc:
@@ -150,4 +155,8 @@ def read_connection_file(layout: Layout, path: Path | None = None) -> Connection
             raise UnsafeConnectionFile(f"refusing {path}: it is a symlink") from None
         raise ConnectionFileError(f"cannot read connection file {path}: {exc}") from None
     except (ValueError, TypeError, AttributeError) as exc:
-        raise ConnectionFileError(f"cannot read connection file {path}: {exc}") from None
+        given = data if isinstance(data, dict) else {}
+        missing = [f.name for f in fields(ConnectionInfo) if f.default is MISSING and f.name not in given]
+        why = (f"it lacks {', '.join(missing)}" if isinstance(exc, TypeError) and missing
+               else "not a labd connection file (a JSON object with control, events, key, ...)")
+        raise ConnectionFileError(f"cannot read connection file {path}: {why}") from None

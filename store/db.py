@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import ArgumentError
 
 __all__ = ["open_engine", "migrate", "is_sqlite", "Checkpointer"]
 
@@ -23,7 +24,12 @@ def open_engine(url: str) -> Engine:
     if is_sqlite(url):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:" and not os.path.exists(path):
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # the store is the user's alone
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # the store is the user's alone
+            except OSError as exc:  # e.g. --db naming a directory that does not exist: say so, no traceback
+                folder = os.path.dirname(os.path.abspath(path))
+                hint = f" (the directory {folder} does not exist)" if not os.path.isdir(folder) else ""
+                raise ArgumentError(f"cannot create the SQLite file {path}: {exc.strerror or exc}{hint}") from None
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")

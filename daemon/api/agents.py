@@ -72,6 +72,8 @@ class Pause(_Control):
     def execute(self) -> Any:
         row = self.running()
         reason = self.arg("reason", str, "pause requested", check=lambda s: len(s) <= 1000, hint="text")
+        if row["status"] == "paused":  # nothing to ask: say so rather than record a request that does nothing
+            return {"session": row["id"], "pausing": False, "status": "paused"}
         self.daemon.supervisor.pause(row["id"], "client", reason)
         return {"session": row["id"], "pausing": True}
 
@@ -96,7 +98,8 @@ class Resume(_Control):
             self.daemon.supervisor.resume(row["id"], "client")
         else:  # the runner enforces budgets before each LLM call; it continues with the new one
             self.daemon.supervisor.send_runner(row["id"], "resume", {"by": "client", "budget": float(budget)})
-        return {"session": row["id"], "resuming": True, **({"budget": budget} if budget is not None else {})}
+        return {"session": row["id"], "resuming": True, "status": row["status"],
+                **({"budget": budget} if budget is not None else {})}
 
 
 @register

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from labd.daemon.api.base import ApiError, Request, register
-from labd.daemon.api.sessions import resolve_ref, resolve_session
+from labd.daemon.api.sessions import resolve_ref, resolve_session, session_name
 from labd.daemon.api.start import Start
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.ipc.functions import FUNCTION_WORKFLOW
@@ -46,7 +46,7 @@ class Replay(Start):
             if until not in nodes:
                 raise ApiError("unknown_node", f"session {row['id']} has no node {until!r}",
                                {"nodes": nodes[:200]})
-        name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
+        name = session_name(self)
         key = self.arg("idempotency_key", str, None)
         created = _created(d.store, row["id"])
         self._seed = replay_seed(d.store, row, until)

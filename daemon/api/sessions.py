@@ -13,7 +13,7 @@ from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 from labd.ipc.units import MIN_OUTPUT, UnitError, parse_duration, parse_output_cap, parse_percent, parse_size
 from labd.runner.workflows.registry import WorkflowError, canonical
 
-__all__ = ["resolve_ref", "resolve_session", "where_from", "live_view"]
+__all__ = ["resolve_ref", "resolve_session", "session_name", "where_from", "live_view"]
 
 
 def resolve_session(req: Request) -> dict[str, Any]:
@@ -23,7 +23,8 @@ def resolve_session(req: Request) -> dict[str, Any]:
 
 
 def resolve_ref(store: Any, ref: str) -> dict[str, Any]:
-    """The session ``ref`` names: an id, a unique id prefix, or a name (the newest with that name)."""
+    """The session ``ref`` names: an id, a unique id prefix, or a name. Names may repeat: the one session with that
+    name that has not ended, else the newest with it (two unended sessions with one name: ``ambiguous``)."""
     if not 0 < len(ref) <= 200:
         raise ApiError("bad_request", "a session reference must be 1-200 characters")
     row = store.session(ref)
@@ -34,11 +35,28 @@ def resolve_ref(store: Any, ref: str) -> dict[str, Any]:
         raise ApiError("not_found", f"no session {ref!r}")
     by_name = [r for r in found if r["name"] == ref]
     if by_name:
-        return by_name[0]  # names may repeat: the newest one
+        live = [r for r in by_name if r["status"] not in TERMINAL_STATUSES]
+        if len(live) > 1:
+            raise ApiError("ambiguous", f"{len(live)} sessions named {ref!r} have not ended; name one by its id",
+                           {"matches": [r["id"] for r in live]})
+        return (live or by_name)[0]  # `labd stop study` means the study that runs, not the last one that ended
     if len(found) > 1:
         raise ApiError("ambiguous", f"{ref!r} matches {len(found)} sessions; give more of the id",
                        {"matches": [r["id"] for r in found]})
     return found[0]
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def session_name(req: Request) -> str | None:
+    """The ``name`` field of a request that creates a session: 1-200 characters, not only hex digits (such a name
+    would shadow the ids that start with it: ``labd show beef`` must not mean two things)."""
+    name = req.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
+    if name is not None and set(name) <= _HEX:
+        raise ApiError("bad_request", f"session name {name!r} is made of hex digits only, so it would be read as "
+                       "the start of a session id; add another character (e.g. run-" + name[:20] + ")")
+    return name
 
 
 #: below this a runner cannot even start: an idle runner's PSS is ~7-12 MiB (docs/benchmarks.md), and the

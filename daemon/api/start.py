@@ -14,7 +14,7 @@ import orjson
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.policy import runner_policy, session_rules
 from labd.daemon.api.roles import agent_roles
-from labd.daemon.api.sessions import _limits, _roles, _valid_tags, where_from
+from labd.daemon.api.sessions import _limits, _roles, _valid_tags, session_name, where_from
 from labd.daemon.limits import Limits
 from labd.daemon.queue import Queued
 from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT, MAX_RESULT, check_params
@@ -122,7 +122,7 @@ class Start(Request):
                 self.body["name"] = f"skill-{skill['name']}-{secrets.token_hex(3)}"[:200]
         workflow, _cwd, path = where_from(self)
         params = self.arg("params", dict, {})
-        name = self.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
+        name = session_name(self)
         limits = _limits(self.body, self.daemon.cfg.procs or None, self.daemon.cfg.max_output)
         priority = self.arg("priority", int, 0, check=lambda p: -1000 <= p <= 1000, hint="an integer -1000..1000")
         tags = self.arg("tags", dict, None, check=_valid_tags, hint="an object of up to 50 str -> str tags")

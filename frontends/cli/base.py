@@ -16,7 +16,7 @@ from labd.frontends.cli.output import Output
 if TYPE_CHECKING:
     from labd.ipc.client import Client
 
-__all__ = ["CliError", "Ctx", "Handler", "command", "global_options", "add_json", "LIVE"]
+__all__ = ["CliError", "Ctx", "Handler", "command", "global_options", "add_json", "duration", "LIVE"]
 
 #: statuses of sessions that have not ended
 LIVE = ("queued", "created", "starting", "running", "paused", "waiting_approval")
@@ -84,3 +84,14 @@ def command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
 
 def add_json(p: argparse.ArgumentParser, what: str = "the same data as JSON") -> None:
     p.add_argument("--json", action="store_true", help=f"print {what} (stable field names; see docs/protocol.md)")
+
+
+def duration(text: str) -> float:
+    """An argparse ``type``: seconds from ``90``, ``90s``, ``15m``, ``1h30m`` (the units every duration option
+    takes; a bad one is argparse's one-line usage error naming the option)."""
+    from labd.ipc.units import UnitError, parse_duration
+
+    try:
+        return parse_duration(text)
+    except UnitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

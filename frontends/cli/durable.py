@@ -30,6 +30,9 @@ def cmd_resume(args: argparse.Namespace, ctx: Ctx) -> int:
         ctx.out.json(r)
     elif r.get("resumed"):
         print(f"{r['session']}: resumed from {r['from_status']} ({r['steps_kept']} completed steps kept)")
+    elif r.get("status") not in (None, "paused", "waiting_approval") and not budget:
+        print(f"session {r['session']} is not paused (status {r['status']}); a pause asked for and not reached yet "
+              "is cancelled")
     else:
         print(f"resume requested for {r['session']}" + (f" with a budget of ${budget:g}" if budget else ""))
     return 0

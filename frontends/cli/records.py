@@ -104,7 +104,7 @@ def cmd_cost(args: argparse.Namespace, ctx: Ctx) -> int:
                       right=("SESSIONS", "CALLS", "PROMPT", "COMPLETION", "COST"))
         return 0
     if not args.session:
-        raise CliError("labd cost needs a SESSION, or --all")
+        raise CliError("cost needs a SESSION, or --all")
     r = ctx.client().cost(args.session)
     if args.json:
         ctx.out.json(r)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from labd.frontends.cli.base import Ctx, command
+from labd.frontends.cli.base import CliError, Ctx, command
 
 __all__ = ["register"]
 
@@ -16,7 +16,12 @@ def cmd_ui(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def cmd_top(args: argparse.Namespace, ctx: Ctx) -> int:
+    import sys
     from pathlib import Path
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):  # a full-screen UI in a pipe: escape codes, no way to quit
+        raise CliError("top needs a terminal (it is a full-screen dashboard); in scripts use `labd ps --json` "
+                       "or `labd status --json`")
 
     from labd.frontends.top import run as run_top
 

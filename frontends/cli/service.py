@@ -11,7 +11,7 @@ import argparse
 import os
 
 from labd.frontends import daemonctl, service
-from labd.frontends.cli.base import Ctx, command
+from labd.frontends.cli.base import Ctx, command, duration
 from labd.ipc.client import LabdError
 
 __all__ = ["register"]
@@ -39,12 +39,13 @@ def cmd_service(args: argparse.Namespace, ctx: Ctx) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "wait", cmd_wait, "wait until the daemon answers (for scripts that just started one)")
-    s.add_argument("--timeout", type=float, default=30.0, help="give up after this many seconds (default 30)")
+    s.add_argument("--timeout", type=duration, default=30.0, help="give up after this long: 30, 30s, 2m (default 30s)")
 
     s = command(sub, "shutdown", cmd_shutdown,
                 "stop the daemon (sessions keep running; the next `labd serve` adopts them)")
-    s.add_argument("--timeout", type=float, default=60.0,
-                   help="wait this long for the daemon to exit (default 60; a --drain daemon waits for its sessions)")
+    s.add_argument("--timeout", type=duration, default=60.0,
+                   help="wait this long for the daemon to exit: 60, 90s, 5m (default 60s; a --drain daemon waits for "
+                   "its sessions)")
 
     s = command(sub, "service", cmd_service, "install, remove or inspect labd as a systemd user service")
     actions = s.add_subparsers(dest="service_cmd", required=True, metavar="ACTION")

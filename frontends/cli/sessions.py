@@ -13,6 +13,7 @@ from labd.frontends.cli.activity import Activity, Printer
 from labd.frontends.cli.base import LIVE, CliError, Ctx, add_json, command
 from labd.frontends.cli.interrupt import ctrl_c
 from labd.frontends.cli.output import STATUS_STYLE, age, natural_key, styled
+from labd.ipc.client import LabdError
 from labd.ipc.units import (
     UnitError,
     format_duration,
@@ -50,7 +51,8 @@ def limits_from(args: argparse.Namespace) -> dict[str, Any]:
         cpu = None
         if args.cpu:
             if not args.cpu.strip().endswith("%"):
-                raise CliError(f"--cpu takes a percent of one core, e.g. --cpu 50%; for cores use --cpus {args.cpu}")
+                raise CliError(f"--cpu takes a percent of one core: did you mean --cpu {args.cpu.strip()}%? "
+                               "(--cpus takes cores, e.g. --cpus 0.5)")
             cpu = parse_percent(args.cpu)
         elif args.cpus:
             cpu = parse_cpus(args.cpus)
@@ -171,6 +173,12 @@ def follow(ctx: Ctx, sid: str, *, raw: bool = False, timestamps: bool = False, s
         ctx.out.line(f"\n== detached: session {sid} keeps running. Stop it with `labd stop {sid}`; "
                      f"follow it again with `labd logs -f {sid}`.", "bold yellow", err=True)
         return 130
+    except LabdError as exc:
+        if exc.code == "no_daemon":  # the daemon went away, not the session: say what became of it
+            ctx.out.line(f"\n== the daemon stopped while following: session {sid} keeps running (unless the daemon "
+                         f"was serving with --drain) and the next `labd serve` adopts it; follow it again then with "
+                         f"`labd logs -f {sid}`.", "bold yellow", err=True)
+        raise
     if status is None:
         status = c.session(sid)["status"]
     return 0 if status == "completed" else 1
@@ -327,10 +335,12 @@ def cmd_pause(args: argparse.Namespace, ctx: Ctx) -> int:
     c = ctx.client()
     if args.cmd == "pause":
         r = c.pause(args.session)
+        if not r.get("pausing", True):
+            return _reply(ctx, args, r, f"session {r['session']} is already paused (continue it with "
+                          f"`labd resume {r['session']}`)")
         return _reply(ctx, args, r, f"pause requested for {r['session']} (takes effect at the next step boundary)")
-    r = c.resume(args.session, budget=args.budget)
-    return _reply(ctx, args, r, f"resume requested for {r['session']}"
-                  + (f" with a budget of ${args.budget:g}" if args.budget else ""))
+    r = c.resume(args.session, budget=args.budget)  # `labd resume` is labd.frontends.cli.durable's cmd_resume
+    return _reply(ctx, args, r, f"resume requested for {r['session']}")
 
 
 RUN_EPILOG = """workflow:

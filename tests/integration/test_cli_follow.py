@@ -75,3 +75,23 @@ def test_ctrl_c_during_run_follow_detaches_and_says_so(daemon) -> None:
     with daemon.client() as c:
         assert c.session(sid)["status"] == "running"
         c.kill(sid)
+
+
+def test_follow_says_the_session_keeps_running_when_the_daemon_stops(daemon) -> None:
+    """`labd run --follow` whose daemon is shut down mid-follow exits 2 with the `no_daemon` error, and says the
+    session keeps running and how to follow it again (before: only "stopped before it replied", which reads as
+    a failed request); the session does keep running and a new daemon adopts it."""
+    proc = subprocess.Popen([sys.executable, "-m", "labd", "run", "demo.count", "-p", "n=200", "-p", "delay=0.1",
+                             "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("count 1/200")  # following, live
+    with daemon.client() as c:
+        sid = c.sessions()[0]["id"]
+    daemon.stop()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert f"session {sid} keeps running" in err and f"labd logs -f {sid}" in err and "[no_daemon]" in err
+    daemon.start()
+    with daemon.client() as c:
+        assert c.session(sid)["status"] == "running"
+        c.kill(sid)

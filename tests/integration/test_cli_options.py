@@ -39,11 +39,12 @@ def test_global_options_go_before_or_after_the_command(isolated_env: Path, tmp_p
 
 def test_units_people_mean(daemon) -> None:
     """--memory needs a unit (512 is refused, saying `512M`), --cpus 0.5 is half a core (= --cpu 50%),
-    --cpu without % is refused with the --cpus hint, --timeout takes 1h30m; the limits reach the session."""
+    --cpu 50 without % is refused asking "did you mean --cpu 50%?" (before: it advised --cpus 50, fifty cores),
+    --timeout takes 1h30m; the limits reach the session."""
     r = labd("run", "demo.count", "--memory", "512")
     assert r.returncode == 2 and "add a unit: 512M" in r.stderr
-    r = labd("run", "demo.count", "--cpu", "0.5")
-    assert r.returncode == 2 and "--cpus 0.5" in r.stderr
+    r = labd("run", "demo.count", "--cpu", "50")
+    assert r.returncode == 2 and "did you mean --cpu 50%?" in r.stderr and "--cpus 50" not in r.stderr
     r = labd("run", "demo.count", "--cpu", "50%", "--cpus", "0.5")
     assert r.returncode == 2 and "not both" in r.stderr
     r = labd("run", "demo.count", "--timeout", "1h30")
@@ -109,3 +110,36 @@ def test_completion_scripts(daemon, tmp_path: Path) -> None:
     assert zsh.startswith("#compdef labd") and "_labd_sessions" in zsh
     for name in ("run", "ps", "logs", "paths", "completion", "dag"):
         assert f"'{name}:" in zsh and f"-a {name} " in fish
+
+
+def test_wait_and_shutdown_take_durations_and_top_wants_a_terminal(daemon) -> None:
+    """`labd wait --timeout 30s` and `labd shutdown --timeout 1m` take the durations `run --timeout` takes (they took
+    seconds only: "invalid float value: '30s'"); a bad one names the option. `labd top` with no terminal exits 2
+    with one line saying what to use instead (it wrote the dashboard's escape codes into the pipe and never ended)."""
+    assert labd("wait", "--timeout", "30s").returncode == 0
+    bad = labd("shutdown", "--timeout", "1x")
+    assert bad.returncode == 2 and "argument --timeout: bad duration '1x'" in bad.stderr
+    top = labd("top", timeout=30)
+    assert top.returncode == 2 and top.stdout == ""
+    assert top.stderr.strip() == ("labd: top needs a terminal (it is a full-screen dashboard); in scripts use "
+                                  "`labd ps --json` or `labd status --json`")
+    assert labd("shutdown", "--timeout", "1m").returncode == 0
+
+
+def test_pause_and_resume_say_when_there_is_nothing_to_do(daemon) -> None:
+    """`labd pause` of a session already paused says so (and records no second request); `labd resume` of a running
+    session says it is not paused (before: both printed "... requested" as if something would happen)."""
+    sid = labd("run", "demo.count", "-p", "n=400", "-p", "delay=0.05").stdout.strip()
+    with daemon.client() as c:
+        wait_until(lambda: c.session(sid)["status"] == "running", timeout=60, what="running")
+        r = labd("resume", sid)
+        assert r.returncode == 0 and f"session {sid} is not paused (status running)" in r.stdout
+        assert "pause requested for" in labd("pause", sid).stdout
+        wait_until(lambda: c.session(sid)["status"] == "paused", timeout=60, what="paused")
+        again = labd("pause", sid)
+        assert again.returncode == 0 and f"session {sid} is already paused" in again.stdout
+        requests = [e for e in c.history(sid) if e["kind"] == "session.pause_requested"]
+        assert len(requests) == 1
+        assert f"resume requested for {sid}" in labd("resume", sid).stdout
+        wait_until(lambda: c.session(sid)["status"] == "running", timeout=60, what="running again")
+        c.kill(sid)

@@ -22,3 +22,35 @@ def test_a_ray_launcher_without_ray_installed_is_a_clear_error(isolated_env: Pat
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     assert "Ray is not installed: pip install 'labd[ray]'" in out.stderr
+
+
+def test_a_database_in_a_missing_directory_is_a_clear_error(isolated_env: Path, tmp_path: Path) -> None:
+    """`labd serve --db sqlite:////missing/dir/x.db` exits 2 with one line naming the missing directory (before:
+    a FileNotFoundError traceback from opening the file)."""
+    missing = tmp_path / "no" / "such" / "dir"
+    out = subprocess.run([sys.executable, "-m", "labd", "serve", "--db", f"sqlite:///{missing}/x.db"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"the directory {missing} does not exist" in out.stderr
+    assert not missing.exists()
+
+
+def test_serve_detach_beside_a_running_daemon_says_so_and_leaves_its_log_alone(daemon, isolated_env: Path) -> None:
+    """A second `labd serve --detach` for a home already served answers at once with the running daemon's pid
+    (exit 0), starts nothing and writes nothing into that daemon's log; asking for other options (--db) is refused
+    (exit 2) with how to change them. Before: a second daemon was spawned, failed on the home's lock, and its error
+    came after fifteen unrelated lines of the running daemon's log, which it also wrote into."""
+    log = isolated_env / "daemon.log"
+    log.touch()
+    before = log.read_bytes()
+    out = subprocess.run([sys.executable, "-m", "labd", "serve", "--detach"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"labd daemon pid {daemon.proc.pid} already serving {isolated_env}" in out.stdout
+    other = subprocess.run([sys.executable, "-m", "labd", "serve", "--detach", "--db",
+                            f"sqlite:///{isolated_env}/other.db"], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 2
+    assert f"a daemon (pid {daemon.proc.pid}) is already serving" in other.stderr and "labd shutdown" in other.stderr
+    assert log.read_bytes() == before
+    assert not (isolated_env / "other.db").exists()

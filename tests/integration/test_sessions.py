@@ -108,3 +108,35 @@ def test_stored_session_ended_carries_status_and_reason(daemon) -> None:
         assert c.wait(sid, timeout=60)["status"] == "completed"
         ended = [e for e in c.history(sid) if e["kind"] == "session.ended"]
         assert ended[0]["payload"]["status"] == "completed" and ended[0]["payload"]["reason"] == "completed"
+
+
+def test_a_repeated_name_means_the_session_that_has_not_ended(client) -> None:
+    """Names may repeat. `labd stop study` while one `study` runs and a newer one has completed stops the running
+    one (before: the newest, which had already ended: "not running"); two unended sessions with one name are
+    `ambiguous`, listing both ids; once every one has ended, the name means the newest."""
+    running = client.start("demo.sleep", params={"seconds": 60}, name="dup-name")
+    done = client.start("demo.count", params={"n": 1}, name="dup-name")
+    assert client.wait(done, timeout=30)["status"] == "completed"
+    assert client.session("dup-name")["id"] == running
+    other = client.start("demo.sleep", params={"seconds": 60}, name="dup-name")
+    with pytest.raises(LabdError) as exc:
+        client.session("dup-name")
+    assert exc.value.code == "ambiguous" and set(exc.value.details["matches"]) == {running, other}
+    client.stop(other)
+    assert client.wait(other, timeout=30)["status"] == "cancelled"
+    client.stop("dup-name")  # resolves to the one still running
+    assert client.wait(running, timeout=30)["status"] == "cancelled"
+    assert client.session("dup-name")["id"] == other  # all ended: the newest
+
+
+def test_a_name_of_hex_digits_only_is_refused(client) -> None:
+    """A name such as `beef` would shadow every session id starting with it, so a start (or a branch) naming it
+    is refused with a clear error and starts nothing; a name with any other character is fine."""
+    before = len(client.sessions())
+    with pytest.raises(LabdError) as exc:
+        client.start("demo.count", params={"n": 1}, name="0d5d")
+    assert exc.value.code == "bad_request" and "hex digits" in exc.value.message
+    assert len(client.sessions()) == before
+    sid = client.start("demo.count", params={"n": 1}, name="run-0d5d")
+    assert client.wait(sid, timeout=30)["status"] == "completed"
+    assert client.session("run-0d5d")["id"] == sid
