@@ -58,7 +58,16 @@ class ControlPlane:
             body = {"ok": False, "error": {"code": error.code, "message": error.message, "details": error.details}}
         else:
             body = {"ok": True, "result": result}
-        control.send_multipart([identity, *self.codec.pack("reply", body, re=req_id)])
+        frames = self.codec.pack("reply", body, re=req_id)
+        if len(frames[1]) > self.codec.max_message:  # the client would drop it unread and time out: say why instead
+            self.counters["control.reply_too_large"] = self.counters.get("control.reply_too_large", 0) + 1
+            size, limit = len(frames[1]), self.codec.max_message
+            body = {"ok": False, "error": {"code": "reply_too_large", "message":
+                                           f"the reply would be {size} bytes, over the {limit}-byte message limit; "
+                                           "ask for less (a smaller limit or page, fewer sessions)",
+                                           "details": {"bytes": size, "max": limit}}}
+            frames = self.codec.pack("reply", body, re=req_id)
+        control.send_multipart([identity, *frames])
 
     def _handle(self, control: zmq.Socket, frames: list[bytes]) -> None:
         if len(frames) < 2:

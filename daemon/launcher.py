@@ -100,7 +100,7 @@ class TemplateLauncher:
         if self._runner_nice:  # what runners are placed relative to: read once per template, not per launch
             self._base_priority = own_priority()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "labd.runner.template"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-P", "-m", "labd.runner.template"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             env=self._env, start_new_session=True, close_fds=True,
         )
         assert self._proc.stdout is not None  # noqa: S101 - Popen contract with stdout=PIPE
@@ -214,15 +214,18 @@ class TemplateLauncher:
             create_time = time.time()  # it already exited; its exit is in the queue
         return pid, create_time
 
-    def inspect_start(self, workflow: str, params: dict[str, Any], path: list[str] | None = None) -> int:
+    def inspect_start(self, workflow: str, params: dict[str, Any], path: list[str] | None = None,
+                      confine: dict[str, Any] | None = None) -> int:
         """Ask the template to resolve a workflow and check its params in a throwaway child, with ``path``
-        first on ``sys.path``; returns a request id at once (the daemon's request handlers wait for it
-        without blocking: :mod:`labd.daemon.checks`)."""
+        first on ``sys.path``, confined by ``confine`` (a runner's Landlock policy: the user's module is imported
+        there, so it gets no more than the runner that will run it); returns a request id at once (the daemon's
+        request handlers wait for it without blocking: :mod:`labd.daemon.checks`)."""
         self._req += 1
         req = self._req
         self._inspecting.add(req)
         try:
-            self._send({"op": "inspect", "req": req, "workflow": workflow, "params": params, "path": path or []})
+            self._send({"op": "inspect", "req": req, "workflow": workflow, "params": params, "path": path or [],
+                        "confine": confine})
         except (OSError, LaunchError):  # no template (it could not be restarted): answered as a failure
             self._lost_inspections()
         return req

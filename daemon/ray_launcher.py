@@ -124,7 +124,7 @@ class RayLauncher:
 
     def _start_driver(self) -> None:
         self._buf = b""
-        self._proc = subprocess.Popen([sys.executable, "-m", "labd.daemon.ray_driver", self.address],
+        self._proc = subprocess.Popen([sys.executable, "-P", "-m", "labd.daemon.ray_driver", self.address],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env,
                                       start_new_session=True, close_fds=True)
         assert self._proc.stdout is not None  # noqa: S101 - Popen contract
@@ -312,8 +312,9 @@ class Launchers:
             return self.ray.launch(spec)
         return self.local.launch(spec)
 
-    def inspect_start(self, workflow: str, params: dict[str, Any], path: list[str] | None = None) -> int:
-        return self.local.inspect_start(workflow, params, path)
+    def inspect_start(self, workflow: str, params: dict[str, Any], path: list[str] | None = None,
+                      confine: dict[str, Any] | None = None) -> int:
+        return self.local.inspect_start(workflow, params, path, confine)
 
     def drain_inspected(self) -> list[tuple[int, dict[str, Any]]]:
         return self.local.drain_inspected()

@@ -96,7 +96,8 @@ class Daemon(ControlPlane):
         self._lock_fd: int | None = None
         #: request id -> how to build the reply once ingest has committed what the request caused
         self._deferred: dict[str, Any] = {}
-        self.checks = Checks(lambda c: self.launcher.inspect_start(c.workflow, c.params, c.path))
+        self.checks = Checks(lambda c: self.launcher.inspect_start(c.workflow, c.params, c.path,
+                                                                   self.runner_confine_spec(None)))
         #: session.start idempotency keys not yet committed (key -> PendingStart), and the request that carries
         #: each (api/start.py); dropped once ingest committed or refused the start
         self.idempotent_starts: dict[str, PendingStart] = {}
@@ -400,11 +401,13 @@ class Daemon(ControlPlane):
         return {"level": self.sandbox.level, "mechanism": self.sandbox.mechanism, "reasons": self.sandbox.reasons,
                 "require": self.sandbox.require, "hide": self.sandbox_hide, "network": network}
 
-    def runner_confine_spec(self, sid: str) -> dict[str, Any] | None:
+    def runner_confine_spec(self, sid: str | None) -> dict[str, Any] | None:
+        """The Landlock policy of session ``sid``'s runner (None: no Landlock); with ``sid`` None, of a workflow
+        check (runner/checks.py), which may see no session's directory."""
         if self.runner_confinement != "landlock":
             return None
         return {"hide": [str(self.layout.home), str(self.layout.runtime_dir.parent)],
-                "allow": [str(self.layout.sessions_dir / sid)]}
+                "allow": [str(self.layout.sessions_dir / sid)] if sid else []}
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         # Record only; the main loop acts. A second Ctrl-C while stopping forces exit (a second signal while

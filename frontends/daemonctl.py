@@ -62,7 +62,8 @@ def serve_detached(args: argparse.Namespace, home: str | None) -> int:
             return 2
         print(f"labd daemon pid {pid} already serving {layout.home}; log: {log_path}")
         return 0
-    argv = [sys.executable, "-m", "labd", "--home", str(layout.home), "serve"]
+    # -P: a ./labd folder where the user stands must not shadow the package
+    argv = [sys.executable, "-P", "-m", "labd", "--home", str(layout.home), "serve"]
     for flag, value in (("--db", args.db), ("--log-format", args.log_format or "json"),
                         ("--log-level", args.log_level), ("--listen", getattr(args, "listen", None))):
         if value:

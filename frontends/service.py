@@ -49,7 +49,7 @@ def _quote(arg: str) -> str:
 def render_unit(python: str, home: str | None = None, *, drain: bool = False,
                 watchdog_sec: int = WATCHDOG_SEC) -> str:
     """The unit text for ``python -m labd [--home HOME] serve`` (deterministic: a test compares it)."""
-    argv = [python, "-m", "labd"]
+    argv = [python, "-P", "-m", "labd"]
     if home is not None:
         argv += ["--home", home]
     argv += ["serve", "--log-format", "json"]
@@ -114,7 +114,7 @@ def install(home: str | None, *, drain: bool = False, watchdog_sec: int = WATCHD
     tmp.write_text(text)
     os.replace(tmp, path)
     print(f"{'unchanged' if old == text else 'updated' if old else 'wrote'} {path}")
-    print(f"  ExecStart runs {sys.executable} -m labd --home {home} serve")
+    print(f"  ExecStart runs {sys.executable} -P -m labd --home {home} serve")
     code, out = _systemctl("daemon-reload")
     if code != 0:
         print(f"  (systemctl --user daemon-reload: {out or code}; run it in your login session)")

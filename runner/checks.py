@@ -43,17 +43,36 @@ def check_workflow(workflow: str, params: dict[str, Any], path: list[str]) -> di
         return {"ok": False, "code": exc.code, "message": exc.message, "details": exc.details}
 
 
-def _answer_one(requests: int, answers: int) -> None:
-    """In a checker child: read one request (to end of file), check it, write the answer, exit."""
+def _answer_one(requests: int, answers: int, hide: list[str] | None = None) -> None:
+    """In a checker child: read one request (to end of file), confine itself as the request says, check it,
+    write the answer, exit. ``hide``: the runners' Landlock hide list as last seen, prepared while waiting."""
+    from labd.runner.credentials import confine_runner, prepare_confinement
+
     # Warm up while waiting: the first run of this code copies the template's pages it touches (reference
     # counts are writes); done now, not on the request's path.
     json.loads(json.dumps(check_workflow("demo.count", {"n": "1"}, []), default=repr))
+    if hide:
+        try:
+            prepare_confinement(hide)  # the filesystem walk, off the request's path (confine_runner checks it)
+        except OSError:
+            pass
     data = b""
     while chunk := os.read(requests, 65536):
         data += chunk
     if not data:  # the template went away without using us
         os._exit(0)
     req = json.loads(data)
+    # The user's module runs at import: no more than the runner that will run it may (it could read the daemon's
+    # key otherwise), and what it prints goes nowhere (fds 1 and 2 are the daemon's log, shared and unbounded).
+    confined = confine_runner(req.get("confine"))
+    if req.get("confine") and confined != "landlock":
+        write_all(answers, json.dumps({"ok": False, "code": "workflow_import_failed", "message":
+                                       f"the workflow check could not confine itself ({confined})"}).encode())
+        os._exit(0)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
     result = check_workflow(req["workflow"], req.get("params") or {}, req.get("path") or [])
     write_all(answers, json.dumps(result, default=repr).encode())
     # End of file now: exit closes files only after it has torn down the address space (a forked template:
@@ -87,12 +106,13 @@ class Checker:
         return Check(req["req"], self.pid, self.answers)
 
 
-def fork_checker(fork: Callable[[Callable[[], None], tuple[int, ...]], int]) -> Checker:
+def fork_checker(fork: Callable[[Callable[[], None], tuple[int, ...]], int],
+                 hide: list[str] | None = None) -> Checker:
     """Fork a checker with ``fork(job, close)`` (the template's fork: the child sheds the template's fds and
-    those in ``close``, the template's ends of the checker's own pipes)."""
+    those in ``close``, the template's ends of the checker's own pipes); ``hide``: what it prepares to confine."""
     req_r, req_w = os.pipe()
     ans_r, ans_w = os.pipe()
-    pid = fork(lambda: _answer_one(req_r, ans_w), (req_w, ans_r))
+    pid = fork(lambda: _answer_one(req_r, ans_w, hide), (req_w, ans_r))
     os.close(req_r)
     os.close(ans_w)
     return Checker(pid, req_w, ans_r)

@@ -69,7 +69,7 @@ class SessionActor:
             # Started from this long-lived thread: the runner's parent-death signal fires when the thread that
             # forked it ends, so it must be the thread that lives exactly as long as the runner.
             try:
-                self.proc = subprocess.Popen([sys.executable, "-m", "labd.runner.remote"], stdin=subprocess.PIPE,
+                self.proc = subprocess.Popen([sys.executable, "-P", "-m", "labd.runner.remote"], stdin=subprocess.PIPE,
                                              env=env, cwd=str(session_dir), start_new_session=True, close_fds=True,
                                              preexec_fn=_die_with_parent)
             except BaseException as exc:  # noqa: BLE001 - reported by start()

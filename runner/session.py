@@ -44,7 +44,9 @@ __all__ = ["run_session", "SECRET_PATTERN", "split_secrets"]
 #: environment variables that look like credentials are withheld from the workflow's environment
 SECRET_PATTERN = re.compile(
     r"(^|_)(API_?KEY|APIKEY|SECRET|SECRET_KEY|SECRET_ACCESS_KEY|ACCESS_KEY|PRIVATE_KEY|PASSWORD|PASSWD|"
-    r"CREDENTIALS?)(_|$)|(API_?KEY|TOKEN|SECRET|PASSWORD)$", re.IGNORECASE)
+    r"CREDENTIALS?|CREDS)(_|$)|(API_?KEY|TOKEN|SECRET|PASSWORD|_KEY|_PAT)$", re.IGNORECASE)
+#: ... and so do values that carry a password in a URL (``DATABASE_URL=postgres://user:pw@host/db``), whatever the name
+SECRET_VALUE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
 
@@ -56,7 +58,7 @@ WITHHELD = ("LABD_DB",)
 def split_secrets(env: dict[str, str], extra_names: list[str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """Split ``env`` into (clean environment, secrets) by name pattern and an explicit list."""
     names = set(extra_names or []) | set(WITHHELD)
-    secrets = {k: v for k, v in env.items() if k in names or SECRET_PATTERN.search(k)}
+    secrets = {k: v for k, v in env.items() if k in names or SECRET_PATTERN.search(k) or SECRET_VALUE.match(v)}
     clean = {k: v for k, v in env.items() if k not in secrets}
     return clean, secrets
 

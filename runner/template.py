@@ -8,10 +8,11 @@ Protocol (JSON lines; the daemon writes requests on our stdin, we answer on our 
 
 - ``{"op": "spawn", "req": R, "spec": {...}}`` -> ``{"op": "spawned", "req": R, "pid": P, "create_time": T | null,
   "via": "spare" | "fork"}`` (``create_time`` is known when a spare took the spec: read when it was forked)
-- ``{"op": "inspect", "req": R, "workflow": W, "params": {...}, "path": [dirs]}`` -> ``{"op": "inspected", "req": R,
-  "ok": bool, "code"?, "message"?, "details"?}`` (resolved in a throwaway child, so importing user
-  code never touches the template; answered when the child is done, in any order: spawns and other
-  checks go on meanwhile; :mod:`labd.runner.checks`, which keeps one checker child forked ahead)
+- ``{"op": "inspect", "req": R, "workflow": W, "params": {...}, "path": [dirs], "confine": {...} | null}`` ->
+  ``{"op": "inspected", "req": R, "ok": bool, "code"?, "message"?, "details"?}`` (resolved in a throwaway child
+  confined as a runner, so importing user code never touches the template or the daemon's files; answered when
+  the child is done, in any order: spawns and other checks go on meanwhile; :mod:`labd.runner.checks`, which keeps
+  one checker child forked ahead)
 - unsolicited: ``{"op": "exited", "pid": P, "exit_code": C | null, "signal": S | null}``
 
 End of stdin (the daemon went away): the template closes its spare and checker, waits until its runners have ended
@@ -254,7 +255,7 @@ def main() -> None:
         if spare is None and spare_due is not None and time.monotonic() >= spare_due:
             spare, spare_due = _fork_spare(in_fd, out_fd, (wake_r, wake_w), hints, private()), None
         if checker is None and checker_due is not None and time.monotonic() >= checker_due:
-            checker, checker_due = fork_checker(fork), None
+            checker, checker_due = fork_checker(fork, hints.get("confine_hide")), None
         now = time.monotonic()
         for late in [j for j in inspecting.values() if now >= j.deadline]:  # an import that never returns
             _write(out_fd, inspecting.pop(late.fd).answer(timed_out=True))
@@ -312,6 +313,8 @@ def main() -> None:
                     if spare is None:
                         spare_due = time.monotonic() + SPARE_DELAY_S
             elif req["op"] == "inspect":
+                if (req.get("confine") or {}).get("hide") and "confine_hide" not in hints:  # for the next checker
+                    hints = {**hints, "confine_hide": [str(p) for p in req["confine"]["hide"]]}
                 check = checker.hand_over(req) if checker is not None else None
                 if checker is not None:  # used once, whether the hand-over worked or not
                     checker, checker_due = None, (time.monotonic() + CHECKER_DELAY_S if use_spare else None)

@@ -45,11 +45,16 @@ class Request:
             raise ApiError("bad_request", f"field {name!r} must be {hint or types}")
         if not isinstance(value, types) or (check is not None and not check(value)):
             raise ApiError("bad_request", f"field {name!r} must be {hint or types}")
+        if isinstance(value, int) and not -INT64 <= value < INT64:  # what the store (SQL INTEGER) can hold
+            raise ApiError("bad_request", f"field {name!r} is out of range (a 64-bit integer)")
         return value
 
     def execute(self) -> Any:
         raise NotImplementedError
 
+
+#: integers a request may carry: the store's INTEGER columns are 64-bit signed
+INT64 = 2**63
 
 DEFERRED = object()
 registry: dict[str, type[Request]] = {}

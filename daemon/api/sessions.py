@@ -81,7 +81,7 @@ def _limits(body: dict[str, Any], default_procs: int | None = None, default_outp
         if isinstance(mem, str) and mem.strip().isdigit():
             raise ApiError("bad_limits", f"memory limit {mem!r} has no unit: write e.g. {mem.strip()}M or "
                            f"{mem.strip()}G (a JSON number means bytes)")
-        memory = parse_size(mem) if isinstance(mem, str) else _positive(mem, "memory")
+        memory = _bounded(parse_size(mem), "memory") if isinstance(mem, str) else _positive(mem, "memory")
         if memory is not None and memory < MIN_MEMORY:
             raise ApiError("bad_limits", f"memory limit {int(memory)} bytes is below what a runner needs to start "
                            f"({MIN_MEMORY // 2**20} MiB); sizes take a unit, e.g. 512M",
@@ -96,7 +96,7 @@ def _limits(body: dict[str, Any], default_procs: int | None = None, default_outp
             raise ApiError("bad_limits", f"procs must be a whole number of processes (1-{MAX_PROCS}), not {procs!r}")
         return Limits(
             memory=memory, cpu=cpu_pct,
-            timeout=parse_duration(tmo) if isinstance(tmo, str) else _positive(tmo, "timeout"),
+            timeout=_bounded(parse_duration(tmo), "timeout") if isinstance(tmo, str) else _positive(tmo, "timeout"),
             budget=_positive(raw.get("budget"), "budget"), budget_action=action, procs=procs,
             output=output_cap(raw.get("output", default_output)),
         )
@@ -113,11 +113,23 @@ def output_cap(value: Any) -> int | None:
                        {"min_bytes": MIN_OUTPUT}) from None
 
 
+#: the largest limits: beyond them a limit means nothing (a petabyte of memory; a century), and the store's
+#: 64-bit columns could not hold some of them
+MAX_LIMIT = {"memory": 2**50, "timeout": 100 * 365 * 86400.0, "budget": 1e12}
+
+
 def _positive(value: Any, name: str) -> Any:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise ApiError("bad_limits", f"limit {name!r} must be a positive number or a string like 512M / 50% / 1h")
+    return _bounded(value, name)
+
+
+def _bounded(value: Any, name: str) -> Any:
+    if value is not None and value > MAX_LIMIT[name]:
+        raise ApiError("bad_limits", f"limit {name!r} of {value:g} is beyond any machine or time span (at most "
+                       f"{MAX_LIMIT[name]:g})", {"max": MAX_LIMIT[name]})
     return value
 
 

@@ -33,9 +33,11 @@ def _skill_error(exc: SkillError) -> ApiError:
 def expand_skill(d: Any, ref: str, params: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """``skill:NAME[@V]`` -> (workflow, params for it, {name, version, origin_session}); given params win over
     the skill's, and every parameter the skill declared must be given."""
-    name, _, version = ref.removeprefix("skill:").partition("@")
+    name, at, version = ref.removeprefix("skill:").partition("@")
+    if at and not (version.isdigit() and 0 < int(version) < 2**31):  # not "the latest" by accident
+        raise ApiError("bad_request", f"{ref!r}: the version after @ must be a version number (1, 2, ...)")
     try:
-        doc = get_skill(d.store.engine, name, int(version) if version.isdigit() else None)
+        doc = get_skill(d.store.engine, name, int(version) if at else None)
     except SkillError as exc:
         raise _skill_error(exc) from None
     missing = [p for p in doc.get("parameters", []) if p not in params]

@@ -3,6 +3,7 @@ cannot be cut off from the daemon by another process that takes its routing id (
 
 from __future__ import annotations
 
+import textwrap
 import time
 from pathlib import Path
 
@@ -148,3 +149,46 @@ def test_derived_keys_differ_per_session_and_from_the_daemon_key() -> None:
     assert derive_key(k, "a") == derive_key(k, "a")
     assert len({derive_key(k, "a"), derive_key(k, "b"), derive_key(b"j" * 32, "a"), k}) == 4
     assert len(derive_key(k, "a")) == 32
+
+
+def test_a_workflow_checked_at_import_is_confined_and_silenced_like_its_runner(daemon, tmp_path) -> None:
+    """A user's workflow module runs code at import in the check before the session exists. That check is
+    confined as the runner will be: it cannot read daemon.key, the database or the connection file (before: it
+    read the key, found by an attack review); and what it writes to stdout/stderr goes nowhere (before: into the
+    daemon's log, unbounded). The session itself then runs as usual."""
+    with daemon.client() as c:
+        runner = c.status()["sandbox"]["runner"]
+        if runner != "landlock":
+            print(f"SKIP runner confinement: {runner}")
+            pytest.skip(f"runner confinement unavailable: {runner}")
+    home = daemon.home
+    paths = [str(home / "daemon.key"), str(home / "labd.db"), str(layout_for(home).connection_file)]
+    out = tmp_path / "outcomes"
+    out.mkdir()
+    (tmp_path / "import_reads.py").write_text(textwrap.dedent(f'''
+        import os, sys
+        outcomes = []
+        for p in {paths!r}:
+            try:
+                open(p, "rb").read(1)
+                outcomes.append(p + " READ")
+            except OSError as exc:
+                outcomes.append(p + " " + type(exc).__name__)
+        # one file per importing process (the check, then the runner)
+        with open(os.path.join({str(out)!r}, str(os.getpid())), "w") as f:
+            f.write("\\n".join(outcomes))
+        sys.stderr.write("NOISE-AT-IMPORT " * 65536)  # 1 MiB
+        sys.stdout.write("NOISE-AT-IMPORT " * 65536)
+
+        def flow(ctx) -> str:
+            return "ran"
+    '''))
+    log_before = daemon.log_path.stat().st_size
+    with daemon.client() as c:
+        sid = c.start(f"{tmp_path / 'import_reads.py'}:flow")
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+    reports = [f.read_text() for f in out.iterdir()]
+    assert len(reports) == 2, reports  # the check's import and the runner's
+    for report in reports:
+        assert all(line.endswith("PermissionError") for line in report.splitlines()), report
+    assert "NOISE-AT-IMPORT" not in daemon.log_path.read_text(errors="replace")[log_before:]

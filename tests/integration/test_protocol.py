@@ -168,3 +168,26 @@ def test_a_runner_cannot_record_daemon_facts_and_bad_items_do_not_wedge_it(small
         assert c.session(sid)["status"] == "cancelled"  # the forged session.ended changed nothing
         assert c.status()["counters"]["dropped.runner.malformed"] == 1
         s.close(0)
+
+
+def test_a_reply_over_the_message_limit_is_a_clear_error_not_a_silence(small_daemon) -> None:
+    """Sessions whose records are large (here: params of ~25 KiB each, every request under the 64 KiB limit) make
+    a `session.list` of all of them larger than a message may be. The client gets `reply_too_large` at once,
+    with the sizes, and a smaller list still works (before: the daemon sent the oversized reply, the client
+    dropped it unread and waited 15 s for "no reply from the daemon (is it running?)", for every client)."""
+    from labd.ipc import LabdError
+
+    with small_daemon.client(timeout=30) as c:
+        for _ in range(3):
+            sid = c.start("demo.count", params={"n": 1, "delay": 0, "label": "x" * 25_000})
+            c.wait(sid, timeout=60)
+        started = time.monotonic()
+        try:
+            c.sessions()
+            raise AssertionError("an oversized list was sent")
+        except LabdError as exc:
+            assert exc.code == "reply_too_large", exc
+            assert exc.details["bytes"] > exc.details["max"] == MAX_MESSAGE
+        assert time.monotonic() - started < 10  # answered, not timed out (the client waits 30 s)
+        assert len(c.sessions(limit=1)) == 1
+        assert c.status()["counters"].get("control.reply_too_large", 0) >= 1

@@ -54,3 +54,22 @@ def test_serve_detach_beside_a_running_daemon_says_so_and_leaves_its_log_alone(d
     assert f"a daemon (pid {daemon.proc.pid}) is already serving" in other.stderr and "labd shutdown" in other.stderr
     assert log.read_bytes() == before
     assert not (isolated_env / "other.db").exists()
+
+
+def test_a_labd_folder_where_the_user_stands_does_not_shadow_the_package(isolated_env: Path, tmp_path: Path) -> None:
+    """`labd serve --detach` run in a directory holding a folder named `labd` (a checkout, or LABD_HOME=./labd)
+    starts its daemon and runner template (before: `python -m labd` imported the empty folder and failed with
+    "module 'labd' has no attribute '__version__'"); sessions then run."""
+    work = tmp_path / "work"
+    (work / "labd").mkdir(parents=True)
+    # labd as installed (the venv's editable finder comes after the path search), not from the tests' PYTHONPATH
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    labd = [sys.executable, "-P", "-m", "labd"]  # -P: as the `labd` script, which puts no cwd on sys.path
+    r = subprocess.run([*labd, "serve", "--detach"], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    try:
+        run = subprocess.run([*labd, "run", "demo.count", "-p", "n=1", "-p", "delay=0", "-f"],
+                             cwd=work, env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and "count 1/1" in run.stdout, run.stderr
+    finally:
+        subprocess.run([*labd, "shutdown"], env=env, capture_output=True, timeout=120)

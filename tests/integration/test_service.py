@@ -316,7 +316,7 @@ def test_service_install_writes_a_user_unit_for_this_interpreter(isolated_env: P
     assert r.returncode == 0, r.stderr
     assert f"wrote {unit}" in r.stdout and "loginctl enable-linger" in r.stdout
     text = unit.read_text()
-    assert f"\nExecStart={sys.executable} -m labd --home {isolated_env} serve --log-format json --drain\n" in text
+    assert f"\nExecStart={sys.executable} -P -m labd --home {isolated_env} serve --log-format json --drain\n" in text
     for line in ("Type=notify", "WatchdogSec=60", "KillMode=process", "WantedBy=default.target"):
         assert f"\n{line}\n" in text
     assert "unchanged" in _labd("service", "install", "--drain", env=env).stdout

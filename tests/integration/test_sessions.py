@@ -84,7 +84,8 @@ def test_bad_workflow_or_params_give_a_clear_error_and_start_nothing(client, wor
 
 
 def test_bad_requests_get_structured_errors(client) -> None:
-    """Malformed requests get stable error codes, never a traceback, and the daemon keeps serving."""
+    """Malformed requests get stable error codes, never a traceback, and the daemon keeps serving; numbers beyond
+    what the store holds (found by an attack review: `internal` and `store_error`) are refused as bad input."""
     cases = [
         ("session.start", {}, "bad_request"),
         ("session.start", {"workflow": "demo.count", "limits": {"memory": "lots"}}, "bad_limits"),
@@ -92,6 +93,15 @@ def test_bad_requests_get_structured_errors(client) -> None:
         ("session.get", {"session": "nope"}, "not_found"),
         ("events.query", {"session": "x", "since": -1}, "bad_request"),
         ("no.such.request", {}, "unknown_request"),
+        # beyond what the store's 64-bit integers hold, or any machine: refused, not `internal` / `store_error`
+        ("events.query", {"session": "x", "since": 2**63}, "bad_request"),
+        ("skill.get", {"name": "x", "version": 2**63}, "bad_request"),
+        ("session.start", {"workflow": "skill:x@99999999999999999999"}, "bad_request"),
+        ("session.start", {"workflow": "skill:x@latest"}, "bad_request"),
+        ("session.start", {"workflow": "demo.count", "limits": {"memory": "1e30T"}}, "bad_limits"),
+        ("session.start", {"workflow": "demo.count", "limits": {"memory": 1e300}}, "bad_limits"),
+        ("session.start", {"workflow": "demo.count", "limits": {"timeout": 2**80}}, "bad_limits"),
+        ("session.start", {"workflow": "demo.count", "limits": {"timeout": "9999999999999999w"}}, "bad_limits"),
     ]
     for type_, body, code in cases:
         with pytest.raises(LabdError) as err:

@@ -19,9 +19,12 @@ from labd.ipc import LabdError
 from labd.ipc.wire import Codec
 from tests.conftest import wait_until
 
+# The marks go in a folder of their own: the check is confined as a runner is (Landlock), and a runner cannot
+# create files directly in the folder that holds the daemon's home (here: the test's tmp_path), only in folders
+# that existed when it confined itself.
 GATED = '''
 import pathlib, time
-_here = pathlib.Path(__file__).parent
+_here = pathlib.Path(__file__).parent / "marks"
 with open(_here / "imports", "a") as f:
     f.write("import\\n")
 _deadline = time.monotonic() + 90
@@ -34,15 +37,16 @@ def study(ctx, n: int = 1):
 
 
 def _imports(tmp_path: Path) -> int:
-    path = tmp_path / "imports"
+    path = tmp_path / "marks" / "imports"
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 @pytest.fixture
 def gated(tmp_path: Path) -> Path:
     (tmp_path / "gated.py").write_text(GATED)
+    (tmp_path / "marks").mkdir()
     yield tmp_path
-    (tmp_path / "gate").touch()  # never leave an import child waiting
+    (tmp_path / "marks" / "gate").touch()  # never leave an import child waiting
 
 
 def _start_in_thread(daemon: Any, cwd: Path, out: dict[str, Any], **kw: Any) -> threading.Thread:
@@ -71,7 +75,7 @@ def test_a_slow_import_does_not_hold_up_other_clients(daemon, gated: Path) -> No
         other = c.start("demo.count", params={"n": 1, "delay": 0})
         assert c.wait(other, timeout=60)["status"] == "completed"
         assert t.is_alive() and "sid" not in out  # the gated start is still being checked
-        (gated / "gate").touch()
+        (gated / "marks" / "gate").touch()
         t.join(60)
         assert out.get("sid"), out
         row = c.wait(out["sid"], timeout=60)
@@ -93,7 +97,7 @@ def test_a_keyed_retry_during_the_check_joins_the_first_start(daemon, gated: Pat
         s.send_multipart(codec.pack("session.start", body))
         s.send_multipart(codec.pack("session.start", body))  # same socket: handled after the first
         wait_until(lambda: _imports(gated) == 1, timeout=30, what="the first check to start importing")
-        (gated / "gate").touch()
+        (gated / "marks" / "gate").touch()
         replies = []
         for _ in range(2):
             assert s.poll(60_000), "no reply"
@@ -127,7 +131,7 @@ def test_the_template_dying_during_a_check_refuses_the_start_clearly(daemon, gat
 def test_a_bad_parameter_is_still_refused_before_any_session_exists(daemon, gated: Path) -> None:
     """The check still decides the start: a value that does not fit the workflow's signature is a clear
     ``bad_params`` error and no session row is made."""
-    (gated / "gate").touch()
+    (gated / "marks" / "gate").touch()
     with daemon.client() as c:
         with pytest.raises(LabdError) as info:
             c.start("gated:study", params={"n": "many"}, cwd=str(gated))

@@ -7,7 +7,9 @@ import pytest
 from labd.runner.session import SECRET_PATTERN, split_secrets
 
 WITHHELD = ["OPENAI_API_KEY", "anthropic_api_key", "MY_APIKEY", "GITHUB_TOKEN", "HF_TOKEN", "AWS_SESSION_TOKEN",
-            "CLIENT_SECRET", "DB_PASSWORD", "FTP_PASSWD", "GOOGLE_APPLICATION_CREDENTIALS", "SVC_CREDENTIAL"]
+            "CLIENT_SECRET", "DB_PASSWORD", "FTP_PASSWD", "GOOGLE_APPLICATION_CREDENTIALS", "SVC_CREDENTIAL",
+            # found by an attack review: these reached sessions and the code they ran
+            "GH_PAT", "MY_SERVICE_CREDS", "AWS_SESSION_KEY", "STRIPE_KEY"]
 KEPT = ["PATH", "HOME", "LANG", "TOKENIZERS_PARALLELISM", "MAX_TOKENS", "CUDA_VISIBLE_DEVICES", "PYTHONPATH",
         "TOKEN_COUNT_LIMIT", "KEYBOARD_LAYOUT"]
 
@@ -30,9 +32,9 @@ def test_ordinary_names_are_kept(name: str) -> None:
 
 def test_explicit_names_are_withheld_exactly() -> None:
     """Names in the explicit list are withheld even if they do not match the pattern; matching is exact."""
-    env = {"WANDB_ENTITY": "me", "DATABASE_URL": "postgres://u:p@h/db", "DATABASE_URL_RO": "x", "PATH": "/bin"}
+    env = {"WANDB_ENTITY": "me", "DATABASE_URL": "postgres://u@h/db", "DATABASE_URL_RO": "x", "PATH": "/bin"}
     clean, secrets = split_secrets(env, ["DATABASE_URL", "NOT_PRESENT"])
-    assert secrets == {"DATABASE_URL": "postgres://u:p@h/db"}
+    assert secrets == {"DATABASE_URL": "postgres://u@h/db"}
     assert clean == {"WANDB_ENTITY": "me", "DATABASE_URL_RO": "x", "PATH": "/bin"}
 
 
@@ -51,3 +53,19 @@ def test_aws_secret_access_key_is_withheld() -> None:
     clean, secrets = split_secrets({"AWS_SECRET_ACCESS_KEY": "wJalr...", "AWS_REGION": "eu-west-1"})
     assert "AWS_SECRET_ACCESS_KEY" in secrets
     assert clean == {"AWS_REGION": "eu-west-1"}
+
+
+@pytest.mark.parametrize("value, withheld", [
+    ("postgresql://user:s3cret@db.example/prod", True),
+    ("https://:token123@git.example/repo.git", True),
+    ("redis://default:pw@localhost:6379/0", True),
+    ("postgresql://user@db.example/prod", False),   # no password in it
+    ("https://example.org/a:b@c", False),           # ':' and '@' in the path, not credentials
+    ("/usr/bin:/bin", False),
+])
+def test_a_url_carrying_a_password_is_withheld_whatever_its_name(value: str, withheld: bool) -> None:
+    """`DATABASE_URL=postgres://user:pw@host/db` matches no name pattern but carries a password: withheld by its
+    value (found by an attack review: it reached the session and the code its agents ran)."""
+    clean, secrets = split_secrets({"SOME_SETTING": value})
+    assert (secrets == {"SOME_SETTING": value}) is withheld
+    assert (clean == {"SOME_SETTING": value}) is not withheld
