@@ -27,6 +27,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from labd.daemon.curve_relay import Relays, curve_server_socket
+from labd.ipc.connection import ConnectionInfo, events_socket
 
 __all__ = ["Gateway", "check_listen", "curve_dir", "ensure_server_keys", "add_client"]
 
@@ -83,10 +84,11 @@ def add_client(home: Path, name: str) -> tuple[bytes, bytes]:
 class Gateway(threading.Thread):
     """Relays TCP (CURVE) clients to the daemon's local control and event sockets."""
 
-    def __init__(self, home: Path, listen: str, control: str, events: str, max_message: int) -> None:
+    def __init__(self, home: Path, listen: str, local: ConnectionInfo, max_message: int) -> None:
         super().__init__(name="labd-gateway", daemon=True)
         self.host, self.port = check_listen(listen)
-        self.home, self.control, self.events, self.max_message = home, control, events, max_message
+        self.home, self.control, self.events, self.max_message = home, local.control, local.events, max_message
+        self._local = local  # the local event socket is CURVE-secured too: the relay follows it as a local client
         self.public, self._secret = ensure_server_keys(home)
         self.log = structlog.get_logger("labd.gateway")
         self.ready = threading.Event()
@@ -119,8 +121,7 @@ class Gateway(threading.Thread):
             router.bind(self.endpoints[0])
             xpub = self._server_socket(zmq.XPUB)
             xpub.bind(self.endpoints[1])
-            xsub = self._ctx.socket(zmq.XSUB)
-            xsub.setsockopt(zmq.LINGER, 0)
+            xsub = events_socket(self._ctx, self._local, zmq.XSUB)
             xsub.connect(self.events)
         except Exception as exc:  # noqa: BLE001 - reported to the daemon, which refuses to start
             self.error = exc

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,8 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
 
     def __init__(self, zctx: zmq.Context, writer: BatchWriter, key: bytes, runners_endpoint: str,
                  events_endpoint: str, counters: dict[str, int], last_seen: dict[str, float],
-                 max_message: int, sessions_dir: Path | None = None) -> None:
+                 max_message: int, sessions_dir: Path | None = None,
+                 secure_events: Callable[[zmq.Socket], None] | None = None) -> None:
         super().__init__(name="labd-ingest", daemon=True)
         #: where runners keep their spools (``<sessions_dir>/<id>/events.spool``); None: no spools read
         self.sessions_dir = sessions_dir
@@ -82,6 +84,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         self.routes: dict[str, bytes] = {}
         self.runners_endpoint = runners_endpoint
         self.events_endpoint = events_endpoint
+        self._secure_events = secure_events  # makes the event socket a CURVE server (daemon/events_auth.py)
         self.counters = counters
         self.last_seen = last_seen
         self.outcap = OutputCaps(lambda sid: getattr(self.cursors.get(sid), "output_cap", None), counters)  # backstop
@@ -136,6 +139,8 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         # instead of growing the daemon's memory (a stalled follower of 4 stdout floods: +260 MB before).
         self.pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
         self.pub.setsockopt(zmq.LINGER, 0)
+        if self._secure_events is not None:
+            self._secure_events(self.pub)
         self.pub.bind(self.events_endpoint)
         self.pull = z.socket(zmq.PULL)
         self.pull.bind(INGEST_IN)

@@ -26,6 +26,8 @@ from labd.daemon.api.start import PendingStart, requeue, session_spec
 from labd.daemon.checks import Check, Checks
 from labd.daemon.config import Config
 from labd.daemon.control import ControlPlane
+from labd.daemon.events_auth import LocalEventsAuth
+from labd.daemon.gateway import ensure_server_keys
 from labd.daemon.indexer import Indexer
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
 from labd.daemon.launcher import TemplateLauncher
@@ -182,18 +184,21 @@ class Daemon(ControlPlane):
         # events and may exit as soon as it can connect, and adoption (below) must come right after that.
         self._probe_sandbox()
         key = _key_for(layout.home)
+        events_public, events_secret = ensure_server_keys(layout.home)  # the event socket is a CURVE server
         self.info = ConnectionInfo(control=layout.endpoint("control"), events=layout.endpoint("events"),
                                    runners=layout.endpoint("runners"), key=key, pid=os.getpid(),
-                                   home=str(layout.home))
+                                   home=str(layout.home), events_public=events_public.decode())
         self.gateway = _start_gateway(cfg, self.info)  # first: a bad --listen stops us before anything runs
         z = zmq.Context()
+        events_auth = LocalEventsAuth(z, bytes.fromhex(key), events_public, events_secret)  # before ingest binds
         notes = z.socket(zmq.PULL)
         notes.bind(INGEST_NOTIFY)
         checkpointer = Checkpointer(engine) if is_sqlite(cfg.db_url) else None
         if checkpointer is not None:
             checkpointer.start()
         ingest = Ingest(z, BatchWriter(engine, known_keys), bytes.fromhex(key), self.info.runners, self.info.events,
-                        self.counters, self.last_seen, cfg.max_message, sessions_dir=layout.sessions_dir)
+                        self.counters, self.last_seen, cfg.max_message, sessions_dir=layout.sessions_dir,
+                        secure_events=events_auth.secure)
         ingest.start()
         ingest.ready.wait(10)
         self._to_ingest = z.socket(zmq.PUSH)
@@ -228,7 +233,7 @@ class Daemon(ControlPlane):
         control.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.max_message)
         control.bind(self.info.control)
         self.codec = Codec(bytes.fromhex(key), max_message=cfg.max_message)
-        write_connection_file(layout, os.getpid(), key=key)
+        write_connection_file(layout, os.getpid(), key=key, events_public=events_public.decode())
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -276,6 +281,7 @@ class Daemon(ControlPlane):
                 checkpointer.join(10)
             for sock in (control, notes, self._to_ingest):
                 sock.close(0)
+            events_auth.stop()
             z.term()
             engine.dispose()
             os.close(wake_r)
@@ -448,7 +454,7 @@ def _start_gateway(cfg: Config, info: ConnectionInfo) -> Any:
         return None
     from labd.daemon.gateway import Gateway
 
-    gw = Gateway(cfg.home, cfg.listen, info.control, info.events, cfg.max_message)
+    gw = Gateway(cfg.home, cfg.listen, info, cfg.max_message)
     gw.start()
     gw.ready.wait(10)
     if gw.error is not None:

@@ -25,6 +25,7 @@ from labd.ipc.connection import (
     ConnectionInfo,
     UnsafeConnectionFile,
     daemon_alive,
+    events_socket,
     read_connection_file,
 )
 from labd.ipc.events import TERMINAL_STATUSES
@@ -452,7 +453,7 @@ class Client:
         """
         row = self.session(ref)
         sid = row["id"]
-        sub = self._socket(zmq.SUB)
+        sub = events_socket(self._ctx, self.info)  # CURVE: remote keys, or the local ones derived from the key
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.setsockopt(zmq.SUBSCRIBE, f"session.{sid}".encode())
         sub.connect(self.info.events)

@@ -27,7 +27,8 @@ import psutil
 from labd.ipc.paths import Layout, UnsafeRuntimeDir
 
 __all__ = ["ConnectionInfo", "write_connection_file", "read_connection_file", "ConnectionFileError",
-           "process_start_time", "process_start_ticks", "daemon_alive", "UnsafeConnectionFile"]
+           "process_start_time", "process_start_ticks", "daemon_alive", "UnsafeConnectionFile", "events_socket",
+           "local_events_keypair"]
 
 
 class ConnectionFileError(Exception):
@@ -54,6 +55,9 @@ class ConnectionInfo:
     server_public: str | None = None
     client_public: str | None = None
     client_secret: str | None = None
+    #: a local daemon's event socket is a CurveZMQ server with this public key (Z85); its clients' keypair is
+    #: derived from ``key`` (:func:`local_events_keypair`), so code that cannot read this file cannot follow
+    events_public: str | None = None
 
     @property
     def key_bytes(self) -> bytes:
@@ -98,12 +102,13 @@ def daemon_alive(info: ConnectionInfo) -> bool:
         return True
 
 
-def write_connection_file(layout: Layout, pid: int, key: str) -> ConnectionInfo:
+def write_connection_file(layout: Layout, pid: int, key: str, events_public: str | None = None) -> ConnectionInfo:
     """Write (atomically, 0600) the connection file for daemon process ``pid`` serving ``layout``."""
     path = layout.connection_file
     info = ConnectionInfo(control=layout.endpoint("control"), events=layout.endpoint("events"),
                           runners=layout.endpoint("runners"), key=key, pid=pid, home=str(layout.home),
-                          started=process_start_time(pid), start_ticks=process_start_ticks(pid))
+                          started=process_start_time(pid), start_ticks=process_start_ticks(pid),
+                          events_public=events_public)
     tmp = path.with_suffix(".tmp")
     try:
         tmp.unlink()  # never write through something left in our place
@@ -160,3 +165,35 @@ def read_connection_file(layout: Layout, path: Path | None = None) -> Connection
         why = (f"it lacks {', '.join(missing)}" if isinstance(exc, TypeError) and missing
                else "not a labd connection file (a JSON object with control, events, key, ...)")
         raise ConnectionFileError(f"cannot read connection file {path}: {why}") from None
+
+
+def local_events_keypair(key: bytes) -> tuple[bytes, bytes]:
+    """The CurveZMQ keypair (public, secret; Z85) with which local clients follow a daemon's live events: derived
+    from the daemon key, so it proves what the key proves (the connection file was readable) and needs no file of
+    its own. ``secret = Z85(HMAC-SHA256(key, "labd events client v1"))``; docs/protocol.md §2."""
+    import hashlib
+    import hmac
+
+    import zmq
+    from zmq.utils import z85
+
+    secret = z85.encode(hmac.new(key, b"labd events client v1", hashlib.sha256).digest())
+    return zmq.curve_public(secret), secret
+
+
+def events_socket(ctx: Any, info: ConnectionInfo, kind: int | None = None) -> Any:
+    """A ``SUB`` (or ``kind``) socket set up to follow ``info``'s event socket, not yet connected: a CurveZMQ client
+    with the keys of a remote connection file, or the local keypair when the daemon's events are CURVE-secured."""
+    import zmq
+
+    sock = ctx.socket(zmq.SUB if kind is None else kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    if info.server_public:
+        sock.curve_serverkey = info.server_public.encode()
+        sock.curve_publickey = (info.client_public or "").encode()
+        sock.curve_secretkey = (info.client_secret or "").encode()
+    elif info.events_public:
+        public, secret = local_events_keypair(info.key_bytes)
+        sock.curve_serverkey = info.events_public.encode()
+        sock.curve_publickey, sock.curve_secretkey = public, secret
+    return sock

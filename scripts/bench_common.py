@@ -325,8 +325,8 @@ class EventTail(threading.Thread):
         from labd.ipc.wire import Codec, WireError
 
         ctx = zmq.Context()
-        sub = ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
+        from labd.ipc.connection import events_socket  # CURVE-secured events (plain for older daemons)
+        sub = events_socket(ctx, self.info)
         sub.setsockopt(zmq.RCVHWM, 1_000_000)
         sub.setsockopt(zmq.SUBSCRIBE, b"session.")
         sub.connect(self.info.events)

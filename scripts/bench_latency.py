@@ -75,9 +75,9 @@ class Follower(threading.Thread):
         from labd.ipc.wire import Codec, WireError
 
         ctx = zmq.Context()
-        sub = ctx.socket(zmq.SUB)
+        from labd.ipc.connection import events_socket  # CURVE-secured events (plain for older daemons)
+        sub = events_socket(ctx, self.info)
         sub.setsockopt(zmq.RCVHWM, 1_000_000)
-        sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, b"session.")
         sub.connect(self.info.events)
         codec = Codec(self.info.key_bytes)

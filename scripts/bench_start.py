@@ -53,6 +53,7 @@ from bench_common import (  # noqa: E402
     summary,
 )
 
+from labd.ipc.connection import events_socket  # noqa: E402
 from labd.runner.template import PRELOAD  # noqa: E402
 
 WORKFLOW = "demo.count"
@@ -244,8 +245,7 @@ class TsTail(EventTail):
         from labd.ipc.wire import Codec, WireError
 
         ctx = zmq.Context()
-        sub = ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
+        sub = events_socket(ctx, self.info)
         sub.setsockopt(zmq.RCVHWM, 1_000_000)
         sub.setsockopt(zmq.SUBSCRIBE, b"session.")
         sub.connect(self.info.events)

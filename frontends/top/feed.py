@@ -32,7 +32,7 @@ import zmq.asyncio
 from textual.message import Message
 
 from labd.ipc import Client, LabdError
-from labd.ipc.connection import ConnectionFileError, read_connection_file
+from labd.ipc.connection import ConnectionFileError, events_socket, read_connection_file
 from labd.ipc.follow import FollowCursor
 from labd.ipc.live import live_events
 from labd.ipc.paths import layout_for
@@ -187,8 +187,7 @@ class Feed:
                 if (info.events, info.key) != (endpoint, key):  # first time, or a daemon with a new key/socket
                     if sub is not None:
                         sub.close(0)
-                    sub = zctx.socket(zmq.SUB)
-                    sub.setsockopt(zmq.LINGER, 0)
+                    sub = events_socket(zctx, info)  # the daemon's event socket admits CURVE clients only
                     sub.setsockopt(zmq.RCVHWM, 100_000)
                     sub.connect(info.events)
                     endpoint, key, codec = info.events, info.key, Codec(info.key_bytes)

@@ -14,6 +14,7 @@ import psutil
 import pytest
 import zmq
 
+from labd.ipc.connection import events_socket
 from tests.conftest import SUPPORT, DaemonProc
 from tests.fault.conftest import figures
 
@@ -61,10 +62,9 @@ def test_four_stdout_floods_keep_daemon_rss_bounded_and_lose_nothing_below_the_c
     assert daemon.proc is not None
     stalled = None
     if follower == "stalled":
-        stalled = zmq.Context.instance().socket(zmq.SUB)
-        stalled.setsockopt(zmq.LINGER, 0)
-        stalled.setsockopt(zmq.SUBSCRIBE, b"session.")
         with daemon.client() as c:
+            stalled = events_socket(zmq.Context.instance(), c.info)
+            stalled.setsockopt(zmq.SUBSCRIBE, b"session.")
             stalled.connect(c.info.events)
     proc = psutil.Process(daemon.proc.pid)
     samples: list[int] = []

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labd.ipc import Client
+from labd.ipc.connection import events_socket
 from labd.ipc.signing import derive_key
 from labd.ipc.wire import PROTOCOL_VERSION, Codec
 from tests.conftest import REPO, SUPPORT, DaemonProc, kill_runners, wait_until
@@ -205,8 +206,7 @@ def test_fuzz_runner_socket(fz: Target) -> None:
 def test_fuzz_event_socket(fz: Target) -> None:
     """The live event socket takes subscriptions: random subscribe/unsubscribe messages (and random bytes)
     from an XSUB are harmless; a real follower still gets live events afterwards."""
-    x = fz.zctx.socket(zmq.XSUB)
-    x.setsockopt(zmq.LINGER, 0)
+    x = events_socket(fz.zctx, fz.info, zmq.XSUB)
     x.connect(fz.info.events)
     lines, t0, n = fz.log_lines(), time.monotonic(), [0]
 

@@ -192,3 +192,69 @@ def test_a_workflow_checked_at_import_is_confined_and_silenced_like_its_runner(d
     for report in reports:
         assert all(line.endswith("PermissionError") for line in report.splitlines()), report
     assert "NOISE-AT-IMPORT" not in daemon.log_path.read_text(errors="replace")[log_before:]
+
+
+SPY = textwrap.dedent('''
+    import time
+    import zmq
+
+    def spy(ctx, endpoint: str, seconds: float = 3.0) -> int:
+        """Subscribe to every session's live events, as a hostile workflow (or code it runs) would."""
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"session.")
+        sub.connect(endpoint)
+        got, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if sub.poll(100):
+                sub.recv_multipart()
+                got += 1
+        return got
+''')
+
+
+def test_only_holders_of_the_key_can_follow_live_events(daemon, tmp_path) -> None:
+    """The live event socket admits CurveZMQ clients with the keypair derived from the daemon key only. While a
+    session prints, a plain subscriber (what a workflow or sandboxed code could open: Landlock does not govern
+    connecting to a Unix socket), and a CURVE one with a key of its own, receive nothing; a session that spies
+    from inside its runner receives nothing; a client with the connection file receives the events. Before, any
+    local process could read every session's output and activity (found by an attack review)."""
+    import zmq
+    from zmq.utils import z85
+
+    from labd.ipc.connection import events_socket
+
+    (tmp_path / "spyflows.py").write_text(SPY)
+    with daemon.client() as c:
+        victim = c.start("demo.count", params={"n": 6000, "delay": 0.01, "label": "SECRET-of-victim"})
+        ctx = zmq.Context.instance()
+        plain = ctx.socket(zmq.SUB)
+        stranger = ctx.socket(zmq.SUB)
+        public, secret = zmq.curve_keypair()
+        stranger.curve_serverkey, stranger.curve_publickey, stranger.curve_secretkey = (
+            c.info.events_public.encode(), public, secret)
+        assert z85.decode(c.info.events_public)  # the connection file names the server key
+        good = events_socket(ctx, c.info)
+        for s in (plain, stranger, good):
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SUBSCRIBE, b"session.")
+            s.connect(c.info.events)
+        spy = c.start(f"{tmp_path / 'spyflows.py'}:spy", params={"endpoint": c.info.events})
+        spied = c.wait(spy, timeout=60)
+        assert spied["status"] == "completed", spied.get("reason")
+        assert next(c.history(spy, kinds=["session.finished"]))["payload"]["result"] == 0
+
+        def drain(sock: zmq.Socket, seconds: float = 2.0) -> list[bytes]:
+            """What ``sock`` receives in ``seconds`` (the victim prints all the while)."""
+            out, deadline = [], time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                if sock.poll(50):
+                    out += sock.recv_multipart()
+            return out
+
+        received = drain(good)
+        assert any(b"SECRET-of-victim" in frame for frame in received)
+        assert drain(plain) == [] and drain(stranger) == []
+        c.kill(victim)
+        for s in (plain, stranger, good):
+            s.close(0)

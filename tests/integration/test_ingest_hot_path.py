@@ -9,6 +9,7 @@ from typing import Any
 
 import zmq
 
+from labd.ipc.connection import events_socket
 from labd.ipc.live import live_events
 from labd.ipc.wire import Codec, encode_json
 from tests.conftest import wait_until
@@ -33,8 +34,7 @@ def test_hot_path_rejects_what_it_must_and_the_live_copy_is_the_stored_text(daem
     with daemon.client() as c:
         sid, codec, s = impostor_runner(c, routing_suffix=":hotpath")
         nxt = max(e["src_seq"] for e in c.history(sid) if e["src"] == "runner") + 1
-        sub = zmq.Context.instance().socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
+        sub = events_socket(zmq.Context.instance(), c.info)
         sub.setsockopt(zmq.SUBSCRIBE, f"session.{sid}".encode())
         sub.connect(c.info.events)
         live: list[dict[str, Any]] = []

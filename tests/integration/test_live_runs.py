@@ -14,6 +14,7 @@ import orjson
 import pytest
 import zmq
 
+from labd.ipc.connection import events_socket
 from labd.ipc.live import live_events
 from labd.ipc.wire import Codec, MalformedFrame, WireError, encode_json
 from tests.conftest import module_home, running_daemon, wait_until
@@ -33,8 +34,7 @@ class Tail:
     """A raw subscriber of one session's live tail: keeps each message's body (None: it did not decode)."""
 
     def __init__(self, c: Any, sid: str) -> None:
-        self.sub = zmq.Context.instance().socket(zmq.SUB)
-        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub = events_socket(zmq.Context.instance(), c.info)
         self.sub.setsockopt(zmq.SUBSCRIBE, f"session.{sid}".encode())
         self.sub.connect(c.info.events)
         self.codec = Codec(c.info.key_bytes)
@@ -208,8 +208,7 @@ def test_live_subscriptions_are_bounded_and_a_flood_does_not_hide_events(shared:
 
     c = shared
     if True:
-        flood = zmq.Context.instance().socket(zmq.SUB)
-        flood.setsockopt(zmq.LINGER, 0)
+        flood = events_socket(zmq.Context.instance(), c.info)
         flood.setsockopt(zmq.SNDHWM, 0)  # every subscription reaches the daemon (not cut at the pipe's 1000)
         flood.connect(c.info.events)
         for i in range(100):

@@ -8,6 +8,7 @@ import time
 import orjson
 import zmq
 
+from labd.ipc.connection import events_socket
 from labd.ipc.signing import derive_key
 from labd.ipc.wire import Codec
 from tests.conftest import SMALL_MAX_MESSAGE as MAX_MESSAGE
@@ -130,8 +131,7 @@ def test_garbage_bytes_and_wrong_peers_on_every_socket_do_not_hurt(small_daemon)
                 raw.connect(path)
                 raw.sendall(b"\xff" * 10 + b"GET / HTTP/1.1\r\n\r\n" + bytes(range(256)) * 40)
         ctx = zmq.Context.instance()
-        x = ctx.socket(zmq.XSUB)
-        x.setsockopt(zmq.LINGER, 0)
+        x = events_socket(ctx, c.info, zmq.XSUB)
         x.connect(c.info.events)
         for junk in (b"", b"\x05garbage", b"\x01" + b"s" * 10_000):
             x.send(junk)
