@@ -51,7 +51,20 @@ EPILOG = """examples:
   labd dag SESSION                           the step graph as a tree (--format mermaid|dot|json)
   labd paths                                 where the home, sockets, database and logs are
   labd completion bash|zsh|fish              shell completion
-Every command that prints data takes --json. Global options (--home, --no-color) go before or after the command."""
+Commands that print records take --json (a session's raw events: labd events --json; the DAG: labd dag --format
+json). Global options (--home, --no-color) go before or after the command."""
+
+
+def _unrecognized(parser: argparse.ArgumentParser, cmd: str, extra: list[str]) -> None:
+    """Exit 2 as argparse does, but from the subcommand's parser, suggesting its closest option."""
+    import difflib
+
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    sub: argparse.ArgumentParser = action.choices[cmd]
+    options = [o for a in sub._actions for o in a.option_strings]  # noqa: SLF001
+    hints = [f"{e} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(e.split("=")[0], options, 1))
+             else e for e in extra if e.startswith("-")]
+    sub.error(f"unrecognized arguments: {' '.join(hints or extra)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's own parser (its usage, not labd's), with the nearest option it has
+        _unrecognized(parser, args.cmd, extra)
     ctx = Ctx(args)
     try:
         code = int(args.handler(args, ctx))

@@ -8,11 +8,13 @@ which by the session's status, so both work through one request).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
 from labd.frontends.cli.base import Ctx, add_json, command
 from labd.frontends.cli.sessions import limits_from, parse_params
+from labd.ipc.units import format_duration, format_size
 
 __all__ = ["register"]
 
@@ -57,8 +59,21 @@ def cmd_checkpoints(args: argparse.Namespace, ctx: Ctx) -> int:
     if args.json:
         ctx.out.json(cps)
         return 0
+    if not cps:
+        ctx.out.line("no checkpoints (the session completed no step yet, or ran without durable steps)", err=True)
+        return 0
+    rows = []
     for c in cps:
-        print(f"{c['node_id'] or '-':>6}  {c['path']:<10} {c['files']:>6} files  +{c['new_bytes']:>10} B  {c['name']}")
+        if c.get("result_error"):
+            result = f"(not kept: {c['result_error']})"
+        elif "result_preview" in c:
+            result = str(c["result_preview"])
+        else:
+            result = json.dumps(c.get("result_inline")) if "result_inline" in c else "-"
+        rows.append([c["node_id"] or "-", c["name"], str(c["files"]), format_size(c.get("bytes") or 0),
+                     "+" + format_size(c.get("new_bytes") or 0), format_duration(c.get("duration") or 0), result[:60]])
+    ctx.out.table(["NODE", "STEP", "FILES", "SIZE", "NEW", "TOOK", "RESULT"], rows,
+                  right=("FILES", "SIZE", "NEW", "TOOK"))
     return 0
 
 

@@ -49,6 +49,17 @@ def _exit(code: int) -> int:
     return 130 if code == 130 else 0
 
 
+def follow_json(ctx: Ctx, sid: str) -> int:
+    """Print a session's events as JSON lines until it ends (``labd run --follow --json``); the exit code of
+    :func:`labd.frontends.cli.sessions.follow` (0 completed, 1 otherwise)."""
+    status = None
+    for ev in ctx.client().follow(sid):
+        print(json.dumps(ev, default=str), flush=True)
+        if ev["kind"] == "session.ended":
+            status = ev["payload"].get("status")
+    return 0 if (status or ctx.client().session(sid)["status"]) == "completed" else 1
+
+
 def cmd_events(args: argparse.Namespace, ctx: Ctx) -> int:
     c = ctx.client()
     if args.follow and (args.full or args.node or args.agent):

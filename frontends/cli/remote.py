@@ -20,10 +20,12 @@ def register(sub: Any) -> None:
     a.add_argument("name")
     a.add_argument("--host", help="the address the client reaches this machine by (default: the listen host)")
     a.add_argument("--output", "-o", help="where to write the connection file (default: ./<name>.labd.json)")
-    rsub.add_parser("list", help="authorised clients and the TCP endpoints")
+    ls = rsub.add_parser("list", help="authorised clients and the TCP endpoints")
     r = rsub.add_parser("rm", help="revoke a client's key")
     r.add_argument("name")
-    s.add_argument("--json", action="store_true")
+    for p in (s, a, ls, r):  # `labd remote --json list` and `labd remote list --json` alike
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS if p is not s else False,
+                       help="print the reply as JSON")
 
 
 def cmd_remote(args: argparse.Namespace, ctx: Ctx) -> int:

@@ -6,7 +6,7 @@ import argparse
 from datetime import datetime
 from typing import Any
 
-from labd.frontends.cli.base import Ctx, command
+from labd.frontends.cli.base import Ctx, add_json, command
 
 __all__ = ["register"]
 
@@ -16,10 +16,11 @@ def register(sub: Any) -> None:
     s.add_argument("query", nargs="+", help="words (all must match; prefixes match too)")
     s.add_argument("--type", help="comma-separated: session,step,message,code,file,approval,result")
     s.add_argument("--status", help="comma-separated session statuses")
-    s.add_argument("--workflow")
+    s.add_argument("--workflow", help="only sessions of this workflow (as `labd ps` shows it)")
     s.add_argument("--since", help="only sessions created within this duration, e.g. 7d")
-    s.add_argument("--limit", type=int, default=30)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--limit", type=int, default=30, help="show at most this many hits, best first (default 30, "
+                   "at most 500)")
+    add_json(s, "the hits as JSON")
 
 
 def cmd_search(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -38,4 +39,6 @@ def cmd_search(args: argparse.Namespace, ctx: Ctx) -> int:
         where = f"{h['session_id']} {h['session_name'] or ''}".strip() + (f" {h['node_id']}" if h["node_id"] else "")
         ctx.out.line(f"{when}  {h['type']:<8} {where}  [{h['session_status']}]")
         ctx.out.line(f"    {h['title'][:80]}: {' '.join(h['snippet'].split())[:160]}")
+    if len(hits) >= args.limit:  # there may be more: say so rather than let the list look complete
+        ctx.out.line(f"(the best {len(hits)} hits; more may match: --limit N shows up to 500)", err=True)
     return 0

@@ -14,6 +14,7 @@ from labd.frontends.cli.base import LIVE, CliError, Ctx, add_json, command
 from labd.frontends.cli.interrupt import ctrl_c
 from labd.frontends.cli.output import STATUS_STYLE, age, natural_key, styled
 from labd.ipc.client import LabdError
+from labd.ipc.functions import FUNCTION_WORKFLOW
 from labd.ipc.units import (
     UnitError,
     format_duration,
@@ -150,6 +151,10 @@ def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
         else:
             print(sid)
         return 0
+    if args.json:  # the live record as JSON lines, as `labd events -f --json` prints it
+        from labd.frontends.cli.logs import follow_json
+
+        return follow_json(ctx, sid)
     return follow(ctx, sid, raw=args.raw, header=True)
 
 
@@ -196,7 +201,7 @@ def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
     rows = ctx.client().sessions(status=statuses, limit=args.limit, tags=tags or None)
     if args.workflow:
         pat = args.workflow if any(ch in args.workflow for ch in "*?[") else f"*{args.workflow}*"
-        rows = [r for r in rows if fnmatch.fnmatchcase(r["workflow"], pat)]
+        rows = [r for r in rows if any(fnmatch.fnmatchcase(w, pat) for w in (r["workflow"], workflow_label(r)))]
     if args.since:
         try:
             cutoff = time.time() - parse_duration(args.since)
@@ -223,12 +228,30 @@ def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
     for r in rows:
         live = r.get("live") or {}
         rss = live.get("rss") if live else r.get("peak_rss")
-        table.append([r["id"], r["name"][:28], r["workflow"][-40:], styled(r["status"], STATUS_STYLE.get(r["status"])),
+        status = styled(r["status"], STATUS_STYLE.get(r["status"]))
+        table.append([r["id"], r["name"][:28], workflow_label(r)[-40:], status,
                       str(r["pid"] or "-"), format_size(rss), f"{live['cpu_percent']:.0f}%" if live else "-",
                       f"${r['cost']:.4f}" if r.get("cost") else "-", age(r["created_at"])])
     ctx.out.table(["ID", "NAME", "WORKFLOW", "STATUS", "PID", "RSS", "CPU", "COST", "AGE"], table,
                   right=("PID", "RSS", "CPU", "COST", "AGE"))
+    if len(rows) >= args.limit:  # there may be more: the list must not look complete
+        ctx.out.line(f"(the newest {len(rows)}; --limit N shows more)", "dim", err=True)
     return 0
+
+
+def _ps_limit(text: str) -> int:
+    """``--limit``: 1-10000 (what the daemon takes), said in the option's terms."""
+    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        raise argparse.ArgumentTypeError(f"must be a whole number 1-10000, not {text!r}")
+    return int(text)
+
+
+def workflow_label(row: dict[str, Any]) -> str:
+    """What a session runs, as people name it: a function sent with ``Client.submit`` by its name (``analyse
+    (submitted)``), not the built-in workflow that calls it."""
+    if row["workflow"] == FUNCTION_WORKFLOW:
+        return f"{(row.get('params') or {}).get('function') or 'function'} (submitted)"
+    return str(row["workflow"])
 
 
 def _limits_text(lim: dict[str, Any]) -> str:
@@ -255,6 +278,15 @@ def truncation_text(events: Any) -> str | None:
     return f"[output truncated at {format_size(cap)}" + (f": {format_size(dropped)} dropped]" if dropped else "]")
 
 
+#: how a session's runner ended (``ended_by``, docs/protocol.md §6.2), in words
+ENDED_BY = {
+    "exit": "its runner exited", "cooperative": "stop request (the workflow stopped at a step boundary)",
+    "sigterm": "stop ladder: SIGTERM", "sigkill": "SIGKILL (kill, memory limit, or the stop ladder's last rung)",
+    "vanished": "its runner ended while no daemon watched it (exit status unknown; its outcome came from its record)",
+    "launch": "its runner could not be started", "queue": "stopped while queued (no runner ever started)",
+}
+
+
 def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
     s = ctx.client().session(args.session)
     if args.json:
@@ -262,12 +294,13 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
         return 0
     lim, live = s["limits"], s.get("live") or {}
     dur = (s["ended_at"] or time.time()) - (s["started_at"] or s["created_at"])
-    status = s["status"] + (f"  ({s['reason']})" if s["reason"] else "")
+    status = s["status"] + (f"  ({s['reason']})" if s["reason"] and s["reason"] != s["status"] else "")
     pairs: list[tuple[str, Any]] = [
         ("session", f"{s['id']}  ({s['name']})"),
         ("workflow", f"{s['workflow']}  params {json.dumps(s['params'])}"),
         ("status", styled(status, STATUS_STYLE.get(s["status"]))),
-        ("ended by", f"{s['ended_by'] or '-'}  exit code {s['exit_code'] if s['exit_code'] is not None else '-'}"
+        ("ended by", ENDED_BY.get(s["ended_by"] or "", s["ended_by"] or "-")
+         + (f"  exit code {s['exit_code']}" if s["exit_code"] is not None else "")
          + (f"  signal {s['signal']}" if s["signal"] else "")),
         ("pid", f"{s['pid'] or '-'}   workdir {s['workdir']}"),
         ("limits", _limits_text(lim)),
@@ -387,7 +420,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--workflow", metavar="W", help="only workflows containing W (or matching a glob: 'demo.*')")
     s.add_argument("--since", metavar="DUR", help="only sessions created in the last DUR (30m, 2h, 1d)")
     s.add_argument("--tag", action="append", default=[], metavar="K=V", help="only sessions with this tag (repeat)")
-    s.add_argument("--limit", type=int, default=200, help="at most this many (newest first; default 200)")
+    s.add_argument("--limit", type=_ps_limit, default=200, help="at most this many (newest first; default 200, "
+                   "at most 10000)")
     s.add_argument("--quiet", "-q", action="store_true", help="only ids")
     add_json(s, "a JSON array of session objects")
 

@@ -27,7 +27,8 @@ def test_ps_show_events_logs_for_a_finished_session(daemon) -> None:
     ps = labd("ps", "--all")
     assert sid in ps.stdout and "completed" in ps.stdout and ps.stdout.startswith("ID")
     show = labd("show", sid[:8])
-    assert "status    completed" in show.stdout and "round 2" in show.stdout and "ended by  exit" in show.stdout
+    assert "status    completed\n" in show.stdout and "round 2" in show.stdout  # not "completed  (completed)"
+    assert "ended by  its runner exited  exit code 0" in show.stdout
     events = [json.loads(line) for line in labd("events", sid, "--json").stdout.splitlines()]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     since = [json.loads(line) for line in labd("events", sid, "--json", "--since", "5").stdout.splitlines()]

@@ -143,3 +143,28 @@ def test_pause_and_resume_say_when_there_is_nothing_to_do(daemon) -> None:
         assert f"resume requested for {sid}" in labd("resume", sid).stdout
         wait_until(lambda: c.session(sid)["status"] == "running", timeout=60, what="running again")
         c.kill(sid)
+
+
+def test_a_mistyped_option_is_named_by_its_command_with_the_nearest_one(isolated_env: Path) -> None:
+    """`labd run demo.count --memroy 1G` is refused by `labd run`'s own parser (its usage, not labd's list of 40
+    commands), suggesting --memory; nothing is started (no daemon is even needed)."""
+    r = labd("run", "demo.count", "--memroy", "1G")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("usage: labd run ")
+    assert "labd run: error: unrecognized arguments: --memroy (did you mean --memory?)" in r.stderr
+    ps = labd("ps", "--stauts", "running")
+    assert ps.returncode == 2
+    assert "labd ps: error: unrecognized arguments: --stauts (did you mean --status?)" in ps.stderr
+
+
+def test_json_where_people_put_it(daemon) -> None:
+    """`labd run --follow --json` prints the live record as JSON lines to its end (it ignored --json and printed
+    text); `labd remote list --json` works as `labd remote --json list` does (it was refused)."""
+    r = labd("run", "demo.count", "-p", "n=2", "-p", "delay=0", "--follow", "--json")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert events[0]["kind"] == "session.created" and events[-1]["kind"] == "session.ended"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    for argv in (("remote", "list", "--json"), ("remote", "--json", "list")):
+        out = labd(*argv)
+        assert out.returncode == 0 and json.loads(out.stdout) == {"listen": None, "clients": []}, out.stderr

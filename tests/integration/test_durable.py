@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_until
+from tests.integration.cli_support import labd
 
 
 def _events(home: Path, sid: str, kind: str) -> list[tuple[Any, ...]]:
@@ -28,7 +29,8 @@ def _ended(c: Any, sid: str, timeout: float = 60) -> dict[str, Any]:
 
 
 def test_resume_skips_completed_steps_and_restores_the_work_directory(daemon, tmp_path: Path) -> None:
-    """A 4-step workflow whose step 3 fails once: `resume` completes it; steps 1-2 ran once in all, step 3
+    """A 4-step workflow whose step 3 fails once: `labd checkpoints` lists steps 1-2 with their files and results;
+    `resume` completes it; steps 1-2 ran once in all, step 3
     saw the files as step 2 left them (its failed run's writes undone), results of skipped steps restored;
     the history shows failed -> queued by the client; src_seq goes on gap-free after the first runner's."""
     counter = tmp_path / "counts"
@@ -38,6 +40,10 @@ def test_resume_skips_completed_steps_and_restores_the_work_directory(daemon, tm
         assert _ended(c, sid)["status"] == "failed"
         cps = c.checkpoints(sid)
         assert [cp["name"] for cp in cps] == ["one", "two"]
+        table = labd("checkpoints", sid).stdout.splitlines()  # a header, then one row per step with its result
+        assert table[0].split() == ["NODE", "STEP", "FILES", "SIZE", "NEW", "TOOK", "RESULT"]
+        assert table[1].split()[1:3] == ["one", "1"] and table[1].rstrip().endswith("{'x': 1}")
+        assert table[2].split()[1:3] == ["two", "2"] and table[2].rstrip().endswith("2")
         reply = c.resume(sid, reason="fixed the flaky step")
         assert reply["resumed"] and reply["from_status"] == "failed" and reply["steps_kept"] == 2
         s = c.wait(sid, timeout=60)  # follows past the first end (the SDK's wait after a resume)
@@ -120,7 +126,6 @@ def test_deep_research_killed_midway_is_lost_then_resumed_without_repeating_llm_
     import os
     import signal
 
-    from tests.integration.cli_support import labd
 
     with daemon.client() as c:
         sid = c.start("deep_research", params={"subquestions": 2, "max_steps": 2},
@@ -223,7 +228,6 @@ def test_a_branch_that_fails_resumes_without_running_its_reused_steps(daemon, tm
         assert _ended(c, parent)["status"] == "failed"
         import json
 
-        from tests.integration.cli_support import labd
 
         out = labd("branch", parent, "--from", "three", "--instructions", "try again", "--json")
         assert out.returncode == 0, out.stderr

@@ -146,7 +146,11 @@ def test_ps_lists_running_sessions_even_behind_newer_finished_ones(client) -> No
     wait_until(lambda: client.session(running)["status"] == "running")
     done = client.start("demo.count", params={"n": 1, "delay": 0})
     client.wait(done, timeout=30)
-    out = subprocess.run([sys.executable, "-m", "labd", "ps", "--limit", "1"], capture_output=True,
-                         text=True, timeout=60).stdout
-    assert running in out and done not in out
+    ps = subprocess.run([sys.executable, "-m", "labd", "ps", "--limit", "1"], capture_output=True,
+                        text=True, timeout=60)
+    assert running in ps.stdout and done not in ps.stdout
+    assert "(the newest 1; --limit N shows more)" in ps.stderr  # a cut list says so
+    bad = subprocess.run([sys.executable, "-m", "labd", "ps", "--limit", "0"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "argument --limit: must be a whole number 1-10000, not '0'" in bad.stderr
     client.stop(running, grace=1)

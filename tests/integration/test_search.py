@@ -77,7 +77,8 @@ def test_deleted_sessions_leave_the_index_and_a_lost_index_is_rebuilt(isolated_e
 
 
 def test_cli_search(daemon) -> None:
-    """`labd search` prints the hits with their session, and `--json` the stable reply shape."""
+    """`labd search` prints the hits with their session, and `--json` the stable reply shape; a list cut at
+    `--limit` says that more may match (it looked complete)."""
     import json
 
     with daemon.client() as c:
@@ -91,6 +92,10 @@ def test_cli_search(daemon) -> None:
     out = subprocess.run([sys.executable, "-m", "labd", "search", "delta", "--json"], capture_output=True, text=True,
                          env=env, timeout=60)
     assert json.loads(out.stdout)[0]["session_id"] == sid
+    cut = subprocess.run([sys.executable, "-m", "labd", "search", "delta", "--limit", "1"], capture_output=True,
+                         text=True, env=env, timeout=60)  # as many hits as asked for: more may match, and it says so
+    assert cut.returncode == 0 and "more may match: --limit N" in cut.stderr
+    assert "more may match" not in out.stderr
 
 
 INTERLEAVED = """

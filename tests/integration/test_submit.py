@@ -69,6 +69,13 @@ def test_closure_runs_as_a_full_session_and_the_record_keeps_the_payload(client)
     assert "payload" not in row["params"] and row["params"]["size"] == len(raw)
     finished = next(e["payload"] for e in events if e["kind"] == "session.finished")
     assert "'sum': 16" in finished["result"]["repr"] and finished["result"]["type"] == "builtins.dict"
+    # `labd ps` names the function, not the built-in workflow that calls it
+    ps = subprocess.run([sys.executable, "-m", "labd", "ps", "-a"], capture_output=True, text=True, timeout=60)
+    (line,) = [ln for ln in ps.stdout.splitlines() if sid in ln]
+    assert "total (submitted)" in line and FUNCTION_WORKFLOW not in line
+    by_name = subprocess.run([sys.executable, "-m", "labd", "ps", "-a", "--workflow", "total"], capture_output=True,
+                             text=True, timeout=60)
+    assert sid in by_name.stdout  # --workflow finds it by the function's name
 
 
 def test_lambda_with_args_and_kwargs(client) -> None:
