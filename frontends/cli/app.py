@@ -16,6 +16,7 @@ from labd.frontends.cli import (
     completion,
     durable,
     lineage,
+    listing,
     logs,
     policy,
     records,
@@ -34,8 +35,8 @@ from labd.ipc.units import UnitError
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 #: each module's ``register(sub)`` adds its commands; a new command group is one more entry here
-COMMAND_MODULES = [sessions, durable, lineage, logs, approvals, records, search, skills, policy, retention, admin,
-                   service, remote, servers, completion]
+COMMAND_MODULES = [sessions, listing, durable, lineage, logs, approvals, records, search, skills, policy, retention,
+                   admin, service, remote, servers, completion]
 
 EPILOG = """examples:
   labd serve &                               run the daemon (foreground; use systemd or & to background)

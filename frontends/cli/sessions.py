@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import fnmatch
-import json
-import time
-from datetime import datetime
 from typing import Any
 
 from labd.frontends.cli.activity import Activity, Printer
-from labd.frontends.cli.base import LIVE, CliError, Ctx, add_json, command
+from labd.frontends.cli.base import CliError, Ctx, add_json, command
 from labd.frontends.cli.interrupt import ctrl_c
-from labd.frontends.cli.output import STATUS_STYLE, age, natural_key, styled
 from labd.ipc.client import LabdError
-from labd.ipc.functions import FUNCTION_WORKFLOW
 from labd.ipc.units import (
     UnitError,
-    format_duration,
-    format_size,
     parse_cpus,
     parse_duration,
     parse_output_cap,
@@ -189,148 +181,6 @@ def follow(ctx: Ctx, sid: str, *, raw: bool = False, timestamps: bool = False, s
     return 0 if status == "completed" else 1
 
 
-def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
-    statuses: list[str] | None = None
-    if args.status:
-        statuses = [s.strip() for item in args.status for s in item.split(",") if s.strip()]
-    elif not args.all:
-        statuses = list(LIVE)
-    tags = parse_tags(args.tag)
-    if tags and not args.status:
-        statuses = None  # a tag selects sessions whatever their status
-    rows = ctx.client().sessions(status=statuses, limit=args.limit, tags=tags or None)
-    if args.workflow:
-        pat = args.workflow if any(ch in args.workflow for ch in "*?[") else f"*{args.workflow}*"
-        rows = [r for r in rows if any(fnmatch.fnmatchcase(w, pat) for w in (r["workflow"], workflow_label(r)))]
-    if args.since:
-        try:
-            cutoff = time.time() - parse_duration(args.since)
-        except UnitError as exc:
-            raise CliError(f"--since: {exc}") from None
-        rows = [r for r in rows if (r.get("created_at") or 0) >= cutoff]
-    return rows
-
-
-def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
-    rows = _ps_rows(args, ctx)
-    if args.json:
-        ctx.out.json(rows)
-        return 0
-    if args.quiet:
-        for r in rows:
-            print(r["id"])
-        return 0
-    if not rows:
-        hint = "" if args.all or args.status else " (labd ps -a shows ended ones too)"
-        ctx.out.line(f"no {'matching' if args.all or args.status else 'live'} sessions{hint}", "dim", err=True)
-        return 0
-    table = []
-    for r in rows:
-        live = r.get("live") or {}
-        rss = live.get("rss") if live else r.get("peak_rss")
-        status = styled(r["status"], STATUS_STYLE.get(r["status"]))
-        table.append([r["id"], r["name"][:28], workflow_label(r)[-40:], status,
-                      str(r["pid"] or "-"), format_size(rss), f"{live['cpu_percent']:.0f}%" if live else "-",
-                      f"${r['cost']:.4f}" if r.get("cost") else "-", age(r["created_at"])])
-    ctx.out.table(["ID", "NAME", "WORKFLOW", "STATUS", "PID", "RSS", "CPU", "COST", "AGE"], table,
-                  right=("PID", "RSS", "CPU", "COST", "AGE"))
-    if len(rows) >= args.limit:  # there may be more: the list must not look complete
-        ctx.out.line(f"(the newest {len(rows)}; --limit N shows more)", "dim", err=True)
-    return 0
-
-
-def _ps_limit(text: str) -> int:
-    """``--limit``: 1-10000 (what the daemon takes), said in the option's terms."""
-    if not text.isdigit() or not 1 <= int(text) <= 10_000:
-        raise argparse.ArgumentTypeError(f"must be a whole number 1-10000, not {text!r}")
-    return int(text)
-
-
-def workflow_label(row: dict[str, Any]) -> str:
-    """What a session runs, as people name it: a function sent with ``Client.submit`` by its name (``analyse
-    (submitted)``), not the built-in workflow that calls it."""
-    if row["workflow"] == FUNCTION_WORKFLOW:
-        return f"{(row.get('params') or {}).get('function') or 'function'} (submitted)"
-    return str(row["workflow"])
-
-
-def _limits_text(lim: dict[str, Any]) -> str:
-    parts = [f"memory {format_size(lim['memory']) if lim.get('memory') else 'none'}",
-             f"cpu {lim['cpu']:g}% ({lim['cpu'] / 100:g} cores)" if lim.get("cpu") else "cpu none",
-             f"timeout {format_duration(lim['timeout'])}" if lim.get("timeout") else "timeout none"]
-    if lim.get("budget"):
-        parts.append(f"budget ${lim['budget']:g} ({lim.get('budget_action') or 'stop'})")
-    if lim.get("output"):
-        parts.append(f"output {format_size(lim['output'])}")
-    return ", ".join(parts)
-
-
-def truncation_text(events: Any) -> str | None:
-    """``[output truncated at 10.0M: 1.2G dropped]`` from a session's ``output.truncated`` events (the
-    runner's and the daemon backstop's); None if its output was never cut."""
-    cap, dropped = None, 0
-    for ev in events:
-        p = ev.get("payload") or {}
-        cap = p.get("cap", cap)
-        dropped += p.get("dropped") or 0
-    if cap is None:
-        return None
-    return f"[output truncated at {format_size(cap)}" + (f": {format_size(dropped)} dropped]" if dropped else "]")
-
-
-#: how a session's runner ended (``ended_by``, docs/protocol.md §6.2), in words
-ENDED_BY = {
-    "exit": "its runner exited", "cooperative": "stop request (the workflow stopped at a step boundary)",
-    "sigterm": "stop ladder: SIGTERM", "sigkill": "SIGKILL (kill, memory limit, or the stop ladder's last rung)",
-    "vanished": "its runner ended while no daemon watched it (exit status unknown; its outcome came from its record)",
-    "launch": "its runner could not be started", "queue": "stopped while queued (no runner ever started)",
-}
-
-
-def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
-    s = ctx.client().session(args.session)
-    if args.json:
-        ctx.out.json(s)
-        return 0
-    lim, live = s["limits"], s.get("live") or {}
-    dur = (s["ended_at"] or time.time()) - (s["started_at"] or s["created_at"])
-    status = s["status"] + (f"  ({s['reason']})" if s["reason"] and s["reason"] != s["status"] else "")
-    pairs: list[tuple[str, Any]] = [
-        ("session", f"{s['id']}  ({s['name']})"),
-        ("workflow", f"{s['workflow']}  params {json.dumps(s['params'])}"),
-        ("status", styled(status, STATUS_STYLE.get(s["status"]))),
-        ("ended by", ENDED_BY.get(s["ended_by"] or "", s["ended_by"] or "-")
-         + (f"  exit code {s['exit_code']}" if s["exit_code"] is not None else "")
-         + (f"  signal {s['signal']}" if s["signal"] else "")),
-        ("pid", f"{s['pid'] or '-'}   workdir {s['workdir']}"),
-        ("limits", _limits_text(lim)),
-        ("peaks", f"rss {format_size(max(s['peak_rss'] or 0, live.get('peak_rss', 0)))}, "
-         f"cpu {max(s['peak_cpu_percent'] or 0, live.get('peak_cpu_percent', 0)):.0f}%"),
-        ("timings", f"created {datetime.fromtimestamp(s['created_at']).isoformat(timespec='seconds')}, "
-         f"ran {format_duration(dur)}, events {s['last_seq']}"),
-    ]
-    if s["cost"]:
-        budget = lim.get("budget")
-        pairs.append(("llm cost", f"${s['cost']:.6f}" + (f" of budget ${budget:g}" if budget else "")
-                      + "  (labd cost for details)"))
-    cut = truncation_text(ctx.client().history(s["id"], kinds=["output.truncated"]))
-    if cut:
-        pairs.append(("output", styled(cut, "yellow")))
-    if s["status"] in LIVE and s.get("last_seen"):
-        quiet = time.time() - s["last_seen"]
-        text = f"last heard from {quiet:.1f}s ago" + ("  (unresponsive?)" if quiet > 10 else "")
-        pairs.append(("runner", styled(text, "red" if quiet > 10 else None)))
-    ctx.out.fields(pairs)
-    if s["steps"]:
-        rows = [[st["node_id"], styled(st["status"], STATUS_STYLE.get(st["status"])),
-                 format_duration(st["duration"]) if st["duration"] is not None else "…", st["name"],
-                 f"${st['cost']:.6f}" if st.get("calls") else "", st["error"] or ""]
-                for st in sorted(s["steps"], key=lambda st: natural_key(st["node_id"]))]
-        ctx.out.line("")
-        ctx.out.table(["NODE", "STATUS", "TIME", "STEP", "COST", "ERROR"], rows, right=("TIME", "COST"))
-    return 0
-
-
 def _reply(ctx: Ctx, args: argparse.Namespace, result: dict[str, Any], text: str) -> int:
     if getattr(args, "json", False):
         ctx.out.json(result)
@@ -413,21 +263,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--follow", "-f", action="store_true", help="show its output and agent activity until it ends")
     s.add_argument("--raw", action="store_true", help="with -f: only the session's own output, no activity lines")
     add_json(s, '{"session": ID} instead of the bare id')
-
-    s = command(sub, "ps", cmd_ps, "list live sessions (-a: all) with pid, RSS, CPU, cost, age")
-    s.add_argument("--all", "-a", action="store_true", help="include ended sessions")
-    s.add_argument("--status", action="append", metavar="S", help="only these statuses (repeat or comma-separate)")
-    s.add_argument("--workflow", metavar="W", help="only workflows containing W (or matching a glob: 'demo.*')")
-    s.add_argument("--since", metavar="DUR", help="only sessions created in the last DUR (30m, 2h, 1d)")
-    s.add_argument("--tag", action="append", default=[], metavar="K=V", help="only sessions with this tag (repeat)")
-    s.add_argument("--limit", type=_ps_limit, default=200, help="at most this many (newest first; default 200, "
-                   "at most 10000)")
-    s.add_argument("--quiet", "-q", action="store_true", help="only ids")
-    add_json(s, "a JSON array of session objects")
-
-    s = command(sub, "show", cmd_show, "a session's status, exit reason, limits, peaks, timings, steps")
-    s.add_argument("session")
-    add_json(s, "the session object")
 
     s = command(sub, "stop", cmd_stop, "stop a session: ask, then SIGTERM, then SIGKILL")
     s.add_argument("session")
