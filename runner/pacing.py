@@ -19,7 +19,7 @@ __all__ = ["BATCH_BYTES", "BATCH_EVENTS", "BULK_BYTES", "BULK_DELAY_S", "BULK_TI
 
 BATCH_EVENTS = 2000
 BATCH_BYTES = 512 * 1024
-BULK_DELAY_S = 0.1  # how long a bulk tracking event may wait for company
+BULK_DELAY_S = 0.25  # how long a bulk tracking event may wait for company (docs/design.md, "Bulk delay 0.25 s")
 BULK_BYTES = 256 * 1024  # ... or until this much is waiting
 #: after a send the channel thread ticks every BULK_DELAY_S for this long, armed: a bulk emit then wakes nothing
 BULK_TICK_S = 1.0

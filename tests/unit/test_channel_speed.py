@@ -72,7 +72,7 @@ def test_an_event_emitted_at_every_phase_of_the_loop_leaves_promptly(endpoint: s
                                                                     channels: list[Channel], kind: str) -> None:
     """For each phase of the channel thread's loop, another thread emits exactly there (the loop waits
     until that emit has returned); every event reaches the daemon well before the (30 s) heartbeat would
-    have carried it. Urgent kinds at once, bulk kinds after their ~100 ms batching delay."""
+    have carried it. Urgent kinds at once, bulk kinds after their batching delay (BULK_DELAY_S)."""
     ch = _channel(endpoint, daemon)
     channels.append(ch)
     rx = Receiver(daemon, ack=False)  # no acks: nothing but the emit itself may wake the channel thread
