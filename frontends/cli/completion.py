@@ -31,7 +31,8 @@ class Cmd:
     name: str
     help: str
     opts: list[Opt] = field(default_factory=list)
-    positional: str = ""  # session | workflow | "" (nothing to complete)
+    positional: str = ""  # session | workflow | words | "" (nothing to complete)
+    words: list[str] = field(default_factory=list)  # with "words": the first positional's choices (an action)
 
 
 def _opts(parser: argparse.ArgumentParser) -> list[Opt]:
@@ -51,11 +52,14 @@ def _model(parser: argparse.ArgumentParser) -> tuple[list[Opt], list[Cmd]]:
     for name, p in sub.choices.items():
         if name not in helps:
             continue  # an alias
-        pos = [a.dest for a in p._actions if not a.option_strings]  # noqa: SLF001
+        positionals = [a for a in p._actions if not a.option_strings]  # noqa: SLF001
+        pos = [a.dest for a in positionals]
         kind = "session" if "session" in pos else "workflow" if {"workflow", "target"} & set(pos) else ""
-        if name == "completion":
-            kind = "shell"
-        cmds.append(Cmd(name, helps[name], _opts(p), kind))
+        # a command whose first word is an action (`labd skills list`, `labd service install`): offer the actions
+        words = [str(w) for w in positionals[0].choices] if positionals and positionals[0].choices else []
+        if words:
+            kind = "words"
+        cmds.append(Cmd(name, helps[name], _opts(p), kind, words))
     return _opts(parser), cmds
 
 
@@ -85,7 +89,8 @@ def _bash(top: list[Opt], cmds: list[Cmd]) -> str:
              '    case "$cmd" in']
     for c in cmds:
         lines.append(f"        {c.name})")
-        lines.append(f'            opts="{" ".join(f for o in c.opts for f in o.flags)}"; pos="{c.positional}"')
+        lines.append(f'            opts="{" ".join(f for o in c.opts for f in o.flags)}"; pos="{c.positional}"; '
+                     f'words="{" ".join(c.words)}"')
         lines.append('            case "$prev" in')
         for o in c.opts:
             if o.takes_value and not o.dirs:
@@ -99,7 +104,7 @@ def _bash(top: list[Opt], cmds: list[Cmd]) -> str:
               '        session) COMPREPLY=($(compgen -W "$(labd ps -aq 2>/dev/null)" -- "$cur")) ;;',
               f'        workflow) COMPREPLY=($(compgen -W "{" ".join(BUILTINS)}" -- "$cur") '
               '$(compgen -f -- "$cur")) ;;',
-              '        shell) COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")) ;;',
+              '        words) COMPREPLY=($(compgen -W "$words" -- "$cur")) ;;',
               "    esac",
               "}",
               "complete -F _labd labd", ""]
@@ -132,10 +137,10 @@ def _zsh(top: list[Opt], cmds: list[Cmd]) -> str:
               "        cmd) _describe command commands ;;",
               "        args)",
               "            case $words[1] in"]
-    pos = {"session": "'1:session:_labd_sessions'", "workflow": "'1:workflow:_labd_workflows'",
-           "shell": "'1:shell:(bash zsh fish)'", "": ""}
+    pos = {"session": "'1:session:_labd_sessions'", "workflow": "'1:workflow:_labd_workflows'", "": ""}
     for c in cmds:
-        specs = " ".join([*(_zsh_spec(o) for o in c.opts), pos[c.positional]]).strip()
+        positional = f"'1:action:({' '.join(c.words)})'" if c.positional == "words" else pos[c.positional]
+        specs = " ".join([*(_zsh_spec(o) for o in c.opts), positional]).strip()
         lines.append(f"                {c.name}) _arguments {specs} ;;")
     lines += ["            esac ;;", "    esac", "}",
               'if [[ "$funcstack[1]" == "_labd" ]]; then _labd "$@"; else compdef _labd labd; fi', ""]
@@ -173,7 +178,9 @@ def _fish(top: list[Opt], cmds: list[Cmd]) -> str:
     if by_kind.get("workflow"):
         lines.append(f"complete -c labd -n '__fish_seen_subcommand_from {' '.join(by_kind['workflow'])}' "
                      f"-F -a '{' '.join(BUILTINS)}'")
-    lines.append("complete -c labd -n '__fish_seen_subcommand_from completion' -a 'bash zsh fish'")
+    for c in cmds:
+        if c.positional == "words":
+            lines.append(f"complete -c labd -n '__fish_seen_subcommand_from {c.name}' -a '{' '.join(c.words)}'")
     return "\n".join(lines) + "\n"
 
 

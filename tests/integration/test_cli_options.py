@@ -88,8 +88,9 @@ def test_paths_reports_the_running_daemons_database(daemon) -> None:
 
 
 def test_completion_scripts(daemon, tmp_path: Path) -> None:
-    """bash completion (a syntax-checked script) completes commands, options and session ids from the
-    daemon; zsh and fish scripts are produced and name every command."""
+    """bash completion (a syntax-checked script) completes commands, options, session ids from the daemon and
+    the actions of commands that take one (`labd skills list`); zsh and fish scripts are produced and name every
+    command and those actions."""
     sid = labd("run", "demo.count", "-p", "n=1", "-p", "delay=0").stdout.strip()
     script = labd("completion", "bash").stdout
     (tmp_path / "labd.bash").write_text(script)
@@ -106,10 +107,16 @@ def test_completion_scripts(daemon, tmp_path: Path) -> None:
     assert complete("labd", "run", "--on-budget", "") == ["stop", "pause"]
     assert sid in complete("labd", "show", "")
     assert "demo.count" in complete("labd", "run", "demo.c")
+    # a command whose first word is an action offers its actions (it offered session ids)
+    assert complete("labd", "skills", "") == ["list", "save", "show", "rm", "export", "import"]
+    assert complete("labd", "service", "in") == ["install"]
+    assert complete("labd", "completion", "") == ["bash", "zsh", "fish"]
     zsh, fish = labd("completion", "zsh").stdout, labd("completion", "fish").stdout
     assert zsh.startswith("#compdef labd") and "_labd_sessions" in zsh
     for name in ("run", "ps", "logs", "paths", "completion", "dag"):
         assert f"'{name}:" in zsh and f"-a {name} " in fish
+    assert "skills) _arguments" in zsh and "'1:action:(list save show rm export import)'" in zsh
+    assert "complete -c labd -n '__fish_seen_subcommand_from skills' -a 'list save show rm export import'" in fish
 
 
 def test_wait_and_shutdown_take_durations_and_top_wants_a_terminal(daemon) -> None:
