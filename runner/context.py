@@ -26,6 +26,16 @@ __all__ = ["Context", "Cancelled", "Node", "current_node", "current"]
 Emit = Callable[..., int]
 T = TypeVar("T")
 
+#: a step's name beyond this many characters is cut (deterministically: a resumed run cuts it the same way), so one
+#: step named with a whole document cannot make the session's DAG larger than a reply may be
+MAX_STEP_NAME = 1000
+
+
+def step_name(name: str) -> str:
+    """``name``, cut to :data:`MAX_STEP_NAME` characters with how much was cut."""
+    name = str(name)
+    return name if len(name) <= MAX_STEP_NAME else f"{name[:MAX_STEP_NAME]}… ({len(name) - MAX_STEP_NAME} more)"
+
 #: the DAG node the calling code is inside (per thread / task, so concurrent steps attribute correctly)
 current_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("labd_node", default=None)
 
@@ -136,6 +146,7 @@ class Context:
         self.check_cancelled()
         self._maybe_pause()
         parent = current_node.get()
+        name = step_name(name)
         node = Node(planned or self.new_node_id(), name)
         edges: list[list[str]] = []
         if retry_of:
@@ -261,7 +272,7 @@ class Context:
         the current step) until ``ctx.step(name, planned=<its id>)`` runs it. Returns the node ids."""
         parent = current_node.get()
         ids = []
-        for name in names:
+        for name in map(step_name, names):
             node_id = self.new_node_id()
             payload: dict[str, Any] = {"name": name, "kind": kind}
             if parent:
