@@ -58,24 +58,25 @@ def cmd_status(args: argparse.Namespace, ctx: Ctx) -> int:
         ctx.out.json(st)
         return 0
     running = st.get("running") or []
-    ctx.out.fields([
+    fields: list[tuple[str, Any]] = [  # one block, so every value starts in the same column
         ("daemon", styled(f"running, pid {st['pid']}, up {format_duration(st.get('uptime'))}", "green")),
         ("home", st["home"]),
         ("database", st["db"]),
         ("template", f"pid {st.get('template_pid') or '-'} (forks runners)"),
         ("sessions", f"{len(running)} running" + (f": {', '.join(running[:8])}" if running else "")
          + (" …" if len(running) > 8 else "")),
-    ])
+    ]
     sb = st.get("sandbox") or {}
     if sb:
         level = str(sb.get("level", "?"))
-        ctx.out.fields([("sandbox", styled(f"{level} ({sb.get('mechanism') or 'none'}); runner: {sb.get('runner')}; "
-                                           f"network for executed code: {'on' if sb.get('network_default') else 'off'}",
-                                           "green" if level == "full" else "yellow"))])
+        fields.append(("sandbox", styled(f"{level} ({sb.get('mechanism') or 'none'}); runner: {sb.get('runner')}; "
+                                         f"network for executed code: {'on' if sb.get('network_default') else 'off'}",
+                                         "green" if level == "full" else "yellow")))
     tel = st.get("telemetry")
     if tel:
-        ctx.out.fields([("telemetry", f"{tel['endpoint']}: {tel['exported_spans']} spans exported, "
-                                      f"{tel['failures']} failures")])
+        fields.append(("telemetry", f"{tel['endpoint']}: {tel['exported_spans']} spans exported, "
+                                    f"{tel['failures']} failures"))
+    ctx.out.fields(fields)
     counters = st.get("counters") or {}
     if counters:
         ctx.out.line("")

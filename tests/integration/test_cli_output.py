@@ -43,6 +43,8 @@ def test_status_is_for_people_and_json_for_programs(daemon) -> None:
     data = json.loads(labd("status", "--json").stdout)
     assert {"pid", "home", "db", "running", "counters", "uptime"} <= set(data)
     assert re.search(rf"^sandbox\s+{data['sandbox']['level']} ", human, re.M)  # the level the README promises
+    labels = human.splitlines()[:6]  # daemon ... sandbox: one aligned block (sandbox was one column off)
+    assert len({len(line) - len(line.split(maxsplit=1)[1]) for line in labels}) == 1, human
 
 
 def test_json_on_every_data_command(daemon) -> None:
