@@ -141,9 +141,11 @@ class Activity:
             return (f"== stopping ({p['reason']}; {p['step']})", "yellow")
         if kind == "limit.exceeded":
             measured, top = p["measured"], p["max"]
-            if p.get("unit") == "bytes":
-                measured, top = format_size(measured), format_size(top)
-            return (f"== limit exceeded: {p['limit']} {measured} > {top} ({p['action']})", "bold red")
+            if p.get("unit") == "bytes":  # as `labd show` words the same kill: "memory 124 MiB > limit 100 MiB"
+                measured, top = f"{measured / 2**20:.0f} MiB", f"{top / 2**20:.0f} MiB"
+            elif p.get("unit"):
+                measured, top = f"{measured:g} {p['unit']}", f"{top:g} {p['unit']}"
+            return (f"== limit exceeded: {p['limit']} {measured} > limit {top} ({p['action']})", "bold red")
         if kind == "session.finished" and p.get("outcome") == "failed" and p.get("error"):
             return (f"✗ {_short(p['error'], 300)}", "red")
         if kind == "session.ended":

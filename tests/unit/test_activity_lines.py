@@ -1,0 +1,23 @@
+"""What `labd logs` / `run --follow` print for recorded events (labd.frontends.cli.activity)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labd.frontends.cli.activity import Activity
+
+
+def _texts(ev: dict[str, Any]) -> list[str]:
+    return [line.text for line in Activity("s1").lines(ev)]
+
+
+def test_a_limit_kill_is_worded_as_show_words_it() -> None:
+    """A memory kill reads `memory 124 MiB > limit 100 MiB`, as `labd show` says it (it read `124.1M > 100.0M`);
+    other units keep theirs."""
+    mem = {"seq": 9, "ts": 0.0, "kind": "limit.exceeded", "src": "daemon", "node_id": None, "parent": None,
+           "payload": {"limit": "memory", "measured": 130_100_000, "max": 100 * 2**20, "unit": "bytes",
+                       "action": "kill"}}
+    assert any("== limit exceeded: memory 124 MiB > limit 100 MiB (kill)" in t for t in _texts(mem))
+    procs = {**mem, "payload": {"limit": "processes", "measured": 12, "max": 10, "unit": "processes",
+                                "action": "kill"}}
+    assert any("processes 12 processes > limit 10 processes (kill)" in t for t in _texts(procs))
