@@ -11,7 +11,7 @@ import zmq
 from labd.daemon.api import ApiError, registry
 from labd.daemon.api.base import DEFERRED
 from labd.daemon.checks import Check, CheckFlow, Checks
-from labd.ipc.wire import WireError, nesting_ok
+from labd.ipc.wire import DEFAULT_MAX_MESSAGE, WireError, nesting_ok
 
 if TYPE_CHECKING:
     from labd.daemon.api.start import PendingStart
@@ -59,9 +59,12 @@ class ControlPlane:
         else:
             body = {"ok": True, "result": result}
         frames = self.codec.pack("reply", body, re=req_id)
-        if len(frames[1]) > self.codec.max_message:  # the client would drop it unread and time out: say why instead
+        # the client would drop it unread and time out: say why instead (a client's limit is the default one
+        # unless it was raised, whatever the daemon's own)
+        limit = min(self.codec.max_message, DEFAULT_MAX_MESSAGE)
+        if len(frames[1]) > limit:
             self.counters["control.reply_too_large"] = self.counters.get("control.reply_too_large", 0) + 1
-            size, limit = len(frames[1]), self.codec.max_message
+            size = len(frames[1])
             body = {"ok": False, "error": {"code": "reply_too_large", "message":
                                            f"the reply would be {size} bytes, over the {limit}-byte message limit; "
                                            "ask for less (a smaller limit or page, fewer sessions)",

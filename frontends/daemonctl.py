@@ -41,12 +41,13 @@ def _tail(path: Path, lines: int = 15, start: int = 0) -> str:
 
 
 def _running(layout: Layout) -> int | None:
-    """The pid of the daemon already serving ``layout``'s home, if one answers."""
+    """The pid of the daemon already serving ``layout``'s home, if its process lives (read from the home's own
+    connection file: never a remote daemon that ``$LABD_CONNECTION_FILE`` names)."""
     try:
-        with Client(layout.home, timeout=2.0) as c:
-            return int(c.ping().get("pid") or 0) or None
-    except LabdError:
+        info = read_connection_file(layout)
+    except ConnectionFileError:
         return None
+    return info.pid if daemon_alive(info) else None
 
 
 def serve_detached(args: argparse.Namespace, home: str | None) -> int:

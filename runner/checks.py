@@ -24,6 +24,9 @@ from labd.runner.pipes import write_all
 __all__ = ["CHECK_TIMEOUT_S", "CHECKER_DELAY_S", "Check", "Checker", "check_workflow", "fork_check", "fork_checker"]
 
 CHECK_TIMEOUT_S = 20.0
+#: what a check's answer may carry (anything else the child wrote is dropped) and how long it may be
+ANSWER_KEYS = ("ok", "code", "message", "details", "params", "describe", "function")
+MAX_ANSWER_BYTES = 64 << 20
 #: fork a new checker this long after one was used: not while the check (and the start it serves) runs
 CHECKER_DELAY_S = 0.05
 
@@ -47,6 +50,7 @@ def _answer_one(requests: int, answers: int, hide: list[str] | None = None) -> N
     """In a checker child: read one request (to end of file), confine itself as the request says, check it,
     write the answer, exit. ``hide``: the runners' Landlock hide list as last seen, prepared while waiting."""
     from labd.runner.credentials import confine_runner, prepare_confinement
+    from labd.runner.spare import single_threaded
 
     # Warm up while waiting: the first run of this code copies the template's pages it touches (reference
     # counts are writes); done now, not on the request's path.
@@ -64,6 +68,11 @@ def _answer_one(requests: int, answers: int, hide: list[str] | None = None) -> N
     req = json.loads(data)
     # The user's module runs at import: no more than the runner that will run it may (it could read the daemon's
     # key otherwise), and what it prints goes nowhere (fds 1 and 2 are the daemon's log, shared and unbounded).
+    # Landlock confines the calling thread and what it starts: nothing else may run yet.
+    if req.get("confine") and not single_threaded():
+        write_all(answers, json.dumps({"ok": False, "code": "workflow_import_failed", "message":
+                                       "the workflow check could not confine itself (a thread was running)"}).encode())
+        os._exit(0)
     confined = confine_runner(req.get("confine"))
     if req.get("confine") and confined != "landlock":
         write_all(answers, json.dumps({"ok": False, "code": "workflow_import_failed", "message":
@@ -138,12 +147,20 @@ class Check:
         self.data = b""
 
     def read(self) -> bool:
-        """Take what the child wrote; True at its end (EOF)."""
+        """Take what the child wrote; True at its end (EOF), or once it wrote more than an answer can be (the
+        user's module runs in the child and holds the pipe: it must not grow the template's memory)."""
         try:
             part = os.read(self.fd, 65536)
         except BlockingIOError:
             return False
         self.data += part
+        if len(self.data) > MAX_ANSWER_BYTES:
+            self.data = b""  # answered as a crash
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return True
         return not part
 
     def answer(self, timed_out: bool = False) -> dict[str, Any]:
@@ -160,6 +177,10 @@ class Check:
         try:
             result = json.loads(self.data)
         except ValueError:
+            result = None
+        if not isinstance(result, dict) or not isinstance(result.get("ok"), bool):
             result = {"ok": False, "code": "workflow_import_failed",
                       "message": "inspecting the workflow crashed its process"}
-        return {"op": "inspected", "req": self.req, **result}
+        # Only the answer's own fields, and op/req last: the user's module ran in the child and could write
+        # anything to this pipe, e.g. a forged {"op": "exited", "pid": <another session's runner>}.
+        return {**{k: result[k] for k in ANSWER_KEYS if k in result}, "op": "inspected", "req": self.req}

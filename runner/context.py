@@ -31,10 +31,14 @@ T = TypeVar("T")
 MAX_STEP_NAME = 1000
 
 
-def step_name(name: str) -> str:
-    """``name``, cut to :data:`MAX_STEP_NAME` characters with how much was cut."""
+#: ... and a step's error (an exception's text, a skip's reason) beyond this many
+MAX_STEP_ERROR = 10_000
+
+
+def step_name(name: str, limit: int = MAX_STEP_NAME) -> str:
+    """``name`` (or an error text, with ``limit``), cut to ``limit`` characters with how much was cut."""
     name = str(name)
-    return name if len(name) <= MAX_STEP_NAME else f"{name[:MAX_STEP_NAME]}… ({len(name) - MAX_STEP_NAME} more)"
+    return name if len(name) <= limit else f"{name[:limit]}… ({len(name) - limit} more)"
 
 #: the DAG node the calling code is inside (per thread / task, so concurrent steps attribute correctly)
 current_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("labd_node", default=None)
@@ -212,7 +216,7 @@ class Context:
                 self.active_node = outer
             done: dict[str, Any] = {"name": name, "status": status, "duration": time.monotonic() - start}
             if error:
-                done["error"] = error
+                done["error"] = step_name(error, MAX_STEP_ERROR)
             self._emit("step.finished", done, node.id)
             with self._lock:
                 self._last_done[parent] = node.id
@@ -304,6 +308,7 @@ class Context:
         """Record a step that was decided against (e.g. rejected by a human): a node with status skipped."""
         parent = current_node.get()
         node_id = self.new_node_id()
+        name, reason = step_name(name), step_name(reason, MAX_STEP_ERROR)
         payload: dict[str, Any] = {"name": name, "kind": kind, "edges": []}
         if parent:
             payload["parent_node"] = parent

@@ -45,8 +45,11 @@ __all__ = ["run_session", "SECRET_PATTERN", "split_secrets"]
 SECRET_PATTERN = re.compile(
     r"(^|_)(API_?KEY|APIKEY|SECRET|SECRET_KEY|SECRET_ACCESS_KEY|ACCESS_KEY|PRIVATE_KEY|PASSWORD|PASSWD|"
     r"CREDENTIALS?|CREDS)(_|$)|(API_?KEY|TOKEN|SECRET|PASSWORD|_KEY|_PAT)$", re.IGNORECASE)
-#: ... and so do values that carry a password in a URL (``DATABASE_URL=postgres://user:pw@host/db``), whatever the name
-SECRET_VALUE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
+#: ... and so do values that carry a password in a URL (``DATABASE_URL=postgres://user:pw@host/db``), anywhere in
+#: the value, whatever the name, except proxy settings (``HTTPS_PROXY=http://user:pw@proxy:3128``), which the
+#: model clients in the session need to reach their API at all
+SECRET_VALUE = re.compile(r"(?:^|\s)[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
+PROXY_NAME = re.compile(r"(^|_)PROXY$", re.IGNORECASE)
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
 
@@ -58,7 +61,8 @@ WITHHELD = ("LABD_DB",)
 def split_secrets(env: dict[str, str], extra_names: list[str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """Split ``env`` into (clean environment, secrets) by name pattern and an explicit list."""
     names = set(extra_names or []) | set(WITHHELD)
-    secrets = {k: v for k, v in env.items() if k in names or SECRET_PATTERN.search(k) or SECRET_VALUE.match(v)}
+    secrets = {k: v for k, v in env.items() if k in names or SECRET_PATTERN.search(k)
+               or (SECRET_VALUE.search(v) and not PROXY_NAME.search(k))}
     clean = {k: v for k, v in env.items() if k not in secrets}
     return clean, secrets
 

@@ -267,7 +267,7 @@ def main() -> None:
             continue
         for fd in ready:
             inspection = inspecting.get(fd)
-            if inspection is not None and inspection.read():
+            if inspection is not None and inspection.read():  # answer() keeps to its fields, whatever was written
                 _write(out_fd, inspecting.pop(fd).answer())
         if wake_r in ready:
             try:

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, func, select
 
+from labd.ipc.events import TERMINAL_STATUSES
 from labd.store.blobs import inline
 from labd.store.known_keys import KnownKeys
 from labd.store.schema import (
@@ -98,6 +99,15 @@ class Store:
             rows = conn.execute(
                 select(sessions).where((sessions.c.id.startswith(ref, autoescape=True)) | (sessions.c.name == ref))
                 .order_by(sessions.c.created_at.desc()).limit(20)
+            ).mappings().all()
+        return [_session_dict(r) for r in rows]
+
+    def live_named(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Sessions named exactly ``name`` that have not ended (newest first), however many ended ones share it."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(sessions).where((sessions.c.name == name) & sessions.c.status.not_in(sorted(TERMINAL_STATUSES)))
+                .order_by(sessions.c.created_at.desc()).limit(limit)
             ).mappings().all()
         return [_session_dict(r) for r in rows]
 

@@ -35,7 +35,7 @@ def resolve_ref(store: Any, ref: str) -> dict[str, Any]:
         raise ApiError("not_found", f"no session {ref!r}")
     by_name = [r for r in found if r["name"] == ref]
     if by_name:
-        live = [r for r in by_name if r["status"] not in TERMINAL_STATUSES]
+        live = store.live_named(ref)  # not only among the newest matches: a long run outlives many named like it
         if len(live) > 1:
             raise ApiError("ambiguous", f"{len(live)} sessions named {ref!r} have not ended; name one by its id",
                            {"matches": [r["id"] for r in live]})

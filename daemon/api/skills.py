@@ -34,7 +34,7 @@ def expand_skill(d: Any, ref: str, params: dict[str, Any]) -> tuple[str, dict[st
     """``skill:NAME[@V]`` -> (workflow, params for it, {name, version, origin_session}); given params win over
     the skill's, and every parameter the skill declared must be given."""
     name, at, version = ref.removeprefix("skill:").partition("@")
-    if at and not (version.isdigit() and 0 < int(version) < 2**31):  # not "the latest" by accident
+    if at and not re.fullmatch(r"[1-9][0-9]{0,8}", version):  # not "the latest" by accident; ASCII digits only
         raise ApiError("bad_request", f"{ref!r}: the version after @ must be a version number (1, 2, ...)")
     try:
         doc = get_skill(d.store.engine, name, int(version) if at else None)

@@ -161,7 +161,7 @@ class Feed:
     async def _tail(self) -> None:
         zctx = zmq.asyncio.Context()
         sub: zmq.asyncio.Socket | None = None
-        endpoint = key = None
+        endpoint = key = curve = None
         codec: Codec | None = None
         sid: str | None = None
         subscribed = False
@@ -184,13 +184,14 @@ class Feed:
                 except ConnectionFileError:
                     await self._idle(1.0)
                     continue
-                if (info.events, info.key) != (endpoint, key):  # first time, or a daemon with a new key/socket
+                if (info.events, info.key, info.events_public) != (endpoint, key, curve):  # first time, or a new daemon
                     if sub is not None:
                         sub.close(0)
                     sub = events_socket(zctx, info)  # the daemon's event socket admits CURVE clients only
                     sub.setsockopt(zmq.RCVHWM, 100_000)
                     sub.connect(info.events)
-                    endpoint, key, codec = info.events, info.key, Codec(info.key_bytes)
+                    endpoint, key, curve = info.events, info.key, info.events_public
+                    codec = Codec(info.key_bytes)
                     subscribed = False
                 assert sub is not None and codec is not None and sid is not None
                 if not subscribed:  # subscribe before reading the store, so nothing falls between the two
@@ -205,7 +206,7 @@ class Feed:
                         sub.setsockopt(zmq.UNSUBSCRIBE, f"session.{sid}".encode())
                         await self._idle(1.0)
                         continue
-                while self._want == sid and (info.events, info.key) == (endpoint, key):
+                while self._want == sid and (info.events, info.key, info.events_public) == (endpoint, key, curve):
                     if not await sub.poll(250):
                         quiet += 0.25
                         if quiet >= 1.0 and not cursor.ended:  # quiet: make sure the live tail dropped nothing

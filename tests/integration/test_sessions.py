@@ -150,3 +150,16 @@ def test_a_name_of_hex_digits_only_is_refused(client) -> None:
     sid = client.start("demo.count", params={"n": 1}, name="run-0d5d")
     assert client.wait(sid, timeout=30)["status"] == "completed"
     assert client.session("run-0d5d")["id"] == sid
+
+
+def test_a_name_finds_its_running_session_behind_many_ended_ones(client) -> None:
+    """A long run named `nightly` is found by its name while more than twenty later `nightly` runs have ended
+    (only the newest twenty matches were looked at: `labd stop nightly` then meant an ended one; review)."""
+    running = client.start("demo.sleep", params={"seconds": 120}, name="nightly")
+    ended = [client.start("demo.count", params={"n": 1, "delay": 0}, name="nightly") for _ in range(22)]
+    for sid in ended:
+        client.wait(sid, timeout=60)
+    assert client.session("nightly")["id"] == running
+    client.stop("nightly", grace=1)
+    assert client.wait(running, timeout=30)["status"] == "cancelled"
+    assert client.session("nightly")["id"] == ended[-1]

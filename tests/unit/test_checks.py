@@ -53,3 +53,34 @@ def test_at_most_max_running_checks_at_once_the_rest_wait_in_order(monkeypatch: 
     assert results == [("b", True), ("a", False)] and started[5:] == ["m:f"]
     q.close()
     assert len(q) == 0
+
+
+def test_a_checked_module_cannot_forge_template_messages_through_its_answer() -> None:
+    """The user's module runs in the check child and holds the answer pipe. Whatever it writes, the template
+    passes on an `inspected` reply for this check only: a forged `{"op": "exited", "pid": ...}` (which would have
+    made the daemon end another session) keeps only the answer's own fields, a non-object is a crash, and an
+    answer past MAX_ANSWER_BYTES stops the child instead of growing the template's memory (attack review)."""
+    import json
+    import os
+
+    from labd.runner.checks import MAX_ANSWER_BYTES, Check
+
+    def answer_of(data: bytes) -> dict:
+        r, w = os.pipe()
+        check = Check(7, os.getpid() + 10**7, r)  # a pid that does not exist: the kill finds no process
+        os.set_blocking(r, False)
+        os.write(w, data[:60000])
+        os.close(w)
+        check.data = data[60000:]
+        while not check.read():
+            pass
+        return check.answer()
+
+    forged = answer_of(json.dumps({"op": "exited", "pid": 4242, "exit_code": 0, "signal": None, "ok": True,
+                                   "req": 1, "params": {"n": 1}}).encode())
+    assert forged == {"ok": True, "params": {"n": 1}, "op": "inspected", "req": 7}
+    for junk in (b"[1]", b'"x"', b"{}", b'{"ok": "yes"}', b"not json"):
+        assert answer_of(junk) == {"ok": False, "code": "workflow_import_failed", "op": "inspected", "req": 7,
+                                   "message": "inspecting the workflow crashed its process"}
+    big = answer_of(b'{"ok": true, "message": "' + b"x" * (MAX_ANSWER_BYTES + 1) + b'"}')
+    assert big["ok"] is False and big["op"] == "inspected"

@@ -210,15 +210,22 @@ def test_before_boundary_runs_around_each_step(ctx: Context, rec: Recorder) -> N
 
 
 def test_a_huge_step_name_is_cut_the_same_way_every_time(ctx: Context, rec: Recorder) -> None:
-    """A step (or planned step) named with 2 MB of text is recorded with its first MAX_STEP_NAME characters and how
-    much was cut (one such name made every reply about the session too large to send, found by an attack review);
-    the cut is deterministic, so a resumed run's step still matches its record; ordinary names are untouched."""
-    from labd.runner.context import MAX_STEP_NAME
+    """A step (planned, run or skipped) named with 2 MB of text is recorded with its first MAX_STEP_NAME characters
+    and how much was cut, and a 2 MB error or skip reason with its first MAX_STEP_ERROR (one such name made every
+    reply about the session too large to send, found by an attack review); the cut is deterministic, so a
+    resumed run's step still matches its record; ordinary names are untouched."""
+    from labd.runner.context import MAX_STEP_ERROR, MAX_STEP_NAME
 
     huge = "x" * 2_000_000
     with ctx.step(huge):
         pass
     ctx.plan([huge, "short"])
+    ctx.skip(huge, huge)
+    with pytest.raises(ValueError), ctx.step("boom"):
+        raise ValueError(huge)
     names = [p["name"] for k, p, _ in rec.events if k in ("step.started", "step.finished", "step.planned")]
     expected = "x" * MAX_STEP_NAME + f"… ({2_000_000 - MAX_STEP_NAME} more)"
-    assert names == [expected, expected, expected, "short"]
+    assert names == [expected, expected, expected, "short", expected, expected, "boom", "boom"]
+    errors = [p["error"] for k, p, _ in rec.events if k == "step.finished" and p.get("error")]
+    assert [len(e) for e in errors] == [MAX_STEP_ERROR + len(f"… ({2_000_000 - MAX_STEP_ERROR} more)"),
+                                        MAX_STEP_ERROR + len(f"… ({2_000_012 - MAX_STEP_ERROR} more)")]

@@ -62,6 +62,7 @@ def test_aws_secret_access_key_is_withheld() -> None:
     ("postgresql://user@db.example/prod", False),   # no password in it
     ("https://example.org/a:b@c", False),           # ':' and '@' in the path, not credentials
     ("/usr/bin:/bin", False),
+    ("https://pypi.org/simple https://u:tok@extra.example/simple", True),  # not only at the start
 ])
 def test_a_url_carrying_a_password_is_withheld_whatever_its_name(value: str, withheld: bool) -> None:
     """`DATABASE_URL=postgres://user:pw@host/db` matches no name pattern but carries a password: withheld by its
@@ -69,3 +70,12 @@ def test_a_url_carrying_a_password_is_withheld_whatever_its_name(value: str, wit
     clean, secrets = split_secrets({"SOME_SETTING": value})
     assert (secrets == {"SOME_SETTING": value}) is withheld
     assert (clean == {"SOME_SETTING": value}) is not withheld
+
+
+def test_proxy_settings_stay_even_with_a_password() -> None:
+    """`HTTPS_PROXY=http://user:pw@proxy:3128` (any case, `*_PROXY`) stays in the session's environment: model
+    clients behind an authenticating proxy need it to reach their API at all (review of the URL rule)."""
+    env = {"HTTPS_PROXY": "http://u:pw@proxy:3128", "http_proxy": "http://u:pw@proxy:3128",
+           "ALL_PROXY": "socks5://u:pw@proxy:1080", "NO_PROXY": "localhost"}
+    clean, secrets = split_secrets(env)
+    assert clean == env and secrets == {}
