@@ -56,6 +56,23 @@ Commands that print records take --json (a session's raw events: labd events --j
 json). Global options (--home, --no-color) go before or after the command."""
 
 
+def _known_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Exit 2 on an unknown command with the nearest ones (argparse would list all forty)."""
+    import difflib
+
+    words = iter(argv)
+    for word in words:
+        if word in ("--home", "--connect"):  # the global options that take a value
+            next(words, None)
+        elif not word.startswith("-"):
+            action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+            if word not in action.choices:
+                close = difflib.get_close_matches(word, list(action.choices), 3)
+                hint = f"; did you mean {' or '.join(close)}?" if close else ""
+                parser.error(f"unknown command {word!r}{hint} (labd --help lists the commands)")
+            return
+
+
 def _unrecognized(parser: argparse.ArgumentParser, cmd: str, extra: list[str]) -> None:
     """Exit 2 as argparse does, but from the subcommand's parser, suggesting its closest option."""
     import difflib
@@ -82,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    _known_command(parser, sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the command's own parser (its usage, not labd's), with the nearest option it has
         _unrecognized(parser, args.cmd, extra)

@@ -175,3 +175,17 @@ def test_json_where_people_put_it(daemon) -> None:
     for argv in (("remote", "list", "--json"), ("remote", "--json", "list")):
         out = labd(*argv)
         assert out.returncode == 0 and json.loads(out.stdout) == {"listen": None, "clients": []}, out.stderr
+
+
+def test_an_unknown_command_gets_the_nearest_ones(isolated_env: Path) -> None:
+    """`labd psx` exits 2 naming the nearest command (argparse listed all forty), also after global options;
+    an unknown word with nothing near says where the list is."""
+    r = labd("psx")
+    assert r.returncode == 2 and r.stderr.strip().endswith(
+        "labd: error: unknown command 'psx'; did you mean ps? (labd --help lists the commands)")
+    r = labd("--home", str(isolated_env), "shwo", "x")
+    assert r.returncode == 2 and "unknown command 'shwo'; did you mean show?" in r.stderr
+    r = labd("zzzz")
+    assert r.returncode == 2 and r.stderr.strip().endswith(
+        "labd: error: unknown command 'zzzz' (labd --help lists the commands)")
+    assert labd("--home", str(isolated_env), "paths").returncode == 0  # known commands are untouched
