@@ -24,6 +24,7 @@ from labd.ipc.connection import (
     ConnectionFileError,
     ConnectionInfo,
     UnsafeConnectionFile,
+    client_socket,
     daemon_alive,
     events_socket,
     read_connection_file,
@@ -78,13 +79,7 @@ class Client:
 
     def _socket(self, kind: int) -> zmq.Socket:
         """A socket to the daemon: CurveZMQ-encrypted when the connection file carries keys (TCP)."""
-        sock = self._ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        if self.info.server_public:
-            sock.curve_serverkey = self.info.server_public.encode()
-            sock.curve_publickey = (self.info.client_public or "").encode()
-            sock.curve_secretkey = (self.info.client_secret or "").encode()
-        return sock
+        return client_socket(self._ctx, self.info, kind)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self._sock.close(0)

@@ -15,6 +15,8 @@ and only when ``/proc`` cannot be read.
 from __future__ import annotations
 
 import errno
+import hashlib
+import hmac
 import json
 import os
 import stat
@@ -23,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import zmq
+from zmq.utils import z85
 
 from labd.ipc.paths import Layout, UnsafeRuntimeDir
 
 __all__ = ["ConnectionInfo", "write_connection_file", "read_connection_file", "ConnectionFileError",
            "process_start_time", "process_start_ticks", "daemon_alive", "UnsafeConnectionFile", "events_socket",
-           "local_events_keypair"]
+           "client_socket", "local_events_keypair"]
 
 
 class ConnectionFileError(Exception):
@@ -171,29 +175,27 @@ def local_events_keypair(key: bytes) -> tuple[bytes, bytes]:
     """The CurveZMQ keypair (public, secret; Z85) with which local clients follow a daemon's live events: derived
     from the daemon key, so it proves what the key proves (the connection file was readable) and needs no file of
     its own. ``secret = Z85(HMAC-SHA256(key, "labd events client v1"))``; docs/protocol.md §2."""
-    import hashlib
-    import hmac
-
-    import zmq
-    from zmq.utils import z85
-
     secret = z85.encode(hmac.new(key, b"labd events client v1", hashlib.sha256).digest())
     return zmq.curve_public(secret), secret
 
 
-def events_socket(ctx: Any, info: ConnectionInfo, kind: int | None = None) -> Any:
-    """A ``SUB`` (or ``kind``) socket set up to follow ``info``'s event socket, not yet connected: a CurveZMQ client
-    with the keys of a remote connection file, or the local keypair when the daemon's events are CURVE-secured."""
-    import zmq
-
-    sock = ctx.socket(zmq.SUB if kind is None else kind)
+def client_socket(ctx: Any, info: ConnectionInfo, kind: int, *, events: bool = False) -> Any:
+    """A socket of ``kind`` to ``info``'s daemon, not yet connected: a CurveZMQ client with the keys of a remote
+    connection file; for the event socket (``events``) of a local daemon whose events are CURVE-secured, with the
+    local keypair (:func:`local_events_keypair`)."""
+    sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     if info.server_public:
         sock.curve_serverkey = info.server_public.encode()
         sock.curve_publickey = (info.client_public or "").encode()
         sock.curve_secretkey = (info.client_secret or "").encode()
-    elif info.events_public:
+    elif events and info.events_public:
         public, secret = local_events_keypair(info.key_bytes)
         sock.curve_serverkey = info.events_public.encode()
         sock.curve_publickey, sock.curve_secretkey = public, secret
     return sock
+
+
+def events_socket(ctx: Any, info: ConnectionInfo, kind: int | None = None) -> Any:
+    """A ``SUB`` (or ``kind``) socket set up to follow ``info``'s event socket (:func:`client_socket`)."""
+    return client_socket(ctx, info, zmq.SUB if kind is None else kind, events=True)

@@ -69,15 +69,12 @@ def _answer_one(requests: int, answers: int, hide: list[str] | None = None) -> N
     # The user's module runs at import: no more than the runner that will run it may (it could read the daemon's
     # key otherwise), and what it prints goes nowhere (fds 1 and 2 are the daemon's log, shared and unbounded).
     # Landlock confines the calling thread and what it starts: nothing else may run yet.
-    if req.get("confine") and not single_threaded():
-        write_all(answers, json.dumps({"ok": False, "code": "workflow_import_failed", "message":
-                                       "the workflow check could not confine itself (a thread was running)"}).encode())
-        os._exit(0)
-    confined = confine_runner(req.get("confine"))
-    if req.get("confine") and confined != "landlock":
-        write_all(answers, json.dumps({"ok": False, "code": "workflow_import_failed", "message":
-                                       f"the workflow check could not confine itself ({confined})"}).encode())
-        os._exit(0)
+    if req.get("confine"):
+        confined = "a thread was running" if not single_threaded() else confine_runner(req["confine"])
+        if confined != "landlock":
+            write_all(answers, json.dumps({"ok": False, "code": "workflow_import_failed", "message":
+                                           f"the workflow check could not confine itself ({confined})"}).encode())
+            os._exit(0)
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     os.dup2(null, 2)

@@ -29,16 +29,14 @@ T = TypeVar("T")
 #: a step's name beyond this many characters is cut (deterministically: a resumed run cuts it the same way), so one
 #: step named with a whole document cannot make the session's DAG larger than a reply may be
 MAX_STEP_NAME = 1000
-
-
 #: ... and a step's error (an exception's text, a skip's reason) beyond this many
 MAX_STEP_ERROR = 10_000
 
 
-def step_name(name: str, limit: int = MAX_STEP_NAME) -> str:
-    """``name`` (or an error text, with ``limit``), cut to ``limit`` characters with how much was cut."""
-    name = str(name)
-    return name if len(name) <= limit else f"{name[:limit]}… ({len(name) - limit} more)"
+def clip(text: str | None, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how many more there were (the same cut every time)."""
+    text = "" if text is None else str(text)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more)"
 
 #: the DAG node the calling code is inside (per thread / task, so concurrent steps attribute correctly)
 current_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("labd_node", default=None)
@@ -150,7 +148,7 @@ class Context:
         self.check_cancelled()
         self._maybe_pause()
         parent = current_node.get()
-        name = step_name(name)
+        name = clip(name, MAX_STEP_NAME)
         node = Node(planned or self.new_node_id(), name)
         edges: list[list[str]] = []
         if retry_of:
@@ -216,7 +214,7 @@ class Context:
                 self.active_node = outer
             done: dict[str, Any] = {"name": name, "status": status, "duration": time.monotonic() - start}
             if error:
-                done["error"] = step_name(error, MAX_STEP_ERROR)
+                done["error"] = clip(error, MAX_STEP_ERROR)
             self._emit("step.finished", done, node.id)
             with self._lock:
                 self._last_done[parent] = node.id
@@ -276,7 +274,7 @@ class Context:
         the current step) until ``ctx.step(name, planned=<its id>)`` runs it. Returns the node ids."""
         parent = current_node.get()
         ids = []
-        for name in map(step_name, names):
+        for name in (clip(n, MAX_STEP_NAME) for n in names):
             node_id = self.new_node_id()
             payload: dict[str, Any] = {"name": name, "kind": kind}
             if parent:
@@ -308,7 +306,7 @@ class Context:
         """Record a step that was decided against (e.g. rejected by a human): a node with status skipped."""
         parent = current_node.get()
         node_id = self.new_node_id()
-        name, reason = step_name(name), step_name(reason, MAX_STEP_ERROR)
+        name, reason = clip(name, MAX_STEP_NAME), clip(reason, MAX_STEP_ERROR)
         payload: dict[str, Any] = {"name": name, "kind": kind, "edges": []}
         if parent:
             payload["parent_node"] = parent

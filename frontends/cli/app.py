@@ -28,7 +28,7 @@ from labd.frontends.cli import (
     sessions,
     skills,
 )
-from labd.frontends.cli.base import CliError, Ctx, global_options
+from labd.frontends.cli.base import CliError, Ctx, global_options, subcommands
 from labd.ipc.client import LabdError
 from labd.ipc.units import UnitError
 
@@ -65,7 +65,7 @@ def _known_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
         if word in ("--home", "--connect"):  # the global options that take a value
             next(words, None)
         elif not word.startswith("-"):
-            action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+            action = subcommands(parser)
             if word not in action.choices:
                 close = difflib.get_close_matches(word, list(action.choices), 3)
                 hint = f"; did you mean {' or '.join(close)}?" if close else ""
@@ -77,8 +77,7 @@ def _unrecognized(parser: argparse.ArgumentParser, cmd: str, extra: list[str]) -
     """Exit 2 as argparse does, but from the subcommand's parser, suggesting its closest option."""
     import difflib
 
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
-    sub: argparse.ArgumentParser = action.choices[cmd]
+    sub: argparse.ArgumentParser = subcommands(parser).choices[cmd]
     options = [o for a in sub._actions for o in a.option_strings]  # noqa: SLF001
     hints = [f"{e} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(e.split("=")[0], options, 1))
              else e for e in extra if e.startswith("-")]

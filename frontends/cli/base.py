@@ -16,7 +16,7 @@ from labd.frontends.cli.output import Output
 if TYPE_CHECKING:
     from labd.ipc.client import Client
 
-__all__ = ["CliError", "Ctx", "Handler", "command", "global_options", "add_json", "duration", "LIVE"]
+__all__ = ["CliError", "Ctx", "Handler", "command", "global_options", "add_json", "duration", "subcommands", "LIVE"]
 
 #: statuses of sessions that have not ended
 LIVE = ("queued", "created", "starting", "running", "paused", "waiting_approval")
@@ -95,3 +95,8 @@ def duration(text: str) -> float:
         return parse_duration(text)
     except UnitError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """``parser``'s subcommands (argparse has no public way to reach them)."""
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001

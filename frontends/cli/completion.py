@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from labd.frontends.cli.base import Ctx, command
+from labd.frontends.cli.base import Ctx, command, subcommands
 from labd.ipc.workflows import BUILTINS
 
 __all__ = ["register", "script"]
@@ -46,7 +46,7 @@ def _opts(parser: argparse.ArgumentParser) -> list[Opt]:
 
 
 def _model(parser: argparse.ArgumentParser) -> tuple[list[Opt], list[Cmd]]:
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    sub = subcommands(parser)
     helps = {ca.dest: ca.help or "" for ca in sub._choices_actions}  # noqa: SLF001
     cmds = []
     for name, p in sub.choices.items():

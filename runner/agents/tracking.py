@@ -33,7 +33,7 @@ from labd.runner.agents.fidelity import BlobSender, jsonable, model_params
 from labd.runner.agents.hooks import LLMCall, current_llm_call
 from labd.runner.agents.policy import PolicyGate, refused_response, refused_tool_result
 from labd.runner.agents.pricing import PriceTable
-from labd.runner.context import current_node
+from labd.runner.context import clip, current_node
 from labd.runner.files import FileTracker
 
 __all__ = ["Tracker", "TrackingMiddleware"]
@@ -43,11 +43,6 @@ SUBTASK_TOOLS = ("run_subtask", "run_subtasks")
 #: where ag2's network puts the channel of a turn in ``context.dependencies`` (ag2.network.policies.CHANNEL_DEP;
 #: a literal so that tracking does not import ag2.network)
 CHANNEL_DEP = "ag2.network.channel"
-
-
-def _clip(text: str | None, limit: int = MAX_TEXT) -> str:
-    text = text or ""
-    return text if len(text) <= limit else text[:limit] + f"… ({len(text) - limit} more)"
 
 
 def _event_text(event: BaseEvent) -> str:
@@ -315,7 +310,7 @@ class TrackingMiddleware(BaseMiddleware):
         if child:
             objective = arguments.get("objective") or arguments.get("task") if isinstance(arguments, dict) else None
             self.t.emit("subagent.started", {"agent": self.agent, "child": child, "task_id": str(event.id),
-                                             "objective": _clip(str(objective or arguments))}, node, call)
+                                             "objective": clip(str(objective or arguments), MAX_TEXT)}, node, call)
         call_token, agent_token = current_call.set(str(event.id)), current_agent.set(self.agent)
         model_token = current_model.set(self.model)
         start = time.monotonic()
@@ -344,7 +339,7 @@ class TrackingMiddleware(BaseMiddleware):
             failed = payload["status"] == "error" or result_text.startswith("Sub-task")
             done: dict[str, Any] = {"agent": self.agent, "child": child, "task_id": str(event.id),
                                     "status": "failed" if failed else "completed"}
-            done["error" if failed else "result"] = _clip(payload.get("error") or result_text)
+            done["error" if failed else "result"] = clip(payload.get("error") or result_text, MAX_TEXT)
             self.t.emit("subagent.finished", done, node, call)
         self.t.files.scan(node, agent=self.agent, tool=event.name, step=self._step)
         return result
