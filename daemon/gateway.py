@@ -12,8 +12,8 @@ and relays them to the daemon's local ``ipc://`` sockets, so the daemon's main l
 
 Both TCP sockets are CURVE servers; the ZAP handler (pyzmq's ``ThreadAuthenticator``) admits only client public
 keys in ``<home>/curve/clients/`` — written by ``remote.add`` — and only over CURVE: a plain TCP peer, or one
-with an unknown key, never completes the handshake. The server keypair lives in ``<home>/curve/server.key_secret``
-(0600), created once; its public half goes into every connection file given out.
+with an unknown key, never completes the handshake. The server keypair (:mod:`labd.daemon.curve_keys`)
+is created once; its public half goes into every connection file given out.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from pathlib import Path
 
 import structlog
 import zmq
-import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from labd.daemon.curve_keys import curve_dir, ensure_server_keys
 from labd.daemon.curve_relay import Relays, curve_server_socket
 from labd.ipc.connection import ConnectionInfo, events_socket
 
-__all__ = ["Gateway", "check_listen", "curve_dir", "ensure_server_keys", "add_client"]
+__all__ = ["Gateway", "check_listen"]
 
 MAX_RELAYS = 256
 RELAY_IDLE_S = 300.0
@@ -47,38 +47,6 @@ def check_listen(address: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65535:
         raise ListenError(f"bad listen address {address!r}: use tcp://HOST:PORT (events use PORT+1)")
     return host, int(port)
-
-
-def curve_dir(home: Path) -> Path:
-    return home / "curve"
-
-
-def ensure_server_keys(home: Path) -> tuple[bytes, bytes]:
-    """The daemon's CURVE keypair (public, secret), created once in ``<home>/curve`` (0700 / 0600)."""
-    d = curve_dir(home)
-    (d / "clients").mkdir(parents=True, exist_ok=True)
-    d.chmod(0o700)
-    secret = d / "server.key_secret"
-    if not secret.exists():
-        pub_path, sec_path = zmq.auth.create_certificates(str(d), "server")
-        Path(pub_path).chmod(0o600)
-        Path(sec_path).chmod(0o600)
-    public, secret_key = zmq.auth.load_certificate(str(secret))
-    assert secret_key is not None
-    return public, secret_key
-
-
-def add_client(home: Path, name: str) -> tuple[bytes, bytes]:
-    """A new client keypair named ``name``; its public key is authorised (written to ``clients/``)."""
-    d = curve_dir(home)
-    tmp = d / "tmp"
-    tmp.mkdir(mode=0o700, exist_ok=True)
-    pub_path, sec_path = zmq.auth.create_certificates(str(tmp), name)
-    public, secret = zmq.auth.load_certificate(sec_path)
-    Path(pub_path).replace(d / "clients" / f"{name}.key")
-    Path(sec_path).unlink()  # the secret half goes to the client only, inside its connection file
-    assert secret is not None
-    return public, secret
 
 
 class Gateway(threading.Thread):

@@ -24,8 +24,8 @@ import structlog
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from labd.daemon.curve_keys import ensure_server_keys
 from labd.daemon.curve_relay import Relays, curve_server_socket
-from labd.daemon.gateway import ensure_server_keys
 
 __all__ = ["RunnerGateway", "SessionKeys"]
 

@@ -26,8 +26,8 @@ from labd.daemon.api.start import PendingStart, requeue, session_spec
 from labd.daemon.checks import Check, Checks
 from labd.daemon.config import Config
 from labd.daemon.control import ControlPlane
+from labd.daemon.curve_keys import ensure_server_keys
 from labd.daemon.events_auth import LocalEventsAuth
-from labd.daemon.gateway import ensure_server_keys
 from labd.daemon.indexer import Indexer
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
 from labd.daemon.launcher import TemplateLauncher

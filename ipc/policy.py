@@ -43,7 +43,10 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-__all__ = ["ACTIONS", "EFFECTS", "KEYS", "Action", "Decision", "Policy", "PolicyError", "Rule"]
+# load_file and parse_rules are resolved lazily by __getattr__ below (their module imports this one); listing them
+# keeps ``from labd.ipc.policy import *`` bringing what it brought before the split.
+__all__ = ["ACTIONS", "EFFECTS", "KEYS", "Action", "Decision", "Policy", "PolicyError", "Rule",
+           "load_file", "parse_rules"]  # noqa: F822
 
 ACTIONS = ("llm", "tool", "code")
 EFFECTS = ("allow", "deny", "require_approval", "cap")

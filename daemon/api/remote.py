@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from labd.daemon.api.base import ApiError, Request, register
-from labd.daemon.gateway import add_client, curve_dir
+from labd.daemon.curve_keys import add_client, curve_dir
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -73,11 +73,21 @@ def _known_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
             return
 
 
-def _unrecognized(parser: argparse.ArgumentParser, cmd: str, extra: list[str]) -> None:
-    """Exit 2 as argparse does, but from the subcommand's parser, suggesting its closest option."""
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost parser the command line chose (``labd remote list``: the ``list`` parser, not ``remote``'s)."""
+    while True:
+        action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)  # noqa: SLF001
+        name = getattr(args, action.dest, None) if action is not None and action.dest != argparse.SUPPRESS else None
+        if action is None or name not in action.choices:
+            return parser
+        parser = action.choices[name]
+
+
+def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """Exit 2 as argparse does, but from the (sub)command's own parser, suggesting its closest option."""
     import difflib
 
-    sub: argparse.ArgumentParser = subcommands(parser).choices[cmd]
+    sub = _chosen(parser, args)
     options = [o for a in sub._actions for o in a.option_strings]  # noqa: SLF001
     hints = [f"{e} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(e.split("=")[0], options, 1))
              else e for e in extra if e.startswith("-")]
@@ -101,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     _known_command(parser, sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the command's own parser (its usage, not labd's), with the nearest option it has
-        _unrecognized(parser, args.cmd, extra)
+        _unrecognized(parser, args, extra)
     ctx = Ctx(args)
     try:
         code = int(args.handler(args, ctx))

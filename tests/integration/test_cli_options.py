@@ -154,7 +154,8 @@ def test_pause_and_resume_say_when_there_is_nothing_to_do(daemon) -> None:
 
 def test_a_mistyped_option_is_named_by_its_command_with_the_nearest_one(isolated_env: Path) -> None:
     """`labd run demo.count --memroy 1G` is refused by `labd run`'s own parser (its usage, not labd's list of 40
-    commands), suggesting --memory; nothing is started (no daemon is even needed)."""
+    commands), suggesting --memory; nothing is started (no daemon is even needed). A command's action
+    (`labd remote list --jsn`) gets the action's usage and options."""
     r = labd("run", "demo.count", "--memroy", "1G")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("usage: labd run ")
@@ -162,6 +163,9 @@ def test_a_mistyped_option_is_named_by_its_command_with_the_nearest_one(isolated
     ps = labd("ps", "--stauts", "running")
     assert ps.returncode == 2
     assert "labd ps: error: unrecognized arguments: --stauts (did you mean --status?)" in ps.stderr
+    nested = labd("remote", "list", "--jsn")  # a command's action: its own parser, not the command's
+    assert nested.returncode == 2 and nested.stderr.startswith("usage: labd remote list ")
+    assert "labd remote list: error: unrecognized arguments: --jsn (did you mean --json?)" in nested.stderr
 
 
 def test_json_where_people_put_it(daemon) -> None:

@@ -152,7 +152,8 @@ def test_front_ends_show_refusals_and_approvals_not_default_allows() -> None:
 
 def test_validation_names_are_still_found_in_the_policy_module() -> None:
     """SDK users who imported ``load_file``/``parse_rules`` from ``labd.ipc.policy`` before validation moved to
-    ``labd.ipc.policy_rules`` get the same functions; an unknown name is still an AttributeError."""
+    ``labd.ipc.policy_rules`` get the same functions, by name and by ``import *``; an unknown name is still an
+    AttributeError."""
     import labd.ipc.policy as policy_mod
     import labd.ipc.policy_rules as rules_mod
 
@@ -161,3 +162,7 @@ def test_validation_names_are_still_found_in_the_policy_module() -> None:
     assert policy_mod.MAX_RULES == rules_mod.MAX_RULES
     with pytest.raises(AttributeError):
         policy_mod.no_such_name  # noqa: B018
+    star: dict[str, object] = {}
+    exec("from labd.ipc.policy import *", star)  # what ``import *`` brought before the split, it still brings
+    assert star["load_file"] is rules_mod.load_file and star["parse_rules"] is rules_mod.parse_rules
+    assert star["Policy"] is policy_mod.Policy
