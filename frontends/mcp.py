@@ -24,6 +24,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 
 from labd import __version__
 from labd.ipc.client import Client, LabdError
+from labd.ipc.safe_files import open_beneath
 
 __all__ = ["build_server", "run"]
 
@@ -168,11 +169,11 @@ def build_server(home: str | os.PathLike[str] | None = None) -> MCPServer:
             listed = {f["path"] for f in reply["files"]}
             if path not in listed:
                 raise ResourceError(f"session {session} has no file {path!r}")
-            workdir = Path(reply["workdir"]).resolve()
-            target = (workdir / path).resolve()
-            if not target.is_relative_to(workdir) or not target.is_file():
-                raise ResourceError(f"file {path!r} is not in the work directory any more")
-            data = target.read_bytes()[:MAX_FILE]
+            try:  # opened without following symlinks: nothing the session swaps in can lead outside its workdir
+                with open_beneath(Path(reply["workdir"]), path) as f:
+                    data = f.read(MAX_FILE)
+            except OSError:
+                raise ResourceError(f"file {path!r} is not in the work directory any more") from None
             try:
                 return data.decode()
             except UnicodeDecodeError:

@@ -58,6 +58,7 @@ except ValueError:
 RESEND_AFTER_S = 5.0
 
 _dumps = orjson.dumps
+MIN_WITHHELD = 8  # characters: a shorter "secret" value is not looked for in events (see Channel.withhold)
 _JSON_OPTS = orjson.OPT_NON_STR_KEYS
 _wall = time.time
 _mono = time.monotonic
@@ -111,6 +112,8 @@ class Channel(ChannelWire):
         #: a backlog this long asks for acks at once too (well before emit() blocks at max_unacked)
         self._prompt_backlog = max(1, max_unacked // 4)
         self._forked: Callable[..., int] | None = None  # in a forked child: where its events go instead
+        #: (secret value as it reads inside a JSON string, replacement): see :meth:`withhold`
+        self._withheld: list[tuple[bytes, bytes]] = []
         # a Spool already made (a spare runner's prepared file, runner/spare.py) or the path of one to open
         self._spool = spool if isinstance(spool, Spool) or spool is None else Spool(spool)
         self.spool_error: str | None = None
@@ -158,6 +161,9 @@ class Channel(ChannelWire):
                 raw = memoryview(_dumps(ev, default=json_fallback, option=_JSON_OPTS)).tobytes()
             except orjson.JSONEncodeError:
                 raw = encode_json(ev)  # PayloadError: nothing recorded
+            for value, mark in self._withheld:  # a secret the workflow printed or logged: never recorded
+                if value in raw:
+                    raw = raw.replace(value, mark)
             self._next_seq = seq + 1
             spool = self._spool
             if spool is not None:
@@ -184,6 +190,13 @@ class Channel(ChannelWire):
         if error is not None:
             self.emit("log", {"level": "error", "event": error, "logger": "labd.runner.channel"})
         return seq
+
+    def withhold(self, secrets: dict[str, str]) -> None:
+        """Replace these secrets' values by ``[secret NAME withheld]`` in every event from now on (a workflow that
+        prints ``ctx.secret(...)`` or puts it in a step name or a log line). Values shorter than
+        :data:`MIN_WITHHELD` characters are left alone: they would match ordinary text."""
+        self._withheld = [(orjson.dumps(v)[1:-1], b"[secret %s withheld]" % orjson.dumps(n)[1:-1])
+                          for n, v in sorted(secrets.items(), key=lambda kv: -len(kv[1])) if len(v) >= MIN_WITHHELD]
 
     def _wait_for_room(self) -> None:
         """Back-pressure: wait (lock held) until the unacknowledged backlog has room, or the channel closes."""

@@ -44,7 +44,7 @@ __all__ = ["run_session", "SECRET_PATTERN", "split_secrets"]
 #: environment variables that look like credentials are withheld from the workflow's environment
 SECRET_PATTERN = re.compile(
     r"(^|_)(API_?KEY|APIKEY|SECRET|SECRET_KEY|SECRET_ACCESS_KEY|ACCESS_KEY|PRIVATE_KEY|PASSWORD|PASSWD|"
-    r"CREDENTIALS?|CREDS)(_|$)|(API_?KEY|TOKEN|SECRET|PASSWORD|_KEY|_PAT)$", re.IGNORECASE)
+    r"CREDENTIALS?|CREDS|AUTH|AUTHORIZATION|BEARER)(_|$)|(API_?KEY|TOKEN|SECRET|PASSWORD|_KEY|_PAT)$", re.IGNORECASE)
 #: ... and so do values that carry a password in a URL (``DATABASE_URL=postgres://user:pw@host/db``), anywhere in
 #: the value, whatever the name, except proxy settings (``HTTPS_PROXY=http://user:pw@proxy:3128``), which the
 #: model clients in the session need to reach their API at all
@@ -145,6 +145,7 @@ def run_session(spec: dict[str, Any]) -> int:
                       spool=spool,
                       # a resumed session's new runner continues its predecessor's sequence (exactly-once ingest)
                       first_seq=int((seed or {}).get("first_seq") or 1), curve=spec.get("curve"))
+    channel.withhold(secrets)
     emit = channel.emit
     if seed_text is not None:  # labd replay: answers from the record, and steps checked against it
         from labd.runner import replay

@@ -1,11 +1,14 @@
 """The dashboard's web server: JSON endpoints over :class:`labd.ipc.Client`, a live event stream, static files.
 
-Security, as jupyter_server does it for notebooks: bound to 127.0.0.1 only; a random token printed in the URL
-at start; the first request that carries it (``?token=``) gets an HttpOnly, SameSite=Strict cookie and is
-redirected to a URL without the token (so it does not stay in history or logs); every other request needs the
-cookie or ``Authorization: Bearer <token>``, compared with :func:`hmac.compare_digest` — else 403. The Host
-header must name the loopback address we serve (DNS rebinding), and a state-changing request must come from our
-own Origin. Raw signed IPC frames never reach the browser: the server speaks to the daemon, the page to it.
+Security: bound to 127.0.0.1 only; a random token printed in the URL's fragment at start (``/#token=...``: a
+fragment is never sent to a server, so it reaches no log). The page keeps it in the origin's ``localStorage`` and
+sends it as ``Authorization: Bearer <token>`` on every request, compared with :func:`hmac.compare_digest` — else
+403. No cookie: browsers send a cookie for 127.0.0.1 to *every* port of it, so any other local user's server on
+another port would receive it (a link was enough), whereas ``localStorage`` belongs to this origin (scheme, host
+and port) alone. The Host header must name the loopback address we serve (DNS rebinding), and a state-changing
+request must come from our own Origin. ``--open`` hands the browser a 0600 file that redirects, not the URL, so
+the token never sits on a command line other users can read. Raw signed IPC frames never reach the browser: the
+server speaks to the daemon, the page to it.
 
 Live updates: ``/api/sessions/{id}/stream?since=N`` is a Server-Sent Events stream of the session's events read
 from the store by seq (resumable: the browser's ``Last-Event-ID`` is the last seq it saw), so a page never
@@ -16,15 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import hmac
 import json
+import mimetypes
+import os
 import secrets
+import signal
 import socket
 import sys
+import threading
 import webbrowser
 from collections.abc import AsyncIterator, Callable
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import anyio
 from starlette.applications import Starlette
@@ -34,14 +44,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from labd.ipc.client import Client, LabdError, still_ended
+from labd.ipc.safe_files import open_beneath
 
 __all__ = ["build_app", "run"]
 
 STATIC = Path(__file__).parent / "static"
-COOKIE = "labd_ui"
 T = TypeVar("T")
 STREAM_POLL_S = 0.3
 MAX_DOWNLOAD = 64 * 1024 * 1024
+OPEN_FILE_S = 120.0  # --open's redirect file is removed after this (or at exit)
 
 
 def build_app(home: str | None, token: str, port_ref: list[int]) -> Starlette:
@@ -57,7 +68,7 @@ def build_app(home: str | None, token: str, port_ref: list[int]) -> Starlette:
         host = request.headers.get("host", "")
         if host not in (f"127.0.0.1:{port_ref[0]}", f"localhost:{port_ref[0]}"):
             return False
-        given = request.cookies.get(COOKIE) or request.headers.get("authorization", "").removeprefix("Bearer ")
+        given = request.headers.get("authorization", "").removeprefix("Bearer ")
         return bool(given) and hmac.compare_digest(given.encode(), token.encode())
 
     def same_origin(request: Request) -> bool:
@@ -88,21 +99,24 @@ def build_app(home: str | None, token: str, port_ref: list[int]) -> Starlette:
         raw = await request.body()
         if len(raw) > 1_000_000:
             raise ValueError("request body too large")
-        data = json.loads(raw or b"{}")
+        try:
+            data = json.loads(raw or b"{}")
+        except RecursionError:  # nested past the parser's stack: a client error, not a 500
+            raise ValueError("the body is nested too deeply") from None
         if not isinstance(data, dict):
             raise ValueError("the body must be a JSON object")
         return data
 
     async def index(request: Request) -> Response:
+        """The page's shell (static: it holds no data; every API call needs the token). A ``?token=`` URL (as
+        labd printed before the fragment form) moves the token into the fragment, out of logs and history."""
+        if not allowed_host(request):
+            return forbidden()
         given = request.query_params.get("token")
         if given is not None:
-            if not hmac.compare_digest(given.encode(), token.encode()) or not allowed_host(request):
+            if not hmac.compare_digest(given.encode(), token.encode()):
                 return forbidden()
-            resp = RedirectResponse("/", status_code=303)
-            resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
-            return resp
-        if not allowed(request):
-            return forbidden()
+            return RedirectResponse(f"/#token={token}", status_code=303, headers={"Cache-Control": "no-store"})
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
     def allowed_host(request: Request) -> bool:
@@ -174,18 +188,42 @@ def build_app(home: str | None, token: str, port_ref: list[int]) -> Starlette:
             return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=404)
         if rel not in {f["path"] for f in reply["files"]}:
             return JSONResponse({"error": {"code": "not_found", "message": f"no file {rel!r}"}}, status_code=404)
-        workdir = Path(reply["workdir"]).resolve()
-        target = (workdir / rel).resolve()
-        if not target.is_relative_to(workdir) or not target.is_file() or target.stat().st_size > MAX_DOWNLOAD:
+
+        def read() -> tuple[bytes, os.stat_result] | None:
+            try:  # opened without following symlinks: nothing the session swaps in can lead outside its workdir
+                with open_beneath(Path(reply["workdir"]), rel) as f:
+                    st = os.fstat(f.fileno())
+                    return (f.read(MAX_DOWNLOAD), st) if st.st_size <= MAX_DOWNLOAD else None
+            except OSError:
+                return None
+
+        got = await anyio.to_thread.run_sync(read)
+        if got is None:
             return JSONResponse({"error": {"code": "not_found", "message": "file gone or too large"}},
                                 status_code=404)
-        return FileResponse(target, filename=target.name)
+        data, st = got  # served from memory with FileResponse's headers (no Range: it would reopen the path)
+        name = rel.rsplit("/", 1)[-1]
+        quoted = quote(name)
+        disposition = f'attachment; filename="{name}"' if quoted == name else f"attachment; filename*=utf-8''{quoted}"
+        etag = hashlib.md5(f"{st.st_mtime}-{st.st_size}".encode(), usedforsecurity=False).hexdigest()
+        return Response(data, media_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
+                        headers={"content-disposition": disposition, "etag": f'"{etag}"',
+                                 "last-modified": formatdate(st.st_mtime, usegmt=True)})
 
     async def stream(request: Request) -> Response:
         if not allowed(request):
             return forbidden()
         sid = request.path_params["sid"]
-        since = int(request.headers.get("last-event-id") or request.query_params.get("since", "0"))
+        raw_since = request.headers.get("last-event-id") or request.query_params.get("since", "0")
+        if not raw_since.isdigit() or len(raw_since) > 18:
+            return JSONResponse({"error": {"code": "bad_request", "message": "since / Last-Event-ID must be a "
+                                           "sequence number (0 or more)"}}, status_code=400)
+        since = int(raw_since)
+        try:  # an unknown session is a 404 now, not a stream of errors that never ends
+            await daemon(lambda c: c.session(sid))
+        except LabdError as exc:
+            status = 404 if exc.code == "not_found" else 503
+            return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=status)
 
         async def gen() -> AsyncIterator[str]:
             last, ended = since, False
@@ -249,12 +287,40 @@ def run(home: str | None, port: int = 0, open_browser: bool = False, token: str 
         return 2
     sock.listen(128)  # before the URL is printed: a client that connects at once waits in the backlog
     port_ref = [sock.getsockname()[1]]
-    url = f"http://127.0.0.1:{port_ref[0]}/?token={token}"
+    url = f"http://127.0.0.1:{port_ref[0]}/#token={token}"
     print(f"labd ui: {url}", flush=True)
     print("  (Ctrl-C stops the dashboard; sessions keep running)", flush=True)
-    if open_browser:
-        webbrowser.open(url)
-    # access_log off: request lines would carry the token of the first visit
+    opener = _open_browser(url) if open_browser else None
+    # access_log off: a request line of the old ?token= form would carry the token
     config = uvicorn.Config(build_app(home, token, port_ref), log_level="warning", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn re-raises the signal that stopped it once it has shut down: SIGTERM then ends us by exception, so
+    # the cleanup below runs (its default action would end the process before it)
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if opener is not None:
+            opener.unlink(missing_ok=True)
     return 0
+
+
+def _terminated(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _open_browser(url: str) -> Path:
+    """Open ``url`` in a browser through a 0600 file that redirects to it (as jupyter_server does): a browser's
+    command line is readable by every local user, the file only by us. Returns the file (removed at exit)."""
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix="labd-ui-", suffix=".html")  # 0600, in the user's temp directory
+    page = (f'<!doctype html><meta charset="utf-8"><title>labd</title>'
+            f'<script>location.replace({json.dumps(url)})</script><a href="{url}">open the labd dashboard</a>')
+    with open(fd, "w") as f:
+        f.write(page)
+    webbrowser.open(Path(name).as_uri())
+    # the browser reads it once, at its start: it is not left behind for the dashboard's whole life either
+    remover = threading.Timer(OPEN_FILE_S, Path(name).unlink, kwargs={"missing_ok": True})
+    remover.daemon = True  # never what keeps the process alive
+    remover.start()
+    return Path(name)

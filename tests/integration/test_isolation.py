@@ -56,3 +56,29 @@ def test_secrets_are_withheld_from_the_workflow_environment(daemon) -> None:
         if (daemon.home / "labd.db-wal").exists() else (daemon.home / "labd.db").read_bytes()
     assert b"sk-very-secret" not in db
     assert "sk-very-secret" not in d.log()
+
+
+def test_a_secret_the_workflow_prints_or_logs_is_never_recorded(daemon) -> None:
+    """A workflow that prints ``ctx.secret(...)``, logs it, names a step after it, emits it in an event, returns it
+    and has a child echo it: the store holds ``[secret FAKE_API_KEY withheld]`` wherever the value was, never the
+    value (found by a review: it landed unredacted in 11 events). The session itself still had the value."""
+    daemon.stop()
+    from tests.conftest import DaemonProc
+
+    secret = "sk-leak-Z9q8w7e6r5t4"
+    d = DaemonProc(daemon.home, extra_env={"FAKE_API_KEY": secret}).start()
+    try:
+        with d.client() as c:
+            sid = c.start("labd_testflows:leak_secret")
+            assert c.wait(sid, timeout=30)["status"] == "completed"
+            events = list(c.history(sid))
+    finally:
+        d.stop()
+    text = repr(events)
+    assert secret not in text
+    marks = text.count("[secret FAKE_API_KEY withheld]")
+    assert marks >= 8, text[-3000:]  # output x3, log, step name (started + finished), custom event x2, result
+    finished = [e for e in events if e["kind"] == "session.finished"][0]["payload"]
+    assert finished["result"] == "[secret FAKE_API_KEY withheld]"
+    db = b"".join(p.read_bytes() for p in daemon.home.glob("labd.db*"))
+    assert secret.encode() not in db

@@ -5,6 +5,7 @@ A screenshot of the page is saved under tests/artifacts/ when a test fails (and 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -36,7 +37,7 @@ def ui(daemon) -> Iterator[dict[str, Any]]:
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    m = re.search(r"(http://127\.0\.0\.1:\d+)/\?token=(\S+)", line)
+    m = re.search(r"(http://127\.0\.0\.1:\d+)/#token=(\S+)", line)
     assert m, f"no URL printed: {line!r}"
     try:
         yield {"url": m.group(0), "base": m.group(1), "token": m.group(2), "proc": proc, "daemon": daemon}
@@ -61,7 +62,8 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, ui: dict[str, Any], request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A logged-in page (the token URL sets the cookie); screenshot saved if the test fails."""
+    """A logged-in page (the token URL's fragment is kept in the origin's localStorage); screenshot saved if the
+    test fails."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 900})
     pg = ctx.new_page()
     pg.set_default_timeout(30_000)
@@ -80,20 +82,105 @@ def _shot(pg: Any, name: str) -> None:
         pg.screenshot(path=str(Path(DOCS_SHOTS) / f"{name}.png"))
 
 
+def _status(ui: dict[str, Any], path: str, headers: dict[str, str] | None = None, data: bytes | None = None) -> int:
+    try:
+        req = urllib.request.Request(ui["base"] + path, headers=headers or {}, data=data)
+        with urllib.request.urlopen(req) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def test_wrong_or_missing_token_gets_403(ui: dict[str, Any]) -> None:
-    """Without the token, with a wrong one, or with a foreign Host header, every page and API answers 403."""
-    def status(path: str, headers: dict[str, str] | None = None) -> int:
-        try:
-            with urllib.request.urlopen(urllib.request.Request(ui["base"] + path, headers=headers or {})) as r:
-                return int(r.status)
-        except urllib.error.HTTPError as exc:
-            return exc.code
-    assert status("/") == 403
+    """Without the token, with a wrong one, or with a foreign Host header, every API, stream and download answers
+    403; the page's shell (static, no data) is served to our own Host only; a cookie is never the credential."""
+    status = functools.partial(_status, ui)
+    good = {"Authorization": f"Bearer {ui['token']}"}
+    assert status("/") == 200
+    assert status("/", {"Host": "evil.example:80"}) == 403
     assert status("/api/sessions") == 403
     assert status("/?token=wrong") == 403
     assert status("/api/sessions", {"Authorization": "Bearer wrong"}) == 403
-    assert status("/api/sessions", {"Authorization": f"Bearer {ui['token']}"}) == 200
-    assert status("/api/sessions", {"Authorization": f"Bearer {ui['token']}", "Host": "evil.example:80"}) == 403
+    assert status("/api/sessions", good) == 200
+    assert status("/api/sessions", {**good, "Host": "evil.example:80"}) == 403
+    assert status("/api/sessions", {"Cookie": f"labd_ui={ui['token']}"}) == 403
+    assert status("/api/sessions/abc/stream") == 403
+    assert status("/api/sessions/abc/files/x.txt") == 403
+
+
+def test_bad_stream_and_body_input_gets_a_clear_4xx(ui: dict[str, Any]) -> None:
+    """A non-numeric or negative `since` / Last-Event-ID is a 400 and a stream of an unknown session a 404 (both were
+    a 500 or a stream of errors that never ended); a 100,000-deep JSON body is a 400, not a 500."""
+    status = functools.partial(_status, ui)
+    good = {"Authorization": f"Bearer {ui['token']}"}
+    assert status("/api/sessions/abc/stream?since=abc", good) == 400
+    assert status("/api/sessions/abc/stream?since=-5", good) == 400
+    assert status("/api/sessions/abc/stream", {**good, "Last-Event-ID": "x"}) == 400
+    assert status("/api/sessions/000000000000/stream", good) == 404
+    deep = b'{"workflow": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert status("/api/sessions", {**good, "Content-Type": "application/json"}, deep) == 400
+
+
+def test_the_token_never_reaches_another_local_server(page: Any, ui: dict[str, Any]) -> None:
+    """The attack that a cookie allowed: a logged-in browser follows a link to another server on 127.0.0.1 (any
+    local user can run one). Cookies for 127.0.0.1 go to every port, so that server received the token and could
+    start sessions as us. Now the browser holds no cookie, the other server receives no credential, and a page of
+    its own origin cannot read the dashboard's localStorage."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Spy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            seen.append(str(self.headers))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<!doctype html><title>spy</title><img src='/pixel.png'>")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    spy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Spy)
+    threading.Thread(target=spy.serve_forever, daemon=True).start()
+    try:
+        page.wait_for_function("document.querySelector('#daemon-status').textContent.startsWith('daemon pid')")
+        assert page.evaluate("localStorage.getItem('labd_ui_token')") == ui["token"]
+        assert "token" not in page.url  # taken out of the address bar (and history) at once
+        assert page.context.cookies() == []
+        page.goto(f"http://127.0.0.1:{spy.server_address[1]}/")
+        wait_until(lambda: len(seen) >= 2, timeout=30, what="the spy page and its image requested")
+        assert not any(ui["token"] in h for h in seen), seen
+        assert page.evaluate("localStorage.getItem('labd_ui_token')") is None
+    finally:
+        spy.shutdown()
+
+
+def test_open_hands_the_browser_a_private_file_not_the_token(daemon, tmp_path: Path) -> None:
+    """`labd ui --open` starts the browser on a 0600 file that redirects to the dashboard: a browser's command line
+    is readable by every local user, so the token must not be on it. The file is removed when the server stops."""
+    argv_log = tmp_path / "argv.txt"
+    fake = tmp_path / "browser.sh"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {argv_log}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "BROWSER": str(fake)}
+    proc = subprocess.Popen([sys.executable, "-m", "labd", "--home", str(daemon.home), "ui", "--open"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        token = re.search(r"#token=(\S+)", proc.stdout.readline())
+        assert token
+        wait_until(lambda: argv_log.exists() and argv_log.read_text().strip(), timeout=30, what="the browser started")
+        args = argv_log.read_text()
+        assert token.group(1) not in args
+        opened = Path(args.strip().removeprefix("file://"))
+        assert opened.stat().st_mode & 0o777 == 0o600
+        assert token.group(1) in opened.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert not opened.exists()
 
 
 def test_session_list_updates_live_and_a_session_page_follows_output(page: Any, ui: dict[str, Any]) -> None:
@@ -129,6 +216,9 @@ def test_dag_renders_with_the_record_node_count(page: Any, ui: dict[str, Any]) -
     page.click("#tab-files")  # files with their step and agent; a text file previews in place
     page.click('tr[data-file="step_1.json"] button')
     page.wait_for_function("document.querySelector('#file-preview').textContent.includes('\"step\": 1')")
+    with page.expect_download() as dl:  # the link fetches with the token (no cookie) and hands over the bytes
+        page.click('tr[data-file="step_1.json"] a')
+    assert b'"step": 1' in Path(dl.value.path()).read_bytes()
 
 
 def test_approval_answered_in_the_page_resolves_the_session_once(browser: Any, page: Any, ui: dict[str, Any]) -> None:

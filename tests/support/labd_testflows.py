@@ -101,6 +101,21 @@ def env_report(ctx) -> dict:
             "db_url_visible": "LABD_DB" in os.environ}
 
 
+def leak_secret(ctx) -> str:
+    """A careless workflow: prints a secret, logs it, names a step after it, emits it, returns it, fails with it
+    in a child's output (labd must record none of it)."""
+    import logging
+
+    value = ctx.secret("FAKE_API_KEY") or ""
+    print(f"using key {value}", flush=True)
+    print(f"quoted \"{value}\" and escaped {value!r}", flush=True)
+    logging.getLogger("careless").warning("the key is %s", value)
+    with ctx.step(f"call with {value}"):
+        ctx.emit("debug", {"key": value, "nested": [{"k": value}]})
+    subprocess.run(["echo", f"child sees {value}"], check=True)
+    return value
+
+
 def word_count(text: str) -> int:
     """Count the words in a text."""
     return len(text.split())

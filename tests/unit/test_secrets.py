@@ -9,9 +9,11 @@ from labd.runner.session import SECRET_PATTERN, split_secrets
 WITHHELD = ["OPENAI_API_KEY", "anthropic_api_key", "MY_APIKEY", "GITHUB_TOKEN", "HF_TOKEN", "AWS_SESSION_TOKEN",
             "CLIENT_SECRET", "DB_PASSWORD", "FTP_PASSWD", "GOOGLE_APPLICATION_CREDENTIALS", "SVC_CREDENTIAL",
             # found by an attack review: these reached sessions and the code they ran
-            "GH_PAT", "MY_SERVICE_CREDS", "AWS_SESSION_KEY", "STRIPE_KEY"]
+            "GH_PAT", "MY_SERVICE_CREDS", "AWS_SESSION_KEY", "STRIPE_KEY",
+            # found by the review of the dashboard and MCP server
+            "MY_SERVICE_AUTH", "HTTP_AUTHORIZATION", "BASIC_AUTH_HEADER", "API_BEARER"]
 KEPT = ["PATH", "HOME", "LANG", "TOKENIZERS_PARALLELISM", "MAX_TOKENS", "CUDA_VISIBLE_DEVICES", "PYTHONPATH",
-        "TOKEN_COUNT_LIMIT", "KEYBOARD_LAYOUT"]
+        "TOKEN_COUNT_LIMIT", "KEYBOARD_LAYOUT", "AUTHOR_NAME", "GIT_AUTHOR_EMAIL"]
 
 
 @pytest.mark.parametrize("name", WITHHELD)

@@ -1,5 +1,15 @@
 // labd dashboard: hash-routed pages over the server's JSON API; live events by Server-Sent Events.
 "use strict";
+// The token arrives once in the URL's fragment (#token=..., never sent to a server) and is kept in this origin's
+// localStorage: unlike a cookie for 127.0.0.1, which browsers send to every port of it, no other local server can
+// read it. Every request carries it as Authorization: Bearer.
+const TOKEN_KEY = "labd_ui_token";
+if (location.hash.startsWith("#token=")) {
+  localStorage.setItem(TOKEN_KEY, decodeURIComponent(location.hash.slice(7)));
+  history.replaceState(null, "", location.pathname + "#/");
+}
+const auth = (extra = {}) => ({...extra, Authorization: `Bearer ${localStorage.getItem(TOKEN_KEY) || ""}`});
+const NO_TOKEN = "this browser has no valid token for this dashboard: open the URL `labd ui` printed";
 const $ = (sel, root = document) => root.querySelector(sel);
 const el = (tag, attrs = {}, ...children) => {
   const e = document.createElement(tag);
@@ -17,10 +27,60 @@ const TERMINAL = ["completed", "failed", "cancelled", "lost"];
 function cleanup() { timers.forEach(clearInterval); timers = []; streams.forEach(s => s.close()); streams = []; }
 
 async function api(path, opts = {}) {
-  const r = await fetch(path, {headers: {"Content-Type": "application/json"}, ...opts});
+  const r = await fetch(path, {headers: auth({"Content-Type": "application/json"}), ...opts});
   const data = await r.json().catch(() => ({}));
+  if (r.status === 403) throw new Error(NO_TOKEN);
   if (!r.ok) throw new Error((data.error && `${data.error.message} [${data.error.code}]`) || r.statusText);
   return data;
+}
+
+// A Server-Sent Events stream read with fetch (EventSource cannot send the Authorization header). Reconnects
+// after a second with Last-Event-ID, as EventSource would; handlers: {message(data), <event name>(data)}.
+function eventStream(url, handlers) {
+  const ctl = new AbortController();
+  let lastId = null;
+  const dispatch = block => {
+    let name = "message"; const data = [];
+    for (const line of block.split("\n")) {
+      if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      else if (line.startsWith("event:")) name = line.slice(6).trim();
+      else if (line.startsWith("id:")) lastId = line.slice(3).trim();
+    }
+    if (data.length && handlers[name]) handlers[name](data.join("\n"));
+  };
+  (async () => {
+    while (!ctl.signal.aborted) {
+      try {
+        const r = await fetch(url, {headers: auth(lastId ? {"Last-Event-ID": lastId} : {}), signal: ctl.signal});
+        if (r.status === 403 || r.status === 404 || r.status === 400) {
+          const e = await r.json().catch(() => ({}));
+          if (handlers.failed) handlers.failed(r.status === 403 ? NO_TOKEN : (e.error && e.error.message) || r.statusText);
+          return;
+        }
+        const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buf = "";
+        for (;;) {
+          const {value, done} = await reader.read();
+          if (done) break;
+          buf += value;
+          let i;
+          while ((i = buf.indexOf("\n\n")) >= 0) { dispatch(buf.slice(0, i)); buf = buf.slice(i + 2); }
+        }
+      } catch (e) { if (ctl.signal.aborted) return; }
+      await new Promise(res => setTimeout(res, 1000));
+    }
+  })();
+  return {close: () => ctl.abort()};
+}
+
+// A file of the session, fetched with the token and handed to the browser as a download.
+async function download(url, name) {
+  const r = await fetch(url, {headers: auth()});
+  if (!r.ok) { toast(r.status === 403 ? NO_TOKEN : `could not download ${name}: ${r.statusText}`, true); return; }
+  const href = URL.createObjectURL(await r.blob());
+  const a = el("a", {href, download: name.split("/").pop()});
+  document.body.append(a); a.click(); a.remove();
+  setTimeout(() => URL.revokeObjectURL(href), 60000);
 }
 function toast(msg, error = false) {
   const t = $("#toast");
@@ -135,10 +195,12 @@ async function sessionPage(main, sid) {
   panes.output.append(el("div", {class: "row"}, el("div", {class: "grow"}, el("b", {}, "output"), log), el("div", {class: "grow"}, el("b", {}, "agent activity"), activity)));
   let pending = [], lastSeq = 0;
   const follow = since => {  // the stream ends with the session; a resumed session (labd resume) is followed again
-    const es = new EventSource(`/api/sessions/${sid}/stream?since=${since}`);
+    const es = eventStream(`/api/sessions/${sid}/stream?since=${since}`, {
+      message: data => { const ev = JSON.parse(data); lastSeq = Math.max(lastSeq, ev.seq); pending.push(ev); },
+      failed: msg => toast(msg, true),
+      end: () => ended()});
     streams.push(es);
-    es.onmessage = m => { const ev = JSON.parse(m.data); lastSeq = Math.max(lastSeq, ev.seq); pending.push(ev); };
-    es.addEventListener("end", () => {
+    const ended = () => {
       es.close();
       const watch = setInterval(async () => {
         const s = await api(`/api/sessions/${sid}`).catch(() => null);
@@ -146,7 +208,7 @@ async function sessionPage(main, sid) {
         if (s && (s.last_seq > lastSeq || !TERMINAL.includes(s.status))) { clearInterval(watch); follow(lastSeq); }
       }, 2000);
       timers.push(watch);
-    });
+    };
   };
   follow(0);
   timers.push(setInterval(async () => {  // batch DOM updates (~10 Hz)
@@ -189,14 +251,14 @@ async function sessionPage(main, sid) {
       el("div", {class: "row"}, bars("by agent", c.by_agent, "agent"), bars("by model", c.by_model, "model"), bars("by node", c.by_node, "node_id"))); };
   const preview = el("pre", {class: "log", id: "file-preview", style: "display:none"});
   const showPreview = async (x) => {  // text files up to 200 kB, shown in place; others: the download link
-    const r = await fetch(`/api/sessions/${sid}/files/${encodeURI(x.path)}`);
+    const r = await fetch(`/api/sessions/${sid}/files/${encodeURI(x.path)}`, {headers: auth()});
     const text = await r.text();
     preview.style.display = ""; preview.textContent = `${x.path}\n\n` + text.slice(0, 200000);
   };
   const loadFiles = async () => { const f = await api(`/api/sessions/${sid}/files`);
     const textual = x => x.size <= 200000 && !["image", "binary", "archive"].includes(x.kind);
     panes.files.replaceChildren(el("table", {id: "files"}, el("thead", {}, el("tr", {}, ...["path", "size", "kind", "step", "agent", "tool", "sha256", ""].map(h => el("th", {}, h)))),
-      el("tbody", {}, ...f.files.map(x => el("tr", {dataset: {file: x.path}}, el("td", {}, el("a", {href: `/api/sessions/${sid}/files/${encodeURI(x.path)}`}, x.path)), el("td", {}, x.size), el("td", {}, x.kind),
+      el("tbody", {}, ...f.files.map(x => el("tr", {dataset: {file: x.path}}, el("td", {}, el("a", {href: `/api/sessions/${sid}/files/${encodeURI(x.path)}`, onclick: e => { e.preventDefault(); download(e.currentTarget.getAttribute("href"), x.path); }}, x.path)), el("td", {}, x.size), el("td", {}, x.kind),
         el("td", {}, x.step || ""), el("td", {}, x.agent || ""), el("td", {}, x.tool || ""), el("td", {class: "muted"}, (x.sha256 || "").slice(0, 12)),
         el("td", {}, textual(x) ? el("button", {class: "secondary", onclick: () => showPreview(x)}, "preview") : ""))))), preview); };
   const loadHistory = async () => { const x = await api(`/api/sessions/${sid}`);

@@ -1,0 +1,105 @@
+"""Open a file inside a directory without following symlinks: for serving a session's work directory.
+
+Checking a path (``Path.resolve()``, ``is_relative_to()``) and then opening it again is a race: code that
+runs in the session can swap a directory of the path for a symlink between the two, and the open then
+lands outside (a security review got ``<home>/daemon.key`` served that way). :func:`open_beneath` never
+looks a path up twice: it opens the root, then each component relative to the directory opened before it
+(``dir_fd``) with ``O_NOFOLLOW``, and checks what it finally opened with ``fstat`` on that same fd.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["UnsafePath", "open_beneath"]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: a FIFO must not block
+
+
+class UnsafePath(PermissionError):
+    """``open_beneath`` refused the path: malformed, or it names a symlink, a non-regular or hard-linked file.
+
+    A :class:`PermissionError`, so an ``except OSError`` covers it together with a missing file
+    (:class:`FileNotFoundError`); catch it on its own to tell "refused" (403) from "gone" (404)."""
+
+
+def _components(relpath: str) -> list[str]:
+    """The names of ``relpath``, or :class:`UnsafePath` if it is empty, absolute, or has ``.``, ``..``, ``//``, NUL."""
+    if not relpath or relpath.startswith("/") or "\0" in relpath:
+        raise UnsafePath(f"not a relative path: {relpath!r}")
+    names = relpath.split("/")
+    if any(n in ("", ".", "..") for n in names):
+        raise UnsafePath(f"empty, '.' or '..' component in {relpath!r}")
+    return names
+
+
+def _open_at(name: str, flags: int, dir_fd: int, relpath: str) -> int:
+    """``os.open(name, flags, dir_fd=dir_fd)``, with "that is a symlink" raised as :class:`UnsafePath`.
+
+    ``O_NOFOLLOW`` fails on a symlink with ELOOP, or with ENOTDIR when ``O_DIRECTORY`` is set too; an
+    ``lstat`` then tells a symlink from a plain file used as a directory (only to pick the error: either
+    way nothing was opened)."""
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and _is_link(name, dir_fd)):
+            raise UnsafePath(f"symlink at {name!r} in {relpath!r}") from None
+        raise
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def open_beneath(root: Path | str, relpath: str) -> BinaryIO:
+    """Open ``relpath`` (``/``-separated, as a session's file record lists it) inside directory ``root``, read-only.
+
+    No symlink is followed in any component of ``relpath``, and the result is checked on the opened fd, so
+    nothing swapped in concurrently can make it open a file outside ``root``. ``root`` itself is trusted (the
+    caller's own path, e.g. the work directory the daemon reports) and is opened as given.
+
+    Refused with :class:`UnsafePath`: an empty or absolute path, a ``.``, ``..`` or empty component, a NUL
+    byte; a symlink anywhere (also the last component, also one pointing inside ``root``); anything that is
+    not a regular file (directory, FIFO — opened non-blocking so it cannot hang —, socket, device); and a
+    regular file with more than one hard link. A hard link is a second name for a file that may live
+    outside ``root`` (the session's code could ``link()`` a file of the daemon's user it can reach into its
+    work directory), and from the fd alone we cannot tell where the other names are; files a session writes
+    have one link, so refusing ``st_nlink > 1`` costs little. A missing component raises the ``OSError``
+    of ``os.open`` (:class:`FileNotFoundError`, or ``NotADirectoryError`` for a file used as a directory).
+
+    Returns a buffered binary file object that owns the fd (blocking mode restored); close it (``with``).
+    Every intermediate directory fd is closed, also on errors.
+    """
+    names = _components(relpath)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in names[:-1]:
+            parent, fd = fd, -1
+            try:
+                fd = _open_at(name, _DIR_FLAGS, parent, relpath)
+            finally:
+                os.close(parent)
+        parent, fd = fd, -1
+        try:
+            fd = _open_at(names[-1], _FILE_FLAGS, parent, relpath)
+        finally:
+            os.close(parent)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePath(f"not a regular file: {relpath!r}")
+        if st.st_nlink != 1:
+            raise UnsafePath(f"file with {st.st_nlink} hard links: {relpath!r}")
+        os.set_blocking(fd, True)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
