@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.types import ToolAnnotations
 
 from labd import __version__
 from labd.ipc.client import Client, LabdError
@@ -32,10 +33,16 @@ T = TypeVar("T")
 OUTPUT_KINDS = ["output"]
 MAX_TEXT = 200_000  # characters of output returned by one read_output call (page with `since`)
 MAX_FILE = 1_000_000  # bytes of a file returned as a resource
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
 
-def build_server(home: str | os.PathLike[str] | None = None) -> MCPServer:
-    """The MCP server for the daemon of ``home`` (default: ``$LABD_HOME`` or the XDG data dir)."""
+def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_approvals: bool = False) -> MCPServer:
+    """The MCP server for the daemon of ``home`` (default: ``$LABD_HOME`` or the XDG data dir).
+
+    An approval that a ``[[policy]]`` rule asked for (kind ``policy``: "a human must approve every program an
+    agent runs") is refused through MCP unless ``allow_policy_approvals``: the MCP client is itself a model, and
+    the rule exists so that no model approves its peers' actions. Workflow approvals (``hitl`` checkpoints and the
+    like) can be answered."""
     server: MCPServer = MCPServer(
         "labd", version=__version__,
         instructions=("labd runs AI research sessions, each in its own process, and records everything they do. "
@@ -51,12 +58,12 @@ def build_server(home: str | os.PathLike[str] | None = None) -> MCPServer:
                 raise ToolError(f"labd: {exc.message} [{exc.code}]") from None
         return await anyio.to_thread.run_sync(run_sync)
 
-    @server.tool()
+    @server.tool(annotations=READ_ONLY)
     async def list_workflows() -> list[dict[str, Any]]:
         """Workflows this daemon can run (built-ins), with their parameters."""
         return await call(lambda c: c.workflows())
 
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=False, open_world_hint=True))
     async def start_session(workflow: str, params: dict[str, Any] | None = None, name: str | None = None,
                             memory: str | None = None, cpu: str | None = None, timeout: str | None = None,
                             budget: float | None = None) -> dict[str, Any]:
@@ -71,19 +78,19 @@ def build_server(home: str | os.PathLike[str] | None = None) -> MCPServer:
             return {"session": sid, "name": row["name"], "status": row["status"]}
         return await call(start)
 
-    @server.tool()
+    @server.tool(annotations=READ_ONLY)
     async def list_sessions(status: list[str] | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Sessions, newest first: id, name, workflow, status, reason, cost, created_at, ended_at."""
         rows = await call(lambda c: c.sessions(status=status, limit=limit))
         keep = ("id", "name", "workflow", "status", "reason", "cost", "created_at", "ended_at", "last_seq")
         return [{k: r.get(k) for k in keep} for r in rows]
 
-    @server.tool()
+    @server.tool(annotations=READ_ONLY)
     async def get_session(session: str) -> dict[str, Any]:
         """One session: status, reason, limits, peaks, cost, its steps and state history."""
         return await call(lambda c: c.session(session))
 
-    @server.tool()
+    @server.tool(annotations=READ_ONLY)
     async def read_output(session: str, since: int = 0) -> dict[str, Any]:
         """The session's printed output after event seq `since` (0: from the start), as text.
 
@@ -104,18 +111,18 @@ def build_server(home: str | os.PathLike[str] | None = None) -> MCPServer:
             return {"text": "".join(parts), "next_since": last, "status": page["status"], "more": page["more"]}
         return await call(read)
 
-    @server.tool()
+    @server.tool(annotations=READ_ONLY)
     async def read_events(session: str, since: int = 0, limit: int = 200,
                           kinds: list[str] | None = None) -> dict[str, Any]:
         """Recorded events after seq `since` (agent turns, LLM calls, tool calls, files, approvals...)."""
         return await call(lambda c: c.events(session, since=since, limit=max(1, min(limit, 5000)), kinds=kinds))
 
-    @server.tool()
+    @server.tool(annotations=READ_ONLY)
     async def get_dag(session: str, format: str = "json") -> dict[str, Any]:
         """The session's step graph: json (nodes and edges), mermaid or dot."""
         return await call(lambda c: c.dag(session, fmt=format))
 
-    @server.tool()
+    @server.tool(annotations=READ_ONLY)
     async def get_cost(session: str) -> dict[str, Any]:
         """LLM cost and tokens of a session: total, by agent, by model, by node."""
         def cost(c: Client) -> dict[str, Any]:
@@ -124,29 +131,41 @@ def build_server(home: str | os.PathLike[str] | None = None) -> MCPServer:
             return r
         return await call(cost)
 
-    @server.tool()
+    @server.tool(annotations=READ_ONLY)
     async def list_approvals(session: str | None = None) -> list[dict[str, Any]]:
         """Approval requests waiting for a human (across sessions, or of one session)."""
         return await call(lambda c: c.approvals(session=session))
 
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=False))
     async def answer_approval(session: str, decision: str, feedback: str | None = None,
                               hypothesis: str | None = None, approval_id: str | None = None) -> dict[str, Any]:
-        """Answer a pending approval: decision is one of its options (approve, reject, modify, redo, ...)."""
-        return await call(lambda c: c.resolve(session, decision, feedback=feedback, hypothesis=hypothesis,
-                                              approval_id=approval_id, by="mcp"))
+        """Answer a pending approval: decision is one of its options (approve, reject, modify, redo, ...).
+        Approvals that a policy rule requires of a human are refused here."""
+        def answer(c: Client) -> dict[str, Any]:
+            if not allow_policy_approvals:
+                meant = [a for a in c.approvals(session=session) if approval_id in (None, a.get("id"))]
+                for a in meant:
+                    if a.get("kind") == "policy":
+                        rule = (a.get("context") or {}).get("policy_rule", "?")
+                        raise LabdError("human_required", f"approval {a.get('id')} was asked for by policy rule "
+                                        f"{rule!r}, which requires a human: answer it with `labd approve` / "
+                                        f"`labd reject`, `labd top` or `labd ui` (or start `labd mcp "
+                                        f"--allow-policy-approvals`)")
+            return c.resolve(session, decision, feedback=feedback, hypothesis=hypothesis, approval_id=approval_id,
+                             by="mcp")
+        return await call(answer)
 
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=True))
     async def stop_session(session: str) -> dict[str, Any]:
         """Stop a session: asked politely, then SIGTERM, then SIGKILL."""
         return await call(lambda c: c.stop(session))
 
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=True))
     async def pause_session(session: str) -> dict[str, Any]:
         """Pause a session at its next step boundary."""
         return await call(lambda c: c.pause(session))
 
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=True))
     async def resume_session(session: str) -> dict[str, Any]:
         """Resume a paused session."""
         return await call(lambda c: c.resume(session))
@@ -186,7 +205,7 @@ def build_server(home: str | os.PathLike[str] | None = None) -> MCPServer:
     return server
 
 
-def run(home: str | os.PathLike[str] | None = None) -> int:
+def run(home: str | os.PathLike[str] | None = None, *, allow_policy_approvals: bool = False) -> int:
     """Serve MCP over stdio until the client closes the stream."""
-    build_server(home).run("stdio")
+    build_server(home, allow_policy_approvals=allow_policy_approvals).run("stdio")
     return 0

@@ -31,7 +31,7 @@ def cmd_top(args: argparse.Namespace, ctx: Ctx) -> int:
 def cmd_mcp(args: argparse.Namespace, ctx: Ctx) -> int:
     from labd.frontends import mcp
 
-    return mcp.run(ctx.home)
+    return mcp.run(ctx.home, allow_policy_approvals=args.allow_policy_approvals)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,4 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "ui", cmd_ui, "the web dashboard on 127.0.0.1 (prints its URL with a token)")
     s.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
     s.add_argument("--open", action="store_true", help="open it in the browser")
-    command(sub, "mcp", cmd_mcp, "serve MCP over stdio (for Claude Desktop, Cursor, VS Code ...)")
+    s = command(sub, "mcp", cmd_mcp, "serve MCP over stdio (for Claude Desktop, Cursor, VS Code ...)")
+    s.add_argument("--allow-policy-approvals", action="store_true",
+                   help="let the MCP client answer approvals that a [[policy]] rule requires (default: refused, "
+                        "since the client is a model and those rules ask for a human)")

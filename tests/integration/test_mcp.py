@@ -116,6 +116,43 @@ def test_an_approval_answered_through_mcp_resolves_the_session(daemon) -> None:
         assert lc.session(sid)["status"] == "completed"
 
 
+def test_an_approval_a_policy_requires_of_a_human_is_refused_through_mcp(daemon) -> None:
+    """A `require_approval` rule on code: the MCP client (itself a model) may list the approval but answering it is
+    refused with `human_required` and the code does not run; a human answers it the usual way. Started with
+    `allow_policy_approvals` (labd mcp --allow-policy-approvals) the same answer goes through. Read-only tools are
+    annotated read-only, answer_approval and stop_session destructive."""
+    rule = [{"name": "code-needs-human", "action": "code", "agent": "engineer", "effect": "require_approval"}]
+    task = {"task": "Step 1 of 1: sum squares"}
+    strict, relaxed = build_server(daemon.home), build_server(daemon.home, allow_policy_approvals=True)
+    with daemon.client() as lc:
+        first = lc.start("one_shot", params=task, policy=rule)
+        second = lc.start("one_shot", params=task, policy=rule)
+        for sid in (first, second):
+            wait_until(lambda sid=sid: lc.approvals(session=sid), timeout=60, what="policy approval requested")
+    assert _data(_call(strict, "list_approvals", session=first))[0]["kind"] == "policy"
+    refused = _call(strict, "answer_approval", session=first, decision="approve")
+    assert refused.is_error and "[human_required]" in refused.content[0].text
+    assert "code-needs-human" in refused.content[0].text
+    _data(_call(relaxed, "answer_approval", session=second, decision="approve"))
+    with daemon.client() as lc:
+        assert [a["status"] for a in lc.approvals(session=first, status="all")] == ["pending"]
+        assert not list(lc.history(first, kinds=["code.execution"]))
+        lc.approve(first)  # a human's answer
+        for sid in (first, second):
+            assert lc.wait(sid, timeout=90)["status"] == "completed"
+            (ap,) = lc.approvals(session=sid, status="all")
+            assert ap["resolved_by"] == ("mcp" if sid == second else ap["resolved_by"]) and ap["status"] == "resolved"
+        assert lc.approvals(session=first, status="all")[0]["resolved_by"] != "mcp"
+
+    async def tools() -> dict[str, Any]:
+        async with McpClient(strict) as c:
+            return {t.name: t.annotations for t in (await c.list_tools()).tools}
+    ann = anyio.run(tools)
+    assert ann["get_session"].read_only_hint and ann["read_output"].read_only_hint
+    assert ann["answer_approval"].destructive_hint and ann["stop_session"].destructive_hint
+    assert not ann["answer_approval"].read_only_hint
+
+
 def test_files_are_resources_and_traversal_is_refused(daemon) -> None:
     """A session's files are listed as a JSON resource and read one by one; a path outside the record
     (or a `..` traversal) is refused."""
