@@ -52,6 +52,7 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024  # raw runner frames per batch: bounds the mem
 #: blocks in its own send queue instead of growing the daemon's memory
 RUNNER_RCVHWM = 32
 #: the database cannot be reached (retry the same batch); anything else it raises means it refused data
+STORE_RETRY_S, STORE_RETRY_MAX_S = 0.5, 5.0  # waits between tries of a batch the store could not take
 UNREACHABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
 REFUSED = (sa_exc.StatementError, OverflowError, ValueError, TypeError)
 #: kinds that change projections (everything else only advances the session's seq)
@@ -230,6 +231,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         """Commit a batch, then publish, acknowledge and notify. A batch the store refuses is written again
         event by event, the refused events replaced by ``event.rejected`` rows; while the store is
         unreachable, the batch waits and is then processed again (runners keep what is unacknowledged)."""
+        delay = 0.0  # grows over consecutive failures: a store that reconnects but cannot write (a full disk)
         while True:
             try:
                 if batch.size() or batch.changes.session_updates or batch.changes.session_inserts:
@@ -237,8 +239,10 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
                 break
             except UNREACHABLE as exc:
                 self.count("store_unavailable")
-                self.log.error("store unavailable; waiting for it", error=str(exc)[:300])
-                self._wait_for_store()
+                if delay == 0.0 or delay >= STORE_RETRY_MAX_S:  # said once, then once per longest wait
+                    self.log.error("store unavailable; waiting for it", error=str(exc)[:300])
+                delay = min(max(delay * 2, STORE_RETRY_S), STORE_RETRY_MAX_S)
+                self._wait_for_store(delay)
                 self._forget(batch)
                 batch = self._process(items, frames_list)
             except REFUSED as exc:
@@ -251,6 +255,8 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
                 finally:
                     self._safe = False
                 break
+        if delay:
+            self.log.info("store writable again")
         self.count("events_persisted", batch.count)
         for sids, reply_to in batch.deletes:
             self._delete_sessions(sids, reply_to, batch)
@@ -258,17 +264,16 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
             self._job(job, batch)
         self._send_batch(batch)
 
-    def _wait_for_store(self) -> None:
-        delay = 0.5
+    def _wait_for_store(self, delay: float) -> None:
+        """Sleep ``delay`` seconds (then more, doubling up to STORE_RETRY_MAX_S) until the store reconnects."""
         while True:
             self.beat = time.monotonic()  # waiting for the store is healthy: a restart would not bring it back
             time.sleep(delay)
             try:
                 self.writer.reconnect()
-                self.log.info("store reachable again")
                 return
             except UNREACHABLE:
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
 
     def _forget(self, batch: Batch) -> None:
         """Drop cached cursors a failed batch touched: they are reloaded from the store."""

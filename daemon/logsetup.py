@@ -4,17 +4,53 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import orjson
 import structlog
 
 from labd.daemon.systemd import journal_prefixer, under_journald
 
-__all__ = ["configure"]
+__all__ = ["LossyStream", "configure"]
 
 
 def _orjson_dumps(obj: object, default: object = None) -> str:
     return orjson.dumps(obj, default=repr).decode()
+
+
+class LossyStream:
+    """The daemon's log stream: a write that fails (a full disk under ``serve --detach``'s log file, a pipe whose
+    reader went away) drops that line and counts it instead of raising into the thread that logged. A log line is
+    never worth the daemon: a full disk had made the ingest thread's "store unavailable" line fail, and then the
+    main loop's report of that failure, which ended the daemon. The next line that can be written is preceded by a
+    note of how many were lost."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.dropped = 0
+
+    def write(self, text: str) -> int:
+        try:
+            if self.dropped:  # a newline first: the failed write may have left half a line
+                self._stream.write(f'\n{{"event": "{self.dropped} log writes failed (disk full?) and were '
+                                   f'dropped", "level": "warning"}}\n')
+                self.dropped = 0
+            return self._stream.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self.dropped += 1
+            return 0
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            self.dropped += 1
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
 
 
 def configure(fmt: str = "auto", level: str = "info") -> None:
@@ -34,6 +70,6 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=LossyStream(sys.stderr)),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
