@@ -11,7 +11,7 @@ import zmq
 from labd.daemon.api import ApiError, registry
 from labd.daemon.api.base import DEFERRED
 from labd.daemon.checks import Check, CheckFlow, Checks
-from labd.ipc.wire import DEFAULT_MAX_MESSAGE, WireError, nesting_ok
+from labd.ipc.wire import DEFAULT_MAX_MESSAGE, OversizedFrame, WireError, nesting_ok
 
 if TYPE_CHECKING:
     from labd.daemon.api.start import PendingStart
@@ -86,6 +86,8 @@ class ControlPlane:
             msg_id = getattr(exc, "msg_id", None)
             if msg_id:  # signed but undecodable (e.g. nested too deeply): the sender still gets an answer
                 self._reply(control, identity, msg_id, error=ApiError("bad_request", f"undecodable request: {exc}"))
+            elif isinstance(exc, OversizedFrame):  # signed but too large: said, not dropped (a client would wait)
+                self._too_large(control, identity, frames[1:])
             return
         handler = registry.get(msg.type)
         try:
@@ -115,6 +117,19 @@ class ControlPlane:
             return
         if result is not DEFERRED:
             self._reply(control, identity, msg.id, result)
+
+    def _too_large(self, control: zmq.Socket, identity: bytes, frames: list[bytes]) -> None:
+        """Answer a request over ``max_message`` with ``request_too_large``, if it is validly signed and its id can
+        be read from its first bytes; its body is never decoded. (One over twice ``max_message`` never arrives:
+        libzmq drops its connection, see MAXMSGSIZE; the Python client refuses to send either.)"""
+        msg_id = self.codec.oversized_id(frames)
+        if msg_id is None:
+            return
+        size, limit = len(frames[1]), self.codec.max_message
+        self._reply(control, identity, msg_id, error=ApiError(
+            "request_too_large", f"the request is {size} bytes, over the daemon's {limit}-byte message limit "
+            "(max_message); send less: large inputs belong in files the workflow reads",
+            {"bytes": size, "max": limit}))
 
     def _run_flow(self, control: zmq.Socket, flow: CheckFlow, value: Any,
                   context: tuple[bytes, str, str]) -> Check | None:

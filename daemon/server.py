@@ -187,7 +187,8 @@ class Daemon(ControlPlane):
         events_public, events_secret = ensure_server_keys(layout.home)  # the event socket is a CURVE server
         self.info = ConnectionInfo(control=layout.endpoint("control"), events=layout.endpoint("events"),
                                    runners=layout.endpoint("runners"), key=key, pid=os.getpid(),
-                                   home=str(layout.home), events_public=events_public.decode())
+                                   home=str(layout.home), events_public=events_public.decode(),
+                                   max_message=cfg.max_message)
         self.gateway = _start_gateway(cfg, self.info)  # first: a bad --listen stops us before anything runs
         z = zmq.Context()
         events_auth = LocalEventsAuth(z, bytes.fromhex(key), events_public, events_secret)  # before ingest binds
@@ -233,7 +234,8 @@ class Daemon(ControlPlane):
         control.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.max_message)
         control.bind(self.info.control)
         self.codec = Codec(bytes.fromhex(key), max_message=cfg.max_message)
-        write_connection_file(layout, os.getpid(), key=key, events_public=events_public.decode())
+        write_connection_file(layout, os.getpid(), key=key, events_public=events_public.decode(),
+                              max_message=cfg.max_message)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)

@@ -33,7 +33,7 @@ from labd.ipc.events import TERMINAL_STATUSES
 from labd.ipc.follow import FollowCursor, still_ended
 from labd.ipc.live import WIRE_FIELDS, event_from_wire, live_events
 from labd.ipc.paths import layout_for
-from labd.ipc.wire import Codec, WireError
+from labd.ipc.wire import DEFAULT_MAX_MESSAGE, Codec, WireError, non_finite
 
 if TYPE_CHECKING:
     from labd.ipc.functions import FunctionCall
@@ -73,6 +73,9 @@ class Client:
                             "running: it stopped without removing its connection file (killed or crashed); "
                             "start one with `labd serve`", {"pid": self.info.pid, "stale": True})
         self._codec = Codec(self.info.key_bytes)
+        #: the largest request the daemon reads (connection file ``max_message``): a larger one is refused here,
+        #: as the daemon would (or, past twice that, libzmq would drop it and no reply ever come)
+        self.max_request = self.info.max_message or DEFAULT_MAX_MESSAGE
         self._ctx = zmq.Context()
         self._sock = self._socket(zmq.DEALER)
         self._sock.connect(self.info.control)
@@ -93,8 +96,11 @@ class Client:
 
     # ---- raw requests -----------------------------------------------------------------------------
     def request(self, type_: str, **body: Any) -> Any:
-        """Send one request and return its result; raise :class:`LabdError` on an error reply or timeout."""
+        """Send one request and return its result; raise :class:`LabdError` on an error reply or timeout, and
+        before sending: ``bad_request`` (``bad_limits`` in ``limits``) for a NaN or ±Infinity anywhere in ``body``,
+        ``request_too_large`` for a request over the daemon's message limit."""
         frames = self._codec.pack(type_, body)
+        _check_request(frames[1], body, self.max_request)
         self._sock.send_multipart(frames)
         sent_id = _id_of(frames[1])
         deadline = time.monotonic() + self.timeout
@@ -504,6 +510,22 @@ def where(cwd: str | None = None, pythonpath: list[str] | None = None) -> dict[s
     if pythonpath is None:
         pythonpath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {"cwd": base, "pythonpath": [os.path.join(base, os.path.expanduser(p)) for p in pythonpath]}
+
+
+def _check_request(raw: bytes, body: dict[str, Any], limit: int) -> None:
+    """Refuse what the daemon could not be sent: a non-finite number (JSON has none: orjson writes ``null``, which
+    the daemon reads as absent, e.g. a NaN budget as no budget at all), or more than ``limit`` bytes."""
+    if b"null" in raw:  # NaN and ±Infinity are encoded as null: only then is the body searched for them
+        found = non_finite(body)
+        if found is not None:
+            path, value = found
+            raise LabdError("bad_limits" if path.startswith("limits.") else "bad_request",
+                            f"field {path!r} is {value}: a request carries only finite numbers (JSON has no NaN or "
+                            "Infinity; it would arrive as null, i.e. absent)", {"field": path})
+    if len(raw) > limit:
+        raise LabdError("request_too_large", f"the request would be {len(raw)} bytes, over the daemon's {limit}-byte "
+                        "message limit (max_message); send less: large inputs belong in files the workflow reads",
+                        {"bytes": len(raw), "max": limit})
 
 
 def _id_of(raw: bytes) -> str:

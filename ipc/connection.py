@@ -62,6 +62,8 @@ class ConnectionInfo:
     #: a local daemon's event socket is a CurveZMQ server with this public key (Z85); its clients' keypair is
     #: derived from ``key`` (:func:`local_events_keypair`), so code that cannot read this file cannot follow
     events_public: str | None = None
+    #: the largest request body (bytes) the daemon reads (its ``max_message``); None: an older daemon's file
+    max_message: int | None = None
 
     @property
     def key_bytes(self) -> bytes:
@@ -106,13 +108,14 @@ def daemon_alive(info: ConnectionInfo) -> bool:
         return True
 
 
-def write_connection_file(layout: Layout, pid: int, key: str, events_public: str | None = None) -> ConnectionInfo:
+def write_connection_file(layout: Layout, pid: int, key: str, events_public: str | None = None,
+                          max_message: int | None = None) -> ConnectionInfo:
     """Write (atomically, 0600) the connection file for daemon process ``pid`` serving ``layout``."""
     path = layout.connection_file
     info = ConnectionInfo(control=layout.endpoint("control"), events=layout.endpoint("events"),
                           runners=layout.endpoint("runners"), key=key, pid=pid, home=str(layout.home),
                           started=process_start_time(pid), start_ticks=process_start_ticks(pid),
-                          events_public=events_public)
+                          events_public=events_public, max_message=max_message)
     tmp = path.with_suffix(".tmp")
     try:
         tmp.unlink()  # never write through something left in our place

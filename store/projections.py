@@ -14,8 +14,14 @@ from typing import Any
 import orjson
 
 from labd.ipc.events import TERMINAL_STATUSES
+from labd.runner.context import MAX_STEP_ERROR, clip
 
-__all__ = ["SessionCursor", "RowChanges", "apply", "ALLOWED_TRANSITIONS"]
+__all__ = ["SessionCursor", "RowChanges", "apply", "ALLOWED_TRANSITIONS", "MAX_REASON"]
+
+#: a session's ``reason`` (row and state history) and ``outcome_error`` beyond this many characters are cut
+#: (``… (N more)``), as step errors are: one failure with megabytes of text must not make every session.list
+#: reply too large. The events keep the whole text.
+MAX_REASON = MAX_STEP_ERROR
 
 _ENDS = frozenset({"completed", "failed", "cancelled", "lost"})
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
@@ -84,6 +90,7 @@ def _transition(cur: SessionCursor, to: str, seq: int, ts: float, reason: str, a
                 out: RowChanges) -> None:
     if to == cur.status or to not in ALLOWED_TRANSITIONS.get(cur.status, frozenset()):
         return
+    reason = clip(reason, MAX_REASON)
     out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": cur.status,
                         "to_status": to, "reason": reason, "actor": actor, "node_id": None})
     cur.status = to
@@ -159,8 +166,9 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
         _transition(cur, "running", seq, ts, "runner started", actor, out)
     elif kind == "session.finished":
         cur.outcome = payload["outcome"]
-        cur.outcome_error = payload.get("error")
-        out.update(cur.id, outcome=cur.outcome, outcome_error=cur.outcome_error)
+        cur.outcome_error = payload.get("error")  # whole: the final reason is made from it (finalize)
+        out.update(cur.id, outcome=cur.outcome,
+                   outcome_error=None if cur.outcome_error is None else clip(cur.outcome_error, MAX_REASON))
     elif kind == "session.stopping":
         cur.stop_by = cur.stop_by or payload["by"]
         out.update(cur.id, stop_by=cur.stop_by)
@@ -280,11 +288,12 @@ def _continue(cur: SessionCursor, seq: int, ts: float, payload: dict[str, Any], 
     launches it; a daemon that restarts meanwhile re-queues it), its previous end forgotten."""
     if cur.status not in ("failed", "lost", "cancelled"):
         return
+    reason = clip(payload["reason"], MAX_REASON)
     out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": cur.status,
-                        "to_status": "queued", "reason": payload["reason"], "actor": payload["by"], "node_id": None})
+                        "to_status": "queued", "reason": reason, "actor": payload["by"], "node_id": None})
     cur.status = "queued"
     cur.outcome = cur.outcome_error = cur.kill_reason = cur.stop_by = None
-    values: dict[str, Any] = dict(status="queued", reason=payload["reason"], outcome=None, outcome_error=None,
+    values: dict[str, Any] = dict(status="queued", reason=reason, outcome=None, outcome_error=None,
                                   kill_reason=None, stop_by=None, ended_at=None, ended_by=None, exit_code=None,
                                   signal=None, pid=None, pid_create_time=None)
     limits = payload.get("limits")

@@ -38,7 +38,8 @@ class AddRemote(Request):
         return {"name": name, "connection": {
             "control": f"tcp://{host}:{gw.port}", "events": f"tcp://{host}:{gw.port + 1}", "runners": "",
             "key": self.daemon.info.key, "pid": os.getpid(), "home": str(self.daemon.layout.home),
-            "server_public": gw.public.decode(), "client_public": public.decode(), "client_secret": secret.decode()}}
+            "server_public": gw.public.decode(), "client_public": public.decode(), "client_secret": secret.decode(),
+            "max_message": self.daemon.cfg.max_message}}
 
 
 @register

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import orjson
+
 from labd.daemon.api.base import ApiError, Request, register
 from labd.daemon.api.roles import agent_roles
 from labd.daemon.limits import Limits
@@ -13,7 +15,8 @@ from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 from labd.ipc.units import MIN_OUTPUT, UnitError, parse_duration, parse_output_cap, parse_percent, parse_size
 from labd.runner.workflows.registry import WorkflowError, canonical
 
-__all__ = ["resolve_ref", "resolve_session", "session_name", "where_from", "live_view"]
+__all__ = ["resolve_ref", "resolve_session", "session_name", "where_from", "live_view", "list_params",
+           "LIST_PARAMS_MAX"]
 
 
 def resolve_session(req: Request) -> dict[str, Any]:
@@ -186,6 +189,36 @@ def live_view(req: Request, row: dict[str, Any], live: dict[str, dict[str, Any]]
     return out
 
 
+#: the most bytes of JSON a session's ``params`` take in a ``session.list`` row: every session of a list must
+#: fit one reply, so large params stay out of it (``session.get`` has them all)
+LIST_PARAMS_MAX = 4000
+
+
+def list_params(params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """``params`` as a ``session.list`` row carries them, and how many were left out: all of them if their JSON
+    is at most :data:`LIST_PARAMS_MAX` bytes, else those that fit in that many, in order (a large one is
+    left out, the smaller ones after it are kept: a submitted function's ``function`` names it in ``labd ps``)."""
+    if len(orjson.dumps(params)) <= LIST_PARAMS_MAX:
+        return params, 0
+    kept: dict[str, Any] = {}
+    size = 2  # {}
+    for key, value in params.items():
+        size_of = len(orjson.dumps(key)) + len(orjson.dumps(value)) + 2  # "key":value,
+        if size + size_of <= LIST_PARAMS_MAX:
+            kept[key] = value
+            size += size_of
+    return kept, len(params) - len(kept)
+
+
+def _list_row(req: Request, row: dict[str, Any], live: dict[str, dict[str, Any]],
+              positions: dict[str, int]) -> dict[str, Any]:
+    out = live_view(req, row, live, positions)
+    out["params"], omitted = list_params(row["params"])
+    if omitted:
+        out["params_omitted"] = omitted
+    return out
+
+
 @register
 class InspectWorkflow(Request):
     """What ``session.start`` would run: the workflow's doc and parameters, resolved where the client stands."""
@@ -224,7 +257,7 @@ class ListSessions(Request):
         rows = self.daemon.store.sessions(status=status, limit=limit, workflow=workflow, tags=tags,
                                           since=None if since is None else float(since))
         live, positions = self.daemon.monitor.snapshot(), self.daemon.supervisor.queue.positions()
-        return {"sessions": [live_view(self, r, live, positions) for r in rows]}
+        return {"sessions": [_list_row(self, r, live, positions) for r in rows]}
 
 
 @register

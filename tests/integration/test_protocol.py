@@ -38,22 +38,25 @@ def _bad_frames(codec: Codec, type_: str, body: dict) -> dict[str, list[bytes]]:
 
 
 def test_bad_frames_on_the_control_socket_are_dropped_and_counted(small_daemon) -> None:
-    """Unsigned, wrongly signed, replayed, stale, malformed and oversized requests get no reply, are
-    counted by reason, and the daemon still answers a good request afterwards."""
+    """Unsigned, wrongly signed, replayed, stale and malformed requests get no reply; a validly signed oversized
+    one gets `request_too_large` (and is not run); all are counted by reason, and the daemon still answers a good
+    request afterwards."""
     with small_daemon.client() as c:
         codec = Codec(c.info.key_bytes, max_message=MAX_MESSAGE)
         ctx = zmq.Context.instance()
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.connect(c.info.control)
-        replies = 0
+        replies = []
         for name, frames in _bad_frames(codec, "ping", {}).items():
             s.send_multipart(frames)
             if s.poll(300):
-                s.recv_multipart()
-                replies += 1
-                assert name == "replay_first", f"{name} got a reply"
-        assert replies == 1
+                reply = codec.unpack(s.recv_multipart())
+                replies.append(name)
+                assert name in ("replay_first", "oversized"), f"{name} got a reply"
+                if name == "oversized":
+                    assert reply.re == "huge-1" and reply.body["error"]["code"] == "request_too_large"
+        assert replies == ["oversized", "replay_first"]
         counters = c.status()["counters"]
         for reason, n in [("bad_signature", 3), ("malformed", 3), ("replayed", 2), ("oversized", 1)]:
             assert counters.get(f"dropped.control.{reason}", 0) == n, (reason, counters)
@@ -171,15 +174,17 @@ def test_a_runner_cannot_record_daemon_facts_and_bad_items_do_not_wedge_it(small
 
 
 def test_a_reply_over_the_message_limit_is_a_clear_error_not_a_silence(small_daemon) -> None:
-    """Sessions whose records are large (here: params of ~25 KiB each, every request under the 64 KiB limit) make
-    a `session.list` of all of them larger than a message may be. The client gets `reply_too_large` at once,
-    with the sizes, and a smaller list still works (before: the daemon sent the oversized reply, the client
-    dropped it unread and waited 15 s for "no reply from the daemon (is it running?)", for every client)."""
+    """Sessions whose records are large (here: 50 tags of 300 characters, ~16 KB each, every request under the
+    64 KiB limit) make a `session.list` of all of them larger than a message may be. The client gets
+    `reply_too_large` at once, with the sizes, and a smaller list still works (before: the daemon sent the
+    oversized reply, the client dropped it unread and waited 15 s for "no reply from the daemon (is it
+    running?)", for every client)."""
     from labd.ipc import LabdError
 
     with small_daemon.client(timeout=30) as c:
-        for _ in range(3):
-            sid = c.start("demo.count", params={"n": 1, "delay": 0, "label": "x" * 25_000})
+        tags = {f"tag{i:02d}": "x" * 300 for i in range(50)}
+        for _ in range(5):
+            sid = c.start("demo.count", params={"n": 1, "delay": 0}, tags=tags)
             c.wait(sid, timeout=60)
         started = time.monotonic()
         try:

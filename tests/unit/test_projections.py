@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from labd.store.projections import RowChanges, SessionCursor, apply, finalize
+from labd.store.projections import MAX_REASON, RowChanges, SessionCursor, apply, finalize
 
 MiB = 2**20
 
@@ -156,6 +156,27 @@ def test_finish_failed_outcome_reports_workflow_error() -> None:
     p = _end(f, exit_code=1)
     assert (p["status"], p["reason"]) == ("failed", "workflow failed: RuntimeError: boom")
     assert f.cur.status == "failed"
+
+
+def test_a_huge_failure_text_is_cut_in_the_row_and_history_not_in_the_events() -> None:
+    """A workflow error of 900,000 characters: the session row's ``outcome_error`` and ``reason`` and the history's
+    ``reason`` keep its first 10,000 characters and say how many more there were (they go into every session.list
+    reply); the events themselves (``session.finished``, ``session.ended``) keep the whole text. Pause reasons
+    the runner reports are cut the same way."""
+    error = "RuntimeError: " + "x" * 900_000
+    f = Feed().started()
+    f("session.paused", {"by": "runner", "reason": "p" * 20_000}, src="r")
+    assert f.out.session_updates["s1"]["reason"] == "p" * MAX_REASON + "… (10000 more)"
+    finished = f("session.finished", {"outcome": "failed", "error": error}, src="r")
+    ended = _end(f, exit_code=1)
+    assert finished["error"] == error and ended["reason"] == f"workflow failed: {error}"
+    row = f.out.session_updates["s1"]
+    more = len(error) + len("workflow failed: ") - MAX_REASON
+    assert row["reason"] == f"workflow failed: {error}"[:MAX_REASON] + f"… ({more} more)"
+    assert row["outcome_error"] == error[:MAX_REASON] + f"… ({len(error) - MAX_REASON} more)"
+    assert f.out.history[-1]["reason"] == row["reason"] and f.out.history[-1]["to_status"] == "failed"
+    assert all(len(h["reason"]) < MAX_REASON + 20 for h in f.out.history)
+    assert f.cur.outcome_error == error  # what finalize reads: the whole text, cut once
 
 
 def test_finish_failed_outcome_without_error_text() -> None:

@@ -109,6 +109,39 @@ def test_migrate_creates_the_tables_and_is_idempotent(engine: Engine, writer: Ba
     assert len(Store(engine).events("s1")) == 8
 
 
+def test_migration_0007_cuts_the_long_reasons_recorded_before(engine: Engine, writer: BatchWriter) -> None:
+    """A store written before reasons were bounded (revision 0006) may hold a 900,000-character ``reason`` /
+    ``outcome_error`` (and state-history ``reason``) that makes every session.list too large: migrating cuts them
+    to 10,000 characters + ``… (N more)``; short texts and everything else are left as they were."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from labd.store.db import _MIGRATIONS
+    from labd.store.projections import MAX_REASON
+    from labd.store.schema import sessions, state_history
+
+    _run_session(writer, {})
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0006_lineage")
+    long = "workflow failed: " + "x" * 900_000
+    with engine.begin() as conn:
+        conn.execute(sa.update(sessions).values(reason=long, outcome_error=long[17:]))
+        conn.execute(sa.update(state_history).where(state_history.c.to_status == "completed").values(reason=long))
+    migrate(engine)
+    row = Store(engine).session("s1")
+    assert row is not None
+    assert row["reason"] == long[:MAX_REASON] + f"… ({len(long) - MAX_REASON} more)"
+    assert row["outcome_error"] == long[17:17 + MAX_REASON] + f"… ({len(long) - 17 - MAX_REASON} more)"
+    history = Store(engine).history("s1")
+    assert {h["reason"] for h in history if h["to_status"] == "completed"} == {row["reason"]}
+    assert [h["reason"] for h in history if h["to_status"] == "running"] == ["runner started", "started"]
+    assert row["params"] == {"n": 2} and len(Store(engine).events("s1")) == 8
+
+
 def test_session_row_reads_back(engine: Engine, writer: BatchWriter) -> None:
     """The session row has the final status, reason, pid, seq marks and decoded params/limits."""
     cursors: dict[str, SessionCursor] = {}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import orjson
 import pytest
 
-from labd.ipc.wire import PROTOCOL_VERSION, Codec, MalformedFrame, Message, OversizedFrame, WireError
+from labd.ipc.wire import PROTOCOL_VERSION, Codec, MalformedFrame, Message, OversizedFrame, WireError, non_finite
 
 KEY = b"0123456789abcdef0123456789abcdef"
 
@@ -128,6 +129,30 @@ def test_oversized_frame_is_dropped_before_anything_else() -> None:
         c.unpack(frames)
     assert _reason(c, [b"", frames[1]]) == "oversized"
     assert Codec(KEY, max_message=200).unpack(c.pack("t", {"pad": "x" * 10})).body == {"pad": "x" * 10}
+
+
+def test_an_oversized_frame_names_its_id_only_when_validly_signed() -> None:
+    """``oversized_id``: the id of a frame over max_message, read from its first bytes, so the daemon can answer it
+    (``request_too_large``); None when it is unsigned, wrongly signed or not two frames (such a sender is not told)."""
+    c = Codec(KEY, max_message=200)
+    frames = c.pack("t", {"pad": "x" * 300})
+    assert c.oversized_id(frames) == orjson.loads(frames[1])["id"]
+    assert c.oversized_id([b"", frames[1]]) is None
+    assert c.oversized_id([b"0" * 64, frames[1]]) is None
+    assert Codec(b"k" * 32, max_message=200).oversized_id(frames) is None
+    assert c.oversized_id(frames[1:]) is None
+
+
+def test_non_finite_finds_nan_and_infinity_with_their_path() -> None:
+    """``non_finite``: the first NaN/±Infinity in a request body (what orjson would send as null) and where it is;
+    None for finite floats, ints, None and strings."""
+    nan, inf = float("nan"), float("inf")
+    found = non_finite({"limits": {"memory": "1G", "budget": nan}})
+    assert found is not None and found[0] == "limits.budget" and math.isnan(found[1])
+    assert non_finite({"params": {"xs": [1.0, 2, (3.5, -inf)]}}) == ("params.xs[2][1]", -inf)
+    assert non_finite({"a": inf, "b": nan})[0] == "a"  # type: ignore[index]
+    assert non_finite([inf]) == ("[0]", inf)
+    assert non_finite({"a": [1.5, None, "nan", {"b": 0.0}], 3: 1e308}) is None
 
 
 @pytest.mark.parametrize("sig", [b"", b"0" * 64, b"not-hex"])
