@@ -224,17 +224,26 @@ class Store:
         """The payload of the first event of each of ``kinds`` in each session, as ``{(session, kind): payload}``:
         one query per :data:`ID_CHUNK` sessions (re-queuing thousands of sessions at start is not two queries
         each)."""
-        out: dict[tuple[str, str], dict[str, Any]] = {}
+        return {k: payload for k, (_ts, payload) in self._events_at(session_ids, kinds, func.min).items()}
+
+    def last_events(self, session_ids: list[str],
+                    kinds: list[str]) -> dict[tuple[str, str], tuple[float, dict[str, Any]]]:
+        """``{(session, kind): (ts, payload)}`` of the last event of each of ``kinds`` in each session."""
+        return self._events_at(session_ids, kinds, func.max)
+
+    def _events_at(self, session_ids: list[str], kinds: list[str],
+                   pick: Any) -> dict[tuple[str, str], tuple[float, dict[str, Any]]]:
+        out: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         with self.engine.connect() as conn:
             for start in range(0, len(session_ids), ID_CHUNK):
                 chunk = session_ids[start:start + ID_CHUNK]
-                first = (select(events.c.session_id, events.c.kind, func.min(events.c.seq).label("seq"))
-                         .where(events.c.session_id.in_(chunk), events.c.kind.in_(kinds))
-                         .group_by(events.c.session_id, events.c.kind).subquery())
-                rows = conn.execute(select(events.c.session_id, events.c.kind, events.c.payload).join(
-                    first, (events.c.session_id == first.c.session_id) & (events.c.seq == first.c.seq)))
-                for sid, kind, payload in rows:
-                    out[(sid, kind)] = orjson.loads(payload)
+                at = (select(events.c.session_id, events.c.kind, pick(events.c.seq).label("seq"))
+                      .where(events.c.session_id.in_(chunk), events.c.kind.in_(kinds))
+                      .group_by(events.c.session_id, events.c.kind).subquery())
+                rows = conn.execute(select(events.c.session_id, events.c.kind, events.c.ts, events.c.payload).join(
+                    at, (events.c.session_id == at.c.session_id) & (events.c.seq == at.c.seq)))
+                for sid, kind, ts, payload in rows:
+                    out[(sid, kind)] = (ts, orjson.loads(payload))
         return out
 
     # ---- agent tracking ---------------------------------------------------------------------------

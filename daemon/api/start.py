@@ -262,12 +262,16 @@ def requeue(d: Any, rows: list[dict[str, Any]], unrecorded: dict[str, tuple[int,
         if row["id"] in unrecorded:
             d.supervisor.adopt(row, unrecorded[row["id"]])
     rows = [row for row in rows if row["id"] not in unrecorded]
-    first = d.store.first_events([row["id"] for row in rows], ["session.queued", "session.created"])
+    ids = [row["id"] for row in rows]
+    first = d.store.first_events(ids, ["session.created"])
+    # Where each stood: its *last* submission (a resume or a re-queue is one) with that submission's priority and
+    # time; the first one would put a resumed session back where it was first queued, with its old priority.
+    queued = d.store.last_events(ids, ["session.queued"])
     for row in rows:
-        priority = int(first.get((row["id"], "session.queued"), {}).get("priority") or 0)
+        at, last = queued.get((row["id"], "session.queued"), (row["created_at"], {}))
         c = first.get((row["id"], "session.created"), {})
         d.supervisor.requeue(d.supervisor.queue.entry(
             row["id"], row["workflow"], _run_params(d, row["params"], c.get("payload")),
-            Limits.from_dict(row["limits"]), row["workdir"], priority, row["created_at"],
+            Limits.from_dict(row["limits"]), row["workdir"], int(last.get("priority") or 0), at,
             extra=entry_extra(d, row["name"], c)))
     return len(rows)

@@ -118,3 +118,31 @@ def test_the_queue_survives_a_daemon_restart(isolated_env: Path) -> None:
         first.stop()
         kill_runners(isolated_env)
     assert order == [queued[1], queued[0], queued[2]]
+
+
+def test_a_resumed_session_keeps_its_place_in_the_queue_across_a_restart(isolated_env: Path) -> None:
+    """A session first queued with priority 5 fails; resumed later (priority 0) it queues behind two sessions
+    submitted before the resume. After a daemon restart it is still behind them: the queue is rebuilt from each
+    session's last submission, not its first (which put it first, with its old priority)."""
+    _configure(isolated_env, 1)
+    first = DaemonProc(isolated_env).start()
+    try:
+        with first.client() as c:
+            blocker = _start(c)
+            wait_until(lambda: _status(c, blocker) == "running", timeout=30, what="blocker running")
+            old = c.request("session.start", workflow="demo.fail", params={}, limits={}, priority=5)["session"]
+            wait_until(lambda: _status(c, old) == "queued", timeout=30, what="old queued")
+            c.stop(blocker, grace=1)
+            assert c.wait(old, timeout=60)["status"] == "failed"
+            blocker2 = _start(c)
+            wait_until(lambda: _status(c, blocker2) == "running", timeout=30, what="second blocker running")
+            a, b = _start(c, seconds=0.1), _start(c, seconds=0.1)
+            c.resume(old)
+            before = wait_until(lambda: _positions(c) if len(_positions(c)) == 3 else None, what="three queued")
+            assert before == {a: 1, b: 2, old: 3}
+        first.stop()
+        with running_daemon(isolated_env) as d, d.client() as c:
+            assert _positions(c) == before
+    finally:
+        first.stop()
+        kill_runners(isolated_env)
