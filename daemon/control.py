@@ -183,7 +183,7 @@ class ControlPlane:
             elif note[0] == "deleted":
                 _, reply_to, sids, counts = note
                 self.retention.remove_dirs(sids)
-                self.indexer.index.forget(sids)
+                self.indexer.forget(sids)
                 if reply_to is not None:
                     formatter = self._deferred.pop(reply_to[1], None)
                     self._reply(control, reply_to[0], reply_to[1],

@@ -23,12 +23,35 @@ class Indexer(threading.Thread):
         self.interval = interval
         self._halt = threading.Event()  # not `_stop`: Thread has a method of that name
         self.log = structlog.get_logger("labd.indexer")
+        self._forget_lock = threading.Lock()
+        self._to_forget: set[str] = set()  # deleted sessions still in the index (a forget that failed is retried)
+
+    def forget(self, sids: list[str]) -> None:
+        """Drop deleted sessions from the index now if possible; a failure (a full disk) is logged and retried by
+        this thread's loop, never raised into the caller (the daemon's main loop: it had ended the daemon)."""
+        with self._forget_lock:
+            self._to_forget.update(sids)
+        self._forget_pending()
+
+    def _forget_pending(self) -> None:
+        with self._forget_lock:
+            ids = sorted(self._to_forget)
+        if not ids:
+            return
+        try:
+            self.index.forget(ids)
+        except Exception:  # noqa: BLE001 - a broken index must never take the daemon down
+            self.log.exception("search index: dropping deleted sessions failed; will retry", sessions=len(ids))
+            return
+        with self._forget_lock:
+            self._to_forget.difference_update(ids)
 
     def stop(self) -> None:
         self._halt.set()
 
     def run(self) -> None:
         while not self._halt.is_set():
+            self._forget_pending()
             try:
                 self.index.update()
             except Exception:  # noqa: BLE001 - a broken index must never take the daemon down
