@@ -191,6 +191,7 @@ def live_view(req: Request, row: dict[str, Any], live: dict[str, dict[str, Any]]
 
 #: the most bytes of JSON a session's ``params`` take in a ``session.list`` row: every session of a list must
 #: fit one reply, so large params stay out of it (``session.get`` has them all)
+GET_STEPS = 2000  # session.get: the newest this many DAG nodes and state transitions (steps_limit asks for more)
 LIST_PARAMS_MAX = 4000
 
 
@@ -266,9 +267,15 @@ class GetSession(Request):
 
     def execute(self) -> Any:
         row = resolve_session(self)
+        most = self.arg("steps_limit", int, GET_STEPS, check=lambda n: 0 <= n <= 100_000, hint="0 to 100000")
         out = live_view(self, row)
-        out["steps"] = self.daemon.store.steps(row["id"])
-        out["history"] = self.daemon.store.history(row["id"])
+        # The newest nodes and transitions: a days-long session has tens of thousands of agent turns, and all of
+        # them made every reply about it (labd show, the dashboard's page, MCP) too large to send.
+        for key, items in (("steps", self.daemon.store.steps(row["id"])),
+                           ("history", self.daemon.store.history(row["id"]))):
+            out[key] = items[-most:] if most else []
+            if len(items) > most:
+                out[f"{key}_omitted"] = len(items) - most
         return {"session": out}
 
 

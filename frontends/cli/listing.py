@@ -157,6 +157,9 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
                 for st in sorted(s["steps"], key=lambda st: natural_key(st["node_id"]))]
         ctx.out.line("")
         ctx.out.table(["NODE", "STATUS", "TIME", "STEP", "COST", "ERROR"], rows, right=("TIME", "COST"))
+    if s.get("steps_omitted"):
+        ctx.out.line(f"(the newest {len(s['steps'])} nodes; {s['steps_omitted']} earlier ones are in "
+                     f"`labd dag {s['id']}`)", "dim")
     return 0
 
 

@@ -143,3 +143,27 @@ def test_the_daemon_answers_a_signed_request_over_its_limit_with_request_too_lar
             s.close(0)
         assert c.status()["counters"]["dropped.control.oversized"] == 2
         assert c.sessions() == []
+
+
+def test_a_session_with_thousands_of_nodes_can_still_be_shown(daemon, tmp_path) -> None:
+    """A session of 2,500 steps with long names: `session.get` (labd show, the dashboard's page, MCP get_session)
+    carries the newest 2,000 nodes and says how many older ones it left out (all of them had made the reply too
+    large for a long session); `steps_limit` asks for a different number; `labd show` says where the rest are."""
+    import subprocess
+    import sys
+
+    with daemon.client() as c:
+        sid = c.start("demo.count", params={"n": 2500, "delay": 0, "label": "x" * 200})
+        assert c.wait(sid, timeout=120)["status"] == "completed"
+        s = c.session(sid)
+        assert len(s["steps"]) == 2000 and s["steps_omitted"] == 500
+        assert s["steps"][-1]["name"] == "x" * 200 + " 2500"  # the newest kept
+        few = c.request("session.get", session=sid, steps_limit=10)["session"]
+        assert len(few["steps"]) == 10 and few["steps_omitted"] == 2490
+        with pytest.raises(LabdError) as bad:
+            c.request("session.get", session=sid, steps_limit=-1)
+        assert bad.value.code == "bad_request"
+    shown = subprocess.run([sys.executable, "-m", "labd", "--home", str(daemon.home), "show", sid],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert f"500 earlier ones are in `labd dag {sid}`" in shown.stdout
