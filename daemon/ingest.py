@@ -104,6 +104,10 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         self._frame: tuple[list[bytes], bool] | None = None
         self.ready = threading.Event()
         self.failed: BaseException | None = None
+        #: the last commit failed for want of the store (a full disk, a lock held elsewhere); the control plane
+        #: refuses new sessions meanwhile rather than accept what it cannot record (read from another thread:
+        #: a plain attribute, one writer)
+        self.store_down = False
         self.beat = time.monotonic()  # last turn of the loop: the systemd watchdog pings only while it moves
         # sockets are created in run(): a ZeroMQ socket belongs to the thread that uses it
         self.pull: zmq.Socket
@@ -238,6 +242,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
                     self.writer.commit(batch.rows, batch.changes, self.cursors, batch.plain, batch.noded)
                 break
             except UNREACHABLE as exc:
+                self.store_down = True
                 self.count("store_unavailable")
                 if delay == 0.0 or delay >= STORE_RETRY_MAX_S:  # said once, then once per longest wait
                     self.log.error("store unavailable; waiting for it", error=str(exc)[:300])
@@ -256,6 +261,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
                     self._safe = False
                 break
         if delay:
+            self.store_down = False
             self.log.info("store writable again")
         self.count("events_persisted", batch.count)
         for sids, reply_to in batch.deletes:

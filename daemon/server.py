@@ -202,6 +202,7 @@ class Daemon(ControlPlane):
                         secure_events=events_auth.secure)
         ingest.start()
         ingest.ready.wait(10)
+        self.ingest = ingest
         self._to_ingest = z.socket(zmq.PUSH)
         self._to_ingest.setsockopt(zmq.SNDTIMEO, 30_000)  # a stalled ingest must not hang the main loop forever
         self._to_ingest.connect(INGEST_IN)

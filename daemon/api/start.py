@@ -104,6 +104,7 @@ class Start(Request):
         if self.daemon.draining:
             raise ApiError("draining", "the daemon is stopping and stopping its sessions (serve --drain): "
                            "no new sessions; start it again, then retry")
+        refuse_while_store_down(self.daemon)
         key = self.arg("idempotency_key", str, None, check=lambda s: 0 < len(s) <= 200 and s.isprintable(),
                        hint="1-200 printable characters")
         digest = _request_digest(self.body)
@@ -252,6 +253,15 @@ def entry_extra(d: Any, name: str, created: dict[str, Any]) -> dict[str, Any]:
             "policy": created.get("policy") or [],
             "network": bool((created.get("sandbox") or {}).get("network", d.cfg.sandbox.network)),
             "placement": created.get("placement")}
+
+
+def refuse_while_store_down(d: Any) -> None:
+    """New sessions are refused while the store cannot be written: accepted, they waited unrecorded, the client
+    timed out ("is it running?"), the user retried, and every retry ran once the store was back."""
+    ingest = getattr(d, "ingest", None)
+    if ingest is not None and ingest.store_down:
+        raise ApiError("store_unavailable", "the store cannot be written just now (disk full? database locked by "
+                       "another program?); nothing was started: retry once it is back (labd status)")
 
 
 def requeue(d: Any, rows: list[dict[str, Any]], unrecorded: dict[str, tuple[int, float]]) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from labd.ipc import LabdError
 from tests.conftest import DaemonProc, kill_runners, running_daemon, wait_until
 from tests.fault.conftest import RUNNER_FLUSH_ENV, figures, outage_seconds
 
@@ -105,3 +106,34 @@ def test_store_refusing_writes_then_back(isolated_env: Path) -> None:
             from_spool=counters.get("spool_events_ingested", 0))
     assert final["status"] == "completed", final
     _check_complete(events)
+
+
+def test_new_sessions_are_refused_while_the_store_cannot_be_written(isolated_env: Path) -> None:
+    """While the store refuses writes (another process holds SQLite's write lock; a full disk behaves the same),
+    `session.start` is refused at once with `store_unavailable` and nothing is started later. Before, the start was
+    accepted, the client timed out asking "is it running?", and each retry ran once the store was back. Once the
+    store is writable again, a start works."""
+    try:
+        with running_daemon(isolated_env, extra_env=RUNNER_FLUSH_ENV) as d, d.client() as c:
+            sid = c.start("labd_testflows:ticker", params={"n": N, "delay": 0.05})
+            wait_until(lambda: len([e for e in c.history(sid) if e["kind"] == "custom"]) >= 3, timeout=30,
+                       what="first ticks")
+            db = sqlite3.connect(isolated_env / "labd.db", isolation_level=None, timeout=30)
+            db.execute("BEGIN EXCLUSIVE")
+            try:
+                wait_until(lambda: c.status()["counters"].get("store_unavailable", 0) > 0, timeout=60,
+                           what="ingest finding the store locked")
+                t0 = time.monotonic()
+                with pytest.raises(LabdError) as refused:
+                    c.start("demo.count", params={"n": 1, "delay": 0}, name="during-outage")
+                assert refused.value.code == "store_unavailable"
+                assert time.monotonic() - t0 < 10  # an answer, not the client's timeout
+            finally:
+                db.execute("ROLLBACK")
+                db.close()
+            assert c.wait(sid, timeout=90)["status"] == "completed"
+            after = c.start("demo.count", params={"n": 1, "delay": 0})
+            assert c.wait(after, timeout=60)["status"] == "completed"
+            assert not [s for s in c.sessions(status=[]) if s["name"] == "during-outage"]
+    finally:
+        kill_runners(isolated_env)
