@@ -104,14 +104,14 @@ class Start(Request):
         if self.daemon.draining:
             raise ApiError("draining", "the daemon is stopping and stopping its sessions (serve --drain): "
                            "no new sessions; start it again, then retry")
-        refuse_while_store_down(self.daemon)
         key = self.arg("idempotency_key", str, None, check=lambda s: 0 < len(s) <= 200 and s.isprintable(),
                        hint="1-200 printable characters")
         digest = _request_digest(self.body)
         if key is not None:
             replay = self._replayed(key, digest)
-            if replay is not None:
+            if replay is not None:  # a retry of a start already accepted: its answer, store or no store
                 return replay
+        refuse_while_store_down(self.daemon)
         skill = None
         ref = self.body.get("workflow")
         if isinstance(ref, str) and ref.startswith("skill:"):  # a saved skill: its workflow, params and plan
