@@ -10,7 +10,12 @@ unchanged file. A manifest is itself an object (JSON), so an unchanged directory
 Objects are written to a temporary name, verified against their digest while copied (a file rewritten
 between the scan and the copy is stored under what it really holds), made read-only, then renamed: an
 object is never half-written and never modified, which lets the daemon hard-link a parent session's
-objects into a branch's directory.
+objects into a branch's directory. A write that fails (a full disk) removes its temporary file and raises:
+the caller must not record a checkpoint that lacks the file.
+
+Since an object is named by its sha256, a reader checks what it reads: :func:`restore` hashes each object
+while copying it and puts nothing in place unless every one matches (:class:`DamagedObject`), and
+:meth:`ObjectStore.get_verified` does the same for a result.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import orjson
 from labd.runner.files import sha256_file, walk_files
 
 __all__ = ["ObjectStore", "Snapshot", "restore", "walk_files", "load_manifest", "manifest_object", "OBJECTS_DIR",
-           "MAX_CHAIN"]
+           "MAX_CHAIN", "DamagedObject"]
 
 #: relative to the session directory (the directory that holds ``work``)
 OBJECTS_DIR = "checkpoints/objects"
@@ -35,6 +40,31 @@ OBJECTS_DIR = "checkpoints/objects"
 #: reading one follows at most this many links (and a step that changed one file stores a few hundred bytes
 #: of manifest, not the whole directory's listing)
 MAX_CHAIN = 32
+
+
+class DamagedObject(OSError):
+    """A checkpoint object is missing, or its content does not match the sha256 it is named by."""
+
+    def __init__(self, message: str, damaged: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.damaged = damaged or []
+
+
+def _copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
+    """Copy ``src`` to ``dst`` (created); returns (sha256 of what was copied, bytes). ``dst`` is removed when
+    the copy fails, whatever the reason (ENOSPC, EIO...)."""
+    h = hashlib.sha256()
+    written = 0
+    try:
+        with open(src, "rb") as fi, open(dst, "wb") as fo:
+            for block in iter(lambda: fi.read(1 << 20), b""):
+                h.update(block)
+                fo.write(block)
+                written += len(block)
+    except BaseException:
+        dst.unlink(missing_ok=True)
+        raise
+    return h.hexdigest(), written
 
 
 def manifest_object(manifest: dict[str, list[Any]], base: tuple[str, dict[str, list[Any]], int] | None) -> Any:
@@ -90,33 +120,35 @@ class ObjectStore:
 
     def _commit(self, tmp: Path, digest: str) -> None:
         dest = self.path(digest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, dest)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self._known.add(digest)
 
     def put_bytes(self, data: bytes) -> str:
-        """Store ``data``; returns its sha256."""
+        """Store ``data``; returns its sha256. Raises (leaving no temporary file) when the write fails."""
         digest = hashlib.sha256(data).hexdigest()
         if not self.has(digest):
             tmp = self._tmp()
-            tmp.write_bytes(data)
+            try:
+                tmp.write_bytes(data)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             self._commit(tmp, digest)
         return digest
 
     def put_file(self, src: Path, expected: str) -> tuple[str, int]:
-        """Copy ``src`` in (unless an object ``expected`` exists); returns (its real sha256, bytes written)."""
+        """Copy ``src`` in (unless an object ``expected`` exists); returns (its real sha256, bytes written).
+        Raises (leaving no temporary file) when the copy fails."""
         if self.has(expected):
             return expected, 0
         tmp = self._tmp()
-        h = hashlib.sha256()
-        written = 0
-        with open(src, "rb") as fi, open(tmp, "wb") as fo:
-            for block in iter(lambda: fi.read(1 << 20), b""):
-                h.update(block)
-                fo.write(block)
-                written += len(block)
-        digest = h.hexdigest()
+        digest, written = _copy_hashed(src, tmp)
         if self.has(digest):  # rewritten since the scan, into something already stored
             tmp.unlink()
             return digest, 0
@@ -125,6 +157,17 @@ class ObjectStore:
 
     def get_bytes(self, digest: str) -> bytes:
         return self.path(digest).read_bytes()
+
+    def get_verified(self, digest: str) -> bytes:
+        """The content of object ``digest``; raises :class:`DamagedObject` if it is gone or does not match."""
+        try:
+            data = self.get_bytes(digest)
+        except FileNotFoundError:
+            raise DamagedObject(f"checkpoint object {digest[:12]} is missing", [digest]) from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise DamagedObject(f"checkpoint object {digest[:12]} is damaged (its content does not match its "
+                                "sha256)", [digest])
+        return data
 
     def put_json(self, value: Any) -> str:
         return self.put_bytes(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
@@ -144,36 +187,72 @@ class Snapshot(NamedTuple):
 
 def restore(root: Path, manifest: dict[str, list[Any]], objects: ObjectStore) -> dict[str, int]:
     """Make the tracked files of ``root`` exactly ``manifest``: remove what it does not hold, write back
-    what differs (by size and content hash), leave identical files alone. Returns counts."""
+    what differs (by size and content hash), leave identical files alone. Returns counts.
+
+    Every object to write back is first copied into a staging directory (a dot directory of ``root``: not
+    tracked) and checked against its sha256 while copied. ``root`` is changed only once all of them are there
+    and intact; otherwise (a damaged or missing object: :class:`DamagedObject`; a full disk: the OSError) it is
+    left as it was, and nothing of the staging directory stays."""
     root.mkdir(parents=True, exist_ok=True)
-    removed = written = kept = 0
+    extra: list[str] = []  # tracked files the manifest does not hold
+    differ: list[str] = []  # held, with other content: written back
+    kept: dict[str, int | None] = {}  # identical: rel -> the mode to set, or None
     for rel, st in list(walk_files(root)):
         want = manifest.get(rel)
         if want is None:
-            os.unlink(root / rel)
-            removed += 1
+            extra.append(rel)
         elif want[1] == st.st_size and sha256_file(root / rel) == want[0]:
-            kept += 1
-            if stat.S_IMODE(st.st_mode) != int(want[2]):
-                os.chmod(root / rel, int(want[2]))
+            kept[rel] = int(want[2]) if stat.S_IMODE(st.st_mode) != int(want[2]) else None
         else:
-            os.unlink(root / rel)  # written back below
-    present = {rel for rel, _ in walk_files(root)}
-    for rel, (digest, _size, mode) in manifest.items():
-        if rel in present:
+            differ.append(rel)
+    todo = [rel for rel in manifest if rel not in kept]
+    staging = root / f".labd-restore-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        staged = _stage(staging, todo, manifest, objects)
+        for rel in extra + differ:
+            os.unlink(root / rel)
+        for rel, mode in kept.items():
+            if mode is not None:
+                os.chmod(root / rel, mode)
+        for rel in todo:
+            dest = root / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.is_symlink() or dest.exists():  # e.g. a directory or link where a file belongs
+                if dest.is_dir() and not dest.is_symlink():
+                    shutil.rmtree(dest)
+                else:
+                    dest.unlink()
+            os.chmod(staged[rel], int(manifest[rel][2]))
+            os.replace(staged[rel], dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"removed": len(extra), "written": len(todo), "kept": len(kept)}
+
+
+def _stage(staging: Path, todo: list[str], manifest: dict[str, list[Any]], objects: ObjectStore) -> dict[str, Path]:
+    """Copy the objects of ``todo`` into ``staging``, each checked against its sha256; raises
+    :class:`DamagedObject` naming every file whose object is missing or damaged."""
+    staged: dict[str, Path] = {}
+    damaged: list[str] = []
+    if todo:
+        staging.mkdir(mode=0o700)
+    for i, rel in enumerate(todo):
+        digest = str(manifest[rel][0])
+        tmp = staging / str(i)
+        try:
+            got, _ = _copy_hashed(objects.path(digest), tmp)
+        except FileNotFoundError:
+            if not objects.path(digest).exists():
+                damaged.append(f"{rel} (object {digest[:12]} missing)")
+                continue
+            raise
+        if got != digest:
+            tmp.unlink()
+            damaged.append(f"{rel} (object {digest[:12]} does not match its sha256)")
             continue
-        dest = root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.is_symlink() or dest.exists():  # e.g. a directory or link where a file belongs
-            if dest.is_dir() and not dest.is_symlink():
-                shutil.rmtree(dest)
-            else:
-                dest.unlink()
-        tmp = dest.with_name(f".{dest.name}.labd-restore")
-        shutil.copyfile(objects.path(digest), tmp)
-        os.chmod(tmp, int(mode))
-        os.replace(tmp, dest)
-        written += 1
-    return {"removed": removed, "written": written, "kept": kept}
-
-
+        staged[rel] = tmp
+    if damaged:
+        more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+        raise DamagedObject(f"the checkpoint is damaged: {', '.join(damaged[:5])}{more}; the work directory was "
+                            "left as it was", damaged)
+    return staged

@@ -10,14 +10,19 @@ session fails instead of guessing.
 
 At every completed step the runner records a checkpoint (``step.checkpoint``): the position, the
 pickled ``node.result`` (an object), the agents' last LLM request (each holds the agent's whole message
-history, in blobs), and the manifest of the work directory (see :mod:`labd.runner.checkpoint`).
+history, in blobs), and the manifest of the work directory (see :mod:`labd.runner.checkpoint`). A checkpoint
+that cannot store every file (a full disk) is not recorded: the step ends failed (:class:`CheckpointFailed`),
+so a resume runs it again instead of restoring a work directory without the file. A recorded result that no
+longer loads (its object gone or damaged) makes its step run again, like a result that could not be pickled.
 """
 
 from __future__ import annotations
 
 import base64
 import dis
+import errno
 import hashlib
+import os
 import pickle
 import sys
 import threading
@@ -25,13 +30,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
 from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, Snapshot, load_manifest, manifest_object, restore
 
-__all__ = ["Durable", "Divergence", "SkipBody", "skip_with_body", "SEED_FILE", "read_seed"]
+__all__ = ["Durable", "Divergence", "CheckpointFailed", "SkipBody", "skip_with_body", "SEED_FILE", "read_seed"]
 
 #: the seed the daemon writes into the session directory before a resume or branch launches a runner
 SEED_FILE = "durable.seed.json"
@@ -62,6 +67,10 @@ def _body_start(frame: FrameType) -> int:
 
 class Divergence(BaseException):  # noqa: N818 - a BaseException, like Cancelled: `except Exception` must not hide it
     """The re-executed workflow asked for another step than the record holds at that position."""
+
+
+class CheckpointFailed(BaseException):  # noqa: N818 - like Divergence: the workflow must not go on unrecorded
+    """A completed step's checkpoint could not be stored (its step is recorded failed, not checkpointed)."""
 
 
 class SkipBody(Exception):  # noqa: N818 - a signal, not an error
@@ -117,6 +126,7 @@ class Durable:
         self.instructions: str | None = seed.get("instructions")
         self._ordinals: dict[str, int] = {}
         self._paths: dict[str, str] = {}
+        self._started: dict[str, float] = {}  # node id -> when its step was bound (a failed checkpoint's duration)
         self._lock = threading.Lock()
         #: agent name -> src_seq of its latest llm.request (that request holds its whole history)
         self.agents: dict[str, int] = {}
@@ -143,6 +153,7 @@ class Durable:
     def bind(self, node_id: str, path: str) -> None:
         with self._lock:
             self._paths[node_id] = path
+            self._started[node_id] = time.monotonic()
 
     def recorded(self, path: str, name: str) -> dict[str, Any] | None:
         """The completed step the record holds at ``path``, or None (run it); raises :class:`Divergence`."""
@@ -156,16 +167,29 @@ class Durable:
             raise Divergence(f"the workflow diverged from its record at step position {path}: it asks for step "
                              f"{name!r} where the record has {rec.get('name')!r} (the code outside steps must be "
                              "deterministic; see docs/design.md, 'Durable steps')")
-        return rec
+        try:
+            value = self._load_result(rec)
+        except Exception as exc:  # noqa: BLE001 - gone, damaged, or no longer unpicklable: the step runs again
+            self._emit("log", {"level": "warning", "logger": "labd.runner.durable",
+                               "event": f"the recorded result of step {name!r} (position {path}) cannot be "
+                                        f"loaded ({type(exc).__name__}: {exc}); the step runs again"})
+            self.live = True
+            return None
+        return {**rec, "_value": value}
 
     def result_of(self, rec: dict[str, Any]) -> Any:
+        """The result of a recorded step (loaded by :meth:`recorded`, which checked it)."""
+        return rec["_value"] if "_value" in rec else self._load_result(rec)
+
+    def _load_result(self, rec: dict[str, Any]) -> Any:
         inline = rec.get("result_inline")
         if inline:
             return pickle.loads(base64.b64decode(inline))  # noqa: S301 - written by this session's own runner
         digest = rec.get("result")
         if not digest:
             return None
-        return pickle.loads(self.objects.get_bytes(digest))  # noqa: S301 - written by this session's own runner
+        # checked against its sha256 (DamagedObject otherwise): never unpickle other bytes than were stored
+        return pickle.loads(self.objects.get_verified(digest))  # noqa: S301 - this session's own runner's
 
     def note_request(self, agent: str, src_seq: int) -> None:
         self.agents[agent] = src_seq
@@ -225,41 +249,62 @@ class Durable:
         if not self.enabled:
             return
         start = time.monotonic()
-        manifest, total, new_objects, new_bytes = self._manifest()
-        delta: dict[str, Any] | None = None
-        with self._ck_lock:
-            base = self._base
-            if base is not None and base[1] == manifest:
-                digest = base[0]  # the work directory did not change: the same manifest
-            else:
-                obj = manifest_object(manifest, base)
-                data = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
-                if "base" in obj and len(data) <= INLINE_BYTES:  # small changes: in the event, no file to create
-                    digest, delta = hashlib.sha256(data).hexdigest(), obj
-                else:
-                    digest = self.objects.put_bytes(data)
-                self._base = (digest, manifest, base[2] + 1 if base is not None and "base" in obj else 0)
-        payload: dict[str, Any] = {"path": path, "name": name, "manifest": digest,
-                                   "files": len(manifest), "bytes": total, "new_objects": new_objects,
-                                   "new_bytes": new_bytes}
-        if delta is not None:
-            payload["manifest_delta"] = delta
-        if result is not None:
-            try:
-                data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-                if len(data) <= INLINE_BYTES:  # small: in the event (one file fewer to create per step)
-                    payload["result_inline"] = base64.b64encode(data).decode()
-                else:
-                    payload["result"] = self.objects.put_bytes(data)
-                payload["result_preview"] = _preview(result)
-            except Exception as exc:  # noqa: BLE001 - an unpicklable result: the step is re-run on resume
-                payload["result_error"] = f"{type(exc).__name__}: {exc}"[:500]
-        if self.agents:
-            payload["agents"] = dict(self.agents)
+        try:
+            payload, manifest = self._checkpoint(path, name, result)
+        except OSError as exc:
+            self._failed(node_id, name, exc)
+        with self._lock:
+            self._started.pop(node_id, None)
         payload["duration"] = time.monotonic() - start
         self._emit("step.checkpoint", payload, node_id)
         if self.after_checkpoint is not None:
             self.after_checkpoint(Snapshot(manifest, self.objects))
+
+    def _failed(self, node_id: str, name: str, exc: OSError) -> NoReturn:
+        """A checkpoint that could not be stored: the step ends failed (its ``step.finished`` is emitted here,
+        as the step's own is not once this raises), and :class:`CheckpointFailed` ends the workflow."""
+        with self._lock:
+            started = self._started.pop(node_id, None)
+        error = f"checkpoint failed: {type(exc).__name__}: {exc}"
+        self._emit("step.finished", {"name": name, "status": "failed", "error": error[:10_000],
+                                     "duration": time.monotonic() - started if started is not None else 0.0},
+                   node_id)
+        raise CheckpointFailed(f"the checkpoint of step {name!r} could not be stored ({type(exc).__name__}: "
+                               f"{exc}); the step is recorded failed, not completed: a resume runs it again") from exc
+
+    def _checkpoint(self, path: str, name: str, result: Any) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+        """Store what a checkpoint needs (objects); returns its ``step.checkpoint`` payload and manifest. Raises
+        OSError when something could not be stored (then the next checkpoint's base is still the last one
+        recorded: nothing of this one is referred to)."""
+        manifest, total, new_objects, new_bytes = self._manifest()
+        payload: dict[str, Any] = {"path": path, "name": name, "files": len(manifest), "bytes": total,
+                                   "new_objects": new_objects, "new_bytes": new_bytes}
+        if result is not None:
+            try:
+                data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # noqa: BLE001 - an unpicklable result: the step is re-run on resume
+                payload["result_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            else:
+                if len(data) <= INLINE_BYTES:  # small: in the event (one file fewer to create per step)
+                    payload["result_inline"] = base64.b64encode(data).decode()
+                else:
+                    payload["result"] = self.objects.put_bytes(data)  # an OSError: the checkpoint fails
+                payload["result_preview"] = _preview(result)
+        with self._ck_lock:
+            base = self._base
+            if base is not None and base[1] == manifest:
+                payload["manifest"] = base[0]  # the work directory did not change: the same manifest
+            else:
+                obj = manifest_object(manifest, base)
+                data = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+                if "base" in obj and len(data) <= INLINE_BYTES:  # small changes: in the event, no file to create
+                    payload["manifest"], payload["manifest_delta"] = hashlib.sha256(data).hexdigest(), obj
+                else:
+                    payload["manifest"] = self.objects.put_bytes(data)
+                self._base = (payload["manifest"], manifest, base[2] + 1 if base is not None and "base" in obj else 0)
+        if self.agents:
+            payload["agents"] = dict(self.agents)
+        return payload, manifest
 
     def snapshot(self) -> Snapshot:
         """The work directory as the file tracker last scanned it, its files stored as objects, without
@@ -279,8 +324,12 @@ class Durable:
             if not self.objects.has(digest):
                 try:
                     digest, written = self.objects.put_file(self.workdir / rel, digest)
-                except OSError:  # gone since the scan: not part of this checkpoint
-                    continue
+                except FileNotFoundError:
+                    if os.path.lexists(self.workdir / rel):  # not the file that went missing: the store
+                        raise
+                    continue  # gone since the scan: not part of this checkpoint
+                except OSError as exc:  # a full disk, an I/O error...: never a manifest without the file
+                    raise OSError(exc.errno or errno.EIO, f"storing {rel}: {exc.strerror or exc}") from exc
                 if written:
                     new_objects += 1
                     new_bytes += written

@@ -9,6 +9,7 @@ continuation again. See labd.runner.durable and docs/design.md, "Durable steps".
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -32,11 +33,15 @@ __all__ = ["resume_ended", "RESUMABLE"]
 RESUMABLE = ("failed", "lost", "cancelled")
 MAX_BRANCHES = 20
 _TEXT = 10_000
+#: result objects are checked against their sha256 before a resume or branch up to this many bytes in all
+#: (past it only that they exist: the runner checks each one it loads, and runs its step again if damaged)
+VERIFY_BYTES = 16 << 20
 
 
 def _seed(cps: list[dict[str, Any]], objects: Path, **extra: Any) -> dict[str, Any]:
     """The record for a runner: completed steps by position, and the work directory of the last checkpoint
-    (resolved here: small manifest changes are in the events, larger ones and whole manifests are objects)."""
+    (resolved here: small manifest changes are in the events, larger ones and whole manifests are objects).
+    Refused (``no_checkpoint``) when an object the runner needs is gone, or a result object is damaged."""
     steps: dict[str, dict[str, Any]] = {}
     for c in cps:
         if c.get("result_error"):  # its result could not be kept: it runs again
@@ -54,7 +59,41 @@ def _seed(cps: list[dict[str, Any]], objects: Path, **extra: Any) -> dict[str, A
             raise ApiError("no_checkpoint", "the checkpoint files of this session are gone") from None
         seed.update(manifest=cps[-1]["manifest"], files=files, depth=depth,
                     chain=[h for h in chain if h not in inline])
+        _check_objects(steps, files, objects, cps[-1])
     return seed
+
+
+def _check_objects(steps: dict[str, dict[str, Any]], files: dict[str, list[Any]], objects: Path,
+                   last: dict[str, Any]) -> None:
+    """Every result object of ``steps`` exists and (up to :data:`VERIFY_BYTES`) matches its sha256; every
+    file object of the work directory's manifest exists (hashing those is the runner's, as it restores)."""
+    budget = VERIFY_BYTES
+    for st in steps.values():
+        digest = st.get("result")
+        if not digest:
+            continue
+        path = objects / digest[:2] / digest
+        try:
+            size = path.stat().st_size
+            damaged = False
+            if size <= budget:
+                budget -= size
+                with open(path, "rb") as f:
+                    damaged = hashlib.file_digest(f, "sha256").hexdigest() != digest
+        except OSError as exc:
+            raise ApiError("no_checkpoint", f"the checkpoint of step {st['name']!r} ({st['node']}) cannot be used: "
+                           f"its result object {digest[:12]} is gone ({exc.strerror or exc})",
+                           {"node": st["node"], "step": st["name"]}) from None
+        if damaged:
+            raise ApiError("no_checkpoint", f"the checkpoint of step {st['name']!r} ({st['node']}) cannot be used: "
+                           f"its result object {digest[:12]} is damaged (its content does not match its sha256)",
+                           {"node": st["node"], "step": st["name"]})
+    for rel, entry in files.items():
+        digest = str(entry[0])
+        if not (objects / digest[:2] / digest).exists():
+            raise ApiError("no_checkpoint", f"the checkpoint of step {last['name']!r} ({last['node_id']}) cannot be "
+                           f"used: the object of its file {rel!r} ({digest[:12]}) is gone",
+                           {"node": last["node_id"], "step": last["name"], "file": rel})
 
 
 def _write_seed(session_dir: Path, seed: dict[str, Any]) -> None:
