@@ -21,7 +21,7 @@ import orjson
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.sessions import _limits, resolve_ref, resolve_session
-from labd.daemon.api.start import _run_params, entry_extra
+from labd.daemon.api.start import _run_params, entry_extra, refuse_while_store_down
 from labd.daemon.limits import Limits
 from labd.runner.checkpoint import OBJECTS_DIR, load_manifest
 from labd.runner.durable import SEED_FILE
@@ -123,6 +123,7 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Any:
         raise ApiError("not_resumable", f"session {sid} still has a runner")
     if d.draining:
         raise ApiError("draining", "the daemon is stopping its sessions (serve --drain): no resume now")
+    refuse_while_store_down(d)
     reason = req.arg("reason", str, "", check=lambda s: len(s) <= 1000, hint="text of at most 1000 characters")
     limits = _merged_limits(row, req.body.get("limits"))
     budget = req.body.get("budget")
@@ -153,11 +154,17 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Any:
 def _find_node(d: Any, sid: str, ref: str) -> dict[str, Any]:
     node = step_row(d.store, sid, ref)
     if node is None:
-        named = [s for s in d.store.steps(sid) if s["name"] == ref]
+        named = [s for s in d.store.steps(sid) if s["name"] == ref and s["kind"] != "agent"]
         if not named:
             raise ApiError("no_such_node", f"session {sid} has no node {ref!r} (see labd dag {sid})",
                            {"node": ref})
-        node = named[0]
+        done = [s for s in named if s["status"] == "completed"]  # a loop's steps share a name; retries too
+        if len(done) > 1:
+            ids = [s["node_id"] for s in done]
+            raise ApiError("ambiguous", f"{len(done)} completed steps of session {sid} are named {ref!r} "
+                           f"({', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}): give a node id",
+                           {"node": ref, "matches": ids[:50]})
+        node = done[0] if done else named[0]
     if node["kind"] == "agent":
         raise ApiError("bad_node", f"node {node['node_id']} is an agent turn; branch from a step or phase",
                        {"node": node["node_id"]})
@@ -190,6 +197,7 @@ class Branch(Request):
         d = self.daemon
         if d.draining:
             raise ApiError("draining", "the daemon is stopping its sessions (serve --drain): no new sessions")
+        refuse_while_store_down(d)
         parent = resolve_ref(d.store, self.arg("session", str, check=lambda s: 0 < len(s) <= 200,
                                                hint="a session id or name"))
         ref = self.arg("from", str, check=lambda s: 0 < len(s) <= 200, hint="a node id or step name")

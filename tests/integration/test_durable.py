@@ -102,6 +102,24 @@ def test_resume_refusals_and_divergence(daemon, tmp_path: Path) -> None:
             assert err.value.code == code, err.value
 
 
+def test_branch_from_a_step_name_several_completed_steps_share_is_ambiguous(daemon) -> None:
+    """`branch --from iter` where a loop completed three steps named `iter`: refused as `ambiguous`, naming their
+    node ids (it silently took the first); `--from <node id>` branches from the one meant."""
+    from labd.ipc import LabdError
+
+    with daemon.client() as c:
+        sid = c.start("labd_testflows:same_names", params={"n": 3})
+        assert _ended(c, sid)["status"] == "completed"
+        with pytest.raises(LabdError) as err:
+            c.branch(sid, from_node="iter")
+        ids = [s["node_id"] for s in c.session(sid)["steps"] if s["name"] == "iter"]
+        assert err.value.code == "ambiguous" and len(ids) == 3
+        assert all(i in err.value.message for i in ids)
+        made = c.branch(sid, from_node=ids[1])
+        child = made["sessions"][0]["session"] if "sessions" in made else made["session"]
+        assert _ended(c, child)["status"] == "completed"
+
+
 def _subtree_step(steps: list[dict[str, Any]]) -> dict[str, str | None]:
     parent = {s["node_id"]: s["parent_node"] for s in steps}
     return parent

@@ -101,6 +101,15 @@ def env_report(ctx) -> dict:
             "db_url_visible": "LABD_DB" in os.environ}
 
 
+def same_names(ctx, n: int = 3) -> int:
+    """A loop whose steps all share one name ("iter")."""
+    total = 0
+    for i in range(n):
+        with ctx.step("iter"):
+            total += i
+    return total
+
+
 def leak_secret(ctx) -> str:
     """A careless workflow: prints a secret, logs it, names a step after it, emits it, returns it, fails with it
     in a child's output (labd must record none of it)."""
