@@ -52,9 +52,18 @@ class LossyStream:
     def fileno(self) -> int:
         return self._stream.fileno()
 
+    def __getattr__(self, name: str) -> object:  # encoding, errors, buffer...: the stream's own
+        return getattr(self._stream, name)
+
 
 def configure(fmt: str = "auto", level: str = "info") -> None:
     """Configure structlog once for the daemon process (``fmt``: auto | json | console)."""
+    # Everything the daemon writes to stdout/stderr goes through a LossyStream (warnings, tracebacks, prints; and
+    # at exit Python flushes both: a failing flush there makes the exit status 120)
+    if not isinstance(sys.stdout, LossyStream):
+        sys.stdout = LossyStream(sys.stdout)  # type: ignore[assignment]
+    if not isinstance(sys.stderr, LossyStream):
+        sys.stderr = LossyStream(sys.stderr)  # type: ignore[assignment]
     pretty = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if pretty else structlog.processors.JSONRenderer(serializer=_orjson_dumps)
@@ -70,6 +79,6 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=LossyStream(sys.stderr)),  # type: ignore[arg-type]
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )

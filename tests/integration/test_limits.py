@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -25,19 +27,33 @@ def test_memory_hog_is_killed_with_the_reason_recorded(client) -> None:
     client.stop(bystander, grace=1)
 
 
+def _run_delay(pid: int) -> float:
+    """Seconds the process's threads waited, runnable, for a CPU (``/proc/<pid>/task/*/schedstat``)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 def test_cpu_hog_is_held_to_its_quota(client) -> None:
-    """A busy loop limited to 30 % of a core gets 30 % (+-15 % of the quota) over a few seconds."""
+    """A busy loop limited to 30 % of a core gets at most 30 % (+15 % of the quota) over a few seconds, and no
+    less than 30 % -15 % unless the box itself had no CPU to give it (time it spent runnable but waiting for a
+    core, which a busy test run causes, is not the limit's doing)."""
     sid = client.start("labd_testflows:cpu_hog", params={"seconds": 30}, cpu="30%")
     pid = wait_until(lambda: client.session(sid)["pid"], what="runner pid")
     proc = psutil.Process(pid)
     wait_until(lambda: client.session(sid)["status"] == "running", what="running")
-    c0 = sum(proc.cpu_times()[:2])
+    c0, d0 = sum(proc.cpu_times()[:2]), _run_delay(pid)
     start = time.monotonic()
     wait_until(lambda: time.monotonic() - start > 4.0, timeout=10, interval=0.2, what="measurement window")
-    c1 = sum(proc.cpu_times()[:2])
-    share = (c1 - c0) / (time.monotonic() - start) * 100
+    c1, d1 = sum(proc.cpu_times()[:2]), _run_delay(pid)
+    wall = time.monotonic() - start
+    share, starved = (c1 - c0) / wall * 100, (d1 - d0) / wall * 100
     client.kill(sid)
-    assert 30 * 0.85 <= share <= 30 * 1.15, f"cpu share {share:.1f}% outside 30% +-15%"
+    assert share <= 30 * 1.15, f"cpu share {share:.1f}% over 30% +15%"
+    assert share >= 30 * 0.85 or share + starved >= 30 * 0.85, \
+        f"cpu share {share:.1f}% under 30% -15% with only {starved:.1f}% spent waiting for a CPU"
 
 
 def test_timeout_ends_a_session(client) -> None:
