@@ -9,6 +9,7 @@ continuation again. See labd.runner.durable and docs/design.md, "Durable steps".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -97,10 +98,16 @@ def _check_objects(steps: dict[str, dict[str, Any]], files: dict[str, list[Any]]
 
 
 def _write_seed(session_dir: Path, seed: dict[str, Any]) -> None:
-    session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = session_dir / (SEED_FILE + ".tmp")
-    tmp.write_bytes(orjson.dumps(seed))
-    os.replace(tmp, session_dir / SEED_FILE)
+    try:
+        session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp.write_bytes(orjson.dumps(seed))
+        os.replace(tmp, session_dir / SEED_FILE)
+    except OSError as exc:  # a full disk: said as such, not as an internal error
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ApiError("io_error", f"could not write {SEED_FILE} in {session_dir}: {exc.strerror or exc}",
+                       {"path": str(session_dir), "errno": exc.errno}) from None
 
 
 def _merged_limits(row: dict[str, Any], override: Any) -> Limits:
@@ -241,11 +248,15 @@ class Branch(Request):
             sid = secrets.token_hex(6)
             session_dir = d.layout.sessions_dir / sid
             try:
-                _link_objects(src, session_dir / OBJECTS_DIR, digests)
-            except OSError as exc:
-                raise ApiError("no_checkpoint", f"the checkpoint files of session {psid} cannot be read: {exc}") \
-                    from None
-            _write_seed(session_dir, seed)  # before session.created: a restart that re-queues it finds it
+                try:
+                    _link_objects(src, session_dir / OBJECTS_DIR, digests)
+                except OSError as exc:
+                    raise ApiError("no_checkpoint", f"the checkpoint files of session {psid} cannot be read: "
+                                   f"{exc}") from None
+                _write_seed(session_dir, seed)  # before session.created: a restart that re-queues it finds it
+            except ApiError:
+                shutil.rmtree(session_dir, ignore_errors=True)  # a branch that was never created leaves nothing
+                raise
             name = f"{parent['name'][:150]}-branch-{sid[:6]}"
             workdir = session_dir / "work"
             payload: dict[str, Any] = {"workflow": parent["workflow"], "name": name, "params": params,

@@ -192,12 +192,14 @@ def _reply(ctx: Ctx, args: argparse.Namespace, result: dict[str, Any], text: str
 def cmd_stop(args: argparse.Namespace, ctx: Ctx) -> int:
     c = ctx.client()
     r = c.stop(args.session, grace=parse_grace(args.grace))
+    # a queued session never ran: it is taken off the queue, there is nothing to force
+    said = (f"{r['session']} taken off the queue (cancelled; it never ran)" if r.get("was_queued")
+            else f"stopping {r['session']} (forced after {r['grace']:g}s)")
     if args.wait:
         s = c.wait(r["session"])
         r = {**r, "status": s["status"], "reason": s["reason"]}
-        return _reply(ctx, args, r, f"stopping {r['session']} (forced after {r['grace']:g}s)\n"
-                      f"{s['status']}: {s['reason']}")
-    return _reply(ctx, args, r, f"stopping {r['session']} (forced after {r['grace']:g}s)")
+        return _reply(ctx, args, r, f"{said}\n{s['status']}: {s['reason']}")
+    return _reply(ctx, args, r, said)
 
 
 def parse_grace(text: str | None) -> float | None:

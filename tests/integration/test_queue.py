@@ -146,3 +146,19 @@ def test_a_resumed_session_keeps_its_place_in_the_queue_across_a_restart(isolate
     finally:
         first.stop()
         kill_runners(isolated_env)
+
+
+def test_labd_stop_of_a_queued_session_says_it_never_ran(isolated_env: Path) -> None:
+    """`labd stop` of a queued session says it was taken off the queue (it said "forced after 5s", which reads as
+    a running session being killed)."""
+    from tests.integration.cli_support import labd
+
+    _configure(isolated_env, 1)
+    with running_daemon(isolated_env) as d, d.client() as c:
+        blocker = _start(c)
+        waiting = _start(c, seconds=0.1)
+        wait_until(lambda: _status(c, waiting) == "queued", what="queued")
+        out = labd("stop", waiting)
+        assert out.returncode == 0 and f"{waiting} taken off the queue" in out.stdout and "forced" not in out.stdout
+        running = labd("stop", blocker)
+        assert f"stopping {blocker} (forced after" in running.stdout
