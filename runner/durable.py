@@ -35,6 +35,7 @@ from typing import Any, NoReturn
 import orjson
 
 from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, Snapshot, load_manifest, manifest_object, restore
+from labd.runner.context import MAX_STEP_ERROR, clip
 
 __all__ = ["Durable", "Divergence", "CheckpointFailed", "SkipBody", "skip_with_body", "SEED_FILE", "read_seed"]
 
@@ -266,7 +267,7 @@ class Durable:
         with self._lock:
             started = self._started.pop(node_id, None)
         error = f"checkpoint failed: {type(exc).__name__}: {exc}"
-        self._emit("step.finished", {"name": name, "status": "failed", "error": error[:10_000],
+        self._emit("step.finished", {"name": name, "status": "failed", "error": clip(error, MAX_STEP_ERROR),
                                      "duration": time.monotonic() - started if started is not None else 0.0},
                    node_id)
         raise CheckpointFailed(f"the checkpoint of step {name!r} could not be stored ({type(exc).__name__}: "

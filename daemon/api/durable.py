@@ -24,7 +24,7 @@ from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.sessions import _limits, resolve_ref, resolve_session
 from labd.daemon.api.start import _run_params, entry_extra, refuse_while_store_down
 from labd.daemon.limits import Limits
-from labd.runner.checkpoint import OBJECTS_DIR, load_manifest
+from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, load_manifest
 from labd.runner.durable import SEED_FILE
 from labd.store.checkpoints import checkpoints, max_node_number, step_row
 
@@ -68,12 +68,12 @@ def _check_objects(steps: dict[str, dict[str, Any]], files: dict[str, list[Any]]
                    last: dict[str, Any]) -> None:
     """Every result object of ``steps`` exists and (up to :data:`VERIFY_BYTES`) matches its sha256; every
     file object of the work directory's manifest exists (hashing those is the runner's, as it restores)."""
-    budget = VERIFY_BYTES
+    budget, store = VERIFY_BYTES, ObjectStore(objects)
     for st in steps.values():
         digest = st.get("result")
         if not digest:
             continue
-        path = objects / digest[:2] / digest
+        path = store.path(digest)
         try:
             size = path.stat().st_size
             damaged = False
@@ -91,7 +91,7 @@ def _check_objects(steps: dict[str, dict[str, Any]], files: dict[str, list[Any]]
                            {"node": st["node"], "step": st["name"]})
     for rel, entry in files.items():
         digest = str(entry[0])
-        if not (objects / digest[:2] / digest).exists():
+        if not store.has(digest):
             raise ApiError("no_checkpoint", f"the checkpoint of step {last['name']!r} ({last['node_id']}) cannot be "
                            f"used: the object of its file {rel!r} ({digest[:12]}) is gone",
                            {"node": last["node_id"], "step": last["name"], "file": rel})

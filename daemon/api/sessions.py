@@ -189,9 +189,9 @@ def live_view(req: Request, row: dict[str, Any], live: dict[str, dict[str, Any]]
     return out
 
 
+GET_STEPS = 2000  # session.get: the newest this many DAG nodes and state transitions (steps_limit asks for more)
 #: the most bytes of JSON a session's ``params`` take in a ``session.list`` row: every session of a list must
 #: fit one reply, so large params stay out of it (``session.get`` has them all)
-GET_STEPS = 2000  # session.get: the newest this many DAG nodes and state transitions (steps_limit asks for more)
 LIST_PARAMS_MAX = 4000
 
 

@@ -65,8 +65,7 @@ def build_app(home: str | None, token: str, port_ref: list[int]) -> Starlette:
         return await anyio.to_thread.run_sync(run_sync)
 
     def allowed(request: Request) -> bool:
-        host = request.headers.get("host", "")
-        if host not in (f"127.0.0.1:{port_ref[0]}", f"localhost:{port_ref[0]}"):
+        if not allowed_host(request):
             return False
         given = request.headers.get("authorization", "").removeprefix("Bearer ")
         return bool(given) and hmac.compare_digest(given.encode(), token.encode())

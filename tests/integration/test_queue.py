@@ -36,6 +36,13 @@ def _status(client: Any, sid: str) -> str:
     return client.session(sid)["status"]  # type: ignore[no-any-return]
 
 
+def _running_blocker(client: Any) -> str:
+    """A long session started and seen running: it holds the only slot under max_sessions = 1."""
+    sid = _start(client)
+    wait_until(lambda: _status(client, sid) == "running", timeout=30, what="blocker running")
+    return sid
+
+
 def test_fifty_submissions_under_max_sessions_four(isolated_env: Path) -> None:
     """50 sessions under max_sessions = 4: never more than 4 runners at once, all complete, and they
     are launched in submission order."""
@@ -101,8 +108,7 @@ def test_the_queue_survives_a_daemon_restart(isolated_env: Path) -> None:
     first = DaemonProc(isolated_env).start()
     try:
         with first.client() as c:
-            blocker = _start(c)
-            wait_until(lambda: _status(c, blocker) == "running", timeout=30, what="blocker running")
+            blocker = _running_blocker(c)
             queued = [_start(c, seconds=0.1), _start(c, seconds=0.1, priority=2), _start(c, seconds=0.1)]
             before = wait_until(lambda: _positions(c) if len(_positions(c)) == 3 else None, what="three queued")
         first.stop()  # sessions keep running: the blocker's runner outlives the daemon
@@ -128,14 +134,12 @@ def test_a_resumed_session_keeps_its_place_in_the_queue_across_a_restart(isolate
     first = DaemonProc(isolated_env).start()
     try:
         with first.client() as c:
-            blocker = _start(c)
-            wait_until(lambda: _status(c, blocker) == "running", timeout=30, what="blocker running")
+            blocker = _running_blocker(c)
             old = c.request("session.start", workflow="demo.fail", params={}, limits={}, priority=5)["session"]
             wait_until(lambda: _status(c, old) == "queued", timeout=30, what="old queued")
             c.stop(blocker, grace=1)
             assert c.wait(old, timeout=60)["status"] == "failed"
-            blocker2 = _start(c)
-            wait_until(lambda: _status(c, blocker2) == "running", timeout=30, what="second blocker running")
+            _running_blocker(c)
             a, b = _start(c, seconds=0.1), _start(c, seconds=0.1)
             c.resume(old)
             before = wait_until(lambda: _positions(c) if len(_positions(c)) == 3 else None, what="three queued")

@@ -20,25 +20,8 @@ import labd.runner.checkpoint as checkpoint
 from labd.daemon.api.base import ApiError
 from labd.daemon.api.durable import _seed
 from labd.runner.checkpoint import DamagedObject, ObjectStore, restore
-from labd.runner.context import Context
-from labd.runner.durable import CheckpointFailed, Durable
-from labd.runner.files import FileTracker
-
-
-def _ctx(tmp: Path, seed: dict[str, Any] | None = None) -> tuple[Context, list[tuple[str, Any, Any]]]:
-    events: list[tuple[str, Any, Any]] = []
-
-    def emit(kind: str, payload: Any, node: Any = None, parent: Any = None) -> int:
-        events.append((kind, payload, node))
-        return len(events)
-
-    work = tmp / "s" / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    ctx = Context("s", work, {}, emit, None, {})
-    files = FileTracker(work, emit)
-    ctx.after_step = lambda node: files.scan(node)
-    ctx.durable = Durable(emit, tmp / "s", work, files, seed)
-    return ctx, events
+from labd.runner.durable import CheckpointFailed
+from tests.unit.durable_support import durable_ctx as _ctx
 
 
 def _of(events: list[tuple[str, Any, Any]], kind: str) -> list[Any]:

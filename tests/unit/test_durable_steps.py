@@ -11,25 +11,9 @@ from typing import Any
 import pytest
 
 from labd.runner.checkpoint import MAX_CHAIN, ObjectStore, load_manifest, manifest_object
-from labd.runner.context import Context
 from labd.runner.durable import Divergence, Durable
 from labd.runner.files import FileTracker
-
-
-def _ctx(tmp: Path, seed: dict[str, Any] | None = None) -> tuple[Context, list[tuple[str, Any, Any]]]:
-    events: list[tuple[str, Any, Any]] = []
-
-    def emit(kind: str, payload: Any, node: Any = None, parent: Any = None) -> int:
-        events.append((kind, payload, node))
-        return len(events)
-
-    work = tmp / "s" / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    ctx = Context("s", work, {}, emit, None, {})
-    files = FileTracker(work, emit)
-    ctx.after_step = lambda node: files.scan(node)
-    ctx.durable = Durable(emit, tmp / "s", work, files, seed)
-    return ctx, events
+from tests.unit.durable_support import durable_ctx as _ctx
 
 
 def test_an_unchanged_file_is_stored_once_and_restore_makes_the_directory_exactly_the_manifest(tmp_path) -> None:
