@@ -18,6 +18,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from labd.runner.interrupts import Cancelled, Interruptible
+
 if TYPE_CHECKING:
     from labd.runner.approvals import Approvals, Decision
 
@@ -43,13 +45,6 @@ current_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("labd_
 
 
 _current: Context | None = None
-
-
-class Cancelled(BaseException):
-    """Raised inside the workflow when the session is asked to stop (at a step boundary or by SIGTERM).
-
-    A BaseException, like KeyboardInterrupt, so a workflow's ``except Exception`` does not swallow it.
-    """
 
 
 class Node:
@@ -80,8 +75,8 @@ def current() -> Context:
     return _current
 
 
-class Context:
-    """What a workflow function gets as its first argument."""
+class Context(Interruptible):
+    """What a workflow function gets as its first argument (pause and cancellation: :mod:`labd.runner.interrupts`)."""
 
     def __init__(self, session_id: str, workdir: Path, params: Mapping[str, Any], emit: Emit,
                  log: Any, secrets: Mapping[str, str]) -> None:
@@ -94,8 +89,7 @@ class Context:
         self._node_ids = itertools.count(1)
         #: node ids are <prefix><number>: "n" in the runner, "f<j>." in a child the workflow forked (forksafe)
         self._node_prefix = "n"
-        self._cancel = threading.Event()
-        self.cancel_reason = ""
+        self._init_interrupts()
         #: the innermost open step of the main thread (for output, which is read on another thread)
         self.active_node: str | None = None
         #: called before each step boundary (the runner drains captured output there)
@@ -103,10 +97,6 @@ class Context:
         #: called after each step (the runner scans the work directory there)
         self.after_step: Callable[[str], None] = lambda node_id: None
         self._last_done: dict[str | None, str] = {}
-        self._pause: tuple[str, str] | None = None
-        self._resume = threading.Event()
-        self._resumed_by = "client"
-        self._resume_budget: float | None = None
         self._lock = threading.Lock()
         self.approvals: Approvals | None = None
         self._agents: Callable[[], Any] | None = None
@@ -123,6 +113,9 @@ class Context:
         self.instructions: str | None = None
         global _current
         _current = self  # the newest context is the session's (see current())
+
+    def _here(self) -> str | None:
+        return current_node.get()
 
     def new_node_id(self) -> str:
         return f"{self._node_prefix}{next(self._node_ids)}"
@@ -173,6 +166,8 @@ class Context:
             payload["planned"] = True
         durable = self.durable
         path = durable.position(parent) if durable is not None else ""
+        if durable is not None:  # the step's place in the workflow: what a replay matches (ids jump at a resume)
+            payload["path"] = path
         rec = durable.recorded(path, name) if durable is not None else None
         if rec is not None:  # completed in the record: restored, not executed (labd.runner.durable)
             yield from self._reused(node, rec, path, payload, parent)
@@ -207,11 +202,13 @@ class Context:
             with self._lock:  # closed before its scan, so the next window starts without it
                 self._open.discard(node.id)
             self.after_step(node.id)
-            if status == "completed" and durable is not None:
-                durable.checkpoint(node.id, path, name, node.result)
-            current_node.reset(token)
-            if main:
-                self.active_node = outer
+            try:  # a failed checkpoint records the step failed itself and raises (runner/durable.py) ...
+                if status == "completed" and durable is not None:
+                    durable.checkpoint(node.id, path, name, node.result)
+            finally:  # ... and still leaves the node, so later events are not attributed to it
+                current_node.reset(token)
+                if main:
+                    self.active_node = outer
             done: dict[str, Any] = {"name": name, "status": status, "duration": time.monotonic() - start}
             if error:
                 done["error"] = clip(error, MAX_STEP_ERROR)
@@ -355,64 +352,6 @@ class Context:
             raise RuntimeError("approvals are not available in this context")
         return self.approvals.request(kind, prompt, options=tuple(options), context=context, timeout=timeout,
                                       policy=policy, node_id=current_node.get(), on_cancel=self.check_cancelled)
-
-    # ---- pause / cancellation ---------------------------------------------------------------------
-    def request_pause(self, by: str, reason: str) -> None:
-        self._resume.clear()
-        self._pause = (by, reason)
-
-    def resume(self, by: str = "client", budget: float | None = None) -> None:
-        """Continue a paused session; ``budget`` (USD) replaces a budget that paused it."""
-        self._resumed_by = by
-        self._resume_budget = float(budget) if isinstance(budget, int | float) and not isinstance(budget, bool) \
-            else None
-        self._pause = None
-        self._resume.set()
-
-    def wait_paused(self, by: str, reason: str) -> float | None:
-        """Pause here (not at a step boundary: e.g. before an LLM call the budget refuses) until resumed;
-        returns the new budget the resume gave, if any. Raises :class:`Cancelled` on a stop meanwhile."""
-        self._resume.clear()
-        self._resume_budget = None
-        self._emit("session.paused", {"by": by, "reason": reason}, current_node.get())
-        while not self._resume.wait(0.25):
-            self.check_cancelled()
-        self.check_cancelled()
-        resumed: dict[str, Any] = {"by": self._resumed_by}
-        if self._resume_budget is not None:
-            resumed["budget"] = self._resume_budget
-        self._emit("session.resumed", resumed, current_node.get())
-        return self._resume_budget
-
-    def _maybe_pause(self) -> None:
-        pause = self._pause
-        if pause is None:
-            return
-        by, reason = pause
-        self._emit("session.paused", {"by": by, "reason": reason}, current_node.get())
-        while not self._resume.wait(0.25):
-            self.check_cancelled()
-        self.check_cancelled()
-        self._emit("session.resumed", {"by": self._resumed_by}, current_node.get())
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def check_cancelled(self) -> None:
-        """Raise :class:`Cancelled` if a stop was requested."""
-        if self._cancel.is_set():
-            raise Cancelled(self.cancel_reason or "cancelled")
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep, but wake up and raise :class:`Cancelled` as soon as a stop is requested."""
-        if self._cancel.wait(seconds):
-            raise Cancelled(self.cancel_reason or "cancelled")
-
-    def request_cancel(self, reason: str) -> None:
-        self.cancel_reason = reason
-        self._cancel.set()
-        self._resume.set()
 
     # ---- secrets ----------------------------------------------------------------------------------
     def secret(self, name: str) -> str | None:

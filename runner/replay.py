@@ -91,8 +91,11 @@ class Replayer:
         #: the recorded calls in order [{digest, node, agent, input}], to name what was expected at a miss
         self._order: list[dict[str, Any]] = list(seed.get("order") or [])
         self._used: set[int] = set()
-        #: recorded steps {node id: name} up to the replay point, to report the first step that differs
-        self._steps: dict[str, str] = {str(k): str(v) for k, v in (seed.get("steps") or {}).items()}
+        #: recorded steps up to the replay point, to report the first step that differs: {position: name} where
+        #: the record has positions (node ids jump at a resume and in a branch), else {node id: name}
+        by_path = seed.get("step_paths") or {}
+        self._by_path = bool(by_path)
+        self._steps: dict[str, str] = {str(k): str(v) for k, v in (by_path or seed.get("steps") or {}).items()}
         self._diverged = False
         self._left = sum(len(v) for v in self._llm.values()) + sum(len(v) for v in self._approvals.values())
         self._lock = threading.Lock()
@@ -153,14 +156,16 @@ class Replayer:
         event. Reported, not fatal: the LLM calls and approvals decide whether the replay can go on."""
         def checked(kind: str, payload: dict[str, Any], node_id: str | None = None, parent: int | None = None) -> int:
             if kind == "step.started" and not self._diverged and node_id is not None:
-                self._check_step(node_id, str(payload.get("name", "")))
+                self._check_step(node_id, str(payload.get("name", "")), payload.get("path"))
             return emit(kind, payload, node_id, parent)
         return checked
 
-    def _check_step(self, node: str, name: str) -> None:
+    def _check_step(self, node: str, name: str, path: Any = None) -> None:
         if node[:1] == "f":  # a forked child's node: which child runs which task is up to the scheduler
             return
-        recorded = self._steps.get(node)
+        if self._by_path and not isinstance(path, str):
+            return  # a step without a position (a skip): nothing in the record to hold it to
+        recorded = self._steps.get(path if self._by_path else node)
         if recorded == name or (recorded is None and self.until is not None):
             return  # the same step; or, after a partial replay's point, anything (it runs live)
         self._diverged = True

@@ -6,6 +6,8 @@ steps only later sessions have. Each step shows status, duration, LLM calls, tok
 the output of the last agent turn nested in it (or its error). Files are each session's final work
 directory as its file events left it (created / changed / deleted), compared by content hash; a small
 text file that differs gets a unified diff read from the work directories, when they still exist.
+Of a resumed session only the run that counted is compared: the attempts its resume ran again are left out
+(counted as ``superseded`` in its totals; see :mod:`labd.store.attempts`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 from typing import Any
+
+from labd.store.attempts import superseded_nodes
 
 __all__ = ["compare", "DIFF_MAX_BYTES", "DIFF_MAX_LINES"]
 
@@ -57,8 +61,11 @@ def _outputs(store: Any, sid: str) -> tuple[dict[str, Any], Any]:
         since = page["events"][-1]["seq"]
 
 
-def _steps(store: Any, sid: str) -> list[tuple[str, dict[str, Any]]]:
-    nodes = store.steps(sid)
+def _steps(store: Any, sid: str) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """The steps matched by name (agent turns only feed results), and how many steps a resume superseded."""
+    gone = superseded_nodes(store, sid)
+    every = store.steps(sid)
+    nodes = [n for n in every if n["node_id"] not in gone]
     outputs, _ = _outputs(store, sid)
     children: dict[str, list[dict[str, Any]]] = {}
     for n in nodes:
@@ -88,7 +95,7 @@ def _steps(store: Any, sid: str) -> list[tuple[str, dict[str, Any]]]:
         out.append((key, {"node_id": n["node_id"], "kind": n["kind"], "status": n["status"],
                           "duration": n["duration"], "calls": n["calls"], "prompt_tokens": n["prompt_tokens"],
                           "completion_tokens": n["completion_tokens"], "cost": n["cost"], "result": result(n)}))
-    return out
+    return out, sum(1 for n in every if n["node_id"] in gone and n["kind"] != "agent")
 
 
 def _files(store: Any, sid: str) -> dict[str, dict[str, Any]]:
@@ -116,7 +123,11 @@ def _read_text(workdir: str, path: str, size: int) -> str | None:
 def compare(store: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The comparison of the sessions ``rows`` (session rows, at least two), the first as the baseline."""
     ids = [r["id"] for r in rows]
-    steps = [_steps(store, sid) for sid in ids]
+    steps, superseded = [], []
+    for sid in ids:
+        per, gone = _steps(store, sid)
+        steps.append(per)
+        superseded.append(gone)
     order: list[str] = []
     for per in steps:
         order.extend(k for k, _ in per if k not in order)
@@ -155,7 +166,7 @@ def compare(store: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
         file_rows.append(row)
     totals = []
     results = []
-    for r, per in zip(rows, steps, strict=True):
+    for r, per, gone in zip(rows, steps, superseded, strict=True):
         _, final = _outputs(store, r["id"])
         results.append(final)
         started, ended = r.get("started_at"), r.get("ended_at")
@@ -163,7 +174,8 @@ def compare(store: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
         totals.append({"session": r["id"], "name": r["name"], "status": r["status"], "origin": r.get("origin"),
                        "parent_id": r.get("parent_id"), "cost": llm["cost"], "calls": llm["calls"],
                        "prompt_tokens": llm["prompt_tokens"], "completion_tokens": llm["completion_tokens"],
-                       "duration": (ended - started) if started and ended else None, "steps": len(per)})
+                       "duration": (ended - started) if started and ended else None, "steps": len(per),
+                       "superseded": gone})
     return {"sessions": ids, "totals": totals, "steps": step_rows, "files": file_rows,
             "result": {"sessions": results, "same": all(x == results[0] for x in results[1:]),
                        "diffs": [diff(results[0], x, ids[0], ids[i]) for i, x in enumerate(results[1:], 1)]}}

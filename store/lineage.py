@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from labd.runner.replay import approval_digest, last_input, request_digest
+from labd.store.attempts import superseded_nodes
 from labd.store.schema import events, sessions, state_history
 
 __all__ = ["replay_seed", "cut_seq", "family", "SEED_KINDS"]
@@ -42,48 +43,90 @@ def cut_seq(store: Any, sid: str, node: str) -> int | None:
     return int(value) if value is not None else None
 
 
+#: how many generations of branches a replay seed follows up to the steps they reused
+MAX_GENERATIONS = 64
+
+
 def replay_seed(store: Any, session: dict[str, Any], until: str | None = None) -> dict[str, Any]:
     """The seed a replay of ``session`` serves from; with ``until`` (a node id) only what was recorded up to
-    the end of that node."""
-    sid, workdir = session["id"], session["workdir"]
+    the end of that node. Of a resumed session, only its effective run: the attempts the resume ran again
+    (:func:`labd.store.attempts.superseded_nodes`) are left out, with their calls and approvals. Of a branch,
+    also what its reused steps recorded in the session(s) it was branched from: a replay runs them again."""
+    sid = session["id"]
     upto = cut_seq(store, sid, until) if until else None
-    evs = _all_events(store, sid, SEED_KINDS, upto)
-    requests = {e["src_seq"]: e for e in evs if e["kind"] == "llm.request"}
-    resolved = {e["payload"].get("approval_id"): e["payload"] for e in _all_events(
-        store, sid, ["approval.resolved"], None)}  # an answer given after the replay point still answers
-    llm: dict[str, list[dict[str, Any]]] = {}
-    approvals: dict[str, list[dict[str, Any]]] = {}
-    order: list[dict[str, Any]] = []
-    steps: dict[str, str] = {}
-    for e in evs:
-        p, kind = e["payload"], e["kind"]
-        if kind == "step.started" and e["node_id"]:
-            steps[e["node_id"]] = str(p.get("name", ""))
-        elif kind == "llm.response":
-            req = requests.get(e["parent"])
-            if req is None or p.get("status") != "ok" or not isinstance(req["payload"].get("request"), dict):
-                continue  # a failed call, or one recorded without its full request: nothing to serve
-            request = req["payload"]["request"]
-            digest = request_digest(request, workdir=workdir, session_id=sid)
-            response = {k: v for k, v in p.items() if k not in ("duration", "replayed", "status")}
-            llm.setdefault(digest, []).append({"response": response, "index": len(order)})
-            order.append({"what": "llm", "digest": digest, "node": req["node_id"], "agent": p.get("agent"),
-                          "input": last_input(request)[-300:]})
-        elif kind in ("approval.requested", "approval.replayed"):
-            if kind == "approval.requested":
-                answer = resolved.get(p.get("approval_id"))
-                if answer is None:
-                    continue  # never answered: a replay asks a human
-                digest = approval_digest(p["kind"], p["prompt"], p.get("options"), p.get("context"),
-                                         workdir=workdir, session_id=sid)
-            else:
-                answer, digest = p, p["digest"]  # a replay of a replay: the answer it was served
-            entry = {k: answer.get(k) for k in ("decision", "feedback", "hypothesis") if answer.get(k) is not None}
-            approvals.setdefault(digest, []).append({**entry, "index": len(order)})
-            order.append({"what": "approval", "digest": digest, "node": e["node_id"], "kind": p["kind"],
-                          "input": str(p["prompt"])[-300:]})
-    return {"parent": sid, "workdir": workdir, "until": until, "llm": llm, "approvals": approvals, "order": order,
-            "steps": steps}
+    gone = superseded_nodes(store, sid)
+    own = [e for e in _all_events(store, sid, SEED_KINDS, upto) if e["node_id"] not in gone]
+    seed = _Seed()
+    for row, evs in [*_inherited(store, session, None, 0), (session, own)]:
+        seed.add(store, row, evs)
+    return {"parent": sid, "workdir": session["workdir"], "until": until, "llm": seed.llm,
+            "approvals": seed.approvals, "order": seed.order, "steps": seed.steps, "step_paths": seed.step_paths}
+
+
+def _inherited(store: Any, session: dict[str, Any], wanted: set[str] | None,
+               depth: int) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """For a branch: its parent's recorded events inside the steps the branch reused (``wanted``: only those of
+    them a child branch reused in turn), oldest generation first."""
+    if session.get("origin") != "branch" or not session.get("parent_id") or depth >= MAX_GENERATIONS:
+        return []
+    reused = {n["node_id"] for n in store.steps(session["id"]) if n["status"] == "reused"}
+    if wanted is not None:
+        reused &= wanted
+    parent = store.session(session["parent_id"]) if reused else None
+    if parent is None:
+        return []  # nothing reused, or the parent was deleted: those steps' calls go to the model
+    nodes = {n for root in reused for n in store.subtree(parent["id"], root)}
+    gone = superseded_nodes(store, parent["id"])
+    evs = [e for e in _all_events(store, parent["id"], SEED_KINDS, None) if e["node_id"] in nodes - gone]
+    return [*_inherited(store, parent, reused, depth + 1), (parent, evs)]
+
+
+class _Seed:
+    """What a replay serves, built from one recorded session's events after another's (a branch's ancestors
+    first): requests are digested with the placeholders of the session that made them."""
+
+    def __init__(self) -> None:
+        self.llm: dict[str, list[dict[str, Any]]] = {}
+        self.approvals: dict[str, list[dict[str, Any]]] = {}
+        self.order: list[dict[str, Any]] = []
+        self.steps: dict[str, str] = {}
+        self.step_paths: dict[str, str] = {}  # by position, where the record has them: ids jump at a resume
+
+    def add(self, store: Any, session: dict[str, Any], evs: list[dict[str, Any]]) -> None:
+        sid, workdir = session["id"], session["workdir"]
+        requests = {e["src_seq"]: e for e in evs if e["kind"] == "llm.request"}
+        resolved = {e["payload"].get("approval_id"): e["payload"] for e in _all_events(
+            store, sid, ["approval.resolved"], None)}  # an answer given after the replay point still answers
+        for e in evs:
+            p, kind = e["payload"], e["kind"]
+            if kind == "step.started" and e["node_id"]:
+                self.steps[e["node_id"]] = str(p.get("name", ""))
+                if isinstance(p.get("path"), str):
+                    self.step_paths[p["path"]] = str(p.get("name", ""))
+            elif kind == "llm.response":
+                req = requests.get(e["parent"])
+                if req is None or p.get("status") != "ok" or not isinstance(req["payload"].get("request"), dict):
+                    continue  # a failed call, or one recorded without its full request: nothing to serve
+                request = req["payload"]["request"]
+                digest = request_digest(request, workdir=workdir, session_id=sid)
+                response = {k: v for k, v in p.items() if k not in ("duration", "replayed", "status")}
+                self.llm.setdefault(digest, []).append({"response": response, "index": len(self.order)})
+                self.order.append({"what": "llm", "digest": digest, "node": req["node_id"], "agent": p.get("agent"),
+                                   "input": last_input(request)[-300:]})
+            elif kind in ("approval.requested", "approval.replayed"):
+                if kind == "approval.requested":
+                    answer = resolved.get(p.get("approval_id"))
+                    if answer is None:
+                        continue  # never answered: a replay asks a human
+                    digest = approval_digest(p["kind"], p["prompt"], p.get("options"), p.get("context"),
+                                             workdir=workdir, session_id=sid)
+                else:
+                    answer, digest = p, p["digest"]  # a replay of a replay: the answer it was served
+                entry = {k: answer.get(k) for k in ("decision", "feedback", "hypothesis")
+                         if answer.get(k) is not None}
+                self.approvals.setdefault(digest, []).append({**entry, "index": len(self.order)})
+                self.order.append({"what": "approval", "digest": digest, "node": e["node_id"], "kind": p["kind"],
+                                   "input": str(p["prompt"])[-300:]})
 
 
 def family(store: Any, sid: str) -> dict[str, Any]:

@@ -75,7 +75,11 @@ def cmd_compare(args: argparse.Namespace, ctx: Ctx) -> int:
         ["LLM calls", *[str(t["calls"]) for t in r["totals"]]],
         ["tokens", *[str(t["prompt_tokens"] + t["completion_tokens"]) for t in r["totals"]]],
         ["cost", *[_money(t["cost"]) for t in r["totals"]]],
+        *([["superseded", *[str(t.get("superseded") or 0) for t in r["totals"]]]]
+          if any(t.get("superseded") for t in r["totals"]) else []),
     ])
+    if any(t.get("superseded") for t in r["totals"]):
+        ctx.out.line("superseded: steps a resume ran again; their unfinished attempts are not compared")
     ctx.out.line("")
     rows = []
     for s in r["steps"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -181,3 +182,61 @@ def test_replay_from_a_node_goes_live_after_it(isolated_env: Path) -> None:
             assert served == {node_named(c, rid, "ask 1"): True, node_named(c, rid, "ask 2"): False}
             assert 0 < final["cost"] < c.session(sid)["cost"]
             assert final_files(c, rid) == final_files(c, sid)
+
+
+def test_replay_and_compare_of_a_resumed_session_use_its_effective_run(isolated_env: Path, tmp_path: Path) -> None:
+    """A session whose second step failed after its LLM call, resumed to completion, has in its record an
+    attempt that the resume superseded (the step and its call were made again, under new node ids). Its replay
+    reports no step divergence and is served only the calls of the run that counted (``replay.json`` holds three,
+    not four); `compare` of the session with its replay lines each step up with the attempt that completed and
+    finds nothing changed but the cost, and says how many superseded attempts it left out."""
+    counter = tmp_path / "counts"
+    counter.mkdir()
+    with running_daemon(isolated_env) as d, d.client(timeout=30) as c:
+        sid = c.start("labd_testflows:resumable_asks", params={"counter": str(counter)})
+        assert c.wait(sid, timeout=90)["status"] == "failed"
+        c.resume(sid, reason="the second step was flaky")
+        wait_until(lambda: c.session(sid)["status"] == "completed", timeout=90, what="the resumed session")
+        failed = [n for n in c.dag(sid)["dag"]["nodes"] if n["name"] == "ask 2"]
+        assert sorted(n["status"] for n in failed) == ["completed", "failed"]  # two attempts in the record
+
+        rid = c.replay(sid)
+        final = c.wait(rid, timeout=90)
+        assert final["status"] == "completed", final["reason"]
+        history = list(c.history(rid))
+        assert not [e for e in history if e["kind"] in ("replay.diverged", "replay.miss")]
+        seed = json.loads((d.home / "sessions" / rid / "replay.json").read_text())
+        superseded = next(n["node_id"] for n in failed if n["status"] == "failed")
+        nested = {n["node_id"] for n in c.dag(sid)["dag"]["nodes"] if n["parent_node"] == superseded}
+        assert len(seed["order"]) == 3 and not {o["node"] for o in seed["order"]} & nested
+        assert superseded not in set(seed["steps"].values()) | set(seed["steps"])
+        assert final_files(c, rid) == final_files(c, sid)
+
+        same = c.compare(sid, rid)
+        assert [s["name"] for s in same["steps"]] == ["ask 1", "ask 2", "ask 3"]
+        assert {f for s in same["steps"] for f in s["changed"]} == {"cost"} and same["result"]["same"], same["result"]
+        assert [t["superseded"] for t in same["totals"]] == [1, 0]
+        out = labd(isolated_env, "compare", sid, rid)
+        assert out.returncode == 0, out.stderr
+        assert "superseded" in out.stdout and "ask 2 #2" not in out.stdout
+
+
+def test_replay_of_a_branch_reports_no_divergence(isolated_env: Path, tmp_path: Path) -> None:
+    """A branch numbers its new nodes after its parent's (its reused steps keep the parent's ids), so its node
+    ids never match a fresh run's; its replay still finds every step where the record has it (by position) and
+    reports no divergence, and is served every call: the branch's own and, for the step it reused (which the
+    replay runs again), its parent's."""
+    counter = tmp_path / "counts"
+    counter.mkdir()
+    with running_daemon(isolated_env) as d, d.client(timeout=30) as c:
+        sid = c.start("labd_testflows:resumable_asks", params={"counter": str(counter), "fail_second": 0})
+        assert c.wait(sid, timeout=90)["status"] == "completed"
+        bid = c.branch(sid, "ask 2")["sessions"][0]["session"]
+        assert c.wait(bid, timeout=90)["status"] == "completed"
+        rid = c.replay(bid)
+        final = c.wait(rid, timeout=90)
+        assert final["status"] == "completed", final["reason"]
+        history = list(c.history(rid))
+        assert not [e for e in history if e["kind"] in ("replay.diverged", "replay.miss")]
+        assert [e["payload"]["replayed"] for e in history if e["kind"] == "llm.response"] == [True, True, True]
+        assert final_files(c, rid) == final_files(c, sid)  # the reused step ran again, with its served answer

@@ -401,6 +401,28 @@ def replay_probe(ctx, source: str = "", steps: int = 2, model: str = "default") 
     return ctx.run(body())
 
 
+def resumable_asks(ctx, counter: str, fail_second: int = 1) -> list:
+    """Three steps, each asking a researcher the same question on every run; the second step fails its first
+    ``fail_second`` runs *after* its LLM call (counted under ``counter``), so a resume runs it, and its call,
+    again: a record with a superseded attempt (labd replay / compare of a resumed session)."""
+    from pathlib import Path
+
+    async def body() -> list:
+        answers = []
+        for i in range(1, 4):
+            with ctx.step(f"ask {i}") as node:
+                agent = ctx.role("researcher")
+                reply = (await agent.ask(f"Step {i} of 3: go on")).body or ""
+                if i == 2 and _count_run(counter, "ask 2") <= fail_second:
+                    raise RuntimeError("the second step fails after its call")
+                Path(f"answer_{i}.txt").write_text(reply + "\n")
+                node.result = reply
+            answers.append(node.result)  # a step a resume skipped gives its recorded result here
+        return answers
+
+    return ctx.run(body())
+
+
 def replay_steps(ctx, source: str) -> str:
     """Two steps without agents; the second one's name is the text of the file ``source``, so changing the file
     makes a replay's second step differ from the recorded one (labd replay's step divergence)."""

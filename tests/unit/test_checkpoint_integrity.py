@@ -20,6 +20,7 @@ import labd.runner.checkpoint as checkpoint
 from labd.daemon.api.base import ApiError
 from labd.daemon.api.durable import _seed
 from labd.runner.checkpoint import DamagedObject, ObjectStore, restore
+from labd.runner.context import current_node
 from labd.runner.durable import CheckpointFailed
 from tests.unit.durable_support import durable_ctx as _ctx
 
@@ -99,6 +100,8 @@ def test_a_checkpoint_that_cannot_store_a_file_fails_the_step_instead_of_recordi
     assert len(produce) == 1 and produce[0]["status"] == "failed"
     assert "checkpoint failed" in produce[0]["error"] and "precious.bin" in produce[0]["error"]
     assert (ctx.workdir / "precious.bin").exists()
+    # the step was left: what the workflow does next (its clean-up, its error report) is not attributed to it
+    assert current_node.get() is None and ctx.active_node is None
 
 
 def test_a_result_that_cannot_be_stored_fails_the_checkpoint_and_the_next_one_still_resolves(tmp_path,

@@ -1,0 +1,90 @@
+"""Which recorded nodes a resume superseded: the effective run of a resumed session.
+
+A resumed session (``labd resume``) runs its workflow again from the top: steps that completed before are
+restored from their checkpoints without new events, everything else runs again under new node ids (after the
+record's). So its record holds, before the last ``session.continued``, attempts that no longer count: a step
+that failed or was interrupted and then ran again at the same position, the agent turns and LLM calls inside
+it, and agent turns outside any step (code outside steps runs again too). Replay and compare read the run that
+counted, not those (docs/design.md, "Replay and compare of a resumed session").
+
+A node is superseded when it started before the last ``session.continued`` and
+
+- it is a step whose position (``path`` in its ``step.started``, recorded since 2026-12) was started again after
+  it; for a record without positions, a step that did not complete (a resume runs every such step again);
+- or it is an agent turn whose nearest enclosing step is superseded or that has no enclosing step.
+
+Steps that completed before the resume, and everything nested in them, stay: the resume kept their results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from labd.store.schema import events, steps
+
+__all__ = ["superseded_nodes"]
+
+#: statuses of a step the resume kept (its checkpoint was restored, a branch reused it, or a plan it re-announced)
+_KEPT = frozenset({"completed", "reused", "planned"})
+
+
+def superseded_nodes(store: Any, sid: str) -> set[str]:
+    """The ids of ``sid``'s nodes that a resume ran again (empty for a session never resumed)."""
+    with store.engine.connect() as conn:
+        cut = conn.execute(select(func.max(events.c.seq)).where(
+            events.c.session_id == sid, events.c.kind == "session.continued")).scalar()
+        if cut is None:
+            return set()
+        rows = conn.execute(select(steps.c.node_id, steps.c.parent_node, steps.c.kind, steps.c.status,
+                                   steps.c.start_seq).where(steps.c.session_id == sid)).all()
+    paths = _paths(store, sid)
+    again = {paths[n] for n, _p, kind, _s, start in rows if kind != "agent" and (start or 0) > cut and n in paths}
+    parent = {n: p for n, p, *_ in rows}
+    kinds = {n: kind for n, _p, kind, *_ in rows}
+    before = {n: (kind, status) for n, _p, kind, status, start in rows if start is not None and start <= cut}
+    memo: dict[str, bool] = {}
+
+    def gone(node: str) -> bool:
+        """Was ``node`` (started before the cut) run again by the resume?"""
+        if node not in memo:
+            memo[node] = True  # a cycle in bad data counts as superseded rather than looping
+            kind, status = before[node]
+            if node in paths:
+                memo[node] = paths[node] in again
+            elif kind != "agent" and not paths:  # a record from before positions: the status tells
+                memo[node] = status not in _KEPT
+            else:  # an agent turn, or a step without a position (a skip): as the step it ran in
+                up = _enclosing_step(node, parent, kinds)
+                memo[node] = up is None or (up in before and gone(up))
+        return memo[node]
+
+    return {n for n in before if gone(n)}
+
+
+def _enclosing_step(node: str, parent: dict[str, str | None], kinds: dict[str, str]) -> str | None:
+    """The nearest step (not an agent turn) ``node`` is nested in."""
+    seen: set[str] = set()
+    cur = parent.get(node)
+    while cur is not None and cur not in seen:
+        seen.add(cur)
+        if kinds.get(cur) != "agent":
+            return cur
+        cur = parent.get(cur)
+    return None
+
+
+def _paths(store: Any, sid: str) -> dict[str, str]:
+    """``{node id: position}`` from the session's ``step.started`` events that carry one."""
+    out: dict[str, str] = {}
+    since = 0
+    while True:
+        page = store.events_page(sid, since=since, kinds=["step.started"], full=True)
+        for e in page["events"]:
+            path = e["payload"].get("path") if isinstance(e["payload"], dict) else None
+            if e["node_id"] and isinstance(path, str):
+                out[e["node_id"]] = path
+        if not page["more"] or not page["events"]:
+            return out
+        since = page["events"][-1]["seq"]
