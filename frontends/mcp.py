@@ -7,7 +7,8 @@ a session answers with its id, and the caller polls ``read_output`` / ``get_sess
 hold a call open for the hours a session may run). Errors from the daemon become MCP tool errors carrying
 labd's stable code, e.g. ``labd: no session 'x' [not_found]``.
 
-Only protocol frames go to stdout (the SDK's stdio transport owns it); nothing here prints.
+Only protocol frames go to stdout (the stdio transport owns it, see :mod:`labd.frontends.mcp_stdio`); nothing here
+prints.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.types import ToolAnnotations
 
 from labd import __version__
+from labd.frontends.mcp_stdio import guarded_stdio_server
 from labd.ipc.client import Client, LabdError
 from labd.ipc.safe_files import open_beneath
 
@@ -206,6 +208,16 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
 
 
 def run(home: str | os.PathLike[str] | None = None, *, allow_policy_approvals: bool = False) -> int:
-    """Serve MCP over stdio until the client closes the stream."""
-    build_server(home, allow_policy_approvals=allow_policy_approvals).run("stdio")
+    """Serve MCP over stdio until the client closes the stream.
+
+    As ``MCPServer.run("stdio")`` does, but over :func:`~labd.frontends.mcp_stdio.guarded_stdio_server`: a line the
+    SDK's parser would drop unanswered (too deep, too large, not JSON) gets a JSON-RPC error reply instead."""
+    # The SDK's own in-memory client reaches the low-level server the same way (a TODO there makes it public).
+    lowlevel = build_server(home, allow_policy_approvals=allow_policy_approvals)._lowlevel_server
+
+    async def serve() -> None:
+        async with guarded_stdio_server() as (read_stream, write_stream):
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+
+    anyio.run(serve)
     return 0

@@ -52,7 +52,10 @@ STATIC = Path(__file__).parent / "static"
 T = TypeVar("T")
 STREAM_POLL_S = 0.3
 MAX_DOWNLOAD = 64 * 1024 * 1024
-OPEN_FILE_S = 120.0  # --open's redirect file is removed after this (or at exit)
+#: --open's redirect file is removed after this many seconds (or at exit, if sooner): long enough for a browser that
+#: is slow to start to read it, not the dashboard's whole life. For tests only, ``LABD_UI_OPEN_FILE_S`` in the
+#: environment of `labd ui` shortens it (a test cannot wait two minutes to see the file go).
+OPEN_FILE_S = 120.0
 
 
 def build_app(home: str | None, token: str, port_ref: list[int]) -> Starlette:
@@ -319,7 +322,16 @@ def _open_browser(url: str) -> Path:
         f.write(page)
     webbrowser.open(Path(name).as_uri())
     # the browser reads it once, at its start: it is not left behind for the dashboard's whole life either
-    remover = threading.Timer(OPEN_FILE_S, Path(name).unlink, kwargs={"missing_ok": True})
+    remover = threading.Timer(_open_file_s(), Path(name).unlink, kwargs={"missing_ok": True})
     remover.daemon = True  # never what keeps the process alive
     remover.start()
     return Path(name)
+
+
+def _open_file_s() -> float:
+    """:data:`OPEN_FILE_S`, or the test override ``LABD_UI_OPEN_FILE_S`` when it is a number (seconds; it only
+    shortens the delay)."""
+    try:
+        return max(0.0, min(OPEN_FILE_S, float(os.environ["LABD_UI_OPEN_FILE_S"])))
+    except (KeyError, ValueError):
+        return OPEN_FILE_S

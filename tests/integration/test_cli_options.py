@@ -119,6 +119,42 @@ def test_completion_scripts(daemon, tmp_path: Path) -> None:
     assert "complete -c labd -n '__fish_seen_subcommand_from skills' -a 'list save show rm export import'" in fish
 
 
+def test_session_arguments_complete_to_names_as_well_as_ids(daemon, tmp_path: Path) -> None:
+    """A session argument takes a name as well as an id, so bash completion offers both: ids, then each name once
+    (the latest session named so is the one it means), a name holding a ':' (where bash splits words) completing
+    after the ':' too. A name that is not a plain shell word is not offered (its id is) and is never expanded: a
+    name made of a command substitution runs nothing. zsh and fish scripts ask for the same words."""
+    pwned = tmp_path / "pwned"
+    named = {"alpha-study": [], "py:study": [], "my run": [], f"$(touch {pwned})": []}
+    for name in [*named, "alpha-study"]:
+        r = labd("run", "demo.count", "-p", "n=1", "-p", "delay=0", "--name", name)
+        assert r.returncode == 0, r.stderr
+        named[name].append(r.stdout.strip())
+    script = tmp_path / "labd.bash"
+    script.write_text(labd("completion", "bash").stdout)
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(words).replace(" : ", ":")  # bash splits "py:st" into py, :, st; the line keeps it whole
+        cmd = (f"source {script}; COMP_WORDS=({' '.join(repr(w) for w in words)}); COMP_CWORD={len(words) - 1}; "
+               f"COMP_LINE={line!r}; COMP_POINT={len(line)}; _labd; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env).stdout.splitlines()
+
+    offered = complete("labd", "show", "")
+    ids = [sid for sids in named.values() for sid in sids]
+    assert set(ids) <= set(offered)
+    assert [w for w in offered if w not in ids] == ["alpha-study", "py:study"]  # names once, newest first
+    assert complete("labd", "stop", "alp") == ["alpha-study"]
+    assert complete("labd", "logs", "py") == ["py:study"]
+    assert complete("labd", "logs", "py", ":", "st") == ["study"]  # bash puts back only the piece after the ':'
+    assert complete("labd", "show", named["my run"][0][:6]) == named["my run"]
+    assert not pwned.exists()
+    assert labd("show", "alpha-study").returncode == 0  # what is offered is taken
+    zsh, fish = labd("completion", "zsh").stdout, labd("completion", "fish").stdout
+    assert "labd completion zsh --sessions" in zsh and "labd completion fish --sessions" in fish
+    assert "labd ps -aq" not in zsh + fish
+
+
 def test_wait_and_shutdown_take_durations_and_top_wants_a_terminal(daemon) -> None:
     """`labd wait --timeout 30s` and `labd shutdown --timeout 1m` take the durations `run --timeout` takes (they took
     seconds only: "invalid float value: '30s'"); a bad one names the option. `labd top` with no terminal exits 2

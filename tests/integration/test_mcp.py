@@ -1,11 +1,15 @@
 """`labd mcp`: the MCP server, driven by the official SDK's client against a real daemon — in process for
-the tool surface, and once over real stdio (`python -m labd mcp`) as a desktop agent would start it."""
+the tool surface, and over real stdio (`python -m labd mcp`) as a desktop agent would start it; then line by line
+over raw stdio, as a buggy or hostile client would write (too deep, too large, not JSON)."""
 
 from __future__ import annotations
 
 import json
 import os
+import queue
+import subprocess
 import sys
+import threading
 from typing import Any
 
 import anyio
@@ -234,3 +238,126 @@ def test_bad_mcp_config_is_refused_at_start(isolated_env) -> None:
     out = subprocess.run([sys.executable, "-m", "labd", "--home", str(isolated_env), "serve"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and "broken" in out.stderr and "command" in out.stderr
+
+
+class _RawStdio:
+    """`python -m labd mcp` driven line by line over raw stdio, as a buggy or hostile client would: each reply line
+    is collected by a reader thread, and :meth:`reply` waits for the next one up to a deadline."""
+
+    def __init__(self, home: Any, log: Any) -> None:
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen([sys.executable, "-m", "labd", "--home", str(home), "mcp"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
+        self._replies: queue.Queue[bytes] = queue.Queue()
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    def _collect(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._replies.put(line)
+
+    def send(self, message: dict[str, Any] | bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((message if isinstance(message, bytes) else json.dumps(message).encode()) + b"\n")
+        self.proc.stdin.flush()
+
+    def reply(self, timeout: float = 30.0) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self._replies.get(timeout=timeout)))
+        except queue.Empty:
+            raise AssertionError(f"no reply from `labd mcp` within {timeout}s") from None
+
+    def initialize(self) -> None:
+        self.send({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                   "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                              "clientInfo": {"name": "raw", "version": "1"}}})
+        assert "result" in self.reply()
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def still_serves(self, rid: int) -> None:
+        """tools/list is answered as usual."""
+        self.send({"jsonrpc": "2.0", "id": rid, "method": "tools/list"})
+        reply = self.reply()
+        assert reply["id"] == rid and "start_session" in {t["name"] for t in reply["result"]["tools"]}, reply
+
+    def peak_rss(self) -> int:
+        """The server process's peak resident memory so far, in bytes (VmHWM)."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            assert self.proc.wait(timeout=30) == 0  # end of input: the server stops cleanly
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._log.close()
+
+
+@pytest.fixture
+def raw_mcp(isolated_env: Any, tmp_path: Any) -> Any:
+    """A `labd mcp` process past the MCP handshake (no daemon needed: nothing here reaches one)."""
+    server = _RawStdio(isolated_env, tmp_path / "mcp.stderr")
+    try:
+        server.initialize()
+        yield server
+    finally:
+        server.close()
+
+
+def _deep_call(rid: int, depth: int) -> bytes:
+    return (f'{{"jsonrpc":"2.0","id":{rid},"method":"tools/call","params":{{"name":"get_session",'
+            f'"arguments":{{"session":' + "[" * depth + "]" * depth + "}}}").encode()
+
+
+@pytest.mark.parametrize("depth", [300, 100_000])
+def test_a_request_nested_too_deep_gets_an_error_reply_and_the_server_keeps_serving(raw_mcp: Any, depth: int) -> None:
+    """A tools/call whose arguments nest 300 / 100000 levels (which the SDK's parser drops without a word, leaving
+    the client waiting forever) is answered with a JSON-RPC invalid-request error carrying its id; the server
+    goes on answering later requests."""
+    raw_mcp.send(_deep_call(7, depth))
+    reply = raw_mcp.reply()
+    assert reply["id"] == 7 and reply.get("error", {}).get("code") == -32600, reply
+    assert "nested deeper than" in reply["error"]["message"]
+    raw_mcp.still_serves(8)
+    raw_mcp.send(_deep_call(9, 120))  # within the limit: handed to the server (a tool error: not a session name)
+    within = raw_mcp.reply()
+    assert within["id"] == 9 and within["result"]["isError"], within
+
+
+def test_lines_that_are_not_requests_get_json_rpc_errors(raw_mcp: Any) -> None:
+    """Text that is not JSON gets a parse error (-32700), with the id when the line shows it (else null), JSON that
+    is not a JSON-RPC message an invalid-request error (-32600); a broken response is dropped unanswered, and
+    blank lines are ignored. Each is answered in turn and the server keeps serving."""
+    raw_mcp.send(b"hello")
+    assert raw_mcp.reply() == {"jsonrpc": "2.0", "id": None, "error": {
+        "code": -32700, "message": "Parse error: Invalid JSON: expected value at line 1 column 1"}}
+    raw_mcp.send(b'{"jsonrpc":"2.0","id":"abc","method":"tools/list","params":{')
+    cut = raw_mcp.reply()
+    assert cut["id"] == "abc" and cut.get("error", {}).get("code") == -32700, cut
+    raw_mcp.send(b'{"jsonrpc":"2.0","id":5,"result":[}')  # a response: not answered
+    raw_mcp.send(b"   ")
+    raw_mcp.send(b'{"id":6,"method":"tools/list"}')
+    invalid = raw_mcp.reply()
+    assert invalid["id"] == 6 and invalid.get("error", {}).get("code") == -32600, invalid  # the next reply: 5 got none
+    raw_mcp.still_serves(8)
+
+
+def test_an_oversized_line_is_refused_with_bounded_memory(raw_mcp: Any) -> None:
+    """A 64 MiB request line is answered with an invalid-request error carrying its id, read and thrown away as
+    it arrives (the server's peak memory grows by far less than the line), and the server keeps serving."""
+    from labd.frontends.mcp_stdio import MAX_LINE
+
+    size = 64 * 1024 * 1024
+    assert size > 3 * MAX_LINE
+    before = raw_mcp.peak_rss()
+    head = b'{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"get_session","arguments":{"session":"'
+    raw_mcp.send(head + b"a" * size + b'"}}}')
+    reply = raw_mcp.reply(timeout=60)
+    assert reply["id"] == 11 and reply.get("error", {}).get("code") == -32600, reply
+    assert "longer than" in reply["error"]["message"]
+    assert raw_mcp.peak_rss() - before < 3 * MAX_LINE
+    raw_mcp.still_serves(12)
