@@ -11,6 +11,16 @@ and stderr together are emitted; the rest is still read (the session never block
 dropped and counted. The
 first drop reports once through ``on_truncated`` (``{"cap": ...}``); :meth:`OutputCapture.close` reports
 the total (``{"cap": ..., "dropped": ...}``).
+
+With secrets to withhold (:meth:`OutputCapture.withhold`), each stream's values are replaced by
+``[secret NAME withheld]`` here, in the stream, before it is cut into events: the channel, which does it for every
+event (:meth:`labd.runner.channel.Channel.withhold`), finds a value only whole in one event, and a chunk may end in
+the middle of one (:mod:`labd.runner.withhold`). A chunk's tail that may be the start of a value (a proper prefix of
+one: at most the longest value's length - 1 characters) is held back and leaves in front of the stream's next
+chunk; if none comes within ``HOLD_S``, or the stream or the session ends, it leaves as it is. Nothing is lost, each
+stream keeps its order, and output whose end cannot begin a value (a line ending in a newline no value holds) leaves
+at once, after one substring search per value. The cap counts the output with the values replaced: it never keeps
+the start of one.
 """
 
 from __future__ import annotations
@@ -27,10 +37,15 @@ import threading
 import time
 from collections.abc import Callable
 
+from labd.runner.withhold import StreamWithholder
+
 __all__ = ["OutputCapture", "prepare_pipes", "report_crash"]
 
 CHUNK = 64 * 1024
 PARTIAL_FLUSH_S = 0.1
+#: a held tail that may be the start of a secret waits this long (since it was held) for the rest of its stream;
+#: a workflow pausing longer than this in the middle of printing a secret gets it recorded in two pieces
+HOLD_S = 1.0
 COALESCE_S = 0.002  # after a read in a burst, gather more for at most this long: far fewer, larger events
 BURST_S = 0.05  # output within this long of the previous chunk is part of a burst
 PIPE_SIZE = 1 << 20  # a larger pipe lets a chatty workflow run ahead of the reader instead of blocking
@@ -90,6 +105,14 @@ class OutputCapture:
         self._stop = threading.Event()
         self._fds: list[int] = []
         self._busy = [0, 0]  # per stream: 1 while the reader holds its bytes not yet emitted
+        self._secrets: dict[str, str] = {}  # withheld from the output (see withhold)
+
+    def withhold(self, secrets: dict[str, str]) -> None:
+        """Replace these secrets' values in the output by ``[secret NAME withheld]``, wherever the chunks of a stream
+        fall (the channel, given the same secrets, replaces them too, but only where one event holds a value whole).
+        Without secrets (or with only values too short to be looked for) output is left as it is. Call before
+        :meth:`install`."""
+        self._secrets = dict(secrets)
 
     def install(self) -> None:
         global _real_stderr
@@ -176,22 +199,41 @@ class OutputCapture:
         if first and self._on_truncated is not None:
             self._on_truncated({"cap": cap})
 
+    def _out(self, st: _Stream, text: str, final: bool = False) -> None:
+        """Emit ``text``, the next output of stream ``st``, after what the stream holds back, with secrets replaced;
+        hold back in turn a tail that may be the start of one (unless ``final``: the stream ended, or the tail's
+        time is up)."""
+        withholder = st.withholder
+        if withholder is None:  # no secrets: nothing is replaced or held
+            if text:
+                self._capped(st.name, text)
+            return
+        text, st.held = withholder.split(st.held + text, final)
+        if text:
+            self._capped(st.name, text)
+        if st.held:
+            st.held_at = time.monotonic()
+
     def _read(self) -> None:
-        streams = {fd: _Stream(name, index) for index, (fd, name) in enumerate(zip(self._fds, ("stdout", "stderr"),
-                                                                                   strict=True))}
-        emit = self._capped
+        withholder = StreamWithholder.of(self._secrets)  # None without secrets
+        streams = {fd: _Stream(name, index, withholder)
+                   for index, (fd, name) in enumerate(zip(self._fds, ("stdout", "stderr"), strict=True))}
+        out = self._out
         while streams and not self._stop.is_set():
             # Sleep until output comes, or until the oldest held partial line is due (PARTIAL_FLUSH_S without
-            # more bytes on its stream), or for PARTIAL_FLUSH_S at most (to see _stop).
+            # more bytes on its stream) or a held tail is (HOLD_S), or for PARTIAL_FLUSH_S at most (to see _stop).
             now = time.monotonic()
             due = [st.last_data + PARTIAL_FLUSH_S for st in streams.values() if st.pending]
+            due += [st.held_at + HOLD_S for st in streams.values() if st.held]
             timeout = max(0.0, min(due) - now) if due else PARTIAL_FLUSH_S
             ready, _, _ = select.select(list(streams), [], [], timeout)
             now = time.monotonic()
             for st in streams.values():
                 if st.pending and now - st.last_data >= PARTIAL_FLUSH_S:
-                    emit(st.name, st.pending)
-                    st.pending = ""
+                    pending, st.pending = st.pending, ""
+                    out(st, pending)
+                if st.held and now - st.held_at >= HOLD_S:  # the rest of a secret did not come: release it
+                    out(st, "", final=True)
             for fd in ready:
                 st = streams[fd]
                 self._busy[st.index] = 1
@@ -215,22 +257,20 @@ class OutputCapture:
                 text = st.pending + st.decoder.decode(data)
                 cut = text.rfind("\n") + 1
                 if cut:
-                    emit(st.name, text[:cut])
                     st.pending = text[cut:]
+                    out(st, text[:cut])
                 else:
                     st.pending = text
                 if len(st.pending) >= CHUNK:
-                    emit(st.name, st.pending)
-                    st.pending = ""
+                    pending, st.pending = st.pending, ""
+                    out(st, pending)
                 self._busy[st.index] = 0
         for fd, st in streams.items():  # stopped (close() timed out waiting for end of file)
             self._finish(fd, st)
 
     def _finish(self, fd: int, st: _Stream) -> None:
-        st.pending += st.decoder.decode(b"", final=True)
-        if st.pending:
-            self._capped(st.name, st.pending)
-            st.pending = ""
+        pending, st.pending = st.pending + st.decoder.decode(b"", final=True), ""
+        self._out(st, pending, final=True)  # what it held back too: the stream has ended
         self._busy[st.index] = 0
         os.close(fd)
 
@@ -238,9 +278,11 @@ class OutputCapture:
 class _Stream:
     """One captured stream's reading state."""
 
-    def __init__(self, name: str, index: int) -> None:
-        self.name, self.index = name, index
+    def __init__(self, name: str, index: int, withholder: StreamWithholder | None = None) -> None:
+        self.name, self.index, self.withholder = name, index, withholder
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
         self.pending = ""  # a partial line held for more
+        self.held = ""  # a tail held back as it may be the start of a secret (before pending in the stream)
+        self.held_at = 0.0  # monotonic time it was held (it leaves HOLD_S later if nothing else takes it out)
         self.last_emit = 0.0  # monotonic time of the last chunk read (burst detection)
         self.last_data = 0.0  # ... and when bytes last came (a held partial line leaves PARTIAL_FLUSH_S later)

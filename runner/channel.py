@@ -41,8 +41,10 @@ from labd.runner import pacing
 from labd.runner.channel_wire import ChannelWire
 from labd.runner.pacing import URGENT_GAP_S, URGENT_KINDS, Pacer, is_bulk, urgent
 from labd.runner.spool import Spool
+from labd.runner.withhold import MIN_WITHHELD, looked_for, withhold_event
+from labd.runner.withhold import mark as withheld_mark
 
-__all__ = ["Channel", "is_bulk", "PayloadError"]
+__all__ = ["Channel", "is_bulk", "PayloadError", "MIN_WITHHELD"]
 
 # URGENT_GAP_S is read on emit's hot path (imported, a module global); the channel thread reads the rest of the
 # policy as pacing.X at call time, so tests and benchmarks can change it
@@ -58,7 +60,6 @@ except ValueError:
 RESEND_AFTER_S = 5.0
 
 _dumps = orjson.dumps
-MIN_WITHHELD = 8  # characters: a shorter "secret" value is not looked for in events (see Channel.withhold)
 _JSON_OPTS = orjson.OPT_NON_STR_KEYS
 _wall = time.time
 _mono = time.monotonic
@@ -114,6 +115,7 @@ class Channel(ChannelWire):
         self._forked: Callable[..., int] | None = None  # in a forked child: where its events go instead
         #: (secret value as it reads inside a JSON string, replacement): see :meth:`withhold`
         self._withheld: list[tuple[bytes, bytes]] = []
+        self._withheld_text: list[tuple[str, str]] = []
         # a Spool already made (a spare runner's prepared file, runner/spare.py) or the path of one to open
         self._spool = spool if isinstance(spool, Spool) or spool is None else Spool(spool)
         self.spool_error: str | None = None
@@ -161,9 +163,8 @@ class Channel(ChannelWire):
                 raw = memoryview(_dumps(ev, default=json_fallback, option=_JSON_OPTS)).tobytes()
             except orjson.JSONEncodeError:
                 raw = encode_json(ev)  # PayloadError: nothing recorded
-            for value, mark in self._withheld:  # a secret the workflow printed or logged: never recorded
-                if value in raw:
-                    raw = raw.replace(value, mark)
+            if self._withheld:  # a secret the workflow printed or logged: never recorded
+                raw = withhold_event(raw, self._withheld, self._withheld_text)
             self._next_seq = seq + 1
             spool = self._spool
             if spool is not None:
@@ -194,9 +195,11 @@ class Channel(ChannelWire):
     def withhold(self, secrets: dict[str, str]) -> None:
         """Replace these secrets' values by ``[secret NAME withheld]`` in every event from now on (a workflow that
         prints ``ctx.secret(...)`` or puts it in a step name or a log line). Values shorter than
-        :data:`MIN_WITHHELD` characters are left alone: they would match ordinary text."""
-        self._withheld = [(orjson.dumps(v)[1:-1], b"[secret %s withheld]" % orjson.dumps(n)[1:-1])
-                          for n, v in sorted(secrets.items(), key=lambda kv: -len(kv[1])) if len(v) >= MIN_WITHHELD]
+        :data:`MIN_WITHHELD` characters are left alone: they would match ordinary text. A value is found only whole in
+        one event: the output capture, which cuts its streams into events anywhere, replaces them in the stream
+        itself (``OutputCapture.withhold``, :class:`labd.runner.withhold.StreamWithholder`)."""
+        self._withheld_text = [(v, withheld_mark(n)) for n, v in looked_for(secrets)]
+        self._withheld = [(orjson.dumps(v)[1:-1], orjson.dumps(m)[1:-1]) for v, m in self._withheld_text]
 
     def _wait_for_room(self) -> None:
         """Back-pressure: wait (lock held) until the unacknowledged backlog has room, or the channel closes."""

@@ -170,6 +170,7 @@ def run_session(spec: dict[str, Any]) -> int:
         emit("output.truncated", {**report, "by": "runner"})
 
     capture = OutputCapture(emit_output, (spec.get("limits") or {}).get("output"), truncated)
+    capture.withhold(secrets)  # replaced in the streams themselves: a chunk of output may end inside one
     capture.install()
     channel.start()
     log = configure_logging(emit, session_id)

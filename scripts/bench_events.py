@@ -323,6 +323,8 @@ def labd_round(args: argparse.Namespace, follow: bool, baseline: bool = False) -
     env: dict[str, str] = {}
     if baseline and args.baseline:
         bench_common.REPO = Path(args.baseline)  # the daemon's PYTHONPATH starts with it
+    if baseline and args.baseline_env:
+        env.update(kv.split("=", 1) for kv in args.baseline_env)  # type: ignore[misc]
     if baseline and args.baseline_nice is not None:
         env["LABD_RUNNER_NICE"] = str(args.baseline_nice)
     elif not baseline and args.runner_nice is not None:
@@ -391,7 +393,8 @@ def _labd_round(args: argparse.Namespace, follow: bool, baseline: bool, env: dic
             "total": total, "window": window, "e2e": total / window, "ticks": args.n * len(sids) / window,
             "mean": mean_ingest, "best": best_ingest, "vrows": vrows, "problems": problems, "ddl": ddl,
             "counters": sampler.counters, "waits": where, "tail": (ended - first_end) / (ended - created),
-            "live_events": tail.events if tail is not None else 0}
+            "live_events": tail.events if tail is not None else 0,
+            "live_messages": tail.messages if tail is not None else 0}
 
 
 def main() -> int:
@@ -410,6 +413,9 @@ def main() -> int:
     ap.add_argument("--baseline", metavar="DIR", help="also run a labd tree importable from DIR, alternated (A/B)")
     ap.add_argument("--baseline-nice", metavar="N", type=int,
                     help="instead of --baseline: the other side is this tree with [daemon] runner_nice = N")
+    ap.add_argument("--baseline-env", metavar="KEY=VALUE", action="append", default=[],
+                    help="instead of --baseline: the other side is this tree with these environment variables set "
+                         "for its daemon (repeatable; e.g. LABD_RUNNER_NICE=5)")
     ap.add_argument("--runner-nice", metavar="N", type=int, help="this tree's [daemon] runner_nice (default: its own)")
     ap.add_argument("--boost", metavar="K", type=int, default=0,
                     help="(root only) run this script and each daemon at niceness -K, so that other programs on a "
@@ -435,7 +441,7 @@ def main() -> int:
         runs: list[dict[str, Any]] = []
         if args.baseline and args.baseline_nice is not None:
             ap.error("--baseline and --baseline-nice are alternatives")
-        ab = bool(args.baseline) or args.baseline_nice is not None
+        ab = bool(args.baseline) or args.baseline_nice is not None or bool(args.baseline_env)
         variants: tuple[bool, ...] = (False, True) if ab else (False,)
         for r in range(args.rounds):
             for follow in ((False,) if args.no_follow else (False, True)):
@@ -477,10 +483,11 @@ def main() -> int:
         plain, followed = med(False, "e2e"), med(True, "e2e")
         per_round = len(runs) // args.rounds
         print_table(["round", "labd", "client following", "end-to-end events/s", "vs raw sqlite3", "daemon mean busy",
-                     "best 1 s", "events seen live"],
+                     "best 1 s", "events seen live", "live messages"],
                     [[i // per_round + 1, run["variant"], "yes" if run["follow"] else "no", fmt_rate(run["e2e"]),
                       ratio(run["e2e"], raw_b), fmt_rate(run["mean"]), fmt_rate(run["best"]),
-                      f"{run['live_events']:,}" if run["follow"] else ""] for i, run in enumerate(runs)],
+                      f"{run['live_events']:,}" if run["follow"] else "",
+                      f"{run['live_messages']:,}" if run["follow"] else ""] for i, run in enumerate(runs)],
                     title="labd rounds")
         table = [
             ["labd end to end, median", fmt_rate(plain), ratio(plain, raw_b), f"{len(runs)} rounds in all"],
