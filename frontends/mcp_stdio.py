@@ -89,12 +89,18 @@ def screen_line(line: bytes, whole: bool = True) -> Screened:
     if too_deep(line):
         return _refuse(line, types.INVALID_REQUEST, f"Invalid Request: message nested deeper than {MAX_DEPTH} levels")
     try:
-        return types.jsonrpc_message_adapter.validate_json(line.decode("utf-8", "replace"), by_name=False), None
+        message = types.jsonrpc_message_adapter.validate_json(line.decode("utf-8", "replace"), by_name=False)
     except ValidationError as exc:
         not_json = [e["msg"] for e in exc.errors() if e["type"] == "json_invalid"]
         if not_json:
             return _refuse(line, types.PARSE_ERROR, f"Parse error: {not_json[0]}")
         return _refuse(line, types.INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message")
+    # A request whose id is neither a string nor an integer (1.5, null, true, [1]) parses as a notification (the id is
+    # an extra member): the server would never answer it and its client would wait forever
+    if isinstance(message, types.JSONRPCNotification) and b'"id"' in line[:ID_SCAN] and "id" in _top_level(
+            line[:ID_SCAN]):
+        return _refuse(line, types.INVALID_REQUEST, "Invalid Request: id must be a string or an integer")
+    return message, None
 
 
 def _refuse(line: bytes, code: int, message: str) -> Screened:

@@ -41,7 +41,7 @@ from labd.runner import pacing
 from labd.runner.channel_wire import ChannelWire
 from labd.runner.pacing import URGENT_GAP_S, URGENT_KINDS, Pacer, is_bulk, urgent
 from labd.runner.spool import Spool
-from labd.runner.withhold import MIN_WITHHELD, looked_for, withhold_event
+from labd.runner.withhold import MIN_WITHHELD, guard_cuts, looked_for, withhold_event
 from labd.runner.withhold import mark as withheld_mark
 
 __all__ = ["Channel", "is_bulk", "PayloadError", "MIN_WITHHELD"]
@@ -199,6 +199,7 @@ class Channel(ChannelWire):
         one event: the output capture, which cuts its streams into events anywhere, replaces them in the stream
         itself (``OutputCapture.withhold``, :class:`labd.runner.withhold.StreamWithholder`)."""
         self._withheld_text = [(v, withheld_mark(n)) for n, v in looked_for(secrets)]
+        guard_cuts([v for v, _ in self._withheld_text])  # a field cut short never ends inside one (runner/withhold.py)
         self._withheld = [(orjson.dumps(v)[1:-1], orjson.dumps(m)[1:-1]) for v, m in self._withheld_text]
 
     def _wait_for_room(self) -> None:

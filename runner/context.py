@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from labd.runner.interrupts import Cancelled, Interruptible
+from labd.runner.withhold import head_cut
 
 if TYPE_CHECKING:
     from labd.runner.approvals import Approvals, Decision
@@ -36,9 +37,13 @@ MAX_STEP_ERROR = 10_000
 
 
 def clip(text: str | None, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, saying how many more there were (the same cut every time)."""
+    """``text`` cut to ``limit`` characters, saying how many more there were (the same cut every time); never inside a
+    secret the session's events withhold (a piece of one would be recorded: the channel finds only whole values)."""
     text = "" if text is None else str(text)
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more)"
+    if len(text) <= limit:
+        return text
+    cut = head_cut(text, limit)
+    return f"{text[:cut]}… ({len(text) - cut} more)"
 
 #: the DAG node the calling code is inside (per thread / task, so concurrent steps attribute correctly)
 current_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("labd_node", default=None)

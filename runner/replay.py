@@ -29,6 +29,8 @@ from typing import Any
 
 import orjson
 
+from labd.runner.withhold import tail_start
+
 __all__ = ["ReplayMiss", "Replayer", "request_digest", "approval_digest", "activate", "active",
            "VOLATILE"]
 
@@ -136,7 +138,7 @@ class Replayer:
         with self._lock:
             self.misses += 1
         expected = self._expected()
-        payload: dict[str, Any] = {"what": what, "digest": digest, "input": text[-2000:]}
+        payload: dict[str, Any] = {"what": what, "digest": digest, "input": text[tail_start(text, 2000):]}
         if agent:
             payload["agent"] = agent
         if expected:

@@ -22,7 +22,8 @@ from typing import Any
 
 import orjson
 
-__all__ = ["MIN_WITHHELD", "StreamWithholder", "looked_for", "mark", "withhold_event"]
+__all__ = ["MIN_WITHHELD", "StreamWithholder", "guard_cuts", "head_cut", "looked_for", "mark", "tail_start",
+           "withhold_event"]
 
 MIN_WITHHELD = 8  # characters: a shorter "secret" value is not looked for in events (it would match ordinary text)
 _HEAD = 16  # characters of a possible tail compared before all of it
@@ -32,6 +33,47 @@ def looked_for(secrets: dict[str, str]) -> list[tuple[str, str]]:
     """(name, value) of the secrets looked for in events, longest value first (a value that holds another is
     replaced whole); values under :data:`MIN_WITHHELD` characters are left out."""
     return [(n, v) for n, v in sorted(secrets.items(), key=lambda kv: -len(kv[1])) if len(v) >= MIN_WITHHELD]
+
+
+#: the values withheld from this process's events (:meth:`labd.runner.channel.Channel.withhold` sets them): a text cut
+#: short to fit a field (a step name, an error, the input of a replay miss) is never cut inside one of them, where the
+#: piece kept would not be found whole and would be recorded as it is
+_guarded: list[str] = []
+
+
+def guard_cuts(values: list[str]) -> None:
+    """Cut no text inside these values from now on (:func:`head_cut`, :func:`tail_start`)."""
+    _guarded[:] = values
+
+
+def head_cut(text: str, limit: int) -> int:
+    """How much of the start of ``text`` to keep, at most ``limit`` characters: less where a withheld value would be
+    cut in two (the kept head then ends before it)."""
+    cut = limit
+    moved = bool(_guarded) and len(text) > limit
+    while moved:
+        moved = False
+        for value in _guarded:
+            p = text.find(value, max(0, cut - len(value) + 1), cut + len(value) - 1)  # the first that may cross
+            if 0 <= p < cut:
+                cut, moved = p, True
+    return cut
+
+
+def tail_start(text: str, limit: int) -> int:
+    """Where the end of ``text`` to keep begins, at most ``limit`` characters: later where a withheld value would be cut
+    in two (the kept tail then begins after it)."""
+    start = max(0, len(text) - limit)
+    moved = bool(_guarded) and start > 0
+    while moved:
+        moved = False
+        for value in _guarded:
+            size = len(value)
+            p = text.find(value, max(0, start - size + 1), start + size - 1)
+            while 0 <= p < start:  # crosses the start: keep from its end on (a later one may cross the new start)
+                start, moved = p + size, True
+                p = text.find(value, max(0, start - size + 1), start + size - 1)
+    return start
 
 
 def mark(name: str) -> str:

@@ -47,18 +47,31 @@ def superseded_nodes(store: Any, sid: str) -> set[str]:
     memo: dict[str, bool] = {}
 
     def gone(node: str) -> bool:
-        """Was ``node`` (started before the cut) run again by the resume?"""
-        if node not in memo:
-            memo[node] = True  # a cycle in bad data counts as superseded rather than looping
-            kind, status = before[node]
-            if node in paths:
-                memo[node] = paths[node] in again
-            elif kind != "agent" and not paths:  # a record from before positions: the status tells
-                memo[node] = status not in _KEPT
-            else:  # an agent turn, or a step without a position (a skip): as the step it ran in
-                up = _enclosing_step(node, parent, kinds)
-                memo[node] = up is None or (up in before and gone(up))
-        return memo[node]
+        """Was ``node`` (started before the cut) run again by the resume? Decided as the nearest enclosing node that
+        tells decides it, walking up without recursion (a record can nest path-less steps thousands deep)."""
+        chain: list[str] = []
+        cur = node
+        while True:
+            if cur in memo:
+                result = memo[cur]
+                break
+            memo[cur] = True  # a cycle in bad data counts as superseded rather than looping
+            chain.append(cur)
+            kind, status = before[cur]
+            if cur in paths:
+                result = paths[cur] in again
+                break
+            if kind != "agent" and not paths:  # a record from before positions: the status tells
+                result = status not in _KEPT
+                break
+            up = _enclosing_step(cur, parent, kinds)  # an agent turn, or a step without a position (a skip): as
+            if up is None or up not in before:  # the step it ran in
+                result = up is None
+                break
+            cur = up
+        for n in chain:
+            memo[n] = result
+        return result
 
     return {n for n in before if gone(n)}
 

@@ -128,9 +128,9 @@ def compare(store: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
         per, gone = _steps(store, sid)
         steps.append(per)
         superseded.append(gone)
-    order: list[str] = []
+    order: dict[str, None] = {}  # the keys in first-seen order (a dict: a list's `in` made 30,000 steps take 20 s)
     for per in steps:
-        order.extend(k for k, _ in per if k not in order)
+        order.update(dict.fromkeys(k for k, _ in per))
     by_key = [dict(per) for per in steps]
     step_rows = []
     for key in order:

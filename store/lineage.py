@@ -75,10 +75,27 @@ def _inherited(store: Any, session: dict[str, Any], wanted: set[str] | None,
     parent = store.session(session["parent_id"]) if reused else None
     if parent is None:
         return []  # nothing reused, or the parent was deleted: those steps' calls go to the model
-    nodes = {n for root in reused for n in store.subtree(parent["id"], root)}
+    nodes = _subtrees(store.steps(parent["id"]), reused)
     gone = superseded_nodes(store, parent["id"])
     evs = [e for e in _all_events(store, parent["id"], SEED_KINDS, None) if e["node_id"] in nodes - gone]
     return [*_inherited(store, parent, reused, depth + 1), (parent, evs)]
+
+
+def _subtrees(rows: list[dict[str, Any]], roots: set[str]) -> set[str]:
+    """``roots`` and every node nested in one of them, from one read of the session's nodes (``rows``): a branch may
+    reuse thousands of steps, and a walk per root over all of them took minutes on the daemon's request loop."""
+    children: dict[str, list[str]] = {}
+    for n in rows:
+        if n["parent_node"]:
+            children.setdefault(n["parent_node"], []).append(n["node_id"])
+    out: set[str] = set()
+    todo = list(roots)
+    while todo:
+        nid = todo.pop()
+        if nid not in out:
+            out.add(nid)
+            todo.extend(children.get(nid, ()))
+    return out
 
 
 class _Seed:

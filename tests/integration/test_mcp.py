@@ -361,3 +361,13 @@ def test_an_oversized_line_is_refused_with_bounded_memory(raw_mcp: Any) -> None:
     assert "longer than" in reply["error"]["message"]
     assert raw_mcp.peak_rss() - before < 3 * MAX_LINE
     raw_mcp.still_serves(12)
+
+
+def test_a_request_with_a_fractional_or_null_id_gets_an_error_reply(raw_mcp: Any) -> None:
+    """`labd mcp` answers a tools/list whose id is 1.5 or null (the SDK took it for a notification and never
+    answered, leaving the client waiting) with an invalid-request error, id null; the server keeps serving."""
+    for rid in (b"1.5", b"null"):
+        raw_mcp.send(b'{"jsonrpc":"2.0","id":' + rid + b',"method":"tools/list"}')
+        reply = raw_mcp.reply(timeout=15)
+        assert reply["id"] is None and reply.get("error", {}).get("code") == -32600, reply
+    raw_mcp.still_serves(12)

@@ -100,3 +100,16 @@ def test_an_unterminated_string_is_screened_in_linear_time() -> None:
         _, error = screen_line(line)
         assert error is not None and error.id == 4 and error.error.code == -32700
         assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("rid", [b"1.5", b"null", b"true", b"[1]", b"{}", b"1e999"])
+def test_a_request_whose_id_is_not_a_string_or_integer_is_answered_not_taken_for_a_notification(rid: bytes) -> None:
+    """A request with an id the SDK's RequestId does not take (a fraction, null, a boolean, an array, an object) parses
+    as a notification, which the server never answers (its client would wait forever): it gets an invalid-request
+    error with a null id instead; a real notification, even one with an ``id`` inside its params, is handed over."""
+    message, error = screen_line(b'{"jsonrpc":"2.0","id":' + rid + b',"method":"tools/list"}')
+    assert message is None and error is not None and error.id is None and error.error.code == -32600
+    for line in (b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
+                 b'{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3,"id":4}}'):
+        message, error = screen_line(line)
+        assert error is None and message is not None, line

@@ -1,0 +1,58 @@
+"""Text cut short to fit an event field is never cut inside a withheld secret (labd.runner.withhold.head_cut and
+tail_start): the channel finds only whole values, so the piece kept would be recorded as it is."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from labd.runner import withhold
+from labd.runner.channel import Channel
+from labd.runner.context import clip
+from labd.runner.replay import Replayer
+
+KEY = "sk-cut-Q1w2E3r4T5y6U7i8O9p0"
+
+
+@pytest.fixture
+def guarded() -> Iterator[None]:
+    withhold.guard_cuts([KEY, "abcdefghij"])
+    yield
+    withhold.guard_cuts([])
+
+
+@pytest.mark.usefixtures("guarded")
+def test_clip_never_keeps_a_proper_prefix_of_a_secret_the_text_goes_on_with() -> None:
+    """Wherever the 1000-character cut falls inside the key, the clipped text keeps no piece of it and counts the
+    rest; a key wholly before the cut is kept (the channel replaces it); overlapping secrets move the cut again."""
+    for before in range(1000 - len(KEY) + 1, 1000):
+        clipped = clip("n" * before + KEY + "tail", 1000)
+        assert KEY[:4] not in clipped and clipped == "n" * before + f"… ({len(KEY) + 4} more)", before
+    assert KEY in clip("n" * (1000 - len(KEY)) + KEY + "tail", 1000)
+    overlapping = "x" * 990 + "abcdefghij" + KEY  # the cut at 1000 is inside neither, 1003 inside the key
+    assert clip(overlapping, 1003).startswith("x" * 990 + "abcdefghij…")
+
+
+@pytest.mark.usefixtures("guarded")
+def test_a_replay_miss_keeps_no_suffix_of_a_secret_across_its_2000_character_window() -> None:
+    """The input a replay miss records is the last 2000 characters of the request: a key crossing where that window
+    begins is left out whole (its last characters used to be recorded)."""
+    sent: list[dict[str, Any]] = []
+    replayer = Replayer({}, lambda kind, payload, *a: sent.append(payload) or 1)
+    text = "p" * 10 + KEY + "q" * (2000 - len(KEY) // 2)
+    replayer._miss("llm", "d" * 64, None, None, text)  # noqa: SLF001 - the payload is what is under test
+    assert sent[0]["input"] == "q" * (2000 - len(KEY) // 2)
+    assert withhold.tail_start(KEY + KEY, 30) == len(KEY)  # the first crosses the start; the second is kept whole
+    assert withhold.tail_start(KEY + KEY, 20) == 2 * len(KEY)  # the second crosses it: nothing of either is kept
+
+
+def test_the_channel_guards_the_cuts_of_the_values_it_withholds(tmp_path: Any) -> None:
+    """Channel.withhold is what arms the guard: the values it looks for (8 characters or more), no others."""
+    ch = Channel("ipc:///nonexistent", b"k" * 32, "s1", spool=None)
+    try:
+        ch.withhold({"API_KEY": KEY, "SHORT": "abc"})
+        assert clip("n" * 990 + KEY, 1000) == "n" * 990 + f"… ({len(KEY)} more)"
+    finally:
+        withhold.guard_cuts([])
