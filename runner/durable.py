@@ -36,6 +36,7 @@ import orjson
 
 from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, Snapshot, load_manifest, manifest_object, restore
 from labd.runner.context import MAX_STEP_ERROR, clip
+from labd.runner.withhold import head_cut
 
 __all__ = ["Durable", "Divergence", "CheckpointFailed", "SkipBody", "skip_with_body", "SEED_FILE", "read_seed"]
 
@@ -284,7 +285,7 @@ class Durable:
             try:
                 data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:  # noqa: BLE001 - an unpicklable result: the step is re-run on resume
-                payload["result_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                payload["result_error"] = clip(f"{type(exc).__name__}: {exc}", 500)
             else:
                 if len(data) <= INLINE_BYTES:  # small: in the event (one file fewer to create per step)
                     payload["result_inline"] = base64.b64encode(data).decode()
@@ -344,4 +345,4 @@ def _preview(value: Any) -> str:
         text = repr(value)
     except Exception:  # noqa: BLE001 - a repr that fails must not fail the step
         text = f"<{type(value).__name__}>"
-    return text if len(text) <= 500 else text[:497] + "..."
+    return text if len(text) <= 500 else text[:head_cut(text, 497)] + "..."  # never a piece of a secret

@@ -30,6 +30,7 @@ from labd.runner.agents.context import current_agent, current_call
 from labd.runner.context import current_node
 from labd.runner.files import FileTracker
 from labd.runner.sandbox import Sandbox, SandboxRefused, session_sandbox
+from labd.runner.withhold import head_cut
 
 __all__ = ["make_run_code", "MAX_OUTPUT", "CODE_TOOL"]
 
@@ -85,8 +86,9 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
             rc = -9
         full = out.decode("utf-8", "backslashreplace")
         text = full  # what the model gets back is cut; the record keeps everything (long texts become blobs)
-        if len(text) > MAX_OUTPUT:
-            text = text[:MAX_OUTPUT] + f"\n… ({len(text) - MAX_OUTPUT} more characters)"
+        if len(text) > MAX_OUTPUT:  # the model's copy ends up in later requests: never cut inside a secret
+            cut = head_cut(text, MAX_OUTPUT)
+            text = text[:cut] + f"\n… ({len(text) - cut} more characters)"
         payload: dict[str, Any] = {"agent": current_agent.get() or "?", "language": language, "code": code,
                                    "exit_code": rc, "output": full, "duration": time.monotonic() - start,
                                    "sandbox": sb.status.level}

@@ -56,3 +56,33 @@ def test_the_channel_guards_the_cuts_of_the_values_it_withholds(tmp_path: Any) -
         assert clip("n" * 990 + KEY, 1000) == "n" * 990 + f"… ({len(KEY)} more)"
     finally:
         withhold.guard_cuts([])
+
+
+@pytest.mark.usefixtures("guarded")
+def test_code_output_cut_for_the_model_and_a_result_preview_keep_no_piece_of_a_secret(tmp_path: Any) -> None:
+    """The output of ``run_code`` that the model gets back is cut at MAX_OUTPUT characters and ends up in the agent's
+    later LLM requests; a checkpoint's result preview is cut at 500: neither cut falls inside a withheld secret (the
+    cut moves before it and counts it), while the record of the execution keeps the whole output (the channel
+    replaces the secret there)."""
+    import asyncio
+    import sys
+
+    from labd.runner.agents.code import MAX_OUTPUT, make_run_code
+    from labd.runner.durable import _preview
+    from labd.runner.files import FileTracker
+
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(kind: str, payload: dict[str, Any], *args: Any, **kwargs: Any) -> int:
+        events.append((kind, payload))
+        return len(events)
+
+    run_code = make_run_code(emit, tmp_path, FileTracker(tmp_path, emit))
+    pad = MAX_OUTPUT - len(KEY) // 2
+    got = asyncio.run(run_code(f"import sys; sys.stdout.write('o' * {pad} + {KEY!r} + 'z' * 50)"))
+    assert KEY[:6] not in got and got.startswith("o" * pad + "\n… (")
+    assert f"({len(KEY) + 50} more characters)" in got
+    recorded = [p["output"] for k, p in events if "output" in p and isinstance(p.get("output"), str)]
+    assert any(KEY in out for out in recorded), sys.executable  # whole, for the channel to replace
+    preview = _preview("r" * 480 + KEY)
+    assert KEY[:6] not in preview and preview == "'" + "r" * 480 + "..."  # repr's quote, then the cut
