@@ -14,6 +14,11 @@ The runner connects back over TCP with CurveZMQ (:class:`labd.daemon.runner_gate
 session, authorised for the session's lifetime, the daemon's public key pinned in the runner's spec. Ray itself runs
 in a child process (:mod:`labd.daemon.ray_driver`) spoken to in JSON lines, so the daemon never imports Ray.
 
+Sessions outlive the daemon: their actors are detached, and a restarted daemon takes each one back with
+:meth:`RayLauncher.adopt` (what that needs is in :mod:`labd.daemon.ray_adopt`); a driver that dies while the daemon
+runs is replaced and its sessions adopted again. The actor of a session that ended is killed; a periodic sweep
+kills any actor of this home's namespace that no running session owns.
+
 :class:`Launchers` routes between the template launcher and this one per session (``labd run --on ray|local``).
 """
 
@@ -31,58 +36,18 @@ from typing import Any
 
 import structlog
 
+from labd.daemon import ray_adopt
 from labd.daemon.launcher import ExitInfo, LaunchError, TemplateLauncher
+from labd.daemon.ray_placement import PlacementError, placement_from, ray_options
 from labd.daemon.runner_gateway import RunnerGateway
 
 __all__ = ["RayLauncher", "Launchers", "placement_from", "PlacementError"]
 
 SHIP_MAX_BYTES = 1 << 30  # at most this much of a work directory is shipped back (files beyond are named)
-
-
-class PlacementError(ValueError):
-    """A ``placement`` request field labd cannot honour."""
-
-
-def placement_from(body: dict[str, Any], default_kind: str) -> dict[str, Any] | None:
-    """The ``placement`` field of ``session.start`` checked: ``{"on": "ray"|"local", "gpus", "resources"}``;
-    None for a local session. ``on`` defaults to the configured launcher kind."""
-    raw = body.get("placement")
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise PlacementError("placement must be an object {on, gpus, resources}")
-    unknown = set(raw) - {"on", "gpus", "resources"}
-    if unknown:
-        raise PlacementError(f"unknown placement fields {sorted(unknown)} (known: on, gpus, resources)")
-    on = raw.get("on") or ("ray" if default_kind == "ray" else "local")
-    if on not in ("ray", "local"):
-        raise PlacementError(f"placement.on must be ray or local, not {on!r}")
-    gpus, resources = raw.get("gpus"), raw.get("resources") or {}
-    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int | float) or not 0 <= gpus <= 1024):
-        raise PlacementError("placement.gpus must be a number of GPUs (0-1024)")
-    if not isinstance(resources, dict) or len(resources) > 32 or not all(
-            isinstance(k, str) and 0 < len(k) <= 100 and isinstance(v, int | float) and not isinstance(v, bool)
-            and 0 <= v <= 1e9 for k, v in resources.items()):
-        raise PlacementError("placement.resources must map up to 32 resource names to amounts")
-    if on == "local":
-        if gpus or resources:
-            raise PlacementError("gpus and resources are Ray resource requests: use them with on = ray")
-        return None
-    return {"on": "ray", "gpus": gpus, "resources": resources}
-
-
-def ray_options(spec: dict[str, Any]) -> dict[str, Any]:
-    """The actor's Ray resource request: ``--cpus`` (1 by default), ``--gpus``, ``--memory``, custom resources."""
-    limits, placement = spec.get("limits") or {}, spec.get("placement") or {}
-    cpu = limits.get("cpu")
-    opts: dict[str, Any] = {"num_cpus": round(cpu / 100.0, 2) if cpu else 1}
-    if placement.get("gpus"):
-        opts["num_gpus"] = placement["gpus"]
-    if limits.get("memory"):
-        opts["memory"] = int(limits["memory"])
-    if placement.get("resources"):
-        opts["resources"] = dict(placement["resources"])
-    return opts
+#: how long a remote runner whose workflow ended waits for the daemon to acknowledge its last events (its spool is
+#: on the node, out of the daemon's reach: it waits for a daemon that is being restarted rather than exit)
+REMOTE_FLUSH_TIMEOUT_S = 24 * 3600.0
+SWEEP_S = 300.0  # how often the driver kills actors of this home that no running session owns
 
 
 class RayLauncher:
@@ -97,7 +62,14 @@ class RayLauncher:
         self.ship_max = int(settings.get("ship_max_bytes") or SHIP_MAX_BYTES)
         self._env = dict(os.environ if env is None else env)
         self._timeout = timeout
-        self.gateway = RunnerGateway(home, self.listen, runners_local, max_message)
+        self.home = home
+        self._any_port = self.listen.rpartition(":")[2] in ("0", "*")
+        prefer = ray_adopt.remembered_port(home) if self._any_port else None
+        self.gateway = RunnerGateway(home, self.listen, runners_local, max_message, prefer_port=prefer,
+                                     adopting=True)
+        self.namespace = ray_adopt.namespace(self.gateway.public)
+        self._restarting = False
+        self._swept = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
         self._buf = b""
         self._replies: list[dict[str, Any]] = []
@@ -120,11 +92,14 @@ class RayLauncher:
         elif host in ("0.0.0.0", "*", ""):
             host = socket.gethostbyname(socket.gethostname())
         self.endpoint = f"tcp://{host}:{port}"
+        if self._any_port:  # the next daemon binds it again: the runners running now dial this port
+            ray_adopt.remember_port(self.home, int(port))
         self._start_driver()
 
     def _start_driver(self) -> None:
         self._buf = b""
-        self._proc = subprocess.Popen([sys.executable, "-P", "-m", "labd.daemon.ray_driver", self.address],
+        self._proc = subprocess.Popen([sys.executable, "-P", "-m", "labd.daemon.ray_driver", self.address,
+                                       self.namespace],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env,
                                       start_new_session=True, close_fds=True)
         assert self._proc.stdout is not None  # noqa: S101 - Popen contract
@@ -187,11 +162,33 @@ class RayLauncher:
             self._replies.append(msg)
 
     def _driver_gone(self) -> None:
-        """The driver died: Ray ends the actors it owned, so every session it ran is lost, with this reason."""
-        for handle, sid in list(self._sid.items()):
-            self.gateway.revoke(sid)
-            self._exits.append(ExitInfo(handle, None, None, "the Ray driver process ended; its actors went with it"))
-        self._sid.clear()
+        """The driver died. Its actors are detached and run on: a new driver adopts them again; a session that
+        cannot be adopted (no new driver, or its actor gone) is lost, with the reason."""
+        self._close_dead_driver()
+        if self._restarting:  # a driver that died while starting: the start fails (LaunchError)
+            return
+        watched, self._sid = dict(self._sid), {}
+        if not watched:
+            return
+        self.log.warning("the Ray driver process ended: starting a new one to adopt its sessions",
+                         sessions=sorted(watched.values()))
+        self._restarting = True
+        try:
+            self._start_driver()
+        except LaunchError as exc:
+            for handle, sid in watched.items():
+                self.gateway.revoke(sid)
+                self._exits.append(ExitInfo(handle, None, None, f"the Ray driver process ended and no new one "
+                                                                f"could start: {exc}"[:500]))
+            return
+        finally:
+            self._restarting = False
+        for handle, sid in watched.items():
+            why = self._adopt_as(handle, sid)
+            if why is not None:
+                self._exits.append(ExitInfo(handle, None, None, why))
+
+    def _close_dead_driver(self) -> None:
         if self._proc is not None:
             self._proc.wait()
             for pipe in (self._proc.stdin, self._proc.stdout):
@@ -223,7 +220,8 @@ class RayLauncher:
         handle, self._req = self._next, self._req + 1
         req = self._req
         remote = {**spec, "endpoint": self.endpoint, "curve": self.gateway.authorize(sid), "ship_files": self.ship_max,
-                  "record_interval": spec.get("record_interval") or 2.0}
+                  "record_interval": spec.get("record_interval") or 2.0,
+                  "flush_timeout": spec.get("flush_timeout") or REMOTE_FLUSH_TIMEOUT_S}
         if self.node_dir:
             remote["node_dir"] = self.node_dir
         self._sid[handle] = sid
@@ -241,8 +239,44 @@ class RayLauncher:
             raise LaunchError((reply or {}).get("error") or "the Ray driver did not answer the spawn request")
         return handle, time.time()
 
+    def adopt(self, sid: str) -> tuple[int | None, str | None]:
+        """Take back session ``sid``'s actor, left running by a previous daemon (or driver): ``(handle, None)``,
+        or ``(None, why it is lost)`` when its actor is not found, dead, or never started its runner."""
+        self._next -= 1
+        handle = self._next
+        why = self._adopt_as(handle, sid)
+        return (None, why) if why is not None else (handle, None)
+
+    def _adopt_as(self, handle: int, sid: str) -> str | None:
+        self._req += 1
+        req = self._req
+        self.gateway.readmit(sid)  # its runner reconnects with the key derived for it
+        self._sid[handle] = sid
+        try:
+            if self._proc is None:
+                self._start_driver()
+            self._send({"op": "adopt", "req": req, "handle": handle, "sid": sid})
+            reply = self._wait_for(lambda m: m.get("op") == "adopted" and m.get("req") == req)
+        except (LaunchError, OSError) as exc:
+            reply = {"error": f"cannot reach the Ray cluster to adopt the session's actor: {exc}"[:500]}
+        if reply is None or reply.get("error"):
+            self._sid.pop(handle, None)
+            self.gateway.revoke(sid)
+            return str((reply or {}).get("error") or "the Ray driver did not answer the adoption request")
+        self.log.info("Ray session adopted", session_id=sid, actor=ray_adopt.actor_name(sid))
+        return None
+
     def drain_exits(self) -> list[ExitInfo]:
+        self.gateway.settle()  # called first from the main loop, after every adoption: unknown keys refused now
         self._read_available()
+        if time.monotonic() - self._swept > SWEEP_S and self._proc is not None:
+            # first from the main loop (after every session was adopted), then now and then: actors left by
+            # sessions that ended (or were deleted) while no daemon could end them are killed
+            self._swept = time.monotonic()
+            try:
+                self._send({"op": "sweep"})
+            except (LaunchError, OSError):
+                pass
         exits, self._exits = self._exits, []
         return exits
 
@@ -261,6 +295,7 @@ class RayLauncher:
         return True
 
     def shutdown(self) -> None:
+        self.gateway.settle()
         self._stop_driver()
         self.gateway.stop()
         self.gateway.join(5)
@@ -304,6 +339,11 @@ class Launchers:
 
     def kind_of(self, pid: int) -> str:
         return "ray" if pid < 0 else "template"
+
+    def adopt_remote(self, sid: str) -> tuple[int | None, str | None]:
+        """A session with no local runner: adopt its Ray actor if there is one (see :meth:`RayLauncher.adopt`);
+        ``(None, None)`` when this daemon has no Ray launcher."""
+        return self.ray.adopt(sid) if self.ray is not None else (None, None)
 
     def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
         if (spec.get("placement") or {}).get("on") == "ray":

@@ -61,6 +61,7 @@ class Supervisor:
         #: the run queue and how to build a queued session's runner spec (both set by the daemon)
         self.queue = RunQueue()
         self.spec_for: Callable[[Queued], dict[str, Any]] | None = None
+        self._remote_lost: str | None = None  # why the last remote adoption failed
 
     # ---- the run queue (daemon/queue.py) -----------------------------------------------------------
     def submit(self, q: Queued) -> int | None:
@@ -134,8 +135,10 @@ class Supervisor:
             self.post(sid, "session.adopted", {"pid": pid})
             self.log.info("runner adopted", session_id=sid, pid=pid)
             return True
-        if not pid:  # pid 0: never started, or started by a remote launcher (Ray), whose actors end with the driver
-            why = "no local runner to adopt (never started, or it ran on a Ray node)"
+        if not pid:  # pid 0: started by a remote launcher (Ray), or None: never recorded as started
+            if self._adopt_remote(row):
+                return True
+            why = self._remote_lost or "no local runner to adopt (never started, or it ran on a Ray node)"
             self.post(sid, "session.ended", {"status": "lost", "reason": why, "ended_by": "vanished"})
             self.log.warning("session lost", session_id=sid, reason=why)
             return False
@@ -145,6 +148,25 @@ class Supervisor:
         self.post(sid, "session.ended", {"ended_by": "vanished"})
         self.log.warning("runner gone at adoption", session_id=sid, pid=pid)
         return False
+
+    def _adopt_remote(self, row: dict[str, Any]) -> bool:
+        """Adopt a session without a local runner through a remote launcher (its Ray actor outlived the previous
+        daemon); False, with the reason in ``_remote_lost`` (None: no remote launcher), if it cannot be."""
+        self._remote_lost = None
+        adopt = getattr(self.launcher, "adopt_remote", None)
+        if adopt is None:
+            return False
+        sid = row["id"]
+        handle, self._remote_lost = adopt(sid)
+        if handle is None:
+            return False
+        if row["pid"] is None:  # the previous daemon died between creating the actor and recording it
+            self.post(sid, "session.launched", {"pid": 0, "create_time": 0.0, "launcher": "ray", "recovered": True})
+        started = row["started_at"] or row["created_at"]
+        self.running[sid] = Running(sid, handle, 0.0, Limits.from_dict(row["limits"]), started, adopted=True)
+        self.post(sid, "session.adopted", {"pid": 0})
+        self.log.info("remote session adopted", session_id=sid, handle=handle)
+        return True
 
     def stop(self, sid: str, by: str, grace: float, reason: str = "stop requested") -> bool:
         """Begin the shutdown ladder: ask politely, SIGTERM after ``grace``, SIGKILL after term_grace."""

@@ -11,6 +11,10 @@ The actor is a plain Python class here (Ray wraps it with ``ray.remote`` in the 
 - answers :meth:`wait` (a long poll: returns on exit or after ``timeout`` with the monitor's notes) and
   :meth:`signal` (the daemon's stop ladder: SIGTERM / SIGKILL / SIGCONT to the runner's group).
 
+The actor is detached (it outlives the daemon's Ray driver): a restarted daemon finds it by name, asks
+:meth:`describe`, and polls :meth:`wait` again; what happened meanwhile (the runner's exit status, the monitor's
+notes) waits in the actor for it.
+
 The runner is a child, not the actor process itself: the runner replaces fds 1 and 2, installs signal handlers,
 changes directory and environment and may be confined with Landlock -- none of which a Ray worker survives.
 """
@@ -100,6 +104,11 @@ class SessionActor:
             pass
         return {"node": node, "ip": _ip(), "hostname": socket.gethostname(), "pid": self.proc.pid,
                 "workdir": str(workdir), "actor_pid": os.getpid()}
+
+    def describe(self) -> dict[str, Any]:
+        """Where the runner runs and whether it has exited (a restarted daemon's check before it adopts)."""
+        return {"started": self.proc is not None, "exited": self._exited.is_set(),
+                "pid": self.proc.pid if self.proc is not None else None, "actor_pid": os.getpid()}
 
     def wait(self, timeout: float) -> dict[str, Any]:
         """Return when the runner has exited or after ``timeout`` s: ``{"exited", "exit_code", "signal", "notes"}``."""

@@ -12,11 +12,9 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ import pytest
 import zmq
 
 from tests.conftest import REPO, SUPPORT, DaemonProc, wait_until
+from tests.support.ray_cluster import RayNode, shared_cluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 ray = pytest.importorskip("ray")
@@ -62,70 +61,11 @@ def tick(ctx, n: int = 100000, delay: float = 0.05) -> int:
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RayNode:
-    """A ``ray start --block`` process group of our own (head or worker), stopped by its group id."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        ray_bin = str(Path(sys.executable).parent / "ray")
-        self.proc = subprocess.Popen([ray_bin, "start", "--block", "--disable-usage-stats", *args], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        self.output: list[str] = []
-        self.up = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            text = line.decode(errors="replace")
-            self.output.append(text)
-            if "Ray runtime started" in text:
-                self.up.set()
-
-    def wait_up(self) -> None:
-        wait_until(lambda: self.up.is_set() or self.proc.poll() is not None, timeout=90, interval=0.1,
-                   what="ray start")
-        assert self.up.is_set(), "".join(self.output[-30:])
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def stop(self) -> None:
-        self.kill(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        self.kill(signal.SIGKILL)
-        self.proc.wait(10)
-
-
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[dict[str, object]]:
-    """A one-node Ray cluster (2 CPUs) on loopback for the whole test session; a short temp dir (Unix sockets)."""
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    port = _free_port()
-    env = {**os.environ, "HOME": temp, "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)]),
-           # node death is noticed in ~2 s instead of Ray's default ~15 s
-           "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
-           "RAY_health_check_initial_delay_ms": "500"}
-    env.pop("XDG_RUNTIME_DIR", None)
-    head = RayNode(["--head", "--num-cpus", "2", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--temp-dir", temp, "--include-dashboard", "false", "--resources", '{"head": 1}'], env)
-    try:
-        head.wait_up()
-        yield {"address": f"127.0.0.1:{port}", "env": env, "temp": temp}
-    finally:
-        head.stop()
-        subprocess.run(["rm", "-rf", temp], check=False)
+def ray_cluster(request: pytest.FixtureRequest) -> dict[str, object]:
+    """A one-node Ray cluster (2 CPUs) on loopback for the whole test session, shared with the other Ray test
+    modules (tests/support/labd_raycluster.py); a short temp dir (Unix sockets)."""
+    return shared_cluster(request.config)
 
 
 @pytest.fixture(scope="module")

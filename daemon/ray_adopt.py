@@ -1,0 +1,68 @@
+"""What lets a Ray session outlive the daemon that started it, and a later daemon find it again.
+
+A Ray session's actor is *detached* (it belongs to the cluster, not to the daemon's Ray driver), named after the
+session (:func:`actor_name`) in a Ray namespace of this home's own (:func:`namespace`), so that a restarted daemon
+can look it up by the session id alone (:class:`labd.daemon.ray_launcher.RayLauncher.adopt`). Everything the new
+daemon needs to take the runner back is derivable or kept outside the store:
+
+- the actor: its name and namespace, from the session id and the daemon's CURVE public key;
+- the runner's CurveZMQ keypair: derived from the daemon's CURVE secret and the session id
+  (:func:`session_keypair`), so the new runner gateway admits the reconnecting runner's public key without any
+  key having been written anywhere (the secret half goes to the runner only, in its spec);
+- the runner endpoint: a runner dials the address it was given and reconnects to it; with ``runner_listen`` on
+  port 0, the port the gateway last bound is remembered in ``<home>/ray-runner-port`` (0600) and bound again
+  (:func:`remembered_port`, :func:`remember_port`).
+
+The HMAC key of the session is derived from the daemon key, as for local runners.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
+import zmq
+from zmq.utils import z85
+
+__all__ = ["actor_name", "namespace", "session_keypair", "remembered_port", "remember_port", "PORT_FILE"]
+
+PORT_FILE = "ray-runner-port"
+
+
+def actor_name(sid: str) -> str:
+    """The Ray name of session ``sid``'s actor (unique within the home's namespace)."""
+    return f"labd-{sid}"
+
+
+def namespace(server_public: bytes) -> str:
+    """This home's Ray namespace: ``labd-`` and 16 hex digits of the daemon's CURVE public key (two homes on one
+    cluster never see, adopt or sweep each other's actors)."""
+    return "labd-" + hashlib.sha256(server_public).hexdigest()[:16]
+
+
+def session_keypair(server_secret: bytes, sid: str) -> tuple[bytes, bytes]:
+    """Session ``sid``'s runner CURVE keypair (z85 public, z85 secret), derived from the daemon's secret key: the
+    same on every daemon of this home, unknown to anyone without that key."""
+    raw = hmac.new(server_secret, b"labd-ray-runner\0" + sid.encode(), hashlib.sha256).digest()
+    secret = z85.encode(raw)
+    return zmq.curve_public(secret), secret
+
+
+def remembered_port(home: Path) -> int | None:
+    """The runner gateway's port of the previous daemon of this home (None: none, or unreadable)."""
+    try:
+        port = int((home / PORT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return port if 0 < port < 65536 else None
+
+
+def remember_port(home: Path, port: int) -> None:
+    """Keep the port the runner gateway bound, for the next daemon of this home (written atomically, 0600)."""
+    tmp = home / f".{PORT_FILE}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{port}\n")
+    os.replace(tmp, home / PORT_FILE)

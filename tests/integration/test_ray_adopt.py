@@ -1,0 +1,227 @@
+"""Ray sessions outlive their daemon: a real local Ray cluster (the one tests/integration/test_ray.py uses, shared
+through tests/support/ray_cluster.py) and real daemons, stopped (``labd shutdown``) or SIGKILLed while a session
+runs on the cluster, then started again on the same home.
+
+The session's actor is detached, so its runner keeps running and spooling while no daemon runs; the next daemon
+finds the actor by name, admits the runner's key again on the same runner port, and the runner delivers what it
+printed meanwhile: every line exactly once, in order, ``seq`` gap-free. After the restart the session can be
+stopped; an actor killed while no daemon ran makes the session ``lost`` with a reason naming it; and no actor is
+left on the cluster once the sessions have ended."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import zmq.auth
+
+from labd.daemon.ray_adopt import actor_name, namespace
+from tests.conftest import DaemonProc, wait_until
+from tests.support.ray_cluster import rayctl, shared_cluster
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
+ray = pytest.importorskip("ray")
+
+ENDED = ("completed", "failed", "cancelled", "lost")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(request: pytest.FixtureRequest) -> dict[str, object]:
+    """The test session's one-node Ray cluster, shared with tests/integration/test_ray.py."""
+    return shared_cluster(request.config)
+
+
+class Rig:
+    """A daemon on the test's home whose sessions run on the cluster; it can be stopped and started again."""
+
+    def __init__(self, home: Path, cluster: dict[str, Any]) -> None:
+        self.home, self.cluster = home, cluster
+        self.node_dir = home.parent / "node"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(
+            f'[launcher]\nkind = "ray"\naddress = "{cluster["address"]}"\nrunner_listen = "tcp://127.0.0.1:0"\n'
+            f'node_dir = "{self.node_dir}"\n')
+        self.daemon = DaemonProc(home).start()
+
+    @property
+    def namespace(self) -> str:
+        """This home's Ray namespace (from its daemon's CURVE public key)."""
+        public, _ = zmq.auth.load_certificate(str(self.home / "curve" / "server.key"))
+        return namespace(public)
+
+    def client(self) -> Any:
+        """A client of the current daemon."""
+        return self.daemon.client(timeout=30)
+
+    def shutdown(self) -> float:
+        """``labd shutdown``, waited for; returns when it was asked."""
+        asked = time.time()
+        run = subprocess.run([sys.executable, "-m", "labd", "--home", str(self.home), "shutdown"],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert self.daemon.proc is not None
+        self.daemon.proc.wait(30)
+        self.daemon.stop()
+        return asked
+
+    def kill9(self) -> float:
+        """SIGKILL the daemon; returns when."""
+        killed = time.time()
+        self.daemon.kill9()
+        self.daemon.stop()
+        return killed
+
+    def restart(self) -> float:
+        """A new daemon on the same home; returns when it was ready."""
+        self.daemon = DaemonProc(self.home).start()
+        return time.time()
+
+    def workdir(self, sid: str) -> Path:
+        """The session's work directory on the node."""
+        return self.node_dir / sid / "work"
+
+    def progress(self, sid: str) -> int:
+        """The last tick the workflow wrote on the node (-1 before the first)."""
+        try:
+            return int((self.workdir(sid) / "progress").read_text() or -1)
+        except (OSError, ValueError):
+            return -1
+
+
+@pytest.fixture
+def rig(ray_cluster: dict[str, Any], isolated_env: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
+    """A Ray daemon on the test's home; afterwards its sessions are killed, the daemon stopped, and, if the test
+    failed, any actor of its namespace killed (a leak must not hold the cluster's CPUs for the next test)."""
+    r = Rig(isolated_env, ray_cluster)
+    try:
+        yield r
+    finally:
+        if r.daemon.proc is not None and r.daemon.proc.poll() is None:
+            with r.client() as c:
+                live = [s["id"] for s in c.sessions() if s["status"] not in ENDED + ("queued",)]
+                for sid in live:
+                    c.kill(sid)
+                wait_until(lambda: all(c.session(s)["status"] in ENDED for s in live), timeout=30, interval=0.2,
+                           what="sessions killed")
+        r.daemon.stop()
+        rep = getattr(request.node, "rep_call", None)
+        if rep is None or rep.failed:
+            rayctl(r.cluster, r.namespace, "killall")
+
+
+def _events(c: Any, sid: str, kinds: list[str] | None = None) -> list[dict[str, Any]]:
+    return list(c.history(sid, kinds=kinds))
+
+
+def _ended(c: Any, sid: str, timeout: float = 60) -> dict[str, Any]:
+    return wait_until(lambda: (s := c.session(sid)) and s["status"] in ENDED and s, timeout=timeout, interval=0.1,
+                      what=f"session {sid} ended")
+
+
+def _ticks(c: Any, sid: str) -> list[str]:
+    text = "".join(e["payload"]["text"] for e in _events(c, sid, ["output"]))
+    return text.splitlines()
+
+
+def _started(c: Any, rig: Rig) -> tuple[str, dict[str, Any]]:
+    sid = c.start("labd_rayadoptflows:gated")
+    placed = wait_until(lambda: _events(c, sid, ["session.placed"]), timeout=60, interval=0.1, what="placed")
+    wait_until(lambda: len(_ticks(c, sid)) >= 5, timeout=60, interval=0.1, what="some output")
+    return sid, placed[0]["payload"]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _completes_whole(c: Any, rig: Rig, sid: str, down: float, up: float) -> None:
+    """Let the gated session end; everything it printed is there exactly once, in order, some of it printed
+    while no daemon ran; the session's ``seq`` has no gap; it was adopted and it completed."""
+    wait_until(lambda: len(_ticks(c, sid)) > rig.progress(sid) - 5 > 0, timeout=60, interval=0.1,
+               what="output after the restart")
+    (rig.workdir(sid) / "gate").write_text("")
+    s = _ended(c, sid)
+    assert s["status"] == "completed", s
+    lines = _ticks(c, sid)
+    n = len(lines) - 1
+    assert lines == [f"tick {i}" for i in range(n)] + ["done"], lines[-5:]
+    evs = _events(c, sid)
+    assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1))
+    assert [e["kind"] for e in evs].count("session.adopted") == 1
+    assert next(e for e in evs if e["kind"] == "session.finished")["payload"]["result"] == n
+    meanwhile = [e for e in evs if e["kind"] == "output" and down < e["ts"] < up]
+    assert meanwhile, "nothing recorded as printed while no daemon ran"
+
+
+def test_session_survives_clean_shutdown_and_is_adopted(rig: Rig) -> None:
+    """`labd shutdown` with a Ray session running: the session keeps printing on its node while no daemon runs,
+    the next daemon adopts it, and its output before, during and after the restart arrives exactly once, in order
+    with a gap-free `seq`; it completes, and its actor is gone from the cluster afterwards."""
+    with rig.client() as c:
+        sid, placed = _started(c, rig)
+    at = rig.progress(sid)
+    down = rig.shutdown()
+    wait_until(lambda: rig.progress(sid) >= at + 10, timeout=30, interval=0.1, what="printing with no daemon")
+    assert not _gone(int(placed["pid"]))
+    up = rig.restart()
+    with rig.client() as c:
+        assert c.session(sid)["status"] == "running"
+        _completes_whole(c, rig, sid, down, up)
+    wait_until(lambda: _gone(int(placed["actor_pid"])), timeout=30, interval=0.1, what="actor process gone")
+    assert rayctl(rig.cluster, rig.namespace, "list") == []
+
+
+def test_session_survives_daemon_sigkill_and_stop_works_after(rig: Rig) -> None:
+    """A daemon SIGKILLed with two Ray sessions running: both keep running; the next daemon adopts them; one
+    completes with all its output exactly once and a gap-free `seq`, the other is stopped (`labd stop` reaches the
+    adopted runner: cancelled). No actor of the home is left on the cluster."""
+    with rig.client() as c:
+        a, placed_a = _started(c, rig)
+        b, placed_b = _started(c, rig)
+    at = rig.progress(a), rig.progress(b)
+    down = rig.kill9()
+    wait_until(lambda: rig.progress(a) >= at[0] + 10 and rig.progress(b) >= at[1] + 10, timeout=30,
+               interval=0.1, what="printing with no daemon")
+    up = rig.restart()
+    with rig.client() as c:
+        assert c.session(a)["status"] == c.session(b)["status"] == "running"
+        at_b = rig.progress(b)
+        wait_until(lambda: len(_ticks(c, b)) > at_b, timeout=60, interval=0.1, what="b delivers after restart")
+        c.stop(b, grace=2)  # not at a step boundary: the ladder goes on to SIGTERM through the adopted actor
+        _completes_whole(c, rig, a, down, up)
+        sb = _ended(c, b)
+        assert sb["status"] == "cancelled", sb
+        assert _events(c, b, ["session.stopping"]), "the stop was not recorded"
+    for placed in (placed_a, placed_b):
+        wait_until(lambda p=placed: _gone(int(p["actor_pid"])), timeout=30, interval=0.1, what="actor gone")
+    assert rayctl(rig.cluster, rig.namespace, "list") == []
+
+
+def test_actor_killed_while_no_daemon_ran_is_lost_with_reason(rig: Rig) -> None:
+    """A session whose actor was killed (Ray's API, by name) while no daemon ran is recorded `lost` by the next
+    daemon, with a reason naming the actor; what it delivered before is kept. An actor of the home's namespace
+    that no session owns (as a session deleted while its actor could not be ended would leave) is swept away by
+    the next daemon: none is left on the cluster."""
+    with rig.client() as c:
+        sid, placed = _started(c, rig)
+        before = _ticks(c, sid)
+    rig.shutdown()
+    assert rayctl(rig.cluster, rig.namespace, "kill", actor_name(sid)) == "killed"
+    assert rayctl(rig.cluster, rig.namespace, "stray", actor_name("0123456789ab")) == "created"
+    wait_until(lambda: _gone(int(placed["pid"])), timeout=30, interval=0.1, what="runner gone with its actor")
+    rig.restart()
+    with rig.client() as c:
+        s = _ended(c, sid, timeout=30)
+        assert s["status"] == "lost", s
+        assert actor_name(sid) in str(s["reason"]) and "not found" in str(s["reason"]), s
+        assert _ticks(c, sid)[:len(before)] == before
+    assert rayctl(rig.cluster, rig.namespace, "list") == []
