@@ -19,6 +19,19 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+#: how long a SQLite statement waits for another process's lock before the store counts as unavailable (seconds)
+BUSY_TIMEOUT_S = 30.0
+
+
+def busy_timeout() -> float:
+    """:data:`BUSY_TIMEOUT_S`, or ``LABD_DB_BUSY_TIMEOUT`` (seconds; the fault tests shorten it, so that "the store
+    refuses writes" is seen in seconds, not half a minute)."""
+    try:
+        return max(0.1, float(os.environ["LABD_DB_BUSY_TIMEOUT"]))
+    except (KeyError, ValueError):
+        return BUSY_TIMEOUT_S
+
+
 def open_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, NORMAL sync and a busy timeout on every connection."""
     if is_sqlite(url):
@@ -30,7 +43,7 @@ def open_engine(url: str) -> Engine:
                 folder = os.path.dirname(os.path.abspath(path))
                 hint = f" (the directory {folder} does not exist)" if not os.path.isdir(folder) else ""
                 raise ArgumentError(f"cannot create the SQLite file {path}: {exc.strerror or exc}{hint}") from None
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout()})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:

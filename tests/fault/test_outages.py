@@ -13,7 +13,7 @@ import pytest
 
 from labd.ipc import LabdError
 from tests.conftest import DaemonProc, kill_runners, running_daemon, wait_until
-from tests.fault.conftest import RUNNER_FLUSH_ENV, figures, outage_seconds
+from tests.fault.conftest import RUNNER_FLUSH_ENV, STORE_LOCK_ENV, figures, outage_seconds
 
 pytestmark = pytest.mark.fault
 
@@ -114,7 +114,7 @@ def test_new_sessions_are_refused_while_the_store_cannot_be_written(isolated_env
     accepted, the client timed out asking "is it running?", and each retry ran once the store was back. Once the
     store is writable again, a start works."""
     try:
-        with running_daemon(isolated_env, extra_env=RUNNER_FLUSH_ENV) as d, d.client() as c:
+        with running_daemon(isolated_env, extra_env=STORE_LOCK_ENV) as d, d.client() as c:
             sid = c.start("labd_testflows:ticker", params={"n": N, "delay": 0.05})
             wait_until(lambda: len([e for e in c.history(sid) if e["kind"] == "custom"]) >= 3, timeout=30,
                        what="first ticks")
@@ -123,11 +123,9 @@ def test_new_sessions_are_refused_while_the_store_cannot_be_written(isolated_env
             try:
                 wait_until(lambda: c.status()["counters"].get("store_unavailable", 0) > 0, timeout=60,
                            what="ingest finding the store locked")
-                t0 = time.monotonic()
                 with pytest.raises(LabdError) as refused:
                     c.start("demo.count", params={"n": 1, "delay": 0}, name="during-outage")
-                assert refused.value.code == "store_unavailable"
-                assert time.monotonic() - t0 < 10  # an answer, not the client's timeout
+                assert refused.value.code == "store_unavailable"  # an answer, not the client's timeout
             finally:
                 db.execute("ROLLBACK")
                 db.close()
