@@ -10,6 +10,7 @@ left on the cluster once the sessions have ended."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -225,3 +226,61 @@ def test_actor_killed_while_no_daemon_ran_is_lost_with_reason(rig: Rig) -> None:
         assert actor_name(sid) in str(s["reason"]) and "not found" in str(s["reason"]), s
         assert _ticks(c, sid)[:len(before)] == before
     assert rayctl(rig.cluster, rig.namespace, "list") == []
+
+
+def _ray_drivers(rig: Rig) -> list[psutil.Process]:
+    """The current daemon's Ray driver process(es): its children running ``-m labd.daemon.ray_driver``."""
+    assert rig.daemon.proc is not None
+    found = []
+    for child in psutil.Process(rig.daemon.proc.pid).children():
+        try:
+            if "labd.daemon.ray_driver" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def _logged(rig: Rig, event: str, **fields: Any) -> list[dict[str, Any]]:
+    """The daemon's JSON log records whose ``event`` is ``event`` and that carry ``fields``."""
+    records = []
+    for line in rig.daemon.log().splitlines():
+        try:
+            rec = json.loads(line[line.index("{"):])
+        except ValueError:
+            continue
+        if rec.get("event") == event and all(rec.get(k) == v for k, v in fields.items()):
+            records.append(rec)
+    return records
+
+
+def test_session_survives_its_ray_driver_dying_while_the_daemon_runs(rig: Rig) -> None:
+    """The daemon's Ray driver process (its child that speaks to Ray) is SIGKILLed while a Ray session runs, the
+    daemon running on: the launcher starts a new driver and adopts the session's detached actor again; the session
+    is not lost, keeps delivering, completes with every line exactly once, in order, and a gap-free `seq`, and no
+    actor of the home is left on the cluster afterwards."""
+    with rig.client() as c:
+        sid, placed = _started(c, rig)
+        [old] = _ray_drivers(rig)
+        old.kill()
+        wait_until(lambda: _gone(old.pid), timeout=10, interval=0.05, what="the old driver gone")
+        wait_until(lambda: _logged(rig, "Ray session adopted", session_id=sid), timeout=30, interval=0.1,
+                   what="the session adopted by a new driver")
+        assert _logged(rig, "the Ray driver process ended: starting a new one to adopt its sessions")
+        [new] = wait_until(lambda: _ray_drivers(rig), timeout=10, interval=0.05, what="a new driver")
+        assert new.pid != old.pid
+        assert c.session(sid)["status"] == "running"
+        at = rig.progress(sid)
+        wait_until(lambda: len(_ticks(c, sid)) > at + 5, timeout=30, interval=0.1, what="output after re-adoption")
+        (rig.workdir(sid) / "gate").write_text("")
+        s = _ended(c, sid, timeout=30)
+        assert s["status"] == "completed", s
+        lines = _ticks(c, sid)
+        n = len(lines) - 1
+        assert lines == [f"tick {i}" for i in range(n)] + ["done"], lines[-5:]
+        evs = _events(c, sid)
+        assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1))
+        assert next(e for e in evs if e["kind"] == "session.finished")["payload"]["result"] == n
+    wait_until(lambda: _gone(int(placed["actor_pid"])), timeout=30, interval=0.1, what="actor process gone")
+    assert rayctl(rig.cluster, rig.namespace, "list") == []
+    assert _ray_drivers(rig) == [new]  # the replacement is the daemon's one driver (no second one started)
