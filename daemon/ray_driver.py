@@ -35,6 +35,8 @@ import threading
 import time
 from typing import Any
 
+from labd.daemon.ray_adopt import actor_name
+
 __all__ = ["main"]
 
 POLL_S = 0.5  # the actor's long poll: notes reach the daemon at least this often
@@ -187,7 +189,7 @@ def main() -> None:
                 if why is not None:
                     _out({"op": "spawned", "req": msg["req"], "error": why})
                     continue
-                name = f"labd-{msg['sid']}"
+                name = actor_name(msg["sid"])
                 _free_name(ray, name, namespace)
                 try:
                     actor = Actor.options(name=name, namespace=namespace, lifetime="detached",
@@ -199,7 +201,7 @@ def main() -> None:
                 refs[actor.start.remote(msg["spec"])] = (handle, "start")
                 _out({"op": "spawned", "req": msg["req"]})
             elif op == "adopt":
-                name = f"labd-{msg['sid']}"
+                name = actor_name(msg["sid"])
                 actor, why = _adopt(ray, name, namespace)
                 if actor is None:
                     _out({"op": "adopted", "req": msg["req"], "error": why})

@@ -151,7 +151,7 @@ class RayLauncher:
         elif op == "placed" and sid is not None:
             keys = ("node", "ip", "pid", "workdir", "hostname", "actor_pid")
             info = {k: msg[k] for k in keys if msg.get(k) is not None}
-            self._notes.append(("event", sid, "session.placed", {"actor": f"labd-{sid}", **info}))
+            self._notes.append(("event", sid, "session.placed", {"actor": ray_adopt.actor_name(sid), **info}))
         elif op == "note" and sid is not None:
             note = msg["note"]
             if note[0] == "limit":

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -434,6 +434,28 @@ def thread_names(pid: int) -> dict[int, str]:
             with contextlib.suppress(OSError):
                 out[int(tid)] = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
     return out
+
+
+def bare_channel(spool: Path, secrets: dict[str, str] | None = None) -> tuple[Callable[..., int], Callable[[], None]]:
+    """(emit of a never-started runner channel spooling to ``spool``, withholding ``secrets``; what the channel
+    thread does with the daemon's ack, to call between measured blocks: the backlog leaves memory and the spool).
+    Nothing is sent: emit encodes and spools, as on a runner's workflow thread."""
+    from labd.ipc.wire import Codec
+    from labd.runner.channel import Channel
+
+    key = b"k" * 32
+    channel = Channel("tcp://127.0.0.1:9", key, "bench", max_unacked=10**9, spool=spool)
+    if secrets is not None:
+        channel.withhold(secrets)
+    codec = Codec(key)
+
+    def between() -> None:
+        with channel._lock:  # noqa: SLF001 - a benchmark standing in for the channel thread
+            channel._take()  # noqa: SLF001
+        channel._on_message(codec.pack("ack", {"next": channel.last_seq + 1}))  # noqa: SLF001
+        channel._trim_spool()  # noqa: SLF001
+
+    return channel.emit, between
 
 
 def main() -> int:

@@ -35,7 +35,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from bench_common import print_machine, print_table  # noqa: E402
+from bench_common import bare_channel, print_machine, print_table  # noqa: E402
 from bench_tracking import bootstrap_median, describe  # noqa: E402
 
 VARIANTS = ("control", "middleware", "tracker", "emit")
@@ -65,22 +65,8 @@ def build(variant: str, workdir: Path) -> tuple[Any, bool, Callable[[], None]]:
                 return await call_next(event, context)
         return Agent("bench", ["Answer."], config=OfflineModelConfig(), middleware=[PassThrough]), False, _nothing
     between = _nothing
-    if variant == "emit":
-        from labd.ipc.wire import Codec
-        from labd.runner.channel import Channel
-
-        key = b"k" * 32
-        # never started: emit encodes and spools, nothing is sent
-        channel = Channel("tcp://127.0.0.1:9", key, "bench", max_unacked=10**9, spool=workdir / "spool")
-        emit = channel.emit
-        codec = Codec(key)
-
-        def between() -> None:
-            """What the channel thread does with the daemon's ack: the backlog leaves memory and the spool."""
-            with channel._lock:  # noqa: SLF001 - a benchmark standing in for the channel thread
-                channel._take()  # noqa: SLF001
-            channel._on_message(codec.pack("ack", {"next": channel.last_seq + 1}))  # noqa: SLF001
-            channel._trim_spool()  # noqa: SLF001
+    if variant == "emit":  # never started: emit encodes and spools, nothing is sent
+        emit, between = bare_channel(workdir / "spool")
     else:
         seq = itertools.count(1)
 

@@ -39,7 +39,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from bench_common import interrupt_on_sigterm, print_machine, print_table, ratio  # noqa: E402
+from bench_common import bare_channel, interrupt_on_sigterm, print_machine, print_table, ratio  # noqa: E402
 
 PEM = ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n"
        "MzEfYyjiWA4R4/M2bS1GB4t7NXp98C3SC6dVMvDuictGeurT8jNbvJZHtCSuYEvu\n-----END PRIVATE KEY-----")
@@ -65,23 +65,7 @@ def median_us(samples: list[float]) -> float:
 # ---- 1. Channel.emit -------------------------------------------------------------------------------------------
 def channel_for(secrets: dict[str, str], workdir: Path) -> tuple[Callable[..., int], Callable[[], None]]:
     """(emit of a fresh never-started channel withholding ``secrets``, what to do between blocks)."""
-    from labd.ipc.wire import Codec
-    from labd.runner.channel import Channel
-
-    key = b"k" * 32
-    channel = Channel("tcp://127.0.0.1:9", key, "bench", max_unacked=10**9,
-                      spool=workdir / f"spool-{len(secrets)}-{time.monotonic_ns()}")
-    channel.withhold(secrets)
-    codec = Codec(key)
-
-    def between() -> None:
-        """What the channel thread does with the daemon's ack: the backlog leaves memory and the spool."""
-        with channel._lock:  # noqa: SLF001 - a benchmark standing in for the channel thread
-            channel._take()  # noqa: SLF001
-        channel._on_message(codec.pack("ack", {"next": channel.last_seq + 1}))  # noqa: SLF001
-        channel._trim_spool()  # noqa: SLF001
-
-    return channel.emit, between
+    return bare_channel(workdir / f"spool-{len(secrets)}-{time.monotonic_ns()}", secrets)
 
 
 def bench_emit(variants: list[str], n: int, rounds: int, workdir: Path) -> None:

@@ -30,15 +30,19 @@ __all__ = ["superseded_nodes"]
 _KEPT = frozenset({"completed", "reused", "planned"})
 
 
-def superseded_nodes(store: Any, sid: str) -> set[str]:
-    """The ids of ``sid``'s nodes that a resume ran again (empty for a session never resumed)."""
+def superseded_nodes(store: Any, sid: str, nodes: list[dict[str, Any]] | None = None) -> set[str]:
+    """The ids of ``sid``'s nodes that a resume ran again (empty for a session never resumed). ``nodes``: the
+    session's nodes as ``Store.steps`` gives them, when the caller has read them already."""
     with store.engine.connect() as conn:
         cut = conn.execute(select(func.max(events.c.seq)).where(
             events.c.session_id == sid, events.c.kind == "session.continued")).scalar()
         if cut is None:
             return set()
-        rows = conn.execute(select(steps.c.node_id, steps.c.parent_node, steps.c.kind, steps.c.status,
-                                   steps.c.start_seq).where(steps.c.session_id == sid)).all()
+        if nodes is None:
+            nodes = [dict(r) for r in conn.execute(select(
+                steps.c.node_id, steps.c.parent_node, steps.c.kind, steps.c.status, steps.c.start_seq)
+                .where(steps.c.session_id == sid)).mappings()]
+    rows = [(n["node_id"], n["parent_node"], n["kind"], n["status"], n["start_seq"]) for n in nodes]
     paths = _paths(store, sid)
     again = {paths[n] for n, _p, kind, _s, start in rows if kind != "agent" and (start or 0) > cut and n in paths}
     parent = {n: p for n, p, *_ in rows}

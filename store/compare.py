@@ -61,12 +61,12 @@ def _outputs(store: Any, sid: str) -> tuple[dict[str, Any], Any]:
         since = page["events"][-1]["seq"]
 
 
-def _steps(store: Any, sid: str) -> tuple[list[tuple[str, dict[str, Any]]], int]:
-    """The steps matched by name (agent turns only feed results), and how many steps a resume superseded."""
-    gone = superseded_nodes(store, sid)
+def _steps(store: Any, sid: str, outputs: dict[str, Any]) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """The steps matched by name (agent turns only feed results: ``outputs``, per agent-turn node its output), and
+    how many steps a resume superseded."""
     every = store.steps(sid)
+    gone = superseded_nodes(store, sid, every)
     nodes = [n for n in every if n["node_id"] not in gone]
-    outputs, _ = _outputs(store, sid)
     children: dict[str, list[dict[str, Any]]] = {}
     for n in nodes:
         if n["parent_node"]:
@@ -123,9 +123,10 @@ def _read_text(workdir: str, path: str, size: int) -> str | None:
 def compare(store: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The comparison of the sessions ``rows`` (session rows, at least two), the first as the baseline."""
     ids = [r["id"] for r in rows]
+    outputs = {sid: _outputs(store, sid) for sid in ids}  # (per agent turn its output, the final result)
     steps, superseded = [], []
     for sid in ids:
-        per, gone = _steps(store, sid)
+        per, gone = _steps(store, sid, outputs[sid][0])
         steps.append(per)
         superseded.append(gone)
     order: dict[str, None] = {}  # the keys in first-seen order (a dict: a list's `in` made 30,000 steps take 20 s)
@@ -167,7 +168,7 @@ def compare(store: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     totals = []
     results = []
     for r, per, gone in zip(rows, steps, superseded, strict=True):
-        _, final = _outputs(store, r["id"])
+        final = outputs[r["id"]][1]
         results.append(final)
         started, ended = r.get("started_at"), r.get("ended_at")
         llm = store.costs(r["id"])["total"]

@@ -75,8 +75,9 @@ def _inherited(store: Any, session: dict[str, Any], wanted: set[str] | None,
     parent = store.session(session["parent_id"]) if reused else None
     if parent is None:
         return []  # nothing reused, or the parent was deleted: those steps' calls go to the model
-    nodes = _subtrees(store.steps(parent["id"]), reused)
-    gone = superseded_nodes(store, parent["id"])
+    rows = store.steps(parent["id"])
+    nodes = _subtrees(rows, reused)
+    gone = superseded_nodes(store, parent["id"], rows)
     evs = [e for e in _all_events(store, parent["id"], SEED_KINDS, None) if e["node_id"] in nodes - gone]
     return [*_inherited(store, parent, reused, depth + 1), (parent, evs)]
 

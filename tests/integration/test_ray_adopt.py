@@ -144,21 +144,28 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _completes_whole(c: Any, rig: Rig, sid: str, down: float, up: float) -> None:
-    """Let the gated session end; everything it printed is there exactly once, in order, some of it printed
-    while no daemon ran; the session's ``seq`` has no gap; it was adopted and it completed."""
-    wait_until(lambda: len(_ticks(c, sid)) > rig.progress(sid) - 5 > 0, timeout=60, interval=0.1,
-               what="output after the restart")
+def _open_gate_and_check(c: Any, rig: Rig, sid: str, timeout: float = 60) -> list[dict[str, Any]]:
+    """Let the gated session end; it completed, everything it printed is there exactly once and in order, its
+    ``seq`` has no gap, and its result counts its ticks. Returns its events."""
     (rig.workdir(sid) / "gate").write_text("")
-    s = _ended(c, sid)
+    s = _ended(c, sid, timeout=timeout)
     assert s["status"] == "completed", s
     lines = _ticks(c, sid)
     n = len(lines) - 1
     assert lines == [f"tick {i}" for i in range(n)] + ["done"], lines[-5:]
     evs = _events(c, sid)
     assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1))
-    assert [e["kind"] for e in evs].count("session.adopted") == 1
     assert next(e for e in evs if e["kind"] == "session.finished")["payload"]["result"] == n
+    return evs
+
+
+def _completes_whole(c: Any, rig: Rig, sid: str, down: float, up: float) -> None:
+    """Let the gated session end; everything it printed is there exactly once, in order, some of it printed
+    while no daemon ran; the session's ``seq`` has no gap; it was adopted and it completed."""
+    wait_until(lambda: len(_ticks(c, sid)) > rig.progress(sid) - 5 > 0, timeout=60, interval=0.1,
+               what="output after the restart")
+    evs = _open_gate_and_check(c, rig, sid)
+    assert [e["kind"] for e in evs].count("session.adopted") == 1
     meanwhile = [e for e in evs if e["kind"] == "output" and down < e["ts"] < up]
     assert meanwhile, "nothing recorded as printed while no daemon ran"
 
@@ -272,15 +279,7 @@ def test_session_survives_its_ray_driver_dying_while_the_daemon_runs(rig: Rig) -
         assert c.session(sid)["status"] == "running"
         at = rig.progress(sid)
         wait_until(lambda: len(_ticks(c, sid)) > at + 5, timeout=30, interval=0.1, what="output after re-adoption")
-        (rig.workdir(sid) / "gate").write_text("")
-        s = _ended(c, sid, timeout=30)
-        assert s["status"] == "completed", s
-        lines = _ticks(c, sid)
-        n = len(lines) - 1
-        assert lines == [f"tick {i}" for i in range(n)] + ["done"], lines[-5:]
-        evs = _events(c, sid)
-        assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1))
-        assert next(e for e in evs if e["kind"] == "session.finished")["payload"]["result"] == n
+        _open_gate_and_check(c, rig, sid, timeout=30)
     wait_until(lambda: _gone(int(placed["actor_pid"])), timeout=30, interval=0.1, what="actor process gone")
     assert rayctl(rig.cluster, rig.namespace, "list") == []
     assert _ray_drivers(rig) == [new]  # the replacement is the daemon's one driver (no second one started)

@@ -3,27 +3,14 @@ session's record, for records with step positions and for records made before st
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from labd.store.attempts import superseded_nodes
-from labd.store.db import migrate, open_engine
 from labd.store.queries import Store
 from labd.store.writer import BatchWriter
 from tests.unit.test_store import CREATED, Batch
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[tuple[Store, BatchWriter]]:
-    eng = open_engine(f"sqlite:///{tmp_path / 'labd.db'}")
-    migrate(eng)
-    w = BatchWriter(eng)
-    yield Store(eng), w
-    w.close()
-    eng.dispose()
 
 
 def _step(b: Batch, node: str, name: str, path: str | None, status: str, parent: str | None = None) -> None:
@@ -76,21 +63,21 @@ def _record(writer: BatchWriter, positions: bool, cursors: dict[str, Any] | None
 
 @pytest.mark.parametrize("positions", [True, False], ids=["with positions", "before positions"])
 def test_a_resume_supersedes_the_unfinished_step_its_turns_and_the_turns_outside_steps(
-        store: tuple[Store, BatchWriter], positions: bool) -> None:
+        sqlite_store: tuple[Store, BatchWriter], positions: bool) -> None:
     """The failed step that ran again (n4), the turn in it (n7) and the top-level turn before the resume (n1) are
     superseded; the completed step, the completed step nested in the failed one, their turns and everything after
     the resume are kept; a session never resumed has nothing superseded."""
-    st, writer = store
+    st, writer = sqlite_store
     _record(writer, positions)
     assert superseded_nodes(st, "s1") == {"n1", "n4", "n7"}
     assert superseded_nodes(st, "nosuch") == set()
 
 
 def test_a_completed_step_run_again_after_the_resume_is_superseded_when_positions_say_so(
-        store: tuple[Store, BatchWriter]) -> None:
+        sqlite_store: tuple[Store, BatchWriter]) -> None:
     """With positions, a step that completed before the resume but ran again at its position (its recorded result
     could not be restored) is superseded too; until it runs again it is kept."""
-    st, writer = store
+    st, writer = sqlite_store
     cursors: dict[str, Any] = {}
     _record(writer, True, cursors)
     assert "n2" not in superseded_nodes(st, "s1")

@@ -4,29 +4,16 @@ exception answers ``internal`` for a session anyone can still read."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from labd.store import compare as compare_mod
 from labd.store.attempts import superseded_nodes
-from labd.store.db import migrate, open_engine
 from labd.store.lineage import replay_seed
 from labd.store.queries import Store
 from labd.store.writer import BatchWriter
 from tests.unit.test_store import CREATED, Batch
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[tuple[Store, BatchWriter]]:
-    eng = open_engine(f"sqlite:///{tmp_path / 'labd.db'}")
-    migrate(eng)
-    w = BatchWriter(eng)
-    yield Store(eng), w
-    w.close()
-    eng.dispose()
 
 
 class _Counting(Store):
@@ -42,11 +29,11 @@ class _Counting(Store):
 
 
 def test_a_branch_seed_reads_its_parents_nodes_once_not_once_per_reused_step(
-        store: tuple[Store, BatchWriter]) -> None:
+        sqlite_store: tuple[Store, BatchWriter]) -> None:
     """The replay seed of a branch that reused N steps reads its parent's nodes a bounded number of times: it used to
     walk the parent's whole DAG once per reused step (store.subtree per root), N full reads of N rows, which took 9 s
     at 800 steps and minutes at a few thousand, on the daemon's request loop. Same seed content either way."""
-    st, writer = store
+    st, writer = sqlite_store
     n = 300
     b = Batch({})
     b.add("p1", "session.created", {**CREATED, "workdir": "/w/p1"})
@@ -70,11 +57,11 @@ def test_a_branch_seed_reads_its_parents_nodes_once_not_once_per_reused_step(
 
 
 def test_superseded_nodes_of_a_deep_chain_of_steps_without_positions_does_not_recurse(
-        store: tuple[Store, BatchWriter]) -> None:
+        sqlite_store: tuple[Store, BatchWriter]) -> None:
     """A resumed record whose steps without a position nest 3000 deep (a runner's events are the session code's to
     craft), read deepest first (node ids sort that way), is decided without a RecursionError: each such step is
     decided by the nearest enclosing step with a position (here one run again, so all of them are superseded)."""
-    st, writer = store
+    st, writer = sqlite_store
     n = 3000
     b = Batch({})
     b.add("s1", "session.created", CREATED)
@@ -90,13 +77,13 @@ def test_superseded_nodes_of_a_deep_chain_of_steps_without_positions_does_not_re
     assert len(gone) == n + 1 and "x" in gone and "c000000" in gone and "y" not in gone
 
 
-def test_compare_orders_tens_of_thousands_of_steps_first_seen_first(store: tuple[Store, BatchWriter],
+def test_compare_orders_tens_of_thousands_of_steps_first_seen_first(sqlite_store: tuple[Store, BatchWriter],
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """compare of two 40,000-step sessions lists every step key once, in the order the first session has them, then
     those only the second has, absent cells as None. (It kept the keys with a list's ``in``, quadratic: 20 s for two
     sessions of 30,000 steps on the daemon's request loop; now a dict. Speed is not asserted here: no timing
     thresholds in tests.)"""
-    st, writer = store
+    st, writer = sqlite_store
     b = Batch({})
     b.add("s1", "session.created", CREATED)
     b.add("s2", "session.created", {**CREATED, "workdir": "/w/s2"})
@@ -105,7 +92,7 @@ def test_compare_orders_tens_of_thousands_of_steps_first_seen_first(store: tuple
     cell = {"node_id": "n", "kind": "step", "status": "completed", "duration": 0.1, "calls": 0, "prompt_tokens": 0,
             "completion_tokens": 0, "cost": 0.0, "result": None}
     per = {"s1": [(f"s{i}", cell) for i in range(n)], "s2": [(f"s{i}", cell) for i in range(n, -1, -1)]}
-    monkeypatch.setattr(compare_mod, "_steps", lambda store, sid: (per[sid], 0))
+    monkeypatch.setattr(compare_mod, "_steps", lambda store, sid, outputs: (per[sid], 0))
     out = compare_mod.compare(st, [st.session("s1"), st.session("s2")])
     assert [r["name"] for r in out["steps"]] == [f"s{i}" for i in range(n + 1)]
     assert out["steps"][-1]["sessions"][0] is None
