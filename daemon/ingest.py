@@ -85,7 +85,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         self.routes: dict[str, bytes] = {}
         self.runners_endpoint = runners_endpoint
         self.events_endpoint = events_endpoint
-        self._secure_events = secure_events  # makes the event socket a CURVE server (daemon/events_auth.py)
+        self._secure_events = secure_events  # admits holders of the key only (daemon/events_auth.py)
         self.counters = counters
         self.last_seen = last_seen
         self.outcap = OutputCaps(lambda sid: getattr(self.cursors.get(sid), "output_cap", None), counters)  # backstop

@@ -26,7 +26,6 @@ from labd.daemon.api.start import PendingStart, requeue, session_spec
 from labd.daemon.checks import Check, Checks
 from labd.daemon.config import Config
 from labd.daemon.control import ControlPlane
-from labd.daemon.curve_keys import ensure_server_keys
 from labd.daemon.events_auth import LocalEventsAuth
 from labd.daemon.indexer import Indexer
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
@@ -184,14 +183,13 @@ class Daemon(ControlPlane):
         # events and may exit as soon as it can connect, and adoption (below) must come right after that.
         self._probe_sandbox()
         key = _key_for(layout.home)
-        events_public, events_secret = ensure_server_keys(layout.home)  # the event socket is a CURVE server
         self.info = ConnectionInfo(control=layout.endpoint("control"), events=layout.endpoint("events"),
                                    runners=layout.endpoint("runners"), key=key, pid=os.getpid(),
-                                   home=str(layout.home), events_public=events_public.decode(),
+                                   home=str(layout.home), events_auth="plain",
                                    max_message=cfg.max_message)
         self.gateway = _start_gateway(cfg, self.info)  # first: a bad --listen stops us before anything runs
         z = zmq.Context()
-        events_auth = LocalEventsAuth(z, bytes.fromhex(key), events_public, events_secret)  # before ingest binds
+        events_auth = LocalEventsAuth(z, bytes.fromhex(key))  # before ingest binds
         notes = z.socket(zmq.PULL)
         notes.bind(INGEST_NOTIFY)
         checkpointer = Checkpointer(engine) if is_sqlite(cfg.db_url) else None
@@ -235,7 +233,7 @@ class Daemon(ControlPlane):
         control.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.max_message)
         control.bind(self.info.control)
         self.codec = Codec(bytes.fromhex(key), max_message=cfg.max_message)
-        write_connection_file(layout, os.getpid(), key=key, events_public=events_public.decode(),
+        write_connection_file(layout, os.getpid(), key=key, events_auth=self.info.events_auth,
                               max_message=cfg.max_message)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)

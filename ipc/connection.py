@@ -32,7 +32,7 @@ from labd.ipc.paths import Layout, UnsafeRuntimeDir
 
 __all__ = ["ConnectionInfo", "write_connection_file", "read_connection_file", "ConnectionFileError",
            "process_start_time", "process_start_ticks", "daemon_alive", "UnsafeConnectionFile", "events_socket",
-           "client_socket", "local_events_keypair"]
+           "client_socket", "local_events_keypair", "local_events_credentials", "EVENTS_USER"]
 
 
 class ConnectionFileError(Exception):
@@ -59,8 +59,11 @@ class ConnectionInfo:
     server_public: str | None = None
     client_public: str | None = None
     client_secret: str | None = None
-    #: a local daemon's event socket is a CurveZMQ server with this public key (Z85); its clients' keypair is
-    #: derived from ``key`` (:func:`local_events_keypair`), so code that cannot read this file cannot follow
+    #: how a local daemon's event socket admits followers: ``"plain"``, ZeroMQ PLAIN with the credentials derived
+    #: from ``key`` (:func:`local_events_credentials`), so code that cannot read this file cannot follow
+    events_auth: str | None = None
+    #: an older daemon's event socket was a CurveZMQ server with this public key (Z85), its clients' keypair
+    #: derived from ``key`` (:func:`local_events_keypair`); kept so a new client follows a daemon started before
     events_public: str | None = None
     #: the largest request body (bytes) the daemon reads (its ``max_message``); None: an older daemon's file
     max_message: int | None = None
@@ -108,14 +111,14 @@ def daemon_alive(info: ConnectionInfo) -> bool:
         return True
 
 
-def write_connection_file(layout: Layout, pid: int, key: str, events_public: str | None = None,
+def write_connection_file(layout: Layout, pid: int, key: str, events_auth: str | None = None,
                           max_message: int | None = None) -> ConnectionInfo:
     """Write (atomically, 0600) the connection file for daemon process ``pid`` serving ``layout``."""
     path = layout.connection_file
     info = ConnectionInfo(control=layout.endpoint("control"), events=layout.endpoint("events"),
                           runners=layout.endpoint("runners"), key=key, pid=pid, home=str(layout.home),
                           started=process_start_time(pid), start_ticks=process_start_ticks(pid),
-                          events_public=events_public, max_message=max_message)
+                          events_auth=events_auth, max_message=max_message)
     tmp = path.with_suffix(".tmp")
     try:
         tmp.unlink()  # never write through something left in our place
@@ -174,24 +177,38 @@ def read_connection_file(layout: Layout, path: Path | None = None) -> Connection
         raise ConnectionFileError(f"cannot read connection file {path}: {why}") from None
 
 
+#: the PLAIN user name of a local follower (the password is what proves anything)
+EVENTS_USER = b"labd"
+
+
+def local_events_credentials(key: bytes) -> tuple[bytes, bytes]:
+    """The ZeroMQ PLAIN (user, password) with which local clients follow a daemon's live events: derived from the
+    daemon key, so it proves what the key proves (the connection file was readable) and needs no file of its own.
+    ``password = hex(HMAC-SHA256(key, "labd events client v2"))``; docs/protocol.md §2."""
+    return EVENTS_USER, hmac.new(key, b"labd events client v2", hashlib.sha256).hexdigest().encode()
+
+
 def local_events_keypair(key: bytes) -> tuple[bytes, bytes]:
-    """The CurveZMQ keypair (public, secret; Z85) with which local clients follow a daemon's live events: derived
-    from the daemon key, so it proves what the key proves (the connection file was readable) and needs no file of
-    its own. ``secret = Z85(HMAC-SHA256(key, "labd events client v1"))``; docs/protocol.md §2."""
+    """The CurveZMQ keypair (public, secret; Z85) with which clients follow the live events of a daemon
+    of an earlier labd (its connection file has ``events_public``). ``secret = Z85(HMAC-SHA256(key, "labd events
+    client v1"))``."""
     secret = z85.encode(hmac.new(key, b"labd events client v1", hashlib.sha256).digest())
     return zmq.curve_public(secret), secret
 
 
 def client_socket(ctx: Any, info: ConnectionInfo, kind: int, *, events: bool = False) -> Any:
     """A socket of ``kind`` to ``info``'s daemon, not yet connected: a CurveZMQ client with the keys of a remote
-    connection file; for the event socket (``events``) of a local daemon whose events are CURVE-secured, with the
-    local keypair (:func:`local_events_keypair`)."""
+    connection file; for the event socket (``events``) of a local daemon, a PLAIN client with the credentials
+    derived from the key (:func:`local_events_credentials`), or for an older daemon's CURVE-secured socket, with
+    the local keypair (:func:`local_events_keypair`)."""
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     if info.server_public:
         sock.curve_serverkey = info.server_public.encode()
         sock.curve_publickey = (info.client_public or "").encode()
         sock.curve_secretkey = (info.client_secret or "").encode()
+    elif events and info.events_auth == "plain":
+        sock.plain_username, sock.plain_password = local_events_credentials(info.key_bytes)
     elif events and info.events_public:
         public, secret = local_events_keypair(info.key_bytes)
         sock.curve_serverkey = info.events_public.encode()

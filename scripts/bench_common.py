@@ -325,7 +325,7 @@ class EventTail(threading.Thread):
         from labd.ipc.wire import Codec, WireError
 
         ctx = zmq.Context()
-        from labd.ipc.connection import events_socket  # CURVE-secured events (plain for older daemons)
+        from labd.ipc.connection import events_socket  # credentials derived from the key
         sub = events_socket(ctx, self.info)
         sub.setsockopt(zmq.RCVHWM, 1_000_000)
         sub.setsockopt(zmq.SUBSCRIBE, b"session.")

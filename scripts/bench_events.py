@@ -354,6 +354,7 @@ def _labd_round(args: argparse.Namespace, follow: bool, baseline: bool, env: dic
             c_start = c.status()["counters"]
             meter.start()
             sched.start()
+            own0 = time.process_time()  # this process: the follower's thread and its ZeroMQ I/O thread, when following
             t0 = time.perf_counter()
             sids = [c.start("demo.events", params={"n": args.n}) for _ in range(args.sessions)]
             for sid in sids:
@@ -366,6 +367,7 @@ def _labd_round(args: argparse.Namespace, follow: bool, baseline: bool, env: dic
                     tail.wait_for(sid, "session.ended", timeout=60)
             time.sleep(0.3)  # let the template reap the runners so their CPU time is counted
             cpu = meter.stop()
+            cpu["own_cpu"] = time.process_time() - own0
         finally:
             sampler.stop()
             if tail is not None:
@@ -518,12 +520,13 @@ def main() -> int:
             dcpu = sum(run["cpu"]["daemon_cpu"] for run in sel)
             icpu = sum(run["cpu"]["busiest_thread_cpu"] for run in sel)
             rcpu = sum(run["cpu"]["runners_cpu"] for run in sel)
+            ocpu = sum(run["cpu"]["own_cpu"] for run in sel)
             who = "this tree" if variant == "this" else "baseline"
             mode = "with" if follow else "without"
             print(f"CPU, {who}, {mode} a follower ({wall:.2f} s wall over {len(sel)} rounds): "
                   f"per event daemon {dcpu * 1e6 / total:.1f} us (ingest thread {icpu * 1e6 / total:.1f} us, "
-                  f"{icpu / wall:.0%} of a core), runners {rcpu * 1e6 / total:.1f} us; raw sqlite3 insert "
-                  f"{1e6 / raw_b:.1f} us")
+                  f"{icpu / wall:.0%} of a core), runners {rcpu * 1e6 / total:.1f} us, this script "
+                  f"{ocpu * 1e6 / total:.2f} us (the follower's side); raw sqlite3 insert {1e6 / raw_b:.1f} us")
         print_table(["round", "labd", "following", "ingest: running", "waiting for a CPU", "idle in poll",
                      "asleep elsewhere (GIL)", "of which in write", "passes", "events/batch", "switches vol/invol",
                      "other threads' CPU (top 5)", "box idle (of 1 core)", "steal",

@@ -161,7 +161,7 @@ class Feed:
     async def _tail(self) -> None:
         zctx = zmq.asyncio.Context()
         sub: zmq.asyncio.Socket | None = None
-        endpoint = key = curve = None
+        daemon: tuple[Any, ...] | None = None
         codec: Codec | None = None
         sid: str | None = None
         subscribed = False
@@ -184,13 +184,13 @@ class Feed:
                 except ConnectionFileError:
                     await self._idle(1.0)
                     continue
-                if (info.events, info.key, info.events_public) != (endpoint, key, curve):  # first time, or a new daemon
+                if _identity(info) != daemon:  # first time, or a new daemon
                     if sub is not None:
                         sub.close(0)
-                    sub = events_socket(zctx, info)  # the daemon's event socket admits CURVE clients only
+                    sub = events_socket(zctx, info)  # the daemon's event socket admits holders of its key only
                     sub.setsockopt(zmq.RCVHWM, 100_000)
                     sub.connect(info.events)
-                    endpoint, key, curve = info.events, info.key, info.events_public
+                    daemon = _identity(info)
                     codec = Codec(info.key_bytes)
                     subscribed = False
                 assert sub is not None and codec is not None and sid is not None
@@ -206,7 +206,7 @@ class Feed:
                         sub.setsockopt(zmq.UNSUBSCRIBE, f"session.{sid}".encode())
                         await self._idle(1.0)
                         continue
-                while self._want == sid and (info.events, info.key, info.events_public) == (endpoint, key, curve):
+                while self._want == sid and _identity(info) == daemon:
                     if not await sub.poll(250):
                         quiet += 0.25
                         if quiet >= 1.0 and not cursor.ended:  # quiet: make sure the live tail dropped nothing
@@ -292,6 +292,11 @@ class Feed:
                 self.post(EventsArrived(self._buffer_sid, batch, self._skipped))
                 self._skipped = 0
             await asyncio.sleep(self.flush_interval)
+
+
+def _identity(info: Any) -> tuple[Any, ...]:
+    """What makes a followed daemon the same one: a restarted daemon may have a new key, socket or mechanism."""
+    return info.events, info.key, info.events_auth, info.events_public
 
 
 def _dag_of(c: Client, session: str) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:

@@ -214,28 +214,29 @@ SPY = textwrap.dedent('''
 
 
 def test_only_holders_of_the_key_can_follow_live_events(daemon, tmp_path) -> None:
-    """The live event socket admits CurveZMQ clients with the keypair derived from the daemon key only. While a
-    session prints, a plain subscriber (what a workflow or sandboxed code could open: Landlock does not govern
-    connecting to a Unix socket), and a CURVE one with a key of its own, receive nothing; a session that spies
-    from inside its runner receives nothing; a client with the connection file receives the events. Before, any
-    local process could read every session's output and activity (found by an attack review)."""
+    """The live event socket admits ZeroMQ PLAIN clients with the password derived from the daemon key only. While
+    a session prints, a subscriber with no mechanism (what a workflow or sandboxed code could open: Landlock does
+    not govern connecting to a Unix socket), a PLAIN one guessing the password, and a CURVE one with a key of its
+    own, receive nothing; a session that spies from inside its runner receives nothing; a client with the
+    connection file receives the events. Before, any local process could read every session's output and
+    activity (found by an attack review)."""
     import zmq
-    from zmq.utils import z85
 
-    from labd.ipc.connection import events_socket
+    from labd.ipc.connection import EVENTS_USER, events_socket, local_events_credentials
 
     (tmp_path / "spyflows.py").write_text(SPY)
     with daemon.client() as c:
         victim = c.start("demo.count", params={"n": 6000, "delay": 0.01, "label": "SECRET-of-victim"})
         ctx = zmq.Context.instance()
         plain = ctx.socket(zmq.SUB)
+        guesser = ctx.socket(zmq.SUB)
+        guesser.plain_username, guesser.plain_password = EVENTS_USER, b"0" * 64
         stranger = ctx.socket(zmq.SUB)
-        public, secret = zmq.curve_keypair()
-        stranger.curve_serverkey, stranger.curve_publickey, stranger.curve_secretkey = (
-            c.info.events_public.encode(), public, secret)
-        assert z85.decode(c.info.events_public)  # the connection file names the server key
+        stranger.curve_serverkey, _ = zmq.curve_keypair()
+        stranger.curve_publickey, stranger.curve_secretkey = zmq.curve_keypair()
+        assert c.info.events_auth == "plain" and c.info.events_public is None  # what the connection file says
         good = events_socket(ctx, c.info)
-        for s in (plain, stranger, good):
+        for s in (plain, guesser, stranger, good):
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.SUBSCRIBE, b"session.")
             s.connect(c.info.events)
@@ -254,7 +255,9 @@ def test_only_holders_of_the_key_can_follow_live_events(daemon, tmp_path) -> Non
 
         received = drain(good)
         assert any(b"SECRET-of-victim" in frame for frame in received)
-        assert drain(plain) == [] and drain(stranger) == []
+        assert drain(plain) == [] and drain(guesser) == [] and drain(stranger) == []
+        _, password = local_events_credentials(c.info.key_bytes)  # admitted and refused handshakes logged nothing
+        assert password.decode() not in daemon.log()
         c.kill(victim)
-        for s in (plain, stranger, good):
+        for s in (plain, guesser, stranger, good):
             s.close(0)
