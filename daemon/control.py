@@ -11,6 +11,7 @@ import zmq
 from labd.daemon.api import ApiError, registry
 from labd.daemon.api.base import DEFERRED
 from labd.daemon.checks import Check, CheckFlow, Checks
+from labd.daemon.reads import Read, Reads
 from labd.ipc.wire import DEFAULT_MAX_MESSAGE, OversizedFrame, WireError, nesting_ok
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class ControlPlane:
     retention: Any
     indexer: Any
     checks: Checks
+    reads: Reads
 
     def defer(self, reply_to: tuple[bytes, str], result: Any) -> None:
         """Reply to ``reply_to`` only after the event it posts is committed; ``result(seq, payload)``."""
@@ -105,15 +107,9 @@ class ControlPlane:
             self.log.exception("request failed", type=msg.type)
             self._reply(control, identity, msg.id, error=ApiError("internal", f"internal error: {exc}"))
             return
-        if isinstance(result, Generator):  # a handler that waits for workflow checks (daemon/checks.py)
+        if isinstance(result, Generator):  # a handler that waits: workflow checks (daemon/checks.py), long reads
             context = (identity, msg.id, msg.type)
-            check = self._run_flow(control, result, None, context)
-            if check is not None:
-                try:
-                    self.checks.submit(check, result, context)
-                except ApiError as exc:
-                    result.close()
-                    self._refuse(control, identity, msg.id, exc)
+            self._suspend(control, self._run_flow(control, result, None, context), result, context)
             return
         if result is not DEFERRED:
             self._reply(control, identity, msg.id, result)
@@ -131,12 +127,41 @@ class ControlPlane:
             "(max_message); send less: large inputs belong in files the workflow reads",
             {"bytes": size, "max": limit}))
 
-    def _run_flow(self, control: zmq.Socket, flow: CheckFlow, value: Any,
-                  context: tuple[bytes, str, str]) -> Check | None:
-        """Run a suspended handler on to its next :class:`Check` (returned) or to its end (replied)."""
+    def _suspend(self, control: zmq.Socket, waits_for: Check | Read | None, flow: CheckFlow,
+                 context: tuple[bytes, str, str]) -> None:
+        """Hand a suspended handler's :class:`Check` or :class:`Read` to what runs it (none: it replied)."""
+        if waits_for is None:
+            return
+        try:
+            if isinstance(waits_for, Read):
+                self.reads.submit(waits_for, flow, context)
+            else:
+                self.checks.submit(waits_for, flow, context)
+        except ApiError as exc:
+            flow.close()
+            self._refuse(control, context[0], context[1], exc)
+
+    def _resume_checked(self, control: zmq.Socket, flow: CheckFlow, answer: Any,
+                        context: tuple[bytes, str, str]) -> Check | None:
+        """Run a flow on from its answered check: a next check goes back to :class:`Checks` (first in line)."""
+        waits_for = self._run_flow(control, flow, answer, context)
+        if isinstance(waits_for, Read):
+            self._suspend(control, waits_for, flow, context)
+            return None
+        return waits_for
+
+    def _resume_read(self, control: zmq.Socket, flow: CheckFlow, result: Any, error: BaseException | None,
+                     context: tuple[bytes, str, str]) -> None:
+        """Run a flow on from its finished read (its exception raised in the handler, where it waited)."""
+        self._suspend(control, self._run_flow(control, flow, result, context, error), flow, context)
+
+    def _run_flow(self, control: zmq.Socket, flow: CheckFlow, value: Any, context: tuple[bytes, str, str],
+                  error: BaseException | None = None) -> Any:
+        """Run a suspended handler on to what it next waits for (a :class:`Check` or :class:`Read`, returned) or
+        to its end (replied)."""
         identity, req_id, type_ = context
         try:
-            return flow.send(value)
+            return flow.throw(error) if error is not None else flow.send(value)
         except StopIteration as stop:
             if stop.value is not DEFERRED:
                 self._reply(control, identity, req_id, stop.value)

@@ -34,6 +34,7 @@ from labd.daemon.memory import limit_arenas
 from labd.daemon.monitor import Monitor
 from labd.daemon.orphans import belongs_here, find_runners, stop_stray
 from labd.daemon.queue import RunQueue
+from labd.daemon.reads import Reads
 from labd.daemon.retention import Retention
 from labd.daemon.supervisor import Supervisor
 from labd.daemon.systemd import Heartbeat, Notifier
@@ -99,6 +100,7 @@ class Daemon(ControlPlane):
         self._deferred: dict[str, Any] = {}
         self.checks = Checks(lambda c: self.launcher.inspect_start(c.workflow, c.params, c.path,
                                                                    self.runner_confine_spec(None)))
+        self.reads = Reads()  # long store reads (replay seeds, comparisons) on worker threads: daemon/reads.py
         #: session.start idempotency keys not yet committed (key -> PendingStart), and the request that carries
         #: each (api/start.py); dropped once ingest committed or refused the start
         self.idempotent_starts: dict[str, PendingStart] = {}
@@ -249,11 +251,13 @@ class Daemon(ControlPlane):
         poller.register(control, zmq.POLLIN)
         poller.register(notes, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
+        poller.register(self.reads.fileno(), zmq.POLLIN)
         try:
             self._loop(poller, control, notes, wake_r, ingest, heartbeat)
         finally:
             self.notifier.stopping(f"stopping; {len(self.supervisor.running)} sessions keep running")
             self.checks.close()
+            self.reads.close()
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old.items():
                 signal.signal(s, h)
@@ -331,7 +335,10 @@ class Daemon(ControlPlane):
                 self.supervisor.on_exit(info)
             if self.checks:  # requests suspended on a workflow check: resume those the template answered
                 self.checks.answered(self.launcher.drain_inspected(),
-                                     lambda flow, answer, ctx: self._run_flow(control, flow, answer, ctx))
+                                     lambda flow, answer, ctx: self._resume_checked(control, flow, answer, ctx))
+            if self.reads:  # requests suspended on a long read: resume those whose read is done
+                self.reads.answered(lambda flow, result, error, ctx: self._resume_read(control, flow, result, error,
+                                                                                       ctx))
             self.supervisor.tick()
             stale = time.monotonic() - ingest.beat
             problem = ("ingest thread died" if ingest.failed is not None or not ingest.is_alive()

@@ -10,6 +10,7 @@ import orjson
 from labd.daemon.api.base import ApiError, Request, register
 from labd.daemon.api.sessions import resolve_ref, resolve_session, session_name
 from labd.daemon.api.start import Start
+from labd.daemon.reads import Read
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.ipc.functions import FUNCTION_WORKFLOW
 from labd.store.compare import compare
@@ -25,6 +26,16 @@ def _created(store: Any, sid: str) -> dict[str, Any]:
     return first[0]["payload"] if first else {}
 
 
+def _seed(store: Any, row: dict[str, Any], until: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the session's ``session.created`` payload, its replay seed up to the end of node ``until``): read on a
+    worker thread, from the store only."""
+    if until is not None:
+        nodes = [n["node_id"] for n in store.steps(row["id"])]
+        if until not in nodes:
+            raise ApiError("unknown_node", f"session {row['id']} has no node {until!r}", {"nodes": nodes[:200]})
+    return _created(store, row["id"]), replay_seed(store, row, until)
+
+
 @register
 class Replay(Start):
     """Start a new session that re-runs a finished session's workflow with the same params, every LLM response
@@ -34,22 +45,16 @@ class Replay(Start):
     type = "session.replay"
     _seed: dict[str, Any] | None = None
 
-    def execute(self) -> Any:
+    def execute(self) -> Any:  # a generator: the seed is read on a worker (daemon/reads.py), then a start
         d = self.daemon
         row = resolve_session(self)
         until = self.arg("from", str, None, check=lambda s: 0 < len(s) <= 64, hint="a node id of the session")
         if row["status"] not in TERMINAL_STATUSES:
             raise ApiError("not_finished", f"session {row['id']} is {row['status']}: only a finished session can be "
                            "replayed (wait for it, or stop it)", {"status": row["status"]})
-        if until is not None:
-            nodes = [n["node_id"] for n in d.store.steps(row["id"])]
-            if until not in nodes:
-                raise ApiError("unknown_node", f"session {row['id']} has no node {until!r}",
-                               {"nodes": nodes[:200]})
         name = session_name(self)
         key = self.arg("idempotency_key", str, None)
-        created = _created(d.store, row["id"])
-        self._seed = replay_seed(d.store, row, until)
+        created, self._seed = yield Read(lambda: _seed(d.store, row, until), "replay seed")
         body: dict[str, Any] = {
             "workflow": row["workflow"], "params": row["params"],
             "limits": {k: v for k, v in row["limits"].items() if v is not None},
@@ -67,7 +72,7 @@ class Replay(Start):
             body["idempotency_key"] = key
         self.body = {k: v for k, v in body.items() if v is not None}
         self.lineage = {"parent_id": row["id"], "origin": "replay", "branch_node": until}
-        return super().execute()
+        return (yield from super().execute())
 
     def prepare(self, sid: str) -> None:
         # beside the work directory (never in it: the agent's files), read by the runner before it confines itself
@@ -85,15 +90,16 @@ class Compare(Request):
 
     type = "sessions.compare"
 
-    def execute(self) -> Any:
+    def execute(self) -> Any:  # a generator: the comparison is read on a worker (daemon/reads.py)
         refs = self.arg("sessions", list, check=lambda s: all(isinstance(x, str) for x in s),
                         hint="a list of session ids or names")
         if len(refs) < 2:
             raise ApiError("bad_request", "compare needs at least two sessions")
         if len(refs) > MAX_COMPARE:
             raise ApiError("bad_request", f"compare takes at most {MAX_COMPARE} sessions")
-        rows = [resolve_ref(self.daemon.store, r) for r in refs]
-        return compare(self.daemon.store, rows)
+        store = self.daemon.store
+        rows = [resolve_ref(store, r) for r in refs]
+        return (yield Read(lambda: compare(store, rows), "comparison"))
 
 
 @register

@@ -48,7 +48,7 @@ class Status(Request):
         d = self.daemon
         return {"pid": os.getpid(), "home": str(d.layout.home), "db": d.cfg.db_url.split("@")[-1],
                 "running": sorted(d.supervisor.running), "counters": dict(d.counters),
-                "template_pid": d.launcher.template_pid, "workflow_checks": len(d.checks),
+                "template_pid": d.launcher.template_pid, "workflow_checks": len(d.checks), "long_reads": len(d.reads),
                 "sandbox": {**d.sandbox.to_dict(), "runner": d.runner_confinement,
                             "network_default": d.cfg.sandbox.network},
                 "uptime": time.time() - d.started, "telemetry": _telemetry(d)}

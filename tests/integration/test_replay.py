@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +241,54 @@ def test_replay_of_a_branch_reports_no_divergence(isolated_env: Path, tmp_path: 
         assert not [e for e in history if e["kind"] in ("replay.diverged", "replay.miss")]
         assert [e["payload"]["replayed"] for e in history if e["kind"] == "llm.response"] == [True, True, True]
         assert final_files(c, rid) == final_files(c, sid)  # the reused step ran again, with its served answer
+
+
+def _record_finished(home: Path, sids: list[str], steps: int) -> None:
+    """Write finished sessions of ``steps`` completed steps each straight into ``home``'s store (no daemon runs)."""
+    from labd.store.db import migrate, open_engine
+    from labd.store.writer import BatchWriter
+    from tests.unit.test_store import CREATED, Batch
+
+    home.mkdir(parents=True, exist_ok=True)
+    eng = open_engine(f"sqlite:///{home / 'labd.db'}")
+    migrate(eng)
+    writer = BatchWriter(eng)
+    b = Batch({})
+    for sid in sids:
+        b.add(sid, "session.created", {**CREATED, "name": f"big-{sid}", "workdir": f"/w/{sid}"})
+        for i in range(steps):
+            b.add(sid, "step.started", {"name": f"s{i}", "path": str(i)}, src="r", node=f"n{i + 1}")
+            b.add(sid, "step.finished", {"name": f"s{i}", "status": "completed", "duration": 0.1}, src="r",
+                  node=f"n{i + 1}")
+        b.add(sid, "session.finished", {"outcome": "completed", "result": None}, src="r")
+        b.add(sid, "session.ended", {"ended_by": "runner", "exit_code": 0})
+    b.commit(writer)
+    writer.close()
+    eng.dispose()
+
+
+def test_the_daemon_answers_other_clients_while_a_long_comparison_is_read(isolated_env: Path) -> None:
+    """Comparing two large sessions reads their whole record on a worker thread (daemon/reads.py): while it runs,
+    the daemon answers other clients (its status counts the read in flight), then the comparison arrives whole.
+    On the request loop, a comparison of two 30,000-step sessions held every client (``labd ps``, a GUI, approvals)
+    for seconds."""
+    n = 10_000
+    _record_finished(isolated_env, ["b16a00000001", "b16a00000002"], n)
+    with running_daemon(isolated_env) as d, d.client(timeout=120) as c, d.client(timeout=60) as other:
+        assert c.session("b16a00000001")["status"] == "completed"
+        out: dict[str, Any] = {}
+        reader = threading.Thread(target=lambda: out.update(result=c.compare("b16a00000001", "b16a00000002")))
+        reader.start()
+        seen: list[int] = []
+
+        def in_flight() -> bool:
+            seen.append(other.status()["long_reads"])
+            return seen[-1] >= 1 or "result" in out
+
+        wait_until(in_flight, timeout=60, interval=0.01, what="the comparison counted as a long read")
+        reader.join(120)
+        assert max(seen) >= 1, seen  # answered while the comparison ran, not after it
+        result = out["result"]
+        assert result["sessions"] == ["b16a00000001", "b16a00000002"]
+        assert len(result["steps"]) == n
+        assert other.status()["long_reads"] == 0

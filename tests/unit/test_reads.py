@@ -1,0 +1,89 @@
+"""Long store reads on worker threads (daemon/reads.py): results and errors come back on the loop, the number
+pending is bounded, and a read that ends after the daemon closed them writes nowhere."""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+from typing import Any
+
+import pytest
+
+from labd.daemon import reads as reads_mod
+from labd.daemon.api.base import ApiError
+from labd.daemon.reads import Read, Reads
+from tests.conftest import wait_until
+
+
+def _collect(r: Reads) -> list[tuple[Any, Any, BaseException | None, Any]]:
+    got: list[tuple[Any, Any, BaseException | None, Any]] = []
+    r.answered(lambda flow, result, error, ctx: got.append((flow, result, error, ctx)))
+    return got
+
+
+def test_a_result_and_an_error_come_back_with_their_flow_and_wake_the_loop() -> None:
+    """Each read's result (or its exception) is handed back with the flow and reply context it was submitted with,
+    and the wake descriptor becomes readable when one is done (the loop's poll wakes at once)."""
+    r = Reads()
+    try:
+        r.submit(Read(lambda: 41 + 1, "sum"), "flow-a", "ctx-a")
+        r.submit(Read(lambda: (_ for _ in ()).throw(ApiError("unknown_node", "no such node")), "seed"),
+                 "flow-b", "ctx-b")
+        assert len(r) == 2
+        got: list[tuple[Any, Any, BaseException | None, Any]] = []
+
+        def both() -> bool:
+            if select.select([r.fileno()], [], [], 0)[0]:
+                got.extend(_collect(r))
+            return len(got) == 2
+
+        wait_until(both, timeout=10, interval=0.01, what="both reads answered")
+        by_flow = {g[0]: g for g in got}
+        assert by_flow["flow-a"][1:] == (42, None, "ctx-a")
+        error = by_flow["flow-b"][2]
+        assert isinstance(error, ApiError) and error.code == "unknown_node" and by_flow["flow-b"][3] == "ctx-b"
+        assert len(r) == 0
+    finally:
+        r.close()
+
+
+def test_past_the_bound_a_read_is_refused_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most MAX_PENDING reads run or wait; one more is refused with ``busy`` at once (its client retries)
+    instead of queueing without bound in the daemon's memory."""
+    monkeypatch.setattr(reads_mod, "MAX_PENDING", 3)
+    gate = threading.Event()
+    r = Reads()
+    try:
+        for i in range(3):
+            r.submit(Read(gate.wait, "held"), f"flow-{i}", None)
+        with pytest.raises(ApiError) as err:
+            r.submit(Read(lambda: None, "one more"), "flow-x", None)
+        assert err.value.code == "busy" and err.value.details == {"pending": 3}
+        gate.set()
+        got: list[Any] = []
+        wait_until(lambda: bool(got.extend(_collect(r))) or len(got) == 3, timeout=10, interval=0.01,
+                   what="the held reads answered")
+        r.submit(Read(lambda: "again", "after"), "flow-y", None)  # room again
+    finally:
+        gate.set()
+        r.close()
+
+
+def test_a_read_that_ends_after_close_writes_to_no_descriptor() -> None:
+    """A read still running when the daemon stops ends later on its thread: it must not write its wake byte to
+    the closed pipe's descriptor number, which the process may have given to another file meanwhile."""
+    gate = threading.Event()
+    r = Reads()
+    r.submit(Read(gate.wait, "held"), "flow", None)
+    r.close()
+    reused_r, reused_w = os.pipe()  # likely takes the freed numbers: a late write would land here
+    try:
+        os.set_blocking(reused_r, False)
+        gate.set()
+        wait_until(lambda: not r._done.empty(), timeout=10, interval=0.01, what="the read to end")
+        with pytest.raises(BlockingIOError):
+            os.read(reused_r, 10)
+    finally:
+        os.close(reused_r)
+        os.close(reused_w)
