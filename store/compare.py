@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from labd.store.attempts import superseded_nodes
+from labd.store.queries import children_first
 
 __all__ = ["compare", "DIFF_MAX_BYTES", "DIFF_MAX_LINES"]
 
@@ -67,23 +68,23 @@ def _steps(store: Any, sid: str, outputs: dict[str, Any]) -> tuple[list[tuple[st
     every = store.steps(sid)
     gone = superseded_nodes(store, sid, every)
     nodes = [n for n in every if n["node_id"] not in gone]
-    children: dict[str, list[dict[str, Any]]] = {}
-    for n in nodes:
-        if n["parent_node"]:
-            children.setdefault(n["parent_node"], []).append(n)
+    # per node, the last agent turn in its subtree (by start): one pass, children first (a walk of each step's
+    # subtree was quadratic in the nesting depth)
+    last: dict[str, tuple[int, Any]] = {}
+    by_id = {n["node_id"]: n for n in nodes}
+    for n in children_first(nodes):
+        nid = n["node_id"]
+        if n["kind"] == "agent" and nid in outputs:
+            key = n.get("start_seq") or 0
+            if nid not in last or key > last[nid][0]:
+                last[nid] = (key, outputs[nid])
+        parent = n["parent_node"]
+        if nid in last and parent in by_id and (parent not in last or last[nid][0] > last[parent][0]):
+            last[parent] = last[nid]
 
     def result(node: dict[str, Any]) -> Any:
-        # the last agent turn in the node's subtree, in start order
-        best: tuple[int, Any] | None = None
-        todo = [node]
-        while todo:
-            cur = todo.pop()
-            if cur["kind"] == "agent" and cur["node_id"] in outputs:
-                key = cur.get("start_seq") or 0
-                if best is None or key > best[0]:
-                    best = (key, outputs[cur["node_id"]])
-            todo.extend(children.get(cur["node_id"], ()))
-        return best[1] if best else node.get("error")
+        found = last.get(node["node_id"])
+        return found[1] if found else node.get("error")
 
     seen: dict[str, int] = {}
     out = []

@@ -96,3 +96,65 @@ def test_compare_orders_tens_of_thousands_of_steps_first_seen_first(sqlite_store
     out = compare_mod.compare(st, [st.session("s1"), st.session("s2")])
     assert [r["name"] for r in out["steps"]] == [f"s{i}" for i in range(n + 1)]
     assert out["steps"][-1]["sessions"][0] is None
+
+
+def _deep_chain(st: Store, writer: BatchWriter, sid: str, depth: int, *, cycle: bool = False) -> None:
+    """A finished session whose steps nest ``depth`` deep (each in the one before), an LLM call recorded on every
+    step and an agent turn with an output at the bottom; with ``cycle``, two more steps that name each other as
+    parent (a malformed record)."""
+    b = Batch({})
+    b.add(sid, "session.created", {**CREATED, "workdir": f"/w/{sid}"})
+    parent = None
+    for i in range(depth):
+        node = f"n{i + 1}"
+        b.add(sid, "step.started", {"name": f"s{i}", "path": str(i), "parent_node": parent}, src="r", node=node)
+        b.add(sid, "cost.recorded", {"agent": "a", "model": "m", "prompt_tokens": 1, "completion_tokens": 2,
+                                     "cost": 0.5, "offline": True}, src="r", node=node)
+        parent = node
+    b.add(sid, "agent.turn.started", {"agent": "a", "parent_node": parent}, src="r", node="bottom")
+    b.add(sid, "agent.turn.finished", {"agent": "a", "status": "completed", "duration": 0.1,
+                                       "output": "deepest answer"}, src="r", node="bottom")
+    if cycle:
+        b.add(sid, "step.started", {"name": "c1", "path": "c1", "parent_node": "c2"}, src="r", node="c1")
+        b.add(sid, "step.started", {"name": "c2", "path": "c2", "parent_node": "c1"}, src="r", node="c2")
+        b.add(sid, "cost.recorded", {"agent": "a", "model": "m", "prompt_tokens": 7, "completion_tokens": 0,
+                                     "cost": 1.0, "offline": True}, src="r", node="c1")
+    for i in reversed(range(depth)):
+        b.add(sid, "step.finished", {"name": f"s{i}", "status": "completed", "duration": 0.1}, src="r",
+              node=f"n{i + 1}")
+    b.add(sid, "session.ended", {"ended_by": "runner", "exit_code": 0})
+    b.commit(writer)
+
+
+@pytest.mark.timeout(120)
+def test_usage_rollup_and_compare_of_a_very_deep_chain_of_steps_take_one_pass(
+        sqlite_store: tuple[Store, BatchWriter]) -> None:
+    """A session whose steps nest 20,000 deep (a recursive workflow): each step's LLM usage counts every call in its
+    subtree, and compare's result for the outermost step is the output of the deepest agent turn. Both walked
+    every node's ancestors or subtree, quadratic in the depth: a 3000-deep chain took ~20 s and this one would take
+    the better part of an hour (the timeout fails it); one pass, children first, is linear."""
+    st, writer = sqlite_store
+    depth = 20_000
+    _deep_chain(st, writer, "d1", depth)
+    _deep_chain(st, writer, "d2", depth)
+    steps = {n["node_id"]: n for n in st.steps("d1")}
+    assert steps["n1"]["calls"] == depth and steps["n1"]["prompt_tokens"] == depth
+    assert steps["n1"]["completion_tokens"] == 2 * depth and steps["n1"]["cost"] == pytest.approx(0.5 * depth)
+    assert steps[f"n{depth}"]["calls"] == 1 and steps["n100"]["calls"] == depth - 99
+    result = compare_mod.compare(st, [st.session("d1"), st.session("d2")])
+    first = next(r for r in result["steps"] if r["name"] == "s0")
+    assert [v["result"] for v in first["sessions"]] == ["deepest answer", "deepest answer"]
+
+
+def test_a_parent_cycle_neither_hangs_nor_adds_usage_twice(sqlite_store: tuple[Store, BatchWriter]) -> None:
+    """Two steps that name each other as parent (a malformed record): the roll-up and the comparison end, the
+    cycle's steps keep their own usage, and the well-formed chain's totals are untouched by them (the subtree walk
+    of compare looped on such a cycle for ever)."""
+    st, writer = sqlite_store
+    _deep_chain(st, writer, "c", 3, cycle=True)
+    _deep_chain(st, writer, "d", 3)
+    steps = {n["node_id"]: n for n in st.steps("c")}
+    assert steps["c1"]["calls"] == 1 and steps["c1"]["prompt_tokens"] == 7 and steps["c2"]["calls"] == 0
+    assert steps["n1"]["calls"] == 3
+    result = compare_mod.compare(st, [st.session("c"), st.session("d")])
+    assert {r["name"] for r in result["steps"]} >= {"s0", "c1", "c2"}
