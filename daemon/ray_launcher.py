@@ -187,6 +187,9 @@ class RayLauncher:
             why = self._adopt_as(handle, sid)
             if why is not None:
                 self._exits.append(ExitInfo(handle, None, None, why))
+            else:  # in the session's history, not only the daemon's log
+                self._notes.append(("event", sid, "session.adopted", {
+                    "pid": 0, "reason": "the daemon's Ray driver process ended; a new driver adopted the actor"}))
 
     def _close_dead_driver(self) -> None:
         if self._proc is not None:

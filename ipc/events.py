@@ -61,7 +61,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     # Ray launcher: where a session's actor runs (node id, address, the runner's pid there, its work directory)
     "session.placed": {"node": (str, True), "ip": (str, True), "pid": (int, True), "workdir": (str, True),
                        "actor": (str, False), "hostname": (str, False), "actor_pid": (int, False)},
-    "session.adopted": {"pid": (int, True)},
+    "session.adopted": {"pid": (int, True), "reason": (str, False)},  # reason: why not at a daemon's start
     # output
     "output": {"stream": (str, True), "text": (str, True)},
     # the session's output passed its cap (limits.output, bytes): once when dropping starts, then once more

@@ -263,9 +263,10 @@ def _logged(rig: Rig, event: str, **fields: Any) -> list[dict[str, Any]]:
 
 def test_session_survives_its_ray_driver_dying_while_the_daemon_runs(rig: Rig) -> None:
     """The daemon's Ray driver process (its child that speaks to Ray) is SIGKILLed while a Ray session runs, the
-    daemon running on: the launcher starts a new driver and adopts the session's detached actor again; the session
-    is not lost, keeps delivering, completes with every line exactly once, in order, and a gap-free `seq`, and no
-    actor of the home is left on the cluster afterwards."""
+    daemon running on: the launcher starts a new driver and adopts the session's detached actor again, which the
+    session's history records (`session.adopted` with its reason); the session is not lost, keeps delivering,
+    completes with every line exactly once, in order, and a gap-free `seq`, and no actor of the home is left on the
+    cluster afterwards."""
     with rig.client() as c:
         sid, placed = _started(c, rig)
         [old] = _ray_drivers(rig)
@@ -277,6 +278,9 @@ def test_session_survives_its_ray_driver_dying_while_the_daemon_runs(rig: Rig) -
         [new] = wait_until(lambda: _ray_drivers(rig), timeout=10, interval=0.05, what="a new driver")
         assert new.pid != old.pid
         assert c.session(sid)["status"] == "running"
+        [adopted] = wait_until(lambda: list(c.history(sid, kinds=["session.adopted"])), timeout=10, interval=0.05,
+                               what="the re-adoption in the session's history")
+        assert adopted["payload"]["pid"] == 0 and "Ray driver" in adopted["payload"]["reason"]
         at = rig.progress(sid)
         wait_until(lambda: len(_ticks(c, sid)) > at + 5, timeout=30, interval=0.1, what="output after re-adoption")
         _open_gate_and_check(c, rig, sid, timeout=30)
