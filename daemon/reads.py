@@ -21,7 +21,7 @@ import contextlib
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +84,14 @@ class Reads:
             if not self._closed:
                 with contextlib.suppress(BlockingIOError):  # a full pipe is already readable
                     os.write(self._wake_w, b"r")
+
+    def serve(self, ready: Container[Any], resume: Resume) -> None:
+        """On every pass of the loop, with the descriptors its poll found ready: resume the flows whose reads are
+        done. Also when none is pending but the wake pipe is readable: a read that ended while :meth:`answered` ran
+        was resumed there, its wake byte left behind, and a byte never read would make every poll return at once
+        (the loop spinning a core)."""
+        if self._pending or self._wake_r in ready:
+            self.answered(resume)
 
     def answered(self, resume: Resume) -> None:
         """Resume, on the loop, the flows whose reads are done."""

@@ -336,8 +336,8 @@ class Daemon(ControlPlane):
             if self.checks:  # requests suspended on a workflow check: resume those the template answered
                 self.checks.answered(self.launcher.drain_inspected(),
                                      lambda flow, answer, ctx: self._resume_checked(control, flow, answer, ctx))
-            if self.reads:  # requests suspended on a long read: resume those whose read is done
-                self.reads.answered(lambda flow, result, error, ctx: self._resume_read(control, flow, result, error,
+            # requests suspended on a long read: resume those whose read is done
+            self.reads.serve(ready, lambda flow, result, error, ctx: self._resume_read(control, flow, result, error,
                                                                                        ctx))
             self.supervisor.tick()
             stale = time.monotonic() - ingest.beat

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from labd.store.attempts import superseded_nodes
-from labd.store.queries import children_first
+from labd.store.queries import children_first, passes_up
 
 __all__ = ["compare", "DIFF_MAX_BYTES", "DIFF_MAX_LINES"]
 
@@ -71,16 +71,14 @@ def _steps(store: Any, sid: str, outputs: dict[str, Any]) -> tuple[list[tuple[st
     # per node, the last agent turn in its subtree (by start): one pass, children first (a walk of each step's
     # subtree was quadratic in the nesting depth)
     last: dict[str, tuple[int, Any]] = {}
-    by_id = {n["node_id"]: n for n in nodes}
-    for n in children_first(nodes):
+    for n, up in passes_up(children_first(nodes)):
         nid = n["node_id"]
         if n["kind"] == "agent" and nid in outputs:
             key = n.get("start_seq") or 0
-            if nid not in last or key > last[nid][0]:
+            if nid not in last or key >= last[nid][0]:  # a tie: the outer turn, as a walk from it found first
                 last[nid] = (key, outputs[nid])
-        parent = n["parent_node"]
-        if nid in last and parent in by_id and (parent not in last or last[nid][0] > last[parent][0]):
-            last[parent] = last[nid]
+        if nid in last and up is not None and (up["node_id"] not in last or last[nid][0] > last[up["node_id"]][0]):
+            last[up["node_id"]] = last[nid]
 
     def result(node: dict[str, Any]) -> Any:
         found = last.get(node["node_id"])

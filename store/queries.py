@@ -27,7 +27,7 @@ from labd.store.schema import (
     steps,
 )
 
-__all__ = ["children_first", "Store", "MAX_PAGE", "rollup", "COST_GROUPS"]
+__all__ = ["children_first", "passes_up", "Store", "MAX_PAGE", "rollup", "COST_GROUPS"]
 
 #: how ``cost_summary`` can group the cost of many sessions
 COST_GROUPS = ("model", "workflow", "tag", "day", "session")
@@ -38,9 +38,11 @@ ID_CHUNK = 500  # session ids per IN (...) list: well under SQLite's bound on pa
 
 
 def children_first(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The nodes reachable from a root (a node whose ``parent_node`` is not among them), each after all its
-    descendants: a post-order of the parent links, iterative, so any depth costs one pass. A node in a malformed
-    parent cycle is reached from no root and left out (callers keep it on its own)."""
+    """Every node once, each after all its descendants: a post-order of the parent links from the roots (nodes
+    whose ``parent_node`` is not among them), iterative, so any depth costs one pass. Nodes in a malformed parent
+    cycle (and what hangs below them) come after, walked from the first of them not yet reached; there one parent
+    link of the cycle points back to a node already placed, and callers pass figures up only to a parent placed
+    later (:func:`passes_up`)."""
     by_id = {n["node_id"]: n for n in nodes}
     kids: dict[Any, list[dict[str, Any]]] = {}
     roots = []
@@ -52,8 +54,8 @@ def children_first(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
             roots.append(n)
     out: list[dict[str, Any]] = []
     done: set[Any] = set()
-    for root in roots:
-        stack: list[tuple[dict[str, Any], bool]] = [(root, False)]
+    for start in [*roots, *nodes]:  # the roots, then whatever they did not reach (cycles)
+        stack: list[tuple[dict[str, Any], bool]] = [(start, False)]
         while stack:
             n, expanded = stack.pop()
             if expanded:
@@ -65,19 +67,30 @@ def children_first(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def passes_up(order: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """(node, the parent to pass its figures to, or None) in :func:`children_first` order: a parent placed after
+    the node (so it has not passed its own figures on yet); None for a root, or a cycle's link back."""
+    by_id = {n["node_id"]: n for n in order}
+    place = {n["node_id"]: i for i, n in enumerate(order)}
+    out = []
+    for i, n in enumerate(order):
+        parent = n.get("parent_node")
+        up = by_id[parent] if parent in place and place[parent] > i else None
+        out.append((n, up))
+    return out
+
+
 def rollup(nodes: list[dict[str, Any]], own: dict[Any, Any]) -> list[dict[str, Any]]:
     """Add to each node the LLM usage of its subtree; ``own`` maps node_id -> (calls, prompt, completion,
     cost) recorded on that node itself."""
-    by_id = {n["node_id"]: n for n in nodes}
     for n in nodes:
         calls, prompt, completion, cost = own.get(n["node_id"]) or (0, 0, 0, 0.0)
         n.update(calls=int(calls or 0), prompt_tokens=int(prompt or 0), completion_tokens=int(completion or 0),
                  cost=float(cost or 0.0))
     # each node's subtree total is complete once its children were added to it: one hop up per node, children
     # first (walking every ancestor of every node was quadratic in the depth: a 3000-deep chain took ~20 s)
-    for n in children_first(nodes):
-        parent = by_id.get(n.get("parent_node"))
-        if parent is not None and parent is not n:
+    for n, parent in passes_up(children_first(nodes)):
+        if parent is not None:
             for key in ("calls", "prompt_tokens", "completion_tokens", "cost"):
                 parent[key] += n[key]
     return nodes

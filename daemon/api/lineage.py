@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from typing import Any
 
@@ -24,6 +25,11 @@ MAX_COMPARE = 10
 def _created(store: Any, sid: str) -> dict[str, Any]:
     first = store.events(sid, kinds=["session.created"], limit=1)
     return first[0]["payload"] if first else {}
+
+
+def _suffix(key: str | None) -> str:
+    """4 hex digits that tell replays of one session apart: derived from the idempotency key, else random."""
+    return hashlib.sha256(key.encode()).hexdigest()[:4] if key is not None else secrets.token_hex(2)
 
 
 def _seed(store: Any, row: dict[str, Any], until: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -58,7 +64,9 @@ class Replay(Start):
         body: dict[str, Any] = {
             "workflow": row["workflow"], "params": row["params"],
             "limits": {k: v for k, v in row["limits"].items() if v is not None},
-            "name": name or f"replay-{row['name'][:180]}-{secrets.token_hex(2)}",
+            # a default name's suffix comes from the key when there is one: the name is part of the request's
+            # digest, and a retry with the same key must be the same request (not idempotency_conflict)
+            "name": name or f"replay-{row['name'][:180]}-{_suffix(key)}",
             "tags": row.get("tags") or None, "agents": created.get("agents") or None,
             "pythonpath": created.get("sys_path") or [],
             "network": bool((created.get("sandbox") or {}).get("network", d.cfg.sandbox.network)),

@@ -124,3 +124,21 @@ def test_expired_keys_are_pruned(isolated_env: Path) -> None:
 def _keys(home: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(home / "labd.db") as conn:
         return [tuple(r) for r in conn.execute("SELECT key, session_id FROM idempotency_keys")]
+
+
+def test_a_replay_retried_with_its_key_is_the_same_replay(daemon: DaemonProc) -> None:
+    """`session.replay` with an idempotency key and no name, sent twice (what `Client.replay` does when its first
+    attempt timed out): the second answers the first replay (marked `replayed`), not `idempotency_conflict`; the
+    default name (`replay-<parent>-<4 hex>`) no longer differs between the two (found by a review). Without a key,
+    two replays are two sessions with different names."""
+    with daemon.client() as c:
+        parent = c.start("demo.count", params={"n": 2, "delay": 0.01})
+        assert c.wait(parent, timeout=60)["status"] == "completed"
+        first = c.request("session.replay", session=parent, idempotency_key="r-1")
+        again = c.request("session.replay", session=parent, idempotency_key="r-1")
+        assert again["session"] == first["session"] and again.get("replayed") is True
+        assert first["name"].startswith("replay-") and again["name"] == first["name"]
+        plain = [c.request("session.replay", session=parent) for _ in range(2)]
+        assert plain[0]["session"] != plain[1]["session"]
+        for r in (first, *plain):
+            c.wait(r["session"], timeout=60)

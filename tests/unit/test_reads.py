@@ -87,3 +87,37 @@ def test_a_read_that_ends_after_close_writes_to_no_descriptor() -> None:
     finally:
         os.close(reused_r)
         os.close(reused_w)
+
+
+def test_a_wake_byte_left_by_a_read_that_ended_while_others_were_resumed_is_drained() -> None:
+    """Two reads end close together: the second ends while the first is being resumed (after the wake pipe was
+    read), so it is resumed in the same pass and its wake byte stays in the pipe with nothing pending. The next
+    pass of the loop, which sees the pipe readable, must empty it: a byte left there made every poll of the
+    daemon's loop return at once, a core spinning for as long as no other read came (found by a review)."""
+    gates = [threading.Event(), threading.Event()]
+    r = Reads()
+    try:
+        r.submit(Read(gates[0].wait, "first"), "flow-0", None)
+        r.submit(Read(gates[1].wait, "second"), "flow-1", None)
+        gates[0].set()
+        wait_until(lambda: bool(select.select([r.fileno()], [], [], 0)[0]), timeout=10, interval=0.01,
+                   what="the first read's wake byte")
+        resumed: list[Any] = []
+
+        def resume(flow: Any, result: Any, error: BaseException | None, ctx: Any) -> None:
+            resumed.append(flow)
+            if flow == "flow-0":  # the second read ends now, after the pipe was read and before the queue is empty
+                gates[1].set()
+                wait_until(lambda: bool(select.select([r.fileno()], [], [], 0)[0]), timeout=10, interval=0.01,
+                           what="the second read's wake byte")
+
+        r.serve({r.fileno()}, resume)
+        assert resumed == ["flow-0", "flow-1"] and len(r) == 0
+        assert select.select([r.fileno()], [], [], 0)[0]  # the byte the loop's next poll sees
+        r.serve({r.fileno()}, resume)
+        assert not select.select([r.fileno()], [], [], 0)[0]  # drained: the loop's poll waits again
+        assert resumed == ["flow-0", "flow-1"]
+    finally:
+        for g in gates:
+            g.set()
+        r.close()

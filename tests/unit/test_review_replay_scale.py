@@ -119,6 +119,12 @@ def _deep_chain(st: Store, writer: BatchWriter, sid: str, depth: int, *, cycle: 
         b.add(sid, "step.started", {"name": "c2", "path": "c2", "parent_node": "c1"}, src="r", node="c2")
         b.add(sid, "cost.recorded", {"agent": "a", "model": "m", "prompt_tokens": 7, "completion_tokens": 0,
                                      "cost": 1.0, "offline": True}, src="r", node="c1")
+        b.add(sid, "step.started", {"name": "c3", "path": "c3", "parent_node": "c1"}, src="r", node="c3")
+        b.add(sid, "agent.turn.started", {"agent": "a", "parent_node": "c3"}, src="r", node="c4")
+        b.add(sid, "cost.recorded", {"agent": "a", "model": "m", "prompt_tokens": 3, "completion_tokens": 0,
+                                     "cost": 1.0, "offline": True}, src="r", node="c4")
+        b.add(sid, "agent.turn.finished", {"agent": "a", "status": "completed", "duration": 0.1,
+                                           "output": "below the cycle"}, src="r", node="c4")
     for i in reversed(range(depth)):
         b.add(sid, "step.finished", {"name": f"s{i}", "status": "completed", "duration": 0.1}, src="r",
               node=f"n{i + 1}")
@@ -147,14 +153,40 @@ def test_usage_rollup_and_compare_of_a_very_deep_chain_of_steps_take_one_pass(
 
 
 def test_a_parent_cycle_neither_hangs_nor_adds_usage_twice(sqlite_store: tuple[Store, BatchWriter]) -> None:
-    """Two steps that name each other as parent (a malformed record): the roll-up and the comparison end, the
-    cycle's steps keep their own usage, and the well-formed chain's totals are untouched by them (the subtree walk
-    of compare looped on such a cycle for ever)."""
+    """Two steps that name each other as parent (a malformed record), with a step and an agent turn below one of
+    them: the roll-up and the comparison end; the steps below the cycle roll up as anywhere else and the cycle's
+    first step counts them once, its other step only its own; the well-formed chain is untouched by them (the
+    subtree walk of compare looped on such a cycle for ever; found by a review: the steps below it lost their
+    roll-up)."""
     st, writer = sqlite_store
     _deep_chain(st, writer, "c", 3, cycle=True)
     _deep_chain(st, writer, "d", 3)
     steps = {n["node_id"]: n for n in st.steps("c")}
-    assert steps["c1"]["calls"] == 1 and steps["c1"]["prompt_tokens"] == 7 and steps["c2"]["calls"] == 0
+    assert steps["c3"]["calls"] == 1 and steps["c3"]["prompt_tokens"] == 3
+    assert steps["c1"]["calls"] == 2 and steps["c1"]["prompt_tokens"] == 10
+    assert steps["c2"]["calls"] == 0
     assert steps["n1"]["calls"] == 3
     result = compare_mod.compare(st, [st.session("c"), st.session("d")])
-    assert {r["name"] for r in result["steps"]} >= {"s0", "c1", "c2"}
+    rows = {r["name"]: r for r in result["steps"]}
+    assert set(rows) >= {"s0", "c1", "c2", "c3"}
+    assert rows["c3"]["sessions"][0]["result"] == "below the cycle"
+    assert rows["c1"]["sessions"][0]["result"] == "below the cycle"
+
+
+def test_compare_takes_the_outer_agent_turn_when_start_positions_tie(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Of two nested agent turns recorded with the same start position (or none), a step's result is the outer
+    turn's output, as the walk from the step found it first before the one-pass version (found by a review)."""
+    from labd.store.compare import _steps
+
+    class Rows:
+        def steps(self, sid: str) -> list[dict[str, Any]]:
+            base = {"status": "completed", "duration": 0.1, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                    "cost": 0.0, "error": None}
+            return [{**base, "node_id": "s", "name": "s", "kind": "step", "parent_node": None, "start_seq": 1},
+                    {**base, "node_id": "outer", "name": "a", "kind": "agent", "parent_node": "s", "start_seq": None},
+                    {**base, "node_id": "inner", "name": "a", "kind": "agent", "parent_node": "outer",
+                     "start_seq": None}]
+
+    monkeypatch.setattr(compare_mod, "superseded_nodes", lambda *a: set())  # a store of steps only: never resumed
+    per, _ = _steps(Rows(), "x", {"outer": "outer-out", "inner": "inner-out"})
+    assert dict(per)["s"]["result"] == "outer-out"
