@@ -16,8 +16,9 @@ With secrets to withhold (:meth:`OutputCapture.withhold`), each stream's values 
 ``[secret NAME withheld]`` here, in the stream, before it is cut into events: the channel, which does it for every
 event (:meth:`labd.runner.channel.Channel.withhold`), finds a value only whole in one event, and a chunk may end in
 the middle of one (:mod:`labd.runner.withhold`). A chunk's tail that may be the start of a value (a proper prefix of
-one: at most the longest value's length - 1 characters) is held back and leaves in front of the stream's next
-chunk; if none comes within ``HOLD_S``, or the stream or the session ends, it leaves as it is. Nothing is lost, each
+one: at most the longest value's length - 1 characters), with any run of overlapping values before it that such a
+value would join, is held back and leaves in front of the stream's next chunk; if none comes within ``HOLD_S``, or
+the stream or the session ends, it leaves as it is (whole values in it replaced). Nothing is lost, each
 stream keeps its order, and output whose end cannot begin a value (a line ending in a newline no value holds) leaves
 at once, after one substring search per value. The cap counts the output with the values replaced: it never keeps
 the start of one.

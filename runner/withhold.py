@@ -1,32 +1,47 @@
 """Which secret values are withheld from a session's events, and how a captured output stream withholds them even
 where the capture's chunks would split one.
 
-:meth:`labd.runner.channel.Channel.emit` replaces each withheld value by ``[secret NAME withheld]`` in every event,
-one substring replacement on the event's encoded bytes. That only works on an event holding the whole value; the
-output capture (:mod:`labd.runner.capture`) cuts a stream into chunks wherever it likes (a partial line after
-100 ms, 64 KiB of one long line, a line boundary inside a multi-line value). So for output, a
-:class:`StreamWithholder` does the replacement on the stream itself: what leaves is the text with every whole
-value replaced, up to a tail that may be the start of a value (a proper prefix of one, so at most the longest
-value's length - 1 characters), which waits in front of the stream's next chunk (``OutputCapture._out``).
-The text that leaves is what replacing the values in the whole stream at once would give, however it was cut;
-the channel still looks at every event as well.
+What a text with withheld values reads as (the same for events and for output streams): every character that
+belongs to an occurrence of any value is replaced, overlapping occurrences included. Occurrences that overlap
+(share a character; two that only touch do not) make one *run*, which reads as the marks ``[secret NAME withheld]``
+of the values in it, each once, in the order in which they first begin there; an occurrence that lies within
+another one (a value inside a longer value) adds no mark. A value on its own reads as its mark, as before; the
+secrets ``A = AAAAkey1XYZW`` and ``B = XYZWmore5678`` in ``AAAAkey1XYZWmore5678`` read as
+``[secret A withheld][secret B withheld]``, and no piece of either is left (replacing one value after the other
+left ``more5678``).
+
+:meth:`labd.runner.channel.Channel.emit` does this on every event's encoded bytes (:func:`withhold_event`: one
+substring replacement per value when none is there, the usual case). That only works on an event holding the whole
+value; the output capture (:mod:`labd.runner.capture`) cuts a stream into chunks wherever it likes (a partial line
+after 100 ms, 64 KiB of one long line, a line boundary inside a multi-line value). So for output, a
+:class:`StreamWithholder` does the replacement on the stream itself: what leaves is the text with its values
+replaced, up to a tail that may still change: one that may be the start of a value (a proper prefix of one, so at
+most the longest value's length - 1 characters), together with a run that such a value would overlap. That tail
+waits in front of the stream's next chunk (``OutputCapture._out``). The text that leaves is what replacing the values
+in the whole stream at once would give, however it was cut (except in a run longer than
+:attr:`StreamWithholder.hold_max`, see there); the channel still looks at every event as well.
 
 Matching is on the decoded text: the channel looks for the value JSON-escaped in the JSON-encoded event, which
-holds the text JSON-escaped character by character, so both find a value in the same places.
+holds the text JSON-escaped character by character, so both find a value in the same places (a match that begins
+inside an escape sequence is not one in the text, and is left alone).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, AnyStr
 
 import orjson
 
-__all__ = ["MIN_WITHHELD", "StreamWithholder", "guard_cuts", "head_cut", "looked_for", "mark", "tail_start",
-           "withhold_event"]
+__all__ = ["HOLD_RUN", "MIN_WITHHELD", "StreamWithholder", "guard_cuts", "head_cut", "looked_for", "mark",
+           "tail_start", "withhold_event"]
 
 MIN_WITHHELD = 8  # characters: a shorter "secret" value is not looked for in events (it would match ordinary text)
 _HEAD = 16  # characters of a possible tail compared before all of it
+#: characters of output a stream holds back at most for a run of overlapping values that may go on (or twice the
+#: longest value, if more): see :attr:`StreamWithholder.hold_max`
+HOLD_RUN = 8192
 
 
 def looked_for(secrets: dict[str, str]) -> list[tuple[str, str]]:
@@ -81,36 +96,134 @@ def mark(name: str) -> str:
     return f"[secret {name} withheld]"
 
 
-def withhold_event(raw: bytes, encoded: list[tuple[bytes, bytes]], plain: list[tuple[str, str]]) -> bytes:
-    """An encoded event with every withheld value replaced by its mark: ``encoded`` holds (value, mark) as they read
-    inside a JSON string, ``plain`` the same pairs as text, longest value first.
+def _found(text: AnyStr, values: Sequence[AnyStr]) -> list[tuple[int, int, int]]:
+    """Every occurrence of every value in ``text``, overlapping ones too, as (where, -length, index of the value):
+    leftmost first, at one place the longest first."""
+    found = []
+    for i, value in enumerate(values):
+        size = -len(value)
+        p = text.find(value)
+        while p != -1:
+            found.append((p, size, i))
+            p = text.find(value, p + 1)  # the next one may begin inside this one
+    found.sort()
+    return found
 
-    One ``bytes.replace`` per value (it returns the event itself when the value is absent: the usual case). A value
-    can also match where the event holds no such text, inside an escape sequence: the secret ``nabcdefgh`` in the
-    encoded text ``\\nabcdefgh`` (a newline, then ``abcdefgh``); replacing there would leave ``\\[secret ...``, which
-    is not JSON. Such a result never decodes (a mark begins with ``[``), so when something was replaced the result is
-    decoded once, and if it does not decode the values are replaced in the decoded event's strings instead."""
+
+def _links(run: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+    """(where, index of the value) of each occurrence of a run (as :func:`_found` gives them) that lies within no
+    other one: that goes past the end of those before it (one that does not lies within one that begins no later
+    and ends no earlier)."""
+    links, end = [], -1
+    for p, size, i in run:
+        if p - size > end:
+            links.append((p, i))
+            end = p - size
+    return links
+
+
+def _marked(links: list[tuple[int, int]], marks: Sequence[AnyStr]) -> AnyStr:
+    """What a run with these links reads as: the marks of its values, each once, in the order they first begin."""
+    return marks[0][:0].join(marks[i] for i in dict.fromkeys(i for _, i in links))
+
+
+def _spliced(text: AnyStr, found: list[tuple[int, int, int]], marks: Sequence[AnyStr], cut: int,
+             hold_max: int = 0) -> tuple[list[AnyStr], int]:
+    """(the pieces of ``text[:held]`` with each run of the occurrences ``found`` replaced by what it reads as; where
+    the rest, to be held, begins): the first run that goes past ``cut`` (where a value may begin that the text's
+    continuation completes) is held from its start on, or, if that makes more than ``hold_max`` characters, from
+    its last link that begins no later than ``cut`` on (see :attr:`StreamWithholder.hold_max`)."""
+    out: list[AnyStr] = []
+    pos = k = 0
+    total = len(found)
+    while k < total:  # a run a turn: an occurrence that begins before it ends (not where it ends) is in it
+        start, size, i = found[k]
+        end = start - size
+        k += 1
+        if k < total and found[k][0] < end:  # more than one occurrence: rare
+            first = k - 1
+            while k < total and found[k][0] < end:
+                end = max(end, found[k][0] - found[k][1])
+                k += 1
+            links = _links(found[first:k])
+            if end > cut and start < cut and len(text) - start > hold_max:  # held from its last link on instead
+                at = [p for p, _ in links if p <= cut][-1]
+                out += (text[pos:start], _marked([link for link in links if link[0] < at], marks))
+                return out, at
+            marked = _marked(links, marks)
+        else:
+            marked = marks[i]
+        if end > cut:  # a run the held text may still join: held whole (or from the tail on, if that is earlier)
+            cut = min(cut, start)
+            break
+        out += (text[pos:start], marked)
+        pos = end
+    out.append(text[pos:cut])
+    return out, cut
+
+
+def _replaced_in(text: str, values: Sequence[str], marks: Sequence[str]) -> str:
+    """``text`` with every occurrence of ``values`` replaced, overlapping ones as one run (the module's docstring):
+    ``marks[i]`` is what ``values[i]`` reads as; of two equal values, the first one's mark is used."""
+    found = _found(text, values)
+    return "".join(_spliced(text, found, marks, len(text))[0]) if found else text
+
+
+def withhold_event(raw: bytes, encoded: list[tuple[bytes, bytes]], plain: list[tuple[str, str]]) -> bytes:
+    """An encoded event with every withheld value replaced, overlapping ones as one run (the module's docstring):
+    ``encoded`` holds (value, mark) as they read inside a JSON string, ``plain`` the same pairs as text, longest
+    value first.
+
+    One ``bytes.replace`` per value when none is there (it returns the event itself: the usual case). A value can
+    also match where the event holds no such text, inside an escape sequence: the secret ``nabcdefgh`` in the
+    encoded text ``\\nabcdefgh`` (a newline, then ``abcdefgh``); such a match is left alone. One outside a string
+    (a value of digits in a number) would leave something that is not JSON (a mark begins with ``[secret``), so when
+    something was replaced the result is decoded once, and if it does not decode the values are replaced in the
+    decoded event's strings instead."""
     out = raw
     for value, marked in encoded:
         out = out.replace(value, marked)
-    if out is raw:
+    return raw if out is raw else _withheld(raw, encoded, plain)
+
+
+def _withheld(raw: bytes, encoded: list[tuple[bytes, bytes]], plain: list[tuple[str, str]]) -> bytes:
+    """:func:`withhold_event` where a value matched (it may be a look-alike only)."""
+    found = [f for f in _found(raw, [v for v, _ in encoded]) if not _in_escape(raw, f[0])]
+    if not found:
         return raw
+    out = b"".join(_spliced(raw, found, [m for _, m in encoded], len(raw))[0])
     try:
         orjson.loads(out)
         return out
     except orjson.JSONDecodeError:
-        return orjson.dumps(_replaced(orjson.loads(raw), plain), option=orjson.OPT_NON_STR_KEYS)
+        values, marks = [v for v, _ in plain], [m for _, m in plain]
+        return orjson.dumps(_replaced(orjson.loads(raw), values, marks), option=orjson.OPT_NON_STR_KEYS)
 
 
-def _replaced(value: Any, plain: list[tuple[str, str]]) -> Any:
+def _in_escape(raw: bytes, p: int) -> bool:
+    """Whether byte ``p`` of JSON text lies inside an escape sequence, after its backslash (``\\n``, ``\\\\``,
+    ``\\u00e9``...): a value found there does not begin at a character of the text."""
+    k = 0
+    while k < p and raw[p - 1 - k] == 0x5C:  # the backslashes just before p
+        k += 1
+    if k:  # an odd number: the last begins an escape p is the rest of; even: p follows whole "\\" escapes
+        return k % 2 == 1
+    b = raw.rfind(b"\\u", max(0, p - 5), p)  # a \uXXXX escape that p may be in (p is at most 5 bytes after it)
+    if b == -1:
+        return False
+    k = 0
+    while k <= b and raw[b - k] == 0x5C:
+        k += 1
+    return k % 2 == 1  # the backslash begins an escape (it is not the second of "\\")
+
+
+def _replaced(value: Any, values: list[str], marks: list[str]) -> Any:
     if isinstance(value, str):
-        for secret, marked in plain:
-            value = value.replace(secret, marked)
-        return value
+        return _replaced_in(value, values, marks)
     if isinstance(value, list):
-        return [_replaced(v, plain) for v in value]
+        return [_replaced(v, values, marks) for v in value]
     if isinstance(value, dict):
-        return {_replaced(k, plain): _replaced(v, plain) for k, v in value.items()}
+        return {_replaced(k, values, marks): _replaced(v, values, marks) for k, v in value.items()}
     return value
 
 
@@ -124,6 +237,17 @@ class StreamWithholder:
         for name, value in pairs:
             self.marks.setdefault(value, mark(name))
         self.values = sorted(self.marks, key=len, reverse=True)
+        self._marks = [self.marks[v] for v in self.values]
+        #: whether an occurrence of the value can begin inside another one (a proper suffix of it begins it)
+        self._overlapping = [any(v.startswith(v[k:]) for k in range(1, len(v)) if v[k] == v[0]) for v in self.values]
+        #: the most :meth:`split` holds back for a run of overlapping values that may go on (a value of the stream's
+        #: next text may overlap it): a run that would make the held text longer leaves up to the last occurrence
+        #: in it that begins before the tail (it reads as its marks up to there; that occurrence and what follows
+        #: are held, so the run's rest reads as marks of its own: its marks may then repeat a name, the one way
+        #: the result differs from the whole stream at once, and still no character of a value is left). Only
+        #: values that overlap themselves or each other over and over (``--------``) make such a run; the held
+        #: text is then at most twice the longest value.
+        self.hold_max = max(HOLD_RUN, 2 * len(self.values[0]))
         # For the tail search, by the character a proper prefix of some value can end with: where in which value
         # (a tail of a text ending in that character can only be such a prefix), as (-index, value), ascending, so
         # the first that matches is the longest tail. A text ending in none of them needs no look at all.
@@ -140,43 +264,43 @@ class StreamWithholder:
         return cls(pairs) if pairs else None
 
     def split(self, text: str, final: bool = False) -> tuple[str, str]:
-        """(what may leave now, with every whole value replaced by its mark; the rest, as it came, to be held and
-        put in front of the stream's next text). The rest is the longest tail of ``text`` that is a proper prefix
-        of a value (it may go on in the stream's next bytes); none when ``final`` (the stream ended, or the rest of
-        a value did not come in time: what is held leaves as it is, whole values in it still replaced).
+        """(what may leave now, with every value replaced; the rest, as it came, to be held and put in front of the
+        stream's next text). The rest begins at the longest tail of ``text`` that is a proper prefix of a value (it
+        may go on in the stream's next text), or earlier, at the start of a run of values that such a value would
+        overlap (a value that begins inside an occurrence and goes on past it joins its run); none when ``final``
+        (the stream ended, or the rest of a value did not come in time: what is held leaves as it is, whole values
+        in it still replaced).
 
-        Values are replaced leftmost first, at one place the longest: what replacing them in the whole stream at
-        once gives, however it is cut (a value that starts in the held tail is decided when more text is there)."""
+        What leaves is what replacing the values in the whole stream at once gives, overlapping ones as one run
+        (the module's docstring), however the stream is cut (a value that may begin in the held rest is decided
+        when more of the stream is there), as long as no run gets longer than :attr:`hold_max`."""
         cut = len(text) if final else self.tail(text, 0)
         for value in self.values:  # the usual case: one substring search per value, none found
             if value in text:
                 break
         else:
             return text[:cut], text[cut:]
-        at = {v: p for v in self.values if (p := text.find(v)) != -1}  # the next place of each value found
+        j = self.values.index(value)
+        if not self._overlapping[j] and not any(v in text for v in self.values[j + 1:]):  # one value, apart
+            return self._one(text, value, self._marks[j], cut)
+        out, cut = _spliced(text, _found(text, self.values), self._marks, cut, self.hold_max)
+        return "".join(out), text[cut:]
+
+    @staticmethod
+    def _one(text: str, value: str, marked: str, cut: int) -> tuple[str, str]:
+        """:meth:`split` of a text that holds one value only, which cannot overlap itself: each occurrence is a run
+        of its own (what :func:`_spliced` gives, without sorting occurrences)."""
         out: list[str] = []
         pos = 0
-        if len(at) == 1:  # one value (however often): no choosing between values
-            [(value, p)] = at.items()
-            marked, size = self.marks[value], len(value)
-            while 0 <= p < cut:
-                out += (text[pos:p], marked)
-                pos = p + size
-                if pos > cut:
-                    cut = self.tail(text, pos)
-                p = text.find(value, pos)
-            at = {}
-        while at:
-            value = min(at, key=lambda v: (at[v], -len(v)))  # leftmost; there, the longest
-            p = at[value]
-            if p >= cut:  # in the held tail: decided once more of the stream is there
+        size = len(value)
+        p = text.find(value)
+        while p != -1:
+            if p + size > cut:  # the held text may still join it: held whole (or from the tail on, if earlier)
+                cut = min(cut, p)
                 break
-            out += (text[pos:p], self.marks[value])
-            pos = p + len(value)
-            if pos > cut:  # the value went past where the tail began: the tail is after it, if any
-                cut = self.tail(text, pos)
-            at = {v: q if q >= pos else text.find(v, pos) for v, q in at.items()}
-            at = {v: q for v, q in at.items() if q != -1}
+            out += (text[pos:p], marked)
+            pos = p + size
+            p = text.find(value, pos)
         out.append(text[pos:cut])
         return "".join(out), text[cut:]
 

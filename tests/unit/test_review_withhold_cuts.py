@@ -86,3 +86,24 @@ def test_code_output_cut_for_the_model_and_a_result_preview_keep_no_piece_of_a_s
     assert any(KEY in out for out in recorded), sys.executable  # whole, for the channel to replace
     preview = _preview("r" * 480 + KEY)
     assert KEY[:6] not in preview and preview == "'" + "r" * 480 + "..."  # repr's quote, then the cut
+
+
+
+def test_cuts_never_fall_inside_a_run_of_overlapping_secrets() -> None:
+    """Two values that overlap (A's end is B's start) and one that overlaps itself (eight dashes, in eleven):
+    wherever the limit falls, neither the head kept nor the tail kept is cut inside the run they make, so the
+    channel finds every value in the kept text whole or not at all (a cut moved only out of the value it fell in
+    would keep a piece of the other)."""
+    a, b = "AAAAkey1XYZW", "XYZWmore5678"
+    withhold.guard_cuts([a, b, "-" * 8])
+    try:
+        for pad in range(3):
+            text = "h" * pad + a + b[4:] + "t" * pad + "-" * 11
+            runs = [(pad, pad + 20), (2 * pad + 20, 2 * pad + 31)]
+            for limit in range(len(text) + 1):
+                cut, start = withhold.head_cut(text, limit), withhold.tail_start(text, limit)
+                assert cut <= limit and len(text) - start <= limit
+                for s, e in runs:
+                    assert not s < cut < e and not s < start < e, (pad, limit, cut, start)
+    finally:
+        withhold.guard_cuts([])
