@@ -18,7 +18,9 @@ event (:meth:`labd.runner.channel.Channel.withhold`), finds a value only whole i
 the middle of one (:mod:`labd.runner.withhold`). A chunk's tail that may be the start of a value (a proper prefix of
 one: at most the longest value's length - 1 characters), with any run of overlapping values before it that such a
 value would join, is held back and leaves in front of the stream's next chunk; if none comes within ``HOLD_S``, or
-the stream or the session ends, it leaves as it is (whole values in it replaced). Nothing is lost, each
+the stream or the session ends, it leaves on its own (whole values in it replaced, and a start of a value of 8
+characters or more as that value's mark), and the stream watches for the rest: next output that goes on with the
+value has the rest replaced by its mark too (``StreamWithholder.split_watched``). Nothing is lost, each
 stream keeps its order, and output whose end cannot begin a value (a line ending in a newline no value holds) leaves
 at once, after one substring search per value. The cap counts the output with the values replaced: it never keeps
 the start of one.
@@ -45,7 +47,7 @@ __all__ = ["OutputCapture", "prepare_pipes", "report_crash"]
 CHUNK = 64 * 1024
 PARTIAL_FLUSH_S = 0.1
 #: a held tail that may be the start of a secret waits this long (since it was held) for the rest of its stream;
-#: a workflow pausing longer than this in the middle of printing a secret gets it recorded in two pieces
+#: then it leaves (as the secret's mark if 8 characters or more) and the stream watches for the rest
 HOLD_S = 1.0
 COALESCE_S = 0.002  # after a read in a burst, gather more for at most this long: far fewer, larger events
 BURST_S = 0.05  # output within this long of the previous chunk is part of a burst
@@ -203,13 +205,16 @@ class OutputCapture:
     def _out(self, st: _Stream, text: str, final: bool = False) -> None:
         """Emit ``text``, the next output of stream ``st``, after what the stream holds back, with secrets replaced;
         hold back in turn a tail that may be the start of one (unless ``final``: the stream ended, or the tail's
-        time is up)."""
+        time is up: then a start of 8 characters or more leaves as a mark, and the stream watches for its rest)."""
         withholder = st.withholder
         if withholder is None:  # no secrets: nothing is replaced or held
             if text:
                 self._capped(st.name, text)
             return
-        text, st.held = withholder.split(st.held + text, final)
+        if final or st.watch:  # the held text leaves without the rest of a value, or that rest may come now
+            text, st.held, st.watch = withholder.split_watched(st.watch, st.held + text, final)
+        else:
+            text, st.held = withholder.split(st.held + text)
         if text:
             self._capped(st.name, text)
         if st.held:
@@ -285,5 +290,6 @@ class _Stream:
         self.pending = ""  # a partial line held for more
         self.held = ""  # a tail held back as it may be the start of a secret (before pending in the stream)
         self.held_at = 0.0  # monotonic time it was held (it leaves HOLD_S later if nothing else takes it out)
+        self.watch = ""  # the start of a secret that left on its own, whose rest may still come (split_watched)
         self.last_emit = 0.0  # monotonic time of the last chunk read (burst detection)
         self.last_data = 0.0  # ... and when bytes last came (a held partial line leaves PARTIAL_FLUSH_S later)

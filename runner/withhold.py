@@ -21,6 +21,14 @@ waits in front of the stream's next chunk (``OutputCapture._out``). The text tha
 in the whole stream at once would give, however it was cut (except in a run longer than
 :attr:`StreamWithholder.hold_max`, see there); the channel still looks at every event as well.
 
+A held tail waits only so long (the capture's ``HOLD_S``): a workflow that pauses longer mid-secret has it leave on
+its own, and its rest come in text that holds no whole value. So a tail that leaves this way
+(:meth:`StreamWithholder.split_watched`) leaves as the value's mark if it is :data:`MIN_WITHHELD` characters or more
+(shorter, as it is), and the stream watches for the rest: next text that goes on with the value has the rest
+replaced by the mark too (the value reads as two marks of its name), text that may be the middle of it waits again
+(and leaves as a mark if its wait ends too), other text ends the watch. Only the first piece of a value printed
+across such pauses can leave in clear, and only when under :data:`MIN_WITHHELD` characters.
+
 Matching is on the decoded text: the channel looks for the value JSON-escaped in the JSON-encoded event, which
 holds the text JSON-escaped character by character, so both find a value in the same places (a match that begins
 inside an escape sequence is not one in the text, and is left alone).
@@ -128,13 +136,15 @@ def _marked(links: list[tuple[int, int]], marks: Sequence[AnyStr]) -> AnyStr:
 
 
 def _spliced(text: AnyStr, found: list[tuple[int, int, int]], marks: Sequence[AnyStr], cut: int,
-             hold_max: int = 0) -> tuple[list[AnyStr], int]:
-    """(the pieces of ``text[:held]`` with each run of the occurrences ``found`` replaced by what it reads as; where
-    the rest, to be held, begins): the first run that goes past ``cut`` (where a value may begin that the text's
-    continuation completes) is held from its start on, or, if that makes more than ``hold_max`` characters, from
-    its last link that begins no later than ``cut`` on (see :attr:`StreamWithholder.hold_max`)."""
+             hold_max: int = 0, pos: int = 0) -> tuple[list[AnyStr], int]:
+    """(the pieces of ``text[pos:held]`` with each run of the occurrences ``found`` replaced by what it reads as;
+    where the rest, to be held, begins): the first run that goes past ``cut`` (where a value may begin that the
+    text's continuation completes) is held from its start on, or, if that makes more than ``hold_max`` characters,
+    from its last link that begins no later than ``cut`` on (see :attr:`StreamWithholder.hold_max`). A run that
+    begins before ``pos`` reads as its marks (the text before ``pos`` left already: see
+    :meth:`StreamWithholder.split_watched`)."""
     out: list[AnyStr] = []
-    pos = k = 0
+    k = 0
     total = len(found)
     while k < total:  # a run a turn: an occurrence that begins before it ends (not where it ends) is in it
         start, size, i = found[k]
@@ -229,7 +239,8 @@ def _replaced(value: Any, values: list[str], marks: list[str]) -> Any:
 
 class StreamWithholder:
     """Replaces withheld values in an output stream's text as it comes, chunk by chunk. It keeps no state: the caller
-    holds, per stream, what :meth:`split` leaves, and puts it in front of that stream's next text."""
+    holds, per stream, what :meth:`split` leaves, and puts it in front of that stream's next text (and the watch
+    :meth:`split_watched` gives, which it passes with that text)."""
 
     def __init__(self, pairs: list[tuple[str, str]]) -> None:
         #: value -> its mark (the first name with that value, as in the channel's longest-first list)
@@ -268,8 +279,8 @@ class StreamWithholder:
         stream's next text). The rest begins at the longest tail of ``text`` that is a proper prefix of a value (it
         may go on in the stream's next text), or earlier, at the start of a run of values that such a value would
         overlap (a value that begins inside an occurrence and goes on past it joins its run); none when ``final``
-        (the stream ended, or the rest of a value did not come in time: what is held leaves as it is, whole values
-        in it still replaced).
+        (all of it leaves as it is, whole values in it still replaced; the capture uses :meth:`split_watched` for
+        a held text that leaves without the rest of a value, and for the text after it).
 
         What leaves is what replacing the values in the whole stream at once gives, overlapping ones as one run
         (the module's docstring), however the stream is cut (a value that may begin in the held rest is decided
@@ -285,6 +296,42 @@ class StreamWithholder:
             return self._one(text, value, self._marks[j], cut)
         out, cut = _spliced(text, _found(text, self.values), self._marks, cut, self.hold_max)
         return "".join(out), text[cut:]
+
+    def split_watched(self, watch: str, text: str, final: bool = False) -> tuple[str, str, str]:
+        """:meth:`split` where the held text leaves without waiting for more (``final``: its hold expired, or the
+        stream ended) and for the stream's next text after that: (what may leave now; the rest to hold; the new
+        watch). ``watch`` is the end of what the stream released last that is a proper prefix of some value (""
+        when none): the start of a secret whose rest may still come, in the stream's next text, however late.
+
+        Released text whose end is the start of a value of :data:`MIN_WITHHELD` characters or more leaves that
+        start as the value's mark; a shorter start (``sk-``, which ordinary text holds too) leaves as it is. Either
+        way it is watched. Next text that goes on with a watched value has the rest of the value replaced by the
+        value's mark, so the value reads as two marks of one name: a mark of its own for a partial value would tell
+        a reader nothing more and give the store a second form to search for. Text that may still be the middle of
+        a watched value (a proper prefix of its rest) is held, and on its own expiry leaves as the value's mark
+        whatever its length, the watch going on. Text that goes on with no watched value ends the watch: as
+        :meth:`split` (``text[:cut]``, ``text[cut:]``) then, if not ``final``. Several values may begin alike, or
+        the start of one end with the start of another: the watch is the released text itself, so all go on."""
+        k = len(watch)
+        whole = watch + text
+        t = self.tail(whole)
+        if t < k:  # text is no more than the middle of a value that began in the watched part: hold it, or mask it
+            if not final or not text:
+                return "", text, watch
+            return self._marks[self._prefixed(whole[t:])], "", whole[t:]
+        found = [f for f in _found(whole, self.values) if f[0] - f[1] > k]  # the watched part's left already
+        cut = len(whole) if final else t
+        if final and len(whole) - t >= MIN_WITHHELD:  # the start of a value leaves without its rest: as a mark
+            found.append((t, t - len(whole), self._prefixed(whole[t:])))
+            found.sort()
+        if not found:
+            return whole[k:cut], whole[cut:], whole[t:] if final else ""
+        out, cut = _spliced(whole, found, self._marks, cut, self.hold_max, k)
+        return "".join(out), whole[cut:], whole[t:] if final else ""
+
+    def _prefixed(self, start: str) -> int:
+        """The index of the first (longest) value that ``start`` is a proper prefix of."""
+        return next(i for i, v in enumerate(self.values) if len(v) > len(start) and v.startswith(start))
 
     @staticmethod
     def _one(text: str, value: str, marked: str, cut: int) -> tuple[str, str]:

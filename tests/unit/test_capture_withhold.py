@@ -145,16 +145,18 @@ def test_a_secret_inside_one_chunk_is_replaced_and_other_output_is_not_held() ->
 
 
 def test_a_held_tail_is_released_by_its_deadline_and_at_the_stream_end() -> None:
-    """Nothing is held forever or lost: the start of a secret whose rest never comes leaves on its own after
-    HOLD_S while the stream stays open, and a stream that ends mid-prefix has that prefix emitted at its end."""
+    """Nothing is held forever: the start of a secret whose rest never comes leaves on its own after HOLD_S while
+    the stream stays open (as the secret's mark: it is 10 characters long), and a stream that ends mid-prefix has
+    that prefix emitted at its end (as it is: 5 characters, too short to tell from ordinary text)."""
     chunks = run_capture(f"""
         os.write(1, b"A {KEY[:HALF]}")
-        until(lambda: "{KEY[:HALF]}" in emitted())  # no more output, stream still open
+        until(lambda: "withheld" in emitted())  # no more output, stream still open
         os.write(2, b"Z {KEY[:5]}")  # the process ends mid-prefix (close() below)
     """)
-    assert as_recorded(chunks) == f"A {KEY[:HALF]}"
+    assert HALF >= MIN_WITHHELD > 5
+    assert as_recorded(chunks) == f"A {M}"
     assert as_recorded(chunks, "stderr") == f"Z {KEY[:5]}"
-    assert chunks[:2] == [["stdout", "A "], ["stdout", KEY[:HALF]]]  # the start of the key waited on its own
+    assert chunks[:2] == [["stdout", "A "], ["stdout", M]]  # the start of the key waited on its own
 
 
 def test_overlapping_secrets_written_in_two_pieces_with_a_pause_leave_no_piece() -> None:
