@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tests.conftest import running_daemon
+from tests.conftest import running_daemon, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,8 +52,10 @@ def _write(path: Path, data: dict) -> Path:
 
 def test_a_remote_client_controls_and_follows_over_tcp(tcp_daemon, tmp_path: Path) -> None:
     """`remote.add` issues a connection file; a client using it (no access to the local runtime dir) starts a
-    session and follows its output live over TCP."""
+    session and follows its output live over TCP: the gateway relays the live tail (a SUB on the TCP event port
+    receives the session's output as it is printed; `follow` alone would also pass on its store fallback)."""
     from labd.ipc import Client
+    from labd.ipc.connection import events_socket
 
     d, port = tcp_daemon
     with d.client() as local:
@@ -66,6 +68,18 @@ def test_a_remote_client_controls_and_follows_over_tcp(tcp_daemon, tmp_path: Pat
         texts = [e["payload"]["text"] for e in remote.follow(sid, timeout=60) if e["kind"] == "output"]
         assert "".join(texts).count("count") == 3
         assert remote.session(sid)["status"] == "completed"
+        sub = events_socket(zmq.Context.instance(), remote.info)
+        try:
+            sub.setsockopt(zmq.SUBSCRIBE, b"session.")
+            sub.connect(remote.info.events)
+            live = remote.start("demo.count", params={"n": 400, "delay": 0.02})
+            topic = f"session.{live}".encode()
+            got = wait_until(lambda: sub.poll(100) and sub.recv_multipart()[0] == topic, timeout=30, interval=0,
+                             what="a live message of the session over TCP")
+            assert got
+        finally:
+            sub.close(0)
+        remote.kill(live)
 
 
 def test_unknown_key_or_plain_tcp_gets_nothing(tcp_daemon, tmp_path: Path) -> None:
