@@ -17,15 +17,17 @@ KEY = bytes(range(32))
 
 def _received(pub: zmq.Socket, subs: list[zmq.Socket], until: float = 5.0) -> list[bool]:
     """Publish until the first of ``subs`` (the admitted one) receives, then give the others as long again; which
-    of them received anything."""
+    of them received anything. Single-frame messages: libzmq 4.3.5 aborts (``session_base.cpp:233``, in
+    ``clean_pipes``) when a peer's connection drops while its session holds half of a multipart message of a socket
+    being closed, which these tests' teardown did now and then (docs/design.md, "A libzmq abort")."""
     got = [False] * len(subs)
     deadline = time.monotonic() + until
     while not got[0] and time.monotonic() < deadline:
-        pub.send_multipart([b"session.x", b"payload"])
+        pub.send(b"session.x payload")
         got[0] = bool(subs[0].poll(20))
-    settle = time.monotonic() + 0.5
+    settle = time.monotonic() + (0.5 if len(subs) > 1 else 0.0)
     while time.monotonic() < settle:
-        pub.send_multipart([b"session.x", b"payload"])
+        pub.send(b"session.x payload")
         for i, s in enumerate(subs[1:], 1):
             got[i] = got[i] or bool(s.poll(5))
     return got
