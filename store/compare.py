@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from labd.store.attempts import superseded_nodes
-from labd.store.queries import children_first, passes_up
+from labd.store.queries import children_first
 
 __all__ = ["compare", "DIFF_MAX_BYTES", "DIFF_MAX_LINES"]
 
@@ -71,7 +71,7 @@ def _steps(store: Any, sid: str, outputs: dict[str, Any]) -> tuple[list[tuple[st
     # per node, the last agent turn in its subtree (by start): one pass, children first (a walk of each step's
     # subtree was quadratic in the nesting depth)
     last: dict[str, tuple[int, Any]] = {}
-    for n, up in passes_up(children_first(nodes)):
+    for n, up in children_first(nodes):
         nid = n["node_id"]
         if n["kind"] == "agent" and nid in outputs:
             key = n.get("start_seq") or 0

@@ -27,7 +27,7 @@ from labd.store.schema import (
     steps,
 )
 
-__all__ = ["children_first", "passes_up", "Store", "MAX_PAGE", "rollup", "COST_GROUPS"]
+__all__ = ["children_first", "Store", "MAX_PAGE", "rollup", "COST_GROUPS"]
 
 #: how ``cost_summary`` can group the cost of many sessions
 COST_GROUPS = ("model", "workflow", "tag", "day", "session")
@@ -37,12 +37,12 @@ MAX_PAGE_BYTES = 8 * 1024 * 1024  # keeps a page well under the 16 MiB message l
 ID_CHUNK = 500  # session ids per IN (...) list: well under SQLite's bound on parameters
 
 
-def children_first(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every node once, each after all its descendants: a post-order of the parent links from the roots (nodes
-    whose ``parent_node`` is not among them), iterative, so any depth costs one pass. Nodes in a malformed parent
-    cycle (and what hangs below them) come after, walked from the first of them not yet reached; there one parent
-    link of the cycle points back to a node already placed, and callers pass figures up only to a parent placed
-    later (:func:`passes_up`)."""
+def children_first(nodes: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Every node once as (node, the parent to pass its figures to, or None), each after all its descendants: a
+    post-order of the parent links from the roots (nodes whose ``parent_node`` is not among them), iterative, so
+    any depth costs one pass. Nodes in a malformed parent cycle (and what hangs below them) come after, walked from
+    the first of them not yet reached; the cycle's link back points to a node already placed, and a node passes
+    its figures only to a parent placed after it (None for a root, or for that link back)."""
     by_id = {n["node_id"]: n for n in nodes}
     kids: dict[Any, list[dict[str, Any]]] = {}
     roots = []
@@ -52,32 +52,21 @@ def children_first(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
             kids.setdefault(parent, []).append(n)
         else:
             roots.append(n)
-    out: list[dict[str, Any]] = []
+    order: list[dict[str, Any]] = []
     done: set[Any] = set()
     for start in [*roots, *nodes]:  # the roots, then whatever they did not reach (cycles)
         stack: list[tuple[dict[str, Any], bool]] = [(start, False)]
         while stack:
             n, expanded = stack.pop()
             if expanded:
-                out.append(n)
+                order.append(n)
             elif n["node_id"] not in done:
                 done.add(n["node_id"])
                 stack.append((n, True))
                 stack.extend((c, False) for c in kids.get(n["node_id"], ()))
-    return out
-
-
-def passes_up(order: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
-    """(node, the parent to pass its figures to, or None) in :func:`children_first` order: a parent placed after
-    the node (so it has not passed its own figures on yet); None for a root, or a cycle's link back."""
-    by_id = {n["node_id"]: n for n in order}
     place = {n["node_id"]: i for i, n in enumerate(order)}
-    out = []
-    for i, n in enumerate(order):
-        parent = n.get("parent_node")
-        up = by_id[parent] if parent in place and place[parent] > i else None
-        out.append((n, up))
-    return out
+    return [(n, by_id[p] if (p := n.get("parent_node")) in place and place[p] > i else None)
+            for i, n in enumerate(order)]
 
 
 def rollup(nodes: list[dict[str, Any]], own: dict[Any, Any]) -> list[dict[str, Any]]:
@@ -89,7 +78,7 @@ def rollup(nodes: list[dict[str, Any]], own: dict[Any, Any]) -> list[dict[str, A
                  cost=float(cost or 0.0))
     # each node's subtree total is complete once its children were added to it: one hop up per node, children
     # first (walking every ancestor of every node was quadratic in the depth: a 3000-deep chain took ~20 s)
-    for n, parent in passes_up(children_first(nodes)):
+    for n, parent in children_first(nodes):
         if parent is not None:
             for key in ("calls", "prompt_tokens", "completion_tokens", "cost"):
                 parent[key] += n[key]
