@@ -292,22 +292,26 @@ def run(home: str | None, port: int = 0, open_browser: bool = False, token: str 
     url = f"http://127.0.0.1:{port_ref[0]}/#token={token}"
     print(f"labd ui: {url}", flush=True)
     print("  (Ctrl-C stops the dashboard; sessions keep running)", flush=True)
-    opener = _open_browser(url) if open_browser else None
     # access_log off: a request line of the old ?token= form would carry the token
     config = uvicorn.Config(build_app(home, token, port_ref), log_level="warning", access_log=False)
-    # uvicorn re-raises the signal that stopped it once it has shut down: SIGTERM then ends us by exception, so
-    # the cleanup below runs (its default action would end the process before it)
-    signal.signal(signal.SIGTERM, _terminated)
+    server = uvicorn.Server(config)
+    stopped_by: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        # Only ask the server to stop: raising from a handler (SystemExit) would leave at whatever line the loop
+        # was on, perhaps with a lock held. Replaces SIGTERM's default action, which would end us before the
+        # cleanup below; uvicorn takes the signal itself while it serves and raises it again on its way out.
+        stopped_by.append(signum)
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, stop)  # before the browser starts: a stop meanwhile still removes its file
+    opener = _open_browser(url) if open_browser else None
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         if opener is not None:
             opener.unlink(missing_ok=True)
-    return 0
-
-
-def _terminated(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
+    return 128 + stopped_by[0] if stopped_by else 0
 
 
 def _open_browser(url: str) -> Path:

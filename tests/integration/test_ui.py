@@ -9,6 +9,7 @@ import functools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -179,7 +180,30 @@ def test_open_hands_the_browser_a_private_file_not_the_token(daemon, tmp_path: P
         assert token.group(1) in opened.read_text()
     finally:
         proc.terminate()
-        proc.wait(10)
+        proc.wait(30)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert not opened.exists()
+
+
+def test_stopped_while_the_browser_starts_it_still_removes_the_file(daemon, tmp_path: Path) -> None:
+    """SIGTERM (`systemctl stop`, `kill`) while the browser is still starting: `labd ui --open` does not start
+    serving, removes the redirect file (it holds the token) and exits 143, instead of dying with the file left."""
+    argv_log = tmp_path / "argv.txt"
+    fake = tmp_path / "browser.sh"
+    # a browser that is slow to return: the stop arrives while `labd ui` waits for it
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {argv_log}.part && mv {argv_log}.part {argv_log}\nsleep 2\n')
+    fake.chmod(0o755)
+    proc = subprocess.Popen([sys.executable, "-m", "labd", "--home", str(daemon.home), "ui", "--open"],
+                            env={**os.environ, "BROWSER": str(fake)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(argv_log.exists, timeout=30, what="the browser started")
+        proc.terminate()
+        proc.wait(30)
+    finally:
+        proc.kill()
+    opened = Path(argv_log.read_text().strip().removeprefix("file://"))
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stdout.read() if proc.stdout else ""
     assert not opened.exists()
 
 
