@@ -56,10 +56,14 @@ MAX_DOWNLOAD = 64 * 1024 * 1024
 #: is slow to start to read it, not the dashboard's whole life. For tests only, ``LABD_UI_OPEN_FILE_S`` in the
 #: environment of `labd ui` shortens it (a test cannot wait two minutes to see the file go).
 OPEN_FILE_S = 120.0
+#: On stop, requests still running after this many seconds are cancelled (a live stream ends within one poll).
+SHUTDOWN_GRACE_S = 5
 
 
-def build_app(home: str | None, token: str, port_ref: list[int]) -> Starlette:
-    """The ASGI app for the daemon of ``home``; ``port_ref[0]`` is the port we serve (known after binding)."""
+def build_app(home: str | None, token: str, port_ref: list[int],
+              stopping: Callable[[], bool] = lambda: False) -> Starlette:
+    """The ASGI app for the daemon of ``home``; ``port_ref[0]`` is the port we serve (known after binding).
+    Live streams end once ``stopping()`` is true: the server waits for open responses before it exits."""
 
     async def daemon(fn: Callable[[Client], T]) -> T:
         def run_sync() -> T:
@@ -231,8 +235,8 @@ def build_app(home: str | None, token: str, port_ref: list[int]) -> Starlette:
             last, ended = since, False
             yield "retry: 1000\n\n"
             while not ended:
-                if await request.is_disconnected():
-                    return
+                if stopping() or await request.is_disconnected():
+                    return  # not "end": the page reconnects (and resumes) when a dashboard serves again
                 try:
                     page = await daemon(functools.partial(_page, sid, last))
                 except LabdError as exc:
@@ -293,7 +297,10 @@ def run(home: str | None, port: int = 0, open_browser: bool = False, token: str 
     print(f"labd ui: {url}", flush=True)
     print("  (Ctrl-C stops the dashboard; sessions keep running)", flush=True)
     # access_log off: a request line of the old ?token= form would carry the token
-    config = uvicorn.Config(build_app(home, token, port_ref), log_level="warning", access_log=False)
+    # An open page streams until its session ends (days): the streams end when the server stops (``stopping``),
+    # and the grace period is the backstop for a request still waiting on the daemon
+    config = uvicorn.Config(build_app(home, token, port_ref, lambda: server.should_exit), log_level="warning",
+                            access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     server = uvicorn.Server(config)
     stopped_by: list[int] = []
 
