@@ -12,7 +12,8 @@ server speaks to the daemon, the page to it.
 
 Live updates: ``/api/sessions/{id}/stream?since=N`` is a Server-Sent Events stream of the session's events read
 from the store by seq (resumable: the browser's ``Last-Event-ID`` is the last seq it saw), so a page never
-misses an event whatever the live tail dropped.
+misses an event whatever the live tail dropped. A stream ends when the session does (``event: end``) or when
+the server stops (no ``end``: the page resumes from its last seq once a dashboard serves again).
 """
 
 from __future__ import annotations
