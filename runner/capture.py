@@ -108,6 +108,12 @@ class OutputCapture:
         self._stop = threading.Event()
         self._fds: list[int] = []
         self._busy = [0, 0]  # per stream: 1 while the reader holds its bytes not yet emitted
+        self._unsent = [0, 0]  # per stream: 1 while the reader keeps a partial line or a held tail back
+        # sync() asks the reader to send what it keeps back (a step is ending): it counts its asks up, the reader
+        # its answers, and a byte on the wake pipe gets the reader out of select
+        self._wake: tuple[int, int] | None = None
+        self._flush_asked = self._flush_done = 0
+        self._flushed = threading.Condition()
         self._secrets: dict[str, str] = {}  # withheld from the output (see withhold)
 
     def withhold(self, secrets: dict[str, str]) -> None:
@@ -126,6 +132,9 @@ class OutputCapture:
             os.dup2(w, fd)
             os.close(w)
             self._fds.append(r)
+        self._wake = os.pipe()
+        os.set_blocking(self._wake[0], False)
+        os.set_blocking(self._wake[1], False)
         self._threads.append(threading.Thread(target=self._read, name="labd-output", daemon=True))
         # Fresh Python-level streams over the new fds, line-buffered so prints appear promptly.
         sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8",
@@ -137,11 +146,13 @@ class OutputCapture:
 
     def forget_after_fork(self) -> None:
         """In a child forked by the workflow: the readers are the parent's threads; never wait for them."""
-        self._fds, self._threads, self._busy = [], [], [0, 0]
+        self._fds, self._threads, self._busy, self._unsent, self._wake = [], [], [0, 0], [0, 0], None
 
     def sync(self, timeout: float = 0.2) -> None:
         """Wait (bounded) until everything written so far has been emitted, so output lands before
-        the step boundary that follows it and is attributed to the step that printed it."""
+        the step boundary that follows it and is attributed to the step that printed it: also a partial line
+        (``print(..., end="")``) and a tail held back as the possible start of a secret, which would otherwise
+        leave up to :data:`PARTIAL_FLUSH_S` / :data:`HOLD_S` later, in whatever step runs then."""
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -158,8 +169,23 @@ class OutputCapture:
                 except OSError:
                     pass
             if not pending and not any(self._busy):
-                return
+                break
             time.sleep(0.0005)
+        if any(self._unsent) and self._wake is not None:
+            self._send_kept(timeout)
+
+    def _send_kept(self, timeout: float) -> None:
+        """Have the reader emit what it keeps back, and wait (bounded) until it has."""
+        with self._flushed:  # the reader closes the pipe under this lock when it stops
+            if self._wake is None:
+                return
+            self._flush_asked += 1
+            asked = self._flush_asked
+            try:
+                os.write(self._wake[1], b"!")
+            except OSError:  # BlockingIOError: the pipe is full of earlier asks, which wake the reader as well
+                pass
+            self._flushed.wait_for(lambda: self._flush_done >= asked, timeout)
 
     def close(self, timeout: float = 2.0) -> None:
         """Flush Python streams, close our write ends, and let the readers drain (bounded wait).
@@ -225,6 +251,7 @@ class OutputCapture:
         streams = {fd: _Stream(name, index, withholder)
                    for index, (fd, name) in enumerate(zip(self._fds, ("stdout", "stderr"), strict=True))}
         out = self._out
+        wake = self._wake[0] if self._wake is not None else None
         while streams and not self._stop.is_set():
             # Sleep until output comes, or until the oldest held partial line is due (PARTIAL_FLUSH_S without
             # more bytes on its stream) or a held tail is (HOLD_S), or for PARTIAL_FLUSH_S at most (to see _stop).
@@ -232,7 +259,16 @@ class OutputCapture:
             due = [st.last_data + PARTIAL_FLUSH_S for st in streams.values() if st.pending]
             due += [st.held_at + HOLD_S for st in streams.values() if st.held]
             timeout = max(0.0, min(due) - now) if due else PARTIAL_FLUSH_S
-            ready, _, _ = select.select(list(streams), [], [], timeout)
+            ready, _, _ = select.select([*streams, wake] if wake is not None else list(streams), [], [], timeout)
+            asked = None
+            if wake is not None and wake in ready:
+                ready.remove(wake)
+                try:
+                    os.read(wake, 4096)
+                except BlockingIOError:
+                    pass
+                with self._flushed:
+                    asked = self._flush_asked  # what sync asked so far: answered once the kept text has left
             now = time.monotonic()
             for st in streams.values():
                 if st.pending and now - st.last_data >= PARTIAL_FLUSH_S:
@@ -271,13 +307,32 @@ class OutputCapture:
                     pending, st.pending = st.pending, ""
                     out(st, pending)
                 self._busy[st.index] = 0
+            if asked is not None:  # a step is ending: what this stream keeps back belongs to it
+                for st in streams.values():
+                    if st.pending:
+                        pending, st.pending = st.pending, ""
+                        out(st, pending)
+                    if st.held:
+                        out(st, "", final=True)
+            for st in streams.values():
+                self._unsent[st.index] = 1 if st.pending or st.held else 0
+            if asked is not None:
+                with self._flushed:
+                    self._flush_done = asked
+                    self._flushed.notify_all()
         for fd, st in streams.items():  # stopped (close() timed out waiting for end of file)
             self._finish(fd, st)
+        with self._flushed:
+            pipe, self._wake = self._wake, None
+            self._flush_done = self._flush_asked  # nothing is kept back any more
+            self._flushed.notify_all()
+        for end in pipe or ():
+            os.close(end)
 
     def _finish(self, fd: int, st: _Stream) -> None:
         pending, st.pending = st.pending + st.decoder.decode(b"", final=True), ""
         self._out(st, pending, final=True)  # what it held back too: the stream has ended
-        self._busy[st.index] = 0
+        self._busy[st.index] = self._unsent[st.index] = 0
         os.close(fd)
 
 

@@ -434,3 +434,15 @@ def replay_steps(ctx, source: str) -> str:
     with ctx.step(f"analyse {label}"):
         Path("label.txt").write_text(label + "\n")
     return label
+
+
+def partial_at_step_end(ctx, pause: float = 0.5) -> None:
+    """Each step ends with output that has no newline (a progress line, on stdout and on stderr); the next step
+    starts after a pause longer than the capture's partial-line flush."""
+    with ctx.step("one"):
+        print("progress 50%", end="", flush=True)
+        print("warming up", end="", file=sys.stderr, flush=True)
+    time.sleep(pause)  # the scenario (the workflow goes on with other work), not synchronisation
+    with ctx.step("two"):
+        print("step two line")
+        print("done 100%", end="", flush=True)

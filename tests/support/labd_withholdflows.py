@@ -33,3 +33,16 @@ def print_in_pieces(ctx, pause: float = 0.3) -> str:
     sys.stdout.write(f"Z {key[:5]}")  # the end of the session's output is the start of the key
     sys.stdout.flush()
     return "done"
+
+
+def key_across_steps(ctx, pause: float = 0.3) -> str:
+    """A step ends with the first 5 characters of FAKE_API_KEY and no newline (held back: they may start the key),
+    and the next step prints the rest; then the same with the first half (10 characters)."""
+    key = ctx.secret("FAKE_API_KEY") or ""
+    for cut in (5, len(key) // 2):
+        with ctx.step(f"start-{cut}"):
+            print(f"S{cut} {key[:cut]}", end="", flush=True)
+        time.sleep(pause)  # the scenario, not synchronisation
+        with ctx.step(f"rest-{cut}"):
+            print(f"{key[cut:]} R{cut}", flush=True)
+    return "done"
