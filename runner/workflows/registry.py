@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -166,6 +167,18 @@ def resolve(name: str, cwd: str | None = None, search: list[str] | None = None) 
     return fn  # type: ignore[no-any-return]
 
 
+#: the range of an ``int`` parameter: what the store (and JSON readers elsewhere) hold exactly
+INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to a readable length for an error message (a parameter may be megabytes long)."""
+    if isinstance(value, int) and value.bit_length() > 256:  # repr() of one over 4300 digits even raises
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+
+
 _CONVERTERS: dict[Any, Callable[[str], Any]] = {
     int: int,
     float: float,
@@ -225,13 +238,21 @@ def bind_params(fn: Callable[..., Any], params: dict[str, Any]) -> dict[str, Any
             try:
                 value = conv(value)
             except (ValueError, KeyError):
-                errors[name] = f"expected {p.annotation.__name__}, got {value!r}"
+                errors[name] = f"expected {p.annotation.__name__}, got {_short(value)}"
                 continue
         elif conv is not None and p.annotation is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            value = float(value) if abs(value) < 1 << 1000 else math.inf  # past float's range: refused below
         elif isinstance(p.annotation, type) and p.annotation in _CONVERTERS and (
                 not isinstance(value, p.annotation) or (isinstance(value, bool) and p.annotation is not bool)):
             errors[name] = f"expected {p.annotation.__name__}, got {type(value).__name__}"
+            continue
+        # what the record cannot hold as the value that ran is refused, not recorded as something else: JSON has
+        # no NaN or infinity (they would read back as null), and the store's integers are 64-bit
+        if p.annotation is float and isinstance(value, float) and not math.isfinite(value):
+            errors[name] = f"expected a finite number, got {_short(value)}"
+            continue
+        if p.annotation is int and isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+            errors[name] = f"{_short(value)} is out of range (a 64-bit integer: {INT64[0]} to {INT64[1]})"
             continue
         bound[name] = value
     for name, p in spec.items():

@@ -74,13 +74,31 @@ def test_user_workflow_by_import_path_with_typed_params(client) -> None:
     ("labd_testflows:needs_param", {}, "bad_params"),
 ])
 def test_bad_workflow_or_params_give_a_clear_error_and_start_nothing(client, workflow, params, code) -> None:
-    """Unknown workflows and misfit params are refused with a structured error; no session is created."""
+    """Unknown workflows and misfit params are refused with a structured error; no session is created and no
+    runner runs."""
     before = len(client.sessions())
     with pytest.raises(LabdError) as err:
         client.start(workflow, params=params)
     assert err.value.code == code
     assert err.value.message and "Traceback" not in err.value.message
     assert len(client.sessions()) == before
+    assert client.status()["running"] == []
+
+
+def test_params_the_record_cannot_hold_are_refused_and_nothing_runs(client) -> None:
+    """An int parameter beyond 64 bits, or a float one that is NaN or infinite, is refused ``bad_params`` naming the
+    parameter: before, the first started a runner the store had no record of (it could not be listed, stopped or
+    shown, and held a `max_sessions` slot), and the second ran with the record saying ``null``."""
+    for params in ({"n": 2**64}, {"n": "99999999999999999999999"}, {"n": -2**63 - 1}, {"delay": "nan"},
+                   {"delay": "-inf"}, {"delay": 10**400}):
+        with pytest.raises(LabdError) as err:
+            client.start("demo.count", params=params)
+        assert err.value.code == "bad_params", params
+        assert next(iter(params)) in err.value.message and len(err.value.message) < 200, err.value.message
+    assert client.sessions() == []
+    assert client.status()["running"] == []
+    sid = client.start("demo.count", params={"n": 2**63 - 1, "delay": "0"})  # the bounds themselves are fine
+    client.stop(sid)
 
 
 def test_bad_requests_get_structured_errors(client) -> None:

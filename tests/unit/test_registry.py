@@ -253,3 +253,25 @@ def test_future_annotations_with_type_checking_only_import_still_converts(make_m
     """)
     fn = resolve(f"{name}:run")
     assert bind_params(fn, {"n": "5", "flag": "no"}) == {"n": 5, "flag": False}
+
+
+@pytest.mark.parametrize(("params", "says"), [
+    ({"n": "9223372036854775808"}, "out of range"), ({"n": 2**64}, "out of range"),
+    ({"n": -2**63 - 1}, "out of range"), ({"n": 2**5000}, "an integer of 5001 bits"),
+    ({"rate": "nan"}, "finite"), ({"rate": "inf"}, "finite"), ({"rate": float("-inf")}, "finite"),
+    ({"rate": 10**400}, "finite"), ({"rate": "1e999"}, "finite"),
+    ({"n": "9" * 5000}, "(5002 characters)"), ({"n": "x" * 1_000_000}, "(1000002 characters)"),
+])
+def test_values_the_record_cannot_hold_are_bad_params_with_a_short_message(params: dict[str, Any], says: str) -> None:
+    """An int beyond 64 bits or a float that is not finite is refused (JSON has no NaN, the store's integers are
+    64-bit), and the message quotes a long value cut short, not whole."""
+    with pytest.raises(WorkflowError) as err:
+        bind_params(typed, {"n": 1, **params})
+    assert err.value.code == "bad_params"
+    assert says in str(err.value) and len(str(err.value)) < 200, str(err.value)[:300]
+
+
+def test_the_64_bit_bounds_themselves_are_accepted() -> None:
+    """The largest and smallest 64-bit integers bind as they are."""
+    assert bind_params(typed, {"n": str(2**63 - 1)})["n"] == 2**63 - 1
+    assert bind_params(typed, {"n": -2**63})["n"] == -2**63
