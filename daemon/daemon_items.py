@@ -81,6 +81,9 @@ class DaemonItems:
             if not stored:
                 if reply_to is not None:
                     b.notes.append(("refused", reply_to, "store_error", "the store refused this change"))
+                if kind == "session.created":  # no record: its runner (started meanwhile) must not run either
+                    self.cursors.pop(sid, None)
+                    b.notes.append(("unrecorded", sid))
                 return
             if kind == "approval.resolved":
                 b.to_runners.append((sid, "approval.resolved", payload))

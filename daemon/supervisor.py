@@ -41,6 +41,7 @@ class Running:
     deadline: float = 0.0  # when to take the next rung
     grace: float = 0.0
     vanished_at: float = 0.0
+    unrecorded: bool = False  # the store refused its session.created: killed, and nothing is posted for it
 
 
 class Supervisor:
@@ -218,6 +219,9 @@ class Supervisor:
     def on_note(self, note: tuple[Any, ...]) -> None:
         """Notes from the monitor (limit kill, timeout, vanished process) and ingest (budget, approvals)."""
         kind, sid = note[0], note[1]
+        if kind == "unrecorded":
+            self._unrecorded(sid)
+            return
         if kind == "approval":
             _, _, aid, timeout, policy = note
             if timeout:
@@ -246,11 +250,26 @@ class Supervisor:
         elif kind == "vanished" and not run.vanished_at:
             run.vanished_at = time.monotonic()
 
+    def _unrecorded(self, sid: str) -> None:
+        """The store refused ``sid``'s ``session.created`` (its start was answered with the error): a session must
+        not run, nor wait in the queue, without a record, so it goes at once. No event: there is no session."""
+        if self.queue.remove(sid):
+            self.log.warning("dropped a queued session the store refused to record", session_id=sid)
+            return
+        run = self.running.get(sid)
+        if run is not None:
+            run.unrecorded = True
+            self._rung(run, "sigkill")
+            self.log.warning("killed the runner of a session the store refused to record", session_id=sid)
+
     def on_exit(self, info: ExitInfo) -> None:
         sid = next((s for s, r in self.running.items() if r.pid == info.pid), None)
         if sid is None:
             return
         run = self.running.pop(sid)
+        if run.unrecorded:  # its tree is buried (killed) like any session's, and nothing is posted
+            self.monitor.unwatch(sid)
+            return
         self._final_sample(sid)
         # Processes the workflow left behind in the session's group go with it (SIGTERM, then SIGKILL).
         if self.launcher.signal(run.pid, signal.SIGTERM):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 
+import psutil
 import pytest
 
 from labd.ipc import LabdError
+from tests.conftest import running_daemon, wait_until
 
 
 def test_session_runs_in_its_own_process_and_records_gap_free_events(client) -> None:
@@ -97,8 +99,56 @@ def test_params_the_record_cannot_hold_are_refused_and_nothing_runs(client) -> N
         assert next(iter(params)) in err.value.message and len(err.value.message) < 200, err.value.message
     assert client.sessions() == []
     assert client.status()["running"] == []
-    sid = client.start("demo.count", params={"n": 2**63 - 1, "delay": "0"})  # the bounds themselves are fine
+    sid = client.start("demo.count", params={"n": 2**63 - 1, "delay": "60"})  # the bounds themselves are fine
     client.stop(sid)
+    assert client.wait(sid, timeout=60)["status"] == "cancelled"  # ended, not left running past the test
+
+
+def test_a_session_the_store_refuses_to_record_does_not_run(daemon, client) -> None:
+    """When the store refuses a start's ``session.created`` (here a trigger in the database refuses one name; in
+    life a constraint or a value it cannot hold), the start is answered ``store_error`` and the runner launched
+    meanwhile is killed: no session runs, or holds a slot, without a record. Other starts are unaffected."""
+    import sqlite3
+
+    db = sqlite3.connect(daemon.home / "labd.db", timeout=30)
+    with db:
+        db.execute("CREATE TRIGGER refuse_one BEFORE INSERT ON sessions WHEN NEW.name LIKE 'unrecordable%' "
+                   "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+    db.close()
+    with pytest.raises(LabdError) as err:
+        client.start("demo.sleep", name=f"unrecordable-{os.getpid()}", params={"seconds": 600})
+    assert err.value.code == "store_error"
+    wait_until(lambda: client.status()["running"] == [], timeout=30, what="the unrecorded runner killed")
+    assert client.sessions() == []
+    title = f"unrecordable-{os.getpid()}"  # the runner's process title names the session (runner/title.py)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if title in " ".join(p.info["cmdline"] or [])]
+    sid = client.start("demo.count", params={"n": 1, "delay": 0})
+    assert client.wait(sid, timeout=60)["status"] == "completed"
+
+
+def test_a_queued_session_the_store_refuses_to_record_leaves_the_queue(isolated_env) -> None:
+    """The same refusal for a start that had to queue (``max_sessions = 1``, the slot taken): it is taken out of the
+    queue, so when the slot frees the next session starts, not a session without a record."""
+    import sqlite3
+
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text("[daemon]\nmax_sessions = 1\n")
+    with running_daemon(isolated_env) as d, d.client() as c:
+        holder = c.start("demo.sleep", params={"seconds": 600})
+        db = sqlite3.connect(d.home / "labd.db", timeout=30)
+        with db:
+            db.execute("CREATE TRIGGER refuse_one BEFORE INSERT ON sessions WHEN NEW.name LIKE 'unrecordable%' "
+                       "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+        db.close()
+        with pytest.raises(LabdError) as err:
+            c.start("demo.sleep", name="unrecordable-queued", params={"seconds": 600})
+        assert err.value.code == "store_error"
+        after = c.start("demo.count", params={"n": 1, "delay": 0})  # queued behind the holder
+        c.stop(holder)
+        assert c.wait(after, timeout=60)["status"] == "completed"
+        assert [s["id"] for s in c.sessions()] == [after] or sorted(s["id"] for s in c.sessions()) == sorted(
+            [holder, after])
+        assert c.status()["running"] == []
 
 
 def test_bad_requests_get_structured_errors(client) -> None:
