@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import deque
+from collections.abc import Iterator
 from datetime import datetime
 
 from labd.frontends.cli.activity import Activity, Line, Printer
@@ -22,15 +24,17 @@ def cmd_logs(args: argparse.Namespace, ctx: Ctx) -> int:
         raise CliError("--tail takes a number of lines (0 or more)")
     last = 0
     if args.tail is not None:
-        # Render the history first and keep its last N lines (output lines and activity lines alike).
+        # Render the history first and keep its last N lines (output lines and activity lines alike). A --tail
+        # beyond what a deque can count (sys.maxsize) is more lines than any history has: all of them.
         activity = Activity(sid, raw=raw)
-        kept: deque[Line] = deque(maxlen=args.tail or None)
+        tail = _Tail(args.tail if args.tail <= sys.maxsize else None)
         for ev in c.history(sid):
             last = ev["seq"]
             if args.tail:
-                kept.extend(activity.lines(ev))
+                for line in activity.lines(ev):
+                    tail.add(line)
         printer = Printer(ctx.out, timestamps=args.timestamps)
-        for line in kept:
+        for line in tail.lines():
             printer.write(line)
         if not args.follow:
             return 0
@@ -42,6 +46,54 @@ def cmd_logs(args: argparse.Namespace, ctx: Ctx) -> int:
         for line in activity.lines(ev):
             printer.write(line)
     return 0
+
+
+class _Tail:
+    """The last ``n`` lines (all with ``None``) of a session's rendered history, as ``tail -n`` counts the lines
+    ``labd logs`` prints: a line of output is one line however many ``output`` events it came in (each stream's
+    pieces go together up to its newline: stdout written between two pieces of a stderr line does not cut it, nor
+    the other way round), an unfinished line at the end counts as a line, and an activity line is a line (it goes
+    to stderr on a fresh line, so it ends a stderr line left unfinished before it, as :class:`Printer` shows it).
+    Lines are in the order they started and keep the time of the event where they started (``-t`` shows when a
+    line began to be written). Memory holds the last ``n`` lines, each whole (a single huge line is kept whole, as
+    tail does), never the whole history."""
+
+    def __init__(self, n: int | None) -> None:
+        self._kept: deque[_Pieces] = deque(maxlen=n)
+        self._open: dict[str, _Pieces] = {}  # per stream: its line still being written (no newline yet)
+
+    def add(self, line: Line) -> None:
+        """Take the next rendered piece: an activity line, or a piece of output (at most one line, as
+        :meth:`Activity.lines` splits it; a piece not ending in a newline goes on in the stream's next piece)."""
+        if line.stream == "note":  # the printer starts a note on a fresh line: it ends a stderr line (on stderr too)
+            self._open.pop("stderr", None)
+        at = self._open.pop(line.stream, None)
+        if at is None:
+            at = _Pieces(line)
+            if self._kept.maxlen is not None and len(self._kept) == self._kept.maxlen:
+                self._kept[0].texts = None  # falls out of the tail: the rest of it, if it is still open, is dropped
+            self._kept.append(at)
+        elif at.texts is not None:
+            at.texts.append(line.text)
+        if line.stream != "note" and not line.text.endswith("\n"):
+            self._open[line.stream] = at
+
+    def lines(self) -> Iterator[Line]:
+        """The kept lines, for a :class:`Printer`: a line of output as its pieces, one after the other (the printer
+        stamps the first only; no copy of a huge line joined)."""
+        for at in self._kept:
+            for text in at.texts or ():
+                yield at.line._replace(text=text)
+
+
+class _Pieces:
+    """One line of :class:`_Tail`: its first piece and the text of all its pieces (``None`` once dropped)."""
+
+    __slots__ = ("line", "texts")
+
+    def __init__(self, line: Line) -> None:
+        self.line = line
+        self.texts: list[str] | None = [line.text]
 
 
 def _exit(code: int) -> int:

@@ -446,3 +446,25 @@ def partial_at_step_end(ctx, pause: float = 0.5) -> None:
     with ctx.step("two"):
         print("step two line")
         print("done 100%", end="", flush=True)
+
+
+def fragmented_lines(ctx, long_kib: int = 0, unterminated: bool = False) -> None:
+    """Lines written in fragments, each its own ``output`` event (a step boundary sends what was written):
+    stdout "first line", then "progress: 10%...done" in four fragments and its newline apart, then "last line";
+    stderr "warn: disk low" in two fragments around the progress line. With ``long_kib``, then one stdout line of
+    that many KiB (many 64 KiB chunks) before "last line"; with ``unterminated``, "last line" has no newline."""
+    print("first line")
+    with ctx.step("warn"):
+        print("warn: ", end="", file=sys.stderr, flush=True)
+    for piece in ("progress: ", "10%", "...", "done"):
+        with ctx.step(piece):
+            print(piece, end="", flush=True)
+    with ctx.step("warned"):
+        print("disk low", file=sys.stderr, flush=True)
+    with ctx.step("newline"):
+        print(flush=True)
+    if long_kib:
+        with ctx.step("long"):
+            sys.stdout.write("x" * (long_kib * 1024 - 1) + "\n")
+            sys.stdout.flush()
+    print("last line", end="" if unterminated else "\n", flush=True)
