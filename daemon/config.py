@@ -105,7 +105,11 @@ def config_files(layout: Layout) -> list[Path]:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_bytes().decode())  # TOML is UTF-8 whatever the locale (as tomllib.load)
+    except UnicodeDecodeError as exc:
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"cannot read {path}: not UTF-8 text: byte 0x{exc.object[exc.start]:02x} on line {line} "
+                          "(TOML files are UTF-8)") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
 

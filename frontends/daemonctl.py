@@ -20,7 +20,7 @@ from pathlib import Path
 
 from labd.ipc.client import Client, LabdError
 from labd.ipc.connection import ConnectionFileError, daemon_alive, read_connection_file
-from labd.ipc.paths import Layout, layout_for
+from labd.ipc.paths import Layout, UnusableHome, layout_for
 from labd.ipc.ready import wait_for_daemon
 
 __all__ = ["serve_detached", "wait", "shutdown", "DETACH_TIMEOUT"]
@@ -53,7 +53,11 @@ def _running(layout: Layout) -> int | None:
 def serve_detached(args: argparse.Namespace, home: str | None) -> int:
     """``labd serve --detach``: start a daemon in the background and wait until it is ready."""
     layout = layout_for(home)
-    layout.home.mkdir(parents=True, exist_ok=True)
+    try:
+        layout.ensure_home()  # here, not only in the daemon: its log goes into the home
+    except UnusableHome as exc:  # said as `labd serve` says it
+        print(f"labd: {exc}", file=sys.stderr)
+        return 2
     log_path = layout.home / "daemon.log"
     pid = _running(layout)
     if pid is not None:  # checked first: a second daemon would only fail on the home's lock, in the shared log
@@ -71,7 +75,12 @@ def serve_detached(args: argparse.Namespace, home: str | None) -> int:
             argv += [flag, value]
     if args.drain:
         argv.append("--drain")
-    with open(log_path, "ab") as log:
+    try:
+        log = open(log_path, "ab")  # noqa: SIM115 - closed below, once the daemon has it
+    except OSError as exc:
+        print(f"labd: cannot write the daemon's log {log_path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    with log:
         start = log.seek(0, os.SEEK_END)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)

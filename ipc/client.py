@@ -11,6 +11,8 @@ A :class:`Client` is synchronous and not thread-safe: use one per thread.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import secrets
 import time
@@ -38,7 +40,7 @@ from labd.ipc.wire import DEFAULT_MAX_MESSAGE, Codec, WireError, non_finite
 if TYPE_CHECKING:
     from labd.ipc.functions import FunctionCall
 
-__all__ = ["Client", "LabdError", "WIRE_FIELDS", "event_from_wire", "still_ended"]
+__all__ = ["Client", "LabdError", "WIRE_FIELDS", "check_timeout", "event_from_wire", "still_ended"]
 
 
 class LabdError(Exception):
@@ -49,15 +51,29 @@ class LabdError(Exception):
         self.code, self.message, self.details = code, message, details or {}
 
 
+def check_timeout(timeout: float | None) -> float | None:
+    """A ``timeout`` given to a :class:`Client` method, checked before anything waits: seconds >= 0; ``None`` or
+    ``math.inf`` for no limit (both give None). NaN (every deadline compares false with it: it never ran out), a
+    negative number or anything else is a :class:`ValueError`."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0 (None or math.inf: no limit), not {timeout!r}")
+    return None if math.isinf(timeout) else float(timeout)
+
+
 class Client:
     """A connection to the daemon serving ``home`` (default: ``$LABD_HOME`` or the XDG data dir)."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *, timeout: float = 15.0,
                  connection_file: str | os.PathLike[str] | None = None) -> None:
         """``connection_file`` (or ``$LABD_CONNECTION_FILE``): a file from ``labd remote add`` for a daemon on
-        another machine, reached over TCP with CurveZMQ; otherwise the local daemon of ``home``."""
+        another machine, reached over TCP with CurveZMQ; otherwise the local daemon of ``home``. ``timeout``: how
+        long a request waits for its reply, in seconds (``math.inf``: as long as it takes; see
+        :func:`check_timeout`)."""
+        limit = check_timeout(timeout)
         self.layout = layout_for(home)
-        self.timeout = timeout
+        self.timeout = math.inf if limit is None else limit
         remote = connection_file or os.environ.get("LABD_CONNECTION_FILE") or None
         try:
             self.info: ConnectionInfo = read_connection_file(self.layout, Path(remote) if remote else None)
@@ -245,9 +261,10 @@ class Client:
         """Wait for a session to end and return its result: a submitted function's return value (unpickled),
         or a workflow's JSON result. If it did not complete, raise :class:`~labd.ipc.functions.RemoteError`
         (remote type name, message, traceback). Reads the record: works from any process, at any later time.
-        Raises :class:`LabdError` ``timeout`` after ``timeout`` seconds."""
+        Raises :class:`LabdError` ``timeout`` after ``timeout`` seconds (None: no limit; see :func:`check_timeout`)."""
         from labd.ipc.functions import ERROR_EVENT, decode_result, remote_error
 
+        timeout = check_timeout(timeout)
         row = self.session(ref)
         sid = row["id"]
         if row["status"] not in TERMINAL_STATUSES:
@@ -437,7 +454,7 @@ class Client:
             since = page["events"][-1]["seq"]
 
     def wait(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
-        """Follow a session until it ends; return its final row."""
+        """Follow a session until it ends; return its final row (``timeout`` as in :meth:`follow`)."""
         for _ in self.follow(ref, timeout=timeout):
             pass
         return self.session(ref)
@@ -450,8 +467,12 @@ class Client:
         expected ``seq`` (the live tail may drop under bursts) is filled in from the store
         (:class:`~labd.ipc.follow.FollowCursor`). Stops after ``session.ended`` when ``until_end`` (at once if the
         session had already ended at or before ``since``); raises
-        :class:`LabdError` ``timeout`` after ``timeout`` s.
+        :class:`LabdError` ``timeout`` after ``timeout`` s (None or ``math.inf``: no limit). A bad ``timeout``
+        (NaN, negative: :func:`check_timeout`) is a :class:`ValueError` at the call, before anything is read.
         """
+        return self._follow(ref, since, until_end, check_timeout(timeout))
+
+    def _follow(self, ref: str, since: int, until_end: bool, timeout: float | None) -> Iterator[dict[str, Any]]:
         row = self.session(ref)
         sid = row["id"]
         sub = events_socket(self._ctx, self.info)  # CURVE: remote keys, or the local ones derived from the key

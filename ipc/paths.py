@@ -23,7 +23,7 @@ from pathlib import Path
 
 import platformdirs
 
-__all__ = ["Layout", "resolve_home", "layout_for", "UnsafeRuntimeDir", "check_private"]
+__all__ = ["Layout", "resolve_home", "layout_for", "UnsafeRuntimeDir", "UnusableHome", "check_private"]
 
 HOME_ENV = "LABD_HOME"
 
@@ -37,6 +37,34 @@ def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
 
 class UnsafeRuntimeDir(Exception):
     """A runtime directory (or the connection file) is not the current user's alone: labd refuses to use it."""
+
+
+class UnusableHome(UnsafeRuntimeDir):
+    """The home cannot be a directory of labd's: a file is in its place, or it cannot be created (a missing parent
+    that cannot be made, no permission). The message names the path and why. A kind of :class:`UnsafeRuntimeDir`,
+    so that what refuses a bad runtime directory in one line (``labd serve``) refuses a bad home so too."""
+
+
+def _unusable_home(home: Path, path: Path, exc: OSError) -> UnusableHome:
+    """Why ``path`` (the home or a directory in it) could not be created: what is in the way, else the error."""
+    def name(p: Path) -> str:
+        return "it" if p == home else str(p)
+
+    def mode(p: Path) -> int | None:
+        try:
+            return os.stat(p).st_mode
+        except OSError:  # missing, or not ours to look at
+            return None
+
+    # mkdir(exist_ok=True) fails on an existing non-directory (FileExistsError), or one among the parents (ENOTDIR)
+    modes = ((p, mode(p)) for p in (path, *path.parents))
+    blocker = next(((p, m) for p, m in modes if m is not None and not stat.S_ISDIR(m)), None)
+    if blocker is not None:
+        why = f"{name(blocker[0])} is {'a file' if stat.S_ISREG(blocker[1]) else 'not a directory'}"
+    else:
+        failed = Path(exc.filename) if exc.filename else path
+        why = f"cannot create {name(failed)}: {exc.strerror or exc}"
+    return UnusableHome(f"cannot use {home} as labd's home: {why}")
 
 
 def check_private(path: Path, *, exact: bool = True) -> None:
@@ -118,13 +146,22 @@ class Layout:
         for d in chain:
             check_private(d)
 
+    def ensure_home(self) -> None:
+        """Create the home and its sessions directory if missing; raise :class:`UnusableHome` (naming the path and
+        the reason) if they cannot be: a file where the home should be, a parent that cannot be created."""
+        for d in (self.home, self.sessions_dir):
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _unusable_home(self.home, d, exc) from None
+
     def ensure(self) -> None:
         """Create the home and the runtime directory (0700) if missing; refuse one that is not ours.
 
-        Raises :class:`UnsafeRuntimeDir` (see :meth:`check_runtime_dir`).
+        Raises :class:`UnsafeRuntimeDir` (see :meth:`check_runtime_dir`), :class:`UnusableHome` for a home that
+        cannot be created (see :meth:`ensure_home`).
         """
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.sessions_dir.mkdir(parents=True, exist_ok=True)
+        self.ensure_home()
         chain = self._private_chain()
         base = chain[0].parent
         base.mkdir(parents=True, exist_ok=True)

@@ -151,9 +151,13 @@ def load_file(path: str | Path) -> list[dict[str, Any]]:
     :func:`parse_rules` validates the rules."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(p.read_bytes().decode())  # TOML is UTF-8 whatever the locale (as tomllib.load)
     except OSError as exc:
         raise PolicyError(f"cannot read policy file {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        raise PolicyError(f"{p}: not valid TOML: not UTF-8 text: byte 0x{exc.object[exc.start]:02x} on line {line} "
+                          "(TOML files are UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{p}: not valid TOML: {exc}") from None
     unknown = sorted(set(data) - {"policy"})

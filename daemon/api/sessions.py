@@ -82,9 +82,11 @@ def _limits(body: dict[str, Any], default_procs: int | None = None, default_outp
     try:
         mem, cpu, tmo = raw.get("memory"), raw.get("cpu"), raw.get("timeout")
         if isinstance(mem, str) and mem.strip().isdigit():
+            if _digits_over(mem, MAX_LIMIT["memory"]):  # too many bytes, even read as bytes (as 2**64+ arrive)
+                raise _beyond(mem, "memory")
             raise ApiError("bad_limits", f"memory limit {mem!r} has no unit: write e.g. {mem.strip()}M or "
                            f"{mem.strip()}G (a JSON number means bytes)")
-        memory = _bounded(parse_size(mem), "memory") if isinstance(mem, str) else _positive(mem, "memory")
+        memory = _bounded(_size(mem), "memory") if isinstance(mem, str) else _positive(mem, "memory")
         if memory is not None and memory < MIN_MEMORY:
             raise ApiError("bad_limits", f"memory limit {int(memory)} bytes is below what a runner needs to start "
                            f"({MIN_MEMORY // 2**20} MiB); sizes take a unit, e.g. 512M",
@@ -108,17 +110,59 @@ def _limits(body: dict[str, Any], default_procs: int | None = None, default_outp
 
 
 def output_cap(value: Any) -> int | None:
-    """The ``output`` limit (:func:`labd.ipc.units.parse_output_cap`); ``bad_limits`` when it does not parse."""
+    """The ``output`` limit (:func:`labd.ipc.units.parse_output_cap`); ``bad_limits`` when it does not parse, and
+    ``beyond any machine`` from 16 EiB on (JSON integers end there: the wire sends larger ones as their digits)."""
     try:
+        if isinstance(value, str) and _digits_over(value, MAX_JSON_INT):
+            raise _beyond_output(value)
         return parse_output_cap(value)
+    except OverflowError:  # a size too large to compute (1e300T)
+        raise _beyond_output(math.inf) from None
     except UnitError as exc:
         raise ApiError("bad_limits", f"output limit: {exc} (a JSON number means bytes)",
                        {"min_bytes": MIN_OUTPUT}) from None
 
 
+def _beyond_output(value: Any) -> ApiError:
+    return ApiError("bad_limits", f"output limit of {_shown(value)} bytes is beyond any machine (a limit is under "
+                    "16 EiB; \"none\" means no cap)", {"max": MAX_JSON_INT})
+
+
+def _digits_over(text: str, most: float) -> bool:
+    """``text`` is a whole number (digits only) larger than ``most``: too many bytes even read as bytes (how an int
+    of 2**64 or more arrives), so not a size that lacks its unit. Never converts thousands of digits."""
+    digits, top = text.strip().lstrip("0"), int(most)
+    return digits.isascii() and digits.isdigit() and (len(digits) > len(str(top)) or int(digits) > top)
+
+
+def _size(text: str) -> float:
+    """:func:`parse_size`, with ``inf`` for a size too large to compute (``1e300T``), which :func:`_bounded`
+    refuses as beyond any machine (not an internal error)."""
+    try:
+        return parse_size(text)
+    except OverflowError:
+        return math.inf
+
+
+def _shown(value: Any) -> str:
+    """A number, or a number's digits, for a message: ``1.18059e+21``; never thousands of digits."""
+    try:
+        shown = float(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
+        return "more than 1e308"
+    return f"{shown:g}" if math.isfinite(shown) else "more than 1e308"
+
+
+def _beyond(value: Any, name: str) -> ApiError:
+    return ApiError("bad_limits", f"limit {name!r} of {_shown(value)} is beyond any machine or time span (at most "
+                    f"{MAX_LIMIT[name]:g})", {"max": MAX_LIMIT[name]})
+
+
 #: the largest limits: beyond them a limit means nothing (a petabyte of memory; a century), and the store's
 #: 64-bit columns could not hold some of them
 MAX_LIMIT = {"memory": 2**50, "timeout": 100 * 365 * 86400.0, "budget": 1e12}
+#: the largest integer a request carries as a JSON number: the wire (labd.ipc.wire) sends larger ones as their digits
+MAX_JSON_INT = 2**64 - 1
 
 
 def _positive(value: Any, name: str) -> Any:
@@ -131,8 +175,7 @@ def _positive(value: Any, name: str) -> Any:
 
 def _bounded(value: Any, name: str) -> Any:
     if value is not None and value > MAX_LIMIT[name]:
-        raise ApiError("bad_limits", f"limit {name!r} of {value:g} is beyond any machine or time span (at most "
-                       f"{MAX_LIMIT[name]:g})", {"max": MAX_LIMIT[name]})
+        raise _beyond(value, name)
     return value
 
 

@@ -18,7 +18,12 @@ from labd.ipc.units import (
     parse_size,
 )
 
-__all__ = ["register", "parse_params", "limits_from"]
+__all__ = ["register", "parse_params", "limits_from", "bounded_size", "MAX_MEMORY", "MAX_OUTPUT"]
+
+#: the largest --memory the daemon accepts (its ``MAX_LIMIT["memory"]``, 1 PiB; a test pins that they agree)
+MAX_MEMORY = 2**50
+#: --max-output must stay below 2**64 (16 EiB): a JSON integer cannot be larger, and the daemon reads no more
+MAX_OUTPUT = 2**64 - 1
 
 
 def parse_params(items: list[str]) -> dict[str, str]:
@@ -35,10 +40,22 @@ def parse_params(items: list[str]) -> dict[str, str]:
     return out
 
 
+def bounded_size(text: str, most: int, limit: str) -> int:
+    """:func:`parse_size` with a ceiling: more than ``most`` bytes, or a number too large to compute at all
+    (``1e300T``), is refused here as ``beyond any machine (limit)``, before the daemon is asked."""
+    try:
+        size = parse_size(text)
+    except OverflowError:  # the number times its unit overflows a float
+        size = most + 1
+    if size > most:
+        raise UnitError(f"bad size {text!r}: beyond any machine ({limit})")
+    return size
+
+
 def limits_from(args: argparse.Namespace) -> dict[str, Any]:
     """Limits from the flags, parsed here so a typo is reported before anything reaches the daemon."""
     try:
-        memory = parse_size(args.memory) if args.memory else None
+        memory = bounded_size(args.memory, MAX_MEMORY, "at most 1024T, 1 PiB") if args.memory else None
         if args.cpu and args.cpus:
             raise CliError("give --cpu (percent of one core) or --cpus (cores), not both")
         cpu = None
@@ -64,6 +81,8 @@ def limits_from(args: argparse.Namespace) -> dict[str, Any]:
 def max_output_arg(text: str) -> str | int:
     """``--max-output 10M`` -> bytes; ``none`` (no cap) passes through for the daemon."""
     try:
+        if text.strip().lower() != "none":  # parse_output_cap has no ceiling of its own
+            bounded_size(text, MAX_OUTPUT, "under 16 EiB; \"none\" means no cap")
         size = parse_output_cap(text)
     except UnitError as exc:
         raise CliError(f"--max-output: {exc}") from None

@@ -1,0 +1,227 @@
+"""Bad input met where it is first read gets one clear error, never a traceback (each found by an exploratory test):
+a home that cannot be a directory, config and policy files that are not UTF-8, sizes too large for any machine (or
+for a JSON integer), and SDK timeouts that are NaN or negative."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labd.daemon.api.base import ApiError
+from labd.daemon.config import ConfigError, load_config
+from labd.frontends.cli.base import CliError
+from labd.ipc.client import Client, LabdError
+from labd.ipc.paths import UnsafeRuntimeDir, layout_for
+from labd.ipc.policy import PolicyError
+from labd.ipc.policy_rules import load_file
+
+pytestmark = pytest.mark.timeout(30)
+
+NOT_UTF8 = b"[daemon]\n# caf\xe9\n"  # latin-1 "é" on line 2
+
+
+# ---- 1. a home that cannot be a directory ----------------------------------------------------------------------
+
+def test_a_home_that_is_a_file_is_refused_naming_it(tmp_path: Path) -> None:
+    """Layout.ensure() (the daemon's start) on a home that is a regular file raises the one-line refusal `labd serve`
+    already prints for a bad runtime directory (an UnsafeRuntimeDir), naming the home and that it is a file; before:
+    FileExistsError from mkdir, a traceback."""
+    home = tmp_path / "x"
+    home.write_text("not a directory")
+    with pytest.raises(UnsafeRuntimeDir) as err:
+        layout_for(home).ensure()
+    assert str(err.value) == f"cannot use {home} as labd's home: it is a file"
+
+
+def test_a_home_below_a_file_or_with_a_file_for_sessions_names_the_file(tmp_path: Path) -> None:
+    """A home whose parent is a file names that parent; a home whose sessions directory is a file names that file
+    (before: NotADirectoryError / FileExistsError tracebacks)."""
+    blocker = tmp_path / "f"
+    blocker.write_text("")
+    with pytest.raises(UnsafeRuntimeDir) as err:
+        layout_for(blocker / "h").ensure()
+    assert str(err.value) == f"cannot use {blocker}/h as labd's home: {blocker} is a file"
+    home = tmp_path / "h2"
+    home.mkdir()
+    (home / "sessions").write_text("")
+    with pytest.raises(UnsafeRuntimeDir) as err:
+        layout_for(home).ensure()
+    assert str(err.value) == f"cannot use {home} as labd's home: {home}/sessions is a file"
+
+
+def test_a_home_that_cannot_be_created_gives_the_reason(tmp_path: Path) -> None:
+    """A home that cannot be created (/proc makes no new directories: ENOENT, or EACCES for a non-root user) says
+    `cannot create it` with the system's reason (strerror); before: a FileNotFoundError traceback. A good home is
+    still created, with its sessions directory."""
+    home = Path("/proc/1/labd-test-home")
+    with pytest.raises(UnsafeRuntimeDir) as err:
+        layout_for(home).ensure()
+    said = str(err.value)
+    assert said.startswith(f"cannot use {home} as labd's home: cannot create it: "), said
+    assert re.fullmatch(r"[A-Z][a-z ]+", said.rpartition(": ")[2]), said  # strerror, e.g. No such file or directory
+    fine = tmp_path / "new" / "home"
+    layout_for(fine).ensure()
+    assert (fine / "sessions").is_dir()
+
+
+# ---- 2. a config.toml that is not UTF-8 ------------------------------------------------------------------------
+
+def test_config_that_is_not_utf8_is_a_config_error_like_a_syntax_error(tmp_path: Path) -> None:
+    """load_config on a home whose config.toml is not UTF-8 raises ConfigError `cannot read PATH: ...` (as a TOML
+    syntax error does) saying which byte on which line; before: UnicodeDecodeError, a traceback from `labd serve`."""
+    home = tmp_path / "h"
+    home.mkdir()
+    cfg = home / "config.toml"
+    cfg.write_bytes(b"[daemon\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(f'cannot read {cfg}: Expected')}"):
+        load_config(home)
+    cfg.write_bytes(NOT_UTF8)
+    with pytest.raises(ConfigError) as err:
+        load_config(home)
+    assert str(err.value) == f"cannot read {cfg}: not UTF-8 text: byte 0xe9 on line 2 (TOML files are UTF-8)"
+
+
+def test_config_in_utf8_with_non_ascii_text_still_loads(tmp_path: Path) -> None:
+    """UTF-8 text beyond ASCII (a comment, a value) reads as before."""
+    home = tmp_path / "h"
+    home.mkdir()
+    (home / "config.toml").write_text('[daemon]\n# café\nsecret_env = ["CLÉ"]\n', encoding="utf-8")
+    assert load_config(home).secret_env == ["CLÉ"]
+
+
+# ---- 3. a policy file that is not UTF-8 ------------------------------------------------------------------------
+
+def test_policy_file_that_is_not_utf8_is_a_policy_error_like_a_syntax_error(tmp_path: Path) -> None:
+    """policy_rules.load_file (what `labd run --policy` and `labd policy check` read files with) raises PolicyError
+    `PATH: not valid TOML: ...` for a non-UTF-8 file, as for a syntax error; before: UnicodeDecodeError."""
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"[[policy\n")
+    with pytest.raises(PolicyError, match=f"^{re.escape(f'{bad}: not valid TOML: Expected')}"):
+        load_file(bad)
+    bad.write_bytes(b'[[policy]]\nname = "x"\n\xff\xfe\n')
+    with pytest.raises(PolicyError) as err:
+        load_file(bad)
+    assert err.value.message == f"{bad}: not valid TOML: not UTF-8 text: byte 0xff on line 3 (TOML files are UTF-8)"
+    bad.write_text('[[policy]]\nname = "é"\neffect = "deny"\nmatch = {action = "code"}\n', encoding="utf-8")
+    assert load_file(bad)[0]["name"] == "é"  # UTF-8 reads as before
+
+
+def test_cli_read_policy_turns_a_non_utf8_file_into_a_cli_error(tmp_path: Path) -> None:
+    """`labd run --policy FILE` checks the file with read_policy: a CliError (one line, exit 2), not a traceback."""
+    from labd.frontends.cli.sessions import read_policy
+
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfe\n")
+    with pytest.raises(CliError, match="not valid TOML: not UTF-8 text: byte 0xff on line 1"):
+        read_policy(str(bad))
+
+
+# ---- 4. sizes beyond any machine -------------------------------------------------------------------------------
+
+def _flags(**given: Any) -> argparse.Namespace:
+    base = {"memory": None, "cpu": None, "cpus": None, "timeout": None, "budget": None, "on_budget": "stop",
+            "max_output": None}
+    return argparse.Namespace(**{**base, **given})
+
+
+@pytest.mark.parametrize("size", ["1e99M", "99999999999999999999999G", "1e300T", "1025T"])
+def test_cli_memory_beyond_any_machine_is_said_before_the_daemon(size: str) -> None:
+    """`--memory` larger than the daemon's 1 PiB ceiling (or too large to compute, 1e300T) is refused by the CLI's
+    limits_from as `beyond any machine`; before: passed on (sizes of 2**64 and more then came back as `has no
+    unit`, 1e300T was an OverflowError traceback)."""
+    from labd.frontends.cli.sessions import limits_from
+
+    with pytest.raises(CliError, match=rf"^bad size '{size}': beyond any machine \(at most 1024T, 1 PiB\)$"):
+        limits_from(_flags(memory=size))
+
+
+def test_cli_memory_up_to_the_ceiling_is_kept() -> None:
+    """1024T (the ceiling itself) and ordinary sizes are bytes, as before; the CLI's ceiling is the daemon's."""
+    from labd.daemon.api.sessions import MAX_LIMIT
+    from labd.frontends.cli.sessions import MAX_MEMORY, limits_from
+
+    assert MAX_LIMIT["memory"] == MAX_MEMORY
+    assert limits_from(_flags(memory="1024T"))["memory"] == 2**50
+    assert limits_from(_flags(memory="512M"))["memory"] == 512 * 2**20
+
+
+@pytest.mark.parametrize("size", ["999999999999999T", "16777216T", "1e300T"])
+def test_cli_max_output_beyond_any_machine(size: str) -> None:
+    """`--max-output` of 16 EiB (2**64 bytes, beyond a JSON integer) or more is `beyond any machine`; before: the
+    daemon answered `add a unit` (or OverflowError for 1e300T). Smaller caps and `none` pass as before."""
+    from labd.frontends.cli.sessions import limits_from, max_output_arg
+
+    with pytest.raises(CliError, match=rf"^--max-output: bad size '{size}': beyond any machine \(under 16 EiB"):
+        limits_from(_flags(max_output=size))
+    assert max_output_arg("16777215T") == 16777215 * 2**40
+    assert max_output_arg("none") == "none" and max_output_arg("10M") == 10 * 2**20
+
+
+def _limits(limits: dict[str, Any]) -> Any:
+    from labd.daemon.api.sessions import _limits
+
+    return _limits({"limits": limits})
+
+
+@pytest.mark.parametrize("memory", [str(2**70), "9" * 5000, "1e300T"])
+def test_daemon_memory_beyond_any_machine(memory: str) -> None:
+    """The daemon's limit check: a string of digits beyond 1 PiB is a number of bytes (how the wire sends an int
+    of 2**64 or more, e.g. Client.start(memory=2**70)), so `beyond any machine`, not `has no unit`; 1e300T too
+    (before: an internal error). Short digit strings still lack their unit; 1024T is still the ceiling."""
+    with pytest.raises(ApiError) as err:
+        _limits({"memory": memory})
+    assert err.value.code == "bad_limits" and "is beyond any machine" in err.value.message, err.value.message
+    with pytest.raises(ApiError, match="has no unit"):
+        _limits({"memory": "512"})
+    assert _limits({"memory": "1024T"}).memory == 2**50
+
+
+@pytest.mark.parametrize("output", [str(2**64), str(10**30), "1e300T"])
+def test_daemon_output_cap_beyond_any_machine(output: str) -> None:
+    """An output cap arriving as digits of 2**64 or more (an int JSON cannot carry), or too large to compute, is
+    `beyond any machine`; before: `add a unit` (or an internal error). 2**64 - 1 as a number is still a cap."""
+    with pytest.raises(ApiError) as err:
+        _limits({"output": output})
+    assert err.value.code == "bad_limits" and "is beyond any machine" in err.value.message, err.value.message
+    assert _limits({"output": 2**64 - 1}).output == 2**64 - 1
+    with pytest.raises(ApiError, match="add a unit"):
+        _limits({"output": "512"})
+
+
+# ---- 5. SDK timeouts -------------------------------------------------------------------------------------------
+
+BAD_TIMEOUTS = [math.nan, -1, -0.5, -math.inf, True, "5"]
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
+def test_client_refuses_a_bad_timeout_before_connecting(timeout: Any) -> None:
+    """Client(timeout=NaN/negative/not a number) is a ValueError before the connection file is read (no daemon
+    runs here: before, it said no_daemon; with a daemon, NaN never timed out and -1 timed out at once)."""
+    with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0"):
+        Client(timeout=timeout)
+    with pytest.raises(LabdError):  # a good timeout: on to the connection file (there is no daemon)
+        Client(timeout=0.5)
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
+@pytest.mark.parametrize("method", ["wait", "follow", "result"])
+def test_wait_follow_result_refuse_a_bad_timeout_before_reading_anything(method: str, timeout: Any) -> None:
+    """wait/follow/result with timeout NaN (it never ran out), negative (it ran out at once: `did not end within
+    -1s`) or not a number raise ValueError at the call, before any request (this client has no connection at all);
+    follow too, though it returns an iterator."""
+    c = Client.__new__(Client)  # not connected: a request would fail with AttributeError
+    with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0"):
+        getattr(c, method)("some-session", timeout=timeout)
+
+
+def test_check_timeout_accepts_seconds_and_reads_infinity_as_no_limit() -> None:
+    """The one check: 0 and positive numbers are seconds; None and math.inf mean no limit (None)."""
+    from labd.ipc.client import check_timeout
+
+    assert check_timeout(0) == 0.0 and check_timeout(2) == 2.0 and check_timeout(0.25) == 0.25
+    assert check_timeout(None) is None and check_timeout(math.inf) is None
