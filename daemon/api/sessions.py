@@ -53,9 +53,11 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def session_name(req: Request) -> str | None:
-    """The ``name`` field of a request that creates a session: 1-200 characters, not only hex digits (such a name
-    would shadow the ids that start with it: ``labd show beef`` must not mean two things)."""
-    name = req.arg("name", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
+    """The ``name`` field of a request that creates a session: 1-200 printable characters (a newline or an escape
+    sequence in a name would forge lines of `labd show` and `ps`, and the process title), not only hex digits (such
+    a name would shadow the ids that start with it: ``labd show beef`` must not mean two things)."""
+    name = req.arg("name", str, None, check=lambda s: 0 < len(s) <= 200 and s.isprintable(),
+                   hint="1-200 printable characters (no newline, tab or control character)")
     if name is not None and set(name) <= _HEX:
         raise ApiError("bad_request", f"session name {name!r} is made of hex digits only, so it would be read as "
                        "the start of a session id; add another character (e.g. run-" + name[:20] + ")")

@@ -152,10 +152,17 @@ def placement_from(args: argparse.Namespace) -> dict[str, Any] | None:
 def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
     limits = limits_from(args)
     c = ctx.client()
-    sid = c.start(args.workflow, name=args.name, params=parse_params(args.param), agents=parse_agents(args.agent),
-                  procs=args.procs, priority=args.priority, tags=parse_tags(args.tag) or None,
-                  network=None if args.network is None else args.network == "on", placement=placement_from(args),
-                  policy=read_policy(args.policy) if args.policy else None, **limits)
+    params, agents = parse_params(args.param), parse_agents(args.agent)
+    policy = read_policy(args.policy) if args.policy else None
+    try:
+        sid = c.start(args.workflow, name=args.name, params=params, agents=agents, procs=args.procs,
+                      priority=args.priority, tags=parse_tags(args.tag) or None,
+                      network=None if args.network is None else args.network == "on", placement=placement_from(args),
+                      policy=policy, **limits)
+    except KeyboardInterrupt:  # the request is with the daemon, which goes on with it: say so, not nothing
+        ctx.out.line("\nlabd run: interrupted before the daemon answered: the session may start all the same. "
+                     "`labd ps` shows it once it does (`labd stop ID` stops it).", "bold yellow", err=True)
+        return 130
     if not args.follow:
         if args.json:
             ctx.out.json({"session": sid})

@@ -220,6 +220,20 @@ def test_a_name_of_hex_digits_only_is_refused(client) -> None:
     assert client.session("run-0d5d")["id"] == sid
 
 
+def test_a_name_with_a_newline_or_control_character_is_refused(client) -> None:
+    """A name is shown on one line of `labd show` and `ps` and in the runner's process title: one with a newline, a
+    tab or an escape character (which could forge lines or recolour a terminal) is refused ``bad_request`` and
+    starts nothing; other Unicode is fine."""
+    for bad in ("a\nb", "tab\there", "red\x1b[31m", "nul\x00", "zero\u200bwidth"):
+        with pytest.raises(LabdError) as exc:
+            client.start("demo.count", params={"n": 1}, name=bad)
+        assert exc.value.code == "bad_request" and "printable" in exc.value.message, bad
+    assert client.sessions() == []
+    sid = client.start("demo.count", params={"n": 1}, name="étude 1 — α")
+    assert client.wait(sid, timeout=30)["status"] == "completed"
+    assert client.session("étude 1 — α")["id"] == sid
+
+
 def test_a_name_finds_its_running_session_behind_many_ended_ones(client) -> None:
     """A long run named `nightly` is found by its name while more than twenty later `nightly` runs have ended
     (only the newest twenty matches were looked at: `labd stop nightly` then meant an ended one; review)."""

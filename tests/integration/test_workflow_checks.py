@@ -137,3 +137,28 @@ def test_a_bad_parameter_is_still_refused_before_any_session_exists(daemon, gate
             c.start("gated:study", params={"n": "many"}, cwd=str(gated))
         assert info.value.code == "bad_params" and "n" in info.value.message
         assert c.sessions(workflow="gated:study") == []
+
+
+def test_ctrl_c_while_the_start_is_checked_says_the_session_may_start(daemon, gated: Path) -> None:
+    """Ctrl-C on `labd run` while the daemon still checks the workflow (its import is slow): the command exits 130
+    and says that the session may start all the same and where to see it (the daemon goes on with the request);
+    before, it exited 130 silently, and the session it then started went unnoticed."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "labd", "--home", str(daemon.home), "run", "gated.py:study"],
+                            cwd=gated, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: _imports(gated) >= 1, timeout=60, what="the check importing the module")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "may start all the same" in err and "labd ps" in err, err
+    assert "Traceback" not in err
+    (gated / "marks" / "gate").touch()
+    with daemon.client() as c:  # it does start: the message was true
+        wait_until(lambda: len(c.sessions()) == 1, timeout=60, what="the session started after all")
+        sid = c.sessions()[0]["id"]
+        c.wait(sid, timeout=60)
