@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from labd.ipc.paths import Layout, layout_for
+from labd.ipc.tomlfile import TomlFileError, read_toml
 
 # The unit parsers are public (the CLI and SDK parse the same strings); re-exported here for old callers.
 from labd.ipc.units import UnitError, parse_duration, parse_output_cap, parse_percent, parse_size
@@ -105,12 +105,8 @@ def config_files(layout: Layout) -> list[Path]:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_bytes().decode())  # TOML is UTF-8 whatever the locale (as tomllib.load)
-    except UnicodeDecodeError as exc:
-        line = exc.object.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(f"cannot read {path}: not UTF-8 text: byte 0x{exc.object[exc.start]:02x} on line {line} "
-                          "(TOML files are UTF-8)") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return read_toml(path)
+    except TomlFileError as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
 
 
@@ -320,7 +316,10 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ConfigError(f"{name} must be a whole number >= 0, not {value!r}")
     if isinstance(cfg.memory_total, str):
-        cfg = replace(cfg, memory_total=parse_size(cfg.memory_total))
+        try:
+            cfg = replace(cfg, memory_total=parse_size(cfg.memory_total))
+        except UnitError as exc:
+            raise ConfigError(f"memory_total: {exc}") from None
     elif cfg.memory_total is not None and (isinstance(cfg.memory_total, bool) or not isinstance(cfg.memory_total, int)
                                            or cfg.memory_total <= 0):
         raise ConfigError(f"memory_total must be a size like 16G, not {cfg.memory_total!r}")

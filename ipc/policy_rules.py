@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from labd.ipc.policy import ACTIONS, CARRIES, EFFECTS, GLOB_KEYS, KEYS, PolicyError, Rule
+from labd.ipc.tomlfile import TomlFileError, read_toml
 
 __all__ = ["MAX_RULES", "load_file", "parse_rule", "parse_rules"]
 
@@ -151,15 +151,10 @@ def load_file(path: str | Path) -> list[dict[str, Any]]:
     :func:`parse_rules` validates the rules."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_bytes().decode())  # TOML is UTF-8 whatever the locale (as tomllib.load)
-    except OSError as exc:
-        raise PolicyError(f"cannot read policy file {p}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        line = exc.object.count(b"\n", 0, exc.start) + 1
-        raise PolicyError(f"{p}: not valid TOML: not UTF-8 text: byte 0x{exc.object[exc.start]:02x} on line {line} "
-                          "(TOML files are UTF-8)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{p}: not valid TOML: {exc}") from None
+        data = read_toml(p)
+    except TomlFileError as exc:
+        raise PolicyError(f"cannot read policy file {p}: {exc}" if exc.unreadable else f"{p}: not valid TOML: {exc}") \
+            from None
     unknown = sorted(set(data) - {"policy"})
     if unknown:
         raise PolicyError(f"{p}: a policy file holds only [[policy]] tables, not {', '.join(unknown)}", None,

@@ -11,13 +11,17 @@ import math
 import os
 import re
 
-__all__ = ["UnitError", "parse_size", "parse_output_cap", "MIN_OUTPUT", "parse_duration",
+__all__ = ["UnitError", "BeyondAny", "parse_size", "parse_output_cap", "MIN_OUTPUT", "parse_duration",
            "parse_percent", "parse_cpus", "max_cpu_percent",
            "format_size", "format_duration"]
 
 
 class UnitError(ValueError):
     """A value that does not parse; the message says what a good one looks like."""
+
+
+class BeyondAny(UnitError):
+    """A size or duration too large to compute at all (``1e300T``): callers that know their ceiling say it."""
 
 
 _SIZE_UNITS = {"B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
@@ -42,7 +46,10 @@ def parse_size(text: str) -> int:
         raise UnitError(f"bad size {text!r}: unknown unit {m.group(2)!r} (use B, K, M, G or T)")
     if not math.isfinite(value) or value <= 0:
         raise UnitError(f"bad size {text!r}: must be positive")
-    return int(value * _SIZE_UNITS[unit])
+    size = value * _SIZE_UNITS[unit]
+    if not math.isfinite(size):  # 1e300T: past what a float holds, let alone a machine
+        raise BeyondAny(f"bad size {text!r}: beyond any machine")
+    return int(size)
 
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -87,8 +94,10 @@ def parse_duration(text: str) -> float:
             pos += 1
     if not parts:
         raise UnitError(f"bad duration {text!r} {hint}")
-    if not math.isfinite(total) or total <= 0:
+    if math.isnan(total) or total <= 0:
         raise UnitError(f"bad duration {text!r}: must be positive")
+    if not math.isfinite(total):  # digits past what a float holds
+        raise BeyondAny(f"bad duration {text!r}: beyond any time span")
     return total
 
 

@@ -15,11 +15,11 @@ and ships roles to the runner in the start spec; the runner builds agents from t
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from labd.ipc.tomlfile import TomlFileError, read_toml
 from labd.runner.workflows import prompts
 
 __all__ = ["BUILTIN", "Role", "RoleError", "load_roles", "parse_role", "pick"]
@@ -101,8 +101,8 @@ def load_roles(config_tables: dict[str, Any], agents_dir: Path | None) -> dict[s
     if agents_dir is not None and agents_dir.is_dir():
         for path in sorted(agents_dir.glob("*.toml")):
             try:
-                data = tomllib.loads(path.read_text())
-            except (OSError, tomllib.TOMLDecodeError) as exc:
+                data = read_toml(path)
+            except TomlFileError as exc:
                 raise RoleError(f"cannot read {path}: {exc}") from None
             roles[path.stem] = parse_role(path.stem, data, str(path), roles, base_dir=path.parent)
     return roles

@@ -12,7 +12,15 @@ from labd.daemon.api.base import ApiError, Request, register
 from labd.daemon.api.roles import agent_roles
 from labd.daemon.limits import Limits
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
-from labd.ipc.units import MIN_OUTPUT, UnitError, parse_duration, parse_output_cap, parse_percent, parse_size
+from labd.ipc.units import (
+    MIN_OUTPUT,
+    BeyondAny,
+    UnitError,
+    parse_duration,
+    parse_output_cap,
+    parse_percent,
+    parse_size,
+)
 from labd.runner.workflows.registry import WorkflowError, canonical
 
 __all__ = ["resolve_ref", "resolve_session", "session_name", "where_from", "live_view", "list_params",
@@ -118,11 +126,20 @@ def output_cap(value: Any) -> int | None:
         if isinstance(value, str) and _digits_over(value, MAX_JSON_INT):
             raise _beyond_output(value)
         return parse_output_cap(value)
-    except OverflowError:  # a size too large to compute (1e300T)
+    except BeyondAny:  # a size too large to compute (1e300T)
         raise _beyond_output(math.inf) from None
     except UnitError as exc:
         raise ApiError("bad_limits", f"output limit: {exc} (a JSON number means bytes)",
                        {"min_bytes": MIN_OUTPUT}) from None
+
+
+def _size(text: str) -> float:
+    """:func:`parse_size`, with ``inf`` for a size too large to compute (``1e300T``), which :func:`_bounded`
+    refuses with the ceiling in its message."""
+    try:
+        return parse_size(text)
+    except BeyondAny:
+        return math.inf
 
 
 def _beyond_output(value: Any) -> ApiError:
@@ -135,15 +152,6 @@ def _digits_over(text: str, most: float) -> bool:
     of 2**64 or more arrives), so not a size that lacks its unit. Never converts thousands of digits."""
     digits, top = text.strip().lstrip("0"), int(most)
     return digits.isascii() and digits.isdigit() and (len(digits) > len(str(top)) or int(digits) > top)
-
-
-def _size(text: str) -> float:
-    """:func:`parse_size`, with ``inf`` for a size too large to compute (``1e300T``), which :func:`_bounded`
-    refuses as beyond any machine (not an internal error)."""
-    try:
-        return parse_size(text)
-    except OverflowError:
-        return math.inf
 
 
 def _shown(value: Any) -> str:

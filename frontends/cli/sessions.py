@@ -10,6 +10,7 @@ from labd.frontends.cli.base import CliError, Ctx, add_json, command
 from labd.frontends.cli.interrupt import ctrl_c
 from labd.ipc.client import LabdError
 from labd.ipc.units import (
+    BeyondAny,
     UnitError,
     parse_cpus,
     parse_duration,
@@ -45,7 +46,7 @@ def bounded_size(text: str, most: int, limit: str) -> int:
     (``1e300T``), is refused here as ``beyond any machine (limit)``, before the daemon is asked."""
     try:
         size = parse_size(text)
-    except OverflowError:  # the number times its unit overflows a float
+    except BeyondAny:  # too large to compute (1e300T): said with the ceiling, like any size above it
         size = most + 1
     if size > most:
         raise UnitError(f"bad size {text!r}: beyond any machine ({limit})")

@@ -1,0 +1,38 @@
+"""Reading a TOML file a user wrote (``config.toml``, a ``--policy`` file, ``<home>/agents/*.toml``): one reader, so
+each says what is wrong with the file in one line instead of a traceback."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TomlFileError", "read_toml"]
+
+
+class TomlFileError(ValueError):
+    """The file cannot be read as TOML; the message says why (``cannot read`` it, or what is not valid in it)."""
+
+    def __init__(self, message: str, unreadable: bool = False) -> None:
+        super().__init__(message)
+        self.unreadable = unreadable  # the file could not be read at all (OSError), as opposed to not valid TOML
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The file's table. TOML is UTF-8 whatever the locale (as :func:`tomllib.load` reads it). Raises
+    :class:`TomlFileError`: the OS error's reason, the first byte that is not UTF-8 (and its line), the parser's
+    message, or that the file nests too deeply (tomllib recurses: a file of 2000 ``[`` exhausts the stack)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TomlFileError(exc.strerror or str(exc), unreadable=True) from None
+    try:
+        return tomllib.loads(raw.decode())
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise TomlFileError(f"not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {line} (TOML files are UTF-8)") \
+            from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TomlFileError(str(exc)) from None
+    except RecursionError:
+        raise TomlFileError("arrays or tables nested too deeply") from None
