@@ -153,8 +153,10 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
                                         f"{rule!r}, which requires a human: answer it with `labd approve` / "
                                         f"`labd reject`, `labd top` or `labd ui` (or start `labd mcp "
                                         f"--allow-policy-approvals`)")
+            # the check above names the rule; this one is what holds: the daemon refuses a policy approval on the
+            # very approval it answers, so one asked for after the check cannot be answered here either
             return c.resolve(session, decision, feedback=feedback, hypothesis=hypothesis, approval_id=approval_id,
-                             by="mcp")
+                             by="mcp", refuse_kinds=None if allow_policy_approvals else ["policy"])
         return await call(answer)
 
     @server.tool(annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=True))

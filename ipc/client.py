@@ -344,10 +344,14 @@ class Client:
         return self.request("approvals.list", **body)["approvals"]  # type: ignore[no-any-return]
 
     def resolve(self, session: str, decision: str, *, feedback: str | None = None, hypothesis: str | None = None,
-                approval_id: str | None = None, by: str | None = None) -> dict[str, Any]:
-        """Answer a session's pending approval: approve, reject, modify (with feedback) or redo (hypothesis)."""
+                approval_id: str | None = None, by: str | None = None,
+                refuse_kinds: list[str] | None = None) -> dict[str, Any]:
+        """Answer a session's pending approval: approve, reject, modify (with feedback) or redo (hypothesis).
+        ``refuse_kinds``: the daemon refuses (``human_required``) if the approval answered is of one of these kinds
+        (checked on the approval it answers, so nothing can slip in between)."""
         body: dict[str, Any] = {"session": session, "decision": decision}
-        for k, v in {"feedback": feedback, "hypothesis": hypothesis, "approval_id": approval_id, "by": by}.items():
+        for k, v in {"feedback": feedback, "hypothesis": hypothesis, "approval_id": approval_id, "by": by,
+                     "refuse_kinds": refuse_kinds}.items():
             if v is not None:
                 body[k] = v
         return self.request("approval.resolve", **body)  # type: ignore[no-any-return]

@@ -35,15 +35,24 @@ class ResolveApproval(Request):
         hypothesis = self.arg("hypothesis", str, None, check=lambda s: len(s) <= 20_000, hint="text")
         by = self.arg("by", str, "client", check=lambda s: 0 < len(s) <= 100, hint="a name up to 100 chars")
         aid = self.arg("approval_id", str, None, check=lambda s: 0 < len(s) <= 40, hint="an approval id")
+        refuse = self.arg("refuse_kinds", list, None, check=lambda k: len(k) <= 20 and all(
+            isinstance(x, str) and len(x) <= 40 for x in k), hint="a list of up to 20 approval kinds")
         row = resolve_session(self)
+        pending = self.daemon.store.approvals(session_id=row["id"], status="pending") \
+            if aid is None or refuse else []
         if aid is None:
-            pending = self.daemon.store.approvals(session_id=row["id"], status="pending")
             if not pending:
                 raise ApiError("not_pending", f"session {row['id']} has no pending approval")
             if len(pending) > 1:
                 raise ApiError("ambiguous", f"session {row['id']} has {len(pending)} pending approvals; "
                                "name one with approval_id", {"approvals": [p["id"] for p in pending]})
             aid = pending[0]["id"]
+        # Checked here, on the approval this request answers (not by the client beforehand, when another request
+        # may come in between): `labd mcp` refuses "policy" approvals, which a rule requires of a human.
+        kind = next((p.get("kind") for p in pending if p["id"] == aid), None)
+        if refuse and kind in refuse:
+            raise ApiError("human_required", f"approval {aid} is a {kind!r} approval, which this client may not "
+                           "answer: a human must (labd approve / reject, labd top, labd ui)", {"approval_id": aid})
         if decision == "redo" and not (hypothesis or feedback):
             raise ApiError("bad_request", "a redo needs a hypothesis (or feedback) to try")
         payload: dict[str, Any] = {"approval_id": aid, "decision": decision, "by": by, "via": "client"}

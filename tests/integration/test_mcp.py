@@ -18,6 +18,7 @@ from mcp import Client as McpClient
 from mcp.client.stdio import StdioServerParameters
 
 from labd.frontends.mcp import build_server
+from labd.ipc import LabdError
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -138,7 +139,11 @@ def test_an_approval_a_policy_requires_of_a_human_is_refused_through_mcp(daemon)
     assert refused.is_error and "[human_required]" in refused.content[0].text
     assert "code-needs-human" in refused.content[0].text
     _data(_call(relaxed, "answer_approval", session=second, decision="approve"))
-    with daemon.client() as lc:
+    with daemon.client() as lc:  # what holds is the daemon's check, made on the approval it answers
+        for aid in (None, lc.approvals(session=first)[0]["id"]):
+            with pytest.raises(LabdError) as err:
+                lc.resolve(first, "approve", approval_id=aid, by="mcp", refuse_kinds=["policy"])
+            assert err.value.code == "human_required"
         assert [a["status"] for a in lc.approvals(session=first, status="all")] == ["pending"]
         assert not list(lc.history(first, kinds=["code.execution"]))
         lc.approve(first)  # a human's answer
@@ -155,6 +160,26 @@ def test_an_approval_a_policy_requires_of_a_human_is_refused_through_mcp(daemon)
     assert ann["get_session"].read_only_hint and ann["read_output"].read_only_hint
     assert ann["answer_approval"].destructive_hint and ann["stop_session"].destructive_hint
     assert not ann["answer_approval"].read_only_hint
+
+
+def test_answering_before_the_policy_approval_exists_cannot_answer_it(daemon) -> None:
+    """An MCP client that calls answer_approval again and again from the session's start (an exploratory test's
+    attack): each call finds no approval (``not_pending``) or is refused ``human_required``, never answers the policy
+    approval that appears meanwhile. Before, the tool checked the pending approvals and then answered "the pending
+    one" in a second request, and a policy approval asked for in between was answered in 5 of 9 runs."""
+    rule = [{"name": "code-needs-human", "action": "code", "agent": "engineer", "effect": "require_approval"}]
+    strict = build_server(daemon.home)
+    with daemon.client() as lc:
+        sid = lc.start("one_shot", params={"task": "Step 1 of 1: sum squares"}, policy=rule)
+        answers: list[str] = []
+        while not answers or "[not_pending]" in answers[-1]:  # until the approval exists and is answered
+            result = _call(strict, "answer_approval", session=sid, decision="approve")
+            answers.append(result.content[0].text if result.is_error else "ACCEPTED")
+            assert len(answers) < 5000, "the approval never came"
+        assert "[human_required]" in answers[-1], answers[-1]
+        assert [a["status"] for a in lc.approvals(session=sid, status="all")] == ["pending"]
+        lc.stop(sid)
+        lc.wait(sid, timeout=60)
 
 
 def test_files_are_resources_and_traversal_is_refused(daemon) -> None:
