@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import anyio
 from mcp.server.mcpserver import MCPServer
@@ -176,12 +177,15 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
 
     @server.resource("labd://sessions/{session}/files", mime_type="application/json")
     async def session_files(session: str) -> str:
-        """The files a session wrote: path, size, sha256, the step and agent that wrote them."""
+        """The files a session wrote: path, size, sha256, the step and agent that wrote them, and the ``uri`` to read
+        each by (its path percent-encoded: a resource URI's path is decoded when it is read, so ``q?.txt`` or
+        ``x%41.txt`` written as they are would name another file, or none)."""
         try:
             files = await call(lambda c: c.files(session))
         except ToolError as exc:
             raise ResourceError(str(exc)) from None
         return json.dumps([{k: f.get(k) for k in ("path", "size", "sha256", "kind", "step", "agent", "change")}
+                           | {"uri": f"labd://sessions/{quote(session, safe='')}/file/{quote(f['path'], safe='/')}"}
                            for f in files])
 
     @server.resource("labd://sessions/{session}/file/{+path}")

@@ -213,6 +213,31 @@ def test_files_are_resources_and_traversal_is_refused(daemon) -> None:
     assert all(e is not None for e in errors)
 
 
+def test_every_listed_file_is_read_by_its_uri_whatever_its_name(daemon, tmp_path) -> None:
+    """File names with ``%``, ``?``, ``#``, spaces or non-ASCII: each file of the listing is read, by the ``uri`` the
+    listing gives, as itself. Before, the listing had no URIs and a path written into one was decoded on reading:
+    ``x%41.txt`` read the file ``xA.txt``, and ``q?.txt`` was an unknown resource."""
+    names = ["x%41.txt", "xA.txt", "q?.txt", "h#1.txt", "a b/é ü.txt", "100%.txt"]
+    flows = tmp_path / "oddnames.py"
+    flows.write_text("import os\n\ndef write(ctx):\n"
+                     f"    for name in {names!r}:\n"
+                     "        os.makedirs(os.path.dirname(name) or '.', exist_ok=True)\n"
+                     "        with open(name, 'w') as f:\n"
+                     "            f.write('I am ' + name)\n")
+    server = build_server(daemon.home)
+    with daemon.client() as lc:
+        sid = lc.start(f"{flows}:write")
+        assert lc.wait(sid, timeout=60)["status"] == "completed"
+
+    async def go() -> dict[str, str]:
+        async with McpClient(server) as c:
+            listing = json.loads((await c.read_resource(f"labd://sessions/{sid}/files")).contents[0].text)
+            return {f["path"]: (await c.read_resource(f["uri"])).contents[0].text for f in listing}
+
+    read = anyio.run(go)
+    assert {name: read.get(name) for name in names} == {name: f"I am {name}" for name in names}
+
+
 def test_real_stdio_round_trip(daemon) -> None:
     """`python -m labd mcp` over real stdio: the SDK's client starts it, calls a tool, and stdout carries
     only protocol frames (the call would fail to parse otherwise)."""
