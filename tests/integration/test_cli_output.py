@@ -8,6 +8,7 @@ import re
 import textwrap
 from pathlib import Path
 
+from tests.conftest import wait_until
 from tests.integration.cli_support import labd, labd_tty
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -112,16 +113,21 @@ def test_dag_is_a_tree_by_default_and_exports_escape_names(daemon, tmp_path: Pat
     assert r'label="inner\\path\nline2 · completed"' in dot
 
 
-def test_a_line_break_in_a_value_keeps_its_table_row_on_one_line(daemon) -> None:
-    """A value with line breaks (a session name here; an approval's prompt alike) is shown on its row's one
-    line, in a pipe and on a terminal: it used to break the row in two and push the rest under the ID column."""
+def test_a_line_break_in_a_value_keeps_its_table_row_on_one_line(daemon, tmp_path: Path) -> None:
+    """A value with line breaks (an approval's prompt here; a session name recorded before names had to be
+    printable alike) is shown on its row's one line, in a pipe and on a terminal: it used to break the row in two
+    and push the rest under the ID column."""
+    flows = tmp_path / "asks.py"
+    flows.write_text("def ask(ctx):\n    return ctx.approval('choose', 'first\\nsecond\\tthird', options=['a', 'b'])\n")
     with daemon.client() as c:
-        sid = c.start("demo.count", name="first\nsecond\tthird", params={"n": 1, "delay": 0})
-        c.wait(sid, timeout=60)
-    for out in (labd("ps", "-a").stdout, ANSI.sub("", labd_tty("ps", "-a"))):
-        (row,) = [line for line in out.splitlines() if sid in line]
-        assert "first second third" in row and "completed" in row, out
-        assert not any(line.strip().startswith("second") for line in out.splitlines()), out
+        sid = c.start(f"{flows}:ask", params={})
+        wait_until(lambda: c.approvals(session=sid), timeout=60, what="the approval asked for")
+        for out in (labd("approvals").stdout, ANSI.sub("", labd_tty("approvals"))):
+            (row,) = [line for line in out.splitlines() if sid in line]
+            assert "first second third" in row and "choose" in row, out
+            assert not any(line.strip().startswith("second") for line in out.splitlines()), out
+        c.resolve(sid, "a")
+        assert c.wait(sid, timeout=60)["status"] == "completed"
 
 
 def test_a_reader_that_goes_away_is_a_quiet_exit(tmp_path: Path) -> None:

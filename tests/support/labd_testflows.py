@@ -468,3 +468,16 @@ def fragmented_lines(ctx, long_kib: int = 0, unterminated: bool = False) -> None
             sys.stdout.write("x" * (long_kib * 1024 - 1) + "\n")
             sys.stdout.flush()
     print("last line", end="" if unterminated else "\n", flush=True)
+
+
+def awkward_names(ctx) -> int:
+    """Write, inside a step, files whose names a URL must escape: ``report#draft`` next to ``report``, ``q?.txt``,
+    ``100%.txt`` and ``sub dir/a&b#1.txt``; each file holds its own name."""
+    from pathlib import Path
+
+    names = ["report", "report#draft", "q?.txt", "100%.txt", "sub dir/a&b#1.txt"]
+    with ctx.step("write"):
+        Path("sub dir").mkdir(exist_ok=True)
+        for name in names:
+            Path(name).write_text(f"this is {name}\n")
+    return len(names)

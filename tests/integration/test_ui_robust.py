@@ -1,0 +1,363 @@
+"""`labd ui` where it used to break: files whose names a URL must escape, node details late in a long session, a
+port out of range, a stream whose client went away mid-replay, a stop while the daemon is stuck, and the small
+print of the API (status codes, body errors, the stream's errors in the page). Real daemon, real `labd ui`
+process; plain HTTP, and headless Chromium only where the fault was in the page's JavaScript."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import wait_until
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+no_browser = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)")
+
+
+class Ui:
+    """A running `labd ui`: its base URL, token and process; its stderr is kept in a file."""
+
+    def __init__(self, home: Path, stderr: Path) -> None:
+        self.stderr_path = stderr
+        self._err = open(stderr, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "labd", "--home", str(home), "ui"],
+                                     stdout=subprocess.PIPE, stderr=self._err, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        m = re.search(r"(http://127\.0\.0\.1:(\d+))/#token=(\S+)", line)
+        assert m, f"no URL printed: {line!r} {self.stderr()}"
+        self.url, self.base, self.port, self.token = m.group(0), m.group(1), int(m.group(2)), m.group(3)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def request(self, path: str, data: bytes | None = None, timeout: float = 30) -> tuple[int, bytes]:
+        """(status, body) of a request with the token (a POST with ``data``)."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.base + path, headers=headers, data=data)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return int(r.status), r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+        self._err.close()
+
+
+@pytest.fixture
+def ui(daemon, tmp_path: Path) -> Iterator[Ui]:
+    u = Ui(daemon.home, tmp_path / "ui-stderr.log")
+    try:
+        yield u
+    finally:
+        u.stop()
+
+
+@pytest.fixture
+def page(ui: Ui) -> Iterator[Any]:
+    """A logged-in Chromium page on the dashboard (the token kept in the origin's localStorage)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            ctx = b.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+            pg = ctx.new_page()
+            pg.set_default_timeout(30_000)
+            pg.goto(ui.url)
+            pg.wait_for_function("localStorage.getItem('labd_ui_token') !== null")
+            yield pg
+            ctx.close()
+        finally:
+            b.close()
+
+
+def _wait_completed(daemon: Any, sid: str, timeout: float = 120) -> dict[str, Any]:
+    with daemon.client() as c:
+        row = c.wait(sid, timeout=timeout)
+    assert row["status"] == "completed", row
+    return row
+
+
+# ---- 1. file names a URL must escape --------------------------------------------------------------------------
+
+AWKWARD = ["report", "report#draft", "q?.txt", "100%.txt", "sub dir/a&b#1.txt"]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.browser
+@no_browser
+def test_file_links_and_previews_fetch_the_named_file_whatever_its_characters(daemon, ui: Ui, page: Any) -> None:
+    """A file's download link and preview fetch that very file when its name holds ``#``, ``?``, ``%``, ``&`` or
+    a space, in a subdirectory too. With encodeURI, ``q?.txt`` asked for ``q`` (404) and ``report#draft``
+    silently downloaded ``report``: each path segment is now encoded whole, the ``/`` between them kept."""
+    with daemon.client() as c:
+        sid = c.start("labd_testflows:awkward_names")
+    _wait_completed(daemon, sid)
+    page.goto(f"{ui.base}/#/s/{sid}")
+    page.click("#tab-files")
+    for name in AWKWARD:
+        row = page.locator("#files tbody tr").filter(has=page.get_by_text(name, exact=True))
+        with page.expect_download() as dl:
+            row.locator("a").click()
+        assert Path(dl.value.path()).read_text() == f"this is {name}\n", name
+        row.locator("button").click()  # the preview, fetched the same way
+        page.wait_for_function("([name]) => document.querySelector('#file-preview').textContent === "
+                               "`${name}\\n\\nthis is ${name}\\n`", arg=[name])
+
+
+# ---- 2. node details late in a long session ---------------------------------------------------------------------
+
+@pytest.mark.timeout(240)
+def test_node_events_are_found_after_the_first_page_of_the_session(daemon, ui: Ui) -> None:
+    """``/api/sessions/{id}/events?node=N`` asks the daemon for N's events (N and the nodes nested in it), so a
+    step late in a long session has its events. Before, the server read the session's first 5000 events and
+    filtered those: every node after them had an empty detail."""
+    with daemon.client() as c:
+        sid = c.start("demo.count", params={"n": 1500, "delay": 0})
+        row = c.wait(sid, timeout=200)
+        assert row["status"] == "completed", row
+        assert row["last_seq"] > 5000  # else the test would not reach past the first page
+        nodes = {n["name"]: n["node_id"] for n in c.dag(sid)["dag"]["nodes"]}
+    for name in ("count 1500", "count 1"):
+        status, raw = ui.request(f"/api/sessions/{sid}/events?node={urllib.parse.quote(nodes[name])}")
+        assert status == 200, raw
+        got = json.loads(raw)
+        assert got["events"], f"no events for node {name!r}"
+        assert {e["node_id"] for e in got["events"]} == {nodes[name]}
+        assert any(e["kind"] == "output" and e["payload"]["text"] == f"{name}/1500\n" for e in got["events"])
+        assert got["more"] is False  # a page of the node's events: all of them
+
+
+# ---- 3. a port out of range -------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("port", ["70000", "-1", "65536"])
+def test_a_port_out_of_range_is_a_usage_error_not_a_traceback(isolated_env: Path, port: str) -> None:
+    """``labd ui --port 70000`` (or -1) is the option's usage error, exit 2, naming the range: it was bind()'s
+    OverflowError traceback, exit 1."""
+    r = subprocess.run([sys.executable, "-m", "labd", "--home", str(isolated_env), "ui", "--port", port],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert re.search(r"argument --port: .*0-65535", r.stderr), r.stderr
+
+
+@pytest.mark.timeout(60)
+def test_run_with_a_port_out_of_range_says_so_in_one_line(isolated_env: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """:func:`labd.frontends.ui.run` itself (for callers other than the CLI) turns bind()'s OverflowError into
+    the one-line ``labd: cannot listen`` error and 2, as it does for a port in use."""
+    from labd.frontends.ui.server import run
+
+    assert run(str(isolated_env), port=70000) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("labd: cannot listen on 127.0.0.1:70000") and err.count("\n") == 1, err
+
+
+# ---- 4. a stream closed while it replays a long history ---------------------------------------------------------
+
+def _server_socket_inode(ui_port: int, client_port: int) -> str | None:
+    """The inode of the dashboard's end of our connection (from /proc/net/tcp), or None."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[1].endswith(f":{ui_port:04X}") and f[2].endswith(f":{client_port:04X}"):
+            return f[9]
+    return None
+
+
+def _holds_socket(pid: int, inode: str) -> bool:
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+@pytest.mark.timeout(240)
+def test_a_stream_closed_mid_replay_stops_at_once_without_a_flood(daemon, ui: Ui) -> None:
+    """A tab closed while its stream replays a long history: the stream notices within a chunk, stops formatting
+    events for the dead connection, and `labd ui`'s stderr gets no flood of "socket.send() raised exception."
+    (one line per event of the page, ~2000, before); the server goes on serving."""
+    with daemon.client() as c:
+        sid = c.start("demo.events", params={"n": 6000})
+    _wait_completed(daemon, sid)
+    for _attempt in range(3):  # the client goes while the server writes: do it a few times
+        s = socket.create_connection(("127.0.0.1", ui.port), timeout=30)
+        s.sendall(f"GET /api/sessions/{sid}/stream HTTP/1.1\r\nHost: 127.0.0.1:{ui.port}\r\n"
+                  f"Authorization: Bearer {ui.token}\r\n\r\n".encode())
+        got = b""
+        while b"data:" not in got or len(got) < 400:
+            chunk = s.recv(400)
+            assert chunk, got
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 200"), got
+        inode = wait_until(lambda s=s: _server_socket_inode(ui.port, s.getsockname()[1]), timeout=10,
+                           what="the connection in /proc/net/tcp")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # as a closed tab: a reset
+        s.close()
+        wait_until(lambda inode=inode: not _holds_socket(ui.proc.pid, inode), timeout=60,
+                   what="the dashboard closed its end of the connection")
+    flood = [line for line in ui.stderr().splitlines() if "socket.send" in line]
+    assert len(flood) < 10, f"{len(flood)} lines, e.g. {flood[:3]}"
+    status, raw = ui.request("/api/status")
+    assert status == 200, raw
+    status, raw = ui.request(f"/api/sessions/{sid}/events?since=5990")
+    assert status == 200 and json.loads(raw)["events"], raw
+
+
+# ---- 5. a stop while the daemon is stuck ------------------------------------------------------------------------
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.mark.timeout(120)
+def test_stop_with_the_daemon_stuck_is_prompt_and_quiet(daemon, ui: Ui) -> None:
+    """SIGTERM while requests wait on a daemon that does not answer (SIGSTOPped): `labd ui` exits within its
+    grace period, with no traceback; a request cut off by the stop gets a JSON 503. Before, uvicorn cancelled
+    them after the grace period with a CancelledError traceback and a plain-text 500 each, then the process
+    waited for the blocked worker threads (~14 s in all)."""
+    from labd.frontends.ui.server import SHUTDOWN_GRACE_S
+
+    with daemon.client() as c:
+        sid = c.start("demo.sleep", params={"seconds": 600})
+        wait_until(lambda: c.session(sid)["status"] == "running", timeout=60, what="the session running")
+    replies: dict[str, tuple[int, bytes] | BaseException] = {}
+
+    def ask(key: str, path: str) -> None:
+        try:
+            replies[key] = ui.request(path, timeout=60)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertions below
+            replies[key] = exc
+
+    assert daemon.proc is not None
+    os.kill(daemon.proc.pid, signal.SIGSTOP)
+    try:
+        asking = []
+        for key, path in (("status", "/api/status"), ("sessions", "/api/sessions"),
+                          ("stream", f"/api/sessions/{sid}/stream")):
+            before = _threads(ui.proc.pid)
+            t = threading.Thread(target=ask, args=(key, path), daemon=True)
+            t.start()
+            asking.append(t)
+            # a request waiting on the daemon holds a thread of the dashboard (the daemon never answers)
+            wait_until(lambda before=before: _threads(ui.proc.pid) > before, timeout=30,
+                       what=f"the {key} request waiting on the daemon")
+        assert not replies, replies  # all three still waiting
+        started = time.monotonic()
+        ui.proc.send_signal(signal.SIGTERM)
+        ui.proc.wait(60)
+        took = time.monotonic() - started
+        for t in asking:
+            t.join(30)
+    finally:
+        os.kill(daemon.proc.pid, signal.SIGCONT)
+    assert ui.proc.returncode == 128 + signal.SIGTERM
+    err = ui.stderr()
+    assert "Traceback" not in err and "Exception in ASGI application" not in err, err
+    assert took < SHUTDOWN_GRACE_S + 2, f"took {took:.1f}s to stop"
+    for key, reply in replies.items():
+        assert isinstance(reply, tuple), f"{key}: {reply!r}"
+        status, raw = reply
+        assert status == 503, (key, raw)
+        assert json.loads(raw)["error"]["code"] == "stopping", (key, raw)
+    assert set(replies) == {"status", "sessions", "stream"}
+    with daemon.client() as c:
+        c.stop(sid)
+
+
+# ---- 6. the API's small print -----------------------------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_download_errors_get_the_status_of_the_json_api(daemon, ui: Ui) -> None:
+    """A file download maps daemon errors as the JSON API does: an unknown session or file is a 404, but no daemon
+    is a 503 (it was a 404 for every error, as if the file did not exist)."""
+    with daemon.client() as c:
+        sid = c.start("labd_testflows:writes_files")
+    _wait_completed(daemon, sid)
+    status, raw = ui.request(f"/api/sessions/{sid}/files/report.md")
+    assert (status, raw) == (200, b"# Report\n\nall good\n")
+    assert ui.request(f"/api/sessions/{sid}/files/nope.md")[0] == 404
+    assert ui.request("/api/sessions/000000000000/files/report.md")[0] == 404
+    daemon.stop()
+    status, raw = ui.request(f"/api/sessions/{sid}/files/report.md")
+    assert status == 503, raw
+    assert json.loads(raw)["error"]["code"] == "no_daemon"
+    assert ui.request(f"/api/sessions/{sid}")[0] == 503  # as the JSON API says
+
+
+@pytest.mark.timeout(120)
+def test_a_body_without_a_required_field_or_with_a_wrong_type_says_which(daemon, ui: Ui) -> None:
+    """A start or resolve body missing a required field says ``missing field 'workflow'`` (it was the bare
+    KeyError text ``'workflow'``); a field that is not a string says it must be one (``"workflow": null`` was
+    ``unknown workflow 'None'``). Both are 400 bad_request; a good body still starts a session."""
+    def post(path: str, body: Any) -> tuple[int, dict[str, Any]]:
+        status, raw = ui.request(path, json.dumps(body).encode())
+        return status, json.loads(raw)
+
+    for path, body, message in [
+        ("/api/sessions", {}, "missing field 'workflow'"),
+        ("/api/sessions", {"name": "x"}, "missing field 'workflow'"),
+        ("/api/sessions", {"workflow": None}, "field 'workflow' must be a string, not null"),
+        ("/api/sessions", {"workflow": 3}, "field 'workflow' must be a string, not 3"),
+        ("/api/approvals/resolve", {"decision": "approve"}, "missing field 'session'"),
+        ("/api/approvals/resolve", {"session": "abc"}, "missing field 'decision'"),
+        ("/api/approvals/resolve", {"session": None, "decision": "approve"},
+         "field 'session' must be a string, not null"),
+    ]:
+        status, got = post(path, body)
+        assert status == 400, (body, got)
+        assert got["error"] == {"code": "bad_request", "message": message}, body
+    status, got = post("/api/sessions", {"workflow": "demo.count", "params": {"n": 1, "delay": 0}})
+    assert status == 200, got
+    _wait_completed(daemon, got["session"])
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.browser
+@no_browser
+def test_a_session_page_shows_while_its_stream_cannot_read_the_daemon(daemon, ui: Ui, page: Any) -> None:
+    """The stream's ``event: error`` (the daemon gone) shows a notice on the session page, which was silent; the
+    notice goes once the daemon answers again."""
+    with daemon.client() as c:
+        sid = c.start("demo.sleep", params={"seconds": 600})
+    page.goto(f"{ui.base}/#/s/{sid}")
+    page.wait_for_function("document.querySelector('#output') && "
+                           "document.querySelector('#output').textContent.includes('sleeping')")
+    assert page.locator("#stream-error").is_hidden()
+    daemon.stop()
+    page.wait_for_selector("#stream-error:not([hidden])")
+    assert "no_daemon" in page.inner_text("#stream-error")
+    daemon.start()
+    page.wait_for_selector("#stream-error[hidden]", state="attached")
+    with daemon.client() as c:
+        if c.session(sid)["status"] not in ("completed", "failed", "cancelled", "lost"):
+            c.stop(sid)
