@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
 
-from labd.ipc.client import Client, LabdError
+from labd.ipc.client import Client, LabdError, check_timeout
 
 __all__ = ["wait_for_daemon"]
 
@@ -19,7 +20,8 @@ def wait_for_daemon(home: str | os.PathLike[str] | None = None, timeout: float =
     raises :class:`LabdError` ``timeout`` after ``timeout`` seconds, and any other error (e.g.
     ``unsafe_runtime_dir``) at once, since waiting cannot fix it.
     """
-    deadline = time.monotonic() + timeout
+    limit = check_timeout(timeout)  # NaN would never run out: a ValueError, as for every timeout of the SDK
+    deadline = time.monotonic() + (math.inf if limit is None else limit)
     while True:
         left = deadline - time.monotonic()
         try:

@@ -209,6 +209,16 @@ def test_client_refuses_a_bad_timeout_before_connecting(timeout: Any) -> None:
 
 
 @pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
+def test_wait_for_daemon_refuses_a_bad_timeout(timeout: Any, tmp_path: Path) -> None:
+    """labd.ipc.ready.wait_for_daemon (what `labd wait` and `serve --detach` use) with a NaN timeout waited for ever
+    for a daemon that never comes; every bad timeout is the SDK's ValueError, before any waiting."""
+    from labd.ipc.ready import wait_for_daemon
+
+    with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0"):
+        wait_for_daemon(tmp_path / "nohome", timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
 @pytest.mark.parametrize("method", ["wait", "follow", "result"])
 def test_wait_follow_result_refuse_a_bad_timeout_before_reading_anything(method: str, timeout: Any) -> None:
     """wait/follow/result with timeout NaN (it never ran out), negative (it ran out at once: `did not end within
