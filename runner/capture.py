@@ -306,6 +306,8 @@ class OutputCapture:
                 if len(st.pending) >= CHUNK:
                     pending, st.pending = st.pending, ""
                     out(st, pending)
+                # before busy clears: sync() reads "not busy, nothing kept" as "nothing to ask for"
+                self._unsent[st.index] = 1 if st.pending or st.held else 0
                 self._busy[st.index] = 0
             if asked is not None:  # a step is ending: what this stream keeps back belongs to it
                 for st in streams.values():
