@@ -34,10 +34,17 @@ def cmd_mcp(args: argparse.Namespace, ctx: Ctx) -> int:
     return mcp.run(ctx.home, allow_policy_approvals=args.allow_policy_approvals)
 
 
+def _port(text: str) -> int:
+    """``ui --port``: 0-65535 (0: a free one), said in the option's terms rather than as bind()'s traceback."""
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0-65535, not {text!r}")
+    return int(text)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     command(sub, "top", cmd_top, "live dashboard: sessions, output, DAG, approvals (q quits, ? for keys)")
     s = command(sub, "ui", cmd_ui, "the web dashboard on 127.0.0.1 (prints its URL with a token)")
-    s.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    s.add_argument("--port", type=_port, default=0, help="port to listen on (default: a free one)")
     s.add_argument("--open", action="store_true", help="open it in the browser")
     s = command(sub, "mcp", cmd_mcp, "serve MCP over stdio (for Claude Desktop, Cursor, VS Code ...)")
     s.add_argument("--allow-policy-approvals", action="store_true",

@@ -13,7 +13,12 @@ server speaks to the daemon, the page to it.
 Live updates: ``/api/sessions/{id}/stream?since=N`` is a Server-Sent Events stream of the session's events read
 from the store by seq (resumable: the browser's ``Last-Event-ID`` is the last seq it saw), so a page never
 misses an event whatever the live tail dropped. A stream ends when the session does (``event: end``) or when
-the server stops (no ``end``: the page resumes from its last seq once a dashboard serves again).
+the server stops (no ``end``: the page resumes from its last seq once a dashboard serves again). While the daemon
+cannot be read it sends ``event: error`` every two seconds, then ``event: resumed`` once it answers again.
+
+Stopping: each request to the daemon runs in a daemon thread of its own, and a request still waiting for a stuck
+daemon when the server stops answers 503 at once (its thread, left to its client's timeout, keeps neither the
+loop nor the process): `labd ui` exits promptly, with no traceback, whatever the daemon does.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from labd.frontends.ui.calls import DAEMON_THREADS, Stopping, http_status, in_thread
 from labd.ipc.client import Client, LabdError, still_ended
 from labd.ipc.safe_files import open_beneath
 
@@ -59,6 +65,19 @@ MAX_DOWNLOAD = 64 * 1024 * 1024
 OPEN_FILE_S = 120.0
 #: On stop, requests still running after this many seconds are cancelled (a live stream ends within one poll).
 SHUTDOWN_GRACE_S = 5
+#: A stream sends its events in chunks of about this many bytes, and between two it lets the loop run (and stops
+#: if the client has gone): a page of 2000 events is never written, all at once, to a connection already closed.
+STREAM_CHUNK = 32 * 1024
+
+
+def _field(body: dict[str, Any], key: str) -> str:
+    """A required string field of a request body (a ValueError, i.e. a 400 saying which, otherwise)."""
+    if key not in body:
+        raise ValueError(f"missing field {key!r}")
+    value = body[key]
+    if not isinstance(value, str):
+        raise ValueError(f"field {key!r} must be a string, not {json.dumps(value)}")
+    return value
 
 
 def build_app(home: str | None, token: str, port_ref: list[int],
@@ -66,11 +85,22 @@ def build_app(home: str | None, token: str, port_ref: list[int],
     """The ASGI app for the daemon of ``home``; ``port_ref[0]`` is the port we serve (known after binding).
     Live streams end once ``stopping()`` is true: the server waits for open responses before it exits."""
 
+    slots = asyncio.Semaphore(DAEMON_THREADS)
+
     async def daemon(fn: Callable[[Client], T]) -> T:
         def run_sync() -> T:
             with Client(home) as c:
                 return fn(c)
-        return await anyio.to_thread.run_sync(run_sync)
+        async with slots:
+            if stopping():  # queued for a slot until the stop: no new request to the daemon
+                raise Stopping()
+            return await in_thread(run_sync, stopping)
+
+    def error(exc: LabdError, details: bool = False) -> Response:
+        err: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if details:
+            err["details"] = exc.details
+        return JSONResponse({"error": err}, status_code=http_status(exc.code))
 
     def allowed(request: Request) -> bool:
         if not allowed_host(request):
@@ -95,11 +125,11 @@ def build_app(home: str | None, token: str, port_ref: list[int],
             try:
                 return JSONResponse(await fn(request))
             except LabdError as exc:
-                status = 404 if exc.code == "not_found" else 503 if exc.code in ("no_daemon", "timeout") else 400
-                return JSONResponse({"error": {"code": exc.code, "message": exc.message, "details": exc.details}},
-                                    status_code=status)
+                return error(exc, details=True)
             except (ValueError, KeyError) as exc:
                 return JSONResponse({"error": {"code": "bad_request", "message": str(exc)}}, status_code=400)
+            except asyncio.CancelledError:  # cut off by the stop's grace period (e.g. a body still arriving)
+                return error(Stopping())
         return endpoint
 
     async def body(request: Request) -> dict[str, Any]:
@@ -143,7 +173,8 @@ def build_app(home: str | None, token: str, port_ref: list[int],
     async def start(request: Request) -> Any:
         b = await body(request)
         limits = {k: b[k] for k in ("memory", "cpu", "timeout", "budget") if b.get(k) not in (None, "")}
-        return await daemon(lambda c: {"session": c.start(str(b["workflow"]), name=b.get("name") or None,
+        workflow = _field(b, "workflow")
+        return await daemon(lambda c: {"session": c.start(workflow, name=b.get("name") or None,
                                                           params=b.get("params") or {}, **limits)})
 
     async def session(request: Request) -> Any:
@@ -169,10 +200,8 @@ def build_app(home: str | None, token: str, port_ref: list[int],
     async def events(request: Request) -> Any:
         since = int(request.query_params.get("since", "0"))
         node = request.query_params.get("node")
-        page = await daemon(lambda c: c.events(request.path_params["sid"], since=since))
-        if node:
-            page["events"] = [e for e in page["events"] if e.get("node_id") == node]
-        return page
+        # filtered by the daemon (the node and the nodes nested in it), so a page is a page of the node's events
+        return await daemon(lambda c: c.events(request.path_params["sid"], since=since, node=node or None))
 
     async def approvals(request: Request) -> Any:
         which = request.query_params.get("status", "pending")
@@ -180,7 +209,8 @@ def build_app(home: str | None, token: str, port_ref: list[int],
 
     async def resolve(request: Request) -> Any:
         b = await body(request)
-        return await daemon(lambda c: c.resolve(str(b["session"]), str(b["decision"]),
+        sid, decision = _field(b, "session"), _field(b, "decision")
+        return await daemon(lambda c: c.resolve(sid, decision,
                                                 feedback=b.get("feedback") or None,
                                                 hypothesis=b.get("hypothesis") or None,
                                                 approval_id=b.get("approval_id") or None, by="ui"))
@@ -192,7 +222,7 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         try:
             reply = await daemon(lambda c: c.request("session.files", session=sid))
         except LabdError as exc:
-            return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=404)
+            return error(exc)
         if rel not in {f["path"] for f in reply["files"]}:
             return JSONResponse({"error": {"code": "not_found", "message": f"no file {rel!r}"}}, status_code=404)
 
@@ -228,26 +258,43 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         since = int(raw_since)
         try:  # an unknown session is a 404 now, not a stream of errors that never ends
             await daemon(lambda c: c.session(sid))
-        except LabdError as exc:
-            status = 404 if exc.code == "not_found" else 503
-            return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=status)
+        except LabdError as exc:  # anything else may pass (the page retries a 503)
+            return JSONResponse({"error": {"code": exc.code, "message": exc.message}},
+                                status_code=404 if exc.code == "not_found" else 503)
 
         async def gen() -> AsyncIterator[str]:
-            last, ended = since, False
+            last, ended, failing = since, False, False
             yield "retry: 1000\n\n"
             while not ended:
                 if stopping() or await request.is_disconnected():
                     return  # not "end": the page reconnects (and resumes) when a dashboard serves again
                 try:
                     page = await daemon(functools.partial(_page, sid, last))
+                except Stopping:
+                    return
                 except LabdError as exc:
+                    failing = True
                     yield f"event: error\ndata: {json.dumps({'code': exc.code, 'message': exc.message})}\n\n"
                     await asyncio.sleep(2)
                     continue
+                if failing:  # the daemon answers again (the page clears its notice even if no event comes)
+                    failing = False
+                    yield "event: resumed\ndata: {}\n\n"
+                chunk: list[str] = []
+                size = 0
                 for ev in page["events"]:
                     last = ev["seq"]
                     ended = still_ended(ended, ev["kind"])  # a resumed session's old end does not count
-                    yield f"id: {last}\ndata: {json.dumps(ev, default=str)}\n\n"
+                    chunk.append(f"id: {last}\ndata: {json.dumps(ev, default=str)}\n\n")
+                    size += len(chunk[-1])
+                    if size >= STREAM_CHUNK:
+                        yield "".join(chunk)
+                        chunk, size = [], 0
+                        # a closed connection is noticed here (this lets the loop run), not after the whole page
+                        if await request.is_disconnected():
+                            return
+                if chunk:
+                    yield "".join(chunk)
                 if not page["more"] and not ended:
                     await asyncio.sleep(STREAM_POLL_S)
             yield "event: end\ndata: {}\n\n"
@@ -291,6 +338,9 @@ def run(home: str | None, port: int = 0, open_browser: bool = False, token: str 
         sock.bind(("127.0.0.1", port))
     except OSError as exc:
         print(f"labd: cannot listen on 127.0.0.1:{port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except OverflowError:  # what bind() raises for a port out of range
+        print(f"labd: cannot listen on 127.0.0.1:{port}: a port is a number from 0 to 65535", file=sys.stderr)
         return 2
     sock.listen(128)  # before the URL is printed: a client that connects at once waits in the backlog
     port_ref = [sock.getsockname()[1]]
