@@ -235,9 +235,13 @@ class Durable:
         """A branch's record of a step it reused: the parent's result, the restored work directory; so a
         resume of the branch skips it as well."""
         with self._ck_lock:
-            if self._base is None:
-                self._base = (self.objects.put_json(manifest_object({}, None)), {}, 0)
-            digest, manifest, _ = self._base
+            if rec.get("files") is not None:  # the work directory as the parent's checkpoint of this step had it
+                manifest = rec["files"]
+                digest = self.objects.put_json(manifest_object(manifest, None))  # in our own store, whole
+            else:  # a seed written before step files were sent: the restored directory, as it always was
+                if self._base is None:
+                    self._base = (self.objects.put_json(manifest_object({}, None)), {}, 0)
+                digest, manifest, _ = self._base
         payload: dict[str, Any] = {"path": path, "name": str(rec.get("name")), "manifest": digest,
                                    "files": len(manifest), "bytes": sum(int(v[1]) for v in manifest.values()),
                                    "new_objects": 0, "new_bytes": 0, "reused": True}

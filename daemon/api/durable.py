@@ -39,23 +39,32 @@ _TEXT = 10_000
 VERIFY_BYTES = 16 << 20
 
 
-def _seed(cps: list[dict[str, Any]], objects: Path, **extra: Any) -> dict[str, Any]:
+def _seed(cps: list[dict[str, Any]], objects: Path, step_files: bool = False, **extra: Any) -> dict[str, Any]:
     """The record for a runner: completed steps by position, and the work directory of the last checkpoint
     (resolved here: small manifest changes are in the events, larger ones and whole manifests are objects).
+    With ``step_files`` (a branch), each step also carries the work directory as its checkpoint recorded it: the
+    branch records it as its own checkpoint of the step it reuses, which a branch of the branch restores.
     Refused (``no_checkpoint``) when an object the runner needs is gone, or a result object is damaged."""
+    inline = {c["manifest"]: c["manifest_delta"] for c in cps if isinstance(c.get("manifest_delta"), dict)}
+
+    def get_json(h: str) -> Any:
+        return inline[h] if h in inline else orjson.loads((objects / h[:2] / h).read_bytes())
+
     steps: dict[str, dict[str, Any]] = {}
-    for c in cps:
-        if c.get("result_error"):  # its result could not be kept: it runs again
-            continue
-        steps[c["path"]] = {"name": c["name"], "node": c["node_id"], "result": c.get("result"),
-                            "result_inline": c.get("result_inline")}
+    try:
+        for c in cps:
+            if c.get("result_error"):  # its result could not be kept: it runs again
+                continue
+            steps[c["path"]] = {"name": c["name"], "node": c["node_id"], "result": c.get("result"),
+                                "result_inline": c.get("result_inline")}
+            if step_files and c.get("manifest"):
+                steps[c["path"]]["files"] = load_manifest(get_json, c["manifest"])[0]
+    except (OSError, ValueError, KeyError):
+        raise ApiError("no_checkpoint", "the checkpoint files of this session are gone") from None
     seed: dict[str, Any] = {"steps": steps, "manifest": None, **extra}
     if cps:
-        inline = {c["manifest"]: c["manifest_delta"] for c in cps if isinstance(c.get("manifest_delta"), dict)}
         try:
-            files, chain, depth = load_manifest(
-                lambda h: inline[h] if h in inline else orjson.loads((objects / h[:2] / h).read_bytes()),
-                cps[-1]["manifest"])
+            files, chain, depth = load_manifest(get_json, cps[-1]["manifest"])
         except (OSError, ValueError, KeyError):
             raise ApiError("no_checkpoint", "the checkpoint files of this session are gone") from None
         seed.update(manifest=cps[-1]["manifest"], files=files, depth=depth,
@@ -233,12 +242,14 @@ class Branch(Request):
             params = check.get("params", params)
         limits = _merged_limits(parent, self.body.get("limits"))
         src = d.layout.sessions_dir / psid / OBJECTS_DIR
-        seed = _seed(cps, src, mode="branch", node_base=max_node_number(d.store, psid), hypothesis=hypothesis,
-                     instructions=instructions)
+        seed = _seed(cps, src, step_files=True, mode="branch", node_base=max_node_number(d.store, psid),
+                     hypothesis=hypothesis, instructions=instructions)
         digests = {s["result"] for s in seed["steps"].values() if s.get("result")}
         manifest: dict[str, Any] = seed.get("files") or {}
         digests.update(seed.get("chain") or ())
         digests.update(v[0] for v in manifest.values())
+        # the files of each reused step's own checkpoint too: a branch of this branch may restore any of them
+        digests.update(v[0] for s in seed["steps"].values() for v in (s.get("files") or {}).values())
         network = bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network))
         made: list[dict[str, Any]] = []
         reply = {"sessions": made, "parent": psid, "node": node["node_id"], "reused": len(seed["steps"]),

@@ -365,3 +365,30 @@ def test_daemon_sigkill_during_branch_duplicates_nothing_and_completes_after_res
                 return True
 
         wait_until(runner_gone, timeout=30, what="the branch's runner to exit")
+
+
+def test_a_branch_of_a_branch_from_a_step_it_reused_starts_from_that_steps_files(daemon, tmp_path: Path) -> None:
+    """Three steps each append a line to ``acc.txt``. A branch B1 from step s2 reuses s0 and s1; a branch B2 of
+    B1 from s1 reuses s0 only, and must start from the files as they were after s0 (B1's checkpoint of s0 is the
+    parent's), ending with the same file as a branch of the parent from s1. Before, every step a branch reused was
+    checkpointed with the files restored at the branch point, so B2 started from s1's files and ran s1 again on
+    them: ``0 1 1 2`` (an exploratory test found it)."""
+    flows = tmp_path / "acc.py"
+    flows.write_text("def acc(ctx):\n"
+                     "    for i in range(3):\n"
+                     "        with ctx.step(f's{i}'):\n"
+                     "            with open('acc.txt', 'a') as f:\n"
+                     "                f.write(f'{i}\\n')\n")
+    with daemon.client() as c:
+        parent = c.start(f"{flows}:acc")
+        assert _ended(c, parent)["status"] == "completed"
+        b1 = c.branch(parent, "s2")["sessions"][0]["session"]
+        assert _ended(c, b1)["status"] == "completed"
+        b2 = c.branch(b1, "s1")["sessions"][0]["session"]
+        direct = c.branch(parent, "s1")["sessions"][0]["session"]
+        for sid in (b2, direct):
+            assert _ended(c, sid)["status"] == "completed"
+        work = {sid: Path(c.session(sid)["workdir"]) / "acc.txt" for sid in (parent, b1, b2, direct)}
+        assert {sid: p.read_text() for sid, p in work.items()} == dict.fromkeys(work, "0\n1\n2\n")
+        files = {cp["name"]: cp["files"] for cp in c.checkpoints(b1)}  # what B1 records of the steps it reused
+        assert files == {"s0": 1, "s1": 1, "s2": 1}, files
