@@ -72,6 +72,7 @@ class RowChanges:
     step_inserts: list[dict[str, Any]] = field(default_factory=list)
     step_updates: list[dict[str, Any]] = field(default_factory=list)
     step_starts: list[dict[str, Any]] = field(default_factory=list)  # a planned node starts running
+    steps_closed: list[dict[str, Any]] = field(default_factory=list)  # a session ended: its open steps with it
     history: list[dict[str, Any]] = field(default_factory=list)
     edges: list[dict[str, Any]] = field(default_factory=list)
     costs: list[dict[str, Any]] = field(default_factory=list)
@@ -182,6 +183,9 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
             out.approval_updates.append({"id": aid, "status": "expired", "resolved_at": ts,
                                          "resolved_via": "session ended"})
         cur.pending_approvals = {}
+        # steps still open (killed mid-step, or lost) never finish now: they are not shown running for ever
+        out.steps_closed.append({"session_id": cur.id, "ended_at": ts,
+                                 "error": "the session ended before the step did"})
         out.update(cur.id, ended_at=ts, ended_by=payload["ended_by"], exit_code=payload.get("exit_code"),
                    signal=payload.get("signal"))
         _transition(cur, payload["status"], seq, ts, payload["reason"], actor, out)

@@ -197,6 +197,10 @@ class BatchWriter:
                        f"WHERE session_id = {p} AND node_id = {p}")
                 conn.exec_driver_sql(sql, [(r["status"], r["ended_at"], r["duration"], r["error"],
                                             r["session_id"], r["node_id"]) for r in changes.step_updates])
+            if changes.steps_closed:  # after step_updates: steps that finished in this batch are not open
+                sql = (f"UPDATE steps SET status = 'interrupted', ended_at = {p}, error = {p} "
+                       f"WHERE session_id = {p} AND status IN ('running', 'paused')")
+                conn.exec_driver_sql(sql, [(r["ended_at"], r["error"], r["session_id"]) for r in changes.steps_closed])
             self._insert(conn, "state_history", changes.history)
             if changes.idempotency:
                 # bounded retention, pruned where keys are added (starts are rare; the index makes it cheap);

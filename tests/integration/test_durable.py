@@ -392,3 +392,23 @@ def test_a_branch_of_a_branch_from_a_step_it_reused_starts_from_that_steps_files
         assert {sid: p.read_text() for sid, p in work.items()} == dict.fromkeys(work, "0\n1\n2\n")
         files = {cp["name"]: cp["files"] for cp in c.checkpoints(b1)}  # what B1 records of the steps it reused
         assert files == {"s0": 1, "s1": 1, "s2": 1}, files
+
+
+def test_a_step_open_when_its_session_is_killed_is_interrupted_not_running_for_ever(daemon) -> None:
+    """`labd kill` while a step runs: once the session has ended, that step reads ``interrupted`` (with its end
+    time), not ``running`` for ever in `show`, the DAG and compare; a resume then runs it again. Before, only a
+    resume marked it (an exploratory test found it)."""
+    with daemon.client() as c:
+        sid = c.start("demo.count", params={"n": 3, "delay": 30})
+        wait_until(lambda: any(s["status"] == "running" for s in c.session(sid)["steps"]), timeout=60,
+                   what="a step running")
+        c.kill(sid)
+        assert _ended(c, sid)["status"] in ("cancelled", "failed")
+        steps = c.session(sid)["steps"]
+        assert not [s for s in steps if s["status"] in ("running", "paused")], steps
+        (open_step,) = [s for s in steps if s["status"] == "interrupted"]
+        assert open_step["ended_at"] is not None
+        c.resume(sid)
+        wait_until(lambda: c.session(sid)["status"] == "running", timeout=60, what="the resumed session running")
+        c.stop(sid)
+        _ended(c, sid)
