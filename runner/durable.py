@@ -245,7 +245,7 @@ class Durable:
         payload: dict[str, Any] = {"path": path, "name": str(rec.get("name")), "manifest": digest,
                                    "files": len(manifest), "bytes": sum(int(v[1]) for v in manifest.values()),
                                    "new_objects": 0, "new_bytes": 0, "reused": True}
-        for key in ("result", "result_inline"):
+        for key in ("result", "result_inline", "result_preview"):  # the preview: what `labd checkpoints` shows
             if rec.get(key):
                 payload[key] = rec[key]
         self._emit("step.checkpoint", payload, node_id)

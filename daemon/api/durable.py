@@ -56,7 +56,7 @@ def _seed(cps: list[dict[str, Any]], objects: Path, step_files: bool = False, **
             if c.get("result_error"):  # its result could not be kept: it runs again
                 continue
             steps[c["path"]] = {"name": c["name"], "node": c["node_id"], "result": c.get("result"),
-                                "result_inline": c.get("result_inline")}
+                                "result_inline": c.get("result_inline"), "result_preview": c.get("result_preview")}
             if step_files and c.get("manifest"):
                 steps[c["path"]]["files"] = load_manifest(get_json, c["manifest"])[0]
     except (OSError, ValueError, KeyError):

@@ -394,6 +394,24 @@ def test_a_branch_of_a_branch_from_a_step_it_reused_starts_from_that_steps_files
         assert files == {"s0": 1, "s1": 1, "s2": 1}, files
 
 
+def test_a_branch_shows_the_results_of_the_steps_it_reused_as_its_parent_does(daemon, tmp_path: Path) -> None:
+    """`labd checkpoints` of a branch shows a reused step's result as the parent's shows it (``10``), not as the
+    stored pickle's base64 (the branch's checkpoint lacked the parent's preview)."""
+    flows = tmp_path / "res.py"
+    flows.write_text("def res(ctx):\n"
+                     "    for i in range(2):\n"
+                     "        with ctx.step(f'r{i}') as node:\n"
+                     "            node.result = (i + 1) * 10\n")
+    with daemon.client() as c:
+        parent = c.start(f"{flows}:res")
+        assert _ended(c, parent)["status"] == "completed"
+        branch = c.branch(parent, "r1")["sessions"][0]["session"]
+        assert _ended(c, branch)["status"] == "completed"
+    shown = {sid: labd("--home", str(daemon.home), "checkpoints", sid).stdout for sid in (parent, branch)}
+    row = {sid: next(line for line in out.splitlines() if " r0 " in f" {line} ") for sid, out in shown.items()}
+    assert " 10" in row[branch] and "gAV" not in row[branch], shown[branch]
+
+
 def test_a_step_open_when_its_session_is_killed_is_interrupted_not_running_for_ever(daemon) -> None:
     """`labd kill` while a step runs: once the session has ended, that step reads ``interrupted`` (with its end
     time), not ``running`` for ever in `show`, the DAG and compare; a resume then runs it again. Before, only a
