@@ -78,6 +78,8 @@ class Activity:
             return (f"▸ {node} {p['name']}" + (f" ({p['kind']})" if p.get("kind") not in (None, "step") else ""),
                     "bold cyan")
         if kind == "step.finished":
+            if p["status"] == "reused":  # taken from the record (a branch or resume): done, not run, not failed
+                return (f"↺ {node} {p['name']} reused from the record", "dim")
             ok = p["status"] == "completed"
             mark = "✓" if ok else "✗"
             err = f": {_short(p['error'], 160)}" if p.get("error") else ""

@@ -410,6 +410,9 @@ def test_a_branch_shows_the_results_of_the_steps_it_reused_as_its_parent_does(da
     shown = {sid: labd("--home", str(daemon.home), "checkpoints", sid).stdout for sid in (parent, branch)}
     row = {sid: next(line for line in out.splitlines() if " r0 " in f" {line} ") for sid, out in shown.items()}
     assert " 10" in row[branch] and "gAV" not in row[branch], shown[branch]
+    logs = labd("--home", str(daemon.home), "logs", branch).stdout + labd("--home", str(daemon.home), "logs",
+                                                                            branch).stderr
+    assert "r0 reused from the record" in logs and "✗" not in logs, logs  # was "✗ n1 r0 reused in 0ms"
 
 
 def test_a_step_open_when_its_session_is_killed_is_interrupted_not_running_for_ever(daemon) -> None:
