@@ -248,6 +248,8 @@ class Durable:
         for key in ("result", "result_inline", "result_preview"):  # the preview: what `labd checkpoints` shows
             if rec.get(key):
                 payload[key] = rec[key]
+        if rec.get("node") and rec["node"] != node_id:  # a planned step keeps the id its plan gave it here
+            payload["origin_node"] = rec["node"]  # the parent's node: where a replay finds what the step recorded
         self._emit("step.checkpoint", payload, node_id)
 
     def checkpoint(self, node_id: str, path: str, name: str, result: Any) -> None:

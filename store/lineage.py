@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from labd.runner.replay import approval_digest, last_input, request_digest
 from labd.store.attempts import superseded_nodes
+from labd.store.checkpoints import checkpoints
 from labd.store.schema import events, sessions, state_history
 
 __all__ = ["replay_seed", "cut_seq", "family", "SEED_KINDS"]
@@ -72,6 +73,11 @@ def _inherited(store: Any, session: dict[str, Any], wanted: set[str] | None,
     reused = {n["node_id"] for n in store.steps(session["id"]) if n["status"] == "reused"}
     if wanted is not None:
         reused &= wanted
+    # in the parent's ids: a reused *planned* step has the id its plan gave it in the branch, and its checkpoint
+    # names the parent's node it stands for (`origin_node`)
+    origin = {cp["node_id"]: cp["origin_node"] for cp in checkpoints(store, session["id"])
+              if cp.get("reused") and cp.get("origin_node")} if reused else {}
+    reused = {origin.get(n, n) for n in reused}
     parent = store.session(session["parent_id"]) if reused else None
     if parent is None:
         return []  # nothing reused, or the parent was deleted: those steps' calls go to the model

@@ -394,6 +394,24 @@ def test_a_branch_of_a_branch_from_a_step_it_reused_starts_from_that_steps_files
         assert files == {"s0": 1, "s1": 1, "s2": 1}, files
 
 
+def test_a_replay_of_a_branch_that_reused_planned_steps_is_served_whole_from_the_record(daemon) -> None:
+    """planning_and_control branched from its second step reuses the planning and step 1, a *planned* step (its node
+    in the branch has the id the reused plan gave it, not the parent's). A replay of the branch serves every LLM
+    response from the record, those of the reused steps from the parent's: it completes having called no model.
+    Before, the reused planned step's calls were not found (ReplayMiss: "never recorded")."""
+    with daemon.client() as c:
+        parent = c.start("planning_and_control", params={"max_steps": 2})
+        assert _ended(c, parent)["status"] == "completed"
+        second = next(s for s in c.session(parent)["steps"] if s["name"].startswith("step 2:") and s["kind"] == "step")
+        kid = c.branch(parent, second["node_id"])["sessions"][0]["session"]
+        assert _ended(c, kid)["status"] == "completed"
+        replay = c.replay(kid)
+        final = _ended(c, replay, timeout=120)
+        assert final["status"] == "completed", final.get("reason")
+        live = [e for e in c.history(replay, kinds=["llm.response"]) if not e["payload"].get("replayed")]
+        assert not live, f"{len(live)} LLM responses were not served from the record"
+
+
 def test_a_branch_shows_the_results_of_the_steps_it_reused_as_its_parent_does(daemon, tmp_path: Path) -> None:
     """`labd checkpoints` of a branch shows a reused step's result as the parent's shows it (``10``), not as the
     stored pickle's base64 (the branch's checkpoint lacked the parent's preview)."""
