@@ -66,12 +66,13 @@ class Client:
     """A connection to the daemon serving ``home`` (default: ``$LABD_HOME`` or the XDG data dir)."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *, timeout: float = 15.0,
-                 connection_file: str | os.PathLike[str] | None = None) -> None:
+                 connection_file: str | os.PathLike[str] | None = None, restart_wait: float = 0.0) -> None:
         """``connection_file`` (or ``$LABD_CONNECTION_FILE``): a file from ``labd remote add`` for a daemon on
         another machine, reached over TCP with CurveZMQ; otherwise the local daemon of ``home``. ``timeout``: how
         long a request waits for its reply, in seconds (``math.inf``: as long as it takes; see
-        :func:`check_timeout`)."""
+        :func:`check_timeout`). ``restart_wait``: see :attr:`restart_wait`."""
         limit = check_timeout(timeout)
+        wait_limit = check_timeout(restart_wait)
         self.layout = layout_for(home)
         self.timeout = math.inf if limit is None else limit
         remote = connection_file or os.environ.get("LABD_CONNECTION_FILE") or None
@@ -92,6 +93,14 @@ class Client:
         #: the largest request the daemon reads (connection file ``max_message``): a larger one is refused here,
         #: as the daemon would (or, past twice that, libzmq would drop it and no reply ever come)
         self.max_request = self.info.max_message or DEFAULT_MAX_MESSAGE
+        #: how long a waiting call with no deadline of its own (:meth:`result`, :meth:`wait`, :meth:`follow` without
+        #: ``timeout``) waits for a daemon to serve again after the one it talked to stopped (``labd shutdown``
+        #: then ``labd serve``: the sessions survive, the new daemon adopts them). 0 (the default): it fails at
+        #: once with ``no_daemon`` naming the session, as ``labd run --follow`` reports. A call with a ``timeout``
+        #: waits for a daemon up to its own deadline.
+        self.restart_wait = math.inf if wait_limit is None else wait_limit
+        #: how many times this client moved to a restarted daemon (:meth:`reconnect`)
+        self._generation = 0
         self._ctx = zmq.Context()
         self._sock = self._socket(zmq.DEALER)
         self._sock.connect(self.info.control)
@@ -142,6 +151,66 @@ class Client:
                 return msg.body.get("result")
             err = msg.body.get("error") or {}
             raise LabdError(err.get("code", "error"), err.get("message", "unknown error"), err.get("details"))
+
+    # ---- surviving a daemon restart -----------------------------------------------------------------
+    def reconnect(self) -> bool:
+        """Move this client to the daemon the home's connection file names now, if that is another, running
+        daemon than the one it talks to (a restart: a new pid, maybe new endpoints; the key stays the home's).
+        True if it moved. A remote client (connection file of ``labd remote add``) never moves. Nothing is
+        re-sent: a request in flight to the stopped daemon is the caller's to retry, or not."""
+        if not self.local:
+            return False
+        try:
+            info = read_connection_file(self.layout)
+        except ConnectionFileError:  # none yet (the old one removed its file, the new one has not written one)
+            return False
+        if (info.pid, info.start_ticks, info.started) == (self.info.pid, self.info.start_ticks, self.info.started):
+            return False
+        if not daemon_alive(info):
+            return False
+        sock = client_socket(self._ctx, info, zmq.DEALER)
+        sock.connect(info.control)
+        self._sock.close(0)
+        self._sock, self.info = sock, info
+        self._codec = Codec(info.key_bytes)
+        self.max_request = info.max_message or DEFAULT_MAX_MESSAGE
+        self._generation += 1
+        return True
+
+    def await_daemon(self, deadline: float | None = None, *, session: str | None = None) -> None:
+        """Return once a daemon serves: at once if this client's still runs, else when a new one does
+        (:meth:`reconnect`). ``deadline`` (``time.monotonic()``; None: :attr:`restart_wait` from now): past it,
+        :class:`LabdError` ``no_daemon``, naming ``session`` (a waiting call's) and telling to wait again later."""
+        if not self.local or daemon_alive(self.info):
+            return
+        begun = time.monotonic()
+        if deadline is None:
+            deadline = begun + self.restart_wait
+        while not self.reconnect():
+            if time.monotonic() >= deadline:
+                waited = time.monotonic() - begun
+                where = f"home {self.layout.home}"
+                if session is None:
+                    raise LabdError("no_daemon", f"the labd daemon of {where} (pid {self.info.pid}) stopped and no "
+                                    f"daemon came back within {waited:.0f}s; start one with `labd serve`",
+                                    {"pid": self.info.pid})
+                raise LabdError("no_daemon", f"the labd daemon of {where} (pid {self.info.pid}) stopped while "
+                                f"waiting for session {session}, and no daemon came back within {waited:.0f}s; the "
+                                f"session keeps running (the next `labd serve` adopts it): call result({session!r}) "
+                                f"or wait({session!r}) again once a daemon serves", {"pid": self.info.pid,
+                                                                                      "session": session})
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def _reading(self, read: Callable[[], Any], deadline: float | None, session: str | None) -> Any:
+        """``read()`` -- read-only requests, safe to send again -- retried on a daemon that stopped before it
+        replied, once a daemon serves again (:meth:`await_daemon`, up to ``deadline``)."""
+        while True:
+            try:
+                return read()
+            except LabdError as exc:
+                if exc.code != "no_daemon" or not self.local:
+                    raise
+                self.await_daemon(deadline, session=session)
 
     # ---- convenience ------------------------------------------------------------------------------
     def ping(self) -> dict[str, Any]:
@@ -261,23 +330,27 @@ class Client:
         """Wait for a session to end and return its result: a submitted function's return value (unpickled),
         or a workflow's JSON result. If it did not complete, raise :class:`~labd.ipc.functions.RemoteError`
         (remote type name, message, traceback). Reads the record: works from any process, at any later time.
-        Raises :class:`LabdError` ``timeout`` after ``timeout`` seconds (None: no limit; see :func:`check_timeout`)."""
+        Raises :class:`LabdError` ``timeout`` after ``timeout`` seconds (None: no limit; see :func:`check_timeout`).
+
+        Survives a daemon restart (the session does): it carries on with the next daemon if one serves within
+        ``timeout`` (None: within :attr:`restart_wait` of the stop), else raises ``no_daemon`` naming the session."""
         from labd.ipc.functions import ERROR_EVENT, decode_result, remote_error
 
         timeout = check_timeout(timeout)
-        row = self.session(ref)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        row = self._reading(lambda: self.session(ref), deadline, ref)
         sid = row["id"]
         if row["status"] not in TERMINAL_STATUSES:
             for _ in self.follow(sid, since=row["last_seq"], timeout=timeout):
                 pass
-            row = self.session(sid)
-        found = self.events(sid, kinds=["session.finished"], limit=1)["events"]
+            row = self._reading(lambda: self.session(sid), deadline, sid)
+        found = self._reading(lambda: self.events(sid, kinds=["session.finished"], limit=1)["events"], deadline, sid)
         finished = found[0]["payload"] if found else None
         if row["status"] == "completed" and finished is not None:
             return decode_result(finished.get("result"))
         error = None
         if finished is not None and row["status"] != "cancelled":
-            for ev in self.history(sid, kinds=["custom"]):
+            for ev in self._reading(lambda: list(self.history(sid, kinds=["custom"])), deadline, sid):
                 if ev["payload"].get("name") == ERROR_EVENT and isinstance(ev["payload"].get("data"), dict):
                     error = ev["payload"]["data"]
         raise remote_error(row, finished, error)
@@ -458,10 +531,13 @@ class Client:
             since = page["events"][-1]["seq"]
 
     def wait(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
-        """Follow a session until it ends; return its final row (``timeout`` as in :meth:`follow`)."""
-        for _ in self.follow(ref, timeout=timeout):
+        """Follow a session until it ends; return its final row (``timeout``, and a daemon restart, as in
+        :meth:`follow`)."""
+        limit = check_timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        for _ in self.follow(ref, timeout=limit):
             pass
-        return self.session(ref)
+        return self._reading(lambda: self.session(ref), deadline, ref)  # type: ignore[no-any-return]
 
     def follow(self, ref: str, since: int = 0, *, until_end: bool = True,
                timeout: float | None = None) -> Iterator[dict[str, Any]]:
@@ -473,26 +549,42 @@ class Client:
         session had already ended at or before ``since``); raises
         :class:`LabdError` ``timeout`` after ``timeout`` s (None or ``math.inf``: no limit). A bad ``timeout``
         (NaN, negative: :func:`check_timeout`) is a :class:`ValueError` at the call, before anything is read.
+
+        A daemon restart (``labd shutdown``, ``labd serve``: the session survives it) is followed through: once a
+        daemon serves again, within ``timeout`` (None: :attr:`restart_wait` after the stop), the events go on from
+        the last one yielded, none lost or repeated; else :class:`LabdError` ``no_daemon`` naming the session.
         """
         return self._follow(ref, since, until_end, check_timeout(timeout))
 
-    def _follow(self, ref: str, since: int, until_end: bool, timeout: float | None) -> Iterator[dict[str, Any]]:
-        row = self.session(ref)
-        sid = row["id"]
+    def _subscribe(self, sid: str) -> tuple[zmq.Socket, Codec]:
+        """A SUB socket on the current daemon's live events of session ``sid``, and the codec to read them."""
         sub = events_socket(self._ctx, self.info)  # CURVE: remote keys, or the local ones derived from the key
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.setsockopt(zmq.SUBSCRIBE, f"session.{sid}".encode())
         sub.connect(self.info.events)
-        codec = Codec(self.info.key_bytes)
+        return sub, Codec(self.info.key_bytes)
+
+    def _follow(self, ref: str, since: int, until_end: bool, timeout: float | None) -> Iterator[dict[str, Any]]:
         deadline = None if timeout is None else time.monotonic() + timeout
+        row = self._reading(lambda: self.session(ref), deadline, ref)
+        sid = row["id"]
+        generation = self._generation
+        sub, codec = self._subscribe(sid)
         cursor = FollowCursor(since)
         try:
             def from_store(upto: int | None) -> Iterator[dict[str, Any]]:
-                for ev in self.history(sid, since=cursor.last):
-                    if upto is not None and ev["seq"] > upto:
+                while True:
+                    try:
+                        for ev in self.history(sid, since=cursor.last):
+                            if upto is not None and ev["seq"] > upto:
+                                return
+                            if cursor.stored(ev):
+                                yield ev
                         return
-                    if cursor.stored(ev):
-                        yield ev
+                    except LabdError as exc:  # the daemon stopped: go on from cursor.last with the next one
+                        if exc.code != "no_daemon" or not self.local:
+                            raise
+                        self.await_daemon(deadline, session=sid)
 
             first = cursor.last
             yield from from_store(None)
@@ -502,6 +594,10 @@ class Client:
                 cursor.ended = True
             idle_checks = 0.0
             while not (cursor.ended and until_end):
+                if generation != self._generation:  # now talking to a restarted daemon: follow its event socket
+                    sub.close(0)
+                    sub, codec = self._subscribe(sid)
+                    generation = self._generation
                 if deadline is not None and time.monotonic() > deadline:
                     raise LabdError("timeout", f"session {sid} did not end within {timeout:g}s")
                 if not sub.poll(250):

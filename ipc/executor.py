@@ -8,6 +8,12 @@ at a time: it starts the session, follows its event stream until ``session.ended
 resolves the future from the record (:meth:`Client.result`). So at most ``max_workers`` sessions of this
 executor run at once. Calls are pickled in :meth:`Executor.submit`, so an argument that cannot be sent fails
 there, in the caller. Cancelling a future whose session runs stops the session.
+
+A daemon restart (``labd shutdown``, ``labd serve``) fails no future: the sessions survive it, a worker waiting for
+one carries on with the next daemon (:meth:`Client.result`), and a call not yet started waits for that daemon before
+its session starts -- up to ``restart_wait`` seconds after the stop; past it, the futures fail with ``no_daemon``
+(naming the session, if it had one). Only a start in flight when the daemon stopped fails (it may or may not have
+started a session: it is not sent again).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, RUNNING
@@ -22,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from labd.ipc.client import Client, LabdError
+from labd.ipc.connection import daemon_alive
 from labd.ipc.functions import FunctionCall, encode_call
 
 __all__ = ["Executor", "SessionFuture"]
@@ -72,7 +80,9 @@ class Executor(futures.Executor):
 
     ``home`` selects the daemon (default: ``$LABD_HOME``); ``name`` prefixes session names; ``memory``, ``cpu``,
     ``timeout``, ``budget``, ``budget_action`` and ``max_output`` are each session's limits (as for ``Client.start``);
-    ``stop_grace`` is the seconds a cancelled session gets to stop before it is killed (daemon default).
+    ``stop_grace`` is the seconds a cancelled session gets to stop before it is killed (daemon default);
+    ``restart_wait`` the seconds the workers wait for a daemon to serve again after a stop (a restart; ``math.inf``:
+    as long as it takes).
     Futures fail with :class:`~labd.ipc.functions.RemoteError` when the function raises.
     """
 
@@ -80,16 +90,17 @@ class Executor(futures.Executor):
                  memory: str | int | None = None, cpu: str | float | None = None,
                  timeout: str | float | None = None, budget: float | None = None,
                  budget_action: str | None = None, stop_grace: float | None = None,
-                 max_output: str | int | None = None) -> None:
+                 max_output: str | int | None = None, restart_wait: float = 60.0) -> None:
         if not isinstance(max_workers, int) or max_workers <= 0:
             raise ValueError("max_workers must be a positive integer")
+        self._restart_wait = restart_wait
         self._max_workers = max_workers
         self._home = home
         self._name = name
         self._limits: dict[str, Any] = {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": budget,
                                         "budget_action": budget_action, "max_output": max_output}
         self._grace = stop_grace
-        self._control = Client(home)  # fails here, not in a worker, when no daemon serves home
+        self._control = Client(home, restart_wait=restart_wait)  # fails here, not in a worker, when no daemon serves
         self._control_lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -97,6 +108,8 @@ class Executor(futures.Executor):
         self._shutdown = False
         self._count = 0
         self._closed = False
+        #: when the daemon was seen gone, until when the workers wait for a restarted one (None: it serves)
+        self._gone_deadline: float | None = None
 
     # ---- concurrent.futures.Executor --------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> SessionFuture:
@@ -148,7 +161,7 @@ class Executor(futures.Executor):
                     continue
                 try:
                     if client is None:
-                        client = Client(self._home)
+                        client = self._connect()
                     value = self._run(client, work)
                 except Exception as exc:  # noqa: BLE001 - RemoteError, LabdError, an unpicklable value: the future's
                     self._settle(work.future, exc=exc)
@@ -158,7 +171,40 @@ class Executor(futures.Executor):
             if client is not None:
                 client.close()
 
+    def _gone_until(self, restart_wait: float) -> float:
+        """The daemon is gone: the deadline for its successor, shared by the workers (set by the first to see)."""
+        with self._lock:
+            if self._gone_deadline is None:
+                self._gone_deadline = time.monotonic() + restart_wait
+            return self._gone_deadline
+
+    def _connect(self) -> Client:
+        """A worker's client; while no daemon serves (a restart), retried until :meth:`_gone_until`."""
+        while True:
+            try:
+                client = Client(self._home, restart_wait=self._restart_wait)
+            except LabdError as exc:
+                if exc.code != "no_daemon" or time.monotonic() >= self._gone_until(self._control.restart_wait):
+                    raise
+                time.sleep(0.1)
+            else:
+                self._served()
+                return client
+
+    def _served(self) -> None:
+        """A daemon serves (again): a later stop gets its own full wait."""
+        with self._lock:
+            self._gone_deadline = None
+
+    def _await_daemon(self, client: Client) -> None:
+        """Before a session starts: a serving daemon -- the client's, or a restarted one it moves to (nothing was
+        sent yet, so nothing is sent twice); ``no_daemon`` if none serves by :meth:`_gone_until`."""
+        if client.local and not daemon_alive(client.info):
+            client.await_daemon(self._gone_until(client.restart_wait))
+        self._served()
+
     def _run(self, client: Client, work: _Work) -> Any:
+        self._await_daemon(client)
         with self._lock:
             self._count += 1
             name = f"{self._name}-{self._count}" if self._name else None
@@ -184,6 +230,7 @@ class Executor(futures.Executor):
             if self._closed:
                 return
             try:
+                self._control.reconnect()  # the daemon restarted: stop it through the new one
                 self._control.stop(sid, self._grace)
             except LabdError:  # already ended (not_running), or the daemon is gone: nothing left to stop
                 pass
