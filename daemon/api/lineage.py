@@ -32,14 +32,27 @@ def _suffix(key: str | None) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:4] if key is not None else secrets.token_hex(2)
 
 
-def _seed(store: Any, row: dict[str, Any], until: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the session's ``session.created`` payload, its replay seed up to the end of node ``until``): read on a
-    worker thread, from the store only."""
+def _seed(store: Any, row: dict[str, Any],
+          until: str | None) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """(the session's ``session.created`` payload, its replay seed up to the end of node ``until``, that node's
+    id): read on a worker thread, from the store only. ``until`` is a node id or, as for ``branch --from``, the
+    name of a step (the completed one of that name; ``ambiguous`` if several completed)."""
     if until is not None:
-        nodes = [n["node_id"] for n in store.steps(row["id"])]
+        rows = store.steps(row["id"])
+        nodes = [n["node_id"] for n in rows]
         if until not in nodes:
-            raise ApiError("unknown_node", f"session {row['id']} has no node {until!r}", {"nodes": nodes[:200]})
-    return _created(store, row["id"]), replay_seed(store, row, until)
+            named = [n for n in rows if n["name"] == until and n["kind"] != "agent"]
+            done = [n for n in named if n["status"] == "completed"] or named
+            if not done:
+                raise ApiError("unknown_node", f"session {row['id']} has no node or step {until!r}",
+                               {"nodes": nodes[:200]})
+            if len(done) > 1:
+                ids = [n["node_id"] for n in done]
+                raise ApiError("ambiguous", f"{len(done)} steps of session {row['id']} are named {until!r} "
+                               f"({', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}): give a node id",
+                               {"node": until, "matches": ids[:50]})
+            until = done[0]["node_id"]
+    return _created(store, row["id"]), replay_seed(store, row, until), until
 
 
 @register
@@ -60,7 +73,7 @@ class Replay(Start):
                            "replayed (wait for it, or stop it)", {"status": row["status"]})
         name = session_name(self)
         key = self.arg("idempotency_key", str, None)
-        created, self._seed = yield Read(lambda: _seed(d.store, row, until), "replay seed")
+        created, self._seed, until = yield Read(lambda: _seed(d.store, row, until), "replay seed")
         body: dict[str, Any] = {
             "workflow": row["workflow"], "params": row["params"],
             "limits": {k: v for k, v in row["limits"].items() if v is not None},

@@ -163,7 +163,8 @@ def test_changed_input_divergence_compare_and_bad_requests(isolated_env: Path, t
 
 def test_replay_from_a_node_goes_live_after_it(isolated_env: Path) -> None:
     """`replay --from NODE` serves the calls recorded up to the end of NODE and sends the ones after it to
-    the model: the server sees exactly the second step's request again, and only that call costs money."""
+    the model: the server sees exactly the second step's request again, and only that call costs money. NODE may
+    be a step's name, as for `branch --from` (it was refused `unknown_node`): the replay records the node's id."""
     with scripted_server() as server:
         isolated_env.mkdir(parents=True, exist_ok=True)
         (isolated_env / "config.toml").write_text(config_for(server))
@@ -172,7 +173,7 @@ def test_replay_from_a_node_goes_live_after_it(isolated_env: Path) -> None:
             assert c.wait(sid, timeout=90)["status"] == "completed"
             assert len(server.requests) == 2
             first = node_named(c, sid, "ask 1")
-            rid = c.replay(sid, from_node=first)
+            rid = c.replay(sid, from_node="ask 1")  # the step's name: resolved to its node
             final = c.wait(rid, timeout=90)
             assert final["status"] == "completed", final["reason"]
             assert final["branch_node"] == first
