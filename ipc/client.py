@@ -12,7 +12,6 @@ A :class:`Client` is synchronous and not thread-safe: use one per thread.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import secrets
 import time
@@ -28,13 +27,13 @@ from labd.ipc.connection import (
     UnsafeConnectionFile,
     client_socket,
     daemon_alive,
-    events_socket,
     read_connection_file,
 )
-from labd.ipc.events import TERMINAL_STATUSES
-from labd.ipc.follow import FollowCursor, still_ended
-from labd.ipc.live import WIRE_FIELDS, event_from_wire, live_events
+from labd.ipc.errors import LabdError, check_timeout
+from labd.ipc.follow import still_ended
+from labd.ipc.live import WIRE_FIELDS, event_from_wire
 from labd.ipc.paths import layout_for
+from labd.ipc.waiting import Waiting
 from labd.ipc.wire import DEFAULT_MAX_MESSAGE, Codec, WireError, non_finite
 
 if TYPE_CHECKING:
@@ -43,26 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["Client", "LabdError", "WIRE_FIELDS", "check_timeout", "event_from_wire", "still_ended"]
 
 
-class LabdError(Exception):
-    """A structured error from the daemon (or from reaching it): ``code``, ``message``, ``details``."""
-
-    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code, self.message, self.details = code, message, details or {}
-
-
-def check_timeout(timeout: float | None) -> float | None:
-    """A ``timeout`` given to a :class:`Client` method, checked before anything waits: seconds >= 0; ``None`` or
-    ``math.inf`` for no limit (both give None). NaN (every deadline compares false with it: it never ran out), a
-    negative number or anything else is a :class:`ValueError`."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be a number of seconds >= 0 (None or math.inf: no limit), not {timeout!r}")
-    return None if math.isinf(timeout) else float(timeout)
-
-
-class Client:
+class Client(Waiting):
     """A connection to the daemon serving ``home`` (default: ``$LABD_HOME`` or the XDG data dir)."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *, timeout: float = 15.0,
@@ -151,66 +131,6 @@ class Client:
                 return msg.body.get("result")
             err = msg.body.get("error") or {}
             raise LabdError(err.get("code", "error"), err.get("message", "unknown error"), err.get("details"))
-
-    # ---- surviving a daemon restart -----------------------------------------------------------------
-    def reconnect(self) -> bool:
-        """Move this client to the daemon the home's connection file names now, if that is another, running
-        daemon than the one it talks to (a restart: a new pid, maybe new endpoints; the key stays the home's).
-        True if it moved. A remote client (connection file of ``labd remote add``) never moves. Nothing is
-        re-sent: a request in flight to the stopped daemon is the caller's to retry, or not."""
-        if not self.local:
-            return False
-        try:
-            info = read_connection_file(self.layout)
-        except ConnectionFileError:  # none yet (the old one removed its file, the new one has not written one)
-            return False
-        if (info.pid, info.start_ticks, info.started) == (self.info.pid, self.info.start_ticks, self.info.started):
-            return False
-        if not daemon_alive(info):
-            return False
-        sock = client_socket(self._ctx, info, zmq.DEALER)
-        sock.connect(info.control)
-        self._sock.close(0)
-        self._sock, self.info = sock, info
-        self._codec = Codec(info.key_bytes)
-        self.max_request = info.max_message or DEFAULT_MAX_MESSAGE
-        self._generation += 1
-        return True
-
-    def await_daemon(self, deadline: float | None = None, *, session: str | None = None) -> None:
-        """Return once a daemon serves: at once if this client's still runs, else when a new one does
-        (:meth:`reconnect`). ``deadline`` (``time.monotonic()``; None: :attr:`restart_wait` from now): past it,
-        :class:`LabdError` ``no_daemon``, naming ``session`` (a waiting call's) and telling to wait again later."""
-        if not self.local or daemon_alive(self.info):
-            return
-        begun = time.monotonic()
-        if deadline is None:
-            deadline = begun + self.restart_wait
-        while not self.reconnect():
-            if time.monotonic() >= deadline:
-                waited = time.monotonic() - begun
-                where = f"home {self.layout.home}"
-                if session is None:
-                    raise LabdError("no_daemon", f"the labd daemon of {where} (pid {self.info.pid}) stopped and no "
-                                    f"daemon came back within {waited:.0f}s; start one with `labd serve`",
-                                    {"pid": self.info.pid})
-                raise LabdError("no_daemon", f"the labd daemon of {where} (pid {self.info.pid}) stopped while "
-                                f"waiting for session {session}, and no daemon came back within {waited:.0f}s; the "
-                                f"session keeps running (the next `labd serve` adopts it): call result({session!r}) "
-                                f"or wait({session!r}) again once a daemon serves", {"pid": self.info.pid,
-                                                                                      "session": session})
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-
-    def _reading(self, read: Callable[[], Any], deadline: float | None, session: str | None) -> Any:
-        """``read()`` -- read-only requests, safe to send again -- retried on a daemon that stopped before it
-        replied, once a daemon serves again (:meth:`await_daemon`, up to ``deadline``)."""
-        while True:
-            try:
-                return read()
-            except LabdError as exc:
-                if exc.code != "no_daemon" or not self.local:
-                    raise
-                self.await_daemon(deadline, session=session)
 
     # ---- convenience ------------------------------------------------------------------------------
     def ping(self) -> dict[str, Any]:
@@ -325,35 +245,6 @@ class Client:
         if name:
             body["name"] = name
         return self._start(body, None, 1)
-
-    def result(self, ref: str, timeout: float | None = None) -> Any:
-        """Wait for a session to end and return its result: a submitted function's return value (unpickled),
-        or a workflow's JSON result. If it did not complete, raise :class:`~labd.ipc.functions.RemoteError`
-        (remote type name, message, traceback). Reads the record: works from any process, at any later time.
-        Raises :class:`LabdError` ``timeout`` after ``timeout`` seconds (None: no limit; see :func:`check_timeout`).
-
-        Survives a daemon restart (the session does): it carries on with the next daemon if one serves within
-        ``timeout`` (None: within :attr:`restart_wait` of the stop), else raises ``no_daemon`` naming the session."""
-        from labd.ipc.functions import ERROR_EVENT, decode_result, remote_error
-
-        timeout = check_timeout(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        row = self._reading(lambda: self.session(ref), deadline, ref)
-        sid = row["id"]
-        if row["status"] not in TERMINAL_STATUSES:
-            for _ in self.follow(sid, since=row["last_seq"], timeout=timeout):
-                pass
-            row = self._reading(lambda: self.session(sid), deadline, sid)
-        found = self._reading(lambda: self.events(sid, kinds=["session.finished"], limit=1)["events"], deadline, sid)
-        finished = found[0]["payload"] if found else None
-        if row["status"] == "completed" and finished is not None:
-            return decode_result(finished.get("result"))
-        error = None
-        if finished is not None and row["status"] != "cancelled":
-            for ev in self._reading(lambda: list(self.history(sid, kinds=["custom"])), deadline, sid):
-                if ev["payload"].get("name") == ERROR_EVENT and isinstance(ev["payload"].get("data"), dict):
-                    error = ev["payload"]["data"]
-        raise remote_error(row, finished, error)
 
     def cost_summary(self, by: str = "model", since: float | None = None) -> dict[str, Any]:
         """LLM cost across all sessions, grouped ``by`` model | workflow | tag | day | session, calls at or
@@ -529,98 +420,6 @@ class Client:
             if not page["more"]:
                 return
             since = page["events"][-1]["seq"]
-
-    def wait(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
-        """Follow a session until it ends; return its final row (``timeout``, and a daemon restart, as in
-        :meth:`follow`)."""
-        limit = check_timeout(timeout)
-        deadline = None if limit is None else time.monotonic() + limit
-        for _ in self.follow(ref, timeout=limit):
-            pass
-        return self._reading(lambda: self.session(ref), deadline, ref)  # type: ignore[no-any-return]
-
-    def follow(self, ref: str, since: int = 0, *, until_end: bool = True,
-               timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """Events after ``since``: history from the store, then the live tail, each ``seq`` exactly once.
-
-        Subscribes first, then reads history, then the live stream; a live event beyond the next
-        expected ``seq`` (the live tail may drop under bursts) is filled in from the store
-        (:class:`~labd.ipc.follow.FollowCursor`). Stops after ``session.ended`` when ``until_end`` (at once if the
-        session had already ended at or before ``since``); raises
-        :class:`LabdError` ``timeout`` after ``timeout`` s (None or ``math.inf``: no limit). A bad ``timeout``
-        (NaN, negative: :func:`check_timeout`) is a :class:`ValueError` at the call, before anything is read.
-
-        A daemon restart (``labd shutdown``, ``labd serve``: the session survives it) is followed through: once a
-        daemon serves again, within ``timeout`` (None: :attr:`restart_wait` after the stop), the events go on from
-        the last one yielded, none lost or repeated; else :class:`LabdError` ``no_daemon`` naming the session.
-        """
-        return self._follow(ref, since, until_end, check_timeout(timeout))
-
-    def _subscribe(self, sid: str) -> tuple[zmq.Socket, Codec]:
-        """A SUB socket on the current daemon's live events of session ``sid``, and the codec to read them."""
-        sub = events_socket(self._ctx, self.info)  # CURVE: remote keys, or the local ones derived from the key
-        sub.setsockopt(zmq.RCVHWM, 100_000)
-        sub.setsockopt(zmq.SUBSCRIBE, f"session.{sid}".encode())
-        sub.connect(self.info.events)
-        return sub, Codec(self.info.key_bytes)
-
-    def _follow(self, ref: str, since: int, until_end: bool, timeout: float | None) -> Iterator[dict[str, Any]]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        row = self._reading(lambda: self.session(ref), deadline, ref)
-        sid = row["id"]
-        generation = self._generation
-        sub, codec = self._subscribe(sid)
-        cursor = FollowCursor(since)
-        try:
-            def from_store(upto: int | None) -> Iterator[dict[str, Any]]:
-                while True:
-                    try:
-                        for ev in self.history(sid, since=cursor.last):
-                            if upto is not None and ev["seq"] > upto:
-                                return
-                            if cursor.stored(ev):
-                                yield ev
-                        return
-                    except LabdError as exc:  # the daemon stopped: go on from cursor.last with the next one
-                        if exc.code != "no_daemon" or not self.local:
-                            raise
-                        self.await_daemon(deadline, session=sid)
-
-            first = cursor.last
-            yield from from_store(None)
-            if cursor.last == first and row["status"] in TERMINAL_STATUSES:
-                # it had ended (read before the history) and nothing came after `since`: its end is at or
-                # before `since`, so no session.ended is coming (a resume would have shown in the history)
-                cursor.ended = True
-            idle_checks = 0.0
-            while not (cursor.ended and until_end):
-                if generation != self._generation:  # now talking to a restarted daemon: follow its event socket
-                    sub.close(0)
-                    sub, codec = self._subscribe(sid)
-                    generation = self._generation
-                if deadline is not None and time.monotonic() > deadline:
-                    raise LabdError("timeout", f"session {sid} did not end within {timeout:g}s")
-                if not sub.poll(250):
-                    idle_checks += 0.25
-                    if idle_checks >= 1.0:  # quiet for a while: make sure nothing was dropped live
-                        idle_checks = 0.0
-                        yield from from_store(None)
-                    continue
-                frames = sub.recv_multipart()
-                idle_checks = 0.0
-                try:
-                    msg = codec.unpack(frames[1:])
-                except WireError:
-                    continue
-                for ev in live_events(msg.body):
-                    upto = cursor.gap_before(ev)
-                    if upto is not None:
-                        yield from from_store(upto)
-                    if cursor.live(ev):
-                        yield ev
-        finally:
-            sub.close(0)
-
 
 def where(cwd: str | None = None, pythonpath: list[str] | None = None) -> dict[str, Any]:
     """The ``cwd`` and ``pythonpath`` fields of a request: absolute paths, by default this process's."""

@@ -1,0 +1,28 @@
+"""The SDK's error type and its check of timeouts: what every :class:`~labd.ipc.client.Client` call may raise."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+__all__ = ["LabdError", "check_timeout"]
+
+
+class LabdError(Exception):
+    """A structured error from the daemon (or from reaching it): ``code``, ``message``, ``details``."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.details = code, message, details or {}
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """A ``timeout`` given to a :class:`Client` method, checked before anything waits: seconds >= 0; ``None`` or
+    ``math.inf`` for no limit (both give None). NaN (every deadline compares false with it: it never ran out), a
+    negative number or anything else is a :class:`ValueError`."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0 (None or math.inf: no limit), not {timeout!r}")
+    return None if math.isinf(timeout) else float(timeout)
