@@ -186,6 +186,27 @@ def test_replay_from_a_node_goes_live_after_it(isolated_env: Path) -> None:
             assert final_files(c, rid) == final_files(c, sid)
 
 
+def test_replay_from_a_step_name_several_completed_steps_share_is_ambiguous(isolated_env: Path) -> None:
+    """`replay --from NAME` where several completed steps share NAME (a loop's steps) is refused ``ambiguous``,
+    listing their node ids, and starts nothing; one of those node ids is accepted and replays up to that step."""
+    with running_daemon(isolated_env) as d, d.client(timeout=30) as c:
+        sid = c.start("labd_testflows:same_names", params={"n": 3})
+        assert c.wait(sid, timeout=90)["status"] == "completed"
+        iters = [n["node_id"] for n in c.dag(sid)["dag"]["nodes"] if n["name"] == "iter"]
+        assert len(iters) == 3
+        before = {s["id"] for s in c.sessions()}
+        with pytest.raises(LabdError) as err:
+            c.replay(sid, from_node="iter")
+        assert err.value.code == "ambiguous" and "give a node id" in err.value.message
+        assert sorted(err.value.details["matches"]) == sorted(iters)
+        assert {s["id"] for s in c.sessions()} == before  # nothing started
+        out = labd(isolated_env, "replay", sid, "--from", "iter")
+        assert out.returncode != 0 and "ambiguous" in out.stderr and iters[0] in out.stderr, out.stderr
+        rid = c.replay(sid, from_node=iters[1])
+        final = c.wait(rid, timeout=90)
+        assert final["status"] == "completed" and final["branch_node"] == iters[1], final
+
+
 def test_replay_and_compare_of_a_resumed_session_use_its_effective_run(isolated_env: Path, tmp_path: Path) -> None:
     """A session whose second step failed after its LLM call, resumed to completion, has in its record an
     attempt that the resume superseded (the step and its call were made again, under new node ids). Its replay
