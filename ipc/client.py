@@ -31,6 +31,7 @@ from labd.ipc.connection import (
 )
 from labd.ipc.errors import LabdError, check_timeout
 from labd.ipc.follow import still_ended
+from labd.ipc.gcpause import gc_paused
 from labd.ipc.live import WIRE_FIELDS, event_from_wire
 from labd.ipc.paths import layout_for
 from labd.ipc.waiting import Waiting
@@ -122,7 +123,8 @@ class Client(Waiting):
                                     "stopped before it replied", {"pid": self.info.pid})
                 continue
             try:
-                msg = self._codec.unpack(self._sock.recv_multipart())
+                with gc_paused():  # a page of events is thousands of containers (labd.ipc.gcpause)
+                    msg = self._codec.unpack(self._sock.recv_multipart())
             except WireError:
                 continue
             if msg.re != sent_id:

@@ -27,7 +27,7 @@ from labd.ipc.connection import (
 from labd.ipc.errors import LabdError, check_timeout
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.ipc.follow import FollowCursor
-from labd.ipc.live import live_events
+from labd.ipc.live import decode_live
 from labd.ipc.paths import Layout
 from labd.ipc.wire import DEFAULT_MAX_MESSAGE, Codec, WireError
 
@@ -226,10 +226,10 @@ class Waiting:
                 frames = sub.recv_multipart()
                 idle_checks = 0.0
                 try:
-                    msg = codec.unpack(frames[1:])
+                    evs = decode_live(codec, frames[1:])
                 except WireError:
                     continue
-                for ev in live_events(msg.body):
+                for ev in evs:
                     upto = cursor.gap_before(ev)
                     if upto is not None:
                         yield from from_store(upto)

@@ -304,8 +304,11 @@ class EventTail(threading.Thread):
     ``session.`` and match on the body's ``session`` afterwards.
     """
 
-    def __init__(self, home: Path, kinds: Iterable[str] | None = None) -> None:
+    def __init__(self, home: Path, kinds: Iterable[str] | None = None, pause_gc: bool = True) -> None:
+        """``pause_gc``: decode as the SDK does (``labd.ipc.live.decode_live``: events as dicts, the cyclic garbage
+        collector paused meanwhile); False: the same dicts with the collector on (the SDK before, for an A/B)."""
         super().__init__(name="bench-tail", daemon=True)
+        self.pause_gc = pause_gc
         from labd.ipc.connection import read_connection_file
         from labd.ipc.paths import layout_for
 
@@ -322,6 +325,7 @@ class EventTail(threading.Thread):
     def run(self) -> None:
         import zmq
 
+        from labd.ipc.live import decode_live, live_events
         from labd.ipc.wire import Codec, WireError
 
         ctx = zmq.Context()
@@ -340,19 +344,20 @@ class EventTail(threading.Thread):
                 frames = sub.recv_multipart()
                 t = clock()
                 self.messages += 1
-                try:
-                    msg = codec.unpack(frames[1:])
+                try:  # as a client of the SDK gets them: every event a dict
+                    if self.pause_gc:
+                        evs = decode_live(codec, frames[1:])
+                    else:
+                        evs = live_events(codec.unpack(frames[1:]).body)
                 except WireError:
                     self.bad += 1
                     continue
-                sid = msg.body.get("session")
-                run = msg.body.get("run")  # the run form: [seq offset, the runner's events] (labd.ipc.live)
-                evs = run[1] if run is not None else msg.body.get("events") or []
+                sid = frames[0][len(b"session."):].decode()  # the topic names the session
                 self.events += len(evs)
                 new = False
                 with self._cond:
-                    for ev in evs:  # kind and ts are at [2] and [1] in both forms
-                        kind = ev[2]
+                    for ev in evs:
+                        kind = ev["kind"]
                         if self.kinds is not None and kind not in self.kinds:
                             continue
                         if (sid, kind) not in self.first:

@@ -18,7 +18,8 @@ One run does, side by side:
    ``store.writer.BatchWriter`` (SQLAlchemy ``exec_driver_sql`` + per-session UPDATE).
 
 With ``--rounds R`` (default 3) step 1 runs R times without and R times with a client following every session
-on the live tail (a SUB subscribed to ``session.``, decoding every message like ``labd tail``), alternated so
+on the live tail (a SUB subscribed to ``session.``, decoding every message into events as the SDK's follow does,
+``labd.ipc.live.decode_live``), alternated so
 the box's drift hits both alike; medians are compared (goal: following costs <= 10 %, i.e. >= 0.9x). The
 ceilings of step 3 are measured once, after the labd rounds, on rows of the last round's shape.
 
@@ -342,7 +343,8 @@ def _labd_round(args: argparse.Namespace, follow: bool, baseline: bool, env: dic
 
             lower_priority(d.pid, 0, base=(-args.boost, -args.boost))
         c = d.client()
-        tail = EventTail(d.home, kinds={"session.ended"}) if follow else None
+        pause_gc = not (baseline and args.baseline_follower_gc)
+        tail = EventTail(d.home, kinds={"session.ended"}, pause_gc=pause_gc) if follow else None
         sampler = CounterSampler(d, args.interval)
         try:
             if tail is not None:
@@ -418,6 +420,9 @@ def main() -> int:
     ap.add_argument("--baseline-env", metavar="KEY=VALUE", action="append", default=[],
                     help="instead of --baseline: the other side is this tree with these environment variables set "
                          "for its daemon (repeatable; e.g. LABD_RUNNER_NICE=5)")
+    ap.add_argument("--baseline-follower-gc", action="store_true",
+                    help="instead of --baseline: the other side is this tree with the follower decoding as the SDK "
+                         "did before labd.ipc.gcpause (the cyclic garbage collector on while it decodes)")
     ap.add_argument("--runner-nice", metavar="N", type=int, help="this tree's [daemon] runner_nice (default: its own)")
     ap.add_argument("--boost", metavar="K", type=int, default=0,
                     help="(root only) run this script and each daemon at niceness -K, so that other programs on a "
@@ -443,7 +448,8 @@ def main() -> int:
         runs: list[dict[str, Any]] = []
         if args.baseline and args.baseline_nice is not None:
             ap.error("--baseline and --baseline-nice are alternatives")
-        ab = bool(args.baseline) or args.baseline_nice is not None or bool(args.baseline_env)
+        ab = (bool(args.baseline) or args.baseline_nice is not None or bool(args.baseline_env)
+              or args.baseline_follower_gc)
         variants: tuple[bool, ...] = (False, True) if ab else (False,)
         for r in range(args.rounds):
             for follow in ((False,) if args.no_follow else (False, True)):
