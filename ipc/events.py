@@ -135,16 +135,18 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                         "tool": (str, False), "model": (str, False), "language": (str, False),
                         "network": (bool, False), "agent_cost": (NUM, False), "session_cost": (NUM, False),
                         "by": (str, False), "feedback": (str, False)},
-    # files in the work directory, attributed to the node (and agent / tool) that produced them
+    # files in the work directory, attributed to the node (and agent / tool) that produced them; ``restored``: made
+    # so by a resume's or branch's restore of a checkpoint (no node), recorded against what the session had
     "file.created": {"path": (str, True), "sha256": (str, True), "size": (int, True), "kind": (str, True),
                      "agent": (str, False), "tool": (str, False), "ambiguous": (bool, False),
-                     "candidates": (list, False)},
+                     "candidates": (list, False), "restored": (bool, False)},
     "file.changed": {"path": (str, True), "sha256": (str, True), "size": (int, True), "kind": (str, True),
                      "agent": (str, False), "tool": (str, False), "ambiguous": (bool, False),
-                     "candidates": (list, False)},
+                     "candidates": (list, False), "restored": (bool, False)},
     # a file that was in the work directory at the previous scan and is gone (sha256: its last content)
     "file.deleted": {"path": (str, True), "sha256": (str, True), "kind": (str, True), "agent": (str, False),
-                     "tool": (str, False), "ambiguous": (bool, False), "candidates": (list, False)},
+                     "tool": (str, False), "ambiguous": (bool, False), "candidates": (list, False),
+                     "restored": (bool, False)},
     # a remote runner's work-directory file, shipped back in chunks after each checkpoint and at the end (Ray;
     # the daemon keeps the bytes in its copy of the work directory and stores the event without ``data``;
     # ``deleted``: gone on the node since it was shipped)

@@ -31,8 +31,8 @@ import orjson
 
 from labd.runner.files import sha256_file, walk_files
 
-__all__ = ["ObjectStore", "Snapshot", "restore", "walk_files", "load_manifest", "manifest_object", "OBJECTS_DIR",
-           "MAX_CHAIN", "DamagedObject"]
+__all__ = ["ObjectStore", "Snapshot", "restore", "walk_files", "load_manifest", "load_manifests", "manifest_object",
+           "OBJECTS_DIR", "MAX_CHAIN", "DamagedObject"]
 
 #: relative to the session directory (the directory that holds ``work``)
 OBJECTS_DIR = "checkpoints/objects"
@@ -94,6 +94,37 @@ def load_manifest(get_json: Any, digest: str) -> tuple[dict[str, list[Any]], lis
             manifest.pop(rel, None)
         manifest.update(obj.get("set") or {})
     return manifest, digests, len(chain) - 1
+
+
+def load_manifests(get_json: Any, digests: list[str]) -> dict[str, dict[str, list[Any]]]:
+    """Resolve several manifests (a session's checkpoints, in record order): digest -> manifest. Each is resolved
+    from the nearest one of its chain already resolved, so a checkpoint stored as the changes from the previous one
+    costs those changes (and a copy), not a walk of its whole chain. The manifests returned may be shared: do not
+    change them."""
+    done: dict[str, dict[str, list[Any]]] = {}
+    for digest in digests:
+        if digest in done:
+            continue
+        chain: list[Any] = []
+        cur = digest
+        start: dict[str, list[Any]] | None = None
+        while True:
+            obj = get_json(cur)
+            chain.append(obj)
+            if "files" in obj or len(chain) > MAX_CHAIN + 1:
+                start = dict(obj.get("files") or {})
+                chain.pop()
+                break
+            cur = obj["base"]
+            if cur in done:
+                start = dict(done[cur])
+                break
+        for obj in reversed(chain):
+            for rel in obj.get("del") or ():
+                start.pop(rel, None)
+            start.update(obj.get("set") or {})
+        done[digest] = start
+    return done
 
 
 class ObjectStore:

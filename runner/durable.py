@@ -121,6 +121,11 @@ class Durable:
         self.manifest: str | None = seed.get("manifest")
         self.seed_files: dict[str, list[Any]] | None = seed.get("files")
         self.seed_depth = int(seed.get("depth") or 0)
+        #: the work directory as the session's record has it (path -> sha256): what a restore is recorded against;
+        #: a branch's record starts empty; None (a seed from before it was sent): the restore is not recorded
+        self.record_files: dict[str, str] | None = seed.get("recorded")
+        if self.record_files is None and self.mode == "branch":
+            self.record_files = {}
         #: USD the session spent before this runner (a resume): its budget counts the whole session
         self.spent = float(seed.get("spent") or 0.0)
         self.node_base = int(seed.get("node_base") or 0)
@@ -220,14 +225,9 @@ class Durable:
         if self.mode == "branch":  # its own record must stand alone: the manifest whole, in its own store
             self._base = (self.objects.put_json(manifest_object(manifest, None)), manifest, 0)
         counts = restore(self.workdir, manifest, self.objects)
-        with self.files.lock:  # the tracker knows them: the next scan reports changes, not 50 creations
-            for rel, (digest, size, mode) in manifest.items():
-                try:
-                    st = (self.workdir / rel).stat()
-                except OSError:
-                    continue
-                self.files.seen[rel] = (size, st.st_mtime_ns, digest)
-                self.files.modes[rel] = int(mode)
+        # the tracker knows them (the next scan reports changes, not 50 creations), and the record says what the
+        # restore made of the directory it had recorded (a branch's: nothing yet)
+        self.files.adopt(manifest, self.record_files)
         self._emit("checkpoint.restored", {"manifest": self.manifest, "files": len(manifest),
                                            "duration": time.monotonic() - start, **counts})
 

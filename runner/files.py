@@ -121,25 +121,55 @@ class FileTracker:
                 self.modes[rel] = stat.S_IMODE(st.st_mode)
                 if prev is not None and prev[2] == digest:
                     continue  # touched, not changed
-                payload: dict[str, Any] = {"path": rel, "sha256": digest, "size": st.st_size,
-                                           "kind": file_kind(rel)}
-                if agent:
-                    payload["agent"] = agent
-                if tool:
-                    payload["tool"] = tool
-                payload.update(attribution)
-                self._emit("file.changed" if prev is not None else "file.created", payload, node_id)
+                self._report("changed" if prev is not None else "created", rel, digest, st.st_size, node_id,
+                             agent, tool, attribution)
                 found += 1
             # a complete walk (not cut at MAX_FILES) tells what is gone
             for rel in sorted(set(self._seen) - present):
                 _size, _mtime, digest = self._seen.pop(rel)
                 self.modes.pop(rel, None)
-                gone: dict[str, Any] = {"path": rel, "sha256": digest, "kind": file_kind(rel)}
-                if agent:
-                    gone["agent"] = agent
-                if tool:
-                    gone["tool"] = tool
-                gone.update(attribution)
-                self._emit("file.deleted", gone, node_id)
+                self._report("deleted", rel, digest, None, node_id, agent, tool, attribution)
                 found += 1
             return found
+
+    def _report(self, change: str, rel: str, digest: str, size: int | None, node_id: str | None,
+                agent: str | None = None, tool: str | None = None, extra: dict[str, Any] | None = None) -> None:
+        """Emit one ``file.created`` / ``file.changed`` / ``file.deleted`` event (``size``: None for a deletion)."""
+        payload: dict[str, Any] = {"path": rel, "sha256": digest, "size": size, "kind": file_kind(rel)}
+        if size is None:  # a deletion
+            del payload["size"]
+        if agent:
+            payload["agent"] = agent
+        if tool:
+            payload["tool"] = tool
+        if extra:
+            payload.update(extra)
+        self._emit(f"file.{change}", payload, node_id)
+
+    def adopt(self, manifest: dict[str, list[Any]], recorded: dict[str, str] | None) -> int:
+        """The work directory was just made exactly ``manifest`` (path -> ``[sha256, size, mode]``: a checkpoint a
+        resume or branch restored). Remember its files as scanned, from the manifest's digests (no file is read;
+        one ``stat`` each), so the next scan reports changes, not creations; and report, as a scan would, how it
+        differs from ``recorded``, what the session's record says the directory holds (path -> sha256; empty for a
+        new branch; None: report nothing). The events carry no node and ``restored: true``. Returns how many."""
+        found = 0
+        with self._lock:
+            for rel, (digest, size, mode) in manifest.items():
+                try:
+                    st = (self.root / rel).stat()
+                except OSError:
+                    continue
+                self._seen[rel] = (int(size), st.st_mtime_ns, str(digest))
+                self.modes[rel] = int(mode)
+            if recorded is None:
+                return 0
+            for rel, (digest, size, _mode) in sorted(manifest.items()):
+                had = recorded.get(rel)
+                if had != digest:
+                    self._report("changed" if had is not None else "created", rel, str(digest), int(size), None,
+                                 extra={"restored": True})
+                    found += 1
+            for rel in sorted(set(recorded) - set(manifest)):
+                self._report("deleted", rel, recorded[rel], None, None, extra={"restored": True})
+                found += 1
+        return found

@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from labd.store.schema import events, steps
 
-__all__ = ["superseded_nodes"]
+__all__ = ["step_paths", "superseded_nodes"]
 
 #: statuses of a step the resume kept (its checkpoint was restored, a branch reused it, or a plan it re-announced)
 _KEPT = frozenset({"completed", "reused", "planned"})
@@ -43,7 +43,7 @@ def superseded_nodes(store: Any, sid: str, nodes: list[dict[str, Any]] | None = 
                 steps.c.node_id, steps.c.parent_node, steps.c.kind, steps.c.status, steps.c.start_seq)
                 .where(steps.c.session_id == sid)).mappings()]
     rows = [(n["node_id"], n["parent_node"], n["kind"], n["status"], n["start_seq"]) for n in nodes]
-    paths = _paths(store, sid)
+    paths = step_paths(store, sid)
     again = {paths[n] for n, _p, kind, _s, start in rows if kind != "agent" and (start or 0) > cut and n in paths}
     parent = {n: p for n, p, *_ in rows}
     kinds = {n: kind for n, _p, kind, *_ in rows}
@@ -92,7 +92,7 @@ def _enclosing_step(node: str, parent: dict[str, str | None], kinds: dict[str, s
     return None
 
 
-def _paths(store: Any, sid: str) -> dict[str, str]:
+def step_paths(store: Any, sid: str) -> dict[str, str]:
     """``{node id: position}`` from the session's ``step.started`` events that carry one."""
     out: dict[str, str] = {}
     since = 0

@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 
-from labd.store.schema import events, steps
+from labd.store.schema import events, files, steps
 
-__all__ = ["checkpoints", "max_node_number", "step_row"]
+__all__ = ["checkpoints", "max_node_number", "step_row", "recorded_files"]
 
 _NODE_NUMBER = re.compile(r"^[nf](\d+)(?:\.|$)")  # n12 (the runner's), f12.3 (a forked child's, fork 12)
 
@@ -45,3 +45,18 @@ def step_row(store: Any, session_id: str, node_id: str) -> dict[str, Any] | None
         row = conn.execute(select(steps).where(steps.c.session_id == session_id,
                                                steps.c.node_id == node_id)).mappings().first()
     return dict(row) if row else None
+
+
+def recorded_files(store: Any, session_id: str) -> dict[str, str]:
+    """The work directory as the session's ``file.*`` events leave it: path -> sha256 (what a resume's restore is
+    recorded against: only what it changes gets an event)."""
+    q = (select(files.c.path, files.c.change, files.c.sha256).where(files.c.session_id == session_id)
+         .order_by(files.c.seq))
+    out: dict[str, str] = {}
+    with store.engine.connect() as conn:
+        for path, change, digest in conn.execute(q):
+            if change == "deleted":
+                out.pop(path, None)
+            else:
+                out[path] = digest
+    return out

@@ -3,7 +3,9 @@
 Steps are matched by name (the n-th step of a name with the n-th of the same name in every session, so a
 retried or repeated step lines up with its counterpart), in the order of the first session, then the
 steps only later sessions have. Each step shows status, duration, LLM calls, tokens, cost, and its result:
-the output of the last agent turn nested in it (or its error). Files are each session's final work
+the output of the last agent turn nested in it (or its error). A step a session reused (a branch's steps before
+its branch point) ran elsewhere: its cell is that run's (``reused``, with its ``origin`` session and node), so a
+branch's reused steps read unchanged beside its parent's. Files are each session's final work
 directory as its file events left it (created / changed / deleted), compared by content hash; a small
 text file that differs gets a unified diff read from the work directories, when they still exist.
 Of a resumed session only the run that counted is compared: the attempts its resume ran again are left out
@@ -16,7 +18,9 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from labd.store.attempts import superseded_nodes
+from labd.store.attempts import step_paths, superseded_nodes
+from labd.store.checkpoints import checkpoints
+from labd.store.lineage import MAX_GENERATIONS
 from labd.store.queries import children_first
 
 __all__ = ["compare", "DIFF_MAX_BYTES", "DIFF_MAX_LINES"]
@@ -62,14 +66,9 @@ def _outputs(store: Any, sid: str) -> tuple[dict[str, Any], Any]:
         since = page["events"][-1]["seq"]
 
 
-def _steps(store: Any, sid: str, outputs: dict[str, Any]) -> tuple[list[tuple[str, dict[str, Any]]], int]:
-    """The steps matched by name (agent turns only feed results: ``outputs``, per agent-turn node its output), and
-    how many steps a resume superseded."""
-    every = store.steps(sid)
-    gone = superseded_nodes(store, sid, every)
-    nodes = [n for n in every if n["node_id"] not in gone]
-    # per node, the last agent turn in its subtree (by start): one pass, children first (a walk of each step's
-    # subtree was quadratic in the nesting depth)
+def _last_outputs(nodes: list[dict[str, Any]], outputs: dict[str, Any]) -> dict[str, tuple[int, Any]]:
+    """Per node, the output of the last agent turn in its subtree (by start), as (start, output)."""
+    # one pass, children first (a walk of each step's subtree was quadratic in the nesting depth)
     last: dict[str, tuple[int, Any]] = {}
     for n, up in children_first(nodes):
         nid = n["node_id"]
@@ -79,22 +78,114 @@ def _steps(store: Any, sid: str, outputs: dict[str, Any]) -> tuple[list[tuple[st
                 last[nid] = (key, outputs[nid])
         if nid in last and up is not None and (up["node_id"] not in last or last[nid][0] > last[up["node_id"]][0]):
             last[up["node_id"]] = last[nid]
+    return last
 
-    def result(node: dict[str, Any]) -> Any:
-        found = last.get(node["node_id"])
-        return found[1] if found else node.get("error")
 
+class _Run:
+    """One session's steps as compare sees them: each step's figures and result (the output of the last agent turn
+    nested in it, or its error), and, for a step it reused, where that step ran."""
+
+    def __init__(self, store: Any, sid: str, outputs: dict[str, Any], row: dict[str, Any] | None = None) -> None:
+        self.store, self.sid, self.row, self.outputs = store, sid, row or {}, outputs
+        self.every = store.steps(sid)
+        self.by_id = {n["node_id"]: n for n in self.every}
+        self.gone = superseded_nodes(store, sid, self.every)
+        self.kept = [n for n in self.every if n["node_id"] not in self.gone]
+        self._last = _last_outputs(self.kept, outputs)
+        self._last_all: dict[str, tuple[int, Any]] | None = None  # of every node, superseded ones too (lazily)
+        self._reused: dict[str, dict[str, Any]] | None = None  # node -> its reused checkpoint (lazily)
+        self._paths: dict[str, str] | None = None
+
+    def cell(self, n: dict[str, Any]) -> dict[str, Any]:
+        nid = n["node_id"]
+        if nid in self.gone:
+            if self._last_all is None:
+                self._last_all = _last_outputs(self.every, self.outputs)
+            found = self._last_all.get(nid)
+        else:
+            found = self._last.get(nid)
+        return {"node_id": nid, "kind": n["kind"], "status": n["status"], "duration": n["duration"],
+                "calls": n["calls"], "prompt_tokens": n["prompt_tokens"], "completion_tokens": n["completion_tokens"],
+                "cost": n["cost"], "result": found[1] if found else n.get("error")}
+
+    def reused_checkpoint(self, nid: str) -> dict[str, Any] | None:
+        if self._reused is None:
+            self._reused = {cp["node_id"]: cp for cp in checkpoints(self.store, self.sid) if cp.get("reused")}
+        return self._reused.get(nid)
+
+    def origin(self, nid: str) -> tuple[str, str] | None:
+        """Where the step this session reused as node ``nid`` ran: (session, node), or None if unknown."""
+        parent = self.row.get("parent_id") if self.row.get("origin") == "branch" else None
+        cp = self.reused_checkpoint(nid)
+        if cp is not None and parent:  # a branch's: the parent's node (a planned step's is named in its checkpoint)
+            return parent, str(cp.get("origin_node") or nid)
+        # a planned step a resume announced again: the node that ran at its position before, in this session
+        if self._paths is None:
+            self._paths = step_paths(self.store, self.sid)
+        path, start = self._paths.get(nid), self.by_id[nid].get("start_seq") or 0
+        earlier = [(self.by_id[m].get("start_seq") or 0, m) for m, p in self._paths.items()
+                   if p == path and m != nid and m in self.by_id and (self.by_id[m].get("start_seq") or 0) < start]
+        if path is not None and earlier:
+            return self.sid, max(earlier)[1]
+        return (parent, nid) if parent else None
+
+
+class _Runs:
+    """The sessions compared, and those their reused steps ran in (read when first needed)."""
+
+    def __init__(self, store: Any, rows: list[dict[str, Any]] | None = None,
+                 outputs: dict[str, dict[str, Any]] | None = None) -> None:
+        self.store = store
+        # of the sessions compared, read already: their rows, and per agent turn its output
+        self.rows = {r["id"]: r for r in rows or ()}
+        self.outputs = dict(outputs or {})
+        self.runs: dict[str, _Run | None] = {}
+
+    def get(self, sid: str) -> _Run | None:
+        if sid not in self.runs:
+            row = self.rows.get(sid) or self.store.session(sid)
+            outputs = self.outputs[sid] if sid in self.outputs else _outputs(self.store, sid)[0] if row else {}
+            self.runs[sid] = _Run(self.store, sid, outputs, row) if row is not None else None
+        return self.runs[sid]
+
+    def reused_cell(self, run: _Run, n: dict[str, Any]) -> dict[str, Any]:
+        """The cell of a step ``run`` reused: the figures and result of the run it reused (followed through a branch
+        of a branch, and a resume that announced a planned step again), marked ``reused``, with its ``origin``. If
+        that run is no longer stored: its own figures, and the result as its checkpoint previewed it."""
+        cur_run, cur = run, n
+        seen: set[tuple[str, str]] = set()
+        for _ in range(MAX_GENERATIONS):
+            where = cur_run.origin(cur["node_id"])
+            if where is None or where in seen:
+                break
+            seen.add(where)
+            nxt_run = self.get(where[0])
+            nxt = nxt_run.by_id.get(where[1]) if nxt_run is not None else None
+            if nxt_run is None or nxt is None:
+                break
+            cur_run, cur = nxt_run, nxt
+            if cur["status"] != "reused":
+                return {**cur_run.cell(cur), "node_id": n["node_id"], "kind": n["kind"], "reused": True,
+                        "origin": {"session": cur_run.sid, "node_id": cur["node_id"]}}
+        cp = run.reused_checkpoint(n["node_id"]) or {}
+        return {**run.cell(n), "reused": True, "result": cp.get("result_preview")}
+
+
+def _steps(runs: _Runs, sid: str) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """The steps of session ``sid`` matched by name, and how many steps a resume superseded. A step the session
+    reused (a branch's, or a planned step a resume announced again) has no agent turns of its own: its cell is the
+    run it reused (:meth:`_Runs.reused_cell`)."""
+    run = runs.get(sid)
+    assert run is not None  # a session compared: its row is in hand
     seen: dict[str, int] = {}
     out = []
-    for n in nodes:
+    for n in run.kept:
         if n["kind"] == "agent":
             continue
         seen[n["name"]] = seen.get(n["name"], 0) + 1
         key = n["name"] if seen[n["name"]] == 1 else f"{n['name']} #{seen[n['name']]}"
-        out.append((key, {"node_id": n["node_id"], "kind": n["kind"], "status": n["status"],
-                          "duration": n["duration"], "calls": n["calls"], "prompt_tokens": n["prompt_tokens"],
-                          "completion_tokens": n["completion_tokens"], "cost": n["cost"], "result": result(n)}))
-    return out, sum(1 for n in every if n["node_id"] in gone and n["kind"] != "agent")
+        out.append((key, runs.reused_cell(run, n) if n["status"] == "reused" else run.cell(n)))
+    return out, sum(1 for n in run.every if n["node_id"] in run.gone and n["kind"] != "agent")
 
 
 def _files(store: Any, sid: str) -> dict[str, dict[str, Any]]:
@@ -124,8 +215,10 @@ def compare(store: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     ids = [r["id"] for r in rows]
     outputs = {sid: _outputs(store, sid) for sid in ids}  # (per agent turn its output, the final result)
     steps, superseded = [], []
+    # a session compared may be where another's reused steps ran: each is read once
+    runs = _Runs(store, rows, {sid: out for sid, (out, _final) in outputs.items()})
     for sid in ids:
-        per, gone = _steps(store, sid, outputs[sid][0])
+        per, gone = _steps(runs, sid)
         steps.append(per)
         superseded.append(gone)
     order: dict[str, None] = {}  # the keys in first-seen order (a dict: a list's `in` made 30,000 steps take 20 s)

@@ -24,9 +24,10 @@ from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.sessions import _limits, resolve_ref, resolve_session
 from labd.daemon.api.start import _run_params, entry_extra, refuse_while_store_down
 from labd.daemon.limits import Limits
-from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, load_manifest
+from labd.daemon.reads import Read
+from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, load_manifest, load_manifests
 from labd.runner.durable import SEED_FILE
-from labd.store.checkpoints import checkpoints, max_node_number, step_row
+from labd.store.checkpoints import checkpoints, max_node_number, recorded_files, step_row
 
 __all__ = ["resume_ended", "RESUMABLE"]
 
@@ -52,13 +53,15 @@ def _seed(cps: list[dict[str, Any]], objects: Path, step_files: bool = False, **
 
     steps: dict[str, dict[str, Any]] = {}
     try:
+        # each step's manifest resolved from the previous one's (one link each, not its whole chain)
+        resolved = load_manifests(get_json, [c["manifest"] for c in cps if c.get("manifest")]) if step_files else {}
         for c in cps:
             if c.get("result_error"):  # its result could not be kept: it runs again
                 continue
             steps[c["path"]] = {"name": c["name"], "node": c["node_id"], "result": c.get("result"),
                                 "result_inline": c.get("result_inline"), "result_preview": c.get("result_preview")}
             if step_files and c.get("manifest"):
-                steps[c["path"]]["files"] = load_manifest(get_json, c["manifest"])[0]
+                steps[c["path"]]["files"] = resolved[c["manifest"]]
     except (OSError, ValueError, KeyError):
         raise ApiError("no_checkpoint", "the checkpoint files of this session are gone") from None
     seed: dict[str, Any] = {"steps": steps, "manifest": None, **extra}
@@ -148,7 +151,8 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Any:
     cps = checkpoints(d.store, sid)
     seed = _seed(cps, d.layout.sessions_dir / sid / OBJECTS_DIR, mode="resume",
                  node_base=max_node_number(d.store, sid), first_seq=int(row["runner_seq"]) + 1,
-                 spent=float(row.get("cost") or 0.0))  # a budget is the session's whole spend, as ingest counts it
+                 spent=float(row.get("cost") or 0.0),  # a budget is the session's whole spend, as ingest counts it
+                 recorded=recorded_files(d.store, sid))  # the restore records what it changes against this
     _write_seed(d.layout.sessions_dir / sid, seed)
     created = d.store.events(sid, kinds=["session.created"], limit=1)
     c = created[0]["payload"] if created else {}
@@ -167,10 +171,10 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Any:
     return DEFERRED
 
 
-def _find_node(d: Any, sid: str, ref: str) -> dict[str, Any]:
-    node = step_row(d.store, sid, ref)
+def _find_node(store: Any, sid: str, ref: str) -> dict[str, Any]:
+    node = step_row(store, sid, ref)
     if node is None:
-        named = [s for s in d.store.steps(sid) if s["name"] == ref and s["kind"] != "agent"]
+        named = [s for s in store.steps(sid) if s["name"] == ref and s["kind"] != "agent"]
         if not named:
             raise ApiError("no_such_node", f"session {sid} has no node {ref!r} (see labd dag {sid})",
                            {"node": ref})
@@ -224,8 +228,10 @@ class Branch(Request):
         psid = parent["id"]
         if parent["status"] in ("created", "queued"):
             raise ApiError("not_started", f"session {psid} has not run yet: nothing to branch from")
-        node = _find_node(d, psid, ref)
-        all_cps = checkpoints(d.store, psid)
+        store = d.store
+        # the long reads (the parent's steps, every checkpoint, a manifest per reused step, the objects) on a worker
+        # thread (daemon/reads.py): on the request loop, a branch of a long session stalled every other client
+        node, all_cps = yield Read(lambda: (_find_node(store, psid, ref), checkpoints(store, psid)), "branch record")
         if not all_cps:
             raise ApiError("no_checkpoint", f"session {psid} recorded no checkpoints (it ran before durable "
                            "steps, or no step completed)", {"node": node["node_id"]})
@@ -242,32 +248,31 @@ class Branch(Request):
             params = check.get("params", params)
         limits = _merged_limits(parent, self.body.get("limits"))
         src = d.layout.sessions_dir / psid / OBJECTS_DIR
-        seed = _seed(cps, src, step_files=True, mode="branch", node_base=max_node_number(d.store, psid),
-                     hypothesis=hypothesis, instructions=instructions)
-        digests = {s["result"] for s in seed["steps"].values() if s.get("result")}
+        sids = [secrets.token_hex(6) for _ in range(count)]
+        dirs = [d.layout.sessions_dir / sid for sid in sids]
+
+        def prepare() -> dict[str, Any]:
+            seed = _seed(cps, src, step_files=True, mode="branch", node_base=max_node_number(store, psid),
+                         hypothesis=hypothesis, instructions=instructions)
+            _branch_dirs(psid, src, seed, dirs)
+            return seed
+
+        seed = yield Read(prepare, "branch seed")
+        try:  # the daemon may have begun to stop meanwhile
+            if d.draining:
+                raise ApiError("draining", "the daemon is stopping its sessions (serve --drain): no new sessions")
+            refuse_while_store_down(d)
+        except ApiError:
+            for session_dir in dirs:
+                shutil.rmtree(session_dir, ignore_errors=True)
+            raise
         manifest: dict[str, Any] = seed.get("files") or {}
-        digests.update(seed.get("chain") or ())
-        digests.update(v[0] for v in manifest.values())
-        # the files of each reused step's own checkpoint too: a branch of this branch may restore any of them
-        digests.update(v[0] for s in seed["steps"].values() for v in (s.get("files") or {}).values())
         network = bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network))
         made: list[dict[str, Any]] = []
         reply = {"sessions": made, "parent": psid, "node": node["node_id"], "reused": len(seed["steps"]),
                  "files": len(manifest) if seed["manifest"] else 0}
         d.defer(self.reply_to, lambda _seq, _payload: reply)  # once the last branch is committed
-        for _ in range(count):
-            sid = secrets.token_hex(6)
-            session_dir = d.layout.sessions_dir / sid
-            try:
-                try:
-                    _link_objects(src, session_dir / OBJECTS_DIR, digests)
-                except OSError as exc:
-                    raise ApiError("no_checkpoint", f"the checkpoint files of session {psid} cannot be read: "
-                                   f"{exc}") from None
-                _write_seed(session_dir, seed)  # before session.created: a restart that re-queues it finds it
-            except ApiError:
-                shutil.rmtree(session_dir, ignore_errors=True)  # a branch that was never created leaves nothing
-                raise
+        for sid, session_dir in zip(sids, dirs, strict=True):
             name = f"{parent['name'][:150]}-branch-{sid[:6]}"
             workdir = session_dir / "work"
             payload: dict[str, Any] = {"workflow": parent["workflow"], "name": name, "params": params,
@@ -286,6 +291,29 @@ class Branch(Request):
                 time.time(), extra=entry_extra(d, name, payload)))
             made.append({"session": sid, "name": name})
         return DEFERRED
+
+
+def _branch_dirs(psid: str, src: Path, seed: dict[str, Any], dirs: list[Path]) -> None:
+    """Each new branch's session directory: the parent's objects it needs (linked) and its seed, written before its
+    ``session.created`` (a restart that re-queues it finds it). On a worker (files only); a branch that could not be
+    prepared leaves nothing, nor do the others."""
+    digests = {s["result"] for s in seed["steps"].values() if s.get("result")}
+    digests.update(seed.get("chain") or ())
+    digests.update(v[0] for v in (seed.get("files") or {}).values())
+    # the files of each reused step's own checkpoint too: a branch of this branch may restore any of them
+    digests.update(v[0] for s in seed["steps"].values() for v in (s.get("files") or {}).values())
+    try:
+        for session_dir in dirs:
+            try:
+                _link_objects(src, session_dir / OBJECTS_DIR, digests)
+            except OSError as exc:
+                raise ApiError("no_checkpoint", f"the checkpoint files of session {psid} cannot be read: "
+                               f"{exc}") from None
+            _write_seed(session_dir, seed)
+    except ApiError:
+        for session_dir in dirs:
+            shutil.rmtree(session_dir, ignore_errors=True)
+        raise
 
 
 @register

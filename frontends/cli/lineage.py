@@ -83,7 +83,8 @@ def cmd_compare(args: argparse.Namespace, ctx: Ctx) -> int:
     ctx.out.line("")
     rows = []
     for s in r["steps"]:
-        cells = [f"{c['status']} {_secs(c['duration'])} {c['calls']} calls" if c else "(absent)" for c in s["sessions"]]
+        cells = [f"{c['status']} {_secs(c['duration'])} {c['calls']} calls" + (" (reused)" if c.get("reused") else "")
+                 if c else "(absent)" for c in s["sessions"]]
         rows.append([("* " if s["changed"] else "  ") + s["name"][:60], *cells, ", ".join(s["changed"])])
     ctx.out.table(["STEP", *ids, "CHANGED"], rows)
     for s in r["steps"]:

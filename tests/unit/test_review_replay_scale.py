@@ -92,7 +92,7 @@ def test_compare_orders_tens_of_thousands_of_steps_first_seen_first(sqlite_store
     cell = {"node_id": "n", "kind": "step", "status": "completed", "duration": 0.1, "calls": 0, "prompt_tokens": 0,
             "completion_tokens": 0, "cost": 0.0, "result": None}
     per = {"s1": [(f"s{i}", cell) for i in range(n)], "s2": [(f"s{i}", cell) for i in range(n, -1, -1)]}
-    monkeypatch.setattr(compare_mod, "_steps", lambda store, sid, outputs: (per[sid], 0))
+    monkeypatch.setattr(compare_mod, "_steps", lambda runs, sid: (per[sid], 0))
     out = compare_mod.compare(st, [st.session("s1"), st.session("s2")])
     assert [r["name"] for r in out["steps"]] == [f"s{i}" for i in range(n + 1)]
     assert out["steps"][-1]["sessions"][0] is None
@@ -175,7 +175,7 @@ def test_a_parent_cycle_neither_hangs_nor_adds_usage_twice(sqlite_store: tuple[S
 def test_compare_takes_the_outer_agent_turn_when_start_positions_tie(monkeypatch: pytest.MonkeyPatch) -> None:
     """Of two nested agent turns recorded with the same start position (or none), a step's result is the outer
     turn's output, as the walk from the step found it first before the one-pass version (found by a review)."""
-    from labd.store.compare import _steps
+    from labd.store.compare import _Runs, _steps
 
     class Rows:
         def steps(self, sid: str) -> list[dict[str, Any]]:
@@ -187,5 +187,5 @@ def test_compare_takes_the_outer_agent_turn_when_start_positions_tie(monkeypatch
                      "start_seq": None}]
 
     monkeypatch.setattr(compare_mod, "superseded_nodes", lambda *a: set())  # a store of steps only: never resumed
-    per, _ = _steps(Rows(), "x", {"outer": "outer-out", "inner": "inner-out"})
+    per, _ = _steps(_Runs(Rows(), [{"id": "x"}], {"x": {"outer": "outer-out", "inner": "inner-out"}}), "x")
     assert dict(per)["s"]["result"] == "outer-out"

@@ -1,0 +1,223 @@
+"""Durable sessions and the record of their work directory: the files a resume or branch restores are recorded
+(``file.*`` events) so that `labd files` and `labd compare` tell what the work directory held; `labd compare` of a
+branch with its parent shows the steps it reused as unchanged; a branch's seed is built off the request loop."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import wait_until
+from tests.integration.test_durable import _ended, _events
+
+#: s0 writes keep.txt and data.txt; s1 changes data.txt, adds gone.txt and sub/b.txt; s2 deletes gone.txt and
+#: writes out.txt with the `tag` param; with `fail_once`, s2 fails its first run (a marker in a dot directory of the
+#: work directory, which is neither tracked nor restored, tells), after it made a mess (data.txt rewritten,
+#: keep.txt deleted, junk.txt created)
+_FLOW = """\
+import os
+
+def files(ctx, tag: str = "first", fail_once: bool = False):
+    w = ctx.workdir
+    marker = w / ".state" / "failed-once"
+    with ctx.step("s0"):
+        (w / "keep.txt").write_text("keep")
+        (w / "data.txt").write_text("v0")
+    with ctx.step("s1"):
+        (w / "data.txt").write_text("v1")
+        (w / "gone.txt").write_text("soon gone")
+        (w / "sub").mkdir(exist_ok=True)
+        (w / "sub" / "b.txt").write_text("b")
+    with ctx.step("s2"):
+        if fail_once and not marker.exists():
+            marker.parent.mkdir(exist_ok=True)
+            marker.write_text("")
+            (w / "data.txt").write_text("mess")
+            os.remove(w / "keep.txt")
+            (w / "junk.txt").write_text("junk")
+            raise RuntimeError("s2 fails once")
+        os.remove(w / "gone.txt")
+        (w / "out.txt").write_text(tag)
+    return tag
+"""
+
+
+def _flow(tmp_path: Path) -> str:
+    (tmp_path / "durable_files_flow.py").write_text(_FLOW)
+    return f"{tmp_path / 'durable_files_flow.py'}:files"
+
+
+def _recorded(files: list[dict[str, Any]]) -> dict[str, str]:
+    """The work directory as a session's file events leave it: path -> sha256."""
+    final: dict[str, str] = {}
+    for f in files:
+        if f["change"] == "deleted":
+            final.pop(f["path"], None)
+        else:
+            final[f["path"]] = f["sha256"]
+    return final
+
+
+def _on_disk(work: Path) -> dict[str, str]:
+    return {str(p.relative_to(work)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in work.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts)}
+
+
+def test_a_branch_records_the_files_its_restore_put_in_place(daemon, tmp_path: Path) -> None:
+    """A branch from s2 starts from the parent's files after s1, restored from the checkpoint: its record has a
+    ``file.created`` (no node, ``restored``) for each of them with the parent's content hash, so `labd files` of
+    the branch lists exactly what its work directory holds, and `labd compare parent branch` shows every file the
+    same but out.txt, which the branch really wrote differently (its `tag` param). Before, the restored files were
+    missing from the branch's record (compare called them ``removed``)."""
+    flow = _flow(tmp_path)
+    with daemon.client() as c:
+        parent = c.start(flow)
+        assert _ended(c, parent)["status"] == "completed"
+        kid = c.branch(parent, "s2", params={"tag": "second"})["sessions"][0]["session"]
+        assert _ended(c, kid)["status"] == "completed", c.session(kid)["reason"]
+        files = c.files(kid)
+        restored = [f for f in files if f["node_id"] is None]
+        assert sorted((f["path"], f["change"]) for f in restored) == [
+            ("data.txt", "created"), ("gone.txt", "created"), ("keep.txt", "created"), ("sub/b.txt", "created")]
+        work = Path(c.session(kid)["workdir"])
+        assert _recorded(files) == _on_disk(work)
+        assert set(_on_disk(work)) == {"data.txt", "keep.txt", "sub/b.txt", "out.txt"}
+        parent_files = _recorded(c.files(parent))
+        assert {f["path"]: f["sha256"] for f in restored if f["path"] != "gone.txt"} == {
+            p: h for p, h in parent_files.items() if p not in ("out.txt",)}
+        events = [p for _s, _src, node, p in _events(daemon.home, kid, "file.created") if node is None]
+        assert events and all('"restored":true' in p for p in events), events
+        compared = c.compare(parent, kid)
+        states = {f["path"]: f["states"][0] for f in compared["files"]}
+        assert states == {"data.txt": "same", "keep.txt": "same", "sub/b.txt": "same", "out.txt": "changed"}, states
+
+
+def test_a_resume_records_what_its_restore_changed_and_nothing_twice(daemon, tmp_path: Path) -> None:
+    """s2 fails once after rewriting data.txt, deleting keep.txt and creating junk.txt (all recorded). The resume
+    restores the work directory of s1's checkpoint, and records exactly what that changed against the session's
+    own record: data.txt changed back, keep.txt created again, junk.txt deleted; the files its record already
+    holds as restored (sub/b.txt, gone.txt) get no new event. `labd files` then tells what the work directory
+    holds. Before, the record kept the failed run's data.txt and junk.txt and never got keep.txt back."""
+    flow = _flow(tmp_path)
+    with daemon.client() as c:
+        sid = c.start(flow, params={"fail_once": True})
+        assert _ended(c, sid)["status"] == "failed"
+        before = c.session(sid)["last_seq"]
+        c.resume(sid)
+        assert c.wait(sid, timeout=60)["status"] == "completed", c.session(sid)["reason"]
+        files = c.files(sid)
+        restore = [(f["path"], f["change"]) for f in files if f["seq"] > before and f["node_id"] is None]
+        assert sorted(restore) == [("data.txt", "changed"), ("junk.txt", "deleted"), ("keep.txt", "created")]
+        assert [f["change"] for f in files if f["path"] == "sub/b.txt"] == ["created"]  # never recorded twice
+        assert _recorded(files) == _on_disk(Path(c.session(sid)["workdir"]))
+        data = next(f for f in files if f["seq"] > before and f["path"] == "data.txt")
+        assert data["sha256"] == hashlib.sha256(b"v1").hexdigest()
+
+
+def test_compare_shows_the_steps_a_branch_reused_as_unchanged(daemon) -> None:
+    """planning_and_control branched from its second step, and that branch branched again from the same step:
+    `labd compare parent branch` (and parent with the branch of the branch) shows the planning and step 1, which
+    the branches reused, unchanged: their status, calls and result are those of the run they reused (the
+    parent's, through the first branch for the second). Before, a reused step had no agent turns of its own, so
+    its result, status and calls all read as changed."""
+    with daemon.client() as c:
+        parent = c.start("planning_and_control", params={"max_steps": 2})
+        assert _ended(c, parent)["status"] == "completed"
+        second = next(s for s in c.session(parent)["steps"] if s["name"].startswith("step 2:") and s["kind"] == "step")
+        b1 = c.branch(parent, second["node_id"])["sessions"][0]["session"]
+        assert _ended(c, b1)["status"] == "completed"
+        b1_second = next(s for s in c.session(b1)["steps"] if s["name"].startswith("step 2:") and s["kind"] == "step")
+        b2 = c.branch(b1, b1_second["node_id"])["sessions"][0]["session"]
+        assert _ended(c, b2)["status"] == "completed"
+        for kid in (b1, b2):
+            rows = {r["name"]: r for r in c.compare(parent, kid)["steps"]}
+            reused = [n for n in rows if n == "planning" or n.startswith("step 1:")]
+            assert len(reused) == 2, sorted(rows)
+            for name in reused:
+                row = rows[name]
+                assert row["changed"] == [], (name, row)
+                assert row["sessions"][0]["result"], row  # a real result (the last agent turn's output)
+                assert row["sessions"][1]["reused"] and row["sessions"][1]["result"] == row["sessions"][0]["result"]
+
+
+def test_a_branch_builds_its_seed_off_the_request_loop(daemon, tmp_path: Path) -> None:
+    """While `session.branch` reads the parent's checkpoints (here held up: the first checkpoint's manifest object
+    is a FIFO nobody writes yet), the daemon answers other requests (`ping`), and the branch goes on once the read
+    is done. Before, the seed was built on the request loop and every client waited for it."""
+    from labd.ipc import LabdError
+
+    flow = _flow(tmp_path)
+    with daemon.client() as c:
+        parent = c.start(flow)
+        assert _ended(c, parent)["status"] == "completed"
+        first = c.checkpoints(parent)[0]["manifest"]
+    obj = daemon.home / "sessions" / parent / "checkpoints" / "objects" / first[:2] / first
+    data = obj.read_bytes()
+    obj.unlink()
+    os.mkfifo(obj, 0o600)
+    reply: dict[str, Any] = {}
+
+    def branch() -> None:
+        try:
+            with daemon.client(timeout=60) as c2:
+                reply.update(c2.branch(parent, "s2"))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            reply["error"] = exc
+
+    def reading() -> int | None:  # a writer can open a FIFO without blocking once a reader has it open
+        with contextlib.suppress(OSError):
+            return os.open(obj, os.O_WRONLY | os.O_NONBLOCK)
+        return None
+
+    asker = threading.Thread(target=branch)
+    asker.start()
+    held = wait_until(reading, timeout=30, what="the branch reading the parent's manifest")
+    try:
+        with daemon.client(timeout=5) as c:
+            answered = c.ping()
+    except LabdError as exc:
+        answered = {"error": exc}
+    finally:  # the object back in place for any later read, then the waiting reader gets its content
+        tmp = obj.with_name(".test-" + obj.name)
+        tmp.write_bytes(data)
+        os.replace(tmp, obj)
+        os.write(held, data)
+        os.close(held)
+    asker.join(60)
+    assert "error" not in answered, f"the daemon did not answer while the branch read: {answered}"
+    assert "sessions" in reply, reply
+    with daemon.client() as c:
+        assert _ended(c, reply["sessions"][0]["session"])["status"] == "completed"
+
+
+def test_manifests_resolved_one_from_another_are_those_resolved_alone(tmp_path: Path) -> None:
+    """A branch's seed resolves the manifest of every reused step from the previous one (``load_manifests``): for a
+    chain of 80 checkpoints (stored as changes, whole again every MAX_CHAIN, some unchanged, files added, changed
+    and deleted) each is exactly what resolving it alone (``load_manifest``) gives."""
+    import random
+
+    from labd.runner.checkpoint import ObjectStore, load_manifest, load_manifests, manifest_object
+
+    store = ObjectStore(tmp_path / "objects")
+    rng = random.Random(7)
+    current: dict[str, list[Any]] = {}
+    base: tuple[str, dict[str, list[Any]], int] | None = None
+    digests = []
+    for i in range(80):
+        for _ in range(rng.randint(0, 4)):
+            rel = f"f{rng.randint(0, 30)}.txt"
+            if rel in current and rng.random() < 0.3:
+                del current[rel]
+            else:
+                current[rel] = [hashlib.sha256(f"{rel}{i}".encode()).hexdigest(), i, 0o644]
+        obj = manifest_object(dict(current), base)
+        digest = store.put_json(obj)
+        base = (digest, dict(current), base[2] + 1 if base is not None and "base" in obj else 0)
+        digests.append(digest)
+    together = load_manifests(store.get_json, digests)
+    assert {d: load_manifest(store.get_json, d)[0] for d in digests} == together
+    assert together[digests[-1]] == current
