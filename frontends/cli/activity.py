@@ -2,7 +2,9 @@
 
 Used by ``labd logs`` and ``labd run --follow``. The workflow's stdout goes to our stdout and its stderr
 to our stderr, byte for byte, so ``labd logs S > out.txt`` captures exactly what it printed; activity lines
-(steps, agent turns, tool calls, code runs, costs, approvals waiting, the end) go to stderr.
+(steps, agent turns, tool calls, code runs, costs, approvals waiting, the end) go to stderr. On a terminal,
+what the session printed goes through :func:`labd.frontends.cli.safetext.output` (its escape sequences shown,
+not obeyed; colours kept) unless ``--raw-control-chars`` asks for it unchanged.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from labd.frontends.cli import safetext
 from labd.frontends.cli.output import Output
 from labd.ipc.units import format_duration, format_size
 
@@ -196,27 +199,57 @@ def _policy_line(p: dict[str, Any]) -> tuple[str, str | None] | None:
 
 
 class Printer:
-    """Writes :class:`Line` s: verbatim text to stdout/stderr, notes to stderr (styled on a terminal)."""
+    """Writes :class:`Line` s: verbatim text to stdout/stderr (made safe on a terminal: :func:`safetext.output`),
+    notes to stderr (styled on a terminal). :meth:`close` when done."""
 
     def __init__(self, out: Output, *, timestamps: bool = False) -> None:
         self.out = out
         self.timestamps = timestamps
         self._line_start = {"stdout": True, "stderr": True}
+        # per stream: is what the session printed made safe (a terminal, and no --raw-control-chars)
+        self._safe = {"stdout": out.tty and not out.raw_output, "stderr": out.err_tty and not out.raw_output}
+        # per stream: the last piece ended in a CR shown as a line break (a LF opening the next piece is its end)
+        self._cr = {"stdout": False, "stderr": False}
+        self._coloured: set[str] = set()  # terminal streams the session's colours were written to, not reset yet
+
+    def _reset_colours(self) -> None:
+        """End colours the session's output left on (they would hide or recolour what follows: a note, the
+        shell's prompt)."""
+        for stream in self._coloured:
+            f = self.out.stderr if stream == "stderr" else self.out.stdout
+            f.write("\x1b[0m")
+            f.flush()
+        self._coloured.clear()
+
+    def close(self) -> None:
+        """Done printing: reset colours the session left on."""
+        self._reset_colours()
 
     def _stamp(self, ts: float) -> str:
         return datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3] + " " if self.timestamps else ""
 
     def write(self, line: Line) -> None:
         if line.stream == "note":
+            self._reset_colours()
             if not self._line_start["stderr"]:  # a note starts on a fresh line after unfinished stderr output
                 self.out.stderr.write("\n")
                 self._line_start["stderr"] = True
             self.out.line(self._stamp(line.ts) + line.text, line.style, err=True)
             return
-        f = self.out.stderr if line.stream == "stderr" else self.out.stdout
+        stream = line.stream
+        f = self.out.stderr if stream == "stderr" else self.out.stdout
         text = line.text
-        if self._line_start[line.stream]:
+        if self._safe[stream]:  # a terminal: what the session printed, made safe
+            text = safetext.output(text)
+            if self._cr[stream] and text[:1] == "\n":  # the last piece's CR was shown as a line break;
+                text = text[1:]  # this LF, its pair (CR LF), ends the same line
+            self._cr[stream] = line.text[-1:] == "\r"
+            if stream not in self._coloured and "\x1b[" in text:
+                self._coloured.add(stream)
+            if not text:
+                return
+        if self._line_start[stream]:
             text = self._stamp(line.ts) + text
         f.write(text)
         f.flush()
-        self._line_start[line.stream] = text.endswith("\n")
+        self._line_start[stream] = text.endswith("\n")

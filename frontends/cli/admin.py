@@ -144,7 +144,7 @@ def cmd_workflows(args: argparse.Namespace, ctx: Ctx) -> int:
             return 0
         ctx.out.line(f"{info['workflow']}  ({_params_text(info['params'])})", "bold")
         if info["doc"]:
-            print(info["doc"])
+            print(ctx.out.safe(info["doc"]))
         return 0
     flows = c.workflows()
     if args.json:

@@ -117,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.handler(args, ctx))
         sys.stdout.flush()  # here, not at exit: a reader that went away is a quiet exit, not a traceback
         return code
-    except LabdError as exc:
-        print(f"labd: {exc.message} [{exc.code}]", file=sys.stderr)
+    except LabdError as exc:  # the message may quote a session's names or output: made safe for a terminal
+        print(ctx.out.safe(f"labd: {exc.message} [{exc.code}]", err=True), file=sys.stderr)
         return 2
     except (CliError, UnitError) as exc:
-        print(f"labd: {exc}", file=sys.stderr)
+        print(ctx.out.safe(f"labd: {exc}", err=True), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -32,7 +32,7 @@ def cmd_resolve(args: argparse.Namespace, ctx: Ctx) -> int:
     if args.json:
         ctx.out.json(r)
     else:
-        print(f"{r['decision']}: {r['approval_id']} ({r['session']})")
+        print(ctx.out.safe(f"{r['decision']}: {r['approval_id']} ({r['session']})"))
     return 0
 
 

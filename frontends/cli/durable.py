@@ -49,8 +49,9 @@ def cmd_branch(args: argparse.Namespace, ctx: Ctx) -> int:
         return 0
     for s in r["sessions"]:
         print(s["session"])
-    print(f"branched {len(r['sessions'])} session(s) from {r['parent']} at {r['node']}: "
-            f"{r['reused']} completed steps reused, {r['files']} files restored", file=sys.stderr)
+    # the node id comes from the parent's runner: shown as text on a terminal (safetext)
+    print(ctx.out.safe(f"branched {len(r['sessions'])} session(s) from {r['parent']} at {r['node']}: "
+                       f"{r['reused']} completed steps reused, {r['files']} files restored", err=True), file=sys.stderr)
     return 0
 
 

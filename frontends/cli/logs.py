@@ -11,7 +11,7 @@ from datetime import datetime
 
 from labd.frontends.cli.activity import Activity, Line, Printer
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
-from labd.frontends.cli.sessions import follow
+from labd.frontends.cli.sessions import RAW_CONTROL_HELP, follow
 
 __all__ = ["register"]
 
@@ -20,6 +20,7 @@ def cmd_logs(args: argparse.Namespace, ctx: Ctx) -> int:
     c = ctx.client()
     sid = c.session(args.session)["id"]
     raw = args.raw
+    ctx.out.raw_output = args.raw_control_chars
     if args.tail is not None and args.tail < 0:
         raise CliError("--tail takes a number of lines (0 or more)")
     last = 0
@@ -36,15 +37,19 @@ def cmd_logs(args: argparse.Namespace, ctx: Ctx) -> int:
         printer = Printer(ctx.out, timestamps=args.timestamps)
         for line in tail.lines():
             printer.write(line)
+        printer.close()
         if not args.follow:
             return 0
         return _exit(follow(ctx, sid, raw=raw, timestamps=args.timestamps, since=last))
     if args.follow:
         return _exit(follow(ctx, sid, raw=raw, timestamps=args.timestamps))
     activity, printer = Activity(sid, raw=raw), Printer(ctx.out, timestamps=args.timestamps)
-    for ev in c.history(sid):
-        for line in activity.lines(ev):
-            printer.write(line)
+    try:
+        for ev in c.history(sid):
+            for line in activity.lines(ev):
+                printer.write(line)
+    finally:
+        printer.close()
     return 0
 
 
@@ -126,22 +131,26 @@ def cmd_events(args: argparse.Namespace, ctx: Ctx) -> int:
         else:
             t = datetime.fromtimestamp(ev["ts"]).strftime("%H:%M:%S.%f")[:-3]
             node = f" [{ev['node_id']}]" if ev["node_id"] else ""
-            payload = json.dumps(ev["payload"], default=str)
-            print(f"{ev['seq']:>7} {t} {ev['src'][0]} {ev['kind']}{node} {payload if args.full else payload[:200]}",
-                  flush=True)
+            payload = json.dumps(ev["payload"], default=str)  # JSON: control characters escaped as \uXXXX
+            print(ctx.out.safe(f"{ev['seq']:>7} {t} {ev['src'][0]} {ev['kind']}{node} "
+                               f"{payload if args.full else payload[:200]}"), flush=True)
     return 0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "logs", cmd_logs, "a session's output and agent activity (history, then live with -f)",
                 epilog="The session's stdout/stderr go to stdout/stderr verbatim; activity lines (steps, agent "
-                "turns,\ntool calls, code runs, costs, approvals waiting) go to stderr.")
+                "turns,\ntool calls, code runs, costs, approvals waiting) go to stderr. On a terminal, escape "
+                "sequences and\nother control characters the session printed are shown as text (\\x1b[2J, "
+                "\\x07), colours kept;\na carriage return starts a new line. Piped or redirected, the output is "
+                "exactly what was recorded.")
     s.add_argument("session")
     s.add_argument("--follow", "-f", action="store_true", help="keep printing until the session ends")
     s.add_argument("--tail", "-n", type=int, metavar="N", help="only the last N lines of the history")
     s.add_argument("--timestamps", "-t", action="store_true", help="prefix each line with the time it was recorded")
     s.add_argument("--raw", action="store_true", help="only the session's own output, no activity lines")
     s.add_argument("--output-only", dest="raw", action="store_true", help=argparse.SUPPRESS)  # the old name
+    s.add_argument("--raw-control-chars", action="store_true", help=RAW_CONTROL_HELP)
 
     s = command(sub, "events", cmd_events, "a session's recorded events (the raw record)")
     s.add_argument("session")

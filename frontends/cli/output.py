@@ -3,6 +3,11 @@
 Colours follow https://no-color.org (``NO_COLOR`` set to anything non-empty) and ``--no-color``; when
 stdout is not a terminal the output is plain text with no escape codes at all, so pipes and scripts
 see stable columns.
+
+Text a session chose (names, prompts, messages, results, errors quoting them) goes through
+:mod:`labd.frontends.cli.safetext` on its way to a terminal: :meth:`Output.line`, :meth:`Output.table`
+and :meth:`Output.fields` do it themselves, other printing uses :meth:`Output.safe` (a session's own output:
+:class:`labd.frontends.cli.activity.Printer`). To a pipe or a file, text is written as it is.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
+from labd.frontends.cli import safetext
 from labd.ipc.units import format_duration
 
 __all__ = ["Output", "Cell", "styled", "natural_key", "age", "STATUS_STYLE"]
@@ -50,6 +56,13 @@ def _text(cell: Cell) -> str:
 _LINE_BREAKS = str.maketrans({"\n": " ", "\r": " ", "\t": " ", "\v": " ", "\f": " "})
 
 
+def _safe_cell(cell: Cell) -> Cell:
+    """A table cell for a terminal: control characters shown as escapes (:func:`safetext.text`)."""
+    if isinstance(cell, tuple):
+        return (safetext.text(cell[0]), cell[1])
+    return safetext.text(cell)
+
+
 def _one_line(cell: Cell) -> Cell:
     """A table cell on one line: a line break in a value (an approval's prompt, a name) would break the row."""
     if isinstance(cell, tuple):
@@ -66,6 +79,8 @@ class Output:
         self.tty = self.stdout.isatty()
         self.err_tty = self.stderr.isatty()
         self.color = not no_color and not os.environ.get("NO_COLOR")
+        #: write a session's own output unchanged to a terminal too (``--raw-control-chars``)
+        self.raw_output = False
         self._consoles: dict[bool, Any] = {}
 
     def console(self, err: bool = False) -> Any:
@@ -79,6 +94,12 @@ class Output:
 
     def fancy(self, err: bool = False) -> bool:
         return self.err_tty if err else self.tty
+
+    def safe(self, text: str, *, err: bool = False) -> str:
+        """``text`` (which may quote a session's names or messages) as it can be printed on stdout (or stderr):
+        control characters shown as escapes when that stream is a terminal (:func:`safetext.text`), unchanged
+        otherwise."""
+        return safetext.text(text) if self.fancy(err) else text
 
     # ---- data ------------------------------------------------------------------------------------
     def json(self, data: Any) -> None:
@@ -96,7 +117,9 @@ class Output:
             from rich.table import Table
             from rich.text import Text
 
-            t = Table(box=SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold", title=title,
+            rows = [[_safe_cell(c) for c in r] for r in rows]
+            t = Table(box=SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold",
+                      title=Text(safetext.text(title)) if title is not None else None,  # a Text: no markup read
                       title_justify="left", title_style="bold")
             for i, c in enumerate(columns):
                 longest = max([len(_text(r[i])) for r in rows] + [len(c)])
@@ -123,20 +146,22 @@ class Output:
                 from rich.text import Text
 
                 line = Text(f"{k:<{width}}  ", style="bold")
-                line.append(v[0], style=v[1])
+                line.append(safetext.text(v[0]), style=v[1])
                 self.console().print(line)
             elif self.tty:
                 from rich.text import Text
 
                 line = Text(f"{k:<{width}}  ", style="bold")
-                line.append(_text(v))
+                line.append(safetext.text(_text(v)))
                 self.console().print(line)
             else:
                 self.stdout.write(f"{k:<{width}}  {_text(v)}".rstrip() + "\n")
 
     # ---- text ------------------------------------------------------------------------------------
     def line(self, text: str, style: str | None = None, *, err: bool = False) -> None:
-        """One line on stdout (or stderr), in ``style`` when that stream is a terminal."""
+        """One line on stdout (or stderr), in ``style`` when that stream is a terminal (where control characters
+        in ``text`` are shown as escapes: see :meth:`safe`)."""
+        text = self.safe(text, err=err)
         if style and self.fancy(err):
             from rich.text import Text
 

@@ -70,7 +70,7 @@ def tree_lines(dag: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 def cmd_dag(args: argparse.Namespace, ctx: Ctx) -> int:
     c = ctx.client()
     if args.format != "tree":
-        print(c.dag(args.session, args.format)["text"], end="")
+        print(ctx.out.safe(c.dag(args.session, args.format)["text"]), end="")  # step names are the session's
         return 0
     dag = c.dag(args.session, "json")["dag"]
     if not dag["nodes"]:

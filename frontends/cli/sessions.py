@@ -174,6 +174,7 @@ def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
         from labd.frontends.cli.logs import follow_json
 
         return follow_json(ctx, sid)
+    ctx.out.raw_output = args.raw_control_chars
     return follow(ctx, sid, raw=args.raw, header=True)
 
 
@@ -187,12 +188,15 @@ def follow(ctx: Ctx, sid: str, *, raw: bool = False, timestamps: bool = False, s
     status = None
     try:
         with ctrl_c() as pressed:
-            for ev in c.follow(sid, since=since):
-                pressed.check()  # a press whose KeyboardInterrupt a finalizer swallowed
-                for line in activity.lines(ev):
-                    printer.write(line)
-                if ev["kind"] == "session.ended":
-                    status = ev["payload"].get("status")
+            try:
+                for ev in c.follow(sid, since=since):
+                    pressed.check()  # a press whose KeyboardInterrupt a finalizer swallowed
+                    for line in activity.lines(ev):
+                        printer.write(line)
+                    if ev["kind"] == "session.ended":
+                        status = ev["payload"].get("status")
+            finally:
+                printer.close()  # colours the session left on end here, not in the lines below or the prompt
     except KeyboardInterrupt:
         ctx.out.line(f"\n== detached: session {sid} keeps running. Stop it with `labd stop {sid}`; "
                      f"follow it again with `labd logs -f {sid}`.", "bold yellow", err=True)
@@ -212,7 +216,7 @@ def _reply(ctx: Ctx, args: argparse.Namespace, result: dict[str, Any], text: str
     if getattr(args, "json", False):
         ctx.out.json(result)
     else:
-        print(text)
+        print(ctx.out.safe(text))
     return 0
 
 
@@ -262,6 +266,13 @@ units:
   --memory 512M | 2G   --cpu 50% (of one core) | --cpus 0.5 (cores)   --timeout 90s | 15m | 1h30m | 2d"""
 
 
+#: ``--raw-control-chars`` (``run --follow`` and ``logs``): what it does, and why it is off by default
+RAW_CONTROL_HELP = ("on a terminal too, write the session's output exactly as recorded, escape sequences and all. Off "
+                    "by default: code the session ran could set your clipboard, retitle or clear the terminal, hide or "
+                    "overwrite lines; by default such sequences are shown as text (\\x1b...) and only colours are "
+                    "kept. Piped or redirected, the output is always exact")
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "run", cmd_run, "start a session (prints its id; -f to follow it)", epilog=RUN_EPILOG)
     s.add_argument("workflow", help="built-in name, package.module:function, or path/to/flows.py[:function]")
@@ -291,6 +302,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "see `labd policy check FILE`)")
     s.add_argument("--follow", "-f", action="store_true", help="show its output and agent activity until it ends")
     s.add_argument("--raw", action="store_true", help="with -f: only the session's own output, no activity lines")
+    s.add_argument("--raw-control-chars", action="store_true", help="with -f: " + RAW_CONTROL_HELP)
     add_json(s, '{"session": ID} instead of the bare id')
 
     s = command(sub, "stop", cmd_stop, "stop a session: ask, then SIGTERM, then SIGKILL")

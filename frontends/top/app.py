@@ -8,6 +8,7 @@ from collections.abc import Callable
 from os import PathLike
 from typing import Any, TypeVar
 
+from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -15,6 +16,7 @@ from textual.css.query import NoMatches
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Log, RichLog, Static, TabbedContent, TabPane
 
+from labd.frontends.cli.safetext import text as safe_text
 from labd.ipc import Client, LabdError
 
 from .feed import Feed
@@ -169,7 +171,8 @@ class TopApp(App[int]):
         self.updates += 1
         chunks: list[str] = []
         if msg.skipped:  # above the log, not in it: the log trims its oldest lines
-            self.output_note.update(f"… {msg.skipped} earlier events not loaded (labd logs {msg.session} has them)")
+            self.output_note.update(Text(f"… {msg.skipped} earlier events not loaded (labd logs {msg.session} has "
+                                         "them)"))
             self.output_note.display = True
         lines = []
         act = self.activity
@@ -183,7 +186,7 @@ class TopApp(App[int]):
                 chunks.append(output_text(f"[{p.get('level')}] {p.get('event')} {fields}".rstrip()) + "\n")
                 continue
             if kind == "session.ended":
-                chunks.append(f"== session {p.get('status')}: {p.get('reason')}\n")
+                chunks.append(output_text(f"== session {p.get('status')}: {p.get('reason')}") + "\n")
             if p.get("agent"):
                 act["agent"] = p["agent"]
             act["turns"] = act.get("turns", 0) + (kind == "agent.turn.started")
@@ -224,7 +227,7 @@ class TopApp(App[int]):
         if msg.connected:
             banner.remove_class("shown")
         else:
-            banner.update(f"daemon unreachable: {msg.detail} — retrying; showing the last known state")
+            banner.update(Text(f"daemon unreachable: {msg.detail} — retrying; showing the last known state"))
             banner.add_class("shown")
 
     # ---- selection ---------------------------------------------------------------------------------
@@ -262,7 +265,7 @@ class TopApp(App[int]):
             try:
                 await feed.call(lambda c: fn(c, sid))
             except LabdError as exc:
-                self.notify(f"{what} {sid}: {exc.message}", severity="error")
+                self.notify(safe_text(f"{what} {sid}: {exc.message}"), severity="error", markup=False)
                 return
             feed.refresh()
             self.notify(f"{what}: {sid}")
@@ -288,8 +291,8 @@ class TopApp(App[int]):
             return None
         ap = pending[0]
         if decision not in (ap.get("options") or []):
-            self.notify(f"'{decision}' is not an option here: {', '.join(ap.get('options') or [])}",
-                        severity="warning")
+            self.notify(safe_text(f"'{decision}' is not an option here: {', '.join(ap.get('options') or [])}"),
+                        severity="warning", markup=False)  # the options are the session's: not markup
             return None
         return ap
 

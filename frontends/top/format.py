@@ -1,4 +1,10 @@
-"""Pure formatting for ``labd top``: numbers stay numbers until here (sparklines, sizes, ages, activity lines)."""
+"""Pure formatting for ``labd top``: numbers stay numbers until here (sparklines, sizes, ages, activity lines).
+
+Text a session chose (its output, names, messages, prompts) is shown with its control characters as escapes
+(:mod:`labd.frontends.cli.safetext`: Textual writes a widget's text to the terminal as it is, escape sequences
+included), and only ever as a ``Text`` or plain ``Log`` line, never as a string a widget reads as markup
+(``[@click=app.quit]`` in a name would be an action, ``[link=...]`` a link).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,9 @@ from typing import Any
 
 from rich.text import Text
 
-__all__ = ["MAX_LINE", "activity_line", "fmt_age", "fmt_bytes", "fmt_cost", "matches", "output_text", "spark",
+from labd.frontends.cli.safetext import plain, text
+
+__all__ = ["MAX_LINE", "activity_line", "fmt_age", "fmt_bytes", "fmt_cost", "matches", "output_text", "safe", "spark",
            "truncate"]
 
 MAX_LINE = 400  # characters of one output line shown; the store keeps the whole line (`labd logs` has it)
@@ -21,11 +29,20 @@ def truncate(line: str, limit: int = MAX_LINE) -> str:
     return f"{line[:limit]}… (+{len(line) - limit} chars)"
 
 
-def output_text(text: str, limit: int = MAX_LINE) -> str:
-    """An ``output`` chunk with each of its lines truncated for display; partial lines are kept partial."""
-    if len(text) <= limit and "\r" not in text:
-        return text
-    return "\n".join(truncate(line.replace("\r", ""), limit) for line in text.split("\n"))
+def safe(value: Any) -> Text:
+    """A name, message or prompt of a session as a ``Text`` (never read as markup), its control characters shown
+    as escapes (:func:`labd.frontends.cli.safetext.text`)."""
+    return Text(text(str(value)), end="")
+
+
+def output_text(chunk: str, limit: int = MAX_LINE) -> str:
+    """An ``output`` chunk with each of its lines truncated for display; partial lines are kept partial. Colour
+    sequences are dropped and other control characters shown as escapes (:func:`safetext.plain`): the output
+    pane is plain text, which Textual would write to the terminal as it is."""
+    chunk = plain(chunk.replace("\r", "") if "\r" in chunk else chunk)
+    if len(chunk) <= limit:
+        return chunk
+    return "\n".join(truncate(line, limit) for line in chunk.split("\n"))
 
 
 def matches(row: dict[str, Any], query: str) -> bool:
@@ -145,4 +162,4 @@ def activity_line(ev: dict[str, Any]) -> Text | None:
         body, style = f"{kind} {_short({k: v for k, v in p.items() if k != 'workdir'}, 80)}", "session"
     else:
         return None
-    return Text.assemble((tag, "dim"), (body, STYLES[style]))
+    return Text.assemble((text(tag), "dim"), (text(body), STYLES[style]))

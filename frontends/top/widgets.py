@@ -13,7 +13,9 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Sparkline, Static, Tree
 
-from .format import fmt_age, fmt_bytes, fmt_cost, spark, truncate
+from labd.frontends.cli.safetext import text as safe_text
+
+from .format import fmt_age, fmt_bytes, fmt_cost, safe, spark, truncate
 
 __all__ = ["DagTree", "DetailPane", "FeedbackScreen", "SessionTable", "History"]
 
@@ -64,7 +66,8 @@ class SessionTable(DataTable[Any]):
     def row_cells(self, row: dict[str, Any], hist: History, now: float) -> tuple[Any, ...]:
         sid, live = row["id"], row.get("live") or {}
         alive = row["status"] in LIVE
-        return (sid, truncate(row.get("name") or "", 22), status_text(row["status"]),
+        # the name as a Text: a string cell is read as markup (a session named "[@click=app.quit]x" ...)
+        return (sid, safe(truncate(row.get("name") or "", 22)), status_text(row["status"]),
                 f"{live['cpu_percent']:.0f}" if alive and live else "-",
                 spark(hist.cpu.get(sid, ()), 10, top=100.0) if alive else "",
                 fmt_bytes(live.get("rss")) if alive and live else fmt_bytes(row.get("peak_rss")),
@@ -122,17 +125,18 @@ class DetailPane(Vertical):
             self.query_one("#approval", Static).update("")
             return
         sid, live = row["id"], row.get("live") or {}
-        text = Text.assemble((f"{row.get('name')}\n", "bold"), (f"{sid} ", "dim"), status_text(row["status"]),
-                             f"  age {fmt_age(row.get('created_at'), now)}\n{truncate(row.get('workflow') or '', 48)}")
+        text = Text.assemble((f"{safe_text(str(row.get('name')))}\n", "bold"), (f"{sid} ", "dim"),
+                             status_text(row["status"]), f"  age {fmt_age(row.get('created_at'), now)}\n"
+                             f"{safe_text(truncate(row.get('workflow') or '', 48))}")
         if row.get("reason") and row["status"] not in LIVE:
-            text.append(f"\n{truncate(row['reason'], 200)}", style="dim")
+            text.append(f"\n{safe_text(truncate(row['reason'], 200))}", style="dim")
         figures = (f"\ncpu {live.get('cpu_percent', 0):.0f}%  mem {fmt_bytes(live.get('rss'))}  "
                    f"procs {live.get('num_procs', '-')}" if live else
                    f"\npeak cpu {row.get('peak_cpu_percent') or 0:.0f}%  peak mem {fmt_bytes(row.get('peak_rss'))}")
         text.append(figures)
         text.append(f"\ncost {fmt_cost(row.get('cost'))}  events {row.get('last_seq') or 0}")
         if activity.get("agent"):
-            text.append(f"\nagent {truncate(activity['agent'], 30)}  turns {activity.get('turns', 0)}\n"
+            text.append(f"\nagent {safe_text(truncate(activity['agent'], 30))}  turns {activity.get('turns', 0)}\n"
                         f"tool calls {activity.get('tools', 0)}  code runs {activity.get('code', 0)}  "
                         f"llm calls {activity.get('llm', 0)}", style="cyan")
         summary.update(text)
@@ -140,9 +144,9 @@ class DetailPane(Vertical):
         self.query_one("#mem-spark", Sparkline).data = list(hist.mem.get(sid, [0.0]))
         box = self.query_one("#approval", Static)
         if approval:
-            opts = " / ".join(approval.get("options") or [])
-            box.update(Text.assemble(("approval waiting ", "bold"), f"({approval.get('kind')}): ",
-                                     truncate(str(approval.get("prompt")), 300), f"\noptions: {opts}\n",
+            opts = safe_text(" / ".join(approval.get("options") or []))
+            box.update(Text.assemble(("approval waiting ", "bold"), f"({safe_text(str(approval.get('kind')))}): ",
+                                     safe_text(truncate(str(approval.get("prompt")), 300)), f"\noptions: {opts}\n",
                                      ("a", "bold"), " approve  ", ("r", "bold"), " reject  ", ("m", "bold"),
                                      " modify"))
         else:
@@ -169,14 +173,14 @@ class DagTree(Tree[Any]):
                 files_by_node.setdefault(node, []).append(f["path"])
         self.clear()
         shown = f"the newest {len(nodes)} of {len(all_nodes)}" if len(all_nodes) > len(nodes) else str(len(nodes))
-        self.root.set_label(Text(f"{dag.get('session', '')}  ({shown} nodes)", style="bold"))
+        self.root.set_label(Text(f"{safe_text(str(dag.get('session', '')))}  ({shown} nodes)", style="bold"))
         key = _node_key
 
         def add(parent: Any, nid: str) -> None:
             n = nodes[nid]
             label = Text.assemble((f"{self.ICONS.get(n.get('status') or '', '·')} ", STATUS_STYLE.get(
-                n.get("status") or "", "")), (f"{nid} ", "dim"), truncate(n.get("name") or "", 60),
-                (f"  {n.get('kind')}", "dim"))
+                n.get("status") or "", "")), (f"{safe_text(nid)} ", "dim"),
+                safe_text(truncate(n.get("name") or "", 60)), (f"  {safe_text(str(n.get('kind')))}", "dim"))
             if n.get("duration"):
                 label.append(f"  {n['duration']:.1f}s", style="dim")
             if cost_by_node.get(nid):
@@ -184,7 +188,7 @@ class DagTree(Tree[Any]):
             kids = sorted(children.get(nid, []), key=key)
             paths = files_by_node.get(nid, [])
             if paths:
-                label.append(f"  files: {', '.join(truncate(p, 40) for p in paths[:4])}"
+                label.append(f"  files: {', '.join(safe_text(truncate(p, 40)) for p in paths[:4])}"
                              + (f" +{len(paths) - 4}" if len(paths) > 4 else ""), style="magenta")
             if kids:
                 branch = parent.add(label, expand=True)
@@ -221,8 +225,8 @@ class FeedbackScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(Text(self.title_text, style="bold"))
-            yield Label(truncate(self.prompt, 300))
+            yield Label(Text(safe_text(self.title_text), style="bold"))
+            yield Label(safe(truncate(self.prompt, 300)))  # a Text: an approval's prompt is not markup
             yield Input(value=self.value, placeholder=self.placeholder + ("" if self.required else " (optional)"),
                         id="feedback")
 

@@ -19,13 +19,18 @@ def labd(*args: str, timeout: float = 60, cwd: Path | None = None,
                           cwd=cwd, env=env)
 
 
-def labd_tty(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> str:
-    """``labd ARGS`` on a 200-column pseudo-terminal; returns everything it wrote (escape codes included)."""
+def labd_tty(*args: str, env: dict[str, str] | None = None, timeout: float = 60, stdout: Path | None = None) -> str:
+    """``labd ARGS`` on a 200-column pseudo-terminal; returns everything it wrote (escape codes included). With
+    ``stdout``, its stdout goes to that file instead (not a terminal) and only stderr is on the terminal."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-m", "labd", *args], stdin=subprocess.DEVNULL, stdout=slave,
-                            stderr=slave, env={**os.environ, "COLUMNS": "200", **(env or {})})
+    out = open(stdout, "wb") if stdout is not None else None  # noqa: SIM115 - closed once the child has it
+    proc = subprocess.Popen([sys.executable, "-m", "labd", *args], stdin=subprocess.DEVNULL,
+                            stdout=out if out is not None else slave, stderr=slave,
+                            env={**os.environ, "COLUMNS": "200", **(env or {})})
     os.close(slave)
+    if out is not None:
+        out.close()
     chunks = []
     try:
         while True:
