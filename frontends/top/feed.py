@@ -34,7 +34,7 @@ from textual.message import Message
 from labd.ipc import Client, LabdError
 from labd.ipc.connection import ConnectionFileError, events_socket, read_connection_file
 from labd.ipc.follow import FollowCursor
-from labd.ipc.live import live_events
+from labd.ipc.live import decode_live
 from labd.ipc.paths import layout_for
 from labd.ipc.wire import Codec, WireError
 
@@ -219,10 +219,10 @@ class Feed:
                     quiet = 0.0
                     frames = await sub.recv_multipart()
                     try:
-                        msg = codec.unpack(frames[1:])
+                        evs = decode_live(codec, frames[1:])
                     except WireError:
                         continue
-                    for ev in live_events(msg.body):
+                    for ev in evs:
                         upto = cursor.gap_before(ev)
                         if upto is not None:
                             try:
