@@ -10,21 +10,24 @@ request must come from our own Origin. ``--open`` hands the browser a 0600 file 
 the token never sits on a command line other users can read. Raw signed IPC frames never reach the browser: the
 server speaks to the daemon, the page to it.
 
-Live updates: ``/api/sessions/{id}/stream?since=N`` is a Server-Sent Events stream of the session's events read
-from the store by seq (resumable: the browser's ``Last-Event-ID`` is the last seq it saw), so a page never
-misses an event whatever the live tail dropped. A stream ends when the session does (``event: end``) or when
-the server stops (no ``end``: the page resumes from its last seq once a dashboard serves again). While the daemon
-cannot be read it sends ``event: error`` every two seconds, then ``event: resumed`` once it answers again.
+Live updates: ``/api/sessions/{id}/stream?since=N`` is a Server-Sent Events stream of the session's events, each
+once and in seq order (resumable: the browser's ``Last-Event-ID`` is the last seq it saw). It follows the
+daemon's live tail and fills from the store what the tail dropped (:mod:`labd.frontends.ui.live`), so a page never
+misses an event, and an open page on an idle session costs no request. A stream ends when the session does
+(``event: end``) or when the server stops (no ``end``: the page resumes from its last seq once a dashboard serves
+again). While the daemon cannot be read it sends ``event: error`` every two seconds, then ``event: resumed`` once
+it answers again (a restarted daemon included: the stream goes on from its last seq).
 
-Stopping: each request to the daemon runs in a daemon thread of its own, and a request still waiting for a stuck
-daemon when the server stops answers 503 at once (its thread, left to its client's timeout, keeps neither the
-loop nor the process): `labd ui` exits promptly, with no traceback, whatever the daemon does.
+Stopping: each request to the daemon runs in a daemon thread of its own, on a client lent by a small pool
+(:class:`labd.frontends.ui.calls.ClientPool`), and a request still waiting for a stuck daemon when the server
+stops answers 503 at once (its thread, left to its client's timeout, keeps neither the loop nor the process):
+`labd ui` exits promptly, with no traceback, whatever the daemon does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import hashlib
 import hmac
 import json
@@ -43,31 +46,30 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import anyio
+import zmq.asyncio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from labd.frontends.ui.calls import DAEMON_THREADS, Stopping, http_status, in_thread
-from labd.ipc.client import Client, LabdError, still_ended
+from labd.frontends.ui.calls import DAEMON_THREADS, ClientPool, Stopping, http_status, in_thread
+from labd.frontends.ui.live import DaemonWatch, follow_session
+from labd.ipc.client import Client, LabdError
 from labd.ipc.safe_files import open_beneath
 
 __all__ = ["build_app", "run"]
 
 STATIC = Path(__file__).parent / "static"
 T = TypeVar("T")
-STREAM_POLL_S = 0.3
 MAX_DOWNLOAD = 64 * 1024 * 1024
 #: --open's redirect file is removed after this many seconds (or at exit, if sooner): long enough for a browser that
 #: is slow to start to read it, not the dashboard's whole life. For tests only, ``LABD_UI_OPEN_FILE_S`` in the
 #: environment of `labd ui` shortens it (a test cannot wait two minutes to see the file go).
 OPEN_FILE_S = 120.0
-#: On stop, requests still running after this many seconds are cancelled (a live stream ends within one poll).
+#: On stop, requests still running after this many seconds are cancelled (a live stream ends within a fraction of a
+#: second: labd.frontends.ui.live.STOP_CHECK_S).
 SHUTDOWN_GRACE_S = 5
-#: A stream sends its events in chunks of about this many bytes, and between two it lets the loop run (and stops
-#: if the client has gone): a page of 2000 events is never written, all at once, to a connection already closed.
-STREAM_CHUNK = 32 * 1024
 
 
 def _field(body: dict[str, Any], key: str) -> str:
@@ -86,15 +88,15 @@ def build_app(home: str | None, token: str, port_ref: list[int],
     Live streams end once ``stopping()`` is true: the server waits for open responses before it exits."""
 
     slots = asyncio.Semaphore(DAEMON_THREADS)
+    pool = ClientPool(home)  # a request costs a round trip on a client kept for reuse, not a new connection
+    watch = DaemonWatch(home, stopping)  # for the live streams: the stop, and the daemon gone or restarted
+    zctx = zmq.asyncio.Context()  # the live streams' SUB sockets, on the loop
 
     async def daemon(fn: Callable[[Client], T]) -> T:
-        def run_sync() -> T:
-            with Client(home) as c:
-                return fn(c)
         async with slots:
             if stopping():  # queued for a slot until the stop: no new request to the daemon
                 raise Stopping()
-            return await in_thread(run_sync, stopping)
+            return await in_thread(lambda: pool.call(fn), stopping)
 
     def error(exc: LabdError, details: bool = False) -> Response:
         err: dict[str, Any] = {"code": exc.code, "message": exc.message}
@@ -262,44 +264,11 @@ def build_app(home: str | None, token: str, port_ref: list[int],
             return JSONResponse({"error": {"code": exc.code, "message": exc.message}},
                                 status_code=404 if exc.code == "not_found" else 503)
 
-        async def gen() -> AsyncIterator[str]:
-            last, ended, failing = since, False, False
-            yield "retry: 1000\n\n"
-            while not ended:
-                if stopping() or await request.is_disconnected():
-                    return  # not "end": the page reconnects (and resumes) when a dashboard serves again
-                try:
-                    page = await daemon(functools.partial(_page, sid, last))
-                except Stopping:
-                    return
-                except LabdError as exc:
-                    failing = True
-                    yield f"event: error\ndata: {json.dumps({'code': exc.code, 'message': exc.message})}\n\n"
-                    await asyncio.sleep(2)
-                    continue
-                if failing:  # the daemon answers again (the page clears its notice even if no event comes)
-                    failing = False
-                    yield "event: resumed\ndata: {}\n\n"
-                chunk: list[str] = []
-                size = 0
-                for ev in page["events"]:
-                    last = ev["seq"]
-                    ended = still_ended(ended, ev["kind"])  # a resumed session's old end does not count
-                    chunk.append(f"id: {last}\ndata: {json.dumps(ev, default=str)}\n\n")
-                    size += len(chunk[-1])
-                    if size >= STREAM_CHUNK:
-                        yield "".join(chunk)
-                        chunk, size = [], 0
-                        # a closed connection is noticed here (this lets the loop run), not after the whole page
-                        if await request.is_disconnected():
-                            return
-                if chunk:
-                    yield "".join(chunk)
-                if not page["more"] and not ended:
-                    await asyncio.sleep(STREAM_POLL_S)
-            yield "event: end\ndata: {}\n\n"
+        async def page(after: int) -> dict[str, Any]:
+            return await daemon(lambda c: c.events(sid, since=after, limit=2000))
 
-        return StreamingResponse(gen(), media_type="text/event-stream",
+        gen = follow_session(sid, since, watch=watch, zctx=zctx, read=page, disconnected=request.is_disconnected)
+        return StreamingResponse(gen, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     routes = [
@@ -320,11 +289,13 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         Route("/api/approvals/resolve", api(resolve), methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes)
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        pool.close()  # after the open responses have ended (or been cancelled)
+        zctx.destroy(linger=0)
 
-
-def _page(sid: str, since: int, c: Client) -> dict[str, Any]:
-    return c.events(sid, since=since, limit=2000)
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def run(home: str | None, port: int = 0, open_browser: bool = False, token: str | None = None) -> int:
