@@ -45,6 +45,10 @@ class ControlPlane:
         """Reply to ``reply_to`` only after the event it posts is committed; ``result(seq, payload)``."""
         self._deferred[reply_to[1]] = result
 
+    def is_deferred(self, req_id: str) -> bool:
+        """Is request ``req_id`` still waiting for its event to be committed (not answered, not refused)?"""
+        return req_id in self._deferred
+
     # ---- control requests -------------------------------------------------------------------------
     def _drain_control(self, control: zmq.Socket) -> None:
         for _ in range(100):

@@ -9,6 +9,12 @@ The queue is kept in memory and is rebuilt from the store when a daemon starts (
 session whose stored status is ``queued`` goes back in, in its original order (``session.queued`` records
 the priority; submission order is ``created_at``). A queued session has no process; stopping it ends it
 ``cancelled`` without a runner ever starting.
+
+A session that could never fit (its memory reservation is more than ``memory_total``: :meth:`RunQueue.never_fits`)
+must not wait at the head for ever, blocking every session behind it. New sessions, resumes and branches are
+refused ``bad_limits`` for it; one that is in the queue all the same (queued under a larger ``memory_total`` before
+the daemon restarted with a smaller one) is ended ``failed`` when it is re-queued, and :meth:`RunQueue.admit` takes
+such an entry off the head (for the supervisor to end) rather than stop at it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labd.daemon.limits import Limits
+from labd.ipc.units import format_size
 
 __all__ = ["Queued", "RunQueue"]
 
@@ -60,8 +67,16 @@ class RunQueue:
         return (limits.memory or 0) if self.memory_total is not None else 0
 
     def never_fits(self, limits: Limits) -> bool:
-        """True if the session could not start even on an idle daemon."""
+        """True if the session could not start even on an idle daemon. Only memory can make it so: ``max_sessions``
+        (at least 1 when set) always lets a session start alone, and CPU and process limits reserve nothing."""
         return self.memory_total is not None and self.reservation(limits) > self.memory_total
+
+    def unfit_reason(self, limits: Limits) -> str | None:
+        """Why a session with ``limits`` could never start here (a sentence fragment), or None if it could."""
+        if not self.never_fits(limits):
+            return None
+        return (f"its memory reservation {format_size(self.reservation(limits))} exceeds memory_total "
+                f"{format_size(self.memory_total)}")
 
     def fits(self, limits: Limits, running: Iterable[Limits]) -> bool:
         """Whether a session with ``limits`` can start next to the ``running`` ones."""
@@ -98,16 +113,27 @@ class RunQueue:
         while self._heap and self._live.get(self._heap[0].sid) is not self._heap[0]:
             heapq.heappop(self._heap)
 
-    def admit(self, running: Iterable[Limits]) -> list[Queued]:
-        """Pop, in order, the sessions that fit now (stops at the first one that does not)."""
+    def admit(self, running: Iterable[Limits], unfit: list[Queued] | None = None) -> list[Queued]:
+        """Pop, in order, the sessions that fit now (stops at the first one that does not). An entry that could
+        never fit (:meth:`never_fits`) does not stop it: it is taken out of the queue and appended to ``unfit``
+        (the caller ends it; without ``unfit`` it is only dropped), so it cannot block the sessions behind it."""
         running = list(running)
         out: list[Queued] = []
         self._clean_head()
-        while self._heap and self.fits(self._heap[0].limits, running):
-            q = heapq.heappop(self._heap)
-            self._live.pop(q.sid, None)
-            out.append(q)
-            running.append(q.limits)
+        while self._heap:
+            head = self._heap[0]
+            if self.never_fits(head.limits):
+                heapq.heappop(self._heap)
+                self._live.pop(head.sid, None)
+                if unfit is not None:
+                    unfit.append(head)
+            elif self.fits(head.limits, running):
+                heapq.heappop(self._heap)
+                self._live.pop(head.sid, None)
+                out.append(head)
+                running.append(head.limits)
+            else:
+                break
             self._clean_head()
         return out
 

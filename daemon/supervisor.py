@@ -62,6 +62,9 @@ class Supervisor:
         #: the run queue and how to build a queued session's runner spec (both set by the daemon)
         self.queue = RunQueue()
         self.spec_for: Callable[[Queued], dict[str, Any]] | None = None
+        #: session -> the request id of its resume (api/durable.py) whose session.continued is not committed yet;
+        #: its runner is submitted once it is (an entry whose request was refused meanwhile is stale)
+        self.continuing: dict[str, str] = {}
         self._remote_lost: str | None = None  # why the last remote adoption failed
 
     # ---- the run queue (daemon/queue.py) -----------------------------------------------------------
@@ -78,21 +81,37 @@ class Supervisor:
         return pos
 
     def requeue(self, q: Queued) -> None:
-        """Put back a session that was queued when the previous daemon stopped (no new event)."""
+        """Put back a session that was queued when the previous daemon stopped (no new event). One that could
+        never start under this daemon's configuration (its ``memory_total`` is smaller than the last one's) is
+        ended ``failed`` instead: waiting at the head of the queue, it blocked every session behind it for good."""
+        why = self.queue.unfit_reason(q.limits)
+        if why is not None:
+            self._end_queued(q.sid, "failed", f"{why} (the configuration changed): it could never start")
+            return
         self.queue.push(q)
 
     def dequeue(self, sid: str, by: str) -> bool:
         """End a queued session before any runner started: ``cancelled``. False if it is not queued."""
         if not self.queue.remove(sid):
             return False
-        self.post(sid, "session.ended", {"status": "cancelled", "reason": f"stopped while queued (by {by})",
-                                         "ended_by": "queue"})
+        self._end_queued(sid, "cancelled", f"stopped while queued (by {by})")
         return True
 
+    def _end_queued(self, sid: str, status: str, reason: str) -> None:
+        """The one way a session that waited in the queue (no runner ever started for it this time) ends."""
+        self.post(sid, "session.ended", {"status": status, "reason": reason, "ended_by": "queue"})
+        self.log.info("queued session ended", session_id=sid, status=status, reason=reason)
+
     def pump(self) -> None:
-        """Start queued sessions, in order, while capacity allows."""
+        """Start queued sessions, in order, while capacity allows. An entry that could never start (see
+        RunQueue.admit; normally refused before it is queued) is ended ``failed`` rather than block the queue."""
         if len(self.queue):
-            for q in self.queue.admit(self._running_limits()):
+            unfit: list[Queued] = []
+            admitted = self.queue.admit(self._running_limits(), unfit)
+            for q in unfit:
+                why = self.queue.unfit_reason(q.limits) or "it does not fit the run queue's capacity"
+                self._end_queued(q.sid, "failed", f"{why}: it could never start")
+            for q in admitted:
                 self._start(q)
 
     def _running_limits(self) -> list[Limits]:

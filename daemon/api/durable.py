@@ -22,7 +22,7 @@ import orjson
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.sessions import _limits, resolve_ref, resolve_session
-from labd.daemon.api.start import _run_params, entry_extra, refuse_while_store_down
+from labd.daemon.api.start import _run_params, entry_extra, refuse_never_fits, refuse_while_store_down
 from labd.daemon.limits import Limits
 from labd.daemon.reads import Read
 from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, load_manifest, load_manifests
@@ -138,8 +138,16 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Any:
         hint = "branch it (labd branch) to run part of it again" if status == "completed" else "it has not ended"
         raise ApiError("not_resumable", f"session {sid} is {status}: only a failed, lost or cancelled session "
                        f"can be resumed; {hint}", {"status": status})
-    if sid in d.supervisor.running or sid in d.supervisor.queue:
+    sup = d.supervisor
+    if sid in sup.running or sid in sup.queue:
         raise ApiError("not_resumable", f"session {sid} still has a runner")
+    # a resume whose session.continued is not committed yet: the session still reads as ended, but it is resumed
+    # already (a second one would post a second continuation, and submit a second runner for one session)
+    for other, req_id in list(sup.continuing.items()):
+        if not d.is_deferred(req_id):  # refused meanwhile (the session was deleted first, or the store refused)
+            del sup.continuing[other]
+    if sid in sup.continuing:
+        raise ApiError("not_resumable", f"session {sid} is being resumed already")
     if d.draining:
         raise ApiError("draining", "the daemon is stopping its sessions (serve --drain): no resume now")
     refuse_while_store_down(d)
@@ -148,6 +156,7 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Any:
     budget = req.body.get("budget")
     if budget is not None:
         limits = _limits({"limits": {**limits.to_dict(), "budget": budget}})
+    refuse_never_fits(sup.queue, limits)  # queued, it would block the run queue for good
     cps = checkpoints(d.store, sid)
     seed = _seed(cps, d.layout.sessions_dir / sid / OBJECTS_DIR, mode="resume",
                  node_base=max_node_number(d.store, sid), first_seq=int(row["runner_seq"]) + 1,
@@ -158,16 +167,27 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Any:
     c = created[0]["payload"] if created else {}
     why = f"resumed by client from {status}" + (f": {reason}" if reason else "") + \
         f" ({len(seed['steps'])} completed steps kept)"
-    d.defer(req.reply_to, lambda seq, payload: {"session": sid, "resumed": True, "from_status": status,
-                                                 "steps_kept": len(seed["steps"]), "seq": seq})
+    entry = sup.queue.entry(sid, row["workflow"], _run_params(d, row["params"], c.get("payload")), limits,
+                            row["workdir"], 0, time.time(), extra=entry_extra(d, row["name"], c))
+
+    def committed(seq: int, _payload: dict[str, Any]) -> dict[str, Any]:
+        # The runner is submitted only now that session.continued is in the store: a session deleted (labd rm)
+        # before it was committed has its continuation dropped and the request refused (not_found), and then no
+        # runner may start for it. Committed, the session is queued (not terminal): a later rm is refused.
+        if sup.continuing.get(sid) == req.reply_to[1]:
+            del sup.continuing[sid]
+        if sid not in sup.running and sid not in sup.queue:
+            sup.submit(entry)
+        return {"session": sid, "resumed": True, "from_status": status, "steps_kept": len(seed["steps"]),
+                "seq": seq}
+
+    sup.continuing[sid] = req.reply_to[1]
+    d.defer(req.reply_to, committed)
     d.post_event(sid, "session.continued", {"by": "client", "reason": why, "from_status": status,
                                             "limits": limits.to_dict(), "checkpoints": len(cps),
                                             "interrupted": [st["node_id"] for st in d.store.steps(sid)
                                                             if st["status"] in ("running", "paused")]},
                  reply_to=req.reply_to)
-    d.supervisor.submit(d.supervisor.queue.entry(
-        sid, row["workflow"], _run_params(d, row["params"], c.get("payload")), limits, row["workdir"], 0,
-        time.time(), extra=entry_extra(d, row["name"], c)))
     return DEFERRED
 
 
@@ -247,6 +267,7 @@ class Branch(Request):
                                check.get("details"))
             params = check.get("params", params)
         limits = _merged_limits(parent, self.body.get("limits"))
+        refuse_never_fits(d.supervisor.queue, limits)  # before any directory is prepared
         src = d.layout.sessions_dir / psid / OBJECTS_DIR
         sids = [secrets.token_hex(6) for _ in range(count)]
         dirs = [d.layout.sessions_dir / sid for sid in sids]

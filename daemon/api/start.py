@@ -16,12 +16,12 @@ from labd.daemon.api.policy import runner_policy, session_rules
 from labd.daemon.api.roles import agent_roles
 from labd.daemon.api.sessions import _limits, _roles, _valid_tags, session_name, where_from
 from labd.daemon.limits import Limits
-from labd.daemon.queue import Queued
+from labd.daemon.queue import Queued, RunQueue
 from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT, MAX_RESULT, check_params
 from labd.ipc.signing import derive_key
 from labd.store.schema import IDEMPOTENCY_RETENTION
 
-__all__ = ["PendingStart", "Start", "entry_extra", "requeue", "session_spec"]
+__all__ = ["PendingStart", "Start", "entry_extra", "refuse_never_fits", "requeue", "session_spec"]
 
 MAX_PENDING_KEYS = 10_000  # in-flight idempotency keys remembered in memory (each a few dozen bytes)
 MAX_WAITING_RETRIES = 64  # retries of one uncommitted start held for its commit; more are answered at once
@@ -158,9 +158,7 @@ class Start(Request):
                            check.get("details"))
         params = check.get("params", params)
         queue = d.supervisor.queue
-        if queue.never_fits(limits):
-            raise ApiError("bad_limits", f"memory limit {limits.memory} bytes is more than the daemon's whole "
-                           f"memory_total ({queue.memory_total} bytes): the session could never start")
+        refuse_never_fits(queue, limits)
         label = (check.get("function") or workflow.rsplit(":", 1)[-1]) if payload is None \
             else str(params.get("function") or "function")
         name = name or f"{label.rsplit('.', 1)[-1].strip('<>')[:180]}-{sid[:6]}"
@@ -253,6 +251,16 @@ def entry_extra(d: Any, name: str, created: dict[str, Any]) -> dict[str, Any]:
             "policy": created.get("policy") or [],
             "network": bool((created.get("sandbox") or {}).get("network", d.cfg.sandbox.network)),
             "placement": created.get("placement")}
+
+
+def refuse_never_fits(queue: RunQueue, limits: Limits) -> None:
+    """Refuse (``bad_limits``) a session that could never start under the daemon's capacity (its memory limit is
+    more than ``memory_total``): queued, it would wait at the head of the run queue for ever, blocking every session
+    behind it. One rule for a start (and a replay), a resume and a branch."""
+    if queue.never_fits(limits):
+        raise ApiError("bad_limits", f"memory limit {limits.memory} bytes is more than the daemon's whole "
+                       f"memory_total ({queue.memory_total} bytes): the session could never start",
+                       {"memory": limits.memory, "memory_total": queue.memory_total})
 
 
 def refuse_while_store_down(d: Any) -> None:

@@ -80,3 +80,17 @@ def test_push_is_cheap_and_positions_follow_removals() -> None:
     assert [x.sid for x in q.admit([])] == ["c"]
     assert [x.sid for x in q.admit([])] == ["d"]
     assert [x.sid for x in q.admit([])] == ["a"] and not len(q)
+
+
+def test_an_entry_that_can_never_fit_is_set_aside_not_left_blocking() -> None:
+    """A queued entry whose memory reservation exceeds ``memory_total`` (the configuration shrank after it was
+    queued) is taken off the head and handed back in ``unfit``, so the sessions behind it start; the strict order
+    still holds for an entry that only has to wait."""
+    q = RunQueue(memory_total=100)
+    _push(q, "big", memory=150, at=1)
+    _push(q, "small", memory=10, at=2)
+    _push(q, "s2", memory=95, at=3)
+    unfit: list = []
+    assert [x.sid for x in q.admit([], unfit)] == ["small"]  # s2 waits: 10 + 95 > 100, in order
+    assert [x.sid for x in unfit] == ["big"] and "big" not in q and len(q) == 1
+    assert q.unfit_reason(Limits(memory=150)) is not None and q.unfit_reason(Limits(memory=100)) is None
