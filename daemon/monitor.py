@@ -191,7 +191,7 @@ class Monitor(threading.Thread):
             due = w.started + lim
             if wall > due:
                 w.timeout_reported = True
-                self.notes.send_pyobj(("limit", w.sid, {"limit": "wall time", "measured": round(wall - w.started, 2),
+                self.notes.send_pyobj(("limit", w.sid, {"limit": "wall time", "measured": round(wall - w.started, 3),
                                                         "max": lim, "unit": "seconds", "action": "stop"}))
             else:
                 nearest = min(nearest, due + 0.001)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -35,12 +36,18 @@ from labd.ipc.gcpause import gc_paused
 from labd.ipc.live import WIRE_FIELDS, event_from_wire
 from labd.ipc.paths import layout_for
 from labd.ipc.waiting import Waiting
-from labd.ipc.wire import DEFAULT_MAX_MESSAGE, Codec, WireError, non_finite
+from labd.ipc.wire import DEFAULT_MAX_MESSAGE, Codec, PayloadError, WireError, non_finite
 
 if TYPE_CHECKING:
     from labd.ipc.functions import FunctionCall
 
 __all__ = ["Client", "LabdError", "WIRE_FIELDS", "check_timeout", "event_from_wire", "still_ended"]
+
+
+#: the most different words a search query may have: :data:`labd.store.search.MAX_WORDS` (a test pins that they
+#: agree; not imported: the store's module needs SQLAlchemy, which a client does not)
+MAX_SEARCH_WORDS = 20
+_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 class Client(Waiting):
@@ -104,8 +111,14 @@ class Client(Waiting):
     def request(self, type_: str, **body: Any) -> Any:
         """Send one request and return its result; raise :class:`LabdError` on an error reply or timeout, and
         before sending: ``bad_request`` (``bad_limits`` in ``limits``) for a NaN or ±Infinity anywhere in ``body``,
-        ``request_too_large`` for a request over the daemon's message limit."""
-        frames = self._codec.pack(type_, body)
+        ``request_too_large`` for a request over the daemon's message limit; ``bad_request`` too for what JSON cannot
+        carry (a string with a lone surrogate, ``"\\ud800"``; a value nested deeper than 255 levels)."""
+        try:
+            frames = self._codec.pack(type_, body)
+        except PayloadError as exc:
+            raise LabdError("bad_request", f"the request cannot be sent: {exc}") from None
+        except TypeError as exc:  # orjson's JSONEncodeError: e.g. a str that is not valid UTF-8
+            raise _unencodable(body, exc) from None
         _check_request(frames[1], body, self.max_request)
         self._sock.send_multipart(frames)
         sent_id = _id_of(frames[1])
@@ -291,7 +304,15 @@ class Client(Waiting):
 
     def search(self, query: str, *, types: list[str] | None = None, status: list[str] | None = None,
                workflow: str | None = None, since: str | float | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """Full-text search over sessions, steps, agent messages, code, files and results (best first)."""
+        """Full-text search over sessions, steps, agent messages, code, files and results (best first). Every word
+        of ``query`` must match (as a word or a word's beginning); at most :data:`MAX_SEARCH_WORDS` different words,
+        else :class:`LabdError` ``bad_request``."""
+        if isinstance(query, str):
+            words = {w.lower() for w in _WORD.findall(query)}
+            if len(words) > MAX_SEARCH_WORDS:  # the daemon refuses them too (labd.store.search.MAX_WORDS)
+                raise LabdError("bad_request", f"the query has {len(words)} different words; a search takes at most "
+                                f"{MAX_SEARCH_WORDS} (every word must match): leave out the least telling ones",
+                                {"words": len(words), "max": MAX_SEARCH_WORDS})
         body: dict[str, Any] = {"query": query, "limit": limit}
         for k, v in {"types": types, "status": status, "workflow": workflow, "since": since}.items():
             if v is not None:
@@ -448,6 +469,29 @@ def _check_request(raw: bytes, body: dict[str, Any], limit: int) -> None:
         raise LabdError("request_too_large", f"the request would be {len(raw)} bytes, over the daemon's {limit}-byte "
                         "message limit (max_message); send less: large inputs belong in files the workflow reads",
                         {"bytes": len(raw), "max": limit})
+
+
+def _unencodable(body: dict[str, Any], exc: TypeError) -> LabdError:
+    """``bad_request`` for a request body JSON cannot encode, naming the field when it is a string that is not valid
+    UTF-8 (a lone surrogate, as ``"\\ud800"`` or bytes decoded with ``surrogateescape`` leave)."""
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:  # only on this error: the first string (or key) that does not encode
+        value, path = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError as bad:
+                return LabdError("bad_request", f"field {path!r} is not valid text: {bad.reason} at character "
+                                 f"{bad.start} ({value[bad.start]!r}); a request carries only strings that encode "
+                                 "as UTF-8", {"field": path})
+        elif isinstance(value, dict):
+            for k, v in reversed(list(value.items())):
+                name = k.encode("utf-8", "backslashreplace").decode() if isinstance(k, str) else str(k)
+                where = f"{path}.{name}" if path else name
+                stack.extend([(v, where), (k, f"{where} (its name)")] if isinstance(k, str) else [(v, where)])
+        elif isinstance(value, list | tuple):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(value))))
+    return LabdError("bad_request", f"the request cannot be encoded as JSON: {exc}")
 
 
 def _id_of(raw: bytes) -> str:

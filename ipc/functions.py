@@ -24,7 +24,7 @@ from typing import Any
 
 __all__ = ["FUNCTION_WORKFLOW", "MAX_PAYLOAD", "MAX_PAYLOAD_TEXT", "MAX_RESULT", "ERROR_EVENT", "RESULT_KEY",
            "FunctionCall", "RemoteError", "encode_call", "dumps", "loads", "find_unpicklable", "check_params",
-           "decode_result", "remote_error"]
+           "decode_result", "remote_error", "result_missing"]
 
 #: the workflow that runs a submitted function (an import path: it is not in the CLI's list of built-ins)
 FUNCTION_WORKFLOW = "labd.runner.workflows.function:call"
@@ -239,10 +239,24 @@ def decode_result(result: Any) -> Any:
     return result
 
 
+def result_missing(finished: dict[str, Any] | None) -> bool:
+    """A completed session's ``session.finished`` payload records no result, and says why (the runner records a
+    result too large for one event, or nested too deeply, that way: ``"error": "result not recorded: ..."``). A
+    result of ``None`` is recorded as ``"result": null``."""
+    return finished is not None and "result" not in finished and bool(finished.get("error"))
+
+
 def remote_error(session: dict[str, Any], finished: dict[str, Any] | None, error: dict[str, Any] | None) -> RemoteError:
     """The error to raise for a session that did not complete, from the best evidence the record holds:
-    the function's recorded exception, else the runner's ``session.finished`` error, else the session's end."""
+    the function's recorded exception, else the runner's ``session.finished`` error, else the session's end; for one
+    that completed without its result in the record, ``ResultMissing`` with the runner's reason."""
     sid, status = session["id"], session["status"]
+    if status == "completed":  # it completed, but its result is not in the record (see result_missing)
+        why = (finished or {}).get("error")
+        why = why.removeprefix("result not recorded: ") if isinstance(why, str) and why else (
+            "no session.finished event (was it larger than the daemon's max_message?)")
+        return RemoteError("ResultMissing", f"session {sid} completed but its result is not in the record: {why}",
+                           session=sid, status=status)
     if error is not None:
         exc: BaseException | None = None
         if isinstance(error.get("pickle"), str):
@@ -256,9 +270,6 @@ def remote_error(session: dict[str, Any], finished: dict[str, Any] | None, error
     if finished is not None and finished.get("error") and status != "cancelled":
         type_name, _, message = str(finished["error"]).partition(": ")
         return RemoteError(type_name, message, str(finished.get("traceback") or ""), session=sid, status=status)
-    if status == "completed":  # e.g. a result event over the daemon's max_message, replaced by event.truncated
-        return RemoteError("ResultMissing", f"session {sid} completed but its result is not in the record (was it "
-                           "larger than the daemon's max_message?)", session=sid, status=status)
     reason = session.get("reason") or session.get("outcome_error") or status
     return RemoteError("Cancelled" if status == "cancelled" else "SessionEnded",
                        f"session {sid} ended {status}: {reason}", session=sid, status=status)

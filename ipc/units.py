@@ -13,7 +13,7 @@ import re
 
 __all__ = ["UnitError", "BeyondAny", "parse_size", "parse_output_cap", "MIN_OUTPUT", "parse_duration",
            "parse_percent", "parse_cpus", "max_cpu_percent",
-           "format_size", "format_duration"]
+           "format_size", "format_duration", "format_seconds", "format_limit"]
 
 
 class UnitError(ValueError):
@@ -40,6 +40,8 @@ def parse_size(text: str) -> int:
         raise UnitError(f"bad size {text!r} (try 512M or 2G)")
     num, unit = m.group(1), m.group(2).upper()
     value = float(num)
+    if value == 0:  # checked first: "add a unit: 0M" would suggest a size that is refused in turn
+        raise UnitError(f"bad size {text!r}: must be positive (e.g. 512M or 2G)")
     if not unit:
         raise UnitError(f"bad size {text!r}: add a unit: {num}M (or {num}G; B for bytes)")
     if unit not in _SIZE_UNITS:
@@ -116,7 +118,8 @@ def parse_percent(text: str) -> float:
         raise UnitError(f"bad CPU limit {text!r} (try 50% of one core, or --cpus 0.5)") from None
     top = max_cpu_percent()
     if not math.isfinite(value) or not 0 < value <= top:
-        raise UnitError(f"bad CPU limit {text!r}: must be between 0 and {top:g}% ({top / 100:g} cores)")
+        raise UnitError(f"bad CPU limit {text!r}: must be more than 0% and at most {top:g}% ({top / 100:g} cores "
+                        "here)")
     return value
 
 
@@ -161,3 +164,32 @@ def format_duration(seconds: float | None) -> str:
         return f"{h}h{m:02d}m"
     d, h = divmod(h, 24)
     return f"{d}d{h:02d}h"
+
+
+def format_seconds(seconds: float) -> str:
+    """A limit or a measurement in seconds, readable however small: ``1 ms``, ``40 ms``, ``0.5 ms``, then ``42 s``,
+    ``61.04 s`` (a session's end reason keeps the hundredths it always had). (``0.00 s`` said nothing of a 1 ms
+    limit.)"""
+    s = max(0.0, float(seconds))
+    if s == 0:
+        return "0 s"
+    if s < 1:
+        return f"{s * 1000:.3g} ms"
+    return f"{s:g} s" if s == int(s) else f"{s:.2f} s"
+
+
+def format_limit(value: float, unit: str) -> str:
+    """A limit's value (or what was measured against it) in its unit, as a session's reason and the activity lines
+    say it (``limit.exceeded``: ``memory 124 MiB > limit 100 MiB``, ``wall time 1.2 s > limit 1 ms``)."""
+    if unit == "bytes":
+        mib = value / 2**20
+        return f"{mib:.0f} MiB" if mib >= 10 else f"{mib:.3g} MiB" if mib >= 0.1 else f"{value / 1024:.3g} KiB"
+    if unit == "seconds":
+        return format_seconds(value)
+    if unit == "percent":
+        return f"{value:.3g} %" if value < 10 else f"{value:.0f} %"
+    if unit == "processes":
+        return f"{value:g}"
+    if unit == "USD":
+        return f"${value:.6f}"
+    return f"{value:g} {unit}"

@@ -121,12 +121,14 @@ class Waiting:
     def result(self, ref: str, timeout: float | None = None) -> Any:
         """Wait for a session to end and return its result: a submitted function's return value (unpickled),
         or a workflow's JSON result. If it did not complete, raise :class:`~labd.ipc.functions.RemoteError`
-        (remote type name, message, traceback). Reads the record: works from any process, at any later time.
+        (remote type name, message, traceback); one that completed without its result in the record (too large for
+        one event, or nested too deeply: the runner records why), ``ResultMissing`` with that reason. Reads the
+        record: works from any process, at any later time.
         Raises :class:`LabdError` ``timeout`` after ``timeout`` seconds (None: no limit; see :func:`check_timeout`).
 
         Survives a daemon restart (the session does): it carries on with the next daemon if one serves within
         ``timeout`` (None: within :attr:`restart_wait` of the stop), else raises ``no_daemon`` naming the session."""
-        from labd.ipc.functions import ERROR_EVENT, decode_result, remote_error
+        from labd.ipc.functions import ERROR_EVENT, decode_result, remote_error, result_missing
 
         timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -138,7 +140,7 @@ class Waiting:
             row = self._reading(lambda: self.session(sid), deadline, sid)
         found = self._reading(lambda: self.events(sid, kinds=["session.finished"], limit=1)["events"], deadline, sid)
         finished = found[0]["payload"] if found else None
-        if row["status"] == "completed" and finished is not None:
+        if row["status"] == "completed" and finished is not None and not result_missing(finished):
             return decode_result(finished.get("result"))
         error = None
         if finished is not None and row["status"] != "cancelled":

@@ -176,12 +176,32 @@ class ChannelWire:
         if len(batch) > 1:
             self._batch_cap = max(1, len(batch) // 2)
             return
-        seq, ts, kind, node_id, parent, _payload = orjson.loads(batch[0])
-        marker = encode_json([seq, ts, "event.truncated", node_id, parent, {"kind": kind, "size": len(batch[0])}])
+        seq, ts, kind, node_id, parent, payload = orjson.loads(batch[0])
+        size = len(batch[0])
+        if kind == "session.finished" and isinstance(payload, dict) and isinstance(payload.get("outcome"), str):
+            # the session's outcome is what matters: recorded without what made it too large (the runner checks the
+            # size before it emits, runner/session.py finished_payload; this catches what it could not foresee)
+            outcome, error = payload["outcome"], payload.get("error")
+            why = (f"too large ({size:,} bytes as an event; one event may take at most {self.event_room():,} bytes: "
+                   "the daemon's max_message less the message's envelope)")
+            if outcome != "completed" and isinstance(error, str):
+                text = error if len(error) <= 512 else f"{error[:512]}... [the rest not recorded: {why}]"
+            else:
+                text = f"{'result' if outcome == 'completed' else 'error'} not recorded: {why}"
+            marker = encode_json([seq, ts, kind, node_id, parent, {"outcome": outcome, "error": text}])
+        else:
+            marker = encode_json([seq, ts, "event.truncated", node_id, parent, {"kind": kind, "size": size}])
         with self._lock:
             if self._q and self._send_pos == start:
                 self._unsent_bytes += len(marker) - len(self._q[start])
                 self._q[start] = marker
+
+    def event_room(self) -> int:
+        """The most bytes one encoded event may take and still be sent: the daemon's message limit (``max_message``)
+        less the envelope of an ``events`` message carrying it alone (and a margin: ids and timestamps vary in
+        length). A larger event is replaced by a marker when it is sent (:meth:`_shrink`)."""
+        envelope = len(self._codec.pack_events(self.session_id, [], ack=True)[1])
+        return self._codec.max_message - envelope - 64
 
     def _send(self, sock: zmq.Socket, type_: str, body: dict[str, Any]) -> bool:
         try:

@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from labd.ipc.wire import encode_json
 from labd.runner import forksafe
 from labd.runner.approvals import Approvals, ApprovalTimeout
 from labd.runner.capture import OutputCapture, report_crash
@@ -291,11 +292,44 @@ def run_session(spec: dict[str, Any]) -> int:
     if shipper is not None:  # what changed since the last checkpoint
         shipper.ship(durable.snapshot())
     try:
-        emit("session.finished", {"outcome": outcome, **extra})
+        emit("session.finished", finished_payload(outcome, extra, channel.event_room()))
     except PayloadError as exc:  # a result nested too deeply to record: the outcome still is
         emit("session.finished", {"outcome": outcome, "error": extra.get("error") or f"result not recorded: {exc}"})
     channel.close(timeout=flush_timeout)
     return code
+
+
+#: characters of a failed session's error or traceback kept when its ``session.finished`` would not fit one event
+#: (at most: a 16th of what an event may take each, so that both fit even if JSON escapes every character)
+KEEP_TEXT = 64 * 1024
+
+
+def finished_payload(outcome: str, extra: dict[str, Any], room: int) -> dict[str, Any]:
+    """The ``session.finished`` payload: ``{"outcome", **extra}``, unless its event would be larger than ``room``
+    bytes (:meth:`~labd.runner.channel_wire.ChannelWire.event_room`: what one message to the daemon can carry).
+    Then the outcome is recorded all the same: without the result, its absence stated with the size and the limit
+    (a completed session stays completed), or with the error and traceback cut short. Otherwise the channel would
+    replace the whole event by an ``event.truncated`` marker and the session would end ``failed`` without an
+    outcome. Raises :class:`PayloadError` for a value nested too deeply to encode at all."""
+    payload = {"outcome": outcome, **extra}
+    keep = max(256, min(KEEP_TEXT, room // 16))
+    if "result" not in extra and all(not isinstance(v, str) or len(v) <= keep for v in extra.values()):
+        return payload  # short texts only: fits whatever the limit (at least 4 KiB, daemon/config.py)
+    # Encoded as the channel encodes it, with the longest seq and timestamp it could carry: only the encoding tells
+    # the size. An ordinary result costs microseconds more; a large one the time (and memory) to encode it again.
+    size = len(encode_json([2**53, 1e10, "session.finished", None, None, payload]))
+    if size <= room:
+        return payload
+    out: dict[str, Any] = {"outcome": outcome}
+    for key in ("error", "traceback"):
+        text = extra.get(key)
+        if isinstance(text, str):
+            out[key] = text if len(text) <= keep else f"{text[:keep]}... [{len(text) - keep:,} more characters]"
+    if "error" not in out:
+        out["error"] = (f"result not recorded: too large ({size:,} bytes as an event; one event may take at most "
+                        f"{room:,} bytes: the daemon's max_message less the message's envelope); write large "
+                        "results to files in the session's work directory and return their names")
+    return out
 
 
 def child_main(spec: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from labd.ipc.events import TERMINAL_STATUSES
+from labd.ipc.units import format_limit
 from labd.runner.context import MAX_STEP_ERROR, clip
 
 __all__ = ["SessionCursor", "RowChanges", "apply", "ALLOWED_TRANSITIONS", "MAX_REASON"]
@@ -315,18 +316,4 @@ def _continue(cur: SessionCursor, seq: int, ts: float, payload: dict[str, Any], 
 
 def _limit_reason(p: dict[str, Any]) -> str:
     verb = {"kill": "killed", "pause": "paused"}.get(p["action"], "stopped")
-    return f"{verb}: {p['limit']} {_fmt(p['measured'], p['unit'])} > limit {_fmt(p['max'], p['unit'])}"
-
-
-def _fmt(value: float, unit: str) -> str:
-    if unit == "bytes":
-        return f"{value / 2**20:.0f} MiB"
-    if unit == "seconds":
-        return f"{value:.2f} s" if value != int(value) else f"{value:g} s"
-    if unit == "percent":
-        return f"{value:.0f} %"
-    if unit == "processes":
-        return f"{value:g}"
-    if unit == "USD":
-        return f"${value:.6f}"
-    return f"{value:g} {unit}"
+    return f"{verb}: {p['limit']} {format_limit(p['measured'], p['unit'])} > limit {format_limit(p['max'], p['unit'])}"

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, bindparam, or_, select
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 from labd.store.schema import events, sessions
 
-__all__ = ["SearchIndex", "IndexHints", "KINDS"]
+__all__ = ["SearchIndex", "IndexHints", "KINDS", "MAX_WORDS", "QueryTooLong", "query_words"]
 
 #: the event kinds that make documents (see _doc)
 KINDS = ("session.created", "step.started", "agent.message", "code.execution", "file.created", "file.changed",
@@ -119,10 +119,31 @@ def _doc(kind: str, p: dict[str, Any]) -> tuple[str, str, str] | None:
     return None
 
 
+#: the most different words a query may have (each a prefix term that FTS5 looks up on its own): a longer query is
+#: refused (:class:`QueryTooLong`), not cut short, since every word must match
+MAX_WORDS = 20
+
+
+class QueryTooLong(ValueError):
+    """A search query with more than :data:`MAX_WORDS` different words."""
+
+
+def query_words(text: str) -> list[str]:
+    """The words of a query, each once (case aside: the index folds case)."""
+    words: dict[str, str] = {}
+    for w in re.findall(r"\w+", text, flags=re.UNICODE):
+        words.setdefault(w.lower(), w)
+    return list(words.values())
+
+
 def _fts_query(text: str) -> str:
-    """User text -> an FTS5 query: each word a quoted prefix term, all required (no FTS syntax injection)."""
-    words = re.findall(r"\w+", text, flags=re.UNICODE)
-    return " ".join(f'"{w}"*' for w in words[:20])
+    """User text -> an FTS5 query: each word a quoted prefix term, all required (no FTS syntax injection). Raises
+    :class:`QueryTooLong` beyond :data:`MAX_WORDS` different words."""
+    words = query_words(text)
+    if len(words) > MAX_WORDS:
+        raise QueryTooLong(f"the query has {len(words)} different words; a search takes at most {MAX_WORDS} (every "
+                           "word must match): leave out the least telling ones")
+    return " ".join(f'"{w}"*' for w in words)
 
 
 class SearchIndex:
@@ -218,9 +239,11 @@ class SearchIndex:
 
     def search(self, text: str, *, types: list[str] | None = None, session_ids: set[str] | None = None,
                limit: int = 50) -> list[dict[str, Any]]:
-        """Best matches first: ``{type, session_id, seq, node_id, ts, title, snippet}``."""
+        """Best matches first: ``{type, session_id, seq, node_id, ts, title, snippet}``. ``session_ids``: only hits
+        in these sessions (the filter is part of the query: the best ``limit`` hits among them, however many better
+        hits other sessions have). Raises :class:`QueryTooLong` for a query of more than :data:`MAX_WORDS` words."""
         query = _fts_query(text)
-        if not query:
+        if not query or (session_ids is not None and not session_ids):
             return []
         sql = ("SELECT type, session_id, seq, node_id, ts, title, snippet(docs, 1, '[', ']', ' … ', 12) "
                "FROM docs WHERE docs MATCH ?")
@@ -228,16 +251,17 @@ class SearchIndex:
         if types:
             sql += f" AND type IN ({','.join('?' * len(types))})"
             args += types
-        sql += " ORDER BY rank LIMIT ?"
-        args.append(limit * 5 if session_ids is not None else limit)
+        if session_ids is None:
+            sql += " ORDER BY rank LIMIT ?"  # FTS5 ranks every match and stops at the limit
+        else:
+            # The session filter in the query (one parameter, however many sessions), then bm25() (what rank is)
+            # of the matches that pass. Measured, 200,000 matches of one word: 0.4 s unfiltered; 0.7 s filtered,
+            # whether few or all pass. ORDER BY rank (FTS5 ranks all, then the filter) took 0.4 s when all pass
+            # but 1.1 s when few do: the same work bound (every match), a better worst case.
+            sql += " AND session_id IN (SELECT value FROM json_each(?)) ORDER BY bm25(docs) LIMIT ?"
+            args.append(orjson.dumps(list(session_ids)).decode())
+        args.append(limit)
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        out = []
-        for t, sid, seq, node, ts, title, snip in rows:
-            if session_ids is not None and sid not in session_ids:
-                continue
-            out.append({"type": t, "session_id": sid, "seq": seq, "node_id": node, "ts": ts, "title": title,
-                        "snippet": snip})
-            if len(out) >= limit:
-                break
-        return out
+        return [{"type": t, "session_id": sid, "seq": seq, "node_id": node, "ts": ts, "title": title, "snippet": snip}
+                for t, sid, seq, node, ts, title, snip in rows]

@@ -8,6 +8,7 @@ from typing import Any
 from labd.daemon.api.base import ApiError, Request, register
 from labd.ipc.events import STATUSES
 from labd.ipc.units import UnitError, parse_duration
+from labd.store.search import MAX_WORDS, QueryTooLong
 
 TYPES = ("session", "step", "message", "code", "file", "approval", "result")
 
@@ -37,7 +38,10 @@ class Search(Request):
                 raise ApiError("bad_request", str(exc)) from None
             rows = self.daemon.store.sessions(status=status, workflow=workflow, since=cutoff, limit=100_000)
             allowed = {r["id"] for r in rows}  # the filters are the store's query, not a pass over every row
-        hits = indexer.index.search(text, types=types, session_ids=allowed, limit=limit)
+        try:
+            hits = indexer.index.search(text, types=types, session_ids=allowed, limit=limit)
+        except QueryTooLong as exc:
+            raise ApiError("bad_request", str(exc), {"max_words": MAX_WORDS}) from None
         names: dict[str, dict[str, Any]] = {}
         for h in hits:
             sid = h["session_id"]

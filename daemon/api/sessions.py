@@ -94,6 +94,8 @@ def _limits(body: dict[str, Any], default_procs: int | None = None, default_outp
         if isinstance(mem, str) and mem.strip().isdigit():
             if _digits_over(mem, MAX_LIMIT["memory"]):  # too many bytes, even read as bytes (as 2**64+ arrive)
                 raise _beyond(mem, "memory")
+            if int(mem) == 0:  # "0M" would be refused too: say what is wrong with it
+                raise ApiError("bad_limits", f"memory limit {mem!r} must be positive, e.g. 512M or 2G")
             raise ApiError("bad_limits", f"memory limit {mem!r} has no unit: write e.g. {mem.strip()}M or "
                            f"{mem.strip()}G (a JSON number means bytes)")
         memory = _bounded(_size(mem), "memory") if isinstance(mem, str) else _positive(mem, "memory")

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from labd.frontends.cli import safetext
 from labd.frontends.cli.output import Output
-from labd.ipc.units import format_duration, format_size
+from labd.ipc.units import format_duration, format_limit, format_size
 
 __all__ = ["Activity", "Line"]
 
@@ -146,8 +146,8 @@ class Activity:
             return (f"== stopping ({p['reason']}; {p['step']})", "yellow")
         if kind == "limit.exceeded":
             measured, top = p["measured"], p["max"]
-            if p.get("unit") == "bytes":  # as `labd show` words the same kill: "memory 124 MiB > limit 100 MiB"
-                measured, top = f"{measured / 2**20:.0f} MiB", f"{top / 2**20:.0f} MiB"
+            if p.get("unit") in ("bytes", "seconds"):  # as `labd show` words it: "memory 124 MiB > limit 100 MiB"
+                measured, top = format_limit(measured, p["unit"]), format_limit(top, p["unit"])
             elif p.get("unit"):
                 measured, top = f"{measured:g} {p['unit']}", f"{top:g} {p['unit']}"
             return (f"== limit exceeded: {p['limit']} {measured} > limit {top} ({p['action']})", "bold red")

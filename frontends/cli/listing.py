@@ -15,7 +15,7 @@ from labd.frontends.cli.sessions import parse_tags
 from labd.ipc.functions import FUNCTION_WORKFLOW
 from labd.ipc.units import UnitError, format_duration, format_size, parse_duration
 
-__all__ = ["register", "workflow_label", "truncation_text", "ENDED_BY"]
+__all__ = ["register", "workflow_label", "truncation_text", "ENDED_BY", "ps_status", "timing_text"]
 
 
 def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
@@ -56,8 +56,9 @@ def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
     table = []
     for r in rows:
         live = r.get("live") or {}
-        rss = live.get("rss") if live else r.get("peak_rss")
-        status = styled(r["status"], STATUS_STYLE.get(r["status"]))
+        # a session waiting in the queue has no process: no RSS (a resumed one's peak is its previous runner's)
+        rss = live.get("rss") if live else None if r["status"] in WAITING else r.get("peak_rss")
+        status = styled(ps_status(r), STATUS_STYLE.get(r["status"]))
         table.append([r["id"], r["name"][:28], workflow_label(r)[-40:], status,
                       str(r["pid"] or "-"), format_size(rss), f"{live['cpu_percent']:.0f}%" if live else "-",
                       f"${r['cost']:.4f}" if r.get("cost") else "-", age(r["created_at"])])
@@ -66,6 +67,20 @@ def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
     if len(rows) >= args.limit:  # there may be more: the list must not look complete
         ctx.out.line(f"(the newest {len(rows)}; --limit N shows more)", "dim", err=True)
     return 0
+
+
+#: statuses of a session that waits for a place to run (the run queue): no runner, no run time yet
+WAITING = ("created", "queued")
+
+
+def ps_status(row: dict[str, Any]) -> str:
+    """The STATUS cell of ``labd ps``: a queued session's place in the run queue (``queue_position``) and its
+    priority (``queue_priority``) if not the default (``queued #2``, ``queued #1 prio 5``); else the status."""
+    status = str(row["status"])
+    if status not in WAITING or not isinstance(row.get("queue_position"), int):
+        return status
+    prio = row.get("queue_priority")
+    return f"queued #{row['queue_position']}" + (f" prio {prio}" if isinstance(prio, int) and prio else "")
 
 
 def _ps_limit(text: str) -> int:
@@ -89,9 +104,42 @@ def _limits_text(lim: dict[str, Any]) -> str:
              f"timeout {format_duration(lim['timeout'])}" if lim.get("timeout") else "timeout none"]
     if lim.get("budget"):
         parts.append(f"budget ${lim['budget']:g} ({lim.get('budget_action') or 'stop'})")
+    if lim.get("procs"):
+        parts.append(f"procs {lim['procs']}")
     if lim.get("output"):
         parts.append(f"output {format_size(lim['output'])}")
     return ", ".join(parts)
+
+
+def _entered(history: list[dict[str, Any]], statuses: tuple[str, ...], default: float) -> float:
+    """When the session last entered one of ``statuses`` (its state history, session-level transitions)."""
+    for h in reversed(history):
+        if h.get("node_id") is None and h.get("to_status") in statuses:
+            return float(h["ts"])
+    return default
+
+
+def timing_text(s: dict[str, Any], now: float) -> str:
+    """How long a session ran, or that it did not: ``ran 5m12s``; ``queued for 7s`` (waiting in the run queue);
+    ``never ran (ended 17s after it was created)`` for one stopped while queued or whose launch failed. Only a
+    runner that started makes run time (``started_at``); a resumed session queued again is not running either."""
+    history, created, status = s.get("history") or [], s["created_at"], s["status"]
+    started, ended = s.get("started_at"), s.get("ended_at")
+    if status in WAITING:
+        since = _entered(history, WAITING, created)
+        return f"queued for {format_duration(now - since)}" + (" (again: it ran before)" if started else "")
+    # a resumed session's started_at is its previous runner's until its new runner starts
+    again = started is not None and _entered(history, ("queued",), 0.0) > started
+    if started is None or again:
+        if status == "starting":
+            return f"starting for {format_duration(now - _entered(history, ('starting',), created))}"
+        if ended is None:
+            return "not started"
+        if again:  # resumed, queued again, and ended (e.g. stopped) before a new runner started
+            return f"never ran again (ended {format_duration(ended - _entered(history, ('queued',), 0.0))} after " \
+                   "it was queued again)"
+        return f"never ran (ended {format_duration(ended - created)} after it was created)"
+    return f"ran {format_duration((ended or now) - started)}"
 
 
 def truncation_text(events: Any) -> str | None:
@@ -122,8 +170,7 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
         ctx.out.json(s)
         return 0
     lim, live = s["limits"], s.get("live") or {}
-    dur = (s["ended_at"] or time.time()) - (s["started_at"] or s["created_at"])
-    status = s["status"] + (f"  ({s['reason']})" if s["reason"] and s["reason"] != s["status"] else "")
+    status = ps_status(s) + (f"  ({s['reason']})" if s["reason"] and s["reason"] != s["status"] else "")
     pairs: list[tuple[str, Any]] = [
         ("session", f"{s['id']}  ({s['name']})"),
         ("workflow", f"{s['workflow']}  params {json.dumps(s['params'])}"),
@@ -136,8 +183,10 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
         ("peaks", f"rss {format_size(max(s['peak_rss'] or 0, live.get('peak_rss', 0)))}, "
          f"cpu {max(s['peak_cpu_percent'] or 0, live.get('peak_cpu_percent', 0)):.0f}%"),
         ("timings", f"created {datetime.fromtimestamp(s['created_at']).isoformat(timespec='seconds')}, "
-         f"ran {format_duration(dur)}, events {s['last_seq']}"),
+         f"{timing_text(s, time.time())}, events {s['last_seq']}"),
     ]
+    if s["status"] == "completed" and s.get("outcome_error"):  # e.g. a result too large to record
+        pairs.append(("result", styled(str(s["outcome_error"]), "yellow")))
     if s["cost"]:
         budget = lim.get("budget")
         pairs.append(("llm cost", f"${s['cost']:.6f}" + (f" of budget ${budget:g}" if budget else "")

@@ -13,7 +13,7 @@ __all__ = ["register"]
 
 def register(sub: Any) -> None:
     s = command(sub, "search", cmd_search, "full-text search: tasks, step names, agent messages, code, files, results")
-    s.add_argument("query", nargs="+", help="words (all must match; prefixes match too)")
+    s.add_argument("query", nargs="+", help="words (all must match; prefixes match too; at most 20 different ones)")
     s.add_argument("--type", help="comma-separated: session,step,message,code,file,approval,result")
     s.add_argument("--status", help="comma-separated session statuses")
     s.add_argument("--workflow", help="only sessions of this workflow (as `labd ps` shows it)")

@@ -55,26 +55,33 @@ def bounded_size(text: str, most: int, limit: str) -> int:
 
 def limits_from(args: argparse.Namespace) -> dict[str, Any]:
     """Limits from the flags, parsed here so a typo is reported before anything reaches the daemon."""
+    # An option given is parsed, even empty: `--memory ""` (an unset variable in a script) is an error, not "no
+    # limit" -- tested with `is not None`, never by truth.
+    for option in ("memory", "cpu", "cpus", "timeout", "max_output"):
+        value = getattr(args, option, None)
+        if value is not None and not value.strip():
+            raise CliError(f"--{option.replace('_', '-')} needs a value, not {value!r} (leave the option out for "
+                           + ("the daemon's default)" if option == "max_output" else "no limit)"))
     try:
-        memory = bounded_size(args.memory, MAX_MEMORY, "at most 1024T, 1 PiB") if args.memory else None
-        if args.cpu and args.cpus:
+        memory = bounded_size(args.memory, MAX_MEMORY, "at most 1024T, 1 PiB") if args.memory is not None else None
+        if args.cpu is not None and args.cpus is not None:
             raise CliError("give --cpu (percent of one core) or --cpus (cores), not both")
         cpu = None
-        if args.cpu:
+        if args.cpu is not None:
             if not args.cpu.strip().endswith("%"):
                 raise CliError(f"--cpu takes a percent of one core: did you mean --cpu {args.cpu.strip()}%? "
                                "(--cpus takes cores, e.g. --cpus 0.5)")
             cpu = parse_percent(args.cpu)
-        elif args.cpus:
+        elif args.cpus is not None:
             cpu = parse_cpus(args.cpus)
-        timeout = parse_duration(args.timeout) if args.timeout else None
+        timeout = parse_duration(args.timeout) if args.timeout is not None else None
     except UnitError as exc:
         raise CliError(str(exc)) from None
     if args.budget is not None and not args.budget > 0:
         raise CliError("--budget must be a positive amount of USD")
     limits: dict[str, Any] = {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": args.budget,
                               "budget_action": args.on_budget}
-    if getattr(args, "max_output", None):
+    if getattr(args, "max_output", None) is not None:
         limits["max_output"] = max_output_arg(args.max_output)
     return limits
 
@@ -224,13 +231,18 @@ def cmd_stop(args: argparse.Namespace, ctx: Ctx) -> int:
     c = ctx.client()
     r = c.stop(args.session, grace=parse_grace(args.grace))
     # a queued session never ran: it is taken off the queue, there is nothing to force
-    said = (f"{r['session']} taken off the queue (cancelled; it never ran)" if r.get("was_queued")
-            else f"stopping {r['session']} (forced after {r['grace']:g}s)")
+    said = dequeued(r["session"]) if r.get("was_queued") else f"stopping {r['session']} (forced after {r['grace']:g}s)"
     if args.wait:
         s = c.wait(r["session"])
         r = {**r, "status": s["status"], "reason": s["reason"]}
         return _reply(ctx, args, r, f"{said}\n{s['status']}: {s['reason']}")
     return _reply(ctx, args, r, said)
+
+
+def dequeued(sid: str) -> str:
+    """What `labd stop` and `labd kill` say of a session that waited in the run queue (``was_queued``): no runner
+    to stop or kill; a resumed session waiting to run again has run before, so not "it never ran"."""
+    return f"{sid} taken off the queue (cancelled while it waited to run)"
 
 
 def parse_grace(text: str | None) -> float | None:
@@ -244,7 +256,9 @@ def parse_grace(text: str | None) -> float | None:
 
 def cmd_kill(args: argparse.Namespace, ctx: Ctx) -> int:
     r = ctx.client().kill(args.session)
-    return _reply(ctx, args, r, f"killing {r['session']}")
+    # a queued session has no process to kill: it is taken off the queue (as `labd stop` says)
+    said = dequeued(r["session"]) if r.get("was_queued") else f"killing {r['session']}"
+    return _reply(ctx, args, r, said)
 
 
 def cmd_pause(args: argparse.Namespace, ctx: Ctx) -> int:

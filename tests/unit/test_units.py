@@ -71,7 +71,7 @@ def test_cpu_limits_go_up_to_all_cores_in_either_unit() -> None:
     cores = os.cpu_count() or 1
     assert parse_percent(f"{100 * cores}%") == 100.0 * cores
     assert parse_cpus("0.5") == 50.0 and parse_cpus(str(cores)) == 100.0 * cores
-    with pytest.raises(UnitError, match="between"):
+    with pytest.raises(UnitError, match="more than 0% and at most"):
         parse_percent(f"{100 * cores + 1}%")
     with pytest.raises(UnitError, match="at most"):
         parse_cpus(str(cores + 1))
