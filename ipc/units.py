@@ -168,14 +168,14 @@ def format_duration(seconds: float | None) -> str:
 
 def format_seconds(seconds: float) -> str:
     """A limit or a measurement in seconds, readable however small: ``1 ms``, ``40 ms``, ``0.5 ms``, then ``42 s``,
-    ``61.04 s`` (a session's end reason keeps the hundredths it always had). (``0.00 s`` said nothing of a 1 ms
+    ``61.04 s``, ``2.003 s`` (to the millisecond, no trailing zeros). (``0.00 s`` said nothing of a 1 ms
     limit.)"""
     s = max(0.0, float(seconds))
     if s == 0:
         return "0 s"
     if s < 1:
         return f"{s * 1000:.3g} ms"
-    return f"{s:g} s" if s == int(s) else f"{s:.2f} s"
+    return f"{s:.3f}".rstrip("0").rstrip(".") + " s"  # 2.003 s > limit 2 s (not "2.00 s > limit 2 s")
 
 
 def format_limit(value: float, unit: str) -> str:

@@ -37,8 +37,8 @@ def test_a_zero_cpu_percent_says_more_than_zero() -> None:
     assert "between" not in str(err.value)
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(0.001, "1 ms"), (0.04, "40 ms"), (0.0005, "0.5 ms"), (1.5, "1.50 s"),
-                                               (42, "42 s"), (90, "90 s"), (61.04, "61.04 s"),
+@pytest.mark.parametrize(("seconds", "text"), [(0.001, "1 ms"), (0.04, "40 ms"), (0.0005, "0.5 ms"), (1.5, "1.5 s"),
+                                               (2.003, "2.003 s"), (42, "42 s"), (90, "90 s"), (61.04, "61.04 s"),
                                                (0, "0 s")])
 def test_small_durations_are_readable(seconds: float, text: str) -> None:
     """A 1 ms limit read "0.00 s": seconds are written in ms below one second."""
