@@ -4,6 +4,7 @@ date with the store, about once a second. It reads the store and writes only its
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,9 @@ import structlog
 from labd.store.search import IndexHints, SearchIndex
 
 __all__ = ["Indexer"]
+
+#: while the same error repeats (a full disk: every second), a line at most this often, with the count
+REPEAT_LOG_S = 60.0
 
 
 class Indexer(threading.Thread):
@@ -25,6 +29,8 @@ class Indexer(threading.Thread):
         self.log = structlog.get_logger("labd.indexer")
         self._forget_lock = threading.Lock()
         self._to_forget: set[str] = set()  # deleted sessions still in the index (a forget that failed is retried)
+        #: per kind of work, the error it is failing with: (text, when last logged, failures not logged since)
+        self._failing: dict[str, tuple[str, float, int]] = {}
 
     def forget(self, sids: list[str]) -> None:
         """Drop deleted sessions from the index now if possible; a failure (a full disk) is logged and retried by
@@ -40,9 +46,10 @@ class Indexer(threading.Thread):
             return
         try:
             self.index.forget(ids)
-        except Exception:  # noqa: BLE001 - a broken index must never take the daemon down
-            self.log.exception("search index: dropping deleted sessions failed; will retry", sessions=len(ids))
+        except Exception as exc:  # noqa: BLE001 - a broken index must never take the daemon down
+            self._failed("search index: dropping deleted sessions failed; will retry", exc, sessions=len(ids))
             return
+        self._worked("search index: dropping deleted sessions failed; will retry")
         with self._forget_lock:
             self._to_forget.difference_update(ids)
 
@@ -51,10 +58,36 @@ class Indexer(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.is_set():
-            self._forget_pending()
-            try:
-                self.index.update()
-            except Exception:  # noqa: BLE001 - a broken index must never take the daemon down
-                self.log.exception("search indexing failed; will retry")
+            self._pass()
             self._halt.wait(self.interval)
         self.index.close()
+
+
+    def _pass(self) -> None:
+        """One turn: drop what was deleted, then index what is new."""
+        self._forget_pending()
+        try:
+            self.index.update()
+        except Exception as exc:  # noqa: BLE001 - a broken index must never take the daemon down
+            self._failed("search indexing failed; will retry", exc)
+        else:
+            self._worked("search indexing failed; will retry")
+
+    def _failed(self, what: str, exc: BaseException, **fields: Any) -> None:
+        """Log a failure of ``what``: with its traceback the first time (or when the error changes), then, while
+        the same error repeats every second (a full disk), one line a minute with how many were not logged."""
+        text, now = f"{type(exc).__name__}: {exc}", time.monotonic()
+        seen = self._failing.get(what)
+        if seen is None or seen[0] != text:
+            self.log.exception(what, **fields)
+            self._failing[what] = (text, now, 0)
+        elif now - seen[1] >= REPEAT_LOG_S:
+            self.log.warning(what, error=text, failures_not_logged=seen[2], **fields)
+            self._failing[what] = (text, now, 0)
+        else:
+            self._failing[what] = (text, seen[1], seen[2] + 1)
+
+    def _worked(self, what: str) -> None:
+        """``what`` succeeded: if it was failing, say it works again."""
+        if self._failing.pop(what, None) is not None:
+            self.log.info("search index works again", after=what)

@@ -7,6 +7,7 @@ The rung that ended the session is recorded in ``session.ended`` as ``ended_by``
 
 from __future__ import annotations
 
+import errno
 import signal
 import time
 from collections.abc import Callable
@@ -25,6 +26,10 @@ __all__ = ["Supervisor", "Running"]
 PostEvent = Callable[..., None]
 VANISH_CONFIRM_S = 1.0
 LEFTOVER_GRACE_S = 2.0
+#: a launch that failed for want of disk space (the session directory, its key, the spool) is tried again after
+#: this long, the session kept at the head of the queue: a full disk is a bad moment, not the session's fault
+DISK_FULL_RETRY_S = 5.0
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -66,6 +71,7 @@ class Supervisor:
         #: its runner is submitted once it is (an entry whose request was refused meanwhile is stale)
         self.continuing: dict[str, str] = {}
         self._remote_lost: str | None = None  # why the last remote adoption failed
+        self._held_until = 0.0  # the queue waits until then (time.monotonic) after a launch found the disk full
 
     # ---- the run queue (daemon/queue.py) -----------------------------------------------------------
     def submit(self, q: Queued) -> int | None:
@@ -105,25 +111,36 @@ class Supervisor:
     def pump(self) -> None:
         """Start queued sessions, in order, while capacity allows. An entry that could never start (see
         RunQueue.admit; normally refused before it is queued) is ended ``failed`` rather than block the queue."""
-        if len(self.queue):
+        if len(self.queue) and time.monotonic() >= self._held_until:
             unfit: list[Queued] = []
             admitted = self.queue.admit(self._running_limits(), unfit)
             for q in unfit:
                 why = self.queue.unfit_reason(q.limits) or "it does not fit the run queue's capacity"
                 self._end_queued(q.sid, "failed", f"{why}: it could never start")
-            for q in admitted:
-                self._start(q)
+            for i, q in enumerate(admitted):
+                if not self._start(q):  # the disk is full: it and those admitted after it wait, in order
+                    for later in admitted[i:]:
+                        self.queue.push(later)
+                    break
 
     def _running_limits(self) -> list[Limits]:
         return [r.limits for r in self.running.values()]
 
-    def _start(self, q: Queued) -> None:
+    def _start(self, q: Queued) -> bool:
+        """Launch a queued session; False (nothing posted) if the disk is full: the caller queues it again."""
         assert self.spec_for is not None  # noqa: S101 - set by the daemon before any request is served
         try:
             self.launch(q.sid, self.spec_for(q), q.limits)
         except Exception as exc:  # noqa: BLE001 - reported as the session's end (and so to the client)
+            if _disk_full(exc):
+                if time.monotonic() >= self._held_until + DISK_FULL_RETRY_S:  # once per spell, not every retry
+                    self.log.warning("the disk is full: queued sessions wait until a launch succeeds",
+                                     session_id=q.sid, error=str(exc), retry_s=DISK_FULL_RETRY_S)
+                self._held_until = time.monotonic() + DISK_FULL_RETRY_S
+                return False
             self.post(q.sid, "session.ended", {"status": "failed", "reason": f"launch failed: {exc}",
                                                "ended_by": "launch"})
+        return True
 
     def launch(self, sid: str, spec: dict[str, Any], limits: Limits) -> Running:
         pid, create_time = self.launcher.launch(spec)
@@ -338,3 +355,15 @@ class Supervisor:
                     self._rung(run, "sigterm")
                 elif run.step == "sigterm":
                     self._rung(run, "sigkill")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Did a launch fail for want of disk space (``ENOSPC``, ``EDQUOT``), itself or as the cause it reports?"""
+    seen: BaseException | None = exc
+    for _ in range(5):  # a launcher may wrap the OSError (its cause or context)
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

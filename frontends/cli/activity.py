@@ -153,6 +153,8 @@ class Activity:
             return (f"== limit exceeded: {p['limit']} {measured} > limit {top} ({p['action']})", "bold red")
         if kind == "session.finished" and p.get("outcome") == "failed" and p.get("error"):
             return (f"✗ {_short(p['error'], 300)}", "red")
+        if kind == "session.finished" and p.get("outcome") == "completed" and p.get("error"):
+            return (f"! {_short(p['error'], 300)}", "yellow")  # completed, its result not recorded (too large)
         if kind == "session.ended":
             style = {"completed": "bold green", "failed": "bold red", "lost": "bold red"}.get(p.get("status", ""))
             return (f"== session {p.get('status')}: {p.get('reason')}", style or "bold")

@@ -21,3 +21,15 @@ def test_a_limit_kill_is_worded_as_show_words_it() -> None:
     procs = {**mem, "payload": {"limit": "processes", "measured": 12, "max": 10, "unit": "processes",
                                 "action": "kill"}}
     assert any("processes 12 processes > limit 10 processes (kill)" in t for t in _texts(procs))
+
+
+def test_a_completed_session_whose_result_was_not_recorded_says_so() -> None:
+    """`labd run -f` of a workflow whose result was too large to record printed nothing about it; the
+    ``session.finished`` of a completed session with an ``error`` gets a line with the reason. A plain completion
+    with a result gets none."""
+    why = "result not recorded: too large (41,943,146 bytes as an event; one event may take at most 16,777,027 bytes"
+    ev = {"seq": 9, "ts": 0.0, "kind": "session.finished", "src": "runner", "node_id": None, "parent": None,
+          "payload": {"outcome": "completed", "error": why}}
+    assert any(t.startswith("! result not recorded: too large") for t in _texts(ev))
+    plain = {**ev, "payload": {"outcome": "completed", "result": 3}}
+    assert not any("not recorded" in t for t in _texts(plain))
