@@ -160,6 +160,9 @@ class SearchIndex:
         self._marks: dict[str, int] | None = None  # session -> indexed seq, loaded once, then kept in step
         self._full_at = 0.0  # monotonic time of the last full scan
         self._since = 0.0  # wall time when the previous scan began
+        #: sessions forgotten while an update ran (None: no update running): that update read them before their
+        #: deletion and must not commit their documents back (it would resurrect a deleted session's hits)
+        self._forgotten_meanwhile: set[str] | None = None
 
     def close(self) -> None:
         with self._lock:
@@ -171,10 +174,17 @@ class SearchIndex:
         Reads the whole sessions table at most every :data:`FULL_SCAN_EVERY` seconds; in between only the
         sessions that are live or ended since the previous scan (both indexed columns), which are the only
         ones whose record grows."""
-        if self._marks is None:
-            with self._lock:
+        with self._lock:
+            if self._marks is None:
                 self._marks = dict(self._db.execute("SELECT session_id, seq FROM indexed").fetchall())
-        marks = self._marks
+            self._forgotten_meanwhile = set()
+        try:
+            return self._update(self._marks, limit_sessions)
+        finally:
+            with self._lock:
+                self._forgotten_meanwhile = None
+
+    def _update(self, marks: dict[str, int], limit_sessions: int) -> int:
         now, wall = time.monotonic(), time.time()
         query = select(sessions.c.id, sessions.c.last_seq)
         if now - self._full_at < FULL_SCAN_EVERY:
@@ -214,6 +224,10 @@ class SearchIndex:
         commit for many sessions: with hundreds of sessions recording a sample now and then, a commit per
         session was most of an idle daemon's CPU."""
         with self._lock, self._db:
+            gone = self._forgotten_meanwhile
+            if gone:  # deleted after this update read them: their documents stay out
+                docs = [d for d in docs if d[3] not in gone]
+                done = [m for m in done if m[0] not in gone]
             self._db.executemany("INSERT INTO docs (title, body, type, session_id, seq, node_id, ts) "
                                  "VALUES (?, ?, ?, ?, ?, ?, ?)", docs)
             self._db.executemany("INSERT INTO indexed (session_id, seq) VALUES (?, ?) ON CONFLICT(session_id) "
@@ -234,6 +248,8 @@ class SearchIndex:
             for sid in ids:
                 if self._marks is not None:
                     self._marks.pop(sid, None)
+            if self._forgotten_meanwhile is not None:
+                self._forgotten_meanwhile.update(ids)
         if self.hints is not None:
             self.hints.forget(ids)
 

@@ -186,3 +186,30 @@ def test_hints_never_hide_rows_written_before_them_or_dropped(engine: Engine, tm
     index.forget(["a"])
     assert not hints.nothing_after("a", 4)
     index.close()
+
+
+def test_a_session_deleted_while_an_update_read_it_does_not_come_back(engine: Engine, tmp_path: Path) -> None:
+    """``labd rm`` (or retention) deletes a session and forgets it in the index while the indexer's update has read
+    its events but not yet committed them: the update must not write them back (the deleted session's hits would
+    come back for good, since nothing forgets it again). Made deterministic by forgetting at the commit."""
+    from sqlalchemy import delete
+
+    index = SearchIndex(tmp_path / "search.db", engine)
+    _session(engine, "gone", "kinkajou gone")
+    _session(engine, "kept", "kinkajou kept")
+    real_commit = index._commit
+
+    def commit_after_a_deletion(docs: list, done: list) -> int:  # type: ignore[type-arg]
+        with engine.begin() as conn:  # the deletion commits in the store, then the daemon forgets it
+            conn.execute(delete(events).where(events.c.session_id == "gone"))
+            conn.execute(delete(sessions).where(sessions.c.id == "gone"))
+        index.forget(["gone"])
+        return real_commit(docs, done)
+
+    index._commit = commit_after_a_deletion  # type: ignore[method-assign]
+    index.update()
+    index._commit = real_commit  # type: ignore[method-assign]
+    assert _hits(index, "kinkajou") == [("kept", 1)]
+    index.update()
+    assert _hits(index, "kinkajou") == [("kept", 1)]
+    index.close()
