@@ -144,6 +144,11 @@ class RunQueue:
             return None
         return 1 + sum(1 for q in self._live.values() if q.order < entry.order)
 
+    def priority_of(self, sid: str) -> int | None:
+        """The priority a queued session was submitted with, or None if not queued."""
+        entry = self._live.get(sid)
+        return None if entry is None else entry.priority
+
     def positions(self) -> dict[str, int]:
         live = sorted(self._live.values())
         return {q.sid: i for i, q in enumerate(live, 1)}

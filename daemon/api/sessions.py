@@ -241,6 +241,7 @@ def live_view(req: Request, row: dict[str, Any], live: dict[str, dict[str, Any]]
     if row["status"] in ("created", "queued"):
         queue = req.daemon.supervisor.queue
         out["queue_position"] = positions.get(sid) if positions is not None else queue.position(sid)
+        out["queue_priority"] = queue.priority_of(sid)
     return out
 
 

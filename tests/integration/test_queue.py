@@ -64,7 +64,7 @@ def test_fifty_submissions_under_max_sessions_four(isolated_env: Path) -> None:
 
 def test_priority_then_submission_order_and_ps_shows_the_queue(isolated_env: Path) -> None:
     """Queued sessions start highest priority first, then in submission order; session.list reports
-    status queued with the queue position, and `labd ps` lists them."""
+    status queued with the queue position and priority, and `labd ps` lists them with both (`queued #1 prio 5`)."""
     _configure(isolated_env, 1)
     with running_daemon(isolated_env) as d, d.client() as c:
         blocker = _start(c)
@@ -76,6 +76,8 @@ def test_priority_then_submission_order_and_ps_shows_the_queue(isolated_env: Pat
         ps = subprocess.run([sys.executable, "-m", "labd", "--home", str(isolated_env), "ps"], capture_output=True,
                             text=True, check=True).stdout
         assert ps.count("queued") == 3, ps
+        assert "queued #1 prio 5" in ps and "queued #2" in ps and "queued #3" in ps, ps  # place and priority shown
+        assert {r["id"]: r["queue_priority"] for r in c.sessions(status=["queued"])} == {high: 5, low_a: 0, low_b: 0}
         c.stop(blocker, grace=1)
         for sid in (high, low_a, low_b):
             assert c.wait(sid, timeout=60)["status"] == "completed"
