@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -42,12 +41,6 @@ if TYPE_CHECKING:
     from labd.ipc.functions import FunctionCall
 
 __all__ = ["Client", "LabdError", "WIRE_FIELDS", "check_timeout", "event_from_wire", "still_ended"]
-
-
-#: the most different words a search query may have: :data:`labd.store.search.MAX_WORDS` (a test pins that they
-#: agree; not imported: the store's module needs SQLAlchemy, which a client does not)
-MAX_SEARCH_WORDS = 20
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 class Client(Waiting):
@@ -305,14 +298,8 @@ class Client(Waiting):
     def search(self, query: str, *, types: list[str] | None = None, status: list[str] | None = None,
                workflow: str | None = None, since: str | float | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Full-text search over sessions, steps, agent messages, code, files and results (best first). Every word
-        of ``query`` must match (as a word or a word's beginning); at most :data:`MAX_SEARCH_WORDS` different words,
-        else :class:`LabdError` ``bad_request``."""
-        if isinstance(query, str):
-            words = {w.lower() for w in _WORD.findall(query)}
-            if len(words) > MAX_SEARCH_WORDS:  # the daemon refuses them too (labd.store.search.MAX_WORDS)
-                raise LabdError("bad_request", f"the query has {len(words)} different words; a search takes at most "
-                                f"{MAX_SEARCH_WORDS} (every word must match): leave out the least telling ones",
-                                {"words": len(words), "max": MAX_SEARCH_WORDS})
+        of ``query`` must match (as a word or a word's beginning); at most 20 different words, else the daemon
+        answers :class:`LabdError` ``bad_request`` (``details.max_words``)."""
         body: dict[str, Any] = {"query": query, "limit": limit}
         for k, v in {"types": types, "status": status, "workflow": workflow, "since": since}.items():
             if v is not None:

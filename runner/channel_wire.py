@@ -24,7 +24,7 @@ from labd.runner import spool as spool_file
 from labd.runner.pacing import Pacer, size_bounded
 from labd.runner.spool import Spool
 
-__all__ = ["ChannelWire"]
+__all__ = ["ChannelWire", "too_large"]
 
 _MONITOR_HEAD = struct.Struct("=Hi")
 
@@ -182,8 +182,7 @@ class ChannelWire:
             # the session's outcome is what matters: recorded without what made it too large (the runner checks the
             # size before it emits, runner/session.py finished_payload; this catches what it could not foresee)
             outcome, error = payload["outcome"], payload.get("error")
-            why = (f"too large ({size:,} bytes as an event; one event may take at most {self.event_room():,} bytes: "
-                   "the daemon's max_message less the message's envelope)")
+            why = too_large(size, self.event_room())
             if outcome != "completed" and isinstance(error, str):
                 text = error if len(error) <= 512 else f"{error[:512]}... [the rest not recorded: {why}]"
             else:
@@ -219,3 +218,10 @@ def _monitor_event(frames: list[bytes]) -> int:
     if len(frames) != 2 or len(frames[0]) != 6:
         return 0
     return int(_MONITOR_HEAD.unpack(frames[0])[0])
+
+
+def too_large(size: int, room: int) -> str:
+    """Why an event was not sent whole: its encoded ``size`` against the ``room`` one event has
+    (:meth:`ChannelWire.event_room`); said the same by the runner's own check and by the channel's backstop."""
+    return (f"too large ({size:,} bytes as an event; one event may take at most {room:,} bytes: the daemon's "
+            "max_message less the message's envelope)")

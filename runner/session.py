@@ -28,6 +28,7 @@ from labd.runner import forksafe
 from labd.runner.approvals import Approvals, ApprovalTimeout
 from labd.runner.capture import OutputCapture, report_crash
 from labd.runner.channel import Channel, PayloadError
+from labd.runner.channel_wire import too_large
 from labd.runner.context import Cancelled, Context
 from labd.runner.credentials import confine_runner, take_key
 from labd.runner.durable import Durable, read_seed
@@ -326,9 +327,8 @@ def finished_payload(outcome: str, extra: dict[str, Any], room: int) -> dict[str
         if isinstance(text, str):
             out[key] = text if len(text) <= keep else f"{text[:keep]}... [{len(text) - keep:,} more characters]"
     if "error" not in out:
-        out["error"] = (f"result not recorded: too large ({size:,} bytes as an event; one event may take at most "
-                        f"{room:,} bytes: the daemon's max_message less the message's envelope); write large "
-                        "results to files in the session's work directory and return their names")
+        out["error"] = (f"result not recorded: {too_large(size, room)}; write large results to files in the session's "
+                        "work directory and return their names")
     return out
 
 

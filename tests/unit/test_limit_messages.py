@@ -110,13 +110,12 @@ def test_timing_text_gives_run_time_only_to_sessions_that_ran() -> None:
                        now) == "never ran again (ended 2.0s after it was queued again)"
 
 
-def test_client_and_store_agree_on_the_search_word_limit() -> None:
-    """The SDK refuses what the daemon's index refuses: the same bound, the same counting of words (case aside,
-    each once); the index refuses more than 20 rather than dropping the 21st on."""
-    from labd.ipc.client import MAX_SEARCH_WORDS
+def test_the_index_refuses_more_than_twenty_search_words() -> None:
+    """Words are counted case aside, each once; the index refuses more than 20 rather than dropping the 21st on
+    (the one check: the daemon answers it ``bad_request``, tests/integration/test_show_and_search.py)."""
     from labd.store.search import MAX_WORDS, QueryTooLong, _fts_query, query_words
 
-    assert MAX_SEARCH_WORDS == MAX_WORDS == 20
+    assert MAX_WORDS == 20
     assert query_words("Alpha alpha beta ALPHA") == ["Alpha", "beta"]
     assert _fts_query(" ".join(f"w{i}" for i in range(20))).count('"*') == 20
     with pytest.raises(QueryTooLong, match="at most 20"):
