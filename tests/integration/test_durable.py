@@ -28,6 +28,11 @@ def _ended(c: Any, sid: str, timeout: float = 60) -> dict[str, Any]:
         c.session(sid)), timeout=timeout, interval=0.1, what=f"session {sid} ended")
 
 
+def _second_step(c: Any, sid: str) -> dict[str, Any]:
+    """The step node of planning_and_control's second planned step ("step 2: ...") in session ``sid``."""
+    return next(s for s in c.session(sid)["steps"] if s["name"].startswith("step 2:") and s["kind"] == "step")
+
+
 def test_resume_skips_completed_steps_and_restores_the_work_directory(daemon, tmp_path: Path) -> None:
     """A 4-step workflow whose step 3 fails once: `labd checkpoints` lists steps 1-2 with their files and results;
     `resume` completes it; steps 1-2 ran once in all, step 3
@@ -187,8 +192,7 @@ def test_branch_planning_and_control_from_its_second_step_with_a_hypothesis(daem
     with daemon.client() as c:
         parent = c.start("planning_and_control", params={"max_steps": 3})
         assert _ended(c, parent)["status"] == "completed"
-        psteps = c.session(parent)["steps"]
-        second = next(s for s in psteps if s["name"].startswith("step 2:") and s["kind"] == "step")
+        second = _second_step(c, parent)
         reply = c.branch(parent, second["node_id"], hypothesis="the input is in Kelvin", count=2)
         assert reply["node"] == second["node_id"] and len(reply["sessions"]) == 2 and reply["reused"] >= 2
         kids = [s["session"] for s in reply["sessions"]]
@@ -402,7 +406,7 @@ def test_a_replay_of_a_branch_that_reused_planned_steps_is_served_whole_from_the
     with daemon.client() as c:
         parent = c.start("planning_and_control", params={"max_steps": 2})
         assert _ended(c, parent)["status"] == "completed"
-        second = next(s for s in c.session(parent)["steps"] if s["name"].startswith("step 2:") and s["kind"] == "step")
+        second = _second_step(c, parent)
         kid = c.branch(parent, second["node_id"])["sessions"][0]["session"]
         assert _ended(c, kid)["status"] == "completed"
         replay = c.replay(kid)

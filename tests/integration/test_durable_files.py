@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import wait_until
-from tests.integration.test_durable import _ended, _events
+from tests.integration.test_durable import _ended, _events, _second_step
 
 #: s0 writes keep.txt and data.txt; s1 changes data.txt, adds gone.txt and sub/b.txt; s2 deletes gone.txt and
 #: writes out.txt with the `tag` param; with `fail_once`, s2 fails its first run (a marker in a dot directory of the
@@ -127,10 +127,10 @@ def test_compare_shows_the_steps_a_branch_reused_as_unchanged(daemon) -> None:
     with daemon.client() as c:
         parent = c.start("planning_and_control", params={"max_steps": 2})
         assert _ended(c, parent)["status"] == "completed"
-        second = next(s for s in c.session(parent)["steps"] if s["name"].startswith("step 2:") and s["kind"] == "step")
+        second = _second_step(c, parent)
         b1 = c.branch(parent, second["node_id"])["sessions"][0]["session"]
         assert _ended(c, b1)["status"] == "completed"
-        b1_second = next(s for s in c.session(b1)["steps"] if s["name"].startswith("step 2:") and s["kind"] == "step")
+        b1_second = _second_step(c, b1)
         b2 = c.branch(b1, b1_second["node_id"])["sessions"][0]["session"]
         assert _ended(c, b2)["status"] == "completed"
         for kid in (b1, b2):
