@@ -70,6 +70,8 @@ class Supervisor:
         #: session -> the request id of its resume (api/durable.py) whose session.continued is not committed yet;
         #: its runner is submitted once it is (an entry whose request was refused meanwhile is stale)
         self.continuing: dict[str, str] = {}
+        #: request ids of resumes reading their session's record on a worker (not deferred yet, still in force)
+        self.preparing: set[str] = set()
         self._remote_lost: str | None = None  # why the last remote adoption failed
         self._held_until = 0.0  # the queue waits until then (time.monotonic) after a launch found the disk full
 

@@ -177,14 +177,16 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
 
     @server.resource("labd://sessions/{session}/files", mime_type="application/json")
     async def session_files(session: str) -> str:
-        """The files a session wrote: path, size, sha256, the step and agent that wrote them, and the ``uri`` to read
-        each by (its path percent-encoded: a resource URI's path is decoded when it is read, so ``q?.txt`` or
-        ``x%41.txt`` written as they are would name another file, or none)."""
+        """The files a session wrote: path, size, sha256, the step and agent that wrote them, ``restored`` (put in
+        place by a resume's or branch's restore of a checkpoint, not by a step), and the ``uri`` to read each by (its
+        path percent-encoded: a resource URI's path is decoded when it is read, so ``q?.txt`` or ``x%41.txt``
+        written as they are would name another file, or none)."""
         try:
             files = await call(lambda c: c.files(session))
         except ToolError as exc:
             raise ResourceError(str(exc)) from None
-        return json.dumps([{k: f.get(k) for k in ("path", "size", "sha256", "kind", "step", "agent", "change")}
+        keys = ("path", "size", "sha256", "kind", "step", "agent", "change", "restored")
+        return json.dumps([{k: f.get(k) for k in keys}
                            | {"uri": f"labd://sessions/{quote(session, safe='')}/file/{quote(f['path'], safe='/')}"}
                            for f in files])
 

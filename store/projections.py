@@ -250,7 +250,8 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
                           "kind": payload["kind"], "node_id": node_id, "agent": payload.get("agent"),
                           "tool": payload.get("tool"), "ts": ts,
                           "candidates": orjson.dumps(payload["candidates"]).decode()
-                          if isinstance(payload.get("candidates"), list) else None})
+                          if isinstance(payload.get("candidates"), list) else None,
+                          "restored": payload.get("restored") is True})
     elif kind == "approval.requested":
         aid = payload["approval_id"]
         cur.pending_approvals[aid] = [str(o) for o in payload["options"]]

@@ -6,7 +6,7 @@ throughput (DESIGN.md §9) and ingest already has the encoded bytes.
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, false
 
 __all__ = ["metadata", "sessions", "events", "steps", "state_history", "dag_edges", "cost_records", "files",
            "approvals", "skills", "blobs", "blob_refs", "idempotency_keys", "IDEMPOTENCY_RETENTION"]
@@ -140,6 +140,9 @@ files = Table(
     Column("tool", String(100)),
     Column("ts", Float, nullable=False),
     Column("candidates", Text),  # JSON list of node ids when concurrent steps make attribution ambiguous
+    # (0008) put in place by a resume's or branch's restore of a checkpoint (the event's ``restored: true``), not
+    # written by a step: such rows have no node
+    Column("restored", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 approvals = Table(

@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -131,9 +132,77 @@ def _merged_limits(row: dict[str, Any], override: Any) -> Limits:
     return _limits({"limits": {**base, **override}})
 
 
-def resume_ended(req: Request, row: dict[str, Any]) -> Any:
-    """``session.resume`` of an ended session: a new runner continues it from its last completed step."""
+def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]:
+    """``session.resume`` of an ended session: a new runner continues it from its last completed step. A handler
+    that waits (:mod:`labd.daemon.reads`): the record the seed is built from (every checkpoint, the manifests, the
+    result objects checked, the files recorded) is read on a worker thread, not on the request loop."""
     d, sid, status = req.daemon, row["id"], row["status"]
+    sup = d.supervisor
+    _refuse_resume(d, sid, status)
+    reason = req.arg("reason", str, "", check=lambda s: len(s) <= 1000, hint="text of at most 1000 characters")
+    limits = _merged_limits(row, req.body.get("limits"))
+    budget = req.body.get("budget")
+    if budget is not None:
+        limits = _limits({"limits": {**limits.to_dict(), "budget": budget}})
+    refuse_never_fits(sup.queue, limits)  # queued, it would block the run queue for good
+    req_id = req.reply_to[1]
+    # from here the session is being resumed: a second resume is refused while this one reads its record
+    sup.continuing[sid] = req_id
+    sup.preparing.add(req_id)
+    deferred = False
+    try:
+        store, session_dir = d.store, d.layout.sessions_dir / sid
+
+        def prepare() -> tuple[list[dict[str, Any]], dict[str, Any], list[str], dict[str, Any]]:
+            cps = checkpoints(store, sid)
+            seed = _seed(cps, session_dir / OBJECTS_DIR, mode="resume", node_base=max_node_number(store, sid),
+                         first_seq=int(row["runner_seq"]) + 1,
+                         spent=float(row.get("cost") or 0.0),  # a budget is the session's whole spend, as ingest counts
+                         recorded=recorded_files(store, sid))  # the restore records what it changes against this
+            interrupted = [st["node_id"] for st in store.steps(sid) if st["status"] in ("running", "paused")]
+            created = store.events(sid, kinds=["session.created"], limit=1)
+            return cps, seed, interrupted, created[0]["payload"] if created else {}
+
+        try:
+            cps, seed, interrupted, c = yield Read(prepare, "resume seed")
+        finally:
+            sup.preparing.discard(req_id)
+        if store.session(sid) is None:  # deleted (labd rm, retention) while its record was read
+            raise ApiError("not_found", f"no session {sid!r}: it was deleted while being resumed")
+        if d.draining:
+            raise ApiError("draining", "the daemon is stopping its sessions (serve --drain): no resume now")
+        refuse_while_store_down(d)
+        _write_seed(session_dir, seed)
+        why = f"resumed by client from {status}" + (f": {reason}" if reason else "") + \
+            f" ({len(seed['steps'])} completed steps kept)"
+        entry = sup.queue.entry(sid, row["workflow"], _run_params(d, row["params"], c.get("payload")), limits,
+                                row["workdir"], 0, time.time(), extra=entry_extra(d, row["name"], c))
+
+        def committed(seq: int, _payload: dict[str, Any]) -> dict[str, Any]:
+            # The runner is submitted only now that session.continued is in the store: a session deleted (labd rm)
+            # before it was committed has its continuation dropped and the request refused (not_found), and then no
+            # runner may start for it. Committed, the session is queued (not terminal): a later rm is refused.
+            if sup.continuing.get(sid) == req_id:
+                del sup.continuing[sid]
+            if sid not in sup.running and sid not in sup.queue:
+                sup.submit(entry)
+            return {"session": sid, "resumed": True, "from_status": status, "steps_kept": len(seed["steps"]),
+                    "seq": seq}
+
+        d.defer(req.reply_to, committed)
+        deferred = True
+        d.post_event(sid, "session.continued", {"by": "client", "reason": why, "from_status": status,
+                                                "limits": limits.to_dict(), "checkpoints": len(cps),
+                                                "interrupted": interrupted},
+                     reply_to=req.reply_to)
+        return DEFERRED
+    finally:
+        if not deferred and sup.continuing.get(sid) == req_id:  # refused (or closed) before it was deferred
+            del sup.continuing[sid]
+
+
+def _refuse_resume(d: Any, sid: str, status: str) -> None:
+    """Refuse a resume of ``sid`` (ended ``status``) that cannot go ahead now."""
     if status not in RESUMABLE:
         hint = "branch it (labd branch) to run part of it again" if status == "completed" else "it has not ended"
         raise ApiError("not_resumable", f"session {sid} is {status}: only a failed, lost or cancelled session "
@@ -142,53 +211,16 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Any:
     if sid in sup.running or sid in sup.queue:
         raise ApiError("not_resumable", f"session {sid} still has a runner")
     # a resume whose session.continued is not committed yet: the session still reads as ended, but it is resumed
-    # already (a second one would post a second continuation, and submit a second runner for one session)
+    # already (a second one would post a second continuation, and submit a second runner for one session); one
+    # still reading its record is not deferred yet but holds its place
     for other, req_id in list(sup.continuing.items()):
-        if not d.is_deferred(req_id):  # refused meanwhile (the session was deleted first, or the store refused)
+        if not d.is_deferred(req_id) and req_id not in sup.preparing:  # refused meanwhile (deleted, store refused)
             del sup.continuing[other]
     if sid in sup.continuing:
         raise ApiError("not_resumable", f"session {sid} is being resumed already")
     if d.draining:
         raise ApiError("draining", "the daemon is stopping its sessions (serve --drain): no resume now")
     refuse_while_store_down(d)
-    reason = req.arg("reason", str, "", check=lambda s: len(s) <= 1000, hint="text of at most 1000 characters")
-    limits = _merged_limits(row, req.body.get("limits"))
-    budget = req.body.get("budget")
-    if budget is not None:
-        limits = _limits({"limits": {**limits.to_dict(), "budget": budget}})
-    refuse_never_fits(sup.queue, limits)  # queued, it would block the run queue for good
-    cps = checkpoints(d.store, sid)
-    seed = _seed(cps, d.layout.sessions_dir / sid / OBJECTS_DIR, mode="resume",
-                 node_base=max_node_number(d.store, sid), first_seq=int(row["runner_seq"]) + 1,
-                 spent=float(row.get("cost") or 0.0),  # a budget is the session's whole spend, as ingest counts it
-                 recorded=recorded_files(d.store, sid))  # the restore records what it changes against this
-    _write_seed(d.layout.sessions_dir / sid, seed)
-    created = d.store.events(sid, kinds=["session.created"], limit=1)
-    c = created[0]["payload"] if created else {}
-    why = f"resumed by client from {status}" + (f": {reason}" if reason else "") + \
-        f" ({len(seed['steps'])} completed steps kept)"
-    entry = sup.queue.entry(sid, row["workflow"], _run_params(d, row["params"], c.get("payload")), limits,
-                            row["workdir"], 0, time.time(), extra=entry_extra(d, row["name"], c))
-
-    def committed(seq: int, _payload: dict[str, Any]) -> dict[str, Any]:
-        # The runner is submitted only now that session.continued is in the store: a session deleted (labd rm)
-        # before it was committed has its continuation dropped and the request refused (not_found), and then no
-        # runner may start for it. Committed, the session is queued (not terminal): a later rm is refused.
-        if sup.continuing.get(sid) == req.reply_to[1]:
-            del sup.continuing[sid]
-        if sid not in sup.running and sid not in sup.queue:
-            sup.submit(entry)
-        return {"session": sid, "resumed": True, "from_status": status, "steps_kept": len(seed["steps"]),
-                "seq": seq}
-
-    sup.continuing[sid] = req.reply_to[1]
-    d.defer(req.reply_to, committed)
-    d.post_event(sid, "session.continued", {"by": "client", "reason": why, "from_status": status,
-                                            "limits": limits.to_dict(), "checkpoints": len(cps),
-                                            "interrupted": [st["node_id"] for st in d.store.steps(sid)
-                                                            if st["status"] in ("running", "paused")]},
-                 reply_to=req.reply_to)
-    return DEFERRED
 
 
 def _find_node(store: Any, sid: str, ref: str) -> dict[str, Any]:

@@ -133,9 +133,17 @@ def cmd_files(args: argparse.Namespace, ctx: Ctx) -> int:
         ctx.out.json(rows)
         return 0
     table = [[f["path"], f["change"], format_size(f["size"]) if f["size"] else "0B", f["kind"], f["sha256"][:12],
-              f["step"] or "-", f["agent"] or "-", f["tool"] or "-"] for f in rows]
+              _file_step(f), f["agent"] or "-", f["tool"] or "-"] for f in rows]
     ctx.out.table(["PATH", "CHANGE", "SIZE", "KIND", "SHA256", "STEP", "AGENT", "TOOL"], table, right=("SIZE",))
     return 0
+
+
+def _file_step(f: dict[str, Any]) -> str:
+    """The STEP cell of a file row: the step that wrote it, or ``(restored)`` for a file a resume's or branch's restore
+    of a checkpoint put in place (no step wrote it in this run)."""
+    if f.get("restored"):
+        return f"{f['step']} (restored)" if f.get("step") else "(restored)"
+    return f["step"] or "-"
 
 
 def cmd_history(args: argparse.Namespace, ctx: Ctx) -> int:

@@ -1,6 +1,7 @@
 """Durable sessions and the record of their work directory: the files a resume or branch restores are recorded
-(``file.*`` events) so that `labd files` and `labd compare` tell what the work directory held; `labd compare` of a
-branch with its parent shows the steps it reused as unchanged; a branch's seed is built off the request loop."""
+(``file.*`` events, ``restored`` rows, `labd files` shows ``(restored)``) so that `labd files` and `labd compare`
+tell what the work directory held; `labd compare` of a branch with its parent shows the steps it reused as
+unchanged; a branch's and a resume's seed are built off the request loop."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import contextlib
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from tests.conftest import wait_until
+from tests.integration.cli_support import labd
 from tests.integration.test_durable import _ended, _events, _second_step
 
 #: s0 writes keep.txt and data.txt; s1 changes data.txt, adds gone.txt and sub/b.txt; s2 deletes gone.txt and
@@ -67,12 +72,73 @@ def _on_disk(work: Path) -> dict[str, str]:
             for p in work.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts)}
 
 
+def _step_cells(sid: str) -> list[tuple[str, str, str]]:
+    """`labd files SID` (plain text: a pipe) as (PATH, CHANGE, STEP) per row, in the table's order."""
+    out = labd("files", sid)
+    assert out.returncode == 0, out.stderr
+    header, *lines = out.stdout.splitlines()
+    names = header.split()
+    assert names == ["PATH", "CHANGE", "SIZE", "KIND", "SHA256", "STEP", "AGENT", "TOOL"], header
+    cells = [line.split() for line in lines]  # no cell of these rows has a space
+    assert all(len(c) == len(names) for c in cells), out.stdout
+    return [(c[0], c[1], c[5]) for c in cells]
+
+
+def _expected_cells(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [(f["path"], f["change"], "(restored)" if f["restored"] else f["step"] or "-") for f in rows]
+
+
+def _while_reading(obj: Path, request: Callable[[], dict[str, Any]], meanwhile: Callable[[], Any]) -> tuple[Any, Any]:
+    """Run ``request`` (on a thread) while the object file ``obj`` it reads is held up: replaced by a FIFO nobody
+    writes, so the daemon's read of it blocks. Once a reader has it open, ``meanwhile()`` runs; then the object is
+    put back and the waiting reader gets its content. Returns (``request``'s reply or exception, ``meanwhile``'s
+    result or exception)."""
+    data = obj.read_bytes()
+    obj.unlink()
+    os.mkfifo(obj, 0o600)
+    reply: list[Any] = [None]
+
+    def ask() -> None:
+        try:
+            reply[0] = request()
+        except Exception as exc:  # noqa: BLE001 - returned to the test, which asserts on it
+            reply[0] = exc
+
+    def reading() -> int | None:  # a writer can open a FIFO without blocking once a reader has it open
+        with contextlib.suppress(OSError):
+            return os.open(obj, os.O_WRONLY | os.O_NONBLOCK)
+        return None
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    held = wait_until(reading, timeout=30, what=f"the daemon reading {obj.name}")
+    try:
+        try:
+            during = meanwhile()
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            during = exc
+    finally:  # the object back in place for any later read, then the waiting reader gets its content
+        tmp = obj.with_name(".test-" + obj.name)
+        tmp.write_bytes(data)
+        os.replace(tmp, obj)
+        os.write(held, data)
+        os.close(held)
+    asker.join(60)
+    return reply[0], during
+
+
+def _first_manifest(daemon: Any, c: Any, sid: str) -> Path:
+    first = c.checkpoints(sid)[0]["manifest"]
+    return daemon.home / "sessions" / sid / "checkpoints" / "objects" / first[:2] / first
+
+
 def test_a_branch_records_the_files_its_restore_put_in_place(daemon, tmp_path: Path) -> None:
     """A branch from s2 starts from the parent's files after s1, restored from the checkpoint: its record has a
     ``file.created`` (no node, ``restored``) for each of them with the parent's content hash, so `labd files` of
     the branch lists exactly what its work directory holds, and `labd compare parent branch` shows every file the
-    same but out.txt, which the branch really wrote differently (its `tag` param). Before, the restored files were
-    missing from the branch's record (compare called them ``removed``)."""
+    same but out.txt, which the branch really wrote differently (its `tag` param). Those rows (only they) carry
+    ``restored: True``, and `labd files` shows ``(restored)`` as their step. Before, the restored files were
+    missing from the branch's record (compare called them ``removed``); then the files table dropped the flag."""
     flow = _flow(tmp_path)
     with daemon.client() as c:
         parent = c.start(flow)
@@ -83,6 +149,12 @@ def test_a_branch_records_the_files_its_restore_put_in_place(daemon, tmp_path: P
         restored = [f for f in files if f["node_id"] is None]
         assert sorted((f["path"], f["change"]) for f in restored) == [
             ("data.txt", "created"), ("gone.txt", "created"), ("keep.txt", "created"), ("sub/b.txt", "created")]
+        assert all(f["restored"] is True for f in restored)  # the files table keeps the events' flag
+        assert sorted((f["path"], f["change"], f["step"]) for f in files if f["restored"] is False) == [
+            ("gone.txt", "deleted", "s2"), ("out.txt", "created", "s2")]
+        assert all(f["restored"] is False for f in c.files(parent))
+        assert _step_cells(kid) == _expected_cells(files)  # `labd files` says (restored) for exactly those
+        assert "(restored)" not in {step for _p, _ch, step in _step_cells(parent)}
         work = Path(c.session(kid)["workdir"])
         assert _recorded(files) == _on_disk(work)
         assert set(_on_disk(work)) == {"data.txt", "keep.txt", "sub/b.txt", "out.txt"}
@@ -101,7 +173,8 @@ def test_a_resume_records_what_its_restore_changed_and_nothing_twice(daemon, tmp
     restores the work directory of s1's checkpoint, and records exactly what that changed against the session's
     own record: data.txt changed back, keep.txt created again, junk.txt deleted; the files its record already
     holds as restored (sub/b.txt, gone.txt) get no new event. `labd files` then tells what the work directory
-    holds. Before, the record kept the failed run's data.txt and junk.txt and never got keep.txt back."""
+    holds, and shows ``(restored)`` as the step of exactly the restore's rows (``--json``: ``restored``). Before,
+    the record kept the failed run's data.txt and junk.txt and never got keep.txt back."""
     flow = _flow(tmp_path)
     with daemon.client() as c:
         sid = c.start(flow, params={"fail_once": True})
@@ -112,6 +185,12 @@ def test_a_resume_records_what_its_restore_changed_and_nothing_twice(daemon, tmp
         files = c.files(sid)
         restore = [(f["path"], f["change"]) for f in files if f["seq"] > before and f["node_id"] is None]
         assert sorted(restore) == [("data.txt", "changed"), ("junk.txt", "deleted"), ("keep.txt", "created")]
+        assert sorted((f["path"], f["change"]) for f in files if f["restored"]) == sorted(restore)
+        assert all(f["step"] in ("s0", "s1", "s2") for f in files if not f["restored"])
+        listed = orjson.loads(labd("files", sid, "--json").stdout)
+        assert [(f["path"], f["seq"], f["restored"]) for f in listed] == [
+            (f["path"], f["seq"], f["restored"]) for f in files]
+        assert _step_cells(sid) == _expected_cells(files)
         assert [f["change"] for f in files if f["path"] == "sub/b.txt"] == ["created"]  # never recorded twice
         assert _recorded(files) == _on_disk(Path(c.session(sid)["workdir"]))
         data = next(f for f in files if f["seq"] > before and f["path"] == "data.txt")
@@ -148,50 +227,58 @@ def test_a_branch_builds_its_seed_off_the_request_loop(daemon, tmp_path: Path) -
     """While `session.branch` reads the parent's checkpoints (here held up: the first checkpoint's manifest object
     is a FIFO nobody writes yet), the daemon answers other requests (`ping`), and the branch goes on once the read
     is done. Before, the seed was built on the request loop and every client waited for it."""
-    from labd.ipc import LabdError
-
     flow = _flow(tmp_path)
     with daemon.client() as c:
         parent = c.start(flow)
         assert _ended(c, parent)["status"] == "completed"
-        first = c.checkpoints(parent)[0]["manifest"]
-    obj = daemon.home / "sessions" / parent / "checkpoints" / "objects" / first[:2] / first
-    data = obj.read_bytes()
-    obj.unlink()
-    os.mkfifo(obj, 0o600)
-    reply: dict[str, Any] = {}
+        obj = _first_manifest(daemon, c, parent)
 
-    def branch() -> None:
-        try:
-            with daemon.client(timeout=60) as c2:
-                reply.update(c2.branch(parent, "s2"))
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-            reply["error"] = exc
-
-    def reading() -> int | None:  # a writer can open a FIFO without blocking once a reader has it open
-        with contextlib.suppress(OSError):
-            return os.open(obj, os.O_WRONLY | os.O_NONBLOCK)
-        return None
-
-    asker = threading.Thread(target=branch)
-    asker.start()
-    held = wait_until(reading, timeout=30, what="the branch reading the parent's manifest")
-    try:
+    def ping() -> Any:
         with daemon.client(timeout=5) as c:
-            answered = c.ping()
-    except LabdError as exc:
-        answered = {"error": exc}
-    finally:  # the object back in place for any later read, then the waiting reader gets its content
-        tmp = obj.with_name(".test-" + obj.name)
-        tmp.write_bytes(data)
-        os.replace(tmp, obj)
-        os.write(held, data)
-        os.close(held)
-    asker.join(60)
-    assert "error" not in answered, f"the daemon did not answer while the branch read: {answered}"
-    assert "sessions" in reply, reply
+            return c.ping()
+
+    def branch() -> dict[str, Any]:
+        with daemon.client(timeout=60) as c2:
+            return c2.branch(parent, "s2")
+
+    reply, answered = _while_reading(obj, branch, ping)
+    assert isinstance(answered, dict), f"the daemon did not answer while the branch read: {answered}"
+    assert isinstance(reply, dict) and "sessions" in reply, reply
     with daemon.client() as c:
         assert _ended(c, reply["sessions"][0]["session"])["status"] == "completed"
+
+
+def test_a_resume_builds_its_seed_off_the_request_loop(daemon, tmp_path: Path) -> None:
+    """While `session.resume` reads the failed session's checkpoints (held up as above), the daemon answers other
+    requests (`ping`), a second resume of the same session is refused `not_resumable` ("being resumed already"),
+    and the resume goes on once the read is done: the session runs again and completes. Before, the seed was built
+    on the request loop and every client waited."""
+    from labd.ipc import LabdError
+
+    with daemon.client() as c:
+        sid = c.start(_flow(tmp_path), params={"fail_once": True})
+        assert _ended(c, sid)["status"] == "failed"
+        obj = _first_manifest(daemon, c, sid)
+
+    def ping_and_resume_again() -> tuple[Any, Any]:
+        with daemon.client(timeout=5) as c:
+            answered = c.ping()
+            try:
+                return answered, c.resume(sid)
+            except LabdError as exc:
+                return answered, exc
+
+    def resume() -> dict[str, Any]:
+        with daemon.client(timeout=60) as c2:
+            return c2.resume(sid)
+
+    reply, during = _while_reading(obj, resume, ping_and_resume_again)
+    assert isinstance(during, tuple), f"the daemon did not answer while the resume read: {during}"
+    second = during[1]
+    assert isinstance(second, LabdError) and second.code == "not_resumable" and "being resumed" in str(second)
+    assert isinstance(reply, dict) and reply.get("resumed") and reply.get("steps_kept") == 2, reply
+    with daemon.client() as c:
+        assert _ended(c, sid)["status"] == "completed"
 
 
 def test_manifests_resolved_one_from_another_are_those_resolved_alone(tmp_path: Path) -> None:

@@ -215,7 +215,8 @@ def test_rm_committed_before_resume_starts_no_runner_and_leaves_no_directory(iso
             pipe.send("session.resume", session=sid, reason="race")
             pipe.send("ping")
             assert pipe.wait("ping")["ok"]  # the rm and the resume were both handled
-            assert (session_dir / "durable.seed.json").exists()  # the resume got as far as its seed
+            wait_until(lambda: (session_dir / "durable.seed.json").exists(), timeout=15,  # read off the loop
+                       what="the resume got as far as its seed")
             release()
         rm, resume = pipe.wait("session.rm"), pipe.wait("session.resume")
         assert rm["ok"] and rm["result"]["deleted"] == [sid], rm
@@ -242,6 +243,9 @@ def test_resume_committed_before_rm_wins_and_the_session_runs(isolated_env: Path
         pipe = _Pipe(pc)
         with _store_locked(d.home) as release:
             pipe.send("session.resume", session=sid, reason="race")
+            # the resume reads its record on a worker, then writes its seed and posts session.continued at once
+            wait_until(lambda: (d.home / "sessions" / sid / "durable.seed.json").exists(), timeout=15,
+                       what="the resume's continuation posted")
             pipe.send("session.rm", sessions=[sid])
             pipe.send("ping")
             assert pipe.wait("ping")["ok"]

@@ -109,24 +109,31 @@ def test_migrate_creates_the_tables_and_is_idempotent(engine: Engine, writer: Ba
     assert len(Store(engine).events("s1")) == 8
 
 
+def downgrade_to(eng: Engine, revision: str) -> None:
+    """Take a migrated store back to Alembic ``revision`` (a migration's test then writes rows as they were)."""
+    from alembic import command
+    from alembic.config import Config
+
+    from labd.store.db import _MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    with eng.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
 def test_migration_0007_cuts_the_long_reasons_recorded_before(engine: Engine, writer: BatchWriter) -> None:
     """A store written before reasons were bounded (revision 0006) may hold a 900,000-character ``reason`` /
     ``outcome_error`` (and state-history ``reason``) that makes every session.list too large: migrating cuts them
     to 10,000 characters + ``… (N more)``; short texts and everything else are left as they were."""
     import sqlalchemy as sa
-    from alembic import command
-    from alembic.config import Config
 
-    from labd.store.db import _MIGRATIONS
     from labd.store.projections import MAX_REASON
     from labd.store.schema import sessions, state_history
 
     _run_session(writer, {})
-    cfg = Config()
-    cfg.set_main_option("script_location", str(_MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0006_lineage")
+    downgrade_to(engine, "0006_lineage")
     long = "workflow failed: " + "x" * 900_000
     with engine.begin() as conn:
         conn.execute(sa.update(sessions).values(reason=long, outcome_error=long[17:]))

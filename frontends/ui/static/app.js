@@ -268,7 +268,7 @@ async function sessionPage(main, sid) {
     const textual = x => x.size <= 200000 && !["image", "binary", "archive"].includes(x.kind);
     panes.files.replaceChildren(el("table", {id: "files"}, el("thead", {}, el("tr", {}, ...["path", "size", "kind", "step", "agent", "tool", "sha256", ""].map(h => el("th", {}, h)))),
       el("tbody", {}, ...f.files.map(x => el("tr", {dataset: {file: x.path}}, el("td", {}, el("a", {href: fileUrl(sid, x.path), onclick: e => { e.preventDefault(); download(e.currentTarget.getAttribute("href"), x.path); }}, x.path)), el("td", {}, x.size), el("td", {}, x.kind),
-        el("td", {}, x.step || ""), el("td", {}, x.agent || ""), el("td", {}, x.tool || ""), el("td", {class: "muted"}, (x.sha256 || "").slice(0, 12)),
+        el("td", {}, x.step || (x.restored ? "(restored)" : "")), el("td", {}, x.agent || ""), el("td", {}, x.tool || ""), el("td", {class: "muted"}, (x.sha256 || "").slice(0, 12)),
         el("td", {}, textual(x) ? el("button", {class: "secondary", onclick: () => showPreview(x)}, "preview") : ""))))), preview); };
   const loadHistory = async () => { const x = await api(`/api/sessions/${sid}`);
     panes.history.replaceChildren(el("table", {}, el("tbody", {}, ...x.history.map(h => el("tr", {}, el("td", {}, new Date(h.ts * 1000).toLocaleTimeString()),
