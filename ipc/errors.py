@@ -1,4 +1,5 @@
-"""The SDK's error type and its check of timeouts: what every :class:`~labd.ipc.client.Client` call may raise."""
+"""The SDK's error type and its check of timeouts: what every :class:`~labd.ipc.client.Client` call may raise; and
+how an exception is described in the record (:func:`describe_exception`, never raising)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["LabdError", "check_timeout"]
+__all__ = ["LabdError", "check_timeout", "exception_text", "describe_exception"]
 
 
 class LabdError(Exception):
@@ -26,3 +27,21 @@ def check_timeout(timeout: float | None) -> float | None:
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be a number of seconds >= 0 (None or math.inf: no limit), not {timeout!r}")
     return None if math.isinf(timeout) else float(timeout)
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``, or, when the exception's ``__str__`` raises, ``<Type: str() failed: Error: why>``: a broken
+    ``__str__`` must not replace the exception being described by its own (the session would fail with that one)."""
+    try:
+        return str(exc)
+    except Exception as err:  # noqa: BLE001 - any __str__ may raise anything
+        try:
+            why = f"{type(err).__name__}: {err}"
+        except Exception:  # noqa: BLE001 - the second exception's __str__ may fail as well
+            why = type(err).__name__
+        return f"<{type(exc).__name__}: str() failed: {why}>"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``"Type: message"`` for the record (a step's or a session's error), whatever ``exc.__str__`` does."""
+    return f"{type(exc).__name__}: {exception_text(exc)}"

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from labd.ipc.errors import describe_exception
+
 __all__ = ["FUNCTION_WORKFLOW", "MAX_PAYLOAD", "MAX_PAYLOAD_TEXT", "MAX_RESULT", "ERROR_EVENT", "RESULT_KEY",
            "FunctionCall", "RemoteError", "encode_call", "dumps", "loads", "find_unpicklable", "check_params",
            "decode_result", "remote_error", "result_missing"]
@@ -47,7 +49,8 @@ class RemoteError(Exception):
 
     ``type_name`` is the remote exception's (``ValueError``; ``module.qualname`` for others), or, when the session
     ended without one: ``Cancelled`` (stopped), ``SessionEnded`` (killed by a limit or a signal, lost) or
-    ``ResultMissing`` (completed, but its result is not in the record).
+    ``ResultMissing`` (completed, but its result is not in the record), ``ResultNotLoadable`` (completed, but its
+    result does not unpickle in this process: :func:`decode_result`).
 
     ``exception`` is the remote exception object itself when it could be unpickled here (else ``None``);
     ``status`` is the session's final status (``failed``, ``cancelled``, ``lost``).
@@ -167,7 +170,7 @@ def describe_unpicklable(obj: Any, path: str, *, verb: str = "cannot be sent to 
     found = find_unpicklable(obj, path)
     where, culprit, exc = found if found is not None else (path, obj, Exception("unknown error"))
     type_name = type(culprit).__name__
-    return f"{where}: a {type_name} object {verb} ({type(exc).__name__}: {exc})", where, type_name
+    return f"{where}: a {type_name} object {verb} ({describe_exception(exc)})", where, type_name
 
 
 def _client_path() -> list[str]:
@@ -232,10 +235,24 @@ def check_params(params: Mapping[str, Any], payload: str) -> dict[str, Any]:
     return {**params, "sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
 
 
-def decode_result(result: Any) -> Any:
-    """A session's result as a Python value: unpickled when the runner pickled it, else the JSON value itself."""
+def decode_result(result: Any, session: str = "") -> Any:
+    """A session's result as a Python value: unpickled when the runner pickled it, else the JSON value itself.
+
+    A value that does not unpickle here (most often: its class is in a module the session's runner could import
+    but this process cannot) raises :class:`RemoteError` ``ResultNotLoadable`` naming ``session``, the value's
+    type and why, with the unpickling error as its ``__cause__``: the call did succeed, its value is in the record
+    (``labd show``), and it loads in a process that can import what it needs."""
     if isinstance(result, dict) and isinstance(result.get(RESULT_KEY), str):
-        return loads(base64.b64decode(result[RESULT_KEY]))
+        try:
+            return loads(base64.b64decode(result[RESULT_KEY]))
+        except Exception as exc:  # noqa: BLE001 - unpickling runs arbitrary code: any exception type
+            where = f"session {session}" if session else "the session"
+            kind, shown = str(result.get("type") or "?"), str(result.get("repr") or "")[:200]
+            raise RemoteError(
+                "ResultNotLoadable",
+                f"{where} completed, but its result (a {kind}{': ' + shown if shown else ''}) could not be unpickled "
+                f"in this process: {describe_exception(exc)} (is every module the value needs importable here, as "
+                "it was in the session's runner?)", session=session, status="completed") from exc
     return result
 
 

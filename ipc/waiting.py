@@ -141,7 +141,7 @@ class Waiting:
         found = self._reading(lambda: self.events(sid, kinds=["session.finished"], limit=1)["events"], deadline, sid)
         finished = found[0]["payload"] if found else None
         if row["status"] == "completed" and finished is not None and not result_missing(finished):
-            return decode_result(finished.get("result"))
+            return decode_result(finished.get("result"), session=sid)
         error = None
         if finished is not None and row["status"] != "cancelled":
             for ev in self._reading(lambda: list(self.history(sid, kinds=["custom"])), deadline, sid):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
+import os
 import sys
 import threading
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from labd.ipc.errors import describe_exception
 from labd.runner.interrupts import Cancelled, Interruptible
 from labd.runner.withhold import head_cut
 
@@ -189,7 +191,7 @@ class Context(Interruptible):
         outer, main = self.active_node, threading.current_thread() is threading.main_thread()
         if main:
             self.active_node = node.id
-        start = time.monotonic()
+        start, opener = time.monotonic(), os.getpid()
         status, error = "completed", None
         try:
             yield node
@@ -197,29 +199,37 @@ class Context(Interruptible):
             status, error = "cancelled", self.cancel_reason or "cancelled"
             raise
         except BaseException as exc:
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            status, error = "failed", describe_exception(exc)
             raise
         else:
             if node.error is not None:
                 status, error = "failed", node.error
         finally:
-            self.before_boundary()
-            with self._lock:  # closed before its scan, so the next window starts without it
-                self._open.discard(node.id)
-            self.after_step(node.id)
-            try:  # a failed checkpoint records the step failed itself and raises (runner/durable.py) ...
-                if status == "completed" and durable is not None:
-                    durable.checkpoint(node.id, path, name, node.result)
-            finally:  # ... and still leaves the node, so later events are not attributed to it
+            if os.getpid() != opener:
+                # A process the workflow forked inside the block leaves it: the step is its opener's, which alone
+                # checkpoints and finishes it (a child's own steps are f<j>.<i>: runner/forksafe.py). The child
+                # only stops attributing its own later events and steps to it.
                 current_node.reset(token)
                 if main:
                     self.active_node = outer
-            done: dict[str, Any] = {"name": name, "status": status, "duration": time.monotonic() - start}
-            if error:
-                done["error"] = clip(error, MAX_STEP_ERROR)
-            self._emit("step.finished", done, node.id)
-            with self._lock:
-                self._last_done[parent] = node.id
+            else:
+                self.before_boundary()
+                with self._lock:  # closed before its scan, so the next window starts without it
+                    self._open.discard(node.id)
+                self.after_step(node.id)
+                try:  # a failed checkpoint records the step failed itself and raises (runner/durable.py) ...
+                    if status == "completed" and durable is not None:
+                        durable.checkpoint(node.id, path, name, node.result)
+                finally:  # ... and still leaves the node, so later events are not attributed to it
+                    current_node.reset(token)
+                    if main:
+                        self.active_node = outer
+                done: dict[str, Any] = {"name": name, "status": status, "duration": time.monotonic() - start}
+                if error:
+                    done["error"] = clip(error, MAX_STEP_ERROR)
+                self._emit("step.finished", done, node.id)
+                with self._lock:
+                    self._last_done[parent] = node.id
         self.check_cancelled()
 
     def _reused(self, node: Node, rec: dict[str, Any], path: str, payload: dict[str, Any],

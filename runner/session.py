@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from labd.ipc.errors import describe_exception
 from labd.ipc.wire import encode_json
 from labd.runner import forksafe
 from labd.runner.approvals import Approvals, ApprovalTimeout
@@ -282,7 +283,7 @@ def run_session(spec: dict[str, Any]) -> int:
         outcome, code, extra = "failed", EXIT_FAILED, {"error": str(exc)}
     except BaseException as exc:  # noqa: BLE001 - everything the workflow raises is its outcome
         outcome, code = "failed", EXIT_FAILED
-        extra = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        extra = {"error": describe_exception(exc), "traceback": traceback.format_exc()}  # even if its str() raises
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         relay.close()  # what forked children sent comes before session.finished

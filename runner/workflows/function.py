@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import reprlib
 import sys
 import traceback
 from typing import Any
 
+from labd.ipc.errors import exception_text
 from labd.ipc.functions import ERROR_EVENT, MAX_RESULT, RESULT_KEY, describe_unpicklable, dumps, loads
 from labd.runner.context import Cancelled, Context
 
@@ -40,6 +42,7 @@ class ResultTooLarge(ValueError):
 def call(ctx: Context, payload: str = "", sha256: str = "", size: int = 0, function: str = "",
          path: list[str] | None = None, cwd: str = "", max_result: int = MAX_RESULT) -> dict[str, Any]:
     """Run a Python function sent by ``Client.submit`` (not for the command line: it needs the pickled call)."""
+    me = os.getpid()
     try:
         fn, args, kwargs = _load(payload, sha256, path or [])
         with ctx.step(_step_name(function, fn)):
@@ -48,7 +51,8 @@ def call(ctx: Context, payload: str = "", sha256: str = "", size: int = 0, funct
     except Cancelled:
         raise
     except BaseException as exc:  # noqa: BLE001 - recorded for Client.result, then the session fails with it
-        _record(ctx, exc, max_result // 2)
+        if os.getpid() == me:  # a child the function forked: its exception is not the call's (forksafe ends it)
+            _record(ctx, exc, max_result // 2)
         raise
 
 
@@ -111,7 +115,7 @@ def _record(ctx: Context, exc: BaseException, limit: int) -> None:
     kind = type(exc)
     module = "" if kind.__module__ in ("builtins", __name__) else f"{kind.__module__}."
     try:
-        ctx.emit(ERROR_EVENT, {"type": f"{module}{kind.__qualname__}", "message": str(exc), "traceback": text,
-                               "pickle": pickled})
+        ctx.emit(ERROR_EVENT, {"type": f"{module}{kind.__qualname__}", "message": exception_text(exc),
+                               "traceback": text, "pickle": pickled})
     except Exception:  # noqa: BLE001 - never hide the function's own error behind a recording failure
         pass

@@ -212,3 +212,30 @@ def fork_in_steps_fail_once(ctx, flag: str) -> str:
                 pass
             raise RuntimeError("fails once")
     return "done"
+
+
+def fork_in_open_step(ctx, marker: str, child_raises: bool = False) -> str:
+    """Fork inside the open step ``a``; the child leaves the block (normally with ``node.result =
+    "CHILD-RESULT"``, or raising when ``child_raises``), then ends. The parent waits for it and fails step ``a``
+    while there is no ``marker`` file, else sets ``PARENT-RESULT``, which step ``b`` and the return value use.
+    The child may not finish or checkpoint the parent's step (tests/integration/test_fork_steps.py)."""
+    me = os.getpid()
+    with ctx.step("a") as node:
+        pid = os.fork()
+        if pid == 0:
+            node.result = "CHILD-RESULT"
+            if child_raises:
+                raise ValueError("the child fails in step a")  # forksafe.call ends it (status 1)
+        else:
+            code = _wait_child(pid, 30)
+            if code != (1 if child_raises else 0):
+                raise RuntimeError(f"the child of step a ended {code!r}")
+            if not os.path.exists(marker):
+                raise RuntimeError("parent failed in step a")
+            node.result = "PARENT-RESULT"
+    if os.getpid() != me:
+        ctx.emit("child left step a", {"pid": os.getpid()})
+        os._exit(0)
+    with ctx.step("b") as n2:
+        n2.result = node.result
+    return node.result
