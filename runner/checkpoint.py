@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
 
-from labd.runner.files import sha256_file, walk_files
+from labd.runner.files import walk_files
+from labd.runner.names import BadKey, display, key_path
+from labd.runner.workfs import UnsafePath, WorkDir, parts_of
 
 __all__ = ["ObjectStore", "Snapshot", "restore", "walk_files", "load_manifest", "load_manifests", "manifest_object",
            "OBJECTS_DIR", "MAX_CHAIN", "DamagedObject"]
@@ -50,21 +51,26 @@ class DamagedObject(OSError):
         self.damaged = damaged or []
 
 
+def _copy_stream(fi: Any, fo: Any) -> tuple[str, int]:
+    """Copy file object ``fi`` to ``fo``; returns (sha256 of what was copied, bytes)."""
+    h = hashlib.sha256()
+    written = 0
+    for block in iter(lambda: fi.read(1 << 20), b""):
+        h.update(block)
+        fo.write(block)
+        written += len(block)
+    return h.hexdigest(), written
+
+
 def _copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
     """Copy ``src`` to ``dst`` (created); returns (sha256 of what was copied, bytes). ``dst`` is removed when
     the copy fails, whatever the reason (ENOSPC, EIO...)."""
-    h = hashlib.sha256()
-    written = 0
     try:
         with open(src, "rb") as fi, open(dst, "wb") as fo:
-            for block in iter(lambda: fi.read(1 << 20), b""):
-                h.update(block)
-                fo.write(block)
-                written += len(block)
+            return _copy_stream(fi, fo)
     except BaseException:
         dst.unlink(missing_ok=True)
         raise
-    return h.hexdigest(), written
 
 
 def manifest_object(manifest: dict[str, list[Any]], base: tuple[str, dict[str, list[Any]], int] | None) -> Any:
@@ -223,65 +229,96 @@ def restore(root: Path, manifest: dict[str, list[Any]], objects: ObjectStore) ->
     Every object to write back is first copied into a staging directory (a dot directory of ``root``: not
     tracked) and checked against its sha256 while copied. ``root`` is changed only once all of them are there
     and intact; otherwise (a damaged or missing object: :class:`DamagedObject`; a full disk: the OSError) it is
-    left as it was, and nothing of the staging directory stays."""
+    left as it was, and nothing of the staging directory stays.
+
+    Nothing outside ``root`` is read, written, chmodded or removed, whatever symlinks the session's code planted
+    (:class:`~labd.runner.workfs.WorkDir`: each path component is opened without following a symlink). A symlink
+    (or any non-directory) where a directory of the manifest belongs is replaced by a real directory, and one
+    where a file belongs by the file: the link itself goes, never its target.
+
+    Manifest keys are :func:`labd.runner.names.manifest_key`s: a name that is not UTF-8 comes back byte for byte."""
+    wanted: dict[str, list[Any]] = {}
+    for key, entry in manifest.items():  # before anything is touched: a manifest path names a place inside root
+        try:
+            rel = key_path(key)
+            parts_of(rel)
+        except (BadKey, UnsafePath) as exc:
+            raise DamagedObject(f"the checkpoint's manifest is damaged: {exc}; the work directory was left as it "
+                                "was", [display(key)]) from None
+        wanted[rel] = entry
+    manifest = wanted
     root.mkdir(parents=True, exist_ok=True)
     extra: list[str] = []  # tracked files the manifest does not hold
-    differ: list[str] = []  # held, with other content: written back
     kept: dict[str, int | None] = {}  # identical: rel -> the mode to set, or None
-    for rel, st in list(walk_files(root)):
-        want = manifest.get(rel)
-        if want is None:
-            extra.append(rel)
-        elif want[1] == st.st_size and sha256_file(root / rel) == want[0]:
-            kept[rel] = int(want[2]) if stat.S_IMODE(st.st_mode) != int(want[2]) else None
-        else:
-            differ.append(rel)
-    todo = [rel for rel in manifest if rel not in kept]
-    staging = root / f".labd-restore-{os.getpid()}-{os.urandom(4).hex()}"
-    try:
-        staged = _stage(staging, todo, manifest, objects)
-        for rel in extra + differ:
-            os.unlink(root / rel)
-        for rel, mode in kept.items():
-            if mode is not None:
-                os.chmod(root / rel, mode)
-        for rel in todo:
-            dest = root / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.is_symlink() or dest.exists():  # e.g. a directory or link where a file belongs
-                if dest.is_dir() and not dest.is_symlink():
-                    shutil.rmtree(dest)
-                else:
-                    dest.unlink()
-            os.chmod(staged[rel], int(manifest[rel][2]))
-            os.replace(staged[rel], dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with WorkDir(root) as wd:
+        for rel, st in list(wd.walk()):
+            want = manifest.get(rel)
+            if want is None:
+                extra.append(rel)
+            elif want[1] == st.st_size and _sha256_or_none(wd, rel) == want[0]:
+                kept[rel] = int(want[2]) if stat.S_IMODE(st.st_mode) != int(want[2]) else None
+        todo = [rel for rel in manifest if rel not in kept]  # missing, or other content: written back
+        staging = f".labd-restore-{os.getpid()}-{os.urandom(4).hex()}"
+        staging_fd = -1
+        try:
+            if todo:
+                staging_fd = wd.make_private_dir(staging)
+            staged = _stage(staging_fd, todo, manifest, objects)
+            for rel in extra:
+                wd.remove_file(rel)
+            for rel, mode in kept.items():
+                if mode is not None:
+                    wd.chmod_file(rel, mode)
+            for rel in todo:
+                wd.place(rel, staging_fd, staged[rel])
+        finally:
+            if staging_fd >= 0:
+                os.close(staging_fd)
+                wd.remove_tree(staging)
     return {"removed": len(extra), "written": len(todo), "kept": len(kept)}
 
 
-def _stage(staging: Path, todo: list[str], manifest: dict[str, list[Any]], objects: ObjectStore) -> dict[str, Path]:
-    """Copy the objects of ``todo`` into ``staging``, each checked against its sha256; raises
-    :class:`DamagedObject` naming every file whose object is missing or damaged."""
-    staged: dict[str, Path] = {}
+def _sha256_or_none(wd: WorkDir, rel: str) -> str | None:
+    """The file's sha256; None when it cannot be read (then it is written back)."""
+    try:
+        return wd.sha256(rel)
+    except OSError:
+        return None
+
+
+def _stage(staging_fd: int, todo: list[str], manifest: dict[str, list[Any]], objects: ObjectStore) -> dict[str, str]:
+    """Copy the objects of ``todo`` into the staging directory ``staging_fd`` (names in it returned), each checked
+    against its sha256 and given its mode; raises :class:`DamagedObject` naming every file whose object is missing
+    or damaged."""
+    staged: dict[str, str] = {}
     damaged: list[str] = []
-    if todo:
-        staging.mkdir(mode=0o700)
     for i, rel in enumerate(todo):
         digest = str(manifest[rel][0])
-        tmp = staging / str(i)
+        name = str(i)
         try:
-            got, _ = _copy_hashed(objects.path(digest), tmp)
+            fi = open(objects.path(digest), "rb")  # noqa: SIM115 - closed by the with below
         except FileNotFoundError:
-            if not objects.path(digest).exists():
-                damaged.append(f"{rel} (object {digest[:12]} missing)")
-                continue
+            damaged.append(f"{display(rel)} (object {digest[:12]} missing)")
+            continue
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=staging_fd)
+        except BaseException:
+            fi.close()
+            raise
+        try:
+            with fi, open(fd, "wb") as fo:
+                got, _ = _copy_stream(fi, fo)
+                if got == digest:
+                    os.fchmod(fo.fileno(), int(manifest[rel][2]))
+        except BaseException:
+            os.unlink(name, dir_fd=staging_fd)
             raise
         if got != digest:
-            tmp.unlink()
-            damaged.append(f"{rel} (object {digest[:12]} does not match its sha256)")
+            os.unlink(name, dir_fd=staging_fd)
+            damaged.append(f"{display(rel)} (object {digest[:12]} does not match its sha256)")
             continue
-        staged[rel] = tmp
+        staged[rel] = name
     if damaged:
         more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
         raise DamagedObject(f"the checkpoint is damaged: {', '.join(damaged[:5])}{more}; the work directory was "

@@ -36,6 +36,7 @@ import orjson
 
 from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, Snapshot, load_manifest, manifest_object, restore
 from labd.runner.context import MAX_STEP_ERROR, clip
+from labd.runner.names import display, manifest_key
 from labd.runner.withhold import head_cut
 
 __all__ = ["Durable", "Divergence", "CheckpointFailed", "SkipBody", "skip_with_body", "SEED_FILE", "read_seed"]
@@ -337,11 +338,11 @@ class Durable:
                         raise
                     continue  # gone since the scan: not part of this checkpoint
                 except OSError as exc:  # a full disk, an I/O error...: never a manifest without the file
-                    raise OSError(exc.errno or errno.EIO, f"storing {rel}: {exc.strerror or exc}") from exc
+                    raise OSError(exc.errno or errno.EIO, f"storing {display(rel)}: {exc.strerror or exc}") from exc
                 if written:
                     new_objects += 1
                     new_bytes += written
-            manifest[rel] = [digest, size, modes.get(rel, 0o644)]
+            manifest[manifest_key(rel)] = [digest, size, modes.get(rel, 0o644)]  # JSON-safe keys
             total += size
         return manifest, total, new_objects, new_bytes
 

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from labd.runner.names import display, key_path, path_fields
+
 __all__ = ["FileTracker", "file_kind", "sha256_file", "walk_files"]
 
 _KINDS = {
@@ -134,8 +136,11 @@ class FileTracker:
 
     def _report(self, change: str, rel: str, digest: str, size: int | None, node_id: str | None,
                 agent: str | None = None, tool: str | None = None, extra: dict[str, Any] | None = None) -> None:
-        """Emit one ``file.created`` / ``file.changed`` / ``file.deleted`` event (``size``: None for a deletion)."""
-        payload: dict[str, Any] = {"path": rel, "sha256": digest, "size": size, "kind": file_kind(rel)}
+        """Emit one ``file.created`` / ``file.changed`` / ``file.deleted`` event (``size``: None for a deletion).
+        A name that is not UTF-8 goes as its display form plus its exact bytes (:func:`~labd.runner.names.path_fields`).
+        """
+        where = path_fields(rel)
+        payload: dict[str, Any] = {**where, "sha256": digest, "size": size, "kind": file_kind(where["path"])}
         if size is None:  # a deletion
             del payload["size"]
         if agent:
@@ -151,10 +156,12 @@ class FileTracker:
         resume or branch restored). Remember its files as scanned, from the manifest's digests (no file is read;
         one ``stat`` each), so the next scan reports changes, not creations; and report, as a scan would, how it
         differs from ``recorded``, what the session's record says the directory holds (path -> sha256; empty for a
-        new branch; None: report nothing). The events carry no node and ``restored: true``. Returns how many."""
+        new branch; None: report nothing). The events carry no node and ``restored: true``. Returns how many.
+        Manifest keys are :func:`labd.runner.names.manifest_key`s; ``recorded`` is keyed by events' display paths."""
         found = 0
+        files = {key_path(key): entry for key, entry in manifest.items()}
         with self._lock:
-            for rel, (digest, size, mode) in manifest.items():
+            for rel, (digest, size, mode) in files.items():
                 try:
                     st = (self.root / rel).stat()
                 except OSError:
@@ -163,13 +170,15 @@ class FileTracker:
                 self.modes[rel] = int(mode)
             if recorded is None:
                 return 0
-            for rel, (digest, size, _mode) in sorted(manifest.items()):
-                had = recorded.get(rel)
+            shown = {display(rel): rel for rel in files}
+            for name, rel in sorted(shown.items()):
+                digest, size, _mode = files[rel]
+                had = recorded.get(name)
                 if had != digest:
                     self._report("changed" if had is not None else "created", rel, str(digest), int(size), None,
                                  extra={"restored": True})
                     found += 1
-            for rel in sorted(set(recorded) - set(manifest)):
+            for rel in sorted(set(recorded) - set(shown)):
                 self._report("deleted", rel, recorded[rel], None, None, extra={"restored": True})
                 found += 1
         return found

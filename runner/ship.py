@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from labd.runner.checkpoint import Snapshot
+from labd.runner.names import display, key_path, path_fields
 
 __all__ = ["chunk_for", "CHUNK", "Shipper"]
 
@@ -54,7 +55,7 @@ class Shipper:
     def _ship(self, snapshot: Snapshot) -> tuple[int, int]:
         shipped = nbytes = 0
         skipped: list[str] = []
-        for rel in sorted(snapshot.files):
+        for rel in sorted(snapshot.files):  # manifest keys (labd.runner.names.manifest_key)
             digest = str(snapshot.files[rel][0])
             if self._sent.get(rel) == digest:
                 continue  # unchanged since shipped: not even opened
@@ -62,11 +63,11 @@ class Shipper:
             try:
                 size = os.stat(source).st_size
                 if self.total + size > self.max_bytes:
-                    skipped.append(rel)
+                    skipped.append(display(key_path(rel)))
                     continue
                 self._send(source, rel, size, digest)
             except OSError as exc:  # an object gone or unreadable: say so, ship the rest
-                self.emit("log", {"level": "warning", "event": f"file not shipped: {rel}: {exc}",
+                self.emit("log", {"level": "warning", "event": f"file not shipped: {display(key_path(rel))}: {exc}",
                                   "logger": "labd.runner.ship"})
                 continue
             self._sent[rel] = digest
@@ -75,8 +76,8 @@ class Shipper:
             self.total += size
         for rel in sorted(set(self._sent) - set(snapshot.files)):  # deleted since shipped: the daemon's copy follows
             del self._sent[rel]
-            self.emit("file.shipped", {"path": rel, "size": 0, "sha256": "", "offset": 0, "last": True,
-                                       "deleted": True})
+            self.emit("file.shipped", {**path_fields(key_path(rel)), "size": 0, "sha256": "", "offset": 0,
+                                       "last": True, "deleted": True})
         if skipped:
             self.emit("log", {"level": "warning", "logger": "labd.runner.ship",
                               "event": f"{len(skipped)} files not shipped back (over the {self.max_bytes}-byte "
@@ -89,8 +90,8 @@ class Shipper:
             while True:
                 data = f.read(self.chunk)
                 last = offset + len(data) >= size or not data
-                self.emit("file.shipped", {"path": rel, "size": size, "sha256": digest, "offset": offset,
-                                           "data": base64.b64encode(data).decode(), "last": last})
+                self.emit("file.shipped", {**path_fields(key_path(rel)), "size": size, "sha256": digest,
+                                           "offset": offset, "data": base64.b64encode(data).decode(), "last": last})
                 offset += len(data)
                 if last:
                     break
