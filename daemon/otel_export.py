@@ -9,6 +9,11 @@ daemon restart resumes where the last acknowledged batch ended, and nothing is s
 stored a batch but its reply was lost — and then the span ids are the same (deterministic), so the collector
 sees the same spans again, not new ones.
 
+A span that cannot be sent — its event's own time is not a time, or the collector's encoder refuses it — is
+skipped and counted (``skipped``, ``telemetry.skipped_spans`` in ``daemon.status``), never retried: one bad event
+must not hold back the spans after it, nor any other session's (:mod:`labd.daemon.otel_spans` clamps what it
+can: a start that is not a time becomes the end, an out-of-range int attribute is left out).
+
 Sessions are read in order of creation; a session is forgotten by the cursor once it has ended and every span
 of it is acknowledged (``done_before`` marks how far that goes, so the file stays small).
 """
@@ -16,6 +21,7 @@ of it is acknowledged (``done_before`` marks how far that goes, so the file stay
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from pathlib import Path
@@ -25,7 +31,7 @@ import orjson
 import structlog
 from sqlalchemy import Engine, select
 
-from labd.daemon.otel_spans import CLOSERS, SpanRecord, span_id, spans_from_events, trace_id
+from labd.daemon.otel_spans import CLOSERS, MAX_TIME, SpanRecord, span_id, spans_from_events, trace_id
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.store.schema import events, sessions, steps
 
@@ -55,6 +61,7 @@ class OtelExporter(threading.Thread):
         self._halt = threading.Event()
         self.exported = 0  # spans acknowledged by the collector (for status/tests)
         self.failures = 0
+        self.skipped = 0  # spans that could not be made or sent, left out for good (for status/tests)
         self.cursor = self._load()
         self._saved = json.dumps(self.cursor)  # what the cursor file holds (or the empty cursor, with no file)
 
@@ -135,7 +142,8 @@ class OtelExporter(threading.Thread):
                 evs = [{"seq": r[0], "ts": r[1], "kind": r[2], "node_id": r[3], "parent": r[4],
                         "payload": orjson.loads(r[5])} for r in page]
                 spans = spans_from_events(session, evs, lambda nid: self._node(conn, sid, nid),
-                                          lambda src_seq: self._opener(conn, sid, src_seq))
+                                          lambda src_seq: self._opener(conn, sid, src_seq),
+                                          skipped=lambda ev, why: self._skip(sid, ev.get("seq"), why))
             page_end = evs[-1]["seq"] if len(page) == PAGE_EVENTS else upto
             for start in range(0, len(spans), BATCH_SPANS):
                 if not self._send(spans[start:start + BATCH_SPANS]):
@@ -156,14 +164,32 @@ class OtelExporter(threading.Thread):
             events.c.session_id == sid, events.c.src == "r", events.c.src_seq == src_seq)).first()
         return {"ts": row[0], "kind": row[1]} if row else None
 
+    def _skip(self, sid: str, what: Any, why: BaseException) -> None:
+        """Count (and log) a span left out for good: the cursor moves past it."""
+        self.skipped += 1
+        self.log.warning("telemetry: span skipped", session=sid, span=what, error=str(why)[:300])
+
     def _send(self, records: list[SpanRecord]) -> bool:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
-        if not records:
+        spans = []
+        for r in records:
+            try:
+                spans.append(self._to_otel(r))
+            except (ValueError, TypeError, OverflowError) as exc:
+                self._skip(r.session_id, r.key, exc)
+        if not spans:
             return True
-        result = self.exporter.export([self._to_otel(r) for r in records])
+        result = self.exporter.export(spans)
+        if result is not SpanExportResult.SUCCESS:
+            # The SDK answers FAILURE alike for a collector that is down and a batch it cannot encode: only the
+            # latter is ours to fix, by leaving out the spans that cannot be encoded (retrying them cannot help).
+            good, bad = self._encodable(spans)
+            if bad:
+                spans = good
+                result = self.exporter.export(good) if good else SpanExportResult.SUCCESS
         if result is SpanExportResult.SUCCESS:
-            self.exported += len(records)
+            self.exported += len(spans)
             return True
         self.failures += 1
         self.log.warning("collector refused or unreachable; will retry", spans=len(records))
@@ -180,4 +206,33 @@ class OtelExporter(threading.Thread):
         status = Status(StatusCode.ERROR, r.error) if r.error else Status(StatusCode.OK)
         return ReadableSpan(r.name, context=ctx, parent=parent, resource=self.resource, attributes=r.attributes,
                             kind=SpanKind.CLIENT if r.kind == "client" else SpanKind.INTERNAL, status=status,
-                            start_time=int(r.start * 1e9), end_time=int(max(r.end, r.start) * 1e9))
+                            start_time=_nanos(r.start), end_time=_nanos(max(r.end, r.start)))
+
+    def _encodable(self, spans: list[Any]) -> tuple[list[Any], int]:
+        """``(the spans that encode, how many did not)``; those that do not are counted as skipped."""
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        def encodes(batch: list[Any]) -> bool:
+            try:
+                encode_spans(batch).SerializePartialToString()
+                return True
+            except Exception:  # noqa: BLE001 - whatever the encoder raises, the batch cannot be sent
+                return False
+
+        if encodes(spans):
+            return spans, 0
+        good = []
+        for sp in spans:
+            if encodes([sp]):
+                good.append(sp)
+            else:
+                self._skip(str(sp.attributes.get("labd.session.id", "?")), sp.name, ValueError("cannot be encoded"))
+        return good, len(spans) - len(good)
+
+
+def _nanos(t: float) -> int:
+    """Seconds since the epoch as OTLP's nanoseconds; ValueError for a time that has none (NaN, inf, negative,
+    past :data:`~labd.daemon.otel_spans.MAX_TIME`)."""
+    if not (math.isfinite(t) and 0.0 <= t <= MAX_TIME):
+        raise ValueError(f"span time {t!r} is not a time in seconds since the epoch")
+    return int(t * 1e9)

@@ -12,10 +12,14 @@ A skill is extracted from a *completed* session's record — never from memory o
 
 ``labd run skill:NAME`` starts the skill's workflow with its plan, so planning is not repeated, and each step's
 agent is given the step's instructions and the code that worked as a hint.
+
+:func:`check_skill` is the document's schema: what ``skill.import`` accepts and what every reader (a start from
+the skill, ``labd skills show``) may rely on. Only ``name`` and ``workflow`` are required.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -24,17 +28,26 @@ from sqlalchemy import Engine, Select, delete, func, insert, or_, select
 from labd.store.queries import Store
 from labd.store.schema import skills
 
-__all__ = ["SkillError", "extract", "insert_skill", "get_skill", "list_skills", "delete_skill"]
+__all__ = ["NAME", "SkillError", "check_skill", "extract", "insert_skill", "get_skill", "list_skills",
+           "delete_skill"]
 
 MAX_CODE = 20_000  # characters of code kept per step
+MAX_ANSWER = 4000  # characters of a step's accepted answer kept
+MAX_EVENTS = 5000  # events of the session read (so at most that many code runs per step, and files)
+MAX_STEPS = 10_000  # steps of a plan
+#: a skill's name
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+#: the fields of a skill document (``version`` and ``created_at`` are the store's: replaced when it is stored)
+FIELDS = ("name", "version", "created_at", "description", "workflow", "origin_session", "from_node", "parameters",
+          "params", "plan", "steps", "agents", "files")
 
 
 class SkillError(ValueError):
     """A session a skill cannot be made from, or a skill that does not exist."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
         super().__init__(message)
-        self.code = code
+        self.code, self.field = code, field
 
 
 def extract(store: Store, session: dict[str, Any], *, name: str, description: str = "",
@@ -51,7 +64,7 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
     if unknown:
         raise SkillError("bad_request", f"parameters {unknown} are not parameters of session {sid} "
                          f"(it has: {', '.join(sorted(params)) or 'none'})")
-    evs = list(store.events(sid, limit=5000, kinds=["session.finished", "step.started", "code.execution",
+    evs = list(store.events(sid, limit=MAX_EVENTS, kinds=["session.finished", "step.started", "code.execution",
                                                     "agent.message", "file.created", "file.changed"]))
     steps_rows = {r["node_id"]: r for r in store.steps(sid)}
     finished = next((e for e in evs if e["kind"] == "session.finished"), None)
@@ -86,19 +99,29 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
         if e["kind"] == "code.execution" and p.get("exit_code") == 0 and node:
             code.setdefault(node, []).append(str(p.get("code", ""))[:MAX_CODE])
         elif e["kind"] == "agent.message" and node:
-            answers[node] = str(p.get("content", ""))[:4000]
+            answers[node] = str(p.get("content", ""))[:MAX_ANSWER]
             agents_used.add(str(p.get("agent", "")))
         elif e["kind"] in ("file.created", "file.changed"):
-            files.append({"path": p.get("path"), "sha256": p.get("sha256"), "size": p.get("size"), "step": node})
-    steps_out = []
+            size, digest = p.get("size"), p.get("sha256")
+            files.append({"path": str(p.get("path"))[:4096], "step": node,
+                          "sha256": digest if isinstance(digest, str) and len(digest) <= 128 else None,
+                          "size": size if isinstance(size, int) and not isinstance(size, bool) and 0 <= size < 2**63
+                          else None})
+    steps_out: list[dict[str, Any]] = []
     for i, row in enumerate(step_nodes):
         planned = plan_steps[i] if i < len(plan_steps) and isinstance(plan_steps[i], dict) else {}
-        steps_out.append({"name": row["name"], "agent": planned.get("agent") or row.get("agent") or "engineer",
-                          "goal": planned.get("goal") or row["name"], "depends_on": planned.get("depends_on", []),
+        # a workflow's result is whatever it returned: its plan is taken in check_skill's shapes
+        depends = planned.get("depends_on")
+        steps_out.append({"name": str(row["name"])[:10_000],
+                          "goal": str(planned.get("goal") or row["name"] or "step")[:10_000],
+                          "agent": str(planned.get("agent") or row.get("agent") or "engineer")[:200],
+                          "depends_on": [d for d in depends if isinstance(d, int) and not isinstance(d, bool)
+                                         and 0 <= d < 2**63][:MAX_STEPS] if isinstance(depends, list) else [],
                           "code": code.get(row["node_id"], []), "answer": answers.get(row["node_id"], "")})
     used_roles = {s["agent"] for s in steps_out} | {a for a in agents_used if roles and a in roles}
     return {
-        "name": name, "description": description or f"from session {session['name']} ({session['workflow']})",
+        "name": name,
+        "description": (description or f"from session {session['name']} ({session['workflow']})")[:2000],
         "workflow": session["workflow"], "origin_session": sid, "from_node": from_node,
         "parameters": wanted, "params": {k: v for k, v in params.items() if k not in ("plan", "hints")},
         "plan": [{"agent": s["agent"], "goal": s["goal"], "depends_on": s["depends_on"]} for s in steps_out],
@@ -106,6 +129,102 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
         "agents": {r: {"system_prompt": (roles or {}).get(r, {}).get("system_prompt", "")} for r in sorted(used_roles)},
         "files": files,
     }
+
+
+def _bad(field: str, must: str) -> SkillError:
+    return SkillError("bad_skill", f"field {field!r} must be {must}", field)
+
+
+def _str(value: Any, field: str, limit: int, *, empty: bool = True, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    if not isinstance(value, str) or len(value) > limit or (not empty and not value):
+        raise _bad(field, f"{'null or ' if nullable else ''}a string of {0 if empty else 1}-{limit} characters")
+
+
+def _int(value: Any, field: str, *, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise _bad(field, f"{'null or ' if nullable else ''}an integer 0 to 2**63-1")
+
+
+def _list(value: Any, field: str, limit: int, what: str) -> list[Any]:
+    if not isinstance(value, list) or len(value) > limit:
+        raise _bad(field, f"a list of at most {limit} {what}")
+    return value
+
+
+def _obj(value: Any, field: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _bad(field, f"an object with the fields {', '.join(keys)}")
+    unknown = sorted(set(value) - set(keys))
+    if unknown:
+        where = f"{field}.{unknown[0]}" if field != "document" else unknown[0]
+        raise _bad(where, f"absent: {field if field != 'document' else 'a skill document'} has only the fields "
+                          f"{', '.join(keys)}")
+    return value
+
+
+def _ints(value: Any, field: str) -> None:
+    for i, x in enumerate(_list(value, field, MAX_STEPS, "step indexes (integers)")):
+        _int(x, f"{field}[{i}]")
+
+
+def check_skill(doc: Any) -> None:
+    """Raise :class:`SkillError` ``bad_skill`` (its ``field`` names the first field at fault, e.g.
+    ``steps[1].code[0]``) unless ``doc`` is a skill document every reader can use: ``name`` and ``workflow``
+    required, every other field optional but of its type, list items of their shape, texts within their
+    lengths (what the store's columns hold, what :func:`extract` keeps)."""
+    doc = _obj(doc, "document", FIELDS)
+    if not (isinstance(doc.get("name"), str) and NAME.match(doc["name"])):
+        raise _bad("name", "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    wf = doc.get("workflow")
+    if not (isinstance(wf, str) and 0 < len(wf) <= 300 and wf.isprintable()) or wf.startswith("skill:"):
+        raise _bad("workflow", "the workflow to start (1-300 printable characters; not another skill:)")
+    get = doc.get
+    if "version" in doc:
+        _int(get("version"), "version")
+    if "created_at" in doc and (isinstance(get("created_at"), bool) or not isinstance(get("created_at"), int | float)):
+        raise _bad("created_at", "a number (seconds since the epoch)")
+    if "description" in doc:
+        _str(get("description"), "description", 2000)
+    _str(get("origin_session"), "origin_session", 32, empty=False, nullable=True)
+    _str(get("from_node"), "from_node", 64, empty=False, nullable=True)
+    for i, p in enumerate(_list(get("parameters", []), "parameters", 1000, "parameter names")):
+        _str(p, f"parameters[{i}]", 1000, empty=False)
+    if not isinstance(get("params", {}), dict):
+        raise _bad("params", "an object (the workflow's parameters)")
+    for i, item in enumerate(_list(get("plan", []), "plan", MAX_STEPS, "steps {agent, goal, depends_on}")):
+        step = _obj(item, f"plan[{i}]", ("agent", "goal", "depends_on"))
+        _str(step.get("goal"), f"plan[{i}].goal", 10_000, empty=False)
+        if "agent" in step:
+            _str(step["agent"], f"plan[{i}].agent", 200, empty=False)
+        if "depends_on" in step:
+            _ints(step["depends_on"], f"plan[{i}].depends_on")
+    keys = ("name", "agent", "goal", "depends_on", "code", "answer")
+    for i, item in enumerate(_list(get("steps", []), "steps", MAX_STEPS, f"steps {{{', '.join(keys)}}}")):
+        step, at = _obj(item, f"steps[{i}]", keys), f"steps[{i}]"
+        for key, limit in (("name", 10_000), ("goal", 10_000), ("agent", 200), ("answer", MAX_ANSWER)):
+            if key in step:
+                _str(step[key], f"{at}.{key}", limit)
+        if "depends_on" in step:
+            _ints(step["depends_on"], f"{at}.depends_on")
+        for j, code in enumerate(_list(step.get("code", []), f"{at}.code", MAX_EVENTS, "code texts")):
+            _str(code, f"{at}.code[{j}]", MAX_CODE)
+    agents = get("agents", {})
+    if not isinstance(agents, dict) or len(agents) > 1000:
+        raise _bad("agents", "an object of at most 1000 roles {role: {system_prompt}}")
+    for role, spec in agents.items():
+        _str(role, "agents (a role name)", 200, empty=False)
+        if "system_prompt" in _obj(spec, f"agents.{role}", ("system_prompt",)):
+            _str(spec["system_prompt"], f"agents.{role}.system_prompt", 1_000_000)
+    for i, item in enumerate(_list(get("files", []), "files", 100_000, "files {path, sha256, size, step}")):
+        f, at = _obj(item, f"files[{i}]", ("path", "sha256", "size", "step")), f"files[{i}]"
+        _str(f.get("path"), f"{at}.path", 4096, empty=False)
+        _str(f.get("sha256"), f"{at}.sha256", 128, nullable=True)
+        _int(f.get("size"), f"{at}.size", nullable=True)
+        _str(f.get("step"), f"{at}.step", 64, nullable=True)
 
 
 def _q_latest(name: str) -> Select[Any]:
@@ -132,7 +251,14 @@ def get_skill(engine: Engine, name: str, version: int | None = None) -> dict[str
         row = conn.execute(q).mappings().first()
     if row is None:
         raise SkillError("not_found", f"no skill {name!r}" + (f" version {version}" if version else ""))
-    return dict(orjson.loads(row["document"]))
+    try:
+        doc = orjson.loads(row["document"])
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise SkillError("bad_skill", f"skill {name!r} version {row['version']}: its stored document is not a JSON "
+                         "object", "document")
+    return doc
 
 
 def list_skills(engine: Engine, search: str | None = None) -> list[dict[str, Any]]:

@@ -12,11 +12,10 @@ from typing import Any
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.roles import agent_roles
 from labd.daemon.api.sessions import resolve_session
-from labd.store.skills import SkillError, extract, get_skill, list_skills
+from labd.store.skills import NAME, SkillError, check_skill, extract, get_skill, list_skills
 
 __all__ = ["expand_skill"]
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 #: workflows that can start from a saved plan (they take ``plan`` and ``hints`` parameters)
 PLAN_WORKFLOWS = {"planning_and_control"}
 
@@ -27,7 +26,18 @@ def _name(req: Request) -> str:
 
 
 def _skill_error(exc: SkillError) -> ApiError:
-    return ApiError(exc.code, str(exc))
+    return ApiError(exc.code, str(exc), {"field": exc.field} if exc.field else None)
+
+
+def _usable(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored skill document checked before it is used: one stored before ``skill.import`` checked documents
+    (or written by hand) is ``bad_skill`` naming the field, never a crash of the request."""
+    try:
+        check_skill(doc)
+    except SkillError as exc:
+        raise ApiError("bad_skill", f"skill {doc.get('name')!r} version {doc.get('version')} cannot be used: {exc} "
+                       "(labd skills export it, fix the field, labd skills import it)", {"field": exc.field}) from None
+    return doc
 
 
 def expand_skill(d: Any, ref: str, params: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -37,7 +47,7 @@ def expand_skill(d: Any, ref: str, params: dict[str, Any]) -> tuple[str, dict[st
     if at and not re.fullmatch(r"[1-9][0-9]{0,8}", version):  # not "the latest" by accident; ASCII digits only
         raise ApiError("bad_request", f"{ref!r}: the version after @ must be a version number (1, 2, ...)")
     try:
-        doc = get_skill(d.store.engine, name, int(version) if at else None)
+        doc = _usable(get_skill(d.store.engine, name, int(version) if at else None))
     except SkillError as exc:
         raise _skill_error(exc) from None
     missing = [p for p in doc.get("parameters", []) if p not in params]
@@ -80,6 +90,7 @@ class SaveSkill(Request):
         try:
             doc = extract(self.daemon.store, row, name=name, description=description, parameters=parameters,
                           from_node=from_node, roles=roles)
+            check_skill(doc)  # what is stored can be started and shown
         except SkillError as exc:
             raise _skill_error(exc) from None
         self.daemon.write("skill.save", doc, self.reply_to)
@@ -91,13 +102,16 @@ class ImportSkill(Request):
     type = "skill.import"
 
     def execute(self) -> Any:
-        doc = self.arg("document", dict)
-        if not isinstance(doc.get("name"), str) or not NAME.match(doc["name"]) or not isinstance(
-                doc.get("workflow"), str) or not isinstance(doc.get("params", {}), dict) or not isinstance(
-                doc.get("plan", []), list):
-            raise ApiError("bad_request", "not a skill document (needs name, workflow, params, plan)")
-        name = self.arg("name", str, doc["name"], check=lambda n: NAME.match(n) is not None, hint="a skill name")
-        self.daemon.write("skill.save", {**doc, "name": name}, self.reply_to)
+        doc = self.arg("document", dict, hint="a skill document (labd skills export)")
+        name = self.arg("name", str, None, check=lambda n: NAME.match(n) is not None,
+                        hint="1-100 letters, digits, '.', '_' or '-'")
+        if name is not None:
+            doc = {**doc, "name": name}
+        try:
+            check_skill(doc)
+        except SkillError as exc:
+            raise ApiError("bad_request", f"not a usable skill document: {exc}", {"field": exc.field}) from None
+        self.daemon.write("skill.save", doc, self.reply_to)
         return DEFERRED
 
 
@@ -131,6 +145,7 @@ class DeleteSkill(Request):
         try:
             get_skill(self.daemon.store.engine, name)
         except SkillError as exc:
-            raise _skill_error(exc) from None
+            if exc.code != "bad_skill":  # a skill whose document is unreadable can still be deleted
+                raise _skill_error(exc) from None
         self.daemon.write("skill.delete", name, self.reply_to)
         return DEFERRED

@@ -9,6 +9,7 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
 
@@ -48,7 +49,10 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
     if action == "import":
         if not name:
             raise CliError("usage: labd skills import FILE [--name NAME]")
-        doc = json.loads(Path(name).read_text())
+        try:
+            doc = json.loads(Path(name).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise CliError(f"cannot read a skill document from {name}: {exc}") from None
         r = c.request("skill.import", document=doc, **({"name": args.name} if args.name else {}))
         ctx.out.json(r) if args.json else ctx.out.line(f"imported skill {r['name']} version {r['version']}")
         return 0
@@ -59,14 +63,7 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
         if args.json:
             ctx.out.json(doc)
             return 0
-        ctx.out.fields([("skill", f"{doc['name']} v{doc['version']}"), ("workflow", doc["workflow"]),
-                        ("from session", doc.get("origin_session") or ""), ("description", doc["description"]),
-                        ("parameters", ", ".join(doc.get("parameters", [])) or "(none: defaults below)"),
-                        ("defaults", json.dumps(doc.get("params", {}))[:200])])
-        for i, s in enumerate(doc.get("steps", []), 1):
-            runs = f"  ({len(s['code'])} code runs)" if s["code"] else ""
-            ctx.out.line(f"  {i}. [{s['agent']}] {s['goal']}{runs}")
-        return 0
+        return _show(ctx, name, doc)
     if action == "rm":
         r = c.request("skill.delete", name=name)
         ctx.out.line(f"deleted skill {r['name']} ({r['versions']} versions)")
@@ -80,6 +77,54 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
         ctx.out.line(f"wrote {out}")
         return 0
     raise CliError(f"unknown action {action!r}")
+
+
+def _show(ctx: Ctx, name: str, doc: dict[str, Any]) -> int:
+    """A skill in human form. Every field but name and workflow is optional (a missing one is shown empty); one
+    of the wrong shape (a skill stored before imports were checked) is shown as such, named on stderr, and the
+    exit code is 1 (``labd run skill:NAME`` refuses such a skill)."""
+    bad: list[str] = []
+
+    def text(value: Any, field: str, default: str = "") -> str:
+        if value is None:
+            return default
+        if isinstance(value, str):
+            return value
+        bad.append(field)
+        return f"(not a text: {json.dumps(value)[:60]})"
+
+    params = doc.get("parameters") or []
+    if not (isinstance(params, list) and all(isinstance(p, str) for p in params)):
+        bad.append("parameters")
+        params = [json.dumps(params)[:60]]
+    ctx.out.fields([("skill", f"{text(doc.get('name'), 'name', name)} v{doc.get('version')}"),
+                    ("workflow", text(doc.get("workflow"), "workflow")),
+                    ("from session", text(doc.get("origin_session"), "origin_session")),
+                    ("description", text(doc.get("description"), "description")),
+                    ("parameters", ", ".join(params) or "(none: defaults below)"),
+                    ("defaults", json.dumps(doc.get("params", {}))[:200])])
+    steps = doc.get("steps") or []
+    if not isinstance(steps, list):
+        bad.append("steps")
+        steps = []
+    for i, st in enumerate(steps, 1):
+        if not isinstance(st, dict):
+            bad.append(f"steps[{i - 1}]")
+            ctx.out.line(f"  {i}. (not a step: {json.dumps(st)[:60]})")
+            continue
+        code = st.get("code") or []
+        if not isinstance(code, list):
+            bad.append(f"steps[{i - 1}].code")
+            code = []
+        runs = f"  ({len(code)} code runs)" if code else ""
+        agent = text(st.get("agent"), f"steps[{i - 1}].agent", "?")
+        goal = text(st.get("goal"), f"steps[{i - 1}].goal") or text(st.get("name"), f"steps[{i - 1}].name")
+        ctx.out.line(f"  {i}. [{agent}] {goal}{runs}")
+    if bad:
+        ctx.out.line(f"labd: skill {name} has malformed fields ({', '.join(bad)}): labd run skill:{name} refuses it; "
+                     f"export it, fix them and import it again", err=True)
+        return 1
+    return 0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
