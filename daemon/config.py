@@ -87,11 +87,18 @@ class Config:
     runner_nice: int = 0
     #: default per-session output cap (captured stdout+stderr kept): a size ("1G"), or "none" for no cap
     max_output: int | str | None = "1G"
+    #: RLIMIT_NOFILE (soft = hard) of every session process: runner, workflow checks and all they start, executed
+    #: code included (set in the template, daemon/launcher.py); 0 = inherit the daemon's. Well below the daemon's
+    #: own limit, so that one process of a session cannot take all of the daemon's file descriptors
+    session_nofile: int = 4096
 
     @property
     def layout(self) -> Layout:
         return layout_for(self.home)
 
+
+#: below this a runner cannot even start (its sockets, spool, pipes and imports need file descriptors)
+MIN_SESSION_NOFILE = 64
 
 _ENV = {"LABD_DB": "db_url", "LABD_LOG_FORMAT": "log_format", "LABD_LOG_LEVEL": "log_level",
         "LABD_SPARE_RUNNERS": "spare_runners", "LABD_RUNNER_NICE": "runner_nice"}
@@ -311,6 +318,10 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         cfg = replace(cfg, runner_nice=int(cfg.runner_nice))
     if isinstance(cfg.runner_nice, bool) or not isinstance(cfg.runner_nice, int) or not 0 <= cfg.runner_nice <= 19:
         raise ConfigError(f"runner_nice must be a whole number from 0 to 19, not {cfg.runner_nice!r}")
+    if isinstance(cfg.session_nofile, bool) or not isinstance(cfg.session_nofile, int) \
+            or not (cfg.session_nofile == 0 or cfg.session_nofile >= MIN_SESSION_NOFILE):
+        raise ConfigError(f"session_nofile must be 0 (inherit the daemon's limit) or a whole number of at least "
+                          f"{MIN_SESSION_NOFILE}, not {cfg.session_nofile!r}")
     for name in ("max_sessions", "procs"):
         value = getattr(cfg, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):

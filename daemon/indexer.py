@@ -10,12 +10,10 @@ from typing import Any
 
 import structlog
 
+from labd.daemon.warnlimit import REPEAT_LOG_S, FailureLog
 from labd.store.search import IndexHints, SearchIndex
 
-__all__ = ["Indexer"]
-
-#: while the same error repeats (a full disk: every second), a line at most this often, with the count
-REPEAT_LOG_S = 60.0
+__all__ = ["Indexer", "REPEAT_LOG_S"]
 
 
 class Indexer(threading.Thread):
@@ -29,8 +27,8 @@ class Indexer(threading.Thread):
         self.log = structlog.get_logger("labd.indexer")
         self._forget_lock = threading.Lock()
         self._to_forget: set[str] = set()  # deleted sessions still in the index (a forget that failed is retried)
-        #: per kind of work, the error it is failing with: (text, when last logged, failures not logged since)
-        self._failing: dict[str, tuple[str, float, int]] = {}
+        #: per kind of work that is failing: logged once, then a line a minute while it repeats, then its end
+        self.failures = FailureLog(self.log, "search index works again", clock=time.monotonic)
 
     def forget(self, sids: list[str]) -> None:
         """Drop deleted sessions from the index now if possible; a failure (a full disk) is logged and retried by
@@ -75,19 +73,10 @@ class Indexer(threading.Thread):
 
     def _failed(self, what: str, exc: BaseException, **fields: Any) -> None:
         """Log a failure of ``what``: with its traceback the first time (or when the error changes), then, while
-        the same error repeats every second (a full disk), one line a minute with how many were not logged."""
-        text, now = f"{type(exc).__name__}: {exc}", time.monotonic()
-        seen = self._failing.get(what)
-        if seen is None or seen[0] != text:
-            self.log.exception(what, **fields)
-            self._failing[what] = (text, now, 0)
-        elif now - seen[1] >= REPEAT_LOG_S:
-            self.log.warning(what, error=text, failures_not_logged=seen[2], **fields)
-            self._failing[what] = (text, now, 0)
-        else:
-            self._failing[what] = (text, seen[1], seen[2] + 1)
+        the same error repeats every second (a full disk), one line a minute with how many were not logged
+        (:class:`labd.daemon.warnlimit.FailureLog`)."""
+        self.failures.failed(what, exc, **fields)
 
     def _worked(self, what: str) -> None:
         """``what`` succeeded: if it was failing, say it works again."""
-        if self._failing.pop(what, None) is not None:
-            self.log.info("search index works again", after=what)
+        self.failures.worked(what)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import select
 import subprocess
 import sys
@@ -25,7 +26,10 @@ import psutil
 from labd.daemon.priority import lower_priority, own_priority
 
 __all__ = ["Launcher", "TemplateLauncher", "ExitInfo", "LaunchError", "signal_group", "is_same_process",
-           "hand_over_key"]
+           "hand_over_key", "fd_limits", "NOFILE_ENV"]
+
+#: the template sets RLIMIT_NOFILE (soft = hard) to this before it forks anything (runner/template.py)
+NOFILE_ENV = "LABD_SESSION_NOFILE"
 
 
 class LaunchError(Exception):
@@ -80,10 +84,13 @@ class TemplateLauncher:
     """Forks runners from a warm ``labd.runner.template`` process over a JSON-lines pipe."""
 
     def __init__(self, env: dict[str, str] | None = None, preload: list[str] | None = None,
-                 timeout: float = 30.0, spare_runners: int = 1, runner_nice: int = 0) -> None:
+                 timeout: float = 30.0, spare_runners: int = 1, runner_nice: int = 0, session_nofile: int = 0) -> None:
         self._env = dict(os.environ if env is None else env)
         if preload:
             self._env["LABD_PRELOAD"] = ",".join(preload)
+        self._env.pop(NOFILE_ENV, None)
+        if session_nofile:  # every process forked from the template inherits it (0: the daemon's, inherited)
+            self._env[NOFILE_ENV] = str(session_nofile)
         # a warm spare runner in the template (runner/spare.py): 1 = on, 0 = off
         self._env["LABD_SPARE_RUNNERS"] = "1" if spare_runners else "0"
         self._runner_nice = runner_nice  # each runner is reniced once launched (daemon/priority.py)
@@ -177,8 +184,6 @@ class TemplateLauncher:
             self._proc = None  # the next launch tries again
 
     def _wait_for(self, pred: Any) -> dict[str, Any] | None:
-        import select
-
         assert self._proc is not None and self._proc.stdout is not None  # noqa: S101
         deadline = time.monotonic() + self._timeout
         fd = self._proc.stdout.fileno()
@@ -190,7 +195,7 @@ class TemplateLauncher:
                     return msg
             if self._proc.poll() is not None or time.monotonic() >= deadline:
                 return None
-            select.select([fd], [], [], max(0.0, min(0.5, deadline - time.monotonic())))
+            _readable(fd, max(0.0, min(0.5, deadline - time.monotonic())))
 
     def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
         self._req += 1
@@ -285,7 +290,7 @@ def _output_ends_within(fd: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0 or not _readable(fd, left):
             return False
         try:
             if not os.read(fd, 65536):
@@ -294,6 +299,35 @@ def _output_ends_within(fd: int, timeout: float) -> bool:
             continue
         except OSError:
             return True
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``fd`` to be readable. poll(), not select(): select() refuses an fd of 1024 or
+    more, which a restarted template's pipe gets in a daemon holding many connections (its limit is raised)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
+def fd_limits(session_nofile: int, log: Any) -> dict[str, Any]:
+    """The daemon's RLIMIT_NOFILE raised to its hard limit, as servers do (the soft default, 1024 under systemd,
+    is for programs that use select(); this one holds a connection per client, runner and session's socket), and
+    the sessions' limit (``[daemon] session_nofile``, at most the hard limit; 0: inherited). Logs the figures."""
+    was, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = was
+    if hard != resource.RLIM_INFINITY and was < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the file descriptor limit", soft=was, hard=hard, error=str(exc))
+    sessions = min(session_nofile, hard) if session_nofile else 0
+    log.info("file descriptor limits", soft=soft, hard=hard, soft_at_start=was, sessions=sessions or "inherited")
+    if not sessions or sessions * 4 > soft:
+        log.warning("sessions may hold a good part of the daemon's file descriptors: a session that opens many "
+                    "connections to the daemon can exhaust them (raise the hard limit: LimitNOFILE=, ulimit -Hn; "
+                    "or lower [daemon] session_nofile)", daemon_soft=soft, sessions=sessions or "inherited")
+    return {"daemon": {"soft": soft, "hard": hard, "soft_at_start": was}, "sessions": sessions or None}
 
 
 KEY_FILE = "runner.key"

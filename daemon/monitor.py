@@ -22,6 +22,12 @@ and every tree member are stopped (SIGSTOP) until the debt is paid, then continu
 
 When a session ends, :meth:`Monitor.unwatch` *buries* it: whatever is left of its tree is sent SIGTERM,
 then SIGKILL after ``BURY_GRACE_S``, and hunted for ``BURY_HUNT_S`` more (double-forked escapees).
+
+The thread never dies of one failed step: a pass, a quick re-read, the wall-time check or throttling that raises
+(listing /proc with no file descriptor left: ``EMFILE``) is logged (:class:`labd.daemon.warnlimit.FailureLog`: the
+first failure, then a line a minute, then "works again") and tried again on the next tick; the wall-time check
+needs no /proc read, so timeouts are enforced while passes fail. :meth:`Monitor.health` (in ``labd status``) says
+when the last good pass is older than :data:`STALE_AFTER_S` or passes are failing: limits are not enforced then.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -39,6 +46,7 @@ from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY
 from labd.daemon.launcher import signal_group
 from labd.daemon.limits import Limits
 from labd.daemon.proctable import MarkerCache, Proc, ProcTable, PssCache, read_proc
+from labd.daemon.warnlimit import FailureLog
 from labd.daemon.watched import Buried, Watched, figures, kill_proc, signal_members, throttle
 from labd.ipc.samples import worth_recording
 
@@ -52,6 +60,14 @@ NEAR_FRACTION = 0.5
 FRESH_DELAY_S = 0.05
 BURY_GRACE_S = 2.0  # SIGTERM -> SIGKILL for what a finished session left behind
 BURY_HUNT_S = 10.0  # how long escaped processes of an ended session are looked for
+#: the last good pass older than this (or sample_interval x 3, if more) is reported as stale in ``labd status``
+STALE_AFTER_S = 10.0
+#: the loop's steps, as logged when they fail (:meth:`Monitor._step`), and as named in :meth:`Monitor.health`
+PASS = "limits monitor: a pass over the process table failed; limits are not enforced until one works"
+QUICK = "limits monitor: re-reading a session close to its memory limit failed"
+TIMEOUTS = "limits monitor: checking wall-time limits failed"
+THROTTLE = "limits monitor: CPU throttling failed"
+STEPS = {PASS: "pass", QUICK: "quick", TIMEOUTS: "timeouts", THROTTLE: "throttle"}
 
 
 class Monitor(threading.Thread):
@@ -74,19 +90,27 @@ class Monitor(threading.Thread):
         self.markers = MarkerCache()
         self.passes = 0
         self.log = structlog.get_logger("labd.monitor")
+        self.failures = FailureLog(self.log, "limits monitor works again")
+        self.passed_at = time.monotonic()  # the last good pass (or the start)
+        self._deadline = time.time()  # wall-clock time of the next wall-time limit (set by _timeouts)
 
     # ---- called from the supervisor (main thread) -------------------------------------------------
     def watch(self, sid: str, pid: int, limits: Limits, started: float) -> None:
-        p = read_proc(pid)
-        if p is None:
-            return
+        try:
+            p = read_proc(pid, strict=True)
+            if p is None:
+                return
+        except OSError as exc:  # no fd left to read it: watch it anyway (the first good pass reads its start)
+            self.log.warning("limits monitor: cannot read a runner's process; watching it anyway",
+                             session_id=sid, pid=pid, error=str(exc))
+            p = None
         # A runner adopted after a daemon crash may have been left stopped by the old daemon's throttle.
         signal_group(pid, signal.SIGCONT)
         with self._lock:
             self._buried.pop(sid, None)
             now = time.monotonic()
-            self._watched[sid] = Watched(sid, pid, limits, started, start_key=p.start, t_at=now, watched_at=now,
-                                          keys={p.key})
+            self._watched[sid] = Watched(sid, pid, limits, started, start_key=p.start if p else None, t_at=now,
+                                          watched_at=now, keys={p.key} if p else set())
         self._wake.set()
 
     def unwatch(self, sid: str, bury: bool = True) -> None:
@@ -122,6 +146,21 @@ class Monitor(threading.Thread):
             w = self._watched.get(sid)
             return figures(w) if w is not None else None
 
+    def health(self) -> dict[str, Any]:
+        """For ``labd status``: is the monitor enforcing limits? ``ok`` is false when the thread is gone, the last
+        good pass is stale or passes are failing (then ``error``, ``failures`` in a row, ``failing_for_s``)."""
+        ago = time.monotonic() - self.passed_at
+        stale = ago > max(STALE_AFTER_S, 3 * self.sample_interval)
+        out: dict[str, Any] = {"alive": self.is_alive(), "passes": self.passes, "last_pass_s_ago": round(ago, 1),
+                               "stale": stale}
+        failing = [(name, f) for what, name in STEPS.items() if (f := self.failures.failing(what)) is not None]
+        if failing:
+            f = failing[0][1]
+            out.update(failing=[name for name, _ in failing], error=f.error, failures=f.count,
+                       failing_for_s=round(time.monotonic() - f.since, 1))
+        out["ok"] = out["alive"] and not stale and not failing
+        return out
+
     def stop(self) -> None:
         self._halt.set()
         self._wake.set()
@@ -150,25 +189,23 @@ class Monitor(threading.Thread):
                     record = now >= next_record
                     if record:
                         next_record = now + self.record_interval
-                    self._pass(watched, now, record)
-                    last_pass = now
+                    if self._step(PASS, self._pass, watched, now, record):
+                        self.passed_at = now
+                    last_pass = now  # a failed pass is tried again next period, like any
                     next_pass = now + (self.limit_interval if strict else self.sample_interval)
                 else:
-                    for w in watched:
-                        if w.near and not w.breached:
-                            self._quick(w)
-                deadline = self._timeouts(watched)
-                throttled = False
-                for w in watched:
-                    if w.limits.cpu is not None:
-                        throttled = True
-                        throttle(w, now)
+                    self._step(QUICK, self._quick_all, watched)
+                self._deadline = time.time() + self.limit_interval  # should the check fail: again soon
+                self._step(TIMEOUTS, self._timeouts, watched)  # reads no /proc: works while passes fail
+                throttled = any(w.limits.cpu is not None for w in watched)
+                if throttled:
+                    self._step(THROTTLE, self._throttle_all, watched, now)
                 wait = next_pass - time.monotonic()
                 if throttled:
                     wait = min(wait, THROTTLE_TICK_S)
                 if any(w.near for w in watched):
                     wait = min(wait, NEAR_TICK_S)
-                wait = min(wait, deadline - time.time())
+                wait = min(wait, self._deadline - time.time())
                 self._wake.wait(max(0.002, wait))
                 self._wake.clear()
         finally:
@@ -179,9 +216,31 @@ class Monitor(threading.Thread):
             self.out.close(0)
             self.notes.close(0)
 
-    def _timeouts(self, watched: list[Watched]) -> float:
-        """Report sessions over their wall-time limit (no process-table read needed); returns the wall-clock
-        time of the next timeout, so the loop wakes for it whatever the pass period."""
+    def _step(self, what: str, fn: Callable[..., None], *args: Any) -> bool:
+        """One step of the loop; an exception is logged (the first, then a line a minute, then "works again") and
+        the step is tried again on a later tick: the thread must outlive any failure (no fd left: EMFILE)."""
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a dead monitor enforces no limit ever again
+            self.failures.failed(what, exc)
+            return False
+        self.failures.worked(what)
+        return True
+
+    def _quick_all(self, watched: list[Watched]) -> None:
+        for w in watched:
+            if w.near and not w.breached:
+                self._quick(w)
+
+    @staticmethod
+    def _throttle_all(watched: list[Watched], now: float) -> None:
+        for w in watched:
+            if w.limits.cpu is not None:
+                throttle(w, now)
+
+    def _timeouts(self, watched: list[Watched]) -> None:
+        """Report sessions over their wall-time limit (no process-table read needed); sets ``_deadline``, the
+        wall-clock time of the next timeout, so the loop wakes for it whatever the pass period."""
         wall = time.time()
         nearest = wall + 3600.0
         for w in watched:
@@ -195,7 +254,7 @@ class Monitor(threading.Thread):
                                                         "max": lim, "unit": "seconds", "action": "stop"}))
             else:
                 nearest = min(nearest, due + 0.001)
-        return nearest
+        self._deadline = nearest
 
     def _event(self, sid: str, kind: str, payload: dict[str, Any]) -> None:
         self.out.send_pyobj(("event", sid, kind, payload, None, None))
@@ -214,6 +273,8 @@ class Monitor(threading.Thread):
             if root is None or root.zombie or (w.start_key is not None and root.start != w.start_key):
                 self._vanished(w)
                 continue
+            if w.start_key is None:  # watched while its process could not be read (no fd left)
+                w.start_key = root.start
             alive.append(w)
             w.seen_at = time.time()  # liveness from the process table: idle runners need not send heartbeats
             w.members = self.table.tree([w.pid])

@@ -13,14 +13,30 @@ walk of that map. One ``stat`` read gives all the monitor needs except proportio
 - the session marker: runners export ``LABD_SESSION_ID``; a process that left its runner's tree (double
   fork after the runner died, or ``prctl`` unavailable) is recognised by its inherited environment, read
   once per process (:class:`MarkerCache`).
+
+A file that cannot be read because the daemon has no file descriptor left (``EMFILE``, ``ENFILE``) says nothing
+about the process, so the pass's reads raise it (:func:`scarce`) rather than take the process for gone: a runner
+missing from a table read at the fd limit was taken for vanished (its session ended, the runner left unwatched),
+an escapee's marker was cached as "none", an unreadable PSS was cached as the RSS (a false memory kill).
+The monitor logs the failed pass and retries it (daemon/monitor.py). Callers outside a pass keep "None: unreadable".
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 
-__all__ = ["Proc", "ProcTable", "PssCache", "MarkerCache", "read_proc"]
+__all__ = ["Proc", "ProcTable", "PssCache", "MarkerCache", "read_proc", "scarce"]
+
+#: errors that mean "the daemon has no file descriptor left", not "the process is gone or not ours" (not ENOMEM:
+#: should one process's file keep failing with it, every pass would fail and no limit be enforced at all)
+SCARCE = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def scarce(exc: OSError) -> bool:
+    """True for an error that says the daemon has no file descriptor left, not that the process is gone."""
+    return exc.errno in SCARCE
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -47,15 +63,20 @@ class Proc:
         return self.state in ("Z", "X")
 
 
-def read_proc(pid: int) -> Proc | None:
-    """Parse ``/proc/<pid>/stat``; None if the process is gone."""
+def read_proc(pid: int, strict: bool = False) -> Proc | None:
+    """Parse ``/proc/<pid>/stat``; None if the process is gone (or, unless ``strict``, cannot be read at all);
+    with ``strict``, a :func:`scarce` error is raised."""
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
-    except OSError:
+    except OSError as exc:
+        if strict and scarce(exc):
+            raise
         return None
     try:
         data = os.read(fd, 2048)
-    except OSError:
+    except OSError as exc:
+        if strict and scarce(exc):
+            raise
         return None
     finally:
         os.close(fd)
@@ -75,13 +96,14 @@ class ProcTable:
         self.children: dict[int, list[int]] = {}
 
     def scan(self) -> dict[int, Proc]:
-        """Read every process once and rebuild the parent -> children map."""
+        """Read every process once and rebuild the parent -> children map. Raises OSError when /proc cannot be
+        listed or a :func:`scarce` error stops a read (no file descriptor left): the last table is kept."""
         procs: dict[int, Proc] = {}
         children: dict[int, list[int]] = {}
         for name in os.listdir("/proc"):
             if not name.isdigit():
                 continue
-            p = read_proc(int(name))
+            p = read_proc(int(name), strict=True)
             if p is None:
                 continue
             procs[p.pid] = p
@@ -105,11 +127,14 @@ class ProcTable:
 
 
 def read_pss(pid: int) -> int | None:
-    """Proportional set size in bytes (``smaps_rollup``); None if unreadable (gone, or no such file)."""
+    """Proportional set size in bytes (``smaps_rollup``); None if unreadable (gone, or no such file); a
+    :func:`scarce` error is raised (the caller would take the RSS for the PSS and keep it)."""
     try:
         with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
             data = f.read()
-    except OSError:
+    except OSError as exc:
+        if scarce(exc):
+            raise
         return None
     i = data.find(b"\nPss:")
     if i < 0:
@@ -181,8 +206,10 @@ class MarkerCache:
             if i == 0 or (i > 0 and env[i - 1] == 0):
                 end = env.find(b"\0", i)
                 sid = env[i + len(MARKER):end if end >= 0 else None].decode(errors="replace")
-        except OSError:
-            pass  # gone, or another user's process: not ours either way
+        except OSError as exc:
+            if scarce(exc):  # says nothing about the process: not cached, read again next pass
+                raise
+            # gone, or another user's process: not ours either way
         self._by_key[key] = sid
         return sid
 

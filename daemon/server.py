@@ -29,7 +29,7 @@ from labd.daemon.control import ControlPlane
 from labd.daemon.events_auth import LocalEventsAuth
 from labd.daemon.indexer import Indexer
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
-from labd.daemon.launcher import TemplateLauncher
+from labd.daemon.launcher import TemplateLauncher, fd_limits
 from labd.daemon.memory import limit_arenas
 from labd.daemon.monitor import Monitor
 from labd.daemon.orphans import belongs_here, find_runners, stop_stray
@@ -176,6 +176,7 @@ class Daemon(ControlPlane):
 
     def _serve(self) -> None:
         cfg, layout = self.cfg, self.layout
+        self.nofile = fd_limits(cfg.session_nofile, self.log)  # before any socket: the daemon's raised, logged
         engine = open_engine(cfg.db_url)
         migrate(engine)
         known_keys = KnownKeys()  # the store's idempotency keys in memory: a new key costs no store read
@@ -212,7 +213,7 @@ class Daemon(ControlPlane):
         # runs cannot find them in os.environ nor in /proc/<pid>/environ. Runners get them in their spec.
         clean_env, self.secrets = split_secrets(dict(os.environ), cfg.secret_env)
         template = TemplateLauncher(env=clean_env, preload=cfg.preload, spare_runners=cfg.spare_runners,
-                                    runner_nice=cfg.runner_nice)
+                                    runner_nice=cfg.runner_nice, session_nofile=self.nofile["sessions"] or 0)
         self.launcher = _launchers(cfg, template, clean_env, self.info.runners)
         self.launcher.start()
         self.supervisor = Supervisor(self.launcher, self.monitor, self.post_event, self.send_runner,

@@ -18,12 +18,18 @@ from pathlib import Path
 
 from labd.ipc.paths import resolve_home
 
-__all__ = ["render_unit", "unit_path", "install", "uninstall", "status", "UNIT_NAME", "WATCHDOG_SEC"]
+__all__ = ["render_unit", "unit_path", "install", "uninstall", "status", "UNIT_NAME", "WATCHDOG_SEC", "LIMIT_NOFILE"]
 
 UNIT_NAME = "labd.service"
 #: generous: the main loop can block up to ~20 s (importing a user workflow to check its params) and pings
 #: every third of this, so a healthy daemon never misses the deadline
 WATCHDOG_SEC = 60
+#: the daemon's file descriptor limit: systemd's default soft limit is 1024, which a daemon holding a connection per
+#: client, runner and session socket can reach (and at its limit libzmq aborts the process). 524288 is systemd's
+#: own default *hard* limit for services (since v240), so the user manager can grant it (systemd applies the closest
+#: value it may otherwise); not "infinity": that is fs.nr_open (~1M or more), and tools that walk every possible fd
+#: up to the limit get slow. The daemon also raises its soft limit to the hard one itself at start.
+LIMIT_NOFILE = 524288
 
 LINGER_HELP = """\
 Lingering: without it systemd starts your user services only when you log in and stops them, with
@@ -77,6 +83,8 @@ KillMode=process
 TimeoutStartSec=120
 TimeoutStopSec=60
 WatchdogSec={watchdog_sec}
+# file descriptors: a connection per client, runner and session; sessions get far fewer ([daemon] session_nofile)
+LimitNOFILE={LIMIT_NOFILE}
 Environment=PYTHONUNBUFFERED=1
 # API keys for configured models (api_key_env) come from here, never from config files:
 EnvironmentFile=-%h/.config/labd/secrets.env

@@ -219,7 +219,20 @@ def _outlive_runners() -> None:
             continue
 
 
+def _limit_files() -> None:
+    """The sessions' file descriptor limit (``LABD_SESSION_NOFILE``: soft = hard, so no session can raise it), set
+    before anything is forked: the spare, every runner, workflow check and all they start inherit it."""
+    value = os.environ.pop("LABD_SESSION_NOFILE", "")
+    if value.isdigit() and int(value) > 0:
+        import resource
+
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        limit = int(value) if hard == resource.RLIM_INFINITY else min(int(value), hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
 def main() -> None:
+    _limit_files()
     for name in PRELOAD + [m for m in os.environ.get("LABD_PRELOAD", "").split(",") if m]:
         importlib.import_module(name)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop, not the terminal

@@ -51,7 +51,15 @@ class Status(Request):
                 "template_pid": d.launcher.template_pid, "workflow_checks": len(d.checks), "long_reads": len(d.reads),
                 "sandbox": {**d.sandbox.to_dict(), "runner": d.runner_confinement,
                             "network_default": d.cfg.sandbox.network},
-                "uptime": time.time() - d.started, "telemetry": _telemetry(d)}
+                "uptime": time.time() - d.started, "telemetry": _telemetry(d),
+                "monitor": d.monitor.health(), "threads": _threads(d), "nofile": getattr(d, "nofile", None)}
+
+
+def _threads(d: Any) -> dict[str, bool]:
+    """Is each long-lived daemon thread alive? (the monitor's own health is under ``monitor``)"""
+    threads = {"ingest": d.ingest, "monitor": d.monitor, "indexer": getattr(d, "indexer", None),
+               "gateway": getattr(d, "gateway", None)}
+    return {name: t.is_alive() for name, t in threads.items() if t is not None}
 
 
 def _telemetry(d: Any) -> dict[str, Any] | None:
@@ -60,7 +68,7 @@ def _telemetry(d: Any) -> dict[str, Any] | None:
     if t is None:
         return None
     return {"endpoint": d.cfg.telemetry.get("otlp_endpoint"), "exported_spans": t.exported,
-            "failures": t.failures, "alive": t.is_alive()}
+            "failures": t.failures, "skipped_spans": t.skipped, "alive": t.is_alive()}
 
 
 @register

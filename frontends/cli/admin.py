@@ -75,7 +75,16 @@ def cmd_status(args: argparse.Namespace, ctx: Ctx) -> int:
     tel = st.get("telemetry")
     if tel:
         fields.append(("telemetry", f"{tel['endpoint']}: {tel['exported_spans']} spans exported, "
-                                    f"{tel['failures']} failures"))
+                                    f"{tel['failures']} failures, {tel.get('skipped_spans', 0)} skipped"))
+    mon = st.get("monitor")
+    if mon and not mon.get("ok", True):  # limits are not being enforced: say it loudly
+        why = (f"failing for {format_duration(mon.get('failing_for_s'))}: {mon.get('error')}" if mon.get("failing")
+               else "its thread has ended" if not mon.get("alive") else
+               f"no pass for {format_duration(mon.get('last_pass_s_ago'))}")
+        fields.append(("limits", styled(f"NOT ENFORCED: the limits monitor is {why}", "red")))
+    down = [name for name, alive in (st.get("threads") or {}).items() if not alive]
+    if down:
+        fields.append(("threads", styled(f"ended: {', '.join(down)} (see the daemon log)", "red")))
     ctx.out.fields(fields)
     counters = st.get("counters") or {}
     if counters:
