@@ -55,10 +55,14 @@ class Relays:
             if self.max_relays is not None and len(self._relays) >= self.max_relays:
                 self._drop(min(self._relays, key=lambda i: self._relays[i][1]))
             sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            if self.keep_identity:
-                sock.setsockopt(zmq.ROUTING_ID, ident)
-            sock.connect(self.local)
+            try:
+                sock.setsockopt(zmq.LINGER, 0)
+                if self.keep_identity:
+                    sock.setsockopt(zmq.ROUTING_ID, ident)
+                sock.connect(self.local)
+            except zmq.ZMQError:  # e.g. no file descriptor left: the caller reports it, the socket is not kept
+                sock.close(0)
+                raise
             self.poller.register(sock, zmq.POLLIN)
             self._owner[sock] = ident
             relay = (sock, 0.0)

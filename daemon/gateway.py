@@ -27,6 +27,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from labd.daemon.curve_keys import curve_dir, ensure_server_keys
 from labd.daemon.curve_relay import Relays, curve_server_socket
+from labd.daemon.warnlimit import FailureLog
 from labd.ipc.connection import ConnectionInfo, events_socket
 
 __all__ = ["Gateway", "check_listen"]
@@ -104,18 +105,29 @@ class Gateway(threading.Thread):
         relays = Relays(self._ctx, poller, self.control, RELAY_IDLE_S, MAX_RELAYS)
         for s in (router, xpub, xsub):
             poller.register(s, zmq.POLLIN)
+        # A pass that fails (no file descriptor left for a new relay: the daemon flooded with connections) drops
+        # what it was passing on (the remote client times out and retries) and the gateway goes on: before, the
+        # thread ended and remote clients got no answer until a restart.
+        failures = FailureLog(self.log, "the TCP gateway works again")
         try:
             while not self._halt.is_set():
-                ready = dict(poller.poll(200))
-                if router in ready:
-                    frames = router.recv_multipart()
-                    relays.send(frames[0], frames[1:])
-                relays.reply(ready, router)
-                if xpub in ready:  # subscriptions from remote followers, upstream
-                    xsub.send(xpub.recv())
-                if xsub in ready:
-                    xpub.send_multipart(xsub.recv_multipart())
-                relays.sweep()
+                try:
+                    ready = dict(poller.poll(200))
+                    if router in ready:
+                        frames = router.recv_multipart()
+                        relays.send(frames[0], frames[1:])
+                    relays.reply(ready, router)
+                    if xpub in ready:  # subscriptions from remote followers, upstream
+                        xsub.send(xpub.recv())
+                    if xsub in ready:
+                        xpub.send_multipart(xsub.recv_multipart())
+                    relays.sweep()
+                except zmq.ZMQError as exc:
+                    if self._halt.is_set():
+                        break
+                    failures.failed("TCP gateway pass failed", exc)
+                else:
+                    failures.worked("TCP gateway pass failed")
         finally:
             relays.close()
             for s in (router, xpub, xsub):

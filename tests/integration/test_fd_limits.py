@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import DaemonProc, running_daemon, wait_until
 
 NOFILE = resource.RLIMIT_NOFILE
@@ -187,3 +189,39 @@ def test_the_service_unit_sets_limit_nofile(tmp_path: Path) -> None:
         path.write_text(unit)
         r = subprocess.run([exe, "--user", "verify", str(path)], capture_output=True, text=True, timeout=60)
         assert "LimitNOFILE" not in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_the_tcp_gateway_outlives_a_daemon_out_of_file_descriptors(isolated_env: Path, tmp_path: Path) -> None:
+    """A remote client's request reaches the TCP gateway while the daemon has no file descriptor left: the relay
+    to the local control socket cannot be made (EMFILE), so that request goes unanswered (the client times out),
+    the failure is logged, and once descriptors are free the same client's next request is answered. Before, the
+    ZMQError ended the gateway thread: no remote client was answered again until a restart."""
+    import psutil
+
+    from labd.ipc import Client, LabdError
+    from tests.integration.test_tcp import _port
+
+    port = _port()
+    with running_daemon(isolated_env, args=["--listen", f"tcp://127.0.0.1:{port}"]) as d, d.client() as local:
+        assert d.proc is not None
+        conn = local.request("remote.add", name="laptop")["connection"]
+        path = tmp_path / "laptop.labd.json"
+        path.write_text(json.dumps(conn))
+        os.chmod(path, 0o600)
+        daemon = psutil.Process(d.proc.pid)
+
+        def peers() -> int:
+            return sum(1 for c in daemon.net_connections(kind="tcp")
+                       if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+
+        before = peers()
+        with Client(connection_file=path, timeout=3) as remote:
+            wait_until(lambda: peers() > before, timeout=15, what="the remote client connected over TCP")
+            with _starved(d.proc.pid):
+                with pytest.raises(LabdError) as err:
+                    remote.ping()  # its relay to the control socket needs a descriptor
+                assert err.value.code == "timeout"
+            answered = remote.request("remote.list")  # the same client, the gateway still there
+        assert answered["clients"] == ["laptop"]
+        log = d.log()
+        assert "TCP gateway pass failed" in log and "the TCP gateway works again" in log
