@@ -25,7 +25,7 @@ import psutil
 
 from labd.daemon.priority import lower_priority, own_priority
 
-__all__ = ["Launcher", "TemplateLauncher", "ExitInfo", "LaunchError", "signal_group", "is_same_process",
+__all__ = ["Launcher", "TemplateLauncher", "ExitInfo", "LaunchError", "readable", "signal_group", "is_same_process",
            "hand_over_key", "fd_limits", "NOFILE_ENV"]
 
 #: the template sets RLIMIT_NOFILE (soft = hard) to this before it forks anything (runner/template.py)
@@ -195,7 +195,7 @@ class TemplateLauncher:
                     return msg
             if self._proc.poll() is not None or time.monotonic() >= deadline:
                 return None
-            _readable(fd, max(0.0, min(0.5, deadline - time.monotonic())))
+            readable(fd, max(0.0, min(0.5, deadline - time.monotonic())))
 
     def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
         self._req += 1
@@ -290,7 +290,7 @@ def _output_ends_within(fd: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
-        if left <= 0 or not _readable(fd, left):
+        if left <= 0 or not readable(fd, left):
             return False
         try:
             if not os.read(fd, 65536):
@@ -301,7 +301,7 @@ def _output_ends_within(fd: int, timeout: float) -> bool:
             return True
 
 
-def _readable(fd: int, timeout: float) -> bool:
+def readable(fd: int, timeout: float) -> bool:
     """Wait up to ``timeout`` s for ``fd`` to be readable. poll(), not select(): select() refuses an fd of 1024 or
     more, which a restarted template's pipe gets in a daemon holding many connections (its limit is raised)."""
     poller = select.poll()

@@ -12,6 +12,8 @@ daemon needs to take the runner back is derivable or kept outside the store:
 - the runner endpoint: a runner dials the address it was given and reconnects to it; with ``runner_listen`` on
   port 0, the port the gateway last bound is remembered in ``<home>/ray-runner-port`` (0600) and bound again
   (:func:`remembered_port`, :func:`remember_port`).
+- the runner's spec, for an actor Ray had not placed yet when the daemon stopped: kept by Ray with the actor (its
+  creation argument), and the runner starts when the actor is placed (:mod:`labd.daemon.ray_pending`).
 
 The HMAC key of the session is derived from the daemon key, as for local runners.
 """

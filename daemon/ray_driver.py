@@ -6,22 +6,29 @@ daemon, never inside the daemon, exactly as the template launcher keeps forking 
 side is :class:`labd.daemon.ray_launcher.RayLauncher`. Requests (one JSON object per line on stdin):
 
 - ``{"op": "spawn", "req", "handle", "sid", "spec", "options"}``: create the session's actor
-  (:class:`labd.runner.ray_actor.SessionActor`, ``options`` = its Ray resource request; *detached*, named
-  ``labd-<session>`` in ``NAMESPACE``, so it outlives this driver) and start the runner in it. Answered at once
-  with ``{"op": "spawned", "req"}`` (or ``"error"`` when no node of the cluster could ever satisfy the request);
-  placement happens afterwards and is reported as ``{"op": "placed", "handle", ...}``.
+  (:class:`labd.daemon.ray_pending.SelfStartingActor`, ``options`` = its Ray resource request; *detached*, named
+  ``labd-<session>`` in ``NAMESPACE``, so it outlives this driver), which starts the runner once Ray places it.
+  Answered at once with ``{"op": "spawned", "req"}`` (or ``"error"`` when no node of the cluster could ever
+  satisfy the request); placement happens afterwards and is reported as ``{"op": "placed", "handle", ...}``.
 - ``{"op": "adopt", "req", "handle", "sid"}``: find the actor a previous driver created for the session and
   watch it from now on: ``{"op": "adopted", "req"}`` with ``"error"`` (why it is lost) when it is not there, is
-  dead, or never started its runner.
+  dead, or never started its runner. An actor Ray has not placed yet (:data:`labd.daemon.ray_pending.WAITING`)
+  is adopted at once, with ``"waiting": STATE``, and waited for without a deadline (reported ``placed`` when
+  Ray places it, ``exited`` if it dies first); so is a placed one that has not answered within
+  :data:`ADOPT_TIMEOUT_S`. Only an actor that is gone makes the session lost.
 - ``{"op": "sweep"}``: kill every labd actor of ``NAMESPACE`` this driver does not watch (left by a session that
   ended, or was deleted, when no daemon could end its actor).
 - ``{"op": "signal", "handle", "sig"}``: signal the runner's group on its node. A SIGKILL also kills the actor
-  (``ray.kill``) if the runner has not ended :data:`KILL_ACTOR_AFTER_S` later.
+  (``ray.kill``) if the runner has not ended :data:`KILL_ACTOR_AFTER_S` later. A SIGTERM or SIGKILL for an actor
+  not placed yet (no runner to signal) kills the actor at once: it is taken out of Ray's queue, and ``exited``.
 
 Reports: ``{"op": "note", "handle", "note"}`` (the node monitor's limit breaches and samples) and
 ``{"op": "exited", "handle", "exit_code", "signal", "reason"}`` -- ``reason`` set when the actor or its node was
 lost (Ray's own account of why); the actor of a session that ended is killed. End of stdin: the driver exits;
-the detached actors keep running their sessions for the next daemon to adopt.
+the detached actors keep running their sessions (or waiting to be placed) for the next daemon to adopt.
+
+The loop never waits on one actor: every call is in flight at once (``ray.wait`` over all of them, 50 ms at a
+time), so an actor waiting for a node, or slow to answer at adoption, holds up no other session's poll.
 """
 
 from __future__ import annotations
@@ -30,18 +37,22 @@ import json
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
 from typing import Any
 
 from labd.daemon.ray_adopt import actor_name
+from labd.daemon.ray_pending import WAITING, actor_state
 
 __all__ = ["main"]
 
 POLL_S = 0.5  # the actor's long poll: notes reach the daemon at least this often
 KILL_ACTOR_AFTER_S = 3.0
-ADOPT_TIMEOUT_S = 30.0  # an actor that does not answer describe() within this is not adopted
+#: how long an adoption waits for a placed actor's describe() before the actor is adopted anyway (answering the
+#: daemon, which waits); it is then waited for as one not placed yet
+ADOPT_TIMEOUT_S = 30.0
 
 
 def _out(msg: dict[str, Any]) -> None:
@@ -73,21 +84,13 @@ def _feasible(ray: Any, options: dict[str, Any]) -> str | None:
     return f"no node of the Ray cluster has {want} (alive nodes: {len(nodes)})"
 
 
-def _adopt(ray: Any, name: str, namespace: str) -> tuple[Any, str | None]:
-    """The live actor named ``name`` whose runner started, or (None, why the session is lost)."""
+def _find(ray: Any, name: str, namespace: str) -> tuple[Any, str | None]:
+    """The actor named ``name`` (placed or not), or (None, why the session is lost)."""
     try:
-        actor = ray.get_actor(name, namespace=namespace)
+        return ray.get_actor(name, namespace=namespace), None
     except ValueError:
         return None, (f"Ray actor {name} not found (killed, or its node died, while no daemon ran; "
                       f"namespace {namespace})")
-    try:
-        info = ray.get(actor.describe.remote(), timeout=ADOPT_TIMEOUT_S)
-    except Exception as exc:  # noqa: BLE001 - dead, or its node gone: lost
-        return None, _reason(exc)
-    if not info.get("started"):
-        _kill(ray, actor)
-        return None, f"Ray actor {name} was found but never started its runner (the previous daemon stopped first)"
-    return actor, None
 
 
 def _kill(ray: Any, actor: Any) -> None:
@@ -137,11 +140,11 @@ def main() -> None:
                                         "pip install 'labd[ray]' (or remove [launcher] address/kind from config.toml)"})
         return
     try:
-        from labd.runner.ray_actor import SessionActor
+        from labd.daemon.ray_pending import SelfStartingActor
 
         ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING,
                  configure_logging=False)
-        Actor = ray.remote(max_concurrency=4)(SessionActor)  # type: ignore[call-overload]  # wait() blocks one thread; signal() needs another
+        Actor = ray.remote(max_concurrency=4)(SelfStartingActor)  # type: ignore[call-overload]  # wait() blocks one thread; signal() needs another
     except Exception as exc:  # noqa: BLE001 - reported to the daemon, which refuses to start
         _out({"op": "error", "message": f"cannot connect to Ray at {address!r}: {exc}"[:1000]})
         return
@@ -160,20 +163,35 @@ def main() -> None:
     threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
     actors: dict[int, Any] = {}
     names: dict[int, str] = {}  # handle -> actor name
-    refs: dict[Any, tuple[int, str]] = {}  # in-flight call -> (handle, "start" | "wait")
+    refs: dict[Any, tuple[int, str]] = {}  # in-flight call -> (handle, "start" | "adopt" | "wait")
     kill_at: dict[int, float] = {}
+    placed: set[int] = set()  # handles whose actor Ray has placed (its runner started)
+    adopting: dict[int, tuple[Any, float]] = {}  # handle -> (req, deadline): adoptions not answered yet
 
-    def ended(handle: int, **fields: Any) -> None:
+    def forget(handle: int) -> Any:
         actor = actors.pop(handle, None)
         names.pop(handle, None)
         kill_at.pop(handle, None)
+        placed.discard(handle)
+        adopting.pop(handle, None)
         for ref, (h, _) in list(refs.items()):
             if h == handle:
                 del refs[ref]
+        return actor
+
+    def ended(handle: int, **fields: Any) -> None:
+        actor = forget(handle)
         _out({"op": "exited", "handle": handle, "exit_code": fields.get("exit_code"),
               "signal": fields.get("signal"), "reason": fields.get("reason")})
         if actor is not None:  # detached: it would outlive the session
             _kill(ray, actor)
+
+    def adopted(handle: int, error: str | None = None, **fields: Any) -> None:
+        """Answer the adoption of ``handle`` (an actor that will not be watched when ``error``)."""
+        req, _ = adopting.pop(handle)
+        if error is not None:
+            forget(handle)
+        _out({"op": "adopted", "req": req, **({"error": error} if error is not None else fields)})
 
     while True:
         while True:
@@ -193,27 +211,34 @@ def main() -> None:
                 _free_name(ray, name, namespace)
                 try:
                     actor = Actor.options(name=name, namespace=namespace, lifetime="detached",
-                                          **msg["options"]).remote(msg["sid"])
+                                          **msg["options"]).remote(msg["sid"], msg["spec"])
                 except Exception as exc:  # noqa: BLE001 - e.g. the name still taken: the launch fails
                     _out({"op": "spawned", "req": msg["req"], "error": f"cannot create the actor: {exc}"[:1000]})
                     continue
                 actors[handle], names[handle] = actor, name
-                refs[actor.start.remote(msg["spec"])] = (handle, "start")
+                refs[actor.where.remote()] = (handle, "start")  # answered once Ray has placed it
                 _out({"op": "spawned", "req": msg["req"]})
             elif op == "adopt":
                 name = actor_name(msg["sid"])
-                actor, why = _adopt(ray, name, namespace)
+                actor, why = _find(ray, name, namespace)
                 if actor is None:
                     _out({"op": "adopted", "req": msg["req"], "error": why})
                     continue
                 actors[handle], names[handle] = actor, name
-                refs[actor.wait.remote(0)] = (handle, "wait")
-                _out({"op": "adopted", "req": msg["req"]})
+                refs[actor.describe.remote()] = (handle, "adopt")  # answered once it is placed, raises if it dies
+                adopting[handle] = (msg["req"], time.monotonic() + ADOPT_TIMEOUT_S)
+                state = actor_state(ray, actor)
+                if state in WAITING:  # Ray places it when a node has room: watched meanwhile, with no deadline
+                    adopted(handle, waiting=state)
             elif op == "sweep":
                 _sweep(ray, namespace, set(names.values()))
             elif op == "signal" and handle in actors:
-                actors[handle].signal.remote(int(msg["sig"]))
-                if int(msg["sig"]) == 9:
+                sig = int(msg["sig"])
+                if handle not in placed and sig in (signal.SIGTERM, signal.SIGKILL):
+                    ended(handle, signal=sig)  # no runner yet: the actor is taken out of Ray's queue
+                    continue
+                actors[handle].signal.remote(sig)
+                if sig == signal.SIGKILL:
                     kill_at.setdefault(handle, time.monotonic() + KILL_ACTOR_AFTER_S)
         if not refs:
             continue
@@ -225,18 +250,44 @@ def main() -> None:
             try:
                 result = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - the actor (or its node) died: the session is lost
-                ended(handle, reason=_reason(exc))
+                if handle in adopting:
+                    adopted(handle, _reason(exc))
+                else:
+                    ended(handle, reason=_reason(exc))
                 continue
-            if what == "start":
-                _out({"op": "placed", "handle": handle, **result})
-            else:
+            if what == "adopt" and not result.get("started"):
+                # an actor of an earlier labd, whose driver was to start the runner by a call and stopped first
+                why = (f"Ray actor {names[handle]} was found but never started its runner (the previous daemon "
+                       f"stopped first)")
+                if handle in adopting:
+                    _kill(ray, actors[handle])
+                    adopted(handle, why)
+                else:
+                    ended(handle, reason=why)
+                continue
+            if what == "wait":
                 for note in result["notes"]:
                     _out({"op": "note", "handle": handle, "note": list(note)})
                 if result["exited"]:
                     ended(handle, exit_code=result["exit_code"], signal=result["signal"])
                     continue
-            refs[actors[handle].wait.remote(POLL_S)] = (handle, "wait")
+            else:  # placed, its runner started
+                if handle in adopting:  # placed when adopted, and it answered in time
+                    adopted(handle)
+                placed.add(handle)
+                if what == "start" or result.get("reported") is False:  # or placed while no driver watched
+                    keys = ("node", "ip", "hostname", "pid", "workdir", "actor_pid")
+                    _out({"op": "placed", "handle": handle, **{k: result[k] for k in keys if k in result}})
+                    if what == "adopt":
+                        actors[handle].where.remote()  # the actor notes that its placement was reported
+            refs[actors[handle].wait.remote(0 if what == "adopt" else POLL_S)] = (handle, "wait")
         now = time.monotonic()
+        for handle, (_, due) in list(adopting.items()):
+            if now >= due:  # not answering yet (busy, or its node dying): watched, not given up
+                state = actor_state(ray, actors[handle])
+                if state not in WAITING:  # placed (or unknown): its runner is signalled, not its actor killed
+                    placed.add(handle)
+                adopted(handle, waiting=state or "unknown")
         for handle, due in list(kill_at.items()):
             if now >= due and handle in actors:  # SIGKILL did not end it (the actor hangs): end the actor
                 ended(handle, signal=9)

@@ -14,10 +14,10 @@ The runner connects back over TCP with CurveZMQ (:class:`labd.daemon.runner_gate
 session, authorised for the session's lifetime, the daemon's public key pinned in the runner's spec. Ray itself runs
 in a child process (:mod:`labd.daemon.ray_driver`) spoken to in JSON lines, so the daemon never imports Ray.
 
-Sessions outlive the daemon: their actors are detached, and a restarted daemon takes each one back with
-:meth:`RayLauncher.adopt` (what that needs is in :mod:`labd.daemon.ray_adopt`); a driver that dies while the daemon
-runs is replaced and its sessions adopted again. The actor of a session that ended is killed; a periodic sweep
-kills any actor of this home's namespace that no running session owns.
+Sessions outlive the daemon: their actors are detached, and a restarted daemon takes each one back (placed, or
+still waiting for a node) with :meth:`RayLauncher.adopt` (what that needs is in :mod:`labd.daemon.ray_adopt`); a
+driver that dies while the daemon runs is replaced and its sessions adopted again. The actor of a session that ended
+is killed; a periodic sweep kills any actor of this home's namespace that no running session owns.
 
 :class:`Launchers` routes between the template launcher and this one per session (``labd run --on ray|local``).
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import socket
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from typing import Any
 import structlog
 
 from labd.daemon import ray_adopt
-from labd.daemon.launcher import ExitInfo, LaunchError, TemplateLauncher
+from labd.daemon.launcher import ExitInfo, LaunchError, TemplateLauncher, readable
 from labd.daemon.ray_placement import PlacementError, placement_from, ray_options
 from labd.daemon.runner_gateway import RunnerGateway
 
@@ -214,7 +213,7 @@ class RayLauncher:
                 return None
             fd = self.fileno()
             if fd is not None:
-                select.select([fd], [], [], 0.2)
+                readable(fd, 0.2)  # poll(), not select(): the daemon's fds may be above 1024
         return None
 
     def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
@@ -244,7 +243,9 @@ class RayLauncher:
 
     def adopt(self, sid: str) -> tuple[int | None, str | None]:
         """Take back session ``sid``'s actor, left running by a previous daemon (or driver): ``(handle, None)``,
-        or ``(None, why it is lost)`` when its actor is not found, dead, or never started its runner."""
+        or ``(None, why it is lost)`` when its actor is not found, dead, or never started its runner. An actor
+        still waiting for a node is adopted as it waits (the session stays ``starting``; ``session.placed`` comes
+        when Ray places it, an exit with Ray's reason if it dies first)."""
         self._next -= 1
         handle = self._next
         why = self._adopt_as(handle, sid)
@@ -266,7 +267,8 @@ class RayLauncher:
             self._sid.pop(handle, None)
             self.gateway.revoke(sid)
             return str((reply or {}).get("error") or "the Ray driver did not answer the adoption request")
-        self.log.info("Ray session adopted", session_id=sid, actor=ray_adopt.actor_name(sid))
+        self.log.info("Ray session adopted", session_id=sid, actor=ray_adopt.actor_name(sid),
+                      **({"waiting": reply["waiting"]} if reply.get("waiting") else {}))
         return None
 
     def drain_exits(self) -> list[ExitInfo]:

@@ -5,8 +5,9 @@ runs on the cluster, then started again on the same home.
 The session's actor is detached, so its runner keeps running and spooling while no daemon runs; the next daemon
 finds the actor by name, admits the runner's key again on the same runner port, and the runner delivers what it
 printed meanwhile: every line exactly once, in order, ``seq`` gap-free. After the restart the session can be
-stopped; an actor killed while no daemon ran makes the session ``lost`` with a reason naming it; and no actor is
-left on the cluster once the sessions have ended."""
+stopped; an actor killed while no daemon ran makes the session ``lost`` with a reason naming it; an actor Ray has
+not placed yet is waited for across restarts (not ``lost``), can be stopped, and runs once it is placed; and no
+actor is left on the cluster once the sessions have ended."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import pytest
 import zmq.auth
 
 from labd.daemon.ray_adopt import actor_name, namespace
+from labd.daemon.ray_driver import ADOPT_TIMEOUT_S
+from labd.ipc import LabdError
 from tests.conftest import DaemonProc, wait_until
 from tests.support.ray_cluster import rayctl, shared_cluster
 
@@ -79,8 +82,10 @@ class Rig:
         return killed
 
     def restart(self) -> float:
-        """A new daemon on the same home; returns when it was ready."""
-        self.daemon = DaemonProc(self.home).start()
+        """A new daemon on the same home; returns when it was ready (one that never gets ready is still the rig's,
+        so the fixture stops it)."""
+        self.daemon = DaemonProc(self.home)
+        self.daemon.start()
         return time.time()
 
     def workdir(self, sid: str) -> Path:
@@ -103,17 +108,21 @@ def rig(ray_cluster: dict[str, Any], isolated_env: Path, request: pytest.Fixture
     try:
         yield r
     finally:
-        if r.daemon.proc is not None and r.daemon.proc.poll() is None:
-            with r.client() as c:
-                live = [s["id"] for s in c.sessions() if s["status"] not in ENDED + ("queued",)]
-                for sid in live:
-                    c.kill(sid)
-                wait_until(lambda: all(c.session(s)["status"] in ENDED for s in live), timeout=30, interval=0.2,
-                           what="sessions killed")
-        r.daemon.stop()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is None or rep.failed:
-            rayctl(r.cluster, r.namespace, "killall")
+        try:
+            if r.daemon.proc is not None and r.daemon.proc.poll() is None:
+                with r.client() as c:
+                    live = [s["id"] for s in c.sessions() if s["status"] not in ENDED + ("queued",)]
+                    for sid in live:
+                        c.kill(sid)
+                    wait_until(lambda: all(c.session(s)["status"] in ENDED for s in live), timeout=30,
+                               interval=0.2, what="sessions killed")
+        except LabdError:  # a daemon that never got ready (the test failed): stopped below all the same
+            pass
+        finally:
+            r.daemon.stop()
+            rep = getattr(request.node, "rep_call", None)
+            if rep is None or rep.failed:
+                rayctl(r.cluster, r.namespace, "killall")
 
 
 def _events(c: Any, sid: str, kinds: list[str] | None = None) -> list[dict[str, Any]]:
@@ -287,3 +296,79 @@ def test_session_survives_its_ray_driver_dying_while_the_daemon_runs(rig: Rig) -
     wait_until(lambda: _gone(int(placed["actor_pid"])), timeout=30, interval=0.1, what="actor process gone")
     assert rayctl(rig.cluster, rig.namespace, "list") == []
     assert _ray_drivers(rig) == [new]  # the replacement is the daemon's one driver (no second one started)
+
+
+@pytest.mark.timeout(240)
+def test_actor_waiting_for_a_node_across_restarts_is_not_lost(rig: Rig) -> None:
+    """Three Ray sessions whose actors Ray cannot place yet (each asks for the head node's one ``head``, held by
+    a running session) stay `starting` across a clean shutdown and a SIGKILL of the daemon, and longer than the
+    30 s an adoption used to wait for an actor's answer (they were recorded `lost` then); their actors are still
+    waiting in Ray's queue. One is stopped while it waits: `cancelled`, stopped by the client, its actor gone.
+    One's actor is killed (Ray's API) while it waits: `lost`, with Ray's reason. Once the holder completes, the
+    last is placed and runs: its runner starts from the spec the first daemon gave, delivers every line once and
+    in order with a gap-free `seq`, and completes. No actor is left."""
+    head = {"on": "ray", "resources": {"head": 1}}
+    with rig.client() as c:
+        holder = c.start("labd_rayadoptflows:gated", placement=head)
+        wait_until(lambda: _events(c, holder, ["session.placed"]), timeout=60, interval=0.1, what="holder placed")
+        waiting = [c.start("labd_rayadoptflows:gated", placement=head) for _ in range(3)]
+        names = [actor_name(s) for s in waiting]
+        wait_until(lambda: all(c.session(s)["status"] == "starting" for s in waiting), timeout=30, interval=0.1,
+                   what="their actors created")  # launched: Ray registered the (named) actors
+    rig.shutdown()
+    rig.restart()  # adopted while they wait ...
+    rig.kill9()
+    up = rig.restart()  # ... and again, after a SIGKILL
+    with rig.client() as c:
+        wait_until(lambda: time.time() > up + ADOPT_TIMEOUT_S + 1  # the old deadline ran from before `up`
+                   or any(c.session(s)["status"] != "starting" for s in waiting),
+                   timeout=ADOPT_TIMEOUT_S + 30, interval=0.5, what="past the old adoption deadline")
+        assert [c.session(s)["status"] for s in waiting] == ["starting"] * 3, \
+            [(c.session(s)["status"], c.session(s)["reason"]) for s in waiting]
+        for sid in waiting:
+            assert [e["kind"] for e in _events(c, sid)].count("session.adopted") == 2
+            assert not _events(c, sid, ["session.placed"])
+            assert _logged(rig, "Ray session adopted", session_id=sid, waiting="PENDING_CREATION")
+        assert rayctl(rig.cluster, rig.namespace, "states", *names) == dict.fromkeys(names, "PENDING_CREATION")
+        stopped, dies, runs = waiting
+        c.stop(stopped, grace=1)
+        assert rayctl(rig.cluster, rig.namespace, "kill", actor_name(dies)) == "killed"
+        s = _ended(c, stopped, timeout=30)
+        assert s["status"] == "cancelled" and "stopped by client" in str(s["reason"]), s
+        s = _ended(c, dies, timeout=30)
+        assert s["status"] == "lost" and "Ray actor lost" in str(s["reason"]), s
+        _open_gate_and_check(c, rig, holder)  # the head has room now: `runs` is placed (`stopped`'s actor is gone)
+        wait_until(lambda: len(_ticks(c, runs)) >= 5, timeout=60, interval=0.1, what="output once placed")
+        evs = _open_gate_and_check(c, rig, runs)
+        assert [e["kind"] for e in evs].count("session.placed") == 1
+        assert not _events(c, stopped, ["session.placed", "output"]) and not _events(c, dies, ["output"])
+    wait_until(lambda: rayctl(rig.cluster, rig.namespace, "list") == [], timeout=30, interval=0.5,
+               what="no actor left")  # `stopped`'s and `dies`' included: they are not waiting
+
+
+def test_actor_placed_while_no_daemon_ran_runs_its_session(rig: Rig) -> None:
+    """A Ray session whose actor was waiting for a node when the daemon stopped, and that Ray placed while no
+    daemon ran (the session holding the head node's one ``head`` was killed meanwhile), runs: its runner starts
+    from the spec the actor was created with (a call the first driver had queued for it went with that driver).
+    The next daemon adopts it, records where it was placed (once), and everything it printed, before and after the
+    restart, arrives exactly once and in order; it completes. No actor is left."""
+    head = {"on": "ray", "resources": {"head": 1}}
+    with rig.client() as c:
+        holder = c.start("labd_rayadoptflows:gated", placement=head)
+        wait_until(lambda: _events(c, holder, ["session.placed"]), timeout=60, interval=0.1, what="holder placed")
+        sid = c.start("labd_rayadoptflows:gated", placement=head)
+        wait_until(lambda: c.session(sid)["status"] == "starting", timeout=30, interval=0.1, what="its actor created")
+        assert not _events(c, sid, ["session.placed", "output"])
+    down = rig.shutdown()
+    assert rayctl(rig.cluster, rig.namespace, "kill", actor_name(holder)) == "killed"
+    wait_until(lambda: rig.progress(sid) >= 5, timeout=60, interval=0.1, what="placed and printing with no daemon")
+    up = rig.restart()
+    with rig.client() as c:
+        assert _ended(c, holder, timeout=30)["status"] == "lost"
+        assert _logged(rig, "Ray session adopted", session_id=sid)
+        evs = _open_gate_and_check(c, rig, sid)
+        [placed] = [e for e in evs if e["kind"] == "session.placed"]
+        assert placed["payload"]["actor"] == actor_name(sid) and placed["payload"]["workdir"] == str(rig.workdir(sid))
+        assert [e for e in evs if e["kind"] == "output" and down < e["ts"] < up], "nothing printed with no daemon"
+    wait_until(lambda: rayctl(rig.cluster, rig.namespace, "list") == [], timeout=30, interval=0.5,
+               what="no actor left")

@@ -45,6 +45,15 @@ elif op == "stray":  # a detached actor of the namespace that no session owns (a
     actor = Stray.options(name=sys.argv[4], lifetime="detached").remote()
     ray.get(actor.ping.remote())
     print(json.dumps("created"))
+elif op == "states":  # the GCS actor table's state of each named actor (None: no such name)
+    from ray._private.state import actors as actor_table
+    states = {}
+    for name in sys.argv[4:]:
+        try:
+            states[name] = actor_table(ray.get_actor(name, namespace=namespace)._actor_id.hex()).get("State")
+        except ValueError:
+            states[name] = None
+    print(json.dumps(states))
 elif op == "killall":
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace]
     for name in names:
@@ -131,8 +140,8 @@ def shared_cluster(config: Any) -> dict[str, Any]:
 
 def rayctl(cluster: dict[str, Any], namespace: str, op: str, *args: str) -> Any:
     """Run a short Ray driver against ``cluster`` in ``namespace``: ``list`` (the names of its live named actors),
-    ``kill NAME``, ``stray NAME`` (a detached actor no session owns) or ``killall``; returns what it printed
-    (JSON)."""
+    ``kill NAME``, ``stray NAME`` (a detached actor no session owns), ``states NAME...`` (each one's state in Ray's
+    actor table: ``PENDING_CREATION``, ``ALIVE``, ...) or ``killall``; returns what it printed (JSON)."""
     run = subprocess.run([sys.executable, "-c", _CTL, str(cluster["address"]), namespace, op, *args],
                          env=cluster["env"], capture_output=True, text=True, timeout=90)
     assert run.returncode == 0, run.stderr[-3000:]
