@@ -8,10 +8,13 @@ The rung that ended the session is recorded in ``session.ended`` as ``ended_by``
 from __future__ import annotations
 
 import errno
+import os
 import signal
+import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -20,6 +23,8 @@ from labd.daemon.launcher import ExitInfo, Launcher, is_same_process
 from labd.daemon.limits import Limits
 from labd.daemon.monitor import Monitor
 from labd.daemon.queue import Queued, RunQueue
+from labd.runner.session import CRASH_FILE
+from labd.runner.withhold import looked_for, mark
 
 __all__ = ["Supervisor", "Running"]
 
@@ -47,6 +52,8 @@ class Running:
     grace: float = 0.0
     vanished_at: float = 0.0
     unrecorded: bool = False  # the store refused its session.created: killed, and nothing is posted for it
+    crash_file: Path | None = None  # its crash channel (runner/session.py, own_crash_channel), if a local runner
+    secrets: list[tuple[str, str]] = field(default_factory=list, repr=False)  # withheld from the crash text
 
 
 class Supervisor:
@@ -154,6 +161,9 @@ class Supervisor:
         self.post(sid, "session.launched", {"pid": 0 if remote else pid, "create_time": create_time, "launcher": kind})
         if not remote:
             self.monitor.watch(sid, pid, limits, run.started)
+            if spec.get("workdir"):
+                run.crash_file = Path(spec["workdir"]).parent / CRASH_FILE
+                run.secrets = looked_for({str(k): str(v) for k, v in (spec.get("secrets") or {}).items()})
         self.log.info("session launched", session_id=sid, pid=pid)
         return run
 
@@ -319,8 +329,14 @@ class Supervisor:
             payload["signal"] = info.signal
         if info.reason:  # lost, not ended (a remote runner's actor or node died): the launcher says why
             payload["lost_reason"] = info.reason
+        if info.signal is not None or info.exit_code:  # a crash of the runner itself leaves its text there
+            crash = crash_text(run)
+            if crash:
+                payload["runner_stderr"] = crash
         self.post(sid, "session.ended", payload)
-        self.log.info("session ended", session_id=sid, **payload)
+        # the crash text is the session's (its code can write it): recorded in the session, not in the daemon's log
+        self.log.info("session ended", session_id=sid, **{k: v for k, v in payload.items() if k != "runner_stderr"},
+                      runner_stderr=len(payload.get("runner_stderr") or ""))
 
     def _final_sample(self, sid: str) -> None:
         """Record the peaks once more at the end (short sessions may never reach a periodic sample)."""
@@ -357,6 +373,38 @@ class Supervisor:
                     self._rung(run, "sigterm")
                 elif run.step == "sigterm":
                     self._rung(run, "sigkill")
+
+
+#: characters of a runner's crash file recorded in ``session.ended`` (its end: where the fatal error is)
+CRASH_TAIL = 2000
+
+
+def crash_text(run: Running) -> str | None:
+    """The end of ``run``'s crash file (at most :data:`CRASH_TAIL` characters, from a line start when it is cut,
+    the session's secrets withheld); None if it is empty or cannot be read. Read without following a link: the
+    file is in the session's directory, which session code can write."""
+    if run.crash_file is None:
+        return None
+    try:
+        fd = os.open(run.crash_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not st.st_size:
+            return None
+        raw = os.pread(fd, 4 * CRASH_TAIL, max(0, st.st_size - 4 * CRASH_TAIL))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    text = raw.decode("utf-8", "replace").strip()
+    if len(text) > CRASH_TAIL or len(raw) < st.st_size:
+        text = text[-CRASH_TAIL:]
+        text = text.split("\n", 1)[1] if "\n" in text else text  # from a line start: no piece of a secret
+    for name, value in run.secrets:
+        text = text.replace(value, mark(name))
+    return text or None
 
 
 def _disk_full(exc: BaseException) -> bool:

@@ -333,10 +333,36 @@ def finished_payload(outcome: str, extra: dict[str, Any], room: int) -> dict[str
     return out
 
 
+#: the runner's crash channel, in the session's directory (beside ``work``): what the runner itself writes on fd 2
+#: before its output is captured, its last-resort traceback and a fatal error's (faulthandler); the daemon records
+#: its tail when the runner ends without an outcome (daemon/supervisor.py)
+CRASH_FILE = "runner.stderr"
+
+
+def own_crash_channel(spec: dict[str, Any]) -> None:
+    """Make fd 2 the session's own crash file instead of the daemon's stderr (its log), inherited through the
+    template: Landlock checks only at open, so an inherited descriptor would let session code write into the
+    daemon's log. Called first thing after the fork (or a spare's hand-over), before any session code runs;
+    the daemon's descriptor is gone from this process afterwards (fd 2 was its only copy here). A fatal error
+    of the runner (a segfault) is written there too, with its Python traceback."""
+    import faulthandler
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        session_dir = Path(spec["workdir"]).parent
+        session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(session_dir / CRASH_FILE, flags, 0o600)
+    except (OSError, KeyError, TypeError):  # no crash file: crash text is lost, never sent to the daemon's log
+        fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    os.dup2(fd, 2)  # fd 2 stays inheritable (a program the workflow runs before capture starts writes here)
+    faulthandler.enable(file=fd)  # kept open (close-on-exec) for as long as the process lives
+
+
 def child_main(spec: dict[str, Any]) -> None:
     """Entry point in a forked child: never returns."""
     code = EXIT_FAILED
     try:
+        own_crash_channel(spec)
         code = run_session(spec)
     except BaseException:  # noqa: BLE001 - last resort: report on the real stderr, then exit
         try:

@@ -131,6 +131,10 @@ def finalize(cur: SessionCursor, payload: dict[str, Any]) -> None:
     else:
         # lost_reason: what the launcher knows (a Ray actor or node that died, and why)
         status, reason = "lost", payload.get("lost_reason") or "runner process vanished without reporting an outcome"
+    crash = payload.get("runner_stderr")
+    if (sig or code) and reason.startswith("runner ") and isinstance(crash, str) and crash.strip():
+        # the runner's own crash report (its sessions/<id>/runner.stderr, secrets withheld; daemon/supervisor.py)
+        reason = f"{reason}; its stderr ended with:\n{crash.strip()}"
     payload["status"], payload["reason"] = status, reason
 
 
