@@ -222,9 +222,13 @@ class Snapshot(NamedTuple):
     objects: ObjectStore
 
 
-def restore(root: Path, manifest: dict[str, list[Any]], objects: ObjectStore) -> dict[str, int]:
+def restore(root: Path, manifest: dict[str, list[Any]], objects: ObjectStore, remove_extra: bool = True
+            ) -> dict[str, int]:
     """Make the tracked files of ``root`` exactly ``manifest``: remove what it does not hold, write back
     what differs (by size and content hash), leave identical files alone. Returns counts.
+
+    ``remove_extra=False`` (a partial manifest: the scan it came from stopped at a bound, so a file it lacks may
+    well belong to the checkpoint): write back what the manifest holds and remove nothing it does not hold.
 
     Every object to write back is first copied into a staging directory (a dot directory of ``root``: not
     tracked) and checked against its sha256 while copied. ``root`` is changed only once all of them are there
@@ -254,7 +258,8 @@ def restore(root: Path, manifest: dict[str, list[Any]], objects: ObjectStore) ->
         for rel, st in list(wd.walk()):
             want = manifest.get(rel)
             if want is None:
-                extra.append(rel)
+                if remove_extra:
+                    extra.append(rel)
             elif want[1] == st.st_size and _sha256_or_none(wd, rel) == want[0]:
                 kept[rel] = int(want[2]) if stat.S_IMODE(st.st_mode) != int(want[2]) else None
         todo = [rel for rel in manifest if rel not in kept]  # missing, or other content: written back

@@ -122,6 +122,8 @@ class Durable:
         self.manifest: str | None = seed.get("manifest")
         self.seed_files: dict[str, list[Any]] | None = seed.get("files")
         self.seed_depth = int(seed.get("depth") or 0)
+        #: the checkpoint to restore is partial (its scan stopped at a bound): its restore removes nothing
+        self.seed_partial = bool(seed.get("partial"))
         #: the work directory as the session's record has it (path -> sha256): what a restore is recorded against;
         #: a branch's record starts empty; None (a seed from before it was sent): the restore is not recorded
         self.record_files: dict[str, str] | None = seed.get("recorded")
@@ -225,7 +227,14 @@ class Durable:
         self._base = (self.manifest, manifest, self.seed_depth)
         if self.mode == "branch":  # its own record must stand alone: the manifest whole, in its own store
             self._base = (self.objects.put_json(manifest_object(manifest, None)), manifest, 0)
-        counts = restore(self.workdir, manifest, self.objects)
+        counts = restore(self.workdir, manifest, self.objects, remove_extra=not self.seed_partial)
+        if self.seed_partial:
+            self.files.truncation_warned = True  # said here, once: the scans of this runner do not say it again
+            self._emit("log", {"level": "warning", "logger": "labd.runner.durable",
+                               "event": f"the checkpoint restored ({len(manifest)} files) is partial: the work "
+                                        "directory held more files than a scan reaches, so its files were written "
+                                        "back and nothing it does not hold was removed (a new work directory, as "
+                                        "a branch's, starts without them)"})
         # the tracker knows them (the next scan reports changes, not 50 creations), and the record says what the
         # restore made of the directory it had recorded (a branch's: nothing yet)
         self.files.adopt(manifest, self.record_files)
@@ -246,6 +255,8 @@ class Durable:
         payload: dict[str, Any] = {"path": path, "name": str(rec.get("name")), "manifest": digest,
                                    "files": len(manifest), "bytes": sum(int(v[1]) for v in manifest.values()),
                                    "new_objects": 0, "new_bytes": 0, "reused": True}
+        if rec.get("partial"):
+            payload["partial"] = True
         for key in ("result", "result_inline", "result_preview"):  # the preview: what `labd checkpoints` shows
             if rec.get(key):
                 payload[key] = rec[key]
@@ -285,9 +296,11 @@ class Durable:
         """Store what a checkpoint needs (objects); returns its ``step.checkpoint`` payload and manifest. Raises
         OSError when something could not be stored (then the next checkpoint's base is still the last one
         recorded: nothing of this one is referred to)."""
-        manifest, total, new_objects, new_bytes = self._manifest()
+        manifest, total, new_objects, new_bytes, partial = self._manifest()
         payload: dict[str, Any] = {"path": path, "name": name, "files": len(manifest), "bytes": total,
                                    "new_objects": new_objects, "new_bytes": new_bytes}
+        if partial:  # the scan stopped at a bound: a restore of it must not remove what it lacks
+            payload["partial"] = True
         if result is not None:
             try:
                 data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
@@ -320,13 +333,15 @@ class Durable:
         recording a checkpoint (what a remote runner ships once the workflow has ended)."""
         return Snapshot(self._manifest()[0], self.objects)
 
-    def _manifest(self) -> tuple[dict[str, list[Any]], int, int, int]:
+    def _manifest(self) -> tuple[dict[str, list[Any]], int, int, int, bool]:
         """The manifest of the tracker's last scan (hashes it already computed: no file is read twice), each
-        file's content stored as an object first. Returns (manifest, bytes, new objects, new bytes)."""
+        file's content stored as an object first. Returns (manifest, bytes, new objects, new bytes, partial:
+        the scan stopped at a bound, so the manifest may lack files of the work directory)."""
         new_objects = new_bytes = 0
         with self.files.lock:
             seen = dict(self.files.seen)
             modes = dict(self.files.modes)
+            partial = bool(getattr(self.files, "truncated", False))
         manifest: dict[str, list[Any]] = {}
         total = 0
         for rel, (size, _mtime, digest) in seen.items():
@@ -344,7 +359,7 @@ class Durable:
                     new_bytes += written
             manifest[manifest_key(rel)] = [digest, size, modes.get(rel, 0o644)]  # JSON-safe keys
             total += size
-        return manifest, total, new_objects, new_bytes
+        return manifest, total, new_objects, new_bytes, partial
 
 
 def _preview(value: Any) -> str:

@@ -11,11 +11,12 @@ import hashlib
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 from labd.runner.names import display, key_path, path_fields
+from labd.runner.workfs import WorkDir
 
 __all__ = ["FileTracker", "file_kind", "sha256_file", "walk_files"]
 
@@ -27,6 +28,8 @@ _KINDS = {
     "text": {".txt", ".md", ".rst", ".log", ".tex", ".html"},
 }
 MAX_FILES = 20_000  # a runaway workflow writing millions of files must not stall every step
+#: directory entries (files, directories, anything) a scan lists at most: empty directories cost time too
+MAX_ENTRIES = 50_000
 
 
 def file_kind(path: str) -> str:
@@ -44,22 +47,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def walk_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+def walk_files(root: Path, max_entries: int | None = None) -> Iterator[tuple[str, os.stat_result]]:
     """(relative path, lstat) of the regular files under ``root`` that a session's work directory is made of:
     dot directories and ``__pycache__`` are skipped, symlinks, FIFOs, sockets and devices are never followed
     nor opened. The one rule for what is tracked (:class:`FileTracker`), checkpointed
     (:mod:`labd.runner.checkpoint`) and shipped back from a remote node (:mod:`labd.runner.ship`, which ships
-    the checkpoint's manifest). Directories are walked in sorted order, so the order is stable."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(full)
-            except OSError:  # vanished meanwhile
-                continue
-            if stat.S_ISREG(st.st_mode):
-                yield os.path.relpath(full, root), st
+    the checkpoint's manifest). Directories are walked in sorted order, so the order is stable. The walk is
+    :meth:`labd.runner.workfs.WorkDir.walk` (iterative: no depth limit); ``max_entries`` bounds it (see there).
+    A ``root`` that does not exist holds nothing."""
+    try:
+        wd = WorkDir(root)
+    except FileNotFoundError:
+        return
+    with wd:
+        yield from wd.walk(max_entries)
 
 
 class FileTracker:
@@ -77,6 +78,13 @@ class FileTracker:
         #: steps running concurrently with a node (Context.concurrent_with); None: no concurrency known
         self.concurrent: Callable[[str | None], list[str]] | None = None
         self._within: dict[str, str | None] = {}  # agent-turn node -> the node it runs in
+        #: the last scan did not see the whole work directory (a bound reached, or the walk failed): what it did
+        #: not reach is not in :attr:`seen`, so a checkpoint made from it is partial (labd.runner.durable)
+        self.truncated = False
+        #: the warning that scans are truncated was given (once per session: a resume from a partial checkpoint
+        #: sets it, its restore having said so)
+        self.truncation_warned = False
+        self._errors_warned: set[str] = set()
 
     def nest(self, node_id: str, parent: str | None) -> None:
         """Record that ``node_id`` (an agent turn, not a step) runs inside ``parent``."""
@@ -105,34 +113,80 @@ class FileTracker:
                 node_id, agent, tool = None, None, None
             attribution: dict[str, Any] = {"ambiguous": True, "candidates": candidates} if others else {}
             found = 0
-            count = 0
             present: set[str] = set()
-            for rel, st in walk_files(self.root):
-                count += 1
-                if count > MAX_FILES:
-                    return found
-                present.add(rel)
-                prev = self._seen.get(rel)
-                if prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns:
-                    continue
+            stopped: str | None = None  # why the walk did not see everything
+            wd: WorkDir | None = None
+            walk: Generator[tuple[str, os.stat_result], None, None] | None = None
+            try:
                 try:
-                    digest = sha256_file(self.root / rel)
-                except OSError:
-                    continue
-                self._seen[rel] = (st.st_size, st.st_mtime_ns, digest)
-                self.modes[rel] = stat.S_IMODE(st.st_mode)
-                if prev is not None and prev[2] == digest:
-                    continue  # touched, not changed
-                self._report("changed" if prev is not None else "created", rel, digest, st.st_size, node_id,
-                             agent, tool, attribution)
-                found += 1
-            # a complete walk (not cut at MAX_FILES) tells what is gone
+                    wd = WorkDir(self.root)
+                except FileNotFoundError:  # no work directory (yet): it holds nothing
+                    pass
+                else:
+                    walk = wd.walk(MAX_ENTRIES)
+                    for rel, st in walk:
+                        if len(present) >= MAX_FILES:
+                            stopped = f"more than {MAX_FILES} files"
+                            break
+                        present.add(rel)
+                        prev = self._seen.get(rel)
+                        if prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns:
+                            continue
+                        try:
+                            digest = sha256_file(self.root / rel)
+                        except OSError:
+                            continue
+                        self._seen[rel] = (st.st_size, st.st_mtime_ns, digest)
+                        self.modes[rel] = stat.S_IMODE(st.st_mode)
+                        if prev is not None and prev[2] == digest:
+                            continue  # touched, not changed
+                        self._report("changed" if prev is not None else "created", rel, digest, st.st_size,
+                                     node_id, agent, tool, attribution)
+                        found += 1
+                    if stopped is None and wd.truncated:
+                        stopped = f"more than {MAX_ENTRIES} directory entries"
+            except Exception as exc:  # noqa: BLE001 - a scan that fails must never end the runner
+                stopped = "error"
+                self._scan_error(exc)
+            finally:
+                if walk is not None:
+                    walk.close()
+                if wd is not None:
+                    wd.close()
+            self.truncated = stopped is not None
+            if stopped is not None:
+                if stopped != "error":
+                    self._warn_truncated(stopped)
+                return found  # what it did not reach may still be there: nothing is reported deleted
+            # a complete walk tells what is gone
             for rel in sorted(set(self._seen) - present):
                 _size, _mtime, digest = self._seen.pop(rel)
                 self.modes.pop(rel, None)
                 self._report("deleted", rel, digest, None, node_id, agent, tool, attribution)
                 found += 1
             return found
+
+    def _warn_truncated(self, why: str) -> None:
+        """The one warning (per session) that scans stop at a bound, what is left out and what it means."""
+        if self.truncation_warned:
+            return
+        self.truncation_warned = True
+        self._emit("log", {"level": "warning", "logger": "labd.runner.files",
+                           "event": f"the work directory holds {why}: file scans stop there (in sorted walk order), "
+                                    "so files past that point are not tracked (no file events) and not in the "
+                                    "step checkpoints, which are marked partial; a resume from a partial checkpoint "
+                                    "writes back what it holds and removes nothing, and a branch starts without the "
+                                    "files it does not hold"}, None)
+
+    def _scan_error(self, exc: BaseException) -> None:
+        """A scan that failed (not at a bound): said once per kind of error; the runner goes on."""
+        text = f"{type(exc).__name__}: {exc}"
+        if text in self._errors_warned:
+            return
+        self._errors_warned.add(text)
+        self._emit("log", {"level": "warning", "logger": "labd.runner.files",
+                           "event": f"scanning the work directory failed ({text[:500]}): changes since the last scan "
+                                    "may be unrecorded, and the next checkpoint is marked partial"}, None)
 
     def _report(self, change: str, rel: str, digest: str, size: int | None, node_id: str | None,
                 agent: str | None = None, tool: str | None = None, extra: dict[str, Any] | None = None) -> None:

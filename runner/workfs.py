@@ -21,7 +21,7 @@ import hashlib
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from types import TracebackType
 
@@ -31,6 +31,8 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: O_NONBLOCK: a FIFO swapped in after a check must not block the open
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NOT_A_DIR = (errno.ENOTDIR, errno.ELOOP)  # O_DIRECTORY on a non-directory; O_NOFOLLOW on a symlink
+#: how many levels of directory fds a walk keeps open (a deeper parent is reopened from the deepest one kept)
+_FD_WINDOW = 32
 
 
 class UnsafePath(ValueError):
@@ -55,6 +57,8 @@ class WorkDir:
 
     def __init__(self, root: Path) -> None:
         self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the root itself is labd's
+        #: the last :meth:`walk` stopped at its ``max_entries`` bound
+        self.truncated = False
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -117,21 +121,45 @@ class WorkDir:
             return None
 
     # ---- reading -------------------------------------------------------------------------------------
-    def walk(self) -> Iterator[tuple[str, os.stat_result]]:
+    def walk(self, max_entries: int | None = None) -> Generator[tuple[str, os.stat_result], None, None]:
         """(relative path, lstat) of the regular files, dot directories and ``__pycache__`` skipped, symlinks
         never followed; a directory's files first (by name), then its subdirectories in name order (the order
-        of ``os.walk``, top-down, sorted)."""
+        of ``os.walk``, top-down, sorted).
+
+        Iterative (no recursion, whatever the depth) and by directory fds, each directory opened relative to its
+        parent's fd (kept open for the last :data:`_FD_WINDOW` levels), so neither the depth nor a path's length is
+        a limit. ``max_entries``: stop after that many directory entries were listed (files, directories and the
+        rest alike); then :attr:`truncated` is set (the walk left out what it did not reach)."""
+        self.truncated = False
+        budget = max_entries if max_entries is not None else -1
         pending = [""]
-        while pending:
-            prefix = pending.pop()
-            try:
-                fd = self.open_dir(prefix.split("/")[:-1]) if prefix else os.dup(self.fd)
-            except OSError:  # gone, or replaced by a symlink, since it was listed
-                continue
-            subdirs: list[str] = []
-            try:
+        chain: list[tuple[str, int]] = []  # (prefix, fd) of the directories on the way to the current one
+        try:
+            while pending:
+                prefix = pending.pop()
+                while chain and not prefix.startswith(chain[-1][0]):
+                    os.close(chain.pop()[1])
+                try:
+                    if chain:
+                        base, base_fd = chain[-1]
+                        fd = self._open_below(base_fd, prefix[len(base):].split("/")[:-1])
+                    else:
+                        fd = self.open_dir(prefix.split("/")[:-1]) if prefix else os.dup(self.fd)
+                except OSError:  # gone, or replaced by a symlink, since it was listed
+                    continue
+                chain.append((prefix, fd))
+                if len(chain) > _FD_WINDOW:
+                    os.close(chain.pop(0)[1])
+                subdirs: list[str] = []
+                entries = []
                 with os.scandir(fd) as it:
-                    entries = sorted(it, key=lambda e: e.name)
+                    for entry in it:
+                        if budget == 0:
+                            self.truncated = True
+                            break
+                        budget -= 1
+                        entries.append(entry)
+                entries.sort(key=lambda e: e.name)
                 for entry in entries:
                     try:
                         if entry.is_dir(follow_symlinks=False):
@@ -143,9 +171,25 @@ class WorkDir:
                         continue
                     if stat.S_ISREG(st.st_mode):
                         yield prefix + entry.name, st
-            finally:
+                if self.truncated:
+                    return
+                pending.extend(prefix + name + "/" for name in reversed(subdirs))
+        finally:
+            for _prefix, fd in chain:
                 os.close(fd)
-            pending.extend(prefix + name + "/" for name in reversed(subdirs))
+
+    def _open_below(self, fd: int, parts: list[str]) -> int:
+        """A new fd of the directory ``parts`` below the directory ``fd`` (no symlink followed)."""
+        fd = os.dup(fd)
+        try:
+            for name in parts:
+                nxt = self._child_dir(fd, name, False)
+                os.close(fd)
+                fd = nxt
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def open_file(self, rel: str) -> int:
         """An fd (read-only) of the regular file ``rel``; raises (FileNotFoundError when there is none) if it is

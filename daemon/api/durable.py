@@ -63,6 +63,8 @@ def _seed(cps: list[dict[str, Any]], objects: Path, step_files: bool = False, **
                                 "result_inline": c.get("result_inline"), "result_preview": c.get("result_preview")}
             if step_files and c.get("manifest"):
                 steps[c["path"]]["files"] = resolved[c["manifest"]]
+                if c.get("partial"):  # a branch's record of it is partial too
+                    steps[c["path"]]["partial"] = True
     except (OSError, ValueError, KeyError):
         raise ApiError("no_checkpoint", "the checkpoint files of this session are gone") from None
     seed: dict[str, Any] = {"steps": steps, "manifest": None, **extra}
@@ -73,6 +75,8 @@ def _seed(cps: list[dict[str, Any]], objects: Path, step_files: bool = False, **
             raise ApiError("no_checkpoint", "the checkpoint files of this session are gone") from None
         seed.update(manifest=cps[-1]["manifest"], files=files, depth=depth,
                     chain=[h for h in chain if h not in inline])
+        if cps[-1].get("partial"):  # its scan stopped at a bound: the runner's restore removes nothing it lacks
+            seed["partial"] = True
         _check_objects(steps, files, objects, cps[-1])
     return seed
 
