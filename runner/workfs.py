@@ -98,16 +98,7 @@ class WorkDir:
 
     def open_dir(self, parts: list[str], create: bool = False) -> int:
         """A new fd of the directory ``parts`` (components) under the root; see :meth:`_child_dir`."""
-        fd = os.dup(self.fd)
-        try:
-            for name in parts:
-                nxt = self._child_dir(fd, name, create)
-                os.close(fd)
-                fd = nxt
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return self._open_below(self.fd, parts, create)
 
     def _parent(self, rel: str, create: bool = False) -> tuple[int, str] | None:
         """(fd of ``rel``'s directory, its last name); None when a directory on the way is missing or is not a
@@ -178,12 +169,13 @@ class WorkDir:
             for _prefix, fd in chain:
                 os.close(fd)
 
-    def _open_below(self, fd: int, parts: list[str]) -> int:
-        """A new fd of the directory ``parts`` below the directory ``fd`` (no symlink followed)."""
+    def _open_below(self, fd: int, parts: list[str], create: bool = False) -> int:
+        """A new fd of the directory ``parts`` below the directory ``fd`` (no symlink followed; with ``create``,
+        made real directories on the way: :meth:`_child_dir`)."""
         fd = os.dup(fd)
         try:
             for name in parts:
-                nxt = self._child_dir(fd, name, False)
+                nxt = self._child_dir(fd, name, create)
                 os.close(fd)
                 fd = nxt
         except BaseException:
