@@ -146,8 +146,11 @@ def test_ctrl_c_while_the_start_is_checked_says_the_session_may_start(daemon, ga
     import subprocess
     import sys
 
+    # as from a terminal: SIGINT at its default (a test run started in the background by a shell without job
+    # control, as CI may be, has it ignored, and the child would inherit that)
     proc = subprocess.Popen([sys.executable, "-m", "labd", "--home", str(daemon.home), "run", "gated.py:study"],
-                            cwd=gated, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=gated, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_until(lambda: _imports(gated) >= 1, timeout=60, what="the check importing the module")
         proc.send_signal(signal.SIGINT)
