@@ -10,10 +10,10 @@ from typing import Any
 
 import structlog
 
-from labd.daemon.warnlimit import REPEAT_LOG_S, FailureLog
+from labd.daemon.warnlimit import FailureLog
 from labd.store.search import IndexHints, SearchIndex
 
-__all__ = ["Indexer", "REPEAT_LOG_S"]
+__all__ = ["Indexer"]
 
 
 class Indexer(threading.Thread):
@@ -45,9 +45,9 @@ class Indexer(threading.Thread):
         try:
             self.index.forget(ids)
         except Exception as exc:  # noqa: BLE001 - a broken index must never take the daemon down
-            self._failed("search index: dropping deleted sessions failed; will retry", exc, sessions=len(ids))
+            self.failures.failed("search index: dropping deleted sessions failed; will retry", exc, sessions=len(ids))
             return
-        self._worked("search index: dropping deleted sessions failed; will retry")
+        self.failures.worked("search index: dropping deleted sessions failed; will retry")
         with self._forget_lock:
             self._to_forget.difference_update(ids)
 
@@ -67,16 +67,6 @@ class Indexer(threading.Thread):
         try:
             self.index.update()
         except Exception as exc:  # noqa: BLE001 - a broken index must never take the daemon down
-            self._failed("search indexing failed; will retry", exc)
+            self.failures.failed("search indexing failed; will retry", exc)
         else:
-            self._worked("search indexing failed; will retry")
-
-    def _failed(self, what: str, exc: BaseException, **fields: Any) -> None:
-        """Log a failure of ``what``: with its traceback the first time (or when the error changes), then, while
-        the same error repeats every second (a full disk), one line a minute with how many were not logged
-        (:class:`labd.daemon.warnlimit.FailureLog`)."""
-        self.failures.failed(what, exc, **fields)
-
-    def _worked(self, what: str) -> None:
-        """``what`` succeeded: if it was failing, say it works again."""
-        self.failures.worked(what)
+            self.failures.worked("search indexing failed; will retry")
