@@ -12,6 +12,7 @@ from labd.daemon.api import ApiError, registry
 from labd.daemon.api.base import DEFERRED
 from labd.daemon.checks import Check, CheckFlow, Checks
 from labd.daemon.reads import Read, Reads
+from labd.ipc.parts import MAX_REPLY, split_reply
 from labd.ipc.wire import DEFAULT_MAX_MESSAGE, OversizedFrame, WireError, nesting_ok
 
 if TYPE_CHECKING:
@@ -21,6 +22,9 @@ __all__ = ["ControlPlane", "MAX_REQUEST_DEPTH"]
 
 #: a request body may nest this deep: what it carries into events (params) must stay encodable
 MAX_REQUEST_DEPTH = 200
+#: requests not yet answered whose clients take replies in parts, remembered up to this many (the oldest go first:
+#: such a request's reply is refused ``reply_too_large`` if it is over one message, as for any other client)
+MAX_PARTS_PENDING = 10_000
 
 
 class ControlPlane:
@@ -40,6 +44,8 @@ class ControlPlane:
     indexer: Any
     checks: Checks
     reads: Reads
+    #: ids of unanswered requests whose clients reassemble replies in parts (labd.ipc.parts), oldest first
+    _parts_ok: dict[str, None]
 
     def defer(self, reply_to: tuple[bytes, str], result: Any) -> None:
         """Reply to ``reply_to`` only after the event it posts is committed; ``result(seq, payload)``."""
@@ -64,17 +70,25 @@ class ControlPlane:
             body = {"ok": False, "error": {"code": error.code, "message": error.message, "details": error.details}}
         else:
             body = {"ok": True, "result": result}
+        in_parts = self._parts_ok.pop(req_id, ...) is None
         frames = self.codec.pack("reply", body, re=req_id)
         # the client would drop it unread and time out: say why instead (a client's limit is the default one
         # unless it was raised, whatever the daemon's own)
         limit = min(self.codec.max_message, DEFAULT_MAX_MESSAGE)
         if len(frames[1]) > limit:
-            self.counters["control.reply_too_large"] = self.counters.get("control.reply_too_large", 0) + 1
             size = len(frames[1])
+            parts = split_reply(self.codec, body, req_id, limit) if in_parts else None
+            if parts is not None:  # a client that reassembles: the reply as it is, in parts
+                self.counters["control.reply_parts"] = self.counters.get("control.reply_parts", 0) + len(parts)
+                for part in parts:
+                    control.send_multipart([identity, *part])
+                return
+            self.counters["control.reply_too_large"] = self.counters.get("control.reply_too_large", 0) + 1
+            most = MAX_REPLY if in_parts else limit
             body = {"ok": False, "error": {"code": "reply_too_large", "message":
-                                           f"the reply would be {size} bytes, over the {limit}-byte message limit; "
+                                           f"the reply would be {size} bytes, over the {most}-byte limit; "
                                            "ask for less (a smaller limit or page, fewer sessions)",
-                                           "details": {"bytes": size, "max": limit}}}
+                                           "details": {"bytes": size, "max": most}}}
             frames = self.codec.pack("reply", body, re=req_id)
         control.send_multipart([identity, *frames])
 
@@ -96,6 +110,10 @@ class ControlPlane:
                 self._too_large(control, identity, frames[1:])
             return
         handler = registry.get(msg.type)
+        if msg.parts:
+            self._parts_ok[msg.id] = None
+            if len(self._parts_ok) > MAX_PARTS_PENDING:  # requests that were never answered: forget the oldest
+                del self._parts_ok[next(iter(self._parts_ok))]
         try:
             if not nesting_ok(msg.body, MAX_REQUEST_DEPTH):
                 raise ApiError("bad_request", f"request nested deeper than {MAX_REQUEST_DEPTH} levels",

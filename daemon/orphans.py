@@ -3,7 +3,15 @@ a daemon starts:
 
 - the daemon died after ``session.created`` was committed but before ``session.launched`` was: the session
   is stored with no pid. Its runner is adopted (not marked ``lost`` while it runs, and a ``queued`` one is
-  not started a second time): :meth:`labd.daemon.supervisor.Supervisor.adopt`.
+  not started a second time): :meth:`labd.daemon.supervisor.Supervisor.adopt` -- once it has proven it is that
+  runner (:class:`Claims`). A title is no proof: any process of the user can take one (a session's own code can
+  list ``<home>/sessions`` and title itself after a queued session, which then never ran and held a
+  ``max_sessions`` slot until that process exited). The proof is what only the real runner can give: a frame
+  signed with its session's key (ingest verifies it and notes ``last_seen``), which a runner sends as soon as
+  it reconnects to the new daemon (its ``hello``). Until then, or until :data:`PROOF_WAIT_S` has passed, the
+  session is neither adopted nor queued nor lost, and holds one slot of the run queue's capacity; without proof it
+  goes on as if no runner had been found (a queued session is queued again, a live one is lost), and the process
+  is left alone: never signalled.
 - the daemon died after handing the spec to the template but before ``session.created`` was committed (the
   two overlap: the start does not wait for the commit). No client was told the session exists (the reply
   waits for the commit) and the store has no trace of it: such a runner is killed (:func:`stop_stray`), else
@@ -16,13 +24,23 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
+import structlog
 
+from labd.daemon.limits import Limits
 from labd.runner.title import session_of_title
 
-__all__ = ["find_runners", "belongs_here", "stop_stray"]
+__all__ = ["find_runners", "belongs_here", "stop_stray", "Claims", "PROOF_WAIT_S"]
+
+#: how long a runner found by title has to prove itself. A live runner redials every second at most
+#: (``RECONNECT_IVL_MAX``) and says hello at once; the rest is for a loaded machine.
+PROOF_WAIT_S = 10.0
 
 
 def _tagged(pid: int) -> str | None:
@@ -73,3 +91,61 @@ def stop_stray(pid: int, create_time: float) -> bool:
         return True
     except (psutil.Error, OSError):
         return False
+
+
+@dataclass
+class _Claim:
+    row: dict[str, Any]  # the session's stored row (no pid)
+    found: tuple[int, float]  # (pid, create time) of the process titled as its runner
+    queued: bool  # stored as ``queued`` (else live)
+    limits: Limits
+    deadline: float  # time.monotonic()
+
+
+class Claims:
+    """Sessions stored with no pid whose runner was found by title (:func:`find_runners`) and has not proven yet
+    that it is theirs (see the module docstring). ``proven(sid)``: a frame signed with the session's key reached
+    this daemon; ``requeue(row)``: put a queued session back in the run queue."""
+
+    def __init__(self, proven: Callable[[str], bool] = lambda _sid: False,
+                 requeue: Callable[[dict[str, Any]], Any] = lambda _row: None, wait: float = PROOF_WAIT_S) -> None:
+        self.proven = proven
+        self.requeue = requeue
+        self.wait = wait
+        self._pending: dict[str, _Claim] = {}
+        self.log = structlog.get_logger("labd.orphans")
+
+    def add(self, row: dict[str, Any], found: tuple[int, float], queued: bool) -> None:
+        self._pending[row["id"]] = _Claim(row, found, queued, Limits.from_dict(row["limits"]),
+                                          time.monotonic() + self.wait)
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._pending
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def limits(self) -> list[Limits]:
+        """What the claimed sessions hold of the run queue's capacity (a real runner runs already)."""
+        return [c.limits for c in self._pending.values()]
+
+    def settle(self, adopt: Callable[[dict[str, Any], tuple[int, float] | None], Any]) -> None:
+        """Adopt the claimed runners that proved themselves; past the deadline, go on without the others:
+        a queued session is queued again, a live one goes through ``adopt(row, None)`` (lost, or adopted from a
+        remote launcher). The unproven process is never signalled. On the main thread, every tick."""
+        if not self._pending:
+            return
+        now = time.monotonic()
+        for sid, claim in list(self._pending.items()):
+            if self.proven(sid):
+                del self._pending[sid]
+                adopt(claim.row, claim.found)
+            elif now >= claim.deadline:
+                del self._pending[sid]
+                self.log.warning("a process titled as this session's runner never proved it is one (no frame signed "
+                                 "with the session's key): not adopted, left alone", session_id=sid,
+                                 pid=claim.found[0], queued=claim.queued)
+                if claim.queued:
+                    self.requeue(claim.row)
+                else:
+                    adopt(claim.row, None)

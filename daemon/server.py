@@ -32,7 +32,7 @@ from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
 from labd.daemon.launcher import TemplateLauncher, fd_limits
 from labd.daemon.memory import limit_arenas
 from labd.daemon.monitor import Monitor
-from labd.daemon.orphans import belongs_here, find_runners, stop_stray
+from labd.daemon.orphans import Claims, belongs_here, find_runners, stop_stray
 from labd.daemon.queue import RunQueue
 from labd.daemon.reads import Reads
 from labd.daemon.retention import Retention
@@ -98,6 +98,7 @@ class Daemon(ControlPlane):
         self._lock_fd: int | None = None
         #: request id -> how to build the reply once ingest has committed what the request caused
         self._deferred: dict[str, Any] = {}
+        self._parts_ok: dict[str, None] = {}
         self.checks = Checks(lambda c: self.launcher.inspect_start(c.workflow, c.params, c.path,
                                                                    self.runner_confine_spec(None)))
         self.reads = Reads()  # long store reads (replay seeds, comparisons) on worker threads: daemon/reads.py
@@ -358,21 +359,30 @@ class Daemon(ControlPlane):
 
     def _recover(self) -> set[str]:
         """Take over what the last daemon left: its live sessions adopted, its queued ones queued again in order,
-        and runners it started but died before recording stopped. Returns the id of every stored session."""
+        runners it started but died before recording stopped (unknown sessions) or claimed (daemon/orphans.py:
+        adopted once they prove themselves). Returns the id of every stored session."""
         live = self.store.live_sessions()
         queued = self.store.sessions(status=["queued"], limit=100_000)
         known = self.store.session_ids()
         # runners the last daemon started but died before recording (found by their process title)
         runners = find_runners()
-        no_pid = {r["id"] for r in live + queued if not r["pid"]}
-        unrecorded = {sid: found for sid, found in runners.items() if sid in no_pid}
         for sid, (pid, ctime) in runners.items():
             if sid not in known and belongs_here(pid, self.layout.sessions_dir / sid) and stop_stray(pid, ctime):
                 self.log.warning("killed the runner of a session never recorded (the last daemon died starting "
                                  "it; its client got no reply)", session_id=sid, pid=pid)
+        # A session never recorded as launched (pid None; 0 is a remote runner's) whose runner was found by title
+        # waits for that runner to prove itself (a frame signed with the session's key): a title is no proof.
+        claims = self.supervisor.claims = Claims(self.last_seen.__contains__, lambda row: requeue(self, [row]))
+        queued_ids = {r["id"] for r in queued}
+        for row in live + queued:
+            if row["pid"] is None and row["id"] in runners:
+                claims.add(row, runners[row["id"]], queued=row["id"] in queued_ids)
         for row in live:
-            self.supervisor.adopt(row, unrecorded.get(row["id"]))
-        requeue(self, queued, unrecorded)  # sessions queued when the last daemon stopped wait again, in order
+            if row["id"] not in claims:
+                self.supervisor.adopt(row)
+        # sessions queued when the last daemon stopped wait again, in order
+        requeue(self, [r for r in queued if r["id"] not in claims])
+        claims.settle(self.supervisor.adopt)  # runners that reconnected already are adopted now
         return known
 
     def _start_drain(self) -> float:

@@ -22,6 +22,7 @@ import structlog
 from labd.daemon.launcher import ExitInfo, Launcher, is_same_process
 from labd.daemon.limits import Limits
 from labd.daemon.monitor import Monitor
+from labd.daemon.orphans import Claims
 from labd.daemon.queue import Queued, RunQueue
 from labd.runner.session import CRASH_FILE
 from labd.runner.withhold import looked_for, mark
@@ -74,6 +75,9 @@ class Supervisor:
         #: the run queue and how to build a queued session's runner spec (both set by the daemon)
         self.queue = RunQueue()
         self.spec_for: Callable[[Queued], dict[str, Any]] | None = None
+        #: sessions whose runner was found by title but has not proven itself yet (daemon/orphans.py; set by the
+        #: daemon at start): each holds a slot of the queue's capacity until it is adopted, queued or ended
+        self.claims = Claims()
         #: session -> the request id of its resume (api/durable.py) whose session.continued is not committed yet;
         #: its runner is submitted once it is (an entry whose request was refused meanwhile is stale)
         self.continuing: dict[str, str] = {}
@@ -133,7 +137,7 @@ class Supervisor:
                     break
 
     def _running_limits(self) -> list[Limits]:
-        return [r.limits for r in self.running.values()]
+        return [r.limits for r in self.running.values()] + self.claims.limits()
 
     def _start(self, q: Queued) -> bool:
         """Launch a queued session; False (nothing posted) if the disk is full: the caller queues it again."""
@@ -170,7 +174,7 @@ class Supervisor:
     def adopt(self, row: dict[str, Any], unrecorded: tuple[int, float] | None = None) -> bool:
         """Take over a runner that outlived a previous daemon; False (and the session is lost) if it is gone.
         ``unrecorded``: the (pid, create time) of its runner found by title (daemon/orphans.py) when the
-        previous daemon died before it recorded ``session.launched``."""
+        previous daemon died before it recorded ``session.launched``, once it proved itself (orphans.Claims)."""
         sid, pid, ctime = row["id"], row["pid"], row["pid_create_time"]
         if not pid and unrecorded is not None:  # recorded now; if it ended meanwhile, it ends as below
             pid, ctime = unrecorded
@@ -347,6 +351,7 @@ class Supervisor:
                                                ("rss", "cpu_percent", "num_procs", "peak_rss", "peak_cpu_percent")})
 
     def tick(self) -> None:
+        self.claims.settle(self.adopt)
         self.pump()
         for pgid, deadline in list(self._leftovers.items()):
             if time.monotonic() >= deadline:

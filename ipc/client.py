@@ -33,6 +33,7 @@ from labd.ipc.errors import LabdError, check_timeout
 from labd.ipc.follow import still_ended
 from labd.ipc.gcpause import gc_paused
 from labd.ipc.live import WIRE_FIELDS, event_from_wire
+from labd.ipc.parts import PART_TYPE, PartError, Reassembly
 from labd.ipc.paths import layout_for
 from labd.ipc.waiting import Waiting
 from labd.ipc.wire import DEFAULT_MAX_MESSAGE, Codec, PayloadError, WireError, non_finite
@@ -107,7 +108,7 @@ class Client(Waiting):
         ``request_too_large`` for a request over the daemon's message limit; ``bad_request`` too for what JSON cannot
         carry (a string with a lone surrogate, ``"\\ud800"``; a value nested deeper than 255 levels)."""
         try:
-            frames = self._codec.pack(type_, body)
+            frames = self._codec.pack(type_, body, parts=True)
         except PayloadError as exc:
             raise LabdError("bad_request", f"the request cannot be sent: {exc}") from None
         except TypeError as exc:  # orjson's JSONEncodeError: e.g. a str that is not valid UTF-8
@@ -115,6 +116,7 @@ class Client(Waiting):
         _check_request(frames[1], body, self.max_request)
         self._sock.send_multipart(frames)
         sent_id = _id_of(frames[1])
+        parts = Reassembly()  # a reply over one message comes in parts (labd.ipc.parts)
         deadline = time.monotonic() + self.timeout
         while True:
             left = deadline - time.monotonic()
@@ -131,13 +133,18 @@ class Client(Waiting):
             try:
                 with gc_paused():  # a page of events is thousands of containers (labd.ipc.gcpause)
                     msg = self._codec.unpack(self._sock.recv_multipart())
+                    if msg.re != sent_id:
+                        continue  # a late reply to an earlier request that timed out
+                    reply = msg.body if msg.type != PART_TYPE else parts.add(msg)
             except WireError:
                 continue
-            if msg.re != sent_id:
-                continue  # a late reply to an earlier request that timed out
-            if msg.body.get("ok"):
-                return msg.body.get("result")
-            err = msg.body.get("error") or {}
+            except PartError as exc:
+                raise LabdError("bad_reply", f"a reply in parts could not be read: {exc}") from None
+            if reply is None:
+                continue  # more parts to come
+            if reply.get("ok"):
+                return reply.get("result")
+            err = reply.get("error") or {}
             raise LabdError(err.get("code", "error"), err.get("message", "unknown error"), err.get("details"))
 
     # ---- convenience ------------------------------------------------------------------------------

@@ -143,6 +143,8 @@ class Message:
     id: str
     ts: float
     re: str | None = None
+    #: a request whose sender reassembles a reply sent in parts (:mod:`labd.ipc.parts`)
+    parts: bool = False
 
 
 class Codec:
@@ -159,11 +161,14 @@ class Codec:
     def new_id(self) -> str:
         return f"{self._prefix}{next(self._counter):x}"
 
-    def pack(self, type_: str, body: dict[str, Any], *, re: str | None = None) -> list[bytes]:
-        """Return ``[signature, body]`` frames for a new message."""
+    def pack(self, type_: str, body: dict[str, Any], *, re: str | None = None, parts: bool = False) -> list[bytes]:
+        """Return ``[signature, body]`` frames for a new message; ``parts``: a request whose sender takes a large
+        reply in parts (:mod:`labd.ipc.parts`)."""
         env: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": self.new_id(), "ts": time.time(), "type": type_}
         if re is not None:
             env["re"] = re
+        if parts:
+            env["parts"] = True
         env["body"] = body
         raw = encode_json(env)
         return [self.signer.sign(raw), raw]
@@ -240,7 +245,8 @@ class Codec:
         except ReplayError as exc:
             raise _Dropped("replayed", str(exc)) from None
         re = env.get("re")
-        return Message(type=type_, body=body, id=msg_id, ts=float(ts), re=re if isinstance(re, str) else None)
+        return Message(type=type_, body=body, id=msg_id, ts=float(ts), re=re if isinstance(re, str) else None,
+                       parts=env.get("parts") is True)
 
 
 def json_fallback(obj: Any) -> Any:

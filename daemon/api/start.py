@@ -272,14 +272,10 @@ def refuse_while_store_down(d: Any) -> None:
                        "another program?); nothing was started: retry once it is back (labd status)")
 
 
-def requeue(d: Any, rows: list[dict[str, Any]], unrecorded: dict[str, tuple[int, float]]) -> int:
+def requeue(d: Any, rows: list[dict[str, Any]]) -> int:
     """Put the sessions stored as ``queued`` (``rows``) back in the run queue, in their order; at daemon start.
-    One whose runner the last daemon had already forked (``unrecorded``, found by title) is adopted instead:
-    never a second runner."""
-    for row in rows:
-        if row["id"] in unrecorded:
-            d.supervisor.adopt(row, unrecorded[row["id"]])
-    rows = [row for row in rows if row["id"] not in unrecorded]
+    (One whose runner the last daemon had already forked is not among them: it is adopted once that runner proves
+    itself, daemon/orphans.py ``Claims``.)"""
     ids = [row["id"] for row in rows]
     first = d.store.first_events(ids, ["session.created"])
     # Where each stood: its *last* submission (a resume or a re-queue is one) with that submission's priority and

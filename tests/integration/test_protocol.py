@@ -173,26 +173,67 @@ def test_a_runner_cannot_record_daemon_facts_and_bad_items_do_not_wedge_it(small
         s.close(0)
 
 
-def test_a_reply_over_the_message_limit_is_a_clear_error_not_a_silence(small_daemon) -> None:
-    """Sessions whose records are large (here: 50 tags of 300 characters, ~16 KB each, every request under the
-    64 KiB limit) make a `session.list` of all of them larger than a message may be. The client gets
-    `reply_too_large` at once, with the sizes, and a smaller list still works (before: the daemon sent the
-    oversized reply, the client dropped it unread and waited 15 s for "no reply from the daemon (is it
-    running?)", for every client)."""
-    from labd.ipc import LabdError
+def _large_sessions(c) -> list[str]:
+    """Five sessions whose records are large (50 tags of 300 characters, ~16 KB each, every request under the
+    64 KiB limit): a `session.list` of all of them is larger than one message may be."""
+    tags = {f"tag{i:02d}": "x" * 300 for i in range(50)}
+    sids = []
+    for _ in range(5):
+        sids.append(c.start("demo.count", params={"n": 1, "delay": 0}, tags=tags))
+        c.wait(sids[-1], timeout=60)
+    return sids
 
+
+def test_a_reply_over_the_message_limit_is_a_clear_error_not_a_silence(small_daemon) -> None:
+    """A client that does not take replies in parts (a raw request without `"parts": true` in its envelope, as
+    a client written before parts existed sends) gets `reply_too_large` at once for a list larger than one
+    message, with the sizes, and a smaller list still works (before: the daemon sent the oversized reply, the
+    client dropped it unread and waited for "no reply from the daemon (is it running?)")."""
     with small_daemon.client(timeout=30) as c:
-        tags = {f"tag{i:02d}": "x" * 300 for i in range(50)}
-        for _ in range(5):
-            sid = c.start("demo.count", params={"n": 1, "delay": 0}, tags=tags)
-            c.wait(sid, timeout=60)
-        started = time.monotonic()
+        _large_sessions(c)
+        codec = Codec(c.info.key_bytes, max_message=MAX_MESSAGE)
+        s = zmq.Context.instance().socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(c.info.control)
         try:
-            c.sessions()
-            raise AssertionError("an oversized list was sent")
-        except LabdError as exc:
-            assert exc.code == "reply_too_large", exc
-            assert exc.details["bytes"] > exc.details["max"] == MAX_MESSAGE
-        assert time.monotonic() - started < 10  # answered, not timed out (the client waits 30 s)
-        assert len(c.sessions(limit=1)) == 1
+            s.send_multipart(codec.pack("session.list", {}))
+            assert s.poll(10_000), "no reply"
+            reply = codec.unpack(s.recv_multipart())
+            assert reply.type == "reply" and reply.body["error"]["code"] == "reply_too_large", reply.body
+            details = reply.body["error"]["details"]
+            assert details["bytes"] > details["max"] == MAX_MESSAGE
+            s.send_multipart(codec.pack("session.list", {"limit": 1}))
+            assert s.poll(10_000), "no reply"
+            assert len(codec.unpack(s.recv_multipart()).body["result"]["sessions"]) == 1
+        finally:
+            s.close(0)
         assert c.status()["counters"].get("control.reply_too_large", 0) >= 1
+
+
+def test_a_reply_over_the_message_limit_reaches_the_sdk_in_parts(small_daemon) -> None:
+    """The SDK's client takes a reply larger than one message in parts (labd.ipc.parts): the whole list of the
+    large sessions arrives, equal to what pages of one row give, each part under the message limit, counted as
+    `control.reply_parts` (before: `reply_too_large`, and the user had to page by hand)."""
+    with small_daemon.client(timeout=30) as c:
+        sids = _large_sessions(c)
+        rows = c.sessions()
+        assert sorted(r["id"] for r in rows) == sorted(sids)
+        assert all(len(r["tags"]) == 50 for r in rows)
+        assert len(orjson.dumps(rows)) > MAX_MESSAGE
+        assert c.status()["counters"].get("control.reply_parts", 0) >= 2
+        assert c.status()["counters"].get("control.reply_too_large", 0) == 0
+
+def test_the_dag_and_comparison_of_many_steps_reach_the_sdk_in_parts(small_daemon) -> None:
+    """`session.dag` (answered at once) and `sessions.compare` (read on the daemon's worker, answered later) of
+    sessions with 300 steps each are larger than one message: both arrive whole, in parts (before: both failed
+    `reply_too_large`; at the default 16 MiB limit that was sessions of more than ~15,000 steps)."""
+    with small_daemon.client(timeout=60) as c:
+        sids = [c.start("labd_testflows:ticker", params={"n": 300, "delay": 0}) for _ in range(2)]
+        for sid in sids:
+            assert c.wait(sid, timeout=120)["status"] == "completed"
+        dag = c.dag(sids[0])["dag"]
+        assert len(orjson.dumps(dag)) > MAX_MESSAGE
+        assert sorted(n["name"] for n in dag["nodes"] if n["kind"] == "step") == sorted(f"tick {i}" for i in range(300))
+        comparison = c.compare(*sids)
+        assert len(orjson.dumps(comparison)) > MAX_MESSAGE
+        assert c.status()["counters"].get("control.reply_too_large", 0) == 0
