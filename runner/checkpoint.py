@@ -16,10 +16,14 @@ the caller must not record a checkpoint that lacks the file.
 Since an object is named by its sha256, a reader checks what it reads: :func:`restore` hashes each object
 while copying it and puts nothing in place unless every one matches (:class:`DamagedObject`), and
 :meth:`ObjectStore.get_verified` does the same for a result.
+
+A checkpoint's new objects are capped (:func:`store_files`; an attack review filled a disk with a ``truncate``d
+file): what does not fit is left out and the checkpoint is partial. 1 MiB of zeros is written as a hole.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -29,11 +33,12 @@ from typing import Any, NamedTuple
 import orjson
 
 from labd.runner.files import walk_files
-from labd.runner.names import BadKey, display, key_path
+from labd.runner.names import BadKey, display, key_path, manifest_key
 from labd.runner.workfs import UnsafePath, WorkDir, parts_of
 
 __all__ = ["ObjectStore", "Snapshot", "restore", "walk_files", "load_manifest", "load_manifests", "manifest_object",
-           "OBJECTS_DIR", "MAX_CHAIN", "DamagedObject"]
+           "OBJECTS_DIR", "MAX_CHAIN", "DamagedObject", "MAX_FILE_BYTES", "MAX_NEW_BYTES", "TooLarge", "Stored",
+           "store_files"]
 
 #: relative to the session directory (the directory that holds ``work``)
 OBJECTS_DIR = "checkpoints/objects"
@@ -41,6 +46,12 @@ OBJECTS_DIR = "checkpoints/objects"
 #: reading one follows at most this many links (and a step that changed one file stores a few hundred bytes
 #: of manifest, not the whole directory's listing)
 MAX_CHAIN = 32
+#: a checkpoint stores no file larger than this (apparent size: a sparse file's holes count), nor new objects past
+#: MAX_NEW_BYTES in all (files copied smallest first); the rest is left out, the checkpoint partial (cf. MAX_FILES)
+MAX_FILE_BYTES = 1 << 30
+MAX_NEW_BYTES = 2 << 30
+_BLOCK = 1 << 20
+_ZEROS = bytes(_BLOCK)
 
 
 class DamagedObject(OSError):
@@ -51,23 +62,37 @@ class DamagedObject(OSError):
         self.damaged = damaged or []
 
 
-def _copy_stream(fi: Any, fo: Any) -> tuple[str, int]:
-    """Copy file object ``fi`` to ``fo``; returns (sha256 of what was copied, bytes)."""
+class TooLarge(Exception):  # noqa: N818 - not an error of the store: the file is left out
+    """A file being copied into the store passed the store's :attr:`ObjectStore.limit` (it grew since its scan)."""
+
+
+def _copy_stream(fi: Any, fo: Any, limit: int | None = None) -> tuple[str, int]:
+    """Copy file object ``fi`` to ``fo`` (a regular file), each 1 MiB block of zeros as a hole; returns (sha256 of
+    what was copied, bytes: the apparent size). Raises :class:`TooLarge` past ``limit`` bytes."""
     h = hashlib.sha256()
     written = 0
-    for block in iter(lambda: fi.read(1 << 20), b""):
-        h.update(block)
-        fo.write(block)
+    hole = False  # the last block was skipped: the size is set at the end
+    for block in iter(lambda: fi.read(_BLOCK), b""):
         written += len(block)
+        if limit is not None and written > limit:
+            raise TooLarge(f"more than {limit} bytes")
+        h.update(block)
+        hole = len(block) == _BLOCK and block == _ZEROS
+        if hole:
+            fo.seek(_BLOCK, os.SEEK_CUR)
+        else:
+            fo.write(block)
+    if hole:
+        fo.truncate()
     return h.hexdigest(), written
 
 
-def _copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
+def _copy_hashed(src: Path, dst: Path, limit: int | None = None) -> tuple[str, int]:
     """Copy ``src`` to ``dst`` (created); returns (sha256 of what was copied, bytes). ``dst`` is removed when
-    the copy fails, whatever the reason (ENOSPC, EIO...)."""
+    the copy fails, whatever the reason (ENOSPC, EIO, :class:`TooLarge`...)."""
     try:
         with open(src, "rb") as fi, open(dst, "wb") as fo:
-            return _copy_stream(fi, fo)
+            return _copy_stream(fi, fo, limit)
     except BaseException:
         dst.unlink(missing_ok=True)
         raise
@@ -139,6 +164,14 @@ class ObjectStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._known: set[str] = set()
+        #: :meth:`put_file` copies at most this many bytes (None: any), else raises :class:`TooLarge`
+        self.limit: int | None = None
+
+    def bounded(self, limit: int) -> ObjectStore:
+        """The same store, its :meth:`put_file` copying at most ``limit`` bytes."""
+        store = ObjectStore(self.root)
+        store._known, store.limit = self._known, limit
+        return store
 
     def path(self, digest: str) -> Path:
         return self.root / digest[:2] / digest
@@ -181,11 +214,11 @@ class ObjectStore:
 
     def put_file(self, src: Path, expected: str) -> tuple[str, int]:
         """Copy ``src`` in (unless an object ``expected`` exists); returns (its real sha256, bytes written).
-        Raises (leaving no temporary file) when the copy fails."""
+        Raises (leaving no temporary file) when the copy fails, :class:`TooLarge` past :attr:`limit` bytes."""
         if self.has(expected):
             return expected, 0
         tmp = self._tmp()
-        digest, written = _copy_hashed(src, tmp)
+        digest, written = _copy_hashed(src, tmp, self.limit)
         if self.has(digest):  # rewritten since the scan, into something already stored
             tmp.unlink()
             return digest, 0
@@ -222,13 +255,72 @@ class Snapshot(NamedTuple):
     objects: ObjectStore
 
 
+class Stored(NamedTuple):
+    """What :func:`store_files` stored; ``left_out``: ``(path, size, why)``, why ``file_cap`` or ``checkpoint_cap``."""
+
+    manifest: dict[str, list[Any]]
+    total: int
+    new_objects: int
+    new_bytes: int
+    left_out: list[tuple[str, int, str]]
+
+
+def store_files(objects: ObjectStore, root: Path, seen: dict[str, tuple[int, int, str]], modes: dict[str, int]
+                ) -> Stored:
+    """Store the files of a scan (``seen``: path -> (size, mtime_ns, sha256)) as objects; make their manifest. A file
+    whose object exists costs nothing; the others are copied smallest first while they fit the caps, counted by
+    apparent size (a sparse file's holes count) and checked again while copied (a file grown since its scan stops at
+    the cap); what does not fit is left out, as is a file gone since the scan (unreported: it is not there). Raises
+    OSError when a file could not be stored (a full disk): never a manifest without a file that fits."""
+    entries: dict[str, list[Any]] = {}
+    todo: list[tuple[int, str, str]] = []
+    for rel, (size, _mtime, digest) in seen.items():
+        if objects.has(digest):
+            entries[rel] = [digest, size]
+        else:
+            todo.append((size, rel, digest))
+    new_objects = new_bytes = 0
+    left_out: list[tuple[str, int, str]] = []
+    for size, rel, digest in sorted(todo):
+        room = MAX_NEW_BYTES - new_bytes
+        if objects.has(digest):  # the content of a file stored just before: it costs nothing
+            entries[rel] = [digest, size]
+            continue
+        if size > MAX_FILE_BYTES or size > room:
+            left_out.append((rel, size, "file_cap" if size > MAX_FILE_BYTES else "checkpoint_cap"))
+            continue
+        try:
+            digest, written = objects.bounded(min(MAX_FILE_BYTES, room)).put_file(root / rel, digest)
+        except TooLarge:  # grown since the scan
+            left_out.append((rel, size, "file_cap" if room >= MAX_FILE_BYTES else "checkpoint_cap"))
+            continue
+        except FileNotFoundError:
+            if os.path.lexists(root / rel):  # not the file that went missing: the store
+                raise
+            continue  # gone since the scan: not part of this checkpoint
+        except OSError as exc:  # a full disk, an I/O error...: never a manifest without the file
+            raise OSError(exc.errno or errno.EIO, f"storing {display(rel)}: {exc.strerror or exc}") from exc
+        if written:
+            new_objects += 1
+            new_bytes += written
+        entries[rel] = [digest, size]
+    manifest: dict[str, list[Any]] = {}
+    total = 0
+    for rel in seen:  # in scan order
+        if rel in entries:
+            digest, size = entries[rel]
+            manifest[manifest_key(rel)] = [digest, size, modes.get(rel, 0o644)]  # JSON-safe keys
+            total += size
+    return Stored(manifest, total, new_objects, new_bytes, left_out)
+
+
 def restore(root: Path, manifest: dict[str, list[Any]], objects: ObjectStore, remove_extra: bool = True
             ) -> dict[str, int]:
     """Make the tracked files of ``root`` exactly ``manifest``: remove what it does not hold, write back
     what differs (by size and content hash), leave identical files alone. Returns counts.
 
-    ``remove_extra=False`` (a partial manifest: the scan it came from stopped at a bound, so a file it lacks may
-    well belong to the checkpoint): write back what the manifest holds and remove nothing it does not hold.
+    ``remove_extra=False`` (a partial manifest: its scan stopped at a bound, or files over a cap were left out, so a
+    file it lacks may well belong to the checkpoint): write back what the manifest holds and remove nothing else.
 
     Every object to write back is first copied into a staging directory (a dot directory of ``root``: not
     tracked) and checked against its sha256 while copied. ``root`` is changed only once all of them are there

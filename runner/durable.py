@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import dis
-import errno
 import hashlib
 import os
 import pickle
@@ -34,9 +33,19 @@ from typing import Any, NoReturn
 
 import orjson
 
-from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, Snapshot, load_manifest, manifest_object, restore
+from labd.runner import checkpoint as ckpt
+from labd.runner.checkpoint import (
+    OBJECTS_DIR,
+    ObjectStore,
+    Snapshot,
+    Stored,
+    load_manifest,
+    manifest_object,
+    restore,
+    store_files,
+)
 from labd.runner.context import MAX_STEP_ERROR, clip
-from labd.runner.names import display, manifest_key
+from labd.runner.names import display, key_path
 from labd.runner.withhold import head_cut
 
 __all__ = ["Durable", "Divergence", "CheckpointFailed", "SkipBody", "skip_with_body", "SEED_FILE", "read_seed"]
@@ -53,6 +62,8 @@ def read_seed(session_dir: Path) -> dict[str, Any]:
 _NOP = dis.opmap["NOP"]
 #: step results and manifest changes up to this size travel in the step.checkpoint event, not as objects
 INLINE_BYTES = 8192
+#: a step.checkpoint names at most this many of the files it left out over a cap (``left_out``; ``left_out_more``)
+MAX_LEFT_OUT = 20
 
 
 def _body_start(frame: FrameType) -> int:
@@ -147,6 +158,7 @@ class Durable:
         self.enabled = True  # scripts/bench_flows.py turns checkpoints off to measure their cost
         #: called with each step's checkpoint (a remote runner ships the files that changed: runner/ship.py)
         self.after_checkpoint: Callable[[Snapshot], object] | None = None
+        self._cap_warned = False  # the warning that checkpoints leave files over a cap out was given
 
     # ---- positions and the record -----------------------------------------------------------------
     def position(self, parent_node: str | None) -> str:
@@ -236,8 +248,13 @@ class Durable:
                                         "back and nothing it does not hold was removed (a new work directory, as "
                                         "a branch's, starts without them)"})
         # the tracker knows them (the next scan reports changes, not 50 creations), and the record says what the
-        # restore made of the directory it had recorded (a branch's: nothing yet)
-        self.files.adopt(manifest, self.record_files)
+        # restore made of the directory it had recorded (a branch's: nothing yet); a file a partial checkpoint left
+        # out (over a cap) that the restore left in place is not reported deleted
+        recorded = self.record_files
+        if self.seed_partial and recorded:
+            held = {display(key_path(k)) for k in manifest}
+            recorded = {k: v for k, v in recorded.items() if k in held or not os.path.lexists(self.workdir / k)}
+        self.files.adopt(manifest, recorded)
         self._emit("checkpoint.restored", {"manifest": self.manifest, "files": len(manifest),
                                            "duration": time.monotonic() - start, **counts})
 
@@ -296,11 +313,14 @@ class Durable:
         """Store what a checkpoint needs (objects); returns its ``step.checkpoint`` payload and manifest. Raises
         OSError when something could not be stored (then the next checkpoint's base is still the last one
         recorded: nothing of this one is referred to)."""
-        manifest, total, new_objects, new_bytes, partial = self._manifest()
-        payload: dict[str, Any] = {"path": path, "name": name, "files": len(manifest), "bytes": total,
-                                   "new_objects": new_objects, "new_bytes": new_bytes}
-        if partial:  # the scan stopped at a bound: a restore of it must not remove what it lacks
+        stored, partial = self._manifest()
+        manifest = stored.manifest
+        payload: dict[str, Any] = {"path": path, "name": name, "files": len(manifest), "bytes": stored.total,
+                                   "new_objects": stored.new_objects, "new_bytes": stored.new_bytes}
+        if partial:  # the scan stopped at a bound, or files over a cap were left out: a restore removes nothing
             payload["partial"] = True
+        if stored.left_out:
+            self._left_out(name, stored.left_out, payload)
         if result is not None:
             try:
                 data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
@@ -331,35 +351,38 @@ class Durable:
     def snapshot(self) -> Snapshot:
         """The work directory as the file tracker last scanned it, its files stored as objects, without
         recording a checkpoint (what a remote runner ships once the workflow has ended)."""
-        return Snapshot(self._manifest()[0], self.objects)
+        return Snapshot(self._manifest()[0].manifest, self.objects)
 
-    def _manifest(self) -> tuple[dict[str, list[Any]], int, int, int, bool]:
+    def _manifest(self) -> tuple[Stored, bool]:
         """The manifest of the tracker's last scan (hashes it already computed: no file is read twice), each
-        file's content stored as an object first. Returns (manifest, bytes, new objects, new bytes, partial:
-        the scan stopped at a bound, so the manifest may lack files of the work directory)."""
-        new_objects = new_bytes = 0
+        file's content stored as an object first (within the caps: :func:`~labd.runner.checkpoint.store_files`).
+        Returns what was stored and whether the manifest is partial: the scan stopped at a bound, or files were
+        left out over a cap, so it may lack files of the work directory."""
         with self.files.lock:
             seen = dict(self.files.seen)
             modes = dict(self.files.modes)
             partial = bool(getattr(self.files, "truncated", False))
-        manifest: dict[str, list[Any]] = {}
-        total = 0
-        for rel, (size, _mtime, digest) in seen.items():
-            if not self.objects.has(digest):
-                try:
-                    digest, written = self.objects.put_file(self.workdir / rel, digest)
-                except FileNotFoundError:
-                    if os.path.lexists(self.workdir / rel):  # not the file that went missing: the store
-                        raise
-                    continue  # gone since the scan: not part of this checkpoint
-                except OSError as exc:  # a full disk, an I/O error...: never a manifest without the file
-                    raise OSError(exc.errno or errno.EIO, f"storing {display(rel)}: {exc.strerror or exc}") from exc
-                if written:
-                    new_objects += 1
-                    new_bytes += written
-            manifest[manifest_key(rel)] = [digest, size, modes.get(rel, 0o644)]  # JSON-safe keys
-            total += size
-        return manifest, total, new_objects, new_bytes, partial
+        stored = store_files(self.objects, self.workdir, seen, modes)
+        return stored, partial or bool(stored.left_out)
+
+    def _left_out(self, name: str, left_out: list[tuple[str, int, str]], payload: dict[str, Any]) -> None:
+        """Name the files a checkpoint left out over a cap in its payload; warn the first time (per runner)."""
+        payload["left_out"] = [{"path": display(rel), "size": size, "why": why}
+                               for rel, size, why in left_out[:MAX_LEFT_OUT]]
+        if len(left_out) > MAX_LEFT_OUT:
+            payload["left_out_more"] = len(left_out) - MAX_LEFT_OUT
+        if self._cap_warned:
+            return
+        self._cap_warned = True
+        some = ", ".join(f"{display(rel)} ({size:,} bytes)" for rel, size, _ in left_out[:3])
+        more = f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""
+        self._emit("log", {"level": "warning", "logger": "labd.runner.durable",
+                           "event": f"the checkpoint of step {name!r} left out {some}{more}: a checkpoint stores no "
+                                    f"file over {ckpt.MAX_FILE_BYTES:,} bytes and at most {ckpt.MAX_NEW_BYTES:,} "
+                                    "bytes of new files (apparent sizes, sparse files' holes included), so it is "
+                                    "partial (its step.checkpoint event names what it left out); a resume from a "
+                                    "partial checkpoint writes back what it holds and removes nothing, and a branch "
+                                    "starts without the files it does not hold"})
 
 
 def _preview(value: Any) -> str:
