@@ -1,10 +1,13 @@
 """The daemon's backstop for the per-session output cap (``limits.output``).
 
-The runner enforces the cap where output is captured (runner/capture.py), but a runner runs the session's
-code and can be made to ignore it. Ingest therefore counts the text of each session's ``output`` events
-too and, past the cap plus :data:`MARGIN`, stores no more of them: the first dropped event's slot records
-an ``output.truncated`` (``by: "daemon"``), and the session's end records the total dropped. An honest
-runner never reaches the backstop: it counts UTF-8 bytes, this counts characters (never more).
+The cap bounds what a session's workflow writes into the record: its output, its log records and its custom events
+(one account: runner/outputcap.py). The runner enforces it where those are made, but a runner runs the session's code
+and can be made to ignore it (the code can write to the channel itself). Ingest therefore counts the same kinds
+(:data:`CAPPED`) too — an ``output`` event's text, a ``log`` or ``custom`` event's stored JSON payload, in characters
+— and, past the cap plus :data:`MARGIN`, stores no more of them: the first dropped event's slot records an
+``output.truncated`` (``by: "daemon"``), and the session's end records the total dropped, per kind. Every other kind
+(lifecycle, steps, approvals, agents, files, costs) is never counted nor dropped here. An honest runner never reaches
+the backstop: it counts UTF-8 bytes of the same texts (never fewer), and its own warnings are few and small.
 
 The cap of a session is learned from its ``session.created`` (or, after a daemon restart, from ingest's cursor
 of the session, which :meth:`labd.store.writer.BatchWriter.load_cursor` filled from its row with the budget: the
@@ -16,20 +19,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["OutputCaps", "MARGIN"]
+__all__ = ["OutputCaps", "MARGIN", "CAPPED"]
 
 #: output accepted beyond the cap before the daemon drops: the runner's own cut is exact, so this only
 #: has to absorb a last partial chunk; anything past it is a runner that ignored its cap
 MARGIN = 1 << 20
+#: the kinds the cap counts (a tuple: ingest tests ``kind in CAPPED`` on whatever a runner sent, hashable or not)
+CAPPED = ("output", "log", "custom")
+_COUNTERS = {kind: (f"dropped.{kind}.events", f"dropped.{kind}.chars") for kind in CAPPED}
 
 
 class _Usage:
-    __slots__ = ("cap", "seen", "dropped", "reported")
+    __slots__ = ("cap", "seen", "dropped", "kinds", "reported")
 
     def __init__(self, cap: int | None) -> None:
         self.cap = None if cap is None else cap + MARGIN
-        self.seen = 0  # characters of output text accepted
-        self.dropped = 0  # characters of output text dropped here
+        self.seen = 0  # characters accepted
+        self.dropped = 0  # characters dropped here
+        self.kinds: dict[str, int] = {}  # ... per kind
         self.reported = False  # the first-drop marker was recorded
 
 
@@ -47,22 +54,24 @@ class OutputCaps:
             cap = (payload.get("limits") or {}).get("output")
             self._usage[sid] = _Usage(cap if isinstance(cap, int) and not isinstance(cap, bool) else None)
 
-    def drop(self, sid: str, payload: Any) -> dict[str, Any] | bool:
-        """Account one runner ``output`` event. False: store it. True: drop it silently. A dict: drop it and
-        record this ``output.truncated`` payload in its place (the first drop of the session)."""
+    def drop(self, sid: str, kind: str, size: int) -> dict[str, Any] | bool:
+        """Account one runner event of a :data:`CAPPED` ``kind`` whose text is ``size`` characters. False: store
+        it. True: drop it silently. A dict: drop it and record this ``output.truncated`` payload in its place (the
+        first drop of the session). From the first drop on, every later one of these kinds is dropped too."""
         usage = self._usage.get(sid)
         if usage is None:
             usage = self._usage[sid] = _Usage(self._lookup(sid))
         if usage.cap is None:
             return False
-        text = payload.get("text") if isinstance(payload, dict) else None
-        size = len(text) if isinstance(text, str) else 0
         if usage.seen + size <= usage.cap:
             usage.seen += size
             return False
+        usage.seen = usage.cap  # nothing more fits
         usage.dropped += size
-        self._counters["dropped.output.events"] = self._counters.get("dropped.output.events", 0) + 1
-        self._counters["dropped.output.chars"] = self._counters.get("dropped.output.chars", 0) + size
+        usage.kinds[kind] = usage.kinds.get(kind, 0) + size
+        events, chars = _COUNTERS[kind]
+        self._counters[events] = self._counters.get(events, 0) + 1
+        self._counters[chars] = self._counters.get(chars, 0) + size
         if usage.reported:
             return True
         usage.reported = True
@@ -74,5 +83,4 @@ class OutputCaps:
         usage = self._usage.pop(sid, None)
         if usage is None or not usage.dropped or usage.cap is None:
             return None
-        return {"cap": usage.cap - MARGIN, "dropped": usage.dropped, "by": "daemon"}
-
+        return {"cap": usage.cap - MARGIN, "dropped": usage.dropped, "by": "daemon", "kinds": usage.kinds}

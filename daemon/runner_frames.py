@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from labd.daemon.ingest_batch import LIVE_OVERHEAD, PUB_CHUNK_BYTES, Batch, Fragment, LiveEvents, LiveRun
-from labd.daemon.outputcap import OutputCaps
+from labd.daemon.outputcap import CAPPED, OutputCaps
 from labd.daemon.spools import spool_of, spooled_events
 from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
 from labd.ipc.signing import derive_key
@@ -213,7 +213,21 @@ class RunnerFrames:
                         resend = True
                     break
                 runner_seq = src_seq
-                if kind == "output" and (cut := self.outcap.drop(sid, payload)) is not False:  # past the cap
+                text = None
+                if kind in CAPPED:  # output, log, custom: what the workflow writes counts against its output cap
+                    if kind == "output":
+                        out = payload.get("text") if payload.__class__ is dict else None
+                        size = len(out) if out.__class__ is str else 0
+                    else:  # its stored text, encoded once (the hot path below stores it)
+                        try:
+                            text = _dumps(payload, default=repr).decode()
+                        except TypeError:  # nested too deeply: rejected below
+                            pass
+                        size = 0 if text is None else len(text)
+                    cut = self.outcap.drop(sid, kind, size)
+                else:
+                    cut = False
+                if cut is not False:  # past the cap
                     if cut is not True:
                         cur.runner_seq, cur.last_seq, in_slow = runner_seq, last_seq, True
                         if deferred:  # what the slow path publishes must come after the hot events before it
@@ -228,7 +242,8 @@ class RunnerFrames:
                          and (node_id is None or node_id.__class__ is str))
                         or quick_valid(kind, payload, node_id)):
                     try:
-                        text = _dumps(payload, default=repr).decode()
+                        if text is None:
+                            text = _dumps(payload, default=repr).decode()
                     except TypeError:  # nested too deeply to store
                         cur.runner_seq, cur.last_seq, in_slow = runner_seq, last_seq, True
                         if deferred:

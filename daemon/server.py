@@ -229,7 +229,7 @@ class Daemon(ControlPlane):
         self.retention = Retention(layout.sessions_dir, engine, self.delete_sessions,
                                    older_than=cfg.retention_seconds, statuses=cfg.retention_statuses)
         self.retention.sweep(known)
-        for ap in self.store.approvals(status="pending", limit=100_000):
+        for ap in self.store.approvals(status="pending", limit=100_000, bound=(1, 1)):  # no prompt is needed here
             if ap["expires_at"]:
                 self.supervisor.watch_approval(ap["session_id"], ap["id"], ap["expires_at"], ap["policy"] or "reject")
         control = z.socket(zmq.ROUTER)

@@ -136,8 +136,14 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
 
     @server.tool(annotations=READ_ONLY)
     async def list_approvals(session: str | None = None) -> list[dict[str, Any]]:
-        """Approval requests waiting for a human (across sessions, or of one session)."""
-        return await call(lambda c: c.approvals(session=session))
+        """Approval requests waiting for a human (across sessions: the oldest 20 of each; or of one session).
+        Prompts are cut to 2,000 characters (`truncated`); `more_pending`: how many more that session has."""
+        def listed(c: Client) -> list[dict[str, Any]]:
+            reply = c.request("approvals.list", **({"session": session} if session else {}))
+            more = reply.get("omitted") or {}
+            return [{**a, "more_pending": more[a["session_id"]]} if more.get(a["session_id"]) else a
+                    for a in reply["approvals"]]
+        return await call(listed)
 
     @server.tool(annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=False))
     async def answer_approval(session: str, decision: str, feedback: str | None = None,

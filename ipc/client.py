@@ -317,11 +317,18 @@ class Client(Waiting):
         return self.request("session.kill", session=ref)  # type: ignore[no-any-return]
 
     # ---- agents, approvals, state ------------------------------------------------------------------
-    def approvals(self, session: str | None = None, status: str = "pending") -> list[dict[str, Any]]:
-        """Approval requests (pending by default), across sessions or for one."""
+    def approvals(self, session: str | None = None, status: str = "pending", *, full: bool = False,
+                  after: str | None = None, limit: int | None = None,
+                  per_session: int | None = None) -> list[dict[str, Any]]:
+        """Approval requests (pending by default), across sessions (at most ``per_session`` of each, 20 unless
+        given) or for one (paged: ``after`` an approval id). Prompts are cut to 2,000 characters (``truncated``)
+        unless ``full``. The whole reply, with how many more each session has (``omitted``):
+        ``request("approvals.list", ...)``."""
         body: dict[str, Any] = {"status": status}
-        if session:
-            body["session"] = session
+        for k, v in (("session", session or None), ("full", full or None), ("after", after), ("limit", limit),
+                     ("per_session", per_session)):
+            if v is not None:
+                body[k] = v
         return self.request("approvals.list", **body)["approvals"]  # type: ignore[no-any-return]
 
     def resolve(self, session: str, decision: str, *, feedback: str | None = None, hypothesis: str | None = None,

@@ -66,7 +66,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     "output": {"stream": (str, True), "text": (str, True)},
     # the session's output passed its cap (limits.output, bytes): once when dropping starts, then once more
     # with the total dropped (runner: at its end; daemon backstop, by "daemon": before session.ended)
-    "output.truncated": {"cap": (int, True), "dropped": (int, False), "by": (str, True)},
+    "output.truncated": {"cap": (int, True), "dropped": (int, False), "by": (str, True), "kinds": (dict, False)},
     "log": {"level": (str, True), "event": (str, True), "logger": (str, False), "fields": (dict, False)},
     "session.paused": {"by": (str, True), "reason": (str, True)},  # runner, at a step boundary
     "session.resumed": {"by": (str, True), "budget": (NUM, False)},  # runner; budget: a new one given

@@ -4,6 +4,10 @@ The request is an ``approval.requested`` event; the daemon stores it as a durabl
 resolves it (or the per-request timeout policy does), and the daemon sends the resolution to the
 runner over its channel once it is committed. A runner that reconnects (e.g. after a daemon restart)
 names the approvals it still waits for in its ``hello``, and the daemon re-sends their resolutions.
+
+A waiting thread sleeps in one untimed wait until its answer arrives or the session is cancelled: one watcher
+thread per runner waits for the cancellation and wakes every waiter then (thousands of waiters cost nothing
+while they wait; they used to wake four times a second each to look for a cancellation).
 """
 
 from __future__ import annotations
@@ -48,8 +52,26 @@ class Approvals:
         self._cancelled = cancelled
         self._lock = threading.Lock()
         self._waiting: dict[str, tuple[threading.Event, list[dict[str, Any]]]] = {}
+        self._watcher: threading.Thread | None = None
         #: in a process the workflow forked: answers arrive on the runner's channel thread, which the child has not
         self.forked = False
+
+    def _watch(self) -> None:
+        """The watcher thread: sleeps until the session is cancelled, then wakes every waiter (each sees no answer
+        and calls its ``on_cancel``); a waiter registered later sees the cancellation when it registers."""
+        self._cancelled.wait()
+        with self._lock:
+            for done, _box in self._waiting.values():
+                done.set()
+
+    def _register(self, aid: str, done: threading.Event, box: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._waiting[aid] = (done, box)
+            if self._cancelled.is_set():
+                done.set()
+            elif self._watcher is None or not self._watcher.is_alive():
+                self._watcher = threading.Thread(target=self._watch, name="labd-approvals-cancel", daemon=True)
+                self._watcher.start()
 
     def waiting_ids(self) -> list[str]:
         with self._lock:
@@ -57,11 +79,11 @@ class Approvals:
 
     def on_resolved(self, body: dict[str, Any]) -> None:
         """Called on the channel thread when the daemon delivers a resolution."""
-        with self._lock:
+        with self._lock:  # the first answer only (a re-sent one is dropped); under the lock, as the waiter looks
             entry = self._waiting.get(str(body.get("approval_id")))
-        if entry is not None and not entry[0].is_set():
-            entry[1].append(body)
-            entry[0].set()
+            if entry is not None and not entry[1]:
+                entry[1].append(body)
+                entry[0].set()
 
     def request(self, kind: str, prompt: str, *, options: tuple[str, ...] | list[str] = DECISIONS,
                 context: Any = None, timeout: float | None = None, policy: str = "reject",
@@ -88,8 +110,6 @@ class Approvals:
         aid = "ap-" + secrets.token_hex(8)
         done: threading.Event = threading.Event()
         box: list[dict[str, Any]] = []
-        with self._lock:
-            self._waiting[aid] = (done, box)
         payload: dict[str, Any] = {"approval_id": aid, "kind": kind, "prompt": prompt, "options": list(options),
                                    "context": context, "policy": policy}
         if timeout is not None:
@@ -97,11 +117,18 @@ class Approvals:
         if agent:
             payload["agent"] = agent
         validate("approval.requested", payload, node_id)  # raise here, rather than wait for a rejected request
-        self._emit("approval.requested", payload, node_id)
+        self._register(aid, done, box)  # before it is asked: the answer may come at once
         try:
-            while not done.wait(0.25):  # the wake-up only checks for cancellation; answers arrive pushed
-                if self._cancelled.is_set() and on_cancel is not None:
-                    on_cancel()
+            self._emit("approval.requested", payload, node_id)
+            while True:
+                done.wait()  # untimed: an answer, or the watcher on a cancellation, sets it
+                if box:
+                    break
+                if on_cancel is not None:
+                    on_cancel()  # raises (Cancelled) as a rule
+                with self._lock:  # still here: wait on for the answer, which may have come meanwhile
+                    if not box:
+                        done.clear()
         finally:
             with self._lock:
                 self._waiting.pop(aid, None)

@@ -8,9 +8,10 @@ progress bar still shows up live.
 
 With a cap (the session's ``output`` limit), the first ``cap`` bytes (UTF-8 of the emitted text) of stdout
 and stderr together are emitted; the rest is still read (the session never blocks on a full pipe) but
-dropped and counted. The
-first drop reports once through ``on_truncated`` (``{"cap": ...}``); :meth:`OutputCapture.close` reports
-the total (``{"cap": ..., "dropped": ...}``).
+dropped and counted. The cap is one account (:class:`labd.runner.outputcap.OutputCap`, ``budget``) of everything
+the workflow writes into the record: its log records and custom events draw on it too. The first drop
+reports once through ``on_truncated`` (``{"cap": ...}``); :meth:`OutputCapture.close` reports the total
+(``{"cap": ..., "dropped": ..., "kinds": {kind: bytes}}``).
 
 With secrets to withhold (:meth:`OutputCapture.withhold`), each stream's values are replaced by
 ``[secret NAME withheld]`` here, in the stream, before it is cut into events: the channel, which does it for every
@@ -40,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from labd.runner.outputcap import OutputCap, Report
 from labd.runner.withhold import StreamWithholder
 
 __all__ = ["OutputCapture", "prepare_pipes", "report_crash"]
@@ -91,19 +93,14 @@ def prepare_pipes() -> None:
 
 
 Emit = Callable[[str, str], None]  # (stream, text)
-Report = Callable[[dict[str, int]], None]  # an output.truncated payload
 
 
 class OutputCapture:
-    """Redirects fds 1 and 2 into pipes read by background threads."""
+    """Redirects fds 1 and 2 into pipes read by background threads; ``budget`` is the session's output cap."""
 
     def __init__(self, emit: Emit, cap: int | None = None, on_truncated: Report | None = None) -> None:
         self._emit = emit
-        self.cap = cap
-        self._on_truncated = on_truncated
-        self._cap_lock = threading.Lock()
-        self.kept = 0  # bytes emitted (both streams)
-        self.dropped = 0  # bytes dropped past the cap
+        self.budget = OutputCap(cap, on_truncated)
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._fds: list[int] = []
@@ -147,6 +144,7 @@ class OutputCapture:
     def forget_after_fork(self) -> None:
         """In a child forked by the workflow: the readers are the parent's threads; never wait for them."""
         self._fds, self._threads, self._busy, self._unsent, self._wake = [], [], [0, 0], [0, 0], None
+        self.budget.after_fork()
 
     def sync(self, timeout: float = 0.2) -> None:
         """Wait (bounded) until everything written so far has been emitted, so output lands before
@@ -207,26 +205,19 @@ class OutputCapture:
         self._stop.set()
         for t in self._threads:
             t.join(0.5)
-        if self.dropped and self._on_truncated is not None:
-            self._on_truncated({"cap": self.cap or 0, "dropped": self.dropped})
+        self.budget.final()
 
     def _capped(self, stream: str, text: str) -> None:
         """Emit what fits under the cap (counted in UTF-8 bytes of the text); count the rest as dropped."""
-        cap = self.cap
-        if cap is None:
+        if self.budget.cap is None:
             self._emit(stream, text)
             return
         data = text.encode("utf-8", "surrogatepass")
-        with self._cap_lock:  # two readers share one cap
-            room = max(0, cap - self.kept)
-            keep = data[:room]
-            self.kept += len(keep)
-            first = not self.dropped and len(keep) < len(data)
-            self.dropped += len(data) - len(keep)
+        keep, first = self.budget.take("output", len(data), whole=False)
         if keep:  # a character cut in two at the cap is dropped whole
-            self._emit(stream, text if len(keep) == len(data) else keep.decode("utf-8", "ignore"))
-        if first and self._on_truncated is not None:
-            self._on_truncated({"cap": cap})
+            self._emit(stream, text if keep == len(data) else data[:keep].decode("utf-8", "ignore"))
+        if first:  # after the head that was kept
+            self.budget.report_start()
 
     def _out(self, st: _Stream, text: str, final: bool = False) -> None:
         """Emit ``text``, the next output of stream ``st``, after what the stream holds back, with secrets replaced;

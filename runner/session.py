@@ -169,15 +169,17 @@ def run_session(spec: dict[str, Any]) -> int:
     def emit_output(stream: str, text: str) -> None:
         emit("output", {"stream": stream, "text": text}, ctx_box[0].active_node if ctx_box else None)
 
-    def truncated(report: dict[str, int]) -> None:  # once at the first drop, once with the total at the end
+    def truncated(report: dict[str, Any]) -> None:  # once at the first drop, once with the total at the end
         emit("output.truncated", {**report, "by": "runner"})
 
     capture = OutputCapture(emit_output, (spec.get("limits") or {}).get("output"), truncated)
     capture.withhold(secrets)  # replaced in the streams themselves: a chunk of output may end inside one
     capture.install()
     channel.start()
-    log = configure_logging(emit, session_id)
+    # one output cap for what the workflow writes: output, log records, custom events (runner/outputcap.py)
+    log = configure_logging(emit, session_id, capture.budget.admit)
     ctx = Context(session_id, workdir, spec.get("params") or {}, emit, log, secrets)
+    ctx.admit = capture.budget.admit
     ctx_box.append(ctx)
     # events of children the workflow forks (runner/forked.py): a step boundary first takes in what they sent
     relay = Relay(channel.emit, workdir.parent)

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, and_, case, func, or_, select
 
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.store.blobs import inline
@@ -364,19 +364,64 @@ class Store:
             f["ambiguous"] = f["candidates"] is not None
         return out
 
-    def approvals(self, *, session_id: str | None = None, status: str | None = None,
-                  limit: int = 500) -> list[dict[str, Any]]:
-        q = select(approvals).order_by(approvals.c.requested_at).limit(limit)
-        if session_id:
-            q = q.where(approvals.c.session_id == session_id)
-        if status:
-            q = q.where(approvals.c.status == status)
+    def approvals(self, *, session_id: str | None = None, status: str | None = None, limit: int = 500,
+                  per_session: int | None = None, after: tuple[float, str] | None = None,
+                  ids: list[str] | None = None, bound: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+        """Approvals, oldest first (by ``requested_at``, then id). ``per_session``: at most that many of each
+        session (its oldest), chosen fairly when ``limit`` cuts: every session's first before any session's
+        second, and so on. ``after``: only those after that (``requested_at``, id). ``bound`` (chars, context
+        chars): the texts cut in SQL (a huge prompt is never loaded whole) — prompt, feedback and hypothesis to
+        their first ``chars`` characters, a context whose JSON is longer than ``context chars`` left out (null);
+        each row then says ``truncated`` (and ``prompt_length`` when its prompt was cut)."""
+        a = approvals.c
+        where = _approval_filter(session_id, status, after, ids)
+        texts = ("prompt", "feedback", "hypothesis")
+        cols: list[Any] = [c for c in a if bound is None or c.name not in (*texts, "context")]
+        if bound is not None:
+            cols += [func.substr(a[t], 1, bound[0]).label(t) for t in texts]
+            cols += [func.length(a[t]).label(f"{t}_length") for t in (*texts, "context")]
+            cols.append(case((func.length(a.context) <= bound[1], a.context), else_=None).label("context"))
+        q = select(*cols).where(*where).order_by(a.requested_at, a.id)
+        if per_session is None:
+            q = q.limit(limit)
+        else:  # each session's rank among its own; the picked ones, then in time order
+            rank = func.row_number().over(partition_by=a.session_id, order_by=(a.requested_at, a.id)).label("rank")
+            ranked = select(a.id, a.requested_at, rank).where(*where).subquery()
+            q = q.where(a.id.in_(select(ranked.c.id).where(ranked.c.rank <= per_session).order_by(
+                ranked.c.rank, ranked.c.requested_at, ranked.c.id).limit(limit)))
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
         out = []
         for r in rows:
             d = dict(r)
             d["options"] = orjson.loads(d["options"])
-            d["context"] = orjson.loads(d["context"])
+            d["context"] = orjson.loads(d["context"]) if d["context"] is not None else None
+            if bound is not None:
+                lengths = {t: d.pop(f"{t}_length") or 0 for t in (*texts, "context")}
+                d["truncated"] = any(lengths[t] > bound[0] for t in texts) or lengths["context"] > bound[1]
+                if lengths["prompt"] > bound[0]:
+                    d["prompt_length"] = lengths["prompt"]
             out.append(d)
         return out
+
+    def approval_counts(self, *, session_id: str | None = None, status: str | None = None,
+                        after: tuple[float, str] | None = None) -> list[tuple[str, int]]:
+        """How many approvals each session has (as ``approvals`` filters them), sessions by their oldest."""
+        a = approvals.c
+        q = select(a.session_id, func.count()).where(*_approval_filter(session_id, status, after, None)).group_by(
+            a.session_id).order_by(func.min(a.requested_at))
+        with self.engine.connect() as conn:
+            return [(str(s), int(n)) for s, n in conn.execute(q).all()]
+
+
+def _approval_filter(session_id: str | None, status: str | None, after: tuple[float, str] | None,
+                     ids: list[str] | None) -> list[Any]:
+    a = approvals.c
+    where: list[Any] = [a.session_id == session_id] if session_id else []
+    if status:
+        where.append(a.status == status)
+    if after:
+        where.append(or_(a.requested_at > after[0], and_(a.requested_at == after[0], a.id > after[1])))
+    if ids is not None:
+        where.append(a.id.in_(ids))
+    return where

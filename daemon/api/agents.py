@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
+
+import orjson
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.sessions import resolve_session
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.store.exports import FORMATS
 from labd.store.queries import COST_GROUPS
+
+#: ``approvals.list`` without ``full``: prompt, feedback and hypothesis cut to this many characters, and a
+#: context whose JSON is longer than ``LIST_CONTEXT`` characters left out, so a page's size never depends on them
+LIST_TEXT, LIST_CONTEXT = 2000, 4000
+#: a page stops after about this many bytes, or a quarter of ``max_message`` (always at least one approval)
+LIST_BYTES = 8 * 1024 * 1024
+#: ``omitted`` names at most this many sessions (``omitted_total`` counts all)
+MAX_OMITTED = 10_000
 
 
 @register
@@ -19,9 +30,36 @@ class ListApprovals(Request):
     def execute(self) -> Any:
         status = self.arg("status", str, "pending", check=lambda s: s in ("pending", "resolved", "all"),
                           hint="pending, resolved or all")
+        limit = self.arg("limit", int, 500, check=lambda n: 1 <= n <= 500, hint="an integer 1-500")
+        per_session = self.arg("per_session", int, 20, check=lambda n: 1 <= n <= 500, hint="an integer 1-500")
+        full = self.arg("full", bool, False, hint="true or false")
+        after = self.arg("after", str, None, check=lambda s: 0 < len(s) <= 40, hint="an approval id")
         sid = resolve_session(self)["id"] if self.body.get("session") else None
-        rows = self.daemon.store.approvals(session_id=sid, status=None if status == "all" else status)
-        return {"approvals": rows}
+        if after is not None and sid is None:
+            raise ApiError("bad_request", "after pages through one session's approvals: name the session too")
+        store, which = self.daemon.store, None if status == "all" else status
+        cursor = None
+        if after is not None:
+            found = store.approvals(session_id=sid, ids=[after], bound=(1, 1))
+            if not found:
+                raise ApiError("bad_request", f"session {sid} has no approval {after!r} (after)")
+            cursor = (found[0]["requested_at"], after)
+        # across sessions: the oldest `per_session` of each, every session's first before any session's second
+        rows = store.approvals(session_id=sid, status=which, limit=limit, after=cursor,
+                               per_session=None if sid else per_session,
+                               bound=None if full else (LIST_TEXT, LIST_CONTEXT))
+        page: list[dict[str, Any]] = []
+        size = 0
+        most = min(LIST_BYTES, self.daemon.codec.max_message // 4)  # far under the reply limit, also a small one
+        for r in rows:
+            size += len(orjson.dumps(r, default=repr, option=orjson.OPT_NON_STR_KEYS)) + 1
+            if page and size > most:
+                break
+            page.append(r)
+        listed = Counter(r["session_id"] for r in page)
+        left = [(s, n - listed[s]) for s, n in store.approval_counts(session_id=sid, status=which, after=cursor)
+                if n > listed[s]]
+        return {"approvals": page, "omitted": dict(left[:MAX_OMITTED]), "omitted_total": sum(n for _s, n in left)}
 
 
 @register
@@ -38,8 +76,8 @@ class ResolveApproval(Request):
         refuse = self.arg("refuse_kinds", list, None, check=lambda k: len(k) <= 20 and all(
             isinstance(x, str) and len(x) <= 40 for x in k), hint="a list of up to 20 approval kinds")
         row = resolve_session(self)
-        pending = self.daemon.store.approvals(session_id=row["id"], status="pending") \
-            if aid is None or refuse else []
+        pending = self.daemon.store.approvals(session_id=row["id"], status="pending", bound=(1, 1)) \
+            if aid is None or refuse else []  # ids and kinds only: never a session's prompts, however large
         if aid is None:
             if not pending:
                 raise ApiError("not_pending", f"session {row['id']} has no pending approval")

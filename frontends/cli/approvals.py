@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from labd.frontends.cli.base import Ctx, add_json, command
 from labd.frontends.cli.output import STATUS_STYLE, age, styled
@@ -11,17 +12,35 @@ __all__ = ["register"]
 
 
 def cmd_approvals(args: argparse.Namespace, ctx: Ctx) -> int:
-    rows = ctx.client().approvals(args.session, status="all" if args.all else "pending")
+    client = ctx.client()
+    body: dict[str, Any] = {"status": "all" if args.all else "pending", **({"full": True} if args.full else {})}
+    if args.session:  # one session's: all of them, page by page
+        rows: list[dict[str, Any]] = []
+        while True:
+            page = client.request("approvals.list", session=args.session, **body,
+                                  **({"after": rows[-1]["id"]} if rows else {}))
+            rows += page["approvals"]
+            if not page.get("omitted_total") or not page["approvals"]:
+                break
+        omitted: dict[str, int] = {}
+    else:  # across sessions: the oldest few of each, and how many more each has
+        page = client.request("approvals.list", **body)
+        rows, omitted = page["approvals"], page.get("omitted") or {}
     if args.json:
         ctx.out.json(rows)
-        return 0
-    if not rows:
+    elif not rows:
         ctx.out.line("no pending approvals" if not args.all else "no approvals", "dim", err=True)
-        return 0
-    table = [[r["session_id"], r["id"], r["kind"], styled(r["status"], STATUS_STYLE.get(r["status"])),
-              r["decision"] or "-", "/".join(r["options"]), age(r["requested_at"]), r["prompt"][:60]] for r in rows]
-    ctx.out.table(["SESSION", "APPROVAL", "KIND", "STATUS", "DECISION", "OPTIONS", "AGE", "PROMPT"], table,
-                  right=("AGE",))
+    else:
+        table = [[r["session_id"], r["id"], r["kind"], styled(r["status"], STATUS_STYLE.get(r["status"])),
+                  r["decision"] or "-", "/".join(r["options"]), age(r["requested_at"]), r["prompt"][:60]]
+                 for r in rows]
+        ctx.out.table(["SESSION", "APPROVAL", "KIND", "STATUS", "DECISION", "OPTIONS", "AGE", "PROMPT"], table,
+                      right=("AGE",))
+    for sid, n in omitted.items():  # to stderr: stdout stays the table (or the JSON array)
+        ctx.out.line(f"{sid}: {n} more {'pending' if not args.all else 'approvals'} not shown "
+                     f"(labd approvals {sid})", "dim", err=True)
+    if page.get("omitted_total", 0) > sum(omitted.values()) and not args.session:
+        ctx.out.line(f"{page['omitted_total'] - sum(omitted.values())} more in other sessions", "dim", err=True)
     return 0
 
 
@@ -40,6 +59,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "approvals", cmd_approvals, "approval requests (pending, across sessions)")
     s.add_argument("session", nargs="?", help="only this session")
     s.add_argument("--all", "-a", action="store_true", help="include resolved ones")
+    s.add_argument("--full", action="store_true", help="whole prompts and contexts (a list cuts them, `truncated`)")
     add_json(s, "a JSON array of approval objects")
     for name, text in (("approve", "approve a session's pending request (optionally with feedback)"),
                        ("reject", "reject it, with feedback for the agents"),

@@ -251,8 +251,9 @@ class TopApp(App[int]):
     def refresh_detail(self) -> None:
         sid = self.selected
         pending = self.pending.get(sid or "") or []
+        more = len(pending) - 1 + (pending[-1].get("more_pending") or 0) if pending else 0  # besides the one shown
         self.detail.show(self.rows.get(sid or ""), self.history, pending[0] if pending else None,
-                                        self.activity, self.clock())
+                         self.activity, self.clock(), more=more)
 
     # ---- actions -----------------------------------------------------------------------------------
     def _request(self, what: str, fn: Callable[[Client, str], Any]) -> None:

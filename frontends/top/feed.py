@@ -145,7 +145,7 @@ class Feed:
         while True:
             try:
                 sessions = await self.call(lambda c: c.sessions(limit=self.list_limit))
-                approvals = await self.call(lambda c: c.approvals())
+                approvals = await self.call(_pending)
                 self.post(SessionsUpdated(sessions, approvals, time.time()))
                 sid = self._want
                 if sid and self._dag_dirty and self.dag_wanted:
@@ -297,6 +297,14 @@ class Feed:
 def _identity(info: Any) -> tuple[Any, ...]:
     """What makes a followed daemon the same one: a restarted daemon may have a new key, socket or mechanism."""
     return info.events, info.key, info.events_auth, info.events_public
+
+
+def _pending(c: Client) -> list[dict[str, Any]]:
+    """The pending approvals across sessions (the oldest 20 of each), each with ``more_pending``: how many more
+    its session has that the list left out."""
+    reply = c.request("approvals.list")
+    more = reply.get("omitted") or {}
+    return [{**a, "more_pending": more.get(a["session_id"], 0)} for a in reply["approvals"]]
 
 
 def _dag_of(c: Client, session: str) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:

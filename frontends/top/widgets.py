@@ -118,7 +118,7 @@ class DetailPane(Vertical):
         yield Static("", id="approval")
 
     def show(self, row: dict[str, Any] | None, hist: History, approval: dict[str, Any] | None,
-             activity: dict[str, Any], now: float) -> None:
+             activity: dict[str, Any], now: float, *, more: int = 0) -> None:
         summary = self.query_one("#summary", Static)
         if row is None:
             summary.update("no session selected")
@@ -148,7 +148,7 @@ class DetailPane(Vertical):
             box.update(Text.assemble(("approval waiting ", "bold"), f"({safe_text(str(approval.get('kind')))}): ",
                                      safe_text(truncate(str(approval.get("prompt")), 300)), f"\noptions: {opts}\n",
                                      ("a", "bold"), " approve  ", ("r", "bold"), " reject  ", ("m", "bold"),
-                                     " modify"))
+                                     " modify", (f"\n+{more} more pending" if more else "", "dim")))
         else:
             box.update("")
 

@@ -207,7 +207,13 @@ def build_app(home: str | None, token: str, port_ref: list[int],
 
     async def approvals(request: Request) -> Any:
         which = request.query_params.get("status", "pending")
-        return await daemon(lambda c: c.approvals(status=which))
+
+        def listed(c: Client) -> list[dict[str, Any]]:  # the oldest 20 of each session; `more_pending`: the rest
+            reply = c.request("approvals.list", status=which)
+            more = reply.get("omitted") or {}
+            return [{**a, "more_pending": more[a["session_id"]]} if more.get(a["session_id"]) else a
+                    for a in reply["approvals"]]
+        return await daemon(listed)
 
     async def resolve(request: Request) -> Any:
         b = await body(request)

@@ -60,7 +60,8 @@ def test_runner_keeps_the_first_bytes_in_order_and_records_the_truncation(client
     out = stored_output(client, sid)
     assert out == expected(30_000)[:MiB]
     marks = [e["payload"] for e in client.history(sid, kinds=["output.truncated"])]
-    assert marks == [{"cap": MiB, "by": "runner"}, {"cap": MiB, "dropped": 3_000_000 - MiB, "by": "runner"}]
+    assert marks == [{"cap": MiB, "by": "runner"},
+                     {"cap": MiB, "dropped": 3_000_000 - MiB, "by": "runner", "kinds": {"output": 3_000_000 - MiB}}]
     show = labd("show", sid)
     assert show.returncode == 0, show.stderr
     assert "[output truncated at 1.0M: 1.9M dropped]" in show.stdout
@@ -101,7 +102,8 @@ def test_daemon_drops_output_of_a_runner_that_ignores_its_cap(client: Client) ->
     assert MiB < kept <= 2 * MiB
     marks = [e["payload"] for e in client.history(sid, kinds=["output.truncated"])]
     assert marks[0] == {"cap": MiB, "by": "daemon"}
-    assert marks[-1] == {"cap": MiB, "dropped": 64 * 64 * 1024 - kept, "by": "daemon"}
+    assert marks[-1] == {"cap": MiB, "dropped": 64 * 64 * 1024 - kept, "by": "daemon",
+                         "kinds": {"output": 64 * 64 * 1024 - kept}}
     assert client.status()["counters"]["dropped.output.chars"] - before == 64 * 64 * 1024 - kept
     assert "dropped]" in labd("show", sid).stdout
 
@@ -151,4 +153,4 @@ def test_submitted_function_takes_max_output(client: Client) -> None:
     assert client.session(sid)["limits"]["output"] == 2048
     assert len(stored_output(client, sid)) == 2048
     marks = [e["payload"] for e in client.history(sid, kinds=["output.truncated"])]
-    assert marks[-1] == {"cap": 2048, "dropped": 10_000 - 2048, "by": "runner"}
+    assert marks[-1] == {"cap": 2048, "dropped": 10_000 - 2048, "by": "runner", "kinds": {"output": 10_000 - 2048}}

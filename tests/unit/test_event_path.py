@@ -154,10 +154,10 @@ def test_an_exception_mid_frame_leaves_the_cursor_covering_the_staged_rows(tmp_p
     real_caps = ing.outcap
 
     class FaultyCaps:  # an error in the hot path itself, while the loop's counters are ahead of the cursor
-        def drop(self, sid: str, payload: Any) -> Any:
-            if payload.get("text") == "boom":
+        def drop(self, sid: str, kind: str, size: int) -> Any:
+            if kind == "output":  # the only output event below: {"text": "boom"}
                 raise RuntimeError("unexpected")
-            return real_caps.drop(sid, payload)
+            return real_caps.drop(sid, kind, size)
 
     ing.outcap = FaultyCaps()  # type: ignore[assignment]
 

@@ -284,10 +284,15 @@ async function approvalsPage(main) {
     if (!list.length) { box.replaceChildren(el("p", {class: "muted", id: "no-approvals"}, "nothing is waiting")); return; }
     if (box.dataset.ids === list.map(a => a.id).join(",")) return;  // unchanged: keep what the user typed
     box.dataset.ids = list.map(a => a.id).join(",");
+    // the daemon lists the oldest 20 of each session; `more_pending` counts the rest (shown on its last card)
+    const last = {}; list.forEach(a => { last[a.session_id] = a.id; });
     box.replaceChildren(...list.map(a => {
       const feedback = el("textarea", {rows: 2, placeholder: "feedback / hypothesis (for modify and redo)"});
+      const more = a.more_pending && last[a.session_id] === a.id
+        ? el("p", {class: "muted more-pending"}, `${a.more_pending} more pending in this session (shown once these are answered)`) : "";
+      const cut = a.prompt_length ? el("p", {class: "muted"}, `prompt cut to its first 2,000 of ${a.prompt_length} characters (all of it: labd approvals ${a.session_id} --full --json)`) : "";
       return el("div", {class: "card", dataset: {approval: a.id}}, el("b", {}, `${a.kind} · `, el("a", {href: `#/s/${a.session_id}`}, a.session_id)),
-        el("pre", {style: "white-space:pre-wrap"}, a.prompt), feedback,
+        el("pre", {style: "white-space:pre-wrap"}, a.prompt), cut, more, feedback,
         el("p", {}, ...JSON.parse(typeof a.options === "string" ? a.options : JSON.stringify(a.options)).map(opt => el("button", {class: opt === "reject" ? "danger" : "", dataset: {decision: opt}, onclick: async () => {
           const body = {session: a.session_id, approval_id: a.id, decision: opt};
           if (feedback.value) { body.feedback = feedback.value; if (opt === "redo") body.hypothesis = feedback.value; }
