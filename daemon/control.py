@@ -12,7 +12,7 @@ from labd.daemon.api import ApiError, registry
 from labd.daemon.api.base import DEFERRED
 from labd.daemon.checks import Check, CheckFlow, Checks
 from labd.daemon.reads import Read, Reads
-from labd.ipc.parts import MAX_REPLY, split_reply
+from labd.ipc.parts import max_reply, split_reply
 from labd.ipc.wire import DEFAULT_MAX_MESSAGE, OversizedFrame, WireError, nesting_ok
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class ControlPlane:
                     control.send_multipart([identity, *part])
                 return
             self.counters["control.reply_too_large"] = self.counters.get("control.reply_too_large", 0) + 1
-            most = MAX_REPLY if in_parts else limit
+            most = max_reply(limit) if in_parts else limit
             body = {"ok": False, "error": {"code": "reply_too_large", "message":
                                            f"the reply would be {size} bytes, over the {most}-byte limit; "
                                            "ask for less (a smaller limit or page, fewer sessions)",

@@ -11,8 +11,9 @@ signed like any message and each under the limit::
 
 The data of parts ``0 .. n-1``, joined in order, is the JSON of the reply's body (``{"ok": ..., "result": ...}``).
 Parts of one reply are sent back to back on one connection, so they arrive in order. A reply is split only up to
-:data:`MAX_REPLY` bytes (the daemon still holds the whole reply while it sends it); beyond that, and for a client
-that did not ask for parts, the reply is ``reply_too_large`` as before. See docs/protocol.md §3.
+:data:`MAX_REPLY` bytes and :data:`MAX_PARTS` parts (the daemon still holds the whole reply while it sends it);
+beyond that, and for a client that did not ask for parts, the reply is ``reply_too_large`` as before. See
+docs/protocol.md §3.
 """
 
 from __future__ import annotations
@@ -24,22 +25,35 @@ import orjson
 
 from labd.ipc.wire import Codec, Message, encode_json
 
-__all__ = ["MAX_REPLY", "PART_TYPE", "split_reply", "Reassembly", "PartError"]
+__all__ = ["MAX_REPLY", "MAX_PARTS", "PART_TYPE", "max_reply", "split_reply", "Reassembly", "PartError"]
 
 #: the largest reply sent in parts (its JSON body, bytes): what a client may have to hold
 MAX_REPLY = 64 * 1024 * 1024
+#: the most parts one reply is split into: far below a socket's high-water mark (1,000 messages, past which a ROUTER
+#: drops what it should send), so a small ``max_message`` cannot turn a large reply into parts that are lost
+MAX_PARTS = 64
 PART_TYPE = "reply.part"
 #: room for a part's envelope (ids, time stamp, the ``part``/``parts`` fields) within the message limit
 _ENVELOPE = 1024
 
 
+def _part_bytes(limit: int) -> int:
+    """Reply bytes per part: whole base64 groups (each part decodes alone) that fit ``limit`` with the envelope."""
+    return max(3, (limit - _ENVELOPE) * 3 // 4 // 3 * 3)
+
+
+def max_reply(limit: int) -> int:
+    """The largest reply body (bytes of JSON) sent in parts of at most ``limit`` bytes each."""
+    return min(MAX_REPLY, MAX_PARTS * _part_bytes(limit))
+
+
 def split_reply(codec: Codec, body: dict[str, Any], re: str, limit: int) -> list[list[bytes]] | None:
     """The ``reply.part`` messages (each ``[signature, body]``, under ``limit`` bytes) carrying ``body`` as the
-    reply to request ``re``; None when the body is over :data:`MAX_REPLY` (the caller refuses it)."""
+    reply to request ``re``; None when the body is over :func:`max_reply` (the caller refuses it)."""
     raw = encode_json(body)
-    if len(raw) > MAX_REPLY:
+    if len(raw) > max_reply(limit):
         return None
-    step = max(3, (limit - _ENVELOPE) * 3 // 4 // 3 * 3)  # whole base64 groups, so each part decodes alone
+    step = _part_bytes(limit)
     view = memoryview(raw)
     count = -(-len(raw) // step)
     return [codec.pack(PART_TYPE, {"part": i, "parts": count,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labd.ipc.parts import MAX_REPLY, PART_TYPE, PartError, Reassembly, split_reply
+from labd.ipc.parts import MAX_PARTS, MAX_REPLY, PART_TYPE, PartError, Reassembly, max_reply, split_reply
 from labd.ipc.wire import Codec
 
 KEY = b"k" * 32
@@ -61,3 +61,15 @@ def test_a_reply_over_max_reply_is_not_split() -> None:
     """Past MAX_REPLY the daemon does not send parts (it answers reply_too_large): split_reply says so."""
     body = {"ok": True, "result": "z" * (MAX_REPLY + 1)}
     assert split_reply(Codec(KEY), body, "req-1", LIMIT) is None
+
+
+def test_a_small_message_limit_never_makes_more_parts_than_a_socket_queues() -> None:
+    """With the smallest `max_message` (4096 bytes) a reply is split into at most MAX_PARTS parts, far below the
+    1,000 messages a ZeroMQ socket queues before it drops (an attack review: 5,558 parts of a 12 MB DAG, parts
+    2,000-3,169 silently lost, `bad_reply`); a larger one is refused (reply_too_large) instead."""
+    limit = 4096
+    fits = {"ok": True, "result": "a" * (max_reply(limit) - 40)}
+    msgs = _parts(fits, limit)
+    assert len(msgs) <= MAX_PARTS
+    assert split_reply(Codec(KEY, max_message=limit), {"ok": True, "result": "a" * max_reply(limit)}, "r",
+                       limit) is None
