@@ -8,9 +8,7 @@ The rung that ended the session is recorded in ``session.ended`` as ``ended_by``
 from __future__ import annotations
 
 import errno
-import os
 import signal
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,13 +17,14 @@ from typing import Any
 
 import structlog
 
+from labd.daemon.crash_report import crash_text
 from labd.daemon.launcher import ExitInfo, Launcher, is_same_process
 from labd.daemon.limits import Limits
 from labd.daemon.monitor import Monitor
 from labd.daemon.orphans import Claims
 from labd.daemon.queue import Queued, RunQueue
 from labd.runner.session import CRASH_FILE
-from labd.runner.withhold import looked_for, mark
+from labd.runner.withhold import looked_for
 
 __all__ = ["Supervisor", "Running"]
 
@@ -334,7 +333,7 @@ class Supervisor:
         if info.reason:  # lost, not ended (a remote runner's actor or node died): the launcher says why
             payload["lost_reason"] = info.reason
         if info.signal is not None or info.exit_code:  # a crash of the runner itself leaves its text there
-            crash = crash_text(run)
+            crash = crash_text(run.crash_file, run.secrets)
             if crash:
                 payload["runner_stderr"] = crash
         self.post(sid, "session.ended", payload)
@@ -378,38 +377,6 @@ class Supervisor:
                     self._rung(run, "sigterm")
                 elif run.step == "sigterm":
                     self._rung(run, "sigkill")
-
-
-#: characters of a runner's crash file recorded in ``session.ended`` (its end: where the fatal error is)
-CRASH_TAIL = 2000
-
-
-def crash_text(run: Running) -> str | None:
-    """The end of ``run``'s crash file (at most :data:`CRASH_TAIL` characters, from a line start when it is cut,
-    the session's secrets withheld); None if it is empty or cannot be read. Read without following a link: the
-    file is in the session's directory, which session code can write."""
-    if run.crash_file is None:
-        return None
-    try:
-        fd = os.open(run.crash_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or not st.st_size:
-            return None
-        raw = os.pread(fd, 4 * CRASH_TAIL, max(0, st.st_size - 4 * CRASH_TAIL))
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    text = raw.decode("utf-8", "replace").strip()
-    if len(text) > CRASH_TAIL or len(raw) < st.st_size:
-        text = text[-CRASH_TAIL:]
-        text = text.split("\n", 1)[1] if "\n" in text else text  # from a line start: no piece of a secret
-    for name, value in run.secrets:
-        text = text.replace(value, mark(name))
-    return text or None
 
 
 def _disk_full(exc: BaseException) -> bool:
