@@ -100,6 +100,7 @@ class _Claim:
     queued: bool  # stored as ``queued`` (else live)
     limits: Limits
     deadline: float  # time.monotonic()
+    stop: tuple[str, float | None] | None = None  # a stop (by, grace) or kill (by, None) asked meanwhile
 
 
 class Claims:
@@ -125,14 +126,26 @@ class Claims:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def stop_when_settled(self, sid: str, by: str, grace: float | None) -> bool:
+        """A stop (``grace`` seconds) or kill (``grace`` None) asked of a claimed session: carried out when it
+        settles (see :meth:`settle`). False if ``sid`` is not claimed."""
+        claim = self._pending.get(sid)
+        if claim is None:
+            return False
+        claim.stop = (by, grace)
+        return True
+
     def limits(self) -> list[Limits]:
         """What the claimed sessions hold of the run queue's capacity (a real runner runs already)."""
         return [c.limits for c in self._pending.values()]
 
-    def settle(self, adopt: Callable[[dict[str, Any], tuple[int, float] | None], Any]) -> None:
-        """Adopt the claimed runners that proved themselves; past the deadline, go on without the others:
-        a queued session is queued again, a live one goes through ``adopt(row, None)`` (lost, or adopted from a
-        remote launcher). The unproven process is never signalled. On the main thread, every tick."""
+    def settle(self, adopt: Callable[[dict[str, Any], tuple[int, float] | None], Any],
+               stop: Callable[[str, tuple[str, float | None]], Any] = lambda _sid, _how: None,
+               cancel: Callable[[str, str], Any] = lambda _sid, _by: None) -> None:
+        """Adopt the claimed runners that proved themselves (and ``stop`` them at once if a stop or kill was asked
+        meanwhile); past the deadline, go on without the others: a queued session is queued again (or, if a stop
+        was asked, ended through ``cancel(sid, by)``), a live one goes through ``adopt(row, None)`` (lost, or
+        adopted from a remote launcher). The unproven process is never signalled. On the main thread, every tick."""
         if not self._pending:
             return
         now = time.monotonic()
@@ -140,12 +153,16 @@ class Claims:
             if self.proven(sid):
                 del self._pending[sid]
                 adopt(claim.row, claim.found)
+                if claim.stop is not None:
+                    stop(sid, claim.stop)
             elif now >= claim.deadline:
                 del self._pending[sid]
                 self.log.warning("a process titled as this session's runner never proved it is one (no frame signed "
                                  "with the session's key): not adopted, left alone", session_id=sid,
                                  pid=claim.found[0], queued=claim.queued)
-                if claim.queued:
+                if claim.queued and claim.stop is not None:
+                    cancel(sid, claim.stop[0])
+                elif claim.queued:
                     self.requeue(claim.row)
                 else:
                     adopt(claim.row, None)

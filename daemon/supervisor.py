@@ -108,6 +108,19 @@ class Supervisor:
             return
         self.queue.push(q)
 
+    def stop_claimed(self, sid: str, by: str, grace: float | None) -> bool:
+        """Stop (``grace`` seconds) or kill (``grace`` None) a session whose runner, found by title at start, has
+        not proven itself yet (daemon/orphans.py): done once it does, or the session is cancelled (queued) or
+        found lost (live) if it does not. False if ``sid`` is not such a session."""
+        return self.claims.stop_when_settled(sid, by, grace)
+
+    def _settled_stop(self, sid: str, how: tuple[str, float | None]) -> None:
+        by, grace = how
+        if grace is None:
+            self.kill(sid, by)
+        else:
+            self.stop(sid, by, grace)
+
     def dequeue(self, sid: str, by: str) -> bool:
         """End a queued session before any runner started: ``cancelled``. False if it is not queued."""
         if not self.queue.remove(sid):
@@ -350,7 +363,8 @@ class Supervisor:
                                                ("rss", "cpu_percent", "num_procs", "peak_rss", "peak_cpu_percent")})
 
     def tick(self) -> None:
-        self.claims.settle(self.adopt)
+        self.claims.settle(self.adopt, self._settled_stop,
+                           lambda sid, by: self._end_queued(sid, "cancelled", f"stopped while queued (by {by})"))
         self.pump()
         for pgid, deadline in list(self._leftovers.items()):
             if time.monotonic() >= deadline:

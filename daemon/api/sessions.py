@@ -343,6 +343,8 @@ class Stop(Request):
         row = resolve_session(self)
         grace = self.arg("grace", (int, float), self.daemon.cfg.stop_grace, check=lambda g: 0 <= g <= 3600,
                          hint="seconds between 0 and 3600")
+        if self.daemon.supervisor.stop_claimed(row["id"], "client", grace):  # stopped once its runner proves itself
+            return {"session": row["id"], "stopping": True, "grace": grace, "awaiting_runner": True}
         if self.daemon.supervisor.dequeue(row["id"], "client"):
             return {"session": row["id"], "stopping": True, "grace": grace, "was_queued": True}
         if row["status"] in TERMINAL_STATUSES or not self.daemon.supervisor.stop(row["id"], "client", grace):
@@ -356,6 +358,8 @@ class Kill(Request):
 
     def execute(self) -> Any:
         row = resolve_session(self)
+        if self.daemon.supervisor.stop_claimed(row["id"], "client", None):  # killed once its runner proves itself
+            return {"session": row["id"], "killing": True, "awaiting_runner": True}
         if self.daemon.supervisor.dequeue(row["id"], "client"):
             return {"session": row["id"], "killing": True, "was_queued": True}
         if row["status"] in TERMINAL_STATUSES or not self.daemon.supervisor.kill(row["id"], "client"):

@@ -70,7 +70,7 @@ def test_impostor_of_a_queued_session_does_not_keep_it_from_running(isolated_env
             blocker = c.start("demo.sleep", params={"seconds": 120})
             wait_until(lambda: c.session(blocker)["status"] == "running", timeout=30, what="the blocker running")
             queued = c.start("demo.sleep", params={"seconds": 0.2})
-            assert c.session(queued)["status"] == "queued"
+            wait_until(lambda: c.session(queued)["status"] == "queued", timeout=30, what="the session queued")
         first.stop()  # SIGTERM: the blocker runs on, the queued session waits in the store
         with _impostor(isolated_env, queued) as imp:
             restarted = DaemonProc(isolated_env).start()
@@ -121,3 +121,36 @@ def test_impostor_of_a_live_session_whose_runner_is_gone_is_not_adopted(daemon: 
                 assert _alive(imp), "the impostor was killed: it never proved it is one of ours"
         finally:
             restarted.stop()
+
+
+def test_a_stop_while_a_claimed_queued_session_awaits_its_runner_is_kept(isolated_env: Path) -> None:
+    """A queued session claimed by a process titled as its runner (see above) and stopped by the user while the
+    daemon waits for that process to prove itself: the stop is accepted (`awaiting_runner`), and when the proof
+    does not come the session ends `cancelled` without ever running — before, the stop was refused
+    `not_running` and the session was queued again and ran (an attack review)."""
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text("[daemon]\nmax_sessions = 1\n")
+    first, restarted = DaemonProc(isolated_env).start(), None
+    try:
+        with first.client() as c:
+            blocker = c.start("demo.sleep", params={"seconds": 120})
+            wait_until(lambda: c.session(blocker)["status"] == "running", timeout=30, what="the blocker running")
+            queued = c.start("demo.sleep", params={"seconds": 0.2})
+            wait_until(lambda: c.session(queued)["status"] == "queued", timeout=30, what="the session queued")
+        first.stop()
+        with _impostor(isolated_env, queued) as imp:
+            restarted = DaemonProc(isolated_env).start()
+            with restarted.client() as c:
+                reply = c.request("session.stop", session=queued)
+                assert reply["awaiting_runner"] is True and reply["stopping"] is True, reply
+                c.kill(blocker)  # its slot frees: were the session queued again, it would run now
+                final = wait_until(lambda: (s := c.session(queued))["status"] not in ("queued", "created", "running")
+                                   and s, timeout=60, what="the claimed session to end")
+                assert final["status"] == "cancelled", final
+                assert not list(c.history(queued, kinds=["session.started"])), "the stopped session ran"
+                assert _alive(imp), "the impostor was killed: it never proved it is one of ours"
+    finally:
+        first.stop()
+        if restarted is not None:
+            restarted.stop()
+        kill_runners(isolated_env)
