@@ -14,8 +14,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from labd.ipc.wire import PayloadError, encode_json
+
 __all__ = ["SCHEMAS", "KIND_VERSION", "DAEMON_KINDS", "EventError", "validate", "quick_valid", "TERMINAL_STATUSES",
-           "STATUSES", "BLOBS_FIELD"]
+           "STATUSES", "BLOBS_FIELD", "APPROVAL_PROMPT_MAX", "APPROVAL_CONTEXT_MAX", "APPROVAL_KIND_MAX",
+           "APPROVAL_OPTIONS_MAX", "APPROVAL_OPTION_MAX", "APPROVAL_ID_MAX", "APPROVAL_POLICIES",
+           "APPROVAL_PAYLOAD_MAX"]
 
 NUM = (int, float)
 ANY = object
@@ -31,6 +35,28 @@ TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "lost"})
 
 class EventError(ValueError):
     """An event that does not match its kind's schema."""
+
+
+# Bounds of an approval request (``approval.requested``), checked by :func:`validate`: by the runner where the
+# workflow asks (``ctx.approval`` raises) and by ingest for whatever a runner sends (``event.rejected``). An approval
+# is never dropped or counted against the output cap (the workflow waits for its answer), so its size is bounded
+# instead: at most 1 MiB of event (and of row) however it is written (docs/design.md, "Approvals at scale").
+#: characters of the prompt: a question a person reads (~25k tokens, ~50 pages); material belongs in files
+APPROVAL_PROMPT_MAX = 100_000
+#: bytes of the context's JSON (UTF-8, as it is sent and stored)
+APPROVAL_CONTEXT_MAX = 65_536
+#: characters of ``kind`` (the approvals table's column) and of an ``approval_id`` (ids are ``ap-<16 hex>``)
+APPROVAL_KIND_MAX = 40
+APPROVAL_ID_MAX = 40
+#: options: at most this many, each a non-empty string of at most APPROVAL_OPTION_MAX characters (the longest
+#: decision ``approval.resolve`` takes: a longer option could never be chosen)
+APPROVAL_OPTIONS_MAX = 100
+APPROVAL_OPTION_MAX = 40
+#: what ``policy`` may be: what happens once ``timeout`` passes without an answer
+APPROVAL_POLICIES = ("approve", "reject", "fail")
+#: bytes of the whole payload's JSON: the fields above at their bounds fit (a prompt of escapes is 600,000 bytes),
+#: and it bounds what they do not name (``agent``, fields a runner adds)
+APPROVAL_PAYLOAD_MAX = 2**20
 
 
 # kind -> {field: (accepted types, required)}
@@ -233,6 +259,44 @@ def validate(kind: Any, payload: Any, node_id: Any = None) -> None:
             raise EventError(f"{kind}: field {field!r} must not be a boolean")
         if not isinstance(value, types):
             raise EventError(f"{kind}: field {field!r} has the wrong type ({type(value).__name__})")
+    if kind == "approval.requested":
+        _check_approval(payload)
+
+
+def _check_approval(payload: dict[str, Any]) -> None:
+    """The bounds of an approval request (the ``APPROVAL_*`` constants); types are already checked."""
+    kind = "approval.requested"
+    aid, prompt, options = payload["approval_id"], payload["prompt"], payload["options"]
+    if not 0 < len(aid) <= APPROVAL_ID_MAX:
+        raise EventError(f"{kind}: approval_id must be 1-{APPROVAL_ID_MAX} characters (got {len(aid):,})")
+    if len(payload["kind"]) > APPROVAL_KIND_MAX:
+        raise EventError(f"{kind}: kind must be at most {APPROVAL_KIND_MAX} characters (got {len(payload['kind']):,})")
+    if len(prompt) > APPROVAL_PROMPT_MAX:
+        raise EventError(f"{kind}: prompt must be at most {APPROVAL_PROMPT_MAX:,} characters (got {len(prompt):,}); "
+                         "put long material in a file and name it in the prompt")
+    if not 0 < len(options) <= APPROVAL_OPTIONS_MAX:
+        raise EventError(f"{kind}: options must be 1-{APPROVAL_OPTIONS_MAX} strings (got {len(options):,})")
+    for o in options:
+        if o.__class__ is not str or not 0 < len(o) <= APPROVAL_OPTION_MAX:
+            raise EventError(f"{kind}: each option must be a string of 1-{APPROVAL_OPTION_MAX} characters "
+                             f"(got {_describe(o)})")
+    policy = payload.get("policy")
+    if policy is not None and policy not in APPROVAL_POLICIES:
+        raise EventError(f"{kind}: policy must be approve, reject or fail (got {str(policy)[:40]!r})")
+    try:  # as the runner sends them (and the store keeps them)
+        context = payload.get("context")
+        if context is not None and (size := len(encode_json(context))) > APPROVAL_CONTEXT_MAX:
+            raise EventError(f"{kind}: context must be at most {APPROVAL_CONTEXT_MAX:,} bytes as JSON "
+                             f"(got {size:,})")
+        size = len(encode_json(payload))
+    except PayloadError as exc:  # nested deeper than JSON can carry
+        raise EventError(f"{kind}: {exc}") from None
+    if size > APPROVAL_PAYLOAD_MAX:
+        raise EventError(f"{kind}: the payload must be at most {APPROVAL_PAYLOAD_MAX:,} bytes as JSON (got {size:,})")
+
+
+def _describe(value: Any) -> str:
+    return f"{len(value):,} characters" if isinstance(value, str) else f"a value of type {type(value).__name__}"
 
 
 def _check_blobs(kind: str, blobs: Any) -> None:

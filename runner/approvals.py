@@ -5,6 +5,10 @@ resolves it (or the per-request timeout policy does), and the daemon sends the r
 runner over its channel once it is committed. A runner that reconnects (e.g. after a daemon restart)
 names the approvals it still waits for in its ``hello``, and the daemon re-sends their resolutions.
 
+What a workflow may ask is bounded (labd.ipc.events ``APPROVAL_*``: prompt, context, kind, options): a request
+beyond a bound, or too large for one message to the daemon, raises at once (``ValueError``) instead of being
+recorded whole or waited for in vain (an approval is never dropped or truncated: the workflow waits for its answer).
+
 A waiting thread sleeps in one untimed wait until its answer arrives or the session is cancelled: one watcher
 thread per runner waits for the cancellation and wakes every waiter then (thousands of waiters cost nothing
 while they wait; they used to wake four times a second each to look for a cancellation).
@@ -14,11 +18,13 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from labd.ipc.events import validate
+from labd.ipc.wire import encode_json
 
 __all__ = ["Approvals", "Decision", "ApprovalTimeout", "DECISIONS"]
 
@@ -47,8 +53,12 @@ class Decision:
 class Approvals:
     """Outstanding approval requests of this runner."""
 
-    def __init__(self, emit: Callable[..., int], cancelled: threading.Event) -> None:
+    def __init__(self, emit: Callable[..., int], cancelled: threading.Event,
+                 room: Callable[[], int] | None = None) -> None:
         self._emit = emit
+        #: the most bytes one encoded event may take and still reach the daemon whole (the channel's
+        #: ``event_room``; by default found on ``emit`` when it is the channel's own method); None: not checked
+        self._room = room if room is not None else getattr(getattr(emit, "__self__", None), "event_room", None)
         self._cancelled = cancelled
         self._lock = threading.Lock()
         self._waiting: dict[str, tuple[threading.Event, list[dict[str, Any]]]] = {}
@@ -92,8 +102,16 @@ class Approvals:
         """Ask and block until answered. ``policy`` (approve | reject | fail) applies after ``timeout`` s."""
         if policy not in ("approve", "reject", "fail"):
             raise ValueError(f"policy must be approve, reject or fail, not {policy!r}")
-        if not options or not all(isinstance(o, str) and 0 < len(o) <= 40 for o in options):
-            raise ValueError("options must be a non-empty list of strings of at most 40 characters")
+        options = list(options)
+        aid = "ap-" + secrets.token_hex(8)
+        payload: dict[str, Any] = {"approval_id": aid, "kind": kind, "prompt": prompt, "options": options,
+                                   "context": context, "policy": policy}
+        if timeout is not None:
+            payload["timeout"] = float(timeout)
+        if agent:
+            payload["agent"] = agent
+        # raise here, rather than wait for a request the daemon rejects (its bounds: labd.ipc.events APPROVAL_*)
+        validate("approval.requested", payload, node_id)
         if self.forked:
             raise RuntimeError("an approval cannot be asked from a process the workflow forked (its answer could "
                                "not reach it): ask in the session's own process")
@@ -107,16 +125,15 @@ class Approvals:
                     raise ApprovalTimeout(f"approval {kind!r} was not answered in the recorded session (policy: fail)")
                 return Decision(decision=answer["decision"], feedback=answer.get("feedback"),
                                 hypothesis=answer.get("hypothesis"), by="replay", via="replay")
-        aid = "ap-" + secrets.token_hex(8)
+        if self._room is not None:  # an event too large for one message would reach the daemon as a marker only
+            from labd.runner.channel_wire import too_large
+
+            size, room = len(encode_json([2**53, time.time(), "approval.requested", node_id, None, payload])), \
+                self._room()
+            if size > room:
+                raise ValueError(f"approval {kind!r} cannot be asked: {too_large(size, room)}")
         done: threading.Event = threading.Event()
         box: list[dict[str, Any]] = []
-        payload: dict[str, Any] = {"approval_id": aid, "kind": kind, "prompt": prompt, "options": list(options),
-                                   "context": context, "policy": policy}
-        if timeout is not None:
-            payload["timeout"] = float(timeout)
-        if agent:
-            payload["agent"] = agent
-        validate("approval.requested", payload, node_id)  # raise here, rather than wait for a rejected request
         self._register(aid, done, box)  # before it is asked: the answer may come at once
         try:
             self._emit("approval.requested", payload, node_id)

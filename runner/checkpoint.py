@@ -7,18 +7,21 @@ copies only that file. Hashes come from the :class:`~labd.runner.files.FileTrack
 hashes exactly what changed (by size and mtime) after every step, so a checkpoint never reads an
 unchanged file. A manifest is itself an object (JSON), so an unchanged directory costs one lookup.
 
-Objects are written to a temporary name, verified against their digest while copied (a file rewritten
-between the scan and the copy is stored under what it really holds), made read-only, then renamed: an
-object is never half-written and never modified, which lets the daemon hard-link a parent session's
-objects into a branch's directory. A write that fails (a full disk) removes its temporary file and raises:
-the caller must not record a checkpoint that lacks the file.
+Objects are written to a temporary name, verified against their digest while copied, made read-only, then
+renamed: an object is never half-written and never modified, which lets the daemon hard-link a parent session's
+objects into a branch's directory. A file is read through :class:`~labd.runner.workfs.WorkDir` (no symlink in any
+component, a regular file only) and must hold exactly the digest its scan recorded: a file rewritten, replaced
+(a symlink swapped in) or gone since the scan is not stored (:class:`SourceChanged`), never under a wrong digest.
+A write that fails (a full disk) removes its temporary file and raises OSError: the caller must not record a
+checkpoint that lacks the file.
 
 Since an object is named by its sha256, a reader checks what it reads: :func:`restore` hashes each object
 while copying it and puts nothing in place unless every one matches (:class:`DamagedObject`), and
 :meth:`ObjectStore.get_verified` does the same for a result.
 
-A checkpoint's new objects are capped (:func:`store_files`; an attack review filled a disk with a ``truncate``d
-file): what does not fit is left out and the checkpoint is partial. 1 MiB of zeros is written as a hole.
+A checkpoint's new objects are capped (:func:`labd.runner.checkpoint_store.store_files`; an attack review filled a
+disk with a ``truncate``d file): what does not fit is left out and the checkpoint is partial. 1 MiB of zeros is
+written as a hole.
 """
 
 from __future__ import annotations
@@ -33,12 +36,11 @@ from typing import Any, NamedTuple
 import orjson
 
 from labd.runner.files import walk_files
-from labd.runner.names import BadKey, display, key_path, manifest_key
+from labd.runner.names import BadKey, display, key_path
 from labd.runner.workfs import UnsafePath, WorkDir, parts_of
 
 __all__ = ["ObjectStore", "Snapshot", "restore", "walk_files", "load_manifest", "load_manifests", "manifest_object",
-           "OBJECTS_DIR", "MAX_CHAIN", "DamagedObject", "MAX_FILE_BYTES", "MAX_NEW_BYTES", "TooLarge", "Stored",
-           "store_files"]
+           "OBJECTS_DIR", "MAX_CHAIN", "DamagedObject", "TooLarge", "SourceChanged"]
 
 #: relative to the session directory (the directory that holds ``work``)
 OBJECTS_DIR = "checkpoints/objects"
@@ -46,10 +48,6 @@ OBJECTS_DIR = "checkpoints/objects"
 #: reading one follows at most this many links (and a step that changed one file stores a few hundred bytes
 #: of manifest, not the whole directory's listing)
 MAX_CHAIN = 32
-#: a checkpoint stores no file larger than this (apparent size: a sparse file's holes count), nor new objects past
-#: MAX_NEW_BYTES in all (files copied smallest first); the rest is left out, the checkpoint partial (cf. MAX_FILES)
-MAX_FILE_BYTES = 1 << 30
-MAX_NEW_BYTES = 2 << 30
 _BLOCK = 1 << 20
 _ZEROS = bytes(_BLOCK)
 
@@ -64,6 +62,52 @@ class DamagedObject(OSError):
 
 class TooLarge(Exception):  # noqa: N818 - not an error of the store: the file is left out
     """A file being copied into the store passed the store's :attr:`ObjectStore.limit` (it grew since its scan)."""
+
+
+class SourceChanged(Exception):  # noqa: N818 - not an error of the store: the file is left out
+    """The file being copied into the store is not the one its scan saw; ``why``: ``gone`` (no regular file there any
+    more: removed, renamed away, or a symlink or anything else in its place), ``changed`` (another content than the
+    digest expected) or ``unreadable`` (opening or reading it failed). An error of the work directory's side, never of
+    the store's: nothing was stored."""
+
+    def __init__(self, why: str, message: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
+class _Source:
+    """A source file's reads, an OSError of which is the work directory's (:class:`SourceChanged`), not the store's."""
+
+    def __init__(self, fi: Any) -> None:
+        self._fi = fi
+
+    def read(self, n: int) -> bytes:
+        try:
+            return bytes(self._fi.read(n))
+        except OSError as exc:
+            raise SourceChanged("unreadable", f"reading it failed: {exc}") from exc
+
+
+def _open_source(src: Path, within: tuple[WorkDir, Path] | None) -> int:
+    """A read-only fd of regular file ``src``: through ``within`` (the work directory, opened, and its path: no symlink
+    in any component below it), else with O_NOFOLLOW on its last component. Raises :class:`SourceChanged`."""
+    try:
+        if within is not None:
+            wd, root = within
+            return wd.open_file(src.relative_to(root).as_posix())
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FileNotFoundError(errno.ENOENT, "not a regular file", str(src))
+        return fd
+    except FileNotFoundError as exc:
+        raise SourceChanged("gone", f"no such regular file: {exc}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW on a symlink
+            raise SourceChanged("gone", "a symlink, not a file") from None
+        raise SourceChanged("unreadable", f"opening it failed: {exc}") from exc
+    except ValueError as exc:  # not a path below the work directory
+        raise SourceChanged("unreadable", str(exc)) from exc
 
 
 def _copy_stream(fi: Any, fo: Any, limit: int | None = None) -> tuple[str, int]:
@@ -87,11 +131,11 @@ def _copy_stream(fi: Any, fo: Any, limit: int | None = None) -> tuple[str, int]:
     return h.hexdigest(), written
 
 
-def _copy_hashed(src: Path, dst: Path, limit: int | None = None) -> tuple[str, int]:
-    """Copy ``src`` to ``dst`` (created); returns (sha256 of what was copied, bytes). ``dst`` is removed when
-    the copy fails, whatever the reason (ENOSPC, EIO, :class:`TooLarge`...)."""
+def _copy_hashed(fi: Any, dst: Path, limit: int | None = None) -> tuple[str, int]:
+    """Copy file object ``fi`` to ``dst`` (created); returns (sha256 of what was copied, bytes). ``dst`` is removed
+    when the copy fails, whatever the reason (ENOSPC, EIO, :class:`TooLarge`, :class:`SourceChanged`...)."""
     try:
-        with open(src, "rb") as fi, open(dst, "wb") as fo:
+        with open(dst, "wb") as fo:
             return _copy_stream(fi, fo, limit)
     except BaseException:
         dst.unlink(missing_ok=True)
@@ -166,11 +210,14 @@ class ObjectStore:
         self._known: set[str] = set()
         #: :meth:`put_file` copies at most this many bytes (None: any), else raises :class:`TooLarge`
         self.limit: int | None = None
+        #: the work directory (opened, and its path) :meth:`put_file` reads files of (None: any path)
+        self.within: tuple[WorkDir, Path] | None = None
 
-    def bounded(self, limit: int) -> ObjectStore:
-        """The same store, its :meth:`put_file` copying at most ``limit`` bytes."""
+    def bounded(self, limit: int, within: tuple[WorkDir, Path] | None = None) -> ObjectStore:
+        """The same store, its :meth:`put_file` copying at most ``limit`` bytes, of files of ``within`` (the opened
+        work directory and its path: the file is opened through it, no symlink followed in any component)."""
         store = ObjectStore(self.root)
-        store._known, store.limit = self._known, limit
+        store._known, store.limit, store.within = self._known, limit, within
         return store
 
     def path(self, digest: str) -> Path:
@@ -213,13 +260,20 @@ class ObjectStore:
         return digest
 
     def put_file(self, src: Path, expected: str) -> tuple[str, int]:
-        """Copy ``src`` in (unless an object ``expected`` exists); returns (its real sha256, bytes written).
-        Raises (leaving no temporary file) when the copy fails, :class:`TooLarge` past :attr:`limit` bytes."""
+        """Copy regular file ``src`` in as object ``expected`` (unless it exists); returns (``expected``, bytes
+        written). ``src`` is opened without following a symlink (through :attr:`within`, in no component) and must
+        hold exactly ``expected``: else :class:`SourceChanged` (gone, changed, unreadable: the source's side) and
+        nothing is stored. Raises :class:`TooLarge` past :attr:`limit` bytes, and OSError only for an error of the
+        store's side (a full disk); never leaves a temporary file."""
         if self.has(expected):
             return expected, 0
-        tmp = self._tmp()
-        digest, written = _copy_hashed(src, tmp, self.limit)
-        if self.has(digest):  # rewritten since the scan, into something already stored
+        with open(_open_source(src, self.within), "rb") as fi:
+            tmp = self._tmp()
+            digest, written = _copy_hashed(_Source(fi), tmp, self.limit)
+        if digest != expected:  # rewritten or replaced since the scan: never an object under another digest
+            tmp.unlink()
+            raise SourceChanged("changed", "its content is not what its scan hashed")
+        if self.has(digest):  # stored meanwhile (a concurrent checkpoint)
             tmp.unlink()
             return digest, 0
         self._commit(tmp, digest)
@@ -253,65 +307,6 @@ class Snapshot(NamedTuple):
 
     files: dict[str, list[Any]]
     objects: ObjectStore
-
-
-class Stored(NamedTuple):
-    """What :func:`store_files` stored; ``left_out``: ``(path, size, why)``, why ``file_cap`` or ``checkpoint_cap``."""
-
-    manifest: dict[str, list[Any]]
-    total: int
-    new_objects: int
-    new_bytes: int
-    left_out: list[tuple[str, int, str]]
-
-
-def store_files(objects: ObjectStore, root: Path, seen: dict[str, tuple[int, int, str]], modes: dict[str, int]
-                ) -> Stored:
-    """Store the files of a scan (``seen``: path -> (size, mtime_ns, sha256)) as objects; make their manifest. A file
-    whose object exists costs nothing; the others are copied smallest first while they fit the caps, counted by
-    apparent size (a sparse file's holes count) and checked again while copied (a file grown since its scan stops at
-    the cap); what does not fit is left out, as is a file gone since the scan (unreported: it is not there). Raises
-    OSError when a file could not be stored (a full disk): never a manifest without a file that fits."""
-    entries: dict[str, list[Any]] = {}
-    todo: list[tuple[int, str, str]] = []
-    for rel, (size, _mtime, digest) in seen.items():
-        if objects.has(digest):
-            entries[rel] = [digest, size]
-        else:
-            todo.append((size, rel, digest))
-    new_objects = new_bytes = 0
-    left_out: list[tuple[str, int, str]] = []
-    for size, rel, digest in sorted(todo):
-        room = MAX_NEW_BYTES - new_bytes
-        if objects.has(digest):  # the content of a file stored just before: it costs nothing
-            entries[rel] = [digest, size]
-            continue
-        if size > MAX_FILE_BYTES or size > room:
-            left_out.append((rel, size, "file_cap" if size > MAX_FILE_BYTES else "checkpoint_cap"))
-            continue
-        try:
-            digest, written = objects.bounded(min(MAX_FILE_BYTES, room)).put_file(root / rel, digest)
-        except TooLarge:  # grown since the scan
-            left_out.append((rel, size, "file_cap" if room >= MAX_FILE_BYTES else "checkpoint_cap"))
-            continue
-        except FileNotFoundError:
-            if os.path.lexists(root / rel):  # not the file that went missing: the store
-                raise
-            continue  # gone since the scan: not part of this checkpoint
-        except OSError as exc:  # a full disk, an I/O error...: never a manifest without the file
-            raise OSError(exc.errno or errno.EIO, f"storing {display(rel)}: {exc.strerror or exc}") from exc
-        if written:
-            new_objects += 1
-            new_bytes += written
-        entries[rel] = [digest, size]
-    manifest: dict[str, list[Any]] = {}
-    total = 0
-    for rel in seen:  # in scan order
-        if rel in entries:
-            digest, size = entries[rel]
-            manifest[manifest_key(rel)] = [digest, size, modes.get(rel, 0o644)]  # JSON-safe keys
-            total += size
-    return Stored(manifest, total, new_objects, new_bytes, left_out)
 
 
 def restore(root: Path, manifest: dict[str, list[Any]], objects: ObjectStore, remove_extra: bool = True

@@ -370,6 +370,11 @@ class Context(Interruptible):
         ``timeout`` seconds without an answer applies ``policy``: approve, reject, or fail (raises
         :class:`labd.runner.approvals.ApprovalTimeout`). Blocks the calling thread; use
         ``await asyncio.to_thread(ctx.approval, ...)`` from async code.
+
+        Bounded (an approval is never dropped or truncated, so its size is): ``kind`` at most 40 characters,
+        ``prompt`` at most 100,000, ``context`` at most 64 KiB as JSON, 1-100 ``options`` of 1-40 characters each
+        (:mod:`labd.ipc.events`, ``APPROVAL_*``). A request beyond a bound, or too large for one message to the
+        daemon, raises ``ValueError`` at once, naming the bound; put long material in a file and name it.
         """
         if self.approvals is None:
             raise RuntimeError("approvals are not available in this context")

@@ -33,17 +33,16 @@ from typing import Any, NoReturn
 
 import orjson
 
-from labd.runner import checkpoint as ckpt
+from labd.runner import checkpoint_store as ckpt
 from labd.runner.checkpoint import (
     OBJECTS_DIR,
     ObjectStore,
     Snapshot,
-    Stored,
     load_manifest,
     manifest_object,
     restore,
-    store_files,
 )
+from labd.runner.checkpoint_store import SessionBudget, Stored, store_files
 from labd.runner.context import MAX_STEP_ERROR, clip
 from labd.runner.names import display, key_path
 from labd.runner.withhold import head_cut
@@ -127,6 +126,8 @@ class Durable:
         self.workdir = workdir
         self.files = files
         self.objects = ObjectStore(session_dir / OBJECTS_DIR)
+        #: what this session's checkpoints may still add to its objects (checkpoint_store.MAX_SESSION_BYTES)
+        self.budget = SessionBudget(self.objects.root)
         seed = seed or {}
         self.mode: str | None = seed.get("mode")  # resume | branch | None (a first run)
         self.record: dict[str, dict[str, Any]] = dict(seed.get("steps") or {})
@@ -158,7 +159,7 @@ class Durable:
         self.enabled = True  # scripts/bench_flows.py turns checkpoints off to measure their cost
         #: called with each step's checkpoint (a remote runner ships the files that changed: runner/ship.py)
         self.after_checkpoint: Callable[[Snapshot], object] | None = None
-        self._cap_warned = False  # the warning that checkpoints leave files over a cap out was given
+        self._cap_warned: set[str] = set()  # the warnings given that checkpoints leave files out (see _left_out)
 
     # ---- positions and the record -----------------------------------------------------------------
     def position(self, parent_node: str | None) -> str:
@@ -355,34 +356,44 @@ class Durable:
 
     def _manifest(self) -> tuple[Stored, bool]:
         """The manifest of the tracker's last scan (hashes it already computed: no file is read twice), each
-        file's content stored as an object first (within the caps: :func:`~labd.runner.checkpoint.store_files`).
+        file's content stored as an object first (within the caps: :func:`~labd.runner.checkpoint_store.store_files`).
         Returns what was stored and whether the manifest is partial: the scan stopped at a bound, or files were
         left out over a cap, so it may lack files of the work directory."""
         with self.files.lock:
             seen = dict(self.files.seen)
             modes = dict(self.files.modes)
             partial = bool(getattr(self.files, "truncated", False))
-        stored = store_files(self.objects, self.workdir, seen, modes)
+        stored = store_files(self.objects, self.workdir, seen, modes, self.budget)
         return stored, partial or bool(stored.left_out)
 
     def _left_out(self, name: str, left_out: list[tuple[str, int, str]], payload: dict[str, Any]) -> None:
-        """Name the files a checkpoint left out over a cap in its payload; warn the first time (per runner)."""
+        """Name the files a checkpoint left out in its payload; warn the first time (per runner) files are left out
+        for each kind of reason: a checkpoint's caps, the session's cap, a file changed since its scan."""
         payload["left_out"] = [{"path": display(rel), "size": size, "why": why}
                                for rel, size, why in left_out[:MAX_LEFT_OUT]]
         if len(left_out) > MAX_LEFT_OUT:
             payload["left_out_more"] = len(left_out) - MAX_LEFT_OUT
-        if self._cap_warned:
-            return
-        self._cap_warned = True
-        some = ", ".join(f"{display(rel)} ({size:,} bytes)" for rel, size, _ in left_out[:3])
-        more = f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""
-        self._emit("log", {"level": "warning", "logger": "labd.runner.durable",
-                           "event": f"the checkpoint of step {name!r} left out {some}{more}: a checkpoint stores no "
-                                    f"file over {ckpt.MAX_FILE_BYTES:,} bytes and at most {ckpt.MAX_NEW_BYTES:,} "
-                                    "bytes of new files (apparent sizes, sparse files' holes included), so it is "
-                                    "partial (its step.checkpoint event names what it left out); a resume from a "
-                                    "partial checkpoint writes back what it holds and removes nothing, and a branch "
-                                    "starts without the files it does not hold"})
+        for kind, whys in (("cap", ("file_cap", "checkpoint_cap")), ("session_cap", ("session_cap",)),
+                           ("changed", ("changed", "unreadable"))):
+            files = [(rel, size) for rel, size, why in left_out if why in whys]
+            if not files or kind in self._cap_warned:
+                continue
+            self._cap_warned.add(kind)
+            some = ", ".join(f"{display(rel)} ({size:,} bytes)" for rel, size in files[:3])
+            more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+            reason = {
+                "cap": f"a checkpoint stores no file over {ckpt.MAX_FILE_BYTES:,} bytes and at most "
+                       f"{ckpt.MAX_NEW_BYTES:,} bytes of new files (apparent sizes, sparse files' holes included)",
+                "session_cap": f"the session's checkpoint objects reached {ckpt.MAX_SESSION_BYTES:,} bytes (apparent "
+                               "sizes), so its checkpoints store no new file content from now on",
+                "changed": "they changed (or could not be read) between the scan and their copy, and a checkpoint "
+                           "stores a file only as its scan saw it",
+            }[kind]
+            self._emit("log", {"level": "warning", "logger": "labd.runner.durable",
+                               "event": f"the checkpoint of step {name!r} left out {some}{more}: {reason}; so it is "
+                                        "partial (its step.checkpoint event names what it left out); a resume from a "
+                                        "partial checkpoint writes back what it holds and removes nothing, and a "
+                                        "branch starts without the files it does not hold"})
 
 
 def _preview(value: Any) -> str:

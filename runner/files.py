@@ -132,8 +132,8 @@ class FileTracker:
                         prev = self._seen.get(rel)
                         if prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns:
                             continue
-                        try:
-                            digest = sha256_file(self.root / rel)
+                        try:  # through the fds: a symlink (or FIFO) swapped in since the walk is not read
+                            digest = wd.sha256(rel)
                         except OSError:
                             continue
                         self._seen[rel] = (st.st_size, st.st_mtime_ns, digest)

@@ -212,7 +212,7 @@ def run_session(spec: dict[str, Any]) -> int:
         if kind == "llm.request" and isinstance(payload, dict):  # holds the agent's whole history
             durable.note_request(str(payload.get("agent")), seq)
         return seq
-    ctx.approvals = Approvals(emit, ctx._cancel)  # noqa: SLF001 - the runner owns the context
+    ctx.approvals = Approvals(emit, ctx._cancel, room=channel.event_room)  # noqa: SLF001 - the runner owns ctx
     approvals_box.append(ctx.approvals)
 
     def agents() -> Any:

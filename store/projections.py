@@ -55,8 +55,9 @@ class SessionCursor:
     budget_hit: bool = False
     #: bytes of output kept (``limits.output``) as stored; ingest's backstop (daemon/outputcap.py) reads it
     output_cap: int | None = None
-    #: approval id -> allowed decisions, for approvals not yet resolved
-    pending_approvals: dict[str, list[str]] = field(default_factory=dict)
+    #: approval id -> allowed decisions, for approvals not yet resolved (what a resolution is checked against:
+    #: at most 100 options of at most 40 characters each, labd.ipc.events APPROVAL_*)
+    pending_approvals: dict[str, tuple[str, ...]] = field(default_factory=dict)
     rejected: int = 0  # events that failed validation
 
     @property
@@ -258,7 +259,7 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
                           "restored": payload.get("restored") is True})
     elif kind == "approval.requested":
         aid = payload["approval_id"]
-        cur.pending_approvals[aid] = [str(o) for o in payload["options"]]
+        cur.pending_approvals[aid] = tuple(str(o) for o in payload["options"])
         timeout = payload.get("timeout")
         out.approval_inserts.append({
             "id": aid, "session_id": cur.id, "node_id": node_id, "kind": payload["kind"],

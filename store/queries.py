@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, and_, case, func, or_, select
 
-from labd.ipc.events import TERMINAL_STATUSES
+from labd.ipc.events import APPROVAL_OPTION_MAX, APPROVAL_OPTIONS_MAX, TERMINAL_STATUSES
 from labd.store.blobs import inline
 from labd.store.known_keys import KnownKeys
 from labd.store.schema import (
@@ -35,6 +35,9 @@ COST_GROUPS = ("model", "workflow", "tag", "day", "session")
 MAX_PAGE = 5000
 MAX_PAGE_BYTES = 8 * 1024 * 1024  # keeps a page well under the 16 MiB message limit
 ID_CHUNK = 500  # session ids per IN (...) list: well under SQLite's bound on parameters
+#: the longest ``options`` JSON a valid approval request has (every character of every option a \uXXXX escape);
+#: a longer one (recorded before the bounds, 2026-12-02) is left out of a ``bound`` read of approvals
+OPTIONS_TEXT_MAX = 2 + APPROVAL_OPTIONS_MAX * (3 + 6 * APPROVAL_OPTION_MAX)
 
 
 def children_first(nodes: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
@@ -372,15 +375,17 @@ class Store:
         second, and so on. ``after``: only those after that (``requested_at``, id). ``bound`` (chars, context
         chars): the texts cut in SQL (a huge prompt is never loaded whole) — prompt, feedback and hypothesis to
         their first ``chars`` characters, a context whose JSON is longer than ``context chars`` left out (null);
-        each row then says ``truncated`` (and ``prompt_length`` when its prompt was cut)."""
+        each row then says ``truncated`` (and ``prompt_length`` when its prompt was cut); ``options`` longer than any
+        valid request's (an old row's) are left out too (an empty list, ``truncated``)."""
         a = approvals.c
         where = _approval_filter(session_id, status, after, ids)
         texts = ("prompt", "feedback", "hypothesis")
-        cols: list[Any] = [c for c in a if bound is None or c.name not in (*texts, "context")]
+        cols: list[Any] = [c for c in a if bound is None or c.name not in (*texts, "context", "options")]
         if bound is not None:
             cols += [func.substr(a[t], 1, bound[0]).label(t) for t in texts]
-            cols += [func.length(a[t]).label(f"{t}_length") for t in (*texts, "context")]
+            cols += [func.length(a[t]).label(f"{t}_length") for t in (*texts, "context", "options")]
             cols.append(case((func.length(a.context) <= bound[1], a.context), else_=None).label("context"))
+            cols.append(case((func.length(a.options) <= OPTIONS_TEXT_MAX, a.options), else_="[]").label("options"))
         q = select(*cols).where(*where).order_by(a.requested_at, a.id)
         if per_session is None:
             q = q.limit(limit)
@@ -397,8 +402,9 @@ class Store:
             d["options"] = orjson.loads(d["options"])
             d["context"] = orjson.loads(d["context"]) if d["context"] is not None else None
             if bound is not None:
-                lengths = {t: d.pop(f"{t}_length") or 0 for t in (*texts, "context")}
-                d["truncated"] = any(lengths[t] > bound[0] for t in texts) or lengths["context"] > bound[1]
+                lengths = {t: d.pop(f"{t}_length") or 0 for t in (*texts, "context", "options")}
+                d["truncated"] = (any(lengths[t] > bound[0] for t in texts) or lengths["context"] > bound[1]
+                                  or lengths["options"] > OPTIONS_TEXT_MAX)
                 if lengths["prompt"] > bound[0]:
                     d["prompt_length"] = lengths["prompt"]
             out.append(d)

@@ -90,7 +90,7 @@ class BatchWriter:
         pending = self._conn.execute(select(approvals.c.id, approvals.c.options).where(
             approvals.c.session_id == session_id, approvals.c.status == "pending")).all()
         self._conn.rollback()
-        cur.pending_approvals = {r[0]: orjson.loads(r[1]) for r in pending}
+        cur.pending_approvals = {r[0]: tuple(str(o) for o in orjson.loads(r[1])) for r in pending}
         return cur
 
     def resolutions(self, session_id: str, ids: list[str]) -> list[dict[str, Any]]:

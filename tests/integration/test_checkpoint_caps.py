@@ -1,4 +1,4 @@
-"""A session's code cannot fill the disk through its step checkpoints (labd.runner.checkpoint.store_files), found by
+"""A session's code cannot fill the disk through its step checkpoints (runner/checkpoint_store.store_files), found by
 an attack review: checkpoints copied every file whole, a sparse one by its apparent size (a 0.75 GiB ``truncate``
 cost 1.6 GB of objects over two steps), with no cap. Now a file over MAX_FILE_BYTES (by apparent size) is left out
 of the checkpoint, which is partial and names it; a sparse file under the cap is stored with its holes; and a resume
@@ -11,7 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from labd.runner.checkpoint import MAX_FILE_BYTES, OBJECTS_DIR
+from labd.runner.checkpoint import OBJECTS_DIR
+from labd.runner.checkpoint_store import MAX_FILE_BYTES
 from tests.integration.test_durable import _ended, _events
 
 _GIB = 1 << 30
@@ -124,3 +125,94 @@ def test_a_sparse_file_under_the_cap_is_stored_and_restored_with_its_holes(daemo
             f.seek(size - 4)
             assert f.read() == b"\0\0\0\0x"
         assert (branch_work / "c.txt").read_text() == "c"
+
+
+#: a background thread saves out.json atomically (write a temporary file, rename it over) as fast as it can while the
+#: workflow runs 40 short steps; with ``secret``, it also swaps out.json for a symlink to that file outside the work
+#: directory and back (the attack review's flow)
+_SAVES_FLOW = """\
+import os, threading, time
+
+
+def saves(ctx, steps=40, secret=""):
+    stop = threading.Event()
+    saved = [0]
+
+    def loop():
+        while not stop.is_set():
+            saved[0] += 1
+            with open("out.json.tmp", "w") as f:
+                f.write(f"regular {saved[0]}\\n" * (1000 + saved[0] % 7))  # a new size at most saves
+            os.replace("out.json.tmp", "out.json")
+            if secret:
+                try:
+                    os.symlink(secret, "out.json.l")
+                except FileExistsError:
+                    pass
+                os.replace("out.json.l", "out.json")
+
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
+    for i in range(steps):
+        with ctx.step(f"s{i}"):
+            time.sleep(0.05)
+    stop.set()
+    th.join()
+    if os.path.islink("out.json"):
+        os.unlink("out.json")
+    return saved[0]
+"""
+
+
+def _check_objects(work: Path, cps: list[dict]) -> None:
+    """Every object of the session holds the sha256 it is named by, and every checkpoint's manifest (resolved as a
+    resume would: stored objects and the changes inline in the events) names objects of the sizes it records: no file
+    was stored under a digest other than its scan's."""
+    from labd.runner.checkpoint import ObjectStore, load_manifests
+
+    store = ObjectStore(work.parent / OBJECTS_DIR)
+    for path in store.root.rglob("*"):
+        if path.is_file():
+            store.get_verified(path.name)
+    inline = {cp["manifest"]: cp["manifest_delta"] for cp in cps if "manifest_delta" in cp}
+    manifests = load_manifests(lambda d: inline[d] if d in inline else store.get_json(d),
+                               [cp["manifest"] for cp in cps])
+    for cp in cps:
+        for key, (digest, size, _mode) in manifests[cp["manifest"]].items():
+            assert store.path(digest).stat().st_size == size, (cp["name"], key)
+
+
+@pytest.mark.timeout(300)
+def test_a_workflow_saving_files_atomically_in_the_background_completes(daemon, tmp_path: Path) -> None:
+    """A thread saves out.json atomically (temporary file + rename) in a loop across 40 steps: every checkpoint is
+    recorded and the session completes. A file renamed away or rewritten between a scan and its copy is not in that
+    checkpoint, or left out as ``changed``, never a failed checkpoint (before, `lexists` after a FileNotFoundError
+    raced with the next save and failed the session); every object a manifest names holds its digest and size."""
+    (tmp_path / "saves_flow.py").write_text(_SAVES_FLOW)
+    with daemon.client() as c:
+        sid = c.start(f"{tmp_path / 'saves_flow.py'}:saves")
+        assert _ended(c, sid, timeout=240)["status"] == "completed", c.session(sid)["reason"]
+        work = Path(c.session(sid)["workdir"])
+        cps = _checkpoints(daemon.home, sid)
+        assert [cp["name"] for cp in cps] == [f"s{i}" for i in range(40)]
+        whys = {lo["why"] for cp in cps for lo in cp.get("left_out", ())}
+        assert whys <= {"changed"}, whys
+        _check_objects(work, cps)
+
+
+@pytest.mark.timeout(300)
+def test_a_symlink_swapped_in_between_scan_and_copy_is_never_stored(daemon, tmp_path: Path) -> None:
+    """The attack review's flow: a thread saves out.json atomically and swaps it for a symlink to a secret outside
+    the work directory, in a loop across 40 steps. The session completes, and no object of the session holds the
+    secret (before, a checkpoint copied the symlink's target as out.json, and a branch wrote it back)."""
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"TOP SECRET " + bytes(range(256)) * 4)
+    (tmp_path / "saves_flow.py").write_text(_SAVES_FLOW)
+    with daemon.client() as c:
+        sid = c.start(f"{tmp_path / 'saves_flow.py'}:saves", params={"secret": str(secret)})
+        assert _ended(c, sid, timeout=240)["status"] == "completed", c.session(sid)["reason"]
+        work = Path(c.session(sid)["workdir"])
+        objects = work.parent / OBJECTS_DIR
+        leaked = [p for p in objects.rglob("*") if p.is_file() and b"TOP SECRET" in p.read_bytes()]
+        assert leaked == []
+        _check_objects(work, _checkpoints(daemon.home, sid))

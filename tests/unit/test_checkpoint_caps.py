@@ -1,4 +1,4 @@
-"""The caps on what one checkpoint stores (labd.runner.checkpoint.store_files, MAX_FILE_BYTES and MAX_NEW_BYTES) and
+"""The caps on what one checkpoint stores (runner/checkpoint_store.store_files, MAX_FILE_BYTES and MAX_NEW_BYTES) and
 sparse objects, found by an attack review: a checkpoint copied every file whole, a sparse one by its apparent size
 (a 0.75 GiB ``truncate`` cost 1.6 GB of objects over two steps), with no cap, so a session's code could fill the
 disk through its checkpoints. The caps are lowered here as MAX_FILES is in test_scan_bounds.py (monkeypatch)."""
@@ -14,7 +14,9 @@ import orjson
 import pytest
 
 import labd.runner.checkpoint as checkpoint
-from labd.runner.checkpoint import ObjectStore, manifest_object, restore, store_files
+import labd.runner.checkpoint_store as checkpoint_store
+from labd.runner.checkpoint import ObjectStore, manifest_object, restore
+from labd.runner.checkpoint_store import SessionBudget, store_files
 from labd.runner.durable import MAX_LEFT_OUT, Durable
 from labd.runner.files import FileTracker
 from tests.unit.durable_support import durable_ctx
@@ -25,8 +27,8 @@ _MIB = 1 << 20
 @pytest.fixture
 def small_caps(monkeypatch: pytest.MonkeyPatch) -> None:
     """A checkpoint stores no file over 1,000 bytes and at most 2,500 bytes of new objects."""
-    monkeypatch.setattr(checkpoint, "MAX_FILE_BYTES", 1000)
-    monkeypatch.setattr(checkpoint, "MAX_NEW_BYTES", 2500)
+    monkeypatch.setattr(checkpoint_store, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(checkpoint_store, "MAX_NEW_BYTES", 2500)
 
 
 def _scan(root: Path) -> FileTracker:
@@ -64,7 +66,7 @@ def test_files_are_stored_smallest_first_within_both_caps(tmp_path: Path, small_
 def test_files_of_the_same_content_cost_their_bytes_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Three files of the same 900 bytes in one checkpoint under a 1,000-byte cap on new bytes: one object is stored,
     the two others name it and cost nothing against the cap, so none is left out and new_bytes is 900."""
-    monkeypatch.setattr(checkpoint, "MAX_NEW_BYTES", 1000)
+    monkeypatch.setattr(checkpoint_store, "MAX_NEW_BYTES", 1000)
     root = tmp_path / "w"
     root.mkdir()
     for name in ("a.txt", "b.txt", "c.txt"):
@@ -77,8 +79,9 @@ def test_files_of_the_same_content_cost_their_bytes_once(tmp_path: Path, monkeyp
 
 def test_a_file_grown_past_the_cap_since_its_scan_is_left_out_without_a_trace(tmp_path: Path,
                                                                              small_caps: None) -> None:
-    """A file the scan saw small that grew past the per-file cap before its copy: the copy stops at the cap, the
-    file is left out (``file_cap``, with the size the scan saw), and no object nor temporary file of it stays."""
+    """A file the scan saw small that grew past the per-file cap before its copy: the copy stops at the size the scan
+    saw (so within the caps), the file is left out as ``changed`` (with the size the scan saw), and no object nor
+    temporary file of it stays."""
     root = tmp_path / "w"
     root.mkdir()
     (root / "grows.log").write_bytes(b"x" * 10)
@@ -86,7 +89,7 @@ def test_a_file_grown_past_the_cap_since_its_scan_is_left_out_without_a_trace(tm
     (root / "grows.log").write_bytes(b"x" * 5000)
     store = ObjectStore(tmp_path / "objects")
     got = store_files(store, root, tracker.seen, tracker.modes)
-    assert got.left_out == [("grows.log", 10, "file_cap")] and got.manifest == {} and got.new_bytes == 0
+    assert got.left_out == [("grows.log", 10, "changed")] and got.manifest == {} and got.new_bytes == 0
     assert not [p for p in (tmp_path / "objects").rglob("*") if p.is_file()]
 
 
@@ -177,3 +180,127 @@ def test_a_resume_from_a_capped_checkpoint_keeps_the_file_and_does_not_report_it
     assert deleted == ["gone.txt"], events
     restored = [p for k, p in events if k == "checkpoint.restored"]
     assert restored[0]["removed"] == 0
+
+
+# ---- files that change between the scan and the copy (an attack review: swapped for a symlink, saved atomically) --
+
+
+def _objects(store: ObjectStore) -> dict[str, bytes]:
+    """Every object file of ``store`` (name -> content), temporary files included."""
+    return {p.name: p.read_bytes() for p in store.root.rglob("*") if p.is_file()} if store.root.exists() else {}
+
+
+def test_a_file_swapped_for_a_symlink_after_its_scan_is_never_stored(tmp_path: Path) -> None:
+    """The scan sees regular files z and sub/y; before the copy, z is replaced by a symlink to a secret outside the
+    work directory and sub by a symlink to an outside directory holding a y. Neither target is read: no object holds
+    the secret (nor the outside y), z and sub/y are not in the manifest (no regular file is there: as if deleted), the
+    file whose object is stored is stored as scanned, and every manifest entry's object holds its digest and size."""
+    root = tmp_path / "w"
+    (root / "sub").mkdir(parents=True)
+    (root / "z").write_text("regular\n" * 100)
+    (root / "sub" / "y").write_text("inner\n" * 100)
+    (root / "keep.txt").write_text("keep")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "y").write_text("outside y\n")
+    tracker = _scan(root)
+    assert sorted(tracker.seen) == ["keep.txt", "sub/y", "z"]
+    os.symlink(secret, root / "z.l")
+    os.replace(root / "z.l", root / "z")
+    (root / "sub" / "y").unlink()
+    (root / "sub").rmdir()
+    os.symlink(outside, root / "sub")
+    store = ObjectStore(tmp_path / "objects")
+    got = store_files(store, root, tracker.seen, tracker.modes)
+    assert sorted(got.manifest) == ["keep.txt"] and got.left_out == []
+    contents = _objects(store).values()
+    assert b"TOP SECRET\n" not in contents and b"outside y\n" not in contents
+    for key, (digest, size, _mode) in got.manifest.items():
+        data = store.path(digest).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == digest and len(data) == size == (root / key).stat().st_size
+
+
+def test_a_file_replaced_by_another_regular_file_after_its_scan_is_left_out_as_changed(tmp_path: Path) -> None:
+    """The scan hashes z; before the copy, an atomic save (write z.tmp, rename it over z) gives z another content of
+    the same size. z is left out (``changed``, the size the scan saw), not stored under the digest its scan recorded
+    nor under any other: the store holds no object of either content, and no temporary file."""
+    root = tmp_path / "w"
+    root.mkdir()
+    (root / "z").write_bytes(b"A" * 4000)
+    tracker = _scan(root)
+    scanned = tracker.seen["z"][2]
+    (root / "z.tmp").write_bytes(b"B" * 4000)
+    os.replace(root / "z.tmp", root / "z")
+    store = ObjectStore(tmp_path / "objects")
+    got = store_files(store, root, tracker.seen, tracker.modes)
+    assert got.left_out == [("z", 4000, "changed")] and got.manifest == {} and got.new_bytes == 0
+    assert not store.has(scanned) and _objects(store) == {}
+
+
+def test_a_temporary_file_gone_since_the_scan_does_not_fail_the_checkpoint(tmp_path: Path) -> None:
+    """A file the scan saw that is gone before its copy is simply not in the checkpoint (not left out: as if deleted),
+    also when its name is taken meanwhile by something that is not a regular file: a temporary file renamed away and
+    its name reused by a dangling symlink (what `except FileNotFoundError: if lexists(...): raise` turned into a
+    failed checkpoint, and so a failed session, when an atomic save recreated the file at the wrong moment)."""
+    root = tmp_path / "w"
+    root.mkdir()
+    for name in ("out.txt.tmp", "b.tmp", "keep.txt"):
+        (root / name).write_text(name)
+    tracker = _scan(root)
+    os.replace(root / "out.txt.tmp", root / "out.txt")  # saved: renamed away
+    (root / "b.tmp").unlink()
+    os.symlink(tmp_path / "nowhere", root / "b.tmp")
+    store = ObjectStore(tmp_path / "objects")
+    got = store_files(store, root, tracker.seen, tracker.modes)
+    assert sorted(got.manifest) == ["keep.txt"] and got.left_out == []
+
+
+def test_the_session_cap_leaves_new_files_out_once_reached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attack review's case, scaled down (MAX_SESSION_BYTES 10,000): a 3,000-byte log grows by a line at each
+    step, and each step's checkpoint stores it whole. The objects directory's total is counted from what it held when
+    the runner started (an object of 1,000 bytes) plus each checkpoint's new objects: steps 0 and 1 fit (1,000 + 3,007
+    + 3,014), step 2 does not (+ 3,021): log.bin is left out (``session_cap``), the checkpoint partial, and so is every
+    later one, with one warning; a file whose object exists still costs nothing and is kept (same.txt), and no object
+    of log.bin is stored past the cap."""
+    monkeypatch.setattr(checkpoint_store, "MAX_SESSION_BYTES", 10_000)
+    ctx, events = durable_ctx(tmp_path)
+    objects = tmp_path / "s" / checkpoint.OBJECTS_DIR
+    earlier = ObjectStore(objects).put_bytes(b"e" * 1000)  # a resumed session's objects
+    (ctx.workdir / "log.bin").write_bytes(b"x" * 3000)
+    for i in range(5):
+        with ctx.step(f"append {i}"):
+            with open(ctx.workdir / "log.bin", "ab") as f:
+                f.write(b"line %d\n" % i)
+            if i == 3:
+                (ctx.workdir / "same.txt").write_bytes(b"e" * 1000)
+    cps = [p for k, p, _ in events if k == "step.checkpoint"]
+    assert [c.get("partial", False) for c in cps] == [False, False, True, True, True]
+    assert [c["new_bytes"] for c in cps] == [3007, 3014, 0, 0, 0]
+    assert cps[2]["left_out"] == [{"path": "log.bin", "size": 3021, "why": "session_cap"}]
+    assert cps[3]["left_out"] == [{"path": "log.bin", "size": 3028, "why": "session_cap"}]
+    assert cps[3]["files"] == 1  # same.txt: its object existed
+    assert ObjectStore(objects).has(earlier)
+    sizes = sorted(p.stat().st_size for p in objects.rglob("*") if p.is_file() and p.read_bytes()[:1] != b"{")
+    assert sizes == [1000, 3007, 3014], sizes  # the manifests (JSON) aside
+    warnings = [p["event"] for k, p, _ in events if k == "log" and p.get("logger") == "labd.runner.durable"]
+    assert len(warnings) == 1 and "'append 2' left out log.bin (3,021 bytes)" in warnings[0], warnings
+    assert "10,000 bytes" in warnings[0]
+
+
+def test_a_session_budget_counts_the_objects_already_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SessionBudget sums the objects directory once (objects only, not temporary files), then keeps the total: a
+    reservation that fits is taken, one that does not is refused whole, and what a copy did not use is given back."""
+    monkeypatch.setattr(checkpoint_store, "MAX_SESSION_BYTES", 5000)
+    store = ObjectStore(tmp_path / "objects")
+    store.put_bytes(b"a" * 1500)
+    store.put_bytes(b"b" * 500)
+    (store.root / ".tmp-1-2-abcd").write_bytes(b"t" * 999)
+    budget = SessionBudget(store.root)
+    assert budget.used == 2000
+    assert budget.take(2500) and budget.used == 4500
+    assert not budget.take(501) and budget.used == 4500
+    budget.give_back(2500)
+    assert budget.take(3000) and budget.used == 5000
+    assert SessionBudget(tmp_path / "none").used == 0
