@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from labd.ipc.events import APPROVAL_PROMPT_MAX
 from labd.ipc.policy import Policy
 from labd.runner.agents.budget import Budget
 from labd.runner.agents.code import CODE_TOOL, make_run_code
@@ -169,11 +170,22 @@ class AgentFactory:
             node = current_node.get()
             timeout = getattr(request, "timeout", None)
             decision = await asyncio.to_thread(
-                self.approvals.request, "human_input", str(getattr(request, "content", "")),
+                self.approvals.request, "human_input", fit_prompt(str(getattr(request, "content", ""))),
                 options=("approve", "reject", "modify"), node_id=node, agent=agent,
                 timeout=float(timeout) if timeout else None)
             return decision.feedback or decision.decision
         return hook
+
+
+def fit_prompt(text: str, limit: int = APPROVAL_PROMPT_MAX) -> str:
+    """An agent's message as a human-input prompt within the approval bound: a longer one keeps its start and its
+    end (where the question usually is) around a note of what was left out (the whole message is in the record,
+    the agent's ``agent.message``)."""
+    if len(text) <= limit:
+        return text
+    keep = limit - 200  # room for the note
+    note = f"\n\n[… {len(text) - keep:,} characters left out: the whole message is in the session's record …]\n\n"
+    return text[:keep // 2] + note + text[len(text) - (keep - keep // 2):]
 
 
 def _describe(config: Any, attr: str, default: str) -> str:
