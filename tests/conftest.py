@@ -161,6 +161,27 @@ def daemon(isolated_env: Path) -> Iterator[DaemonProc]:
         yield d
 
 
+@pytest.fixture(scope="module")
+def module_daemon(request: pytest.FixtureRequest) -> Iterator[DaemonProc]:
+    """One daemon shared by a module's tests, on a home of its own (``module_home``: its own HOME, runtime dir,
+    labd home), for tests that start their own sessions and assert only on those. ``test_env`` holds the
+    variables that point at it; tests that run ``labd`` subprocesses get them through ``shared_daemon``.
+    Tests that assert on daemon-wide state (counters, every session, its log, its pid) use ``daemon``."""
+    name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    with module_home(f"lm{name[:6]}") as (base, env), running_daemon(base / "home") as d:
+        d.test_env = env  # type: ignore[attr-defined]
+        yield d
+
+
+@pytest.fixture
+def shared_daemon(module_daemon: DaemonProc, monkeypatch: pytest.MonkeyPatch) -> DaemonProc:
+    """The module's shared daemon, with HOME, XDG_RUNTIME_DIR, LABD_HOME and PYTHONPATH set over the test's
+    ``isolated_env`` so that ``labd`` subprocesses and ``labd.Client()`` find it."""
+    for k, v in module_daemon.test_env.items():  # type: ignore[attr-defined]
+        monkeypatch.setenv(k, v)
+    return module_daemon
+
+
 SMALL_MAX_MESSAGE = 64 * 1024
 
 

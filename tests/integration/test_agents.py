@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 OFFLINE_PRICE = (1.00, 2.00)  # labd-offline's nominal USD per million tokens (runner/agents/pricing.py)
+
+
+@pytest.fixture
+def client(shared_daemon) -> Iterator[Any]:
+    """A client of the module's shared daemon (each test starts and asserts on its own sessions)."""
+    with shared_daemon.client() as c:
+        yield c
 
 
 def _events(client, sid):

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from labd.ipc.client import LabdError
 
 
-def test_rollups_equal_the_sum_of_their_calls(client) -> None:
+@pytest.fixture
+def shared_client(shared_daemon) -> Iterator[Any]:
+    """A client of the module's shared daemon, for tests that read only their own sessions (tests that list or
+    sum over all sessions use ``client``, a fresh daemon of their own)."""
+    with shared_daemon.client() as c:
+        yield c
+
+
+def test_rollups_equal_the_sum_of_their_calls(shared_client) -> None:
     """Every DAG node carries the tokens and cost of its own calls plus those of every node nested in it:
     each step, attempt and phase total equals the sum of the cost.recorded events inside it, and the
     phases add up to the session total (in dag, show and cost replies alike)."""
+    client = shared_client
     sid = client.start("planning_and_control", params={"task": "Go.\n- compute FAIL_ONCE values\n- two",
                                                        "max_steps": 2})
     assert client.wait(sid, timeout=90)["status"] == "completed"
@@ -45,9 +56,10 @@ def test_rollups_equal_the_sum_of_their_calls(client) -> None:
     assert all(by_step[n["node_id"]] == n["cost"] for n in nodes if n["kind"] != "agent")
 
 
-def test_events_filter_by_node_with_children_and_by_agent(client) -> None:
+def test_events_filter_by_node_with_children_and_by_agent(shared_client) -> None:
     """``node`` returns the events of that node and of every node nested in it, ``agent`` the events of
     one agent; both combine."""
+    client = shared_client
     sid = client.start("planning_and_control", params={"max_steps": 2})
     assert client.wait(sid, timeout=90)["status"] == "completed"
     nodes = client.dag(sid)["dag"]["nodes"]

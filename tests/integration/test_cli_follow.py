@@ -11,7 +11,7 @@ from tests.conftest import wait_until
 from tests.integration.cli_support import labd
 
 
-def test_logs_show_agent_activity(daemon) -> None:
+def test_logs_show_agent_activity(shared_daemon) -> None:
     """For an agent workflow, `logs` shows steps, agent turns, LLM calls, tool calls, code runs, files and
     costs (on stderr), and `--raw` shows only what the session printed."""
     r = labd("run", "planning_and_control", "--follow")
@@ -26,7 +26,7 @@ def test_logs_show_agent_activity(daemon) -> None:
     assert raw.returncode == 0 and raw.stderr == ""
 
 
-def test_logs_tail_and_timestamps(daemon) -> None:
+def test_logs_tail_and_timestamps(shared_daemon) -> None:
     """`--tail N` prints the last N lines only; `--timestamps` prefixes every line with its time."""
     sid = labd("run", "demo.count", "-p", "n=6", "-p", "delay=0", "--follow").stderr.split()[2]
     tail = labd("logs", sid, "--tail", "3", "--raw")
@@ -38,29 +38,29 @@ def test_logs_tail_and_timestamps(daemon) -> None:
     assert labd("logs", sid, "--tail", "0").stdout == ""
 
 
-def test_following_a_session_that_already_ended_returns(daemon) -> None:
+def test_following_a_session_that_already_ended_returns(shared_daemon) -> None:
     """`labd logs -f S --tail N` of an ended session prints the last N lines and exits (it waited forever for
     a `session.ended` that was already behind it), and so does the SDK's follow from its last seq."""
     sid = labd("run", "demo.count", "-p", "n=3", "-p", "delay=0", "--follow").stderr.split()[2]
     followed = labd("logs", "-f", sid, "--tail", "2", "--raw", timeout=60)
     assert followed.returncode == 0 and followed.stdout == "count 2/3\ncount 3/3\n", followed
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         last = c.session(sid)["last_seq"]
         assert list(c.follow(sid, since=last, timeout=60)) == []
         assert [e["kind"] for e in c.follow(sid, since=last - 1, timeout=60)] == ["session.ended"]
 
 
-def test_approval_waiting_is_shown_with_how_to_answer(daemon) -> None:
+def test_approval_waiting_is_shown_with_how_to_answer(shared_daemon) -> None:
     """A session waiting for a human shows the request and the command that answers it."""
     sid = labd("run", "labd_testflows:custom_approval").stdout.strip()
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         wait_until(lambda: c.approvals(sid), timeout=60, what="the approval")
     err = labd("logs", sid).stderr
     assert "waiting" in err and f"labd resolve {sid}" in err
     labd("kill", sid)
 
 
-def test_ctrl_c_during_run_follow_detaches_and_says_so(daemon) -> None:
+def test_ctrl_c_during_run_follow_detaches_and_says_so(shared_daemon) -> None:
     """Ctrl-C while following: exit 130, the message says the session keeps running and how to stop it;
     the session really does keep running."""
     proc = subprocess.Popen([sys.executable, "-m", "labd", "run", "demo.count", "-p", "n=100", "-p", "delay=0.2",
@@ -72,7 +72,7 @@ def test_ctrl_c_during_run_follow_detaches_and_says_so(daemon) -> None:
     assert proc.returncode == 130
     sid = err.split()[2]
     assert f"session {sid} keeps running" in err and f"labd stop {sid}" in err
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         assert c.session(sid)["status"] == "running"
         c.kill(sid)
 
@@ -80,7 +80,8 @@ def test_ctrl_c_during_run_follow_detaches_and_says_so(daemon) -> None:
 def test_follow_says_the_session_keeps_running_when_the_daemon_stops(daemon) -> None:
     """`labd run --follow` whose daemon is shut down mid-follow exits 2 with the `no_daemon` error, and says the
     session keeps running and how to follow it again (before: only "stopped before it replied", which reads as
-    a failed request); the session does keep running and a new daemon adopts it."""
+    a failed request); the session does keep running and a new daemon adopts it. (A daemon of its own: it stops
+    and restarts it, and takes the newest session of all for the one it runs.)"""
     proc = subprocess.Popen([sys.executable, "-m", "labd", "run", "demo.count", "-p", "n=200", "-p", "delay=0.1",
                              "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None

@@ -37,7 +37,7 @@ def test_global_options_go_before_or_after_the_command(isolated_env: Path, tmp_p
     assert v.returncode == 0 and v.stdout.strip() == f"labd {labd_pkg.__version__}"
 
 
-def test_units_people_mean(daemon) -> None:
+def test_units_people_mean(shared_daemon) -> None:
     """--memory needs a unit (512 is refused, saying `512M`), --cpus 0.5 is half a core (= --cpu 50%),
     --cpu 50 without % is refused asking "did you mean --cpu 50%?" (before: it advised --cpus 50, fifty cores),
     --timeout takes 1h30m; the limits reach the session."""
@@ -59,11 +59,19 @@ def test_units_people_mean(daemon) -> None:
         assert labd("kill", s).returncode == 0
 
 
-def test_a_parameter_given_twice_is_refused(daemon) -> None:
+def _session_ids() -> set[str]:
+    """The ids `labd ps -a --json` lists (the daemon is the module's: other tests' sessions are there too)."""
+    ps = labd("ps", "-a", "--limit", "10000", "--json")
+    assert ps.returncode == 0, ps.stderr
+    return {s["id"] for s in json.loads(ps.stdout)}
+
+
+def test_a_parameter_given_twice_is_refused(shared_daemon) -> None:
     """`-p n=5 -p n=6` is an error naming both values, not a silent last-wins; nothing is started."""
+    before = _session_ids()
     r = labd("run", "demo.count", "-p", "n=5", "-p", "n=6")
     assert r.returncode == 2 and "'n' given twice ('5' and '6')" in r.stderr
-    assert labd("ps", "-a", "--json").stdout.strip() == "[]"
+    assert _session_ids() == before
 
 
 def test_paths_tells_where_things_are(isolated_env: Path) -> None:
@@ -81,13 +89,13 @@ def test_paths_tells_where_things_are(isolated_env: Path) -> None:
     assert {"config_files", "sessions_dir", "daemon_log"} <= set(p)
 
 
-def test_paths_reports_the_running_daemons_database(daemon) -> None:
+def test_paths_reports_the_running_daemons_database(shared_daemon) -> None:
     """With a daemon up, the database comes from it."""
     p = json.loads(labd("paths", "--json").stdout)
     assert p["daemon_running"] is True and p["database_from"] == "the running daemon"
 
 
-def test_completion_scripts(daemon, tmp_path: Path) -> None:
+def test_completion_scripts(shared_daemon, tmp_path: Path) -> None:
     """bash completion (a syntax-checked script) completes commands, options, session ids from the daemon and
     the actions of commands that take one (`labd skills list`); zsh and fish scripts are produced and name every
     command and those actions."""
@@ -123,7 +131,8 @@ def test_session_arguments_complete_to_names_as_well_as_ids(daemon, tmp_path: Pa
     """A session argument takes a name as well as an id, so bash completion offers both: ids, then each name once
     (the latest session named so is the one it means), a name holding a ':' (where bash splits words) completing
     after the ':' too. A name that is not a plain shell word is not offered (its id is) and is never expanded: a
-    name made of a command substitution runs nothing. zsh and fish scripts ask for the same words."""
+    name made of a command substitution runs nothing. zsh and fish scripts ask for the same words.
+    (A daemon of its own: it asserts on every word offered, so no other test's sessions may be there.)"""
     pwned = tmp_path / "pwned"
     named = {"alpha-study": [], "py:study": [], "my run": [], f"$(touch {pwned})": []}
     for name in [*named, "alpha-study"]:
@@ -158,7 +167,8 @@ def test_session_arguments_complete_to_names_as_well_as_ids(daemon, tmp_path: Pa
 def test_wait_and_shutdown_take_durations_and_top_wants_a_terminal(daemon) -> None:
     """`labd wait --timeout 30s` and `labd shutdown --timeout 1m` take the durations `run --timeout` takes (they took
     seconds only: "invalid float value: '30s'"); a bad one names the option. `labd top` with no terminal exits 2
-    with one line saying what to use instead (it wrote the dashboard's escape codes into the pipe and never ended)."""
+    with one line saying what to use instead (it wrote the dashboard's escape codes into the pipe and never ended).
+    (A daemon of its own: `labd shutdown` stops it.)"""
     assert labd("wait", "--timeout", "30s").returncode == 0
     bad = labd("shutdown", "--timeout", "1x")
     assert bad.returncode == 2 and "argument --timeout: bad duration '1x'" in bad.stderr
@@ -169,11 +179,11 @@ def test_wait_and_shutdown_take_durations_and_top_wants_a_terminal(daemon) -> No
     assert labd("shutdown", "--timeout", "1m").returncode == 0
 
 
-def test_pause_and_resume_say_when_there_is_nothing_to_do(daemon) -> None:
+def test_pause_and_resume_say_when_there_is_nothing_to_do(shared_daemon) -> None:
     """`labd pause` of a session already paused says so (and records no second request); `labd resume` of a running
     session says it is not paused (before: both printed "... requested" as if something would happen)."""
     sid = labd("run", "demo.count", "-p", "n=400", "-p", "delay=0.05").stdout.strip()
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         wait_until(lambda: c.session(sid)["status"] == "running", timeout=60, what="running")
         r = labd("resume", sid)
         assert r.returncode == 0 and f"session {sid} is not paused (status running)" in r.stdout
@@ -204,7 +214,7 @@ def test_a_mistyped_option_is_named_by_its_command_with_the_nearest_one(isolated
     assert "labd remote list: error: unrecognized arguments: --jsn (did you mean --json?)" in nested.stderr
 
 
-def test_json_where_people_put_it(daemon) -> None:
+def test_json_where_people_put_it(shared_daemon) -> None:
     """`labd run --follow --json` prints the live record as JSON lines to its end (it ignored --json and printed
     text); `labd remote list --json` works as `labd remote --json list` does (it was refused)."""
     r = labd("run", "demo.count", "-p", "n=2", "-p", "delay=0", "--follow", "--json")

@@ -16,7 +16,8 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def test_ps_shows_live_sessions_unless_asked(daemon) -> None:
     """`ps` lists live sessions only (with nothing live: nothing, and a hint on stderr, JSON stays []);
-    -a adds ended ones; --status, --workflow, --since filter; -q prints ids."""
+    -a adds ended ones; --status, --workflow, --since filter; -q prints ids. (A daemon of its own: it asserts
+    on every session listed.)"""
     done = labd("run", "demo.count", "-p", "n=1", "-p", "delay=0", "--follow")
     assert done.returncode == 0
     empty = labd("ps")
@@ -37,7 +38,7 @@ def test_ps_shows_live_sessions_unless_asked(daemon) -> None:
     assert labd("kill", live).returncode == 0
 
 
-def test_status_is_for_people_and_json_for_programs(daemon) -> None:
+def test_status_is_for_people_and_json_for_programs(shared_daemon) -> None:
     """`status` prints labelled lines (not raw JSON); --json gives the reply object."""
     human = labd("status").stdout
     assert human.startswith("daemon") and "running, pid" in human and "database" in human and "{" not in human
@@ -48,7 +49,7 @@ def test_status_is_for_people_and_json_for_programs(daemon) -> None:
     assert len({len(line) - len(line.split(maxsplit=1)[1]) for line in labels}) == 1, human
 
 
-def test_json_on_every_data_command(daemon) -> None:
+def test_json_on_every_data_command(shared_daemon) -> None:
     """history, files, cost, approvals, show, workflows each take --json and print one JSON document."""
     sid = labd("run", "demo.compute", "-p", "rounds=1", "-p", "work=10", "--follow").stderr.split()[2]
     for args in (["history", sid], ["files", sid], ["cost", sid], ["approvals", "-a"], ["show", sid],
@@ -63,7 +64,7 @@ def test_json_on_every_data_command(daemon) -> None:
     assert [h["to_status"] for h in hist if h["node_id"] is None][-1] == "completed"
 
 
-def test_node_columns_sort_numerically(daemon) -> None:
+def test_node_columns_sort_numerically(shared_daemon) -> None:
     """With ten and more nodes, n2 comes before n10 in the NODE column (the store orders them as text)."""
     r = labd("run", "planning_and_control", "--follow")
     assert r.returncode == 0, r.stderr
@@ -78,7 +79,7 @@ def test_node_columns_sort_numerically(daemon) -> None:
     assert listed == sorted(listed, key=lambda n: int(n[1:])) and any(int(n[1:]) >= 10 for n in listed)
 
 
-def test_colours_on_a_terminal_plain_text_in_pipes(daemon) -> None:
+def test_colours_on_a_terminal_plain_text_in_pipes(shared_daemon) -> None:
     """On a terminal `ps -a` draws a table with coloured statuses; NO_COLOR (or --no-color) removes the
     colours; in a pipe there is no escape code at all."""
     labd("run", "demo.count", "-p", "n=1", "-p", "delay=0", "--follow")
@@ -91,7 +92,7 @@ def test_colours_on_a_terminal_plain_text_in_pipes(daemon) -> None:
     assert "\x1b" not in piped.stdout and "completed" in piped.stdout
 
 
-def test_dag_is_a_tree_by_default_and_exports_escape_names(daemon, tmp_path: Path) -> None:
+def test_dag_is_a_tree_by_default_and_exports_escape_names(shared_daemon, tmp_path: Path) -> None:
     """`labd dag` draws the steps as a tree; names with quotes, brackets, # and newlines come out as valid
     Mermaid (entity codes) and DOT (backslash escapes)."""
     (tmp_path / "odd.py").write_text(textwrap.dedent('''
@@ -113,13 +114,13 @@ def test_dag_is_a_tree_by_default_and_exports_escape_names(daemon, tmp_path: Pat
     assert r'label="inner\\path\nline2 · completed"' in dot
 
 
-def test_a_line_break_in_a_value_keeps_its_table_row_on_one_line(daemon, tmp_path: Path) -> None:
+def test_a_line_break_in_a_value_keeps_its_table_row_on_one_line(shared_daemon, tmp_path: Path) -> None:
     """A value with line breaks (an approval's prompt here; a session name recorded before names had to be
     printable alike) is shown on its row's one line, in a pipe and on a terminal: it used to break the row in two
     and push the rest under the ID column."""
     flows = tmp_path / "asks.py"
     flows.write_text("def ask(ctx):\n    return ctx.approval('choose', 'first\\nsecond\\tthird', options=['a', 'b'])\n")
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         sid = c.start(f"{flows}:ask", params={})
         wait_until(lambda: c.approvals(session=sid), timeout=60, what="the approval asked for")
         for out in (labd("approvals").stdout, ANSI.sub("", labd_tty("approvals"))):

@@ -132,13 +132,14 @@ def _first_manifest(daemon: Any, c: Any, sid: str) -> Path:
     return daemon.home / "sessions" / sid / "checkpoints" / "objects" / first[:2] / first
 
 
-def test_a_branch_records_the_files_its_restore_put_in_place(daemon, tmp_path: Path) -> None:
+def test_a_branch_records_the_files_its_restore_put_in_place(shared_daemon, tmp_path: Path) -> None:
     """A branch from s2 starts from the parent's files after s1, restored from the checkpoint: its record has a
     ``file.created`` (no node, ``restored``) for each of them with the parent's content hash, so `labd files` of
     the branch lists exactly what its work directory holds, and `labd compare parent branch` shows every file the
     same but out.txt, which the branch really wrote differently (its `tag` param). Those rows (only they) carry
     ``restored: True``, and `labd files` shows ``(restored)`` as their step. Before, the restored files were
     missing from the branch's record (compare called them ``removed``); then the files table dropped the flag."""
+    daemon = shared_daemon  # the module's daemon: the test reads only its own sessions
     flow = _flow(tmp_path)
     with daemon.client() as c:
         parent = c.start(flow)
@@ -168,13 +169,14 @@ def test_a_branch_records_the_files_its_restore_put_in_place(daemon, tmp_path: P
         assert states == {"data.txt": "same", "keep.txt": "same", "sub/b.txt": "same", "out.txt": "changed"}, states
 
 
-def test_a_resume_records_what_its_restore_changed_and_nothing_twice(daemon, tmp_path: Path) -> None:
+def test_a_resume_records_what_its_restore_changed_and_nothing_twice(shared_daemon, tmp_path: Path) -> None:
     """s2 fails once after rewriting data.txt, deleting keep.txt and creating junk.txt (all recorded). The resume
     restores the work directory of s1's checkpoint, and records exactly what that changed against the session's
     own record: data.txt changed back, keep.txt created again, junk.txt deleted; the files its record already
     holds as restored (sub/b.txt, gone.txt) get no new event. `labd files` then tells what the work directory
     holds, and shows ``(restored)`` as the step of exactly the restore's rows (``--json``: ``restored``). Before,
     the record kept the failed run's data.txt and junk.txt and never got keep.txt back."""
+    daemon = shared_daemon  # the module's daemon: the test reads only its own sessions
     flow = _flow(tmp_path)
     with daemon.client() as c:
         sid = c.start(flow, params={"fail_once": True})
@@ -197,12 +199,13 @@ def test_a_resume_records_what_its_restore_changed_and_nothing_twice(daemon, tmp
         assert data["sha256"] == hashlib.sha256(b"v1").hexdigest()
 
 
-def test_compare_shows_the_steps_a_branch_reused_as_unchanged(daemon) -> None:
+def test_compare_shows_the_steps_a_branch_reused_as_unchanged(shared_daemon) -> None:
     """planning_and_control branched from its second step, and that branch branched again from the same step:
     `labd compare parent branch` (and parent with the branch of the branch) shows the planning and step 1, which
     the branches reused, unchanged: their status, calls and result are those of the run they reused (the
     parent's, through the first branch for the second). Before, a reused step had no agent turns of its own, so
     its result, status and calls all read as changed."""
+    daemon = shared_daemon  # the module's daemon: the test reads only its own sessions
     with daemon.client() as c:
         parent = c.start("planning_and_control", params={"max_steps": 2})
         assert _ended(c, parent)["status"] == "completed"
@@ -223,10 +226,11 @@ def test_compare_shows_the_steps_a_branch_reused_as_unchanged(daemon) -> None:
                 assert row["sessions"][1]["reused"] and row["sessions"][1]["result"] == row["sessions"][0]["result"]
 
 
-def test_a_branch_builds_its_seed_off_the_request_loop(daemon, tmp_path: Path) -> None:
+def test_a_branch_builds_its_seed_off_the_request_loop(shared_daemon, tmp_path: Path) -> None:
     """While `session.branch` reads the parent's checkpoints (here held up: the first checkpoint's manifest object
     is a FIFO nobody writes yet), the daemon answers other requests (`ping`), and the branch goes on once the read
     is done. Before, the seed was built on the request loop and every client waited for it."""
+    daemon = shared_daemon  # the module's daemon: the test reads only its own sessions
     flow = _flow(tmp_path)
     with daemon.client() as c:
         parent = c.start(flow)
@@ -248,12 +252,14 @@ def test_a_branch_builds_its_seed_off_the_request_loop(daemon, tmp_path: Path) -
         assert _ended(c, reply["sessions"][0]["session"])["status"] == "completed"
 
 
-def test_a_resume_builds_its_seed_off_the_request_loop(daemon, tmp_path: Path) -> None:
+def test_a_resume_builds_its_seed_off_the_request_loop(shared_daemon, tmp_path: Path) -> None:
     """While `session.resume` reads the failed session's checkpoints (held up as above), the daemon answers other
     requests (`ping`), a second resume of the same session is refused `not_resumable` ("being resumed already"),
     and the resume goes on once the read is done: the session runs again and completes. Before, the seed was built
     on the request loop and every client waited."""
     from labd.ipc import LabdError
+
+    daemon = shared_daemon  # the module's daemon: the test reads only its own sessions
 
     with daemon.client() as c:
         sid = c.start(_flow(tmp_path), params={"fail_once": True})

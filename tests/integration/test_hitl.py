@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from labd.ipc import LabdError
 from tests.conftest import DaemonProc, wait_until
+
+
+@pytest.fixture
+def client(shared_daemon: DaemonProc) -> Iterator[Any]:
+    """A client of the module's shared daemon (each test starts and asserts on its own sessions)."""
+    with shared_daemon.client() as c:
+        yield c
+
 
 TASK = "Investigate.\n- compute FAIL_UNTIL_HYPOTHESIS values\n- summarise"
 

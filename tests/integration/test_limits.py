@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from tests.conftest import wait_until
+
+
+@pytest.fixture
+def client(shared_daemon) -> Iterator[Any]:
+    """A client of the module's shared daemon (each test starts and asserts on its own sessions)."""
+    with shared_daemon.client() as c:
+        yield c
 
 
 def test_memory_hog_is_killed_with_the_reason_recorded(client) -> None:
@@ -167,7 +176,8 @@ def test_limits_that_cannot_work_are_refused(client, limits, words) -> None:
     """A limit that would kill every session (or means something else than it reads) is refused at start."""
     from labd.ipc import LabdError
 
+    before = {r["id"] for r in client.sessions(limit=1000)}
     with pytest.raises(LabdError) as err:
         client.request("session.start", workflow="demo.sleep", params={"seconds": 1}, limits=limits)
     assert err.value.code == "bad_limits" and words in str(err.value), str(err.value)
-    assert client.sessions() == []
+    assert {r["id"] for r in client.sessions(limit=1000)} == before  # nothing was started

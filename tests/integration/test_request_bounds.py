@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import orjson
 import pytest
@@ -19,12 +20,17 @@ from tests.conftest import SMALL_MAX_MESSAGE as MAX_MESSAGE
 CUT = MAX_REASON + len("… (1000000 more)")  # the longest a cut text is
 
 
+def _ids(c: Any, **kw: Any) -> set[str]:
+    """The ids of the daemon's sessions (the module's shared daemon: other tests' sessions are there too)."""
+    return {r["id"] for r in c.sessions(limit=1000, **kw)}
+
+
 def test_failures_with_huge_messages_leave_session_list_answerable(daemon) -> None:
     """Seven sessions of demo.fail whose 900,000-character message became their failure reason, outcome error and
     param: `session.list` still answers (before: every row carried all three whole, 2.7 MB a row, and every list
     failed with reply_too_large). A list row's reason and outcome_error are cut to 10,000 characters saying how
     many more there were, its params leave the large one out (`params_omitted`: 1); `session.get` has the whole
-    params, and the session.finished event the whole error."""
+    params, and the session.finished event the whole error. (A daemon of its own: the list is all seven.)"""
     message = "m" * 900_000
     with daemon.client(timeout=60) as c:
         sids = [c.start("demo.fail", params={"message": message}) for _ in range(7)]
@@ -46,14 +52,14 @@ def test_failures_with_huge_messages_leave_session_list_answerable(daemon) -> No
         assert finished["payload"]["error"] == error
 
 
-def test_list_rows_keep_small_params_and_name_how_many_were_left_out(daemon) -> None:
+def test_list_rows_keep_small_params_and_name_how_many_were_left_out(shared_daemon) -> None:
     """A list row carries params whose JSON fits in LIST_PARAMS_MAX bytes whole; of larger ones, those that fit, in
     order (a big one is left out, the small ones after it kept) and `params_omitted` says how many went; `labd ps`
     still labels a submitted function by its name (its `function` param)."""
     from labd.frontends.cli.listing import workflow_label
     from labd.ipc.functions import FUNCTION_WORKFLOW
 
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         small = c.start("demo.count", params={"n": 1, "delay": 0, "label": "x" * 100})
         big = c.start("demo.count", params={"label": "y" * (2 * LIST_PARAMS_MAX), "n": 1, "delay": 0})
         fn = c.submit(math.sqrt, 4.0)
@@ -68,35 +74,37 @@ def test_list_rows_keep_small_params_and_name_how_many_were_left_out(daemon) -> 
         assert all(len(orjson.dumps(r["params"])) <= LIST_PARAMS_MAX for r in rows.values())
 
 
-def test_a_non_finite_limit_is_refused_before_it_is_sent(daemon) -> None:
+def test_a_non_finite_limit_is_refused_before_it_is_sent(shared_daemon) -> None:
     """`budget=float("nan")` (or Infinity, or a NaN/Infinity memory, timeout, cpu) is refused by the SDK with
     `bad_limits` naming the field, and no session starts. Before: orjson sent it as null, the daemon read "no
     budget" and started the session unlimited, past its own isfinite check."""
     cases = [({"budget": float("nan")}, "limits.budget"), ({"budget": float("inf")}, "limits.budget"),
              ({"timeout": float("nan")}, "limits.timeout"), ({"cpu": float("-inf")}, "limits.cpu"),
              ({"memory": float("inf")}, "limits.memory")]
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
+        before = _ids(c)
         for limits, field in cases:
             with pytest.raises(LabdError) as err:
                 c.start("demo.count", params={"n": 1, "delay": 0}, **limits)
             assert err.value.code == "bad_limits" and err.value.details == {"field": field}, err.value
             assert "finite" in err.value.message
-        assert c.sessions() == []
+        assert _ids(c) == before
         sid = c.start("demo.count", params={"n": 1, "delay": 0}, budget=0.5)  # a finite one still goes through
         assert c.session(sid)["limits"]["budget"] == 0.5
 
 
-def test_a_non_finite_number_anywhere_in_a_request_is_refused(daemon) -> None:
+def test_a_non_finite_number_anywhere_in_a_request_is_refused(shared_daemon) -> None:
     """NaN or Infinity anywhere else in a request (a param, a nested value) is `bad_request` naming where it is,
     sent nowhere; the same request with finite numbers and nulls goes through."""
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
+        before = _ids(c)
         with pytest.raises(LabdError) as err:
             c.start("labd_testflows:needs_param", params={"count": [1.0, {"x": float("nan")}]})
         assert err.value.code == "bad_request" and err.value.details == {"field": "params.count[1].x"}
         with pytest.raises(LabdError) as err:
             c.request("session.list", since=float("inf"))
         assert err.value.code == "bad_request" and err.value.details == {"field": "since"}
-        assert c.sessions() == [] and c.sessions(status=None, workflow=None) == []
+        assert _ids(c) == before and _ids(c, status=None, workflow=None) == before
 
 
 def test_a_request_over_the_message_limit_is_refused_at_once_by_the_sdk(small_daemon) -> None:
@@ -145,13 +153,14 @@ def test_the_daemon_answers_a_signed_request_over_its_limit_with_request_too_lar
         assert c.sessions() == []
 
 
-def test_a_session_with_thousands_of_nodes_can_still_be_shown(daemon, tmp_path) -> None:
+def test_a_session_with_thousands_of_nodes_can_still_be_shown(shared_daemon, tmp_path) -> None:
     """A session of 2,500 steps with long names: `session.get` (labd show, the dashboard's page, MCP get_session)
     carries the newest 2,000 nodes and says how many older ones it left out (all of them had made the reply too
     large for a long session); `steps_limit` asks for a different number; `labd show` says where the rest are."""
     import subprocess
     import sys
 
+    daemon = shared_daemon
     with daemon.client() as c:
         sid = c.start("demo.count", params={"n": 2500, "delay": 0, "label": "x" * 200})
         assert c.wait(sid, timeout=120)["status"] == "completed"

@@ -30,9 +30,11 @@ def _finished(c, workflow: str = "demo.count", **params) -> str:
     return sid
 
 
-def test_rm_deletes_the_whole_record_and_directory_of_one_session(daemon) -> None:
+def test_rm_deletes_the_whole_record_and_directory_of_one_session(shared_daemon) -> None:
     """After `rm`, no table holds a row of the session and its directory is gone; another session is untouched."""
     from labd.ipc import LabdError
+
+    daemon = shared_daemon
 
     with daemon.client() as c:
         gone = _finished(c, "one_shot", task="Say hi")  # an agent workflow: steps, costs, edges too
@@ -51,10 +53,12 @@ def test_rm_deletes_the_whole_record_and_directory_of_one_session(daemon) -> Non
         assert c.session(kept)["status"] == "completed"
 
 
-def test_rm_refuses_a_running_session_and_deletes_nothing_of_the_request(daemon) -> None:
+def test_rm_refuses_a_running_session_and_deletes_nothing_of_the_request(shared_daemon) -> None:
     """A live session cannot be deleted (clear error, `not_terminal`), and the ended session named beside it
     in the same request is kept too: a request is all or nothing."""
     from labd.ipc import LabdError
+
+    daemon = shared_daemon
 
     with daemon.client() as c:
         done = _finished(c, n=1)
@@ -69,7 +73,8 @@ def test_rm_refuses_a_running_session_and_deletes_nothing_of_the_request(daemon)
 
 
 def test_prune_by_age_and_status_with_dry_run(daemon) -> None:
-    """`prune --dry-run` lists without deleting; a status filter keeps other statuses; bad input is refused."""
+    """`prune --dry-run` lists without deleting; a status filter keeps other statuses; bad input is refused. (A
+    daemon of its own: prune acts on every session, and it asserts on all it would delete.)"""
     from labd.ipc import LabdError
 
     with daemon.client() as c:
@@ -88,8 +93,9 @@ def test_prune_by_age_and_status_with_dry_run(daemon) -> None:
             assert err.value.code == "bad_request"
 
 
-def test_cli_rm_and_prune(daemon) -> None:
+def test_cli_rm_and_prune(shared_daemon) -> None:
     """The CLI commands print what they deleted and exit 0; `--json` has the stable reply shape."""
+    daemon = shared_daemon
     with daemon.client() as c:
         a, b = _finished(c, n=1), _finished(c, n=1)
     env = {**os.environ, "LABD_HOME": str(daemon.home)}
@@ -145,7 +151,8 @@ def _db_bytes(home: Path) -> tuple[int, int]:
 def test_run_prune_cycles_keep_the_database_bounded(daemon, tmp_path: Path) -> None:
     """100 sessions with output, steps and checkpoints (content-addressed objects of their work directories),
     pruned, then 100 more, pruned: the database does not keep growing (SQLite reuses freed pages), every
-    session's rows are gone each time, and so are its checkpoint objects (the sessions directory is empty)."""
+    session's rows are gone each time, and so are its checkpoint objects (the sessions directory is empty).
+    (A daemon of its own: it prunes every session and measures the whole database.)"""
     sizes = []
     sessions_dir = daemon.home / "sessions"
 
@@ -194,7 +201,8 @@ def test_run_prune_cycles_keep_the_database_bounded(daemon, tmp_path: Path) -> N
 
 def test_blobs_go_with_the_last_session_that_refers_to_them(daemon) -> None:
     """Two sessions share one big system prompt (one blob, two refs): deleting the first keeps the blob for the
-    second; deleting the second removes it — no referenced blob is ever deleted, no orphan is left."""
+    second; deleting the second removes it — no referenced blob is ever deleted, no orphan is left. (A daemon
+    of its own: it counts every blob in the database.)"""
     def blob_count() -> int:
         with sqlite3.connect(daemon.home / "labd.db") as conn:
             return int(conn.execute("SELECT count(*) FROM blobs").fetchone()[0])

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -15,6 +17,21 @@ from labd.ipc import LabdError
 from tests.conftest import SMALL_MAX_MESSAGE, DaemonProc, wait_until
 from tests.integration.impostor import impostor_runner
 from tests.integration.stuck import wait_explained
+
+
+@pytest.fixture
+def client(shared_daemon: DaemonProc) -> Iterator[Any]:
+    """A client of the module's shared daemon (each test starts and asserts on its own sessions; tests that kill
+    the daemon or its template, or read its counters, have a daemon of their own)."""
+    with shared_daemon.client() as c:
+        yield c
+
+
+@pytest.fixture
+def own_client(daemon: DaemonProc) -> Iterator[Any]:
+    """A client of the test's own fresh daemon."""
+    with daemon.client() as c:
+        yield c
 
 
 def test_an_event_the_store_refuses_becomes_a_rejection_and_the_daemon_serves_on(small_daemon) -> None:
@@ -57,9 +74,10 @@ def test_a_runner_left_stopped_by_a_dead_daemon_is_continued_on_adoption(daemon)
         restarted.stop()
 
 
-def test_a_killed_template_is_replaced_and_the_daemon_does_not_spin(client, daemon) -> None:
+def test_a_killed_template_is_replaced_and_the_daemon_does_not_spin(own_client, daemon) -> None:
     """kill -9 of the warm template: the daemon starts a new one (without burning CPU meanwhile) and
     the next session runs."""
+    client = own_client
     old = client.status()["template_pid"]
     os.kill(old, signal.SIGKILL)
     new = wait_until(lambda: (p := client.status()["template_pid"]) not in (None, old) and p, what="new template")

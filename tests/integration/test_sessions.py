@@ -3,13 +3,37 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from labd.ipc import LabdError
 from tests.conftest import running_daemon, wait_until
+
+
+@pytest.fixture
+def client(shared_daemon) -> Iterator[Any]:
+    """A client of the module's shared daemon (each test starts and asserts on its own sessions)."""
+    with shared_daemon.client() as c:
+        yield c
+
+
+@pytest.fixture
+def own_client(daemon) -> Iterator[Any]:
+    """A client of the test's own fresh daemon."""
+    with daemon.client() as c:
+        yield c
+
+
+def session_ids(client: Any) -> set[str]:
+    return {r["id"] for r in client.sessions(limit=1000)}
+
+
+def running(client: Any) -> set[str]:
+    return set(client.status()["running"])
 
 
 def test_session_runs_in_its_own_process_and_records_gap_free_events(client) -> None:
@@ -79,27 +103,28 @@ def test_user_workflow_by_import_path_with_typed_params(client) -> None:
 def test_bad_workflow_or_params_give_a_clear_error_and_start_nothing(client, workflow, params, code) -> None:
     """Unknown workflows and misfit params are refused with a structured error; no session is created and no
     runner runs."""
-    before = len(client.sessions())
+    before, running_before = len(client.sessions()), running(client)
     with pytest.raises(LabdError) as err:
         client.start(workflow, params=params)
     assert err.value.code == code
     assert err.value.message and "Traceback" not in err.value.message
     assert len(client.sessions()) == before
-    assert client.status()["running"] == []
+    assert running(client) - running_before == set()  # no runner of its own
 
 
 def test_params_the_record_cannot_hold_are_refused_and_nothing_runs(client) -> None:
     """An int parameter beyond 64 bits, or a float one that is NaN or infinite, is refused ``bad_params`` naming the
     parameter: before, the first started a runner the store had no record of (it could not be listed, stopped or
     shown, and held a `max_sessions` slot), and the second ran with the record saying ``null``."""
+    before, running_before = session_ids(client), running(client)
     for params in ({"n": 2**64}, {"n": "99999999999999999999999"}, {"n": -2**63 - 1}, {"delay": "nan"},
                    {"delay": "-inf"}, {"delay": 10**400}):
         with pytest.raises(LabdError) as err:
             client.start("demo.count", params=params)
         assert err.value.code == "bad_params", params
         assert next(iter(params)) in err.value.message and len(err.value.message) < 200, err.value.message
-    assert client.sessions() == []
-    assert client.status()["running"] == []
+    assert session_ids(client) == before
+    assert running(client) - running_before == set()
     sid = client.start("demo.count", params={"n": 2**63 - 1, "delay": "60"})  # the bounds themselves are fine
     client.stop(sid)
     assert client.wait(sid, timeout=60)["status"] == "cancelled"  # ended, not left running past the test
@@ -117,10 +142,12 @@ def _refuse_to_record(home: Path, prefix: str) -> None:
     db.close()
 
 
-def test_a_session_the_store_refuses_to_record_does_not_run(daemon, client) -> None:
+def test_a_session_the_store_refuses_to_record_does_not_run(daemon, own_client) -> None:
     """When the store refuses a start's ``session.created`` (here a trigger in the database refuses one name; in
     life a constraint or a value it cannot hold), the start is answered ``store_error`` and the runner launched
-    meanwhile is killed: no session runs, or holds a slot, without a record. Other starts are unaffected."""
+    meanwhile is killed: no session runs, or holds a slot, without a record. Other starts are unaffected.
+    (A fresh daemon: the trigger changes its database, and it asserts that nothing at all runs.)"""
+    client = own_client
     _refuse_to_record(daemon.home, "unrecordable")
     with pytest.raises(LabdError) as err:
         client.start("demo.sleep", name=f"unrecordable-{os.getpid()}", params={"seconds": 600})
@@ -178,10 +205,10 @@ def test_bad_requests_get_structured_errors(client) -> None:
     assert client.ping()["pid"] > 0
 
 
-def test_stored_session_ended_carries_status_and_reason(daemon) -> None:
+def test_stored_session_ended_carries_status_and_reason(shared_daemon) -> None:
     """The stored `session.ended` (what history and every client read back) holds the final status and reason,
     the same as the live tail and the session row."""
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         sid = c.start("demo.count", params={"n": 1})
         assert c.wait(sid, timeout=60)["status"] == "completed"
         ended = [e for e in c.history(sid) if e["kind"] == "session.ended"]
@@ -224,11 +251,12 @@ def test_a_name_with_a_newline_or_control_character_is_refused(client) -> None:
     """A name is shown on one line of `labd show` and `ps` and in the runner's process title: one with a newline, a
     tab or an escape character (which could forge lines or recolour a terminal) is refused ``bad_request`` and
     starts nothing; other Unicode is fine."""
+    before = session_ids(client)
     for bad in ("a\nb", "tab\there", "red\x1b[31m", "nul\x00", "zero\u200bwidth"):
         with pytest.raises(LabdError) as exc:
             client.start("demo.count", params={"n": 1}, name=bad)
         assert exc.value.code == "bad_request" and "printable" in exc.value.message, bad
-    assert client.sessions() == []
+    assert session_ids(client) == before
     sid = client.start("demo.count", params={"n": 1}, name="étude 1 — α")
     assert client.wait(sid, timeout=30)["status"] == "completed"
     assert client.session("étude 1 — α")["id"] == sid

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,17 @@ def make_point(x: float, y: float) -> Point:
 
 def events_of(client: Any, sid: str) -> list[dict[str, Any]]:
     return list(client.history(sid))
+
+
+@pytest.fixture
+def client(shared_daemon) -> Iterator[Any]:
+    """A client of the module's shared daemon (each test starts and asserts on its own sessions)."""
+    with shared_daemon.client() as c:
+        yield c
+
+
+def session_ids(client: Any) -> set[str]:
+    return {r["id"] for r in client.sessions(limit=1000)}
 
 
 def test_closure_runs_as_a_full_session_and_the_record_keeps_the_payload(client) -> None:
@@ -87,7 +99,7 @@ def test_lambda_with_args_and_kwargs(client) -> None:
     assert client.result(client.start("demo.count", params={"n": 1, "delay": 0}), timeout=60) == 1
 
 
-def test_function_defined_in_main_of_a_script(daemon, tmp_path: Path) -> None:
+def test_function_defined_in_main_of_a_script(shared_daemon, tmp_path: Path) -> None:
     """Functions and a class defined in a script's __main__ (using its globals and a helper) travel by value;
     a module beside the script, used by them or whose function is sent, travels by reference (not its state) and
     is found through the sent sys.path."""
@@ -121,7 +133,7 @@ def test_function_defined_in_main_of_a_script(daemon, tmp_path: Path) -> None:
                               "cube": cube}))
     """))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=100,
-                         cwd=tmp_path, env=daemon.env)
+                         cwd=tmp_path, env=shared_daemon.env)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"isinstance": True, "v": 15, "doubled": 30,
                                                               "cube": 64}
@@ -195,6 +207,7 @@ def test_unserializable_return_value_is_reported_as_such(client) -> None:
 
 def test_unpicklable_argument_is_refused_at_submit_time_with_its_path(client) -> None:
     """An argument that cannot be pickled is refused before anything starts, naming the argument and the type."""
+    before = session_ids(client)
     with socket.socket() as sock:
         with pytest.raises(LabdError) as info:
             client.submit(lambda a, b: None, 1, sock)
@@ -210,12 +223,13 @@ def test_unpicklable_argument_is_refused_at_submit_time_with_its_path(client) ->
         with pytest.raises(LabdError) as info:
             client.submit(uses_socket)
         assert info.value.message.startswith("the function (closure variable 'sock'): a socket object")
-    assert client.sessions() == []
+    assert session_ids(client) == before  # no session was started
 
 
 def test_oversize_payload_is_refused_by_client_and_daemon(client) -> None:
     """A pickle over the bound is refused by the client with advice to use files; the daemon refuses an oversize or
     malformed payload itself, and the function workflow without one, starting nothing and staying up."""
+    before = session_ids(client)
     with pytest.raises(LabdError) as info:
         client.submit(len, b"x" * (MAX_PAYLOAD + 1))
     assert info.value.code == "payload_too_large" and "as files" in info.value.message
@@ -231,7 +245,7 @@ def test_oversize_payload_is_refused_by_client_and_daemon(client) -> None:
     with pytest.raises(LabdError) as info:
         client.request("session.start", workflow="demo.count", params={}, payload="AAAA")
     assert info.value.code == "bad_request"
-    assert client.sessions() == [] and client.ping()["pid"]
+    assert session_ids(client) == before and client.ping()["pid"]
 
 
 def slow_square(x: int) -> int:
@@ -239,13 +253,16 @@ def slow_square(x: int) -> int:
     return x * x
 
 
-def test_executor_map_runs_at_most_max_workers_sessions_at_once_in_order(daemon) -> None:
+def test_executor_map_runs_at_most_max_workers_sessions_at_once_in_order(shared_daemon) -> None:
     """Executor.map over 20 items with max_workers=4: 20 sessions, results in input order, and by the record's
     timestamps never more than 4 alive at once (and more than one, so it does run in parallel)."""
+    daemon = shared_daemon
+    with daemon.client() as c:
+        before = session_ids(c)
     with labd.Executor(max_workers=4, home=daemon.home, name="sq") as ex:
         assert list(ex.map(slow_square, range(20), timeout=300)) == [x * x for x in range(20)]
     with daemon.client() as c:
-        rows = c.sessions()
+        rows = [r for r in c.sessions(limit=1000) if r["id"] not in before]  # the sessions this test started
     assert len(rows) == 20 and all(r["status"] == "completed" for r in rows)
     assert sorted(r["name"] for r in rows) == sorted(f"sq-{i}" for i in range(1, 21))
     points = sorted([(r["created_at"], 1) for r in rows] + [(r["ended_at"], -1) for r in rows])
@@ -256,9 +273,12 @@ def test_executor_map_runs_at_most_max_workers_sessions_at_once_in_order(daemon)
     assert 2 <= most <= 4
 
 
-def test_cancelling_a_future_stops_its_session(daemon) -> None:
+def test_cancelling_a_future_stops_its_session(shared_daemon) -> None:
     """Cancelling a running future stops its session (status cancelled); a queued one never starts a session;
     result() with a timeout gives up with `timeout` while the session runs, and raises Cancelled after."""
+    daemon = shared_daemon
+    with daemon.client() as c:
+        before = session_ids(c)
     with daemon.client() as c, labd.Executor(max_workers=1, home=daemon.home, stop_grace=1.0) as ex:
         running = ex.submit(time.sleep, 600)
         queued = ex.submit(time.sleep, 600)
@@ -275,13 +295,13 @@ def test_cancelling_a_future_stops_its_session(daemon) -> None:
             c.result(sid, timeout=30)
         assert err.value.type_name == "Cancelled" and err.value.status == "cancelled"
     with daemon.client() as c:
-        assert [r["id"] for r in c.sessions()] == [sid]
+        assert session_ids(c) - before == {sid}  # the queued call never started one
     assert queued.cancelled() and queued.session is None
 
 
-def test_executor_future_carries_remote_error(daemon) -> None:
+def test_executor_future_carries_remote_error(shared_daemon) -> None:
     """A failing call fails its future with RemoteError; the executor carries on with the next call."""
-    with labd.Executor(max_workers=2, home=daemon.home) as ex:
+    with labd.Executor(max_workers=2, home=shared_daemon.home) as ex:
         bad = ex.submit(lambda: 1 / 0)
         good = ex.submit(lambda: "fine")
         assert isinstance(bad.exception(timeout=60), labd.RemoteError)
@@ -291,14 +311,14 @@ def test_executor_future_carries_remote_error(daemon) -> None:
         ex.submit(print)
 
 
-def test_result_fetched_later_from_a_second_client_process(client, daemon) -> None:
+def test_result_fetched_later_from_a_second_client_process(client, shared_daemon) -> None:
     """The value is in the record: another process, after the submitting client is gone, reads it back."""
     data = {"xs": [1, 2, 3]}
     sid = client.submit(lambda d: {"total": sum(d["xs"]), "n": len(d["xs"])}, data)
     client.wait(sid, timeout=60)
     code = "import json, sys, labd\nprint(json.dumps(labd.Client().result(sys.argv[1])))"
     out = subprocess.run([sys.executable, "-c", code, sid], capture_output=True, text=True, timeout=60,
-                         env=daemon.env)
+                         env=shared_daemon.env)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"total": 6, "n": 3}
 

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,9 @@ class Ui:
         self._err.close()
 
 
-@pytest.fixture
-def ui(daemon, tmp_path: Path) -> Iterator[Ui]:
-    u = Ui(daemon.home, tmp_path / "ui-stderr.log")
+@contextmanager
+def running_ui(home: Path, stderr: Path) -> Iterator[Ui]:
+    u = Ui(home, stderr)
     try:
         yield u
     finally:
@@ -77,7 +78,35 @@ def ui(daemon, tmp_path: Path) -> Iterator[Ui]:
 
 
 @pytest.fixture
+def ui(daemon, tmp_path: Path) -> Iterator[Ui]:
+    """`labd ui` on the test's own daemon (for tests that stop or freeze the daemon)."""
+    with running_ui(daemon.home, tmp_path / "ui-stderr.log") as u:
+        yield u
+
+
+@pytest.fixture
+def shared_ui(shared_daemon, tmp_path: Path) -> Iterator[Ui]:
+    """`labd ui` (the test's own) on the module's shared daemon."""
+    with running_ui(shared_daemon.home, tmp_path / "ui-stderr.log") as u:
+        yield u
+
+
+@pytest.fixture
 def page(ui: Ui) -> Iterator[Any]:
+    """A logged-in Chromium page on the dashboard of the test's own daemon."""
+    with browser_page(ui) as pg:
+        yield pg
+
+
+@pytest.fixture
+def shared_page(shared_ui: Ui) -> Iterator[Any]:
+    """A logged-in Chromium page on the dashboard of the module's shared daemon."""
+    with browser_page(shared_ui) as pg:
+        yield pg
+
+
+@contextmanager
+def browser_page(ui: Ui) -> Iterator[Any]:
     """A logged-in Chromium page on the dashboard (the token kept in the origin's localStorage)."""
     from playwright.sync_api import sync_playwright
 
@@ -112,10 +141,12 @@ AWKWARD = ["report", "report#draft", "q?.txt", "100%.txt", "sub dir/a&b#1.txt"]
 @pytest.mark.timeout(180)
 @pytest.mark.browser
 @no_browser
-def test_file_links_and_previews_fetch_the_named_file_whatever_its_characters(daemon, ui: Ui, page: Any) -> None:
+def test_file_links_and_previews_fetch_the_named_file_whatever_its_characters(shared_daemon, shared_ui: Ui,
+                                                                              shared_page: Any) -> None:
     """A file's download link and preview fetch that very file when its name holds ``#``, ``?``, ``%``, ``&`` or
     a space, in a subdirectory too. With encodeURI, ``q?.txt`` asked for ``q`` (404) and ``report#draft``
     silently downloaded ``report``: each path segment is now encoded whole, the ``/`` between them kept."""
+    daemon, ui, page = shared_daemon, shared_ui, shared_page
     with daemon.client() as c:
         sid = c.start("labd_testflows:awkward_names")
     _wait_completed(daemon, sid)
@@ -134,10 +165,11 @@ def test_file_links_and_previews_fetch_the_named_file_whatever_its_characters(da
 # ---- 2. node details late in a long session ---------------------------------------------------------------------
 
 @pytest.mark.timeout(240)
-def test_node_events_are_found_after_the_first_page_of_the_session(daemon, ui: Ui) -> None:
+def test_node_events_are_found_after_the_first_page_of_the_session(shared_daemon, shared_ui: Ui) -> None:
     """``/api/sessions/{id}/events?node=N`` asks the daemon for N's events (N and the nodes nested in it), so a
     step late in a long session has its events. Before, the server read the session's first 5000 events and
     filtered those: every node after them had an empty detail."""
+    daemon, ui = shared_daemon, shared_ui
     with daemon.client() as c:
         sid = c.start("demo.count", params={"n": 1500, "delay": 0})
         row = c.wait(sid, timeout=200)
@@ -202,10 +234,11 @@ def _holds_socket(pid: int, inode: str) -> bool:
 
 
 @pytest.mark.timeout(240)
-def test_a_stream_closed_mid_replay_stops_at_once_without_a_flood(daemon, ui: Ui) -> None:
+def test_a_stream_closed_mid_replay_stops_at_once_without_a_flood(shared_daemon, shared_ui: Ui) -> None:
     """A tab closed while its stream replays a long history: the stream notices within a chunk, stops formatting
     events for the dead connection, and `labd ui`'s stderr gets no flood of "socket.send() raised exception."
     (one line per event of the page, ~2000, before); the server goes on serving."""
+    daemon, ui = shared_daemon, shared_ui
     with daemon.client() as c:
         sid = c.start("demo.events", params={"n": 6000})
     _wait_completed(daemon, sid)
@@ -315,10 +348,12 @@ def test_download_errors_get_the_status_of_the_json_api(daemon, ui: Ui) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_a_body_without_a_required_field_or_with_a_wrong_type_says_which(daemon, ui: Ui) -> None:
+def test_a_body_without_a_required_field_or_with_a_wrong_type_says_which(shared_daemon, shared_ui: Ui) -> None:
     """A start or resolve body missing a required field says ``missing field 'workflow'`` (it was the bare
     KeyError text ``'workflow'``); a field that is not a string says it must be one (``"workflow": null`` was
     ``unknown workflow 'None'``). Both are 400 bad_request; a good body still starts a session."""
+    daemon, ui = shared_daemon, shared_ui
+
     def post(path: str, body: Any) -> tuple[int, dict[str, Any]]:
         status, raw = ui.request(path, json.dumps(body).encode())
         return status, json.loads(raw)

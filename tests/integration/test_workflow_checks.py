@@ -49,6 +49,11 @@ def gated(tmp_path: Path) -> Path:
     (tmp_path / "marks" / "gate").touch()  # never leave an import child waiting
 
 
+def _ids(c: Any, **kw: Any) -> set[str]:
+    """The ids of the daemon's sessions (the module's shared daemon: other tests' sessions are there too)."""
+    return {r["id"] for r in c.sessions(limit=1000, **kw)}
+
+
 def _start_in_thread(daemon: Any, cwd: Path, out: dict[str, Any], **kw: Any) -> threading.Thread:
     def run() -> None:
         try:
@@ -65,7 +70,8 @@ def _start_in_thread(daemon: Any, cwd: Path, out: dict[str, Any], **kw: Any) -> 
 def test_a_slow_import_does_not_hold_up_other_clients(daemon, gated: Path) -> None:
     """While one client's workflow module is still importing, the daemon answers other clients and runs
     their sessions to the end; the slow start then completes normally (before, the daemon's main loop waited
-    for the import: every client stalled for as long as the slowest module took to import)."""
+    for the import: every client stalled for as long as the slowest module took to import). (A daemon of its
+    own: it asserts on the daemon's count of checks under way.)"""
     out: dict[str, Any] = {}
     t = _start_in_thread(daemon, gated, out)
     wait_until(lambda: _imports(gated) == 1, timeout=30, what="the check to start importing")
@@ -84,10 +90,11 @@ def test_a_slow_import_does_not_hold_up_other_clients(daemon, gated: Path) -> No
         assert c.status()["workflow_checks"] == 0
 
 
-def test_a_keyed_retry_during_the_check_joins_the_first_start(daemon, gated: Path) -> None:
+def test_a_keyed_retry_during_the_check_joins_the_first_start(shared_daemon, gated: Path) -> None:
     """Two starts with one idempotency key, the second sent while the first's workflow is still importing:
     one check, one session, both replies name it."""
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
+        before = _ids(c, workflow="gated:study")
         codec = Codec(c.info.key_bytes)
         s = zmq.Context.instance().socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
@@ -106,14 +113,15 @@ def test_a_keyed_retry_during_the_check_joins_the_first_start(daemon, gated: Pat
         assert all(r["ok"] for r in replies), replies
         sids = {r["result"]["session"] for r in replies}
         assert len(sids) == 1
-        assert [r["id"] for r in c.sessions(workflow="gated:study")] == list(sids)
+        assert _ids(c, workflow="gated:study") - before == sids
         c.wait(sids.pop(), timeout=60)
         assert _imports(gated) == 2  # the one check and the one runner: the retry imported nothing
 
 
 def test_the_template_dying_during_a_check_refuses_the_start_clearly(daemon, gated: Path) -> None:
     """The runner template killed while it checks a workflow: the start is refused with ``launch_failed``
-    (not left waiting forever), and the next start works on a fresh template."""
+    (not left waiting forever), and the next start works on a fresh template. (A daemon of its own: it kills the
+    daemon's template.)"""
     out: dict[str, Any] = {}
     t = _start_in_thread(daemon, gated, out)
     wait_until(lambda: _imports(gated) == 1, timeout=30, what="the check to start importing")
@@ -128,24 +136,28 @@ def test_the_template_dying_during_a_check_refuses_the_start_clearly(daemon, gat
         assert c.wait(sid, timeout=60)["status"] == "completed"
 
 
-def test_a_bad_parameter_is_still_refused_before_any_session_exists(daemon, gated: Path) -> None:
+def test_a_bad_parameter_is_still_refused_before_any_session_exists(shared_daemon, gated: Path) -> None:
     """The check still decides the start: a value that does not fit the workflow's signature is a clear
     ``bad_params`` error and no session row is made."""
     (gated / "marks" / "gate").touch()
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
+        before = _ids(c)
         with pytest.raises(LabdError) as info:
             c.start("gated:study", params={"n": "many"}, cwd=str(gated))
         assert info.value.code == "bad_params" and "n" in info.value.message
-        assert c.sessions(workflow="gated:study") == []
+        assert _ids(c) == before
 
 
-def test_ctrl_c_while_the_start_is_checked_says_the_session_may_start(daemon, gated: Path) -> None:
+def test_ctrl_c_while_the_start_is_checked_says_the_session_may_start(shared_daemon, gated: Path) -> None:
     """Ctrl-C on `labd run` while the daemon still checks the workflow (its import is slow): the command exits 130
     and says that the session may start all the same and where to see it (the daemon goes on with the request);
     before, it exited 130 silently, and the session it then started went unnoticed."""
     import subprocess
     import sys
 
+    daemon = shared_daemon
+    with daemon.client() as c:
+        before = _ids(c)
     # as from a terminal: SIGINT at its default (a test run started in the background by a shell without job
     # control, as CI may be, has it ignored, and the child would inherit that)
     proc = subprocess.Popen([sys.executable, "-m", "labd", "--home", str(daemon.home), "run", "gated.py:study"],
@@ -162,6 +174,6 @@ def test_ctrl_c_while_the_start_is_checked_says_the_session_may_start(daemon, ga
     assert "Traceback" not in err
     (gated / "marks" / "gate").touch()
     with daemon.client() as c:  # it does start: the message was true
-        wait_until(lambda: len(c.sessions()) == 1, timeout=60, what="the session started after all")
-        sid = c.sessions()[0]["id"]
+        wait_until(lambda: len(_ids(c) - before) == 1, timeout=60, what="the session started after all")
+        (sid,) = _ids(c) - before
         c.wait(sid, timeout=60)
