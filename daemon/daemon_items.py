@@ -61,6 +61,11 @@ class DaemonItems:
                 self._ingest_spool(cur, b)
                 if (total := self.outcap.final(sid)) is not None:
                     self._append(cur, time.time(), "output.truncated", "d", None, None, None, total, b)
+            if cur is not None and kind == "resource.sample" and cur.terminal:
+                # The monitor's own socket races the main loop's: a sample taken before the runner exited can
+                # arrive after session.ended, which a follower takes as the last event. The final sample (the
+                # supervisor's, before session.ended) holds the session's last figures.
+                return
             if cur is None:
                 self.log.error("daemon event for unknown session dropped", session_id=sid, kind=kind)
                 if reply_to is not None:

@@ -133,14 +133,14 @@ class FileTracker:
                         if prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns:
                             continue
                         try:  # through the fds: a symlink (or FIFO) swapped in since the walk is not read
-                            digest = wd.sha256(rel)
+                            digest, size, st = wd.sha256_stat(rel)  # what was hashed, not the walk's stat
                         except OSError:
                             continue
-                        self._seen[rel] = (st.st_size, st.st_mtime_ns, digest)
+                        self._seen[rel] = (size, st.st_mtime_ns, digest)
                         self.modes[rel] = stat.S_IMODE(st.st_mode)
                         if prev is not None and prev[2] == digest:
                             continue  # touched, not changed
-                        self._report("changed" if prev is not None else "created", rel, digest, st.st_size,
+                        self._report("changed" if prev is not None else "created", rel, digest, size,
                                      node_id, agent, tool, attribution)
                         found += 1
                     if stopped is None and wd.truncated:

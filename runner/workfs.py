@@ -206,11 +206,19 @@ class WorkDir:
 
     def sha256(self, rel: str) -> str:
         """The sha256 of regular file ``rel`` (see :meth:`open_file`)."""
+        return self.sha256_stat(rel)[0]
+
+    def sha256_stat(self, rel: str) -> tuple[str, int, os.stat_result]:
+        """The sha256 of regular file ``rel``, the number of bytes hashed, and the status of the very file hashed
+        (its ``fstat``, taken once it was read): a scan must pair a digest with the size of what it hashed, not
+        with an earlier ``stat`` of the name, which a rename (an atomic save) may have given to another file."""
         h = hashlib.sha256()
+        size = 0
         with open(self.open_file(rel), "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-        return h.hexdigest()
+                size += len(block)
+            return h.hexdigest(), size, os.fstat(f.fileno())
 
     # ---- changing ------------------------------------------------------------------------------------
     def remove_file(self, rel: str) -> None:

@@ -304,3 +304,32 @@ def test_a_session_budget_counts_the_objects_already_there(tmp_path: Path, monke
     budget.give_back(2500)
     assert budget.take(3000) and budget.used == 5000
     assert SessionBudget(tmp_path / "none").used == 0
+
+
+def test_a_scan_pairs_each_digest_with_the_size_of_what_it_hashed(tmp_path, monkeypatch) -> None:
+    """A file replaced by an atomic save (a new file renamed over it) between the walk's `stat` and the hash: the
+    scan records the size of the file it hashed, so the manifest never pairs one file's digest with another's size
+    (the suite caught `s36 out.json`: digest of 13,000 bytes recorded as 13,078). Before, the walk's size was kept."""
+    import hashlib
+
+    from labd.runner.files import FileTracker
+    from labd.runner.workfs import WorkDir
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "out.json").write_bytes(b"a" * 100)
+    original = WorkDir.sha256_stat
+
+    def renamed_first(self, rel):  # the save lands after the walk saw the old file, before it is hashed
+        (work / "out.json.tmp").write_bytes(b"b" * 130)
+        os.replace(work / "out.json.tmp", work / "out.json")
+        return original(self, rel)
+
+    monkeypatch.setattr(WorkDir, "sha256_stat", renamed_first)
+    events: list = []
+    tracker = FileTracker(work, lambda kind, payload, node_id=None, parent=None: events.append((kind, payload)) or 0)
+    tracker.scan("n1")
+    size, _mtime, digest = tracker.seen["out.json"]
+    assert (digest, size) == (hashlib.sha256(b"b" * 130).hexdigest(), 130)
+    created = [p for k, p in events if k == "file.created"]
+    assert [(p["sha256"], p["size"]) for p in created] == [(digest, 130)]

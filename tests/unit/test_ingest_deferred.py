@@ -128,3 +128,33 @@ def test_a_frame_of_a_session_that_never_appears_is_dropped_once(ingest) -> None
     assert ing.counters.get("dropped.runner.unknown_session") == 1
     for sock in (s, s2, daemon_side):
         sock.close(0)
+
+
+def test_a_monitor_sample_arriving_after_the_session_ended_is_not_recorded(ingest) -> None:
+    """The monitor reaches ingest on a socket of its own, so a `resource.sample` taken while the runner still ran
+    can arrive after the main loop's `session.ended`: recorded, it became an event after the end, which every
+    follower (`labd logs -f`, the dashboard's stream) stops at and so never delivers (a suite run caught it: sent
+    15 events, stored 16). Ingest drops it; a sample before the end is kept."""
+    from sqlalchemy import text
+
+    ing, z, tmp = ingest
+    push = z.socket(zmq.PUSH)
+    push.connect(INGEST_IN)
+    sid, marker = "sampled00001", "marker000001"
+    sample = {"rss": 1, "rss_sum": 1, "cpu_percent": 0.0, "num_procs": 1, "peak_rss": 1, "peak_cpu_percent": 0.0}
+
+    def kinds(session: str) -> list[str]:
+        with ing.writer.engine.connect() as conn:
+            return [r[0] for r in conn.execute(text("SELECT kind FROM events WHERE session_id = :s ORDER BY seq"),
+                                               {"s": session})]
+    try:
+        push.send_pyobj(_created(sid, tmp))
+        push.send_pyobj(("event", sid, "resource.sample", sample, None, None))
+        push.send_pyobj(("event", sid, "session.ended", {"status": "cancelled", "reason": "test", "ended_by": "queue"},
+                         None, None))
+        push.send_pyobj(("event", sid, "resource.sample", sample, None, None))
+        push.send_pyobj(_created(marker, tmp))  # one socket keeps its order: once this is stored, the sample was seen
+        wait_until(lambda: kinds(marker) == ["session.created"], timeout=10, what="the marker session recorded")
+        assert kinds(sid) == ["session.created", "resource.sample", "session.ended"]
+    finally:
+        push.close(0)
