@@ -57,21 +57,31 @@ def _pids(c: Any, sid: str, kind: str) -> set[int]:
     return {e["payload"].get("pid") for e in c.history(sid, kinds=[kind])}
 
 
-def test_impostor_of_a_queued_session_does_not_keep_it_from_running(isolated_env: Path) -> None:
-    """A session queued under ``max_sessions = 1`` when the daemon stopped, with a same-user process titled as its
-    runner at the restart: the impostor is not adopted (no ``session.launched``/``session.adopted`` with its pid),
-    the session is queued again once the impostor failed to prove itself, starts when the slot frees and completes;
-    the impostor, although it stands in the session's directory, is not killed."""
-    isolated_env.mkdir(parents=True, exist_ok=True)
-    (isolated_env / "config.toml").write_text("[daemon]\nmax_sessions = 1\n")
-    first, restarted = DaemonProc(isolated_env).start(), None
+def _queued_behind_a_blocker(home: Path) -> tuple[str, str]:
+    """On a daemon with ``max_sessions = 1``: a running 120 s blocker and a session queued behind it; the daemon is
+    then stopped (SIGTERM: the blocker runs on, the queued session waits in the store). Returns (blocker, queued)."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text("[daemon]\nmax_sessions = 1\n")
+    first = DaemonProc(home).start()
     try:
         with first.client() as c:
             blocker = c.start("demo.sleep", params={"seconds": 120})
             wait_until(lambda: c.session(blocker)["status"] == "running", timeout=30, what="the blocker running")
             queued = c.start("demo.sleep", params={"seconds": 0.2})
             wait_until(lambda: c.session(queued)["status"] == "queued", timeout=30, what="the session queued")
-        first.stop()  # SIGTERM: the blocker runs on, the queued session waits in the store
+    finally:
+        first.stop()
+    return blocker, queued
+
+
+def test_impostor_of_a_queued_session_does_not_keep_it_from_running(isolated_env: Path) -> None:
+    """A session queued under ``max_sessions = 1`` when the daemon stopped, with a same-user process titled as its
+    runner at the restart: the impostor is not adopted (no ``session.launched``/``session.adopted`` with its pid),
+    the session is queued again once the impostor failed to prove itself, starts when the slot frees and completes;
+    the impostor, although it stands in the session's directory, is not killed."""
+    restarted = None
+    try:
+        blocker, queued = _queued_behind_a_blocker(isolated_env)
         with _impostor(isolated_env, queued) as imp:
             restarted = DaemonProc(isolated_env).start()
             with restarted.client() as c:
@@ -84,7 +94,6 @@ def test_impostor_of_a_queued_session_does_not_keep_it_from_running(isolated_env
                 assert _alive(imp), "the impostor was killed: it never proved it is one of ours"
             assert "never proved it is one" in restarted.log()
     finally:
-        first.stop()
         if restarted is not None:
             restarted.stop()
         kill_runners(isolated_env)
@@ -128,16 +137,9 @@ def test_a_stop_while_a_claimed_queued_session_awaits_its_runner_is_kept(isolate
     daemon waits for that process to prove itself: the stop is accepted (`awaiting_runner`), and when the proof
     does not come the session ends `cancelled` without ever running — before, the stop was refused
     `not_running` and the session was queued again and ran (an attack review)."""
-    isolated_env.mkdir(parents=True, exist_ok=True)
-    (isolated_env / "config.toml").write_text("[daemon]\nmax_sessions = 1\n")
-    first, restarted = DaemonProc(isolated_env).start(), None
+    restarted = None
     try:
-        with first.client() as c:
-            blocker = c.start("demo.sleep", params={"seconds": 120})
-            wait_until(lambda: c.session(blocker)["status"] == "running", timeout=30, what="the blocker running")
-            queued = c.start("demo.sleep", params={"seconds": 0.2})
-            wait_until(lambda: c.session(queued)["status"] == "queued", timeout=30, what="the session queued")
-        first.stop()
+        blocker, queued = _queued_behind_a_blocker(isolated_env)
         with _impostor(isolated_env, queued) as imp:
             restarted = DaemonProc(isolated_env).start()
             with restarted.client() as c:
@@ -150,7 +152,6 @@ def test_a_stop_while_a_claimed_queued_session_awaits_its_runner_is_kept(isolate
                 assert not list(c.history(queued, kinds=["session.started"])), "the stopped session ran"
                 assert _alive(imp), "the impostor was killed: it never proved it is one of ours"
     finally:
-        first.stop()
         if restarted is not None:
             restarted.stop()
         kill_runners(isolated_env)

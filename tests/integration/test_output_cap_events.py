@@ -13,25 +13,16 @@ import orjson
 import pytest
 
 from labd.ipc import Client
-from tests.conftest import module_home, running_daemon
 
 MiB = 2**20
 N, SIZE = 2000, 50_000  # 2,000 records of 50 KB: 100 MB a workflow could otherwise put into the database
 SLACK = 64 * 1024  # the stored JSON of a payload may differ a little from what the runner counted
 
 
-@pytest.fixture(scope="module")
-def shared() -> Iterator[dict[str, Any]]:
-    """One daemon for the whole module (its tests start their own sessions and do not interfere)."""
-    with module_home("lcapev") as (base, env), running_daemon(base / "home") as d:
-        yield {"daemon": d, "env": env}
-
-
 @pytest.fixture
-def client(shared: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
-    for k, v in shared["env"].items():  # over the per-test isolated_env: talk to the module's daemon
-        monkeypatch.setenv(k, v)
-    with shared["daemon"].client() as c:
+def client(shared_daemon: Any) -> Iterator[Client]:
+    """A client of the module's daemon (tests/conftest.py ``module_daemon``: these tests start their own sessions)."""
+    with shared_daemon.client() as c:
         yield c
 
 
