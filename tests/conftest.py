@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,19 +108,23 @@ class DaemonProc:
 
 
 def kill_runners(home: Path) -> None:
-    """Kill every runner process group recorded in the home's database (tests never leak runners)."""
+    """Kill every runner process group recorded in the home's database that is still that runner (tests never
+    leak runners). The recorded create time is checked: pids wrap (pid_max is 32768 here) and a module's
+    shared daemon ends minutes after its first sessions, so a bare pid could be another test's live runner."""
     db = home / "labd.db"
     if not db.exists():
         return
     try:
         with sqlite3.connect(db) as conn:
-            pids = [r[0] for r in conn.execute("SELECT pid FROM sessions WHERE pid IS NOT NULL")]
+            rows = list(conn.execute("SELECT pid, pid_create_time FROM sessions WHERE pid IS NOT NULL AND pid > 0"))
     except sqlite3.Error:
         return
-    for pid in pids:
+    for pid, ctime in rows:
         try:
+            if ctime is not None and abs(psutil.Process(pid).create_time() - ctime) >= 0.05:
+                continue  # the pid was reused
             os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+        except (psutil.Error, ProcessLookupError, PermissionError):
             pass
 
 

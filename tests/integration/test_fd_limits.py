@@ -15,6 +15,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,22 +44,43 @@ def _output(c: Any, sid: str) -> str:
 
 @contextmanager
 def _starved(pid: int) -> Iterator[None]:
-    """While the block runs, process ``pid`` can open no file descriptor: its soft limit is its lowest free fd
-    (set again should it close one below meanwhile). The hard limit is left alone; the soft one restored after."""
+    """While the block runs, process ``pid`` can open no file descriptor: its soft limit is its lowest free fd (a
+    new fd takes the lowest free number), kept there by a thread that lowers it again should an fd below be closed.
+    The lowest free fd is the least of many readings: a thread holding an fd for a moment (the monitor reads /proc
+    all the time) makes one reading one too high, and that slot, once closed, would let the thread go on working
+    through it. Not lower than that: poll(2) refuses more descriptors than the soft limit (EINVAL), and libzmq
+    aborts on it. The hard limit is left alone; the soft one is restored after."""
     soft, hard = resource.prlimit(pid, NOFILE)
 
     def lowest_free() -> int:
         used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
         return next(fd for fd in range(len(used) + 1) if fd not in used)
 
-    def starved() -> bool:
-        resource.prlimit(pid, NOFILE, (lowest_free(), hard))
-        return lowest_free() >= resource.prlimit(pid, NOFILE)[0]
+    def least(seconds: float) -> int:
+        end = time.monotonic() + seconds
+        low = lowest_free()
+        while time.monotonic() < end:
+            low = min(low, lowest_free())
+        return low
 
-    wait_until(starved, timeout=5, what="the daemon's descriptor table full up to its soft limit")
+    done = threading.Event()
+
+    def hold() -> None:
+        while not done.is_set():
+            low = least(0.05)
+            if low < resource.prlimit(pid, NOFILE)[0]:
+                resource.prlimit(pid, NOFILE, (low, hard))
+
+    resource.prlimit(pid, NOFILE, (least(0.3), hard))
+    keeper = threading.Thread(target=hold, daemon=True)
+    keeper.start()
+    wait_until(lambda: lowest_free() >= resource.prlimit(pid, NOFILE)[0], timeout=5,
+               what="the daemon's descriptor table full up to its soft limit")
     try:
         yield
     finally:
+        done.set()
+        keeper.join(5)
         resource.prlimit(pid, NOFILE, (soft, hard))
 
 
