@@ -47,6 +47,9 @@ class Config:
     limit_interval: float = 0.1  # process-table pass while one has (memory breach -> kill bound)
     record_interval: float = 2.0  # resource.sample events
     max_message: int = 16 * 1024 * 1024
+    #: bytes of large replies (64 KiB and more) the daemon may hold for clients that have not read them; past it a
+    #: large reply is answered ``busy`` (daemon/reply_budget.py). A size ("256M") or bytes
+    max_unread_replies: int | str = 256 * 1024 * 1024
     secret_env: list[str] = field(default_factory=list)  # extra env var names withheld from sessions
     preload: list[str] = field(default_factory=list)  # extra modules the template imports
     #: also serve clients on TCP (always CurveZMQ): "tcp://HOST:PORT" (control; events on PORT+1)
@@ -335,6 +338,15 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
                                            or cfg.memory_total <= 0):
         raise ConfigError(f"memory_total must be a size like 16G, not {cfg.memory_total!r}")
     cfg = replace(cfg, max_output=_max_output(cfg.max_output))
+    if isinstance(cfg.max_unread_replies, str):
+        try:
+            cfg = replace(cfg, max_unread_replies=parse_size(cfg.max_unread_replies))
+        except UnitError as exc:
+            raise ConfigError(f"max_unread_replies: {exc}") from None
+    if isinstance(cfg.max_unread_replies, bool) or not isinstance(cfg.max_unread_replies, int) \
+            or cfg.max_unread_replies < 1024 * 1024:
+        raise ConfigError(f"max_unread_replies must be a size of at least 1M, like 256M, not "
+                          f"{cfg.max_unread_replies!r}")
     for name in ("stop_grace", "term_grace", "sample_interval", "limit_interval", "record_interval"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:

@@ -12,6 +12,7 @@ from labd.daemon.api import ApiError, registry
 from labd.daemon.api.base import DEFERRED
 from labd.daemon.checks import Check, CheckFlow, Checks
 from labd.daemon.reads import Read, Reads
+from labd.daemon.reply_budget import ReplyBudget
 from labd.ipc.parts import max_reply, split_reply
 from labd.ipc.wire import DEFAULT_MAX_MESSAGE, OversizedFrame, WireError, nesting_ok
 
@@ -46,6 +47,8 @@ class ControlPlane:
     reads: Reads
     #: ids of unanswered requests whose clients reassemble replies in parts (labd.ipc.parts), oldest first
     _parts_ok: dict[str, None]
+    #: large replies ZeroMQ still holds for clients that have not read them (daemon/reply_budget.py)
+    replies_held: ReplyBudget
 
     def defer(self, reply_to: tuple[bytes, str], result: Any) -> None:
         """Reply to ``reply_to`` only after the event it posts is committed; ``result(seq, payload)``."""
@@ -65,7 +68,11 @@ class ControlPlane:
             self._handle(control, frames)
 
     def _reply(self, control: zmq.Socket, identity: bytes, req_id: str, result: Any = None,
-               error: ApiError | None = None) -> None:
+               error: ApiError | None = None, *, refusable: bool = True) -> None:
+        """Send the reply to ``req_id``: in parts if it is over one message and the client reassembles, else
+        ``reply_too_large`` if it is; ``busy`` instead of a large reply while clients hold the budget of unread
+        replies, unless not ``refusable`` (the reply to a write, which a retry would repeat: see
+        :meth:`_over_budget`)."""
         if error is not None:
             body = {"ok": False, "error": {"code": error.code, "message": error.message, "details": error.details}}
         else:
@@ -79,9 +86,11 @@ class ControlPlane:
             size = len(frames[1])
             parts = split_reply(self.codec, body, req_id, limit) if in_parts else None
             if parts is not None:  # a client that reassembles: the reply as it is, in parts
+                if refusable and self._over_budget(control, identity, req_id, sum(len(p[1]) for p in parts)):
+                    return
                 self.counters["control.reply_parts"] = self.counters.get("control.reply_parts", 0) + len(parts)
                 for part in parts:
-                    control.send_multipart([identity, *part])
+                    self.replies_held.send(control, identity, part)
                 return
             self.counters["control.reply_too_large"] = self.counters.get("control.reply_too_large", 0) + 1
             most = max_reply(limit) if in_parts else limit
@@ -90,7 +99,27 @@ class ControlPlane:
                                            "ask for less (a smaller limit or page, fewer sessions)",
                                            "details": {"bytes": size, "max": most}}}
             frames = self.codec.pack("reply", body, re=req_id)
-        control.send_multipart([identity, *frames])
+        elif refusable and self._over_budget(control, identity, req_id, len(frames[1])):
+            return
+        self.replies_held.send(control, identity, frames)
+
+    def _over_budget(self, control: zmq.Socket, identity: bytes, req_id: str, size: int) -> bool:
+        """Answer ``busy`` (and return True) when a reply of ``size`` bytes would take the replies ZeroMQ holds for
+        clients over the budget. The request has run; it changed nothing, so the client may simply ask again: only
+        replies sent as a request ran on the loop (reads, and refusals) are refused. A write's reply comes after
+        ingest committed it (``_drain_notes``) and is always sent (counted): ``session.rm`` / ``session.prune``
+        list up to 10,000 deleted ids (~0.2 MB), and a retry would not repeat them. The writes that answer at once
+        (stop, kill, pause, resume, remote.add/remove) answer in under 1 KiB, below the tracked size."""
+        if self.replies_held.admits(size):
+            return False
+        held, most = self.replies_held.in_flight, self.replies_held.budget
+        self.counters["control.reply_busy"] = self.counters.get("control.reply_busy", 0) + 1
+        body = {"ok": False, "error": {"code": "busy", "message":
+                                       f"the daemon holds {held} bytes of replies clients have not read yet (at most "
+                                       f"{most}; this one is {size} bytes): try again",
+                                       "details": {"bytes": size, "in_flight": held, "max": most}}}
+        control.send_multipart([identity, *self.codec.pack("reply", body, re=req_id)])
+        return True
 
     def _handle(self, control: zmq.Socket, frames: list[bytes]) -> None:
         if len(frames) < 2:
@@ -215,18 +244,19 @@ class ControlPlane:
                 _, (identity, req_id), sid, seq, payload = note
                 formatter = self._deferred.pop(req_id, None)
                 if formatter is not None:
-                    self._reply(control, identity, req_id, formatter(seq, payload))
+                    self._reply(control, identity, req_id, formatter(seq, payload), refusable=False)
                     continue
                 run = self.supervisor.running.get(sid)
                 self._reply(control, identity, req_id, {"session": sid, "name": payload.get("name"),
-                                                        "pid": run.pid if run and run.pid > 0 else None})
+                                                        "pid": run.pid if run and run.pid > 0 else None},
+                            refusable=False)
             elif note[0] == "refused":
                 _, (identity, req_id), code, message = note  # no session
                 self._refuse(control, identity, req_id, ApiError(code, message))
             elif note[0] == "done":  # a write that is not an event (skills)
                 _, (identity, req_id), result = note
                 self._deferred.pop(req_id, None)
-                self._reply(control, identity, req_id, result)
+                self._reply(control, identity, req_id, result, refusable=False)
             elif note[0] == "deleted":
                 _, reply_to, sids, counts = note
                 self.retention.remove_dirs(sids)
@@ -234,7 +264,8 @@ class ControlPlane:
                 if reply_to is not None:
                     formatter = self._deferred.pop(reply_to[1], None)
                     self._reply(control, reply_to[0], reply_to[1],
-                                formatter(sids, counts) if formatter else {"deleted": sids, "rows": counts})
+                                formatter(sids, counts) if formatter else {"deleted": sids, "rows": counts},
+                                refusable=False)
             elif note[0] == "ingest_failed":
                 self.log.error("ingest failed", error=note[1])
             else:
@@ -248,6 +279,6 @@ class ControlPlane:
                 run = self.supervisor.running.get(sid)
                 self._reply(control, identity, req_id, {"session": sid, "name": payload.get("name"),
                                                         "pid": run.pid if run and run.pid > 0 else None,
-                                                        "replayed": True})
+                                                        "replayed": True}, refusable=False)
             else:
                 self._reply(control, identity, req_id, error=ApiError(note[2], note[3]))

@@ -35,6 +35,7 @@ from labd.daemon.monitor import Monitor
 from labd.daemon.orphans import Claims, belongs_here, find_runners, stop_stray
 from labd.daemon.queue import RunQueue
 from labd.daemon.reads import Reads
+from labd.daemon.reply_budget import ReplyBudget
 from labd.daemon.retention import Retention
 from labd.daemon.supervisor import Supervisor
 from labd.daemon.systemd import Heartbeat, Notifier
@@ -99,6 +100,8 @@ class Daemon(ControlPlane):
         #: request id -> how to build the reply once ingest has committed what the request caused
         self._deferred: dict[str, Any] = {}
         self._parts_ok: dict[str, None] = {}
+        #: large replies ZeroMQ holds for clients that have not read them, and their budget (daemon/reply_budget.py)
+        self.replies_held = ReplyBudget(int(cfg.max_unread_replies))
         self.checks = Checks(lambda c: self.launcher.inspect_start(c.workflow, c.params, c.path,
                                                                    self.runner_confine_spec(None)))
         self.reads = Reads()  # long store reads (replay seeds, comparisons) on worker threads: daemon/reads.py
@@ -342,6 +345,7 @@ class Daemon(ControlPlane):
             self.reads.serve(ready, lambda flow, result, error, ctx: self._resume_read(control, flow, result, error,
                                                                                        ctx))
             self.supervisor.tick()
+            self.replies_held.tick()  # in_flight falls as clients read, also while no large reply is sent
             stale = time.monotonic() - ingest.beat
             problem = ("ingest thread died" if ingest.failed is not None or not ingest.is_alive()
                        else f"ingest stuck for {stale:.0f}s" if stale > 10 else "")

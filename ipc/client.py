@@ -43,6 +43,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Client", "LabdError", "WIRE_FIELDS", "check_timeout", "event_from_wire", "still_ended"]
 
+#: a request refused ``busy`` for replies other clients have not read is sent again after this many seconds,
+#: doubling up to BUSY_MOST, until the client's timeout (Client.request)
+BUSY_FIRST = 0.05
+BUSY_MOST = 1.0
+
 
 class Client(Waiting):
     """A connection to the daemon serving ``home`` (default: ``$LABD_HOME`` or the XDG data dir)."""
@@ -106,7 +111,25 @@ class Client(Waiting):
         """Send one request and return its result; raise :class:`LabdError` on an error reply or timeout, and
         before sending: ``bad_request`` (``bad_limits`` in ``limits``) for a NaN or ±Infinity anywhere in ``body``,
         ``request_too_large`` for a request over the daemon's message limit; ``bad_request`` too for what JSON cannot
-        carry (a string with a lone surrogate, ``"\\ud800"``; a value nested deeper than 255 levels)."""
+        carry (a string with a lone surrogate, ``"\\ud800"``; a value nested deeper than 255 levels).
+
+        A ``busy`` reply saying the daemon holds too many bytes of replies other clients have not read
+        (``details.in_flight``) is retried, :data:`BUSY_FIRST` s apart doubling to :data:`BUSY_MOST` s, within this
+        client's timeout. That is safe for any request: the daemon refuses so only replies to requests that changed
+        nothing (reads, refusals); a write's reply is always sent (docs/protocol.md §4.2)."""
+        deadline = time.monotonic() + self.timeout
+        pause = BUSY_FIRST
+        while True:
+            try:
+                return self._request_once(type_, body, deadline)
+            except LabdError as exc:
+                if exc.code != "busy" or "in_flight" not in exc.details or deadline - time.monotonic() <= pause:
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, BUSY_MOST)
+
+    def _request_once(self, type_: str, body: dict[str, Any], deadline: float) -> Any:
+        """Send ``type_`` once (a fresh id) and wait for its reply until ``deadline`` (monotonic)."""
         try:
             frames = self._codec.pack(type_, body, parts=True)
         except PayloadError as exc:
@@ -117,7 +140,6 @@ class Client(Waiting):
         self._sock.send_multipart(frames)
         sent_id = _id_of(frames[1])
         parts = Reassembly()  # a reply over one message comes in parts (labd.ipc.parts)
-        deadline = time.monotonic() + self.timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:

@@ -137,3 +137,17 @@ def test_runner_nice_default_file_env_and_bad_values(tmp_path: Path, monkeypatch
     _write_config(home, "")
     with pytest.raises(ConfigError, match="runner_nice"):
         load_config(home)
+
+
+def test_max_unread_replies_default_sizes_and_bad_values(tmp_path: Path) -> None:
+    """[daemon] max_unread_replies (the budget of large replies clients have not read, daemon/reply_budget.py)
+    defaults to 256 MiB, takes a size or bytes, and refuses less than 1 MiB, no unit, or anything but a size."""
+    home = tmp_path / "h"
+    assert load_config(home).max_unread_replies == 256 * 1024 * 1024
+    for text, value in (('"64M"', 64 * 1024 * 1024), ("2097152", 2 * 1024 * 1024)):
+        _write_config(home, f"[daemon]\nmax_unread_replies = {text}\n")
+        assert load_config(home).max_unread_replies == value
+    for bad in ('"512K"', '"64"', "1000", "true", '"lots"'):
+        _write_config(home, f"[daemon]\nmax_unread_replies = {bad}\n")
+        with pytest.raises(ConfigError, match="max_unread_replies"):
+            load_config(home)
