@@ -24,7 +24,7 @@ import orjson
 from labd.daemon.ingest_batch import LIVE_OVERHEAD, PUB_CHUNK_BYTES, Batch, Fragment, LiveEvents, LiveRun
 from labd.daemon.outputcap import CAPPED, OutputCaps
 from labd.daemon.spools import spool_of, spooled_events
-from labd.ipc.events import DAEMON_KINDS, EventError, quick_valid, validate
+from labd.ipc.events import APPROVALS_PENDING_MAX, DAEMON_KINDS, EventError, quick_valid, validate
 from labd.ipc.signing import derive_key
 from labd.ipc.wire import ACK_TAIL, Codec, Message, WireError
 from labd.store.projections import SessionCursor
@@ -307,6 +307,8 @@ class RunnerFrames:
                 raise EventError(f"{kind} may only be recorded by the daemon")
             if kind == "approval.requested" and payload["approval_id"] in cur.pending_approvals:
                 raise EventError("duplicate approval id")
+            if kind == "approval.requested" and len(cur.pending_approvals) >= APPROVALS_PENDING_MAX:
+                raise EventError(f"the session has {APPROVALS_PENDING_MAX} approvals pending already (the most it may)")
         except EventError as exc:
             self._reject(cur, src_seq, kind, str(exc), b)
             return

@@ -19,7 +19,7 @@ from labd.ipc.wire import PayloadError, encode_json
 __all__ = ["SCHEMAS", "KIND_VERSION", "DAEMON_KINDS", "EventError", "validate", "quick_valid", "TERMINAL_STATUSES",
            "STATUSES", "BLOBS_FIELD", "APPROVAL_PROMPT_MAX", "APPROVAL_CONTEXT_MAX", "APPROVAL_KIND_MAX",
            "APPROVAL_OPTIONS_MAX", "APPROVAL_OPTION_MAX", "APPROVAL_ID_MAX", "APPROVAL_POLICIES",
-           "APPROVAL_PAYLOAD_MAX"]
+           "APPROVAL_PAYLOAD_MAX", "APPROVALS_PENDING_MAX"]
 
 NUM = (int, float)
 ANY = object
@@ -57,6 +57,10 @@ APPROVAL_POLICIES = ("approve", "reject", "fail")
 #: bytes of the whole payload's JSON: the fields above at their bounds fit (a prompt of escapes is 600,000 bytes),
 #: and it bounds what they do not name (``agent``, fields a runner adds)
 APPROVAL_PAYLOAD_MAX = 2**20
+#: approvals one session may have pending at once: each is a row and an entry in the daemon's memory until answered
+#: (a workflow asks from a thread that waits; a runner writing its own frames need not wait). Past it, ``ctx.approval``
+#: raises and ingest rejects the request
+APPROVALS_PENDING_MAX = 1000
 
 
 # kind -> {field: (accepted types, required)}

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from labd.ipc.events import validate
+from labd.ipc.events import APPROVALS_PENDING_MAX, validate
 from labd.ipc.wire import encode_json
 
 __all__ = ["Approvals", "Decision", "ApprovalTimeout", "DECISIONS"]
@@ -76,6 +76,9 @@ class Approvals:
 
     def _register(self, aid: str, done: threading.Event, box: list[dict[str, Any]]) -> None:
         with self._lock:
+            if len(self._waiting) >= APPROVALS_PENDING_MAX:  # the daemon would reject it: said here, not waited for
+                raise RuntimeError(f"{APPROVALS_PENDING_MAX} approvals of this session are pending already, the most "
+                                   "a session may have at once: wait for answers before asking more")
             self._waiting[aid] = (done, box)
             if self._cancelled.is_set():
                 done.set()

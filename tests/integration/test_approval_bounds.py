@@ -23,6 +23,7 @@ from labd.ipc.events import (
     APPROVAL_OPTION_MAX,
     APPROVAL_OPTIONS_MAX,
     APPROVAL_PROMPT_MAX,
+    APPROVALS_PENDING_MAX,
     EventError,
     validate,
 )
@@ -122,6 +123,34 @@ def test_a_runner_frame_with_an_oversized_approval_is_rejected_and_leaves_nothin
                                            "payload must be at most"], strict=True):
             assert bound in reason
         assert [a["id"] for a in client.approvals(sid, status="all")] == ["ap-good"]
+    finally:
+        s.close(0)
+
+
+def test_a_runner_frame_past_the_pending_approvals_bound_is_rejected(client: Client) -> None:
+    """A runner that writes its frames itself and never waits cannot pile up approvals: of APPROVALS_PENDING_MAX + 2
+    valid requests, the first APPROVALS_PENDING_MAX are recorded pending, the rest are stored as event.rejected
+    naming the bound (each in its own src_seq slot), and no approval row is made for them."""
+    sid, codec, s = impostor_runner(client)
+    try:
+        nxt = len([e for e in client.history(sid) if e["src"] == "runner"]) + 1
+        n = APPROVALS_PENDING_MAX + 2
+        evs = [[nxt + i, time.time(), "approval.requested", None, None, _payload(approval_id=f"ap-{i:016x}")]
+               for i in range(n)]
+        s.send_multipart(codec.pack("events", {"session": sid, "events": evs}))
+        acks: list[dict[str, Any]] = []
+        wait_until(lambda: s.poll(100) and acks.append(codec.unpack(s.recv_multipart()).body)
+                   or any(a.get("next") == nxt + n for a in acks), timeout=60, what="ack")
+        tail = [e for e in client.history(sid) if e["src"] == "runner"][-n:]
+        assert [e["kind"] for e in tail] == ["approval.requested"] * APPROVALS_PENDING_MAX + ["event.rejected"] * 2
+        assert all(f"{APPROVALS_PENDING_MAX} approvals pending already" in e["payload"]["reason"] for e in tail[-2:])
+        ids: list[str] = []
+        while True:  # paged, 500 at most at a time
+            page = client.approvals(sid, status="all", after=ids[-1] if ids else None, limit=500)
+            if not page:
+                break
+            ids += [a["id"] for a in page]
+        assert sorted(ids) == [f"ap-{i:016x}" for i in range(APPROVALS_PENDING_MAX)]
     finally:
         s.close(0)
 
