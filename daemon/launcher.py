@@ -97,13 +97,16 @@ class TemplateLauncher:
         self._base_priority: tuple[int, int | None] | None = None  # the daemon's, read at template start
         self._timeout = timeout
         self._proc: subprocess.Popen[bytes] | None = None
+        self._ready = False  # its first "ready" was read (TemplateLauncher.start)
         self._buf = b""
         self._exits: list[ExitInfo] = []
         self._replies: list[dict[str, Any]] = []
         self._req = 0
         self._inspecting: set[int] = set()  # inspect requests not answered yet
 
-    def start(self) -> None:
+    def spawn(self) -> None:
+        """Start the template process and return at once: it imports the runner stack (~2 s) while the caller
+        goes on (``labd serve`` imports the daemon's own modules meanwhile: daemon/startup.py)."""
         if self._runner_nice:  # what runners are placed relative to: read once per template, not per launch
             self._base_priority = own_priority()
         self._proc = subprocess.Popen(
@@ -112,9 +115,23 @@ class TemplateLauncher:
         )
         assert self._proc.stdout is not None  # noqa: S101 - Popen contract with stdout=PIPE
         os.set_blocking(self._proc.stdout.fileno(), False)
+
+    def start(self) -> None:
+        """Wait until the template is ready (spawned now unless :meth:`spawn` was called)."""
+        if self._proc is None:
+            self.spawn()
         ready = self._wait_for(lambda m: m.get("op") == "ready")
         if ready is None:
             raise LaunchError("runner template did not start (see the daemon log for its error)")
+        self._ready = True
+
+    def abandon(self) -> None:
+        """End a template spawned but never waited for (the daemon failed to start before it needed it): it has
+        forked nothing yet, so it is killed rather than left to finish importing the runner stack."""
+        if self._proc is not None and not self._ready:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
 
     @property
     def template_pid(self) -> int | None:
@@ -132,6 +149,7 @@ class TemplateLauncher:
 
     def _restart(self) -> None:
         # The template died (killed by an admin, OOM): start a fresh one; running sessions are unaffected.
+        self._proc = None
         self.start()
 
     def _read_available(self) -> None:

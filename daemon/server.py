@@ -10,7 +10,6 @@ Under systemd it reports readiness, status and watchdog pings (:mod:`labd.daemon
 
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
 import signal
@@ -29,7 +28,7 @@ from labd.daemon.control import ControlPlane
 from labd.daemon.events_auth import LocalEventsAuth
 from labd.daemon.indexer import Indexer
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
-from labd.daemon.launcher import TemplateLauncher, fd_limits
+from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.memory import limit_arenas
 from labd.daemon.monitor import Monitor
 from labd.daemon.orphans import Claims, belongs_here, find_runners, stop_stray
@@ -37,6 +36,7 @@ from labd.daemon.queue import RunQueue
 from labd.daemon.reads import Reads
 from labd.daemon.reply_budget import ReplyBudget
 from labd.daemon.retention import Retention
+from labd.daemon.startup import AlreadyRunning, Startup, begin
 from labd.daemon.supervisor import Supervisor
 from labd.daemon.systemd import Heartbeat, Notifier
 from labd.daemon.warnlimit import WarnLimiter
@@ -44,7 +44,6 @@ from labd.ipc.connection import ConnectionInfo, write_connection_file
 from labd.ipc.wire import Codec
 from labd.runner.sandbox import SandboxStatus, hidden_paths, probe
 from labd.runner.sandbox import landlock as _landlock
-from labd.runner.session import split_secrets
 from labd.runner.workflows.registry import WorkflowError, bind_params, describe, is_builtin, parse_target, resolve
 from labd.store.db import Checkpointer, is_sqlite, migrate, open_engine
 from labd.store.known_keys import KnownKeys
@@ -54,10 +53,6 @@ from labd.store.writer import BatchWriter
 __all__ = ["Daemon", "AlreadyRunning"]
 
 from labd import __version__ as VERSION
-
-
-class AlreadyRunning(Exception):
-    """Another daemon holds this home's lock."""
 
 
 def _key_for(home: Path) -> str:
@@ -82,13 +77,16 @@ class Daemon(ControlPlane):
 
     version = VERSION
 
-    def __init__(self, cfg: Config, *, drain: bool = False) -> None:
+    notifier: Notifier
+
+    def __init__(self, cfg: Config, *, drain: bool = False, startup: Startup | None = None) -> None:
+        """``startup``: the first steps already taken (daemon/startup.py: ``labd serve`` takes them before it
+        imports this module); :meth:`serve` takes them otherwise."""
         limit_arenas()  # before any thread starts: bounded RSS after bursts (daemon/memory.py)
         self.cfg = cfg
         self.drain = drain  # stop the sessions on SIGTERM/SIGINT and wait for them before exiting
         self.draining = False  # set once that has begun: new sessions are refused
-        # Created first: it takes NOTIFY_SOCKET & co. out of the environment the template and runners inherit.
-        self.notifier = Notifier()
+        self._startup = startup
         self.layout = cfg.layout
         self.log = structlog.get_logger("labd.daemon")
         self._warn = WarnLimiter(self.log)  # dropped control frames: a line a second per reason, not per frame
@@ -96,7 +94,6 @@ class Daemon(ControlPlane):
         self.last_seen: dict[str, float] = {}
         self.started = time.time()
         self._signals: list[int] = []
-        self._lock_fd: int | None = None
         #: request id -> how to build the reply once ingest has committed what the request caused
         self._deferred: dict[str, Any] = {}
         self._parts_ok: dict[str, None] = {}
@@ -154,33 +151,22 @@ class Daemon(ControlPlane):
         return (yield Check(workflow, params, path))
 
     # ---- lifecycle --------------------------------------------------------------------------------
-    def _acquire_lock(self) -> None:
-        self.layout.ensure()
-        os.chmod(self.layout.home, 0o700)  # sessions' outputs and the database are the user's alone
-        fd = os.open(self.layout.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            other = self.layout.lock_file.read_text().strip() or "?"
-            raise AlreadyRunning(f"another labd daemon (pid {other}) is already serving home "
-                                 f"{self.layout.home}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
-
     def serve(self) -> None:
-        """Run until SIGTERM/SIGINT (or :meth:`request_stop`)."""
-        self._acquire_lock()
+        """Run until SIGTERM/SIGINT (or :meth:`request_stop`). Raises :class:`AlreadyRunning` if another daemon
+        serves the home."""
+        start, self._startup = self._startup or begin(self.cfg), None
+        self.notifier = start.notifier
         try:
-            self._serve()
+            self._serve(start)
+        except BaseException:
+            start.template.abandon()  # failed before it waited for the template: not left importing
+            raise
         finally:
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
+            os.close(start.lock_fd)
 
-    def _serve(self) -> None:
+    def _serve(self, start: Startup) -> None:
         cfg, layout = self.cfg, self.layout
-        self.nofile = fd_limits(cfg.session_nofile, self.log)  # before any socket: the daemon's raised, logged
+        self.nofile = start.nofile
         engine = open_engine(cfg.db_url)
         migrate(engine)
         known_keys = KnownKeys()  # the store's idempotency keys in memory: a new key costs no store read
@@ -213,12 +199,9 @@ class Daemon(ControlPlane):
         self._to_ingest.connect(INGEST_IN)
         self.monitor = Monitor(z, cfg.sample_interval, cfg.record_interval, cfg.limit_interval)
         self.monitor.start()
-        # The template (and so every runner) starts without secrets in its environment: code a session
-        # runs cannot find them in os.environ nor in /proc/<pid>/environ. Runners get them in their spec.
-        clean_env, self.secrets = split_secrets(dict(os.environ), cfg.secret_env)
-        template = TemplateLauncher(env=clean_env, preload=cfg.preload, spare_runners=cfg.spare_runners,
-                                    runner_nice=cfg.runner_nice, session_nofile=self.nofile["sessions"] or 0)
-        self.launcher = _launchers(cfg, template, clean_env, self.info.runners)
+        # spawned by startup.begin (without secrets in its environment): ready by now, or waited for here
+        clean_env, self.secrets = start.clean_env, start.secrets
+        self.launcher = _launchers(cfg, start.template, clean_env, self.info.runners)
         self.launcher.start()
         self.supervisor = Supervisor(self.launcher, self.monitor, self.post_event, self.send_runner,
                                      cfg.term_grace)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import itertools
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -38,36 +37,14 @@ from labd.runner.forked import Relay
 from labd.runner.logsetup import configure_logging, logging_after_fork
 from labd.runner.reaper import become_subreaper
 from labd.runner.sandbox import Sandbox, install
+from labd.runner.secret_env import SECRET_PATTERN, split_secrets
 from labd.runner.spare import take_spool
 from labd.runner.spool import Spool
 from labd.runner.workflows.registry import WorkflowError, bind_params, resolve
 
 __all__ = ["run_session", "SECRET_PATTERN", "split_secrets"]
 
-#: environment variables that look like credentials are withheld from the workflow's environment
-SECRET_PATTERN = re.compile(
-    r"(^|_)(API_?KEY|APIKEY|SECRET|SECRET_KEY|SECRET_ACCESS_KEY|ACCESS_KEY|PRIVATE_KEY|PASSWORD|PASSWD|"
-    r"CREDENTIALS?|CREDS|AUTH|AUTHORIZATION|BEARER)(_|$)|(API_?KEY|TOKEN|SECRET|PASSWORD|_KEY|_PAT)$", re.IGNORECASE)
-#: ... and so do values that carry a password in a URL (``DATABASE_URL=postgres://user:pw@host/db``), anywhere in
-#: the value, whatever the name, except proxy settings (``HTTPS_PROXY=http://user:pw@proxy:3128``), which the
-#: model clients in the session need to reach their API at all
-SECRET_VALUE = re.compile(r"(?:^|\s)[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
-PROXY_NAME = re.compile(r"(^|_)PROXY$", re.IGNORECASE)
-
 EXIT_COMPLETED, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
-
-
-#: never passed to sessions: the database URL may hold a password
-WITHHELD = ("LABD_DB",)
-
-
-def split_secrets(env: dict[str, str], extra_names: list[str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
-    """Split ``env`` into (clean environment, secrets) by name pattern and an explicit list."""
-    names = set(extra_names or []) | set(WITHHELD)
-    secrets = {k: v for k, v in env.items() if k in names or SECRET_PATTERN.search(k)
-               or (SECRET_VALUE.search(v) and not PROXY_NAME.search(k))}
-    clean = {k: v for k, v in env.items() if k not in secrets}
-    return clean, secrets
 
 
 class _Inbox:

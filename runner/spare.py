@@ -104,7 +104,7 @@ def warm_up(hints: dict[str, list[str]]) -> None:
 
     from labd.ipc.wire import Codec, encode_json
     from labd.runner.logsetup import configure_logging
-    from labd.runner.session import split_secrets
+    from labd.runner.secret_env import split_secrets
     from labd.runner.workflows.registry import bind_params, resolve
 
     psutil.Process().create_time()

@@ -245,7 +245,10 @@ def main() -> None:
     _set_title("labd: runner template")
     gc.collect()
     gc.freeze()
-    _write(out_fd, {"op": "ready", "pid": os.getpid()})
+    try:
+        _write(out_fd, {"op": "ready", "pid": os.getpid()})
+    except BrokenPipeError:  # the daemon failed to start while we imported (daemon/startup.py): nothing to serve
+        return
     use_spare = os.environ.get("LABD_SPARE_RUNNERS", "1").strip() not in ("0", "")
     spare: _Spare | None = None
     spare_due: float | None = time.monotonic() if use_spare else None

@@ -25,7 +25,7 @@ def cmd_serve(args: argparse.Namespace, ctx: Ctx) -> int:
     from labd.daemon import logsetup
     from labd.daemon.config import ConfigError, load_config
     from labd.daemon.launcher import LaunchError
-    from labd.daemon.server import AlreadyRunning, Daemon, GatewayError
+    from labd.daemon.startup import AlreadyRunning, begin
     from labd.frontends import daemonctl
     from labd.ipc.paths import UnsafeRuntimeDir
 
@@ -39,7 +39,15 @@ def cmd_serve(args: argparse.Namespace, ctx: Ctx) -> int:
         return 2
     logsetup.configure(cfg.log_format, cfg.log_level)
     setproctitle(f"labd: daemon ({cfg.home})")
-    daemon = Daemon(cfg, drain=args.drain)
+    try:
+        # the runner template spawned first: it gets ready while the daemon's modules are imported (startup.py)
+        startup = begin(cfg)
+    except AlreadyRunning as exc:
+        print(f"labd: {exc}", file=sys.stderr)
+        return 2
+    from labd.daemon.server import Daemon, GatewayError
+
+    daemon = Daemon(cfg, drain=args.drain, startup=startup)
     try:
         daemon.serve()
     except (AlreadyRunning, GatewayError, UnsafeRuntimeDir, LaunchError) as exc:  # e.g. Ray not installed

@@ -7,6 +7,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+
+
+def _templates_of(home: Path) -> list[int]:
+    """Runner template processes of the daemon of ``home`` (the template inherits its ``LABD_HOME``)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "labd.runner.template" in " ".join(p.info["cmdline"] or []) \
+                    and p.environ().get("LABD_HOME") == str(home):
+                found.append(p.pid)
+        except psutil.Error:
+            continue
+    return found
+
 
 def test_a_ray_launcher_without_ray_installed_is_a_clear_error(isolated_env: Path, tmp_path: Path) -> None:
     """[launcher] naming a Ray cluster on a machine without Ray: `labd serve` exits 2 and tells how to install it
@@ -26,13 +41,19 @@ def test_a_ray_launcher_without_ray_installed_is_a_clear_error(isolated_env: Pat
 
 def test_a_database_in_a_missing_directory_is_a_clear_error(isolated_env: Path, tmp_path: Path) -> None:
     """`labd serve --db sqlite:////missing/dir/x.db` exits 2 with one line naming the missing directory (before:
-    a FileNotFoundError traceback from opening the file)."""
+    a FileNotFoundError traceback from opening the file), and leaves no runner template behind."""
     missing = tmp_path / "no" / "such" / "dir"
-    out = subprocess.run([sys.executable, "-m", "labd", "serve", "--db", f"sqlite:///{missing}/x.db"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2, out.stderr
-    assert "Traceback" not in out.stderr
-    assert f"the directory {missing} does not exist" in out.stderr
+    err = tmp_path / "stderr"
+    with err.open("wb") as f:  # a file, not a pipe: its end would wait for every process that inherited it
+        rc = subprocess.run([sys.executable, "-m", "labd", "serve", "--db", f"sqlite:///{missing}/x.db"],
+                            stdout=subprocess.DEVNULL, stderr=f, timeout=120).returncode
+    # the runner template, spawned before the database is opened (daemon/startup.py), ended with the daemon: it is
+    # not left importing the runner stack (nor does it print a traceback when it finds the daemon gone)
+    assert _templates_of(isolated_env) == []
+    stderr = err.read_text()
+    assert rc == 2, stderr
+    assert "Traceback" not in stderr
+    assert f"the directory {missing} does not exist" in stderr
     assert not missing.exists()
 
 

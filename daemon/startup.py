@@ -1,0 +1,87 @@
+"""The first steps of ``labd serve``, taken before the daemon's own modules are imported.
+
+Importing the daemon (the store, the request handlers, SQLAlchemy, ...) takes ~0.9 s; the runner template, which
+imports the runner stack (ag2 among it) once for every session it forks, takes ~2 s to be ready. They used to
+happen one after the other. So this module, which imports nothing heavy, does what the template depends on and
+spawns it; the daemon (:class:`labd.daemon.server.Daemon`) is imported meanwhile and waits for the template's
+``ready`` only where it needs it. A daemon starts ready to serve about a second sooner (docs/benchmarks.md).
+
+What the template depends on, in order:
+
+1. The home's lock: a second ``labd serve`` on the same home stops here, before it spawns anything.
+2. The file descriptor limits (:func:`labd.daemon.launcher.fd_limits`): the template inherits the daemon's.
+3. The service manager's variables taken out of the environment (:class:`labd.daemon.systemd.Notifier`), and the
+   secrets split from it (:func:`labd.runner.secret_env.split_secrets`): the template, and so every session,
+   inherits that environment.
+
+A daemon that fails before it waits for the template (a bad ``--listen``, an unusable database) leaves nothing
+running: the template ends when its stdin, the daemon's pipe, closes with the daemon.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from labd.daemon.config import Config
+from labd.daemon.launcher import TemplateLauncher, fd_limits
+from labd.daemon.systemd import Notifier
+from labd.runner.secret_env import split_secrets
+
+__all__ = ["AlreadyRunning", "Startup", "begin"]
+
+
+class AlreadyRunning(RuntimeError):
+    """Another daemon holds this home's lock."""
+
+
+@dataclass
+class Startup:
+    """What :func:`begin` did, handed to the daemon."""
+
+    lock_fd: int  # holds ``<home>/labd.lock`` (flock) for as long as the daemon runs
+    notifier: Notifier
+    nofile: dict[str, Any]  # fd_limits' figures
+    clean_env: dict[str, str]  # the environment without secrets: the template's and every launcher's
+    secrets: dict[str, str]  # the secrets taken out of it: given to runners in their spec
+    template: TemplateLauncher  # spawned, maybe not ready yet (TemplateLauncher.start waits)
+
+
+def _lock(cfg: Config) -> int:
+    layout = cfg.layout
+    layout.ensure()
+    os.chmod(layout.home, 0o700)  # sessions' outputs and the database are the user's alone
+    fd = os.open(layout.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        other = layout.lock_file.read_text().strip() or "?"
+        raise AlreadyRunning(f"another labd daemon (pid {other}) is already serving home {layout.home}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def begin(cfg: Config) -> Startup:
+    """Take the home's lock, raise the fd limit, clean the environment and spawn the runner template (not waiting
+    for it). Raises :class:`AlreadyRunning` if another daemon serves the home."""
+    fd = _lock(cfg)
+    try:
+        nofile = fd_limits(cfg.session_nofile, structlog.get_logger("labd.daemon"))  # before any socket
+        # before the template: it takes NOTIFY_SOCKET & co. out of the environment the template and runners inherit
+        notifier = Notifier()
+        # The template (and so every runner) starts without secrets in its environment: code a session
+        # runs cannot find them in os.environ nor in /proc/<pid>/environ. Runners get them in their spec.
+        clean_env, secrets = split_secrets(dict(os.environ), cfg.secret_env)
+        template = TemplateLauncher(env=clean_env, preload=cfg.preload, spare_runners=cfg.spare_runners,
+                                    runner_nice=cfg.runner_nice, session_nofile=nofile["sessions"] or 0)
+        template.spawn()
+    except BaseException:
+        os.close(fd)
+        raise
+    return Startup(fd, notifier, nofile, clean_env, secrets, template)

@@ -1,0 +1,34 @@
+"""Which environment variables are secrets: withheld from a session's environment (and from the runner template's,
+which every runner inherits), and given to the runner in its spec instead (docs/security.md).
+
+A module of its own, without imports of the runner stack: ``labd serve`` splits its environment before it spawns
+the runner template, which it does before it imports the daemon's own modules (daemon/startup.py).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["SECRET_PATTERN", "SECRET_VALUE", "PROXY_NAME", "WITHHELD", "split_secrets"]
+
+#: environment variables that look like credentials are withheld from the workflow's environment
+SECRET_PATTERN = re.compile(
+    r"(^|_)(API_?KEY|APIKEY|SECRET|SECRET_KEY|SECRET_ACCESS_KEY|ACCESS_KEY|PRIVATE_KEY|PASSWORD|PASSWD|"
+    r"CREDENTIALS?|CREDS|AUTH|AUTHORIZATION|BEARER)(_|$)|(API_?KEY|TOKEN|SECRET|PASSWORD|_KEY|_PAT)$", re.IGNORECASE)
+#: ... and so do values that carry a password in a URL (``DATABASE_URL=postgres://user:pw@host/db``), anywhere in
+#: the value, whatever the name, except proxy settings (``HTTPS_PROXY=http://user:pw@proxy:3128``), which the
+#: model clients in the session need to reach their API at all
+SECRET_VALUE = re.compile(r"(?:^|\s)[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
+PROXY_NAME = re.compile(r"(^|_)PROXY$", re.IGNORECASE)
+
+#: never passed to sessions: the database URL may hold a password
+WITHHELD = ("LABD_DB",)
+
+
+def split_secrets(env: dict[str, str], extra_names: list[str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Split ``env`` into (clean environment, secrets) by name pattern and an explicit list."""
+    names = set(extra_names or []) | set(WITHHELD)
+    secrets = {k: v for k, v in env.items() if k in names or SECRET_PATTERN.search(k)
+               or (SECRET_VALUE.search(v) and not PROXY_NAME.search(k))}
+    clean = {k: v for k, v in env.items() if k not in secrets}
+    return clean, secrets
