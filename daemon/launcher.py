@@ -26,7 +26,7 @@ import psutil
 from labd.daemon.priority import lower_priority, own_priority
 
 __all__ = ["Launcher", "TemplateLauncher", "ExitInfo", "LaunchError", "readable", "signal_group", "is_same_process",
-           "hand_over_key", "fd_limits", "NOFILE_ENV"]
+           "create_time_of", "hand_over_key", "fd_limits", "NOFILE_ENV"]
 
 #: the template sets RLIMIT_NOFILE (soft = hard) to this before it forks anything (runner/template.py)
 NOFILE_ENV = "LABD_SESSION_NOFILE"
@@ -368,6 +368,14 @@ def hand_over_key(spec: dict[str, Any]) -> dict[str, Any]:
     with os.fdopen(fd, "w") as f:
         f.write(key)
     return {**{k: v for k, v in spec.items() if k != "key"}, "key_file": path}
+
+
+def create_time_of(pid: int) -> float | None:
+    """The create time psutil gives process ``pid`` now (None if it is gone or unreadable)."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
 
 
 def is_same_process(pid: int, create_time: float | None) -> bool:

@@ -36,14 +36,16 @@ import structlog
 from labd.daemon.limits import Limits
 from labd.runner.title import session_of_title
 
-__all__ = ["find_runners", "belongs_here", "stop_stray", "Claims", "PROOF_WAIT_S"]
+__all__ = ["find_runners", "belongs_here", "stop_stray", "titled", "Claims", "PROOF_WAIT_S"]
 
 #: how long a runner found by title has to prove itself. A live runner redials every second at most
 #: (``RECONNECT_IVL_MAX``) and says hello at once; the rest is for a loaded machine.
 PROOF_WAIT_S = 10.0
 
 
-def _tagged(pid: int) -> str | None:
+def titled(pid: int) -> str | None:
+    """The session whose runner title process ``pid`` carries (runner/title.py); None for any other process, a
+    zombie, or one gone."""
     try:
         return session_of_title(Path(f"/proc/{pid}/cmdline").read_bytes())
     except OSError:
@@ -59,7 +61,7 @@ def find_runners() -> dict[str, tuple[int, float]]:
         info = p.info
         if info["uids"] is None or info["uids"].real != uid or info["status"] == psutil.STATUS_ZOMBIE:
             continue  # another user's, gone, or unreadable (psutil leaves None)
-        sid = _tagged(p.pid)
+        sid = titled(p.pid)
         if sid is not None:
             tagged[p.pid] = (sid, info["ppid"], info["create_time"])
     return {sid: (pid, ctime) for pid, (sid, ppid, ctime) in tagged.items()

@@ -18,10 +18,10 @@ from typing import Any
 import structlog
 
 from labd.daemon.crash_report import crash_text
-from labd.daemon.launcher import ExitInfo, Launcher, is_same_process
+from labd.daemon.launcher import ExitInfo, Launcher, create_time_of, is_same_process
 from labd.daemon.limits import Limits
 from labd.daemon.monitor import Monitor
-from labd.daemon.orphans import Claims
+from labd.daemon.orphans import Claims, titled
 from labd.daemon.queue import Queued, RunQueue
 from labd.runner.session import CRASH_FILE
 from labd.runner.withhold import looked_for
@@ -192,6 +192,15 @@ class Supervisor:
             pid, ctime = unrecorded
             self.post(sid, "session.launched", {"pid": pid, "create_time": ctime, "launcher": "template",
                                                 "recovered": True})
+        if pid and not is_same_process(pid, ctime) and titled(pid) == sid:
+            # Its create time moved, not the process: psutil derives it from the boot time, which the kernel
+            # computes from the wall clock, so a clock step (NTP) between launch and now shifts it by the step.
+            # The runner's title names this session: no other process has it unless this user's own code put it
+            # on a process that also took this very pid.
+            now = create_time_of(pid)
+            self.log.warning("runner's start time moved since it was recorded (the clock was set?): adopted by "
+                             "its title", session_id=sid, pid=pid, recorded=ctime, now=now)
+            ctime = now if now is not None else ctime
         if pid and is_same_process(pid, ctime):
             limits = Limits.from_dict(row["limits"])
             started = row["started_at"] or row["created_at"]

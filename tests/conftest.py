@@ -116,13 +116,15 @@ def kill_runners(home: Path) -> None:
         return
     try:
         with sqlite3.connect(db) as conn:
-            rows = list(conn.execute("SELECT pid, pid_create_time FROM sessions WHERE pid IS NOT NULL AND pid > 0"))
+            rows = list(conn.execute("SELECT id, pid, pid_create_time FROM sessions WHERE pid IS NOT NULL AND pid > 0"))
     except sqlite3.Error:
         return
-    for pid, ctime in rows:
+    for sid, pid, ctime in rows:
         try:
-            if ctime is not None and abs(psutil.Process(pid).create_time() - ctime) >= 0.05:
-                continue  # the pid was reused
+            proc = psutil.Process(pid)
+            if ctime is not None and abs(proc.create_time() - ctime) >= 0.05 \
+                    and not " ".join(proc.cmdline()).endswith(f"#{sid}"):
+                continue  # the pid was reused (a test may move a create time: the runner's title still names it)
             os.killpg(pid, signal.SIGKILL)
         except (psutil.Error, ProcessLookupError, PermissionError):
             pass

@@ -79,6 +79,31 @@ def test_runner_that_vanished_while_the_daemon_was_down_is_marked_lost(daemon) -
         restarted.stop()
 
 
+def test_a_runner_is_adopted_after_the_clock_was_set(daemon) -> None:
+    """The wall clock stepped (NTP) while the daemon was down: psutil derives a process's create time from the boot
+    time, which the kernel computes from the wall clock, so the recorded create time no longer matches the live
+    runner's (here it is moved by 2 s in the store, as a step would). The runner still carries its session's title:
+    the new daemon adopts it, and the session completes with every tick once. Before, it was taken for a reused pid
+    and recorded ended while it ran on unsupervised."""
+    n = 60
+    sid, pid = _ticking_then_daemon_killed(daemon, n)
+    os.kill(pid, signal.SIGSTOP)  # held while no daemon runs: it must still be there to adopt, however slow the box
+    with sqlite3.connect(daemon.home / "labd.db") as conn:
+        conn.execute("UPDATE sessions SET pid_create_time = pid_create_time + 2 WHERE id = ?", (sid,))
+    try:
+        restarted = DaemonProc(daemon.home).start()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    try:
+        with restarted.client() as c:
+            _completed_with_every_tick_once(c, sid, n)
+            assert any(e["kind"] == "session.adopted" for e in c.history(sid))
+        assert "adopted by its title" in restarted.log()
+    finally:
+        restarted.stop()
+
+
 @pytest.mark.parametrize("status", ["created", "queued"])
 def test_runner_forked_but_never_recorded_is_adopted_not_lost_or_run_twice(daemon, status: str) -> None:
     """A daemon that dies after forking a runner but before ``session.launched`` is committed leaves a session
