@@ -88,6 +88,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         self._secure_events = secure_events  # admits holders of the key only (daemon/events_auth.py)
         self.counters = counters
         self.last_seen = last_seen
+        self.hellos: dict[str, tuple[int, float]] = {}
         self.outcap = OutputCaps(lambda sid: getattr(self.cursors.get(sid), "output_cap", None), counters)  # backstop
         self.log = structlog.get_logger("labd.ingest")
         self.cursors: dict[str, SessionCursor] = {}

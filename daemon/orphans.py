@@ -52,9 +52,11 @@ def titled(pid: int) -> str | None:
         return None
 
 
-def find_runners() -> dict[str, tuple[int, float]]:
-    """``{session id: (pid, create time)}`` of this user's live runner processes. A workflow's forked children
-    carry their runner's title too: the runner is the one whose parent does not."""
+def find_runners() -> dict[str, list[tuple[int, float]]]:
+    """``{session id: [(pid, create time), ...]}`` of this user's live processes titled as a session's runner, in
+    pid order. A workflow's forked children carry their runner's title too: a runner is one whose parent does not.
+    More than one for a session means some are impostors (any process of the user can take a title): the one the
+    session's ``hello`` names is the runner (:class:`Claims`)."""
     uid = os.getuid()
     tagged: dict[int, tuple[str, int, float]] = {}  # pid -> (session id, parent pid, create time)
     for p in psutil.process_iter(["uids", "status", "ppid", "create_time"]):
@@ -64,8 +66,11 @@ def find_runners() -> dict[str, tuple[int, float]]:
         sid = titled(p.pid)
         if sid is not None:
             tagged[p.pid] = (sid, info["ppid"], info["create_time"])
-    return {sid: (pid, ctime) for pid, (sid, ppid, ctime) in tagged.items()
-            if tagged.get(ppid, ("",))[0] != sid}  # not a child of the runner
+    found: dict[str, list[tuple[int, float]]] = {}
+    for pid, (sid, ppid, ctime) in sorted(tagged.items()):
+        if tagged.get(ppid, ("",))[0] != sid:  # not a child of the runner
+            found.setdefault(sid, []).append((pid, ctime))
+    return found
 
 
 def belongs_here(pid: int, session_dir: Path) -> bool:
@@ -98,7 +103,7 @@ def stop_stray(pid: int, create_time: float) -> bool:
 @dataclass
 class _Claim:
     row: dict[str, Any]  # the session's stored row (no pid)
-    found: tuple[int, float]  # (pid, create time) of the process titled as its runner
+    found: list[tuple[int, float]]  # (pid, create time) of each process titled as its runner
     queued: bool  # stored as ``queued`` (else live)
     limits: Limits
     deadline: float  # time.monotonic()
@@ -108,17 +113,20 @@ class _Claim:
 class Claims:
     """Sessions stored with no pid whose runner was found by title (:func:`find_runners`) and has not proven yet
     that it is theirs (see the module docstring). ``proven(sid)``: a frame signed with the session's key reached
-    this daemon; ``requeue(row)``: put a queued session back in the run queue."""
+    this daemon; ``hello(sid)``: the (pid, create time) its runner's ``hello`` said, if it said one; ``requeue(row)``:
+    put a queued session back in the run queue."""
 
     def __init__(self, proven: Callable[[str], bool] = lambda _sid: False,
-                 requeue: Callable[[dict[str, Any]], Any] = lambda _row: None, wait: float = PROOF_WAIT_S) -> None:
+                 requeue: Callable[[dict[str, Any]], Any] = lambda _row: None, wait: float = PROOF_WAIT_S,
+                 hello: Callable[[str], tuple[int, float] | None] = lambda _sid: None) -> None:
         self.proven = proven
+        self.hello = hello
         self.requeue = requeue
         self.wait = wait
         self._pending: dict[str, _Claim] = {}
         self.log = structlog.get_logger("labd.orphans")
 
-    def add(self, row: dict[str, Any], found: tuple[int, float], queued: bool) -> None:
+    def add(self, row: dict[str, Any], found: list[tuple[int, float]], queued: bool) -> None:
         self._pending[row["id"]] = _Claim(row, found, queued, Limits.from_dict(row["limits"]),
                                           time.monotonic() + self.wait)
 
@@ -127,6 +135,17 @@ class Claims:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def _runner(self, sid: str, found: list[tuple[int, float]]) -> tuple[int, float]:
+        """Which of the processes titled as ``sid``'s runner is it: the one its signed ``hello`` names (an impostor
+        cannot sign), else (a runner from before hellos carried a pid) the first found."""
+        said = self.hello(sid)
+        pid = said[0] if said else None
+        chosen = next((f for f in found if f[0] == pid), found[0])
+        if len(found) > 1:
+            self.log.warning("several processes are titled as this session's runner: adopting the one its hello "
+                             "names", session_id=sid, pids=[f[0] for f in found], adopted=chosen[0])
+        return chosen
 
     def stop_when_settled(self, sid: str, by: str, grace: float | None) -> bool:
         """A stop (``grace`` seconds) or kill (``grace`` None) asked of a claimed session: carried out when it
@@ -152,9 +171,11 @@ class Claims:
             return
         now = time.monotonic()
         for sid, claim in list(self._pending.items()):
+            if self.proven(sid) and len(claim.found) > 1 and self.hello(sid) is None and now < claim.deadline:
+                continue  # signed frames came, but not yet the hello that says which of them is the runner
             if self.proven(sid):
                 del self._pending[sid]
-                adopt(claim.row, claim.found)
+                adopt(claim.row, self._runner(sid, claim.found))
                 if claim.stop is not None:
                     stop(sid, claim.stop)
             elif now >= claim.deadline:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["RunnerFrames", "runner_session", "RESEND_INTERVAL_S"]
 
 RESEND_INTERVAL_S = 0.5  # at most one resend request per session this often (a gap shows in every later frame)
+MAX_HELLOS = 4096  # runners' hellos remembered (RunnerFrames.hellos)
 _NUMBER = (int, float)
 _dumps = orjson.dumps
 
@@ -54,6 +55,8 @@ class RunnerFrames:
     index_hints: IndexHints
     routes: dict[str, bytes]
     last_seen: dict[str, float]
+    #: session -> (pid, create time) its runner's last ``hello`` said, newest last (bounded: MAX_HELLOS)
+    hellos: dict[str, tuple[int, float]]
     _runner_codecs: dict[str, Codec]
     _last_resend: dict[str, float]
     _waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]]
@@ -159,6 +162,13 @@ class RunnerFrames:
             b.acks[sid] = (identity, b.acks[sid][1], True)
 
     def _on_hello(self, sid: str, identity: bytes, body: dict[str, Any], b: Batch) -> None:
+        pid, ctime = body.get("pid"), body.get("create_time")
+        if isinstance(pid, int) and not isinstance(pid, bool) and isinstance(ctime, int | float):
+            # which process is the runner, for a restarted daemon that found several titled as it (orphans.Claims);
+            # only the last few thousand are kept: claims are settled within seconds of a start
+            self.hellos[sid] = (pid, float(ctime))
+            if len(self.hellos) > MAX_HELLOS:
+                del self.hellos[next(iter(self.hellos))]
         b.acks[sid] = (identity, b.acks.get(sid, (identity, False, False))[1], True)  # where to resend from: now
         waiting = body.get("waiting_approvals")
         ids = [a for a in waiting if isinstance(a, str)][:100] if isinstance(waiting, list) else []

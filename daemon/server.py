@@ -353,13 +353,15 @@ class Daemon(ControlPlane):
         known = self.store.session_ids()
         # runners the last daemon started but died before recording (found by their process title)
         runners = find_runners()
-        for sid, (pid, ctime) in runners.items():
-            if sid not in known and belongs_here(pid, self.layout.sessions_dir / sid) and stop_stray(pid, ctime):
-                self.log.warning("killed the runner of a session never recorded (the last daemon died starting "
-                                 "it; its client got no reply)", session_id=sid, pid=pid)
+        for sid, found in runners.items():
+            for pid, ctime in found if sid not in known else ():
+                if belongs_here(pid, self.layout.sessions_dir / sid) and stop_stray(pid, ctime):
+                    self.log.warning("killed the runner of a session never recorded (the last daemon died starting "
+                                     "it; its client got no reply)", session_id=sid, pid=pid)
         # A session never recorded as launched (pid None; 0 is a remote runner's) whose runner was found by title
         # waits for that runner to prove itself (a frame signed with the session's key): a title is no proof.
-        claims = self.supervisor.claims = Claims(self.last_seen.__contains__, lambda row: requeue(self, [row]))
+        claims = self.supervisor.claims = Claims(self.last_seen.__contains__, lambda row: requeue(self, [row]),
+                                                 hello=self.ingest.hellos.get)
         queued_ids = {r["id"] for r in queued}
         for row in live + queued:
             if row["pid"] is None and row["id"] in runners:

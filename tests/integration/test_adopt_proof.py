@@ -155,3 +155,37 @@ def test_a_stop_while_a_claimed_queued_session_awaits_its_runner_is_kept(isolate
         if restarted is not None:
             restarted.stop()
         kill_runners(isolated_env)
+
+
+def test_a_live_runner_beside_an_impostor_is_the_one_adopted(daemon: DaemonProc) -> None:
+    """The daemon died before it recorded a running session's pid, and at the restart a same-user process is titled
+    as that session's runner too (started after it, so its pid is higher: the old search kept the last one found).
+    The runner proves itself with its signed hello, which names its pid: it is the one adopted (``session.launched``
+    recovered with its pid), the session completes, and the impostor is neither adopted nor signalled."""
+    with daemon.client() as c:
+        sid = c.start("labd_testflows:ticker", params={"n": 60, "delay": 0.05})
+        wait_until(lambda: len(list(c.history(sid, kinds=["custom"]))) >= 5, timeout=30, what="ticks")
+        pid = c.session(sid)["pid"]
+    daemon.kill9()
+    os.kill(pid, signal.SIGSTOP)  # held while no daemon runs: it must still be there to adopt, however slow the box
+    with sqlite3.connect(daemon.home / "labd.db") as conn:
+        conn.execute("UPDATE sessions SET pid = NULL, pid_create_time = NULL, status = 'created' WHERE id = ?", (sid,))
+    restarted = None
+    try:
+        with _impostor(daemon.home, sid) as imp:
+            try:
+                restarted = DaemonProc(daemon.home).start()
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            with restarted.client() as c:
+                final = c.wait(sid, timeout=60)
+                assert final["status"] == "completed", final
+                assert _pids(c, sid, "session.launched") == {pid}
+                assert imp.pid not in _pids(c, sid, "session.adopted")
+                assert _alive(imp), "the impostor was signalled"
+    finally:
+        if restarted is not None:
+            restarted.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
