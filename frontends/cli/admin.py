@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace, ctx: Ctx) -> int:
     try:
         # the runner template spawned first: it gets ready while the daemon's modules are imported (startup.py)
         startup = begin(cfg)
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, UnsafeRuntimeDir, LaunchError) as exc:
         print(f"labd: {exc}", file=sys.stderr)
         return 2
     from labd.daemon.server import Daemon, GatewayError
