@@ -168,25 +168,43 @@ def daemon(isolated_env: Path) -> Iterator[DaemonProc]:
         yield d
 
 
+@contextmanager
+def module_daemon_on(request: pytest.FixtureRequest, config: str = "", args: list[str] | None = None
+                     ) -> Iterator[DaemonProc]:
+    """A daemon for a module's tests on a home of its own (``module_home``), with ``config.toml`` and ``labd serve``
+    arguments if given."""
+    name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    with module_home(f"lm{name[:6]}") as (base, env):
+        if config:
+            (base / "home").mkdir()
+            (base / "home" / "config.toml").write_text(config)
+        with running_daemon(base / "home", args=args) as d:
+            d.test_env = env  # type: ignore[attr-defined]
+            yield d
+
+
+def pointed_at(d: DaemonProc, monkeypatch: pytest.MonkeyPatch) -> DaemonProc:
+    """``d``, with HOME, XDG_RUNTIME_DIR, LABD_HOME and PYTHONPATH set over the test's ``isolated_env`` so that
+    ``labd`` subprocesses and ``labd.Client()`` find it."""
+    for k, v in d.test_env.items():  # type: ignore[attr-defined]
+        monkeypatch.setenv(k, v)
+    return d
+
+
 @pytest.fixture(scope="module")
 def module_daemon(request: pytest.FixtureRequest) -> Iterator[DaemonProc]:
     """One daemon shared by a module's tests, on a home of its own (``module_home``: its own HOME, runtime dir,
     labd home), for tests that start their own sessions and assert only on those. ``test_env`` holds the
     variables that point at it; tests that run ``labd`` subprocesses get them through ``shared_daemon``.
     Tests that assert on daemon-wide state (counters, every session, its log, its pid) use ``daemon``."""
-    name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
-    with module_home(f"lm{name[:6]}") as (base, env), running_daemon(base / "home") as d:
-        d.test_env = env  # type: ignore[attr-defined]
+    with module_daemon_on(request) as d:
         yield d
 
 
 @pytest.fixture
 def shared_daemon(module_daemon: DaemonProc, monkeypatch: pytest.MonkeyPatch) -> DaemonProc:
-    """The module's shared daemon, with HOME, XDG_RUNTIME_DIR, LABD_HOME and PYTHONPATH set over the test's
-    ``isolated_env`` so that ``labd`` subprocesses and ``labd.Client()`` find it."""
-    for k, v in module_daemon.test_env.items():  # type: ignore[attr-defined]
-        monkeypatch.setenv(k, v)
-    return module_daemon
+    """The module's shared daemon, pointed at (``pointed_at``)."""
+    return pointed_at(module_daemon, monkeypatch)
 
 
 SMALL_MAX_MESSAGE = 64 * 1024
@@ -199,6 +217,19 @@ def small_daemon(isolated_env: Path) -> Iterator[DaemonProc]:
     (isolated_env / "config.toml").write_text(f"[daemon]\nmax_message = {SMALL_MAX_MESSAGE}\n")
     with running_daemon(isolated_env) as d:
         yield d
+
+
+@pytest.fixture(scope="module")
+def module_small_daemon(request: pytest.FixtureRequest) -> Iterator[DaemonProc]:
+    """``module_daemon`` with ``small_daemon``'s 64 KiB message limit."""
+    with module_daemon_on(request, f"[daemon]\nmax_message = {SMALL_MAX_MESSAGE}\n") as d:
+        yield d
+
+
+@pytest.fixture
+def shared_small_daemon(module_small_daemon: DaemonProc, monkeypatch: pytest.MonkeyPatch) -> DaemonProc:
+    """The module's shared small daemon, pointed at (``pointed_at``)."""
+    return pointed_at(module_small_daemon, monkeypatch)
 
 
 @pytest.fixture

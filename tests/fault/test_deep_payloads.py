@@ -12,10 +12,10 @@ from tests.conftest import DaemonProc
 pytestmark = pytest.mark.fault
 
 
-def test_deep_emit_is_refused_in_the_workflow_and_the_session_carries_on(daemon: DaemonProc) -> None:
+def test_deep_emit_is_refused_in_the_workflow_and_the_session_carries_on(shared_daemon: DaemonProc) -> None:
     """ctx.emit with a payload 300 levels deep raises in the workflow (a clear error); the events after
     it are delivered and the session completes."""
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         sid = c.start("tests.fault.faultflows:deep_emit", params={"depth": 300})
         final = c.wait(sid, timeout=60)
         events = list(c.history(sid))
@@ -43,11 +43,12 @@ def _crafted_start(c: Any, depth: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("depth", [210, 300, 2000])
-def test_deep_params_get_a_structured_error_reply(daemon: DaemonProc, depth: int) -> None:
+def test_deep_params_get_a_structured_error_reply(shared_daemon: DaemonProc, depth: int) -> None:
     """A signed session.start with params nested 210 / 300 / 2000 levels gets a bad_request reply (no runner
     launched, no half-created session), and the daemon keeps serving."""
-    with daemon.client(timeout=10) as c:
+    with shared_daemon.client(timeout=10) as c:
+        before = {s["id"] for s in c.sessions(limit=10_000)}  # the module's shared daemon: other tests' sessions
         body = _crafted_start(c, depth)
         assert body["ok"] is False and body["error"]["code"] == "bad_request", body
-        assert c.sessions() == []
+        assert {s["id"] for s in c.sessions(limit=10_000)} == before
         c.ping()

@@ -53,12 +53,12 @@ def _kinds(c, sid: str) -> list[str]:
     return [e["kind"] for e in c.history(sid)]
 
 
-def test_result_just_over_the_default_limit_completes_and_says_why_it_is_missing(daemon, flows) -> None:
+def test_result_just_over_the_default_limit_completes_and_says_why_it_is_missing(shared_daemon, flows) -> None:
     """A result just over 16 MiB (DEFAULT_MAX_MESSAGE, the daemon's default max_message): the session completes;
     session.finished carries error "result not recorded: too large (N bytes ...; at most M ...)" with N over the
     limit and M under it; no event.truncated; Client.result raises RemoteError ResultMissing with that reason;
     `labd show` says it on a result line."""
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         sid = c.start(f"{flows}:big", params={"size": DEFAULT_MAX_MESSAGE + 1024})
         row = c.wait(sid, timeout=120)
         assert row["status"] == "completed", row
@@ -78,11 +78,11 @@ def test_result_just_over_the_default_limit_completes_and_says_why_it_is_missing
     assert "status    completed\n" in show.stdout and "result    result not recorded: too large" in show.stdout
 
 
-def test_small_limit_result_and_failure_text_over_it(small_daemon, flows) -> None:
+def test_small_limit_result_and_failure_text_over_it(shared_small_daemon, flows) -> None:
     """Under a 64 KiB max_message: a result over it completes without the result (as above); a result under it is
     returned whole; None is still a result (Client.result returns None); a failure whose message is over the limit
     still fails with its own error, cut short, rather than "runner exited ... before reporting an outcome"."""
-    with small_daemon.client() as c:
+    with shared_small_daemon.client() as c:
         over = c.start(f"{flows}:big", params={"size": SMALL_MAX_MESSAGE})
         under = c.start(f"{flows}:big", params={"size": 1000})
         none = c.start(f"{flows}:nothing")
@@ -100,10 +100,10 @@ def test_small_limit_result_and_failure_text_over_it(small_daemon, flows) -> Non
         assert "more characters" in _finished(c, loud)["error"] and "event.truncated" not in _kinds(c, loud)
 
 
-def test_result_nested_too_deeply_raises_result_missing(daemon, flows) -> None:
+def test_result_nested_too_deeply_raises_result_missing(shared_daemon, flows) -> None:
     """A result nested deeper than 255 levels completes without it (as before), and Client.result raises
     ResultMissing naming the nesting, instead of returning None as if the workflow had returned None."""
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         sid = c.start(f"{flows}:deep")
         assert c.wait(sid, timeout=60)["status"] == "completed"
         with pytest.raises(labd.RemoteError) as info:
@@ -119,11 +119,11 @@ def _long_named() -> object:
     return cls()
 
 
-def test_submitted_function_result_too_large_for_its_event(small_daemon) -> None:
+def test_submitted_function_result_too_large_for_its_event(shared_small_daemon) -> None:
     """A submitted function's value whose pickle passes the runner's own size check but whose result event is still
     over max_message: the session completes, and Client.result raises ResultMissing saying the result was too large
     (before: the session failed "runner exited with code 0 before reporting an outcome", SessionEnded)."""
-    with small_daemon.client() as c:
+    with shared_small_daemon.client() as c:
         sid = c.submit(_long_named)
         with pytest.raises(labd.RemoteError) as info:
             c.result(sid, timeout=60)

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 from labd_fidelityflows import big_text  # noqa: E402 - the workflows module lives beside the other test workflows
+
+
+@pytest.fixture
+def client(shared_daemon) -> Iterator[Any]:
+    """A client of the module's shared daemon (the test starts and asserts on its own session)."""
+    with shared_daemon.client() as c:
+        yield c
 
 
 def _blob_rows(home):
@@ -16,10 +27,10 @@ def _blob_rows(home):
             conn.execute("SELECT session_id, sha256 FROM blob_refs").fetchall()
 
 
-def test_a_100k_character_reply_round_trips_byte_for_byte(daemon) -> None:
+def test_a_100k_character_reply_round_trips_byte_for_byte(shared_daemon) -> None:
     """A 100,000-character reply (with multi-byte characters) is stored whole: the stored event holds a
     blob reference, ``events.query full`` returns the exact text, in llm.response and agent.message."""
-    c = daemon.client()
+    c = shared_daemon.client()
     sid = c.start("labd_fidelityflows:big_reply", params={"chars": 100_000})
     final = c.wait(sid, timeout=60)
     assert final["status"] == "completed", final["reason"]
@@ -33,14 +44,15 @@ def test_a_100k_character_reply_round_trips_byte_for_byte(daemon) -> None:
     assert resp["payload"]["content"] == expected
     assert resp["payload"]["content"].encode() == expected.encode()
     assert msg["payload"]["content"] == expected
-    blobs, _refs = _blob_rows(daemon.home)
-    assert len(expected.encode()) in [size for _sha, size in blobs]
+    blobs, refs = _blob_rows(shared_daemon.home)
+    own = {sha for session, sha in refs if session == sid}  # the module's shared daemon: other tests' blobs too
+    assert len(expected.encode()) in [size for sha, size in blobs if sha in own]
 
 
-def test_the_complete_request_is_recorded(daemon) -> None:
+def test_the_complete_request_is_recorded(shared_daemon) -> None:
     """Each llm.request holds the system prompt, every message sent, the tool schemas and the model's
     parameters; the full response holds content, tool calls with arguments, finish reason and usage."""
-    c = daemon.client()
+    c = shared_daemon.client()
     sid = c.start("labd_fidelityflows:plain_ag2")
     assert c.wait(sid, timeout=90)["status"] == "completed"
     events = list(c.history(sid, full=True, agent="counter"))
@@ -65,7 +77,8 @@ def test_the_complete_request_is_recorded(daemon) -> None:
 
 def test_a_shared_big_system_prompt_is_stored_once_for_500_calls(daemon) -> None:
     """500 LLM calls with the same 80,000-character (~20 k-token) system prompt: one blob in the store,
-    one reference row, and all 500 stored requests refer to it by the same sha256."""
+    one reference row, and all 500 stored requests refer to it by the same sha256. (A daemon of its own: the store's
+    whole blob table is this session's.)"""
     c = daemon.client()
     sid = c.start("labd_fidelityflows:shared_prompt", params={"calls": 500, "prompt_chars": 80_000})
     final = c.wait(sid, timeout=110)

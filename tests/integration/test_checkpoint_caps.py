@@ -64,7 +64,7 @@ def _checkpoints(home: Path, sid: str) -> list[dict]:
 
 
 @pytest.mark.timeout(300)
-def test_a_huge_sparse_file_is_left_out_of_the_checkpoint_and_kept_by_a_resume(daemon, tmp_path: Path) -> None:
+def test_a_huge_sparse_file_is_left_out_of_the_checkpoint_and_kept_by_a_resume(shared_daemon, tmp_path: Path) -> None:
     """A step truncates a 1.5 GiB sparse file (over the 1 GiB per-file cap): its checkpoint completes in seconds
     without copying it (the objects directory stays under 1 MiB on disk), is ``partial`` and names huge.bin in
     ``left_out`` (``file_cap``, its apparent size), and one warning says so; the session goes on to its next step.
@@ -72,20 +72,20 @@ def test_a_huge_sparse_file_is_left_out_of_the_checkpoint_and_kept_by_a_resume(d
     with its size (the step after saw it), results.csv is back, and no ``file.deleted`` was recorded for huge.bin."""
     assert _HUGE > MAX_FILE_BYTES
     (tmp_path / "huge_flow.py").write_text(_HUGE_FLOW)
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         sid = c.start(f"{tmp_path / 'huge_flow.py'}:huge")
         assert _ended(c, sid, timeout=180)["status"] == "failed"
         work = Path(c.session(sid)["workdir"])
-        cps = _checkpoints(daemon.home, sid)
+        cps = _checkpoints(shared_daemon.home, sid)
         assert [cp["name"] for cp in cps] == ["make"]
         make = cps[0]
         assert make["partial"] is True and make["left_out"] == [{"path": "huge.bin", "size": _HUGE, "why": "file_cap"}]
         assert make["files"] == 1 and make["new_bytes"] == len("x,y\n1,2\n") and make["duration"] < 5, make
         assert _on_disk(work.parent / OBJECTS_DIR) < _MIB
-        logs = [orjson.loads(p) for _s, _src, _node, p in _events(daemon.home, sid, "log")]
+        logs = [orjson.loads(p) for _s, _src, _node, p in _events(shared_daemon.home, sid, "log")]
         warned = [lg["event"] for lg in logs if lg.get("logger") == "labd.runner.durable" and "left out" in lg["event"]]
         assert len(warned) == 1 and "huge.bin" in warned[0], warned
-        started = [orjson.loads(p)["name"] for _s, _src, _node, p in _events(daemon.home, sid, "step.started")]
+        started = [orjson.loads(p)["name"] for _s, _src, _node, p in _events(shared_daemon.home, sid, "step.started")]
         assert "after" in started  # the session went on past the capped checkpoint
 
         c.resume(sid)
@@ -93,25 +93,25 @@ def test_a_huge_sparse_file_is_left_out_of_the_checkpoint_and_kept_by_a_resume(d
         assert (work / "huge.bin").stat().st_size == _HUGE
         assert (work / "done.txt").read_text() == str(_HUGE)
         assert (work / "results.csv").read_text() == "x,y\n1,2\n"
-        restored = [orjson.loads(p) for _s, _src, _node, p in _events(daemon.home, sid, "checkpoint.restored")]
+        restored = [orjson.loads(p) for _s, _src, _node, p in _events(shared_daemon.home, sid, "checkpoint.restored")]
         assert len(restored) == 1 and restored[0]["removed"] == 0, restored
-        deleted = [orjson.loads(p)["path"] for _s, _src, _node, p in _events(daemon.home, sid, "file.deleted")]
+        deleted = [orjson.loads(p)["path"] for _s, _src, _node, p in _events(shared_daemon.home, sid, "file.deleted")]
         assert "huge.bin" not in deleted, deleted
         assert _on_disk(work.parent / OBJECTS_DIR) < _MIB
 
 
 @pytest.mark.timeout(300)
-def test_a_sparse_file_under_the_cap_is_stored_and_restored_with_its_holes(daemon, tmp_path: Path) -> None:
+def test_a_sparse_file_under_the_cap_is_stored_and_restored_with_its_holes(shared_daemon, tmp_path: Path) -> None:
     """The attack review's case: a 0.75 GiB truncate, then a byte appended in the next step. Both checkpoints store
     it (complete, not partial; new_bytes its apparent size), yet the objects directory takes under 16 MiB on disk,
     not 1.5 GiB; a branch from step "c" gets data.bin written back whole (its size and last byte) and sparse."""
     (tmp_path / "sparse_flow.py").write_text(_SPARSE_FLOW)
     size = 3 * _GIB // 4
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         sid = c.start(f"{tmp_path / 'sparse_flow.py'}:sparse")
         assert _ended(c, sid, timeout=180)["status"] == "completed", c.session(sid)["reason"]
         work = Path(c.session(sid)["workdir"])
-        cps = {cp["name"]: cp for cp in _checkpoints(daemon.home, sid)}
+        cps = {cp["name"]: cp for cp in _checkpoints(shared_daemon.home, sid)}
         assert not any(cp.get("partial") for cp in cps.values()), cps
         assert cps["a"]["new_bytes"] == size and cps["b"]["new_bytes"] == size + 1
         assert _on_disk(work.parent / OBJECTS_DIR) < 16 * _MIB
@@ -183,17 +183,17 @@ def _check_objects(work: Path, cps: list[dict]) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_a_workflow_saving_files_atomically_in_the_background_completes(daemon, tmp_path: Path) -> None:
+def test_a_workflow_saving_files_atomically_in_the_background_completes(shared_daemon, tmp_path: Path) -> None:
     """A thread saves out.json atomically (temporary file + rename) in a loop across 40 steps: every checkpoint is
     recorded and the session completes. A file renamed away or rewritten between a scan and its copy is not in that
     checkpoint, or left out as ``changed``, never a failed checkpoint (before, `lexists` after a FileNotFoundError
     raced with the next save and failed the session); every object a manifest names holds its digest and size."""
     (tmp_path / "saves_flow.py").write_text(_SAVES_FLOW)
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         sid = c.start(f"{tmp_path / 'saves_flow.py'}:saves")
         assert _ended(c, sid, timeout=240)["status"] == "completed", c.session(sid)["reason"]
         work = Path(c.session(sid)["workdir"])
-        cps = _checkpoints(daemon.home, sid)
+        cps = _checkpoints(shared_daemon.home, sid)
         assert [cp["name"] for cp in cps] == [f"s{i}" for i in range(40)]
         whys = {lo["why"] for cp in cps for lo in cp.get("left_out", ())}
         assert whys <= {"changed"}, whys
@@ -201,18 +201,18 @@ def test_a_workflow_saving_files_atomically_in_the_background_completes(daemon, 
 
 
 @pytest.mark.timeout(300)
-def test_a_symlink_swapped_in_between_scan_and_copy_is_never_stored(daemon, tmp_path: Path) -> None:
+def test_a_symlink_swapped_in_between_scan_and_copy_is_never_stored(shared_daemon, tmp_path: Path) -> None:
     """The attack review's flow: a thread saves out.json atomically and swaps it for a symlink to a secret outside
     the work directory, in a loop across 40 steps. The session completes, and no object of the session holds the
     secret (before, a checkpoint copied the symlink's target as out.json, and a branch wrote it back)."""
     secret = tmp_path / "secret.txt"
     secret.write_bytes(b"TOP SECRET " + bytes(range(256)) * 4)
     (tmp_path / "saves_flow.py").write_text(_SAVES_FLOW)
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         sid = c.start(f"{tmp_path / 'saves_flow.py'}:saves", params={"secret": str(secret)})
         assert _ended(c, sid, timeout=240)["status"] == "completed", c.session(sid)["reason"]
         work = Path(c.session(sid)["workdir"])
         objects = work.parent / OBJECTS_DIR
         leaked = [p for p in objects.rglob("*") if p.is_file() and b"TOP SECRET" in p.read_bytes()]
         assert leaked == []
-        _check_objects(work, _checkpoints(daemon.home, sid))
+        _check_objects(work, _checkpoints(shared_daemon.home, sid))

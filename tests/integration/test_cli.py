@@ -7,7 +7,7 @@ import json
 from tests.integration.cli_support import labd
 
 
-def test_run_follow_streams_output_and_exit_code_reflects_the_outcome(daemon) -> None:
+def test_run_follow_streams_output_and_exit_code_reflects_the_outcome(shared_daemon) -> None:
     """``labd run --follow`` prints the session's output live and exits 0 on success, 1 on failure."""
     ok = labd("run", "demo.count", "--name", "cli-count", "-p", "n=3", "-p", "delay=0", "--follow")
     assert ok.returncode == 0, ok.stderr
@@ -18,11 +18,11 @@ def test_run_follow_streams_output_and_exit_code_reflects_the_outcome(daemon) ->
     assert "about to fail" in bad.stdout and "session failed" in bad.stderr
 
 
-def test_ps_show_events_logs_for_a_finished_session(daemon) -> None:
+def test_ps_show_events_logs_for_a_finished_session(shared_daemon) -> None:
     """After a run, ps lists it, show explains it, events and logs replay it from the store."""
     sid = labd("run", "demo.compute", "-p", "rounds=2", "-p", "work=100").stdout.strip()
     assert len(sid) == 12
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         c.wait(sid, timeout=30)
     ps = labd("ps", "--all")
     assert sid in ps.stdout and "completed" in ps.stdout and ps.stdout.startswith("ID")
@@ -37,7 +37,7 @@ def test_ps_show_events_logs_for_a_finished_session(daemon) -> None:
     assert "round 1:" in logs.stdout and "child process: report written" in logs.stdout
 
 
-def test_stop_from_the_cli(daemon) -> None:
+def test_stop_from_the_cli(shared_daemon) -> None:
     """``labd stop --wait`` stops a running session and reports how it ended."""
     sid = labd("run", "demo.sleep", "-p", "seconds=60").stdout.strip()
     out = labd("stop", sid, "--grace", "2", "--wait")
@@ -45,7 +45,7 @@ def test_stop_from_the_cli(daemon) -> None:
     assert "cancelled: stopped by client (ended by cooperative)" in out.stdout
 
 
-def test_cli_errors_are_messages_not_tracebacks(daemon) -> None:
+def test_cli_errors_are_messages_not_tracebacks(shared_daemon) -> None:
     """Bad input gives a one-line message and exit code 2."""
     for args in (["run", "nope.nope"], ["run", "demo.count", "-p", "n=x"], ["run", "demo.count", "-p", "oops"],
                  ["run", "demo.count", "--memory", "lots"], ["show", "missing"], ["stop", "missing"]):

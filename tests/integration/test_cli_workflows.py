@@ -27,7 +27,7 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def test_module_and_file_targets_resolve_against_the_client_cwd(daemon, tmp_path: Path) -> None:
+def test_module_and_file_targets_resolve_against_the_client_cwd(shared_daemon, tmp_path: Path) -> None:
     """`mypkg.flows:study`, `./flows.py:study`, `flows.py` (its single workflow) and `sub/flows.py` all run
     from a folder the daemon never saw, with no PYTHONPATH; a file's own folder is importable (helper_mod)."""
     (tmp_path / "mypkg").mkdir()
@@ -51,7 +51,7 @@ def test_module_and_file_targets_resolve_against_the_client_cwd(daemon, tmp_path
     assert "mypkg.flows:study" in workflows
 
 
-def test_pythonpath_of_the_client_is_used(daemon, tmp_path: Path) -> None:
+def test_pythonpath_of_the_client_is_used(shared_daemon, tmp_path: Path) -> None:
     """A module found only through the client's PYTHONPATH (a relative entry, too) resolves in the runner."""
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -66,9 +66,11 @@ def test_pythonpath_of_the_client_is_used(daemon, tmp_path: Path) -> None:
     assert described.returncode == 0 and '"function": "go"' in described.stdout
 
 
-def test_errors_name_the_path_tried(daemon, tmp_path: Path) -> None:
+def test_errors_name_the_path_tried(shared_daemon, tmp_path: Path) -> None:
     """A missing module names the directories searched; a missing file its absolute path; a file with
     several workflows lists them; nothing reaches a runner."""
+    with shared_daemon.client() as c:  # the module's shared daemon: other tests' sessions are there too
+        before = {r["id"] for r in c.sessions(limit=10_000)}
     r = labd("run", "nosuchmod:fn", cwd=tmp_path, env=_env())
     assert r.returncode == 2 and str(tmp_path) in r.stderr and "nosuchmod" in r.stderr, r.stderr
     r = labd("run", "./missing.py:fn", cwd=tmp_path, env=_env())
@@ -76,13 +78,14 @@ def test_errors_name_the_path_tried(daemon, tmp_path: Path) -> None:
     (tmp_path / "two.py").write_text("def a(ctx):\n    pass\n\ndef b(ctx):\n    pass\n")
     r = labd("run", "two.py", cwd=tmp_path, env=_env())
     assert r.returncode == 2 and "several workflows (a, b)" in r.stderr and "two.py:a" in r.stderr, r.stderr
-    assert labd("ps", "-a", "--json").stdout.strip() == "[]"
+    with shared_daemon.client() as c:
+        assert {r["id"] for r in c.sessions(limit=10_000)} == before
 
 
-def test_runners_are_named_in_ps(daemon, tmp_path: Path) -> None:
+def test_runners_are_named_in_ps(shared_daemon, tmp_path: Path) -> None:
     """A runner's command line (what ps and htop show) is `labd: <session name> (<workflow>) #<session id>`."""
     sid = labd("run", "demo.sleep", "-p", "seconds=60", "--name", "napper").stdout.strip()
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         pid = wait_until(lambda: c.session(sid)["pid"], timeout=30, what="the runner's pid")
 
         def title() -> str:

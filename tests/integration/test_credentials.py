@@ -42,16 +42,16 @@ def _memory_contains(pid: int, needles: list[bytes]) -> set[bytes]:
     return found
 
 
-def test_the_daemon_key_never_reaches_a_runner_or_the_template(daemon) -> None:
+def test_the_daemon_key_never_reaches_a_runner_or_the_template(shared_daemon) -> None:
     """A runner's memory holds its own derived key and not the daemon's (neither hex nor raw); the
     template's memory holds neither; the key file the runner was given is gone once it runs."""
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         sid = c.start("demo.sleep", params={"seconds": 60})
         wait_until(lambda: c.session(sid)["status"] == "running", timeout=30, what="running")
         pid, template = c.session(sid)["pid"], c.status()["template_pid"]
         daemon_key = c.info.key_bytes
         own = derive_key(daemon_key, sid)
-        assert not (daemon.home / "sessions" / sid / "runner.key").exists()
+        assert not (shared_daemon.home / "sessions" / sid / "runner.key").exists()
         in_runner = _memory_contains(pid, [daemon_key, daemon_key.hex().encode(), own, own.hex().encode()])
         assert in_runner & {own, own.hex().encode()}, "the scan did not even find the runner's own key"
         assert not in_runner & {daemon_key, daemon_key.hex().encode()}, "the daemon key is in a runner"
@@ -60,17 +60,17 @@ def test_the_daemon_key_never_reaches_a_runner_or_the_template(daemon) -> None:
         c.kill(sid)
 
 
-def test_a_runner_cannot_read_labd_state(daemon) -> None:
+def test_a_runner_cannot_read_labd_state(shared_daemon) -> None:
     """Workflow code in the runner (Landlock on the runner process) cannot read daemon.key, the database,
     the connection file or another session's directory; its own work directory stays usable."""
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         runner = c.status()["sandbox"]["runner"]
         if runner != "landlock":
             print(f"SKIP runner confinement: {runner}")
             pytest.skip(f"runner confinement unavailable: {runner}")
         first = c.start("demo.count", params={"n": 1, "delay": 0})
         c.wait(first, timeout=30)
-        home = daemon.home
+        home = shared_daemon.home
         (home / "sessions" / first / "work" / "secret.txt").write_text("first session's data")
         paths = [str(home / "daemon.key"), str(home / "labd.db"), str(layout_for(home).connection_file),
                  str(home / "sessions" / first / "work" / "secret.txt")]
@@ -88,7 +88,8 @@ def test_a_runner_cannot_read_labd_state(daemon) -> None:
 def test_events_forged_for_another_session_are_dropped_and_counted(daemon) -> None:
     """A compromised runner of session A (it has A's key only) sends events for session B: under B's
     routing id they fail B's signature; under its own id they name the wrong session. Both are dropped
-    and counted; B's record is untouched and B still finishes normally."""
+    and counted; B's record is untouched and B still finishes normally. (A daemon of its own: the drop counters
+    must be this test's alone.)"""
     with daemon.client() as c:
         a = c.start("demo.sleep", params={"seconds": 60})
         b = c.start("demo.count", params={"n": 30, "delay": 0.1})
@@ -116,11 +117,11 @@ def test_events_forged_for_another_session_are_dropped_and_counted(daemon) -> No
         c.kill(a)
 
 
-def test_routing_id_hijack_does_not_stop_recording(daemon) -> None:
+def test_routing_id_hijack_does_not_stop_recording(shared_daemon) -> None:
     """Another process connects to the runner socket with ROUTING_ID=<session id> (and a guessed suffix)
     while the session runs and stays connected: the real runner's events keep arriving and the session
     completes with every line recorded (before, ROUTER_HANDOVER gave the route to the impostor)."""
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         n = 40
         sid = c.start("demo.count", params={"n": n, "delay": 0.1})
         wait_until(lambda: c.session(sid)["status"] == "running", timeout=30, what="running")
@@ -155,7 +156,8 @@ def test_a_workflow_checked_at_import_is_confined_and_silenced_like_its_runner(d
     """A user's workflow module runs code at import in the check before the session exists. That check is
     confined as the runner will be: it cannot read daemon.key, the database or the connection file (before: it
     read the key, found by an attack review); and what it writes to stdout/stderr goes nowhere (before: into the
-    daemon's log, unbounded). The session itself then runs as usual."""
+    daemon's log, unbounded). The session itself then runs as usual. (A daemon of its own: it reads the daemon's
+    log.)"""
     with daemon.client() as c:
         runner = c.status()["sandbox"]["runner"]
         if runner != "landlock":
@@ -219,7 +221,7 @@ def test_only_holders_of_the_key_can_follow_live_events(daemon, tmp_path) -> Non
     not govern connecting to a Unix socket), a PLAIN one guessing the password, and a CURVE one with a key of its
     own, receive nothing; a session that spies from inside its runner receives nothing; a client with the
     connection file receives the events. Before, any local process could read every session's output and
-    activity (found by an attack review)."""
+    activity (found by an attack review). (A daemon of its own: it reads the daemon's log.)"""
     import zmq
 
     from labd.ipc.connection import EVENTS_USER, events_socket, local_events_credentials

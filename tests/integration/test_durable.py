@@ -33,14 +33,14 @@ def _second_step(c: Any, sid: str) -> dict[str, Any]:
     return next(s for s in c.session(sid)["steps"] if s["name"].startswith("step 2:") and s["kind"] == "step")
 
 
-def test_resume_skips_completed_steps_and_restores_the_work_directory(daemon, tmp_path: Path) -> None:
+def test_resume_skips_completed_steps_and_restores_the_work_directory(shared_daemon, tmp_path: Path) -> None:
     """A 4-step workflow whose step 3 fails once: `labd checkpoints` lists steps 1-2 with their files and results;
     `resume` completes it; steps 1-2 ran once in all, step 3
     saw the files as step 2 left them (its failed run's writes undone), results of skipped steps restored;
     the history shows failed -> queued by the client; src_seq goes on gap-free after the first runner's."""
     counter = tmp_path / "counts"
     counter.mkdir()
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         sid = c.start("labd_testflows:durable_four", params={"counter": str(counter)})
         assert _ended(c, sid)["status"] == "failed"
         cps = c.checkpoints(sid)
@@ -55,23 +55,23 @@ def test_resume_skips_completed_steps_and_restores_the_work_directory(daemon, tm
         s = c.session(sid)
         assert s["status"] == "completed", s
         assert _counts(counter) == {"one": 1, "two": 1, "three": 2, "four": 1}
-        result = _events(daemon.home, sid, "session.finished")[-1][3]
+        result = _events(shared_daemon.home, sid, "session.finished")[-1][3]
         assert '"seen":{"a.txt":"two","sub/b.txt":"b"}' in result and '"two":2' in result
         hist = [(h["from_status"], h["to_status"], h["actor"]) for h in s["history"] if h["node_id"] is None]
         assert ("failed", "queued", "client") in hist and hist[-1][1] == "completed"
         assert any("fixed the flaky step" in (h["reason"] or "") for h in s["history"])
-        src = [r[1] for r in _events_all(daemon.home, sid)]
+        src = [r[1] for r in _events_all(shared_daemon.home, sid)]
         assert src == sorted(src) and len(src) == len(set(src))  # one runner sequence, no duplicates
-        assert len(_events(daemon.home, sid, "session.continued")) == 1
-        restored = _events(daemon.home, sid, "checkpoint.restored")
+        assert len(_events(shared_daemon.home, sid, "session.continued")) == 1
+        restored = _events(shared_daemon.home, sid, "checkpoint.restored")
         assert len(restored) == 1
-        files = sorted(p.name for p in (daemon.home / "sessions" / sid / "work").rglob("*.txt"))
+        files = sorted(p.name for p in (shared_daemon.home / "sessions" / sid / "work").rglob("*.txt"))
         assert files == ["a.txt", "b.txt", "junk.txt"]
-        objects = daemon.home / "sessions" / sid / "checkpoints" / "objects"
+        objects = shared_daemon.home / "sessions" / sid / "checkpoints" / "objects"
         assert objects.is_dir()
         c.rm(sid)  # retention: checkpoints are events and files of the session directory, deleted with it
         wait_until(lambda: not objects.exists(), timeout=30, what="checkpoint objects removed")
-        assert not _events(daemon.home, sid, "step.checkpoint")
+        assert not _events(shared_daemon.home, sid, "step.checkpoint")
 
 
 def _events_all(home: Path, sid: str) -> list[tuple[Any, ...]]:
@@ -80,14 +80,14 @@ def _events_all(home: Path, sid: str) -> list[tuple[Any, ...]]:
                             (sid,)).fetchall()
 
 
-def test_resume_refusals_and_divergence(daemon, tmp_path: Path) -> None:
+def test_resume_refusals_and_divergence(shared_daemon, tmp_path: Path) -> None:
     """`resume` of a completed session is refused with a clear error; a workflow whose re-execution asks for
     another step than the record holds at a position fails with a step.diverged event, not a silent guess."""
     from labd.ipc import LabdError
 
     counter = tmp_path / "c"
     counter.mkdir()
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         done = c.start("demo.count", params={"n": 2})
         assert _ended(c, done)["status"] == "completed"
         with pytest.raises(LabdError) as err:
@@ -98,7 +98,7 @@ def test_resume_refusals_and_divergence(daemon, tmp_path: Path) -> None:
         c.resume(sid)
         s = _ended(c, sid)
         assert s["status"] == "failed" and "diverged" in s["reason"], s["reason"]
-        div = _events(daemon.home, sid, "step.diverged")
+        div = _events(shared_daemon.home, sid, "step.diverged")
         assert len(div) == 1 and '"expected":"first"' in div[0][3] and '"got":"other"' in div[0][3]
         for kwargs, code in (({"from_node": "no such step"}, "no_such_node"), ({"from_node": "first", "count": 0},
                                                                                   "bad_request")):
@@ -107,12 +107,12 @@ def test_resume_refusals_and_divergence(daemon, tmp_path: Path) -> None:
             assert err.value.code == code, err.value
 
 
-def test_branch_from_a_step_name_several_completed_steps_share_is_ambiguous(daemon) -> None:
+def test_branch_from_a_step_name_several_completed_steps_share_is_ambiguous(shared_daemon) -> None:
     """`branch --from iter` where a loop completed three steps named `iter`: refused as `ambiguous`, naming their
     node ids (it silently took the first); `--from <node id>` branches from the one meant."""
     from labd.ipc import LabdError
 
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         sid = c.start("labd_testflows:same_names", params={"n": 3})
         assert _ended(c, sid)["status"] == "completed"
         with pytest.raises(LabdError) as err:
@@ -145,7 +145,7 @@ def test_deep_research_killed_midway_is_lost_then_resumed_without_repeating_llm_
     restart); `labd resume` (the CLI)
     completes it: no step completes twice, and no LLM request after the resume belongs to a step that had
     completed before the kill (their calls were not repeated). The session's own policy rules (`--policy`)
-    still govern the resumed runner: its LLM calls are decided by them."""
+    still govern the resumed runner: its LLM calls are decided by them. (A daemon of its own: it is killed.)"""
     import os
     import signal
 
@@ -184,12 +184,12 @@ def test_deep_research_killed_midway_is_lost_then_resumed_without_repeating_llm_
         assert (daemon.home / "sessions" / sid / "work" / "report.md").exists()
 
 
-def test_branch_planning_and_control_from_its_second_step_with_a_hypothesis(daemon) -> None:
+def test_branch_planning_and_control_from_its_second_step_with_a_hypothesis(shared_daemon) -> None:
     """`branch --from <step 2> --hypothesis`: planning and step 1 are `reused` (no LLM request of theirs in the
     branch), the work directory is restored to exactly the parent's files at that point (same manifest, same
     file hashes), the hypothesis is in the recorded input of the re-executed step's agent, and the branch
     records its parent and branch node; two branches (--count 2) run."""
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         parent = c.start("planning_and_control", params={"max_steps": 3})
         assert _ended(c, parent)["status"] == "completed"
         second = _second_step(c, parent)
@@ -210,13 +210,13 @@ def test_branch_planning_and_control_from_its_second_step_with_a_hypothesis(daem
         assert requests and not [e for e in requests if e["payload"]["agent"] in ("planner", "plan_reviewer")]
         # the work directory as the parent's was when step 2 started: the same manifest (content-addressed)
         before = [cp for cp in c.checkpoints(parent) if cp["seq"] < second["start_seq"]]
-        restored = _events(daemon.home, kid, "checkpoint.restored")
+        restored = _events(shared_daemon.home, kid, "checkpoint.restored")
         assert len(restored) == 1 and f'"manifest":"{before[-1]["manifest"]}"' in restored[0][3]
         created = {e["payload"]["path"]: e["payload"]["sha256"] for e in c.events(parent, kinds=["file.created"])[
             "events"] if e["seq"] < second["start_seq"]}
-        manifest = _seeded_files(daemon.home, kid)
+        manifest = _seeded_files(shared_daemon.home, kid)
         assert created and all(manifest[p][0] == h for p, h in created.items())
-        restored_files = {str(p.relative_to(work)): _sha(p) for work in [daemon.home / "sessions" / kid / "work"]
+        restored_files = {str(p.relative_to(work)): _sha(p) for work in [shared_daemon.home / "sessions" / kid / "work"]
                           for p in work.rglob("*") if p.is_file() and p.name in {q.rsplit("/", 1)[-1] for q in created}}
         assert restored_files == created  # the files the parent had then are still as they were (not rewritten)
         kid_cps = {cp["name"]: cp for cp in c.checkpoints(kid)}  # its record stands alone (for its own resume)
@@ -238,14 +238,14 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_a_branch_that_fails_resumes_without_running_its_reused_steps(daemon, tmp_path: Path) -> None:
+def test_a_branch_that_fails_resumes_without_running_its_reused_steps(shared_daemon, tmp_path: Path) -> None:
     """A branch (`labd branch`, the CLI) from step three reuses steps one and two; when its step three fails,
     `resume` of the branch
     skips them as well (its own record holds them) and completes: one and two ran once in all, across parent,
     branch and resume, and the branch's step three saw the parent's files as step two left them."""
     counter = tmp_path / "counts"
     counter.mkdir()
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         parent = c.start("labd_testflows:durable_four", params={"counter": str(counter), "fail_three": 2})
         assert _ended(c, parent)["status"] == "failed"
         import json
@@ -258,7 +258,7 @@ def test_a_branch_that_fails_resumes_without_running_its_reused_steps(daemon, tm
         c.resume(kid)
         assert c.wait(kid, timeout=60)["status"] == "completed"
         assert _counts(counter) == {"one": 1, "two": 1, "three": 3, "four": 1}
-        result = _events(daemon.home, kid, "session.finished")[-1][3]
+        result = _events(shared_daemon.home, kid, "session.finished")[-1][3]
         assert '"seen":{"a.txt":"two","sub/b.txt":"b"}' in result and '"two":2' in result
 
 
@@ -287,7 +287,7 @@ def test_daemon_sigkill_during_resume_duplicates_nothing_and_completes_after_res
     """The daemon is SIGKILLed twice while resumes run: once while the resumed session waits in the run queue
     (max_sessions = 1, another session holds the slot), once while its new runner is inside step 3. After each
     restart the resume goes on and completes: steps 1-2 ran once, each step completed once, one runner
-    sequence without duplicates, one session.continued per resume."""
+    sequence without duplicates, one session.continued per resume. (A daemon of its own: configured, and killed.)"""
     import psutil
 
     from tests.conftest import running_daemon
@@ -332,7 +332,8 @@ def test_daemon_sigkill_during_branch_duplicates_nothing_and_completes_after_res
     """The daemon is SIGKILLed twice while a branch runs: once while the branch waits in the run queue
     (max_sessions = 1, another session holds the slot), once while its runner is inside step three. After each
     restart the branch goes on and completes: exactly one branch session exists, steps one and two ran once in
-    all (the parent's runs; the branch reused them), one runner sequence without duplicates."""
+    all (the parent's runs; the branch reused them), one runner sequence without duplicates. (A daemon of its own:
+    configured, and killed.)"""
     import psutil
 
     from tests.conftest import running_daemon
@@ -371,7 +372,7 @@ def test_daemon_sigkill_during_branch_duplicates_nothing_and_completes_after_res
         wait_until(runner_gone, timeout=30, what="the branch's runner to exit")
 
 
-def test_a_branch_of_a_branch_from_a_step_it_reused_starts_from_that_steps_files(daemon, tmp_path: Path) -> None:
+def test_a_branch_of_a_branch_from_a_step_it_reused_starts_from_that_steps_files(shared_daemon, tmp_path: Path) -> None:
     """Three steps each append a line to ``acc.txt``. A branch B1 from step s2 reuses s0 and s1; a branch B2 of
     B1 from s1 reuses s0 only, and must start from the files as they were after s0 (B1's checkpoint of s0 is the
     parent's), ending with the same file as a branch of the parent from s1. Before, every step a branch reused was
@@ -383,7 +384,7 @@ def test_a_branch_of_a_branch_from_a_step_it_reused_starts_from_that_steps_files
                      "        with ctx.step(f's{i}'):\n"
                      "            with open('acc.txt', 'a') as f:\n"
                      "                f.write(f'{i}\\n')\n")
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         parent = c.start(f"{flows}:acc")
         assert _ended(c, parent)["status"] == "completed"
         b1 = c.branch(parent, "s2")["sessions"][0]["session"]
@@ -398,12 +399,12 @@ def test_a_branch_of_a_branch_from_a_step_it_reused_starts_from_that_steps_files
         assert files == {"s0": 1, "s1": 1, "s2": 1}, files
 
 
-def test_a_replay_of_a_branch_that_reused_planned_steps_is_served_whole_from_the_record(daemon) -> None:
+def test_a_replay_of_a_branch_that_reused_planned_steps_is_served_whole_from_the_record(shared_daemon) -> None:
     """planning_and_control branched from its second step reuses the planning and step 1, a *planned* step (its node
     in the branch has the id the reused plan gave it, not the parent's). A replay of the branch serves every LLM
     response from the record, those of the reused steps from the parent's: it completes having called no model.
     Before, the reused planned step's calls were not found (ReplayMiss: "never recorded")."""
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         parent = c.start("planning_and_control", params={"max_steps": 2})
         assert _ended(c, parent)["status"] == "completed"
         second = _second_step(c, parent)
@@ -416,7 +417,7 @@ def test_a_replay_of_a_branch_that_reused_planned_steps_is_served_whole_from_the
         assert not live, f"{len(live)} LLM responses were not served from the record"
 
 
-def test_a_branch_shows_the_results_of_the_steps_it_reused_as_its_parent_does(daemon, tmp_path: Path) -> None:
+def test_a_branch_shows_the_results_of_the_steps_it_reused_as_its_parent_does(shared_daemon, tmp_path: Path) -> None:
     """`labd checkpoints` of a branch shows a reused step's result as the parent's shows it (``10``), not as the
     stored pickle's base64 (the branch's checkpoint lacked the parent's preview)."""
     flows = tmp_path / "res.py"
@@ -424,24 +425,24 @@ def test_a_branch_shows_the_results_of_the_steps_it_reused_as_its_parent_does(da
                      "    for i in range(2):\n"
                      "        with ctx.step(f'r{i}') as node:\n"
                      "            node.result = (i + 1) * 10\n")
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         parent = c.start(f"{flows}:res")
         assert _ended(c, parent)["status"] == "completed"
         branch = c.branch(parent, "r1")["sessions"][0]["session"]
         assert _ended(c, branch)["status"] == "completed"
-    shown = {sid: labd("--home", str(daemon.home), "checkpoints", sid).stdout for sid in (parent, branch)}
+    shown = {sid: labd("--home", str(shared_daemon.home), "checkpoints", sid).stdout for sid in (parent, branch)}
     row = {sid: next(line for line in out.splitlines() if " r0 " in f" {line} ") for sid, out in shown.items()}
     assert " 10" in row[branch] and "gAV" not in row[branch], shown[branch]
-    logs = labd("--home", str(daemon.home), "logs", branch).stdout + labd("--home", str(daemon.home), "logs",
-                                                                            branch).stderr
+    logs = labd("--home", str(shared_daemon.home), "logs", branch).stdout + labd("--home", str(shared_daemon.home),
+                                                                                   "logs", branch).stderr
     assert "r0 reused from the record" in logs and "✗" not in logs, logs  # was "✗ n1 r0 reused in 0ms"
 
 
-def test_a_step_open_when_its_session_is_killed_is_interrupted_not_running_for_ever(daemon) -> None:
+def test_a_step_open_when_its_session_is_killed_is_interrupted_not_running_for_ever(shared_daemon) -> None:
     """`labd kill` while a step runs: once the session has ended, that step reads ``interrupted`` (with its end
     time), not ``running`` for ever in `show`, the DAG and compare; a resume then runs it again. Before, only a
     resume marked it (an exploratory test found it)."""
-    with daemon.client() as c:
+    with shared_daemon.client() as c:
         sid = c.start("demo.count", params={"n": 3, "delay": 30})
         wait_until(lambda: any(s["status"] == "running" for s in c.session(sid)["steps"]), timeout=60,
                    what="a step running")

@@ -40,10 +40,10 @@ def _call(server: Any, name: str, **args: Any) -> Any:
     return anyio.run(go)
 
 
-def test_tools_list_start_follow_and_inspect_a_session(daemon) -> None:
+def test_tools_list_start_follow_and_inspect_a_session(shared_daemon) -> None:
     """An agent lists workflows, starts a session (the id comes back at once), polls its output to the end,
     and reads its state, events, DAG and cost through tools."""
-    server = build_server(daemon.home)
+    server = build_server(shared_daemon.home)
 
     async def go() -> dict[str, Any]:
         async with McpClient(server) as c:
@@ -76,10 +76,10 @@ def test_tools_list_start_follow_and_inspect_a_session(daemon) -> None:
     assert any(s["id"] == r["sid"] for s in r["listed"])
 
 
-def test_errors_are_tool_errors_with_labd_codes(daemon) -> None:
+def test_errors_are_tool_errors_with_labd_codes(shared_daemon) -> None:
     """A bad workflow or an unknown session is an MCP tool error that names labd's stable code; the server
     keeps serving."""
-    server = build_server(daemon.home)
+    server = build_server(shared_daemon.home)
 
     async def go() -> tuple[Any, Any, Any]:
         async with McpClient(server) as c:
@@ -95,17 +95,17 @@ def test_errors_are_tool_errors_with_labd_codes(daemon) -> None:
     assert not ok.is_error
 
 
-def test_an_approval_answered_through_mcp_resolves_the_session(daemon) -> None:
+def test_an_approval_answered_through_mcp_resolves_the_session(shared_daemon) -> None:
     """A hitl session waits for approval; list_approvals shows it; answer_approval (approve) lets it go on,
     recorded as resolved by `mcp`."""
-    server = build_server(daemon.home)
-    with daemon.client() as lc:
+    server = build_server(shared_daemon.home)
+    with shared_daemon.client() as lc:
         sid = lc.start("hitl", params={"task": "Sum the squares of 1..4"})
         wait_until(lambda: lc.approvals(session=sid), timeout=60, what="approval requested")
     pending = _call(server, "list_approvals", session=sid)
     assert _data(pending)[0]["session_id"] == sid
     _data(_call(server, "answer_approval", session=sid, decision="approve"))
-    with daemon.client() as lc:
+    with shared_daemon.client() as lc:
         resolved = lc.approvals(session=sid, status="all")
         assert resolved[0]["status"] == "resolved" and resolved[0]["resolved_by"] == "mcp"
         # approve every later checkpoint too, so the session can finish
@@ -121,15 +121,15 @@ def test_an_approval_answered_through_mcp_resolves_the_session(daemon) -> None:
         assert lc.session(sid)["status"] == "completed"
 
 
-def test_an_approval_a_policy_requires_of_a_human_is_refused_through_mcp(daemon) -> None:
+def test_an_approval_a_policy_requires_of_a_human_is_refused_through_mcp(shared_daemon) -> None:
     """A `require_approval` rule on code: the MCP client (itself a model) may list the approval but answering it is
     refused with `human_required` and the code does not run; a human answers it the usual way. Started with
     `allow_policy_approvals` (labd mcp --allow-policy-approvals) the same answer goes through. Read-only tools are
     annotated read-only, answer_approval and stop_session destructive."""
     rule = [{"name": "code-needs-human", "action": "code", "agent": "engineer", "effect": "require_approval"}]
     task = {"task": "Step 1 of 1: sum squares"}
-    strict, relaxed = build_server(daemon.home), build_server(daemon.home, allow_policy_approvals=True)
-    with daemon.client() as lc:
+    strict, relaxed = build_server(shared_daemon.home), build_server(shared_daemon.home, allow_policy_approvals=True)
+    with shared_daemon.client() as lc:
         first = lc.start("one_shot", params=task, policy=rule)
         second = lc.start("one_shot", params=task, policy=rule)
         for sid in (first, second):
@@ -139,7 +139,7 @@ def test_an_approval_a_policy_requires_of_a_human_is_refused_through_mcp(daemon)
     assert refused.is_error and "[human_required]" in refused.content[0].text
     assert "code-needs-human" in refused.content[0].text
     _data(_call(relaxed, "answer_approval", session=second, decision="approve"))
-    with daemon.client() as lc:  # what holds is the daemon's check, made on the approval it answers
+    with shared_daemon.client() as lc:  # what holds is the daemon's check, made on the approval it answers
         for aid in (None, lc.approvals(session=first)[0]["id"]):
             with pytest.raises(LabdError) as err:
                 lc.resolve(first, "approve", approval_id=aid, by="mcp", refuse_kinds=["policy"])
@@ -162,14 +162,14 @@ def test_an_approval_a_policy_requires_of_a_human_is_refused_through_mcp(daemon)
     assert not ann["answer_approval"].read_only_hint
 
 
-def test_answering_before_the_policy_approval_exists_cannot_answer_it(daemon) -> None:
+def test_answering_before_the_policy_approval_exists_cannot_answer_it(shared_daemon) -> None:
     """An MCP client that calls answer_approval again and again from the session's start (an exploratory test's
     attack): each call finds no approval (``not_pending``) or is refused ``human_required``, never answers the policy
     approval that appears meanwhile. Before, the tool checked the pending approvals and then answered "the pending
     one" in a second request, and a policy approval asked for in between was answered in 5 of 9 runs."""
     rule = [{"name": "code-needs-human", "action": "code", "agent": "engineer", "effect": "require_approval"}]
-    strict = build_server(daemon.home)
-    with daemon.client() as lc:
+    strict = build_server(shared_daemon.home)
+    with shared_daemon.client() as lc:
         sid = lc.start("one_shot", params={"task": "Step 1 of 1: sum squares"}, policy=rule)
         answers: list[str] = []
         while not answers or "[not_pending]" in answers[-1]:  # until the approval exists and is answered
@@ -182,11 +182,11 @@ def test_answering_before_the_policy_approval_exists_cannot_answer_it(daemon) ->
         lc.wait(sid, timeout=60)
 
 
-def test_files_are_resources_and_traversal_is_refused(daemon) -> None:
+def test_files_are_resources_and_traversal_is_refused(shared_daemon) -> None:
     """A session's files are listed as a JSON resource and read one by one; a path outside the record
     (or a `..` traversal) is refused."""
-    server = build_server(daemon.home)
-    with daemon.client() as lc:
+    server = build_server(shared_daemon.home)
+    with shared_daemon.client() as lc:
         sid = lc.start("labd_testflows:writes_files")
         assert lc.wait(sid, timeout=60)["status"] == "completed"
         files = lc.files(sid)
@@ -213,7 +213,7 @@ def test_files_are_resources_and_traversal_is_refused(daemon) -> None:
     assert all(e is not None for e in errors)
 
 
-def test_every_listed_file_is_read_by_its_uri_whatever_its_name(daemon, tmp_path) -> None:
+def test_every_listed_file_is_read_by_its_uri_whatever_its_name(shared_daemon, tmp_path) -> None:
     """File names with ``%``, ``?``, ``#``, spaces or non-ASCII: each file of the listing is read, by the ``uri`` the
     listing gives, as itself. Before, the listing had no URIs and a path written into one was decoded on reading:
     ``x%41.txt`` read the file ``xA.txt``, and ``q?.txt`` was an unknown resource."""
@@ -224,8 +224,8 @@ def test_every_listed_file_is_read_by_its_uri_whatever_its_name(daemon, tmp_path
                      "        os.makedirs(os.path.dirname(name) or '.', exist_ok=True)\n"
                      "        with open(name, 'w') as f:\n"
                      "            f.write('I am ' + name)\n")
-    server = build_server(daemon.home)
-    with daemon.client() as lc:
+    server = build_server(shared_daemon.home)
+    with shared_daemon.client() as lc:
         sid = lc.start(f"{flows}:write")
         assert lc.wait(sid, timeout=60)["status"] == "completed"
 
@@ -238,10 +238,11 @@ def test_every_listed_file_is_read_by_its_uri_whatever_its_name(daemon, tmp_path
     assert {name: read.get(name) for name in names} == {name: f"I am {name}" for name in names}
 
 
-def test_real_stdio_round_trip(daemon) -> None:
+def test_real_stdio_round_trip(shared_daemon) -> None:
     """`python -m labd mcp` over real stdio: the SDK's client starts it, calls a tool, and stdout carries
     only protocol frames (the call would fail to parse otherwise)."""
-    params = StdioServerParameters(command=sys.executable, args=["-m", "labd", "--home", str(daemon.home), "mcp"],
+    params = StdioServerParameters(command=sys.executable,
+                                   args=["-m", "labd", "--home", str(shared_daemon.home), "mcp"],
                                    env={k: v for k, v in os.environ.items() if k.startswith(("LABD", "XDG", "PYTHON",
                                                                                               "HOME", "PATH"))})
 
@@ -257,7 +258,8 @@ def test_real_stdio_round_trip(daemon) -> None:
 
 def test_agents_use_tools_of_configured_mcp_servers_and_calls_are_tracked(isolated_env) -> None:
     """`[mcp.servers.adder]` in config: an agent created with mcp=["adder"] calls the server's tool for real
-    (the server writes a side file), and the call is recorded as tool.call / tool.result like any tool."""
+    (the server writes a side file), and the call is recorded as tool.call / tool.result like any tool.
+    (A daemon of its own: the config is read when it starts.)"""
     from tests.conftest import SUPPORT, running_daemon
 
     side = isolated_env.parent / "adder.log"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tests.conftest import running_daemon, wait_until
+from tests.conftest import module_daemon_on, pointed_at, running_daemon, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,9 +38,25 @@ def _port() -> int:
 
 @pytest.fixture
 def tcp_daemon(isolated_env: Path):
+    """A daemon of the test's own with --listen: (daemon, its control port)."""
     port = _port()
     with running_daemon(isolated_env, args=["--listen", f"tcp://127.0.0.1:{port}"]) as d:
         yield d, port
+
+
+@pytest.fixture(scope="module")
+def module_tcp_daemon(request: pytest.FixtureRequest):
+    """One daemon with --listen shared by the module's tests that add remote clients of their own names."""
+    port = _port()
+    with module_daemon_on(request, args=["--listen", f"tcp://127.0.0.1:{port}"]) as d:
+        yield d, port
+
+
+@pytest.fixture
+def shared_tcp_daemon(module_tcp_daemon, monkeypatch: pytest.MonkeyPatch):
+    """The module's shared --listen daemon, pointed at (``pointed_at``): (daemon, its control port)."""
+    pointed_at(module_tcp_daemon[0], monkeypatch)
+    return module_tcp_daemon
 
 
 def _write(path: Path, data: dict) -> Path:
@@ -53,7 +69,8 @@ def _write(path: Path, data: dict) -> Path:
 def test_a_remote_client_controls_and_follows_over_tcp(tcp_daemon, tmp_path: Path) -> None:
     """`remote.add` issues a connection file; a client using it (no access to the local runtime dir) starts a
     session and follows its output live over TCP: the gateway relays the live tail (a SUB on the TCP event port
-    receives the session's output as it is printed; `follow` alone would also pass on its store fallback)."""
+    receives the session's output as it is printed; `follow` alone would also pass on its store fallback). (A
+    daemon of its own: `remote.list` is the daemon's whole list of clients.)"""
     from labd.ipc import Client
     from labd.ipc.connection import events_socket
 
@@ -82,12 +99,12 @@ def test_a_remote_client_controls_and_follows_over_tcp(tcp_daemon, tmp_path: Pat
         remote.kill(live)
 
 
-def test_unknown_key_or_plain_tcp_gets_nothing(tcp_daemon, tmp_path: Path) -> None:
+def test_unknown_key_or_plain_tcp_gets_nothing(shared_tcp_daemon, tmp_path: Path) -> None:
     """A client with a keypair the daemon never issued, or one that does not encrypt, gets no reply; a revoked
     client is locked out too."""
     from labd.ipc import Client, LabdError
 
-    d, port = tcp_daemon
+    d, port = shared_tcp_daemon
     with d.client() as local:
         conn = local.request("remote.add", name="box")["connection"]
     pub, sec = zmq.curve_keypair()
@@ -109,9 +126,9 @@ def test_unknown_key_or_plain_tcp_gets_nothing(tcp_daemon, tmp_path: Path) -> No
         c.ping()
 
 
-def test_cli_remote_add_and_connect(tcp_daemon, tmp_path: Path) -> None:
+def test_cli_remote_add_and_connect(shared_tcp_daemon, tmp_path: Path) -> None:
     """`labd remote add` writes a private connection file; `labd --connect FILE ps` works with it."""
-    d, _ = tcp_daemon
+    d, _ = shared_tcp_daemon
     env = {**os.environ, "LABD_HOME": str(d.home)}
     out = subprocess.run([sys.executable, "-m", "labd", "remote", "add", "ws1", "-o", str(tmp_path / "ws1.json")],
                          capture_output=True, text=True, env=env, timeout=60)

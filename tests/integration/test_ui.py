@@ -14,6 +14,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,9 @@ if CHROMIUM is None:  # scripts/test installs the chromium package; elsewhere sa
     pytestmark.append(pytest.mark.skip(reason="Chromium not installed (apt-get install chromium)"))
 
 
-@pytest.fixture
-def ui(daemon) -> Iterator[dict[str, Any]]:
-    """A `labd ui` server on a free port for the test's daemon: its URL (with token), base and process."""
+@contextmanager
+def ui_server(daemon: Any) -> Iterator[dict[str, Any]]:
+    """A `labd ui` server on a free port for ``daemon``: its URL (with token), base, process and daemon."""
     proc = subprocess.Popen([sys.executable, "-m", "labd", "--home", str(daemon.home), "ui"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
@@ -44,6 +45,20 @@ def ui(daemon) -> Iterator[dict[str, Any]]:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.fixture
+def ui(shared_daemon) -> Iterator[dict[str, Any]]:
+    """`labd ui` (the test's own) on the module's shared daemon, for tests that look only at their own sessions."""
+    with ui_server(shared_daemon) as u:
+        yield u
+
+
+@pytest.fixture
+def own_ui(daemon) -> Iterator[dict[str, Any]]:
+    """`labd ui` on the test's own fresh daemon (for tests that stop it, or need it to have no approvals)."""
+    with ui_server(daemon) as u:
+        yield u
 
 
 @pytest.fixture
@@ -60,8 +75,8 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
-@pytest.fixture
-def page(browser: Any, ui: dict[str, Any], request: pytest.FixtureRequest) -> Iterator[Any]:
+@contextmanager
+def logged_in_page(browser: Any, ui: dict[str, Any], request: pytest.FixtureRequest) -> Iterator[Any]:
     """A logged-in page (the token URL's fragment is kept in the origin's localStorage); screenshot saved if the
     test fails."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 900})
@@ -74,6 +89,20 @@ def page(browser: Any, ui: dict[str, Any], request: pytest.FixtureRequest) -> It
         ARTIFACTS.mkdir(exist_ok=True)
         pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
     ctx.close()
+
+
+@pytest.fixture
+def page(browser: Any, ui: dict[str, Any], request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A logged-in page on the dashboard of the module's shared daemon."""
+    with logged_in_page(browser, ui, request) as pg:
+        yield pg
+
+
+@pytest.fixture
+def own_page(browser: Any, own_ui: dict[str, Any], request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A logged-in page on the dashboard of the test's own daemon."""
+    with logged_in_page(browser, own_ui, request) as pg:
+        yield pg
 
 
 def _shot(pg: Any, name: str) -> None:
@@ -267,11 +296,12 @@ def test_a_session_page_open_on_a_failed_session_follows_its_resume(page: Any, u
     assert "fixed the input" in page.locator('#activity [data-kind="session.continued"]').inner_text()
 
 
-def test_a_page_left_while_it_loads_never_overwrites_the_next(page: Any, ui: dict[str, Any]) -> None:
+def test_a_page_left_while_it_loads_never_overwrites_the_next(own_page: Any) -> None:
     """The sessions page waits for its start form's workflow list; the user moves to the approvals page meanwhile,
     and only then does that request fail. The approvals page stays (no error of the page left behind replaces
     it), and keeps updating. (Found as a CI flake: a request hanging across a daemon restart wiped the page the
-    test was on 15 s later.)"""
+    test was on 15 s later.) (A daemon of its own: the page must show that the daemon has no approvals at all.)"""
+    page = own_page
     held: list[Any] = []
     page.route("**/api/workflows", lambda route: held.append(route))  # held until the test fails it
     with page.expect_request("**/api/workflows"):
@@ -288,9 +318,11 @@ def test_a_page_left_while_it_loads_never_overwrites_the_next(page: Any, ui: dic
     assert page.locator("#no-approvals").is_visible()
 
 
-def test_a_page_whose_first_load_fails_keeps_trying_and_recovers(page: Any, ui: dict[str, Any]) -> None:
+def test_a_page_whose_first_load_fails_keeps_trying_and_recovers(own_page: Any, own_ui: dict[str, Any]) -> None:
     """With the daemon down, the approvals page says it could not load (it does not go blank or stop); once a
-    daemon answers again, the same page, without a reload, shows the current state."""
+    daemon answers again, the same page, without a reload, shows the current state. (A daemon of its own: it is
+    stopped and started again, and the page must show no approvals.)"""
+    page, ui = own_page, own_ui
     daemon = ui["daemon"]
     daemon.stop()
     page.goto(ui["base"] + "/#/approvals")
