@@ -5,6 +5,7 @@ sessions leave the index; the index is rebuilt from the record if it is lost."""
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -88,18 +89,19 @@ def test_cli_search(shared_daemon) -> None:
     `--limit` says that more may match (it looked complete)."""
     import json
 
+    word = f"delta{secrets.token_hex(4)}"  # a word no other test's session on the shared daemon holds
     with shared_daemon.client() as c:
-        sid = c.start("demo.count", params={"n": 1}, name="delta-cli")
+        sid = c.start("demo.count", params={"n": 1}, name=f"{word}-cli")
         c.wait(sid, timeout=60)
-        _indexed(c, "delta", {sid})
+        _indexed(c, word, {sid})
     env = {**os.environ, "LABD_HOME": str(shared_daemon.home)}
-    out = subprocess.run([sys.executable, "-m", "labd", "search", "delta"], capture_output=True, text=True, env=env,
+    out = subprocess.run([sys.executable, "-m", "labd", "search", word], capture_output=True, text=True, env=env,
                          timeout=60)
     assert out.returncode == 0 and sid in out.stdout
-    out = subprocess.run([sys.executable, "-m", "labd", "search", "delta", "--json"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "labd", "search", word, "--json"], capture_output=True, text=True,
                          env=env, timeout=60)
-    assert [h for h in json.loads(out.stdout) if h["session_id"] == sid]  # other tests' sessions may match too
-    cut = subprocess.run([sys.executable, "-m", "labd", "search", "delta", "--limit", "1"], capture_output=True,
+    assert json.loads(out.stdout)[0]["session_id"] == sid
+    cut = subprocess.run([sys.executable, "-m", "labd", "search", word, "--limit", "1"], capture_output=True,
                          text=True, env=env, timeout=60)  # as many hits as asked for: more may match, and it says so
     assert cut.returncode == 0 and "more may match: --limit N" in cut.stderr
     assert "more may match" not in out.stderr
