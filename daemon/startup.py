@@ -4,7 +4,8 @@ Importing the daemon (the store, the request handlers, SQLAlchemy, ...) takes ~0
 imports the runner stack (ag2 among it) once for every session it forks, takes ~2 s to be ready. They used to
 happen one after the other. So this module, which imports nothing heavy, does what the template depends on and
 spawns it; the daemon (:class:`labd.daemon.server.Daemon`) is imported meanwhile and waits for the template's
-``ready`` only where it needs it. A daemon starts ready to serve about a second sooner (docs/benchmarks.md).
+``ready`` only where it needs it. On a loaded box that measured 0.90-0.97x of the time to ready (docs/benchmarks.md
+§34: a start is ~2.8 s of CPU, which busy cores cannot overlap); an idle box has room to overlap more of it.
 
 What the template depends on, in order:
 
