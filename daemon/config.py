@@ -225,6 +225,19 @@ def _check_sandbox(path: Path, section: Any) -> dict[str, Any]:
     return section
 
 
+def _size(name: str, value: Any, what: str, least: int = 1) -> int:
+    """A size setting: a string with a unit ("16G", parsed as ``labd run --memory`` is) or whole bytes, at least
+    ``least``; else ConfigError naming the setting (``what``: what it must be)."""
+    if isinstance(value, str):
+        try:
+            value = parse_size(value)
+        except UnitError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"{name} must be {what}, not {value!r}")
+    return value
+
+
 def _max_output(value: Any) -> int | None:
     """``max_output``: a size with a unit, or "none" (also false/0) for sessions without an output cap."""
     try:
@@ -329,24 +342,11 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         value = getattr(cfg, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ConfigError(f"{name} must be a whole number >= 0, not {value!r}")
-    if isinstance(cfg.memory_total, str):
-        try:
-            cfg = replace(cfg, memory_total=parse_size(cfg.memory_total))
-        except UnitError as exc:
-            raise ConfigError(f"memory_total: {exc}") from None
-    elif cfg.memory_total is not None and (isinstance(cfg.memory_total, bool) or not isinstance(cfg.memory_total, int)
-                                           or cfg.memory_total <= 0):
-        raise ConfigError(f"memory_total must be a size like 16G, not {cfg.memory_total!r}")
+    if cfg.memory_total is not None:
+        cfg = replace(cfg, memory_total=_size("memory_total", cfg.memory_total, "a size like 16G"))
     cfg = replace(cfg, max_output=_max_output(cfg.max_output))
-    if isinstance(cfg.max_unread_replies, str):
-        try:
-            cfg = replace(cfg, max_unread_replies=parse_size(cfg.max_unread_replies))
-        except UnitError as exc:
-            raise ConfigError(f"max_unread_replies: {exc}") from None
-    if isinstance(cfg.max_unread_replies, bool) or not isinstance(cfg.max_unread_replies, int) \
-            or cfg.max_unread_replies < 1024 * 1024:
-        raise ConfigError(f"max_unread_replies must be a size of at least 1M, like 256M, not "
-                          f"{cfg.max_unread_replies!r}")
+    cfg = replace(cfg, max_unread_replies=_size("max_unread_replies", cfg.max_unread_replies,
+                                                "a size of at least 1M, like 256M", least=1024 * 1024))
     for name in ("stop_grace", "term_grace", "sample_interval", "limit_interval", "record_interval"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:

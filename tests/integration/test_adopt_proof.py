@@ -20,6 +20,7 @@ import pytest
 
 from labd.runner.title import runner_title, session_of_title
 from tests.conftest import DaemonProc, kill_runners, wait_until
+from tests.integration.test_restart import _restart_while_held
 
 _TITLED = ("import sys, time, setproctitle\n"
            "setproctitle.setproctitle(sys.argv[1])\n"
@@ -167,17 +168,11 @@ def test_a_live_runner_beside_an_impostor_is_the_one_adopted(daemon: DaemonProc)
         wait_until(lambda: len(list(c.history(sid, kinds=["custom"]))) >= 5, timeout=30, what="ticks")
         pid = c.session(sid)["pid"]
     daemon.kill9()
-    os.kill(pid, signal.SIGSTOP)  # held while no daemon runs: it must still be there to adopt, however slow the box
-    with sqlite3.connect(daemon.home / "labd.db") as conn:
-        conn.execute("UPDATE sessions SET pid = NULL, pid_create_time = NULL, status = 'created' WHERE id = ?", (sid,))
     restarted = None
     try:
         with _impostor(daemon.home, sid) as imp:
-            try:
-                restarted = DaemonProc(daemon.home).start()
-            finally:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
+            restarted = _restart_while_held(daemon, pid, lambda conn: conn.execute(
+                "UPDATE sessions SET pid = NULL, pid_create_time = NULL, status = 'created' WHERE id = ?", (sid,)))
             with restarted.client() as c:
                 final = c.wait(sid, timeout=60)
                 assert final["status"] == "completed", final

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -38,6 +39,20 @@ def _completed_with_every_tick_once(c: Any, sid: str, n: int) -> tuple[dict[str,
     ticks = [e["payload"]["data"]["i"] for e in events if e["kind"] == "custom"]
     assert ticks == list(range(n)), "ticks lost or duplicated (across the restart, or by a second runner)"
     return final, events
+
+
+def _restart_while_held(daemon: DaemonProc, pid: int, edit: Callable[[sqlite3.Connection], Any]) -> DaemonProc:
+    """With runner ``pid`` held stopped (it must still be there when the next daemon starts, however slow the box),
+    ``edit`` the dead daemon's store (as a crash or a clock step would leave it), start a new daemon on the home,
+    then let the runner go on (if it is gone, the caller's assertions say why)."""
+    os.kill(pid, signal.SIGSTOP)
+    with sqlite3.connect(daemon.home / "labd.db") as conn:
+        edit(conn)
+    try:
+        return DaemonProc(daemon.home).start()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def test_kill_9_of_the_daemon_mid_run_then_restart_finishes_gap_free(daemon) -> None:
@@ -87,14 +102,8 @@ def test_a_runner_is_adopted_after_the_clock_was_set(daemon) -> None:
     and recorded ended while it ran on unsupervised."""
     n = 60
     sid, pid = _ticking_then_daemon_killed(daemon, n)
-    os.kill(pid, signal.SIGSTOP)  # held while no daemon runs: it must still be there to adopt, however slow the box
-    with sqlite3.connect(daemon.home / "labd.db") as conn:
-        conn.execute("UPDATE sessions SET pid_create_time = pid_create_time + 2 WHERE id = ?", (sid,))
-    try:
-        restarted = DaemonProc(daemon.home).start()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
+    restarted = _restart_while_held(daemon, pid, lambda conn: conn.execute(
+        "UPDATE sessions SET pid_create_time = pid_create_time + 2 WHERE id = ?", (sid,)))
     try:
         with restarted.client() as c:
             _completed_with_every_tick_once(c, sid, n)
@@ -113,16 +122,9 @@ def test_runner_forked_but_never_recorded_is_adopted_not_lost_or_run_twice(daemo
     milliseconds, so the test SIGKILLs the daemon mid-run and puts the row back as that crash leaves it.)"""
     n = 80
     sid, pid = _ticking_then_daemon_killed(daemon, n)
-    os.kill(pid, signal.SIGSTOP)  # held while no daemon runs: it must still be there to adopt, however slow the box
     assert f"#{sid}" in " ".join(psutil.Process(pid).cmdline())  # the title names the session
-    with sqlite3.connect(daemon.home / "labd.db") as conn:
-        conn.execute("UPDATE sessions SET pid = NULL, pid_create_time = NULL, status = ? WHERE id = ?",
-                     (status, sid))
-    try:
-        restarted = DaemonProc(daemon.home).start()
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # gone: the assertions below say why; the daemon is stopped
-            os.kill(pid, signal.SIGCONT)
+    restarted = _restart_while_held(daemon, pid, lambda conn: conn.execute(
+        "UPDATE sessions SET pid = NULL, pid_create_time = NULL, status = ? WHERE id = ?", (status, sid)))
     try:
         with restarted.client() as c:
             final, events = _completed_with_every_tick_once(c, sid, n)
@@ -140,8 +142,8 @@ def test_runner_of_a_session_never_recorded_is_stopped(daemon) -> None:
     it run its workflow unrecorded and unsupervised, and removes its directory. (Simulated: the daemon is
     SIGKILLed mid-run and every row of the session deleted, as if it had never been committed.)"""
     sid, pid = _ticking_then_daemon_killed(daemon, 2000)  # 100 s: it would outlive the test
-    os.kill(pid, signal.SIGSTOP)  # it must still be running when the next daemon starts
-    with sqlite3.connect(daemon.home / "labd.db") as conn:
+
+    def forget(conn: sqlite3.Connection) -> None:  # every row of the session, as if it had never been committed
         conn.execute("PRAGMA foreign_keys = OFF")
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         for table in tables:
@@ -149,11 +151,8 @@ def test_runner_of_a_session_never_recorded_is_stopped(daemon) -> None:
             if "session_id" in columns:
                 conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (sid,))
         conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
-    try:
-        restarted = DaemonProc(daemon.home).start()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
+
+    restarted = _restart_while_held(daemon, pid, forget)
     try:
         wait_until(lambda: not _alive(pid), timeout=30, what="the stray runner to be killed")
         # the start-up sweep removes unknown sessions' directories on a thread of its own: on a busy box the
