@@ -39,6 +39,7 @@ import zmq
 from labd.ipc.wire import Codec, PayloadError, encode_json, json_fallback
 from labd.runner import pacing
 from labd.runner.channel_wire import ChannelWire
+from labd.runner.outputcap import OutputCap
 from labd.runner.pacing import URGENT_GAP_S, URGENT_KINDS, Pacer, is_bulk, urgent
 from labd.runner.spool import Spool
 from labd.runner.withhold import MIN_WITHHELD, guard_cuts, looked_for, withhold_event
@@ -136,15 +137,20 @@ class Channel(ChannelWire):
 
     # ---- producer side (any thread) -------------------------------------------------------------
     def emit(self, kind: str, payload: dict[str, Any], node_id: str | None = None,
-             parent: int | None = None, ts: float | None = None) -> int:
+             parent: int | None = None, ts: float | None = None, cap: OutputCap | None = None) -> int:
         """Record one event; returns its ``src_seq``. When this returns the event is in the spool. ``ts``: the
-        producer's clock if not now (an event relayed from a forked child, :mod:`labd.runner.forked`).
+        producer's clock if not now (an event relayed from a forked child, :mod:`labd.runner.forked`). ``cap``:
+        the session's output cap, which this event counts against (a log record or custom event of the
+        workflow's: runner/outputcap.py), charged with the bytes encoded here; past it the event is dropped and
+        this returns -1.
 
         Raises :class:`PayloadError` (and records nothing) for a payload JSON cannot carry at all (nested
         deeper than 255 levels). Blocks while the unacknowledged backlog is full."""
         # The hot path of every workflow: a few C calls per event, no Python helpers (see docs/design.md,
         # "Ingest per event"). One encoding, which the spool, the wire and the daemon's store all keep.
         if self._forked is not None:  # a child forked by the workflow: the runner's channel is not its own
+            if cap is not None and not cap.admit(kind, payload):
+                return -1
             return self._forked(kind, payload, node_id, parent)
         is_urgent = URGENT_KINDS.get(kind)
         if is_urgent is None:
@@ -165,24 +171,28 @@ class Channel(ChannelWire):
                 raw = encode_json(ev)  # PayloadError: nothing recorded
             if self._withheld:  # a secret the workflow printed or logged: never recorded
                 raw = withhold_event(raw, self._withheld, self._withheld_text)
-            self._next_seq = seq + 1
-            spool = self._spool
-            if spool is not None:
-                try:
-                    spool.append(seq, raw)
-                except OSError as exc:  # e.g. a full disk: carry on in memory (the old guarantee) and say so
-                    error = self.spool_error = f"event spool unavailable: {exc}"
-                    spool.close()
-                    self._spool = None
-            self._pending.append(raw)
-            self._pending_t.append(mono)
-            self._pending_bytes += len(raw)
-            if is_urgent:
-                self._pending_urgent = seq
-            wake = not self._wake_pending and (
-                not self._armed or (is_urgent and self._armed_until - mono > URGENT_GAP_S))
-            if wake:
-                self._wake_pending = True
+            if cap is not None and not cap.charge(kind, len(raw)):
+                seq = -1  # past the cap: nothing recorded, and the sequence goes on unbroken
+                wake = False
+            else:
+                self._next_seq = seq + 1
+                spool = self._spool
+                if spool is not None:
+                    try:
+                        spool.append(seq, raw)
+                    except OSError as exc:  # e.g. a full disk: carry on in memory (the old guarantee) and say so
+                        error = self.spool_error = f"event spool unavailable: {exc}"
+                        spool.close()
+                        self._spool = None
+                self._pending.append(raw)
+                self._pending_t.append(mono)
+                self._pending_bytes += len(raw)
+                if is_urgent:
+                    self._pending_urgent = seq
+                wake = not self._wake_pending and (
+                    not self._armed or (is_urgent and self._armed_until - mono > URGENT_GAP_S))
+                if wake:
+                    self._wake_pending = True
         if wake:
             try:
                 os.write(self._wake_w, b"x")
@@ -190,6 +200,8 @@ class Channel(ChannelWire):
                 pass
         if error is not None:
             self.emit("log", {"level": "error", "event": error, "logger": "labd.runner.channel"})
+        elif seq < 0 and cap is not None:
+            cap.report_if_due()  # the cap's first drop: output.truncated (an emit: after the lock)
         return seq
 
     def withhold(self, secrets: dict[str, str]) -> None:

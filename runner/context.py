@@ -128,17 +128,14 @@ class Context(Interruptible):
         return f"{self._node_prefix}{next(self._node_ids)}"
 
     # ---- events -----------------------------------------------------------------------------------
-    #: whether a custom event with this payload is recorded: the session's output cap, which custom events count
-    #: against (set by the runner: :meth:`labd.runner.outputcap.OutputCap.admit`); None: always
-    admit: Callable[[str, dict[str, Any]], bool] | None = None
+    #: where custom events go: the runner sets it to its emit charged to the session's output cap, which custom
+    #: events count against (``Channel.emit(..., cap=)``: runner/outputcap.py); None: the context's own emit
+    emit_capped: Callable[..., int] | None = None
 
     def emit(self, name: str, data: Any = None) -> None:
         """Record a custom event ``name`` with JSON-serialisable ``data``, attributed to the current step (unless
         the session's output cap is spent: then it is dropped, and counted in its ``output.truncated``)."""
-        payload = {"name": name, "data": data}
-        admit = self.admit
-        if admit is None or admit("custom", payload):
-            self._emit("custom", payload, current_node.get())
+        (self.emit_capped or self._emit)("custom", {"name": name, "data": data}, current_node.get())
 
     @contextmanager
     def step(self, name: str, *, kind: str = "step", depends_on: Iterable[str] | None = None,

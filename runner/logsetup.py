@@ -1,7 +1,8 @@
 """Logging inside a runner: every structlog and stdlib logging record becomes a ``log`` event.
 
 This configuration is process-global, which is exactly right here: the process *is* the session. The records count
-against the session's output cap (``admit``: :meth:`labd.runner.outputcap.OutputCap.admit`): past it they are dropped.
+against the session's output cap (the ``emit`` the runner passes in charges them:
+:meth:`labd.runner.outputcap.OutputCap.charge`): past it they are dropped.
 """
 
 from __future__ import annotations
@@ -21,17 +22,12 @@ from labd.runner.context import current_node
 __all__ = ["configure_logging", "logging_after_fork"]
 
 Emit = Callable[..., int]
-Admit = Callable[[str, dict[str, Any]], bool]  # (kind, payload) -> record it
 _RESERVED = {"event", "level", "logger", "timestamp"}
 
 
-def _admit_all(_kind: str, _payload: dict[str, Any]) -> bool:
-    return True
-
-
-def configure_logging(emit: Emit, session_id: str, admit: Admit = _admit_all) -> Any:
-    """Route structlog and stdlib logging to ``emit`` (each record that ``admit`` lets through: the output cap);
-    return the session's bound structlog logger."""
+def configure_logging(emit: Emit, session_id: str) -> Any:
+    """Route structlog and stdlib logging to ``emit`` (the runner's: charged to the session's output cap, which
+    drops what does not fit); return the session's bound structlog logger."""
 
     runner_pid = os.getpid()
 
@@ -45,10 +41,9 @@ def configure_logging(emit: Emit, session_id: str, admit: Admit = _admit_all) ->
         payload = {"level": event_dict.get("level", method), "event": text,
                    "logger": event_dict.get("logger", "structlog"), "fields": fields}
         try:
-            if admit("log", payload):
-                emit("log", payload, current_node.get())
+            emit("log", payload, current_node.get())
         except Exception:  # noqa: BLE001 - logging never raises into the workflow: record what can be recorded
-            _record_placeholders(emit, admit, payload, fields)
+            _record_placeholders(emit, payload, fields)
         raise structlog.DropEvent
 
     structlog.reset_defaults()
@@ -67,8 +62,7 @@ def configure_logging(emit: Emit, session_id: str, admit: Admit = _admit_all) ->
                     fields["exception"] = logging.Formatter().formatException(record.exc_info)
                 payload = {"level": record.levelname.lower(), "event": record.getMessage(),
                            "logger": record.name, "fields": fields}
-                if admit("log", payload):
-                    emit("log", payload, current_node.get())
+                emit("log", payload, current_node.get())
             except Exception:  # noqa: BLE001 - logging must never break the workflow
                 self.handleError(record)
 
@@ -122,19 +116,17 @@ def _recordable(value: Any) -> Any:
     return value
 
 
-def _record_placeholders(emit: Emit, admit: Admit, payload: dict[str, Any], fields: dict[str, Any]) -> None:
+def _record_placeholders(emit: Emit, payload: dict[str, Any], fields: dict[str, Any]) -> None:
     """A log record whose fields could not be recorded: again, each such field replaced by a placeholder (all of
     them if that still fails). Never raises: what cannot be recorded even so is said on stderr (captured)."""
     payload["fields"] = {k: _recordable(v) for k, v in fields.items()}
     try:
-        if admit("log", payload):
-            emit("log", payload, current_node.get())
+        emit("log", payload, current_node.get())
         return
     except Exception as exc:  # noqa: BLE001
         payload["fields"] = {k: _placeholder(v, exc) for k, v in fields.items()}
     try:
-        if admit("log", payload):
-            emit("log", payload, current_node.get())
+        emit("log", payload, current_node.get())
     except Exception as exc:  # noqa: BLE001
         print(f"labd: a log record could not be recorded ({type(exc).__name__}: {exc}): "
               f"{_short_repr(payload.get('event'))}", file=sys.stderr)

@@ -3,7 +3,9 @@
 Three things a workflow writes end up in the record as much as it likes: its stdout and stderr (``output`` events,
 runner/capture.py), its log records (``log`` events: stdlib logging and ``ctx.log``, runner/logsetup.py) and its
 custom events (``ctx.emit``, runner/context.py). They share one cap, counted in UTF-8 bytes — of the text for output,
-of the JSON payload (as the channel encodes it) for a log or custom event — so the cap bounds what the workflow can
+of the whole event as the channel encodes it for a log or custom event (its payload and ~40 bytes of envelope: the
+channel charges the bytes it has just encoded, :meth:`OutputCap.charge`, rather than encode the payload a second time
+to size it) — so the cap bounds what the workflow can
 put into the database, whichever way it writes. The first ``cap`` bytes are kept; from the first thing that does not
 fit on, nothing more is: output is cut at the cap, a log or custom event that does not fit is dropped whole.
 
@@ -40,6 +42,7 @@ class OutputCap:
         self.kept = 0  # bytes kept
         self.dropped = 0  # bytes dropped past the cap
         self.kinds: dict[str, int] = {}  # ... per event kind
+        self._report_due = False  # :meth:`charge` found the first drop; its caller reports it (report_if_due)
 
     def take(self, kind: str, size: int, whole: bool = True) -> tuple[int, bool]:
         """Account ``size`` bytes of ``kind``: how many of them to keep (all, none, or with ``whole`` False the head
@@ -64,9 +67,34 @@ class OutputCap:
         if self._on_truncated is not None:
             self._on_truncated({"cap": self.cap or 0})
 
+    def charge(self, kind: str, size: int) -> bool:
+        """Whether a ``log`` or ``custom`` event of ``size`` encoded bytes is recorded (all of it, or none):
+        :meth:`labd.runner.channel.Channel.emit` asks with the bytes it already encoded. On the session's first
+        drop the caller says so (:meth:`report_if_due`) once it can emit again: it holds the channel's lock here."""
+        cap = self.cap
+        if cap is None:
+            return True
+        with self._lock:  # the common case, inline: room left
+            if self.kept + size <= cap:
+                self.kept += size
+                return True
+        keep, first = self.take(kind, size)
+        if first:
+            self._report_due = True
+        return keep == size
+
+    def report_if_due(self) -> None:
+        """After :meth:`charge` dropped an event, with the channel's lock released: report the session's first
+        drop if that was it (once, whichever thread asks first)."""
+        with self._lock:
+            due, self._report_due = self._report_due, False
+        if due:
+            self.report_start()
+
     def admit(self, kind: str, payload: dict[str, Any]) -> bool:
-        """Whether a ``log`` or ``custom`` event with ``payload`` is recorded. A payload that cannot be encoded at
-        all is let through (emitting it raises, as without a cap)."""
+        """Whether a ``log`` or ``custom`` event with ``payload`` is recorded, sized by encoding it (a forked
+        child's events, which its runner's channel does not encode: :meth:`charge` is for those it does). A
+        payload that cannot be encoded at all is let through (emitting it raises, as without a cap)."""
         cap = self.cap
         if cap is None:
             return True
@@ -77,14 +105,10 @@ class OutputCap:
                 size = len(encode_json(payload))
             except PayloadError:
                 return True
-        with self._lock:  # the common case, inline: room left
-            if self.kept + size <= cap:
-                self.kept += size
-                return True
-        keep, first = self.take(kind, size)
-        if first:
-            self.report_start()
-        return keep == size
+        if self.charge(kind, size):
+            return True
+        self.report_if_due()
+        return False
 
     def final(self) -> None:
         """Report the total dropped, if anything was (at the runner's end)."""

@@ -156,10 +156,11 @@ class Replayer:
         """``emit`` that also compares each started step with the record: the first step whose name differs
         from the recorded node's (or that the record lacks, in a full replay) gets one ``replay.diverged``
         event. Reported, not fatal: the LLM calls and approvals decide whether the replay can go on."""
-        def checked(kind: str, payload: dict[str, Any], node_id: str | None = None, parent: int | None = None) -> int:
+        def checked(kind: str, payload: dict[str, Any], node_id: str | None = None, parent: int | None = None,
+                    **kw: Any) -> int:
             if kind == "step.started" and not self._diverged and node_id is not None:
                 self._check_step(node_id, str(payload.get("name", "")), payload.get("path"))
-            return emit(kind, payload, node_id, parent)
+            return emit(kind, payload, node_id, parent, **kw)
         return checked
 
     def _check_step(self, node: str, name: str, path: Any = None) -> None:

@@ -8,6 +8,7 @@ logging is routed to events.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 import os
@@ -154,9 +155,10 @@ def run_session(spec: dict[str, Any]) -> int:
     capture.install()
     channel.start()
     # one output cap for what the workflow writes: output, log records, custom events (runner/outputcap.py)
-    log = configure_logging(emit, session_id, capture.budget.admit)
+    emit_capped = functools.partial(emit, cap=capture.budget)
+    log = configure_logging(emit_capped, session_id)
     ctx = Context(session_id, workdir, spec.get("params") or {}, emit, log, secrets)
-    ctx.admit = capture.budget.admit
+    ctx.emit_capped = emit_capped
     ctx_box.append(ctx)
     # events of children the workflow forks (runner/forked.py): a step boundary first takes in what they sent
     relay = Relay(channel.emit, workdir.parent)

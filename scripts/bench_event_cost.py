@@ -4,6 +4,8 @@
 - ``runner``: a real :class:`~labd.runner.channel.Channel` with its spool emits ``n`` ``custom`` events to a
   stand-in daemon in a child process (a ROUTER that verifies, decodes and acknowledges every message). CPU time of
   the emitting thread and of the whole runner process, per event.
+- ``runner-capped``: the same through a workflow's ``ctx.emit``, charged to the default 1 GiB output cap as the
+  tree's runner wires it (custom events and log records count against the session's output cap).
 - ``ingest``: the real ingest code (:class:`~labd.daemon.ingest.Ingest`'s frame handling and write path) on a
   migrated temp SQLite database (with the daemon's checkpoint thread), fed pre-signed runner messages of 2,000
   events (4 sessions interleaved), without and with a live follower. CPU time of the thread per event, split
@@ -36,7 +38,7 @@ import json, multiprocessing as mp, os, sqlite3, sys, tempfile, time
 from pathlib import Path
 import zmq
 
-def runner(n):
+def runner(n, capped=False):
     from labd.ipc.signing import derive_key
     from labd.ipc.wire import Codec
     from labd.runner.channel import Channel
@@ -59,6 +61,16 @@ def runner(n):
     ch = Channel(ep, derive_key(key, "s1"), "s1", spool=os.path.join(tmp, "events.spool"))
     ch.start()
     emit = ch.emit
+    if capped:  # a workflow's ctx.emit, charged to the default 1 GiB output cap as this tree's runner wires it
+        from labd.runner.context import Context
+        from labd.runner.outputcap import OutputCap
+        ctx, cap = Context("s1", Path(tmp), {}, ch.emit, None, {}), OutputCap(1 << 30)
+        if hasattr(Context, "emit_capped"):  # the channel charges the bytes it encodes
+            import functools
+            ctx.emit_capped = functools.partial(ch.emit, cap=cap)
+        else:  # before: the payload encoded once more to size it
+            ctx.admit = cap.admit
+        emit = lambda kind, payload, node: ctx.emit(payload["name"], payload["data"])
     c0, t0 = time.process_time(), time.thread_time()
     for i in range(n):
         emit("custom", {"name": "tick", "data": i}, None)
@@ -162,7 +174,7 @@ def ingest(n, live):
             "follower_us": follower_us}
 
 what, n = sys.argv[1], int(sys.argv[2])
-out = runner(n) if what == "runner" else ingest(n, what == "ingest-live")
+out = runner(n, what == "runner-capped") if what.startswith("runner") else ingest(n, what == "ingest-live")
 print(json.dumps(out))
 '''
 
@@ -190,7 +202,7 @@ def main() -> int:
     res: dict[tuple[str, str], list[dict[str, float]]] = {}
     for r in range(args.rounds):
         order = list(trees.items()) if r % 2 == 0 else list(trees.items())[::-1]
-        for what in ("runner", "ingest", "ingest-live"):
+        for what in ("runner", "runner-capped", "ingest", "ingest-live"):
             for name, path in order:
                 res.setdefault((name, what), []).append(measure(what, args.n, path))
 
@@ -201,6 +213,10 @@ def main() -> int:
     rows = []
     for label, what, key in [("runner: emitting thread", "runner", "emit_us"),
                              ("runner: whole process", "runner", "process_us"),
+                             ("runner: ctx.emit under the default output cap, emitting thread", "runner-capped",
+                              "emit_us"),
+                             ("runner: ctx.emit under the default output cap, whole process", "runner-capped",
+                              "process_us"),
                              ("ingest thread, no follower", "ingest", "total_us"),
                              ("  of which frames (verify, decode, validate, stage)", "ingest", "frames_us"),
                              ("  of which write (commit, publish, ack)", "ingest", "write_us"),
