@@ -50,6 +50,9 @@ class Config:
     #: bytes of large replies (64 KiB and more) the daemon may hold for clients that have not read them; past it a
     #: large reply is answered ``busy`` (daemon/reply_budget.py). A size ("256M") or bytes
     max_unread_replies: int | str = 256 * 1024 * 1024
+    #: bytes of labd's own events (steps, agents, LLM calls, tools, files, approvals) one session's run may record;
+    #: past it the session is stopped (daemon/recordcap.py). A size ("8G") or bytes; "none" (or false/0): no bound
+    max_session_record: int | str | None = "8G"
     secret_env: list[str] = field(default_factory=list)  # extra env var names withheld from sessions
     preload: list[str] = field(default_factory=list)  # extra modules the template imports
     #: also serve clients on TCP (always CurveZMQ): "tcp://HOST:PORT" (control; events on PORT+1)
@@ -347,6 +350,11 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     cfg = replace(cfg, max_output=_max_output(cfg.max_output))
     cfg = replace(cfg, max_unread_replies=_size("max_unread_replies", cfg.max_unread_replies,
                                                 "a size of at least 1M, like 256M", least=1024 * 1024))
+    if cfg.max_session_record in (None, False, 0, "none"):  # as max_output: "none", false or 0
+        cfg = replace(cfg, max_session_record=None)
+    else:
+        cfg = replace(cfg, max_session_record=_size("max_session_record", cfg.max_session_record,
+                                                    'a size of at least 1M, like 8G, or "none"', least=1024 * 1024))
     for name in ("stop_grace", "term_grace", "sample_interval", "limit_interval", "record_interval"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:

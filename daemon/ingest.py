@@ -30,7 +30,8 @@ import zmq
 from labd.daemon.acks import AckPacer
 from labd.daemon.daemon_items import DaemonItems
 from labd.daemon.ingest_batch import PUB_SNDHWM, Batch, Fragment, LiveEvents, LiveRun, tune_gc
-from labd.daemon.outputcap import OutputCaps
+from labd.daemon.outputcap import CAPPED, OutputCaps
+from labd.daemon.recordcap import DEFAULT_MAX_SESSION_RECORD, RecordCaps
 from labd.daemon.runner_frames import RunnerFrames, runner_session
 from labd.daemon.shipped import receive as receive_shipped
 from labd.daemon.spools import remove_spool, spool_of
@@ -70,7 +71,8 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
     def __init__(self, zctx: zmq.Context, writer: BatchWriter, key: bytes, runners_endpoint: str,
                  events_endpoint: str, counters: dict[str, int], last_seen: dict[str, float],
                  max_message: int, sessions_dir: Path | None = None,
-                 secure_events: Callable[[zmq.Socket], None] | None = None) -> None:
+                 secure_events: Callable[[zmq.Socket], None] | None = None,
+                 max_session_record: int | None = DEFAULT_MAX_SESSION_RECORD) -> None:
         super().__init__(name="labd-ingest", daemon=True)
         #: where runners keep their spools (``<sessions_dir>/<id>/events.spool``); None: no spools read
         self.sessions_dir = sessions_dir
@@ -90,6 +92,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         self.last_seen = last_seen
         self.hellos: dict[str, tuple[int, float]] = {}
         self.outcap = OutputCaps(lambda sid: getattr(self.cursors.get(sid), "output_cap", None), counters)  # backstop
+        self.records = RecordCaps(max_session_record, counters)  # labd's own kinds from runners, per session
         self.log = structlog.get_logger("labd.ingest")
         self.cursors: dict[str, SessionCursor] = {}
         #: which sessions' new rows hold nothing the search index wants (read by the indexer)
@@ -314,6 +317,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
             self.cursors.pop(sid, None)
             self._last_resend.pop(sid, None)
             self.acks.forget(sid)
+            self.records.forget(sid)
             self._runner_codecs.pop(sid, None)
             self.routes.pop(sid, None)
             if self.sessions_dir is not None:  # its events are committed: the spool has served
@@ -376,8 +380,12 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         seq = cur.last_seq + 1
         if kind == "file.shipped":  # a remote runner's file: the bytes go to the work directory, not the store
             payload = receive_shipped(self.sessions_dir, cur.id, payload)
+        nb = len(changes.blobs)
         payload = take_blobs(cur.id, seq, ts, payload, changes)  # full-fidelity texts -> blobs table
         text = orjson.dumps(payload, default=repr).decode()  # first: a TypeError here has changed nothing
+        if src == "r" and kind not in CAPPED and self.records.add(  # labd's own kinds: daemon/recordcap.py
+                cur.id, len(text) + sum(blob["size"] for blob in changes.blobs[nb:])):
+            notes.append(("record", cur.id, *self.records.usage(cur.id)))
         self.index_hints.staged(cur.id, seq, kind)  # before the commit (store.search.IndexHints)
         if kind in PROJECTED:
             apply(cur, seq, ts, kind, src, node_id, payload, changes)

@@ -23,6 +23,7 @@ import orjson
 
 from labd.daemon.ingest_batch import LIVE_OVERHEAD, PUB_CHUNK_BYTES, Batch, Fragment, LiveEvents, LiveRun
 from labd.daemon.outputcap import CAPPED, OutputCaps
+from labd.daemon.recordcap import RecordCaps
 from labd.daemon.spools import spool_of, spooled_events
 from labd.ipc.events import APPROVALS_PENDING_MAX, DAEMON_KINDS, EventError, quick_valid, validate
 from labd.ipc.signing import derive_key
@@ -50,6 +51,7 @@ class RunnerFrames:
     writer: BatchWriter
     sessions_dir: Path | None
     outcap: OutputCaps
+    records: RecordCaps
     log: Any
     cursors: dict[str, SessionCursor]
     index_hints: IndexHints
@@ -307,6 +309,9 @@ class RunnerFrames:
                     payload: Any, b: Batch) -> None:
         """One event off the hot path (projected kinds, anything invalid, safe mode); the cursor is
         current (``runner_seq`` already covers ``src_seq``)."""
+        if kind not in CAPPED and self.records.over(cur.id):  # past [daemon] max_session_record: being stopped
+            self.records.dropped()
+            return
         try:
             if not isinstance(ts, _NUMBER) or isinstance(ts, bool) or not 0 <= ts < 1e11:
                 raise EventError("timestamp is not a number of seconds")

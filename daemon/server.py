@@ -190,7 +190,8 @@ class Daemon(ControlPlane):
             checkpointer.start()
         ingest = Ingest(z, BatchWriter(engine, known_keys), bytes.fromhex(key), self.info.runners, self.info.events,
                         self.counters, self.last_seen, cfg.max_message, sessions_dir=layout.sessions_dir,
-                        secure_events=events_auth.secure)
+                        secure_events=events_auth.secure,
+                        max_session_record=None if cfg.max_session_record is None else int(cfg.max_session_record))
         ingest.start()
         ingest.ready.wait(10)
         self.ingest = ingest

@@ -23,6 +23,7 @@ from labd.daemon.limits import Limits
 from labd.daemon.monitor import Monitor
 from labd.daemon.orphans import Claims, titled
 from labd.daemon.queue import Queued, RunQueue
+from labd.ipc.units import format_size
 from labd.runner.session import CRASH_FILE
 from labd.runner.withhold import looked_for
 
@@ -312,6 +313,13 @@ class Supervisor:
                 self.pause(sid, "limit", f"budget ${budget:g} exceeded")
             else:
                 self.stop(sid, "limit", grace=5.0, reason=f"budget ${budget:g} exceeded")
+            return
+        if kind == "record":  # ingest: past [daemon] max_session_record (daemon/recordcap.py)
+            _, _, used, limit = note
+            self.post(sid, "limit.exceeded", {"limit": "recorded events", "measured": used, "max": limit,
+                                              "unit": "bytes", "action": "stop"})
+            self.stop(sid, "limit", grace=5.0, reason=f"recorded more than {format_size(limit)} of labd's own events "
+                      "([daemon] max_session_record)")
             return
         if kind == "limit":  # posted from here, so it is ordered before the session.ended it leads to
             _, _, payload = note

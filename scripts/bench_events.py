@@ -21,7 +21,10 @@ With ``--rounds R`` (default 3) step 1 runs R times without and R times with a c
 on the live tail (a SUB subscribed to ``session.``, decoding every message into events as the SDK's follow does,
 ``labd.ipc.live.decode_live``), alternated so
 the box's drift hits both alike; medians are compared (goal: following costs <= 10 %, i.e. >= 0.9x). The
-ceilings of step 3 are measured once, after the labd rounds, on rows of the last round's shape.
+ceilings of step 3 are measured once, after the labd rounds, on rows of the last round's shape; the raw
+``executemany`` ceiling is also measured right after each round of this tree without a follower, and that round's
+end-to-end rate over it printed (on a box whose speed drifts by tens of percent within minutes, the ratio of two
+figures taken a minute apart means more than that of two medians taken far apart).
 
 With ``--baseline DIR`` every round also runs a daemon (and its runners) from another labd tree, alternated with
 this one, so before/after figures come from the same run: DIR holds a ``labd`` package whose subpackages are that
@@ -218,6 +221,20 @@ def sample_rows(sids: list[str], n_rows: int) -> list[tuple[Any, ...]]:
                 out.append((sid, seq, ts + i * 1e-6, "custom", "r", i + 1, None, None,
                             orjson.dumps({"name": "tick", "data": i}).decode()))
     return out[:n_rows] if len(out) > n_rows else out
+
+
+_ROUND_ROWS: list[tuple[Any, ...]] = []  # one sample for every round's ceiling (built once)
+
+
+def round_ceiling(run: dict[str, Any], args: argparse.Namespace) -> float:
+    """Raw sqlite3 ``executemany`` (``args.batch`` per commit) of the goal's rows, measured right after one labd
+    round: the ratio to that round's end-to-end rate compares two figures a minute apart, not minutes."""
+    import tempfile
+
+    if not _ROUND_ROWS:
+        _ROUND_ROWS.extend(sample_rows(run["sids"], min(args.ceiling_rows, run["total"])))
+    with tempfile.TemporaryDirectory(prefix="labd-ceiling-") as tmp:
+        return ceiling_raw(Path(tmp) / "ceiling.db", run["ddl"], _ROUND_ROWS, args.batch)
 
 
 def ceiling_raw(path: Path, ddl: list[str], rows: list[tuple[Any, ...]], batch: int, plain: bool = False) -> float:
@@ -457,6 +474,8 @@ def main() -> int:
                     print(f"round {r + 1}: {'baseline' if base else 'this tree'}, "
                           f"{'with' if follow else 'without'} a client following ...", flush=True)
                     runs.append(labd_round(args, follow, base))
+                    if not follow and not base:  # the ceiling again, right after: the box drifts between rounds
+                        runs[-1]["raw_round"] = round_ceiling(runs[-1], args)
         last = [run for run in runs if run["variant"] == "this"][-1]
         lost = 0
         for run in runs:
@@ -544,6 +563,11 @@ def main() -> int:
                       f"{w['box_steal'] / w['wall']:.0%}", f"{run['tail']:.0%}"]
                      for i, run in enumerate(runs) if (w := run["waits"])],
                     title="Where the ingest thread's wall time goes (share of the round; 'in write' overlaps)")
+        same = sorted(run["e2e"] / run["raw_round"] for run in runs if "raw_round" in run)
+        if same:
+            print(f"\nend to end / raw sqlite3 measured right after the same round: "
+                  f"{' '.join(f'{x:.2f}' for x in same)} (median {same[len(same) // 2]:.2f}x; raw per round: "
+                  f"{' '.join(fmt_rate(run['raw_round']) for run in runs if 'raw_round' in run)})")
         print(f"\nratios: end-to-end / raw sqlite3 = {ratio(plain, raw_b)} (goal >= 0.75x; "
               f"{ratio(plain, raw_plain)} of raw sqlite3 not binding the NULLs); with a client "
               f"following / without = {ratio(followed, plain)} (goal >= 0.9x)")

@@ -139,15 +139,30 @@ def test_runner_nice_default_file_env_and_bad_values(tmp_path: Path, monkeypatch
         load_config(home)
 
 
+def _size_setting(home: Path, name: str, default: int, good: dict[str, int | None], bad: list[str]) -> None:
+    """``[daemon] name`` defaults to ``default``, reads each of ``good`` (TOML text -> value) as given, and refuses
+    each of ``bad`` with a ConfigError naming it."""
+    assert getattr(load_config(home), name) == default
+    for text, value in good.items():
+        _write_config(home, f"[daemon]\n{name} = {text}\n")
+        assert getattr(load_config(home), name) == value
+    for text in bad:
+        _write_config(home, f"[daemon]\n{name} = {text}\n")
+        with pytest.raises(ConfigError, match=name):
+            load_config(home)
+
+
 def test_max_unread_replies_default_sizes_and_bad_values(tmp_path: Path) -> None:
     """[daemon] max_unread_replies (the budget of large replies clients have not read, daemon/reply_budget.py)
     defaults to 256 MiB, takes a size or bytes, and refuses less than 1 MiB, no unit, or anything but a size."""
-    home = tmp_path / "h"
-    assert load_config(home).max_unread_replies == 256 * 1024 * 1024
-    for text, value in (('"64M"', 64 * 1024 * 1024), ("2097152", 2 * 1024 * 1024)):
-        _write_config(home, f"[daemon]\nmax_unread_replies = {text}\n")
-        assert load_config(home).max_unread_replies == value
-    for bad in ('"512K"', '"64"', "1000", "true", '"lots"'):
-        _write_config(home, f"[daemon]\nmax_unread_replies = {bad}\n")
-        with pytest.raises(ConfigError, match="max_unread_replies"):
-            load_config(home)
+    _size_setting(tmp_path / "h", "max_unread_replies", 256 * 1024 * 1024,
+                  {'"64M"': 64 * 1024 * 1024, "2097152": 2 * 1024 * 1024}, ['"512K"', '"64"', "1000", "true", '"lots"'])
+
+
+def test_max_session_record_default_sizes_none_and_bad_values(tmp_path: Path) -> None:
+    """[daemon] max_session_record (what one session may record of labd's own kinds, daemon/recordcap.py) defaults
+    to 8 GiB, takes a size or bytes, "none" (or false or 0, as ``max_output`` does) removes the bound, and less than
+    1 MiB or anything else is refused."""
+    _size_setting(tmp_path / "h", "max_session_record", 8 * 1024**3,
+                  {'"64M"': 64 * 1024 * 1024, "2097152": 2 * 1024 * 1024, '"none"': None, "false": None, "0": None},
+                  ['"512K"', "1000", "true", '"lots"', "-1"])

@@ -1,0 +1,90 @@
+"""``[daemon] max_session_record``: what one session may record of labd's own kinds (steps, agents, LLM calls,
+files, approvals...). A workflow that writes such events to its channel itself, past the bound, is stopped with a
+``limit.exceeded`` (``limit: "recorded events"``), and the daemon stores no more of them; what a workflow writes
+through the output cap's kinds (output, custom events) is not counted here; other sessions and the daemon go on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from labd.ipc import Client
+from tests.conftest import DaemonProc, module_daemon_on, pointed_at
+
+MiB = 2**20
+BOUND = 2 * MiB
+SIZE = 60_000  # one forged event's name
+N = 500  # 30 MB of step names without the bound
+
+
+@pytest.fixture(scope="module")
+def record_daemon(request: pytest.FixtureRequest) -> Iterator[DaemonProc]:
+    """One daemon for the module, with a 2 MiB ``max_session_record``."""
+    with module_daemon_on(request, '[daemon]\nmax_session_record = "2M"\n') as d:
+        yield d
+
+
+@pytest.fixture
+def client(record_daemon: DaemonProc, monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
+    with pointed_at(record_daemon, monkeypatch).client() as c:
+        yield c
+
+
+def _forged_flood(n: int, size: int) -> str:
+    """Writes ``n`` ``replay.diverged`` events with ``size``-character names to the channel itself (a labd kind the
+    output cap does not count; a runner that writes its own frames), then works on in short steps for a minute."""
+    import time
+
+    import labd
+
+    ctx = labd.context()
+    for i in range(n):
+        ctx._emit("replay.diverged", {"name": f"{i:05d}" + "n" * size}, None)  # noqa: SLF001
+    for i in range(600):
+        with ctx.step(f"after {i}"):
+            time.sleep(0.1)
+    return "not stopped"
+
+
+def _workflow_output(size: int) -> str:
+    """Prints ``size`` characters and emits as many in custom events (the output cap's kinds), in a step."""
+    import labd
+
+    ctx = labd.context()
+    with ctx.step("write"):
+        for i in range(size // 50_000):
+            print("p" * 50_000)
+            ctx.emit("chunk", {"i": i, "text": "c" * 50_000})
+    return "done"
+
+
+def test_a_session_past_the_bound_is_stopped_and_no_more_is_stored(client: Client) -> None:
+    """30 MB of forged step-kind events under a 2 MiB bound: the session is stopped (``limit.exceeded`` with
+    limit ``recorded events``, and so its reason), at most one event past the bound is stored, the daemon counts
+    what it dropped, and a session started afterwards runs normally."""
+    before = client.status()["counters"].get("dropped.record.events", 0)
+    sid = client.submit(_forged_flood, N, SIZE)
+    final = client.wait(sid, timeout=120)
+    assert final["status"] in ("cancelled", "failed"), final
+    assert (final.get("reason") or "").startswith("stopped: recorded events "), final
+    breach = [e["payload"] for e in client.history(sid, kinds=["limit.exceeded"])]
+    assert len(breach) == 1 and breach[0]["limit"] == "recorded events" and breach[0]["max"] == BOUND
+    assert breach[0]["measured"] > BOUND and breach[0]["unit"] == "bytes"
+    kept = list(client.history(sid, kinds=["replay.diverged"]))
+    stored = sum(len(orjson.dumps(e["payload"])) for e in kept)
+    assert 0 < stored <= BOUND + SIZE + 100 and len(kept) < N
+    assert [int(e["payload"]["name"][:5]) for e in kept] == list(range(len(kept)))  # the first ones, in order
+    assert client.status()["counters"].get("dropped.record.events", 0) > before
+    later = client.submit(_workflow_output, 100_000)
+    assert client.result(later, timeout=60) == "done"
+
+
+def test_output_and_custom_events_do_not_count(client: Client) -> None:
+    """3 MB printed and 3 MB of custom events (bounded by the output cap, not by this bound) and a step: the session
+    completes under the 2 MiB bound, with nothing dropped."""
+    sid = client.submit(_workflow_output, 3_000_000)
+    assert client.result(sid, timeout=60) == "done"
+    assert not list(client.history(sid, kinds=["limit.exceeded"]))
+    assert len(list(client.history(sid, kinds=["custom"]))) == 60
