@@ -7,7 +7,6 @@ The rung that ended the session is recorded in ``session.ended`` as ``ended_by``
 
 from __future__ import annotations
 
-import errno
 import signal
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from labd.daemon.admission import Admission
 from labd.daemon.crash_report import crash_text
 from labd.daemon.launcher import ExitInfo, Launcher, create_time_of, is_same_process
 from labd.daemon.limits import Limits
@@ -32,10 +32,6 @@ __all__ = ["Supervisor", "Running"]
 PostEvent = Callable[..., None]
 VANISH_CONFIRM_S = 1.0
 LEFTOVER_GRACE_S = 2.0
-#: a launch that failed for want of disk space (the session directory, its key, the spool) is tried again after
-#: this long, the session kept at the head of the queue: a full disk is a bad moment, not the session's fault
-DISK_FULL_RETRY_S = 5.0
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -57,8 +53,9 @@ class Running:
     secrets: list[tuple[str, str]] = field(default_factory=list, repr=False)  # withheld from the crash text
 
 
-class Supervisor:
-    """Owns the table of running sessions; all methods run on the main thread."""
+class Supervisor(Admission):
+    """Owns the table of running sessions; all methods run on the main thread. What starts when (the run queue)
+    is :class:`labd.daemon.admission.Admission`."""
 
     def __init__(self, launcher: Launcher, monitor: Monitor, post_event: PostEvent,
                  send_runner: Callable[[str, str, dict[str, Any]], None], term_grace: float) -> None:
@@ -86,29 +83,6 @@ class Supervisor:
         self._remote_lost: str | None = None  # why the last remote adoption failed
         self._held_until = 0.0  # the queue waits until then (time.monotonic) after a launch found the disk full
 
-    # ---- the run queue (daemon/queue.py) -----------------------------------------------------------
-    def submit(self, q: Queued) -> int | None:
-        """Start ``q`` now if there is capacity and nobody waits ahead of it; else queue it.
-        Returns its queue position, or None if it was launched."""
-        if not len(self.queue) and self.queue.fits(q.limits, self._running_limits()):
-            self._start(q)
-            return None
-        self.queue.push(q)
-        pos = self.queue.position(q.sid) or 0
-        self.post(q.sid, "session.queued", {"position": pos, "priority": q.priority})
-        self.log.info("session queued", session_id=q.sid, position=pos, priority=q.priority)
-        return pos
-
-    def requeue(self, q: Queued) -> None:
-        """Put back a session that was queued when the previous daemon stopped (no new event). One that could
-        never start under this daemon's configuration (its ``memory_total`` is smaller than the last one's) is
-        ended ``failed`` instead: waiting at the head of the queue, it blocked every session behind it for good."""
-        why = self.queue.unfit_reason(q.limits)
-        if why is not None:
-            self._end_queued(q.sid, "failed", f"{why} (the configuration changed): it could never start")
-            return
-        self.queue.push(q)
-
     def stop_claimed(self, sid: str, by: str, grace: float | None) -> bool:
         """Stop (``grace`` seconds) or kill (``grace`` None) a session whose runner, found by title at start, has
         not proven itself yet (daemon/orphans.py): done once it does, or the session is cancelled (queued) or
@@ -121,52 +95,6 @@ class Supervisor:
             self.kill(sid, by)
         else:
             self.stop(sid, by, grace)
-
-    def dequeue(self, sid: str, by: str) -> bool:
-        """End a queued session before any runner started: ``cancelled``. False if it is not queued."""
-        if not self.queue.remove(sid):
-            return False
-        self._end_queued(sid, "cancelled", f"stopped while queued (by {by})")
-        return True
-
-    def _end_queued(self, sid: str, status: str, reason: str) -> None:
-        """The one way a session that waited in the queue (no runner ever started for it this time) ends."""
-        self.post(sid, "session.ended", {"status": status, "reason": reason, "ended_by": "queue"})
-        self.log.info("queued session ended", session_id=sid, status=status, reason=reason)
-
-    def pump(self) -> None:
-        """Start queued sessions, in order, while capacity allows. An entry that could never start (see
-        RunQueue.admit; normally refused before it is queued) is ended ``failed`` rather than block the queue."""
-        if len(self.queue) and time.monotonic() >= self._held_until:
-            unfit: list[Queued] = []
-            admitted = self.queue.admit(self._running_limits(), unfit)
-            for q in unfit:
-                why = self.queue.unfit_reason(q.limits) or "it does not fit the run queue's capacity"
-                self._end_queued(q.sid, "failed", f"{why}: it could never start")
-            for i, q in enumerate(admitted):
-                if not self._start(q):  # the disk is full: it and those admitted after it wait, in order
-                    for later in admitted[i:]:
-                        self.queue.push(later)
-                    break
-
-    def _running_limits(self) -> list[Limits]:
-        return [r.limits for r in self.running.values()] + self.claims.limits()
-
-    def _start(self, q: Queued) -> bool:
-        """Launch a queued session; False (nothing posted) if the disk is full: the caller queues it again."""
-        assert self.spec_for is not None  # noqa: S101 - set by the daemon before any request is served
-        try:
-            self.launch(q.sid, self.spec_for(q), q.limits)
-        except Exception as exc:  # noqa: BLE001 - reported as the session's end (and so to the client)
-            if _disk_full(exc):
-                if time.monotonic() >= self._held_until + DISK_FULL_RETRY_S:  # once per spell, not every retry
-                    self.log.warning("the disk is full: queued sessions wait until a launch succeeds",
-                                     session_id=q.sid, error=str(exc), retry_s=DISK_FULL_RETRY_S)
-                self._held_until = time.monotonic() + DISK_FULL_RETRY_S
-                return False
-            self.post(q.sid, "session.ended", {"status": "failed", "reason": f"launch failed: {exc}",
-                                               "ended_by": "launch"})
-        return True
 
     def launch(self, sid: str, spec: dict[str, Any], limits: Limits) -> Running:
         pid, create_time = self.launcher.launch(spec)
@@ -408,15 +336,3 @@ class Supervisor:
                     self._rung(run, "sigterm")
                 elif run.step == "sigterm":
                     self._rung(run, "sigkill")
-
-
-def _disk_full(exc: BaseException) -> bool:
-    """Did a launch fail for want of disk space (``ENOSPC``, ``EDQUOT``), itself or as the cause it reports?"""
-    seen: BaseException | None = exc
-    for _ in range(5):  # a launcher may wrap the OSError (its cause or context)
-        if seen is None:
-            return False
-        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False

@@ -242,6 +242,8 @@ def live_view(req: Request, row: dict[str, Any], live: dict[str, dict[str, Any]]
         queue = req.daemon.supervisor.queue
         out["queue_position"] = positions.get(sid) if positions is not None else queue.position(sid)
         out["queue_priority"] = queue.priority_of(sid)
+        if out["queue_position"] is not None:  # queued: its session.queued may be a batch behind session.created
+            out["status"] = "queued"
     return out
 
 

@@ -94,3 +94,24 @@ def test_an_entry_that_can_never_fit_is_set_aside_not_left_blocking() -> None:
     assert [x.sid for x in q.admit([], unfit)] == ["small"]  # s2 waits: 10 + 95 > 100, in order
     assert [x.sid for x in unfit] == ["big"] and "big" not in q and len(q) == 1
     assert q.unfit_reason(Limits(memory=150)) is not None and q.unfit_reason(Limits(memory=100)) is None
+
+
+def test_a_session_in_the_queue_reads_queued_before_its_event_is_stored() -> None:
+    """``session.get``/``session.list`` (api/sessions.live_view) show a session the run queue holds as ``queued``
+    with its place, even while the store still says ``created`` (its ``session.queued`` is committed a batch after
+    the ``session.created`` whose commit answered the start: a client asking at once saw ``created``)."""
+    from types import SimpleNamespace
+
+    from labd.daemon.api.sessions import live_view
+
+    q = RunQueue(max_sessions=1)
+    _push(q, "waiting", priority=3)
+    daemon = SimpleNamespace(monitor=SimpleNamespace(snapshot_of=lambda sid: None), last_seen={},
+                             supervisor=SimpleNamespace(queue=q))
+    req = SimpleNamespace(daemon=daemon)
+    seen = live_view(req, {"id": "waiting", "status": "created"})  # type: ignore[arg-type]
+    assert (seen["status"], seen["queue_position"], seen["queue_priority"]) == ("queued", 1, 3)
+    listed = live_view(req, {"id": "waiting", "status": "created"}, {}, q.positions())  # type: ignore[arg-type]
+    assert listed["status"] == "queued"
+    launched = live_view(req, {"id": "gone", "status": "created"})  # type: ignore[arg-type]  # not queued: as stored
+    assert launched["status"] == "created" and launched["queue_position"] is None

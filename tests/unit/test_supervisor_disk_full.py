@@ -1,4 +1,4 @@
-"""A launch that finds the disk full keeps the session queued (daemon/supervisor.py), instead of ending it."""
+"""A launch that finds the disk full keeps the session queued (daemon/admission.py), instead of ending it."""
 
 from __future__ import annotations
 
