@@ -199,6 +199,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
                     stopping = True
                     break
                 items.append(item)
+            self.records.begin()  # what this batch counts of max_session_record, taken back if it is processed again
             batch = self._process(items, [])
             # Runner frames are decoded and processed one at a time (a decoded batch is thousands of
             # objects: holding several at once costs GC time); the raw frames are kept in case the
@@ -253,11 +254,13 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
                 delay = min(max(delay * 2, STORE_RETRY_S), STORE_RETRY_MAX_S)
                 self._wait_for_store(delay)
                 self._forget(batch)
+                self.records.rollback()
                 batch = self._process(items, frames_list)
             except REFUSED as exc:
                 self.count("store_refused_batches")
                 self.log.error("store refused a batch; writing it event by event", error=str(exc)[:300])
                 self._forget(batch)
+                self.records.rollback()
                 self._safe = True
                 try:
                     batch = self._process(items, frames_list)
