@@ -200,6 +200,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
                     break
                 items.append(item)
             self.records.begin()  # what this batch counts of max_session_record, taken back if it is processed again
+            self.outcap.begin()  # ... and of the output caps' backstop
             batch = self._process(items, [])
             # Runner frames are decoded and processed one at a time (a decoded batch is thousands of
             # objects: holding several at once costs GC time); the raw frames are kept in case the
@@ -255,12 +256,14 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
                 self._wait_for_store(delay)
                 self._forget(batch)
                 self.records.rollback()
+                self.outcap.rollback()
                 batch = self._process(items, frames_list)
             except REFUSED as exc:
                 self.count("store_refused_batches")
                 self.log.error("store refused a batch; writing it event by event", error=str(exc)[:300])
                 self._forget(batch)
                 self.records.rollback()
+                self.outcap.rollback()
                 self._safe = True
                 try:
                     batch = self._process(items, frames_list)

@@ -184,3 +184,15 @@ def test_the_crossing_is_told_even_when_its_batch_is_processed_again(rig: Rig) -
     assert failed == [1]
     notes = [n for n in rig.notes(wait=3.0) if n[0] == "record"]
     assert len(notes) == 1 and notes[0][1] == SID, notes
+
+
+def test_honest_output_in_a_batch_tried_again_is_not_dropped_by_the_backstop(rig: Rig) -> None:
+    """900 KB of honest output (under its 1 MiB cap) in a batch the store could not take three times (a disk full
+    or a lock held for a few seconds): the backstop counted it once per try (3.6 MB > cap + 1 MiB) and dropped
+    output the runner had rightly sent, recording a daemon ``output.truncated``."""
+    rig.create({"output": 1 << 20})
+    failed = rig.fail_next_commits(3)
+    rig.send([("output", None, {"stream": "stdout", "text": "o" * 100_000})] * 9)
+    assert failed == [1, 1, 1]
+    kinds = [r[1] for r in rig.stored()]
+    assert kinds.count("output") == 9 and "output.truncated" not in kinds, kinds
