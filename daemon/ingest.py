@@ -372,6 +372,8 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
             if src_seq is not None and src == "r":
                 cur.runner_seq = max(cur.runner_seq, src_seq)
             marker = Batch()
+            # its count stays (the bytes were offered); a max_session_record crossing it made is still told
+            marker.notes.extend(n for n in one.notes if n[0] == "record")
             self._stage(cur, time.time(), "event.rejected", src, src_seq, None, None,
                         {"kind": kind[:64], "reason": f"the store refused it: {type(exc).__name__}"}, marker)
             self.writer.commit(marker.rows, marker.changes, self.cursors, marker.plain, marker.noded)

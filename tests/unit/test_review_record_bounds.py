@@ -196,3 +196,15 @@ def test_honest_output_in_a_batch_tried_again_is_not_dropped_by_the_backstop(rig
     assert failed == [1, 1, 1]
     kinds = [r[1] for r in rig.stored()]
     assert kinds.count("output") == 9 and "output.truncated" not in kinds, kinds
+
+
+@pytest.mark.parametrize("rig", [10_000], indirect=True)
+def test_the_crossing_is_told_even_when_the_store_refuses_the_crossing_event(rig: Rig) -> None:
+    """The event that crosses the bound is one the store refuses (a second ``step.started`` of the same node: a
+    primary-key violation), so the batch is written event by event: the note made while staging the refused event
+    went with it, and the session, past its bound, was never stopped (its later steps silently dropped)."""
+    rig.create({})
+    rig.send([("step.started", "n1", {"name": "first"}), ("step.started", "n1", {"name": "a" * 12_000})])
+    assert any(r[1] == "event.rejected" for r in rig.stored())
+    notes = [n for n in rig.notes(wait=2.0) if n[0] == "record"]
+    assert len(notes) == 1 and notes[0][1] == SID, notes
