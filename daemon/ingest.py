@@ -199,6 +199,8 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
                     stopping = True
                     break
                 items.append(item)
+            self.records.begin()  # what this batch counts of max_session_record, taken back if it is processed again
+            self.outcap.begin()  # ... and of the output caps' backstop
             batch = self._process(items, [])
             # Runner frames are decoded and processed one at a time (a decoded batch is thousands of
             # objects: holding several at once costs GC time); the raw frames are kept in case the
@@ -253,11 +255,15 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
                 delay = min(max(delay * 2, STORE_RETRY_S), STORE_RETRY_MAX_S)
                 self._wait_for_store(delay)
                 self._forget(batch)
+                self.records.rollback()
+                self.outcap.rollback()
                 batch = self._process(items, frames_list)
             except REFUSED as exc:
                 self.count("store_refused_batches")
                 self.log.error("store refused a batch; writing it event by event", error=str(exc)[:300])
                 self._forget(batch)
+                self.records.rollback()
+                self.outcap.rollback()
                 self._safe = True
                 try:
                     batch = self._process(items, frames_list)
@@ -366,6 +372,8 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
             if src_seq is not None and src == "r":
                 cur.runner_seq = max(cur.runner_seq, src_seq)
             marker = Batch()
+            # its count stays (the bytes were offered); a max_session_record crossing it made is still told
+            marker.notes.extend(n for n in one.notes if n[0] == "record")
             self._stage(cur, time.time(), "event.rejected", src, src_seq, None, None,
                         {"kind": kind[:64], "reason": f"the store refused it: {type(exc).__name__}"}, marker)
             self.writer.commit(marker.rows, marker.changes, self.cursors, marker.plain, marker.noded)

@@ -47,10 +47,39 @@ class OutputCaps:
         self._lookup = lookup  # session id -> its cap as ingest's cursor holds it (first sight after a restart)
         self._usage: dict[str, _Usage] = {}
         self._counters = counters
+        #: the sessions' accounts as they were before this batch, of those it touched (None: none then)
+        self._undo: dict[str, _Usage | None] = {}
+
+    def begin(self) -> None:
+        """A new batch: what it changes can be taken back (:meth:`rollback`)."""
+        self._undo.clear()
+
+    def rollback(self) -> None:
+        """The batch was not committed and is processed again from its items and frames: put the accounts back
+        as they were before it (else its output counts again per try, dropping an honest session's output, and
+        its first-drop marker and end total are lost with it)."""
+        for sid, usage in self._undo.items():
+            if usage is None:
+                self._usage.pop(sid, None)
+            else:
+                self._usage[sid] = usage
+        self._undo.clear()
+
+    def _save(self, sid: str) -> None:
+        usage = self._usage.get(sid)
+        if usage is None:
+            self._undo[sid] = None
+            return
+        copy = _Usage(None)
+        copy.cap, copy.seen, copy.dropped, copy.kinds, copy.reported = (
+            usage.cap, usage.seen, usage.dropped, dict(usage.kinds), usage.reported)
+        self._undo[sid] = copy
 
     def learn(self, sid: str, kind: str, payload: Any) -> None:
         """Take the cap from a ``session.created`` as it goes by."""
         if kind == "session.created" and isinstance(payload, dict):
+            if sid not in self._undo:
+                self._save(sid)
             cap = (payload.get("limits") or {}).get("output")
             self._usage[sid] = _Usage(cap if isinstance(cap, int) and not isinstance(cap, bool) else None)
 
@@ -58,6 +87,8 @@ class OutputCaps:
         """Account one runner event of a :data:`CAPPED` ``kind`` whose text is ``size`` characters. False: store
         it. True: drop it silently. A dict: drop it and record this ``output.truncated`` payload in its place (the
         first drop of the session). From the first drop on, every later one of these kinds is dropped too."""
+        if sid not in self._undo:
+            self._save(sid)
         usage = self._usage.get(sid)
         if usage is None:
             usage = self._usage[sid] = _Usage(self._lookup(sid))
@@ -80,6 +111,8 @@ class OutputCaps:
     def final(self, sid: str) -> dict[str, Any] | None:
         """At the session's end: the ``output.truncated`` total to record if the backstop dropped anything;
         forgets the session."""
+        if sid not in self._undo:
+            self._save(sid)
         usage = self._usage.pop(sid, None)
         if usage is None or not usage.dropped or usage.cap is None:
             return None

@@ -34,13 +34,31 @@ class RecordCaps:
         self._used: dict[str, int] = {}
         self._over: set[str] = set()
         self._counters = counters
+        #: the counts as they were before this batch, of the sessions it changed (:meth:`begin`, :meth:`rollback`)
+        self._undo: dict[str, tuple[int, bool]] = {}
+
+    def begin(self) -> None:
+        """A new batch: what :meth:`add` counts from here on can be taken back (:meth:`rollback`)."""
+        self._undo.clear()
+
+    def rollback(self) -> None:
+        """The batch was not committed and is processed again from its frames: take back what it counted (else
+        its events count twice, and a crossing found in it is never told again: its note went with the batch)."""
+        for sid, (used, over) in self._undo.items():
+            self._used[sid] = used
+            if not over:
+                self._over.discard(sid)
+        self._undo.clear()
 
     def add(self, sid: str, size: int) -> bool:
         """Count ``size`` stored bytes of ``sid``'s; True the first time the session is past the bound (then tell
         the supervisor, :meth:`usage`)."""
         if self.limit is None:
             return False
-        used = self._used[sid] = self._used.get(sid, 0) + size
+        before = self._used.get(sid, 0)
+        if sid not in self._undo:
+            self._undo[sid] = (before, sid in self._over)
+        used = self._used[sid] = before + size
         if used <= self.limit or sid in self._over:
             return False
         self._over.add(sid)
@@ -62,3 +80,4 @@ class RecordCaps:
         """The session's run has ended: its count goes."""
         self._used.pop(sid, None)
         self._over.discard(sid)
+        self._undo.pop(sid, None)

@@ -40,6 +40,8 @@ RESEND_INTERVAL_S = 0.5  # at most one resend request per session this often (a 
 MAX_HELLOS = 4096  # runners' hellos remembered (RunnerFrames.hellos)
 _NUMBER = (int, float)
 _dumps = orjson.dumps
+#: the streams of an output event the output cap sizes by its text alone (what the runner sends)
+_STREAMS = ("stdout", "stderr")
 
 
 class RunnerFrames:
@@ -227,10 +229,14 @@ class RunnerFrames:
                 runner_seq = src_seq
                 text = None
                 if kind in CAPPED:  # output, log, custom: what the workflow writes counts against its output cap
-                    if kind == "output":
-                        out = payload.get("text") if payload.__class__ is dict else None
-                        size = len(out) if out.__class__ is str else 0
-                    else:  # its stored text, encoded once (the hot path below stores it)
+                    out = None
+                    if kind == "output" and payload.__class__ is dict and len(payload) == 2 and (
+                            payload.get("stream") in _STREAMS):  # as the runner sends it: sized by its text
+                        out = payload.get("text")
+                    if out.__class__ is str:
+                        size = len(out)
+                    else:  # its stored text, encoded once (the hot path below stores it); an output event of
+                        # another shape (extra fields, a long stream, a text that is no string) by all of it
                         try:
                             text = _dumps(payload, default=repr).decode()
                         except TypeError:  # nested too deeply: rejected below
@@ -333,8 +339,13 @@ class RunnerFrames:
             self._reject(cur, src_seq, kind, "payload cannot be stored (nested too deeply)", b)
 
     def _reject(self, cur: SessionCursor, src_seq: int, kind: Any, reason: str, b: Batch) -> None:
-        """Record an ``event.rejected`` in the runner's ``src_seq`` slot (the runner's sequence stays gap-free)."""
+        """Record an ``event.rejected`` in the runner's ``src_seq`` slot (the runner's sequence stays gap-free).
+        A rejection is counted by ``[daemon] max_session_record`` (of an output kind too): past it, none is
+        stored."""
         self.count("events_rejected")
+        if self.records.over(cur.id):
+            self.records.dropped()
+            return
         self._warn("event rejected", "rejected", session_id=cur.id, kind=str(kind)[:64], error=reason[:300])
         self._append(cur, time.time(), "event.rejected", "r", src_seq, None, None,
                      {"kind": str(kind)[:64], "reason": reason}, b)

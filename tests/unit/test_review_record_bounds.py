@@ -1,0 +1,210 @@
+"""Review of ``[daemon] max_session_record`` and the daemon's output-cap backstop, on the real ingest thread over
+real ZeroMQ sockets and a real SQLite file (as tests/unit/test_ingest_deferred.py).
+
+1. An ``output`` event is sized by the backstop by its ``text`` alone, and the record bound does not count the
+   output kinds at all: a runner writing ``output`` events with a huge extra field (or a huge ``stream``) stored
+   any number of bytes.
+2. A batch the store could not take is processed again from its frames: the record bound counted its events a
+   second time (an honest session stopped early) and, when the first pass had crossed the bound, the note to the
+   supervisor was lost with that batch (the session was never stopped, its later events silently dropped).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy.exc as sa_exc
+import zmq
+
+from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
+from labd.ipc.signing import derive_key
+from labd.ipc.wire import Codec, encode_json
+from labd.store.db import migrate, open_engine
+from labd.store.writer import BatchWriter
+from tests.conftest import wait_until
+
+KEY = b"k" * 32
+SID = "a1b2c3d4e5f6"
+
+
+class Rig:
+    def __init__(self, bound: int | None) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="labd-review-"))
+        engine = open_engine(f"sqlite:///{self.tmp}/s.db")
+        migrate(engine)
+        self.z = zmq.Context()
+        self.notify = self.z.socket(zmq.PULL)
+        self.notify.bind(INGEST_NOTIFY)
+        self.ing = Ingest(self.z, BatchWriter(engine), KEY, "inproc://runners", "inproc://events", {}, {},
+                          16 << 20, self.tmp, max_session_record=bound)
+        self.ing.start()
+        assert self.ing.ready.wait(10)
+        self.daemon_side = self.z.socket(zmq.PUSH)
+        self.daemon_side.connect(INGEST_IN)
+        self.runner = self.z.socket(zmq.DEALER)
+        self.runner.setsockopt(zmq.LINGER, 0)
+        self.runner.setsockopt(zmq.ROUTING_ID, f"{SID}:test".encode())
+        self.runner.connect("inproc://runners")
+        self.codec = Codec(derive_key(KEY, SID))
+        self.seq = 0
+
+    def create(self, limits: dict[str, Any]) -> None:
+        self.daemon_side.send_pyobj(("event", SID, "session.created",
+                                     {"workflow": "demo.events", "name": SID, "params": {}, "limits": limits,
+                                      "workdir": str(self.tmp)}, None, None))
+        wait_until(lambda: self.stored(), timeout=10, what="session.created stored")
+
+    def send(self, evs: list[tuple[str, str | None, dict[str, Any]]]) -> int:
+        """Send runner events ``(kind, node_id, payload)``; wait for the ack covering them."""
+        raw = []
+        for kind, node, payload in evs:
+            self.seq += 1
+            raw.append(encode_json([self.seq, time.time(), kind, node, None, payload]))
+        self.runner.send_multipart(self.codec.pack_events(SID, raw))
+        want = self.seq + 1
+
+        def acked() -> bool:
+            while self.runner.poll(50):
+                msg = self.codec.unpack(self.runner.recv_multipart())
+                if msg.type == "ack" and msg.body["next"] >= want:
+                    return True
+            return False
+        wait_until(acked, timeout=20, what="ack")
+        return self.seq
+
+    def stored(self) -> list[tuple[Any, ...]]:
+        with self.ing.writer.engine.connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql(
+                "SELECT seq, kind, length(payload) FROM events WHERE session_id = ? ORDER BY seq", (SID,))]
+
+    def blob_bytes(self) -> int:
+        with self.ing.writer.engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT coalesce(sum(length(data)), 0) FROM blobs").scalar() or 0
+
+    def notes(self, wait: float = 0.0) -> list[Any]:
+        out = []
+        deadline = time.monotonic() + wait
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            if not self.notify.poll(int(left * 1000)):
+                return out
+            out.append(self.notify.recv_pyobj())
+
+    def fail_next_commits(self, n: int) -> list[int]:
+        """The next ``n`` commits of runner rows fail as if the store were unreachable (a full disk, a lock)."""
+        writer = self.ing.writer
+        real = writer.commit
+        failed: list[int] = []
+
+        def commit(rows: Any, changes: Any, cursors: Any, plain: Any = (), noded: Any = ()) -> Any:
+            if len(failed) < n and (rows or plain or noded):
+                failed.append(1)
+                raise sa_exc.OperationalError("INSERT", {}, Exception("database is locked"))
+            return real(rows, changes, cursors, plain, noded)
+        writer.commit = commit  # type: ignore[method-assign]
+        return failed
+
+    def close(self) -> None:
+        self.daemon_side.send_pyobj(("stop",))
+        self.ing.join(10)
+        for s in (self.daemon_side, self.runner, self.notify):
+            s.close(0)
+        self.z.term()
+
+
+@pytest.fixture()
+def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
+    r = Rig(getattr(request, "param", 1 << 20))
+    yield r
+    r.close()
+
+
+# ---- 1. output events with extra fields ---------------------------------------------------------------------------
+@pytest.mark.parametrize("rig", [1 << 20], indirect=True)
+def test_output_events_with_extra_fields_are_bounded(rig: Rig) -> None:
+    """A runner that ignores its cap sends 40 ``output`` events whose text is empty but which carry 500 KB in an
+    extra field (which the schema allows), and 40 whose ``stream`` is 500 KB: under a 64 KiB output cap and a
+    1 MiB record bound, the daemon must not store 40 MB of them (it counted the text only: 0 bytes each)."""
+    rig.create({"output": 64 * 1024})
+    pad = "x" * 500_000
+    for i in range(40):
+        rig.send([("output", None, {"stream": "stdout", "text": "", "pad": pad}),
+                  ("output", None, {"stream": pad, "text": "y"})])
+    total = sum(r[2] for r in rig.stored())
+    assert total < 4 * (1 << 20), f"{total:,} bytes stored under a 64 KiB output cap and a 1 MiB record bound"
+
+
+@pytest.mark.parametrize("rig", [1 << 20], indirect=True)
+def test_invalid_output_events_are_bounded(rig: Rig) -> None:
+    """Invalid ``output`` events whose text is empty each became an ``event.rejected`` row (~76 bytes), sized 0 by
+    the backstop and, being of an output kind, never dropped by the record bound even past it: 60,000 of them
+    stored ~4.5 MB of rejections under a 1 MiB record bound (and any number could be sent)."""
+    rig.create({"output": 1024})
+    for _ in range(60):
+        rig.send([("output", None, {"stream": 1, "text": ""})] * 1000)
+    rejected = sum(r[2] for r in rig.stored() if r[1] == "event.rejected")
+    assert rejected < (1 << 20) + 1000, f"{rejected:,} bytes of rejections stored past a 1 MiB record bound"
+    assert [n[0] for n in rig.notes(wait=1.0)].count("record") == 1
+
+
+def test_honest_output_is_still_counted_by_its_text(rig: Rig) -> None:
+    """What an honest runner sends (``stdout``/``stderr`` and a text) is still sized by its text: 3,000 one-
+    character outputs under a 4 KiB cap are all stored (the backstop allows cap + 1 MiB)."""
+    rig.create({"output": 4096})
+    for _ in range(3):
+        rig.send([("output", None, {"stream": "stderr", "text": "z"})] * 1000)
+    assert sum(1 for r in rig.stored() if r[1] == "output") == 3000
+
+
+# ---- 2. a batch processed again ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rig", [10_000], indirect=True)
+def test_a_batch_processed_again_is_not_counted_twice(rig: Rig) -> None:
+    """7 KB of step names under a 10 KB bound, in a batch the store could not take at first: the session is
+    under its bound and must not be stopped (the events were counted once per try: 14 KB)."""
+    rig.create({})
+    failed = rig.fail_next_commits(1)
+    rig.send([("step.started", "n1", {"name": "a" * 7000})])
+    assert failed == [1]
+    assert [n for n in rig.notes(wait=1.0) if n[0] == "record"] == []
+    assert any(r[1] == "step.started" for r in rig.stored())
+
+
+@pytest.mark.parametrize("rig", [10_000], indirect=True)
+def test_the_crossing_is_told_even_when_its_batch_is_processed_again(rig: Rig) -> None:
+    """The event that crosses the bound arrives in a batch the store could not take at first: the supervisor must
+    still be told (else the session is never stopped, and all its later steps are silently dropped)."""
+    rig.create({})
+    failed = rig.fail_next_commits(1)
+    rig.send([("step.started", "n1", {"name": "a" * 12_000})])
+    assert failed == [1]
+    notes = [n for n in rig.notes(wait=3.0) if n[0] == "record"]
+    assert len(notes) == 1 and notes[0][1] == SID, notes
+
+
+def test_honest_output_in_a_batch_tried_again_is_not_dropped_by_the_backstop(rig: Rig) -> None:
+    """900 KB of honest output (under its 1 MiB cap) in a batch the store could not take three times (a disk full
+    or a lock held for a few seconds): the backstop counted it once per try (3.6 MB > cap + 1 MiB) and dropped
+    output the runner had rightly sent, recording a daemon ``output.truncated``."""
+    rig.create({"output": 1 << 20})
+    failed = rig.fail_next_commits(3)
+    rig.send([("output", None, {"stream": "stdout", "text": "o" * 100_000})] * 9)
+    assert failed == [1, 1, 1]
+    kinds = [r[1] for r in rig.stored()]
+    assert kinds.count("output") == 9 and "output.truncated" not in kinds, kinds
+
+
+@pytest.mark.parametrize("rig", [10_000], indirect=True)
+def test_the_crossing_is_told_even_when_the_store_refuses_the_crossing_event(rig: Rig) -> None:
+    """The event that crosses the bound is one the store refuses (a second ``step.started`` of the same node: a
+    primary-key violation), so the batch is written event by event: the note made while staging the refused event
+    went with it, and the session, past its bound, was never stopped (its later steps silently dropped)."""
+    rig.create({})
+    rig.send([("step.started", "n1", {"name": "first"}), ("step.started", "n1", {"name": "a" * 12_000})])
+    assert any(r[1] == "event.rejected" for r in rig.stored())
+    notes = [n for n in rig.notes(wait=2.0) if n[0] == "record"]
+    assert len(notes) == 1 and notes[0][1] == SID, notes
