@@ -313,10 +313,14 @@ class ListSessions(Request):
         tags = self.arg("tags", dict, None, check=_valid_tags, hint="an object of str -> str tags")
         since = self.arg("since", (int, float), None, check=lambda t: math.isfinite(t) and t >= 0,
                          hint="a time in seconds since the epoch")
-        rows = self.daemon.store.sessions(status=status, limit=limit, workflow=workflow, tags=tags,
+        # a session just queued may still be stored `created` (live_view shows it `queued`): the filter applies to
+        # the status shown, so `queued` also reads stored `created` rows
+        stored = [*status, "created"] if status is not None and "queued" in status else status
+        rows = self.daemon.store.sessions(status=stored, limit=limit, workflow=workflow, tags=tags,
                                           since=None if since is None else float(since))
         live, positions = self.daemon.monitor.snapshot(), self.daemon.supervisor.queue.positions()
-        return {"sessions": [_list_row(self, r, live, positions) for r in rows]}
+        shown = [_list_row(self, r, live, positions) for r in rows]
+        return {"sessions": shown if status is None else [r for r in shown if r["status"] in status]}
 
 
 @register

@@ -17,9 +17,13 @@ KEY = b"k" * 32
 
 @pytest.fixture(autouse=True)
 def _collector_on() -> Iterator[None]:
-    was = gc.isenabled()
+    """The collector on with CPython's default thresholds, as in a client's process: an in-process ``Ingest`` that
+    another test of this worker ran raised them for good (``tune_gc``), and then plain decoding collects less."""
+    was, thresholds = gc.isenabled(), gc.get_threshold()
     gc.enable()
+    gc.set_threshold(700, 10, 10)
     yield
+    gc.set_threshold(*thresholds)
     if was:
         gc.enable()
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from labd.daemon.limits import Limits
 from labd.daemon.queue import RunQueue
 from labd.store.projections import RowChanges, SessionCursor, apply
@@ -115,3 +117,34 @@ def test_a_session_in_the_queue_reads_queued_before_its_event_is_stored() -> Non
     assert listed["status"] == "queued"
     launched = live_view(req, {"id": "gone", "status": "created"})  # type: ignore[arg-type]  # not queued: as stored
     assert launched["status"] == "created" and launched["queue_position"] is None
+
+
+def test_listing_by_status_goes_by_the_status_shown() -> None:
+    """``session.list`` with ``status`` filters on the status it shows: a session the queue holds but the store
+    still has ``created`` is listed under ``queued`` (it was missing there) and not under ``created``."""
+    from types import SimpleNamespace
+
+    from labd.daemon.api.sessions import ListSessions
+
+    q = RunQueue(max_sessions=1)
+    _push(q, "waiting")
+    rows = [{"id": "waiting", "status": "created", "params": {}}, {"id": "new", "status": "created", "params": {}},
+            {"id": "old", "status": "queued", "params": {}}]
+    asked: list[Any] = []
+
+    def sessions(status: list[str] | None = None, **_kw: Any) -> list[dict[str, Any]]:
+        asked.append(status)
+        return [r for r in rows if status is None or r["status"] in status]
+
+    daemon = SimpleNamespace(store=SimpleNamespace(sessions=sessions), last_seen={},
+                             supervisor=SimpleNamespace(queue=q),
+                             monitor=SimpleNamespace(snapshot=dict, snapshot_of=lambda sid: None))
+
+    def listed(**body: Any) -> list[tuple[str, str]]:
+        out = ListSessions(daemon, body, (b"", "r")).execute()  # type: ignore[arg-type]
+        return [(r["id"], r["status"]) for r in out["sessions"]]
+
+    assert listed(status=["queued"]) == [("waiting", "queued"), ("old", "queued")]
+    assert listed(status=["created"]) == [("new", "created")]
+    assert listed() == [("waiting", "queued"), ("new", "created"), ("old", "queued")]
+    assert asked[0] == ["queued", "created"] and asked[1] == ["created"]

@@ -132,7 +132,7 @@ def test_output_events_with_extra_fields_are_bounded(rig: Rig) -> None:
     1 MiB record bound, the daemon must not store 40 MB of them (it counted the text only: 0 bytes each)."""
     rig.create({"output": 64 * 1024})
     pad = "x" * 500_000
-    for i in range(40):
+    for _ in range(40):
         rig.send([("output", None, {"stream": "stdout", "text": "", "pad": pad}),
                   ("output", None, {"stream": pad, "text": "y"})])
     total = sum(r[2] for r in rig.stored())
