@@ -88,3 +88,26 @@ def test_output_and_custom_events_do_not_count(client: Client) -> None:
     assert client.result(sid, timeout=60) == "done"
     assert not list(client.history(sid, kinds=["limit.exceeded"]))
     assert len(list(client.history(sid, kinds=["custom"]))) == 60
+
+
+def _padded_output(n: int, size: int) -> str:
+    """``n`` output events with an empty text and ``size`` characters in an extra field, written to the channel."""
+    import labd
+
+    ctx = labd.context()
+    pad = "x" * size
+    for _ in range(n):
+        ctx._emit("output", {"stream": "stdout", "text": "", "pad": pad}, None)  # noqa: SLF001
+    return "done"
+
+
+def test_output_events_with_an_extra_field_do_not_get_past_the_caps(client: Client) -> None:
+    """From the review: output events written to the channel itself with an empty text and a large extra field got
+    past both the output cap (the daemon's backstop sized an output event by its text alone) and this bound (which
+    leaves the output kinds to the output cap). 30 MB in 60 such events under a 1 MiB output cap and the 2 MiB
+    bound: at most the cap plus the backstop's 1 MiB margin (and one event) is stored, and the drop is recorded."""
+    sid = client.submit(_padded_output, 60, 500_000, max_output="1M")
+    client.wait(sid, timeout=60)
+    stored = sum(len(orjson.dumps(e["payload"])) for e in client.history(sid, kinds=["output"]))
+    assert stored <= 2 * MiB + 600_000, f"{stored:,} bytes of output stored under a 1 MiB cap"
+    assert any(e["payload"].get("by") == "daemon" for e in client.history(sid, kinds=["output.truncated"]))
