@@ -121,7 +121,9 @@ def test_an_agent_session_is_exported_as_a_span_tree_with_genai_attributes(isola
             assert c.wait(sid, timeout=90)["status"] == "completed"
             want = _expected(c, sid)
             wait_until(lambda: _got(rx.of(sid)) == want, timeout=30, what=f"spans {want}")
-            status = c.status()
+            # the exporter counts a batch once the collector answered it: after the spans arrived here
+            status = wait_until(lambda: (lambda st: st if st["telemetry"]["exported_spans"] >= len(rx.of(sid))
+                                         else None)(c.status()), timeout=30, what="the exporter's count")
             assert d.stop() == 0, d.log()[-2000:]  # the exporter thread stops cleanly with the daemon
         spans = rx.of(sid)
         assert len({s["id"] for s in spans}) == len(spans)  # none twice
