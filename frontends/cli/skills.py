@@ -70,8 +70,16 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
         return 0
     if action == "export":
         doc = c.request("skill.get", name=name)["skill"]
+        if args.output == "-":  # to stdout: labd skills export NAME -o - > f.json
+            ctx.out.json(doc)
+            return 0
         out = Path(args.output or f"{name}.skill.json")
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:  # never over an existing file (an export of another version, or another skill)
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise CliError(f"{out} exists: remove it, or name another file with -o (-o - writes to stdout)") from None
+        except OSError as exc:
+            raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f, indent=2)
         ctx.out.line(f"wrote {out}")
@@ -140,5 +148,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="save: a parameter of the session that each run must give (repeat)")
     s.add_argument("--from", dest="from_node", metavar="NODE", help="save: only this step and the ones after it")
     s.add_argument("--search", help="list: only skills whose name, description or content contains this")
-    s.add_argument("--output", "-o", help="export: the file to write (default NAME.skill.json)")
+    s.add_argument("--output", "-o", help="export: the file to write (default NAME.skill.json; never over an existing "
+                   "file; - for stdout)")
     add_json(s)

@@ -21,7 +21,8 @@ def _agents_called(c, sid: str) -> list[str]:
 
 def test_save_and_run_a_skill_without_planning_again(daemon, tmp_path: Path) -> None:
     """A skill from a 2-step planning session: running it makes no planner/reviewer calls, runs the same steps,
-    gives each engineer the code that worked, and records the skill and its origin on the new session."""
+    gives each engineer the code that worked, and records the skill and its origin on the new session; export
+    refuses to write over a file (an error, not a traceback) and writes to stdout with ``-o -``."""
     from labd.ipc import LabdError
 
     with daemon.client() as c:
@@ -56,6 +57,13 @@ def test_save_and_run_a_skill_without_planning_again(daemon, tmp_path: Path) -> 
     r = subprocess.run([sys.executable, "-m", "labd", "skills", "export", "fit-and-plot", "-o", str(out_file)],
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
+    # never over an existing file: a one-line error, not a traceback; -o - writes the same document to stdout
+    r = subprocess.run([sys.executable, "-m", "labd", "skills", "export", "fit-and-plot", "-o", str(out_file)],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode != 0 and "exists" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "labd", "skills", "export", "fit-and-plot", "-o", "-"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout) == json.loads(out_file.read_text()), r.stderr
     r = subprocess.run([sys.executable, "-m", "labd", "skills", "import", str(out_file), "--name", "shared-fit"],
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0 and "shared-fit" in r.stdout, r.stderr
