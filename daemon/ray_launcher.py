@@ -40,7 +40,11 @@ from labd.daemon.launcher import ExitInfo, LaunchError, TemplateLauncher, readab
 from labd.daemon.ray_placement import PlacementError, placement_from, ray_options
 from labd.daemon.runner_gateway import RunnerGateway
 
-__all__ = ["RayLauncher", "Launchers", "placement_from", "PlacementError"]
+__all__ = ["RayLauncher", "Launchers", "placement_from", "PlacementError", "NO_RAY"]
+
+#: why a session asked to run on Ray cannot (refused at session.start; a launch says it too, e.g. after a restart
+#: with another configuration)
+NO_RAY = 'this daemon has no Ray launcher: set [launcher] kind = "ray" and address in its config, then restart it'
 
 SHIP_MAX_BYTES = 1 << 30  # at most this much of a work directory is shipped back (files beyond are named)
 #: how long a remote runner whose workflow ended waits for the daemon to acknowledge its last events (its spool is
@@ -353,7 +357,7 @@ class Launchers:
     def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
         if (spec.get("placement") or {}).get("on") == "ray":
             if self.ray is None:
-                raise LaunchError("this daemon has no Ray launcher: set [launcher] kind = \"ray\" and address")
+                raise LaunchError(NO_RAY)
             return self.ray.launch(spec)
         return self.local.launch(spec)
 

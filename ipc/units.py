@@ -12,7 +12,7 @@ import os
 import re
 
 __all__ = ["UnitError", "BeyondAny", "parse_size", "parse_output_cap", "MIN_OUTPUT", "parse_duration",
-           "parse_percent", "parse_cpus", "max_cpu_percent",
+           "parse_percent", "parse_cpus", "max_cpu_percent", "MAX_CLUSTER_CPUS",
            "format_size", "format_duration", "format_seconds", "format_limit"]
 
 
@@ -103,35 +103,47 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def max_cpu_percent() -> float:
-    """The most CPU a session can use: 100 % per core of this machine."""
-    return 100.0 * (os.cpu_count() or 1)
+#: the most CPUs a session on a Ray cluster may ask for (its node has them, not this machine; as ``--gpus``)
+MAX_CLUSTER_CPUS = 1024
 
 
-def parse_percent(text: str) -> float:
-    """``50%`` or ``50`` -> 50.0: percent of one core (200 means two cores), up to all cores."""
+def max_cpu_percent(cluster: bool = False) -> float:
+    """The most CPU a session can use: 100 % per core of this machine; with ``cluster`` (a session on a Ray
+    cluster, whose CPUs Ray reserves on its node) of :data:`MAX_CLUSTER_CPUS` cores."""
+    return 100.0 * (MAX_CLUSTER_CPUS if cluster else (os.cpu_count() or 1))
+
+
+def _cpu_bound(text: str, value: float, cluster: bool, percent: bool) -> None:
+    """Refuse ``value`` (percent of one core) beyond what a session can have, saying it in the unit given."""
+    top = max_cpu_percent(cluster)
+    if not math.isfinite(value) or not 0 < value <= top:
+        where = "on a cluster node" if cluster else "here; on a Ray cluster: --on ray"
+        bound = f"0% and at most {top:g}% ({top / 100:g} cores {where})" if percent else \
+            f"0 and at most {top / 100:g} (cores {where})"
+        raise UnitError(f"bad CPU {'limit' if percent else 'count'} {text!r}: must be more than {bound}")
+
+
+def parse_percent(text: str, *, cluster: bool = False) -> float:
+    """``50%`` or ``50`` -> 50.0: percent of one core (200 means two cores), up to all cores
+    (:func:`max_cpu_percent`)."""
     t = text.strip()
     num = t[:-1].strip() if t.endswith("%") else t
     try:
         value = float(num)
     except ValueError:
         raise UnitError(f"bad CPU limit {text!r} (try 50% of one core, or --cpus 0.5)") from None
-    top = max_cpu_percent()
-    if not math.isfinite(value) or not 0 < value <= top:
-        raise UnitError(f"bad CPU limit {text!r}: must be more than 0% and at most {top:g}% ({top / 100:g} cores "
-                        "here)")
+    _cpu_bound(text, value, cluster, percent=True)
     return value
 
 
-def parse_cpus(text: str) -> float:
-    """``0.5`` (cores, as docker's ``--cpus``) -> 50.0 percent of one core."""
+def parse_cpus(text: str, *, cluster: bool = False) -> float:
+    """``0.5`` (cores, as docker's ``--cpus``) -> 50.0 percent of one core, up to all cores
+    (:func:`max_cpu_percent`)."""
     try:
         cores = float(text.strip())
     except ValueError:
         raise UnitError(f"bad CPU count {text!r} (a number of cores, e.g. 0.5 or 2)") from None
-    top = max_cpu_percent() / 100
-    if not math.isfinite(cores) or not 0 < cores <= top:
-        raise UnitError(f"bad CPU count {text!r}: must be more than 0 and at most {top:g} (cores here)")
+    _cpu_bound(text, cores * 100.0, cluster, percent=False)
     return cores * 100.0
 
 

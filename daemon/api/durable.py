@@ -133,7 +133,7 @@ def _merged_limits(row: dict[str, Any], override: Any) -> Limits:
     if not isinstance(override, dict):
         raise ApiError("bad_request", "field 'limits' must be an object")
     base = {k: v for k, v in (row["limits"] or {}).items() if v is not None}
-    return _limits({"limits": {**base, **override}})
+    return _limits({"limits": {**base, **override}}, cluster=True)  # see resume_ended
 
 
 def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]:
@@ -147,7 +147,9 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]
     limits = _merged_limits(row, req.body.get("limits"))
     budget = req.body.get("budget")
     if budget is not None:
-        limits = _limits({"limits": {**limits.to_dict(), "budget": budget}})
+        # cluster: the limits were accepted at the session's start, a Ray session's CPUs beyond this machine's
+        # among them (the row does not say where it ran); `labd resume --cpus` checks a local session's here
+        limits = _limits({"limits": {**limits.to_dict(), "budget": budget}}, cluster=True)
     refuse_never_fits(sup.queue, limits)  # queued, it would block the run queue for good
     req_id = req.reply_to[1]
     # from here the session is being resumed: a second resume is refused while this one reads its record

@@ -78,7 +78,10 @@ MIN_MEMORY = 32 * 2**20
 MAX_PROCS = 1_000_000
 
 
-def _limits(body: dict[str, Any], default_procs: int | None = None, default_output: Any = None) -> Limits:
+def _limits(body: dict[str, Any], default_procs: int | None = None, default_output: Any = None, *,
+            cluster: bool = False) -> Limits:
+    """The ``limits`` of a request checked; ``cluster``: the session runs on a Ray cluster (its CPUs are its node's,
+    not this machine's: :func:`labd.ipc.units.max_cpu_percent`)."""
     raw = body.get("limits") or {}
     if not isinstance(raw, dict):
         raise ApiError("bad_request", "field 'limits' must be an object")
@@ -103,7 +106,7 @@ def _limits(body: dict[str, Any], default_procs: int | None = None, default_outp
             raise ApiError("bad_limits", f"memory limit {int(memory)} bytes is below what a runner needs to start "
                            f"({MIN_MEMORY // 2**20} MiB); sizes take a unit, e.g. 512M",
                            {"min_bytes": MIN_MEMORY})
-        cpu_pct = parse_percent(str(cpu)) if cpu is not None else None
+        cpu_pct = parse_percent(str(cpu), cluster=cluster) if cpu is not None else None
         if cpu_pct is not None and cpu_pct < 1:
             raise ApiError("bad_limits", f"CPU limit {cpu!r} is {cpu_pct:g} % of one core, too little to run; "
                            "the unit is percent (50% = half a core)")

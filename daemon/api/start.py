@@ -124,14 +124,15 @@ class Start(Request):
         workflow, _cwd, path = where_from(self)
         params = self.arg("params", dict, {})
         name = session_name(self)
-        limits = _limits(self.body, self.daemon.cfg.procs or None, self.daemon.cfg.max_output)
+        placement = _placement(self)  # where it runs: None (here) or a Ray resource request
+        limits = _limits(self.body, self.daemon.cfg.procs or None, self.daemon.cfg.max_output,
+                         cluster=placement is not None)
         priority = self.arg("priority", int, 0, check=lambda p: -1000 <= p <= 1000, hint="an integer -1000..1000")
         tags = self.arg("tags", dict, None, check=_valid_tags, hint="an object of up to 50 str -> str tags")
         d = self.daemon
         network = self.arg("network", (bool, str), d.cfg.sandbox.network,
                            check=lambda v: isinstance(v, bool) or v in ("on", "off"), hint="on or off")
         network = network is True or network == "on"
-        placement = _placement(self)  # where it runs: None (here) or a Ray resource request
         _, overrides = _roles(self)  # checked now; the runner gets the registry as it is at launch
         policy = session_rules(self)  # the session's own rules (labd run --policy FILE), validated
         # A function sent with Client.submit: its pickle travels in `payload`, is recorded in session.created
@@ -201,12 +202,15 @@ class Start(Request):
 
 
 def _placement(req: Any) -> dict[str, Any] | None:
-    from labd.daemon.ray_launcher import PlacementError, placement_from
+    from labd.daemon.ray_launcher import NO_RAY, PlacementError, placement_from
 
     try:
-        return placement_from(req.body, str(req.daemon.cfg.launcher.get("kind") or "template"))
+        placement = placement_from(req.body, str(req.daemon.cfg.launcher.get("kind") or "template"))
     except PlacementError as exc:
         raise ApiError("bad_request", str(exc)) from None
+    if placement is not None and req.daemon.launcher.ray is None:  # refused, not a session that fails to launch
+        raise ApiError("bad_request", NO_RAY)
+    return placement
 
 
 def _run_params(d: Any, params: dict[str, Any], payload: str | None) -> dict[str, Any]:

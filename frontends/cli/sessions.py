@@ -67,13 +67,14 @@ def limits_from(args: argparse.Namespace) -> dict[str, Any]:
         if args.cpu is not None and args.cpus is not None:
             raise CliError("give --cpu (percent of one core) or --cpus (cores), not both")
         cpu = None
+        cluster = getattr(args, "on", None) == "ray"  # on Ray: the CPUs its node reserves, not this machine's
         if args.cpu is not None:
             if not args.cpu.strip().endswith("%"):
                 raise CliError(f"--cpu takes a percent of one core: did you mean --cpu {args.cpu.strip()}%? "
                                "(--cpus takes cores, e.g. --cpus 0.5)")
-            cpu = parse_percent(args.cpu)
+            cpu = parse_percent(args.cpu, cluster=cluster)
         elif args.cpus is not None:
-            cpu = parse_cpus(args.cpus)
+            cpu = parse_cpus(args.cpus, cluster=cluster)
         timeout = parse_duration(args.timeout) if args.timeout is not None else None
     except UnitError as exc:
         raise CliError(str(exc)) from None

@@ -59,6 +59,21 @@ def test_units_people_mean(shared_daemon) -> None:
         assert labd("kill", s).returncode == 0
 
 
+def test_a_ray_session_without_a_ray_launcher_is_refused_whatever_its_cpus(shared_daemon) -> None:
+    """README's ``labd run flows.py:train --on ray --cpus 4``: the CPUs are the Ray node's, so more than this
+    machine's cores is no error of the CLI's (it was: "at most 2 (cores here)"); on a daemon without a Ray launcher
+    the start is refused saying how to configure one, and no session is left behind failed at launch (one was).
+    Locally, more CPUs than this machine has is still refused, pointing at --on ray."""
+    before = _session_ids()
+    many = str((os.cpu_count() or 1) * 4)
+    r = labd("run", "demo.count", "--on", "ray", "--cpus", many)
+    assert r.returncode == 2 and "no Ray launcher" in r.stderr and '[launcher] kind = "ray"' in r.stderr, r.stderr
+    assert "cores here" not in r.stderr
+    r = labd("run", "demo.count", "--cpus", many)
+    assert r.returncode == 2 and "cores here" in r.stderr and "--on ray" in r.stderr
+    assert _session_ids() == before
+
+
 def _session_ids() -> set[str]:
     """The ids `labd ps -a --json` lists (the daemon is the module's: other tests' sessions are there too)."""
     ps = labd("ps", "-a", "--limit", "10000", "--json")

@@ -77,6 +77,20 @@ def test_cpu_limits_go_up_to_all_cores_in_either_unit() -> None:
         parse_cpus(str(cores + 1))
 
 
+def test_a_cluster_session_may_ask_for_more_cpus_than_this_machine_has() -> None:
+    """A session on a Ray cluster reserves CPUs on its node, not here: up to MAX_CLUSTER_CPUS cores in either unit
+    (README's ``--on ray --cpus 4`` on a 2-core daemon host); locally the bound names ``--on ray``."""
+    from labd.ipc.units import MAX_CLUSTER_CPUS
+
+    cores = os.cpu_count() or 1
+    assert parse_cpus(str(cores * 4), cluster=True) == 400.0 * cores
+    assert parse_percent(f"{400 * cores}%", cluster=True) == 400.0 * cores
+    with pytest.raises(UnitError, match="--on ray"):
+        parse_cpus(str(cores * 4))
+    with pytest.raises(UnitError, match="cluster node"):
+        parse_cpus(str(MAX_CLUSTER_CPUS + 1), cluster=True)
+
+
 @pytest.mark.parametrize("text", ["", "%", "abc", "0", "0%", "-5%", "nan", "inf"])
 def test_parse_percent_bad(text: str) -> None:
     """Non-numbers, zero, negatives and non-finite values raise UnitError."""
