@@ -16,6 +16,7 @@ row is not read again); sessions that ended are forgotten.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -66,20 +67,19 @@ class OutputCaps:
         self._undo.clear()
 
     def _save(self, sid: str) -> None:
-        usage = self._usage.get(sid)
-        if usage is None:
-            self._undo[sid] = None
+        """Keep ``sid``'s account as it was before this batch (once per batch)."""
+        if sid in self._undo:
             return
-        copy = _Usage(None)
-        copy.cap, copy.seen, copy.dropped, copy.kinds, copy.reported = (
-            usage.cap, usage.seen, usage.dropped, dict(usage.kinds), usage.reported)
-        self._undo[sid] = copy
+        usage = self._usage.get(sid)
+        if usage is not None:
+            usage = copy.copy(usage)
+            usage.kinds = dict(usage.kinds)
+        self._undo[sid] = usage
 
     def learn(self, sid: str, kind: str, payload: Any) -> None:
         """Take the cap from a ``session.created`` as it goes by."""
         if kind == "session.created" and isinstance(payload, dict):
-            if sid not in self._undo:
-                self._save(sid)
+            self._save(sid)
             cap = (payload.get("limits") or {}).get("output")
             self._usage[sid] = _Usage(cap if isinstance(cap, int) and not isinstance(cap, bool) else None)
 
@@ -87,7 +87,7 @@ class OutputCaps:
         """Account one runner event of a :data:`CAPPED` ``kind`` whose text is ``size`` characters. False: store
         it. True: drop it silently. A dict: drop it and record this ``output.truncated`` payload in its place (the
         first drop of the session). From the first drop on, every later one of these kinds is dropped too."""
-        if sid not in self._undo:
+        if sid not in self._undo:  # inline: ingest's hot loop calls this for every output, log and custom event
             self._save(sid)
         usage = self._usage.get(sid)
         if usage is None:
@@ -111,8 +111,7 @@ class OutputCaps:
     def final(self, sid: str) -> dict[str, Any] | None:
         """At the session's end: the ``output.truncated`` total to record if the backstop dropped anything;
         forgets the session."""
-        if sid not in self._undo:
-            self._save(sid)
+        self._save(sid)
         usage = self._usage.pop(sid, None)
         if usage is None or not usage.dropped or usage.cap is None:
             return None

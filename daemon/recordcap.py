@@ -14,8 +14,9 @@ At most one event is stored past the bound (the one that crossed it: at most ``m
 daemon records (the session's end among them) are never counted nor dropped.
 
 The count lives in ingest's memory: it starts again when the daemon restarts and when a session's run ends (a
-resume is a new run). The default, 8 GiB, is far above what a session's instrumentation records (an LLM call's
-request with a long history is ~0.1-1 MB; a day of such calls every minute is ~1 GB); ``"none"`` removes the bound.
+resume is a new run). The default, 8 GiB, should be far above what a session's instrumentation records (an
+estimate, not measured: an LLM call's request with a long history is ~0.1-1 MB; a day of such calls every minute is
+~1 GB); ``"none"`` removes the bound.
 """
 
 from __future__ import annotations
