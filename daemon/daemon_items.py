@@ -9,17 +9,24 @@ last events), and messages for runners. Split from the writer loop as a concern 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labd.daemon.ingest_batch import Batch
 from labd.daemon.outputcap import OutputCaps
+from labd.daemon.spools import SpoolChunk, spool_of, spooled_events
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.store.projections import SessionCursor
 
 if TYPE_CHECKING:
     from labd.store.writer import BatchWriter
 
-__all__ = ["DaemonItems"]
+__all__ = ["DaemonItems", "SPOOL_PASS_EVENTS", "SPOOL_PASS_BYTES"]
+
+#: a session's leftover spool is staged at most this much per pass of the ingest loop (the rest in later ones),
+#: so that the batch, and the daemon's memory, stay as bounded as for events sent live (ingest.MAX_BATCH*)
+SPOOL_PASS_EVENTS = 5000
+SPOOL_PASS_BYTES = 4 * 1024 * 1024
 
 
 class DaemonItems:
@@ -31,6 +38,10 @@ class DaemonItems:
     log: Any
     cursors: dict[str, SessionCursor]
     _last_resend: dict[str, float]
+    sessions_dir: Path | None
+    max_message: int
+    #: session -> (runner_seq, byte offset) where reading its spool goes on (a spool read over several passes)
+    _spool_at: dict[str, tuple[int, int]]
 
     def count(self, name: str, n: int = 1) -> None:
         raise NotImplementedError
@@ -38,7 +49,8 @@ class DaemonItems:
     def _cursor(self, sid: str) -> SessionCursor | None:
         raise NotImplementedError
 
-    def _ingest_spool(self, cur: SessionCursor, b: Batch) -> None:
+    def _on_events(self, cur: SessionCursor, identity: bytes | None, evs: list[Any], b: Batch,
+                   raw: bytes | None = None) -> None:
         raise NotImplementedError
 
     def _append(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
@@ -57,8 +69,11 @@ class DaemonItems:
             cur = self._cursor(sid)
             if cur is not None and kind == "session.ended" and not cur.terminal:
                 # Whatever the runner recorded and we do not have yet goes in first: its events, and its
-                # own outcome (session.finished), which the final status is decided from.
-                self._ingest_spool(cur, b)
+                # own outcome (session.finished), which the final status is decided from. A long spool is
+                # read a batch at a time; this item waits for the next pass meanwhile.
+                if not self._ingest_spool(cur, b):
+                    b.later.append(item)
+                    return
                 if (total := self.outcap.final(sid)) is not None:
                     self._append(cur, time.time(), "output.truncated", "d", None, None, None, total, b)
             if cur is not None and kind == "resource.sample" and cur.terminal:
@@ -102,6 +117,34 @@ class DaemonItems:
         elif op == "send":  # a message for a runner, e.g. cancel
             _, sid, type_, body = item
             b.to_runners.append((sid, type_, body))
+
+    def _ingest_spool(self, cur: SessionCursor, b: Batch) -> bool:
+        """Stage what the session's spool holds beyond the last runner event we have (its runner has ended:
+        the file is complete), at most a batch's worth (:data:`SPOOL_PASS_EVENTS`, :data:`SPOOL_PASS_BYTES`).
+        True once the spool is all staged; False if more is left for the next pass. Exactly once: records at
+        or below ``runner_seq`` are skipped. The spool is the session's own file, written by code the daemon
+        does not trust: no record is read whole beyond what one message may carry (``max_message``)."""
+        if self.sessions_dir is None:
+            return True
+        after = cur.runner_seq
+        start = self._spool_at.get(cur.id, (None, 0))
+        chunk = SpoolChunk()
+        try:
+            chunk = spooled_events(spool_of(self.sessions_dir, cur.id), after,
+                                   start=start[1] if start[0] == after else 0, max_event=self.max_message,
+                                   max_events=SPOOL_PASS_EVENTS, max_bytes=SPOOL_PASS_BYTES)
+        except OSError as exc:
+            self.count("spool_unreadable")
+            self.log.error("spool unreadable", session_id=cur.id, error=str(exc)[:300])
+        if chunk.events:
+            self._on_events(cur, None, chunk.events, b)
+            self.count("spool_events_ingested", cur.runner_seq - after)
+            self.log.info("spool ingested", session_id=cur.id, events=cur.runner_seq - after, more=chunk.more)
+        if chunk.more and cur.runner_seq > after:  # placed this chunk's events: read on where it ended
+            self._spool_at[cur.id] = (cur.runner_seq, chunk.end)
+            return False
+        self._spool_at.pop(cur.id, None)  # done (or nothing more can be placed: a gap in a forged spool)
+        return True
 
     def _job(self, job: tuple[Any, ...], batch: Batch) -> None:
         """A write that is not an event (a skill saved or deleted), after the batch; its result goes back to

@@ -105,6 +105,8 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
         self._waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self._safe = False  # safe mode: commit event by event (after the store refused a batch)
         self._deferred: list[list[bytes]] = []  # runner frames that overtook their session.created (runner_frames)
+        self._later: list[tuple[Any, ...]] = []  # daemon items carried to the next pass (Batch.later)
+        self._spool_at: dict[str, tuple[int, int]] = {}  # where reading a session's spool goes on (daemon_items)
         self._frame: tuple[list[bytes], bool] | None = None
         self.ready = threading.Event()
         self.failed: BaseException | None = None
@@ -173,24 +175,25 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
 
     def _loop(self, poller: zmq.Poller) -> None:
         stopping = False
-        while not stopping:
+        while not stopping or self._later:  # a stop waits for the sessions' ends still being read from spools
             self.beat = time.monotonic()
             # frames deferred last pass (runner_frames._unknown) get the next pass at once, not after a wait
             t_poll = time.perf_counter()
-            ready = dict(poller.poll(0 if self._deferred else self.acks.timeout_ms(time.monotonic(), 200)))
+            busy = self._deferred or self._later
+            ready = dict(poller.poll(0 if busy else self.acks.timeout_ms(time.monotonic(), 200)))
             # what the thread waits on, per pass (docs/design.md "Event path end to end"): a few counters a pass
             self.count("ingest.idle_us", int((time.perf_counter() - t_poll) * 1e6))
             self.count("ingest.passes")
             for sid in self.acks.owed(time.monotonic()):  # between batches: every cursor is committed
                 self._ack(sid, resend=False)
-            if not ready and not self._deferred:
+            if not ready and not busy:
                 continue
             if self.pub in ready:
                 self.live_subs.take(self.pub)
             # Daemon-side items first: a session.created must be in before that session's runner events.
-            items: list[tuple[Any, ...]] = []
+            items, self._later = self._later, []
             frames_list: list[list[bytes]] = []
-            while len(items) < MAX_BATCH:
+            while len(items) < MAX_BATCH and not stopping:
                 try:
                     item = self.pull.recv_pyobj(zmq.NOBLOCK)
                 except zmq.Again:
@@ -274,6 +277,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
             self.store_down = False
             self.log.info("store writable again")
         self.count("events_persisted", batch.count)
+        self._later = batch.later
         for sids, reply_to in batch.deletes:
             self._delete_sessions(sids, reply_to, batch)
         for job in batch.jobs:
@@ -324,6 +328,7 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
             self._last_resend.pop(sid, None)
             self.acks.forget(sid)
             self.records.forget(sid)
+            self._spool_at.pop(sid, None)
             self._runner_codecs.pop(sid, None)
             self.routes.pop(sid, None)
             if self.sessions_dir is not None:  # its events are committed: the spool has served

@@ -118,6 +118,8 @@ class Batch:
     jobs: list[tuple[Any, ...]] = field(default_factory=list)
     to_runners: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     ended: set[str] = field(default_factory=set)
+    #: daemon items to process again in the next pass, first (a session.ended whose spool is read over passes)
+    later: list[tuple[Any, ...]] = field(default_factory=list)
     count: int = 0
 
     def size(self) -> int:

@@ -24,7 +24,6 @@ import orjson
 from labd.daemon.ingest_batch import LIVE_OVERHEAD, PUB_CHUNK_BYTES, Batch, Fragment, LiveEvents, LiveRun
 from labd.daemon.outputcap import CAPPED, OutputCaps
 from labd.daemon.recordcap import RecordCaps
-from labd.daemon.spools import spool_of, spooled_events
 from labd.ipc.events import APPROVALS_PENDING_MAX, DAEMON_KINDS, EventError, quick_valid, validate
 from labd.ipc.signing import derive_key
 from labd.ipc.wire import ACK_TAIL, Codec, Message, WireError
@@ -349,23 +348,6 @@ class RunnerFrames:
         self._warn("event rejected", "rejected", session_id=cur.id, kind=str(kind)[:64], error=reason[:300])
         self._append(cur, time.time(), "event.rejected", "r", src_seq, None, None,
                      {"kind": str(kind)[:64], "reason": reason}, b)
-
-    def _ingest_spool(self, cur: SessionCursor, b: Batch) -> None:
-        """Stage what the session's spool holds beyond the last runner event we have (its runner has ended:
-        the file is complete). Exactly once: records at or below ``runner_seq`` are skipped."""
-        if self.sessions_dir is None:
-            return
-        evs: list[Any] = []
-        try:
-            evs = spooled_events(spool_of(self.sessions_dir, cur.id), cur.runner_seq)
-        except OSError as exc:
-            self.count("spool_unreadable")
-            self.log.error("spool unreadable", session_id=cur.id, error=str(exc))
-        if evs:
-            before = cur.runner_seq
-            self._on_events(cur, None, evs, b)
-            self.count("spool_events_ingested", cur.runner_seq - before)
-            self.log.info("spool ingested", session_id=cur.id, events=cur.runner_seq - before)
 
 
 #: the head of a runner frame exactly as :meth:`labd.ipc.wire.Codec.pack_events` writes it (nothing else may come

@@ -7,15 +7,17 @@ exactly once). Ingest calls it when a session has ended and before it stores ``s
 
 from __future__ import annotations
 
+import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from labd.runner.spool import SPOOL_NAME, read_spool
+from labd.runner.spool import SPOOL_NAME, scan_spool
 
-__all__ = ["spool_of", "spooled_events", "remove_spool"]
+__all__ = ["spool_of", "spooled_events", "SpoolChunk", "remove_spool"]
 
 
 def spool_of(sessions_dir: Path, sid: str) -> Path:
@@ -23,21 +25,66 @@ def spool_of(sessions_dir: Path, sid: str) -> Path:
     return sessions_dir / sid / SPOOL_NAME
 
 
-def spooled_events(path: Path, after: int) -> list[list[Any]]:
-    """The events in the spool at ``path`` with ``src_seq > after``, as ``[src_seq, ts, kind, node_id, parent,
-    payload]`` items. A record that does not decode to such an item with its own ``src_seq`` becomes an item of
-    kind ``spool.unreadable`` (ingest stores it as ``event.rejected`` in its slot, keeping the sequence whole).
+@dataclass
+class SpoolChunk:
+    """Events read from a spool in one go (:func:`spooled_events`)."""
+
+    #: ``[src_seq, ts, kind, node_id, parent, payload]`` items, in file order
+    events: list[list[Any]] = field(default_factory=list)
+    #: the reading stopped at a bound, not at the spool's end: read on from ``end``
+    more: bool = False
+    #: the byte offset just past the last record read (where the next chunk starts)
+    end: int = 0
+
+
+def spooled_events(path: Path, after: int, *, start: int = 0, max_event: int | None = None,
+                   max_events: int | None = None, max_bytes: int | None = None) -> SpoolChunk:
+    """The events in the spool at ``path`` with ``src_seq > after``, from byte ``start`` (0, or the ``end`` of an
+    earlier chunk), at most ``max_events`` of them or about ``max_bytes`` of records (at least one).
+
+    A record that does not decode to such an item with its own ``src_seq`` becomes an item of kind
+    ``spool.unreadable`` (ingest stores it as ``event.rejected`` in its slot, keeping the sequence whole). A
+    record longer than ``max_event`` (more than a runner could send in one message) becomes ``event.truncated``
+    with its kind and size, as the runner's channel replaces an event too large to send; it is never read whole.
     Raises OSError if the file exists but cannot be read."""
-    evs: list[list[Any]] = []
-    for src_seq, body in read_spool(path, after=after):
+    chunk = SpoolChunk(end=start)
+    nbytes = 0
+    for src_seq, body, size, end in scan_spool(path, after, start=start, max_body=max_event):
+        if len(body) < size:
+            ev: Any = _truncated(src_seq, body, size)
+        else:
+            try:
+                ev = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                ev = None
+            if not (isinstance(ev, list) and len(ev) == 6 and ev[0] == src_seq):
+                ev = [src_seq, time.time(), "spool.unreadable", None, None, {}]
+        chunk.events.append(ev)
+        chunk.end = end
+        nbytes += len(body)
+        if (max_events is not None and len(chunk.events) >= max_events) or (
+                max_bytes is not None and nbytes >= max_bytes):
+            chunk.more = True
+            break
+    return chunk
+
+
+#: the head of an event as the runner encodes it: ``[src_seq,ts,"kind",`` (for a record too long to read whole)
+_HEAD = re.compile(rb'\[[0-9]{1,19},([0-9.eE+-]{1,32}),("(?:[^"\\]|\\.){1,200}")')
+
+
+def _truncated(src_seq: int, head: bytes, size: int) -> list[Any]:
+    """The ``event.truncated`` item standing for a record of ``size`` bytes of which ``head`` was read."""
+    kind, ts = "unknown", time.time()
+    m = _HEAD.match(head)
+    if m is not None:
         try:
-            ev = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            ev = None
-        if not (isinstance(ev, list) and len(ev) == 6 and ev[0] == src_seq):
-            ev = [src_seq, time.time(), "spool.unreadable", None, None, {}]
-        evs.append(ev)
-    return evs
+            kind, ts = orjson.loads(m.group(2)), float(m.group(1))
+        except (orjson.JSONDecodeError, ValueError):
+            pass
+    if not (isinstance(ts, float) and 0 <= ts < 1e11):
+        ts = time.time()
+    return [src_seq, ts, "event.truncated", None, None, {"kind": str(kind)[:64], "size": size}]
 
 
 def remove_spool(path: Path) -> None:

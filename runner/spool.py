@@ -36,7 +36,7 @@ from pathlib import Path
 
 from labd.runner.pipes import write_all
 
-__all__ = ["Spool", "read_spool", "spool_path", "SPOOL_NAME", "HEADER", "prepare_unnamed"]
+__all__ = ["Spool", "read_spool", "scan_spool", "spool_path", "SPOOL_NAME", "HEADER", "prepare_unnamed"]
 
 SPOOL_NAME = "events.spool"
 HEADER = struct.Struct("<IIQ")
@@ -54,6 +54,7 @@ POPULATE_BYTES = 256 << 10
 #: madvise(2) advice that faults a range in writable in one call (Linux >= 5.14; Python 3.11's mmap lacks the name)
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 _ZEROS = bytes(64 << 10)  # what an emptied-in-place spool is overwritten with, a chunk at a time
+HEAD_KEPT = 256  # of a record too long to read whole (scan_spool): enough for its src_seq, time and kind
 
 
 def spool_path(session_dir: str | os.PathLike[str]) -> Path:
@@ -288,12 +289,25 @@ def read_spool(path: str | os.PathLike[str], after: int = 0) -> Iterator[tuple[i
     Stops at the first record that is torn (file ends inside it) or fails its checksum: a write cut short
     by a crash can only be the last one, and nothing after a damaged record can be trusted to be in order.
     A missing file yields nothing."""
+    for src_seq, body, _size, _end in scan_spool(path, after):
+        yield src_seq, body
+
+
+def scan_spool(path: str | os.PathLike[str], after: int = 0, *, start: int = 0,
+               max_body: int | None = None) -> Iterator[tuple[int, bytes, int, int]]:
+    """Yield ``(src_seq, body, size, end)`` of every intact record with ``src_seq > after``, from byte ``start``
+    (a record boundary: 0, or an ``end`` this yielded before) in file order; ``size`` is the body's length and
+    ``end`` the offset just past the record. As :func:`read_spool`, except that a body longer than ``max_body``
+    is checked a chunk at a time but not kept: only its first :data:`HEAD_KEPT` bytes are yielded (the daemon
+    reads spools written by processes it does not trust, and its memory stays bounded)."""
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed in finally (a generator)
     except FileNotFoundError:
         return
     try:
         size = HEADER.size
+        total = os.fstat(f.fileno()).st_size
+        pos = f.seek(start)
         while True:
             head = f.read(size)
             if len(head) < size:
@@ -301,12 +315,30 @@ def read_spool(path: str | os.PathLike[str], after: int = 0) -> Iterator[tuple[i
             length, crc, src_seq = HEADER.unpack(head)
             if length > MAX_RECORD or (length == 0 and crc == 0 and src_seq == 0):  # damage, or the zeroed tail
                 return
+            end = pos + size + length
+            if end > total:  # torn: the file ends inside this record
+                return
             if src_seq <= after:  # already stored: skip it without reading or checking it
-                f.seek(length, os.SEEK_CUR)
+                pos = f.seek(end)
+                continue
+            seed = _crc32(src_seq.to_bytes(8, "little"))
+            if max_body is not None and length > max_body:
+                head_kept = f.read(min(length, HEAD_KEPT))
+                left, check = length - len(head_kept), _crc32(head_kept, seed)
+                while left:
+                    chunk = f.read(min(left, 1 << 20))
+                    if not chunk:
+                        return
+                    check, left = _crc32(chunk, check), left - len(chunk)
+                if check != crc:
+                    return
+                pos = end
+                yield src_seq, head_kept, length, end
                 continue
             body = f.read(length)
-            if len(body) < length or zlib.crc32(body, zlib.crc32(src_seq.to_bytes(8, "little"))) != crc:
+            if len(body) < length or _crc32(body, seed) != crc:
                 return
-            yield src_seq, body
+            pos = end
+            yield src_seq, body, length, end
     finally:
         f.close()
