@@ -127,13 +127,24 @@ def _write_seed(session_dir: Path, seed: dict[str, Any]) -> None:
                        {"path": str(session_dir), "errno": exc.errno}) from None
 
 
-def _merged_limits(row: dict[str, Any], override: Any) -> Limits:
+def _merged_limits(row: dict[str, Any], override: Any, created: dict[str, Any] | None = None) -> Limits:
+    """A session's stored limits with a request's ``override`` checked over them. ``created``: the session's
+    ``session.created`` payload, which says where it runs (a Ray session's CPUs are its node's, up to the cluster
+    bound); None: not read yet, checked with the cluster bound (then again with :func:`_placed`)."""
     if override is None:
         return Limits.from_dict(row["limits"])
     if not isinstance(override, dict):
         raise ApiError("bad_request", "field 'limits' must be an object")
     base = {k: v for k, v in (row["limits"] or {}).items() if v is not None}
-    return _limits({"limits": {**base, **override}}, cluster=True)  # see resume_ended
+    return _limits({"limits": {**base, **override}}, cluster=created is None or bool(created.get("placement")))
+
+
+def _placed(limits: Limits, created: dict[str, Any]) -> Limits:
+    """``limits`` checked again now that the session's ``session.created`` says where it runs: a session of this
+    machine may not ask for more CPUs than it has (a resume checks its limits before its record is read)."""
+    if created.get("placement"):
+        return limits
+    return _limits({"limits": limits.to_dict()})
 
 
 def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]:
@@ -147,8 +158,7 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]
     limits = _merged_limits(row, req.body.get("limits"))
     budget = req.body.get("budget")
     if budget is not None:
-        # cluster: the limits were accepted at the session's start, a Ray session's CPUs beyond this machine's
-        # among them (the row does not say where it ran); `labd resume --cpus` checks a local session's here
+        # cluster: a Ray session's CPUs may be beyond this machine's; where it runs is read below (_placed)
         limits = _limits({"limits": {**limits.to_dict(), "budget": budget}}, cluster=True)
     refuse_never_fits(sup.queue, limits)  # queued, it would block the run queue for good
     req_id = req.reply_to[1]
@@ -175,6 +185,8 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]
             sup.preparing.discard(req_id)
         if store.session(sid) is None:  # deleted (labd rm, retention) while its record was read
             raise ApiError("not_found", f"no session {sid!r}: it was deleted while being resumed")
+        if req.body.get("limits") is not None or budget is not None:
+            limits = _placed(limits, c)
         if d.draining:
             raise ApiError("draining", "the daemon is stopping its sessions (serve --drain): no resume now")
         refuse_while_store_down(d)
@@ -304,7 +316,7 @@ class Branch(Request):
                 raise ApiError(check.get("code", "bad_params"), check.get("message", "invalid params"),
                                check.get("details"))
             params = check.get("params", params)
-        limits = _merged_limits(parent, self.body.get("limits"))
+        limits = _merged_limits(parent, self.body.get("limits"), c)
         refuse_never_fits(d.supervisor.queue, limits)  # before any directory is prepared
         src = d.layout.sessions_dir / psid / OBJECTS_DIR
         sids = [secrets.token_hex(6) for _ in range(count)]

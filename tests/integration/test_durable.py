@@ -456,3 +456,29 @@ def test_a_step_open_when_its_session_is_killed_is_interrupted_not_running_for_e
         wait_until(lambda: c.session(sid)["status"] == "running", timeout=60, what="the resumed session running")
         c.stop(sid)
         _ended(c, sid)
+
+
+def test_resume_and_branch_of_a_session_of_this_machine_check_its_cpus_against_this_machine(shared_daemon) -> None:
+    """A session that ran here, resumed or branched with more CPUs than this machine has, is refused
+    (``bad_limits``), as its start would have been; the refused resume leaves the session resumable. (The bound
+    for a Ray session is its cluster's: a resume checks its limits before it has read where the session ran, and
+    accepted any local session's CPUs up to 1024 cores.)"""
+    import os
+
+    from labd.ipc import LabdError
+
+    too_many = f"{((os.cpu_count() or 1) + 1) * 100}%"
+    with shared_daemon.client() as c:
+        sid = c.start("demo.count", params={"n": 2, "delay": 0.0})
+        assert _ended(c, sid)["status"] == "completed"
+        with pytest.raises(LabdError) as err:
+            c.branch(sid, "count 2", limits={"cpu": too_many})
+        assert err.value.code == "bad_limits", err.value
+        failed = c.start("demo.fail")
+        assert _ended(c, failed)["status"] == "failed"
+        for kwargs in ({"limits": {"cpu": too_many}}, {"limits": {"cpu": too_many}, "budget": 5.0}):
+            with pytest.raises(LabdError) as err:
+                c.resume(failed, **kwargs)
+            assert err.value.code == "bad_limits" and "cpu" in str(err.value).lower(), err.value
+        assert c.resume(failed, limits={"cpu": "50%"})["resumed"] is True
+        assert _ended(c, failed)["status"] == "failed"
