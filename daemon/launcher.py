@@ -45,6 +45,9 @@ class ExitInfo:
     signal: int | None
     #: set when the runner was lost rather than ended (a remote launcher: its actor or node died, and why)
     reason: str | None = None
+    #: a remote runner's crash file's end, read on its node (``(text, cut)``: runner/crash_tail.py); a local
+    #: runner's file is read by the supervisor itself
+    crash: tuple[str, bool] | None = None
 
 
 def signal_group(pid: int, sig: int) -> bool:

@@ -23,7 +23,8 @@ side is :class:`labd.daemon.ray_launcher.RayLauncher`. Requests (one JSON object
   not placed yet (no runner to signal) kills the actor at once: it is taken out of Ray's queue, and ``exited``.
 
 Reports: ``{"op": "note", "handle", "note"}`` (the node monitor's limit breaches and samples) and
-``{"op": "exited", "handle", "exit_code", "signal", "reason"}`` -- ``reason`` set when the actor or its node was
+``{"op": "exited", "handle", "exit_code", "signal", "reason", "crash"}`` (``crash``: the end of the runner's crash
+file, ``[text, cut]``, when it exited on a signal or a non-zero code) -- ``reason`` set when the actor or its node was
 lost (Ray's own account of why); the actor of a session that ended is killed. End of stdin: the driver exits;
 the detached actors keep running their sessions (or waiting to be placed) for the next daemon to adopt.
 
@@ -182,7 +183,7 @@ def main() -> None:
     def ended(handle: int, **fields: Any) -> None:
         actor = forget(handle)
         _out({"op": "exited", "handle": handle, "exit_code": fields.get("exit_code"),
-              "signal": fields.get("signal"), "reason": fields.get("reason")})
+              "signal": fields.get("signal"), "reason": fields.get("reason"), "crash": fields.get("crash")})
         if actor is not None:  # detached: it would outlive the session
             _kill(ray, actor)
 
@@ -269,7 +270,7 @@ def main() -> None:
                 for note in result["notes"]:
                     _out({"op": "note", "handle": handle, "note": list(note)})
                 if result["exited"]:
-                    ended(handle, exit_code=result["exit_code"], signal=result["signal"])
+                    ended(handle, exit_code=result["exit_code"], signal=result["signal"], crash=result.get("crash"))
                     continue
             else:  # placed, its runner started
                 if handle in adopting:  # placed when adopted, and it answered in time

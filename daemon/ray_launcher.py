@@ -57,12 +57,13 @@ class RayLauncher:
     """Sessions as Ray actors; the Ray client runs in a driver child process."""
 
     def __init__(self, home: Path, runners_local: str, max_message: int, settings: dict[str, Any],
-                 env: dict[str, str] | None = None, timeout: float = 60.0) -> None:
+                 env: dict[str, str] | None = None, timeout: float = 60.0, session_nofile: int = 0) -> None:
         self.address = str(settings.get("address") or "auto")
         self.listen = str(settings.get("runner_listen") or "tcp://0.0.0.0:0")
         self.advertise = settings.get("advertise")
         self.node_dir = settings.get("node_dir")
         self.ship_max = int(settings.get("ship_max_bytes") or SHIP_MAX_BYTES)
+        self.session_nofile = session_nofile  # [daemon] session_nofile, set by each runner on its node (0: as is)
         self._env = dict(os.environ if env is None else env)
         self._timeout = timeout
         self.home = home
@@ -150,7 +151,10 @@ class RayLauncher:
         if op == "exited" and sid is not None:
             self.gateway.revoke(sid)
             del self._sid[handle]
-            self._exits.append(ExitInfo(handle, msg.get("exit_code"), msg.get("signal"), msg.get("reason")))
+            crash = msg.get("crash")  # [text, cut] read on the node: checked, and bounded again by the supervisor
+            tail = (crash[0], bool(crash[1])) if isinstance(crash, list) and len(crash) == 2 and isinstance(
+                crash[0], str) else None
+            self._exits.append(ExitInfo(handle, msg.get("exit_code"), msg.get("signal"), msg.get("reason"), tail))
         elif op == "placed" and sid is not None:
             keys = ("node", "ip", "pid", "workdir", "hostname", "actor_pid")
             info = {k: msg[k] for k in keys if msg.get(k) is not None}
@@ -227,7 +231,8 @@ class RayLauncher:
         req = self._req
         remote = {**spec, "endpoint": self.endpoint, "curve": self.gateway.authorize(sid), "ship_files": self.ship_max,
                   "record_interval": spec.get("record_interval") or 2.0,
-                  "flush_timeout": spec.get("flush_timeout") or REMOTE_FLUSH_TIMEOUT_S}
+                  "flush_timeout": spec.get("flush_timeout") or REMOTE_FLUSH_TIMEOUT_S,
+                  "session_nofile": self.session_nofile}
         if self.node_dir:
             remote["node_dir"] = self.node_dir
         self._sid[handle] = sid

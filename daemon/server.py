@@ -454,7 +454,8 @@ def _launchers(cfg: Config, local: TemplateLauncher, env: dict[str, str], runner
     settings = cfg.launcher
     if settings.get("kind") != "ray" and not settings.get("address"):
         return Launchers(local)
-    return Launchers(local, RayLauncher(cfg.home, runners, cfg.max_message, settings, env=env))
+    return Launchers(local, RayLauncher(cfg.home, runners, cfg.max_message, settings, env=env,
+                                        session_nofile=cfg.session_nofile))
 
 
 def _start_gateway(cfg: Config, info: ConnectionInfo) -> Any:

@@ -17,14 +17,14 @@ from typing import Any
 import structlog
 
 from labd.daemon.admission import Admission
-from labd.daemon.crash_report import crash_text
+from labd.daemon.crash_report import crash_text, crash_text_of
 from labd.daemon.launcher import ExitInfo, Launcher, create_time_of, is_same_process
 from labd.daemon.limits import Limits
 from labd.daemon.monitor import Monitor
 from labd.daemon.orphans import Claims, titled
 from labd.daemon.queue import Queued, RunQueue
 from labd.ipc.units import format_size
-from labd.runner.session import CRASH_FILE
+from labd.runner.crash_tail import CRASH_FILE
 from labd.runner.withhold import looked_for
 
 __all__ = ["Supervisor", "Running"]
@@ -291,7 +291,8 @@ class Supervisor(Admission):
         if info.reason:  # lost, not ended (a remote runner's actor or node died): the launcher says why
             payload["lost_reason"] = info.reason
         if info.signal is not None or info.exit_code:  # a crash of the runner itself leaves its text there
-            crash = crash_text(run.crash_file, run.secrets)
+            crash = crash_text(run.crash_file, run.secrets) if info.crash is None else crash_text_of(
+                *info.crash, run.secrets)  # a Ray runner's: read on its node
             if crash:
                 payload["runner_stderr"] = crash
         self.post(sid, "session.ended", payload)

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from labd.runner.crash_tail import CRASH_FILE, read_tail
 from labd.runner.node_monitor import NodeMonitor
 
 __all__ = ["SessionActor", "node_dir"]
@@ -111,7 +112,9 @@ class SessionActor:
                 "pid": self.proc.pid if self.proc is not None else None, "actor_pid": os.getpid()}
 
     def wait(self, timeout: float) -> dict[str, Any]:
-        """Return when the runner has exited or after ``timeout`` s: ``{"exited", "exit_code", "signal", "notes"}``."""
+        """Return when the runner has exited or after ``timeout`` s: ``{"exited", "exit_code", "signal", "notes",
+        "crash"}``; ``crash``: the end of the runner's crash file ``[text, cut]`` when it exited on a signal or a
+        non-zero code (runner/crash_tail.py), else None."""
         self._exited.wait(timeout)
         notes = self.monitor.take_notes() if self.monitor else []
         if not self._exited.is_set() or self.proc is None:
@@ -121,11 +124,12 @@ class SessionActor:
             if self.monitor.peak_rss:  # the peaks once more (a short session may never reach a periodic sample)
                 notes.append(("event", "resource.sample", self.monitor.sample() | {"num_procs": 0}))
         code = self.proc.returncode
+        crash = read_tail(self.session_dir / CRASH_FILE) if code and self.session_dir is not None else None
         if self.session_dir is not None and not (self.session_dir / "events.spool").exists():
             # everything was delivered (the runner removes its spool only then), files included: nothing to keep
             shutil.rmtree(self.session_dir, ignore_errors=True)
         return {"exited": True, "exit_code": code if code >= 0 else None, "signal": -code if code < 0 else None,
-                "notes": notes}
+                "notes": notes, "crash": crash}
 
     def signal(self, sig: int) -> bool:
         """Signal the runner's process group (and its whole tree, for SIGKILL/SIGTERM); False if it is gone."""

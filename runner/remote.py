@@ -12,7 +12,8 @@ import os
 import sys
 import traceback
 
-from labd.runner.session import EXIT_FAILED, run_session
+from labd.runner.session import EXIT_FAILED, own_crash_channel, run_session
+from labd.runner.template import limit_files
 
 
 def main() -> None:
@@ -20,10 +21,14 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # the workflow reads nothing from the actor's pipe
     os.close(devnull)
+    # As a local runner: fd 2 is the session's crash file (its actor hands the tail back when the runner ends
+    # without an outcome: session.ended's runner_stderr), and the sessions' descriptor limit holds on the node too.
+    own_crash_channel(spec)
+    limit_files(int(spec.get("session_nofile") or 0))
     code = EXIT_FAILED
     try:
         code = run_session(spec)
-    except BaseException:  # noqa: BLE001 - last resort: on the real stderr (the actor's log), then exit
+    except BaseException:  # noqa: BLE001 - last resort: into the crash file, then exit
         traceback.print_exc(file=sys.__stderr__)
     sys.stdout.flush()
     os._exit(code)

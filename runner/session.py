@@ -31,6 +31,7 @@ from labd.runner.capture import OutputCapture, report_crash
 from labd.runner.channel import Channel, PayloadError
 from labd.runner.channel_wire import too_large
 from labd.runner.context import Cancelled, Context
+from labd.runner.crash_tail import CRASH_FILE
 from labd.runner.credentials import confine_runner, take_key
 from labd.runner.durable import Durable, read_seed
 from labd.runner.files import FileTracker
@@ -314,10 +315,6 @@ def finished_payload(outcome: str, extra: dict[str, Any], room: int) -> dict[str
     return out
 
 
-#: the runner's crash channel, in the session's directory (beside ``work``): what the runner itself writes on fd 2
-#: before its output is captured, its last-resort traceback and a fatal error's (faulthandler); the daemon records
-#: its tail when the runner ends without an outcome (daemon/supervisor.py)
-CRASH_FILE = "runner.stderr"
 
 
 def own_crash_channel(spec: dict[str, Any]) -> None:

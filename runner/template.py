@@ -220,14 +220,22 @@ def _outlive_runners() -> None:
 
 
 def _limit_files() -> None:
-    """The sessions' file descriptor limit (``LABD_SESSION_NOFILE``: soft = hard, so no session can raise it), set
-    before anything is forked: the spare, every runner, workflow check and all they start inherit it."""
+    """The sessions' file descriptor limit (``LABD_SESSION_NOFILE``), set before anything is forked: the spare,
+    every runner, workflow check and all they start inherit it."""
     value = os.environ.pop("LABD_SESSION_NOFILE", "")
-    if value.isdigit() and int(value) > 0:
+    if value.isdigit():
+        limit_files(int(value))
+
+
+def limit_files(value: int) -> None:
+    """Set this process's ``RLIMIT_NOFILE`` to ``value`` (at most its hard limit), soft = hard, so that nothing it
+    starts can raise it (``[daemon] session_nofile``; 0: unchanged). Also the first thing a Ray node's runner does
+    (runner/remote.py)."""
+    if value > 0:
         import resource
 
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        limit = int(value) if hard == resource.RLIM_INFINITY else min(int(value), hard)
+        limit = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 

@@ -58,6 +58,15 @@ def tick(ctx, n: int = 100000, delay: float = 0.05) -> int:
         print(f"tick {i}", flush=True)
         time.sleep(delay)
     return n
+
+def crash(ctx):
+    import faulthandler
+    print("about to crash", flush=True)
+    faulthandler._sigsegv()
+
+def nofile(ctx) -> list:
+    import resource
+    return list(resource.getrlimit(resource.RLIMIT_NOFILE))
 '''
 
 
@@ -326,3 +335,23 @@ def test_files_are_shipped_after_each_step_while_the_session_runs(ray_daemon: Da
     assert (work / "first.txt").exists() and not (work / "scratch.txt").exists()
     shipped = [e["payload"]["path"] for e in _events(c, sid, ["file.shipped"]) if not e["payload"].get("deleted")]
     assert shipped.count("first.txt") == 1  # unchanged after step one: not shipped again at the end
+
+
+def test_a_ray_runner_crash_is_recorded_and_its_descriptor_limit_is_the_sessions(ray_daemon: DaemonProc,
+                                                                                  rc: object) -> None:
+    """As for a runner of this machine: a Ray runner that segfaults ends ``failed`` with the fault's text (Python's
+    fatal error report, read from its crash file on the node by its actor) in ``session.ended``'s
+    ``runner_stderr`` and in its reason; and a Ray runner runs under ``[daemon] session_nofile`` (4096 by default,
+    soft = hard). Before, a Ray runner's crash text went to the Ray worker's log only, and its limit was the
+    actor's."""
+    c = rc
+    sid = c.start(f"{ray_daemon.flows}:crash", placement={"on": "ray"})  # type: ignore[attr-defined]
+    s = _ended(c, sid)
+    assert s["status"] == "failed" and "SIGSEGV" in str(s.get("reason")), s
+    assert "Fatal Python error: Segmentation fault" in str(s["reason"]), s
+    ended = _events(c, sid, ["session.ended"])[0]["payload"]
+    assert "Fatal Python error: Segmentation fault" in str(ended.get("runner_stderr")), ended  # type: ignore[union-attr]
+    sid = c.start(f"{ray_daemon.flows}:nofile", placement={"on": "ray"})  # type: ignore[attr-defined]
+    assert _ended(c, sid)["status"] == "completed"
+    finished = _events(c, sid, ["session.finished"])[0]["payload"]
+    assert finished["result"] == [4096, 4096], finished  # type: ignore[index]

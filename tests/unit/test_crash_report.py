@@ -1,0 +1,34 @@
+"""What is recorded of a runner's crash file (daemon/crash_report.py): its end, bounded, from a line start when cut,
+the session's secrets withheld; read without following a link (runner/crash_tail.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from labd.daemon.crash_report import CRASH_TAIL, crash_text, crash_text_of
+from labd.runner.crash_tail import read_tail
+
+
+def test_a_remote_runners_tail_is_bounded_again_and_its_secrets_withheld() -> None:
+    """A Ray node hands back the tail it read; the daemon does not trust its size: a megabyte of text is recorded
+    as its last CRASH_TAIL characters (before withholding) starting at a line, and a secret in it is withheld."""
+    text = "".join(f"line {i} sk-live-SECRET123\n" for i in range(50_000)) + "Fatal Python error: boom"
+    out = crash_text_of(text, False, [("OPENAI_API_KEY", "sk-live-SECRET123")])
+    assert out is not None and out.endswith("Fatal Python error: boom")
+    assert len(out.replace("[secret OPENAI_API_KEY withheld]", "sk-live-SECRET123")) <= CRASH_TAIL
+    assert out.startswith("line ") and "sk-live-SECRET123" not in out and "OPENAI_API_KEY" in out
+
+
+def test_a_short_crash_file_is_recorded_whole_and_a_link_is_not_followed(tmp_path: Path) -> None:
+    """A crash file of a few lines is recorded as it is (not cut); a crash file that session code replaced by a
+    symlink to another file is not read at all."""
+    f = tmp_path / "runner.stderr"
+    f.write_text("Traceback...\nRuntimeError: x\n")
+    assert crash_text(f, []) == "Traceback...\nRuntimeError: x"
+    assert read_tail(f) == ("Traceback...\nRuntimeError: x\n", False)
+    other = tmp_path / "secret.txt"
+    other.write_text("private")
+    link = tmp_path / "linked.stderr"
+    os.symlink(other, link)
+    assert read_tail(link) is None and crash_text(link, []) is None
