@@ -28,7 +28,6 @@ from labd.daemon.control import ControlPlane
 from labd.daemon.events_auth import LocalEventsAuth
 from labd.daemon.indexer import Indexer
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
-from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.memory import limit_arenas
 from labd.daemon.monitor import Monitor
 from labd.daemon.orphans import Claims, belongs_here, find_runners, stop_stray
@@ -36,21 +35,21 @@ from labd.daemon.queue import RunQueue
 from labd.daemon.reads import Reads
 from labd.daemon.reply_budget import ReplyBudget
 from labd.daemon.retention import Retention
+from labd.daemon.sandboxing import SandboxSetup
+from labd.daemon.services import GatewayError, launchers, start_gateway, start_telemetry
 from labd.daemon.startup import AlreadyRunning, Startup, begin
 from labd.daemon.supervisor import Supervisor
 from labd.daemon.systemd import Heartbeat, Notifier
 from labd.daemon.warnlimit import WarnLimiter
 from labd.ipc.connection import ConnectionInfo, write_connection_file
 from labd.ipc.wire import Codec
-from labd.runner.sandbox import SandboxStatus, hidden_paths, probe
-from labd.runner.sandbox import landlock as _landlock
 from labd.runner.workflows.registry import WorkflowError, bind_params, describe, is_builtin, parse_target, resolve
 from labd.store.db import Checkpointer, is_sqlite, migrate, open_engine
 from labd.store.known_keys import KnownKeys
 from labd.store.queries import Store
 from labd.store.writer import BatchWriter
 
-__all__ = ["Daemon", "AlreadyRunning"]
+__all__ = ["Daemon", "AlreadyRunning", "GatewayError"]
 
 from labd import __version__ as VERSION
 
@@ -72,7 +71,7 @@ def _key_for(home: Path) -> str:
     return key
 
 
-class Daemon(ControlPlane):
+class Daemon(SandboxSetup, ControlPlane):
     """One labd daemon bound to one home."""
 
     version = VERSION
@@ -180,7 +179,7 @@ class Daemon(ControlPlane):
                                    runners=layout.endpoint("runners"), key=key, pid=os.getpid(),
                                    home=str(layout.home), events_auth="plain",
                                    max_message=cfg.max_message)
-        self.gateway = _start_gateway(cfg, self.info)  # first: a bad --listen stops us before anything runs
+        self.gateway = start_gateway(cfg, self.info)  # first: a bad --listen stops us before anything runs
         z = zmq.Context()
         events_auth = LocalEventsAuth(z, bytes.fromhex(key))  # before ingest binds
         notes = z.socket(zmq.PULL)
@@ -202,7 +201,7 @@ class Daemon(ControlPlane):
         self.monitor.start()
         # spawned by startup.begin (without secrets in its environment): ready by now, or waited for here
         clean_env, self.secrets = start.clean_env, start.secrets
-        self.launcher = _launchers(cfg, start.template, clean_env, self.info.runners)
+        self.launcher = launchers(cfg, start.template, clean_env, self.info.runners)
         self.launcher.start()
         self.supervisor = Supervisor(self.launcher, self.monitor, self.post_event, self.send_runner,
                                      cfg.term_grace)
@@ -210,7 +209,7 @@ class Daemon(ControlPlane):
         self.supervisor.queue = RunQueue(cfg.max_sessions, int(total) if total is not None else None)
         self.supervisor.spec_for = lambda q: session_spec(self, q)
         known = self._recover()
-        self.telemetry = _start_telemetry(cfg, engine, layout.home)
+        self.telemetry = start_telemetry(cfg, engine, layout.home)
         self.indexer = Indexer(layout.home, engine, ingest.index_hints)
         self.indexer.start()
         self.retention = Retention(layout.sessions_dir, engine, self.delete_sessions,
@@ -386,91 +385,9 @@ class Daemon(ControlPlane):
         # the ladder: stop_grace, then SIGTERM and term_grace, then SIGKILL; a few seconds more to record the ends
         return time.monotonic() + self.cfg.stop_grace + self.cfg.term_grace + 10
 
-    def _probe_sandbox(self) -> None:
-        """Find out, by running a confined probe, how code that agents execute can be confined; say so in
-        the log when it is less than full (never silently less). See docs/security.md."""
-        sb, layout = self.cfg.sandbox, self.layout
-        db_path = self.cfg.db_url.split("sqlite:///", 1)[1] if self.cfg.db_url.startswith("sqlite:///") else None
-        self.sandbox_hide = hidden_paths(layout.home, layout.runtime_dir, sb.hide, db_path)
-        self.sandbox: SandboxStatus = probe(sb.mechanism, self.sandbox_hide, layout.home / "tmp", sb.require)
-        #: the runner's own Landlock (labd.runner.credentials); bwrap cannot run under it
-        if not sb.confine_runner:
-            self.runner_confinement = "off: [sandbox] confine_runner = false"
-        elif _landlock.abi_version() < 1:
-            self.runner_confinement = "off: no Landlock in this kernel"
-        elif self.sandbox.mechanism == "bwrap":
-            self.runner_confinement = "off: bwrap cannot start under a Landlock-confined runner"
-        else:
-            self.runner_confinement = "landlock"
-        info = {"level": self.sandbox.level, "mechanism": self.sandbox.mechanism, "reasons": self.sandbox.reasons,
-                "runner": self.runner_confinement}
-        if self.sandbox.level == "full":
-            self.log.info("sandbox for executed code", **info)
-        elif sb.require and self.sandbox.level == "none":
-            self.log.error("no sandbox works here and [sandbox] require = true: code execution is refused", **info)
-        else:
-            self.log.warning("executed code is not fully confined", **info)
-
-    def sandbox_spec(self, sid: str, network: bool) -> dict[str, Any]:
-        """What a runner needs to confine its session's executed code, and itself (part of its spec)."""
-        return {"level": self.sandbox.level, "mechanism": self.sandbox.mechanism, "reasons": self.sandbox.reasons,
-                "require": self.sandbox.require, "hide": self.sandbox_hide, "network": network}
-
-    def runner_confine_spec(self, sid: str | None) -> dict[str, Any] | None:
-        """The Landlock policy of session ``sid``'s runner (None: no Landlock); with ``sid`` None, of a workflow
-        check (runner/checks.py), which may see no session's directory."""
-        if self.runner_confinement != "landlock":
-            return None
-        return {"hide": [str(self.layout.home), str(self.layout.runtime_dir.parent)],
-                "allow": [str(self.layout.sessions_dir / sid)] if sid else []}
-
     def _on_signal(self, signum: int, _frame: Any) -> None:
         # Record only; the main loop acts. A second Ctrl-C while stopping forces exit (a second signal while
         # draining stops waiting for the sessions).
         if self._signals and signum == signal.SIGINT:
             os._exit(130)
         self._signals.append(signum)
-
-
-def _start_telemetry(cfg: Config, engine: Any, home: Path) -> Any:
-    """The OTLP exporter thread, when ``[telemetry] otlp_endpoint`` is set (None otherwise)."""
-    tel = cfg.telemetry
-    if not tel.get("otlp_endpoint"):
-        return None
-    from labd.daemon.otel_export import OtelExporter
-
-    headers = {h: os.environ.get(var, "") for h, var in (tel.get("headers_env") or {}).items()}
-    exporter = OtelExporter(engine, tel["otlp_endpoint"], home / "otel-export.json",
-                            service_name=str(tel.get("service_name") or "labd"),
-                            interval=float(tel.get("interval", 2.0)), headers=headers or None)
-    exporter.start()
-    return exporter
-
-
-def _launchers(cfg: Config, local: TemplateLauncher, env: dict[str, str], runners: str) -> Any:
-    """The template launcher, with the Ray launcher beside it when ``[launcher]`` names a Ray cluster."""
-    from labd.daemon.ray_launcher import Launchers, RayLauncher
-
-    settings = cfg.launcher
-    if settings.get("kind") != "ray" and not settings.get("address"):
-        return Launchers(local)
-    return Launchers(local, RayLauncher(cfg.home, runners, cfg.max_message, settings, env=env,
-                                        session_nofile=cfg.session_nofile))
-
-
-def _start_gateway(cfg: Config, info: ConnectionInfo) -> Any:
-    """The TCP (CurveZMQ) gateway when ``listen`` is set; raises if it cannot listen."""
-    if not cfg.listen:
-        return None
-    from labd.daemon.gateway import Gateway
-
-    gw = Gateway(cfg.home, cfg.listen, info, cfg.max_message)
-    gw.start()
-    gw.ready.wait(10)
-    if gw.error is not None:
-        raise GatewayError(f"cannot listen on {cfg.listen}: {gw.error}")
-    return gw
-
-
-class GatewayError(Exception):
-    """``--listen`` could not be served (address in use, bad host)."""

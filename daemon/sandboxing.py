@@ -1,0 +1,64 @@
+"""How the daemon confines sessions: the probe at start of what confinement works here (bubblewrap, Landlock, none;
+docs/security.md), and the confinement each runner is given in its spec. A mixin of
+:class:`labd.daemon.server.Daemon`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labd.daemon.config import Config
+from labd.ipc.paths import Layout
+from labd.runner.sandbox import SandboxStatus, hidden_paths, probe
+from labd.runner.sandbox import landlock as _landlock
+
+__all__ = ["SandboxSetup"]
+
+
+class SandboxSetup:
+    """The daemon's sandbox settings, probed once (:meth:`_probe_sandbox`), then handed to each runner."""
+
+    # provided by Daemon
+    cfg: Config
+    layout: Layout
+    log: Any
+    sandbox: SandboxStatus
+    sandbox_hide: list[str]
+    runner_confinement: str
+
+    def _probe_sandbox(self) -> None:
+        """Find out, by running a confined probe, how code that agents execute can be confined; say so in
+        the log when it is less than full (never silently less). See docs/security.md."""
+        sb, layout = self.cfg.sandbox, self.layout
+        db_path = self.cfg.db_url.split("sqlite:///", 1)[1] if self.cfg.db_url.startswith("sqlite:///") else None
+        self.sandbox_hide = hidden_paths(layout.home, layout.runtime_dir, sb.hide, db_path)
+        self.sandbox: SandboxStatus = probe(sb.mechanism, self.sandbox_hide, layout.home / "tmp", sb.require)
+        #: the runner's own Landlock (labd.runner.credentials); bwrap cannot run under it
+        if not sb.confine_runner:
+            self.runner_confinement = "off: [sandbox] confine_runner = false"
+        elif _landlock.abi_version() < 1:
+            self.runner_confinement = "off: no Landlock in this kernel"
+        elif self.sandbox.mechanism == "bwrap":
+            self.runner_confinement = "off: bwrap cannot start under a Landlock-confined runner"
+        else:
+            self.runner_confinement = "landlock"
+        info = {"level": self.sandbox.level, "mechanism": self.sandbox.mechanism, "reasons": self.sandbox.reasons,
+                "runner": self.runner_confinement}
+        if self.sandbox.level == "full":
+            self.log.info("sandbox for executed code", **info)
+        elif sb.require and self.sandbox.level == "none":
+            self.log.error("no sandbox works here and [sandbox] require = true: code execution is refused", **info)
+        else:
+            self.log.warning("executed code is not fully confined", **info)
+
+    def sandbox_spec(self, sid: str, network: bool) -> dict[str, Any]:
+        """What a runner needs to confine its session's executed code, and itself (part of its spec)."""
+        return {"level": self.sandbox.level, "mechanism": self.sandbox.mechanism, "reasons": self.sandbox.reasons,
+                "require": self.sandbox.require, "hide": self.sandbox_hide, "network": network}
+
+    def runner_confine_spec(self, sid: str | None) -> dict[str, Any] | None:
+        """The Landlock policy of session ``sid``'s runner (None: no Landlock); with ``sid`` None, of a workflow
+        check (runner/checks.py), which may see no session's directory."""
+        if self.runner_confinement != "landlock":
+            return None
+        return {"hide": [str(self.layout.home), str(self.layout.runtime_dir.parent)],
+                "allow": [str(self.layout.sessions_dir / sid)] if sid else []}
