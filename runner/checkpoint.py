@@ -7,11 +7,13 @@ copies only that file. Hashes come from the :class:`~labd.runner.files.FileTrack
 hashes exactly what changed (by size and mtime) after every step, so a checkpoint never reads an
 unchanged file. A manifest is itself an object (JSON), so an unchanged directory costs one lookup.
 
-Objects are written to a temporary name, verified against their digest while copied, made read-only, then
-renamed: an object is never half-written and never modified, which lets the daemon hard-link a parent session's
-objects into a branch's directory. A file is read through :class:`~labd.runner.workfs.WorkDir` (no symlink in any
-component, a regular file only) and must hold exactly the digest its scan recorded: a file rewritten, replaced
-(a symlink swapped in) or gone since the scan is not stored (:class:`SourceChanged`), never under a wrong digest.
+The object store is :mod:`labd.runner.objects` (large files are stored there in 1 MiB chunks, so a growing file
+costs a checkpoint its new tail). Objects are written to a temporary name, verified against their digest while
+copied, made read-only, then renamed: an object is never half-written and never modified, which lets the daemon
+hard-link a parent session's objects into a branch's directory. A file is read through
+:class:`~labd.runner.workfs.WorkDir` (no symlink in any component, a regular file only) and must hold exactly the
+digest its scan recorded: a file rewritten, replaced (a symlink swapped in) or gone since the scan is not stored
+(:class:`SourceChanged`), never under a wrong digest.
 A write that fails (a full disk) removes its temporary file and raises OSError: the caller must not record a
 checkpoint that lacks the file.
 
@@ -26,17 +28,14 @@ written as a hole.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import os
 import stat
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import orjson
-
 from labd.runner.files import walk_files
 from labd.runner.names import BadKey, display, key_path
+from labd.runner.objects import DamagedObject, ObjectStore, SourceChanged, TooLarge, copy_stream
 from labd.runner.workfs import UnsafePath, WorkDir, parts_of
 
 __all__ = ["ObjectStore", "Snapshot", "restore", "walk_files", "load_manifest", "load_manifests", "manifest_object",
@@ -48,98 +47,6 @@ OBJECTS_DIR = "checkpoints/objects"
 #: reading one follows at most this many links (and a step that changed one file stores a few hundred bytes
 #: of manifest, not the whole directory's listing)
 MAX_CHAIN = 32
-_BLOCK = 1 << 20
-_ZEROS = bytes(_BLOCK)
-
-
-class DamagedObject(OSError):
-    """A checkpoint object is missing, or its content does not match the sha256 it is named by."""
-
-    def __init__(self, message: str, damaged: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.damaged = damaged or []
-
-
-class TooLarge(Exception):  # noqa: N818 - not an error of the store: the file is left out
-    """A file being copied into the store passed the store's :attr:`ObjectStore.limit` (it grew since its scan)."""
-
-
-class SourceChanged(Exception):  # noqa: N818 - not an error of the store: the file is left out
-    """The file being copied into the store is not the one its scan saw; ``why``: ``gone`` (no regular file there any
-    more: removed, renamed away, or a symlink or anything else in its place), ``changed`` (another content than the
-    digest expected) or ``unreadable`` (opening or reading it failed). An error of the work directory's side, never of
-    the store's: nothing was stored."""
-
-    def __init__(self, why: str, message: str) -> None:
-        super().__init__(message)
-        self.why = why
-
-
-class _Source:
-    """A source file's reads, an OSError of which is the work directory's (:class:`SourceChanged`), not the store's."""
-
-    def __init__(self, fi: Any) -> None:
-        self._fi = fi
-
-    def read(self, n: int) -> bytes:
-        try:
-            return bytes(self._fi.read(n))
-        except OSError as exc:
-            raise SourceChanged("unreadable", f"reading it failed: {exc}") from exc
-
-
-def _open_source(src: Path, within: tuple[WorkDir, Path] | None) -> int:
-    """A read-only fd of regular file ``src``: through ``within`` (the work directory, opened, and its path: no symlink
-    in any component below it), else with O_NOFOLLOW on its last component. Raises :class:`SourceChanged`."""
-    try:
-        if within is not None:
-            wd, root = within
-            return wd.open_file(src.relative_to(root).as_posix())
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise FileNotFoundError(errno.ENOENT, "not a regular file", str(src))
-        return fd
-    except FileNotFoundError as exc:
-        raise SourceChanged("gone", f"no such regular file: {exc}") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # O_NOFOLLOW on a symlink
-            raise SourceChanged("gone", "a symlink, not a file") from None
-        raise SourceChanged("unreadable", f"opening it failed: {exc}") from exc
-    except ValueError as exc:  # not a path below the work directory
-        raise SourceChanged("unreadable", str(exc)) from exc
-
-
-def _copy_stream(fi: Any, fo: Any, limit: int | None = None) -> tuple[str, int]:
-    """Copy file object ``fi`` to ``fo`` (a regular file), each 1 MiB block of zeros as a hole; returns (sha256 of
-    what was copied, bytes: the apparent size). Raises :class:`TooLarge` past ``limit`` bytes."""
-    h = hashlib.sha256()
-    written = 0
-    hole = False  # the last block was skipped: the size is set at the end
-    for block in iter(lambda: fi.read(_BLOCK), b""):
-        written += len(block)
-        if limit is not None and written > limit:
-            raise TooLarge(f"more than {limit} bytes")
-        h.update(block)
-        hole = len(block) == _BLOCK and block == _ZEROS
-        if hole:
-            fo.seek(_BLOCK, os.SEEK_CUR)
-        else:
-            fo.write(block)
-    if hole:
-        fo.truncate()
-    return h.hexdigest(), written
-
-
-def _copy_hashed(fi: Any, dst: Path, limit: int | None = None) -> tuple[str, int]:
-    """Copy file object ``fi`` to ``dst`` (created); returns (sha256 of what was copied, bytes). ``dst`` is removed
-    when the copy fails, whatever the reason (ENOSPC, EIO, :class:`TooLarge`, :class:`SourceChanged`...)."""
-    try:
-        with open(dst, "wb") as fo:
-            return _copy_stream(fi, fo, limit)
-    except BaseException:
-        dst.unlink(missing_ok=True)
-        raise
 
 
 def manifest_object(manifest: dict[str, list[Any]], base: tuple[str, dict[str, list[Any]], int] | None) -> Any:
@@ -200,104 +107,6 @@ def load_manifests(get_json: Any, digests: list[str]) -> dict[str, dict[str, lis
             start.update(obj.get("set") or {})
         done[digest] = start
     return done
-
-
-class ObjectStore:
-    """Content-addressed, write-once files under ``root``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._known: set[str] = set()
-        #: :meth:`put_file` copies at most this many bytes (None: any), else raises :class:`TooLarge`
-        self.limit: int | None = None
-        #: the work directory (opened, and its path) :meth:`put_file` reads files of (None: any path)
-        self.within: tuple[WorkDir, Path] | None = None
-
-    def bounded(self, limit: int, within: tuple[WorkDir, Path] | None = None) -> ObjectStore:
-        """The same store, its :meth:`put_file` copying at most ``limit`` bytes, of files of ``within`` (the opened
-        work directory and its path: the file is opened through it, no symlink followed in any component)."""
-        store = ObjectStore(self.root)
-        store._known, store.limit, store.within = self._known, limit, within
-        return store
-
-    def path(self, digest: str) -> Path:
-        return self.root / digest[:2] / digest
-
-    def has(self, digest: str) -> bool:
-        if digest in self._known:
-            return True
-        if self.path(digest).exists():
-            self._known.add(digest)
-            return True
-        return False
-
-    def _tmp(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        return self.root / f".tmp-{os.getpid()}-{len(self._known)}-{os.urandom(4).hex()}"
-
-    def _commit(self, tmp: Path, digest: str) -> None:
-        dest = self.path(digest)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        self._known.add(digest)
-
-    def put_bytes(self, data: bytes) -> str:
-        """Store ``data``; returns its sha256. Raises (leaving no temporary file) when the write fails."""
-        digest = hashlib.sha256(data).hexdigest()
-        if not self.has(digest):
-            tmp = self._tmp()
-            try:
-                tmp.write_bytes(data)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            self._commit(tmp, digest)
-        return digest
-
-    def put_file(self, src: Path, expected: str) -> tuple[str, int]:
-        """Copy regular file ``src`` in as object ``expected`` (unless it exists); returns (``expected``, bytes
-        written). ``src`` is opened without following a symlink (through :attr:`within`, in no component) and must
-        hold exactly ``expected``: else :class:`SourceChanged` (gone, changed, unreadable: the source's side) and
-        nothing is stored. Raises :class:`TooLarge` past :attr:`limit` bytes, and OSError only for an error of the
-        store's side (a full disk); never leaves a temporary file."""
-        if self.has(expected):
-            return expected, 0
-        with open(_open_source(src, self.within), "rb") as fi:
-            tmp = self._tmp()
-            digest, written = _copy_hashed(_Source(fi), tmp, self.limit)
-        if digest != expected:  # rewritten or replaced since the scan: never an object under another digest
-            tmp.unlink()
-            raise SourceChanged("changed", "its content is not what its scan hashed")
-        if self.has(digest):  # stored meanwhile (a concurrent checkpoint)
-            tmp.unlink()
-            return digest, 0
-        self._commit(tmp, digest)
-        return digest, written
-
-    def get_bytes(self, digest: str) -> bytes:
-        return self.path(digest).read_bytes()
-
-    def get_verified(self, digest: str) -> bytes:
-        """The content of object ``digest``; raises :class:`DamagedObject` if it is gone or does not match."""
-        try:
-            data = self.get_bytes(digest)
-        except FileNotFoundError:
-            raise DamagedObject(f"checkpoint object {digest[:12]} is missing", [digest]) from None
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise DamagedObject(f"checkpoint object {digest[:12]} is damaged (its content does not match its "
-                                "sha256)", [digest])
-        return data
-
-    def put_json(self, value: Any) -> str:
-        return self.put_bytes(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
-
-    def get_json(self, digest: str) -> Any:
-        return orjson.loads(self.get_bytes(digest))
 
 
 class Snapshot(NamedTuple):
@@ -388,8 +197,8 @@ def _stage(staging_fd: int, todo: list[str], manifest: dict[str, list[Any]], obj
         digest = str(manifest[rel][0])
         name = str(i)
         try:
-            fi = open(objects.path(digest), "rb")  # noqa: SIM115 - closed by the with below
-        except FileNotFoundError:
+            fi = objects.reader(digest)  # whole or in chunks (runner/objects.py)
+        except (FileNotFoundError, ValueError, KeyError, TypeError):  # no object, or an unreadable chunk index
             damaged.append(f"{display(rel)} (object {digest[:12]} missing)")
             continue
         try:
@@ -400,12 +209,19 @@ def _stage(staging_fd: int, todo: list[str], manifest: dict[str, list[Any]], obj
             raise
         try:
             with fi, open(fd, "wb") as fo:
-                got, _ = _copy_stream(fi, fo)
+                try:
+                    got, _ = copy_stream(fi, fo)
+                except FileNotFoundError:  # a chunk of it is gone
+                    got = "a chunk missing"
                 if got == digest:
                     os.fchmod(fo.fileno(), int(manifest[rel][2]))
         except BaseException:
             os.unlink(name, dir_fd=staging_fd)
             raise
+        if got == "a chunk missing":
+            os.unlink(name, dir_fd=staging_fd)
+            damaged.append(f"{display(rel)} (a chunk of object {digest[:12]} missing)")
+            continue
         if got != digest:
             os.unlink(name, dir_fd=staging_fd)
             damaged.append(f"{display(rel)} (object {digest[:12]} does not match its sha256)")

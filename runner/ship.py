@@ -16,13 +16,13 @@ under its own copy of the work directory (:mod:`labd.daemon.shipped`), where ``l
 from __future__ import annotations
 
 import base64
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from labd.runner.checkpoint import Snapshot
 from labd.runner.names import display, key_path, path_fields
+from labd.runner.objects import ObjectStore
 
 __all__ = ["chunk_for", "CHUNK", "Shipper"]
 
@@ -59,13 +59,12 @@ class Shipper:
             digest = str(snapshot.files[rel][0])
             if self._sent.get(rel) == digest:
                 continue  # unchanged since shipped: not even opened
-            source = snapshot.objects.path(digest)
             try:
-                size = os.stat(source).st_size
+                size = snapshot.objects.size(digest)
                 if self.total + size > self.max_bytes:
                     skipped.append(display(key_path(rel)))
                     continue
-                self._send(source, rel, size, digest)
+                self._send(snapshot.objects, rel, size, digest)
             except OSError as exc:  # an object gone or unreadable: say so, ship the rest
                 self.emit("log", {"level": "warning", "event": f"file not shipped: {display(key_path(rel))}: {exc}",
                                   "logger": "labd.runner.ship"})
@@ -84,8 +83,8 @@ class Shipper:
                                        "limit): " + ", ".join(skipped[:20])})
         return shipped, nbytes
 
-    def _send(self, path: Path, rel: str, size: int, digest: str) -> None:
-        with open(path, "rb") as f:
+    def _send(self, objects: ObjectStore, rel: str, size: int, digest: str) -> None:
+        with objects.reader(digest) as f:
             offset = 0
             while True:
                 data = f.read(self.chunk)

@@ -108,7 +108,7 @@ def _check_objects(steps: dict[str, dict[str, Any]], files: dict[str, list[Any]]
                            {"node": st["node"], "step": st["name"]})
     for rel, entry in files.items():
         digest = str(entry[0])
-        if not store.has(digest):
+        if not store.complete(digest):  # stored whole, or its chunk index and every chunk
             raise ApiError("no_checkpoint", f"the checkpoint of step {last['name']!r} ({last['node_id']}) cannot be "
                            f"used: the object of its file {rel!r} ({digest[:12]}) is gone",
                            {"node": last["node_id"], "step": last["name"], "file": rel})
@@ -265,16 +265,19 @@ def _find_node(store: Any, sid: str, ref: str) -> dict[str, Any]:
 
 
 def _link_objects(src: Path, dst: Path, digests: set[str]) -> None:
-    """Make the parent's objects the branch's (hard links: objects are write-once and read-only)."""
+    """Make the parent's objects the branch's (hard links: objects are write-once and read-only); a file stored in
+    chunks is its index and its chunks."""
+    parent = ObjectStore(src)
     for digest in digests:
-        a, b = src / digest[:2] / digest, dst / digest[:2] / digest
-        if b.exists():
-            continue
-        b.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(a, b)
-        except OSError:  # another file system, or links not allowed: a copy
-            shutil.copyfile(a, b)
+        for part in parent.parts(digest):
+            a, b = src / part, dst / part
+            if b.exists():
+                continue
+            b.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(a, b)
+            except OSError:  # another file system, or links not allowed: a copy
+                shutil.copyfile(a, b)
 
 
 @register

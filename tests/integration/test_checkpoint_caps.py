@@ -103,8 +103,9 @@ def test_a_huge_sparse_file_is_left_out_of_the_checkpoint_and_kept_by_a_resume(s
 @pytest.mark.timeout(300)
 def test_a_sparse_file_under_the_cap_is_stored_and_restored_with_its_holes(shared_daemon, tmp_path: Path) -> None:
     """The attack review's case: a 0.75 GiB truncate, then a byte appended in the next step. Both checkpoints store
-    it (complete, not partial; new_bytes its apparent size), yet the objects directory takes under 16 MiB on disk,
-    not 1.5 GiB; a branch from step "c" gets data.bin written back whole (its size and last byte) and sparse."""
+    it (complete, not partial), as chunks: its 1 MiB of zeros once, so each checkpoint's new objects are a few MiB
+    (apparent size, not 0.75 GiB) and the objects directory takes under 16 MiB on disk, not 1.5 GiB; a branch from
+    step "c" (its parts linked) gets data.bin written back whole (its size and last byte) and sparse."""
     (tmp_path / "sparse_flow.py").write_text(_SPARSE_FLOW)
     size = 3 * _GIB // 4
     with shared_daemon.client() as c:
@@ -113,7 +114,7 @@ def test_a_sparse_file_under_the_cap_is_stored_and_restored_with_its_holes(share
         work = Path(c.session(sid)["workdir"])
         cps = {cp["name"]: cp for cp in _checkpoints(shared_daemon.home, sid)}
         assert not any(cp.get("partial") for cp in cps.values()), cps
-        assert cps["a"]["new_bytes"] == size and cps["b"]["new_bytes"] == size + 1
+        assert cps["a"]["new_bytes"] < 4 * _MIB and cps["b"]["new_bytes"] < 4 * _MIB, cps
         assert _on_disk(work.parent / OBJECTS_DIR) < 16 * _MIB
         kid = c.branch(sid, "c")["sessions"][0]["session"]
         assert _ended(c, kid, timeout=180)["status"] == "completed", c.session(kid)["reason"]

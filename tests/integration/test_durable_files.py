@@ -314,3 +314,47 @@ def test_manifests_resolved_one_from_another_are_those_resolved_alone(tmp_path: 
     together = load_manifests(store.get_json, digests)
     assert {d: load_manifest(store.get_json, d)[0] for d in digests} == together
     assert together[digests[-1]] == current
+
+
+_GROWING_FLOW = """\
+import os
+
+def grow(ctx, steps: int = 8, fail_at: int = 0):
+    log = ctx.workdir / "train.log"
+    for i in range(steps):
+        with ctx.step(f"epoch {i}"):
+            with open(log, "ab") as f:
+                f.write(os.urandom((5 if i == 0 else 1) << 20))
+            marker = ctx.workdir / ".state" / "failed-once"  # a dot directory: neither tracked nor restored
+            if i == fail_at - 1 and not marker.exists():
+                marker.parent.mkdir(exist_ok=True)
+                marker.write_text("")
+                raise RuntimeError("fails once")
+    return os.path.getsize(log)
+"""
+
+
+def test_a_log_growing_over_many_steps_is_stored_once_and_each_step_restores_its_own_version(shared_daemon,
+                                                                                          tmp_path: Path) -> None:
+    """A session appends 1 MiB to a 5 MiB log in each of 8 steps: its checkpoints' objects hold about the final
+    12 MiB (chunks), not the 68 MiB of one whole copy per step (before: every step stored the log whole, up to
+    the session's 20 GiB cap, after which nothing new was stored). A branch from step "epoch 3" starts from the log
+    as it was after "epoch 2" (its first 7 MiB, exactly); a failed session resumed from its last step goes on."""
+    (tmp_path / "growing_flow.py").write_text(_GROWING_FLOW)
+    with shared_daemon.client() as c:
+        sid = c.start(f"{tmp_path / 'growing_flow.py'}:grow")
+        assert _ended(c, sid, timeout=120)["status"] == "completed", c.session(sid)["reason"]
+        work = Path(c.session(sid)["workdir"])
+        objects = work.parent / "checkpoints" / "objects"
+        stored = sum(p.stat().st_size for p in objects.rglob("*") if p.is_file())
+        assert stored < 16 << 20, f"{stored:,} bytes of objects for a 12 MiB log"
+        final = (work / "train.log").read_bytes()
+        kid = c.branch(sid, "epoch 3", params={"steps": 3})["sessions"][0]["session"]
+        assert _ended(c, kid, timeout=120)["status"] == "completed", c.session(kid)["reason"]
+        branch_log = (Path(c.session(kid)["workdir"]) / "train.log").read_bytes()
+        assert branch_log == final[:7 << 20]
+        failed = c.start(f"{tmp_path / 'growing_flow.py'}:grow", params={"steps": 6, "fail_at": 5})
+        assert _ended(c, failed, timeout=120)["status"] == "failed"
+        c.resume(failed)
+        assert _ended(c, failed, timeout=120)["status"] == "completed", c.session(failed)["reason"]
+        assert (Path(c.session(failed)["workdir"]) / "train.log").stat().st_size == 10 << 20

@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 import pytest
 
-import labd.runner.checkpoint as checkpoint
+import labd.runner.objects as objects_module
 from labd.daemon.api.base import ApiError
 from labd.daemon.api.durable import _seed
-from labd.runner.checkpoint import DamagedObject, ObjectStore, restore
+from labd.runner.checkpoint import OBJECTS_DIR, DamagedObject, ObjectStore, restore
 from labd.runner.context import current_node
 from labd.runner.durable import CheckpointFailed
 from tests.unit.durable_support import durable_ctx as _ctx
@@ -55,7 +55,7 @@ def test_an_object_write_that_hits_a_full_disk_raises_and_leaves_no_temporary_fi
     store = ObjectStore(tmp_path / "objects")
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(5000))
-    monkeypatch.setattr(checkpoint, "open", _full_disk_open, raising=False)
+    monkeypatch.setattr(objects_module, "open", _full_disk_open, raising=False)
     with pytest.raises(OSError) as err:
         store.put_file(src, hashlib.sha256(src.read_bytes()).hexdigest())
     assert err.value.errno == errno.ENOSPC
@@ -129,7 +129,7 @@ def test_a_result_that_cannot_be_stored_fails_the_checkpoint_and_the_next_one_st
     cps = _of(events, "step.checkpoint")
     assert [c["name"] for c in cps] == ["a", "c"] and not any(c.get("result_error") for c in cps)
     seed = _seed([{**c, "node_id": n} for k, c, n in events if k == "step.checkpoint"],
-                 tmp_path / "s" / checkpoint.OBJECTS_DIR, mode="resume")
+                 tmp_path / "s" / OBJECTS_DIR, mode="resume")
     assert sorted(seed["files"]) == ["a.txt", "b.txt", "c.txt"]
 
 
@@ -207,7 +207,7 @@ def test_restore_with_intact_objects_still_makes_the_directory_the_manifest(tmp_
 
 
 def _record(tmp_path: Path, result: Any) -> tuple[ObjectStore, dict[str, Any]]:
-    store = ObjectStore(tmp_path / "s" / checkpoint.OBJECTS_DIR)
+    store = ObjectStore(tmp_path / "s" / OBJECTS_DIR)
     digest = store.put_bytes(pickle.dumps(result))
     return store, {"mode": "resume", "steps": {"0": {"name": "a", "node": "n1", "result": digest}}}
 

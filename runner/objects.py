@@ -1,0 +1,360 @@
+"""The session's object store (``<session dir>/checkpoints/objects``): content-addressed, write-once files, named by
+their sha256, that checkpoints' manifests and results point at (:mod:`labd.runner.checkpoint`).
+
+Objects are written to a temporary name, verified against their digest while copied, made read-only, then
+renamed: an object is never half-written and never modified, which lets the daemon hard-link a parent session's
+objects into a branch's directory. A file is read through :class:`~labd.runner.workfs.WorkDir` (no symlink in any
+component, a regular file only) and must hold exactly the digest its scan recorded: a file rewritten, replaced
+(a symlink swapped in) or gone since the scan is not stored (:class:`SourceChanged`), never under a wrong digest.
+A write that fails (a full disk) removes its temporary file and raises OSError. 1 MiB of zeros is written as a
+hole.
+
+**Large files are stored in chunks** (from :data:`CHUNKED_FROM` bytes): the file's object is then an index,
+``ab/<sha256>.chunks`` (JSON: its size and the digests of its 1 MiB chunks, in order), and each chunk is an object of
+its own. A file that grows by appends (a log, a results table) keeps every full chunk it had, so a checkpoint of
+it stores only its new tail: before chunks, a growing file was stored whole at every step until the session's
+cap. The chunks of a file are written to temporary names, and renamed in only once the whole file has proven to
+hold the digest its scan saw; the index comes last, so an index never names a chunk that is not there (unless one
+was removed since: a reader then raises, and a restore reports the file damaged). Readers go through
+:meth:`ObjectStore.reader` (either form).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from labd.runner.workfs import WorkDir
+
+__all__ = ["ObjectStore", "DamagedObject", "TooLarge", "SourceChanged", "copy_stream", "CHUNK_BYTES", "CHUNKED_FROM"]
+
+_BLOCK = 1 << 20
+_ZEROS = bytes(_BLOCK)
+#: a file of at least this many bytes is stored as chunks of CHUNK_BYTES (see the module's docstring)
+CHUNKED_FROM = 4 << 20
+CHUNK_BYTES = _BLOCK
+
+
+class DamagedObject(OSError):
+    """A checkpoint object is missing, or its content does not match the sha256 it is named by."""
+
+    def __init__(self, message: str, damaged: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.damaged = damaged or []
+
+
+class TooLarge(Exception):  # noqa: N818 - not an error of the store: the file is left out
+    """A file being copied into the store passed the store's :attr:`ObjectStore.limit` (it grew since its scan)."""
+
+
+class SourceChanged(Exception):  # noqa: N818 - not an error of the store: the file is left out
+    """The file being copied into the store is not the one its scan saw; ``why``: ``gone`` (no regular file there any
+    more: removed, renamed away, or a symlink or anything else in its place), ``changed`` (another content than the
+    digest expected) or ``unreadable`` (opening or reading it failed). An error of the work directory's side, never of
+    the store's: nothing was stored."""
+
+    def __init__(self, why: str, message: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
+class _Source:
+    """A source file's reads, an OSError of which is the work directory's (:class:`SourceChanged`), not the store's."""
+
+    def __init__(self, fi: Any) -> None:
+        self._fi = fi
+
+    def read(self, n: int) -> bytes:
+        try:
+            return bytes(self._fi.read(n))
+        except OSError as exc:
+            raise SourceChanged("unreadable", f"reading it failed: {exc}") from exc
+
+
+def _open_source(src: Path, within: tuple[WorkDir, Path] | None) -> int:
+    """A read-only fd of regular file ``src``: through ``within`` (the work directory, opened, and its path: no symlink
+    in any component below it), else with O_NOFOLLOW on its last component. Raises :class:`SourceChanged`."""
+    try:
+        if within is not None:
+            wd, root = within
+            return wd.open_file(src.relative_to(root).as_posix())
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FileNotFoundError(errno.ENOENT, "not a regular file", str(src))
+        return fd
+    except FileNotFoundError as exc:
+        raise SourceChanged("gone", f"no such regular file: {exc}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW on a symlink
+            raise SourceChanged("gone", "a symlink, not a file") from None
+        raise SourceChanged("unreadable", f"opening it failed: {exc}") from exc
+    except ValueError as exc:  # not a path below the work directory
+        raise SourceChanged("unreadable", str(exc)) from exc
+
+
+def copy_stream(fi: Any, fo: Any, limit: int | None = None) -> tuple[str, int]:
+    """Copy file object ``fi`` to ``fo`` (a regular file), each 1 MiB block of zeros as a hole; returns (sha256 of
+    what was copied, bytes: the apparent size). Raises :class:`TooLarge` past ``limit`` bytes."""
+    h = hashlib.sha256()
+    written = 0
+    hole = False  # the last block was skipped: the size is set at the end
+    for block in iter(lambda: fi.read(_BLOCK), b""):
+        written += len(block)
+        if limit is not None and written > limit:
+            raise TooLarge(f"more than {limit} bytes")
+        h.update(block)
+        hole = len(block) == _BLOCK and block == _ZEROS
+        if hole:
+            fo.seek(_BLOCK, os.SEEK_CUR)
+        else:
+            fo.write(block)
+    if hole:
+        fo.truncate()
+    return h.hexdigest(), written
+
+
+def _copy_hashed(fi: Any, dst: Path, limit: int | None = None) -> tuple[str, int]:
+    """Copy file object ``fi`` to ``dst`` (created); returns (sha256 of what was copied, bytes). ``dst`` is removed
+    when the copy fails, whatever the reason (ENOSPC, EIO, :class:`TooLarge`, :class:`SourceChanged`...)."""
+    try:
+        with open(dst, "wb") as fo:
+            return copy_stream(fi, fo, limit)
+    except BaseException:
+        dst.unlink(missing_ok=True)
+        raise
+
+
+class ObjectStore:
+    """Content-addressed, write-once files under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._known: set[str] = set()
+        #: :meth:`put_file` copies at most this many bytes (None: any), else raises :class:`TooLarge`
+        self.limit: int | None = None
+        #: the work directory (opened, and its path) :meth:`put_file` reads files of (None: any path)
+        self.within: tuple[WorkDir, Path] | None = None
+
+    def bounded(self, limit: int, within: tuple[WorkDir, Path] | None = None) -> ObjectStore:
+        """The same store, its :meth:`put_file` copying at most ``limit`` bytes, of files of ``within`` (the opened
+        work directory and its path: the file is opened through it, no symlink followed in any component)."""
+        store = ObjectStore(self.root)
+        store._known, store.limit, store.within = self._known, limit, within
+        return store
+
+    def path(self, digest: str) -> Path:
+        return self.root / digest[:2] / digest
+
+    def index_path(self, digest: str) -> Path:
+        """Where the chunk index of a file stored in chunks is."""
+        return self.root / digest[:2] / f"{digest}.chunks"
+
+    def has(self, digest: str) -> bool:
+        """Whether object ``digest`` is stored, whole or as a chunk index (its chunks are not checked: see
+        :meth:`complete`)."""
+        if digest in self._known:
+            return True
+        if self.path(digest).exists() or self.index_path(digest).exists():
+            self._known.add(digest)
+            return True
+        return False
+
+    def chunks(self, digest: str) -> list[str] | None:
+        """The chunk digests of object ``digest`` if it is stored in chunks, else None (whole, or not stored)."""
+        try:
+            index = orjson.loads(self.index_path(digest).read_bytes())
+        except FileNotFoundError:
+            return None
+        return [str(c) for c in index["chunks"]]
+
+    def complete(self, digest: str) -> bool:
+        """Whether object ``digest`` can be read: stored whole, or its index and every chunk it names are there."""
+        if self.path(digest).exists():
+            return True
+        try:
+            chunks = self.chunks(digest)
+        except (OSError, ValueError, KeyError, TypeError):  # an unreadable or damaged index
+            return False
+        return chunks is not None and all(self.path(c).exists() for c in chunks)
+
+    def parts(self, digest: str) -> list[Path]:
+        """The files object ``digest`` is made of (relative to :attr:`root`): itself, or its index and its chunks
+        (what a branch links from its parent)."""
+        chunks = self.chunks(digest)
+        if chunks is None:
+            return [self.path(digest).relative_to(self.root)]
+        return [self.index_path(digest).relative_to(self.root)] + [self.path(c).relative_to(self.root)
+                                                                   for c in dict.fromkeys(chunks)]
+
+    def size(self, digest: str) -> int:
+        """The size of the content of object ``digest``. Raises FileNotFoundError if it is not stored."""
+        chunks_file = self.index_path(digest)
+        if not self.path(digest).exists() and chunks_file.exists():
+            return int(orjson.loads(chunks_file.read_bytes())["size"])
+        return self.path(digest).stat().st_size
+
+    def reader(self, digest: str) -> io.BufferedReader:
+        """A binary file object reading the content of object ``digest`` (either form). Raises FileNotFoundError if it
+        is not stored; reading a chunked one whose chunk is gone raises FileNotFoundError too."""
+        try:
+            return open(self.path(digest), "rb")  # noqa: SIM115 - the caller's
+        except FileNotFoundError:
+            chunks = self.chunks(digest)
+            if chunks is None:
+                raise
+        return io.BufferedReader(_Chunks(self, chunks), buffer_size=CHUNK_BYTES)
+
+    def _tmp(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self.root / f".tmp-{os.getpid()}-{len(self._known)}-{os.urandom(4).hex()}"
+
+    def _commit(self, tmp: Path, digest: str) -> None:
+        dest = self.path(digest)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._known.add(digest)
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store ``data``; returns its sha256. Raises (leaving no temporary file) when the write fails."""
+        digest = hashlib.sha256(data).hexdigest()
+        if not self.has(digest):
+            tmp = self._tmp()
+            try:
+                tmp.write_bytes(data)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            self._commit(tmp, digest)
+        return digest
+
+    def put_file(self, src: Path, expected: str) -> tuple[str, int]:
+        """Copy regular file ``src`` in as object ``expected`` (unless it exists); returns (``expected``, bytes
+        written). ``src`` is opened without following a symlink (through :attr:`within`, in no component) and must
+        hold exactly ``expected``: else :class:`SourceChanged` (gone, changed, unreadable: the source's side) and
+        nothing is stored. Raises :class:`TooLarge` past :attr:`limit` bytes, and OSError only for an error of the
+        store's side (a full disk); never leaves a temporary file."""
+        if self.has(expected):
+            return expected, 0
+        with open(_open_source(src, self.within), "rb") as fi:
+            if os.fstat(fi.fileno()).st_size >= CHUNKED_FROM:
+                return self._put_chunks(_Source(fi), expected)
+            tmp = self._tmp()
+            digest, written = _copy_hashed(_Source(fi), tmp, self.limit)
+        if digest != expected:  # rewritten or replaced since the scan: never an object under another digest
+            tmp.unlink()
+            raise SourceChanged("changed", "its content is not what its scan hashed")
+        if self.has(digest):  # stored meanwhile (a concurrent checkpoint)
+            tmp.unlink()
+            return digest, 0
+        self._commit(tmp, digest)
+        return digest, written
+
+    def _put_chunks(self, src: _Source, expected: str) -> tuple[str, int]:
+        """:meth:`put_file` of a large file: its chunks, then its index (see the module's docstring)."""
+        whole = hashlib.sha256()
+        chunks: list[str] = []
+        fresh: dict[str, Path] = {}  # new chunks, at temporary names until the whole file has proven to be `expected`
+        total = 0
+        try:
+            for block in iter(lambda: src.read(CHUNK_BYTES), b""):
+                total += len(block)
+                if self.limit is not None and total > self.limit:
+                    raise TooLarge(f"more than {self.limit} bytes")
+                whole.update(block)
+                digest = hashlib.sha256(block).hexdigest()
+                chunks.append(digest)
+                if digest not in fresh and not self.has(digest):
+                    tmp = fresh[digest] = self._tmp()
+                    with open(tmp, "wb") as fo:
+                        copy_stream(io.BytesIO(block), fo)  # a chunk of zeros: a hole
+            if whole.hexdigest() != expected:  # rewritten or replaced since the scan
+                raise SourceChanged("changed", "its content is not what its scan hashed")
+            written = 0
+            for digest, tmp in fresh.items():
+                if self.has(digest):  # stored meanwhile
+                    tmp.unlink()
+                else:
+                    written += tmp.stat().st_size
+                    self._commit(tmp, digest)
+            fresh.clear()
+            if self.has(expected):
+                return expected, written
+            index = orjson.dumps({"size": total, "chunk": CHUNK_BYTES, "chunks": chunks})
+            tmp = self._tmp()
+            fresh[expected] = tmp
+            tmp.write_bytes(index)
+            dest = self.index_path(expected)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dest)
+            fresh.clear()
+            self._known.add(expected)
+            return expected, written + len(index)
+        finally:
+            for tmp in fresh.values():
+                tmp.unlink(missing_ok=True)
+
+    def get_bytes(self, digest: str) -> bytes:
+        with self.reader(digest) as f:
+            return f.read()
+
+    def get_verified(self, digest: str) -> bytes:
+        """The content of object ``digest``; raises :class:`DamagedObject` if it is gone or does not match."""
+        try:
+            data = self.get_bytes(digest)
+        except FileNotFoundError:
+            raise DamagedObject(f"checkpoint object {digest[:12]} is missing", [digest]) from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise DamagedObject(f"checkpoint object {digest[:12]} is damaged (its content does not match its "
+                                "sha256)", [digest])
+        return data
+
+    def put_json(self, value: Any) -> str:
+        return self.put_bytes(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+
+    def get_json(self, digest: str) -> Any:
+        return orjson.loads(self.get_bytes(digest))
+
+
+class _Chunks(io.RawIOBase):
+    """The content of a file stored in chunks, read chunk after chunk (:meth:`ObjectStore.reader`)."""
+
+    def __init__(self, store: ObjectStore, chunks: list[str]) -> None:
+        super().__init__()
+        self._store = store
+        self._left = list(reversed(chunks))
+        self._f: Any = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while True:
+            if self._f is None:
+                if not self._left:
+                    return 0
+                self._f = open(self._store.path(self._left.pop()), "rb")  # noqa: SIM115 - closed below or in close()
+            n = self._f.readinto(b)
+            if n:
+                return int(n)
+            self._f.close()
+            self._f = None
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        super().close()
