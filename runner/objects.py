@@ -25,6 +25,7 @@ import errno
 import hashlib
 import io
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ _ZEROS = bytes(_BLOCK)
 #: a file of at least this many bytes is stored as chunks of CHUNK_BYTES (see the module's docstring)
 CHUNKED_FROM = 4 << 20
 CHUNK_BYTES = _BLOCK
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 class DamagedObject(OSError):
@@ -151,11 +153,16 @@ class ObjectStore:
         return store
 
     def path(self, digest: str) -> Path:
+        """Where object ``digest`` is (stored whole). Raises ValueError for anything but a sha256 in lowercase hex:
+        digests come from manifests and chunk indexes, which the session's runner wrote, and the daemon links and
+        reads objects by them (``../../daemon.key`` must never name a path)."""
+        if not _DIGEST.fullmatch(digest):
+            raise ValueError(f"not an object digest: {digest[:80]!r}")
         return self.root / digest[:2] / digest
 
     def index_path(self, digest: str) -> Path:
-        """Where the chunk index of a file stored in chunks is."""
-        return self.root / digest[:2] / f"{digest}.chunks"
+        """Where the chunk index of a file stored in chunks is (ValueError as :meth:`path`)."""
+        return self.path(digest).with_name(f"{digest}.chunks")
 
     def has(self, digest: str) -> bool:
         """Whether object ``digest`` is stored, whole or as a chunk index (its chunks are not checked: see
@@ -176,14 +183,15 @@ class ObjectStore:
         return [str(c) for c in index["chunks"]]
 
     def complete(self, digest: str) -> bool:
-        """Whether object ``digest`` can be read: stored whole, or its index and every chunk it names are there."""
-        if self.path(digest).exists():
-            return True
+        """Whether object ``digest`` can be read: stored whole, or its index and every chunk it names are there
+        (False for anything but a digest, and for an index that is unreadable or names anything but digests)."""
         try:
+            if self.path(digest).exists():
+                return True
             chunks = self.chunks(digest)
-        except (OSError, ValueError, KeyError, TypeError):  # an unreadable or damaged index
+            return chunks is not None and all(self.path(c).exists() for c in chunks)
+        except (OSError, ValueError, KeyError, TypeError):
             return False
-        return chunks is not None and all(self.path(c).exists() for c in chunks)
 
     def parts(self, digest: str) -> list[Path]:
         """The files object ``digest`` is made of (relative to :attr:`root`): itself, or its index and its chunks
@@ -203,13 +211,16 @@ class ObjectStore:
 
     def reader(self, digest: str) -> io.BufferedReader:
         """A binary file object reading the content of object ``digest`` (either form). Raises FileNotFoundError if it
-        is not stored; reading a chunked one whose chunk is gone raises FileNotFoundError too."""
+        is not stored (reading a chunked one whose chunk is gone, too), ValueError (or KeyError, TypeError) if its
+        digest, or its index, is not one."""
         try:
             return open(self.path(digest), "rb")  # noqa: SIM115 - the caller's
         except FileNotFoundError:
             chunks = self.chunks(digest)
             if chunks is None:
                 raise
+        for chunk in chunks:
+            self.path(chunk)  # ValueError now, not halfway through the read, for an index naming anything else
         return io.BufferedReader(_Chunks(self, chunks), buffer_size=CHUNK_BYTES)
 
     def _tmp(self) -> Path:

@@ -49,8 +49,10 @@ def _seed(cps: list[dict[str, Any]], objects: Path, step_files: bool = False, **
     Refused (``no_checkpoint``) when an object the runner needs is gone, or a result object is damaged."""
     inline = {c["manifest"]: c["manifest_delta"] for c in cps if isinstance(c.get("manifest_delta"), dict)}
 
-    def get_json(h: str) -> Any:
-        return inline[h] if h in inline else orjson.loads((objects / h[:2] / h).read_bytes())
+    store = ObjectStore(objects)
+
+    def get_json(h: str) -> Any:  # a digest that is no sha256 (a forged record): ValueError, refused below
+        return inline[h] if h in inline else orjson.loads(store.path(h).read_bytes())
 
     steps: dict[str, dict[str, Any]] = {}
     try:
@@ -90,7 +92,11 @@ def _check_objects(steps: dict[str, dict[str, Any]], files: dict[str, list[Any]]
         digest = st.get("result")
         if not digest:
             continue
-        path = store.path(digest)
+        try:
+            path = store.path(digest)
+        except ValueError:  # not a sha256: a forged record
+            raise ApiError("no_checkpoint", f"the checkpoint of step {st['name']!r} ({st['node']}) names a result "
+                           f"that is not an object ({str(digest)[:80]!r})", {"node": st["node"]}) from None
         try:
             size = path.stat().st_size
             damaged = False
@@ -269,7 +275,12 @@ def _link_objects(src: Path, dst: Path, digests: set[str]) -> None:
     chunks is its index and its chunks."""
     parent = ObjectStore(src)
     for digest in digests:
-        for part in parent.parts(digest):
+        try:
+            parts = parent.parts(digest)
+        except (ValueError, KeyError, TypeError):  # no sha256, or a chunk index naming anything else: forged
+            raise ApiError("no_checkpoint", f"a checkpoint of session {src.parent.parent.name} names an object that "
+                           f"is not one ({str(digest)[:80]!r}): its record was tampered with") from None
+        for part in parts:
             a, b = src / part, dst / part
             if b.exists():
                 continue

@@ -109,3 +109,29 @@ def test_a_branch_links_a_chunked_file_and_the_shipper_sends_it_whole(tmp_path: 
     shipper.ship(Snapshot({"data.bin": [digest, src.stat().st_size, 0o644]}, branch))
     assert b"".join(base64.b64decode(e["data"]) for e in sent) == src.read_bytes()
     assert sent[-1]["last"] and sent[-1]["sha256"] == digest
+
+
+def test_a_digest_that_is_not_a_sha256_never_names_a_path(tmp_path: Path) -> None:
+    """Digests come from manifests and chunk indexes the session's runner wrote: a branch's link step (run by the
+    daemon, unconfined) given ``../../daemon.key``-like digests, directly or in a forged chunk index, refuses with
+    ``no_checkpoint`` and links nothing (before: the daemon hard-linked the named file into the branch's objects,
+    where the branch's code could read it); such an object is never ``complete``, and a restore of it is damaged."""
+    from labd.daemon.api.base import ApiError
+
+    secret = tmp_path / "daemon.key"
+    secret.write_text("the daemon's key")
+    parent = ObjectStore(tmp_path / "s" / "objects")
+    parent.root.mkdir(parents=True)
+    traversal = "../daemon.key"  # objects/.. / ../daemon.key: the file beside the session directory
+    forged = "ab" * 32
+    (parent.root / "ab").mkdir()
+    (parent.root / "ab" / f"{forged}.chunks").write_text(
+        '{"size": 16, "chunk": 1048576, "chunks": ["../../../daemon.key"]}')
+    for digest in (traversal, forged):
+        with pytest.raises(ApiError) as err:
+            _link_objects(parent.root, tmp_path / "branch", {digest})
+        assert err.value.code == "no_checkpoint"
+        assert not parent.complete(digest)
+        with pytest.raises(DamagedObject):
+            restore(tmp_path / f"work-{digest[:2]}", {"f": [digest, 16, 0o644]}, parent)
+    assert not (tmp_path / "branch").exists() or _files(tmp_path / "branch") == []
