@@ -141,6 +141,26 @@ def test_cli_remote_add_and_connect(shared_tcp_daemon, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
 
 
+def test_cli_remote_add_that_cannot_write_its_file_authorises_no_client(shared_tcp_daemon, tmp_path: Path) -> None:
+    """`labd remote add NAME -o FILE` where FILE exists, or cannot be created (no such directory), is one `labd:` line
+    with exit 2, leaves an existing FILE as it was, and authorises no client (the name stays free). Before: a
+    FileExistsError / FileNotFoundError traceback *after* the daemon had issued the key, which stayed authorised with
+    no one holding it, and the name was refused (`exists`) from then on."""
+    d, _ = shared_tcp_daemon
+    env = {**os.environ, "LABD_HOME": str(d.home)}
+    taken = tmp_path / "taken.json"
+    taken.write_text("mine")
+    for name, target, why in (("ws-taken", taken, "it exists (choose another with --output)"),
+                              ("ws-nodir", tmp_path / "no" / "such.json", "No such file or directory")):
+        out = subprocess.run([sys.executable, "-m", "labd", "remote", "add", name, "-o", str(target)],
+                             capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 2 and out.stderr.splitlines() == [
+            f"labd: cannot write the connection file {target}: {why}; no client was authorised"], out.stderr
+    assert taken.read_text() == "mine"
+    with d.client() as c:
+        assert not {"ws-taken", "ws-nodir"} & set(c.request("remote.list")["clients"])
+
+
 def test_listen_without_tcp_is_refused(isolated_env: Path) -> None:
     """Only tcp:// is served remotely (and always with CURVE): another scheme stops the daemon with a message."""
     isolated_env.mkdir(parents=True, exist_ok=True)
