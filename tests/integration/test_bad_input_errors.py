@@ -204,3 +204,27 @@ def test_replay_report_of_a_divergence_whose_input_is_blank() -> None:
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("first divergence: node n3 made a llm request")
     assert [line.rstrip() for line in lines[1:]] == ["  asked:", "  recorded:"]
+
+
+DEEP_FLOWS = """
+import contextlib
+
+
+def deep(ctx, n=1100):
+    with contextlib.ExitStack() as stack:  # steps nested n deep, without recursion in the workflow
+        for i in range(n):
+            stack.enter_context(ctx.step(f"s{i}"))
+"""
+
+
+def test_dag_of_steps_nested_deeper_than_the_recursion_limit(client: Client, tmp_path: Path) -> None:
+    """`labd dag SESSION` draws a session whose steps are nested 1,100 deep (past Python's recursion limit), one line
+    per step; before: a RecursionError traceback."""
+    flows = tmp_path / "deepflows.py"
+    flows.write_text(DEEP_FLOWS)
+    sid = client.start(f"{flows}:deep")
+    assert client.wait(sid, timeout=90)["status"] == "completed"
+    r = labd("dag", sid)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1100 and lines[-1].strip().startswith("└── n1100 s1099 · completed")
