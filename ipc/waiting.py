@@ -180,7 +180,12 @@ class Waiting:
         sub = events_socket(self._ctx, self.info)  # CURVE: remote keys, or the local ones derived from the key
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.setsockopt(zmq.SUBSCRIBE, f"session.{sid}".encode())
-        sub.connect(self.info.events)
+        try:
+            sub.connect(self.info.events)
+        except zmq.ZMQError as exc:  # an endpoint libzmq refuses (a connection file edited by hand)
+            sub.close(0)
+            raise LabdError("bad_connection_file", f"cannot follow the daemon's events at {self.info.events!r}: "
+                            f"{exc.strerror}") from None
         return sub, Codec(self.info.key_bytes)
 
     def _follow(self, ref: str, since: int, until_end: bool, timeout: float | None) -> Iterator[dict[str, Any]]:
