@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, command
 
 __all__ = ["register"]
+
+#: a remote client's name, as the daemon's remote.add takes it (docs/protocol.md)
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def register(sub: Any) -> None:
@@ -34,6 +38,9 @@ def cmd_remote(args: argparse.Namespace, ctx: Ctx) -> int:
         body: dict[str, Any] = {"name": args.name}
         if args.host:
             body["host"] = args.host
+        if not NAME.fullmatch(args.name):  # said before a file named after it is made (the daemon checks it too)
+            raise CliError(f"a remote client's name must be 1-64 letters, digits, '.', '_' or '-' (the first a letter "
+                           f"or digit), not {args.name!r}")
         out = Path(args.output or f"{args.name}.labd.json")
         # The file is made before the client is authorised, and the client revoked if the file cannot be written: a
         # key issued with nowhere to go would stay authorised, held by no one, and block its name

@@ -157,6 +157,9 @@ def test_cli_remote_add_that_cannot_write_its_file_authorises_no_client(shared_t
         assert out.returncode == 2 and out.stderr.splitlines() == [
             f"labd: cannot write the connection file {target}: {why}; no client was authorised"], out.stderr
     assert taken.read_text() == "mine"
+    out = subprocess.run([sys.executable, "-m", "labd", "remote", "add", "a/b"], capture_output=True, text=True,
+                         env=env, timeout=60, cwd=tmp_path)  # a name the daemon refuses: said as such, no file made
+    assert out.returncode == 2 and out.stderr.startswith("labd: a remote client's name must be"), out.stderr
     with d.client() as c:
         assert not {"ws-taken", "ws-nodir"} & set(c.request("remote.list")["clients"])
 
