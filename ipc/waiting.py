@@ -144,9 +144,13 @@ class Waiting:
             return decode_result(finished.get("result"), session=sid)
         error = None
         if finished is not None and row["status"] != "cancelled":
-            for ev in self._reading(lambda: list(self.history(sid, kinds=["custom"])), deadline, sid):
-                if ev["payload"].get("name") == ERROR_EVENT and isinstance(ev["payload"].get("data"), dict):
-                    error = ev["payload"]["data"]
+            def last_error() -> dict[str, Any] | None:  # scanned page by page: a session's custom events are not held
+                found = None
+                for ev in self.history(sid, kinds=["custom"]):
+                    if ev["payload"].get("name") == ERROR_EVENT and isinstance(ev["payload"].get("data"), dict):
+                        found = ev["payload"]["data"]
+                return found
+            error = self._reading(last_error, deadline, sid)
         raise remote_error(row, finished, error)
 
     def wait(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
