@@ -35,6 +35,14 @@ __all__ = ["build_server", "run"]
 T = TypeVar("T")
 OUTPUT_KINDS = ["output"]
 MAX_TEXT = 200_000  # characters of output returned by one read_output call (page with `since`)
+#: characters of events (as JSON) returned by one read_events call (page with `since`); the reply goes to a model
+MAX_EVENTS_JSON = 200_000
+#: characters kept (the start of its payload's JSON) of one event larger than a whole read_events call
+EVENT_HEAD = 2_000
+#: characters (as JSON) of any other tool's result: a larger one is a tool error saying where to read it instead
+MAX_RESULT = 1_000_000
+#: nodes and state transitions get_session returns (the newest; get_dag and read_events have them all)
+SESSION_STEPS = 200
 MAX_FILE = 1_000_000  # bytes of a file returned as a resource
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
@@ -52,11 +60,13 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
                       "Start one with start_session, then poll get_session / read_output with the returned id; "
                       "answer pending approvals with answer_approval."))
 
-    async def call(fn: Callable[[Client], T]) -> T:
+    async def call(fn: Callable[[Client], T], *, bounded: bool = True) -> T:
+        """``fn`` on a client, in a worker thread; a tool's result (``bounded``) at most :data:`MAX_RESULT`."""
         def run_sync() -> T:
             try:
                 with Client(home) as c:
-                    return fn(c)
+                    result = fn(c)
+                    return _bounded(result) if bounded else result
             except LabdError as exc:
                 raise ToolError(f"labd: {exc.message} [{exc.code}]") from None
         return await anyio.to_thread.run_sync(run_sync)
@@ -90,22 +100,29 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
 
     @server.tool(annotations=READ_ONLY)
     async def get_session(session: str) -> dict[str, Any]:
-        """One session: status, reason, limits, peaks, cost, its steps and state history."""
-        return await call(lambda c: c.session(session))
+        """One session: status, reason, limits, peaks, cost, its newest 200 steps and state transitions
+        (``steps_omitted`` / ``history_omitted``: how many older ones get_dag and read_events have)."""
+        return await call(lambda c: c.request("session.get", session=session, steps_limit=SESSION_STEPS)["session"])
 
     @server.tool(annotations=READ_ONLY)
     async def read_output(session: str, since: int = 0) -> dict[str, Any]:
         """The session's printed output after event seq `since` (0: from the start), as text.
 
-        Returns {text, next_since, status, more}: call again with since=next_since for what follows."""
+        Returns {text, next_since, status, more}: call again with since=next_since for what follows. At most
+        200,000 characters a call; a single piece of output longer than that is cut, and `cut` says so: {seq,
+        chars} (the characters of event `seq` not returned; `labd logs` prints them)."""
         def read(c: Client) -> dict[str, Any]:
             page = c.events(session, since=since, kinds=OUTPUT_KINDS)
             parts: list[str] = []
             last, size = since, 0
-            for ev in page["events"]:
+            for i, ev in enumerate(page["events"]):
                 text = ev["payload"].get("text", "")
                 if size + len(text) > MAX_TEXT and parts:
                     return {"text": "".join(parts), "next_since": last, "status": page["status"], "more": True}
+                if len(text) > MAX_TEXT:  # one piece larger than a whole call: its start, and what was left out
+                    more = page["more"] or i + 1 < len(page["events"])
+                    return {"text": text[:MAX_TEXT], "next_since": ev["seq"], "status": page["status"], "more": more,
+                            "cut": {"seq": ev["seq"], "chars": len(text) - MAX_TEXT}}
                 parts.append(text)
                 size += len(text)
                 last = ev["seq"]
@@ -117,8 +134,15 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
     @server.tool(annotations=READ_ONLY)
     async def read_events(session: str, since: int = 0, limit: int = 200,
                           kinds: list[str] | None = None) -> dict[str, Any]:
-        """Recorded events after seq `since` (agent turns, LLM calls, tool calls, files, approvals...)."""
-        return await call(lambda c: c.events(session, since=since, limit=max(1, min(limit, 5000)), kinds=kinds))
+        """Recorded events after seq `since` (agent turns, LLM calls, tool calls, files, approvals...).
+
+        At most about 200,000 characters of events a call (`more`: call again with since = the last seq). An event
+        larger than that alone comes with `payload` null and `payload_cut`: {chars, head} (the size of its payload
+        as JSON, and its first 2,000 characters; `labd events SESSION --json` prints it whole)."""
+        def read(c: Client) -> dict[str, Any]:
+            page = c.events(session, since=since, limit=max(1, min(limit, 5000)), kinds=kinds)
+            return {**page, **_fit_events(page["events"], page["more"])}
+        return await call(read)
 
     @server.tool(annotations=READ_ONLY)
     async def get_dag(session: str, format: str = "json") -> dict[str, Any]:
@@ -188,7 +212,7 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
         path percent-encoded: a resource URI's path is decoded when it is read, so ``q?.txt`` or ``x%41.txt``
         written as they are would name another file, or none)."""
         try:
-            files = await call(lambda c: c.files(session))
+            files = await call(lambda c: c.files(session), bounded=False)
         except ToolError as exc:
             raise ResourceError(str(exc)) from None
         keys = ("path", "size", "sha256", "kind", "step", "agent", "change", "restored")
@@ -214,11 +238,43 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
             except UnicodeDecodeError:
                 return data
         try:
-            return await call(read)
+            return await call(read, bounded=False)
         except ToolError as exc:
             raise ResourceError(str(exc)) from None
 
     return server
+
+
+def _json_chars(value: Any) -> int:
+    return len(json.dumps(value, default=str))
+
+
+def _fit_events(events: list[dict[str, Any]], more: bool) -> dict[str, Any]:
+    """``{events, more}``: the first of ``events`` that fit in :data:`MAX_EVENTS_JSON` characters of JSON (at least
+    one; an event larger than that alone has its payload replaced by ``payload_cut``: its size and start)."""
+    kept: list[dict[str, Any]] = []
+    size = 0
+    for ev in events:
+        n = _json_chars(ev)
+        if size + n > MAX_EVENTS_JSON and kept:
+            return {"events": kept, "more": True}
+        if n > MAX_EVENTS_JSON:
+            payload = json.dumps(ev.get("payload"), default=str)
+            ev = {**ev, "payload": None, "payload_cut": {"chars": len(payload), "head": payload[:EVENT_HEAD]}}
+            n = _json_chars(ev)
+        kept.append(ev)
+        size += n
+    return {"events": kept, "more": more}
+
+
+def _bounded(result: T) -> T:
+    """``result``, if its JSON is at most :data:`MAX_RESULT` characters; else a tool error (a reply that size would
+    flood the model that called the tool)."""
+    n = _json_chars(result)
+    if n > MAX_RESULT:
+        raise ToolError(f"labd: the result is {n:,} characters of JSON, more than the {MAX_RESULT:,} this server "
+                        "returns in one call; read it with the labd CLI (its --json output) instead [result_too_large]")
+    return result
 
 
 def run(home: str | os.PathLike[str] | None = None, *, allow_policy_approvals: bool = False) -> int:

@@ -32,11 +32,16 @@ from labd.ipc.paths import Layout, UnsafeRuntimeDir
 
 __all__ = ["ConnectionInfo", "write_connection_file", "read_connection_file", "ConnectionFileError",
            "process_start_time", "process_start_ticks", "daemon_alive", "UnsafeConnectionFile", "events_socket",
-           "client_socket", "local_events_keypair", "local_events_credentials", "EVENTS_USER"]
+           "client_socket", "local_events_keypair", "local_events_credentials", "EVENTS_USER",
+           "BadConnectionFile"]
 
 
 class ConnectionFileError(Exception):
     """The connection file is missing, unreadable or untrustworthy: no usable daemon for this home."""
+
+
+class BadConnectionFile(ConnectionFileError):
+    """The connection file has a field a client cannot use (a wrong type, a malformed key or endpoint)."""
 
 
 class UnsafeConnectionFile(ConnectionFileError):
@@ -154,7 +159,11 @@ def read_connection_file(layout: Layout, path: Path | None = None) -> Connection
                     f"readable by you only (mode 0600, found {stat.S_IMODE(st.st_mode):04o})")
             data = json.loads(f.read())
         known = {f.name for f in fields(ConnectionInfo)}
-        return ConnectionInfo(**{k: v for k, v in data.items() if k in known})
+        info = ConnectionInfo(**{k: v for k, v in data.items() if k in known})  # missing fields: TypeError, below
+        bad = _bad_field(data)
+        if bad is not None:
+            raise BadConnectionFile(f"cannot read connection file {path}: {bad}")
+        return info
     except FileNotFoundError:
         if remote:
             raise ConnectionFileError(f"no connection file {path} (write one with `labd remote add NAME` on the "
@@ -163,7 +172,7 @@ def read_connection_file(layout: Layout, path: Path | None = None) -> Connection
                                   f"(no {path}); start one with `labd serve`") from None
     except UnsafeRuntimeDir as exc:
         raise UnsafeConnectionFile(str(exc)) from None
-    except ConnectionFileError:
+    except ConnectionFileError:  # BadConnectionFile, UnsafeConnectionFile
         raise
     except OSError as exc:
         if exc.errno == errno.ELOOP:  #: O_NOFOLLOW met a symlink
@@ -175,6 +184,48 @@ def read_connection_file(layout: Layout, path: Path | None = None) -> Connection
         why = (f"it lacks {', '.join(missing)}" if isinstance(exc, TypeError) and missing
                else "not a labd connection file (a JSON object with control, events, key, ...)")
         raise ConnectionFileError(f"cannot read connection file {path}: {why}") from None
+
+
+#: the fields of a connection file that name a socket (``runners`` is empty in a remote client's file)
+_ENDPOINTS = ("control", "events", "runners")
+#: the CurveZMQ keys of a remote client's file (Z85 text of 32 bytes)
+_CURVE_KEYS = ("server_public", "client_public", "client_secret", "events_public")
+
+
+def _bad_field(data: dict[str, Any]) -> str | None:
+    """The first field of a connection file's object that a client could not use, said in words (its type or its
+    form: a file edited or damaged by hand); None when every present field is as a daemon writes it."""
+    for name in ("control", "events", "runners", "key", "home", "events_auth"):
+        if name in data and not isinstance(data[name], str):
+            return f"field {name!r} must be a string, not {type(data[name]).__name__}"
+    for name in ("pid", "start_ticks", "max_message"):
+        if data.get(name) is not None and (not isinstance(data[name], int) or isinstance(data[name], bool)):
+            return f"field {name!r} must be an integer, not {data[name]!r:.40}"
+    if data.get("started") is not None and (not isinstance(data["started"], int | float)
+                                            or isinstance(data["started"], bool)):
+        return f"field 'started' must be a number, not {data['started']!r:.40}"
+    for name in _ENDPOINTS:
+        value = data.get(name)
+        if isinstance(value, str) and (value or name != "runners") and not value.startswith(("ipc://", "tcp://")):
+            return f"field {name!r} must be an ipc:// or tcp:// endpoint, not {value!r:.80}"
+    key = data.get("key")
+    if isinstance(key, str):
+        try:
+            if len(bytes.fromhex(key)) < 16:
+                return "field 'key' must be at least 16 bytes (32 hex digits)"
+        except ValueError:
+            return "field 'key' must be hex digits"
+    for name in _CURVE_KEYS:
+        value = data.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) != 40:
+            return f"field {name!r} must be a CurveZMQ key: 40 characters of Z85 text"
+        try:
+            z85.decode(value)
+        except (ValueError, KeyError, IndexError):
+            return f"field {name!r} must be a CurveZMQ key: 40 characters of Z85 text"
+    return None
 
 
 #: the PLAIN user name of a local follower (the password is what proves anything)

@@ -14,6 +14,7 @@ from typing import Any, Self
 import zmq
 
 from labd.ipc.connection import (
+    BadConnectionFile,
     ConnectionFileError,
     ConnectionInfo,
     UnsafeConnectionFile,
@@ -54,6 +55,8 @@ class Transport:
             self.info: ConnectionInfo = read_connection_file(self.layout, Path(remote) if remote else None)
         except UnsafeConnectionFile as exc:
             raise LabdError("unsafe_runtime_dir", str(exc)) from None
+        except BadConnectionFile as exc:
+            raise LabdError("bad_connection_file", str(exc)) from None
         except ConnectionFileError as exc:
             raise LabdError("no_daemon", str(exc)) from None
         #: the daemon is on this machine: its pid can be checked (a remote one is only known by its replies)
@@ -77,7 +80,13 @@ class Transport:
         self._generation = 0
         self._ctx = zmq.Context()
         self._sock = self._socket(zmq.DEALER)
-        self._sock.connect(self.info.control)
+        try:
+            self._sock.connect(self.info.control)
+        except zmq.ZMQError as exc:  # an endpoint libzmq refuses (a connection file edited by hand: a bad port)
+            self.close()
+            raise LabdError("bad_connection_file", f"cannot connect to {self.info.control!r} (from "
+                            f"{self._remote_file or 'the connection file of home ' + str(self.layout.home)}): "
+                            f"{exc.strerror}") from None
 
     def _socket(self, kind: int) -> zmq.Socket:
         """A socket to the daemon: CurveZMQ-encrypted when the connection file carries keys (TCP)."""

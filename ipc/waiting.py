@@ -144,9 +144,13 @@ class Waiting:
             return decode_result(finished.get("result"), session=sid)
         error = None
         if finished is not None and row["status"] != "cancelled":
-            for ev in self._reading(lambda: list(self.history(sid, kinds=["custom"])), deadline, sid):
-                if ev["payload"].get("name") == ERROR_EVENT and isinstance(ev["payload"].get("data"), dict):
-                    error = ev["payload"]["data"]
+            def last_error() -> dict[str, Any] | None:  # scanned page by page: a session's custom events are not held
+                found = None
+                for ev in self.history(sid, kinds=["custom"]):
+                    if ev["payload"].get("name") == ERROR_EVENT and isinstance(ev["payload"].get("data"), dict):
+                        found = ev["payload"]["data"]
+                return found
+            error = self._reading(last_error, deadline, sid)
         raise remote_error(row, finished, error)
 
     def wait(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
@@ -180,7 +184,12 @@ class Waiting:
         sub = events_socket(self._ctx, self.info)  # CURVE: remote keys, or the local ones derived from the key
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.setsockopt(zmq.SUBSCRIBE, f"session.{sid}".encode())
-        sub.connect(self.info.events)
+        try:
+            sub.connect(self.info.events)
+        except zmq.ZMQError as exc:  # an endpoint libzmq refuses (a connection file edited by hand)
+            sub.close(0)
+            raise LabdError("bad_connection_file", f"cannot follow the daemon's events at {self.info.events!r}: "
+                            f"{exc.strerror}") from None
         return sub, Codec(self.info.key_bytes)
 
     def _follow(self, ref: str, since: int, until_end: bool, timeout: float | None) -> Iterator[dict[str, Any]]:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from labd.frontends.cli.base import Ctx, add_json, command
+from labd.frontends.cli.base import Ctx, add_json, command, last_line
 from labd.frontends.cli.output import styled
 from labd.ipc.client import LabdError
 from labd.ipc.paths import layout_for
@@ -146,7 +146,7 @@ def cmd_agents(args: argparse.Namespace, ctx: Ctx) -> int:
         ctx.out.json(roles)
         return 0
     rows = [[r["name"], r["model"] or "(workflow's)", "yes" if r["code_execution"] else "",
-             ",".join(r["mcp"]), r["source"], (r["description"] or r["system_prompt"].splitlines()[-1])[:60]]
+             ",".join(r["mcp"]), r["source"], (r["description"] or last_line(r["system_prompt"]))[:60]]
             for r in roles]
     ctx.out.table(["ROLE", "MODEL", "CODE", "MCP", "SOURCE", "DESCRIPTION"], rows)
     return 0

@@ -16,7 +16,8 @@ from labd.frontends.cli.output import Output
 if TYPE_CHECKING:
     from labd.ipc.client import Client
 
-__all__ = ["CliError", "Ctx", "Handler", "command", "global_options", "add_json", "duration", "subcommands", "LIVE"]
+__all__ = ["CliError", "Ctx", "Handler", "command", "global_options", "add_json", "duration", "subcommands", "LIVE",
+           "last_line"]
 
 #: statuses of sessions that have not ended
 LIVE = ("queued", "created", "starting", "running", "paused", "waiting_approval")
@@ -100,3 +101,10 @@ def duration(text: str) -> float:
 def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     """``parser``'s subcommands (argparse has no public way to reach them)."""
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+
+
+def last_line(text: str) -> str:
+    """The last line of ``text`` that is not blank, stripped; ``""`` if there is none (a prompt, a request's text: what
+    a session or a configuration wrote, which may be empty or only whitespace)."""
+    lines = text.strip().splitlines()
+    return lines[-1].strip() if lines else ""

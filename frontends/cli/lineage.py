@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from labd.frontends.cli.base import CliError, Ctx, add_json, command
+from labd.frontends.cli.base import CliError, Ctx, add_json, command, last_line
 
 __all__ = ["register"]
 
@@ -54,9 +54,9 @@ def _first_divergence(ctx: Ctx, e: dict[str, Any]) -> None:
     ctx.out.line(f"first divergence: node {e['node_id']} made a {m['what']} request ({m['digest'][:12]}) the record "
                  f"does not have{wanted}", "red")
     if m.get("input"):
-        ctx.out.line("  asked:    " + m["input"].strip().splitlines()[-1][:160])
+        ctx.out.line("  asked:    " + last_line(m["input"])[:160])
     if exp.get("input"):
-        ctx.out.line("  recorded: " + exp["input"].strip().splitlines()[-1][:160])
+        ctx.out.line("  recorded: " + last_line(exp["input"])[:160])
 
 
 def cmd_compare(args: argparse.Namespace, ctx: Ctx) -> int:

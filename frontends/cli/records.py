@@ -48,23 +48,22 @@ def _children(dag: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, list
 
 
 def tree_lines(dag: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(prefix + text, node)`` per node, drawn as a tree with box characters."""
+    """``(prefix + text, node)`` per node, drawn as a tree with box characters. Walked with a stack of its own, not
+    by recursion: steps nested thousands deep (a session's record is whatever its code did) are drawn too."""
     roots, kids = _children(dag)
     seen: set[str] = set()
-
-    def walk(n: dict[str, Any], prefix: str, last: bool, top: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+    # (node, the prefix of its line, last among its siblings, a root), the next to draw on top
+    stack: list[tuple[dict[str, Any], str, bool, bool]] = [(r, "", True, True) for r in reversed(roots)]
+    while stack:
+        n, prefix, last, top = stack.pop()
         if n["node_id"] in seen:  # a cycle in a damaged record must not hang the CLI
-            return
+            continue
         seen.add(n["node_id"])
         branch = "" if top else ("└── " if last else "├── ")
         yield prefix + branch + _node_text(n), n
         inner = prefix + ("" if top else ("    " if last else "│   "))
         children = kids.get(n["node_id"], [])
-        for i, child in enumerate(children):
-            yield from walk(child, inner, i == len(children) - 1, False)
-
-    for r in roots:
-        yield from walk(r, "", True, True)
+        stack.extend((child, inner, i == len(children) - 1, False) for i, child in reversed(list(enumerate(children))))
 
 
 def cmd_dag(args: argparse.Namespace, ctx: Ctx) -> int:

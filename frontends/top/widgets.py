@@ -25,6 +25,8 @@ STATUS_STYLE = {"running": "green", "waiting_approval": "bold yellow", "paused":
 COLUMNS = (("id", "ID", 12), ("name", "NAME", 22), ("status", "STATUS", 16), ("cpu", "CPU%", 6),
            ("cpu_spark", "cpu", 10), ("mem", "MEM", 7), ("mem_spark", "mem", 10), ("cost", "COST", 8),
            ("age", "AGE", 5))
+#: levels of steps drawn nested in the DAG tab; deeper steps are drawn beside their parent, with their depth
+MAX_DEPTH = 100
 MAX_NODES = 1000
 
 
@@ -176,7 +178,10 @@ class DagTree(Tree[Any]):
         self.root.set_label(Text(f"{safe_text(str(dag.get('session', '')))}  ({shown} nodes)", style="bold"))
         key = _node_key
 
-        def add(parent: Any, nid: str) -> None:
+        def add(parent: Any, nid: str, depth: int) -> list[tuple[Any, str, int]]:
+            """Add node ``nid`` (at ``depth``) under ``parent``; its children, to add under it (a stack, not recursion:
+            steps may be nested thousands deep). Past :data:`MAX_DEPTH` they go beside it, marked with their depth
+            (the tree widget draws by recursion and fails on deeper trees)."""
             n = nodes[nid]
             label = Text.assemble((f"{self.ICONS.get(n.get('status') or '', '·')} ", STATUS_STYLE.get(
                 n.get("status") or "", "")), (f"{safe_text(nid)} ", "dim"),
@@ -190,15 +195,20 @@ class DagTree(Tree[Any]):
             if paths:
                 label.append(f"  files: {', '.join(safe_text(truncate(p, 40)) for p in paths[:4])}"
                              + (f" +{len(paths) - 4}" if len(paths) > 4 else ""), style="magenta")
-            if kids:
+            if depth > MAX_DEPTH:
+                label.append(f"  (depth {depth})", style="dim")
+            if kids and depth < MAX_DEPTH:
                 branch = parent.add(label, expand=True)
-                for kid in kids:
-                    add(branch, kid)
-            else:
+                return [(branch, kid, depth + 1) for kid in reversed(kids)]
+            if kids:  # too deep to nest further: the node, then its children beside it
                 parent.add_leaf(label)
+                return [(parent, kid, depth + 1) for kid in reversed(kids)]
+            parent.add_leaf(label)
+            return []
 
-        for nid in sorted(children.get(None, []), key=key):
-            add(self.root, nid)
+        stack = [(self.root, nid, 1) for nid in reversed(sorted(children.get(None, []), key=key))]
+        while stack:
+            stack.extend(add(*stack.pop()))
         self.root.expand()
 
 

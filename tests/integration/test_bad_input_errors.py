@@ -166,3 +166,65 @@ def test_sdk_wait_follow_result_refuse_nan_and_negative_timeouts(client: Client)
     finally:
         if client.session(sid)["status"] not in TERMINAL_STATUSES:
             client.kill(sid)
+
+
+def test_agents_lists_a_role_whose_system_prompt_is_empty(client: Client, shared: dict[str, Any]) -> None:
+    """`labd agents` lists a role whose system prompt is empty or only blank lines (a registry file `system_prompt =
+    ""`, or an empty system_prompt_file) with an empty description cell; before: an IndexError traceback, and no
+    role listed at all."""
+    agents = shared["daemon"].home / "agents"
+    agents.mkdir(exist_ok=True)
+    (agents / "blank.toml").write_text('system_prompt = ""\n')
+    (agents / "blanklines.toml").write_text('system_prompt = "\\n  \\n"\n')
+    try:
+        r = labd("agents")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        rows = {line.split()[0]: line for line in r.stdout.splitlines()[1:] if line.strip()}
+        assert {"blank", "blanklines", "engineer"} <= set(rows)
+    finally:
+        (agents / "blank.toml").unlink()
+        (agents / "blanklines.toml").unlink()
+
+
+def test_replay_report_of_a_divergence_whose_input_is_blank() -> None:
+    """`labd replay --wait` reporting a first divergence (`replay.miss`) whose asked or recorded input is only
+    whitespace prints the report with an empty `asked:` / `recorded:` line; before: an IndexError traceback after the
+    replay had run."""
+    import io
+    from types import SimpleNamespace
+
+    from labd.frontends.cli.lineage import _first_divergence
+    from labd.frontends.cli.output import Output
+
+    out = io.StringIO()
+    ctx = SimpleNamespace(out=Output(stdout=out, stderr=io.StringIO()))
+    _first_divergence(ctx, {"kind": "replay.miss", "node_id": "n3", "payload": {  # type: ignore[arg-type]
+        "what": "llm", "digest": "ab" * 32, "input": " \n\t",
+        "expected": {"what": "llm", "node": "n3", "input": "\n\n", "digest": "cd" * 32}}})
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("first divergence: node n3 made a llm request")
+    assert [line.rstrip() for line in lines[1:]] == ["  asked:", "  recorded:"]
+
+
+DEEP_FLOWS = """
+import contextlib
+
+
+def deep(ctx, n=1100):
+    with contextlib.ExitStack() as stack:  # steps nested n deep, without recursion in the workflow
+        for i in range(n):
+            stack.enter_context(ctx.step(f"s{i}"))
+"""
+
+
+def test_dag_of_steps_nested_deeper_than_the_recursion_limit(client: Client, tmp_path: Path) -> None:
+    """`labd dag SESSION` draws a session whose steps are nested 1,100 deep (past Python's recursion limit), one line
+    per step; before: a RecursionError traceback."""
+    flows = tmp_path / "deepflows.py"
+    flows.write_text(DEEP_FLOWS)
+    sid = client.start(f"{flows}:deep")
+    assert client.wait(sid, timeout=90)["status"] == "completed"
+    r = labd("dag", sid)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1100 and lines[-1].strip().startswith("└── n1100 s1099 · completed")

@@ -423,3 +423,77 @@ def test_a_request_with_a_fractional_or_null_id_gets_an_error_reply(raw_mcp: Any
         reply = raw_mcp.reply(timeout=15)
         assert reply["id"] is None and reply.get("error", {}).get("code") == -32600, reply
     raw_mcp.still_serves(12)
+
+
+LARGE_FLOWS = """
+import sys
+
+
+def large(ctx):
+    ctx.emit("table", {"rows": ["r" * 1000] * 1000})  # one custom event of ~1 MB
+    for _ in range(8):  # 2 MB of ordinary output, captured in pieces
+        sys.stdout.write("y" * 250_000)
+        sys.stdout.flush()
+    ctx._emit("output", {"stream": "stdout", "text": "z" * 1_000_000})  # one piece of output of 1 MB
+    return "done"
+"""
+
+
+def test_what_a_tool_returns_to_the_model_is_bounded(shared_daemon, tmp_path) -> None:
+    """A session's large record reaches an MCP client in bounded replies: read_events returns at most ~200,000
+    characters of events a call (an event larger than that alone: its payload's size and first 2,000 characters in
+    `payload_cut`), paging through all of them with `since`; read_output at most 200,000 characters a call, a single
+    larger piece cut with `cut` saying how much. Before, one read_events call returned a whole daemon page (8 MB
+    here: 4 MB, 5000 events of any size) and read_output a whole oversized piece of output."""
+    bound, head = 200_000, 2_000  # mcp.MAX_EVENTS_JSON and MAX_TEXT, mcp.EVENT_HEAD
+
+    flows = tmp_path / "largeflows.py"
+    flows.write_text(LARGE_FLOWS)
+    server = build_server(shared_daemon.home)
+    with shared_daemon.client() as lc:
+        sid = lc.start(f"{flows}:large")
+        assert lc.wait(sid, timeout=60)["status"] == "completed"
+        stored = list(lc.history(sid))
+
+    async def go() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with McpClient(server) as c:
+            events, outputs, since = [], [], 0
+            while True:
+                page = _data(await c.call_tool("read_events", {"session": sid, "since": since, "limit": 5000}))
+                assert len(json.dumps(page["events"])) <= bound + 100, "one page over the bound"
+                events += page["events"]
+                since = page["events"][-1]["seq"] if page["events"] else since
+                if not page["more"]:
+                    break
+            since = 0
+            while True:
+                out = _data(await c.call_tool("read_output", {"session": sid, "since": since}))
+                assert len(out["text"]) <= bound
+                outputs.append(out)
+                since = out["next_since"]
+                if not out["more"]:
+                    break
+            return events, outputs
+
+    events, outputs = anyio.run(go)
+    assert [e["seq"] for e in events] == [e["seq"] for e in stored], "paging skipped or repeated events"
+    table = [e for e in events if e["kind"] == "custom"]
+    assert len(table) == 1 and table[0]["payload"] is None
+    assert table[0]["payload_cut"]["chars"] > 1_000_000 and len(table[0]["payload_cut"]["head"]) == head
+    big = [e["seq"] for e in stored if len(json.dumps(e)) > bound]  # the table and the 1 MB piece
+    assert len(big) == 2 and [e["seq"] for e in events if e["payload"] is None] == big
+    text = "".join(o["text"] for o in outputs)
+    assert text.count("y") == 2_000_000, "ordinary output is paged whole"
+    cut = [o["cut"] for o in outputs if "cut" in o]
+    assert len(cut) == 1 and cut[0]["chars"] == 1_000_000 - bound and text.count("z") == bound
+
+
+def test_a_tool_result_too_large_for_a_model_is_a_tool_error(shared_daemon, monkeypatch) -> None:
+    """A tool result whose JSON is over MAX_RESULT characters is an MCP tool error with code result_too_large naming
+    the CLI to read it with, never a reply of that size (here the limit is lowered to a few characters)."""
+    from labd.frontends import mcp
+
+    monkeypatch.setattr(mcp, "MAX_RESULT", 50, raising=False)
+    result = _call(build_server(shared_daemon.home), "list_workflows")
+    assert result.is_error
+    assert "[result_too_large]" in result.content[0].text

@@ -141,6 +141,60 @@ def test_cli_remote_add_and_connect(shared_tcp_daemon, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
 
 
+def test_cli_remote_add_that_cannot_write_its_file_authorises_no_client(shared_tcp_daemon, tmp_path: Path) -> None:
+    """`labd remote add NAME -o FILE` where FILE exists, or cannot be created (no such directory), is one `labd:` line
+    with exit 2, leaves an existing FILE as it was, and authorises no client (the name stays free). Before: a
+    FileExistsError / FileNotFoundError traceback *after* the daemon had issued the key, which stayed authorised with
+    no one holding it, and the name was refused (`exists`) from then on."""
+    d, _ = shared_tcp_daemon
+    env = {**os.environ, "LABD_HOME": str(d.home)}
+    taken = tmp_path / "taken.json"
+    taken.write_text("mine")
+    for name, target, why in (("ws-taken", taken, "it exists (choose another with --output)"),
+                              ("ws-nodir", tmp_path / "no" / "such.json", "No such file or directory")):
+        out = subprocess.run([sys.executable, "-m", "labd", "remote", "add", name, "-o", str(target)],
+                             capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 2 and out.stderr.splitlines() == [
+            f"labd: cannot write the connection file {target}: {why}; no client was authorised"], out.stderr
+    assert taken.read_text() == "mine"
+    out = subprocess.run([sys.executable, "-m", "labd", "remote", "add", "a/b"], capture_output=True, text=True,
+                         env=env, timeout=60, cwd=tmp_path)  # a name the daemon refuses: said as such, no file made
+    assert out.returncode == 2 and out.stderr.startswith("labd: a remote client's name must be"), out.stderr
+    with d.client() as c:
+        assert not {"ws-taken", "ws-nodir"} & set(c.request("remote.list")["clients"])
+
+
+def test_a_connection_file_damaged_by_hand_is_one_line_not_a_traceback(shared_tcp_daemon, tmp_path: Path) -> None:
+    """A client's connection file edited by hand -- a key that is not hex, an endpoint libzmq refuses for control or
+    for the live events -- is one `labd: ... [bad_connection_file]` line with exit 2 from the CLI, and LabdError
+    `bad_connection_file` from the SDK (`follow` included); before: ValueError / ZMQError tracebacks."""
+    from labd.ipc import Client, LabdError
+
+    d, _ = shared_tcp_daemon
+    with d.client() as local:
+        good = local.request("remote.add", name="handedit")["connection"]
+        sid = local.start("demo.count", params={"n": 1})
+        local.wait(sid, timeout=60)
+    other = {k: v for k, v in os.environ.items() if k != "LABD_HOME"}
+    other["XDG_RUNTIME_DIR"] = str(tmp_path / "elsewhere")
+    try:
+        for name, change, command in (("key", {"key": "zz"}, ["status"]),
+                                      ("control", {"control": "tcp://no host:99999"}, ["status"]),
+                                      ("events", {"events": "tcp://no host:99999"}, ["logs", "-f", sid])):
+            path = _write(tmp_path / f"{name}.json", {**good, **change})
+            out = subprocess.run([sys.executable, "-m", "labd", "--connect", str(path), *command],
+                                 capture_output=True, text=True, env=other, timeout=60)
+            lines = out.stderr.splitlines()
+            assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("labd: "), out.stderr
+            assert lines[0].endswith("[bad_connection_file]"), out.stderr
+        with Client(connection_file=tmp_path / "events.json", timeout=10) as c, pytest.raises(LabdError) as err:
+            list(c.follow(sid, timeout=30))
+        assert err.value.code == "bad_connection_file"
+    finally:
+        with d.client() as local:
+            local.request("remote.remove", name="handedit")
+
+
 def test_listen_without_tcp_is_refused(isolated_env: Path) -> None:
     """Only tcp:// is served remotely (and always with CURVE): another scheme stops the daemon with a message."""
     isolated_env.mkdir(parents=True, exist_ok=True)

@@ -291,3 +291,36 @@ def test_filter_narrows_the_list_and_clears(daemon: DaemonProc) -> None:
         run_app(daemon.home, scenario)
     finally:
         c.close()
+
+
+DEEP_FLOWS = """
+import contextlib
+
+
+def deep(ctx, n=1100):
+    with contextlib.ExitStack() as stack:  # steps nested n deep, without recursion in the workflow
+        for i in range(n):
+            stack.enter_context(ctx.step(f"s{i}"))
+"""
+
+
+def test_dag_tab_of_steps_nested_deeper_than_the_recursion_limit(daemon: DaemonProc, tmp_path: Path) -> None:
+    """The DAG tab of a session whose steps are nested 1,100 deep shows its newest 1,000 nodes, those past 100 levels
+    beside their parent with their depth, and the dashboard goes on; before: building the tree failed with a
+    RecursionError (the tab showed none of its nodes)."""
+    flows = tmp_path / "deepflows.py"
+    flows.write_text(DEEP_FLOWS)
+    c = daemon.client()
+    sid = c.start(f"{flows}:deep")
+    assert c.wait(sid, timeout=90)["status"] == "completed"
+    c.close()
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: app.selected == sid, what="selected")
+        await pilot.press("3")
+        await until(lambda: "the newest 1000 of 1100 nodes" in screen_text(app), what="the DAG tab's tree")
+        await until(lambda: app.dag_tree.last_line >= 999, what="every node shown")
+        await pilot.press("1")
+        await until(lambda: sid in screen_text(app), what="the dashboard still drawing")
+
+    run_app(daemon.home, scenario)

@@ -40,3 +40,46 @@ def test_a_malformed_connection_file_says_what_is_wrong_in_its_terms(tmp_path: P
         read_connection_file(layout_for(str(tmp_path / "home")), path)
     assert str(exc.value).startswith(f"cannot read connection file {path}: {why}")
     assert "__init__" not in str(exc.value)
+
+
+GOOD = {"control": "tcp://127.0.0.1:5000", "events": "tcp://127.0.0.1:5001", "runners": "",
+        "key": "00112233445566778899aabbccddeeff", "pid": 1, "home": "/h"}
+CURVE = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"  # a Z85 key (the ZeroMQ RFC's example)
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"control": 5}, "field 'control' must be a string, not int"),
+    ({"key": "zz"}, "field 'key' must be hex digits"),
+    ({"key": "00ff"}, "field 'key' must be at least 16 bytes (32 hex digits)"),
+    ({"pid": "x"}, "field 'pid' must be an integer, not 'x'"),
+    ({"pid": True}, "field 'pid' must be an integer, not True"),
+    ({"max_message": "big"}, "field 'max_message' must be an integer, not 'big'"),
+    ({"started": "now"}, "field 'started' must be a number, not 'now'"),
+    ({"control": "nonsense"}, "field 'control' must be an ipc:// or tcp:// endpoint, not 'nonsense'"),
+    ({"server_public": "abc"}, "field 'server_public' must be a CurveZMQ key: 40 characters of Z85 text"),
+    ({"server_public": CURVE, "client_secret": "~" * 40}, "field 'client_secret' must be a CurveZMQ key"),
+])
+def test_a_connection_file_with_a_field_no_client_can_use_is_refused_naming_it(tmp_path: Path, change: dict,
+                                                                                why: str) -> None:
+    """A connection file edited or damaged by hand (a field of the wrong type, a key that is not hex of 16 bytes or
+    more, a CurveZMQ key that is not 40 characters of Z85, an endpoint that is not ipc:// or tcp://) is refused as
+    BadConnectionFile naming the field; before, it was read, and the client failed later with a Python ValueError,
+    TypeError or ZMQError traceback (`signing key must be at least 16 bytes`, `non-hexadecimal number`)."""
+    import json
+
+    path = _file(tmp_path, json.dumps({**GOOD, **change}))
+    with pytest.raises(ConnectionFileError) as exc:
+        read_connection_file(layout_for(str(tmp_path / "home")), path)
+    assert type(exc.value).__name__ == "BadConnectionFile"  # the SDK's LabdError bad_connection_file
+    assert str(exc.value).startswith(f"cannot read connection file {path}: {why}")
+
+
+def test_a_good_connection_file_is_read(tmp_path: Path) -> None:
+    """What a daemon writes (and `labd remote add`, with CurveZMQ keys) reads back as it is."""
+    import json
+
+    data = {**GOOD, "started": 1.5, "start_ticks": 7, "max_message": 1 << 20, "events_auth": "plain",
+            "server_public": CURVE, "client_public": CURVE, "client_secret": CURVE, "events_public": None}
+    info = read_connection_file(layout_for(str(tmp_path / "home")), _file(tmp_path, json.dumps(data)))
+    assert (info.control, info.key, info.server_public, info.max_message) == (GOOD["control"], GOOD["key"], CURVE,
+                                                                              1 << 20)
