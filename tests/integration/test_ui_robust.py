@@ -510,3 +510,77 @@ def test_no_other_page_can_frame_the_logged_in_dashboard(shared_ui: Ui, shared_p
     assert violations == [], violations
     status, raw = ui.request("/api/status")
     assert status == 200, raw
+
+
+# ---- 9. a link with someone else's token -------------------------------------------------------------------------
+
+@pytest.mark.timeout(180)
+@pytest.mark.browser
+@no_browser
+def test_a_link_with_a_wrong_token_does_not_log_the_browser_out(shared_ui: Ui, shared_page: Any) -> None:
+    """Opening ``/#token=<not ours>`` (any web page, or another local user's link, can send the browser there) keeps
+    the token the browser has: it replaced it unchecked, and the dashboard then answered every request with 403
+    until the user opened the printed URL again. A link with our token still replaces a stale one."""
+    ui, pg = shared_ui, shared_page
+    pg.goto("about:blank")  # a new document, as a navigation from another site is (not a same-page hash change)
+    pg.goto(f"{ui.base}/#token=someone-elses")
+    pg.wait_for_selector("#start-button", timeout=15_000)
+    assert pg.evaluate("localStorage.getItem('labd_ui_token')") == ui.token
+    assert pg.evaluate("location.hash") == "#/"  # the given token left the address bar all the same
+
+    pg.evaluate("localStorage.setItem('labd_ui_token', 'stale')")
+    pg.goto("about:blank")
+    pg.goto(ui.url)
+    pg.wait_for_selector("#start-button", timeout=15_000)
+    assert pg.evaluate("localStorage.getItem('labd_ui_token')") == ui.token
+
+
+# ---- 10. many tabs on running sessions ---------------------------------------------------------------------------
+
+_HIDE = ("Object.defineProperty(document, 'hidden', {value: %s, configurable: true});"
+         "Object.defineProperty(document, 'visibilityState', {value: %r, configurable: true});"
+         "document.dispatchEvent(new Event('visibilitychange'))")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.browser
+@no_browser
+def test_tabs_in_the_background_leave_the_browser_connections_for_the_one_in_front(shared_daemon, shared_ui: Ui,
+                                                                                  shared_page: Any) -> None:
+    """Six tabs, each on a running session, then a seventh: a browser opens at most 6 connections to a host and each
+    tab's stream held one for as long as its session ran, so the seventh tab never loaded and every tab's polls
+    (status, approvals) hung. A tab in the background (hidden: as the browser says of a tab behind another) now lets
+    its stream go, and once it shows again follows on from its last event: the session's end arrives, and no
+    output twice."""
+    daemon, ui, pg = shared_daemon, shared_ui, shared_page
+    with daemon.client() as c:
+        sids = [c.start("demo.sleep", params={"seconds": 600}) for _ in range(7)]
+    sleeping = ("document.querySelector('#output') && "
+                "document.querySelector('#output').textContent.includes('sleeping')")
+    tabs = []
+    try:
+        for sid in sids[:6]:
+            tab = pg.context.new_page()
+            tab.goto(f"{ui.base}/#/s/{sid}", timeout=15_000)
+            tab.wait_for_function(sleeping, timeout=15_000)
+            tab.evaluate(_HIDE % ("true", "hidden"))  # the next tab opens in front of it
+            tabs.append(tab)
+        front = pg.context.new_page()
+        front.goto(f"{ui.base}/#/s/{sids[6]}", timeout=15_000)
+        front.wait_for_function(sleeping, timeout=15_000)
+        front.goto(f"{ui.base}/#/approvals")
+        front.wait_for_selector("#approvals > *", timeout=15_000)
+
+        first = tabs[0]
+        with daemon.client() as c:
+            c.stop(sids[0])  # while its tab is hidden: seen once the tab shows again
+            wait_until(lambda: c.session(sids[0])["status"] in ("cancelled", "completed", "failed"), timeout=60,
+                       what="the first session stopped")
+        first.evaluate(_HIDE % ("false", "visible"))
+        first.wait_for_selector("#activity [data-kind='session.ended']", timeout=30_000)
+        assert first.inner_text("#output").count("sleeping") == 1
+    finally:
+        with daemon.client() as c:
+            for sid in sids:
+                if c.session(sid)["status"] not in ("completed", "failed", "cancelled", "lost"):
+                    c.stop(sid)
