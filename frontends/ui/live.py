@@ -55,6 +55,12 @@ RECHECK_MAX_S = 60.0
 STREAM_CHUNK = 32 * 1024
 #: Events read from the store per request.
 PAGE = 2000
+#: Live messages a stream's SUB socket holds while the stream does not read it (its client is not reading: a frozen
+#: tab, a slow link): past this many, ZeroMQ drops the newest, and the stream fills the gap from the store when it
+#: reads again, as after any drop of the tail. A message is at most ~256 KiB (the daemon's ``PUB_CHUNK_BYTES``), so
+#: a stalled stream holds at most ~16 MiB. It was 100,000 (up to ~25 GiB): a client that stopped reading the stream
+#: of a session printing 600 MB took `labd ui` from 82 to 692 MB, kept while the stream stayed open.
+LIVE_RCVHWM = 64
 
 
 def _identity(info: ConnectionInfo | None) -> tuple[Any, ...] | None:
@@ -172,7 +178,7 @@ class _Tail:
         if info is None:
             return
         sub = events_socket(self.zctx, info)
-        sub.setsockopt(zmq.RCVHWM, 100_000)
+        sub.setsockopt(zmq.RCVHWM, LIVE_RCVHWM)
         sub.setsockopt(zmq.SUBSCRIBE, f"session.{self.sid}".encode())
         sub.connect(info.events)
         self.sub, self.codec = sub, Codec(info.key_bytes)

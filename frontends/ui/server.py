@@ -6,8 +6,9 @@ sends it as ``Authorization: Bearer <token>`` on every request, compared with :f
 403. No cookie: browsers send a cookie for 127.0.0.1 to *every* port of it, so any other local user's server on
 another port would receive it (a link was enough), whereas ``localStorage`` belongs to this origin (scheme, host
 and port) alone. The Host header must name the loopback address we serve (DNS rebinding), and a state-changing
-request must come from our own Origin. ``--open`` hands the browser a 0600 file that redirects, not the URL, so
-the token never sits on a command line other users can read. Raw signed IPC frames never reach the browser: the
+request must come from our own Origin. No page may frame ours (:data:`SECURITY_HEADERS`); a request body is read
+at most :data:`MAX_BODY` bytes. ``--open`` hands the browser a 0600 file that redirects, not the URL, so the token
+never sits on a command line other users can read. Raw signed IPC frames never reach the browser: the
 server speaks to the daemon, the page to it.
 
 Live updates: ``/api/sessions/{id}/stream?since=N`` is a Server-Sent Events stream of the session's events, each
@@ -48,10 +49,12 @@ from urllib.parse import quote
 import anyio
 import zmq.asyncio
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labd.frontends.ui.calls import DAEMON_THREADS, ClientPool, Stopping, http_status, in_thread
 from labd.frontends.ui.live import DaemonWatch, follow_session
@@ -63,6 +66,20 @@ __all__ = ["build_app", "run"]
 STATIC = Path(__file__).parent / "static"
 T = TypeVar("T")
 MAX_DOWNLOAD = 64 * 1024 * 1024
+#: A request body (start, resolve) larger than this is refused with 413 once that many bytes arrived, or at once
+#: when its Content-Length says so: it is never read whole into memory.
+MAX_BODY = 1_000_000
+#: Sent with every response. ``frame-ancestors 'none'`` / ``X-Frame-Options``: no other page may frame the
+#: dashboard. Any server on 127.0.0.1 (another local user's, on another port) is *same-site* with it, so a framed
+#: dashboard there got this origin's unpartitioned localStorage, i.e. the token: a logged-in page under a page of
+#: theirs, whose buttons (approve, stop) a click could be tricked into pressing. No ``script-src``: the page has no
+#: inline script, but Playwright's ``wait_for_function`` evaluates strings, which it would refuse (the tests).
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"frame-ancestors 'none'; object-src 'none'; base-uri 'none'; form-action 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
 #: --open's redirect file is removed after this many seconds (or at exit, if sooner): long enough for a browser that
 #: is slow to start to read it, not the dashboard's whole life. For tests only, ``LABD_UI_OPEN_FILE_S`` in the
 #: environment of `labd ui` shortens it (a test cannot wait two minutes to see the file go).
@@ -80,6 +97,30 @@ def _field(body: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"field {key!r} must be a string, not {json.dumps(value)}")
     return value
+
+
+class BodyTooLarge(Exception):
+    """A request body over :data:`MAX_BODY` (413)."""
+
+
+class _SecurityHeaders:
+    """Pure ASGI middleware adding :data:`SECURITY_HEADERS` to every response (API, stream, download, static, the
+    errors). Not Starlette's ``BaseHTTPMiddleware``, which would buffer the live streams' chunks through a task."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def build_app(home: str | None, token: str, port_ref: list[int],
@@ -130,14 +171,24 @@ def build_app(home: str | None, token: str, port_ref: list[int],
                 return error(exc, details=True)
             except (ValueError, KeyError) as exc:
                 return JSONResponse({"error": {"code": "bad_request", "message": str(exc)}}, status_code=400)
+            except BodyTooLarge:
+                return JSONResponse({"error": {"code": "too_large", "message": f"the request body is over "
+                                               f"{MAX_BODY:,} bytes"}}, status_code=413)
+            except ClientDisconnect:  # gone mid-body: nobody reads the answer (it was a traceback in the log)
+                return Response(status_code=400)
             except asyncio.CancelledError:  # cut off by the stop's grace period (e.g. a body still arriving)
                 return error(Stopping())
         return endpoint
 
     async def body(request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        if len(raw) > 1_000_000:
-            raise ValueError("request body too large")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY:  # said up front: refused before any of it is read
+            raise BodyTooLarge()
+        raw = bytearray()
+        async for part in request.stream():  # chunked, or a Content-Length that lies: counted as it arrives
+            raw += part
+            if len(raw) > MAX_BODY:
+                raise BodyTooLarge()
         try:
             data = json.loads(raw or b"{}")
         except RecursionError:  # nested past the parser's stack: a client error, not a 500
@@ -301,7 +352,7 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         pool.close()  # after the open responses have ended (or been cancelled)
         zctx.destroy(linger=0)
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_SecurityHeaders)])
 
 
 def run(home: str | None, port: int = 0, open_browser: bool = False, token: str | None = None) -> int:

@@ -396,3 +396,191 @@ def test_a_session_page_shows_while_its_stream_cannot_read_the_daemon(daemon, ui
     with daemon.client() as c:
         if c.session(sid)["status"] not in ("completed", "failed", "cancelled", "lost"):
             c.stop(sid)
+
+
+# ---- 7. request bodies too large, or cut off ---------------------------------------------------------------------
+
+def _post_head(ui: Ui, framing: str) -> bytes:
+    return (f"POST /api/sessions HTTP/1.1\r\nHost: 127.0.0.1:{ui.port}\r\nAuthorization: Bearer {ui.token}\r\n"
+            f"Content-Type: application/json\r\n{framing}\r\n\r\n").encode()
+
+
+def _response_head(s: socket.socket) -> bytes:
+    """The status line and headers the server sends on ``s`` (socket timeout: the test's deadline)."""
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = s.recv(4096)
+        assert chunk, got
+        got += chunk
+    return got
+
+
+@pytest.mark.timeout(120)
+def test_a_body_over_the_limit_is_refused_as_it_arrives_never_read_whole(shared_ui: Ui) -> None:
+    """A start body over 1 MB is a 413 ``too_large`` at once when its Content-Length says so, and as soon as 1 MB of
+    a chunked body has arrived: the server read every body whole into memory and only then refused it (a 300 MB
+    body took `labd ui` from 40 to 326 MB of RSS, kept), and waited for all of a 2 GB one. A client that hangs up
+    mid-body leaves no "Exception in ASGI application" traceback (ClientDisconnect) in stderr."""
+    ui = shared_ui
+    with socket.create_connection(("127.0.0.1", ui.port), timeout=10) as s:  # 2 GB announced, 64 KiB sent
+        s.sendall(_post_head(ui, "Content-Length: 2000000000") + b" " * 65536)
+        head = _response_head(s)
+    assert head.startswith(b"HTTP/1.1 413"), head
+    with socket.create_connection(("127.0.0.1", ui.port), timeout=10) as s:  # chunked: 1.2 MB sent, never ended
+        s.sendall(_post_head(ui, "Transfer-Encoding: chunked"))
+        for _ in range(12):
+            s.sendall(b"%x\r\n%s\r\n" % (100_000, b" " * 100_000))
+        head = _response_head(s)
+    assert head.startswith(b"HTTP/1.1 413"), head
+    status, raw = ui.request("/api/sessions", b" " * 1_000_001)
+    assert status == 413 and json.loads(raw)["error"]["code"] == "too_large", raw
+
+    s = socket.create_connection(("127.0.0.1", ui.port), timeout=10)  # hangs up with 499,000 bytes to come
+    s.sendall(_post_head(ui, "Content-Length: 500000") + b" " * 1000)
+    inode = wait_until(lambda: _server_socket_inode(ui.port, s.getsockname()[1]), timeout=10,
+                       what="the connection in /proc/net/tcp")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    wait_until(lambda: not _holds_socket(ui.proc.pid, inode), timeout=30,
+               what="the dashboard closed its end of the connection")
+    assert ui.request("/api/status")[0] == 200  # served after the cut-off request was handled
+    assert "Traceback" not in ui.stderr(), ui.stderr()
+
+
+# ---- 8. framed by another local page -----------------------------------------------------------------------------
+
+@contextmanager
+def _local_page(html: str) -> Iterator[str]:
+    """A page served by a server of our own on another 127.0.0.1 port (any local user can run one): its URL."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(html.encode())
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_port}/"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.browser
+@no_browser
+def test_no_other_page_can_frame_the_logged_in_dashboard(shared_ui: Ui, shared_page: Any) -> None:
+    """Another local server's page (127.0.0.1, another port: *same-site*, so the browser does not partition the
+    framed dashboard's storage) framed the dashboard logged in — token in its localStorage, approvals with their
+    approve/reject buttons — under a page of its own: a click there could be a click on "approve" or "stop"
+    (clickjacking). Every response now forbids framing (``frame-ancestors 'none'``, ``X-Frame-Options: DENY``), and
+    the page, under its Content-Security-Policy, still renders with no policy violation."""
+    ui, pg = shared_ui, shared_page
+    violations: list[str] = []
+    pg.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    pg.goto(f"{ui.base}/#/")
+    pg.wait_for_selector("#start-button")
+    assert pg.eval_on_selector("#start-button", "b => b.closest('.card').getBoundingClientRect().width") == 340
+    pg.goto(f"{ui.base}/#/approvals")
+    pg.wait_for_selector("#approvals > *")
+
+    html = (f'<h1>a prize!</h1><iframe id="f" src="{ui.base}/#/approvals" width="900" height="600" '
+            f'onload="window.framed = true"></iframe>')
+    with _local_page(html) as evil:
+        attacker = pg.context.new_page()
+        attacker.goto(evil)
+        attacker.wait_for_function("window.framed === true")
+        for frame in attacker.frames:
+            if frame is attacker.main_frame:
+                continue
+            try:  # a blocked frame holds the browser's error page: nothing of ours to read
+                token, ours = frame.evaluate("[localStorage.getItem('labd_ui_token'), "
+                                             "document.querySelector('#main') !== null]")
+            except Exception:  # noqa: BLE001 - the error page may not even let us ask
+                token, ours = None, False
+            assert token != ui.token and not ours, "the dashboard, logged in, rendered in another page's frame"
+        attacker.close()
+    assert violations == [], violations
+    status, raw = ui.request("/api/status")
+    assert status == 200, raw
+
+
+# ---- 9. a link with someone else's token -------------------------------------------------------------------------
+
+@pytest.mark.timeout(180)
+@pytest.mark.browser
+@no_browser
+def test_a_link_with_a_wrong_token_does_not_log_the_browser_out(shared_ui: Ui, shared_page: Any) -> None:
+    """Opening ``/#token=<not ours>`` (any web page, or another local user's link, can send the browser there) keeps
+    the token the browser has: it replaced it unchecked, and the dashboard then answered every request with 403
+    until the user opened the printed URL again. A link with our token still replaces a stale one."""
+    ui, pg = shared_ui, shared_page
+    pg.goto("about:blank")  # a new document, as a navigation from another site is (not a same-page hash change)
+    pg.goto(f"{ui.base}/#token=someone-elses")
+    pg.wait_for_selector("#start-button", timeout=15_000)
+    assert pg.evaluate("localStorage.getItem('labd_ui_token')") == ui.token
+    assert pg.evaluate("location.hash") == "#/"  # the given token left the address bar all the same
+
+    pg.evaluate("localStorage.setItem('labd_ui_token', 'stale')")
+    pg.goto("about:blank")
+    pg.goto(ui.url)
+    pg.wait_for_selector("#start-button", timeout=15_000)
+    assert pg.evaluate("localStorage.getItem('labd_ui_token')") == ui.token
+
+
+# ---- 10. many tabs on running sessions ---------------------------------------------------------------------------
+
+_HIDE = ("Object.defineProperty(document, 'hidden', {value: %s, configurable: true});"
+         "Object.defineProperty(document, 'visibilityState', {value: %r, configurable: true});"
+         "document.dispatchEvent(new Event('visibilitychange'))")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.browser
+@no_browser
+def test_tabs_in_the_background_leave_the_browser_connections_for_the_one_in_front(shared_daemon, shared_ui: Ui,
+                                                                                  shared_page: Any) -> None:
+    """Six tabs, each on a running session, then a seventh: a browser opens at most 6 connections to a host and each
+    tab's stream held one for as long as its session ran, so the seventh tab never loaded and every tab's polls
+    (status, approvals) hung. A tab in the background (hidden: as the browser says of a tab behind another) now lets
+    its stream go, and once it shows again follows on from its last event: the session's end arrives, and no
+    output twice."""
+    daemon, ui, pg = shared_daemon, shared_ui, shared_page
+    with daemon.client() as c:
+        sids = [c.start("demo.sleep", params={"seconds": 600}) for _ in range(7)]
+    sleeping = ("document.querySelector('#output') && "
+                "document.querySelector('#output').textContent.includes('sleeping')")
+    tabs = []
+    try:
+        for sid in sids[:6]:
+            tab = pg.context.new_page()
+            tab.goto(f"{ui.base}/#/s/{sid}", timeout=15_000)
+            tab.wait_for_function(sleeping, timeout=15_000)
+            tab.evaluate(_HIDE % ("true", "hidden"))  # the next tab opens in front of it
+            tabs.append(tab)
+        front = pg.context.new_page()
+        front.goto(f"{ui.base}/#/s/{sids[6]}", timeout=15_000)
+        front.wait_for_function(sleeping, timeout=15_000)
+        front.goto(f"{ui.base}/#/approvals")
+        front.wait_for_selector("#approvals > *", timeout=15_000)
+
+        first = tabs[0]
+        with daemon.client() as c:
+            c.stop(sids[0])  # while its tab is hidden: seen once the tab shows again
+            wait_until(lambda: c.session(sids[0])["status"] in ("cancelled", "completed", "failed"), timeout=60,
+                       what="the first session stopped")
+        first.evaluate(_HIDE % ("false", "visible"))
+        first.wait_for_selector("#activity [data-kind='session.ended']", timeout=30_000)
+        assert first.inner_text("#output").count("sleeping") == 1
+    finally:
+        with daemon.client() as c:
+            for sid in sids:
+                if c.session(sid)["status"] not in ("completed", "failed", "cancelled", "lost"):
+                    c.stop(sid)

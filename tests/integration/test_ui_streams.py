@@ -225,3 +225,68 @@ def test_a_stream_goes_on_across_a_daemon_restart_each_event_once(daemon: Daemon
         err.close()
     logged = (tmp_path / "ui-stderr.log").read_text(errors="replace")
     assert "Traceback" not in logged and "Exception in ASGI application" not in logged, logged
+
+
+def _rss_mb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.timeout(300)
+def test_a_stream_whose_client_stops_reading_holds_bounded_memory_and_misses_nothing(daemon: DaemonProc,
+                                                                                      tmp_path: Path) -> None:
+    """A client that stops reading its stream (a frozen tab, a slow link) while the session prints ~120 MB: `labd
+    ui` holds a bounded number of the live tail's messages for it (its SUB socket's high-water mark) and drops the
+    rest, instead of queueing all of them (the mark was 100,000 messages of up to 256 KiB: RSS grew by about what
+    the session printed, 610 MB for 600 MB, and stayed). Once the client reads again the stream sends every event
+    once and in order, the dropped ones read from the store, and ends."""
+    import http.client
+
+    err = open(tmp_path / "ui-stderr.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "labd", "--home", str(daemon.home), "ui"], stdout=subprocess.PIPE,
+                            stderr=err, text=True)
+    try:
+        assert proc.stdout is not None
+        m = re.search(r"http://127\.0\.0\.1:(\d+)/#token=(\S+)", proc.stdout.readline())
+        assert m, "no URL printed"
+        port, token = int(m.group(1)), m.group(2)
+        with daemon.client() as c:
+            sid = c.start("demo.chatty", params={"lines": 600_000, "width": 200})
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server's writes block soon
+        s.connect(("127.0.0.1", port))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.sock = s
+        conn.request("GET", f"/api/sessions/{sid}/stream", headers={"Authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        before = _rss_mb(proc.pid)
+        peak = [before]
+
+        def ended() -> bool:  # and the dashboard's memory meanwhile, while the client reads nothing
+            peak[0] = max(peak[0], _rss_mb(proc.pid))
+            with daemon.client() as c:
+                return c.session(sid)["status"] in ("completed", "failed", "cancelled", "lost")
+
+        wait_until(ended, timeout=180, interval=0.25, what="the session's end")
+        assert peak[0] - before < 60, f"`labd ui` grew from {before} to {peak[0]} MB for one stalled stream"
+
+        seqs, end = [], False
+        for raw in resp:  # the client reads again: every event, then the end
+            if raw.startswith(b"id: "):
+                seqs.append(int(raw[4:]))
+            elif raw.startswith(b"event: end"):
+                end = True
+                break
+        conn.close()
+        with daemon.client() as c:
+            last = c.session(sid)["last_seq"]
+        assert end and seqs == list(range(1, last + 1)), (len(seqs), last, seqs[:5], seqs[-5:])
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        err.close()
+    logged = (tmp_path / "ui-stderr.log").read_text(errors="replace")
+    assert "Traceback" not in logged, logged

@@ -4,10 +4,20 @@
 // localStorage: unlike a cookie for 127.0.0.1, which browsers send to every port of it, no other local server can
 // read it. Every request carries it as Authorization: Bearer.
 const TOKEN_KEY = "labd_ui_token";
-if (location.hash.startsWith("#token=")) {
-  localStorage.setItem(TOKEN_KEY, decodeURIComponent(location.hash.slice(7)));
+// A token in the fragment replaces a different kept one only if the server does not refuse it: any page (or another
+// local user's link) can send the browser to /#token=junk, which logged this browser out of its dashboard. (With
+// none kept, or the same, it is kept at once: the page loads as soon as before.)
+const login = (async () => {
+  if (!location.hash.startsWith("#token=")) return;
+  const given = decodeURIComponent(location.hash.slice(7));
   history.replaceState(null, "", location.pathname + "#/");
-}
+  const kept = localStorage.getItem(TOKEN_KEY);
+  if (kept && kept !== given) {
+    const r = await fetch("/api/status", {headers: {Authorization: `Bearer ${given}`}}).catch(() => null);
+    if (r && r.status === 403) return;  // a 503 (no daemon) or no answer says nothing against it
+  }
+  localStorage.setItem(TOKEN_KEY, given);
+})();
 const auth = (extra = {}) => ({...extra, Authorization: `Bearer ${localStorage.getItem(TOKEN_KEY) || ""}`});
 const NO_TOKEN = "this browser has no valid token for this dashboard: open the URL `labd ui` printed";
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -200,26 +210,38 @@ async function sessionPage(main, sid) {
   const streamOk = () => { streamError.hidden = true; };
   panes.output.append(streamError, el("div", {class: "row"}, el("div", {class: "grow"}, el("b", {}, "output"), log), el("div", {class: "grow"}, el("b", {}, "agent activity"), activity)));
   let pending = [], lastSeq = 0;
-  const follow = since => {  // the stream ends with the session; a resumed session (labd resume) is followed again
-    const es = eventStream(`/api/sessions/${sid}/stream?since=${since}`, {
+  // A browser opens at most 6 connections to a host, and a stream holds one for as long as its session runs: six
+  // tabs on running sessions left none for anything else (another tab's page, every tab's polls and approvals).
+  // So a hidden tab lets its stream go and follows on from its last seq when it shows again.
+  let live = null, ended = false;  // the open stream (none while hidden); the session has ended (watched instead)
+  const follow = () => {  // the stream ends with the session; a resumed session (labd resume) is followed again
+    if (document.hidden || live) return;
+    const es = eventStream(`/api/sessions/${sid}/stream?since=${lastSeq}`, {
       message: data => { streamOk(); const ev = JSON.parse(data); lastSeq = Math.max(lastSeq, ev.seq); pending.push(ev); },
       error: data => { const e = JSON.parse(data);
         streamError.textContent = `live updates interrupted: ${e.message} [${e.code}]`; streamError.hidden = false; },
       resumed: streamOk,
       failed: msg => toast(msg, true),
-      end: () => { streamOk(); ended(); }});
+      end: () => { streamOk(); onEnd(); }});
+    live = es;
     streams.push(es);
-    const ended = () => {
-      es.close();
+    const onEnd = () => {
+      es.close(); live = null; ended = true;
       const watch = setInterval(async () => {
         const s = await api(`/api/sessions/${sid}`).catch(() => null);
         // anything recorded after the end (a resume; it may already have ended again): follow on from there
-        if (s && (s.last_seq > lastSeq || !TERMINAL.includes(s.status))) { clearInterval(watch); follow(lastSeq); }
+        if (s && (s.last_seq > lastSeq || !TERMINAL.includes(s.status))) { clearInterval(watch); ended = false; follow(); }
       }, 2000);
       timers.push(watch);
     };
   };
-  follow(0);
+  const visibility = () => {
+    if (document.hidden && live) { live.close(); live = null; }
+    else if (!document.hidden && !ended) follow();
+  };
+  document.addEventListener("visibilitychange", visibility);
+  streams.push({close: () => document.removeEventListener("visibilitychange", visibility)});
+  follow();
   timers.push(setInterval(async () => {  // batch DOM updates (~10 Hz)
     if (!pending.length) return;
     const batch = pending; pending = [];
@@ -325,5 +347,4 @@ async function route() {
     else await sessionsPage(main);
   } catch (e) { main.replaceChildren(el("p", {class: "act-error", id: "page-error"}, e.message)); }
 }
-window.addEventListener("hashchange", route);
-setInterval(header, 2000); header(); route();
+login.then(() => { window.addEventListener("hashchange", route); setInterval(header, 2000); header(); route(); });
