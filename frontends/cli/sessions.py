@@ -210,10 +210,10 @@ def follow(ctx: Ctx, sid: str, *, raw: bool = False, timestamps: bool = False, s
                      f"follow it again with `labd logs -f {sid}`.", "bold yellow", err=True)
         return 130
     except LabdError as exc:
-        if exc.code == "no_daemon":  # the daemon went away, not the session: say what became of it
-            ctx.out.line(f"\n== the daemon stopped while following: session {sid} keeps running (unless the daemon "
-                         f"was serving with --drain) and the next `labd serve` adopts it; follow it again then with "
-                         f"`labd logs -f {sid}`.", "bold yellow", err=True)
+        if exc.code == "no_daemon":  # the daemon went away, not the session: say what became of it, in CLI terms
+            raise LabdError("no_daemon", f"the daemon stopped while following: session {sid} keeps running (unless "
+                            f"the daemon was serving with --drain) and the next `labd serve` adopts it; follow it "
+                            f"again then with `labd logs -f {sid}`", exc.details) from None
         raise
     if status is None:
         status = c.session(sid)["status"]

@@ -49,6 +49,7 @@ from urllib.parse import quote
 import anyio
 import zmq.asyncio
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -97,6 +98,17 @@ def _field(body: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"field {key!r} must be a string, not {json.dumps(value)}")
     return value
+
+
+def _count(request: Request, name: str, default: int) -> int:
+    """Query parameter ``name`` as a whole number of at least 0 (``default`` when absent); ValueError (a 400) saying
+    so otherwise, not Python's own ``int()`` message."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 18:
+        raise ValueError(f"{name} must be a whole number (0 or more), not {raw[:40]!r}")
+    return int(raw)
 
 
 class BodyTooLarge(Exception):
@@ -220,7 +232,7 @@ def build_app(home: str | None, token: str, port_ref: list[int],
 
     async def sessions(request: Request) -> Any:
         wanted = [s for s in request.query_params.get("status", "").split(",") if s]
-        limit = int(request.query_params.get("limit", "200"))
+        limit = _count(request, "limit", 200)
         return await daemon(lambda c: c.sessions(status=wanted or None, limit=max(1, min(limit, 1000))))
 
     async def start(request: Request) -> Any:
@@ -251,7 +263,7 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         return await daemon(lambda c: c.request("session.files", session=request.path_params["sid"]))
 
     async def events(request: Request) -> Any:
-        since = int(request.query_params.get("since", "0"))
+        since = _count(request, "since", 0)
         node = request.query_params.get("node")
         # filtered by the daemon (the node and the nodes nested in it), so a page is a page of the node's events
         return await daemon(lambda c: c.events(request.path_params["sid"], since=since, node=node or None))
@@ -352,7 +364,16 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         pool.close()  # after the open responses have ended (or been cancelled)
         zctx.destroy(linger=0)
 
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_SecurityHeaders)])
+    async def http_error(_: Request, exc: Exception) -> Response:
+        """An unknown path (404) or method (405): the API's JSON error shape, not Starlette's plain text."""
+        code = getattr(exc, "status_code", 500)
+        names = {404: ("not_found", "no such page or API path"), 405: ("method_not_allowed", "method not allowed")}
+        name, message = names.get(code, ("http_error", str(getattr(exc, "detail", "")) or "error"))
+        return JSONResponse({"error": {"code": name, "message": message}}, status_code=code,
+                            headers=getattr(exc, "headers", None))
+
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_SecurityHeaders)],
+                     exception_handlers={HTTPException: http_error})
 
 
 def run(home: str | None, port: int = 0, open_browser: bool = False, token: str | None = None) -> int:

@@ -92,6 +92,7 @@ def test_follow_says_the_session_keeps_running_when_the_daemon_stops(daemon) -> 
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
     assert f"session {sid} keeps running" in err and f"labd logs -f {sid}" in err and "[no_daemon]" in err
+    assert "result(" not in err and err.count("adopts it") == 1, err  # the CLI's words, once (not the SDK's too)
     daemon.start()
     with daemon.client() as c:
         assert c.session(sid)["status"] == "running"

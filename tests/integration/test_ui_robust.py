@@ -376,6 +376,23 @@ def test_a_body_without_a_required_field_or_with_a_wrong_type_says_which(shared_
     _wait_completed(daemon, got["session"])
 
 
+def test_bad_query_numbers_and_unknown_paths_get_the_apis_json_errors(shared_ui: Ui) -> None:
+    """A ``limit`` or ``since`` that is not a whole number is a 400 saying which parameter and what it must be (it
+    was Python's ``invalid literal for int() with base 10`` text), and an unknown API path or method gets the same
+    JSON error shape as every other error (it was Starlette's plain text)."""
+    for path, name in (("/api/sessions?limit=ten", "limit"), ("/api/sessions?limit=-3", "limit"),
+                       ("/api/sessions/abc/events?since=1e3", "since")):
+        status, raw = shared_ui.request(path)
+        assert status == 400, raw
+        error = json.loads(raw)["error"]
+        assert error["code"] == "bad_request" and error["message"].startswith(f"{name} must be a whole number"), error
+        assert "int()" not in error["message"]
+    status, raw = shared_ui.request("/api/no-such-thing")
+    assert status == 404 and json.loads(raw)["error"]["code"] == "not_found", raw
+    status, raw = shared_ui.request("/api/status", b"{}")  # POST where only GET is served
+    assert status == 405 and json.loads(raw)["error"]["code"] == "method_not_allowed", raw
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.browser
 @no_browser
