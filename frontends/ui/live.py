@@ -252,6 +252,8 @@ async def follow_session(sid: str, since: int, *, watch: DaemonWatch, zctx: zmq.
                 except _Gone:
                     return
                 except LabdError as exc:
+                    if exc.code == "not_found":  # deleted (labd rm, retention): reconnecting, the page gets a 404
+                        return
                     failing = True
                     yield f"event: error\ndata: {json.dumps({'code': exc.code, 'message': exc.message})}\n\n"
                     await watch.pause(ERROR_RETRY_S)

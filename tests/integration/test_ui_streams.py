@@ -81,7 +81,8 @@ class StreamReader:
     messages: list[Message] = field(default_factory=list)
 
     def start(self) -> StreamReader:
-        threading.Thread(target=self._read, daemon=True).start()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
         return self
 
     def _read(self) -> None:
@@ -290,3 +291,24 @@ def test_a_stream_whose_client_stops_reading_holds_bounded_memory_and_misses_not
         err.close()
     logged = (tmp_path / "ui-stderr.log").read_text(errors="replace")
     assert "Traceback" not in logged, logged
+
+
+def test_a_stream_of_a_session_deleted_meanwhile_ends_instead_of_erring(daemon: DaemonProc,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tab that had every event of an ended session but its end (it resumes after the last seq it got) and whose
+    session is then deleted (``labd rm``, retention): its stream ends, and the page, reconnecting, gets the 404 of a
+    session that is not there. Before, the stream sent ``event: error`` (not_found) every 2 s for as long as the tab
+    stayed open."""
+    asks = DaemonRequests(monkeypatch)
+    with daemon.client() as c:
+        sid = c.start("demo.count", params={"n": 1, "delay": 0})
+        wait_until(lambda: c.session(sid)["status"] == "completed", timeout=60, what="the session's end")
+        last = list(c.history(sid))[-1]["seq"]
+    asks.sid = sid
+    with dashboard_in_process(daemon.home) as (base, token):
+        reader = StreamReader(f"{base}/api/sessions/{sid}/stream?since={last}", token, asks.snapshot).start()
+        wait_until(lambda: asks.snapshot()[0] >= 1, timeout=30, what="the stream's first store read")
+        with daemon.client() as c:
+            c.rm(sid)
+        wait_until(lambda: not reader.thread.is_alive(), timeout=30, what="the stream of a deleted session ending")
+        assert len(reader.named("error")) <= 1, reader.messages
