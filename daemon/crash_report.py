@@ -15,6 +15,8 @@ __all__ = ["CRASH_TAIL", "crash_text", "crash_text_of"]
 
 #: characters of a runner's crash file recorded in ``session.ended`` (its end: where the fatal error is)
 CRASH_TAIL = 2000
+#: the first line of CPython's report of a fatal error (faulthandler), kept when the end is cut below it
+FATAL = "Fatal Python error: "
 
 
 def crash_text(crash_file: Path | str | None, secrets: Iterable[tuple[str, str]]) -> str | None:
@@ -30,8 +32,13 @@ def crash_text_of(text: str, cut: bool, secrets: Iterable[tuple[str, str]]) -> s
     tail comes from its node: it is bounded again here."""
     text = text[-4 * CRASH_TAIL:].strip()
     if len(text) > CRASH_TAIL or cut:
-        text = text[-CRASH_TAIL:]
+        whole, text = text, text[-CRASH_TAIL:]
         text = text.split("\n", 1)[1] if "\n" in text else text  # from a line start: no piece of a secret
+        # A fatal error's report starts with its headline, then a traceback per thread: with many threads the end
+        # alone lost the one line that says what happened. Kept, above the end.
+        head = next((line for line in whole.splitlines() if line.startswith(FATAL)), None)
+        if head is not None and head not in text:
+            text = f"{head[:200]}\n[...]\n{text}"
     for name, value in secrets:
         text = text.replace(value, mark(name))
     return text or None

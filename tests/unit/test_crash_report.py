@@ -32,3 +32,18 @@ def test_a_short_crash_file_is_recorded_whole_and_a_link_is_not_followed(tmp_pat
     link = tmp_path / "linked.stderr"
     os.symlink(other, link)
     assert read_tail(link) is None and crash_text(link, []) is None
+
+
+def test_a_fatal_errors_headline_is_kept_when_its_thread_dump_is_longer_than_the_tail() -> None:
+    """A segfault in a runner with many threads: faulthandler writes "Fatal Python error: Segmentation fault" first,
+    then a traceback per thread, more than CRASH_TAIL characters. What is recorded keeps that headline above the
+    end (it was cut off: the record said only which threads were where; seen in CI, a flaky
+    test_runner_fds crash test)."""
+    threads = "".join(f"Thread 0x{i:016x} (most recent call first):\n  File \"/x/threading.py\", line {i} in wait\n\n"
+                      for i in range(60))
+    text = "Fatal Python error: Segmentation fault\n\n" + threads + "Extension modules: zmq (total: 1)"
+    out = crash_text_of(text, False, [])
+    assert out is not None and out.startswith("Fatal Python error: Segmentation fault\n[...]\n")
+    assert out.endswith("Extension modules: zmq (total: 1)") and len(out) <= CRASH_TAIL + 250
+    short = "Fatal Python error: Aborted\n\nCurrent thread 0x1:\n  File x"
+    assert crash_text_of(short, False, []) == short  # not cut: as it is, the headline once
