@@ -127,11 +127,11 @@ class DaemonItems:
         if self.sessions_dir is None:
             return True
         after = cur.runner_seq
-        start = self._spool_at.get(cur.id, (None, 0))
+        at_seq, at = self._spool_at.get(cur.id, (-1, 0))  # where the last pass stopped, if it placed up to here
         chunk = SpoolChunk()
         try:
             chunk = spooled_events(spool_of(self.sessions_dir, cur.id), after,
-                                   start=start[1] if start[0] == after else 0, max_event=self.max_message,
+                                   start=at if at_seq == after else 0, max_event=self.max_message,
                                    max_events=SPOOL_PASS_EVENTS, max_bytes=SPOOL_PASS_BYTES)
         except OSError as exc:
             self.count("spool_unreadable")

@@ -28,6 +28,7 @@ written as a hole.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -209,22 +210,18 @@ def _stage(staging_fd: int, todo: list[str], manifest: dict[str, list[Any]], obj
             raise
         try:
             with fi, open(fd, "wb") as fo:
-                try:
+                got: str | None = None  # None: a chunk of it is gone
+                with contextlib.suppress(FileNotFoundError):
                     got, _ = copy_stream(fi, fo)
-                except FileNotFoundError:  # a chunk of it is gone
-                    got = "a chunk missing"
                 if got == digest:
                     os.fchmod(fo.fileno(), int(manifest[rel][2]))
         except BaseException:
             os.unlink(name, dir_fd=staging_fd)
             raise
-        if got == "a chunk missing":
-            os.unlink(name, dir_fd=staging_fd)
-            damaged.append(f"{display(rel)} (a chunk of object {digest[:12]} missing)")
-            continue
         if got != digest:
             os.unlink(name, dir_fd=staging_fd)
-            damaged.append(f"{display(rel)} (object {digest[:12]} does not match its sha256)")
+            damaged.append(f"{display(rel)} (" + (f"a chunk of object {digest[:12]} missing)" if got is None else
+                                                  f"object {digest[:12]} does not match its sha256)"))
             continue
         staged[rel] = name
     if damaged:

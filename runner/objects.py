@@ -174,13 +174,17 @@ class ObjectStore:
             return True
         return False
 
-    def chunks(self, digest: str) -> list[str] | None:
-        """The chunk digests of object ``digest`` if it is stored in chunks, else None (whole, or not stored)."""
+    def _index(self, digest: str) -> dict[str, Any] | None:
+        """The chunk index of object ``digest`` (``size``, ``chunk``, ``chunks``), None if it has none."""
         try:
-            index = orjson.loads(self.index_path(digest).read_bytes())
+            return dict(orjson.loads(self.index_path(digest).read_bytes()))
         except FileNotFoundError:
             return None
-        return [str(c) for c in index["chunks"]]
+
+    def chunks(self, digest: str) -> list[str] | None:
+        """The chunk digests of object ``digest`` if it is stored in chunks, else None (whole, or not stored)."""
+        index = self._index(digest)
+        return None if index is None else [str(c) for c in index["chunks"]]
 
     def complete(self, digest: str) -> bool:
         """Whether object ``digest`` can be read: stored whole, or its index and every chunk it names are there
@@ -204,10 +208,13 @@ class ObjectStore:
 
     def size(self, digest: str) -> int:
         """The size of the content of object ``digest``. Raises FileNotFoundError if it is not stored."""
-        chunks_file = self.index_path(digest)
-        if not self.path(digest).exists() and chunks_file.exists():
-            return int(orjson.loads(chunks_file.read_bytes())["size"])
-        return self.path(digest).stat().st_size
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            index = self._index(digest)
+            if index is None:
+                raise
+        return int(index["size"])
 
     def reader(self, digest: str) -> io.BufferedReader:
         """A binary file object reading the content of object ``digest`` (either form). Raises FileNotFoundError if it
@@ -227,8 +234,9 @@ class ObjectStore:
         self.root.mkdir(parents=True, exist_ok=True)
         return self.root / f".tmp-{os.getpid()}-{len(self._known)}-{os.urandom(4).hex()}"
 
-    def _commit(self, tmp: Path, digest: str) -> None:
-        dest = self.path(digest)
+    def _commit(self, tmp: Path, digest: str, dest: Path | None = None) -> None:
+        """Make ``tmp`` object ``digest``, read-only, at ``dest`` (its path, or its chunk index's)."""
+        dest = self.path(digest) if dest is None else dest
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(tmp, 0o444)
@@ -304,15 +312,9 @@ class ObjectStore:
             if self.has(expected):
                 return expected, written
             index = orjson.dumps({"size": total, "chunk": CHUNK_BYTES, "chunks": chunks})
-            tmp = self._tmp()
-            fresh[expected] = tmp
+            tmp = fresh[expected] = self._tmp()
             tmp.write_bytes(index)
-            dest = self.index_path(expected)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, dest)
-            fresh.clear()
-            self._known.add(expected)
+            self._commit(tmp, expected, self.index_path(expected))
             return expected, written + len(index)
         finally:
             for tmp in fresh.values():

@@ -206,23 +206,10 @@ def test_replay_report_of_a_divergence_whose_input_is_blank() -> None:
     assert [line.rstrip() for line in lines[1:]] == ["  asked:", "  recorded:"]
 
 
-DEEP_FLOWS = """
-import contextlib
-
-
-def deep(ctx, n=1100):
-    with contextlib.ExitStack() as stack:  # steps nested n deep, without recursion in the workflow
-        for i in range(n):
-            stack.enter_context(ctx.step(f"s{i}"))
-"""
-
-
-def test_dag_of_steps_nested_deeper_than_the_recursion_limit(client: Client, tmp_path: Path) -> None:
+def test_dag_of_steps_nested_deeper_than_the_recursion_limit(client: Client) -> None:
     """`labd dag SESSION` draws a session whose steps are nested 1,100 deep (past Python's recursion limit), one line
     per step; before: a RecursionError traceback."""
-    flows = tmp_path / "deepflows.py"
-    flows.write_text(DEEP_FLOWS)
-    sid = client.start(f"{flows}:deep")
+    sid = client.start("labd_testflows:deep")
     assert client.wait(sid, timeout=90)["status"] == "completed"
     r = labd("dag", sid)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]

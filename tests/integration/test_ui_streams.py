@@ -9,11 +9,8 @@ serves). The restart test runs the real `labd ui` process."""
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import socket
-import subprocess
-import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -25,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import DaemonProc, wait_until
+from tests.integration.test_ui_robust import running_ui
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -202,14 +200,8 @@ def test_a_stream_goes_on_across_a_daemon_restart_each_event_once(daemon: Daemon
     `labd ui` logs no traceback."""
     with daemon.client() as c:
         sid = c.start("demo.count", params={"n": 40, "delay": 0.25})
-    err = open(tmp_path / "ui-stderr.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "labd", "--home", str(daemon.home), "ui"], stdout=subprocess.PIPE,
-                            stderr=err, text=True)
-    try:
-        assert proc.stdout is not None
-        m = re.search(r"(http://127\.0\.0\.1:\d+)/#token=(\S+)", proc.stdout.readline())
-        assert m, "no URL printed"
-        reader = StreamReader(f"{m.group(1)}/api/sessions/{sid}/stream", m.group(2)).start()
+    with running_ui(daemon.home, tmp_path / "ui-stderr.log") as ui:
+        reader = StreamReader(f"{ui.base}/api/sessions/{sid}/stream", ui.token).start()
         wait_until(lambda: reader.output("count 3/40"), timeout=60, what="the stream under way")
         daemon.stop()
         wait_until(lambda: reader.named("error"), timeout=30, what="the stream saying the daemon is gone")
@@ -220,11 +212,7 @@ def test_a_stream_goes_on_across_a_daemon_restart_each_event_once(daemon: Daemon
         assert "resumed" in order[order.index("error"):], order
         seqs = _gap_free(reader, daemon, sid)
         assert reader.output("count 40/40") is not None and seqs == list(range(1, len(seqs) + 1))
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        err.close()
-    logged = (tmp_path / "ui-stderr.log").read_text(errors="replace")
+        logged = ui.stderr()
     assert "Traceback" not in logged and "Exception in ASGI application" not in logged, logged
 
 
@@ -245,14 +233,8 @@ def test_a_stream_whose_client_stops_reading_holds_bounded_memory_and_misses_not
     once and in order, the dropped ones read from the store, and ends."""
     import http.client
 
-    err = open(tmp_path / "ui-stderr.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "labd", "--home", str(daemon.home), "ui"], stdout=subprocess.PIPE,
-                            stderr=err, text=True)
-    try:
-        assert proc.stdout is not None
-        m = re.search(r"http://127\.0\.0\.1:(\d+)/#token=(\S+)", proc.stdout.readline())
-        assert m, "no URL printed"
-        port, token = int(m.group(1)), m.group(2)
+    with running_ui(daemon.home, tmp_path / "ui-stderr.log") as ui:
+        proc, port, token = ui.proc, ui.port, ui.token
         with daemon.client() as c:
             sid = c.start("demo.chatty", params={"lines": 600_000, "width": 200})
         s = socket.socket()
@@ -285,11 +267,7 @@ def test_a_stream_whose_client_stops_reading_holds_bounded_memory_and_misses_not
         with daemon.client() as c:
             last = c.session(sid)["last_seq"]
         assert end and seqs == list(range(1, last + 1)), (len(seqs), last, seqs[:5], seqs[-5:])
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        err.close()
-    logged = (tmp_path / "ui-stderr.log").read_text(errors="replace")
+        logged = ui.stderr()
     assert "Traceback" not in logged, logged
 
 

@@ -481,3 +481,12 @@ def awkward_names(ctx) -> int:
         for name in names:
             Path(name).write_text(f"this is {name}\n")
     return len(names)
+
+
+def deep(ctx, n: int = 1100) -> None:
+    """Steps nested ``n`` deep (past Python's recursion limit), without recursion in the workflow itself."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        for i in range(n):
+            stack.enter_context(ctx.step(f"s{i}"))
