@@ -24,7 +24,14 @@ from labd.ipc.gcpause import gc_paused
 if TYPE_CHECKING:
     from labd.ipc.wire import Codec
 
-__all__ = ["WIRE_FIELDS", "decode_live", "event_from_wire", "live_events", "wire_items"]
+__all__ = ["LIVE_RCVHWM", "WIRE_FIELDS", "decode_live", "event_from_wire", "live_events", "wire_items"]
+
+#: Live messages a follower's SUB socket holds while its reader does not read (an SDK ``follow`` whose caller
+#: stopped iterating, a busy ``labd top``, a frozen dashboard tab): past this many ZeroMQ drops the newest, and
+#: the follower fills the gap from the store when it reads again, as after any drop of the tail. A message is at
+#: most ~512 KiB (the daemon's ``PUB_CHUNK_BYTES`` run form), so a stalled follower holds at most ~32 MiB. It was
+#: 100,000 messages (tens of GiB): a follower that stopped reading held everything the session printed meanwhile.
+LIVE_RCVHWM = 64
 
 WIRE_FIELDS = ("seq", "ts", "kind", "src", "node_id", "parent", "payload", "src_seq")
 

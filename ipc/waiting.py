@@ -27,7 +27,7 @@ from labd.ipc.connection import (
 from labd.ipc.errors import LabdError, check_timeout
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.ipc.follow import FollowCursor
-from labd.ipc.live import decode_live
+from labd.ipc.live import LIVE_RCVHWM, decode_live
 from labd.ipc.paths import Layout
 from labd.ipc.wire import DEFAULT_MAX_MESSAGE, Codec, WireError
 
@@ -182,7 +182,7 @@ class Waiting:
     def _subscribe(self, sid: str) -> tuple[zmq.Socket, Codec]:
         """A SUB socket on the current daemon's live events of session ``sid``, and the codec to read them."""
         sub = events_socket(self._ctx, self.info)  # CURVE: remote keys, or the local ones derived from the key
-        sub.setsockopt(zmq.RCVHWM, 100_000)
+        sub.setsockopt(zmq.RCVHWM, LIVE_RCVHWM)  # a caller that stops iterating holds little
         sub.setsockopt(zmq.SUBSCRIBE, f"session.{sid}".encode())
         try:
             sub.connect(self.info.events)

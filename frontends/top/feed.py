@@ -34,7 +34,7 @@ from textual.message import Message
 from labd.ipc import Client, LabdError
 from labd.ipc.connection import ConnectionFileError, events_socket, read_connection_file
 from labd.ipc.follow import FollowCursor
-from labd.ipc.live import decode_live
+from labd.ipc.live import LIVE_RCVHWM, decode_live
 from labd.ipc.paths import layout_for
 from labd.ipc.wire import Codec, WireError
 
@@ -188,7 +188,7 @@ class Feed:
                     if sub is not None:
                         sub.close(0)
                     sub = events_socket(zctx, info)  # the daemon's event socket admits holders of its key only
-                    sub.setsockopt(zmq.RCVHWM, 100_000)
+                    sub.setsockopt(zmq.RCVHWM, LIVE_RCVHWM)
                     sub.connect(info.events)
                     daemon = _identity(info)
                     codec = Codec(info.key_bytes)

@@ -35,7 +35,7 @@ import zmq.asyncio
 from labd.ipc.client import LabdError
 from labd.ipc.connection import ConnectionFileError, ConnectionInfo, daemon_alive, events_socket, read_connection_file
 from labd.ipc.follow import FollowCursor
-from labd.ipc.live import decode_live
+from labd.ipc.live import LIVE_RCVHWM, decode_live
 from labd.ipc.paths import layout_for
 from labd.ipc.wire import Codec, WireError
 
@@ -55,12 +55,6 @@ RECHECK_MAX_S = 60.0
 STREAM_CHUNK = 32 * 1024
 #: Events read from the store per request.
 PAGE = 2000
-#: Live messages a stream's SUB socket holds while the stream does not read it (its client is not reading: a frozen
-#: tab, a slow link): past this many, ZeroMQ drops the newest, and the stream fills the gap from the store when it
-#: reads again, as after any drop of the tail. A message is at most ~256 KiB (the daemon's ``PUB_CHUNK_BYTES``), so
-#: a stalled stream holds at most ~16 MiB. It was 100,000 (up to ~25 GiB): a client that stopped reading the stream
-#: of a session printing 600 MB took `labd ui` from 82 to 692 MB, kept while the stream stayed open.
-LIVE_RCVHWM = 64
 
 
 def _identity(info: ConnectionInfo | None) -> tuple[Any, ...] | None:
