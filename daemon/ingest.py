@@ -11,7 +11,8 @@ beyond what we have) is not written and the runner is told to resend from the fi
 
 This module is the writer loop (and staging into the store's rows); what runners send is verified and staged by
 :mod:`labd.daemon.runner_frames`, what the rest of the daemon hands over by :mod:`labd.daemon.daemon_items` (both
-mixins of :class:`Ingest`, on its thread), into a :class:`~labd.daemon.ingest_batch.Batch`.
+mixins of :class:`Ingest`, on its thread), into a :class:`~labd.daemon.ingest_batch.Batch`; what is done once a
+batch is committed (publish, acknowledge, notify) by :mod:`labd.daemon.delivery`.
 """
 
 from __future__ import annotations
@@ -29,15 +30,15 @@ import zmq
 
 from labd.daemon.acks import AckPacer
 from labd.daemon.daemon_items import DaemonItems
-from labd.daemon.ingest_batch import PUB_SNDHWM, Batch, Fragment, LiveEvents, LiveRun, tune_gc
+from labd.daemon.delivery import Delivery
+from labd.daemon.ingest_batch import PUB_SNDHWM, Batch, Fragment, LiveEvents, tune_gc
 from labd.daemon.outputcap import CAPPED, OutputCaps
 from labd.daemon.recordcap import DEFAULT_MAX_SESSION_RECORD, RecordCaps
 from labd.daemon.runner_frames import RunnerFrames, runner_session
 from labd.daemon.shipped import receive as receive_shipped
-from labd.daemon.spools import remove_spool, spool_of
 from labd.daemon.subscriptions import LiveSubscriptions
 from labd.daemon.warnlimit import WarnLimiter
-from labd.ipc.wire import Codec, PayloadError
+from labd.ipc.wire import Codec
 from labd.store.blobs import take_blobs
 from labd.store.projections import SessionCursor, apply
 from labd.store.search import IndexHints
@@ -65,7 +66,7 @@ PROJECTED = frozenset({"session.created", "session.queued", "session.launched", 
                        "event.rejected", "session.continued"})
 
 
-class Ingest(RunnerFrames, DaemonItems, threading.Thread):
+class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
     """The store-writer thread. Communicate with it only through its sockets."""
 
     def __init__(self, zctx: zmq.Context, writer: BatchWriter, key: bytes, runners_endpoint: str,
@@ -302,56 +303,6 @@ class Ingest(RunnerFrames, DaemonItems, threading.Thread):
             r["id"] for r in batch.changes.session_inserts}
         for sid in touched:
             self.cursors.pop(sid, None)
-
-    def _send_batch(self, batch: Batch) -> None:
-        for sid, evs in batch.pub.items():  # persisted: now publish, in seq order (runs and per-event items)
-            for chunk in evs.messages():
-                try:
-                    if isinstance(chunk, LiveRun):  # a runner frame's events as it sent them: spliced, O(1) here
-                        frames = self.pub_codec.pack_run(sid, chunk.offset, chunk.span)
-                    else:
-                        frames = self.pub_codec.pack("events", {"session": sid, "events": chunk})
-                except PayloadError:  # too deep to wrap in a message: clients fill the gap from the store
-                    self.count("dropped.pub.unencodable")
-                    continue
-                self.pub.send_multipart([f"session.{sid}".encode(), *frames])
-        now = time.monotonic()
-        for sid, (_identity, resend, prompt) in batch.acks.items():
-            if self.acks.now_or_later(sid, now, prompt or resend):
-                self._ack(sid, resend)
-        for sid, type_, body in batch.to_runners:  # e.g. an approval's resolution, now that it is durable
-            self._to_runner(sid, type_, body, queue=True)
-        for note in batch.notes:
-            self.notify.send_pyobj(note)
-        for sid in batch.ended:  # nothing more will change for it: free its memory
-            self.cursors.pop(sid, None)
-            self._last_resend.pop(sid, None)
-            self.acks.forget(sid)
-            self.records.forget(sid)
-            self._spool_at.pop(sid, None)
-            self._runner_codecs.pop(sid, None)
-            self.routes.pop(sid, None)
-            if self.sessions_dir is not None:  # its events are committed: the spool has served
-                remove_spool(spool_of(self.sessions_dir, sid))
-
-    def _ack(self, sid: str, resend: bool) -> None:
-        """Tell a runner which ``src_seq`` ingest expects next (everything before it is committed)."""
-        cur = self.cursors.get(sid)
-        if cur is not None:
-            self.count("acks.sent")
-            self._to_runner(sid, "ack", {"next": cur.runner_seq + 1, "resend": resend}, queue=False)
-
-    def _to_runner(self, sid: str, type_: str, body: dict[str, Any], *, queue: bool) -> None:
-        """Send to a session's runner; a control message for a runner that is not connected (yet) waits for
-        its hello."""
-        identity = self.routes.get(sid)
-        try:
-            if identity is None:
-                raise zmq.ZMQError(zmq.EHOSTUNREACH)
-            self.router.send_multipart([identity, *self._codec_for(sid).pack(type_, body)], zmq.NOBLOCK)
-        except zmq.ZMQError:  # EHOSTUNREACH (ROUTER_MANDATORY) or a full pipe
-            if queue:
-                self._waiting_for_hello.setdefault(sid, []).append((type_, body))
 
     def _append(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
                 node_id: str | None, parent: int | None, payload: dict[str, Any], b: Batch) -> bool:

@@ -1,4 +1,5 @@
-"""The channel thread's side facing the daemon: sending batches, reading acks and control messages, reconnects.
+"""The channel thread's side facing the daemon: connecting, when unsent events are due, sending batches, reading
+acks and control messages, reconnects.
 
 A mixin of :class:`labd.runner.channel.Channel` (its methods run on the channel thread, under the channel's lock
 where they touch shared state); split from the producer side and the thread's loop because it is a concern of its
@@ -9,6 +10,7 @@ full.
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 import time
@@ -51,6 +53,9 @@ class ChannelWire:
     _batch_cap: int
     _pacer: Pacer
     _last_send: float
+    _urgent_seq: int
+    _curve: dict[str, str] | None
+    endpoint: str
     _was_connected: bool
     sends: int
     connected: threading.Event
@@ -61,7 +66,35 @@ class ChannelWire:
         raise NotImplementedError
 
     def _due_at(self, now: float) -> float | None:
-        raise NotImplementedError
+        """When the unsent events must leave (``now`` if at once); None if nothing is unsent (lock held)."""
+        pos = self._send_pos
+        if pos >= len(self._q):
+            return None
+        if self._force or self._unsent_bytes >= pacing.BULK_BYTES or len(self._q) - pos >= pacing.BATCH_EVENTS:
+            return now
+        bulk_due = self._times[pos] + pacing.BULK_DELAY_S
+        if self._urgent_seq >= self._acked_upto + 1 + pos:
+            return min(bulk_due, self._pacer.due(now))
+        return bulk_due
+
+    def _connect(self) -> tuple[zmq.Context, zmq.Socket, zmq.Socket]:
+        """Create the context and socket and connect (the channel thread's first step; messages queue until the
+        connection is up)."""
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        # Unique per connection: the daemon routes to the last validly signed one (no hijack by routing id).
+        sock.setsockopt(zmq.ROUTING_ID, f"{self.session_id}:{os.urandom(8).hex()}".encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 1000)
+        sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if self._curve:  # before connect: the handshake authenticates us and the daemon (docs/protocol.md)
+            sock.curve_serverkey = self._curve["server_public"].encode()
+            sock.curve_publickey = self._curve["public"].encode()
+            sock.curve_secretkey = self._curve["secret"].encode()
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        sock.connect(self.endpoint)  # the pipe exists at once: messages queue until the connection is up
+        return ctx, sock, monitor
 
     def _resend(self) -> None:
         """Send everything unacknowledged again, now (lock held)."""

@@ -5,7 +5,6 @@ Readers never write. With SQLite in WAL mode they run beside the ingest writer w
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
@@ -13,6 +12,7 @@ from sqlalchemy import Engine, and_, case, func, or_, select
 
 from labd.ipc.events import APPROVAL_OPTION_MAX, APPROVAL_OPTIONS_MAX, TERMINAL_STATUSES
 from labd.store.blobs import inline
+from labd.store.cost_queries import COST_GROUPS, CostQueries
 from labd.store.known_keys import KnownKeys
 from labd.store.schema import (
     IDEMPOTENCY_RETENTION,
@@ -28,9 +28,6 @@ from labd.store.schema import (
 )
 
 __all__ = ["children_first", "Store", "MAX_PAGE", "rollup", "COST_GROUPS"]
-
-#: how ``cost_summary`` can group the cost of many sessions
-COST_GROUPS = ("model", "workflow", "tag", "day", "session")
 
 MAX_PAGE = 5000
 MAX_PAGE_BYTES = 8 * 1024 * 1024  # keeps a page well under the 16 MiB message limit
@@ -96,7 +93,7 @@ def _session_dict(row: Any) -> dict[str, Any]:
     return d
 
 
-class Store:
+class Store(CostQueries):
     """Query helper bound to an engine."""
 
     def __init__(self, engine: Engine, known_keys: KnownKeys | None = None) -> None:
@@ -284,71 +281,6 @@ class Store:
         """Nodes (phases, steps, agent turns) and edges of a session's DAG."""
         nodes = self.steps(session_id)
         return {"session": session_id, "nodes": nodes, "edges": self.edges(session_id)}
-
-    def costs(self, session_id: str) -> dict[str, Any]:
-        """Cost per call, and summed per agent, model, node and for the session."""
-        with self.engine.connect() as conn:
-            calls = [dict(r) for r in conn.execute(select(cost_records).where(
-                cost_records.c.session_id == session_id).order_by(cost_records.c.seq)).mappings().all()]
-            groups: dict[str, list[dict[str, Any]]] = {}
-            for col in ("agent", "model", "node_id"):
-                c = cost_records.c[col]
-                rows = conn.execute(
-                    select(c, func.count(), func.sum(cost_records.c.prompt_tokens),
-                           func.sum(cost_records.c.completion_tokens), func.sum(cost_records.c.cost))
-                    .where(cost_records.c.session_id == session_id).group_by(c).order_by(c)).all()
-                groups[col] = [{col: r[0], "calls": r[1], "prompt_tokens": int(r[2] or 0),
-                                "completion_tokens": int(r[3] or 0), "cost": float(r[4] or 0.0)} for r in rows]
-        total = {"calls": len(calls), "prompt_tokens": sum(c["prompt_tokens"] for c in calls),
-                 "completion_tokens": sum(c["completion_tokens"] for c in calls),
-                 "cost": sum(c["cost"] for c in calls), "offline": any(c["offline"] for c in calls)}
-        steps_rollup = [{k: n[k] for k in ("node_id", "name", "kind", "parent_node", "calls", "prompt_tokens",
-                                           "completion_tokens", "cost")}
-                        for n in self.steps(session_id) if n["kind"] != "agent"]
-        return {"session": session_id, "total": total, "by_agent": groups["agent"], "by_model": groups["model"],
-                "by_node": groups["node_id"], "by_step": steps_rollup, "calls": calls}
-
-    def cost_summary(self, *, by: str = "model", since: float | None = None) -> dict[str, Any]:
-        """LLM cost across sessions, grouped ``by`` model | workflow | tag | day | session, from ``since``
-        (a time, seconds since the epoch, on the call's own time). ``tag`` groups by ``key=value``."""
-        q = (select(cost_records.c.session_id, cost_records.c.ts, cost_records.c.model,
-                    cost_records.c.prompt_tokens, cost_records.c.completion_tokens, cost_records.c.cost,
-                    sessions.c.workflow, sessions.c.tags)
-             .join(sessions, sessions.c.id == cost_records.c.session_id))
-        if since is not None:
-            q = q.where(cost_records.c.ts >= since)
-        with self.engine.connect() as conn:
-            rows = conn.execute(q).all()
-        groups: dict[str, dict[str, Any]] = {}
-        total = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0, "sessions": 0}
-        seen: set[str] = set()
-        for sid, ts, model, prompt, completion, cost, workflow, tags in rows:
-            if by == "model":
-                keys = [model]
-            elif by == "workflow":
-                keys = [workflow]
-            elif by == "session":
-                keys = [sid]
-            elif by == "day":
-                keys = [time.strftime("%Y-%m-%d", time.gmtime(ts))]
-            else:  # tag: a call counts once under each of its session's tags
-                keys = [f"{k}={v}" for k, v in sorted(orjson.loads(tags or "{}").items())] or ["(untagged)"]
-            for key in keys:
-                g = groups.setdefault(key, {by: key, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                                            "cost": 0.0, "sessions": set()})
-                g["calls"] += 1
-                g["prompt_tokens"] += prompt
-                g["completion_tokens"] += completion
-                g["cost"] += cost
-                g["sessions"].add(sid)
-            total["calls"] += 1
-            total["prompt_tokens"] += prompt
-            total["completion_tokens"] += completion
-            total["cost"] += cost
-            seen.add(sid)
-        total["sessions"] = len(seen)
-        out = [{**g, "sessions": len(g["sessions"])} for _k, g in sorted(groups.items())]
-        return {"by": by, "since": since, "total": total, "groups": out}
 
     def blob_count(self) -> int:
         """How many distinct blobs the store holds."""

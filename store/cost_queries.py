@@ -1,0 +1,94 @@
+"""Read-side queries of LLM cost: one session's calls and sums, and the cost of many sessions grouped.
+
+A mixin of :class:`labd.store.queries.Store` (it reads through the Store's engine and its ``steps``); split from
+it because cost accounting is a concern of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, func, select
+
+from labd.store.schema import cost_records, sessions
+
+__all__ = ["CostQueries", "COST_GROUPS"]
+
+#: how ``cost_summary`` can group the cost of many sessions
+COST_GROUPS = ("model", "workflow", "tag", "day", "session")
+
+
+class CostQueries:
+    """Cost reads (mixin of :class:`labd.store.queries.Store`)."""
+
+    engine: Engine
+
+    def steps(self, session_id: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def costs(self, session_id: str) -> dict[str, Any]:
+        """Cost per call, and summed per agent, model, node and for the session."""
+        with self.engine.connect() as conn:
+            calls = [dict(r) for r in conn.execute(select(cost_records).where(
+                cost_records.c.session_id == session_id).order_by(cost_records.c.seq)).mappings().all()]
+            groups: dict[str, list[dict[str, Any]]] = {}
+            for col in ("agent", "model", "node_id"):
+                c = cost_records.c[col]
+                rows = conn.execute(
+                    select(c, func.count(), func.sum(cost_records.c.prompt_tokens),
+                           func.sum(cost_records.c.completion_tokens), func.sum(cost_records.c.cost))
+                    .where(cost_records.c.session_id == session_id).group_by(c).order_by(c)).all()
+                groups[col] = [{col: r[0], "calls": r[1], "prompt_tokens": int(r[2] or 0),
+                                "completion_tokens": int(r[3] or 0), "cost": float(r[4] or 0.0)} for r in rows]
+        total = {"calls": len(calls), "prompt_tokens": sum(c["prompt_tokens"] for c in calls),
+                 "completion_tokens": sum(c["completion_tokens"] for c in calls),
+                 "cost": sum(c["cost"] for c in calls), "offline": any(c["offline"] for c in calls)}
+        steps_rollup = [{k: n[k] for k in ("node_id", "name", "kind", "parent_node", "calls", "prompt_tokens",
+                                           "completion_tokens", "cost")}
+                        for n in self.steps(session_id) if n["kind"] != "agent"]
+        return {"session": session_id, "total": total, "by_agent": groups["agent"], "by_model": groups["model"],
+                "by_node": groups["node_id"], "by_step": steps_rollup, "calls": calls}
+
+    def cost_summary(self, *, by: str = "model", since: float | None = None) -> dict[str, Any]:
+        """LLM cost across sessions, grouped ``by`` model | workflow | tag | day | session, from ``since``
+        (a time, seconds since the epoch, on the call's own time). ``tag`` groups by ``key=value``."""
+        q = (select(cost_records.c.session_id, cost_records.c.ts, cost_records.c.model,
+                    cost_records.c.prompt_tokens, cost_records.c.completion_tokens, cost_records.c.cost,
+                    sessions.c.workflow, sessions.c.tags)
+             .join(sessions, sessions.c.id == cost_records.c.session_id))
+        if since is not None:
+            q = q.where(cost_records.c.ts >= since)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        groups: dict[str, dict[str, Any]] = {}
+        total = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0, "sessions": 0}
+        seen: set[str] = set()
+        for sid, ts, model, prompt, completion, cost, workflow, tags in rows:
+            if by == "model":
+                keys = [model]
+            elif by == "workflow":
+                keys = [workflow]
+            elif by == "session":
+                keys = [sid]
+            elif by == "day":
+                keys = [time.strftime("%Y-%m-%d", time.gmtime(ts))]
+            else:  # tag: a call counts once under each of its session's tags
+                keys = [f"{k}={v}" for k, v in sorted(orjson.loads(tags or "{}").items())] or ["(untagged)"]
+            for key in keys:
+                g = groups.setdefault(key, {by: key, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                            "cost": 0.0, "sessions": set()})
+                g["calls"] += 1
+                g["prompt_tokens"] += prompt
+                g["completion_tokens"] += completion
+                g["cost"] += cost
+                g["sessions"].add(sid)
+            total["calls"] += 1
+            total["prompt_tokens"] += prompt
+            total["completion_tokens"] += completion
+            total["cost"] += cost
+            seen.add(sid)
+        total["sessions"] = len(seen)
+        out = [{**g, "sessions": len(g["sessions"])} for _k, g in sorted(groups.items())]
+        return {"by": by, "since": since, "total": total, "groups": out}
