@@ -335,8 +335,9 @@ class Durable:
             some = ", ".join(f"{display(rel)} ({size:,} bytes)" for rel, size in files[:3])
             more = f" and {len(files) - 3} more" if len(files) > 3 else ""
             reason = {
-                "cap": f"a checkpoint stores no file over {ckpt.MAX_FILE_BYTES:,} bytes and at most "
-                       f"{ckpt.MAX_NEW_BYTES:,} bytes of new files (apparent sizes, sparse files' holes included)",
+                "cap": f"a checkpoint stores no file that would add more than {ckpt.MAX_FILE_BYTES:,} bytes of new "
+                       f"objects, and at most {ckpt.MAX_NEW_BYTES:,} bytes of new objects in all (apparent sizes, "
+                       "sparse files' holes included; the chunks of a large file stored already add nothing)",
                 "session_cap": f"the session's checkpoint objects reached {ckpt.MAX_SESSION_BYTES:,} bytes (apparent "
                                "sizes), so its checkpoints store no new file content from now on",
                 "changed": "they changed (or could not be read) between the scan and their copy, and a checkpoint "
