@@ -241,7 +241,7 @@ class Context(Interruptible):
                 parent: str | None) -> Iterator[Node]:
         """The body of a step the record holds as completed: skipped, its result restored. A branch shows it
         as a ``reused`` node (so does a planned node a resume re-announced); a resume's record has it already."""
-        from labd.runner.durable import SkipBody, skip_with_body
+        from labd.runner.skipbody import SkipBody, skip_with_body
 
         durable = self.durable
         if not payload.get("planned"):

@@ -19,16 +19,13 @@ longer loads (its object gone or damaged) makes its step run again, like a resul
 from __future__ import annotations
 
 import base64
-import dis
 import hashlib
 import os
 import pickle
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any, NoReturn
 
 import orjson
@@ -45,6 +42,7 @@ from labd.runner.checkpoint import (
 from labd.runner.checkpoint_store import SessionBudget, Stored, store_files
 from labd.runner.context import MAX_STEP_ERROR, clip
 from labd.runner.names import display, key_path
+from labd.runner.skipbody import SkipBody, skip_with_body
 from labd.runner.withhold import head_cut
 
 __all__ = ["Durable", "Divergence", "CheckpointFailed", "SkipBody", "skip_with_body", "SEED_FILE", "read_seed"]
@@ -58,24 +56,10 @@ def read_seed(session_dir: Path) -> dict[str, Any]:
     return dict(orjson.loads((session_dir / SEED_FILE).read_bytes()))
 
 
-_NOP = dis.opmap["NOP"]
 #: step results and manifest changes up to this size travel in the step.checkpoint event, not as objects
 INLINE_BYTES = 8192
 #: a step.checkpoint names at most this many of the files it left out over a cap (``left_out``; ``left_out_more``)
 MAX_LEFT_OUT = 20
-
-
-def _body_start(frame: FrameType) -> int:
-    """The offset of the first instruction of the ``with`` body being entered in ``frame`` (after
-    ``BEFORE_WITH`` and the store of its ``as`` target); 0 when the bytecode is not the expected shape."""
-    instrs = list(dis.get_instructions(frame.f_code))
-    for i, ins in enumerate(instrs):
-        if ins.offset == frame.f_lasti and ins.opname == "BEFORE_WITH" and i + 2 < len(instrs):
-            j = i + 1
-            if instrs[j].opname == "UNPACK_SEQUENCE":  # `as (a, b)`: skip the stores of its items
-                j += instrs[j].arg or 0
-            return instrs[j + 1].offset
-    return 0
 
 
 class Divergence(BaseException):  # noqa: N818 - a BaseException, like Cancelled: `except Exception` must not hide it
@@ -84,37 +68,6 @@ class Divergence(BaseException):  # noqa: N818 - a BaseException, like Cancelled
 
 class CheckpointFailed(BaseException):  # noqa: N818 - like Divergence: the workflow must not go on unrecorded
     """A completed step's checkpoint could not be stored (its step is recorded failed, not checkpointed)."""
-
-
-class SkipBody(Exception):  # noqa: N818 - a signal, not an error
-    """Raised by the trace hook on the first line of a skipped step's ``with`` body."""
-
-
-def skip_with_body(frame: FrameType) -> Callable[[], None]:
-    """Make the ``with`` block of ``frame`` that is being entered raise :class:`SkipBody` on its first line
-    (the step's ``__exit__`` swallows it): how a completed step's body is not executed again. Returns a
-    function that restores the previous tracing. CPython's frame tracing, as debuggers use it."""
-    previous = sys.gettrace()
-    with_line = frame.f_lineno
-    body_start = _body_start(frame)
-
-    def on_line(fr: FrameType, event: str, _arg: Any) -> Any:
-        # Only inside the body: past the `as` target's store (which may sit on a later line of a multi-line
-        # `with`), not on the `with` line (its __exit__ call is attributed to it), and not on a NOP (a body of
-        # just `pass` compiles to a NOP outside the block's handler; such a body may as well run).
-        if fr is frame and event == "line" and fr.f_lasti >= body_start and fr.f_lineno != with_line \
-                and fr.f_code.co_code[fr.f_lasti] != _NOP:
-            raise SkipBody
-        return on_line
-
-    frame.f_trace = on_line
-    frame.f_trace_lines = True
-    sys.settrace(lambda *_a: None)  # turns tracing on for this thread; new frames stay untraced
-
-    def undo() -> None:
-        frame.f_trace = None
-        sys.settrace(previous)
-    return undo
 
 
 class Durable:
@@ -382,8 +335,9 @@ class Durable:
             some = ", ".join(f"{display(rel)} ({size:,} bytes)" for rel, size in files[:3])
             more = f" and {len(files) - 3} more" if len(files) > 3 else ""
             reason = {
-                "cap": f"a checkpoint stores no file over {ckpt.MAX_FILE_BYTES:,} bytes and at most "
-                       f"{ckpt.MAX_NEW_BYTES:,} bytes of new files (apparent sizes, sparse files' holes included)",
+                "cap": f"a checkpoint stores no file that would add more than {ckpt.MAX_FILE_BYTES:,} bytes of new "
+                       f"objects, and at most {ckpt.MAX_NEW_BYTES:,} bytes of new objects in all (apparent sizes, "
+                       "sparse files' holes included; the chunks of a large file stored already add nothing)",
                 "session_cap": f"the session's checkpoint objects reached {ckpt.MAX_SESSION_BYTES:,} bytes (apparent "
                                "sizes), so its checkpoints store no new file content from now on",
                 "changed": "they changed (or could not be read) between the scan and their copy, and a checkpoint "

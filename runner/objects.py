@@ -17,24 +17,31 @@ cap. The chunks of a file are written to temporary names, and renamed in only on
 hold the digest its scan saw; the index comes last, so an index never names a chunk that is not there (unless one
 was removed since: a reader then raises, and a restore reports the file damaged). Readers go through
 :meth:`ObjectStore.reader` (either form).
+
+**What a store adds is bounded** (:attr:`ObjectStore.new_limit`): the bytes of the objects a file adds (a whole
+object's size; a chunked file's chunks not stored yet, by their length, and its index), not its size. A chunked file
+that fits the bound by its size is copied as it is read; one that does not (a log grown past the cap, most of its
+chunks stored already) is read through first, counting what it adds (:class:`OverCap` as soon as that passes the
+bound: nothing is written), and only then are its new chunks read again (each checked against the digest the first
+read gave) and written: a file rewritten entirely costs at most the bound's reading, never its writing.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from labd.runner.objsource import OverCap, Source, SourceChanged, TooLarge, open_source
 from labd.runner.workfs import WorkDir
 
-__all__ = ["ObjectStore", "DamagedObject", "TooLarge", "SourceChanged", "copy_stream", "CHUNK_BYTES", "CHUNKED_FROM"]
+__all__ = ["ObjectStore", "DamagedObject", "TooLarge", "OverCap", "SourceChanged", "copy_stream", "CHUNK_BYTES",
+           "CHUNKED_FROM", "index_bytes"]
 
 _BLOCK = 1 << 20
 _ZEROS = bytes(_BLOCK)
@@ -42,6 +49,13 @@ _ZEROS = bytes(_BLOCK)
 CHUNKED_FROM = 4 << 20
 CHUNK_BYTES = _BLOCK
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+_ZERO_CHUNK = hashlib.sha256(_ZEROS).hexdigest()
+
+
+def index_bytes(size: int) -> int:
+    """At most how many bytes the chunk index of a file of ``size`` bytes takes (a quoted digest and a comma per
+    chunk, and the rest of the JSON)."""
+    return -(-size // CHUNK_BYTES) * 67 + 64
 
 
 class DamagedObject(OSError):
@@ -50,56 +64,6 @@ class DamagedObject(OSError):
     def __init__(self, message: str, damaged: list[str] | None = None) -> None:
         super().__init__(message)
         self.damaged = damaged or []
-
-
-class TooLarge(Exception):  # noqa: N818 - not an error of the store: the file is left out
-    """A file being copied into the store passed the store's :attr:`ObjectStore.limit` (it grew since its scan)."""
-
-
-class SourceChanged(Exception):  # noqa: N818 - not an error of the store: the file is left out
-    """The file being copied into the store is not the one its scan saw; ``why``: ``gone`` (no regular file there any
-    more: removed, renamed away, or a symlink or anything else in its place), ``changed`` (another content than the
-    digest expected) or ``unreadable`` (opening or reading it failed). An error of the work directory's side, never of
-    the store's: nothing was stored."""
-
-    def __init__(self, why: str, message: str) -> None:
-        super().__init__(message)
-        self.why = why
-
-
-class _Source:
-    """A source file's reads, an OSError of which is the work directory's (:class:`SourceChanged`), not the store's."""
-
-    def __init__(self, fi: Any) -> None:
-        self._fi = fi
-
-    def read(self, n: int) -> bytes:
-        try:
-            return bytes(self._fi.read(n))
-        except OSError as exc:
-            raise SourceChanged("unreadable", f"reading it failed: {exc}") from exc
-
-
-def _open_source(src: Path, within: tuple[WorkDir, Path] | None) -> int:
-    """A read-only fd of regular file ``src``: through ``within`` (the work directory, opened, and its path: no symlink
-    in any component below it), else with O_NOFOLLOW on its last component. Raises :class:`SourceChanged`."""
-    try:
-        if within is not None:
-            wd, root = within
-            return wd.open_file(src.relative_to(root).as_posix())
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise FileNotFoundError(errno.ENOENT, "not a regular file", str(src))
-        return fd
-    except FileNotFoundError as exc:
-        raise SourceChanged("gone", f"no such regular file: {exc}") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # O_NOFOLLOW on a symlink
-            raise SourceChanged("gone", "a symlink, not a file") from None
-        raise SourceChanged("unreadable", f"opening it failed: {exc}") from exc
-    except ValueError as exc:  # not a path below the work directory
-        raise SourceChanged("unreadable", str(exc)) from exc
 
 
 def copy_stream(fi: Any, fo: Any, limit: int | None = None) -> tuple[str, int]:
@@ -142,14 +106,18 @@ class ObjectStore:
         self._known: set[str] = set()
         #: :meth:`put_file` copies at most this many bytes (None: any), else raises :class:`TooLarge`
         self.limit: int | None = None
+        #: :meth:`put_file` adds at most this many bytes of new objects (None: any), else raises :class:`OverCap`
+        self.new_limit: int | None = None
         #: the work directory (opened, and its path) :meth:`put_file` reads files of (None: any path)
         self.within: tuple[WorkDir, Path] | None = None
 
-    def bounded(self, limit: int, within: tuple[WorkDir, Path] | None = None) -> ObjectStore:
-        """The same store, its :meth:`put_file` copying at most ``limit`` bytes, of files of ``within`` (the opened
-        work directory and its path: the file is opened through it, no symlink followed in any component)."""
+    def bounded(self, limit: int, within: tuple[WorkDir, Path] | None = None,
+                new_limit: int | None = None) -> ObjectStore:
+        """The same store, its :meth:`put_file` copying at most ``limit`` bytes, and adding at most ``new_limit`` bytes
+        of new objects, of files of ``within`` (the opened work directory and its path: the file is opened through
+        it, no symlink followed in any component)."""
         store = ObjectStore(self.root)
-        store._known, store.limit, store.within = self._known, limit, within
+        store._known, store.limit, store.within, store.new_limit = self._known, limit, within, new_limit
         return store
 
     def path(self, digest: str) -> Path:
@@ -263,15 +231,21 @@ class ObjectStore:
         """Copy regular file ``src`` in as object ``expected`` (unless it exists); returns (``expected``, bytes
         written). ``src`` is opened without following a symlink (through :attr:`within`, in no component) and must
         hold exactly ``expected``: else :class:`SourceChanged` (gone, changed, unreadable: the source's side) and
-        nothing is stored. Raises :class:`TooLarge` past :attr:`limit` bytes, and OSError only for an error of the
-        store's side (a full disk); never leaves a temporary file."""
+        nothing is stored. Raises :class:`TooLarge` past :attr:`limit` bytes, :class:`OverCap` when it would add more
+        than :attr:`new_limit` bytes, and OSError only for an error of the store's side (a full disk); never leaves a
+        temporary file."""
         if self.has(expected):
             return expected, 0
-        with open(_open_source(src, self.within), "rb") as fi:
-            if os.fstat(fi.fileno()).st_size >= CHUNKED_FROM:
-                return self._put_chunks(_Source(fi), expected)
+        with open(open_source(src, self.within), "rb") as fi:
+            size = os.fstat(fi.fileno()).st_size
+            if self.limit is not None and size > self.limit:  # grown since its scan: changed, whatever it adds
+                raise TooLarge(f"more than {self.limit} bytes")
+            if size >= CHUNKED_FROM:
+                return self._put_chunks(fi, size, expected)
+            if self.new_limit is not None and size > self.new_limit:
+                raise OverCap(size)
             tmp = self._tmp()
-            digest, written = _copy_hashed(_Source(fi), tmp, self.limit)
+            digest, written = _copy_hashed(Source(fi), tmp, self.limit)
         if digest != expected:  # rewritten or replaced since the scan: never an object under another digest
             tmp.unlink()
             raise SourceChanged("changed", "its content is not what its scan hashed")
@@ -281,26 +255,47 @@ class ObjectStore:
         self._commit(tmp, digest)
         return digest, written
 
-    def _put_chunks(self, src: _Source, expected: str) -> tuple[str, int]:
-        """:meth:`put_file` of a large file: its chunks, then its index (see the module's docstring)."""
+    def _put_chunks(self, fi: Any, size: int, expected: str) -> tuple[str, int]:
+        """:meth:`put_file` of a large file (``size``: its ``fstat``): its chunks, then its index (see the module's
+        docstring). Raises :class:`OverCap` as soon as its new chunks pass :attr:`new_limit`."""
+        src = Source(fi)
+        limit = self.new_limit
+        eager = limit is None or size + index_bytes(size) <= limit  # new chunks written as they are read
         whole = hashlib.sha256()
         chunks: list[str] = []
         fresh: dict[str, Path] = {}  # new chunks, at temporary names until the whole file has proven to be `expected`
-        total = 0
+        later: dict[str, int] = {}  # new chunks not written yet (not eager): digest -> offset
+        total = adds = 0
         try:
             for block in iter(lambda: src.read(CHUNK_BYTES), b""):
                 total += len(block)
                 if self.limit is not None and total > self.limit:
                     raise TooLarge(f"more than {self.limit} bytes")
                 whole.update(block)
-                digest = hashlib.sha256(block).hexdigest()
+                digest = _ZERO_CHUNK if block == _ZEROS else hashlib.sha256(block).hexdigest()
                 chunks.append(digest)
-                if digest not in fresh and not self.has(digest):
-                    tmp = fresh[digest] = self._tmp()
-                    with open(tmp, "wb") as fo:
-                        copy_stream(io.BytesIO(block), fo)  # a chunk of zeros: a hole
+                if digest in fresh or digest in later or self.has(digest):
+                    continue
+                adds += len(block)
+                if limit is not None and adds > limit:
+                    raise OverCap(adds)
+                if eager:
+                    self._put_chunk(fresh, digest, block)
+                else:
+                    later[digest] = total - len(block)
             if whole.hexdigest() != expected:  # rewritten or replaced since the scan
                 raise SourceChanged("changed", "its content is not what its scan hashed")
+            index = orjson.dumps({"size": total, "chunk": CHUNK_BYTES, "chunks": chunks})
+            if limit is not None and adds + len(index) > limit:
+                raise OverCap(adds + len(index))
+            for digest, offset in later.items():  # read again: each must be the chunk the whole file was proven with
+                try:
+                    block = os.pread(fi.fileno(), CHUNK_BYTES, offset)
+                except OSError as exc:
+                    raise SourceChanged("unreadable", f"reading it failed: {exc}") from exc
+                if hashlib.sha256(block).hexdigest() != digest:
+                    raise SourceChanged("changed", "its content is not what its scan hashed")
+                self._put_chunk(fresh, digest, block)
             written = 0
             for digest, tmp in fresh.items():
                 if self.has(digest):  # stored meanwhile
@@ -311,7 +306,6 @@ class ObjectStore:
             fresh.clear()
             if self.has(expected):
                 return expected, written
-            index = orjson.dumps({"size": total, "chunk": CHUNK_BYTES, "chunks": chunks})
             tmp = fresh[expected] = self._tmp()
             tmp.write_bytes(index)
             self._commit(tmp, expected, self.index_path(expected))
@@ -319,6 +313,12 @@ class ObjectStore:
         finally:
             for tmp in fresh.values():
                 tmp.unlink(missing_ok=True)
+
+    def _put_chunk(self, fresh: dict[str, Path], digest: str, block: bytes) -> None:
+        """Write chunk ``digest`` to a temporary name, recorded in ``fresh`` (a chunk of zeros: a hole)."""
+        tmp = fresh[digest] = self._tmp()
+        with open(tmp, "wb") as fo:
+            copy_stream(io.BytesIO(block), fo)
 
     def get_bytes(self, digest: str) -> bytes:
         with self.reader(digest) as f:

@@ -1,8 +1,10 @@
 """A session's code cannot fill the disk through its step checkpoints (runner/checkpoint_store.store_files), found by
 an attack review: checkpoints copied every file whole, a sparse one by its apparent size (a 0.75 GiB ``truncate``
-cost 1.6 GB of objects over two steps), with no cap. Now a file over MAX_FILE_BYTES (by apparent size) is left out
-of the checkpoint, which is partial and names it; a sparse file under the cap is stored with its holes; and a resume
-from a partial checkpoint leaves the file it left out where it is. Real daemons, real sessions, the default caps."""
+cost 1.6 GB of objects over two steps), with no cap. Now a file that would add more than MAX_FILE_BYTES to the objects
+is left out of the checkpoint, which is partial and names it; a sparse file is stored with its holes; a log grown past
+the per-file cap is still stored by its new chunks; and a resume from a partial checkpoint leaves the file it left out
+where it is. Real daemons, real sessions; a flow lowers its own runner's per-file cap where the test needs it (the
+runner is its session's own process), else the default caps."""
 
 from __future__ import annotations
 
@@ -17,12 +19,18 @@ from tests.integration.test_durable import _ended, _events
 
 _GIB = 1 << 30
 _MIB = 1 << 20
-_HUGE = 3 * _GIB // 2  # over the per-file cap (1 GiB); each scan reads it whole, so no larger
+_HUGE = 3 * _GIB // 2  # over the default per-file cap (1 GiB) by size; each scan reads it whole, so no larger
 
 #: step "make" truncates huge.bin (sparse, 1.5 GiB apparent) and writes results.csv; step "after" fails its first run
-#: (a marker in a dot directory, neither tracked nor restored, tells)
+#: (a marker in a dot directory, neither tracked nor restored, tells). The caps count what a file adds to the objects,
+#: and huge.bin adds one chunk of zeros and its index, so the flow lowers its runner's per-file cap under one chunk
+#: (an over-cap file of real data would take 1 GiB of writes to make)
 _HUGE_FLOW = f"""\
+import labd.runner.checkpoint_store as caps
+
+
 def huge(ctx):
+    caps.MAX_FILE_BYTES = 512 << 10
     w = ctx.workdir
     marker = w / ".state" / "failed-once"
     with ctx.step("make"):
@@ -65,12 +73,13 @@ def _checkpoints(home: Path, sid: str) -> list[dict]:
 
 @pytest.mark.timeout(300)
 def test_a_huge_sparse_file_is_left_out_of_the_checkpoint_and_kept_by_a_resume(shared_daemon, tmp_path: Path) -> None:
-    """A step truncates a 1.5 GiB sparse file (over the 1 GiB per-file cap): its checkpoint completes in seconds
-    without copying it (the objects directory stays under 1 MiB on disk), is ``partial`` and names huge.bin in
-    ``left_out`` (``file_cap``, its apparent size), and one warning says so; the session goes on to its next step.
+    """A step truncates a 1.5 GiB sparse file that would add more than the per-file cap (lowered to 512 KiB: its chunk
+    of zeros is 1 MiB): its checkpoint completes in seconds without copying it (the objects directory stays under
+    1 MiB on disk), is ``partial`` and names huge.bin in ``left_out`` (``file_cap``, its apparent size), and one
+    warning says so; the session goes on to its next step.
     After that step fails once, `resume` completes the session: the restore removed nothing, huge.bin is still there
     with its size (the step after saw it), results.csv is back, and no ``file.deleted`` was recorded for huge.bin."""
-    assert _HUGE > MAX_FILE_BYTES
+    assert _HUGE > MAX_FILE_BYTES  # the default cap
     (tmp_path / "huge_flow.py").write_text(_HUGE_FLOW)
     with shared_daemon.client() as c:
         sid = c.start(f"{tmp_path / 'huge_flow.py'}:huge")
@@ -217,3 +226,61 @@ def test_a_symlink_swapped_in_between_scan_and_copy_is_never_stored(shared_daemo
         leaked = [p for p in objects.rglob("*") if p.is_file() and b"TOP SECRET" in p.read_bytes()]
         assert leaked == []
         _check_objects(work, _checkpoints(shared_daemon.home, sid))
+
+
+#: a log of 5 MiB at "epoch 0", grown by 1 MiB and 1,000 bytes at each later epoch, past the per-file cap its runner
+#: sets (6 MiB) from "epoch 1" on; with ``fail_at``, that epoch fails its first run (a marker in a dot directory tells)
+_LOG_FLOW = """\
+import os
+
+import labd.runner.checkpoint_store as caps
+
+
+def log(ctx, epochs: int = 5, fail_at: int = -1):
+    caps.MAX_FILE_BYTES = 6 << 20
+    log = ctx.workdir / "train.log"
+    marker = ctx.workdir / ".state" / "failed-once"
+    for i in range(epochs):
+        with ctx.step(f"epoch {i}"):
+            with open(log, "ab") as f:
+                f.write(os.urandom((5 << 20) if i == 0 else (1 << 20) + 1000))
+            if i == fail_at and not marker.exists():
+                marker.parent.mkdir(exist_ok=True)
+                marker.write_text("")
+                raise RuntimeError("fails once")
+    return os.path.getsize(log)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_log_grown_past_the_file_cap_is_checkpointed_by_its_new_chunks(shared_daemon, tmp_path: Path) -> None:
+    """A log over its runner's per-file cap (6 MiB) from the second step on is in every checkpoint (none partial):
+    each later step adds only its new chunks (at most 3 MiB: the appended chunks and the formerly last, partial one)
+    and its index. A branch from "epoch 3" starts from the log exactly as it was after "epoch 2"; a session failing at
+    "epoch 3" resumes from the log of "epoch 2" and completes with the log of 5 epochs. Before, every checkpoint after
+    the first left the log out (``file_cap``), so the branch and the resume started without the log."""
+    (tmp_path / "log_flow.py").write_text(_LOG_FLOW)
+    after = [(5 << 20) + i * ((1 << 20) + 1000) for i in range(5)]  # the log's size after each epoch
+    with shared_daemon.client() as c:
+        sid = c.start(f"{tmp_path / 'log_flow.py'}:log")
+        assert _ended(c, sid, timeout=120)["status"] == "completed", c.session(sid)["reason"]
+        work = Path(c.session(sid)["workdir"])
+        final = (work / "train.log").read_bytes()
+        assert len(final) == after[-1]
+        cps = _checkpoints(shared_daemon.home, sid)
+        assert [cp["name"] for cp in cps] == [f"epoch {i}" for i in range(5)]
+        assert not [cp.get("left_out") for cp in cps if cp.get("partial")], cps
+        assert all(cp["new_bytes"] <= (3 << 20) + 16_000 for cp in cps[1:]), [cp["new_bytes"] for cp in cps]
+
+        kid = c.branch(sid, "epoch 3", params={"epochs": 3})["sessions"][0]["session"]
+        assert _ended(c, kid, timeout=120)["status"] == "completed", c.session(kid)["reason"]
+        assert (Path(c.session(kid)["workdir"]) / "train.log").read_bytes() == final[:after[2]]
+
+        failed = c.start(f"{tmp_path / 'log_flow.py'}:log", params={"fail_at": 3})
+        assert _ended(c, failed, timeout=120)["status"] == "failed"
+        failed_work = Path(c.session(failed)["workdir"])
+        kept = (failed_work / "train.log").read_bytes()[:after[2]]
+        c.resume(failed)
+        assert _ended(c, failed, timeout=120)["status"] == "completed", c.session(failed)["reason"]
+        resumed = (failed_work / "train.log").read_bytes()
+        assert len(resumed) == after[-1] and resumed[:after[2]] == kept
