@@ -43,7 +43,7 @@ import webbrowser
 from collections.abc import AsyncIterator, Callable
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -66,7 +66,10 @@ __all__ = ["build_app", "run"]
 
 STATIC = Path(__file__).parent / "static"
 T = TypeVar("T")
-MAX_DOWNLOAD = 64 * 1024 * 1024
+#: A download is sent in pieces of this many bytes, each read when the last one was handed to the connection (whose
+#: buffer holds back the next while the client is slow): the dashboard's memory per download is a piece or two,
+#: whatever the file's size. Until 2026-12-02 a file was read whole into memory first, and one over 64 MiB refused.
+DOWNLOAD_CHUNK = 256 * 1024
 #: A request body (start, resolve) larger than this is refused with 413 once that many bytes arrived, or at once
 #: when its Content-Length says so: it is never read whole into memory.
 MAX_BODY = 1_000_000
@@ -297,26 +300,42 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         if rel not in {f["path"] for f in reply["files"]}:
             return JSONResponse({"error": {"code": "not_found", "message": f"no file {rel!r}"}}, status_code=404)
 
-        def read() -> tuple[bytes, os.stat_result] | None:
+        def opened() -> tuple[BinaryIO, os.stat_result] | None:
             try:  # opened without following symlinks: nothing the session swaps in can lead outside its workdir
-                with open_beneath(Path(reply["workdir"]), rel) as f:
-                    st = os.fstat(f.fileno())
-                    return (f.read(MAX_DOWNLOAD), st) if st.st_size <= MAX_DOWNLOAD else None
+                f = open_beneath(Path(reply["workdir"]), rel)
             except OSError:
                 return None
+            return f, os.fstat(f.fileno())
 
-        got = await anyio.to_thread.run_sync(read)
+        got = await anyio.to_thread.run_sync(opened)
         if got is None:
-            return JSONResponse({"error": {"code": "not_found", "message": "file gone or too large"}},
-                                status_code=404)
-        data, st = got  # served from memory with FileResponse's headers (no Range: it would reopen the path)
+            return JSONResponse({"error": {"code": "not_found", "message": "file gone"}}, status_code=404)
+        f, st = got
+
+        async def pieces() -> AsyncIterator[bytes]:
+            """The file's first ``st_size`` bytes (its size when opened, as Content-Length says), from the fd opened
+            above: a growing file is sent as it was, one that shrank meanwhile ends short (its client sees the
+            length unmet), and no path is opened again."""
+            try:
+                left = st.st_size
+                while left > 0:
+                    piece = await anyio.to_thread.run_sync(f.read, min(DOWNLOAD_CHUNK, left))
+                    if not piece:
+                        return
+                    left -= len(piece)
+                    yield piece
+            finally:
+                f.close()
+
+        # FileResponse's headers, but not FileResponse (it reopens the path) and no Range (it would too)
         name = rel.rsplit("/", 1)[-1]
         quoted = quote(name)
         disposition = f'attachment; filename="{name}"' if quoted == name else f"attachment; filename*=utf-8''{quoted}"
         etag = hashlib.md5(f"{st.st_mtime}-{st.st_size}".encode(), usedforsecurity=False).hexdigest()
-        return Response(data, media_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
-                        headers={"content-disposition": disposition, "etag": f'"{etag}"',
-                                 "last-modified": formatdate(st.st_mtime, usegmt=True)})
+        return StreamingResponse(pieces(), media_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
+                                 headers={"content-disposition": disposition, "etag": f'"{etag}"',
+                                          "content-length": str(st.st_size),
+                                          "last-modified": formatdate(st.st_mtime, usegmt=True)})
 
     async def stream(request: Request) -> Response:
         if not allowed(request):
