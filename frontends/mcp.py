@@ -44,6 +44,10 @@ MAX_RESULT = 1_000_000
 #: nodes and state transitions get_session returns (the newest; get_dag and read_events have them all)
 SESSION_STEPS = 200
 MAX_FILE = 1_000_000  # bytes of a file returned as a resource
+#: events read_events / read_output ask the daemon for first; each later request asks for about as many as the size
+#: budget left holds at the average size seen so far (a daemon page may be 5000 events and 8 MiB: fetched whole to
+#: return 200,000 characters, it cost this process and the daemon 40 times what the model got)
+FIRST_PAGE = 20
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
 
@@ -112,23 +116,25 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
         200,000 characters a call; a single piece of output longer than that is cut, and `cut` says so: {seq,
         chars} (the characters of event `seq` not returned; `labd logs` prints them)."""
         def read(c: Client) -> dict[str, Any]:
-            page = c.events(session, since=since, kinds=OUTPUT_KINDS)
+            events, last_page = _read_within(c, session, since, OUTPUT_KINDS, 5000, MAX_TEXT,
+                                             lambda ev: len(ev["payload"].get("text", "")))
+            status, more = last_page["status"], last_page["more"]
             parts: list[str] = []
             last, size = since, 0
-            for i, ev in enumerate(page["events"]):
+            for i, ev in enumerate(events):
                 text = ev["payload"].get("text", "")
                 if size + len(text) > MAX_TEXT and parts:
-                    return {"text": "".join(parts), "next_since": last, "status": page["status"], "more": True}
+                    return {"text": "".join(parts), "next_since": last, "status": status, "more": True}
                 if len(text) > MAX_TEXT:  # one piece larger than a whole call: its start, and what was left out
-                    more = page["more"] or i + 1 < len(page["events"])
-                    return {"text": text[:MAX_TEXT], "next_since": ev["seq"], "status": page["status"], "more": more,
+                    return {"text": text[:MAX_TEXT], "next_since": ev["seq"], "status": status,
+                            "more": more or i + 1 < len(events),
                             "cut": {"seq": ev["seq"], "chars": len(text) - MAX_TEXT}}
                 parts.append(text)
                 size += len(text)
                 last = ev["seq"]
-            if not page["events"] and not page["more"]:
+            if not events and not more:
                 last = max(since, c.session(session)["last_seq"])  # skip past non-output events
-            return {"text": "".join(parts), "next_since": last, "status": page["status"], "more": page["more"]}
+            return {"text": "".join(parts), "next_since": last, "status": status, "more": more}
         return await call(read)
 
     @server.tool(annotations=READ_ONLY)
@@ -140,8 +146,9 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
         larger than that alone comes with `payload` null and `payload_cut`: {chars, head} (the size of its payload
         as JSON, and its first 2,000 characters; `labd events SESSION --json` prints it whole)."""
         def read(c: Client) -> dict[str, Any]:
-            page = c.events(session, since=since, limit=max(1, min(limit, 5000)), kinds=kinds)
-            return {**page, **_fit_events(page["events"], page["more"])}
+            events, last_page = _read_within(c, session, since, kinds, max(1, min(limit, 5000)), MAX_EVENTS_JSON,
+                                             _json_chars)
+            return {**last_page, **_fit_events(events, last_page["more"])}
         return await call(read)
 
     @server.tool(annotations=READ_ONLY)
@@ -247,6 +254,27 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
 
 def _json_chars(value: Any) -> int:
     return len(json.dumps(value, default=str))
+
+
+def _read_within(c: Client, session: str, since: int, kinds: list[str] | None, most: int, budget: int,
+                 size: Callable[[dict[str, Any]], int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``(events, last page)``: at most ``most`` events after ``since``, read until their ``size`` passes ``budget``
+    (the event that passes it included: the caller cuts there) or none are left, and the daemon's last page (its
+    ``session``, ``status``, ``more``). Asked for in pages sized to the budget, so what is read is about what is
+    returned, not a whole daemon page: at most the bytes the budget has left (``max_bytes``; the daemon counts a
+    payload's JSON + 100 bytes an event), and a count the daemon reads from its store (:data:`FIRST_PAGE`, then as
+    many as the budget left holds at the average size so far). One event larger than the budget is still read
+    whole: the daemon cannot cut one."""
+    events: list[dict[str, Any]] = []
+    used, ask = 0, min(most, FIRST_PAGE)
+    while True:
+        page = c.events(session, since=since, limit=ask, kinds=kinds, max_bytes=max(1, budget - used))
+        events += page["events"]
+        used += sum(size(ev) for ev in page["events"])
+        if not page["events"] or not page["more"] or used > budget or len(events) >= most:
+            return events, page
+        session, since = page["session"], page["events"][-1]["seq"]  # the id: a name could come to mean another
+        ask = max(1, min(most - len(events), (budget - used) // max(1, used // len(events)) + 1))
 
 
 def _fit_events(events: list[dict[str, Any]], more: bool) -> dict[str, Any]:

@@ -306,10 +306,14 @@ class Client(Transport, Waiting):
         return self.request("session.history", session=session)["history"]  # type: ignore[no-any-return]
 
     def events(self, ref: str, since: int = 0, limit: int = 5000, kinds: list[str] | None = None, *,
-               full: bool = False, node: str | None = None, agent: str | None = None) -> dict[str, Any]:
+               full: bool = False, node: str | None = None, agent: str | None = None,
+               max_bytes: int | None = None) -> dict[str, Any]:
         """A page of events. ``full``: blob references replaced by their texts (complete LLM requests and
-        responses); ``node``: only that node and the nodes nested in it; ``agent``: only that agent's."""
+        responses); ``node``: only that node and the nodes nested in it; ``agent``: only that agent's; ``max_bytes``:
+        a page of about that many bytes at most (the daemon's default: 8 MiB; always at least one event)."""
         body: dict[str, Any] = {"session": ref, "since": since, "limit": limit}
+        if max_bytes is not None:
+            body["max_bytes"] = max_bytes
         if kinds:
             body["kinds"] = kinds
         if full:

@@ -182,12 +182,14 @@ class Store(CostQueries):
 
     def events_page(self, session_id: str, *, since: int = 0, limit: int = MAX_PAGE,
                     kinds: list[str] | None = None, full: bool = False, nodes: list[str] | None = None,
-                    agent: str | None = None) -> dict[str, Any]:
-        """A page of events after ``since``: at most ``limit`` rows and about :data:`MAX_PAGE_BYTES`;
+                    agent: str | None = None, max_bytes: int = MAX_PAGE_BYTES) -> dict[str, Any]:
+        """A page of events after ``since``: at most ``limit`` rows and about ``max_bytes`` (at most
+        :data:`MAX_PAGE_BYTES`; at least one event);
         ``more`` tells whether another page may follow. ``full`` inlines blob references (the complete
         LLM requests and responses); ``nodes`` keeps events of those nodes; ``agent`` those whose
         payload names that agent."""
         limit = max(1, min(limit, MAX_PAGE))
+        max_bytes = max(1, min(max_bytes, MAX_PAGE_BYTES))
         q = (select(events.c.seq, events.c.ts, events.c.kind, events.c.src, events.c.node_id, events.c.parent,
                     events.c.payload, events.c.src_seq)
              .where(events.c.session_id == session_id, events.c.seq > since)
@@ -208,7 +210,7 @@ class Store(CostQueries):
                 payloads = inline(conn, [orjson.loads(r[6]) for r in rows])
         for i, r in enumerate(rows):
             size += (len(orjson.dumps(payloads[i])) if full else len(r[6])) + 100
-            if out and size > MAX_PAGE_BYTES:
+            if out and size > max_bytes:
                 more = True
                 break
             out.append({"seq": r[0], "ts": r[1], "kind": r[2], "src": "runner" if r[3] == "r" else "daemon",

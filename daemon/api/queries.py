@@ -10,7 +10,7 @@ from labd.daemon.api.base import Request, register
 from labd.daemon.api.roles import agent_roles
 from labd.daemon.api.sessions import resolve_session
 from labd.runner.workflows.registry import BUILTINS, describe, resolve
-from labd.store.queries import MAX_PAGE
+from labd.store.queries import MAX_PAGE, MAX_PAGE_BYTES
 
 
 @register
@@ -33,10 +33,13 @@ class Events(Request):
         full = self.arg("full", bool, False, hint="true to inline blobs (complete LLM requests and responses)")
         node = self.arg("node", str, None, check=lambda s: 0 < len(s) <= 64, hint="a node id")
         agent = self.arg("agent", str, None, check=lambda s: 0 < len(s) <= 100, hint="an agent name")
+        # a client that returns a bounded amount (labd mcp: ~200,000 characters to a model) asks for about that much
+        max_bytes = self.arg("max_bytes", int, MAX_PAGE_BYTES, check=lambda n: 0 < n <= MAX_PAGE_BYTES,
+                             hint=f"1-{MAX_PAGE_BYTES}")
         row = resolve_session(self)
         nodes = self.daemon.store.subtree(row["id"], node) if node else None
         page = self.daemon.store.events_page(row["id"], since=since, limit=limit, kinds=kinds, full=full,
-                                             nodes=nodes, agent=agent)
+                                             nodes=nodes, agent=agent, max_bytes=max_bytes)
         return {"session": row["id"], "events": page["events"], "status": row["status"], "more": page["more"]}
 
 

@@ -113,7 +113,7 @@ def cmd_compare(args: argparse.Namespace, ctx: Ctx) -> int:
     return 0
 
 
-def _tree_lines(node: dict[str, Any], prefix: str, last: bool, top: bool, out: list[str], mark: str) -> None:
+def _label(node: dict[str, Any], mark: str) -> str:
     label = f"{node['id']}  {node['name']}  [{node['status']}]"
     if node.get("origin"):
         label += f"  {node['origin']}" + (f" from {node['branch_node']}" if node.get("branch_node") else "")
@@ -121,10 +121,26 @@ def _tree_lines(node: dict[str, Any], prefix: str, last: bool, top: bool, out: l
         label += f"  resumed {node['resumes']}x"
     if node["id"] == mark:
         label += "  <"
-    out.append(label if top else f"{prefix}{'`-- ' if last else '|-- '}{label}")
-    kids = node.get("children") or []
-    for i, k in enumerate(kids):
-        _tree_lines(k, "" if top else prefix + ("    " if last else "|   "), i == len(kids) - 1, False, out, mark)
+    return label
+
+
+def _tree_lines(root: dict[str, Any], mark: str) -> list[str]:
+    """The family tree as text lines, depth first, children in their order (``mark``: the session asked about).
+
+    Iterative, with an explicit stack: a chain of branches of branches is as deep as it is long, and recursion
+    raised RecursionError past ~1,000 generations."""
+    out = [_label(root, mark)]
+    stack: list[tuple[dict[str, Any], str, bool]] = []  # (node, its line's prefix, last of its parent's children)
+
+    def push(kids: list[dict[str, Any]], prefix: str) -> None:  # last child first, so that they pop in order
+        stack.extend((k, prefix, i == len(kids) - 1) for i, k in reversed(list(enumerate(kids))))
+
+    push(root.get("children") or [], "")  # the root's children start at the left margin
+    while stack:
+        node, prefix, last = stack.pop()
+        out.append(f"{prefix}{'`-- ' if last else '|-- '}{_label(node, mark)}")
+        push(node.get("children") or [], prefix + ("    " if last else "|   "))
+    return out
 
 
 def cmd_tree(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -132,9 +148,7 @@ def cmd_tree(args: argparse.Namespace, ctx: Ctx) -> int:
     if args.json:
         ctx.out.json(r)
         return 0
-    lines: list[str] = []
-    _tree_lines(r["tree"], "", True, True, lines, r["session"])
-    for line in lines:
+    for line in _tree_lines(r["tree"], r["session"]):
         ctx.out.line(line)
     return 0
 

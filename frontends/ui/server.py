@@ -8,8 +8,8 @@ another port would receive it (a link was enough), whereas ``localStorage`` belo
 and port) alone. The Host header must name the loopback address we serve (DNS rebinding), and a state-changing
 request must come from our own Origin. No page may frame ours (:data:`SECURITY_HEADERS`); a request body is read
 at most :data:`MAX_BODY` bytes. ``--open`` hands the browser a 0600 file that redirects, not the URL, so the token
-never sits on a command line other users can read. Raw signed IPC frames never reach the browser: the
-server speaks to the daemon, the page to it.
+never sits on a command line other users can read (:mod:`labd.frontends.ui.serve`, which runs this app). Raw
+signed IPC frames never reach the browser: the server speaks to the daemon, the page to it.
 
 Live updates: ``/api/sessions/{id}/stream?since=N`` is a Server-Sent Events stream of the session's events, each
 once and in seq order (resumable: the browser's ``Last-Event-ID`` is the last seq it saw). It follows the
@@ -34,16 +34,10 @@ import hmac
 import json
 import mimetypes
 import os
-import secrets
-import signal
-import socket
-import sys
-import threading
-import webbrowser
 from collections.abc import AsyncIterator, Callable
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -62,11 +56,14 @@ from labd.frontends.ui.live import DaemonWatch, follow_session
 from labd.ipc.client import Client, LabdError
 from labd.ipc.safe_files import open_beneath
 
-__all__ = ["build_app", "run"]
+__all__ = ["build_app"]
 
 STATIC = Path(__file__).parent / "static"
 T = TypeVar("T")
-MAX_DOWNLOAD = 64 * 1024 * 1024
+#: A download is sent in pieces of this many bytes, each read when the last one was handed to the connection (whose
+#: buffer holds back the next while the client is slow): the dashboard's memory per download is a piece or two,
+#: whatever the file's size. Until 2026-12-02 a file was read whole into memory first, and one over 64 MiB refused.
+DOWNLOAD_CHUNK = 256 * 1024
 #: A request body (start, resolve) larger than this is refused with 413 once that many bytes arrived, or at once
 #: when its Content-Length says so: it is never read whole into memory.
 MAX_BODY = 1_000_000
@@ -81,13 +78,6 @@ SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
 ]
-#: --open's redirect file is removed after this many seconds (or at exit, if sooner): long enough for a browser that
-#: is slow to start to read it, not the dashboard's whole life. For tests only, ``LABD_UI_OPEN_FILE_S`` in the
-#: environment of `labd ui` shortens it (a test cannot wait two minutes to see the file go).
-OPEN_FILE_S = 120.0
-#: On stop, requests still running after this many seconds are cancelled (a live stream ends within a fraction of a
-#: second: labd.frontends.ui.live.STOP_CHECK_S).
-SHUTDOWN_GRACE_S = 5
 
 
 def _field(body: dict[str, Any], key: str) -> str:
@@ -297,26 +287,42 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         if rel not in {f["path"] for f in reply["files"]}:
             return JSONResponse({"error": {"code": "not_found", "message": f"no file {rel!r}"}}, status_code=404)
 
-        def read() -> tuple[bytes, os.stat_result] | None:
+        def opened() -> tuple[BinaryIO, os.stat_result] | None:
             try:  # opened without following symlinks: nothing the session swaps in can lead outside its workdir
-                with open_beneath(Path(reply["workdir"]), rel) as f:
-                    st = os.fstat(f.fileno())
-                    return (f.read(MAX_DOWNLOAD), st) if st.st_size <= MAX_DOWNLOAD else None
+                f = open_beneath(Path(reply["workdir"]), rel)
             except OSError:
                 return None
+            return f, os.fstat(f.fileno())
 
-        got = await anyio.to_thread.run_sync(read)
+        got = await anyio.to_thread.run_sync(opened)
         if got is None:
-            return JSONResponse({"error": {"code": "not_found", "message": "file gone or too large"}},
-                                status_code=404)
-        data, st = got  # served from memory with FileResponse's headers (no Range: it would reopen the path)
+            return JSONResponse({"error": {"code": "not_found", "message": "file gone"}}, status_code=404)
+        f, st = got
+
+        async def pieces() -> AsyncIterator[bytes]:
+            """The file's first ``st_size`` bytes (its size when opened, as Content-Length says), from the fd opened
+            above: a growing file is sent as it was, one that shrank meanwhile ends short (its client sees the
+            length unmet), and no path is opened again."""
+            try:
+                left = st.st_size
+                while left > 0:
+                    piece = await anyio.to_thread.run_sync(f.read, min(DOWNLOAD_CHUNK, left))
+                    if not piece:
+                        return
+                    left -= len(piece)
+                    yield piece
+            finally:
+                f.close()
+
+        # FileResponse's headers, but not FileResponse (it reopens the path) and no Range (it would too)
         name = rel.rsplit("/", 1)[-1]
         quoted = quote(name)
         disposition = f'attachment; filename="{name}"' if quoted == name else f"attachment; filename*=utf-8''{quoted}"
         etag = hashlib.md5(f"{st.st_mtime}-{st.st_size}".encode(), usedforsecurity=False).hexdigest()
-        return Response(data, media_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
-                        headers={"content-disposition": disposition, "etag": f'"{etag}"',
-                                 "last-modified": formatdate(st.st_mtime, usegmt=True)})
+        return StreamingResponse(pieces(), media_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
+                                 headers={"content-disposition": disposition, "etag": f'"{etag}"',
+                                          "content-length": str(st.st_size),
+                                          "last-modified": formatdate(st.st_mtime, usegmt=True)})
 
     async def stream(request: Request) -> Response:
         if not allowed(request):
@@ -374,75 +380,3 @@ def build_app(home: str | None, token: str, port_ref: list[int],
 
     return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_SecurityHeaders)],
                      exception_handlers={HTTPException: http_error})
-
-
-def run(home: str | None, port: int = 0, open_browser: bool = False, token: str | None = None) -> int:
-    """Serve the dashboard on 127.0.0.1 until Ctrl-C; prints the URL (with its token) first."""
-    import uvicorn
-
-    token = token or secrets.token_urlsafe(24)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(("127.0.0.1", port))
-    except OSError as exc:
-        print(f"labd: cannot listen on 127.0.0.1:{port}: {exc.strerror}", file=sys.stderr)
-        return 2
-    except OverflowError:  # what bind() raises for a port out of range
-        print(f"labd: cannot listen on 127.0.0.1:{port}: a port is a number from 0 to 65535", file=sys.stderr)
-        return 2
-    sock.listen(128)  # before the URL is printed: a client that connects at once waits in the backlog
-    port_ref = [sock.getsockname()[1]]
-    url = f"http://127.0.0.1:{port_ref[0]}/#token={token}"
-    print(f"labd ui: {url}", flush=True)
-    print("  (Ctrl-C stops the dashboard; sessions keep running)", flush=True)
-    # access_log off: a request line of the old ?token= form would carry the token
-    # An open page streams until its session ends (days): the streams end when the server stops (``stopping``),
-    # and the grace period is the backstop for a request still waiting on the daemon
-    config = uvicorn.Config(build_app(home, token, port_ref, lambda: server.should_exit), log_level="warning",
-                            access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
-    server = uvicorn.Server(config)
-    stopped_by: list[int] = []
-
-    def stop(signum: int, _frame: Any) -> None:
-        # Only ask the server to stop: raising from a handler (SystemExit) would leave at whatever line the loop
-        # was on, perhaps with a lock held. Replaces SIGTERM's default action, which would end us before the
-        # cleanup below; uvicorn takes the signal itself while it serves and raises it again on its way out.
-        stopped_by.append(signum)
-        server.should_exit = True
-
-    signal.signal(signal.SIGTERM, stop)  # before the browser starts: a stop meanwhile still removes its file
-    opener = _open_browser(url) if open_browser else None
-    try:
-        server.run(sockets=[sock])
-    finally:
-        if opener is not None:
-            opener.unlink(missing_ok=True)
-    return 128 + stopped_by[0] if stopped_by else 0
-
-
-def _open_browser(url: str) -> Path:
-    """Open ``url`` in a browser through a 0600 file that redirects to it (as jupyter_server does): a browser's
-    command line is readable by every local user, the file only by us. Returns the file (removed at exit)."""
-    import tempfile
-
-    fd, name = tempfile.mkstemp(prefix="labd-ui-", suffix=".html")  # 0600, in the user's temp directory
-    page = (f'<!doctype html><meta charset="utf-8"><title>labd</title>'
-            f'<script>location.replace({json.dumps(url)})</script><a href="{url}">open the labd dashboard</a>')
-    with open(fd, "w") as f:
-        f.write(page)
-    webbrowser.open(Path(name).as_uri())
-    # the browser reads it once, at its start: it is not left behind for the dashboard's whole life either
-    remover = threading.Timer(_open_file_s(), Path(name).unlink, kwargs={"missing_ok": True})
-    remover.daemon = True  # never what keeps the process alive
-    remover.start()
-    return Path(name)
-
-
-def _open_file_s() -> float:
-    """:data:`OPEN_FILE_S`, or the test override ``LABD_UI_OPEN_FILE_S`` when it is a number (seconds; it only
-    shortens the delay)."""
-    try:
-        return max(0.0, min(OPEN_FILE_S, float(os.environ["LABD_UI_OPEN_FILE_S"])))
-    except (KeyError, ValueError):
-        return OPEN_FILE_S

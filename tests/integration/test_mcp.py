@@ -497,3 +497,84 @@ def test_a_tool_result_too_large_for_a_model_is_a_tool_error(shared_daemon, monk
     result = _call(build_server(shared_daemon.home), "list_workflows")
     assert result.is_error
     assert "[result_too_large]" in result.content[0].text
+
+
+MANY_FLOWS = """
+import sys
+
+
+def many(ctx):
+    for i in range(1000):  # small events: a call returns hundreds of them
+        ctx.emit("tick", {"i": i})
+    for i in range(200):  # 8 MB of events of 40 KB: a call returns ~5
+        ctx.emit("blob", {"i": i, "text": "b" * 40_000})
+    for _ in range(200):  # 8 MB of output
+        sys.stdout.write("o" * 40_000)
+        sys.stdout.flush()
+    return "done"
+"""
+
+
+def test_a_tool_reads_from_the_daemon_about_what_it_returns(shared_daemon, tmp_path, monkeypatch) -> None:
+    """read_events and read_output ask the daemon for pages sized to what they return (~200,000 characters), not
+    for a whole daemon page: paging through 8 MB of 40 KB events and 8 MB of output, no call receives more than
+    twice its bound from the daemon, and paging still yields every event once. Before, a read_events call with its
+    default limit (200) received 200 events of 40 KB (8 MB) to return 5, and read_output a whole page (~8 MB)."""
+    from labd.ipc.client import Client
+
+    bound = 200_000  # mcp.MAX_EVENTS_JSON and MAX_TEXT
+    flows = tmp_path / "manyflows.py"
+    flows.write_text(MANY_FLOWS)
+    with shared_daemon.client() as lc:
+        sid = lc.start(f"{flows}:many")
+        assert lc.wait(sid, timeout=120)["status"] == "completed"
+        stored = list(lc.history(sid))
+        output = "".join(e["payload"]["text"] for e in lc.history(sid, kinds=["output"]))
+        # the protocol's `max_bytes` (what the tools use): a page of about that many bytes, at least one event
+        before_big = next(e["seq"] for e in stored if len(json.dumps(e)) > 40_000) - 1
+        big = lc.events(sid, since=before_big, max_bytes=100_000)
+        assert [len(big["events"]), big["more"]] == [2, True]
+        assert len(lc.events(sid, since=before_big, max_bytes=1)["events"]) == 1
+        with pytest.raises(LabdError) as refused:
+            lc.events(sid, max_bytes=0)
+        assert refused.value.code == "bad_request"
+    received: list[int] = []  # bytes of JSON the server's client received from the daemon, per events.query
+    real_events = Client.events
+
+    def counted(self: Client, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        page = real_events(self, *args, **kwargs)
+        received.append(len(json.dumps(page)))
+        return page
+
+    monkeypatch.setattr(Client, "events", counted)
+    server = build_server(shared_daemon.home)
+
+    async def go() -> tuple[list[dict[str, Any]], str, list[int], list[int]]:
+        per_events_call: list[int] = []
+        per_output_call: list[int] = []
+        async with McpClient(server) as c:
+            events, since = [], 0
+            while True:
+                before = len(received)
+                page = _data(await c.call_tool("read_events", {"session": sid, "since": since}))
+                per_events_call.append(sum(received[before:]))
+                events += page["events"]
+                since = page["events"][-1]["seq"] if page["events"] else since
+                if not page["more"]:
+                    break
+            text, since = "", 0
+            while True:
+                before = len(received)
+                out = _data(await c.call_tool("read_output", {"session": sid, "since": since}))
+                per_output_call.append(sum(received[before:]))
+                text += out["text"]
+                since = out["next_since"]
+                if not out["more"]:
+                    break
+        return events, text, per_events_call, per_output_call
+
+    events, text, per_events_call, per_output_call = anyio.run(go)
+    assert [e["seq"] for e in events] == [e["seq"] for e in stored], "paging skipped or repeated events"
+    assert text == output, "output paged whole"
+    assert max(per_events_call) <= 2 * bound, f"read_events received {max(per_events_call):,} bytes in one call"
+    assert max(per_output_call) <= 2 * bound, f"read_output received {max(per_output_call):,} bytes in one call"

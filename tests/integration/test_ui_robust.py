@@ -205,7 +205,7 @@ def test_run_with_a_port_out_of_range_says_so_in_one_line(isolated_env: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """:func:`labd.frontends.ui.run` itself (for callers other than the CLI) turns bind()'s OverflowError into
     the one-line ``labd: cannot listen`` error and 2, as it does for a port in use."""
-    from labd.frontends.ui.server import run
+    from labd.frontends.ui.serve import run
 
     assert run(str(isolated_env), port=70000) == 2
     err = capsys.readouterr().err
@@ -278,7 +278,7 @@ def test_stop_with_the_daemon_stuck_is_prompt_and_quiet(daemon, ui: Ui) -> None:
     grace period, with no traceback; a request cut off by the stop gets a JSON 503. Before, uvicorn cancelled
     them after the grace period with a CancelledError traceback and a plain-text 500 each, then the process
     waited for the blocked worker threads (~14 s in all)."""
-    from labd.frontends.ui.server import SHUTDOWN_GRACE_S
+    from labd.frontends.ui.serve import SHUTDOWN_GRACE_S
 
     with daemon.client() as c:
         sid = c.start("demo.sleep", params={"seconds": 600})
