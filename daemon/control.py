@@ -14,7 +14,7 @@ from labd.daemon.checks import Check, CheckFlow, Checks
 from labd.daemon.reads import Read, Reads
 from labd.daemon.reply_budget import ReplyBudget
 from labd.ipc.parts import max_reply, split_reply
-from labd.ipc.wire import DEFAULT_MAX_MESSAGE, OversizedFrame, WireError, nesting_ok
+from labd.ipc.wire import DEFAULT_MAX_MESSAGE, OversizedFrame, PayloadError, WireError, nesting_ok
 
 if TYPE_CHECKING:
     from labd.daemon.api.start import PendingStart
@@ -78,7 +78,13 @@ class ControlPlane:
         else:
             body = {"ok": True, "result": result}
         in_parts = self._parts_ok.pop(req_id, ...) is None
-        frames = self.codec.pack("reply", body, re=req_id)
+        try:
+            frames = self.codec.pack("reply", body, re=req_id)
+        except PayloadError as exc:  # nested deeper than JSON readers take: an answer, never the loop's end
+            self.counters["control.reply_unencodable"] = self.counters.get("control.reply_unencodable", 0) + 1
+            body = {"ok": False, "error": {"code": "reply_unencodable", "message": f"the reply cannot be sent: {exc}",
+                                           "details": {}}}
+            frames = self.codec.pack("reply", body, re=req_id)
         # the client would drop it unread and time out: say why instead (a client's limit is the default one
         # unless it was raised, whatever the daemon's own)
         limit = min(self.codec.max_message, DEFAULT_MAX_MESSAGE)

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from labd.ipc.family import nest_family
 from labd.runner.replay import approval_digest, last_input, request_digest
 from labd.store.attempts import superseded_nodes
 from labd.store.checkpoints import checkpoints
@@ -153,10 +154,17 @@ class _Seed:
                                    "input": str(p["prompt"])[-300:]})
 
 
+#: generations below the root a ``sessions.tree`` reply nests (two JSON levels each; JSON readers stop at 255 levels):
+#: a deeper family comes as a flat ``members`` list, each naming its parent
+MAX_TREE_DEPTH = 100
+
+
 def family(store: Any, sid: str) -> dict[str, Any]:
     """The tree of ``sid``'s family: its root ancestor and every descendant (branches, replays, skill runs),
     each node ``{id, name, status, origin, branch_node, parent_id, created_at, resumes, children}``;
-    ``resumes`` counts the times a session went back to running after it had ended (same session)."""
+    ``resumes`` counts the times a session went back to running after it had ended (same session). ``depth``: the
+    generations below the root; past :data:`MAX_TREE_DEPTH` ``tree`` is None and ``members`` lists the family flat,
+    oldest first (:func:`labd.ipc.family.nest_family` makes the tree of it)."""
     cols = (sessions.c.id, sessions.c.name, sessions.c.status, sessions.c.origin, sessions.c.branch_node,
             sessions.c.parent_id, sessions.c.created_at, sessions.c.workflow, sessions.c.cost)
     with store.engine.connect() as conn:
@@ -176,6 +184,7 @@ def family(store: Any, sid: str) -> dict[str, Any]:
             root = up
         members = {root["id"]: root}
         frontier = [root["id"]]
+        depth = 0  # generations below the root
         while frontier:
             kids = conn.execute(select(*cols).where(sessions.c.parent_id.in_(frontier))
                                 .order_by(sessions.c.created_at)).mappings().all()
@@ -184,6 +193,7 @@ def family(store: Any, sid: str) -> dict[str, Any]:
                 if k["id"] not in members:
                     members[k["id"]] = dict(k)
                     frontier.append(k["id"])
+            depth += bool(frontier)
         ended = ("completed", "failed", "cancelled", "lost")
         resumes = dict(conn.execute(
             select(state_history.c.session_id, func.count())
@@ -192,9 +202,8 @@ def family(store: Any, sid: str) -> dict[str, Any]:
             .group_by(state_history.c.session_id)).all())
     for m in members.values():
         m["resumes"] = int(resumes.get(m["id"], 0))
-        m["children"] = []
-    for m in sorted(members.values(), key=lambda m: m["created_at"]):
-        parent = members.get(m["parent_id"]) if m["parent_id"] else None
-        if parent is not None and m["id"] != root["id"]:
-            parent["children"].append(m)
-    return {"session": sid, "root": root["id"], "tree": members[root["id"]], "size": len(members)}
+    flat = sorted(members.values(), key=lambda m: m["created_at"])
+    out = {"session": sid, "root": root["id"], "size": len(members), "depth": depth}
+    if depth > MAX_TREE_DEPTH:  # too deep to nest in a reply: the members, each naming its parent
+        return {**out, "tree": None, "members": flat}
+    return {**out, "tree": nest_family(flat, root["id"])}

@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, add_json, command, last_line
+from labd.ipc.family import family_tree
 
 __all__ = ["register"]
 
@@ -148,7 +149,7 @@ def cmd_tree(args: argparse.Namespace, ctx: Ctx) -> int:
     if args.json:
         ctx.out.json(r)
         return 0
-    for line in _tree_lines(r["tree"], r["session"]):
+    for line in _tree_lines(family_tree(r), r["session"]):  # nested, or flat for a family too deep to nest
         ctx.out.line(line)
     return 0
 
