@@ -31,6 +31,7 @@ __all__ = ["children_first", "Store", "MAX_PAGE", "rollup", "COST_GROUPS"]
 
 MAX_PAGE = 5000
 MAX_PAGE_BYTES = 8 * 1024 * 1024  # keeps a page well under the 16 MiB message limit
+READ_ROWS = 32  # event rows read from the database at a time while a page is filled (it stops at the page's bytes)
 ID_CHUNK = 500  # session ids per IN (...) list: well under SQLite's bound on parameters
 #: the longest ``options`` JSON a valid approval request has (every character of every option a \uXXXX escape);
 #: a longer one (recorded before the bounds, 2026-12-02) is left out of a ``bound`` read of approvals
@@ -202,21 +203,31 @@ class Store(CostQueries):
             # payloads are stored as compact JSON (orjson), so the field appears exactly like this
             q = q.where(events.c.payload.contains('"agent":' + orjson.dumps(agent).decode(), autoescape=True))
         out: list[dict[str, Any]] = []
-        size = 0
+        size = taken = 0
         more = False
-        with self.engine.connect() as conn:
-            rows = conn.execute(q).all()
-            if full:
-                payloads = inline(conn, [orjson.loads(r[6]) for r in rows])
-        for i, r in enumerate(rows):
-            size += (len(orjson.dumps(payloads[i])) if full else len(r[6])) + 100
-            if out and size > max_bytes:
-                more = True
-                break
-            out.append({"seq": r[0], "ts": r[1], "kind": r[2], "src": "runner" if r[3] == "r" else "daemon",
-                        "node_id": r[4], "parent": r[5], "payload": payloads[i] if full else orjson.loads(r[6]),
-                        "src_seq": r[7]})
-        return {"events": out, "more": more or len(rows) == limit}
+        # Rows are read a few at a time and no further than the page's bytes: a page of `limit` large events (a
+        # workflow's custom events can be megabytes each) read whole first made one request hold gigabytes
+        with self.engine.connect().execution_options(stream_results=True, max_row_buffer=READ_ROWS) as conn:
+            result = conn.execute(q)
+            try:
+                while not more:
+                    rows = result.fetchmany(READ_ROWS)
+                    if not rows:
+                        break
+                    taken += len(rows)
+                    payloads = inline(conn, [orjson.loads(r[6]) for r in rows]) if full else None
+                    for i, r in enumerate(rows):
+                        size += (len(orjson.dumps(payloads[i])) if payloads is not None else len(r[6])) + 100
+                        if out and size > max_bytes:
+                            more = True
+                            break
+                        out.append({"seq": r[0], "ts": r[1], "kind": r[2], "src": "runner" if r[3] == "r" else "daemon",
+                                    "node_id": r[4], "parent": r[5],
+                                    "payload": payloads[i] if payloads is not None else orjson.loads(r[6]),
+                                    "src_seq": r[7]})
+            finally:
+                result.close()
+        return {"events": out, "more": more or taken == limit}
 
     def steps(self, session_id: str) -> list[dict[str, Any]]:
         """DAG nodes in start order, each with its LLM roll-up: ``calls``, ``prompt_tokens``,
