@@ -23,7 +23,8 @@ object's size; a chunked file's chunks not stored yet, by their length, and its 
 that fits the bound by its size is copied as it is read; one that does not (a log grown past the cap, most of its
 chunks stored already) is read through first, counting what it adds (:class:`OverCap` as soon as that passes the
 bound: nothing is written), and only then are its new chunks read again (each checked against the digest the first
-read gave) and written: a file rewritten entirely costs at most the bound's reading, never its writing.
+read gave) and written: a file rewritten entirely costs at most the bound's reading, never its writing. A file copied
+whole (small by its ``fstat``) stops at the bound as well: emptied after the open and written back, it is not small.
 """
 
 from __future__ import annotations
@@ -245,7 +246,9 @@ class ObjectStore:
             if self.new_limit is not None and size > self.new_limit:
                 raise OverCap(size)
             tmp = self._tmp()
-            digest, written = _copy_hashed(Source(fi), tmp, self.limit)
+            # at most what it may add, too: emptied after the fstat and written back, it would pass new_limit
+            bound = min((b for b in (self.limit, self.new_limit) if b is not None), default=None)
+            digest, written = _copy_hashed(Source(fi), tmp, bound)
         if digest != expected:  # rewritten or replaced since the scan: never an object under another digest
             tmp.unlink()
             raise SourceChanged("changed", "its content is not what its scan hashed")

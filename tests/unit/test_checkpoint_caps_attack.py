@@ -1,0 +1,92 @@
+"""Attacks on the checkpoint caps of what a file adds (runner/objects.ObjectStore.put_file, new_limit): the session's
+own code runs in the runner's process and can change a file between its scan, the store's ``fstat`` of it and its
+read. Found by the review of 2026-12-02."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import labd.runner.checkpoint_store as checkpoint_store
+import labd.runner.objects as objects
+from labd.runner.checkpoint import ObjectStore
+from labd.runner.checkpoint_store import SessionBudget, store_files
+from labd.runner.files import FileTracker
+from labd.runner.objsource import Source
+
+_MIB = 1 << 20
+
+
+def _shrunk_at_open(monkeypatch: pytest.MonkeyPatch, path: Path, data: bytes) -> None:
+    """Make ``path`` empty just after the store opens it (so its ``fstat`` says 0 bytes) and hold ``data`` again when
+    the store first reads it: the race a thread of the session can win."""
+    real_open, state = objects.open_source, {"armed": False}
+
+    def open_then_truncate(src: Path, within: Any) -> int:
+        fd = real_open(src, within)
+        if Path(src) == path:
+            os.truncate(path, 0)
+            state["armed"] = True
+        return fd
+
+    class RestoredOnRead(Source):
+        def read(self, n: int) -> bytes:
+            if state["armed"]:
+                state["armed"] = False
+                with open(path, "r+b") as f:
+                    f.write(data)
+            return super().read(n)
+
+    monkeypatch.setattr(objects, "open_source", open_then_truncate)
+    monkeypatch.setattr(objects, "Source", RestoredOnRead)
+
+
+def test_a_file_shrunk_at_open_and_restored_cannot_pass_the_file_cap(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 12 MiB file of new content under a 6 MiB per-file cap is left out (it would add 12 MiB). When the session
+    empties it right after the store opens it and writes it back before the first read, the store sees a small file
+    (``fstat``: 0 bytes) and copies it whole: that copy must still stop at what the file may add, so nothing over the
+    cap is written and the file is left out. Before, the whole copy was bounded only by the scan's size: 12 MiB were
+    stored past the 6 MiB cap (and ``give_back`` got a negative amount)."""
+    monkeypatch.setattr(checkpoint_store, "MAX_FILE_BYTES", 6 * _MIB)
+    root = tmp_path / "w"
+    root.mkdir()
+    big = root / "big.bin"
+    data = os.urandom(12 * _MIB)
+    big.write_bytes(data)
+    tracker = FileTracker(root, lambda *a, **k: 0)
+    tracker.scan(None)
+    store = ObjectStore(tmp_path / "objects")
+    _shrunk_at_open(monkeypatch, big, data)
+    got = store_files(store, root, tracker.seen, {})
+    assert got.new_bytes <= 6 * _MIB, got
+    assert "big.bin" not in got.manifest and [why for _p, _s, why in got.left_out] == ["changed"], got.left_out
+    assert not store.has(hashlib.sha256(data).hexdigest())
+
+
+def test_a_file_shrunk_at_open_and_restored_cannot_pass_the_session_cap(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same race with a session budget of 2 MiB left: the file (8 MiB) is not stored, and the budget's count is
+    back where it was (no reservation kept, none given back twice). Before, 8 MiB were stored against 2 MiB left and
+    the budget counted 6 MiB over its cap."""
+    monkeypatch.setattr(checkpoint_store, "MAX_SESSION_BYTES", 10 * _MIB)
+    root = tmp_path / "w"
+    root.mkdir()
+    big = root / "big.bin"
+    data = os.urandom(8 * _MIB)
+    big.write_bytes(data)
+    tracker = FileTracker(root, lambda *a, **k: 0)
+    tracker.scan(None)
+    objects_dir = tmp_path / "objects"
+    store = ObjectStore(objects_dir)
+    store.put_bytes(os.urandom(8 * _MIB))  # the session's objects so far: 2 MiB left
+    budget = SessionBudget(objects_dir)
+    used = budget.used
+    _shrunk_at_open(monkeypatch, big, data)
+    got = store_files(store, root, tracker.seen, {}, budget)
+    assert got.new_bytes == 0 and "big.bin" not in got.manifest, got
+    assert budget.used == used
