@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 from labd.runner.checkpoint import ObjectStore, SourceChanged, TooLarge
 from labd.runner.names import display, manifest_key
-from labd.runner.objects import CHUNKED_FROM, OverCap, index_bytes
+from labd.runner.objects import CHUNKED_FROM, OverCap, index_bytes, index_least
 from labd.runner.workfs import WorkDir
 
 __all__ = ["MAX_FILE_BYTES", "MAX_NEW_BYTES", "MAX_SESSION_BYTES", "SessionBudget", "Stored", "store_files"]
@@ -150,7 +150,7 @@ def store_files(objects: ObjectStore, root: Path, seen: dict[str, tuple[int, int
                 continue
             # a whole object adds its size; a file in chunks, its chunks not stored yet (known once read) and its index
             whole = size < CHUNKED_FROM
-            needs = size if whole else 1  # the least it adds
+            needs = size if whole else index_least(size)  # the least it adds (a file in chunks: its index)
             checkpoint_room = MAX_NEW_BYTES - new_bytes
             room = min(size if whole else size + index_bytes(size), MAX_FILE_BYTES, checkpoint_room)
             if room < needs:

@@ -42,7 +42,7 @@ from labd.runner.objsource import OverCap, Source, SourceChanged, TooLarge, open
 from labd.runner.workfs import WorkDir
 
 __all__ = ["ObjectStore", "DamagedObject", "TooLarge", "OverCap", "SourceChanged", "copy_stream", "CHUNK_BYTES",
-           "CHUNKED_FROM", "index_bytes"]
+           "CHUNKED_FROM", "index_bytes", "index_least"]
 
 _BLOCK = 1 << 20
 _ZEROS = bytes(_BLOCK)
@@ -57,6 +57,12 @@ def index_bytes(size: int) -> int:
     """At most how many bytes the chunk index of a file of ``size`` bytes takes (a quoted digest and a comma per
     chunk, and the rest of the JSON)."""
     return -(-size // CHUNK_BYTES) * 67 + 64
+
+
+def index_least(size: int) -> int:
+    """At least how many bytes the chunk index of a file of ``size`` bytes takes (its JSON with a one-digit size): what
+    storing such a file adds even when every chunk of it is stored."""
+    return -(-size // CHUNK_BYTES) * 67 + 37
 
 
 class DamagedObject(OSError):

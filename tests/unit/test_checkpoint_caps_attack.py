@@ -90,3 +90,33 @@ def test_a_file_shrunk_at_open_and_restored_cannot_pass_the_session_cap(tmp_path
     got = store_files(store, root, tracker.seen, {}, budget)
     assert got.new_bytes == 0 and "big.bin" not in got.manifest, got
     assert budget.used == used
+
+
+def test_a_big_file_is_not_read_when_its_index_alone_does_not_fit(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file stored in chunks adds at least its index (~67 bytes a chunk), whatever chunks are stored: with less than
+    that left in the session's budget, a 64 MiB log grown by a line (all but its last chunk stored) is left out
+    (``session_cap``) without being opened, and the budget's count is unchanged. Before, anything over one byte left
+    let it be read whole (a log of 100 GiB: 100 GiB read at every step) only to be left out at its last chunk."""
+    root = tmp_path / "w"
+    root.mkdir()
+    log = root / "train.log"
+    data = os.urandom(64 * _MIB)
+    log.write_bytes(data)
+    tracker = FileTracker(root, lambda *a, **k: 0)
+    tracker.scan(None)
+    objects_dir = tmp_path / "objects"
+    store = ObjectStore(objects_dir)
+    assert store_files(store, root, tracker.seen, {}).left_out == []
+    with open(log, "ab") as f:
+        f.write(b"one more line\n")
+    tracker.scan(None)
+    budget = SessionBudget(objects_dir)
+    monkeypatch.setattr(checkpoint_store, "MAX_SESSION_BYTES", budget.used + 1000)  # under the index's 64 * 67 bytes
+    opened: list[Path] = []
+    real_open = objects.open_source
+    monkeypatch.setattr(objects, "open_source", lambda src, within: opened.append(src) or real_open(src, within))
+    used = budget.used
+    got = store_files(store, root, tracker.seen, {}, budget)
+    assert got.left_out == [("train.log", 64 * _MIB + 14, "session_cap")] and opened == [], (got, opened)
+    assert budget.used == used
