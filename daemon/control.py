@@ -14,7 +14,7 @@ from labd.daemon.checks import Check, CheckFlow, Checks
 from labd.daemon.reads import Read, Reads
 from labd.daemon.reply_budget import ReplyBudget
 from labd.ipc.parts import max_reply, split_reply
-from labd.ipc.wire import DEFAULT_MAX_MESSAGE, OversizedFrame, PayloadError, WireError, nesting_ok
+from labd.ipc.wire import DEFAULT_MAX_MESSAGE, OversizedFrame, PayloadError, WireError, cut_deep, nesting_ok
 
 if TYPE_CHECKING:
     from labd.daemon.api.start import PendingStart
@@ -23,6 +23,9 @@ __all__ = ["ControlPlane", "MAX_REQUEST_DEPTH"]
 
 #: a request body may nest this deep: what it carries into events (params) must stay encodable
 MAX_REQUEST_DEPTH = 200
+#: a reply nested deeper than JSON readers take has its containers past this many levels replaced by
+#: ``{"unsent": why}`` (the reply envelope's own levels and the codec's included: well under 255)
+REPLY_DEPTH = 240
 #: requests not yet answered whose clients take replies in parts, remembered up to this many (the oldest go first:
 #: such a request's reply is refused ``reply_too_large`` if it is over one message, as for any other client)
 MAX_PARTS_PENDING = 10_000
@@ -80,11 +83,18 @@ class ControlPlane:
         in_parts = self._parts_ok.pop(req_id, ...) is None
         try:
             frames = self.codec.pack("reply", body, re=req_id)
-        except PayloadError as exc:  # nested deeper than JSON readers take: an answer, never the loop's end
-            self.counters["control.reply_unencodable"] = self.counters.get("control.reply_unencodable", 0) + 1
-            body = {"ok": False, "error": {"code": "reply_unencodable", "message": f"the reply cannot be sent: {exc}",
-                                           "details": {}}}
-            frames = self.codec.pack("reply", body, re=req_id)
+        except PayloadError:  # nested deeper than JSON readers take: an answer, never the loop's end
+            # what the store took (an event's data, an approval's context) nests up to ~253 levels, and a reply
+            # carries it a few levels down: those values are cut, not the reply (approvals.list of every session)
+            self.counters["control.reply_cut"] = self.counters.get("control.reply_cut", 0) + 1
+            body = cut_deep(body, REPLY_DEPTH, f"nested deeper than {REPLY_DEPTH} levels in the reply: not sent")
+            try:
+                frames = self.codec.pack("reply", body, re=req_id)
+            except PayloadError as exc:
+                self.counters["control.reply_unencodable"] = self.counters.get("control.reply_unencodable", 0) + 1
+                body = {"ok": False, "error": {"code": "reply_unencodable",
+                                               "message": f"the reply cannot be sent: {exc}", "details": {}}}
+                frames = self.codec.pack("reply", body, re=req_id)
         # the client would drop it unread and time out: say why instead (a client's limit is the default one
         # unless it was raised, whatever the daemon's own)
         limit = min(self.codec.max_message, DEFAULT_MAX_MESSAGE)

@@ -25,6 +25,7 @@ from labd.ipc.signing import ReplayError, ReplayGuard, SignatureError, Signer
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "cut_deep",
     "DEFAULT_MAX_MESSAGE",
     "Message",
     "WireError",
@@ -88,6 +89,29 @@ def nesting_ok(obj: Any, limit: int = MAX_DEPTH) -> bool:
             return False
         stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
     return True
+
+
+def cut_deep(obj: Any, limit: int, why: str) -> Any:
+    """A copy of ``obj`` (dicts, lists, tuples) with each container nested deeper than ``limit`` levels replaced by
+    ``{"unsent": why}``; iterative (no recursion limit). What is not cut is the same objects, in the same order."""
+    box: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any, int]] = [(obj, box, 0, 1)]
+    while stack:
+        value, parent, key, depth = stack.pop()
+        if not isinstance(value, dict | list | tuple):
+            parent[key] = value
+            continue
+        if depth > limit:
+            parent[key] = {"unsent": why}
+            continue
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        new: Any = {} if isinstance(value, dict) else [None] * len(value)
+        parent[key] = new
+        for k, v in items:
+            new[k] = v
+            if isinstance(v, dict | list | tuple):
+                stack.append((v, new, k, depth + 1))
+    return box[0]
 
 
 def non_finite(obj: Any) -> tuple[str, float] | None:
