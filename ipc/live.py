@@ -28,9 +28,12 @@ __all__ = ["LIVE_RCVHWM", "WIRE_FIELDS", "decode_live", "event_from_wire", "live
 
 #: Live messages a follower's SUB socket holds while its reader does not read (an SDK ``follow`` whose caller
 #: stopped iterating, a busy ``labd top``, a frozen dashboard tab): past this many ZeroMQ drops the newest, and
-#: the follower fills the gap from the store when it reads again, as after any drop of the tail. A message is at
-#: most ~512 KiB (the daemon's ``PUB_CHUNK_BYTES`` run form), so a stalled follower holds at most ~32 MiB. It was
-#: 100,000 messages (tens of GiB): a follower that stopped reading held everything the session printed meanwhile.
+#: the follower fills the gap from the store when it reads again, as after any drop of the tail. A message is
+#: usually at most ~512 KiB (a run; per-event messages end past the daemon's ``PUB_CHUNK_BYTES``), so a stalled
+#: follower usually holds at most ~32 MiB; but one event larger than that is a message of its own (up to the 16 MiB
+#: message limit: a workflow's custom event of megabytes), and the mark counts messages, not bytes: up to 64 times the
+#: session's largest event (~1 GiB at worst). It was 100,000 messages (tens of GiB): a follower that stopped reading
+#: held everything the session printed meanwhile.
 LIVE_RCVHWM = 64
 
 WIRE_FIELDS = ("seq", "ts", "kind", "src", "node_id", "parent", "payload", "src_seq")
