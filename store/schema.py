@@ -6,7 +6,7 @@ throughput (DESIGN.md §9) and ingest already has the encoded bytes.
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, false
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, false
 
 __all__ = ["metadata", "sessions", "events", "steps", "state_history", "dag_edges", "cost_records", "files",
            "approvals", "skills", "blobs", "blob_refs", "idempotency_keys", "IDEMPOTENCY_RETENTION"]
@@ -33,11 +33,11 @@ sessions = Table(
     Column("created_at", Float, nullable=False),
     Column("started_at", Float),
     Column("ended_at", Float),
-    Column("last_seq", Integer, nullable=False, default=0),
-    Column("runner_seq", Integer, nullable=False, default=0),  # last runner src_seq committed
-    Column("peak_rss", Integer, nullable=False, default=0),
+    Column("last_seq", BigInteger, nullable=False, default=0),
+    Column("runner_seq", BigInteger, nullable=False, default=0),  # last runner src_seq committed
+    Column("peak_rss", BigInteger, nullable=False, default=0),
     Column("peak_cpu_percent", Float, nullable=False, default=0.0),
-    Column("rejected_events", Integer, nullable=False, default=0),
+    Column("rejected_events", BigInteger, nullable=False, default=0),
     Column("cost", Float, nullable=False, default=0.0),
     # what finalize() needs after a daemon restart (see store.projections.finalize)
     Column("outcome_error", Text),
@@ -58,13 +58,13 @@ events = Table(
     "events",
     metadata,
     Column("session_id", String(32), primary_key=True),
-    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("ts", Float, nullable=False),
     Column("kind", String(64), nullable=False),
     Column("src", String(1), nullable=False),  # 'r' runner, 'd' daemon
-    Column("src_seq", Integer, nullable=False),
+    Column("src_seq", BigInteger, nullable=False),
     Column("node_id", String(64)),
-    Column("parent", Integer),
+    Column("parent", BigInteger),
     Column("payload", Text, nullable=False),
     sqlite_with_rowid=False,
 )
@@ -80,7 +80,7 @@ steps = Table(
     Column("ended_at", Float),
     Column("duration", Float),
     Column("error", Text),
-    Column("start_seq", Integer),
+    Column("start_seq", BigInteger),
     Column("kind", String(20), nullable=False, default="step"),  # phase | step | agent
     Column("parent_node", String(64)),
     Column("agent", String(100)),
@@ -92,7 +92,7 @@ state_history = Table(
     "state_history",
     metadata,
     Column("session_id", String(32), primary_key=True),
-    Column("seq", Integer, primary_key=True, autoincrement=False),  # the event that caused it
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),  # the event that caused it
     Column("ts", Float, nullable=False),
     Column("from_status", String(20)),
     Column("to_status", String(20), nullable=False),
@@ -114,7 +114,7 @@ cost_records = Table(
     "cost_records",
     metadata,
     Column("session_id", String(32), primary_key=True),
-    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("ts", Float, nullable=False),
     Column("node_id", String(64)),
     Column("agent", String(100)),
@@ -129,11 +129,11 @@ files = Table(
     "files",
     metadata,
     Column("session_id", String(32), primary_key=True),
-    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("path", Text, nullable=False),
     Column("change", String(10), nullable=False),  # created | changed | deleted
     Column("sha256", String(64), nullable=False),
-    Column("size", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
     Column("kind", String(20), nullable=False),
     Column("node_id", String(64)),
     Column("agent", String(100)),
@@ -187,7 +187,7 @@ blobs = Table(
     "blobs",
     metadata,
     Column("sha256", String(64), primary_key=True),
-    Column("size", Integer, nullable=False),  # bytes of UTF-8
+    Column("size", BigInteger, nullable=False),  # bytes of UTF-8
     Column("data", Text, nullable=False),
     Column("created_at", Float, nullable=False),
 )
@@ -198,7 +198,7 @@ blob_refs = Table(
     metadata,
     Column("session_id", String(32), primary_key=True),
     Column("sha256", String(64), primary_key=True),
-    Column("first_seq", Integer, nullable=False),  # the event that brought it
+    Column("first_seq", BigInteger, nullable=False),  # the event that brought it
 )
 Index("ix_blob_refs_sha256", blob_refs.c.sha256)
 
