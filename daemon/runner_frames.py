@@ -24,7 +24,7 @@ import orjson
 from labd.daemon.ingest_batch import LIVE_OVERHEAD, PUB_CHUNK_BYTES, Batch, Fragment, LiveEvents, LiveRun
 from labd.daemon.outputcap import CAPPED, OutputCaps
 from labd.daemon.recordcap import RecordCaps
-from labd.ipc.events import APPROVALS_PENDING_MAX, DAEMON_KINDS, EventError, quick_valid, validate
+from labd.ipc.events import APPROVALS_PENDING_MAX, DAEMON_KINDS, NODE_ID_MAX, EventError, quick_valid, validate
 from labd.ipc.signing import derive_key
 from labd.ipc.wire import ACK_TAIL, Codec, Message, WireError
 from labd.store.projections import SessionCursor
@@ -256,7 +256,7 @@ class RunnerFrames:
                 # inline (the commonest kind in bulk); the others by quick_valid.
                 if fast and parent is None and ts.__class__ is float and (
                         (kind == "custom" and payload.__class__ is dict and payload.get("name").__class__ is str
-                         and (node_id is None or node_id.__class__ is str))
+                         and (node_id is None or (node_id.__class__ is str and len(node_id) <= NODE_ID_MAX)))
                         or quick_valid(kind, payload, node_id)):
                     try:
                         if text is None:

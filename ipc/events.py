@@ -19,7 +19,7 @@ from labd.ipc.wire import PayloadError, encode_json
 __all__ = ["SCHEMAS", "KIND_VERSION", "DAEMON_KINDS", "EventError", "validate", "quick_valid", "TERMINAL_STATUSES",
            "STATUSES", "BLOBS_FIELD", "APPROVAL_PROMPT_MAX", "APPROVAL_CONTEXT_MAX", "APPROVAL_KIND_MAX",
            "APPROVAL_OPTIONS_MAX", "APPROVAL_OPTION_MAX", "APPROVAL_ID_MAX", "APPROVAL_POLICIES",
-           "APPROVAL_PAYLOAD_MAX", "APPROVALS_PENDING_MAX"]
+           "APPROVAL_PAYLOAD_MAX", "APPROVALS_PENDING_MAX", "NODE_ID_MAX", "SHA256_MAX"]
 
 NUM = (int, float)
 ANY = object
@@ -35,6 +35,19 @@ TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "lost"})
 
 class EventError(ValueError):
     """An event that does not match its kind's schema."""
+
+
+#: characters of a node id (an event's ``node_id``, a step's ``parent_node`` and ``redo_of``, the source of an edge):
+#: they are keys of the store (``VARCHAR(64)``, which PostgreSQL enforces). The runner's own ids are a few characters
+#: (``n12``, ``n3f1.4``); a longer one can only be forged, and ingest refuses it with this reason rather than have the
+#: store refuse the whole batch's write (DataError) or silently keep it on SQLite
+NODE_ID_MAX = 64
+#: characters of a file event's ``sha256`` (a hex digest: 64; the files table's column)
+SHA256_MAX = 64
+#: kind -> its payload fields that hold a node id
+_NODE_FIELDS = {"step.started": ("parent_node", "redo_of"), "step.planned": ("parent_node",),
+                "agent.turn.started": ("parent_node",)}
+_FILE_KINDS = frozenset({"file.created", "file.changed", "file.deleted"})
 
 
 # Bounds of an approval request (``approval.requested``), checked by :func:`validate`: by the runner where the
@@ -247,6 +260,8 @@ def validate(kind: Any, payload: Any, node_id: Any = None) -> None:
         raise EventError(f"{kind}: node_id must be a string")
     if node_id is None and kind in _NEEDS_NODE:
         raise EventError(f"{kind}: node_id is required")
+    if node_id is not None and len(node_id) > NODE_ID_MAX:
+        raise EventError(f"{kind}: node_id must be at most {NODE_ID_MAX} characters (got {len(node_id):,})")
     get = payload.get
     blobs = get(BLOBS_FIELD)
     if blobs is not None:
@@ -265,6 +280,22 @@ def validate(kind: Any, payload: Any, node_id: Any = None) -> None:
             raise EventError(f"{kind}: field {field!r} has the wrong type ({type(value).__name__})")
     if kind == "approval.requested":
         _check_approval(payload)
+    elif kind in _NODE_FIELDS:
+        _check_nodes(kind, payload)
+    elif kind in _FILE_KINDS and len(payload["sha256"]) > SHA256_MAX:
+        raise EventError(f"{kind}: sha256 must be at most {SHA256_MAX} characters (got {len(payload['sha256']):,})")
+
+
+def _check_nodes(kind: str, payload: dict[str, Any]) -> None:
+    """Node ids in a step's payload (its parent, the node it redoes, its edges' sources) fit the store's keys."""
+    for name in _NODE_FIELDS[kind]:
+        value = payload.get(name)
+        if value is not None and len(value) > NODE_ID_MAX:
+            raise EventError(f"{kind}: {name} must be at most {NODE_ID_MAX} characters (got {len(value):,})")
+    for edge in payload.get("edges") or ():
+        if isinstance(edge, list) and edge and isinstance(edge[0], str) and len(edge[0]) > NODE_ID_MAX:
+            raise EventError(f"{kind}: an edge's source node must be at most {NODE_ID_MAX} characters "
+                             f"(got {len(edge[0]):,})")
 
 
 def _check_approval(payload: dict[str, Any]) -> None:
@@ -317,7 +348,8 @@ def _check_blobs(kind: str, blobs: Any) -> None:
 def quick_valid(kind: Any, payload: Any, node_id: Any) -> bool:
     """True if a high-volume event (output, log, custom) is certainly valid; False means: run
     :func:`validate` (which also explains what is wrong). A fast path for ingest's hot loop."""
-    if payload.__class__ is not dict or (node_id is not None and node_id.__class__ is not str):
+    if payload.__class__ is not dict or (node_id is not None and (node_id.__class__ is not str
+                                                                 or len(node_id) > NODE_ID_MAX)):
         return False
     get = payload.get
     if kind == "custom":

@@ -25,7 +25,7 @@ sessions = Table(
     Column("status", String(20), nullable=False),
     Column("reason", Text),
     Column("ended_by", String(20)),
-    Column("outcome", String(20)),  # what the runner itself reported
+    Column("outcome", Text),  # what the runner itself reported
     Column("exit_code", Integer),
     Column("signal", Integer),
     Column("pid", Integer),
@@ -74,16 +74,16 @@ steps = Table(
     metadata,
     Column("session_id", String(32), primary_key=True),
     Column("node_id", String(64), primary_key=True),
-    Column("name", String(200), nullable=False),
-    Column("status", String(20), nullable=False),
+    Column("name", Text, nullable=False),  # up to MAX_STEP_NAME (1000) characters: Text, not VARCHAR (migration 0010)
+    Column("status", Text, nullable=False),
     Column("started_at", Float),
     Column("ended_at", Float),
     Column("duration", Float),
     Column("error", Text),
     Column("start_seq", BigInteger),
-    Column("kind", String(20), nullable=False, default="step"),  # phase | step | agent
+    Column("kind", Text, nullable=False, default="step"),  # phase | step | agent
     Column("parent_node", String(64)),
-    Column("agent", String(100)),
+    Column("agent", Text),
     Column("attempt", Integer),
     Column("redo_of", String(64)),
 )
@@ -95,9 +95,9 @@ state_history = Table(
     Column("seq", BigInteger, primary_key=True, autoincrement=False),  # the event that caused it
     Column("ts", Float, nullable=False),
     Column("from_status", String(20)),
-    Column("to_status", String(20), nullable=False),
+    Column("to_status", Text, nullable=False),
     Column("reason", Text),
-    Column("actor", String(40), nullable=False),
+    Column("actor", Text, nullable=False),
     Column("node_id", String(64)),  # set for step transitions, None for the session's own
 )
 
@@ -107,7 +107,7 @@ dag_edges = Table(
     Column("session_id", String(32), primary_key=True),
     Column("src", String(64), primary_key=True),
     Column("dst", String(64), primary_key=True),
-    Column("type", String(20), nullable=False),  # contains | sequence | dependency | redo
+    Column("type", Text, nullable=False),  # contains | sequence | dependency | redo
 )
 
 cost_records = Table(
@@ -117,8 +117,8 @@ cost_records = Table(
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("ts", Float, nullable=False),
     Column("node_id", String(64)),
-    Column("agent", String(100)),
-    Column("model", String(200), nullable=False),
+    Column("agent", Text),
+    Column("model", Text, nullable=False),
     Column("prompt_tokens", Integer, nullable=False),
     Column("completion_tokens", Integer, nullable=False),
     Column("cost", Float, nullable=False),
@@ -134,10 +134,10 @@ files = Table(
     Column("change", String(10), nullable=False),  # created | changed | deleted
     Column("sha256", String(64), nullable=False),
     Column("size", BigInteger, nullable=False),
-    Column("kind", String(20), nullable=False),
+    Column("kind", Text, nullable=False),
     Column("node_id", String(64)),
-    Column("agent", String(100)),
-    Column("tool", String(100)),
+    Column("agent", Text),
+    Column("tool", Text),
     Column("ts", Float, nullable=False),
     Column("candidates", Text),  # JSON list of node ids when concurrent steps make attribution ambiguous
     # (0008) put in place by a resume's or branch's restore of a checkpoint (the event's ``restored: true``), not
@@ -159,7 +159,7 @@ approvals = Table(
     Column("policy", String(20)),
     Column("requested_at", Float, nullable=False),
     Column("expires_at", Float),
-    Column("decision", String(20)),
+    Column("decision", Text),
     Column("feedback", Text),
     Column("hypothesis", Text),
     Column("resolved_by", String(100)),
