@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from labd.ipc.events import KIND_VERSION, SCHEMAS, TERMINAL_STATUSES, EventError, validate
+from labd.ipc.events import KIND_VERSION, NODE_ID_MAX, SCHEMAS, TERMINAL_STATUSES, EventError, quick_valid, validate
 
 VALID: list[tuple[str, dict[str, Any], str | None]] = [
     ("session.created", {"workflow": "demo.count", "name": "s", "params": {}, "limits": {}, "workdir": "/w"}, None),
@@ -123,3 +123,24 @@ def test_blobs_must_match_their_sha256() -> None:
         validate("agent.message", {"agent": "a", "content": "y", "blobs": {good: text + "!"}})
     with pytest.raises(EventError, match="sha256"):
         validate("agent.message", {"agent": "a", "content": "y", "blobs": {"short": text}})
+
+
+@pytest.mark.parametrize(("kind", "payload", "node_id", "what"), [
+    ("custom", {"name": "x"}, "n" * (NODE_ID_MAX + 1), "node_id"),
+    ("step.started", {"name": "x", "parent_node": "p" * (NODE_ID_MAX + 1)}, "n1", "parent_node"),
+    ("step.started", {"name": "x", "redo_of": "r" * (NODE_ID_MAX + 1)}, "n1", "redo_of"),
+    ("step.planned", {"name": "x", "parent_node": "p" * (NODE_ID_MAX + 1)}, "n1", "parent_node"),
+    ("agent.turn.started", {"agent": "a", "edges": [["e" * (NODE_ID_MAX + 1), "handoff"]]}, "n1", "source node"),
+    ("file.created", {"path": "p", "sha256": "f" * 65, "size": 1, "kind": "output"}, None, "sha256"),
+])
+def test_node_ids_longer_than_the_store_keys_are_refused(kind: str, payload: dict[str, Any], node_id: str | None,
+                                                         what: str) -> None:
+    """A node id over NODE_ID_MAX (64, the store's key columns) or a file sha256 over 64 is an EventError naming the
+    bound, not left for a PostgreSQL store to refuse (DataError); the hot path sends such a node id to ``validate``.
+    Ids of exactly 64 characters pass."""
+    with pytest.raises(EventError, match=f"{what}.* must be at most 64 characters"):
+        validate(kind, payload, node_id)
+    assert not quick_valid("output", {"stream": "stdout", "text": ""}, "n" * (NODE_ID_MAX + 1))
+    assert quick_valid("output", {"stream": "stdout", "text": ""}, "n" * NODE_ID_MAX)
+    validate("step.started", {"name": "x", "parent_node": "p" * NODE_ID_MAX, "edges": [["e" * NODE_ID_MAX, "x"]]},
+             "n" * NODE_ID_MAX)
