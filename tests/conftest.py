@@ -286,6 +286,27 @@ class PostgresServer:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
+@contextmanager
+def pg_schema(postgres_url: str) -> Iterator[str]:
+    """A fresh schema on the shared PostgreSQL server (dropped after): the URL of a store in it, for ``--db``."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    schema = f"labd_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(postgres_url)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        try:
+            yield f"{postgres_url}?options=-csearch_path%3D{schema}"
+        finally:
+            with admin.begin() as conn:
+                conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    finally:
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A real PostgreSQL server shared by the tests of a run."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import wait_until
+from tests.support.procmem import memory_mb
 
 
 def test_client_that_disconnects_and_resumes_gets_every_event_once(daemon) -> None:
@@ -73,13 +73,6 @@ print("gap-free" if seqs == list(range(1, len(seqs) + 1)) else "GAP", len(seqs),
 '''
 
 
-def _rss_mb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) // 1024
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.timeout(300)
 def test_a_follower_that_stops_iterating_holds_bounded_memory_and_then_gets_every_event(daemon, tmp_path) -> None:
     """An SDK ``follow`` whose caller stops iterating (the generator suspended, its SUB socket still receiving) while
@@ -99,16 +92,16 @@ def test_a_follower_that_stops_iterating_holds_bounded_memory_and_then_gets_ever
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "following"
-        before = _rss_mb(proc.pid)
+        before = memory_mb(proc.pid)
         peak = [before]
 
         def ended() -> bool:  # and the follower's memory meanwhile, while it reads nothing
-            peak[0] = max(peak[0], _rss_mb(proc.pid))
+            peak[0] = max(peak[0], memory_mb(proc.pid))
             with daemon.client() as c:
                 return c.session(sid)["status"] in ("completed", "failed", "cancelled", "lost")
 
         wait_until(ended, timeout=180, interval=0.25, what="the session's end")
-        peak[0] = max(peak[0], _rss_mb(proc.pid))
+        peak[0] = max(peak[0], memory_mb(proc.pid))
         go.touch()
         out, err = proc.communicate(timeout=180)
     finally:

@@ -8,18 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.procmem import memory_mb, reset_peak
+
 _BIG_FLOW = """\
 def big(ctx, n: int = 400, size: int = 256_000):
     for i in range(n):
         ctx.emit("blob", f"{i:06d}" + "x" * size)
 """
-
-
-def _peak_mb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) // 1024
-    raise AssertionError("no VmHWM")
 
 
 @pytest.mark.timeout(300)
@@ -33,10 +28,10 @@ def test_a_page_of_large_events_is_read_no_further_than_its_bytes(daemon, tmp_pa
         assert c.wait(sid, timeout=120)["status"] == "completed"
         pid = c.status()["pid"]
         c.events(sid, limit=1)  # warm: the read path's own first-use allocations are not what is measured
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
-        before = _peak_mb(pid)
+        reset_peak(pid)
+        before = memory_mb(pid, "VmHWM")
         page = c.events(sid, limit=5000, kinds=["custom"])
-        grew = _peak_mb(pid) - before
+        grew = memory_mb(pid, "VmHWM") - before
         assert page["more"] and 20 <= len(page["events"]) <= 40, len(page["events"])
         assert grew < 60, f"one page raised the daemon's peak memory by {grew} MB"
         seen, since = [], 0

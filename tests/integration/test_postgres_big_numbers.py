@@ -5,14 +5,13 @@ must not be. They were, so on PostgreSQL (not SQLite, whose integers are 64-bit)
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from labd.store.projections import RowChanges, apply
 from labd.store.writer import BatchWriter
-from tests.conftest import DaemonProc, kill_runners
+from tests.conftest import DaemonProc, kill_runners, pg_schema
 
 _FLOW = """\
 import os
@@ -30,45 +29,38 @@ def test_sizes_over_2_gib_are_recorded_in_postgresql(isolated_env, postgres_url,
     """On PostgreSQL, a 3 GiB (sparse) file a step writes is in the files table with its size (no event refused by
     the store), and the store's writer records a 5 GiB peak RSS and a sequence number past 2^31 (the daemon's own
     ``resource.sample`` and a very long session, written through ``BatchWriter`` as ingest does)."""
-    schema = f"labd_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(postgres_url)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = f"{postgres_url}?options=-csearch_path%3D{schema}"
     (tmp_path / "big_flow.py").write_text(_FLOW)
-    daemon = DaemonProc(isolated_env, args=["--db", url]).start()
-    try:
-        with daemon.client() as c:
-            sid = c.start(f"{tmp_path / 'big_flow.py'}:big")
-            final = c.wait(sid, timeout=120)
-            rejected = [e["payload"] for e in c.history(sid, kinds=["event.rejected"])]
-            assert rejected == [], rejected
-            assert final["status"] == "completed", final
-            sizes = {f["path"]: f["size"] for f in c.files(sid)}
-            assert sizes.get("big.bin") == 3 << 30, sizes
-    finally:
-        daemon.stop()
-        kill_runners(isolated_env)
-    try:
+    with pg_schema(postgres_url) as url:
+        daemon = DaemonProc(isolated_env, args=["--db", url]).start()
+        try:
+            with daemon.client() as c:
+                sid = c.start(f"{tmp_path / 'big_flow.py'}:big")
+                final = c.wait(sid, timeout=120)
+                rejected = [e["payload"] for e in c.history(sid, kinds=["event.rejected"])]
+                assert rejected == [], rejected
+                assert final["status"] == "completed", final
+                sizes = {f["path"]: f["size"] for f in c.files(sid)}
+                assert sizes.get("big.bin") == 3 << 30, sizes
+        finally:
+            daemon.stop()
+            kill_runners(isolated_env)
         engine = sa.create_engine(url)
-        writer = BatchWriter(engine)
-        cur = writer.load_cursor(sid)
-        assert cur is not None
-        changes = RowChanges()
-        seq = cur.last_seq + 1
-        apply(cur, seq, time.time(), "resource.sample", "d", None, {"rss": 5 << 30, "cpu_percent": 1.0, "num_procs": 1,
-              "peak_rss": 5 << 30, "peak_cpu_percent": 1.0}, changes)
-        far = 3 << 30  # a sequence number past 2^31
-        cur.last_seq, cur.runner_seq = far, far
-        writer.commit([], changes, {sid: cur}, plain=[(sid, far, time.time(), "custom", "r", far, '{"name":"x"}')])
-        writer.close()
-        with engine.connect() as conn:
-            row = conn.execute(sa.text("SELECT peak_rss, last_seq FROM sessions WHERE id = :s"), {"s": sid}).one()
-            assert tuple(row) == (5 << 30, far)
-            assert conn.execute(sa.text("SELECT src_seq FROM events WHERE session_id = :s AND seq = :n"),
-                                {"s": sid, "n": far}).scalar() == far
-        engine.dispose()
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+        try:
+            writer = BatchWriter(engine)
+            cur = writer.load_cursor(sid)
+            assert cur is not None
+            changes = RowChanges()
+            apply(cur, cur.last_seq + 1, time.time(), "resource.sample", "d", None, {
+                "rss": 5 << 30, "cpu_percent": 1.0, "num_procs": 1, "peak_rss": 5 << 30, "peak_cpu_percent": 1.0},
+                changes)
+            far = 3 << 30  # a sequence number past 2^31
+            cur.last_seq, cur.runner_seq = far, far
+            writer.commit([], changes, {sid: cur}, plain=[(sid, far, time.time(), "custom", "r", far, '{"name":"x"}')])
+            writer.close()
+            with engine.connect() as conn:
+                row = conn.execute(sa.text("SELECT peak_rss, last_seq FROM sessions WHERE id = :s"), {"s": sid}).one()
+                assert tuple(row) == (5 << 30, far)
+                assert conn.execute(sa.text("SELECT src_seq FROM events WHERE session_id = :s AND seq = :n"),
+                                    {"s": sid, "n": far}).scalar() == far
+        finally:
+            engine.dispose()

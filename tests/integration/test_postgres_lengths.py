@@ -7,14 +7,13 @@ one with a reason that says so (not the store's DataError)."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import DaemonProc, kill_runners
+from tests.conftest import DaemonProc, kill_runners, pg_schema
 
 _FLOW = """\
 import labd
@@ -48,21 +47,14 @@ def forged_nodes(ctx):
 @pytest.fixture
 def pg(isolated_env: object, postgres_url: str, tmp_path: Path) -> Iterator[tuple[DaemonProc, str]]:
     """A daemon on a fresh PostgreSQL schema (dropped after), and the schema's URL."""
-    schema = f"labd_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(postgres_url)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = f"{postgres_url}?options=-csearch_path%3D{schema}"
-    (tmp_path / "lengths_flow.py").write_text(_FLOW)
-    daemon = DaemonProc(isolated_env, args=["--db", url]).start()
-    try:
-        yield daemon, url
-    finally:
-        daemon.stop()
-        kill_runners(isolated_env)
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with pg_schema(postgres_url) as url:
+        (tmp_path / "lengths_flow.py").write_text(_FLOW)
+        daemon = DaemonProc(isolated_env, args=["--db", url]).start()
+        try:
+            yield daemon, url
+        finally:
+            daemon.stop()
+            kill_runners(isolated_env)
 
 
 def _rows(url: str, sql: str, sid: str) -> list[tuple[object, ...]]:

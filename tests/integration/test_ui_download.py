@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import wait_until
 from tests.integration.test_ui_robust import running_ui
+from tests.support.procmem import memory_mb, reset_peak
 
 BIG_FLOWS = """
 import os
@@ -25,12 +26,6 @@ def big(ctx, mib: int = 1):
             left -= len(block)
     return mib
 """
-
-
-def _memory_kib(pid: int) -> dict[str, int]:
-    """The process's VmRSS and VmHWM (its peak RSS since the last reset), in KiB."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return {k: int(fields[k].split()[0]) for k in ("VmRSS", "VmHWM")}
 
 
 def _slow_download(port: int, token: str, path: str, pause: float) -> tuple[int, bytes, str]:
@@ -70,10 +65,10 @@ def test_a_large_download_is_streamed_in_bounded_pieces(shared_daemon, tmp_path:
         for mib, sid in sids.items():
             name = f"big-{mib}.bin"
             expected = hashlib.sha256((workdirs[mib] / name).read_bytes()).hexdigest()
-            Path(f"/proc/{ui.proc.pid}/clear_refs").write_text("5")  # the peak RSS from here on
-            before = _memory_kib(ui.proc.pid)["VmRSS"]
+            reset_peak(ui.proc.pid)
+            before = memory_mb(ui.proc.pid)
             status, head, digest = _slow_download(ui.port, ui.token, f"/api/sessions/{sid}/files/{name}", pause=1.0)
-            grew_mib = (_memory_kib(ui.proc.pid)["VmHWM"] - before) / 1024
+            grew_mib = memory_mb(ui.proc.pid, "VmHWM") - before
             assert status == 200, head
             assert f"content-length: {mib * 1024 * 1024}".encode() in head.lower()
             assert digest == expected, f"{name}: the bytes differ"

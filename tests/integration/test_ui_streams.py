@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import DaemonProc, wait_until
 from tests.integration.test_ui_robust import running_ui
+from tests.support.procmem import memory_mb
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -216,13 +217,6 @@ def test_a_stream_goes_on_across_a_daemon_restart_each_event_once(daemon: Daemon
     assert "Traceback" not in logged and "Exception in ASGI application" not in logged, logged
 
 
-def _rss_mb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) // 1024
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.timeout(300)
 def test_a_stream_whose_client_stops_reading_holds_bounded_memory_and_misses_nothing(daemon: DaemonProc,
                                                                                       tmp_path: Path) -> None:
@@ -245,11 +239,11 @@ def test_a_stream_whose_client_stops_reading_holds_bounded_memory_and_misses_not
         conn.request("GET", f"/api/sessions/{sid}/stream", headers={"Authorization": f"Bearer {token}"})
         resp = conn.getresponse()
         assert resp.status == 200
-        before = _rss_mb(proc.pid)
+        before = memory_mb(proc.pid)
         peak = [before]
 
         def ended() -> bool:  # and the dashboard's memory meanwhile, while the client reads nothing
-            peak[0] = max(peak[0], _rss_mb(proc.pid))
+            peak[0] = max(peak[0], memory_mb(proc.pid))
             with daemon.client() as c:
                 return c.session(sid)["status"] in ("completed", "failed", "cancelled", "lost")
 

@@ -21,6 +21,18 @@ from labd.runner.objsource import Source
 _MIB = 1 << 20
 
 
+def _work_with(tmp_path: Path, name: str, size: int) -> tuple[Path, Path, bytes, FileTracker]:
+    """A work directory with one file ``name`` of ``size`` random bytes, scanned: (root, file, its bytes, tracker)."""
+    root = tmp_path / "w"
+    root.mkdir()
+    path = root / name
+    data = os.urandom(size)
+    path.write_bytes(data)
+    tracker = FileTracker(root, lambda *a, **k: 0)
+    tracker.scan(None)
+    return root, path, data, tracker
+
+
 def _shrunk_at_open(monkeypatch: pytest.MonkeyPatch, path: Path, data: bytes) -> None:
     """Make ``path`` empty just after the store opens it (so its ``fstat`` says 0 bytes) and hold ``data`` again when
     the store first reads it: the race a thread of the session can win."""
@@ -53,13 +65,7 @@ def test_a_file_shrunk_at_open_and_restored_cannot_pass_the_file_cap(tmp_path: P
     cap is written and the file is left out. Before, the whole copy was bounded only by the scan's size: 12 MiB were
     stored past the 6 MiB cap (and ``give_back`` got a negative amount)."""
     monkeypatch.setattr(checkpoint_store, "MAX_FILE_BYTES", 6 * _MIB)
-    root = tmp_path / "w"
-    root.mkdir()
-    big = root / "big.bin"
-    data = os.urandom(12 * _MIB)
-    big.write_bytes(data)
-    tracker = FileTracker(root, lambda *a, **k: 0)
-    tracker.scan(None)
+    root, big, data, tracker = _work_with(tmp_path, "big.bin", 12 * _MIB)
     store = ObjectStore(tmp_path / "objects")
     _shrunk_at_open(monkeypatch, big, data)
     got = store_files(store, root, tracker.seen, {})
@@ -74,13 +80,7 @@ def test_a_file_shrunk_at_open_and_restored_cannot_pass_the_session_cap(tmp_path
     back where it was (no reservation kept, none given back twice). Before, 8 MiB were stored against 2 MiB left and
     the budget counted 6 MiB over its cap."""
     monkeypatch.setattr(checkpoint_store, "MAX_SESSION_BYTES", 10 * _MIB)
-    root = tmp_path / "w"
-    root.mkdir()
-    big = root / "big.bin"
-    data = os.urandom(8 * _MIB)
-    big.write_bytes(data)
-    tracker = FileTracker(root, lambda *a, **k: 0)
-    tracker.scan(None)
+    root, big, data, tracker = _work_with(tmp_path, "big.bin", 8 * _MIB)
     objects_dir = tmp_path / "objects"
     store = ObjectStore(objects_dir)
     store.put_bytes(os.urandom(8 * _MIB))  # the session's objects so far: 2 MiB left
@@ -98,13 +98,7 @@ def test_a_big_file_is_not_read_when_its_index_alone_does_not_fit(tmp_path: Path
     that left in the session's budget, a 64 MiB log grown by a line (all but its last chunk stored) is left out
     (``session_cap``) without being opened, and the budget's count is unchanged. Before, anything over one byte left
     let it be read whole (a log of 100 GiB: 100 GiB read at every step) only to be left out at its last chunk."""
-    root = tmp_path / "w"
-    root.mkdir()
-    log = root / "train.log"
-    data = os.urandom(64 * _MIB)
-    log.write_bytes(data)
-    tracker = FileTracker(root, lambda *a, **k: 0)
-    tracker.scan(None)
+    root, log, _data, tracker = _work_with(tmp_path, "train.log", 64 * _MIB)
     objects_dir = tmp_path / "objects"
     store = ObjectStore(objects_dir)
     assert store_files(store, root, tracker.seen, {}).left_out == []

@@ -1,0 +1,21 @@
+"""A process's memory as Linux reports it, for the tests that bound what labd holds (/proc/<pid>/status)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["memory_mb", "reset_peak"]
+
+
+def memory_mb(pid: int, field: str = "VmRSS") -> int:
+    """``field`` of the process's status in MiB: ``VmRSS`` (resident now) or ``VmHWM`` (the peak since
+    :func:`reset_peak`, or since it started)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) // 1024
+    raise AssertionError(f"no {field} for process {pid}")
+
+
+def reset_peak(pid: int) -> None:
+    """Reset the process's peak (``VmHWM``) to what it holds now, so a later read tells what one action raised it by."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
