@@ -92,8 +92,9 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         self.counters = counters
         self.last_seen = last_seen
         self.hellos: dict[str, tuple[int, float]] = {}
-        self.outcap = OutputCaps(lambda sid: getattr(self.cursors.get(sid), "output_cap", None), counters)  # backstop
-        self.records = RecordCaps(max_session_record, counters)  # labd's own kinds from runners, per session
+        self.outcap = OutputCaps(self._cap_and_chars, counters)  # the output caps' backstop
+        self.records = RecordCaps(max_session_record, counters,  # labd's own kinds from runners, per session
+                                  lambda sid: getattr(self.cursors.get(sid), "record_bytes", 0))
         self.log = structlog.get_logger("labd.ingest")
         self.cursors: dict[str, SessionCursor] = {}
         #: which sessions' new rows hold nothing the search index wants (read by the indexer)
@@ -249,6 +250,8 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         while True:
             try:
                 if batch.size() or batch.changes.session_updates or batch.changes.session_inserts:
+                    self.records.store_into(self.cursors)  # the bounds' counts, committed with what they count
+                    self.outcap.store_into(self.cursors)
                     self.writer.commit(batch.rows, batch.changes, self.cursors, batch.plain, batch.noded)
                 break
             except UNREACHABLE as exc:
@@ -295,6 +298,12 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
                 return
             except UNREACHABLE:
                 delay = min(delay * 2, STORE_RETRY_MAX_S)
+
+    def _cap_and_chars(self, sid: str) -> tuple[int | None, int]:
+        """A session's output cap and what its run has had accepted, as its cursor holds them (the backstop's
+        first sight of it: daemon/outputcap.py)."""
+        cur = self.cursors.get(sid)
+        return (None, 0) if cur is None else (cur.output_cap, cur.output_chars)
 
     def _forget(self, batch: Batch) -> None:
         """Drop cached cursors a failed batch touched: they are reloaded from the store."""

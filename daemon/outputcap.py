@@ -11,7 +11,9 @@ the backstop: it counts UTF-8 bytes of the same texts (never fewer), and its own
 
 The cap of a session is learned from its ``session.created`` (or, after a daemon restart, from ingest's cursor
 of the session, which :meth:`labd.store.writer.BatchWriter.load_cursor` filled from its row with the budget: the
-row is not read again); sessions that ended are forgotten.
+row is not read again); sessions that ended are forgotten. What a run has accepted is kept with the session
+(``sessions.output_chars``, written with the batch that counted it), so a daemon restart goes on from it instead of
+allowing the cap again.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ class _Usage:
 class OutputCaps:
     """Per-session output accounting for ingest (single-threaded, like ingest itself)."""
 
-    def __init__(self, lookup: Callable[[str], int | None], counters: dict[str, int]) -> None:
-        self._lookup = lookup  # session id -> its cap as ingest's cursor holds it (first sight after a restart)
+    def __init__(self, lookup: Callable[[str], tuple[int | None, int]], counters: dict[str, int]) -> None:
+        #: session id -> its cap and the characters its run has had accepted, as ingest's cursor holds them (first
+        #: sight after a restart)
+        self._lookup = lookup
         self._usage: dict[str, _Usage] = {}
         self._counters = counters
         #: the sessions' accounts as they were before this batch, of those it touched (None: none then)
@@ -91,7 +95,10 @@ class OutputCaps:
             self._save(sid)
         usage = self._usage.get(sid)
         if usage is None:
-            usage = self._usage[sid] = _Usage(self._lookup(sid))
+            cap, seen = self._lookup(sid)
+            usage = self._usage[sid] = _Usage(cap)
+            if usage.cap is not None:
+                usage.seen = min(seen, usage.cap)
         if usage.cap is None:
             return False
         if usage.seen + size <= usage.cap:
@@ -107,6 +114,14 @@ class OutputCaps:
             return True
         usage.reported = True
         return {"cap": usage.cap - MARGIN, "by": "daemon"}
+
+    def store_into(self, cursors: dict[str, Any]) -> None:
+        """Before a batch is committed: put the counts it changed on the sessions' cursors, which the writer stores
+        with the batch (``sessions.output_chars``; a run that ended keeps its last count)."""
+        for sid in self._undo:
+            cur, usage = cursors.get(sid), self._usage.get(sid)
+            if cur is not None and usage is not None:
+                cur.output_chars = usage.seen
 
     def final(self, sid: str) -> dict[str, Any] | None:
         """At the session's end: the ``output.truncated`` total to record if the backstop dropped anything;

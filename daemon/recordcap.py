@@ -13,13 +13,17 @@ and stops the session, and from then on stores none of those events of that sess
 At most one event is stored past the bound (the one that crossed it: at most ``max_message``). Lifecycle events the
 daemon records (the session's end among them) are never counted nor dropped.
 
-The count lives in ingest's memory: it starts again when the daemon restarts and when a session's run ends (a
-resume is a new run). The default, 8 GiB, should be far above what a session's instrumentation records (an
-estimate, not measured: an LLM call's request with a long history is ~0.1-1 MB; a day of such calls every minute is
-~1 GB); ``"none"`` removes the bound.
+The count is kept with the session (``sessions.record_bytes``, written in the same transaction as the events it
+counts), so a daemon restart goes on from it; it starts again when a session's run ends (a resume is a new run).
+The default, 8 GiB, should be far above what a session's instrumentation records (an estimate, not measured: an LLM
+call's request with a long history is ~0.1-1 MB; a day of such calls every minute is ~1 GB); ``"none"`` removes the
+bound.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["RecordCaps", "DEFAULT_MAX_SESSION_RECORD"]
 
@@ -30,8 +34,11 @@ DEFAULT_MAX_SESSION_RECORD = 8 * 1024**3
 class RecordCaps:
     """Per-session byte counts of labd's own kinds recorded from runners (ingest's thread only)."""
 
-    def __init__(self, limit: int | None, counters: dict[str, int]) -> None:
+    def __init__(self, limit: int | None, counters: dict[str, int],
+                 stored: Callable[[str], int] = lambda sid: 0) -> None:
         self.limit = limit  # None: no bound
+        #: session id -> its count as the store holds it (ingest's cursor of it): where a count goes on from
+        self._stored = stored
         self._used: dict[str, int] = {}
         self._over: set[str] = set()
         self._counters = counters
@@ -56,7 +63,9 @@ class RecordCaps:
         the supervisor, :meth:`usage`)."""
         if self.limit is None:
             return False
-        before = self._used.get(sid, 0)
+        before = self._used.get(sid)
+        if before is None:  # first sight since the daemon started, or since the run began
+            before = self._stored(sid)
         if sid not in self._undo:
             self._undo[sid] = (before, sid in self._over)
         used = self._used[sid] = before + size
@@ -64,6 +73,14 @@ class RecordCaps:
             return False
         self._over.add(sid)
         return True
+
+    def store_into(self, cursors: dict[str, Any]) -> None:
+        """Before a batch is committed: put the counts it changed on the sessions' cursors, which the writer stores
+        with the batch (``sessions.record_bytes``)."""
+        for sid in self._undo:
+            cur = cursors.get(sid)
+            if cur is not None:
+                cur.record_bytes = self._used.get(sid, 0)
 
     def over(self, sid: str) -> bool:
         """Whether ``sid`` is past the bound: its runner's events of these kinds are no longer stored."""

@@ -55,6 +55,10 @@ class SessionCursor:
     budget_hit: bool = False
     #: bytes of output kept (``limits.output``) as stored; ingest's backstop (daemon/outputcap.py) reads it
     output_cap: int | None = None
+    #: what the current run has recorded against its bounds (``sessions.record_bytes``, ``sessions.output_chars``):
+    #: daemon/recordcap.py and daemon/outputcap.py count, the writer stores them with each batch
+    record_bytes: int = 0
+    output_chars: int = 0
     #: approval id -> allowed decisions, for approvals not yet resolved (what a resolution is checked against:
     #: at most 100 options of at most 40 characters each, labd.ipc.events APPROVAL_*)
     pending_approvals: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -304,6 +308,7 @@ def _continue(cur: SessionCursor, seq: int, ts: float, payload: dict[str, Any], 
                         "to_status": "queued", "reason": reason, "actor": payload["by"], "node_id": None})
     cur.status = "queued"
     cur.outcome = cur.outcome_error = cur.kill_reason = cur.stop_by = None
+    cur.record_bytes = cur.output_chars = 0  # a new run: the bounds count from nothing again
     values: dict[str, Any] = dict(status="queued", reason=reason, outcome=None, outcome_error=None,
                                   kill_reason=None, stop_by=None, ended_at=None, ended_by=None, exit_code=None,
                                   signal=None, pid=None, pid_create_time=None)

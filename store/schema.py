@@ -43,6 +43,10 @@ sessions = Table(
     Column("outcome_error", Text),
     Column("stop_by", String(40)),
     Column("kill_reason", Text),
+    # what the current run has recorded against its bounds (0011): [daemon] max_session_record's bytes and the
+    # output cap backstop's characters (daemon/recordcap.py, daemon/outputcap.py); 0 again when a run ends
+    Column("record_bytes", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("output_chars", BigInteger, nullable=False, default=0, server_default="0"),
     Column("tags", Text),  # JSON object of str -> str, from session.start
     # lineage (0006): the session this one was started from, how ("branch" | "replay" | "skill"), and the
     # node of the parent it branched before (branch) or replayed up to (replay)

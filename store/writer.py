@@ -87,6 +87,8 @@ class BatchWriter:
         cur.budget = float(budget) if isinstance(budget, int | float) else None
         cur.output_cap = cap if isinstance(cap, int) and not isinstance(cap, bool) else None
         cur.budget_hit = cur.budget is not None and cur.cost > cur.budget
+        if not cur.terminal:  # an ended run's counts are over: a resume starts from 0
+            cur.record_bytes, cur.output_chars = row["record_bytes"], row["output_chars"]
         pending = self._conn.execute(select(approvals.c.id, approvals.c.options).where(
             approvals.c.session_id == session_id, approvals.c.status == "pending")).all()
         self._conn.rollback()
@@ -170,6 +172,8 @@ class BatchWriter:
                 values: dict[str, Any] = dict(changes.session_updates.get(sid, {}))
                 values["last_seq"] = cur.last_seq
                 values["runner_seq"] = cur.runner_seq
+                values["record_bytes"] = cur.record_bytes
+                values["output_chars"] = cur.output_chars
                 bad = set(values) - _SESSION_UPDATE_COLUMNS
                 if bad:
                     raise ValueError(f"unknown session columns {bad}")

@@ -77,6 +77,7 @@ def test_a_session_past_the_bound_is_stopped_and_no_more_is_stored(client: Clien
     assert 0 < stored <= BOUND + SIZE + 100 and len(kept) < N
     assert [int(e["payload"]["name"][:5]) for e in kept] == list(range(len(kept)))  # the first ones, in order
     assert client.status()["counters"].get("dropped.record.events", 0) > before
+    assert final["record_bytes"] > BOUND  # the session view shows what the run recorded against the bound
     later = client.submit(_workflow_output, 100_000)
     assert client.result(later, timeout=60) == "done"
 
@@ -88,6 +89,8 @@ def test_output_and_custom_events_do_not_count(client: Client) -> None:
     assert client.result(sid, timeout=60) == "done"
     assert not list(client.history(sid, kinds=["limit.exceeded"]))
     assert len(list(client.history(sid, kinds=["custom"]))) == 60
+    view = client.session(sid)
+    assert view["output_chars"] >= 6_000_000 and view["record_bytes"] < BOUND, view
 
 
 def _padded_output(n: int, size: int) -> str:

@@ -34,8 +34,14 @@ class Rig:
         self.z = zmq.Context()
         self.notify = self.z.socket(zmq.PULL)
         self.notify.bind(INGEST_NOTIFY)
+        self.bound = bound
+        self._start(engine)
+        self.codec = Codec(derive_key(KEY, SID))
+        self.seq = 0
+
+    def _start(self, engine: Any) -> None:
         self.ing = Ingest(self.z, BatchWriter(engine), KEY, "inproc://runners", "inproc://events", {}, {},
-                          16 << 20, self.tmp, max_session_record=bound)
+                          16 << 20, self.tmp, max_session_record=self.bound)
         self.ing.start()
         assert self.ing.ready.wait(10)
         self.daemon_side = self.z.socket(zmq.PUSH)
@@ -44,8 +50,17 @@ class Rig:
         self.runner.setsockopt(zmq.LINGER, 0)
         self.runner.setsockopt(zmq.ROUTING_ID, f"{SID}:test".encode())
         self.runner.connect("inproc://runners")
-        self.codec = Codec(derive_key(KEY, SID))
-        self.seq = 0
+
+    def restart(self) -> None:
+        """Stop the ingest thread and start a new one on the same database, as a daemon restart does: what the
+        old one kept in memory is gone, the store is all the new one has."""
+        engine = self.ing.writer.engine
+        self.daemon_side.send_pyobj(("stop",))
+        self.ing.join(30)
+        assert not self.ing.is_alive()
+        for s in (self.daemon_side, self.runner):
+            s.close(0)
+        self._start(engine)
 
     def create(self, limits: dict[str, Any]) -> None:
         self.daemon_side.send_pyobj(("event", SID, "session.created",
@@ -102,6 +117,11 @@ class Rig:
             return real(rows, changes, cursors, plain, noded)
         writer.commit = commit  # type: ignore[method-assign]
         return failed
+
+    def continue_run(self) -> None:
+        """Hand over a ``session.continued`` (``labd resume``) of the ended session: a new run begins."""
+        self.daemon_side.send_pyobj(("event", SID, "session.continued",
+                                     {"by": "test", "reason": "resumed", "from_status": "failed"}, None, None))
 
     def end(self, payload: dict[str, Any] | None = None) -> None:
         """Hand over the session's ``session.ended`` as the supervisor does when its runner has exited."""
