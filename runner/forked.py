@@ -108,34 +108,14 @@ class Relay:
         :meth:`Channel.emit`; raises :class:`~labd.ipc.wire.PayloadError` for a payload JSON cannot carry)."""
         self._recv.close()
         self._closing = True  # a child never starts the runner's thread (its copy of the object is not the runner's)
-        pid, numbers, sock, limit = os.getpid(), itertools.count(1), self._send, self.max_message
-        spill_dir = self._spill_dir
+        return child_sender(self._send, self._spill_dir, self.max_message)
 
-        def emit(kind: str, payload: dict[str, object], node_id: str | None = None, parent: int | None = None) -> int:
-            i = next(numbers)
-            ref = -(pid << 32 | i)
-            ev = [ref, time.time(), kind, node_id, parent, payload]
-            try:
-                raw = orjson.dumps(ev, default=json_fallback, option=_OPTS)
-            except orjson.JSONEncodeError:
-                raw = encode_json(ev)  # PayloadError: nothing sent
-            if len(raw) <= limit:
-                try:
-                    sock.send(raw, socket.MSG_NOSIGNAL)
-                    return ref
-                except OSError as exc:
-                    if exc.errno in _GONE:
-                        return ref  # the runner has exited: the session is over
-                    # EMSGSIZE, ENOBUFS, ENOMEM: by file
-            try:
-                _send_file(sock, spill_dir, f".forked-{pid}-{i}", raw)
-            except OSError:  # no file either (a full disk): what the channel sends for an event it cannot carry
-                marker = [ref, ev[1], "event.truncated", node_id, parent, {"kind": kind, "size": len(raw)}]
-                with contextlib.suppress(OSError):
-                    sock.send(orjson.dumps(marker), socket.MSG_NOSIGNAL)
-            return ref
-
-        return emit
+    def child_fd(self) -> int:
+        """The descriptor of the children's end, for a child that does not fork from the runner but inherits it
+        across an ``exec`` (``spawn``/``forkserver`` workers: :mod:`labd.runner.spawned`). Starts the receiving
+        thread, as a fork does."""
+        self.start()
+        return self._send.fileno()
 
     # ---- in the runner ----------------------------------------------------------------------------------------
     def sync(self, timeout: float = SYNC_S) -> None:
@@ -271,6 +251,39 @@ class Relay:
                     (self._spill_dir / name).unlink()
             except Exception as exc:  # noqa: BLE001 - one bad file must not keep the others
                 self._not_recorded(exc)
+
+
+def child_sender(sock: socket.socket, spill_dir: Path, limit: int) -> Callable[..., int]:
+    """A child's ``emit`` (same signature as :meth:`Channel.emit`; raises :class:`~labd.ipc.wire.PayloadError` for a
+    payload JSON cannot carry) over ``sock``, the children's end of the runner's relay; an event over ``limit``
+    bytes goes by file in ``spill_dir``."""
+    pid, numbers = os.getpid(), itertools.count(1)
+
+    def emit(kind: str, payload: dict[str, object], node_id: str | None = None, parent: int | None = None) -> int:
+        i = next(numbers)
+        ref = -(pid << 32 | i)
+        ev = [ref, time.time(), kind, node_id, parent, payload]
+        try:
+            raw = orjson.dumps(ev, default=json_fallback, option=_OPTS)
+        except orjson.JSONEncodeError:
+            raw = encode_json(ev)  # PayloadError: nothing sent
+        if len(raw) <= limit:
+            try:
+                sock.send(raw, socket.MSG_NOSIGNAL)
+                return ref
+            except OSError as exc:
+                if exc.errno in _GONE:
+                    return ref  # the runner has exited: the session is over
+                # EMSGSIZE, ENOBUFS, ENOMEM: by file
+        try:
+            _send_file(sock, spill_dir, f".forked-{pid}-{i}", raw)
+        except OSError:  # no file either (a full disk): what the channel sends for an event it cannot carry
+            marker = [ref, ev[1], "event.truncated", node_id, parent, {"kind": kind, "size": len(raw)}]
+            with contextlib.suppress(OSError):
+                sock.send(orjson.dumps(marker), socket.MSG_NOSIGNAL)
+        return ref
+
+    return emit
 
 
 def _send_file(sock: socket.socket, spill_dir: Path, stem: str, raw: bytes) -> None:

@@ -183,7 +183,7 @@ def detach_context(ctx: Any, *owned: Any) -> None:
     # Pause, resume and approval answers arrive on the runner's channel thread, which the child has not: it does
     # not stop at a pause the runner was asked for, and what would wait for an answer fails at once.
     ctx._pause = None  # noqa: SLF001
-    ctx.wait_paused = _cannot_pause
+    ctx.wait_paused = cannot_pause
     if ctx.approvals is not None:
         ctx.approvals.forked = True  # (runner/approvals.py)
 
@@ -203,12 +203,20 @@ def reserve_fork() -> None:
     _reserved.j = next(_forks)
 
 
+def take_reserved() -> int:
+    """The fork number :func:`reserve_fork` took in this thread, now given away (a child started without a fork,
+    :mod:`labd.runner.spawned`)."""
+    j = getattr(_reserved, "j", None)
+    _reserved.j = None
+    return j if j is not None else next(_forks)
+
+
 def forget_reserved() -> None:
     """After a fork, in the forking process: the number is the child's (a fork that never ran the before hooks must
     not reuse it)."""
     _reserved.j = None
 
 
-def _cannot_pause(by: str, reason: str) -> float | None:
+def cannot_pause(by: str, reason: str) -> float | None:
     raise RuntimeError(f"cannot pause ({by}: {reason}) in a process the workflow forked: its resume could not "
                        "reach it")

@@ -25,12 +25,12 @@ import psutil
 
 from labd.ipc.errors import describe_exception
 from labd.ipc.wire import encode_json
-from labd.runner import forksafe
+from labd.runner import forksafe, spawned
 from labd.runner.approvals import Approvals, ApprovalTimeout
 from labd.runner.capture import OutputCapture, report_crash
 from labd.runner.channel import Channel, PayloadError
 from labd.runner.channel_wire import too_large
-from labd.runner.context import Cancelled, Context
+from labd.runner.context import Cancelled, Context, current_node
 from labd.runner.crash_tail import CRASH_FILE
 from labd.runner.credentials import confine_runner, take_key
 from labd.runner.durable import Durable, read_seed
@@ -163,6 +163,9 @@ def run_session(spec: dict[str, Any]) -> int:
     ctx_box.append(ctx)
     # events of children the workflow forks (runner/forked.py): a step boundary first takes in what they sent
     relay = Relay(channel.emit, workdir.parent)
+    # ... and of processes it starts with multiprocessing's spawn or forkserver methods (runner/spawned.py)
+    spawned.install(relay.child_fd, relay.max_message, workdir.parent,
+                    spawned.setup_of(session_id, workdir, spec, secrets), current_node.get)
 
     def before_boundary() -> None:
         capture.sync()

@@ -349,5 +349,10 @@ def main() -> None:
                 else:
                     inspecting[check.fd] = check
 
+if __name__ == "__mp_main__":  # a process multiprocessing spawned from a runner: the session's ctx (runner/spawned.py)
+    from labd.runner.spawned import attach
+
+    attach()
+
 if __name__ == "__main__":
     main()

@@ -239,3 +239,60 @@ def fork_in_open_step(ctx, marker: str, child_raises: bool = False) -> str:
     with ctx.step("b") as n2:
         n2.result = node.result
     return node.result
+
+
+SPAWN_SECRET = "sk-spawned-child-secret-4242"  # FAKE_API_KEY of tests/integration/test_spawned.py's daemon
+
+
+def _spawned_worker(i: int) -> dict:
+    """In a worker started with ``spawn`` or ``forkserver`` (a new interpreter: nothing inherited from the runner's
+    memory): ``labd.context()``, a step with a custom event, an agent turn through ``ctx.agent`` and one by a plain
+    ``ag2.Agent``; whether the session's secret reached the context, and whether it reached the environment."""
+    import asyncio
+
+    import labd
+
+    ctx = labd.context()
+    with ctx.step(f"worker {i}"):
+        ctx.emit("from_worker", {"i": i, "pid": os.getpid()})
+        answer = asyncio.run(ctx.agent(f"agent{i}", "ROLE: researcher").ask(f"question {i}")).body or ""
+        from ag2 import Agent
+
+        from labd.runner.agents.offline import OfflineModelConfig
+
+        plain = asyncio.run(Agent(f"plain{i}", "You answer.", config=OfflineModelConfig()).ask("hello")).body or ""
+    with open("/proc/self/environ", "rb") as f:
+        environ = f.read()
+    return {"i": i, "pid": os.getpid(), "answered": bool(answer) and bool(plain),
+            "secret": ctx.secret("FAKE_API_KEY") == SPAWN_SECRET, "in_env": SPAWN_SECRET.encode() in environ}
+
+
+def spawned_agents(ctx, method: str = "spawn", workers: int = 2, tasks: int = 4) -> list:
+    """A Pool of ``method`` workers (spawn or forkserver) each running :func:`_spawned_worker`."""
+    import multiprocessing
+
+    with ctx.step("fan out"), multiprocessing.get_context(method).Pool(workers) as pool:
+        return pool.map(_spawned_worker, range(tasks))
+
+
+def _spawned_asks() -> list:
+    """In a spawned worker: asking for an approval and pausing both fail at once (no answer could reach it)."""
+    import labd
+
+    ctx = labd.context()
+    out = []
+    for ask in (lambda: ctx.approval("deploy", "may I?"), lambda: ctx.wait_paused("budget", "over")):
+        try:
+            ask()
+            out.append("no error")
+        except RuntimeError as exc:
+            out.append(str(exc))
+    return out
+
+
+def spawned_asks(ctx) -> list:
+    """One spawn worker that asks for an approval and to pause; returns what each raised."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_spawned_asks)
