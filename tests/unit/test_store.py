@@ -14,7 +14,7 @@ from sqlalchemy import Engine, inspect
 from labd.store.db import migrate, open_engine
 from labd.store.projections import RowChanges, SessionCursor, apply
 from labd.store.queries import Store
-from labd.store.writer import BatchWriter, EventRow
+from labd.store.writer import ROWS_PER_STATEMENT, BatchWriter, EventRow
 
 CREATED = {"workflow": "demo.count", "name": "first", "params": {"n": 2}, "limits": {"memory": 1024},
            "workdir": "/w/s1"}
@@ -293,6 +293,39 @@ def test_sessions_list_newest_first_and_by_status(engine: Engine, writer: BatchW
     assert [r["id"] for r in store.find_session("second")] == ["s2"]
     assert {r["id"] for r in store.find_session("s")} == {"s1", "s2"}
     assert store.find_session("%") == []  # LIKE wildcards are escaped
+
+
+@pytest.mark.parametrize("n", [99, 100, 101, 250])
+def test_batches_of_every_size_store_each_row_once_in_order(engine: Engine, writer: BatchWriter, n: int) -> None:
+    """Rows go ``store.writer.ROWS_PER_STATEMENT`` (100) to an INSERT and the rest one by one: ``n`` rows of each
+    shape (full, without node and parent, with a node only), interleaved by seq, are all stored once, with their own
+    values (a row's values never shifted into its neighbour's columns), whatever ``n`` leaves over; a duplicate key
+    in the last, partial statement rolls back the full ones before it."""
+    assert ROWS_PER_STATEMENT == 100
+    cursors: dict[str, SessionCursor] = {}
+    b = Batch(cursors)
+    b.add("s1", "session.created", CREATED, ts=1.0)
+    b.commit(writer)
+    full = [("s1", 2 + 3 * i, float(i), "custom", "r", 1 + 3 * i, f"n{i}", i, f'{{"i":{i},"shape":"full"}}')
+            for i in range(n)]
+    plain = [("s1", 3 + 3 * i, float(i), "log", "r", 2 + 3 * i, f'{{"i":{i},"shape":"plain"}}') for i in range(n)]
+    noded = [("s1", 4 + 3 * i, float(i), "output", "r", 3 + 3 * i, f"m{i}", f'{{"i":{i},"shape":"noded"}}')
+             for i in range(n)]
+    cursors["s1"].last_seq, cursors["s1"].runner_seq = 1 + 3 * n, 3 * n
+    writer.commit(full, RowChanges(), cursors, plain, noded)  # type: ignore[arg-type]
+    events = Store(engine).events("s1", limit=5000)
+    assert [e["seq"] for e in events] == list(range(1, 2 + 3 * n))
+    for e in events[1:]:
+        i, shape = e["payload"]["i"], e["payload"]["shape"]
+        want = {"full": (2 + 3 * i, "custom", f"n{i}", i), "plain": (3 + 3 * i, "log", None, None),
+                "noded": (4 + 3 * i, "output", f"m{i}", None)}[shape]
+        assert (e["seq"], e["kind"], e["node_id"], e["parent"]) == want and e["ts"] == float(i)
+        assert e["src_seq"] == e["seq"] - 1
+    more = [("s1", 2 + 3 * n + i, 1.0, "log", "r", 1 + 3 * n + i, "{}") for i in range(150)]
+    more.append(more[-1])  # the same key twice, in the statement after the first 100 rows
+    with pytest.raises(Exception):  # noqa: B017, PT011 - any integrity error
+        writer.commit([], RowChanges(), cursors, more)
+    assert len(Store(engine).events("s1", limit=5000)) == 1 + 3 * n
 
 
 def test_failed_commit_is_rolled_back(engine: Engine, writer: BatchWriter) -> None:
