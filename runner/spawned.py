@@ -34,6 +34,8 @@ import contextlib
 import importlib.abc
 import importlib.machinery
 import itertools
+import multiprocessing.spawn as mp_spawn  # imported with the runner stack, before the template forks runners
+import multiprocessing.util as mp_util
 import os
 import socket
 import sys
@@ -57,9 +59,6 @@ def install(fd: Callable[[], int], max_message: int, spill_dir: Path, setup: Map
     the relay's children's end (starting its thread), ``setup`` what the child's context is made from
     (:func:`setup_of`), ``node`` the step current in the calling thread, ``prefix`` this process's own node-id
     prefix ("" in the runner) that the children's extend."""
-    import multiprocessing.spawn as mp_spawn
-    import multiprocessing.util as mp_util
-
     prepared, passfds = mp_spawn.get_preparation_data, mp_util.spawnv_passfds
 
     def get_preparation_data(name: str) -> dict[str, Any]:
