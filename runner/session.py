@@ -270,7 +270,6 @@ def run_session(spec: dict[str, Any]) -> int:
         outcome, code = "failed", EXIT_FAILED
         extra = {"error": describe_exception(exc), "traceback": traceback.format_exc()}  # even if its str() raises
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    spawned.stop_helpers()  # multiprocessing's forkserver and resource tracker: else they hold the output open
     try:
         relay.close()  # what forked children sent comes before session.finished
     except Exception as exc:  # noqa: BLE001 - the session's outcome is recorded whatever happened here

@@ -24,10 +24,8 @@ stderr are the runner's capture pipes). Now:
   steps neither checkpoint nor scan the work directory (the runner's next scan records its files); its events are
   durable once the runner took them in. Not counted against the session's output cap in the child (the daemon's
   backstop still bounds them). A forkserver's children are attributed to the step current when the forkserver
-  started.
-* **At the session's end** (:func:`stop_helpers`) the forkserver and the resource tracker, which would otherwise
-  live as long as the runner holding its output pipes and the relay open, are stopped before the output is
-  drained: the end does not wait for them, and what the tracker reports on its way out is recorded.
+  started; the forkserver holds the relay open while the runner lives, so the session's end waits for it at most
+  :data:`labd.runner.forked.DRAIN_S`.
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ import multiprocessing.util as mp_util
 import os
 import socket
 import sys
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -112,28 +109,6 @@ def attach() -> None:
     # its own spawned processes get the relay too (passed on at the same number), their node ids under its own
     install(sock.fileno, int(setup["max_message"]), Path(setup["spill"]),
             {k: setup[k] for k in _SETUP_KEYS if k in setup}, current_node.get, ctx._node_prefix)  # noqa: SLF001
-
-
-def stop_helpers(timeout: float = 2.0) -> None:
-    """At the session's end, before its output is drained: stop ``multiprocessing``'s forkserver and resource
-    tracker if the workflow started them. Both live as long as the runner and hold its stdout/stderr (and the
-    forkserver the relay), so the end waited for them for nothing, and what the tracker says on its way out (leaked
-    semaphores or shared memory) came after the output was closed and was lost. Each is stopped as
-    ``multiprocessing`` stops it, on a thread bounded by ``timeout`` (a helper that does not exit never holds up
-    the end)."""
-    for module, name in (("multiprocessing.forkserver", "_forkserver"),
-                         ("multiprocessing.resource_tracker", "_resource_tracker")):
-        stop = getattr(getattr(sys.modules.get(module), name, None), "_stop", None)
-        if stop is None:
-            continue
-        thread = threading.Thread(target=_quietly, args=(stop,), name="labd-stop-helper", daemon=True)
-        thread.start()
-        thread.join(timeout)
-
-
-def _quietly(stop: Callable[[], Any]) -> None:
-    with contextlib.suppress(Exception):  # e.g. the runner's reaper collected it first (ChildProcessError)
-        stop()
 
 
 #: what :func:`setup_of` gives a child (besides the relay's descriptor, its step and fork number)

@@ -296,15 +296,3 @@ def spawned_asks(ctx) -> list:
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_spawned_asks)
-
-
-def spawn_then_leak(ctx) -> str:
-    """A spawn Pool (which starts multiprocessing's resource tracker), then a named semaphore registered with the
-    tracker and never cleaned up: the tracker reports it on stderr when it stops."""
-    import multiprocessing
-    from multiprocessing import resource_tracker
-
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        pool.map(abs, [-1])
-    resource_tracker.register("/labd-test-leaked", "semaphore")
-    return "done"
