@@ -257,10 +257,11 @@ def child_sender(sock: socket.socket, spill_dir: Path, limit: int) -> Callable[.
     """A child's ``emit`` (same signature as :meth:`Channel.emit`; raises :class:`~labd.ipc.wire.PayloadError` for a
     payload JSON cannot carry) over ``sock``, the children's end of the runner's relay; an event over ``limit``
     bytes goes by file in ``spill_dir``."""
-    pid, numbers = os.getpid(), itertools.count(1)
+    numbers = itertools.count(1)
+    getpid = os.getpid  # per event: a process this one forks sends through the same socket and must not reuse refs
 
     def emit(kind: str, payload: dict[str, object], node_id: str | None = None, parent: int | None = None) -> int:
-        i = next(numbers)
+        i, pid = next(numbers), getpid()
         ref = -(pid << 32 | i)
         ev = [ref, time.time(), kind, node_id, parent, payload]
         try:

@@ -165,7 +165,8 @@ def run_session(spec: dict[str, Any]) -> int:
     relay = Relay(channel.emit, workdir.parent)
     # ... and of processes it starts with multiprocessing's spawn or forkserver methods (runner/spawned.py)
     spawned.install(relay.child_fd, relay.max_message, workdir.parent,
-                    spawned.setup_of(session_id, workdir, spec, secrets), current_node.get)
+                    spawned.setup_of(session_id, workdir, spec, secrets), current_node.get,
+                    lambda: "" if ctx._node_prefix == "n" else ctx._node_prefix)  # noqa: SLF001 - f<j>. when forked
 
     def before_boundary() -> None:
         capture.sync()

@@ -23,9 +23,11 @@ stderr are the runner's capture pipes). Now:
 * **What such a child cannot do**, as a forked one: ask for an approval or pause (no answer could reach it); its
   steps neither checkpoint nor scan the work directory (the runner's next scan records its files); its events are
   durable once the runner took them in. Not counted against the session's output cap in the child (the daemon's
-  backstop still bounds them). A forkserver's children are attributed to the step current when the forkserver
-  started; the forkserver holds the relay open while the runner lives, so the session's end waits for it at most
-  :data:`labd.runner.forked.DRAIN_S`.
+  backstop still bounds them). A worker is attributed to the step current in the thread that started it (a pool's
+  replacement workers, started by its handler thread, to none); a process such a child forks numbers its nodes
+  under a prefix of its own. The forkserver and multiprocessing's resource tracker live as long as the runner and
+  hold its output pipes (the forkserver the relay too), so a session that used them ends up to
+  :data:`labd.runner.forked.DRAIN_S` later (stopping them early would unlink semaphores the runner still holds).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import contextlib
 import importlib.abc
 import importlib.machinery
 import itertools
+import logging
 import multiprocessing.spawn as mp_spawn  # imported with the runner stack, before the template forks runners
 import multiprocessing.util as mp_util
 import os
@@ -54,24 +57,28 @@ KEY = "labd"
 
 
 def install(fd: Callable[[], int], max_message: int, spill_dir: Path, setup: Mapping[str, Any],
-            node: Callable[[], str | None], prefix: str = "") -> None:
+            node: Callable[[], str | None], prefix: Callable[[], str]) -> None:
     """In the runner: wrap ``multiprocessing``'s preparation data and its ``exec`` of new processes. ``fd`` gives
-    the relay's children's end (starting its thread), ``setup`` what the child's context is made from
-    (:func:`setup_of`), ``node`` the step current in the calling thread, ``prefix`` this process's own node-id
-    prefix ("" in the runner) that the children's extend."""
+    the relay's children's end (starting its thread; -1 once the relay is closed: then children get nothing),
+    ``setup`` what the child's context is made from (:func:`setup_of`), ``node`` the step current in the calling
+    thread, ``prefix`` the calling process's own node-id prefix ("" in the runner, ``f<j>.`` in a child it forked),
+    which the children's extend."""
     prepared, passfds = mp_spawn.get_preparation_data, mp_util.spawnv_passfds
 
     def get_preparation_data(name: str) -> dict[str, Any]:
         data: dict[str, Any] = prepared(name)
-        if name != "ignore":  # "ignore": the forkserver's own start, which keeps only the main path and sys.path
+        relay = fd()
+        if name != "ignore" and relay >= 0:  # "ignore": the forkserver's own start (keeps the main path, sys.path)
             forksafe.reserve_fork()
-            data[KEY] = {"fd": fd(), "max_message": max_message, "spill": str(spill_dir), "node": node(),
-                         "prefix": f"{prefix}f{forksafe.take_reserved()}.", **setup}
+            data[KEY] = {"fd": relay, "max_message": max_message, "spill": str(spill_dir), "node": node(),
+                         "prefix": f"{prefix()}f{forksafe.take_reserved()}.", **setup}
         return data
 
     def spawnv_passfds(path: Any, args: Sequence[Any], fds: Sequence[int]) -> Any:
         if "--multiprocessing-fork" in args or any("forkserver import main" in str(a) for a in args):
-            fds = (*fds, fd())
+            relay = fd()
+            if relay >= 0:  # not after the session's end (the relay closed): the process starts without it
+                fds = (*fds, relay)
         return passfds(path, args, fds)
 
     mp_spawn.get_preparation_data = get_preparation_data
@@ -108,7 +115,17 @@ def attach() -> None:
     _track_ag2_when_imported(ctx.agent_factory)
     # its own spawned processes get the relay too (passed on at the same number), their node ids under its own
     install(sock.fileno, int(setup["max_message"]), Path(setup["spill"]),
-            {k: setup[k] for k in _SETUP_KEYS if k in setup}, current_node.get, ctx._node_prefix)  # noqa: SLF001
+            {k: setup[k] for k in _SETUP_KEYS if k in setup}, current_node.get,
+            lambda: ctx._node_prefix)  # noqa: SLF001
+    # ... and a process it forks numbers its nodes under a prefix of its own (its events' references carry its pid)
+    os.register_at_fork(before=forksafe.reserve_fork, after_in_parent=forksafe.forget_reserved,
+                        after_in_child=lambda: _forked(ctx))
+
+
+def _forked(ctx: Any) -> None:
+    """In a process forked by a spawned child: node ids ``<the child's prefix>f<j>.<i>``."""
+    ctx._node_prefix = f"{ctx._node_prefix}f{forksafe.take_reserved()}."  # noqa: SLF001
+    ctx._node_ids = itertools.count(1)  # noqa: SLF001
 
 
 #: what :func:`setup_of` gives a child (besides the relay's descriptor, its step and fork number)
@@ -207,7 +224,10 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module: ModuleType) -> None:
             run(module)
-            then()
+            try:
+                then()
+            except Exception:  # noqa: BLE001 - tracking must never make the workflow's own import fail
+                logging.getLogger("labd.runner.spawned").exception("ag2 agents of this process are not tracked")
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec

@@ -71,3 +71,21 @@ def test_a_spawned_worker_asking_for_an_approval_or_to_pause_gets_an_error_at_on
     result = next(e for e in shared.history(sid) if e["kind"] == "session.finished")["payload"]["result"]
     assert "approval cannot be asked" in result[0], result
     assert "cannot pause" in result[1], result
+
+
+def test_spawned_and_forked_processes_never_share_node_ids(shared: Any) -> None:
+    """The runner forks a child that runs a step and starts a spawn worker; the runner starts one too; each worker
+    runs a step and forks a process that runs another. All five steps are recorded, each with a node id of its own
+    (a worker spawned from a forked child used to get the same ids as the forked child itself, and a worker's
+    own forks the worker's), nested where they ran."""
+    sid = shared.start("labd_forkflows:forks_and_spawns")
+    final = wait_explained(shared, sid, timeout=180)
+    assert final["status"] == "completed", final["reason"]
+    started = [e for e in shared.history(sid) if e["kind"] == "step.started"]
+    names = sorted(e["payload"]["name"] for e in started)
+    assert names == sorted(["forked", "spawned from the fork", "spawned from the fork fork",
+                            "spawned from the runner", "spawned from the runner fork"]), names
+    ids = [e["node_id"] for e in started]
+    assert len(set(ids)) == len(ids), ids
+    by_name = {e["payload"]["name"]: e["node_id"] for e in started}
+    assert by_name["spawned from the fork"].startswith(by_name["forked"].rsplit(".", 1)[0] + ".f"), by_name

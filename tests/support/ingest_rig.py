@@ -58,8 +58,14 @@ class Rig:
         self.daemon_side.send_pyobj(("stop",))
         self.ing.join(30)
         assert not self.ing.is_alive()
-        for s in (self.daemon_side, self.runner):
+        for s in (self.daemon_side, self.runner, self.notify):
             s.close(0)
+        # A new ZeroMQ context, as a new daemon process has: an inproc endpoint of the old one is released by its
+        # I/O thread some time after the close, so binding it again at once could fail
+        self.z.term()
+        self.z = zmq.Context()
+        self.notify = self.z.socket(zmq.PULL)
+        self.notify.bind(INGEST_NOTIFY)
         self._start(engine)
 
     def create(self, limits: dict[str, Any]) -> None:

@@ -296,3 +296,35 @@ def spawned_asks(ctx) -> list:
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_spawned_asks)
+
+
+def _step_in_spawned(name: str) -> str:
+    """In a spawned worker: one step named ``name``; then, in a process it forks, one more (``name`` + " fork")."""
+    import labd
+
+    ctx = labd.context()
+    with ctx.step(name):
+        pass
+    pid = os.fork()
+    if pid == 0:
+        with ctx.step(f"{name} fork"):
+            pass
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return name
+
+
+def forks_and_spawns(ctx) -> list:
+    """A forked child runs a step and starts a spawn worker that runs one (and forks, see :func:`_step_in_spawned`);
+    the runner starts one too: every step must get a node id of its own."""
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    pid = os.fork()
+    if pid == 0:
+        with ctx.step("forked"), spawn.Pool(1) as pool:
+            pool.apply(_step_in_spawned, ("spawned from the fork",))
+        os._exit(0)
+    _wait_child(pid, 120)
+    with spawn.Pool(1) as pool:
+        return [pool.apply(_step_in_spawned, ("spawned from the runner",))]

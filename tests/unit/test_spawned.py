@@ -25,7 +25,7 @@ def installed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     monkeypatch.setattr(mp_util, "spawnv_passfds", lambda path, args, fds: calls.append((args, tuple(fds))) or 0)
     monkeypatch.setattr(mp_spawn, "get_preparation_data", mp_spawn.get_preparation_data)
     setup = spawned.setup_of("s1", Path("/tmp/w"), {"params": {"a": 1}, "models": {"m": {}}}, {"K": "v"})
-    spawned.install(lambda: 99, 1000, Path("/tmp"), setup, lambda: "n7")
+    spawned.install(lambda: 99, 1000, Path("/tmp"), setup, lambda: "n7", lambda: "f3.")
     return calls
 
 
@@ -47,7 +47,7 @@ def test_the_preparation_data_carries_the_setup_and_a_node_prefix_per_child(inst
     a, b = mp_spawn.get_preparation_data("Pool-1"), mp_spawn.get_preparation_data("Pool-2")
     assert a["labd"]["fd"] == 99 and a["labd"]["node"] == "n7" and a["labd"]["secrets"] == {"K": "v"}
     assert a["labd"]["session"] == "s1" and a["labd"]["params"] == {"a": 1} and a["labd"]["models"] == {"m": {}}
-    assert a["labd"]["prefix"].startswith("f") and a["labd"]["prefix"] != b["labd"]["prefix"]
+    assert a["labd"]["prefix"].startswith("f3.f") and a["labd"]["prefix"] != b["labd"]["prefix"]
     assert "labd" not in mp_spawn.get_preparation_data("ignore")
     assert dict(os.environ) == environ  # nothing put in the environment children inherit
 
@@ -87,3 +87,16 @@ def test_attach_outside_a_spawned_child_does_nothing() -> None:
     before = context._current  # noqa: SLF001
     spawned.attach()
     assert context._current is before  # noqa: SLF001
+
+
+def test_after_the_relay_closed_new_processes_start_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process started after the session's end closed the relay (a pool refilling its workers, atexit code) gets
+    neither the descriptor (-1 would make multiprocessing's exec fail) nor the setup: it starts as it would
+    without labd."""
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(mp_util, "spawnv_passfds", lambda path, args, fds: calls.append(tuple(fds)) or 0)
+    monkeypatch.setattr(mp_spawn, "get_preparation_data", mp_spawn.get_preparation_data)
+    spawned.install(lambda: -1, 1000, Path("/tmp"), {}, lambda: None, lambda: "")
+    assert "labd" not in mp_spawn.get_preparation_data("Pool-1")
+    mp_util.spawnv_passfds("py", ["py", "-c", "spawn_main()", "--multiprocessing-fork"], [7])
+    assert calls == [(7,)]
