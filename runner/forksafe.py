@@ -174,10 +174,7 @@ def detach_context(ctx: Any, *owned: Any) -> None:
     # forking process, from a counter of its own, so the runner's own node ids ("n<i>") never depend on how many
     # processes it forked (replays compare them) and children's ids are unique without a pid.
     global _forks
-    j = getattr(_reserved, "j", None)
-    _reserved.j = None
-    prefix = ctx._node_prefix if ctx._node_prefix != "n" else ""  # noqa: SLF001
-    ctx._node_prefix = f"{prefix}f{j if j is not None else next(_forks)}."  # noqa: SLF001
+    ctx._node_prefix = child_prefix(ctx)  # noqa: SLF001
     ctx._node_ids = itertools.count(1)  # noqa: SLF001
     _forks = itertools.count(1)  # the child's own forks
     # Pause, resume and approval answers arrive on the runner's channel thread, which the child has not: it does
@@ -203,12 +200,14 @@ def reserve_fork() -> None:
     _reserved.j = next(_forks)
 
 
-def take_reserved() -> int:
-    """The fork number :func:`reserve_fork` took in this thread, now given away (a child started without a fork,
-    :mod:`labd.runner.spawned`)."""
+def child_prefix(ctx: Any) -> str:
+    """The node-id prefix of a child of the process whose context is ``ctx``: ``f<j>.`` after that process's own
+    (none in the runner, whose ids are ``n<i>``), ``j`` the fork number :func:`reserve_fork` took in this thread,
+    now given away (or the next one: a child started without a fork, :mod:`labd.runner.spawned`)."""
     j = getattr(_reserved, "j", None)
     _reserved.j = None
-    return j if j is not None else next(_forks)
+    own = ctx._node_prefix if ctx._node_prefix != "n" else ""  # noqa: SLF001
+    return f"{own}f{j if j is not None else next(_forks)}."
 
 
 def forget_reserved() -> None:

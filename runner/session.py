@@ -166,7 +166,7 @@ def run_session(spec: dict[str, Any]) -> int:
     # ... and of processes it starts with multiprocessing's spawn or forkserver methods (runner/spawned.py)
     spawned.install(relay.child_fd, relay.max_message, workdir.parent,
                     spawned.setup_of(session_id, workdir, spec, secrets), current_node.get,
-                    lambda: "" if ctx._node_prefix == "n" else ctx._node_prefix)  # noqa: SLF001 - f<j>. when forked
+                    lambda: forksafe.child_prefix(ctx))
 
     def before_boundary() -> None:
         capture.sync()

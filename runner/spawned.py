@@ -57,21 +57,19 @@ KEY = "labd"
 
 
 def install(fd: Callable[[], int], max_message: int, spill_dir: Path, setup: Mapping[str, Any],
-            node: Callable[[], str | None], prefix: Callable[[], str]) -> None:
+            node: Callable[[], str | None], child_prefix: Callable[[], str]) -> None:
     """In the runner: wrap ``multiprocessing``'s preparation data and its ``exec`` of new processes. ``fd`` gives
     the relay's children's end (starting its thread; -1 once the relay is closed: then children get nothing),
     ``setup`` what the child's context is made from (:func:`setup_of`), ``node`` the step current in the calling
-    thread, ``prefix`` the calling process's own node-id prefix ("" in the runner, ``f<j>.`` in a child it forked),
-    which the children's extend."""
+    thread, ``child_prefix`` a new child's node-id prefix (:func:`labd.runner.forksafe.child_prefix`)."""
     prepared, passfds = mp_spawn.get_preparation_data, mp_util.spawnv_passfds
 
     def get_preparation_data(name: str) -> dict[str, Any]:
         data: dict[str, Any] = prepared(name)
         relay = fd()
         if name != "ignore" and relay >= 0:  # "ignore": the forkserver's own start (keeps the main path, sys.path)
-            forksafe.reserve_fork()
             data[KEY] = {"fd": relay, "max_message": max_message, "spill": str(spill_dir), "node": node(),
-                         "prefix": f"{prefix()}f{forksafe.take_reserved()}.", **setup}
+                         "prefix": child_prefix(), **setup}
         return data
 
     def spawnv_passfds(path: Any, args: Sequence[Any], fds: Sequence[int]) -> Any:
@@ -115,8 +113,7 @@ def attach() -> None:
     _track_ag2_when_imported(ctx.agent_factory)
     # its own spawned processes get the relay too (passed on at the same number), their node ids under its own
     install(sock.fileno, int(setup["max_message"]), Path(setup["spill"]),
-            {k: setup[k] for k in _SETUP_KEYS if k in setup}, current_node.get,
-            lambda: ctx._node_prefix)  # noqa: SLF001
+            {k: setup[k] for k in _SETUP_KEYS if k in setup}, current_node.get, lambda: forksafe.child_prefix(ctx))
     # ... and a process it forks numbers its nodes under a prefix of its own (its events' references carry its pid)
     os.register_at_fork(before=forksafe.reserve_fork, after_in_parent=forksafe.forget_reserved,
                         after_in_child=lambda: _forked(ctx))
@@ -124,20 +121,21 @@ def attach() -> None:
 
 def _forked(ctx: Any) -> None:
     """In a process forked by a spawned child: node ids ``<the child's prefix>f<j>.<i>``."""
-    ctx._node_prefix = f"{ctx._node_prefix}f{forksafe.take_reserved()}."  # noqa: SLF001
+    ctx._node_prefix = forksafe.child_prefix(ctx)  # noqa: SLF001
     ctx._node_ids = itertools.count(1)  # noqa: SLF001
 
 
-#: what :func:`setup_of` gives a child (besides the relay's descriptor, its step and fork number)
-_SETUP_KEYS = ("session", "workdir", "params", "secrets", "models", "prices", "limits", "mcp_servers", "roles",
-               "agent_overrides", "policy")
+#: the session spec's keys a child's agents are configured from (as the runner's: runner/session.py)
+_AGENT_KEYS = ("models", "prices", "limits", "mcp_servers", "roles", "agent_overrides", "policy")
+#: what :func:`setup_of` gives a child (besides the relay's descriptor, its step and node-id prefix)
+_SETUP_KEYS = ("session", "workdir", "params", "secrets", *_AGENT_KEYS)
 
 
 def setup_of(session_id: str, workdir: Path, spec: Mapping[str, Any], secrets: Mapping[str, str]) -> dict[str, Any]:
     """The setup a spawned child's context is made from: the session's id, work directory and parameters, its
     secrets, and what its agents are configured with."""
     return {"session": session_id, "workdir": str(workdir), "params": dict(spec.get("params") or {}),
-            "secrets": dict(secrets), **{k: spec.get(k) for k in _SETUP_KEYS[4:]}}
+            "secrets": dict(secrets), **{k: spec.get(k) for k in _AGENT_KEYS}}
 
 
 def _preparation_data() -> Any:

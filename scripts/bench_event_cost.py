@@ -156,21 +156,36 @@ def ingest(n, live):
         "SELECT session_id, seq, ts, kind, src, src_seq, node_id, parent, payload FROM events WHERE kind='custom'"),
         key=lambda r: (r[5] // 2000, r[0], r[1]))
     ddl = sqlite3.connect(f"{tmp}/s.db").execute("SELECT sql FROM sqlite_master WHERE name='events'").fetchone()[0]
-    def raw_insert(name, sql, rs):  # the daemon's pragmas; its checkpoints are on another thread, so none here
+    def raw_insert(name, sql, rs, per=1):  # the daemon's pragmas; its checkpoints are on another thread, so none here
         raw = sqlite3.connect(f"{tmp}/{name}.db", isolation_level=None)
         raw.execute("PRAGMA journal_mode=WAL"); raw.execute("PRAGMA synchronous=NORMAL")
         raw.execute("PRAGMA wal_autocheckpoint=0"); raw.execute(ddl)
         t = time.thread_time()
         for k in range(0, len(rs), 5000):
-            raw.execute("BEGIN"); raw.executemany(sql, rs[k:k + 5000]); raw.execute("COMMIT")
+            chunk = rs[k:k + 5000]
+            raw.execute("BEGIN")
+            if per == 1:
+                raw.executemany(sql, chunk)
+            else:  # `per` rows to a statement (store.writer's multi-row VALUES), the rest one by one
+                full = len(chunk) // per * per
+                flat, width = tuple(v for r in chunk[:full] for v in r), per * len(chunk[0])
+                one = sql[sql.index("VALUES") + 7:]
+                raw.executemany(sql + ", " + ", ".join([one] * (per - 1)),
+                                [flat[i:i + width] for i in range(0, len(flat), width)])
+                raw.executemany(sql, chunk[full:])
+            raw.execute("COMMIT")
         return (time.thread_time() - t) / len(rs) * 1e6
 
     raw_us = raw_insert("raw", "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)", rows)
     # the same rows without binding their NULL node_id/parent (what ingest's hot path does: store.writer.PlainRow)
-    raw_plain_us = raw_insert("raw-plain", "INSERT INTO events (session_id, seq, ts, kind, src, src_seq, payload) "
-                              "VALUES (?,?,?,?,?,?,?)", [r[:6] + (r[8],) for r in rows])
+    plain_sql = "INSERT INTO events (session_id, seq, ts, kind, src, src_seq, payload) VALUES (?,?,?,?,?,?,?)"
+    plain_rows = [r[:6] + (r[8],) for r in rows]
+    raw_plain_us = raw_insert("raw-plain", plain_sql, plain_rows)
+    # ... and 100 of them to a statement, as store.writer writes them (docs/benchmarks.md §39)
+    raw_multi_us = raw_insert("raw-multi", plain_sql, plain_rows, per=100)
     return {"frames_us": t_frames / done * 1e6, "write_us": t_write / done * 1e6,
             "total_us": (t_frames + t_write) / done * 1e6, "raw_us": raw_us, "raw_plain_us": raw_plain_us,
+            "raw_multi_us": raw_multi_us,
             "follower_us": follower_us}
 
 what, n = sys.argv[1], int(sys.argv[2])
@@ -224,7 +239,8 @@ def main() -> int:
                              ("  of which write (commit, publish, ack)", "ingest-live", "write_us"),
                              ("the follower (SDK: verify, parse, a dict per event)", "ingest-live", "follower_us"),
                              ("raw sqlite3 executemany, same rows", "ingest", "raw_us"),
-                             ("raw sqlite3 executemany, NULLs not bound", "ingest", "raw_plain_us")]:
+                             ("raw sqlite3 executemany, NULLs not bound", "ingest", "raw_plain_us"),
+                             ("raw sqlite3, NULLs not bound, 100 rows to a statement", "ingest", "raw_multi_us")]:
         row = [label, f"{med('this', what, key):.2f}"]
         if args.baseline:
             row += [f"{med('baseline', what, key):.2f}", ratio(med("this", what, key), med("baseline", what, key))]

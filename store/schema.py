@@ -44,7 +44,7 @@ sessions = Table(
     Column("stop_by", String(40)),
     Column("kill_reason", Text),
     # what the current run has recorded against its bounds (0011): [daemon] max_session_record's bytes and the
-    # output cap backstop's characters (daemon/recordcap.py, daemon/outputcap.py); 0 again when a run ends
+    # output cap backstop's characters (daemon/recordcap.py, daemon/outputcap.py); 0 again when a resume starts a run
     Column("record_bytes", BigInteger, nullable=False, default=0, server_default="0"),
     Column("output_chars", BigInteger, nullable=False, default=0, server_default="0"),
     Column("tags", Text),  # JSON object of str -> str, from session.start

@@ -51,10 +51,10 @@ class BatchWriter:
         style = engine.dialect.paramstyle
         ph = "?" if style == "qmark" else "%s"
         self._p = ph
-        self._insert_events = _Inserts("session_id, seq, ts, kind, src, src_seq, node_id, parent, payload", 9, ph)
+        self._insert_events = _Inserts("session_id, seq, ts, kind, src, src_seq, node_id, parent, payload", ph)
         #: rows without node id and parent (PlainRow), and with a node id only (NodeRow)
-        self._insert_plain = _Inserts("session_id, seq, ts, kind, src, src_seq, payload", 7, ph)
-        self._insert_noded = _Inserts("session_id, seq, ts, kind, src, src_seq, node_id, payload", 8, ph)
+        self._insert_plain = _Inserts("session_id, seq, ts, kind, src, src_seq, payload", ph)
+        self._insert_noded = _Inserts("session_id, seq, ts, kind, src, src_seq, node_id, payload", ph)
 
     def close(self) -> None:
         self._conn.close()
@@ -227,7 +227,8 @@ class _Inserts:
     """The INSERT statements of one shape of event row: :data:`ROWS_PER_STATEMENT` rows per statement, and one row
     per statement for what is left over."""
 
-    def __init__(self, columns: str, ncols: int, ph: str) -> None:
+    def __init__(self, columns: str, ph: str) -> None:
+        ncols = columns.count(",") + 1
         one = f"({', '.join([ph] * ncols)})"
         head = f"INSERT INTO events ({columns}) VALUES "
         self.one = head + one

@@ -10,11 +10,12 @@ import os
 import socket
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from labd.runner import spawned
+from labd.runner import forksafe, spawned
 
 
 @pytest.fixture()
@@ -25,7 +26,8 @@ def installed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     monkeypatch.setattr(mp_util, "spawnv_passfds", lambda path, args, fds: calls.append((args, tuple(fds))) or 0)
     monkeypatch.setattr(mp_spawn, "get_preparation_data", mp_spawn.get_preparation_data)
     setup = spawned.setup_of("s1", Path("/tmp/w"), {"params": {"a": 1}, "models": {"m": {}}}, {"K": "v"})
-    spawned.install(lambda: 99, 1000, Path("/tmp"), setup, lambda: "n7", lambda: "f3.")
+    forked = SimpleNamespace(_node_prefix="f3.")  # the context of a child the runner forked
+    spawned.install(lambda: 99, 1000, Path("/tmp"), setup, lambda: "n7", lambda: forksafe.child_prefix(forked))
     return calls
 
 
@@ -96,7 +98,7 @@ def test_after_the_relay_closed_new_processes_start_without_it(monkeypatch: pyte
     calls: list[tuple[Any, ...]] = []
     monkeypatch.setattr(mp_util, "spawnv_passfds", lambda path, args, fds: calls.append(tuple(fds)) or 0)
     monkeypatch.setattr(mp_spawn, "get_preparation_data", mp_spawn.get_preparation_data)
-    spawned.install(lambda: -1, 1000, Path("/tmp"), {}, lambda: None, lambda: "")
+    spawned.install(lambda: -1, 1000, Path("/tmp"), {}, lambda: None, lambda: "f1.")
     assert "labd" not in mp_spawn.get_preparation_data("Pool-1")
     mp_util.spawnv_passfds("py", ["py", "-c", "spawn_main()", "--multiprocessing-fork"], [7])
     assert calls == [(7,)]

@@ -3,7 +3,7 @@
 output cap's backstop: characters of output, log records and custom events accepted). Both lived only in ingest's
 memory, so a daemon restart started them again from zero: a session that wrote to its channel itself could record
 its bound once more after every restart (daemon/recordcap.py, daemon/outputcap.py). Existing rows start at 0, as
-the counts did before; a run's end sets them back to 0 (a resume is a new run).
+the counts did before; an ended run keeps its counts (not loaded again), and a resume, a new run, sets them to 0.
 
 Revision ID: 0011_record_counts
 Revises: 0010_text_labels
