@@ -30,6 +30,7 @@ the start of one.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import fcntl
 import io
 import os
@@ -41,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from labd.runner import mphelpers
 from labd.runner.outputcap import OutputCap, Report
 from labd.runner.withhold import StreamWithholder
 
@@ -189,7 +191,9 @@ class OutputCapture:
         """Flush Python streams, close our write ends, and let the readers drain (bounded wait).
 
         A child process that still holds fd 1 or 2 open would keep the pipe open forever, so the
-        readers stop after ``timeout`` even without end-of-file.
+        readers stop after ``timeout`` even without end-of-file; and as soon as the only processes left are
+        ``multiprocessing``'s helpers, which hold the pipes until the runner exits, once what is in the pipes
+        has been emitted (:mod:`labd.runner.mphelpers`).
         """
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -200,12 +204,35 @@ class OutputCapture:
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
         os.close(devnull)
-        for t in self._threads:
-            t.join(timeout)
-        self._stop.set()
-        for t in self._threads:
-            t.join(0.5)
+        threads = self._threads
+
+        def ended(wait: float) -> bool:
+            for t in threads:
+                t.join(wait)
+            return not any(t.is_alive() for t in threads)
+
+        if not mphelpers.wait_for(ended, timeout, self._drained):
+            self._stop.set()
+            with self._flushed:  # out of its select now, not after its poll period (the reader closes it under this)
+                if self._wake is not None:
+                    with contextlib.suppress(OSError):
+                        os.write(self._wake[1], b"!")
+            for t in threads:
+                t.join(0.5)
         self.budget.final()
+
+    def _drained(self) -> bool:
+        """Nothing unread in the pipes, nor read and not yet processed by the reader (what it keeps back, a partial
+        line or a held tail, leaves when it stops)."""
+        buf = bytearray(4)
+        for fd in self._fds:
+            try:
+                fcntl.ioctl(fd, termios.FIONREAD, buf)
+            except OSError:  # closed by the reader at its end-of-file
+                continue
+            if struct.unpack("i", buf)[0]:
+                return False
+        return not any(self._busy)
 
     def _capped(self, stream: str, text: str) -> None:
         """Emit what fits under the cap (counted in UTF-8 bytes of the text); count the rest as dropped."""

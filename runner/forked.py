@@ -43,6 +43,7 @@ from pathlib import Path
 import orjson
 
 from labd.ipc.wire import encode_json, json_fallback
+from labd.runner import mphelpers
 
 __all__ = ["Relay", "DRAIN_S"]
 
@@ -143,7 +144,13 @@ class Relay:
             return
         thread = self._thread
         if thread.is_alive():
-            thread.join(max(0.0, timeout))
+            # until every child's end is closed; or only multiprocessing's helpers are left, which keep theirs until
+            # the runner exits (labd.runner.mphelpers)
+            def ended(wait: float) -> bool:
+                thread.join(wait)
+                return not thread.is_alive()
+
+            mphelpers.wait_for(ended, max(0.0, timeout))
             if thread.is_alive():  # children still alive: take what they sent, then end (recv returns b"")
                 with contextlib.suppress(OSError):
                     self._recv.shutdown(socket.SHUT_RD)

@@ -26,8 +26,9 @@ stderr are the runner's capture pipes). Now:
   backstop still bounds them). A worker is attributed to the step current in the thread that started it (a pool's
   replacement workers, started by its handler thread, to none); a process such a child forks numbers its nodes
   under a prefix of its own. The forkserver and multiprocessing's resource tracker live as long as the runner and
-  hold its output pipes (the forkserver the relay too), so a session that used them ends up to
-  :data:`labd.runner.forked.DRAIN_S` later (stopping them early would unlink semaphores the runner still holds).
+  hold its output pipes (the forkserver the relay too): the waits at the session's end stop waiting for them once
+  only they are left (:mod:`labd.runner.mphelpers`; stopping them early would unlink semaphores the runner still
+  holds).
 """
 
 from __future__ import annotations
