@@ -304,11 +304,23 @@ class EventTail(threading.Thread):
     ``session.`` and match on the body's ``session`` afterwards.
     """
 
-    def __init__(self, home: Path, kinds: Iterable[str] | None = None, pause_gc: bool = True) -> None:
+    #: what the follower does with each message (``decode``): ``sdk`` as the SDK's follow (every event a dict),
+    #: ``parse`` verify and parse its JSON, without a dict per event (orjson's lists as they come, the collector
+    #: paused as the SDK does: a client that reads a field or two of a few events), ``verify`` only check its
+    #: signature (what following costs labd and the transport; the events are counted from the bytes, and only a
+    #: message naming an awaited kind is parsed)
+    DECODES = ("sdk", "parse", "verify")
+
+    def __init__(self, home: Path, kinds: Iterable[str] | None = None, pause_gc: bool = True,
+                 decode: str = "sdk") -> None:
         """``pause_gc``: decode as the SDK does (``labd.ipc.live.decode_live``: events as dicts, the cyclic garbage
-        collector paused meanwhile); False: the same dicts with the collector on (the SDK before, for an A/B)."""
+        collector paused meanwhile); False: the same dicts with the collector on (the SDK before, for an A/B).
+        ``decode``: one of :attr:`DECODES`."""
         super().__init__(name="bench-tail", daemon=True)
+        if decode not in self.DECODES:
+            raise ValueError(f"decode must be one of {self.DECODES}, not {decode!r}")
         self.pause_gc = pause_gc
+        self.decode = decode
         from labd.ipc.connection import read_connection_file
         from labd.ipc.paths import layout_for
 
@@ -325,7 +337,9 @@ class EventTail(threading.Thread):
     def run(self) -> None:
         import zmq
 
+        from labd.ipc.gcpause import gc_paused
         from labd.ipc.live import decode_live, live_events
+        from labd.ipc.signing import SignatureError, Signer
         from labd.ipc.wire import Codec, WireError
 
         ctx = zmq.Context()
@@ -335,6 +349,7 @@ class EventTail(threading.Thread):
         sub.setsockopt(zmq.SUBSCRIBE, b"session.")
         sub.connect(self.info.events)
         codec = Codec(self.info.key_bytes)
+        signer = Signer(self.info.key_bytes)
         self._ready.set()
         clock = time.perf_counter
         try:
@@ -344,16 +359,31 @@ class EventTail(threading.Thread):
                 frames = sub.recv_multipart()
                 t = clock()
                 self.messages += 1
-                try:  # as a client of the SDK gets them: every event a dict
-                    if self.pause_gc:
+                try:
+                    if self.decode == "verify":
+                        signer.verify(frames[1], frames[2])
+                        self.events += frames[2].count(b'"tick"')  # bench workflows' bulk events, from the bytes
+                        if not any(b'"%s"' % k.encode() in frames[2] for k in self.kinds or ()):
+                            continue
+                        evs = live_events(codec.unpack(frames[1:]).body)
+                    elif self.decode == "parse":  # the JSON parsed (orjson: a list per event), nothing more
+                        with gc_paused():
+                            body = codec.unpack(frames[1:]).body
+                        run = body.get("run")
+                        self.events += len(run[1] if isinstance(run, list) else body.get("events") or ())
+                        if not any(b'"%s"' % k.encode() in frames[2] for k in self.kinds or ()):
+                            continue
+                        evs = live_events(body)
+                    elif self.pause_gc:  # as a client of the SDK gets them: every event a dict
                         evs = decode_live(codec, frames[1:])
+                        self.events += len(evs)
                     else:
                         evs = live_events(codec.unpack(frames[1:]).body)
-                except WireError:
+                        self.events += len(evs)
+                except (WireError, SignatureError):
                     self.bad += 1
                     continue
                 sid = frames[0][len(b"session."):].decode()  # the topic names the session
-                self.events += len(evs)
                 new = False
                 with self._cond:
                     for ev in evs:

@@ -19,7 +19,8 @@ One run does, side by side:
 
 With ``--rounds R`` (default 3) step 1 runs R times without and R times with a client following every session
 on the live tail (a SUB subscribed to ``session.``, decoding every message into events as the SDK's follow does,
-``labd.ipc.live.decode_live``), alternated so
+``labd.ipc.live.decode_live``; ``--follower parse`` / ``verify``: a client that only parses the messages, or only
+checks their signatures, to separate what following costs labd from the client's own decoding), alternated so
 the box's drift hits both alike; medians are compared (goal: following costs <= 10 %, i.e. >= 0.9x). The
 ceilings of step 3 are measured once, after the labd rounds, on rows of the last round's shape; the raw
 ``executemany`` ceiling is also measured right after each round of this tree without a follower, and that round's
@@ -361,7 +362,8 @@ def _labd_round(args: argparse.Namespace, follow: bool, baseline: bool, env: dic
             lower_priority(d.pid, 0, base=(-args.boost, -args.boost))
         c = d.client()
         pause_gc = not (baseline and args.baseline_follower_gc)
-        tail = EventTail(d.home, kinds={"session.ended"}, pause_gc=pause_gc) if follow else None
+        tail = (EventTail(d.home, kinds={"session.ended"}, pause_gc=pause_gc, decode=args.follower) if follow
+                else None)
         sampler = CounterSampler(d, args.interval)
         try:
             if tail is not None:
@@ -424,6 +426,10 @@ def main() -> int:
     ap.add_argument("-n", "--n", type=int, default=300_000, help="tick events per session (default 300000)")
     ap.add_argument("--rounds", type=int, default=3, help="labd rounds without and with a follower (default 3)")
     ap.add_argument("--no-follow", action="store_true", help="skip the rounds with a client following")
+    ap.add_argument("--follower", choices=EventTail.DECODES, default="sdk",
+                    help="what the following client does with each message: sdk = every event a dict, as the SDK's "
+                         "follow (default); parse = verify and parse into compact lists; verify = check the "
+                         "signature only (the cost of following to labd and the transport)")
     ap.add_argument("--batch", type=int, default=5000,
                     help="rows per transaction in the write ceilings (default 5000 = ingest's MAX_BATCH)")
     ap.add_argument("--ceiling-rows", type=int, default=1_000_000,
@@ -459,7 +465,7 @@ def main() -> int:
         lower_priority(os.getpid(), 0, base=(-args.boost, -args.boost))
         if os.getpriority(os.PRIO_PROCESS, 0) != -args.boost:
             ap.error("--boost needs the privilege to lower niceness (root or CAP_SYS_NICE)")
-    print_machine(f"{args.sessions} x demo.events n={args.n:,}, {args.rounds} rounds")
+    print_machine(f"{args.sessions} x demo.events n={args.n:,}, {args.rounds} rounds, follower: {args.follower}")
     t_begin = time.monotonic()
     try:
         runs: list[dict[str, Any]] = []
