@@ -213,7 +213,7 @@ class OutputCapture:
 
         if not mphelpers.wait_for(ended, timeout, self._drained):
             self._stop.set()
-            with self._flushed:  # out of its select now, not after its poll period (the reader closes it under this)
+            with self._flushed:  # out of its select, which has no timeout when nothing is due (it closes this under it)
                 if self._wake is not None:
                     with contextlib.suppress(OSError):
                         os.write(self._wake[1], b"!")
@@ -272,11 +272,14 @@ class OutputCapture:
         wake = self._wake[0] if self._wake is not None else None
         while streams and not self._stop.is_set():
             # Sleep until output comes, or until the oldest held partial line is due (PARTIAL_FLUSH_S without
-            # more bytes on its stream) or a held tail is (HOLD_S), or for PARTIAL_FLUSH_S at most (to see _stop).
+            # more bytes on its stream) or a held tail is (HOLD_S); with nothing due, until output or a byte on the
+            # wake pipe (sync() asks for what is kept back; close() sets _stop, then writes one). No timeout then:
+            # an idle session's reader woke 10 times a second for nothing, and 200 idle sessions' readers took
+            # ~10 % of a core (docs/benchmarks.md §40).
             now = time.monotonic()
             due = [st.last_data + PARTIAL_FLUSH_S for st in streams.values() if st.pending]
             due += [st.held_at + HOLD_S for st in streams.values() if st.held]
-            timeout = max(0.0, min(due) - now) if due else PARTIAL_FLUSH_S
+            timeout = max(0.0, min(due) - now) if due else None
             ready, _, _ = select.select([*streams, wake] if wake is not None else list(streams), [], [], timeout)
             asked = None
             if wake is not None and wake in ready:
