@@ -228,7 +228,7 @@ class OutputCapture:
         for fd in self._fds:
             try:
                 fcntl.ioctl(fd, termios.FIONREAD, buf)
-            except OSError:  # closed by the reader at its end-of-file
+            except OSError:  # -1: closed by the reader at its end-of-file
                 continue
             if struct.unpack("i", buf)[0]:
                 return False
@@ -356,6 +356,9 @@ class OutputCapture:
         pending, st.pending = st.pending + st.decoder.decode(b"", final=True), ""
         self._out(st, pending, final=True)  # what it held back too: the stream has ended
         self._busy[st.index] = self._unsent[st.index] = 0
+        # out of the list first: sync() and _drained() ask the kernel about these fds, and a number closed here may
+        # be reused at once by another thread's open()
+        self._fds[st.index] = -1
         os.close(fd)
 
 

@@ -275,7 +275,11 @@ def run_session(spec: dict[str, Any]) -> int:
         relay.close()  # what forked children sent comes before session.finished
     except Exception as exc:  # noqa: BLE001 - the session's outcome is recorded whatever happened here
         emit("log", {"level": "error", "logger": "labd.runner.forked", "event": f"relay: {type(exc).__name__}: {exc}"})
-    capture.close()
+    try:
+        capture.close()
+    except Exception as exc:  # noqa: BLE001 - as above: the outcome is recorded whatever happened here
+        emit("log", {"level": "error", "logger": "labd.runner.capture",
+                     "event": f"capture: {type(exc).__name__}: {exc}"})
     files.scan(None)  # whatever the workflow left outside any step
     if shipper is not None:  # what changed since the last checkpoint
         shipper.ship(durable.snapshot())

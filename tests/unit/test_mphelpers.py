@@ -12,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 PRELUDE = """
 import json, multiprocessing as mp, os, sys, time
 from multiprocessing import resource_tracker
@@ -76,16 +78,21 @@ def run_alone(body: str) -> None:
     assert out.strip().endswith("ok"), out[-2000:]
 
 
-def test_only_helpers_left_needs_a_helper_and_nothing_else() -> None:
-    """Without a helper the answer is no (end-of-file is what to wait for); with one, yes only while no other child
-    of this process is alive; an ended child that is not reaped yet (a zombie) does not count."""
-    run_alone("""
-        import subprocess, sys, time
+@pytest.mark.parametrize("walk", ["children files", "scan of /proc"])
+def test_only_helpers_left_needs_a_helper_and_nothing_else(walk: str) -> None:
+    """Without a helper the answer is no (end-of-file is what to wait for); with one, yes only while no other process
+    under this one is alive: a child, or an orphaned grandchild this process (a subreaper, as the runner is) took in;
+    an ended child that is not reaped yet (a zombie) does not count. Both ways of finding the processes under this
+    one: the kernel's per-thread children files, and one pass over /proc where a kernel lacks them."""
+    run_alone(f"""
+        import ctypes, subprocess, sys, time
         from labd.runner import mphelpers
+        mphelpers._HAVE_CHILDREN_FILE = {walk == "children files"}
+        assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER, as the runner
         assert not mphelpers.only_helpers_left(), "no helper: wait for end-of-file"
         sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
         helper, other = subprocess.Popen(sleep), subprocess.Popen(sleep)
-        mphelpers.helper_pids = lambda: {helper.pid}
+        mphelpers.helper_pids = lambda: {{helper.pid}}
         assert not mphelpers.only_helpers_left(), "another child is alive"
         other.kill()
         deadline = time.monotonic() + 10
@@ -93,6 +100,15 @@ def test_only_helpers_left_needs_a_helper_and_nothing_else() -> None:
             assert time.monotonic() < deadline, "a killed child still counted"
             time.sleep(0.01)
         other.wait()
+        assert mphelpers.only_helpers_left()
+        # a grandchild whose parent exited at once: an orphan, now this process's child
+        middle = subprocess.run([sys.executable, "-c", "import subprocess as s, sys; print(s.Popen([sys.executable, "
+                                 "'-c', 'import time; time.sleep(60)'], stdout=s.DEVNULL, stderr=s.DEVNULL).pid)"],
+                                capture_output=True, text=True, check=True)
+        orphan = int(middle.stdout)
+        assert not mphelpers.only_helpers_left(), "an orphan taken in is alive"
+        import os, signal
+        os.kill(orphan, signal.SIGKILL); os.waitpid(orphan, 0)
         assert mphelpers.only_helpers_left()
         helper.kill(); helper.wait()
         assert not mphelpers.only_helpers_left(), "the helper gone: nothing left"
@@ -125,3 +141,76 @@ def test_relay_close_does_not_wait_for_a_helper_holding_its_end() -> None:
         os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0)
         print("ok")
     """)
+
+
+def test_capture_waits_for_a_process_whose_main_thread_exited() -> None:
+    """A process whose main thread exited while another of its threads still runs shows as a zombie, but may still
+    write: it is waited for (here its thread writes half a second later), not taken for ended."""
+    text = run_capture("""
+        pid = os.fork()
+        if pid == 0:
+            import ctypes, threading
+            def late():
+                time.sleep(0.5)
+                os.write(1, b"written by a thread after the main thread exited\\n")
+                os._exit(0)
+            threading.Thread(target=late).start()
+            ctypes.CDLL(None).pthread_exit(None)
+        time.sleep(0.1)  # the child's main thread has exited by now: a zombie with a live thread
+        print("from the workflow")
+    """)
+    assert "written by a thread after the main thread exited\n" in text
+
+
+def test_capture_emits_everything_in_the_pipes_before_it_ends() -> None:
+    """A worker that wrote more than the pipe holds right before it ended: the capture, which ends early because only
+    the tracker is left, still emits every byte that was in the pipes (the reader is slowed as a busy channel would
+    slow it, so the pipe is still full when the worker is gone)."""
+    out = python(PRELUDE.replace(
+        "lambda stream, text: chunks.append([stream, text])",
+        "lambda stream, text: (time.sleep(0.01), chunks.append([stream, text]))") + textwrap.dedent("""
+        line = b"x" * 1023 + b"\\n"
+        pid = os.fork()
+        if pid == 0:
+            for _ in range(4096):  # 4 MiB: 4 pipes' worth
+                os.write(1, line)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        """) + EPILOGUE)
+    text = "".join(t for _, t in json.loads(out))
+    assert len(text) == 4096 * 1024, f"{4096 * 1024 - len(text)} bytes lost"
+
+
+def test_capture_ends_without_waiting_for_the_forkserver() -> None:
+    """A workflow that used a ``forkserver`` pool: the forkserver (and the tracker) keep the pipes open, and the
+    capture still ends once the worker is gone, with the worker's line emitted."""
+    text = run_capture("""
+        ctx = mp.get_context("forkserver")
+        worker = ctx.Process(target=print, args=("from a forkserver worker",))
+        worker.start(); worker.join()
+        from multiprocessing import forkserver
+        assert forkserver._forkserver._forkserver_pid in helper_pids(), "the forkserver is a known helper"
+    """)
+    assert "from a forkserver worker\n" in text
+
+
+def test_wait_for_looks_at_the_processes_before_the_pipes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each look asks whether only helpers are left before it asks whether the pipes are drained: a worker that ended
+    before the first question wrote everything it wrote before it, so the second sees it (in the other order, a
+    worker could write and end between the two, and its bytes would be left in the pipe)."""
+    from labd.runner import mphelpers
+
+    asked: list[str] = []
+
+    def helpers_only() -> bool:
+        asked.append("processes")
+        return len(asked) > 4
+
+    def drained() -> bool:
+        asked.append("pipes")
+        return True
+
+    monkeypatch.setattr(mphelpers, "only_helpers_left", helpers_only)
+    assert mphelpers.wait_for(lambda wait: False, 60, drained) is False
+    assert asked[-2:] == ["processes", "pipes"], asked
+    assert "pipes" not in asked[:-1], "the pipes are asked about only once only helpers are left"
