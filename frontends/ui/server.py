@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import mimetypes
 import os
 from collections.abc import AsyncIterator, Callable
@@ -99,6 +100,26 @@ def _count(request: Request, name: str, default: int) -> int:
     if not raw.isdigit() or len(raw) > 18:
         raise ValueError(f"{name} must be a whole number (0 or more), not {raw[:40]!r}")
     return int(raw)
+
+
+class FileShrank(Exception):
+    """A download's file is shorter than the Content-Length sent (it shrank while it was sent): the response cannot
+    be completed; :class:`_EndShort` closes the connection instead, so the client sees the transfer incomplete."""
+
+
+class _EndShort:
+    """Pure ASGI middleware: a download that raised :class:`FileShrank` ends there, with one warning line (uvicorn
+    then closes the connection, its response incomplete) instead of an "Exception in ASGI application" traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except* FileShrank as group:
+            for exc in group.exceptions:
+                logging.getLogger("uvicorn.error").warning("%s", exc)
 
 
 class BodyTooLarge(Exception):
@@ -301,14 +322,15 @@ def build_app(home: str | None, token: str, port_ref: list[int],
 
         async def pieces() -> AsyncIterator[bytes]:
             """The file's first ``st_size`` bytes (its size when opened, as Content-Length says), from the fd opened
-            above: a growing file is sent as it was, one that shrank meanwhile ends short (its client sees the
-            length unmet), and no path is opened again."""
+            above: a growing file is sent as it was, one that shrank meanwhile ends short (:class:`FileShrank`: its
+            client sees the length unmet), and no path is opened again."""
             try:
                 left = st.st_size
                 while left > 0:
                     piece = await anyio.to_thread.run_sync(f.read, min(DOWNLOAD_CHUNK, left))
                     if not piece:
-                        return
+                        raise FileShrank(f"download of {rel!r} (session {sid}) ended short: the file shrank to "
+                                         f"{st.st_size - left} of {st.st_size} bytes while it was sent")
                     left -= len(piece)
                     yield piece
             finally:
@@ -378,5 +400,5 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         return JSONResponse({"error": {"code": name, "message": message}}, status_code=code,
                             headers=getattr(exc, "headers", None))
 
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_SecurityHeaders)],
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_EndShort), Middleware(_SecurityHeaders)],
                      exception_handlers={HTTPException: http_error})

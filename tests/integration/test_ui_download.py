@@ -92,3 +92,35 @@ def _readlink(p: Path) -> str:
         return str(p.readlink())
     except OSError:  # closed meanwhile
         return ""
+
+
+@pytest.mark.timeout(300)
+def test_a_file_that_shrinks_while_it_is_sent_ends_the_download_short(shared_daemon, tmp_path: Path) -> None:
+    """A file the session truncates while a client is downloading it: the download ends short of its
+    Content-Length (the connection closes: a client sees the transfer incomplete, never a shorter file passed off as
+    whole), `labd ui` says so in one line naming the file, with no traceback, and serves on."""
+    flows = tmp_path / "bigflows.py"
+    flows.write_text(BIG_FLOWS)
+    with shared_daemon.client() as c:
+        sid = c.start(f"{flows}:big", params={"mib": 32})
+        assert c.wait(sid, timeout=120)["status"] == "completed"
+        workdir = Path(c.request("session.files", session=sid)["workdir"])
+    with running_ui(shared_daemon.home, tmp_path / "ui-stderr.log") as ui:
+        with socket.create_connection(("127.0.0.1", ui.port), timeout=60) as s:
+            s.sendall(f"GET /api/sessions/{sid}/files/big-32.bin HTTP/1.1\r\nHost: 127.0.0.1:{ui.port}\r\n"
+                      f"Authorization: Bearer {ui.token}\r\nConnection: close\r\n\r\n".encode())
+            raw = bytearray()
+            while b"\r\n\r\n" not in raw:
+                raw += s.recv(65536)
+            # the first pieces are on their way; the connection's buffers hold the rest back while nothing is read
+            (workdir / "big-32.bin").write_bytes(b"")
+            while piece := s.recv(1 << 20):
+                raw += piece
+        head, _, body = bytes(raw).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert f"content-length: {32 * 1024 * 1024}".encode() in head.lower()
+        assert len(body) < 32 * 1024 * 1024, "the download must not look complete"
+        wait_until(lambda: "big-32.bin" in ui.stderr(), timeout=10)
+        assert "Traceback" not in ui.stderr(), ui.stderr()
+        assert "shrank" in ui.stderr(), ui.stderr()
+        assert ui.request("/api/status")[0] == 200
