@@ -305,9 +305,9 @@ class Monitor(threading.Thread):
             self._hunt(b, self.table.tree(extra.get(b.sid, [])), now)
 
     def _vanished(self, w: Watched) -> None:
-        if w.peak_memory:
-            self._record(w)  # the supervisor's final sample will find the session unwatched
-        self.notes.send_pyobj(("vanished", w.sid))
+        # The last sample rides on the note (the supervisor's final sample will find the session unwatched): posted
+        # by the supervisor, it is ordered before the session.ended it posts, as the breach's sample below.
+        self.notes.send_pyobj(("vanished", w.sid, self._sample_payload(w) if w.peak_memory else None))
         self.unwatch(w.sid)
 
     def _quick(self, w: Watched) -> None:
@@ -348,13 +348,15 @@ class Monitor(threading.Thread):
             w.near = memory > lim * NEAR_FRACTION
             if memory > lim and not w.breached:
                 w.breached = True
-                # The note goes out before the kill, so the supervisor records the breach before the exit.
+                w.memory, w.peak_memory = memory, max(w.peak_memory, memory)
+                # The note goes out before the kill, so the supervisor records the breach before the exit; it
+                # carries the sample with the peak that broke the limit (whichever path, pass or quick re-read, saw
+                # it): sent to ingest from here, on another socket, it could land after session.ended, and a
+                # client reading the ended session would see a peak below the limit that killed it.
                 self.notes.send_pyobj(("limit", w.sid, {"limit": "memory", "measured": memory, "max": lim,
-                                                        "unit": "bytes", "action": "kill"}))
+                                                        "unit": "bytes", "action": "kill"}, self._sample_payload(w)))
                 self.log.warning("memory limit exceeded: killing", session_id=w.sid, memory=memory, limit=lim)
                 self._kill_tree(w)
-                w.memory, w.peak_memory = memory, max(w.peak_memory, memory)
-                self._record(w)  # the peak that broke the limit, whichever path (pass or quick re-read) saw it
         w.memory = memory
         w.peak_memory = max(w.peak_memory, memory)
         return memory
@@ -393,8 +395,12 @@ class Monitor(threading.Thread):
                                now - w.recorded_at)
 
     def _record(self, w: Watched) -> None:
+        self._event(w.sid, "resource.sample", self._sample_payload(w))
+
+    @staticmethod
+    def _sample_payload(w: Watched) -> dict[str, Any]:
+        """A ``resource.sample`` payload of ``w`` now, noted as recorded."""
         w.recorded = (w.memory, w.cpu_percent, w.num_procs, w.peak_memory, w.peak_cpu)
         w.recorded_at = time.monotonic()
-        self._event(w.sid, "resource.sample", {"rss": w.memory, "rss_sum": w.rss,
-                                               "cpu_percent": round(w.cpu_percent, 1), "num_procs": w.num_procs,
-                                               "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1)})
+        return {"rss": w.memory, "rss_sum": w.rss, "cpu_percent": round(w.cpu_percent, 1), "num_procs": w.num_procs,
+                "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1)}

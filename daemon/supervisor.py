@@ -229,6 +229,13 @@ class Supervisor(Admission):
             if timeout:
                 self.watch_approval(sid, aid, time.time() + float(timeout), policy)
             return
+        # The monitor's sample of that moment, when it sent one: ("limit", sid, payload, sample) with a memory
+        # breach's peak, ("vanished", sid, sample) with a vanished session's last figures. Posted from here so it
+        # is ordered before the session.ended it leads to (after it, it would still count: peaks are maxima).
+        sample = note[3] if kind == "limit" and len(note) > 3 else note[2] if kind == "vanished" and len(note) > 2 \
+            else None
+        if sample:
+            self.post(sid, "resource.sample", sample)
         run = self.running.get(sid)
         if run is None:
             return
@@ -250,7 +257,7 @@ class Supervisor(Admission):
                       "([daemon] max_session_record)")
             return
         if kind == "limit":  # posted from here, so it is ordered before the session.ended it leads to
-            _, _, payload = note
+            payload = note[2]
             self.post(sid, "limit.exceeded", payload)
             if payload["action"] == "kill":
                 run.step = "sigkill"
