@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import logging
 import mimetypes
 import os
 from collections.abc import AsyncIterator, Callable
@@ -53,6 +52,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labd.frontends.ui.calls import DAEMON_THREADS, ClientPool, Stopping, http_status, in_thread
+from labd.frontends.ui.endshort import EndShort, FileShrank
 from labd.frontends.ui.live import DaemonWatch, follow_session
 from labd.ipc.client import Client, LabdError
 from labd.ipc.safe_files import open_beneath
@@ -100,26 +100,6 @@ def _count(request: Request, name: str, default: int) -> int:
     if not raw.isdigit() or len(raw) > 18:
         raise ValueError(f"{name} must be a whole number (0 or more), not {raw[:40]!r}")
     return int(raw)
-
-
-class FileShrank(Exception):
-    """A download's file is shorter than the Content-Length sent (it shrank while it was sent): the response cannot
-    be completed; :class:`_EndShort` closes the connection instead, so the client sees the transfer incomplete."""
-
-
-class _EndShort:
-    """Pure ASGI middleware: a download that raised :class:`FileShrank` ends there, with one warning line (uvicorn
-    then closes the connection, its response incomplete) instead of an "Exception in ASGI application" traceback."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.app(scope, receive, send)
-        except* FileShrank as group:
-            for exc in group.exceptions:
-                logging.getLogger("uvicorn.error").warning("%s", exc)
 
 
 class BodyTooLarge(Exception):
@@ -400,5 +380,5 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         return JSONResponse({"error": {"code": name, "message": message}}, status_code=code,
                             headers=getattr(exc, "headers", None))
 
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_EndShort), Middleware(_SecurityHeaders)],
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(EndShort), Middleware(_SecurityHeaders)],
                      exception_handlers={HTTPException: http_error})

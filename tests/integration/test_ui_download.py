@@ -98,7 +98,8 @@ def _readlink(p: Path) -> str:
 def test_a_file_that_shrinks_while_it_is_sent_ends_the_download_short(shared_daemon, tmp_path: Path) -> None:
     """A file the session truncates while a client is downloading it: the download ends short of its
     Content-Length (the connection closes: a client sees the transfer incomplete, never a shorter file passed off as
-    whole), `labd ui` says so in one line naming the file, with no traceback, and serves on."""
+    whole), `labd ui` says so in one line naming the file (and nothing else: no traceback, no uvicorn follow-up
+    line), and serves on."""
     flows = tmp_path / "bigflows.py"
     flows.write_text(BIG_FLOWS)
     with shared_daemon.client() as c:
@@ -123,4 +124,7 @@ def test_a_file_that_shrinks_while_it_is_sent_ends_the_download_short(shared_dae
         wait_until(lambda: "big-32.bin" in ui.stderr(), timeout=10)
         assert "Traceback" not in ui.stderr(), ui.stderr()
         assert "shrank" in ui.stderr(), ui.stderr()
+        # one line says it all: not uvicorn's "ASGI callable returned without completing response." after it
+        assert [line for line in ui.stderr().splitlines() if line.strip()] == [
+            next(line for line in ui.stderr().splitlines() if "shrank" in line)], ui.stderr()
         assert ui.request("/api/status")[0] == 200
