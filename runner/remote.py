@@ -34,5 +34,10 @@ def main() -> None:
     os._exit(code)
 
 
+if __name__ == "__mp_main__":  # a process multiprocessing spawned from this runner: the session's ctx, as a local
+    from labd.runner.spawned import attach  # runner's (whose main module, labd.runner.template, does the same)
+
+    attach()
+
 if __name__ == "__main__":
     main()

@@ -14,8 +14,9 @@ stderr are the runner's capture pipes). Now:
   ``multiprocessing`` already uses, never the environment or a file. ``util.spawnv_passfds`` (the ``exec`` of a
   spawned child and of the forkserver) passes the relay's end on, at the same number, to those two only (not to
   the resource tracker, which lives as long as the runner and would hold the relay open at the session's end).
-* **In the child**, ``multiprocessing`` imports the parent's main module, ``labd.runner.template``, as
-  ``__mp_main__`` while it applies that data; the template then calls :func:`attach`, which finds the data, checks
+* **In the child**, ``multiprocessing`` imports the parent's main module, ``labd.runner.template`` (or, for a
+  runner on a Ray node, ``labd.runner.remote``), as ``__mp_main__`` while it applies that data; that module then
+  calls :func:`attach`, which finds the data, checks
   that the descriptor is the relay's kind of socket, and makes the context: events go to the runner over the relay
   (:func:`labd.runner.forked.child_sender`: gap-free ``src_seq`` there, a child's ``llm.response`` linked to its
   request), log records too, ``labd.context()`` answers, ``ctx.agent`` builds recorded agents, and ag2 agents built

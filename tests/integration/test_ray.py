@@ -355,3 +355,25 @@ def test_a_ray_runner_crash_is_recorded_and_its_descriptor_limit_is_the_sessions
     assert _ended(c, sid)["status"] == "completed"
     finished = _events(c, sid, ["session.finished"])[0]["payload"]
     assert finished["result"] == [4096, 4096], finished  # type: ignore[index]
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_ray_runners_spawned_workers_have_the_context(ray_daemon: DaemonProc, rc: object, method: str) -> None:
+    """As on this machine (tests/integration/test_spawned.py): a Pool of ``method`` workers started by a workflow that
+    runs on a Ray node has the session's context (its steps, custom events and agents' LLM calls are recorded
+    through the runner, the runner's ``src_seq`` gap-free). Before, a Ray runner's spawned process imported the
+    runner's main module (``labd.runner.remote``), which did not attach it: ``labd.context()`` failed there."""
+    c = rc
+    sid = c.start("labd_forkflows:spawned_agents", params={"method": method, "tasks": 2},  # type: ignore[attr-defined]
+                  placement={"on": "ray"})
+    s = _ended(c, sid, timeout=110)
+    assert s["status"] == "completed", s
+    evs = _events(c, sid)
+    result = next(e for e in evs if e["kind"] == "session.finished")["payload"]["result"]
+    assert [r["i"] for r in result] == [0, 1] and all(r["answered"] and not r["in_env"] for r in result), result
+    runner = [e for e in evs if e["src"] == "runner"]
+    assert [e["src_seq"] for e in runner] == list(range(1, len(runner) + 1))
+    steps = {e["payload"]["name"]: e for e in evs if e["kind"] == "step.started"}
+    assert all(steps[f"worker {i}"]["payload"]["parent_node"] == steps["fan out"]["node_id"] for i in range(2))
+    assert sorted(e["payload"]["data"]["i"] for e in evs if e["kind"] == "custom") == [0, 1]
+    assert len([e for e in evs if e["kind"] == "llm.response"]) == 4  # ctx.agent's and a plain ag2.Agent's, each
