@@ -30,6 +30,10 @@ def crash_text_of(text: str, cut: bool, secrets: Iterable[tuple[str, str]]) -> s
     """What is recorded of a crash file's tail ``text`` (``cut``: the file held more before it): at most
     :data:`CRASH_TAIL` characters, from a line start when cut, the session's secrets withheld. A remote runner's
     tail comes from its node: it is bounded again here."""
+    # Secrets first, on all of it: a cut below (the tail's start, the headline's 200 characters) could split a value,
+    # whose pieces no replace would find (a crash text once kept 24 of a key's 29 characters).
+    for name, value in secrets:
+        text = text.replace(value, mark(name))
     text = text[-4 * CRASH_TAIL:].strip()
     if len(text) > CRASH_TAIL or cut:
         whole, text = text, text[-CRASH_TAIL:]
@@ -39,6 +43,4 @@ def crash_text_of(text: str, cut: bool, secrets: Iterable[tuple[str, str]]) -> s
         head = next((line for line in whole.splitlines() if line.startswith(FATAL)), None)
         if head is not None and head not in text:
             text = f"{head[:200]}\n[...]\n{text}"
-    for name, value in secrets:
-        text = text.replace(value, mark(name))
     return text or None

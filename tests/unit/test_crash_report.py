@@ -47,3 +47,17 @@ def test_a_fatal_errors_headline_is_kept_when_its_thread_dump_is_longer_than_the
     assert out.endswith("Extension modules: zmq (total: 1)") and len(out) <= CRASH_TAIL + 250
     short = "Fatal Python error: Aborted\n\nCurrent thread 0x1:\n  File x"
     assert crash_text_of(short, False, []) == short  # not cut: as it is, the headline once
+
+
+def test_a_secret_the_cuts_would_split_is_withheld_whole() -> None:
+    """A secret straddling the tail's cut (a last line longer than the tail, no newline to start from) or the fatal
+    headline's 200-character cut leaves no piece of itself in the record: secrets are withheld before any cut."""
+    from labd.daemon.crash_report import CRASH_TAIL, FATAL, crash_text_of
+
+    key = "sk-FAKESECRET0123456789abcdef"
+    at_cut = "x" * 100 + key + "y" * (CRASH_TAIL - 10)  # the tail starts inside the key
+    headline = FATAL + "z" * (200 - len(FATAL) - 5) + key  # the headline's cut falls inside the key
+    for text in (at_cut, headline + "\n" + "t" * (CRASH_TAIL + 50)):
+        out = crash_text_of(text, True, [("OPENAI_API_KEY", key)]) or ""
+        for piece in (key[:8], key[-8:], key[8:20]):
+            assert piece not in out, (piece, out[:300])
