@@ -307,7 +307,7 @@ class Monitor(threading.Thread):
     def _vanished(self, w: Watched) -> None:
         # The last sample rides on the note (the supervisor's final sample will find the session unwatched): posted
         # by the supervisor, it is ordered before the session.ended it posts, as the breach's sample below.
-        self.notes.send_pyobj(("vanished", w.sid, self._sample_payload(w) if w.peak_memory else None))
+        self.notes.send_pyobj(("vanished", w.sid, None, self._sample_payload(w) if w.peak_memory else None))
         self.unwatch(w.sid)
 
     def _quick(self, w: Watched) -> None:
@@ -344,11 +344,12 @@ class Monitor(threading.Thread):
         memory = estimate
         if lim is not None and estimate > lim and not w.breached:
             memory = sum(self.pss.exact(p) for p in w.members)
+        w.memory = memory
+        w.peak_memory = max(w.peak_memory, memory)
         if lim is not None:
             w.near = memory > lim * NEAR_FRACTION
             if memory > lim and not w.breached:
                 w.breached = True
-                w.memory, w.peak_memory = memory, max(w.peak_memory, memory)
                 # The note goes out before the kill, so the supervisor records the breach before the exit; it
                 # carries the sample with the peak that broke the limit (whichever path, pass or quick re-read, saw
                 # it): sent to ingest from here, on another socket, it could land after session.ended, and a
@@ -357,8 +358,6 @@ class Monitor(threading.Thread):
                                                         "unit": "bytes", "action": "kill"}, self._sample_payload(w)))
                 self.log.warning("memory limit exceeded: killing", session_id=w.sid, memory=memory, limit=lim)
                 self._kill_tree(w)
-        w.memory = memory
-        w.peak_memory = max(w.peak_memory, memory)
         return memory
 
     def _kill_tree(self, w: Watched) -> None:

@@ -229,11 +229,11 @@ class Supervisor(Admission):
             if timeout:
                 self.watch_approval(sid, aid, time.time() + float(timeout), policy)
             return
-        # The monitor's sample of that moment, when it sent one: ("limit", sid, payload, sample) with a memory
-        # breach's peak, ("vanished", sid, sample) with a vanished session's last figures. Posted from here so it
-        # is ordered before the session.ended it leads to (after it, it would still count: peaks are maxima).
-        sample = note[3] if kind == "limit" and len(note) > 3 else note[2] if kind == "vanished" and len(note) > 2 \
-            else None
+        # The monitor's sample of that moment, when it sent one (the fourth part of its limit and vanished notes): a
+        # memory breach's peak, a vanished session's last figures. Posted from here so it is ordered before the
+        # session.ended it leads to (after it, it would still count: peaks are maxima). A remote launcher's limit
+        # notes have three parts.
+        sample = note[3] if kind in ("limit", "vanished") and len(note) > 3 else None
         if sample:
             self.post(sid, "resource.sample", sample)
         run = self.running.get(sid)

@@ -88,9 +88,22 @@ def test_a_vanished_sessions_last_sample_is_posted_even_once_it_ended() -> None:
     sup.pump()
     posts.clear()
     sample = {"rss": 5, "rss_sum": 5, "cpu_percent": 0.0, "num_procs": 1, "peak_rss": 7, "peak_cpu_percent": 1.0}
-    sup.on_note(("vanished", "a", sample))
-    sup.on_note(("vanished", "gone", sample))  # not running (any more)
-    sup.on_note(("vanished", "b", None))
+    sup.on_note(("vanished", "a", None, sample))
+    sup.on_note(("vanished", "gone", None, sample))  # not running (any more)
+    sup.on_note(("vanished", "b", None, None))
     sup.on_note(("limit", "b", {"limit": "wall time", "measured": 3, "max": 2, "unit": "s", "action": "stop"}))
     assert [(sid, kind) for sid, kind, _p in posts if kind == "resource.sample"] == [("a", "resource.sample"),
                                                                                      ("gone", "resource.sample")]
+
+
+def test_other_four_part_notes_post_no_sample() -> None:
+    """Only limit and vanished notes carry a sample: a budget or record-cap note, four parts too (its figures), posts
+    its limit.exceeded and no ``resource.sample``."""
+    sup, _launcher, posts = _supervisor()
+    sup.pump()
+    posts.clear()
+    sup.on_note(("budget", "a", 2.5, 2.0))
+    sup.on_note(("record", "b", 2000, 1000))
+    assert [kind for _sid, kind, _p in posts if kind == "resource.sample"] == []
+    assert [(sid, kind) for sid, kind, _p in posts if kind == "limit.exceeded"] == [("a", "limit.exceeded"),
+                                                                                  ("b", "limit.exceeded")]
