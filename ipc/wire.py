@@ -27,6 +27,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "cut_deep",
     "DEFAULT_MAX_MESSAGE",
+    "ID_MAX",
     "Message",
     "WireError",
     "MalformedFrame",
@@ -151,7 +152,10 @@ class MalformedFrame(WireError):
     msg_id: str | None = None
 
 
-_ID_RE = re.compile(rb'"id":"([0-9A-Za-z_-]{1,64})"')
+#: the longest message id accepted: a receiver remembers every id for its replay window, so an unbounded id would be
+#: memory a sender could make it hold (8 MiB ids: +500 MB in seconds, an attack review)
+ID_MAX = 128
+_ID_RE = re.compile(rb'"id":"([0-9A-Za-z_-]{1,%d})"' % ID_MAX)
 
 
 class OversizedFrame(WireError):
@@ -257,10 +261,13 @@ class Codec:
         if not isinstance(env, dict):
             raise MalformedFrame("body is not a JSON object")
         msg_id, ts, type_, body = env.get("id"), env.get("ts"), env.get("type"), env.get("body")
-        if env.get("v") != PROTOCOL_VERSION:
-            raise MalformedFrame(f"unsupported protocol version {env.get('v')!r}")
+        version = env.get("v")
+        if type(version) is not int or version != PROTOCOL_VERSION:  # not true, not 1.0: the integer 1
+            raise MalformedFrame(f"unsupported protocol version {version!r}")
         if not isinstance(msg_id, str) or not isinstance(type_, str) or not isinstance(body, dict):
             raise MalformedFrame("envelope needs string 'id', string 'type' and object 'body'")
+        if not 0 < len(msg_id) <= ID_MAX:
+            raise MalformedFrame(f"envelope 'id' must be 1-{ID_MAX} characters, not {len(msg_id)}")
         if not isinstance(ts, int | float) or isinstance(ts, bool):
             raise MalformedFrame("envelope needs numeric 'ts'")
         try:

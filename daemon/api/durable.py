@@ -247,6 +247,15 @@ def _refuse_resume(d: Any, sid: str, status: str) -> None:
     refuse_while_store_down(d)
 
 
+def _gone_meanwhile(store: Any, sid: str) -> ApiError | None:
+    """``not_found`` if session ``sid`` was deleted while its record was read (a ``labd rm`` racing a branch): its
+    steps and checkpoints vanish under the reads, which would otherwise answer ``no_such_node`` or
+    ``no_checkpoint``, blaming the request for what the deletion did."""
+    if store.session(sid) is None:
+        return ApiError("not_found", f"session {sid} was deleted while it was read")
+    return None
+
+
 def _find_node(store: Any, sid: str, ref: str) -> dict[str, Any]:
     node = step_row(store, sid, ref)
     if node is None:
@@ -315,10 +324,15 @@ class Branch(Request):
         store = d.store
         # the long reads (the parent's steps, every checkpoint, a manifest per reused step, the objects) on a worker
         # thread (daemon/reads.py): on the request loop, a branch of a long session stalled every other client
-        node, all_cps = yield Read(lambda: (_find_node(store, psid, ref), checkpoints(store, psid)), "branch record")
+        try:
+            node, all_cps = yield Read(lambda: (_find_node(store, psid, ref), checkpoints(store, psid)),
+                                       "branch record")
+        except ApiError as exc:
+            raise _gone_meanwhile(store, psid) or exc from None
         if not all_cps:
-            raise ApiError("no_checkpoint", f"session {psid} recorded no checkpoints (it ran before durable "
-                           "steps, or no step completed)", {"node": node["node_id"]})
+            raise _gone_meanwhile(store, psid) or ApiError(
+                "no_checkpoint", f"session {psid} recorded no checkpoints (it ran before durable steps, or no step "
+                "completed)", {"node": node["node_id"]})
         cps = [c for c in all_cps if c["seq"] < node["start_seq"]]
         created = d.store.events(psid, kinds=["session.created"], limit=1)
         c = created[0]["payload"] if created else {}
@@ -342,7 +356,10 @@ class Branch(Request):
             _branch_dirs(psid, src, seed, dirs)
             return seed
 
-        seed = yield Read(prepare, "branch seed")
+        try:
+            seed = yield Read(prepare, "branch seed")
+        except ApiError as exc:
+            raise _gone_meanwhile(store, psid) or exc from None
         try:  # the daemon may have begun to stop meanwhile
             if d.draining:
                 raise ApiError("draining", "the daemon is stopping its sessions (serve --drain): no new sessions")

@@ -87,7 +87,9 @@ def test_prune_by_age_and_status_with_dry_run(daemon) -> None:
         r = c.prune(0, status=["failed"])
         assert r["deleted"] == [bad]
         assert _rows(daemon.home, bad)["sessions"] == 0 and _rows(daemon.home, ok)["sessions"] == 1
-        for bad_args in ({"older_than": "soon"}, {"older_than": 0, "status": ["running"]}):
+        # an unhashable status item (a list, an object) is bad input too, not an internal error
+        for bad_args in ({"older_than": "soon"}, {"older_than": 0, "status": ["running"]},
+                         {"older_than": 0, "status": [[]]}, {"older_than": 0, "status": [{"a": 1}]}):
             with pytest.raises(LabdError) as err:
                 c.request("session.prune", **bad_args)
             assert err.value.code == "bad_request"

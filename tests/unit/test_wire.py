@@ -9,7 +9,16 @@ from typing import Any
 import orjson
 import pytest
 
-from labd.ipc.wire import PROTOCOL_VERSION, Codec, MalformedFrame, Message, OversizedFrame, WireError, non_finite
+from labd.ipc.wire import (
+    ID_MAX,
+    PROTOCOL_VERSION,
+    Codec,
+    MalformedFrame,
+    Message,
+    OversizedFrame,
+    WireError,
+    non_finite,
+)
 
 KEY = b"0123456789abcdef0123456789abcdef"
 
@@ -82,12 +91,24 @@ def test_non_object_body_is_malformed(raw: bytes) -> None:
     assert _reason(c, _signed(c, raw)) == "malformed"
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 2, "1", None, True, 1.0])
 def test_wrong_protocol_version_is_malformed(version: Any) -> None:
-    """Only protocol version 1 is accepted."""
+    """Only protocol version 1, the JSON integer, is accepted (not ``true`` or ``1.0``, equal to 1 in Python)."""
     c = Codec(KEY)
     with pytest.raises(MalformedFrame, match="version"):
         c.unpack(_signed(c, _env(v=version)))
+
+
+def test_an_id_of_up_to_id_max_characters_is_accepted_and_a_longer_or_empty_one_is_malformed() -> None:
+    """Ids are remembered for the replay window, so their length is bounded: a sender cannot make the receiver hold
+    megabytes per message (an attack review sent 8 MiB ids: +500 MB); the longest accepted is ``ID_MAX``."""
+    c = Codec(KEY)
+    longest = "a" * (ID_MAX - 1) + "b"
+    assert c.unpack(_signed(c, _env(id=longest))).id == longest
+    for bad in ("", "x" * (ID_MAX + 1), "y" * (8 << 20)):
+        with pytest.raises(MalformedFrame, match="'id' must be"):
+            c.unpack(_signed(c, _env(id=bad)))
+    assert len(c.guard._seen) == 1  # only the accepted id is remembered
 
 
 @pytest.mark.parametrize("field", ["id", "type", "body", "ts"])
