@@ -43,7 +43,7 @@ class Config:
     log_level: str = "info"
     stop_grace: float = 5.0  # cooperative stop -> SIGTERM after this many seconds
     term_grace: float = 5.0  # SIGTERM -> SIGKILL after this many seconds
-    sample_interval: float = 2.0  # process-table pass while no session has a memory/procs limit
+    sample_interval: float = 2.0  # process-table pass while no session has a memory limit or is near its procs limit
     limit_interval: float = 0.1  # process-table pass while one has (memory breach -> kill bound)
     record_interval: float = 2.0  # resource.sample events
     max_message: int = 16 * 1024 * 1024
@@ -85,7 +85,8 @@ class Config:
 
     max_sessions: int = 0  # run queue: sessions running at once (0 = no limit)
     memory_total: int | str | None = None  # run queue: sum of --memory reservations (bytes or "16G")
-    procs: int | None = None  # default process-count limit per session
+    #: default process-count limit per session (``--procs`` overrides; 0 = none): a fork storm is killed
+    procs: int | None = 256
     #: a warm spare runner kept by the template (runner/spare.py): 1 = on, 0 = off (env LABD_SPARE_RUNNERS)
     spare_runners: int = 1
     #: runners run this many nice values below the daemon (0-19; 0 = off, as started): the daemon's recording goes

@@ -37,5 +37,7 @@ class Limits:
 
     @property
     def strict(self) -> bool:
-        """Limits that need the fast sampling period."""
-        return self.memory is not None or self.procs is not None
+        """Limits that need the fast sampling period: memory (a breach is killed within ~0.1 s). A process-count
+        limit does not: every session has one by default, and the fast period for all of them would cost the
+        daemon a pass over /proc ten times a second; a session past half its ``procs`` gets it (``procs_near``)."""
+        return self.memory is not None

@@ -179,7 +179,7 @@ class Monitor(threading.Thread):
                     watched = list(self._watched.values())
                     buried = bool(self._buried)
                 now = time.monotonic()
-                strict = buried or any(w.limits.strict for w in watched)
+                strict = buried or any(w.limits.strict or w.procs_near for w in watched)
                 fresh = [w.watched_at for w in watched if w.fresh]
                 if fresh:  # a new session is sampled soon, but not while its runner starts (a pass is a few ms
                     # of CPU on a 2-core box, competing with the runner's first output), and a burst of starts
@@ -377,6 +377,7 @@ class Monitor(threading.Thread):
             w.cpu_percent = max(0.0, (total - w.cpu_total) / max(1e-6, now - w.cpu_at) * 100.0)
         w.cpu_total, w.cpu_at = total, now
         w.peak_cpu = max(w.peak_cpu, w.cpu_percent)
+        w.procs_near = lim.procs is not None and w.num_procs > lim.procs * NEAR_FRACTION
         if lim.procs is not None and w.num_procs > lim.procs and not w.procs_reported and not w.breached:
             w.procs_reported = w.breached = True
             self.notes.send_pyobj(("limit", sid, {"limit": "processes", "measured": w.num_procs,

@@ -40,6 +40,8 @@ class Watched:
     peak_memory: int = 0
     peak_cpu: float = 0.0
     near: bool = False
+    #: past half its process-count limit: the monitor samples it at the fast period until it drops back
+    procs_near: bool = False
     # throttling
     allowance: float = 0.0
     t_total: float = 0.0

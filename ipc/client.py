@@ -53,7 +53,7 @@ class Client(Transport, Waiting):
               timeout: str | float | None = None, budget: float | None = None,
               budget_action: str | None = None, cwd: str | None = None,
               pythonpath: list[str] | None = None, agents: dict[str, str] | None = None,
-              procs: int | None = None, priority: int | None = None,
+              procs: int | str | None = None, priority: int | None = None,
               tags: dict[str, str] | None = None, network: bool | None = None,
               placement: dict[str, Any] | None = None, idempotency_key: str | None = None, retries: int = 1,
               policy: list[dict[str, Any]] | None = None, max_output: str | int | None = None) -> str:
@@ -64,7 +64,8 @@ class Client(Transport, Waiting):
         ``workflow`` (``mymod:fn``, ``./flows.py:fn``) is resolved where the caller stands: against ``cwd``
         and ``pythonpath`` (default: this process's working directory and ``$PYTHONPATH``). ``agents``
         replaces registry roles for this session: ``{"engineer": "my_engineer"}``. ``procs`` caps the
-        session's process count; ``priority`` orders the run queue when the daemon is at ``max_sessions``.
+        session's process count (default: the daemon's ``[daemon] procs``, 256; ``"none"``: no limit);
+        ``priority`` orders the run queue when the daemon is at ``max_sessions``.
         ``network``: may code the session's agents execute use the network (default: the daemon's
         ``[sandbox] network``). ``policy``: the session's own policy rules (tables as in ``[[policy]]``,
         e.g. from :func:`labd.ipc.policy_rules.load_file`), evaluated after the daemon's. ``max_output`` caps the

@@ -111,9 +111,12 @@ def _limits(body: dict[str, Any], default_procs: int | None = None, default_outp
             raise ApiError("bad_limits", f"CPU limit {cpu!r} is {cpu_pct:g} % of one core, too little to run; "
                            "the unit is percent (50% = half a core)")
         procs = raw.get("procs", body.get("procs", default_procs))
+        if procs == "none":  # this session lifts the daemon's default (``--procs none``); JSON null does too
+            procs = None
         if procs is not None and (isinstance(procs, bool) or not isinstance(procs, int)
                                   or not 1 <= procs <= MAX_PROCS):
-            raise ApiError("bad_limits", f"procs must be a whole number of processes (1-{MAX_PROCS}), not {procs!r}")
+            raise ApiError("bad_limits", f"procs must be a whole number of processes (1-{MAX_PROCS}) or \"none\", "
+                           f"not {procs!r}")
         return Limits(
             memory=memory, cpu=cpu_pct,
             timeout=_bounded(parse_duration(tmo), "timeout") if isinstance(tmo, str) else _positive(tmo, "timeout"),

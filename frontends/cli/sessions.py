@@ -87,6 +87,17 @@ def limits_from(args: argparse.Namespace) -> dict[str, Any]:
     return limits
 
 
+def procs_arg(text: str) -> str | int:
+    """``--procs 50`` -> 50; ``none`` lifts the daemon's default limit for this session (the daemon checks the
+    range and answers ``bad_limits``)."""
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of processes or none, not {text!r}") from None
+
+
 def max_output_arg(text: str) -> str | int:
     """``--max-output 10M`` -> bytes; ``none`` (no cap) passes through for the daemon."""
     try:
@@ -299,7 +310,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--timeout", help="wall-time limit: 90s, 15m, 1h30m")
     s.add_argument("--budget", type=float, help="LLM budget in USD for the whole session, e.g. 2.50")
     s.add_argument("--on-budget", choices=["stop", "pause"], help="what crossing the budget does (default stop)")
-    s.add_argument("--procs", type=int, help="at most this many processes in the session's tree")
+    s.add_argument("--procs", type=procs_arg, metavar="N",
+                   help="at most N processes in the session's tree (default: [daemon] procs, 256; none: no limit)")
     s.add_argument("--max-output", metavar="SIZE",
                    help="keep at most this much stdout+stderr (10M, 1G; none: no cap; default: max_output)")
     s.add_argument("--tag", action="append", default=[], metavar="K=V", help="label the session (repeat)")

@@ -140,11 +140,25 @@ def test_fork_storm_is_stopped_by_the_process_limit(client) -> None:
     wait_until(lambda: not _marked(sid), timeout=60, what="every process of the session gone")
 
 
+def test_a_fork_storm_is_stopped_by_the_default_process_limit(client) -> None:
+    """With no ``procs`` given, the daemon's default (``[daemon] procs``, 256) applies: 600 children kill the session
+    and the breach names the default (an attack review ran 300 children, and left 5,000 zombies, with the defaults).
+    The session had no memory limit, so this also pins that the monitor finds the breach at its slow period."""
+    sid = client.request("session.start", workflow="labd_testflows:fork_storm", params={"children": 600})["session"]
+    assert client.session(sid)["limits"]["procs"] == 256
+    final = client.wait(sid, timeout=90)
+    assert final["status"] == "failed" and final["reason"].startswith("killed: processes "), final
+    breach = [e for e in client.history(sid) if e["kind"] == "limit.exceeded"][0]["payload"]
+    assert breach["limit"] == "processes" and breach["max"] == 256 and breach["measured"] > 256
+    wait_until(lambda: not _marked(sid), timeout=60, what="every process of the session gone")
+
+
 def test_shared_pages_count_once(client) -> None:
-    """300 idle `sleep` children: the tree's memory (PSS) is a small fraction of the summed RSS that
+    """300 idle `sleep` children (``procs="none"`` lifts the default limit of 256 for this session: they live): the
+    tree's memory (PSS) is a small fraction of the summed RSS that
     counted each shared library page once per process; the live view says when the process table last
     showed the runner alive."""
-    sid = client.start("labd_testflows:sleepers", params={"children": 300})
+    sid = client.start("labd_testflows:sleepers", params={"children": 300}, procs="none")  # past the default 256
     wait_until(lambda: "sleepers 300" in _output(client, sid), timeout=60, what="children started")
     live = wait_until(lambda: (lambda v: v if v and v["num_procs"] >= 301 else None)(client.session(sid)["live"]),
                       timeout=30, what="tree sampled")

@@ -162,6 +162,24 @@ def test_cli_max_output_beyond_any_machine(size: str) -> None:
     assert max_output_arg("none") == "none" and max_output_arg("10M") == 10 * 2**20
 
 
+def test_procs_none_lifts_the_default_and_bad_procs_are_refused() -> None:
+    """``--procs none`` (CLI) and ``"procs": "none"`` (API) run a session without the daemon's default process
+    limit; a number is kept; anything else is refused, by argparse before the daemon or ``bad_limits`` by it."""
+    from labd.daemon.api.sessions import _limits
+    from labd.frontends.cli.sessions import procs_arg
+
+    assert procs_arg("none") == "none" and procs_arg(" None ") == "none" and procs_arg("50") == 50
+    with pytest.raises(argparse.ArgumentTypeError, match="a whole number of processes or none"):
+        procs_arg("lots")
+    assert _limits({"limits": {"procs": "none"}}, default_procs=256).procs is None
+    assert _limits({"limits": {"procs": None}}, default_procs=256).procs is None
+    assert _limits({"limits": {}}, default_procs=256).procs == 256
+    assert _limits({"limits": {"procs": 7}}, default_procs=256).procs == 7
+    for bad in ("nothing", 0, -1, 1.5, True):
+        with pytest.raises(ApiError, match="procs must be"):
+            _limits({"limits": {"procs": bad}}, default_procs=256)
+
+
 def _limits(limits: dict[str, Any]) -> Any:
     from labd.daemon.api.sessions import _limits
 
