@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from labd.daemon.inbound import auto_ceiling
 from labd.ipc.paths import Layout, layout_for
 from labd.ipc.tomlfile import TomlFileError, read_toml
 
@@ -53,6 +54,9 @@ class Config:
     #: bytes of labd's own events (steps, agents, LLM calls, tools, files, approvals) one session's run may record;
     #: past it the session is stopped (daemon/recordcap.py). A size ("8G") or bytes; "none" (or false/0): no bound
     max_session_record: int | str | None = "8G"
+    #: the daemon's own resident memory past which it drops every client and runner connection, and what libzmq held
+    #: for them (daemon/inbound.py): a size ("4G"), "auto" (a quarter of RAM, 1-4 GiB) or "none"
+    memory_ceiling: int | str | None = "auto"
     secret_env: list[str] = field(default_factory=list)  # extra env var names withheld from sessions
     preload: list[str] = field(default_factory=list)  # extra modules the template imports
     #: also serve clients on TCP (always CurveZMQ): "tcp://HOST:PORT" (control; events on PORT+1)
@@ -356,6 +360,13 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     else:
         cfg = replace(cfg, max_session_record=_size("max_session_record", cfg.max_session_record,
                                                     'a size of at least 1M, like 8G, or "none"', least=1024 * 1024))
+    if cfg.memory_ceiling in (None, False, 0, "none"):
+        cfg = replace(cfg, memory_ceiling=None)
+    elif cfg.memory_ceiling == "auto":
+        cfg = replace(cfg, memory_ceiling=auto_ceiling())
+    else:
+        cfg = replace(cfg, memory_ceiling=_size("memory_ceiling", cfg.memory_ceiling,
+                                                'a size of at least 64M, like 4G, "auto" or "none"', least=64 << 20))
     for name in ("stop_grace", "term_grace", "sample_interval", "limit_interval", "record_interval"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:

@@ -31,6 +31,7 @@ import zmq
 from labd.daemon.acks import AckPacer
 from labd.daemon.daemon_items import DaemonItems
 from labd.daemon.delivery import Delivery
+from labd.daemon.inbound import bind_runners, rebind
 from labd.daemon.ingest_batch import PUB_SNDHWM, Batch, Fragment, LiveEvents, tune_gc
 from labd.daemon.outputcap import CAPPED, OutputCaps
 from labd.daemon.recordcap import DEFAULT_MAX_SESSION_RECORD, RecordCaps
@@ -50,9 +51,6 @@ INGEST_IN = "inproc://labd-ingest-in"
 INGEST_NOTIFY = "inproc://labd-ingest-notify"
 MAX_BATCH = 5000
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # raw runner frames per batch: bounds the memory one batch holds
-#: messages queued per runner in the ROUTER (each <= ~512 KiB from the Python runner): a flooding runner
-#: blocks in its own send queue instead of growing the daemon's memory
-RUNNER_RCVHWM = 32
 #: the database cannot be reached (retry the same batch); anything else it raises means it refused data
 STORE_RETRY_S, STORE_RETRY_MAX_S = 0.5, 5.0  # waits between tries of a batch the store could not take
 UNREACHABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
@@ -135,15 +133,7 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
     def run(self) -> None:
         tune_gc()
         z = self.zctx
-        self.router = z.socket(zmq.ROUTER)
-        # A reconnecting runner takes over its (unguessable, see runner_session) routing id. Routing ids
-        # are never trusted: replies go to the id of the last frame signed with the session's key.
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to an unconnected runner raises, not drops
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_message)
-        self.router.setsockopt(zmq.RCVHWM, RUNNER_RCVHWM)
-        self.router.bind(self.runners_endpoint)
+        self.router = bind_runners(z, self.runners_endpoint, self.max_message)
         # XPUB rather than PUB: it tells us what clients subscribe to, so events nobody follows are
         # not encoded for the live tail at all (~9 % of ingest time under load).
         self.pub = z.socket(zmq.XPUB)
@@ -203,6 +193,10 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
                 if item[0] == "stop":
                     stopping = True
                     break
+                if item[0] == "reset_runners":  # the daemon passed its memory ceiling (daemon/inbound.py)
+                    self.router = rebind(self.router, poller, lambda: bind_runners(self.zctx, self.runners_endpoint,
+                                                                                   self.max_message))
+                    continue
                 items.append(item)
             self.records.begin()  # what this batch counts of max_session_record, taken back if it is processed again
             self.outcap.begin()  # ... and of the output caps' backstop

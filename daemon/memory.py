@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-__all__ = ["limit_arenas"]
+__all__ = ["limit_arenas", "trim"]
 
 _M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
 
@@ -35,3 +35,12 @@ def limit_arenas(n: int = 2) -> bool:
     """At most ``n`` malloc arenas for this process (call before threads start); False where unsupported."""
     return bool(_LIBC is not None and _LIBC.mallopt(_M_ARENA_MAX, n) == 1)
 
+
+
+def trim() -> bool:
+    """Hand the free memory at the top of every malloc arena back to the kernel (``malloc_trim(0)``): after the daemon
+    dropped connections whose queued frames filled its heap (daemon/inbound.py); False where unsupported."""
+    try:
+        return bool(_LIBC is not None and _LIBC.malloc_trim(0))
+    except AttributeError:
+        return False

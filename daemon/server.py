@@ -26,9 +26,10 @@ from labd.daemon.checks import Check, Checks
 from labd.daemon.config import Config
 from labd.daemon.control import ControlPlane
 from labd.daemon.events_auth import LocalEventsAuth
+from labd.daemon.inbound import Ceiling, bind_control, rebind
 from labd.daemon.indexer import Indexer
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
-from labd.daemon.memory import limit_arenas
+from labd.daemon.memory import limit_arenas, trim
 from labd.daemon.monitor import Monitor
 from labd.daemon.orphans import Claims, belongs_here, find_runners, stop_stray
 from labd.daemon.queue import RunQueue
@@ -98,6 +99,9 @@ class Daemon(SandboxSetup, ControlPlane):
         self._parts_ok: dict[str, None] = {}
         #: large replies ZeroMQ holds for clients that have not read them, and their budget (daemon/reply_budget.py)
         self.replies_held = ReplyBudget(int(cfg.max_unread_replies))
+        #: the daemon's own memory, past which its inbound connections are dropped (daemon/inbound.py)
+        self.ceiling = Ceiling(cfg.memory_ceiling)  # type: ignore[arg-type]  # a size once loaded
+        self.trim_at = 0.0  # when to hand memory freed by a reset back to the kernel
         self.checks = Checks(lambda c: self.launcher.inspect_start(c.workflow, c.params, c.path,
                                                                    self.runner_confine_spec(None)))
         self.reads = Reads()  # long store reads (replay seeds, comparisons) on worker threads: daemon/reads.py
@@ -180,7 +184,7 @@ class Daemon(SandboxSetup, ControlPlane):
                                    home=str(layout.home), events_auth="plain",
                                    max_message=cfg.max_message)
         self.gateway = start_gateway(cfg, self.info)  # first: a bad --listen stops us before anything runs
-        z = zmq.Context()
+        z = self.zctx = zmq.Context()
         events_auth = LocalEventsAuth(z, bytes.fromhex(key))  # before ingest binds
         notes = z.socket(zmq.PULL)
         notes.bind(INGEST_NOTIFY)
@@ -218,10 +222,7 @@ class Daemon(SandboxSetup, ControlPlane):
         for ap in self.store.approvals(status="pending", limit=100_000, bound=(1, 1)):  # no prompt is needed here
             if ap["expires_at"]:
                 self.supervisor.watch_approval(ap["session_id"], ap["id"], ap["expires_at"], ap["policy"] or "reject")
-        control = z.socket(zmq.ROUTER)
-        control.setsockopt(zmq.LINGER, 0)
-        control.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.max_message)
-        control.bind(self.info.control)
+        control = self.control = bind_control(z, self.info.control, cfg.max_message)
         self.codec = Codec(bytes.fromhex(key), max_message=cfg.max_message)
         write_connection_file(layout, os.getpid(), key=key, events_auth=self.info.events_auth,
                               max_message=cfg.max_message)
@@ -241,7 +242,7 @@ class Daemon(SandboxSetup, ControlPlane):
         poller.register(wake_r, zmq.POLLIN)
         poller.register(self.reads.fileno(), zmq.POLLIN)
         try:
-            self._loop(poller, control, notes, wake_r, ingest, heartbeat)
+            self._loop(poller, notes, wake_r, ingest, heartbeat)
         finally:
             self.notifier.stopping(f"stopping; {len(self.supervisor.running)} sessions keep running")
             self.checks.close()
@@ -272,7 +273,7 @@ class Daemon(SandboxSetup, ControlPlane):
             if checkpointer is not None:
                 checkpointer.stop()
                 checkpointer.join(10)
-            for sock in (control, notes, self._to_ingest):
+            for sock in (self.control, notes, self._to_ingest):  # the control socket as last bound
                 sock.close(0)
             events_auth.stop()
             z.term()
@@ -282,7 +283,7 @@ class Daemon(SandboxSetup, ControlPlane):
             self.notifier.close()
             self.log.info("labd stopped")
 
-    def _loop(self, poller: zmq.Poller, control: zmq.Socket, notes: zmq.Socket, wake_r: int, ingest: Ingest,
+    def _loop(self, poller: zmq.Poller, notes: zmq.Socket, wake_r: int, ingest: Ingest,
               heartbeat: Heartbeat) -> None:
         """The main loop: requests, ingest's notes, the launcher's exits and notes, the supervisor's tick, until a
         signal (with ``--drain``: until the last session ended, or a second signal) or ingest failing."""
@@ -299,10 +300,15 @@ class Daemon(SandboxSetup, ControlPlane):
                                                or time.monotonic() > drain_deadline):
                 break
             ready = dict(poller.poll(100))
-            if control in ready:
-                self._drain_control(control)
+            if self.ceiling.due():
+                self._reset_inbound(poller)
+            elif self.trim_at and time.monotonic() >= self.trim_at:
+                self.trim_at = 0.0
+                trim()
+            if self.control in ready:
+                self._drain_control(self.control)
             if notes in ready:
-                self._drain_notes(notes, control)
+                self._drain_notes(notes, self.control)
             if wake_r in ready:
                 try:
                     os.read(wake_r, 1024)
@@ -323,10 +329,10 @@ class Daemon(SandboxSetup, ControlPlane):
                 self.supervisor.on_exit(info)
             if self.checks:  # requests suspended on a workflow check: resume those the template answered
                 self.checks.answered(self.launcher.drain_inspected(),
-                                     lambda flow, answer, ctx: self._resume_checked(control, flow, answer, ctx))
+                                     lambda flow, answer, ctx: self._resume_checked(self.control, flow, answer, ctx))
             # requests suspended on a long read: resume those whose read is done
-            self.reads.serve(ready, lambda flow, result, error, ctx: self._resume_read(control, flow, result, error,
-                                                                                       ctx))
+            self.reads.serve(ready, lambda flow, result, error, ctx: self._resume_read(self.control, flow, result,
+                                                                                       error, ctx))
             self.supervisor.tick()
             self.replies_held.tick()  # in_flight falls as clients read, also while no large reply is sent
             stale = time.monotonic() - ingest.beat
@@ -343,6 +349,18 @@ class Daemon(SandboxSetup, ControlPlane):
             self.log.info("signal received; stopping daemon" + (
                 f" ({len(self.supervisor.running)} sessions keep running)" if self.supervisor.running else ""),
                           signal=signal.Signals(self._signals[0]).name)
+
+    def _reset_inbound(self, poller: zmq.Poller) -> None:
+        """The daemon passed its memory ceiling: drop every connection of the control and runner sockets, and what
+        libzmq held for them (daemon/inbound.py); ``self.control`` is the new control socket."""
+        self.log.warning("the daemon's memory passed its ceiling: dropping every client and runner connection "
+                         "(they reconnect; runners re-send what was not acknowledged)", rss=self.ceiling.last_rss,
+                         ceiling=self.ceiling.limit, resets=self.ceiling.resets)
+        self.counters["inbound_resets"] = self.ceiling.resets
+        self._to_ingest.send_pyobj(("reset_runners",))
+        self.control = rebind(self.control, poller, lambda: bind_control(self.zctx, self.info.control,
+                                                                          self.cfg.max_message))
+        self.trim_at = time.monotonic() + 1.0  # once libzmq's threads have let the connections go
 
     def _recover(self) -> set[str]:
         """Take over what the last daemon left: its live sessions adopted, its queued ones queued again in order,

@@ -166,3 +166,15 @@ def test_max_session_record_default_sizes_none_and_bad_values(tmp_path: Path) ->
     _size_setting(tmp_path / "h", "max_session_record", 8 * 1024**3,
                   {'"64M"': 64 * 1024 * 1024, "2097152": 2 * 1024 * 1024, '"none"': None, "false": None, "0": None},
                   ['"512K"', "1000", "true", '"lots"', "-1"])
+
+
+def test_memory_ceiling_default_auto_sizes_none_and_bad_values(tmp_path: Path) -> None:
+    """[daemon] memory_ceiling (the daemon's own memory past which its inbound connections are dropped,
+    daemon/inbound.py) defaults to "auto" (a quarter of RAM, 1-4 GiB), takes a size or bytes of at least 64 MiB,
+    "none" (or false or 0) turns it off, and anything else is refused."""
+    from labd.daemon.inbound import auto_ceiling
+
+    assert 1 << 30 <= auto_ceiling() <= 4 << 30
+    _size_setting(tmp_path / "h", "memory_ceiling", auto_ceiling(),
+                  {'"auto"': auto_ceiling(), '"2G"': 2 << 30, str(128 << 20): 128 << 20, '"none"': None, "false": None,
+                   "0": None}, ['"32M"', '"64"', "1000", "true", '"lots"', "-1"])

@@ -1,0 +1,118 @@
+"""Unfinished multipart messages on the daemon's sockets: its memory stays under its ceiling and nothing is lost.
+
+libzmq keeps every frame of a message until the last one arrives, whatever its size; a peer that never sends the
+last frame needs no key (a raw ZMTP connection to ``control.sock``, or a session's own code to ``runners.sock``).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labd.ipc.events import TERMINAL_STATUSES
+from tests.conftest import running_daemon, wait_until
+
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(240)]
+
+CEILING_MIB = 400
+SENT_MIB = 1024
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0]) * 1024
+
+
+def _zmtp_more_flood(path: str, mib: int, outcome: dict[str, Any]) -> None:
+    """A NULL-mechanism ZMTP 3.0 DEALER on the Unix socket ``path`` that sends ``mib`` MiB in 8 MiB frames, each
+    flagged "more": a message never finished. Records how far it got and whether the daemon dropped it."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.sendall(b"\xff" + b"\0" * 8 + b"\x7f" + bytes([3, 0]) + b"NULL".ljust(20, b"\0") + b"\0" * 32)
+    got = b""
+    while len(got) < 64:
+        got += s.recv(64 - len(got))
+
+    def prop(k: bytes, v: bytes) -> bytes:
+        return bytes([len(k)]) + k + struct.pack(">I", len(v)) + v
+
+    ready = b"\x05READY" + prop(b"Socket-Type", b"DEALER") + prop(b"Identity", b"")
+    s.sendall(b"\x04" + bytes([len(ready)]) + ready)
+    chunk = b"A" * (1 << 20)
+    sent = 0
+    try:
+        for _ in range(mib // 8):
+            s.sendall(b"\x03" + struct.pack(">Q", 8 << 20))  # LONG | MORE
+            for _ in range(8):
+                s.sendall(chunk)
+                sent += 1
+        s.settimeout(30)  # all sent: does the daemon close the connection? (its READY command may come first)
+        while s.recv(65536):
+            pass
+        outcome["dropped"] = True
+    except TimeoutError:
+        outcome["dropped"] = False
+    except OSError:  # BrokenPipe / ConnectionReset: the daemon dropped the connection
+        outcome["dropped"] = True
+    finally:
+        outcome["sent_mib"] = sent
+        s.close()
+
+
+def _answered(c: Any, type_: str, ended: bool = False, **body: Any) -> Any:
+    """The result of one request, or None if it timed out (or, with ``ended``, the session has not ended)."""
+    from labd.ipc import LabdError
+
+    try:
+        result = c.request(type_, **body)
+    except LabdError as exc:
+        if exc.code != "timeout":
+            raise
+        return None
+    if ended:
+        return result["session"] if result["session"]["status"] in TERMINAL_STATUSES else None
+    return result
+
+
+@pytest.mark.parametrize("target", ["control", "runners"])
+def test_a_message_never_finished_cannot_grow_the_daemon_past_its_ceiling(isolated_env: Path, target: str) -> None:
+    """1 GiB of frames flagged "more" on the control or the runners' socket, with ``memory_ceiling = 400M``: the
+    daemon drops every inbound connection once past the ceiling, its memory falls back under it, the flooder is
+    disconnected, a running session's runner reconnects and every line it printed is stored exactly once, in order,
+    and clients are served (before this: +1 GB per such connection, kept for as long as it stayed open)."""
+    from labd.ipc import Client
+    from labd.ipc.connection import read_connection_file
+    from labd.ipc.paths import layout_for
+
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text(f'[daemon]\nmemory_ceiling = "{CEILING_MIB}M"\n')
+    with running_daemon(isolated_env) as d:
+        assert d.proc is not None
+        pid = d.proc.pid
+        info = read_connection_file(layout_for(isolated_env))
+        path = getattr(info, target)[len("ipc://"):]
+        with Client(isolated_env, timeout=3) as c:
+            sid = c.start("labd_testflows:ticker", params={"n": 120, "delay": 0.05})
+            wait_until(lambda: c.session(sid)["status"] == "running", timeout=60, what="the ticker running")
+            outcome: dict[str, Any] = {}
+            flooder = threading.Thread(target=_zmtp_more_flood, args=(path, SENT_MIB, outcome), daemon=True)
+            flooder.start()
+            flooder.join(120)
+            assert outcome.get("dropped") is True, outcome
+            assert outcome["sent_mib"] < SENT_MIB, outcome  # cut off before it could send it all
+            wait_until(lambda: _rss(pid) < CEILING_MIB << 20, timeout=30, what="the daemon's memory under its ceiling")
+            # the client connected before the reset reconnects by itself; a request it sent as its connection was
+            # dropped gets no reply (it times out, here after 3 s), the next one is answered
+            status = wait_until(lambda: _answered(c, "daemon.status"), timeout=30, what="the old client answered")
+            assert status["counters"].get("inbound_resets", 0) >= 1, status
+            final = wait_until(lambda: _answered(c, "session.get", session=sid, ended=True), timeout=120,
+                               what="the session ended")
+            assert final["status"] == "completed", final
+            text = "".join(e["payload"]["text"] for e in c.history(sid, kinds=["output"]))
+            assert text.split() == [w for i in range(120) for w in ("tick", str(i))]
+        assert "passed its ceiling" in d.log()
