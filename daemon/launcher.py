@@ -106,6 +106,10 @@ class TemplateLauncher:
         self._replies: list[dict[str, Any]] = []
         self._req = 0
         self._inspecting: set[int] = set()  # inspect requests not answered yet
+        #: the pids of the template's children it announced ("forked") and that have not exited; replaced, never
+        #: changed in place: the monitor's thread reads it (template_children)
+        self._children: frozenset[int] = frozenset()
+        self.clone_filter: str | None = None  # the template's clone filter: "on" or why not (its "ready")
 
     def spawn(self) -> None:
         """Start the template process and return at once: it imports the runner stack (~2 s) while the caller
@@ -127,6 +131,7 @@ class TemplateLauncher:
         if ready is None:
             raise LaunchError("runner template did not start (see the daemon log for its error)")
         self._ready = True
+        self.clone_filter = ready.get("clone_filter")
 
     def abandon(self) -> None:
         """End a template spawned but never waited for (the daemon failed to start before it needed it): it has
@@ -139,6 +144,12 @@ class TemplateLauncher:
     @property
     def template_pid(self) -> int | None:
         return self._proc.pid if self._proc else None
+
+    def template_children(self) -> tuple[int | None, frozenset[int]]:
+        """The template's pid and the children it announced (runners, spare, checker, checks), for the monitor's
+        escapee backstop (daemon/escapees.py); safe to call from another thread."""
+        proc = self._proc
+        return (proc.pid if proc is not None else None), self._children
 
     def fileno(self) -> int | None:
         return self._proc.stdout.fileno() if self._proc and self._proc.stdout else None
@@ -176,6 +187,9 @@ class TemplateLauncher:
                 continue
             if msg.get("op") == "exited":
                 self._exits.append(ExitInfo(msg["pid"], msg["exit_code"], msg["signal"]))
+                self._children = self._children - {msg["pid"]}
+            elif msg.get("op") == "forked":
+                self._children = self._children | {msg["pid"]}
             else:
                 self._replies.append(msg)
         if gone:
@@ -198,6 +212,7 @@ class TemplateLauncher:
                     pass
         self._proc = None
         self._buf = b""
+        self._children = frozenset()  # the new template's children are announced anew
         self._lost_inspections()
         try:
             self.start()

@@ -10,7 +10,9 @@ Periods: a pass every ``sample_interval`` (2 s) while no watched session has a m
 every ``limit_interval`` (0.1 s) while one has; a session whose memory is past half its limit is re-read
 between passes every ``NEAR_TICK_S`` (its known members only). Memory is the tree's summed PSS
 (proportional set size: a page shared by k processes counts 1/k in each, so pages shared within a tree
-count once and pages shared with the template only by their share). A breach kills the tree at once;
+count once and pages shared with the template only by their share), plus what it holds in memfd and tmpfs files
+it has open but has not mapped (:mod:`labd.daemon.shmem`). Children of the runner template that the template did
+not fork are killed (:mod:`labd.daemon.escapees`). A breach kills the tree at once;
 wall-time and process-count breaches go to the supervisor (notes). ``record_interval`` sets how often a
 ``resource.sample`` event may be recorded: only when a figure moved, or every ``IDLE_RECORD_S`` otherwise
 (:mod:`labd.ipc.samples`, the rule the node monitor of a remote session uses too).
@@ -42,12 +44,14 @@ from typing import Any
 import structlog
 import zmq
 
+from labd.daemon.escapees import Escapees
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY
 from labd.daemon.launcher import signal_group
 from labd.daemon.limits import Limits
 from labd.daemon.proctable import MarkerCache, Proc, ProcTable, PssCache, read_proc
+from labd.daemon.shmem import ShmemCache
 from labd.daemon.warnlimit import FailureLog
-from labd.daemon.watched import Buried, Watched, figures, kill_proc, signal_members, throttle
+from labd.daemon.watched import Buried, Watched, figures, kill_proc, sample_payload, signal_members, throttle
 from labd.ipc.samples import worth_recording
 
 __all__ = ["Monitor"]
@@ -88,6 +92,8 @@ class Monitor(threading.Thread):
         self.table = ProcTable()
         self.pss = PssCache()
         self.markers = MarkerCache()
+        self.shmem = ShmemCache()
+        self.escapees = Escapees()  # its template view is set once the launcher is up (daemon/server.py)
         self.passes = 0
         self.log = structlog.get_logger("labd.monitor")
         self.failures = FailureLog(self.log, "limits monitor works again")
@@ -228,9 +234,11 @@ class Monitor(threading.Thread):
         return True
 
     def _quick_all(self, watched: list[Watched]) -> None:
-        for w in watched:
-            if w.near and not w.breached:
-                self._quick(w)
+        near = [w for w in watched if w.near and not w.breached]
+        if near:
+            self.shmem.begin()
+        for w in near:
+            self._quick(w)
 
     @staticmethod
     def _throttle_all(watched: list[Watched], now: float) -> None:
@@ -262,6 +270,7 @@ class Monitor(threading.Thread):
     def _pass(self, watched: list[Watched], now: float, record: bool) -> None:
         """One read of the process table; every session sampled from it."""
         procs = self.table.scan()
+        self.shmem.begin()
         self.passes += 1
         with self._lock:
             buried = list(self._buried.values())
@@ -284,6 +293,7 @@ class Monitor(threading.Thread):
         by_key = {k: s.sid for s in owners for k in s.keys}
         by_group = {s.pid: s.sid for s in owners}
         known = {s.sid for s in owners}
+        owner_of: dict[int, str] = {}
         for p in procs.values():
             if p.pid in claimed or p.pid == os.getpid():
                 continue
@@ -293,9 +303,14 @@ class Monitor(threading.Thread):
                 owner = marker if marker in known else None
             if owner is not None:
                 extra.setdefault(owner, []).append(p.pid)
+                owner_of[p.pid] = owner
+        self.escapees.handle(self.table, {w.pid for w in alive}, owner_of, now, self.log,
+                             lambda sid, text: self._event(sid, "log", {"level": "warning", "logger": "labd.monitor",
+                                                                      "event": text}))
         if self.passes % 10 == 0:  # dropping dead processes' cache entries need not happen every pass
             self.pss.prune(procs)
             self.markers.prune(procs)
+            self.shmem.prune(procs)
         for w in alive:
             if w.sid in extra:
                 w.members += [p for p in self.table.tree(extra[w.sid]) if p.pid not in claimed]
@@ -307,7 +322,7 @@ class Monitor(threading.Thread):
     def _vanished(self, w: Watched) -> None:
         # The last sample rides on the note (the supervisor's final sample will find the session unwatched): posted
         # by the supervisor, it is ordered before the session.ended it posts, as the breach's sample below.
-        self.notes.send_pyobj(("vanished", w.sid, None, self._sample_payload(w) if w.peak_memory else None))
+        self.notes.send_pyobj(("vanished", w.sid, None, sample_payload(w) if w.peak_memory else None))
         self.unwatch(w.sid)
 
     def _quick(self, w: Watched) -> None:
@@ -315,7 +330,7 @@ class Monitor(threading.Thread):
         members = [p for p in (read_proc(m.pid) for m in w.members) if p is not None]
         if members:
             w.members = members
-            self._check_memory(w, sum(self.pss.estimate(p) for p in members))
+            self._check_memory(w, sum(self.pss.estimate(p) for p in members) + self.shmem.held(members))
 
     def _hunt(self, b: Buried, members: list[Proc], now: float) -> None:
         """Terminate what is left of an ended session: SIGTERM once, SIGKILL from ``kill_at``."""
@@ -343,7 +358,7 @@ class Monitor(threading.Thread):
         lim = w.limits.memory
         memory = estimate
         if lim is not None and estimate > lim and not w.breached:
-            memory = sum(self.pss.exact(p) for p in w.members)
+            memory = sum(self.pss.exact(p) for p in w.members) + self.shmem.held(w.members, exact=True)
         w.memory = memory
         w.peak_memory = max(w.peak_memory, memory)
         if lim is not None:
@@ -355,7 +370,7 @@ class Monitor(threading.Thread):
                 # it): sent to ingest from here, on another socket, it could land after session.ended, and a
                 # client reading the ended session would see a peak below the limit that killed it.
                 self.notes.send_pyobj(("limit", w.sid, {"limit": "memory", "measured": memory, "max": lim,
-                                                        "unit": "bytes", "action": "kill"}, self._sample_payload(w)))
+                                                        "unit": "bytes", "action": "kill"}, sample_payload(w)))
                 self.log.warning("memory limit exceeded: killing", session_id=w.sid, memory=memory, limit=lim)
                 self._kill_tree(w)
         return memory
@@ -370,7 +385,7 @@ class Monitor(threading.Thread):
         w.rss = sum(p.rss for p in members)
         w.num_procs = len(members)
         read = self.pss.exact if record else self.pss.estimate
-        estimate = sum(read(p) for p in members)
+        estimate = sum(read(p) for p in members) + self.shmem.held(members, exact=record)
         self._check_memory(w, estimate)
         total = sum(p.cpu for p in members)
         if w.cpu_at:
@@ -395,12 +410,4 @@ class Monitor(threading.Thread):
                                now - w.recorded_at)
 
     def _record(self, w: Watched) -> None:
-        self._event(w.sid, "resource.sample", self._sample_payload(w))
-
-    @staticmethod
-    def _sample_payload(w: Watched) -> dict[str, Any]:
-        """A ``resource.sample`` payload of ``w`` now, noted as recorded."""
-        w.recorded = (w.memory, w.cpu_percent, w.num_procs, w.peak_memory, w.peak_cpu)
-        w.recorded_at = time.monotonic()
-        return {"rss": w.memory, "rss_sum": w.rss, "cpu_percent": round(w.cpu_percent, 1), "num_procs": w.num_procs,
-                "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1)}
+        self._event(w.sid, "resource.sample", sample_payload(w))

@@ -339,6 +339,13 @@ class Launchers:
     def template_pid(self) -> int | None:
         return self.local.template_pid
 
+    @property
+    def clone_filter(self) -> str | None:
+        return self.local.clone_filter
+
+    def template_children(self) -> tuple[int | None, frozenset[int]]:
+        return self.local.template_children()
+
     def start(self) -> None:
         self.local.start()
         if self.ray is not None:

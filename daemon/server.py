@@ -207,6 +207,7 @@ class Daemon(SandboxSetup, ControlPlane):
         clean_env, self.secrets = start.clean_env, start.secrets
         self.launcher = launchers(cfg, start.template, clean_env, self.info.runners)
         self.launcher.start()
+        self.monitor.escapees.template = self.launcher.template_children  # the backstop (daemon/escapees.py)
         self.supervisor = Supervisor(self.launcher, self.monitor, self.post_event, self.send_runner,
                                      cfg.term_grace)
         total = cfg.memory_total
@@ -233,6 +234,10 @@ class Daemon(SandboxSetup, ControlPlane):
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.log.info("labd serving", home=str(layout.home), pid=os.getpid(), control=self.info.control,
                       template_pid=self.launcher.template_pid, adopted=sorted(self.supervisor.running))
+        if self.launcher.clone_filter != "on":  # runner/template.py, keep_in_tree
+            self.log.warning("the runner template has no clone filter: a session's code can start processes outside "
+                             "its runner's tree (the monitor kills them within a second or two)",
+                             clone_filter=self.launcher.clone_filter)
         # Ready only now: migrated, sockets bound, template up, connection file written, signal handlers set.
         heartbeat = Heartbeat(self.notifier)
         self.notifier.ready(f"serving {layout.home}; {len(self.supervisor.running)} sessions adopted")

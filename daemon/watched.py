@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ from labd.daemon.launcher import signal_group
 from labd.daemon.limits import Limits
 from labd.daemon.proctable import Proc, read_proc
 
-__all__ = ["Watched", "Buried", "figures", "kill_proc", "signal_members", "throttle", "BURST_S"]
+__all__ = ["Watched", "Buried", "figures", "sample_payload", "kill_proc", "signal_members", "throttle", "BURST_S"]
 
 BURST_S = 0.1  # how much CPU time a throttled session may bank
 
@@ -75,6 +76,14 @@ def figures(w: Watched) -> dict[str, Any]:
     return {"rss": w.memory, "rss_sum": w.rss, "cpu_percent": round(w.cpu_percent, 1), "num_procs": w.num_procs,
             "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1), "throttled": w.stopped_until > 0,
             "seen_at": w.seen_at}
+
+
+def sample_payload(w: Watched) -> dict[str, Any]:
+    """A ``resource.sample`` payload of ``w`` now, noted as recorded."""
+    w.recorded = (w.memory, w.cpu_percent, w.num_procs, w.peak_memory, w.peak_cpu)
+    w.recorded_at = time.monotonic()
+    return {"rss": w.memory, "rss_sum": w.rss, "cpu_percent": round(w.cpu_percent, 1), "num_procs": w.num_procs,
+            "peak_rss": w.peak_memory, "peak_cpu_percent": round(w.peak_cpu, 1)}
 
 
 def signal_members(w: Watched, sig: int) -> None:

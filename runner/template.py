@@ -13,7 +13,10 @@ Protocol (JSON lines; the daemon writes requests on our stdin, we answer on our 
   confined as a runner, so importing user code never touches the template or the daemon's files; answered when
   the child is done, in any order: spawns and other checks go on meanwhile; :mod:`labd.runner.checks`, which keeps
   one checker child forked ahead)
-- unsolicited: ``{"op": "exited", "pid": P, "exit_code": C | null, "signal": S | null}``
+- unsolicited: ``{"op": "exited", "pid": P, "exit_code": C | null, "signal": S | null}``; ``{"op": "forked",
+  "pid": P}`` for every child it forks (runner, spare, checker, check): the monitor takes any other child of the
+  template for an escapee (daemon/escapees.py)
+- ``{"op": "ready", "pid": P, "clone_filter": "on" | "unavailable: ..."}`` once, when it is ready
 
 End of stdin (the daemon went away): the template closes its spare and checker, waits until its runners have ended
 (see :func:`_outlive_runners`), then exits; runners live on.
@@ -90,6 +93,7 @@ def _fork_child(in_fd: int, out_fd: int, wake_fds: tuple[int, int], job: Any, cl
             os.setpgid(pid, pid)
         except OSError:  # it already exited (ESRCH)
             pass
+        _write(out_fd, {"op": "forked", "pid": pid})  # any other child of ours is an escapee (daemon/escapees.py)
         return pid
     # --- child ---
     try:
@@ -239,8 +243,25 @@ def limit_files(value: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 
+def keep_in_tree() -> str:
+    """Install the clone filter (:func:`labd.runner.sandbox.seccomp.deny_clone_parent`: no ``clone(CLONE_PARENT)``,
+    no ``clone3``) on this process, before it forks anything, so that no session process can make a child outside
+    its runner's tree. Returns ``on`` or why not (``unavailable: ...``), for the daemon's log. Also what a Ray
+    node's runner does first (runner/remote.py)."""
+    from labd.runner.sandbox import seccomp
+
+    if os.environ.pop("LABD_CLONE_FILTER", "") == "off":  # a test knob: the monitor's backstop alone
+        return "off: LABD_CLONE_FILTER=off"
+    try:
+        seccomp.deny_clone_parent()
+    except OSError as exc:
+        return f"unavailable: {exc}"
+    return "on"
+
+
 def main() -> None:
     _limit_files()
+    clone_filter = keep_in_tree()
     for name in PRELOAD + [m for m in os.environ.get("LABD_PRELOAD", "").split(",") if m]:
         importlib.import_module(name)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop, not the terminal
@@ -254,7 +275,7 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     try:
-        _write(out_fd, {"op": "ready", "pid": os.getpid()})
+        _write(out_fd, {"op": "ready", "pid": os.getpid(), "clone_filter": clone_filter})
     except BrokenPipeError:  # the daemon failed to start while we imported (daemon/startup.py): nothing to serve
         return
     use_spare = os.environ.get("LABD_SPARE_RUNNERS", "1").strip() not in ("0", "")

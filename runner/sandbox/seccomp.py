@@ -1,9 +1,17 @@
-"""A seccomp filter that takes the network away: ``socket()`` only for ``AF_UNIX``, no ``io_uring``.
+"""Hand-written seccomp filters (classic BPF): the sandbox's network filter and the runners' clone filter.
 
-Landlock covers TCP only (ABI >= 4); this filter also stops UDP, raw and packet sockets, the way Codex's
-Linux sandbox does. ``io_uring_setup`` is refused because io_uring can create sockets without the
+:func:`deny_network` takes the network away from executed code: ``socket()`` only for ``AF_UNIX``, no
+``io_uring``. Landlock covers TCP only (ABI >= 4); this filter also stops UDP, raw and packet sockets, the way
+Codex's Linux sandbox does. ``io_uring_setup`` is refused because io_uring can create sockets without the
 ``socket`` system call. System calls of a foreign ABI (i386 or x32 on x86_64) are refused altogether,
 since the filter checks syscall numbers of the native ABI only.
+
+:func:`deny_clone_parent` keeps a session's processes in its runner's tree: ``clone`` with ``CLONE_PARENT`` (the
+child would be the *runner's parent's* child, a sibling of the runner outside the tree the limits monitor walks)
+fails with ``EPERM``, and ``clone3`` with ``ENOSYS`` (its flags are in memory, which a seccomp filter cannot read;
+glibc then falls back to ``clone``, as under Docker's default profile). The template installs it before it forks
+anything, so every runner, spare and workflow check inherits it. It must not break what runners run, so foreign
+ABIs are not refused here but checked with their own numbers (i386 and x32 on x86_64, 32-bit ARM on aarch64).
 
 Standard library only (ctypes), like :mod:`landlock`: loaded by the exec helper with ``python -I -S``.
 """
@@ -15,16 +23,27 @@ import os
 import platform
 import struct
 
-__all__ = ["deny_network", "supported", "SeccompError"]
+__all__ = ["deny_network", "deny_clone_parent", "supported", "SeccompError"]
 
 _ARCH = {  # machine -> (AUDIT_ARCH_*, socket nr, io_uring_setup nr, x32 bit or 0)
     "x86_64": (0xC000003E, 41, 425, 0x40000000),
     "aarch64": (0xC00000B7, 198, 425, 0),
 }
-_LD_W_ABS, _JEQ_K, _JGE_K, _RET_K = 0x20, 0x15, 0x35, 0x06
+_LD_W_ABS, _JEQ_K, _JGE_K, _JSET_K, _RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
 _ALLOW, _ERRNO = 0x7FFF0000, 0x00050000
-_EACCES, _ENOSYS = 13, 38
+_EPERM, _EACCES, _ENOSYS = 1, 13, 38
 _AF_UNIX = 1
+_CLONE_PARENT = 0x00008000
+#: machine -> the ABIs a process may call in: (AUDIT_ARCH_*, clone nr, clone3 nr), native first. x32 calls carry
+#: the AUDIT_ARCH_X86_64 arch and their number with bit 30 set (clone and clone3 are "common" entries: same number)
+_CLONE_ABIS: dict[str, list[tuple[int, list[int], list[int]]]] = {
+    "x86_64": [(0xC000003E, [56, 0x40000000 | 56], [435, 0x40000000 | 435]),  # x86_64 and x32
+               (0x40000003, [120], [435])],                                    # i386
+    "aarch64": [(0xC00000B7, [220], [435]),
+                (0x40000028, [120], [435])],                                   # 32-bit ARM (compat)
+}
+#: the seccomp system call, for SECCOMP_FILTER_FLAG_TSYNC (prctl installs on the calling thread only)
+_NR_SECCOMP = {"x86_64": 317, "aarch64": 277}
 
 
 class SeccompError(OSError):
@@ -70,13 +89,73 @@ def deny_network() -> None:
     Needs no-new-privs (set here) unless the caller has CAP_SYS_ADMIN."""
     if not supported():
         raise SeccompError(95, f"no seccomp filter for {platform.machine()}")
+    _install(_program(), all_threads=False)
+
+
+Ins = tuple[int, int | str, int | str, int]
+
+
+def _assemble(ins: list[Ins | str]) -> bytes:
+    """Classic BPF from instructions whose jump offsets may name a label (a ``str`` item marks its place)."""
+    where: dict[str, int] = {}
+    code: list[Ins] = []
+    for item in ins:
+        if isinstance(item, str):
+            where[item] = len(code)
+        else:
+            code.append(item)
+    out = []
+    for i, (op, jt, jf, k) in enumerate(code):
+        t = where[jt] - i - 1 if isinstance(jt, str) else jt
+        f = where[jf] - i - 1 if isinstance(jf, str) else jf
+        out.append(struct.pack("=HBBI", op, t, f, k))
+    return b"".join(out)
+
+
+def _clone_program(machine: str) -> bytes:
+    """``clone`` with CLONE_PARENT -> EPERM, ``clone3`` -> ENOSYS, in every ABI the machine runs; the rest allowed.
+    The flags are ``clone``'s first argument in all of them (low 32 bits at offset 16: little endian)."""
+    abis = _CLONE_ABIS[machine]
+    ins: list[Ins | str] = [(_LD_W_ABS, 0, 0, 4)]  # A = arch
+    ins += [(_JEQ_K, f"abi{i}", 0, arch) for i, (arch, _c, _c3) in enumerate(abis)]
+    ins.append((_RET_K, 0, 0, _ERRNO | _ENOSYS))  # an ABI this machine has no business with
+    for i, (_arch, clones, clone3s) in enumerate(abis):
+        ins += [f"abi{i}", (_LD_W_ABS, 0, 0, 0)]  # A = syscall nr
+        ins += [(_JEQ_K, "nosys", 0, nr) for nr in clone3s]
+        ins += [(_JEQ_K, "flags", 0, nr) for nr in clones]
+        ins.append((_RET_K, 0, 0, _ALLOW))
+    ins += ["flags", (_LD_W_ABS, 0, 0, 16), (_JSET_K, "perm", 0, _CLONE_PARENT), (_RET_K, 0, 0, _ALLOW),
+            "perm", (_RET_K, 0, 0, _ERRNO | _EPERM),
+            "nosys", (_RET_K, 0, 0, _ERRNO | _ENOSYS)]
+    return _assemble(ins)
+
+
+def deny_clone_parent() -> None:
+    """Install the clone filter (module docstring) on every thread of the calling process, inherited by all it
+    forks and kept across exec. Sets no-new-privs (seccomp needs it without CAP_SYS_ADMIN): setuid programs the
+    process runs later do not gain privileges (as under Landlock, which needs it too)."""
+    if not supported():
+        raise SeccompError(95, f"no seccomp filter for {platform.machine()}")
+    _install(_clone_program(platform.machine()), all_threads=True)
+
+
+def _install(code: bytes, all_threads: bool) -> None:
+    """Set no-new-privs and install the BPF program ``code``: on the calling thread (``prctl``), or with
+    ``all_threads`` on every thread of the process (``seccomp(2)`` with SECCOMP_FILTER_FLAG_TSYNC)."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
         err = ctypes.get_errno()
         raise SeccompError(err, f"PR_SET_NO_NEW_PRIVS: {os.strerror(err)}")
-    code = _program()
     buf = ctypes.create_string_buffer(code, len(code))
     prog = _Fprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    if all_threads:
+        # SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC; > 0: the id of a thread that could not be synced
+        rc = libc.syscall(ctypes.c_long(_NR_SECCOMP[platform.machine()]), ctypes.c_uint(1), ctypes.c_uint(1),
+                          ctypes.byref(prog))
+        if rc != 0:
+            err = ctypes.get_errno() if rc < 0 else 16  # EBUSY: a thread has a filter that is not ours
+            raise SeccompError(err, f"seccomp(SECCOMP_SET_MODE_FILTER, TSYNC): {os.strerror(err)}")
+        return
     if libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
         err = ctypes.get_errno()
         raise SeccompError(err, f"PR_SET_SECCOMP: {os.strerror(err)}")

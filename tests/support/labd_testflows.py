@@ -48,6 +48,17 @@ def memory_hog(ctx, mb: int = 600, step_mb: int = 16) -> None:
     time.sleep(60)
 
 
+def memfd_hog(ctx, mb: int = 300) -> None:
+    """Write ``mb`` MiB into a memfd, never mapped (no page of it in any page table, so not in PSS), then wait."""
+    fd = os.memfd_create("hoard")
+    chunk = b"\1" * (1 << 20)
+    for i in range(mb):
+        os.write(fd, chunk)
+        if i % 16 == 15:
+            print(f"memfd holds {i + 1} MiB", flush=True)
+    time.sleep(60)
+
+
 def cpu_hog(ctx, seconds: float = 30.0) -> float:
     """Spin on the CPU for ``seconds`` of wall time; returns the CPU seconds it got."""
     start = time.monotonic()
@@ -284,6 +295,21 @@ def escapee(ctx) -> int:
     out = subprocess.run([sys.executable, "-c", ESCAPE], capture_output=True, text=True, check=True)
     pid = int(out.stdout.split()[0])
     print(f"escapee {pid}", flush=True)
+    time.sleep(300)
+    return pid
+
+
+def clone_parent(ctx, life: int = 120) -> int:
+    """A raw ``clone(CLONE_PARENT)`` (x86_64 system call 56): the child, a sibling of the runner, calls setsid and
+    execs ``sleep`` with an empty environment (no marker left). Prints ``cloned <pid> errno <errno>`` and waits."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pid = libc.syscall(56, 0x00008000 | signal.SIGCHLD, 0, 0, 0, 0)
+    if pid == 0:
+        os.setsid()
+        os.execve("/bin/sleep", ["sleep", str(life)], {})
+    print(f"cloned {pid} errno {ctypes.get_errno() if pid < 0 else 0}", flush=True)
     time.sleep(300)
     return pid
 
