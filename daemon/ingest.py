@@ -134,17 +134,7 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         tune_gc()
         z = self.zctx
         self.router = bind_runners(z, self.runners_endpoint, self.max_message)
-        # XPUB rather than PUB: it tells us what clients subscribe to, so events nobody follows are
-        # not encoded for the live tail at all (~9 % of ingest time under load).
-        self.pub = z.socket(zmq.XPUB)
-        # Bounded per subscriber: PUB_SNDHWM messages of at most ~PUB_CHUNK_BYTES (16 MiB). A follower that
-        # stops reading loses live messages past that (it fills the gap from the store, as after any drop)
-        # instead of growing the daemon's memory (a stalled follower of 4 stdout floods: +260 MB before).
-        self.pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        if self._secure_events is not None:
-            self._secure_events(self.pub)
-        self.pub.bind(self.events_endpoint)
+        self.pub = self._bind_events()
         self.pull = z.socket(zmq.PULL)
         self.pull.bind(INGEST_IN)
         self.notify = z.socket(zmq.PUSH)
@@ -164,6 +154,31 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
             for s in (self.router, self.pub, self.pull, self.notify):
                 s.close(0)
             self.writer.close()
+
+    def _bind_events(self) -> zmq.Socket:
+        """The live tail's socket, bound to the events endpoint."""
+        # XPUB rather than PUB: it tells us what clients subscribe to, so events nobody follows are
+        # not encoded for the live tail at all (~9 % of ingest time under load).
+        pub = self.zctx.socket(zmq.XPUB)
+        # Bounded per subscriber: PUB_SNDHWM messages of at most ~PUB_CHUNK_BYTES (16 MiB). A follower that
+        # stops reading loses live messages past that (it fills the gap from the store, as after any drop)
+        # instead of growing the daemon's memory (a stalled follower of 4 stdout floods: +260 MB before).
+        pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
+        pub.setsockopt(zmq.LINGER, 0)
+        if self._secure_events is not None:
+            self._secure_events(pub)
+        pub.bind(self.events_endpoint)
+        return pub
+
+    def _reset_inbound(self, poller: zmq.Poller) -> None:
+        """The daemon passed its memory ceiling (daemon/inbound.py): drop every runner connection and every live-tail
+        subscriber, and all libzmq held for them. The event socket's subscriptions are libzmq's to keep, ~5 KB per
+        distinct topic (a key holder subscribing to 100,000 made it hold ~0.5 GB); followers resubscribe on their
+        reconnect (libzmq's SUB does) and fill the gap from the store."""
+        self.router = rebind(self.router, poller, lambda: bind_runners(self.zctx, self.runners_endpoint,
+                                                                       self.max_message))
+        self.pub = rebind(self.pub, poller, self._bind_events)
+        self.live_subs = LiveSubscriptions(self.count)
 
     def _loop(self, poller: zmq.Poller) -> None:
         stopping = False
@@ -193,9 +208,8 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
                 if item[0] == "stop":
                     stopping = True
                     break
-                if item[0] == "reset_runners":  # the daemon passed its memory ceiling (daemon/inbound.py)
-                    self.router = rebind(self.router, poller, lambda: bind_runners(self.zctx, self.runners_endpoint,
-                                                                                   self.max_message))
+                if item[0] == "reset_inbound":  # the daemon passed its memory ceiling (daemon/inbound.py)
+                    self._reset_inbound(poller)
                     continue
                 items.append(item)
             self.records.begin()  # what this batch counts of max_session_record, taken back if it is processed again

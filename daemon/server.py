@@ -362,7 +362,7 @@ class Daemon(SandboxSetup, ControlPlane):
                          "(they reconnect; runners re-send what was not acknowledged)", rss=self.ceiling.last_rss,
                          ceiling=self.ceiling.limit, resets=self.ceiling.resets)
         self.counters["inbound_resets"] = self.ceiling.resets
-        self._to_ingest.send_pyobj(("reset_runners",))
+        self._to_ingest.send_pyobj(("reset_inbound",))
         self.control = rebind(self.control, poller, lambda: bind_control(self.zctx, self.info.control,
                                                                           self.cfg.max_message))
         self.trim_at = time.monotonic() + 1.0  # once libzmq's threads have let the connections go

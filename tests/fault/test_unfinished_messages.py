@@ -116,3 +116,46 @@ def test_a_message_never_finished_cannot_grow_the_daemon_past_its_ceiling(isolat
             text = "".join(e["payload"]["text"] for e in c.history(sid, kinds=["output"]))
             assert text.split() == [w for i in range(120) for w in ("tick", str(i))]
         assert "passed its ceiling" in d.log()
+
+
+def test_a_flood_of_subscriptions_cannot_grow_the_daemon_past_its_ceiling(isolated_env: Path) -> None:
+    """A key holder subscribing to 200,000 distinct topics on the live tail (libzmq keeps ~5 KB per topic in the
+    event socket, ~1 GB) under ``memory_ceiling = 400M``: the daemon drops its event socket's connections with the
+    rest, its memory falls back under the ceiling, and a follower that subscribed before the reset reconnects and
+    resubscribes by itself: it receives the live events of a session started after it (before: +1.3 GB from 600
+    subscriptions of 64 KiB each, kept after they closed)."""
+    import os
+
+    import zmq
+
+    from labd.ipc import Client
+    from labd.ipc.connection import events_socket
+
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text(f'[daemon]\nmemory_ceiling = "{CEILING_MIB}M"\n')
+    z = zmq.Context()
+    with running_daemon(isolated_env) as d, Client(isolated_env, timeout=3) as c:
+        assert d.proc is not None
+        follower = events_socket(z, c.info)
+        follower.setsockopt(zmq.SUBSCRIBE, b"session.")
+        follower.connect(c.info.events)
+        flood = events_socket(z, c.info, zmq.XSUB)
+        flood.connect(c.info.events)
+        for i in range(200_000):
+            flood.send(b"\x01session." + os.urandom(32).hex().encode())
+            if i % 5000 == 0 and _answered(c, "daemon.status") and c.request("daemon.status")["counters"].get(
+                    "inbound_resets"):
+                break
+        wait_until(lambda: (_answered(c, "daemon.status") or {}).get("counters", {}).get("inbound_resets"),
+                   timeout=60, what="a reset")
+        # the flooder's connection is still open: only dropping it (the reset) frees what libzmq keeps for it
+        wait_until(lambda: _rss(d.proc.pid) < CEILING_MIB << 20, timeout=30, what="memory under the ceiling")
+        flood.close(0)
+        sid = wait_until(lambda: (_answered(c, "session.start", workflow="labd_testflows:ticker",
+                                            params={"n": 5, "delay": 0.05}) or {}).get("session"),
+                         timeout=30, what="a session started")
+        seen = wait_until(lambda: follower.poll(100) and sid.encode() in follower.recv_multipart()[0], timeout=60,
+                          what="the follower receiving the new session's live events")
+        assert seen
+        follower.close(0)
+    z.term()
