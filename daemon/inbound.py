@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq
 
-__all__ = ["Ceiling", "COOLDOWN_S", "CONTROL_RCVHWM", "RUNNER_RCVHWM", "auto_ceiling", "bind_control",
+__all__ = ["Ceiling", "COOLDOWN_MAX_S", "COOLDOWN_S", "CONTROL_RCVHWM", "RUNNER_RCVHWM", "auto_ceiling", "bind_control",
            "bind_runners", "rebind", "resident_bytes"]
 
 #: finished messages libzmq may hold per runner connection before it stops reading from it (backpressure)
@@ -33,9 +33,11 @@ RUNNER_RCVHWM = 32
 #: ... per client connection: requests are answered in order, so a client that sends more than this without reading
 #: replies is only slowed down; a flood of 32 MiB messages with bad signatures is held to 8 per connection
 CONTROL_RCVHWM = 8
-#: the shortest time between two resets: a ceiling set below what the daemon legitimately uses must not turn into a
-#: reset every tick
+#: the time between two resets unless the memory grows again (Ceiling): a ceiling set below what the daemon
+#: legitimately uses must not turn into a reset every tick
 COOLDOWN_S = 30.0
+#: ... doubled after each reset that freed too little, up to this
+COOLDOWN_MAX_S = 600.0
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -60,18 +62,27 @@ def resident_bytes() -> int | None:
 
 class Ceiling:
     """Is a reset of the inbound sockets due? ``limit`` bytes of resident memory, checked at most every ``every``
-    seconds (a read of /proc/self/statm: a few microseconds; a flood at ~1 GB/s overshoots by ~0.1 GB); after a
-    reset, not again for :data:`COOLDOWN_S`."""
+    seconds (a read of /proc/self/statm: a few microseconds; a flood at ~1 GB/s overshoots by ~0.1 GB).
+
+    After a reset the next one waits for the cooldown (:data:`COOLDOWN_S`), unless the memory *grows* again by a
+    quarter of the limit over the lowest it fell to since: a flooder that reconnects at once is cut off again, while
+    a daemon that legitimately sits above a ceiling set too low is not reset every tick. A reset that did not bring
+    the memory under the limit (the lowest since it stayed above) doubles the cooldown, up to :data:`COOLDOWN_MAX_S`,
+    and is reported (:attr:`futile`): dropping connections does not free what holds that memory."""
 
     def __init__(self, limit: int | None, *, every: float = 0.1, cooldown: float = COOLDOWN_S,
                  read: Any = resident_bytes) -> None:
-        self.limit, self.every, self.cooldown, self._read = limit, every, cooldown, read
+        self.limit, self.every, self.base_cooldown, self._read = limit, every, cooldown, read
+        self.cooldown = cooldown
         self._next = 0.0
+        self._cool_until = 0.0
+        self._low: int | None = None  # the lowest figure since the last reset (None: no reset yet)
         self.resets = 0
+        self.futile = False  # the last reset left the memory above the limit
         self.last_rss: int | None = None
 
     def due(self, now: float | None = None) -> bool:
-        """True when the resident memory is over the limit (and no reset happened within the cooldown)."""
+        """True when a reset is due now (see the class docstring)."""
         if self.limit is None:
             return False
         now = time.monotonic() if now is None else now
@@ -79,9 +90,19 @@ class Ceiling:
             return False
         self._next = now + self.every
         rss = self.last_rss = self._read()
-        if rss is None or rss <= self.limit:
+        if rss is None:
             return False
-        self._next = now + self.cooldown
+        if self._low is not None:
+            self._low = min(self._low, rss)
+        if rss <= self.limit:
+            return False
+        regrown = self._low is not None and rss - self._low >= self.limit // 4
+        if now < self._cool_until and not regrown:
+            return False
+        self.futile = self._low is not None and self._low > self.limit and not regrown
+        self.cooldown = min(COOLDOWN_MAX_S, 2 * self.cooldown) if self.futile else self.base_cooldown
+        self._cool_until = now + self.cooldown
+        self._low = rss
         self.resets += 1
         return True
 
@@ -92,8 +113,7 @@ def bind_control(z: zmq.Context, endpoint: str, max_message: int) -> zmq.Socket:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message)
     sock.setsockopt(zmq.RCVHWM, CONTROL_RCVHWM)
-    sock.bind(endpoint)
-    return sock
+    return bound(sock, endpoint)
 
 
 def bind_runners(z: zmq.Context, endpoint: str, max_message: int) -> zmq.Socket:
@@ -106,16 +126,31 @@ def bind_runners(z: zmq.Context, endpoint: str, max_message: int) -> zmq.Socket:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message)
     sock.setsockopt(zmq.RCVHWM, RUNNER_RCVHWM)
-    sock.bind(endpoint)
+    return bound(sock, endpoint)
+
+
+def bound(sock: zmq.Socket, endpoint: str) -> zmq.Socket:
+    """``sock`` bound to ``endpoint``; closed if it cannot be (no descriptor left, the address taken)."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError:
+        sock.close(0)
+        raise
     return sock
 
 
-def rebind(old: zmq.Socket, poller: zmq.Poller, bind: Any) -> zmq.Socket:
-    """Close ``old`` (every connection, and all libzmq held for them) and return ``bind()``, a new socket on the
-    same endpoint, registered with ``poller`` in its place. (An ``ipc://`` bind replaces the socket file: libzmq
-    removes a leftover file before it binds, and closing a socket leaves its file in place.)"""
+def rebind(old: zmq.Socket, poller: zmq.Poller, bind: Any) -> zmq.Socket | None:
+    """A new socket from ``bind()`` on ``old``'s endpoint, registered with ``poller`` in its place, and ``old``
+    closed (every connection, and all libzmq held for them); None if the new socket cannot be made, e.g. at the
+    descriptor limit: ``old`` is then kept, and the caller tries again at the next reset. The new socket is bound
+    before the old one closes: an ``ipc://`` bind takes the path over (libzmq removes the file and binds anew, and
+    closing the old socket leaves the new file in place), and a failure leaves the daemon its working socket.
+    (Not for ``tcp://``: the port is the old socket's until it closes.)"""
+    try:
+        new = bind()
+    except zmq.ZMQError:
+        return None
     poller.unregister(old)
     old.close(0)
-    new = bind()
     poller.register(new, zmq.POLLIN)
     return new

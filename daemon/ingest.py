@@ -31,7 +31,7 @@ import zmq
 from labd.daemon.acks import AckPacer
 from labd.daemon.daemon_items import DaemonItems
 from labd.daemon.delivery import Delivery
-from labd.daemon.inbound import bind_runners, rebind
+from labd.daemon.inbound import bind_runners, bound, rebind
 from labd.daemon.ingest_batch import PUB_SNDHWM, Batch, Fragment, LiveEvents, tune_gc
 from labd.daemon.outputcap import CAPPED, OutputCaps
 from labd.daemon.recordcap import DEFAULT_MAX_SESSION_RECORD, RecordCaps
@@ -167,18 +167,21 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         pub.setsockopt(zmq.LINGER, 0)
         if self._secure_events is not None:
             self._secure_events(pub)
-        pub.bind(self.events_endpoint)
-        return pub
+        return bound(pub, self.events_endpoint)
 
     def _reset_inbound(self, poller: zmq.Poller) -> None:
         """The daemon passed its memory ceiling (daemon/inbound.py): drop every runner connection and every live-tail
         subscriber, and all libzmq held for them. The event socket's subscriptions are libzmq's to keep, ~5 KB per
         distinct topic (a key holder subscribing to 100,000 made it hold ~0.5 GB); followers resubscribe on their
         reconnect (libzmq's SUB does) and fill the gap from the store."""
-        self.router = rebind(self.router, poller, lambda: bind_runners(self.zctx, self.runners_endpoint,
-                                                                       self.max_message))
-        self.pub = rebind(self.pub, poller, self._bind_events)
-        self.live_subs = LiveSubscriptions(self.count)
+        router = rebind(self.router, poller, lambda: bind_runners(self.zctx, self.runners_endpoint, self.max_message))
+        pub = rebind(self.pub, poller, self._bind_events)
+        if router is None or pub is None:  # no descriptor for a new socket: the old one serves on (inbound.rebind)
+            self.log.error("could not bind a new socket to drop the connections of the old one; it goes on",
+                           runners=router is not None, events=pub is not None)
+        self.router = router or self.router
+        if pub is not None:
+            self.pub, self.live_subs = pub, LiveSubscriptions(self.count)
 
     def _loop(self, poller: zmq.Poller) -> None:
         stopping = False

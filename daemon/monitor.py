@@ -6,8 +6,9 @@ the box, not with sessions x processes. A session's tree is its runner's descend
 escaped it (their parent died and they were re-parented outside the tree): recognised by a process key seen
 in the tree before, by the runner's process group, or by the inherited ``LABD_SESSION_ID`` marker.
 
-Periods: a pass every ``sample_interval`` (2 s) while no watched session has a memory or process-count limit,
-every ``limit_interval`` (0.1 s) while one has; a session whose memory is past half its limit is re-read
+Periods: a pass every ``sample_interval`` (2 s) while no watched session has a memory limit or is past half its
+process-count limit, every ``limit_interval`` (0.1 s) while one is, and at once after a fork storm
+(:mod:`labd.daemon.forkrate`); a session whose memory is past half its limit is re-read
 between passes every ``NEAR_TICK_S`` (its known members only). Memory is the tree's summed PSS
 (proportional set size: a page shared by k processes counts 1/k in each, so pages shared within a tree
 count once and pages shared with the template only by their share), plus what it holds in memfd and tmpfs files
@@ -45,6 +46,7 @@ import structlog
 import zmq
 
 from labd.daemon.escapees import Escapees
+from labd.daemon.forkrate import ForkRate
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY
 from labd.daemon.launcher import signal_group
 from labd.daemon.limits import Limits
@@ -93,6 +95,7 @@ class Monitor(threading.Thread):
         self.pss = PssCache()
         self.markers = MarkerCache()
         self.shmem = ShmemCache()
+        self.forks = ForkRate()  # a fork storm brings the next pass forward (daemon/forkrate.py)
         self.escapees = Escapees()  # its template view is set once the launcher is up (daemon/server.py)
         self.passes = 0
         self.log = structlog.get_logger("labd.monitor")
@@ -191,6 +194,9 @@ class Monitor(threading.Thread):
                     # of CPU on a 2-core box, competing with the runner's first output), and a burst of starts
                     # costs one pass per period
                     next_pass = min(next_pass, max(last_pass + self.limit_interval, min(fresh) + FRESH_DELAY_S))
+                counted = any(w.limits.procs is not None for w in watched)
+                if counted and self.forks.burst():
+                    next_pass = min(next_pass, last_pass + self.limit_interval)  # a storm: pass now, not in 2 s
                 if now >= next_pass:
                     record = now >= next_record
                     if record:
@@ -198,6 +204,8 @@ class Monitor(threading.Thread):
                     if self._step(PASS, self._pass, watched, now, record):
                         self.passed_at = now
                     last_pass = now  # a failed pass is tried again next period, like any
+                    # strict as the pass left it: a session it found past half its procs gets the fast period now
+                    strict = strict or any(w.procs_near for w in watched)
                     next_pass = now + (self.limit_interval if strict else self.sample_interval)
                 else:
                     self._step(QUICK, self._quick_all, watched)
@@ -211,6 +219,8 @@ class Monitor(threading.Thread):
                     wait = min(wait, THROTTLE_TICK_S)
                 if any(w.near for w in watched):
                     wait = min(wait, NEAR_TICK_S)
+                if counted:  # look for a fork storm every tick (one small read: daemon/forkrate.py)
+                    wait = min(wait, self.limit_interval)
                 wait = min(wait, self._deadline - time.time())
                 self._wake.wait(max(0.002, wait))
                 self._wake.clear()

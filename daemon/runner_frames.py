@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 
 __all__ = ["RunnerFrames", "runner_session", "RESEND_INTERVAL_S"]
 
+#: message ids remembered per session's runner for the replay window. A session's own code can sign frames with its
+#: runner's key: with the default (a million) it made the daemon hold ~300 MB per session in unique ids (an attack
+#: review). Runner frames need little of the guard: their events are taken exactly once by sequence number, and only
+#: a process of the user could capture frames to replay (the socket is the user's); 4,096 ids cost at most ~1.5 MB.
+RUNNER_REPLAY_IDS = 4096
+
 RESEND_INTERVAL_S = 0.5  # at most one resend request per session this often (a gap shows in every later frame)
 MAX_HELLOS = 4096  # runners' hellos remembered (RunnerFrames.hellos)
 _NUMBER = (int, float)
@@ -90,7 +96,7 @@ class RunnerFrames:
     def _codec_for(self, session_id: str) -> Codec:
         codec = self._runner_codecs.get(session_id)
         if codec is None:  # cached by the caller once a frame verified with it
-            codec = Codec(self.key_for(session_id), max_message=self.max_message)
+            codec = Codec(self.key_for(session_id), max_message=self.max_message, replay_ids=RUNNER_REPLAY_IDS)
         return codec
 
     # ---- frames -----------------------------------------------------------------------------------

@@ -356,15 +356,23 @@ class Daemon(SandboxSetup, ControlPlane):
                           signal=signal.Signals(self._signals[0]).name)
 
     def _reset_inbound(self, poller: zmq.Poller) -> None:
-        """The daemon passed its memory ceiling: drop every connection of the control and runner sockets, and what
-        libzmq held for them (daemon/inbound.py); ``self.control`` is the new control socket."""
-        self.log.warning("the daemon's memory passed its ceiling: dropping every client and runner connection "
-                         "(they reconnect; runners re-send what was not acknowledged)", rss=self.ceiling.last_rss,
-                         ceiling=self.ceiling.limit, resets=self.ceiling.resets)
-        self.counters["inbound_resets"] = self.ceiling.resets
+        """The daemon passed its memory ceiling: drop every connection of the control, runners' and events sockets,
+        and what libzmq held for them (daemon/inbound.py); ``self.control`` is the new control socket."""
+        c = self.ceiling
+        if c.futile:  # the last reset did not bring the memory under the ceiling: something else holds it
+            self.log.error("the daemon's memory stayed above its ceiling after dropping every connection: resetting "
+                           "again less often (see [daemon] memory_ceiling)", rss=c.last_rss, ceiling=c.limit,
+                           next_after_s=c.cooldown)
+        self.log.warning("the daemon's memory passed its ceiling: dropping every client, runner and follower "
+                         "connection (they reconnect; runners re-send what was not acknowledged)", rss=c.last_rss,
+                         ceiling=c.limit, resets=c.resets)
+        self.counters["inbound_resets"] = c.resets
         self._to_ingest.send_pyobj(("reset_inbound",))
-        self.control = rebind(self.control, poller, lambda: bind_control(self.zctx, self.info.control,
-                                                                          self.cfg.max_message))
+        control = rebind(self.control, poller, lambda: bind_control(self.zctx, self.info.control,
+                                                                     self.cfg.max_message))
+        if control is None:  # no descriptor for a new socket: the old one serves on (inbound.rebind)
+            self.log.error("could not bind a new control socket to drop the connections of the old one; it goes on")
+        self.control = control or self.control
         self.trim_at = time.monotonic() + 1.0  # once libzmq's threads have let the connections go
 
     def _recover(self) -> set[str]:

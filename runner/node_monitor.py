@@ -36,10 +36,13 @@ class NodeMonitor(threading.Thread):
         super().__init__(name="labd-node-monitor", daemon=True)
         self.pid, self.limits, self.started = pid, limits, started
         self.record_interval = record_interval
-        if interval is None:  # the daemon monitor's periods: fast only while a kill limit needs it
-            strict = limits.get("memory") is not None or limits.get("procs") is not None
-            interval = min(limit_interval, record_interval) if strict else record_interval
-        self.interval = interval
+        # the daemon monitor's periods: fast only while a kill limit needs it: a memory limit, or a process limit
+        # the tree is past half of (every session has one by default: daemon/limits.py, Limits.strict)
+        self.fixed = interval is not None
+        self.fast = min(limit_interval, record_interval)
+        self.interval = interval if interval is not None else (
+            self.fast if limits.get("memory") is not None else record_interval)
+        self.slow = self.interval
         self._recorded: Figures | None = None  # figures of the last resource.sample noted
         self._recorded_at = 0.0
         self._lock = threading.Lock()
@@ -115,6 +118,12 @@ class NodeMonitor(threading.Thread):
         self._recorded, self._recorded_at = figures, now
         self._note("event", "resource.sample", s)
 
+    def pace(self, num_procs: int) -> None:
+        """The fast period while the tree is past half its process limit, the slow one again once it is not."""
+        procs = self.limits.get("procs")
+        if not self.fixed:
+            self.interval = self.fast if procs is not None and num_procs > procs / 2 else self.slow
+
     def _next_wait(self) -> float:
         """The pass interval, shortened to wake up when the wall-time limit runs out (a session with only a
         timeout is sampled every ``record_interval``, yet stopped on time, as the daemon's monitor does)."""
@@ -134,6 +143,7 @@ class NodeMonitor(threading.Thread):
                     self._record(last, time.monotonic())
                 return
             last = s
+            self.pace(s["num_procs"])
             if not self._breached and lim.get("memory") is not None and s["rss"] > lim["memory"]:
                 self._breached = True  # noted before the kill, so the breach is recorded before the exit
                 self._note("limit", {"limit": "memory", "measured": s["rss"], "max": lim["memory"], "unit": "bytes",

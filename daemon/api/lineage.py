@@ -76,7 +76,10 @@ class Replay(Start):
         created, self._seed, until = yield Read(lambda: _seed(d.store, row, until), "replay seed")
         body: dict[str, Any] = {
             "workflow": row["workflow"], "params": row["params"],
-            "limits": {k: v for k, v in row["limits"].items() if v is not None},
+            # the original's limits; no process limit stays none (not the daemon's default, 256: it may have needed
+            # more, with --procs none, or ran before the default)
+            "limits": {**{k: v for k, v in row["limits"].items() if v is not None},
+                       **({} if row["limits"].get("procs") is not None else {"procs": "none"})},
             # a default name's suffix comes from the key when there is one: the name is part of the request's
             # digest, and a retry with the same key must be the same request (not idempotency_conflict)
             "name": name or f"replay-{row['name'][:180]}-{_suffix(key)}",

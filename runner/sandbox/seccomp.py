@@ -8,10 +8,12 @@ since the filter checks syscall numbers of the native ABI only.
 
 :func:`deny_clone_parent` keeps a session's processes in its runner's tree: ``clone`` with ``CLONE_PARENT`` (the
 child would be the *runner's parent's* child, a sibling of the runner outside the tree the limits monitor walks)
-fails with ``EPERM``, and ``clone3`` with ``ENOSYS`` (its flags are in memory, which a seccomp filter cannot read;
-glibc then falls back to ``clone``, as under Docker's default profile). The template installs it before it forks
-anything, so every runner, spare and workflow check inherits it. It must not break what runners run, so foreign
-ABIs are not refused here but checked with their own numbers (i386 and x32 on x86_64, 32-bit ARM on aarch64).
+fails with ``EPERM``, so does ``prctl(PR_SET_CHILD_SUBREAPER, 0)`` (a runner is its tree's subreaper: without that,
+a grandchild whose parent exits goes to init), and ``clone3`` fails with ``ENOSYS`` (its flags are in memory, which
+a seccomp filter cannot read; glibc then falls back to ``clone``, as under Docker's default profile). The template
+installs it before it forks anything, so every runner, spare and workflow check inherits it. It must not break what
+runners run, so foreign ABIs are not refused here but checked with their own numbers (i386 and x32 on x86_64,
+32-bit ARM on aarch64).
 
 Standard library only (ctypes), like :mod:`landlock`: loaded by the exec helper with ``python -I -S``.
 """
@@ -34,14 +36,16 @@ _ALLOW, _ERRNO = 0x7FFF0000, 0x00050000
 _EPERM, _EACCES, _ENOSYS = 1, 13, 38
 _AF_UNIX = 1
 _CLONE_PARENT = 0x00008000
-#: machine -> the ABIs a process may call in: (AUDIT_ARCH_*, clone nr, clone3 nr), native first. x32 calls carry
-#: the AUDIT_ARCH_X86_64 arch and their number with bit 30 set (clone and clone3 are "common" entries: same number)
-_CLONE_ABIS: dict[str, list[tuple[int, list[int], list[int]]]] = {
-    "x86_64": [(0xC000003E, [56, 0x40000000 | 56], [435, 0x40000000 | 435]),  # x86_64 and x32
-               (0x40000003, [120], [435])],                                    # i386
-    "aarch64": [(0xC00000B7, [220], [435]),
-                (0x40000028, [120], [435])],                                   # 32-bit ARM (compat)
+#: machine -> the ABIs a process may call in: (AUDIT_ARCH_*, clone nrs, clone3 nrs, prctl nrs), native first. x32
+#: calls carry the AUDIT_ARCH_X86_64 arch and their number with bit 30 set (clone, clone3 and prctl are "common"
+#: entries: same number)
+_CLONE_ABIS: dict[str, list[tuple[int, list[int], list[int], list[int]]]] = {
+    "x86_64": [(0xC000003E, [56, 0x40000000 | 56], [435, 0x40000000 | 435], [157, 0x40000000 | 157]),  # + x32
+               (0x40000003, [120], [435], [172])],                                                    # i386
+    "aarch64": [(0xC00000B7, [220], [435], [167]),
+                (0x40000028, [120], [435], [172])],                                                   # 32-bit ARM
 }
+_PR_SET_CHILD_SUBREAPER = 36
 #: the seccomp system call, for SECCOMP_FILTER_FLAG_TSYNC (prctl installs on the calling thread only)
 _NR_SECCOMP = {"x86_64": 317, "aarch64": 277}
 
@@ -113,18 +117,25 @@ def _assemble(ins: list[Ins | str]) -> bytes:
 
 
 def _clone_program(machine: str) -> bytes:
-    """``clone`` with CLONE_PARENT -> EPERM, ``clone3`` -> ENOSYS, in every ABI the machine runs; the rest allowed.
-    The flags are ``clone``'s first argument in all of them (low 32 bits at offset 16: little endian)."""
+    """``clone`` with CLONE_PARENT -> EPERM, ``clone3`` -> ENOSYS, ``prctl(PR_SET_CHILD_SUBREAPER, 0)`` -> EPERM, in
+    every ABI the machine runs; the rest allowed. The flags are ``clone``'s first argument in all of them (low 32
+    bits at offset 16: little endian), prctl's option its first and the value its second (offset 24)."""
     abis = _CLONE_ABIS[machine]
     ins: list[Ins | str] = [(_LD_W_ABS, 0, 0, 4)]  # A = arch
-    ins += [(_JEQ_K, f"abi{i}", 0, arch) for i, (arch, _c, _c3) in enumerate(abis)]
+    ins += [(_JEQ_K, f"abi{i}", 0, arch) for i, (arch, _c, _c3, _p) in enumerate(abis)]
     ins.append((_RET_K, 0, 0, _ERRNO | _ENOSYS))  # an ABI this machine has no business with
-    for i, (_arch, clones, clone3s) in enumerate(abis):
+    for i, (_arch, clones, clone3s, prctls) in enumerate(abis):
         ins += [f"abi{i}", (_LD_W_ABS, 0, 0, 0)]  # A = syscall nr
         ins += [(_JEQ_K, "nosys", 0, nr) for nr in clone3s]
         ins += [(_JEQ_K, "flags", 0, nr) for nr in clones]
+        ins += [(_JEQ_K, "prctl", 0, nr) for nr in prctls]
         ins.append((_RET_K, 0, 0, _ALLOW))
-    ins += ["flags", (_LD_W_ABS, 0, 0, 16), (_JSET_K, "perm", 0, _CLONE_PARENT), (_RET_K, 0, 0, _ALLOW),
+    # prctl(PR_SET_CHILD_SUBREAPER, 0): a runner is its tree's subreaper (orphans come back to it); unsetting that
+    # would let a grandchild whose parent exits be re-parented to init, out of the tree (an attack review)
+    ins += ["prctl", (_LD_W_ABS, 0, 0, 16), (_JEQ_K, 0, "allow", _PR_SET_CHILD_SUBREAPER),
+            (_LD_W_ABS, 0, 0, 24), (_JEQ_K, "perm", "allow", 0)]
+    ins += ["flags", (_LD_W_ABS, 0, 0, 16), (_JSET_K, "perm", 0, _CLONE_PARENT),
+            "allow", (_RET_K, 0, 0, _ALLOW),
             "perm", (_RET_K, 0, 0, _ERRNO | _EPERM),
             "nosys", (_RET_K, 0, 0, _ERRNO | _ENOSYS)]
     return _assemble(ins)

@@ -164,12 +164,13 @@ def test_changed_input_divergence_compare_and_bad_requests(isolated_env: Path, t
 def test_replay_from_a_node_goes_live_after_it(isolated_env: Path) -> None:
     """`replay --from NODE` serves the calls recorded up to the end of NODE and sends the ones after it to
     the model: the server sees exactly the second step's request again, and only that call costs money. NODE may
-    be a step's name, as for `branch --from` (it was refused `unknown_node`): the replay records the node's id."""
+    be a step's name, as for `branch --from` (it was refused `unknown_node`): the replay records the node's id. A
+    session run without a process limit (``--procs none``) is replayed without one, not under the default 256."""
     with scripted_server() as server:
         isolated_env.mkdir(parents=True, exist_ok=True)
         (isolated_env / "config.toml").write_text(config_for(server))
         with running_daemon(isolated_env) as d, d.client(timeout=30) as c:
-            sid = c.start("labd_testflows:replay_probe")
+            sid = c.start("labd_testflows:replay_probe", procs="none")
             assert c.wait(sid, timeout=90)["status"] == "completed"
             assert len(server.requests) == 2
             first = node_named(c, sid, "ask 1")
@@ -177,6 +178,7 @@ def test_replay_from_a_node_goes_live_after_it(isolated_env: Path) -> None:
             final = c.wait(rid, timeout=90)
             assert final["status"] == "completed", final["reason"]
             assert final["branch_node"] == first
+            assert c.session(sid)["limits"]["procs"] is None and final["limits"]["procs"] is None
             assert len(server.requests) == 3 and server.requests[2]["messages"] == server.requests[1]["messages"]
             responses = {e["node_id"]: e["payload"] for e in c.history(rid) if e["kind"] == "llm.response"}
             step_of = {n["node_id"]: n["parent_node"] for n in c.dag(rid)["dag"]["nodes"]}

@@ -14,10 +14,19 @@ from tests.conftest import wait_until
 
 
 def test_fast_sampling_only_with_a_kill_limit() -> None:
-    """0.1 s passes with a memory or process limit; otherwise one pass per record interval (a wall-time limit
-    alone needs no fast pass, only a wake-up when it runs out)."""
+    """0.1 s passes with a memory limit, or while the tree is past half its process limit (every session has one
+    by default: fast passes for all would walk /proc ten times a second per Ray session); otherwise one pass per
+    record interval (a wall-time limit alone needs no fast pass, only a wake-up when it runs out)."""
     assert NodeMonitor(1, {"memory": 1 << 30}, 0.0).interval == 0.1
-    assert NodeMonitor(1, {"procs": 5}, 0.0).interval == 0.1
+    m = NodeMonitor(1, {"procs": 256}, 0.0)
+    assert m.interval == 2.0
+    m.pace(129)
+    assert m.interval == 0.1
+    m.pace(100)
+    assert m.interval == 2.0
+    fixed = NodeMonitor(1, {"procs": 4}, 0.0, interval=0.5)
+    fixed.pace(100)
+    assert fixed.interval == 0.5
     assert NodeMonitor(1, {"timeout": 60}, 0.0).interval == 2.0
     assert NodeMonitor(1, {}, 0.0, record_interval=5.0).interval == 5.0
     soon = NodeMonitor(1, {"timeout": 1.0}, time.time())  # wakes when the wall time runs out, not 2 s later

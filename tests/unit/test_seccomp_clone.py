@@ -59,6 +59,9 @@ if __name__ == "__main__":
     print("i386-parent", int80(120, 0x8000 | 17))
     print("i386-plain", int80(120, 17))
     print("i386-clone3", int80(435, 0))
+    print("subreaper-on", libc.prctl(36, 1, 0, 0, 0))
+    print("subreaper-off", libc.prctl(36, 0, 0, 0, 0) == -1 and os.strerror(ctypes.get_errno()))
+    print("other-prctl", libc.prctl(15, b"probe", 0, 0, 0))  # PR_SET_NAME
     print("subprocess", subprocess.run(["true"]).returncode)
     pid = os.fork()
     if pid == 0:
@@ -71,8 +74,9 @@ if __name__ == "__main__":
 
 
 def test_clone_parent_and_clone3_are_refused_and_the_rest_works(tmp_path) -> None:
-    """In every ABI and on every thread, the filter refuses exactly what it must; ordinary process creation
-    works under it."""
+    """In every ABI and on every thread, the filter refuses exactly what it must (clone with CLONE_PARENT, clone3,
+    giving up being a subreaper, which would send orphans to init); becoming one, other prctl options and ordinary
+    process creation work under it."""
     (tmp_path / "probe.py").write_text(PROBE)
     out = subprocess.run([sys.executable, str(tmp_path / "probe.py")], capture_output=True, text=True, timeout=120,
                          cwd=tmp_path)
@@ -80,5 +84,7 @@ def test_clone_parent_and_clone3_are_refused_and_the_rest_works(tmp_path) -> Non
     got = dict(line.split(" ", 1) for line in out.stdout.splitlines())
     assert got == {"parent": "Operation not permitted", "early-thread": "Operation not permitted", "plain": "ok",
                    "clone3": "Function not implemented", "i386-parent": "Operation not permitted",
-                   "i386-plain": "ok", "i386-clone3": "Function not implemented", "subprocess": "0", "os.fork": "5",
+                   "i386-plain": "ok", "i386-clone3": "Function not implemented",
+                   "subreaper-on": "0", "subreaper-off": "Operation not permitted", "other-prctl": "0",
+                   "subprocess": "0", "os.fork": "5",
                    "fork": "12", "spawn": "12", "forkserver": "12"}

@@ -235,3 +235,17 @@ def test_dict_with_non_string_non_scalar_keys_does_not_crash_pack() -> None:
     body = c.unpack(c.pack("custom", {"name": "grid", "data": {(1, 2): 0.5}})).body
     assert body["name"] == "grid"
     assert "(1, 2)" in str(body["data"])
+
+
+def test_a_runner_codec_remembers_a_bounded_number_of_ids() -> None:
+    """The ids a codec remembers for its replay window are capped by ``replay_ids`` (runners' codecs in the daemon:
+    RUNNER_REPLAY_IDS), so a session's code signing frames with unique ids cannot grow the daemon (an attack review:
+    a million 128-character ids, ~300 MB per session); the newest ids are the ones kept."""
+    from labd.daemon.runner_frames import RUNNER_REPLAY_IDS
+
+    c = Codec(KEY, replay_ids=RUNNER_REPLAY_IDS)
+    ids = [f"{i:0128d}" for i in range(RUNNER_REPLAY_IDS + 500)]
+    for i in ids:
+        c.unpack(_signed(c, _env(id=i)))
+    assert len(c.guard._seen) == RUNNER_REPLAY_IDS
+    assert _reason(c, _signed(c, _env(id=ids[-1]))) == "replayed"

@@ -1,0 +1,38 @@
+"""daemon/forkrate.py: a burst of pids handed out since the last look, across the wrap at pid_max."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from labd.daemon.forkrate import BURST, ForkRate, last_pid
+
+
+def test_a_burst_is_seen_across_the_pid_wrap_and_a_trickle_is_not() -> None:
+    """BURST pids or more since the previous look is a burst, fewer is not, also when pids wrapped at pid_max; the
+    first look and an unreadable figure never are."""
+    pids = [100]
+    r = ForkRate(read=lambda: pids[0])
+    r.pid_max = 1000
+    assert not r.burst()  # first look
+    pids[0] = 100 + BURST - 1
+    assert not r.burst()
+    pids[0] += BURST
+    assert r.burst()
+    pids[0] = 980
+    r.burst()
+    pids[0] = (980 + BURST) % 1000  # wrapped
+    assert r.burst()
+    pids[0] = None  # type: ignore[call-overload]
+    assert not r.burst()
+
+
+def test_the_last_pid_moves_with_the_processes_this_machine_starts() -> None:
+    """The kernel's last pid (``/proc/loadavg``) grows by at least the number of processes started meanwhile."""
+    before = last_pid()
+    assert before is not None and before > 0
+    for _ in range(5):
+        subprocess.run(["true"], check=True)
+    after = last_pid()
+    assert after is not None and after != before
+    assert os.getpid() > 0
