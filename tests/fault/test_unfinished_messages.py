@@ -142,6 +142,9 @@ def test_a_flood_of_subscriptions_cannot_grow_the_daemon_past_its_ceiling(isolat
         follower.setsockopt(zmq.SUBSCRIBE, b"session.")
         follower.connect(c.info.events)
         flood = events_socket(z, c.info, zmq.XSUB)
+        # no reconnecting: libzmq's XSUB would send all its topics again at once (a flooder that does is cut off
+        # again by the next reset, as the unfinished-frames test shows; here the point is what one connection holds)
+        flood.setsockopt(zmq.RECONNECT_IVL, -1)
         flood.connect(c.info.events)
         for i in range(200_000):
             flood.send(b"\x01session." + os.urandom(32).hex().encode())
