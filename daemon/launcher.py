@@ -109,6 +109,8 @@ class TemplateLauncher:
         #: the pids of the template's children it announced ("forked") and that have not exited; replaced, never
         #: changed in place: the monitor's thread reads it (template_children)
         self._children: frozenset[int] = frozenset()
+        #: CLOCK_BOOTTIME when the pipe was last read empty: children forked well before it are in _children
+        self._drained = 0.0
         self.clone_filter: str | None = None  # the template's clone filter: "on" or why not (its "ready")
 
     def spawn(self) -> None:
@@ -145,11 +147,13 @@ class TemplateLauncher:
     def template_pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
-    def template_children(self) -> tuple[int | None, frozenset[int]]:
-        """The template's pid and the children it announced (runners, spare, checker, checks), for the monitor's
-        escapee backstop (daemon/escapees.py); safe to call from another thread."""
+    def template_children(self) -> tuple[int | None, frozenset[int], float]:
+        """The template's pid, the children it announced (runners, spare, checker, checks) and when its pipe was
+        last read empty (``CLOCK_BOOTTIME`` seconds: a child started well before then and not announced is none of
+        its own), for the monitor's escapee backstop (daemon/escapees.py); safe to call from another thread."""
+        drained = self._drained  # read first: _read_available sets it after the children it covers
         proc = self._proc
-        return (proc.pid if proc is not None else None), self._children
+        return (proc.pid if proc is not None else None), self._children, drained
 
     def fileno(self) -> int | None:
         return self._proc.stdout.fileno() if self._proc and self._proc.stdout else None
@@ -170,10 +174,13 @@ class TemplateLauncher:
         """Read all the template has written; exits go to the exit queue, replies to the reply list."""
         assert self._proc is not None and self._proc.stdout is not None  # noqa: S101
         gone = False
+        drained: float | None = None
         while True:
+            before = time.clock_gettime(time.CLOCK_BOOTTIME)
             try:
                 chunk = os.read(self._proc.stdout.fileno(), 65536)
             except BlockingIOError:
+                drained = before  # all it wrote before then is in _buf
                 break
             if not chunk:
                 gone = True  # after the lines it wrote before it died (exits, answers) are taken
@@ -192,6 +199,8 @@ class TemplateLauncher:
                 self._children = self._children | {msg["pid"]}
             else:
                 self._replies.append(msg)
+        if drained is not None:
+            self._drained = drained
         if gone:
             self._template_gone()
 

@@ -343,7 +343,7 @@ class Launchers:
     def clone_filter(self) -> str | None:
         return self.local.clone_filter
 
-    def template_children(self) -> tuple[int | None, frozenset[int]]:
+    def template_children(self) -> tuple[int | None, frozenset[int], float]:
         return self.local.template_children()
 
     def start(self) -> None:
