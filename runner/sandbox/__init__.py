@@ -163,6 +163,25 @@ print(json.dumps(res))
 """
 
 
+#: Runners run with no-new-privs (the clone filter sets it, runner/template.keep_in_tree, on the architectures it
+#: knows), so the probe does too, through this exec helper: a setuid bwrap (no unprivileged user namespaces)
+#: gains nothing under it and fails, in a runner as in the probe, so the level the probe reports is the runners'.
+_NO_NEW_PRIVS = """
+import ctypes, os, sys
+if ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+    sys.exit("PR_SET_NO_NEW_PRIVS: " + os.strerror(ctypes.get_errno()))
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def as_runners(argv: list[str]) -> list[str]:
+    """``argv`` run as under a runner: with no-new-privs where the runner template's clone filter sets it (should
+    installing it fail on such an architecture, runners lack it and the probe errs low: never a level too high)."""
+    if not _seccomp.supported():  # no filter (runner/template.keep_in_tree): runners keep what they had
+        return argv
+    return [sys.executable, "-I", "-S", "-c", _NO_NEW_PRIVS, *argv]
+
+
 def _run_probe(sb: Sandbox, scratch: Path) -> tuple[bool, str]:
     """Run the probe program confined by ``sb``; (works, why not)."""
     work = scratch / "work"
@@ -178,7 +197,7 @@ def _run_probe(sb: Sandbox, scratch: Path) -> tuple[bool, str]:
         sb = Sandbox(sb.status, [*sb.hide, str(secret_dir)], network=False, session_dir=str(scratch))
         argv = sb.wrap([sys.executable, "-I", "-S", "-c", _PROBE_CODE, str(secret_dir / "canary"), str(outside),
                         str(listener.getsockname()[1])], str(work))
-        proc = subprocess.run(argv, cwd=work, capture_output=True, timeout=PROBE_TIMEOUT_S,
+        proc = subprocess.run(as_runners(argv), cwd=work, capture_output=True, timeout=PROBE_TIMEOUT_S,
                               env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     except (OSError, subprocess.SubprocessError) as exc:
         return False, f"{type(exc).__name__}: {exc}"

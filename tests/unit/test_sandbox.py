@@ -1,5 +1,5 @@
 """Sandbox building blocks without a daemon: Landlock's deny-by-splitting, bwrap's argument order, the
-runner's key hand-over and the ``[sandbox]`` config section."""
+runner's key hand-over, the ``[sandbox]`` config section and the probe's no-new-privs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+import labd.runner.sandbox as sandbox_pkg
 from labd.daemon.config import ConfigError, load_config
 from labd.daemon.launcher import hand_over_key
 from labd.runner.credentials import take_key
-from labd.runner.sandbox import bwrap, landlock
+from labd.runner.sandbox import bwrap, landlock, seccomp
 
 
 def test_allowed_roots_cover_everything_but_the_hidden_paths(tmp_path: Path) -> None:
@@ -67,3 +68,24 @@ def test_sandbox_config_section(isolated_env: Path) -> None:
         cfg.write_text(f"[sandbox]\n{bad}\n")
         with pytest.raises(ConfigError, match=r"\[sandbox\]"):
             load_config()
+
+
+_NNP_PROBE = r"""
+import json
+with open("/proc/self/status") as f:
+    nnp = [l.split()[1] for l in f if l.startswith("NoNewPrivs:")]
+ok = nnp == ["1"]
+if ok:
+    open("probe-ok", "w").write("x")
+print(json.dumps({"read_hidden": "denied" if ok else "allowed", "network": "denied", "cap_eff": 0}))
+"""
+
+
+@pytest.mark.skipif(not seccomp.supported(), reason="no clone filter here: runners keep their privileges")
+def test_the_probe_runs_with_no_new_privs_as_runners_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runners run with no-new-privs (the clone filter sets it), so a setuid bwrap fails in them; the daemon's
+    sandbox probe must run under the same condition, or it reports "full" for a bwrap no runner can start. Here
+    a stand-in probe program passes only if it sees ``NoNewPrivs: 1`` in /proc/self/status."""
+    monkeypatch.setattr(sandbox_pkg, "_PROBE_CODE", _NNP_PROBE)
+    unconfined = sandbox_pkg.Sandbox(sandbox_pkg.SandboxStatus("none", "none"), [], False)  # wrap(): argv as is
+    assert sandbox_pkg._run_probe(unconfined, tmp_path) == (True, "")
