@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 from labd.daemon.inbound import COOLDOWN_MAX_S, Ceiling, resident_bytes
 
 
@@ -52,7 +54,8 @@ def test_resident_bytes_reads_this_process() -> None:
     """The figure is this process's RSS: a few MiB at least, and it grows by what is touched."""
     before = resident_bytes()
     assert before is not None and before > 4 << 20
-    block = b"\1" * (64 << 20)  # written: every page touched
+    block = mmap.mmap(-1, 64 << 20)  # fresh pages (a heap may reuse pages already resident)
+    block.write(b"\1" * (64 << 20))
     after = resident_bytes()
     assert after is not None and after > before + (48 << 20)
-    del block
+    block.close()
