@@ -68,23 +68,26 @@ class _Log:
 
 def test_an_escapee_is_killed_with_its_subtree() -> None:
     """An escapee's children die with it: killing the direct child alone left its own children running, outside
-    every tree (re-parented to init)."""
-    p = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"])
+    every tree (re-parented to init). A stand-in template (a shell, not this test's process: the test process has
+    children of its own, such as other tests' daemons, which the backstop would take for escapees) has one child,
+    the escapee, with two children of its own."""
+    template = subprocess.Popen(["sh", "-c", "sh -c 'sleep 60 & sleep 60 & wait' & wait"])
     try:
-        kids = wait_until(lambda: _children(p.pid) if len(_children(p.pid)) == 2 else None, what="two sleeps")
+        escapee = wait_until(lambda: (lambda c: c[0] if len(c) == 1 else None)(_children(template.pid)),
+                             what="the escapee")
+        kids = wait_until(lambda: _children(escapee) if len(_children(escapee)) == 2 else None, what="two sleeps")
         table = ProcTable()
         table.scan()
         booted_later = time.clock_gettime(time.CLOCK_BOOTTIME) + MARGIN_S + 1  # its pipe read: all announced
-        e = Escapees(lambda: (os.getpid(), frozenset(), booted_later))
+        e = Escapees(lambda: (template.pid, frozenset(), booted_later))
         log = _Log()
         e.handle(table, set(), {}, 50.0, log, lambda sid, text: None)
         e.handle(table, set(), {}, 50.0 + GRACE_S, log, lambda sid, text: None)
-        assert [kw["pid"] for _, kw in log.lines] == [p.pid]
-        p.wait(timeout=10)
-        wait_until(lambda: all(_gone(k) for k in kids), what="the escapee's children killed")
+        assert [kw["pid"] for _, kw in log.lines] == [escapee]
+        wait_until(lambda: all(_gone(k) for k in [escapee, *kids]), what="the escapee and its children killed")
     finally:
-        p.kill()
-        p.wait()
+        template.kill()
+        template.wait()
 
 
 def _children(pid: int) -> list[int]:
