@@ -27,6 +27,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from labd.daemon.curve_keys import curve_dir, ensure_server_keys
 from labd.daemon.curve_relay import Relays, curve_server_socket
+from labd.daemon.inbound import TcpRebind
 from labd.daemon.warnlimit import FailureLog
 from labd.ipc.connection import ConnectionInfo, events_socket
 
@@ -65,6 +66,8 @@ class Gateway(threading.Thread):
         self._halt = threading.Event()
         self._ctx = zmq.Context()
         self._auth: ThreadAuthenticator | None = None
+        #: the daemon passed its memory ceiling: drop every remote connection (daemon/inbound.py)
+        self.rebind = TcpRebind()
 
     @property
     def endpoints(self) -> tuple[str, str]:
@@ -81,15 +84,36 @@ class Gateway(threading.Thread):
     def _server_socket(self, kind: int) -> zmq.Socket:
         return curve_server_socket(self._ctx, kind, self.public, self._secret, "labd", self.max_message)
 
+    def _reset(self, router: zmq.Socket | None, xpub: zmq.Socket | None,
+               poller: zmq.Poller) -> tuple[zmq.Socket | None, zmq.Socket | None]:
+        """New TCP sockets for the old ones (every remote connection dropped); a socket whose port cannot be bound
+        yet is None and tried again next pass."""
+        first = self.rebind.failed_at == 0.0  # a retry binds only what is still missing
+        wait = 2.0 if first else 0.1
+        if first or router is None:
+            router = self.rebind.redo(router, poller, lambda: self._server_socket(zmq.ROUTER), self.endpoints[0], wait)
+        if first or xpub is None:
+            xpub = self.rebind.redo(xpub, poller, lambda: self._server_socket(zmq.XPUB), self.endpoints[1], wait)
+        if router is not None and xpub is not None:
+            self.rebind.done()
+            self.rebind.failed_at = 0.0
+            self.log.warning("dropped every remote connection (the daemon passed its memory ceiling)")
+        else:
+            self.log.error("cannot bind the TCP gateway's port again yet: remote clients wait",
+                           control=router is not None, events=xpub is not None)
+        return router, xpub
+
     def run(self) -> None:
         try:
             self._auth = ThreadAuthenticator(self._ctx)
             self._auth.start()
             self.reload_clients()
-            router = self._server_socket(zmq.ROUTER)
-            router.bind(self.endpoints[0])
-            xpub = self._server_socket(zmq.XPUB)
-            xpub.bind(self.endpoints[1])
+            control = self._server_socket(zmq.ROUTER)
+            control.bind(self.endpoints[0])
+            events = self._server_socket(zmq.XPUB)
+            events.bind(self.endpoints[1])
+            router: zmq.Socket | None = control
+            xpub: zmq.Socket | None = events
             xsub = events_socket(self._ctx, self._local, zmq.XSUB)
             xsub.connect(self.events)
         except Exception as exc:  # noqa: BLE001 - reported to the daemon, which refuses to start
@@ -112,15 +136,20 @@ class Gateway(threading.Thread):
         try:
             while not self._halt.is_set():
                 try:
+                    if self.rebind.due():  # what libzmq holds for remote peers goes with their connections
+                        router, xpub = self._reset(router, xpub, poller)
                     ready = dict(poller.poll(200))
-                    if router in ready:
+                    if router is not None and router in ready:
                         frames = router.recv_multipart()
                         relays.send(frames[0], frames[1:])
-                    relays.reply(ready, router)
-                    if xpub in ready:  # subscriptions from remote followers, upstream
+                    if router is not None:
+                        relays.reply(ready, router)
+                    if xpub is not None and xpub in ready:  # subscriptions from remote followers, upstream
                         xsub.send(xpub.recv())
                     if xsub in ready:
-                        xpub.send_multipart(xsub.recv_multipart())
+                        msg = xsub.recv_multipart()
+                        if xpub is not None:
+                            xpub.send_multipart(msg)
                     relays.sweep()
                 except zmq.ZMQError as exc:
                     if self._halt.is_set():
@@ -131,7 +160,8 @@ class Gateway(threading.Thread):
         finally:
             relays.close()
             for s in (router, xpub, xsub):
-                s.close(0)
+                if s is not None:
+                    s.close(0)
             if self._auth is not None:
                 self._auth.stop()
             self._ctx.term()

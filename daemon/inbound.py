@@ -20,13 +20,14 @@ reset means someone sent what no client sends; it is logged, counted (``daemon.s
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
 import zmq
 
 __all__ = ["Ceiling", "COOLDOWN_MAX_S", "COOLDOWN_S", "CONTROL_RCVHWM", "RUNNER_RCVHWM", "auto_ceiling", "bind_control",
-           "bind_runners", "rebind", "resident_bytes"]
+           "bind_runners", "bound", "rebind", "resident_bytes", "TcpRebind"]
 
 #: finished messages libzmq may hold per runner connection before it stops reading from it (backpressure)
 RUNNER_RCVHWM = 32
@@ -154,3 +155,48 @@ def rebind(old: zmq.Socket, poller: zmq.Poller, bind: Any) -> zmq.Socket | None:
     old.close(0)
     poller.register(new, zmq.POLLIN)
     return new
+
+
+class TcpRebind:
+    """The memory ceiling's reset for a thread that owns a ``tcp://`` socket (the TCP gateways: daemon/gateway.py,
+    daemon/runner_gateway.py): asked from the main loop (:meth:`request`), done on the owner's thread
+    (:meth:`due`, :meth:`redo`). A TCP port cannot be bound twice, so the old socket closes first and the new one
+    binds once libzmq has let the port go (tried again each pass until it can: meanwhile remote peers reconnect
+    in vain, and nothing else is lost)."""
+
+    def __init__(self) -> None:
+        self._asked = threading.Event()
+        self.failed_at = 0.0
+
+    def request(self) -> None:
+        self._asked.set()
+
+    def due(self) -> bool:
+        return self._asked.is_set()
+
+    def redo(self, old: zmq.Socket | None, poller: zmq.Poller, make: Any, endpoint: str,
+             wait: float = 2.0) -> zmq.Socket | None:
+        """Close ``old`` (if any) and return a new socket from ``make()`` bound to ``endpoint`` and registered with
+        ``poller``, or None if the port could not be bound within ``wait`` seconds (then ``due`` stays true until the
+        owner calls :meth:`done`)."""
+        if old is not None:
+            poller.unregister(old)
+            old.close(0)
+        deadline = time.monotonic() + wait
+        while True:
+            sock = make()
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError:
+                sock.close(0)
+                if time.monotonic() >= deadline:
+                    self.failed_at = time.monotonic()
+                    return None
+                time.sleep(0.02)  # the port is released by libzmq's I/O thread
+                continue
+            poller.register(sock, zmq.POLLIN)
+            return sock
+
+    def done(self) -> None:
+        """Every socket of the owner is bound again."""
+        self._asked.clear()

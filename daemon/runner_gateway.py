@@ -28,6 +28,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from labd.daemon.curve_keys import ensure_server_keys
 from labd.daemon.curve_relay import Relays, curve_server_socket
+from labd.daemon.inbound import TcpRebind
 from labd.daemon.ray_adopt import session_keypair
 
 __all__ = ["RunnerGateway", "SessionKeys"]
@@ -93,6 +94,9 @@ class RunnerGateway(threading.Thread):
         self.refused = 0  # messages dropped because their routing id names another session
         self._halt = threading.Event()
         self._ctx = zmq.Context()
+        #: the daemon passed its memory ceiling: drop every remote runner's connection (daemon/inbound.py); they
+        #: reconnect (to the same port) and re-send what was not acknowledged
+        self.rebind = TcpRebind()
 
     def authorize(self, sid: str) -> dict[str, str]:
         """``sid``'s runner CURVE keypair, admitted from now on; returns what the runner's spec carries."""
@@ -137,10 +141,12 @@ class RunnerGateway(threading.Thread):
             return
         self.ready.set()
         self.log.info("runner endpoint on TCP (CurveZMQ)", endpoint=self.endpoint)
+        holder: list[zmq.Socket | None] = [router]  # the socket in use, replaced by a reset
         try:
-            self._relay(router)
+            self._relay(holder)
         finally:
-            router.close(0)
+            if holder[0] is not None:
+                holder[0].close(0)
             auth.stop()
             self._ctx.destroy(0)
 
@@ -156,14 +162,19 @@ class RunnerGateway(threading.Thread):
                                  error=str(exc))
         return f"tcp://{host}:{router.bind_to_random_port(f'tcp://{host}')}"
 
-    def _relay(self, router: zmq.Socket) -> None:
+    def _relay(self, holder: list[zmq.Socket | None]) -> None:
+        router = holder[0]
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         # the relay connects with the runner's routing id: ingest sees the same identity as from a local runner
         relays = Relays(self._ctx, poller, self.local, RELAY_IDLE_S, keep_identity=True)
         try:
             while not self._halt.is_set():
+                if self.rebind.due():
+                    router = holder[0] = self._reset(router, poller)
                 ready = dict(poller.poll(200))
+                if router is None:
+                    continue
                 if router in ready:
                     for _ in range(1000):
                         try:
@@ -175,6 +186,24 @@ class RunnerGateway(threading.Thread):
                 relays.sweep()
         finally:
             relays.close()
+
+    def _reset(self, router: zmq.Socket | None, poller: zmq.Poller) -> zmq.Socket | None:
+        """A new TCP socket for the old one (every remote runner's connection dropped), or None until its port can be
+        bound again (tried each pass)."""
+        first = self.rebind.failed_at == 0.0
+        if not first and router is not None:
+            return router
+        router = self.rebind.redo(router, poller, lambda: curve_server_socket(
+            self._ctx, zmq.ROUTER, self.public, self._secret, DOMAIN, self.max_message), self.endpoint,
+            2.0 if first else 0.1)
+        if router is not None:
+            self.rebind.done()
+            self.rebind.failed_at = 0.0
+            self.log.warning("dropped every remote runner's connection (the daemon passed its memory ceiling)")
+        else:
+            self.log.error("cannot bind the runner endpoint's port again yet: remote runners wait",
+                           endpoint=self.endpoint)
+        return router
 
     def _upstream(self, frames: list[zmq.Frame], relays: Relays) -> None:
         if len(frames) < 2:

@@ -368,6 +368,9 @@ class Daemon(SandboxSetup, ControlPlane):
                          ceiling=c.limit, resets=c.resets)
         self.counters["inbound_resets"] = c.resets
         self._to_ingest.send_pyobj(("reset_inbound",))
+        for gateway in (self.gateway, getattr(self.launcher, "gateway", None)):  # the TCP gateways, on their threads
+            if gateway is not None:
+                gateway.rebind.request()
         control = rebind(self.control, poller, lambda: bind_control(self.zctx, self.info.control,
                                                                      self.cfg.max_message))
         if control is None:  # no descriptor for a new socket: the old one serves on (inbound.rebind)

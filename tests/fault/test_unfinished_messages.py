@@ -164,3 +164,54 @@ def test_a_flood_of_subscriptions_cannot_grow_the_daemon_past_its_ceiling(isolat
         assert seen
         follower.close(0)
     z.term()
+
+
+def test_the_tcp_gateway_drops_its_remote_connections_too(isolated_env: Path, tmp_path: Path) -> None:
+    """With ``listen`` set, a reset drops the TCP gateway's remote connections as well (what libzmq holds for a
+    remote key holder's unfinished frames lives in the gateway's sockets: an attack review held 1.1 GB there through
+    every reset of the local sockets): a remote peer connected over CurveZMQ is disconnected and reconnects, and a
+    remote client is served on the same port afterwards."""
+    import json
+    import os
+
+    import zmq
+    from zmq.utils.monitor import recv_monitor_message
+
+    from labd.ipc import Client
+    from labd.ipc.connection import client_socket
+    from tests.integration.test_tcp import _port
+
+    def _next_event(mon: Any) -> int:
+        assert mon.poll(30_000), "no socket event within 30 s"
+        return int(recv_monitor_message(mon)["event"])
+
+    port = _port()
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text(f'[daemon]\nmemory_ceiling = "{CEILING_MIB}M"\n')
+    with running_daemon(isolated_env, args=["--listen", f"tcp://127.0.0.1:{port}"]) as d:
+        with d.client() as local:
+            conn = local.request("remote.add", name="laptop")["connection"]
+            path = tmp_path / "laptop.labd.json"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(conn, f)
+            with Client(connection_file=path, timeout=3) as remote:
+                assert remote.ping()["pid"] == d.proc.pid  # type: ignore[union-attr]
+                # a remote peer connected over CURVE to the gateway's control port, watched for its disconnection
+                z = zmq.Context()
+                peer = client_socket(z, remote.info, zmq.DEALER)
+                events = peer.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+                peer.connect(remote.info.control)
+                assert _next_event(events) == zmq.EVENT_HANDSHAKE_SUCCEEDED
+                outcome: dict[str, Any] = {}
+                _zmtp_more_flood(local.info.control[len("ipc://"):], SENT_MIB, outcome)  # a reset
+                assert outcome.get("dropped") is True, outcome
+                assert _next_event(events) == zmq.EVENT_DISCONNECTED  # the gateway dropped it
+                assert _next_event(events) == zmq.EVENT_HANDSHAKE_SUCCEEDED  # ... and it reconnected
+                peer.disable_monitor()
+                events.close(0)
+                peer.close(0)
+                z.term()
+                pong = wait_until(lambda: _answered(remote, "ping"), timeout=30, what="the remote client served")
+                assert pong["pid"] == d.proc.pid  # type: ignore[union-attr]
+        assert "dropped every remote connection" in d.log()
