@@ -95,7 +95,7 @@ class Escapees:
         cmdline = ""
         with contextlib.suppress(OSError), open(f"/proc/{p.pid}/cmdline", "rb") as f:
             cmdline = f.read(400).replace(b"\0", b" ").decode(errors="replace").strip()
-        tree = [p, *(q for q in table.tree([p.pid]) if q.pid != p.pid)]
+        tree = table.tree([p.pid]) or [p]  # the escapee first
         for q in tree:
             kill_proc(q, signal.SIGSTOP)
         for q in tree:

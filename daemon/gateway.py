@@ -86,17 +86,12 @@ class Gateway(threading.Thread):
 
     def _reset(self, router: zmq.Socket | None, xpub: zmq.Socket | None,
                poller: zmq.Poller) -> tuple[zmq.Socket | None, zmq.Socket | None]:
-        """New TCP sockets for the old ones (every remote connection dropped); a socket whose port cannot be bound
-        yet is None and tried again next pass."""
-        first = self.rebind.failed_at == 0.0  # a retry binds only what is still missing
-        wait = 2.0 if first else 0.1
-        if first or router is None:
-            router = self.rebind.redo(router, poller, lambda: self._server_socket(zmq.ROUTER), self.endpoints[0], wait)
-        if first or xpub is None:
-            xpub = self.rebind.redo(xpub, poller, lambda: self._server_socket(zmq.XPUB), self.endpoints[1], wait)
+        """New TCP sockets for the old ones (every remote connection dropped); one whose port cannot be bound yet
+        is None and tried again next pass (:class:`TcpRebind`)."""
+        router, xpub = self.rebind.renew([router, xpub], poller, [lambda: self._server_socket(zmq.ROUTER),
+                                                                  lambda: self._server_socket(zmq.XPUB)],
+                                         list(self.endpoints))
         if router is not None and xpub is not None:
-            self.rebind.done()
-            self.rebind.failed_at = 0.0
             self.log.warning("dropped every remote connection (the daemon passed its memory ceiling)")
         else:
             self.log.error("cannot bind the TCP gateway's port again yet: remote clients wait",

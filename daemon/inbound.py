@@ -158,15 +158,15 @@ def rebind(old: zmq.Socket, poller: zmq.Poller, bind: Any) -> zmq.Socket | None:
 
 
 class TcpRebind:
-    """The memory ceiling's reset for a thread that owns a ``tcp://`` socket (the TCP gateways: daemon/gateway.py,
-    daemon/runner_gateway.py): asked from the main loop (:meth:`request`), done on the owner's thread
-    (:meth:`due`, :meth:`redo`). A TCP port cannot be bound twice, so the old socket closes first and the new one
-    binds once libzmq has let the port go (tried again each pass until it can: meanwhile remote peers reconnect
-    in vain, and nothing else is lost)."""
+    """The memory ceiling's reset for a thread that owns ``tcp://`` sockets (the TCP gateways: daemon/gateway.py,
+    daemon/runner_gateway.py): asked from the main loop (:meth:`request`), done on the owner's thread (:meth:`due`,
+    :meth:`renew`). A TCP port cannot be bound twice, so an old socket closes first and its new one binds once
+    libzmq has let the port go (tried again each pass until it can: meanwhile remote peers reconnect in vain, and
+    nothing else is lost)."""
 
     def __init__(self) -> None:
         self._asked = threading.Event()
-        self.failed_at = 0.0
+        self._retrying = False  # a socket could not be bound again yet: only the missing ones are tried
 
     def request(self) -> None:
         self._asked.set()
@@ -174,11 +174,21 @@ class TcpRebind:
     def due(self) -> bool:
         return self._asked.is_set()
 
-    def redo(self, old: zmq.Socket | None, poller: zmq.Poller, make: Any, endpoint: str,
-             wait: float = 2.0) -> zmq.Socket | None:
-        """Close ``old`` (if any) and return a new socket from ``make()`` bound to ``endpoint`` and registered with
-        ``poller``, or None if the port could not be bound within ``wait`` seconds (then ``due`` stays true until the
-        owner calls :meth:`done`)."""
+    def renew(self, socks: list[zmq.Socket | None], poller: zmq.Poller, makes: list[Any],
+              endpoints: list[str]) -> list[zmq.Socket | None]:
+        """The owner's sockets replaced by new ones from ``makes`` bound to ``endpoints`` and registered with
+        ``poller`` (the old ones closed: every connection dropped); after a failed attempt, only the missing
+        (None) ones. A socket whose port cannot be bound yet is None; :meth:`due` stays true until all are bound."""
+        first = not self._retrying
+        out = [self._redo(old, poller, make, endpoint, 2.0 if first else 0.1) if first or old is None else old
+               for old, make, endpoint in zip(socks, makes, endpoints, strict=True)]
+        self._retrying = any(s is None for s in out)
+        if not self._retrying:
+            self._asked.clear()
+        return out
+
+    @staticmethod
+    def _redo(old: zmq.Socket | None, poller: zmq.Poller, make: Any, endpoint: str, wait: float) -> zmq.Socket | None:
         if old is not None:
             poller.unregister(old)
             old.close(0)
@@ -190,13 +200,8 @@ class TcpRebind:
             except zmq.ZMQError:
                 sock.close(0)
                 if time.monotonic() >= deadline:
-                    self.failed_at = time.monotonic()
                     return None
                 time.sleep(0.02)  # the port is released by libzmq's I/O thread
                 continue
             poller.register(sock, zmq.POLLIN)
             return sock
-
-    def done(self) -> None:
-        """Every socket of the owner is bound again."""
-        self._asked.clear()

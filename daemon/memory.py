@@ -36,7 +36,6 @@ def limit_arenas(n: int = 2) -> bool:
     return bool(_LIBC is not None and _LIBC.mallopt(_M_ARENA_MAX, n) == 1)
 
 
-
 def trim() -> bool:
     """Hand the free memory at the top of every malloc arena back to the kernel (``malloc_trim(0)``): after the daemon
     dropped connections whose queued frames filled its heap (daemon/inbound.py); False where unsupported."""

@@ -141,12 +141,12 @@ class RunnerGateway(threading.Thread):
             return
         self.ready.set()
         self.log.info("runner endpoint on TCP (CurveZMQ)", endpoint=self.endpoint)
-        holder: list[zmq.Socket | None] = [router]  # the socket in use, replaced by a reset
+        self._router: zmq.Socket | None = router  # the socket in use, replaced by a reset
         try:
-            self._relay(holder)
+            self._relay()
         finally:
-            if holder[0] is not None:
-                holder[0].close(0)
+            if self._router is not None:
+                self._router.close(0)
             auth.stop()
             self._ctx.destroy(0)
 
@@ -162,8 +162,8 @@ class RunnerGateway(threading.Thread):
                                  error=str(exc))
         return f"tcp://{host}:{router.bind_to_random_port(f'tcp://{host}')}"
 
-    def _relay(self, holder: list[zmq.Socket | None]) -> None:
-        router = holder[0]
+    def _relay(self) -> None:
+        router = self._router
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         # the relay connects with the runner's routing id: ingest sees the same identity as from a local runner
@@ -171,7 +171,7 @@ class RunnerGateway(threading.Thread):
         try:
             while not self._halt.is_set():
                 if self.rebind.due():
-                    router = holder[0] = self._reset(router, poller)
+                    router = self._router = self._reset(router, poller)
                 ready = dict(poller.poll(200))
                 if router is None:
                     continue
@@ -189,16 +189,10 @@ class RunnerGateway(threading.Thread):
 
     def _reset(self, router: zmq.Socket | None, poller: zmq.Poller) -> zmq.Socket | None:
         """A new TCP socket for the old one (every remote runner's connection dropped), or None until its port can be
-        bound again (tried each pass)."""
-        first = self.rebind.failed_at == 0.0
-        if not first and router is not None:
-            return router
-        router = self.rebind.redo(router, poller, lambda: curve_server_socket(
-            self._ctx, zmq.ROUTER, self.public, self._secret, DOMAIN, self.max_message), self.endpoint,
-            2.0 if first else 0.1)
+        bound again (tried each pass: :class:`TcpRebind`)."""
+        [router] = self.rebind.renew([router], poller, [lambda: curve_server_socket(
+            self._ctx, zmq.ROUTER, self.public, self._secret, DOMAIN, self.max_message)], [self.endpoint])
         if router is not None:
-            self.rebind.done()
-            self.rebind.failed_at = 0.0
             self.log.warning("dropped every remote runner's connection (the daemon passed its memory ceiling)")
         else:
             self.log.error("cannot bind the runner endpoint's port again yet: remote runners wait",

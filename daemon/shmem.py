@@ -62,15 +62,9 @@ Key = tuple[int, int]  # (st_dev, st_ino) of a file
 
 def shmem_total() -> int:
     """The machine's shmem in bytes (``Shmem:`` of ``/proc/meminfo``); 0 if unreadable."""
-    try:
-        with open("/proc/meminfo", "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        if scarce(exc):
-            raise
-        return 0
-    i = data.find(b"\nShmem:")
-    return int(data[i + 7:data.index(b"kB", i)]) * 1024 if i >= 0 else 0
+    data = _read("/proc/meminfo")
+    i = data.find(b"\nShmem:") if data is not None else -1
+    return int(data[i + 7:data.index(b"kB", i)]) * 1024 if data is not None and i >= 0 else 0
 
 
 def _read(path: str) -> bytes | None:

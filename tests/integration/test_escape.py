@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import DaemonProc, wait_until
+from tests.conftest import DaemonProc, alive, wait_until
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64",
                                 reason="the workflow makes the raw clone system call by its x86_64 number (56)")
@@ -27,13 +27,6 @@ def _cloned(client: Any, sid: str) -> tuple[int, int]:
                       what="the workflow's clone")
     words = text.split("cloned ")[1].split()
     return int(words[0]), int(words[2])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_clone_with_clone_parent_is_refused_in_a_session(shared_daemon) -> None:
@@ -71,7 +64,7 @@ def test_a_child_of_the_template_it_did_not_fork_is_killed(unfiltered) -> None:
         assert pid > 0 and err == 0
         template = client.session(sid)["pid"] and psutil.Process(client.session(sid)["pid"]).ppid()
         assert psutil.Process(pid).ppid() == template  # a sibling of the runner, outside its tree
-        wait_until(lambda: not _alive(pid), timeout=30, what="the escapee killed")
+        wait_until(lambda: not alive(pid), timeout=30, what="the escapee killed")
         assert client.session(sid)["status"] == "running"
         client.stop(sid, grace=0.5)
         client.wait(sid, timeout=60)

@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import alive, wait_until
 
 
 @pytest.fixture
@@ -101,13 +101,6 @@ def test_stop_ladder_records_the_step_that_ended_the_session(client, workflow, e
     assert f"ended by {expected_step}" in final["reason"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def _marked(sid: str) -> list[int]:
     """Live processes whose environment carries the session's marker."""
     out = []
@@ -131,13 +124,13 @@ def test_setsid_double_forked_child_dies_with_stop(client) -> None:
     text = wait_until(lambda: "escapee" in _output(client, sid) and _output(client, sid), timeout=60,
                       what="escapee pid")
     pid = int(text.split("escapee ")[1].split()[0])
-    assert _alive(pid)
+    assert alive(pid)
     assert psutil.Process(pid).ppid() == client.session(sid)["pid"]  # the runner adopted the orphan
     wait_until(lambda: (client.session(sid).get("live") or {}).get("num_procs", 0) >= 2, timeout=30,
                what="the escapee counted in the tree")
     client.stop(sid, grace=0.5)
     assert client.wait(sid, timeout=60)["status"] == "cancelled"
-    wait_until(lambda: not _alive(pid), timeout=30, what="the escaped grandchild to die")
+    wait_until(lambda: not alive(pid), timeout=30, what="the escaped grandchild to die")
 
 
 def test_fork_storm_is_stopped_by_the_process_limit(client) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import DaemonProc, wait_until
+from tests.conftest import DaemonProc, alive, wait_until
 
 
 def _assert_exactly_once(events: list[dict]) -> None:
@@ -83,7 +83,7 @@ def test_runner_that_vanished_while_the_daemon_was_down_is_marked_lost(daemon) -
         pid = wait_until(lambda: c.session(sid)["status"] == "running" and c.session(sid)["pid"])
     daemon.kill9()
     os.killpg(pid, signal.SIGKILL)
-    wait_until(lambda: not _alive(pid), what="runner gone")
+    wait_until(lambda: not alive(pid), what="runner gone")
     restarted = DaemonProc(daemon.home).start()
     try:
         with restarted.client() as c:
@@ -154,7 +154,7 @@ def test_runner_of_a_session_never_recorded_is_stopped(daemon) -> None:
 
     restarted = _restart_while_held(daemon, pid, forget)
     try:
-        wait_until(lambda: not _alive(pid), timeout=30, what="the stray runner to be killed")
+        wait_until(lambda: not alive(pid), timeout=30, what="the stray runner to be killed")
         # the start-up sweep removes unknown sessions' directories on a thread of its own: on a busy box the
         # daemon can answer before it is done
         wait_until(lambda: not (daemon.home / "sessions" / sid).exists(), timeout=30,
@@ -167,15 +167,6 @@ def test_runner_of_a_session_never_recorded_is_stopped(daemon) -> None:
             os.kill(pid, signal.SIGKILL)  # if the test failed: not 100 s of ticking after it
 
 
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def test_sigterm_stops_the_daemon_cleanly_but_not_the_sessions(daemon) -> None:
     """SIGTERM stops the daemon (exit 0, connection file removed); sessions keep running for the next one."""
     with daemon.client() as c:
@@ -183,7 +174,7 @@ def test_sigterm_stops_the_daemon_cleanly_but_not_the_sessions(daemon) -> None:
         pid = wait_until(lambda: c.session(sid)["status"] == "running" and c.session(sid)["pid"])
     assert daemon.stop() == 0
     assert not (daemon.home / "connection.json").exists()
-    assert _alive(pid)
+    assert alive(pid)
     restarted = DaemonProc(daemon.home).start()
     try:
         with restarted.client() as c:
@@ -210,7 +201,7 @@ def test_a_daemon_stopped_with_sessions_running_leaves_its_template_to_outlive_t
     assert "waiting for its runners" in " ".join(tmpl.cmdline())
     assert psutil.Process(pid).ppid() == template
     os.killpg(pid, signal.SIGKILL)
-    wait_until(lambda: not _alive(template), timeout=20, what="the template to exit after its last runner")
+    wait_until(lambda: not alive(template), timeout=20, what="the template to exit after its last runner")
 
 
 def test_second_daemon_on_the_same_home_refuses_to_start(daemon) -> None:

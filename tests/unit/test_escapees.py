@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 from labd.daemon.escapees import GRACE_S, MARGIN_S, Escapees
-from labd.daemon.proctable import Proc, ProcTable, read_proc
-from tests.conftest import wait_until
+from labd.daemon.proctable import Proc, ProcTable
+from tests.conftest import alive, wait_until
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -84,7 +84,7 @@ def test_an_escapee_is_killed_with_its_subtree() -> None:
         e.handle(table, set(), {}, 50.0, log, lambda sid, text: None)
         e.handle(table, set(), {}, 50.0 + GRACE_S, log, lambda sid, text: None)
         assert [kw["pid"] for _, kw in log.lines] == [escapee]
-        wait_until(lambda: all(_gone(k) for k in [escapee, *kids]), what="the escapee and its children killed")
+        wait_until(lambda: not any(alive(k) for k in [escapee, *kids]), what="the escapee and its children killed")
     finally:
         template.kill()
         template.wait()
@@ -95,6 +95,3 @@ def _children(pid: int) -> list[int]:
         return [int(c) for c in f.read().split()]
 
 
-def _gone(pid: int) -> bool:
-    q = read_proc(pid)
-    return q is None or q.zombie
