@@ -102,6 +102,10 @@ class Config:
     #: code included (set in the template, daemon/launcher.py); 0 = inherit the daemon's. Well below the daemon's
     #: own limit, so that one process of a session cannot take all of the daemon's file descriptors
     session_nofile: int = 4096
+    #: a cgroup per local session where the daemon can make one (daemon/cgroups.py): "auto" or "off"
+    cgroups: str = "auto"
+    #: the kernel's bound on one session's threads and processes together (its cgroup's pids.max); 0 = none
+    session_tasks: int = 4096
 
     @property
     def layout(self) -> Layout:
@@ -110,9 +114,11 @@ class Config:
 
 #: below this a runner cannot even start (its sockets, spool, pipes and imports need file descriptors)
 MIN_SESSION_NOFILE = 64
+#: below this the runner's own threads (channel, capture, ag2's workers) may not start
+MIN_SESSION_TASKS = 64
 
 _ENV = {"LABD_DB": "db_url", "LABD_LOG_FORMAT": "log_format", "LABD_LOG_LEVEL": "log_level",
-        "LABD_SPARE_RUNNERS": "spare_runners", "LABD_RUNNER_NICE": "runner_nice"}
+        "LABD_SPARE_RUNNERS": "spare_runners", "LABD_RUNNER_NICE": "runner_nice", "LABD_CGROUPS": "cgroups"}
 
 
 def config_files(layout: Layout) -> list[Path]:
@@ -346,10 +352,15 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
             or not (cfg.session_nofile == 0 or cfg.session_nofile >= MIN_SESSION_NOFILE):
         raise ConfigError(f"session_nofile must be 0 (inherit the daemon's limit) or a whole number of at least "
                           f"{MIN_SESSION_NOFILE}, not {cfg.session_nofile!r}")
-    for name in ("max_sessions", "procs"):
+    if cfg.cgroups not in ("auto", "off"):
+        raise ConfigError(f'cgroups must be "auto" or "off", not {cfg.cgroups!r}')
+    for name in ("max_sessions", "procs", "session_tasks"):
         value = getattr(cfg, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ConfigError(f"{name} must be a whole number >= 0, not {value!r}")
+    if cfg.session_tasks is None or 0 < cfg.session_tasks < MIN_SESSION_TASKS:
+        raise ConfigError(f"session_tasks must be 0 (no bound) or at least {MIN_SESSION_TASKS} (a runner alone has a "
+                          f"dozen threads), not {cfg.session_tasks!r}")
     if cfg.memory_total is not None:
         cfg = replace(cfg, memory_total=_size("memory_total", cfg.memory_total, "a size like 16G"))
     cfg = replace(cfg, max_output=_max_output(cfg.max_output))

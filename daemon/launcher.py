@@ -112,6 +112,8 @@ class TemplateLauncher:
         #: CLOCK_BOOTTIME when the pipe was last read empty: children forked well before it are in _children
         self._drained = 0.0
         self.clone_filter: str | None = None  # the template's clone filter: "on" or why not (its "ready")
+        #: each runner's cgroup, made here and joined by the runner first thing (daemon/cgroups.py); set by the daemon
+        self.cgroups: Any = None
 
     def spawn(self) -> None:
         """Start the template process and return at once: it imports the runner stack (~2 s) while the caller
@@ -245,8 +247,15 @@ class TemplateLauncher:
     def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
         self._req += 1
         req = self._req
+        sid = spec.get("session_id")
+        joins, ahead = (self.cgroups.create(sid, (spec.get("limits") or {}).get("memory"))
+                        if self.cgroups and sid else (None, None))
+        if joins or ahead:  # its group, and the next runner's (the template's next spare joins it while it waits)
+            spec = {**spec, "cgroup": joins, "cgroup_next": ahead}
         self._send({"op": "spawn", "req": req, "spec": hand_over_key(spec)})
         reply = self._wait_for(lambda m: m.get("op") == "spawned" and m.get("req") == req)
+        if reply is None and joins:
+            self.cgroups.release(sid)
         if reply is None and self._proc is None:
             raise LaunchError("runner template died while starting the runner")
         if reply is None:

@@ -45,6 +45,7 @@ from typing import Any
 import structlog
 import zmq
 
+from labd.daemon.cgroups import SessionCgroups
 from labd.daemon.escapees import Escapees
 from labd.daemon.forkrate import ForkRate
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY
@@ -80,7 +81,7 @@ class Monitor(threading.Thread):
     """Samples and enforces limits; talks to ingest (events) and the supervisor (notes) over inproc."""
 
     def __init__(self, zctx: zmq.Context, sample_interval: float, record_interval: float,
-                 limit_interval: float = 0.1) -> None:
+                 limit_interval: float = 0.1, cgroups: SessionCgroups | None = None) -> None:
         super().__init__(name="labd-monitor", daemon=True)
         self.zctx = zctx
         self.sample_interval = sample_interval
@@ -97,6 +98,7 @@ class Monitor(threading.Thread):
         self.shmem = ShmemCache()
         self.forks = ForkRate()  # a fork storm brings the next pass forward (daemon/forkrate.py)
         self.escapees = Escapees()  # its template view is set once the launcher is up (daemon/server.py)
+        self.cgroups = cgroups  # the sessions' kernel limits, where the daemon makes them (daemon/cgroups.py)
         self.passes = 0
         self.log = structlog.get_logger("labd.monitor")
         self.failures = FailureLog(self.log, "limits monitor works again")
@@ -115,6 +117,8 @@ class Monitor(threading.Thread):
             p = None
         # A runner adopted after a daemon crash may have been left stopped by the old daemon's throttle.
         signal_group(pid, signal.SIGCONT)
+        if self.cgroups is not None:
+            self.cgroups.adopt(sid, pid)  # its group, if the last daemon made one
         with self._lock:
             self._buried.pop(sid, None)
             now = time.monotonic()
@@ -318,6 +322,8 @@ class Monitor(threading.Thread):
                              lambda sid, text: self._event(sid, "log", {"level": "warning", "logger": "labd.monitor",
                                                                       "event": text}))
         if self.passes % 10 == 0:  # dropping dead processes' cache entries need not happen every pass
+            if self.cgroups is not None:
+                self.cgroups.sweep()  # groups of ended sessions whose last processes were still dying
             self.pss.prune(procs)
             self.markers.prune(procs)
             self.shmem.prune(procs)
@@ -360,8 +366,11 @@ class Monitor(threading.Thread):
         # pass period from lasting BURY_HUNT_S after every ordinary session end
         if now >= b.until or b.empty >= 2 or (not members and now >= b.kill_at):
             with self._lock:
-                if self._buried.get(b.sid) is b:
+                done = self._buried.get(b.sid) is b
+                if done:
                     del self._buried[b.sid]
+            if done and self.cgroups is not None:
+                self.cgroups.release(b.sid)  # anything left in its group (it left every other trace) goes too
 
     def _check_memory(self, w: Watched, estimate: int) -> int:
         """Kill the tree if its memory is over the limit (confirmed by an exact PSS read); returns the figure."""
@@ -385,6 +394,22 @@ class Monitor(threading.Thread):
                 self._kill_tree(w)
         return memory
 
+    def kernel_breach(self, sid: str, limit: int, report: Callable[[dict[str, Any]], None]) -> bool:
+        """If the kernel killed a process of ``sid`` at its cgroup's memory limit: the session's memory breach,
+        reported (``report`` gets the ``limit.exceeded`` payload, before the kill) and its tree killed as a breach
+        seen here would be. False if not, or already reported. Called by the pass, and by the supervisor when a
+        runner exits (the kernel may have killed the runner itself before a pass saw it)."""
+        note = self.cgroups.breach(sid, limit) if self.cgroups is not None else None
+        with self._lock:
+            w = self._watched.get(sid)
+            if note is None or w is None or w.breached:
+                return False
+            w.breached = True
+        report(note)
+        self.log.warning("memory limit held by the kernel (cgroup): killing", session_id=sid, **note)
+        self._kill_tree(w)
+        return True
+
     def _kill_tree(self, w: Watched) -> None:
         signal_members(w, signal.SIGCONT)
         signal_members(w, signal.SIGKILL)
@@ -397,6 +422,9 @@ class Monitor(threading.Thread):
         read = self.pss.exact if record else self.pss.estimate
         estimate = sum(read(p) for p in members) + self.shmem.held(members, exact=record)
         self._check_memory(w, estimate)
+        if lim.memory is not None and self.cgroups is not None and not w.breached:
+            self.kernel_breach(sid, lim.memory, lambda note: self.notes.send_pyobj(("limit", sid, note,
+                                                                                    sample_payload(w))))
         total = sum(p.cpu for p in members)
         if w.cpu_at:
             w.cpu_percent = max(0.0, (total - w.cpu_total) / max(1e-6, now - w.cpu_at) * 100.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from labd.daemon.cgroups import SessionCgroups
 from labd.daemon.config import Config
 from labd.ipc.paths import Layout
 from labd.runner.sandbox import SandboxStatus, hidden_paths, probe
@@ -24,6 +25,7 @@ class SandboxSetup:
     sandbox: SandboxStatus
     sandbox_hide: list[str]
     runner_confinement: str
+    cgroups: SessionCgroups
 
     def _probe_sandbox(self) -> None:
         """Find out, by running a confined probe, how code that agents execute can be confined; say so in
@@ -60,5 +62,8 @@ class SandboxSetup:
         check (runner/checks.py), which may see no session's directory."""
         if self.runner_confinement != "landlock":
             return None
-        return {"hide": [str(self.layout.home), str(self.layout.runtime_dir.parent)],
-                "allow": [str(self.layout.sessions_dir / sid)] if sid else []}
+        # The cgroup file systems the sessions' groups are in: readable, not writable (a session that could write
+        # there could move itself out of its group: daemon/cgroups.py)
+        mounts = self.cgroups.mounts
+        return {"hide": [str(self.layout.home), str(self.layout.runtime_dir.parent), *mounts],
+                "allow": [str(self.layout.sessions_dir / sid)] if sid else [], "read": mounts}

@@ -22,6 +22,7 @@ import structlog
 import zmq
 
 from labd.daemon.api.start import PendingStart, requeue, session_spec
+from labd.daemon.cgroups import session_cgroups
 from labd.daemon.checks import Check, Checks
 from labd.daemon.config import Config
 from labd.daemon.control import ControlPlane
@@ -177,6 +178,7 @@ class Daemon(SandboxSetup, ControlPlane):
         self.store = Store(engine, known_keys)
         # Before the runner socket is bound: a runner that outlived the previous daemon delivers its last
         # events and may exit as soon as it can connect, and adoption (below) must come right after that.
+        self.cgroups = session_cgroups(layout.home, cfg.cgroups, cfg.session_tasks, self.log)  # before the probe
         self._probe_sandbox()
         key = _key_for(layout.home)
         self.info = ConnectionInfo(control=layout.endpoint("control"), events=layout.endpoint("events"),
@@ -201,10 +203,11 @@ class Daemon(SandboxSetup, ControlPlane):
         self._to_ingest = z.socket(zmq.PUSH)
         self._to_ingest.setsockopt(zmq.SNDTIMEO, 30_000)  # a stalled ingest must not hang the main loop forever
         self._to_ingest.connect(INGEST_IN)
-        self.monitor = Monitor(z, cfg.sample_interval, cfg.record_interval, cfg.limit_interval)
+        self.monitor = Monitor(z, cfg.sample_interval, cfg.record_interval, cfg.limit_interval, self.cgroups)
         self.monitor.start()
         # spawned by startup.begin (without secrets in its environment): ready by now, or waited for here
         clean_env, self.secrets = start.clean_env, start.secrets
+        start.template.cgroups = self.cgroups  # local runners join theirs (daemon/cgroups.py)
         self.launcher = launchers(cfg, start.template, clean_env, self.info.runners)
         self.launcher.start()
         self.monitor.escapees.template = self.launcher.template_children  # the backstop (daemon/escapees.py)
@@ -261,6 +264,7 @@ class Daemon(SandboxSetup, ControlPlane):
                 pass
             self.monitor.stop()
             self.monitor.join(5)
+            self.cgroups.close()
             if self.gateway is not None:
                 self.gateway.stop()
                 self.gateway.join(5)

@@ -286,6 +286,12 @@ class Supervisor(Admission):
         if run.unrecorded:  # its tree is buried (killed) like any session's, and nothing is posted
             self.monitor.unwatch(sid)
             return
+        if run.step is None and run.limits.memory is not None:  # killed by the kernel at its cgroup's memory limit?
+            def breached(note: dict[str, Any]) -> None:
+                self.post(sid, "limit.exceeded", note)
+                run.step = "sigkill"
+
+            self.monitor.kernel_breach(sid, run.limits.memory, breached)
         self._final_sample(sid)
         # Processes the workflow left behind in the session's group go with it (SIGTERM, then SIGKILL).
         if self.launcher.signal(run.pid, signal.SIGTERM):

@@ -80,6 +80,9 @@ ExecStart={" ".join(_quote(a) for a in argv)}
 Restart=on-failure
 RestartSec=5
 KillMode=process
+# a cgroup per session under cgroup v2 (daemon/cgroups.py): with systemd 254+ also DelegateSubgroup=labd-daemon
+# (systemctl --user edit labd), so the daemon runs in a leaf and its sessions' groups go beside it
+Delegate=yes
 TimeoutStartSec=120
 TimeoutStopSec=60
 WatchdogSec={watchdog_sec}

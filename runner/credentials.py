@@ -103,8 +103,9 @@ def _take_prepared(hide: list[str] | None) -> landlock.Ruleset | None:
 
 
 def confine_runner(confine: dict[str, Any] | None) -> str:
-    """Apply the runner's Landlock policy (``spec["confine"]``: ``hide`` and ``allow`` paths) to the calling
-    thread and what it starts; call it before the runner starts any thread. Returns what happened
+    """Apply the runner's Landlock policy (``spec["confine"]``: ``hide``, ``allow``, and ``read``: hidden paths granted
+    again read-only) to the calling thread and what it starts; call it before the runner starts any thread. Returns
+    what happened
     (``landlock``, ``off`` or ``unavailable: <why>``): the runner reports it in ``session.started``."""
     if not confine:
         _take_prepared(None)  # a spare prepared for a confinement this session does not have: drop it
@@ -120,6 +121,8 @@ def confine_runner(confine: dict[str, Any] | None) -> str:
             w = landlock.walk(hide)
         for path in w.regranted(confine.get("allow", [])):
             rules.allow(path, rules.fs)
+        for path in confine.get("read", []):  # hidden for writing only (the session's cgroup file systems)
+            rules.allow(str(path), landlock.READ)
         rules.restrict()
     except OSError as exc:
         return f"unavailable: {exc}"

@@ -28,6 +28,7 @@ from labd.ipc.wire import encode_json
 from labd.runner import forksafe, spawned
 from labd.runner.approvals import Approvals, ApprovalTimeout
 from labd.runner.capture import OutputCapture, report_crash
+from labd.runner.cgroup_join import join_cgroup
 from labd.runner.channel import Channel, PayloadError
 from labd.runner.channel_wire import too_large
 from labd.runner.context import Cancelled, Context, current_node
@@ -79,6 +80,7 @@ class _Inbox:
 def run_session(spec: dict[str, Any]) -> int:
     """Run the session described by ``spec``; return the process exit code."""
     session_id: str = spec["session_id"]
+    cgroup = join_cgroup(spec.get("cgroup"))  # first: all the session starts is born in its group
     workdir = Path(spec["workdir"])
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
@@ -142,7 +144,8 @@ def run_session(spec: dict[str, Any]) -> int:
     # The output pipes and their reader thread first, while no other thread of ours runs: a thread start waits
     # for the new thread to take the GIL, and with the channel thread connecting beside it that took ~1 ms
     # (docs/design.md, "First output"). session.started is queued before, so it stays the first event.
-    emit("session.started", {"pid": os.getpid(), "workdir": str(workdir), "runner_confinement": confined})
+    emit("session.started", {"pid": os.getpid(), "workdir": str(workdir), "runner_confinement": confined,
+                             "cgroup": cgroup})
     ctx_box: list[Context] = []  # the context exists only below; output before it belongs to no step
 
     def emit_output(stream: str, text: str) -> None:

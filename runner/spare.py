@@ -32,7 +32,7 @@ __all__ = ["warm_up", "wait_for_spec", "refresh", "single_threaded", "hints_of",
 #: spec fields the template passes on to the next spare (session-independent: the daemon's hide lists and
 #: where session directories are), so the spare can walk the filesystem for its Landlock rules and prepare a
 #: spool file before the spec arrives
-HINT_KEYS = ("sandbox_hide", "confine_hide", "spool_dir")
+HINT_KEYS = ("sandbox_hide", "confine_hide", "spool_dir", "cgroup_next")
 
 #: the spool file the warm-up prepared (runner/spool.py, prepare_unnamed): unnamed until a session takes it
 _spool: tuple[int, Any] | None = None
@@ -54,6 +54,8 @@ def hints_of(spec: dict[str, Any]) -> dict[str, list[str]]:
     confine = spec.get("confine") or {}
     if confine.get("hide"):
         out["confine_hide"] = [str(p) for p in confine["hide"]]
+    if spec.get("cgroup_next"):  # the group the daemon made for the next runner (daemon/cgroups.py)
+        out["cgroup_next"] = [str(p) for p in spec["cgroup_next"]]
     if not spec.get("spool") and spec.get("workdir"):  # <sessions>/<id>/work: the spool goes in <sessions>/<id>
         out["spool_dir"] = [os.path.dirname(os.path.dirname(os.path.abspath(str(spec["workdir"]))))]
     return out
@@ -65,6 +67,11 @@ def warm_up(hints: dict[str, list[str]]) -> None:
     import zmq
 
     from labd.runner.capture import prepare_pipes
+    from labd.runner.cgroup_join import join_cgroup
+
+    # First, so what the warm-up touches is charged to it: the next session's group, joined now (a move between
+    # groups can take 10 ms: paid here, not when the spec arrives; the session's limits are set on it at launch)
+    join_cgroup(hints.get("cgroup_next"))
     from labd.runner.credentials import prepare_confinement
     from labd.runner.sandbox import landlock
 

@@ -138,8 +138,10 @@ class _Spare:
     """The one spare runner: its pid, the write end of its spec pipe, the read end of its ready pipe (one byte
     when its warm-up is done), and its create time."""
 
-    def __init__(self, pid: int, fd: int, ready_fd: int, create_time: float | None) -> None:
+    def __init__(self, pid: int, fd: int, ready_fd: int, create_time: float | None,
+                 group: list[str] | None = None) -> None:
         self.pid, self.fd, self.ready_fd, self.create_time = pid, fd, ready_fd, create_time
+        self.group = group  # the cgroup it joined while warming up (the daemon's next session's: daemon/cgroups.py)
         self._ready = False
 
     @property
@@ -193,7 +195,7 @@ def _fork_spare(in_fd: int, out_fd: int, wake_fds: tuple[int, int], hints: dict[
         create_time: float | None = psutil.Process(pid).create_time()
     except Exception:  # noqa: BLE001 - the daemon reads it itself then
         create_time = None
-    return _Spare(pid, w, ready_r, create_time)
+    return _Spare(pid, w, ready_r, create_time, hints.get("cgroup_next"))
 
 
 def _hand_over(spare: _Spare, spec: dict[str, Any]) -> bool:
@@ -346,6 +348,12 @@ def main() -> None:
                 if spare is not None and spare.ready():  # used once, whether the hand-over worked or not
                     if _hand_over(spare, spec):
                         reply = {"pid": spare.pid, "create_time": spare.create_time, "via": "spare"}
+                    spare = None
+                if spare is not None and spare.group and spare.group == spec.get("cgroup"):
+                    # still warming up in the group this spec's runner gets (the daemon made it ahead for it): it
+                    # must not wait there (the session's end kills what is left in its group); dropped, and the next
+                    # spare prepares for the next group (end of file: it exits once warm)
+                    spare.close()
                     spare = None
                 if reply is None:  # no spare, or still warming up: fork (a spare's pipes never go to the child)
                     pid = fork(lambda s=spec: _run_spec(s), ())

@@ -327,4 +327,6 @@ def _continue(cur: SessionCursor, seq: int, ts: float, payload: dict[str, Any], 
 
 def _limit_reason(p: dict[str, Any]) -> str:
     verb = {"kill": "killed", "pause": "paused"}.get(p["action"], "stopped")
+    if p.get("enforced_by") == "cgroup":  # the kernel held the limit: usage never went past it (daemon/cgroups.py)
+        return f"{verb}: {p['limit']} reached its limit {format_limit(p['max'], p['unit'])} (held by the kernel)"
     return f"{verb}: {p['limit']} {format_limit(p['measured'], p['unit'])} > limit {format_limit(p['max'], p['unit'])}"

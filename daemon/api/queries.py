@@ -55,7 +55,8 @@ class Status(Request):
                 "sandbox": {**d.sandbox.to_dict(), "runner": d.runner_confinement,
                             "network_default": d.cfg.sandbox.network},
                 "uptime": time.time() - d.started, "telemetry": _telemetry(d),
-                "monitor": d.monitor.health(), "threads": _threads(d), "nofile": getattr(d, "nofile", None)}
+                "monitor": d.monitor.health(), "kernel_limits": d.cgroups.described,
+                "threads": _threads(d), "nofile": getattr(d, "nofile", None)}
 
 
 def _threads(d: Any) -> dict[str, bool]:

@@ -150,6 +150,9 @@ class Activity:
                 measured, top = format_limit(measured, p["unit"]), format_limit(top, p["unit"])
             elif p.get("unit"):
                 measured, top = f"{measured:g} {p['unit']}", f"{top:g} {p['unit']}"
+            if p.get("enforced_by") == "cgroup":  # the kernel held it: usage never went past the limit
+                return (f"== limit reached: {p['limit']} at its limit {top}, held by the kernel ({p['action']})",
+                        "bold red")
             return (f"== limit exceeded: {p['limit']} {measured} > limit {top} ({p['action']})", "bold red")
         if kind == "session.finished" and p.get("outcome") == "failed" and p.get("error"):
             return (f"✗ {_short(p['error'], 300)}", "red")

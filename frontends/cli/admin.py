@@ -80,6 +80,9 @@ def cmd_status(args: argparse.Namespace, ctx: Ctx) -> int:
         fields.append(("sandbox", styled(f"{level} ({sb.get('mechanism') or 'none'}); runner: {sb.get('runner')}; "
                                          f"network for executed code: {'on' if sb.get('network_default') else 'off'}",
                                          "green" if level == "full" else "yellow")))
+    kernel = st.get("kernel_limits")
+    if kernel:  # a cgroup per session, or why not (daemon/cgroups.py)
+        fields.append(("kernel limits", styled(kernel, "green" if kernel.startswith("cgroup") else "yellow")))
     tel = st.get("telemetry")
     if tel:
         fields.append(("telemetry", f"{tel['endpoint']}: {tel['exported_spans']} spans exported, "

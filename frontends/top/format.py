@@ -153,7 +153,9 @@ def activity_line(ev: dict[str, Any]) -> Text | None:
     elif kind in ("file.created", "file.changed"):
         body, style = f"{kind.split('.')[1]} {p.get('path')} ({fmt_bytes(p.get('size'))})", "file"
     elif kind == "limit.exceeded":
-        body = f"limit exceeded: {p.get('limit')} {p.get('measured')} > {p.get('max')} → {p.get('action')}"
+        body = (f"limit reached: {p.get('limit')} at {p.get('max')}, held by the kernel → {p.get('action')}"
+                if p.get("enforced_by") == "cgroup" else
+                f"limit exceeded: {p.get('limit')} {p.get('measured')} > {p.get('max')} → {p.get('action')}")
         style = "error"
     elif kind == "session.ended":
         body, style = f"session {p.get('status')}: {p.get('reason')}", "session"

@@ -178,3 +178,24 @@ def test_memory_ceiling_default_auto_sizes_none_and_bad_values(tmp_path: Path) -
     _size_setting(tmp_path / "h", "memory_ceiling", auto_ceiling(),
                   {'"auto"': auto_ceiling(), '"2G"': 2 << 30, str(128 << 20): 128 << 20, '"none"': None, "false": None,
                    "0": None}, ['"32M"', '"64"', "1000", "true", '"lots"', "-1"])
+
+
+def test_cgroups_and_session_tasks_defaults_and_bad_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[daemon] cgroups (a cgroup per session, daemon/cgroups.py) is "auto" by default, "off" turns it off (also
+    LABD_CGROUPS); session_tasks (the group's pids.max) defaults to 4096, 0 means no bound, and a bound too small for
+    a runner's own threads, a negative or a non-number is refused with the setting named."""
+    monkeypatch.delenv("LABD_CGROUPS", raising=False)
+    home = tmp_path / "h"
+    cfg = load_config(home)
+    assert (cfg.cgroups, cfg.session_tasks) == ("auto", 4096)
+    _write_config(home, "[daemon]\ncgroups = \"off\"\nsession_tasks = 0\n")
+    assert (load_config(home).cgroups, load_config(home).session_tasks) == ("off", 0)
+    _write_config(home, "")
+    monkeypatch.setenv("LABD_CGROUPS", "off")
+    assert load_config(home).cgroups == "off"
+    monkeypatch.delenv("LABD_CGROUPS")
+    for text, named in (('cgroups = "maybe"', "cgroups"), ("session_tasks = 10", "session_tasks"),
+                        ("session_tasks = -1", "session_tasks"), ('session_tasks = "many"', "session_tasks")):
+        _write_config(home, "[daemon]\n" + text + "\n")
+        with pytest.raises(ConfigError, match=named):
+            load_config(home)

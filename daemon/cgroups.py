@@ -1,0 +1,408 @@
+"""Kernel limits: a cgroup per local session, where this machine lets the daemon make one.
+
+The limits monitor (:mod:`labd.daemon.monitor`) enforces ``--memory`` and ``--procs`` from /proc, which cannot see
+what a session holds in the kernel (pipe and socket buffers, System V shared memory, closed /dev/shm files), does not
+count threads, and can lose a process that left the runner's tree with a clean environment. A cgroup closes those
+gaps: its memory counter is the kernel's own (every page and buffer charged to the session), ``pids.max`` bounds
+threads and processes together, and membership is kept by the kernel whatever a process does to its parentage.
+
+Per session ``<sid>`` the daemon makes a group before the runner starts (the launcher puts its ``cgroup.procs`` files
+in the spec; the runner writes its own pid there before it runs anything of the workflow, so all it starts is inside)
+with ``memory`` = the session's memory limit (none: unbounded, still counted) and ``pids`` =
+``[daemon] session_tasks``. The monitor reads the group's OOM-kill count on each pass of a session with a memory
+limit: a kernel kill ends the session as a memory breach (``limit.exceeded`` with ``"enforced_by": "cgroup"``).
+When a session has ended and its tree is buried, whatever is still in its group is killed and the group removed.
+
+Where the groups live (``labd-<hash of the home>`` below):
+
+- **cgroup v1** (``memory`` and ``pids`` hierarchies mounted separately): under the daemon's own group in each
+  hierarchy. Needs write access there (root, or a delegated subtree).
+- **cgroup v2** (unified): the no-internal-processes rule forbids enabling controllers for children of a group that
+  has processes, so the daemon must not sit in the group that holds the sessions' groups: either it runs in a leaf
+  named ``labd-daemon`` of a delegated group (systemd: ``Delegate=yes`` with ``DelegateSubgroup=labd-daemon``) and
+  sessions go beside it, or, as root, under the hierarchy's root.
+
+Anything else (no such hierarchy, no permission, ``[daemon] cgroups = "off"``): no groups; the /proc monitor alone
+enforces the limits, and ``labd status`` says why (``kernel_limits``). Remote (Ray) sessions get none: their node
+monitor enforces their limits.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SessionCgroups", "Hierarchy", "detect", "session_cgroups", "base_name", "DAEMON_LEAF"]
+
+#: the v2 leaf a delegated daemon runs in (systemd ``DelegateSubgroup=``): its sessions' groups go beside it
+DAEMON_LEAF = "labd-daemon"
+KILL_ROUNDS = 50  # SIGKILL rounds over a group's processes (a forking group: pids.max bounds each round)
+UNLIMITED_V1 = "-1"
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """One mounted hierarchy the sessions' groups are made in: its version, the controllers it carries here and
+    the daemon's directory in it (``labd-<hash>``), the parent of every session's group."""
+
+    version: int
+    controllers: tuple[str, ...]
+    base: Path
+    mount: Path  # where the hierarchy is mounted: the runner may read it, not write it (Landlock)
+
+
+def base_name(home: Path) -> str:
+    """The name of a daemon's directory in each hierarchy: one per labd home, so daemons of several homes on one
+    machine (and a restarted daemon finding its sessions' groups) never mix."""
+    return "labd-" + hashlib.sha256(str(Path(home).resolve()).encode()).hexdigest()[:12]
+
+
+def _own_paths(proc_cgroup: str) -> dict[str, str]:
+    """``/proc/self/cgroup`` as controller -> path (v2's line under the key ``""``)."""
+    out: dict[str, str] = {}
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            for c in parts[1].split(",") if parts[1] else [""]:
+                out[c] = parts[2]
+    return out
+
+
+def _mounts(mounts: str) -> list[tuple[str, str, set[str]]]:
+    """cgroup mounts from ``/proc/self/mounts``: (type, mount point, options)."""
+    out = []
+    for line in mounts.splitlines():
+        f = line.split()
+        if len(f) >= 4 and f[2] in ("cgroup", "cgroup2"):
+            out.append((f[2], f[1].replace("\\040", " "), set(f[3].split(","))))
+    return out
+
+
+def _write(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _enable(group: Path, controllers: tuple[str, ...]) -> None:
+    """Enable ``controllers`` for the children of v2 ``group`` (those already enabled are left as they are)."""
+    have = set((group / "cgroup.subtree_control").read_text().split())
+    missing = [c for c in controllers if c not in have]
+    if missing:
+        _write(group / "cgroup.subtree_control", " ".join(f"+{c}" for c in missing))
+
+
+def detect(home: Path, mode: str = "auto", *, proc_cgroup: str | None = None, mounts: str | None = None,
+           euid: int | None = None) -> tuple[list[Hierarchy], str]:
+    """Where this daemon can make its sessions' groups, and a sentence for ``labd status``: ``([], why not)`` when
+    it cannot. ``proc_cgroup``, ``mounts`` and ``euid`` stand in for this process's own (tests of the v2 layout on a
+    machine without it)."""
+    if mode == "off":
+        return [], "off: [daemon] cgroups = \"off\""
+    own = _own_paths(proc_cgroup if proc_cgroup is not None else Path("/proc/self/cgroup").read_text())
+    table = _mounts(mounts if mounts is not None else Path("/proc/self/mounts").read_text())
+    tag = base_name(home)
+    root = (os.geteuid() if euid is None else euid) == 0
+    v1 = {c: Path(point) for kind, point, opts in table if kind == "cgroup" for c in ("memory", "pids") if c in opts}
+    try:
+        if set(v1) == {"memory", "pids"} and "memory" in own and "pids" in own:
+            found = []
+            for c in ("memory", "pids"):
+                base = v1[c] / own[c].lstrip("/") / tag
+                base.mkdir(exist_ok=True)
+                found.append(Hierarchy(1, (c,), base, v1[c]))
+            return found, "cgroup v1 (memory, pids)"
+        v2 = next((Path(point) for kind, point, _ in table if kind == "cgroup2"), None)
+        if v2 is None or "" not in own:
+            return [], "unavailable: no cgroup v2, and cgroup v1 lacks the memory or pids hierarchy"
+        mine = v2 / own[""].lstrip("/")
+        if mine.name == DAEMON_LEAF:
+            parent = mine.parent
+        elif root:
+            parent = v2
+        else:
+            return [], (f"unavailable: cgroup v2 needs the daemon in a delegated leaf named {DAEMON_LEAF} (systemd: "
+                        f"Delegate=yes, DelegateSubgroup={DAEMON_LEAF}) or root")
+        have = set((parent / "cgroup.controllers").read_text().split())
+        if not {"memory", "pids"} <= have:
+            return [], f"unavailable: cgroup v2 {parent} offers {' '.join(sorted(have)) or 'no controllers'}, not " \
+                       "memory and pids"
+        _enable(parent, ("memory", "pids"))
+        base = parent / tag
+        base.mkdir(exist_ok=True)
+        _enable(base, ("memory", "pids"))
+        return [Hierarchy(2, ("memory", "pids"), base, v2)], "cgroup v2 (memory, pids)"
+    except OSError as exc:
+        return [], f"unavailable: {exc.strerror or exc} ({getattr(exc, 'filename', '') or 'cgroup'})"
+
+
+def session_cgroups(home: Path, mode: str, tasks: int | None, log: Any) -> SessionCgroups:
+    """The daemon's :class:`SessionCgroups` (none made when this machine does not allow it), logged once."""
+    hierarchies, described = detect(home, mode)
+    if hierarchies:
+        log.info("a cgroup per session", kernel_limits=described, base=[str(h.base) for h in hierarchies])
+    elif mode != "off":
+        log.info("no cgroup per session: limits are enforced from /proc only", kernel_limits=described)
+    groups = SessionCgroups(hierarchies, tasks, log, described)
+    groups.drop_empty()
+    return groups
+
+
+class SessionCgroups:
+    """The daemon's sessions' groups: made at launch, read by the monitor, killed and removed after the session."""
+
+    def __init__(self, hierarchies: list[Hierarchy], tasks: int | None, log: Any, described: str = "") -> None:
+        self.hierarchies = hierarchies
+        self.described = described  # for labd status: "cgroup v1 (memory, pids)", or why there are none
+        self.tasks = tasks or None
+        self.log = log
+        self._lock = threading.Lock()
+        self._live: set[str] = set()  # made (or adopted) by this daemon and not released
+        self._released: set[str] = set()  # to kill and remove (retried each sweep until gone)
+        self._names: dict[str, str] = {}  # session -> its group's name
+        #: a group made ahead for the next runner: the template's spare joins it while it waits, off the start's path
+        self._next: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.hierarchies)
+
+    @property
+    def mounts(self) -> list[str]:
+        """The mounted hierarchies the groups are in (a runner's Landlock policy makes them read-only: a session
+        that could write there could move itself out of its group)."""
+        return sorted({str(h.mount) for h in self.hierarchies})
+
+    def _dirs(self, sid: str) -> list[tuple[Hierarchy, Path]]:
+        name = self._names.get(sid)
+        return [(h, h.base / name) for h in self.hierarchies] if name else []
+
+    def _procs(self, name: str) -> list[str]:
+        return [str(h.base / name / "cgroup.procs") for h in self.hierarchies]
+
+    def _make(self) -> str | None:
+        """A new group (in every hierarchy) with the task bound and no memory bound yet; its name (None: failed,
+        logged)."""
+        name = "r-" + secrets.token_hex(6)
+        try:
+            for h in self.hierarchies:
+                (h.base / name).mkdir()
+                if "pids" in h.controllers:
+                    _write(h.base / name / "pids.max", str(self.tasks) if self.tasks else "max")
+        except OSError as exc:
+            self.log.warning("cannot make a session's cgroup: its limits are enforced from /proc only",
+                             error=str(exc))
+            self._rmdirs(name)
+            return None
+        return name
+
+    def create(self, sid: str, memory: int | None) -> tuple[list[str] | None, list[str] | None]:
+        """``sid``'s group, with its memory limit: the ``cgroup.procs`` files its runner joins (None: no group, the
+        reason logged; the session runs under the /proc monitor only), and those of the group made ahead for the
+        runner after it (which the template's next spare joins while it waits: moving a process between groups
+        can take 10 ms, which a start should not wait for)."""
+        if not self.hierarchies:
+            return None, None
+        name, self._next = self._next or self._make(), None
+        if name is not None:
+            try:
+                for h in self.hierarchies:
+                    if "memory" in h.controllers:
+                        self._set_memory(h, h.base / name, memory)
+            except OSError as exc:  # e.g. below what a spare waiting in it already holds
+                self.log.warning("cannot set the session's cgroup memory limit: its limits are enforced from /proc "
+                                 "only", session_id=sid, error=str(exc))
+                self._rmdirs(name)  # refused while the spare is in it: swept once that is gone
+                name = None
+        if name is not None:
+            with self._lock:
+                self._names[sid] = name
+                self._live.add(sid)
+                self._released.discard(sid)
+        self._next = self._make()
+        return (self._procs(name) if name else None), (self._procs(self._next) if self._next else None)
+
+    @staticmethod
+    def _set_memory(h: Hierarchy, d: Path, memory: int | None) -> None:
+        if h.version == 2:
+            _write(d / "memory.max", str(memory) if memory else "max")
+            for name, value in (("memory.swap.max", "0" if memory else "max"), ("memory.oom.group", "1")):
+                try:  # no swap controller, an older kernel: the limit holds without them
+                    _write(d / name, value)
+                except OSError:
+                    pass
+            return
+        _write(d / "memory.limit_in_bytes", str(memory) if memory else UNLIMITED_V1)
+        try:  # mem+swap (only with swap accounting): at least the memory limit, so swapping does not lift it
+            _write(d / "memory.memsw.limit_in_bytes", str(memory) if memory else UNLIMITED_V1)
+        except OSError:
+            pass
+
+    def adopt(self, sid: str, pid: int) -> None:
+        """A runner adopted after a restart: its group (if the last daemon made one) is this daemon's now."""
+        if not self.hierarchies:
+            return
+        try:
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except OSError:
+            return
+        mount_of = {h.base: h for h in self.hierarchies}
+        for line in lines:
+            path = Path(line.split(":", 2)[-1])
+            for base, h in mount_of.items():
+                rel = base.relative_to(h.mount)
+                if path.parent == Path("/") / rel:
+                    with self._lock:
+                        self._names[sid] = path.name
+                        self._live.add(sid)
+                        self._released.discard(sid)
+                    return
+
+    def has(self, sid: str) -> bool:
+        with self._lock:
+            return sid in self._live
+
+    def oom_kills(self, sid: str) -> int:
+        """How many of the session's processes the kernel killed at its memory limit (0 if none, or unknown)."""
+        for h, d in self._dirs(sid):
+            if "memory" in h.controllers:
+                return _counter(d / ("memory.events" if h.version == 2 else "memory.oom_control"), "oom_kill")
+        return 0
+
+    def breach(self, sid: str, limit: int) -> dict[str, Any] | None:
+        """The ``limit.exceeded`` payload if the kernel has killed a process of ``sid`` at its memory limit (the
+        limit held by the kernel, reported as labd's own memory breach would be); else None."""
+        if sid not in self._live and sid not in self._released:
+            return None
+        kills = self.oom_kills(sid)
+        if not kills:
+            return None
+        return {"limit": "memory", "measured": max(self.peak_memory(sid), limit), "max": limit, "unit": "bytes",
+                "action": "kill", "enforced_by": "cgroup", "oom_kills": kills}
+
+    def peak_memory(self, sid: str) -> int:
+        """The kernel's high-water mark of the group's memory (bytes; 0 if unknown)."""
+        for h, d in self._dirs(sid):
+            if "memory" in h.controllers:
+                try:
+                    return int((d / ("memory.peak" if h.version == 2 else "memory.max_usage_in_bytes")).read_text())
+                except (OSError, ValueError):
+                    return 0
+        return 0
+
+    def members(self, sid: str) -> set[int]:
+        """Every process in the session's group(s) now."""
+        out: set[int] = set()
+        for _, d in self._dirs(sid):
+            try:
+                out.update(int(x) for x in (d / "cgroup.procs").read_text().split())
+            except (OSError, ValueError):
+                pass
+        return out
+
+    def release(self, sid: str) -> None:
+        """The session is over and its tree buried: kill what is left in its group and remove it (now, or on a
+        later :meth:`sweep` while processes are still dying)."""
+        with self._lock:
+            self._live.discard(sid)
+            self._released.add(sid)
+        self._finish(sid)
+
+    def sweep(self) -> None:
+        """Retry the removal of released groups still there (their last processes were dying)."""
+        with self._lock:
+            pending = list(self._released)
+        for sid in pending:
+            self._finish(sid)
+
+    def _finish(self, sid: str) -> None:
+        for _, d in self._dirs(sid):
+            if (d / "cgroup.kill").exists():  # v2, Linux 5.14+: the kernel kills the whole group at once
+                try:
+                    _write(d / "cgroup.kill", "1")
+                except OSError:
+                    pass
+        for _ in range(KILL_ROUNDS):
+            left = self.members(sid)
+            if not left:
+                break
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGCONT)  # a throttled (stopped) process must get its SIGKILL too
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        if self._remove(sid):
+            with self._lock:
+                self._released.discard(sid)
+
+    def _remove(self, sid: str) -> bool:
+        """Remove the session's group; False while it is still busy (a killed process not yet reaped)."""
+        name = self._names.get(sid)
+        if name is None or self._rmdirs(name):
+            with self._lock:
+                self._names.pop(sid, None)
+            return True
+        return False
+
+    def _rmdirs(self, name: str) -> bool:
+        """Remove group ``name`` in every hierarchy; False while one is still busy."""
+        gone = True
+        for d in (h.base / name for h in self.hierarchies):
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                    self.log.warning("cannot remove a session's cgroup", path=str(d), error=str(exc))
+                gone = False
+        return gone
+
+    def drop_empty(self) -> None:
+        """Remove every group of this daemon's with no process left (the kernel refuses the others): at start, what a
+        daemon that died left behind; at shutdown, all but the groups of sessions that keep running (for the next
+        daemon to adopt)."""
+        for h in self.hierarchies:
+            for child in _subdirs(h.base):
+                try:
+                    child.rmdir()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        """At daemon shutdown: :meth:`drop_empty`, and the daemon's directories if nothing is left in them."""
+        self.drop_empty()
+        for h in self.hierarchies:
+            try:
+                h.base.rmdir()
+            except OSError:
+                pass
+
+
+def _subdirs(d: Path) -> list[Path]:
+    try:
+        return [p for p in d.iterdir() if p.is_dir()]
+    except OSError:
+        return []
+
+
+def _counter(path: Path, name: str) -> int:
+    """A ``name value`` line of a cgroup's flat-keyed file (0 if missing)."""
+    try:
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == name:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0

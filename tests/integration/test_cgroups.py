@@ -1,0 +1,138 @@
+"""A cgroup per session (daemon/cgroups.py), for real: this machine's kernel holds the limits the /proc monitor
+cannot see (pipe buffers, threads), keeps every process of a session in its group, and the session's own code cannot
+leave it. The daemon runs as root here (as in CI); an unprivileged run has no groups to test and skips the module."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import DaemonProc, alive, module_daemon_on, pointed_at, wait_until
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a cgroup per session needs root (or systemd delegation)")
+
+# Landlock for the runner (with bubblewrap the runner runs unconfined: docs/security.md), a small task bound
+CONFIG = '[daemon]\nsession_tasks = 256\n\n[sandbox]\nmechanism = "landlock"\n'
+
+
+@pytest.fixture(scope="module")
+def cg_daemon(request: pytest.FixtureRequest) -> Iterator[DaemonProc]:
+    with module_daemon_on(request, CONFIG) as d:
+        yield d
+
+
+@pytest.fixture
+def client(cg_daemon: DaemonProc, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    with pointed_at(cg_daemon, monkeypatch).client() as c:
+        yield c
+
+
+def _groups(pid: int) -> dict[str, Path]:
+    """The session groups (controller -> directory) process ``pid`` is in, from /proc and the mounts."""
+    mounts = {c: line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+              if line.split()[2] == "cgroup" for c in ("memory", "pids") if c in line.split()[3].split(",")}
+    out = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, names, path = line.split(":", 2)
+        for c in names.split(","):
+            if c in mounts:
+                out[c] = Path(mounts[c]) / path.lstrip("/")
+    return out
+
+
+def test_status_says_the_kernel_holds_the_limits(client) -> None:
+    """``labd status`` names the kernel limits in force (this machine: cgroup v1, memory and pids)."""
+    assert client.status()["kernel_limits"] == "cgroup v1 (memory, pids)"
+
+
+def test_a_session_and_its_children_live_in_its_own_group(client) -> None:
+    """The runner joins a group named after its session before the workflow runs (``session.started`` says so), its
+    children are born in it, the group carries the session's memory limit and the daemon's task bound, and it is gone
+    once the session has ended."""
+    sid = client.start("labd_cgroupflows:groups", memory="200M")
+    final = client.wait(sid, timeout=60)
+    assert final["status"] == "completed", final
+    started = next(iter(client.history(sid, kinds=["session.started"])))["payload"]
+    assert started["cgroup"] == "joined"
+    result = next(iter(client.history(sid, kinds=["session.finished"])))["payload"]["result"]
+    runner, child = ({line.split(":", 2)[1]: line.split(":", 2)[2] for line in result[who].splitlines()}
+                     for who in ("runner", "child"))
+    assert "/labd-" in runner["memory"] and "/labd-" in runner["pids"], runner  # a group of this daemon's
+    assert Path(runner["memory"]).name == Path(runner["pids"]).name  # the same group in each hierarchy
+    assert (child["memory"], child["pids"]) == (runner["memory"], runner["pids"])  # children are born in it
+
+    sleeper = client.start("demo.sleep", params={"seconds": 60}, memory="200M")
+    pid = wait_until(lambda: client.session(sleeper)["status"] == "running" and client.session(sleeper)["pid"])
+    groups = _groups(pid)
+    assert groups["memory"].parent.name.startswith("labd-") and groups["memory"].name == groups["pids"].name
+    assert int((groups["memory"] / "memory.limit_in_bytes").read_text()) == 200 << 20
+    assert (groups["pids"] / "pids.max").read_text().strip() == "256"
+    client.stop(sleeper, grace=1)
+    client.wait(sleeper, timeout=30)
+    wait_until(lambda: not any(g.exists() for g in groups.values()), timeout=30, what="the group removed")
+
+
+def test_pipe_buffers_count_against_the_memory_limit(client) -> None:
+    """400 MiB held in pipe buffers (kernel memory, in no process's pages: the /proc monitor sees none of it; it ran
+    on holding 1.5 GiB under a 200 MiB limit before) stop at a 150 MiB limit: the kernel holds it, and the session
+    ends as a memory breach saying so."""
+    sid = client.start("labd_cgroupflows:pipe_hoard", params={"mb": 400}, memory="150M")
+    final = client.wait(sid, timeout=60)
+    assert final["status"] == "failed", final
+    assert final["reason"] == "killed: memory reached its limit 150 MiB (held by the kernel)", final["reason"]
+    breach = next(iter(client.history(sid, kinds=["limit.exceeded"])))["payload"]
+    assert breach["enforced_by"] == "cgroup" and breach["oom_kills"] >= 1 and breach["max"] == 150 << 20
+    held = [int(e["payload"]["text"].split()[1]) for e in client.history(sid, kinds=["output"])
+            if e["payload"].get("text", "").startswith("held ")]
+    assert held and max(held) < 160, held
+
+
+def test_a_thread_storm_stops_at_the_task_bound(client) -> None:
+    """Threads are not processes (``procs`` does not count them); the group's pids.max (``session_tasks`` = 256)
+    does: a workflow starting 5,000 threads gets fewer than 256 (the runner's own threads count too) and goes on."""
+    sid = client.start("labd_cgroupflows:thread_storm", params={"n": 5000})
+    final = client.wait(sid, timeout=60)
+    assert final["status"] == "completed", final
+    started = next(iter(client.history(sid, kinds=["session.finished"])))["payload"]["result"]
+    assert 100 < started < 256, started
+
+
+def test_the_session_cannot_move_itself_out_of_its_group(client) -> None:
+    """The runner's Landlock policy leaves the cgroup file systems readable, not writable: a workflow writing its
+    pid into the top group's cgroup.procs (as root, which the kernel would allow) is refused."""
+    sid = client.start("labd_cgroupflows:leave_group")
+    final = client.wait(sid, timeout=60)
+    assert final["status"] == "completed", final
+    assert next(iter(client.history(sid, kinds=["session.finished"])))["payload"]["result"] == \
+        "refused: Permission denied"
+
+
+def test_a_restarted_daemon_adopts_the_group_and_removes_it_at_the_end(request: pytest.FixtureRequest,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon is killed while a session runs; the next daemon adopts the runner and its group: the kernel limit
+    still holds the runner, and once the session is stopped the group is removed."""
+    with module_daemon_on(request, CONFIG) as d:
+        with pointed_at(d, monkeypatch).client() as c:
+            sid = c.start("demo.sleep", params={"seconds": 120}, memory="300M")
+            pid = wait_until(lambda: c.session(sid)["status"] == "running" and c.session(sid)["pid"])
+        groups = _groups(pid)
+        assert groups["memory"].parent.name.startswith("labd-")
+        d.kill9()
+        again = DaemonProc(d.home, extra_env=d.test_env).start()  # type: ignore[attr-defined]
+        try:
+            with again.client() as c:
+                wait_until(lambda: sid in c.status()["running"], what="adopted")
+                assert _groups(pid) == groups  # still in its group, its limit in force
+                c.stop(sid, grace=1)
+                c.wait(sid, timeout=30)
+            wait_until(lambda: not alive(pid) and not any(g.exists() for g in groups.values()), timeout=30,
+                       what="runner gone and the group removed")
+        finally:
+            again.stop()
+            if alive(pid):
+                os.killpg(pid, signal.SIGKILL)
