@@ -35,6 +35,7 @@ import os
 import secrets
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,15 +220,17 @@ class SessionCgroups:
                     if "memory" in h.controllers:
                         self._set_memory(h, h.base / name, memory)
             except OSError as exc:  # e.g. below what a spare waiting in it already holds
-                self.log.warning("cannot set the session's cgroup memory limit: its limits are enforced from /proc "
-                                 "only", session_id=sid, error=str(exc))
-                self._rmdirs(name)  # refused while the spare is in it: swept once that is gone
-                name = None
-        if name is not None:
-            with self._lock:
-                self._names[sid] = name
+                self.log.warning("cannot set the session's cgroup memory limit: its memory limit is enforced from "
+                                 "/proc only", session_id=sid, error=str(exc))
+                limited = False
+            else:
+                limited = True
+            with self._lock:  # the session's either way: a spare waiting in it runs the session there; released
+                self._names[sid] = name  # with it at the end
                 self._live.add(sid)
                 self._released.discard(sid)
+            if not limited:
+                name = None  # a runner forked for it stays out of it
         self._next = self._make()
         return (self._procs(name) if name else None), (self._procs(self._next) if self._next else None)
 
@@ -301,13 +304,7 @@ class SessionCgroups:
 
     def members(self, sid: str) -> set[int]:
         """Every process in the session's group(s) now."""
-        out: set[int] = set()
-        for _, d in self._dirs(sid):
-            try:
-                out.update(int(x) for x in (d / "cgroup.procs").read_text().split())
-            except (OSError, ValueError):
-                pass
-        return out
+        return {int(x) for _, d in self._dirs(sid) for x in _read_text(d / "cgroup.procs").split() if x.isdigit()}
 
     def release(self, sid: str) -> None:
         """The session is over and its tree buried: kill what is left in its group and remove it (now, or on a
@@ -331,16 +328,13 @@ class SessionCgroups:
                     _write(d / "cgroup.kill", "1")
                 except OSError:
                     pass
+        name = self._names.get(sid)
         for _ in range(KILL_ROUNDS):
             left = self.members(sid)
-            if not left:
+            if not left or name is None:
                 break
             for pid in left:
-                try:
-                    os.kill(pid, signal.SIGCONT)  # a throttled (stopped) process must get its SIGKILL too
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                _kill_member(pid, name)
         if self._remove(sid):
             with self._lock:
                 self._released.discard(sid)
@@ -380,13 +374,48 @@ class SessionCgroups:
                     pass
 
     def close(self) -> None:
-        """At daemon shutdown: :meth:`drop_empty`, and the daemon's directories if nothing is left in them."""
+        """At daemon shutdown (the template gone): the group made ahead (only a spare of the template's is in it),
+        :meth:`drop_empty`, and the daemon's directories if nothing is left in them."""
+        ahead, self._next = self._next, None
+        if ahead is not None:
+            for _ in range(KILL_ROUNDS):
+                left = {int(x) for h in self.hierarchies
+                        for x in _read_text(h.base / ahead / "cgroup.procs").split() if x.isdigit()}
+                for pid in left:
+                    _kill_member(pid, ahead)
+                if self._rmdirs(ahead):
+                    break
+                time.sleep(0.01)  # a killed spare leaves its group once reaped (by the template's exit: init)
         self.drop_empty()
         for h in self.hierarchies:
             try:
                 h.base.rmdir()
             except OSError:
                 pass
+
+
+def _kill_member(pid: int, group: str) -> None:
+    """SIGKILL ``pid`` if it is still in ``group``: through a pidfd opened before the check, so a pid that was
+    reused between reading the group and the signal is never hit."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return  # gone already
+    try:
+        if any(line.rsplit("/", 1)[-1] == group for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()):
+            signal.pidfd_send_signal(fd, signal.SIGCONT)  # a throttled (stopped) process must get its SIGKILL too
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def _subdirs(d: Path) -> list[Path]:

@@ -264,7 +264,6 @@ class Daemon(SandboxSetup, ControlPlane):
                 pass
             self.monitor.stop()
             self.monitor.join(5)
-            self.cgroups.close()
             if self.gateway is not None:
                 self.gateway.stop()
                 self.gateway.join(5)
@@ -279,6 +278,7 @@ class Daemon(SandboxSetup, ControlPlane):
                 pass
             ingest.join(10)
             self.launcher.shutdown()
+            self.cgroups.close()  # after the template: its spare waits in the group made ahead
             if checkpointer is not None:
                 checkpointer.stop()
                 checkpointer.join(10)

@@ -136,3 +136,36 @@ def test_a_restarted_daemon_adopts_the_group_and_removes_it_at_the_end(request: 
             again.stop()
             if alive(pid):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def test_release_kills_what_is_in_the_group_and_nothing_else(tmp_path: Path) -> None:
+    """At a session's end whatever is still in its group is killed, however it got there (here: a process that is
+    no child of any runner), and only that: a process outside the group lives on; the group is removed."""
+    import subprocess
+
+    from labd.daemon.cgroups import SessionCgroups, detect
+
+    class Log:
+        def warning(self, *a: object, **kw: object) -> None:
+            raise AssertionError((a, kw))
+
+    hierarchies, said = detect(tmp_path / "home")
+    assert hierarchies, said
+    cg = SessionCgroups(hierarchies, 64, Log())
+    joins, _ = cg.create("s1", 64 << 20)
+    assert joins is not None
+    inside = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    outside = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        for procs in joins:
+            Path(procs).write_text(str(inside.pid))
+        assert cg.members("s1") == {inside.pid}
+        cg.release("s1")
+        assert inside.wait(10) == -signal.SIGKILL
+        assert outside.poll() is None
+        wait_until(lambda: (cg.sweep(), not any(Path(p).parent.exists() for p in joins))[1], what="group removed")
+    finally:
+        for p in (inside, outside):
+            p.kill()
+            p.wait()
+        cg.close()
