@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SessionCgroups", "Hierarchy", "detect", "session_cgroups", "base_name", "DAEMON_LEAF"]
+__all__ = ["SessionCgroups", "Hierarchy", "detect", "session_cgroups", "base_name", "cgroup_mounts",
+           "DAEMON_LEAF"]
 
 #: the v2 leaf a delegated daemon runs in (systemd ``DelegateSubgroup=``): its sessions' groups go beside it
 DAEMON_LEAF = "labd-daemon"
@@ -84,6 +85,15 @@ def _mounts(mounts: str) -> list[tuple[str, str, set[str]]]:
         if len(f) >= 4 and f[2] in ("cgroup", "cgroup2"):
             out.append((f[2], f[1].replace("\\040", " "), set(f[3].split(","))))
     return out
+
+
+def cgroup_mounts(mounts: str | None = None) -> list[str]:
+    """The mount points of every cgroup and cgroup2 file system (``mounts`` stands in for ``/proc/self/mounts``)."""
+    try:
+        text = mounts if mounts is not None else Path("/proc/self/mounts").read_text()
+    except OSError:
+        return []
+    return [point for _, point, _ in _mounts(text)]
 
 
 def _write(path: Path, text: str) -> None:
@@ -179,9 +189,13 @@ class SessionCgroups:
 
     @property
     def mounts(self) -> list[str]:
-        """The mounted hierarchies the groups are in (a runner's Landlock policy makes them read-only: a session
-        that could write there could move itself out of its group)."""
-        return sorted({str(h.mount) for h in self.hierarchies})
+        """Every mounted cgroup hierarchy, those the groups are in and all others (a runner's Landlock policy makes
+        them read-only). A session that could write in the memory or pids hierarchy could move itself out of its
+        group; one that could write in any other v1 hierarchy could set its ``release_agent``, a program the kernel
+        runs as root outside every confinement when a group empties (which can move any process, the daemon
+        included, into the session's group, for the session's end to kill), or move the daemon into a frozen
+        freezer group or a starved cpu group. Read again at each call: a hierarchy mounted later is covered too."""
+        return sorted({str(h.mount) for h in self.hierarchies} | set(cgroup_mounts()))
 
     def _dirs(self, sid: str) -> list[tuple[Hierarchy, Path]]:
         name = self._names.get(sid)

@@ -62,8 +62,9 @@ class SandboxSetup:
         check (runner/checks.py), which may see no session's directory."""
         if self.runner_confinement != "landlock":
             return None
-        # The cgroup file systems the sessions' groups are in: readable, not writable (a session that could write
-        # there could move itself out of its group: daemon/cgroups.py)
+        # Every cgroup file system (the sessions' groups' and all others): readable, not writable (a session that
+        # could write there could leave its group, or have the kernel run its release_agent unconfined:
+        # daemon/cgroups.py, SessionCgroups.mounts)
         mounts = self.cgroups.mounts
         return {"hide": [str(self.layout.home), str(self.layout.runtime_dir.parent), *mounts],
                 "allow": [str(self.layout.sessions_dir / sid)] if sid else [], "read": mounts}

@@ -112,6 +112,16 @@ def test_the_session_cannot_move_itself_out_of_its_group(client) -> None:
         "refused: Permission denied"
 
 
+def test_no_cgroup_hierarchy_is_writable_by_the_session(client) -> None:
+    """Every mounted cgroup hierarchy is read-only to the runner, not only memory and pids (an attack review: with the
+    freezer's ``release_agent`` writable, a root workflow had the kernel run its script as root outside Landlock,
+    which moved the daemon into the session's group; the session's end killed the daemon)."""
+    sid = client.start("labd_cgroupflows:write_any_cgroup")
+    final = client.wait(sid, timeout=60)
+    assert final["status"] == "completed", final
+    assert next(iter(client.history(sid, kinds=["session.finished"])))["payload"]["result"] == {}
+
+
 def test_a_restarted_daemon_adopts_the_group_and_removes_it_at_the_end(request: pytest.FixtureRequest,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The daemon is killed while a session runs; the next daemon adopts the runner and its group: the kernel limit

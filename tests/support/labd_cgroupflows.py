@@ -58,3 +58,25 @@ def leave_group(ctx) -> str:
     except OSError as exc:
         return f"refused: {exc.strerror}"
     return "moved"
+
+
+def write_any_cgroup(ctx) -> dict:
+    """Open for writing, in every mounted cgroup hierarchy (not only memory and pids), the files a process that could
+    write them would use to get out of its group or out of its confinement: ``cgroup.procs`` (move any process, the
+    daemon included, into a group of its choosing, e.g. a frozen one) and v1's ``release_agent`` (a program the
+    kernel runs as root, unconfined). Nothing is written. Returns what was writable (path -> "writable")."""
+    out = {}
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        f = line.split()
+        if f[2] not in ("cgroup", "cgroup2"):
+            continue
+        for name in ("cgroup.procs", "release_agent"):
+            p = Path(f[1]) / name
+            if not p.exists():
+                continue
+            try:
+                os.close(os.open(p, os.O_WRONLY))
+            except OSError:
+                continue
+            out[str(p)] = "writable"
+    return out
