@@ -62,9 +62,10 @@ class SandboxSetup:
         check (runner/checks.py), which may see no session's directory."""
         if self.runner_confinement != "landlock":
             return None
-        # Every cgroup file system (the sessions' groups' and all others): readable, not writable (a session that
-        # could write there could leave its group, or have the kernel run its release_agent unconfined:
-        # daemon/cgroups.py, SessionCgroups.mounts)
-        mounts = self.cgroups.mounts
-        return {"hide": [str(self.layout.home), str(self.layout.runtime_dir.parent), *mounts],
-                "allow": [str(self.layout.sessions_dir / sid)] if sid else [], "read": mounts}
+        # /sys and every cgroup file system (the sessions' groups' and all others): readable, not writable. A
+        # session that could write there could leave its group, or, as root, have the kernel run a program of its
+        # own unconfined (a v1 hierarchy's release_agent: daemon/cgroups.py, SessionCgroups.mounts), or change the
+        # machine's settings. (/proc/sys cannot be made read-only this way: docs/security.md.)
+        read = sorted({"/sys", *self.cgroups.mounts})
+        return {"hide": [str(self.layout.home), str(self.layout.runtime_dir.parent), *read],
+                "allow": [str(self.layout.sessions_dir / sid)] if sid else [], "read": read}

@@ -115,7 +115,8 @@ def test_the_session_cannot_move_itself_out_of_its_group(client) -> None:
 def test_no_cgroup_hierarchy_is_writable_by_the_session(client) -> None:
     """Every mounted cgroup hierarchy is read-only to the runner, not only memory and pids (an attack review: with the
     freezer's ``release_agent`` writable, a root workflow had the kernel run its script as root outside Landlock,
-    which moved the daemon into the session's group; the session's end killed the daemon)."""
+    which moved the daemon into the session's group; the session's end killed the daemon), and so is the rest of
+    /sys (machine settings a root session could otherwise change)."""
     sid = client.start("labd_cgroupflows:write_any_cgroup")
     final = client.wait(sid, timeout=60)
     assert final["status"] == "completed", final
@@ -179,3 +180,23 @@ def test_release_kills_what_is_in_the_group_and_nothing_else(tmp_path: Path) -> 
             p.kill()
             p.wait()
         cg.close()
+
+
+def test_a_stopped_daemon_leaves_no_group_behind(request: pytest.FixtureRequest,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon that ran a session and is stopped (SIGTERM, nothing running) removes its groups and its directory in
+    each hierarchy: the group made ahead for the next runner too, which the template's spare still held at shutdown
+    (an attack review found 350 such leftovers, a directory and a group per hierarchy for each home a test daemon
+    had used)."""
+    from labd.daemon.cgroups import base_name
+
+    with module_daemon_on(request, CONFIG) as d:
+        with pointed_at(d, monkeypatch).client() as c:
+            sid = c.start("labd_cgroupflows:groups")
+            assert c.wait(sid, timeout=60)["status"] == "completed"
+        # the daemon's directory in each hierarchy: under the group it inherited from this test process
+        bases = [g / base_name(d.home) for g in _groups(os.getpid()).values()]
+        wait_until(lambda: all(b.exists() and any(x.is_dir() for x in b.iterdir()) for b in bases),
+                   what="the group made ahead")
+        d.stop()
+    assert not any(b.exists() for b in bases), [list(b.iterdir()) for b in bases if b.exists()]

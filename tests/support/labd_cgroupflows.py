@@ -79,4 +79,10 @@ def write_any_cgroup(ctx) -> dict:
             except OSError:
                 continue
             out[str(p)] = "writable"
+    for p in (Path("/sys/kernel/mm/transparent_hugepage/enabled"), Path("/sys/power/state")):  # machine settings
+        try:
+            os.close(os.open(p, os.O_WRONLY))
+        except OSError:
+            continue
+        out[str(p)] = "writable"
     return out
