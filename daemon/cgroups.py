@@ -46,6 +46,10 @@ __all__ = ["SessionCgroups", "Hierarchy", "detect", "session_cgroups", "base_nam
 #: the v2 leaf a delegated daemon runs in (systemd ``DelegateSubgroup=``): its sessions' groups go beside it
 DAEMON_LEAF = "labd-daemon"
 KILL_ROUNDS = 50  # SIGKILL rounds over a group's processes (a forking group: pids.max bounds each round)
+#: a group of this daemon's directory that no session of this daemon owns (a previous daemon's, whose session ended
+#: or was lost while no daemon ran) is killed and removed once it has been a stray this long: longer than a runner
+#: found at start takes to prove itself and be adopted (daemon/orphans.py). LABD_CGROUP_STRAY_S: a test knob
+STRAY_GRACE_S = float(os.environ.get("LABD_CGROUP_STRAY_S") or 60.0)
 UNLIMITED_V1 = "-1"
 
 
@@ -182,6 +186,7 @@ class SessionCgroups:
         self._names: dict[str, str] = {}  # session -> its group's name
         #: a group made ahead for the next runner: the template's spare joins it while it waits, off the start's path
         self._next: str | None = None
+        self._strays: dict[str, float] = {}  # group name -> when first seen owned by no session of ours
 
     @property
     def enabled(self) -> bool:
@@ -306,6 +311,13 @@ class SessionCgroups:
         return {"limit": "memory", "measured": max(self.peak_memory(sid), limit), "max": limit, "unit": "bytes",
                 "action": "kill", "enforced_by": "cgroup", "oom_kills": kills}
 
+    def task_refusals(self, sid: str) -> int:
+        """How many times the kernel refused the session a new thread or process at its task bound (pids.max)."""
+        for h, d in self._dirs(sid):
+            if "pids" in h.controllers:
+                return _counter(d / "pids.events", "max")
+        return 0
+
     def peak_memory(self, sid: str) -> int:
         """The kernel's high-water mark of the group's memory (bytes; 0 if unknown)."""
         for h, d in self._dirs(sid):
@@ -329,11 +341,29 @@ class SessionCgroups:
         self._finish(sid)
 
     def sweep(self) -> None:
-        """Retry the removal of released groups still there (their last processes were dying)."""
+        """Retry the removal of released groups still there (their last processes were dying), and kill and remove
+        strays: groups no session of this daemon owns (a previous daemon's session ended or was lost while no daemon
+        ran: what it left in its group, an orphan with a clean environment say, would otherwise live on unseen)."""
         with self._lock:
             pending = list(self._released)
+            known = {*self._names.values(), *([self._next] if self._next else [])}
         for sid in pending:
             self._finish(sid)
+        now, seen = time.monotonic(), set()
+        for child in _subdirs(self.hierarchies[0].base) if self.hierarchies else []:
+            if child.name in known:
+                continue
+            seen.add(child.name)
+            if now - self._strays.setdefault(child.name, now) >= STRAY_GRACE_S:
+                left = {int(x) for h in self.hierarchies
+                        for x in _read_text(h.base / child.name / "cgroup.procs").split() if x.isdigit()}
+                if left:
+                    self.log.warning("killing what a session left in its cgroup while no daemon ran",
+                                     group=child.name, pids=sorted(left)[:20])
+                for pid in left:
+                    _kill_member(pid, child.name)
+                self._rmdirs(child.name)  # busy while they die: again next sweep
+        self._strays = {n: t for n, t in self._strays.items() if n in seen}
 
     def _finish(self, sid: str) -> None:
         for _, d in self._dirs(sid):

@@ -440,6 +440,19 @@ class Monitor(threading.Thread):
             self._record(w)
         elif record and self._changed(w, now):
             self._record(w)
+        if record and self.cgroups is not None:
+            self._tasks_refused(w)
+
+    def _tasks_refused(self, w: Watched) -> None:
+        """Say in the session's record when the kernel refused it threads or processes at its task bound (its code
+        sees EAGAIN from fork or thread start, and may not say why)."""
+        refused = self.cgroups.task_refusals(w.sid) if self.cgroups is not None else 0
+        if refused > w.tasks_refused:
+            w.tasks_refused = refused
+            self._event(w.sid, "log", {"level": "warning", "logger": "labd.monitor",
+                                       "event": f"the session reached its task limit ([daemon] session_tasks: threads "
+                                                f"and processes together): the kernel refused {refused} new ones "
+                                                "so far"})
 
     @staticmethod
     def _changed(w: Watched, now: float) -> bool:

@@ -50,6 +50,7 @@ class Watched:
     stopped_until: float = 0.0
     breached: bool = False
     procs_reported: bool = False
+    tasks_refused: int = 0  # the kernel's refusals at the session's task bound (its cgroup's pids.max) reported so far
     timeout_reported: bool = False
     fresh: bool = True  # sampled FRESH_DELAY_S after the watch began, so even short sessions get their peaks
     watched_at: float = 0.0  # monotonic time the watch began

@@ -94,12 +94,15 @@ def test_pipe_buffers_count_against_the_memory_limit(client) -> None:
 
 def test_a_thread_storm_stops_at_the_task_bound(client) -> None:
     """Threads are not processes (``procs`` does not count them); the group's pids.max (``session_tasks`` = 256)
-    does: a workflow starting 5,000 threads gets fewer than 256 (the runner's own threads count too) and goes on."""
-    sid = client.start("labd_cgroupflows:thread_storm", params={"n": 5000})
+    does: a workflow starting 5,000 threads gets fewer than 256 (the runner's own threads count too) and goes on; the
+    session's record says why its code was refused (a warning log event from the monitor)."""
+    sid = client.start("labd_cgroupflows:thread_storm", params={"n": 5000, "hold": 4})
     final = client.wait(sid, timeout=60)
     assert final["status"] == "completed", final
     started = next(iter(client.history(sid, kinds=["session.finished"])))["payload"]["result"]
     assert 100 < started < 256, started
+    said = [e["payload"]["event"] for e in client.history(sid, kinds=["log"]) if e["payload"]["level"] == "warning"]
+    assert any("reached its task limit" in text for text in said), said
 
 
 def test_the_session_cannot_move_itself_out_of_its_group(client) -> None:
@@ -200,3 +203,36 @@ def test_a_stopped_daemon_leaves_no_group_behind(request: pytest.FixtureRequest,
                    what="the group made ahead")
         d.stop()
     assert not any(b.exists() for b in bases), [list(b.iterdir()) for b in bases if b.exists()]
+
+
+def test_what_a_session_left_while_no_daemon_ran_is_killed(request: pytest.FixtureRequest,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon is killed, then the session's runner dies too, leaving an orphan with a clean environment in a
+    session of its own (no rule of the /proc monitor finds it): the next daemon finds the session lost, and the
+    group it left (owned by no session of its own) is a stray: what is in it is killed and the group removed (an
+    attack review: the orphan lived on for ever)."""
+    fast = CONFIG.replace("[daemon]\n", "[daemon]\nsample_interval = 0.2\n")  # a sweep every 2 s, not 20
+    with module_daemon_on(request, fast) as d:
+        with pointed_at(d, monkeypatch).client() as c:
+            sid = c.start("labd_cgroupflows:leave_orphan")
+            line = wait_until(lambda: next((e["payload"]["text"] for e in c.history(sid, kinds=["output"])
+                                            if e["payload"]["text"].startswith("orphan ")), None), what="orphan")
+            runner = c.session(sid)["pid"]
+        orphan = int(line.split()[1])
+        groups = _groups(orphan)
+        assert groups["pids"].parent.name.startswith("labd-")
+        d.kill9()
+        os.killpg(runner, signal.SIGKILL)
+        wait_until(lambda: not alive(runner), what="runner gone")
+        assert alive(orphan)
+        env = {**d.test_env, "LABD_CGROUP_STRAY_S": "1"}  # type: ignore[attr-defined]
+        again = DaemonProc(d.home, extra_env=env).start()
+        try:
+            with again.client() as c:
+                wait_until(lambda: c.session(sid)["status"] == "lost", what="session found lost")
+            wait_until(lambda: not alive(orphan) and not any(g.exists() for g in groups.values()), timeout=30,
+                       what="the orphan killed and its group removed")
+        finally:
+            again.stop()
+            if alive(orphan):
+                os.kill(orphan, signal.SIGKILL)

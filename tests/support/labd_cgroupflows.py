@@ -36,8 +36,9 @@ def pipe_hoard(ctx, mb: int = 400) -> int:
     return held
 
 
-def thread_storm(ctx, n: int = 5000) -> int:
-    """Start up to ``n`` idle threads; the number that started (a task limit stops the rest)."""
+def thread_storm(ctx, n: int = 5000, hold: float = 0.0) -> int:
+    """Start up to ``n`` idle threads, then wait ``hold`` seconds; the number that started (a task limit stops the
+    rest)."""
     done = threading.Event()
     started = 0
     try:
@@ -47,6 +48,7 @@ def thread_storm(ctx, n: int = 5000) -> int:
     except RuntimeError as exc:  # "can't start new thread": the kernel refused a task
         print(f"refused after {started}: {exc}", flush=True)
     done.set()
+    time.sleep(hold)
     return started
 
 
@@ -86,3 +88,12 @@ def write_any_cgroup(ctx) -> dict:
             continue
         out[str(p)] = "writable"
     return out
+
+
+def leave_orphan(ctx, seconds: float = 120) -> int:
+    """Start a ``sleep`` in a session of its own with an empty environment (no marker, not in the runner's process
+    group), print its pid as ``orphan <pid>``, and wait."""
+    child = subprocess.Popen(["/bin/sleep", "600"], env={}, start_new_session=True)
+    print(f"orphan {child.pid}", flush=True)
+    time.sleep(seconds)
+    return child.pid
