@@ -13,151 +13,33 @@ with ``memory`` = the session's memory limit (none: unbounded, still counted) an
 limit: a kernel kill ends the session as a memory breach (``limit.exceeded`` with ``"enforced_by": "cgroup"``).
 When a session has ended and its tree is buried, whatever is still in its group is killed and the group removed.
 
-Where the groups live (``labd-<hash of the home>`` below):
-
-- **cgroup v1** (``memory`` and ``pids`` hierarchies mounted separately): under the daemon's own group in each
-  hierarchy. Needs write access there (root, or a delegated subtree).
-- **cgroup v2** (unified): the no-internal-processes rule forbids enabling controllers for children of a group that
-  has processes, so the daemon must not sit in the group that holds the sessions' groups: either it runs in a leaf
-  named ``labd-daemon`` of a delegated group (systemd: ``Delegate=yes`` with ``DelegateSubgroup=labd-daemon``) and
-  sessions go beside it, or, as root, under the hierarchy's root.
-
-Anything else (no such hierarchy, no permission, ``[daemon] cgroups = "off"``): no groups; the /proc monitor alone
-enforces the limits, and ``labd status`` says why (``kernel_limits``). Remote (Ray) sessions get none: their node
-monitor enforces their limits.
+Where the groups live, and when there are none: :mod:`labd.daemon.cgroup_layout`.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import secrets
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from labd.daemon.cgroup_layout import DAEMON_LEAF, Hierarchy, base_name, cgroup_mounts, detect
+from labd.daemon.cgroup_layout import write_file as _write
 
 __all__ = ["SessionCgroups", "Hierarchy", "detect", "session_cgroups", "base_name", "cgroup_mounts",
            "DAEMON_LEAF"]
 
-#: the v2 leaf a delegated daemon runs in (systemd ``DelegateSubgroup=``): its sessions' groups go beside it
-DAEMON_LEAF = "labd-daemon"
+MOUNTS_TTL_S = 10.0  # how long the list of cgroup mounts (read-only to runners) is reused
 KILL_ROUNDS = 50  # SIGKILL rounds over a group's processes (a forking group: pids.max bounds each round)
 #: a group of this daemon's directory that no session of this daemon owns (a previous daemon's, whose session ended
 #: or was lost while no daemon ran) is killed and removed once it has been a stray this long: longer than a runner
 #: found at start takes to prove itself and be adopted (daemon/orphans.py). LABD_CGROUP_STRAY_S: a test knob
 STRAY_GRACE_S = float(os.environ.get("LABD_CGROUP_STRAY_S") or 60.0)
 UNLIMITED_V1 = "-1"
-
-
-@dataclass(frozen=True)
-class Hierarchy:
-    """One mounted hierarchy the sessions' groups are made in: its version, the controllers it carries here and
-    the daemon's directory in it (``labd-<hash>``), the parent of every session's group."""
-
-    version: int
-    controllers: tuple[str, ...]
-    base: Path
-    mount: Path  # where the hierarchy is mounted: the runner may read it, not write it (Landlock)
-
-
-def base_name(home: Path) -> str:
-    """The name of a daemon's directory in each hierarchy: one per labd home, so daemons of several homes on one
-    machine (and a restarted daemon finding its sessions' groups) never mix."""
-    return "labd-" + hashlib.sha256(str(Path(home).resolve()).encode()).hexdigest()[:12]
-
-
-def _own_paths(proc_cgroup: str) -> dict[str, str]:
-    """``/proc/self/cgroup`` as controller -> path (v2's line under the key ``""``)."""
-    out: dict[str, str] = {}
-    for line in proc_cgroup.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) == 3:
-            for c in parts[1].split(",") if parts[1] else [""]:
-                out[c] = parts[2]
-    return out
-
-
-def _mounts(mounts: str) -> list[tuple[str, str, set[str]]]:
-    """cgroup mounts from ``/proc/self/mounts``: (type, mount point, options)."""
-    out = []
-    for line in mounts.splitlines():
-        f = line.split()
-        if len(f) >= 4 and f[2] in ("cgroup", "cgroup2"):
-            out.append((f[2], f[1].replace("\\040", " "), set(f[3].split(","))))
-    return out
-
-
-def cgroup_mounts(mounts: str | None = None) -> list[str]:
-    """The mount points of every cgroup and cgroup2 file system (``mounts`` stands in for ``/proc/self/mounts``)."""
-    try:
-        text = mounts if mounts is not None else Path("/proc/self/mounts").read_text()
-    except OSError:
-        return []
-    return [point for _, point, _ in _mounts(text)]
-
-
-def _write(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def _enable(group: Path, controllers: tuple[str, ...]) -> None:
-    """Enable ``controllers`` for the children of v2 ``group`` (those already enabled are left as they are)."""
-    have = set((group / "cgroup.subtree_control").read_text().split())
-    missing = [c for c in controllers if c not in have]
-    if missing:
-        _write(group / "cgroup.subtree_control", " ".join(f"+{c}" for c in missing))
-
-
-def detect(home: Path, mode: str = "auto", *, proc_cgroup: str | None = None, mounts: str | None = None,
-           euid: int | None = None) -> tuple[list[Hierarchy], str]:
-    """Where this daemon can make its sessions' groups, and a sentence for ``labd status``: ``([], why not)`` when
-    it cannot. ``proc_cgroup``, ``mounts`` and ``euid`` stand in for this process's own (tests of the v2 layout on a
-    machine without it)."""
-    if mode == "off":
-        return [], "off: [daemon] cgroups = \"off\""
-    own = _own_paths(proc_cgroup if proc_cgroup is not None else Path("/proc/self/cgroup").read_text())
-    table = _mounts(mounts if mounts is not None else Path("/proc/self/mounts").read_text())
-    tag = base_name(home)
-    root = (os.geteuid() if euid is None else euid) == 0
-    v1 = {c: Path(point) for kind, point, opts in table if kind == "cgroup" for c in ("memory", "pids") if c in opts}
-    try:
-        if set(v1) == {"memory", "pids"} and "memory" in own and "pids" in own:
-            found = []
-            for c in ("memory", "pids"):
-                base = v1[c] / own[c].lstrip("/") / tag
-                base.mkdir(exist_ok=True)
-                found.append(Hierarchy(1, (c,), base, v1[c]))
-            return found, "cgroup v1 (memory, pids)"
-        v2 = next((Path(point) for kind, point, _ in table if kind == "cgroup2"), None)
-        if v2 is None or "" not in own:
-            return [], "unavailable: no cgroup v2, and cgroup v1 lacks the memory or pids hierarchy"
-        mine = v2 / own[""].lstrip("/")
-        if mine.name == DAEMON_LEAF:
-            parent = mine.parent
-        elif root:
-            parent = v2
-        else:
-            return [], (f"unavailable: cgroup v2 needs the daemon in a delegated leaf named {DAEMON_LEAF} (systemd: "
-                        f"Delegate=yes, DelegateSubgroup={DAEMON_LEAF}) or root")
-        have = set((parent / "cgroup.controllers").read_text().split())
-        if not {"memory", "pids"} <= have:
-            return [], f"unavailable: cgroup v2 {parent} offers {' '.join(sorted(have)) or 'no controllers'}, not " \
-                       "memory and pids"
-        _enable(parent, ("memory", "pids"))
-        base = parent / tag
-        base.mkdir(exist_ok=True)
-        _enable(base, ("memory", "pids"))
-        return [Hierarchy(2, ("memory", "pids"), base, v2)], "cgroup v2 (memory, pids)"
-    except OSError as exc:
-        return [], f"unavailable: {exc.strerror or exc} ({getattr(exc, 'filename', '') or 'cgroup'})"
 
 
 def session_cgroups(home: Path, mode: str, tasks: int | None, log: Any) -> SessionCgroups:
@@ -186,6 +68,9 @@ class SessionCgroups:
         self._names: dict[str, str] = {}  # session -> its group's name
         #: a group made ahead for the next runner: the template's spare joins it while it waits, off the start's path
         self._next: str | None = None
+        self._ahead: str | None = None  # named by the last create(), made by make_ahead()
+        self._mounts: list[str] = []
+        self._mounts_at = -MOUNTS_TTL_S
         self._strays: dict[str, float] = {}  # group name -> when first seen owned by no session of ours
 
     @property
@@ -199,8 +84,13 @@ class SessionCgroups:
         group; one that could write in any other v1 hierarchy could set its ``release_agent``, a program the kernel
         runs as root outside every confinement when a group empties (which can move any process, the daemon
         included, into the session's group, for the session's end to kill), or move the daemon into a frozen
-        freezer group or a starved cpu group. Read again at each call: a hierarchy mounted later is covered too."""
-        return sorted({str(h.mount) for h in self.hierarchies} | set(cgroup_mounts()))
+        freezer group or a starved cpu group. Read again every :data:`MOUNTS_TTL_S` (a hierarchy mounted later is
+        covered too; not at each launch: reading the mount table is ~0.1 ms on the start's path)."""
+        now = time.monotonic()
+        if now >= self._mounts_at + MOUNTS_TTL_S:
+            self._mounts = sorted({str(h.mount) for h in self.hierarchies} | set(cgroup_mounts()))
+            self._mounts_at = now
+        return self._mounts
 
     def _dirs(self, sid: str) -> list[tuple[Hierarchy, Path]]:
         name = self._names.get(sid)
@@ -209,10 +99,10 @@ class SessionCgroups:
     def _procs(self, name: str) -> list[str]:
         return [str(h.base / name / "cgroup.procs") for h in self.hierarchies]
 
-    def _make(self) -> str | None:
-        """A new group (in every hierarchy) with the task bound and no memory bound yet; its name (None: failed,
-        logged)."""
-        name = "r-" + secrets.token_hex(6)
+    def _make(self, name: str | None = None) -> str | None:
+        """A new group (in every hierarchy; ``name`` or a new one) with the task bound and no memory bound yet; its
+        name (None: failed, logged)."""
+        name = name or "r-" + secrets.token_hex(6)
         try:
             for h in self.hierarchies:
                 (h.base / name).mkdir()
@@ -250,8 +140,15 @@ class SessionCgroups:
                 self._released.discard(sid)
             if not limited:
                 name = None  # a runner forked for it stays out of it
-        self._next = self._make()
-        return (self._procs(name) if name else None), (self._procs(self._next) if self._next else None)
+        self._ahead = "r-" + secrets.token_hex(6)  # named now (for the spec), made by make_ahead once it is sent
+        return (self._procs(name) if name else None), self._procs(self._ahead)
+
+    def make_ahead(self) -> None:
+        """Make the group :meth:`create` named for the next runner: called once the launch's spec is sent, off the
+        start's path (~0.4 ms: two mkdirs); the template's next spare is forked well after (SPARE_DELAY_S)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and self._next is None:
+            self._next = self._make(ahead)
 
     @staticmethod
     def _set_memory(h: Hierarchy, d: Path, memory: int | None) -> None:

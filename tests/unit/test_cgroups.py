@@ -105,6 +105,7 @@ def test_a_v2_session_group_gets_its_limits(tmp_path: Path, monkeypatch: pytest.
     cg = SessionCgroups(found, tasks, _Log())
     joins, ahead = cg.create("s1", memory)
     assert joins is not None and ahead is not None and joins != ahead
+    cg.make_ahead()  # the launcher, once the spec is sent
     group = Path(joins[0]).parent
     assert group.parent == found[0].base
     assert {name: (group / name).read_text() for name in expect} == expect
@@ -130,6 +131,7 @@ def test_a_group_whose_limit_cannot_be_set_is_logged_and_the_session_goes_on(tmp
     cg = SessionCgroups(found, 4096, log)
     joins, ahead = cg.create("s2", 1 << 30)
     assert joins is None and ahead is not None and cg.has("s2")
+    cg.make_ahead()
     assert [kw.get("session_id") for _, kw in log.lines] == ["s2"]
     monkeypatch.setattr("labd.daemon.cgroups._write", lambda path, text: Path(path).write_text(text))
     assert cg.create("s3", 1 << 30)[0] == ahead and cg.has("s3")
