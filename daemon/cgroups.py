@@ -122,7 +122,11 @@ class SessionCgroups:
         can take 10 ms, which a start should not wait for)."""
         if not self.hierarchies:
             return None, None
-        name, self._next = self._next or self._make(), None
+        with self._lock:
+            name, self._next = self._next, None
+            pending, self._ahead = self._ahead, None
+        if name is None:  # launches in a burst: the one named for this runner is not made yet (make_ahead)
+            name = self._make(pending)
         if name is not None:
             try:
                 for h in self.hierarchies:
@@ -140,15 +144,25 @@ class SessionCgroups:
                 self._released.discard(sid)
             if not limited:
                 name = None  # a runner forked for it stays out of it
-        self._ahead = "r-" + secrets.token_hex(6)  # named now (for the spec), made by make_ahead once it is sent
-        return (self._procs(name) if name else None), self._procs(self._ahead)
+        ahead = "r-" + secrets.token_hex(6)  # named now, for the spec; made by make_ahead, off the start's path
+        with self._lock:
+            self._ahead = ahead
+        return (self._procs(name) if name else None), self._procs(ahead)
 
     def make_ahead(self) -> None:
-        """Make the group :meth:`create` named for the next runner: called once the launch's spec is sent, off the
-        start's path (~0.4 ms: two mkdirs); the template's next spare is forked well after (SPARE_DELAY_S)."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and self._next is None:
-            self._next = self._make(ahead)
+        """Make the group :meth:`create` named for the next runner. Called by the monitor's thread, which the launch
+        wakes (~0.4 ms of mkdirs the daemon's main thread need not wait for); the template's next spare, which joins
+        it, is forked well after (SPARE_DELAY_S). A no-op when nothing is pending."""
+        with self._lock:
+            ahead, self._ahead = self._ahead, None
+            if ahead is None or self._next is not None:
+                return
+        made = self._make(ahead)
+        with self._lock:
+            if self._next is None and made is not None:
+                self._next, made = made, None
+        if made is not None:  # a launch took another meanwhile
+            self._rmdirs(made)
 
     @staticmethod
     def _set_memory(h: Hierarchy, d: Path, memory: int | None) -> None:

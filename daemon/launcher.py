@@ -253,8 +253,6 @@ class TemplateLauncher:
         if joins or ahead:  # its group, and the next runner's (the template's next spare joins it while it waits)
             spec = {**spec, "cgroup": joins, "cgroup_next": ahead}
         self._send({"op": "spawn", "req": req, "spec": hand_over_key(spec)})
-        if ahead:
-            self.cgroups.make_ahead()  # while the template starts the runner
         reply = self._wait_for(lambda m: m.get("op") == "spawned" and m.get("req") == req)
         if reply is None and joins:
             self.cgroups.release(sid)

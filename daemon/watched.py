@@ -51,6 +51,7 @@ class Watched:
     breached: bool = False
     procs_reported: bool = False
     tasks_refused: int = 0  # the kernel's refusals at the session's task bound (its cgroup's pids.max) reported so far
+    tasks_checked_cpu: float = -1.0  # the tree's CPU total when they were last read (unchanged: not read again)
     timeout_reported: bool = False
     fresh: bool = True  # sampled FRESH_DELAY_S after the watch began, so even short sessions get their peaks
     watched_at: float = 0.0  # monotonic time the watch began
