@@ -130,7 +130,7 @@ class SessionCgroups:
         if name is not None:
             try:
                 for h in self.hierarchies:
-                    if "memory" in h.controllers:
+                    if "memory" in h.controllers and memory:  # a new group has no memory bound (~0.17 ms a write)
                         self._set_memory(h, h.base / name, memory)
             except OSError as exc:  # e.g. below what a spare waiting in it already holds
                 self.log.warning("cannot set the session's cgroup memory limit: its memory limit is enforced from "

@@ -66,6 +66,6 @@ class SandboxSetup:
         # session that could write there could leave its group, or, as root, have the kernel run a program of its
         # own unconfined (a v1 hierarchy's release_agent: daemon/cgroups.py, SessionCgroups.mounts), or change the
         # machine's settings. (/proc/sys cannot be made read-only this way: docs/security.md.)
-        read = sorted({"/sys", *self.cgroups.mounts})
+        read = ["/sys", *(m for m in self.cgroups.mounts if m != "/sys" and not m.startswith("/sys/"))]  # one rule
         return {"hide": [str(self.layout.home), str(self.layout.runtime_dir.parent), *read],
                 "allow": [str(self.layout.sessions_dir / sid)] if sid else [], "read": read}

@@ -91,14 +91,14 @@ def _creating_writes(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(("memory", "tasks", "expect"), [
     (150 << 20, 256, {"memory.max": str(150 << 20), "memory.swap.max": "0", "memory.oom.group": "1",
                       "pids.max": "256"}),
-    (None, None, {"memory.max": "max", "memory.swap.max": "max", "memory.oom.group": "1", "pids.max": "max"}),
+    (None, None, {"pids.max": "max"}),  # no memory limit: the new group's own "max" is left as it is
 ])
 def test_a_v2_session_group_gets_its_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memory: int | None,
                                             tasks: int | None, expect: dict[str, str]) -> None:
     """A session's v2 group: memory.max is its memory limit (no swap beside it), the whole group goes on an OOM kill,
     pids.max is the daemon's session_tasks; the runner is told the group's cgroup.procs to join, and the group made
     ahead for the next runner (with the task bound already) is the one the next session gets. Without limits:
-    "max" (counted, not bounded)."""
+    nothing written but "max" for the tasks (a new group's memory is counted, not bounded)."""
     _creating_writes(monkeypatch)
     _, proc, mounts = _v2(tmp_path, f"/d/{DAEMON_LEAF}")
     found, _ = detect(tmp_path / "home", proc_cgroup=proc, mounts=mounts, euid=0)
