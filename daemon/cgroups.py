@@ -39,7 +39,6 @@ KILL_ROUNDS = 50  # SIGKILL rounds over a group's processes (a forking group: pi
 #: or was lost while no daemon ran) is killed and removed once it has been a stray this long: longer than a runner
 #: found at start takes to prove itself and be adopted (daemon/orphans.py). LABD_CGROUP_STRAY_S: a test knob
 STRAY_GRACE_S = float(os.environ.get("LABD_CGROUP_STRAY_S") or 60.0)
-UNLIMITED_V1 = "-1"
 
 
 def session_cgroups(home: Path, mode: str, tasks: int | None, log: Any) -> SessionCgroups:
@@ -63,19 +62,14 @@ class SessionCgroups:
         self.tasks = tasks or None
         self.log = log
         self._lock = threading.Lock()
-        self._live: set[str] = set()  # made (or adopted) by this daemon and not released
-        self._released: set[str] = set()  # to kill and remove (retried each sweep until gone)
-        self._names: dict[str, str] = {}  # session -> its group's name
+        self._names: dict[str, str] = {}  # session -> its group's name (made or adopted, until removed)
+        self._released: set[str] = set()  # sessions over: their groups to kill and remove (retried each sweep)
         #: a group made ahead for the next runner: the template's spare joins it while it waits, off the start's path
         self._next: str | None = None
         self._ahead: str | None = None  # named by the last create(), made by make_ahead()
         self._mounts: list[str] = []
         self._mounts_at = -MOUNTS_TTL_S
         self._strays: dict[str, float] = {}  # group name -> when first seen owned by no session of ours
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.hierarchies)
 
     @property
     def mounts(self) -> list[str]:
@@ -140,7 +134,6 @@ class SessionCgroups:
                 limited = True
             with self._lock:  # the session's either way: a spare waiting in it runs the session there; released
                 self._names[sid] = name  # with it at the end
-                self._live.add(sid)
                 self._released.discard(sid)
             if not limited:
                 name = None  # a runner forked for it stays out of it
@@ -165,18 +158,18 @@ class SessionCgroups:
             self._rmdirs(made)
 
     @staticmethod
-    def _set_memory(h: Hierarchy, d: Path, memory: int | None) -> None:
+    def _set_memory(h: Hierarchy, d: Path, memory: int) -> None:
         if h.version == 2:
-            _write(d / "memory.max", str(memory) if memory else "max")
-            for name, value in (("memory.swap.max", "0" if memory else "max"), ("memory.oom.group", "1")):
+            _write(d / "memory.max", str(memory))
+            for name, value in (("memory.swap.max", "0"), ("memory.oom.group", "1")):
                 try:  # no swap controller, an older kernel: the limit holds without them
                     _write(d / name, value)
                 except OSError:
                     pass
             return
-        _write(d / "memory.limit_in_bytes", str(memory) if memory else UNLIMITED_V1)
+        _write(d / "memory.limit_in_bytes", str(memory))
         try:  # mem+swap (only with swap accounting): at least the memory limit, so swapping does not lift it
-            _write(d / "memory.memsw.limit_in_bytes", str(memory) if memory else UNLIMITED_V1)
+            _write(d / "memory.memsw.limit_in_bytes", str(memory))
         except OSError:
             pass
 
@@ -196,13 +189,13 @@ class SessionCgroups:
                 if path.parent == Path("/") / rel:
                     with self._lock:
                         self._names[sid] = path.name
-                        self._live.add(sid)
                         self._released.discard(sid)
                     return
 
     def has(self, sid: str) -> bool:
+        """Does ``sid`` have a group of this daemon's, its session not over?"""
         with self._lock:
-            return sid in self._live
+            return sid in self._names and sid not in self._released
 
     def oom_kills(self, sid: str) -> int:
         """How many of the session's processes the kernel killed at its memory limit (0 if none, or unknown)."""
@@ -214,7 +207,7 @@ class SessionCgroups:
     def breach(self, sid: str, limit: int) -> dict[str, Any] | None:
         """The ``limit.exceeded`` payload if the kernel has killed a process of ``sid`` at its memory limit (the
         limit held by the kernel, reported as labd's own memory breach would be); else None."""
-        if sid not in self._live and sid not in self._released:
+        if sid not in self._names:
             return None
         kills = self.oom_kills(sid)
         if not kills:
@@ -240,14 +233,37 @@ class SessionCgroups:
         return 0
 
     def members(self, sid: str) -> set[int]:
-        """Every process in the session's group(s) now."""
-        return {int(x) for _, d in self._dirs(sid) for x in _read_text(d / "cgroup.procs").split() if x.isdigit()}
+        """Every process in the session's group now."""
+        name = self._names.get(sid)
+        return self._pids(name) if name else set()
+
+    def _pids(self, name: str) -> set[int]:
+        return {int(x) for h in self.hierarchies for x in _read_text(h.base / name / "cgroup.procs").split()
+                if x.isdigit()}
+
+    def _kill_group(self, name: str, pause: float = 0.0) -> bool:
+        """Kill every process in group ``name`` (``cgroup.kill`` where the kernel has it, else SIGKILL rounds, ``pause``
+        seconds apart) and remove it; False while it is still busy (a killed process not yet reaped)."""
+        for h in self.hierarchies:
+            if (h.base / name / "cgroup.kill").exists():  # v2, Linux 5.14+: the kernel kills the whole group at once
+                try:
+                    _write(h.base / name / "cgroup.kill", "1")
+                except OSError:
+                    pass
+        for _ in range(KILL_ROUNDS):
+            left = self._pids(name)
+            if not left:
+                break
+            for pid in left:
+                _kill_member(pid, name)
+            if pause:
+                time.sleep(pause)
+        return self._rmdirs(name)
 
     def release(self, sid: str) -> None:
         """The session is over and its tree buried: kill what is left in its group and remove it (now, or on a
         later :meth:`sweep` while processes are still dying)."""
         with self._lock:
-            self._live.discard(sid)
             self._released.add(sid)
         self._finish(sid)
 
@@ -266,42 +282,20 @@ class SessionCgroups:
                 continue
             seen.add(child.name)
             if now - self._strays.setdefault(child.name, now) >= STRAY_GRACE_S:
-                left = {int(x) for h in self.hierarchies
-                        for x in _read_text(h.base / child.name / "cgroup.procs").split() if x.isdigit()}
+                left = self._pids(child.name)
                 if left:
                     self.log.warning("killing what a session left in its cgroup while no daemon ran",
                                      group=child.name, pids=sorted(left)[:20])
-                for pid in left:
-                    _kill_member(pid, child.name)
-                self._rmdirs(child.name)  # busy while they die: again next sweep
+                self._kill_group(child.name)  # busy while they die: again next sweep
         self._strays = {n: t for n, t in self._strays.items() if n in seen}
 
     def _finish(self, sid: str) -> None:
-        for _, d in self._dirs(sid):
-            if (d / "cgroup.kill").exists():  # v2, Linux 5.14+: the kernel kills the whole group at once
-                try:
-                    _write(d / "cgroup.kill", "1")
-                except OSError:
-                    pass
+        """Kill and remove a released session's group; once gone, the session is forgotten."""
         name = self._names.get(sid)
-        for _ in range(KILL_ROUNDS):
-            left = self.members(sid)
-            if not left or name is None:
-                break
-            for pid in left:
-                _kill_member(pid, name)
-        if self._remove(sid):
-            with self._lock:
-                self._released.discard(sid)
-
-    def _remove(self, sid: str) -> bool:
-        """Remove the session's group; False while it is still busy (a killed process not yet reaped)."""
-        name = self._names.get(sid)
-        if name is None or self._rmdirs(name):
+        if name is None or self._kill_group(name):
             with self._lock:
                 self._names.pop(sid, None)
-            return True
-        return False
+                self._released.discard(sid)
 
     def _rmdirs(self, name: str) -> bool:
         """Remove group ``name`` in every hierarchy; False while one is still busy."""
@@ -332,15 +326,8 @@ class SessionCgroups:
         """At daemon shutdown (the template gone): the group made ahead (only a spare of the template's is in it),
         :meth:`drop_empty`, and the daemon's directories if nothing is left in them."""
         ahead, self._next = self._next, None
-        if ahead is not None:
-            for _ in range(KILL_ROUNDS):
-                left = {int(x) for h in self.hierarchies
-                        for x in _read_text(h.base / ahead / "cgroup.procs").split() if x.isdigit()}
-                for pid in left:
-                    _kill_member(pid, ahead)
-                if self._rmdirs(ahead):
-                    break
-                time.sleep(0.01)  # a killed spare leaves its group once reaped (by the template's exit: init)
+        if ahead is not None:  # a killed spare leaves its group once reaped (by init, the template being gone)
+            self._kill_group(ahead, pause=0.01)
         self.drop_empty()
         for h in self.hierarchies:
             try:

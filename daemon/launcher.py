@@ -254,7 +254,7 @@ class TemplateLauncher:
             spec = {**spec, "cgroup": joins, "cgroup_next": ahead}
         self._send({"op": "spawn", "req": req, "spec": hand_over_key(spec)})
         reply = self._wait_for(lambda m: m.get("op") == "spawned" and m.get("req") == req)
-        if reply is None and joins:
+        if reply is None and (joins or ahead):  # no runner: the group recorded for it goes (with or without a limit)
             self.cgroups.release(sid)
         if reply is None and self._proc is None:
             raise LaunchError("runner template died while starting the runner")

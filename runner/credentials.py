@@ -121,7 +121,7 @@ def confine_runner(confine: dict[str, Any] | None) -> str:
             w = landlock.walk(hide)
         for path in w.regranted(confine.get("allow", [])):
             rules.allow(path, rules.fs)
-        for path in confine.get("read", []):  # hidden for writing only (the session's cgroup file systems)
+        for path in confine.get("read", []):  # hidden for writing only (/sys, the cgroup file systems)
             rules.allow(str(path), landlock.READ)
         rules.restrict()
     except OSError as exc:

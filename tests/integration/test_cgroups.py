@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,19 @@ def _groups(pid: int) -> dict[str, Path]:
             if c in mounts:
                 out[c] = Path(mounts[c]) / path.lstrip("/")
     return out
+
+
+@contextmanager
+def _next_daemon(d: DaemonProc, leftover: int, **env: str) -> Iterator[DaemonProc]:
+    """A daemon on ``d``'s home after ``d`` was killed (``d``'s environment and ``env``), stopped afterwards; the
+    process ``leftover`` is killed then if it outlived the test."""
+    again = DaemonProc(d.home, extra_env={**d.test_env, **env}).start()  # type: ignore[attr-defined]
+    try:
+        yield again
+    finally:
+        again.stop()
+        if alive(leftover):
+            os.kill(leftover, signal.SIGKILL)
 
 
 def test_status_says_the_kernel_holds_the_limits(client) -> None:
@@ -137,19 +151,13 @@ def test_a_restarted_daemon_adopts_the_group_and_removes_it_at_the_end(request: 
         groups = _groups(pid)
         assert groups["memory"].parent.name.startswith("labd-")
         d.kill9()
-        again = DaemonProc(d.home, extra_env=d.test_env).start()  # type: ignore[attr-defined]
-        try:
-            with again.client() as c:
-                wait_until(lambda: sid in c.status()["running"], what="adopted")
-                assert _groups(pid) == groups  # still in its group, its limit in force
-                c.stop(sid, grace=1)
-                c.wait(sid, timeout=30)
+        with _next_daemon(d, leftover=pid) as again, again.client() as c:
+            wait_until(lambda: sid in c.status()["running"], what="adopted")
+            assert _groups(pid) == groups  # still in its group, its limit in force
+            c.stop(sid, grace=1)
+            c.wait(sid, timeout=30)
             wait_until(lambda: not alive(pid) and not any(g.exists() for g in groups.values()), timeout=30,
                        what="runner gone and the group removed")
-        finally:
-            again.stop()
-            if alive(pid):
-                os.killpg(pid, signal.SIGKILL)
 
 
 def test_release_kills_what_is_in_the_group_and_nothing_else(tmp_path: Path) -> None:
@@ -225,14 +233,7 @@ def test_what_a_session_left_while_no_daemon_ran_is_killed(request: pytest.Fixtu
         os.killpg(runner, signal.SIGKILL)
         wait_until(lambda: not alive(runner), what="runner gone")
         assert alive(orphan)
-        env = {**d.test_env, "LABD_CGROUP_STRAY_S": "1"}  # type: ignore[attr-defined]
-        again = DaemonProc(d.home, extra_env=env).start()
-        try:
-            with again.client() as c:
-                wait_until(lambda: c.session(sid)["status"] == "lost", what="session found lost")
+        with _next_daemon(d, leftover=orphan, LABD_CGROUP_STRAY_S="1") as again, again.client() as c:
+            wait_until(lambda: c.session(sid)["status"] == "lost", what="session found lost")
             wait_until(lambda: not alive(orphan) and not any(g.exists() for g in groups.values()), timeout=30,
                        what="the orphan killed and its group removed")
-        finally:
-            again.stop()
-            if alive(orphan):
-                os.kill(orphan, signal.SIGKILL)
