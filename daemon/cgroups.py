@@ -62,8 +62,9 @@ class SessionCgroups:
         self.tasks = tasks or None
         self.log = log
         self._lock = threading.Lock()
-        self._names: dict[str, str] = {}  # session -> its group's name (made or adopted, until removed)
-        self._released: set[str] = set()  # sessions over: their groups to kill and remove (retried each sweep)
+        self._names: dict[str, str] = {}  # session -> its current group's name (made or adopted, until released)
+        #: groups of runs that are over, to kill and remove (retried each sweep while their last processes die)
+        self._dying: set[str] = set()
         #: a group made ahead for the next runner: the template's spare joins it while it waits, off the start's path
         self._next: str | None = None
         self._ahead: str | None = None  # named by the last create(), made by make_ahead()
@@ -133,8 +134,7 @@ class SessionCgroups:
             else:
                 limited = True
             with self._lock:  # the session's either way: a spare waiting in it runs the session there; released
-                self._names[sid] = name  # with it at the end
-                self._released.discard(sid)
+                self._names[sid] = name  # with it at the end (a resumed session's last group: by its burial)
             if not limited:
                 name = None  # a runner forked for it stays out of it
         ahead = "r-" + secrets.token_hex(6)  # named now, for the spec; made by make_ahead, off the start's path
@@ -189,13 +189,17 @@ class SessionCgroups:
                 if path.parent == Path("/") / rel:
                     with self._lock:
                         self._names[sid] = path.name
-                        self._released.discard(sid)
                     return
 
     def has(self, sid: str) -> bool:
-        """Does ``sid`` have a group of this daemon's, its session not over?"""
+        """Does ``sid`` have a group of this daemon's, its run not over?"""
         with self._lock:
-            return sid in self._names and sid not in self._released
+            return sid in self._names
+
+    def group_of(self, sid: str) -> str | None:
+        """The name of ``sid``'s current group (None: none), for :meth:`release` once that run is buried."""
+        with self._lock:
+            return self._names.get(sid)
 
     def oom_kills(self, sid: str) -> int:
         """How many of the session's processes the kernel killed at its memory limit (0 if none, or unknown)."""
@@ -260,22 +264,29 @@ class SessionCgroups:
                 time.sleep(pause)
         return self._rmdirs(name)
 
-    def release(self, sid: str) -> None:
-        """The session is over and its tree buried: kill what is left in its group and remove it (now, or on a
-        later :meth:`sweep` while processes are still dying)."""
+    def release(self, sid: str, group: str | None = None) -> None:
+        """A run of ``sid`` is over and its tree buried: kill what is left in its group and remove it (now, or on a
+        later :meth:`sweep` while processes are still dying). ``group``: that run's group (:meth:`group_of` when it
+        ended); a session resumed meanwhile has a new one, which is left alone. None: the session's current group."""
         with self._lock:
-            self._released.add(sid)
-        self._finish(sid)
+            current = self._names.get(sid)
+            group = group or current
+            if group is None:
+                return
+            if group == current:
+                del self._names[sid]
+            self._dying.add(group)
+        self._retire(group)
 
     def sweep(self) -> None:
         """Retry the removal of released groups still there (their last processes were dying), and kill and remove
         strays: groups no session of this daemon owns (a previous daemon's session ended or was lost while no daemon
         ran: what it left in its group, an orphan with a clean environment say, would otherwise live on unseen)."""
         with self._lock:
-            pending = list(self._released)
-            known = {*self._names.values(), *([self._next] if self._next else [])}
-        for sid in pending:
-            self._finish(sid)
+            pending = list(self._dying)
+            known = {*self._names.values(), *pending, *([self._next] if self._next else [])}
+        for name in pending:
+            self._retire(name)
         now, seen = time.monotonic(), set()
         for child in _subdirs(self.hierarchies[0].base) if self.hierarchies else []:
             if child.name in known:
@@ -289,13 +300,11 @@ class SessionCgroups:
                 self._kill_group(child.name)  # busy while they die: again next sweep
         self._strays = {n: t for n, t in self._strays.items() if n in seen}
 
-    def _finish(self, sid: str) -> None:
-        """Kill and remove a released session's group; once gone, the session is forgotten."""
-        name = self._names.get(sid)
-        if name is None or self._kill_group(name):
+    def _retire(self, name: str) -> None:
+        """Kill and remove the group of a run that is over; once gone, it is forgotten."""
+        if self._kill_group(name):
             with self._lock:
-                self._names.pop(sid, None)
-                self._released.discard(sid)
+                self._dying.discard(name)
 
     def _rmdirs(self, name: str) -> bool:
         """Remove group ``name`` in every hierarchy; False while one is still busy."""

@@ -54,7 +54,16 @@ from labd.daemon.limits import Limits
 from labd.daemon.proctable import MarkerCache, Proc, ProcTable, PssCache, read_proc
 from labd.daemon.shmem import ShmemCache
 from labd.daemon.warnlimit import FailureLog
-from labd.daemon.watched import Buried, Watched, figures, kill_proc, sample_payload, signal_members, throttle
+from labd.daemon.watched import (
+    Buried,
+    Watched,
+    figures,
+    kill_leftovers,
+    kill_proc,
+    sample_payload,
+    signal_members,
+    throttle,
+)
 from labd.ipc.samples import worth_recording
 
 __all__ = ["Monitor"]
@@ -120,10 +129,14 @@ class Monitor(threading.Thread):
         if self.cgroups is not None:
             self.cgroups.adopt(sid, pid)  # its group, if the last daemon made one
         with self._lock:
-            self._buried.pop(sid, None)
+            last = self._buried.pop(sid, None)  # a resume before the last run's burial was over
             now = time.monotonic()
             self._watched[sid] = Watched(sid, pid, limits, started, start_key=p.start if p else None, t_at=now,
                                           watched_at=now, keys={p.key} if p else set())
+        if last is not None:
+            kill_leftovers(last, spare=pid)
+            if self.cgroups is not None:
+                self.cgroups.release(sid, last.group)
         self._wake.set()
 
     def unwatch(self, sid: str, bury: bool = True) -> None:
@@ -133,7 +146,8 @@ class Monitor(threading.Thread):
             if w is not None and bury:
                 now = time.monotonic()
                 self._buried[sid] = Buried(sid, w.pid, set(w.keys), now + (0.0 if w.breached else BURY_GRACE_S),
-                                            now + BURY_GRACE_S + BURY_HUNT_S)
+                                            now + BURY_GRACE_S + BURY_HUNT_S,
+                                            group=self.cgroups.group_of(sid) if self.cgroups is not None else None)
         if w is not None and w.stopped_until:
             signal_members(w, signal.SIGCONT)  # never leave a group stopped behind
         self._wake.set()
@@ -372,7 +386,7 @@ class Monitor(threading.Thread):
                 if done:
                     del self._buried[b.sid]
             if done and self.cgroups is not None:
-                self.cgroups.release(b.sid)  # anything left in its group (it left every other trace) goes too
+                self.cgroups.release(b.sid, b.group)  # what is left in its group (it left every other trace) goes too
 
     def _check_memory(self, w: Watched, estimate: int) -> int:
         """Kill the tree if its memory is over the limit (confirmed by an exact PSS read); returns the figure."""

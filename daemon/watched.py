@@ -71,6 +71,20 @@ class Buried:
     until: float
     termed: set[tuple[int, int]] = field(default_factory=set)
     empty: int = 0  # consecutive passes that found nothing left
+    group: str | None = None  # the run's cgroup (daemon/cgroups.py), released when the burial ends
+
+
+def kill_leftovers(b: Buried, spare: int) -> None:
+    """SIGKILL every process of ``b`` still alive as it was seen (by start time: never a reused pid), but ``spare``:
+    the session runs again (a resume), and what its last run left goes now, not after the burial's grace."""
+    for pid, start in b.keys:
+        now = read_proc(pid)
+        if pid != spare and now is not None and now.start == start:
+            try:
+                os.kill(pid, signal.SIGCONT)  # a throttled (stopped) process must get its SIGKILL too
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def figures(w: Watched) -> dict[str, Any]:

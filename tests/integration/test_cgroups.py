@@ -140,6 +140,39 @@ def test_no_cgroup_hierarchy_is_writable_by_the_session(client) -> None:
     assert next(iter(client.history(sid, kinds=["session.finished"])))["payload"]["result"] == {}
 
 
+def test_a_session_resumed_while_its_last_run_is_buried_keeps_its_new_group(client) -> None:
+    """``labd kill`` then ``labd resume`` at once: the ended run's leftovers (a child in a session of its own that
+    ignores SIGTERM) are still being buried when the resumed runner starts in a new group. The burial's end kills and
+    removes the *old* group only: the resumed session runs on (it killed the resumed runner before: the release went
+    by session, and the session's group was the new one by then), and what the last run left is killed at once (it
+    lived on, out of every burial, in the resumed session's name)."""
+    sid = client.start("labd_testflows:leave_stubborn_then_wait", params={"seconds": 120})
+    stubborn = int(wait_until(lambda: next((e["payload"]["text"].split()[1] for e in client.history(sid, kinds=[
+        "output"]) if e["payload"]["text"].startswith("stubborn ")), None), timeout=60, what="the stubborn child"))
+    wait_until(lambda: any(s["name"] == "wait" and s["status"] == "running" for s in client.session(sid)["steps"]),
+               timeout=60, what="step wait running")
+    old = _groups(stubborn)
+    try:
+        client.kill(sid)
+        client.wait(sid, timeout=30)
+        assert alive(stubborn)  # ignoring SIGTERM: the burial gives it a grace period, then SIGKILL
+        client.resume(sid)
+        pid = wait_until(lambda: client.session(sid)["status"] == "running" and client.session(sid)["pid"],
+                         timeout=60, what="the resumed session running")
+        new = _groups(pid)
+        assert new["memory"] != old["memory"] and new["memory"].parent == old["memory"].parent
+        # the resumed runner's watch ends the last run's burial: what it left is killed and its group removed
+        wait_until(lambda: not alive(stubborn) and not any(g.exists() for g in old.values()), timeout=30,
+                   what="the last run's leftovers killed and its group removed")
+        assert alive(pid) and client.session(sid)["status"] == "running", client.session(sid)
+        assert all(g.exists() for g in new.values())
+    finally:
+        if alive(stubborn):
+            os.kill(stubborn, signal.SIGKILL)
+    client.stop(sid, grace=1)
+    assert client.wait(sid, timeout=30)["status"] == "cancelled"
+
+
 def test_a_restarted_daemon_adopts_the_group_and_removes_it_at_the_end(request: pytest.FixtureRequest,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The daemon is killed while a session runs; the next daemon adopts the runner and its group: the kernel limit
@@ -191,6 +224,47 @@ def test_release_kills_what_is_in_the_group_and_nothing_else(tmp_path: Path) -> 
             p.kill()
             p.wait()
         cg.close()
+
+
+def test_the_end_of_a_runs_burial_releases_that_runs_group_not_the_sessions_next(tmp_path: Path) -> None:
+    """A session ended and was resumed before its burial was over: the resumed runner is in a new group. When the
+    burial ends, releasing the ended run's group kills what is in that group only; the resumed runner's group and
+    process live on (the release went by session: the suite's resume-after-kill test saw the resumed runner killed
+    when the burial ended between the resume's launch and its runner's watch)."""
+    import subprocess
+
+    from labd.daemon.cgroups import SessionCgroups, detect
+
+    hierarchies, said = detect(tmp_path / "home")
+    assert hierarchies, said
+    cg = SessionCgroups(hierarchies, 64, _NoWarnings())
+    first, _ = cg.create("s1", None)
+    last = cg.group_of("s1")
+    run = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(2)]
+    try:
+        for procs in first or []:
+            Path(procs).write_text(str(run[0].pid))
+        cg.make_ahead()
+        second, _ = cg.create("s1", None)  # the resume's launch
+        assert first and second and first != second
+        for procs in second:
+            Path(procs).write_text(str(run[1].pid))
+        cg.release("s1", last)  # the first run's burial ends
+        assert run[0].wait(10) == -signal.SIGKILL
+        assert run[1].poll() is None and cg.has("s1") and cg.members("s1") == {run[1].pid}
+        wait_until(lambda: (cg.sweep(), not any(Path(p).parent.exists() for p in first))[1], what="old group gone")
+        cg.release("s1")
+        assert run[1].wait(10) == -signal.SIGKILL and not cg.has("s1")
+    finally:
+        for p in run:
+            p.kill()
+            p.wait()
+        cg.close()
+
+
+class _NoWarnings:
+    def warning(self, *a: object, **kw: object) -> None:
+        raise AssertionError((a, kw))
 
 
 def test_a_stopped_daemon_leaves_no_group_behind(request: pytest.FixtureRequest,

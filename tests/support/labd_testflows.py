@@ -516,3 +516,17 @@ def deep(ctx, n: int = 1100) -> None:
     with contextlib.ExitStack() as stack:
         for i in range(n):
             stack.enter_context(ctx.step(f"s{i}"))
+
+
+def leave_stubborn_then_wait(ctx, seconds: float = 120.0) -> str:
+    """Step ``spawn`` starts a child in a session of its own that ignores SIGTERM (it outlives the runner: the
+    session's end buries it), then step ``wait`` sleeps. A resume skips ``spawn`` (completed) and waits again."""
+    with ctx.step("spawn"):
+        code = ("import os, signal, time; os.setsid(); signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print(os.getpid(), flush=True); time.sleep(600)")
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        pid = int(child.stdout.readline())  # type: ignore[union-attr]
+        print(f"stubborn {pid}", flush=True)
+    with ctx.step("wait"):
+        ctx.sleep(seconds)
+    return "done"
