@@ -23,8 +23,9 @@ refilled at the quota (a fraction of one core); when the tree has used more CPU 
 and every tree member are stopped (SIGSTOP) until the debt is paid, then continued. CPU includes reaped children
 (``cutime + cstime``).
 
-When a session ends, :meth:`Monitor.unwatch` *buries* it: whatever is left of its tree is sent SIGTERM,
-then SIGKILL after ``BURY_GRACE_S``, and hunted for ``BURY_HUNT_S`` more (double-forked escapees).
+When a session ends, :meth:`Monitor.unwatch` *buries* it (:mod:`labd.daemon.burial`): whatever is left of its tree
+is sent SIGTERM, then SIGKILL after a grace, and hunted a while more (double-forked escapees); each pass finds the
+members of the burials going on as it finds those of the watched sessions.
 
 The thread never dies of one failed step: a pass, a quick re-read, the wall-time check or throttling that raises
 (listing /proc with no file descriptor left: ``EMFILE``) is logged (:class:`labd.daemon.warnlimit.FailureLog`: the
@@ -45,25 +46,17 @@ from typing import Any
 import structlog
 import zmq
 
+from labd.daemon.burial import Burials, Buried
 from labd.daemon.cgroups import SessionCgroups
 from labd.daemon.escapees import Escapees
 from labd.daemon.forkrate import ForkRate
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY
 from labd.daemon.launcher import signal_group
 from labd.daemon.limits import Limits
-from labd.daemon.proctable import MarkerCache, Proc, ProcTable, PssCache, read_proc
+from labd.daemon.proctable import MarkerCache, ProcTable, PssCache, read_proc
 from labd.daemon.shmem import ShmemCache
 from labd.daemon.warnlimit import FailureLog
-from labd.daemon.watched import (
-    Buried,
-    Watched,
-    figures,
-    kill_leftovers,
-    kill_proc,
-    sample_payload,
-    signal_members,
-    throttle,
-)
+from labd.daemon.watched import Watched, figures, kill_proc, sample_payload, signal_members, throttle
 from labd.ipc.samples import worth_recording
 
 __all__ = ["Monitor"]
@@ -74,8 +67,6 @@ NEAR_FRACTION = 0.5
 #: a new session's first pass comes this long after its launch: not while its runner starts up (the pass
 #: would compete with it for the CPU), soon enough to catch the peaks of a short session
 FRESH_DELAY_S = 0.05
-BURY_GRACE_S = 2.0  # SIGTERM -> SIGKILL for what a finished session left behind
-BURY_HUNT_S = 10.0  # how long escaped processes of an ended session are looked for
 #: the last good pass older than this (or sample_interval x 3, if more) is reported as stale in ``labd status``
 STALE_AFTER_S = 10.0
 #: the loop's steps, as logged when they fail (:meth:`Monitor._step`), and as named in :meth:`Monitor.health`
@@ -98,7 +89,7 @@ class Monitor(threading.Thread):
         self.record_interval = record_interval
         self._lock = threading.Lock()
         self._watched: dict[str, Watched] = {}
-        self._buried: dict[str, Buried] = {}
+        self.burials = Burials(cgroups)  # ended sessions' leftovers being terminated (daemon/burial.py)
         self._halt = threading.Event()
         self._wake = threading.Event()
         self.table = ProcTable()
@@ -129,25 +120,18 @@ class Monitor(threading.Thread):
         if self.cgroups is not None:
             self.cgroups.adopt(sid, pid)  # its group, if the last daemon made one
         with self._lock:
-            last = self._buried.pop(sid, None)  # a resume before the last run's burial was over
             now = time.monotonic()
             self._watched[sid] = Watched(sid, pid, limits, started, start_key=p.start if p else None, t_at=now,
                                           watched_at=now, keys={p.key} if p else set())
-        if last is not None:
-            kill_leftovers(last, spare=pid)
-            if self.cgroups is not None:
-                self.cgroups.release(sid, last.group)
+        self.burials.resumed(sid, pid)  # a resume before its last run's burial was over: that burial ends now
         self._wake.set()
 
     def unwatch(self, sid: str, bury: bool = True) -> None:
         """Stop watching ``sid``; with ``bury``, terminate whatever of its tree outlived the runner."""
         with self._lock:
             w = self._watched.pop(sid, None)
-            if w is not None and bury:
-                now = time.monotonic()
-                self._buried[sid] = Buried(sid, w.pid, set(w.keys), now + (0.0 if w.breached else BURY_GRACE_S),
-                                            now + BURY_GRACE_S + BURY_HUNT_S,
-                                            group=self.cgroups.group_of(sid) if self.cgroups is not None else None)
+        if w is not None and bury:
+            self.burials.bury(w)
         if w is not None and w.stopped_until:
             signal_members(w, signal.SIGCONT)  # never leave a group stopped behind
         self._wake.set()
@@ -206,7 +190,7 @@ class Monitor(threading.Thread):
                     self.cgroups.make_ahead()  # the next runner's group, named by a launch (which woke us)
                 with self._lock:
                     watched = list(self._watched.values())
-                    buried = bool(self._buried)
+                buried = bool(self.burials)
                 now = time.monotonic()
                 strict = buried or any(w.limits.strict or w.procs_near for w in watched)
                 fresh = [w.watched_at for w in watched if w.fresh]
@@ -302,8 +286,7 @@ class Monitor(threading.Thread):
         procs = self.table.scan()
         self.shmem.begin()
         self.passes += 1
-        with self._lock:
-            buried = list(self._buried.values())
+        buried = self.burials.pending()
         claimed: set[int] = set()
         extra: dict[str, list[int]] = {}  # session -> roots of its members outside the runner's tree
         alive: list[Watched] = []
@@ -349,7 +332,7 @@ class Monitor(threading.Thread):
             w.keys.update(p.key for p in w.members)
             self._sample(w, now, record)
         for b in buried:
-            self._hunt(b, self.table.tree(extra.get(b.sid, [])), now)
+            self.burials.hunt(b, self.table.tree(extra.get(b.sid, [])), now)
 
     def _vanished(self, w: Watched) -> None:
         # The last sample rides on the note (the supervisor's final sample will find the session unwatched): posted
@@ -363,30 +346,6 @@ class Monitor(threading.Thread):
         if members:
             w.members = members
             self._check_memory(w, sum(self.pss.estimate(p) for p in members) + self.shmem.held(members))
-
-    def _hunt(self, b: Buried, members: list[Proc], now: float) -> None:
-        """Terminate what is left of an ended session: SIGTERM once, SIGKILL from ``kill_at``."""
-        b.keys.update(p.key for p in members)
-        for p in members:
-            if p.zombie:
-                continue
-            if now >= b.kill_at:
-                kill_proc(p, signal.SIGCONT)
-                kill_proc(p, signal.SIGKILL)
-            elif p.key not in b.termed:
-                b.termed.add(p.key)
-                kill_proc(p, signal.SIGCONT)
-                kill_proc(p, signal.SIGTERM)
-        b.empty = 0 if members else b.empty + 1
-        # nothing left in two passes in a row (in-flight forks have landed by then): done; keeps the fast
-        # pass period from lasting BURY_HUNT_S after every ordinary session end
-        if now >= b.until or b.empty >= 2 or (not members and now >= b.kill_at):
-            with self._lock:
-                done = self._buried.get(b.sid) is b
-                if done:
-                    del self._buried[b.sid]
-            if done and self.cgroups is not None:
-                self.cgroups.release(b.sid, b.group)  # what is left in its group (it left every other trace) goes too
 
     def _check_memory(self, w: Watched, estimate: int) -> int:
         """Kill the tree if its memory is over the limit (confirmed by an exact PSS read); returns the figure."""

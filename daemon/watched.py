@@ -16,7 +16,7 @@ from labd.daemon.launcher import signal_group
 from labd.daemon.limits import Limits
 from labd.daemon.proctable import Proc, read_proc
 
-__all__ = ["Watched", "Buried", "figures", "sample_payload", "kill_proc", "signal_members", "throttle", "BURST_S"]
+__all__ = ["Watched", "figures", "sample_payload", "kill_proc", "signal_members", "throttle", "BURST_S"]
 
 BURST_S = 0.1  # how much CPU time a throttled session may bank
 
@@ -58,33 +58,6 @@ class Watched:
     seen_at: float | None = None
     recorded: tuple[int, float, int, int, float] | None = None  # figures of the last resource.sample event
     recorded_at: float = 0.0  # wall time of the last pass that found the runner alive (its liveness)
-
-
-@dataclass
-class Buried:
-    """An ended session whose left-over processes are being terminated (:meth:`Monitor.unwatch`)."""
-
-    sid: str
-    pid: int
-    keys: set[tuple[int, int]]
-    kill_at: float
-    until: float
-    termed: set[tuple[int, int]] = field(default_factory=set)
-    empty: int = 0  # consecutive passes that found nothing left
-    group: str | None = None  # the run's cgroup (daemon/cgroups.py), released when the burial ends
-
-
-def kill_leftovers(b: Buried, spare: int) -> None:
-    """SIGKILL every process of ``b`` still alive as it was seen (by start time: never a reused pid), but ``spare``:
-    the session runs again (a resume), and what its last run left goes now, not after the burial's grace."""
-    for pid, start in b.keys:
-        now = read_proc(pid)
-        if pid != spare and now is not None and now.start == start:
-            try:
-                os.kill(pid, signal.SIGCONT)  # a throttled (stopped) process must get its SIGKILL too
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def figures(w: Watched) -> dict[str, Any]:
