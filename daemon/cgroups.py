@@ -157,6 +157,19 @@ class SessionCgroups:
         if made is not None:  # a launch took another meanwhile
             self._rmdirs(made)
 
+    def prime(self) -> list[str] | None:
+        """The ``cgroup.procs`` files of the group the next runner gets, made now if none is (at the daemon's start,
+        before any launch named one): the template's first spare joins it while it waits. None: no groups."""
+        if not self.hierarchies:
+            return None
+        with self._lock:
+            if self._next is None and self._ahead is None:
+                self._ahead = "r-" + secrets.token_hex(6)
+        self.make_ahead()
+        with self._lock:
+            name = self._next or self._ahead
+        return self._procs(name) if name else None
+
     @staticmethod
     def _set_memory(h: Hierarchy, d: Path, memory: int) -> None:
         if h.version == 2:

@@ -114,6 +114,9 @@ class TemplateLauncher:
         self.clone_filter: str | None = None  # the template's clone filter: "on" or why not (its "ready")
         #: each runner's cgroup, made here and joined by the runner first thing (daemon/cgroups.py); set by the daemon
         self.cgroups: Any = None
+        #: what every runner's spec shares (set by the daemon): sent to each template once it is ready, so that its
+        #: first spare prepares for it too, not only the spares after the first launch (runner/spare.py, hints_of)
+        self.hints: Any = None
 
     def spawn(self) -> None:
         """Start the template process and return at once: it imports the runner stack (~2 s) while the caller
@@ -136,6 +139,8 @@ class TemplateLauncher:
             raise LaunchError("runner template did not start (see the daemon log for its error)")
         self._ready = True
         self.clone_filter = ready.get("clone_filter")
+        if self.hints is not None:
+            self._send({"op": "hints", "spec": self.hints()})
 
     def abandon(self) -> None:
         """End a template spawned but never waited for (the daemon failed to start before it needed it): it has

@@ -208,6 +208,7 @@ class Daemon(SandboxSetup, ControlPlane):
         # spawned by startup.begin (without secrets in its environment): ready by now, or waited for here
         clean_env, self.secrets = start.clean_env, start.secrets
         start.template.cgroups = self.cgroups  # local runners join theirs (daemon/cgroups.py)
+        start.template.hints = self.template_hints  # the template's first spare prepares for them
         self.launcher = launchers(cfg, start.template, clean_env, self.info.runners)
         self.launcher.start()
         self.monitor.escapees.template = self.launcher.template_children  # the backstop (daemon/escapees.py)

@@ -365,6 +365,18 @@ def main() -> None:
                     hints = hints_of(spec)
                     if spare is None:
                         spare_due = time.monotonic() + SPARE_DELAY_S
+            elif req["op"] == "hints" and use_spare:  # at the daemon's start: what every runner gets
+                from labd.runner.spare import hints_of
+
+                primed = hints_of(req["spec"])
+                if primed != hints:  # the spare and checker forked before prepare for the wrong things: again
+                    hints = primed
+                    if spare is not None:
+                        spare.close()
+                    if checker is not None:
+                        checker.close()
+                    spare = checker = None
+                    spare_due = checker_due = time.monotonic() + SPARE_DELAY_S
             elif req["op"] == "inspect":
                 if (req.get("confine") or {}).get("hide") and "confine_hide" not in hints:  # for the next checker
                     hints = {**hints, "confine_hide": [str(p) for p in req["confine"]["hide"]]}

@@ -173,6 +173,26 @@ def test_a_session_resumed_while_its_last_run_is_buried_keeps_its_new_group(clie
     assert client.wait(sid, timeout=30)["status"] == "cancelled"
 
 
+def test_a_fresh_daemons_first_spare_waits_in_the_first_sessions_group(request: pytest.FixtureRequest,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner template's first spare, forked before any launch, already waits in the group the daemon made for
+    the first session, and that session runs in it (the spare is its runner): the first session after a start does
+    not move between groups on its start's path (it did, with a Landlock walk: ~3x a later session's start)."""
+    from tests.integration.test_start_spare import spares
+
+    with module_daemon_on(request, CONFIG) as d, pointed_at(d, monkeypatch).client() as c:
+        template = c.status()["template_pid"]
+        spare = wait_until(lambda: (s := spares(template)) and s[0], timeout=30, what="a spare runner")
+        waiting = _groups(spare.pid)
+        assert waiting["memory"].parent.name.startswith("labd-"), waiting  # a session group of this daemon's
+        assert waiting["memory"].name == waiting["pids"].name
+        sid = c.start("demo.sleep", params={"seconds": 60})
+        pid = wait_until(lambda: c.session(sid)["status"] == "running" and c.session(sid)["pid"])
+        assert pid == spare.pid and _groups(pid) == waiting
+        c.stop(sid, grace=1)
+        c.wait(sid, timeout=30)
+
+
 def test_a_restarted_daemon_adopts_the_group_and_removes_it_at_the_end(request: pytest.FixtureRequest,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The daemon is killed while a session runs; the next daemon adopts the runner and its group: the kernel limit
