@@ -62,7 +62,8 @@ class DaemonItems:
         a message for a runner)."""
         op = item[0]
         if op == "event":
-            _, sid, kind, payload, node_id, reply_to = item
+            _, sid, kind, payload, node_id, reply_to, *stamp = item
+            ts = stamp[0] if stamp else time.time()  # when it happened (stamped by the poster), not when staged
             self.outcap.learn(sid, kind, payload)
             if kind == "session.created" and self._cursor(sid) is None:
                 self.cursors[sid] = SessionCursor(id=sid)
@@ -75,7 +76,7 @@ class DaemonItems:
                     b.later.append(item)
                     return
                 if (total := self.outcap.final(sid)) is not None:
-                    self._append(cur, time.time(), "output.truncated", "d", None, None, None, total, b)
+                    self._append(cur, ts, "output.truncated", "d", None, None, None, total, b)
             if cur is not None and kind == "resource.sample" and cur.terminal:
                 # The monitor's own socket races the main loop's: a sample taken before the runner exited can
                 # arrive after session.ended, which a follower takes as the last event. The final sample (the
@@ -94,7 +95,7 @@ class DaemonItems:
                         b.notes.append(("refused", reply_to, *refusal))
                     return
             try:
-                stored = self._append(cur, time.time(), kind, "d", None, node_id, None, payload, b)
+                stored = self._append(cur, ts, kind, "d", None, node_id, None, payload, b)
             except TypeError:  # a payload JSON cannot carry (nested too deeply): refused, not a crash
                 self.count("dropped.internal.unencodable")
                 stored = False

@@ -279,7 +279,7 @@ class Monitor(threading.Thread):
         self._deadline = nearest
 
     def _event(self, sid: str, kind: str, payload: dict[str, Any]) -> None:
-        self.out.send_pyobj(("event", sid, kind, payload, None, None))
+        self.out.send_pyobj(("event", sid, kind, payload, None, None, time.time()))
 
     def _pass(self, watched: list[Watched], now: float, record: bool) -> None:
         """One read of the process table; every session sampled from it."""

@@ -118,8 +118,9 @@ class Daemon(SandboxSetup, ControlPlane):
     # ---- helpers used by request handlers ---------------------------------------------------------
     def post_event(self, sid: str, kind: str, payload: dict[str, Any], node_id: str | None = None,
                    reply_to: tuple[bytes, str] | None = None) -> None:
-        """Hand a daemon-side event to ingest (persisted, then published, like every event)."""
-        self._to_ingest.send_pyobj(("event", sid, kind, payload, node_id, reply_to))
+        """Hand a daemon-side event to ingest (persisted, then published, like every event), stamped now: when it
+        happened, not when ingest stages it (a session's runner can have started by then)."""
+        self._to_ingest.send_pyobj(("event", sid, kind, payload, node_id, reply_to, time.time()))
 
     def delete_sessions(self, sids: list[str], reply_to: tuple[bytes, str] | None = None,
                         result: Any = None) -> None:

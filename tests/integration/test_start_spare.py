@@ -196,3 +196,21 @@ def test_a_spare_exits_when_the_daemon_stops(tmp_path: Path) -> None:
         spare = the_spare(c)
     wait_until(lambda: not spare.is_running() or spare.status() == psutil.STATUS_ZOMBIE, timeout=30,
                what="the spare's exit")
+
+
+def test_a_sessions_record_has_it_created_before_its_runner_started(client: Client) -> None:
+    """``session.created`` carries the time the daemon created the session, not the time ingest wrote it: while
+    ingest is busy with another session's events, a runner taken from the spare starts within milliseconds, and its
+    ``session.started`` was stamped before the daemon's ``session.created`` (the record read as if the runner had
+    started first)."""
+    busy = client.start("demo.events", params={"n": 3_000_000})
+    try:
+        wait_until(lambda: client.session(busy)["last_seq"] > 10_000, timeout=60, what="ingest busy")
+        for _ in range(8):
+            sid = client.start("demo.count", params={"n": 1, "delay": 0.0})
+            assert client.wait(sid, timeout=60)["status"] == "completed"
+            ts = {e["kind"]: e["ts"] for e in client.history(sid, kinds=["session.created", "session.started"])}
+            assert ts["session.created"] <= ts["session.started"], ts
+    finally:
+        client.stop(busy, grace=1)
+        client.wait(busy, timeout=60)
