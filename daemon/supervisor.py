@@ -263,8 +263,8 @@ class Supervisor(Admission):
                 run.step = "sigkill"
             else:
                 self.stop(sid, "limit", grace=min(5.0, run.grace or 5.0), reason=f"{payload['limit']} limit exceeded")
-        elif kind == "vanished" and not run.vanished_at:
-            run.vanished_at = time.monotonic()
+        elif kind == "vanished" and not run.vanished_at and (len(note) < 5 or note[4] == run.pid):
+            run.vanished_at = time.monotonic()  # (a note about the runner of a run before this one is stale)
 
     def _unrecorded(self, sid: str) -> None:
         """The store refused ``sid``'s ``session.created`` (its start was answered with the error): a session must

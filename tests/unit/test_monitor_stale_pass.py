@@ -1,0 +1,62 @@
+"""A pass of the limits monitor works on a copy of the watched sessions taken when it began (reading /proc takes
+a while on a busy machine). A session whose runner exited, and that was resumed and watched again before the pass
+got to it, must keep its new runner: an exploratory test saw the stale entry's "vanished" unwatch, bury and SIGTERM
+the *resumed* runner (~1 resume in 10 right after a kill with ~500 processes on the box, nearly always with 8,000),
+and its note mark the new run vanished."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from labd.daemon.limits import Limits
+from labd.daemon.monitor import Monitor
+from labd.daemon.supervisor import Running
+from tests.unit.test_breach_sample import _Socket
+from tests.unit.test_supervisor_disk_full import _supervisor
+
+
+@pytest.fixture
+def runners() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Two stand-in runners (the ended run's and the resumed run's), each in a process group of its own."""
+    procs = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(2)]
+    yield procs
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+@pytest.mark.timeout(30)
+def test_a_stale_pass_leaves_the_resumed_runner_watched(runners: list[subprocess.Popen[bytes]]) -> None:
+    """The old runner is gone when a pass that copied its entry gets to it; by then the session was unwatched (its
+    run ended) and watched again with the resumed runner: the resumed runner stays watched, nothing of it is buried,
+    and no "vanished" note goes to the supervisor."""
+    old, new = runners
+    monitor = Monitor(None, sample_interval=0.1, record_interval=1.0)  # type: ignore[arg-type]  # no thread
+    monitor.notes, monitor.out = _Socket(), _Socket()  # type: ignore[assignment]
+    monitor.watch("s1", old.pid, Limits(), time.time())
+    stale = list(monitor._watched.values())  # noqa: SLF001 - what a pass copies when it begins
+    old.kill()
+    old.wait()
+    monitor.unwatch("s1")  # the supervisor saw the runner exit: the session ended
+    monitor.watch("s1", new.pid, Limits(), time.time())  # ... and was resumed at once
+    monitor._pass(stale, time.monotonic(), record=False)  # noqa: SLF001 - the pass that began before all that
+    assert monitor.snapshot_of("s1") is not None
+    assert monitor._watched["s1"].pid == new.pid  # noqa: SLF001
+    assert all(b.pid != new.pid for b in monitor.burials.pending())
+    assert not [n for n in monitor.notes.sent if n[0] == "vanished"]  # type: ignore[attr-defined]
+    assert new.poll() is None
+
+
+def test_a_vanished_note_about_an_earlier_runner_does_not_mark_the_current_run() -> None:
+    """A "vanished" note names the runner it is about: one about the ended run's runner, read after the session was
+    resumed, leaves the resumed run alone (it would have been ended as vanished a moment later)."""
+    sup = _supervisor()[0]
+    sup.running["s1"] = Running("s1", pid=4242, create_time=0.0, limits=Limits(), started=0.0)
+    sup.on_note(("vanished", "s1", None, None, 4241))
+    assert sup.running["s1"].vanished_at == 0.0
+    sup.on_note(("vanished", "s1", None, None, 4242))
+    assert sup.running["s1"].vanished_at > 0.0
