@@ -67,16 +67,21 @@ class Admission:
             return
         self.queue.push(q)
 
-    def dequeue(self, sid: str, by: str) -> bool:
-        """End a queued session before any runner started: ``cancelled``. False if it is not queued."""
+    def dequeue(self, sid: str, by: str, reply_to: tuple[bytes, str] | None = None) -> bool:
+        """End a queued session before any runner started: ``cancelled``. False if it is not queued. ``reply_to``:
+        a request answered once the end is committed (the daemon's ``defer``)."""
         if not self.queue.remove(sid):
             return False
-        self._end_queued(sid, "cancelled", f"stopped while queued (by {by})")
+        self._end_queued(sid, "cancelled", f"stopped while queued (by {by})", reply_to)
         return True
 
-    def _end_queued(self, sid: str, status: str, reason: str) -> None:
+    def _end_queued(self, sid: str, status: str, reason: str, reply_to: tuple[bytes, str] | None = None) -> None:
         """The one way a session that waited in the queue (no runner ever started for it this time) ends."""
-        self.post(sid, "session.ended", {"status": status, "reason": reason, "ended_by": "queue"})
+        ended = {"status": status, "reason": reason, "ended_by": "queue"}
+        if reply_to is None:
+            self.post(sid, "session.ended", ended)
+        else:
+            self.post(sid, "session.ended", ended, reply_to=reply_to)
         self.log.info("queued session ended", session_id=sid, status=status, reason=reason)
 
     def pump(self) -> None:

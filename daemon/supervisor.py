@@ -183,6 +183,11 @@ class Supervisor(Admission):
             self.send_runner(sid, "cancel", {"reason": reason})
         return True
 
+    def stopping(self, sid: str) -> bool:
+        """Is ``sid``'s runner being stopped (a stop or kill is in progress)?"""
+        run = self.running.get(sid)
+        return run is not None and run.step is not None
+
     def kill(self, sid: str, by: str) -> bool:
         run = self.running.get(sid)
         if run is None:

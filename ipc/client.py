@@ -249,12 +249,19 @@ class Client(Transport, Waiting):
                reason: str | None = None) -> dict[str, Any]:
         """Resume a paused session (``budget``, USD: continue a budget-paused one with a new budget), or
         continue an ended one (failed, lost, cancelled, budget-stopped) with a new runner from its last
-        completed step; ``limits`` (memory, cpu, timeout, budget, procs) then replace the session's."""
+        completed step; ``limits`` (memory, cpu, timeout, budget, procs) then replace the session's. A session
+        being stopped (``kill`` then ``resume`` at once) is waited for to end, then continued."""
         extra: dict[str, Any] = {} if budget is None else {"budget": budget}
         if limits:
             extra["limits"] = limits
         if reason:
             extra["reason"] = reason
+        try:
+            return self.request("session.resume", session=session, **extra)  # type: ignore[no-any-return]
+        except LabdError as exc:
+            if exc.code != "stopping":
+                raise
+        self.wait(session)
         return self.request("session.resume", session=session, **extra)  # type: ignore[no-any-return]
 
     def branch(self, session: str, from_node: str, *, hypothesis: str | None = None,

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from labd.daemon.api.base import ApiError, Request, register
+from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.roles import agent_roles
 from labd.daemon.limits import Limits
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
@@ -357,8 +357,11 @@ class Stop(Request):
                          hint="seconds between 0 and 3600")
         if self.daemon.supervisor.stop_claimed(row["id"], "client", grace):  # stopped once its runner proves itself
             return {"session": row["id"], "stopping": True, "grace": grace, "awaiting_runner": True}
-        if self.daemon.supervisor.dequeue(row["id"], "client"):
-            return {"session": row["id"], "stopping": True, "grace": grace, "was_queued": True}
+        if row["id"] in self.daemon.supervisor.queue:  # answered once its end is in: a resume right after sees it
+            self.daemon.defer(self.reply_to, lambda _seq, _p: {"session": row["id"], "stopping": True, "grace": grace,
+                                                                "was_queued": True})
+            self.daemon.supervisor.dequeue(row["id"], "client", self.reply_to)
+            return DEFERRED
         if row["status"] in TERMINAL_STATUSES or not self.daemon.supervisor.stop(row["id"], "client", grace):
             raise ApiError("not_running", f"session {row['id']} is not running (status {row['status']})")
         return {"session": row["id"], "stopping": True, "grace": grace}
@@ -372,8 +375,11 @@ class Kill(Request):
         row = resolve_session(self)
         if self.daemon.supervisor.stop_claimed(row["id"], "client", None):  # killed once its runner proves itself
             return {"session": row["id"], "killing": True, "awaiting_runner": True}
-        if self.daemon.supervisor.dequeue(row["id"], "client"):
-            return {"session": row["id"], "killing": True, "was_queued": True}
+        if row["id"] in self.daemon.supervisor.queue:  # answered once its end is in (as session.stop)
+            self.daemon.defer(self.reply_to, lambda _seq, _p: {"session": row["id"], "killing": True,
+                                                                "was_queued": True})
+            self.daemon.supervisor.dequeue(row["id"], "client", self.reply_to)
+            return DEFERRED
         if row["status"] in TERMINAL_STATUSES or not self.daemon.supervisor.kill(row["id"], "client"):
             raise ApiError("not_running", f"session {row['id']} is not running (status {row['status']})")
         return {"session": row["id"], "killing": True}

@@ -103,6 +103,48 @@ def test_a_queued_session_can_be_stopped(isolated_env: Path, how: str) -> None:
         assert _ts(c, waiting, "session.launched") is None  # freed capacity does not revive it
 
 
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_a_queued_session_stopped_then_resumed_at_once_is_continued(isolated_env: Path, how: str) -> None:
+    """The reply to stopping a queued session comes once its end is recorded: a resume sent right after it continues
+    the session (an exploratory test: the resume read it still queued and was refused, 14 times in 20)."""
+    _configure(isolated_env, 1)
+    with running_daemon(isolated_env) as d, d.client() as c:
+        blocker = _start(c)
+        for _ in range(5):
+            waiting = _start(c, seconds=0.1)
+            wait_until(lambda w=waiting: _status(c, w) == "queued", what="queued")
+            assert getattr(c, how)(waiting)["was_queued"] is True
+            assert c.resume(waiting, reason="at once")["session"] == waiting  # nothing in between
+            assert _status(c, waiting) == "queued"  # continued, and waiting for the slot again
+            assert [e["payload"]["from_status"] for e in c.history(waiting, kinds=["session.continued"])] == \
+                ["cancelled"]
+            c.stop(waiting)
+        c.stop(blocker, grace=1)
+        c.wait(blocker, timeout=30)
+
+
+def test_kill_then_resume_at_once_continues_the_session(isolated_env: Path) -> None:
+    """``labd kill S; labd resume S``: the resume reaches the daemon while the runner is still being killed; the
+    daemon says so (``stopping``) rather than take it for an un-pause ("not paused", and nothing happened), and the
+    SDK's resume waits for the end and continues the session with a new runner."""
+    from labd.ipc import LabdError
+
+    with running_daemon(isolated_env) as d, d.client() as c:
+        sid = c.start("labd_testflows:stubborn")  # ignores SIGTERM: a stop takes its whole grace
+        pid = wait_until(lambda: c.session(sid)["status"] == "running" and c.session(sid)["pid"], what="running")
+        c.stop(sid, grace=3)
+        with pytest.raises(LabdError) as refused:
+            c.request("session.resume", session=sid)
+        assert refused.value.code == "stopping"
+        c.resume(sid)  # waits for the end, then continues it
+        again = wait_until(lambda: c.session(sid)["status"] == "running" and c.session(sid)["pid"], timeout=60,
+                           what="the resumed session running")
+        assert again != pid
+        assert [e["payload"]["from_status"] for e in c.history(sid, kinds=["session.continued"])] == ["cancelled"]
+        c.kill(sid)
+        c.wait(sid, timeout=30)
+
+
 def test_the_queue_survives_a_daemon_restart(isolated_env: Path) -> None:
     """Sessions queued when the daemon stops are still queued, in the same order, after it restarts (the
     adopted blocker still holds the only slot), and run in that order once capacity frees."""
