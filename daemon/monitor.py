@@ -278,7 +278,7 @@ class Monitor(threading.Thread):
             if wall > due:
                 w.timeout_reported = True
                 self.notes.send_pyobj(("limit", w.sid, {"limit": "wall time", "measured": round(wall - w.started, 3),
-                                                        "max": lim, "unit": "seconds", "action": "stop"}))
+                                                        "max": lim, "unit": "seconds", "action": "stop"}, None, w.pid))
             else:
                 nearest = min(nearest, due + 0.001)
         self._deadline = nearest
@@ -373,7 +373,7 @@ class Monitor(threading.Thread):
                 # it): sent to ingest from here, on another socket, it could land after session.ended, and a
                 # client reading the ended session would see a peak below the limit that killed it.
                 self.notes.send_pyobj(("limit", w.sid, {"limit": "memory", "measured": memory, "max": lim,
-                                                        "unit": "bytes", "action": "kill"}, sample_payload(w)))
+                                                        "unit": "bytes", "action": "kill"}, sample_payload(w), w.pid))
                 self.log.warning("memory limit exceeded: killing", session_id=w.sid, memory=memory, limit=lim)
                 self._kill_tree(w)
         return memory
@@ -408,7 +408,7 @@ class Monitor(threading.Thread):
         self._check_memory(w, estimate)
         if lim.memory is not None and self.cgroups is not None and not w.breached:
             self.kernel_breach(sid, lim.memory, lambda note: self.notes.send_pyobj(("limit", sid, note,
-                                                                                    sample_payload(w))))
+                                                                                    sample_payload(w), w.pid)))
         total = sum(p.cpu for p in members)
         if w.cpu_at:
             w.cpu_percent = max(0.0, (total - w.cpu_total) / max(1e-6, now - w.cpu_at) * 100.0)
@@ -418,7 +418,8 @@ class Monitor(threading.Thread):
         if lim.procs is not None and w.num_procs > lim.procs and not w.procs_reported and not w.breached:
             w.procs_reported = w.breached = True
             self.notes.send_pyobj(("limit", sid, {"limit": "processes", "measured": w.num_procs,
-                                                  "max": lim.procs, "unit": "processes", "action": "kill"}))
+                                                  "max": lim.procs, "unit": "processes", "action": "kill"}, None,
+                                   w.pid))
             self.log.warning("process limit exceeded: killing", session_id=sid, procs=w.num_procs, limit=lim.procs)
             self._kill_tree(w)
             self._record(w)

@@ -31,6 +31,7 @@ __all__ = ["Supervisor", "Running"]
 
 PostEvent = Callable[..., None]
 VANISH_CONFIRM_S = 1.0
+ENDING_S = 30.0  # a posted session.ended is committed well within this (ingest's batches are milliseconds)
 LEFTOVER_GRACE_S = 2.0
 
 
@@ -65,6 +66,8 @@ class Supervisor(Admission):
         self.send_runner = send_runner
         self.term_grace = term_grace
         self.running: dict[str, Running] = {}
+        #: sessions whose end was just posted (not committed yet: the store still says running), by when
+        self._ending: dict[str, float] = {}
         #: approval id -> (session, wall-clock deadline, policy) for requests with a timeout
         self.approval_deadlines: dict[str, tuple[str, float, str]] = {}
         self._leftovers: dict[int, float] = {}  # process group -> when to SIGKILL what is left of it
@@ -100,6 +103,7 @@ class Supervisor(Admission):
         pid, create_time = self.launcher.launch(spec)
         run = Running(sid, pid, create_time, limits, time.time())
         self.running[sid] = run
+        self._ending.pop(sid, None)
         # A remote launcher's handle is no local process: recorded as pid 0, watched by its node's monitor
         remote = bool(getattr(self.launcher, "is_remote", lambda _pid: False)(pid))
         kind = getattr(self.launcher, "kind_of", lambda _pid: "template")(pid)
@@ -184,9 +188,19 @@ class Supervisor(Admission):
         return True
 
     def stopping(self, sid: str) -> bool:
-        """Is ``sid``'s runner being stopped (a stop or kill is in progress)?"""
+        """Is ``sid`` ending: its runner being stopped (a stop or kill in progress), or gone and its end posted but
+        not committed yet (for a moment the store still says it runs)?"""
         run = self.running.get(sid)
-        return run is not None and run.step is not None
+        if run is not None:
+            return run.step is not None
+        posted = self._ending.get(sid)
+        return posted is not None and time.monotonic() - posted < ENDING_S and sid not in self.queue
+
+    def _ended(self, sid: str) -> None:
+        now = time.monotonic()
+        self._ending[sid] = now
+        if len(self._ending) > 1000:  # committed within moments: older entries say nothing any more
+            self._ending = {s: t for s, t in self._ending.items() if now - t < ENDING_S}
 
     def kill(self, sid: str, by: str) -> bool:
         run = self.running.get(sid)
@@ -244,6 +258,8 @@ class Supervisor(Admission):
         run = self.running.get(sid)
         if run is None:
             return
+        if kind in ("limit", "vanished") and len(note) > 4 and note[4] != run.pid:
+            return  # the monitor's note about an earlier run's runner (the session was resumed since): stale
         if kind == "budget":
             _, _, cost, budget = note
             action = run.limits.budget_action
@@ -268,8 +284,8 @@ class Supervisor(Admission):
                 run.step = "sigkill"
             else:
                 self.stop(sid, "limit", grace=min(5.0, run.grace or 5.0), reason=f"{payload['limit']} limit exceeded")
-        elif kind == "vanished" and not run.vanished_at and (len(note) < 5 or note[4] == run.pid):
-            run.vanished_at = time.monotonic()  # (a note about the runner of a run before this one is stale)
+        elif kind == "vanished" and not run.vanished_at:
+            run.vanished_at = time.monotonic()
 
     def _unrecorded(self, sid: str) -> None:
         """The store refused ``sid``'s ``session.created`` (its start was answered with the error): a session must
@@ -314,6 +330,7 @@ class Supervisor(Admission):
             if crash:
                 payload["runner_stderr"] = crash
         self.post(sid, "session.ended", payload)
+        self._ended(sid)
         # the crash text is the session's (its code can write it): recorded in the session, not in the daemon's log
         self.log.info("session ended", session_id=sid, **{k: v for k, v in payload.items() if k != "runner_stderr"},
                       runner_stderr=len(payload.get("runner_stderr") or ""))
@@ -349,6 +366,7 @@ class Supervisor(Admission):
                 self.running.pop(run.sid)
                 self._final_sample(run.sid)
                 self.post(run.sid, "session.ended", {"ended_by": run.step or "vanished"})
+                self._ended(run.sid)
                 continue
             if run.step and now >= run.deadline:
                 if run.step == "cooperative":

@@ -154,7 +154,9 @@ def test_a_flood_of_subscriptions_cannot_grow_the_daemon_past_its_ceiling(isolat
         wait_until(lambda: (_answered(c, "daemon.status") or {}).get("counters", {}).get("inbound_resets"),
                    timeout=60, what="a reset")
         # the flooder's connection is still open: only dropping it (the reset) frees what libzmq keeps for it
-        wait_until(lambda: _rss(d.proc.pid) < CEILING_MIB << 20, timeout=30, what="memory under the ceiling")
+        # within a second of the reset that freed it (malloc_trim); a reset that freed too little is followed by the
+        # next 30 s later (daemon/inbound.py): the full suite's loaded box once needed that second one
+        wait_until(lambda: _rss(d.proc.pid) < CEILING_MIB << 20, timeout=75, what="memory under the ceiling")
         flood.close(0)
         sid = wait_until(lambda: (_answered(c, "session.start", workflow="labd_testflows:ticker",
                                             params={"n": 5, "delay": 0.05}) or {}).get("session"),

@@ -60,7 +60,8 @@ def test_the_breach_note_carries_the_peak_that_broke_the_limit(hog: subprocess.P
     assert measured > limit
     assert hog.wait(timeout=10) == -9  # killed
     [note] = monitor.notes.sent  # type: ignore[attr-defined]
-    kind, sid, payload, sample = note
+    kind, sid, payload, sample, pid = note
+    assert pid == hog.pid  # the runner it is about (a resumed session has another)
     assert (kind, sid, payload["limit"], payload["measured"]) == ("limit", "s1", "memory", measured)
     assert sample["peak_rss"] == sample["rss"] == measured
     assert monitor.out.sent == []  # type: ignore[attr-defined]

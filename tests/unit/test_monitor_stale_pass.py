@@ -60,3 +60,31 @@ def test_a_vanished_note_about_an_earlier_runner_does_not_mark_the_current_run()
     assert sup.running["s1"].vanished_at == 0.0
     sup.on_note(("vanished", "s1", None, None, 4242))
     assert sup.running["s1"].vanished_at > 0.0
+
+
+def test_a_limit_note_about_an_earlier_runner_does_not_stop_the_current_run() -> None:
+    """A limit note names the runner it is about too: one about the ended run's runner (its wall time, read after
+    the session was resumed) neither records a breach for the resumed run nor stops it; one about the current
+    runner does both."""
+    sup, _, posts = _supervisor()
+    sup.running["s1"] = Running("s1", pid=4242, create_time=0.0, limits=Limits(), started=0.0)
+    wall = {"limit": "wall time", "measured": 3.0, "max": 2.0, "unit": "seconds", "action": "stop"}
+    sup.on_note(("limit", "s1", wall, None, 4241))
+    assert not [p for p in posts if p[1] == "limit.exceeded"] and sup.running["s1"].step is None
+    sup.on_note(("limit", "s1", wall, None, 4242))
+    assert [p[2]["limit"] for p in posts if p[1] == "limit.exceeded"] == ["wall time"]
+    assert sup.running["s1"].step is not None
+
+
+def test_a_session_whose_end_is_posted_but_not_committed_is_stopping() -> None:
+    """Between a runner's exit and the commit of its ``session.ended`` the store still says the session runs: a
+    resume then is told ``stopping`` (and the SDK waits for the end) rather than "not running (status running)";
+    once the session runs or waits in the queue again, it is not."""
+    sup, _, _ = _supervisor()
+    sup.running["s1"] = Running("s1", pid=4242, create_time=0.0, limits=Limits(), started=0.0)
+    assert not sup.stopping("s1")
+    sup.running.pop("s1")
+    sup._ended("s1")  # noqa: SLF001 - what on_exit does once it posted the end
+    assert sup.stopping("s1")
+    sup.queue.push(sup.queue.entry("s1", "demo.sleep", {}, Limits(), "/w", 0, 9.0))  # resumed: queued again
+    assert not sup.stopping("s1")
