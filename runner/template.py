@@ -58,7 +58,14 @@ def _set_title(title: str) -> None:
 
 
 def _write(out_fd: int, obj: dict[str, Any]) -> None:
-    write_all(out_fd, (json.dumps(obj) + "\n").encode())
+    try:
+        write_all(out_fd, (json.dumps(obj) + "\n").encode())
+    except BrokenPipeError:
+        # The daemon is gone (killed while we reaped a child or forked a spare): the loop reads end of file on its
+        # input next and outlives the runners. Raising here ended the template at once, orphaning the runners'
+        # process groups: the kernel sends SIGHUP to an orphaned group with a stopped member, which killed a session
+        # stopped for its CPU quota (test_a_runner_left_stopped_by_a_dead_daemon_is_continued_on_adoption, rarely).
+        pass
 
 
 def _reap(out_fd: int, spare: int | None = None) -> bool:
@@ -277,7 +284,8 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     try:
-        _write(out_fd, {"op": "ready", "pid": os.getpid(), "clone_filter": clone_filter})
+        hello = {"op": "ready", "pid": os.getpid(), "clone_filter": clone_filter}
+        write_all(out_fd, (json.dumps(hello) + "\n").encode())  # not _write: a broken pipe here ends the template
     except BrokenPipeError:  # the daemon failed to start while we imported (daemon/startup.py): nothing to serve
         return
     use_spare = os.environ.get("LABD_SPARE_RUNNERS", "1").strip() not in ("0", "")
