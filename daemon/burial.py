@@ -14,7 +14,6 @@ the resumed session's name) and releasing the last run's group, never the resume
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -68,13 +67,10 @@ class Burials:
         if last is None:
             return
         for key_pid, start in last.keys:
-            now = read_proc(key_pid)
-            if key_pid != pid and now is not None and now.start == start:  # never a reused pid
-                try:
-                    os.kill(key_pid, signal.SIGCONT)  # a throttled (stopped) process must get its SIGKILL too
-                    os.kill(key_pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+            seen = read_proc(key_pid)
+            if key_pid != pid and seen is not None and seen.start == start:  # never a reused pid
+                kill_proc(seen, signal.SIGCONT)  # a throttled (stopped) process must get its SIGKILL too
+                kill_proc(seen, signal.SIGKILL)
         if self.cgroups is not None:
             self.cgroups.release(sid, last.group)
 

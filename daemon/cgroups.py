@@ -97,7 +97,7 @@ class SessionCgroups:
     def _make(self, name: str | None = None) -> str | None:
         """A new group (in every hierarchy; ``name`` or a new one) with the task bound and no memory bound yet; its
         name (None: failed, logged)."""
-        name = name or "r-" + secrets.token_hex(6)
+        name = name or _new_name()
         try:
             for h in self.hierarchies:
                 (h.base / name).mkdir()
@@ -137,7 +137,7 @@ class SessionCgroups:
                 self._names[sid] = name  # with it at the end (a resumed session's last group: by its burial)
             if not limited:
                 name = None  # a runner forked for it stays out of it
-        ahead = "r-" + secrets.token_hex(6)  # named now, for the spec; made by make_ahead, off the start's path
+        ahead = _new_name()  # named now, for the spec; made by make_ahead, off the start's path
         with self._lock:
             self._ahead = ahead
         return (self._procs(name) if name else None), self._procs(ahead)
@@ -164,7 +164,7 @@ class SessionCgroups:
             return None
         with self._lock:
             if self._next is None and self._ahead is None:
-                self._ahead = "r-" + secrets.token_hex(6)
+                self._ahead = _new_name()
         self.make_ahead()
         with self._lock:
             name = self._next or self._ahead
@@ -356,6 +356,11 @@ class SessionCgroups:
                 h.base.rmdir()
             except OSError:
                 pass
+
+
+def _new_name() -> str:
+    """A session group's name: random (a group is a run's, never a session's for good: a resume gets another)."""
+    return "r-" + secrets.token_hex(6)
 
 
 def _kill_member(pid: int, group: str) -> None:
