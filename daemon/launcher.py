@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import select
 import subprocess
 import sys
@@ -25,8 +24,8 @@ import psutil
 
 from labd.daemon.priority import lower_priority, own_priority
 
-__all__ = ["Launcher", "TemplateLauncher", "ExitInfo", "LaunchError", "readable", "signal_group", "is_same_process",
-           "create_time_of", "hand_over_key", "fd_limits", "NOFILE_ENV"]
+__all__ = ["Launcher", "TemplateLauncher", "ExitInfo", "LaunchError", "readable", "signal_group", "hand_over_key",
+           "NOFILE_ENV"]
 
 #: the template sets RLIMIT_NOFILE (soft = hard) to this before it forks anything (runner/template.py)
 NOFILE_ENV = "LABD_SESSION_NOFILE"
@@ -368,27 +367,6 @@ def readable(fd: int, timeout: float) -> bool:
     return bool(poller.poll(timeout * 1000))
 
 
-def fd_limits(session_nofile: int, log: Any) -> dict[str, Any]:
-    """The daemon's RLIMIT_NOFILE raised to its hard limit, as servers do (the soft default, 1024 under systemd,
-    is for programs that use select(); this one holds a connection per client, runner and session's socket), and
-    the sessions' limit (``[daemon] session_nofile``, at most the hard limit; 0: inherited). Logs the figures."""
-    was, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    soft = was
-    if hard != resource.RLIM_INFINITY and was < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (OSError, ValueError) as exc:
-            log.warning("cannot raise the file descriptor limit", soft=was, hard=hard, error=str(exc))
-    sessions = min(session_nofile, hard) if session_nofile else 0
-    log.info("file descriptor limits", soft=soft, hard=hard, soft_at_start=was, sessions=sessions or "inherited")
-    if not sessions or sessions * 4 > soft:
-        log.warning("sessions may hold a good part of the daemon's file descriptors: a session that opens many "
-                    "connections to the daemon can exhaust them (raise the hard limit: LimitNOFILE=, ulimit -Hn; "
-                    "or lower [daemon] session_nofile)", daemon_soft=soft, sessions=sessions or "inherited")
-    return {"daemon": {"soft": soft, "hard": hard, "soft_at_start": was}, "sessions": sessions or None}
-
-
 KEY_FILE = "runner.key"
 
 
@@ -409,23 +387,3 @@ def hand_over_key(spec: dict[str, Any]) -> dict[str, Any]:
     with os.fdopen(fd, "w") as f:
         f.write(key)
     return {**{k: v for k, v in spec.items() if k != "key"}, "key_file": path}
-
-
-def create_time_of(pid: int) -> float | None:
-    """The create time psutil gives process ``pid`` now (None if it is gone or unreadable)."""
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def is_same_process(pid: int, create_time: float | None) -> bool:
-    """True if ``pid`` is alive, not a zombie, and is the process started at ``create_time``."""
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return create_time is None or abs(p.create_time() - create_time) < 0.05
-    except psutil.NoSuchProcess:
-        return False
-

@@ -36,7 +36,8 @@ import structlog
 from labd.daemon.limits import Limits
 from labd.runner.title import session_of_title
 
-__all__ = ["find_runners", "belongs_here", "stop_stray", "titled", "Claims", "PROOF_WAIT_S"]
+__all__ = ["find_runners", "belongs_here", "stop_stray", "titled", "Claims", "PROOF_WAIT_S", "create_time_of",
+           "is_same_process"]
 
 #: how long a runner found by title has to prove itself. A live runner redials every second at most
 #: (``RECONNECT_IVL_MAX``) and says hello at once; the rest is for a loaded machine.
@@ -189,3 +190,22 @@ class Claims:
                     self.requeue(claim.row)
                 else:
                     adopt(claim.row, None)
+
+
+def create_time_of(pid: int) -> float | None:
+    """The create time psutil gives process ``pid`` now (None if it is gone or unreadable)."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def is_same_process(pid: int, create_time: float | None) -> bool:
+    """True if ``pid`` is alive, not a zombie, and is the process started at ``create_time``."""
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return create_time is None or abs(p.create_time() - create_time) < 0.05
+    except psutil.NoSuchProcess:
+        return False

@@ -4,6 +4,7 @@ docs/security.md), and the confinement each runner is given in its spec. A mixin
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from labd.daemon.cgroups import SessionCgroups
@@ -51,6 +52,10 @@ class SandboxSetup:
             self.log.error("no sandbox works here and [sandbox] require = true: code execution is refused", **info)
         else:
             self.log.warning("executed code is not fully confined", **info)
+        if os.geteuid() == 0:  # never silently: a root runner keeps root's capabilities (docs/security.md)
+            self.log.warning("the daemon runs as root, and so do its sessions' runners: workflow code keeps root's "
+                             "capabilities and can write /proc/sys (only code the agents execute drops them); run "
+                             "labd as a user (docs/security.md)")
 
     def sandbox_spec(self, sid: str, network: bool) -> dict[str, Any]:
         """What a runner needs to confine its session's executed code, and itself (part of its spec)."""

@@ -10,7 +10,7 @@ spawns it; the daemon (:class:`labd.daemon.server.Daemon`) is imported meanwhile
 What the template depends on, in order:
 
 1. The home's lock: a second ``labd serve`` on the same home stops here, before it spawns anything.
-2. The file descriptor limits (:func:`labd.daemon.launcher.fd_limits`): the template inherits the daemon's.
+2. The file descriptor limits (:func:`fd_limits`): the template inherits the daemon's.
 3. The service manager's variables taken out of the environment (:class:`labd.daemon.systemd.Notifier`), and the
    secrets split from it (:func:`labd.runner.secret_env.split_secrets`): the template, and so every session,
    inherits that environment.
@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import resource
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from labd.daemon.config import Config
-from labd.daemon.launcher import TemplateLauncher, fd_limits
+from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.systemd import Notifier
 from labd.runner.secret_env import split_secrets
 
@@ -50,6 +51,27 @@ class Startup:
     clean_env: dict[str, str]  # the environment without secrets: the template's and every launcher's
     secrets: dict[str, str]  # the secrets taken out of it: given to runners in their spec
     template: TemplateLauncher  # spawned, maybe not ready yet (TemplateLauncher.start waits)
+
+
+def fd_limits(session_nofile: int, log: Any) -> dict[str, Any]:
+    """The daemon's RLIMIT_NOFILE raised to its hard limit, as servers do (the soft default, 1024 under systemd,
+    is for programs that use select(); this one holds a connection per client, runner and session's socket), and
+    the sessions' limit (``[daemon] session_nofile``, at most the hard limit; 0: inherited). Logs the figures."""
+    was, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = was
+    if hard != resource.RLIM_INFINITY and was < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the file descriptor limit", soft=was, hard=hard, error=str(exc))
+    sessions = min(session_nofile, hard) if session_nofile else 0
+    log.info("file descriptor limits", soft=soft, hard=hard, soft_at_start=was, sessions=sessions or "inherited")
+    if not sessions or sessions * 4 > soft:
+        log.warning("sessions may hold a good part of the daemon's file descriptors: a session that opens many "
+                    "connections to the daemon can exhaust them (raise the hard limit: LimitNOFILE=, ulimit -Hn; "
+                    "or lower [daemon] session_nofile)", daemon_soft=soft, sessions=sessions or "inherited")
+    return {"daemon": {"soft": soft, "hard": hard, "soft_at_start": was}, "sessions": sessions or None}
 
 
 def _lock(cfg: Config) -> int:

@@ -18,10 +18,10 @@ import structlog
 
 from labd.daemon.admission import Admission
 from labd.daemon.crash_report import crash_text, crash_text_of
-from labd.daemon.launcher import ExitInfo, Launcher, create_time_of, is_same_process
+from labd.daemon.launcher import ExitInfo, Launcher
 from labd.daemon.limits import Limits
 from labd.daemon.monitor import Monitor
-from labd.daemon.orphans import Claims, titled
+from labd.daemon.orphans import Claims, create_time_of, is_same_process, titled
 from labd.daemon.queue import Queued, RunQueue
 from labd.ipc.units import format_size
 from labd.runner.crash_tail import CRASH_FILE

@@ -53,7 +53,7 @@ class Status(Request):
                 "running": sorted(d.supervisor.running), "counters": dict(d.counters),
                 "template_pid": d.launcher.template_pid, "workflow_checks": len(d.checks), "long_reads": len(d.reads),
                 "sandbox": {**d.sandbox.to_dict(), "runner": d.runner_confinement,
-                            "network_default": d.cfg.sandbox.network},
+                            "network_default": d.cfg.sandbox.network, "as_root": os.geteuid() == 0},
                 "uptime": time.time() - d.started, "telemetry": _telemetry(d),
                 "monitor": d.monitor.health(), "kernel_limits": d.cgroups.described,
                 "threads": _threads(d), "nofile": getattr(d, "nofile", None)}

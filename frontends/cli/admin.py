@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,46 +17,15 @@ __all__ = ["register"]
 
 
 def cmd_serve(args: argparse.Namespace, ctx: Ctx) -> int:
-    # The one place a front-end reaches into the daemon: starting it, through its public entry points.
-    import sqlalchemy.exc
-    from setproctitle import setproctitle
-
-    from labd.daemon import logsetup
-    from labd.daemon.config import ConfigError, load_config
-    from labd.daemon.launcher import LaunchError
-    from labd.daemon.startup import AlreadyRunning, begin
-    from labd.frontends import daemonctl
-    from labd.ipc.paths import UnsafeRuntimeDir
-
     if args.detach:
-        return daemonctl.serve_detached(args, ctx.home)
-    try:
-        cfg = load_config(ctx.home, db_url=args.db, log_format=args.log_format, log_level=args.log_level,
-                          listen=args.listen)
-    except ConfigError as exc:
-        print(f"labd: {exc}", file=sys.stderr)
-        return 2
-    logsetup.configure(cfg.log_format, cfg.log_level)
-    setproctitle(f"labd: daemon ({cfg.home})")
-    try:
-        # the runner template spawned first: it gets ready while the daemon's modules are imported (startup.py)
-        startup = begin(cfg)
-    except (AlreadyRunning, UnsafeRuntimeDir, LaunchError) as exc:
-        print(f"labd: {exc}", file=sys.stderr)
-        return 2
-    from labd.daemon.server import Daemon, GatewayError
+        from labd.frontends import daemonctl
 
-    daemon = Daemon(cfg, drain=args.drain, startup=startup)
-    try:
-        daemon.serve()
-    except (AlreadyRunning, GatewayError, UnsafeRuntimeDir, LaunchError) as exc:  # e.g. Ray not installed
-        print(f"labd: {exc}", file=sys.stderr)
-        return 2
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        print(f"labd: cannot use the database {cfg.db_url.split('@')[-1]}: {str(exc).splitlines()[0]}",
-              file=sys.stderr)
-        return 2
-    return 1 if daemon.failed else 0
+        return daemonctl.serve_detached(args, ctx.home)
+    # The one place a front-end reaches into the daemon: starting it, through its one public entry point.
+    from labd.daemon.main import serve
+
+    return serve(ctx.home, db=args.db, log_format=args.log_format, log_level=args.log_level, listen=args.listen,
+                 drain=args.drain)
 
 
 def cmd_status(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -80,6 +48,9 @@ def cmd_status(args: argparse.Namespace, ctx: Ctx) -> int:
         fields.append(("sandbox", styled(f"{level} ({sb.get('mechanism') or 'none'}); runner: {sb.get('runner')}; "
                                          f"network for executed code: {'on' if sb.get('network_default') else 'off'}",
                                          "green" if level == "full" else "yellow")))
+        if sb.get("as_root"):  # the sandbox line alone would read as if sessions were confined like a user's
+            fields.append(("as root", styled("sessions run as root: workflow code keeps root's capabilities "
+                                             "(docs/security.md: run labd as a user)", "red")))
     kernel = st.get("kernel_limits")
     if kernel:  # a cgroup per session, or why not (daemon/cgroups.py)
         fields.append(("kernel limits", styled(kernel, "green" if kernel.startswith("cgroup") else "yellow")))

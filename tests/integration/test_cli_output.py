@@ -47,6 +47,8 @@ def test_status_is_for_people_and_json_for_programs(shared_daemon) -> None:
     assert re.search(rf"^sandbox\s+{data['sandbox']['level']} ", human, re.M)  # the level the README promises
     labels = human.splitlines()[:6]  # daemon ... sandbox: one aligned block (sandbox was one column off)
     assert len({len(line) - len(line.split(maxsplit=1)[1]) for line in labels}) == 1, human
+    # a daemon running as root says so, in red, beside the sandbox; a user's daemon has no such line
+    assert bool(re.search(r"^as root\s+sessions run as root", human, re.M)) is data["sandbox"]["as_root"], human
 
 
 def test_json_on_every_data_command(shared_daemon) -> None:

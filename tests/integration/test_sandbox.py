@@ -7,6 +7,7 @@ directory do not exist, the daemon's key is unchanged, loopback listeners receiv
 
 from __future__ import annotations
 
+import os
 import socket
 import textwrap
 from pathlib import Path
@@ -194,13 +195,14 @@ def test_required_sandbox_refuses_to_run_code_without_one(isolated_env: Path) ->
 
 def test_status_reports_the_sandbox_level(daemon) -> None:
     """``daemon.status`` carries the probed sandbox: level, mechanism, reasons, the runner's own
-    confinement and the network default."""
+    confinement, the network default, and whether the daemon (so every runner) runs as root."""
     with daemon.client() as c:
         sb = c.status()["sandbox"]
     assert sb["level"] in ("full", "partial", "none")
     assert sb["mechanism"] in ("bwrap", "landlock", "none")
     assert isinstance(sb["reasons"], list) and sb["network_default"] is False
     assert sb["runner"] == "landlock" or sb["runner"].startswith("off")
+    assert sb["as_root"] is (os.geteuid() == 0)  # the daemon runs as the test's user
     print("sandbox:", sb)
 
 

@@ -1,0 +1,56 @@
+"""The daemon's one public entry point: what ``labd serve`` runs in the foreground.
+
+Front-ends never import the daemon's other modules (frontends/__init__.py); starting a daemon is the one thing
+the CLI asks of this package, and :func:`serve` is all it calls. Every way a start can fail before the daemon
+serves (a bad configuration, another daemon on the home, an unsafe runtime directory, a bad ``--listen``, a
+missing Ray, an unusable database, a runner template that does not start) ends with one line on stderr and exit
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["serve"]
+
+
+def serve(home: str | os.PathLike[str] | None, *, db: str | None = None, log_format: str | None = None,
+          log_level: str | None = None, listen: str | None = None, drain: bool = False) -> int:
+    """Run a daemon on ``home`` until SIGTERM/SIGINT; its exit status (0; 1 if it failed while serving; 2 if it
+    could not start). ``drain``: SIGTERM first stops every session (``labd serve --drain``)."""
+    import sqlalchemy.exc
+    from setproctitle import setproctitle
+
+    from labd.daemon import logsetup
+    from labd.daemon.config import ConfigError, load_config
+    from labd.daemon.launcher import LaunchError
+    from labd.daemon.startup import AlreadyRunning, begin
+    from labd.ipc.paths import UnsafeRuntimeDir
+
+    try:
+        cfg = load_config(home, db_url=db, log_format=log_format, log_level=log_level, listen=listen)
+    except ConfigError as exc:
+        print(f"labd: {exc}", file=sys.stderr)
+        return 2
+    logsetup.configure(cfg.log_format, cfg.log_level)
+    setproctitle(f"labd: daemon ({cfg.home})")
+    try:
+        # the runner template spawned first: it gets ready while the daemon's modules are imported (startup.py)
+        startup = begin(cfg)
+    except (AlreadyRunning, UnsafeRuntimeDir, LaunchError) as exc:
+        print(f"labd: {exc}", file=sys.stderr)
+        return 2
+    from labd.daemon.server import Daemon, GatewayError
+
+    daemon = Daemon(cfg, drain=drain, startup=startup)
+    try:
+        daemon.serve()
+    except (AlreadyRunning, GatewayError, UnsafeRuntimeDir, LaunchError) as exc:  # e.g. Ray not installed
+        print(f"labd: {exc}", file=sys.stderr)
+        return 2
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        print(f"labd: cannot use the database {cfg.db_url.split('@')[-1]}: {str(exc).splitlines()[0]}",
+              file=sys.stderr)
+        return 2
+    return 1 if daemon.failed else 0
