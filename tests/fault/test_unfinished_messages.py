@@ -126,6 +126,18 @@ def test_a_flood_of_subscriptions_cannot_grow_the_daemon_past_its_ceiling(isolat
     rest, its memory falls back under the ceiling, and a follower that subscribed before the reset reconnects and
     resubscribes by itself: it receives the live events of a session started after it (before: +1.3 GB from 600
     subscriptions of 64 KiB each, kept after they closed)."""
+    import zmq
+
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text(f'[daemon]\nmemory_ceiling = "{CEILING_MIB}M"\n')
+    z = zmq.Context()
+    try:
+        _flood_subscriptions(z, isolated_env)
+    finally:  # a failure leaves sockets open: never let the context's finaliser block a later test on them
+        z.destroy(linger=0)
+
+
+def _flood_subscriptions(z: Any, isolated_env: Path) -> None:
     import os
 
     import zmq
@@ -133,9 +145,6 @@ def test_a_flood_of_subscriptions_cannot_grow_the_daemon_past_its_ceiling(isolat
     from labd.ipc import Client
     from labd.ipc.connection import events_socket
 
-    isolated_env.mkdir(parents=True, exist_ok=True)
-    (isolated_env / "config.toml").write_text(f'[daemon]\nmemory_ceiling = "{CEILING_MIB}M"\n')
-    z = zmq.Context()
     with running_daemon(isolated_env) as d, Client(isolated_env, timeout=3) as c:
         assert d.proc is not None
         follower = events_socket(z, c.info)
@@ -158,14 +167,15 @@ def test_a_flood_of_subscriptions_cannot_grow_the_daemon_past_its_ceiling(isolat
         # next 30 s later (daemon/inbound.py): the full suite's loaded box once needed that second one
         wait_until(lambda: _rss(d.proc.pid) < CEILING_MIB << 20, timeout=75, what="memory under the ceiling")
         flood.close(0)
+        # a session that keeps printing for up to 100 s: the follower may still be reconnecting and resubscribing
+        # (a second reset 30 s after the first, on a loaded box) when it starts; a 5-tick session could end before
         sid = wait_until(lambda: (_answered(c, "session.start", workflow="labd_testflows:ticker",
-                                            params={"n": 5, "delay": 0.05}) or {}).get("session"),
+                                            params={"n": 2000, "delay": 0.05}) or {}).get("session"),
                          timeout=30, what="a session started")
         seen = wait_until(lambda: follower.poll(100) and sid.encode() in follower.recv_multipart()[0], timeout=60,
                           what="the follower receiving the new session's live events")
         assert seen
-        follower.close(0)
-    z.term()
+        wait_until(lambda: _answered(c, "session.kill", session=sid), timeout=30, what="the session killed")
 
 
 def test_the_tcp_gateway_drops_its_remote_connections_too(isolated_env: Path, tmp_path: Path) -> None:
