@@ -35,6 +35,7 @@ class Delivery:
     records: RecordCaps
     cursors: dict[str, SessionCursor]
     routes: dict[str, bytes]
+    last_seen: dict[str, float]
     sessions_dir: Path | None
     _last_resend: dict[str, float]
     _spool_at: dict[str, tuple[int, int]]
@@ -75,6 +76,10 @@ class Delivery:
             self._spool_at.pop(sid, None)
             self._runner_codecs.pop(sid, None)
             self.routes.pop(sid, None)
+            # per-session entries kept for weeks of uptime would grow with every session ever run; and a control
+            # message still waiting for a hello belongs to the run that ended (a resumed run must not get it)
+            self.last_seen.pop(sid, None)
+            self._waiting_for_hello.pop(sid, None)
             if self.sessions_dir is not None:  # its events are committed: the spool has served
                 remove_spool(spool_of(self.sessions_dir, sid))
 

@@ -273,3 +273,18 @@ def test_a_name_finds_its_running_session_behind_many_ended_ones(client) -> None
     client.stop("nightly", grace=1)
     assert client.wait(running, timeout=30)["status"] == "cancelled"
     assert client.session("nightly")["id"] == ended[-1]
+
+
+def test_last_seen_is_the_runners_last_frame_while_it_runs_and_null_once_ended(shared_daemon) -> None:
+    """The session view's `last_seen` is the time of the runner's last frame while it runs; once the session has
+    ended it is `null`: the daemon keeps no per-session entry for sessions that ended (it kept one for every
+    session ever run, growing for as long as the daemon ran)."""
+    import time
+
+    with shared_daemon.client() as c:
+        sid = c.start("demo.sleep", params={"seconds": 60})
+        seen = wait_until(lambda: c.session(sid)["last_seen"], timeout=60, what="the runner's first frame")
+        assert abs(seen - time.time()) < 60
+        c.kill(sid)
+        wait_until(lambda: c.session(sid)["status"] == "cancelled", timeout=60, what="the session ended")
+        wait_until(lambda: c.session(sid)["last_seen"] is None, timeout=30, what="last_seen forgotten")
