@@ -530,3 +530,26 @@ def leave_stubborn_then_wait(ctx, seconds: float = 120.0) -> str:
     with ctx.step("wait"):
         ctx.sleep(seconds)
     return "done"
+
+
+def swap_after_scan(ctx, tag: str, swap: str = "", size_mb: int = 0, hold: float = 0.0) -> str:
+    """Writes ``data.txt`` in a step (recorded, a few bytes), then, in a second step that holds for ``hold``
+    seconds, puts in its place what the record does not say: a FIFO (``swap="fifo"``) or a sparse file of
+    ``size_mb`` MiB (``swap="sparse"``): what a session's code (or a child left running) can do to its work
+    directory after the scan."""
+    import time
+    from pathlib import Path
+
+    with ctx.step("write"):
+        Path("data.txt").write_text(f"{tag}\n")
+    if swap:
+        with ctx.step("swap"):
+            os.remove("data.txt")
+            if swap == "fifo":
+                os.mkfifo("data.txt")
+            else:
+                with open("data.txt", "wb") as f:
+                    f.truncate(size_mb << 20)
+            print("swapped", flush=True)
+            time.sleep(hold)
+    return tag
