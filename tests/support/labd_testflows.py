@@ -553,3 +553,20 @@ def swap_after_scan(ctx, tag: str, swap: str = "", size_mb: int = 0, hold: float
             print("swapped", flush=True)
             time.sleep(hold)
     return tag
+
+
+def fifo_spool(ctx) -> str:
+    """Puts a FIFO in place of its runner's spool (``<session>/events.spool``, in its session directory, which its
+    runner may write) and kills its runner (so nothing removes the spool): the daemon reads the spool of a runner
+    that has ended."""
+    from pathlib import Path
+
+    from labd.runner.spool import SPOOL_NAME
+
+    spool = Path(ctx.workdir).parent / SPOOL_NAME
+    spool.unlink(missing_ok=True)
+    os.mkfifo(spool)
+    print("spool swapped", flush=True)
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return "not reached"
