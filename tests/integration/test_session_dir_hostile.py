@@ -4,6 +4,40 @@ there (a spool, a resume's seed) must neither hang it nor reach outside the sess
 
 from __future__ import annotations
 
+import time
+
+
+def _failed_with(c, sid: str, marker: str) -> None:
+    final = c.wait(sid, timeout=60)
+    assert final["status"] == "failed", final
+    assert marker in final.get("reason", ""), final
+
+
+def test_a_resume_of_a_session_whose_objects_are_fifos_is_refused_and_reads_go_on(shared_daemon) -> None:
+    """A workflow puts FIFOs in place of its checkpoint objects (result and manifest) and fails. ``labd resume`` of
+    it (twice: more sessions than the daemon's read workers) is refused at once (``no_checkpoint``), and the long
+    reads go on working (a comparison answers). Before, the daemon's read worker opened the FIFO and blocked for
+    good: the resume never answered, and two such resumes left no worker for any later resume, branch, compare or
+    replay."""
+    from labd.ipc.client import LabdError
+
+    with shared_daemon.client(timeout=30) as c:
+        sids = [c.start("labd_testflows:fifo_objects") for _ in range(3)]
+        for sid in sids:
+            _failed_with(c, sid, "fail, to be resumed")
+            assert "swapped 2" in "".join(e["payload"]["text"] for e in c.history(sid, kinds=["output"]))
+        for sid in sids:
+            t0 = time.monotonic()
+            try:
+                c.resume(sid)
+            except LabdError as exc:
+                assert exc.code == "no_checkpoint", exc
+            else:
+                raise AssertionError("a resume from FIFOs was accepted")
+            assert time.monotonic() - t0 < 10
+        row = next(r for r in c.compare(sids[0], sids[1])["files"] if r["path"] == "a.txt")
+        assert row["states"] == ["same"]
+
 
 def test_a_fifo_in_place_of_a_spool_does_not_stop_the_record(shared_daemon) -> None:
     """A workflow puts a FIFO in place of its runner's spool and its runner dies (SIGKILL: nothing removes the

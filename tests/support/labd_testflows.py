@@ -555,6 +555,26 @@ def swap_after_scan(ctx, tag: str, swap: str = "", size_mb: int = 0, hold: float
     return tag
 
 
+def fifo_objects(ctx) -> None:
+    """One durable step with a result, then the workflow puts a FIFO in place of every file of its session's
+    checkpoint object store (``<session>/checkpoints/objects``, which its runner may write) and fails: a resume or
+    branch of it has the daemon read objects that can never be read."""
+    from pathlib import Path
+
+    with ctx.step("one") as one:
+        (ctx.workdir / "a.txt").write_text("one")
+        one.result = {"x": list(range(50))}
+    objects = Path(ctx.workdir).parent / "checkpoints" / "objects"
+    swapped = 0
+    for p in sorted(objects.rglob("*")):
+        if p.is_file():
+            p.unlink()
+            os.mkfifo(p)
+            swapped += 1
+    print(f"swapped {swapped}", flush=True)
+    raise RuntimeError("fail, to be resumed")
+
+
 def fifo_spool(ctx) -> str:
     """Puts a FIFO in place of its runner's spool (``<session>/events.spool``, in its session directory, which its
     runner may write) and kills its runner (so nothing removes the spool): the daemon reads the spool of a runner
