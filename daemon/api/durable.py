@@ -121,11 +121,22 @@ def _check_objects(steps: dict[str, dict[str, Any]], files: dict[str, list[Any]]
                            {"node": last["node_id"], "step": last["name"], "file": rel})
 
 
+def _write_new(path: Path, data: bytes) -> None:
+    """Write ``data`` to a file made anew at ``path`` (refused if anything, a symlink included, is there)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb") as f:
+        f.write(data)
+
+
 def _write_seed(session_dir: Path, seed: dict[str, Any]) -> None:
+    """Write the seed in ``session_dir``. The directory is the session's runner's to write (the workflow's code): the
+    temporary file is made anew (``O_EXCL``, ``O_NOFOLLOW``), never opened through what is at its name (a symlink
+    planted there had the daemon overwrite any file of the user with the seed)."""
     tmp = session_dir / (SEED_FILE + ".tmp")
     try:
         session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp.write_bytes(orjson.dumps(seed))
+        tmp.unlink(missing_ok=True)
+        _write_new(tmp, orjson.dumps(seed))
         os.replace(tmp, session_dir / SEED_FILE)
     except OSError as exc:  # a full disk: said as such, not as an internal error
         with contextlib.suppress(OSError):

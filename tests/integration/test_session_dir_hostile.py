@@ -5,6 +5,9 @@ there (a spool, a resume's seed) must neither hang it nor reach outside the sess
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+from tests.conftest import wait_until
 
 
 def _failed_with(c, sid: str, marker: str) -> None:
@@ -37,6 +40,23 @@ def test_a_resume_of_a_session_whose_objects_are_fifos_is_refused_and_reads_go_o
             assert time.monotonic() - t0 < 10
         row = next(r for r in c.compare(sids[0], sids[1])["files"] if r["path"] == "a.txt")
         assert row["states"] == ["same"]
+
+
+def test_a_resume_never_writes_through_a_link_the_session_planted_in_its_directory(shared_daemon,
+                                                                                tmp_path: Path) -> None:
+    """A workflow plants ``<session>/durable.seed.json.tmp`` as a symlink to a file of the user outside labd (its
+    runner may write its session directory) and fails. ``labd resume`` leaves that file as it was, and the session
+    resumes and completes. Before, the daemon wrote the resume's seed through the link: any file the daemon's user
+    may write (``~/.bashrc``, the database) was replaced by the seed's JSON."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file\n")
+    with shared_daemon.client(timeout=30) as c:
+        sid = c.start("labd_testflows:plant_seed_link", params={"target": str(victim)})
+        _failed_with(c, sid, "fail, to be resumed")
+        c.resume(sid)
+        wait_until(lambda: c.session(sid)["status"] in ("running", "failed", "completed"), timeout=60,
+                   what="the resumed session ran")
+        assert victim.read_text() == "the user's own file\n"
 
 
 def test_a_fifo_in_place_of_a_spool_does_not_stop_the_record(shared_daemon) -> None:

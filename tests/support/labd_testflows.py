@@ -575,6 +575,18 @@ def fifo_objects(ctx) -> None:
     raise RuntimeError("fail, to be resumed")
 
 
+def plant_seed_link(ctx, target: str) -> None:
+    """One durable step, then the workflow plants ``<session>/durable.seed.json.tmp -> target`` (its runner may
+    write its session directory) and fails: the daemon writes a resume's seed at that path."""
+    from pathlib import Path
+
+    with ctx.step("one") as one:
+        (ctx.workdir / "a.txt").write_text("one")
+        one.result = 1
+    os.symlink(target, Path(ctx.workdir).parent / "durable.seed.json.tmp")
+    raise RuntimeError("fail, to be resumed")
+
+
 def fifo_spool(ctx) -> str:
     """Puts a FIFO in place of its runner's spool (``<session>/events.spool``, in its session directory, which its
     runner may write) and kills its runner (so nothing removes the spool): the daemon reads the spool of a runner
