@@ -4,9 +4,11 @@ there (a spool, a resume's seed) must neither hang it nor reach outside the sess
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
+from labd.ipc.client import LabdError
 from tests.conftest import wait_until
 
 
@@ -71,3 +73,19 @@ def test_a_fifo_in_place_of_a_spool_does_not_stop_the_record(shared_daemon) -> N
         other = c.start("demo.count", params={"n": 3, "delay": 0})
         assert c.wait(other, timeout=60)["status"] == "completed"
         assert c.status()["counters"].get("spool_unreadable", 0) >= 1
+
+
+def test_a_resume_writes_the_runner_key_in_the_session_directory_whatever_its_work_link(shared_daemon,
+                                                                                     tmp_path: Path) -> None:
+    """A workflow replaces its work directory by a symlink to ``<elsewhere>/work`` (a path that does not exist) and
+    fails. ``labd resume`` creates nothing there: the runner's key file goes in the session's own directory. Before,
+    the daemon put it beside the link's target (``realpath``): it made ``<elsewhere>`` and wrote ``runner.key`` in it,
+    anywhere the daemon's user may write (labd's home, another session's directory, as root anywhere)."""
+    elsewhere = tmp_path / "elsewhere"
+    with shared_daemon.client(timeout=30) as c:
+        sid = c.start("labd_testflows:plant_work_link", params={"target": str(elsewhere / "work")})
+        _failed_with(c, sid, "fail, to be resumed")
+        with contextlib.suppress(LabdError):  # whatever becomes of the run itself
+            c.resume(sid)
+            c.wait(sid, timeout=60)
+        assert not elsewhere.exists(), sorted(p.name for p in elsewhere.iterdir())

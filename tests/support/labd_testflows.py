@@ -602,3 +602,18 @@ def fifo_spool(ctx) -> str:
     time.sleep(0.5)
     os.kill(os.getpid(), signal.SIGKILL)
     return "not reached"
+
+
+def plant_work_link(ctx, target: str) -> None:
+    """One durable step, then the workflow replaces its work directory by a symlink to ``target`` (which need not
+    exist; its runner may write its session directory) and fails: a resume starts a runner for that work directory."""
+    import shutil
+    from pathlib import Path
+
+    with ctx.step("one") as one:
+        one.result = 1
+    work = Path(ctx.workdir)
+    os.chdir(work.parent)
+    shutil.rmtree(work)
+    os.symlink(target, work)
+    raise RuntimeError("fail, to be resumed")
