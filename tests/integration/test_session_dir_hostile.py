@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 from labd.ipc.client import LabdError
 from tests.conftest import wait_until
@@ -89,3 +90,32 @@ def test_a_resume_writes_the_runner_key_in_the_session_directory_whatever_its_wo
             c.resume(sid)
             c.wait(sid, timeout=60)
         assert not elsewhere.exists(), sorted(p.name for p in elsewhere.iterdir())
+
+
+def test_a_work_directory_replaced_by_a_link_serves_no_file_through_it(shared_daemon) -> None:
+    """A workflow writes ``daemon.key`` in its work directory (recorded), then replaces the work directory by a symlink
+    to labd's home. Reading the recorded file as a resource of `labd mcp` (the dashboard's downloads open files the
+    same way) is refused and returns nothing of the home. Before, the work directory itself was opened following the
+    link: the daemon's key went to the MCP client (a model), or to the dashboard."""
+    import anyio
+    from mcp import Client as McpClient
+
+    from labd.frontends.mcp import build_server
+
+    home = shared_daemon.home
+    with shared_daemon.client(timeout=30) as c:
+        sid = c.start("labd_testflows:work_link_to_home", params={"home": str(home)})
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        assert "daemon.key" in {f["path"] for f in c.files(sid)}
+    key = (home / "daemon.key").read_text().strip()
+
+    async def read() -> Any:
+        async with McpClient(build_server(home)) as mc:
+            try:
+                return await mc.read_resource(f"labd://sessions/{sid}/file/daemon.key")
+            except Exception as exc:  # noqa: BLE001 - the SDK raises its own error type
+                return exc
+
+    got = anyio.run(read)
+    assert key not in repr(got)
+    assert isinstance(got, Exception), got

@@ -617,3 +617,19 @@ def plant_work_link(ctx, target: str) -> None:
     shutil.rmtree(work)
     os.symlink(target, work)
     raise RuntimeError("fail, to be resumed")
+
+
+def work_link_to_home(ctx, home: str) -> str:
+    """Writes ``daemon.key`` in its work directory (recorded by the step's scan), then replaces the work directory
+    by a symlink to labd's ``home`` (its runner may write its session directory, never read the home): whoever serves
+    the recorded file through the work directory's path then reads the home's ``daemon.key``."""
+    import shutil
+    from pathlib import Path
+
+    with ctx.step("write"):
+        Path("daemon.key").write_text("the session's own file\n")
+    work = Path(ctx.workdir)
+    os.chdir(work.parent)
+    shutil.rmtree(work)
+    os.symlink(home, work)
+    return "ok"
