@@ -380,7 +380,9 @@ def hand_over_key(spec: dict[str, Any]) -> dict[str, Any]:
     key = spec.get("key")
     if not key:
         return spec
-    session_dir = os.path.dirname(os.path.realpath(spec["workdir"]))
+    # the work directory's parent as named, not where a symlink leads: the session's code may have replaced its work
+    # directory by a link to anywhere (a realpath made that place and wrote the key there)
+    session_dir = os.path.dirname(os.path.abspath(spec["workdir"]))
     os.makedirs(session_dir, mode=0o700, exist_ok=True)
     path = os.path.join(session_dir, KEY_FILE)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)

@@ -201,7 +201,9 @@ class MarkerCache:
         sid = None
         try:
             with open(f"/proc/{p.pid}/environ", "rb") as f:
-                env = f.read()
+                # another user's process is never a session's, whatever it put in its environment (a daemon that
+                # can read every environment, as root, counted it against the session it named, and killed both)
+                env = f.read() if os.fstat(f.fileno()).st_uid == os.getuid() else b""
             i = env.find(MARKER)
             if i == 0 or (i > 0 and env[i - 1] == 0):
                 end = env.find(b"\0", i)

@@ -148,12 +148,20 @@ class Layout:
 
     def ensure_home(self) -> None:
         """Create the home and its sessions directory if missing; raise :class:`UnusableHome` (naming the path and
-        the reason) if they cannot be: a file where the home should be, a parent that cannot be created."""
+        the reason) if they cannot be: a file where the home should be, a parent that cannot be created, a home that
+        belongs to another user (until 2026-12-04 a daemon run as root took one that another user had made in /tmp,
+        whose owner could then read its search index and log, and replace its files)."""
         for d in (self.home, self.sessions_dir):
             try:
                 d.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise _unusable_home(self.home, d, exc) from None
+            if d == self.home:  # before anything is made in it
+                owner, uid = os.stat(d).st_uid, os.getuid()
+                if owner != uid:  # e.g. made first in /tmp by another user: it could read and replace what is in it
+                    raise UnusableHome(f"cannot use {self.home} as labd's home: it belongs to uid {owner}, not to you "
+                                       f"(uid {uid}); another user may have created it. Remove it, or choose another "
+                                       f"home")
 
     def ensure(self) -> None:
         """Create the home and the runtime directory (0700) if missing; refuse one that is not ours.

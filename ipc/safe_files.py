@@ -52,7 +52,7 @@ def _open_at(name: str, flags: int, dir_fd: int, relpath: str) -> int:
         raise
 
 
-def _is_link(name: str, dir_fd: int) -> bool:
+def _is_link(name: str, dir_fd: int | None) -> bool:
     try:
         return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
     except OSError:
@@ -64,7 +64,8 @@ def open_beneath(root: Path | str, relpath: str) -> BinaryIO:
 
     No symlink is followed in any component of ``relpath``, and the result is checked on the opened fd, so
     nothing swapped in concurrently can make it open a file outside ``root``. ``root`` itself is trusted (the
-    caller's own path, e.g. the work directory the daemon reports) and is opened as given.
+    caller's own path, e.g. the work directory the daemon reports), but not its last component if that is a symlink
+    (the session's code may replace its work directory by a link to labd's home: the daemon's key was served so).
 
     Refused with :class:`UnsafePath`: an empty or absolute path, a ``.``, ``..`` or empty component, a NUL
     byte; a symlink anywhere (also the last component, also one pointing inside ``root``); anything that is
@@ -79,7 +80,12 @@ def open_beneath(root: Path | str, relpath: str) -> BinaryIO:
     Every intermediate directory fd is closed, also on errors.
     """
     names = _components(relpath)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:  # root's own last component not followed either: a session may replace its work directory by a link
+        fd = os.open(root, _DIR_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(str(root), None):
+            raise UnsafePath(f"the directory {str(root)!r} is a symlink") from None
+        raise
     try:
         for name in names[:-1]:
             parent, fd = fd, -1

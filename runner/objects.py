@@ -29,10 +29,12 @@ whole (small by its ``fstat``) stops at the bound as well: emptied after the ope
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ from labd.runner.objsource import OverCap, Source, SourceChanged, TooLarge, open
 from labd.runner.workfs import WorkDir
 
 __all__ = ["ObjectStore", "DamagedObject", "TooLarge", "OverCap", "SourceChanged", "copy_stream", "CHUNK_BYTES",
-           "CHUNKED_FROM", "index_bytes", "index_least"]
+           "CHUNKED_FROM", "index_bytes", "index_least", "open_object", "MAX_JSON_OBJECT"]
 
 _BLOCK = 1 << 20
 _ZEROS = bytes(_BLOCK)
@@ -63,6 +65,37 @@ def index_least(size: int) -> int:
     """At least how many bytes the chunk index of a file of ``size`` bytes takes (its JSON with a one-digit size): what
     storing such a file adds even when every chunk of it is stored."""
     return -(-size // CHUNK_BYTES) * 67 + 37
+
+
+#: bytes of a JSON object (a manifest, a chunk index) read at most: a larger one is refused as damaged (ValueError).
+#: A manifest of the largest scan (20,000 files of 4,096-character paths) is about 82 MB.
+MAX_JSON_OBJECT = 256 << 20
+
+
+def open_object(path: Path) -> io.BufferedReader:
+    """Open an object's file for reading: only a regular file, never through a symlink (the last component), never
+    blocking. The store lies in the session's directory, which its runner (the workflow's code) may write; the
+    daemon reads it for a resume or branch, and a FIFO put in place of an object blocked its read worker for good
+    (two such, every later resume, branch, compare and replay). OSError for anything else (ELOOP for a symlink)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return open(fd, "rb")  # noqa: SIM115 - the caller's
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_json_object(path: Path) -> Any:
+    """The JSON of an object's file (:func:`open_object`), at most :data:`MAX_JSON_OBJECT` bytes (ValueError past
+    it: a sparse file of any size put in its place was read whole into the daemon's memory)."""
+    with open_object(path) as f:
+        data = f.read(MAX_JSON_OBJECT + 1)
+    if len(data) > MAX_JSON_OBJECT:
+        raise ValueError(f"object {path.name} is over {MAX_JSON_OBJECT} bytes")
+    return orjson.loads(data)
 
 
 class DamagedObject(OSError):
@@ -152,7 +185,7 @@ class ObjectStore:
     def _index(self, digest: str) -> dict[str, Any] | None:
         """The chunk index of object ``digest`` (``size``, ``chunk``, ``chunks``), None if it has none."""
         try:
-            return dict(orjson.loads(self.index_path(digest).read_bytes()))
+            return dict(read_json_object(self.index_path(digest)))
         except FileNotFoundError:
             return None
 
@@ -196,7 +229,7 @@ class ObjectStore:
         is not stored (reading a chunked one whose chunk is gone, too), ValueError (or KeyError, TypeError) if its
         digest, or its index, is not one."""
         try:
-            return open(self.path(digest), "rb")  # noqa: SIM115 - the caller's
+            return open_object(self.path(digest))
         except FileNotFoundError:
             chunks = self.chunks(digest)
             if chunks is None:

@@ -26,8 +26,10 @@ work costs it tens of microseconds.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
@@ -300,10 +302,19 @@ def scan_spool(path: str | os.PathLike[str], after: int = 0, *, start: int = 0,
     ``end`` the offset just past the record. As :func:`read_spool`, except that a body longer than ``max_body``
     is checked a chunk at a time but not kept: only its first :data:`HEAD_KEPT` bytes are yielded (the daemon
     reads spools written by processes it does not trust, and its memory stays bounded)."""
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed in finally (a generator)
+    try:  # the daemon reads what a session's runner (the workflow's code) may have put there: not through a
+        # symlink, and only a regular file (a FIFO in its place blocked the daemon's ingest, every session's record)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    f = open(fd, "rb")  # noqa: SIM115 - closed in finally (a generator)
     try:
         size = HEADER.size
         total = os.fstat(f.fileno()).st_size

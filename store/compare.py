@@ -18,6 +18,7 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+from labd.ipc.safe_files import open_beneath
 from labd.store.attempts import step_paths, superseded_nodes
 from labd.store.checkpoints import checkpoints
 from labd.store.lineage import MAX_GENERATIONS
@@ -199,13 +200,20 @@ def _files(store: Any, sid: str) -> dict[str, dict[str, Any]]:
 
 
 def _read_text(workdir: str, path: str, size: int) -> str | None:
+    """The text of ``path`` in ``workdir`` for a diff, or None: over :data:`DIFF_MAX_BYTES` (as recorded, or as it
+    is now), not UTF-8, or not a regular file of the work directory. The session's code writes its work directory
+    and may have changed it since the record was made: the file is opened without following a symlink in any
+    component and only if it is a regular file (:func:`~labd.ipc.safe_files.open_beneath`: a FIFO put in its place
+    blocked a read worker for good), and no more than the limit is read (a sparse file of any size put in its
+    place was read whole into the daemon's memory)."""
     if size > DIFF_MAX_BYTES:
         return None
     try:
-        full = (Path(workdir) / path).resolve()
-        if not full.is_relative_to(Path(workdir).resolve()):
+        with open_beneath(Path(workdir), path) as f:
+            data = f.read(DIFF_MAX_BYTES + 1)
+        if len(data) > DIFF_MAX_BYTES:
             return None
-        return full.read_bytes().decode("utf-8")
+        return data.decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
 

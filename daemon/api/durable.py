@@ -28,6 +28,7 @@ from labd.daemon.limits import Limits
 from labd.daemon.reads import Read
 from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, load_manifest, load_manifests
 from labd.runner.durable import SEED_FILE
+from labd.runner.objects import open_object, read_json_object
 from labd.store.checkpoints import checkpoints, max_node_number, recorded_files, step_row
 
 __all__ = ["resume_ended", "RESUMABLE"]
@@ -52,7 +53,7 @@ def _seed(cps: list[dict[str, Any]], objects: Path, step_files: bool = False, **
     store = ObjectStore(objects)
 
     def get_json(h: str) -> Any:  # a digest that is no sha256 (a forged record): ValueError, refused below
-        return inline[h] if h in inline else orjson.loads(store.path(h).read_bytes())
+        return inline[h] if h in inline else read_json_object(store.path(h))
 
     steps: dict[str, dict[str, Any]] = {}
     try:
@@ -102,7 +103,7 @@ def _check_objects(steps: dict[str, dict[str, Any]], files: dict[str, list[Any]]
             damaged = False
             if size <= budget:
                 budget -= size
-                with open(path, "rb") as f:
+                with open_object(path) as f:  # a regular file, not through a symlink, never blocking
                     damaged = hashlib.file_digest(f, "sha256").hexdigest() != digest
         except OSError as exc:
             raise ApiError("no_checkpoint", f"the checkpoint of step {st['name']!r} ({st['node']}) cannot be used: "
@@ -120,11 +121,22 @@ def _check_objects(steps: dict[str, dict[str, Any]], files: dict[str, list[Any]]
                            {"node": last["node_id"], "step": last["name"], "file": rel})
 
 
+def _write_new(path: Path, data: bytes) -> None:
+    """Write ``data`` to a file made anew at ``path`` (refused if anything, a symlink included, is there)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb") as f:
+        f.write(data)
+
+
 def _write_seed(session_dir: Path, seed: dict[str, Any]) -> None:
+    """Write the seed in ``session_dir``. The directory is the session's runner's to write (the workflow's code): the
+    temporary file is made anew (``O_EXCL``, ``O_NOFOLLOW``), never opened through what is at its name (a symlink
+    planted there had the daemon overwrite any file of the user with the seed)."""
     tmp = session_dir / (SEED_FILE + ".tmp")
     try:
         session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp.write_bytes(orjson.dumps(seed))
+        tmp.unlink(missing_ok=True)
+        _write_new(tmp, orjson.dumps(seed))
         os.replace(tmp, session_dir / SEED_FILE)
     except OSError as exc:  # a full disk: said as such, not as an internal error
         with contextlib.suppress(OSError):

@@ -5,17 +5,17 @@ unchanged; a branch's and a resume's seed are built off the request loop."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import REPO, SUPPORT, running_daemon, wait_until
 from tests.integration.cli_support import labd
 from tests.integration.test_durable import _ended, _events, _second_step
 
@@ -89,13 +89,12 @@ def _expected_cells(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
 
 
 def _while_reading(obj: Path, request: Callable[[], dict[str, Any]], meanwhile: Callable[[], Any]) -> tuple[Any, Any]:
-    """Run ``request`` (on a thread) while the object file ``obj`` it reads is held up: replaced by a FIFO nobody
-    writes, so the daemon's read of it blocks. Once a reader has it open, ``meanwhile()`` runs; then the object is
-    put back and the waiting reader gets its content. Returns (``request``'s reply or exception, ``meanwhile``'s
-    result or exception)."""
-    data = obj.read_bytes()
-    obj.unlink()
-    os.mkfifo(obj, 0o600)
+    """Run ``request`` (on a thread) while the daemon's read of the object file ``obj`` is held up (a daemon of
+    :func:`_held_daemon`: ``<obj>.hold`` holds it, ``<obj>.reading`` says it is held). Once the read is held,
+    ``meanwhile()`` runs; then the read goes on. Returns (``request``'s reply or exception, ``meanwhile``'s result
+    or exception). (A FIFO in place of the object held it before; the daemon now refuses one.)"""
+    hold, reading = Path(f"{obj}.hold"), Path(f"{obj}.reading")
+    hold.touch()
     reply: list[Any] = [None]
 
     def ask() -> None:
@@ -104,27 +103,27 @@ def _while_reading(obj: Path, request: Callable[[], dict[str, Any]], meanwhile: 
         except Exception as exc:  # noqa: BLE001 - returned to the test, which asserts on it
             reply[0] = exc
 
-    def reading() -> int | None:  # a writer can open a FIFO without blocking once a reader has it open
-        with contextlib.suppress(OSError):
-            return os.open(obj, os.O_WRONLY | os.O_NONBLOCK)
-        return None
-
     asker = threading.Thread(target=ask)
     asker.start()
-    held = wait_until(reading, timeout=30, what=f"the daemon reading {obj.name}")
     try:
+        wait_until(reading.exists, timeout=30, what=f"the daemon reading {obj.name}")
         try:
             during = meanwhile()
         except Exception as exc:  # noqa: BLE001 - returned to the test
             during = exc
-    finally:  # the object back in place for any later read, then the waiting reader gets its content
-        tmp = obj.with_name(".test-" + obj.name)
-        tmp.write_bytes(data)
-        os.replace(tmp, obj)
-        os.write(held, data)
-        os.close(held)
+    finally:
+        hold.unlink()
     asker.join(60)
     return reply[0], during
+
+
+@pytest.fixture
+def held_daemon(isolated_env: Path) -> Iterator[Any]:
+    """A daemon whose reads of checkpoint objects a test can hold up (:func:`_while_reading`)."""
+    held = SUPPORT / "held_reads"
+    with running_daemon(isolated_env, extra_env={"PYTHONPATH": os.pathsep.join([str(held), str(SUPPORT),
+                                                                                 str(REPO)])}) as d:
+        yield d
 
 
 def _first_manifest(daemon: Any, c: Any, sid: str) -> Path:
@@ -226,11 +225,11 @@ def test_compare_shows_the_steps_a_branch_reused_as_unchanged(shared_daemon) -> 
                 assert row["sessions"][1]["reused"] and row["sessions"][1]["result"] == row["sessions"][0]["result"]
 
 
-def test_a_branch_builds_its_seed_off_the_request_loop(shared_daemon, tmp_path: Path) -> None:
+def test_a_branch_builds_its_seed_off_the_request_loop(held_daemon, tmp_path: Path) -> None:
     """While `session.branch` reads the parent's checkpoints (here held up: the first checkpoint's manifest object
-    is a FIFO nobody writes yet), the daemon answers other requests (`ping`), and the branch goes on once the read
+    is held up by the test), the daemon answers other requests (`ping`), and the branch goes on once the read
     is done. Before, the seed was built on the request loop and every client waited for it."""
-    daemon = shared_daemon  # the module's daemon: the test reads only its own sessions
+    daemon = held_daemon
     flow = _flow(tmp_path)
     with daemon.client() as c:
         parent = c.start(flow)
@@ -252,14 +251,14 @@ def test_a_branch_builds_its_seed_off_the_request_loop(shared_daemon, tmp_path: 
         assert _ended(c, reply["sessions"][0]["session"])["status"] == "completed"
 
 
-def test_a_resume_builds_its_seed_off_the_request_loop(shared_daemon, tmp_path: Path) -> None:
+def test_a_resume_builds_its_seed_off_the_request_loop(held_daemon, tmp_path: Path) -> None:
     """While `session.resume` reads the failed session's checkpoints (held up as above), the daemon answers other
     requests (`ping`), a second resume of the same session is refused `not_resumable` ("being resumed already"),
     and the resume goes on once the read is done: the session runs again and completes. Before, the seed was built
     on the request loop and every client waited."""
     from labd.ipc import LabdError
 
-    daemon = shared_daemon  # the module's daemon: the test reads only its own sessions
+    daemon = held_daemon
 
     with daemon.client() as c:
         sid = c.start(_flow(tmp_path), params={"fail_once": True})

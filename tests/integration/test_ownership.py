@@ -139,3 +139,18 @@ def test_connection_file_owned_by_another_user_is_refused(isolated_env: Path, ot
         os.chown(path, os.getuid(), os.getgid())
         assert json.loads(path.read_text()) == info
         assert _labd("ps").returncode == 0
+
+
+@pytest.mark.parametrize("detach", [False, True], ids=["serve", "serve-detach"])
+def test_a_home_made_by_another_user_is_refused(isolated_env: Path, other_user: tuple[int, int], detach: bool) -> None:
+    """Another user made the home first (world-writable, as in a shared /tmp): `labd serve` (and `serve --detach`)
+    refuses it in one line naming its owner, and writes nothing in it. Before, a daemon run as root took it: the
+    other user, its owner, could read the search index and the log (full text of the sessions) and replace files."""
+    isolated_env.mkdir(mode=0o777)
+    os.chmod(isolated_env, 0o777)
+    os.chown(isolated_env, *other_user)
+    r = _labd("serve", *(["--detach"] if detach else []))
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert f"cannot use {isolated_env} as labd's home: it belongs to uid {other_user[0]}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert list(isolated_env.iterdir()) == []

@@ -530,3 +530,106 @@ def leave_stubborn_then_wait(ctx, seconds: float = 120.0) -> str:
     with ctx.step("wait"):
         ctx.sleep(seconds)
     return "done"
+
+
+def swap_after_scan(ctx, tag: str, swap: str = "", size_mb: int = 0, hold: float = 0.0) -> str:
+    """Writes ``data.txt`` in a step (recorded, a few bytes), then, in a second step that holds for ``hold``
+    seconds, puts in its place what the record does not say: a FIFO (``swap="fifo"``) or a sparse file of
+    ``size_mb`` MiB (``swap="sparse"``): what a session's code (or a child left running) can do to its work
+    directory after the scan."""
+    import time
+    from pathlib import Path
+
+    with ctx.step("write"):
+        Path("data.txt").write_text(f"{tag}\n")
+    if swap:
+        with ctx.step("swap"):
+            os.remove("data.txt")
+            if swap == "fifo":
+                os.mkfifo("data.txt")
+            else:
+                with open("data.txt", "wb") as f:
+                    f.truncate(size_mb << 20)
+            print("swapped", flush=True)
+            time.sleep(hold)
+    return tag
+
+
+def fifo_objects(ctx) -> None:
+    """One durable step with a result, then the workflow puts a FIFO in place of every file of its session's
+    checkpoint object store (``<session>/checkpoints/objects``, which its runner may write) and fails: a resume or
+    branch of it has the daemon read objects that can never be read."""
+    from pathlib import Path
+
+    with ctx.step("one") as one:
+        (ctx.workdir / "a.txt").write_text("one")
+        one.result = {"x": list(range(50))}
+    objects = Path(ctx.workdir).parent / "checkpoints" / "objects"
+    swapped = 0
+    for p in sorted(objects.rglob("*")):
+        if p.is_file():
+            p.unlink()
+            os.mkfifo(p)
+            swapped += 1
+    print(f"swapped {swapped}", flush=True)
+    raise RuntimeError("fail, to be resumed")
+
+
+def plant_seed_link(ctx, target: str) -> None:
+    """One durable step, then the workflow plants ``<session>/durable.seed.json.tmp -> target`` (its runner may
+    write its session directory) and fails: the daemon writes a resume's seed at that path."""
+    from pathlib import Path
+
+    with ctx.step("one") as one:
+        (ctx.workdir / "a.txt").write_text("one")
+        one.result = 1
+    os.symlink(target, Path(ctx.workdir).parent / "durable.seed.json.tmp")
+    raise RuntimeError("fail, to be resumed")
+
+
+def fifo_spool(ctx) -> str:
+    """Puts a FIFO in place of its runner's spool (``<session>/events.spool``, in its session directory, which its
+    runner may write) and kills its runner (so nothing removes the spool): the daemon reads the spool of a runner
+    that has ended."""
+    from pathlib import Path
+
+    from labd.runner.spool import SPOOL_NAME
+
+    spool = Path(ctx.workdir).parent / SPOOL_NAME
+    spool.unlink(missing_ok=True)
+    os.mkfifo(spool)
+    print("spool swapped", flush=True)
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return "not reached"
+
+
+def plant_work_link(ctx, target: str) -> None:
+    """One durable step, then the workflow replaces its work directory by a symlink to ``target`` (which need not
+    exist; its runner may write its session directory) and fails: a resume starts a runner for that work directory."""
+    import shutil
+    from pathlib import Path
+
+    with ctx.step("one") as one:
+        one.result = 1
+    work = Path(ctx.workdir)
+    os.chdir(work.parent)
+    shutil.rmtree(work)
+    os.symlink(target, work)
+    raise RuntimeError("fail, to be resumed")
+
+
+def work_link_to_home(ctx, home: str) -> str:
+    """Writes ``daemon.key`` in its work directory (recorded by the step's scan), then replaces the work directory
+    by a symlink to labd's ``home`` (its runner may write its session directory, never read the home): whoever serves
+    the recorded file through the work directory's path then reads the home's ``daemon.key``."""
+    import shutil
+    from pathlib import Path
+
+    with ctx.step("write"):
+        Path("daemon.key").write_text("the session's own file\n")
+    work = Path(ctx.workdir)
+    os.chdir(work.parent)
+    shutil.rmtree(work)
+    os.symlink(home, work)
+    return "ok"
