@@ -27,17 +27,20 @@ def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
     tags = parse_tags(args.tag)
     if tags and not args.status:
         statuses = None  # a tag selects sessions whatever their status
-    rows = ctx.client().sessions(status=statuses, limit=args.limit, tags=tags or None)
-    if args.workflow:
-        pat = args.workflow if any(ch in args.workflow for ch in "*?[") else f"*{args.workflow}*"
-        rows = [r for r in rows if any(fnmatch.fnmatchcase(w, pat) for w in (r["workflow"], workflow_label(r)))]
+    cutoff = None
     if args.since:
         try:
             cutoff = time.time() - parse_duration(args.since)
         except UnitError as exc:
             raise CliError(f"--since: {exc}") from None
-        rows = [r for r in rows if (r.get("created_at") or 0) >= cutoff]
-    return rows
+    # --workflow (a substring or glob, also of a submitted function's label) is matched here, so the daemon is
+    # asked for as many as it lists and --limit counts the matches: applied first, it hid older matches
+    rows = ctx.client().sessions(status=statuses, limit=MAX_LIST if args.workflow else args.limit,
+                                 tags=tags or None, since=cutoff)
+    if args.workflow:
+        pat = args.workflow if any(ch in args.workflow for ch in "*?[") else f"*{args.workflow}*"
+        rows = [r for r in rows if any(fnmatch.fnmatchcase(w, pat) for w in (r["workflow"], workflow_label(r)))]
+    return rows[:args.limit]
 
 
 def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -83,9 +86,13 @@ def ps_status(row: dict[str, Any]) -> str:
     return f"queued #{row['queue_position']}" + (f" prio {prio}" if isinstance(prio, int) and prio else "")
 
 
+#: the most sessions ``session.list`` returns
+MAX_LIST = 10_000
+
+
 def _ps_limit(text: str) -> int:
     """``--limit``: 1-10000 (what the daemon takes), said in the option's terms."""
-    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIST:
         raise argparse.ArgumentTypeError(f"must be a whole number 1-10000, not {text!r}")
     return int(text)
 
