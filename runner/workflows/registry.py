@@ -103,6 +103,11 @@ def _searched(search: list[str] | None) -> str:
     return f"; searched {', '.join(search)} (the client's directory and PYTHONPATH), then labd's own path"
 
 
+def _exc_text(exc: BaseException) -> str:
+    """``ValueError: bad``; a bare ``KeyboardInterrupt`` without a dangling colon."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def _load_file(file: str) -> ModuleType:
     if not os.path.isfile(file):
         raise WorkflowError("unknown_workflow", f"no workflow file {file}")
@@ -118,9 +123,10 @@ def _load_file(file: str) -> ModuleType:
     sys.modules[name] = module  # pickling (multiprocessing) and dataclasses look their module up by name
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - user code failing at import is reported, not raised
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001 - user code failing at import (a
+        # script's sys.exit too) is reported, not raised: raised, it ended the checking process unexplained
         sys.modules.pop(name, None)
-        raise WorkflowError("workflow_import_failed", f"running {file} raised {type(exc).__name__}: {exc}") from None
+        raise WorkflowError("workflow_import_failed", f"running {file} raised {_exc_text(exc)}") from None
     return module
 
 
@@ -158,9 +164,9 @@ def resolve(name: str, cwd: str | None = None, search: list[str] | None = None) 
         except ImportError as exc:
             raise WorkflowError("unknown_workflow", f"cannot import workflow module {target.module!r}: {exc}"
                                 f"{_searched(search)}") from None
-        except Exception as exc:  # noqa: BLE001 - user code failing at import is reported, not raised
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001 - as in _load_file
             raise WorkflowError("workflow_import_failed",
-                                f"importing {target.module!r} raised {type(exc).__name__}: {exc}") from None
+                                f"importing {target.module!r} raised {_exc_text(exc)}") from None
     fn = getattr(module, target.attr or "", None)
     if not callable(fn):
         raise WorkflowError("unknown_workflow", f"{where} has no function {target.attr!r}")

@@ -93,6 +93,25 @@ def test_resolve_module_that_raises_at_import(make_module: Callable[[str], str])
     assert "RuntimeError" in err.message and "config missing" in err.message
 
 
+@pytest.mark.parametrize("ending", ["sys.exit('usage: flows.py INPUT')", "raise KeyboardInterrupt"])
+def test_resolve_module_that_exits_at_import(make_module: Callable[[str], str], tmp_path: Path, ending: str) -> None:
+    """A module (or file) whose top-level code calls sys.exit (a script's argument parsing) or raises
+    KeyboardInterrupt is 'workflow_import_failed' naming it, not raised (before: it ended the checker, and
+    `labd run` said only "inspecting the workflow crashed its process")."""
+    code = f"""
+        import sys
+        {ending}
+        def run(ctx):
+            pass
+    """
+    name = make_module(code)
+    for target in (f"{name}:run", f"{tmp_path / name}.py:run"):
+        err = _code(lambda t=target: resolve(t))  # type: ignore[misc]
+        assert err.code == "workflow_import_failed", err.message
+        assert ("SystemExit: usage: flows.py INPUT" in err.message if "exit" in ending
+                else "KeyboardInterrupt" in err.message), err.message
+
+
 def test_resolve_module_with_syntax_error(make_module: Callable[[str], str]) -> None:
     """A module with a syntax error is 'workflow_import_failed' too."""
     name = make_module("def run(ctx:\n    pass\n")
