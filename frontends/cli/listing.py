@@ -30,7 +30,7 @@ def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
     cutoff = None
     if args.since:
         try:
-            cutoff = time.time() - parse_duration(args.since)
+            cutoff = max(time.time() - parse_duration(args.since), 0.0)  # before 1970: all of them
         except UnitError as exc:
             raise CliError(f"--since: {exc}") from None
     # --workflow (a substring or glob, also of a submitted function's label) is matched here, so the daemon is

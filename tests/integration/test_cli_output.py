@@ -49,6 +49,8 @@ def test_ps_limit_counts_the_sessions_the_workflow_filter_keeps(shared_daemon) -
     assert listed == [old.stdout.strip()], listed
     glob = labd("ps", "-a", "--json", "--workflow", "demo.f*", "--limit", "1")
     assert [r["id"] for r in json.loads(glob.stdout)] == [old.stdout.strip()]
+    ages = labd("ps", "-a", "-q", "--workflow", "demo.fai", "--since", "60000d")  # reaching before 1970: all
+    assert ages.returncode == 0 and old.stdout.strip() in ages.stdout.split(), ages.stderr
 
 
 def test_status_is_for_people_and_json_for_programs(shared_daemon) -> None:
