@@ -112,7 +112,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     "output.truncated": {"cap": (int, True), "dropped": (int, False), "by": (str, True), "kinds": (dict, False)},
     "log": {"level": (str, True), "event": (str, True), "logger": (str, False), "fields": (dict, False)},
     "session.paused": {"by": (str, True), "reason": (str, True)},  # runner, at a step boundary
-    "session.resumed": {"by": (str, True), "budget": (NUM, False)},  # runner; budget: a new one given
+    # runner; budget: a new one given; budget_lifted: the budget that paused it no longer holds (resumed without one)
+    "session.resumed": {"by": (str, True), "budget": (NUM, False), "budget_lifted": (bool, False)},
     "session.pause_requested": {"by": (str, True), "reason": (str, True)},  # daemon
     # workflow (DAG): steps and phases are nodes; edges are [[src node, type], ...] into this node
     "step.started": {"name": (str, True), "kind": (str, False), "parent_node": (str, False),

@@ -341,6 +341,14 @@ class Context(Interruptible):
         return self.agent_factory().agent(name, system_prompt, model=model, tools=tools,
                                          code_execution=code_execution, **kwargs)
 
+    def _new_budget(self, budget: float | None) -> bool:
+        factory = self._agent_factory
+        limit = factory.tracker.budget if factory is not None else None
+        if limit is None:  # no budget (none given at start, or no LLM call made yet: the factory is not built)
+            return False
+        limit.limit = float("inf") if budget is None else float(budget)
+        return True
+
     def agent_factory(self) -> Any:
         """The session's agent factory (created on first use; also tracks agents built without it)."""
         if self._agent_factory is None:

@@ -66,8 +66,14 @@ class Interruptible:
         resumed: dict[str, Any] = {"by": self._resumed_by}
         if self._resume_budget is not None:
             resumed["budget"] = self._resume_budget
+        else:  # the budget that paused it is lifted (labd.runner.agents.budget)
+            resumed["budget_lifted"] = True
         self._emit("session.resumed", resumed, self._here())
         return self._resume_budget
+
+    def _new_budget(self, budget: float | None) -> bool:
+        """Give the session's LLM budget a new limit (None: lifted); False if it has no budget to change."""
+        return False
 
     def _maybe_pause(self) -> None:
         pause = self._pause
@@ -78,7 +84,17 @@ class Interruptible:
         while not self._resume.wait(PAUSE_POLL_S):
             self.check_cancelled()
         self.check_cancelled()
-        self._emit("session.resumed", {"by": self._resumed_by}, self._here())
+        resumed: dict[str, Any] = {"by": self._resumed_by}
+        budget = self._resume_budget
+        # A budget given with the resume is the session's budget from now on; a pause the daemon asked for because
+        # the budget was crossed ("limit") is a budget pause, like the runner's own (wait_paused): a resume without
+        # a budget lifts it. Before, both were dropped here and the next LLM call paused again on the old budget.
+        if (budget is not None or by == "limit") and self._new_budget(budget):
+            if budget is not None:
+                resumed["budget"] = budget
+            else:
+                resumed["budget_lifted"] = True
+        self._emit("session.resumed", resumed, self._here())
 
     @property
     def cancelled(self) -> bool:

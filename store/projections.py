@@ -53,6 +53,8 @@ class SessionCursor:
     cost: float = 0.0
     budget: float | None = None
     budget_hit: bool = False
+    #: the session's limits as stored (``sessions.limits``): a resume with a new budget rewrites them
+    limits: dict[str, Any] = field(default_factory=dict)
     #: bytes of output kept (``limits.output``) as stored; ingest's backstop (daemon/outputcap.py) reads it
     output_cap: int | None = None
     #: what the current run has recorded against its bounds (``sessions.record_bytes``, ``sessions.output_chars``):
@@ -162,6 +164,7 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
         })
         out.history.append({"session_id": cur.id, "seq": seq, "ts": ts, "from_status": None,
                             "to_status": "created", "reason": "created", "actor": "client", "node_id": None})
+        cur.limits = dict(payload["limits"])
         budget = payload["limits"].get("budget")
         cur.budget = float(budget) if isinstance(budget, int | float) else None
         if payload.get("idempotency_key"):  # committed with the session: a retry finds it, even after a restart
@@ -290,6 +293,12 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
         _transition(cur, "paused", seq, ts, payload["reason"], payload["by"], out)
     elif kind == "session.resumed":
         _transition(cur, "running", seq, ts, "resumed", payload["by"], out)
+        if "budget" in payload or payload.get("budget_lifted"):  # the runner's budget from now on
+            budget = payload.get("budget")
+            cur.limits = {**cur.limits, "budget": budget}
+            cur.budget = float(budget) if isinstance(budget, int | float) else None
+            cur.budget_hit = cur.budget is not None and cur.cost > cur.budget
+            out.update(cur.id, limits=orjson.dumps(cur.limits).decode())
     elif kind == "resource.sample":
         cur.peak_rss = max(cur.peak_rss, payload["peak_rss"])
         cur.peak_cpu_percent = max(cur.peak_cpu_percent, float(payload["peak_cpu_percent"]))
@@ -314,6 +323,7 @@ def _continue(cur: SessionCursor, seq: int, ts: float, payload: dict[str, Any], 
                                   signal=None, pid=None, pid_create_time=None)
     limits = payload.get("limits")
     if isinstance(limits, dict):
+        cur.limits = dict(limits)
         values["limits"] = orjson.dumps(limits).decode()
         budget = limits.get("budget")
         cur.budget = float(budget) if isinstance(budget, int | float) else None

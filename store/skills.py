@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, Select, delete, func, insert, or_, select
 
+from labd.ipc.functions import FUNCTION_WORKFLOW
 from labd.store.queries import Store
 from labd.store.schema import skills
 
@@ -182,6 +183,9 @@ def check_skill(doc: Any) -> None:
     wf = doc.get("workflow")
     if not (isinstance(wf, str) and 0 < len(wf) <= 300 and wf.isprintable()) or wf.startswith("skill:"):
         raise _bad("workflow", "the workflow to start (1-300 printable characters; not another skill:)")
+    if wf == FUNCTION_WORKFLOW:  # its call (the pickled function and arguments) is not in a skill: it could not run
+        raise SkillError("bad_skill", "a submitted function's session cannot be a skill (its pickled call is not "
+                         "part of one): submit the function again with Client.submit", "workflow")
     get = doc.get
     if "version" in doc:
         _int(get("version"), "version")

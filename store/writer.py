@@ -86,6 +86,7 @@ class BatchWriter:
         cur.kill_reason = row["kill_reason"]
         cur.cost = row["cost"] or 0.0
         limits = orjson.loads(row["limits"]) if row["limits"] else {}
+        cur.limits = limits if isinstance(limits, dict) else {}
         budget, cap = limits.get("budget"), limits.get("output")
         cur.budget = float(budget) if isinstance(budget, int | float) else None
         cur.output_cap = cap if isinstance(cap, int) and not isinstance(cap, bool) else None

@@ -91,7 +91,9 @@ class Replay(Start):
         }
         if row["workflow"] == FUNCTION_WORKFLOW:
             body["payload"] = created.get("payload")
-            body["params"] = {k: v for k, v in row["params"].items() if k not in ("payload", "max_result")}
+            # the call's own params: the digest and size recorded beside them are the start's to add again
+            body["params"] = {k: v for k, v in row["params"].items()
+                              if k not in ("payload", "max_result", "sha256", "size")}
         if key is not None:
             body["idempotency_key"] = key
         self.body = {k: v for k, v in body.items() if v is not None}

@@ -71,8 +71,9 @@ def cmd_checkpoints(args: argparse.Namespace, ctx: Ctx) -> int:
             result = str(c["result_preview"])
         else:
             result = json.dumps(c.get("result_inline")) if "result_inline" in c else "-"
-        rows.append([c["node_id"] or "-", c["name"], str(c["files"]), format_size(c.get("bytes") or 0),
-                     "+" + format_size(c.get("new_bytes") or 0), format_duration(c.get("duration") or 0), result[:60]])
+        new = "+" + format_size(c["new_bytes"]) if c.get("new_bytes") else "-"  # nothing new: "-", not "+-"
+        rows.append([c["node_id"] or "-", c["name"], str(c["files"]), format_size(c.get("bytes") or 0), new,
+                     format_duration(c.get("duration") or 0), result[:60]])
     ctx.out.table(["NODE", "STEP", "FILES", "SIZE", "NEW", "TOOK", "RESULT"], rows,
                   right=("FILES", "SIZE", "NEW", "TOOK"))
     return 0

@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, add_json, command, last_line
+from labd.frontends.cli.interrupt import ctrl_c
 from labd.ipc.family import family_tree
 
 __all__ = ["register"]
@@ -26,7 +27,14 @@ def cmd_replay(args: argparse.Namespace, ctx: Ctx) -> int:
     if not args.wait:
         ctx.out.json({"session": sid}) if args.json else ctx.out.line(sid)
         return 0
-    final = c.wait(sid)
+    try:
+        with ctrl_c() as pressed:
+            final = c.wait(sid)
+            pressed.check()  # a press whose KeyboardInterrupt a finalizer swallowed
+    except KeyboardInterrupt:  # the replay is a session of its own: say which, or its id is lost
+        ctx.out.line(f"\n== detached: replay session {sid} keeps running. Stop it with `labd stop {sid}`; "
+                     f"follow it with `labd logs -f {sid}`.", "bold yellow", err=True)
+        return 130
     events = list(c.history(sid, kinds=["replay.miss", "replay.diverged", "llm.response", "approval.replayed"]))
     divergences = [e for e in events if e["kind"] in ("replay.miss", "replay.diverged")]
     served = sum(1 for e in events if e["kind"] == "approval.replayed"

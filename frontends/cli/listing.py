@@ -27,17 +27,20 @@ def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
     tags = parse_tags(args.tag)
     if tags and not args.status:
         statuses = None  # a tag selects sessions whatever their status
-    rows = ctx.client().sessions(status=statuses, limit=args.limit, tags=tags or None)
+    cutoff = None
+    if args.since:
+        try:
+            cutoff = max(time.time() - parse_duration(args.since), 0.0)  # before 1970: all of them
+        except UnitError as exc:
+            raise CliError(f"--since: {exc}") from None
+    # --workflow (a substring or glob, also of a submitted function's label) is matched here, so the daemon is
+    # asked for as many as it lists and --limit counts the matches: applied first, it hid older matches
+    rows = ctx.client().sessions(status=statuses, limit=MAX_LIST if args.workflow else args.limit,
+                                 tags=tags or None, since=cutoff)
     if args.workflow:
         pat = args.workflow if any(ch in args.workflow for ch in "*?[") else f"*{args.workflow}*"
         rows = [r for r in rows if any(fnmatch.fnmatchcase(w, pat) for w in (r["workflow"], workflow_label(r)))]
-    if args.since:
-        try:
-            cutoff = time.time() - parse_duration(args.since)
-        except UnitError as exc:
-            raise CliError(f"--since: {exc}") from None
-        rows = [r for r in rows if (r.get("created_at") or 0) >= cutoff]
-    return rows
+    return rows[:args.limit]
 
 
 def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -83,9 +86,13 @@ def ps_status(row: dict[str, Any]) -> str:
     return f"queued #{row['queue_position']}" + (f" prio {prio}" if isinstance(prio, int) and prio else "")
 
 
+#: the most sessions ``session.list`` returns
+MAX_LIST = 10_000
+
+
 def _ps_limit(text: str) -> int:
     """``--limit``: 1-10000 (what the daemon takes), said in the option's terms."""
-    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIST:
         raise argparse.ArgumentTypeError(f"must be a whole number 1-10000, not {text!r}")
     return int(text)
 
@@ -159,7 +166,8 @@ def truncation_text(events: Any) -> str | None:
 ENDED_BY = {
     "exit": "its runner exited", "cooperative": "stop request (the workflow stopped at a step boundary)",
     "sigterm": "stop ladder: SIGTERM", "sigkill": "SIGKILL (kill, memory limit, or the stop ladder's last rung)",
-    "vanished": "its runner ended while no daemon watched it (exit status unknown; its outcome came from its record)",
+    "vanished": "its runner ended with no exit status to read (a runner adopted after a daemon restart, or one that "
+                "ended while no daemon ran; its outcome came from its record)",
     "launch": "its runner could not be started", "queue": "stopped while queued (no runner ever started)",
 }
 

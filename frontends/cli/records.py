@@ -85,7 +85,7 @@ def cmd_cost(args: argparse.Namespace, ctx: Ctx) -> int:
         since = None
         if args.since:
             try:
-                since = time.time() - parse_duration(args.since)
+                since = max(time.time() - parse_duration(args.since), 0.0)  # before 1970: every session
             except UnitError as exc:
                 raise CliError(f"--since: {exc}") from None
         s = ctx.client().cost_summary(by=args.by, since=since)

@@ -13,9 +13,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import json
 import math
 import os
 import sys
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -103,6 +106,11 @@ def _searched(search: list[str] | None) -> str:
     return f"; searched {', '.join(search)} (the client's directory and PYTHONPATH), then labd's own path"
 
 
+def _exc_text(exc: BaseException) -> str:
+    """``ValueError: bad``; a bare ``KeyboardInterrupt`` without a dangling colon."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def _load_file(file: str) -> ModuleType:
     if not os.path.isfile(file):
         raise WorkflowError("unknown_workflow", f"no workflow file {file}")
@@ -118,9 +126,10 @@ def _load_file(file: str) -> ModuleType:
     sys.modules[name] = module  # pickling (multiprocessing) and dataclasses look their module up by name
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - user code failing at import is reported, not raised
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001 - user code failing at import (a
+        # script's sys.exit too) is reported, not raised: raised, it ended the checking process unexplained
         sys.modules.pop(name, None)
-        raise WorkflowError("workflow_import_failed", f"running {file} raised {type(exc).__name__}: {exc}") from None
+        raise WorkflowError("workflow_import_failed", f"running {file} raised {_exc_text(exc)}") from None
     return module
 
 
@@ -158,9 +167,9 @@ def resolve(name: str, cwd: str | None = None, search: list[str] | None = None) 
         except ImportError as exc:
             raise WorkflowError("unknown_workflow", f"cannot import workflow module {target.module!r}: {exc}"
                                 f"{_searched(search)}") from None
-        except Exception as exc:  # noqa: BLE001 - user code failing at import is reported, not raised
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001 - as in _load_file
             raise WorkflowError("workflow_import_failed",
-                                f"importing {target.module!r} raised {type(exc).__name__}: {exc}") from None
+                                f"importing {target.module!r} raised {_exc_text(exc)}") from None
     fn = getattr(module, target.attr or "", None)
     if not callable(fn):
         raise WorkflowError("unknown_workflow", f"{where} has no function {target.attr!r}")
@@ -219,6 +228,47 @@ def describe(fn: Callable[..., Any]) -> dict[str, Any]:
     return {"doc": inspect.getdoc(fn) or "", "params": out}
 
 
+def _unoptional(ann: Any) -> tuple[Any, bool]:
+    """``Optional[X]`` / ``X | None`` -> (X, True); anything else -> (it, False)."""
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(ann)) == 2:
+            return args[0], True
+    return ann, False
+
+
+def _container(ann: Any) -> type | None:
+    """``list`` for ``list`` / ``list[...]``, ``dict`` for ``dict`` / ``dict[...]``, else None."""
+    for kind in (list, dict):
+        if ann is kind or typing.get_origin(ann) is kind:
+            return kind
+    return None
+
+
+def _json_param(text: str, kind: type) -> tuple[Any, str | None]:
+    """A ``list`` / ``dict`` parameter given as text (``-p xs=[1,2]``): its JSON, or why not. Only what the record
+    holds as the value that ran: no NaN, infinity or integers past 64 bits."""
+    def refuse(value: Any) -> Any:
+        raise ValueError(f"{value} is not a number JSON holds")
+
+    example = "[1, 2]" if kind is list else '{"a": 1}'
+    try:
+        value = json.loads(text, parse_constant=refuse)
+    except ValueError:
+        return text, f"expected {kind.__name__} as JSON (e.g. {example}), got {_short(text)}"
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item) or (
+                isinstance(item, int) and not isinstance(item, bool) and not INT64[0] <= item <= INT64[1]):
+            return text, f"expected {kind.__name__} of finite numbers and 64-bit integers, got {_short(text)}"
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+    return value, None
+
+
 def bind_params(fn: Callable[..., Any], params: dict[str, Any]) -> dict[str, Any]:
     """Check and convert ``params`` for ``fn``; raise :class:`WorkflowError` ``bad_params`` on misfit."""
     spec = {p.name: p for p in _params_of(fn)}
@@ -233,25 +283,41 @@ def bind_params(fn: Callable[..., Any], params: dict[str, Any]) -> dict[str, Any
             else:
                 errors[name] = f"unknown parameter (accepted: {', '.join(spec) or 'none'})"
             continue
-        conv = _CONVERTERS.get(p.annotation)
-        if conv is not None and isinstance(value, str) and p.annotation is not str:
+        ann, optional = _unoptional(p.annotation)
+        if optional and value is None:
+            bound[name] = None
+            continue
+        container = _container(ann)
+        if container is not None:  # list / dict: JSON text (from -p) or the value itself
+            problem = None
+            if isinstance(value, str):
+                value, problem = _json_param(value, container)
+            if problem is None and not isinstance(value, container):
+                problem = f"expected {container.__name__}, got {type(value).__name__}"
+            if problem is not None:
+                errors[name] = problem
+                continue
+            bound[name] = value
+            continue
+        conv = _CONVERTERS.get(ann)
+        if conv is not None and isinstance(value, str) and ann is not str:
             try:
                 value = conv(value)
             except (ValueError, KeyError):
-                errors[name] = f"expected {p.annotation.__name__}, got {_short(value)}"
+                errors[name] = f"expected {ann.__name__}, got {_short(value)}"
                 continue
-        elif conv is not None and p.annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        elif conv is not None and ann is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value) if abs(value) < 1 << 1000 else math.inf  # past float's range: refused below
-        elif isinstance(p.annotation, type) and p.annotation in _CONVERTERS and (
-                not isinstance(value, p.annotation) or (isinstance(value, bool) and p.annotation is not bool)):
-            errors[name] = f"expected {p.annotation.__name__}, got {type(value).__name__}"
+        elif isinstance(ann, type) and ann in _CONVERTERS and (
+                not isinstance(value, ann) or (isinstance(value, bool) and ann is not bool)):
+            errors[name] = f"expected {ann.__name__}, got {type(value).__name__}"
             continue
         # what the record cannot hold as the value that ran is refused, not recorded as something else: JSON has
         # no NaN or infinity (they would read back as null), and the store's integers are 64-bit
-        if p.annotation is float and isinstance(value, float) and not math.isfinite(value):
+        if ann is float and isinstance(value, float) and not math.isfinite(value):
             errors[name] = f"expected a finite number, got {_short(value)}"
             continue
-        if p.annotation is int and isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        if ann is int and isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
             errors[name] = f"{_short(value)} is out of range (a 64-bit integer: {INT64[0]} to {INT64[1]})"
             continue
         bound[name] = value

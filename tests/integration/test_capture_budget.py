@@ -33,7 +33,7 @@ def test_stop_on_budget_spends_at_most_one_call_more(client) -> None:
 def test_pause_on_budget_blocks_until_resumed_with_a_new_budget(client) -> None:
     """With ``budget_action pause`` the runner blocks before the call that the budget refuses (status
     paused, no more calls while paused); ``session.resume {budget}`` continues with the new budget and
-    the loop completes all 40 calls."""
+    the loop completes all 40 calls; the session's limits then hold the new budget."""
     sid = client.start("labd_fidelityflows:spend_loop", params={"calls": 40}, budget=BUDGET,
                        budget_action="pause")
     wait_until(lambda: client.session(sid)["status"] == "paused", timeout=60, what="budget pause")
@@ -48,3 +48,26 @@ def test_pause_on_budget_blocks_until_resumed_with_a_new_budget(client) -> None:
     assert len(_calls(client, sid)) == 40
     resumed = [e for e in client.history(sid) if e["kind"] == "session.resumed"]
     assert any(e["payload"].get("budget") == 1.0 for e in resumed)
+    # the record has the budget the session now runs under (labd show, labd cost)
+    assert final["limits"]["budget"] == 1.0 and client.cost(sid)["budget"] == 1.0
+
+
+def test_a_budget_given_at_resume_holds_after_the_daemons_budget_pause(client) -> None:
+    """The daemon's own budget check pauses a ``budget_action pause`` session at its next step boundary; resumed
+    with a new budget (``labd resume S --budget 1``), the session goes on under that budget (before, the runner
+    kept the old one and paused again at the very next LLM call, so the budget given was lost), and the record
+    says so: ``session.resumed`` carries the budget, ``limits.budget`` and ``labd cost``'s budget are the new one."""
+    sid = client.start("labd_fidelityflows:spend_steps", params={"steps": 4}, budget=0.00001, budget_action="pause")
+    wait_until(lambda: client.session(sid)["status"] == "paused", timeout=60, what="the daemon's budget pause")
+    assert [h["actor"] for h in client.session(sid)["history"] if h.get("to_status") == "paused"] == ["limit"]
+    client.resume(sid, budget=1.0)
+    wait_until(lambda: any(e["kind"] == "session.resumed" for e in client.history(sid)), timeout=30,
+               what="the resume")
+    wait_until(lambda: client.session(sid)["status"] in ("completed", "failed", "paused"), timeout=60,
+               what="the session going on (or pausing again)")
+    final = client.session(sid)
+    assert final["status"] == "completed", final["reason"]
+    assert len(_calls(client, sid)) == 4
+    assert final["limits"]["budget"] == 1.0 and client.cost(sid)["budget"] == 1.0
+    resumed = [e for e in client.history(sid) if e["kind"] == "session.resumed"]
+    assert [e["payload"].get("budget") for e in resumed] == [1.0]

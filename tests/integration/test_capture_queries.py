@@ -124,7 +124,7 @@ def test_cost_across_sessions_equals_the_sum_of_sessions(client) -> None:
 
 def test_cli_flags_for_full_events_tags_and_cost_across_sessions(daemon) -> None:
     """``labd run --tag``, ``labd ps --tag/--workflow/--since``, ``labd events --full --agent`` and
-    ``labd cost --all --by`` reach the daemon and print what they asked for."""
+    ``labd cost --all --by`` (and ``--since``, however far back) reach the daemon and print what they asked for."""
     import json
     import subprocess
     import sys
@@ -146,4 +146,7 @@ def test_cli_flags_for_full_events_tags_and_cost_across_sessions(daemon) -> None
     assert groups["team=red"]["sessions"] == 1
     text = labd("cost", "--all", "--by", "tag").stdout  # says what it counts: sessions that called a model
     assert text.startswith("1 session with LLM calls: $"), text
+    # a --since reaching before 1970 counts every session (it was refused: "field 'since' must be a time ...")
+    ever = labd("cost", "--all", "--since", "60000d", "--json")
+    assert ever.returncode == 0 and json.loads(ever.stdout)["total"]["sessions"] == 1, ever.stderr
     assert "follow" in labd("events", sid, "--full", "--follow").stderr

@@ -77,6 +77,27 @@ def test_ctrl_c_during_run_follow_detaches_and_says_so(shared_daemon) -> None:
         c.kill(sid)
 
 
+def test_ctrl_c_during_replay_wait_names_the_replay_that_keeps_running(shared_daemon) -> None:
+    """Ctrl-C while `labd replay S --wait` waits: exit 130 and say which session the replay is, that it keeps
+    running and how to stop or follow it (before: exit 130 and nothing at all, so the new session's id was lost)."""
+    with shared_daemon.client() as c:
+        orig = c.start("demo.sleep", params={"seconds": 600})
+        wait_until(lambda: c.session(orig)["status"] == "running", timeout=30, what="the original session")
+        c.stop(orig)
+        wait_until(lambda: c.session(orig)["status"] == "cancelled", timeout=30, what="its stop")
+        proc = subprocess.Popen([sys.executable, "-m", "labd", "replay", orig, "--wait"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        replay = wait_until(lambda: next((s["id"] for s in c.sessions() if s.get("parent_id") == orig
+                                          and s["status"] == "running"), None), timeout=30, what="the replay")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert f"session {replay} keeps running" in err and f"labd stop {replay}" in err, err
+        assert "Traceback" not in err
+        assert c.session(replay)["status"] == "running"
+        c.kill(replay)
+
+
 def test_follow_says_the_session_keeps_running_when_the_daemon_stops(daemon) -> None:
     """`labd run --follow` whose daemon is shut down mid-follow exits 2 with the `no_daemon` error, and says the
     session keeps running and how to follow it again (before: only "stopped before it replied", which reads as

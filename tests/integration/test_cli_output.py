@@ -38,6 +38,21 @@ def test_ps_shows_live_sessions_unless_asked(daemon) -> None:
     assert labd("kill", live).returncode == 0
 
 
+def test_ps_limit_counts_the_sessions_the_workflow_filter_keeps(shared_daemon) -> None:
+    """`ps -a --workflow W --limit N` lists the newest N sessions of W, however many newer sessions of other
+    workflows there are (the limit was applied before the filter: an older match was not listed at all)."""
+    old = labd("run", "demo.fail", "--name", "older-match")
+    assert old.returncode == 0, old.stderr
+    for _ in range(3):
+        assert labd("run", "demo.count", "-p", "n=1", "-p", "delay=0").returncode == 0
+    listed = labd("ps", "-a", "-q", "--workflow", "demo.fai", "--limit", "1").stdout.split()
+    assert listed == [old.stdout.strip()], listed
+    glob = labd("ps", "-a", "--json", "--workflow", "demo.f*", "--limit", "1")
+    assert [r["id"] for r in json.loads(glob.stdout)] == [old.stdout.strip()]
+    ages = labd("ps", "-a", "-q", "--workflow", "demo.fai", "--since", "60000d")  # reaching before 1970: all
+    assert ages.returncode == 0 and old.stdout.strip() in ages.stdout.split(), ages.stderr
+
+
 def test_status_is_for_people_and_json_for_programs(shared_daemon) -> None:
     """`status` prints labelled lines (not raw JSON); --json gives the reply object."""
     human = labd("status").stdout

@@ -482,3 +482,18 @@ def test_resume_and_branch_of_a_session_of_this_machine_check_its_cpus_against_t
             assert err.value.code == "bad_limits" and "cpu" in str(err.value).lower(), err.value
         assert c.resume(failed, limits={"cpu": "50%"})["resumed"] is True
         assert _ended(c, failed)["status"] == "failed"
+
+
+def test_checkpoints_show_a_step_that_added_no_bytes_as_nothing_new(shared_daemon, tmp_path: Path) -> None:
+    """`labd checkpoints`: the NEW column of a step that wrote nothing is "-" (it read "+-"); a step that wrote
+    bytes shows them with "+"."""
+    flows = tmp_path / "quiet_flows.py"
+    flows.write_text("import pathlib\n\ndef flow(ctx):\n    with ctx.step('write'):\n"
+                     "        pathlib.Path('a.txt').write_text('abc')\n    with ctx.step('idle'):\n        pass\n")
+    r = labd("run", f"{flows}:flow")
+    assert r.returncode == 0, r.stderr
+    sid = r.stdout.strip()
+    with shared_daemon.client() as c:
+        assert _ended(c, sid)["status"] == "completed"
+    rows = {line.split()[1]: line.split() for line in labd("checkpoints", sid).stdout.splitlines()[1:]}
+    assert rows["write"][4] == "+3B" and rows["idle"][4] == "-", rows

@@ -213,3 +213,25 @@ def test_second_daemon_on_the_same_home_refuses_to_start(daemon) -> None:
     assert "already serving home" in second.log()
     with daemon.client() as c:
         assert c.ping()["pid"] == daemon.proc.pid
+
+
+def test_show_does_not_say_no_daemon_watched_an_adopted_runner_that_ended(daemon) -> None:
+    """An adopted runner that ends under the new daemon ends `vanished` (not the daemon's child: no exit status);
+    `labd show` says so without claiming it ended "while no daemon watched it" (it said that, with the new daemon
+    watching it all along)."""
+    from tests.integration.cli_support import labd
+
+    sid, _ = _ticking_then_daemon_killed(daemon, 120)
+    restarted = DaemonProc(daemon.home).start()
+    try:
+        with restarted.client() as c:
+            wait_until(lambda: any(e["kind"] == "session.adopted" for e in c.history(sid)), timeout=30,
+                       what="the adoption")
+            final = c.wait(sid, timeout=60)
+            assert final["status"] == "completed" and final["ended_by"] == "vanished", final
+        shown = labd("--home", str(daemon.home), "show", sid)
+        assert shown.returncode == 0, shown.stderr
+        ended = next(line for line in shown.stdout.splitlines() if line.startswith("ended by"))
+        assert "no daemon watched" not in ended and "adopted" in ended, ended
+    finally:
+        restarted.stop()

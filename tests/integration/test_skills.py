@@ -95,3 +95,21 @@ def test_skill_errors(daemon) -> None:
         assert c.request("skill.delete", name="count-once") == {"name": "count-once", "versions": 2}
         with pytest.raises(LabdError):
             c.request("skill.get", name="count-once")
+
+
+def test_a_submitted_functions_session_is_no_skill(daemon) -> None:
+    """A `Client.submit` session cannot become a skill: its call (the pickled function and arguments) is not in a
+    skill, so `labd run skill:NAME` could only fail (it did, with "field 'payload' goes with workflow ...: use
+    Client.submit"). Saving it is refused `bad_skill`, saying why; so is importing such a document."""
+    from labd.ipc import LabdError
+
+    with daemon.client() as c:
+        sid = c.submit(lambda: 1)
+        assert c.result(sid, timeout=60) == 1
+        with pytest.raises(LabdError) as err:
+            c.request("skill.save", session=sid, name="fn-skill")
+        assert err.value.code == "bad_skill" and "submitted function" in err.value.message, err.value
+        with pytest.raises(LabdError) as err:
+            c.request("skill.import", document={"name": "fn-skill", "workflow": "labd.runner.workflows.function:call"})
+        assert "submitted function" in err.value.message
+        assert not [s for s in c.request("skill.list")["skills"] if s["name"] == "fn-skill"]

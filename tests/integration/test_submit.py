@@ -99,6 +99,19 @@ def test_lambda_with_args_and_kwargs(client) -> None:
     assert client.result(client.start("demo.count", params={"n": 1, "delay": 0}), timeout=60) == 1
 
 
+def test_a_submitted_function_can_be_replayed(client) -> None:
+    """`labd replay` of a submitted function's session runs the same call again (same result, a session of origin
+    replay); it was refused `unknown params ['sha256', 'size'] for a function call`: the replay sent back the
+    digest and size the daemon records beside the call's params."""
+    sid = client.submit(lambda x, y=1: x * y, 6, y=7)
+    assert client.result(sid, timeout=60) == 42
+    again = client.replay(sid)
+    assert client.result(again, timeout=60) == 42
+    s = client.session(again)
+    assert s["origin"] == "replay" and s["parent_id"] == sid
+    assert s["params"]["sha256"] == client.session(sid)["params"]["sha256"]
+
+
 def test_function_defined_in_main_of_a_script(shared_daemon, tmp_path: Path) -> None:
     """Functions and a class defined in a script's __main__ (using its globals and a helper) travel by value;
     a module beside the script, used by them or whose function is sent, travels by reference (not its state) and

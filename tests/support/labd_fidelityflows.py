@@ -141,6 +141,25 @@ def spend_loop(ctx: Any, calls: int = 40) -> int:
     return asyncio.run(body())
 
 
+def spend_steps(ctx: Any, steps: int = 4) -> int:
+    """One LLM call per step; each step then waits (up to 30 s) for the daemon's pause request that a crossed
+    budget sends, so the pause lands at the next step boundary, before that step's call (for budgets)."""
+    import time
+
+    from ag2 import Agent
+
+    from labd.runner.agents.offline import OfflineModelConfig
+
+    agent = Agent("spender", "ROLE: researcher", config=OfflineModelConfig())
+    for i in range(steps):
+        with ctx.step(f"spend {i}"):
+            asyncio.run(agent.ask(f"question {i}: " + "x" * 400))
+            deadline = time.monotonic() + 30
+            while i == 0 and ctx._pause is None and time.monotonic() < deadline:  # noqa: SLF001 - the test's sync
+                time.sleep(0.01)
+    return steps
+
+
 def delete_file(ctx: Any) -> str:
     """A step writes a file, a later step deletes it, a third writes another."""
     from pathlib import Path

@@ -7,7 +7,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 from itertools import count
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -93,6 +93,25 @@ def test_resolve_module_that_raises_at_import(make_module: Callable[[str], str])
     assert "RuntimeError" in err.message and "config missing" in err.message
 
 
+@pytest.mark.parametrize("ending", ["sys.exit('usage: flows.py INPUT')", "raise KeyboardInterrupt"])
+def test_resolve_module_that_exits_at_import(make_module: Callable[[str], str], tmp_path: Path, ending: str) -> None:
+    """A module (or file) whose top-level code calls sys.exit (a script's argument parsing) or raises
+    KeyboardInterrupt is 'workflow_import_failed' naming it, not raised (before: it ended the checker, and
+    `labd run` said only "inspecting the workflow crashed its process")."""
+    code = f"""
+        import sys
+        {ending}
+        def run(ctx):
+            pass
+    """
+    name = make_module(code)
+    for target in (f"{name}:run", f"{tmp_path / name}.py:run"):
+        err = _code(lambda t=target: resolve(t))  # type: ignore[misc]
+        assert err.code == "workflow_import_failed", err.message
+        assert ("SystemExit: usage: flows.py INPUT" in err.message if "exit" in ending
+                else "KeyboardInterrupt" in err.message), err.message
+
+
 def test_resolve_module_with_syntax_error(make_module: Callable[[str], str]) -> None:
     """A module with a syntax error is 'workflow_import_failed' too."""
     name = make_module("def run(ctx:\n    pass\n")
@@ -176,6 +195,25 @@ def test_wrong_non_string_types_are_rejected(name: str, value: Any) -> None:
     params: dict[str, Any] = {"n": 1, name: value}
     err = _code(lambda: bind_params(typed, params))
     assert err.code == "bad_params" and name in err.details["params"]
+
+
+def optionals(ctx: Any, a: Optional[int] = None, b: float | None = None, xs: list[int] | None = None,  # noqa: UP045
+              d: dict = None, ys: list = None) -> None:  # type: ignore[assignment]
+    """Optional scalars and containers (planning_and_control's ``plan: list[Any] | None``)."""
+
+
+def test_optional_scalars_and_containers_are_converted_or_refused() -> None:
+    """``Optional[int]`` / ``float | None`` convert strings like ``int`` / ``float`` (they arrived as the string);
+    ``list`` / ``dict`` parameters take JSON text from ``-p`` (they arrived as the string ``'[1,2]'``) or the value
+    itself; what does not fit is ``bad_params`` under its name; None stays None for an optional one."""
+    assert bind_params(optionals, {"a": "5", "b": "0.5", "xs": "[1, 2]", "d": '{"k": 1}', "ys": "[]"}) == {
+        "a": 5, "b": 0.5, "xs": [1, 2], "d": {"k": 1}, "ys": []}
+    assert bind_params(optionals, {"a": None, "xs": None, "d": {"k": 2}}) == {"a": None, "xs": None, "d": {"k": 2}}
+    err = _code(lambda: bind_params(optionals, {"a": "abc", "b": "fast", "xs": "1,2", "d": "[1]", "ys": {"k": 1}}))
+    assert err.code == "bad_params" and set(err.details["params"]) == {"a", "b", "xs", "d", "ys"}, err.details
+    assert "expected list" in err.details["params"]["xs"] and "expected dict" in err.details["params"]["d"]
+    for bad in ("[NaN]", "[1e400]", f"[{2**70}]"):  # what the record could not hold as the value that ran
+        assert "xs" in _code(lambda b=bad: bind_params(optionals, {"xs": b})).details["params"]  # type: ignore[misc]
 
 
 def test_int_is_widened_to_float() -> None:

@@ -394,6 +394,31 @@ def test_load_cursor_carries_budget_and_output_cap(engine: Engine, writer: Batch
     assert two is not None and (two.budget, two.output_cap) == (None, None)
 
 
+def test_a_budget_given_or_lifted_at_resume_is_the_sessions_budget(engine: Engine, writer: BatchWriter) -> None:
+    """``session.resumed`` with a new budget rewrites ``limits.budget`` (what `labd show` and `labd cost` print, and
+    what a later resume of the ended session starts from) and the budget ingest checks; ``budget_lifted`` (resumed
+    without one after a budget pause) clears it; a plain resume leaves it. A restart's cursor has the new one."""
+    cursors: dict[str, SessionCursor] = {}
+    b = Batch(cursors)
+    for sid in ("s1", "s2", "s3"):
+        b.add(sid, "session.created", CREATED | {"limits": {"memory": 2**30, "budget": 0.5, "budget_action": "pause"}})
+        b.add(sid, "session.launched", {"pid": 1, "create_time": 1.0, "launcher": "x"})
+        b.add(sid, "session.started", {"pid": 1, "workdir": "/w"}, src="r")
+        b.add(sid, "session.paused", {"by": "budget", "reason": "budget reached"}, src="r")
+    b.add("s1", "session.resumed", {"by": "client", "budget": 5.0}, src="r")
+    b.add("s2", "session.resumed", {"by": "client", "budget_lifted": True}, src="r")
+    b.add("s3", "session.resumed", {"by": "client"}, src="r")
+    b.commit(writer)
+    store = Store(engine)
+    got = {sid: store.session(sid)["limits"] for sid in ("s1", "s2", "s3")}  # type: ignore[index]
+    assert got["s1"] == {"memory": 2**30, "budget": 5.0, "budget_action": "pause"}
+    assert got["s2"]["budget"] is None and got["s2"]["memory"] == 2**30
+    assert got["s3"]["budget"] == 0.5
+    assert [cursors[sid].budget for sid in ("s1", "s2", "s3")] == [5.0, None, 0.5]
+    one = writer.load_cursor("s1")
+    assert one is not None and one.budget == 5.0 and one.limits["budget"] == 5.0
+
+
 def test_restored_cursor_finalizes_like_the_original(engine: Engine, writer: BatchWriter) -> None:
     """After a daemon restart between the runner's failure report and its exit, the end reason still
     carries the workflow's error (not the row's last transition reason, 'runner started')."""
