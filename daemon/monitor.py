@@ -53,6 +53,7 @@ from labd.daemon.forkrate import ForkRate
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY
 from labd.daemon.launcher import signal_group
 from labd.daemon.limits import Limits
+from labd.daemon.oom_guard import OomGuard
 from labd.daemon.proctable import MarkerCache, ProcTable, PssCache, read_proc
 from labd.daemon.shmem import ShmemCache
 from labd.daemon.warnlimit import FailureLog
@@ -74,7 +75,8 @@ PASS = "limits monitor: a pass over the process table failed; limits are not enf
 QUICK = "limits monitor: re-reading a session close to its memory limit failed"
 TIMEOUTS = "limits monitor: checking wall-time limits failed"
 THROTTLE = "limits monitor: CPU throttling failed"
-STEPS = {PASS: "pass", QUICK: "quick", TIMEOUTS: "timeouts", THROTTLE: "throttle"}
+OOM = "limits monitor: checking the daemon's OOM score failed"
+STEPS = {PASS: "pass", QUICK: "quick", TIMEOUTS: "timeouts", THROTTLE: "throttle", OOM: "oom_score"}
 
 
 class Monitor(threading.Thread):
@@ -102,6 +104,7 @@ class Monitor(threading.Thread):
         self.passes = 0
         self.log = structlog.get_logger("labd.monitor")
         self.failures = FailureLog(self.log, "limits monitor works again")
+        self.oom = OomGuard(self.log)  # session code may raise the daemon's OOM score: put back after each pass
         self.passed_at = time.monotonic()  # the last good pass (or the start)
         self._deadline = time.time()  # wall-clock time of the next wall-time limit (set by _timeouts)
 
@@ -168,7 +171,7 @@ class Monitor(threading.Thread):
         ago = time.monotonic() - self.passed_at
         stale = ago > max(STALE_AFTER_S, 3 * self.sample_interval)
         out: dict[str, Any] = {"alive": self.is_alive(), "passes": self.passes, "last_pass_s_ago": round(ago, 1),
-                               "stale": stale}
+                               "stale": stale, "oom_score_restored": self.oom.restored}
         failing = [(name, f) for what, name in STEPS.items() if (f := self.failures.failing(what)) is not None]
         if failing:
             f = failing[0][1]
@@ -212,6 +215,7 @@ class Monitor(threading.Thread):
                         next_record = now + self.record_interval
                     if self._step(PASS, self._pass, watched, now, record):
                         self.passed_at = now
+                    self._step(OOM, self.oom.check)
                     last_pass = now  # a failed pass is tried again next period, like any
                     # strict as the pass left it: a session it found past half its procs gets the fast period now
                     strict = strict or any(w.procs_near for w in watched)
