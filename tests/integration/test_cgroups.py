@@ -413,3 +413,43 @@ def test_kill_then_resume_of_a_runner_adopted_without_a_group_keeps_the_resumed_
         finally:
             if alive(stubborn):
                 os.kill(stubborn, signal.SIGKILL)
+
+
+def test_a_launched_runner_still_in_another_sessions_group_keeps_its_own(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The monitor's watch of a runner just launched must not take the group the runner is in *at that moment* for
+    its session's: a spare that waited in another session's group (its memory limit could not be set there, so a
+    fork ran that session) runs the next one, whose group it joins only once it has read its spec. Taken, the group
+    made for the session was owned by nobody, and swept as a stray (killing the runner in it) while the other
+    session's end killed the group the watch had named."""
+    import subprocess
+
+    import labd.daemon.cgroups as cgroups
+    from labd.daemon.cgroups import SessionCgroups, detect
+
+    monkeypatch.setattr(cgroups, "STRAY_GRACE_S", 0.0)
+    hierarchies, said = detect(tmp_path / "home")
+    assert hierarchies, said
+    cg = SessionCgroups(hierarchies, 64, _NoWarnings())
+    other, _ = cg.create("s2", None)  # the group a spare waits in (the session a fork ran)
+    cg.make_ahead()
+    mine, _ = cg.create("s3", None)  # the group made for the session the spare runs
+    spare = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert other and mine and other != mine
+        for procs in other:
+            Path(procs).write_text(str(spare.pid))
+        cg.adopt("s3", spare.pid)  # the watch, before the spare has joined its session's group
+        for procs in mine:  # the runner's first act
+            Path(procs).write_text(str(spare.pid))
+        assert cg.group_of("s3") == Path(mine[0]).parent.name
+        cg.sweep()
+        cg.sweep()
+        assert spare.poll() is None, "the runner was killed as a stray"
+        assert cg.members("s3") == {spare.pid}
+    finally:
+        spare.kill()
+        spare.wait()
+        cg.release("s2")
+        cg.release("s3")
+        cg.close()
