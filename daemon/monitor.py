@@ -334,7 +334,9 @@ class Monitor(threading.Thread):
         for w in alive:
             if w.sid in extra:
                 w.members += [p for p in self.table.tree(extra[w.sid]) if p.pid not in claimed]
-            w.keys.update(p.key for p in w.members)
+            # every process seen in the tree, that is still alive (a dead one's key never matches again: kept, the
+            # set grew by each process a pass saw over the session's life, and so did every pass's by_key)
+            w.keys = {p.key for p in w.members} | {k for k in w.keys if (q := procs.get(k[0])) and q.start == k[1]}
             self._sample(w, now, record)
         for b in buried:
             self.burials.hunt(b, self.table.tree(extra.get(b.sid, [])), now)
