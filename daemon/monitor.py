@@ -109,7 +109,10 @@ class Monitor(threading.Thread):
     def watch(self, sid: str, pid: int, limits: Limits, started: float) -> None:
         try:
             p = read_proc(pid, strict=True)
-            if p is None:
+            if p is None:  # gone already (it ended before its watch): what it left is buried as any run's (its group
+                self.burials.resumed(sid, pid)  # released at the end: no unwatch will bury it)
+                self.burials.bury(Watched(sid, pid, limits, started))
+                self._wake.set()
                 return
         except OSError as exc:  # no fd left to read it: watch it anyway (the first good pass reads its start)
             self.log.warning("limits monitor: cannot read a runner's process; watching it anyway",

@@ -453,3 +453,40 @@ def test_a_launched_runner_still_in_another_sessions_group_keeps_its_own(tmp_pat
         cg.release("s2")
         cg.release("s3")
         cg.close()
+
+
+def test_a_runner_gone_before_its_watch_has_its_group_released(tmp_path: Path) -> None:
+    """A runner that ended before the monitor's watch of it began (a start that failed at once, on a loaded box) is
+    never watched, so never unwatched and buried: its group stayed the session's for good, and what the runner left
+    in it lived on. Its watch now buries it at once: the group is released, and what is in it killed."""
+    import subprocess
+    import time
+
+    from labd.daemon.cgroups import SessionCgroups, detect
+    from labd.daemon.limits import Limits
+    from labd.daemon.monitor import Monitor
+    from tests.unit.test_breach_sample import _Socket
+
+    hierarchies, said = detect(tmp_path / "home")
+    assert hierarchies, said
+    cg = SessionCgroups(hierarchies, 64, _NoWarnings())
+    monitor = Monitor(None, sample_interval=0.1, record_interval=1.0, cgroups=cg)  # type: ignore[arg-type]
+    monitor.notes, monitor.out = _Socket(), _Socket()  # type: ignore[assignment]
+    joins, _ = cg.create("s1", None)
+    runner = subprocess.Popen(["true"])
+    runner.wait()  # ended (and reaped) before its watch
+    left = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert joins
+        for procs in joins:
+            Path(procs).write_text(str(left.pid))
+        monitor.watch("s1", runner.pid, Limits(), time.time())
+        assert monitor.snapshot_of("s1") is None
+        wait_until(lambda: (monitor._pass([], time.monotonic(), record=False), not cg.has("s1"))[1],  # noqa: SLF001
+                   timeout=30, what="the burial over and the group released")
+        assert left.wait(10) == -signal.SIGKILL
+    finally:
+        left.kill()
+        left.wait()
+        cg.release("s1")
+        cg.close()
