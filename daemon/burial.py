@@ -71,7 +71,7 @@ class Burials:
             if key_pid != pid and seen is not None and seen.start == start:  # never a reused pid
                 kill_proc(seen, signal.SIGCONT)  # a throttled (stopped) process must get its SIGKILL too
                 kill_proc(seen, signal.SIGKILL)
-        if self.cgroups is not None:
+        if self.cgroups is not None and last.group is not None:  # None: that run had no group (never the current)
             self.cgroups.release(sid, last.group)
 
     def pending(self) -> list[Buried]:
@@ -104,5 +104,5 @@ class Burials:
                 done = self._by_sid.get(b.sid) is b
                 if done:
                     del self._by_sid[b.sid]
-            if done and self.cgroups is not None:
+            if done and self.cgroups is not None and b.group is not None:  # a run without a group: none to release
                 self.cgroups.release(b.sid, b.group)  # what is left in its group (it left every other trace) goes too

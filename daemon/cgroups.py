@@ -187,8 +187,10 @@ class SessionCgroups:
             pass
 
     def adopt(self, sid: str, pid: int) -> None:
-        """A runner adopted after a restart: its group (if the last daemon made one) is this daemon's now."""
-        if not self.hierarchies:
+        """A runner adopted after a restart: its group (if the last daemon made one) is this daemon's now. A session
+        with a group already keeps it: the one :meth:`create` made for a runner just launched, which that runner
+        joins only once it has read its spec (a spare may still be in another session's group at its watch)."""
+        if not self.hierarchies or self.has(sid):
             return
         try:
             lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()

@@ -256,10 +256,13 @@ class TemplateLauncher:
                         if self.cgroups and sid else (None, None))
         if joins or ahead:  # its group, and the next runner's (the template's next spare joins it while it waits)
             spec = {**spec, "cgroup": joins, "cgroup_next": ahead}
-        self._send({"op": "spawn", "req": req, "spec": hand_over_key(spec)})
-        reply = self._wait_for(lambda m: m.get("op") == "spawned" and m.get("req") == req)
-        if reply is None and (joins or ahead):  # no runner: the group recorded for it goes (with or without a limit)
-            self.cgroups.release(sid)
+        reply: dict[str, Any] | None = None
+        try:  # raises too (no disk for the key file, a template that cannot be restarted): as no answer
+            self._send({"op": "spawn", "req": req, "spec": hand_over_key(spec)})
+            reply = self._wait_for(lambda m: m.get("op") == "spawned" and m.get("req") == req)
+        finally:
+            if reply is None and (joins or ahead):  # no runner: the group recorded for it goes (limit or not)
+                self.cgroups.release(sid)
         if reply is None and self._proc is None:
             raise LaunchError("runner template died while starting the runner")
         if reply is None:

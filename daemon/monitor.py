@@ -112,7 +112,10 @@ class Monitor(threading.Thread):
     def watch(self, sid: str, pid: int, limits: Limits, started: float) -> None:
         try:
             p = read_proc(pid, strict=True)
-            if p is None:
+            if p is None:  # gone already (it ended before its watch): what it left is buried as any run's (its group
+                self.burials.resumed(sid, pid)  # released at the end: no unwatch will bury it)
+                self.burials.bury(Watched(sid, pid, limits, started))
+                self._wake.set()
                 return
         except OSError as exc:  # no fd left to read it: watch it anyway (the first good pass reads its start)
             self.log.warning("limits monitor: cannot read a runner's process; watching it anyway",
@@ -338,7 +341,9 @@ class Monitor(threading.Thread):
         for w in alive:
             if w.sid in extra:
                 w.members += [p for p in self.table.tree(extra[w.sid]) if p.pid not in claimed]
-            w.keys.update(p.key for p in w.members)
+            # every process seen in the tree, that is still alive (a dead one's key never matches again: kept, the
+            # set grew by each process a pass saw over the session's life, and so did every pass's by_key)
+            w.keys = {p.key for p in w.members} | {k for k in w.keys if (q := procs.get(k[0])) and q.start == k[1]}
             self._sample(w, now, record)
         for b in buried:
             self.burials.hunt(b, self.table.tree(extra.get(b.sid, [])), now)

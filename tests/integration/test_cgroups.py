@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from labd.ipc.events import TERMINAL_STATUSES
 from tests.conftest import DaemonProc, alive, module_daemon_on, pointed_at, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a cgroup per session needs root (or systemd delegation)")
@@ -330,3 +331,162 @@ def test_what_a_session_left_while_no_daemon_ran_is_killed(request: pytest.Fixtu
             wait_until(lambda: c.session(sid)["status"] == "lost", what="session found lost")
             wait_until(lambda: not alive(orphan) and not any(g.exists() for g in groups.values()), timeout=30,
                        what="the orphan killed and its group removed")
+
+
+@pytest.mark.parametrize("ends_by", ["resume", "hunt"])
+def test_the_burial_of_a_run_without_a_group_leaves_the_resumed_runs_group_alone(tmp_path: Path,
+                                                                                    ends_by: str) -> None:
+    """A run that had no group of this daemon's (adopted from a daemon that made none, or its group could not be
+    made) is buried, and the session is resumed into a new group meanwhile. The burial's end, by the resumed
+    runner's watch or by its last hunt between the resume's launch and that watch, releases nothing: it used to
+    release "the session's current group", which by then was the resumed run's, killing its runner."""
+    import subprocess
+    import time
+
+    from labd.daemon.burial import Burials
+    from labd.daemon.cgroups import SessionCgroups, detect
+    from labd.daemon.limits import Limits
+    from labd.daemon.watched import Watched
+
+    hierarchies, said = detect(tmp_path / "home")
+    assert hierarchies, said
+    cg = SessionCgroups(hierarchies, 64, _NoWarnings())
+    burials = Burials(cg)
+    run = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(2)]
+    try:
+        run[0].kill()
+        run[0].wait()
+        burials.bury(Watched("s1", run[0].pid, Limits(), time.time()))  # the last run: no group
+        joins, _ = cg.create("s1", None)  # the resume's launch
+        assert joins
+        for procs in joins:
+            Path(procs).write_text(str(run[1].pid))
+        if ends_by == "resume":
+            burials.resumed("s1", run[1].pid)
+        else:
+            (b,) = burials.pending()
+            burials.hunt(b, [], b.until)
+        assert run[1].poll() is None, "the resumed runner was killed"
+        assert cg.has("s1") and cg.members("s1") == {run[1].pid}
+    finally:
+        for p in run:
+            p.kill()
+            p.wait()
+        cg.release("s1")
+        cg.close()
+
+
+def test_kill_then_resume_of_a_runner_adopted_without_a_group_keeps_the_resumed_runner(
+        request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runner started by a daemon that made no groups (``cgroups = "off"``; or a labd from before them) is adopted
+    by a daemon that makes them; ``labd kill S; labd resume S`` at once: the resumed runner, in a group of its own,
+    runs on. The ended run had no group, and the end of its burial (cut short by the resumed runner's watch) released
+    "the session's current group", the resumed runner's: it was killed at once and the session ended again."""
+    with module_daemon_on(request, CONFIG.replace("[daemon]\n", '[daemon]\ncgroups = "off"\n')) as d:
+        with pointed_at(d, monkeypatch).client() as c:
+            sid = c.start("labd_testflows:leave_stubborn_then_wait", params={"seconds": 120})
+            stubborn = int(wait_until(lambda: next((e["payload"]["text"].split()[1] for e in c.history(
+                sid, kinds=["output"]) if e["payload"]["text"].startswith("stubborn ")), None), timeout=60,
+                what="the stubborn child"))
+            wait_until(lambda: any(s["name"] == "wait" and s["status"] == "running" for s in c.session(sid)["steps"]),
+                       timeout=60, what="step wait running")
+            runner = c.session(sid)["pid"]
+        assert not _groups(runner)["memory"].parent.name.startswith("labd-")  # no group of a daemon's
+        d.kill9()
+        try:
+            with _next_daemon(d, leftover=runner, LABD_CGROUPS="auto") as again, again.client() as c:
+                wait_until(lambda: sid in c.status()["running"], timeout=60, what="adopted")
+                wait_until(lambda: ((c.session(sid).get("live") or {}).get("num_procs") or 0) >= 2, timeout=30,
+                           what="the adopted runner's tree seen by the monitor")  # its leftover is known to it
+                c.kill(sid)
+                c.resume(sid)  # at once: the stubborn child (ignores SIGTERM) is still in its 2 s burial
+                row = wait_until(lambda: (s := c.session(sid))["pid"] not in (None, 0, runner)
+                                 and s["status"] in ("running", *TERMINAL_STATUSES) and s, timeout=60,
+                                 what="the resumed session running (or ended)")
+                assert row["status"] == "running", " | ".join(f"{e['kind']} {e['payload']}" for e in c.history(sid))
+                pid = row["pid"]
+                assert _groups(pid)["memory"].parent.name.startswith("labd-")  # in a group of its own
+                wait_until(lambda: not alive(stubborn), timeout=30, what="the last run's leftover killed")
+                assert alive(pid) and c.session(sid)["status"] == "running", c.session(sid)
+                c.stop(sid, grace=1)
+                assert c.wait(sid, timeout=30)["status"] == "cancelled"
+        finally:
+            if alive(stubborn):
+                os.kill(stubborn, signal.SIGKILL)
+
+
+def test_a_launched_runner_still_in_another_sessions_group_keeps_its_own(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The monitor's watch of a runner just launched must not take the group the runner is in *at that moment* for
+    its session's: a spare that waited in another session's group (its memory limit could not be set there, so a
+    fork ran that session) runs the next one, whose group it joins only once it has read its spec. Taken, the group
+    made for the session was owned by nobody, and swept as a stray (killing the runner in it) while the other
+    session's end killed the group the watch had named."""
+    import subprocess
+
+    import labd.daemon.cgroups as cgroups
+    from labd.daemon.cgroups import SessionCgroups, detect
+
+    monkeypatch.setattr(cgroups, "STRAY_GRACE_S", 0.0)
+    hierarchies, said = detect(tmp_path / "home")
+    assert hierarchies, said
+    cg = SessionCgroups(hierarchies, 64, _NoWarnings())
+    other, _ = cg.create("s2", None)  # the group a spare waits in (the session a fork ran)
+    cg.make_ahead()
+    mine, _ = cg.create("s3", None)  # the group made for the session the spare runs
+    spare = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert other and mine and other != mine
+        for procs in other:
+            Path(procs).write_text(str(spare.pid))
+        cg.adopt("s3", spare.pid)  # the watch, before the spare has joined its session's group
+        for procs in mine:  # the runner's first act
+            Path(procs).write_text(str(spare.pid))
+        assert cg.group_of("s3") == Path(mine[0]).parent.name
+        cg.sweep()
+        cg.sweep()
+        assert spare.poll() is None, "the runner was killed as a stray"
+        assert cg.members("s3") == {spare.pid}
+    finally:
+        spare.kill()
+        spare.wait()
+        cg.release("s2")
+        cg.release("s3")
+        cg.close()
+
+
+def test_a_runner_gone_before_its_watch_has_its_group_released(tmp_path: Path) -> None:
+    """A runner that ended before the monitor's watch of it began (a start that failed at once, on a loaded box) is
+    never watched, so never unwatched and buried: its group stayed the session's for good, and what the runner left
+    in it lived on. Its watch now buries it at once: the group is released, and what is in it killed."""
+    import subprocess
+    import time
+
+    from labd.daemon.cgroups import SessionCgroups, detect
+    from labd.daemon.limits import Limits
+    from labd.daemon.monitor import Monitor
+    from tests.unit.test_breach_sample import _Socket
+
+    hierarchies, said = detect(tmp_path / "home")
+    assert hierarchies, said
+    cg = SessionCgroups(hierarchies, 64, _NoWarnings())
+    monitor = Monitor(None, sample_interval=0.1, record_interval=1.0, cgroups=cg)  # type: ignore[arg-type]
+    monitor.notes, monitor.out = _Socket(), _Socket()  # type: ignore[assignment]
+    joins, _ = cg.create("s1", None)
+    runner = subprocess.Popen(["true"])
+    runner.wait()  # ended (and reaped) before its watch
+    left = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert joins
+        for procs in joins:
+            Path(procs).write_text(str(left.pid))
+        monitor.watch("s1", runner.pid, Limits(), time.time())
+        assert monitor.snapshot_of("s1") is None
+        wait_until(lambda: (monitor._pass([], time.monotonic(), record=False), not cg.has("s1"))[1],  # noqa: SLF001
+                   timeout=30, what="the burial over and the group released")
+        assert left.wait(10) == -signal.SIGKILL
+    finally:
+        left.kill()
+        left.wait()
+        cg.release("s1")
+        cg.close()
