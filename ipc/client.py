@@ -246,11 +246,13 @@ class Client(Transport, Waiting):
         return self.request("session.pause", session=session, reason=reason)  # type: ignore[no-any-return]
 
     def resume(self, session: str, budget: float | None = None, *, limits: dict[str, Any] | None = None,
-               reason: str | None = None) -> dict[str, Any]:
+               reason: str | None = None, stop_wait: float | None = 60.0) -> dict[str, Any]:
         """Resume a paused session (``budget``, USD: continue a budget-paused one with a new budget), or
         continue an ended one (failed, lost, cancelled, budget-stopped) with a new runner from its last
         completed step; ``limits`` (memory, cpu, timeout, budget, procs) then replace the session's. A session
-        being stopped (``kill`` then ``resume`` at once) is waited for to end, then continued."""
+        being stopped (``kill`` then ``resume`` at once) is waited for to end, then continued: for at most
+        ``stop_wait`` seconds (None: no limit; a stop's grace can be long), after which :class:`LabdError`
+        ``stopping`` is raised and nothing was resumed."""
         extra: dict[str, Any] = {} if budget is None else {"budget": budget}
         if limits:
             extra["limits"] = limits
@@ -261,7 +263,13 @@ class Client(Transport, Waiting):
         except LabdError as exc:
             if exc.code != "stopping":
                 raise
-        self.wait(session)
+        try:
+            self.wait(session, timeout=stop_wait)
+        except LabdError as exc:
+            if exc.code != "timeout":
+                raise
+            raise LabdError("stopping", f"session {session} is still being stopped after {stop_wait:g} s; resume it "
+                                        "once it has ended") from None
         return self.request("session.resume", session=session, **extra)  # type: ignore[no-any-return]
 
     def branch(self, session: str, from_node: str, *, hypothesis: str | None = None,

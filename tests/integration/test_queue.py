@@ -145,6 +145,28 @@ def test_kill_then_resume_at_once_continues_the_session(isolated_env: Path) -> N
         c.wait(sid, timeout=30)
 
 
+def test_resume_of_a_session_whose_stop_outlasts_the_wait_says_so(isolated_env: Path) -> None:
+    """The SDK's resume of a session being stopped waits for its end at most ``stop_wait`` seconds (the dashboard's
+    resume button held a request slot for as long as a stop's grace, up to an hour): past it, ``stopping`` saying
+    so, and nothing resumed; once the session has ended a resume continues it."""
+    from labd.ipc import LabdError
+
+    with running_daemon(isolated_env) as d, d.client() as c:
+        sid = c.start("labd_testflows:stubborn")  # ignores SIGTERM: a stop takes its whole grace
+        wait_until(lambda: c.session(sid)["status"] == "running" and c.session(sid)["pid"], what="running")
+        c.stop(sid, grace=30)
+        with pytest.raises(LabdError) as refused:
+            c.resume(sid, stop_wait=0.5)
+        assert refused.value.code == "stopping" and "still being stopped after 0.5 s" in refused.value.message
+        assert list(c.history(sid, kinds=["session.continued"])) == []
+        c.kill(sid)
+        c.wait(sid, timeout=30)
+        c.resume(sid)
+        wait_until(lambda: c.session(sid)["status"] == "running", timeout=60, what="the resumed session running")
+        c.kill(sid)
+        c.wait(sid, timeout=30)
+
+
 def test_the_queue_survives_a_daemon_restart(isolated_env: Path) -> None:
     """Sessions queued when the daemon stops are still queued, in the same order, after it restarts (the
     adopted blocker still holds the only slot), and run in that order once capacity frees."""
