@@ -363,7 +363,7 @@ class Stop(Request):
             self.daemon.supervisor.dequeue(row["id"], "client", self.reply_to)
             return DEFERRED
         if row["status"] in TERMINAL_STATUSES or not self.daemon.supervisor.stop(row["id"], "client", grace):
-            raise ApiError("not_running", f"session {row['id']} is not running (status {row['status']})")
+            raise _not_running(self, row)
         return {"session": row["id"], "stopping": True, "grace": grace}
 
 
@@ -381,5 +381,13 @@ class Kill(Request):
             self.daemon.supervisor.dequeue(row["id"], "client", self.reply_to)
             return DEFERRED
         if row["status"] in TERMINAL_STATUSES or not self.daemon.supervisor.kill(row["id"], "client"):
-            raise ApiError("not_running", f"session {row['id']} is not running (status {row['status']})")
+            raise _not_running(self, row)
         return {"session": row["id"], "killing": True}
+
+
+def _not_running(req: Request, row: dict[str, Any]) -> ApiError:
+    """Why a stop or kill found no runner: between the runner's exit and the commit of its end the store still says
+    ``running`` (the reply said "not running (status running)")."""
+    if row["status"] not in TERMINAL_STATUSES and req.daemon.supervisor.stopping(row["id"]):
+        return ApiError("not_running", f"session {row['id']} has just ended (its end is being recorded)")
+    return ApiError("not_running", f"session {row['id']} is not running (status {row['status']})")

@@ -88,3 +88,20 @@ def test_a_session_whose_end_is_posted_but_not_committed_is_stopping() -> None:
     assert sup.stopping("s1")
     sup.queue.push(sup.queue.entry("s1", "demo.sleep", {}, Limits(), "/w", 0, 9.0))  # resumed: queued again
     assert not sup.stopping("s1")
+
+
+def test_stop_or_kill_between_a_runners_exit_and_the_commit_of_its_end_says_it_has_just_ended() -> None:
+    """A stop or kill in that window found no runner and answered "not running (status running)", contradicting
+    itself; it now says the session has just ended (its end is being recorded). Still ``not_running``, so scripts
+    that take that code for "already over" go on as before; other sessions keep the old words."""
+    from types import SimpleNamespace
+
+    from labd.daemon.api.sessions import _not_running
+
+    sup, _, _ = _supervisor()
+    sup._ended("s1")  # noqa: SLF001 - the runner exited, its end posted, not committed
+    req = SimpleNamespace(daemon=SimpleNamespace(supervisor=sup))
+    err = _not_running(req, {"id": "s1", "status": "running"})  # type: ignore[arg-type]
+    assert (err.code, err.message) == ("not_running", "session s1 has just ended (its end is being recorded)")
+    done = _not_running(req, {"id": "s2", "status": "completed"})  # type: ignore[arg-type]
+    assert done.message == "session s2 is not running (status completed)"
