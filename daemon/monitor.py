@@ -387,15 +387,22 @@ class Monitor(threading.Thread):
                 self._kill_tree(w)
         return memory
 
-    def kernel_breach(self, sid: str, limit: int, report: Callable[[dict[str, Any]], None]) -> bool:
+    def kernel_breach(self, sid: str, limit: int, report: Callable[[dict[str, Any]], None],
+                      only: Watched | None = None) -> bool:
         """If the kernel killed a process of ``sid`` at its cgroup's memory limit: the session's memory breach,
         reported (``report`` gets the ``limit.exceeded`` payload, before the kill) and its tree killed as a breach
         seen here would be. False if not, or already reported. Called by the pass, and by the supervisor when a
-        runner exits (the kernel may have killed the runner itself before a pass saw it)."""
+        runner exits (the kernel may have killed the runner itself before a pass saw it). ``only``: the pass's
+        entry; a pass that began before the session was resumed must not read (and take) the resumed run's
+        breach, nor kill it under the ended run's name (its note would be dropped as stale: an unexplained kill)."""
+        if only is not None:
+            with self._lock:
+                if self._watched.get(sid) is not only:
+                    return False
         note = self.cgroups.breach(sid, limit) if self.cgroups is not None else None
         with self._lock:
             w = self._watched.get(sid)
-            if note is None or w is None or w.breached:
+            if note is None or w is None or w.breached or (only is not None and w is not only):
                 return False
             w.breached = True
         report(note)
@@ -417,7 +424,7 @@ class Monitor(threading.Thread):
         self._check_memory(w, estimate)
         if lim.memory is not None and self.cgroups is not None and not w.breached:
             self.kernel_breach(sid, lim.memory, lambda note: self.notes.send_pyobj(("limit", sid, note,
-                                                                                    sample_payload(w), w.pid)))
+                                                                                    sample_payload(w), w.pid)), w)
         total = sum(p.cpu for p in members)
         if w.cpu_at:
             w.cpu_percent = max(0.0, (total - w.cpu_total) / max(1e-6, now - w.cpu_at) * 100.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -105,3 +106,35 @@ def test_stop_or_kill_between_a_runners_exit_and_the_commit_of_its_end_says_it_h
     assert (err.code, err.message) == ("not_running", "session s1 has just ended (its end is being recorded)")
     done = _not_running(req, {"id": "s2", "status": "completed"})  # type: ignore[arg-type]
     assert done.message == "session s2 is not running (status completed)"
+
+
+def test_a_stale_pass_neither_takes_nor_acts_on_the_resumed_runs_kernel_breach(
+        runners: list[subprocess.Popen[bytes]]) -> None:
+    """The kernel OOM-killed a process in the *resumed* run's cgroup. A pass that began before the resume, sampling
+    the ended run's entry, left the breach alone: it neither reads it (the count would be taken, the current pass
+    would then find nothing) nor kills the resumed runner under the ended run's name (its note names the old pid
+    and the supervisor drops it: a kill nobody recorded). The current entry's check reports it and kills."""
+    old, new = runners
+    reads: list[str] = []
+
+    class _Groups:  # stands in for SessionCgroups: one OOM kill in the session's current group
+        def adopt(self, sid: str, pid: int) -> None:
+            pass
+
+        def breach(self, sid: str, limit: int) -> dict[str, Any] | None:
+            reads.append(sid)
+            return {"limit": "memory", "measured": limit, "max": limit, "unit": "bytes", "action": "kill",
+                    "enforced_by": "cgroup", "oom_kills": 1}
+
+    monitor = Monitor(None, sample_interval=0.1, record_interval=1.0, cgroups=_Groups())  # type: ignore[arg-type]
+    monitor.notes, monitor.out = _Socket(), _Socket()  # type: ignore[assignment]
+    monitor.watch("s1", old.pid, Limits(memory=150 << 20), time.time())
+    stale = monitor._watched["s1"]  # noqa: SLF001 - the entry a pass copied when it began
+    monitor.unwatch("s1", bury=False)
+    monitor.watch("s1", new.pid, Limits(memory=150 << 20), time.time())
+    reports: list[dict[str, Any]] = []
+    assert not monitor.kernel_breach("s1", 150 << 20, reports.append, stale)
+    assert reads == [] and reports == [] and new.poll() is None
+    assert monitor.kernel_breach("s1", 150 << 20, reports.append, monitor._watched["s1"])  # noqa: SLF001
+    assert reads == ["s1"] and reports[0]["oom_kills"] == 1
+    assert new.wait(10) == -9
