@@ -15,6 +15,7 @@ import webbrowser
 from pathlib import Path
 from typing import Any
 
+from labd.frontends.ui.deadline import HeaderDeadline
 from labd.frontends.ui.server import build_app
 
 __all__ = ["run"]
@@ -51,8 +52,9 @@ def run(home: str | None, port: int = 0, open_browser: bool = False, token: str 
     # access_log off: a request line of the old ?token= form would carry the token
     # An open page streams until its session ends (days): the streams end when the server stops (``stopping``),
     # and the grace period is the backstop for a request still waiting on the daemon
+    # HeaderDeadline: a connection that never completes its request's headers is closed (each held a descriptor)
     config = uvicorn.Config(build_app(home, token, port_ref, lambda: server.should_exit), log_level="warning",
-                            access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+                            access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S, http=HeaderDeadline)
     server = uvicorn.Server(config)
     stopped_by: list[int] = []
 

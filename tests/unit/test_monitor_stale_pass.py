@@ -138,3 +138,31 @@ def test_a_stale_pass_neither_takes_nor_acts_on_the_resumed_runs_kernel_breach(
     assert monitor.kernel_breach("s1", 150 << 20, reports.append, monitor._watched["s1"])  # noqa: SLF001
     assert reads == ["s1"] and reports[0]["oom_kills"] == 1
     assert new.wait(10) == -9
+
+
+def test_a_runner_the_kernel_killed_at_its_limit_is_reported_as_a_breach_when_a_pass_finds_it_gone(
+        runners: list[subprocess.Popen[bytes]]) -> None:
+    """The kernel OOM-killed the runner itself at its cgroup's memory limit, and the monitor's pass found it gone
+    before the supervisor handled its exit: the pass sends the breach (a limit note naming the runner) before its
+    "vanished" note. Before, it only unwatched the session, and the supervisor's check at the exit, finding nothing
+    watched, let the session end "runner killed by SIGKILL" instead of "killed: memory ... (held by the kernel)"."""
+    runner = runners[0]
+
+    class _Groups:  # one OOM kill in the session's group
+        def adopt(self, sid: str, pid: int) -> None:
+            pass
+
+        def breach(self, sid: str, limit: int) -> dict[str, Any] | None:
+            return {"limit": "memory", "measured": limit, "max": limit, "unit": "bytes", "action": "kill",
+                    "enforced_by": "cgroup", "oom_kills": 1}
+
+    monitor = Monitor(None, sample_interval=0.1, record_interval=1.0, cgroups=_Groups())  # type: ignore[arg-type]
+    monitor.notes, monitor.out = _Socket(), _Socket()  # type: ignore[assignment]
+    monitor.burials.cgroups = None  # nothing to release here: the stand-in has no groups
+    monitor.watch("s1", runner.pid, Limits(memory=150 << 20), time.time())
+    runner.kill()
+    runner.wait()
+    monitor._pass(list(monitor._watched.values()), time.monotonic(), record=False)  # noqa: SLF001
+    kinds = [(n[0], n[4]) for n in monitor.notes.sent]  # type: ignore[attr-defined]
+    assert kinds == [("limit", runner.pid), ("vanished", runner.pid)], monitor.notes.sent  # type: ignore[attr-defined]
+    assert monitor.notes.sent[0][2]["enforced_by"] == "cgroup"  # type: ignore[attr-defined]
