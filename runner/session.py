@@ -270,6 +270,12 @@ def run_session(spec: dict[str, Any]) -> int:
         outcome, code, extra = "failed", EXIT_FAILED, {"error": f"{exc.code}: {exc.message}"}
     except ApprovalTimeout as exc:
         outcome, code, extra = "failed", EXIT_FAILED, {"error": str(exc)}
+    except SystemExit as exc:  # sys.exit() in workflow code: success or failure as for a Python program
+        if exc.code is None or exc.code == 0:
+            extra = {"result": None}
+        else:
+            outcome, code = "failed", EXIT_FAILED
+            extra = {"error": f"SystemExit: {exc.code}", "traceback": traceback.format_exc()}
     except BaseException as exc:  # noqa: BLE001 - everything the workflow raises is its outcome
         outcome, code = "failed", EXIT_FAILED
         extra = {"error": describe_exception(exc), "traceback": traceback.format_exc()}  # even if its str() raises

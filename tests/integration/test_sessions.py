@@ -288,3 +288,23 @@ def test_last_seen_is_the_runners_last_frame_while_it_runs_and_null_once_ended(s
         c.kill(sid)
         wait_until(lambda: c.session(sid)["status"] == "cancelled", timeout=60, what="the session ended")
         wait_until(lambda: c.session(sid)["last_seen"] is None, timeout=30, what="last_seen forgotten")
+
+
+def test_sys_exit_in_workflow_code_ends_the_session_as_it_ends_a_python_program(shared_daemon, tmp_path) -> None:
+    """``sys.exit()`` or ``sys.exit(0)`` in a workflow completes its session (result null), as it is a successful
+    exit of a Python program; ``sys.exit(3)`` or ``sys.exit("why")`` fails it, saying ``SystemExit: 3``. Before, every
+    ``sys.exit`` failed the session, ``sys.exit(0)`` with the error "SystemExit: 0"."""
+    flows = tmp_path / "exits.py"
+    flows.write_text("import sys\n\n\n"
+                     "def quits(ctx, code: str = 'none'):\n"
+                     "    print('before')\n"
+                     "    sys.exit(None if code == 'none' else int(code) if code.isdigit() else code)\n")
+    with shared_daemon.client() as c:
+        ended = {}
+        for code in ("none", "0", "3", "why"):
+            sid = c.start(f"{flows}:quits", params={"code": code})
+            row = c.wait(sid, timeout=60)
+            finished = next(c.history(sid, kinds=["session.finished"]))["payload"]
+            ended[code] = (row["status"], finished.get("error"))
+    assert ended == {"none": ("completed", None), "0": ("completed", None), "3": ("failed", "SystemExit: 3"),
+                     "why": ("failed", "SystemExit: why")}
