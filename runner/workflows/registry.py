@@ -287,6 +287,17 @@ def bind_params(fn: Callable[..., Any], params: dict[str, Any]) -> dict[str, Any
         if optional and value is None:
             bound[name] = None
             continue
+        if typing.get_origin(ann) is typing.Literal:  # one of the listed values; from -p, the one it spells
+            choices = typing.get_args(ann)
+            match = [c for c in choices if type(c) is type(value) and c == value]
+            if not match and isinstance(value, str):
+                match = [c for c in choices if (str(c).lower() == value.strip().lower() if isinstance(c, bool)
+                                                 else str(c) == value)]
+            if not match:
+                errors[name] = f"expected one of {', '.join(map(repr, choices))}, got {_short(value)}"
+                continue
+            bound[name] = match[0]
+            continue
         container = _container(ann)
         if container is not None:  # list / dict: JSON text (from -p) or the value itself
             problem = None

@@ -7,7 +7,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 from itertools import count
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import pytest
 
@@ -214,6 +214,25 @@ def test_optional_scalars_and_containers_are_converted_or_refused() -> None:
     assert "expected list" in err.details["params"]["xs"] and "expected dict" in err.details["params"]["d"]
     for bad in ("[NaN]", "[1e400]", f"[{2**70}]"):  # what the record could not hold as the value that ran
         assert "xs" in _code(lambda b=bad: bind_params(optionals, {"xs": b})).details["params"]  # type: ignore[misc]
+
+
+def literals(ctx: Any, mode: Literal["fast", "slow"] = "fast", level: Literal[1, 2, 3] = 1,
+             strict: Literal[True] | None = None) -> None:
+    """Literal parameters: strings, numbers, a bool."""
+
+
+def test_literal_parameters_take_one_of_their_values() -> None:
+    """A ``Literal[...]`` parameter takes one of its values: given as the value, or from ``-p`` as the text that spells
+    it (``-p level=2`` is the int 2); anything else is ``bad_params`` naming the choices (``Literal["x", "y"]``
+    accepted ``z`` before, and ``-p level=2`` arrived as the string ``'2'``)."""
+    assert bind_params(literals, {"mode": "slow", "level": "2", "strict": "true"}) == {
+        "mode": "slow", "level": 2, "strict": True}
+    assert bind_params(literals, {"mode": "fast", "level": 3, "strict": None}) == {"mode": "fast", "level": 3,
+                                                                                   "strict": None}
+    err = _code(lambda: bind_params(literals, {"mode": "medium", "level": "4"}))
+    assert err.code == "bad_params" and set(err.details["params"]) == {"mode", "level"}
+    assert err.details["params"]["mode"] == "expected one of 'fast', 'slow', got 'medium'"
+    assert "level" in _code(lambda: bind_params(literals, {"level": 2.0})).details["params"]  # not the int 2
 
 
 def test_int_is_widened_to_float() -> None:
