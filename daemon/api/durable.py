@@ -350,6 +350,10 @@ class Branch(Request):
         c = created[0]["payload"] if created else {}
         params = {**parent["params"], **overrides}
         path = c.get("sys_path") or []
+        if overrides and c.get("payload") is not None:  # its runner would refuse them once the branch ran
+            raise ApiError("bad_params", f"session {psid} ran a submitted function (Client.submit): its arguments are "
+                           "part of the call it recorded, so a branch of it takes no params",
+                           {"params": {k: "a submitted function's branch takes no params" for k in overrides}})
         if overrides and c.get("payload") is None:
             check = yield from d.check_workflow(parent["workflow"], params, path)  # waits without blocking
             if not check.get("ok"):

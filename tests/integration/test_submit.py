@@ -352,3 +352,26 @@ def test_result_too_large_for_the_daemons_messages_is_reported(small_daemon) -> 
             c.result(sid, timeout=60)
         assert info.value.type_name.endswith("ResultTooLarge") and "files" in info.value.message
         assert c.result(c.submit(lambda: b"y" * 30_000), timeout=60) == b"y" * 30_000
+
+
+def _two_steps() -> int:
+    ctx = labd.context()
+    with ctx.step("first"):
+        pass
+    with ctx.step("second"):
+        pass
+    return 1
+
+
+def test_a_branch_of_a_submitted_function_with_params_is_refused_up_front(client) -> None:
+    """A submitted function's arguments are part of the call it recorded: ``labd branch FN --from STEP -p x=1`` is
+    refused ``bad_params`` at once, naming the parameter (it was accepted, and the branch then failed in its runner);
+    without params the branch runs the call again from that step."""
+    sid = client.submit(_two_steps)
+    assert client.result(sid, timeout=60) == 1
+    with pytest.raises(LabdError) as refused:
+        client.branch(sid, "second", params={"x": 1})
+    assert refused.value.code == "bad_params" and "x" in refused.value.details["params"]
+    assert "submitted function" in refused.value.message
+    branched = client.branch(sid, "second")["sessions"][0]["session"]
+    assert client.result(branched, timeout=60) == 1
