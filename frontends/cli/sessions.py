@@ -183,6 +183,8 @@ def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
         ctx.out.line("\nlabd run: interrupted before the daemon answered: the session may start all the same. "
                      "`labd ps` shows it once it does (`labd stop ID` stops it).", "bold yellow", err=True)
         return 130
+    if not args.follow and args.wait:
+        return _wait(ctx, sid, args.json)
     if not args.follow:
         if args.json:
             ctx.out.json({"session": sid})
@@ -195,6 +197,26 @@ def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
         return follow_json(ctx, sid)
     ctx.out.raw_output = args.raw_control_chars
     return follow(ctx, sid, raw=args.raw, header=True)
+
+
+def _wait(ctx: Ctx, sid: str, as_json: bool) -> int:
+    """``labd run --wait``: the id at once, then nothing until the session ends; 0 if it completed, 1 otherwise (the
+    final status on stderr, or ``{session, status, reason}`` with --json), 130 on Ctrl-C (the session keeps running)."""
+    if not as_json:
+        print(sid, flush=True)
+    try:
+        with ctrl_c():
+            row = ctx.client().wait(sid)
+    except KeyboardInterrupt:
+        ctx.out.line(f"\n== detached: session {sid} keeps running. Stop it with `labd stop {sid}`; "
+                     f"follow it with `labd logs -f {sid}`.", "bold yellow", err=True)
+        return 130
+    if as_json:
+        ctx.out.json({"session": sid, "status": row["status"], "reason": row.get("reason")})
+    elif row["status"] != "completed":
+        ctx.out.line(f"session {sid} ended {row['status']}: {row.get('reason') or ''}".rstrip(": "), "bold red",
+                     err=True)
+    return 0 if row["status"] == "completed" else 1
 
 
 def follow(ctx: Ctx, sid: str, *, raw: bool = False, timestamps: bool = False, since: int = 0,
@@ -328,6 +350,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--policy", metavar="FILE", help="this session's own [[policy]] rules (after the daemon's; "
                    "see `labd policy check FILE`)")
     s.add_argument("--follow", "-f", action="store_true", help="show its output and agent activity until it ends")
+    s.add_argument("--wait", action="store_true", help="print its id, then wait quietly until it ends (exit status 0 "
+                   "if it completed, 1 otherwise)")
     s.add_argument("--raw", action="store_true", help="with -f: only the session's own output, no activity lines")
     s.add_argument("--raw-control-chars", action="store_true", help="with -f: " + RAW_CONTROL_HELP)
     add_json(s, '{"session": ID} instead of the bare id')

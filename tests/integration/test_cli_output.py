@@ -164,3 +164,19 @@ def test_a_reader_that_goes_away_is_a_quiet_exit(tmp_path: Path) -> None:
         os.close(write_end)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
+
+
+def test_run_wait_prints_the_id_then_waits_quietly_and_exits_with_the_outcome(shared_daemon) -> None:
+    """`labd run W --wait` (it suggested "--agent?" before) prints the session's id, waits for the end without
+    printing the session's output, and exits 0 if it completed; 1 if not, saying how it ended on stderr; with
+    --json one object with the final status."""
+    ok = labd("run", "demo.count", "-p", "n=2", "-p", "delay=0", "--wait")
+    assert ok.returncode == 0, ok.stderr
+    sid = ok.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{12}", sid) and "count" not in ok.stdout
+    assert json.loads(labd("show", sid, "--json").stdout)["status"] == "completed"
+    bad = labd("run", "demo.fail", "--wait")
+    assert bad.returncode == 1 and re.fullmatch(r"[0-9a-f]{12}", bad.stdout.strip())
+    assert f"session {bad.stdout.strip()} ended failed" in bad.stderr
+    as_json = json.loads(labd("run", "demo.fail", "--wait", "--json").stdout)
+    assert as_json["status"] == "failed" and as_json["reason"] and set(as_json) == {"session", "status", "reason"}
