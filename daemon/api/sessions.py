@@ -103,9 +103,10 @@ def _limits(body: dict[str, Any], default_procs: int | None = None, default_outp
                            f"{mem.strip()}G (a JSON number means bytes)")
         memory = _bounded(_size(mem), "memory") if isinstance(mem, str) else _positive(mem, "memory")
         if memory is not None and memory < MIN_MEMORY:
-            raise ApiError("bad_limits", f"memory limit {int(memory)} bytes is below what a runner needs to start "
-                           f"({MIN_MEMORY // 2**20} MiB); sizes take a unit, e.g. 512M",
-                           {"min_bytes": MIN_MEMORY})
+            given = f"{mem.strip()} ({int(memory)} bytes)" if isinstance(mem, str) else f"{int(memory)} bytes"
+            hint = "" if isinstance(mem, str) else "; sizes as text take a unit, e.g. 512M"  # a JSON number: bytes
+            raise ApiError("bad_limits", f"memory limit {given} is below what a runner needs to start "
+                           f"({MIN_MEMORY // 2**20} MiB){hint}", {"min_bytes": MIN_MEMORY})
         cpu_pct = parse_percent(str(cpu), cluster=cluster) if cpu is not None else None
         if cpu_pct is not None and cpu_pct < 1:
             raise ApiError("bad_limits", f"CPU limit {cpu!r} is {cpu_pct:g} % of one core, too little to run; "

@@ -190,8 +190,8 @@ def test_cpu_of_short_lived_children_is_counted(client) -> None:
 
 @pytest.mark.parametrize(("limits", "words"), [
     ({"memory": "512"}, "no unit"),
-    ({"memory": 4096}, "below what a runner needs"),
-    ({"memory": "1M"}, "below what a runner needs"),
+    ({"memory": 4096}, "4096 bytes is below what a runner needs to start (32 MiB); sizes as text take a unit"),
+    ({"memory": "1M"}, "memory limit 1M (1048576 bytes) is below what a runner needs to start (32 MiB)"),
     ({"cpu": 0.5}, "50% = half a core"),
     ({"procs": 0}, "procs must be"),
 ])
@@ -203,4 +203,5 @@ def test_limits_that_cannot_work_are_refused(client, limits, words) -> None:
     with pytest.raises(LabdError) as err:
         client.request("session.start", workflow="demo.sleep", params={"seconds": 1}, limits=limits)
     assert err.value.code == "bad_limits" and words in str(err.value), str(err.value)
+    assert limits.get("memory") != "1M" or "take a unit" not in str(err.value)  # it has one: no such hint
     assert {r["id"] for r in client.sessions(limit=1000)} == before  # nothing was started
