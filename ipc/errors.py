@@ -43,5 +43,7 @@ def exception_text(exc: BaseException) -> str:
 
 
 def describe_exception(exc: BaseException) -> str:
-    """``"Type: message"`` for the record (a step's or a session's error), whatever ``exc.__str__`` does."""
-    return f"{type(exc).__name__}: {exception_text(exc)}"
+    """``"Type: message"`` for the record (a step's or a session's error), whatever ``exc.__str__`` does; just
+    ``"Type"`` for an exception without a message (a bare ``raise KeyboardInterrupt``)."""
+    text = exception_text(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

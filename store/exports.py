@@ -34,7 +34,8 @@ def _mermaid_text(text: str) -> str:
     return "".join(_MERMAID_ENTITIES.get(ch, ch) for ch in text.replace("\r", "").replace("\n", " "))
 
 
-_MERMAID_ENTITIES = {'"': "#quot;", "#": "#35;", "<": "#lt;", ">": "#gt;", "`": "#96;"}
+# "&" too: labels are HTML, so a step named "a &amp; b" showed as "a & b"
+_MERMAID_ENTITIES = {'"': "#quot;", "#": "#35;", "<": "#lt;", ">": "#gt;", "`": "#96;", "&": "#38;"}
 
 
 def _dot_str(text: Any) -> str:

@@ -110,22 +110,25 @@ def test_colours_on_a_terminal_plain_text_in_pipes(shared_daemon) -> None:
 
 
 def test_dag_is_a_tree_by_default_and_exports_escape_names(shared_daemon, tmp_path: Path) -> None:
-    """`labd dag` draws the steps as a tree; names with quotes, brackets, # and newlines come out as valid
+    """`labd dag` draws the steps as a tree; names with quotes, brackets, #, & and newlines come out as valid
     Mermaid (entity codes) and DOT (backslash escapes)."""
     (tmp_path / "odd.py").write_text(textwrap.dedent('''
         def odd(ctx):
             with ctx.step('say "hi" <b>#1'):
                 with ctx.step("inner\\\\path\\nline2"):
                     pass
+                with ctx.step("a &amp; b"):
+                    pass
     '''))
     r = labd("run", "./odd.py", "--follow", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     sid = r.stderr.split()[2]
     tree = labd("dag", sid).stdout.splitlines()
-    assert tree[0].startswith('n1 say "hi" <b>#1') and tree[1].startswith("└── n2 inner")
+    assert tree[0].startswith('n1 say "hi" <b>#1') and tree[1].startswith("├── n2 inner")
     mermaid = labd("dag", sid, "--format", "mermaid").stdout
     assert 'n1["say #quot;hi#quot; #lt;b#gt;#35;1 · completed"]' in mermaid
     assert "\\nline2" not in mermaid and '"hi"' not in mermaid
+    assert '["a #38;amp; b · completed"]' in mermaid  # shown as typed, not as "a & b"
     dot = labd("dag", sid, "--format", "dot").stdout
     assert r'"n1" [label="say \"hi\" <b>#1 · completed"' in dot
     assert r'label="inner\\path\nline2 · completed"' in dot
