@@ -25,7 +25,10 @@ from labd.ipc.waiting import Waiting
 if TYPE_CHECKING:
     from labd.ipc.functions import FunctionCall
 
-__all__ = ["Client", "LabdError", "WIRE_FIELDS", "check_timeout", "event_from_wire", "still_ended"]
+__all__ = ["Client", "LabdError", "WIRE_FIELDS", "SEARCH_TYPES", "check_timeout", "event_from_wire", "still_ended"]
+
+#: what a search hit can be (``search``'s ``types``): the daemon's index has these and no others
+SEARCH_TYPES = ("session", "step", "message", "code", "file", "approval", "result")
 
 
 class Client(Transport, Waiting):

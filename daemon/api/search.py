@@ -6,11 +6,12 @@ import time
 from typing import Any
 
 from labd.daemon.api.base import ApiError, Request, register
+from labd.ipc.client import SEARCH_TYPES
 from labd.ipc.events import STATUSES
 from labd.ipc.units import UnitError, parse_duration
 from labd.store.search import MAX_WORDS, QueryTooLong
 
-TYPES = ("session", "step", "message", "code", "file", "approval", "result")
+TYPES = SEARCH_TYPES
 
 
 @register

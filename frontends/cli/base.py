@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from labd.ipc.client import Client
 
 __all__ = ["CliError", "Ctx", "Handler", "command", "global_options", "add_json", "duration", "subcommands", "LIVE",
-           "last_line"]
+           "last_line", "comma_list"]
 
 #: statuses of sessions that have not ended
 LIVE = ("queued", "created", "starting", "running", "paused", "waiting_approval")
@@ -25,6 +25,21 @@ LIVE = ("queued", "created", "starting", "running", "paused", "waiting_approval"
 
 class CliError(Exception):
     """Bad usage found by the CLI itself: printed as ``labd: <message>``, exit code 2."""
+
+
+def comma_list(option: str, values: str | list[str] | None, allowed: tuple[str, ...]) -> list[str] | None:
+    """The values of a comma-separated (and/or repeated) option, each checked against ``allowed`` here, so that a typo
+    reads ``--status: unknown value 'runing' (one of: ...)`` rather than the daemon's "field 'status' must be a list
+    of ..."; None when the option was not given."""
+    if not values:
+        return None
+    items = [v.strip() for item in ([values] if isinstance(values, str) else values) for v in item.split(",")
+             if v.strip()]
+    unknown = [v for v in items if v not in allowed]
+    if unknown:
+        raise CliError(f"{option}: unknown value{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                       f"(one of: {', '.join(allowed)})")
+    return items
 
 
 class Ctx:

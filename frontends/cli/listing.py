@@ -9,9 +9,10 @@ import time
 from datetime import datetime
 from typing import Any
 
-from labd.frontends.cli.base import LIVE, CliError, Ctx, add_json, command
+from labd.frontends.cli.base import LIVE, CliError, Ctx, add_json, comma_list, command
 from labd.frontends.cli.output import STATUS_STYLE, age, natural_key, styled
 from labd.frontends.cli.sessions import parse_tags
+from labd.ipc.events import STATUSES
 from labd.ipc.functions import FUNCTION_WORKFLOW
 from labd.ipc.units import UnitError, format_duration, format_size, parse_duration
 
@@ -21,7 +22,7 @@ __all__ = ["register", "workflow_label", "truncation_text", "ENDED_BY", "ps_stat
 def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
     statuses: list[str] | None = None
     if args.status:
-        statuses = [s.strip() for item in args.status for s in item.split(",") if s.strip()]
+        statuses = comma_list("--status", args.status, STATUSES)
     elif not args.all:
         statuses = list(LIVE)
     tags = parse_tags(args.tag)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from labd.frontends.cli.base import Ctx, add_json, command
+from labd.frontends.cli.base import Ctx, add_json, comma_list, command
 
 __all__ = ["register"]
 
-TERMINAL = ["completed", "failed", "cancelled", "lost"]
+TERMINAL = ("completed", "failed", "cancelled", "lost")
 
 
 def cmd_rm(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -21,7 +21,7 @@ def cmd_rm(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, ctx: Ctx) -> int:
-    status = [s.strip() for s in args.status.split(",") if s.strip()] if args.status else None
+    status = comma_list("--status", args.status, TERMINAL)
     r = ctx.client().prune(args.older_than, status=status, dry_run=args.dry_run)
     if args.json:
         ctx.out.json(r)

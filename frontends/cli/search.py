@@ -6,7 +6,9 @@ import argparse
 from datetime import datetime
 from typing import Any
 
-from labd.frontends.cli.base import Ctx, add_json, command
+from labd.frontends.cli.base import Ctx, add_json, comma_list, command
+from labd.ipc.client import SEARCH_TYPES as TYPES
+from labd.ipc.events import STATUSES
 
 __all__ = ["register"]
 
@@ -14,7 +16,7 @@ __all__ = ["register"]
 def register(sub: Any) -> None:
     s = command(sub, "search", cmd_search, "full-text search: tasks, step names, agent messages, code, files, results")
     s.add_argument("query", nargs="+", help="words (all must match; prefixes match too; at most 20 different ones)")
-    s.add_argument("--type", help="comma-separated: session,step,message,code,file,approval,result")
+    s.add_argument("--type", help=f"comma-separated: {','.join(TYPES)}")
     s.add_argument("--status", help="comma-separated session statuses")
     s.add_argument("--workflow", help="only sessions of this workflow (as `labd ps` shows it)")
     s.add_argument("--since", help="only sessions created within this duration, e.g. 7d")
@@ -25,8 +27,8 @@ def register(sub: Any) -> None:
 
 def cmd_search(args: argparse.Namespace, ctx: Ctx) -> int:
     c = ctx.client()
-    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
-    hits = c.search(" ".join(args.query), types=split(args.type), status=split(args.status), workflow=args.workflow,
+    types, status = comma_list("--type", args.type, TYPES), comma_list("--status", args.status, STATUSES)
+    hits = c.search(" ".join(args.query), types=types, status=status, workflow=args.workflow,
                     since=args.since, limit=args.limit)
     if args.json:
         ctx.out.json(hits)

@@ -183,3 +183,20 @@ def test_run_wait_prints_the_id_then_waits_quietly_and_exits_with_the_outcome(sh
     assert f"session {bad.stdout.strip()} ended failed" in bad.stderr
     as_json = json.loads(labd("run", "demo.fail", "--wait", "--json").stdout)
     assert as_json["status"] == "failed" and as_json["reason"] and set(as_json) == {"session", "status", "reason"}
+
+
+def test_a_typo_in_a_status_or_type_list_names_the_value_and_the_choices(shared_daemon) -> None:
+    """`--status` and `--type` values are checked by the CLI: a typo reads `--status: unknown value 'runing' (one
+    of: created, ...)` with exit status 2, where the daemon's "field 'status' must be a list of ..." was shown for a
+    single value; good values, comma-separated or repeated, still work."""
+    for args, words in ((["ps", "--status", "runing"], "--status: unknown value 'runing' (one of: created, queued"),
+                        (["ps", "--status", "running,bogus", "--status", "paused"], "unknown value 'bogus'"),
+                        (["search", "x", "--type", "step,mesage"], "--type: unknown value 'mesage' (one of: session,"),
+                        (["search", "x", "--status", "done"], "--status: unknown value 'done'"),
+                        (["prune", "--older-than", "1d", "--status", "running"],
+                         "--status: unknown value 'running' (one of: completed, failed, cancelled, lost)")):
+        r = labd(*args)
+        assert r.returncode == 2 and words in r.stderr, (args, r.stderr)
+        assert "must be a list" not in r.stderr
+    assert labd("ps", "--status", "running,paused", "--status", "queued").returncode == 0
+    assert labd("search", "x", "--type", "step,message", "--status", "completed").returncode == 0
