@@ -77,11 +77,7 @@ class Admission:
 
     def _end_queued(self, sid: str, status: str, reason: str, reply_to: tuple[bytes, str] | None = None) -> None:
         """The one way a session that waited in the queue (no runner ever started for it this time) ends."""
-        ended = {"status": status, "reason": reason, "ended_by": "queue"}
-        if reply_to is None:
-            self.post(sid, "session.ended", ended)
-        else:
-            self.post(sid, "session.ended", ended, reply_to=reply_to)
+        self.post(sid, "session.ended", {"status": status, "reason": reason, "ended_by": "queue"}, reply_to=reply_to)
         self.log.info("queued session ended", session_id=sid, status=status, reason=reason)
 
     def pump(self) -> None:

@@ -10,12 +10,13 @@ looks a path up twice: it opens the root, then each component relative to the di
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["UnsafePath", "open_beneath"]
+__all__ = ["UnsafePath", "open_beneath", "open_regular"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: a FIFO must not block
@@ -109,3 +110,19 @@ def open_beneath(root: Path | str, relpath: str) -> BinaryIO:
             os.close(fd)
         raise
     return os.fdopen(fd, "rb")
+
+
+def open_regular(path: str | os.PathLike[str]) -> io.BufferedReader:
+    """Open ``path`` for reading only if it is a regular file, not through a symlink at its last component, and never
+    blocking on the open (a FIFO put in its place must not hang the reader): for files the daemon reads from a
+    session's directory, which that session's code may write (its event spool, its checkpoint objects). ``OSError``
+    otherwise: ``ELOOP`` for a symlink, ``EINVAL`` for anything not a regular file, ``FileNotFoundError``."""
+    fd = os.open(path, _FILE_FLAGS)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

@@ -29,22 +29,21 @@ whole (small by its ``fstat``) stops at the bound as well: emptied after the ope
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from labd.ipc.safe_files import open_regular
 from labd.runner.objsource import OverCap, Source, SourceChanged, TooLarge, open_source
 from labd.runner.workfs import WorkDir
 
 __all__ = ["ObjectStore", "DamagedObject", "TooLarge", "OverCap", "SourceChanged", "copy_stream", "CHUNK_BYTES",
-           "CHUNKED_FROM", "index_bytes", "index_least", "open_object", "MAX_JSON_OBJECT"]
+           "CHUNKED_FROM", "index_bytes", "index_least", "read_json_object", "MAX_JSON_OBJECT"]
 
 _BLOCK = 1 << 20
 _ZEROS = bytes(_BLOCK)
@@ -72,26 +71,12 @@ def index_least(size: int) -> int:
 MAX_JSON_OBJECT = 256 << 20
 
 
-def open_object(path: Path) -> io.BufferedReader:
-    """Open an object's file for reading: only a regular file, never through a symlink (the last component), never
-    blocking. The store lies in the session's directory, which its runner (the workflow's code) may write; the
-    daemon reads it for a resume or branch, and a FIFO put in place of an object blocked its read worker for good
-    (two such, every later resume, branch, compare and replay). OSError for anything else (ELOOP for a symlink)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        os.set_blocking(fd, True)
-        return open(fd, "rb")  # noqa: SIM115 - the caller's
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def read_json_object(path: Path) -> Any:
-    """The JSON of an object's file (:func:`open_object`), at most :data:`MAX_JSON_OBJECT` bytes (ValueError past
+    """The JSON of an object's file (opened as :func:`~labd.ipc.safe_files.open_regular` does: the store lies in the
+    session's directory, which its code may write; a FIFO put in place of an object blocked the daemon's read worker
+    for good), at most :data:`MAX_JSON_OBJECT` bytes (ValueError past
     it: a sparse file of any size put in its place was read whole into the daemon's memory)."""
-    with open_object(path) as f:
+    with open_regular(path) as f:
         data = f.read(MAX_JSON_OBJECT + 1)
     if len(data) > MAX_JSON_OBJECT:
         raise ValueError(f"object {path.name} is over {MAX_JSON_OBJECT} bytes")
@@ -229,7 +214,7 @@ class ObjectStore:
         is not stored (reading a chunked one whose chunk is gone, too), ValueError (or KeyError, TypeError) if its
         digest, or its index, is not one."""
         try:
-            return open_object(self.path(digest))
+            return open_regular(self.path(digest))
         except FileNotFoundError:
             chunks = self.chunks(digest)
             if chunks is None:

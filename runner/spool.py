@@ -26,16 +26,15 @@ work costs it tens of microseconds.
 
 from __future__ import annotations
 
-import errno
 import mmap
 import os
-import stat
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
 
+from labd.ipc.safe_files import open_regular
 from labd.runner.pipes import write_all
 
 __all__ = ["Spool", "read_spool", "scan_spool", "spool_path", "SPOOL_NAME", "HEADER", "prepare_unnamed"]
@@ -304,17 +303,9 @@ def scan_spool(path: str | os.PathLike[str], after: int = 0, *, start: int = 0,
     reads spools written by processes it does not trust, and its memory stays bounded)."""
     try:  # the daemon reads what a session's runner (the workflow's code) may have put there: not through a
         # symlink, and only a regular file (a FIFO in its place blocked the daemon's ingest, every session's record)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        f = open_regular(path)  # closed in finally (a generator)
     except FileNotFoundError:
         return
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    f = open(fd, "rb")  # noqa: SIM115 - closed in finally (a generator)
     try:
         size = HEADER.size
         total = os.fstat(f.fileno()).st_size

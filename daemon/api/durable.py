@@ -26,9 +26,10 @@ from labd.daemon.api.sessions import _limits, resolve_ref, resolve_session
 from labd.daemon.api.start import _run_params, entry_extra, refuse_never_fits, refuse_while_store_down
 from labd.daemon.limits import Limits
 from labd.daemon.reads import Read
+from labd.ipc.safe_files import open_regular
 from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, load_manifest, load_manifests
 from labd.runner.durable import SEED_FILE
-from labd.runner.objects import open_object, read_json_object
+from labd.runner.objects import read_json_object
 from labd.store.checkpoints import checkpoints, max_node_number, recorded_files, step_row
 
 __all__ = ["resume_ended", "RESUMABLE"]
@@ -103,7 +104,7 @@ def _check_objects(steps: dict[str, dict[str, Any]], files: dict[str, list[Any]]
             damaged = False
             if size <= budget:
                 budget -= size
-                with open_object(path) as f:  # a regular file, not through a symlink, never blocking
+                with open_regular(path) as f:  # a regular file, not through a symlink, never blocking
                     damaged = hashlib.file_digest(f, "sha256").hexdigest() != digest
         except OSError as exc:
             raise ApiError("no_checkpoint", f"the checkpoint of step {st['name']!r} ({st['node']}) cannot be used: "

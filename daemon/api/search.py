@@ -11,8 +11,6 @@ from labd.ipc.events import STATUSES
 from labd.ipc.units import UnitError, parse_duration
 from labd.store.search import MAX_WORDS, QueryTooLong
 
-TYPES = SEARCH_TYPES
-
 
 @register
 class Search(Request):
@@ -20,8 +18,8 @@ class Search(Request):
 
     def execute(self) -> Any:
         text = self.arg("query", str, check=lambda s: 0 < len(s.strip()) <= 500, hint="1-500 characters")
-        types = self.arg("types", list, None, check=lambda t: all(x in TYPES for x in t),
-                         hint=f"a list of: {', '.join(TYPES)}")
+        types = self.arg("types", list, None, check=lambda t: all(x in SEARCH_TYPES for x in t),
+                         hint=f"a list of: {', '.join(SEARCH_TYPES)}")
         status = self.arg("status", list, None, check=lambda s: all(x in STATUSES for x in s),
                           hint=f"a list of statuses ({', '.join(STATUSES)})")
         workflow = self.arg("workflow", str, None, check=lambda s: 0 < len(s) <= 300, hint="a workflow name")

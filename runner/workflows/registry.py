@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from labd.ipc.errors import describe_exception
 from labd.ipc.workflows import BUILTINS  # the names are public; this module resolves them
 
 __all__ = ["BUILTINS", "Target", "WorkflowError", "bind_params", "canonical", "describe", "is_builtin", "parse_target",
@@ -106,11 +107,6 @@ def _searched(search: list[str] | None) -> str:
     return f"; searched {', '.join(search)} (the client's directory and PYTHONPATH), then labd's own path"
 
 
-def _exc_text(exc: BaseException) -> str:
-    """``ValueError: bad``; a bare ``KeyboardInterrupt`` without a dangling colon."""
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
 def _load_file(file: str) -> ModuleType:
     if not os.path.isfile(file):
         raise WorkflowError("unknown_workflow", f"no workflow file {file}")
@@ -129,7 +125,7 @@ def _load_file(file: str) -> ModuleType:
     except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001 - user code failing at import (a
         # script's sys.exit too) is reported, not raised: raised, it ended the checking process unexplained
         sys.modules.pop(name, None)
-        raise WorkflowError("workflow_import_failed", f"running {file} raised {_exc_text(exc)}") from None
+        raise WorkflowError("workflow_import_failed", f"running {file} raised {describe_exception(exc)}") from None
     return module
 
 
@@ -169,7 +165,7 @@ def resolve(name: str, cwd: str | None = None, search: list[str] | None = None) 
                                 f"{_searched(search)}") from None
         except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001 - as in _load_file
             raise WorkflowError("workflow_import_failed",
-                                f"importing {target.module!r} raised {_exc_text(exc)}") from None
+                                f"importing {target.module!r} raised {describe_exception(exc)}") from None
     fn = getattr(module, target.attr or "", None)
     if not callable(fn):
         raise WorkflowError("unknown_workflow", f"{where} has no function {target.attr!r}")

@@ -34,7 +34,7 @@ class _Monitor:
 def _supervisor() -> tuple[Supervisor, _Launcher, list[tuple[str, str, dict[str, Any]]]]:
     posts: list[tuple[str, str, dict[str, Any]]] = []
     launcher = _Launcher()
-    sup = Supervisor(launcher, _Monitor(), lambda sid, kind, payload: posts.append((sid, kind, payload)),  # type: ignore[arg-type]
+    sup = Supervisor(launcher, _Monitor(), lambda sid, kind, payload, **_: posts.append((sid, kind, payload)),  # type: ignore[arg-type]
                      lambda *_a: None, term_grace=1.0)
     sup.spec_for = lambda q: {"sid": q.sid}
     for i, sid in enumerate(("a", "b")):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import labd.runner.objects as _objects
 
-_open_object = _objects.open_object
+_open_regular = _objects.open_regular  # what the objects module opens its files with
 
 
 def _held(path: Path):  # noqa: ANN202 - as the function it wraps
@@ -17,7 +17,7 @@ def _held(path: Path):  # noqa: ANN202 - as the function it wraps
         Path(f"{path}.reading").touch()
         while hold.exists():
             time.sleep(0.01)
-    return _open_object(path)
+    return _open_regular(path)
 
 
-_objects.open_object = _held
+_objects.open_regular = _held
