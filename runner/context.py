@@ -342,12 +342,10 @@ class Context(Interruptible):
                                          code_execution=code_execution, **kwargs)
 
     def _new_budget(self, budget: float | None) -> bool:
-        factory = self._agent_factory
-        limit = factory.tracker.budget if factory is not None else None
-        if limit is None:  # no budget (none given at start, or no LLM call made yet: the factory is not built)
-            return False
-        limit.limit = float("inf") if budget is None else float(budget)
-        return True
+        if self._agent_factory is None and (budget is None or self._agents is None):
+            return False  # nothing to lift (no LLM call made yet), or a context without agents
+        # built now if no LLM call was made yet: the budget must hold for the first one too
+        return bool(self.agent_factory().set_budget(budget))
 
     def agent_factory(self) -> Any:
         """The session's agent factory (created on first use; also tracks agents built without it)."""

@@ -144,6 +144,11 @@ class Resume(_Control):
         row = self.running()
         budget = self.arg("budget", (int, float), None, check=lambda b: math.isfinite(b) and b > 0,
                           hint="a positive amount of USD")
+        if budget is not None and row["status"] != "paused":
+            # only a paused runner takes a budget (it reads it as it continues); a running one would drop it
+            raise ApiError("not_paused", f"session {row['id']} is {row['status']}, not paused: a new budget is taken "
+                           "by a paused session (one its budget paused, or after labd pause), or when resuming it "
+                           "once it has ended")
         if budget is None:
             self.daemon.supervisor.resume(row["id"], "client")
         else:  # the runner enforces budgets before each LLM call; it continues with the new one

@@ -73,10 +73,23 @@ class AgentFactory:
         # full outputs, as blobs
         self._run_code = make_run_code(self.tracker.emit_full, workdir, files,
                                        gate=self._code_gate if rules else None)
+        self._budget_action = str((limits or {}).get("budget_action") or "stop")
+        self._pause = pause
         budget = (limits or {}).get("budget")
         if isinstance(budget, int | float) and not isinstance(budget, bool):
-            self.tracker.budget = Budget(float(budget), str((limits or {}).get("budget_action") or "stop"), emit,
-                                         pause)
+            self.set_budget(float(budget))
+
+    def set_budget(self, limit: float | None) -> bool:
+        """Give the session's LLM budget a new limit in USD (a session started without one gets one, with its
+        ``budget_action``); None lifts it. False if there was nothing to lift."""
+        budget = self.tracker.budget
+        if budget is None:
+            if limit is None:
+                return False
+            self.tracker.budget = Budget(limit, self._budget_action, self.emit, self._pause)
+        else:
+            budget.limit = float("inf") if limit is None else float(limit)
+        return True
 
     async def _code_gate(self, code: str, language: str, network: bool) -> str | None:
         gate = self.tracker.policy

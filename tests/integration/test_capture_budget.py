@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from labd.ipc.errors import LabdError
 from tests.conftest import wait_until
 
 BUDGET = 0.0015  # ~9 calls of the 40-call loop on the offline model's nominal prices
@@ -71,3 +74,36 @@ def test_a_budget_given_at_resume_holds_after_the_daemons_budget_pause(client) -
     assert final["limits"]["budget"] == 1.0 and client.cost(sid)["budget"] == 1.0
     resumed = [e for e in client.history(sid) if e["kind"] == "session.resumed"]
     assert [e["payload"].get("budget") for e in resumed] == [1.0]
+
+
+def test_a_budget_given_to_a_running_session_is_refused_not_dropped(client) -> None:
+    """``labd resume S --budget N`` of a session that is running (not paused) is refused ``not_paused``, naming
+    what to do: its runner only reads a budget as it continues from a pause, so the budget used to be dropped while
+    the CLI printed "resume requested ... with a budget of $N". The session runs on untouched."""
+    sid = client.start("demo.sleep", params={"seconds": 60})
+    wait_until(lambda: client.session(sid)["status"] == "running", timeout=30, what="the session running")
+    with pytest.raises(LabdError) as err:
+        client.resume(sid, budget=5.0)
+    assert err.value.code == "not_paused" and "not paused" in str(err.value), err.value
+    row = client.session(sid)
+    assert row["status"] == "running" and row["limits"]["budget"] is None
+    assert not [e for e in client.history(sid) if e["kind"] == "session.resumed"]
+    client.stop(sid)
+    client.wait(sid, timeout=60)
+
+
+def test_a_budget_given_when_resuming_a_session_started_without_one_is_enforced(client) -> None:
+    """A session started with no budget, paused with ``labd pause`` and resumed with ``--budget N``, runs under N
+    from then on (with its ``budget_action``, ``stop`` by default): its runner used to have no budget object to
+    change, dropped N, and the session went on spending without a limit."""
+    sid = client.start("labd_fidelityflows:spend_steps", params={"steps": 4})
+    wait_until(lambda: _calls(client, sid), timeout=60, what="the first LLM call")
+    client.pause(sid)
+    wait_until(lambda: client.session(sid)["status"] == "paused", timeout=60, what="the pause")
+    client.resume(sid, budget=0.00001)  # less than the first call already cost: the next call is refused
+    final = client.wait(sid, timeout=90)
+    assert final["status"] == "failed" and "budget" in final["reason"], final["reason"]
+    assert len(_calls(client, sid)) == 1
+    resumed = [e for e in client.history(sid) if e["kind"] == "session.resumed"]
+    assert [e["payload"].get("budget") for e in resumed] == [0.00001]
+    assert final["limits"]["budget"] == 0.00001
