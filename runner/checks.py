@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from labd.runner.pipes import write_all
+from labd.runner.workflows.registry import record_default
 
 __all__ = ["CHECK_TIMEOUT_S", "CHECKER_DELAY_S", "Check", "Checker", "check_workflow", "fork_check", "fork_checker"]
 
@@ -54,7 +55,7 @@ def _answer_one(requests: int, answers: int, hide: list[str] | None = None) -> N
 
     # Warm up while waiting: the first run of this code copies the template's pages it touches (reference
     # counts are writes); done now, not on the request's path.
-    json.loads(json.dumps(check_workflow("demo.count", {"n": "1"}, []), default=repr))
+    json.loads(json.dumps(check_workflow("demo.count", {"n": "1"}, []), default=record_default))
     if hide:
         try:
             prepare_confinement(hide)  # the filesystem walk, off the request's path (confine_runner checks it)
@@ -80,7 +81,7 @@ def _answer_one(requests: int, answers: int, hide: list[str] | None = None) -> N
     os.dup2(null, 2)
     os.close(null)
     result = check_workflow(req["workflow"], req.get("params") or {}, req.get("path") or [])
-    write_all(answers, json.dumps(result, default=repr).encode())
+    write_all(answers, json.dumps(result, default=record_default).encode())  # a set param as a list
     # End of file now: exit closes files only after it has torn down the address space (a forked template:
     # several ms), and the template reads the answer at end of file.
     os.close(answers)

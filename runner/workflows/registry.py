@@ -233,12 +233,25 @@ def _unoptional(ann: Any) -> tuple[Any, bool]:
     return ann, False
 
 
+#: parameter types given as JSON text from ``-p`` (``-p xs=[1,2]``); tuple and the sets from a JSON list
+_CONTAINERS: tuple[type, ...] = (list, dict, tuple, set, frozenset)
+
+
 def _container(ann: Any) -> type | None:
-    """``list`` for ``list`` / ``list[...]``, ``dict`` for ``dict`` / ``dict[...]``, else None."""
-    for kind in (list, dict):
+    """The container type of ``list`` / ``list[...]``, ``dict``, ``tuple``, ``set``, ``frozenset`` (bare or
+    subscripted), else None."""
+    for kind in _CONTAINERS:
         if ann is kind or typing.get_origin(ann) is kind:
             return kind
     return None
+
+
+def record_default(value: Any) -> Any:
+    """``json.dumps`` ``default`` for bound params: a set is recorded as a list (what it is bound from again);
+    anything else as its repr."""
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)  # the same set is recorded the same way
+    return repr(value)
 
 
 def _json_param(text: str, kind: type) -> tuple[Any, str | None]:
@@ -247,10 +260,13 @@ def _json_param(text: str, kind: type) -> tuple[Any, str | None]:
     def refuse(value: Any) -> Any:
         raise ValueError(f"{value} is not a number JSON holds")
 
-    example = "[1, 2]" if kind is list else '{"a": 1}'
+    json_kind = dict if kind is dict else list  # tuple and sets come as a JSON list
+    example = '{"a": 1}' if kind is dict else "[1, 2]"
     try:
         value = json.loads(text, parse_constant=refuse)
     except ValueError:
+        return text, f"expected {kind.__name__} as JSON (e.g. {example}), got {_short(text)}"
+    if not isinstance(value, json_kind):
         return text, f"expected {kind.__name__} as JSON (e.g. {example}), got {_short(text)}"
     stack = [value]
     while stack:
@@ -262,6 +278,74 @@ def _json_param(text: str, kind: type) -> tuple[Any, str | None]:
             stack.extend(item)
         elif isinstance(item, dict):
             stack.extend(item.values())
+    return value, None
+
+
+def _members(ann: Any) -> tuple[Any, ...]:
+    """The types of a union (``Union[...]`` / ``X | Y``), or () for anything else."""
+    return typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else ()
+
+
+def _convert(ann: Any, value: Any) -> tuple[Any, str | None]:
+    """``value`` checked and converted for a parameter annotated ``ann``: (the value, None) or (it, why not)."""
+    ann, optional = _unoptional(ann)
+    if optional and value is None:
+        return None, None
+    members = _members(ann)
+    if members:  # X | Y: the first member that takes the value
+        if value is None and type(None) in members:
+            return None, None
+        kinds = [m for m in members if m is not type(None)]
+        for m in kinds:  # a value already of a member's own type stays as it is (the SDK's 1.0 for float | int)
+            if isinstance(m, type) and m is not str and type(value) is m:
+                return value, None
+        # text is tried as every other member first, as for a plain int parameter: -p x=5 is 5 for int | str
+        for m in sorted(kinds, key=lambda m: m is str):
+            converted, problem = _convert(m, value)
+            if problem is None:
+                return converted, None
+        names = " | ".join(getattr(m, "__name__", None) or str(m) for m in kinds)
+        return value, f"expected {names}, got {_short(value)}"
+    if typing.get_origin(ann) is typing.Literal:  # one of the listed values; from -p, the one it spells
+        choices = typing.get_args(ann)
+        match = [c for c in choices if type(c) is type(value) and c == value]
+        if not match and isinstance(value, str):
+            match = [c for c in choices if (str(c).lower() == value.strip().lower() if isinstance(c, bool)
+                                             else str(c) == value)]
+        if not match:
+            return value, f"expected one of {', '.join(map(repr, choices))}, got {_short(value)}"
+        return match[0], None
+    container = _container(ann)
+    if container is not None:  # JSON text (from -p) or the value itself
+        problem = None
+        if isinstance(value, str):
+            value, problem = _json_param(value, container)
+        if problem is None and container in (tuple, set, frozenset) and isinstance(value, list | tuple | set
+                                                                                   | frozenset):
+            try:
+                value = container(value)
+            except TypeError:  # a set of lists or dicts
+                problem = f"expected {container.__name__} of hashable values, got {_short(value)}"
+        if problem is None and not isinstance(value, container):
+            problem = f"expected {container.__name__}, got {type(value).__name__}"
+        return value, problem
+    conv = _CONVERTERS.get(ann)
+    if conv is not None and isinstance(value, str) and ann is not str:
+        try:
+            value = conv(value)
+        except (ValueError, KeyError):
+            return value, f"expected {ann.__name__}, got {_short(value)}"
+    elif conv is not None and ann is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value) if abs(value) < 1 << 1000 else math.inf  # past float's range: refused below
+    elif isinstance(ann, type) and ann in _CONVERTERS and (
+            not isinstance(value, ann) or (isinstance(value, bool) and ann is not bool)):
+        return value, f"expected {ann.__name__}, got {type(value).__name__}"
+    # what the record cannot hold as the value that ran is refused, not recorded as something else: JSON has
+    # no NaN or infinity (they would read back as null), and the store's integers are 64-bit
+    if ann is float and isinstance(value, float) and not math.isfinite(value):
+        return value, f"expected a finite number, got {_short(value)}"
+    if ann is int and isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        return value, f"{_short(value)} is out of range (a 64-bit integer: {INT64[0]} to {INT64[1]})"
     return value, None
 
 
@@ -279,53 +363,9 @@ def bind_params(fn: Callable[..., Any], params: dict[str, Any]) -> dict[str, Any
             else:
                 errors[name] = f"unknown parameter (accepted: {', '.join(spec) or 'none'})"
             continue
-        ann, optional = _unoptional(p.annotation)
-        if optional and value is None:
-            bound[name] = None
-            continue
-        if typing.get_origin(ann) is typing.Literal:  # one of the listed values; from -p, the one it spells
-            choices = typing.get_args(ann)
-            match = [c for c in choices if type(c) is type(value) and c == value]
-            if not match and isinstance(value, str):
-                match = [c for c in choices if (str(c).lower() == value.strip().lower() if isinstance(c, bool)
-                                                 else str(c) == value)]
-            if not match:
-                errors[name] = f"expected one of {', '.join(map(repr, choices))}, got {_short(value)}"
-                continue
-            bound[name] = match[0]
-            continue
-        container = _container(ann)
-        if container is not None:  # list / dict: JSON text (from -p) or the value itself
-            problem = None
-            if isinstance(value, str):
-                value, problem = _json_param(value, container)
-            if problem is None and not isinstance(value, container):
-                problem = f"expected {container.__name__}, got {type(value).__name__}"
-            if problem is not None:
-                errors[name] = problem
-                continue
-            bound[name] = value
-            continue
-        conv = _CONVERTERS.get(ann)
-        if conv is not None and isinstance(value, str) and ann is not str:
-            try:
-                value = conv(value)
-            except (ValueError, KeyError):
-                errors[name] = f"expected {ann.__name__}, got {_short(value)}"
-                continue
-        elif conv is not None and ann is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value) if abs(value) < 1 << 1000 else math.inf  # past float's range: refused below
-        elif isinstance(ann, type) and ann in _CONVERTERS and (
-                not isinstance(value, ann) or (isinstance(value, bool) and ann is not bool)):
-            errors[name] = f"expected {ann.__name__}, got {type(value).__name__}"
-            continue
-        # what the record cannot hold as the value that ran is refused, not recorded as something else: JSON has
-        # no NaN or infinity (they would read back as null), and the store's integers are 64-bit
-        if ann is float and isinstance(value, float) and not math.isfinite(value):
-            errors[name] = f"expected a finite number, got {_short(value)}"
-            continue
-        if ann is int and isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
-            errors[name] = f"{_short(value)} is out of range (a 64-bit integer: {INT64[0]} to {INT64[1]})"
+        value, problem = _convert(p.annotation, value)
+        if problem is not None:
+            errors[name] = problem
             continue
         bound[name] = value
     for name, p in spec.items():

@@ -130,6 +130,20 @@ def test_params_the_record_cannot_hold_are_refused_and_nothing_runs(client) -> N
     assert client.wait(sid, timeout=60)["status"] == "cancelled"  # ended, not left running past the test
 
 
+def test_set_tuple_and_union_params_reach_the_workflow_as_their_types(client) -> None:
+    """A user workflow's ``set[str]``, ``tuple[int, int]`` and ``int | str`` parameters given as ``-p`` text arrive as
+    a set, a tuple and an int (they arrived as the raw strings), the record holds them as JSON lists (a set sorted)
+    that bind to the same values when the runner binds them again, and a misfit is refused before anything runs."""
+    sid = client.start("labd_testflows:shapes", params={"tags": '["b", "a", "b"]', "pair": "[1, 2]", "either": "5"})
+    final = client.wait(sid, timeout=60)
+    assert final["status"] == "completed", final["reason"]
+    assert client.result(sid) == {"tags": ["a", "b"], "pair": [1, 2], "either": 5, "types": ["set", "tuple", "int"]}
+    assert client.session(sid)["params"] == {"tags": ["a", "b"], "pair": [1, 2], "either": 5}
+    with pytest.raises(LabdError) as err:
+        client.start("labd_testflows:shapes", params={"tags": "a,b"})
+    assert err.value.code == "bad_params" and "expected set as JSON" in err.value.message, err.value.message
+
+
 def _refuse_to_record(home: Path, prefix: str) -> None:
     """Make the daemon's SQLite store refuse to record a session whose name starts with ``prefix`` (a trigger: a
     real refusal of the store, as a constraint would give)."""

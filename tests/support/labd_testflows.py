@@ -100,6 +100,12 @@ def needs_param(ctx, count: int, ratio: float = 0.5) -> float:
     return count * ratio
 
 
+def shapes(ctx, tags: set[str], pair: tuple[int, int] = (0, 0), either: int | str = 0) -> dict:
+    """Set, tuple and union parameters: what the workflow received, and as which types."""
+    return {"tags": sorted(tags), "pair": list(pair), "either": either,
+            "types": [type(tags).__name__, type(pair).__name__, type(either).__name__]}
+
+
 def env_report(ctx) -> dict:
     """Reports which secrets the workflow (and a child it runs) can find, in os.environ or in /proc."""
     print("visible:", sorted(k for k in os.environ if "KEY" in k or "TOKEN" in k), flush=True)

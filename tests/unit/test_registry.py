@@ -235,6 +235,45 @@ def test_literal_parameters_take_one_of_their_values() -> None:
     assert "level" in _code(lambda: bind_params(literals, {"level": 2.0})).details["params"]  # not the int 2
 
 
+def shapes(ctx: Any, pair: tuple[int, int] = (0, 0), tags: set[str] = frozenset(),  # type: ignore[assignment]
+           frozen: frozenset = frozenset(), either: int | str = 0, maybe: float | str | None = None) -> None:
+    """Tuples, sets and unions."""
+
+
+def test_tuples_sets_and_unions_are_converted_or_refused() -> None:
+    """``tuple`` / ``set`` / ``frozenset`` parameters take a JSON list from ``-p`` (or a list from the SDK: what the
+    record holds) and get their own type; a union takes the first member that fits, text trying the other members
+    before ``str`` (``-p either=5`` is 5 for ``int | str``, as text is for a plain ``int``), while a value already of
+    another member's type stays as given.
+    All of these arrived as the raw string, unchecked."""
+    assert bind_params(shapes, {"pair": "[1, 2]", "tags": '["a", "b", "a"]', "frozen": [3], "either": "5",
+                                "maybe": "0.5"}) == {"pair": (1, 2), "tags": {"a", "b"}, "frozen": frozenset({3}),
+                                                     "either": 5, "maybe": 0.5}
+    assert bind_params(shapes, {"either": "five", "maybe": "x"}) == {"either": "five", "maybe": "x"}
+    assert bind_params(shapes, {"maybe": None}) == {"maybe": None}
+    assert bind_params(shapes, {"either": 7})["either"] == 7
+    err = _code(lambda: bind_params(shapes, {"pair": "1,2", "tags": '{"a": 1}', "frozen": "[[1], [2]]",
+                                             "either": 1.5, "maybe": [1]}))
+    problems = err.details["params"]
+    assert err.code == "bad_params" and set(problems) == {"pair", "tags", "frozen", "either", "maybe"}, problems
+    assert "expected tuple as JSON" in problems["pair"] and "expected set as JSON" in problems["tags"]
+    assert "hashable" in problems["frozen"]
+    assert problems["either"] == "expected int | str, got 1.5"
+
+
+def test_a_set_param_is_recorded_as_a_list_that_binds_to_the_same_set() -> None:
+    """The workflow check's answer (JSON) records a set parameter as a sorted list, and binding that list again (a
+    queued start, a resume, a replay) gives the same set; ``repr`` used to record it as the text ``"{'a', 'b'}"``."""
+    import json
+
+    from labd.runner.workflows.registry import record_default
+
+    bound = bind_params(shapes, {"tags": '["b", "a"]'})
+    recorded = json.loads(json.dumps(bound, default=record_default))
+    assert recorded == {"tags": ["a", "b"]}
+    assert bind_params(shapes, recorded) == bound
+
+
 def test_int_is_widened_to_float() -> None:
     """An int given for a float parameter becomes a float; a bool does not."""
     bound = bind_params(typed, {"n": 1, "rate": 2})
