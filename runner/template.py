@@ -69,8 +69,9 @@ def _write(out_fd: int, obj: dict[str, Any]) -> None:
 
 
 def _reap(out_fd: int, spare: int | None = None) -> bool:
-    """Report ended children to the daemon; True if ``spare`` (the unused spare's pid) was among them: it
-    ran no session, so its end is nobody's news."""
+    """Report ended children to the daemon; True if ``spare`` (the unused spare's pid) was among them. Its end is
+    reported too: it ran no session (no session has its pid), but the daemon counts it among the template's
+    children until it hears of its exit."""
     spare_died = False
     while True:
         try:
@@ -79,9 +80,7 @@ def _reap(out_fd: int, spare: int | None = None) -> bool:
             return spare_died
         if pid == 0:
             return spare_died
-        if pid == spare:
-            spare_died = True
-            continue
+        spare_died = spare_died or pid == spare
         if os.WIFSIGNALED(status):
             _write(out_fd, {"op": "exited", "pid": pid, "exit_code": None, "signal": os.WTERMSIG(status)})
         else:
