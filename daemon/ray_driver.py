@@ -46,6 +46,7 @@ from typing import Any
 
 from labd.daemon.ray_adopt import actor_name
 from labd.daemon.ray_pending import WAITING, actor_state
+from labd.ipc.units import shortened
 
 __all__ = ["main"]
 
@@ -54,6 +55,12 @@ KILL_ACTOR_AFTER_S = 3.0
 #: how long an adoption waits for a placed actor's describe() before the actor is adopted anyway (answering the
 #: daemon, which waits); it is then waited for as one not placed yet
 ADOPT_TIMEOUT_S = 30.0
+
+
+def adopt_timeout() -> float:
+    """:data:`ADOPT_TIMEOUT_S`, or the tests' shorter ``LABD_RAY_ADOPT_TIMEOUT_S`` (a test that waits past the deadline
+    need not wait 30 s)."""
+    return shortened(ADOPT_TIMEOUT_S, "LABD_RAY_ADOPT_TIMEOUT_S", floor=1.0)
 
 
 def _out(msg: dict[str, Any]) -> None:
@@ -162,6 +169,7 @@ def main() -> None:
         inbox.put(None)
 
     threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
+    adopt_s = adopt_timeout()
     actors: dict[int, Any] = {}
     names: dict[int, str] = {}  # handle -> actor name
     refs: dict[Any, tuple[int, str]] = {}  # in-flight call -> (handle, "start" | "adopt" | "wait")
@@ -227,7 +235,7 @@ def main() -> None:
                     continue
                 actors[handle], names[handle] = actor, name
                 refs[actor.describe.remote()] = (handle, "adopt")  # answered once it is placed, raises if it dies
-                adopting[handle] = (msg["req"], time.monotonic() + ADOPT_TIMEOUT_S)
+                adopting[handle] = (msg["req"], time.monotonic() + adopt_s)
                 state = actor_state(ray, actor)
                 if state in WAITING:  # Ray places it when a node has room: watched meanwhile, with no deadline
                     adopted(handle, waiting=state)

@@ -13,7 +13,7 @@ import re
 
 __all__ = ["UnitError", "BeyondAny", "parse_size", "parse_output_cap", "MIN_OUTPUT", "parse_duration",
            "parse_percent", "parse_cpus", "max_cpu_percent", "MAX_CLUSTER_CPUS",
-           "format_size", "format_duration", "format_seconds", "format_limit"]
+           "format_size", "format_duration", "format_seconds", "format_limit", "shortened"]
 
 
 class UnitError(ValueError):
@@ -205,3 +205,13 @@ def format_limit(value: float, unit: str) -> str:
     if unit == "USD":
         return f"${value:.6f}"
     return f"{value:g} {unit}"
+
+
+def shortened(default: float, var: str, floor: float = 0.0) -> float:
+    """``default`` seconds, or the environment variable ``var`` when it is a number: a test's override that can only
+    shorten a wait (clamped to ``floor`` .. ``default``), so that a test of what happens once it has passed need not
+    wait the whole of it."""
+    try:
+        return max(floor, min(default, float(os.environ[var])))
+    except (KeyError, ValueError):
+        return default

@@ -15,6 +15,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from labd.ipc.units import shortened
+
 __all__ = ["HeaderDeadline", "HEADERS_S"]
 
 #: seconds a client has to send a request's headers (a browser sends them in one packet)
@@ -24,7 +26,8 @@ HEADERS_S = 10.0
 class HeaderDeadline(H11Protocol):
     """:class:`H11Protocol` that closes a connection whose request headers are late (see the module docstring)."""
 
-    headers_s = HEADERS_S
+    #: ``LABD_UI_HEADERS_S`` shortens it for tests (read once, at import)
+    headers_s = shortened(HEADERS_S, "LABD_UI_HEADERS_S", floor=0.5)
     _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]

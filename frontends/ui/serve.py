@@ -5,7 +5,6 @@ grace period for requests still running), and ``--open``'s redirect file. The ap
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import socket
@@ -17,6 +16,7 @@ from typing import Any
 
 from labd.frontends.ui.deadline import HeaderDeadline
 from labd.frontends.ui.server import build_app
+from labd.ipc.units import shortened
 
 __all__ = ["run"]
 
@@ -94,9 +94,5 @@ def _open_browser(url: str) -> Path:
 
 
 def _open_file_s() -> float:
-    """:data:`OPEN_FILE_S`, or the test override ``LABD_UI_OPEN_FILE_S`` when it is a number (seconds; it only
-    shortens the delay)."""
-    try:
-        return max(0.0, min(OPEN_FILE_S, float(os.environ["LABD_UI_OPEN_FILE_S"])))
-    except (KeyError, ValueError):
-        return OPEN_FILE_S
+    """:data:`OPEN_FILE_S`, or the test override ``LABD_UI_OPEN_FILE_S`` (seconds; it only shortens the delay)."""
+    return shortened(OPEN_FILE_S, "LABD_UI_OPEN_FILE_S")

@@ -72,10 +72,12 @@ def test_daemon_down_longer_than_the_runner_waits_then_back(isolated_env: Path) 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_daemon_down_for_a_minute_with_the_runner_waiting_its_default_30_s(isolated_env: Path) -> None:
-    """The same with a 60 s outage and the runner's real ack wait (30 s, not shortened): it gives up half-way
-    through the outage and exits, and nothing is lost (before the spool, a 60 s outage lost 79 of 80 lines)."""
-    _daemon_outage(isolated_env, 60.0, env={})
+def test_daemon_down_longer_than_the_runners_default_30_s_wait(isolated_env: Path) -> None:
+    """The same with the runner's real ack wait (30 s, not shortened) and an outage longer than it (35 s): the runner
+    gives up during the outage and exits, and nothing is lost (before the spool, a 60 s outage lost 79 of 80 lines).
+    (The outage was 60 s; any outage the runner does not outwait shows the same, and this one costs the suite 25 s
+    less.)"""
+    _daemon_outage(isolated_env, 35.0, env={})
 
 
 def test_store_refusing_writes_then_back(isolated_env: Path) -> None:

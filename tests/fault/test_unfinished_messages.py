@@ -157,8 +157,8 @@ def _flood_subscriptions(z: Any, isolated_env: Path) -> None:
         flood.connect(c.info.events)
         for i in range(200_000):
             flood.send(b"\x01session." + os.urandom(32).hex().encode())
-            if i % 5000 == 0 and _answered(c, "daemon.status") and c.request("daemon.status")["counters"].get(
-                    "inbound_resets"):
+            # one request, its timeout tolerated (a second, unguarded one timed out once with 4 test workers)
+            if i % 5000 == 0 and (_answered(c, "daemon.status") or {}).get("counters", {}).get("inbound_resets"):
                 break
         wait_until(lambda: (_answered(c, "daemon.status") or {}).get("counters", {}).get("inbound_resets"),
                    timeout=60, what="a reset")

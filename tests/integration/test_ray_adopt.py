@@ -24,7 +24,6 @@ import pytest
 import zmq.auth
 
 from labd.daemon.ray_adopt import actor_name, namespace
-from labd.daemon.ray_driver import ADOPT_TIMEOUT_S
 from labd.ipc import LabdError
 from tests.conftest import DaemonProc, wait_until
 from tests.support.ray_cluster import rayctl, shared_cluster
@@ -33,6 +32,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 ray = pytest.importorskip("ray")
 
 ENDED = ("completed", "failed", "cancelled", "lost")
+SHORT_ADOPT_S = 8.0  # the adoption deadline of the daemon that waits past it (LABD_RAY_ADOPT_TIMEOUT_S)
 
 
 @pytest.fixture(scope="session")
@@ -81,10 +81,10 @@ class Rig:
         self.daemon.stop()
         return killed
 
-    def restart(self) -> float:
-        """A new daemon on the same home; returns when it was ready (one that never gets ready is still the rig's,
-        so the fixture stops it)."""
-        self.daemon = DaemonProc(self.home)
+    def restart(self, env: dict[str, str] | None = None) -> float:
+        """A new daemon on the same home (``env`` added to its environment); returns when it was ready (one that never
+        gets ready is still the rig's, so the fixture stops it)."""
+        self.daemon = DaemonProc(self.home, extra_env=env)
         self.daemon.start()
         return time.time()
 
@@ -301,8 +301,9 @@ def test_session_survives_its_ray_driver_dying_while_the_daemon_runs(rig: Rig) -
 @pytest.mark.timeout(240)
 def test_actor_waiting_for_a_node_across_restarts_is_not_lost(rig: Rig) -> None:
     """Three Ray sessions whose actors Ray cannot place yet (each asks for the head node's one ``head``, held by
-    a running session) stay `starting` across a clean shutdown and a SIGKILL of the daemon, and longer than the
-    30 s an adoption used to wait for an actor's answer (they were recorded `lost` then); their actors are still
+    a running session) stay `starting` across a clean shutdown and a SIGKILL of the daemon, and longer than an
+    adoption waits for an actor's answer (30 s; 8 s here, ``LABD_RAY_ADOPT_TIMEOUT_S``: they were recorded `lost`
+    once it passed); their actors are still
     waiting in Ray's queue. One is stopped while it waits: `cancelled`, stopped by the client, its actor gone.
     One's actor is killed (Ray's API) while it waits: `lost`, with Ray's reason. Once the holder completes, the
     last is placed and runs: its runner starts from the spec the first daemon gave, delivers every line once and
@@ -318,11 +319,12 @@ def test_actor_waiting_for_a_node_across_restarts_is_not_lost(rig: Rig) -> None:
     rig.shutdown()
     rig.restart()  # adopted while they wait ...
     rig.kill9()
-    up = rig.restart()  # ... and again, after a SIGKILL
+    # ... and again, after a SIGKILL, by a daemon whose adoption deadline is 8 s instead of 30 (the same path, sooner)
+    up = rig.restart(env={"LABD_RAY_ADOPT_TIMEOUT_S": str(SHORT_ADOPT_S)})
     with rig.client() as c:
-        wait_until(lambda: time.time() > up + ADOPT_TIMEOUT_S + 1  # the old deadline ran from before `up`
+        wait_until(lambda: time.time() > up + SHORT_ADOPT_S + 1  # the old deadline ran from before `up`
                    or any(c.session(s)["status"] != "starting" for s in waiting),
-                   timeout=ADOPT_TIMEOUT_S + 30, interval=0.5, what="past the old adoption deadline")
+                   timeout=SHORT_ADOPT_S + 30, interval=0.5, what="past the old adoption deadline")
         assert [c.session(s)["status"] for s in waiting] == ["starting"] * 3, \
             [(c.session(s)["status"], c.session(s)["reason"]) for s in waiting]
         for sid in waiting:

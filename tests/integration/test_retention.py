@@ -151,8 +151,8 @@ def _db_bytes(home: Path) -> tuple[int, int]:
 
 @pytest.mark.slow
 def test_run_prune_cycles_keep_the_database_bounded(daemon, tmp_path: Path) -> None:
-    """100 sessions with output, steps and checkpoints (content-addressed objects of their work directories),
-    pruned, then 100 more, pruned: the database does not keep growing (SQLite reuses freed pages), every
+    """60 sessions with output, steps and checkpoints (content-addressed objects of their work directories),
+    pruned, then 60 more, pruned: the database does not keep growing (SQLite reuses freed pages), every
     session's rows are gone each time, and so are its checkpoint objects (the sessions directory is empty).
     (A daemon of its own: it prunes every session and measures the whole database.)"""
     sizes = []
@@ -171,7 +171,7 @@ def test_run_prune_cycles_keep_the_database_bounded(daemon, tmp_path: Path) -> N
     with daemon.client(timeout=60) as c:
         for cycle in range(2):
             sids = []
-            for batch in range(5):  # 100 sessions a cycle (200 took a minute of the suite; same finding)
+            for batch in range(3):  # 60 sessions a cycle (200, then 100, took a minute and more of the suite)
                 started = []
                 for i in range(20):
                     if i % 2:

@@ -615,20 +615,26 @@ def test_tabs_in_the_background_leave_the_browser_connections_for_the_one_in_fro
 
 
 @pytest.mark.timeout(120)
-def test_a_connection_that_never_finishes_its_headers_is_closed(shared_ui: Ui) -> None:
+def test_a_connection_that_never_finishes_its_headers_is_closed(shared_daemon, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A client that sends part of a request's headers and then waits (another local user needs no token to
-    connect) is disconnected once the headers are ``HEADERS_S`` late: such connections each held a descriptor for
-    good, ~18,000 of them brought the dashboard to its limit (an attack review). The same holds for a second request
-    on a kept-alive connection; a client that sends its headers in time is served."""
-    from labd.frontends.ui.deadline import HEADERS_S
+    connect) is disconnected once the headers are late (``HEADERS_S``, 10 s; 3 s here through
+    ``LABD_UI_HEADERS_S``): such connections each held a descriptor for good, ~18,000 of them brought the dashboard
+    to its limit (an attack review). The same holds for a second request on a kept-alive connection; a client that
+    sends its headers in time is served."""
+    headers_s = 3.0
+    monkeypatch.setenv("LABD_UI_HEADERS_S", str(headers_s))
+    with running_ui(shared_daemon.home, tmp_path / "ui-stderr.log") as ui:
+        _late_headers_are_closed(ui, headers_s)
 
-    ui = shared_ui
-    with socket.create_connection(("127.0.0.1", ui.port), timeout=HEADERS_S + 30) as s:
+
+def _late_headers_are_closed(ui: Ui, headers_s: float) -> None:
+    with socket.create_connection(("127.0.0.1", ui.port), timeout=headers_s + 30) as s:
         s.sendall(b"GET /api/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Half: ")
         start = time.monotonic()
         assert s.recv(4096) == b""  # closed by the server, nothing sent back
-        assert time.monotonic() - start >= HEADERS_S - 1
-    with socket.create_connection(("127.0.0.1", ui.port), timeout=HEADERS_S + 30) as s:
+        assert time.monotonic() - start >= headers_s - 1
+    with socket.create_connection(("127.0.0.1", ui.port), timeout=headers_s + 30) as s:
         s.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{ui.port}\r\n\r\n".encode())
         assert _response_head(s).startswith(b"HTTP/1.1 200")  # served: the page itself needs no token
         s.sendall(b"GET / HTTP/1.1\r\nHost: 127")  # a second request, its headers never finished
