@@ -142,7 +142,9 @@ def test_a_waiting_spare_redoes_a_stale_preparation(tmp_path: Path) -> None:
         assert not first[1].fresh()
         refresh({"confine_hide": hide})
         again = credentials._prepared
-        assert again is not None and again is not first and again[1].fresh()
+        # redone, from the directories as they are now (whether it is still fresh a moment later depends on /tmp,
+        # which tests beside this one change: asking that failed once with two test workers)
+        assert again is not None and again is not first
         assert str(tmp_path / "new") in again[1].roots
     finally:
         credentials._take_prepared(None)
