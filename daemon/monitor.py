@@ -3,17 +3,14 @@
 One thread for all sessions. Each pass reads every ``/proc/<pid>/stat`` once (:mod:`labd.daemon.proctable`)
 and walks the parent -> children map from each runner, so the cost grows with the number of processes on
 the box, not with sessions x processes. A session's tree is its runner's descendants plus processes that
-escaped it (their parent died and they were re-parented outside the tree): recognised by a process key seen
-in the tree before, by the runner's process group, or by the inherited ``LABD_SESSION_ID`` marker.
+escaped it (:mod:`labd.daemon.membership`).
 
 Periods: a pass every ``sample_interval`` (2 s) while no watched session has a memory limit or is past half its
 process-count limit, every ``limit_interval`` (0.1 s) while one is, and at once after a fork storm
-(:mod:`labd.daemon.forkrate`); a session whose memory is past half its limit is re-read
-between passes every ``NEAR_TICK_S`` (its known members only). Memory is the tree's summed PSS
-(proportional set size: a page shared by k processes counts 1/k in each, so pages shared within a tree
-count once and pages shared with the template only by their share), plus what it holds in memfd and tmpfs files
-it has open but has not mapped (:mod:`labd.daemon.shmem`). Children of the runner template that the template did
-not fork are killed (:mod:`labd.daemon.escapees`). A breach kills the tree at once;
+(:mod:`labd.daemon.forkrate`); a session whose memory is past half its limit is re-read between passes every
+``NEAR_TICK_S`` (its known members only). Memory (PSS, plus memfd and tmpfs files held) is measured and checked
+by :mod:`labd.daemon.memory_check`. Children of the runner template that the template did not fork are killed
+(:mod:`labd.daemon.escapees`). A breach kills the tree at once;
 wall-time and process-count breaches go to the supervisor (notes). ``record_interval`` sets how often a
 ``resource.sample`` event may be recorded: only when a figure moved, or every ``IDLE_RECORD_S`` otherwise
 (:mod:`labd.ipc.samples`, the rule the node monitor of a remote session uses too).
@@ -36,7 +33,6 @@ when the last good pass is older than :data:`STALE_AFTER_S` or passes are failin
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -46,13 +42,15 @@ from typing import Any
 import structlog
 import zmq
 
-from labd.daemon.burial import Burials, Buried
+from labd.daemon.burial import Burials
 from labd.daemon.cgroups import SessionCgroups
 from labd.daemon.escapees import Escapees
 from labd.daemon.forkrate import ForkRate
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY
 from labd.daemon.launcher import signal_group
 from labd.daemon.limits import Limits
+from labd.daemon.membership import attribute, extend
+from labd.daemon.memory_check import NEAR_FRACTION, MemoryCheck
 from labd.daemon.oom_guard import OomGuard
 from labd.daemon.proctable import MarkerCache, ProcTable, PssCache, read_proc
 from labd.daemon.shmem import ShmemCache
@@ -63,8 +61,7 @@ from labd.ipc.samples import worth_recording
 __all__ = ["Monitor"]
 
 THROTTLE_TICK_S = 0.02
-NEAR_TICK_S = 0.025  # re-read of a session past NEAR_FRACTION of its memory limit
-NEAR_FRACTION = 0.5
+NEAR_TICK_S = 0.025  # re-read of a session past NEAR_FRACTION of its memory limit (daemon/memory_check.py)
 #: a new session's first pass comes this long after its launch: not while its runner starts up (the pass
 #: would compete with it for the CPU), soon enough to catch the peaks of a short session
 FRESH_DELAY_S = 0.05
@@ -98,6 +95,7 @@ class Monitor(threading.Thread):
         self.pss = PssCache()
         self.markers = MarkerCache()
         self.shmem = ShmemCache()
+        self.memory = MemoryCheck(self.pss, self.shmem, self._memory_breached)
         self.forks = ForkRate()  # a fork storm brings the next pass forward (daemon/forkrate.py)
         self.escapees = Escapees()  # its template view is set once the launcher is up (daemon/server.py)
         self.cgroups = cgroups  # the sessions' kernel limits, where the daemon makes them (daemon/cgroups.py)
@@ -224,7 +222,7 @@ class Monitor(threading.Thread):
                     strict = strict or any(w.procs_near for w in watched)
                     next_pass = now + (self.limit_interval if strict else self.sample_interval)
                 else:
-                    self._step(QUICK, self._quick_all, watched)
+                    self._step(QUICK, self.memory.quick_all, watched)
                 self._deadline = time.time() + self.limit_interval  # should the check fail: again soon
                 self._step(TIMEOUTS, self._timeouts, watched)  # reads no /proc: works while passes fail
                 throttled = any(w.limits.cpu is not None for w in watched)
@@ -259,13 +257,6 @@ class Monitor(threading.Thread):
         self.failures.worked(what)
         return True
 
-    def _quick_all(self, watched: list[Watched]) -> None:
-        near = [w for w in watched if w.near and not w.breached]
-        if near:
-            self.shmem.begin()
-        for w in near:
-            self._quick(w)
-
     @staticmethod
     def _throttle_all(watched: list[Watched], now: float) -> None:
         for w in watched:
@@ -299,37 +290,10 @@ class Monitor(threading.Thread):
         self.shmem.begin()
         self.passes += 1
         buried = self.burials.pending()
-        claimed: set[int] = set()
-        extra: dict[str, list[int]] = {}  # session -> roots of its members outside the runner's tree
-        alive: list[Watched] = []
-        for w in watched:
-            root = procs.get(w.pid)
-            if root is None or root.zombie or (w.start_key is not None and root.start != w.start_key):
-                self._vanished(w)
-                continue
-            if w.start_key is None:  # watched while its process could not be read (no fd left)
-                w.start_key = root.start
-            alive.append(w)
-            w.seen_at = time.time()  # liveness from the process table: idle runners need not send heartbeats
-            w.members = self.table.tree([w.pid])
-            claimed.update(p.pid for p in w.members)
-        # Processes outside every runner's tree that belong to a session anyway (escaped, or left behind).
-        owners: list[Watched | Buried] = [*alive, *buried]
-        by_key = {k: s.sid for s in owners for k in s.keys}
-        by_group = {s.pid: s.sid for s in owners}
-        known = {s.sid for s in owners}
-        owner_of: dict[int, str] = {}
-        for p in procs.values():
-            if p.pid in claimed or p.pid == os.getpid():
-                continue
-            owner = by_key.get(p.key) or by_group.get(p.pgid)
-            if owner is None:
-                marker = self.markers.session_of(p)
-                owner = marker if marker in known else None
-            if owner is not None:
-                extra.setdefault(owner, []).append(p.pid)
-                owner_of[p.pid] = owner
-        self.escapees.handle(self.table, {w.pid for w in alive}, owner_of, now, self.log,
+        found = attribute(self.table, procs, watched, buried, self.markers, time.time())
+        for w in found.gone:
+            self._vanished(w)
+        self.escapees.handle(self.table, {w.pid for w in found.alive}, found.owner_of, now, self.log,
                              lambda sid, text: self._event(sid, "log", {"level": "warning", "logger": "labd.monitor",
                                                                       "event": text}))
         if self.passes % 10 == 0:  # dropping dead processes' cache entries need not happen every pass
@@ -338,15 +302,11 @@ class Monitor(threading.Thread):
             self.pss.prune(procs)
             self.markers.prune(procs)
             self.shmem.prune(procs)
-        for w in alive:
-            if w.sid in extra:
-                w.members += [p for p in self.table.tree(extra[w.sid]) if p.pid not in claimed]
-            # every process seen in the tree, that is still alive (a dead one's key never matches again: kept, the
-            # set grew by each process a pass saw over the session's life, and so did every pass's by_key)
-            w.keys = {p.key for p in w.members} | {k for k in w.keys if (q := procs.get(k[0])) and q.start == k[1]}
+        for w in found.alive:
+            extend(w, found, self.table, procs)
             self._sample(w, now, record)
         for b in buried:
-            self.burials.hunt(b, self.table.tree(extra.get(b.sid, [])), now)
+            self.burials.hunt(b, self.table.tree(found.extra.get(b.sid, [])), now)
 
     def _vanished(self, w: Watched) -> None:
         # The pass works on a copy of the watched sessions: by now ``w``'s session may have ended and been resumed,
@@ -363,35 +323,6 @@ class Monitor(threading.Thread):
         # The last sample rides on the note (the supervisor's final sample will find the session unwatched): posted
         # by the supervisor, it is ordered before the session.ended it posts, as the breach's sample below.
         self.notes.send_pyobj(("vanished", w.sid, None, sample_payload(w) if w.peak_memory else None, w.pid))
-
-    def _quick(self, w: Watched) -> None:
-        """Between passes: re-read the known members of a session close to its memory limit."""
-        members = [p for p in (read_proc(m.pid) for m in w.members) if p is not None]
-        if members:
-            w.members = members
-            self._check_memory(w, sum(self.pss.estimate(p) for p in members) + self.shmem.held(members))
-
-    def _check_memory(self, w: Watched, estimate: int) -> int:
-        """Kill the tree if its memory is over the limit (confirmed by an exact PSS read); returns the figure."""
-        lim = w.limits.memory
-        memory = estimate
-        if lim is not None and estimate > lim and not w.breached:
-            memory = sum(self.pss.exact(p) for p in w.members) + self.shmem.held(w.members, exact=True)
-        w.memory = memory
-        w.peak_memory = max(w.peak_memory, memory)
-        if lim is not None:
-            w.near = memory > lim * NEAR_FRACTION
-            if memory > lim and not w.breached:
-                w.breached = True
-                # The note goes out before the kill, so the supervisor records the breach before the exit; it
-                # carries the sample with the peak that broke the limit (whichever path, pass or quick re-read, saw
-                # it): sent to ingest from here, on another socket, it could land after session.ended, and a
-                # client reading the ended session would see a peak below the limit that killed it.
-                self.notes.send_pyobj(("limit", w.sid, {"limit": "memory", "measured": memory, "max": lim,
-                                                        "unit": "bytes", "action": "kill"}, sample_payload(w), w.pid))
-                self.log.warning("memory limit exceeded: killing", session_id=w.sid, memory=memory, limit=lim)
-                self._kill_tree(w)
-        return memory
 
     def kernel_breach(self, sid: str, limit: int, report: Callable[[dict[str, Any]], None],
                       only: Watched | None = None) -> bool:
@@ -416,6 +347,16 @@ class Monitor(threading.Thread):
         self._kill_tree(w)
         return True
 
+    def _memory_breached(self, w: Watched, note: dict[str, Any]) -> None:
+        # The note goes out before the kill, so the supervisor records the breach before the exit; it carries the
+        # sample with the peak that broke the limit (whichever path, pass or quick re-read, saw it): sent to ingest
+        # from here, on another socket, it could land after session.ended, and a client reading the ended session
+        # would see a peak below the limit that killed it.
+        self.notes.send_pyobj(("limit", w.sid, note, sample_payload(w), w.pid))
+        self.log.warning("memory limit exceeded: killing", session_id=w.sid, memory=note["measured"],
+                         limit=note["max"])
+        self._kill_tree(w)
+
     def _kill_tree(self, w: Watched) -> None:
         signal_members(w, signal.SIGCONT)
         signal_members(w, signal.SIGKILL)
@@ -425,9 +366,7 @@ class Monitor(threading.Thread):
         w.fresh = False
         w.rss = sum(p.rss for p in members)
         w.num_procs = len(members)
-        read = self.pss.exact if record else self.pss.estimate
-        estimate = sum(read(p) for p in members) + self.shmem.held(members, exact=record)
-        self._check_memory(w, estimate)
+        self.memory.check(w, self.memory.estimate(members, exact=record))
         if lim.memory is not None and self.cgroups is not None and not w.breached:
             self.kernel_breach(sid, lim.memory, lambda note: self.notes.send_pyobj(("limit", sid, note,
                                                                                     sample_payload(w), w.pid)), w)

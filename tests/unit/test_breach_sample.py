@@ -56,7 +56,7 @@ def test_the_breach_note_carries_the_peak_that_broke_the_limit(hog: subprocess.P
     assert proc is not None
     limit = 32 << 20
     w = Watched("s1", hog.pid, Limits(memory=limit), started=0.0, members=[proc], peak_memory=20 << 20)
-    measured = monitor._check_memory(w, estimate=limit + 1)  # noqa: SLF001 - the breach path, on a real process
+    measured = monitor.memory.check(w, estimate=limit + 1)  # the breach path, on a real process
     assert measured > limit
     assert hog.wait(timeout=10) == -9  # killed
     [note] = monitor.notes.sent  # type: ignore[attr-defined]
