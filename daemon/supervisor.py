@@ -188,11 +188,12 @@ class Supervisor(Admission):
         return True
 
     def stopping(self, sid: str) -> bool:
-        """Is ``sid`` ending: its runner being stopped (a stop or kill in progress), or gone and its end posted but
-        not committed yet (for a moment the store still says it runs)?"""
+        """Is ``sid`` ending: its runner being stopped (a stop or kill in progress), found gone by the monitor (its end
+        is posted within ``VANISH_CONFIRM_S``), or gone and its end posted but not committed yet (for a moment the
+        store still says it runs)? A resume then waits for the end (a live resume would go to no runner)."""
         run = self.running.get(sid)
         if run is not None:
-            return run.step is not None
+            return run.step is not None or bool(run.vanished_at)
         posted = self._ending.get(sid)
         return posted is not None and time.monotonic() - posted < ENDING_S and sid not in self.queue
 

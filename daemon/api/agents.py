@@ -136,7 +136,8 @@ class Resume(_Control):
 
             return resume_ended(self, ended)
         if self.daemon.supervisor.stopping(ended["id"]):  # not a paused session to continue: it is ending
-            raise ApiError("stopping", f"session {ended['id']} is being stopped: resume it once it has ended "
+            raise ApiError("stopping", f"session {ended['id']} is ending (being stopped, or its runner just went "
+                           f"away): resume it once it has ended "
                            f"(labd wait {ended['id']}); the SDK's and CLI's resume wait for that by themselves")
         if self.body.get("limits"):  # refused rather than ignored
             raise ApiError("bad_request", "limits can be changed only when resuming an ended session; a paused one "

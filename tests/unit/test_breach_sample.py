@@ -108,3 +108,14 @@ def test_other_four_part_notes_post_no_sample() -> None:
     assert [kind for _sid, kind, _p in posts if kind == "resource.sample"] == []
     assert [(sid, kind) for sid, kind, _p in posts if kind == "limit.exceeded"] == [("a", "limit.exceeded"),
                                                                                   ("b", "limit.exceeded")]
+
+
+def test_a_session_whose_runner_vanished_counts_as_ending() -> None:
+    """Between the monitor finding a runner gone and the supervisor posting its end (``VANISH_CONFIRM_S``), the
+    session counts as ending: a ``session.resume`` is then refused ``stopping`` (the SDK and CLI wait for the end and
+    continue the ended session) instead of answering "resuming" with a message to a runner that no longer exists."""
+    sup, _launcher, _posts = _supervisor()
+    sup.pump()
+    assert not sup.stopping("a")
+    sup.on_note(("vanished", "a", None, None))
+    assert sup.stopping("a") and not sup.stopping("b")
