@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from labd.daemon.api.base import Request, register
+from labd.daemon.api.base import ApiError, Request, register
 from labd.daemon.api.roles import agent_roles
 from labd.daemon.api.sessions import resolve_session
 from labd.runner.workflows.registry import BUILTINS, describe, resolve
@@ -37,7 +37,13 @@ class Events(Request):
         max_bytes = self.arg("max_bytes", int, MAX_PAGE_BYTES, check=lambda n: 0 < n <= MAX_PAGE_BYTES,
                              hint=f"1-{MAX_PAGE_BYTES}")
         row = resolve_session(self)
-        nodes = self.daemon.store.subtree(row["id"], node) if node else None
+        nodes = None
+        if node:
+            # a node the session does not have (a typo, a step's name) is said so, not answered with no events
+            known = [n["node_id"] for n in self.daemon.store.steps(row["id"])]
+            if node not in known:
+                raise ApiError("unknown_node", f"session {row['id']} has no node {node!r}", {"nodes": known[:200]})
+            nodes = self.daemon.store.subtree(row["id"], node)
         page = self.daemon.store.events_page(row["id"], since=since, limit=limit, kinds=kinds, full=full,
                                              nodes=nodes, agent=agent, max_bytes=max_bytes)
         return {"session": row["id"], "events": page["events"], "status": row["status"], "more": page["more"]}

@@ -150,3 +150,19 @@ def test_cli_flags_for_full_events_tags_and_cost_across_sessions(daemon) -> None
     ever = labd("cost", "--all", "--since", "60000d", "--json")
     assert ever.returncode == 0 and json.loads(ever.stdout)["total"]["sessions"] == 1, ever.stderr
     assert "follow" in labd("events", sid, "--full", "--follow").stderr
+
+
+def test_events_for_a_node_the_session_lacks_is_unknown_node(shared_client) -> None:
+    """``events.query`` with a ``node`` the session does not have (a typo, or a step's name where an id is
+    asked for) is refused ``unknown_node`` listing the session's node ids, rather than answered with no events,
+    which read as "that node did nothing"."""
+    client = shared_client
+    sid = client.start("demo.count", params={"n": 1})
+    assert client.wait(sid, timeout=60)["status"] == "completed"
+    nodes = [n["node_id"] for n in client.dag(sid)["dag"]["nodes"]]
+    with pytest.raises(LabdError) as err:
+        client.events(sid, node="n999")
+    assert err.value.code == "unknown_node"
+    assert err.value.details["nodes"] == nodes
+    if nodes:
+        assert client.events(sid, node=nodes[0])["events"]
