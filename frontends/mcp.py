@@ -28,6 +28,7 @@ from mcp.types import ToolAnnotations
 from labd import __version__
 from labd.frontends.mcp_stdio import guarded_stdio_server
 from labd.ipc.client import Client, LabdError
+from labd.ipc.events import SCHEMAS
 from labd.ipc.safe_files import open_beneath
 
 __all__ = ["build_server", "run"]
@@ -144,9 +145,12 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
 
         At most about 200,000 characters of events a call (`more`: call again with since = the last seq). An event
         larger than that alone comes with `payload` null and `payload_cut`: {chars, head} (the size of its payload
-        as JSON, and its first 2,000 characters; `labd events SESSION --json` prints it whole)."""
+        as JSON, and its first 2,000 characters; `labd events SESSION --json` prints it whole). `kinds`: event kinds
+        or their starts, as `labd events --kind` takes them ('llm': llm.request and llm.response; 'session.ended')."""
+        wanted = _event_kinds(kinds)
+
         def read(c: Client) -> dict[str, Any]:
-            events, last_page = _read_within(c, session, since, kinds, max(1, min(limit, 5000)), MAX_EVENTS_JSON,
+            events, last_page = _read_within(c, session, since, wanted, max(1, min(limit, 5000)), MAX_EVENTS_JSON,
                                              _json_chars)
             return {**last_page, **_fit_events(events, last_page["more"])}
         return await call(read)
@@ -254,6 +258,22 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
 
 def _json_chars(value: Any) -> int:
     return len(json.dumps(value, default=str))
+
+
+def _event_kinds(asked: list[str] | None) -> list[str] | None:
+    """The event kinds read_events asks the daemon for: each of ``asked`` a kind, or the start of kinds (as
+    ``labd events --kind`` takes it). One that names no kind is a tool error listing them: the daemon matches kinds
+    exactly, and an empty answer to ``llm`` or a misspelt kind would read as "no such events happened"."""
+    if not asked:
+        return None
+    out: list[str] = []
+    for k in asked:
+        matched = [k] if k in SCHEMAS else [kind for kind in SCHEMAS if kind.startswith(k)]
+        if not matched:
+            raise ToolError(f"labd: no event kind {k!r} (nor any starting so); the kinds: "
+                            f"{', '.join(sorted(SCHEMAS))} [bad_request]")
+        out += [m for m in matched if m not in out]
+    return out
 
 
 def _read_within(c: Client, session: str, since: int, kinds: list[str] | None, most: int, budget: int,
