@@ -81,6 +81,11 @@ def cmd_dag(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def cmd_cost(args: argparse.Namespace, ctx: Ctx) -> int:
+    if args.all and args.session:
+        raise CliError(f"cost takes a SESSION or --all, not both (labd cost {args.session}; labd cost --all)")
+    if not args.all and (args.by or args.since):  # one session's cost is by agent, model, node and step at once
+        raise CliError("--by and --since go with --all (labd cost --all --by workflow --since 7d)")
+    args.by = args.by or "model"
     if args.all:
         since = None
         if args.since:
@@ -166,7 +171,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "cost", cmd_cost, "a session's LLM cost per agent, model, node and step (or --all sessions)")
     s.add_argument("session", nargs="?")
     s.add_argument("--all", action="store_true", help="cost across all sessions")
-    s.add_argument("--by", choices=["model", "workflow", "tag", "day", "session"], default="model")
+    s.add_argument("--by", choices=["model", "workflow", "tag", "day", "session"],
+                   help="with --all: group by this (default model)")
     s.add_argument("--since", help="with --all: only calls in the last 7d / 12h / 30m")
     add_json(s, "the cost object (total, by_agent, by_model, by_node, calls)")
     s = command(sub, "files", cmd_files, "files a session produced, with the step and agent that wrote them")
