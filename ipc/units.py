@@ -11,7 +11,7 @@ import math
 import os
 import re
 
-__all__ = ["UnitError", "BeyondAny", "parse_size", "parse_output_cap", "MIN_OUTPUT", "parse_duration",
+__all__ = ["UnitError", "BeyondAny", "parse_size", "parse_output_cap", "MIN_OUTPUT", "MAX_OUTPUT", "parse_duration",
            "parse_percent", "parse_cpus", "max_cpu_percent", "MAX_CLUSTER_CPUS",
            "format_size", "format_duration", "format_seconds", "format_limit", "shortened"]
 
@@ -60,13 +60,16 @@ _DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)\s*([a-z]*)", re.IGNORECASE)
 
 #: an output cap below this would truncate the first traceback
 MIN_OUTPUT = 1024
+#: the largest output cap (16 EiB - 1): a JSON integer (the cap is recorded in ``session.created``) is no larger
+MAX_OUTPUT = 2**64 - 1
 
 
 def parse_output_cap(value: object) -> int | None:
     """A session's output cap (``limits.output``, ``--max-output``, ``[daemon] max_output``) -> bytes, or None
     for no cap (``None``, ``"none"``). Bytes as an integer, or a size string (``"10M"``; a bare number string is
-    refused, as by :func:`parse_size`); at least :data:`MIN_OUTPUT`. The one parser of the rule, so the CLI,
-    the config file and the daemon's API accept and refuse the same values."""
+    refused, as by :func:`parse_size`); at least :data:`MIN_OUTPUT`, at most :data:`MAX_OUTPUT` (more is
+    :class:`BeyondAny`). The one parser of the rule, so the CLI, the config file and the daemon's API accept and
+    refuse the same values."""
     if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
         return None
     if isinstance(value, str):
@@ -74,6 +77,9 @@ def parse_output_cap(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < MIN_OUTPUT:
         raise UnitError(f"output cap {value!r} must be a size of at least {MIN_OUTPUT // 1024}K "
                         "(e.g. 10M, 1G) or \"none\"")
+    if value > MAX_OUTPUT:  # recorded, it was a value the store refused: every start answered store_error
+        shown = f"{value:.6g}" if value.bit_length() < 1000 else "more than 1e300"
+        raise BeyondAny(f"output cap of {shown} bytes is beyond any machine (under 16 EiB; \"none\": no cap)")
     return value
 
 

@@ -135,11 +135,19 @@ def output_cap(value: Any) -> int | None:
         if isinstance(value, str) and _digits_over(value, MAX_JSON_INT):
             raise _beyond_output(value)
         return parse_output_cap(value)
-    except BeyondAny:  # a size too large to compute (1e300T)
-        raise _beyond_output(math.inf) from None
+    except BeyondAny:  # a size too large to compute (1e300T), or past MAX_JSON_INT (20000000T: was store_error)
+        raise _beyond_output(_bytes_of(value)) from None
     except UnitError as exc:
         raise ApiError("bad_limits", f"output limit: {exc} (a JSON number means bytes)",
                        {"min_bytes": MIN_OUTPUT}) from None
+
+
+def _bytes_of(value: Any) -> float:
+    """The bytes an output limit ``value`` names, for a message (``inf``: too many to compute)."""
+    try:
+        return parse_size(value) if isinstance(value, str) else value
+    except UnitError:
+        return math.inf
 
 
 def _size(text: str) -> float:

@@ -211,6 +211,28 @@ def test_daemon_output_cap_beyond_any_machine(output: str) -> None:
         _limits({"output": "512"})
 
 
+@pytest.mark.parametrize("output", ["16777216T", "20000000T", "1e9T", 2**64, 10**23])
+def test_output_cap_with_a_unit_past_a_json_integer_is_beyond_any_machine(output: Any, tmp_path: Path) -> None:
+    """An output cap with a unit that comes to 2**64 bytes or more (``limits.output = "20000000T"`` from any client),
+    or such a ``[daemon] max_output`` (a size or an integer), is refused as `beyond any machine`: by the daemon's
+    limit check (``bad_limits``, the bytes in the message) and by the config file's (``ConfigError``). Before, the
+    cap passed both checks and made ``session.created`` a value the store refused: the start was answered
+    ``store_error`` after a runner was launched and killed, and with such a ``max_output`` every start was."""
+    from labd.ipc.units import BeyondAny, parse_output_cap
+
+    with pytest.raises(BeyondAny, match="beyond any machine"):
+        parse_output_cap(output)
+    with pytest.raises(ApiError) as err:
+        _limits({"output": output})
+    assert err.value.code == "bad_limits" and "is beyond any machine" in err.value.message, err.value.message
+    assert "more than 1e308" not in err.value.message  # the bytes asked for
+    setting = output if isinstance(output, int) else repr(output)
+    (tmp_path / "config.toml").write_text(f"[daemon]\nmax_output = {setting}\n")
+    with pytest.raises(ConfigError, match="max_output: .*beyond any machine"):
+        load_config(tmp_path)
+    assert parse_output_cap("16777215T") == 16777215 * 2**40 and parse_output_cap(2**64 - 1) == 2**64 - 1
+
+
 # ---- 5. SDK timeouts -------------------------------------------------------------------------------------------
 
 BAD_TIMEOUTS = [math.nan, -1, -0.5, -math.inf, True, "5"]
