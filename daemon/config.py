@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from labd.daemon.inbound import auto_ceiling
+from labd.daemon.limits import MAX_PROCS
 from labd.ipc.paths import Layout, layout_for
 from labd.ipc.tomlfile import TomlFileError, read_toml
 
@@ -116,6 +117,11 @@ class Config:
 MIN_SESSION_NOFILE = 64
 #: below this the runner's own threads (channel, capture, ag2's workers) may not start
 MIN_SESSION_TASKS = 64
+#: the kernel's largest pids.max (PID_MAX_LIMIT on 64-bit): with more, every session's cgroup failed to be made
+MAX_SESSION_TASKS = 1 << 22
+#: the largest max_message: libzmq's MAXMSGSIZE is twice it (2**62 overflowed it and the daemon died at start), and a
+#: runner whose workflow forks keeps a buffer of this size for its children's events
+MAX_MAX_MESSAGE = 1 << 30
 
 _ENV = {"LABD_DB": "db_url", "LABD_LOG_FORMAT": "log_format", "LABD_LOG_LEVEL": "log_level",
         "LABD_SPARE_RUNNERS": "spare_runners", "LABD_RUNNER_NICE": "runner_nice", "LABD_CGROUPS": "cgroups"}
@@ -354,10 +360,11 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
                           f"{MIN_SESSION_NOFILE}, not {cfg.session_nofile!r}")
     if cfg.cgroups not in ("auto", "off"):
         raise ConfigError(f'cgroups must be "auto" or "off", not {cfg.cgroups!r}')
-    for name in ("max_sessions", "procs", "session_tasks"):
+    # at most what each is used for: a default procs over a session's limit refused every start (bad_limits)
+    for name, most in (("max_sessions", 2**63 - 1), ("procs", MAX_PROCS), ("session_tasks", MAX_SESSION_TASKS)):
         value = getattr(cfg, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise ConfigError(f"{name} must be a whole number >= 0, not {value!r}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most):
+            raise ConfigError(f"{name} must be a whole number from 0 to {most}, not {value!r}")
     if cfg.session_tasks is None or 0 < cfg.session_tasks < MIN_SESSION_TASKS:
         raise ConfigError(f"session_tasks must be 0 (no bound) or at least {MIN_SESSION_TASKS} (a runner alone has a "
                           f"dozen threads), not {cfg.session_tasks!r}")
@@ -382,8 +389,10 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
             raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
-    if isinstance(cfg.max_message, bool) or not isinstance(cfg.max_message, int) or cfg.max_message < 4096:
-        raise ConfigError(f"max_message must be an integer of at least 4096 bytes, not {cfg.max_message!r}")
+    if isinstance(cfg.max_message, bool) or not isinstance(cfg.max_message, int) \
+            or not 4096 <= cfg.max_message <= MAX_MAX_MESSAGE:
+        raise ConfigError(f"max_message must be a whole number of bytes from 4096 to {MAX_MAX_MESSAGE} (1 GiB), "
+                          f"not {cfg.max_message!r}")
     if cfg.listen is not None:
         from labd.daemon.gateway import ListenError, check_listen
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Limits"]
+__all__ = ["Limits", "MAX_PROCS"]
+
+#: the largest process-count limit of a session (``limits.procs``, ``[daemon] procs``)
+MAX_PROCS = 1_000_000
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import orjson
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.roles import agent_roles
-from labd.daemon.limits import Limits
+from labd.daemon.limits import MAX_PROCS, Limits
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 from labd.ipc.units import (
     MIN_OUTPUT,
@@ -75,7 +75,6 @@ def session_name(req: Request) -> str | None:
 #: below this a runner cannot even start: an idle runner's PSS is ~7-12 MiB (docs/benchmarks.md), and the
 #: channel, capture and first workflow import need headroom; a smaller --memory would kill every session
 MIN_MEMORY = 32 * 2**20
-MAX_PROCS = 1_000_000
 
 
 def _limits(body: dict[str, Any], default_procs: int | None = None, default_output: Any = None, *,

@@ -199,3 +199,35 @@ def test_cgroups_and_session_tasks_defaults_and_bad_values(tmp_path: Path, monke
         _write_config(home, "[daemon]\n" + text + "\n")
         with pytest.raises(ConfigError, match=named):
             load_config(home)
+
+
+@pytest.mark.parametrize(("name", "most"), [("max_message", 1 << 30), ("procs", 1_000_000),
+                                            ("session_tasks", 1 << 22)])
+def test_whole_number_settings_past_what_they_are_used_for_are_refused(tmp_path: Path, name: str, most: int) -> None:
+    """[daemon] max_message, procs and session_tasks are refused at load past what they can be used for, naming the
+    setting and its bound; the bound itself is kept. Before (an attack review): max_message = 2**62 passed and the
+    daemon died at start (a traceback in its ingest thread: libzmq's MAXMSGSIZE, twice it, overflowed); procs over a
+    session's 1,000,000 made every start ``bad_limits`` naming a procs the client never sent; session_tasks past the
+    kernel's largest pids.max made every session's cgroup fail (its limits held from /proc only, a warning each)."""
+    home = tmp_path / "h"
+    for value in (most + 1, 2**62, 10**23):
+        _write_config(home, f"[daemon]\n{name} = {value}\n")
+        with pytest.raises(ConfigError, match=rf"^{name} must be a whole number .*to {most}\b"):
+            load_config(home)
+    _write_config(home, f"[daemon]\n{name} = {most}\n")
+    assert getattr(load_config(home), name) == most
+
+
+def test_the_largest_max_message_fits_libzmq() -> None:
+    """Twice the largest max_message (what the daemon's ROUTERs set as MAXMSGSIZE) is a value libzmq takes."""
+    import zmq
+
+    from labd.daemon.config import MAX_MAX_MESSAGE
+
+    ctx = zmq.Context()
+    try:
+        with ctx.socket(zmq.ROUTER) as sock:
+            sock.setsockopt(zmq.MAXMSGSIZE, 2 * MAX_MAX_MESSAGE)
+            assert sock.getsockopt(zmq.MAXMSGSIZE) == 2 * MAX_MAX_MESSAGE
+    finally:
+        ctx.term()
