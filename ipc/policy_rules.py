@@ -18,7 +18,7 @@ from labd.ipc.tomlfile import TomlFileError, read_toml
 __all__ = ["MAX_RULES", "load_file", "parse_rule", "parse_rules"]
 
 MAX_RULES = 1000
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")  # \Z: "$" matches before a final newline too
 
 
 def parse_rules(tables: Any, source: str = "config") -> list[Rule]:

@@ -36,8 +36,9 @@ MAX_CODE = 20_000  # characters of code kept per step
 MAX_ANSWER = 4000  # characters of a step's accepted answer kept
 MAX_EVENTS = 5000  # events of the session read (so at most that many code runs per step, and files)
 MAX_STEPS = 10_000  # steps of a plan
-#: a skill's name
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+#: a skill's name (``\Z``, not ``$``, which also matches before a final newline: "deploy\n" was a second skill
+#: listed as "deploy")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
 #: the fields of a skill document (``version`` and ``created_at`` are the store's: replaced when it is stored)
 FIELDS = ("name", "version", "created_at", "description", "workflow", "origin_session", "from_node", "parameters",
           "params", "plan", "steps", "agents", "files")

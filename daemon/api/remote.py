@@ -11,7 +11,8 @@ from typing import Any
 from labd.daemon.api.base import ApiError, Request, register
 from labd.daemon.curve_keys import add_client, curve_dir
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: a remote client's name (``\Z``, not ``$``, which also matches before a final newline: "bob\n" was a name)
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 def _gateway(req: Request) -> Any:
