@@ -76,9 +76,9 @@ class ResolveApproval(Request):
         refuse = self.arg("refuse_kinds", list, None, check=lambda k: len(k) <= 20 and all(
             isinstance(x, str) and len(x) <= 40 for x in k), hint="a list of up to 20 approval kinds")
         row = resolve_session(self)
-        pending = self.daemon.store.approvals(session_id=row["id"], status="pending", bound=(1, 1)) \
-            if aid is None or refuse else []  # ids and kinds only: never a session's prompts, however large
+        store = self.daemon.store
         if aid is None:
+            pending = store.approvals(session_id=row["id"], status="pending", bound=(1, 1))  # ids and kinds only
             if not pending:
                 raise ApiError("not_pending", f"session {row['id']} has no pending approval")
             if len(pending) > 1:
@@ -86,8 +86,10 @@ class ResolveApproval(Request):
                                "name one with approval_id", {"approvals": [p["id"] for p in pending]})
             aid = pending[0]["id"]
         # Checked here, on the approval this request answers (not by the client beforehand, when another request
-        # may come in between): `labd mcp` refuses "policy" approvals, which a rule requires of a human.
-        kind = next((p.get("kind") for p in pending if p["id"] == aid), None)
+        # may come in between): `labd mcp` refuses "policy" approvals, which a rule requires of a human. Looked up by
+        # its id: in a list of the session's pending ones (500 at most), the 501st was not found and so not refused.
+        named = store.approvals(session_id=row["id"], ids=[aid], bound=(1, 1)) if refuse else []
+        kind = named[0].get("kind") if named else None
         if refuse and kind in refuse:
             raise ApiError("human_required", f"approval {aid} is a {kind!r} approval, which this client may not "
                            "answer: a human must (labd approve / reject, labd top, labd ui)", {"approval_id": aid})
