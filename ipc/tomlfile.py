@@ -3,11 +3,14 @@ each says what is wrong with the file in one line instead of a traceback."""
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TomlFileError", "read_toml"]
+__all__ = ["TomlFileError", "read_regular", "read_toml"]
 
 
 class TomlFileError(ValueError):
@@ -18,12 +21,32 @@ class TomlFileError(ValueError):
         self.unreadable = unreadable  # the file could not be read at all (OSError), as opposed to not valid TOML
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of ``path`` (symlinks followed) if it is a regular file of at most ``limit`` bytes, else ``OSError``
+    saying which: for files the daemon reads while it serves requests (the agent registry, read at every session
+    start), where a FIFO or a device (``/dev/zero``) named by mistake blocked every request, or grew the daemon
+    without end. The open does not block (``O_NONBLOCK``), and at most ``limit`` + 1 bytes are read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or directory)")
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit:,} bytes")
+    return data
+
+
+def read_toml(path: Path, limit: int | None = None) -> dict[str, Any]:
     """The file's table. TOML is UTF-8 whatever the locale (as :func:`tomllib.load` reads it). Raises
     :class:`TomlFileError`: the OS error's reason, the first byte that is not UTF-8 (and its line), the parser's
-    message, or that the file nests too deeply (tomllib recurses: a file of 2000 ``[`` exhausts the stack)."""
+    message, or that the file nests too deeply (tomllib recurses: a file of 2000 ``[`` exhausts the stack).
+    ``limit``: read with :func:`read_regular` (a regular file of at most that many bytes), else read whole."""
     try:
-        raw = path.read_bytes()
+        raw = path.read_bytes() if limit is None else read_regular(path, limit)
     except OSError as exc:
         raise TomlFileError(exc.strerror or str(exc), unreadable=True) from None
     try:

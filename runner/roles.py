@@ -19,12 +19,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from labd.ipc.tomlfile import TomlFileError, read_toml
+from labd.ipc.tomlfile import TomlFileError, read_regular, read_toml
 from labd.runner.workflows import prompts
 
-__all__ = ["BUILTIN", "Role", "RoleError", "load_roles", "parse_role", "pick"]
+__all__ = ["BUILTIN", "Role", "RoleError", "load_roles", "parse_role", "pick", "MAX_ROLE_FILE"]
 
 KEYS = {"system_prompt", "system_prompt_file", "model", "code_execution", "mcp", "description", "extends"}
+#: bytes of a registry file or a system_prompt_file read at most (the daemon reads them at every session start): a
+#: larger file, or one that is not a regular file, is a RoleError naming it
+MAX_ROLE_FILE = 1 << 20
 
 
 class RoleError(ValueError):
@@ -75,9 +78,11 @@ def parse_role(name: str, data: Any, source: str, known: dict[str, Role], base_d
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         try:
-            prompt = path.read_text()
+            prompt = read_regular(path, MAX_ROLE_FILE).decode()
         except OSError as exc:
             raise RoleError(f"{source}: agent {name!r}: cannot read system_prompt_file {path}: {exc}") from None
+        except UnicodeDecodeError:
+            raise RoleError(f"{source}: agent {name!r}: system_prompt_file {path} is not UTF-8 text") from None
     if prompt is None and base_name is None:
         raise RoleError(f"{source}: agent {name!r} needs system_prompt (or system_prompt_file, or extends)")
     for key, kind in (("system_prompt", str), ("model", str), ("description", str), ("code_execution", bool)):
@@ -101,7 +106,7 @@ def load_roles(config_tables: dict[str, Any], agents_dir: Path | None) -> dict[s
     if agents_dir is not None and agents_dir.is_dir():
         for path in sorted(agents_dir.glob("*.toml")):
             try:
-                data = read_toml(path)
+                data = read_toml(path, MAX_ROLE_FILE)
             except TomlFileError as exc:
                 raise RoleError(f"cannot read {path}: {exc}") from None
             roles[path.stem] = parse_role(path.stem, data, str(path), roles, base_dir=path.parent)
