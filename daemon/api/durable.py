@@ -1,7 +1,8 @@
 """Durable sessions: ``session.resume`` of an ended session, and ``session.branch`` from a step.
 
-Both hand a new runner a *seed* (``<session dir>/durable.seed.json``): the completed steps of the record by
-position, the manifest to restore the work directory from, where node ids and the event sequence go on.
+Both hand a new runner a *seed* (``<session dir>/durable.seed.json``, made by :mod:`labd.daemon.api.seed`): the
+completed steps of the record by position, the manifest to restore the work directory from, where node ids and the
+event sequence go on.
 The runner is confined and cannot read the store, so the daemon writes the seed into the session directory
 before the launch; the file also makes a relaunch after a daemon restart (the session is ``queued``) a
 continuation again. See labd.runner.durable and docs/design.md, "Durable steps".
@@ -9,27 +10,19 @@ continuation again. See labd.runner.durable and docs/design.md, "Durable steps".
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
 import secrets
 import shutil
 import time
 from collections.abc import Generator
-from pathlib import Path
 from typing import Any
 
-import orjson
-
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
+from labd.daemon.api.seed import branch_dirs, build_seed, write_seed
 from labd.daemon.api.sessions import _limits, resolve_ref, resolve_session
 from labd.daemon.api.start import _run_params, entry_extra, refuse_never_fits, refuse_while_store_down
 from labd.daemon.limits import Limits
 from labd.daemon.reads import Read
-from labd.ipc.safe_files import open_regular
-from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, load_manifest, load_manifests
-from labd.runner.durable import SEED_FILE
-from labd.runner.objects import read_json_object
+from labd.runner.checkpoint import OBJECTS_DIR
 from labd.store.checkpoints import checkpoints, max_node_number, recorded_files, step_row
 
 __all__ = ["resume_ended", "RESUMABLE"]
@@ -38,112 +31,6 @@ __all__ = ["resume_ended", "RESUMABLE"]
 RESUMABLE = ("failed", "lost", "cancelled")
 MAX_BRANCHES = 20
 _TEXT = 10_000
-#: result objects are checked against their sha256 before a resume or branch up to this many bytes in all
-#: (past it only that they exist: the runner checks each one it loads, and runs its step again if damaged)
-VERIFY_BYTES = 16 << 20
-
-
-def _seed(cps: list[dict[str, Any]], objects: Path, step_files: bool = False, **extra: Any) -> dict[str, Any]:
-    """The record for a runner: completed steps by position, and the work directory of the last checkpoint
-    (resolved here: small manifest changes are in the events, larger ones and whole manifests are objects).
-    With ``step_files`` (a branch), each step also carries the work directory as its checkpoint recorded it: the
-    branch records it as its own checkpoint of the step it reuses, which a branch of the branch restores.
-    Refused (``no_checkpoint``) when an object the runner needs is gone, or a result object is damaged."""
-    inline = {c["manifest"]: c["manifest_delta"] for c in cps if isinstance(c.get("manifest_delta"), dict)}
-
-    store = ObjectStore(objects)
-
-    def get_json(h: str) -> Any:  # a digest that is no sha256 (a forged record): ValueError, refused below
-        return inline[h] if h in inline else read_json_object(store.path(h))
-
-    steps: dict[str, dict[str, Any]] = {}
-    try:
-        # each step's manifest resolved from the previous one's (one link each, not its whole chain)
-        resolved = load_manifests(get_json, [c["manifest"] for c in cps if c.get("manifest")]) if step_files else {}
-        for c in cps:
-            if c.get("result_error"):  # its result could not be kept: it runs again
-                continue
-            steps[c["path"]] = {"name": c["name"], "node": c["node_id"], "result": c.get("result"),
-                                "result_inline": c.get("result_inline"), "result_preview": c.get("result_preview")}
-            if step_files and c.get("manifest"):
-                steps[c["path"]]["files"] = resolved[c["manifest"]]
-                if c.get("partial"):  # a branch's record of it is partial too
-                    steps[c["path"]]["partial"] = True
-    except (OSError, ValueError, KeyError):
-        raise ApiError("no_checkpoint", "the checkpoint files of this session are gone") from None
-    seed: dict[str, Any] = {"steps": steps, "manifest": None, **extra}
-    if cps:
-        try:
-            files, chain, depth = load_manifest(get_json, cps[-1]["manifest"])
-        except (OSError, ValueError, KeyError):
-            raise ApiError("no_checkpoint", "the checkpoint files of this session are gone") from None
-        seed.update(manifest=cps[-1]["manifest"], files=files, depth=depth,
-                    chain=[h for h in chain if h not in inline])
-        if cps[-1].get("partial"):  # its scan stopped at a bound: the runner's restore removes nothing it lacks
-            seed["partial"] = True
-        _check_objects(steps, files, objects, cps[-1])
-    return seed
-
-
-def _check_objects(steps: dict[str, dict[str, Any]], files: dict[str, list[Any]], objects: Path,
-                   last: dict[str, Any]) -> None:
-    """Every result object of ``steps`` exists and (up to :data:`VERIFY_BYTES`) matches its sha256; every
-    file object of the work directory's manifest exists (hashing those is the runner's, as it restores)."""
-    budget, store = VERIFY_BYTES, ObjectStore(objects)
-    for st in steps.values():
-        digest = st.get("result")
-        if not digest:
-            continue
-        try:
-            path = store.path(digest)
-        except ValueError:  # not a sha256: a forged record
-            raise ApiError("no_checkpoint", f"the checkpoint of step {st['name']!r} ({st['node']}) names a result "
-                           f"that is not an object ({str(digest)[:80]!r})", {"node": st["node"]}) from None
-        try:
-            size = path.stat().st_size
-            damaged = False
-            if size <= budget:
-                budget -= size
-                with open_regular(path) as f:  # a regular file, not through a symlink, never blocking
-                    damaged = hashlib.file_digest(f, "sha256").hexdigest() != digest
-        except OSError as exc:
-            raise ApiError("no_checkpoint", f"the checkpoint of step {st['name']!r} ({st['node']}) cannot be used: "
-                           f"its result object {digest[:12]} is gone ({exc.strerror or exc})",
-                           {"node": st["node"], "step": st["name"]}) from None
-        if damaged:
-            raise ApiError("no_checkpoint", f"the checkpoint of step {st['name']!r} ({st['node']}) cannot be used: "
-                           f"its result object {digest[:12]} is damaged (its content does not match its sha256)",
-                           {"node": st["node"], "step": st["name"]})
-    for rel, entry in files.items():
-        digest = str(entry[0])
-        if not store.complete(digest):  # stored whole, or its chunk index and every chunk
-            raise ApiError("no_checkpoint", f"the checkpoint of step {last['name']!r} ({last['node_id']}) cannot be "
-                           f"used: the object of its file {rel!r} ({digest[:12]}) is gone",
-                           {"node": last["node_id"], "step": last["name"], "file": rel})
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Write ``data`` to a file made anew at ``path`` (refused if anything, a symlink included, is there)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with open(fd, "wb") as f:
-        f.write(data)
-
-
-def _write_seed(session_dir: Path, seed: dict[str, Any]) -> None:
-    """Write the seed in ``session_dir``. The directory is the session's runner's to write (the workflow's code): the
-    temporary file is made anew (``O_EXCL``, ``O_NOFOLLOW``), never opened through what is at its name (a symlink
-    planted there had the daemon overwrite any file of the user with the seed)."""
-    tmp = session_dir / (SEED_FILE + ".tmp")
-    try:
-        session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp.unlink(missing_ok=True)
-        _write_new(tmp, orjson.dumps(seed))
-        os.replace(tmp, session_dir / SEED_FILE)
-    except OSError as exc:  # a full disk: said as such, not as an internal error
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise ApiError("io_error", f"could not write {SEED_FILE} in {session_dir}: {exc.strerror or exc}",
-                       {"path": str(session_dir), "errno": exc.errno}) from None
 
 
 def _merged_limits(row: dict[str, Any], override: Any, created: dict[str, Any] | None = None) -> Limits:
@@ -190,7 +77,7 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]
 
         def prepare() -> tuple[list[dict[str, Any]], dict[str, Any], list[str], dict[str, Any]]:
             cps = checkpoints(store, sid)
-            seed = _seed(cps, session_dir / OBJECTS_DIR, mode="resume", node_base=max_node_number(store, sid),
+            seed = build_seed(cps, session_dir / OBJECTS_DIR, mode="resume", node_base=max_node_number(store, sid),
                          first_seq=int(row["runner_seq"]) + 1,
                          spent=float(row.get("cost") or 0.0),  # a budget is the session's whole spend, as ingest counts
                          recorded=recorded_files(store, sid))  # the restore records what it changes against this
@@ -209,7 +96,7 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]
         if d.draining:
             raise ApiError("draining", "the daemon is stopping its sessions (serve --drain): no resume now")
         refuse_while_store_down(d)
-        _write_seed(session_dir, seed)
+        write_seed(session_dir, seed)
         why = f"resumed by client from {status}" + (f": {reason}" if reason else "") + \
             f" ({len(seed['steps'])} completed steps kept)"
         entry = sup.queue.entry(sid, row["workflow"], _run_params(d, row["params"], c.get("payload")), limits,
@@ -292,27 +179,6 @@ def _find_node(store: Any, sid: str, ref: str) -> dict[str, Any]:
     return node
 
 
-def _link_objects(src: Path, dst: Path, digests: set[str]) -> None:
-    """Make the parent's objects the branch's (hard links: objects are write-once and read-only); a file stored in
-    chunks is its index and its chunks."""
-    parent = ObjectStore(src)
-    for digest in digests:
-        try:
-            parts = parent.parts(digest)
-        except (ValueError, KeyError, TypeError):  # no sha256, or a chunk index naming anything else: forged
-            raise ApiError("no_checkpoint", f"a checkpoint of session {src.parent.parent.name} names an object that "
-                           f"is not one ({str(digest)[:80]!r}): its record was tampered with") from None
-        for part in parts:
-            a, b = src / part, dst / part
-            if b.exists():
-                continue
-            b.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(a, b)
-            except OSError:  # another file system, or links not allowed: a copy
-                shutil.copyfile(a, b)
-
-
 @register
 class Branch(Request):
     """A new session (or ``count``) seeded from a session's record up to a node."""
@@ -368,9 +234,9 @@ class Branch(Request):
         dirs = [d.layout.sessions_dir / sid for sid in sids]
 
         def prepare() -> dict[str, Any]:
-            seed = _seed(cps, src, step_files=True, mode="branch", node_base=max_node_number(store, psid),
+            seed = build_seed(cps, src, step_files=True, mode="branch", node_base=max_node_number(store, psid),
                          hypothesis=hypothesis, instructions=instructions)
-            _branch_dirs(psid, src, seed, dirs)
+            branch_dirs(psid, src, seed, dirs)
             return seed
 
         try:
@@ -410,29 +276,6 @@ class Branch(Request):
                 time.time(), extra=entry_extra(d, name, payload)))
             made.append({"session": sid, "name": name})
         return DEFERRED
-
-
-def _branch_dirs(psid: str, src: Path, seed: dict[str, Any], dirs: list[Path]) -> None:
-    """Each new branch's session directory: the parent's objects it needs (linked) and its seed, written before its
-    ``session.created`` (a restart that re-queues it finds it). On a worker (files only); a branch that could not be
-    prepared leaves nothing, nor do the others."""
-    digests = {s["result"] for s in seed["steps"].values() if s.get("result")}
-    digests.update(seed.get("chain") or ())
-    digests.update(v[0] for v in (seed.get("files") or {}).values())
-    # the files of each reused step's own checkpoint too: a branch of this branch may restore any of them
-    digests.update(v[0] for s in seed["steps"].values() for v in (s.get("files") or {}).values())
-    try:
-        for session_dir in dirs:
-            try:
-                _link_objects(src, session_dir / OBJECTS_DIR, digests)
-            except OSError as exc:
-                raise ApiError("no_checkpoint", f"the checkpoint files of session {psid} cannot be read: "
-                               f"{exc}") from None
-            _write_seed(session_dir, seed)
-    except ApiError:
-        for session_dir in dirs:
-            shutil.rmtree(session_dir, ignore_errors=True)
-        raise
 
 
 @register

@@ -18,7 +18,7 @@ import pytest
 
 import labd.runner.objects as objects_module
 from labd.daemon.api.base import ApiError
-from labd.daemon.api.durable import _seed
+from labd.daemon.api.seed import build_seed
 from labd.runner.checkpoint import OBJECTS_DIR, DamagedObject, ObjectStore, restore
 from labd.runner.context import current_node
 from labd.runner.durable import CheckpointFailed
@@ -128,7 +128,7 @@ def test_a_result_that_cannot_be_stored_fails_the_checkpoint_and_the_next_one_st
         (ctx.workdir / "c.txt").write_text("c")
     cps = _of(events, "step.checkpoint")
     assert [c["name"] for c in cps] == ["a", "c"] and not any(c.get("result_error") for c in cps)
-    seed = _seed([{**c, "node_id": n} for k, c, n in events if k == "step.checkpoint"],
+    seed = build_seed([{**c, "node_id": n} for k, c, n in events if k == "step.checkpoint"],
                  tmp_path / "s" / OBJECTS_DIR, mode="resume")
     assert sorted(seed["files"]) == ["a.txt", "b.txt", "c.txt"]
 
@@ -261,7 +261,7 @@ def test_the_daemon_refuses_a_record_whose_objects_are_gone_or_damaged(tmp_path,
     """Before a resume or branch, the daemon checks that every result object exists and matches its sha256
     and that every file object of the manifest exists; otherwise no_checkpoint, naming the step."""
     objects, store, cps, file_digest = _cps(tmp_path)
-    assert set(_seed(cps, objects, mode="resume")["steps"]) == {"0", "1"}
+    assert set(build_seed(cps, objects, mode="resume")["steps"]) == {"0", "1"}
     if damage == "result deleted":
         os.unlink(store.path(cps[0]["result"]))
     elif damage == "result corrupted":
@@ -269,7 +269,7 @@ def test_the_daemon_refuses_a_record_whose_objects_are_gone_or_damaged(tmp_path,
     else:
         os.unlink(store.path(file_digest))
     with pytest.raises(ApiError) as err:
-        _seed(cps, objects, mode="resume")
+        build_seed(cps, objects, mode="resume")
     assert err.value.code == "no_checkpoint"
     if damage.startswith("result"):
         assert "'one' (n1)" in err.value.message and err.value.details["node"] == "n1"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from labd.daemon.api.durable import _link_objects
+from labd.daemon.api.seed import link_objects
 from labd.runner.checkpoint import DamagedObject, ObjectStore, Snapshot, SourceChanged, restore
 from labd.runner.objects import CHUNK_BYTES, CHUNKED_FROM
 from labd.runner.ship import Shipper
@@ -99,7 +99,7 @@ def test_a_branch_links_a_chunked_file_and_the_shipper_sends_it_whole(tmp_path: 
     src.write_bytes(os.urandom(CHUNKED_FROM + _MIB // 2))
     digest = _sha(src)
     parent.put_file(src, digest)
-    _link_objects(parent.root, tmp_path / "branch", {digest})
+    link_objects(parent.root, tmp_path / "branch", {digest})
     branch = ObjectStore(tmp_path / "branch")
     assert branch.complete(digest)
     with branch.reader(digest) as f:
@@ -129,7 +129,7 @@ def test_a_digest_that_is_not_a_sha256_never_names_a_path(tmp_path: Path) -> Non
         '{"size": 16, "chunk": 1048576, "chunks": ["../../../daemon.key"]}')
     for digest in (traversal, forged):
         with pytest.raises(ApiError) as err:
-            _link_objects(parent.root, tmp_path / "branch", {digest})
+            link_objects(parent.root, tmp_path / "branch", {digest})
         assert err.value.code == "no_checkpoint"
         assert not parent.complete(digest)
         with pytest.raises(DamagedObject):
