@@ -11,17 +11,15 @@ Under systemd it reports readiness, status and watchdog pings (:mod:`labd.daemon
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import time
 from collections.abc import Generator
-from pathlib import Path
 from typing import Any
 
 import structlog
 import zmq
 
-from labd.daemon.api.start import PendingStart, requeue, session_spec
+from labd.daemon.api.start import PendingStart, session_spec
 from labd.daemon.cgroups import session_cgroups
 from labd.daemon.checks import Check, Checks
 from labd.daemon.config import Config
@@ -32,14 +30,14 @@ from labd.daemon.indexer import Indexer
 from labd.daemon.ingest import INGEST_IN, INGEST_NOTIFY, Ingest
 from labd.daemon.memory import limit_arenas, trim
 from labd.daemon.monitor import Monitor
-from labd.daemon.orphans import Claims, belongs_here, find_runners, stop_stray
 from labd.daemon.queue import RunQueue
 from labd.daemon.reads import Reads
+from labd.daemon.recovery import recover
 from labd.daemon.reply_budget import ReplyBudget
 from labd.daemon.retention import Retention
 from labd.daemon.sandboxing import SandboxSetup
 from labd.daemon.services import GatewayError, launchers, start_gateway, start_telemetry
-from labd.daemon.startup import AlreadyRunning, Startup, begin
+from labd.daemon.startup import AlreadyRunning, Startup, begin, signing_key
 from labd.daemon.supervisor import Supervisor
 from labd.daemon.systemd import Heartbeat, Notifier
 from labd.daemon.warnlimit import WarnLimiter
@@ -54,23 +52,6 @@ from labd.store.writer import BatchWriter
 __all__ = ["Daemon", "AlreadyRunning", "GatewayError"]
 
 from labd import __version__ as VERSION
-
-
-def _key_for(home: Path) -> str:
-    """The signing key, kept in ``<home>/daemon.key`` (0600) so runners survive daemon restarts."""
-    path = home / "daemon.key"
-    try:
-        key = path.read_text().strip()
-        bytes.fromhex(key)
-        if len(key) >= 32:
-            return key
-    except (OSError, ValueError):
-        pass
-    key = secrets.token_hex(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key)
-    return key
 
 
 class Daemon(SandboxSetup, ControlPlane):
@@ -181,7 +162,7 @@ class Daemon(SandboxSetup, ControlPlane):
         # events and may exit as soon as it can connect, and adoption (below) must come right after that.
         self.cgroups = session_cgroups(layout.home, cfg.cgroups, cfg.session_tasks, self.log)  # before the probe
         self._probe_sandbox()
-        key = _key_for(layout.home)
+        key = signing_key(layout.home)
         self.info = ConnectionInfo(control=layout.endpoint("control"), events=layout.endpoint("events"),
                                    runners=layout.endpoint("runners"), key=key, pid=os.getpid(),
                                    home=str(layout.home), events_auth="plain",
@@ -218,7 +199,7 @@ class Daemon(SandboxSetup, ControlPlane):
         total = cfg.memory_total
         self.supervisor.queue = RunQueue(cfg.max_sessions, int(total) if total is not None else None)
         self.supervisor.spec_for = lambda q: session_spec(self, q)
-        known = self._recover()
+        known = recover(self)
         self.telemetry = start_telemetry(cfg, engine, layout.home)
         self.indexer = Indexer(layout.home, engine, ingest.index_hints)
         self.indexer.start()
@@ -383,36 +364,6 @@ class Daemon(SandboxSetup, ControlPlane):
             self.log.error("could not bind a new control socket to drop the connections of the old one; it goes on")
         self.control = control or self.control
         self.trim_at = time.monotonic() + 1.0  # once libzmq's threads have let the connections go
-
-    def _recover(self) -> set[str]:
-        """Take over what the last daemon left: its live sessions adopted, its queued ones queued again in order,
-        runners it started but died before recording stopped (unknown sessions) or claimed (daemon/orphans.py:
-        adopted once they prove themselves). Returns the id of every stored session."""
-        live = self.store.live_sessions()
-        queued = self.store.sessions(status=["queued"], limit=100_000)
-        known = self.store.session_ids()
-        # runners the last daemon started but died before recording (found by their process title)
-        runners = find_runners()
-        for sid, found in runners.items():
-            for pid, ctime in found if sid not in known else ():
-                if belongs_here(pid, self.layout.sessions_dir / sid) and stop_stray(pid, ctime):
-                    self.log.warning("killed the runner of a session never recorded (the last daemon died starting "
-                                     "it; its client got no reply)", session_id=sid, pid=pid)
-        # A session never recorded as launched (pid None; 0 is a remote runner's) whose runner was found by title
-        # waits for that runner to prove itself (a frame signed with the session's key): a title is no proof.
-        claims = self.supervisor.claims = Claims(self.last_seen.__contains__, lambda row: requeue(self, [row]),
-                                                 hello=self.ingest.hellos.get)
-        queued_ids = {r["id"] for r in queued}
-        for row in live + queued:
-            if row["pid"] is None and row["id"] in runners:
-                claims.add(row, runners[row["id"]], queued=row["id"] in queued_ids)
-        for row in live:
-            if row["id"] not in claims:
-                self.supervisor.adopt(row)
-        # sessions queued when the last daemon stopped wait again, in order
-        requeue(self, [r for r in queued if r["id"] not in claims])
-        claims.settle(self.supervisor.adopt)  # runners that reconnected already are adopted now
-        return known
 
     def _start_drain(self) -> float:
         """Ask every running session to stop (the ordinary ladder); return the deadline for them to end."""

@@ -24,7 +24,9 @@ from __future__ import annotations
 import fcntl
 import os
 import resource
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -34,7 +36,7 @@ from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.systemd import Notifier
 from labd.runner.secret_env import split_secrets
 
-__all__ = ["AlreadyRunning", "Startup", "begin"]
+__all__ = ["AlreadyRunning", "Startup", "begin", "signing_key"]
 
 
 class AlreadyRunning(RuntimeError):
@@ -108,3 +110,20 @@ def begin(cfg: Config) -> Startup:
         os.close(fd)
         raise
     return Startup(fd, notifier, nofile, clean_env, secrets, template)
+
+
+def signing_key(home: Path) -> str:
+    """The signing key, kept in ``<home>/daemon.key`` (0600) so runners survive daemon restarts."""
+    path = home / "daemon.key"
+    try:
+        key = path.read_text().strip()
+        bytes.fromhex(key)
+        if len(key) >= 32:
+            return key
+    except (OSError, ValueError):
+        pass
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return key
