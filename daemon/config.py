@@ -8,20 +8,28 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from labd.daemon.config_tables import (
+    ConfigError,
+    check_agents,
+    check_launcher,
+    check_mcp,
+    check_models,
+    check_policy,
+    check_prices,
+    check_telemetry,
+    max_output_setting,
+    size_setting,
+)
 from labd.daemon.inbound import auto_ceiling
 from labd.daemon.limits import MAX_PROCS
 from labd.ipc.paths import Layout, layout_for
 from labd.ipc.tomlfile import TomlFileError, read_toml
 
 # The unit parsers are public (the CLI and SDK parse the same strings); re-exported here for old callers.
-from labd.ipc.units import UnitError, parse_duration, parse_output_cap, parse_percent, parse_size
+from labd.ipc.units import UnitError, parse_duration, parse_percent, parse_size
 
 __all__ = ["Config", "ConfigError", "SandboxSettings", "load_config", "parse_size", "parse_duration", "parse_percent",
            "UnitError"]
-
-
-class ConfigError(Exception):
-    """Configuration that cannot be used; the CLI turns it into a message and exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -140,93 +148,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path}: {exc}") from None
 
 
-def _check_models(path: Path, models: Any) -> dict[str, dict[str, Any]]:
-    if not isinstance(models, dict) or not all(isinstance(v, dict) for v in models.values()):
-        raise ConfigError(f"{path}: [models.<name>] entries must be tables")
-    for name, entry in models.items():
-        if "api_key" in entry:
-            raise ConfigError(f"{path}: model {name!r}: put the key in an environment variable and name it with "
-                              "api_key_env; keys are never stored in configuration")
-        if not isinstance(entry.get("provider", "openai"), str):
-            raise ConfigError(f"{path}: model {name!r}: provider must be a string")
-    return models
-
-
-def _check_prices(path: Path, prices: Any) -> dict[str, dict[str, float]]:
-    ok = isinstance(prices, dict) and all(
-        isinstance(p, dict) and set(p) <= {"input", "output"} and all(
-            isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in p.values())
-        for p in prices.values())
-    if not ok:
-        raise ConfigError(f'{path}: [prices."<model>"] entries take input and output, USD per million tokens')
-    return prices
-
-
-def _check_mcp(path: Path, section: Any) -> dict[str, dict[str, Any]]:
-    """``[mcp.servers.<name>]``: ``command`` (+ ``args``, ``env``, ``cwd``) for stdio, or ``url``."""
-    if not isinstance(section, dict) or set(section) - {"servers"}:
-        raise ConfigError(f"{path}: [mcp] takes only [mcp.servers.<name>] tables")
-    servers = section.get("servers", {})
-    if not isinstance(servers, dict) or not all(isinstance(v, dict) for v in servers.values()):
-        raise ConfigError(f"{path}: [mcp.servers.<name>] entries must be tables")
-    for name, entry in servers.items():
-        unknown = set(entry) - {"command", "args", "env", "cwd", "url"}
-        if unknown:
-            raise ConfigError(f"{path}: MCP server {name!r}: unknown keys {sorted(unknown)}")
-        if bool(entry.get("command")) == bool(entry.get("url")):
-            raise ConfigError(f"{path}: MCP server {name!r}: give either command (stdio) or url (HTTP)")
-        if not isinstance(entry.get("args", []), list) or not all(isinstance(a, str) for a in entry.get("args", [])):
-            raise ConfigError(f"{path}: MCP server {name!r}: args must be a list of strings")
-        env = entry.get("env", {})
-        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise ConfigError(f"{path}: MCP server {name!r}: env must be a table of strings")
-    return servers
-
-
-def _check_agents(path: Path, section: Any) -> dict[str, dict[str, Any]]:
-    """``[agents.<name>]`` tables: checked now (a bad role stops the daemon at start), used per session."""
-    from labd.runner.roles import RoleError, load_roles
-
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: [agents.<name>] entries must be tables")
-    try:
-        load_roles(section, None)
-    except RoleError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return section
-
-
-def _check_policy(path: Path, tables: Any) -> list[dict[str, Any]]:
-    """``[[policy]]`` tables: validated now, so a daemon with a bad rule refuses to start."""
-    from labd.ipc.policy import PolicyError
-    from labd.ipc.policy_rules import parse_rules
-
-    try:
-        parse_rules(tables, str(path))
-    except PolicyError as exc:
-        raise ConfigError(exc.message) from None
-    return list(tables)
-
-
-def _check_telemetry(path: Path, section: Any) -> dict[str, Any]:
-    """``[telemetry]``: otlp_endpoint (http/https URL), service_name, interval (s), headers_env."""
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: [telemetry] must be a table")
-    unknown = set(section) - {"otlp_endpoint", "service_name", "interval", "headers_env"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown [telemetry] settings {sorted(unknown)}")
-    endpoint = section.get("otlp_endpoint")
-    if endpoint is not None and (not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))):
-        raise ConfigError(f"{path}: [telemetry] otlp_endpoint must be an http(s) URL, not {endpoint!r}")
-    interval = section.get("interval", 2.0)
-    if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0.05 <= interval <= 3600:
-        raise ConfigError(f"{path}: [telemetry] interval must be between 0.05 and 3600 seconds")
-    headers = section.get("headers_env", {})
-    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
-        raise ConfigError(f"{path}: [telemetry] headers_env maps header names to environment variable NAMES")
-    return section
-
-
 def _check_sandbox(path: Path, section: Any) -> dict[str, Any]:
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: [sandbox] must be a table")
@@ -243,49 +164,6 @@ def _check_sandbox(path: Path, section: Any) -> dict[str, Any]:
     if not isinstance(hide, list) or not all(isinstance(x, str) for x in hide):
         raise ConfigError(f"{path}: [sandbox] hide must be a list of paths")
     return section
-
-
-def _size(name: str, value: Any, what: str, least: int = 1) -> int:
-    """A size setting: a string with a unit ("16G", parsed as ``labd run --memory`` is) or whole bytes, at least
-    ``least``; else ConfigError naming the setting (``what``: what it must be)."""
-    if isinstance(value, str):
-        try:
-            value = parse_size(value)
-        except UnitError as exc:
-            raise ConfigError(f"{name}: {exc}") from None
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ConfigError(f"{name} must be {what}, not {value!r}")
-    return value
-
-
-def _max_output(value: Any) -> int | None:
-    """``max_output``: a size with a unit, or "none" (also false/0) for sessions without an output cap."""
-    try:
-        return parse_output_cap(None if value is False or value == 0 else value)
-    except UnitError as exc:
-        raise ConfigError(f"max_output: {exc}") from None
-
-
-LAUNCHER_KEYS = {"kind": str, "address": str, "runner_listen": str, "advertise": str, "node_dir": str,
-                 "ship_max_bytes": int}
-
-
-def _check_launcher(path: Path, section: Any) -> dict[str, Any]:
-    """``[launcher]``: which launcher runs sessions by default, and where the Ray cluster is."""
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: [launcher] must be a table")
-    for key, value in section.items():
-        kind = LAUNCHER_KEYS.get(key)
-        if kind is None:
-            raise ConfigError(f"{path}: unknown [launcher] setting {key!r} (known: {sorted(LAUNCHER_KEYS)})")
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ConfigError(f"{path}: [launcher] {key} must be a {kind.__name__}")
-    if section.get("kind", "template") not in ("template", "ray"):
-        raise ConfigError(f"{path}: [launcher] kind must be \"template\" or \"ray\", not {section['kind']!r}")
-    listen = section.get("runner_listen")
-    if listen is not None and not (listen.startswith("tcp://") and listen.rpartition(":")[2].isdigit()):
-        raise ConfigError(f"{path}: [launcher] runner_listen must be tcp://HOST:PORT (port 0: any free port)")
-    return dict(section)
 
 
 def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
@@ -310,19 +188,19 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         if unknown_sections:
             raise ConfigError(f"{path}: unknown sections {sorted(unknown_sections)} "
                               "(known: daemon, models, prices, mcp, telemetry, agents, sandbox, policy, launcher)")
-        policies.append(_check_policy(path, data.get("policy", [])))
-        launcher.update(_check_launcher(path, data.get("launcher", {})))
+        policies.append(check_policy(path, data.get("policy", [])))
+        launcher.update(check_launcher(path, data.get("launcher", {})))
         sandbox.update(_check_sandbox(path, data.get("sandbox", {})))
         section = data.get("daemon", {})
         unknown = set(section) - known
         if unknown:
             raise ConfigError(f"{path}: unknown [daemon] settings {sorted(unknown)}")
         values.update(section)
-        models.update(_check_models(path, data.get("models", {})))
-        prices.update(_check_prices(path, data.get("prices", {})))
-        mcp_servers.update(_check_mcp(path, data.get("mcp", {})))
-        telemetry.update(_check_telemetry(path, data.get("telemetry", {})))
-        agents.update(_check_agents(path, data.get("agents", {})))
+        models.update(check_models(path, data.get("models", {})))
+        prices.update(check_prices(path, data.get("prices", {})))
+        mcp_servers.update(check_mcp(path, data.get("mcp", {})))
+        telemetry.update(check_telemetry(path, data.get("telemetry", {})))
+        agents.update(check_agents(path, data.get("agents", {})))
     values.setdefault("models", models)
     values.setdefault("prices", prices)
     values.setdefault("mcp_servers", mcp_servers)
@@ -331,7 +209,7 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     # the home's file wins, as for every setting: its rules are evaluated before the user file's
     values.setdefault("policy", [rule for rules in reversed(policies) for rule in rules])
     if len(policies) > 1:  # names must stay unique across the files too (decisions name the rule)
-        _check_policy(Path("config.toml"), values["policy"])
+        check_policy(Path("config.toml"), values["policy"])
     values.setdefault("sandbox", SandboxSettings(**sandbox))
     values.setdefault("launcher", launcher)
     for env, key in _ENV.items():
@@ -369,21 +247,21 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         raise ConfigError(f"session_tasks must be 0 (no bound) or at least {MIN_SESSION_TASKS} (a runner alone has a "
                           f"dozen threads), not {cfg.session_tasks!r}")
     if cfg.memory_total is not None:
-        cfg = replace(cfg, memory_total=_size("memory_total", cfg.memory_total, "a size like 16G"))
-    cfg = replace(cfg, max_output=_max_output(cfg.max_output))
-    cfg = replace(cfg, max_unread_replies=_size("max_unread_replies", cfg.max_unread_replies,
+        cfg = replace(cfg, memory_total=size_setting("memory_total", cfg.memory_total, "a size like 16G"))
+    cfg = replace(cfg, max_output=max_output_setting(cfg.max_output))
+    cfg = replace(cfg, max_unread_replies=size_setting("max_unread_replies", cfg.max_unread_replies,
                                                 "a size of at least 1M, like 256M", least=1024 * 1024))
     if cfg.max_session_record in (None, False, 0, "none"):  # as max_output: "none", false or 0
         cfg = replace(cfg, max_session_record=None)
     else:
-        cfg = replace(cfg, max_session_record=_size("max_session_record", cfg.max_session_record,
+        cfg = replace(cfg, max_session_record=size_setting("max_session_record", cfg.max_session_record,
                                                     'a size of at least 1M, like 8G, or "none"', least=1024 * 1024))
     if cfg.memory_ceiling in (None, False, 0, "none"):
         cfg = replace(cfg, memory_ceiling=None)
     elif cfg.memory_ceiling == "auto":
         cfg = replace(cfg, memory_ceiling=auto_ceiling())
     else:
-        cfg = replace(cfg, memory_ceiling=_size("memory_ceiling", cfg.memory_ceiling,
+        cfg = replace(cfg, memory_ceiling=size_setting("memory_ceiling", cfg.memory_ceiling,
                                                 'a size of at least 64M, like 4G, "auto" or "none"', least=64 << 20))
     for name in ("stop_grace", "term_grace", "sample_interval", "limit_interval", "record_interval"):
         value = getattr(cfg, name)
