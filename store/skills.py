@@ -47,9 +47,10 @@ FIELDS = ("name", "version", "created_at", "description", "workflow", "origin_se
 class SkillError(ValueError):
     """A session a skill cannot be made from, or a skill that does not exist."""
 
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+    def __init__(self, code: str, message: str, field: str | None = None,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
-        self.code, self.field = code, field
+        self.code, self.field, self.details = code, field, details
 
 
 def extract(store: Store, session: dict[str, Any], *, name: str, description: str = "",
@@ -88,8 +89,9 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
     step_nodes = [r for r in steps_rows.values() if r["kind"] == "step" and r["status"] == "completed"]
     step_nodes.sort(key=lambda r: r["start_seq"] or 0)
     if from_node is not None:
-        if from_node not in steps_rows:
-            raise SkillError("not_found", f"session {sid} has no node {from_node!r}")
+        if from_node not in steps_rows:  # as events.query and session.replay say it: the nodes it does have
+            raise SkillError("unknown_node", f"session {sid} has no node {from_node!r}",
+                             details={"nodes": list(steps_rows)[:200]})
         first = steps_rows[from_node]["start_seq"] or 0
         step_nodes = [r for r in step_nodes if (r["start_seq"] or 0) >= first]
     code: dict[str, list[str]] = {}

@@ -62,6 +62,17 @@ class ListApprovals(Request):
         return {"approvals": page, "omitted": dict(left[:MAX_OMITTED]), "omitted_total": sum(n for _s, n in left)}
 
 
+def _needs_text(decision: str, feedback: str | None, hypothesis: str | None) -> None:
+    """The one rule for every front-end (CLI, SDK, MCP, labd top, labd ui): a ``modify`` without feedback has nothing
+    to modify (blank feedback counts as none, as ``labd top`` has it) and a ``redo`` without a hypothesis (or
+    feedback) nothing to try; both are refused as bad requests, before the session or its approvals are looked at."""
+    if decision == "modify" and not (feedback or "").strip():
+        raise ApiError("bad_request", "decision 'modify' needs feedback: the changes the agents must make",
+                       {"field": "feedback"})
+    if decision == "redo" and not (hypothesis or feedback):
+        raise ApiError("bad_request", "a redo needs a hypothesis (or feedback) to try", {"field": "hypothesis"})
+
+
 @register
 class ResolveApproval(Request):
     type = "approval.resolve"
@@ -75,6 +86,7 @@ class ResolveApproval(Request):
         aid = self.arg("approval_id", str, None, check=lambda s: 0 < len(s) <= 40, hint="an approval id")
         refuse = self.arg("refuse_kinds", list, None, check=lambda k: len(k) <= 20 and all(
             isinstance(x, str) and len(x) <= 40 for x in k), hint="a list of up to 20 approval kinds")
+        _needs_text(decision, feedback, hypothesis)
         row = resolve_session(self)
         store = self.daemon.store
         if aid is None:
@@ -93,8 +105,6 @@ class ResolveApproval(Request):
         if refuse and kind in refuse:
             raise ApiError("human_required", f"approval {aid} is a {kind!r} approval, which this client may not "
                            "answer: a human must (labd approve / reject, labd top, labd ui)", {"approval_id": aid})
-        if decision == "redo" and not (hypothesis or feedback):
-            raise ApiError("bad_request", "a redo needs a hypothesis (or feedback) to try")
         payload: dict[str, Any] = {"approval_id": aid, "decision": decision, "by": by, "via": "client"}
         if feedback:
             payload["feedback"] = feedback

@@ -26,7 +26,7 @@ def _name(req: Request) -> str:
 
 
 def _skill_error(exc: SkillError) -> ApiError:
-    return ApiError(exc.code, str(exc), {"field": exc.field} if exc.field else None)
+    return ApiError(exc.code, str(exc), {**(exc.details or {}), **({"field": exc.field} if exc.field else {})} or None)
 
 
 def _usable(doc: dict[str, Any]) -> dict[str, Any]:

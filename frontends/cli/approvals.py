@@ -68,7 +68,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         s = command(sub, name, cmd_resolve, text)
         s.add_argument("session")
         s.add_argument("--id", help="the approval id, when a session has several pending")
-        s.add_argument("--feedback", required=name == "modify", help="text for the agents")
+        # not required here: the daemon refuses a modify without feedback, for every client alike (bad_request)
+        s.add_argument("--feedback", help="text for the agents" + (" (required: what to change)"
+                                                                   if name == "modify" else ""))
         if name == "redo":
             s.add_argument("--hypothesis", required=True, help="what to try differently")
         add_json(s, "the reply")
@@ -76,6 +78,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("session")
     s.add_argument("decision", help="one of the request's options (see labd approvals)")
     s.add_argument("--id", help="the approval id, when a session has several pending")
-    s.add_argument("--feedback", help="text for the agents")
+    s.add_argument("--feedback", help="text for the agents (required for modify)")
     s.add_argument("--hypothesis", help="what to try differently (for redo)")
     add_json(s, "the reply")

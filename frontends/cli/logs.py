@@ -40,9 +40,9 @@ def cmd_logs(args: argparse.Namespace, ctx: Ctx) -> int:
         printer.close()
         if not args.follow:
             return 0
-        return _exit(follow(ctx, sid, raw=raw, timestamps=args.timestamps, since=last))
+        return follow(ctx, sid, raw=raw, timestamps=args.timestamps, since=last)
     if args.follow:
-        return _exit(follow(ctx, sid, raw=raw, timestamps=args.timestamps))
+        return follow(ctx, sid, raw=raw, timestamps=args.timestamps)
     activity, printer = Activity(sid, raw=raw), Printer(ctx.out, timestamps=args.timestamps)
     try:
         for ev in c.history(sid):
@@ -101,11 +101,6 @@ class _Pieces:
         self.texts: list[str] | None = [line.text]
 
 
-def _exit(code: int) -> int:
-    # `logs -f` reports a detach (130); the session's own outcome is not the logs command's failure
-    return 130 if code == 130 else 0
-
-
 def follow_json(ctx: Ctx, sid: str) -> int:
     """Print a session's events as JSON lines until it ends (``labd run --follow --json``); the exit code of
     :func:`labd.frontends.cli.sessions.follow` (0 completed, 1 otherwise)."""
@@ -143,9 +138,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 "turns,\ntool calls, code runs, costs, approvals waiting) go to stderr. On a terminal, escape "
                 "sequences and\nother control characters the session printed are shown as text (\\x1b[2J, "
                 "\\x07), colours kept;\na carriage return starts a new line. Piped or redirected, the output is "
-                "exactly what was recorded.")
+                "exactly what was recorded.\n\nExit status: with -f, how the session ended (as `labd run --follow` / "
+                "`--wait`): 0 if it\ncompleted, 1 if it ended otherwise (failed, cancelled, lost), 130 on Ctrl-C "
+                "(detached: the\nsession keeps running); without -f, 0. An error is 2.")
     s.add_argument("session")
-    s.add_argument("--follow", "-f", action="store_true", help="keep printing until the session ends")
+    s.add_argument("--follow", "-f", action="store_true", help="keep printing until the session ends "
+                   "(exit status: 0 if it completed, 1 otherwise)")
     s.add_argument("--tail", "-n", type=int, metavar="N", help="only the last N lines of the history")
     s.add_argument("--timestamps", "-t", action="store_true", help="prefix each line with the time it was recorded")
     s.add_argument("--raw", action="store_true", help="only the session's own output, no activity lines")

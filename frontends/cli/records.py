@@ -118,15 +118,17 @@ def cmd_cost(args: argparse.Namespace, ctx: Ctx) -> int:
     print(f"session {r['session']}: ${t['cost']:.6f} for {t['calls']} LLM calls, "
           f"{t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens{label}"
           + (f"; budget ${r['budget']:g}" if r.get("budget") else ""))
-    for key, col, title in (("by_agent", "agent", "AGENT"), ("by_model", "model", "MODEL"),
-                            ("by_node", "node_id", "NODE"), ("by_step", "name", "STEP")):
+    # one table per grouping; steps by node, in the order they ran: a name recurs (a resume runs its failed step
+    # again as a new node, a loop repeats a step), so each step row carries its node id as well
+    for key, cols, titles in (("by_agent", ("agent",), ("AGENT",)), ("by_model", ("model",), ("MODEL",)),
+                              ("by_node", ("node_id",), ("NODE",)), ("by_step", ("node_id", "name"), ("NODE", "STEP"))):
         if key not in r:
             continue
-        groups = sorted(r[key], key=lambda g, col=col: natural_key(g[col]))  # type: ignore[misc]  # col bound per loop
-        rows = [[str(g[col]), str(g["calls"]), str(g["prompt_tokens"]), str(g["completion_tokens"]),
+        groups = sorted(r[key], key=lambda g, col=cols[0]: natural_key(g[col]))  # type: ignore[misc]  # bound per loop
+        rows = [[*(str(g[c]) for c in cols), str(g["calls"]), str(g["prompt_tokens"]), str(g["completion_tokens"]),
                  f"${g['cost']:.6f}"] for g in groups]
         print()
-        ctx.out.table([title, "CALLS", "PROMPT", "COMPLETION", "COST"], rows,
+        ctx.out.table([*titles, "CALLS", "PROMPT", "COMPLETION", "COST"], rows,
                       right=("CALLS", "PROMPT", "COMPLETION", "COST"))
     return 0
 

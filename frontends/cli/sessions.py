@@ -349,7 +349,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="use registry role OTHER wherever the workflow asks for ROLE (see `labd agents`; repeat)")
     s.add_argument("--policy", metavar="FILE", help="this session's own [[policy]] rules (after the daemon's; "
                    "see `labd policy check FILE`)")
-    s.add_argument("--follow", "-f", action="store_true", help="show its output and agent activity until it ends")
+    s.add_argument("--follow", "-f", action="store_true", help="show its output and agent activity until it ends "
+                   "(exit status as with --wait)")
     s.add_argument("--wait", action="store_true", help="print its id, then wait quietly until it ends (exit status 0 "
                    "if it completed, 1 otherwise)")
     s.add_argument("--raw", action="store_true", help="with -f: only the session's own output, no activity lines")

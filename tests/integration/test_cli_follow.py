@@ -118,3 +118,29 @@ def test_follow_says_the_session_keeps_running_when_the_daemon_stops(daemon) -> 
     with daemon.client() as c:
         assert c.session(sid)["status"] == "running"
         c.kill(sid)
+
+
+def test_logs_follow_exits_with_how_the_session_ended(shared_daemon) -> None:
+    """`labd logs -f` exits as `labd run --wait` does for the same session: 1 for a failed one (before: 0, so a
+    script could not tell), also with --tail; 1 for one stopped while followed live (cancelled); 0 for a completed
+    one; plain `labd logs` (no follower) stays 0."""
+    failed = labd("run", "demo.fail", "--wait")
+    sid = failed.stdout.strip()
+    assert failed.returncode == 1 and sid, failed
+    for args in (("logs", "-f", sid), ("logs", "-f", "--tail", "1", sid), ("logs", "--raw", "-f", sid)):
+        r = labd(*args)
+        assert r.returncode == 1, (args, r)
+        assert "about to fail" in r.stdout or "--tail" in args, (args, r)  # the history, then the exit status
+    assert labd("logs", sid).returncode == 0
+    done = labd("run", "demo.count", "-p", "n=1", "-p", "delay=0", "--wait").stdout.strip()
+    assert labd("logs", "-f", done).returncode == 0
+    with shared_daemon.client() as c:
+        live = c.start("demo.sleep", params={"seconds": 600})
+        proc = subprocess.Popen([sys.executable, "-m", "labd", "logs", "-f", "--raw", live], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("sleeping ")  # following it live
+        c.stop(live, grace=1)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, err
+        assert c.session(live)["status"] == "cancelled"

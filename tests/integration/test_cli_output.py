@@ -96,6 +96,30 @@ def test_node_columns_sort_numerically(shared_daemon) -> None:
     assert listed == sorted(listed, key=lambda n: int(n[1:])) and any(int(n[1:]) >= 10 for n in listed)
 
 
+def test_cost_step_table_of_a_resumed_session_tells_its_runs_apart(shared_daemon, tmp_path: Path) -> None:
+    """`labd cost` of a resumed session: the step that failed and ran again is two steps of one name; the STEP table
+    gives each row its node id (NODE, STEP, ...), in the order they ran, so every row is told apart (before: the
+    name alone, twice, and no way to tell which run's step a row was)."""
+    counter = tmp_path / "counts"
+    counter.mkdir()
+    with shared_daemon.client() as c:
+        sid = c.start("labd_testflows:durable_four", params={"counter": str(counter)})
+        wait_until(lambda: c.session(sid)["status"] == "failed", timeout=60, what="the first run's failure")
+        c.resume(sid)
+        wait_until(lambda: c.session(sid)["status"] == "completed", timeout=60, what="the resumed run")
+        by_step = c.cost(sid)["by_step"]
+    threes = [s["node_id"] for s in by_step if s["name"] == "three"]
+    assert len(threes) == 2 and len(set(threes)) == 2, by_step  # the failed run's and the resume's
+    r = labd("cost", sid)
+    assert r.returncode == 0, r.stderr
+    header, *lines = r.stdout.split("\n\n")[-1].strip().splitlines()  # the STEP table is the last one
+    assert header.split() == ["NODE", "STEP", "CALLS", "PROMPT", "COMPLETION", "COST"], r.stdout
+    rows = [tuple(line.split()[:2]) for line in lines]
+    assert sorted(rows) == sorted((s["node_id"], s["name"]) for s in by_step) and len(set(rows)) == len(rows)
+    assert [n for n, name in rows if name == "three"] == sorted(threes, key=lambda n: int(n[1:]))
+    assert [n for n, _ in rows] == sorted((n for n, _ in rows), key=lambda n: int(n[1:]))  # the order they ran
+
+
 def test_colours_on_a_terminal_plain_text_in_pipes(shared_daemon) -> None:
     """On a terminal `ps -a` draws a table with coloured statuses; NO_COLOR (or --no-color) removes the
     colours; in a pipe there is no escape code at all."""

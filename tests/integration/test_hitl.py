@@ -160,3 +160,26 @@ def test_pause_and_resume_at_step_boundaries(client) -> None:
     assert client.wait(sid, timeout=60)["status"] == "completed"
     history = [(h["to_status"], h["actor"]) for h in client.state_history(sid) if h["node_id"] is None]
     assert ("paused", "client") in history and history.index(("paused", "client")) < len(history) - 1
+
+
+def test_modify_without_feedback_is_refused_alike_by_every_client(client) -> None:
+    """A `modify` with no feedback (none, empty or blank) has nothing to modify: the daemon refuses it with
+    `bad_request` naming the feedback, for the SDK and for `labd modify` / `labd resolve` alike (one message, exit
+    code 2), and the approval stays pending; with feedback it is answered and the workflow gets the feedback."""
+    sid = client.start("labd_testflows:review_once")
+    ap = pending(client, sid)
+    for feedback in (None, "", "  \n"):
+        with pytest.raises(LabdError) as err:
+            client.resolve(sid, "modify", feedback=feedback)
+        assert err.value.code == "bad_request" and "needs feedback" in str(err.value), err.value
+        assert err.value.details == {"field": "feedback"}
+    for args in (("modify", sid), ("modify", sid, "--feedback", ""), ("resolve", sid, "modify")):
+        r = labd(*args)
+        assert r.returncode == 2, (args, r)
+        assert r.stderr.startswith("labd: decision 'modify' needs feedback") and "[bad_request]" in r.stderr, r.stderr
+    assert [a["id"] for a in client.approvals(sid)] == [ap["id"]]
+    r = labd("modify", sid, "--feedback", "use blue")
+    assert r.returncode == 0, r.stderr
+    assert client.wait(sid, timeout=60)["status"] == "completed"
+    assert "decision=modify feedback=use blue" in "".join(
+        e["payload"]["text"] for e in client.history(sid) if e["kind"] == "output")

@@ -97,6 +97,29 @@ def test_skill_errors(daemon) -> None:
             c.request("skill.get", name="count-once")
 
 
+def test_save_from_a_node_the_session_lacks_is_unknown_node(daemon) -> None:
+    """`skills save --from n99` of a session without node n99 is refused as everywhere else a missing node is
+    (events.query --node): `unknown_node`, with `details.nodes` the session's node ids (not `not_found`, which means
+    no such session); `labd skills save` says it in one line, exit 2, and nothing is saved."""
+    from labd.ipc import LabdError
+
+    with daemon.client() as c:
+        sid = c.start("demo.count", params={"n": 2, "delay": 0})
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        with pytest.raises(LabdError) as query:
+            c.request("events.query", session=sid, node="n99")
+        with pytest.raises(LabdError) as save:
+            c.request("skill.save", session=sid, name="from-nowhere", from_node="n99")
+        assert (save.value.code, save.value.details) == (query.value.code, query.value.details)
+        assert save.value.code == "unknown_node" and f"session {sid} has no node 'n99'" in str(save.value)
+        assert save.value.details["nodes"] == [n["node_id"] for n in c.dag(sid)["dag"]["nodes"]] != []
+    r = subprocess.run([sys.executable, "-m", "labd", "skills", "save", sid, "--name", "from-nowhere", "--from", "n99"],
+                       capture_output=True, text=True, env={**os.environ, "LABD_HOME": str(daemon.home)}, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().endswith("[unknown_node]"), r
+    with daemon.client() as c:
+        assert c.request("skill.list")["skills"] == []
+
+
 def test_a_submitted_functions_session_is_no_skill(daemon) -> None:
     """A `Client.submit` session cannot become a skill: its call (the pickled function and arguments) is not in a
     skill, so `labd run skill:NAME` could only fail (it did, with "field 'payload' goes with workflow ...: use
