@@ -171,6 +171,35 @@ class _Runs:
         cp = run.reused_checkpoint(n["node_id"]) or {}
         return {**run.cell(n), "reused": True, "result": cp.get("result_preview")}
 
+    def nested_cells(self, cell: dict[str, Any], sid: str, inside: str) -> list[tuple[str, dict[str, Any]]]:
+        """The steps nested in the run a reused step's ``cell`` came from (in another session), each as (name, its
+        cell marked ``reused``, with its ``origin`` and the node of session ``sid`` it is ``inside``), in start
+        order: a reused step's body is skipped, so its nested steps (a planned step's attempts) have no node in
+        ``sid``, and without them a branch read as if it had lost them."""
+        origin = cell.get("origin")
+        if not origin or origin["session"] == sid:  # a resume's own earlier run: its nested steps are listed
+            return []
+        there = self.get(origin["session"])
+        if there is None:
+            return []
+        kids: dict[str, list[dict[str, Any]]] = {}
+        for m in there.kept:
+            kids.setdefault(m.get("parent_node") or "", []).append(m)
+        found: list[dict[str, Any]] = []
+        stack = list(reversed(kids.get(origin["node_id"], [])))
+        done = {origin["node_id"]}  # a malformed parent cycle is walked once
+        while stack:  # depth first, each level in start order
+            m = stack.pop()
+            if m["node_id"] in done:
+                continue
+            done.add(m["node_id"])
+            if m["kind"] != "agent":
+                found.append(m)
+            stack.extend(reversed(kids.get(m["node_id"], [])))
+        found.sort(key=lambda m: m.get("start_seq") or 0)
+        return [(m["name"], {**there.cell(m), "node_id": None, "inside": inside, "reused": True,
+                             "origin": {"session": there.sid, "node_id": m["node_id"]}}) for m in found]
+
 
 def _steps(runs: _Runs, sid: str) -> tuple[list[tuple[str, dict[str, Any]]], int]:
     """The steps of session ``sid`` matched by name, and how many steps a resume superseded. A step the session
@@ -180,12 +209,22 @@ def _steps(runs: _Runs, sid: str) -> tuple[list[tuple[str, dict[str, Any]]], int
     assert run is not None  # a session compared: its row is in hand
     seen: dict[str, int] = {}
     out = []
+
+    def add(name: str, cell: dict[str, Any]) -> None:
+        seen[name] = seen.get(name, 0) + 1
+        out.append((name if seen[name] == 1 else f"{name} #{seen[name]}", cell))
+
     for n in run.kept:
         if n["kind"] == "agent":
             continue
-        seen[n["name"]] = seen.get(n["name"], 0) + 1
-        key = n["name"] if seen[n["name"]] == 1 else f"{n['name']} #{seen[n['name']]}"
-        out.append((key, runs.reused_cell(run, n) if n["status"] == "reused" else run.cell(n)))
+        if n["status"] != "reused":
+            add(n["name"], run.cell(n))
+            continue
+        cell = runs.reused_cell(run, n)
+        add(n["name"], cell)
+        # the steps nested in it ran where it ran (its body was skipped here): theirs are this session's too
+        for name, inner in runs.nested_cells(cell, sid, n["node_id"]):
+            add(name, inner)
     return out, sum(1 for n in run.every if n["node_id"] in run.gone and n["kind"] != "agent")
 
 

@@ -203,7 +203,9 @@ def test_compare_shows_the_steps_a_branch_reused_as_unchanged(shared_daemon) -> 
     `labd compare parent branch` (and parent with the branch of the branch) shows the planning and step 1, which
     the branches reused, unchanged: their status, calls and result are those of the run they reused (the
     parent's, through the first branch for the second). Before, a reused step had no agent turns of its own, so
-    its result, status and calls all read as changed."""
+    its result, status and calls all read as changed. The steps nested in a reused step (a planned step's
+    attempts) read the same way: the branch skipped the step's body, so they ran where it ran; they read as
+    `(absent)` and changed before."""
     daemon = shared_daemon  # the module's daemon: the test reads only its own sessions
     with daemon.client() as c:
         parent = c.start("planning_and_control", params={"max_steps": 2})
@@ -216,8 +218,10 @@ def test_compare_shows_the_steps_a_branch_reused_as_unchanged(shared_daemon) -> 
         assert _ended(c, b2)["status"] == "completed"
         for kid in (b1, b2):
             rows = {r["name"]: r for r in c.compare(parent, kid)["steps"]}
-            reused = [n for n in rows if n == "planning" or n.startswith("step 1:")]
-            assert len(reused) == 2, sorted(rows)
+            reused = [n for n in rows if n == "planning" or n.startswith("step 1")]
+            assert len(reused) == 3 and "step 1 attempt 1" in reused, sorted(rows)
+            nested = rows["step 1 attempt 1"]["sessions"][1]
+            assert nested["origin"]["session"] == parent and nested["inside"], nested
             for name in reused:
                 row = rows[name]
                 assert row["changed"] == [], (name, row)
