@@ -16,7 +16,7 @@ from labd.ipc.events import STATUSES
 from labd.ipc.functions import FUNCTION_WORKFLOW
 from labd.ipc.units import UnitError, format_duration, format_size, parse_duration
 
-__all__ = ["register", "workflow_label", "truncation_text", "ENDED_BY", "ps_status", "timing_text"]
+__all__ = ["register", "fit_name", "workflow_label", "truncation_text", "ENDED_BY", "ps_status", "timing_text"]
 
 
 def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
@@ -63,7 +63,7 @@ def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
         # a session waiting in the queue has no process: no RSS (a resumed one's peak is its previous runner's)
         rss = live.get("rss") if live else None if r["status"] in WAITING else r.get("peak_rss")
         status = styled(ps_status(r), STATUS_STYLE.get(r["status"]))
-        table.append([r["id"], r["name"][:28], workflow_label(r)[-40:], status,
+        table.append([r["id"], fit_name(r["name"], 28), workflow_label(r)[-40:], status,
                       str(r["pid"] or "-"), format_size(rss), f"{live['cpu_percent']:.0f}%" if live else "-",
                       f"${r['cost']:.4f}" if r.get("cost") else "-", age(r["created_at"])])
     ctx.out.table(["ID", "NAME", "WORKFLOW", "STATUS", "PID", "RSS", "CPU", "COST", "AGE"], table,
@@ -148,6 +148,15 @@ def timing_text(s: dict[str, Any], now: float) -> str:
                    "it was queued again)"
         return f"never ran (ended {format_duration(ended - created)} after it was created)"
     return f"ran {format_duration((ended or now) - started)}"
+
+
+def fit_name(name: str, width: int) -> str:
+    """``name`` in at most ``width`` characters: a longer one keeps its start and its end around a "…" (a branch's
+    name is its parent's with ``-branch-<id>`` added: cut at the end, every branch read like its parent)."""
+    if len(name) <= width:
+        return name
+    tail = (width - 1) // 2
+    return f"{name[:width - 1 - tail]}…{name[-tail:]}"
 
 
 def truncation_text(events: Any) -> str | None:

@@ -37,6 +37,15 @@ def test_ps_show_events_logs_for_a_finished_session(shared_daemon) -> None:
     assert "round 1:" in logs.stdout and "child process: report written" in logs.stdout
 
 
+def test_ps_keeps_both_ends_of_a_long_name(shared_daemon) -> None:
+    """A name longer than ps's NAME column keeps its start and its end around "…": a branch's name is its parent's
+    with ``-branch-<id>`` added, and cut at the end every branch read like its parent."""
+    name = "a-rather-long-study-name-branch-1a2b3c"
+    sid = labd("run", "demo.count", "--name", name, "-p", "n=1", "-p", "delay=0", "--wait").stdout.strip()
+    row = next(line for line in labd("ps", "--all").stdout.splitlines() if line.startswith(sid))
+    assert "a-rather-long-…branch-1a2b3c" in row, row
+
+
 def test_stop_from_the_cli(shared_daemon) -> None:
     """``labd stop --wait`` stops a running session and reports how it ended."""
     sid = labd("run", "demo.sleep", "-p", "seconds=60").stdout.strip()
