@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from labd.frontends.cli.base import Ctx, add_json, command
@@ -30,6 +31,9 @@ def cmd_approvals(args: argparse.Namespace, ctx: Ctx) -> int:
         ctx.out.json(rows)
     elif not rows:
         ctx.out.line("no pending approvals" if not args.all else "no approvals", "dim", err=True)
+    elif args.full:  # what a human must read to decide: the whole prompt and its context, not a cut table cell
+        for i, r in enumerate(rows):
+            _print_full(ctx, r, first=i == 0)
     else:
         table = [[r["session_id"], r["id"], r["kind"], styled(r["status"], STATUS_STYLE.get(r["status"])),
                   r["decision"] or "-", "/".join(r["options"]), age(r["requested_at"]), r["prompt"][:60]]
@@ -42,6 +46,23 @@ def cmd_approvals(args: argparse.Namespace, ctx: Ctx) -> int:
     if page.get("omitted_total", 0) > sum(omitted.values()) and not args.session:
         ctx.out.line(f"{page['omitted_total'] - sum(omitted.values())} more in other sessions", "dim", err=True)
     return 0
+
+
+def _print_full(ctx: Ctx, r: dict[str, Any], first: bool) -> None:
+    """One approval as a block: its header line, then its whole prompt and its context (indented JSON)."""
+    if not first:
+        ctx.out.line("")
+    decided = f"  {r['decision']}" if r["decision"] else ""
+    ctx.out.line(f"{r['session_id']}  {r['id']}  {r['kind']}  {r['status']}{decided}  "
+                 f"[{'/'.join(r['options'])}]  {age(r['requested_at'])} ago", "bold")
+    for line in (r["prompt"] or "").splitlines() or [""]:
+        ctx.out.line(f"  {line}")
+    if r.get("context"):
+        ctx.out.line("  context:", "dim")
+        for line in json.dumps(r["context"], indent=2, ensure_ascii=False, default=str).splitlines():
+            ctx.out.line(f"    {line}")
+    if r.get("feedback"):
+        ctx.out.line(f"  feedback: {r['feedback']}", "dim")
 
 
 def cmd_resolve(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -59,7 +80,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "approvals", cmd_approvals, "approval requests (pending, across sessions)")
     s.add_argument("session", nargs="?", help="only this session")
     s.add_argument("--all", "-a", action="store_true", help="include resolved ones")
-    s.add_argument("--full", action="store_true", help="whole prompts and contexts (a list cuts them, `truncated`)")
+    s.add_argument("--full", action="store_true",
+                   help="each approval as a block: its whole prompt and context (the list cuts them)")
     add_json(s, "a JSON array of approval objects")
     for name, text in (("approve", "approve a session's pending request (optionally with feedback)"),
                        ("reject", "reject it, with feedback for the agents"),

@@ -175,6 +175,28 @@ def test_a_line_break_in_a_value_keeps_its_table_row_on_one_line(shared_daemon, 
         assert c.wait(sid, timeout=60)["status"] == "completed"
 
 
+def test_approvals_full_shows_the_whole_prompt_and_its_context(shared_daemon, tmp_path: Path) -> None:
+    """`labd approvals --full` is what a human reads to decide: each approval's whole prompt (every line, past the
+    list's 60 characters) and its context (the plan), where it used to print the same cut table as without it."""
+    flows = tmp_path / "plan.py"
+    flows.write_text(textwrap.dedent("""\
+        def ask(ctx):
+            prompt = "Approve this plan:" + "".join(f"\\n- step {i}: " + "x" * 50 + f" end{i}" for i in range(3))
+            return ctx.approval("after_planning", prompt, options=["approve", "reject"],
+                                context={"plan": [{"goal": "measure the baseline"}]})
+        """))
+    with shared_daemon.client() as c:
+        sid = c.start(f"{flows}:ask", params={})
+        wait_until(lambda: c.approvals(session=sid), timeout=60, what="the approval asked for")
+        out = labd("approvals", sid, "--full")
+        assert out.returncode == 0, out.stderr
+        assert "after_planning" in out.stdout and "[approve/reject]" in out.stdout, out.stdout
+        assert all(f"- step {i}: {'x' * 50} end{i}" in out.stdout for i in range(3)), out.stdout
+        assert '"goal": "measure the baseline"' in out.stdout, out.stdout
+        c.resolve(sid, "approve")
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+
+
 def test_a_reader_that_goes_away_is_a_quiet_exit(tmp_path: Path) -> None:
     """`labd paths | head -0`: when the pipe's reader is gone before labd writes, labd exits 0 and says nothing
     on stderr (no traceback, no "Exception ignored ... BrokenPipeError" from Python's flush at exit)."""
