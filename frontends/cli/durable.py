@@ -12,8 +12,8 @@ import json
 import sys
 from typing import Any
 
-from labd.frontends.cli.base import Ctx, add_json, command
-from labd.frontends.cli.sessions import limits_from, parse_params
+from labd.frontends.cli.base import CliError, Ctx, add_json, command
+from labd.frontends.cli.sessions import follow, limits_from, parse_params, wait_for
 from labd.ipc.units import format_duration, format_size
 
 __all__ = ["register"]
@@ -27,17 +27,35 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_resume(args: argparse.Namespace, ctx: Ctx) -> int:
     limits = _overrides(args)
     budget = limits.pop("budget", None)
-    r = ctx.client().resume(args.session, budget=budget, limits=limits or None, reason=args.reason)
+    if args.follow and args.json:
+        raise CliError("--follow prints the session's activity for people; with --json, use --wait (one object at "
+                       "the end) or `labd events SESSION -f --json`")
+    client = ctx.client()
+    # what the session recorded before this resume: --follow prints only what comes after it
+    since = client.session(args.session)["last_seq"] if args.follow else 0
+    r = client.resume(args.session, budget=budget, limits=limits or None, reason=args.reason)
+    if args.wait and not args.follow:
+        if not args.json:
+            _say_resumed(r, budget)
+        return wait_for(ctx, r["session"], args.json, announce=False, extra={"resume": r})
     if args.json:
         ctx.out.json(r)
-    elif r.get("resumed"):
+    else:
+        _say_resumed(r, budget)
+    if args.follow:
+        sys.stdout.flush()
+        return follow(ctx, r["session"], since=since)
+    return 0
+
+
+def _say_resumed(r: dict[str, Any], budget: float | None) -> None:
+    if r.get("resumed"):
         print(f"{r['session']}: resumed from {r['from_status']} ({r['steps_kept']} completed steps kept)")
     elif r.get("status") not in (None, "paused", "waiting_approval") and not budget:
         print(f"session {r['session']} is not paused (status {r['status']}); a pause asked for and not reached yet "
               "is cancelled")
     else:
         print(f"resume requested for {r['session']}" + (f" with a budget of ${budget:g}" if budget else ""))
-    return 0
 
 
 def cmd_branch(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -96,6 +114,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                               "with a new runner from its last completed step")
         _limit_flags(resume, budget=False)
         resume.add_argument("--reason", help="why (recorded in the session's history)")
+        resume.add_argument("--wait", action="store_true", help="then wait quietly until the session ends (exit "
+                            "status 0 if it completed, 1 otherwise, as labd run --wait)")
+        resume.add_argument("--follow", "-f", action="store_true", help="then show its output and agent activity "
+                            "from the resume on, until it ends (exit status as with --wait)")
         resume.set_defaults(handler=cmd_resume)
 
     s = command(sub, "branch", cmd_branch, "start new sessions from a session's record up to a step")

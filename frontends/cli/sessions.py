@@ -184,7 +184,7 @@ def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
                      "`labd ps` shows it once it does (`labd stop ID` stops it).", "bold yellow", err=True)
         return 130
     if not args.follow and args.wait:
-        return _wait(ctx, sid, args.json)
+        return wait_for(ctx, sid, args.json)
     if not args.follow:
         if args.json:
             ctx.out.json({"session": sid})
@@ -199,10 +199,11 @@ def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
     return follow(ctx, sid, raw=args.raw, header=True)
 
 
-def _wait(ctx: Ctx, sid: str, as_json: bool) -> int:
-    """``labd run --wait``: the id at once, then nothing until the session ends; 0 if it completed, 1 otherwise (the
-    final status on stderr, or ``{session, status, reason}`` with --json), 130 on Ctrl-C (the session keeps running)."""
-    if not as_json:
+def wait_for(ctx: Ctx, sid: str, as_json: bool, *, announce: bool = True, extra: dict[str, Any] | None = None) -> int:
+    """``labd run --wait``: the id at once (``announce``), then nothing until the session ends; 0 if it completed, 1
+    otherwise (the final status on stderr, or ``{session, status, reason}`` and ``extra`` with --json), 130 on Ctrl-C
+    (the session keeps running). Also ``labd resume --wait``."""
+    if not as_json and announce:
         print(sid, flush=True)
     try:
         with ctrl_c():
@@ -212,7 +213,7 @@ def _wait(ctx: Ctx, sid: str, as_json: bool) -> int:
                      f"follow it with `labd logs -f {sid}`.", "bold yellow", err=True)
         return 130
     if as_json:
-        ctx.out.json({"session": sid, "status": row["status"], "reason": row.get("reason")})
+        ctx.out.json({**(extra or {}), "session": sid, "status": row["status"], "reason": row.get("reason")})
     elif row["status"] != "completed":
         ctx.out.line(f"session {sid} ended {row['status']}: {row.get('reason') or ''}".rstrip(": "), "bold red",
                      err=True)

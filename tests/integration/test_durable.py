@@ -184,6 +184,43 @@ def test_deep_research_killed_midway_is_lost_then_resumed_without_repeating_llm_
         assert (daemon.home / "sessions" / sid / "work" / "report.md").exists()
 
 
+FLAKY = """\
+import os
+
+
+def flaky(ctx, marker: str = ""):
+    for i in range(3):
+        with ctx.step(f"part {i}") as node:
+            if i == 1 and not os.path.exists(marker):
+                raise RuntimeError("transient failure")
+            print(f"part {i} done")
+            node.result = i
+"""
+
+
+def test_resume_wait_and_follow_end_with_the_continued_run(shared_daemon, tmp_path: Path) -> None:
+    """`labd resume S --follow` prints what the continued run does (not the first run's output again) and exits 0
+    when it completes; `labd resume S --wait` waits quietly and exits 1 when the continuation fails again, its
+    final status on stderr. Before, resume only asked, and a script had to poll `labd show` for the end."""
+    flows = tmp_path / "flaky.py"
+    flows.write_text(FLAKY)
+    marker = tmp_path / "marker"
+    with shared_daemon.client() as c:
+        first = c.start(f"{flows}:flaky", params={"marker": str(marker)})
+        again = c.start(f"{flows}:flaky", params={"marker": str(tmp_path / "never")})
+        assert _ended(c, first)["status"] == "failed" and _ended(c, again)["status"] == "failed"
+    marker.write_text("now it works")
+    out = labd("resume", first, "--follow")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "part 1 done\npart 2 done\n" in out.stdout and "part 0 done" not in out.stdout, out.stdout
+    assert "resumed from failed (1 completed steps kept)" in out.stdout
+    waited = labd("resume", again, "--wait")
+    assert waited.returncode == 1, waited.stdout + waited.stderr
+    assert f"session {again} ended failed" in waited.stderr and "transient failure" in waited.stderr
+    both = labd("resume", again, "--follow", "--json")
+    assert both.returncode == 2 and "use --wait" in both.stderr
+
+
 def test_branch_planning_and_control_from_its_second_step_with_a_hypothesis(shared_daemon) -> None:
     """`branch --from <step 2> --hypothesis`: planning and step 1 are `reused` (no LLM request of theirs in the
     branch), the work directory is restored to exactly the parent's files at that point (same manifest, same
