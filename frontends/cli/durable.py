@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
+from labd.frontends.cli.interrupt import ctrl_c
 from labd.frontends.cli.sessions import follow, limits_from, parse_params, wait_for
 from labd.ipc.units import format_duration, format_size
 
@@ -62,15 +63,43 @@ def cmd_branch(args: argparse.Namespace, ctx: Ctx) -> int:
     limits = _overrides(args)
     r = ctx.client().branch(args.session, args.from_node, hypothesis=args.hypothesis, instructions=args.instructions,
                             params=parse_params(args.param) or None, count=args.count, limits=limits or None)
-    if args.json:
+    if args.json and not args.wait:
         ctx.out.json(r)
         return 0
-    for s in r["sessions"]:
-        print(s["session"])
-    # the node id comes from the parent's runner: shown as text on a terminal (safetext)
-    print(ctx.out.safe(f"branched {len(r['sessions'])} session(s) from {r['parent']} at {r['node']}: "
-                       f"{r['reused']} completed steps reused, {r['files']} files restored", err=True), file=sys.stderr)
-    return 0
+    if not args.json:
+        for s in r["sessions"]:
+            print(s["session"], flush=True)
+        # the node id comes from the parent's runner: shown as text on a terminal (safetext)
+        print(ctx.out.safe(f"branched {len(r['sessions'])} session(s) from {r['parent']} at {r['node']}: "
+                           f"{r['reused']} completed steps reused, {r['files']} files restored", err=True),
+              file=sys.stderr)
+    if not args.wait:
+        return 0
+    return _wait_all(ctx, [s["session"] for s in r["sessions"]], r if args.json else None)
+
+
+def _wait_all(ctx: Ctx, sids: list[str], reply: dict[str, Any] | None) -> int:
+    """``labd branch --wait``: until every branch has ended; 0 if all completed, 1 otherwise (each one that did not
+    on stderr; with ``reply``, --json: the reply with each branch's ``status`` and ``reason``), 130 on Ctrl-C."""
+    client, ended = ctx.client(), {}
+    try:
+        with ctrl_c() as pressed:
+            for sid in sids:
+                ended[sid] = client.wait(sid)
+                pressed.check()
+    except KeyboardInterrupt:
+        left = [sid for sid in sids if sid not in ended]
+        ctx.out.line(f"\n== detached: {', '.join(left)} keep running (`labd ps` lists them)", "bold yellow", err=True)
+        return 130
+    if reply is not None:
+        ctx.out.json({**reply, "sessions": [{**s, "status": ended[s["session"]]["status"],
+                                             "reason": ended[s["session"]].get("reason")} for s in reply["sessions"]]})
+    else:
+        for sid, row in ended.items():
+            if row["status"] != "completed":
+                ctx.out.line(f"session {sid} ended {row['status']}: {row.get('reason') or ''}".rstrip(": "),
+                             "bold red", err=True)
+    return 0 if all(row["status"] == "completed" for row in ended.values()) else 1
 
 
 def cmd_checkpoints(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -128,6 +157,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--instructions", help="instructions for the agents of the steps that run again")
     s.add_argument("--param", "-p", action="append", default=[], metavar="K=V", help="change a parameter (repeat)")
     s.add_argument("--count", type=int, default=1, help="start this many branches (concurrently; default 1)")
+    s.add_argument("--wait", action="store_true", help="then wait quietly until every branch has ended (exit "
+                   "status 0 if all completed, 1 otherwise)")
     _limit_flags(s)
     add_json(s, "the reply")
 

@@ -198,10 +198,11 @@ def flaky(ctx, marker: str = ""):
 """
 
 
-def test_resume_wait_and_follow_end_with_the_continued_run(shared_daemon, tmp_path: Path) -> None:
+def test_resume_and_branch_wait_for_the_sessions_they_continue(shared_daemon, tmp_path: Path) -> None:
     """`labd resume S --follow` prints what the continued run does (not the first run's output again) and exits 0
     when it completes; `labd resume S --wait` waits quietly and exits 1 when the continuation fails again, its
-    final status on stderr. Before, resume only asked, and a script had to poll `labd show` for the end."""
+    final status on stderr; `labd branch --wait` likewise for every branch it started. Before, both only asked,
+    and a script had to poll `labd show` for the end."""
     flows = tmp_path / "flaky.py"
     flows.write_text(FLAKY)
     marker = tmp_path / "marker"
@@ -219,6 +220,12 @@ def test_resume_wait_and_follow_end_with_the_continued_run(shared_daemon, tmp_pa
     assert f"session {again} ended failed" in waited.stderr and "transient failure" in waited.stderr
     both = labd("resume", again, "--follow", "--json")
     assert both.returncode == 2 and "use --wait" in both.stderr
+    ok = labd("branch", first, "--from", "part 1", "--wait")  # `labd branch --wait`: until every branch has ended
+    assert ok.returncode == 0 and len(ok.stdout.split()) == 1, ok.stdout + ok.stderr
+    bad = labd("branch", again, "--from", "part 1", "--count", "2", "--wait")
+    kids = bad.stdout.split()
+    assert bad.returncode == 1 and len(kids) == 2, bad.stdout + bad.stderr
+    assert all(f"session {kid} ended failed" in bad.stderr for kid in kids), bad.stderr
 
 
 def test_branch_planning_and_control_from_its_second_step_with_a_hypothesis(shared_daemon) -> None:
