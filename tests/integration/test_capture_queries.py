@@ -164,5 +164,5 @@ def test_events_for_a_node_the_session_lacks_is_unknown_node(shared_client) -> N
         client.events(sid, node="n999")
     assert err.value.code == "unknown_node"
     assert err.value.details["nodes"] == nodes
-    if nodes:
-        assert client.events(sid, node=nodes[0])["events"]
+    assert nodes, "demo.count n=1 records one step: the known nodes listed must not be empty"
+    assert client.events(sid, node=nodes[0])["events"]
