@@ -149,6 +149,8 @@ def test_cli_flags_for_full_events_tags_and_cost_across_sessions(daemon) -> None
     # a --since reaching before 1970 counts every session (it was refused: "field 'since' must be a time ...")
     ever = labd("cost", "--all", "--since", "60000d", "--json")
     assert ever.returncode == 0 and json.loads(ever.stdout)["total"]["sessions"] == 1, ever.stderr
+    recent = labd("cost", "--all", "--since", "1ms", "--json")  # a cutoff after the session's calls: none counted
+    assert recent.returncode == 0 and json.loads(recent.stdout)["total"]["sessions"] == 0, recent.stdout
     assert "follow" in labd("events", sid, "--full", "--follow").stderr
 
 
