@@ -94,8 +94,9 @@ def test_tags_and_session_list_filters_are_honoured_or_refused(client) -> None:
     with pytest.raises(LabdError) as refused:
         client.request("session.list", name="x")
     assert refused.value.code == "bad_request"
-    with pytest.raises(LabdError):
+    with pytest.raises(LabdError) as bad_tag:
         client.start("demo.count", tags={"project": 3})
+    assert bad_tag.value.code == "bad_request", bad_tag.value
 
 
 def test_cost_across_sessions_equals_the_sum_of_sessions(client) -> None:
