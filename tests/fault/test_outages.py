@@ -24,8 +24,9 @@ def _check_complete(events: list[dict[str, Any]], n: int = N) -> tuple[list[int]
     ticks = [e["payload"]["data"]["i"] for e in events if e["kind"] == "custom"]
     lines = "".join(e["payload"]["text"] for e in events if e["kind"] == "output").splitlines()
     seqs = [e["seq"] for e in events]
-    runner = [e["src_seq"] for e in events if e["src"] == "r"]
+    runner = [e["src_seq"] for e in events if e["src"] == "runner"]  # the record names the runner "runner"
     assert seqs == list(range(1, len(seqs) + 1)), "history has gaps"
+    assert len(runner) > n, f"only {len(runner)} runner events"  # the ticks alone are n
     assert runner == list(range(1, len(runner) + 1)), "runner events not exactly once"
     assert ticks == list(range(n)), f"ticks lost or duplicated: {len(ticks)} of {n}"
     assert lines == [f"tick {i}" for i in range(n)], f"lines lost: {len(lines)} of {n}"

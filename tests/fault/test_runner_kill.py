@@ -34,12 +34,13 @@ def test_sigkill_right_after_interleaved_prints_and_emits_loses_nothing(daemon: 
     ticks = [e["payload"]["data"]["i"] for e in events if e["kind"] == "custom" and e["payload"]["name"] == "tick"]
     text = "".join(e["payload"]["text"] for e in events if e["kind"] == "output")
     lines = text.splitlines()
-    runner_seqs = [e["src_seq"] for e in events if e["src"] == "r"]
+    runner_seqs = [e["src_seq"] for e in events if e["src"] == "runner"]  # the record names the runner "runner"
     figures("runner SIGKILL", round=round_, ticks=len(ticks), lines=len(lines), events=len(events),
             kill_to_ended_ms=round(ended_s * 1000))
     assert final["status"] == "failed" and final["signal"] == signal.SIGKILL, final
     assert ticks == list(range(n)), f"{n - len(ticks)} ticks lost"
     assert lines == [f"line {i}" for i in range(n)], f"{n - len(lines)} lines lost"
+    assert len(runner_seqs) > n, f"only {len(runner_seqs)} runner events"  # the ticks alone are n
     assert runner_seqs == list(range(1, len(runner_seqs) + 1)), "runner events not exactly once, in order"
     assert events[-1]["kind"] == "session.ended", "events recorded after the session's end"
     assert not (Path(row["workdir"]).parent / "events.spool").exists(), "spool not removed after ingest"

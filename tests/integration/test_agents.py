@@ -136,7 +136,9 @@ def test_two_concurrent_ag2_sessions_share_nothing(client) -> None:
     for sid, mine, other in ((a, "ALPHA", "BRAVO"), (b, "BRAVO", "ALPHA")):
         text = " ".join(str(e["payload"]) for e in _events(client, sid))
         assert mine in text and other not in text and other.lower() not in text
-        assert all(f["path"].startswith("step_") for f in client.files(sid))
+        files = client.files(sid)
+        assert files, f"session {sid} recorded no files: the check below would pass on nothing"
+        assert all(f["path"].startswith("step_") for f in files), files
     ca, cb = client.cost(a)["total"], client.cost(b)["total"]
     assert ca["calls"] == len(_by_kind(_events(client, a), "llm.response"))
     assert cb["calls"] == len(_by_kind(_events(client, b), "llm.response"))

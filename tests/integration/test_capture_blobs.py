@@ -116,7 +116,11 @@ def test_blobs_tags_and_rollups_work_on_postgresql(isolated_env, postgres_url) -
             assert resp["payload"]["content"] == big_text(100_000)
             assert {s["id"] for s in c.sessions(tags={"db": "pg"})} == set(sids)
             assert c.cost_summary(by="tag")["total"]["sessions"] == 2
-            assert all("cost" in n for n in c.dag(sids[0])["dag"]["nodes"])
+            # the roll-up of the one LLM call onto the agent's node reads back as the cost summary has it
+            nodes = c.dag(sids[0])["dag"]["nodes"]
+            assert [(n["kind"], n["agent"], n["calls"]) for n in nodes] == [("agent", "writer", 1)], nodes
+            assert {n["node_id"]: (n["calls"], n["cost"]) for n in nodes} == {
+                r["node_id"]: (r["calls"], r["cost"]) for r in c.cost(sids[0])["by_node"]}
     finally:
         daemon.stop()
         kill_runners(isolated_env)

@@ -94,8 +94,9 @@ def test_tags_and_session_list_filters_are_honoured_or_refused(client) -> None:
     with pytest.raises(LabdError) as refused:
         client.request("session.list", name="x")
     assert refused.value.code == "bad_request"
-    with pytest.raises(LabdError):
+    with pytest.raises(LabdError) as bad_tag:
         client.start("demo.count", tags={"project": 3})
+    assert bad_tag.value.code == "bad_request", bad_tag.value
 
 
 def test_cost_across_sessions_equals_the_sum_of_sessions(client) -> None:
@@ -149,6 +150,8 @@ def test_cli_flags_for_full_events_tags_and_cost_across_sessions(daemon) -> None
     # a --since reaching before 1970 counts every session (it was refused: "field 'since' must be a time ...")
     ever = labd("cost", "--all", "--since", "60000d", "--json")
     assert ever.returncode == 0 and json.loads(ever.stdout)["total"]["sessions"] == 1, ever.stderr
+    recent = labd("cost", "--all", "--since", "1ms", "--json")  # a cutoff after the session's calls: none counted
+    assert recent.returncode == 0 and json.loads(recent.stdout)["total"]["sessions"] == 0, recent.stdout
     assert "follow" in labd("events", sid, "--full", "--follow").stderr
 
 
@@ -164,5 +167,5 @@ def test_events_for_a_node_the_session_lacks_is_unknown_node(shared_client) -> N
         client.events(sid, node="n999")
     assert err.value.code == "unknown_node"
     assert err.value.details["nodes"] == nodes
-    if nodes:
-        assert client.events(sid, node=nodes[0])["events"]
+    assert nodes, "demo.count n=1 records one step: the known nodes listed must not be empty"
+    assert client.events(sid, node=nodes[0])["events"]

@@ -32,6 +32,7 @@ def test_ps_shows_live_sessions_unless_asked(daemon) -> None:
     assert labd("ps", "-a", "-q", "--workflow", "sleep").stdout.split() == [live]
     assert len(labd("ps", "-q", "--status", "completed").stdout.split()) == 1
     assert len(labd("ps", "-aq", "--since", "10m").stdout.split()) == 2
+    assert labd("ps", "-aq", "--since", "1ms").stdout.split() == []  # both were created before that: left out
     assert labd("ps", "-aq", "--since", "bogus").returncode == 2
     table = labd("ps").stdout.splitlines()
     assert table[0].split()[:4] == ["ID", "NAME", "WORKFLOW", "STATUS"] and "sleeper" in table[1]

@@ -5,7 +5,6 @@ always recorded; and the daemon's backstop drops what a runner ignoring its cap 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +12,7 @@ import orjson
 import pytest
 
 from labd.ipc import Client
+from tests.conftest import wait_until
 
 MiB = 2**20
 N, SIZE = 2000, 50_000  # 2,000 records of 50 KB: 100 MB a workflow could otherwise put into the database
@@ -156,9 +156,7 @@ def test_lifecycle_steps_and_approvals_are_recorded_after_the_cap(client: Client
     """Once the cap is spent (here by log records), labd's own events are still recorded in full: the step, the
     approval asked and its answer, the session's outcome and end — all after the output.truncated marker."""
     sid = client.submit(_flood_then_ask, 200, SIZE, max_output="1M")
-    deadline = time.monotonic() + 60
-    while not client.approvals(sid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: client.approvals(sid), timeout=60, interval=0.1, what="the approval asked after the flood")
     client.approve(sid)
     assert client.result(sid, timeout=60) == "approve"
     assert stored_bytes(stored(client, sid, "log")) <= MiB + SLACK

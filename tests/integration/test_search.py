@@ -8,6 +8,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,9 @@ def test_filters_and_bad_input(shared_daemon) -> None:
         assert {h["session_id"] for h in _hits(c, "alpha", own, status=["failed"])} == {bad}
         assert {h["session_id"] for h in _hits(c, "alpha", own, workflow="demo.count")} == {ok}
         assert _hits(c, "alpha", own, since="1d") and _hits(c, "alpha", own, since=0.0, workflow="nope") == []
+        # a cutoff after both sessions were created leaves them out (since alone decides here)
+        assert _hits(c, "alpha", own, since=time.time() + 3600) == []
+        assert {h["session_id"] for h in _hits(c, "alpha", own, since=time.time() - 3600)} == own
         for body in ({"query": "  "}, {"query": "x", "types": ["nonsense"]}, {"query": "x", "since": "soon"}):
             with pytest.raises(LabdError) as err:
                 c.request("search", **body)

@@ -93,8 +93,9 @@ def test_skill_errors(daemon) -> None:
         c.request("skill.save", session=ok, name="count-once")
         c.request("skill.save", session=ok, name="count-once")
         assert c.request("skill.delete", name="count-once") == {"name": "count-once", "versions": 2}
-        with pytest.raises(LabdError):
+        with pytest.raises(LabdError) as err:
             c.request("skill.get", name="count-once")
+        assert err.value.code == "not_found", err.value
 
 
 def test_save_from_a_node_the_session_lacks_is_unknown_node(daemon) -> None:

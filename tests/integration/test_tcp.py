@@ -122,8 +122,9 @@ def test_unknown_key_or_plain_tcp_gets_nothing(shared_tcp_daemon, tmp_path: Path
         assert c.ping()["pid"] == d.proc.pid
     with d.client() as local:
         local.request("remote.remove", name="box")
-    with Client(connection_file=good, timeout=2) as c, pytest.raises(LabdError):
+    with Client(connection_file=good, timeout=2) as c, pytest.raises(LabdError) as err:
         c.ping()
+    assert err.value.code == "timeout" and "revoked or unknown client key" in err.value.message, err.value
 
 
 def test_cli_remote_add_and_connect(shared_tcp_daemon, tmp_path: Path) -> None:

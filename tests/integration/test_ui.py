@@ -197,6 +197,9 @@ def test_session_list_updates_live_and_a_session_page_follows_output(page: Any, 
     page.wait_for_function("document.querySelector('#output') && "
                            "document.querySelector('#output').textContent.split('\\n').length > 3")
     page.wait_for_selector('#session-head [data-status="completed"]')
+    # the lines are the session's own output, in order (not merely some lines)
+    page.wait_for_function("document.querySelector('#output').textContent.includes('count 3/3')")
+    assert page.inner_text("#output").split() == ["count", "1/3", "count", "2/3", "count", "3/3"]
     _shot(page, "session")
 
 

@@ -20,10 +20,11 @@ from tests.unit.test_channel import FakeDaemon, _channel
 from tests.unit.test_channel_speed import BOUND_S, Receiver
 
 
-def _sent_once(ch: Channel, rx: Receiver) -> None:
+def _sent_once(ch: Channel, rx: Receiver) -> int:
     """One bulk event sent and received: from now on the channel thread ticks armed (it sent lately)."""
     first = ch.emit("llm.request", {"n": 0})
     wait_until(lambda: first in rx.arrived, timeout=10)
+    return first
 
 
 def test_bulk_emits_after_a_send_wake_nothing_and_still_leave_within_the_bulk_delay(
@@ -55,14 +56,21 @@ def test_an_urgent_emit_still_wakes_the_ticking_thread(endpoint: str, daemon: Fa
     ch = _channel(endpoint, daemon)
     channels.append(ch)
     with Receiver(daemon) as rx:
-        _sent_once(ch, rx)
-        time.sleep(0.02)  # acked; the thread now ticks
+        first = _sent_once(ch, rx)
+        # acked, and the thread asleep armed for a bulk tick with most of it still to run (what the urgent emit
+        # must interrupt); it keeps ticking for BULK_TICK_S after its last send
+        wait_until(lambda: ch._acked_upto >= first and ch._armed  # noqa: SLF001
+                   and ch._armed_until - time.monotonic() > BULK_DELAY_S / 2,  # noqa: SLF001
+                   timeout=10, interval=0.002, what="the channel thread ticking armed after the ack")
+        tick_end = ch._armed_until  # noqa: SLF001
         bulk = ch.emit("cost.recorded", {"n": 1})
         t0 = time.monotonic()
         urgent = ch.emit("output", {"stream": "stdout", "text": "hi"})
         wait_until(lambda: urgent in rx.arrived, timeout=10)
         assert bulk in rx.arrived and rx.arrived[bulk] <= rx.arrived[urgent]
         assert rx.arrived[urgent] - t0 < BOUND_S
+        # not held to the tick's end (which alone is within BOUND_S: the bound above cannot tell)
+        assert rx.arrived[urgent] < tick_end, (rx.arrived[urgent] - t0, tick_end - t0)
 
 
 _CRASH = """

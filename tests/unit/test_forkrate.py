@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 from labd.daemon.forkrate import BURST, ForkRate, last_pid
@@ -31,8 +30,15 @@ def test_the_last_pid_moves_with_the_processes_this_machine_starts() -> None:
     """The kernel's last pid (``/proc/loadavg``) grows by at least the number of processes started meanwhile."""
     before = last_pid()
     assert before is not None and before > 0
+    started = []
     for _ in range(5):
-        subprocess.run(["true"], check=True)
+        child = subprocess.Popen(["true"])
+        started.append(child.pid)
+        child.wait()
     after = last_pid()
-    assert after is not None and after != before
-    assert os.getpid() > 0
+    assert after is not None
+    pid_max = ForkRate().pid_max
+    moved = (after - before) % pid_max  # pids wrap at pid_max
+    assert moved >= len(started), (before, after)
+    # each pid handed out meanwhile lies in (before, after], the window the figure says was handed out
+    assert all(0 < (pid - before) % pid_max <= moved for pid in started), (before, started, after)

@@ -3,6 +3,7 @@ pending is bounded, and a read that ends after the daemon closed them writes now
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import threading
@@ -76,17 +77,25 @@ def test_a_read_that_ends_after_close_writes_to_no_descriptor() -> None:
     gate = threading.Event()
     r = Reads()
     r.submit(Read(gate.wait, "held"), "flow", None)
+    wake_r, wake_w = r._wake_r, r._wake_w  # noqa: SLF001
     r.close()
-    reused_r, reused_w = os.pipe()  # likely takes the freed numbers: a late write would land here
+    for fd in (wake_r, wake_w):  # close() released the wake pipe's descriptors
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    pr, pw = os.pipe()
+    reused_r, reused_w = fcntl.fcntl(pr, fcntl.F_DUPFD, 200), fcntl.fcntl(pw, fcntl.F_DUPFD, 200)
+    os.close(pr)
+    os.close(pw)
+    os.dup2(reused_w, wake_w)  # the freed number now names another file, as it may in the daemon
     try:
         os.set_blocking(reused_r, False)
         gate.set()
         wait_until(lambda: not r._done.empty(), timeout=10, interval=0.01, what="the read to end")
-        with pytest.raises(BlockingIOError):
+        with pytest.raises(BlockingIOError):  # a late wake byte would have landed here
             os.read(reused_r, 10)
     finally:
-        os.close(reused_r)
-        os.close(reused_w)
+        for fd in (reused_r, reused_w, wake_w):
+            os.close(fd)
 
 
 def test_a_wake_byte_left_by_a_read_that_ended_while_others_were_resumed_is_drained() -> None:

@@ -61,7 +61,9 @@ def test_unread_replies_are_counted_until_the_client_reads_them(pair) -> None:
         assert dealer.poll(5000), f"only {len(got)} replies arrived"
         got.append(dealer.recv_multipart()[-1])
     assert [(g[0], len(g)) for g in got] == [(i, MIB) for i in range(8)]
-    wait_until(lambda: budget.prune() == 0, timeout=5, what="the replies released")
+    # the daemon's loop calls tick(): it prunes (at most every TICK_EVERY s), so in_flight falls without a send
+    wait_until(lambda: budget.tick() or budget.in_flight == 0, timeout=5, interval=0.05,
+               what="the replies released, seen on the tick")
     assert len(budget) == 0 and budget.admits(6 * MIB)  # nothing held: even one reply over the budget goes
 
 

@@ -1,14 +1,17 @@
 """FailureLog (daemon/warnlimit.py): a job a daemon thread repeats that keeps failing is logged without flooding,
-and its state is there for `labd status` (the limits monitor's and the search indexer's passes use it)."""
+and its state is there for `labd status` (the limits monitor's and the search indexer's passes use it); WarnLimiter:
+dropped frames are logged a line a second per reason."""
 
 from __future__ import annotations
 
 import errno
 
+import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from labd.daemon.warnlimit import FailureLog, describe
+from labd.daemon import warnlimit
+from labd.daemon.warnlimit import FailureLog, WarnLimiter, describe
 
 
 def _emfile(path: str) -> OSError:
@@ -62,3 +65,24 @@ def test_jobs_are_told_apart_and_errors_by_errno_not_file_name() -> None:
         log.worked("a")
     assert [(e["log_level"], e["event"]) for e in logs] == [("error", "a"), ("error", "b"), ("info", "works again")]
     assert log.failing("a") is None and log.failing("b") is not None
+
+
+def test_dropped_frame_warnings_are_a_line_a_second_per_reason_and_count_the_rest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """WarnLimiter (how the daemon logs dropped control and runner frames): the first warning of a (message, reason)
+    is logged; repeats within WARN_EVERY_S are not (a flood of bad frames is not a flood of log lines); another
+    reason is logged at once; the next line after the interval says how many were not logged."""
+    clock = [1000.0]
+    monkeypatch.setattr(warnlimit.time, "monotonic", lambda: clock[0])
+    limiter = WarnLimiter(structlog.get_logger("test"), every=1.0)
+    with capture_logs() as logs:
+        for _ in range(50):
+            limiter.warn("control frame dropped", "bad_signature", error="x")
+            clock[0] += 0.01
+        limiter.warn("control frame dropped", "malformed")
+        clock[0] += 1.0
+        limiter.warn("control frame dropped", "bad_signature", error="y")
+    assert [(e["event"], e["reason"], e.get("not_logged_since_last")) for e in logs] == [
+        ("control frame dropped", "bad_signature", None), ("control frame dropped", "malformed", None),
+        ("control frame dropped", "bad_signature", 49)]
+    assert [e["log_level"] for e in logs] == ["warning"] * 3 and logs[2]["error"] == "y"
