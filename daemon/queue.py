@@ -58,10 +58,6 @@ class RunQueue:
         self._live: dict[str, Queued] = {}
         self._tie = itertools.count()
 
-    @property
-    def limited(self) -> bool:
-        return bool(self.max_sessions) or self.memory_total is not None
-
     def reservation(self, limits: Limits) -> int:
         """What a session counts against ``memory_total`` (its memory limit; 0 when no total is set)."""
         return (limits.memory or 0) if self.memory_total is not None else 0
