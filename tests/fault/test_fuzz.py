@@ -73,8 +73,16 @@ class Target:
     def log_lines(self) -> int:
         return self.daemon.log().count("\n")
 
-    def check(self, what: str, frames: int, lines_before: int, t0: float) -> None:
-        """The daemon serves, the bystander runs on, RSS is bounded, the log grew by far less than a line a frame."""
+    def dropped(self) -> int:
+        """Frames the daemon dropped so far, of any reason (the ``dropped.*`` counters)."""
+        return sum(v for k, v in self.client.status()["counters"].items() if k.startswith("dropped."))
+
+    def check(self, what: str, frames: int, lines_before: int, t0: float, dropped_before: int | None = None) -> None:
+        """The daemon serves, the bystander runs on, RSS is bounded, the log grew by far less than a line a frame;
+        with ``dropped_before``, the frames reached the daemon and were dropped (the counters moved past it: a batch
+        that never arrived would pass every other check)."""
+        if dropped_before is not None:
+            wait_until(lambda: self.dropped() > dropped_before, timeout=60, what=f"the {what} frames counted dropped")
         proc = psutil.Process(self.daemon.proc.pid)  # type: ignore[union-attr]
         assert self.daemon.proc.poll() is None, "daemon died"  # type: ignore[union-attr]
         with Client(self.daemon.home, timeout=30) as c:
@@ -157,7 +165,7 @@ def test_fuzz_control_socket(fz: Target) -> None:
     nested 300-3000 levels deep on the local control socket: dropped (or answered bad_request), never a crash."""
     s = fz.dealer(fz.info.control)
     codec = Codec(fz.info.key_bytes)
-    lines, t0, n = fz.log_lines(), time.monotonic(), [0]
+    lines, t0, n, dropped = fz.log_lines(), time.monotonic(), [0], fz.dropped()
 
     @FUZZ
     @given(frames=frames_st, cut=st.integers(0, 200), depth=st.integers(300, 3000), flip=st.integers(0, 63))
@@ -172,7 +180,7 @@ def test_fuzz_control_socket(fz: Target) -> None:
 
     batch()
     s.close(0)
-    fz.check("control", n[0], lines, t0)
+    fz.check("control", n[0], lines, t0, dropped)
 
 
 def test_fuzz_runner_socket(fz: Target) -> None:
@@ -183,7 +191,7 @@ def test_fuzz_runner_socket(fz: Target) -> None:
     fz.client.wait(ended, timeout=60)
     good = Codec(derive_key(fz.info.key_bytes, ended))
     wrong = Codec(derive_key(fz.info.key_bytes, "someone-else"))
-    lines, t0, n = fz.log_lines(), time.monotonic(), [0]
+    lines, t0, n, dropped = fz.log_lines(), time.monotonic(), [0], fz.dropped()
     owned = fz.dealer(fz.info.runners, f"{ended}:fuzz".encode())
 
     @FUZZ
@@ -200,7 +208,7 @@ def test_fuzz_runner_socket(fz: Target) -> None:
 
     batch()
     owned.close(0)
-    fz.check("runners", n[0], lines, t0)
+    fz.check("runners", n[0], lines, t0, dropped)
 
 
 def test_fuzz_event_socket(fz: Target) -> None:
@@ -230,7 +238,7 @@ def test_fuzz_tcp_gateway(fz: Target) -> None:
     """Over TCP: random frames from an authorised CURVE client (relayed, then dropped by the daemon), and
     random bytes from plain TCP peers on both ports (no handshake, nothing reaches the daemon)."""
     s = fz.dealer(f"tcp://127.0.0.1:{fz.port}", curve=True)
-    lines, t0, n = fz.log_lines(), time.monotonic(), [0]
+    lines, t0, n, dropped = fz.log_lines(), time.monotonic(), [0], fz.dropped()
 
     @FUZZ
     @given(frames=frames_st, raw=st.binary(min_size=1, max_size=4096), port=st.sampled_from([0, 1]))
@@ -245,7 +253,7 @@ def test_fuzz_tcp_gateway(fz: Target) -> None:
 
     batch()
     s.close(0)
-    fz.check("tcp", n[0], lines, t0)
+    fz.check("tcp", n[0], lines, t0, dropped)
     remote = Path(fz.env["HOME"]) / "fuzzer.json"
     remote.write_text(json.dumps(fz.remote))
     remote.chmod(0o600)
@@ -285,8 +293,7 @@ def test_oversized_frames(fz: Target) -> None:
     big, mid = os.urandom(64 * 10**6), os.urandom(20 * 10**6)
     lines, t0 = fz.log_lines(), time.monotonic()
 
-    def oversized() -> int:  # dropped frames of any reason (the runner socket checks the routing id first)
-        return sum(v for k, v in fz.client.status()["counters"].items() if k.startswith("dropped."))
+    oversized = fz.dropped  # dropped frames of any reason (the runner socket checks the routing id first)
 
     for endpoint, curve in ((fz.info.control, False), (fz.info.runners, False),
                             (f"tcp://127.0.0.1:{fz.port}", True)):
