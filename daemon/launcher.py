@@ -47,6 +47,9 @@ class ExitInfo:
     #: a remote runner's crash file's end, read on its node (``(text, cut)``: runner/crash_tail.py); a local
     #: runner's file is read by the supervisor itself
     crash: tuple[str, bool] | None = None
+    #: CPU seconds (user + system) of the runner and the processes it reaped, when its parent reaped it (the local
+    #: template: ``wait4``); None when it is not known (an adopted runner's end is noticed, not reaped, by the daemon)
+    cpu: float | None = None
 
 
 def signal_group(pid: int, sig: int) -> bool:
@@ -199,7 +202,9 @@ class TemplateLauncher:
             except ValueError:  # e.g. a preloaded module printed on import: not ours, skip it
                 continue
             if msg.get("op") == "exited":
-                self._exits.append(ExitInfo(msg["pid"], msg["exit_code"], msg["signal"]))
+                cpu = msg.get("cpu")
+                self._exits.append(ExitInfo(msg["pid"], msg["exit_code"], msg["signal"],
+                                            cpu=float(cpu) if isinstance(cpu, (int, float)) else None))
                 self._children = self._children - {msg["pid"]}
             elif msg.get("op") == "forked":
                 self._children = self._children | {msg["pid"]}

@@ -323,6 +323,8 @@ class Supervisor(Admission):
             payload["exit_code"] = info.exit_code
         if info.signal is not None:
             payload["signal"] = info.signal
+        if info.cpu is not None:
+            payload["cpu_seconds"] = info.cpu
         if info.reason:  # lost, not ended (a remote runner's actor or node died): the launcher says why
             payload["lost_reason"] = info.reason
         if info.signal is not None or info.exit_code:  # a crash of the runner itself leaves its text there

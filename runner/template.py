@@ -13,7 +13,8 @@ Protocol (JSON lines; the daemon writes requests on our stdin, we answer on our 
   confined as a runner, so importing user code never touches the template or the daemon's files; answered when
   the child is done, in any order: spawns and other checks go on meanwhile; :mod:`labd.runner.checks`, which keeps
   one checker child forked ahead)
-- unsolicited: ``{"op": "exited", "pid": P, "exit_code": C | null, "signal": S | null}``; ``{"op": "forked",
+- unsolicited: ``{"op": "exited", "pid": P, "exit_code": C | null, "signal": S | null, "cpu": seconds}`` (user +
+  system CPU of the child and the descendants it reaped, from ``wait4``); ``{"op": "forked",
   "pid": P}`` for every child it forks (runner, spare, checker, check): the monitor takes any other child of the
   template for an escapee (daemon/escapees.py)
 - ``{"op": "ready", "pid": P, "clone_filter": "on" | "unavailable: ..."}`` once, when it is ready
@@ -75,17 +76,19 @@ def _reap(out_fd: int, spare: int | None = None) -> bool:
     spare_died = False
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             return spare_died
         if pid == 0:
             return spare_died
         spare_died = spare_died or pid == spare
+        # CPU seconds of the child and of the descendants it reaped (a runner reaps its session's processes)
+        cpu = round(usage.ru_utime + usage.ru_stime, 3)
         if os.WIFSIGNALED(status):
-            _write(out_fd, {"op": "exited", "pid": pid, "exit_code": None, "signal": os.WTERMSIG(status)})
+            _write(out_fd, {"op": "exited", "pid": pid, "exit_code": None, "signal": os.WTERMSIG(status), "cpu": cpu})
         else:
             _write(out_fd, {"op": "exited", "pid": pid, "exit_code": os.waitstatus_to_exitcode(status),
-                            "signal": None})
+                            "signal": None, "cpu": cpu})
 
 
 def _fork_child(in_fd: int, out_fd: int, wake_fds: tuple[int, int], job: Any, close: tuple[int, ...] = ()) -> int:

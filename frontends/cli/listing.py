@@ -182,6 +182,16 @@ ENDED_BY = {
 }
 
 
+def _cpu_time(ended: Any) -> str:
+    """``; cpu time 1.2s`` over the session's runs (``cpu_seconds`` of each ``session.ended``), or "" when no run
+    says (a runner still running, or one whose end the daemon noticed rather than reaped). The peak percentage is
+    sampled every few tenths of a second: a short session's reads 0 %, its CPU time does not."""
+    runs = [e["payload"]["cpu_seconds"] for e in ended if isinstance(e["payload"].get("cpu_seconds"), (int, float))]
+    if not runs:
+        return ""
+    return f"; cpu time {format_duration(sum(runs))}" + (f" in {len(runs)} runs" if len(runs) > 1 else "")
+
+
 def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
     s = ctx.client().session(args.session)
     if args.json:
@@ -199,7 +209,8 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
         ("pid", f"{s['pid'] or '-'}   workdir {s['workdir']}"),
         ("limits", _limits_text(lim)),
         ("peaks", f"rss {format_size(max(s['peak_rss'] or 0, live.get('peak_rss', 0)))}, "
-         f"cpu {max(s['peak_cpu_percent'] or 0, live.get('peak_cpu_percent', 0)):.0f}%"),
+         f"cpu {max(s['peak_cpu_percent'] or 0, live.get('peak_cpu_percent', 0)):.0f}%"
+         + _cpu_time(ctx.client().history(s["id"], kinds=["session.ended"]))),
         ("timings", f"created {datetime.fromtimestamp(s['created_at']).isoformat(timespec='seconds')}, "
          f"{timing_text(s, time.time())}, events {s['last_seq']}"),
     ]

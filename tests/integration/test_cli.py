@@ -46,6 +46,35 @@ def test_ps_keeps_both_ends_of_a_long_name(shared_daemon) -> None:
     assert "a-rather-long-…branch-1a2b3c" in row, row
 
 
+BURN = """\
+import subprocess
+import sys
+import time
+
+
+def burn(ctx):
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # CPU in the runner itself
+        pass
+    subprocess.run([sys.executable, "-c", "import time\\nend = time.process_time() + 0.3\\n"
+                    "while time.process_time() < end: pass"], check=True)  # and in a child it waits for
+"""
+
+
+def test_session_ended_records_the_cpu_time_of_the_runner_and_its_children(shared_daemon, tmp_path) -> None:
+    """`session.ended` carries `cpu_seconds`: the user + system CPU of the runner and of the processes it waited
+    for (0.3 s each here), and `labd show` prints it: the sampled peak percentage of a session this short reads
+    0 %, which said nothing of the work it did."""
+    flows = tmp_path / "burn.py"
+    flows.write_text(BURN)
+    sid = labd("run", f"{flows}:burn", "--wait").stdout.strip()
+    with shared_daemon.client() as c:
+        (ended,) = c.history(sid, kinds=["session.ended"])
+    assert 0.55 <= ended["payload"]["cpu_seconds"] < 30, ended
+    show = labd("show", sid).stdout
+    assert "; cpu time " in show, show
+
+
 def test_stop_from_the_cli(shared_daemon) -> None:
     """``labd stop --wait`` stops a running session and reports how it ended."""
     sid = labd("run", "demo.sleep", "-p", "seconds=60").stdout.strip()

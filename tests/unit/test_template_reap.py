@@ -28,7 +28,9 @@ def test_an_unused_spares_end_is_reported_like_any_childs() -> None:
         os.close(w)
         with os.fdopen(r) as f:
             messages = [json.loads(line) for line in f.read().splitlines()]
+        (cpu,) = [m.pop("cpu") for m in messages]  # its CPU time, from wait4
         assert messages == [{"op": "exited", "pid": pid, "exit_code": 3, "signal": None}]
+        assert isinstance(cpu, float) and 0 <= cpu < 10
     finally:
         try:
             os.waitpid(pid, os.WNOHANG)
