@@ -13,8 +13,8 @@ import sys
 from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
-from labd.frontends.cli.interrupt import ctrl_c
-from labd.frontends.cli.sessions import follow, limits_from, parse_params, wait_for
+from labd.frontends.cli.sessions import limits_from, parse_params
+from labd.frontends.cli.waits import follow, wait_all, wait_for
 from labd.ipc.units import format_duration, format_size
 
 __all__ = ["register"]
@@ -75,31 +75,7 @@ def cmd_branch(args: argparse.Namespace, ctx: Ctx) -> int:
               file=sys.stderr)
     if not args.wait:
         return 0
-    return _wait_all(ctx, [s["session"] for s in r["sessions"]], r if args.json else None)
-
-
-def _wait_all(ctx: Ctx, sids: list[str], reply: dict[str, Any] | None) -> int:
-    """``labd branch --wait``: until every branch has ended; 0 if all completed, 1 otherwise (each one that did not
-    on stderr; with ``reply``, --json: the reply with each branch's ``status`` and ``reason``), 130 on Ctrl-C."""
-    client, ended = ctx.client(), {}
-    try:
-        with ctrl_c() as pressed:
-            for sid in sids:
-                ended[sid] = client.wait(sid)
-                pressed.check()
-    except KeyboardInterrupt:
-        left = [sid for sid in sids if sid not in ended]
-        ctx.out.line(f"\n== detached: {', '.join(left)} keep running (`labd ps` lists them)", "bold yellow", err=True)
-        return 130
-    if reply is not None:
-        ctx.out.json({**reply, "sessions": [{**s, "status": ended[s["session"]]["status"],
-                                             "reason": ended[s["session"]].get("reason")} for s in reply["sessions"]]})
-    else:
-        for sid, row in ended.items():
-            if row["status"] != "completed":
-                ctx.out.line(f"session {sid} ended {row['status']}: {row.get('reason') or ''}".rstrip(": "),
-                             "bold red", err=True)
-    return 0 if all(row["status"] == "completed" for row in ended.values()) else 1
+    return wait_all(ctx, [s["session"] for s in r["sessions"]], r if args.json else None)
 
 
 def cmd_checkpoints(args: argparse.Namespace, ctx: Ctx) -> int:

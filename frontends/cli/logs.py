@@ -11,7 +11,8 @@ from datetime import datetime
 
 from labd.frontends.cli.activity import Activity, Line, Printer
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
-from labd.frontends.cli.sessions import RAW_CONTROL_HELP, follow
+from labd.frontends.cli.sessions import RAW_CONTROL_HELP
+from labd.frontends.cli.waits import follow
 
 __all__ = ["register"]
 
@@ -103,7 +104,7 @@ class _Pieces:
 
 def follow_json(ctx: Ctx, sid: str) -> int:
     """Print a session's events as JSON lines until it ends (``labd run --follow --json``); the exit code of
-    :func:`labd.frontends.cli.sessions.follow` (0 completed, 1 otherwise)."""
+    :func:`labd.frontends.cli.waits.follow` (0 completed, 1 otherwise)."""
     status = None
     for ev in ctx.client().follow(sid):
         print(json.dumps(ev, default=str), flush=True)

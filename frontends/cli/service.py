@@ -18,7 +18,11 @@ __all__ = ["register"]
 
 
 def cmd_wait(args: argparse.Namespace, ctx: Ctx) -> int:
-    return daemonctl.wait(ctx.home, args.timeout)
+    if not args.sessions:
+        return daemonctl.wait(ctx.home, 30.0 if args.timeout is None else args.timeout)
+    from labd.frontends.cli.waits import wait_all
+
+    return wait_all(ctx, args.sessions, None, args.timeout)
 
 
 def cmd_shutdown(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -38,8 +42,12 @@ def cmd_service(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    s = command(sub, "wait", cmd_wait, "wait until the daemon answers (for scripts that just started one)")
-    s.add_argument("--timeout", type=duration, default=30.0, help="give up after this long: 30, 30s, 2m (default 30s)")
+    s = command(sub, "wait", cmd_wait, "wait until the daemon answers (for scripts that just started one); with "
+                "sessions, until each has ended", epilog="exit status with sessions: 0 if all completed, 1 otherwise "
+                "(each one that did not on stderr), 2 on a timeout, 130 on Ctrl-C (they keep running)")
+    s.add_argument("sessions", nargs="*", metavar="SESSION", help="sessions (ids or names) to wait for")
+    s.add_argument("--timeout", type=duration, default=None,
+                   help="give up after this long: 30, 30s, 2m (default 30s for the daemon; none for sessions)")
 
     s = command(sub, "shutdown", cmd_shutdown,
                 "stop the daemon (sessions keep running; the next `labd serve` adopts them)")

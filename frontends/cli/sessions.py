@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from labd.frontends.cli.activity import Activity, Printer
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
-from labd.frontends.cli.interrupt import ctrl_c
-from labd.ipc.client import LabdError
+from labd.frontends.cli.waits import follow, wait_for
 from labd.ipc.units import (
     BeyondAny,
     UnitError,
@@ -197,61 +195,6 @@ def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
         return follow_json(ctx, sid)
     ctx.out.raw_output = args.raw_control_chars
     return follow(ctx, sid, raw=args.raw, header=True)
-
-
-def wait_for(ctx: Ctx, sid: str, as_json: bool, *, announce: bool = True, extra: dict[str, Any] | None = None) -> int:
-    """``labd run --wait``: the id at once (``announce``), then nothing until the session ends; 0 if it completed, 1
-    otherwise (the final status on stderr, or ``{session, status, reason}`` and ``extra`` with --json), 130 on Ctrl-C
-    (the session keeps running). Also ``labd resume --wait``."""
-    if not as_json and announce:
-        print(sid, flush=True)
-    try:
-        with ctrl_c():
-            row = ctx.client().wait(sid)
-    except KeyboardInterrupt:
-        ctx.out.line(f"\n== detached: session {sid} keeps running. Stop it with `labd stop {sid}`; "
-                     f"follow it with `labd logs -f {sid}`.", "bold yellow", err=True)
-        return 130
-    if as_json:
-        ctx.out.json({**(extra or {}), "session": sid, "status": row["status"], "reason": row.get("reason")})
-    elif row["status"] != "completed":
-        ctx.out.line(f"session {sid} ended {row['status']}: {row.get('reason') or ''}".rstrip(": "), "bold red",
-                     err=True)
-    return 0 if row["status"] == "completed" else 1
-
-
-def follow(ctx: Ctx, sid: str, *, raw: bool = False, timestamps: bool = False, since: int = 0,
-           header: bool = False) -> int:
-    """Print a session's output and activity until it ends; 0 if it completed, 1 otherwise, 130 on Ctrl-C."""
-    c = ctx.client()
-    activity, printer = Activity(sid, raw=raw), Printer(ctx.out, timestamps=timestamps)
-    if header and not raw:
-        ctx.out.line(f"== session {sid} (Ctrl-C detaches; the session keeps running)", "bold", err=True)
-    status = None
-    try:
-        with ctrl_c() as pressed:
-            try:
-                for ev in c.follow(sid, since=since):
-                    pressed.check()  # a press whose KeyboardInterrupt a finalizer swallowed
-                    for line in activity.lines(ev):
-                        printer.write(line)
-                    if ev["kind"] == "session.ended":
-                        status = ev["payload"].get("status")
-            finally:
-                printer.close()  # colours the session left on end here, not in the lines below or the prompt
-    except KeyboardInterrupt:
-        ctx.out.line(f"\n== detached: session {sid} keeps running. Stop it with `labd stop {sid}`; "
-                     f"follow it again with `labd logs -f {sid}`.", "bold yellow", err=True)
-        return 130
-    except LabdError as exc:
-        if exc.code == "no_daemon":  # the daemon went away, not the session: say what became of it, in CLI terms
-            raise LabdError("no_daemon", f"the daemon stopped while following: session {sid} keeps running (unless "
-                            f"the daemon was serving with --drain) and the next `labd serve` adopts it; follow it "
-                            f"again then with `labd logs -f {sid}`", exc.details) from None
-        raise
-    if status is None:
-        status = c.session(sid)["status"]
-    return 0 if status == "completed" else 1
 
 
 def _reply(ctx: Ctx, args: argparse.Namespace, result: dict[str, Any], text: str) -> int:

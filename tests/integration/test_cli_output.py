@@ -232,6 +232,26 @@ def test_run_wait_prints_the_id_then_waits_quietly_and_exits_with_the_outcome(sh
     assert as_json["status"] == "failed" and as_json["reason"] and set(as_json) == {"session", "status", "reason"}
 
 
+def test_wait_for_sessions_exits_with_how_they_all_ended(shared_daemon) -> None:
+    """`labd wait S1 S2` (ids or names) returns once every one has ended: 0 if all completed, 1 if one did not
+    (named on stderr with how it ended), 2 when `--timeout` passes first (saying how many had not ended). Without
+    sessions it still waits for the daemon. Before, `labd wait` took no sessions: a script that started several
+    had to poll `labd show` for each."""
+    ok = [labd("run", "demo.count", "--name", f"waited-{i}", "-p", "n=2", "-p", "delay=0.1").stdout.strip()
+          for i in range(2)]
+    bad = labd("run", "demo.fail").stdout.strip()
+    both = labd("wait", ok[0], "waited-1")
+    assert both.returncode == 0 and both.stderr == "", both.stderr
+    assert all(json.loads(labd("show", sid, "--json").stdout)["status"] == "completed" for sid in ok)
+    failed = labd("wait", ok[0], bad)
+    assert failed.returncode == 1 and f"session {bad} ended failed" in failed.stderr, failed.stderr
+    sleeper = labd("run", "demo.sleep", "-p", "seconds=60").stdout.strip()
+    late = labd("wait", ok[0], sleeper, "--timeout", "1s")
+    assert late.returncode == 2 and "1 of 2 sessions had not ended within 1.0s" in late.stderr, late.stderr
+    assert labd("stop", sleeper, "--grace", "1", "--wait").returncode == 0
+    assert labd("wait").returncode == 0  # the daemon answers
+
+
 def test_a_typo_in_a_status_or_type_list_names_the_value_and_the_choices(shared_daemon) -> None:
     """`--status` and `--type` values are checked by the CLI: a typo reads `--status: unknown value 'runing' (one
     of: created, ...)` with exit status 2, where the daemon's "field 'status' must be a list of ..." was shown for a

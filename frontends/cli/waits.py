@@ -1,0 +1,105 @@
+"""Waiting for sessions to end, in the CLI: ``labd run --wait`` / ``--follow``, ``labd resume --wait`` / ``--follow``,
+``labd branch --wait``, ``labd wait SESSION...`` and ``labd logs -f``. One rule for the exit status: 0 if the
+session (every session) completed, 1 otherwise, 130 on Ctrl-C (the sessions keep running), 2 on a timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from labd.frontends.cli.activity import Activity, Printer
+from labd.frontends.cli.base import Ctx
+from labd.frontends.cli.interrupt import ctrl_c
+from labd.ipc.client import LabdError
+from labd.ipc.units import format_duration
+
+__all__ = ["follow", "wait_all", "wait_for"]
+
+
+def wait_for(ctx: Ctx, sid: str, as_json: bool, *, announce: bool = True, extra: dict[str, Any] | None = None) -> int:
+    """``labd run --wait``: the id at once (``announce``), then nothing until the session ends; 0 if it completed, 1
+    otherwise (the final status on stderr, or ``{session, status, reason}`` and ``extra`` with --json), 130 on Ctrl-C
+    (the session keeps running). Also ``labd resume --wait``."""
+    if not as_json and announce:
+        print(sid, flush=True)
+    try:
+        with ctrl_c():
+            row = ctx.client().wait(sid)
+    except KeyboardInterrupt:
+        ctx.out.line(f"\n== detached: session {sid} keeps running. Stop it with `labd stop {sid}`; "
+                     f"follow it with `labd logs -f {sid}`.", "bold yellow", err=True)
+        return 130
+    if as_json:
+        ctx.out.json({**(extra or {}), "session": sid, "status": row["status"], "reason": row.get("reason")})
+    elif row["status"] != "completed":
+        ctx.out.line(f"session {sid} ended {row['status']}: {row.get('reason') or ''}".rstrip(": "), "bold red",
+                     err=True)
+    return 0 if row["status"] == "completed" else 1
+
+
+def wait_all(ctx: Ctx, sids: list[str], reply: dict[str, Any] | None, timeout: float | None = None) -> int:
+    """Until every session of ``sids`` has ended (``labd branch --wait``, ``labd wait SESSION...``): 0 if all
+    completed, 1 otherwise (each one that did not on stderr; with ``reply``, --json: the reply with each session's
+    ``status`` and ``reason``), 130 on Ctrl-C; ``timeout`` seconds for them all (``LabdError`` ``timeout``)."""
+    client, ended = ctx.client(), {}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        with ctrl_c() as pressed:
+            for sid in sids:
+                try:
+                    row = client.wait(sid, None if deadline is None else max(0.0, deadline - time.monotonic()))
+                except LabdError as exc:
+                    if exc.code != "timeout":
+                        raise
+                    raise LabdError("timeout", f"{len(sids) - len(ended)} of {len(sids)} sessions had not ended "
+                                    f"within {format_duration(timeout)}, {sid} among them") from None
+                ended[row["id"]] = row
+                pressed.check()
+    except KeyboardInterrupt:
+        left = sids[len(ended):]
+        ctx.out.line(f"\n== detached: {', '.join(left)} keep running (`labd ps` lists them)", "bold yellow", err=True)
+        return 130
+    if reply is not None:
+        ctx.out.json({**reply, "sessions": [{**s, "status": ended[s["session"]]["status"],
+                                             "reason": ended[s["session"]].get("reason")} for s in reply["sessions"]]})
+    else:
+        for sid, row in ended.items():
+            if row["status"] != "completed":
+                ctx.out.line(f"session {sid} ended {row['status']}: {row.get('reason') or ''}".rstrip(": "),
+                             "bold red", err=True)
+    return 0 if all(row["status"] == "completed" for row in ended.values()) else 1
+
+
+def follow(ctx: Ctx, sid: str, *, raw: bool = False, timestamps: bool = False, since: int = 0,
+           header: bool = False) -> int:
+    """Print a session's output and activity until it ends; 0 if it completed, 1 otherwise, 130 on Ctrl-C."""
+    c = ctx.client()
+    activity, printer = Activity(sid, raw=raw), Printer(ctx.out, timestamps=timestamps)
+    if header and not raw:
+        ctx.out.line(f"== session {sid} (Ctrl-C detaches; the session keeps running)", "bold", err=True)
+    status = None
+    try:
+        with ctrl_c() as pressed:
+            try:
+                for ev in c.follow(sid, since=since):
+                    pressed.check()  # a press whose KeyboardInterrupt a finalizer swallowed
+                    for line in activity.lines(ev):
+                        printer.write(line)
+                    if ev["kind"] == "session.ended":
+                        status = ev["payload"].get("status")
+            finally:
+                printer.close()  # colours the session left on end here, not in the lines below or the prompt
+    except KeyboardInterrupt:
+        ctx.out.line(f"\n== detached: session {sid} keeps running. Stop it with `labd stop {sid}`; "
+                     f"follow it again with `labd logs -f {sid}`.", "bold yellow", err=True)
+        return 130
+    except LabdError as exc:
+        if exc.code == "no_daemon":  # the daemon went away, not the session: say what became of it, in CLI terms
+            raise LabdError("no_daemon", f"the daemon stopped while following: session {sid} keeps running (unless "
+                            f"the daemon was serving with --drain) and the next `labd serve` adopts it; follow it "
+                            f"again then with `labd logs -f {sid}`", exc.details) from None
+        raise
+    if status is None:
+        status = c.session(sid)["status"]
+    return 0 if status == "completed" else 1
