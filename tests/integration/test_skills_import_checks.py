@@ -155,3 +155,26 @@ def test_readers_cope_with_a_stored_bad_document(tmp_path: Path, capsys: pytest.
     out = capsys.readouterr()
     assert "description" in out.err and "steps[0]" in out.err and "steps[2].code" in out.err
     assert _show(ctx, "mini", {"name": "mini", "workflow": "demo.count"}) == 0
+
+
+def test_a_skill_file_that_is_no_document_is_one_line_naming_it_never_a_hang(shared_daemon, tmp_path: Path) -> None:
+    """`labd skills import FILE` where FILE is a FIFO, a device, a directory, JSON nested past the parser's stack or
+    not UTF-8: exit 2 at once with one line naming the file and what is wrong with it. A FIFO hung the command for
+    good, /dev/zero grew it without end, deep nesting was a RecursionError traceback; a good file still imports."""
+    fifo = tmp_path / "fifo.skill.json"
+    os.mkfifo(fifo)
+    deep = tmp_path / "deep.skill.json"
+    deep.write_text("[" * 200_000)
+    latin = tmp_path / "latin.skill.json"
+    latin.write_bytes(b'{"name": "caf\xe9", "workflow": "demo.count"}')
+    cases = [(fifo, "not a regular file"), (Path("/dev/zero"), "not a regular file"),
+             (tmp_path, "not a regular file"), (deep, "nested too deeply"), (latin, "utf-8")]
+    for path, why in cases:
+        r = _labd(shared_daemon.home, "skills", "import", str(path))  # 60 s timeout: a hang fails the test
+        assert r.returncode == 2, (path, r.returncode, r.stderr[-500:])
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-500:]
+        assert str(path) in r.stderr and why in r.stderr, r.stderr
+    good = tmp_path / "good.skill.json"
+    good.write_text('{"name": "hand-edited", "workflow": "demo.count"}')
+    r = _labd(shared_daemon.home, "skills", "import", str(good))
+    assert r.returncode == 0 and "hand-edited" in r.stdout, r.stderr
