@@ -90,8 +90,12 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
             raise CliError(f"{out} exists: remove it, or name another file with -o (-o - writes to stdout)") from None
         except OSError as exc:
             raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
+        try:  # a disk that fills midway: no partial export left behind (a later export refused it as existing)
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f, indent=2)
+        except OSError as exc:
+            out.unlink(missing_ok=True)
+            raise CliError(f"cannot write {out}: {exc.strerror or exc}; nothing was written") from None
         ctx.out.line(f"wrote {out}")
         return 0
     raise CliError(f"unknown action {action!r}")
