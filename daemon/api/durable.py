@@ -32,7 +32,7 @@ from labd.runner.durable import SEED_FILE
 from labd.runner.objects import read_json_object
 from labd.store.checkpoints import checkpoints, max_node_number, recorded_files, step_row
 
-__all__ = ["resume_ended", "RESUMABLE"]
+__all__ = ["resume_ended", "RESUMABLE", "write_seed"]
 
 #: the statuses a runner can be continued from (a budget stop ends as failed)
 RESUMABLE = ("failed", "lost", "cancelled")
@@ -129,20 +129,21 @@ def _write_new(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def _write_seed(session_dir: Path, seed: dict[str, Any]) -> None:
-    """Write the seed in ``session_dir``. The directory is the session's runner's to write (the workflow's code): the
-    temporary file is made anew (``O_EXCL``, ``O_NOFOLLOW``), never opened through what is at its name (a symlink
-    planted there had the daemon overwrite any file of the user with the seed)."""
-    tmp = session_dir / (SEED_FILE + ".tmp")
+def write_seed(session_dir: Path, seed: dict[str, Any], name: str = SEED_FILE) -> None:
+    """Write the seed in ``session_dir`` (``name``: a replay's is ``replay.json``). The directory is the session's
+    runner's to write (the workflow's code): the temporary file is made anew (``O_EXCL``, ``O_NOFOLLOW``), never opened
+    through what is at its name (a symlink planted there had the daemon overwrite any file of the user with the seed).
+    A write that fails (a full disk) is ``io_error``, the temporary file removed."""
+    tmp = session_dir / (name + ".tmp")
     try:
         session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp.unlink(missing_ok=True)
         _write_new(tmp, orjson.dumps(seed))
-        os.replace(tmp, session_dir / SEED_FILE)
+        os.replace(tmp, session_dir / name)
     except OSError as exc:  # a full disk: said as such, not as an internal error
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise ApiError("io_error", f"could not write {SEED_FILE} in {session_dir}: {exc.strerror or exc}",
+        raise ApiError("io_error", f"could not write {name} in {session_dir}: {exc.strerror or exc}",
                        {"path": str(session_dir), "errno": exc.errno}) from None
 
 
@@ -209,7 +210,7 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]
         if d.draining:
             raise ApiError("draining", "the daemon is stopping its sessions (serve --drain): no resume now")
         refuse_while_store_down(d)
-        _write_seed(session_dir, seed)
+        write_seed(session_dir, seed)
         why = f"resumed by client from {status}" + (f": {reason}" if reason else "") + \
             f" ({len(seed['steps'])} completed steps kept)"
         entry = sup.queue.entry(sid, row["workflow"], _run_params(d, row["params"], c.get("payload")), limits,
@@ -428,7 +429,7 @@ def _branch_dirs(psid: str, src: Path, seed: dict[str, Any], dirs: list[Path]) -
             except OSError as exc:
                 raise ApiError("no_checkpoint", f"the checkpoint files of session {psid} cannot be read: "
                                f"{exc}") from None
-            _write_seed(session_dir, seed)
+            write_seed(session_dir, seed)
     except ApiError:
         for session_dir in dirs:
             shutil.rmtree(session_dir, ignore_errors=True)

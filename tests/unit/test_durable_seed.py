@@ -9,7 +9,7 @@ import pytest
 
 from labd.daemon.api import durable
 from labd.daemon.api.base import ApiError
-from labd.daemon.api.durable import _write_seed
+from labd.daemon.api.durable import write_seed
 from labd.runner.durable import SEED_FILE
 
 
@@ -25,10 +25,10 @@ def test_a_seed_that_cannot_be_written_is_an_io_error_naming_the_place(tmp_path:
 
     monkeypatch.setattr(durable, "_write_new", full)
     with pytest.raises(ApiError) as err:
-        _write_seed(tmp_path / "s1", {"steps": []})
+        write_seed(tmp_path / "s1", {"steps": []})
     assert err.value.code == "io_error" and "No space left on device" in err.value.message
     assert err.value.details["errno"] == errno.ENOSPC and err.value.details["path"] == str(tmp_path / "s1")
     assert list((tmp_path / "s1").iterdir()) == []
     monkeypatch.setattr(durable, "_write_new", real)
-    _write_seed(tmp_path / "s1", {"steps": []})
+    write_seed(tmp_path / "s1", {"steps": []})
     assert (tmp_path / "s1" / SEED_FILE).read_bytes() == b'{"steps":[]}'
