@@ -1,5 +1,6 @@
 """A full disk under the daemon's log: logging never takes the daemon down; a replay or branch whose seed cannot be
-written is refused ``io_error`` and leaves nothing behind.
+written is refused ``io_error`` and leaves nothing behind; a session started while the disk is full waits in the queue
+and runs once there is room (a real full disk: a small tmpfs, where the tests run as root).
 
 ``serve --detach`` writes the daemon's log to ``<home>/daemon.log``; when that disk filled up, the ingest thread's
 "store unavailable" line failed to write, then the main loop's report of that failure, and the daemon exited. Here
@@ -20,7 +21,7 @@ import pytest
 
 from labd.daemon.logsetup import LossyStream
 from labd.ipc.client import Client, LabdError
-from tests.conftest import kill_runners, wait_until
+from tests.conftest import kill_runners, running_daemon, wait_until
 
 pytestmark = pytest.mark.fault
 
@@ -115,3 +116,50 @@ def test_a_replay_or_branch_the_disk_cannot_hold_is_io_error_and_leaves_nothing(
         assert set(os.listdir(daemon.home / "sessions")) == dirs
         again = c.replay(sid)
         assert c.wait(again, timeout=120)["status"] == "completed"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB tmpfs mounted for the test (root only: skipped otherwise), unmounted after."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte with one file (returned: remove it to make room again)."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: each write reaches the disk or fails, none at close
+        for size in (1 << 20, 4096, 1):
+            try:
+                while f.write(b"\0" * size):
+                    pass
+            except OSError:
+                pass
+    return filler
+
+
+@pytest.mark.timeout(240)
+def test_a_session_started_on_a_full_disk_waits_and_runs_once_there_is_room(small_disk: Path, isolated_env: Path
+                                                                            ) -> None:
+    """On a full disk a new session's launch fails (ENOSPC: its directory, key, spool): it waits in the run queue,
+    shown ``queued``, and runs to completion once room is made. A session that found the queue empty was dropped
+    instead: ``created`` for good (``labd run --wait`` never returned), even after the disk had room again."""
+    home = small_disk / "home"
+    with running_daemon(home) as d, d.client() as c:
+        first = c.start("demo.count", params={"n": 2})
+        assert c.wait(first, timeout=60)["status"] == "completed"
+        filler = _fill(small_disk)
+        sid = c.start("demo.count", params={"n": 2})
+        wait_until(lambda: c.session(sid)["status"] == "queued", timeout=30, what="the session queued for room")
+        filler.unlink()
+        row = c.wait(sid, timeout=60)
+        assert row["status"] == "completed", row
