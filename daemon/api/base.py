@@ -49,6 +49,14 @@ class Request:
             raise ApiError("bad_request", f"field {name!r} is out of range (a 64-bit integer)")
         return value
 
+    def only(self, *fields: str) -> None:
+        """Refuse (``bad_request``, naming them) fields of the body other than ``fields``: for requests that delete,
+        where an ignored field is a filter or a ``dry_run`` not applied (the protocol's rule elsewhere: ignored)."""
+        unknown = sorted(set(self.body) - set(fields))
+        if unknown:
+            raise ApiError("bad_request", f"{self.type} has no field {', '.join(map(repr, unknown))} (its fields: "
+                           f"{', '.join(fields)}): nothing was deleted", {"field": unknown[0]})
+
     def execute(self) -> Any:
         raise NotImplementedError
 

@@ -141,6 +141,7 @@ class DeleteSkill(Request):
     type = "skill.delete"
 
     def execute(self) -> Any:
+        self.only("name")  # a `version` deleted every version
         name = _name(self)
         try:
             get_skill(self.daemon.store.engine, name)
