@@ -49,13 +49,14 @@ class Request:
             raise ApiError("bad_request", f"field {name!r} is out of range (a 64-bit integer)")
         return value
 
-    def only(self, *fields: str) -> None:
+    def only(self, *fields: str, done: str = "nothing was deleted") -> None:
         """Refuse (``bad_request``, naming them) fields of the body other than ``fields``: for requests that delete,
-        where an ignored field is a filter or a ``dry_run`` not applied (the protocol's rule elsewhere: ignored)."""
+        where an ignored field is a filter or a ``dry_run`` not applied, and for ``session.start``, where it is a
+        limit or the parameters (the protocol's rule elsewhere: ignored). ``done``: what the message says of it."""
         unknown = sorted(set(self.body) - set(fields))
         if unknown:
             raise ApiError("bad_request", f"{self.type} has no field {', '.join(map(repr, unknown))} (its fields: "
-                           f"{', '.join(fields)}): nothing was deleted", {"field": unknown[0]})
+                           f"{', '.join(fields)}): {done}", {"field": unknown[0]})
 
     def execute(self) -> Any:
         raise NotImplementedError
