@@ -67,6 +67,10 @@ class ResolveApproval(Request):
     type = "approval.resolve"
 
     def execute(self) -> Any:
+        # `feeback` answered without the feedback, `aproval_id` answered whichever approval was pending, a misspelt
+        # `refuse_kinds` answered the kind the client meant to refuse
+        self.only("session", "decision", "feedback", "hypothesis", "by", "approval_id", "refuse_kinds",
+                  done="nothing was answered")
         # approve | reject | modify | redo for the built-in checkpoints; any option the request listed
         decision = self.arg("decision", str, check=lambda d: 0 < len(d) <= 40, hint="one of the request's options")
         feedback = self.arg("feedback", str, None, check=lambda s: len(s) <= 20_000, hint="text up to 20000 chars")
