@@ -136,6 +136,8 @@ class Resume(_Control):
     type = "session.resume"
 
     def execute(self) -> Any:
+        # `budgett` resumed with no new budget, `limit` with the old limits
+        self.only("session", "budget", "limits", "reason", done="nothing was resumed")
         ended = resolve_session(self)
         if ended["status"] in TERMINAL_STATUSES:  # a new runner continues it (labd.daemon.api.durable)
             from labd.daemon.api.durable import resume_ended

@@ -66,6 +66,7 @@ class Replay(Start):
 
     def execute(self) -> Any:  # a generator: the seed is read on a worker (daemon/reads.py), then a start
         d = self.daemon
+        self.only("session", "from", "name", "idempotency_key", done="nothing was started")  # `form` replayed all
         row = resolve_session(self)
         until = self.arg("from", str, None, check=lambda s: 0 < len(s) <= 64, hint="a node id of the session")
         if row["status"] not in TERMINAL_STATUSES:

@@ -44,3 +44,21 @@ def test_a_branch_with_a_field_it_does_not_take_starts_nothing(shared_daemon) ->
         assert {s["id"] for s in c.sessions(limit=1000)} == before
         made = c.branch(sid, step, hypothesis="the input is in Kelvin")["sessions"]
         assert c.wait(made[0]["session"], timeout=120)["status"] == "completed"
+
+
+def test_a_resume_or_replay_with_a_field_it_does_not_take_starts_nothing(shared_daemon) -> None:
+    """``session.resume`` of an ended session with ``budgett`` (for ``budget``) and ``session.replay`` with ``form``
+    (for ``from``) are ``bad_request`` naming the field; the session stays ended and no session is started. They were
+    ignored: the resume went on with no new budget, the replay replayed everything instead of up to the node."""
+    with shared_daemon.client() as c:
+        sid = c.start("demo.fail")
+        assert c.wait(sid, timeout=60)["status"] == "failed"
+        before = {s["id"] for s in c.sessions(limit=1000)}
+        for kind, body, field in [("session.resume", {"session": sid, "budgett": 5}, "budgett"),
+                                  ("session.replay", {"session": sid, "form": "n1"}, "form")]:
+            with pytest.raises(LabdError) as err:
+                c.request(kind, **body)
+            assert err.value.code == "bad_request" and repr(field) in err.value.message, (kind, err.value)
+        assert c.session(sid)["status"] == "failed"
+        assert {s["id"] for s in c.sessions(limit=1000)} == before
+        assert c.wait(c.replay(sid), timeout=60)["status"] == "failed"  # the fields it takes still work
