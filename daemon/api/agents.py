@@ -28,6 +28,7 @@ class ListApprovals(Request):
     type = "approvals.list"
 
     def execute(self) -> Any:
+        self.filters("session", "status", "limit", "per_session", "full", "after")  # `sessions`: every session's
         status = self.arg("status", str, "pending", check=lambda s: s in ("pending", "resolved", "all"),
                           hint="pending, resolved or all")
         limit = self.arg("limit", int, 500, check=lambda n: 1 <= n <= 500, hint="an integer 1-500")
@@ -194,6 +195,7 @@ class CostSummary(Request):
     type = "cost.summary"
 
     def execute(self) -> Any:
+        self.filters("by", "since")  # `group`: by model
         by = self.arg("by", str, "model", check=lambda b: b in COST_GROUPS, hint=" | ".join(COST_GROUPS))
         since = self.arg("since", (int, float), None, check=lambda t: math.isfinite(t) and t >= 0,
                          hint="a time in seconds since the epoch")

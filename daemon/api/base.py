@@ -58,6 +58,10 @@ class Request:
             raise ApiError("bad_request", f"{self.type} has no field {', '.join(map(repr, unknown))} (its fields: "
                            f"{', '.join(fields)}): {done}", {"field": unknown[0]})
 
+    def filters(self, *fields: str) -> None:
+        """:meth:`only` for a request that reads: a misspelt filter answered as if none had been asked for."""
+        self.only(*fields, done="a filter is honoured or refused, never ignored")
+
     def execute(self) -> Any:
         raise NotImplementedError
 

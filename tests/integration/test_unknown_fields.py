@@ -62,3 +62,25 @@ def test_a_resume_or_replay_with_a_field_it_does_not_take_starts_nothing(shared_
         assert c.session(sid)["status"] == "failed"
         assert {s["id"] for s in c.sessions(limit=1000)} == before
         assert c.wait(c.replay(sid), timeout=60)["status"] == "failed"  # the fields it takes still work
+
+
+def test_a_read_with_a_misspelt_filter_is_refused_not_answered_unfiltered(shared_daemon) -> None:
+    """``events.query`` with ``kind`` (for ``kinds``), ``approvals.list`` with ``sessions`` (for ``session``),
+    ``cost.summary`` with ``group`` (for ``by``) and ``skill.list`` with ``name`` (it takes ``search``) are each
+    ``bad_request`` naming the field. They were answered as if no filter had been asked for: every event of the
+    session read as its output, every session's approvals as one session's. The filters they take still filter."""
+    with shared_daemon.client() as c:
+        sid = c.start("demo.count", params={"n": 2, "delay": 0})
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        for kind, body, field in [("events.query", {"session": sid, "kind": ["output"]}, "kind"),
+                                  ("approvals.list", {"sessions": sid}, "sessions"),
+                                  ("cost.summary", {"group": "workflow"}, "group"),
+                                  ("skill.list", {"name": "x"}, "name")]:
+            with pytest.raises(LabdError) as err:
+                c.request(kind, **body)
+            assert err.value.code == "bad_request" and repr(field) in err.value.message, (kind, err.value)
+            assert err.value.details == {"field": field}
+        out = c.events(sid, kinds=["output"])["events"]
+        assert out and {e["kind"] for e in out} == {"output"}
+        assert c.approvals(session=sid, status="all") == []
+        assert c.cost_summary(by="workflow")["by"] == "workflow"
