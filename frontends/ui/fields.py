@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-__all__ = ["RESOLVE_FIELDS", "START_FIELDS", "count", "field", "only", "optional"]
+__all__ = ["RESOLVE_FIELDS", "START_FIELDS", "count", "field", "filters", "only", "optional"]
 
 #: the fields a start's and a resolve's body may have (any other is a 400 naming it, not ignored)
 START_FIELDS = ("workflow", "params", "name", "memory", "cpu", "timeout", "budget")
@@ -54,3 +54,12 @@ def count(request: Request, name: str, default: int) -> int:
     if not raw.isdigit() or len(raw) > 18:
         raise ValueError(f"{name} must be a whole number (0 or more), not {raw[:40]!r}")
     return int(raw)
+
+
+def filters(request: Request, *names: str) -> None:
+    """A ValueError (a 400) naming the query parameters of ``request`` that are not in ``names``, for the paths that
+    filter: ``/api/sessions?stauts=running`` listed every session, as if no filter had been asked for."""
+    unknown = sorted(k for k in request.query_params if k not in names)
+    if unknown:
+        raise ValueError(f"unknown query parameter{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(repr(k[:40]) for k in unknown[:5])} (this path takes: {', '.join(names)})")

@@ -53,7 +53,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labd.frontends.ui.calls import DAEMON_THREADS, ClientPool, Stopping, http_status, in_thread
 from labd.frontends.ui.endshort import EndShort, FileShrank
-from labd.frontends.ui.fields import RESOLVE_FIELDS, START_FIELDS, count, field, only, optional
+from labd.frontends.ui.fields import RESOLVE_FIELDS, START_FIELDS, count, field, filters, only, optional
 from labd.frontends.ui.live import DaemonWatch, follow_session
 from labd.ipc.client import Client, LabdError
 from labd.ipc.safe_files import open_beneath
@@ -202,6 +202,7 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         return await daemon(lambda c: c.workflows())
 
     async def sessions(request: Request) -> Any:
+        filters(request, "status", "limit")
         wanted = [s for s in request.query_params.get("status", "").split(",") if s]
         limit = count(request, "limit", 200)
         return await daemon(lambda c: c.sessions(status=wanted or None, limit=max(1, min(limit, 1000))))
@@ -236,12 +237,14 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         return await daemon(lambda c: c.request("session.files", session=request.path_params["sid"]))
 
     async def events(request: Request) -> Any:
+        filters(request, "since", "node")
         since = count(request, "since", 0)
         node = request.query_params.get("node")
         # filtered by the daemon (the node and the nodes nested in it), so a page is a page of the node's events
         return await daemon(lambda c: c.events(request.path_params["sid"], since=since, node=node or None))
 
     async def approvals(request: Request) -> Any:
+        filters(request, "status")
         which = request.query_params.get("status", "pending")
 
         def listed(c: Client) -> list[dict[str, Any]]:  # the oldest 20 of each session; `more_pending`: the rest
