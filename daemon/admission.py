@@ -47,10 +47,11 @@ class Admission:
 
     def submit(self, q: Queued) -> int | None:
         """Start ``q`` now if there is capacity and nobody waits ahead of it; else queue it.
-        Returns its queue position, or None if it was launched."""
-        if not len(self.queue) and self.queue.fits(q.limits, self._running_limits()):
-            self._start(q)
-            return None
+        Returns its queue position, or None if it was launched. One whose launch found the disk full is queued (at
+        the head: the queue was empty), and :meth:`pump` launches it once there is room; it was dropped, left
+        ``created`` for good."""
+        if not len(self.queue) and self.queue.fits(q.limits, self._running_limits()) and self._start(q):
+            return None  # launched (False: the disk is full, queued below)
         self.queue.push(q)
         pos = self.queue.position(q.sid) or 0
         self.post(q.sid, "session.queued", {"position": pos, "priority": q.priority})

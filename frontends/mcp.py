@@ -24,6 +24,7 @@ import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.types import ToolAnnotations
+from pydantic import ConfigDict
 
 from labd import __version__
 from labd.frontends.mcp_stdio import guarded_stdio_server
@@ -253,7 +254,21 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
         except ToolError as exc:
             raise ResourceError(str(exc)) from None
 
+    _refuse_unknown_arguments(server)
     return server
+
+
+def _refuse_unknown_arguments(server: MCPServer) -> None:
+    """Make every tool refuse an argument it does not take (a tool error naming it, ``extra_forbidden``), and say so
+    in its input schema (``additionalProperties: false``). The SDK ignores unknown arguments: ``start_session`` with
+    ``memroy="256M"`` started a session with no memory limit and answered as if the limit had been set."""
+    for tool in server._tool_manager.list_tools():  # the SDK has no public hook for the argument model
+        loose = tool.fn_metadata.arg_model
+        strict: type[Any] = type(loose.__name__, (loose,), {"__module__": loose.__module__,
+                                                            "model_config": ConfigDict(**loose.model_config,
+                                                                                       extra="forbid")})
+        tool.fn_metadata.arg_model = strict
+        tool.parameters = strict.model_json_schema(by_alias=True)
 
 
 def _json_chars(value: Any) -> int:

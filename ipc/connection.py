@@ -137,6 +137,10 @@ def write_connection_file(layout: Layout, pid: int, key: str, events_auth: str |
     return info
 
 
+#: the largest connection file read (one labd writes is under 1 KB; a home path is at most 4 KB)
+MAX_CONNECTION_FILE = 64 * 1024
+
+
 def read_connection_file(layout: Layout, path: Path | None = None) -> ConnectionInfo:
     """Read and check the connection file of ``layout`` (or ``path``: one written by ``labd remote add``).
 
@@ -150,14 +154,20 @@ def read_connection_file(layout: Layout, path: Path | None = None) -> Connection
     try:
         if not remote:
             layout.check_runtime_dir()
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd) as f:
+        # O_NONBLOCK: a FIFO at the path (`--connect` names any file) is refused below, not waited on for good
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
                 raise UnsafeConnectionFile(
                     f"refusing {path}: it must be a file of your own (uid {os.getuid()}, found uid {st.st_uid}) "
                     f"readable by you only (mode 0600, found {stat.S_IMODE(st.st_mode):04o})")
-            data = json.loads(f.read())
+            os.set_blocking(fd, True)
+            raw = f.read(MAX_CONNECTION_FILE + 1)  # not a huge file read whole
+        if len(raw) > MAX_CONNECTION_FILE:
+            raise BadConnectionFile(f"cannot read connection file {path}: larger than {MAX_CONNECTION_FILE:,} bytes, "
+                                    "so not a labd connection file")
+        data = json.loads(raw)
         known = {f.name for f in fields(ConnectionInfo)}
         info = ConnectionInfo(**{k: v for k, v in data.items() if k in known})  # missing fields: TypeError, below
         bad = _bad_field(data)
@@ -178,7 +188,7 @@ def read_connection_file(layout: Layout, path: Path | None = None) -> Connection
         if exc.errno == errno.ELOOP:  #: O_NOFOLLOW met a symlink
             raise UnsafeConnectionFile(f"refusing {path}: it is a symlink") from None
         raise ConnectionFileError(f"cannot read connection file {path}: {exc}") from None
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         given = data if isinstance(data, dict) else {}
         missing = [f.name for f in fields(ConnectionInfo) if f.default is MISSING and f.name not in given]
         why = (f"it lacks {', '.join(missing)}" if isinstance(exc, TypeError) and missing

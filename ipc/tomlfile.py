@@ -10,7 +10,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TomlFileError", "read_regular", "read_toml"]
+__all__ = ["MAX_TOML_FILE", "TomlFileError", "read_regular", "read_toml"]
+
+#: the largest TOML file read unless a reader says otherwise (``config.toml``, a policy file): far more than rules
+#: and settings take, far less than a mistaken device or dump would
+MAX_TOML_FILE = 16 * 1024 * 1024
 
 
 class TomlFileError(ValueError):
@@ -40,13 +44,14 @@ def read_regular(path: Path, limit: int) -> bytes:
     return data
 
 
-def read_toml(path: Path, limit: int | None = None) -> dict[str, Any]:
+def read_toml(path: Path, limit: int = MAX_TOML_FILE) -> dict[str, Any]:
     """The file's table. TOML is UTF-8 whatever the locale (as :func:`tomllib.load` reads it). Raises
     :class:`TomlFileError`: the OS error's reason, the first byte that is not UTF-8 (and its line), the parser's
     message, or that the file nests too deeply (tomllib recurses: a file of 2000 ``[`` exhausts the stack).
-    ``limit``: read with :func:`read_regular` (a regular file of at most that many bytes), else read whole."""
+    Read with :func:`read_regular`: a regular file of at most ``limit`` bytes (a FIFO given as ``config.toml`` or
+    ``--policy FILE`` hung `labd serve`, `labd run` and `labd policy check`)."""
     try:
-        raw = path.read_bytes() if limit is None else read_regular(path, limit)
+        raw = read_regular(path, limit)
     except OSError as exc:
         raise TomlFileError(exc.strerror or str(exc), unreadable=True) from None
     try:

@@ -28,6 +28,7 @@ class ListApprovals(Request):
     type = "approvals.list"
 
     def execute(self) -> Any:
+        self.filters("session", "status", "limit", "per_session", "full", "after")  # `sessions`: every session's
         status = self.arg("status", str, "pending", check=lambda s: s in ("pending", "resolved", "all"),
                           hint="pending, resolved or all")
         limit = self.arg("limit", int, 500, check=lambda n: 1 <= n <= 500, hint="an integer 1-500")
@@ -78,6 +79,10 @@ class ResolveApproval(Request):
     type = "approval.resolve"
 
     def execute(self) -> Any:
+        # `feeback` answered without the feedback, `aproval_id` answered whichever approval was pending, a misspelt
+        # `refuse_kinds` answered the kind the client meant to refuse
+        self.only("session", "decision", "feedback", "hypothesis", "by", "approval_id", "refuse_kinds",
+                  done="nothing was answered")
         # approve | reject | modify | redo for the built-in checkpoints; any option the request listed
         decision = self.arg("decision", str, check=lambda d: 0 < len(d) <= 40, hint="one of the request's options")
         feedback = self.arg("feedback", str, None, check=lambda s: len(s) <= 20_000, hint="text up to 20000 chars")
@@ -142,6 +147,8 @@ class Resume(_Control):
     type = "session.resume"
 
     def execute(self) -> Any:
+        # `budgett` resumed with no new budget, `limit` with the old limits
+        self.only("session", "budget", "limits", "reason", done="nothing was resumed")
         ended = resolve_session(self)
         if ended["status"] in TERMINAL_STATUSES:  # a new runner continues it (labd.daemon.api.durable)
             from labd.daemon.api.durable import resume_ended
@@ -198,6 +205,7 @@ class CostSummary(Request):
     type = "cost.summary"
 
     def execute(self) -> Any:
+        self.filters("by", "since")  # `group`: by model
         by = self.arg("by", str, "model", check=lambda b: b in COST_GROUPS, hint=" | ".join(COST_GROUPS))
         since = self.arg("since", (int, float), None, check=lambda t: math.isfinite(t) and t >= 0,
                          hint="a time in seconds since the epoch")

@@ -49,6 +49,19 @@ class Request:
             raise ApiError("bad_request", f"field {name!r} is out of range (a 64-bit integer)")
         return value
 
+    def only(self, *fields: str, done: str = "nothing was deleted") -> None:
+        """Refuse (``bad_request``, naming them) fields of the body other than ``fields``: for requests that delete,
+        where an ignored field is a filter or a ``dry_run`` not applied, and for ``session.start``, where it is a
+        limit or the parameters (the protocol's rule elsewhere: ignored). ``done``: what the message says of it."""
+        unknown = sorted(set(self.body) - set(fields))
+        if unknown:
+            raise ApiError("bad_request", f"{self.type} has no field {', '.join(map(repr, unknown))} (its fields: "
+                           f"{', '.join(fields)}): {done}", {"field": unknown[0]})
+
+    def filters(self, *fields: str) -> None:
+        """:meth:`only` for a request that reads: a misspelt filter answered as if none had been asked for."""
+        self.only(*fields, done="a filter is honoured or refused, never ignored")
+
     def execute(self) -> Any:
         raise NotImplementedError
 

@@ -187,6 +187,8 @@ class Branch(Request):
 
     def execute(self) -> Any:
         d = self.daemon
+        self.only("session", "from", "hypothesis", "instructions", "count", "params", "limits",
+                  done="nothing was started")  # a misspelt `hypothesis` or `params` branched without it
         if d.draining:
             raise ApiError("draining", "the daemon is stopping its sessions (serve --drain): no new sessions")
         refuse_while_store_down(d)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import shutil
 from typing import Any
 
-import orjson
-
 from labd.daemon.api.base import ApiError, Request, register
+from labd.daemon.api.seed import write_seed
 from labd.daemon.api.sessions import resolve_ref, resolve_session, session_name
-from labd.daemon.api.start import Start
+from labd.daemon.api.start import REPLAY_FILE, Start
 from labd.daemon.reads import Read
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.ipc.functions import FUNCTION_WORKFLOW
@@ -66,6 +66,7 @@ class Replay(Start):
 
     def execute(self) -> Any:  # a generator: the seed is read on a worker (daemon/reads.py), then a start
         d = self.daemon
+        self.only("session", "from", "name", "idempotency_key", done="nothing was started")  # `form` replayed all
         row = resolve_session(self)
         until = self.arg("from", str, None, check=lambda s: 0 < len(s) <= 64, hint="a node id of the session")
         if row["status"] not in TERMINAL_STATUSES:
@@ -101,13 +102,15 @@ class Replay(Start):
         return (yield from super().execute())
 
     def prepare(self, sid: str) -> None:
-        # beside the work directory (never in it: the agent's files), read by the runner before it confines itself
+        # beside the work directory (never in it: the agent's files), read by the runner before it confines itself.
+        # A full disk is io_error and leaves no directory (it was an internal error, a traceback in the log and a
+        # directory holding an empty replay.tmp)
         session_dir = self.daemon.layout.sessions_dir / sid
-        session_dir.mkdir(parents=True, exist_ok=True)
-        path = session_dir / "replay.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(self._seed))
-        tmp.replace(path)
+        try:
+            write_seed(session_dir, self._seed or {}, REPLAY_FILE)  # read by execute before any prepare
+        except ApiError:
+            shutil.rmtree(session_dir, ignore_errors=True)
+            raise
 
 
 @register

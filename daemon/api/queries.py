@@ -26,6 +26,7 @@ class Events(Request):
     type = "events.query"
 
     def execute(self) -> Any:
+        self.filters("session", "since", "limit", "kinds", "full", "node", "agent", "max_bytes")  # `kind`: every event
         since = self.arg("since", int, 0, check=lambda n: n >= 0, hint="a seq >= 0")
         limit = self.arg("limit", int, MAX_PAGE, check=lambda n: 0 < n <= MAX_PAGE, hint=f"1-{MAX_PAGE}")
         kinds = self.arg("kinds", list, None, check=lambda ks: all(isinstance(k, str) for k in ks),

@@ -31,6 +31,7 @@ class Remove(Request):
     type = "session.rm"
 
     def execute(self) -> Any:
+        self.only("sessions")  # a `dry_run: true` (as prune takes) deleted
         refs = self.arg("sessions", list, check=lambda s: 0 < len(s) <= MAX_IDS and all(isinstance(x, str) for x in s),
                         hint=f"a list of 1-{MAX_IDS} session ids or names")
         ids: list[str] = []
@@ -50,6 +51,7 @@ class Prune(Request):
     type = "session.prune"
 
     def execute(self) -> Any:
+        self.only("older_than", "status", "dry_run")  # a misspelt `dryrun` or `statuses` deleted every ended session
         older = self.arg("older_than", (str, int, float), check=lambda v: not isinstance(v, bool),
                          hint="a duration like 30d or seconds")
         try:

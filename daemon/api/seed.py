@@ -115,20 +115,21 @@ def _write_new(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def write_seed(session_dir: Path, seed: dict[str, Any]) -> None:
-    """Write the seed in ``session_dir``. The directory is the session's runner's to write (the workflow's code): the
-    temporary file is made anew (``O_EXCL``, ``O_NOFOLLOW``), never opened through what is at its name (a symlink
-    planted there had the daemon overwrite any file of the user with the seed)."""
-    tmp = session_dir / (SEED_FILE + ".tmp")
+def write_seed(session_dir: Path, seed: dict[str, Any], name: str = SEED_FILE) -> None:
+    """Write the seed in ``session_dir`` (``name``: a replay's is ``replay.json``). The directory is the session's
+    runner's to write (the workflow's code): the temporary file is made anew (``O_EXCL``, ``O_NOFOLLOW``), never opened
+    through what is at its name (a symlink planted there had the daemon overwrite any file of the user with the seed).
+    A write that fails (a full disk) is ``io_error``, the temporary file removed."""
+    tmp = session_dir / (name + ".tmp")
     try:
         session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp.unlink(missing_ok=True)
         _write_new(tmp, orjson.dumps(seed))
-        os.replace(tmp, session_dir / SEED_FILE)
+        os.replace(tmp, session_dir / name)
     except OSError as exc:  # a full disk: said as such, not as an internal error
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise ApiError("io_error", f"could not write {SEED_FILE} in {session_dir}: {exc.strerror or exc}",
+        raise ApiError("io_error", f"could not write {name} in {session_dir}: {exc.strerror or exc}",
                        {"path": str(session_dir), "errno": exc.errno}) from None
 
 

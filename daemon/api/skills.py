@@ -120,6 +120,7 @@ class ListSkills(Request):
     type = "skill.list"
 
     def execute(self) -> Any:
+        self.filters("search")  # `name`: every skill
         search = self.arg("search", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
         return {"skills": list_skills(self.daemon.store.engine, search)}
 
@@ -141,6 +142,7 @@ class DeleteSkill(Request):
     type = "skill.delete"
 
     def execute(self) -> Any:
+        self.only("name")  # a `version` deleted every version
         name = _name(self)
         try:
             get_skill(self.daemon.store.engine, name)

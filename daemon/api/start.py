@@ -21,9 +21,14 @@ from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT,
 from labd.ipc.signing import derive_key
 from labd.store.schema import IDEMPOTENCY_RETENTION
 
-__all__ = ["PendingStart", "Start", "entry_extra", "refuse_never_fits", "requeue", "session_spec"]
+__all__ = ["PendingStart", "REPLAY_FILE", "Start", "entry_extra", "refuse_never_fits", "requeue", "session_spec"]
 
+#: the fields of a ``session.start`` (any other is refused: ignored, a misspelt ``limits`` ran a session without them)
+START_FIELDS = ("workflow", "params", "name", "limits", "cwd", "pythonpath", "network", "tags", "priority", "agents",
+                "policy", "payload", "idempotency_key", "placement", "procs")  # procs: an older client's place for it
 MAX_PENDING_KEYS = 10_000  # in-flight idempotency keys remembered in memory (each a few dozen bytes)
+#: a replay's seed, beside its work directory (written by daemon/api/lineage.py, read by the runner)
+REPLAY_FILE = "replay.json"
 MAX_WAITING_RETRIES = 64  # retries of one uncommitted start held for its commit; more are answered at once
 
 
@@ -101,6 +106,9 @@ class Start(Request):
         requests[self.reply_to[1]] = key
 
     def execute(self) -> Any:  # a generator: it waits for a user workflow's check (daemon/checks.py)
+        if self.type == Start.type:  # (a replay's body is made by the daemon, with fields of its own)
+            # `limit` for `limits` or `param` for `params` ran the session without them
+            self.only(*START_FIELDS, done="nothing was started")
         if self.daemon.draining:
             raise ApiError("draining", "the daemon is stopping and stopping its sessions (serve --drain): "
                            "no new sessions; start it again, then retry")
@@ -235,7 +243,7 @@ def session_spec(d: Any, q: Queued) -> dict[str, Any]:
     extra["policy"] = runner_policy(d, extra.pop("policy", None))  # the daemon's rules, then the session's
     if (d.layout.sessions_dir / q.sid / "durable.seed.json").exists():  # a resume or branch (api/durable.py)
         extra["durable"] = True
-    seed = d.layout.sessions_dir / q.sid / "replay.json"  # labd replay (daemon/api/lineage.py); also after requeue
+    seed = d.layout.sessions_dir / q.sid / REPLAY_FILE  # labd replay (daemon/api/lineage.py); also after requeue
     if seed.exists():
         extra["replay_seed"] = str(seed)
     # The runner's own key, derived for this session: it can sign for this session only.

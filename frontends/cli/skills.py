@@ -12,8 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
+from labd.ipc.tomlfile import read_regular
 
 __all__ = ["register"]
+
+#: the largest file `labd skills import` reads (an export is indented JSON, larger than the document the request
+#: carries, which the daemon's ``max_message`` bounds: 16 MiB by default)
+MAX_IMPORT_FILE = 256 * 1024 * 1024
 
 
 def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -49,10 +54,15 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
     if action == "import":
         if not name:
             raise CliError("usage: labd skills import FILE [--name NAME]")
-        try:
-            doc = json.loads(Path(name).read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        try:  # a regular file only: a FIFO named by mistake hung the command, /dev/zero grew it without end
+            doc = json.loads(read_regular(Path(name), MAX_IMPORT_FILE).decode())
+        except OSError as exc:
+            raise CliError(f"cannot read a skill document from {name}: {exc.strerror or exc}") from None
+        except (UnicodeDecodeError, ValueError) as exc:
             raise CliError(f"cannot read a skill document from {name}: {exc}") from None
+        except RecursionError:  # nested past the parser's stack: was a traceback
+            raise CliError(f"cannot read a skill document from {name}: arrays or objects nested too deeply") \
+                from None
         r = c.request("skill.import", document=doc, **({"name": args.name} if args.name else {}))
         ctx.out.json(r) if args.json else ctx.out.line(f"imported skill {r['name']} version {r['version']}")
         return 0
@@ -80,8 +90,12 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
             raise CliError(f"{out} exists: remove it, or name another file with -o (-o - writes to stdout)") from None
         except OSError as exc:
             raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
+        try:  # a disk that fills midway: no partial export left behind (a later export refused it as existing)
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f, indent=2)
+        except OSError as exc:
+            out.unlink(missing_ok=True)
+            raise CliError(f"cannot write {out}: {exc.strerror or exc}; nothing was written") from None
         ctx.out.line(f"wrote {out}")
         return 0
     raise CliError(f"unknown action {action!r}")

@@ -42,7 +42,7 @@ def wait_all(ctx: Ctx, sids: list[str], reply: dict[str, Any] | None, timeout: f
     """Until every session of ``sids`` has ended (``labd branch --wait``, ``labd wait SESSION...``): 0 if all
     completed, 1 otherwise (each one that did not on stderr; with ``reply``, --json: the reply with each session's
     ``status`` and ``reason``), 130 on Ctrl-C; ``timeout`` seconds for them all (``LabdError`` ``timeout``)."""
-    client, ended = ctx.client(), {}
+    client, ended = ctx.client(), dict[str, dict[str, Any]]()
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         with ctrl_c() as pressed:

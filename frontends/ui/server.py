@@ -53,6 +53,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labd.frontends.ui.calls import DAEMON_THREADS, ClientPool, Stopping, http_status, in_thread
 from labd.frontends.ui.endshort import EndShort, FileShrank
+from labd.frontends.ui.fields import RESOLVE_FIELDS, START_FIELDS, count, field, filters, only, optional
 from labd.frontends.ui.live import DaemonWatch, follow_session
 from labd.ipc.client import Client, LabdError
 from labd.ipc.safe_files import open_beneath
@@ -79,27 +80,6 @@ SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
 ]
-
-
-def _field(body: dict[str, Any], key: str) -> str:
-    """A required string field of a request body (a ValueError, i.e. a 400 saying which, otherwise)."""
-    if key not in body:
-        raise ValueError(f"missing field {key!r}")
-    value = body[key]
-    if not isinstance(value, str):
-        raise ValueError(f"field {key!r} must be a string, not {json.dumps(value)}")
-    return value
-
-
-def _count(request: Request, name: str, default: int) -> int:
-    """Query parameter ``name`` as a whole number of at least 0 (``default`` when absent); ValueError (a 400) saying
-    so otherwise, not Python's own ``int()`` message."""
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or len(raw) > 18:
-        raise ValueError(f"{name} must be a whole number (0 or more), not {raw[:40]!r}")
-    return int(raw)
 
 
 class BodyTooLarge(Exception):
@@ -222,16 +202,19 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         return await daemon(lambda c: c.workflows())
 
     async def sessions(request: Request) -> Any:
+        filters(request, "status", "limit")
         wanted = [s for s in request.query_params.get("status", "").split(",") if s]
-        limit = _count(request, "limit", 200)
+        limit = count(request, "limit", 200)
         return await daemon(lambda c: c.sessions(status=wanted or None, limit=max(1, min(limit, 1000))))
 
     async def start(request: Request) -> Any:
         b = await body(request)
+        only(b, START_FIELDS)
         limits = {k: b[k] for k in ("memory", "cpu", "timeout", "budget") if b.get(k) not in (None, "")}
-        workflow = _field(b, "workflow")
-        return await daemon(lambda c: {"session": c.start(workflow, name=b.get("name") or None,
-                                                          params=b.get("params") or {}, **limits)})
+        workflow = field(b, "workflow")
+        name = optional(b, "name", str, "a string (or null)")
+        params = optional(b, "params", dict, "an object of the workflow's parameters (or null)") or {}
+        return await daemon(lambda c: {"session": c.start(workflow, name=name, params=params, **limits)})
 
     async def session(request: Request) -> Any:
         return await daemon(lambda c: c.session(request.path_params["sid"]))
@@ -254,12 +237,14 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         return await daemon(lambda c: c.request("session.files", session=request.path_params["sid"]))
 
     async def events(request: Request) -> Any:
-        since = _count(request, "since", 0)
+        filters(request, "since", "node")
+        since = count(request, "since", 0)
         node = request.query_params.get("node")
         # filtered by the daemon (the node and the nodes nested in it), so a page is a page of the node's events
         return await daemon(lambda c: c.events(request.path_params["sid"], since=since, node=node or None))
 
     async def approvals(request: Request) -> Any:
+        filters(request, "status")
         which = request.query_params.get("status", "pending")
 
         def listed(c: Client) -> list[dict[str, Any]]:  # the oldest 20 of each session; `more_pending`: the rest
@@ -271,11 +256,12 @@ def build_app(home: str | None, token: str, port_ref: list[int],
 
     async def resolve(request: Request) -> Any:
         b = await body(request)
-        sid, decision = _field(b, "session"), _field(b, "decision")
-        return await daemon(lambda c: c.resolve(sid, decision,
-                                                feedback=b.get("feedback") or None,
-                                                hypothesis=b.get("hypothesis") or None,
-                                                approval_id=b.get("approval_id") or None, by="ui"))
+        only(b, RESOLVE_FIELDS)
+        sid, decision = field(b, "session"), field(b, "decision")
+        feedback, hypothesis, approval_id = (optional(b, k, str, "a string (or null)")
+                                             for k in ("feedback", "hypothesis", "approval_id"))
+        return await daemon(lambda c: c.resolve(sid, decision, feedback=feedback, hypothesis=hypothesis,
+                                                approval_id=approval_id, by="ui"))
 
     async def download(request: Request) -> Response:
         if not allowed(request):

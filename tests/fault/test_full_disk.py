@@ -1,4 +1,6 @@
-"""A full disk under the daemon's log: logging never takes the daemon down.
+"""A full disk under the daemon's log: logging never takes the daemon down; a replay or branch whose seed cannot be
+written is refused ``io_error`` and leaves nothing behind; a session started while the disk is full waits in the queue
+and runs once there is room (a real full disk: a small tmpfs, where the tests run as root).
 
 ``serve --detach`` writes the daemon's log to ``<home>/daemon.log``; when that disk filled up, the ingest thread's
 "store unavailable" line failed to write, then the main loop's report of that failure, and the daemon exited. Here
@@ -7,15 +9,19 @@ the daemon's stdout and stderr are ``/dev/full`` (every write fails with ENOSPC)
 from __future__ import annotations
 
 import io
+import os
+import resource
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from labd.daemon.logsetup import LossyStream
-from labd.ipc.client import Client
-from tests.conftest import kill_runners, wait_until
+from labd.ipc.client import Client, LabdError
+from tests.conftest import kill_runners, running_daemon, wait_until
 
 pytestmark = pytest.mark.fault
 
@@ -71,3 +77,89 @@ def test_the_log_stream_drops_failed_writes_and_says_so_once_it_can() -> None:
     lines = sink.getvalue().splitlines()
     assert lines[0] == "" and "2 log writes failed" in lines[1] and lines[2] == "three"
     assert log.dropped == 0
+
+
+@contextmanager
+def _no_file_grows(pid: int) -> Iterator[None]:
+    """While the block runs, process ``pid`` can make no file larger than 1 byte: its soft ``RLIMIT_FSIZE`` is 1 (a
+    write past it fails with EFBIG, Python ignoring SIGXFSZ; ENOSPC on a full disk takes the same path, and a real
+    full disk needs root to mount). The soft limit is restored after."""
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))
+    try:
+        yield
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
+
+
+@pytest.mark.timeout(240)
+def test_a_replay_or_branch_the_disk_cannot_hold_is_io_error_and_leaves_nothing(daemon) -> None:
+    """With the daemon unable to write a file, `labd replay` and `labd branch` are refused ``io_error`` naming the
+    seed file; no session is recorded and no session directory is left; the daemon serves on, and with room again
+    the replay runs to completion. A replay was ``internal error: [Errno 28] No space left on device`` (a traceback
+    in the log) and left a directory holding an empty ``replay.tmp`` until the next daemon start."""
+    assert daemon.proc is not None
+    with daemon.client() as c:
+        sid = c.start("planning_and_control", params={"task": "Fit the data"})
+        assert c.wait(sid, timeout=120)["status"] == "completed"
+        step = next(n["node_id"] for n in c.dag(sid)["dag"]["nodes"] if n["name"].startswith("step 2"))
+        before = {s["id"] for s in c.sessions(limit=1000)}
+        dirs = set(os.listdir(daemon.home / "sessions"))
+        with _no_file_grows(daemon.proc.pid):
+            for ask in (lambda: c.replay(sid), lambda: c.branch(sid, step, hypothesis="the input is in Kelvin")):
+                with pytest.raises(LabdError) as err:
+                    ask()
+                assert err.value.code == "io_error", err.value
+                assert "could not write" in err.value.message and ".json" in err.value.message, err.value
+        assert daemon.proc.poll() is None
+        assert {s["id"] for s in c.sessions(limit=1000)} == before
+        assert set(os.listdir(daemon.home / "sessions")) == dirs
+        again = c.replay(sid)
+        assert c.wait(again, timeout=120)["status"] == "completed"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB tmpfs mounted for the test (root only: skipped otherwise), unmounted after."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte with one file (returned: remove it to make room again)."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: each write reaches the disk or fails, none at close
+        for size in (1 << 20, 4096, 1):
+            try:
+                while f.write(b"\0" * size):
+                    pass
+            except OSError:
+                pass
+    return filler
+
+
+@pytest.mark.timeout(240)
+def test_a_session_started_on_a_full_disk_waits_and_runs_once_there_is_room(small_disk: Path, isolated_env: Path
+                                                                            ) -> None:
+    """On a full disk a new session's launch fails (ENOSPC: its directory, key, spool): it waits in the run queue,
+    shown ``queued``, and runs to completion once room is made. A session that found the queue empty was dropped
+    instead: ``created`` for good (``labd run --wait`` never returned), even after the disk had room again."""
+    home = small_disk / "home"
+    with running_daemon(home) as d, d.client() as c:
+        first = c.start("demo.count", params={"n": 2})
+        assert c.wait(first, timeout=60)["status"] == "completed"
+        filler = _fill(small_disk)
+        sid = c.start("demo.count", params={"n": 2})
+        wait_until(lambda: c.session(sid)["status"] == "queued", timeout=30, what="the session queued for room")
+        filler.unlink()
+        row = c.wait(sid, timeout=60)
+        assert row["status"] == "completed", row

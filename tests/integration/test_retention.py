@@ -230,3 +230,32 @@ def test_daemon_exits_cleanly_after_deleting_sessions(isolated_env: Path) -> Non
             c.rm(_finished(c, n=1))
         assert d.stop() == 0
         assert "Traceback" not in d.log()
+
+
+@pytest.mark.timeout(180)
+def test_a_field_a_deleting_request_does_not_take_is_refused_and_nothing_is_deleted(daemon) -> None:
+    """``session.prune`` with ``dryrun`` (for ``dry_run``) or ``statuses`` (for ``status``), ``session.rm`` with
+    ``dry_run`` (which only prune takes) and ``skill.delete`` with ``version``: each is ``bad_request`` naming the
+    field, and every session and skill version is still there. Each was ignored: the "dry run" deleted every ended
+    session, ``statuses: ["failed"]`` deleted the completed ones too, and a one-version delete deleted them all."""
+    from labd.ipc import LabdError
+
+    with daemon.client() as c:
+        done = _finished(c)
+        c.request("skill.import", document={"name": "keep", "workflow": "demo.count"})
+        c.request("skill.import", document={"name": "keep", "workflow": "demo.count"})
+        for kind, body, field in [
+                ("session.prune", {"older_than": "0s", "dryrun": True}, "dryrun"),
+                ("session.prune", {"older_than": 0, "statuses": ["failed"]}, "statuses"),
+                ("session.rm", {"sessions": [done], "dry_run": True}, "dry_run"),
+                ("skill.delete", {"name": "keep", "version": 2}, "version")]:
+            with pytest.raises(LabdError) as err:
+                c.request(kind, **body)
+            assert err.value.code == "bad_request" and repr(field) in err.value.message, (kind, err.value)
+            assert err.value.details == {"field": field}
+        assert c.session(done)["status"] == "completed" and _rows(daemon.home, done)["events"] > 0
+        assert c.request("skill.get", name="keep")["skill"]["version"] == 2
+        assert c.prune("0s", dry_run=True)["would_delete"] == [done]  # the fields it takes still work
+        assert c.prune("0s", status=["failed"])["deleted"] == []
+        assert c.rm(done)["deleted"] == [done]
+        assert c.request("skill.delete", name="keep")["versions"] == 2

@@ -322,3 +322,25 @@ def test_sys_exit_in_workflow_code_ends_the_session_as_it_ends_a_python_program(
             ended[code] = (row["status"], finished.get("error"))
     assert ended == {"none": ("completed", None), "0": ("completed", None), "3": ("failed", "SystemExit: 3"),
                      "why": ("failed", "SystemExit: why")}
+
+
+def test_a_start_with_a_field_it_does_not_take_is_refused_and_starts_nothing(client) -> None:
+    """``session.start`` with ``limit`` (for ``limits``) or ``param`` (for ``params``): ``bad_request`` naming the
+    field (``details.field``), and no session is recorded. Both were ignored: the session ran with no memory limit,
+    or with its default parameters, and the client was told it had started. Every field the protocol lists, and the
+    Python client's own starts, still start."""
+    before = {s["id"] for s in client.sessions(limit=1000)}
+    for body, field in [({"workflow": "demo.count", "limit": {"memory": "256M"}}, "limit"),
+                        ({"workflow": "demo.count", "param": {"n": 1}}, "param")]:
+        with pytest.raises(LabdError) as err:
+            client.request("session.start", **body)
+        assert err.value.code == "bad_request" and repr(field) in err.value.message, err.value
+        assert err.value.details == {"field": field}
+    assert {s["id"] for s in client.sessions(limit=1000)} == before
+    sid = client.request("session.start", workflow="demo.count", params={"n": 1, "delay": 0}, name="every-field",
+                         limits={"memory": "256M"}, cwd="/", pythonpath=[], network="off", tags={"k": "v"},
+                         priority=0, idempotency_key="every-field-1")["session"]
+    assert client.session(sid)["limits"]["memory"] == 256 * 1024 * 1024
+    assert client.wait(sid, timeout=60)["status"] == "completed"
+    assert client.wait(client.start("demo.count", params={"n": 1, "delay": 0}, memory="256M"),
+                       timeout=60)["status"] == "completed"

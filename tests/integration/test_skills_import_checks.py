@@ -6,6 +6,7 @@ field and `labd skills show` say so, never crash."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -155,3 +156,51 @@ def test_readers_cope_with_a_stored_bad_document(tmp_path: Path, capsys: pytest.
     out = capsys.readouterr()
     assert "description" in out.err and "steps[0]" in out.err and "steps[2].code" in out.err
     assert _show(ctx, "mini", {"name": "mini", "workflow": "demo.count"}) == 0
+
+
+def test_a_skill_file_that_is_no_document_is_one_line_naming_it_never_a_hang(shared_daemon, tmp_path: Path) -> None:
+    """`labd skills import FILE` where FILE is a FIFO, a device, a directory, JSON nested past the parser's stack or
+    not UTF-8: exit 2 at once with one line naming the file and what is wrong with it. A FIFO hung the command for
+    good, /dev/zero grew it without end, deep nesting was a RecursionError traceback; a good file still imports."""
+    fifo = tmp_path / "fifo.skill.json"
+    os.mkfifo(fifo)
+    deep = tmp_path / "deep.skill.json"
+    deep.write_text("[" * 200_000)
+    latin = tmp_path / "latin.skill.json"
+    latin.write_bytes(b'{"name": "caf\xe9", "workflow": "demo.count"}')
+    cases = [(fifo, "not a regular file"), (Path("/dev/zero"), "not a regular file"),
+             (tmp_path, "not a regular file"), (deep, "nested too deeply"), (latin, "utf-8")]
+    for path, why in cases:
+        r = _labd(shared_daemon.home, "skills", "import", str(path))  # 60 s timeout: a hang fails the test
+        assert r.returncode == 2, (path, r.returncode, r.stderr[-500:])
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-500:]
+        assert str(path) in r.stderr and why in r.stderr, r.stderr
+    good = tmp_path / "good.skill.json"
+    good.write_text('{"name": "hand-edited", "workflow": "demo.count"}')
+    r = _labd(shared_daemon.home, "skills", "import", str(good))
+    assert r.returncode == 0 and "hand-edited" in r.stdout, r.stderr
+
+
+def test_an_export_the_disk_cannot_hold_leaves_no_partial_file(shared_daemon, tmp_path: Path) -> None:
+    """`labd skills export NAME -o FILE` where the write fails midway (here: a file size limit, EFBIG; a full disk
+    is ENOSPC, the same path) is one line saying it cannot write FILE, exit 2, and FILE is not left behind. It was
+    an OSError traceback leaving a truncated FILE, which the next export refused as existing (and an import of it
+    would fail). With room, the export writes the whole document."""
+    import resource
+
+    with shared_daemon.client() as c:
+        c.request("skill.import", document={"name": "too-big", "workflow": "demo.count", "description": "d" * 2000})
+    out = tmp_path / "too-big.skill.json"
+
+    def small_files() -> None:  # Python ignores SIGXFSZ: a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
+
+    r = subprocess.run([sys.executable, "-m", "labd", "skills", "export", "too-big", "-o", str(out)],
+                       capture_output=True, text=True, env=_env(shared_daemon.home), timeout=60,
+                       preexec_fn=small_files)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-800:]
+    assert f"cannot write {out}" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
+    r = _labd(shared_daemon.home, "skills", "export", "too-big", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["description"] == "d" * 2000

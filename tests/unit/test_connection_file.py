@@ -83,3 +83,29 @@ def test_a_good_connection_file_is_read(tmp_path: Path) -> None:
     info = read_connection_file(layout_for(str(tmp_path / "home")), _file(tmp_path, json.dumps(data)))
     assert (info.control, info.key, info.server_public, info.max_message) == (GOOD["control"], GOOD["key"], CURVE,
                                                                               1 << 20)
+
+
+@pytest.mark.timeout(30)
+def test_a_connection_file_that_is_a_fifo_huge_or_nested_too_deep_is_refused_at_once(tmp_path: Path) -> None:
+    """``--connect FILE`` (or ``LABD_CONNECTION_FILE``) naming a FIFO is refused at once like any file that is not a
+    regular file of our own: the open waited for a writer for good, so `labd ps` hung. A file of 60,000 ``[`` is
+    "not a labd connection file" (it was a RecursionError traceback); one over 64 KiB is refused without being read
+    whole (a 300 MB file made `labd ps` read all of it, 600 MB of memory, to say it lacked fields)."""
+    import os
+
+    layout = layout_for(str(tmp_path / "home"))
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(ConnectionFileError) as exc:
+        read_connection_file(layout, fifo)
+    assert str(exc.value).startswith(f"refusing {fifo}: it must be a file of your own")
+    deep = _file(tmp_path, "[" * 60_000)
+    with pytest.raises(ConnectionFileError) as exc:
+        read_connection_file(layout, deep)
+    assert str(exc.value) == f"cannot read connection file {deep}: not a labd connection file (a JSON object with " \
+                             "control, events, key, ...)"
+    big = _file(tmp_path, '{"pad": "' + "x" * 100_000 + '"}')
+    with pytest.raises(ConnectionFileError) as exc:
+        read_connection_file(layout, big)
+    assert str(exc.value) == f"cannot read connection file {big}: larger than 65,536 bytes, so not a labd connection " \
+                             "file"

@@ -60,6 +60,24 @@ def test_a_deeply_nested_config_policy_or_role_file_is_a_one_line_error(tmp_path
         load_roles({}, agents)
 
 
+def test_a_config_or_policy_file_that_is_a_fifo_or_device_is_refused_at_once(tmp_path: Path) -> None:
+    """config.toml that is a FIFO, and a policy file (``labd run --policy``, ``labd policy check``) that is a FIFO or
+    ``/dev/zero``: ConfigError / PolicyError naming the file, "not a regular file", at once. The FIFO hung `labd serve`,
+    `labd run --policy` and `labd policy check` until something wrote to it; /dev/zero grew them without end."""
+    import os
+
+    home = tmp_path / "h"
+    home.mkdir()
+    os.mkfifo(home / "config.toml")
+    with pytest.raises(ConfigError, match=f"cannot read {home / 'config.toml'}: not a regular file"):
+        load_config(home)
+    fifo = tmp_path / "rules.toml"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(PolicyError, match=f"cannot read policy file {path}: not a regular file"):
+            load_file(path)
+
+
 def test_an_agent_role_file_that_is_not_utf8_is_a_role_error(tmp_path: Path) -> None:
     """`<home>/agents/x.toml` that is not UTF-8: RoleError naming the file and the byte (before: UnicodeDecodeError)."""
     agents = tmp_path / "agents"
