@@ -134,6 +134,7 @@ class Pause(_Control):
     type = "session.pause"
 
     def execute(self) -> Any:
+        self.only("session", "reason", done="nothing was paused")
         row = self.running()
         reason = self.arg("reason", str, "pause requested", check=lambda s: len(s) <= 1000, hint="text")
         if row["status"] == "paused":  # nothing to ask: say so rather than record a request that does nothing

@@ -360,6 +360,7 @@ class Stop(Request):
     type = "session.stop"
 
     def execute(self) -> Any:
+        self.only("session", "grace", done="nothing was stopped")  # a misspelt `grace` stopped with the default
         row = resolve_session(self)
         grace = self.arg("grace", (int, float), self.daemon.cfg.stop_grace, check=lambda g: 0 <= g <= 3600,
                          hint="seconds between 0 and 3600")
@@ -380,6 +381,7 @@ class Kill(Request):
     type = "session.kill"
 
     def execute(self) -> Any:
+        self.only("session", done="nothing was killed")
         row = resolve_session(self)
         if self.daemon.supervisor.stop_claimed(row["id"], "client", None):  # killed once its runner proves itself
             return {"session": row["id"], "killing": True, "awaiting_runner": True}

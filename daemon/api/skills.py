@@ -77,6 +77,8 @@ class SaveSkill(Request):
     type = "skill.save"
 
     def execute(self) -> Any:
+        # a misspelt `parameters` saved a skill whose runs need none
+        self.only("session", "name", "description", "parameters", "from_node", done="nothing was saved")
         row = resolve_session(self)
         name = _name(self)
         description = self.arg("description", str, "", check=lambda s: len(s) <= 2000, hint="≤ 2000 characters")

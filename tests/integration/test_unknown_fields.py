@@ -84,3 +84,26 @@ def test_a_read_with_a_misspelt_filter_is_refused_not_answered_unfiltered(shared
         assert out and {e["kind"] for e in out} == {"output"}
         assert c.approvals(session=sid, status="all") == []
         assert c.cost_summary(by="workflow")["by"] == "workflow"
+
+
+def test_stop_kill_pause_and_skill_save_with_a_field_they_do_not_take_do_nothing(shared_daemon) -> None:
+    """``session.stop`` with ``grace_s``, ``session.kill`` with ``force``, ``session.pause`` with ``reasn`` and
+    ``skill.save`` with ``param`` (for ``parameters``) are ``bad_request`` naming the field: the session runs on, no
+    skill is saved. They were ignored: the stop used the default grace, the skill was saved needing no parameter."""
+    with shared_daemon.client() as c:
+        sid = c.start("demo.sleep", params={"seconds": 60})
+        wait_until(lambda: c.session(sid)["status"] == "running", timeout=60, what="the sleeper running")
+        for kind, extra, field in [("session.stop", {"grace_s": 0}, "grace_s"), ("session.kill", {"force": True},
+                                   "force"), ("session.pause", {"reasn": "later"}, "reasn")]:
+            with pytest.raises(LabdError) as err:
+                c.request(kind, session=sid, **extra)
+            assert err.value.code == "bad_request" and err.value.details == {"field": field}, err.value
+        assert c.session(sid)["status"] == "running"
+        c.stop(sid, grace=1)
+        assert c.wait(sid, timeout=60)["status"] == "cancelled"
+        done = c.start("demo.count", params={"n": 1, "delay": 0})
+        assert c.wait(done, timeout=60)["status"] == "completed"
+        with pytest.raises(LabdError) as err:
+            c.request("skill.save", session=done, name="typo-skill", param=["n"])
+        assert err.value.code == "bad_request" and err.value.details == {"field": "param"}, err.value
+        assert "typo-skill" not in {s["name"] for s in c.request("skill.list")["skills"]}
