@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["UnsafePath", "open_beneath", "open_regular"]
+__all__ = ["UnsafePath", "open_beneath", "open_regular", "read_regular"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: a FIFO must not block
@@ -112,17 +112,31 @@ def open_beneath(root: Path | str, relpath: str) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def open_regular(path: str | os.PathLike[str]) -> io.BufferedReader:
-    """Open ``path`` for reading only if it is a regular file, not through a symlink at its last component, and never
-    blocking on the open (a FIFO put in its place must not hang the reader): for files the daemon reads from a
-    session's directory, which that session's code may write (its event spool, its checkpoint objects). ``OSError``
-    otherwise: ``ELOOP`` for a symlink, ``EINVAL`` for anything not a regular file, ``FileNotFoundError``."""
-    fd = os.open(path, _FILE_FLAGS)
+def open_regular(path: str | os.PathLike[str], *, follow: bool = False) -> io.BufferedReader:
+    """Open ``path`` for reading only if it is a regular file, not through a symlink at its last component (unless
+    ``follow``), and never blocking on the open (a FIFO put in its place must not hang the reader): for files the
+    daemon reads from a session's directory, which that session's code may write (its event spool, its checkpoint
+    objects). ``OSError`` otherwise: ``ELOOP`` for a symlink, ``EINVAL`` for anything not a regular file,
+    ``FileNotFoundError``."""
+    fd = os.open(path, (_FILE_FLAGS & ~os.O_NOFOLLOW if follow else _FILE_FLAGS) | os.O_NOCTTY)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or directory)", str(path))
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of ``path`` (symlinks followed: a user's own config may be one) if it is a regular file of at most
+    ``limit`` bytes, else ``OSError`` saying which (:func:`open_regular`; ``EFBIG`` past ``limit``): for files a user
+    names, read while the daemon serves (the agent registry, at every session start) or by a command, where a FIFO or
+    a device (``/dev/zero``) named by mistake blocked every request, or grew the reader without end. At most
+    ``limit`` + 1 bytes are read."""
+    with open_regular(path, follow=True) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit:,} bytes")
+    return data

@@ -3,14 +3,13 @@ each says what is wrong with the file in one line instead of a traceback."""
 
 from __future__ import annotations
 
-import errno
-import os
-import stat
 import tomllib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_TOML_FILE", "TomlFileError", "read_regular", "read_toml"]
+from labd.ipc.safe_files import read_regular
+
+__all__ = ["MAX_TOML_FILE", "TomlFileError", "read_toml"]
 
 #: the largest TOML file read unless a reader says otherwise (``config.toml``, a policy file): far more than rules
 #: and settings take, far less than a mistaken device or dump would
@@ -23,25 +22,6 @@ class TomlFileError(ValueError):
     def __init__(self, message: str, unreadable: bool = False) -> None:
         super().__init__(message)
         self.unreadable = unreadable  # the file could not be read at all (OSError), as opposed to not valid TOML
-
-
-def read_regular(path: Path, limit: int) -> bytes:
-    """The bytes of ``path`` (symlinks followed) if it is a regular file of at most ``limit`` bytes, else ``OSError``
-    saying which: for files the daemon reads while it serves requests (the agent registry, read at every session
-    start), where a FIFO or a device (``/dev/zero``) named by mistake blocked every request, or grew the daemon
-    without end. The open does not block (``O_NONBLOCK``), and at most ``limit`` + 1 bytes are read."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or directory)")
-        os.set_blocking(fd, True)
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(limit + 1)
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise OSError(errno.EFBIG, f"larger than {limit:,} bytes")
-    return data
 
 
 def read_toml(path: Path, limit: int = MAX_TOML_FILE) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from labd.ipc.tomlfile import TomlFileError, read_regular, read_toml
+from labd.ipc.safe_files import read_regular
+from labd.ipc.tomlfile import TomlFileError, read_toml
 from labd.runner.workflows import prompts
 
 __all__ = ["BUILTIN", "Role", "RoleError", "load_roles", "parse_role", "pick", "MAX_ROLE_FILE"]

@@ -96,6 +96,15 @@ class _Run:
         self._last_all: dict[str, tuple[int, Any]] | None = None  # of every node, superseded ones too (lazily)
         self._reused: dict[str, dict[str, Any]] | None = None  # node -> its reused checkpoint (lazily)
         self._paths: dict[str, str] | None = None
+        self._kids: dict[str, list[dict[str, Any]]] | None = None  # node -> its kept children, in start order (lazily)
+
+    def kids(self) -> dict[str, list[dict[str, Any]]]:
+        """Each kept node's kept children, in start order (read once: every reused step of a branch asks)."""
+        if self._kids is None:
+            self._kids = {}
+            for m in self.kept:
+                self._kids.setdefault(m.get("parent_node") or "", []).append(m)
+        return self._kids
 
     def cell(self, n: dict[str, Any]) -> dict[str, Any]:
         nid = n["node_id"]
@@ -182,9 +191,7 @@ class _Runs:
         there = self.get(origin["session"])
         if there is None:
             return []
-        kids: dict[str, list[dict[str, Any]]] = {}
-        for m in there.kept:
-            kids.setdefault(m.get("parent_node") or "", []).append(m)
+        kids = there.kids()
         found: list[dict[str, Any]] = []
         stack = list(reversed(kids.get(origin["node_id"], [])))
         done = {origin["node_id"]}  # a malformed parent cycle is walked once

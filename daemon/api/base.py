@@ -50,9 +50,10 @@ class Request:
         return value
 
     def only(self, *fields: str, done: str = "nothing was deleted") -> None:
-        """Refuse (``bad_request``, naming them) fields of the body other than ``fields``: for requests that delete,
-        where an ignored field is a filter or a ``dry_run`` not applied, and for ``session.start``, where it is a
-        limit or the parameters (the protocol's rule elsewhere: ignored). ``done``: what the message says of it."""
+        """Refuse (``bad_request``, naming them) fields of the body other than ``fields``: for requests that act
+        (start, stop, answer, save, delete: an ignored field was the action done without it, a ``dry_run`` not
+        applied) and, through :meth:`filters`, those that filter (docs/protocol.md lists them; the protocol's rule
+        elsewhere: ignored). ``done``: what the message says of it."""
         unknown = sorted(set(self.body) - set(fields))
         if unknown:
             raise ApiError("bad_request", f"{self.type} has no field {', '.join(map(repr, unknown))} (its fields: "

@@ -1,5 +1,6 @@
 """The seed a continuing runner is handed (``<session dir>/durable.seed.json``), made by the daemon for
-``session.resume`` of an ended session and for ``session.branch``: the completed steps of the record by position,
+``session.resume`` of an ended session and for ``session.branch`` (:func:`write_seed` also writes a replay's
+``replay.json``): the completed steps of the record by position,
 the work directory to restore, the result and file objects checked to be there (and, up to a bound, intact), and
 for a branch the parent's objects linked into the new session's directory. Files only, run on a worker thread
 (daemon/reads.py); the requests themselves are in :mod:`labd.daemon.api.durable`.

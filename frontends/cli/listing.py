@@ -198,6 +198,8 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
         ctx.out.json(s)
         return 0
     lim, live = s["limits"], s.get("live") or {}
+    # one read of the record for both: how each run ended (its CPU time) and whether the output was cut
+    told = list(ctx.client().history(s["id"], kinds=["session.ended", "output.truncated"]))
     status = ps_status(s) + (f"  ({s['reason']})" if s["reason"] and s["reason"] != s["status"] else "")
     pairs: list[tuple[str, Any]] = [
         ("session", f"{s['id']}  ({s['name']})"),
@@ -210,7 +212,7 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
         ("limits", _limits_text(lim)),
         ("peaks", f"rss {format_size(max(s['peak_rss'] or 0, live.get('peak_rss', 0)))}, "
          f"cpu {max(s['peak_cpu_percent'] or 0, live.get('peak_cpu_percent', 0)):.0f}%"
-         + _cpu_time(ctx.client().history(s["id"], kinds=["session.ended"]))),
+         + _cpu_time(e for e in told if e["kind"] == "session.ended")),
         ("timings", f"created {datetime.fromtimestamp(s['created_at']).isoformat(timespec='seconds')}, "
          f"{timing_text(s, time.time())}, events {s['last_seq']}"),
     ]
@@ -220,7 +222,7 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
         budget = lim.get("budget")
         pairs.append(("llm cost", f"${s['cost']:.6f}" + (f" of budget ${budget:g}" if budget else "")
                       + "  (labd cost for details)"))
-    cut = truncation_text(ctx.client().history(s["id"], kinds=["output.truncated"]))
+    cut = truncation_text(e for e in told if e["kind"] == "output.truncated")
     if cut:
         pairs.append(("output", styled(cut, "yellow")))
     if s["status"] in LIVE and s.get("last_seen"):

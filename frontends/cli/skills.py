@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
-from labd.ipc.tomlfile import read_regular
+from labd.ipc.safe_files import read_regular
 
 __all__ = ["register"]
 
