@@ -57,6 +57,7 @@ from labd.frontends.ui.fields import RESOLVE_FIELDS, START_FIELDS, count, field,
 from labd.frontends.ui.live import DaemonWatch, follow_session
 from labd.ipc.client import Client, LabdError
 from labd.ipc.safe_files import open_beneath
+from labd.ipc.units import shortened
 
 __all__ = ["build_app"]
 
@@ -69,6 +70,10 @@ DOWNLOAD_CHUNK = 256 * 1024
 #: A request body (start, resolve) larger than this is refused with 413 once that many bytes arrived, or at once
 #: when its Content-Length says so: it is never read whole into memory.
 MAX_BODY = 1_000_000
+#: A request body must be complete within this many seconds of its headers, or the request is answered 408
+#: ``body_timeout`` and the connection closed: a client (holding the token) that sends part of a body and waits
+#: held the connection, its descriptor and a request task for good. ``LABD_UI_BODY_S`` shortens it for tests.
+BODY_S = shortened(30.0, "LABD_UI_BODY_S", floor=0.5)
 #: Sent with every response. ``frame-ancestors 'none'`` / ``X-Frame-Options``: no other page may frame the
 #: dashboard. Any server on 127.0.0.1 (another local user's, on another port) is *same-site* with it, so a framed
 #: dashboard there got this origin's unpartitioned localStorage, i.e. the token: a logged-in page under a page of
@@ -84,6 +89,10 @@ SECURITY_HEADERS = [
 
 class BodyTooLarge(Exception):
     """A request body over :data:`MAX_BODY` (413)."""
+
+
+class BodyLate(Exception):
+    """A request body not complete within :data:`BODY_S` (408)."""
 
 
 class _SecurityHeaders:
@@ -157,6 +166,10 @@ def build_app(home: str | None, token: str, port_ref: list[int],
             except BodyTooLarge:
                 return JSONResponse({"error": {"code": "too_large", "message": f"the request body is over "
                                                f"{MAX_BODY:,} bytes"}}, status_code=413)
+            except BodyLate:  # answered, then closed: the rest of the body, if it ever comes, is not read
+                return JSONResponse({"error": {"code": "body_timeout", "message": f"the request body did not "
+                                               f"arrive within {BODY_S:g} s"}}, status_code=408,
+                                    headers={"Connection": "close"})
             except ClientDisconnect:  # gone mid-body: nobody reads the answer (it was a traceback in the log)
                 return Response(status_code=400)
             except asyncio.CancelledError:  # cut off by the stop's grace period (e.g. a body still arriving)
@@ -168,10 +181,14 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         if declared.isdigit() and int(declared) > MAX_BODY:  # said up front: refused before any of it is read
             raise BodyTooLarge()
         raw = bytearray()
-        async for part in request.stream():  # chunked, or a Content-Length that lies: counted as it arrives
-            raw += part
-            if len(raw) > MAX_BODY:
-                raise BodyTooLarge()
+        try:
+            async with asyncio.timeout(BODY_S):
+                async for part in request.stream():  # chunked, or a Content-Length that lies: counted as it arrives
+                    raw += part
+                    if len(raw) > MAX_BODY:
+                        raise BodyTooLarge()
+        except TimeoutError:
+            raise BodyLate() from None
         try:
             data = json.loads(raw or b"{}")
         except RecursionError:  # nested past the parser's stack: a client error, not a 500

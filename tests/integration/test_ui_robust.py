@@ -615,7 +615,7 @@ def test_tabs_in_the_background_leave_the_browser_connections_for_the_one_in_fro
 
 
 @pytest.mark.timeout(120)
-def test_a_connection_that_never_finishes_its_headers_is_closed(shared_daemon, tmp_path: Path,
+def test_a_connection_that_never_finishes_its_headers_or_body_is_closed(shared_daemon, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A client that sends part of a request's headers and then waits (another local user needs no token to
     connect) is disconnected once the headers are late (``HEADERS_S``, 10 s; 3 s here through
@@ -624,8 +624,29 @@ def test_a_connection_that_never_finishes_its_headers_is_closed(shared_daemon, t
     sends its headers in time is served."""
     headers_s = 3.0
     monkeypatch.setenv("LABD_UI_HEADERS_S", str(headers_s))
+    monkeypatch.setenv("LABD_UI_BODY_S", str(headers_s))
     with running_ui(shared_daemon.home, tmp_path / "ui-stderr.log") as ui:
         _late_headers_are_closed(ui, headers_s)
+        _late_body_is_answered_and_closed(ui, headers_s)
+        assert "Traceback" not in ui.stderr(), ui.stderr()
+
+
+def _late_body_is_answered_and_closed(ui: Ui, body_s: float) -> None:
+    """With the token, a start whose body stops arriving is answered 408 ``body_timeout`` once ``BODY_S`` passed
+    (3 s here through ``LABD_UI_BODY_S``; 30 s by default) and the connection closed: it held a connection, its
+    descriptor and a request task for good. Nothing is started, and the dashboard serves the next request."""
+    with socket.create_connection(("127.0.0.1", ui.port), timeout=body_s + 30) as s:
+        s.sendall(_post_head(ui, "Content-Length: 100") + b'{"workflow": "demo.hello", "name": "late-bo')
+        start = time.monotonic()
+        got = b""
+        while chunk := s.recv(65536):  # the answer, then the server's close
+            got += chunk
+        assert time.monotonic() - start >= body_s - 1
+    head, _, raw = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), got
+    assert json.loads(raw)["error"]["code"] == "body_timeout", got
+    status, listed = ui.request("/api/sessions")
+    assert status == 200 and b"late-bo" not in listed, listed
 
 
 def _late_headers_are_closed(ui: Ui, headers_s: float) -> None:
