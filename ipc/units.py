@@ -191,8 +191,10 @@ def format_seconds(seconds: float) -> str:
     s = max(0.0, float(seconds))
     if s == 0:
         return "0 s"
-    if s < 1:
-        return f"{s * 1000:.3g} ms"
+    ms = s * 1000
+    if ms < 999.5:  # 999.5 ms and up round to "1e+03" in 3 digits: they read "1 s"
+        text = f"{ms:.3g}"
+        return (f"{ms:.9f}".rstrip("0").rstrip(".") if "e" in text else text) + " ms"  # 2e-05 ms: 0.00002 ms
     return f"{s:.3f}".rstrip("0").rstrip(".") + " s"  # 2.003 s > limit 2 s (not "2.00 s > limit 2 s")
 
 

@@ -173,3 +173,31 @@ def test_a_zero_memory_limit_over_the_protocol_is_called_not_positive() -> None:
     with pytest.raises(ApiError) as err:
         _limits({"limits": {"memory": "0"}})
     assert err.value.code == "bad_limits" and "must be positive" in err.value.message and "0M" not in err.value.message
+
+
+def test_limit_values_at_their_unit_boundaries() -> None:
+    """Where format_limit changes its form: 10 MiB and up whole, 0.1 MiB and up in 3 digits, below in KiB; percent
+    whole from 10 %; a negative measured time reads 0 s (a clock step), never "-0.5 ms"; 0.9995 s reads "1 s", and
+    a tiny one in plain digits (both were exponents: "1e+03 ms"); a unit it does not know
+    is written after the value."""
+    from labd.ipc.units import format_limit, format_seconds
+
+    assert format_limit(10 * 2**20, "bytes") == "10 MiB" and format_limit(9.5 * 2**20, "bytes") == "9.5 MiB"
+    assert format_limit(0.1 * 2**20, "bytes") == "0.1 MiB" and format_limit(0.09 * 2**20, "bytes") == "92.2 KiB"
+    assert format_limit(10, "percent") == "10 %" and format_limit(9.99, "percent") == "9.99 %"
+    assert format_seconds(-0.5) == "0 s" and format_seconds(1) == "1 s" and format_seconds(0.9995) == "1 s"
+    assert format_seconds(0.99949) == "999 ms" and format_seconds(2e-8) == "0.00002 ms"
+    assert format_limit(3, "gpus") == "3 gpus"
+
+
+def test_a_test_override_can_only_shorten_a_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``shortened``: the environment's value when it is a number between the floor and the default; never longer
+    than the default (a stray variable cannot make a deadline longer), never under the floor, and the default when
+    it is unset or not a number."""
+    from labd.ipc.units import shortened
+
+    monkeypatch.delenv("LABD_T_WAIT", raising=False)
+    assert shortened(10.0, "LABD_T_WAIT", floor=0.5) == 10.0
+    for given, expected in (("3", 3.0), ("60", 10.0), ("0.1", 0.5), ("-5", 0.5), ("soon", 10.0), ("", 10.0)):
+        monkeypatch.setenv("LABD_T_WAIT", given)
+        assert shortened(10.0, "LABD_T_WAIT", floor=0.5) == expected, given
