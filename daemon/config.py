@@ -135,6 +135,13 @@ _ENV = {"LABD_DB": "db_url", "LABD_LOG_FORMAT": "log_format", "LABD_LOG_LEVEL": 
         "LABD_SPARE_RUNNERS": "spare_runners", "LABD_RUNNER_NICE": "runner_nice", "LABD_CGROUPS": "cgroups"}
 
 
+#: the Config fields that are not [daemon] settings: each is filled from a table of its own (or is the home itself)
+_NOT_DAEMON = {"home": "the home is --home or LABD_HOME", "mcp_servers": "[mcp.servers.<name>] is a table of its own",
+               "policy": "[[policy]] is a table of its own",
+               **{k: f"[{k}] is a table of its own" for k in ("models", "prices", "telemetry", "agents", "sandbox",
+                                                                "launcher")}}
+
+
 def config_files(layout: Layout) -> list[Path]:
     """Config files in the order they apply: the user's (XDG config dir), then the home's."""
     xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
@@ -170,7 +177,9 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     """Build the config: defaults -> config files (user's, then home's) -> environment -> overrides."""
     layout = layout_for(home)
     values: dict[str, Any] = {"home": layout.home, "db_url": layout.default_db_url}
-    known = {f.name for f in fields(Config)}
+    # the fields filled from a table of their own (or from the home itself) are not [daemon] settings: given there,
+    # they bypassed their table's checks (an api_key in [daemon.models.x]; a [daemon] sandbox string ended the start)
+    daemon_keys = {f.name for f in fields(Config)} - set(_NOT_DAEMON)
     models: dict[str, dict[str, Any]] = {}
     prices: dict[str, dict[str, float]] = {}
     mcp_servers: dict[str, dict[str, Any]] = {}
@@ -184,17 +193,24 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
             continue
         data = _read_toml(path)
         unknown_sections = set(data) - {"daemon", "models", "prices", "mcp", "telemetry", "agents", "sandbox",
-                                        "policy", "launcher"}
+                                        "policy", "launcher"} - daemon_keys
         if unknown_sections:
             raise ConfigError(f"{path}: unknown sections {sorted(unknown_sections)} "
                               "(known: daemon, models, prices, mcp, telemetry, agents, sandbox, policy, launcher)")
         policies.append(check_policy(path, data.get("policy", [])))
         launcher.update(check_launcher(path, data.get("launcher", {})))
         sandbox.update(_check_sandbox(path, data.get("sandbox", {})))
+        stray = set(data) & daemon_keys
+        if stray:  # a [daemon] setting above every table header
+            raise ConfigError(f"{path}: {', '.join(sorted(stray))} must be under [daemon], not at the top of the file")
         section = data.get("daemon", {})
-        unknown = set(section) - known
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: [daemon] must be a table")
+        unknown = set(section) - daemon_keys
         if unknown:
-            raise ConfigError(f"{path}: unknown [daemon] settings {sorted(unknown)}")
+            hints = [_NOT_DAEMON[k] for k in sorted(unknown) if k in _NOT_DAEMON]
+            hint = f" ({'; '.join(hints)})" if hints else ""
+            raise ConfigError(f"{path}: unknown [daemon] settings {sorted(unknown)}{hint}")
         values.update(section)
         models.update(check_models(path, data.get("models", {})))
         prices.update(check_prices(path, data.get("prices", {})))

@@ -231,3 +231,26 @@ def test_the_largest_max_message_fits_libzmq() -> None:
             assert sock.getsockopt(zmq.MAXMSGSIZE) == 2 * MAX_MAX_MESSAGE
     finally:
         ctx.term()
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ('[daemon]\nsandbox = "x"\n', r"\[sandbox\] is a table of its own"),
+    ('[daemon.sandbox]\nmechanism = "none"\n', "sandbox"),
+    ('[daemon.models.default]\nprovider = "openai"\napi_key = "sk-1"\n', "models"),
+    ("[daemon]\npolicy = 5\n", r"\[\[policy\]\]"),
+    ("[daemon]\nlauncher = 5\n", "launcher"),
+    ("[daemon]\ntelemetry = 5\n", "telemetry"),
+    ('[daemon]\nhome = "/elsewhere"\n', "LABD_HOME"),
+    ("[daemon]\nmcp_servers = {}\n", "mcp_servers"),
+    ("max_sessions = 2\n[daemon]\nprocs = 10\n", "max_sessions must be under"),
+    ("daemon = 3\n", "must be a table"),
+])
+def test_a_setting_in_the_wrong_table_is_refused_and_named(tmp_path: Path, text: str, named: str) -> None:
+    """A table's settings written into [daemon] (or the home there) are refused, naming where they belong: they were
+    taken as they were, past their table's checks (a key in [daemon.models.x] was accepted; a [daemon] sandbox string
+    stopped the daemon's start with a traceback; a [daemon] home moved the daemon to another home). A [daemon]
+    setting above every table header is refused naming [daemon]."""
+    home = tmp_path / "h"
+    _write_config(home, text)
+    with pytest.raises(ConfigError, match=named):
+        load_config(home)
