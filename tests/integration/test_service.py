@@ -327,6 +327,16 @@ def test_service_install_writes_a_user_unit_for_this_interpreter(isolated_env: P
     assert _labd("service", "status", env=env).returncode == 1
 
 
+def test_service_install_enable_without_a_user_manager_fails_and_says_so(isolated_env: Path, tmp_path: Path) -> None:
+    """`labd service install --enable` where no systemd user manager answers (no bus) writes the unit but exits 2 and
+    says on stderr that the service was neither enabled nor started (it exited 0, as if labd now ran as a service)."""
+    env = {k: v for k, v in os.environ.items() if k != "DBUS_SESSION_BUS_ADDRESS"}
+    r = _labd("service", "install", "--enable", env=env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "not enabled, not started" in r.stderr and "systemctl --user enable --now labd.service" in r.stderr
+    assert (tmp_path / ".config" / "systemd" / "user" / "labd.service").exists()
+
+
 def test_generated_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     """The generated unit, including a home path with a space and a '%', is valid for systemd: `systemd-analyze
     --user verify` accepts it without a single warning."""
