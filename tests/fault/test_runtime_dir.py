@@ -1,0 +1,42 @@
+"""The daemon's runtime directory removed under it (``systemd-tmpfiles`` cleaning ``/tmp``, ``/run/user/UID`` removed
+when a user's last login ends without lingering): its sockets and connection file are gone, so no client can reach it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+
+import pytest
+
+from labd.ipc.paths import layout_for
+from tests.conftest import DaemonProc, alive, wait_until
+
+pytestmark = pytest.mark.fault
+
+
+@pytest.mark.timeout(240)
+def test_a_daemon_whose_runtime_dir_was_removed_exits_and_the_next_adopts_its_sessions(daemon: DaemonProc) -> None:
+    """With its runtime directory removed, the daemon logs why and exits 1 (a service manager restarts it) instead of
+    serving on unreachable: clients said no daemon ran, and a new `labd serve` was refused as another daemon held the
+    home. The session keeps running, and the next daemon binds a new runtime directory and adopts it."""
+    with daemon.client() as c:
+        sid = c.start("demo.sleep", params={"seconds": 120})
+        pid = wait_until(lambda: c.session(sid)["status"] == "running" and c.session(sid)["pid"])
+    shutil.rmtree(layout_for(daemon.home).runtime_dir)
+    assert daemon.proc is not None
+    assert daemon.proc.wait(60) == 1
+    assert "runtime directory" in daemon.log() and "Traceback" not in daemon.log()
+    assert alive(pid)
+    restarted = DaemonProc(daemon.home).start()
+    try:
+        with restarted.client() as c:
+            assert c.session(sid)["status"] == "running"
+            c.stop(sid, grace=1)
+            assert c.wait(sid, timeout=30)["status"] == "cancelled"
+    finally:
+        restarted.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
