@@ -63,7 +63,16 @@ class Status(Request):
                             "network_default": d.cfg.sandbox.network, "as_root": os.geteuid() == 0},
                 "uptime": time.time() - d.started, "telemetry": _telemetry(d),
                 "monitor": d.monitor.health(), "kernel_limits": d.cgroups.described,
-                "threads": _threads(d), "nofile": getattr(d, "nofile", None)}
+                "threads": _threads(d), "nofile": getattr(d, "nofile", None), "store": _store(d)}
+
+
+def _store(d: Any) -> dict[str, Any]:
+    """Can ingest write the store? While it cannot (a full disk, a lock held elsewhere): for how long, and why."""
+    ingest = d.ingest
+    if not ingest.store_down:
+        return {"writable": True}
+    return {"writable": False, "down_for_s": round(time.monotonic() - ingest.store_down_since, 1),
+            "error": ingest.store_error}
 
 
 def _threads(d: Any) -> dict[str, bool]:

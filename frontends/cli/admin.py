@@ -64,6 +64,11 @@ def cmd_status(args: argparse.Namespace, ctx: Ctx) -> int:
                else "its thread has ended" if not mon.get("alive") else
                f"no pass for {format_duration(mon.get('last_pass_s_ago'))}")
         fields.append(("limits", styled(f"NOT ENFORCED: the limits monitor is {why}", "red")))
+    store = st.get("store") or {}
+    if store.get("writable") is False:  # new sessions are refused until it is back: the refusal points here
+        fields.append(("store", styled(f"NOT WRITABLE for {format_duration(store.get('down_for_s'))}: "
+                                       f"{store.get('error')} (runners keep their events until it is back; new "
+                                       "sessions are refused)", "red")))
     down = [name for name, alive in (st.get("threads") or {}).items() if not alive]
     if down:
         fields.append(("threads", styled(f"ended: {', '.join(down)} (see the daemon log)", "red")))
