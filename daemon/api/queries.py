@@ -63,7 +63,8 @@ class Status(Request):
                             "network_default": d.cfg.sandbox.network, "as_root": os.geteuid() == 0},
                 "uptime": time.time() - d.started, "telemetry": _telemetry(d),
                 "monitor": d.monitor.health(), "kernel_limits": d.cgroups.described,
-                "threads": _threads(d), "nofile": getattr(d, "nofile", None), "store": _store(d)}
+                "threads": _threads(d), "nofile": getattr(d, "nofile", None), "store": _store(d),
+                "drain": d.drain}
 
 
 def _store(d: Any) -> dict[str, Any]:
