@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psutil
+import structlog
 
 from labd.daemon.priority import lower_priority, own_priority
 
@@ -224,6 +226,10 @@ class TemplateLauncher:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        code = self._proc.returncode  # an admin, the OOM killer: said, as the session ends it causes are not
+        structlog.get_logger("labd.daemon").warning(
+            "runner template died; starting a new one (running sessions carry on)", pid=self._proc.pid,
+            **({"signal": signal.Signals(-code).name} if code < 0 else {"exit_code": code}))
         for pipe in (self._proc.stdin, self._proc.stdout):
             if pipe is not None:
                 try:
