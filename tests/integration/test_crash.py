@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 from tests.conftest import wait_until
 
@@ -35,6 +37,8 @@ def test_kill_9_of_the_runner_template_is_logged_and_sessions_carry_on(daemon) -
         os.kill(template, signal.SIGKILL)
         wait_until(lambda: c.status()["template_pid"] not in (None, template), timeout=60, what="a new template")
         assert c.wait(sid, timeout=60)["status"] == "completed"
+        shown = subprocess.run([sys.executable, "-m", "labd", "show", sid], capture_output=True, text=True, timeout=60)
+        assert "runner template died" in shown.stdout, shown.stdout  # `labd show` names it among the causes
         ticks = [e["payload"]["data"]["i"] for e in c.history(sid) if e["kind"] == "custom"]
         assert ticks == list(range(40))
         after = c.start("demo.count", params={"n": 1, "delay": 0})
