@@ -11,6 +11,7 @@ from a parent that already imported the runner stack takes ~2 ms instead of ~0.8
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
@@ -25,6 +26,7 @@ import psutil
 import structlog
 
 from labd.daemon.priority import lower_priority, own_priority
+from labd.runner.spool import SEGMENT
 
 __all__ = ["Launcher", "TemplateLauncher", "ExitInfo", "LaunchError", "readable", "signal_group", "hand_over_key",
            "NOFILE_ENV"]
@@ -398,6 +400,11 @@ def hand_over_key(spec: dict[str, Any]) -> dict[str, Any]:
     # directory by a link to anywhere (a realpath made that place and wrote the key there)
     session_dir = os.path.dirname(os.path.abspath(spec["workdir"]))
     os.makedirs(session_dir, mode=0o700, exist_ok=True)
+    free = os.statvfs(session_dir)  # root may use the blocks reserved for it
+    if (free.f_bfree if os.geteuid() == 0 else free.f_bavail) * free.f_frsize < SEGMENT:
+        # no room for the runner's event spool (its first segment): ENOSPC here keeps the session queued until there
+        # is (daemon/admission.py); launched, it failed at once in the runner
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), session_dir)
     path = os.path.join(session_dir, KEY_FILE)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:

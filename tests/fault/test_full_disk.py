@@ -191,3 +191,24 @@ def test_deleting_sessions_on_a_full_disk_is_refused_in_one_line_then_works(smal
         c.rm(sid)
         with pytest.raises(LabdError):
             c.session(sid)
+
+
+@pytest.mark.timeout(240)
+def test_a_session_started_on_a_nearly_full_disk_waits_and_runs_once_there_is_room(small_disk: Path,
+                                                                                  isolated_env: Path) -> None:
+    """With room for a session's directory and key but not for its runner's event spool (under 1 MiB free), the
+    session waits ``queued`` and runs once there is room, as on a full disk. It was launched and failed at once: the
+    runner's spool reservation raised ENOSPC (a traceback as the session's reason). No spare runner, whose spool is
+    made ahead: the path where the runner makes its own."""
+    home = small_disk / "home"
+    with running_daemon(home, extra_env={"LABD_SPARE_RUNNERS": "0"}) as d, d.client() as c:
+        first = c.start("demo.count", params={"n": 2})
+        assert c.wait(first, timeout=60)["status"] == "completed"
+        filler = _fill(small_disk)
+        os.truncate(filler, filler.stat().st_size - (256 << 10))  # a quarter of a spool's first segment free
+        sid = c.start("demo.count", params={"n": 2})
+        wait_until(lambda: c.session(sid)["status"] in ("queued", "failed"), timeout=30, what="queued or failed")
+        assert c.session(sid)["status"] == "queued", c.session(sid)
+        filler.unlink()
+        row = c.wait(sid, timeout=60)
+        assert row["status"] == "completed", row
