@@ -8,6 +8,9 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +43,19 @@ def test_a_daemon_whose_runtime_dir_was_removed_exits_and_the_next_adopts_its_se
         restarted.stop()
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_client_with_another_runtime_dir_is_told_a_daemon_serves_the_home(daemon: DaemonProc, tmp_path: Path
+                                                                           ) -> None:
+    """A client whose XDG_RUNTIME_DIR differs from the daemon's (a systemd service has /run/user/UID; cron, `su` and
+    `sudo -u` have none) finds no connection file: it is told that the daemon (its pid) serves the home from another
+    runtime directory, not "no labd daemon is running ... start one with `labd serve`", which then refused to start a
+    second daemon on the home."""
+    assert daemon.proc is not None
+    other = tmp_path / "other-run"
+    other.mkdir(mode=0o700)
+    r = subprocess.run([sys.executable, "-m", "labd", "ps"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "XDG_RUNTIME_DIR": str(other)})
+    assert r.returncode == 2 and "[no_daemon]" in r.stderr, r.stderr
+    assert f"(pid {daemon.proc.pid}) cannot be reached from here" in r.stderr and "XDG_RUNTIME_DIR" in r.stderr
+    assert "start one with `labd serve`" not in r.stderr
