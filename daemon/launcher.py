@@ -29,7 +29,7 @@ from labd.daemon.priority import lower_priority, own_priority
 from labd.runner.spool import SEGMENT
 
 __all__ = ["Launcher", "TemplateLauncher", "ExitInfo", "LaunchError", "readable", "signal_group", "hand_over_key",
-           "NOFILE_ENV"]
+           "room", "NOFILE_ENV"]
 
 #: the template sets RLIMIT_NOFILE (soft = hard) to this before it forks anything (runner/template.py)
 NOFILE_ENV = "LABD_SESSION_NOFILE"
@@ -386,6 +386,12 @@ def readable(fd: int, timeout: float) -> bool:
 KEY_FILE = "runner.key"
 
 
+def room(path: str | os.PathLike[str]) -> int:
+    """Bytes this process may still write on ``path``'s filesystem (root may use the blocks reserved for it)."""
+    free = os.statvfs(path)
+    return (free.f_bfree if os.geteuid() == 0 else free.f_bavail) * free.f_frsize
+
+
 def hand_over_key(spec: dict[str, Any]) -> dict[str, Any]:
     """Move the runner's key out of its spec into ``<session dir>/runner.key`` (0600), which the runner
     reads and deletes before it runs any workflow code.
@@ -400,8 +406,7 @@ def hand_over_key(spec: dict[str, Any]) -> dict[str, Any]:
     # directory by a link to anywhere (a realpath made that place and wrote the key there)
     session_dir = os.path.dirname(os.path.abspath(spec["workdir"]))
     os.makedirs(session_dir, mode=0o700, exist_ok=True)
-    free = os.statvfs(session_dir)  # root may use the blocks reserved for it
-    if (free.f_bfree if os.geteuid() == 0 else free.f_bavail) * free.f_frsize < SEGMENT:
+    if room(session_dir) < SEGMENT:
         # no room for the runner's event spool (its first segment): ENOSPC here keeps the session queued until there
         # is (daemon/admission.py); launched, it failed at once in the runner
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), session_dir)

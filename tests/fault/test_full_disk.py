@@ -209,6 +209,7 @@ def test_a_session_started_on_a_nearly_full_disk_waits_and_runs_once_there_is_ro
         sid = c.start("demo.count", params={"n": 2})
         wait_until(lambda: c.session(sid)["status"] in ("queued", "failed"), timeout=30, what="queued or failed")
         assert c.session(sid)["status"] == "queued", c.session(sid)
+        assert c.status()["disk"]["low"] is True  # `labd status` says why: disk ... (full: new sessions wait)
         filler.unlink()
         row = c.wait(sid, timeout=60)
         assert row["status"] == "completed", row
