@@ -35,6 +35,7 @@ from labd.daemon.reads import Reads
 from labd.daemon.recovery import recover
 from labd.daemon.reply_budget import ReplyBudget
 from labd.daemon.retention import Retention
+from labd.daemon.runtime_watch import RuntimeWatch
 from labd.daemon.sandboxing import SandboxSetup
 from labd.daemon.services import GatewayError, launchers, start_gateway, start_telemetry
 from labd.daemon.startup import AlreadyRunning, Startup, begin, signing_key
@@ -94,7 +95,7 @@ class Daemon(SandboxSetup, ControlPlane):
         #: retries of a start that is not committed yet, by the first start's request id: they are answered
         #: with it, once the session is in the store (so the session a retry names can always be read)
         self.idempotent_waiters: dict[str, list[tuple[bytes, str]]] = {}
-        self._reach_checked = 0.0  # when the connection file was last found in place (_unreachable)
+        self.runtime_watch = RuntimeWatch(self.layout)  # its connection file and sockets, removed under it
         self.failed = False  # set when the daemon stops because a part of it broke (exit code 1)
 
     # ---- helpers used by request handlers ---------------------------------------------------------
@@ -334,7 +335,7 @@ class Daemon(SandboxSetup, ControlPlane):
             heartbeat.tick(not problem, len(self.supervisor.running), self.counters.get("events_persisted", 0),
                            problem)
             self.retention.tick()
-            if self._unreachable():
+            if self.runtime_watch.gone():
                 self.log.error("the daemon's runtime directory was removed under it, its sockets and connection file "
                                "with it: no client can reach this daemon; stopping (sessions keep running: the next "
                                "`labd serve`, or the service's restart, adopts them)", runtime_dir=str(
@@ -349,15 +350,6 @@ class Daemon(SandboxSetup, ControlPlane):
             self.log.info("signal received; stopping daemon" + (
                 f" ({len(self.supervisor.running)} sessions keep running)" if self.supervisor.running else ""),
                           signal=signal.Signals(self._signals[0]).name)
-
-    def _unreachable(self) -> bool:
-        """Is the connection file gone (the runtime directory removed: tmpfiles, a logout without lingering)? Looked
-        at every 2 s."""
-        now = time.monotonic()
-        if now < self._reach_checked + 2.0:
-            return False
-        self._reach_checked = now
-        return not os.path.lexists(self.layout.connection_file)
 
     def _reset_inbound(self, poller: zmq.Poller) -> None:
         """The daemon passed its memory ceiling: drop every connection of the control, runners' and events sockets,

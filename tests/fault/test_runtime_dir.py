@@ -10,12 +10,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from labd.ipc.paths import layout_for
-from tests.conftest import DaemonProc, alive, wait_until
+from tests.conftest import DaemonProc, alive, running_daemon, wait_until
 
 pytestmark = pytest.mark.fault
 
@@ -59,3 +60,21 @@ def test_a_client_with_another_runtime_dir_is_told_a_daemon_serves_the_home(daem
     assert r.returncode == 2 and "[no_daemon]" in r.stderr, r.stderr
     assert f"(pid {daemon.proc.pid}) cannot be reached from here" in r.stderr and "XDG_RUNTIME_DIR" in r.stderr
     assert "start one with `labd serve`" not in r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_the_daemon_keeps_its_runtime_dir_recent_for_age_based_cleaners(isolated_env: Path) -> None:
+    """The daemon touches its runtime directory and every entry in it (sockets, connection file) every hour (2 s here:
+    LABD_RUNTIME_TOUCH_S), so that an age-based cleaner of /tmp (systemd-tmpfiles: 10 days) does not remove them
+    from under a daemon that runs for weeks: entries made a year old become recent again, and the daemon serves."""
+    with running_daemon(isolated_env, extra_env={"LABD_RUNTIME_TOUCH_S": "2"}) as d:
+        runtime = layout_for(d.home).runtime_dir
+        entries = [runtime, *runtime.iterdir()]
+        assert {p.name for p in entries} >= {"connection.json", "control.sock", "events.sock", "runners.sock"}
+        old = time.time() - 365 * 86400
+        for p in entries:
+            os.utime(p, (old, old), follow_symlinks=False)
+        wait_until(lambda: all(p.lstat().st_mtime > old + 86400 for p in entries), timeout=60,
+                   what="the runtime directory's entries touched")
+        with d.client() as c:
+            assert c.ping()
