@@ -254,3 +254,20 @@ def test_a_setting_in_the_wrong_table_is_refused_and_named(tmp_path: Path, text:
     _write_config(home, text)
     with pytest.raises(ConfigError, match=named):
         load_config(home)
+
+
+@pytest.mark.parametrize(("name", "bad", "edge"), [
+    ("stop_grace", 1e300, 86400), ("term_grace", 86401, 0.001), ("sample_interval", 1e-9, 0.01),
+    ("limit_interval", 3601, 3600), ("record_interval", 0.001, 3600), ("stop_grace", 0, 86400),
+])
+def test_graces_and_intervals_past_what_they_are_for_are_refused(tmp_path: Path, name: str, bad: float,
+                                                                 edge: float) -> None:
+    """Stop graces are at most a day and the monitor's intervals from 0.01 s to an hour: `stop_grace = 1e300` was
+    accepted (a stop never reached SIGTERM, a drain never ended), `sample_interval = 1e-9` spun the daemon's CPU. The
+    refusal names the setting and its range; the edges are accepted."""
+    home = tmp_path / "h"
+    _write_config(home, f"[daemon]\n{name} = {bad}\n")
+    with pytest.raises(ConfigError, match=rf"{name} must be a number of seconds .* to "):
+        load_config(home)
+    _write_config(home, f"[daemon]\n{name} = {edge}\n")
+    assert getattr(load_config(home), name) == edge
