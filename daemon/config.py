@@ -135,6 +135,13 @@ _ENV = {"LABD_DB": "db_url", "LABD_LOG_FORMAT": "log_format", "LABD_LOG_LEVEL": 
         "LABD_SPARE_RUNNERS": "spare_runners", "LABD_RUNNER_NICE": "runner_nice", "LABD_CGROUPS": "cgroups"}
 
 
+#: the Config fields that are not [daemon] settings: each is filled from a table of its own (or is the home itself)
+_NOT_DAEMON = {"home": "the home is --home or LABD_HOME", "mcp_servers": "[mcp.servers.<name>] is a table of its own",
+               "policy": "[[policy]] is a table of its own",
+               **{k: f"[{k}] is a table of its own" for k in ("models", "prices", "telemetry", "agents", "sandbox",
+                                                                "launcher")}}
+
+
 def config_files(layout: Layout) -> list[Path]:
     """Config files in the order they apply: the user's (XDG config dir), then the home's."""
     xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
@@ -170,7 +177,9 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     """Build the config: defaults -> config files (user's, then home's) -> environment -> overrides."""
     layout = layout_for(home)
     values: dict[str, Any] = {"home": layout.home, "db_url": layout.default_db_url}
-    known = {f.name for f in fields(Config)}
+    # the fields filled from a table of their own (or from the home itself) are not [daemon] settings: given there,
+    # they bypassed their table's checks (an api_key in [daemon.models.x]; a [daemon] sandbox string ended the start)
+    daemon_keys = {f.name for f in fields(Config)} - set(_NOT_DAEMON)
     models: dict[str, dict[str, Any]] = {}
     prices: dict[str, dict[str, float]] = {}
     mcp_servers: dict[str, dict[str, Any]] = {}
@@ -184,17 +193,24 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
             continue
         data = _read_toml(path)
         unknown_sections = set(data) - {"daemon", "models", "prices", "mcp", "telemetry", "agents", "sandbox",
-                                        "policy", "launcher"}
+                                        "policy", "launcher"} - daemon_keys
         if unknown_sections:
             raise ConfigError(f"{path}: unknown sections {sorted(unknown_sections)} "
                               "(known: daemon, models, prices, mcp, telemetry, agents, sandbox, policy, launcher)")
         policies.append(check_policy(path, data.get("policy", [])))
         launcher.update(check_launcher(path, data.get("launcher", {})))
         sandbox.update(_check_sandbox(path, data.get("sandbox", {})))
+        stray = set(data) & daemon_keys
+        if stray:  # a [daemon] setting above every table header
+            raise ConfigError(f"{path}: {', '.join(sorted(stray))} must be under [daemon], not at the top of the file")
         section = data.get("daemon", {})
-        unknown = set(section) - known
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: [daemon] must be a table")
+        unknown = set(section) - daemon_keys
         if unknown:
-            raise ConfigError(f"{path}: unknown [daemon] settings {sorted(unknown)}")
+            hints = [_NOT_DAEMON[k] for k in sorted(unknown) if k in _NOT_DAEMON]
+            hint = f" ({'; '.join(hints)})" if hints else ""
+            raise ConfigError(f"{path}: unknown [daemon] settings {sorted(unknown)}{hint}")
         values.update(section)
         models.update(check_models(path, data.get("models", {})))
         prices.update(check_prices(path, data.get("prices", {})))
@@ -263,10 +279,16 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     else:
         cfg = replace(cfg, memory_ceiling=size_setting("memory_ceiling", cfg.memory_ceiling,
                                                 'a size of at least 64M, like 4G, "auto" or "none"', least=64 << 20))
-    for name in ("stop_grace", "term_grace", "sample_interval", "limit_interval", "record_interval"):
+    # within what each is for: a grace of 1e300 s never reached SIGTERM (nor ended a drain); a monitor interval of
+    # 1e-9 s spun the daemon's CPU, one of hours left memory limits unwatched
+    for name, least, most in (("stop_grace", 0.0, 86400.0), ("term_grace", 0.0, 86400.0),
+                              ("sample_interval", 0.01, 3600.0), ("limit_interval", 0.01, 3600.0),
+                              ("record_interval", 0.01, 3600.0)):
         value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                or not least <= value <= most or value <= 0:
+            raise ConfigError(f"{name} must be a number of seconds " + (f"from {least:g}" if least else "over 0")
+                              + f" to {most:g}, not {value!r}")
     if isinstance(cfg.max_message, bool) or not isinstance(cfg.max_message, int) \
             or not 4096 <= cfg.max_message <= MAX_MAX_MESSAGE:
         raise ConfigError(f"max_message must be a whole number of bytes from 4096 to {MAX_MAX_MESSAGE} (1 GiB), "

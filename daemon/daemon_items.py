@@ -155,7 +155,7 @@ class DaemonItems:
             result = self.writer.save_skill(arg) if op == "skill.save" else self.writer.delete_skill(arg)
         except Exception as exc:  # noqa: BLE001 - reported to the client; nothing half-written
             self.log.error("store refused a write", op=op, error=str(exc)[:300])
-            batch.notes.append(("refused", reply_to, "store_error", f"could not write: {exc}"[:300]))
+            batch.notes.append(("refused", reply_to, "store_error", f"could not write: {_first_line(exc)}"))
             return
         batch.notes.append(("done", reply_to, result))
 
@@ -179,13 +179,19 @@ class DaemonItems:
         except Exception as exc:  # noqa: BLE001 - reported to the client; the record is unchanged
             self.log.error("deleting sessions failed", error=str(exc)[:300])
             if reply_to is not None:
-                batch.notes.append(("refused", reply_to, "store_error", f"could not delete: {exc}"[:300]))
+                batch.notes.append(("refused", reply_to, "store_error", f"could not delete: {_first_line(exc)}"))
             return
         for sid in sids:
             self.cursors.pop(sid, None)
             self._last_resend.pop(sid, None)
         self.count("sessions_deleted", counts.get("sessions", 0))
         batch.notes.append(("deleted", reply_to, sids, counts))
+
+
+def _first_line(exc: BaseException) -> str:
+    """What a client is told of a store error: its first line (SQLAlchemy's text goes on with the statement, its
+    parameters and a link), at most 300 characters."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def _refuse_resolution(cur: SessionCursor, payload: dict[str, Any]) -> tuple[str, str] | None:

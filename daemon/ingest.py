@@ -114,6 +114,8 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         #: refuses new sessions meanwhile rather than accept what it cannot record (read from another thread:
         #: a plain attribute, one writer)
         self.store_down = False
+        self.store_down_since = 0.0  # ... since when (time.monotonic()), and why: `labd status` says so
+        self.store_error = ""
         self.beat = time.monotonic()  # last turn of the loop: the systemd watchdog pings only while it moves
         # sockets are created in run(): a ZeroMQ socket belongs to the thread that uses it
         self.pull: zmq.Socket
@@ -266,6 +268,8 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
                     self.writer.commit(batch.rows, batch.changes, self.cursors, batch.plain, batch.noded)
                 break
             except UNREACHABLE as exc:
+                if not self.store_down:
+                    self.store_down_since, self.store_error = time.monotonic(), str(exc).splitlines()[0][:300]
                 self.store_down = True
                 self.count("store_unavailable")
                 if delay == 0.0 or delay >= STORE_RETRY_MAX_S:  # said once, then once per longest wait

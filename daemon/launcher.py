@@ -11,9 +11,11 @@ from a parent that already imported the runner stack takes ~2 ms instead of ~0.8
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -21,11 +23,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psutil
+import structlog
 
 from labd.daemon.priority import lower_priority, own_priority
+from labd.runner.spool import SEGMENT
 
 __all__ = ["Launcher", "TemplateLauncher", "ExitInfo", "LaunchError", "readable", "signal_group", "hand_over_key",
-           "NOFILE_ENV"]
+           "room", "NOFILE_ENV"]
 
 #: the template sets RLIMIT_NOFILE (soft = hard) to this before it forks anything (runner/template.py)
 NOFILE_ENV = "LABD_SESSION_NOFILE"
@@ -224,6 +228,10 @@ class TemplateLauncher:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        code = self._proc.returncode  # an admin, the OOM killer: said, as the session ends it causes are not
+        structlog.get_logger("labd.daemon").warning(
+            "runner template died; starting a new one (running sessions carry on)", pid=self._proc.pid,
+            **({"signal": signal.Signals(-code).name} if code < 0 else {"exit_code": code}))
         for pipe in (self._proc.stdin, self._proc.stdout):
             if pipe is not None:
                 try:
@@ -378,6 +386,12 @@ def readable(fd: int, timeout: float) -> bool:
 KEY_FILE = "runner.key"
 
 
+def room(path: str | os.PathLike[str]) -> int:
+    """Bytes this process may still write on ``path``'s filesystem (root may use the blocks reserved for it)."""
+    free = os.statvfs(path)
+    return (free.f_bfree if os.geteuid() == 0 else free.f_bavail) * free.f_frsize
+
+
 def hand_over_key(spec: dict[str, Any]) -> dict[str, Any]:
     """Move the runner's key out of its spec into ``<session dir>/runner.key`` (0600), which the runner
     reads and deletes before it runs any workflow code.
@@ -392,6 +406,10 @@ def hand_over_key(spec: dict[str, Any]) -> dict[str, Any]:
     # directory by a link to anywhere (a realpath made that place and wrote the key there)
     session_dir = os.path.dirname(os.path.abspath(spec["workdir"]))
     os.makedirs(session_dir, mode=0o700, exist_ok=True)
+    if room(session_dir) < SEGMENT:
+        # no room for the runner's event spool (its first segment): ENOSPC here keeps the session queued until there
+        # is (daemon/admission.py); launched, it failed at once in the runner
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), session_dir)
     path = os.path.join(session_dir, KEY_FILE)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -35,6 +35,7 @@ from labd.daemon.reads import Reads
 from labd.daemon.recovery import recover
 from labd.daemon.reply_budget import ReplyBudget
 from labd.daemon.retention import Retention
+from labd.daemon.runtime_watch import RuntimeWatch
 from labd.daemon.sandboxing import SandboxSetup
 from labd.daemon.services import GatewayError, launchers, start_gateway, start_telemetry
 from labd.daemon.startup import AlreadyRunning, Startup, begin, signing_key
@@ -94,6 +95,7 @@ class Daemon(SandboxSetup, ControlPlane):
         #: retries of a start that is not committed yet, by the first start's request id: they are answered
         #: with it, once the session is in the store (so the session a retry names can always be read)
         self.idempotent_waiters: dict[str, list[tuple[bytes, str]]] = {}
+        self.runtime_watch = RuntimeWatch(self.layout)  # its connection file and sockets, removed under it
         self.failed = False  # set when the daemon stops because a part of it broke (exit code 1)
 
     # ---- helpers used by request handlers ---------------------------------------------------------
@@ -333,6 +335,13 @@ class Daemon(SandboxSetup, ControlPlane):
             heartbeat.tick(not problem, len(self.supervisor.running), self.counters.get("events_persisted", 0),
                            problem)
             self.retention.tick()
+            if self.runtime_watch.gone():
+                self.log.error("the daemon's runtime directory was removed under it, its sockets and connection file "
+                               "with it: no client can reach this daemon; stopping (sessions keep running: the next "
+                               "`labd serve`, or the service's restart, adopts them)", runtime_dir=str(
+                                   self.layout.runtime_dir), sessions_running=len(self.supervisor.running))
+                self.failed = True
+                break
             if ingest.failed is not None:
                 self.log.error("ingest thread failed; stopping the daemon", error=repr(ingest.failed))
                 self.failed = True

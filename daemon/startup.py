@@ -34,6 +34,7 @@ import structlog
 from labd.daemon.config import Config
 from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.systemd import Notifier
+from labd.ipc.paths import UnusableHome
 from labd.runner.secret_env import split_secrets
 
 __all__ = ["AlreadyRunning", "Startup", "begin", "signing_key"]
@@ -79,8 +80,11 @@ def fd_limits(session_nofile: int, log: Any) -> dict[str, Any]:
 def _lock(cfg: Config) -> int:
     layout = cfg.layout
     layout.ensure()
-    os.chmod(layout.home, 0o700)  # sessions' outputs and the database are the user's alone
-    fd = os.open(layout.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:  # a read-only filesystem, a full disk: one line, as for a home that cannot be made (main.py)
+        os.chmod(layout.home, 0o700)  # sessions' outputs and the database are the user's alone
+        fd = os.open(layout.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise UnusableHome(f"cannot use {layout.home} as labd's home: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -88,7 +92,11 @@ def _lock(cfg: Config) -> int:
         other = layout.lock_file.read_text().strip() or "?"
         raise AlreadyRunning(f"another labd daemon (pid {other}) is already serving home {layout.home}") from None
     os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    try:
+        os.write(fd, str(os.getpid()).encode())
+    except OSError as exc:
+        os.close(fd)
+        raise UnusableHome(f"cannot use {layout.home} as labd's home: {exc.strerror or exc}") from None
     return fd
 
 

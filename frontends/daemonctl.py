@@ -141,7 +141,10 @@ def shutdown(home: str | None, timeout: float) -> int:
                   f"for its sessions; see {layout.home / 'daemon.log'})", file=sys.stderr)
             return 2
         time.sleep(0.05)
-    kept = (f"; {running} session keeps running (the next `labd serve` adopts it)" if running == 1 else
-            f"; {running} sessions keep running (the next `labd serve` adopts them)" if running else "")
+    kept = ("" if not running else
+            f"; it stopped its {running} running session{'s' * (running > 1)} first (serve --drain)"
+            if status.get("drain") else
+            f"; {running} session keeps running (the next `labd serve` adopts it)" if running == 1 else
+            f"; {running} sessions keep running (the next `labd serve` adopts them)")
     print(f"labd daemon pid {pid} stopped{kept}")
     return 0

@@ -129,7 +129,11 @@ def install(home: str | None, *, drain: bool = False, watchdog_sec: int = WATCHD
     code, out = _systemctl("daemon-reload")
     if code != 0:
         print(f"  (systemctl --user daemon-reload: {out or code}; run it in your login session)")
-    if enable and code == 0:
+    if enable and code != 0:  # asked to start it: the unit is written, but nothing runs it
+        print(f"  not enabled, not started: no systemd user manager answered; in your login session run\n"
+              f"    systemctl --user daemon-reload && systemctl --user enable --now {UNIT_NAME}", file=sys.stderr)
+        return 2
+    if enable:
         code, out = _systemctl("enable", "--now", UNIT_NAME)
         print(f"  systemctl --user enable --now {UNIT_NAME}: {'ok' if code == 0 else out}")
         if code != 0:

@@ -178,6 +178,13 @@ def read_connection_file(layout: Layout, path: Path | None = None) -> Connection
         if remote:
             raise ConnectionFileError(f"no connection file {path} (write one with `labd remote add NAME` on the "
                                       "daemon's machine)") from None
+        elsewhere = _serving_elsewhere(layout)
+        if elsewhere is not None:
+            raise ConnectionFileError(
+                f"the labd daemon serving home {layout.home} (pid {elsewhere}) cannot be reached from here: no {path}. "
+                f"It was started with another runtime directory (XDG_RUNTIME_DIR is "
+                f"{os.environ.get('XDG_RUNTIME_DIR') or 'unset'} here; a systemd user service has /run/user/"
+                f"{os.getuid()}): run labd with the daemon's XDG_RUNTIME_DIR") from None
         raise ConnectionFileError(f"no labd daemon is running for home {layout.home} "
                                   f"(no {path}); start one with `labd serve`") from None
     except UnsafeRuntimeDir as exc:
@@ -194,6 +201,20 @@ def read_connection_file(layout: Layout, path: Path | None = None) -> Connection
         why = (f"it lacks {', '.join(missing)}" if isinstance(exc, TypeError) and missing
                else "not a labd connection file (a JSON object with control, events, key, ...)")
         raise ConnectionFileError(f"cannot read connection file {path}: {why}") from None
+
+
+def _serving_elsewhere(layout: Layout) -> int | None:
+    """The pid of a live daemon of ours that serves ``layout``'s home (the pid its lock file names, titled ``labd:
+    daemon (HOME)``), or None. Read only: taking the lock, even shared, could refuse a daemon starting meanwhile."""
+    try:
+        pid = int(layout.lock_file.read_text(errors="replace").strip() or 0)
+        proc = psutil.Process(pid) if pid > 0 else None
+        if proc is None or proc.uids().real != os.getuid() or \
+                " ".join(proc.cmdline()).strip() != f"labd: daemon ({layout.home})":
+            return None
+    except (OSError, ValueError, psutil.Error):
+        return None
+    return pid
 
 
 #: the fields of a connection file that name a socket (``runners`` is empty in a remote client's file)

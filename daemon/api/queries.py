@@ -9,6 +9,8 @@ from typing import Any
 from labd.daemon.api.base import ApiError, Request, register
 from labd.daemon.api.roles import agent_roles
 from labd.daemon.api.sessions import resolve_session
+from labd.daemon.launcher import room
+from labd.runner.spool import SEGMENT
 from labd.runner.workflows.registry import BUILTINS, describe, resolve
 from labd.store.queries import MAX_PAGE, MAX_PAGE_BYTES
 
@@ -63,7 +65,32 @@ class Status(Request):
                             "network_default": d.cfg.sandbox.network, "as_root": os.geteuid() == 0},
                 "uptime": time.time() - d.started, "telemetry": _telemetry(d),
                 "monitor": d.monitor.health(), "kernel_limits": d.cgroups.described,
-                "threads": _threads(d), "nofile": getattr(d, "nofile", None)}
+                "threads": _threads(d), "nofile": getattr(d, "nofile", None), "store": _store(d),
+                "drain": d.drain, "disk": _disk(d)}
+
+
+def _disk(d: Any) -> dict[str, Any] | None:
+    """Room on the home's filesystem (sessions' files and spools; a SQLite store) and the SQLite store's size. ``low``:
+    too little for a runner's spool, so new sessions wait ``queued`` for room (daemon/launcher.py)."""
+    try:
+        st = os.statvfs(d.layout.home)
+        free = room(d.layout.home)
+    except OSError:
+        return None
+    out: dict[str, Any] = {"free": free, "total": st.f_blocks * st.f_frsize, "low": free < SEGMENT}
+    if d.cfg.db_url.startswith("sqlite:///"):
+        db = d.cfg.db_url.removeprefix("sqlite:///")
+        out["db_bytes"] = sum(os.path.getsize(p) for p in (db, db + "-wal") if os.path.exists(p))
+    return out
+
+
+def _store(d: Any) -> dict[str, Any]:
+    """Can ingest write the store? While it cannot (a full disk, a lock held elsewhere): for how long, and why."""
+    ingest = d.ingest
+    if not ingest.store_down:
+        return {"writable": True}
+    return {"writable": False, "down_for_s": round(time.monotonic() - ingest.store_down_since, 1),
+            "error": ingest.store_error}
 
 
 def _threads(d: Any) -> dict[str, bool]:

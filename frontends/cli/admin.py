@@ -11,7 +11,7 @@ from labd.frontends.cli.base import Ctx, add_json, command, last_line
 from labd.frontends.cli.output import styled
 from labd.ipc.client import LabdError
 from labd.ipc.paths import layout_for
-from labd.ipc.units import format_duration
+from labd.ipc.units import format_duration, format_size
 
 __all__ = ["register"]
 
@@ -64,6 +64,18 @@ def cmd_status(args: argparse.Namespace, ctx: Ctx) -> int:
                else "its thread has ended" if not mon.get("alive") else
                f"no pass for {format_duration(mon.get('last_pass_s_ago'))}")
         fields.append(("limits", styled(f"NOT ENFORCED: the limits monitor is {why}", "red")))
+    store = st.get("store") or {}
+    if store.get("writable") is False:  # new sessions are refused until it is back: the refusal points here
+        fields.append(("store", styled(f"NOT WRITABLE for {format_duration(store.get('down_for_s'))}: "
+                                       f"{store.get('error')} (runners keep their events until it is back; new "
+                                       "sessions are refused)", "red")))
+    disk = st.get("disk")
+    if disk:
+        free = format_size(disk["free"]) if disk["free"] else "0B"
+        text = f"{free} free of {format_size(disk['total'])} on the home's filesystem" + (
+            f"; database {format_size(disk['db_bytes'])}" if disk.get("db_bytes") is not None else "")
+        fields.append(("disk", styled(text + " (full: new sessions wait for room)", "red") if disk.get("low")
+                       else text))
     down = [name for name, alive in (st.get("threads") or {}).items() if not alive]
     if down:
         fields.append(("threads", styled(f"ended: {', '.join(down)} (see the daemon log)", "red")))

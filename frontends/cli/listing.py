@@ -176,8 +176,8 @@ def truncation_text(events: Any) -> str | None:
 ENDED_BY = {
     "exit": "its runner exited", "cooperative": "stop request (the workflow stopped at a step boundary)",
     "sigterm": "stop ladder: SIGTERM", "sigkill": "SIGKILL (kill, memory limit, or the stop ladder's last rung)",
-    "vanished": "its runner ended with no exit status to read (a runner adopted after a daemon restart, or one that "
-                "ended while no daemon ran; its outcome came from its record)",
+    "vanished": "its runner ended with no exit status to read (a runner adopted after a daemon restart, one whose "
+                "runner template died, or one that ended while no daemon ran; its outcome came from its record)",
     "launch": "its runner could not be started", "queue": "stopped while queued (no runner ever started)",
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import resource
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -160,6 +161,55 @@ def test_a_session_started_on_a_full_disk_waits_and_runs_once_there_is_room(smal
         filler = _fill(small_disk)
         sid = c.start("demo.count", params={"n": 2})
         wait_until(lambda: c.session(sid)["status"] == "queued", timeout=30, what="the session queued for room")
+        filler.unlink()
+        row = c.wait(sid, timeout=60)
+        assert row["status"] == "completed", row
+
+
+@pytest.mark.timeout(240)
+def test_deleting_sessions_on_a_full_disk_is_refused_in_one_line_then_works(small_disk: Path, isolated_env: Path
+                                                                           ) -> None:
+    """`labd rm` / `labd prune` on a full disk (SQLite needs room to delete) is refused `store_error` with a one-line
+    message that says the disk is full: it was SQLAlchemy's text of several lines, with the SQL statement and its
+    parameters. Nothing is deleted; once there is room the same delete works."""
+    home = small_disk / "home"
+    with running_daemon(home) as d, d.client() as c:
+        sid = c.start("demo.count", params={"n": 2})
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        with sqlite3.connect(home / "labd.db") as db:  # an empty WAL: the delete must grow it
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        filler = _fill(small_disk)
+        try:
+            with pytest.raises(LabdError) as refused:
+                c.prune("0s")
+        finally:
+            filler.unlink()
+        assert refused.value.code == "store_error"
+        assert "\n" not in refused.value.message and "SQL" not in refused.value.message, refused.value.message
+        assert "disk is full" in refused.value.message, refused.value.message
+        assert c.session(sid)["status"] == "completed"
+        c.rm(sid)
+        with pytest.raises(LabdError):
+            c.session(sid)
+
+
+@pytest.mark.timeout(240)
+def test_a_session_started_on_a_nearly_full_disk_waits_and_runs_once_there_is_room(small_disk: Path,
+                                                                                  isolated_env: Path) -> None:
+    """With room for a session's directory and key but not for its runner's event spool (under 1 MiB free), the
+    session waits ``queued`` and runs once there is room, as on a full disk. It was launched and failed at once: the
+    runner's spool reservation raised ENOSPC (a traceback as the session's reason). No spare runner, whose spool is
+    made ahead: the path where the runner makes its own."""
+    home = small_disk / "home"
+    with running_daemon(home, extra_env={"LABD_SPARE_RUNNERS": "0"}) as d, d.client() as c:
+        first = c.start("demo.count", params={"n": 2})
+        assert c.wait(first, timeout=60)["status"] == "completed"
+        filler = _fill(small_disk)
+        os.truncate(filler, filler.stat().st_size - (256 << 10))  # a quarter of a spool's first segment free
+        sid = c.start("demo.count", params={"n": 2})
+        wait_until(lambda: c.session(sid)["status"] in ("queued", "failed"), timeout=30, what="queued or failed")
+        assert c.session(sid)["status"] == "queued", c.session(sid)
+        assert c.status()["disk"]["low"] is True  # `labd status` says why: disk ... (full: new sessions wait)
         filler.unlink()
         row = c.wait(sid, timeout=60)
         assert row["status"] == "completed", row

@@ -5,6 +5,8 @@ instead of 30 s), so "longer than the runner waits" needs seconds, not minutes."
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -116,9 +118,10 @@ def test_store_refusing_writes_then_back(isolated_env: Path) -> None:
 
 def test_new_sessions_are_refused_while_the_store_cannot_be_written(isolated_env: Path) -> None:
     """While the store refuses writes (another process holds SQLite's write lock; a full disk behaves the same),
-    `session.start` is refused at once with `store_unavailable` and nothing is started later. Before, the start was
-    accepted, the client timed out asking "is it running?", and each retry ran once the store was back. Once the
-    store is writable again, a start works."""
+    `session.start` is refused at once with `store_unavailable` and nothing is started later; `labd status` (and
+    `daemon.status`'s `store`) says the store is not writable and why (it said nothing but a counter). Before, the
+    start was accepted, the client timed out asking "is it running?", and each retry ran once the store was back.
+    Once the store is writable again, a start works."""
     try:
         with running_daemon(isolated_env, extra_env=STORE_LOCK_ENV) as d, d.client() as c:
             sid = c.start("labd_testflows:ticker", params={"n": N, "delay": 0.05})
@@ -132,10 +135,17 @@ def test_new_sessions_are_refused_while_the_store_cannot_be_written(isolated_env
                 with pytest.raises(LabdError) as refused:
                     c.start("demo.count", params={"n": 1, "delay": 0}, name="during-outage")
                 assert refused.value.code == "store_unavailable"  # an answer, not the client's timeout
+                # the refusal says "retry once it is back (labd status)": status says it is not, and why
+                store = c.status()["store"]
+                assert store["writable"] is False and "locked" in store["error"] and store["down_for_s"] >= 0
+                shown = subprocess.run([sys.executable, "-m", "labd", "status"], capture_output=True, text=True,
+                                       timeout=60)
+                assert "NOT WRITABLE" in shown.stdout and "locked" in shown.stdout, shown.stdout + shown.stderr
             finally:
                 db.execute("ROLLBACK")
                 db.close()
             assert c.wait(sid, timeout=90)["status"] == "completed"
+            assert c.status()["store"] == {"writable": True}
             after = c.start("demo.count", params={"n": 1, "delay": 0})
             assert c.wait(after, timeout=60)["status"] == "completed"
             assert not [s for s in c.sessions(status=[]) if s["name"] == "during-outage"]

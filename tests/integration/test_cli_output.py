@@ -55,7 +55,8 @@ def test_ps_limit_counts_the_sessions_the_workflow_filter_keeps(shared_daemon) -
 
 
 def test_status_is_for_people_and_json_for_programs(shared_daemon) -> None:
-    """`status` prints labelled lines (not raw JSON); --json gives the reply object."""
+    """`status` prints labelled lines (not raw JSON); --json gives the reply object; both say how much room the home's
+    filesystem has and how large the store is (they said nothing of disk space)."""
     human = labd("status").stdout
     assert human.startswith("daemon") and "running, pid" in human and "database" in human and "{" not in human
     data = json.loads(labd("status", "--json").stdout)
@@ -65,6 +66,10 @@ def test_status_is_for_people_and_json_for_programs(shared_daemon) -> None:
     assert len({len(line) - len(line.split(maxsplit=1)[1]) for line in labels}) == 1, human
     # a daemon running as root says so, in red, beside the sandbox; a user's daemon has no such line
     assert bool(re.search(r"^as root\s+sessions run as root", human, re.M)) is data["sandbox"]["as_root"], human
+    # room on the home's filesystem and the store's size: what an admin on a full disk asks first
+    disk = data["disk"]
+    assert 0 < disk["free"] <= disk["total"] and disk["db_bytes"] > 0 and disk["low"] is False, disk
+    assert re.search(r"^disk\s+\S+ free of \S+ on the home's filesystem; database \S+$", human, re.M), human
 
 
 def test_json_on_every_data_command(shared_daemon) -> None:

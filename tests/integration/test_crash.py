@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 from tests.conftest import wait_until
 
@@ -22,3 +24,24 @@ def test_kill_9_of_a_runner_marks_it_failed_at_once(client) -> None:
     assert client.wait(other, timeout=30)["status"] == "completed"
     ticks = [e for e in client.history(other) if e["kind"] == "custom"]
     assert [t["payload"]["data"]["i"] for t in ticks] == list(range(40))
+
+
+def test_kill_9_of_the_runner_template_is_logged_and_sessions_carry_on(daemon) -> None:
+    """SIGKILL to the runner template (the OOM killer's choice, say) while a session runs: the daemon logs a warning
+    naming the dead template and its signal (it restarted it without a word), the running session completes with
+    every tick, and the next session starts on the new template."""
+    with daemon.client() as c:
+        sid = c.start("labd_testflows:ticker", params={"n": 40, "delay": 0.05})
+        wait_until(lambda: c.session(sid)["status"] == "running", timeout=60, what="running")
+        template = c.status()["template_pid"]
+        os.kill(template, signal.SIGKILL)
+        wait_until(lambda: c.status()["template_pid"] not in (None, template), timeout=60, what="a new template")
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        shown = subprocess.run([sys.executable, "-m", "labd", "show", sid], capture_output=True, text=True, timeout=60)
+        assert "runner template died" in shown.stdout, shown.stdout  # `labd show` names it among the causes
+        ticks = [e["payload"]["data"]["i"] for e in c.history(sid) if e["kind"] == "custom"]
+        assert ticks == list(range(40))
+        after = c.start("demo.count", params={"n": 1, "delay": 0})
+        assert c.wait(after, timeout=60)["status"] == "completed"
+    died = [line for line in daemon.log().splitlines() if "runner template died" in line]
+    assert len(died) == 1 and f'"pid":{template}' in died[0] and "SIGKILL" in died[0], daemon.log()[-2000:]

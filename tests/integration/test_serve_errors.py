@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 
 def _templates_of(home: Path) -> list[int]:
@@ -94,3 +95,26 @@ def test_a_labd_folder_where_the_user_stands_does_not_shadow_the_package(isolate
         assert run.returncode == 0 and "count 1/1" in run.stdout, run.stderr
     finally:
         subprocess.run([*labd, "shutdown"], env=env, capture_output=True, timeout=120)
+
+
+def test_a_home_on_a_read_only_filesystem_is_a_clear_error(tmp_path: Path) -> None:
+    """`labd serve` on a home whose filesystem is mounted read-only (a disk remounted read-only after errors) exits 2
+    with one line naming the home and the reason; it was an OSError traceback (exit 1) from making the home private.
+    Needs root to mount one (skipped otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only filesystem needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        (disk / "home" / "sessions").mkdir(parents=True)  # a home labd had made and used
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        out = subprocess.run([sys.executable, "-m", "labd", "--home", str(disk / "home"), "serve"],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert f"cannot use {disk / 'home'} as labd's home: Read-only file system" in out.stderr, out.stderr

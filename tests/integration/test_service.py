@@ -152,7 +152,7 @@ def test_labd_wait(isolated_env: Path) -> None:
 def test_drain_stops_sessions_before_exit(isolated_env: Path) -> None:
     """Default policy: a stopped daemon leaves sessions running. With `serve --drain`, SIGTERM first stops
     every running session through the ordinary stop ladder (refusing new sessions meanwhile), records their
-    ends, then exits 0."""
+    ends, then exits 0; `labd shutdown` of such a daemon says it stopped them, not that they keep running."""
     from labd.ipc import LabdError
 
     with running_daemon(isolated_env) as d:
@@ -165,13 +165,18 @@ def test_drain_stops_sessions_before_exit(isolated_env: Path) -> None:
                 assert c.session(kept)["status"] == "running", "the session did not survive a plain stop"
                 other = c.start("labd_testflows:stubborn")  # only SIGKILL ends it: the drain takes ~10 s
                 wait_until(lambda: c.session(other)["status"] == "running", timeout=60, what="running")
-            d2.proc.send_signal(signal.SIGTERM)
+            down = subprocess.Popen([sys.executable, "-m", "labd", "shutdown", "--timeout", "90"], text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             wait_until(lambda: "draining" in d2.log(), timeout=30, what="the drain to begin")
             with d2.client() as c:  # while draining, the daemon still answers but starts nothing new
                 with pytest.raises(LabdError) as err:
                     c.start("demo.count", params={"n": 1})
                 assert err.value.code == "draining"
+            out, err_text = down.communicate(timeout=120)
             assert d2.proc.wait(60) == 0
+            # `labd shutdown` said "2 sessions keep running (the next `labd serve` adopts them)": they were stopped
+            assert down.returncode == 0 and "stopped its 2 running sessions first" in out, out + err_text
+            assert "keep running" not in out
         with running_daemon(isolated_env) as d3, d3.client() as c:
             for sid in (kept, other):
                 row = c.session(sid)
@@ -325,6 +330,16 @@ def test_service_install_writes_a_user_unit_for_this_interpreter(isolated_env: P
     r = _labd("service", "uninstall", env=env)
     assert r.returncode == 0 and not unit.exists()
     assert _labd("service", "status", env=env).returncode == 1
+
+
+def test_service_install_enable_without_a_user_manager_fails_and_says_so(isolated_env: Path, tmp_path: Path) -> None:
+    """`labd service install --enable` where no systemd user manager answers (no bus) writes the unit but exits 2 and
+    says on stderr that the service was neither enabled nor started (it exited 0, as if labd now ran as a service)."""
+    env = {k: v for k, v in os.environ.items() if k != "DBUS_SESSION_BUS_ADDRESS"}
+    r = _labd("service", "install", "--enable", env=env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "not enabled, not started" in r.stderr and "systemctl --user enable --now labd.service" in r.stderr
+    assert (tmp_path / ".config" / "systemd" / "user" / "labd.service").exists()
 
 
 def test_generated_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:

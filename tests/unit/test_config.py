@@ -231,3 +231,43 @@ def test_the_largest_max_message_fits_libzmq() -> None:
             assert sock.getsockopt(zmq.MAXMSGSIZE) == 2 * MAX_MAX_MESSAGE
     finally:
         ctx.term()
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ('[daemon]\nsandbox = "x"\n', r"\[sandbox\] is a table of its own"),
+    ('[daemon.sandbox]\nmechanism = "none"\n', "sandbox"),
+    ('[daemon.models.default]\nprovider = "openai"\napi_key = "sk-1"\n', "models"),
+    ("[daemon]\npolicy = 5\n", r"\[\[policy\]\]"),
+    ("[daemon]\nlauncher = 5\n", "launcher"),
+    ("[daemon]\ntelemetry = 5\n", "telemetry"),
+    ('[daemon]\nhome = "/elsewhere"\n', "LABD_HOME"),
+    ("[daemon]\nmcp_servers = {}\n", "mcp_servers"),
+    ("max_sessions = 2\n[daemon]\nprocs = 10\n", "max_sessions must be under"),
+    ("daemon = 3\n", "must be a table"),
+])
+def test_a_setting_in_the_wrong_table_is_refused_and_named(tmp_path: Path, text: str, named: str) -> None:
+    """A table's settings written into [daemon] (or the home there) are refused, naming where they belong: they were
+    taken as they were, past their table's checks (a key in [daemon.models.x] was accepted; a [daemon] sandbox string
+    stopped the daemon's start with a traceback; a [daemon] home moved the daemon to another home). A [daemon]
+    setting above every table header is refused naming [daemon]."""
+    home = tmp_path / "h"
+    _write_config(home, text)
+    with pytest.raises(ConfigError, match=named):
+        load_config(home)
+
+
+@pytest.mark.parametrize(("name", "bad", "edge"), [
+    ("stop_grace", 1e300, 86400), ("term_grace", 86401, 0.001), ("sample_interval", 1e-9, 0.01),
+    ("limit_interval", 3601, 3600), ("record_interval", 0.001, 3600), ("stop_grace", 0, 86400),
+])
+def test_graces_and_intervals_past_what_they_are_for_are_refused(tmp_path: Path, name: str, bad: float,
+                                                                 edge: float) -> None:
+    """Stop graces are at most a day and the monitor's intervals from 0.01 s to an hour: `stop_grace = 1e300` was
+    accepted (a stop never reached SIGTERM, a drain never ended), `sample_interval = 1e-9` spun the daemon's CPU. The
+    refusal names the setting and its range; the edges are accepted."""
+    home = tmp_path / "h"
+    _write_config(home, f"[daemon]\n{name} = {bad}\n")
+    with pytest.raises(ConfigError, match=rf"{name} must be a number of seconds .* to "):
+        load_config(home)
+    _write_config(home, f"[daemon]\n{name} = {edge}\n")
+    assert getattr(load_config(home), name) == edge
