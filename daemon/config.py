@@ -281,14 +281,14 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
                                                 'a size of at least 64M, like 4G, "auto" or "none"', least=64 << 20))
     # within what each is for: a grace of 1e300 s never reached SIGTERM (nor ended a drain); a monitor interval of
     # 1e-9 s spun the daemon's CPU, one of hours left memory limits unwatched
-    for name, least, most in (("stop_grace", 0.0, 86400.0), ("term_grace", 0.0, 86400.0),
+    for name, low, high in (("stop_grace", 0.0, 86400.0), ("term_grace", 0.0, 86400.0),
                               ("sample_interval", 0.01, 3600.0), ("limit_interval", 0.01, 3600.0),
                               ("record_interval", 0.01, 3600.0)):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-                or not least <= value <= most or value <= 0:
-            raise ConfigError(f"{name} must be a number of seconds " + (f"from {least:g}" if least else "over 0")
-                              + f" to {most:g}, not {value!r}")
+                or not low <= value <= high or value <= 0:
+            raise ConfigError(f"{name} must be a number of seconds " + (f"from {low:g}" if low else "over 0")
+                              + f" to {high:g}, not {value!r}")
     if isinstance(cfg.max_message, bool) or not isinstance(cfg.max_message, int) \
             or not 4096 <= cfg.max_message <= MAX_MAX_MESSAGE:
         raise ConfigError(f"max_message must be a whole number of bytes from 4096 to {MAX_MAX_MESSAGE} (1 GiB), "
