@@ -44,6 +44,7 @@ from typing import Any
 
 from setproctitle import setproctitle
 
+from labd.ipc.units import shortened
 from labd.runner.checks import CHECKER_DELAY_S, Check, Checker, fork_check, fork_checker
 from labd.runner.pipes import write_all
 
@@ -133,6 +134,9 @@ SPARE_DELAY_S = 0.05
 #: after a spare died unused (killed, crashed in its warm-up), wait this long before the next one
 SPARE_RETRY_S = 1.0
 SPEC_PIPE_SIZE = 1 << 20  # a spec of up to this size is handed over without waiting for the spare to read
+#: an unused spare or checker is replaced this often: its prepared Landlock rules hold every file they grant, so a
+#: file deleted beside labd's home kept its space for as long as the daemon ran (docs/security.md)
+RENEW_S = shortened(300.0, "LABD_SPARE_RENEW_S", floor=1.0)
 
 
 def _run_spec(spec: dict[str, Any]) -> None:
@@ -298,6 +302,7 @@ def main() -> None:
     inspecting: dict[int, Check] = {}  # checks at work, by the fd their answer comes on
     checker: Checker | None = None  # a child forked ahead of the next check (runner/checks.py)
     checker_due: float | None = time.monotonic() + SPARE_DELAY_S if use_spare else None
+    spare_born = checker_born = 0.0  # when each was forked (renewed RENEW_S later if still unused)
 
     def private() -> tuple[int, ...]:
         """The template's ends of its children's pipes: no other child may hold them (read another's
@@ -309,14 +314,22 @@ def main() -> None:
         return _fork_child(in_fd, out_fd, (wake_r, wake_w), job, (*private(), *close))
 
     while True:
-        if spare is None and spare_due is not None and time.monotonic() >= spare_due:
-            spare, spare_due = _fork_spare(in_fd, out_fd, (wake_r, wake_w), hints, private()), None
-        if checker is None and checker_due is not None and time.monotonic() >= checker_due:
-            checker, checker_due = fork_checker(fork, hints.get("confine_hide")), None
+        now = time.monotonic()
+        if spare is not None and now >= spare_born + RENEW_S:  # end of file: it exits once warm; a new one walks anew
+            spare.close()
+            spare, spare_due = None, now
+        if checker is not None and now >= checker_born + RENEW_S:
+            checker.close()
+            checker, checker_due = None, now
+        if spare is None and spare_due is not None and now >= spare_due:
+            spare, spare_due, spare_born = _fork_spare(in_fd, out_fd, (wake_r, wake_w), hints, private()), None, now
+        if checker is None and checker_due is not None and now >= checker_due:
+            checker, checker_due, checker_born = fork_checker(fork, hints.get("confine_hide")), None, now
         now = time.monotonic()
         for late in [j for j in inspecting.values() if now >= j.deadline]:  # an import that never returns
             _write(out_fd, inspecting.pop(late.fd).answer(timed_out=True))
-        due = [t for t in (spare_due, checker_due, *(j.deadline for j in inspecting.values())) if t is not None]
+        due = [t for t in (spare_due, checker_due, *(j.deadline for j in inspecting.values()),
+                           spare and spare_born + RENEW_S, checker and checker_born + RENEW_S) if t]
         timeout = max(0.0, min(due) - now) if due else None
         try:
             ready, _, _ = select.select([in_fd, wake_r, *inspecting], [], [], timeout)

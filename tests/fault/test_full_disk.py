@@ -213,3 +213,30 @@ def test_a_session_started_on_a_nearly_full_disk_waits_and_runs_once_there_is_ro
         filler.unlink()
         row = c.wait(sid, timeout=60)
         assert row["status"] == "completed", row
+
+
+@pytest.mark.timeout(240)
+def test_a_file_deleted_beside_the_home_frees_its_space_once_the_idle_spare_is_renewed(small_disk: Path,
+                                                                                      isolated_env: Path) -> None:
+    """The spare runner and the pre-forked workflow checker prepare Landlock rules that grant, one by one, the entries
+    beside labd's home, and so hold each file there: a file deleted beside the home kept its space for as long as the
+    daemon ran, even with no session running (an admin's review: `rm` on a full disk freed nothing). An unused spare
+    and checker are now replaced every ``RENEW_S`` (5 min; 3 s here through ``LABD_SPARE_RENEW_S``), and the file's
+    space comes back."""
+    from tests.integration.test_start_spare import spares
+
+    big = small_disk / "big"
+    big.write_bytes(b"\1" * (24 << 20))
+    home = small_disk / "home"
+
+    def free() -> int:
+        st = os.statvfs(small_disk)
+        return st.f_bfree * st.f_frsize
+
+    with running_daemon(home, extra_env={"LABD_SPARE_RENEW_S": "3"}) as d, d.client() as c:
+        template = c.status()["template_pid"]
+        first = wait_until(lambda: (s := spares(template)) and s[0], timeout=30, what="a spare runner")
+        before = free()
+        big.unlink()
+        wait_until(lambda: free() >= before + (20 << 20), timeout=60, what="the deleted file's space given back")
+        wait_until(lambda: (s := spares(template)) and s[0].pid != first.pid, timeout=30, what="a new spare ready")
