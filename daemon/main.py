@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["serve"]
+__all__ = ["serve", "check"]
 
 
 def serve(home: str | os.PathLike[str] | None, *, db: str | None = None, log_format: str | None = None,
@@ -54,3 +54,22 @@ def serve(home: str | os.PathLike[str] | None, *, db: str | None = None, log_for
               file=sys.stderr)
         return 2
     return 1 if daemon.failed else 0
+
+
+def check(home: str | os.PathLike[str] | None, *, db: str | None = None, log_format: str | None = None,
+          log_level: str | None = None, listen: str | None = None) -> int:
+    """``labd serve --check``: read the configuration as :func:`serve` would (the config files, the environment,
+    these flags) and say whether a daemon would start with it, without starting one: 0 and a summary on stdout, or
+    2 and the one-line error :func:`serve` would print. For a running service's edited ``config.toml``, found bad
+    only at its next restart otherwise (systemd then retries it again and again)."""
+    from labd.daemon.config import ConfigError, config_files, load_config
+
+    try:
+        cfg = load_config(home, db_url=db, log_format=log_format, log_level=log_level, listen=listen)
+    except ConfigError as exc:
+        print(f"labd: {exc}", file=sys.stderr)
+        return 2
+    read = [str(p) for p in config_files(cfg.layout) if p.is_file()]
+    print(f"configuration OK: home {cfg.home}, database {cfg.db_url.split('@')[-1]}; "
+          f"read {', '.join(read) if read else 'no config file (defaults)'}")
+    return 0

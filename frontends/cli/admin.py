@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from labd.frontends.cli.base import Ctx, add_json, command, last_line
+from labd.frontends.cli.base import CliError, Ctx, add_json, command, last_line
 from labd.frontends.cli.output import styled
 from labd.ipc.client import LabdError
 from labd.ipc.paths import layout_for
@@ -17,13 +17,19 @@ __all__ = ["register"]
 
 
 def cmd_serve(args: argparse.Namespace, ctx: Ctx) -> int:
+    if args.check and (args.detach or args.drain):
+        raise CliError("--check starts no daemon: not with --detach or --drain (--db, --listen and --log-* are read as "
+                       "the daemon would)")
     if args.detach:
         from labd.frontends import daemonctl
 
         return daemonctl.serve_detached(args, ctx.home)
-    # The one place a front-end reaches into the daemon: starting it, through its one public entry point.
-    from labd.daemon.main import serve
+    # The one place a front-end reaches into the daemon: starting it (or checking what it would start with), through
+    # its one public entry point.
+    from labd.daemon.main import check, serve
 
+    if args.check:
+        return check(ctx.home, db=args.db, log_format=args.log_format, log_level=args.log_level, listen=args.listen)
     return serve(ctx.home, db=args.db, log_format=args.log_format, log_level=args.log_level, listen=args.listen,
                  drain=args.drain)
 
@@ -174,6 +180,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--drain", action="store_true",
                    help="on SIGTERM/SIGINT stop the running sessions gracefully and wait for them before "
                         "exiting (default: they keep running and the next daemon adopts them)")
+    s.add_argument("--check", action="store_true",
+                   help="only read the configuration as the daemon would and say whether it would start (exit 0) or "
+                        "what is wrong (exit 2); starts nothing: e.g. after editing a running service's config.toml")
 
     s = command(sub, "status", cmd_status, "the daemon: pid, uptime, home, database, running sessions, counters")
     add_json(s, "the daemon.status reply")

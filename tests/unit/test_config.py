@@ -271,3 +271,31 @@ def test_graces_and_intervals_past_what_they_are_for_are_refused(tmp_path: Path,
         load_config(home)
     _write_config(home, f"[daemon]\n{name} = {edge}\n")
     assert getattr(load_config(home), name) == edge
+
+
+def test_serve_check_says_whether_a_daemon_would_start_and_starts_nothing(tmp_path: Path) -> None:
+    """``labd serve --check`` reads the configuration as ``labd serve`` would and answers without starting a daemon:
+    exit 0 naming the files it read, or exit 2 with the one line ``serve`` would print (an edited service's
+    ``config.toml`` was found bad only at its next restart, which systemd then retried forever). Nothing is made in
+    the home, and --check with --detach is a usage error."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "h"
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+
+    def check(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "labd", "--home", str(home), "serve", "--check", *extra],
+                              capture_output=True, text=True, env=env, timeout=120)
+
+    _write_config(home, "[daemon]\nmax_sessions = 3\n")
+    ok = check()
+    assert ok.returncode == 0 and "configuration OK" in ok.stdout and str(home / "config.toml") in ok.stdout, ok
+    _write_config(home, "[daemon]\nstop_grace = 1e300\n")
+    bad = check()
+    assert bad.returncode == 2 and bad.stdout == "", bad
+    assert bad.stderr.count("\n") == 1 and "stop_grace" in bad.stderr and "Traceback" not in bad.stderr, bad
+    assert sorted(p.name for p in home.iterdir()) == ["config.toml"]  # no database, lock or sessions
+    usage = check("--detach")
+    assert usage.returncode == 2 and "--check" in usage.stderr, usage
