@@ -281,6 +281,30 @@ def _json_param(text: str, kind: type) -> tuple[Any, str | None]:
     return value, None
 
 
+def _items(ann: Any, container: type, value: Any) -> tuple[Any, str | None]:
+    """The items of ``list[int]``, ``dict[str, float]``, ``tuple[int, str]``, ``set[str]`` ... each checked and
+    converted as its own type (a dict's values; its keys are JSON's strings): the container rebuilt, or why not,
+    naming the item."""
+    args = typing.get_args(ann)
+    if not args:
+        return value, None
+    keys = list(value) if container is dict else list(range(len(value)))
+    items = list(value.values()) if container is dict else list(value)
+    if container is tuple and args[-1] is not Ellipsis:  # tuple[int, str]: a type per position
+        if len(args) != len(items):
+            return value, f"expected {len(args)} items, got {len(items)}"
+        kinds = list(args)
+    else:  # list[X], set[X], tuple[X, ...], dict[K, V]: one type for every item (a dict's values)
+        kinds = [args[-1] if container is dict else args[0]] * len(items)
+    out = []
+    for key, kind, item in zip(keys, kinds, items, strict=True):
+        item, problem = _convert(kind, item)
+        if problem is not None:
+            return value, f"item {key!r}: {problem}"
+        out.append(item)
+    return (dict(zip(keys, out, strict=True)) if container is dict else container(out)), None
+
+
 def _members(ann: Any) -> tuple[Any, ...]:
     """The types of a union (``Union[...]`` / ``X | Y``), or () for anything else."""
     return typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else ()
@@ -328,7 +352,7 @@ def _convert(ann: Any, value: Any) -> tuple[Any, str | None]:
                 problem = f"expected {container.__name__} of hashable values, got {_short(value)}"
         if problem is None and not isinstance(value, container):
             problem = f"expected {container.__name__}, got {type(value).__name__}"
-        return value, problem
+        return (value, problem) if problem is not None else _items(ann, container, value)
     conv = _CONVERTERS.get(ann)
     if conv is not None and isinstance(value, str) and ann is not str:
         try:
