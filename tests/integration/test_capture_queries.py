@@ -169,3 +169,17 @@ def test_events_for_a_node_the_session_lacks_is_unknown_node(shared_client) -> N
     assert err.value.details["nodes"] == nodes
     assert nodes, "demo.count n=1 records one step: the known nodes listed must not be empty"
     assert client.events(sid, node=nodes[0])["events"]
+
+
+def test_events_of_a_kind_labd_does_not_have_are_refused_naming_it(shared_client) -> None:
+    """``events.query`` with a ``kinds`` entry that is no event kind (``step.strated``, ``stdout`` for ``output``) is
+    refused ``bad_request`` naming it, with ``details.field`` ``kinds``, rather than answered with no events, which
+    read as "the session had none of those"; known kinds still filter."""
+    client = shared_client
+    sid = client.start("demo.count", params={"n": 1})
+    assert client.wait(sid, timeout=60)["status"] == "completed"
+    with pytest.raises(LabdError) as err:
+        client.events(sid, kinds=["step.started", "step.strated"])
+    assert err.value.code == "bad_request" and err.value.details == {"field": "kinds"}
+    assert "'step.strated' is no event kind" in str(err.value), str(err.value)
+    assert [ev["kind"] for ev in client.events(sid, kinds=["step.started"])["events"]] == ["step.started"]
