@@ -10,6 +10,7 @@ working directory and PYTHONPATH, which the runner (and the inspecting child) pu
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
@@ -129,10 +130,15 @@ def _load_file(file: str) -> ModuleType:
     return module
 
 
+def _functions(module: ModuleType) -> list[Callable[..., Any]]:
+    """The public functions ``module`` defines that take arguments: its candidate workflows."""
+    return [f for n, f in vars(module).items() if inspect.isfunction(f) and not n.startswith("_")
+            and f.__module__ == module.__name__ and inspect.signature(f).parameters]
+
+
 def _single_function(module: ModuleType, file: str) -> Callable[..., Any]:
     """The workflow of a file named without ``:function``: its one public function taking ``ctx`` first."""
-    funcs = [f for n, f in vars(module).items() if inspect.isfunction(f) and not n.startswith("_")
-             and f.__module__ == module.__name__ and inspect.signature(f).parameters]
+    funcs = _functions(module)
     if len(funcs) != 1:  # helpers beside it: the one whose first parameter is ctx
         funcs = [f for f in funcs if next(iter(inspect.signature(f).parameters)) == "ctx"] or funcs
     if len(funcs) == 1:
@@ -168,7 +174,12 @@ def resolve(name: str, cwd: str | None = None, search: list[str] | None = None) 
                                 f"importing {target.module!r} raised {describe_exception(exc)}") from None
     fn = getattr(module, target.attr or "", None)
     if not callable(fn):
-        raise WorkflowError("unknown_workflow", f"{where} has no function {target.attr!r}")
+        names = sorted(f.__name__ for f in _functions(module))
+        near = difflib.get_close_matches(target.attr or "", names, n=1)
+        hints = ([f"did you mean {near[0]!r}?"] if near else []) + ([f"its workflows: {', '.join(names[:20])}"]
+                                                                     if names else [])
+        raise WorkflowError("unknown_workflow", f"{where} has no function {target.attr!r}"
+                            + (f" ({' '.join(hints)})" if hints else ""))
     return fn  # type: ignore[no-any-return]
 
 

@@ -81,6 +81,24 @@ def test_resolve_missing_or_non_callable_attribute(attr: str) -> None:
     assert attr in err.message
 
 
+def test_a_misspelt_workflow_function_is_answered_with_the_nearest_and_the_modules_workflows(
+        make_module: Callable[[str], str], tmp_path: Path) -> None:
+    """``mod:talley`` (or ``./flows.py:talley``) where the module defines ``tally`` is refused ``unknown_workflow``
+    saying "did you mean 'tally'?" and naming the module's workflows (its public functions), as a file named without
+    ``:function`` already does; before, only "has no function 'talley'"."""
+    name = make_module("""
+        def tally(ctx, n: int = 1): pass
+        def gate(ctx): pass
+        def _helper(x): pass
+    """)
+    for ref in (f"{name}:talley", f"{tmp_path / name}.py:talley"):
+        err = _code(lambda r=ref: resolve(r))  # type: ignore[misc]
+        assert err.code == "unknown_workflow"
+        assert err.message.endswith("has no function 'talley' (did you mean 'tally'? its workflows: gate, tally)"), \
+            err.message
+    assert _code(lambda: resolve(f"{name}:zzz")).message.endswith("has no function 'zzz' (its workflows: gate, tally)")
+
+
 def test_resolve_module_that_raises_at_import(make_module: Callable[[str], str]) -> None:
     """A module raising at import is reported as 'workflow_import_failed' with the exception, not raised."""
     name = make_module("""
