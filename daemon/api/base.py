@@ -42,9 +42,9 @@ class Request:
         if value is default and default is not ...:
             return value
         if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-            raise ApiError("bad_request", f"field {name!r} must be {hint or types}")
+            raise ApiError("bad_request", f"field {name!r} must be {hint or _json_types(types)}")
         if not isinstance(value, types) or (check is not None and not _passes(check, value)):
-            raise ApiError("bad_request", f"field {name!r} must be {hint or types}")
+            raise ApiError("bad_request", f"field {name!r} must be {hint or _json_types(types)}")
         if isinstance(value, int) and not -INT64 <= value < INT64:  # what the store (SQL INTEGER) can hold
             raise ApiError("bad_request", f"field {name!r} is out of range (a 64-bit integer)")
         return value
@@ -65,6 +65,18 @@ class Request:
 
     def execute(self) -> Any:
         raise NotImplementedError
+
+
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+               bool: "true/false"}
+
+
+def _json_types(types: builtins.type | tuple[builtins.type, ...]) -> str:
+    """``types`` as the JSON types a client sends: ``(int, float)`` is "a number", ``dict`` "an object"."""
+    kinds = tuple(types) if isinstance(types, tuple) else (types,)
+    if int in kinds and float in kinds:
+        kinds = tuple(t for t in kinds if t is not int)
+    return " or ".join(_JSON_NAMES.get(t, t.__name__) for t in kinds)
 
 
 def _passes(check: Callable[[Any], bool], value: Any) -> bool:

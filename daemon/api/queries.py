@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from labd.daemon.api.base import ApiError, Request, register
 from labd.daemon.api.roles import agent_roles
 from labd.daemon.api.sessions import resolve_session
 from labd.daemon.launcher import room
+from labd.ipc.events import SCHEMAS
 from labd.runner.spool import SEGMENT
 from labd.runner.workflows.registry import BUILTINS, describe, resolve
 from labd.store.queries import MAX_PAGE, MAX_PAGE_BYTES
@@ -33,6 +35,12 @@ class Events(Request):
         limit = self.arg("limit", int, MAX_PAGE, check=lambda n: 0 < n <= MAX_PAGE, hint=f"1-{MAX_PAGE}")
         kinds = self.arg("kinds", list, None, check=lambda ks: all(isinstance(k, str) for k in ks),
                          hint="a list of event kinds")
+        for kind in kinds or ():  # a misspelt kind is said so, not answered with no events ("there were none")
+            if kind not in SCHEMAS:
+                near = difflib.get_close_matches(kind, SCHEMAS, n=1)
+                raise ApiError("bad_request", f"field 'kinds': {kind!r} is no event kind"
+                               f"{f' (did you mean {near[0]!r}?)' if near else ''}; the kinds: docs/protocol.md, 6.1",
+                               {"field": "kinds"})
         full = self.arg("full", bool, False, hint="true to inline blobs (complete LLM requests and responses)")
         node = self.arg("node", str, None, check=lambda s: 0 < len(s) <= 64, hint="a node id")
         agent = self.arg("agent", str, None, check=lambda s: 0 < len(s) <= 100, hint="an agent name")

@@ -192,6 +192,12 @@ def _cpu_time(ended: Any) -> str:
     return f"; cpu time {format_duration(sum(runs))}" + (f" in {len(runs)} runs" if len(runs) > 1 else "")
 
 
+def params_text(params: dict[str, Any], most: int = 1000) -> str:
+    """A session's params as JSON for ``labd show``: at most ``most`` characters, then how many there are."""
+    text = json.dumps(params)
+    return text if len(text) <= most else f"{text[:most]}... ({len(text):,} characters; labd show --json: all)"
+
+
 def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
     s = ctx.client().session(args.session)
     if args.json:
@@ -203,7 +209,7 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
     status = ps_status(s) + (f"  ({s['reason']})" if s["reason"] and s["reason"] != s["status"] else "")
     pairs: list[tuple[str, Any]] = [
         ("session", f"{s['id']}  ({s['name']})"),
-        ("workflow", f"{s['workflow']}  params {json.dumps(s['params'])}"),
+        ("workflow", f"{s['workflow']}  params {params_text(s['params'])}"),
         ("status", styled(status, STATUS_STYLE.get(s["status"]))),
         ("ended by", ENDED_BY.get(s["ended_by"] or "", s["ended_by"] or "-")
          + (f"  exit code {s['exit_code']}" if s["exit_code"] is not None else "")

@@ -13,6 +13,7 @@ from labd.frontends.cli.activity import Activity, Line, Printer
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
 from labd.frontends.cli.sessions import RAW_CONTROL_HELP
 from labd.frontends.cli.waits import follow
+from labd.ipc.events import SCHEMAS
 
 __all__ = ["register"]
 
@@ -117,6 +118,10 @@ def cmd_events(args: argparse.Namespace, ctx: Ctx) -> int:
     c = ctx.client()
     if args.follow and (args.full or args.node or args.agent):
         raise CliError("--full, --node and --agent read the stored history; they do not combine with --follow")
+    for k in args.kind or ():  # a misspelt kind printed nothing, which read as "no such events"
+        if not any(kind.startswith(k) for kind in SCHEMAS):
+            raise CliError(f"--kind: no event kind {k!r} (nor any starting so); the kinds: "
+                           f"{', '.join(sorted(SCHEMAS))}")
     it = c.follow(args.session, since=args.since) if args.follow else c.history(
         args.session, since=args.since, full=args.full, node=args.node, agent=args.agent)
     for ev in it:

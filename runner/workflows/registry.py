@@ -10,6 +10,7 @@ working directory and PYTHONPATH, which the runner (and the inspecting child) pu
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
@@ -129,10 +130,15 @@ def _load_file(file: str) -> ModuleType:
     return module
 
 
+def _functions(module: ModuleType) -> list[Callable[..., Any]]:
+    """The public functions ``module`` defines that take arguments: its candidate workflows."""
+    return [f for n, f in vars(module).items() if inspect.isfunction(f) and not n.startswith("_")
+            and f.__module__ == module.__name__ and inspect.signature(f).parameters]
+
+
 def _single_function(module: ModuleType, file: str) -> Callable[..., Any]:
     """The workflow of a file named without ``:function``: its one public function taking ``ctx`` first."""
-    funcs = [f for n, f in vars(module).items() if inspect.isfunction(f) and not n.startswith("_")
-             and f.__module__ == module.__name__ and inspect.signature(f).parameters]
+    funcs = _functions(module)
     if len(funcs) != 1:  # helpers beside it: the one whose first parameter is ctx
         funcs = [f for f in funcs if next(iter(inspect.signature(f).parameters)) == "ctx"] or funcs
     if len(funcs) == 1:
@@ -168,7 +174,12 @@ def resolve(name: str, cwd: str | None = None, search: list[str] | None = None) 
                                 f"importing {target.module!r} raised {describe_exception(exc)}") from None
     fn = getattr(module, target.attr or "", None)
     if not callable(fn):
-        raise WorkflowError("unknown_workflow", f"{where} has no function {target.attr!r}")
+        names = sorted(f.__name__ for f in _functions(module))
+        near = difflib.get_close_matches(target.attr or "", names, n=1)
+        hints = ([f"did you mean {near[0]!r}?"] if near else []) + ([f"its workflows: {', '.join(names[:20])}"]
+                                                                     if names else [])
+        raise WorkflowError("unknown_workflow", f"{where} has no function {target.attr!r}"
+                            + (f" ({' '.join(hints)})" if hints else ""))
     return fn  # type: ignore[no-any-return]
 
 
@@ -281,6 +292,30 @@ def _json_param(text: str, kind: type) -> tuple[Any, str | None]:
     return value, None
 
 
+def _items(ann: Any, container: type, value: Any) -> tuple[Any, str | None]:
+    """The items of ``list[int]``, ``dict[str, float]``, ``tuple[int, str]``, ``set[str]`` ... each checked and
+    converted as its own type (a dict's values; its keys are JSON's strings): the container rebuilt, or why not,
+    naming the item."""
+    args = typing.get_args(ann)
+    if not args:
+        return value, None
+    keys = list(value) if container is dict else list(range(len(value)))
+    items = list(value.values()) if container is dict else list(value)
+    if container is tuple and args[-1] is not Ellipsis:  # tuple[int, str]: a type per position
+        if len(args) != len(items):
+            return value, f"expected {len(args)} items, got {len(items)}"
+        kinds = list(args)
+    else:  # list[X], set[X], tuple[X, ...], dict[K, V]: one type for every item (a dict's values)
+        kinds = [args[-1] if container is dict else args[0]] * len(items)
+    out = []
+    for key, kind, item in zip(keys, kinds, items, strict=True):
+        item, problem = _convert(kind, item)
+        if problem is not None:
+            return value, f"item {key!r}: {problem}"
+        out.append(item)
+    return (dict(zip(keys, out, strict=True)) if container is dict else container(out)), None
+
+
 def _members(ann: Any) -> tuple[Any, ...]:
     """The types of a union (``Union[...]`` / ``X | Y``), or () for anything else."""
     return typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else ()
@@ -328,7 +363,7 @@ def _convert(ann: Any, value: Any) -> tuple[Any, str | None]:
                 problem = f"expected {container.__name__} of hashable values, got {_short(value)}"
         if problem is None and not isinstance(value, container):
             problem = f"expected {container.__name__}, got {type(value).__name__}"
-        return value, problem
+        return (value, problem) if problem is not None else _items(ann, container, value)
     conv = _CONVERTERS.get(ann)
     if conv is not None and isinstance(value, str) and ann is not str:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -126,7 +127,6 @@ def test_cost_across_sessions_equals_the_sum_of_sessions(client) -> None:
 def test_cli_flags_for_full_events_tags_and_cost_across_sessions(daemon) -> None:
     """``labd run --tag``, ``labd ps --tag/--workflow/--since``, ``labd events --full --agent`` and
     ``labd cost --all --by`` (and ``--since``, however far back) reach the daemon and print what they asked for."""
-    import json
     import subprocess
     import sys
 
@@ -169,3 +169,34 @@ def test_events_for_a_node_the_session_lacks_is_unknown_node(shared_client) -> N
     assert err.value.details["nodes"] == nodes
     assert nodes, "demo.count n=1 records one step: the known nodes listed must not be empty"
     assert client.events(sid, node=nodes[0])["events"]
+
+
+def test_events_of_a_kind_labd_does_not_have_are_refused_naming_it(shared_client) -> None:
+    """``events.query`` with a ``kinds`` entry that is no event kind (``step.strated``, ``stdout`` for ``output``) is
+    refused ``bad_request`` naming it, with ``details.field`` ``kinds``, rather than answered with no events, which
+    read as "the session had none of those"; known kinds still filter."""
+    client = shared_client
+    sid = client.start("demo.count", params={"n": 1})
+    assert client.wait(sid, timeout=60)["status"] == "completed"
+    with pytest.raises(LabdError) as err:
+        client.events(sid, kinds=["step.started", "step.strated"])
+    assert err.value.code == "bad_request" and err.value.details == {"field": "kinds"}
+    assert "'step.strated' is no event kind" in str(err.value), str(err.value)
+    assert [ev["kind"] for ev in client.events(sid, kinds=["step.started"])["events"]] == ["step.started"]
+
+
+def test_labd_events_kind_that_starts_no_kind_is_refused(shared_client) -> None:
+    """``labd events SESSION --kind stpe`` (no event kind starts so) exits 2 with one line naming it, rather than
+    printing nothing with exit 0, which read as "no such events"; ``--kind step`` (a start of kinds) still filters."""
+    import subprocess
+    import sys
+
+    sid = shared_client.start("demo.count", params={"n": 1})
+    assert shared_client.wait(sid, timeout=60)["status"] == "completed"
+    run = [sys.executable, "-m", "labd", "events", sid, "--kind"]
+    wrong = subprocess.run([*run, "stpe"], capture_output=True, text=True, timeout=90)
+    assert wrong.returncode == 2 and wrong.stdout == "", (wrong.returncode, wrong.stdout)
+    assert wrong.stderr.startswith("labd: --kind: no event kind 'stpe' (nor any starting so)"), wrong.stderr
+    steps = subprocess.run([*run, "step", "--json"], capture_output=True, text=True, timeout=90)
+    kinds = {json.loads(line)["kind"] for line in steps.stdout.splitlines()}
+    assert steps.returncode == 0 and kinds and all(k.startswith("step.") for k in kinds), steps.stderr

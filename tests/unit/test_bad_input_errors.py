@@ -275,3 +275,21 @@ def test_check_timeout_accepts_seconds_and_reads_infinity_as_no_limit() -> None:
 
     assert check_timeout(0) == 0.0 and check_timeout(2) == 2.0 and check_timeout(0.25) == 0.25
     assert check_timeout(None) is None and check_timeout(math.inf) is None
+
+
+# ---- a request field of the wrong JSON type ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("types", "value", "says"), [
+    (dict, [1], "an object"), (list, "x", "a list"), (str, 3, "a string"), (int, "3", "an integer"),
+    ((int, float), "3", "a number"), ((bool, str), 3, "true/false or a string"), (dict, True, "an object"),
+])
+def test_a_field_of_the_wrong_type_is_named_in_json_terms(types: Any, value: Any, says: str) -> None:
+    """A request field whose type is wrong and whose check gives no hint (``session.start`` with ``params=[1]`` from the
+    SDK) is refused naming the JSON type it must be, as docs/protocol.md speaks of them; before: "field 'params' must be
+    <class 'dict'>", Python's repr of a class."""
+    from labd.daemon.api.base import Request
+
+    with pytest.raises(ApiError) as err:
+        Request(None, {"f": value}, (b"", "")).arg("f", types)  # type: ignore[arg-type]
+    assert err.value.code == "bad_request"
+    assert err.value.message == f"field 'f' must be {says}"

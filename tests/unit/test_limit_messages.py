@@ -201,3 +201,14 @@ def test_a_test_override_can_only_shorten_a_wait(monkeypatch: pytest.MonkeyPatch
     for given, expected in (("3", 3.0), ("60", 10.0), ("0.1", 0.5), ("-5", 0.5), ("soon", 10.0), ("", 10.0)):
         monkeypatch.setenv("LABD_T_WAIT", given)
         assert shortened(10.0, "LABD_T_WAIT", floor=0.5) == expected, given
+
+
+def test_labd_show_shortens_huge_params_and_says_where_they_are_whole() -> None:
+    """``labd show``'s params line: the params as JSON when short; a 5 MB ``label`` (an SDK start may send one) is cut
+    to its first 1,000 characters, saying how long it is and that ``labd show --json`` has it whole; it printed every
+    character."""
+    from labd.frontends.cli.listing import params_text
+
+    assert params_text({"n": 3, "label": "x"}) == '{"n": 3, "label": "x"}'
+    long = params_text({"label": "x" * 5_000_000})
+    assert long == '{"label": "' + "x" * 989 + "... (5,000,013 characters; labd show --json: all)", long[-80:]

@@ -81,6 +81,24 @@ def test_resolve_missing_or_non_callable_attribute(attr: str) -> None:
     assert attr in err.message
 
 
+def test_a_misspelt_workflow_function_is_answered_with_the_nearest_and_the_modules_workflows(
+        make_module: Callable[[str], str], tmp_path: Path) -> None:
+    """``mod:talley`` (or ``./flows.py:talley``) where the module defines ``tally`` is refused ``unknown_workflow``
+    saying "did you mean 'tally'?" and naming the module's workflows (its public functions), as a file named without
+    ``:function`` already does; before, only "has no function 'talley'"."""
+    name = make_module("""
+        def tally(ctx, n: int = 1): pass
+        def gate(ctx): pass
+        def _helper(x): pass
+    """)
+    for ref in (f"{name}:talley", f"{tmp_path / name}.py:talley"):
+        err = _code(lambda r=ref: resolve(r))  # type: ignore[misc]
+        assert err.code == "unknown_workflow"
+        assert err.message.endswith("has no function 'talley' (did you mean 'tally'? its workflows: gate, tally)"), \
+            err.message
+    assert _code(lambda: resolve(f"{name}:zzz")).message.endswith("has no function 'zzz' (its workflows: gate, tally)")
+
+
 def test_resolve_module_that_raises_at_import(make_module: Callable[[str], str]) -> None:
     """A module raising at import is reported as 'workflow_import_failed' with the exception, not raised."""
     name = make_module("""
@@ -371,3 +389,26 @@ def test_the_64_bit_bounds_themselves_are_accepted() -> None:
     """The largest and smallest 64-bit integers bind as they are."""
     assert bind_params(typed, {"n": str(2**63 - 1)})["n"] == 2**63 - 1
     assert bind_params(typed, {"n": -2**63})["n"] == -2**63
+
+
+def items(ctx: Any, xs: list[int] = [], rates: dict[str, float] = {}, pair: tuple[int, str] = (0, ""),  # noqa: B006
+          rows: list[list[int]] | None = None, tags: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """Containers whose items have a type."""
+
+
+def test_the_items_of_a_typed_container_are_checked_as_their_type() -> None:
+    """``list[int]``, ``dict[str, float]``, ``tuple[int, str]``, ``set[str]`` and nested ones check each item as its
+    own type (ints widened to float as for a plain float) and refuse a misfit naming the item; ``list[int]`` took
+    ``["a"]`` (from ``-p xs='["a"]'`` or the SDK) and the workflow met a string where it declared ints."""
+    assert bind_params(items, {"xs": "[1, 2]", "rates": {"a": 1}, "pair": [1, "b"], "rows": "[[1], []]",
+                               "tags": ["a"]}) == {"xs": [1, 2], "rates": {"a": 1.0}, "pair": (1, "b"),
+                                                   "rows": [[1], []], "tags": {"a"}}
+    assert isinstance(bind_params(items, {"rates": {"a": 1}})["rates"]["a"], float)
+    err = _code(lambda: bind_params(items, {"xs": ["a"], "rates": '{"a": "x"}', "pair": [1, 2, 3],
+                                            "rows": [[1, "b"]], "tags": [1]}))
+    problems = err.details["params"]
+    assert err.code == "bad_params" and set(problems) == {"xs", "rates", "pair", "rows", "tags"}, problems
+    assert problems["xs"] == "item 0: expected int, got 'a'"
+    assert problems["rates"] == "item 'a': expected float, got 'x'"
+    assert problems["pair"] == "expected 2 items, got 3"
+    assert problems["rows"] == "item 0: item 1: expected int, got 'b'"
