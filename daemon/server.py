@@ -222,7 +222,7 @@ class Daemon(SandboxSetup, ControlPlane):
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.log.info("labd serving", home=str(layout.home), pid=os.getpid(), control=self.info.control,
                       template_pid=self.launcher.template_pid, adopted=sorted(self.supervisor.running))
-        if self.launcher.clone_filter != "on":  # runner/template.py, keep_in_tree
+        if self.launcher.clone_filter != "on":  # runner/process_setup.py, keep_in_tree
             self.log.warning("the runner template has no clone filter: a session's code can start processes outside "
                              "its runner's tree (the monitor kills them within a second or two)",
                              clone_filter=self.launcher.clone_filter)

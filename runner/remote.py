@@ -12,8 +12,8 @@ import os
 import sys
 import traceback
 
+from labd.runner.process_setup import keep_in_tree, limit_files
 from labd.runner.session import EXIT_FAILED, own_crash_channel, run_session
-from labd.runner.template import keep_in_tree, limit_files
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     # without an outcome: session.ended's runner_stderr), and the sessions' descriptor limit holds on the node too.
     own_crash_channel(spec)
     limit_files(int(spec.get("session_nofile") or 0))
-    clone_filter = keep_in_tree()  # no child outside this runner's tree (runner/template.py); before any thread
+    clone_filter = keep_in_tree()  # no child outside this runner's tree (runner/process_setup.py); before any thread
     if clone_filter != "on":
         print(f"labd runner: the clone filter is not in force: {clone_filter}", file=sys.stderr, flush=True)
     code = EXIT_FAILED

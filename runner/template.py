@@ -47,6 +47,7 @@ from setproctitle import setproctitle
 from labd.ipc.units import shortened
 from labd.runner.checks import CHECKER_DELAY_S, Check, Checker, fork_check, fork_checker
 from labd.runner.pipes import write_all
+from labd.runner.process_setup import keep_in_tree, limit_files_from_env
 
 #: imported before any fork so every runner starts warm
 PRELOAD = ["zmq", "orjson", "structlog", "psutil", "labd.runner.session", "labd.runner.workflows.demo",
@@ -238,44 +239,8 @@ def _outlive_runners() -> None:
             continue
 
 
-def _limit_files() -> None:
-    """The sessions' file descriptor limit (``LABD_SESSION_NOFILE``), set before anything is forked: the spare,
-    every runner, workflow check and all they start inherit it."""
-    value = os.environ.pop("LABD_SESSION_NOFILE", "")
-    if value.isdigit():
-        limit_files(int(value))
-
-
-def limit_files(value: int) -> None:
-    """Set this process's ``RLIMIT_NOFILE`` to ``value`` (at most its hard limit), soft = hard, so that nothing it
-    starts can raise it (``[daemon] session_nofile``; 0: unchanged). Also the first thing a Ray node's runner does
-    (runner/remote.py)."""
-    if value > 0:
-        import resource
-
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        limit = value if hard == resource.RLIM_INFINITY else min(value, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-
-def keep_in_tree() -> str:
-    """Install the clone filter (:func:`labd.runner.sandbox.seccomp.deny_clone_parent`: no ``clone(CLONE_PARENT)``,
-    no ``clone3``) on this process, before it forks anything, so that no session process can make a child outside
-    its runner's tree. Returns ``on`` or why not (``unavailable: ...``), for the daemon's log. Also what a Ray
-    node's runner does first (runner/remote.py)."""
-    from labd.runner.sandbox import seccomp
-
-    if os.environ.pop("LABD_CLONE_FILTER", "") == "off":  # a test knob: the monitor's backstop alone
-        return "off: LABD_CLONE_FILTER=off"
-    try:
-        seccomp.deny_clone_parent()
-    except OSError as exc:
-        return f"unavailable: {exc}"
-    return "on"
-
-
 def main() -> None:
-    _limit_files()
+    limit_files_from_env()
     clone_filter = keep_in_tree()
     for name in PRELOAD + [m for m in os.environ.get("LABD_PRELOAD", "").split(",") if m]:
         importlib.import_module(name)

@@ -163,7 +163,7 @@ print(json.dumps(res))
 """
 
 
-#: Runners run with no-new-privs (the clone filter sets it, runner/template.keep_in_tree, on the architectures it
+#: Runners run with no-new-privs (the clone filter sets it, runner/process_setup.keep_in_tree, on the architectures it
 #: knows), so the probe does too, through this exec helper: a setuid bwrap (no unprivileged user namespaces)
 #: gains nothing under it and fails, in a runner as in the probe, so the level the probe reports is the runners'.
 _NO_NEW_PRIVS = """
@@ -177,7 +177,7 @@ os.execv(sys.argv[1], sys.argv[1:])
 def as_runners(argv: list[str]) -> list[str]:
     """``argv`` run as under a runner: with no-new-privs where the runner template's clone filter sets it (should
     installing it fail on such an architecture, runners lack it and the probe errs low: never a level too high)."""
-    if not _seccomp.supported():  # no filter (runner/template.keep_in_tree): runners keep what they had
+    if not _seccomp.supported():  # no filter (runner/process_setup.keep_in_tree): runners keep what they had
         return argv
     return [sys.executable, "-I", "-S", "-c", _NO_NEW_PRIVS, *argv]
 
