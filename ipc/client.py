@@ -250,7 +250,8 @@ class Client(Transport, Waiting):
 
     def resume(self, session: str, budget: float | None = None, *, limits: dict[str, Any] | None = None,
                reason: str | None = None, stop_wait: float | None = 60.0) -> dict[str, Any]:
-        """Resume a paused session (``budget``, USD: continue a budget-paused one with a new budget), or
+        """Resume a paused session (``budget``, USD: continue a budget-paused one with a new budget; a running
+        session's pause not yet reached is cancelled: both answer ``{"resuming": True, "status": ...}``), or
         continue an ended one (failed, lost, cancelled, budget-stopped) with a new runner from its last
         completed step; ``limits`` (memory, cpu, timeout, budget, procs) then replace the session's. A session
         being stopped (``kill`` then ``resume`` at once) is waited for to end, then continued: for at most

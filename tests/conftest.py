@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -167,6 +168,21 @@ def running_daemon(home: Path, **kwargs: Any) -> Iterator[DaemonProc]:
     finally:
         d.stop()
         kill_runners(home)
+
+
+def next_daemon_adopts_and_stops(home: Path, sid: str, pid: int) -> None:
+    """A new daemon on ``home`` finds session ``sid`` still running (its runner ``pid`` adopted) and stops it
+    (``cancelled``); the daemon is stopped afterwards, and the runner killed if the test failed before its stop."""
+    restarted = DaemonProc(home).start()
+    try:
+        with restarted.client() as c:
+            assert c.session(sid)["status"] == "running"
+            c.stop(sid, grace=1)
+            assert c.wait(sid, timeout=30)["status"] == "cancelled"
+    finally:
+        restarted.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # if the test failed: not minutes of a runner ticking after it
 
 
 @pytest.fixture

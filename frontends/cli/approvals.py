@@ -8,6 +8,7 @@ from typing import Any
 
 from labd.frontends.cli.base import Ctx, add_json, command
 from labd.frontends.cli.output import STATUS_STYLE, age, styled
+from labd.ipc.errors import LabdError
 
 __all__ = ["register"]
 
@@ -67,8 +68,14 @@ def _print_full(ctx: Ctx, r: dict[str, Any], first: bool) -> None:
 
 def cmd_resolve(args: argparse.Namespace, ctx: Ctx) -> int:
     decision = args.decision if args.cmd == "resolve" else args.cmd
-    r = ctx.client().resolve(args.session, decision, feedback=args.feedback,
-                             hypothesis=getattr(args, "hypothesis", None), approval_id=args.id)
+    try:
+        r = ctx.client().resolve(args.session, decision, feedback=args.feedback,
+                                 hypothesis=getattr(args, "hypothesis", None), approval_id=args.id)
+    except LabdError as exc:
+        if exc.code == "bad_decision" and args.cmd != "resolve":  # a request with options of its own
+            raise LabdError(exc.code, f"{exc.message}; answer it with labd resolve {args.session} OPTION"
+                                      f"{' --id ' + args.id if args.id else ''}", exc.details) from None
+        raise
     if args.json:
         ctx.out.json(r)
     else:

@@ -4,10 +4,8 @@ when a user's last login ends without lingering): its sockets and connection fil
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from labd.ipc.paths import layout_for
-from tests.conftest import DaemonProc, alive, running_daemon, wait_until
+from tests.conftest import DaemonProc, alive, next_daemon_adopts_and_stops, running_daemon, wait_until
 
 pytestmark = pytest.mark.fault
 
@@ -34,16 +32,7 @@ def test_a_daemon_whose_runtime_dir_was_removed_exits_and_the_next_adopts_its_se
     assert daemon.proc.wait(60) == 1
     assert "runtime directory" in daemon.log() and "Traceback" not in daemon.log()
     assert alive(pid)
-    restarted = DaemonProc(daemon.home).start()
-    try:
-        with restarted.client() as c:
-            assert c.session(sid)["status"] == "running"
-            c.stop(sid, grace=1)
-            assert c.wait(sid, timeout=30)["status"] == "cancelled"
-    finally:
-        restarted.stop()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    next_daemon_adopts_and_stops(daemon.home, sid, pid)
 
 
 def test_a_client_with_another_runtime_dir_is_told_a_daemon_serves_the_home(daemon: DaemonProc, tmp_path: Path

@@ -60,6 +60,20 @@ def test_approval_waiting_is_shown_with_how_to_answer(shared_daemon) -> None:
     labd("kill", sid)
 
 
+def test_approve_of_a_request_with_its_own_options_names_labd_resolve(shared_daemon) -> None:
+    """`labd approve S` on an approval whose options are the workflow's own (red/green) is refused with the
+    options it takes and the command that answers it (`labd resolve S OPTION`); that command then works."""
+    sid = labd("run", "labd_testflows:custom_approval").stdout.strip()
+    with shared_daemon.client() as c:
+        wait_until(lambda: c.approvals(sid), timeout=60, what="the approval")
+    refused = labd("approve", sid)
+    assert refused.returncode == 2 and "allowed: red, green" in refused.stderr, refused
+    assert f"labd resolve {sid} OPTION" in refused.stderr and "[bad_decision]" in refused.stderr
+    assert labd("resolve", sid, "green").returncode == 0
+    with shared_daemon.client() as c:
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+
+
 def test_ctrl_c_during_run_follow_detaches_and_says_so(shared_daemon) -> None:
     """Ctrl-C while following: exit 130, the message says the session keeps running and how to stop it;
     the session really does keep running."""

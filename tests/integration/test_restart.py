@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import DaemonProc, alive, wait_until
+from tests.conftest import DaemonProc, alive, next_daemon_adopts_and_stops, wait_until
 
 
 def _assert_exactly_once(events: list[dict]) -> None:
@@ -175,14 +175,7 @@ def test_sigterm_stops_the_daemon_cleanly_but_not_the_sessions(daemon) -> None:
     assert daemon.stop() == 0
     assert not (daemon.home / "connection.json").exists()
     assert alive(pid)
-    restarted = DaemonProc(daemon.home).start()
-    try:
-        with restarted.client() as c:
-            assert c.session(sid)["status"] == "running"
-            c.stop(sid, grace=1)
-            assert c.wait(sid, timeout=30)["status"] == "cancelled"
-    finally:
-        restarted.stop()
+    next_daemon_adopts_and_stops(daemon.home, sid, pid)
 
 
 def test_a_daemon_stopped_with_sessions_running_leaves_its_template_to_outlive_them(daemon) -> None:
