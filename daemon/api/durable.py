@@ -149,7 +149,7 @@ def _refuse_resume(d: Any, sid: str, status: str) -> None:
 
 def _gone_meanwhile(store: Any, sid: str) -> ApiError | None:
     """``not_found`` if session ``sid`` was deleted while its record was read (a ``labd rm`` racing a branch): its
-    steps and checkpoints vanish under the reads, which would otherwise answer ``no_such_node`` or
+    steps and checkpoints vanish under the reads, which would otherwise answer ``unknown_node`` or
     ``no_checkpoint``, blaming the request for what the deletion did."""
     if store.session(sid) is None:
         return ApiError("not_found", f"session {sid} was deleted while it was read")
@@ -159,10 +159,11 @@ def _gone_meanwhile(store: Any, sid: str) -> ApiError | None:
 def _find_node(store: Any, sid: str, ref: str) -> dict[str, Any]:
     node = step_row(store, sid, ref)
     if node is None:
-        named = [s for s in store.steps(sid) if s["name"] == ref and s["kind"] != "agent"]
-        if not named:
-            raise ApiError("no_such_node", f"session {sid} has no node {ref!r} (see labd dag {sid})",
-                           {"node": ref})
+        steps = [s for s in store.steps(sid) if s["kind"] != "agent"]
+        named = [s for s in steps if s["name"] == ref]
+        if not named:  # the code and details events.query and session.replay answer, with the nodes to branch from
+            raise ApiError("unknown_node", f"session {sid} has no node {ref!r} (see labd dag {sid})",
+                           {"node": ref, "nodes": [s["node_id"] for s in steps][:200]})
         done = [s for s in named if s["status"] == "completed"]  # a loop's steps share a name; retries too
         if len(done) > 1:
             ids = [s["node_id"] for s in done]

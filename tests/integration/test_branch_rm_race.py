@@ -48,7 +48,7 @@ def _race(daemon: Any, sid: str, delay: float) -> tuple[str, str]:
 
 def test_a_branch_racing_rm_of_its_parent_succeeds_or_answers_not_found(shared_daemon) -> None:
     """``labd branch`` and ``labd rm`` of the same parent sent at once: the branch either goes ahead (from a record
-    read before the deletion) or answers ``not_found``, never ``no_such_node``/``no_checkpoint`` as if the step
+    read before the deletion) or answers ``not_found``, never ``unknown_node``/``no_checkpoint`` as if the step
     named did not exist or the request were at fault (an attack review saw both while the parent's rows and
     checkpoint files vanished under the branch's reads). Races at several offsets, both orders."""
     daemon = shared_daemon

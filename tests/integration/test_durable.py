@@ -82,7 +82,8 @@ def _events_all(home: Path, sid: str) -> list[tuple[Any, ...]]:
 
 def test_resume_refusals_and_divergence(shared_daemon, tmp_path: Path) -> None:
     """`resume` of a completed session is refused with a clear error; a workflow whose re-execution asks for
-    another step than the record holds at a position fails with a step.diverged event, not a silent guess."""
+    another step than the record holds at a position fails with a step.diverged event, not a silent guess; a branch
+    from a step the session lacks is `unknown_node` listing the steps it can branch from."""
     from labd.ipc import LabdError
 
     counter = tmp_path / "c"
@@ -100,11 +101,16 @@ def test_resume_refusals_and_divergence(shared_daemon, tmp_path: Path) -> None:
         assert s["status"] == "failed" and "diverged" in s["reason"], s["reason"]
         div = _events(shared_daemon.home, sid, "step.diverged")
         assert len(div) == 1 and '"expected":"first"' in div[0][3] and '"got":"other"' in div[0][3]
-        for kwargs, code in (({"from_node": "no such step"}, "no_such_node"), ({"from_node": "first", "count": 0},
+        for kwargs, code in (({"from_node": "no such step"}, "unknown_node"), ({"from_node": "first", "count": 0},
                                                                                   "bad_request")):
             with pytest.raises(LabdError) as err:
                 c.branch(sid, **kwargs)
             assert err.value.code == code, err.value
+        # the nodes it can branch from, as events.query and session.replay list a session's nodes
+        steps = {n["node_id"] for n in c.dag(sid)["dag"]["nodes"] if n["kind"] != "agent"}
+        with pytest.raises(LabdError) as err:
+            c.branch(sid, from_node="no such step")
+        assert steps and set(err.value.details["nodes"]) == steps and err.value.details["node"] == "no such step"
 
 
 def test_branch_from_a_step_name_several_completed_steps_share_is_ambiguous(shared_daemon) -> None:
