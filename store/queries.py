@@ -232,21 +232,40 @@ class Store(CostQueries):
     def steps(self, session_id: str) -> list[dict[str, Any]]:
         """DAG nodes in start order, each with its LLM roll-up: ``calls``, ``prompt_tokens``,
         ``completion_tokens`` and ``cost`` summed over the node and every node nested in it."""
+        return self.newest_steps(session_id, None)[0]
+
+    def newest_steps(self, session_id: str, most: int | None) -> tuple[list[dict[str, Any]], int]:
+        """``(the newest most nodes in start order, rolled up as by steps(), how many the session has)``; None: all.
+        Reads only those (a days-long session has tens of thousands): a node starts after the node it is nested
+        in, so the newest nodes hold every node nested in them, and their roll-ups are complete."""
+        order = steps.c.start_seq if most is None else steps.c.start_seq.desc().nulls_last()
         with self.engine.connect() as conn:
-            rows = conn.execute(select(steps).where(steps.c.session_id == session_id)
-                                .order_by(steps.c.start_seq)).mappings().all()
+            rows = conn.execute(select(steps).where(steps.c.session_id == session_id).order_by(order)
+                                .limit(most)).mappings().all()
             own = {r[0]: r[1:] for r in conn.execute(
                 select(cost_records.c.node_id, func.count(), func.sum(cost_records.c.prompt_tokens),
                        func.sum(cost_records.c.completion_tokens), func.sum(cost_records.c.cost))
                 .where(cost_records.c.session_id == session_id).group_by(cost_records.c.node_id)).all()}
-        nodes = [dict(r) for r in rows]
-        return rollup(nodes, own)
+            total = len(rows) if most is None or len(rows) < most else self._count(conn, steps, session_id)
+        nodes = [dict(r) for r in (rows if most is None else reversed(rows))]
+        return rollup(nodes, own), total
 
-    def history(self, session_id: str) -> list[dict[str, Any]]:
+    def history(self, session_id: str, most: int | None = None) -> list[dict[str, Any]]:
+        """The session's state transitions in order (``most``: only the newest that many)."""
+        order = state_history.c.seq if most is None else state_history.c.seq.desc()
         with self.engine.connect() as conn:
             rows = conn.execute(select(state_history).where(state_history.c.session_id == session_id)
-                                .order_by(state_history.c.seq)).mappings().all()
-        return [dict(r) for r in rows]
+                                .order_by(order).limit(most)).mappings().all()
+        return [dict(r) for r in (rows if most is None else reversed(rows))]
+
+    def count_history(self, session_id: str) -> int:
+        with self.engine.connect() as conn:
+            return self._count(conn, state_history, session_id)
+
+    @staticmethod
+    def _count(conn: Any, table: Any, session_id: str) -> int:
+        return int(conn.execute(select(func.count()).select_from(table)
+                                .where(table.c.session_id == session_id)).scalar() or 0)
 
     def live_sessions(self) -> list[dict[str, Any]]:
         """Sessions not in a terminal status (what a restarted daemon must adopt or mark lost)."""
