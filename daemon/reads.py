@@ -2,11 +2,12 @@
 
 Most requests read a row or a page and answer at once on the daemon's request loop. A few read a whole record,
 however large: a replay's seed (every recorded LLM call and answer of a session and, for a branch, of its
-ancestors) and a comparison (every step, output and file of up to ten sessions). On the loop, such a read of a
-30,000-step session took seconds, and every other client (``labd ps``, a GUI, the runners' approvals) waited that
-long. A handler that needs one is a generator, as for workflow checks (:mod:`labd.daemon.checks`): it ``yield``\\ s a
-:class:`Read`; the control plane hands it to :class:`Reads` and goes on serving; a worker thread runs it, and the
-handler resumes on the loop with its result (or the exception it raised) and replies as usual.
+ancestors), a comparison (every step, output and file of up to ten sessions), and one session's DAG, costs,
+checkpoints, files or state history. On the loop, such a read of a 30,000-step session took seconds (the DAG: 1.3 s),
+and every other client (``labd ps``, a GUI, the runners' approvals) waited that long. A handler that needs one is
+a generator, as for workflow checks (:mod:`labd.daemon.checks`): it ``yield``\\ s a :class:`Read`; the control
+plane hands it to :class:`Reads` and goes on serving; a worker thread runs it, and the handler resumes on the loop
+with its result (or the exception it raised) and replies as usual.
 
 What runs on a worker reads the store only (each read takes a connection of its own from the engine's pool; SQLite
 in WAL mode reads beside ingest's writes) and touches no daemon state: what it needs is passed to it.
@@ -71,7 +72,8 @@ class Reads:
         if self._pending >= MAX_PENDING:
             from labd.daemon.api.base import ApiError  # not at import: the request handlers import this module
 
-            raise ApiError("busy", f"{MAX_PENDING} long reads (replays, comparisons) are already running or waiting; "
+            raise ApiError("busy", f"{MAX_PENDING} long reads (whole records: replays, comparisons, DAGs, costs) "
+                           "are already running or waiting; "
                            "retry later", {"pending": MAX_PENDING})
         future = self._pool.submit(read.fn)
         self._pending += 1

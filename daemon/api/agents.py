@@ -10,6 +10,7 @@ import orjson
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.sessions import resolve_session
+from labd.daemon.reads import Read
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.store.exports import FORMATS
 from labd.store.queries import COST_GROUPS
@@ -182,21 +183,25 @@ class Resume(_Control):
 class Dag(Request):
     type = "session.dag"
 
-    def execute(self) -> Any:
+    def execute(self) -> Any:  # a generator: the whole DAG is read and rendered on a worker (daemon/reads.py)
         fmt = self.arg("format", str, "json", check=lambda f: f in FORMATS, hint=" | ".join(FORMATS))
         row = resolve_session(self)
-        dag = self.daemon.store.dag(row["id"])
-        return {"session": row["id"], "format": fmt, "dag": dag if fmt == "json" else None,
-                "text": FORMATS[fmt](dag)}
+        store, sid = self.daemon.store, row["id"]
+
+        def read() -> dict[str, Any]:
+            dag = store.dag(sid)
+            return {"session": sid, "format": fmt, "dag": dag if fmt == "json" else None, "text": FORMATS[fmt](dag)}
+        return (yield Read(read, "DAG"))
 
 
 @register
 class Cost(Request):
     type = "session.cost"
 
-    def execute(self) -> Any:
+    def execute(self) -> Any:  # a generator: every call of the session is read on a worker (daemon/reads.py)
         row = resolve_session(self)
-        out = self.daemon.store.costs(row["id"])
+        store = self.daemon.store
+        out = yield Read(lambda: store.costs(row["id"]), "cost")
         out["budget"] = row["limits"].get("budget")
         return out
 
@@ -217,29 +222,36 @@ class CostSummary(Request):
 class Files(Request):
     type = "session.files"
 
-    def execute(self) -> Any:
+    def execute(self) -> Any:  # a generator: the session's nodes and files are read on a worker (daemon/reads.py)
         row = resolve_session(self)
-        nodes = {n["node_id"]: n for n in self.daemon.store.steps(row["id"])}
-        files = self.daemon.store.files(row["id"])
-        latest = {f["path"]: f["seq"] for f in files}  # rows are in seq order: the last one per path wins
-        for f in files:
-            # the history stays; `current` marks each path's latest row unless that row is its deletion
-            f["current"] = latest[f["path"]] == f["seq"] and f["change"] != "deleted"
-            # the step a file belongs to: its node, or the step enclosing the agent turn (and its attempt)
-            node = nodes.get(f["node_id"] or "")
-            seen: set[str] = set()
-            while node is not None and node["kind"] in ("agent", "attempt") and node["node_id"] not in seen:
-                seen.add(node["node_id"])
-                node = nodes.get(node["parent_node"] or "")
-            f["step"] = node["name"] if node else None
-            f["step_node"] = node["node_id"] if node else None
-        return {"session": row["id"], "workdir": row["workdir"], "files": files}
+        store = self.daemon.store
+        return (yield Read(lambda: _files(store, row), "files"))
+
+
+def _files(store: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """``session.files``' reply: the history of the session's files, each row with its step."""
+    nodes = {n["node_id"]: n for n in store.steps(row["id"])}
+    files = store.files(row["id"])
+    latest = {f["path"]: f["seq"] for f in files}  # rows are in seq order: the last one per path wins
+    for f in files:
+        # the history stays; `current` marks each path's latest row unless that row is its deletion
+        f["current"] = latest[f["path"]] == f["seq"] and f["change"] != "deleted"
+        # the step a file belongs to: its node, or the step enclosing the agent turn (and its attempt)
+        node = nodes.get(f["node_id"] or "")
+        seen: set[str] = set()
+        while node is not None and node["kind"] in ("agent", "attempt") and node["node_id"] not in seen:
+            seen.add(node["node_id"])
+            node = nodes.get(node["parent_node"] or "")
+        f["step"] = node["name"] if node else None
+        f["step_node"] = node["node_id"] if node else None
+    return {"session": row["id"], "workdir": row["workdir"], "files": files}
 
 
 @register
 class History(Request):
     type = "session.history"
 
-    def execute(self) -> Any:
+    def execute(self) -> Any:  # a generator: read on a worker (daemon/reads.py)
         row = resolve_session(self)
-        return {"session": row["id"], "history": self.daemon.store.history(row["id"])}
+        store = self.daemon.store
+        return {"session": row["id"], "history": (yield Read(lambda: store.history(row["id"]), "history"))}

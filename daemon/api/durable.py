@@ -287,6 +287,7 @@ class Checkpoints(Request):
 
     type = "session.checkpoints"
 
-    def execute(self) -> Any:
+    def execute(self) -> Any:  # a generator: every checkpoint is read on a worker (daemon/reads.py)
         row = resolve_session(self)
-        return {"session": row["id"], "checkpoints": checkpoints(self.daemon.store, row["id"])}
+        store = self.daemon.store
+        return {"session": row["id"], "checkpoints": (yield Read(lambda: checkpoints(store, row["id"]), "checkpoints"))}

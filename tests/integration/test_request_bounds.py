@@ -153,17 +153,24 @@ def test_the_daemon_answers_a_signed_request_over_its_limit_with_request_too_lar
         assert c.sessions() == []
 
 
-def test_a_session_with_thousands_of_nodes_can_still_be_shown(shared_daemon, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def thousands(module_daemon) -> str:
+    """A finished session of 2,500 steps with long names, on the module's daemon."""
+    with module_daemon.client() as c:
+        sid = c.start("demo.count", params={"n": 2500, "delay": 0, "label": "x" * 200})
+        assert c.wait(sid, timeout=120)["status"] == "completed"
+    return sid
+
+
+def test_a_session_with_thousands_of_nodes_can_still_be_shown(shared_daemon, thousands: str) -> None:
     """A session of 2,500 steps with long names: `session.get` (labd show, the dashboard's page, MCP get_session)
     carries the newest 2,000 nodes and says how many older ones it left out (all of them had made the reply too
     large for a long session); `steps_limit` asks for a different number; `labd show` says where the rest are."""
     import subprocess
     import sys
 
-    daemon = shared_daemon
+    daemon, sid = shared_daemon, thousands
     with daemon.client() as c:
-        sid = c.start("demo.count", params={"n": 2500, "delay": 0, "label": "x" * 200})
-        assert c.wait(sid, timeout=120)["status"] == "completed"
         s = c.session(sid)
         assert len(s["steps"]) == 2000 and s["steps_omitted"] == 500
         assert s["steps"][-1]["name"] == "x" * 200 + " 2500"  # the newest kept
@@ -176,3 +183,43 @@ def test_a_session_with_thousands_of_nodes_can_still_be_shown(shared_daemon, tmp
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert f"500 earlier ones are in `labd dag {sid}`" in shown.stdout
+
+
+@pytest.mark.parametrize(("request_type", "extra"), [("session.dag", {}), ("session.dag", {"format": "mermaid"}),
+                                                     ("session.cost", {}), ("session.checkpoints", {}),
+                                                     ("session.files", {})])
+def test_a_whole_record_read_of_a_long_session_leaves_the_daemon_answering(shared_daemon, thousands: str,
+                                                                           request_type: str, extra: dict) -> None:
+    """A read of a session's whole DAG, costs, checkpoints or files runs on the daemon's read worker: while it runs,
+    other clients are answered (here `daemon.status`, which counts it among its `long_reads`). On the request loop
+    such a read of a 30,000-step session held every client for more than a second (the DAG: 1.3 s); a dashboard
+    showing a long session's DAG kept the daemon busy. The reply is the same."""
+    import threading
+
+    done: dict[str, Any] = {}
+
+    def read() -> None:
+        with shared_daemon.client(timeout=60) as other:
+            done["reply"] = other.request(request_type, session=thousands, **extra)
+
+    reader = threading.Thread(target=read)
+    seen = 0
+    with shared_daemon.client() as c:
+        reader.start()
+        while reader.is_alive():
+            seen = max(seen, c.request("daemon.status")["long_reads"])
+        reader.join()
+        assert seen >= 1, "the read never showed as a long read while it ran"
+        assert c.request("daemon.status")["long_reads"] == 0
+    reply = done["reply"]
+    assert reply["session"] == thousands
+    if request_type == "session.dag":
+        assert (reply["dag"] is None) == ("format" in extra) and reply["text"].count(" 2500") >= 1
+        if reply["dag"] is not None:
+            assert len(reply["dag"]["nodes"]) == 2500
+    elif request_type == "session.checkpoints":
+        assert len(reply["checkpoints"]) == 2500
+    elif request_type == "session.cost":
+        assert len(reply["by_step"]) == 2500 and reply["budget"] is None
+    else:
+        assert reply["workdir"] and isinstance(reply["files"], list)
