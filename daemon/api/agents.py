@@ -190,7 +190,11 @@ class Dag(Request):
 
         def read() -> dict[str, Any]:
             dag = store.dag(sid)
-            return {"session": sid, "format": fmt, "dag": dag if fmt == "json" else None, "text": FORMATS[fmt](dag)}
+            # one copy of the graph: as json it is `dag` (its indented text too doubled a long session's reply,
+            # which at ~60,000 nodes passed the largest reply the daemon sends)
+            if fmt == "json":
+                return {"session": sid, "format": fmt, "dag": dag, "text": None}
+            return {"session": sid, "format": fmt, "dag": None, "text": FORMATS[fmt](dag)}
         return (yield Read(read, "DAG"))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -68,6 +69,9 @@ def tree_lines(dag: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def cmd_dag(args: argparse.Namespace, ctx: Ctx) -> int:
     c = ctx.client()
+    if args.format == "json":  # the graph itself (the reply carries it once, not also as text)
+        print(ctx.out.safe(json.dumps(c.dag(args.session, "json")["dag"], indent=2, default=str)))
+        return 0
     if args.format != "tree":
         print(ctx.out.safe(c.dag(args.session, args.format)["text"]), end="")  # step names are the session's
         return 0

@@ -141,7 +141,7 @@ def test_colours_on_a_terminal_plain_text_in_pipes(shared_daemon) -> None:
 
 def test_dag_is_a_tree_by_default_and_exports_escape_names(shared_daemon, tmp_path: Path) -> None:
     """`labd dag` draws the steps as a tree; names with quotes, brackets, #, & and newlines come out as valid
-    Mermaid (entity codes) and DOT (backslash escapes)."""
+    Mermaid (entity codes) and DOT (backslash escapes); `--format json` prints the graph the reply carries once."""
     (tmp_path / "odd.py").write_text(textwrap.dedent('''
         def odd(ctx):
             with ctx.step('say "hi" <b>#1'):
@@ -162,6 +162,12 @@ def test_dag_is_a_tree_by_default_and_exports_escape_names(shared_daemon, tmp_pa
     dot = labd("dag", sid, "--format", "dot").stdout
     assert r'"n1" [label="say \"hi\" <b>#1 · completed"' in dot
     assert r'label="inner\\path\nline2 · completed"' in dot
+    # json: the graph, sent once (the reply's `dag`; its `text` is null instead of the same graph again)
+    as_json = json.loads(labd("dag", sid, "--format", "json").stdout)
+    with shared_daemon.client() as c:
+        reply = c.dag(sid)
+    assert reply["text"] is None and as_json == reply["dag"]
+    assert [n["name"] for n in as_json["nodes"]][:2] == ['say "hi" <b>#1', "inner\\path\nline2"]
 
 
 def test_a_line_break_in_a_value_keeps_its_table_row_on_one_line(shared_daemon, tmp_path: Path) -> None:
