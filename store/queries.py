@@ -242,10 +242,13 @@ class Store(CostQueries):
         with self.engine.connect() as conn:
             rows = conn.execute(select(steps).where(steps.c.session_id == session_id).order_by(order)
                                 .limit(most)).mappings().all()
-            own = {r[0]: r[1:] for r in conn.execute(
-                select(cost_records.c.node_id, func.count(), func.sum(cost_records.c.prompt_tokens),
-                       func.sum(cost_records.c.completion_tokens), func.sum(cost_records.c.cost))
-                .where(cost_records.c.session_id == session_id).group_by(cost_records.c.node_id)).all()}
+            usage = (select(cost_records.c.node_id, func.count(), func.sum(cost_records.c.prompt_tokens),
+                            func.sum(cost_records.c.completion_tokens), func.sum(cost_records.c.cost))
+                     .where(cost_records.c.session_id == session_id).group_by(cost_records.c.node_id))
+            if most is not None and len(rows) <= 5000:  # these nodes' calls only (a long session's others made
+                # most of them); past that many, one bound parameter each would pass SQLite's limit (32,766)
+                usage = usage.where(cost_records.c.node_id.in_([r["node_id"] for r in rows]))
+            own = {r[0]: r[1:] for r in conn.execute(usage).all()}
             total = len(rows) if most is None or len(rows) < most else self._count(conn, steps, session_id)
         nodes = [dict(r) for r in (rows if most is None else reversed(rows))]
         return rollup(nodes, own), total

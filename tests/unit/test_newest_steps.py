@@ -32,6 +32,17 @@ def _tree(st: Store, writer: BatchWriter, sid: str) -> None:
     b.commit(writer)
 
 
+def _wide(st: Store, writer: BatchWriter, sid: str, n: int) -> None:
+    """``n`` steps side by side, each with one LLM call."""
+    b = Batch({})
+    b.add(sid, "session.created", {**CREATED, "workdir": f"/w/{sid}"})
+    for i in range(n):
+        b.add(sid, "step.started", {"name": f"s{i}", "path": str(i)}, src="r", node=f"n{i + 1}")
+        b.add(sid, "cost.recorded", {"agent": "a", "model": "m", "prompt_tokens": i, "completion_tokens": 1,
+                                     "cost": 0.001, "offline": True}, src="r", node=f"n{i + 1}")
+    b.commit(writer)
+
+
 @pytest.mark.parametrize("layout", ["tree", "chain"])
 def test_the_newest_nodes_are_the_tail_of_all_of_them_with_the_same_rollups(
         sqlite_store: tuple[Store, BatchWriter], layout: str) -> None:
@@ -61,3 +72,16 @@ def test_the_newest_transitions_are_the_tail_of_the_history(sqlite_store: tuple[
     for most in (1, len(every) - 1, len(every), len(every) + 3):
         assert st.history("s", most) == every[-most:]
     assert st.count_history("s") == len(every)
+
+
+def test_more_newest_nodes_than_one_query_may_name_are_read_too(sqlite_store: tuple[Store, BatchWriter]) -> None:
+    """Past 5,000 nodes asked for (``session.get`` takes ``steps_limit`` up to 100,000) the calls are not filtered by
+    node id (one bound parameter per node would pass SQLite's limit): the newest nodes still come with their own
+    roll-ups, as the whole list has them."""
+    st, writer = sqlite_store
+    _wide(st, writer, "w", 6100)
+    every = st.steps("w")
+    for most in (5000, 5001, 6099, 40_000):
+        newest, total = st.newest_steps("w", most)
+        assert total == 6100 and newest == every[-most:], most
+    assert every[-1]["prompt_tokens"] == 6099 and every[-1]["calls"] == 1
