@@ -94,6 +94,13 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
                              details={"nodes": list(steps_rows)[:200]})
         first = steps_rows[from_node]["start_seq"] or 0
         step_nodes = [r for r in step_nodes if (r["start_seq"] or 0) >= first]
+    if len(step_nodes) > MAX_STEPS:  # a long session: name the step a skill of its last MAX_STEPS would start at
+        start = step_nodes[-MAX_STEPS]["node_id"]
+        there = " from there" if from_node else ""
+        raise SkillError("bad_skill", f"session {sid} has {len(step_nodes)} completed steps{there}"
+                         f"; a skill holds at most {MAX_STEPS}: save one from a later step (from_node; labd skills "
+                         f"save {sid} --from {start}: its last {MAX_STEPS})", "from_node",
+                         details={"steps": len(step_nodes), "max": MAX_STEPS, "from_node": start})
     code: dict[str, list[str]] = {}
     answers: dict[str, str] = {}
     agents_used: set[str] = set()
