@@ -12,6 +12,7 @@ from typing import Any
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.roles import agent_roles
 from labd.daemon.api.sessions import resolve_session
+from labd.daemon.reads import Read
 from labd.store.skills import NAME, SkillError, check_skill, extract, get_skill, list_skills
 
 __all__ = ["expand_skill"]
@@ -76,7 +77,7 @@ def _hint(step: dict[str, Any]) -> str:
 class SaveSkill(Request):
     type = "skill.save"
 
-    def execute(self) -> Any:
+    def execute(self) -> Any:  # a generator: the skill is extracted on a read worker
         # a misspelt `parameters` saved a skill whose runs need none
         self.only("session", "name", "description", "parameters", "from_node", done="nothing was saved")
         row = resolve_session(self)
@@ -89,10 +90,15 @@ class SaveSkill(Request):
             roles = agent_roles(self.daemon)
         except ApiError:  # a role file broken since: the skill is saved without the roles it used
             roles = {}
-        try:
-            doc = extract(self.daemon.store, row, name=name, description=description, parameters=parameters,
+        store = self.daemon.store
+
+        def made() -> dict[str, Any]:  # the session's steps and events, read on a worker (daemon/reads.py)
+            doc = extract(store, row, name=name, description=description, parameters=parameters,
                           from_node=from_node, roles=roles)
             check_skill(doc)  # what is stored can be started and shown
+            return doc
+        try:
+            doc = yield Read(made, "skill")
         except SkillError as exc:
             raise _skill_error(exc) from None
         self.daemon.write("skill.save", doc, self.reply_to)

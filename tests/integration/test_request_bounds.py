@@ -187,13 +187,13 @@ def test_a_session_with_thousands_of_nodes_can_still_be_shown(shared_daemon, tho
 
 @pytest.mark.parametrize(("request_type", "extra"), [("session.dag", {}), ("session.dag", {"format": "mermaid"}),
                                                      ("session.cost", {}), ("session.checkpoints", {}),
-                                                     ("session.files", {})])
+                                                     ("session.files", {}), ("skill.save", {"name": "thousands"})])
 def test_a_whole_record_read_of_a_long_session_leaves_the_daemon_answering(shared_daemon, thousands: str,
                                                                            request_type: str, extra: dict) -> None:
-    """A read of a session's whole DAG, costs, checkpoints or files runs on the daemon's read worker: while it runs,
-    other clients are answered (here `daemon.status`, which counts it among its `long_reads`). On the request loop
-    such a read of a 30,000-step session held every client for more than a second (the DAG: 1.3 s); a dashboard
-    showing a long session's DAG kept the daemon busy. The reply is the same."""
+    """A read of a session's whole DAG, costs, checkpoints or files (or the extraction of a skill from it) runs on
+    the daemon's read worker: while it runs, other clients are answered (here `daemon.status`, which counts it among
+    its `long_reads`). On the request loop such a read of a 30,000-step session held every client for more than a
+    second (the DAG: 1.3 s); a dashboard showing a long session's DAG kept the daemon busy. The reply is the same."""
     import threading
 
     done: dict[str, Any] = {}
@@ -212,6 +212,11 @@ def test_a_whole_record_read_of_a_long_session_leaves_the_daemon_answering(share
         assert seen >= 1, "the read never showed as a long read while it ran"
         assert c.request("daemon.status")["long_reads"] == 0
     reply = done["reply"]
+    if request_type == "skill.save":  # extracted on the worker, then written
+        with shared_daemon.client() as c:
+            saved = c.request("skill.get", name="thousands")["skill"]
+        assert reply["name"] == "thousands" and len(saved["steps"]) == 2500
+        return
     assert reply["session"] == thousands
     if request_type == "session.dag":
         if "format" in extra:  # the rendering alone
