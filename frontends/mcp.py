@@ -43,8 +43,11 @@ MAX_EVENTS_JSON = 200_000
 EVENT_HEAD = 2_000
 #: characters (as JSON) of any other tool's result: a larger one is a tool error saying where to read it instead
 MAX_RESULT = 1_000_000
-#: nodes and state transitions get_session returns (the newest; get_dag and read_events have them all)
+#: nodes and state transitions get_session returns (the newest; get_dag and read_events have more)
 SESSION_STEPS = 200
+#: get_dag answers the newest this many nodes unless asked for more: a days-long session's whole graph (~400 bytes a
+#: node in JSON) would fill an agent's context many times over
+DAG_NEWEST = 500
 MAX_FILE = 1_000_000  # bytes of a file returned as a resource
 #: events read_events / read_output ask the daemon for first; each later request asks for about as many as the size
 #: budget left holds at the average size seen so far (a daemon page may be 5000 events and 8 MiB: fetched whole to
@@ -157,9 +160,10 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
         return await call(read)
 
     @server.tool(annotations=READ_ONLY)
-    async def get_dag(session: str, format: str = "json") -> dict[str, Any]:
-        """The session's step graph: json (nodes and edges), mermaid or dot."""
-        return await call(lambda c: c.dag(session, fmt=format))
+    async def get_dag(session: str, format: str = "json", newest: int = DAG_NEWEST) -> dict[str, Any]:
+        """The session's step graph: json (nodes and edges), mermaid or dot; only its newest `newest` nodes (1 to
+        100000) and the edges between them, `nodes_omitted` saying how many older ones were left out."""
+        return await call(lambda c: c.dag(session, fmt=format, newest=newest))
 
     @server.tool(annotations=READ_ONLY)
     async def get_cost(session: str) -> dict[str, Any]:

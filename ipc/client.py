@@ -293,8 +293,13 @@ class Client(Transport, Waiting):
         """The checkpoints a session recorded (one per completed step), in record order."""
         return self.request("session.checkpoints", session=session)["checkpoints"]  # type: ignore[no-any-return]
 
-    def dag(self, session: str, fmt: str = "json") -> dict[str, Any]:
-        return self.request("session.dag", session=session, format=fmt)  # type: ignore[no-any-return]
+    def dag(self, session: str, fmt: str = "json", *, newest: int | None = None) -> dict[str, Any]:
+        """A session's step graph (``fmt`` json: the reply's ``dag``; mermaid or dot: its ``text``). ``newest``:
+        only the newest that many nodes and the edges between them (the reply's ``nodes_omitted``: how many not)."""
+        body: dict[str, Any] = {"session": session, "format": fmt}
+        if newest is not None:
+            body["newest"] = newest
+        return self.request("session.dag", **body)  # type: ignore[no-any-return]
 
     def replay(self, session: str, *, from_node: str | None = None, name: str | None = None,
                idempotency_key: str | None = None, retries: int = 1) -> str:
@@ -319,8 +324,10 @@ class Client(Transport, Waiting):
     def cost(self, session: str) -> dict[str, Any]:
         return self.request("session.cost", session=session)  # type: ignore[no-any-return]
 
-    def files(self, session: str) -> list[dict[str, Any]]:
-        return self.request("session.files", session=session)["files"]  # type: ignore[no-any-return]
+    def files(self, session: str, since: int = 0) -> list[dict[str, Any]]:
+        """The history of a session's files, in seq order (``since``: only rows recorded after that seq)."""
+        body: dict[str, Any] = {"session": session, **({"since": since} if since else {})}
+        return self.request("session.files", **body)["files"]  # type: ignore[no-any-return]
 
     def state_history(self, session: str) -> list[dict[str, Any]]:
         return self.request("session.history", session=session)["history"]  # type: ignore[no-any-return]

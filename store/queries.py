@@ -13,18 +13,15 @@ from sqlalchemy import Engine, and_, case, func, or_, select
 from labd.ipc.events import APPROVAL_OPTION_MAX, APPROVAL_OPTIONS_MAX, TERMINAL_STATUSES
 from labd.store.blobs import inline
 from labd.store.cost_queries import COST_GROUPS, CostQueries
+from labd.store.graph_queries import GraphQueries, children_first, rollup
 from labd.store.known_keys import KnownKeys
 from labd.store.schema import (
     IDEMPOTENCY_RETENTION,
     approvals,
-    cost_records,
-    dag_edges,
     events,
-    files,
     idempotency_keys,
     sessions,
     state_history,
-    steps,
 )
 
 __all__ = ["children_first", "Store", "MAX_PAGE", "rollup", "COST_GROUPS"]
@@ -38,54 +35,6 @@ ID_CHUNK = 500  # session ids per IN (...) list: well under SQLite's bound on pa
 OPTIONS_TEXT_MAX = 2 + APPROVAL_OPTIONS_MAX * (3 + 6 * APPROVAL_OPTION_MAX)
 
 
-def children_first(nodes: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
-    """Every node once as (node, the parent to pass its figures to, or None), each after all its descendants: a
-    post-order of the parent links from the roots (nodes whose ``parent_node`` is not among them), iterative, so
-    any depth costs one pass. Nodes in a malformed parent cycle (and what hangs below them) come after, walked from
-    the first of them not yet reached; the cycle's link back points to a node already placed, and a node passes
-    its figures only to a parent placed after it (None for a root, or for that link back)."""
-    by_id = {n["node_id"]: n for n in nodes}
-    kids: dict[Any, list[dict[str, Any]]] = {}
-    roots = []
-    for n in nodes:
-        parent = n.get("parent_node")
-        if parent in by_id and parent != n["node_id"]:
-            kids.setdefault(parent, []).append(n)
-        else:
-            roots.append(n)
-    order: list[dict[str, Any]] = []
-    done: set[Any] = set()
-    for start in [*roots, *nodes]:  # the roots, then whatever they did not reach (cycles)
-        stack: list[tuple[dict[str, Any], bool]] = [(start, False)]
-        while stack:
-            n, expanded = stack.pop()
-            if expanded:
-                order.append(n)
-            elif n["node_id"] not in done:
-                done.add(n["node_id"])
-                stack.append((n, True))
-                stack.extend((c, False) for c in kids.get(n["node_id"], ()))
-    place = {n["node_id"]: i for i, n in enumerate(order)}
-    return [(n, by_id[p] if (p := n.get("parent_node")) in place and place[p] > i else None)
-            for i, n in enumerate(order)]
-
-
-def rollup(nodes: list[dict[str, Any]], own: dict[Any, Any]) -> list[dict[str, Any]]:
-    """Add to each node the LLM usage of its subtree; ``own`` maps node_id -> (calls, prompt, completion,
-    cost) recorded on that node itself."""
-    for n in nodes:
-        calls, prompt, completion, cost = own.get(n["node_id"]) or (0, 0, 0, 0.0)
-        n.update(calls=int(calls or 0), prompt_tokens=int(prompt or 0), completion_tokens=int(completion or 0),
-                 cost=float(cost or 0.0))
-    # each node's subtree total is complete once its children were added to it: one hop up per node, children
-    # first (walking every ancestor of every node was quadratic in the depth: a 3000-deep chain took ~20 s)
-    for n, parent in children_first(nodes):
-        if parent is not None:
-            for key in ("calls", "prompt_tokens", "completion_tokens", "cost"):
-                parent[key] += n[key]
-    return nodes
-
-
 def _session_dict(row: Any) -> dict[str, Any]:
     d = dict(row)
     d["params"] = orjson.loads(d["params"])
@@ -94,7 +43,7 @@ def _session_dict(row: Any) -> dict[str, Any]:
     return d
 
 
-class Store(CostQueries):
+class Store(GraphQueries, CostQueries):
     """Query helper bound to an engine."""
 
     def __init__(self, engine: Engine, known_keys: KnownKeys | None = None) -> None:
@@ -229,30 +178,6 @@ class Store(CostQueries):
                 result.close()
         return {"events": out, "more": more or taken == limit}
 
-    def steps(self, session_id: str) -> list[dict[str, Any]]:
-        """DAG nodes in start order, each with its LLM roll-up: ``calls``, ``prompt_tokens``,
-        ``completion_tokens`` and ``cost`` summed over the node and every node nested in it."""
-        return self.newest_steps(session_id, None)[0]
-
-    def newest_steps(self, session_id: str, most: int | None) -> tuple[list[dict[str, Any]], int]:
-        """``(the newest most nodes in start order, rolled up as by steps(), how many the session has)``; None: all.
-        Reads only those (a days-long session has tens of thousands): a node starts after the node it is nested
-        in, so the newest nodes hold every node nested in them, and their roll-ups are complete."""
-        order = steps.c.start_seq if most is None else steps.c.start_seq.desc().nulls_last()
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(steps).where(steps.c.session_id == session_id).order_by(order)
-                                .limit(most)).mappings().all()
-            usage = (select(cost_records.c.node_id, func.count(), func.sum(cost_records.c.prompt_tokens),
-                            func.sum(cost_records.c.completion_tokens), func.sum(cost_records.c.cost))
-                     .where(cost_records.c.session_id == session_id).group_by(cost_records.c.node_id))
-            if most is not None and len(rows) <= 5000:  # these nodes' calls only (a long session's others made
-                # most of them); past that many, one bound parameter each would pass SQLite's limit (32,766)
-                usage = usage.where(cost_records.c.node_id.in_([r["node_id"] for r in rows]))
-            own = {r[0]: r[1:] for r in conn.execute(usage).all()}
-            total = len(rows) if most is None or len(rows) < most else self._count(conn, steps, session_id)
-        nodes = [dict(r) for r in (rows if most is None else reversed(rows))]
-        return rollup(nodes, own), total
-
     def history(self, session_id: str, most: int | None = None) -> list[dict[str, Any]]:
         """The session's state transitions in order (``most``: only the newest that many)."""
         order = state_history.c.seq if most is None else state_history.c.seq.desc()
@@ -264,11 +189,6 @@ class Store(CostQueries):
     def count_history(self, session_id: str) -> int:
         with self.engine.connect() as conn:
             return self._count(conn, state_history, session_id)
-
-    @staticmethod
-    def _count(conn: Any, table: Any, session_id: str) -> int:
-        return int(conn.execute(select(func.count()).select_from(table)
-                                .where(table.c.session_id == session_id)).scalar() or 0)
 
     def live_sessions(self) -> list[dict[str, Any]]:
         """Sessions not in a terminal status (what a restarted daemon must adopt or mark lost)."""
@@ -305,34 +225,12 @@ class Store(CostQueries):
                     out[(sid, kind)] = (ts, orjson.loads(payload))
         return out
 
-    # ---- agent tracking ---------------------------------------------------------------------------
-    def edges(self, session_id: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(dag_edges.c.src, dag_edges.c.dst, dag_edges.c.type)
-                                .where(dag_edges.c.session_id == session_id)).all()
-        return [{"src": r[0], "dst": r[1], "type": r[2]} for r in rows]
-
-    def dag(self, session_id: str) -> dict[str, Any]:
-        """Nodes (phases, steps, agent turns) and edges of a session's DAG."""
-        nodes = self.steps(session_id)
-        return {"session": session_id, "nodes": nodes, "edges": self.edges(session_id)}
-
     def blob_count(self) -> int:
         """How many distinct blobs the store holds."""
         from labd.store.schema import blobs
 
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(blobs)).scalar() or 0)
-
-    def files(self, session_id: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(files).where(files.c.session_id == session_id)
-                                .order_by(files.c.seq)).mappings().all()
-        out = [dict(r) for r in rows]
-        for f in out:
-            f["candidates"] = orjson.loads(f["candidates"]) if f.get("candidates") else None
-            f["ambiguous"] = f["candidates"] is not None
-        return out
 
     def approvals(self, *, session_id: str | None = None, status: str | None = None, limit: int = 500,
                   per_session: int | None = None, after: tuple[float, str] | None = None,

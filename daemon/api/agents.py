@@ -184,17 +184,20 @@ class Dag(Request):
     type = "session.dag"
 
     def execute(self) -> Any:  # a generator: the whole DAG is read and rendered on a worker (daemon/reads.py)
+        self.filters("session", "format", "newest")  # `newest` cuts the graph: a misspelling is refused
         fmt = self.arg("format", str, "json", check=lambda f: f in FORMATS, hint=" | ".join(FORMATS))
+        newest = self.arg("newest", int, None, check=lambda n: 1 <= n <= 100_000, hint="1 to 100000")
         row = resolve_session(self)
         store, sid = self.daemon.store, row["id"]
 
         def read() -> dict[str, Any]:
-            dag = store.dag(sid)
+            dag = store.dag(sid, newest)
+            omitted = {"nodes_omitted": dag.pop("nodes_omitted")} if "nodes_omitted" in dag else {}
             # one copy of the graph: as json it is `dag` (its indented text too doubled a long session's reply,
             # which at ~60,000 nodes passed the largest reply the daemon sends)
             if fmt == "json":
-                return {"session": sid, "format": fmt, "dag": dag, "text": None}
-            return {"session": sid, "format": fmt, "dag": None, "text": FORMATS[fmt](dag)}
+                return {"session": sid, "format": fmt, "dag": dag, "text": None, **omitted}
+            return {"session": sid, "format": fmt, "dag": None, "text": FORMATS[fmt](dag), **omitted}
         return (yield Read(read, "DAG"))
 
 
@@ -227,15 +230,17 @@ class Files(Request):
     type = "session.files"
 
     def execute(self) -> Any:  # a generator: the session's nodes and files are read on a worker (daemon/reads.py)
+        self.filters("session", "since")
+        since = self.arg("since", int, 0, check=lambda n: n >= 0, hint="a seq, 0 or more")
         row = resolve_session(self)
         store = self.daemon.store
-        return (yield Read(lambda: _files(store, row), "files"))
+        return (yield Read(lambda: _files(store, row, since), "files"))
 
 
-def _files(store: Any, row: dict[str, Any]) -> dict[str, Any]:
-    """``session.files``' reply: the history of the session's files, each row with its step."""
-    nodes = {n["node_id"]: n for n in store.steps(row["id"])}
-    files = store.files(row["id"])
+def _files(store: Any, row: dict[str, Any], since: int) -> dict[str, Any]:
+    """``session.files``' reply: the history of the session's files (after ``since``), each row with its step."""
+    files = store.files(row["id"], since)
+    nodes = {n["node_id"]: n for n in store.steps(row["id"])} if not since else _step_nodes(store, row["id"], files)
     latest = {f["path"]: f["seq"] for f in files}  # rows are in seq order: the last one per path wins
     for f in files:
         # the history stays; `current` marks each path's latest row unless that row is its deletion
@@ -249,6 +254,19 @@ def _files(store: Any, row: dict[str, Any]) -> dict[str, Any]:
         f["step"] = node["name"] if node else None
         f["step_node"] = node["node_id"] if node else None
     return {"session": row["id"], "workdir": row["workdir"], "files": files}
+
+
+def _step_nodes(store: Any, sid: str, files: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The nodes these file rows name, and the nodes up from an agent turn or attempt to its step: what the rows'
+    steps are found with, without reading the other nodes of a long session (a page of its newest files)."""
+    nodes: dict[str, dict[str, Any]] = {}
+    wanted = {f["node_id"] for f in files if f["node_id"]}
+    while wanted:  # one level of nesting per round; a cycle in a damaged record ends when nothing new is named
+        found = store.nodes_by_id(sid, wanted)
+        nodes.update(found)
+        wanted = {n["parent_node"] for n in found.values()
+                  if n["kind"] in ("agent", "attempt") and n["parent_node"] and n["parent_node"] not in nodes}
+    return nodes
 
 
 @register

@@ -49,7 +49,7 @@ EPILOG = """examples:
   labd show SESSION                          status, exit reason, limits, peaks, steps
   labd stop SESSION                          graceful stop, forced after a grace period
   labd approvals / labd approve SESSION      what waits for a human, and the answer
-  labd dag SESSION                           the step graph as a tree (--format mermaid|dot|json)
+  labd dag SESSION                           the step graph as a tree (--format mermaid|dot|json, --newest N)
   labd paths                                 where the home, sockets, database and logs are
   labd completion bash|zsh|fish              shell completion
 Commands that print records take --json (a session's raw events: labd events --json; the DAG: labd dag --format

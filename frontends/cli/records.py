@@ -69,19 +69,33 @@ def tree_lines(dag: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def cmd_dag(args: argparse.Namespace, ctx: Ctx) -> int:
     c = ctx.client()
+    fmt = "json" if args.format == "tree" else args.format
+    reply = c.dag(args.session, fmt, newest=args.newest)
+    omitted = reply.get("nodes_omitted") or 0
     if args.format == "json":  # the graph itself (the reply carries it once, not also as text)
-        print(ctx.out.safe(json.dumps(c.dag(args.session, "json")["dag"], indent=2, default=str)))
-        return 0
-    if args.format != "tree":
-        print(ctx.out.safe(c.dag(args.session, args.format)["text"]), end="")  # step names are the session's
-        return 0
-    dag = c.dag(args.session, "json")["dag"]
-    if not dag["nodes"]:
-        ctx.out.line(f"session {dag['session']} has no steps yet", "dim", err=True)
-        return 0
-    for text, n in tree_lines(dag):
-        ctx.out.line(text, STATUS_STYLE.get(n["status"]))
+        dag = {**reply["dag"], "nodes_omitted": omitted} if omitted else reply["dag"]
+        print(ctx.out.safe(json.dumps(dag, indent=2, default=str)))
+    elif args.format != "tree":
+        print(ctx.out.safe(reply["text"]), end="")  # step names are the session's
+    elif not reply["dag"]["nodes"]:
+        ctx.out.line(f"session {reply['dag']['session']} has no steps yet", "dim", err=True)
+    else:
+        for text, n in tree_lines(reply["dag"]):
+            ctx.out.line(text, STATUS_STYLE.get(n["status"]))
+    if omitted:
+        ctx.out.line(f"(the newest {args.newest} nodes; {omitted} older ones left out: without --newest, all)",
+                     "dim", err=True)
     return 0
+
+
+def _newest(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of nodes, 1 to 100000, not {text!r}") from None
+    if not 1 <= n <= 100_000:
+        raise argparse.ArgumentTypeError(f"a number of nodes, 1 to 100000, not {n}")
+    return n
 
 
 def cmd_cost(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -174,6 +188,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("session")
     s.add_argument("--format", choices=["tree", "json", "mermaid", "dot"], default="tree",
                    help="tree (default), json, mermaid or dot")
+    s.add_argument("--newest", type=_newest, metavar="N",
+                   help="only the newest N nodes (1-100000) and the edges between them: a days-long session's "
+                        "whole graph has many thousands")
     s = command(sub, "cost", cmd_cost, "a session's LLM cost per agent, model, node and step (or --all sessions)")
     s.add_argument("session", nargs="?")
     s.add_argument("--all", action="store_true", help="cost across all sessions")

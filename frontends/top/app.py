@@ -219,7 +219,7 @@ class TopApp(App[int]):
     @feed_handler
     def on_dag_updated(self, msg: DagUpdated) -> None:
         if msg.session == self.selected:
-            self.dag_tree.show(msg.dag, msg.cost_by_node, msg.files)
+            self.dag_tree.show(msg.dag, msg.files)
 
     @feed_handler
     def on_connection_changed(self, msg: ConnectionChanged) -> None:

@@ -28,13 +28,18 @@ class EventsArrived(Message):
         self.session, self.events, self.skipped = session, events, skipped
 
 
-class DagUpdated(Message):
-    """The followed session's DAG (``session.dag`` json), cost per node and files."""
+#: the DAG tab shows the newest this many nodes of the followed session (a tree of many thousands is slow to
+#: rebuild every second, and a days-long session's whole graph is ~12 MB a read)
+DAG_NODES = 1000
 
-    def __init__(self, session: str, dag: dict[str, Any], cost_by_node: dict[str, float],
-                 files: list[dict[str, Any]]) -> None:
+
+class DagUpdated(Message):
+    """The followed session's newest :data:`DAG_NODES` nodes (``session.dag`` json, with ``nodes_omitted``: how
+    many older ones it left out) and their files."""
+
+    def __init__(self, session: str, dag: dict[str, Any], files: list[dict[str, Any]]) -> None:
         super().__init__()
-        self.session, self.dag, self.cost_by_node, self.files = session, dag, cost_by_node, files
+        self.session, self.dag, self.files = session, dag, files
 
 
 class ConnectionChanged(Message):

@@ -16,6 +16,7 @@ from textual.widgets import DataTable, Input, Label, Sparkline, Static, Tree
 from labd.frontends.cli.safetext import text as safe_text
 
 from .format import fmt_age, fmt_bytes, fmt_cost, safe, spark, truncate
+from .messages import DAG_NODES
 
 __all__ = ["DagTree", "DetailPane", "FeedbackScreen", "SessionTable", "History"]
 
@@ -27,7 +28,6 @@ COLUMNS = (("id", "ID", 12), ("name", "NAME", 22), ("status", "STATUS", 16), ("c
            ("age", "AGE", 5))
 #: levels of steps drawn nested in the DAG tab; deeper steps are drawn beside their parent, with their depth
 MAX_DEPTH = 100
-MAX_NODES = 1000
 
 
 class History:
@@ -156,14 +156,16 @@ class DetailPane(Vertical):
 
 
 class DagTree(Tree[Any]):
-    """The session's step / agent graph as a tree (``contains`` edges), with status, cost and files per node."""
+    """The session's step / agent graph as a tree (``contains`` edges), with status, cost (the node's own and what
+    is nested in it) and files per node."""
 
     ICONS = {"running": "▶", "completed": "✓", "failed": "✗", "cancelled": "■", "skipped": "↷"}
 
-    def show(self, dag: dict[str, Any], cost_by_node: dict[str, float], files: list[dict[str, Any]]) -> None:
+    def show(self, dag: dict[str, Any], files: list[dict[str, Any]]) -> None:
         all_nodes = dag.get("nodes", [])
-        # A tree of many thousands of nodes is slow to rebuild every second: show the newest MAX_NODES.
-        nodes = {n["node_id"]: n for n in sorted(all_nodes, key=lambda n: _node_key(n["node_id"]))[-MAX_NODES:]}
+        # the feed asks for the newest DAG_NODES; a graph given whole is cut the same way
+        nodes = {n["node_id"]: n for n in sorted(all_nodes, key=lambda n: _node_key(n["node_id"]))[-DAG_NODES:]}
+        total = len(all_nodes) + int(dag.get("nodes_omitted") or 0)
         children: dict[str | None, list[str]] = {}
         for nid, n in nodes.items():
             parent = n.get("parent_node") if n.get("parent_node") in nodes else None
@@ -174,7 +176,7 @@ class DagTree(Tree[Any]):
             if node:
                 files_by_node.setdefault(node, []).append(f["path"])
         self.clear()
-        shown = f"the newest {len(nodes)} of {len(all_nodes)}" if len(all_nodes) > len(nodes) else str(len(nodes))
+        shown = f"the newest {len(nodes)} of {total}" if total > len(nodes) else str(len(nodes))
         self.root.set_label(Text(f"{safe_text(str(dag.get('session', '')))}  ({shown} nodes)", style="bold"))
         key = _node_key
 
@@ -188,8 +190,8 @@ class DagTree(Tree[Any]):
                 safe_text(truncate(n.get("name") or "", 60)), (f"  {safe_text(str(n.get('kind')))}", "dim"))
             if n.get("duration"):
                 label.append(f"  {n['duration']:.1f}s", style="dim")
-            if cost_by_node.get(nid):
-                label.append(f"  {fmt_cost(cost_by_node[nid])}", style="green")
+            if n.get("cost"):
+                label.append(f"  {fmt_cost(n['cost'])}", style="green")
             kids = sorted(children.get(nid, []), key=key)
             paths = files_by_node.get(nid, [])
             if paths:

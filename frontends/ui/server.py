@@ -245,7 +245,9 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         return await daemon(calls[what])
 
     async def dag(request: Request) -> Any:
-        return await daemon(lambda c: c.dag(request.path_params["sid"]))
+        filters(request, "newest")
+        newest = count(request, "newest", -1)  # the page asks for the newest nodes only: 1-100000, the daemon checks
+        return await daemon(lambda c: c.dag(request.path_params["sid"], newest=None if newest < 0 else newest))
 
     async def cost(request: Request) -> Any:
         return await daemon(lambda c: c.cost(request.path_params["sid"]))

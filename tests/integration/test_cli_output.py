@@ -168,6 +168,14 @@ def test_dag_is_a_tree_by_default_and_exports_escape_names(shared_daemon, tmp_pa
         reply = c.dag(sid)
     assert reply["text"] is None and as_json == reply["dag"]
     assert [n["name"] for n in as_json["nodes"]][:2] == ['say "hi" <b>#1', "inner\\path\nline2"]
+    # --newest: only the newest nodes, and the CLI says how many it left out (on stderr: stdout stays the graph)
+    part = labd("dag", sid, "--newest", "2")
+    assert part.stdout.startswith("n2 inner") and "\nn3 a &amp; b" in part.stdout and "n1 " not in part.stdout
+    assert "1 older ones left out" in part.stderr
+    as_json = json.loads(labd("dag", sid, "--format", "json", "--newest", "2").stdout)
+    assert [n["node_id"] for n in as_json["nodes"]] == ["n2", "n3"] and as_json["nodes_omitted"] == 1
+    bad = labd("dag", sid, "--newest", "0")
+    assert bad.returncode == 2 and "1 to 100000" in bad.stderr
 
 
 def test_a_line_break_in_a_value_keeps_its_table_row_on_one_line(shared_daemon, tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def _call(server: Any, name: str, **args: Any) -> Any:
 
 def test_tools_list_start_follow_and_inspect_a_session(shared_daemon) -> None:
     """An agent lists workflows, starts a session (the id comes back at once), polls its output to the end,
-    and reads its state, events, DAG and cost through tools."""
+    and reads its state, events and DAG (whole, or its newest nodes) through tools."""
     server = build_server(shared_daemon.home)
 
     async def go() -> dict[str, Any]:
@@ -67,13 +67,19 @@ def test_tools_list_start_follow_and_inspect_a_session(shared_daemon) -> None:
             session = _data(await c.call_tool("get_session", {"session": sid}))
             events = _data(await c.call_tool("read_events", {"session": sid, "kinds": ["session.ended"]}))
             listed = _data(await c.call_tool("list_sessions", {}))
-            return {"sid": sid, "text": text, "session": session, "events": events, "listed": listed}
+            dag = _data(await c.call_tool("get_dag", {"session": sid}))
+            newest = _data(await c.call_tool("get_dag", {"session": sid, "newest": 1}))
+            return {"sid": sid, "text": text, "session": session, "events": events, "listed": listed, "dag": dag,
+                    "newest": newest}
 
     r = anyio.run(go)
     assert r["session"]["status"] == "completed"
     assert [line for line in r["text"].splitlines() if line.startswith("count")] or r["text"].count("\n") >= 3
     assert r["events"]["events"][0]["payload"]["status"] == "completed"
     assert any(s["id"] == r["sid"] for s in r["listed"])
+    nodes = r["dag"]["dag"]["nodes"]  # 3 steps: all of them (the default is the newest 500)
+    assert len(nodes) == 3 and "nodes_omitted" not in r["dag"]
+    assert r["newest"]["dag"]["nodes"] == nodes[-1:] and r["newest"]["nodes_omitted"] == 2
 
 
 def test_errors_are_tool_errors_with_labd_codes(shared_daemon) -> None:

@@ -203,6 +203,21 @@ def test_session_list_updates_live_and_a_session_page_follows_output(page: Any, 
     _shot(page, "session")
 
 
+def test_the_dag_of_a_long_session_draws_its_newest_nodes_and_says_so(page: Any, ui: dict[str, Any]) -> None:
+    """A session of 520 nodes: the DAG tab draws the newest 500 (read as such from the daemon, not the whole graph)
+    and says how many the session has; before, the page read and laid out the whole graph, however large."""
+    with ui["daemon"].client() as c:
+        sid = c.start("labd_testflows:deep", params={"n": 520})
+        assert c.wait(sid, timeout=90)["status"] == "completed"
+        newest = {n["node_id"] for n in c.dag(sid, newest=500)["dag"]["nodes"]}
+    page.goto(ui["base"] + f"/#/s/{sid}")
+    page.click("#tab-dag")
+    page.wait_for_function("document.querySelectorAll('svg.dag g.node').length === 500")
+    assert page.inner_text("#dag-note").startswith("the newest 500 of 520 nodes")
+    drawn = page.eval_on_selector_all("svg.dag g.node", "gs => gs.map(g => g.dataset.node)")
+    assert set(drawn) == newest and "n1" not in drawn  # n1, the oldest, left out
+
+
 def test_dag_renders_with_the_record_node_count(page: Any, ui: dict[str, Any]) -> None:
     """planning_and_control's DAG: with agent turns shown, one SVG node per node of the record."""
     with ui["daemon"].client() as c:

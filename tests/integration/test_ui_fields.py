@@ -51,14 +51,17 @@ def test_a_field_the_api_does_not_take_is_a_400_naming_it(shared_daemon, tmp_pat
 
 
 def test_a_misspelt_filter_of_a_list_path_is_a_400_naming_it(shared_daemon, tmp_path: Path) -> None:
-    """``/api/sessions?stauts=running``, ``/api/approvals?statuss=all`` and ``/api/sessions/ID/events?nod=n1`` are
-    400s naming the parameter: each was ignored, and the answer was every session, the pending approvals, every
-    event, as if it had been filtered. The parameters these paths take still filter."""
+    """``/api/sessions?stauts=running``, ``/api/approvals?statuss=all``, ``/api/sessions/ID/events?nod=n1`` and
+    ``/api/sessions/ID/dag?newst=5`` are 400s naming the parameter (a ``newest`` of 0 too): each was ignored, and
+    the answer was every session, the pending approvals, every event, the whole graph, as if it had been
+    filtered. The parameters these paths take still filter."""
     with shared_daemon.client() as c, running_ui(shared_daemon.home, tmp_path / "ui-stderr.log") as ui:
-        sid = c.start("demo.count", params={"n": 1, "delay": 0})
+        sid = c.start("demo.count", params={"n": 2, "delay": 0})
         assert c.wait(sid, timeout=60)["status"] == "completed"
         for path, named in [("/api/sessions?stauts=running", "'stauts'"), ("/api/approvals?statuss=all", "'statuss'"),
-                            (f"/api/sessions/{sid}/events?nod=n1", "'nod'")]:
+                            (f"/api/sessions/{sid}/events?nod=n1", "'nod'"),
+                            (f"/api/sessions/{sid}/dag?newst=5", "'newst'"),
+                            (f"/api/sessions/{sid}/dag?newest=0", "newest")]:
             status, raw = ui.request(path)
             got = json.loads(raw)
             assert status == 400 and got["error"]["code"] == "bad_request", (path, got)
@@ -67,3 +70,6 @@ def test_a_misspelt_filter_of_a_list_path_is_a_400_naming_it(shared_daemon, tmp_
         assert status == 200 and sid not in {s["id"] for s in json.loads(raw)}
         status, raw = ui.request(f"/api/sessions/{sid}/events?since=0&node=n1")
         assert status == 200, raw
+        status, raw = ui.request(f"/api/sessions/{sid}/dag?newest=1")  # the newest of its two nodes
+        dag = json.loads(raw)
+        assert status == 200 and len(dag["dag"]["nodes"]) == 1 and dag["nodes_omitted"] >= 1, raw

@@ -639,3 +639,18 @@ def work_link_to_home(ctx, home: str) -> str:
     shutil.rmtree(work)
     os.symlink(home, work)
     return "ok"
+
+
+def graph_rounds(ctx, rounds: int = 12) -> int:
+    """A phase of steps one after the other, each with an engineer's turn (a run_code call that writes
+    ``step_<i>.json``, a file of the turn) and a file the step writes itself: a graph to read the newest part of."""
+    import asyncio
+    from pathlib import Path
+
+    engineer = ctx.agent("eng", "ROLE: engineer\nSolve it.", code_execution=True)
+    with ctx.step("rounds", kind="phase"):
+        for i in range(1, rounds + 1):
+            with ctx.step(f"round {i}"):
+                asyncio.run(engineer.ask(f"Step {i} of {rounds}: compute"))
+                Path(f"round_{i}.txt").write_text(str(i))
+    return rounds

@@ -34,6 +34,9 @@ const el = (tag, attrs = {}, ...children) => {
 let timers = [];
 let streams = [];
 const TERMINAL = ["completed", "failed", "cancelled", "lost"];
+// the DAG tab draws the newest this many nodes of a session (a days-long session has many thousands: its whole
+// graph is ~12 MB and an SVG of it more than a page can lay out)
+const DAG_NODES = 500;
 function cleanup() { timers.forEach(clearInterval); timers = []; streams.forEach(s => s.close()); streams = []; }
 
 async function api(path, opts = {}) {
@@ -259,10 +262,12 @@ async function sessionPage(main, sid) {
 
   const detail = el("div", {class: "card", id: "node-detail"}, el("span", {class: "muted"}, "click a node for its details"));
   const dagBox = el("div", {id: "dag"});
+  const dagNote = el("div", {class: "muted", id: "dag-note"});
   const agentsToggle = el("input", {type: "checkbox", id: "show-agents"});
-  panes.dag.append(el("label", {class: "inline"}, agentsToggle, " show agent turns"), dagBox, detail);
-  const loadDag = async () => {
-    const d = await api(`/api/sessions/${sid}/dag`);
+  panes.dag.append(el("label", {class: "inline"}, agentsToggle, " show agent turns"), dagNote, dagBox, detail);
+  const loadDag = async () => {  // the newest DAG_NODES nodes: a days-long session has many thousands
+    const d = await api(`/api/sessions/${sid}/dag?newest=${DAG_NODES}`);
+    dagNote.textContent = d.nodes_omitted ? `the newest ${d.dag.nodes.length} of ${d.dag.nodes.length + d.nodes_omitted} nodes (labd dag ${sid} has them all)` : "";
     renderDag(dagBox, d.dag, {showAgents: agentsToggle.checked, onSelect: async n => {
       const evs = await api(`/api/sessions/${sid}/events?node=${encodeURIComponent(n.node_id)}`);
       detail.replaceChildren(el("b", {}, `${n.name} (${n.node_id}) `), status(n.status),
