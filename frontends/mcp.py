@@ -168,11 +168,7 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
     @server.tool(annotations=READ_ONLY)
     async def get_cost(session: str) -> dict[str, Any]:
         """LLM cost and tokens of a session: total, by agent, by model, by node."""
-        def cost(c: Client) -> dict[str, Any]:
-            r = c.cost(session)
-            r.pop("calls", None)  # every call is in read_events; keep the reply small
-            return r
-        return await call(cost)
+        return await call(lambda c: c.cost(session, calls=False))  # every call is in read_events: the sums only
 
     @server.tool(annotations=READ_ONLY)
     async def list_approvals(session: str | None = None) -> list[dict[str, Any]]:

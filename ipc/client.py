@@ -321,8 +321,10 @@ class Client(Transport, Waiting):
         """A session's family (root ancestor and all descendants: branches, replays, skill runs) as a tree."""
         return self.request("sessions.tree", session=session)  # type: ignore[no-any-return]
 
-    def cost(self, session: str) -> dict[str, Any]:
-        return self.request("session.cost", session=session)  # type: ignore[no-any-return]
+    def cost(self, session: str, *, calls: bool = True) -> dict[str, Any]:
+        """A session's LLM cost: total, by agent, model, node and step, and (``calls``) every call."""
+        body: dict[str, Any] = {"session": session, **({} if calls else {"calls": False})}
+        return self.request("session.cost", **body)  # type: ignore[no-any-return]
 
     def files(self, session: str, since: int = 0) -> list[dict[str, Any]]:
         """The history of a session's files, in seq order (``since``: only rows recorded after that seq)."""

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, select
 
 from labd.store.schema import cost_records, sessions
 
@@ -28,11 +28,24 @@ class CostQueries:
     def steps(self, session_id: str) -> list[dict[str, Any]]:
         raise NotImplementedError
 
-    def costs(self, session_id: str) -> dict[str, Any]:
-        """Cost per call, and summed per agent, model, node and for the session."""
+    def costs(self, session_id: str, calls: bool = True) -> dict[str, Any]:
+        """Cost per call (``calls``; without it the calls are not read), and summed per agent, model, node and for
+        the session."""
+        c_ = cost_records.c
         with self.engine.connect() as conn:
-            calls = [dict(r) for r in conn.execute(select(cost_records).where(
-                cost_records.c.session_id == session_id).order_by(cost_records.c.seq)).mappings().all()]
+            if calls:
+                every = [dict(r) for r in conn.execute(select(cost_records).where(
+                    c_.session_id == session_id).order_by(c_.seq)).mappings().all()]
+                total = {"calls": len(every), "prompt_tokens": sum(r["prompt_tokens"] for r in every),
+                         "completion_tokens": sum(r["completion_tokens"] for r in every),
+                         "cost": sum(r["cost"] for r in every), "offline": any(r["offline"] for r in every)}
+            else:  # summed where they are (a days-long session makes 100,000 calls)
+                n, prompt, completion, cost, offline = conn.execute(
+                    select(func.count(), func.sum(c_.prompt_tokens), func.sum(c_.completion_tokens), func.sum(c_.cost),
+                           func.sum(case((c_.offline, 1), else_=0))).where(c_.session_id == session_id)).one()
+                total = {"calls": int(n or 0), "prompt_tokens": int(prompt or 0),
+                         "completion_tokens": int(completion or 0), "cost": float(cost or 0.0),
+                         "offline": bool(offline)}
             groups: dict[str, list[dict[str, Any]]] = {}
             for col in ("agent", "model", "node_id"):
                 c = cost_records.c[col]
@@ -42,14 +55,12 @@ class CostQueries:
                     .where(cost_records.c.session_id == session_id).group_by(c).order_by(c)).all()
                 groups[col] = [{col: r[0], "calls": r[1], "prompt_tokens": int(r[2] or 0),
                                 "completion_tokens": int(r[3] or 0), "cost": float(r[4] or 0.0)} for r in rows]
-        total = {"calls": len(calls), "prompt_tokens": sum(c["prompt_tokens"] for c in calls),
-                 "completion_tokens": sum(c["completion_tokens"] for c in calls),
-                 "cost": sum(c["cost"] for c in calls), "offline": any(c["offline"] for c in calls)}
         steps_rollup = [{k: n[k] for k in ("node_id", "name", "kind", "parent_node", "calls", "prompt_tokens",
                                            "completion_tokens", "cost")}
                         for n in self.steps(session_id) if n["kind"] != "agent"]
-        return {"session": session_id, "total": total, "by_agent": groups["agent"], "by_model": groups["model"],
-                "by_node": groups["node_id"], "by_step": steps_rollup, "calls": calls}
+        out = {"session": session_id, "total": total, "by_agent": groups["agent"], "by_model": groups["model"],
+               "by_node": groups["node_id"], "by_step": steps_rollup}
+        return {**out, "calls": every} if calls else out
 
     def cost_summary(self, *, by: str = "model", since: float | None = None) -> dict[str, Any]:
         """LLM cost across sessions, grouped ``by`` model | workflow | tag | day | session, from ``since``

@@ -206,9 +206,10 @@ class Cost(Request):
     type = "session.cost"
 
     def execute(self) -> Any:  # a generator: every call of the session is read on a worker (daemon/reads.py)
+        calls = self.arg("calls", bool, True)  # false: the sums only (a days-long session makes 100,000 calls)
         row = resolve_session(self)
         store = self.daemon.store
-        out = yield Read(lambda: store.costs(row["id"]), "cost")
+        out = yield Read(lambda: store.costs(row["id"], calls), "cost")
         out["budget"] = row["limits"].get("budget")
         return out
 

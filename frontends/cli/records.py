@@ -127,7 +127,7 @@ def cmd_cost(args: argparse.Namespace, ctx: Ctx) -> int:
         return 0
     if not args.session:
         raise CliError("cost needs a SESSION, or --all")
-    r = ctx.client().cost(args.session)
+    r = ctx.client().cost(args.session, calls=args.json)  # the tables need the sums only, not every call
     if args.json:
         ctx.out.json(r)
         return 0

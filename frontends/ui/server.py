@@ -250,7 +250,8 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         return await daemon(lambda c: c.dag(request.path_params["sid"], newest=None if newest < 0 else newest))
 
     async def cost(request: Request) -> Any:
-        return await daemon(lambda c: c.cost(request.path_params["sid"]))
+        # the page draws the sums: every call of a long session (100,000 of them) would be megabytes it never reads
+        return await daemon(lambda c: c.cost(request.path_params["sid"], calls=False))
 
     async def files(request: Request) -> Any:
         return await daemon(lambda c: c.request("session.files", session=request.path_params["sid"]))

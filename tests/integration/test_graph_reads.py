@@ -93,3 +93,19 @@ def test_a_bad_since_is_refused(rounds: tuple[Any, str], body: dict[str, Any], f
     with pytest.raises(LabdError) as err:
         c.request("session.files", session=sid, **body)
     assert err.value.code == "bad_request" and field in str(err.value)
+
+
+def test_cost_without_calls_has_the_same_sums_and_no_call_list(rounds: tuple[Any, str]) -> None:
+    """``session.cost`` with ``calls`` false answers the same totals and groups, summed by the store, without the
+    list of every call (what the CLI's tables, the dashboard and MCP read: a days-long session makes 100,000 calls);
+    ``calls`` must be true or false."""
+    c, sid = rounds
+    whole = c.cost(sid)
+    sums = c.cost(sid, calls=False)
+    assert whole["total"]["calls"] == len(whole["calls"]) >= 12 and whole["total"]["offline"] is True
+    assert "calls" not in sums and {k: v for k, v in sums.items() if k != "total"} == {
+        k: v for k, v in whole.items() if k not in ("calls", "total")}
+    assert sums["total"] == {**whole["total"], "cost": pytest.approx(whole["total"]["cost"])}  # summed elsewhere
+    with pytest.raises(LabdError) as err:
+        c.request("session.cost", session=sid, calls="no")
+    assert err.value.code == "bad_request" and "calls" in str(err.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
 import sqlalchemy as sa
 
 from tests.conftest import DaemonProc, kill_runners
@@ -30,6 +31,12 @@ def test_sessions_and_agent_tracking_persist_in_postgresql(isolated_env, postgre
             cost = c.cost(agents)["total"]
             assert cost["calls"] > 0 and cost["cost"] > 0
             assert any(f["path"].startswith("step_") for f in c.files(agents))
+            # the reads of a long session's newest part, on PostgreSQL too (SQL of their own: sums, IN lists)
+            assert c.cost(agents, calls=False)["total"] == {**cost, "cost": pytest.approx(cost["cost"])}
+            nodes = c.dag(agents)["dag"]["nodes"]
+            assert c.dag(agents, newest=2)["dag"]["nodes"] == nodes[-2:]
+            files = c.files(agents)
+            assert c.files(agents, since=files[-1]["seq"] - 1) == files[-1:]
     finally:
         daemon.stop()
         kill_runners(isolated_env)

@@ -6,6 +6,7 @@ A screenshot of the page is saved under tests/artifacts/ when a test fails (and 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -216,6 +217,26 @@ def test_the_dag_of_a_long_session_draws_its_newest_nodes_and_says_so(page: Any,
     assert page.inner_text("#dag-note").startswith("the newest 500 of 520 nodes")
     drawn = page.eval_on_selector_all("svg.dag g.node", "gs => gs.map(g => g.dataset.node)")
     assert set(drawn) == newest and "n1" not in drawn  # n1, the oldest, left out
+
+
+def test_the_cost_charts_of_a_long_session_show_its_costliest_rows(page: Any, ui: dict[str, Any]) -> None:
+    """A session of 55 agent turns, each an LLM call of its own node: the cost tab's "by node" chart draws the 50
+    costliest and says how many more there are (it drew a bar per node, 100,000 for a days-long session), and the
+    page reads the sums only (the API's reply has no list of every call)."""
+    with ui["daemon"].client() as c:
+        sid = c.start("labd_testflows:graph_rounds", params={"rounds": 55, "code": False})
+        assert c.wait(sid, timeout=120)["status"] == "completed"
+        by_node = c.cost(sid, calls=False)["by_node"]
+    assert len([g for g in by_node if g["node_id"]]) == 55
+    page.goto(ui["base"] + f"/#/s/{sid}")
+    page.click("#tab-cost")
+    page.wait_for_selector('[data-chart="by node"] .bar')
+    assert page.locator('[data-chart="by node"] .bar').count() == 50
+    assert page.inner_text('[data-chart="by node"] .more').startswith(f"{len(by_node) - 50} more, costing less")
+    req = urllib.request.Request(ui["base"] + f"/api/sessions/{sid}/cost",
+                                 headers={"Authorization": f"Bearer {ui['token']}"})
+    with urllib.request.urlopen(req) as r:
+        assert "calls" not in json.loads(r.read())
 
 
 def test_dag_renders_with_the_record_node_count(page: Any, ui: dict[str, Any]) -> None:

@@ -641,13 +641,15 @@ def work_link_to_home(ctx, home: str) -> str:
     return "ok"
 
 
-def graph_rounds(ctx, rounds: int = 12) -> int:
+def graph_rounds(ctx, rounds: int = 12, code: bool = True) -> int:
     """A phase of steps one after the other, each with an engineer's turn (a run_code call that writes
-    ``step_<i>.json``, a file of the turn) and a file the step writes itself: a graph to read the newest part of."""
+    ``step_<i>.json``, a file of the turn; without ``code``, an answer only) and a file the step writes itself: a
+    graph to read the newest part of."""
     import asyncio
     from pathlib import Path
 
-    engineer = ctx.agent("eng", "ROLE: engineer\nSolve it.", code_execution=True)
+    engineer = (ctx.agent("eng", "ROLE: engineer\nSolve it.", code_execution=True) if code
+                else ctx.agent("eng", "Answer briefly."))
     with ctx.step("rounds", kind="phase"):
         for i in range(1, rounds + 1):
             with ctx.step(f"round {i}"):

@@ -37,6 +37,8 @@ const TERMINAL = ["completed", "failed", "cancelled", "lost"];
 // the DAG tab draws the newest this many nodes of a session (a days-long session has many thousands: its whole
 // graph is ~12 MB and an SVG of it more than a page can lay out)
 const DAG_NODES = 500;
+// the cost tab's charts show the costliest this many rows each
+const BAR_ROWS = 50;
 function cleanup() { timers.forEach(clearInterval); timers = []; streams.forEach(s => s.close()); streams = []; }
 
 async function api(path, opts = {}) {
@@ -276,11 +278,14 @@ async function sessionPage(main, sid) {
     }});
   };
   agentsToggle.addEventListener("change", loadDag);
-  const bars = (title, rows, key) => {
-    const max = Math.max(1e-12, ...rows.map(r => r.cost));
+  const bars = (title, all, key) => {  // the BAR_ROWS costliest: a long session has a row per node, 100,000 of them
+    const rows = all.length > BAR_ROWS ? [...all].sort((a, b) => b.cost - a.cost).slice(0, BAR_ROWS) : all;
+    const max = rows.reduce((m, r) => Math.max(m, r.cost), 1e-12);
+    const more = all.length - rows.length;
     return el("div", {class: "card bars", "data-chart": title}, el("b", {}, title), ...rows.map(r => el("div", {class: "bar"},
       el("span", {style: "width:12rem"}, r[key] ?? "—"), el("div", {class: "fill", style: `width:${Math.max(2, 300 * r.cost / max)}px`}),
-      el("span", {class: "muted"}, `$${r.cost.toFixed(6)} · ${r.calls} calls`))));
+      el("span", {class: "muted"}, `$${r.cost.toFixed(6)} · ${r.calls} calls`))),
+      ...(more ? [el("div", {class: "muted more"}, `${more} more, costing less (labd cost ${sid} lists them all)`)] : []));
   };
   const loadCost = async () => { const c = await api(`/api/sessions/${sid}/cost`);
     panes.cost.replaceChildren(el("div", {class: "card"}, `total $${c.total.cost.toFixed(6)} · ${c.total.calls} calls · ${c.total.prompt_tokens}+${c.total.completion_tokens} tokens${c.total.offline ? " · offline model" : ""}`),
