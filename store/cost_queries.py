@@ -64,38 +64,44 @@ class CostQueries:
 
     def cost_summary(self, *, by: str = "model", since: float | None = None) -> dict[str, Any]:
         """LLM cost across sessions, grouped ``by`` model | workflow | tag | day | session, from ``since``
-        (a time, seconds since the epoch, on the call's own time). ``tag`` groups by ``key=value``."""
-        q = (select(cost_records.c.session_id, cost_records.c.ts, cost_records.c.model,
-                    cost_records.c.prompt_tokens, cost_records.c.completion_tokens, cost_records.c.cost,
-                    sessions.c.workflow, sessions.c.tags)
-             .join(sessions, sessions.c.id == cost_records.c.session_id))
+        (a time, seconds since the epoch, on the call's own time). ``tag`` groups by ``key=value``.
+
+        The calls are summed by the store per session and model (a daemon that ran for months holds millions of
+        calls: 0.7-0.8x of the time of reading each, docs/benchmarks.md §49) and those sums grouped here; ``day`` reads
+        each call's time, as the day of a time is written differently in each SQL dialect."""
+        c = cost_records.c
+        day = by == "day"
+        cols: list[Any] = [c.session_id, c.ts] if day else [c.session_id, c.model]
+        q = (select(*cols, c.prompt_tokens, c.completion_tokens, c.cost) if day else
+             select(*cols, func.count(), func.sum(c.prompt_tokens), func.sum(c.completion_tokens), func.sum(c.cost))
+             .group_by(*cols))
         if since is not None:
-            q = q.where(cost_records.c.ts >= since)
+            q = q.where(c.ts >= since)
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
+            meta = self._session_keys(conn, {r[0] for r in rows}, by)
         groups: dict[str, dict[str, Any]] = {}
         total = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0, "sessions": 0}
         seen: set[str] = set()
-        for sid, ts, model, prompt, completion, cost, workflow, tags in rows:
-            if by == "model":
-                keys = [model]
-            elif by == "workflow":
-                keys = [workflow]
-            elif by == "session":
-                keys = [sid]
-            elif by == "day":
-                keys = [time.strftime("%Y-%m-%d", time.gmtime(ts))]
-            else:  # tag: a call counts once under each of its session's tags
-                keys = [f"{k}={v}" for k, v in sorted(orjson.loads(tags or "{}").items())] or ["(untagged)"]
-            for key in keys:
+        for row in rows:
+            sid = row[0]
+            if sid not in meta:  # calls of a session being deleted
+                continue
+            n = 1 if day else int(row[2])
+            prompt, completion, cost = (int(row[-3] or 0), int(row[-2] or 0), float(row[-1] or 0.0))
+            if day:
+                names = [time.strftime("%Y-%m-%d", time.gmtime(row[1]))]
+            else:
+                names = [row[1]] if by == "model" else meta[sid]
+            for key in names:
                 g = groups.setdefault(key, {by: key, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
                                             "cost": 0.0, "sessions": set()})
-                g["calls"] += 1
+                g["calls"] += n
                 g["prompt_tokens"] += prompt
                 g["completion_tokens"] += completion
                 g["cost"] += cost
                 g["sessions"].add(sid)
-            total["calls"] += 1
+            total["calls"] += n
             total["prompt_tokens"] += prompt
             total["completion_tokens"] += completion
             total["cost"] += cost
@@ -103,3 +109,16 @@ class CostQueries:
         total["sessions"] = len(seen)
         out = [{**g, "sessions": len(g["sessions"])} for _k, g in sorted(groups.items())]
         return {"by": by, "since": since, "total": total, "groups": out}
+
+    @staticmethod
+    def _session_keys(conn: Any, ids: set[str], by: str) -> dict[str, list[str]]:
+        """For each of these sessions that exists, the keys its calls count under when grouped ``by`` workflow,
+        session or tag (a call counts once under each of its session's tags; ``(untagged)`` for none)."""
+        out: dict[str, list[str]] = {}
+        wanted = sorted(ids)
+        for i in range(0, len(wanted), 500):
+            for sid, workflow, tags in conn.execute(select(sessions.c.id, sessions.c.workflow, sessions.c.tags)
+                                                    .where(sessions.c.id.in_(wanted[i:i + 500]))):
+                out[sid] = ([workflow] if by == "workflow" else [sid] if by == "session" else
+                            [f"{k}={v}" for k, v in sorted(orjson.loads(tags or "{}").items())] or ["(untagged)"])
+        return out

@@ -218,12 +218,14 @@ class Cost(Request):
 class CostSummary(Request):
     type = "cost.summary"
 
-    def execute(self) -> Any:
+    def execute(self) -> Any:  # a generator: every session's calls are summed on a worker (daemon/reads.py)
         self.filters("by", "since")  # `group`: by model
         by = self.arg("by", str, "model", check=lambda b: b in COST_GROUPS, hint=" | ".join(COST_GROUPS))
         since = self.arg("since", (int, float), None, check=lambda t: math.isfinite(t) and t >= 0,
                          hint="a time in seconds since the epoch")
-        return self.daemon.store.cost_summary(by=by, since=None if since is None else float(since))
+        store = self.daemon.store
+        return (yield Read(lambda: store.cost_summary(by=by, since=None if since is None else float(since)),
+                           "cost summary"))
 
 
 @register
