@@ -113,12 +113,13 @@ class CostQueries:
     @staticmethod
     def _session_keys(conn: Any, ids: set[str], by: str) -> dict[str, list[str]]:
         """For each of these sessions that exists, the keys its calls count under when grouped ``by`` workflow,
-        session or tag (a call counts once under each of its session's tags; ``(untagged)`` for none)."""
+        session or tag (a call counts once under each of its session's tags; ``(untagged)`` for none); none for
+        model and day (their keys are the call's own)."""
         out: dict[str, list[str]] = {}
         wanted = sorted(ids)
         for i in range(0, len(wanted), 500):
             for sid, workflow, tags in conn.execute(select(sessions.c.id, sessions.c.workflow, sessions.c.tags)
                                                     .where(sessions.c.id.in_(wanted[i:i + 500]))):
-                out[sid] = ([workflow] if by == "workflow" else [sid] if by == "session" else
+                out[sid] = ([workflow] if by == "workflow" else [sid] if by == "session" else [] if by != "tag" else
                             [f"{k}={v}" for k, v in sorted(orjson.loads(tags or "{}").items())] or ["(untagged)"])
         return out

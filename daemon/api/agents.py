@@ -243,7 +243,7 @@ class Files(Request):
 def _files(store: Any, row: dict[str, Any], since: int) -> dict[str, Any]:
     """``session.files``' reply: the history of the session's files (after ``since``), each row with its step."""
     files = store.files(row["id"], since)
-    nodes = {n["node_id"]: n for n in store.steps(row["id"])} if not since else _step_nodes(store, row["id"], files)
+    nodes = _step_nodes(store, row["id"], files)
     latest = {f["path"]: f["seq"] for f in files}  # rows are in seq order: the last one per path wins
     for f in files:
         # the history stays; `current` marks each path's latest row unless that row is its deletion
@@ -261,7 +261,7 @@ def _files(store: Any, row: dict[str, Any], since: int) -> dict[str, Any]:
 
 def _step_nodes(store: Any, sid: str, files: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The nodes these file rows name, and the nodes up from an agent turn or attempt to its step: what the rows'
-    steps are found with, without reading the other nodes of a long session (a page of its newest files)."""
+    steps are found with, without reading (and rolling up) every node of a long session."""
     nodes: dict[str, dict[str, Any]] = {}
     wanted = {f["node_id"] for f in files if f["node_id"]}
     while wanted:  # one level of nesting per round; a cycle in a damaged record ends when nothing new is named

@@ -310,7 +310,8 @@ def _dag_of(c: Client, session: str) -> tuple[dict[str, Any], list[dict[str, Any
     """What the DAG tab shows: the newest :data:`DAG_NODES` nodes (each with its cost rolled up over what is nested
     in it) and their files: those recorded since the oldest of them started (two requests, one round of the lane).
     Only those are read: the whole record of a days-long session, read again after every change, kept the daemon
-    busy (30,000 nodes: ~1.5 s and ~16 MB a round) and would outgrow the request's timeout."""
+    busy (30,000 nodes: ~0.7 s of its CPU and ~16 MB a round, docs/benchmarks.md §48) and would outgrow the
+    request's timeout."""
     reply = c.dag(session, newest=DAG_NODES)
     dag = {**reply["dag"], "nodes_omitted": reply.get("nodes_omitted", 0)}
     starts = [n["start_seq"] for n in dag["nodes"] if n.get("start_seq") is not None]
