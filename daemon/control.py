@@ -202,6 +202,7 @@ class ControlPlane:
         try:
             if isinstance(waits_for, Read):
                 self.reads.submit(waits_for, flow, context)
+                self.counters["reads.long"] = self.counters.get("reads.long", 0) + 1
             else:
                 self.checks.submit(waits_for, flow, context)
         except ApiError as exc:

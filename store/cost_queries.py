@@ -33,19 +33,15 @@ class CostQueries:
         the session."""
         c_ = cost_records.c
         with self.engine.connect() as conn:
-            if calls:
-                every = [dict(r) for r in conn.execute(select(cost_records).where(
-                    c_.session_id == session_id).order_by(c_.seq)).mappings().all()]
-                total = {"calls": len(every), "prompt_tokens": sum(r["prompt_tokens"] for r in every),
-                         "completion_tokens": sum(r["completion_tokens"] for r in every),
-                         "cost": sum(r["cost"] for r in every), "offline": any(r["offline"] for r in every)}
-            else:  # summed where they are (a days-long session makes 100,000 calls)
-                n, prompt, completion, cost, offline = conn.execute(
-                    select(func.count(), func.sum(c_.prompt_tokens), func.sum(c_.completion_tokens), func.sum(c_.cost),
-                           func.sum(case((c_.offline, 1), else_=0))).where(c_.session_id == session_id)).one()
-                total = {"calls": int(n or 0), "prompt_tokens": int(prompt or 0),
-                         "completion_tokens": int(completion or 0), "cost": float(cost or 0.0),
-                         "offline": bool(offline)}
+            # the total summed where the calls are, with or without them (the same figure both ways; a days-long
+            # session makes 100,000 calls)
+            n, prompt, completion, cost, offline = conn.execute(
+                select(func.count(), func.sum(c_.prompt_tokens), func.sum(c_.completion_tokens), func.sum(c_.cost),
+                       func.sum(case((c_.offline, 1), else_=0))).where(c_.session_id == session_id)).one()
+            total = {"calls": int(n or 0), "prompt_tokens": int(prompt or 0),
+                     "completion_tokens": int(completion or 0), "cost": float(cost or 0.0), "offline": bool(offline)}
+            every = [dict(r) for r in conn.execute(select(cost_records).where(
+                c_.session_id == session_id).order_by(c_.seq)).mappings().all()] if calls else []
             groups: dict[str, list[dict[str, Any]]] = {}
             for col in ("agent", "model", "node_id"):
                 c = cost_records.c[col]

@@ -81,7 +81,9 @@ class GraphQueries:
         """``(the newest most nodes in start order, rolled up as by steps(), how many the session has)``; None: all.
         Reads only those (a days-long session has tens of thousands): a node starts after the node it is nested
         in, so the newest nodes hold every node nested in them, and their roll-ups are complete."""
-        order = steps.c.start_seq if most is None else steps.c.start_seq.desc().nulls_last()
+        # NULL (rows of old records without start_seq) counts as the oldest on every database: PostgreSQL sorts
+        # NULLs last by default, SQLite first
+        order = steps.c.start_seq.nulls_first() if most is None else steps.c.start_seq.desc().nulls_last()
         with self.engine.connect() as conn:
             rows = conn.execute(select(steps).where(steps.c.session_id == session_id).order_by(order)
                                 .limit(most)).mappings().all()

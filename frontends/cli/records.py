@@ -83,8 +83,8 @@ def cmd_dag(args: argparse.Namespace, ctx: Ctx) -> int:
         for text, n in tree_lines(reply["dag"]):
             ctx.out.line(text, STATUS_STYLE.get(n["status"]))
     if omitted:
-        ctx.out.line(f"(the newest {args.newest} nodes; {omitted} older ones left out: without --newest, all)",
-                     "dim", err=True)
+        older = "1 older one" if omitted == 1 else f"{omitted} older ones"
+        ctx.out.line(f"(the newest {args.newest} nodes; {older} left out: without --newest, all)", "dim", err=True)
     return 0
 
 

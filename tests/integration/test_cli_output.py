@@ -171,7 +171,7 @@ def test_dag_is_a_tree_by_default_and_exports_escape_names(shared_daemon, tmp_pa
     # --newest: only the newest nodes, and the CLI says how many it left out (on stderr: stdout stays the graph)
     part = labd("dag", sid, "--newest", "2")
     assert part.stdout.startswith("n2 inner") and "\nn3 a &amp; b" in part.stdout and "n1 " not in part.stdout
-    assert "1 older ones left out" in part.stderr
+    assert "1 older one left out" in part.stderr
     as_json = json.loads(labd("dag", sid, "--format", "json", "--newest", "2").stdout)
     assert [n["node_id"] for n in as_json["nodes"]] == ["n2", "n3"] and as_json["nodes_omitted"] == 1
     bad = labd("dag", sid, "--newest", "0")

@@ -32,11 +32,27 @@ def test_sessions_and_agent_tracking_persist_in_postgresql(isolated_env, postgre
             assert cost["calls"] > 0 and cost["cost"] > 0
             assert any(f["path"].startswith("step_") for f in c.files(agents))
             # the reads of a long session's newest part, on PostgreSQL too (SQL of their own: sums, IN lists)
-            assert c.cost(agents, calls=False)["total"] == {**cost, "cost": pytest.approx(cost["cost"])}
+            assert c.cost(agents, calls=False)["total"] == cost
             nodes = c.dag(agents)["dag"]["nodes"]
             assert c.dag(agents, newest=2)["dag"]["nodes"] == nodes[-2:]
             files = c.files(agents)
             assert c.files(agents, since=files[-1]["seq"] - 1) == files[-1:]
+            # cost.summary's sums per session and model (its own GROUP BY), each grouping as the session's costs
+            by_model = {m["model"]: m for m in c.cost(agents, calls=False)["by_model"]}
+            for by, keys in (("model", set(by_model)), ("workflow", {"planning_and_control"}),
+                             ("session", {agents}), ("tag", {"(untagged)"}), ("day", None)):
+                summary = c.cost_summary(by=by)
+                groups = {g[by]: g for g in summary["groups"]}
+                assert keys is None or groups.keys() == keys, by
+                assert sum(g["calls"] for g in groups.values()) == cost["calls"], by
+                assert sum(g["cost"] for g in groups.values()) == pytest.approx(cost["cost"]), by
+                assert summary["total"]["sessions"] == 1, by  # the plain session made no LLM call
+            assert all(g["calls"] == by_model[g["model"]]["calls"] for g in c.cost_summary()["groups"])
+            # a node of an old record without start_seq is the oldest, as on SQLite (PostgreSQL sorts NULLs last)
+            with admin.begin() as conn:
+                conn.execute(sa.text(f"UPDATE {schema}.steps SET start_seq = NULL WHERE session_id = :s "
+                                     "AND node_id = :n"), {"s": agents, "n": nodes[-1]["node_id"]})
+            assert [n["node_id"] for n in c.dag(agents)["dag"]["nodes"]][0] == nodes[-1]["node_id"]
     finally:
         daemon.stop()
         kill_runners(isolated_env)

@@ -311,3 +311,29 @@ def test_dag_tab_of_steps_nested_deeper_than_the_recursion_limit(daemon: DaemonP
         await until(lambda: sid in screen_text(app), what="the dashboard still drawing")
 
     run_app(daemon.home, scenario)
+
+
+def test_dag_tab_of_a_long_session_shows_the_files_of_its_newest_nodes(daemon: DaemonProc, monkeypatch: Any) -> None:
+    """Past the tab's node limit (made 6 here: 1,000 in use) the DAG tab reads only the files recorded since its
+    oldest node started, and still shows each kept node's files, those of a step and of the agent turn in it; the
+    older rounds' files are not shown."""
+    from labd.frontends.top import feed, widgets
+
+    monkeypatch.setattr(feed, "DAG_NODES", 6)
+    monkeypatch.setattr(widgets, "DAG_NODES", 6)
+    c = daemon.client()
+    sid = c.start("labd_testflows:graph_rounds", params={"rounds": 8})
+    assert c.wait(sid, timeout=120)["status"] == "completed"
+    nodes = c.dag(sid)["dag"]["nodes"]
+    c.close()
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: app.selected == sid, what="selected")
+        await pilot.press("3")
+        await until(lambda: f"the newest 6 of {len(nodes)} nodes" in screen_text(app), what="the DAG tab's tree")
+        await until(lambda: "round_6.txt" in screen_text(app), what="the oldest kept step's file")
+        text = screen_text(app)
+        assert all(f in text for f in ("round_7.txt", "round_8.txt", "step_6.json", "step_8.json"))
+        assert "round_5.txt" not in text and "step_5.json" not in text
+
+    run_app(daemon.home, scenario)

@@ -219,6 +219,24 @@ def test_the_dag_of_a_long_session_draws_its_newest_nodes_and_says_so(page: Any,
     assert set(drawn) == newest and "n1" not in drawn  # n1, the oldest, left out
 
 
+def test_the_dag_note_says_how_many_agent_turns_are_hidden(page: Any, ui: dict[str, Any]) -> None:
+    """Agent turns are hidden by default: the DAG tab says how many of the nodes read are not drawn (a session of
+    mostly agent turns drew a handful of boxes under a note promising hundreds), and drawing them clears it."""
+    with ui["daemon"].client() as c:
+        sid = c.start("labd_testflows:graph_rounds", params={"rounds": 30, "code": False})
+        assert c.wait(sid, timeout=120)["status"] == "completed"
+        nodes = c.dag(sid)["dag"]["nodes"]
+    turns = sum(n["kind"] == "agent" for n in nodes)
+    assert turns == 30
+    page.goto(ui["base"] + f"/#/s/{sid}")
+    page.click("#tab-dag")
+    page.wait_for_function(f"document.querySelectorAll('svg.dag g.node').length === {len(nodes) - turns}")
+    assert page.inner_text("#dag-note") == "30 agent turns hidden"
+    page.check("#show-agents")
+    page.wait_for_function(f"document.querySelectorAll('svg.dag g.node').length === {len(nodes)}")
+    assert page.inner_text("#dag-note") == ""
+
+
 def test_the_cost_charts_of_a_long_session_show_its_costliest_rows(page: Any, ui: dict[str, Any]) -> None:
     """A session of 55 agent turns, each an LLM call of its own node: the cost tab's "by node" chart draws the 50
     costliest and says how many more there are (it drew a bar per node, 100,000 for a days-long session), and the
@@ -232,7 +250,13 @@ def test_the_cost_charts_of_a_long_session_show_its_costliest_rows(page: Any, ui
     page.click("#tab-cost")
     page.wait_for_selector('[data-chart="by node"] .bar')
     assert page.locator('[data-chart="by node"] .bar').count() == 50
-    assert page.inner_text('[data-chart="by node"] .more').startswith(f"{len(by_node) - 50} more, costing less")
+    assert page.inner_text('[data-chart="by node"] .more').startswith(f"{len(by_node) - 50} more, costing no more")
+    # the 50 drawn are the costliest: none left out costs more than any drawn
+    drawn = set(page.eval_on_selector_all('[data-chart="by node"] .bar span:first-child',
+                                          "ss => ss.map(s => s.textContent)"))
+    cost = {g["node_id"] or "—": g["cost"] for g in by_node}
+    assert len(drawn) == 50 and drawn <= set(cost)
+    assert min(cost[n] for n in drawn) >= max(c for n, c in cost.items() if n not in drawn)
     req = urllib.request.Request(ui["base"] + f"/api/sessions/{sid}/cost",
                                  headers={"Authorization": f"Bearer {ui['token']}"})
     with urllib.request.urlopen(req) as r:

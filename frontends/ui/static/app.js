@@ -269,13 +269,17 @@ async function sessionPage(main, sid) {
   panes.dag.append(el("label", {class: "inline"}, agentsToggle, " show agent turns"), dagNote, dagBox, detail);
   const loadDag = async () => {  // the newest DAG_NODES nodes: a days-long session has many thousands
     const d = await api(`/api/sessions/${sid}/dag?newest=${DAG_NODES}`);
-    dagNote.textContent = d.nodes_omitted ? `the newest ${d.dag.nodes.length} of ${d.dag.nodes.length + d.nodes_omitted} nodes (labd dag ${sid} has them all)` : "";
-    renderDag(dagBox, d.dag, {showAgents: agentsToggle.checked, onSelect: async n => {
+    const svg = renderDag(dagBox, d.dag, {showAgents: agentsToggle.checked, onSelect: async n => {
       const evs = await api(`/api/sessions/${sid}/events?node=${encodeURIComponent(n.node_id)}`);
       detail.replaceChildren(el("b", {}, `${n.name} (${n.node_id}) `), status(n.status),
         el("div", {class: "muted"}, `${n.kind}${n.agent ? " · " + n.agent : ""} · ${n.duration ? n.duration.toFixed(2) + "s" : ""} ${n.error ? "· " + n.error : ""}`),
         el("div", {class: "activity"}, ...evs.events.map(ev => { const l = activityLine(ev); return l ? el("div", {class: l[1]}, l[0]) : null; }).filter(Boolean)));
     }});
+    // say what is drawn: the newest nodes read may be mostly agent turns, which are hidden unless asked for
+    const hidden = d.dag.nodes.length - Number(svg.dataset.nodes);
+    dagNote.textContent = [
+      d.nodes_omitted ? `the newest ${d.dag.nodes.length} of ${d.dag.nodes.length + d.nodes_omitted} nodes (labd dag ${sid} has them all)` : "",
+      hidden ? `${hidden} agent turn${hidden === 1 ? "" : "s"} hidden` : ""].filter(Boolean).join("; ");
   };
   agentsToggle.addEventListener("change", loadDag);
   const bars = (title, all, key) => {  // the BAR_ROWS costliest: a long session has a row per node, 100,000 of them
@@ -285,7 +289,7 @@ async function sessionPage(main, sid) {
     return el("div", {class: "card bars", "data-chart": title}, el("b", {}, title), ...rows.map(r => el("div", {class: "bar"},
       el("span", {style: "width:12rem"}, r[key] ?? "—"), el("div", {class: "fill", style: `width:${Math.max(2, 300 * r.cost / max)}px`}),
       el("span", {class: "muted"}, `$${r.cost.toFixed(6)} · ${r.calls} calls`))),
-      ...(more ? [el("div", {class: "muted more"}, `${more} more, costing less (labd cost ${sid} lists them all)`)] : []));
+      ...(more ? [el("div", {class: "muted more"}, `${more} more, costing no more (labd cost ${sid} lists them all)`)] : []));
   };
   const loadCost = async () => { const c = await api(`/api/sessions/${sid}/cost`);
     panes.cost.replaceChildren(el("div", {class: "card"}, `total $${c.total.cost.toFixed(6)} · ${c.total.calls} calls · ${c.total.prompt_tokens}+${c.total.completion_tokens} tokens${c.total.offline ? " · offline model" : ""}`),
