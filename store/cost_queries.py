@@ -10,14 +10,16 @@ import time
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, case, func, literal, select
 
-from labd.store.schema import cost_records, sessions
+from labd.store.schema import cost_records, cost_sums, sessions
 
 __all__ = ["CostQueries", "COST_GROUPS"]
 
 #: how ``cost_summary`` can group the cost of many sessions
 COST_GROUPS = ("model", "workflow", "tag", "day", "session")
+DAY = 86400  # seconds; cost_sums.day counts these since the epoch (UTC)
+MAX_TS = 1e11  # ingest takes event times below this
 
 
 class CostQueries:
@@ -62,19 +64,24 @@ class CostQueries:
         """LLM cost across sessions, grouped ``by`` model | workflow | tag | day | session, from ``since``
         (a time, seconds since the epoch, on the call's own time). ``tag`` groups by ``key=value``.
 
-        The calls are summed by the store per session and model (a daemon that ran for months holds millions of
-        calls: 0.7-0.8x of the time of reading each, docs/benchmarks.md §49) and those sums grouped here; ``day`` reads
-        each call's time, as the day of a time is written differently in each SQL dialect."""
+        Read from ``cost_sums`` (the writer keeps the calls summed per session, model and UTC day: a row each,
+        whatever the number of calls; months of use hold millions, which were read each time, docs/benchmarks.md
+        §49); only the calls of ``since``'s own day from ``since`` on are summed from the calls themselves."""
+        s = cost_sums.c
         c = cost_records.c
-        day = by == "day"
-        cols: list[Any] = [c.session_id, c.ts] if day else [c.session_id, c.model]
-        q = (select(*cols, c.prompt_tokens, c.completion_tokens, c.cost) if day else
-             select(*cols, func.count(), func.sum(c.prompt_tokens), func.sum(c.completion_tokens), func.sum(c.cost))
-             .group_by(*cols))
+        parts: list[Any] = [select(s.session_id, s.model, s.day, s.calls, s.prompt_tokens, s.completion_tokens,
+                                   s.cost)]
         if since is not None:
-            q = q.where(c.ts >= since)
+            start = min(since, MAX_TS)  # no call is later (ingest takes 0 <= ts < 1e11)
+            day = int(start // DAY)
+            whole = day if start == day * DAY else day + 1  # the first day all of whose calls count
+            parts[0] = parts[0].where(s.day >= whole)
+            if whole != day:
+                parts.append(select(c.session_id, c.model, literal(day), func.count(), func.sum(c.prompt_tokens),
+                                    func.sum(c.completion_tokens), func.sum(c.cost))
+                             .where(c.ts >= start, c.ts < whole * DAY).group_by(c.session_id, c.model))
         with self.engine.connect() as conn:
-            rows = conn.execute(q).all()
+            rows = [r for q in parts for r in conn.execute(q).all()]
             meta = self._session_keys(conn, {r[0] for r in rows}, by)
         groups: dict[str, dict[str, Any]] = {}
         total = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0, "sessions": 0}
@@ -83,12 +90,9 @@ class CostQueries:
             sid = row[0]
             if sid not in meta:  # calls of a session being deleted
                 continue
-            n = 1 if day else int(row[2])
-            prompt, completion, cost = (int(row[-3] or 0), int(row[-2] or 0), float(row[-1] or 0.0))
-            if day:
-                names = [time.strftime("%Y-%m-%d", time.gmtime(row[1]))]
-            else:
-                names = [row[1]] if by == "model" else meta[sid]
+            n, prompt, completion, cost = int(row[3]), int(row[4] or 0), int(row[5] or 0), float(row[6] or 0.0)
+            names = ([row[1]] if by == "model" else [time.strftime("%Y-%m-%d", time.gmtime(row[2] * DAY))]
+                     if by == "day" else meta[sid])
             for key in names:
                 g = groups.setdefault(key, {by: key, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
                                             "cost": 0.0, "sessions": set()})

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, false
 
-__all__ = ["metadata", "sessions", "events", "steps", "state_history", "dag_edges", "cost_records", "files",
-           "approvals", "skills", "blobs", "blob_refs", "idempotency_keys", "IDEMPOTENCY_RETENTION"]
+__all__ = ["metadata", "sessions", "events", "steps", "state_history", "dag_edges", "cost_records", "cost_sums",
+           "model_key", "MODEL_KEY_MAX", "files", "approvals", "skills", "blobs", "blob_refs", "idempotency_keys",
+           "IDEMPOTENCY_RETENTION"]
 
 metadata = MetaData()
 
@@ -127,6 +128,39 @@ cost_records = Table(
     Column("completion_tokens", Integer, nullable=False),
     Column("cost", Float, nullable=False),
     Column("offline", Boolean, nullable=False),
+)
+
+#: the calls of ``cost_records`` summed per session, model and UTC day (``day``: whole days since the epoch), kept by
+#: the writer in the transaction that inserts the calls: ``cost.summary`` reads these (a row per session, model
+#: and day) instead of every call of months of use (store/cost_queries.py)
+#: cost.summary's ``since`` sums the part of its first day from the calls themselves: found by their time
+Index("ix_cost_records_ts", cost_records.c.ts)
+
+MODEL_KEY_MAX = 200  # characters of a model's name in cost_sums' key (an index entry has a bounded size)
+
+
+def model_key(model: str) -> str:
+    """A model's name as ``cost_sums`` keys it: as it is up to :data:`MODEL_KEY_MAX` characters; a longer one (any
+    string a workflow's own events name) cut, with a digest of the whole so that two such names stay apart.
+    PostgreSQL refuses an index entry over ~2,700 bytes: the calls of such a name would be refused with it."""
+    if len(model) <= MODEL_KEY_MAX:
+        return model
+    import hashlib
+
+    digest = hashlib.sha256(model.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{model[:MODEL_KEY_MAX - 18]}…#{digest}"
+
+
+cost_sums = Table(
+    "cost_sums",
+    metadata,
+    Column("session_id", String(32), primary_key=True),
+    Column("model", Text, primary_key=True),
+    Column("day", BigInteger, primary_key=True, autoincrement=False),
+    Column("calls", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("cost", Float, nullable=False),
 )
 
 files = Table(

@@ -53,6 +53,7 @@ def test_sessions_and_agent_tracking_persist_in_postgresql(isolated_env, postgre
                 conn.execute(sa.text(f"UPDATE {schema}.steps SET start_seq = NULL WHERE session_id = :s "
                                      "AND node_id = :n"), {"s": agents, "n": nodes[-1]["node_id"]})
             assert [n["node_id"] for n in c.dag(agents)["dag"]["nodes"]][0] == nodes[-1]["node_id"]
+            summed = {by: c.cost_summary(by=by) for by in ("model", "day")}
     finally:
         daemon.stop()
         kill_runners(isolated_env)
@@ -61,9 +62,24 @@ def test_sessions_and_agent_tracking_persist_in_postgresql(isolated_env, postgre
         last = conn.execute(sa.text(f"SELECT last_seq FROM {schema}.sessions WHERE id = :s"), {"s": plain}).scalar()
         assert n == last >= 8
         assert not (isolated_env / "labd.db").exists()  # nothing went to SQLite
+    # a store of the labd before cost_sums: the restarted daemon's migration sums its calls (PostgreSQL's own SQL)
+    from alembic import command
+    from alembic.config import Config
+
+    from labd.store.db import _MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    back = sa.create_engine(url)
+    with back.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0011_record_counts")
+        assert not sa.inspect(conn).has_table("cost_sums")
+    back.dispose()
     restarted = DaemonProc(isolated_env, args=["--db", url]).start()
     try:
         with restarted.client() as c:
+            assert {by: c.cost_summary(by=by) for by in summed} == summed
             assert c.session(plain)["status"] == "completed"
             assert [e["payload"]["text"] for e in c.history(plain, kinds=["output"])] == \
                 ["count 1/3\n", "count 2/3\n", "count 3/3\n"]

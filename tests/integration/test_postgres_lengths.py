@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from labd.store.schema import MODEL_KEY_MAX, model_key
 from tests.conftest import DaemonProc, kill_runners, pg_schema
 
 _FLOW = """\
@@ -24,6 +25,9 @@ def labels(ctx):
         pass
     ctx._emit("cost.recorded", {"agent": "a" * 150, "model": "m" * 300, "prompt_tokens": 1, "completion_tokens": 1,
                                 "cost": 0.0, "currency": "USD", "offline": True}, None)
+    for model in ("M" * 5000 + "1", "M" * 5000 + "2"):  # past what an index entry holds, alike for 5,000 characters
+        ctx._emit("cost.recorded", {"agent": "a", "model": model, "prompt_tokens": 2, "completion_tokens": 1,
+                                    "cost": 0.5, "currency": "USD", "offline": True}, None)
     ctx._emit("file.created", {"path": "x.txt", "sha256": "0" * 64, "size": 1, "kind": "k" * 30, "agent": "a" * 150,
                                "tool": "t" * 150}, None)
     ctx._emit("step.started", {"name": "forged", "kind": "phase-of-a-long-kind-name", "edges": [["n1", "e" * 30]]},
@@ -85,7 +89,14 @@ def test_long_labels_are_recorded_in_postgresql(pg: tuple[DaemonProc, str], tmp_
         assert final["status"] == "completed", final
     names = {r[0] for r in _rows(url, "SELECT name FROM steps WHERE session_id = :s", sid)}
     assert "s" * 500 in names
-    assert _rows(url, "SELECT agent, model FROM cost_records WHERE session_id = :s", sid) == [("a" * 150, "m" * 300)]
+    assert _rows(url, "SELECT agent, model FROM cost_records WHERE session_id = :s ORDER BY seq", sid) == [
+        ("a" * 150, "m" * 300), ("a", "M" * 5000 + "1"), ("a", "M" * 5000 + "2")]
+    # cost.summary's sums keep the long names apart (cut, with a digest of the whole name)
+    with daemon.client() as c:
+        mine = {g["model"]: (g["calls"], g["cost"]) for g in c.cost_summary(by="model")["groups"]}
+    assert {k: mine.get(k) for k in map(model_key, ("m" * 300, "M" * 5000 + "1", "M" * 5000 + "2"))} == {
+        model_key("m" * 300): (1, 0.0), model_key("M" * 5000 + "1"): (1, 0.5), model_key("M" * 5000 + "2"): (1, 0.5)}
+    assert all(len(m) <= MODEL_KEY_MAX for m in mine)
     assert _rows(url, "SELECT kind, agent, tool FROM files WHERE session_id = :s AND path = 'x.txt'", sid) == [
         ("k" * 30, "a" * 150, "t" * 150)]
     assert _rows(url, "SELECT kind, status FROM steps WHERE session_id = :s AND node_id = 'nf1'", sid) == [

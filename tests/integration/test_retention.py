@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import running_daemon, wait_until
 
-TABLES = ["events", "steps", "state_history", "dag_edges", "cost_records", "files", "approvals"]
+TABLES = ["events", "steps", "state_history", "dag_edges", "cost_records", "cost_sums", "files", "approvals"]
 
 
 def _rows(home: Path, sid: str) -> dict[str, int]:
