@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from labd.store.db import migrate, open_engine  # noqa: E402
+from labd.store.db import downgrade, migrate, open_engine  # noqa: E402
 from labd.store.queries import Store  # noqa: E402
 from labd.store.schema import cost_records, sessions  # noqa: E402
 
@@ -148,20 +148,6 @@ def writer_cost(tmp: str, rounds: int = 10, commits: int = 500, per_commit: int 
     writer.close()
     engine.dispose()
     return statistics.median(res[True]), statistics.median(res[False])
-
-
-def downgrade(engine: sa.Engine, revision: str) -> None:
-    """Take the store back to Alembic ``revision``."""
-    from alembic import command
-    from alembic.config import Config
-
-    from labd.store.db import _MIGRATIONS
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(_MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError
 
-__all__ = ["open_engine", "migrate", "is_sqlite", "Checkpointer"]
+__all__ = ["open_engine", "migrate", "downgrade", "is_sqlite", "Checkpointer"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -72,6 +72,19 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take a migrated store back to Alembic ``revision`` (tests and benchmarks make a store as an older labd left
+    it, to check a migration; labd itself only migrates up)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
 
 
 class Checkpointer(threading.Thread):

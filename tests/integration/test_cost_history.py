@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from labd.store.db import downgrade
 from labd.store.schema import model_key
 from tests.conftest import running_daemon
 
@@ -40,17 +41,8 @@ def _expected(calls: list[dict[str, Any]], by: str, meta: dict[str, tuple[str, d
 
 def _migrated_back(home: Path, revision: str) -> None:
     """Take the stopped daemon's store back to Alembic ``revision``: as a labd of that version left it."""
-    from alembic import command
-    from alembic.config import Config
-
-    from labd.store.db import _MIGRATIONS
-
     engine = sa.create_engine(f"sqlite:///{home / 'labd.db'}")
-    cfg = Config()
-    cfg.set_main_option("script_location", str(_MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
+    downgrade(engine, revision)
     engine.dispose()
 
 

@@ -63,17 +63,11 @@ def test_sessions_and_agent_tracking_persist_in_postgresql(isolated_env, postgre
         assert n == last >= 8
         assert not (isolated_env / "labd.db").exists()  # nothing went to SQLite
     # a store of the labd before cost_sums: the restarted daemon's migration sums its calls (PostgreSQL's own SQL)
-    from alembic import command
-    from alembic.config import Config
+    from labd.store.db import downgrade
 
-    from labd.store.db import _MIGRATIONS
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(_MIGRATIONS))
     back = sa.create_engine(url)
-    with back.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0011_record_counts")
+    downgrade(back, "0011_record_counts")
+    with back.connect() as conn:
         assert not sa.inspect(conn).has_table("cost_sums")
     back.dispose()
     restarted = DaemonProc(isolated_env, args=["--db", url]).start()

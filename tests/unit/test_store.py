@@ -11,7 +11,7 @@ import orjson
 import pytest
 from sqlalchemy import Engine, inspect
 
-from labd.store.db import migrate, open_engine
+from labd.store.db import downgrade, migrate, open_engine
 from labd.store.projections import RowChanges, SessionCursor, apply
 from labd.store.queries import Store
 from labd.store.writer import ROWS_PER_STATEMENT, BatchWriter, EventRow
@@ -111,16 +111,7 @@ def test_migrate_creates_the_tables_and_is_idempotent(engine: Engine, writer: Ba
 
 def downgrade_to(eng: Engine, revision: str) -> None:
     """Take a migrated store back to Alembic ``revision`` (a migration's test then writes rows as they were)."""
-    from alembic import command
-    from alembic.config import Config
-
-    from labd.store.db import _MIGRATIONS
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(_MIGRATIONS))
-    with eng.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
+    downgrade(eng, revision)
 
 
 def test_migration_0007_cuts_the_long_reasons_recorded_before(engine: Engine, writer: BatchWriter) -> None:
