@@ -19,7 +19,7 @@ from labd.ipc.wire import PayloadError, encode_json
 __all__ = ["SCHEMAS", "KIND_VERSION", "DAEMON_KINDS", "EventError", "validate", "quick_valid", "TERMINAL_STATUSES",
            "STATUSES", "BLOBS_FIELD", "APPROVAL_PROMPT_MAX", "APPROVAL_CONTEXT_MAX", "APPROVAL_KIND_MAX",
            "APPROVAL_OPTIONS_MAX", "APPROVAL_OPTION_MAX", "APPROVAL_ID_MAX", "APPROVAL_POLICIES",
-           "APPROVAL_PAYLOAD_MAX", "APPROVALS_PENDING_MAX", "NODE_ID_MAX", "SHA256_MAX"]
+           "APPROVAL_PAYLOAD_MAX", "APPROVALS_PENDING_MAX", "NODE_ID_MAX", "SHA256_MAX", "TOKENS_MAX"]
 
 NUM = (int, float)
 ANY = object
@@ -44,6 +44,8 @@ class EventError(ValueError):
 NODE_ID_MAX = 64
 #: characters of a file event's ``sha256`` (a hex digest: 64; the files table's column)
 SHA256_MAX = 64
+#: a cost.recorded's token counts: 0 to this (the store's INTEGER columns; summed per day in BIGINT)
+TOKENS_MAX = 2**31 - 1
 #: kind -> its payload fields that hold a node id
 _NODE_FIELDS = {"step.started": ("parent_node", "redo_of"), "step.planned": ("parent_node",),
                 "agent.turn.started": ("parent_node",)}
@@ -285,6 +287,10 @@ def validate(kind: Any, payload: Any, node_id: Any = None) -> None:
         _check_nodes(kind, payload)
     elif kind in _FILE_KINDS and len(payload["sha256"]) > SHA256_MAX:
         raise EventError(f"{kind}: sha256 must be at most {SHA256_MAX} characters (got {len(payload['sha256']):,})")
+    elif kind == "cost.recorded":
+        for name in ("prompt_tokens", "completion_tokens"):
+            if not 0 <= payload[name] <= TOKENS_MAX:  # PostgreSQL refused the row (SQLite past 2**63): said here
+                raise EventError(f"{kind}: {name} must be 0 to {TOKENS_MAX:,} (got {payload[name]:,})")
 
 
 def _check_nodes(kind: str, payload: dict[str, Any]) -> None:

@@ -6,7 +6,16 @@ from typing import Any
 
 import pytest
 
-from labd.ipc.events import KIND_VERSION, NODE_ID_MAX, SCHEMAS, TERMINAL_STATUSES, EventError, quick_valid, validate
+from labd.ipc.events import (
+    KIND_VERSION,
+    NODE_ID_MAX,
+    SCHEMAS,
+    TERMINAL_STATUSES,
+    TOKENS_MAX,
+    EventError,
+    quick_valid,
+    validate,
+)
 
 VALID: list[tuple[str, dict[str, Any], str | None]] = [
     ("session.created", {"workflow": "demo.count", "name": "s", "params": {}, "limits": {}, "workdir": "/w"}, None),
@@ -144,3 +153,16 @@ def test_node_ids_longer_than_the_store_keys_are_refused(kind: str, payload: dic
     assert quick_valid("output", {"stream": "stdout", "text": ""}, "n" * NODE_ID_MAX)
     validate("step.started", {"name": "x", "parent_node": "p" * NODE_ID_MAX, "edges": [["e" * NODE_ID_MAX, "x"]]},
              "n" * NODE_ID_MAX)
+
+
+@pytest.mark.parametrize(("field", "value"), [("prompt_tokens", -1), ("completion_tokens", TOKENS_MAX + 1),
+                                              ("prompt_tokens", 2**63)])
+def test_token_counts_outside_the_store_columns_are_refused(field: str, value: int) -> None:
+    """A cost.recorded's token counts are 0 to TOKENS_MAX (2**31 - 1, PostgreSQL's INTEGER): a count outside is an
+    EventError naming the field and the bound (a PostgreSQL store refused the row; SQLite one past 2**63, and the
+    day's sums once they passed it); the bound itself passes."""
+    payload = {"agent": "a", "model": "m", "prompt_tokens": 1, "completion_tokens": 1, "cost": 0.0, "currency": "USD",
+               "offline": True}
+    with pytest.raises(EventError, match=f"{field} must be 0 to 2,147,483,647"):
+        validate("cost.recorded", {**payload, field: value}, None)
+    validate("cost.recorded", {**payload, field: TOKENS_MAX}, None)
