@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, case, func, literal, select
 
-from labd.store.schema import cost_records, cost_sums, sessions
+from labd.store.schema import cost_records, cost_sums, model_key, sessions
 
 __all__ = ["CostQueries", "COST_GROUPS"]
 
@@ -66,7 +66,8 @@ class CostQueries:
 
         Read from ``cost_sums`` (the writer keeps the calls summed per session, model and UTC day: a row each,
         whatever the number of calls; months of use hold millions, which were read each time, docs/benchmarks.md
-        §49); only the calls of ``since``'s own day from ``since`` on are summed from the calls themselves."""
+        §49); only the calls of ``since``'s own day from ``since`` on are summed from the calls themselves (their
+        model's name keyed here as the sums key it: :func:`labd.store.schema.model_key`)."""
         s = cost_sums.c
         c = cost_records.c
         parts: list[Any] = [select(s.session_id, s.model, s.day, s.calls, s.prompt_tokens, s.completion_tokens,
@@ -91,7 +92,7 @@ class CostQueries:
             if sid not in meta:  # calls of a session being deleted
                 continue
             n, prompt, completion, cost = int(row[3]), int(row[4] or 0), int(row[5] or 0), float(row[6] or 0.0)
-            names = ([row[1]] if by == "model" else [time.strftime("%Y-%m-%d", time.gmtime(row[2] * DAY))]
+            names = ([model_key(row[1])] if by == "model" else [time.strftime("%Y-%m-%d", time.gmtime(row[2] * DAY))]
                      if by == "day" else meta[sid])
             for key in names:
                 g = groups.setdefault(key, {by: key, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0,

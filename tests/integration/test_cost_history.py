@@ -67,8 +67,11 @@ def test_months_of_calls_are_summed_from_the_kept_sums(isolated_env: Path) -> No
               "agent": "a", "model": rng.choice(["gpt-x", "claude-y", "labd-offline"]),
               "prompt_tokens": rng.randrange(1, 5000), "completion_tokens": rng.randrange(1, 800),
               "cost": rng.random() / 100, "offline": False} for i in range(CALLS)]
-    for i, model in enumerate(("L" * 300 + "a", "L" * 300 + "b", "L" * 300 + "a")):  # keyed cut, with a digest
-        calls[i]["model"] = model
+    since = start + 30.5 * DAY  # mid-day: that day's part is summed from the calls, the days after from the sums
+    day_end = (since // DAY + 1) * DAY
+    for i, model in enumerate(("L" * 300 + "a", "L" * 300 + "b", "L" * 300 + "a")):  # keyed cut, with a digest;
+        calls[i]["model"] = model  # one name in since's day and after it: one group
+        calls[i]["ts"] = (since + day_end) / 2 if i == 0 else day_end + 100 * i
     _migrated_back(home, "0011_record_counts")
     engine = sa.create_engine(f"sqlite:///{home / 'labd.db'}")
     with engine.begin() as conn:  # the daemon is stopped: its store, as months of sessions left it
@@ -87,7 +90,6 @@ def test_months_of_calls_are_summed_from_the_kept_sums(isolated_env: Path) -> No
         before = c.status()["counters"].get("reads.long", 0)
         replies = {by: c.cost_summary(by=by) for by in ("model", "workflow", "tag", "session", "day")}
         assert c.status()["counters"]["reads.long"] == before + 5  # each on a read worker, not the loop
-        since = start + 30.5 * DAY
         midnight = (int(start // DAY) + 20) * DAY
         replies["since"] = c.cost_summary(by="model", since=since)
         replies["midnight"] = c.cost_summary(by="day", since=midnight)
