@@ -156,7 +156,10 @@ class Daemon(SandboxSetup, ControlPlane):
         cfg, layout = self.cfg, self.layout
         self.nofile = start.nofile
         engine = open_engine(cfg.db_url)
-        migrate(engine)
+        # a migration over a big store takes a while (0012 sums every LLM call: ~5 s a million): systemd's start
+        # timeout (TimeoutStartSec=120) must not kill it midway, to roll back and start over at every restart
+        migrate(engine, on_pending=lambda: self.notifier.send(extend_timeout_usec=3_600_000_000,
+                                                              status="migrating the store"))
         known_keys = KnownKeys()  # the store's idempotency keys in memory: a new key costs no store read
         known_keys.load(engine, time.time())
         self.store = Store(engine, known_keys)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +63,20 @@ def open_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def migrate(engine: Engine) -> None:
-    """Apply Alembic migrations up to head (idempotent)."""
+def migrate(engine: Engine, on_pending: Callable[[], object] | None = None) -> None:
+    """Apply Alembic migrations up to head (idempotent). ``on_pending`` is called first when there are some to
+    apply (the daemon tells systemd to wait: a migration over a big store takes seconds to minutes)."""
     from alembic import command
     from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
 
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
     with engine.begin() as conn:
+        if on_pending is not None and (MigrationContext.configure(conn).get_current_revision()
+                                       != ScriptDirectory.from_config(cfg).get_current_head()):
+            on_pending()
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

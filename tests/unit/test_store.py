@@ -450,3 +450,66 @@ def test_delete_sessions_removes_every_row_and_only_theirs(engine: Engine, write
             assert conn.execute(select(func.count()).where(col == "old")).scalar() == 0, table.name
         assert conn.execute(select(func.count()).select_from(metadata.tables["events"])).scalar() == 8
     assert Store(engine).session("new") is not None
+
+
+def _cost_rows(eng: Engine) -> dict[tuple[str, str, int], tuple[int, int, int, float]]:
+    from sqlalchemy import select
+
+    from labd.store.schema import cost_sums
+
+    with eng.connect() as conn:
+        return {(r[0], r[1], r[2]): (r[3], r[4], r[5], r[6]) for r in conn.execute(select(cost_sums))}
+
+
+def _call(seq: int, ts: float, model: str, cost: float = 0.25) -> dict[str, Any]:
+    return {"session_id": "s1", "seq": seq, "ts": ts, "node_id": None, "agent": "a", "model": model,
+            "prompt_tokens": 10, "completion_tokens": 2, "cost": cost, "offline": False}
+
+
+def test_cost_sums_add_up_across_commits_and_days(engine: Engine, writer: BatchWriter) -> None:
+    """The writer adds each commit's calls to the sums of their session, model and UTC day (two commits on one key
+    add up, a call a second past midnight counts in the next day); ``cost_summary`` with a ``since`` within a day
+    sums that day's part from the calls and the later days from the sums."""
+    import time as _time
+
+    from sqlalchemy import insert
+
+    from labd.store.schema import sessions
+
+    day = 20_000 * 86400.0
+    with engine.begin() as conn:
+        conn.execute(insert(sessions).values(id="s1", name="s1", workflow="w", status="completed", created_at=day,
+                                             params="{}", limits="{}", workdir="/tmp", tags="{}"))
+    for calls in ([_call(1, day + 10, "m"), _call(2, day + 20, "m")], [_call(3, day + 30, "m"),
+                                                                         _call(4, day + 86400, "m")]):
+        with engine.begin() as conn:
+            writer._insert(conn, "cost_records", calls)
+            writer._add_cost_sums(conn, calls)
+    assert _cost_rows(engine) == {("s1", "m", 20_000): (3, 30, 6, 0.75), ("s1", "m", 20_001): (1, 10, 2, 0.25)}
+    summary = Store(engine).cost_summary(by="day", since=day + 15)  # two of the first day's calls, and the next
+    assert [(g["day"], g["calls"]) for g in summary["groups"]] == [
+        (_time.strftime("%Y-%m-%d", _time.gmtime(day)), 2), (_time.strftime("%Y-%m-%d", _time.gmtime(day + 86400)), 1)]
+
+
+def test_migration_0012_sums_the_calls_recorded_before(engine: Engine) -> None:
+    """A store written before cost_sums (revision 0011) is migrated with its calls summed per session, model and day,
+    a model's name over 200 characters keyed cut with a digest, merged with a call naming that key itself (as the
+    writer merges them; the migration failed on the duplicate key), and ``migrate`` says first that there is a
+    migration to run (the daemon then asks systemd for time), and not when there is none."""
+    from sqlalchemy import insert
+
+    from labd.store.schema import cost_records, model_key
+
+    downgrade_to(engine, "0011_record_counts")
+    long = "L" * 300
+    day = 20_000 * 86400.0
+    with engine.begin() as conn:
+        conn.execute(insert(cost_records), [_call(1, day + 1, long), _call(2, day + 2, model_key(long)),
+                                            _call(3, day + 3, "m"), _call(4, day + 4, "m", 0.5)])
+    told: list[int] = []
+    migrate(engine, on_pending=lambda: told.append(1))
+    assert told == [1]
+    assert _cost_rows(engine) == {("s1", model_key(long), 20_000): (2, 20, 4, 0.5),
+                                  ("s1", "m", 20_000): (2, 20, 4, 0.75)}
+    migrate(engine, on_pending=lambda: told.append(2))
+    assert told == [1]

@@ -1,7 +1,8 @@
 """``cost_sums``: the LLM calls of ``cost_records`` summed per session, model and UTC day, kept by the writer with
 the calls. ``cost.summary`` (``labd cost --all``) summed every call of the daemon's history on each request: a
-daemon that ran for months holds millions (1,000,000 calls: ~2 s, docs/benchmarks.md §49). The existing calls are
-summed into the table here, in one statement (1,000,000 calls: ~3 s, once); the calls' times get an index.
+daemon that ran for months holds millions (1,000,000 calls: 2.5-3.4 s, docs/benchmarks.md §50). The existing
+calls are summed into the table here, in one statement (1,000,000 calls: ~5 s, once, §50); the calls' times get an
+index.
 
 Revision ID: 0012_cost_sums
 Revises: 0011_record_counts
@@ -50,7 +51,11 @@ def upgrade() -> None:
         for i, v in enumerate((n, prompt, completion, cost)):
             g[i] += v
     if added:
-        bind.execute(sa.text(f"{into} VALUES (:s, :m, :d, :n, :p, :c, :x)"),
+        # added, as the writer adds: a workflow's own events may name a model exactly as another's key reads
+        added_sql = ", ".join(f"{c} = cost_sums.{c} + excluded.{c}"
+                              for c in ("calls", "prompt_tokens", "completion_tokens", "cost"))
+        bind.execute(sa.text(f"{into} VALUES (:s, :m, :d, :n, :p, :c, :x) "
+                             f"ON CONFLICT (session_id, model, day) DO UPDATE SET {added_sql}"),
                      [{"s": k[0], "m": k[1], "d": k[2], "n": v[0], "p": v[1], "c": v[2], "x": v[3]}
                       for k, v in added.items()])
 
