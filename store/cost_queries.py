@@ -12,13 +12,12 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, case, func, literal, select
 
-from labd.store.schema import cost_records, cost_sums, model_key, sessions
+from labd.store.schema import DAY, cost_records, cost_sums, model_key, sessions
 
 __all__ = ["CostQueries", "COST_GROUPS"]
 
 #: how ``cost_summary`` can group the cost of many sessions
 COST_GROUPS = ("model", "workflow", "tag", "day", "session")
-DAY = 86400  # seconds; cost_sums.day counts these since the epoch (UTC)
 MAX_TS = 1e11  # ingest takes event times below this
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, false
 
 __all__ = ["metadata", "sessions", "events", "steps", "state_history", "dag_edges", "cost_records", "cost_sums",
-           "model_key", "MODEL_KEY_MAX", "files", "approvals", "skills", "blobs", "blob_refs", "idempotency_keys",
-           "IDEMPOTENCY_RETENTION"]
+           "model_key", "MODEL_KEY_MAX", "DAY", "SUMMED", "ADD_TO_COST_SUMS", "files", "approvals", "skills", "blobs",
+           "blob_refs", "idempotency_keys", "IDEMPOTENCY_RETENTION"]
 
 metadata = MetaData()
 
@@ -130,9 +130,6 @@ cost_records = Table(
     Column("offline", Boolean, nullable=False),
 )
 
-#: the calls of ``cost_records`` summed per session, model and UTC day (``day``: whole days since the epoch), kept by
-#: the writer in the transaction that inserts the calls: ``cost.summary`` reads these (a row per session, model
-#: and day) instead of every call of months of use (store/cost_queries.py)
 #: cost.summary's ``since`` sums the part of its first day from the calls themselves: found by their time
 Index("ix_cost_records_ts", cost_records.c.ts)
 
@@ -151,6 +148,17 @@ def model_key(model: str) -> str:
     return f"{model[:MODEL_KEY_MAX - 18]}…#{digest}"
 
 
+DAY = 86400  # seconds: cost_sums.day counts these since the epoch (UTC)
+#: the columns of ``cost_sums`` that add up calls
+SUMMED = ("calls", "prompt_tokens", "completion_tokens", "cost")
+#: how an INSERT into ``cost_sums`` adds to a row that is there (SQLite and PostgreSQL both take it): the writer's
+#: and migration 0012's one way of adding
+ADD_TO_COST_SUMS = ("ON CONFLICT (session_id, model, day) DO UPDATE SET "
+                    + ", ".join(f"{c} = cost_sums.{c} + excluded.{c}" for c in SUMMED))
+
+#: the calls of ``cost_records`` summed per session, model and UTC day (``day``: whole days since the epoch), kept by
+#: the writer in the transaction that inserts the calls: ``cost.summary`` reads these (a row per session, model
+#: and day) instead of every call of months of use (store/cost_queries.py)
 cost_sums = Table(
     "cost_sums",
     metadata,

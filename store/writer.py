@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select
 from labd.store.known_keys import KnownKeys
 from labd.store.projections import RowChanges, SessionCursor
 from labd.store.retention import delete_sessions
-from labd.store.schema import IDEMPOTENCY_RETENTION, approvals, model_key, sessions
+from labd.store.schema import ADD_TO_COST_SUMS, DAY, IDEMPOTENCY_RETENTION, SUMMED, approvals, model_key, sessions
 from labd.store.skills import delete_skill, insert_skill
 
 __all__ = ["BatchWriter", "EventRow", "PlainRow", "NodeRow"]
@@ -38,8 +38,6 @@ _first = itemgetter(0)
 #: steps the statement once per this many rows; measured ~25-30 % less CPU per stored row on SQLite
 #: (docs/benchmarks.md §39). 100 rows of at most 9 columns stay under SQLite's oldest bound of 999 variables.
 ROWS_PER_STATEMENT = 100
-#: the columns of ``cost_sums`` that add up the calls
-SUMMED = ("calls", "prompt_tokens", "completion_tokens", "cost")
 _SESSION_UPDATE_COLUMNS = frozenset(c.name for c in sessions.columns) - {"id"}
 
 
@@ -129,7 +127,7 @@ class BatchWriter:
             return
         sums: dict[tuple[str, str, int], list[Any]] = {}
         for r in costs:
-            key = (r["session_id"], model_key(r["model"]), int(r["ts"] // 86400))
+            key = (r["session_id"], model_key(r["model"]), int(r["ts"] // DAY))
             g = sums.get(key)
             if g is None:
                 g = sums[key] = [0, 0, 0, 0.0]
@@ -137,11 +135,9 @@ class BatchWriter:
             g[1] += r["prompt_tokens"]
             g[2] += r["completion_tokens"]
             g[3] += r["cost"]
-        p = self._p
-        added = ", ".join(f"{c} = cost_sums.{c} + excluded.{c}" for c in SUMMED)
-        conn.exec_driver_sql(  # both SQLite and PostgreSQL understand ON CONFLICT ... DO UPDATE with excluded
-            f"INSERT INTO cost_sums (session_id, model, day, {', '.join(SUMMED)}) VALUES ({', '.join([p] * 7)}) "
-            f"ON CONFLICT (session_id, model, day) DO UPDATE SET {added}", [(*k, *v) for k, v in sums.items()])
+        conn.exec_driver_sql(
+            f"INSERT INTO cost_sums (session_id, model, day, {', '.join(SUMMED)}) VALUES ({', '.join([self._p] * 7)}) "
+            f"{ADD_TO_COST_SUMS}", [(*k, *v) for k, v in sums.items()])
 
     def save_skill(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Store a skill document as the next version of its name; ``{name, version}``."""

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-from labd.store.schema import MODEL_KEY_MAX, model_key
+from labd.store.schema import ADD_TO_COST_SUMS, MODEL_KEY_MAX, model_key
 
 revision = "0012_cost_sums"
 down_revision = "0011_record_counts"
@@ -52,10 +52,7 @@ def upgrade() -> None:
             g[i] += v
     if added:
         # added, as the writer adds: a workflow's own events may name a model exactly as another's key reads
-        added_sql = ", ".join(f"{c} = cost_sums.{c} + excluded.{c}"
-                              for c in ("calls", "prompt_tokens", "completion_tokens", "cost"))
-        bind.execute(sa.text(f"{into} VALUES (:s, :m, :d, :n, :p, :c, :x) "
-                             f"ON CONFLICT (session_id, model, day) DO UPDATE SET {added_sql}"),
+        bind.execute(sa.text(f"{into} VALUES (:s, :m, :d, :n, :p, :c, :x) {ADD_TO_COST_SUMS}"),
                      [{"s": k[0], "m": k[1], "d": k[2], "n": v[0], "p": v[1], "c": v[2], "x": v[3]}
                       for k, v in added.items()])
 
