@@ -266,6 +266,34 @@ def test_abstract_notify_socket(isolated_env: Path) -> None:
         listener.close()
 
 
+def test_pending_migration_asks_systemd_for_start_time(isolated_env: Path, notify_socket: NotifyListener) -> None:
+    """A daemon whose store needs a migration (left by an older labd) sends EXTEND_TIMEOUT_USEC (an hour) over
+    NOTIFY_SOCKET before it migrates, and READY=1 after: systemd's start timeout must not kill a long migration
+    midway (it would roll back and start over at every restart). A store already up to date asks for nothing."""
+    import sqlalchemy as sa
+
+    from labd.store.db import downgrade
+
+    with running_daemon(isolated_env):
+        pass  # creates the store at the newest revision
+    engine = sa.create_engine(f"sqlite:///{isolated_env / 'labd.db'}")
+    downgrade(engine, "0011_record_counts")  # as a labd from before cost_sums left it
+    engine.dispose()
+    for pending in (True, False):
+        notify_socket.messages.clear()
+        with running_daemon(isolated_env, extra_env={"NOTIFY_SOCKET": notify_socket.address}):
+            wait_until(lambda: notify_socket.having("READY"), timeout=60, what="READY=1")
+        fields = [m for _, m in notify_socket.messages]
+        extend = [i for i, m in enumerate(fields) if "EXTEND_TIMEOUT_USEC" in m]
+        if pending:
+            assert len(extend) == 1, fields
+            assert fields[extend[0]]["EXTEND_TIMEOUT_USEC"] == str(3_600_000_000)
+            assert "migrating" in fields[extend[0]]["STATUS"]
+            assert extend[0] < next(i for i, m in enumerate(fields) if "READY" in m), "asked after it was ready"
+        else:
+            assert extend == [], f"no migration was pending, yet the daemon asked for time: {fields}"
+
+
 def test_watchdog_withheld_while_unhealthy(notify_socket: NotifyListener) -> None:
     """The heartbeat pings only while told the daemon is healthy, and says why in STATUS when not."""
     from labd.daemon.systemd import Heartbeat, Notifier
