@@ -64,6 +64,10 @@ PROJECTED = frozenset({"session.created", "session.queued", "session.launched", 
                        "event.rejected", "session.continued"})
 
 
+class _GivenUp(Exception):
+    """The daemon stops while the store cannot take a batch: the batch is not written."""
+
+
 class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
     """The store-writer thread. Communicate with it only through its sockets."""
 
@@ -109,6 +113,8 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         self._spool_at: dict[str, tuple[int, int]] = {}  # where reading a session's spool goes on (daemon_items)
         self._frame: tuple[list[bytes], bool] | None = None
         self.ready = threading.Event()
+        #: set by the daemon as it stops (with the "stop" item): a wait for an unwritable store ends then
+        self.stopping = threading.Event()
         self.failed: BaseException | None = None
         #: the last commit failed for want of the store (a full disk, a lock held elsewhere); the control plane
         #: refuses new sessions meanwhile rather than accept what it cannot record (read from another thread:
@@ -238,7 +244,16 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
                 self._process_frames(frames, batch, seen=False)
             if items or frames_list:
                 t_write = time.perf_counter()
-                self._write(batch, items, frames_list)
+                try:
+                    self._write(batch, items, frames_list)
+                except _GivenUp:
+                    # the daemon stops and the store still cannot be written: runners keep their unacknowledged
+                    # events for the next daemon; this batch's daemon items (and those queued after) are lost
+                    self.count("ingest.given_up_at_stop", len(items))
+                    self.log.error("stopping while the store cannot be written: a batch is not recorded (runners "
+                                   "keep their events for the next daemon)", daemon_items=len(items),
+                                   runner_frames=len(frames_list), error=self.store_error)
+                    return
                 self.count("ingest.write_us", int((time.perf_counter() - t_write) * 1e6))
                 self.count("ingest.batches")
 
@@ -304,10 +319,12 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         self._send_batch(batch)
 
     def _wait_for_store(self, delay: float) -> None:
-        """Sleep ``delay`` seconds (then more, doubling up to STORE_RETRY_MAX_S) until the store reconnects."""
+        """Sleep ``delay`` seconds (then more, doubling up to STORE_RETRY_MAX_S) until the store reconnects; raise
+        :class:`_GivenUp` once the daemon stops (a full disk must not hold its stop for ever)."""
         while True:
             self.beat = time.monotonic()  # waiting for the store is healthy: a restart would not bring it back
-            time.sleep(delay)
+            if self.stopping.wait(delay):
+                raise _GivenUp
             try:
                 self.writer.reconnect()
                 return

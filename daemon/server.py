@@ -260,6 +260,7 @@ class Daemon(SandboxSetup, ControlPlane):
             if self.telemetry is not None:
                 self.telemetry.stop()
                 self.telemetry.join(15)
+            ingest.stopping.set()  # ends a wait for an unwritable store
             try:  # never block here: a dead ingest thread no longer reads its queue
                 self._to_ingest.send_pyobj(("stop",), zmq.NOBLOCK)
             except zmq.ZMQError:
@@ -273,7 +274,10 @@ class Daemon(SandboxSetup, ControlPlane):
             for sock in (self.control, notes, self._to_ingest):  # the control socket as last bound
                 sock.close(0)
             events_auth.stop()
-            z.term()
+            if ingest.is_alive():  # stuck in the store (a commit that does not return): its sockets stay open,
+                self.log.error("the ingest thread did not stop; exiting without it")  # and term() would wait
+            else:
+                z.term()
             engine.dispose()
             os.close(wake_r)
             os.close(wake_w)

@@ -137,8 +137,11 @@ def shutdown(home: str | None, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while daemon_alive(info):
         if time.monotonic() > deadline:
-            print(f"labd: daemon pid {pid} is still stopping after {timeout:g}s (a daemon serving with --drain waits "
-                  f"for its sessions; see {layout.home / 'daemon.log'})", file=sys.stderr)
+            why = ("it serves with --drain: it stops its sessions first" if status.get("drain") else
+                   "its store could not be written when asked to stop" if not (status.get("store") or {}).get(
+                       "writable", True) else "its sessions keep running")
+            print(f"labd: daemon pid {pid} is still stopping after {timeout:g}s ({why}; see "
+                  f"{layout.home / 'daemon.log'})", file=sys.stderr)
             return 2
         time.sleep(0.05)
     kept = ("" if not running else

@@ -179,6 +179,12 @@ def read_connection_file(layout: Layout, path: Path | None = None) -> Connection
             raise ConnectionFileError(f"no connection file {path} (write one with `labd remote add NAME` on the "
                                       "daemon's machine)") from None
         elsewhere = _serving_elsewhere(layout)
+        if elsewhere is not None and _has_socket(layout.runtime_dir / "control.sock"):
+            # its sockets are in our runtime directory: it removes the file first thing as it stops, and writes it
+            # last as it starts (its sockets are bound before and closed after)
+            raise ConnectionFileError(
+                f"the labd daemon serving home {layout.home} (pid {elsewhere}) is starting or stopping: it has no "
+                f"{path} at the moment (see {layout.home / 'daemon.log'}); try again shortly") from None
         if elsewhere is not None:
             raise ConnectionFileError(
                 f"the labd daemon serving home {layout.home} (pid {elsewhere}) cannot be reached from here: no {path}. "
@@ -215,6 +221,13 @@ def _serving_elsewhere(layout: Layout) -> int | None:
     except (OSError, ValueError, psutil.Error):
         return None
     return pid
+
+
+def _has_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 #: the fields of a connection file that name a socket (``runners`` is empty in a remote client's file)

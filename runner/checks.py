@@ -6,6 +6,12 @@ The template keeps one :class:`Checker` forked ahead of need (like its spare run
 pipe hand-over, the import and the bind, not a fork of the template on the request's path. A check that
 finds no ready checker forks one for itself. Each check's answer is read by the template's loop as it comes
 (:class:`Check`), with a deadline.
+
+Nothing a user module starts while it is imported outlives its check: the checker is its process group's leader,
+and ``setsid`` / ``setpgid`` do nothing in it (:func:`labd.runner.sandbox.seccomp.keep_process_group`), so the
+whole group is killed when the check ends (:func:`end_group`): when its answer is read, it timed out, or the
+checker is reaped, whichever comes first, and always before its pid is reaped (a reaped pid, and so the group's
+id, can be another process's soon: pid_max is often 32768).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from typing import Any
 from labd.runner.pipes import write_all
 from labd.runner.workflows.registry import record_default
 
-__all__ = ["CHECK_TIMEOUT_S", "CHECKER_DELAY_S", "Check", "Checker", "check_workflow", "fork_check", "fork_checker"]
+__all__ = ["CHECK_TIMEOUT_S", "CHECKER_DELAY_S", "Check", "Checker", "check_workflow", "end_group", "fork_check",
+           "fork_checker", "unreaped"]
 
 CHECK_TIMEOUT_S = 20.0
 #: what a check's answer may carry (anything else the child wrote is dropped) and how long it may be
@@ -30,6 +37,40 @@ ANSWER_KEYS = ("ok", "code", "message", "details", "params", "describe", "functi
 MAX_ANSWER_BYTES = 64 << 20
 #: fork a new checker this long after one was used: not while the check (and the start it serves) runs
 CHECKER_DELAY_S = 0.05
+
+
+#: checker children not yet reaped by the template (single-threaded): their pid is still their group's id
+_unreaped: set[int] = set()
+
+
+def end_group(pid: int, reaping: bool = False) -> None:
+    """Kill what is left of checker ``pid``'s process group (the processes its user module started) if ``pid`` is
+    a checker not yet reaped; ``reaping``: the template is about to reap it (its last chance). Not a checker, or
+    already reaped: nothing (its group was killed before it was reaped)."""
+    if pid not in _unreaped:
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if reaping:
+        _unreaped.discard(pid)
+
+
+def unreaped() -> frozenset[int]:
+    """The checker children the template has not reaped yet."""
+    return frozenset(_unreaped)
+
+
+def _keep_group() -> None:
+    """In a checker child, before the user's module runs: it cannot leave the check's process group."""
+    from labd.runner.sandbox import seccomp
+
+    if seccomp.supported():
+        try:
+            seccomp.keep_process_group()
+        except OSError:  # no seccomp here: the group is still killed; a process that left it is not
+            pass
 
 
 def check_workflow(workflow: str, params: dict[str, Any], path: list[str]) -> dict[str, Any]:
@@ -76,6 +117,7 @@ def _answer_one(requests: int, answers: int, hide: list[str] | None = None) -> N
             write_all(answers, json.dumps({"ok": False, "code": "workflow_import_failed", "message":
                                            f"the workflow check could not confine itself ({confined})"}).encode())
             os._exit(0)
+    _keep_group()
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     os.dup2(null, 2)
@@ -125,6 +167,7 @@ def fork_checker(fork: Callable[[Callable[[], None], tuple[int, ...]], int],
     req_r, req_w = os.pipe()
     ans_r, ans_w = os.pipe()
     pid = fork(lambda: _answer_one(req_r, ans_w, hide), (req_w, ans_r))
+    _unreaped.add(pid)
     os.close(req_r)
     os.close(ans_w)
     return Checker(pid, req_w, ans_r)
@@ -159,22 +202,17 @@ class Check:
         self.data += part
         if len(self.data) > MAX_ANSWER_BYTES:
             self.data = b""  # answered as a crash
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            end_group(self.pid)
             return True
         return not part
 
     def answer(self, timed_out: bool = False) -> dict[str, Any]:
-        """The ``inspected`` reply for the daemon; closes the pipe (and kills the child if it timed out)."""
+        """The ``inspected`` reply for the daemon; closes the pipe and kills what is left of the check (the child,
+        if it timed out; whatever the user's module started, in any case)."""
         if self.fd >= 0:
             os.close(self.fd)
+        end_group(self.pid)
         if timed_out:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             return {"op": "inspected", "req": self.req, "ok": False, "code": "workflow_import_failed",
                     "message": f"importing the workflow took longer than {CHECK_TIMEOUT_S:g}s; it was stopped"}
         try:

@@ -45,7 +45,7 @@ from typing import Any
 from setproctitle import setproctitle
 
 from labd.ipc.units import shortened
-from labd.runner.checks import CHECKER_DELAY_S, Check, Checker, fork_check, fork_checker
+from labd.runner.checks import CHECKER_DELAY_S, Check, Checker, end_group, fork_check, fork_checker, unreaped
 from labd.runner.pipes import write_all
 from labd.runner.process_setup import keep_in_tree, limit_files_from_env
 
@@ -77,12 +77,14 @@ def _reap(out_fd: int, spare: int | None = None) -> bool:
     children until it hears of its exit."""
     spare_died = False
     while True:
-        try:
-            pid, status, usage = os.wait4(-1, os.WNOHANG)
+        try:  # which child ended, without reaping it: a checker's group is killed while its pid is still its own
+            ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             return spare_died
-        if pid == 0:
+        if ended is None or ended.si_pid == 0:
             return spare_died
+        end_group(ended.si_pid, reaping=True)
+        pid, status, usage = os.wait4(ended.si_pid, 0)
         spare_died = spare_died or pid == spare
         # CPU seconds of the child and of the descendants it reaped (a runner reaps its session's processes)
         cpu = round(usage.ru_utime + usage.ru_stime, 3)
@@ -230,6 +232,8 @@ def _outlive_runners() -> None:
     moment. Nothing else is done meanwhile; the next daemon adopts the runners."""
     signal.set_wakeup_fd(-1)
     _set_title("labd: runner template (daemon gone; waiting for its runners to end)")
+    for pid in unreaped():  # no answer will be read: what the checks started ends now
+        end_group(pid)
     while True:
         try:
             os.waitpid(-1, 0)

@@ -15,6 +15,11 @@ installs it before it forks anything, so every runner, spare and workflow check 
 runners run, so foreign ABIs are not refused here but checked with their own numbers (i386 and x32 on x86_64,
 32-bit ARM on aarch64).
 
+:func:`keep_process_group` is for workflow checks (:mod:`labd.runner.checks`): ``setsid`` and ``setpgid`` return
+0 without doing anything, so every process a user module starts while it is imported stays in its check's process
+group, which the template kills when the check ends (a module that daemonizes a helper still imports: it believes it
+left the group).
+
 Standard library only (ctypes), like :mod:`landlock`: loaded by the exec helper with ``python -I -S``.
 """
 
@@ -25,7 +30,7 @@ import os
 import platform
 import struct
 
-__all__ = ["deny_network", "deny_clone_parent", "supported", "SeccompError"]
+__all__ = ["deny_network", "deny_clone_parent", "keep_process_group", "supported", "SeccompError"]
 
 _ARCH = {  # machine -> (AUDIT_ARCH_*, socket nr, io_uring_setup nr, x32 bit or 0)
     "x86_64": (0xC000003E, 41, 425, 0x40000000),
@@ -46,6 +51,11 @@ _CLONE_ABIS: dict[str, list[tuple[int, list[int], list[int], list[int]]]] = {
                 (0x40000028, [120], [435], [172])],                                                   # 32-bit ARM
 }
 _PR_SET_CHILD_SUBREAPER = 36
+#: machine -> (AUDIT_ARCH_*, [setpgid and setsid nrs]) for each ABI it runs, native first (x32: bit 30 set)
+_GROUP_ABIS: dict[str, list[tuple[int, list[int]]]] = {
+    "x86_64": [(0xC000003E, [109, 112, 0x40000000 | 109, 0x40000000 | 112]), (0x40000003, [57, 66])],
+    "aarch64": [(0xC00000B7, [154, 157]), (0x40000028, [57, 66])],
+}
 #: the seccomp system call, for SECCOMP_FILTER_FLAG_TSYNC (prctl installs on the calling thread only)
 _NR_SECCOMP = {"x86_64": 317, "aarch64": 277}
 
@@ -148,6 +158,28 @@ def deny_clone_parent() -> None:
     if not supported():
         raise SeccompError(95, f"no seccomp filter for {platform.machine()}")
     _install(_clone_program(platform.machine()), all_threads=True)
+
+
+def _group_program(machine: str) -> bytes:
+    """``setpgid`` and ``setsid`` -> 0 (RET_ERRNO with errno 0: the call is skipped and returns 0), in every ABI
+    the machine runs; the rest allowed (an ABI it does not run is refused by the clone filter already)."""
+    ins: list[Ins | str] = [(_LD_W_ABS, 0, 0, 4)]  # A = arch
+    ins += [(_JEQ_K, f"abi{i}", 0, arch) for i, (arch, _nrs) in enumerate(_GROUP_ABIS[machine])]
+    ins.append((_RET_K, 0, 0, _ALLOW))
+    for i, (_arch, nrs) in enumerate(_GROUP_ABIS[machine]):
+        ins += [f"abi{i}", (_LD_W_ABS, 0, 0, 0)]  # A = syscall nr
+        ins += [(_JEQ_K, "skip", 0, nr) for nr in nrs]
+        ins.append((_RET_K, 0, 0, _ALLOW))
+    ins += ["skip", (_RET_K, 0, 0, _ERRNO | 0)]
+    return _assemble(ins)
+
+
+def keep_process_group() -> None:
+    """Install the process-group filter (module docstring) on every thread of the calling process, inherited by
+    all it forks and kept across exec."""
+    if not supported():
+        raise SeccompError(95, f"no seccomp filter for {platform.machine()}")
+    _install(_group_program(platform.machine()), all_threads=True)
 
 
 def _install(code: bytes, all_threads: bool) -> None:

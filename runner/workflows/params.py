@@ -16,8 +16,12 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["INT64", "check_params", "describe", "record_default"]
+__all__ = ["INT64", "PARAM_DEPTH", "check_params", "describe", "record_default"]
 
+
+#: how deep a ``list`` / ``dict`` parameter may nest: as deep as one given as JSON in a request can (the daemon's
+#: 200-level request limit, less the ``{"params": {name: ...}}`` around it); deeper ones are refused naming it
+PARAM_DEPTH = 198
 
 #: the range of an ``int`` parameter: what the store (and JSON readers elsewhere) hold exactly
 INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -111,20 +115,24 @@ def _json_param(text: str, kind: type) -> tuple[Any, str | None]:
     example = '{"a": 1}' if kind is dict else "[1, 2]"
     try:
         value = json.loads(text, parse_constant=refuse)
+    except RecursionError:  # json's parser recurses: ~1000 levels end it
+        return text, f"expected {kind.__name__} nested at most {PARAM_DEPTH} levels, got {_short(text)}"
     except ValueError:
         return text, f"expected {kind.__name__} as JSON (e.g. {example}), got {_short(text)}"
     if not isinstance(value, json_kind):
         return text, f"expected {kind.__name__} as JSON (e.g. {example}), got {_short(text)}"
-    stack = [value]
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
+        if depth > PARAM_DEPTH and isinstance(item, list | dict):
+            return text, f"expected {kind.__name__} nested at most {PARAM_DEPTH} levels, got {_short(text)}"
         if isinstance(item, float) and not math.isfinite(item) or (
                 isinstance(item, int) and not isinstance(item, bool) and not INT64[0] <= item <= INT64[1]):
             return text, f"expected {kind.__name__} of finite numbers and 64-bit integers, got {_short(text)}"
         if isinstance(item, list):
-            stack.extend(item)
+            stack.extend((v, depth + 1) for v in item)
         elif isinstance(item, dict):
-            stack.extend(item.values())
+            stack.extend((v, depth + 1) for v in item.values())
     return value, None
 
 

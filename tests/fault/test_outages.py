@@ -151,3 +151,46 @@ def test_new_sessions_are_refused_while_the_store_cannot_be_written(isolated_env
             assert not [s for s in c.sessions(status=[]) if s["name"] == "during-outage"]
     finally:
         kill_runners(isolated_env)
+
+
+def test_the_daemon_stops_while_the_store_cannot_be_written(isolated_env: Path) -> None:
+    """SIGTERM while the store refuses every write (another process holds SQLite's write lock; a full disk is the
+    same): the daemon exits within its shutdown ladder instead of waiting for the store for ever (it did: only
+    SIGKILL ended it, and meanwhile every client said it had no connection file); a later `labd status` says no
+    daemon runs. Once the store is back, the next daemon takes up the session: its record is complete."""
+    db = None
+    try:
+        d = DaemonProc(isolated_env, extra_env=STORE_LOCK_ENV).start()
+        with d.client() as c:
+            sid = c.start("labd_testflows:ticker", params={"n": N, "delay": 0.05})
+            wait_until(lambda: len([e for e in c.history(sid) if e["kind"] == "custom"]) >= 3, timeout=30,
+                       what="first ticks")
+            db = sqlite3.connect(isolated_env / "labd.db", isolation_level=None, timeout=30)
+            db.execute("BEGIN EXCLUSIVE")
+            wait_until(lambda: c.status()["counters"].get("store_unavailable", 0) > 0, timeout=60,
+                       what="ingest finding the store locked")
+        assert d.proc is not None
+        t0 = time.monotonic()
+        d.proc.terminate()
+        code = d.proc.wait(60)  # the ladder's own bounds: ingest 10 s, the template, sockets
+        took = time.monotonic() - t0
+        d.stop()
+        assert code == 0, code
+        log = d.log()
+        assert "a batch is not recorded" in log and "Traceback" not in log, log[-3000:]
+        shown = subprocess.run([sys.executable, "-m", "labd", "status"], capture_output=True, text=True, timeout=60)
+        assert shown.returncode != 0 and "no labd daemon is running" in shown.stderr, shown.stderr
+        db.execute("ROLLBACK")
+        db.close()
+        db = None
+        with running_daemon(isolated_env, extra_env=RUNNER_FLUSH_ENV) as d2, d2.client() as c:
+            final = c.wait(sid, timeout=90)
+            events = list(c.history(sid))
+    finally:
+        if db is not None:
+            db.execute("ROLLBACK")
+            db.close()
+        kill_runners(isolated_env)
+    figures("stop during a store outage", stop_took_s=round(took, 1), events=len(events), status=final["status"])
+    assert final["status"] == "completed", final
+    _check_complete(events)

@@ -67,3 +67,19 @@ def test_the_daemon_keeps_its_runtime_dir_recent_for_age_based_cleaners(isolated
                    what="the runtime directory's entries touched")
         with d.client() as c:
             assert c.ping()
+
+
+def test_a_client_meeting_a_stopping_daemon_is_told_so(daemon: DaemonProc) -> None:
+    """While the daemon has no connection file in the client's own runtime directory (it removes it first thing as
+    it stops, and writes it last as it starts; here removed under it), a client is told that the daemon (its pid) is
+    starting or stopping, not that it was started with another runtime directory (said while a daemon took its time
+    to stop, with the same XDG_RUNTIME_DIR)."""
+    from labd.ipc.paths import layout_for
+
+    assert daemon.proc is not None
+    layout_for(str(daemon.home)).connection_file.unlink()
+    r = subprocess.run([sys.executable, "-m", "labd", "--home", str(daemon.home), "ps"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "[no_daemon]" in r.stderr, r.stderr
+    assert f"(pid {daemon.proc.pid}) is starting or stopping" in r.stderr, r.stderr
+    assert "another runtime directory" not in r.stderr

@@ -177,3 +177,53 @@ def test_ctrl_c_while_the_start_is_checked_says_the_session_may_start(shared_dae
         wait_until(lambda: len(_ids(c) - before) == 1, timeout=60, what="the session started after all")
         (sid,) = _ids(c) - before
         c.wait(sid, timeout=60)
+
+
+SPAWNING = '''
+import os, pathlib, subprocess, time
+_marks = pathlib.Path(__file__).parent / "marks"
+def _note(pid):
+    with open(_marks / "pids", "a") as f:
+        f.write(f"{pid}\\n")
+_note(subprocess.Popen(["sleep", "TOKEN1"]).pid)                          # stays in the check's group
+_note(subprocess.Popen(["sleep", "TOKEN2"], start_new_session=True).pid)  # tries to leave it
+_child = os.fork()
+if _child == 0:  # holds every fd the check had (its answer pipe too), leaves the group, lives on
+    os.setsid()
+    try:
+        os.setpgid(0, 0)  # EPERM for a session leader: tried all the same
+    except OSError:
+        pass
+    time.sleep(300)
+    os._exit(0)
+_note(_child)
+
+def study(ctx, n: int = 1):
+    print(f"ran {n}")
+'''
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, killed and waiting for a parent that does not reap, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_nothing_a_module_starts_at_import_outlives_its_check(daemon, tmp_path: Path) -> None:
+    """A workflow module that, while it is imported, starts a subprocess, one in a new session, and a forked child
+    that calls setsid/setpgid and keeps the check's answer pipe open: the check still answers at once (here
+    ``bad_params``, not the 20 s import timeout), and none of the three outlives it. They outlived it, as
+    root-owned orphans without limits, one per check."""
+    token = str(300 + os.getpid() % 500)
+    (tmp_path / "spawning.py").write_text(SPAWNING.replace("TOKEN1", token).replace("TOKEN2", token + ".5"))
+    (tmp_path / "marks").mkdir()
+    for _ in range(2):  # the checker forked ahead, then one forked for the check
+        with daemon.client() as c, pytest.raises(LabdError) as info:
+            c.start("spawning:study", params={"n": "many"}, cwd=str(tmp_path))
+        assert info.value.code == "bad_params", info.value
+    pids = [int(p) for p in (tmp_path / "marks" / "pids").read_text().split()]
+    assert len(pids) == 6, pids
+    wait_until(lambda: not any(_alive(p) for p in pids), timeout=30,
+               what=f"the processes the checks started ({pids}) to be gone")

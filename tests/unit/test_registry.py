@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ from typing import Any, Literal, Optional
 import pytest
 
 from labd.runner.workflows import demo
+from labd.runner.workflows.params import PARAM_DEPTH
 from labd.runner.workflows.registry import BUILTINS, WorkflowError, bind_params, describe, is_builtin, resolve
 
 _names = count()
@@ -232,6 +234,27 @@ def test_optional_scalars_and_containers_are_converted_or_refused() -> None:
     assert "expected list" in err.details["params"]["xs"] and "expected dict" in err.details["params"]["d"]
     for bad in ("[NaN]", "[1e400]", f"[{2**70}]"):  # what the record could not hold as the value that ran
         assert "xs" in _code(lambda b=bad: bind_params(optionals, {"xs": b})).details["params"]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("depth", [PARAM_DEPTH + 1, 400, 1100, 100_000])
+def test_a_container_param_nested_too_deeply_is_bad_params(depth: int) -> None:
+    """``-p xs=[[[...]]]`` nested past ``PARAM_DEPTH`` is ``bad_params`` naming ``xs`` and the limit, however deep
+    (past ~1000 levels json's own parser gives up with a RecursionError; it crashed the check then); as deep as
+    the limit it binds. A deeper one was accepted up to the store's limit, then refused as a store error, an
+    internal error or a crashed check depending on its depth."""
+    err = _code(lambda: bind_params(optionals, {"xs": "[" * depth + "]" * depth, "d": '{"a":' * depth + "1"
+                                                + "}" * depth}))
+    assert err.code == "bad_params" and set(err.details["params"]) == {"xs", "d"}, err.details
+    assert f"nested at most {PARAM_DEPTH} levels" in err.details["params"]["xs"]
+    ok = "[" * PARAM_DEPTH + "]" * PARAM_DEPTH
+    assert bind_params(optionals, {"ys": ok})["ys"] == json.loads(ok)
+
+
+def test_param_depth_is_what_a_request_may_nest_around_a_param() -> None:
+    """A parameter from ``-p`` may nest as deep as one sent as JSON in a ``session.start`` request can: the
+    daemon's request limit less the two levels (``params``, the name) around it."""
+    from labd.daemon.control import MAX_REQUEST_DEPTH
+    assert PARAM_DEPTH == MAX_REQUEST_DEPTH - 2
 
 
 def literals(ctx: Any, mode: Literal["fast", "slow"] = "fast", level: Literal[1, 2, 3] = 1,
