@@ -236,6 +236,12 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         cfg = Config(**values)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
+    from labd.store.db import check_url
+
+    try:
+        check_url(str(cfg.db_url))
+    except ValueError as exc:
+        raise ConfigError(f"db: {exc}") from None
     if cfg.log_format not in ("auto", "json", "console"):
         raise ConfigError(f"log_format must be auto, json or console, not {cfg.log_format!r}")
     if str(cfg.log_level).lower() not in ("debug", "info", "warning", "error"):

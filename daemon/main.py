@@ -69,6 +69,13 @@ def check(home: str | os.PathLike[str] | None, *, db: str | None = None, log_for
     except ConfigError as exc:
         print(f"labd: {exc}", file=sys.stderr)
         return 2
+    from labd.store.db import probe
+
+    try:
+        probe(cfg.db_url)  # the database itself: reachable, writable (serve would fail on it at its start)
+    except ValueError as exc:
+        print(f"labd: {exc}", file=sys.stderr)
+        return 2
     read = [str(p) for p in config_files(cfg.layout) if p.is_file()]
     print(f"configuration OK: home {cfg.home}, database {cfg.db_url.split('@')[-1]}; "
           f"read {', '.join(read) if read else 'no config file (defaults)'}")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 __all__ = ["open_engine", "migrate", "downgrade", "is_sqlite", "Checkpointer"]
 
@@ -31,6 +31,55 @@ def busy_timeout() -> float:
         return max(0.1, float(os.environ["LABD_DB_BUSY_TIMEOUT"]))
     except (KeyError, ValueError):
         return BUSY_TIMEOUT_S
+
+
+def check_url(url: str) -> None:
+    """Raise :class:`ValueError` saying why the daemon could not use database ``url``: not a URL, a database labd does
+    not keep its record in (SQLite and PostgreSQL only), or a driver that is not installed (it failed with a
+    traceback at start)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"{url.split('@')[-1]!r} is not a database URL (sqlite:///PATH or "
+                         "postgresql+psycopg://USER@HOST/DB)") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError(f"labd keeps its record in SQLite or PostgreSQL (sqlite:///PATH, postgresql+psycopg://USER@"
+                         f"HOST/DB), not {parsed.get_backend_name()!r}")
+    try:
+        parsed.get_dialect().import_dbapi()
+    except (ImportError, ArgumentError) as exc:  # NoSuchModuleError is an ArgumentError
+        hint = (" (labd's PostgreSQL driver is psycopg: postgresql+psycopg://..., from pip install 'labd[postgres]')"
+                if parsed.get_backend_name() == "postgresql" else "")
+        raise ValueError(f"no driver for {parsed.drivername}: {exc}{hint}") from None
+
+
+def probe(url: str, timeout: float = 10.0) -> None:
+    """Raise :class:`ValueError` if the daemon could not write database ``url`` now (``labd serve --check``): a SQLite
+    file it could not create or write, a PostgreSQL server it cannot reach or log in to within ``timeout`` s."""
+    check_url(url)
+    if is_sqlite(url):
+        path = url.split(":///", 1)[-1]
+        if not path or path == ":memory:":
+            return
+        target = path if os.path.exists(path) else os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise ValueError(f"cannot create the SQLite file {path}: the directory {os.path.dirname(path)} does not "
+                             "exist")
+        if not os.access(target, os.R_OK | os.W_OK):
+            raise ValueError(f"cannot write the SQLite {'file' if target == path else 'directory'} {target}")
+        return
+    from sqlalchemy import text
+
+    engine = create_engine(url, connect_args={"connect_timeout": max(1, int(timeout))})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        raise ValueError(f"cannot use the database {url.split('@')[-1]}: {str(exc).splitlines()[0]}") from None
+    finally:
+        engine.dispose()
 
 
 def open_engine(url: str) -> Engine:

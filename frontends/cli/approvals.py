@@ -75,6 +75,9 @@ def cmd_resolve(args: argparse.Namespace, ctx: Ctx) -> int:
         if exc.code == "bad_decision" and args.cmd != "resolve":  # a request with options of its own
             raise LabdError(exc.code, f"{exc.message}; answer it with labd resolve {args.session} OPTION"
                                       f"{' --id ' + args.id if args.id else ''}", exc.details) from None
+        if exc.code == "bad_request" and exc.details.get("field") == "feedback" and not args.feedback:
+            raise LabdError(exc.code, f"{exc.message}: labd {args.cmd} {args.session} --feedback \"...\"",
+                            exc.details) from None
         raise
     if args.json:
         ctx.out.json(r)

@@ -16,7 +16,8 @@ from labd.ipc.events import STATUSES
 from labd.ipc.functions import FUNCTION_WORKFLOW
 from labd.ipc.units import UnitError, format_duration, format_size, parse_duration
 
-__all__ = ["register", "fit_name", "workflow_label", "truncation_text", "ENDED_BY", "ps_status", "timing_text"]
+__all__ = ["register", "fit_name", "workflow_label", "truncation_text", "ENDED_BY", "ended_by_text", "ps_status",
+           "timing_text"]
 
 
 def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
@@ -182,6 +183,21 @@ ENDED_BY = {
 }
 
 
+#: who asked a session to stop (``stop_by``), in words
+STOP_BY = {"client": "a client (labd stop or kill)", "limit": "its limit", "daemon": "the daemon (serve --drain)"}
+
+
+def ended_by_text(s: dict[str, Any]) -> str:
+    """How the session's runner ended, and who asked when someone did (``stop_by``): a wall-time limit's stop read
+    as a plain stop request, a `labd kill` as one of three possible causes."""
+    how, who = s.get("ended_by") or "", s.get("stop_by")
+    if who in STOP_BY and how in ("cooperative", "sigterm", "sigkill"):
+        words = {"cooperative": "the workflow stopping at a step boundary", "sigterm": "SIGTERM (the stop ladder)",
+                 "sigkill": "SIGKILL"}[how]
+        return f"{words}, asked by {STOP_BY[who]}"
+    return ENDED_BY.get(how, how or "-")
+
+
 def _cpu_time(ended: Any) -> str:
     """``; cpu time 1.2s`` over the session's runs (``cpu_seconds`` of each ``session.ended``), or "" when no run
     says (a runner still running, or one whose end the daemon noticed rather than reaped). The peak percentage is
@@ -211,7 +227,7 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
         ("session", f"{s['id']}  ({s['name']})"),
         ("workflow", f"{s['workflow']}  params {params_text(s['params'])}"),
         ("status", styled(status, STATUS_STYLE.get(s["status"]))),
-        ("ended by", ENDED_BY.get(s["ended_by"] or "", s["ended_by"] or "-")
+        ("ended by", ended_by_text(s)
          + (f"  exit code {s['exit_code']}" if s["exit_code"] is not None else "")
          + (f"  signal {s['signal']}" if s["signal"] else "")),
         ("pid", f"{s['pid'] or '-'}   workdir {s['workdir']}"),

@@ -160,7 +160,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("session")
     s.add_argument("--since", type=int, default=0, metavar="SEQ", help="only events with seq > SEQ")
     s.add_argument("--kind", action="append", help="only kinds starting with this (repeatable)")
-    s.add_argument("--follow", "-f", action="store_true")
+    s.add_argument("--follow", "-f", action="store_true", help="then the new events as they are recorded, until "
+                   "the session ends")
     s.add_argument("--full", action="store_true", help="complete payloads: LLM requests/responses with blobs inlined")
     s.add_argument("--node", help="only this DAG node and the nodes nested in it")
     s.add_argument("--agent", help="only events of this agent")

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "rm", cmd_rm, "delete ended sessions: their whole record and work directories")
     s.add_argument("sessions", nargs="+", metavar="SESSION")
     add_json(s)
-    s = command(sub, "prune", cmd_prune, "delete ended sessions older than a duration (e.g. 30d)")
+    s = command(sub, "prune", cmd_prune, "delete ended sessions older than a duration (--older-than 30d)")
     s.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 30d, 12h, 90m; 0s = all ended")
     s.add_argument("--status", help=f"comma-separated terminal statuses (default: {','.join(TERMINAL)})")
     s.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")

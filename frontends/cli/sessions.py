@@ -7,6 +7,7 @@ from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
 from labd.frontends.cli.waits import follow, wait_for
+from labd.ipc import LabdError
 from labd.ipc.units import (
     BeyondAny,
     UnitError,
@@ -62,6 +63,9 @@ def limits_from(args: argparse.Namespace) -> dict[str, Any]:
                            + ("the daemon's default)" if option == "max_output" else "no limit)"))
     try:
         memory = bounded_size(args.memory, MAX_MEMORY, "at most 1024T, 1 PiB") if args.memory is not None else None
+    except UnitError as exc:
+        raise CliError(f"--memory: {exc}") from None
+    try:
         if args.cpu is not None and args.cpus is not None:
             raise CliError("give --cpu (percent of one core) or --cpus (cores), not both")
         cpu = None
@@ -181,6 +185,8 @@ def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
         ctx.out.line("\nlabd run: interrupted before the daemon answered: the session may start all the same. "
                      "`labd ps` shows it once it does (`labd stop ID` stops it).", "bold yellow", err=True)
         return 130
+    if not args.json:
+        _say_if_queued(ctx, sid)
     if not args.follow and args.wait:
         return wait_for(ctx, sid, args.json)
     if not args.follow:
@@ -195,6 +201,18 @@ def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
         return follow_json(ctx, sid)
     ctx.out.raw_output = args.raw_control_chars
     return follow(ctx, sid, raw=args.raw, header=True)
+
+
+def _say_if_queued(ctx: Ctx, sid: str) -> None:
+    """On stderr, when the new session waits in the run queue (else nothing was said until it started)."""
+    try:
+        row = ctx.client().session(sid)
+    except LabdError:
+        return
+    if row.get("status") == "queued":
+        place = row.get("queue_position")
+        ctx.out.line(f"session {sid} is queued{f' (#{place})' if isinstance(place, int) else ''}: it starts when "
+                     "there is room (max_sessions, memory_total; `labd ps` shows the queue)", "yellow", err=True)
 
 
 def _reply(ctx: Ctx, args: argparse.Namespace, result: dict[str, Any], text: str) -> int:
@@ -311,8 +329,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("session")
     add_json(s, "the reply")
 
-    for name in ("pause", "resume"):
-        s = command(sub, name, cmd_pause, f"{name} a session at its next step boundary")
+    for name, what in (("pause", "pause a session at its next step boundary"),
+                       ("resume", "resume a paused session, or continue an ended one (failed, lost, cancelled) from "
+                                  "its last completed step")):
+        s = command(sub, name, cmd_pause, what)
         s.add_argument("session")
         add_json(s, "the reply")
     s.add_argument("--budget", type=float, help="continue a budget-paused session with this budget (USD)")

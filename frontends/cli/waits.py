@@ -38,18 +38,31 @@ def wait_for(ctx: Ctx, sid: str, as_json: bool, *, announce: bool = True, extra:
     return 0 if row["status"] == "completed" else 1
 
 
+#: how long ``labd wait SESSION`` (and ``branch --wait``) waits for a daemon to serve again after its daemon stopped
+RESTART_WAIT_S = 60.0
+
+
 def wait_all(ctx: Ctx, sids: list[str], reply: dict[str, Any] | None, timeout: float | None = None) -> int:
     """Until every session of ``sids`` has ended (``labd branch --wait``, ``labd wait SESSION...``): 0 if all
     completed, 1 otherwise (each one that did not on stderr; with ``reply``, --json: the reply with each session's
     ``status`` and ``reason``), 130 on Ctrl-C; ``timeout`` seconds for them all (``LabdError`` ``timeout``)."""
     client, ended = ctx.client(), dict[str, dict[str, Any]]()
     deadline = None if timeout is None else time.monotonic() + timeout
+    # a script's wait outlives a daemon restart (systemd's, an upgrade): the sessions do; not a daemon gone for good
+    client.restart_wait = max(client.restart_wait, RESTART_WAIT_S)
     try:
         with ctrl_c() as pressed:
             for sid in sids:
                 try:
                     row = client.wait(sid, None if deadline is None else max(0.0, deadline - time.monotonic()))
                 except LabdError as exc:
+                    if exc.code == "no_daemon" and exc.details.get("session"):
+                        left = sids[len(ended):]
+                        raise LabdError("no_daemon", f"the labd daemon stopped while waiting, and none served again "
+                                        f"within {format_duration(client.restart_wait)}; {', '.join(left)} "
+                                        f"{'keeps' if len(left) == 1 else 'keep'} running (the next `labd serve` "
+                                        f"adopts {'it' if len(left) == 1 else 'them'}): `labd wait "
+                                        f"{' '.join(left)}` again once a daemon serves") from None
                     if exc.code != "timeout":
                         raise
                     raise LabdError("timeout", f"{len(sids) - len(ended)} of {len(sids)} sessions had not ended "

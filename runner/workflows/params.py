@@ -170,6 +170,8 @@ def _convert(ann: Any, value: Any) -> tuple[Any, str | None]:
     ann, optional = _unoptional(ann)
     if optional and value is None:
         return None, None
+    if optional and ann is not str and isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        return None, None  # -p k=none: the command line's None (a str parameter keeps the word)
     members = _members(ann)
     if members:  # X | Y: the first member that takes the value
         if value is None and type(None) in members:

@@ -76,11 +76,17 @@ def test_session_ended_records_the_cpu_time_of_the_runner_and_its_children(share
 
 
 def test_stop_from_the_cli(shared_daemon) -> None:
-    """``labd stop --wait`` stops a running session and reports how it ended."""
+    """``labd stop --wait`` stops a running session and reports how it ended; ``labd show`` says who asked it to
+    stop: a client, or its wall-time limit (which read as a plain stop request)."""
     sid = labd("run", "demo.sleep", "-p", "seconds=60").stdout.strip()
     out = labd("stop", sid, "--grace", "2", "--wait")
     assert out.returncode == 0
     assert "cancelled: stopped by client (ended by cooperative)" in out.stdout
+    ended = next(line for line in labd("show", sid).stdout.splitlines() if line.startswith("ended by"))
+    assert "step boundary, asked by a client (labd stop or kill)" in ended, ended
+    timed = labd("run", "demo.sleep", "-p", "seconds=60", "--timeout", "1s", "--wait").stdout.strip()
+    ended = next(line for line in labd("show", timed).stdout.splitlines() if line.startswith("ended by"))
+    assert "asked by its limit" in ended and "stop request" not in ended, ended  # it read as someone's stop
 
 
 def test_cli_errors_are_messages_not_tracebacks(shared_daemon) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -132,6 +134,42 @@ def test_follow_says_the_session_keeps_running_when_the_daemon_stops(daemon) -> 
     with daemon.client() as c:
         assert c.session(sid)["status"] == "running"
         c.kill(sid)
+
+
+def _has_socket(pid: int) -> bool:
+    """Whether process ``pid`` has a socket open (its fds open and close meanwhile: those gone are skipped)."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def test_labd_wait_outlives_a_daemon_restart(daemon) -> None:
+    """`labd wait SESSION` (no --timeout: until it ends) whose daemon is killed and started again goes on waiting
+    with the new daemon and exits 0 when the session completes (it exited 2 at once, telling a CLI user to call
+    Python's `wait()`). (A daemon of its own: the test kills and restarts it.)"""
+    with daemon.client() as c:
+        sid = c.start("demo.count", params={"n": 40, "delay": 0.1})
+    proc = subprocess.Popen([sys.executable, "-m", "labd", "wait", sid], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: _has_socket(proc.pid), timeout=30, what="labd wait connected")
+        daemon.kill9()
+        # no daemon for a few seconds, as a restart by a service manager or by hand takes: a wait that gives up
+        # ends meanwhile (before the fix, within ~1 s)
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: proc.poll() is not None, timeout=5, what="labd wait to end without a daemon")
+        assert proc.poll() is None, proc.communicate()[1]
+        daemon.start()
+        out, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    with daemon.client() as c:
+        assert c.session(sid)["status"] == "completed"
 
 
 def test_logs_follow_exits_with_how_the_session_ended(shared_daemon) -> None:

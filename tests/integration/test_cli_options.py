@@ -42,7 +42,7 @@ def test_units_people_mean(shared_daemon) -> None:
     --cpu 50 without % is refused asking "did you mean --cpu 50%?" (before: it advised --cpus 50, fifty cores),
     --timeout takes 1h30m; the limits reach the session."""
     r = labd("run", "demo.count", "--memory", "512")
-    assert r.returncode == 2 and "add a unit: 512M" in r.stderr
+    assert r.returncode == 2 and "--memory: bad size '512'" in r.stderr and "add a unit: 512M" in r.stderr
     r = labd("run", "demo.count", "--cpu", "50")
     assert r.returncode == 2 and "did you mean --cpu 50%?" in r.stderr and "--cpus 50" not in r.stderr
     r = labd("run", "demo.count", "--cpu", "50%", "--cpus", "0.5")
@@ -57,6 +57,14 @@ def test_units_people_mean(shared_daemon) -> None:
     assert json.loads(labd("show", sid2, "--json").stdout)["limits"]["cpu"] == 25.0
     for s in (sid, sid2):
         assert labd("kill", s).returncode == 0
+
+
+def test_modify_without_feedback_says_how_to_give_it(shared_daemon) -> None:
+    """`labd modify SESSION` without --feedback is refused with the command that gives it (it said only "needs
+    feedback"), before any session is looked at."""
+    r = labd("modify", "abc123")
+    assert r.returncode == 2 and "[bad_request]" in r.stderr, r.stderr
+    assert 'labd modify abc123 --feedback "..."' in r.stderr, r.stderr
 
 
 def test_a_ray_session_without_a_ray_launcher_is_refused_whatever_its_cpus(shared_daemon) -> None:

@@ -232,3 +232,23 @@ def test_labd_stop_of_a_queued_session_says_it_never_ran(isolated_env: Path) -> 
         assert out.returncode == 0 and f"{waiting} taken off the queue" in out.stdout and "forced" not in out.stdout
         running = labd("stop", blocker)
         assert f"stopping {blocker} (forced after" in running.stdout
+
+
+def test_labd_run_says_when_its_session_is_queued(isolated_env: Path) -> None:
+    """`labd run` of a session that waits in the run queue says so on stderr with its place (it printed only the
+    id, and `--follow` printed its header then nothing until the session started); its stdout is still the id
+    alone, for scripts. A session that starts at once gets no such line."""
+    from tests.integration.cli_support import labd
+
+    _configure(isolated_env, 1)
+    with running_daemon(isolated_env) as d, d.client() as c:
+        first = labd("run", "demo.sleep", "-p", "seconds=60")
+        assert first.returncode == 0 and "queued" not in first.stderr, first.stderr
+        blocker = first.stdout.strip()
+        wait_until(lambda: _status(c, blocker) == "running", what="the blocker running")
+        queued = labd("run", "demo.count", "-p", "n=1", "-p", "delay=0")
+        sid = queued.stdout.strip()
+        assert queued.returncode == 0 and len(sid) == 12, queued
+        assert f"session {sid} is queued (#1)" in queued.stderr, queued.stderr
+        c.stop(blocker, grace=1)
+        assert c.wait(sid, timeout=60)["status"] == "completed"

@@ -136,7 +136,7 @@ def test_cli_memory_beyond_any_machine_is_said_before_the_daemon(size: str) -> N
     unit`, 1e300T was an OverflowError traceback)."""
     from labd.frontends.cli.sessions import limits_from
 
-    with pytest.raises(CliError, match=rf"^bad size '{size}': beyond any machine \(at most 1024T, 1 PiB\)$"):
+    with pytest.raises(CliError, match=rf"^--memory: bad size '{size}': beyond any machine \(at most 1024T, 1 PiB\)$"):
         limits_from(_flags(memory=size))
 
 

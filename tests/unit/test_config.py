@@ -299,3 +299,30 @@ def test_serve_check_says_whether_a_daemon_would_start_and_starts_nothing(tmp_pa
     assert sorted(p.name for p in home.iterdir()) == ["config.toml"]  # no database, lock or sessions
     usage = check("--detach")
     assert usage.returncode == 2 and "--check" in usage.stderr, usage
+
+
+@pytest.mark.parametrize(("db", "said"), [
+    ("mysql://x@localhost/y", "SQLite or PostgreSQL"),
+    ("notaurl", "is not a database URL"),
+    ("postgresql+pg8000://a@localhost/c", "no driver for postgresql+pg8000"),
+    ("postgresql+psycopg://nobody@127.0.0.1:1/db", "cannot use the database 127.0.0.1:1/db"),
+    ("sqlite:///{tmp}/missing/dir/labd.db", "does not exist"),
+])
+def test_serve_check_and_serve_refuse_a_database_the_daemon_cannot_use(tmp_path: Path, db: str, said: str) -> None:
+    """``labd serve --check --db URL`` opens the database as the daemon would and says in one line why it could
+    not (it said "configuration OK" for all of these); ``labd serve`` refuses the same URL in one line, exit 2, with
+    no traceback (a MySQL URL ended it with ModuleNotFoundError's)."""
+    import os
+    import subprocess
+    import sys
+
+    home, db = tmp_path / "h", db.replace("{tmp}", str(tmp_path))
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+           "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    (tmp_path / "run").mkdir(mode=0o700)
+    for args in (["serve", "--check", "--db", db], ["serve", "--db", db]):
+        r = subprocess.run([sys.executable, "-m", "labd", "--home", str(home), *args], capture_output=True,
+                           text=True, env=env, timeout=120)
+        last = r.stderr.strip().splitlines()[-1]  # serve may have logged its start before it met the database
+        assert r.returncode == 2 and said in last and last.startswith("labd: "), (args, r.stderr)
+        assert "Traceback" not in r.stderr and ("--check" not in args or r.stderr.count("\n") == 1), r.stderr

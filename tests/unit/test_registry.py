@@ -236,6 +236,19 @@ def test_optional_scalars_and_containers_are_converted_or_refused() -> None:
         assert "xs" in _code(lambda b=bad: bind_params(optionals, {"xs": b})).details["params"]  # type: ignore[misc]
 
 
+def opt_str(ctx: Any, label: str | None = "x", k: int | None = 3) -> None:
+    """An optional str and an optional int."""
+
+
+def test_none_from_the_command_line_for_an_optional_parameter() -> None:
+    """``-p k=none`` (or ``null``, any case) gives an ``int | None`` parameter None, as JSON null does (every spelling
+    was refused: "expected int"); a ``str | None`` parameter keeps the word, which is a string it takes."""
+    for word in ("none", "None", "NULL", " null "):
+        assert bind_params(optionals, {"a": word, "xs": word})["a"] is None
+        assert bind_params(opt_str, {"label": word, "k": word}) == {"label": word, "k": None}
+    assert "a" in _code(lambda: bind_params(optionals, {"a": "nothing"})).details["params"]
+
+
 @pytest.mark.parametrize("depth", [PARAM_DEPTH + 1, 400, 1100, 100_000])
 def test_a_container_param_nested_too_deeply_is_bad_params(depth: int) -> None:
     """``-p xs=[[[...]]]`` nested past ``PARAM_DEPTH`` is ``bad_params`` naming ``xs`` and the limit, however deep

@@ -20,9 +20,12 @@ WITHHELD = ["OPENAI_API_KEY", "anthropic_api_key", "MY_APIKEY", "GITHUB_TOKEN", 
             # found by an attack review: these reached sessions and the code they ran
             "GH_PAT", "MY_SERVICE_CREDS", "AWS_SESSION_KEY", "STRIPE_KEY",
             # found by the review of the dashboard and MCP server
-            "MY_SERVICE_AUTH", "HTTP_AUTHORIZATION", "BASIC_AUTH_HEADER", "API_BEARER"]
+            "MY_SERVICE_AUTH", "HTTP_AUTHORIZATION", "BASIC_AUTH_HEADER", "API_BEARER",
+            # found by the attack review of 2026-12-05
+            "DB_PASS", "MYSQL_PWD", "GPG_PASSPHRASE", "SSH_KEY_PASSPHRASE", "PASSPHRASE_FILE_TEXT"]
 KEPT = ["PATH", "HOME", "LANG", "TOKENIZERS_PARALLELISM", "MAX_TOKENS", "CUDA_VISIBLE_DEVICES", "PYTHONPATH",
-        "TOKEN_COUNT_LIMIT", "KEYBOARD_LAYOUT", "AUTHOR_NAME", "GIT_AUTHOR_EMAIL"]
+        "TOKEN_COUNT_LIMIT", "KEYBOARD_LAYOUT", "AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "PWD", "OLDPWD", "PASSES",
+        "BYPASS_CACHE", "COMPASS_HOME"]
 
 
 @pytest.mark.parametrize("name", WITHHELD)
