@@ -12,12 +12,33 @@ TERMINAL = ("completed", "failed", "cancelled", "lost")
 
 
 def cmd_rm(args: argparse.Namespace, ctx: Ctx) -> int:
+    if args.dry_run:
+        return _rm_dry_run(args, ctx)
     r = ctx.client().rm(*args.sessions)
     if args.json:
         ctx.out.json(r)
     else:
         ctx.out.line(f"deleted {len(r['deleted'])} session(s), {r['rows'].get('events', 0)} events")
     return 0
+
+
+def _rm_dry_run(args: argparse.Namespace, ctx: Ctx) -> int:
+    """``labd rm --dry-run``: the sessions the references name (resolved as ``rm`` resolves them: id, prefix or
+    name), which of them would be deleted and which have not ended (``rm`` refuses those); deletes nothing."""
+    c = ctx.client()
+    rows = {row["id"]: row for row in (c.session(ref) for ref in args.sessions)}
+    gone = [row for row in rows.values() if row["status"] in TERMINAL]
+    live = [row for row in rows.values() if row["status"] not in TERMINAL]
+    if args.json:
+        ctx.out.json({"would_delete": [r["id"] for r in gone], "not_ended": [r["id"] for r in live]})
+    else:
+        ctx.out.line(f"would delete {len(gone)} session(s)")
+        for row in gone:
+            ctx.out.line(f"  {row['id']}  {ctx.out.safe(row['name'])}  {row['status']}")
+        for row in live:
+            ctx.out.line(f"not ended, rm would refuse it: {row['id']}  {ctx.out.safe(row['name'])}  {row['status']} "
+                         f"(labd stop {row['id']} first)", "yellow", err=True)
+    return 2 if live else 0
 
 
 def cmd_prune(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -37,6 +58,8 @@ def cmd_prune(args: argparse.Namespace, ctx: Ctx) -> int:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "rm", cmd_rm, "delete ended sessions: their whole record and work directories")
     s.add_argument("sessions", nargs="+", metavar="SESSION")
+    s.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing (exit 2 if "
+                   "one has not ended: rm would refuse it)")
     add_json(s)
     s = command(sub, "prune", cmd_prune, "delete ended sessions older than a duration (--older-than 30d)")
     s.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 30d, 12h, 90m; 0s = all ended")

@@ -3,6 +3,7 @@ nothing else; the automatic policy; bounded growth of the database under run-pru
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -109,6 +110,24 @@ def test_cli_rm_and_prune(shared_daemon) -> None:
     out = subprocess.run([sys.executable, "-m", "labd", "rm", "nope-no-such"], capture_output=True, text=True,
                          env=env, timeout=60)
     assert out.returncode == 2 and "not_found" in out.stderr
+
+
+def test_cli_rm_dry_run_lists_and_deletes_nothing(shared_daemon) -> None:
+    """`labd rm --dry-run` names the sessions the references resolve to (by id prefix or name), says which have not
+    ended (rm refuses those; exit 2) and deletes nothing; without it, rm deletes at once (it had no dry run)."""
+    daemon = shared_daemon
+    with daemon.client() as c:
+        done = _finished(c, n=1)
+        running = c.start("demo.sleep", params={"seconds": 60})
+        env = {**os.environ, "LABD_HOME": str(daemon.home)}
+        out = subprocess.run([sys.executable, "-m", "labd", "rm", "--dry-run", done[:6]], capture_output=True,
+                             text=True, env=env, timeout=60)
+        assert out.returncode == 0 and "would delete 1 session" in out.stdout and done in out.stdout, out
+        out = subprocess.run([sys.executable, "-m", "labd", "rm", "--dry-run", "--json", done, running],
+                             capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 2 and json.loads(out.stdout) == {"would_delete": [done], "not_ended": [running]}
+        assert c.session(done)["status"] == "completed" and _rows(daemon.home, done)["sessions"] == 1
+        c.kill(running)
 
 
 def test_retention_policy_prunes_old_sessions_automatically(isolated_env: Path) -> None:
