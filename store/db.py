@@ -56,17 +56,17 @@ def check_url(url: str) -> None:
 
 
 def probe(url: str, timeout: float = 10.0) -> None:
-    """Raise :class:`ValueError` if the daemon could not write database ``url`` now (``labd serve --check``): a SQLite
-    file it could not create or write, a PostgreSQL server it cannot reach or log in to within ``timeout`` s."""
-    check_url(url)
+    """Raise :class:`ValueError` if the daemon could not write database ``url`` now (``labd serve --check``, after
+    :func:`check_url`): a SQLite file it could not create or write, a PostgreSQL server it cannot reach or log in to
+    within ``timeout`` s."""
     if is_sqlite(url):
-        path = url.split(":///", 1)[-1]
-        if not path or path == ":memory:":
+        path = _sqlite_path(url)
+        if path is None:
             return
-        target = path if os.path.exists(path) else os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise ValueError(f"cannot create the SQLite file {path}: the directory {os.path.dirname(path)} does not "
-                             "exist")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ValueError(f"cannot create the SQLite file {path}: {_no_folder(folder)}")
+        target = path if os.path.exists(path) else folder
         if not os.access(target, os.R_OK | os.W_OK):
             raise ValueError(f"cannot write the SQLite {'file' if target == path else 'directory'} {target}")
         return
@@ -82,16 +82,26 @@ def probe(url: str, timeout: float = 10.0) -> None:
         engine.dispose()
 
 
+def _sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL; None for an in-memory database."""
+    path = url.split(":///", 1)[-1]
+    return path if path and path != ":memory:" else None
+
+
+def _no_folder(folder: str) -> str:
+    return f"the directory {folder} does not exist"
+
+
 def open_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, NORMAL sync and a busy timeout on every connection."""
     if is_sqlite(url):
-        path = url.split(":///", 1)[-1]
-        if path and path != ":memory:" and not os.path.exists(path):
+        path = _sqlite_path(url)
+        if path is not None and not os.path.exists(path):
             try:
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # the store is the user's alone
             except OSError as exc:  # e.g. --db naming a directory that does not exist: say so, no traceback
                 folder = os.path.dirname(os.path.abspath(path))
-                hint = f" (the directory {folder} does not exist)" if not os.path.isdir(folder) else ""
+                hint = f" ({_no_folder(folder)})" if not os.path.isdir(folder) else ""
                 raise ArgumentError(f"cannot create the SQLite file {path}: {exc.strerror or exc}{hint}") from None
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout()})
 
