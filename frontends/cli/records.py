@@ -120,10 +120,15 @@ def cmd_cost(args: argparse.Namespace, ctx: Ctx) -> int:
         noun = "session" if t["sessions"] == 1 else "sessions"
         print(f"{t['sessions']} {noun} with LLM calls: ${t['cost']:.6f} for {t['calls']} calls, "
               f"{t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens")
-        ctx.out.table([args.by.upper(), "SESSIONS", "CALLS", "PROMPT", "COMPLETION", "COST"],
-                      [[str(g[args.by]), str(g["sessions"]), str(g["calls"]), str(g["prompt_tokens"]),
-                        str(g["completion_tokens"]), f"${g['cost']:.6f}"] for g in s["groups"]],
-                      right=("SESSIONS", "CALLS", "PROMPT", "COMPLETION", "COST"))
+        # by session, each row is one session: a SESSIONS column would read 1 on every row
+        per_session = args.by == "session"
+        sums = ["CALLS", "PROMPT", "COMPLETION", "COST"] if per_session else ["SESSIONS", "CALLS", "PROMPT",
+                                                                             "COMPLETION", "COST"]
+        ctx.out.table([args.by.upper(), *sums],
+                      [[str(g[args.by]), *([] if per_session else [str(g["sessions"])]), str(g["calls"]),
+                        str(g["prompt_tokens"]), str(g["completion_tokens"]), f"${g['cost']:.6f}"]
+                       for g in s["groups"]],
+                      right=tuple(sums))
         return 0
     if not args.session:
         raise CliError("cost needs a SESSION, or --all")

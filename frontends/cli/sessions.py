@@ -90,9 +90,9 @@ def limits_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def procs_arg(text: str) -> str | int:
-    """``--procs 50`` -> 50; ``none`` lifts the daemon's default limit for this session (the daemon checks the
-    range and answers ``bad_limits``)."""
-    if text.strip().lower() == "none":
+    """``--procs 50`` -> 50; ``none`` (or ``0``, as in the config's ``[daemon] procs = 0``) lifts the daemon's
+    default limit for this session (the daemon checks the range and answers ``bad_limits``)."""
+    if text.strip().lower() in ("none", "0"):
         return "none"
     try:
         return int(text)
@@ -295,7 +295,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--budget", type=float, help="LLM budget in USD for the whole session, e.g. 2.50")
     s.add_argument("--on-budget", choices=["stop", "pause"], help="what crossing the budget does (default stop)")
     s.add_argument("--procs", type=procs_arg, metavar="N",
-                   help="at most N processes in the session's tree (default: [daemon] procs, 256; none: no limit)")
+                   help="at most N processes in the session's tree (default: [daemon] procs, 256; none or 0: no limit)")
     s.add_argument("--max-output", metavar="SIZE",
                    help="keep at most this much stdout+stderr (10M, 1G; none: no cap; default: max_output)")
     s.add_argument("--tag", action="append", default=[], metavar="K=V", help="label the session (repeat)")

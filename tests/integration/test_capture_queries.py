@@ -147,6 +147,10 @@ def test_cli_flags_for_full_events_tags_and_cost_across_sessions(daemon) -> None
     assert groups["team=red"]["sessions"] == 1
     text = labd("cost", "--all", "--by", "tag").stdout  # says what it counts: sessions that called a model
     assert text.startswith("1 session with LLM calls: $"), text
+    assert text.splitlines()[1].split()[:2] == ["TAG", "SESSIONS"], text
+    # by session, a row is one session: no SESSIONS column (it read 1 on every row)
+    header = labd("cost", "--all", "--by", "session").stdout.splitlines()[1].split()
+    assert header == ["SESSION", "CALLS", "PROMPT", "COMPLETION", "COST"], header
     # a --since reaching before 1970 counts every session (it was refused: "field 'since' must be a time ...")
     ever = labd("cost", "--all", "--since", "60000d", "--json")
     assert ever.returncode == 0 and json.loads(ever.stdout)["total"]["sessions"] == 1, ever.stderr

@@ -227,3 +227,35 @@ def test_nothing_a_module_starts_at_import_outlives_its_check(daemon, tmp_path: 
     assert len(pids) == 6, pids
     wait_until(lambda: not any(_alive(p) for p in pids), timeout=30,
                what=f"the processes the checks started ({pids}) to be gone")
+
+
+HELD = GATED.replace("_deadline = ", """
+import os, subprocess
+with open(_here / "pids", "a") as f:
+    f.write(f"{os.getpid()} {subprocess.Popen(['sleep', 'TOKEN']).pid}\\n")
+_deadline = """)
+
+
+def test_a_check_under_way_when_the_daemon_dies_leaves_nothing_behind(daemon, gated: Path) -> None:
+    """The daemon killed while a workflow module is still importing (it has started a subprocess and waits):
+    the template, left without a daemon, kills the check and what its module started, and then exits. It kept
+    both alive before: the template waited for every child, the check for its module, for as long as that took."""
+    (gated / "held.py").write_text(HELD.replace("TOKEN", str(300 + os.getpid() % 500)))
+
+    def start() -> None:
+        try:
+            with daemon.client(timeout=90) as c:
+                c.start("held:study", cwd=str(gated))
+        except LabdError:  # the daemon is killed under the request
+            pass
+
+    threading.Thread(target=start, daemon=True).start()
+    marks = gated / "marks" / "pids"
+    wait_until(lambda: marks.exists() and marks.read_text().endswith("\n"), timeout=30,
+               what="the check to start its module's subprocess")
+    checker, child = (int(p) for p in marks.read_text().split())
+    with daemon.client() as c:
+        template = c.status()["template_pid"]
+    daemon.kill9()
+    wait_until(lambda: not any(_alive(p) for p in (checker, child, template)), timeout=30,
+               what=f"the check ({checker}), its subprocess ({child}) and the template ({template}) to be gone")

@@ -169,6 +169,7 @@ def test_procs_none_lifts_the_default_and_bad_procs_are_refused() -> None:
     from labd.frontends.cli.sessions import procs_arg
 
     assert procs_arg("none") == "none" and procs_arg(" None ") == "none" and procs_arg("50") == 50
+    assert procs_arg("0") == "none"  # as the config's procs = 0: it was refused by the daemon (bad_limits)
     with pytest.raises(argparse.ArgumentTypeError, match="a whole number of processes or none"):
         procs_arg("lots")
     assert _limits({"limits": {"procs": "none"}}, default_procs=256).procs is None
