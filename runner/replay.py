@@ -31,8 +31,8 @@ import orjson
 
 from labd.runner.withhold import tail_start
 
-__all__ = ["ReplayMiss", "Replayer", "request_digest", "approval_digest", "activate", "active",
-           "VOLATILE"]
+__all__ = ["ReplayMiss", "Replayer", "request_digest", "part_digests", "approval_digest", "activate", "active",
+           "VOLATILE", "REQUEST_PARTS"]
 
 #: keys whose values differ between two runs of the same conversation (and never steer the model)
 VOLATILE = frozenset({"created_at", "response_id", "usage"})
@@ -67,6 +67,17 @@ def request_digest(request: Mapping[str, Any], *, workdir: str | None = None, se
     (the ``request`` of an ``llm.request`` event, blobs inlined); ``params`` holds the model name."""
     keys = ("system", "messages", "tools", "params", "response_schema")
     return _digest({k: request.get(k) for k in keys if request.get(k) is not None}, workdir, session_id)
+
+
+#: the parts of a request a miss compares one by one, to say which of them the replay asks differently
+REQUEST_PARTS = ("system", "messages", "tools", "params", "response_schema")
+
+
+def part_digests(request: Mapping[str, Any], *, workdir: str | None = None,
+                 session_id: str | None = None) -> dict[str, str]:
+    """A short digest of each part of a canonical LLM request (:data:`REQUEST_PARTS`, the ones it has)."""
+    return {k: _digest(request.get(k), workdir, session_id)[:16] for k in REQUEST_PARTS
+            if request.get(k) is not None}
 
 
 def approval_digest(kind: str, prompt: str, options: Any, context: Any, *, workdir: str | None = None,
@@ -134,7 +145,8 @@ class Replayer:
                     return dict(rec)
         return None
 
-    def _miss(self, what: str, digest: str, node: str | None, agent: str | None, text: str) -> ReplayMiss:
+    def _miss(self, what: str, digest: str, node: str | None, agent: str | None, text: str,
+              parts: dict[str, str] | None = None) -> ReplayMiss:
         with self._lock:
             self.misses += 1
         expected = self._expected()
@@ -142,7 +154,10 @@ class Replayer:
         if agent:
             payload["agent"] = agent
         if expected:
+            recorded = expected.pop("parts", None)
             payload["expected"] = expected
+            if parts is not None and isinstance(recorded, dict):  # which parts of the request are not as recorded
+                payload["differs"] = [k for k in REQUEST_PARTS if parts.get(k) != recorded.get(k)]
         self.emit("replay.miss", payload, node)
         where = f" in node {node}" if node else ""
         hint = (f"; the record expected next: {expected.get('what', 'llm')} {expected['digest'][:12]} "
@@ -187,7 +202,8 @@ class Replayer:
         entry = self._take(self._llm, digest)
         if entry is not None:
             return dict(entry["response"])
-        raise self._miss("llm", digest, node, agent, last_input(request))
+        raise self._miss("llm", digest, node, agent, last_input(request),
+                         part_digests(request, workdir=self.workdir, session_id=self.session_id))
 
     # ---- approvals -------------------------------------------------------------------------------
     def serve_approval(self, kind: str, prompt: str, options: Any, context: Any, *,

@@ -18,6 +18,8 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from labd.ipc.safe_files import open_beneath
 from labd.store.attempts import step_paths, superseded_nodes
 from labd.store.checkpoints import checkpoints
@@ -323,6 +325,38 @@ def compare(store: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
                        "prompt_tokens": llm["prompt_tokens"], "completion_tokens": llm["completion_tokens"],
                        "duration": (ended - started) if started and ended else None, "steps": len(per),
                        "superseded": gone})
-    return {"sessions": ids, "totals": totals, "steps": step_rows, "files": file_rows,
+    return {"sessions": ids, "totals": totals, "inputs": _inputs(store, rows), "steps": step_rows, "files": file_rows,
             "result": {"sessions": results, "same": all(x == results[0] for x in results[1:]),
                        "diffs": [diff(results[0], x, ids[0], ids[i]) for i, x in enumerate(results[1:], 1)]}}
+
+
+#: a compared input's value at most this long (a param or hypothesis of any size is accepted at start)
+MAX_INPUT_CHARS = 2000
+
+
+def _inputs(store: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the sessions were started with, where they differ: ``{workflow?, params: {name: [value per
+    session, None where absent]}, hypothesis?, instructions?}`` (a branch's, from its ``session.created``); each
+    value as JSON text cut to :data:`MAX_INPUT_CHARS`. Only what differs between the sessions is listed."""
+    def text(value: Any) -> str | None:
+        if value is None:
+            return None
+        out = value if isinstance(value, str) else orjson.dumps(value, default=repr).decode()
+        return out if len(out) <= MAX_INPUT_CHARS else out[:MAX_INPUT_CHARS] + "..."
+
+    created = []
+    for r in rows:
+        first = store.events(r["id"], kinds=["session.created"], limit=1)
+        created.append(first[0]["payload"] if first else {})
+    out: dict[str, Any] = {"params": {}}
+    for field, values in (("workflow", [r.get("workflow") for r in rows]),
+                          ("hypothesis", [c.get("hypothesis") for c in created]),
+                          ("instructions", [c.get("instructions") for c in created])):
+        if len({text(v) for v in values}) > 1:
+            out[field] = [text(v) for v in values]
+    params = [r.get("params") or {} for r in rows]
+    for name in sorted(set().union(*params)):
+        values = [text(p.get(name)) if name in p else None for p in params]
+        if len(set(values)) > 1:
+            out["params"][name] = values
+    return out

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from labd.ipc.family import nest_family
-from labd.runner.replay import approval_digest, last_input, request_digest
+from labd.runner.replay import approval_digest, last_input, part_digests, request_digest
 from labd.store.attempts import superseded_nodes
 from labd.store.checkpoints import checkpoints
 from labd.store.schema import events, sessions, state_history
@@ -49,17 +49,19 @@ def cut_seq(store: Any, sid: str, node: str) -> int | None:
 MAX_GENERATIONS = 64
 
 
-def replay_seed(store: Any, session: dict[str, Any], until: str | None = None) -> dict[str, Any]:
+def replay_seed(store: Any, session: dict[str, Any], until: str | None = None, *,
+                inherit: bool = True) -> dict[str, Any]:
     """The seed a replay of ``session`` serves from; with ``until`` (a node id) only what was recorded up to
     the end of that node. Of a resumed session, only its effective run: the attempts the resume ran again
     (:func:`labd.store.attempts.superseded_nodes`) are left out, with their calls and approvals. Of a branch,
-    also what its reused steps recorded in the session(s) it was branched from: a replay runs them again."""
+    with ``inherit``, also what its reused steps recorded in the session(s) it was branched from, for a replay
+    that runs them again; without, its own record only, for a replay that reuses them as the branch did."""
     sid = session["id"]
     upto = cut_seq(store, sid, until) if until else None
     gone = superseded_nodes(store, sid)
     own = [e for e in _all_events(store, sid, SEED_KINDS, upto) if e["node_id"] not in gone]
     seed = _Seed()
-    for row, evs in [*_inherited(store, session, None, 0), (session, own)]:
+    for row, evs in [*(_inherited(store, session, None, 0) if inherit else []), (session, own)]:
         seed.add(store, row, evs)
     return {"parent": sid, "workdir": session["workdir"], "until": until, "llm": seed.llm,
             "approvals": seed.approvals, "order": seed.order, "steps": seed.steps, "step_paths": seed.step_paths}
@@ -137,7 +139,8 @@ class _Seed:
                 response = {k: v for k, v in p.items() if k not in ("duration", "replayed", "status")}
                 self.llm.setdefault(digest, []).append({"response": response, "index": len(self.order)})
                 self.order.append({"what": "llm", "digest": digest, "node": req["node_id"], "agent": p.get("agent"),
-                                   "input": last_input(request)[-300:]})
+                                   "input": last_input(request)[-300:],
+                                   "parts": part_digests(request, workdir=workdir, session_id=sid)})
             elif kind in ("approval.requested", "approval.replayed"):
                 if kind == "approval.requested":
                     answer = resolved.get(p.get("approval_id"))

@@ -265,7 +265,10 @@ class Branch(Request):
             workdir = session_dir / "work"
             payload: dict[str, Any] = {"workflow": parent["workflow"], "name": name, "params": params,
                                        "limits": limits.to_dict(), "workdir": str(workdir), "parent_id": psid,
-                                       "origin": "branch", "branch_node": node["node_id"]}
+                                       "origin": "branch", "branch_node": node["node_id"],
+                                       # what its replay needs to run as it did (api/lineage.py), and compare shows
+                                       "node_base": seed["node_base"]}
+            payload.update((k, v) for k, v in (("hypothesis", hypothesis), ("instructions", instructions)) if v)
             for key in ("payload", "sys_path", "agents", "tags", "policy", "placement"):
                 if c.get(key):
                     payload[key] = c[key]

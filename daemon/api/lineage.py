@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import secrets
 import shutil
+from pathlib import Path
 from typing import Any
 
 from labd.daemon.api.base import ApiError, Request, register
-from labd.daemon.api.seed import write_seed
+from labd.daemon.api.seed import branch_dirs, build_seed, write_seed
 from labd.daemon.api.sessions import resolve_ref, resolve_session, session_name
 from labd.daemon.api.start import REPLAY_FILE, Start
 from labd.daemon.reads import Read
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.ipc.functions import FUNCTION_WORKFLOW
+from labd.runner.checkpoint import OBJECTS_DIR
+from labd.store.checkpoints import checkpoints
 from labd.store.compare import compare
 from labd.store.lineage import family, replay_seed
 
@@ -32,11 +35,26 @@ def _suffix(key: str | None) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:4] if key is not None else secrets.token_hex(2)
 
 
-def _seed(store: Any, row: dict[str, Any],
-          until: str | None) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+def branch_seed(store: Any, row: dict[str, Any], created: dict[str, Any], objects: Path) -> dict[str, Any] | None:
+    """The durable seed a replay of branch ``row`` runs with, the branch's own in effect: the steps it reused,
+    from its own checkpoints of them (its objects in ``objects``), its node numbering, hypothesis and
+    instructions, so the replay reuses what the branch reused and serves only what the branch ran. None for
+    another session, or a branch recorded before ``session.created`` carried ``node_base`` (its replay runs the
+    reused steps again, served from the parent's record, without the hypothesis)."""
+    node_base = created.get("node_base")
+    if row.get("origin") != "branch" or isinstance(node_base, bool) or not isinstance(node_base, int):
+        return None
+    cps = [c for c in checkpoints(store, row["id"]) if c.get("reused")]
+    return build_seed(cps, objects, step_files=True, mode="branch", node_base=node_base,
+                      hypothesis=created.get("hypothesis"), instructions=created.get("instructions"))
+
+
+def _seed(store: Any, row: dict[str, Any], until: str | None,
+          objects: Path) -> tuple[dict[str, Any], dict[str, Any], str | None, dict[str, Any] | None]:
     """(the session's ``session.created`` payload, its replay seed up to the end of node ``until``, that node's
-    id): read on a worker thread, from the store only. ``until`` is a node id or, as for ``branch --from``, the
-    name of a step (the completed one of that name; ``ambiguous`` if several completed)."""
+    id, the durable seed of a branch's replay (:func:`branch_seed`)): read on a worker thread, from the store and
+    the session's objects. ``until`` is a node id or, as for ``branch --from``, the name of a step (the completed
+    one of that name; ``ambiguous`` if several completed)."""
     if until is not None:
         rows = store.steps(row["id"])
         nodes = [n["node_id"] for n in rows]
@@ -52,7 +70,9 @@ def _seed(store: Any, row: dict[str, Any],
                                f"({', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}): give a node id",
                                {"node": until, "matches": ids[:50]})
             until = done[0]["node_id"]
-    return _created(store, row["id"]), replay_seed(store, row, until), until
+    created = _created(store, row["id"])
+    durable = branch_seed(store, row, created, objects)
+    return created, replay_seed(store, row, until, inherit=durable is None), until, durable
 
 
 @register
@@ -63,6 +83,7 @@ class Replay(Start):
 
     type = "session.replay"
     _seed: dict[str, Any] | None = None
+    _durable: dict[str, Any] | None = None
 
     def execute(self) -> Any:  # a generator: the seed is read on a worker (daemon/reads.py), then a start
         d = self.daemon
@@ -74,7 +95,9 @@ class Replay(Start):
                            "replayed (wait for it, or stop it)", {"status": row["status"]})
         name = session_name(self)
         key = self.arg("idempotency_key", str, None)
-        created, self._seed, until = yield Read(lambda: _seed(d.store, row, until), "replay seed")
+        objects = d.layout.sessions_dir / row["id"] / OBJECTS_DIR
+        created, self._seed, until, self._durable = yield Read(lambda: _seed(d.store, row, until, objects),
+                                                               "replay seed")
         body: dict[str, Any] = {
             "workflow": row["workflow"], "params": row["params"],
             # the original's limits; no process limit stays none (not the daemon's default, 256: it may have needed
@@ -107,6 +130,10 @@ class Replay(Start):
         # directory holding an empty replay.tmp)
         session_dir = self.daemon.layout.sessions_dir / sid
         try:
+            if self._durable is not None:  # a branch's replay: the steps it reused, their objects linked
+                origin = str(self._seed.get("parent") if self._seed else "")
+                branch_dirs(origin, self.daemon.layout.sessions_dir / origin / OBJECTS_DIR, self._durable,
+                            [session_dir])
             write_seed(session_dir, self._seed or {}, REPLAY_FILE)  # read by execute before any prepare
         except ApiError:
             shutil.rmtree(session_dir, ignore_errors=True)

@@ -66,6 +66,30 @@ def _first_divergence(ctx: Ctx, e: dict[str, Any]) -> None:
         ctx.out.line("  asked:    " + last_line(m["input"])[:160])
     if exp.get("input"):
         ctx.out.line("  recorded: " + last_line(exp["input"])[:160])
+    if m.get("differs"):  # the input may read the same: the request differs elsewhere (its system prompt, say)
+        ctx.out.line("  differs in: " + ", ".join(PART_NAMES.get(k, k) for k in m["differs"]))
+
+
+#: a request's parts (runner/replay.REQUEST_PARTS) as a user knows them
+PART_NAMES = {"system": "the system prompt", "messages": "the messages", "tools": "the tools",
+              "params": "the model parameters", "response_schema": "the response schema"}
+
+
+def _input_rows(inputs: dict[str, Any]) -> list[list[str]]:
+    """Rows for what the sessions were started with where they differ (workflow, each param, a branch's
+    hypothesis and instructions), one line each, cut to fit."""
+    rows = [[field, *[_cut(v) for v in inputs[field]]] for field in ("workflow", "hypothesis", "instructions")
+            if field in inputs]
+    rows += [[f"-p {name}", *[_cut(v) if v is not None else "(default)" for v in values]]
+             for name, values in (inputs.get("params") or {}).items()]
+    return rows
+
+
+def _cut(value: str | None, most: int = 40) -> str:
+    if value is None:
+        return "-"
+    value = " ".join(value.split())
+    return value if len(value) <= most else value[:most - 1] + "…"
 
 
 def cmd_compare(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -80,6 +104,7 @@ def cmd_compare(args: argparse.Namespace, ctx: Ctx) -> int:
         ["name", *[t["name"] for t in r["totals"]]],
         ["status", *[t["status"] for t in r["totals"]]],
         ["origin", *[t.get("origin") or "" for t in r["totals"]]],
+        *_input_rows(r.get("inputs") or {}),
         ["duration", *[_secs(t["duration"]) for t in r["totals"]]],
         ["LLM calls", *[str(t["calls"]) for t in r["totals"]]],
         ["tokens", *[str(t["prompt_tokens"] + t["completion_tokens"]) for t in r["totals"]]],

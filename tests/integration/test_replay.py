@@ -161,6 +161,28 @@ def test_changed_input_divergence_compare_and_bad_requests(isolated_env: Path, t
         assert out.returncode == 2 and "at least two" in out.stderr
 
 
+def test_a_divergence_with_the_same_input_says_which_part_of_the_request_differs(isolated_env: Path,
+                                                                                  tmp_path: Path) -> None:
+    """A replay whose agent's system prompt changed (its question did not) fails at the first call, and the
+    report names the part that differs: the asked and recorded inputs read the same, which said nothing."""
+    persona = tmp_path / "persona.txt"
+    persona.write_text("You are careful.")
+    with running_daemon(isolated_env) as d, d.client(timeout=30) as c:
+        sid = c.start("labd_testflows:replay_probe", params={"persona": str(persona), "steps": 1})
+        assert c.wait(sid, timeout=90)["status"] == "completed"
+        persona.write_text("You are bold.")
+        out = labd(isolated_env, "replay", sid, "--wait")
+        assert out.returncode == 1, out.stdout + out.stderr
+        lines = out.stdout.splitlines()
+        asked = next(x for x in lines if x.strip().startswith("asked:")).split(":", 1)[1]
+        recorded = next(x for x in lines if x.strip().startswith("recorded:")).split(":", 1)[1]
+        assert asked.strip() == recorded.strip()
+        assert "  differs in: the system prompt" in lines, out.stdout
+        rid = next(r["id"] for r in c.sessions(limit=10) if r["id"] not in (sid,) and r.get("origin") == "replay")
+        (miss,) = [e for e in c.history(rid) if e["kind"] == "replay.miss"]
+        assert miss["payload"]["differs"] == ["system"]
+
+
 def test_replay_from_a_node_goes_live_after_it(isolated_env: Path) -> None:
     """`replay --from NODE` serves the calls recorded up to the end of NODE and sends the ones after it to
     the model: the server sees exactly the second step's request again, and only that call costs money. NODE may
@@ -246,11 +268,11 @@ def test_replay_and_compare_of_a_resumed_session_use_its_effective_run(isolated_
         assert "superseded" in out.stdout and "ask 2 #2" not in out.stdout
 
 
-def test_replay_of_a_branch_reports_no_divergence(isolated_env: Path, tmp_path: Path) -> None:
-    """A branch numbers its new nodes after its parent's (its reused steps keep the parent's ids), so its node
-    ids never match a fresh run's; its replay still finds every step where the record has it (by position) and
-    reports no divergence, and is served every call: the branch's own and, for the step it reused (which the
-    replay runs again), its parent's."""
+def test_replay_of_a_branch_reuses_what_it_reused_and_reports_no_divergence(isolated_env: Path,
+                                                                            tmp_path: Path) -> None:
+    """A branch's replay runs as the branch did: the step the branch reused is reused again (not run, its
+    recorded result and files restored), the branch's own calls are served, the DAG is the branch's (its node
+    ids numbered after the parent's, as the branch's are) and no divergence is reported."""
     counter = tmp_path / "counts"
     counter.mkdir()
     with running_daemon(isolated_env) as d, d.client(timeout=30) as c:
@@ -263,8 +285,41 @@ def test_replay_of_a_branch_reports_no_divergence(isolated_env: Path, tmp_path: 
         assert final["status"] == "completed", final["reason"]
         history = list(c.history(rid))
         assert not [e for e in history if e["kind"] in ("replay.diverged", "replay.miss")]
-        assert [e["payload"]["replayed"] for e in history if e["kind"] == "llm.response"] == [True, True, True]
-        assert final_files(c, rid) == final_files(c, sid)  # the reused step ran again, with its served answer
+        branch_calls = [e for e in c.history(bid) if e["kind"] == "llm.response"]
+        assert [e["payload"]["replayed"] for e in history if e["kind"] == "llm.response"] == [True] * len(branch_calls)
+        assert shape(c, rid) == shape(c, bid)
+        assert "reused" in {n[3] for n in shape(c, rid)[0]}
+        assert final_files(c, rid) == final_files(c, bid) == final_files(c, sid)
+
+
+def test_replay_of_a_branch_with_a_hypothesis_or_changed_params_is_served_whole(isolated_env: Path) -> None:
+    """A branch made with ``--hypothesis`` (its live agents' system prompts carry it) or with changed params
+    (its reused plan was made with the parent's) replays completed, every call served from its record, at no
+    cost. Both failed with ``ReplayMiss``: the replay had no hypothesis, and planned again with the new params."""
+    with running_daemon(isolated_env) as d, d.client(timeout=30) as c:
+        sid = c.start("planning_and_control")
+        assert c.wait(sid, timeout=90)["status"] == "completed"
+        step2 = node_named(c, sid, "step 2: compute it with the closed formula")
+        hyp = c.branch(sid, step2, hypothesis="the closed formula is exact")["sessions"][0]["session"]
+        fewer = c.branch(sid, step2, params={"max_steps": 2})["sessions"][0]["session"]
+        for bid in (hyp, fewer):
+            assert c.wait(bid, timeout=90)["status"] == "completed"
+        requests = [e for e in c.events(hyp, kinds=["llm.request"], full=True)["events"]]
+        assert requests and all("the closed formula is exact" in json.dumps(e["payload"]) for e in requests)
+        for bid in (hyp, fewer):
+            rid = c.replay(bid)
+            final = c.wait(rid, timeout=90)
+            assert final["status"] == "completed", final["reason"]
+            responses = [e for e in c.history(rid) if e["kind"] == "llm.response"]
+            assert responses and all(e["payload"].get("replayed") for e in responses)
+            assert c.cost(rid)["total"]["cost"] == 0
+            assert shape(c, rid) == shape(c, bid)
+        # compare says what they were started with where it differs
+        cmp = c.compare(sid, hyp, fewer)
+        assert cmp["inputs"] == {"params": {"max_steps": [None, None, "2"]},
+                                 "hypothesis": [None, "the closed formula is exact", None]}
+        out = labd(isolated_env, "compare", sid, hyp, fewer).stdout
+        assert "the closed formula is exact" in out and "-p max_steps" in out and "(default)" in out, out
 
 
 def _record_finished(home: Path, sids: list[str], steps: int) -> None:

@@ -411,19 +411,22 @@ def durable_diverge(ctx, counter: str) -> str:
         if n == 1:
             raise RuntimeError("fail once")
     return "done"
-def replay_probe(ctx, source: str = "", steps: int = 2, model: str = "default") -> list:
+def replay_probe(ctx, source: str = "", steps: int = 2, model: str = "default", persona: str = "") -> list:
     """``steps`` steps, each asking a researcher and writing its answer to ``answer_<i>.txt``; the first
     question carries the text of the file ``source`` (outside the work directory), so changing that file
-    changes what a replay of the session asks (labd replay's divergence report)."""
+    changes what a replay of the session asks (labd replay's divergence report). With ``persona`` (a file), the
+    researcher's system prompt is that file's text: changing it changes the request and not its input."""
     from pathlib import Path
 
     note = Path(source).read_text().strip() if source else "none"
+    system = Path(persona).read_text() if persona else None
 
     async def body() -> list:
         answers = []
         for i in range(1, steps + 1):
             with ctx.step(f"ask {i}"):
-                agent = ctx.role("researcher", model=model)
+                agent = ctx.role("researcher", model=model) if system is None else \
+                    ctx.agent("researcher", system, model=model)
                 question = f"Step {i} of {steps}: " + (f"what follows from {note}?" if i == 1 else "go on")
                 reply = (await agent.ask(question)).body or ""
                 Path(f"answer_{i}.txt").write_text(reply + "\n")
