@@ -198,10 +198,12 @@ def family(store: Any, sid: str) -> dict[str, Any]:
                     frontier.append(k["id"])
             depth += bool(frontier)
         ended = ("completed", "failed", "cancelled", "lost")
+        # a resume leaves the ended status for the run queue (ended -> queued -> starting -> running): each
+        # transition out of an ended status is one (counting "ended -> running" found none)
         resumes = dict(conn.execute(
             select(state_history.c.session_id, func.count())
             .where(state_history.c.session_id.in_(list(members)), state_history.c.from_status.in_(ended),
-                   state_history.c.to_status == "running")
+                   state_history.c.to_status.in_(("queued", "starting", "running")))
             .group_by(state_history.c.session_id)).all())
     for m in members.values():
         m["resumes"] = int(resumes.get(m["id"], 0))

@@ -65,8 +65,10 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
     wanted = list(parameters or [])
     unknown = [p for p in wanted if p not in params]
     if unknown:
-        raise SkillError("bad_request", f"parameters {unknown} are not parameters of session {sid} "
-                         f"(it has: {', '.join(sorted(params)) or 'none'})")
+        raise SkillError("bad_request", f"parameters {unknown} were not given to session {sid} (it was started "
+                         f"with: {', '.join(sorted(params)) or 'none'}): a skill's parameter is one its session was "
+                         "started with (a parameter left at the workflow's default cannot be made one; run the "
+                         "session with -p NAME=... first)")
     evs = list(store.events(sid, limit=MAX_EVENTS, kinds=["session.finished", "step.started", "code.execution",
                                                     "agent.message", "file.created", "file.changed"]))
     steps_rows = {r["node_id"]: r for r in store.steps(sid)}
@@ -86,7 +88,8 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
                 return node
             node, seen = row["parent_node"], seen + 1
         return None
-    step_nodes = [r for r in steps_rows.values() if r["kind"] == "step" and r["status"] == "completed"]
+    # a branch's reused steps too: they are part of what it did (their code is in the record they came from)
+    step_nodes = [r for r in steps_rows.values() if r["kind"] == "step" and r["status"] in ("completed", "reused")]
     step_nodes.sort(key=lambda r: r["start_seq"] or 0)
     if from_node is not None:
         if from_node not in steps_rows:  # as events.query and session.replay say it: the nodes it does have
@@ -104,6 +107,7 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
     code: dict[str, list[str]] = {}
     answers: dict[str, str] = {}
     agents_used: set[str] = set()
+    answered_by: dict[str, str] = {}  # step node -> the agent that answered in it last
     files = []
     for e in evs:
         p, node = e["payload"], step_of(e.get("node_id"))
@@ -112,6 +116,7 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
         elif e["kind"] == "agent.message" and node:
             answers[node] = str(p.get("content", ""))[:MAX_ANSWER]
             agents_used.add(str(p.get("agent", "")))
+            answered_by[node] = str(p.get("agent", ""))
         elif e["kind"] in ("file.created", "file.changed"):
             size, digest = p.get("size"), p.get("sha256")
             files.append({"path": str(p.get("path"))[:4096], "step": node,
@@ -119,17 +124,29 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
                           "size": size if isinstance(size, int) and not isinstance(size, bool) and 0 <= size < 2**63
                           else None})
     steps_out: list[dict[str, Any]] = []
-    for i, row in enumerate(step_nodes):
-        planned = plan_steps[i] if i < len(plan_steps) and isinstance(plan_steps[i], dict) else {}
+    at: dict[int, int] = {}  # plan index -> the step's place in the skill (depends_on names plan indexes)
+    for row in step_nodes:
+        # the plan entry of the step by the step's own number ("step 2: ..."), never by its place among the steps
+        # kept: a skill from a later step, a branch's reused steps or a rejected step shifted every goal
+        index = _plan_index(str(row["name"]))
+        planned = plan_steps[index] if index is not None and index < len(plan_steps) \
+            and isinstance(plan_steps[index], dict) else {}
         # a workflow's result is whatever it returned: its plan is taken in check_skill's shapes
         depends = planned.get("depends_on")
+        if index is not None and planned:
+            at.setdefault(index, len(steps_out))
+            # renumbered to the skill's own steps; a step the skill does not hold (before --from) is dropped
+            depends = [at[d] for d in depends if type(d) is int and d in at and at[d] < len(steps_out)] \
+                if isinstance(depends, list) else []
         steps_out.append({"name": str(row["name"])[:10_000],
                           "goal": str(planned.get("goal") or row["name"] or "step")[:10_000],
-                          "agent": str(planned.get("agent") or row.get("agent") or "engineer")[:200],
+                          # the role planned, else the agent that answered in the step (a workflow without a plan)
+                          "agent": str(planned.get("agent") or answered_by.get(row["node_id"]) or row.get("agent")
+                                       or ("engineer" if plan_steps else "none"))[:200],
                           "depends_on": [d for d in depends if isinstance(d, int) and not isinstance(d, bool)
                                          and 0 <= d < 2**63][:MAX_STEPS] if isinstance(depends, list) else [],
                           "code": code.get(row["node_id"], []), "answer": answers.get(row["node_id"], "")})
-    used_roles = {s["agent"] for s in steps_out} | {a for a in agents_used if roles and a in roles}
+    used_roles = {s["agent"] for s in steps_out if s["agent"] != "none"} | {a for a in agents_used if roles and a in roles}
     return {
         "name": name,
         "description": (description or f"from session {session['name']} ({session['workflow']})")[:2000],
@@ -140,6 +157,16 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
         "agents": {r: {"system_prompt": (roles or {}).get(r, {}).get("system_prompt", "")} for r in sorted(used_roles)},
         "files": files,
     }
+
+
+#: a planning workflow's step name: "step 2: compute it ..." (also "... (redo 1)"); the number is 1-based
+_STEP_NUMBER = re.compile(r"step (\d{1,6}): ")
+
+
+def _plan_index(name: str) -> int | None:
+    """The 0-based plan index a planning workflow's step ``name`` carries, or None (another workflow's step)."""
+    m = _STEP_NUMBER.match(name)
+    return int(m.group(1)) - 1 if m and int(m.group(1)) > 0 else None
 
 
 def _bad(field: str, must: str) -> SkillError:

@@ -47,8 +47,9 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
         if args.from_node:
             body["from_node"] = args.from_node
         r = c.request("skill.save", **body)
+        given = "".join(f" -p {p}=..." for p in args.param or [])  # each run must give them
         ctx.out.json(r) if args.json else ctx.out.line(f"saved skill {r['name']} version {r['version']}; "
-                                                       f"run it with: labd run skill:{r['name']}")
+                                                       f"run it with: labd run skill:{r['name']}{given}")
         return 0
     name = args.session  # show / rm / export take the skill's name as the positional argument
     if action == "import":
@@ -141,7 +142,8 @@ def _show(ctx: Ctx, name: str, doc: dict[str, Any]) -> int:
         runs = f"  ({len(code)} code runs)" if code else ""
         agent = text(st.get("agent"), f"steps[{i - 1}].agent", "?")
         goal = text(st.get("goal"), f"steps[{i - 1}].goal") or text(st.get("name"), f"steps[{i - 1}].name")
-        ctx.out.line(f"  {i}. [{agent}] {goal}{runs}")
+        label = "" if agent == "none" else f"[{agent}] "  # a workflow without a plan: no role
+        ctx.out.line(f"  {i}. {label}{goal}{runs}")
     if bad:
         ctx.out.line(f"labd: skill {name} has malformed fields ({', '.join(bad)}): labd run skill:{name} refuses it; "
                      f"export it, fix them and import it again", err=True)

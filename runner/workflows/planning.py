@@ -82,14 +82,17 @@ async def make_plan(ctx: Context, task: str, max_steps: int, model: str, *, feed
 
 
 async def run_step(ctx: Context, index: int, total: int, step: PlanStep, model: str, max_retries: int, *,
-                   instructions: str | None = None, hypothesis: str | None = None) -> str:
-    """Run one plan step with its agent, retrying with the error fed back; raises StepFailed."""
+                   instructions: str | None = None, hypothesis: str | None = None, task: str | None = None) -> str:
+    """Run one plan step with its agent, retrying with the error fed back; raises StepFailed. ``task``: the task
+    the step is for, when the plan was made for another one (a skill's)."""
     agent = ctx.role(step.agent, model=model)
     # each attempt is its own node (attempt n, a retry edge from the failed one, its real error)
     previous = None
     tries = max_retries + 1
     for attempt in range(1, tries + 1):
         msg = f"Step {index} of {total}: {step.goal}"
+        if task:
+            msg = f"Task: {task}\n{msg}"
         if instructions:
             msg += f"\nInstructions: {instructions}"
         if hypothesis:
@@ -130,8 +133,9 @@ def planning_and_control(ctx: Context, task: str = DEFAULT_TASK, max_steps: int 
             for i, st in enumerate(the_plan.steps, 1):
                 hint = hints[i - 1] if hints and i - 1 < len(hints) and hints[i - 1] else None
                 with ctx.step(names[i - 1], planned=planned[i - 1]) as node:
+                    # a given plan (a skill's) was made for the task it was saved from: each step is told this one
                     node.result = await run_step(ctx, i, len(the_plan.steps), st, model, max_retries,
-                                                 instructions=hint)
+                                                 instructions=hint, task=task if plan else None)
                 results.append(node.result)
         return {"plan": json.loads(the_plan.to_json())["steps"], "results": results}
 

@@ -231,6 +231,10 @@ def test_replay_from_a_step_name_several_completed_steps_share_is_ambiguous(isol
         assert final["status"] == "completed" and final["branch_node"] == iters[1], final
 
 
+def _members(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(m for child in node["children"] for m in _members(child))]
+
+
 def test_replay_and_compare_of_a_resumed_session_use_its_effective_run(isolated_env: Path, tmp_path: Path) -> None:
     """A session whose second step failed after its LLM call, resumed to completion, has in its record an
     attempt that the resume superseded (the step and its call were made again, under new node ids). Its replay
@@ -266,6 +270,10 @@ def test_replay_and_compare_of_a_resumed_session_use_its_effective_run(isolated_
         out = labd(isolated_env, "compare", sid, rid)
         assert out.returncode == 0, out.stderr
         assert "superseded" in out.stdout and "ask 2 #2" not in out.stdout
+        # the family tree counts the resume (it counted none: a resume goes failed -> queued, not -> running)
+        members = {m["id"]: m for m in _members(c.tree(sid)["tree"])}
+        assert members[sid]["resumes"] == 1 and members[rid]["resumes"] == 0
+        assert "resumed 1x" in labd(isolated_env, "tree", sid).stdout
 
 
 def test_replay_of_a_branch_reuses_what_it_reused_and_reports_no_divergence(isolated_env: Path,

@@ -43,8 +43,10 @@ def test_save_and_run_a_skill_without_planning_again(daemon, tmp_path: Path) -> 
         assert c.wait(run, timeout=90)["status"] == "completed"
         called = _agents_called(c, run)
         assert "planner" not in called and "plan_reviewer" not in called and called.count("engineer") >= 2
-        first_input = next(e["payload"]["input"] for e in c.history(run) if e["kind"] == "llm.request")
-        assert "Code that worked for this step before" in first_input
+        inputs = [e["payload"]["input"] for e in c.history(run) if e["kind"] == "llm.request"]
+        assert "Code that worked for this step before" in inputs[0]
+        # the skill's parameter reaches every step (it reached none: the saved plan ran for the old task)
+        assert all("Task: Step 1 of 2: fit 2025" in i for i in inputs), inputs
         created = next(e for e in c.history(run) if e["kind"] == "session.created")["payload"]
         assert created["skill"] == {"name": "fit-and-plot", "version": 1, "origin_session": origin}
         steps = [n["name"] for n in c.dag(run)["dag"]["nodes"] if n["kind"] == "step"]
@@ -71,6 +73,33 @@ def test_save_and_run_a_skill_without_planning_again(daemon, tmp_path: Path) -> 
                        timeout=60)
     assert {s["name"] for s in json.loads(r.stdout)} == {"fit-and-plot", "shared-fit"}
     assert json.loads(out_file.read_text())["plan"] == doc["plan"]
+
+
+def test_each_step_of_a_skill_keeps_its_own_goal_from_a_later_step_or_a_branch(daemon) -> None:
+    """A skill saved from a later step (``--from``), or from a branch (whose first steps were reused, not run),
+    pairs every step with its own plan entry: a skill from step 2 begins with step 2's goal (it had step 1's,
+    so each step's code ran under the goal of the step before), and a branch's skill holds its reused steps too.
+    A workflow without a plan gives its steps no role (they read ``[engineer]``)."""
+    with daemon.client() as c:
+        sid = c.start("planning_and_control")
+        assert c.wait(sid, timeout=90)["status"] == "completed"
+        plan = next(e for e in c.history(sid) if e["kind"] == "session.finished")["payload"]["result"]["plan"]
+        goals = [p["goal"] for p in plan]
+        step2 = next(n["node_id"] for n in c.dag(sid)["dag"]["nodes"] if n["name"].startswith("step 2:"))
+        c.request("skill.save", session=sid, name="later", from_node=step2)
+        doc = c.request("skill.get", name="later")["skill"]
+        assert [s["goal"] for s in doc["steps"]] == goals[1:]
+        assert [s["name"][:7] for s in doc["steps"]] == ["step 2:", "step 3:"]
+        assert all(s["code"] and f"step_{i}.json" in s["code"][0] for i, s in enumerate(doc["steps"], 2))
+        bid = c.branch(sid, step2)["sessions"][0]["session"]
+        assert c.wait(bid, timeout=90)["status"] == "completed"
+        c.request("skill.save", session=bid, name="branched")
+        doc = c.request("skill.get", name="branched")["skill"]
+        assert [s["goal"] for s in doc["steps"]] == goals
+        counted = c.start("demo.count", params={"n": 2, "delay": 0})
+        assert c.wait(counted, timeout=60)["status"] == "completed"
+        c.request("skill.save", session=counted, name="counted")
+        assert {s["agent"] for s in c.request("skill.get", name="counted")["skill"]["steps"]} == {"none"}
 
 
 def test_skill_errors(daemon) -> None:
