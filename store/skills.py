@@ -146,7 +146,8 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
                           "depends_on": [d for d in depends if isinstance(d, int) and not isinstance(d, bool)
                                          and 0 <= d < 2**63][:MAX_STEPS] if isinstance(depends, list) else [],
                           "code": code.get(row["node_id"], []), "answer": answers.get(row["node_id"], "")})
-    used_roles = {s["agent"] for s in steps_out if s["agent"] != "none"} | {a for a in agents_used if roles and a in roles}
+    used_roles = {s["agent"] for s in steps_out if s["agent"] != "none"} | \
+        {a for a in agents_used if roles and a in roles}
     return {
         "name": name,
         "description": (description or f"from session {session['name']} ({session['workflow']})")[:2000],
