@@ -180,6 +180,14 @@ def _find_node(store: Any, sid: str, ref: str) -> dict[str, Any]:
     return node
 
 
+def _branch_record(store: Any, sid: str, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
+    """(the node ``ref`` names, the session's checkpoints, whether a step completed before that node started)."""
+    node = _find_node(store, sid, ref)
+    done_before = any(s["kind"] == "step" and s["status"] == "completed" and (s["start_seq"] or 0) < node["start_seq"]
+                      for s in store.steps(sid))
+    return node, checkpoints(store, sid), done_before
+
+
 @register
 class Branch(Request):
     """A new session (or ``count``) seeded from a session's record up to a node."""
@@ -207,11 +215,13 @@ class Branch(Request):
         # the long reads (the parent's steps, every checkpoint, a manifest per reused step, the objects) on a worker
         # thread (daemon/reads.py): on the request loop, a branch of a long session stalled every other client
         try:
-            node, all_cps = yield Read(lambda: (_find_node(store, psid, ref), checkpoints(store, psid)),
-                                       "branch record")
+            node, all_cps, done_before = yield Read(lambda: _branch_record(store, psid, ref), "branch record")
         except ApiError as exc:
             raise _gone_meanwhile(store, psid) or exc from None
-        if not all_cps:
+        # no checkpoint at all: refused where a step completed before the node (it ran before durable steps: a
+        # branch would run that step again, not reuse it); from the first step of a session that failed there,
+        # there is nothing to reuse, and a branch is how its params are changed
+        if not all_cps and done_before:
             raise _gone_meanwhile(store, psid) or ApiError(
                 "no_checkpoint", f"session {psid} recorded no checkpoints (it ran before durable steps, or no step "
                 "completed)", {"node": node["node_id"]})

@@ -451,9 +451,9 @@ def test_a_branch_of_a_branch_from_a_step_it_reused_starts_from_that_steps_files
 
 def test_a_replay_of_a_branch_that_reused_planned_steps_is_served_whole_from_the_record(shared_daemon) -> None:
     """planning_and_control branched from its second step reuses the planning and step 1, a *planned* step (its node
-    in the branch has the id the reused plan gave it, not the parent's). A replay of the branch serves every LLM
-    response from the record, those of the reused steps from the parent's: it completes having called no model.
-    Before, the reused planned step's calls were not found (ReplayMiss: "never recorded")."""
+    in the branch has the id the reused plan gave it, not the parent's). A replay of the branch reuses them too and
+    serves every LLM response of the branch from the record: it completes having called no model. (Once, when a
+    replay ran the reused steps again, the reused planned step's calls were not found: ReplayMiss.)"""
     with shared_daemon.client() as c:
         parent = c.start("planning_and_control", params={"max_steps": 2})
         assert _ended(c, parent)["status"] == "completed"
@@ -465,6 +465,21 @@ def test_a_replay_of_a_branch_that_reused_planned_steps_is_served_whole_from_the
         assert final["status"] == "completed", final.get("reason")
         live = [e for e in c.history(replay, kinds=["llm.response"]) if not e["payload"].get("replayed")]
         assert not live, f"{len(live)} LLM responses were not served from the record"
+
+
+def test_a_session_that_failed_in_its_first_step_can_be_branched_with_other_params(shared_daemon) -> None:
+    """A session that failed in its first step recorded no checkpoint, and there is nothing before that step to
+    reuse: a branch from it starts the workflow again with the changed params (0 steps reused). It was refused
+    (``no_checkpoint``), which left no way to run a failed session again with other params."""
+    with shared_daemon.client() as c:
+        sid = c.start("demo.fail", params={"message": "first try"})
+        assert _ended(c, sid)["status"] == "failed"
+        first = next(n for n in c.dag(sid)["dag"]["nodes"] if n["kind"] == "step")
+        r = c.branch(sid, first["node_id"], params={"message": "second try"})
+        assert r["reused"] == 0
+        kid = r["sessions"][0]["session"]
+        assert _ended(c, kid)["status"] == "failed" and "second try" in c.session(kid)["reason"]
+        assert c.session(kid)["params"] == {"message": "second try"}
 
 
 def test_a_branch_shows_the_results_of_the_steps_it_reused_as_its_parent_does(shared_daemon, tmp_path: Path) -> None:
