@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from labd.ipc.models import PROVIDER_NAMES
 from labd.ipc.units import UnitError, parse_output_cap, parse_size
 
 __all__ = ["ConfigError", "LAUNCHER_KEYS", "check_agents", "check_launcher", "check_mcp", "check_models",
@@ -25,8 +26,12 @@ def check_models(path: Path, models: Any) -> dict[str, dict[str, Any]]:
         if "api_key" in entry:
             raise ConfigError(f"{path}: model {name!r}: put the key in an environment variable and name it with "
                               "api_key_env; keys are never stored in configuration")
-        if not isinstance(entry.get("provider", "openai"), str):
+        provider = entry.get("provider", "openai")
+        if not isinstance(provider, str):
             raise ConfigError(f"{path}: model {name!r}: provider must be a string")
+        if provider not in PROVIDER_NAMES:  # every session using it failed at its first LLM call
+            raise ConfigError(f"{path}: model {name!r}: unknown provider {provider!r} (known: "
+                              f"{', '.join(PROVIDER_NAMES)})")
     return models
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from labd.ipc.events import APPROVAL_PROMPT_MAX
+from labd.ipc.models import PROVIDERS
 from labd.ipc.policy import Policy
 from labd.runner.agents.budget import Budget
 from labd.runner.agents.code import CODE_TOOL, make_run_code
@@ -31,16 +32,6 @@ from labd.runner.roles import BUILTIN, pick
 
 __all__ = ["AgentFactory", "ModelError", "PROVIDERS"]
 
-#: provider name in config -> (module, class) of the ag2 model config
-PROVIDERS: dict[str, tuple[str, str]] = {
-    "openai": ("ag2.config", "OpenAIConfig"),
-    "anthropic": ("ag2.config", "AnthropicConfig"),
-    "gemini": ("ag2.config", "GeminiConfig"),
-    "ollama": ("ag2.config", "OllamaConfig"),
-    "mistral": ("ag2.config", "MistralConfig"),
-    "bedrock": ("ag2.config", "BedrockConfig"),
-    "xai": ("ag2.config", "XAIConfig"),
-}
 _PASSTHROUGH = ("base_url", "temperature", "max_tokens", "seed", "timeout", "max_retries", "streaming")
 
 

@@ -69,10 +69,20 @@ def describe(fn: Callable[..., Any]) -> dict[str, Any]:
     out = []
     for p in _params_of(fn):
         ann = p.annotation
-        type_name = "any" if ann is p.empty else (ann.__name__ if isinstance(ann, type) else str(ann))
+        type_name = "any" if ann is p.empty else _type_name(ann)
         out.append({"name": p.name, "type": type_name, "required": p.default is p.empty,
                     "default": None if p.default is p.empty else p.default})
     return {"doc": inspect.getdoc(fn) or "", "params": out}
+
+
+def _type_name(ann: Any) -> str:
+    """How a parameter's type reads in ``labd workflows``: ``int``, ``'approve' | 'reject'`` for a Literal (not
+    ``typing.Literal['approve', 'reject']``), the annotation's own text otherwise."""
+    if isinstance(ann, type):
+        return ann.__name__
+    if typing.get_origin(ann) is typing.Literal:
+        return " | ".join(repr(v) for v in typing.get_args(ann))
+    return str(ann).removeprefix("typing.")
 
 
 def _unoptional(ann: Any) -> tuple[Any, bool]:

@@ -13,7 +13,7 @@ import asyncio
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from labd.runner.approvals import Decision
 from labd.runner.context import Context
@@ -143,10 +143,12 @@ def planning_and_control(ctx: Context, task: str = DEFAULT_TASK, max_steps: int 
 
 
 def hitl(ctx: Context, task: str = DEFAULT_TASK, max_steps: int = 3, max_retries: int = 1, max_redos: int = 2,
-         approval_timeout: float = 0.0, timeout_policy: str = "reject", model: str = "default") -> dict[str, Any]:
+         approval_timeout: float = 0.0, timeout_policy: Literal["approve", "reject", "fail"] = "reject",
+         model: str = "default") -> dict[str, Any]:
     """planning_and_control with a human in the loop: approve / reject / modify / redo after planning,
     before each step and on error. Redos (at most ``max_redos`` per checkpoint) become branch nodes.
-    ``approval_timeout`` > 0 applies ``timeout_policy`` (approve, reject or fail) to unanswered requests."""
+    ``approval_timeout`` > 0 applies ``timeout_policy`` to a request unanswered that long: approve it, reject it,
+    or fail the session."""
     timeout = approval_timeout if approval_timeout > 0 else None
 
     async def ask(kind: str, prompt: str, options: list[str], context: Any = None) -> Decision:

@@ -81,6 +81,20 @@ def test_overrides_beat_env_and_none_overrides_are_ignored(tmp_path: Path, monke
     assert (cfg.db_url, cfg.stop_grace, cfg.log_format) == ("sqlite:///flag.db", 2.0, "console")
 
 
+def test_a_model_of_an_unknown_provider_is_refused_at_start_and_known_ones_are_kept(tmp_path: Path) -> None:
+    """``provider = "nonesuch"`` (a typo) is refused naming the providers labd knows: it passed ``serve --check`` and
+    the daemon's start, and every session using the model failed at its first LLM call. Each known one loads."""
+    from labd.ipc.models import PROVIDER_NAMES
+
+    home = tmp_path / "h"
+    _write_config(home, '[models.default]\nprovider = "nonesuch"\nmodel = "x"\n')
+    with pytest.raises(ConfigError, match=r"unknown provider 'nonesuch' \(known: offline, openai, anthropic"):
+        load_config(home)
+    for provider in PROVIDER_NAMES:
+        _write_config(home, f'[models.default]\nprovider = "{provider}"\nmodel = "x"\n')
+        assert load_config(home).models["default"]["provider"] == provider
+
+
 def test_unknown_config_key_is_an_error(tmp_path: Path) -> None:
     """A misspelt [daemon] setting is refused and named."""
     home = tmp_path / "h"

@@ -361,6 +361,18 @@ def test_describe_unannotated_parameter_has_type_any() -> None:
     assert anything == {"name": "anything", "type": "any", "required": False, "default": None}
 
 
+def test_describe_spells_a_literal_as_its_values() -> None:
+    """A ``Literal`` parameter reads as its values (``'approve' | 'reject' | 'fail'``), not as
+    ``typing.Literal['approve', ...]``; an optional one keeps ``| None`` without the ``typing.`` prefix."""
+    def wf(ctx: Any, policy: Literal["approve", "reject", "fail"] = "reject",
+           hint: Optional[int] = None) -> None:  # noqa: UP045 - the old spelling is what str() prefixes
+        pass
+    kinds = {p["name"]: p["type"] for p in describe(wf)["params"]}
+    assert kinds == {"policy": "'approve' | 'reject' | 'fail'", "hint": "Optional[int]"}
+    from labd.runner.workflows.planning import hitl
+    assert {p["name"]: p["type"] for p in describe(hitl)["params"]}["timeout_policy"] == "'approve' | 'reject' | 'fail'"
+
+
 def test_describe_builtin() -> None:
     """The built-in demo.count describes n (int) and delay (float)."""
     d = describe(resolve("demo.count"))
