@@ -60,7 +60,7 @@ def _is_link(name: str, dir_fd: int | None) -> bool:
         return False
 
 
-def open_beneath(root: Path | str, relpath: str) -> BinaryIO:
+def open_beneath(root: Path | str, relpath: str, *, links_ok: bool = False) -> BinaryIO:
     """Open ``relpath`` (``/``-separated, as a session's file record lists it) inside directory ``root``, read-only.
 
     No symlink is followed in any component of ``relpath``, and the result is checked on the opened fd, so
@@ -70,8 +70,9 @@ def open_beneath(root: Path | str, relpath: str) -> BinaryIO:
 
     Refused with :class:`UnsafePath`: an empty or absolute path, a ``.``, ``..`` or empty component, a NUL
     byte; a symlink anywhere (also the last component, also one pointing inside ``root``); anything that is
-    not a regular file (directory, FIFO — opened non-blocking so it cannot hang —, socket, device); and a
-    regular file with more than one hard link. A hard link is a second name for a file that may live
+    not a regular file (directory, FIFO — opened non-blocking so it cannot hang —, socket, device); and, unless
+    ``links_ok`` (checkpoint objects, which branches share by hard links), a regular file with more than one hard
+    link. A hard link is a second name for a file that may live
     outside ``root`` (the session's code could ``link()`` a file of the daemon's user it can reach into its
     work directory), and from the fd alone we cannot tell where the other names are; files a session writes
     have one link, so refusing ``st_nlink > 1`` costs little. A missing component raises the ``OSError``
@@ -102,7 +103,7 @@ def open_beneath(root: Path | str, relpath: str) -> BinaryIO:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UnsafePath(f"not a regular file: {relpath!r}")
-        if st.st_nlink != 1:
+        if st.st_nlink != 1 and not links_ok:
             raise UnsafePath(f"file with {st.st_nlink} hard links: {relpath!r}")
         os.set_blocking(fd, True)
     except BaseException:

@@ -13,12 +13,12 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 from labd.daemon.api.base import ApiError
-from labd.ipc.safe_files import open_regular
+from labd.ipc.safe_files import UnsafePath, open_beneath, open_regular
 from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, load_manifest, load_manifests
 from labd.runner.durable import SEED_FILE
 from labd.runner.objects import read_json_object
@@ -145,14 +145,38 @@ def link_objects(src: Path, dst: Path, digests: set[str]) -> None:
             raise ApiError("no_checkpoint", f"a checkpoint of session {src.parent.parent.name} names an object that "
                            f"is not one ({str(digest)[:80]!r}): its record was tampered with") from None
         for part in parts:
-            a, b = src / part, dst / part
-            if b.exists():
+            b = dst / part
+            if os.path.lexists(b):
                 continue
             b.parent.mkdir(parents=True, exist_ok=True)
+            # The parent's objects are in its directory, which its code could write: a symlink put in an object's
+            # place (to the daemon's key, or a device that never ends) was followed by the copy below, into the
+            # branch's own directory. So the object is opened first, never through a symlink, a regular file only,
+            # and what is linked or copied is that open file.
             try:
-                os.link(a, b)
-            except OSError:  # another file system, or links not allowed: a copy
-                shutil.copyfile(a, b)
+                with open_beneath(src.parent.parent, f"{OBJECTS_DIR}/{part}", links_ok=True) as f:
+                    _link_or_copy(f, b)
+            except UnsafePath as exc:
+                raise ApiError("no_checkpoint", f"a checkpoint object of session {src.parent.parent.name} is not a "
+                               f"file of its own ({exc}): its checkpoints were tampered with") from None
+
+
+def _link_or_copy(f: BinaryIO, dst: Path) -> None:
+    """Make ``dst`` the open regular file ``f`` (a hard link to it, through its fd: never its name again), or a copy
+    of it made anew (``O_EXCL``, ``O_NOFOLLOW``, 0600) where a link cannot be (another file system, too many links)."""
+    dir_fd = os.open(dst.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:  # linkat(AT_FDCWD, "/proc/self/fd/N", dir_fd, name, AT_SYMLINK_FOLLOW): the file the fd holds
+            os.link(f"/proc/self/fd/{f.fileno()}", dst.name, dst_dir_fd=dir_fd, follow_symlinks=True)
+            return
+        except OSError:
+            pass
+        out = os.open(dst.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                      dir_fd=dir_fd)
+        with open(out, "wb") as w:
+            shutil.copyfileobj(f, w, 1 << 20)
+    finally:
+        os.close(dir_fd)
 
 
 def branch_dirs(psid: str, src: Path, seed: dict[str, Any], dirs: list[Path]) -> None:

@@ -119,3 +119,25 @@ def test_a_work_directory_replaced_by_a_link_serves_no_file_through_it(shared_da
     got = anyio.run(read)
     assert key not in repr(got)
     assert isinstance(got, Exception), got
+
+
+def test_a_branch_never_links_or_copies_what_a_symlink_in_the_parents_objects_points_at(shared_daemon,
+                                                                                       tmp_path: Path) -> None:
+    """A workflow replaces one of its checkpoint objects by a symlink to a secret outside labd. A branch from a later
+    step, which links the objects its reused steps name into its own directory, is refused (``no_checkpoint``,
+    saying the checkpoints were tampered with) and leaves no directory. Before, the symlink was linked as it was, and
+    where a link could not be made (another file system; an attacker made 65,000 links to hit ext4's limit) the
+    copy followed it: the daemon's key was copied into the branch's own directory, where its code read it."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the daemon's key\n")
+    with shared_daemon.client(timeout=30) as c:
+        sid = c.start("labd_testflows:plant_object_link", params={"target": str(secret)})
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        before = set((shared_daemon.home / "sessions").iterdir())
+        try:
+            c.branch(sid, "b")
+        except LabdError as exc:
+            assert exc.code == "no_checkpoint" and "tampered" in exc.message, exc
+        else:
+            raise AssertionError("a branch linked a symlink the session planted among its objects")
+        assert set((shared_daemon.home / "sessions").iterdir()) == before

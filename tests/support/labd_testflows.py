@@ -596,6 +596,25 @@ def plant_seed_link(ctx, target: str) -> None:
     raise RuntimeError("fail, to be resumed")
 
 
+def plant_object_link(ctx, target: str) -> None:
+    """Step ``a`` writes ``f.txt``, ``a2`` deletes it; then ``b`` puts a symlink to ``target`` in place of f.txt's
+    checkpoint object (in its session directory, which its runner may write): a branch from ``b`` links (or, where
+    a link cannot be made, copied) the objects its reused steps name, that one too."""
+    import hashlib
+    from pathlib import Path
+
+    from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore
+
+    with ctx.step("a"):
+        (ctx.workdir / "f.txt").write_text("planted")
+    with ctx.step("a2"):
+        (ctx.workdir / "f.txt").unlink()
+    with ctx.step("b"):
+        obj = ObjectStore(Path(ctx.workdir).parent / OBJECTS_DIR).path(hashlib.sha256(b"planted").hexdigest())
+        obj.unlink()
+        os.symlink(target, obj)
+
+
 def fifo_spool(ctx) -> str:
     """Puts a FIFO in place of its runner's spool (``<session>/events.spool``, in its session directory, which its
     runner may write) and kills its runner (so nothing removes the spool): the daemon reads the spool of a runner
