@@ -25,6 +25,9 @@ __all__ = ["SessionCursor", "RowChanges", "apply", "ALLOWED_TRANSITIONS", "MAX_R
 MAX_REASON = MAX_STEP_ERROR
 
 _ENDS = frozenset({"completed", "failed", "cancelled", "lost"})
+#: how a stopped session's runner ended (``ended_by``), as its reason says it (it read "ended by cooperative")
+_STOPPED_HOW = {"cooperative": "at a step boundary", "sigterm": "ended by SIGTERM", "sigkill": "ended by SIGKILL",
+                "exit": "its runner exited"}
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     # created -> running: the runner's first event can be stored before the daemon's session.launched
     "created": frozenset({"queued", "starting", "running"}) | _ENDS,
@@ -126,7 +129,8 @@ def finalize(cur: SessionCursor, payload: dict[str, Any]) -> None:
     elif cur.kill_reason:
         status, reason = "failed", cur.kill_reason
     elif cur.stop_by:
-        status, reason = "cancelled", f"stopped by {cur.stop_by} (ended by {payload['ended_by']})"
+        how = payload["ended_by"]
+        status, reason = "cancelled", f"stopped by {cur.stop_by} ({_STOPPED_HOW.get(how, f'ended by {how}')})"
     elif cur.outcome == "failed":
         status, reason = "failed", f"workflow failed: {cur.outcome_error or 'error'}"
     elif cur.outcome == "cancelled":

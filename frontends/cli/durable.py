@@ -32,9 +32,11 @@ def cmd_resume(args: argparse.Namespace, ctx: Ctx) -> int:
         raise CliError("--follow prints the session's activity for people; with --json, use --wait (one object at "
                        "the end) or `labd events SESSION -f --json`")
     client = ctx.client()
+    before = client.session(args.session)
     # what the session recorded before this resume: --follow prints only what comes after it
-    since = client.session(args.session)["last_seq"] if args.follow else 0
+    since = before["last_seq"] if args.follow else 0
     r = client.resume(args.session, budget=budget, limits=limits or None, reason=args.reason)
+    _say_budget_lifted(ctx, before, budget)
     if args.wait and not args.follow:
         if not args.json:
             _say_resumed(r, budget)
@@ -47,6 +49,20 @@ def cmd_resume(args: argparse.Namespace, ctx: Ctx) -> int:
         sys.stdout.flush()
         return follow(ctx, r["session"], since=since)
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _say_budget_lifted(ctx: Ctx, before: dict[str, Any], budget: float | None) -> None:
+    """A session paused by its budget and resumed without one runs on with no budget at all (the runner's rule:
+    docs/design.md, "Budgets in the runner"): said on stderr, with how to keep one, as the resume did it silently."""
+    old = (before.get("limits") or {}).get("budget")
+    if budget is None and old is not None and before.get("status") == "paused" \
+            and "budget" in str(before.get("reason") or ""):
+        ctx.out.line(f"the budget of ${old:g} is lifted: the session may now spend without a limit "
+                     f"(labd resume {before['id']} --budget N gives it a new one)", "yellow", err=True)
 
 
 def _say_resumed(r: dict[str, Any], budget: float | None) -> None:
@@ -71,7 +87,8 @@ def cmd_branch(args: argparse.Namespace, ctx: Ctx) -> int:
             print(s["session"], flush=True)
         # the node id comes from the parent's runner: shown as text on a terminal (safetext)
         print(ctx.out.safe(f"branched {len(r['sessions'])} session(s) from {r['parent']} at {r['node']}: "
-                           f"{r['reused']} completed steps reused, {r['files']} files restored", err=True),
+                           f"{_count(r['reused'], 'completed step')} reused, {_count(r['files'], 'file')} restored",
+                           err=True),
               file=sys.stderr)
     if not args.wait:
         return 0

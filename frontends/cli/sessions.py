@@ -321,7 +321,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     s = command(sub, "stop", cmd_stop, "stop a session: ask, then SIGTERM, then SIGKILL")
     s.add_argument("session")
-    s.add_argument("--grace", metavar="DUR", help="how long to wait before SIGTERM (default 5s)")
+    s.add_argument("--grace", metavar="DUR",
+                   help="how long to wait before SIGTERM (default: the daemon's stop_grace, 5s unless configured)")
     s.add_argument("--wait", action="store_true", help="wait until it has ended")
     add_json(s, "the reply")
 
@@ -335,5 +336,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         s = command(sub, name, cmd_pause, what)
         s.add_argument("session")
         add_json(s, "the reply")
-    s.add_argument("--budget", type=float, help="continue a budget-paused session with this budget (USD)")
+    s.add_argument("--budget", type=float, help="continue a budget-paused session with this budget (USD); "
+                   "without it, the budget that paused it is lifted")
     sub.choices["pause"].set_defaults(budget=None)

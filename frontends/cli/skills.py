@@ -69,22 +69,29 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
         return 0
     if not name:
         raise CliError(f"usage: labd skills {action} NAME")
+    # NAME@VERSION as `labd run skill:NAME@VERSION` takes it (show and export; rm deletes every version)
+    name, at, number = name.partition("@")
+    if at and action == "rm":
+        raise CliError(f"labd skills rm deletes every version of a skill: labd skills rm {name}")
+    if at and not (number.isascii() and number.isdigit() and int(number) > 0):
+        raise CliError(f"the version after @ must be a version number (1, 2, ...), not {number!r}")
+    version = {"version": int(number)} if at else {}
     if action == "show":
-        doc = c.request("skill.get", name=name)["skill"]
+        doc = c.request("skill.get", name=name, **version)["skill"]
         if args.json:
             ctx.out.json(doc)
             return 0
         return _show(ctx, name, doc)
     if action == "rm":
         r = c.request("skill.delete", name=name)
-        ctx.out.line(f"deleted skill {r['name']} ({r['versions']} versions)")
+        ctx.out.line(f"deleted skill {r['name']} ({r['versions']} version{'' if r['versions'] == 1 else 's'})")
         return 0
     if action == "export":
-        doc = c.request("skill.get", name=name)["skill"]
+        doc = c.request("skill.get", name=name, **version)["skill"]
         if args.output == "-":  # to stdout: labd skills export NAME -o - > f.json
             ctx.out.json(doc)
             return 0
-        out = Path(args.output or f"{name}.skill.json")
+        out = Path(args.output or f"{name}{'@' + number if at else ''}.skill.json")
         try:  # never over an existing file (an export of another version, or another skill)
             fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
@@ -154,12 +161,15 @@ def _show(ctx: Ctx, name: str, doc: dict[str, Any]) -> int:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "skills", cmd_skills, "reusable skills from successful sessions (list, save, show, rm, "
                 "export, import)", epilog="examples:\n  labd skills save 3f2a --name fit-curve --param task\n"
-                "  labd run skill:fit-curve -p task='Fit the 2024 data'\n  labd skills --search plot")
+                "  labd run skill:fit-curve -p task='Fit the 2024 data'\n  labd skills show fit-curve@1\n"
+                "  labd skills --search plot\n(one command with an ACTION: labd skills save --help shows this too)")
     s.add_argument("action", nargs="?", choices=["list", "save", "show", "rm", "export", "import"])
     s.add_argument("session", nargs="?", metavar="SESSION|NAME|FILE",
-                   help="save: the session; show/rm/export: the skill; import: the file")
+                   help="save: the session; show/export: the skill (NAME, the latest version, or NAME@VERSION); "
+                   "rm: the skill (every version); import: the file")
     s.add_argument("--name", help="save/import: the skill's name")
-    s.add_argument("--description")
+    s.add_argument("--description", help="save: what the skill does (default: the session and workflow it came "
+                   "from); list --search finds it")
     s.add_argument("--param", action="append", metavar="P",
                    help="save: a parameter of the session that each run must give (repeat)")
     s.add_argument("--from", dest="from_node", metavar="NODE", help="save: only this step and the ones after it")

@@ -4,7 +4,8 @@ uvicorn times out a keep-alive connection that sends nothing, but not one that s
 then waits: each such connection holds a file descriptor for good. Another local user (no token is needed to connect)
 opened ~18,000 of them against the dashboard's limit of 20,000 (an attack review); past the limit it accepts no one.
 Here a request's headers must be complete within :data:`HEADERS_S` of the connection, or of the previous response on
-it; otherwise the connection is closed. Bodies are not concerned (the app bounds them as they arrive).
+it; otherwise the connection is closed. Bodies are bounded by the app as they arrive; a response sent before the
+request's body was read (a refusal) closes the connection.
 """
 
 from __future__ import annotations
@@ -45,7 +46,14 @@ class HeaderDeadline(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if self.conn.their_state is h11.SEND_BODY:
+            # answered before its body was read (a refusal: no token, too large): nothing more is wanted from it.
+            # uvicorn read on and discarded the rest, so a client sending a chunk every few seconds held the
+            # connection (and a descriptor) for good without a token: 3,000 of them starved the dashboard
+            self.transport.close()
+        elif self.conn.their_state is h11.IDLE:
             self._arm()  # the next request on this connection, if any, has the same time for its headers
 
     def _arm(self) -> None:

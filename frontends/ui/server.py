@@ -137,26 +137,35 @@ def build_app(home: str | None, token: str, port_ref: list[int],
             err["details"] = exc.details
         return JSONResponse({"error": err}, status_code=http_status(exc.code))
 
-    def allowed(request: Request) -> bool:
+    def refusal(request: Request) -> Response | None:
+        """The 403 for a request that may not be served (which check failed, in its message: all three said
+        "wrong token", and a user behind an SSH tunnel on another port looked for a token problem), or None."""
         if not allowed_host(request):
-            return False
+            return forbidden(wrong_host(request))
         given = request.headers.get("authorization", "").removeprefix("Bearer ")
-        return bool(given) and hmac.compare_digest(given.encode(), token.encode())
-
-    def same_origin(request: Request) -> bool:
+        if not (given and hmac.compare_digest(given.encode(), token.encode())):
+            return forbidden("missing or wrong token: open the URL `labd ui` printed")
         origin = request.headers.get("origin")
-        return origin is None or origin in (f"http://127.0.0.1:{port_ref[0]}", f"http://localhost:{port_ref[0]}")
+        if request.method != "GET" and origin is not None and \
+                origin not in (f"http://127.0.0.1:{port_ref[0]}", f"http://localhost:{port_ref[0]}"):
+            return forbidden(f"a request that changes something must come from the dashboard's own page, not from "
+                             f"{origin[:200]!r}")
+        return None
 
-    def forbidden() -> Response:
-        return JSONResponse({"error": {"code": "forbidden", "message": "missing or wrong token: open the URL "
-                                                                       "`labd ui` printed"}}, status_code=403)
+    def wrong_host(request: Request) -> str:
+        host = request.headers.get("host", "")[:200]
+        return (f"this dashboard answers at 127.0.0.1:{port_ref[0]} (or localhost) only, not {host!r} (a guard "
+                f"against DNS rebinding): open the URL `labd ui` printed; through an SSH tunnel, forward the same "
+                f"port (ssh -L {port_ref[0]}:127.0.0.1:{port_ref[0]} ...)")
+
+    def forbidden(message: str) -> Response:
+        return JSONResponse({"error": {"code": "forbidden", "message": message}}, status_code=403)
 
     def api(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
-            if not allowed(request):
-                return forbidden()
-            if request.method != "GET" and not same_origin(request):
-                return forbidden()
+            refused = refusal(request)
+            if refused is not None:
+                return refused
             try:
                 return JSONResponse(await fn(request))
             except LabdError as exc:
@@ -201,11 +210,11 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         """The page's shell (static: it holds no data; every API call needs the token). A ``?token=`` URL (as
         labd printed before the fragment form) moves the token into the fragment, out of logs and history."""
         if not allowed_host(request):
-            return forbidden()
+            return forbidden(wrong_host(request))
         given = request.query_params.get("token")
         if given is not None:
             if not hmac.compare_digest(given.encode(), token.encode()):
-                return forbidden()
+                return forbidden("wrong token: open the URL `labd ui` printed")
             return RedirectResponse(f"/#token={token}", status_code=303, headers={"Cache-Control": "no-store"})
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
@@ -284,8 +293,9 @@ def build_app(home: str | None, token: str, port_ref: list[int],
                                                 approval_id=approval_id, by="ui"))
 
     async def download(request: Request) -> Response:
-        if not allowed(request):
-            return forbidden()
+        refused = refusal(request)
+        if refused is not None:
+            return refused
         sid, rel = request.path_params["sid"], request.path_params["path"]
         try:
             reply = await daemon(lambda c: c.request("session.files", session=sid))
@@ -333,8 +343,9 @@ def build_app(home: str | None, token: str, port_ref: list[int],
                                           "last-modified": formatdate(st.st_mtime, usegmt=True)})
 
     async def stream(request: Request) -> Response:
-        if not allowed(request):
-            return forbidden()
+        refused = refusal(request)
+        if refused is not None:
+            return refused
         sid = request.path_params["sid"]
         raw_since = request.headers.get("last-event-id") or request.query_params.get("since", "0")
         if not raw_since.isdigit() or len(raw_since) > 18:

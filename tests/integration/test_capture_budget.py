@@ -55,6 +55,27 @@ def test_pause_on_budget_blocks_until_resumed_with_a_new_budget(client) -> None:
     assert final["limits"]["budget"] == 1.0 and client.cost(sid)["budget"] == 1.0
 
 
+def test_resuming_a_budget_paused_session_without_a_budget_says_the_budget_is_lifted(daemon) -> None:
+    """``labd resume`` of a session its budget paused, with no ``--budget``, says on stderr that the budget is lifted
+    and how to keep one, and the session then completes over it (the resume lifted it silently: a user read
+    "resume requested" and found the session had spent past its budget)."""
+    from tests.integration.cli_support import labd
+
+    with daemon.client() as c:
+        sid = c.start("labd_fidelityflows:spend_loop", params={"calls": 12}, budget=BUDGET, budget_action="pause")
+        wait_until(lambda: c.session(sid)["status"] == "paused", timeout=60, what="budget pause")
+        out = labd("--home", str(daemon.home), "resume", sid)
+        assert out.returncode == 0, out.stderr
+        assert f"the budget of ${BUDGET:g} is lifted" in out.stderr and "--budget N" in out.stderr, out.stderr
+        final = c.wait(sid, timeout=90)
+        assert final["status"] == "completed" and sum(e["payload"]["cost"] for e in _calls(c, sid)) > BUDGET
+        again = c.start("labd_fidelityflows:spend_loop", params={"calls": 12}, budget=BUDGET, budget_action="pause")
+        wait_until(lambda: c.session(again)["status"] == "paused", timeout=60, what="budget pause")
+        out = labd("--home", str(daemon.home), "resume", again, "--budget", "1")
+        assert out.returncode == 0 and "lifted" not in out.stderr, out.stderr
+        assert c.wait(again, timeout=90)["status"] == "completed"
+
+
 def test_a_budget_given_at_resume_holds_after_the_daemons_budget_pause(client) -> None:
     """The daemon's own budget check pauses a ``budget_action pause`` session at its next step boundary; resumed
     with a new budget (``labd resume S --budget 1``), the session goes on under that budget (before, the runner

@@ -81,7 +81,7 @@ def test_stop_from_the_cli(shared_daemon) -> None:
     sid = labd("run", "demo.sleep", "-p", "seconds=60").stdout.strip()
     out = labd("stop", sid, "--grace", "2", "--wait")
     assert out.returncode == 0
-    assert "cancelled: stopped by client (ended by cooperative)" in out.stdout
+    assert "cancelled: stopped by client (at a step boundary)" in out.stdout
     ended = next(line for line in labd("show", sid).stdout.splitlines() if line.startswith("ended by"))
     assert "step boundary, asked by a client (labd stop or kill)" in ended, ended
     timed = labd("run", "demo.sleep", "-p", "seconds=60", "--timeout", "1s", "--wait").stdout.strip()

@@ -66,6 +66,13 @@ def test_save_and_run_a_skill_without_planning_again(daemon, tmp_path: Path) -> 
     r = subprocess.run([sys.executable, "-m", "labd", "skills", "export", "fit-and-plot", "-o", "-"],
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0 and json.loads(r.stdout) == json.loads(out_file.read_text()), r.stderr
+    # NAME@VERSION as `labd run skill:NAME@VERSION` takes it (show failed: "field 'name' must be 1-100 letters")
+    r = subprocess.run([sys.executable, "-m", "labd", "skills", "show", "fit-and-plot@1", "--json"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout)["version"] == 1, r.stderr
+    r = subprocess.run([sys.executable, "-m", "labd", "skills", "show", "fit-and-plot@one"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and "must be a version number" in r.stderr, r.stderr
     r = subprocess.run([sys.executable, "-m", "labd", "skills", "import", str(out_file), "--name", "shared-fit"],
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0 and "shared-fit" in r.stdout, r.stderr

@@ -136,6 +136,24 @@ def test_wrong_or_missing_token_gets_403(ui: dict[str, Any]) -> None:
     assert status("/api/sessions", {"Cookie": f"labd_ui={ui['token']}"}) == 403
     assert status("/api/sessions/abc/stream") == 403
     assert status("/api/sessions/abc/files/x.txt") == 403
+    # each refusal says which check failed (all said "wrong token": a user behind an SSH tunnel on another port,
+    # sent there by the Host check, looked for a token problem)
+    assert "missing or wrong token" in _refusal(ui, "/api/sessions", {})
+    host = _refusal(ui, "/api/sessions", {**good, "Host": "localhost:8080"})
+    assert "not 'localhost:8080'" in host and "ssh -L" in host and "token" not in host.split(":", 1)[0]
+    origin = _refusal(ui, "/api/sessions", {**good, "Origin": "http://evil.example",
+                                             "Content-Type": "application/json"}, b"{}")
+    assert "must come from the dashboard's own page" in origin and "evil.example" in origin
+
+
+def _refusal(ui: dict[str, Any], path: str, headers: dict[str, str], data: bytes | None = None) -> str:
+    """The message of the 403 a request gets."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(ui["base"] + path, headers=headers, data=data))
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 403
+        return str(json.loads(exc.read())["error"]["message"])
+    raise AssertionError(f"{path} was served")
 
 
 def test_bad_stream_and_body_input_gets_a_clear_4xx(ui: dict[str, Any]) -> None:

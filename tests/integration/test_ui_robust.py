@@ -628,6 +628,7 @@ def test_a_connection_that_never_finishes_its_headers_or_body_is_closed(shared_d
     with running_ui(shared_daemon.home, tmp_path / "ui-stderr.log") as ui:
         _late_headers_are_closed(ui, headers_s)
         _late_body_is_answered_and_closed(ui, headers_s)
+        _refused_body_is_closed(ui)
         assert "Traceback" not in ui.stderr(), ui.stderr()
 
 
@@ -647,6 +648,29 @@ def _late_body_is_answered_and_closed(ui: Ui, body_s: float) -> None:
     assert json.loads(raw)["error"]["code"] == "body_timeout", got
     status, listed = ui.request("/api/sessions")
     assert status == 200 and b"late-bo" not in listed, listed
+
+
+def _refused_body_is_closed(ui: Ui) -> None:
+    """A POST without the token whose chunked body keeps coming, a chunk a second, is answered 403 and then closed
+    (it is not read on): such connections held a descriptor each for as long as the client went on (an attack
+    review held 3,000 and starved the dashboard of descriptors)."""
+    with socket.create_connection(("127.0.0.1", ui.port), timeout=30) as s:
+        s.sendall(f"POST /api/sessions HTTP/1.1\r\nHost: 127.0.0.1:{ui.port}\r\nContent-Type: application/json\r\n"
+                  "Transfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n".encode())
+        assert _response_head(s).startswith(b"HTTP/1.1 403")
+        s.settimeout(1.0)
+        deadline, closed = time.monotonic() + 15, False
+        while not closed and time.monotonic() < deadline:
+            try:
+                closed = s.recv(65536) == b""  # the rest of the 403, then the server's close
+            except TimeoutError:
+                try:
+                    s.sendall(b"1\r\n \r\n")  # one more chunk of the body
+                except OSError:  # reset: closed by the server
+                    closed = True
+            except OSError:
+                closed = True
+        assert closed, "the refused request's connection was kept open while its body kept coming"
 
 
 def _late_headers_are_closed(ui: Ui, headers_s: float) -> None:
