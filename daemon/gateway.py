@@ -66,8 +66,9 @@ class Gateway(threading.Thread):
         self._halt = threading.Event()
         self._ctx = zmq.Context()
         self._auth: ThreadAuthenticator | None = None
-        #: the daemon passed its memory ceiling: drop every remote connection (daemon/inbound.py)
+        #: the daemon passed its memory ceiling, or a client was revoked: drop every remote connection (daemon/inbound.py)
         self.rebind = TcpRebind()
+        self._why = "the daemon passed its memory ceiling"  # what the next drop is for, in its log line
 
     @property
     def endpoints(self) -> tuple[str, str]:
@@ -77,6 +78,14 @@ class Gateway(threading.Thread):
         """Re-read the authorised client keys (after ``remote.add`` / a removed key file)."""
         if self._auth is not None:
             self._auth.configure_curve(domain="labd", location=str(curve_dir(self.home) / "clients"))
+
+    def revoke(self) -> None:
+        """After a client's key was removed: drop every remote connection, so one the revoked client holds ends too
+        (the authenticator sees only new connections: a client connected before its removal went on starting
+        sessions). The others reconnect at once and are authenticated again."""
+        self.reload_clients()
+        self._why = "a remote client was removed: connections authenticated again"
+        self.rebind.request()
 
     def stop(self) -> None:
         self._halt.set()
@@ -92,7 +101,8 @@ class Gateway(threading.Thread):
                                                                   lambda: self._server_socket(zmq.XPUB)],
                                          list(self.endpoints))
         if router is not None and xpub is not None:
-            self.log.warning("dropped every remote connection (the daemon passed its memory ceiling)")
+            self.log.warning(f"dropped every remote connection ({self._why})")
+            self._why = "the daemon passed its memory ceiling"
         else:
             self.log.error("cannot bind the TCP gateway's port again yet: remote clients wait",
                            control=router is not None, events=xpub is not None)

@@ -124,6 +124,11 @@ class Transport:
             time.sleep(pause)
             pause = min(2 * pause, BUSY_MOST)
 
+    def _timed_out(self) -> LabdError:
+        where = (f"home {self.layout.home}" if self.local else
+                 f"connection file {self._remote_file}; a revoked or unknown client key gets no reply")
+        return LabdError("timeout", f"no reply from the daemon within {self.timeout:g}s (is it running? {where})")
+
     def _request_once(self, type_: str, body: dict[str, Any], deadline: float) -> Any:
         """Send ``type_`` once (a fresh id) and wait for its reply until ``deadline`` (monotonic)."""
         try:
@@ -133,16 +138,20 @@ class Transport:
         except TypeError as exc:  # orjson's JSONEncodeError: e.g. a str that is not valid UTF-8
             raise _unencodable(body, exc) from None
         _check_request(frames[1], body, self.max_request)
-        self._sock.send_multipart(frames)
+        # A socket with no connection to send on (a remote client whose key was revoked: each reconnection is
+        # refused) blocked in send for good, past the client's timeout: sent only once it can be, within it.
+        try:
+            if not self._sock.poll(max(0, int((deadline - time.monotonic()) * 1000)), zmq.POLLOUT):
+                raise self._timed_out()
+            self._sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            raise self._timed_out() from None
         sent_id = _id_of(frames[1])
         parts = Reassembly()  # a reply over one message comes in parts (labd.ipc.parts)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                where = (f"home {self.layout.home}" if self.local else
-                         f"connection file {self._remote_file}; a revoked or unknown client key gets no reply")
-                raise LabdError("timeout", f"no reply from the daemon within {self.timeout:g}s "
-                                f"(is it running? {where})")
+                raise self._timed_out()
             if not self._sock.poll(int(min(left, 0.5) * 1000)):
                 if self.local and not daemon_alive(self.info):  # it died meanwhile: no reply will ever come
                     raise LabdError("no_daemon", f"the labd daemon of home {self.layout.home} (pid {self.info.pid}) "

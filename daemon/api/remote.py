@@ -1,6 +1,6 @@
 """Remote clients: ``remote.add`` gives a named client a CurveZMQ keypair and a connection file for the TCP
-gateway; ``remote.list`` shows the authorised clients; ``remote.remove`` revokes one (its key file goes, and
-the gateway's authenticator forgets it at once)."""
+gateway; ``remote.list`` shows the authorised clients; ``remote.remove`` revokes one (its key file goes, the
+gateway's authenticator forgets it, and every remote connection is dropped: the others reconnect, it cannot)."""
 
 from __future__ import annotations
 
@@ -65,5 +65,5 @@ class RemoveRemote(Request):
         if not path.exists():
             raise ApiError("not_found", f"no remote client named {name!r}")
         path.unlink()
-        gw.reload_clients()
+        gw.revoke()  # its open connections too, not only new ones
         return {"name": name, "removed": True}

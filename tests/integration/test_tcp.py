@@ -127,6 +127,28 @@ def test_unknown_key_or_plain_tcp_gets_nothing(shared_tcp_daemon, tmp_path: Path
     assert err.value.code == "timeout" and "revoked or unknown client key" in err.value.message, err.value
 
 
+def test_a_revoked_client_already_connected_is_cut_off_and_others_go_on(shared_tcp_daemon, tmp_path: Path) -> None:
+    """A remote client connected before ``remote.remove`` gets no answer on that same connection afterwards (it went
+    on starting sessions for minutes: the authenticator sees only new connections), while another remote client,
+    also connected before, is answered again (it reconnects and is authenticated anew)."""
+    from labd.ipc import Client, LabdError
+
+    d, _port = shared_tcp_daemon
+    with d.client() as local:
+        gone = _write(tmp_path / "gone.json", local.request("remote.add", name="gone")["connection"])
+        kept = _write(tmp_path / "kept.json", local.request("remote.add", name="kept")["connection"])
+    with Client(connection_file=gone, timeout=3) as revoked, Client(connection_file=kept, timeout=10) as other:
+        assert revoked.ping()["pid"] == other.ping()["pid"] == d.proc.pid
+        with d.client() as local:
+            local.request("remote.remove", name="gone")
+        with pytest.raises(LabdError) as err:
+            revoked.start("demo.count", params={"n": 1})
+        assert err.value.code == "timeout", err.value
+        assert wait_until(lambda: other.ping()["pid"] == d.proc.pid, timeout=30, what="the other client answered")
+    with d.client() as local:
+        local.request("remote.remove", name="kept")
+
+
 def test_cli_remote_add_and_connect(shared_tcp_daemon, tmp_path: Path) -> None:
     """`labd remote add` writes a private connection file; `labd --connect FILE ps` works with it."""
     d, _ = shared_tcp_daemon
