@@ -66,7 +66,7 @@ class Gateway(threading.Thread):
         self._halt = threading.Event()
         self._ctx = zmq.Context()
         self._auth: ThreadAuthenticator | None = None
-        #: the daemon passed its memory ceiling, or a client was revoked: drop every remote connection (daemon/inbound.py)
+        #: the memory ceiling passed, or a client revoked: drop every remote connection (daemon/inbound.py)
         self.rebind = TcpRebind()
         self._why = "the daemon passed its memory ceiling"  # what the next drop is for, in its log line
 
