@@ -19,6 +19,7 @@ from labd.daemon.limits import Limits
 from labd.daemon.queue import Queued, RunQueue
 from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT, MAX_RESULT, check_params
 from labd.ipc.signing import derive_key
+from labd.ipc.units import format_size
 from labd.store.schema import IDEMPOTENCY_RETENTION
 
 __all__ = ["PendingStart", "REPLAY_FILE", "Start", "entry_extra", "refuse_never_fits", "requeue", "session_spec"]
@@ -270,8 +271,8 @@ def refuse_never_fits(queue: RunQueue, limits: Limits) -> None:
     more than ``memory_total``): queued, it would wait at the head of the run queue for ever, blocking every session
     behind it. One rule for a start (and a replay), a resume and a branch."""
     if queue.never_fits(limits):
-        raise ApiError("bad_limits", f"memory limit {limits.memory} bytes is more than the daemon's whole "
-                       f"memory_total ({queue.memory_total} bytes): the session could never start",
+        raise ApiError("bad_limits", f"memory limit {format_size(limits.memory)} is more than the daemon's whole "
+                       f"memory_total ({format_size(queue.memory_total)}): the session could never start",
                        {"memory": limits.memory, "memory_total": queue.memory_total})
 
 

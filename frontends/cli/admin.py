@@ -162,7 +162,7 @@ def cmd_workflows(args: argparse.Namespace, ctx: Ctx) -> int:
     for w in flows:  # a list, not a table: parameter lists are long
         ctx.out.line(f"{w['name']}  ({_params_text(w['params'])})", "bold")
         if w["doc"]:
-            ctx.out.line(f"    {w['doc'].splitlines()[0]}")
+            ctx.out.line(f"    {summary(w['doc'])}")
     ctx.out.line("also: package.module:function or path/to/flows.py[:function], resolved from where you stand "
                  "(labd workflows TARGET describes one)", "dim", err=True)
     return 0
@@ -197,3 +197,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("target", nargs="?", help="describe this workflow (mypkg.flows:study, ./flows.py, ...)")
     add_json(s, "a JSON array of workflows (or the one described)")
 
+
+def summary(doc: str, most: int = 200) -> str:
+    """A docstring's first paragraph on one line (its first line stopped mid-sentence: "... redo after planning,"),
+    cut at ``most`` characters."""
+    first = " ".join(doc.strip().split("\n\n", 1)[0].split())
+    return first if len(first) <= most else first[:most - 1] + "…"

@@ -46,7 +46,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "ui", cmd_ui, "the web dashboard on 127.0.0.1 (prints its URL with a token)")
     s.add_argument("--port", type=_port, default=0, help="port to listen on (default: a free one)")
     s.add_argument("--open", action="store_true", help="open it in the browser")
-    s = command(sub, "mcp", cmd_mcp, "serve MCP over stdio (for Claude Desktop, Cursor, VS Code ...)")
+    s = command(sub, "mcp", cmd_mcp, "serve MCP over stdio (for Claude Desktop, Cursor, VS Code ...)",
+                epilog="hook it into an MCP client (Claude Desktop's claude_desktop_config.json; others alike):\n"
+                '  {"mcpServers": {"labd": {"command": "/path/to/.venv/bin/labd", "args": ["mcp"]}}}\n'
+                "The client starts `labd mcp` with its own environment: a daemon with another home than the default\n"
+                'needs "args": ["mcp", "--home", "/its/home"] (or "env": {"LABD_HOME": "/its/home"}); a daemon on\n'
+                'another machine, "args": ["mcp", "--connect", "/path/to/laptop.labd.json"].')
     s.add_argument("--allow-policy-approvals", action="store_true",
                    help="let the MCP client answer approvals that a [[policy]] rule requires (default: refused, "
                         "since the client is a model and those rules ask for a human)")

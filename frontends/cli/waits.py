@@ -66,7 +66,8 @@ def wait_all(ctx: Ctx, sids: list[str], reply: dict[str, Any] | None, timeout: f
                     if exc.code != "timeout":
                         raise
                     raise LabdError("timeout", f"{len(sids) - len(ended)} of {len(sids)} sessions had not ended "
-                                    f"within {format_duration(timeout)}, {sid} among them") from None
+                                    f"within {format_duration(timeout)}, {sid} among them"
+                                    f"{_waiting_for(client, sid)}") from None
                 ended[row["id"]] = row
                 pressed.check()
     except KeyboardInterrupt:
@@ -116,3 +117,16 @@ def follow(ctx: Ctx, sid: str, *, raw: bool = False, timestamps: bool = False, s
     if status is None:
         status = c.session(sid)["status"]
     return 0 if status == "completed" else 1
+
+
+def _waiting_for(client: Any, sid: str) -> str:
+    """What a session that has not ended is waiting for, when it is a person (it waits for ever otherwise)."""
+    try:
+        status = client.session(sid)["status"]
+    except LabdError:
+        return ""
+    if status == "waiting_approval":
+        return f" ({sid} waits for an approval: labd approvals {sid})"
+    if status == "paused":
+        return f" ({sid} is paused: labd resume {sid})"
+    return ""

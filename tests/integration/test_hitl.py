@@ -40,6 +40,9 @@ def test_approval_answered_from_another_process_lets_the_workflow_continue(clien
         ap = pending(client, sid)
         kinds.append(ap["kind"])
         assert client.session(sid)["status"] == "waiting_approval"
+        if not kinds[1:]:  # `labd wait` that times out says what the session waits for (it said only "not ended")
+            r = labd("wait", sid, "--timeout", "1")
+            assert r.returncode != 0 and f"waits for an approval: labd approvals {sid}" in r.stderr, r.stderr
         r = labd("approve", sid)
         assert r.returncode == 0, r.stderr
         wait_until(lambda ap=ap: not client.approvals(sid) or client.approvals(sid)[0]["id"] != ap["id"])
