@@ -138,6 +138,8 @@ def link_objects(src: Path, dst: Path, digests: set[str]) -> None:
     """Make the parent's objects the branch's (hard links: objects are write-once and read-only); a file stored in
     chunks is its index and its chunks."""
     parent = ObjectStore(src)
+    # a session's objects are opened from its directory down: its code may make `checkpoints` a symlink too
+    base, prefix = (src.parent.parent, f"{OBJECTS_DIR}/") if src.as_posix().endswith(f"/{OBJECTS_DIR}") else (src, "")
     for digest in digests:
         try:
             parts = parent.parts(digest)
@@ -154,11 +156,11 @@ def link_objects(src: Path, dst: Path, digests: set[str]) -> None:
             # branch's own directory. So the object is opened first, never through a symlink, a regular file only,
             # and what is linked or copied is that open file.
             try:
-                with open_beneath(src.parent.parent, f"{OBJECTS_DIR}/{part}", links_ok=True) as f:
+                with open_beneath(base, f"{prefix}{part}", links_ok=True) as f:
                     _link_or_copy(f, b)
             except UnsafePath as exc:
-                raise ApiError("no_checkpoint", f"a checkpoint object of session {src.parent.parent.name} is not a "
-                               f"file of its own ({exc}): its checkpoints were tampered with") from None
+                raise ApiError("no_checkpoint", f"a checkpoint object of session {base.name} is not a file of its "
+                               f"own ({exc}): its checkpoints were tampered with") from None
 
 
 def _link_or_copy(f: BinaryIO, dst: Path) -> None:
