@@ -22,7 +22,7 @@ from labd.ipc import Client, LabdError
 from .feed import Feed
 from .format import activity_line, matches, output_text
 from .messages import ConnectionChanged, DagUpdated, EventsArrived, SessionsUpdated
-from .widgets import LIVE, DagTree, DetailPane, FeedbackScreen, History, SessionTable
+from .widgets import LIVE, DagTree, DetailPane, FeedbackScreen, History, SessionTable, other_options
 
 __all__ = ["TopApp"]
 
@@ -68,6 +68,7 @@ class TopApp(App[int]):
         Binding("a", "approve", "Approve"),
         Binding("r", "reject", "Reject"),
         Binding("m", "modify", "Modify"),
+        Binding("o", "other", "Other option", show=False),
         Binding("K", "kill", "Kill", show=False),
         Binding("e", "toggle_ended", "Ended"),
         Binding("slash", "filter", "Filter"),
@@ -297,11 +298,40 @@ class TopApp(App[int]):
             return None
         return ap
 
-    def _resolve(self, ap: dict[str, Any], decision: str, feedback: str | None) -> None:
+    def _resolve(self, ap: dict[str, Any], decision: str, feedback: str | None, hypothesis: str | None = None) -> None:
         self.pending.pop(ap["session_id"], None)  # answered: the next poll brings any further request
         self._request(decision, lambda c, s: c.resolve(ap["session_id"], decision, feedback=feedback or None,
-                                                       approval_id=ap["id"], by="labd top"))
+                                                       hypothesis=hypothesis, approval_id=ap["id"], by="labd top"))
         self.refresh_detail()
+
+    def action_other(self) -> None:
+        """Answer with an option no key of its own gives (``redo`` with a hypothesis, a workflow's own options):
+        the option is asked for (the first one filled in), then the text that goes with it."""
+        pending = self.pending.get(self.selected or "") or []
+        others = other_options(pending[0]) if pending else []
+        if not others:
+            self.notify("no approval with other options than approve / reject / modify waits here", severity="warning")
+            return
+        ap = pending[0]
+
+        def text_for(option: str | None) -> None:
+            option = (option or "").strip()
+            if not option:
+                return
+            if option not in others:
+                self.notify(safe_text(f"'{option}' is not an option here: {', '.join(others)}"), severity="warning",
+                            markup=False)
+                return
+            redo = option == "redo"  # the daemon asks a redo for its hypothesis
+
+            def send(text: str | None) -> None:
+                if text is not None:
+                    self._resolve(ap, option, None if redo else text, text if redo else None)
+            self.push_screen(FeedbackScreen(f"{option} — {ap['session_id']}", str(ap.get("prompt")), redo,
+                                            placeholder="the hypothesis to try" if redo else "feedback"), send)
+
+        self.push_screen(FeedbackScreen(f"answer {ap['session_id']} with", "options: " + " / ".join(others), True,
+                                        placeholder="an option", value=others[0]), text_for)
 
     def action_approve(self) -> None:
         ap = self._approval("approve")

@@ -150,7 +150,9 @@ class DetailPane(Vertical):
             box.update(Text.assemble(("approval waiting ", "bold"), f"({safe_text(str(approval.get('kind')))}): ",
                                      safe_text(truncate(str(approval.get("prompt")), 300)), f"\noptions: {opts}\n",
                                      ("a", "bold"), " approve  ", ("r", "bold"), " reject  ", ("m", "bold"),
-                                     " modify", (f"\n+{more} more pending" if more else "", "dim")))
+                                     " modify",
+                                     *((("  o", "bold"), " other option") if other_options(approval) else ()),
+                                     (f"\n+{more} more pending" if more else "", "dim")))
         else:
             box.update("")
 
@@ -219,6 +221,15 @@ def _node_key(nid: str) -> tuple[tuple[int, ...], str]:
     return (tuple(int(n) for n in re.findall(r"\d+", nid)), nid)
 
 
+#: the decisions the a / r / m keys give; `o` answers with any other option the request offers (redo, custom ones)
+KEYED = ("approve", "reject", "modify")
+
+
+def other_options(approval: dict[str, Any]) -> list[str]:
+    """The options of ``approval`` that no key of their own answers."""
+    return [str(o) for o in approval.get("options") or [] if o not in KEYED]
+
+
 class FeedbackScreen(ModalScreen[str | None]):
     """Ask for one line (the feedback of a reject / modify decision, the session filter); Enter sends, Escape
     cancels."""
@@ -244,7 +255,7 @@ class FeedbackScreen(ModalScreen[str | None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if self.required and not event.value.strip():
-            self.notify("feedback is required for modify", severity="warning")
+            self.notify(f"{self.placeholder} is required here", severity="warning")
             return
         self.dismiss(event.value.strip())
 

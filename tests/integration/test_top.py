@@ -173,6 +173,34 @@ def test_approval_answered_in_place(daemon: DaemonProc) -> None:
         c.close()
 
 
+def test_o_answers_with_an_option_no_key_gives(daemon: DaemonProc) -> None:
+    """`o` answers the selected session's approval with an option of its own (here hitl's ``redo`` after planning,
+    with a hypothesis): top could give only approve, reject and modify, so a redo or a workflow's own options had
+    to be answered elsewhere."""
+    c = daemon.client()
+    sid = c.start("hitl", params={"task": "Plain.\n- one\n- two", "max_steps": 2})
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: app.selected == sid, what="the session selected")
+        await until(lambda: "o other option" in screen_text(app), what="the approval offers other options")
+        await pilot.press("o")
+        await until(lambda: app.screen.query("#feedback"), what="the option box")
+        assert app.screen.query_one("#feedback").value == "redo"  # the only other option, filled in
+        await pilot.press("enter")
+        await until(lambda: "the hypothesis to try" in screen_text(app), what="the hypothesis box")
+        await pilot.press(*"kelvin", "enter")
+        await until(lambda: [a for a in c.approvals(sid, status="resolved")], what="the approval answered")
+        (answered,) = c.approvals(sid, status="resolved")
+        assert (answered["decision"], answered["hypothesis"], answered["resolved_by"]) == ("redo", "kelvin",
+                                                                                           "labd top")
+
+    try:
+        run_app(daemon.home, scenario)
+    finally:
+        c.kill(sid)
+        c.close()
+
+
 def test_pause_resume_and_stop_keys(daemon: DaemonProc) -> None:
     """`p` pauses the selected session, `u` resumes it, `s` stops it (ended cancelled, by the client)."""
     c = daemon.client()
