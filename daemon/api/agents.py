@@ -64,6 +64,17 @@ class ListApprovals(Request):
         return {"approvals": page, "omitted": dict(left[:MAX_OMITTED]), "omitted_total": sum(n for _s, n in left)}
 
 
+def _by_prefix(store: Any, sid: str, prefix: str) -> str:
+    """The id of the one pending approval of session ``sid`` that starts with ``prefix``; ``prefix`` itself when
+    none does (the answer then says it is not pending); ``ambiguous`` when several do."""
+    matches = [p["id"] for p in store.approvals(session_id=sid, status="pending", bound=(1, 1))
+               if str(p["id"]).startswith(prefix)]
+    if len(matches) > 1:
+        raise ApiError("ambiguous", f"{len(matches)} pending approvals of session {sid} start with {prefix!r}: give "
+                       "more of the id", {"approvals": matches[:50]})
+    return matches[0] if matches else prefix
+
+
 def _needs_text(decision: str, feedback: str | None, hypothesis: str | None) -> None:
     """The one rule for every front-end (CLI, SDK, MCP, labd top, labd ui): a ``modify`` without feedback has nothing
     to modify (blank feedback counts as none, as ``labd top`` has it) and a ``redo`` without a hypothesis (or
@@ -103,6 +114,8 @@ class ResolveApproval(Request):
                 raise ApiError("ambiguous", f"session {row['id']} has {len(pending)} pending approvals; "
                                "name one with approval_id", {"approvals": [p["id"] for p in pending]})
             aid = pending[0]["id"]
+        elif not store.approvals(session_id=row["id"], ids=[aid], bound=(1, 1)):
+            aid = _by_prefix(store, row["id"], aid)  # `ap-8fb0`, as `labd approvals` shows ids, names the pending one
         # Checked here, on the approval this request answers (not by the client beforehand, when another request
         # may come in between): `labd mcp` refuses "policy" approvals, which a rule requires of a human. Looked up by
         # its id: in a list of the session's pending ones (500 at most), the 501st was not found and so not refused.

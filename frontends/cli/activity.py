@@ -135,7 +135,8 @@ class Activity:
             return self._approval(p)
         if kind == "approval.resolved":
             fb = f" — {_short(p['feedback'], 100)}" if p.get("feedback") else ""
-            return (f"✓ approval {p['approval_id']}: {p['decision']} by {p['by']}{fb}", "green")
+            hyp = f" — hypothesis: {_short(p['hypothesis'], 100)}" if p.get("hypothesis") else ""  # a redo's
+            return (f"✓ approval {p['approval_id']}: {p['decision']} by {p['by']}{fb}{hyp}", "green")
         if kind == "session.pause_requested":
             return (f"== pause requested by {p['by']} (at the next step boundary)", "yellow")
         if kind == "session.paused":

@@ -33,3 +33,13 @@ def test_a_completed_session_whose_result_was_not_recorded_says_so() -> None:
     assert any(t.startswith("! result not recorded: too large") for t in _texts(ev))
     plain = {**ev, "payload": {"outcome": "completed", "result": 3}}
     assert not any("not recorded" in t for t in _texts(plain))
+
+
+def test_a_redo_answer_shows_its_hypothesis_as_a_modify_shows_its_feedback() -> None:
+    """The line of a resolved approval carries the redo's hypothesis (it showed a modify's feedback, and for a redo
+    only ``redo by client``)."""
+    ev = {"seq": 9, "ts": 0.0, "kind": "approval.resolved", "src": "daemon", "node_id": None, "parent": None,
+          "payload": {"approval_id": "ap-1", "decision": "redo", "by": "client", "hypothesis": "try kelvin"}}
+    assert any(t.endswith("redo by client — hypothesis: try kelvin") for t in _texts(ev)), _texts(ev)
+    modify = {**ev, "payload": {"approval_id": "ap-1", "decision": "modify", "by": "client", "feedback": "use blue"}}
+    assert any(t.endswith("modify by client — use blue") for t in _texts(modify))
