@@ -42,5 +42,7 @@ def crash_text_of(text: str, cut: bool, secrets: Iterable[tuple[str, str]]) -> s
         # alone lost the one line that says what happened. Kept, above the end.
         head = next((line for line in whole.splitlines() if line.startswith(FATAL)), None)
         if head is not None and head not in text:
-            text = f"{head[:200]}\n[...]\n{text}"
+            above = f"{head[:200]}\n[...]\n"  # within CRASH_TAIL with it: the end gives up as many characters
+            text = text[-(CRASH_TAIL - len(above)):]
+            text = above + (text.split("\n", 1)[1] if "\n" in text else text)
     return text or None
