@@ -344,10 +344,7 @@ def _inputs(store: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
         out = value if isinstance(value, str) else orjson.dumps(value, default=repr).decode()
         return out if len(out) <= MAX_INPUT_CHARS else out[:MAX_INPUT_CHARS] + "..."
 
-    created = []
-    for r in rows:
-        first = store.events(r["id"], kinds=["session.created"], limit=1)
-        created.append(first[0]["payload"] if first else {})
+    created = [store.created(r["id"]) for r in rows]
     out: dict[str, Any] = {"params": {}}
     for field, values in (("workflow", [r.get("workflow") for r in rows]),
                           ("hypothesis", [c.get("hypothesis") for c in created]),

@@ -110,6 +110,11 @@ class Store(GraphQueries, CostQueries):
                     break
         return out
 
+    def created(self, session_id: str) -> dict[str, Any]:
+        """The payload of the session's ``session.created`` (what it was started with), or {} if it has none."""
+        first = self.events(session_id, kinds=["session.created"], limit=1)
+        return dict(first[0]["payload"]) if first else {}
+
     def events(self, session_id: str, *, since: int = 0, limit: int = MAX_PAGE,
                kinds: list[str] | None = None, full: bool = False) -> list[dict[str, Any]]:
         """Events with ``seq > since`` in seq order, at most ``limit`` (capped at :data:`MAX_PAGE`)."""

@@ -64,15 +64,19 @@ class ListApprovals(Request):
         return {"approvals": page, "omitted": dict(left[:MAX_OMITTED]), "omitted_total": sum(n for _s, n in left)}
 
 
-def _by_prefix(store: Any, sid: str, prefix: str) -> str:
-    """The id of the one pending approval of session ``sid`` that starts with ``prefix``; ``prefix`` itself when
-    none does (the answer then says it is not pending); ``ambiguous`` when several do."""
-    matches = [p["id"] for p in store.approvals(session_id=sid, status="pending", bound=(1, 1))
-               if str(p["id"]).startswith(prefix)]
+def _named(store: Any, sid: str, aid: str) -> list[dict[str, Any]]:
+    """The approval of session ``sid`` with id ``aid``, else the one pending approval whose id starts with ``aid``
+    (``ap-8fb0``, as it is often copied): a list of one row, or none (the answer then says it is not pending);
+    ``ambiguous`` when several pending ones start with it."""
+    named = store.approvals(session_id=sid, ids=[aid], bound=(1, 1))
+    if named:
+        return list(named)
+    matches = [p for p in store.approvals(session_id=sid, status="pending", bound=(1, 1))
+               if str(p["id"]).startswith(aid)]
     if len(matches) > 1:
-        raise ApiError("ambiguous", f"{len(matches)} pending approvals of session {sid} start with {prefix!r}: give "
-                       "more of the id", {"approvals": matches[:50]})
-    return matches[0] if matches else prefix
+        raise ApiError("ambiguous", f"{len(matches)} pending approvals of session {sid} start with {aid!r}: give "
+                       "more of the id", {"approvals": [p["id"] for p in matches][:50]})
+    return matches
 
 
 def _needs_text(decision: str, feedback: str | None, hypothesis: str | None) -> None:
@@ -113,13 +117,13 @@ class ResolveApproval(Request):
             if len(pending) > 1:
                 raise ApiError("ambiguous", f"session {row['id']} has {len(pending)} pending approvals; "
                                "name one with approval_id", {"approvals": [p["id"] for p in pending]})
-            aid = pending[0]["id"]
-        elif not store.approvals(session_id=row["id"], ids=[aid], bound=(1, 1)):
-            aid = _by_prefix(store, row["id"], aid)  # `ap-8fb0`, as `labd approvals` shows ids, names the pending one
+            named = pending
+        else:
+            named = _named(store, row["id"], aid)
+        aid = named[0]["id"] if named else aid
         # Checked here, on the approval this request answers (not by the client beforehand, when another request
         # may come in between): `labd mcp` refuses "policy" approvals, which a rule requires of a human. Looked up by
         # its id: in a list of the session's pending ones (500 at most), the 501st was not found and so not refused.
-        named = store.approvals(session_id=row["id"], ids=[aid], bound=(1, 1)) if refuse else []
         kind = named[0].get("kind") if named else None
         if refuse and kind in refuse:
             raise ApiError("human_required", f"approval {aid} is a {kind!r} approval, which this client may not "

@@ -82,8 +82,7 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]
                          spent=float(row.get("cost") or 0.0),  # a budget is the session's whole spend, as ingest counts
                          recorded=recorded_files(store, sid))  # the restore records what it changes against this
             interrupted = [st["node_id"] for st in store.steps(sid) if st["status"] in ("running", "paused")]
-            created = store.events(sid, kinds=["session.created"], limit=1)
-            return cps, seed, interrupted, created[0]["payload"] if created else {}
+            return cps, seed, interrupted, store.created(sid)
 
         try:
             cps, seed, interrupted, c = yield Read(prepare, "resume seed")
@@ -181,11 +180,12 @@ def _find_node(store: Any, sid: str, ref: str) -> dict[str, Any]:
 
 
 def _branch_record(store: Any, sid: str, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
-    """(the node ``ref`` names, the session's checkpoints, whether a step completed before that node started)."""
-    node = _find_node(store, sid, ref)
-    done_before = any(s["kind"] == "step" and s["status"] == "completed" and (s["start_seq"] or 0) < node["start_seq"]
-                      for s in store.steps(sid))
-    return node, checkpoints(store, sid), done_before
+    """(the node ``ref`` names, the session's checkpoints, and when it has none, whether a step completed before that
+    node started: every step is read only then)."""
+    node, cps = _find_node(store, sid, ref), checkpoints(store, sid)
+    done_before = not cps and any(s["kind"] == "step" and s["status"] == "completed"
+                                  and (s["start_seq"] or 0) < node["start_seq"] for s in store.steps(sid))
+    return node, cps, done_before
 
 
 @register
@@ -226,8 +226,7 @@ class Branch(Request):
                 "no_checkpoint", f"session {psid} recorded no checkpoints (it ran before durable steps, or no step "
                 "completed)", {"node": node["node_id"]})
         cps = [c for c in all_cps if c["seq"] < node["start_seq"]]
-        created = d.store.events(psid, kinds=["session.created"], limit=1)
-        c = created[0]["payload"] if created else {}
+        c = d.store.created(psid)
         params = {**parent["params"], **overrides}
         path = c.get("sys_path") or []
         if overrides and c.get("payload") is not None:  # its runner would refuse them once the branch ran

@@ -25,11 +25,6 @@ __all__ = ["Replay", "Compare", "Tree", "MAX_COMPARE"]
 MAX_COMPARE = 10
 
 
-def _created(store: Any, sid: str) -> dict[str, Any]:
-    first = store.events(sid, kinds=["session.created"], limit=1)
-    return first[0]["payload"] if first else {}
-
-
 def _suffix(key: str | None) -> str:
     """4 hex digits that tell replays of one session apart: derived from the idempotency key, else random."""
     return hashlib.sha256(key.encode()).hexdigest()[:4] if key is not None else secrets.token_hex(2)
@@ -70,7 +65,7 @@ def _seed(store: Any, row: dict[str, Any], until: str | None,
                                f"({', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}): give a node id",
                                {"node": until, "matches": ids[:50]})
             until = done[0]["node_id"]
-    created = _created(store, row["id"])
+    created = store.created(row["id"])
     durable = branch_seed(store, row, created, objects)
     return created, replay_seed(store, row, until, inherit=durable is None), until, durable
 
@@ -83,7 +78,8 @@ class Replay(Start):
 
     type = "session.replay"
     _seed: dict[str, Any] | None = None
-    _durable: dict[str, Any] | None = None
+    _durable: dict[str, Any] | None = None  # a branch's replay: the seed of the steps it reused (branch_seed)
+    _objects: Path  # the replayed session's checkpoint objects
 
     def execute(self) -> Any:  # a generator: the seed is read on a worker (daemon/reads.py), then a start
         d = self.daemon
@@ -95,7 +91,7 @@ class Replay(Start):
                            "replayed (wait for it, or stop it)", {"status": row["status"]})
         name = session_name(self)
         key = self.arg("idempotency_key", str, None)
-        objects = d.layout.sessions_dir / row["id"] / OBJECTS_DIR
+        objects = self._objects = d.layout.sessions_dir / row["id"] / OBJECTS_DIR
         created, self._seed, until, self._durable = yield Read(lambda: _seed(d.store, row, until, objects),
                                                                "replay seed")
         body: dict[str, Any] = {
@@ -131,9 +127,7 @@ class Replay(Start):
         session_dir = self.daemon.layout.sessions_dir / sid
         try:
             if self._durable is not None:  # a branch's replay: the steps it reused, their objects linked
-                origin = str(self._seed.get("parent") if self._seed else "")
-                branch_dirs(origin, self.daemon.layout.sessions_dir / origin / OBJECTS_DIR, self._durable,
-                            [session_dir])
+                branch_dirs(self._objects.parent.parent.name, self._objects, self._durable, [session_dir])
             write_seed(session_dir, self._seed or {}, REPLAY_FILE)  # read by execute before any prepare
         except ApiError:
             shutil.rmtree(session_dir, ignore_errors=True)

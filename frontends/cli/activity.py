@@ -9,12 +9,11 @@ not obeyed; colours kept) unless ``--raw-control-chars`` asks for it unchanged.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from labd.frontends.cli import safetext
-from labd.frontends.cli.output import Output
+from labd.frontends.cli.output import Output, short
 from labd.ipc.units import format_duration, format_limit, format_size
 
 __all__ = ["Activity", "Line"]
@@ -27,12 +26,6 @@ class Line(NamedTuple):
     stream: str
     text: str
     style: str | None = None
-
-
-def _short(value: Any, n: int = 100) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _dur(p: dict[str, Any]) -> str:
@@ -85,40 +78,40 @@ class Activity:
                 return (f"↺ {node} {p['name']} reused from the record", "dim")
             ok = p["status"] == "completed"
             mark = "✓" if ok else "✗"
-            err = f": {_short(p['error'], 160)}" if p.get("error") else ""
+            err = f": {short(p['error'], 160)}" if p.get("error") else ""
             return (f"{mark} {node} {p['name']} {p['status']} in {_dur(p)}{err}", "green" if ok else "bold red")
         if kind == "agent.turn.started":
-            what = f": {_short(p['input'], 100)}" if p.get("input") else ""
+            what = f": {short(p['input'], 100)}" if p.get("input") else ""
             return (f"  {agent} · turn {node}{what}", "magenta")
         if kind == "agent.turn.finished":
             ok = p["status"] == "completed"
-            err = f": {_short(p['error'], 120)}" if p.get("error") else ""
+            err = f": {short(p['error'], 120)}" if p.get("error") else ""
             return (f"  {agent} · turn {node} {p['status']} in {_dur(p)}{err}", "dim" if ok else "red")
         if kind == "agent.message":
-            return (f"  {agent}: {_short(p['content'], 160)}", None)
+            return (f"  {agent}: {short(p['content'], 160)}", None)
         if kind == "llm.response":
             usage = p.get("usage") or {}
             toks = (f", {usage.get('prompt_tokens', 0)}+{usage.get('completion_tokens', 0)} tokens"
                     if usage else "")
             if p.get("status") != "ok" and p.get("error"):
-                return (f"  {agent} ← {p['model']} failed: {_short(p['error'], 120)}", "red")
+                return (f"  {agent} ← {p['model']} failed: {short(p['error'], 120)}", "red")
             return (f"  {agent} ← {p['model']} in {_dur(p)}{toks}" + (" (offline)" if p.get("offline") else ""),
                     "dim")
         if kind == "tool.call":
-            args = f"({_short(p['arguments'], 80)})" if p.get("arguments") not in (None, "", {}) else "()"
+            args = f"({short(p['arguments'], 80)})" if p.get("arguments") not in (None, "", {}) else "()"
             return (f"  {agent} → {p['name']}{args}", "yellow")
         if kind == "tool.result":
             ok = p["status"] in ("ok", "completed", "success")
-            detail = _short(p.get("error") or p.get("result") or "", 100)
+            detail = short(p.get("error") or p.get("result") or "", 100)
             return (f"  {agent} ← {p['name']} {p['status']} in {_dur(p)}" + (f": {detail}" if detail else ""),
                     "dim" if ok else "red")
         if kind == "code.execution":
             out = str(p.get("output") or "").strip().splitlines()
-            first = f": {_short(out[0], 100)}" if out else ""
+            first = f": {short(out[0], 100)}" if out else ""
             return (f"  {agent} ran {p['language']} code, exit {p['exit_code']} in {_dur(p)}{first}",
                     "yellow" if p["exit_code"] == 0 else "red")
         if kind == "subagent.started":
-            return (f"  {agent} ⇒ {p['child']}" + (f": {_short(p['objective'], 100)}" if p.get("objective") else ""),
+            return (f"  {agent} ⇒ {p['child']}" + (f": {short(p['objective'], 100)}" if p.get("objective") else ""),
                     "magenta")
         if kind == "subagent.finished":
             return (f"  {agent} ⇐ {p['child']} {p['status']}", "dim")
@@ -134,8 +127,8 @@ class Activity:
         if kind == "approval.requested":
             return self._approval(p)
         if kind == "approval.resolved":
-            fb = f" — {_short(p['feedback'], 100)}" if p.get("feedback") else ""
-            hyp = f" — hypothesis: {_short(p['hypothesis'], 100)}" if p.get("hypothesis") else ""  # a redo's
+            fb = f" — {short(p['feedback'], 100)}" if p.get("feedback") else ""
+            hyp = f" — hypothesis: {short(p['hypothesis'], 100)}" if p.get("hypothesis") else ""  # a redo's
             return (f"✓ approval {p['approval_id']}: {p['decision']} by {p['by']}{fb}{hyp}", "green")
         if kind == "session.pause_requested":
             return (f"== pause requested by {p['by']} (at the next step boundary)", "yellow")
@@ -156,9 +149,9 @@ class Activity:
                         "bold red")
             return (f"== limit exceeded: {p['limit']} {measured} > limit {top} ({p['action']})", "bold red")
         if kind == "session.finished" and p.get("outcome") == "failed" and p.get("error"):
-            return (f"✗ {_short(p['error'], 300)}", "red")
+            return (f"✗ {short(p['error'], 300)}", "red")
         if kind == "session.finished" and p.get("outcome") == "completed" and p.get("error"):
-            return (f"! {_short(p['error'], 300)}", "yellow")  # completed, its result not recorded (too large)
+            return (f"! {short(p['error'], 300)}", "yellow")  # completed, its result not recorded (too large)
         if kind == "session.ended":
             style = {"completed": "bold green", "failed": "bold red", "lost": "bold red"}.get(p.get("status", ""))
             return (f"== session {p.get('status')}: {p.get('reason')}", style or "bold")
@@ -177,7 +170,7 @@ class Activity:
                 how += f" | labd redo {s} --hypothesis \"...\""
         else:
             how = f"labd resolve {s} {'|'.join(options)}"
-        return [(f"⏸ approval {aid} waiting ({p['kind']}): {_short(p['prompt'], 200)}", "bold yellow"),
+        return [(f"⏸ approval {aid} waiting ({p['kind']}): {short(p['prompt'], 200)}", "bold yellow"),
                 (f"  answer with: {how}", "yellow")]
 
 
@@ -194,7 +187,7 @@ def _policy_line(p: dict[str, Any]) -> tuple[str, str | None] | None:
     rule, outcome = p.get("rule"), p.get("outcome")
     who = f"{p['agent']}: " if p.get("agent") else ""
     if outcome == "denied":
-        return (f"  ✗ policy {rule or '(default)'}: denied {policy_what(p)} ({who}{_short(p.get('reason', ''), 120)})",
+        return (f"  ✗ policy {rule or '(default)'}: denied {policy_what(p)} ({who}{short(p.get('reason', ''), 120)})",
                 "red")
     if outcome == "pending":
         return (f"  ⏸ policy {rule}: {who}{policy_what(p)} waits for approval", "yellow")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, add_json, command, last_line
-from labd.frontends.cli.output import styled
+from labd.frontends.cli.output import short, styled
 from labd.ipc.client import LabdError
 from labd.ipc.paths import layout_for
 from labd.ipc.units import format_duration, format_size
@@ -161,8 +161,9 @@ def cmd_workflows(args: argparse.Namespace, ctx: Ctx) -> int:
         return 0
     for w in flows:  # a list, not a table: parameter lists are long
         ctx.out.line(f"{w['name']}  ({_params_text(w['params'])})", "bold")
-        if w["doc"]:
-            ctx.out.line(f"    {summary(w['doc'])}")
+        if w["doc"]:  # its first paragraph on one line (its first line stopped mid-sentence: "... after planning,")
+            first = w["doc"].strip().split("\n\n", 1)[0]
+            ctx.out.line(f"    {short(first, 200)}")
     ctx.out.line("also: package.module:function or path/to/flows.py[:function], resolved from where you stand "
                  "(labd workflows TARGET describes one)", "dim", err=True)
     return 0
@@ -196,10 +197,3 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "workflows", cmd_workflows, "built-in workflows and their parameters (or describe one)")
     s.add_argument("target", nargs="?", help="describe this workflow (mypkg.flows:study, ./flows.py, ...)")
     add_json(s, "a JSON array of workflows (or the one described)")
-
-
-def summary(doc: str, most: int = 200) -> str:
-    """A docstring's first paragraph on one line (its first line stopped mid-sentence: "... redo after planning,"),
-    cut at ``most`` characters."""
-    first = " ".join(doc.strip().split("\n\n", 1)[0].split())
-    return first if len(first) <= most else first[:most - 1] + "…"

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
+from labd.frontends.cli.output import counted
 from labd.frontends.cli.sessions import limits_from, parse_params
 from labd.frontends.cli.waits import follow, wait_all, wait_for
 from labd.ipc.units import format_duration, format_size
@@ -51,10 +52,6 @@ def cmd_resume(args: argparse.Namespace, ctx: Ctx) -> int:
     return 0
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def _say_budget_lifted(ctx: Ctx, before: dict[str, Any], budget: float | None) -> None:
     """A session paused by its budget and resumed without one runs on with no budget at all (the runner's rule:
     docs/design.md, "Budgets in the runner"): said on stderr, with how to keep one, as the resume did it silently."""
@@ -87,7 +84,7 @@ def cmd_branch(args: argparse.Namespace, ctx: Ctx) -> int:
             print(s["session"], flush=True)
         # the node id comes from the parent's runner: shown as text on a terminal (safetext)
         print(ctx.out.safe(f"branched {len(r['sessions'])} session(s) from {r['parent']} at {r['node']}: "
-                           f"{_count(r['reused'], 'completed step')} reused, {_count(r['files'], 'file')} restored",
+                           f"{counted(r['reused'], 'completed step')} reused, {counted(r['files'], 'file')} restored",
                            err=True),
               file=sys.stderr)
     if not args.wait:

@@ -8,6 +8,7 @@ from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, add_json, command, last_line
 from labd.frontends.cli.interrupt import ctrl_c
+from labd.frontends.cli.output import short
 from labd.ipc.family import family_tree
 
 __all__ = ["register"]
@@ -78,18 +79,11 @@ PART_NAMES = {"system": "the system prompt", "messages": "the messages", "tools"
 def _input_rows(inputs: dict[str, Any]) -> list[list[str]]:
     """Rows for what the sessions were started with where they differ (workflow, each param, a branch's
     hypothesis and instructions), one line each, cut to fit."""
-    rows = [[field, *[_cut(v) for v in inputs[field]]] for field in ("workflow", "hypothesis", "instructions")
-            if field in inputs]
-    rows += [[f"-p {name}", *[_cut(v) if v is not None else "(default)" for v in values]]
+    rows = [[field, *[short(v, 40) if v is not None else "-" for v in inputs[field]]]
+            for field in ("workflow", "hypothesis", "instructions") if field in inputs]
+    rows += [[f"-p {name}", *[short(v, 40) if v is not None else "(default)" for v in values]]
              for name, values in (inputs.get("params") or {}).items()]
     return rows
-
-
-def _cut(value: str | None, most: int = 40) -> str:
-    if value is None:
-        return "-"
-    value = " ".join(value.split())
-    return value if len(value) <= most else value[:most - 1] + "…"
 
 
 def cmd_compare(args: argparse.Namespace, ctx: Ctx) -> int:

@@ -63,6 +63,19 @@ def _safe_cell(cell: Cell) -> Cell:
     return safetext.text(cell)
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 file``, ``2 files``: a count with its noun (regular plurals only)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def short(value: Any, most: int = 100) -> str:
+    """``value`` (a string, else its JSON) on one line, whitespace runs as one space, cut to ``most`` characters with
+    an ellipsis: a payload's text in a line of `labd logs`, a param or hypothesis in a table cell."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
 def _one_line(cell: Cell) -> Cell:
     """A table cell on one line: a line break in a value (an approval's prompt, a name) would break the row."""
     if isinstance(cell, tuple):

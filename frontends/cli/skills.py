@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
+from labd.frontends.cli.output import counted
 from labd.ipc.safe_files import read_regular
 
 __all__ = ["register"]
@@ -84,7 +85,7 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
         return _show(ctx, name, doc)
     if action == "rm":
         r = c.request("skill.delete", name=name)
-        ctx.out.line(f"deleted skill {r['name']} ({r['versions']} version{'' if r['versions'] == 1 else 's'})")
+        ctx.out.line(f"deleted skill {r['name']} ({counted(r['versions'], 'version')})")
         return 0
     if action == "export":
         doc = c.request("skill.get", name=name, **version)["skill"]
