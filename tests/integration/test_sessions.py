@@ -52,8 +52,12 @@ def test_session_runs_in_its_own_process_and_records_gap_free_events(client) -> 
     started = next(e for e in events if e["kind"] == "session.started")
     assert started["src"] == "runner" and started["payload"]["pid"] == final["pid"]
     assert [s["status"] for s in final["steps"]] == ["completed"] * 3
-    assert [h["to_status"] for h in final["history"] if h["node_id"] is None] == \
-        ["created", "starting", "running", "completed"]
+    # `starting` (the daemon's session.launched, posted once the template's reply reaches it) may be committed after
+    # the runner's own session.started (a spare runner starts at once): then the record goes created -> running and
+    # launched only sets the pid. Both are true records; any other lifecycle is not (a CI run saw the second order)
+    lifecycle = [h["to_status"] for h in final["history"] if h["node_id"] is None]
+    assert lifecycle in (["created", "starting", "running", "completed"], ["created", "running", "completed"]), \
+        lifecycle
     assert [h["to_status"] for h in final["history"] if h["node_id"] == "n1"] == ["running", "completed"]
 
 
