@@ -17,6 +17,8 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from labd.runner.names import path_of_event
+
 __all__ = ["receive"]
 
 PART = ".labd-part"
@@ -42,7 +44,11 @@ def receive(sessions_dir: Path | None, sid: str, payload: dict[str, Any]) -> dic
     stored = {k: v for k, v in payload.items() if k != "data"}
     if sessions_dir is None:
         return stored
-    target = _target(sessions_dir, sid, str(payload["path"]))
+    try:  # a name that is not UTF-8 by its exact bytes (path_b64), as the session's own work directory has it
+        rel = path_of_event(payload)
+    except (binascii.Error, ValueError):
+        return {**stored, "error": "refused: path_b64 is not base64"}
+    target = _target(sessions_dir, sid, rel)
     if target is None:
         return {**stored, "error": "refused: the path leaves the work directory"}
     if payload.get("deleted"):  # deleted on the node since it was shipped: so in the daemon's copy

@@ -13,6 +13,8 @@ prints.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 from collections.abc import Callable
@@ -30,7 +32,7 @@ from labd import __version__
 from labd.frontends.mcp_stdio import guarded_stdio_server
 from labd.ipc.client import Client, LabdError
 from labd.ipc.events import SCHEMAS
-from labd.ipc.safe_files import open_beneath
+from labd.ipc.safe_files import listed_name, open_beneath
 
 __all__ = ["build_server", "run"]
 
@@ -220,28 +222,39 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
     @server.resource("labd://sessions/{session}/files", mime_type="application/json")
     async def session_files(session: str) -> str:
         """The files a session wrote: path, size, sha256, the step and agent that wrote them, ``restored`` (put in
-        place by a resume's or branch's restore of a checkpoint, not by a step), and the ``uri`` to read each by (its
-        path percent-encoded: a resource URI's path is decoded when it is read, so ``q?.txt`` or ``x%41.txt``
-        written as they are would name another file, or none)."""
+        place by a resume's or branch's restore of a checkpoint, not by a step), ``path_b64`` (a name that is not
+        UTF-8: its bytes; ``path`` is then its display form), and the ``uri`` to read each by."""
         try:
             files = await call(lambda c: c.files(session), bounded=False)
         except ToolError as exc:
             raise ResourceError(str(exc)) from None
-        keys = ("path", "size", "sha256", "kind", "step", "agent", "change", "restored")
-        return json.dumps([{k: f.get(k) for k in keys}
-                           | {"uri": f"labd://sessions/{quote(session, safe='')}/file/{quote(f['path'], safe='/')}"}
-                           for f in files])
+        keys = ("path", "path_b64", "size", "sha256", "kind", "step", "agent", "change", "restored")
+        return json.dumps([{k: f.get(k) for k in keys} | {"uri": _file_uri(session, f)} for f in files])
 
     @server.resource("labd://sessions/{session}/file/{+path}")
     async def session_file(session: str, path: str) -> str | bytes:
         """One file of a session's work directory (only files the record lists; text or bytes)."""
+        return await _read_file(session, path, None)
+
+    @server.resource("labd://sessions/{session}/file-bytes/{name}")
+    async def session_file_bytes(session: str, name: str) -> str | bytes:
+        """One file of a session's work directory whose name is not UTF-8, named by its bytes (URL-safe base64;
+        the files listing gives each such file's ``uri``)."""
+        try:
+            raw = base64.urlsafe_b64decode(name.encode("ascii"))
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            raise ResourceError(f"not a file name in URL-safe base64: {name[:60]!r}") from None
+        return await _read_file(session, raw.decode("utf-8", "backslashreplace"),
+                                base64.b64encode(raw).decode("ascii"))
+
+    async def _read_file(session: str, path: str, path_b64: str | None) -> str | bytes:
         def read(c: Client) -> str | bytes:
             reply = c.request("session.files", session=session)
-            listed = {f["path"] for f in reply["files"]}
-            if path not in listed:
+            exact = listed_name(reply["files"], path, path_b64)
+            if exact is None:
                 raise ResourceError(f"session {session} has no file {path!r}")
             try:  # opened without following symlinks: nothing the session swaps in can lead outside its workdir
-                with open_beneath(Path(reply["workdir"]), path) as f:
+                with open_beneath(Path(reply["workdir"]), exact) as f:
                     data = f.read(MAX_FILE)
             except OSError:
                 raise ResourceError(f"file {path!r} is not in the work directory any more") from None
@@ -256,6 +269,20 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
 
     _refuse_unknown_arguments(server)
     return server
+
+
+def _file_uri(session: str, f: dict[str, Any]) -> str:
+    """The resource URI a listed file is read by: its path percent-encoded (a resource URI's path is decoded when it
+    is read, so ``q?.txt`` or ``x%41.txt`` written as they are would name another file, or none), or, for a name
+    that is not UTF-8, its bytes (its path is a display form, which a file really named so shares)."""
+    where = f"labd://sessions/{quote(session, safe='')}"
+    if f.get("path_b64"):
+        try:
+            raw = base64.b64decode(f["path_b64"], validate=True)
+        except (binascii.Error, ValueError):  # a damaged record (the runner's is the session's code): not readable
+            raw = b""
+        return f"{where}/file-bytes/{base64.urlsafe_b64encode(raw).decode('ascii')}"
+    return f"{where}/file/{quote(f['path'], safe='/')}"
 
 
 def _refuse_unknown_arguments(server: MCPServer) -> None:

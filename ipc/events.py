@@ -183,23 +183,24 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                         "network": (bool, False), "agent_cost": (NUM, False), "session_cost": (NUM, False),
                         "by": (str, False), "feedback": (str, False)},
     # files in the work directory, attributed to the node (and agent / tool) that produced them; ``restored``: made
-    # so by a resume's or branch's restore of a checkpoint (no node), recorded against what the session had
+    # so by a resume's or branch's restore of a checkpoint (no node), recorded against what the session had;
+    # ``path_b64``: a name that is not UTF-8, its exact bytes (``path`` is then its display form: runner/names.py)
     "file.created": {"path": (str, True), "sha256": (str, True), "size": (int, True), "kind": (str, True),
                      "agent": (str, False), "tool": (str, False), "ambiguous": (bool, False),
-                     "candidates": (list, False), "restored": (bool, False)},
+                     "candidates": (list, False), "restored": (bool, False), "path_b64": (str, False)},
     "file.changed": {"path": (str, True), "sha256": (str, True), "size": (int, True), "kind": (str, True),
                      "agent": (str, False), "tool": (str, False), "ambiguous": (bool, False),
-                     "candidates": (list, False), "restored": (bool, False)},
+                     "candidates": (list, False), "restored": (bool, False), "path_b64": (str, False)},
     # a file that was in the work directory at the previous scan and is gone (sha256: its last content)
     "file.deleted": {"path": (str, True), "sha256": (str, True), "kind": (str, True), "agent": (str, False),
                      "tool": (str, False), "ambiguous": (bool, False), "candidates": (list, False),
-                     "restored": (bool, False)},
+                     "restored": (bool, False), "path_b64": (str, False)},
     # a remote runner's work-directory file, shipped back in chunks after each checkpoint and at the end (Ray;
     # the daemon keeps the bytes in its copy of the work directory and stores the event without ``data``;
     # ``deleted``: gone on the node since it was shipped)
     "file.shipped": {"path": (str, True), "size": (int, True), "sha256": (str, True), "offset": (int, True),
                      "data": (str, False), "last": (bool, True), "bytes": (int, False), "error": (str, False),
-                     "deleted": (bool, False)},
+                     "deleted": (bool, False), "path_b64": (str, False)},
     # approvals: requested by the runner, resolved by the daemon (a client's answer or the timeout policy)
     "approval.requested": {"approval_id": (str, True), "kind": (str, True), "prompt": (str, True),
                            "options": (list, True), "context": (ANY, False), "timeout": (NUM, False),

@@ -9,14 +9,17 @@ looks a path up twice: it opens the root, then each component relative to the di
 
 from __future__ import annotations
 
+import base64
+import binascii
 import errno
 import io
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["UnsafePath", "open_beneath", "open_regular", "read_regular"]
+__all__ = ["UnsafePath", "open_beneath", "open_regular", "read_regular", "listed_name"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: a FIFO must not block
@@ -27,6 +30,26 @@ class UnsafePath(PermissionError):
 
     A :class:`PermissionError`, so an ``except OSError`` covers it together with a missing file
     (:class:`FileNotFoundError`); catch it on its own to tell "refused" (403) from "gone" (404)."""
+
+
+def listed_name(files: Iterable[dict[str, Any]], path: str, path_b64: str | None = None) -> str | None:
+    """The exact relative path of the file ``session.files`` lists as ``path`` (and ``path_b64``), to open with
+    :func:`open_beneath`; None when the record lists no such file.
+
+    A name that is not UTF-8 is listed by its display form (``path``, each undecodable byte written ``\\xNN``) and
+    its bytes (``path_b64``): it is asked for with both, and opened by its bytes. Asked for without ``path_b64``,
+    ``path`` names only a file listed without one: a file really named ``a\\xff`` is not the file whose bytes are
+    ``a`` and 0xFF, and neither is served for the other."""
+    want = path_b64 or None
+    if not any(f.get("path") == path and (f.get("path_b64") or None) == want for f in files):
+        return None
+    if want is None:
+        return path
+    try:
+        raw = base64.b64decode(want, validate=True)
+    except (binascii.Error, ValueError):  # the record's own path_b64 is the session's: it may be anything
+        return None
+    return os.fsdecode(raw) if raw else None
 
 
 def _components(relpath: str) -> list[str]:

@@ -41,7 +41,7 @@ from labd.runner.checkpoint import (
 )
 from labd.runner.checkpoint_store import SessionBudget, Stored, store_files
 from labd.runner.context import MAX_STEP_ERROR, clip
-from labd.runner.names import display, key_path
+from labd.runner.names import BadKey, display, key_path
 from labd.runner.skipbody import SkipBody, skip_with_body
 from labd.runner.withhold import head_cut
 
@@ -89,8 +89,8 @@ class Durable:
         self.seed_depth = int(seed.get("depth") or 0)
         #: the checkpoint to restore is partial (its scan stopped at a bound): its restore removes nothing
         self.seed_partial = bool(seed.get("partial"))
-        #: the work directory as the session's record has it (path -> sha256): what a restore is recorded against;
-        #: a branch's record starts empty; None (a seed from before it was sent): the restore is not recorded
+        #: the work directory as the session's record has it (manifest key -> sha256): what a restore is recorded
+        #: against; a branch's record starts empty; None (a seed from before it was sent): the restore is not recorded
         self.record_files: dict[str, str] | None = seed.get("recorded")
         if self.record_files is None and self.mode == "branch":
             self.record_files = {}
@@ -206,8 +206,8 @@ class Durable:
         # out (over a cap) that the restore left in place is not reported deleted
         recorded = self.record_files
         if self.seed_partial and recorded:
-            held = {display(key_path(k)) for k in manifest}
-            recorded = {k: v for k, v in recorded.items() if k in held or not os.path.lexists(self.workdir / k)}
+            recorded = {k: v for k, v in recorded.items()
+                        if k in manifest or not _lexists(self.workdir, k)}
         self.files.adopt(manifest, recorded)
         self._emit("checkpoint.restored", {"manifest": self.manifest, "files": len(manifest),
                                            "duration": time.monotonic() - start, **counts})
@@ -356,3 +356,11 @@ def _preview(value: Any) -> str:
     except Exception:  # noqa: BLE001 - a repr that fails must not fail the step
         text = f"<{type(value).__name__}>"
     return text if len(text) <= 500 else text[:head_cut(text, 497)] + "..."  # never a piece of a secret
+
+
+def _lexists(workdir: Path, key: str) -> bool:
+    """Whether the file a manifest key names is in the work directory (a key that names no path: no)."""
+    try:
+        return os.path.lexists(workdir / key_path(key))
+    except BadKey:
+        return False

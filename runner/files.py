@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
-from labd.runner.names import display, key_path, path_fields
+from labd.runner.names import BadKey, display, key_path, path_fields
 from labd.runner.workfs import WorkDir
 
 __all__ = ["FileTracker", "file_kind", "sha256_file", "walk_files"]
@@ -211,11 +211,11 @@ class FileTracker:
         one ``stat`` each), so the next scan reports changes, not creations; and report, as a scan would, how it
         differs from ``recorded``, what the session's record says the directory holds (path -> sha256; empty for a
         new branch; None: report nothing). The events carry no node and ``restored: true``. Returns how many.
-        Manifest keys are :func:`labd.runner.names.manifest_key`s; ``recorded`` is keyed by events' display paths."""
+        Both are keyed by :func:`labd.runner.names.manifest_key` (a name that is not UTF-8 by its exact bytes)."""
         found = 0
-        files = {key_path(key): entry for key, entry in manifest.items()}
+        files = {key: (key_path(key), entry) for key, entry in manifest.items()}
         with self._lock:
-            for rel, (digest, size, mode) in files.items():
+            for rel, (digest, size, mode) in files.values():
                 try:
                     st = (self.root / rel).stat()
                 except OSError:
@@ -224,15 +224,22 @@ class FileTracker:
                 self.modes[rel] = int(mode)
             if recorded is None:
                 return 0
-            shown = {display(rel): rel for rel in files}
-            for name, rel in sorted(shown.items()):
-                digest, size, _mode = files[rel]
-                had = recorded.get(name)
+            for key, (rel, (digest, size, _mode)) in sorted(files.items(), key=lambda kv: display(kv[1][0])):
+                had = recorded.get(key)
                 if had != digest:
                     self._report("changed" if had is not None else "created", rel, str(digest), int(size), None,
                                  extra={"restored": True})
                     found += 1
-            for rel in sorted(set(recorded) - set(shown)):
-                self._report("deleted", rel, recorded[rel], None, None, extra={"restored": True})
+            for key in sorted(set(recorded) - set(files), key=lambda k: display(_named(k))):
+                rel = _named(key)
+                self._report("deleted", rel, recorded[key], None, None, extra={"restored": True})
                 found += 1
         return found
+
+
+def _named(key: str) -> str:
+    """The path a recorded manifest key names; a key that names none (a damaged record) stands for itself."""
+    try:
+        return key_path(key)
+    except BadKey:
+        return key

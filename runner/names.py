@@ -20,7 +20,7 @@ import binascii
 import os
 from typing import Any
 
-__all__ = ["is_plain", "display", "path_fields", "path_of_event", "manifest_key", "key_path", "BadKey"]
+__all__ = ["is_plain", "display", "path_fields", "path_of_event", "manifest_key", "key_path", "b64_key", "BadKey"]
 
 _KEY = "\x00"
 
@@ -61,6 +61,18 @@ def path_of_event(payload: dict[str, Any]) -> str:
 def manifest_key(rel: str) -> str:
     """The key of ``rel`` in a checkpoint manifest: the path itself, or NUL + urlsafe base64 of its bytes."""
     return rel if is_plain(rel) else _KEY + base64.urlsafe_b64encode(os.fsencode(rel)).decode("ascii")
+
+
+def b64_key(path_b64: str) -> str | None:
+    """The manifest key of the name an event's ``path_b64`` gives (what the files table keeps), or None when that is
+    not the base64 of a name (a damaged record: from the runner, whose code is the session's)."""
+    try:
+        raw = base64.b64decode(path_b64, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if not raw or b"\x00" in raw:
+        return None
+    return manifest_key(os.fsdecode(raw))
 
 
 def key_path(key: str) -> str:

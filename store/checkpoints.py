@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 
+from labd.runner.names import b64_key
 from labd.store.schema import events, files, steps
 
 __all__ = ["checkpoints", "max_node_number", "step_row", "recorded_files"]
@@ -48,15 +49,20 @@ def step_row(store: Any, session_id: str, node_id: str) -> dict[str, Any] | None
 
 
 def recorded_files(store: Any, session_id: str) -> dict[str, str]:
-    """The work directory as the session's ``file.*`` events leave it: path -> sha256 (what a resume's restore is
-    recorded against: only what it changes gets an event)."""
-    q = (select(files.c.path, files.c.change, files.c.sha256).where(files.c.session_id == session_id)
-         .order_by(files.c.seq))
+    """The work directory as the session's ``file.*`` events leave it: manifest key -> sha256 (what a resume's
+    restore is recorded against: only what it changes gets an event). Keyed as checkpoint manifests are
+    (:func:`labd.runner.names.manifest_key`): a name that is not UTF-8 by its exact bytes, so that neither it nor a
+    file literally named as its display form is taken for the other."""
+    q = (select(files.c.path, files.c.path_b64, files.c.change, files.c.sha256)
+         .where(files.c.session_id == session_id).order_by(files.c.seq))
     out: dict[str, str] = {}
     with store.engine.connect() as conn:
-        for path, change, digest in conn.execute(q):
+        for path, b64, change, digest in conn.execute(q):
+            key = path if not b64 else b64_key(b64)
+            if key is None:  # a path_b64 that is not base64 (a damaged record): its display path is all there is
+                key = path
             if change == "deleted":
-                out.pop(path, None)
+                out.pop(key, None)
             else:
-                out[path] = digest
+                out[key] = digest
     return out

@@ -267,7 +267,8 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
                           "tool": payload.get("tool"), "ts": ts,
                           "candidates": orjson.dumps(payload["candidates"]).decode()
                           if isinstance(payload.get("candidates"), list) else None,
-                          "restored": payload.get("restored") is True})
+                          "restored": payload.get("restored") is True,
+                          "path_b64": payload.get("path_b64") if isinstance(payload.get("path_b64"), str) else None})
     elif kind == "approval.requested":
         aid = payload["approval_id"]
         cur.pending_approvals[aid] = tuple(str(o) for o in payload["options"])

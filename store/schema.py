@@ -189,6 +189,9 @@ files = Table(
     # (0008) put in place by a resume's or branch's restore of a checkpoint (the event's ``restored: true``), not
     # written by a step: such rows have no node
     Column("restored", Boolean, nullable=False, default=False, server_default=false()),
+    # (0013) a name that is not UTF-8: its exact bytes (standard base64), as the event's ``path_b64``; ``path`` is its
+    # display form (each undecodable byte written ``\\xNN``), which a file really named so shares
+    Column("path_b64", Text),
 )
 
 approvals = Table(

@@ -261,10 +261,11 @@ def _files(store: Any, row: dict[str, Any], since: int) -> dict[str, Any]:
     """``session.files``' reply: the history of the session's files (after ``since``), each row with its step."""
     files = store.files(row["id"], since)
     nodes = _step_nodes(store, row["id"], files)
-    latest = {f["path"]: f["seq"] for f in files}  # rows are in seq order: the last one per path wins
+    # a file is its exact name: a name that is not UTF-8 by its bytes (its display path is also a possible real name)
+    latest = {(f["path"], f["path_b64"]): f["seq"] for f in files}  # rows in seq order: the last one per file wins
     for f in files:
-        # the history stays; `current` marks each path's latest row unless that row is its deletion
-        f["current"] = latest[f["path"]] == f["seq"] and f["change"] != "deleted"
+        # the history stays; `current` marks each file's latest row unless that row is its deletion
+        f["current"] = latest[(f["path"], f["path_b64"])] == f["seq"] and f["change"] != "deleted"
         # the step a file belongs to: its node, or the step enclosing the agent turn (and its attempt)
         node = nodes.get(f["node_id"] or "")
         seen: set[str] = set()

@@ -56,7 +56,7 @@ from labd.frontends.ui.endshort import EndShort, FileShrank
 from labd.frontends.ui.fields import RESOLVE_FIELDS, START_FIELDS, count, field, filters, only, optional
 from labd.frontends.ui.live import DaemonWatch, follow_session
 from labd.ipc.client import Client, LabdError
-from labd.ipc.safe_files import open_beneath
+from labd.ipc.safe_files import listed_name, open_beneath
 from labd.ipc.units import shortened
 
 __all__ = ["build_app"]
@@ -298,15 +298,20 @@ def build_app(home: str | None, token: str, port_ref: list[int],
             return refused
         sid, rel = request.path_params["sid"], request.path_params["path"]
         try:
+            filters(request, "b64")  # b64: a name that is not UTF-8, its bytes (the listing's path_b64)
+        except ValueError as exc:
+            return JSONResponse({"error": {"code": "bad_request", "message": str(exc)}}, status_code=400)
+        try:
             reply = await daemon(lambda c: c.request("session.files", session=sid))
         except LabdError as exc:
             return error(exc)
-        if rel not in {f["path"] for f in reply["files"]}:
+        exact = listed_name(reply["files"], rel, request.query_params.get("b64"))
+        if exact is None:
             return JSONResponse({"error": {"code": "not_found", "message": f"no file {rel!r}"}}, status_code=404)
 
         def opened() -> tuple[BinaryIO, os.stat_result] | None:
             try:  # opened without following symlinks: nothing the session swaps in can lead outside its workdir
-                f = open_beneath(Path(reply["workdir"]), rel)
+                f = open_beneath(Path(reply["workdir"]), exact)
             except OSError:
                 return None
             return f, os.fstat(f.fileno())

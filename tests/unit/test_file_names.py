@@ -100,11 +100,16 @@ def test_a_step_writing_a_non_utf8_name_is_tracked_checkpointed_and_restored_exa
     assert on_disk == {bad: b"exact content", nested: b"nested"}
     adopted: list[tuple[str, Any, Any]] = []
     tracker = FileTracker(other, lambda k, p, n=None, parent=None: adopted.append((k, p, n)) or 0)
-    assert tracker.adopt(manifest, {"bad\\xff\\xfename.txt": "0" * 64, "stray\\xff": "1" * 64}) == 3
+    # the record's files by manifest key (store.checkpoints.recorded_files): a non-UTF-8 name by its bytes, so the
+    # file literally named `bad\xff\xfename.txt` (backslashes) is another file, which the restore deletes
+    recorded = {manifest_key(os.fsdecode(bad)): "0" * 64, manifest_key(os.fsdecode(b"stray\xff")): "1" * 64,
+                "bad\\xff\\xfename.txt": "2" * 64}
+    assert tracker.adopt(manifest, recorded) == 4
     assert sorted((k, p["path"], p.get("path_b64")) for k, p in _json_events(adopted)) == [
         ("file.changed", "bad\\xff\\xfename.txt", base64.b64encode(bad).decode()),
         ("file.created", "d\\x80ir/in\\xfe.bin", base64.b64encode(nested).decode()),
-        ("file.deleted", "stray\\xff", None)]
+        ("file.deleted", "bad\\xff\\xfename.txt", None),
+        ("file.deleted", "stray\\xff", base64.b64encode(b"stray\xff").decode())]
     assert tracker.scan(None) == 0  # remembered under their real names: nothing new on the next scan
     shipped: list[Any] = []
     d = Durable(lambda *a, **k: 0, tmp_path / "s", work, ctx.durable.files)

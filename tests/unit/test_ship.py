@@ -103,3 +103,25 @@ def test_incremental_shipping_skips_unchanged_and_marks_deleted(tmp_path: Path) 
     assert "huge.bin" in warning["event"]
     sent.clear()
     assert shipper.ship(durable.snapshot()) == (0, 0) and not [k for k, _ in sent if k == "file.shipped"]
+
+
+def test_the_daemon_keeps_a_shipped_non_utf8_name_by_its_bytes(tmp_path: Path) -> None:
+    """A remote runner ships ``bad\\xff.txt`` (bytes) with its display path and ``path_b64``: the daemon's copy of
+    the work directory gets the file under its exact name (before: under the display form, a file really named with
+    a backslash, which is another file); a ``path_b64`` that is not base64 is refused and nothing is written."""
+    import base64
+    import hashlib
+
+    from labd.daemon.shipped import receive
+
+    raw, data = b"bad\xff.txt", b"shipped bytes"
+    chunk = {"path": "bad\\xff.txt", "path_b64": base64.b64encode(raw).decode(), "size": len(data),
+             "sha256": hashlib.sha256(data).hexdigest(), "offset": 0, "data": base64.b64encode(data).decode(),
+             "last": True}
+    stored = receive(tmp_path, "s1", chunk)
+    work = tmp_path / "s1" / "work"
+    assert "error" not in stored and "data" not in stored, stored
+    assert os.listdir(os.fsencode(work)) == [raw]
+    assert Path(os.fsdecode(os.path.join(os.fsencode(work), raw))).read_bytes() == data
+    refused = receive(tmp_path, "s2", {**chunk, "path_b64": "not base64!"})
+    assert "path_b64" in refused["error"] and not (tmp_path / "s2").exists()

@@ -107,8 +107,10 @@ const fmtAge = t => { if (!t) return ""; const s = Date.now() / 1000 - t;
   return s < 60 ? `${s.toFixed(0)}s` : s < 3600 ? `${(s / 60).toFixed(0)}m` : s < 86400 ? `${(s / 3600).toFixed(1)}h` : `${(s / 86400).toFixed(1)}d`; };
 const status = s => el("span", {class: `status s-${s}`, "data-status": s}, s);
 // The URL of a session's file: each segment of its path encoded (encodeURI leaves "#", "?" alone: "q?.txt" asked
-// for "q", "report#draft" for "report"), the "/" between them kept.
-const fileUrl = (sid, path) => `/api/sessions/${sid}/files/` + path.split("/").map(encodeURIComponent).join("/");
+// for "q", "report#draft" for "report"), the "/" between them kept; a name that is not UTF-8 also by its bytes
+// (path_b64: its path is a display form, which a file really named so shares).
+const fileUrl = (sid, x) => `/api/sessions/${sid}/files/` + x.path.split("/").map(encodeURIComponent).join("/")
+  + (x.path_b64 ? `?b64=${encodeURIComponent(x.path_b64)}` : "");
 
 // ---- sessions ---------------------------------------------------------------------------------------
 // A page's list is fetched now and then every second. A failed fetch (the daemon busy or restarting) is shown
@@ -296,14 +298,14 @@ async function sessionPage(main, sid) {
       el("div", {class: "row"}, bars("by agent", c.by_agent, "agent"), bars("by model", c.by_model, "model"), bars("by node", c.by_node, "node_id"))); };
   const preview = el("pre", {class: "log", id: "file-preview", style: "display:none"});
   const showPreview = async (x) => {  // text files up to 200 kB, shown in place; others: the download link
-    const r = await fetch(fileUrl(sid, x.path), {headers: auth()});
+    const r = await fetch(fileUrl(sid, x), {headers: auth()});
     const text = await r.text();
     preview.style.display = ""; preview.textContent = `${x.path}\n\n` + text.slice(0, 200000);
   };
   const loadFiles = async () => { const f = await api(`/api/sessions/${sid}/files`);
     const textual = x => x.size <= 200000 && !["image", "binary", "archive"].includes(x.kind);
     panes.files.replaceChildren(el("table", {id: "files"}, el("thead", {}, el("tr", {}, ...["path", "size", "kind", "step", "agent", "tool", "sha256", ""].map(h => el("th", {}, h)))),
-      el("tbody", {}, ...f.files.map(x => el("tr", {dataset: {file: x.path}}, el("td", {}, el("a", {href: fileUrl(sid, x.path), onclick: e => { e.preventDefault(); download(e.currentTarget.getAttribute("href"), x.path); }}, x.path)), el("td", {}, x.size), el("td", {}, x.kind),
+      el("tbody", {}, ...f.files.map(x => el("tr", {dataset: {file: x.path}}, el("td", {}, el("a", {href: fileUrl(sid, x), onclick: e => { e.preventDefault(); download(e.currentTarget.getAttribute("href"), x.path); }}, x.path)), el("td", {}, x.size), el("td", {}, x.kind),
         el("td", {}, x.step || (x.restored ? "(restored)" : "")), el("td", {}, x.agent || ""), el("td", {}, x.tool || ""), el("td", {class: "muted"}, (x.sha256 || "").slice(0, 12)),
         el("td", {}, textual(x) ? el("button", {class: "secondary", onclick: () => showPreview(x)}, "preview") : ""))))), preview); };
   const loadHistory = async () => { const x = await api(`/api/sessions/${sid}`);
