@@ -42,6 +42,7 @@ def serve(home: str | os.PathLike[str] | None, *, db: str | None = None, log_for
         print(f"labd: {exc}", file=sys.stderr)
         return 2
     from labd.daemon.server import Daemon, GatewayError
+    from labd.store.db import NewerSchema
 
     daemon = Daemon(cfg, drain=drain, startup=startup)
     try:
@@ -52,6 +53,9 @@ def serve(home: str | os.PathLike[str] | None, *, db: str | None = None, log_for
     except sqlalchemy.exc.SQLAlchemyError as exc:
         print(f"labd: cannot use the database {cfg.db_url.split('@')[-1]}: {str(exc).splitlines()[0]}",
               file=sys.stderr)
+        return 2
+    except NewerSchema as exc:  # a downgrade: one line, not Alembic's traceback
+        print(f"labd: {exc}", file=sys.stderr)
         return 2
     return 1 if daemon.failed else 0
 

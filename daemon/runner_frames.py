@@ -24,7 +24,7 @@ import orjson
 from labd.daemon.ingest_batch import LIVE_OVERHEAD, PUB_CHUNK_BYTES, Batch, Fragment, LiveEvents, LiveRun
 from labd.daemon.outputcap import CAPPED, OutputCaps
 from labd.daemon.recordcap import RecordCaps
-from labd.ipc.events import APPROVALS_PENDING_MAX, DAEMON_KINDS, NODE_ID_MAX, EventError, quick_valid, validate
+from labd.ipc.events import APPROVALS_PENDING_MAX, DAEMON_KINDS, NODE_ID_MAX, TS_MAX, EventError, quick_valid, validate
 from labd.ipc.signing import derive_key
 from labd.ipc.wire import ACK_TAIL, Codec, Message, WireError
 from labd.store.projections import SessionCursor
@@ -165,6 +165,13 @@ class RunnerFrames:
         if not isinstance(evs, list):
             self.count("dropped.runner.malformed")
             return
+        if cur.terminal:
+            # Its end is recorded, after everything its runner sent and spooled (daemon_items: the spool is read
+            # before session.ended): nothing a runner sends now belongs to the record. The key is the session's for
+            # good, and code that copied it out wrote steps, outcomes and approvals into finished sessions.
+            self.count("dropped.runner.ended", len(evs))
+            self._warn("runner events of an ended session dropped", "ended", session_id=sid, status=cur.status)
+            return
         self._on_events(cur, identity, evs, b, self._frame[0][-1] if self._frame is not None else None)
         if msg.body.get("ack") is True and sid in b.acks:  # the runner waits for it (daemon/acks.py)
             self.count("acks.asked")
@@ -260,7 +267,7 @@ class RunnerFrames:
                     continue
                 # Hot path: custom, log and output events, which update no projection. A custom event is checked
                 # inline (the commonest kind in bulk); the others by quick_valid.
-                if fast and parent is None and ts.__class__ is float and (
+                if fast and parent is None and ts.__class__ is float and 0.0 <= ts < TS_MAX and (
                         (kind == "custom" and payload.__class__ is dict and payload.get("name").__class__ is str
                          and (node_id is None or (node_id.__class__ is str and len(node_id) <= NODE_ID_MAX)))
                         or quick_valid(kind, payload, node_id)):
@@ -324,7 +331,7 @@ class RunnerFrames:
             self.records.dropped()
             return
         try:
-            if not isinstance(ts, _NUMBER) or isinstance(ts, bool) or not 0 <= ts < 1e11:
+            if not isinstance(ts, _NUMBER) or isinstance(ts, bool) or not 0 <= ts < TS_MAX:
                 raise EventError("timestamp is not a number of seconds")
             validate(kind, payload, node_id)
             if parent is not None and not (isinstance(parent, int) and 0 < parent < 2**63):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from labd.daemon import homes
 from labd.daemon.cgroups import SessionCgroups
 from labd.daemon.config import Config
 from labd.ipc.paths import Layout
@@ -34,6 +35,11 @@ class SandboxSetup:
         sb, layout = self.cfg.sandbox, self.layout
         db_path = self.cfg.db_url.split("sqlite:///", 1)[1] if self.cfg.db_url.startswith("sqlite:///") else None
         self.sandbox_hide = hidden_paths(layout.home, layout.runtime_dir, sb.hide, db_path)
+        try:  # so that every other daemon of this user hides this home from its sessions (daemon/homes.py)
+            homes.register(layout.home)
+        except OSError as exc:
+            self.log.warning("could not add this home to the registry of labd homes: other daemons' sessions are not "
+                             "kept out of it", registry=str(homes.registry_path()), error=str(exc))
         self.sandbox: SandboxStatus = probe(sb.mechanism, self.sandbox_hide, layout.home / "tmp", sb.require)
         #: the runner's own Landlock (labd.runner.credentials); bwrap cannot run under it
         if not sb.confine_runner:
@@ -60,7 +66,8 @@ class SandboxSetup:
     def sandbox_spec(self, sid: str, network: bool) -> dict[str, Any]:
         """What a runner needs to confine its session's executed code, and itself (part of its spec)."""
         return {"level": self.sandbox.level, "mechanism": self.sandbox.mechanism, "reasons": self.sandbox.reasons,
-                "require": self.sandbox.require, "hide": self.sandbox_hide, "network": network}
+                "require": self.sandbox.require, "hide": [*self.sandbox_hide, *homes.others(self.layout.home)],
+                "network": network}
 
     def runner_confine_spec(self, sid: str | None) -> dict[str, Any] | None:
         """The Landlock policy of session ``sid``'s runner (None: no Landlock); with ``sid`` None, of a workflow
@@ -72,7 +79,9 @@ class SandboxSetup:
         # own unconfined (a v1 hierarchy's release_agent: daemon/cgroups.py, SessionCgroups.mounts), or change the
         # machine's settings. (/proc/sys cannot be made read-only this way: docs/security.md.)
         read = ["/sys", *(m for m in self.cgroups.mounts if m != "/sys" and not m.startswith("/sys/"))]  # one rule
-        return {"hide": [str(self.layout.home), str(self.layout.runtime_dir.parent), *read],
+        # every other labd home of this user too: its key would open its daemon's control socket (daemon/homes.py)
+        hide = [str(self.layout.home), str(self.layout.runtime_dir.parent), *homes.others(self.layout.home)]
+        return {"hide": [*hide, *read],
                 "allow": [str(self.layout.sessions_dir / sid)] if sid else [], "read": read}
 
     def template_hints(self) -> dict[str, Any]:

@@ -222,7 +222,9 @@ class Daemon(SandboxSetup, ControlPlane):
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
         old_wakeup = signal.set_wakeup_fd(wake_w)
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        # SIGHUP (the terminal of a `labd serve &` closed, a log rotation's signal): stopped as by SIGTERM, said so
+        # in the log, never draining (it killed the daemon with no word, its connection file left behind)
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         self.log.info("labd serving", home=str(layout.home), pid=os.getpid(), control=self.info.control,
                       template_pid=self.launcher.template_pid, adopted=sorted(self.supervisor.running))
         if self.launcher.clone_filter != "on":  # runner/process_setup.py, keep_in_tree
@@ -294,7 +296,8 @@ class Daemon(SandboxSetup, ControlPlane):
         drain_deadline: float | None = None
         while True:
             if self._signals and drain_deadline is None:
-                if not self.drain or len(self._signals) > 1 or not self.supervisor.running:
+                if not self.drain or len(self._signals) > 1 or not self.supervisor.running \
+                        or self._signals[0] == signal.SIGHUP:
                     break
                 drain_deadline = self._start_drain()
             if drain_deadline is not None and (not self.supervisor.running or len(self._signals) > 1

@@ -28,6 +28,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import structlog
 
@@ -35,7 +36,7 @@ from labd.daemon.config import Config
 from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.systemd import Notifier
 from labd.ipc.paths import UnusableHome
-from labd.runner.secret_env import split_secrets
+from labd.runner.secret_env import split_secrets, store_withheld
 
 __all__ = ["AlreadyRunning", "Startup", "begin", "signing_key"]
 
@@ -111,6 +112,7 @@ def begin(cfg: Config) -> Startup:
         # The template (and so every runner) starts without secrets in its environment: code a session
         # runs cannot find them in os.environ nor in /proc/<pid>/environ. Runners get them in their spec.
         clean_env, secrets = split_secrets(dict(os.environ), cfg.secret_env)
+        secrets = store_withheld(secrets, _db_passwords(cfg.db_url), cfg.db_url.startswith("postgresql"))
         template = TemplateLauncher(env=clean_env, preload=cfg.preload, spare_runners=cfg.spare_runners,
                                     runner_nice=cfg.runner_nice, session_nofile=nofile["sessions"] or 0)
         template.spawn()
@@ -118,6 +120,17 @@ def begin(cfg: Config) -> Startup:
         os.close(fd)
         raise
     return Startup(fd, notifier, nofile, clean_env, secrets, template)
+
+
+def _db_passwords(url: str) -> set[str]:
+    """The password in the store's URL as written there and decoded, if it has one (what no session may be given
+    under any name). Parsed here, not by SQLAlchemy: this module runs before the template is spawned, and imports
+    nothing heavy."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return set()
+    return {password, unquote(password)} if password else set()
 
 
 def signing_key(home: Path) -> str:

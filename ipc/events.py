@@ -46,6 +46,15 @@ NODE_ID_MAX = 64
 SHA256_MAX = 64
 #: a cost.recorded's token counts: 0 to this (the store's INTEGER columns; summed per day in BIGINT)
 TOKENS_MAX = 2**31 - 1
+#: a cost.recorded's cost, USD: 0 to this (a runner's is the session's code: a negative cost hid spending, and
+#: 1.7e308 twice summed to infinity, which broke `labd cost --all` for every session)
+COST_MAX = 1e9
+#: an event's time stamp, seconds since the epoch: 0 to this (year 5138; 1e300 broke `labd logs --timestamps`)
+TS_MAX = 1e11
+#: a payload's ``duration`` (seconds): finite, 0 to this
+DURATION_MAX = 1e10
+#: a ``session.resumed`` budget (USD): finite, 0 to this (the most a client may give: daemon/api/sessions.py)
+BUDGET_MAX = 1e12
 #: kind -> its payload fields that hold a node id
 _NODE_FIELDS = {"step.started": ("parent_node", "redo_of"), "step.planned": ("parent_node",),
                 "agent.turn.started": ("parent_node",)}
@@ -253,6 +262,11 @@ def _compile() -> dict[str, tuple[tuple[str, tuple[type, ...] | None, bool, bool
 _COMPILED = _compile()
 
 
+#: kind -> (its number field held to 0..bound, the bound): every schema's ``duration``, a resume's budget
+_BOUNDED = {k: ("duration", DURATION_MAX) for k, schema in SCHEMAS.items() if "duration" in schema} | {
+    "session.resumed": ("budget", BUDGET_MAX)}
+
+
 def validate(kind: Any, payload: Any, node_id: Any = None) -> None:
     """Raise :class:`EventError` unless ``payload`` matches the schema of ``kind``."""
     fields = _COMPILED.get(kind) if isinstance(kind, str) else None
@@ -292,6 +306,14 @@ def validate(kind: Any, payload: Any, node_id: Any = None) -> None:
         for name in ("prompt_tokens", "completion_tokens"):
             if not 0 <= payload[name] <= TOKENS_MAX:  # PostgreSQL refused the row (SQLite past 2**63): said here
                 raise EventError(f"{kind}: {name} must be 0 to {TOKENS_MAX:,} (got {payload[name]:,})")
+        if not 0 <= payload["cost"] <= COST_MAX:  # NaN fails too
+            raise EventError(f"{kind}: cost must be 0 to {COST_MAX:g} USD (got {payload['cost']!r})")
+    bounded = _BOUNDED.get(kind)
+    if bounded is not None:
+        name, bound = bounded
+        value = get(name)
+        if value is not None and not 0 <= value <= bound:  # NaN and infinity fail too
+            raise EventError(f"{kind}: {name} must be 0 to {bound:g} (got {value!r})")
 
 
 def _check_nodes(kind: str, payload: dict[str, Any]) -> None:

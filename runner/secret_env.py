@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["SECRET_PATTERN", "SECRET_VALUE", "PROXY_NAME", "WITHHELD", "split_secrets"]
+__all__ = ["SECRET_PATTERN", "SECRET_VALUE", "PROXY_NAME", "WITHHELD", "PG_WITHHELD", "split_secrets",
+           "store_withheld"]
 
 #: environment variables that look like credentials are withheld from the workflow's environment
 SECRET_PATTERN = re.compile(
@@ -22,14 +23,26 @@ SECRET_PATTERN = re.compile(
 SECRET_VALUE = re.compile(r"(?:^|\s)[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
 PROXY_NAME = re.compile(r"(^|_)PROXY$", re.IGNORECASE)
 
-#: never passed to sessions: the database URL may hold a password
+#: never passed to sessions, neither in their environment nor among their secrets: the store's URL may hold its
+#: password, and a runner that could write the store could rewrite every session's record
 WITHHELD = ("LABD_DB",)
+#: ... nor, when the store is PostgreSQL, the libpq settings that may log in to it
+PG_WITHHELD = ("PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE", "PGSSLKEY", "PGSSLPASSWORD")
 
 
 def split_secrets(env: dict[str, str], extra_names: list[str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
-    """Split ``env`` into (clean environment, secrets) by name pattern and an explicit list."""
-    names = set(extra_names or []) | set(WITHHELD)
+    """Split ``env`` into (clean environment, secrets) by name pattern and an explicit list. :data:`WITHHELD` is in
+    neither: it is the daemon's alone."""
+    names = set(extra_names or [])
     secrets = {k: v for k, v in env.items() if k in names or SECRET_PATTERN.search(k)
                or (SECRET_VALUE.search(v) and not PROXY_NAME.search(k))}
-    clean = {k: v for k, v in env.items() if k not in secrets}
-    return clean, secrets
+    clean = {k: v for k, v in env.items() if k not in secrets and k not in WITHHELD}
+    return clean, {k: v for k, v in secrets.items() if k not in WITHHELD}
+
+
+def store_withheld(secrets: dict[str, str], db_passwords: set[str], postgres: bool) -> dict[str, str]:
+    """``secrets`` without what logs in to the store: with a PostgreSQL store the libpq settings
+    (:data:`PG_WITHHELD`), and any value that holds the store's password (``db_passwords``: as its URL has it and
+    decoded; e.g. a ``DATABASE_URL`` naming the same server). Sessions get the rest (docs/security.md)."""
+    return {k: v for k, v in secrets.items()
+            if not (postgres and k in PG_WITHHELD) and not any(p in v for p in db_passwords if p)}

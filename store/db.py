@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-__all__ = ["open_engine", "migrate", "downgrade", "is_sqlite", "Checkpointer"]
+__all__ = ["open_engine", "migrate", "downgrade", "is_sqlite", "Checkpointer", "NewerSchema"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -69,13 +69,15 @@ def probe(url: str, timeout: float = 10.0) -> None:
         target = path if os.path.exists(path) else folder
         if not os.access(target, os.R_OK | os.W_OK):
             raise ValueError(f"cannot write the SQLite {'file' if target == path else 'directory'} {target}")
-        return
-    from sqlalchemy import text
-
-    engine = create_engine(url, connect_args={"connect_timeout": max(1, int(timeout))})
+        if target != path:
+            return
+        # an existing file: is it a store this labd can open? (read only: nothing is changed by a check)
+        engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    else:
+        engine = create_engine(url, connect_args={"connect_timeout": max(1, int(timeout))})
     try:
         with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+            check_revision(conn)  # also reads the file: "file is not a database" for a damaged one
     except SQLAlchemyError as exc:
         raise ValueError(f"cannot use the database {url.split('@')[-1]}: {str(exc).splitlines()[0]}") from None
     finally:
@@ -122,19 +124,43 @@ def open_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def migrate(engine: Engine, on_pending: Callable[[], object] | None = None) -> None:
-    """Apply Alembic migrations up to head (idempotent). ``on_pending`` is called first when there are some to
-    apply (the daemon tells systemd to wait: a migration over a big store takes seconds to minutes)."""
-    from alembic import command
+class NewerSchema(ValueError):
+    """The database's schema revision is none this labd knows: a newer labd wrote it (a downgrade)."""
+
+
+def _scripts() -> Any:
     from alembic.config import Config
-    from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
+    return cfg, ScriptDirectory.from_config(cfg)
+
+
+def check_revision(conn: Any) -> str | None:
+    """The store's schema revision (None: a new, empty database); :class:`NewerSchema` if this labd does not know
+    it. Alembic raised a 60-line traceback for one (a downgrade), and `labd serve --check` said nothing."""
+    from alembic.runtime.migration import MigrationContext
+
+    current = MigrationContext.configure(conn).get_current_revision()
+    _cfg, scripts = _scripts()
+    known = {rev.revision for rev in scripts.walk_revisions()}
+    if current is not None and current not in known:
+        raise NewerSchema(f"the database was written by a newer labd (its schema is at revision {current!r}; this "
+                          f"labd knows up to {scripts.get_current_head()!r}): run that labd's version, or keep this "
+                          "one's store apart (--db)")
+    return current  # type: ignore[no-any-return]
+
+
+def migrate(engine: Engine, on_pending: Callable[[], object] | None = None) -> None:
+    """Apply Alembic migrations up to head (idempotent). ``on_pending`` is called first when there are some to
+    apply (the daemon tells systemd to wait: a migration over a big store takes seconds to minutes). Raises
+    :class:`NewerSchema` for a store a newer labd wrote."""
+    from alembic import command
+
+    cfg, scripts = _scripts()
     with engine.begin() as conn:
-        if on_pending is not None and (MigrationContext.configure(conn).get_current_revision()
-                                       != ScriptDirectory.from_config(cfg).get_current_head()):
+        if check_revision(conn) != scripts.get_current_head() and on_pending is not None:
             on_pending()
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
@@ -144,10 +170,8 @@ def downgrade(engine: Engine, revision: str) -> None:
     """Take a migrated store back to Alembic ``revision`` (tests and benchmarks make a store as an older labd left
     it, to check a migration; labd itself only migrates up)."""
     from alembic import command
-    from alembic.config import Config
 
-    cfg = Config()
-    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg, _scripts_dir = _scripts()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)

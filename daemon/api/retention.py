@@ -20,9 +20,9 @@ from labd.store.retention import prune_candidates
 MAX_IDS = 10_000
 
 
-def _deleted_reply(dry_run: bool = False) -> Any:
+def _deleted_reply(dry_run: bool = False, **extra: Any) -> Any:
     def fmt(sids: list[str], counts: dict[str, int]) -> dict[str, Any]:
-        return {"deleted": sids, "rows": counts, "dry_run": dry_run}
+        return {"deleted": sids, "rows": counts, "dry_run": dry_run, **extra}
     return fmt
 
 
@@ -54,6 +54,11 @@ class Prune(Request):
         self.only("older_than", "status", "dry_run")  # a misspelt `dryrun` or `statuses` deleted every ended session
         older = self.arg("older_than", (str, int, float), check=lambda v: not isinstance(v, bool),
                          hint="a duration like 30d or seconds")
+        if isinstance(older, str) and re.fullmatch(r"\s*[0-9.]+\s*", older):
+            # `labd prune --older-than 30` meant 30d and deleted everything that ended over 30 s ago: a duration
+            # in text takes its unit (a number, not text, is seconds)
+            raise ApiError("bad_request", f"older_than {older.strip()!r} has no unit: write 30d, 12h, 90m or 45s "
+                                          "(0s: everything ended)")
         try:
             # "0s" is a fair request here (everything that has ended), though not a valid limit.
             zero = isinstance(older, str) and re.fullmatch(r"\s*0+(\.0*)?\s*[smhd]?\s*", older.lower())
@@ -66,11 +71,11 @@ class Prune(Request):
                             check=lambda s: bool(s) and all(x in TERMINAL_STATUSES for x in s),
                             hint=f"a list of terminal statuses ({', '.join(sorted(TERMINAL_STATUSES))})")
         dry_run = self.arg("dry_run", bool, False)
-        ids = prune_candidates(self.daemon.store.engine, ended_before=time.time() - seconds, statuses=statuses,
-                               limit=MAX_IDS)
+        before = time.time() - seconds
+        ids = prune_candidates(self.daemon.store.engine, ended_before=before, statuses=statuses, limit=MAX_IDS)
         if dry_run or not ids:
             return {"deleted": [] if dry_run else ids, "would_delete": ids if dry_run else [], "rows": {},
-                    "dry_run": dry_run}
-        self.daemon.delete_sessions(ids, self.reply_to, _deleted_reply())
+                    "dry_run": dry_run, "ended_before": before}
+        self.daemon.delete_sessions(ids, self.reply_to, _deleted_reply(ended_before=before))
         return DEFERRED
 

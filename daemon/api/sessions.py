@@ -11,7 +11,7 @@ import orjson
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.roles import agent_roles
 from labd.daemon.limits import MAX_PROCS, Limits
-from labd.ipc.events import STATUSES, TERMINAL_STATUSES
+from labd.ipc.events import BUDGET_MAX, STATUSES, TERMINAL_STATUSES
 from labd.ipc.units import (
     MIN_OUTPUT,
     BeyondAny,
@@ -186,7 +186,7 @@ def _beyond(value: Any, name: str) -> ApiError:
 
 #: the largest limits: beyond them a limit means nothing (a petabyte of memory; a century), and the store's
 #: 64-bit columns could not hold some of them
-MAX_LIMIT = {"memory": 2**50, "timeout": 100 * 365 * 86400.0, "budget": 1e12}
+MAX_LIMIT = {"memory": 2**50, "timeout": 100 * 365 * 86400.0, "budget": BUDGET_MAX}
 #: the largest integer a request carries as a JSON number: the wire (labd.ipc.wire) sends larger ones as their digits
 MAX_JSON_INT = 2**64 - 1
 

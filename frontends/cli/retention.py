@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import time
+from typing import Any
 
 from labd.frontends.cli.base import Ctx, add_json, comma_list, command
 
@@ -47,12 +49,20 @@ def cmd_prune(args: argparse.Namespace, ctx: Ctx) -> int:
     if args.json:
         ctx.out.json(r)
     elif args.dry_run:
-        ctx.out.line(f"would delete {len(r['would_delete'])} session(s)")
+        ctx.out.line(f"would delete {len(r['would_delete'])} session(s) that ended before {_when(r)}")
         for sid in r["would_delete"]:
             ctx.out.line(f"  {sid}")
     else:
-        ctx.out.line(f"deleted {len(r['deleted'])} session(s), {r['rows'].get('events', 0)} events")
+        ctx.out.line(f"deleted {len(r['deleted'])} session(s) that ended before {_when(r)}, "
+                     f"{r['rows'].get('events', 0)} events")
     return 0
+
+
+def _when(reply: dict[str, Any]) -> str:
+    """The prune's cutoff, local time (a daemon from before it was sent: "the cutoff")."""
+    before = reply.get("ended_before")
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(before)) if isinstance(before, int | float) \
+        else "the cutoff"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,7 +72,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "one has not ended: rm would refuse it)")
     add_json(s)
     s = command(sub, "prune", cmd_prune, "delete ended sessions older than a duration (--older-than 30d)")
-    s.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 30d, 12h, 90m; 0s = all ended")
+    s.add_argument("--older-than", required=True, metavar="DURATION",
+                   help="with its unit: 30d, 12h, 90m, 45s; 0s = all ended (a bare number is refused)")
     s.add_argument("--status", help=f"comma-separated terminal statuses (default: {','.join(TERMINAL)})")
     s.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     add_json(s)

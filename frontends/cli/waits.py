@@ -50,6 +50,13 @@ def wait_all(ctx: Ctx, sids: list[str], reply: dict[str, Any] | None, timeout: f
     deadline = None if timeout is None else time.monotonic() + timeout
     # a script's wait outlives a daemon restart (systemd's, an upgrade): the sessions do; not a daemon gone for good
     client.restart_wait = max(client.restart_wait, RESTART_WAIT_S)
+    for sid in sids:  # every reference resolved first: a typo last in the list was reported after the others ended
+        try:
+            client.session(sid)
+        except LabdError as exc:
+            if exc.code == "no_daemon":  # a restart under way: the waits below see it through, and resolve them
+                break
+            raise
     try:
         with ctrl_c() as pressed:
             for sid in sids:

@@ -60,9 +60,18 @@ class SandboxStatus:
 def hidden_paths(home: Path, runtime_dir: Path, extra: list[str] | None = None,
                  db_path: str | None = None) -> list[str]:
     """What executed code must not read: labd's home (key, database, other sessions), the runtime
-    directory of every labd daemon of this user (sockets, connection files), credential dotfiles."""
+    directory of every labd daemon of this user (sockets, connection files), the user's whole runtime directory
+    (``$XDG_RUNTIME_DIR``: the systemd user bus, from which ``systemd-run --user`` starts anything unconfined;
+    bubblewrap mounts over it, so its sockets cannot be reached either), credential dotfiles."""
     user_home = Path(os.path.expanduser("~"))
-    paths = [str(home), str(runtime_dir.parent)]
+    runtime = str(runtime_dir.parent)
+    xdg = os.path.normpath(os.environ.get("XDG_RUNTIME_DIR") or "/nonexistent")
+    if os.path.isabs(xdg) and os.path.isdir(xdg) and not f"{home}/".startswith(f"{xdg}/"):
+        # the whole of it, in place of labd's part of it (one mount over it for bubblewrap, not one inside another)
+        runtime = xdg if f"{runtime}/".startswith(f"{xdg}/") else runtime
+        paths = [str(home), runtime] + ([xdg] if runtime != xdg else [])
+    else:
+        paths = [str(home), runtime]
     paths += [str(user_home / p) for p in CREDENTIAL_DOTFILES]
     if db_path:
         paths.append(db_path)

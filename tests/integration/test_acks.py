@@ -48,13 +48,13 @@ def _stored(c: Any, sid: str) -> int:
 
 
 def test_frames_within_the_interval_share_one_ack_and_a_frame_that_asks_is_acked_at_once(slow_acks) -> None:
-    """The first frame is acked at once; frames committed one by one within the interval get no ack of their
-    own (each got one before); a frame with ``"ack": true`` is acked at once, and its ack covers them all. An
-    empty frame that asks (what a closing runner sends when everything is already sent) is acked too."""
+    """Frames committed one by one within the interval get no ack of their own (the session's runner got one
+    before); a frame with ``"ack": true`` is acked at once, and its ack covers them all. An empty frame that asks
+    (what a closing runner sends when everything is already sent) is acked too."""
     with slow_acks.client() as c:
         sid, codec, s = impostor_runner(c)
         nxt = _stored(c, sid) + 1
-        s.send_multipart(_frame(codec, sid, nxt, "first"))
+        s.send_multipart(_frame(codec, sid, nxt, "first", ack=True))
         assert _ack(codec, s, 10_000) == nxt + 1
         for i in range(1, 4):  # each committed before the next is sent: one ingest batch each
             s.send_multipart(_frame(codec, sid, nxt + i, f"paced {i}"))

@@ -267,6 +267,10 @@ def test_wait_for_sessions_exits_with_how_they_all_ended(shared_daemon) -> None:
     sleeper = labd("run", "demo.sleep", "-p", "seconds=60").stdout.strip()
     late = labd("wait", ok[0], sleeper, "--timeout", "1s")
     assert late.returncode == 2 and "1 of 2 sessions had not ended within 1.0s" in late.stderr, late.stderr
+    # an unknown reference is refused before anything is waited for (it was reported after the others ended)
+    typo = labd("wait", sleeper, "no-such-session")  # (waited for, it would have returned once the 60 s ended)
+    assert typo.returncode == 2 and "no-such-session" in typo.stderr, typo.stderr
+    assert json.loads(labd("show", sleeper, "--json").stdout)["status"] == "running"
     assert labd("stop", sleeper, "--grace", "1", "--wait").returncode == 0
     assert labd("wait").returncode == 0  # the daemon answers
 

@@ -36,8 +36,10 @@ def test_two_concurrent_sessions_keep_their_own_state_and_output(client) -> None
 
 
 def test_secrets_are_withheld_from_the_workflow_environment(daemon) -> None:
-    """Credential-looking variables (and the database URL) never reach workflow code: not in its
-    environment, not in /proc/<pid>/environ of the runner or its parent, not in a child it runs."""
+    """Credential-looking variables never reach workflow code's environment: not in its environment, not in
+    /proc/<pid>/environ of the runner or its parent, not in a child it runs (the workflow reads them with
+    ``ctx.secret``). The store's URL (``LABD_DB``) reaches it by no way at all: an attack review read it with
+    ``ctx.secret("LABD_DB")``."""
     daemon.stop()
     from tests.conftest import DaemonProc
 
@@ -49,7 +51,7 @@ def test_secrets_are_withheld_from_the_workflow_environment(daemon) -> None:
             assert c.wait(sid, timeout=30)["status"] == "completed"
             result = [e for e in c.history(sid) if e["kind"] == "session.finished"][0]["payload"]["result"]
             assert result == {"has_key": False, "secret_via_ctx": True, "in_proc": False, "in_child": False,
-                              "db_url_visible": False}
+                              "db_url_visible": False, "db_url_secret": False}
     finally:
         d.stop()
     db = (daemon.home / "labd.db").read_bytes() + (daemon.home / "labd.db-wal").read_bytes() \

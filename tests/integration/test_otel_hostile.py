@@ -1,6 +1,7 @@
 """OpenTelemetry export against a session that records hostile numbers: a ``code.execution`` whose duration is
-``1e300`` (the event schema asks only for a number) must not stop the export of that session's other spans, nor
-of any session after it (it did: ``int(start * 1e9)`` raised, the pass was retried for ever)."""
+``1e10`` s (the longest ingest takes; 1e300 was taken until 2026-12-05), past what int64 nanoseconds hold, must not
+stop the export of that session's other spans, nor of any session after it (it did: ``int(start * 1e9)`` raised,
+the pass was retried for ever)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ FLOWS = '''
 def hostile(ctx):
     with ctx.step("emit") as node:
         ctx._emit("code.execution", {"agent": "engineer", "language": "python", "code": "x = 1", "exit_code": 2**63,
-                                     "output": "", "duration": 1e300}, node.id)
+                                     "output": "", "duration": 1e10}, node.id)
     return "done"
 '''
 

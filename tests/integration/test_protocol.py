@@ -168,7 +168,7 @@ def test_a_runner_cannot_record_daemon_facts_and_bad_items_do_not_wedge_it(small
         tail = list(c.history(sid))[-4:]
         assert [e["kind"] for e in tail] == ["event.rejected"] * 3 + ["output"]
         assert "may only be recorded by the daemon" in tail[0]["payload"]["reason"]
-        assert c.session(sid)["status"] == "cancelled"  # the forged session.ended changed nothing
+        assert c.session(sid)["status"] == "running"  # the forged session.ended changed nothing
         assert c.status()["counters"]["dropped.runner.malformed"] == 1
         s.close(0)
 
@@ -237,3 +237,58 @@ def test_the_dag_and_comparison_of_many_steps_reach_the_sdk_in_parts(small_daemo
         comparison = c.compare(*sids)
         assert len(orjson.dumps(comparison)) > MAX_MESSAGE
         assert c.status()["counters"].get("control.reply_too_large", 0) == 0
+
+
+def test_a_finished_sessions_record_takes_no_more_runner_events(small_daemon) -> None:
+    """A session's runner key is the session's for good: code that copied it out wrote output, a running step, a
+    forged failure and a pending approval into the completed session's record (an attack review). Once its end
+    is recorded, frames signed with that key are dropped, counted (``dropped.runner.ended``): the record, its
+    status and its approvals stay as they were."""
+    with small_daemon.client() as c:
+        sid = c.start("demo.count", params={"n": 1})
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        before = list(c.history(sid))
+        nxt = max(e["src_seq"] for e in before if e["src"] == "runner") + 1
+        s = zmq.Context.instance().socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTING_ID, f"{sid}:late".encode())
+        s.connect(c.info.runners)
+        codec = Codec(derive_key(c.info.key_bytes, sid), max_message=MAX_MESSAGE)
+        evs = [
+            [nxt, time.time(), "output", None, None, {"stream": "stdout", "text": "INJECTED AFTER END\n"}],
+            [nxt + 1, time.time(), "step.started", "n77", None, {"name": "forged"}],
+            [nxt + 2, time.time(), "session.finished", None, None, {"outcome": "failed", "error": "forged"}],
+            [nxt + 3, time.time(), "approval.requested", None, None,
+             {"approval_id": "ap-x", "kind": "plan", "prompt": "forged?", "options": ["approve", "reject"]}],
+        ]
+        dropped = c.status()["counters"].get("dropped.runner.ended", 0)
+        s.send_multipart(codec.pack("events", {"session": sid, "events": evs}))
+        wait_until(lambda: c.status()["counters"].get("dropped.runner.ended", 0) == dropped + 4,
+                   what="the frame to be dropped")
+        s.close(0)
+        assert list(c.history(sid)) == before
+        assert c.session(sid)["status"] == "completed"
+        assert c.approvals(session=sid, status="all") == []
+
+
+def test_a_runner_cannot_record_a_time_or_cost_out_of_range(small_daemon) -> None:
+    """An output event stamped 1e300 (on ingest's hot path, which checked only that the stamp was a float) and a
+    cost.recorded of -1000 USD are each stored as ``event.rejected`` in their own slot; before, the first made
+    `labd logs --timestamps` fail with OverflowError and the second hid the session's spending."""
+    with small_daemon.client() as c:
+        sid, codec, s = impostor_runner(c, max_message=MAX_MESSAGE)
+        nxt = max(e["src_seq"] for e in c.history(sid) if e["src"] == "runner") + 1
+        cost = {"agent": "a", "model": "m", "prompt_tokens": 1, "completion_tokens": 1, "cost": -1000.0,
+                "currency": "USD", "offline": True}
+        evs = [[nxt, 1e300, "output", None, None, {"stream": "stdout", "text": "from the far future\n"}],
+               [nxt + 1, time.time(), "cost.recorded", "n1", None, cost],
+               [nxt + 2, time.time(), "output", None, None, {"stream": "stdout", "text": "on time\n"}]]
+        s.send_multipart(codec.pack("events", {"session": sid, "events": evs}))
+        assert s.poll(5000), "no ack"
+        assert codec.unpack(s.recv_multipart()).body["next"] == nxt + 3
+        tail = list(c.history(sid))[-3:]
+        assert [e["kind"] for e in tail] == ["event.rejected", "event.rejected", "output"]
+        assert "timestamp" in tail[0]["payload"]["reason"] and "cost must be 0 to" in tail[1]["payload"]["reason"]
+        assert c.session(sid)["cost"] == 0
+        s.close(0)
+        c.kill(sid)

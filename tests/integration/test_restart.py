@@ -12,6 +12,7 @@ from typing import Any
 import psutil
 import pytest
 
+from labd.ipc.paths import layout_for
 from tests.conftest import DaemonProc, alive, next_daemon_adopts_and_stops, wait_until
 
 
@@ -176,6 +177,27 @@ def test_sigterm_stops_the_daemon_cleanly_but_not_the_sessions(daemon) -> None:
     assert not (daemon.home / "connection.json").exists()
     assert alive(pid)
     next_daemon_adopts_and_stops(daemon.home, sid, pid)
+
+
+def test_sighup_stops_the_daemon_cleanly_without_draining(isolated_env) -> None:
+    """SIGHUP (the terminal of a `labd serve &` closed; a log rotation's signal) stops the daemon as SIGTERM does:
+    exit 0, a log line naming SIGHUP, the connection file removed, the sessions running on for the next daemon;
+    and even a ``--drain`` daemon does not stop its sessions for a hangup. Before, SIGHUP killed the daemon with
+    no word in its log and left its connection file behind."""
+    d = DaemonProc(isolated_env, args=["--drain"]).start()
+    try:
+        with d.client() as c:
+            sid = c.start("demo.sleep", params={"seconds": 60})
+            pid = wait_until(lambda: c.session(sid)["status"] == "running" and c.session(sid)["pid"])
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGHUP)
+        assert d.proc.wait(30) == 0
+    finally:
+        d.stop()
+    assert "SIGHUP" in d.log() and "stopping daemon" in d.log()
+    assert not layout_for(isolated_env).connection_file.exists()
+    assert alive(pid)
+    next_daemon_adopts_and_stops(isolated_env, sid, pid)
 
 
 def test_a_daemon_stopped_with_sessions_running_leaves_its_template_to_outlive_them(daemon) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from labd.ipc.client import LabdError
 from tests.conftest import running_daemon, wait_until
 
 TABLES = ["events", "steps", "state_history", "dag_edges", "cost_records", "cost_sums", "files", "approvals"]
@@ -110,6 +111,28 @@ def test_cli_rm_and_prune(shared_daemon) -> None:
     out = subprocess.run([sys.executable, "-m", "labd", "rm", "nope-no-such"], capture_output=True, text=True,
                          env=env, timeout=60)
     assert out.returncode == 2 and "not_found" in out.stderr
+
+
+def test_prune_with_a_bare_number_is_refused_and_deletes_nothing(shared_daemon) -> None:
+    """`labd prune --older-than 30` (30d meant, the unit dropped) is refused, exit 2, naming the units, and deletes
+    nothing; before, a bare number was seconds: every session that ended over 30 s ago was deleted at once. The
+    same text over the protocol is refused; a number (seconds) is still taken. A dry run says its cutoff."""
+    daemon = shared_daemon
+    with daemon.client() as c:
+        done = _finished(c, n=1)
+        env = {**os.environ, "LABD_HOME": str(daemon.home)}
+        for bare in ("0", "30", " 1.5 "):
+            out = subprocess.run([sys.executable, "-m", "labd", "prune", "--older-than", bare], capture_output=True,
+                                 text=True, env=env, timeout=60)
+            assert out.returncode == 2 and "has no unit" in out.stderr and "30d" in out.stderr, out
+            with pytest.raises(LabdError) as err:
+                c.prune(bare)
+            assert err.value.code == "bad_request"
+        assert _rows(daemon.home, done)["sessions"] == 1
+        assert done in c.prune(0, dry_run=True)["would_delete"]
+        out = subprocess.run([sys.executable, "-m", "labd", "prune", "--older-than", "0s", "--dry-run"],
+                             capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 0 and "that ended before 20" in out.stdout and done in out.stdout, out
 
 
 def test_cli_rm_dry_run_lists_and_deletes_nothing(shared_daemon) -> None:

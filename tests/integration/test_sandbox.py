@@ -236,3 +236,70 @@ def test_a_home_outside_tmp_is_hidden_too(tmp_path: Path, mechanism: str) -> Non
             assert "CONTROL ok" in report
     finally:
         shutil.rmtree(home.parent, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_another_labd_home_of_the_user_is_hidden_from_sessions(isolated_env: Path, tmp_path: Path,
+                                                              mechanism: str) -> None:
+    """A second home of the same user, served by a daemon started *after* this one: neither the session's runner
+    (workflow code; confined under Landlock only: bwrap cannot start under a confined runner, docs/security.md) nor
+    the code it executes can read that home's ``daemon.key`` or database. Before, only the
+    session's own home was hidden: an attack review read the other key from executed code and, through the other
+    daemon's control socket, started a session there, unconfined and with the network (daemon/homes.py)."""
+    home, other = isolated_env, tmp_path / "other-home"
+    _configure(home, mechanism=mechanism)
+    with running_daemon(home) as d, d.client(timeout=60) as c:
+        _require_mechanism(c, mechanism)
+        with running_daemon(other):  # registers itself; this daemon's next sessions hide it
+            secrets = [str(other / "daemon.key"), str(other / "labd.db")]
+            sid = c.start("labd_testflows:runner_reads", params={"paths": secrets})
+            assert c.wait(sid, timeout=60)["status"] == "completed"
+            read = next(c.history(sid, kinds=["session.finished"]))["payload"]["result"]
+            if mechanism == "landlock":
+                assert all(read[p] == "PermissionError" for p in secrets), read
+            programs = [_attempt("other_key", f"open({secrets[0]!r}).read()"),
+                        _attempt("other_db", f"open({secrets[1]!r}, 'rb').read(16)"),
+                        "open('mine.txt', 'w').write('ok'); print('CONTROL', open('mine.txt').read())"]
+            sid = c.start("labd_testflows:hostile_code", params={"programs": programs})
+            assert c.wait(sid, timeout=90)["status"] == "completed"
+            report = "\n".join(_outputs(c, sid))
+            assert "DENIED other_key" in report and "DENIED other_db" in report and "CONTROL ok" in report, report
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_the_users_runtime_directory_is_hidden_and_under_bwrap_its_sockets_unreachable(
+        isolated_env: Path, mechanism: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$XDG_RUNTIME_DIR`` (here outside /tmp, as systemd's /run/user/<uid>: bubblewrap's private /tmp hides the
+    tests' own) holds the systemd user bus, from which ``systemd-run --user`` starts anything, unconfined: executed
+    code cannot see what is in it, and under bubblewrap (a tmpfs over it) cannot connect to a socket in it; before,
+    bubblewrap hid only labd's part of it. Under Landlock connecting is not governed (docs/security.md, "Not
+    closed"): that case is only printed."""
+    import shutil
+    import socket as _socket
+    import tempfile
+
+    home = isolated_env
+    _configure(home, mechanism=mechanism)
+    runtime = Path(tempfile.mkdtemp(prefix="lr-", dir="/var/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    bus = runtime / "bus"
+    listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    listener.bind(str(bus))
+    listener.listen(4)
+    try:
+        with running_daemon(home) as d, d.client(timeout=60) as c:
+            _require_mechanism(c, mechanism)
+            programs = [_attempt("list_runtime", f"assert 'bus' in os.listdir({str(bus.parent)!r}), 'not seen'")
+                        .replace("except OSError", "except (OSError, AssertionError)"),
+                        _attempt("connect_bus", "s = socket.socket(socket.AF_UNIX)\n"
+                                                f"s.connect({str(bus)!r})\ns.close()")]
+            sid = c.start("labd_testflows:hostile_code", params={"programs": programs})
+            assert c.wait(sid, timeout=90)["status"] == "completed"
+            report = "\n".join(_outputs(c, sid))
+            print(f"[{mechanism}]\n{report}")
+            assert "DENIED list_runtime" in report, report
+            if mechanism == "bwrap":
+                assert "DENIED connect_bus" in report, report
+    finally:
+        listener.close()
+        shutil.rmtree(runtime, ignore_errors=True)

@@ -115,7 +115,7 @@ def env_report(ctx) -> dict:
     child = subprocess.run(["bash", "-c", "cat /proc/self/environ /proc/$PPID/environ"], capture_output=True).stdout
     return {"has_key": "FAKE_API_KEY" in os.environ, "secret_via_ctx": ctx.secret("FAKE_API_KEY") is not None,
             "in_proc": any(b"sk-very-secret" in p for p in procs), "in_child": b"sk-very-secret" in child,
-            "db_url_visible": "LABD_DB" in os.environ}
+            "db_url_visible": "LABD_DB" in os.environ, "db_url_secret": ctx.secret("LABD_DB") is not None}
 
 
 def same_names(ctx, n: int = 3) -> int:

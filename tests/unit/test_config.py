@@ -340,3 +340,50 @@ def test_serve_check_and_serve_refuse_a_database_the_daemon_cannot_use(tmp_path:
         last = r.stderr.strip().splitlines()[-1]  # serve may have logged its start before it met the database
         assert r.returncode == 2 and said in last and last.startswith("labd: "), (args, r.stderr)
         assert "Traceback" not in r.stderr and ("--check" not in args or r.stderr.count("\n") == 1), r.stderr
+
+
+@pytest.mark.parametrize("damage", ["newer", "garbage"])
+def test_serve_check_and_serve_refuse_a_store_from_a_newer_labd_or_not_a_database(tmp_path: Path, damage: str) -> None:
+    """A home whose store a newer labd wrote (its schema revision unknown here: a downgrade) or whose ``labd.db`` is
+    not a SQLite file: ``labd serve --check`` says so in one line, exit 2 (it said "configuration OK"), and ``labd
+    serve`` refuses it in one line, exit 2 (the newer schema ended it with Alembic's 60-line traceback, exit 1).
+    A store this labd made passes the check, read only: the file is unchanged."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    from labd.store.db import migrate, open_engine
+
+    home = tmp_path / "h"
+    home.mkdir()
+    db = home / "labd.db"
+    engine = open_engine(f"sqlite:///{db}")
+    migrate(engine)
+    engine.dispose()
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+           "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    (tmp_path / "run").mkdir(mode=0o700)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "labd", "--home", str(home), *args], capture_output=True,
+                              text=True, env=env, timeout=120)
+
+    before = db.read_bytes()
+    ok = run("serve", "--check")
+    assert ok.returncode == 0 and "configuration OK" in ok.stdout, ok
+    assert db.read_bytes() == before
+    if damage == "newer":
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = '0099_future'")
+        said = "written by a newer labd"
+    else:
+        for extra in home.glob("labd.db-*"):
+            extra.unlink()
+        db.write_bytes(os.urandom(8192))
+        said = "not a database"
+    for args in (["serve", "--check"], ["serve"]):
+        r = run(*args)
+        last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+        assert r.returncode == 2 and said in last and last.startswith("labd: "), (args, r.stderr)
+        assert "Traceback" not in r.stderr, r.stderr

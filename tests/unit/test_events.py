@@ -166,3 +166,31 @@ def test_token_counts_outside_the_store_columns_are_refused(field: str, value: i
     with pytest.raises(EventError, match=f"{field} must be 0 to 2,147,483,647"):
         validate("cost.recorded", {**payload, field: value}, None)
     validate("cost.recorded", {**payload, field: TOKENS_MAX}, None)
+
+
+@pytest.mark.parametrize("cost", [-1000.0, -0.01, 1.7e308, float("inf"), float("nan"), 1e9 + 1])
+def test_a_cost_outside_0_to_a_billion_dollars_is_refused(cost: float) -> None:
+    """A cost.recorded's cost is 0 to 1e9 USD: a negative cost hid a session's spending, two of 1.7e308 summed to
+    infinity (null over JSON) and `labd cost --all` failed for every session; NaN and infinity are refused too.
+    Zero and the bound pass."""
+    payload = {"agent": "a", "model": "m", "prompt_tokens": 1, "completion_tokens": 1, "currency": "USD",
+               "offline": True}
+    with pytest.raises(EventError, match="cost must be 0 to 1e"):
+        validate("cost.recorded", {**payload, "cost": cost}, None)
+    for fine in (0, 0.0, 1e9):
+        validate("cost.recorded", {**payload, "cost": fine}, None)
+
+
+@pytest.mark.parametrize(("kind", "payload", "node"), [
+    ("step.finished", {"name": "s", "status": "completed", "duration": 1.7e308}, "n1"),
+    ("step.finished", {"name": "s", "status": "completed", "duration": -1}, "n1"),
+    ("tool.result", {"agent": "a", "call_id": "c", "name": "t", "status": "ok", "duration": float("nan")}, "n1"),
+    ("session.resumed", {"by": "client", "budget": 1e13}, None),
+    ("session.resumed", {"by": "client", "budget": -5}, None),
+])
+def test_durations_and_a_resumed_budget_are_bounded(kind: str, payload: dict[str, Any], node: str | None) -> None:
+    """A duration (seconds) is finite, 0 to 1e10, and a resume's budget (USD) 0 to 1e12 (the most a client may
+    give): a 1.7e308 s step printed a 300-digit time in `labd show`."""
+    with pytest.raises(EventError, match="must be 0 to 1e"):
+        validate(kind, payload, node)
+    validate(kind, {**payload, ("budget" if kind == "session.resumed" else "duration"): 3.5}, node)

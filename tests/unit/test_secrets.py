@@ -177,3 +177,27 @@ def test_events_with_overlapping_values_match_the_whole_stream_reference() -> No
         encoded = [(orjson.dumps(v)[1:-1], orjson.dumps(m)[1:-1]) for v, m in plain]
         got = orjson.loads(withhold_event(orjson.dumps(["output", {"text": text}]), encoded, plain))
         assert got == ["output", {"text": _reference(text, secrets)}], (values, text)
+
+
+def test_the_store_url_is_neither_environment_nor_secret() -> None:
+    """``LABD_DB`` is the daemon's alone: in neither the clean environment nor the secrets a runner gets (it was
+    shipped among the secrets, and a workflow read it with ``ctx.secret``)."""
+    clean, secrets = split_secrets({"LABD_DB": "postgresql://u:pw@h/db", "OPENAI_API_KEY": "sk-1", "PATH": "/bin"})
+    assert clean == {"PATH": "/bin"} and secrets == {"OPENAI_API_KEY": "sk-1"}
+
+
+def test_what_logs_in_to_a_postgresql_store_is_withheld_from_sessions() -> None:
+    """With a PostgreSQL store, the libpq settings (``PGPASSWORD``, ``PGPASSFILE`` ...) and any value holding the
+    store's password, as its URL writes it or decoded (``DATABASE_URL`` to the same server), are not given to
+    sessions; other secrets are. With a SQLite store, a ``PGPASSWORD`` is the user's own secret."""
+    from labd.daemon.startup import _db_passwords
+    from labd.runner.secret_env import store_withheld
+
+    passwords = _db_passwords("postgresql+psycopg://labd:s%40cret@db.example:5432/labd")
+    assert passwords == {"s%40cret", "s@cret"}
+    secrets = {"PGPASSWORD": "pw", "PGPASSFILE": "/x", "DATABASE_URL": "postgres://u:s%40cret@h/db",
+               "NOTE": "login s@cret", "OTHER_URL": "postgres://u:other@h/db", "OPENAI_API_KEY": "sk-1"}
+    assert store_withheld(secrets, passwords, postgres=True) == {"OTHER_URL": "postgres://u:other@h/db",
+                                                                  "OPENAI_API_KEY": "sk-1"}
+    assert store_withheld({"PGPASSWORD": "pw"}, set(), postgres=False) == {"PGPASSWORD": "pw"}
+    assert _db_passwords("sqlite:////home/u/labd.db") == set()
