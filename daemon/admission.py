@@ -29,6 +29,10 @@ DISK_FULL_RETRY_S = 5.0
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+#: why a session whose launch found no room on disk waits (``session.queued`` ``why``)
+DISK_FULL = "the disk is full (no room for its event spool)"
+
+
 class Admission:
     """The run queue's side of the supervisor (main thread)."""
 
@@ -50,11 +54,17 @@ class Admission:
         Returns its queue position, or None if it was launched. One whose launch found the disk full is queued (at
         the head: the queue was empty), and :meth:`pump` launches it once there is room; it was dropped, left
         ``created`` for good."""
-        if not len(self.queue) and self.queue.fits(q.limits, self._running_limits()) and self._start(q):
-            return None  # launched (False: the disk is full, queued below)
+        disk_full = False
+        if not len(self.queue) and self.queue.fits(q.limits, self._running_limits()):
+            if self._start(q):
+                return None  # launched
+            disk_full = True  # queued below, saying why: "max_sessions, memory_total" sent the user looking there
         self.queue.push(q)
         pos = self.queue.position(q.sid) or 0
-        self.post(q.sid, "session.queued", {"position": pos, "priority": q.priority})
+        queued: dict[str, Any] = {"position": pos, "priority": q.priority}
+        if disk_full:
+            queued["why"] = DISK_FULL
+        self.post(q.sid, "session.queued", queued)
         self.log.info("session queued", session_id=q.sid, position=pos, priority=q.priority)
         return pos
 

@@ -123,6 +123,8 @@ class Config:
 
 #: below this a runner cannot even start (its sockets, spool, pipes and imports need file descriptors)
 MIN_SESSION_NOFILE = 64
+#: the most file descriptors a session process may be given: the kernel's default fs.nr_open (above it setrlimit fails)
+MAX_SESSION_NOFILE = 1 << 20
 #: below this the runner's own threads (channel, capture, ag2's workers) may not start
 MIN_SESSION_TASKS = 64
 #: the kernel's largest pids.max (PID_MAX_LIMIT on 64-bit): with more, every session's cgroup failed to be made
@@ -255,9 +257,10 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     if isinstance(cfg.runner_nice, bool) or not isinstance(cfg.runner_nice, int) or not 0 <= cfg.runner_nice <= 19:
         raise ConfigError(f"runner_nice must be a whole number from 0 to 19, not {cfg.runner_nice!r}")
     if isinstance(cfg.session_nofile, bool) or not isinstance(cfg.session_nofile, int) \
-            or not (cfg.session_nofile == 0 or cfg.session_nofile >= MIN_SESSION_NOFILE):
-        raise ConfigError(f"session_nofile must be 0 (inherit the daemon's limit) or a whole number of at least "
-                          f"{MIN_SESSION_NOFILE}, not {cfg.session_nofile!r}")
+            or not (cfg.session_nofile == 0 or MIN_SESSION_NOFILE <= cfg.session_nofile <= MAX_SESSION_NOFILE):
+        raise ConfigError(f"session_nofile must be 0 (inherit the daemon's limit) or a whole number from "
+                          f"{MIN_SESSION_NOFILE} to {MAX_SESSION_NOFILE} (the kernel's default fs.nr_open), not "
+                          f"{cfg.session_nofile!r}")
     if cfg.cgroups not in ("auto", "off"):
         raise ConfigError(f'cgroups must be "auto" or "off", not {cfg.cgroups!r}')
     # at most what each is used for: a default procs over a session's limit refused every start (bad_limits)
@@ -269,7 +272,9 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
         raise ConfigError(f"session_tasks must be 0 (no bound) or at least {MIN_SESSION_TASKS} (a runner alone has a "
                           f"dozen threads), not {cfg.session_tasks!r}")
     if cfg.memory_total is not None:
-        cfg = replace(cfg, memory_total=size_setting("memory_total", cfg.memory_total, "a size like 16G"))
+        # at least 64M: a TOML integer is bytes, and `memory_total = 16` (16 GiB meant) fitted no session at all
+        cfg = replace(cfg, memory_total=size_setting("memory_total", cfg.memory_total,
+                                                     "a size of at least 64M with its unit, like 16G", least=64 << 20))
     cfg = replace(cfg, max_output=max_output_setting(cfg.max_output))
     cfg = replace(cfg, max_unread_replies=size_setting("max_unread_replies", cfg.max_unread_replies,
                                                 "a size of at least 1M, like 256M", least=1024 * 1024))

@@ -46,6 +46,7 @@ class ControlPlane:
     supervisor: Any
     retention: Any
     indexer: Any
+    checkpointer: Any  # store.db.Checkpointer, None on PostgreSQL
     checks: Checks
     reads: Reads
     #: ids of unanswered requests whose clients reassemble replies in parts (labd.ipc.parts), oldest first
@@ -278,6 +279,8 @@ class ControlPlane:
                 _, reply_to, sids, counts = note
                 self.retention.remove_dirs(sids)
                 self.indexer.forget(sids)
+                if self.checkpointer is not None:  # the deletion's log back to nothing (SQLite)
+                    self.checkpointer.compact_soon()
                 if reply_to is not None:
                     formatter = self._deferred.pop(reply_to[1], None)
                     self._reply(control, reply_to[0], reply_to[1],

@@ -64,6 +64,11 @@ PROJECTED = frozenset({"session.created", "session.queued", "session.launched", 
                        "event.rejected", "session.continued"})
 
 
+#: what one DAG edge costs the store (a row of dag_edges with its index; measured ~87 bytes on SQLite), charged to
+#: the session's max_session_record
+EDGE_ROW_BYTES = 90
+
+
 class _GivenUp(Exception):
     """The daemon stops while the store cannot take a batch: the batch is not written."""
 
@@ -388,8 +393,10 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         nb = len(changes.blobs)
         payload = take_blobs(cur.id, seq, ts, payload, changes)  # full-fidelity texts -> blobs table
         text = orjson.dumps(payload, default=repr).decode()  # first: a TypeError here has changed nothing
+        edges = payload.get("edges")  # each a row of the DAG's table: charged as stored, not as sent (~16 bytes)
         if src == "r" and kind not in CAPPED and self.records.add(  # labd's own kinds: daemon/recordcap.py
-                cur.id, len(text) + sum(blob["size"] for blob in changes.blobs[nb:])):
+                cur.id, len(text) + sum(blob["size"] for blob in changes.blobs[nb:])
+                + (EDGE_ROW_BYTES * len(edges) if isinstance(edges, list) else 0)):
             notes.append(("record", cur.id, *self.records.usage(cur.id)))
         self.index_hints.staged(cur.id, seq, kind)  # before the commit (store.search.IndexHints)
         if kind in PROJECTED:

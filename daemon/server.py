@@ -77,6 +77,7 @@ class Daemon(SandboxSetup, ControlPlane):
         self.last_seen: dict[str, float] = {}
         self.started = time.time()
         self._signals: list[int] = []
+        self.checkpointer: Checkpointer | None = None  # SQLite's log checkpoints (set in serve)
         #: request id -> how to build the reply once ingest has committed what the request caused
         self._deferred: dict[str, Any] = {}
         self._parts_ok: dict[str, None] = {}
@@ -177,7 +178,7 @@ class Daemon(SandboxSetup, ControlPlane):
         events_auth = LocalEventsAuth(z, bytes.fromhex(key))  # before ingest binds
         notes = z.socket(zmq.PULL)
         notes.bind(INGEST_NOTIFY)
-        checkpointer = Checkpointer(engine) if is_sqlite(cfg.db_url) else None
+        checkpointer = self.checkpointer = Checkpointer(engine) if is_sqlite(cfg.db_url) else None
         if checkpointer is not None:
             checkpointer.start()
         ingest = Ingest(z, BatchWriter(engine, known_keys), bytes.fromhex(key), self.info.runners, self.info.events,

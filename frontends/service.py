@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -114,17 +115,36 @@ def _linger(user: str) -> bool | None:
     return (path / user).exists() if path.is_dir() else None
 
 
-def install(home: str | None, *, drain: bool = False, watchdog_sec: int = WATCHDOG_SEC, enable: bool = False) -> int:
-    """``labd service install``: write the unit for this interpreter and ``home``; daemon-reload; explain linger."""
+def unit_home(text: str) -> str | None:
+    """The home a unit's ``ExecStart`` serves (``--home``), or None (no such line, or none given)."""
+    line = next((ln for ln in text.splitlines() if ln.startswith("ExecStart=")), "")
+    try:  # the words as _quote wrote them (systemd's quoting is close enough to the shell's for this)
+        words = [w.replace("$$", "$").replace("%%", "%") for w in shlex.split(line.removeprefix("ExecStart="))]
+    except ValueError:
+        return None
+    return words[words.index("--home") + 1] if "--home" in words[:-1] else None
+
+
+def install(home: str | None, *, drain: bool = False, watchdog_sec: int = WATCHDOG_SEC, enable: bool = False,
+            replace: bool = False) -> int:
+    """``labd service install``: write the unit for this interpreter and ``home``; daemon-reload; explain linger.
+    A unit that serves another home is not replaced without ``replace`` (there is one unit per user: 2)."""
     path = unit_path()
     home = str(resolve_home(home))
     text = render_unit(sys.executable, home, drain=drain, watchdog_sec=watchdog_sec)
     old = path.read_text() if path.exists() else None
+    served = unit_home(old) if old else None
+    if served is not None and served != home and not replace:
+        print(f"labd: {path} serves another home, {served}; this one is {home}. There is one labd service per user: "
+              f"`labd service install --replace` serves {home} instead (the other home's sessions then have no "
+              "daemon until one is started for it)", file=sys.stderr)
+        return 2
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-    print(f"{'unchanged' if old == text else 'updated' if old else 'wrote'} {path}")
+    print(f"{'unchanged' if old == text else 'updated' if old else 'wrote'} {path}"
+          + (f" (it served {served} before)" if served is not None and served != home else ""))
     print(f"  ExecStart runs {sys.executable} -P -m labd --home {home} serve")
     code, out = _systemctl("daemon-reload")
     if code != 0:
@@ -161,17 +181,23 @@ def uninstall() -> int:
     return 0
 
 
-def status() -> int:
-    """``labd service status``: installed? for this interpreter? enabled, active? lingering? (1: not installed)"""
+def status(home: str | None = None) -> int:
+    """``labd service status``: installed? for this interpreter and ``home``? enabled, active? lingering? (1: not
+    installed)"""
     path = unit_path()
     if not path.exists():
         print(f"not installed (no {path}); `labd service install` writes it")
         return 1
-    exec_line = next((line for line in path.read_text().splitlines() if line.startswith("ExecStart=")), "")
+    text = path.read_text()
+    exec_line = next((line for line in text.splitlines() if line.startswith("ExecStart=")), "")
     current = exec_line.startswith(f"ExecStart={_quote(sys.executable)} ")
     print(f"unit:     {path}\n{exec_line}")
     if not current:
         print(f"          (not this interpreter, {sys.executable}: re-run `labd service install` to switch)")
+    served, here = unit_home(text), str(resolve_home(home))
+    print(f"home:     {served or '(none given)'}" + ("" if served == here else
+                                                    f"  (not this home, {here}: `labd service install --replace` "
+                                                    "to serve it instead)"))
     for what in ("is-enabled", "is-active"):
         code, out = _systemctl(what, UNIT_NAME)
         print(f"{what[3:] + ':':<9} {out or code}")

@@ -118,6 +118,14 @@ class Waiting:
                 self.await_daemon(deadline, session=session)
 
     # ---- waiting for sessions -----------------------------------------------------------------------
+    def lookup(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
+        """The session ``ref`` names (id, id prefix or name), as :meth:`session` reads it, read again on the next
+        daemon if this one stops before it replies (within ``timeout``; None: :attr:`restart_wait`): what a caller
+        that then waits or follows resolves its session with. ``not_found`` and ``ambiguous`` as :meth:`session`."""
+        timeout = check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._reading(lambda: self.session(ref), deadline, ref)  # type: ignore[no-any-return]
+
     def result(self, ref: str, timeout: float | None = None) -> Any:
         """Wait for a session to end and return its result: a submitted function's return value (unpickled),
         or a workflow's JSON result. If it did not complete, raise :class:`~labd.ipc.functions.RemoteError`

@@ -250,15 +250,29 @@ class Channel(ChannelWire):
         """Flush, wait up to ``timeout`` for every event to be acknowledged; True if all were.
 
         Either way nothing is lost: what is not acknowledged stays in the spool for the daemon to ingest
-        (the spool is removed only when everything was acknowledged)."""
+        (the spool is removed only when everything was acknowledged). Unless the spool failed (a full disk): then
+        the events not yet acknowledged exist only in this process, and it waits on, past ``timeout``, for as long
+        as it takes the daemon to store them (the store is on the same full disk, typically), saying so once on
+        stderr (the runner's crash channel). It gave up after ``timeout`` (30 s), and a review lost 60 % of a
+        session's output that way; the stop ladder (`labd stop`, `labd kill`) still ends it."""
         deadline = time.monotonic() + timeout
         with self._lock:
             self._force = True
             self._ack_now = True
         self._poke()
+        said = False
         with self._lock:
-            while (self._pending or self._acked_upto < self._next_seq - 1) and time.monotonic() < deadline:
-                self._lock.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+            while self._pending or self._acked_upto < self._next_seq - 1:
+                if time.monotonic() >= deadline:
+                    if self._spool is not None or self.spool_error is None:
+                        break  # the spool keeps them for the daemon
+                    if not said:
+                        said = True
+                        print(f"labd runner: {self._next_seq - 1 - self._acked_upto} events are not stored yet and "
+                              f"no spool holds them ({self.spool_error}): waiting for the daemon to store them",
+                              file=sys.stderr, flush=True)
+                self._lock.wait(0.2 if time.monotonic() >= deadline else
+                                min(0.2, max(0.0, deadline - time.monotonic())))
             done = not self._pending and self._acked_upto >= self._next_seq - 1
             self._closing = True
             self._lock.notify_all()

@@ -181,7 +181,8 @@ class Checkpointer(threading.Thread):
     """Copies SQLite's write-ahead log back into the database from a thread of its own.
 
     PASSIVE checkpoints never block the writer or readers; when the log has grown past ``truncate_pages``
-    and nothing is being written, a TRUNCATE checkpoint also shrinks the file again.
+    and nothing is being written, a TRUNCATE checkpoint also shrinks the file again; and so after a deletion
+    (:meth:`compact_soon`), whatever the log's size.
     """
 
     def __init__(self, engine: Engine, interval: float = 1.0, truncate_pages: int = 50_000) -> None:
@@ -190,9 +191,16 @@ class Checkpointer(threading.Thread):
         self.interval = interval
         self.truncate_pages = truncate_pages
         self._halt = threading.Event()
+        self._compact = threading.Event()
 
     def stop(self) -> None:
         self._halt.set()
+
+    def compact_soon(self) -> None:
+        """Shrink the log at the next round where everything in it is checkpointed: sessions were deleted (`labd
+        rm`, `prune`), whose deletion wrote about as much log as they held (a 100 MB session's took the database's
+        files from 102 to 203 MB on disk, until the log passed ``truncate_pages``)."""
+        self._compact.set()
 
     def run(self) -> None:
         from sqlalchemy import exc
@@ -203,8 +211,9 @@ class Checkpointer(threading.Thread):
                     raw = conn.connection.dbapi_connection
                     assert raw is not None  # noqa: S101 - an open connection has one
                     busy, log, done = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    if log > self.truncate_pages and done == log:
+                    if (log > self.truncate_pages or self._compact.is_set()) and done == log:
                         raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                        self._compact.clear()
             except exc.SQLAlchemyError:
                 continue  # the next round tries again
             except Exception:  # noqa: BLE001 - sqlite3 errors from the raw connection: same

@@ -175,7 +175,10 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
             out.idempotency.append({"key": payload["idempotency_key"], "session_id": cur.id,
                                     "digest": payload.get("request_digest") or "", "created_at": ts})
     elif kind == "session.queued":
-        _transition(cur, "queued", seq, ts, f"queued at position {payload['position']}", actor, out)
+        # not "queued at position N": `labd show` put that beside the position now ("queued #4 (queued at position
+        # 1)"); the position when it was queued is in the event
+        why = payload.get("why") or "waiting for room in the run queue (max_sessions, memory_total)"
+        _transition(cur, "queued", seq, ts, str(why), actor, out)
     elif kind == "session.launched":
         out.update(cur.id, pid=payload["pid"], pid_create_time=payload["create_time"])
         _transition(cur, "starting", seq, ts, f"launched pid {payload['pid']}", actor, out)

@@ -17,6 +17,9 @@ __all__ = ["register"]
 
 
 def cmd_serve(args: argparse.Namespace, ctx: Ctx) -> int:
+    if getattr(args, "connect", None):  # taken by every command as a global option; a daemon runs here, always
+        raise CliError("serve runs a daemon on this machine: it takes no --connect (that names a remote daemon, for "
+                       "clients)")
     if args.check and (args.detach or args.drain):
         raise CliError("--check starts no daemon: not with --detach or --drain (--db, --listen and --log-* are read as "
                        "the daemon would)")
@@ -173,7 +176,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "serve", cmd_serve, "run the daemon in the foreground")
     s.add_argument("--db", help="database URL (default: SQLite in the home; postgresql://... for PostgreSQL)")
     s.add_argument("--log-format", choices=["auto", "json", "console"], help="log format (default auto)")
-    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="the least severe log records written (default info; $LABD_LOG_LEVEL)")
     s.add_argument("--listen", metavar="tcp://HOST:PORT",
                    help="also serve clients on TCP, encrypted and authenticated with CurveZMQ (events on PORT+1)")
     s.add_argument("--detach", action="store_true",

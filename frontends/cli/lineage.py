@@ -24,10 +24,17 @@ def _secs(v: Any) -> str:
 
 def cmd_replay(args: argparse.Namespace, ctx: Ctx) -> int:
     c = ctx.client(timeout=60.0)  # the seed of a long session takes a moment to build
-    sid = c.replay(args.session, from_node=args.from_node, name=args.name)
+    try:
+        sid = c.replay(args.session, from_node=args.from_node, name=args.name)
+    except KeyboardInterrupt:  # the request is with the daemon, which goes on with it: say so, not nothing
+        ctx.out.line("\nlabd replay: interrupted before the daemon answered: the replay may start all the same. "
+                     "`labd ps` shows it once it does (`labd stop ID` stops it).", "bold yellow", err=True)
+        return 130
     if not args.wait:
         ctx.out.json({"session": sid}) if args.json else ctx.out.line(sid)
         return 0
+    if not args.json:  # its id at once, as `labd run --wait` does: a Ctrl-C or a lost terminal keeps it known
+        ctx.out.line(f"== replay session {sid} (Ctrl-C detaches; the replay keeps running)", "bold", err=True)
     try:
         with ctrl_c() as pressed:
             final = c.wait(sid)

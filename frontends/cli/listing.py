@@ -271,7 +271,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--status", action="append", metavar="S", help="only these statuses (repeat or comma-separate)")
     s.add_argument("--workflow", metavar="W", help="only workflows containing W (or matching a glob: 'demo.*')")
     s.add_argument("--since", metavar="DUR", help="only sessions created in the last DUR (30m, 2h, 1d)")
-    s.add_argument("--tag", action="append", default=[], metavar="K=V", help="only sessions with this tag (repeat)")
+    s.add_argument("--tag", action="append", default=[], metavar="K=V", help="only sessions with this tag (repeat); "
+                   "ended ones too, as with -a (a tag names a set of runs)")
     s.add_argument("--limit", type=_ps_limit, default=200, help="at most this many (newest first; default 200, "
                    "at most 10000)")
     s.add_argument("--quiet", "-q", action="store_true", help="only ids")

@@ -34,11 +34,14 @@ def cmd_shutdown(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def cmd_service(args: argparse.Namespace, ctx: Ctx) -> int:
+    if getattr(args, "connect", None):
+        raise LabdError("bad_request", "service manages labd's systemd unit on this machine: it takes no --connect")
     if args.service_cmd == "install":
-        return service.install(ctx.home, drain=args.drain, watchdog_sec=args.watchdog, enable=args.enable)
+        return service.install(ctx.home, drain=args.drain, watchdog_sec=args.watchdog, enable=args.enable,
+                               replace=args.replace)
     if args.service_cmd == "uninstall":
         return service.uninstall()
-    return service.status()
+    return service.status(ctx.home)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,5 +65,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     i.add_argument("--watchdog", type=int, default=service.WATCHDOG_SEC, metavar="SEC",
                    help=f"WatchdogSec: restart a daemon that stops answering (default {service.WATCHDOG_SEC})")
     i.add_argument("--enable", action="store_true", help="also `systemctl --user enable --now labd`")
+    i.add_argument("--replace", action="store_true", help="replace a unit that serves another home (one labd "
+                   "service per user; refused without this)")
     actions.add_parser("uninstall", help="stop and disable the service, remove the unit (sessions keep running)")
     actions.add_parser("status", help="is the unit installed, current, enabled, running; is lingering on")

@@ -172,6 +172,10 @@ def placement_from(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
+    if args.raw and not args.follow:  # it was ignored: the user believed they would see the raw output
+        raise CliError("--raw shapes what --follow prints: use it with -f")
+    if args.name is not None and not args.name.strip():
+        raise CliError("--name must not be empty (leave it out for a generated name)")
     limits = limits_from(args)
     c = ctx.client()
     params, agents = parse_params(args.param), parse_agents(args.agent)
@@ -211,8 +215,9 @@ def _say_if_queued(ctx: Ctx, sid: str) -> None:
         return
     if row.get("status") == "queued":
         place = row.get("queue_position")
-        ctx.out.line(f"session {sid} is queued{f' (#{place})' if isinstance(place, int) else ''}: it starts when "
-                     "there is room (max_sessions, memory_total; `labd ps` shows the queue)", "yellow", err=True)
+        why = ctx.out.safe(row.get("reason") or "waiting for room in the run queue")
+        ctx.out.line(f"session {sid} is queued{f' (#{place})' if isinstance(place, int) else ''}: {why}; it starts "
+                     "once there is room (`labd ps` shows the queue)", "yellow", err=True)
 
 
 def _reply(ctx: Ctx, args: argparse.Namespace, result: dict[str, Any], text: str) -> int:
@@ -301,7 +306,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--tag", action="append", default=[], metavar="K=V", help="label the session (repeat)")
     s.add_argument("--network", choices=["on", "off"],
                    help="may code the agents execute use the network (default: [sandbox] network, off)")
-    s.add_argument("--priority", type=int, help="run-queue order when the daemon is at max_sessions (higher first)")
+    s.add_argument("--priority", type=int, help="run-queue order when the daemon is at max_sessions: -1000 to 1000, "
+                   "higher first (default 0)")
     s.add_argument("--on", choices=["local", "ray"], help="where it runs: here, or in its own actor on the daemon's "
                    "Ray cluster (default: [launcher] kind); with ray, --cpus and --memory are the actor's request")
     s.add_argument("--gpus", type=float, help="with --on ray: GPUs the session's actor asks Ray for")

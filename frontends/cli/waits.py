@@ -5,14 +5,15 @@ session (every session) completed, 1 otherwise, 130 on Ctrl-C (the sessions keep
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from labd.frontends.cli.activity import Activity, Printer
-from labd.frontends.cli.base import Ctx
+from labd.frontends.cli.base import CliError, Ctx
 from labd.frontends.cli.interrupt import ctrl_c
 from labd.ipc.client import LabdError
-from labd.ipc.units import format_duration
+from labd.ipc.units import UnitError, format_duration, parse_duration
 
 __all__ = ["follow", "wait_all", "wait_for"]
 
@@ -38,8 +39,22 @@ def wait_for(ctx: Ctx, sid: str, as_json: bool, *, announce: bool = True, extra:
     return 0 if row["status"] == "completed" else 1
 
 
-#: how long ``labd wait SESSION`` (and ``branch --wait``) waits for a daemon to serve again after its daemon stopped
+#: how long ``labd wait SESSION``, ``branch --wait``, ``logs -f`` and ``run -f`` wait for a daemon to serve again
+#: after theirs stopped
 RESTART_WAIT_S = 60.0
+
+
+def see_restarts_through(client: Any) -> None:
+    """Make ``client``'s waiting calls outlive a daemon restart: they wait up to :data:`RESTART_WAIT_S` (or
+    ``$LABD_RESTART_WAIT``: a duration, e.g. ``5s``; ``0`` gives up at once) for a daemon to serve again."""
+    wait = RESTART_WAIT_S
+    given = os.environ.get("LABD_RESTART_WAIT", "").strip()
+    if given:
+        try:
+            wait = 0.0 if given in ("0", "0s") else parse_duration(given)
+        except UnitError as exc:
+            raise CliError(f"LABD_RESTART_WAIT: {exc}") from None
+    client.restart_wait = max(client.restart_wait, wait)
 
 
 def wait_all(ctx: Ctx, sids: list[str], reply: dict[str, Any] | None, timeout: float | None = None) -> int:
@@ -49,16 +64,11 @@ def wait_all(ctx: Ctx, sids: list[str], reply: dict[str, Any] | None, timeout: f
     client, ended = ctx.client(), dict[str, dict[str, Any]]()
     deadline = None if timeout is None else time.monotonic() + timeout
     # a script's wait outlives a daemon restart (systemd's, an upgrade): the sessions do; not a daemon gone for good
-    client.restart_wait = max(client.restart_wait, RESTART_WAIT_S)
-    for sid in sids:  # every reference resolved first: a typo last in the list was reported after the others ended
-        try:
-            client.session(sid)
-        except LabdError as exc:
-            if exc.code == "no_daemon":  # a restart under way: the waits below see it through, and resolve them
-                break
-            raise
+    see_restarts_through(client)
     try:
         with ctrl_c() as pressed:
+            for sid in sids:  # every reference resolved first: a typo last in the list was reported after the rest
+                client.lookup(sid)  # had ended
             for sid in sids:
                 try:
                     row = client.wait(sid, None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -96,6 +106,7 @@ def follow(ctx: Ctx, sid: str, *, raw: bool = False, timestamps: bool = False, s
            header: bool = False) -> int:
     """Print a session's output and activity until it ends; 0 if it completed, 1 otherwise, 130 on Ctrl-C."""
     c = ctx.client()
+    see_restarts_through(c)  # as `labd wait`: a restart (the service's) is seen through
     activity, printer = Activity(sid, raw=raw), Printer(ctx.out, timestamps=timestamps)
     if header and not raw:
         ctx.out.line(f"== session {sid} (Ctrl-C detaches; the session keeps running)", "bold", err=True)

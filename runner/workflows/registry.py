@@ -126,9 +126,10 @@ def _load_file(file: str) -> ModuleType:
     return module
 
 
-def _functions(module: ModuleType) -> list[Callable[..., Any]]:
-    """The public functions ``module`` defines that take arguments: its candidate workflows."""
-    return [f for n, f in vars(module).items() if inspect.isfunction(f) and not n.startswith("_")
+def _functions(module: ModuleType) -> list[tuple[str, Callable[..., Any]]]:
+    """The public functions ``module`` defines that take arguments, by the names the module gives them (a lambda's
+    own name is ``<lambda>``, which no target can name): its candidate workflows."""
+    return [(n, f) for n, f in vars(module).items() if inspect.isfunction(f) and not n.startswith("_")
             and f.__module__ == module.__name__ and inspect.signature(f).parameters]
 
 
@@ -136,12 +137,12 @@ def _single_function(module: ModuleType, file: str) -> Callable[..., Any]:
     """The workflow of a file named without ``:function``: its one public function taking ``ctx`` first."""
     funcs = _functions(module)
     if len(funcs) != 1:  # helpers beside it: the one whose first parameter is ctx
-        funcs = [f for f in funcs if next(iter(inspect.signature(f).parameters)) == "ctx"] or funcs
+        funcs = [(n, f) for n, f in funcs if next(iter(inspect.signature(f).parameters)) == "ctx"] or funcs
     if len(funcs) == 1:
-        return funcs[0]  # type: ignore[no-any-return]
+        return funcs[0][1]
     if not funcs:
         raise WorkflowError("unknown_workflow", f"{file} defines no public function fn(ctx, ...) to run")
-    names = sorted(f.__name__ for f in funcs)
+    names = sorted(n for n, _f in funcs)
     raise WorkflowError("unknown_workflow", f"{file} defines several workflows ({', '.join(names)}): "
                         f"name one, e.g. {file}:{names[0]}")
 
@@ -170,13 +171,26 @@ def resolve(name: str, cwd: str | None = None, search: list[str] | None = None) 
                                 f"importing {target.module!r} raised {describe_exception(exc)}") from None
     fn = getattr(module, target.attr or "", None)
     if not callable(fn):
-        names = sorted(f.__name__ for f in _functions(module))
+        names = sorted(n for n, _f in _functions(module))
         near = difflib.get_close_matches(target.attr or "", names, n=1)
         hints = ([f"did you mean {near[0]!r}?"] if near else []) + ([f"its workflows: {', '.join(names[:20])}"]
                                                                      if names else [])
         raise WorkflowError("unknown_workflow", f"{where} has no function {target.attr!r}"
                             + (f" ({' '.join(hints)})" if hints else ""))
+    _takes_ctx(fn, f"{where}:{target.attr}")
     return fn  # type: ignore[no-any-return]
+
+
+def _takes_ctx(fn: Callable[..., Any], named: str) -> None:
+    """A workflow is called ``fn(ctx, **params)``: one that takes no positional argument was accepted, and every
+    session of it failed at its start with a TypeError."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (a builtin): left to the call
+        return
+    if not any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params):
+        raise WorkflowError("unknown_workflow", f"{named} takes no ctx: a workflow is a function fn(ctx, ...) "
+                            "(its parameters after ctx are the session's -p params)")
 
 
 def bind_params(fn: Callable[..., Any], params: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 
-from tests.conftest import wait_until
+from tests.conftest import DaemonProc, wait_until
 from tests.integration.cli_support import labd
 
 
@@ -94,8 +94,9 @@ def test_ctrl_c_during_run_follow_detaches_and_says_so(shared_daemon) -> None:
 
 
 def test_ctrl_c_during_replay_wait_names_the_replay_that_keeps_running(shared_daemon) -> None:
-    """Ctrl-C while `labd replay S --wait` waits: exit 130 and say which session the replay is, that it keeps
-    running and how to stop or follow it (before: exit 130 and nothing at all, so the new session's id was lost)."""
+    """`labd replay S --wait` says the replay's id at once; Ctrl-C while it waits: exit 130 and say which session
+    the replay is, that it keeps running and how to stop or follow it (before: exit 130 and nothing at all, so the
+    new session's id was lost)."""
     with shared_daemon.client() as c:
         orig = c.start("demo.sleep", params={"seconds": 600})
         wait_until(lambda: c.session(orig)["status"] == "running", timeout=30, what="the original session")
@@ -103,8 +104,11 @@ def test_ctrl_c_during_replay_wait_names_the_replay_that_keeps_running(shared_da
         wait_until(lambda: c.session(orig)["status"] == "cancelled", timeout=30, what="its stop")
         proc = subprocess.Popen([sys.executable, "-m", "labd", "replay", orig, "--wait"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        said = proc.stderr.readline()  # its id, once the daemon has answered (a Ctrl-C before is another case)
         replay = wait_until(lambda: next((s["id"] for s in c.sessions() if s.get("parent_id") == orig
                                           and s["status"] == "running"), None), timeout=30, what="the replay")
+        assert f"== replay session {replay}" in said, said
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
@@ -115,12 +119,14 @@ def test_ctrl_c_during_replay_wait_names_the_replay_that_keeps_running(shared_da
 
 
 def test_follow_says_the_session_keeps_running_when_the_daemon_stops(daemon) -> None:
-    """`labd run --follow` whose daemon is shut down mid-follow exits 2 with the `no_daemon` error, and says the
-    session keeps running and how to follow it again (before: only "stopped before it replied", which reads as
-    a failed request); the session does keep running and a new daemon adopts it. (A daemon of its own: it stops
-    and restarts it, and takes the newest session of all for the one it runs.)"""
+    """`labd run --follow` whose daemon is shut down mid-follow, and none serves again within its restart wait
+    (``LABD_RESTART_WAIT``, here 2 s; 60 s by default), exits 2 with the `no_daemon` error, and says the session
+    keeps running and how to follow it again (before: only "stopped before it replied", which reads as a failed
+    request); the session does keep running and a new daemon adopts it. (A daemon of its own: it stops and
+    restarts it, and takes the newest session of all for the one it runs.)"""
     proc = subprocess.Popen([sys.executable, "-m", "labd", "run", "demo.count", "-p", "n=200", "-p", "delay=0.1",
-                             "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "LABD_RESTART_WAIT": "2s"})
     assert proc.stdout is not None
     assert proc.stdout.readline().startswith("count 1/200")  # following, live
     with daemon.client() as c:
@@ -153,23 +159,41 @@ def test_labd_wait_outlives_a_daemon_restart(daemon) -> None:
     Python's `wait()`). (A daemon of its own: the test kills and restarts it.)"""
     with daemon.client() as c:
         sid = c.start("demo.count", params={"n": 40, "delay": 0.1})
-    proc = subprocess.Popen([sys.executable, "-m", "labd", "wait", sid], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    code, _out, err = _through_a_restart(daemon, ["wait", sid])
+    assert code == 0, err
+    with daemon.client() as c:
+        assert c.session(sid)["status"] == "completed"
+
+
+def _through_a_restart(daemon: DaemonProc, argv: list[str]) -> tuple[int, str, str]:
+    """Run `labd ARGV`; once it is connected, kill the daemon; check it is still waiting a few seconds later (as a
+    restart by a service manager or by hand takes: one that gives up ends meanwhile, before the fix within ~1 s);
+    start the daemon again; its exit status, stdout and stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "labd", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
-        wait_until(lambda: _has_socket(proc.pid), timeout=30, what="labd wait connected")
+        wait_until(lambda: _has_socket(proc.pid), timeout=30, what=f"labd {argv[0]} connected")
         daemon.kill9()
-        # no daemon for a few seconds, as a restart by a service manager or by hand takes: a wait that gives up
-        # ends meanwhile (before the fix, within ~1 s)
         with contextlib.suppress(AssertionError):
-            wait_until(lambda: proc.poll() is not None, timeout=5, what="labd wait to end without a daemon")
+            wait_until(lambda: proc.poll() is not None, timeout=5, what=f"labd {argv[0]} to end without a daemon")
         assert proc.poll() is None, proc.communicate()[1]
         daemon.start()
         out, err = proc.communicate(timeout=90)
     finally:
         proc.kill()
-    assert proc.returncode == 0, err
+    return proc.returncode, out, err
+
+
+def test_logs_follow_outlives_a_daemon_restart(daemon) -> None:
+    """`labd logs -f SESSION` whose daemon is killed and started again goes on with the new daemon: every line once,
+    in order, and exit 0 when the session completes. Before, it exited 2 (`no_daemon`) at once, while `labd wait`
+    carried on: every follower broke at each service restart."""
     with daemon.client() as c:
-        assert c.session(sid)["status"] == "completed"
+        sid = c.start("demo.count", params={"n": 40, "delay": 0.1})
+    code, out, err = _through_a_restart(daemon, ["logs", "-f", "--raw", sid])
+    assert code == 0, err
+    counted = [line for line in out.splitlines() if line.startswith("count ")]
+    assert counted == [f"count {i}/40" for i in range(1, 41)], out
 
 
 def test_logs_follow_exits_with_how_the_session_ended(shared_daemon) -> None:

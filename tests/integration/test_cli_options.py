@@ -262,3 +262,19 @@ def test_an_unknown_command_gets_the_nearest_ones(isolated_env: Path) -> None:
     assert r.returncode == 2 and r.stderr.strip().endswith(
         "labd: error: unknown command 'zzzz' (labd --help lists the commands)")
     assert labd("--home", str(isolated_env), "paths").returncode == 0  # known commands are untouched
+
+
+def test_options_that_did_nothing_are_refused(shared_daemon, tmp_path: Path) -> None:
+    """Options that were accepted and silently did nothing now say so, exit 2, and start nothing: `run --raw`
+    without `-f` (it shapes what -f prints), `run --name ''`, and `--connect` on `serve` and `service` (they act
+    on this machine only). The help names --priority's range and says what `serve --log-level` is."""
+    before = _session_ids()
+    for args, said in ((["run", "demo.count", "--raw"], "--raw shapes what --follow prints"),
+                       (["run", "demo.count", "--name", " "], "--name must not be empty"),
+                       (["serve", "--check", "--connect", str(tmp_path / "c.json")], "takes no --connect"),
+                       (["service", "--connect", str(tmp_path / "c.json"), "status"], "takes no --connect")):
+        r = labd(*args)
+        assert r.returncode == 2 and said in r.stderr, (args, r.stderr)
+    assert _session_ids() == before
+    assert "-1000 to 1000" in labd("run", "--help").stdout
+    assert "the least severe log records written" in labd("serve", "--help").stdout

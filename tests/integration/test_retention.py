@@ -303,3 +303,16 @@ def test_a_field_a_deleting_request_does_not_take_is_refused_and_nothing_is_dele
         assert c.prune("0s", status=["failed"])["deleted"] == []
         assert c.rm(done)["deleted"] == [done]
         assert c.request("skill.delete", name="keep")["versions"] == 2
+
+
+def test_rm_gives_the_logs_space_back(daemon) -> None:
+    """A deletion writes about as much SQLite log as the sessions held, and the log kept that size on disk (a 100 MB
+    session's `rm` took the database's files from 102 to 203 MB, until the log passed 50,000 pages). After `rm` the
+    log is truncated at the checkpointer's next round."""
+    wal = daemon.home / "labd.db-wal"
+    with daemon.client() as c:
+        sid = _finished(c, "demo.events", n=100_000)
+        c.rm(sid)
+        assert _rows(daemon.home, sid)["sessions"] == 0
+    wait_until(lambda: not wal.exists() or wal.stat().st_size < 1 << 20, timeout=30,
+               what="the log truncated after the deletion")

@@ -360,6 +360,28 @@ def test_service_install_writes_a_user_unit_for_this_interpreter(isolated_env: P
     assert _labd("service", "status", env=env).returncode == 1
 
 
+def test_service_install_for_another_home_is_refused_unless_replace(isolated_env: Path, tmp_path: Path) -> None:
+    """There is one labd unit per user: `labd service install` for a second home refused (exit 2, naming the home the
+    unit serves and `--replace`), the unit unchanged; `service status` from the second home says the unit serves
+    another; `--replace` switches it, saying which home it served. Before, the second install silently replaced the
+    unit ("updated") and the first home lost its service."""
+    unit = tmp_path / ".config" / "systemd" / "user" / "labd.service"
+    env = {k: v for k, v in os.environ.items() if k != "DBUS_SESSION_BUS_ADDRESS"}
+    assert _labd("service", "install", env=env).returncode == 0
+    first = unit.read_text()
+    other = tmp_path / "other home"
+    env2 = {**env, "LABD_HOME": str(other)}
+    r = _labd("service", "install", env=env2)
+    assert r.returncode == 2 and str(isolated_env) in r.stderr and "--replace" in r.stderr, r
+    assert unit.read_text() == first
+    st = _labd("service", "status", env=env2)
+    assert f"home:     {isolated_env}  (not this home, {other}" in st.stdout, st.stdout
+    assert "not this home" not in _labd("service", "status", env=env).stdout
+    r = _labd("service", "install", "--replace", env=env2)
+    assert r.returncode == 0 and f"(it served {isolated_env} before)" in r.stdout, r
+    assert f"--home \"{other}\" serve" in unit.read_text()
+
+
 def test_service_install_enable_without_a_user_manager_fails_and_says_so(isolated_env: Path, tmp_path: Path) -> None:
     """`labd service install --enable` where no systemd user manager answers (no bus) writes the unit but exits 2 and
     says on stderr that the service was neither enabled nor started (it exited 0, as if labd now ran as a service)."""

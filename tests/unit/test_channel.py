@@ -232,3 +232,35 @@ def test_acks_are_asked_for_when_the_backlog_is_a_quarter_full_and_when_closing(
     daemon.ack(4)
     closing.join(10)
     assert not closing.is_alive()
+
+
+def test_close_waits_on_when_no_spool_holds_the_unacknowledged_events(
+        endpoint: str, daemon: FakeDaemon, channels: list[Channel], tmp_path: Any,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """The spool failed (a full disk: the channel carries on in memory): at close, events the daemon has not yet
+    acknowledged exist only in this process, so close waits past its timeout, says so once on stderr, and returns
+    True once the daemon (whose store had room again) acknowledges them. It returned False after the timeout and the
+    runner exited: a review lost 60 % of a session's output so."""
+    import errno
+
+    ch = Channel(endpoint, KEY, SID, hello=lambda: {"pid": 4242}, spool=tmp_path / "s" / "events.spool")
+    channels.append(ch)
+    ch.start()
+    daemon.recv("hello")
+
+    def full(*_a: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    ch._spool.append = full  # type: ignore[union-attr, method-assign]  # the disk fills up now
+    ch.emit("output", {"stream": "stdout", "text": "kept only in memory\n"})
+    assert ch.spool_error is not None and "No space left" in ch.spool_error
+    daemon.recv_events(1)
+    result: list[bool] = []
+    closer = threading.Thread(target=lambda: result.append(ch.close(timeout=0.2)))
+    closer.start()
+    said: list[str] = []
+    wait_until(lambda: said.append(capfd.readouterr().err) or "not stored yet" in "".join(said), timeout=10,
+               what="close to say it waits past its timeout")
+    assert closer.is_alive() and result == []
+    daemon.ack(ch.last_seq + 1)  # the output, and the channel's own log of the spool's failure
+    closer.join(10)
+    assert result == [True]

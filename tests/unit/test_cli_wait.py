@@ -21,7 +21,7 @@ class GoneDaemon:
     def __init__(self) -> None:
         self.asked: list[str] = []
 
-    def session(self, sid: str) -> dict[str, Any]:  # every reference is resolved before anything is waited for
+    def lookup(self, sid: str) -> dict[str, Any]:  # every reference is resolved before anything is waited for
         return {"id": sid, "status": "running"}
 
     def wait(self, sid: str, timeout: float | None) -> dict[str, Any]:

@@ -387,3 +387,23 @@ def test_serve_check_and_serve_refuse_a_store_from_a_newer_labd_or_not_a_databas
         last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
         assert r.returncode == 2 and said in last and last.startswith("labd: "), (args, r.stderr)
         assert "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("memory_total = 16\n", "memory_total must be a size of at least 64M with its unit, like 16G, not 16"),
+    ('memory_total = "16K"\n', "memory_total must be a size of at least 64M"),
+    ("session_nofile = 99999999\n", "session_nofile must be 0 (inherit the daemon's limit) or a whole number from 64 "
+                                    "to 1048576"),
+])
+def test_sizes_and_limits_that_fit_nothing_are_refused(tmp_path: Path, text: str, said: str) -> None:
+    """`memory_total = 16` (a TOML integer: 16 bytes, where 16 GiB was meant) was accepted and no session with a
+    memory limit could ever start; `session_nofile = 99999999` was accepted and every runner's setrlimit failed.
+    Both are ConfigErrors naming the bound; 64M and 1048576 pass."""
+    home = tmp_path / "h"
+    _write_config(home, f"[daemon]\n{text}")
+    with pytest.raises(ConfigError) as err:
+        load_config(home)
+    assert said in str(err.value), str(err.value)
+    _write_config(home, '[daemon]\nmemory_total = "64M"\nsession_nofile = 1048576\n')
+    cfg = load_config(home)
+    assert cfg.memory_total == 64 << 20 and cfg.session_nofile == 1 << 20

@@ -460,3 +460,27 @@ def test_the_items_of_a_typed_container_are_checked_as_their_type() -> None:
     assert problems["rates"] == "item 'a': expected float, got 'x'"
     assert problems["pair"] == "expected 2 items, got 3"
     assert problems["rows"] == "item 0: item 1: expected int, got 'b'"
+
+
+def test_a_file_of_several_workflows_names_them_as_they_can_be_named(tmp_path: Path) -> None:
+    """Several candidate workflows in a file named without ``:function``: the error names each by the name the
+    file gives it (``lam`` for ``lam = lambda ctx: ...``; it suggested ``flows.py:<lambda>``, which is refused), and
+    that name runs."""
+    flows = tmp_path / "flows.py"
+    flows.write_text("lam = lambda ctx: 1\n\ndef other(ctx):\n    return 2\n")
+    with pytest.raises(WorkflowError) as err:
+        resolve(str(flows))
+    assert "(lam, other)" in err.value.message and "<lambda>" not in err.value.message, err.value.message
+    assert resolve(f"{flows}:lam")(None) == 1
+
+
+def test_a_function_that_takes_no_ctx_is_refused_when_named(tmp_path: Path) -> None:
+    """`flows.py:go` where ``go()`` takes no argument was accepted, and its session failed at start with a
+    TypeError: refused now, saying a workflow is fn(ctx, ...). One taking ``*args`` or any positional is fine."""
+    flows = tmp_path / "flows2.py"
+    flows.write_text("def go():\n    return 1\n\ndef kw(*, n=1):\n    return n\n\ndef star(*a):\n    return a\n")
+    for name in ("go", "kw"):
+        with pytest.raises(WorkflowError) as err:
+            resolve(f"{flows}:{name}")
+        assert "takes no ctx" in err.value.message, err.value.message
+    assert resolve(f"{flows}:star")("ctx") == ("ctx",)

@@ -73,8 +73,8 @@ def test_any_other_launch_failure_still_ends_the_session_failed() -> None:
 def test_a_session_submitted_to_an_empty_queue_on_a_full_disk_is_queued_not_dropped(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A new session that finds the queue empty is launched at once; when that launch finds the disk full, the
-    session is queued (``session.queued``, position 1) and launched by a later pump once a launch succeeds. It was
-    dropped: neither launched nor queued, ``created`` for good even after the disk had room again."""
+    session is queued (``session.queued``, position 1, saying why: the disk) and launched by a later pump once a launch
+    succeeds. It was dropped: neither launched nor queued, ``created`` for good even after the disk had room again."""
     posts: list[tuple[str, str, dict[str, Any]]] = []
     launcher = _Launcher()
     sup = Supervisor(launcher, _Monitor(), lambda sid, kind, payload, **_: posts.append((sid, kind, payload)),  # type: ignore[arg-type]
@@ -83,6 +83,7 @@ def test_a_session_submitted_to_an_empty_queue_on_a_full_disk_is_queued_not_drop
     launcher.fail = OSError(errno.ENOSPC, "No space left on device")
     assert sup.submit(sup.queue.entry("c", "demo.sleep", {}, Limits(), "/w", 0, 0.0)) == 1
     assert "c" in sup.queue and [(sid, kind) for sid, kind, _p in posts] == [("c", "session.queued")]
+    assert posts[0][2]["why"] == "the disk is full (no room for its event spool)"  # not "max_sessions, memory_total"
     launcher.fail = None
     monkeypatch.setattr(supervisor_mod.time, "monotonic", lambda: 1e12)  # the hold has passed
     sup.pump()
