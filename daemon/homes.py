@@ -59,15 +59,30 @@ def register(home: Path) -> None:
         os.close(fd)
 
 
+#: (the registry's path, its stat when read, the home asked for) -> the answer: a session's start asks three times
+_last: tuple[tuple[Path, tuple[int, int, int], Path], list[str]] | None = None
+
+
 def others(home: Path) -> list[str]:
     """The registered homes a session of ``home``'s daemon must not reach: every other existing home, except one
-    that holds ``home`` or the Python installation (hiding it would hide what the session itself needs)."""
+    that holds ``home`` or the Python installation (hiding it would hide what the session itself needs). Read again
+    only when the registry changed (a home whose directory went since stays hidden until then: harmless)."""
+    global _last
+    path = registry_path()
+    try:
+        st = path.stat()
+    except OSError:
+        return []
+    key = (path, (st.st_ino, st.st_mtime_ns, st.st_size), home)
+    if _last is not None and _last[0] == key:
+        return list(_last[1])
     own = home.resolve()
     needed = [own, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]
     out: list[str] = []
-    for h in _read(registry_path()):
+    for h in _read(path):
         p = Path(h)
         if p == own or not p.is_dir() or any(n == p or p in n.parents for n in needed):
             continue
         out.append(h)
-    return out
+    _last = (key, out)
+    return list(out)

@@ -32,7 +32,7 @@ from labd import __version__
 from labd.frontends.mcp_stdio import guarded_stdio_server
 from labd.ipc.client import Client, LabdError
 from labd.ipc.events import SCHEMAS
-from labd.ipc.safe_files import listed_name, open_beneath
+from labd.ipc.safe_files import listed_name, open_beneath, path_bytes
 
 __all__ = ["build_server", "run"]
 
@@ -277,10 +277,7 @@ def _file_uri(session: str, f: dict[str, Any]) -> str:
     that is not UTF-8, its bytes (its path is a display form, which a file really named so shares)."""
     where = f"labd://sessions/{quote(session, safe='')}"
     if f.get("path_b64"):
-        try:
-            raw = base64.b64decode(f["path_b64"], validate=True)
-        except (binascii.Error, ValueError):  # a damaged record (the runner's is the session's code): not readable
-            raw = b""
+        raw = path_bytes(f["path_b64"]) or b""  # a damaged record's: a URI that reads nothing
         return f"{where}/file-bytes/{base64.urlsafe_b64encode(raw).decode('ascii')}"
     return f"{where}/file/{quote(f['path'], safe='/')}"
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["UnsafePath", "open_beneath", "open_regular", "read_regular", "listed_name"]
+__all__ = ["UnsafePath", "open_beneath", "open_regular", "read_regular", "listed_name", "path_bytes"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: a FIFO must not block
@@ -30,6 +30,16 @@ class UnsafePath(PermissionError):
 
     A :class:`PermissionError`, so an ``except OSError`` covers it together with a missing file
     (:class:`FileNotFoundError`); catch it on its own to tell "refused" (403) from "gone" (404)."""
+
+
+def path_bytes(path_b64: str) -> bytes | None:
+    """The name a file event's (or a files row's) ``path_b64`` gives, as bytes; None when it is not the base64 of a
+    name (empty, NUL in it, not base64: a damaged record, since a runner's events are its session's code's)."""
+    try:
+        raw = base64.b64decode(path_b64, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if raw and b"\x00" not in raw else None
 
 
 def listed_name(files: Iterable[dict[str, Any]], path: str, path_b64: str | None = None) -> str | None:
@@ -45,11 +55,8 @@ def listed_name(files: Iterable[dict[str, Any]], path: str, path_b64: str | None
         return None
     if want is None:
         return path
-    try:
-        raw = base64.b64decode(want, validate=True)
-    except (binascii.Error, ValueError):  # the record's own path_b64 is the session's: it may be anything
-        return None
-    return os.fsdecode(raw) if raw else None
+    raw = path_bytes(want)
+    return None if raw is None else os.fsdecode(raw)
 
 
 def _components(relpath: str) -> list[str]:

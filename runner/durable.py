@@ -41,7 +41,7 @@ from labd.runner.checkpoint import (
 )
 from labd.runner.checkpoint_store import SessionBudget, Stored, store_files
 from labd.runner.context import MAX_STEP_ERROR, clip
-from labd.runner.names import BadKey, display, key_path
+from labd.runner.names import display, named
 from labd.runner.skipbody import SkipBody, skip_with_body
 from labd.runner.withhold import head_cut
 
@@ -207,7 +207,7 @@ class Durable:
         recorded = self.record_files
         if self.seed_partial and recorded:
             recorded = {k: v for k, v in recorded.items()
-                        if k in manifest or not _lexists(self.workdir, k)}
+                        if k in manifest or (rel := named(k)) is None or not os.path.lexists(self.workdir / rel)}
         self.files.adopt(manifest, recorded)
         self._emit("checkpoint.restored", {"manifest": self.manifest, "files": len(manifest),
                                            "duration": time.monotonic() - start, **counts})
@@ -356,11 +356,3 @@ def _preview(value: Any) -> str:
     except Exception:  # noqa: BLE001 - a repr that fails must not fail the step
         text = f"<{type(value).__name__}>"
     return text if len(text) <= 500 else text[:head_cut(text, 497)] + "..."  # never a piece of a secret
-
-
-def _lexists(workdir: Path, key: str) -> bool:
-    """Whether the file a manifest key names is in the work directory (a key that names no path: no)."""
-    try:
-        return os.path.lexists(workdir / key_path(key))
-    except BadKey:
-        return False

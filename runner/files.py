@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
-from labd.runner.names import BadKey, display, key_path, path_fields
+from labd.runner.names import display, key_path, named, path_fields
 from labd.runner.workfs import WorkDir
 
 __all__ = ["FileTracker", "file_kind", "sha256_file", "walk_files"]
@@ -230,16 +230,8 @@ class FileTracker:
                     self._report("changed" if had is not None else "created", rel, str(digest), int(size), None,
                                  extra={"restored": True})
                     found += 1
-            for key in sorted(set(recorded) - set(files), key=lambda k: display(_named(k))):
-                rel = _named(key)
+            for key in sorted(set(recorded) - set(files), key=lambda k: display(named(k) or k)):
+                rel = named(key) or key  # a key that names no path (a damaged record) stands for itself
                 self._report("deleted", rel, recorded[key], None, None, extra={"restored": True})
                 found += 1
         return found
-
-
-def _named(key: str) -> str:
-    """The path a recorded manifest key names; a key that names none (a damaged record) stands for itself."""
-    try:
-        return key_path(key)
-    except BadKey:
-        return key

@@ -20,7 +20,10 @@ import binascii
 import os
 from typing import Any
 
-__all__ = ["is_plain", "display", "path_fields", "path_of_event", "manifest_key", "key_path", "b64_key", "BadKey"]
+from labd.ipc.safe_files import path_bytes
+
+__all__ = ["is_plain", "display", "path_fields", "path_of_event", "manifest_key", "key_path", "b64_key", "named",
+           "BadKey"]
 
 _KEY = "\x00"
 
@@ -66,13 +69,16 @@ def manifest_key(rel: str) -> str:
 def b64_key(path_b64: str) -> str | None:
     """The manifest key of the name an event's ``path_b64`` gives (what the files table keeps), or None when that is
     not the base64 of a name (a damaged record: from the runner, whose code is the session's)."""
+    raw = path_bytes(path_b64)
+    return None if raw is None else manifest_key(os.fsdecode(raw))
+
+
+def named(key: str) -> str | None:
+    """The relative path a manifest key names, or None for a key that names none (:func:`key_path` raises)."""
     try:
-        raw = base64.b64decode(path_b64, validate=True)
-    except (binascii.Error, ValueError):
+        return key_path(key)
+    except BadKey:
         return None
-    if not raw or b"\x00" in raw:
-        return None
-    return manifest_key(os.fsdecode(raw))
 
 
 def key_path(key: str) -> str:

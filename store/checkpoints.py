@@ -58,9 +58,8 @@ def recorded_files(store: Any, session_id: str) -> dict[str, str]:
     out: dict[str, str] = {}
     with store.engine.connect() as conn:
         for path, b64, change, digest in conn.execute(q):
-            key = path if not b64 else b64_key(b64)
-            if key is None:  # a path_b64 that is not base64 (a damaged record): its display path is all there is
-                key = path
+            # a path_b64 that names nothing (a damaged record): its display path is all there is
+            key = (b64_key(b64) if b64 else None) or path
             if change == "deleted":
                 out.pop(key, None)
             else:
