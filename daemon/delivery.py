@@ -40,6 +40,7 @@ class Delivery:
     _last_resend: dict[str, float]
     _spool_at: dict[str, tuple[int, int]]
     _runner_codecs: dict[str, Codec]
+    run_seqs: dict[str, int]
     _waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]]
 
     def count(self, name: str, n: int = 1) -> None:
@@ -75,6 +76,7 @@ class Delivery:
             self.records.forget(sid)
             self._spool_at.pop(sid, None)
             self._runner_codecs.pop(sid, None)
+            self.run_seqs.pop(sid, None)
             self.routes.pop(sid, None)
             # per-session entries kept for weeks of uptime would grow with every session ever run; and a control
             # message still waiting for a hello belongs to the run that ended (a resumed run must not get it)

@@ -91,6 +91,7 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         self.pub_codec = Codec(key, max_message=max_message)
         #: per-session codecs (each runner signs with its own key), created on a session's first valid frame
         self._runner_codecs: dict[str, Codec] = {}
+        self.run_seqs: dict[str, int] = {}  # which run each resumed session's key is for (runner_frames.key_for)
         #: session -> routing id of its runner, learned only from frames signed with that session's key
         self.routes: dict[str, bytes] = {}
         self.runners_endpoint = runners_endpoint
@@ -156,10 +157,14 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         poller.register(self.pull, zmq.POLLIN)
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.pub, zmq.POLLIN)
-        self.ready.set()
         try:
+            # before ready: the daemon launches queued sessions, and adopts runners, once ingest is ready; a resumed
+            # session's run has a key of its own (runner_frames.key_for)
+            self.run_seqs.update(self.writer.run_starts())
+            self.ready.set()
             self._loop(poller)
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread, which stops the daemon
+            self.ready.set()
             self.failed = exc
             self.log.exception("ingest failed")
             self.notify.send_pyobj(("ingest_failed", repr(exc)))
@@ -407,6 +412,10 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
             elif kind == "approval.requested":
                 notes.append(("approval", cur.id, payload["approval_id"], payload.get("timeout"),
                               payload.get("policy")))
+            elif kind == "session.continued" and cur.status == "queued":
+                # a new run: a key of its own (the last run's key, copied out, signs nothing in it)
+                self.run_seqs[cur.id] = seq
+                self._runner_codecs.pop(cur.id, None)
             elif kind == "session.ended":
                 b.ended.add(cur.id)
                 # finalize() wrote the session's status and reason into the payload: store what clients are

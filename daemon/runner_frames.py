@@ -67,6 +67,9 @@ class RunnerFrames:
     #: session -> (pid, create time) its runner's last ``hello`` said, newest last (bounded: MAX_HELLOS)
     hellos: dict[str, tuple[int, float]]
     _runner_codecs: dict[str, Codec]
+    #: session -> the seq of the ``session.continued`` its current run began with (resumed sessions only): the
+    #: run its runner key is derived for (ipc.signing.derive_key; loaded at start, kept by ingest)
+    run_seqs: dict[str, int]
     _last_resend: dict[str, float]
     _waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]]
     _safe: bool
@@ -90,8 +93,8 @@ class RunnerFrames:
 
     # ---- per-session credentials ------------------------------------------------------------------
     def key_for(self, session_id: str) -> bytes:
-        """The key a session's runner signs with (docs/security.md): never the daemon's own."""
-        return derive_key(self._key, session_id)
+        """The key the runner of a session's current run signs with (docs/security.md): never the daemon's own."""
+        return derive_key(self._key, session_id, self.run_seqs.get(session_id, 0))
 
     def _codec_for(self, session_id: str) -> Codec:
         codec = self._runner_codecs.get(session_id)

@@ -20,14 +20,20 @@ __all__ = ["Signer", "ReplayGuard", "SignatureError", "ReplayError", "derive_key
 RUNNER_KEY_CONTEXT = b"labd runner key v1:"
 
 
-def derive_key(daemon_key: bytes, session_id: str) -> bytes:
-    """The signing key of one session's runner: ``HMAC-SHA256(daemon_key, context + session id)``.
+def derive_key(daemon_key: bytes, session_id: str, run: int = 0) -> bytes:
+    """The signing key of one run of a session's runner: ``HMAC-SHA256(daemon_key, context + session id)`` for
+    its first run, ``HMAC-SHA256(daemon_key, context + session id + "#" + run)`` for a resumed one, where ``run``
+    is the ``seq`` of the ``session.continued`` that began the run (:func:`labd.store.attempts.run_starts`).
 
     A runner holds only this key, never the daemon's: it can sign frames for its own session and for no
     other (the daemon verifies each runner frame with the key of the session it claims), and the key
-    tells nothing about the daemon key or other sessions' keys. The daemon re-derives it at will, so a
-    restarted daemon still verifies runners it did not start."""
-    return hmac.new(daemon_key, RUNNER_KEY_CONTEXT + session_id.encode(), hashlib.sha256).digest()
+    tells nothing about the daemon key or other sessions' keys. Each run of a resumed session has a key of
+    its own: a key copied out during one run signs nothing in the next. The daemon re-derives it at will from
+    the record, so a restarted daemon still verifies runners it did not start."""
+    label = RUNNER_KEY_CONTEXT + session_id.encode()
+    if run:
+        label += b"#%d" % run
+    return hmac.new(daemon_key, label, hashlib.sha256).digest()
 
 
 class SignatureError(Exception):

@@ -22,12 +22,32 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from labd.store.schema import events, steps
+from labd.ipc.events import TERMINAL_STATUSES
+from labd.store.schema import events, sessions, state_history, steps
 
-__all__ = ["step_paths", "superseded_nodes"]
+__all__ = ["run_starts", "step_paths", "superseded_nodes"]
 
 #: statuses of a step the resume kept (its checkpoint was restored, a branch reused it, or a plan it re-announced)
 _KEPT = frozenset({"completed", "reused", "planned"})
+
+
+def run_starts(conn: Any, ids: list[str] | None = None) -> dict[str, int]:
+    """``{session: seq}``: the ``seq`` of the ``session.continued`` that began each session's current run, for the
+    sessions among ``ids`` (None: every session that has not ended) resumed at least once; a session's first run
+    began with none (0). The key of a run's runner is derived from it (:func:`labd.ipc.signing.derive_key`).
+    Read from the state history: a continuation is the one transition out of an ended status into ``queued``
+    (store/projections.py ``_continue``), with that event's ``seq``."""
+    query = (select(state_history.c.session_id, func.max(state_history.c.seq))
+             .where(state_history.c.from_status.in_(sorted(TERMINAL_STATUSES)), state_history.c.to_status == "queued")
+             .group_by(state_history.c.session_id))
+    if ids is None:
+        live = select(sessions.c.id).where(sessions.c.status.not_in(sorted(TERMINAL_STATUSES)))
+        return {sid: int(seq) for sid, seq in conn.execute(query.where(state_history.c.session_id.in_(live)))}
+    out: dict[str, int] = {}
+    for start in range(0, len(ids), 500):  # bound the IN list (SQLite's parameter limit)
+        chunk = ids[start:start + 500]
+        out.update((sid, int(seq)) for sid, seq in conn.execute(query.where(state_history.c.session_id.in_(chunk))))
+    return out
 
 
 def superseded_nodes(store: Any, sid: str, nodes: list[dict[str, Any]] | None = None) -> set[str]:

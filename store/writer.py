@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, select
 
+from labd.store.attempts import run_starts
 from labd.store.known_keys import KnownKeys
 from labd.store.projections import RowChanges, SessionCursor
 from labd.store.retention import delete_sessions
@@ -98,6 +99,12 @@ class BatchWriter:
         self._conn.rollback()
         cur.pending_approvals = {r[0]: tuple(str(o) for o in orjson.loads(r[1])) for r in pending}
         return cur
+
+    def run_starts(self) -> dict[str, int]:
+        """Which run each resumed session that has not ended is in (store/attempts.py ``run_starts``)."""
+        out = run_starts(self._conn)
+        self._conn.rollback()
+        return out
 
     def resolutions(self, session_id: str, ids: list[str]) -> list[dict[str, Any]]:
         """Resolved approvals among ``ids`` (re-sent to a runner that reconnects while waiting)."""

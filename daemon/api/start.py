@@ -247,9 +247,12 @@ def session_spec(d: Any, q: Queued) -> dict[str, Any]:
     seed = d.layout.sessions_dir / q.sid / REPLAY_FILE  # labd replay (daemon/api/lineage.py); also after requeue
     if seed.exists():
         extra["replay_seed"] = str(seed)
-    # The runner's own key, derived for this session: it can sign for this session only.
+    # The runner's own key, derived for this session and run: it signs for this session only, and only until the
+    # run ends. Ingest knows which run it verifies (the continuation it last committed; a plain dict read from
+    # this thread: it was set before the commit that let this session launch).
+    run = d.ingest.run_seqs.get(q.sid, 0)
     return {"session_id": q.sid, "workflow": q.workflow, "params": q.params, "workdir": q.workdir,
-            "endpoint": d.info.runners, "key": derive_key(d.info.key_bytes, q.sid).hex(),
+            "endpoint": d.info.runners, "key": derive_key(d.info.key_bytes, q.sid, run).hex(),
             "sandbox": d.sandbox_spec(q.sid, network), "confine": d.runner_confine_spec(q.sid),
             "secret_names": d.cfg.secret_env,
             "models": d.cfg.models, "prices": d.cfg.prices, "max_message": d.cfg.max_message,

@@ -21,6 +21,12 @@ def impostor_runner(c: Any, *, routing_suffix: str = ":impostor",
     its record is closed.) The frozen runner is killed with the test daemon's runners (``kill_runners``), or by
     :func:`end_impostor`."""
     sid = c.start("demo.sleep", params={"seconds": 600})
+    freeze_runner(c, sid)
+    return sid, Codec(derive_key(c.info.key_bytes, sid), max_message=max_message), dealer(c, sid, routing_suffix)
+
+
+def freeze_runner(c: Any, sid: str) -> None:
+    """Wait until ``sid`` runs, SIGSTOP its runner, and wait until what the runner sent is stored."""
     wait_until(lambda: c.session(sid)["status"] == "running")
     os.kill(int(c.session(sid)["pid"]), signal.SIGSTOP)
     seen: list[int] = []
@@ -29,11 +35,15 @@ def impostor_runner(c: Any, *, routing_suffix: str = ":impostor",
         seen.append(max((e["src_seq"] for e in c.history(sid) if e["src"] == "runner"), default=0))
         return len(seen) >= 3 and seen[-1] == seen[-3]
     wait_until(settled, timeout=20, interval=0.1, what="the frozen runner's events to be stored")
+
+
+def dealer(c: Any, sid: str, routing_suffix: str = ":impostor") -> zmq.Socket:
+    """A DEALER on the daemon's runner socket whose routing id names ``sid`` (as its runner's would)."""
     s = zmq.Context.instance().socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.ROUTING_ID, f"{sid}{routing_suffix}".encode())
     s.connect(c.info.runners)
-    return sid, Codec(derive_key(c.info.key_bytes, sid), max_message=max_message), s
+    return s
 
 
 def end_impostor(c: Any, sid: str, s: zmq.Socket) -> None:

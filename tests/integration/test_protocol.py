@@ -13,7 +13,7 @@ from labd.ipc.signing import derive_key
 from labd.ipc.wire import Codec
 from tests.conftest import SMALL_MAX_MESSAGE as MAX_MESSAGE
 from tests.conftest import wait_until
-from tests.integration.impostor import impostor_runner
+from tests.integration.impostor import dealer, end_impostor, freeze_runner, impostor_runner
 
 
 def _bad_frames(codec: Codec, type_: str, body: dict) -> dict[str, list[bytes]]:
@@ -269,6 +269,39 @@ def test_a_finished_sessions_record_takes_no_more_runner_events(small_daemon) ->
         assert list(c.history(sid)) == before
         assert c.session(sid)["status"] == "completed"
         assert c.approvals(session=sid, status="all") == []
+
+
+def test_each_run_of_a_resumed_session_has_a_runner_key_of_its_own(small_daemon) -> None:
+    """A key copied out during one run of a session signs nothing in the next: the resumed run's runner signs with
+    a key derived for that run (the ``session.continued`` it began with), frames signed with the first run's key
+    are dropped as ``bad_signature`` and leave the record as it was, while the new run's key is taken. (Before, a
+    session's key was the same for every run.)"""
+    with small_daemon.client() as c:
+        sid = c.start("demo.sleep", params={"seconds": 600})
+        wait_until(lambda: c.session(sid)["status"] == "running")
+        c.stop(sid)
+        assert c.wait(sid, timeout=60)["status"] == "cancelled"
+        c.resume(sid)
+        freeze_runner(c, sid)
+        run = next(e["seq"] for e in c.history(sid, kinds=["session.continued"]))
+        first_run, this_run = (Codec(derive_key(c.info.key_bytes, sid, r), max_message=MAX_MESSAGE) for r in (0, run))
+        s = dealer(c, sid)
+        nxt = max(e["src_seq"] for e in c.history(sid) if e["src"] == "runner") + 1
+
+        def output(text: str) -> dict:
+            return {"session": sid, "events": [[nxt, time.time(), "output", None, None,
+                                                {"stream": "stdout", "text": text}]]}
+        bad = c.status()["counters"].get("dropped.runner.bad_signature", 0)
+        s.send_multipart(first_run.pack("events", output("SIGNED WITH THE FIRST RUN'S KEY\n")))
+        wait_until(lambda: c.status()["counters"].get("dropped.runner.bad_signature", 0) == bad + 1,
+                   what="the first run's frame to be dropped")
+        s.send_multipart(this_run.pack("events", output("signed with this run's key\n")))
+        assert s.poll(5000), "no ack for this run's frame"
+        assert this_run.unpack(s.recv_multipart()).body["next"] == nxt + 1
+        texts = [e["payload"]["text"] for e in c.history(sid, kinds=["output"])]
+        assert "signed with this run's key\n" in texts
+        assert "SIGNED WITH THE FIRST RUN'S KEY\n" not in texts
+        end_impostor(c, sid, s)
 
 
 def test_a_runner_cannot_record_a_time_or_cost_out_of_range(small_daemon) -> None:

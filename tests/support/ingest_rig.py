@@ -125,9 +125,13 @@ class Rig:
         return failed
 
     def continue_run(self) -> None:
-        """Hand over a ``session.continued`` (``labd resume``) of the ended session: a new run begins."""
+        """Hand over a ``session.continued`` (``labd resume``) of the ended session and wait until it is stored: a new
+        run begins, whose runner signs with the run's own key (as the daemon's launcher gives it)."""
         self.daemon_side.send_pyobj(("event", SID, "session.continued",
                                      {"by": "test", "reason": "resumed", "from_status": "failed"}, None, None))
+        wait_until(lambda: any(r[1] == "session.continued" for r in self.stored()), timeout=10, what="continued")
+        run = next(r[0] for r in self.stored() if r[1] == "session.continued")
+        self.codec = Codec(derive_key(KEY, SID, run))
 
     def end(self, payload: dict[str, Any] | None = None) -> None:
         """Hand over the session's ``session.ended`` as the supervisor does when its runner has exited."""

@@ -27,6 +27,7 @@ class _Ingest(Delivery):
         self._last_resend = {sid: 1.0}
         self._spool_at = {sid: (0, 0)}
         self._runner_codecs = {sid: object()}  # type: ignore[dict-item]
+        self.run_seqs = {sid: 7}
         self._waiting_for_hello = {sid: [("pause", {"by": "client"})]}
         self.notify = SimpleNamespace(send_pyobj=lambda note: None)  # type: ignore[assignment]
 
@@ -39,18 +40,18 @@ class _Ingest(Delivery):
 
 def test_an_ended_session_leaves_no_entry_in_ingest() -> None:
     """Once a session's end is committed, ingest holds no entry for it in any per-session map: not its cursor,
-    route, codec or spool position, not the time its runner was last seen (``last_seen``: kept for every session
-    ever run before), and not a control message still waiting for its runner's hello (a ``pause`` queued for a
-    runner that died before connecting would have been handed to the runner of the session's resumed run). A
-    session still running keeps its entries."""
+    route, codec, run (its key's) or spool position, not the time its runner was last seen (``last_seen``: kept
+    for every session ever run before), and not a control message still waiting for its runner's hello (a
+    ``pause`` queued for a runner that died before connecting would have been handed to the runner of the session's
+    resumed run). A session still running keeps its entries."""
     ingest = _Ingest("s-ended")
-    for name in ("cursors", "routes", "last_seen", "_last_resend", "_spool_at", "_runner_codecs",
-                 "_waiting_for_hello"):
+    names = ("cursors", "routes", "last_seen", "_last_resend", "_spool_at", "_runner_codecs", "run_seqs",
+             "_waiting_for_hello")
+    for name in names:
         getattr(ingest, name)["s-live"] = getattr(ingest, name)["s-ended"]
     batch = Batch()
     batch.ended.add("s-ended")
     ingest._send_batch(batch)
-    maps = {name: dict(getattr(ingest, name)) for name in ("cursors", "routes", "last_seen", "_last_resend",
-                                                           "_spool_at", "_runner_codecs", "_waiting_for_hello")}
+    maps = {name: dict(getattr(ingest, name)) for name in names}
     assert {name: sorted(m) for name, m in maps.items()} == {name: ["s-live"] for name in maps}
     assert ingest.forgotten == ["s-ended", "s-ended"]  # the ack pacer's and the record caps' state too

@@ -125,9 +125,12 @@ def test_max_ids_bounds_the_history() -> None:
             g.check(f"id{i}", NOW, now=NOW)
 
 
-def test_runner_key_derivation_matches_the_protocol_test_vector() -> None:
-    """The runner key of docs/protocol.md §7: HMAC-SHA256(daemon key, "labd runner key v1:" + session id)."""
+def test_runner_key_derivation_matches_the_protocol_test_vectors() -> None:
+    """The runner keys of docs/protocol.md §7: HMAC-SHA256(daemon key, "labd runner key v1:" + session id) for a
+    session's first run, and + "#" + the seq of its session.continued for a resumed run (another key)."""
     from labd.ipc.signing import derive_key
 
     assert derive_key(bytes(range(32)), "4378cfd2cc34").hex() == (
         "ad58c7e19c310222773e56a154ca525ea026757c1013d05fb6ca143ba3f5f3c6")
+    assert derive_key(bytes(range(32)), "4378cfd2cc34", 57).hex() == (
+        "5e972d662f33aaa8c974b05f3e9241607a58841bce7e0ad7ddeb9b83d10e2eef")
