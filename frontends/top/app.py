@@ -22,7 +22,7 @@ from labd.ipc import Client, LabdError
 from .feed import Feed
 from .format import activity_line, matches, output_text
 from .messages import ConnectionChanged, DagUpdated, EventsArrived, SessionsUpdated
-from .widgets import LIVE, DagTree, DetailPane, FeedbackScreen, History, SessionTable, other_options
+from .widgets import LIVE, ApprovalScreen, DagTree, DetailPane, FeedbackScreen, History, SessionTable, other_options
 
 __all__ = ["TopApp"]
 
@@ -69,6 +69,7 @@ class TopApp(App[int]):
         Binding("r", "reject", "Reject"),
         Binding("m", "modify", "Modify"),
         Binding("o", "other", "Other option", show=False),
+        Binding("v", "view_approval", "View approval", show=False),
         Binding("K", "kill", "Kill", show=False),
         Binding("e", "toggle_ended", "Ended"),
         Binding("slash", "filter", "Filter"),
@@ -332,6 +333,35 @@ class TopApp(App[int]):
 
         self.push_screen(FeedbackScreen(f"answer {ap['session_id']} with", "options: " + " / ".join(others), True,
                                         placeholder="an option", value=others[0]), text_for)
+
+    def action_view_approval(self) -> None:
+        """The selected session's waiting approval in full (its whole prompt and context: the list the feed polls
+        leaves a long context out), to read before deciding; ``a`` / ``r`` there answer it."""
+        pending = self.pending.get(self.selected or "") or []
+        if not pending or self.feed is None:
+            self.notify("no approval waiting for this session", severity="warning")
+            return
+        ap, feed = pending[0], self.feed
+
+        def whole(c: Client) -> dict[str, Any]:
+            reply = c.request("approvals.list", session=ap["session_id"], status="pending", full=True)
+            return next((a for a in reply["approvals"] if a["id"] == ap["id"]), ap)
+
+        async def go() -> None:
+            try:
+                full = await feed.call(whole)
+            except LabdError as exc:
+                self.notify(safe_text(f"approval {ap['id']}: {exc.message}"), severity="error", markup=False)
+                return
+
+            def decided(decision: str | None) -> None:
+                if decision == "approve" and self._approval("approve") is not None:
+                    self._resolve(ap, "approve", None)
+                elif decision == "reject":
+                    self._ask_feedback("reject", required=False)
+            self.push_screen(ApprovalScreen(full), decided)
+
+        self.run_worker(go(), group="requests")
 
     def action_approve(self) -> None:
         ap = self._approval("approve")

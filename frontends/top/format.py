@@ -8,6 +8,7 @@ included), and only ever as a ``Text`` or plain ``Log`` line, never as a string 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,8 +16,8 @@ from rich.text import Text
 
 from labd.frontends.cli.safetext import plain, text
 
-__all__ = ["MAX_LINE", "activity_line", "fmt_age", "fmt_bytes", "fmt_cost", "matches", "output_text", "safe", "spark",
-           "truncate"]
+__all__ = ["MAX_LINE", "activity_line", "context_lines", "fmt_age", "fmt_bytes", "fmt_cost", "matches", "output_text",
+           "safe", "spark", "truncate"]
 
 MAX_LINE = 400  # characters of one output line shown; the store keeps the whole line (`labd logs` has it)
 BLOCKS = "▁▂▃▄▅▆▇█"
@@ -43,6 +44,37 @@ def output_text(chunk: str, limit: int = MAX_LINE) -> str:
     if len(chunk) <= limit:
         return chunk
     return "\n".join(truncate(line, limit) for line in chunk.split("\n"))
+
+
+def context_lines(context: Any) -> list[str]:
+    """An approval's context as a human reads it before deciding: each field on lines of its own, a text of several
+    lines (the code a policy asks about) as it is written, anything else (a plan's steps) as indented JSON."""
+    if context is None:
+        return []
+    if not isinstance(context, dict):
+        return json.dumps(context, indent=2, ensure_ascii=False, default=str).splitlines()
+    out: list[str] = []
+    for key, value in context.items():
+        if isinstance(value, str) and "\n" not in value:
+            out.append(f"{key}: {value}")
+        elif isinstance(value, str):
+            out += [f"{key}:", *("  " + line for line in value.splitlines())]
+        elif isinstance(value, list):  # e.g. a plan's steps: one line each
+            out += [f"{key}:", *(f"  - {_compact(item)}" for item in value)]
+        elif isinstance(value, dict):
+            out += [f"{key}:", *(f"  {k}: {_compact(v)}" for k, v in value.items())]
+        else:
+            out.append(f"{key}: {_compact(value)}")
+    return out
+
+
+def _compact(value: Any) -> str:
+    """A value on one line: a mapping as ``key: value, ...``, a text as it is, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_compact(v)}" for k, v in value.items())
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def matches(row: dict[str, Any], query: str) -> bool:

@@ -9,20 +9,25 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Sparkline, Static, Tree
 
+from labd.frontends.cli.listing import ps_status
 from labd.frontends.cli.safetext import text as safe_text
 
-from .format import fmt_age, fmt_bytes, fmt_cost, safe, spark, truncate
+from .format import context_lines, fmt_age, fmt_bytes, fmt_cost, safe, spark, truncate
 from .messages import DAG_NODES
 
-__all__ = ["DagTree", "DetailPane", "FeedbackScreen", "SessionTable", "History"]
+__all__ = ["ApprovalScreen", "DagTree", "DetailPane", "FeedbackScreen", "SessionTable", "History"]
 
-LIVE = ("created", "starting", "running", "paused", "waiting_approval")
+#: the sessions that have not ended: a queued one waits in the run queue for its turn ([daemon] max_sessions)
+LIVE = ("created", "queued", "starting", "running", "paused", "waiting_approval")
 STATUS_STYLE = {"running": "green", "waiting_approval": "bold yellow", "paused": "yellow", "starting": "cyan",
-                "created": "cyan", "completed": "dim green", "failed": "red", "cancelled": "dim", "lost": "red"}
+                "created": "cyan", "queued": "magenta", "completed": "dim green", "failed": "red", "cancelled": "dim",
+                "lost": "red"}
+#: lines of an approval's context shown beside its keys (`v` shows the whole approval)
+CONTEXT_LINES = 12
 COLUMNS = (("id", "ID", 12), ("name", "NAME", 22), ("status", "STATUS", 16), ("cpu", "CPU%", 6),
            ("cpu_spark", "cpu", 10), ("mem", "MEM", 7), ("mem_spark", "mem", 10), ("cost", "COST", 8),
            ("age", "AGE", 5))
@@ -50,8 +55,9 @@ class History:
                 del table[sid]
 
 
-def status_text(status: str) -> Text:
-    return Text(status, style=STATUS_STYLE.get(status, ""))
+def status_text(status: str, row: dict[str, Any] | None = None) -> Text:
+    """A session's status, coloured; a queued one's place in the run queue (``queued #2``) when ``row`` says it."""
+    return Text(ps_status(row) if row is not None else status, style=STATUS_STYLE.get(status, ""))
 
 
 class SessionTable(DataTable[Any]):
@@ -69,7 +75,7 @@ class SessionTable(DataTable[Any]):
         sid, live = row["id"], row.get("live") or {}
         alive = row["status"] in LIVE
         # the name as a Text: a string cell is read as markup (a session named "[@click=app.quit]x" ...)
-        return (sid, safe(truncate(row.get("name") or "", 22)), status_text(row["status"]),
+        return (sid, safe(truncate(row.get("name") or "", 22)), status_text(row["status"], row),
                 f"{live['cpu_percent']:.0f}" if alive and live else "-",
                 spark(hist.cpu.get(sid, ()), 10, top=100.0) if alive else "",
                 fmt_bytes(live.get("rss")) if alive and live else fmt_bytes(row.get("peak_rss")),
@@ -128,7 +134,7 @@ class DetailPane(Vertical):
             return
         sid, live = row["id"], row.get("live") or {}
         text = Text.assemble((f"{safe_text(str(row.get('name')))}\n", "bold"), (f"{sid} ", "dim"),
-                             status_text(row["status"]), f"  age {fmt_age(row.get('created_at'), now)}\n"
+                             status_text(row["status"], row), f"  age {fmt_age(row.get('created_at'), now)}\n"
                              f"{safe_text(truncate(row.get('workflow') or '', 48))}")
         if row.get("reason") and row["status"] not in LIVE:
             text.append(f"\n{safe_text(truncate(row['reason'], 200))}", style="dim")
@@ -146,13 +152,19 @@ class DetailPane(Vertical):
         self.query_one("#mem-spark", Sparkline).data = list(hist.mem.get(sid, [0.0]))
         box = self.query_one("#approval", Static)
         if approval:
-            opts = safe_text(" / ".join(approval.get("options") or []))
+            options = approval.get("options") or []
+            keys: list[Any] = []  # the keys of the options this approval has (no "m modify" where it has none)
+            for key, word in (("a", "approve"), ("r", "reject"), ("m", "modify")):
+                if word in options:
+                    keys += [(key, "bold"), f" {word}  "]
             box.update(Text.assemble(("approval waiting ", "bold"), f"({safe_text(str(approval.get('kind')))}): ",
-                                     safe_text(truncate(str(approval.get("prompt")), 300)), f"\noptions: {opts}\n",
-                                     ("a", "bold"), " approve  ", ("r", "bold"), " reject  ", ("m", "bold"),
-                                     " modify",
-                                     *((("  o", "bold"), " other option") if other_options(approval) else ()),
-                                     (f"\n+{more} more pending" if more else "", "dim")))
+                                     safe_text(truncate(str(approval.get("prompt")), 300)),
+                                     f"\noptions: {safe_text(' / '.join(options))}\n", *keys,
+                                     "\n", *((("o", "bold"), " other option  ") if other_options(approval) else ()),
+                                     ("v", "bold"), " view all",
+                                     (f"\n+{more} more pending" if more else "", "dim"),
+                                     # below the keys: a long context must not push them out of the pane
+                                     approval_context(approval, CONTEXT_LINES)))
         else:
             box.update("")
 
@@ -260,4 +272,50 @@ class FeedbackScreen(ModalScreen[str | None]):
         self.dismiss(event.value.strip())
 
     def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+def approval_context(approval: dict[str, Any], limit: int | None = None) -> Text:
+    """An approval's context (the code a policy asks about, a plan's steps) as lines under its prompt, the first
+    ``limit`` of them (None: all); a context too long to be listed (``truncated``, no context) says how to see it."""
+    lines = context_lines(approval.get("context"))
+    if not lines:
+        return Text("\n(its context is too long to list here: v shows the whole approval)" if
+                    approval.get("truncated") else "", style="dim")
+    shown = lines if limit is None else lines[:limit]
+    out = Text("\n" + safe_text("\n".join(shown)), style="")
+    if len(shown) < len(lines):
+        out.append(f"\n… {len(lines) - len(shown)} more lines (v: the whole approval)", style="dim")
+    return out
+
+
+class ApprovalScreen(ModalScreen[str | None]):
+    """The whole of one approval, scrollable: its prompt, options and whole context (the code or plan to decide
+    on). ``a`` approves, ``r`` rejects (asking for feedback next), Escape closes."""
+
+    DEFAULT_CSS = """
+    ApprovalScreen { align: center middle; }
+    ApprovalScreen > VerticalScroll { width: 90%; height: 90%; border: thick $warning; background: $surface;
+                                      padding: 0 1; }
+    """
+    BINDINGS = [Binding("escape", "close", "Close"), Binding("a", "decide('approve')", "Approve"),
+                Binding("r", "decide('reject')", "Reject")]
+
+    def __init__(self, approval: dict[str, Any]) -> None:
+        super().__init__()
+        self.approval = approval
+
+    def compose(self) -> ComposeResult:
+        ap = self.approval
+        with VerticalScroll():
+            yield Label(Text(safe_text(f"approval {ap.get('id')} ({ap.get('kind')}) of {ap.get('session_id')}"),
+                             style="bold"))
+            yield Static(safe(ap.get("prompt") or ""))
+            yield Static(approval_context(ap))
+            yield Label(Text(safe_text("options: " + " / ".join(ap.get("options") or [])), style="bold"))
+
+    def action_decide(self, decision: str) -> None:
+        self.dismiss(decision)
+
+    def action_close(self) -> None:
         self.dismiss(None)

@@ -173,6 +173,51 @@ def test_approval_answered_in_place(daemon: DaemonProc) -> None:
         c.close()
 
 
+def test_an_approval_shows_the_code_it_asks_about_and_v_shows_all_of_it(daemon: DaemonProc) -> None:
+    """An approval of code shows the code beside its keys (it showed only the prompt: a human approved code never
+    shown), only the keys of its options (no ``m modify`` for approve / reject), and ``v`` opens the whole approval,
+    whose context the polled list leaves out when long (here 200 lines), where ``a`` approves it."""
+    c = daemon.client()
+    sid = c.start("labd_testflows:review_code")
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: app.selected == sid and "approval waiting" in screen_text(app), what="the approval")
+        await until(lambda: "context is too long to list here" in screen_text(app), what="the context's note")
+        assert "m modify" not in screen_text(app) and "a approve" in screen_text(app)
+        await pilot.press("v")
+        await until(lambda: "print(0)  # step 0 of the program" in screen_text(app), what="the code shown")
+        shown = app.screen.query_one("VerticalScroll")
+        await until(lambda: shown.max_scroll_y > 0, what="the code laid out")
+        shown.scroll_end(animate=False)
+        await until(lambda: "# the last line" in screen_text(app), what="the code's last line")
+        await pilot.press("a")
+        await until(lambda: c.session(sid)["status"] == "completed", what="approved and completed")
+        (answered,) = c.approvals(sid, status="resolved")
+        assert (answered["decision"], answered["resolved_by"]) == ("approve", "labd top")
+
+    try:
+        run_app(daemon.home, scenario)
+    finally:
+        c.close()
+
+
+def test_a_short_context_shows_in_the_detail_pane(daemon: DaemonProc) -> None:
+    """A code approval whose context fits the list shows its code in the detail pane itself."""
+    c = daemon.client()
+    sid = c.start("labd_testflows:review_code", params={"lines": 3})
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: app.selected == sid and "approval waiting" in screen_text(app), what="the approval")
+        await until(lambda: "print(1)  # step 1 of the program" in screen_text(app), what="the code in the pane")
+        assert "# the last line" in screen_text(app)
+
+    try:
+        run_app(daemon.home, scenario)
+    finally:
+        c.kill(sid)
+        c.close()
+
+
 def test_o_answers_with_an_option_no_key_gives(daemon: DaemonProc) -> None:
     """`o` answers the selected session's approval with an option of its own (here hitl's ``redo`` after planning,
     with a hypothesis): top could give only approve, reject and modify, so a redo or a workflow's own options had

@@ -357,6 +357,16 @@ def review_once(ctx) -> str:
     return d.decision
 
 
+def review_code(ctx, lines: int = 200) -> str:
+    """One approval of code to run, as a policy asks it (approve or reject only): the code, ``lines`` lines ending in
+    ``# the last line``, is in the approval's context, past what a list of approvals carries whole at 200 lines."""
+    code = "\n".join(f"print({i})  # step {i} of the program" for i in range(lines - 1)) + "\n# the last line"
+    d = ctx.approval("code", "Run this python code?", options=["approve", "reject"],
+                     context={"language": "python", "code": code})
+    print(f"decision={d.decision}", flush=True)
+    return d.decision
+
+
 def _count_run(counter: str, name: str) -> int:
     """Count an execution of ``name`` in a file under ``counter`` (outside the work directory: a side channel
     that survives resume and restore)."""

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from labd.frontends.top.format import activity_line, fmt_age, fmt_bytes, fmt_cost, output_text, spark, truncate
+from labd.frontends.top.format import (
+    activity_line,
+    context_lines,
+    fmt_age,
+    fmt_bytes,
+    fmt_cost,
+    output_text,
+    spark,
+    truncate,
+)
+from labd.frontends.top.widgets import LIVE, status_text
 
 
 def test_long_lines_are_cut_for_display_saying_how_much() -> None:
@@ -61,3 +71,21 @@ def test_dag_nodes_sort_in_creation_order_with_forked_childrens_ids() -> None:
 
     ids = ["n10", "f3.10", "n1", "f3.2", "n2", "f3.f1.1", "f12.1"]
     assert sorted(ids, key=_node_key) == ["n1", "n2", "f3.f1.1", "f3.2", "f3.10", "n10", "f12.1"]
+
+
+def test_an_approvals_context_reads_as_code_and_one_line_per_plan_step() -> None:
+    """The code a policy asks about keeps its lines; a plan's steps are a line each; other fields one line."""
+    lines = context_lines({"language": "python", "code": "x = 1\nprint(x)",
+                           "plan": [{"agent": "engineer", "goal": "fit"}, {"agent": "none", "goal": "report"}],
+                           "limits": {"cpus": 2}, "retries": 3})
+    assert lines == ["language: python", "code:", "  x = 1", "  print(x)", "plan:", "  - agent: engineer, goal: fit",
+                     "  - agent: none, goal: report", "limits:", "  cpus: 2", "retries: 3"]
+    assert context_lines(None) == [] and context_lines(["a"]) == ["[", '  "a"', "]"]
+
+
+def test_a_queued_session_is_live_and_shows_its_place_in_the_queue() -> None:
+    """Queued sessions have not ended: top lists them with the live ones (``e`` hid them as ended) and says where
+    they stand in the run queue, as ``labd ps`` does."""
+    assert "queued" in LIVE
+    assert str(status_text("queued", {"status": "queued", "queue_position": 2})) == "queued #2"
+    assert str(status_text("running", {"status": "running"})) == "running"
