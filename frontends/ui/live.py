@@ -209,13 +209,16 @@ class _Tail:
 
 async def follow_session(sid: str, since: int, *, watch: DaemonWatch, zctx: zmq.asyncio.Context,
                          read: Callable[[int], Awaitable[dict[str, Any]]],
-                         disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
+                         disconnected: Callable[[], Awaitable[bool]], ended: bool = False) -> AsyncIterator[str]:
     """The Server-Sent Events of session ``sid`` after ``since``: ``id: <seq>`` and the event as JSON, each event
     once and in order; ``event: end`` after the session's end; ``event: error`` while the daemon cannot be read,
     then ``event: resumed``. Returns without ``end`` when the server stops or the client has gone.
 
     ``read(since)``: a page of the session's stored events after ``since`` (``Client.events``), in a thread the
-    stop may abandon (then it raises :class:`~labd.frontends.ui.calls.Stopping`, a :class:`LabdError`)."""
+    stop may abandon (then it raises :class:`~labd.frontends.ui.calls.Stopping`, a :class:`LabdError`). ``ended``:
+    the session had ended when it was looked up, before this stream read anything: if nothing is stored after
+    ``since``, its end is at or before ``since`` (a page resuming from the last event it got) and the stream ends at
+    once, rather than waiting for a ``session.ended`` that is not coming."""
     from labd.frontends.ui.calls import Stopping
 
     cursor = FollowCursor(since)
@@ -226,6 +229,7 @@ async def follow_session(sid: str, since: int, *, watch: DaemonWatch, zctx: zmq.
     try:
         yield "retry: 1000\n\n"
         need_store, recheck, last_live = True, RECHECK_FIRST_S, 0.0
+        first_read = True
         while not cursor.ended:
             if watch.stopped or await disconnected():
                 return  # not "end": the page reconnects (and resumes) when a dashboard serves again
@@ -253,6 +257,9 @@ async def follow_session(sid: str, since: int, *, watch: DaemonWatch, zctx: zmq.
                     await watch.pause(ERROR_RETRY_S)
                     continue
                 need_store = False
+                if first_read and ended and cursor.last == since:
+                    break  # it ended at or before `since` (a resume would be in what was just read)
+                first_read = False
                 if cursor.last != before:  # the live tail had dropped some (or this is the start): watch closely
                     recheck = RECHECK_FIRST_S
                 continue

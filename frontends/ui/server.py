@@ -56,6 +56,7 @@ from labd.frontends.ui.endshort import EndShort, FileShrank
 from labd.frontends.ui.fields import RESOLVE_FIELDS, START_FIELDS, count, field, filters, only, optional
 from labd.frontends.ui.live import DaemonWatch, follow_session
 from labd.ipc.client import Client, LabdError
+from labd.ipc.events import TERMINAL_STATUSES
 from labd.ipc.safe_files import listed_name, open_beneath
 from labd.ipc.units import shortened
 
@@ -273,11 +274,18 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         return await daemon(lambda c: c.events(request.path_params["sid"], since=since, node=node or None))
 
     async def approvals(request: Request) -> Any:
-        filters(request, "status")
+        filters(request, "status", "session", "full")
         which = request.query_params.get("status", "pending")
+        # one session's, whole (`full=1`: prompts and contexts uncut, which a list across sessions leaves out when
+        # long: the page reads them for the approvals it shows cut)
+        one: dict[str, Any] = {}
+        if request.query_params.get("session"):
+            one["session"] = request.query_params["session"]
+        if request.query_params.get("full") not in (None, "", "0"):
+            one["full"] = True
 
         def listed(c: Client) -> list[dict[str, Any]]:  # the oldest 20 of each session; `more_pending`: the rest
-            reply = c.request("approvals.list", status=which)
+            reply = c.request("approvals.list", status=which, **one)
             more = reply.get("omitted") or {}
             return [{**a, "more_pending": more[a["session_id"]]} if more.get(a["session_id"]) else a
                     for a in reply["approvals"]]
@@ -358,7 +366,7 @@ def build_app(home: str | None, token: str, port_ref: list[int],
                                            "sequence number (0 or more)"}}, status_code=400)
         since = int(raw_since)
         try:  # an unknown session is a 404 now, not a stream of errors that never ends
-            await daemon(lambda c: c.session(sid))
+            row = await daemon(lambda c: c.session(sid))
         except LabdError as exc:  # anything else may pass (the page retries a 503)
             return JSONResponse({"error": {"code": exc.code, "message": exc.message}},
                                 status_code=404 if exc.code == "not_found" else 503)
@@ -366,7 +374,8 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         async def page(after: int) -> dict[str, Any]:
             return await daemon(lambda c: c.events(sid, since=after, limit=2000))
 
-        gen = follow_session(sid, since, watch=watch, zctx=zctx, read=page, disconnected=request.is_disconnected)
+        gen = follow_session(sid, since, watch=watch, zctx=zctx, read=page, disconnected=request.is_disconnected,
+                             ended=row.get("status") in TERMINAL_STATUSES)
         return StreamingResponse(gen, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

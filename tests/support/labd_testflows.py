@@ -357,6 +357,12 @@ def review_once(ctx) -> str:
     return d.decision
 
 
+def long_lines(ctx, lines: int = 30, width: int = 100_000) -> None:
+    """``lines`` lines of output, each ``line N `` followed by ``width`` characters."""
+    for i in range(lines):
+        print(f"line {i} " + "x" * width, flush=True)
+
+
 def review_code(ctx, lines: int = 200) -> str:
     """One approval of code to run, as a policy asks it (approve or reject only): the code, ``lines`` lines ending in
     ``# the last line``, is in the approval's context, past what a list of approvals carries whole at 200 lines."""

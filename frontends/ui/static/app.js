@@ -39,6 +39,8 @@ const TERMINAL = ["completed", "failed", "cancelled", "lost"];
 const DAG_NODES = 500;
 // the cost tab's charts show the costliest this many rows each
 const BAR_ROWS = 50;
+// the session list shows the newest this many (the daemon's list reads are bounded; labd ps -a --limit N: more)
+const SESSIONS_SHOWN = 200;
 function cleanup() { timers.forEach(clearInterval); timers = []; streams.forEach(s => s.close()); streams = []; }
 
 async function api(path, opts = {}) {
@@ -130,14 +132,24 @@ async function sessionsPage(main) {
   const which = el("select", {id: "which"}, el("option", {value: ""}, "all"), el("option", {value: "live"}, "live"),
     ...["completed", "failed", "cancelled", "lost"].map(s => el("option", {value: s}, s)));
   const tbody = el("tbody", {id: "sessions-body"});
+  const listNote = el("p", {class: "muted", id: "sessions-note"});
   const table = el("table", {id: "sessions"}, el("thead", {}, el("tr", {}, ...["id", "name", "workflow", "status", "CPU", "memory", "cost", "age", "reason"].map(h => el("th", {}, h)))), tbody);
-  main.replaceChildren(el("div", {class: "row"}, el("div", {class: "grow"}, el("div", {class: "card"}, el("div", {class: "row"}, filter, which)), table), await startForm()));
+  main.replaceChildren(el("div", {class: "row"}, el("div", {class: "grow"}, el("div", {class: "card"}, el("div", {class: "row"}, filter, which)), table, listNote), await startForm()));
   const refresh = async () => {
     const live = ["created", "starting", "running", "paused", "waiting_approval", "queued"];
     const wanted = which.value === "live" ? live.join(",") : which.value;
-    const rows = await api("/api/sessions" + (wanted ? `?status=${wanted}` : ""));
-    const q = filter.value.toLowerCase();
-    tbody.replaceChildren(...rows.filter(s => !q || [s.id, s.name, s.workflow].some(v => (v || "").toLowerCase().includes(q))).map(s =>
+    // the newest SESSIONS_SHOWN, filtered here; a filter naming an older session (its id, a prefix of it, or its
+    // name, as labd show takes them) finds it too
+    const q = filter.value.toLowerCase().trim();
+    const listed = await api(`/api/sessions?limit=${SESSIONS_SHOWN}` + (wanted ? `&status=${wanted}` : ""));
+    let rows = listed.filter(s => !q || [s.id, s.name, s.workflow].some(v => (v || "").toLowerCase().includes(q)));
+    if (q && listed.length === SESSIONS_SHOWN && !rows.some(s => s.id === q || (s.name || "").toLowerCase() === q)) {
+      const named = await api(`/api/sessions/${encodeURIComponent(filter.value.trim())}`).catch(() => null);
+      if (named && (!wanted || wanted.split(",").includes(named.status))) rows = [named, ...rows.filter(s => s.id !== named.id)];
+    }
+    listNote.textContent = listed.length === SESSIONS_SHOWN ? `the newest ${SESSIONS_SHOWN} sessions shown; older ` +
+      "ones: type one's id or name in the filter, or labd ps -a --limit N" : "";
+    tbody.replaceChildren(...rows.map(s =>
       el("tr", {class: "clickable", dataset: {session: s.id}, onclick: () => { location.hash = `#/s/${s.id}`; }},
         el("td", {}, s.id), el("td", {}, s.name), el("td", {}, s.workflow), el("td", {}, status(s.status)),
         el("td", {}, s.live ? `${s.live.cpu_percent.toFixed(0)}%` : ""), el("td", {}, s.live ? fmtBytes(s.live.rss) : fmtBytes(s.peak_rss)),
@@ -160,7 +172,8 @@ async function startForm() {
   const go = el("button", {id: "start-button", onclick: async () => {
     try {
       const body = {workflow: wf.value, params: JSON.parse(params.value || "{}"), name: name.value, memory: memory.value,
-        budget: budget.value ? Number(budget.value) : null};
+        // a number the daemon checks; anything else is sent as typed, to be refused ("2,50" was sent as null: no budget)
+        budget: budget.value.trim() ? (Number.isFinite(Number(budget.value)) ? Number(budget.value) : budget.value) : null};
       const r = await api("/api/sessions", {method: "POST", body: JSON.stringify(body)});
       toast(`started ${r.session}`); location.hash = `#/s/${r.session}`;
     } catch (e) { toast(e.message, true); }
@@ -211,11 +224,13 @@ async function sessionPage(main, sid) {
   main.replaceChildren(head, bar, ...Object.values(panes));
 
   const log = el("pre", {class: "log", id: "output"});
+  const logNote = el("p", {class: "muted", id: "output-note", hidden: true},
+    `earlier output is not shown here (the page keeps the last million characters): labd logs ${sid} has all of it`);
   const activity = el("div", {class: "activity", id: "activity"});
   // the stream's `event: error` (the daemon gone or not answering): said here while it lasts, gone once events flow
   const streamError = el("p", {class: "act-error", id: "stream-error", hidden: true});
   const streamOk = () => { streamError.hidden = true; };
-  panes.output.append(streamError, el("div", {class: "row"}, el("div", {class: "grow"}, el("b", {}, "output"), log), el("div", {class: "grow"}, el("b", {}, "agent activity"), activity)));
+  panes.output.append(streamError, el("div", {class: "row"}, el("div", {class: "grow"}, el("b", {}, "output"), logNote, log), el("div", {class: "grow"}, el("b", {}, "agent activity"), activity)));
   let pending = [], lastSeq = 0;
   // A browser opens at most 6 connections to a host, and a stream holds one for as long as its session runs: six
   // tabs on running sessions left none for anything else (another tab's page, every tab's polls and approvals).
@@ -259,7 +274,15 @@ async function sessionPage(main, sid) {
       if (line) activity.append(el("div", {class: line[1], "data-kind": ev.kind}, line[0]));
       ended = ended || ev.kind === "session.ended" || ev.kind.startsWith("approval.") || ev.kind.startsWith("session.");
     }
-    if (text) { log.append(text); if (log.textContent.length > 2e6) log.textContent = log.textContent.slice(-1e6); log.scrollTop = log.scrollHeight; }
+    if (text) {
+      log.append(text);
+      if (log.textContent.length > 2e6) {  // from a line's start: no half line at the top
+        const kept = log.textContent.slice(-1e6);
+        log.textContent = kept.slice(kept.indexOf("\n") + 1);
+        logNote.hidden = false;
+      }
+      log.scrollTop = log.scrollHeight;
+    }
     while (activity.childElementCount > 5000) activity.firstChild.remove();
     if (ended) renderHead(await api(`/api/sessions/${sid}`));
   }, 100));
@@ -314,6 +337,30 @@ async function sessionPage(main, sid) {
 }
 
 // ---- approvals --------------------------------------------------------------------------------------
+// An approval's context (the code a policy asks about, a plan's steps) as a human reads it before deciding: a text
+// of several lines as written, a list a line per item, anything else as JSON.
+function contextView(ctx) {
+  if (ctx === null || ctx === undefined) return "";
+  const one = v => typeof v === "string" ? v : JSON.stringify(v);
+  const rows = typeof ctx !== "object" || Array.isArray(ctx) ? [["", ctx]] : Object.entries(ctx);
+  return el("div", {class: "approval-context"}, ...rows.map(([k, v]) => {
+    const body = typeof v === "string" ? v : Array.isArray(v) ? v.map(x => "- " + one(x)).join("\n")
+      : JSON.stringify(v, null, 1);
+    return typeof v === "string" && !v.includes("\n") ? el("div", {}, el("b", {}, k ? `${k}: ` : ""), v)
+      : el("div", {}, el("b", {}, k), el("pre", {class: "log", dataset: {field: k}}, body));
+  }));
+}
+// The approvals of `list` whose prompt or context the list cut, read whole (one request per session with any).
+async function whole(list) {
+  const cut = [...new Set(list.filter(a => a.truncated).map(a => a.session_id))];
+  const full = {};
+  for (const sid of cut) {
+    const got = await api(`/api/approvals?session=${encodeURIComponent(sid)}&full=1`).catch(() => []);
+    for (const a of got) full[a.id] = a;
+  }
+  return list.map(a => full[a.id] ? {...full[a.id], more_pending: a.more_pending} : a);
+}
+
 async function approvalsPage(main) {
   const box = el("div", {id: "approvals"});
   main.replaceChildren(el("h2", {}, "Waiting for a human"), box);
@@ -324,13 +371,13 @@ async function approvalsPage(main) {
     box.dataset.ids = list.map(a => a.id).join(",");
     // the daemon lists the oldest 20 of each session; `more_pending` counts the rest (shown on its last card)
     const last = {}; list.forEach(a => { last[a.session_id] = a.id; });
-    box.replaceChildren(...list.map(a => {
+    box.replaceChildren(...(await whole(list)).map(a => {
       const feedback = el("textarea", {rows: 2, placeholder: "feedback / hypothesis (for modify and redo)"});
       const more = a.more_pending && last[a.session_id] === a.id
         ? el("p", {class: "muted more-pending"}, `${a.more_pending} more pending in this session (shown once these are answered)`) : "";
       const cut = a.prompt_length ? el("p", {class: "muted"}, `prompt cut to its first 2,000 of ${a.prompt_length} characters (all of it: labd approvals ${a.session_id} --full --json)`) : "";
       return el("div", {class: "card", dataset: {approval: a.id}}, el("b", {}, `${a.kind} · `, el("a", {href: `#/s/${a.session_id}`}, a.session_id)),
-        el("pre", {style: "white-space:pre-wrap"}, a.prompt), cut, more, feedback,
+        el("pre", {style: "white-space:pre-wrap"}, a.prompt), cut, contextView(a.context), more, feedback,
         el("p", {}, ...JSON.parse(typeof a.options === "string" ? a.options : JSON.stringify(a.options)).map(opt => el("button", {class: opt === "reject" ? "danger" : "", dataset: {decision: opt}, onclick: async () => {
           const body = {session: a.session_id, approval_id: a.id, decision: opt};
           if (feedback.value) { body.feedback = feedback.value; if (opt === "redo") body.hypothesis = feedback.value; }
