@@ -146,7 +146,13 @@ class Waiting:
             for _ in self.follow(sid, since=row["last_seq"], timeout=timeout):
                 pass
             row = self._reading(lambda: self.session(sid), deadline, sid)
-        found = self._reading(lambda: self.events(sid, kinds=["session.finished"], limit=1)["events"], deadline, sid)
+        def this_run() -> tuple[int, list[dict[str, Any]]]:
+            # the outcome of the run that counts: a resumed session's earlier runs have theirs before the last
+            # session.continued (the first session.finished was a failed run's: no result for a resume that completed)
+            runs = list(self.history(sid, kinds=["session.continued"]))
+            start = runs[-1]["seq"] if runs else 0
+            return start, self.events(sid, since=start, kinds=["session.finished"], limit=1)["events"]
+        start, found = self._reading(this_run, deadline, sid)
         finished = found[0]["payload"] if found else None
         if row["status"] == "completed" and finished is not None and not result_missing(finished):
             return decode_result(finished.get("result"), session=sid)
@@ -154,7 +160,7 @@ class Waiting:
         if finished is not None and row["status"] != "cancelled":
             def last_error() -> dict[str, Any] | None:  # scanned page by page: a session's custom events are not held
                 found = None
-                for ev in self.history(sid, kinds=["custom"]):
+                for ev in self.history(sid, since=start, kinds=["custom"]):
                     if ev["payload"].get("name") == ERROR_EVENT and isinstance(ev["payload"].get("data"), dict):
                         found = ev["payload"]["data"]
                 return found

@@ -15,6 +15,7 @@ Of a resumed session only the run that counted is compared: the attempts its res
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -337,23 +338,36 @@ MAX_INPUT_CHARS = 2000
 def _inputs(store: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """What the sessions were started with, where they differ: ``{workflow?, params: {name: [value per
     session, None where absent]}, hypothesis?, instructions?}`` (a branch's, from its ``session.created``); each
-    value as JSON text cut to :data:`MAX_INPUT_CHARS`. Only what differs between the sessions is listed."""
-    def text(value: Any) -> str | None:
+    value as JSON text cut to :data:`MAX_INPUT_CHARS` (around where the values first differ, when that is further
+    in). Whole values are compared: only what differs between the sessions is listed."""
+    def whole(value: Any) -> str | None:
         if value is None:
             return None
-        out = value if isinstance(value, str) else orjson.dumps(value, default=repr).decode()
-        return out if len(out) <= MAX_INPUT_CHARS else out[:MAX_INPUT_CHARS] + "..."
+        return value if isinstance(value, str) else orjson.dumps(value, default=repr).decode()
+
+    def differing(values: list[Any]) -> list[str | None] | None:
+        texts = [whole(v) for v in values]
+        if len(set(texts)) < 2:
+            return None
+        present = [t for t in texts if t is not None]
+        common = len(os.path.commonprefix(present)) if len(present) > 1 else 0
+        # where they differ is what a reader needs: past the cut, show the stretch from a little before it
+        start = common - 100 if common > MAX_INPUT_CHARS - 100 else 0
+        return [None if t is None else (f"...({start} characters alike) " if start else "")
+                + t[start:start + MAX_INPUT_CHARS] + ("..." if len(t) > start + MAX_INPUT_CHARS else "")
+                for t in texts]
 
     created = [store.created(r["id"]) for r in rows]
     out: dict[str, Any] = {"params": {}}
     for field, values in (("workflow", [r.get("workflow") for r in rows]),
                           ("hypothesis", [c.get("hypothesis") for c in created]),
                           ("instructions", [c.get("instructions") for c in created])):
-        if len({text(v) for v in values}) > 1:
-            out[field] = [text(v) for v in values]
+        shown = differing(values)
+        if shown is not None:
+            out[field] = shown
     params = [r.get("params") or {} for r in rows]
     for name in sorted(set().union(*params)):
-        values = [text(p.get(name)) if name in p else None for p in params]
-        if len(set(values)) > 1:
-            out["params"][name] = values
+        shown = differing([p.get(name) if name in p else None for p in params])
+        if shown is not None:
+            out["params"][name] = shown
     return out

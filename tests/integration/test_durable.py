@@ -562,3 +562,21 @@ def test_checkpoints_show_a_step_that_added_no_bytes_as_nothing_new(shared_daemo
         assert _ended(c, sid)["status"] == "completed"
     rows = {line.split()[1]: line.split() for line in labd("checkpoints", sid).stdout.splitlines()[1:]}
     assert rows["write"][4] == "+3B" and rows["idle"][4] == "-", rows
+
+
+def test_the_result_of_a_resumed_session_is_its_completed_runs(shared_daemon, tmp_path: Path) -> None:
+    """``Client.result`` of a session that failed and was resumed to completion returns the completed run's value;
+    it read the first ``session.finished`` (the failed run's, with no result) and raised ``ResultMissing``. A
+    session failed again after a resume reports that run's error, not the first one's."""
+    counter = tmp_path / "counts"
+    counter.mkdir()
+    with shared_daemon.client() as c:
+        sid = c.start("labd_testflows:durable_four", params={"counter": str(counter), "fail_three": 2})
+        assert c.wait(sid, timeout=60)["status"] == "failed"
+        c.resume(sid)
+        assert c.wait(sid, timeout=60)["status"] == "failed"
+        with pytest.raises(Exception, match="step three fails on run 2"):
+            c.result(sid)
+        c.resume(sid)
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        assert c.result(sid)["two"] == 2
