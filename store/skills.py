@@ -26,6 +26,7 @@ import orjson
 from sqlalchemy import Engine, Select, delete, func, insert, or_, select
 
 from labd.ipc.functions import FUNCTION_WORKFLOW
+from labd.store.attempts import run_starts
 from labd.store.queries import Store
 from labd.store.schema import skills
 
@@ -72,7 +73,8 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
     evs = list(store.events(sid, limit=MAX_EVENTS, kinds=["session.finished", "step.started", "code.execution",
                                                     "agent.message", "file.created", "file.changed"]))
     steps_rows = {r["node_id"]: r for r in store.steps(sid)}
-    finished = next((e for e in evs if e["kind"] == "session.finished"), None)
+    # the run that completed: a resumed session's failed runs have their own session.finished before it
+    finished = next((e for e in reversed(evs) if e["kind"] == "session.finished"), None)
     result = (finished or {}).get("payload", {}).get("result")
     plan_steps: list[Any] = []
     if isinstance(result, dict) and isinstance(result.get("plan"), list):
@@ -89,7 +91,12 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
             node, seen = row["parent_node"], seen + 1
         return None
     # a branch's reused steps too: they are part of what it did (their code is in the record they came from)
-    step_nodes = [r for r in steps_rows.values() if r["kind"] == "step" and r["status"] in ("completed", "reused")]
+    # (not those a resume re-announced: a planned step completed before the resume shows again as `reused` after the
+    # continuation, while its completed node, with its code, is in this record already)
+    with store.engine.connect() as conn:
+        resumed_at = run_starts(conn, [sid]).get(sid)
+    step_nodes = [r for r in steps_rows.values() if r["kind"] == "step" and r["status"] in ("completed", "reused")
+                  and not (r["status"] == "reused" and resumed_at is not None and (r["start_seq"] or 0) > resumed_at)]
     step_nodes.sort(key=lambda r: r["start_seq"] or 0)
     if from_node is not None:
         if from_node not in steps_rows:  # as events.query and session.replay say it: the nodes it does have

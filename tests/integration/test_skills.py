@@ -173,3 +173,20 @@ def test_a_submitted_functions_session_is_no_skill(daemon) -> None:
             c.request("skill.import", document={"name": "fn-skill", "workflow": "labd.runner.workflows.function:call"})
         assert "submitted function" in err.value.message
         assert not [s for s in c.request("skill.list")["skills"] if s["name"] == "fn-skill"]
+
+
+def test_a_skill_from_a_resumed_session_holds_each_step_once_with_its_goal(daemon) -> None:
+    """A planning_and_control session stopped by its budget inside step 2, then resumed with a larger budget to
+    completion, gives a skill of its three steps, each once and with its own plan entry; before, the skill read the
+    stopped run's outcome (no plan: every goal fell back to the step's name, agent ``none``) and held step 1 twice
+    (its completed node and the resume's re-announcement of it)."""
+    task = "Analyse numbers.\n- compute the mean\n- compute the median\n- write a report"
+    with daemon.client() as c:
+        sid = c.start("planning_and_control", params={"task": task}, budget=0.0007)
+        assert c.wait(sid, timeout=90)["status"] != "completed"
+        c.resume(sid, budget=1.0)
+        assert c.wait(sid, timeout=90)["status"] == "completed"
+        c.request("skill.save", session=sid, name="resumed")
+        steps = c.request("skill.get", name="resumed")["skill"]["steps"]
+        assert [s["goal"] for s in steps] == ["compute the mean", "compute the median", "write a report"]
+        assert [s["agent"] for s in steps] == ["engineer"] * 3
