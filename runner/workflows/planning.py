@@ -161,11 +161,14 @@ def hitl(ctx: Context, task: str = DEFAULT_TASK, max_steps: int = 3, max_retries
         previous: str | None = None
         while True:
             label = "planning" if previous is None else f"planning (attempt {redos + rejections + 1})"
+            # the plan and its answer go through node.result: a resumed or branched session skips a completed
+            # step's body and restores its result (local variables set in it would not exist)
             with ctx.step(label, kind="phase", redo_of=previous) as node:
-                plan = await make_plan(ctx, task, max_steps, model, feedback=feedback, hypothesis=hypothesis)
+                made = await make_plan(ctx, task, max_steps, model, feedback=feedback, hypothesis=hypothesis)
                 options = ["approve", "reject", "modify"] + (["redo"] if redos < max_redos else [])
-                decision = await ask("after_planning", f"Approve this plan for: {task}", options,
-                                     {"plan": json.loads(plan.to_json())["steps"]})
+                node.result = (made, await ask("after_planning", f"Approve this plan for: {task}", options,
+                                               {"plan": json.loads(made.to_json())["steps"]}))
+            plan, decision = node.result
             previous = node.id
             if decision.decision == "approve":
                 break
@@ -208,8 +211,9 @@ async def _run_with_redos(ctx: Context, ask: Any, i: int, total: int, st: PlanSt
         try:
             with ctx.step(label, redo_of=redo_of) as node:
                 node_id = node.id
-                return await run_step(ctx, i, total, st, model, max_retries, instructions=instructions,
-                                      hypothesis=hypothesis)
+                node.result = await run_step(ctx, i, total, st, model, max_retries, instructions=instructions,
+                                             hypothesis=hypothesis)
+            return str(node.result)  # restored, not run again, when a resume or branch finds the step completed
         except StepFailed as exc:
             options = ["approve", "reject"] + (["redo", "modify"] if redos < max_redos else [])
             d = await ask("on_error", f"{label} failed: {exc}", options, {"error": str(exc), "redos": redos})

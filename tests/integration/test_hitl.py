@@ -187,3 +187,52 @@ def test_modify_without_feedback_is_refused_alike_by_every_client(client) -> Non
     assert client.wait(sid, timeout=60)["status"] == "completed"
     assert "decision=modify feedback=use blue" in "".join(
         e["payload"]["text"] for e in client.history(sid) if e["kind"] == "output")
+
+
+def _approve_until_done(c, sid: str) -> dict:
+    """Approve every request of ``sid`` until it ends; its final row."""
+    for _ in range(20):
+        wait_until(lambda: c.approvals(sid) or c.session(sid)["status"] in ("completed", "failed", "cancelled"),
+                   timeout=60, what="the next approval or the end")
+        if not c.approvals(sid):
+            break
+        c.approve(sid)
+    return c.wait(sid, timeout=60)
+
+
+def _planner_calls(c, sid: str) -> int:
+    return sum(1 for e in c.history(sid, kinds=["llm.request"]) if e["payload"]["agent"] == "planner")
+
+
+def test_hitl_resumed_after_its_plan_was_approved_goes_on_without_planning_again(client) -> None:
+    """A hitl session stopped while it waits before its first step (its plan approved) is resumed: it goes on to
+    completion without planning again; before, the resumed run failed with ``UnboundLocalError`` (the plan and
+    its answer were local variables of the skipped planning step)."""
+    sid = client.start("hitl", params={"task": "Plain.\n- one\n- two", "max_steps": 2})
+    wait_until(lambda: client.approvals(sid), timeout=60, what="the plan's approval")
+    client.approve(sid)
+    wait_until(lambda: [a for a in client.approvals(sid) if a["kind"] == "before_step"], timeout=60,
+               what="the approval before step 1")
+    planned = _planner_calls(client, sid)
+    client.stop(sid)
+    assert client.wait(sid, timeout=60)["status"] == "cancelled"
+    client.resume(sid)
+    final = _approve_until_done(client, sid)
+    assert final["status"] == "completed", final["reason"]
+    assert _planner_calls(client, sid) == planned
+
+
+def test_a_branch_of_hitl_from_its_second_step_reuses_the_first(client) -> None:
+    """A branch of a completed hitl session from its second step reuses planning and step 1 (restored, not run
+    again) and completes; before, it failed with ``UnboundLocalError``, and a completed step whose body was skipped
+    was opened again at the next position (run twice, or a divergence)."""
+    sid = client.start("hitl", params={"task": "Plain.\n- one\n- two", "max_steps": 2})
+    assert _approve_until_done(client, sid)["status"] == "completed"
+    step2 = next(n["node_id"] for n in client.dag(sid)["dag"]["nodes"] if n["name"].startswith("step 2:"))
+    bid = client.branch(sid, step2, hypothesis="try X")["sessions"][0]["session"]
+    final = _approve_until_done(client, bid)
+    assert final["status"] == "completed", final["reason"]
+    assert _planner_calls(client, bid) == 0
+    ends = [(e["payload"]["name"][:7], e["payload"]["status"]) for e in client.history(bid, kinds=["step.finished"])]
+    assert ("step 1:", "reused") in ends and ("step 1:", "completed") not in ends
+    assert ("step 2:", "completed") in ends
