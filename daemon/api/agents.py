@@ -120,6 +120,10 @@ class ResolveApproval(Request):
             named = pending
         else:
             named = _named(store, row["id"], aid)
+            elsewhere = [] if named else store.approvals(ids=[aid], bound=(1, 1))
+            if elsewhere:  # another session's id (copied from the wrong line): say whose, not "not pending"
+                raise ApiError("not_pending", f"approval {aid} belongs to session {elsewhere[0]['session_id']}, not "
+                               f"to {row['id']}: nothing was answered", {"session": elsewhere[0]["session_id"]})
         aid = named[0]["id"] if named else aid
         # Checked here, on the approval this request answers (not by the client beforehand, when another request
         # may come in between): `labd mcp` refuses "policy" approvals, which a rule requires of a human. Looked up by

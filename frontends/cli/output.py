@@ -127,6 +127,7 @@ class Output:
         rows = [[_one_line(c) for c in r] for r in rows]
         if self.tty:
             from rich.box import SIMPLE_HEAD
+            from rich.cells import cell_len
             from rich.table import Table
             from rich.text import Text
 
@@ -135,7 +136,7 @@ class Output:
                       title=Text(safetext.text(title)) if title is not None else None,  # a Text: no markup read
                       title_justify="left", title_style="bold")
             for i, c in enumerate(columns):
-                longest = max([len(_text(r[i])) for r in rows] + [len(c)])
+                longest = max([cell_len(_text(r[i])) for r in rows] + [len(c)])
                 keep = c in ("ID", "SESSION", "APPROVAL", "NODE", "STATUS") or c in right
                 t.add_column(c, justify="right" if c in right else "left", no_wrap=c not in wrap,
                              overflow="fold" if c in wrap else "ellipsis", min_width=longest if keep else None)
@@ -145,10 +146,13 @@ class Output:
             return
         if title:
             self.stdout.write(title + "\n")
+        from rich.cells import cell_len  # columns a text takes in a terminal: a CJK character takes two
+
         texts = [[_text(c) for c in r] for r in rows]
-        widths = [max(len(x) for x in col) for col in zip(columns, *texts, strict=False)]
+        widths = [max(cell_len(x) for x in col) for col in zip(columns, *texts, strict=False)]
         for line in [list(columns), *texts]:
-            cells = [v.rjust(w) if c in right else v.ljust(w) for v, w, c in zip(line, widths, columns, strict=True)]
+            pads = [" " * (w - cell_len(v)) for v, w in zip(line, widths, strict=True)]
+            cells = [pad + v if c in right else v + pad for v, pad, c in zip(line, pads, columns, strict=True)]
             self.stdout.write("  ".join(cells).rstrip() + "\n")
 
     def fields(self, pairs: Sequence[tuple[str, Cell]]) -> None:

@@ -236,3 +236,19 @@ def test_a_branch_of_hitl_from_its_second_step_reuses_the_first(client) -> None:
     ends = [(e["payload"]["name"][:7], e["payload"]["status"]) for e in client.history(bid, kinds=["step.finished"])]
     assert ("step 1:", "reused") in ends and ("step 1:", "completed") not in ends
     assert ("step 2:", "completed") in ends
+
+
+def test_an_approval_id_of_another_session_is_refused_naming_its_session(client) -> None:
+    """Answering session A with session B's pending approval id answers nothing and says the approval is B's; it
+    said "not pending (already resolved, or unknown)", of an approval that was pending."""
+    a, b = (client.start("labd_testflows:review_once") for _ in range(2))
+    wait_until(lambda: client.approvals(a) and client.approvals(b), timeout=60, what="both approvals")
+    theirs = client.approvals(b)[0]["id"]
+    with pytest.raises(LabdError) as refused:
+        client.approve(a, approval_id=theirs)
+    assert refused.value.code == "not_pending" and f"belongs to session {b}" in refused.value.message
+    assert [x["status"] for x in client.approvals(b, status="all")] == ["pending"]
+    assert [x["status"] for x in client.approvals(a, status="all")] == ["pending"]
+    for sid in (a, b):
+        client.approve(sid)
+        assert client.wait(sid, timeout=60)["status"] == "completed"
