@@ -187,7 +187,12 @@ def hitl(ctx: Context, task: str = DEFAULT_TASK, max_steps: int = 3, max_retries
         with ctx.step("control", kind="phase"):
             for i, st in enumerate(plan.steps, 1):
                 name = f"step {i}: {st.goal[:60]}"
-                before = await ask("before_step", f"Run {name}?", ["approve", "reject", "modify"], asdict(st))
+                # the answer is a node's result: a resume or a branch past this point restores it, and does not ask
+                # a human again about a step it restores (or one it reruns from here, as a branch of that step)
+                with ctx.step(f"review {name}", kind="phase") as review:
+                    review.result = await ask("before_step", f"Run {name}?", ["approve", "reject", "modify"],
+                                              asdict(st))
+                before = review.result
                 if before.decision == "reject":
                     ctx.skip(name, before.feedback or "rejected by a human")
                     continue

@@ -224,8 +224,9 @@ def test_hitl_resumed_after_its_plan_was_approved_goes_on_without_planning_again
 
 def test_a_branch_of_hitl_from_its_second_step_reuses_the_first(client) -> None:
     """A branch of a completed hitl session from its second step reuses planning and step 1 (restored, not run
-    again) and completes; before, it failed with ``UnboundLocalError``, and a completed step whose body was skipped
-    was opened again at the next position (run twice, or a divergence)."""
+    again, and nobody is asked again whether to run it: the answer is its review node's result) and completes;
+    before, it failed with ``UnboundLocalError``, and a completed step whose body was skipped was opened again at
+    the next position (run twice, or a divergence)."""
     sid = client.start("hitl", params={"task": "Plain.\n- one\n- two", "max_steps": 2})
     assert _approve_until_done(client, sid)["status"] == "completed"
     step2 = next(n["node_id"] for n in client.dag(sid)["dag"]["nodes"] if n["name"].startswith("step 2:"))
@@ -233,6 +234,8 @@ def test_a_branch_of_hitl_from_its_second_step_reuses_the_first(client) -> None:
     final = _approve_until_done(client, bid)
     assert final["status"] == "completed", final["reason"]
     assert _planner_calls(client, bid) == 0
+    asked = [a["prompt"] for a in client.approvals(bid, status="all")]
+    assert not [p for p in asked if p.startswith("Run step 1:")], asked  # its review is restored: no one is asked
     ends = [(e["payload"]["name"][:7], e["payload"]["status"]) for e in client.history(bid, kinds=["step.finished"])]
     assert ("step 1:", "reused") in ends and ("step 1:", "completed") not in ends
     assert ("step 2:", "completed") in ends
