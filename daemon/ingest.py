@@ -160,7 +160,7 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         try:
             # before ready: the daemon launches queued sessions, and adopts runners, once ingest is ready; a resumed
             # session's run has a key of its own (runner_frames.key_for)
-            self.run_seqs.update(self.writer.run_starts())
+            self.run_seqs.update(self.writer.run_keys())
             self.ready.set()
             self._loop(poller)
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread, which stops the daemon
@@ -405,6 +405,7 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
             notes.append(("record", cur.id, *self.records.usage(cur.id)))
         self.index_hints.staged(cur.id, seq, kind)  # before the commit (store.search.IndexHints)
         if kind in PROJECTED:
+            was = cur.status
             apply(cur, seq, ts, kind, src, node_id, payload, changes)
             if kind == "cost.recorded" and cur.budget is not None and cur.cost > cur.budget and not cur.budget_hit:
                 cur.budget_hit = True
@@ -412,7 +413,7 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
             elif kind == "approval.requested":
                 notes.append(("approval", cur.id, payload["approval_id"], payload.get("timeout"),
                               payload.get("policy")))
-            elif kind == "session.continued" and cur.status == "queued":
+            elif kind == "session.continued" and cur.status == "queued" and was != "queued":
                 # a new run: a key of its own (the last run's key, copied out, signs nothing in it)
                 self.run_seqs[cur.id] = seq
                 self._runner_codecs.pop(cur.id, None)

@@ -186,7 +186,10 @@ class Daemon(SandboxSetup, ControlPlane):
                         secure_events=events_auth.secure,
                         max_session_record=None if cfg.max_session_record is None else int(cfg.max_session_record))
         ingest.start()
-        ingest.ready.wait(10)
+        # ready once it has read which run each resumed session's runner key is for: sessions are re-queued and
+        # adopted only after that (a launch before it would give a resumed run the first run's key)
+        while not ingest.ready.wait(1) and ingest.is_alive():
+            pass
         self.ingest = ingest
         self._to_ingest = z.socket(zmq.PUSH)
         self._to_ingest.setsockopt(zmq.SNDTIMEO, 30_000)  # a stalled ingest must not hang the main loop forever

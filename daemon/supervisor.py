@@ -107,7 +107,10 @@ class Supervisor(Admission):
         # A remote launcher's handle is no local process: recorded as pid 0, watched by its node's monitor
         remote = bool(getattr(self.launcher, "is_remote", lambda _pid: False)(pid))
         kind = getattr(self.launcher, "kind_of", lambda _pid: "template")(pid)
-        self.post(sid, "session.launched", {"pid": 0 if remote else pid, "create_time": create_time, "launcher": kind})
+        # run_key: its runner signs with the key of its run (ipc.signing.derive_key), which a runner launched by a
+        # daemon before 2026-12-06 does not (a later daemon adopting it verifies with the key it has)
+        self.post(sid, "session.launched", {"pid": 0 if remote else pid, "create_time": create_time, "launcher": kind,
+                                            "run_key": True})
         if not remote:
             self.monitor.watch(sid, pid, limits, run.started)
             if spec.get("workdir"):
@@ -124,7 +127,7 @@ class Supervisor(Admission):
         if not pid and unrecorded is not None:  # recorded now; if it ended meanwhile, it ends as below
             pid, ctime = unrecorded
             self.post(sid, "session.launched", {"pid": pid, "create_time": ctime, "launcher": "template",
-                                                "recovered": True})
+                                                "recovered": True, "run_key": True})
         if pid and not is_same_process(pid, ctime) and titled(pid) == sid:
             # Its create time moved, not the process: psutil derives it from the boot time, which the kernel
             # computes from the wall clock, so a clock step (NTP) between launch and now shifts it by the step.
@@ -168,7 +171,8 @@ class Supervisor(Admission):
         if handle is None:
             return False
         if row["pid"] is None:  # the previous daemon died between creating the actor and recording it
-            self.post(sid, "session.launched", {"pid": 0, "create_time": 0.0, "launcher": "ray", "recovered": True})
+            self.post(sid, "session.launched", {"pid": 0, "create_time": 0.0, "launcher": "ray", "recovered": True,
+                                                "run_key": True})
         started = row["started_at"] or row["created_at"]
         self.running[sid] = Running(sid, handle, 0.0, Limits.from_dict(row["limits"]), started, adopted=True)
         self.post(sid, "session.adopted", {"pid": 0})

@@ -109,7 +109,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                           "limits": (dict, False), "checkpoints": (int, False), "interrupted": (list, False)},
     # waits for capacity (run queue); why: what it waits for when that is not capacity (a full disk)
     "session.queued": {"position": (int, True), "priority": (int, True), "why": (str, False)},
-    "session.launched": {"pid": (int, True), "create_time": (NUM, True), "launcher": (str, True)},
+    "session.launched": {"pid": (int, True), "create_time": (NUM, True), "launcher": (str, True),
+                         "recovered": (bool, False), "run_key": (bool, False)},
     "session.started": {"pid": (int, True), "workdir": (str, True)},  # runner
     "session.finished": {"outcome": (str, True), "error": (str, False), "traceback": (str, False),
                          "result": (ANY, False)},  # runner: what the workflow did

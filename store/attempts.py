@@ -20,24 +20,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import func, select
 
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.store.schema import events, sessions, state_history, steps
 
-__all__ = ["run_starts", "step_paths", "superseded_nodes"]
+__all__ = ["run_keys", "run_starts", "step_paths", "superseded_nodes"]
 
 #: statuses of a step the resume kept (its checkpoint was restored, a branch reused it, or a plan it re-announced)
 _KEPT = frozenset({"completed", "reused", "planned"})
 
 
-def run_starts(conn: Any, ids: list[str] | None = None) -> dict[str, int]:
-    """``{session: seq}``: the ``seq`` of the ``session.continued`` that began each session's current run, for the
-    sessions among ``ids`` (None: every session that has not ended) resumed at least once; a session's first run
-    began with none (0). The key of a run's runner is derived from it (:func:`labd.ipc.signing.derive_key`).
-    Read from the state history: a continuation is the one transition out of an ended status into ``queued``
-    (store/projections.py ``_continue``), with that event's ``seq``."""
-    query = (select(state_history.c.session_id, func.max(state_history.c.seq))
+def run_starts(conn: Any, ids: list[str] | None = None, *, first: bool = False) -> dict[str, int]:
+    """``{session: seq}``: the ``seq`` of the ``session.continued`` that began each session's current run (``first``:
+    its first resumed run), for the sessions among ``ids`` (None: every session that has not ended) resumed at least
+    once; a session's first run began with none (0). Read from the state history: a continuation is the one
+    transition out of an ended status into ``queued`` (store/projections.py ``_continue``), with that event's
+    ``seq``."""
+    query = (select(state_history.c.session_id, (func.min if first else func.max)(state_history.c.seq))
              .where(state_history.c.from_status.in_(sorted(TERMINAL_STATUSES)), state_history.c.to_status == "queued")
              .group_by(state_history.c.session_id))
     if ids is None:
@@ -48,6 +49,23 @@ def run_starts(conn: Any, ids: list[str] | None = None) -> dict[str, int]:
         chunk = ids[start:start + 500]
         out.update((sid, int(seq)) for sid, seq in conn.execute(query.where(state_history.c.session_id.in_(chunk))))
     return out
+
+
+def run_keys(conn: Any) -> dict[str, int]:
+    """``{session: run}`` for every session that has not ended whose runner signs with a resumed run's key
+    (:func:`labd.ipc.signing.derive_key`): the ``seq`` its run began with (:func:`run_starts`), unless that run's
+    runner was launched by a daemon that gave it the session's first key (its ``session.launched`` has no
+    ``run_key``: a labd before 2026-12-06; an upgrade must not cut such a runner off)."""
+    runs = run_starts(conn)
+    if not runs:
+        return runs
+    rows = conn.execute(select(events.c.session_id, events.c.seq, events.c.payload).where(
+        events.c.session_id.in_(list(runs)), events.c.kind == "session.launched"))
+    launched: dict[str, tuple[int, bool]] = {}
+    for sid, seq, payload in rows:  # the launch of the current run: the last one after its continuation
+        if seq > runs[sid] and seq > launched.get(sid, (0, False))[0]:
+            launched[sid] = (seq, bool(orjson.loads(payload).get("run_key")))
+    return {sid: seq for sid, seq in runs.items() if sid not in launched or launched[sid][1]}
 
 
 def superseded_nodes(store: Any, sid: str, nodes: list[dict[str, Any]] | None = None) -> set[str]:

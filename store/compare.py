@@ -340,15 +340,20 @@ def _inputs(store: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     session, None where absent]}, hypothesis?, instructions?}`` (a branch's, from its ``session.created``); each
     value as JSON text cut to :data:`MAX_INPUT_CHARS` (around where the values first differ, when that is further
     in). Whole values are compared: only what differs between the sessions is listed."""
-    def whole(value: Any) -> str | None:
+    def whole(value: Any) -> str | None:  # as shown: a text as it is
         if value is None:
             return None
         return value if isinstance(value, str) else orjson.dumps(value, default=repr).decode()
 
+    def same(value: Any) -> bytes | None:  # as compared: "5" is not 5, and {"a", "b"} is {"b", "a"}
+        return None if value is None else orjson.dumps(value, default=repr, option=orjson.OPT_SORT_KEYS)
+
     def differing(values: list[Any]) -> list[str | None] | None:
-        texts = [whole(v) for v in values]
-        if len(set(texts)) < 2:
+        if len({same(v) for v in values}) < 2:
             return None
+        texts = [whole(v) for v in values]
+        if len(set(texts)) < 2:  # the text "5" against the number 5: shown as JSON, where they look different
+            texts = [None if v is None else orjson.dumps(v, default=repr).decode() for v in values]
         present = [t for t in texts if t is not None]
         common = len(os.path.commonprefix(present)) if len(present) > 1 else 0
         # where they differ is what a reader needs: past the cut, show the stretch from a little before it

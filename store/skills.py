@@ -91,10 +91,11 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
             node, seen = row["parent_node"], seen + 1
         return None
     # a branch's reused steps too: they are part of what it did (their code is in the record they came from)
-    # (not those a resume re-announced: a planned step completed before the resume shows again as `reused` after the
-    # continuation, while its completed node, with its code, is in this record already)
+    # (not those a resume re-announced: a planned step completed before a resume shows again as `reused` after each
+    # continuation, while its completed node, with its code, is in this record already; a branch's own reused steps
+    # all come before its first continuation)
     with store.engine.connect() as conn:
-        resumed_at = run_starts(conn, [sid]).get(sid)
+        resumed_at = run_starts(conn, [sid], first=True).get(sid)
     step_nodes = [r for r in steps_rows.values() if r["kind"] == "step" and r["status"] in ("completed", "reused")
                   and not (r["status"] == "reused" and resumed_at is not None and (r["start_seq"] or 0) > resumed_at)]
     step_nodes.sort(key=lambda r: r["start_seq"] or 0)

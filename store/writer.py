@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, select
 
-from labd.store.attempts import run_starts
+from labd.store.attempts import run_keys
 from labd.store.known_keys import KnownKeys
 from labd.store.projections import RowChanges, SessionCursor
 from labd.store.retention import delete_sessions
@@ -100,9 +100,9 @@ class BatchWriter:
         cur.pending_approvals = {r[0]: tuple(str(o) for o in orjson.loads(r[1])) for r in pending}
         return cur
 
-    def run_starts(self) -> dict[str, int]:
-        """Which run each resumed session that has not ended is in (store/attempts.py ``run_starts``)."""
-        out = run_starts(self._conn)
+    def run_keys(self) -> dict[str, int]:
+        """The run each live session's runner key is derived for, where not its first (store/attempts.py)."""
+        out = run_keys(self._conn)
         self._conn.rollback()
         return out
 

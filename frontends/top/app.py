@@ -354,11 +354,16 @@ class TopApp(App[int]):
                 self.notify(safe_text(f"approval {ap['id']}: {exc.message}"), severity="error", markup=False)
                 return
 
-            def decided(decision: str | None) -> None:
-                if decision == "approve" and self._approval("approve") is not None:
+            def decided(decision: str | None) -> None:  # answers the approval shown, whatever is pending now
+                if decision is None:
+                    return
+                if decision not in (ap.get("options") or []):
+                    self.notify(safe_text(f"'{decision}' is not an option here: {', '.join(ap.get('options') or [])}"),
+                                severity="warning", markup=False)
+                elif decision == "approve":
                     self._resolve(ap, "approve", None)
-                elif decision == "reject":
-                    self._ask_feedback("reject", required=False)
+                else:
+                    self._ask_feedback(decision, required=False, ap=ap)
             self.push_screen(ApprovalScreen(full), decided)
 
         self.run_worker(go(), group="requests")
@@ -368,8 +373,10 @@ class TopApp(App[int]):
         if ap is not None:
             self._resolve(ap, "approve", None)
 
-    def _ask_feedback(self, decision: str, required: bool) -> None:
-        ap = self._approval(decision)
+    def _ask_feedback(self, decision: str, required: bool, ap: dict[str, Any] | None = None) -> None:
+        """Ask for the feedback of ``decision`` and answer with it: ``ap`` (one the user viewed), else the selected
+        session's first pending approval."""
+        ap = ap or self._approval(decision)
         if ap is None:
             return
 

@@ -18,3 +18,16 @@ def test_inputs_that_differ_past_the_shown_length_are_listed_where_they_differ(s
         same = c.start("demo.count", params={"n": 1, "delay": 0, "label": common + "A"})
         assert c.wait(same, timeout=60)["status"] == "completed"
         assert "label" not in c.compare(a, same)["inputs"]["params"]
+
+
+def test_inputs_are_compared_as_values() -> None:
+    """A parameter "5" (text) and 5 (a number) differ; the same mapping written in another key order does not."""
+    from labd.store.compare import _inputs
+
+    class _Store:
+        def created(self, sid: str) -> dict:
+            return {}
+
+    rows = [{"id": "a", "workflow": "w", "params": {"n": "5", "m": {"x": 1, "y": 2}}},
+            {"id": "b", "workflow": "w", "params": {"n": 5, "m": {"y": 2, "x": 1}}}]
+    assert _inputs(_Store(), rows) == {"params": {"n": ['"5"', "5"]}}

@@ -176,13 +176,16 @@ def test_a_submitted_functions_session_is_no_skill(daemon) -> None:
 
 
 def test_a_skill_from_a_resumed_session_holds_each_step_once_with_its_goal(daemon) -> None:
-    """A planning_and_control session stopped by its budget inside step 2, then resumed with a larger budget to
-    completion, gives a skill of its three steps, each once and with its own plan entry; before, the skill read the
-    stopped run's outcome (no plan: every goal fell back to the step's name, agent ``none``) and held step 1 twice
-    (its completed node and the resume's re-announcement of it)."""
+    """A planning_and_control session stopped by its budget inside step 2, resumed and stopped again further on,
+    then resumed with a larger budget to completion, gives a skill of its three steps, each once and with its own
+    plan entry; before, the skill read the stopped run's outcome (no plan: every goal fell back to the step's name,
+    agent ``none``) and held step 1 twice (its completed node and a resume's re-announcement of it; after two
+    resumes, the first one's too)."""
     task = "Analyse numbers.\n- compute the mean\n- compute the median\n- write a report"
     with daemon.client() as c:
         sid = c.start("planning_and_control", params={"task": task}, budget=0.0007)
+        assert c.wait(sid, timeout=90)["status"] != "completed"
+        c.resume(sid, budget=c.session(sid)["cost"] + 0.0003)  # a few more calls: stopped again, a step further
         assert c.wait(sid, timeout=90)["status"] != "completed"
         c.resume(sid, budget=1.0)
         assert c.wait(sid, timeout=90)["status"] == "completed"

@@ -377,7 +377,10 @@ async function approvalsPage(main) {
         ? el("p", {class: "muted more-pending"}, `${a.more_pending} more pending in this session (shown once these are answered)`) : "";
       const cut = a.prompt_length ? el("p", {class: "muted"}, `prompt cut to its first 2,000 of ${a.prompt_length} characters (all of it: labd approvals ${a.session_id} --full --json)`) : "";
       return el("div", {class: "card", dataset: {approval: a.id}}, el("b", {}, `${a.kind} · `, el("a", {href: `#/s/${a.session_id}`}, a.session_id)),
-        el("pre", {style: "white-space:pre-wrap"}, a.prompt), cut, contextView(a.context), more, feedback,
+        el("pre", {style: "white-space:pre-wrap"}, a.prompt), cut, contextView(a.context),
+        // a context the list left out and the whole read did not bring: never a card without a word about it
+        a.truncated && a.context == null ? el("p", {class: "act-error context-missing"}, `this approval's context (the code or plan it asks about) could not be read here: labd approvals ${a.session_id} --full`) : "",
+        more, feedback,
         el("p", {}, ...JSON.parse(typeof a.options === "string" ? a.options : JSON.stringify(a.options)).map(opt => el("button", {class: opt === "reject" ? "danger" : "", dataset: {decision: opt}, onclick: async () => {
           const body = {session: a.session_id, approval_id: a.id, decision: opt};
           if (feedback.value) { body.feedback = feedback.value; if (opt === "redo") body.hypothesis = feedback.value; }
