@@ -72,8 +72,7 @@ def superseded_nodes(store: Any, sid: str, nodes: list[dict[str, Any]] | None = 
     """The ids of ``sid``'s nodes that a resume ran again (empty for a session never resumed). ``nodes``: the
     session's nodes as ``Store.steps`` gives them, when the caller has read them already."""
     with store.engine.connect() as conn:
-        cut = conn.execute(select(func.max(events.c.seq)).where(
-            events.c.session_id == sid, events.c.kind == "session.continued")).scalar()
+        cut = run_starts(conn, [sid]).get(sid)  # the last continuation: where the run that counts began
         if cut is None:
             return set()
         if nodes is None:

@@ -201,6 +201,33 @@ def test_an_approval_shows_the_code_it_asks_about_and_v_shows_all_of_it(daemon: 
         c.close()
 
 
+def test_r_in_the_approval_view_answers_the_approval_viewed(daemon: DaemonProc) -> None:
+    """``r`` in the view of an approval answers that approval, not whatever is pending when it is pressed: with the
+    viewed one answered elsewhere meanwhile and the session's next approval pending, the reject is refused (the viewed
+    one is no longer pending) and the next approval, never shown, stays pending."""
+    c = daemon.client()
+    sid = c.start("labd_testflows:two_reviews")
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: app.selected == sid and "Run the first program?" in screen_text(app), what="the first")
+        await pilot.press("v")
+        await until(lambda: app.screen.query("VerticalScroll"), what="the approval view")
+        c.approve(sid)  # answered elsewhere while the view is open
+        await until(lambda: any(a["prompt"] == "Run the second program?" for a in app.pending.get(sid, [])),
+                    what="the second approval pending in top")
+        await pilot.press("r")
+        await until(lambda: app.screen.query("#feedback"), what="the feedback box")
+        await pilot.press("enter")
+        await until(lambda: any("is not pending" in n.message for n in app._notifications), what="the refusal")
+        assert [a["prompt"] for a in c.approvals(sid)] == ["Run the second program?"]
+
+    try:
+        run_app(daemon.home, scenario)
+    finally:
+        c.kill(sid)
+        c.close()
+
+
 def test_a_short_context_shows_in_the_detail_pane(daemon: DaemonProc) -> None:
     """A code approval whose context fits the list shows its code in the detail pane itself."""
     c = daemon.client()

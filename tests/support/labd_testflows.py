@@ -373,6 +373,17 @@ def review_code(ctx, lines: int = 200) -> str:
     return d.decision
 
 
+def two_reviews(ctx) -> str:
+    """Two approvals one after the other (approve / reject); prints each answer."""
+    first = ctx.approval("code", "Run the first program?", options=["approve", "reject"],
+                         context={"language": "python", "code": "print('first')"})
+    print(f"first={first.decision}", flush=True)
+    second = ctx.approval("code", "Run the second program?", options=["approve", "reject"],
+                          context={"language": "python", "code": "print('second')"})
+    print(f"second={second.decision}", flush=True)
+    return second.decision
+
+
 def _count_run(counter: str, name: str) -> int:
     """Count an execution of ``name`` in a file under ``counter`` (outside the work directory: a side channel
     that survives resume and restore)."""
