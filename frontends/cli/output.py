@@ -124,10 +124,11 @@ class Output:
         """Rows under a header; columns named in ``right`` are right-aligned (numbers). On a terminal too
         narrow for the table, cells are cut with an ellipsis, except in the columns named in ``wrap``
         (and never ids, which must stay copyable)."""
+        from rich.cells import cell_len  # columns a text takes in a terminal: a CJK character takes two
+
         rows = [[_one_line(c) for c in r] for r in rows]
         if self.tty:
             from rich.box import SIMPLE_HEAD
-            from rich.cells import cell_len
             from rich.table import Table
             from rich.text import Text
 
@@ -146,8 +147,6 @@ class Output:
             return
         if title:
             self.stdout.write(title + "\n")
-        from rich.cells import cell_len  # columns a text takes in a terminal: a CJK character takes two
-
         texts = [[_text(c) for c in r] for r in rows]
         widths = [max(cell_len(x) for x in col) for col in zip(columns, *texts, strict=False)]
         for line in [list(columns), *texts]:

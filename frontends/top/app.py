@@ -293,11 +293,15 @@ class TopApp(App[int]):
             self.notify("no approval waiting for this session", severity="warning")
             return None
         ap = pending[0]
-        if decision not in (ap.get("options") or []):
-            self.notify(safe_text(f"'{decision}' is not an option here: {', '.join(ap.get('options') or [])}"),
-                        severity="warning", markup=False)  # the options are the session's: not markup
-            return None
-        return ap
+        return ap if self._offers(ap, decision) else None
+
+    def _offers(self, ap: dict[str, Any], decision: str) -> bool:
+        """Is ``decision`` one of ``ap``'s options? Says so when not."""
+        if decision in (ap.get("options") or []):
+            return True
+        self.notify(safe_text(f"'{decision}' is not an option here: {', '.join(ap.get('options') or [])}"),
+                    severity="warning", markup=False)  # the options are the session's: not markup
+        return False
 
     def _resolve(self, ap: dict[str, Any], decision: str, feedback: str | None, hypothesis: str | None = None) -> None:
         self.pending.pop(ap["session_id"], None)  # answered: the next poll brings any further request
@@ -355,12 +359,9 @@ class TopApp(App[int]):
                 return
 
             def decided(decision: str | None) -> None:  # answers the approval shown, whatever is pending now
-                if decision is None:
+                if decision is None or not self._offers(ap, decision):
                     return
-                if decision not in (ap.get("options") or []):
-                    self.notify(safe_text(f"'{decision}' is not an option here: {', '.join(ap.get('options') or [])}"),
-                                severity="warning", markup=False)
-                elif decision == "approve":
+                if decision == "approve":
                     self._resolve(ap, "approve", None)
                 else:
                     self._ask_feedback(decision, required=False, ap=ap)
