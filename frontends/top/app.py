@@ -347,15 +347,19 @@ class TopApp(App[int]):
             return
         ap, feed = pending[0], self.feed
 
-        def whole(c: Client) -> dict[str, Any]:
+        def whole(c: Client) -> dict[str, Any] | None:
             reply = c.request("approvals.list", session=ap["session_id"], status="pending", full=True)
-            return next((a for a in reply["approvals"] if a["id"] == ap["id"]), ap)
+            return next((a for a in reply["approvals"] if a["id"] == ap["id"]), None)
 
         async def go() -> None:
             try:
                 full = await feed.call(whole)
             except LabdError as exc:
                 self.notify(safe_text(f"approval {ap['id']}: {exc.message}"), severity="error", markup=False)
+                return
+            if full is None:  # answered elsewhere (or its session ended) since the list was polled
+                self.notify(safe_text(f"approval {ap['id']} is no longer pending (answered elsewhere, or its session "
+                                      "ended)"), severity="warning", markup=False)
                 return
 
             def decided(decision: str | None) -> None:  # answers the approval shown, whatever is pending now

@@ -228,6 +228,32 @@ def test_r_in_the_approval_view_answers_the_approval_viewed(daemon: DaemonProc) 
         c.close()
 
 
+def test_v_on_an_approval_answered_elsewhere_says_so(daemon: DaemonProc) -> None:
+    """``v`` on an approval answered elsewhere since top last polled says it is no longer pending, and opens no view
+    (the view showed the polled, cut copy with "v shows the whole approval": a note pointing at itself)."""
+    c = daemon.client()
+    sid = c.start("labd_testflows:two_reviews")
+
+    async def scenario(app: TopApp, pilot: Any) -> None:
+        await until(lambda: app.selected == sid and "Run the first program?" in screen_text(app), what="the first")
+        stale = list(app.pending[sid])
+        c.approve(sid)  # answered elsewhere
+        await until(lambda: any(a["prompt"] == "Run the second program?" for a in app.pending.get(sid, [])),
+                    what="the second approval pending in top")
+        app.pending[sid] = stale  # top's list as it was before its next poll
+        app.action_view_approval()
+        await until(lambda: any("is no longer pending" in n.message for n in app._notifications),
+                    what="the note")
+        assert not app.screen.query("VerticalScroll")  # no view of a cut copy
+        assert [a["prompt"] for a in c.approvals(sid)] == ["Run the second program?"]
+
+    try:
+        run_app(daemon.home, scenario)
+    finally:
+        c.kill(sid)
+        c.close()
+
+
 def test_a_short_context_shows_in_the_detail_pane(daemon: DaemonProc) -> None:
     """A code approval whose context fits the list shows its code in the detail pane itself."""
     c = daemon.client()
