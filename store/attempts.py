@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.store.schema import events, sessions, state_history, steps
 
-__all__ = ["run_keys", "run_starts", "step_paths", "superseded_nodes"]
+__all__ = ["earlier_runs", "run_keys", "run_starts", "step_paths", "superseded_nodes"]
 
 #: statuses of a step the resume kept (its checkpoint was restored, a branch reused it, or a plan it re-announced)
 _KEPT = frozenset({"completed", "reused", "planned"})
@@ -48,6 +48,33 @@ def run_starts(conn: Any, ids: list[str] | None = None, *, first: bool = False) 
     for start in range(0, len(ids), 500):  # bound the IN list (SQLite's parameter limit)
         chunk = ids[start:start + 500]
         out.update((sid, int(seq)) for sid, seq in conn.execute(query.where(state_history.c.session_id.in_(chunk))))
+    return out
+
+
+def earlier_runs(conn: Any, ids: list[str]) -> dict[str, tuple[int, float]]:
+    """``{session: (runs, seconds)}`` for those of ``ids`` whose runner started more than once (a resumed session):
+    how many runs had a runner that started, and how long the runs before the last one ran (each from its
+    ``running`` on a runner's start to its end; the last run is ``started_at`` .. ``ended_at`` of the session's row).
+    ``labd show`` said "ran 3s" of a session that ran two days, then was resumed for 3 s."""
+    started = state_history.c.from_status.in_(("created", "queued", "starting")) & (state_history.c.to_status
+                                                                                     == "running")
+    ended = state_history.c.to_status.in_(sorted(TERMINAL_STATUSES))
+    out: dict[str, tuple[int, float]] = {}
+    for first in range(0, len(ids), 500):  # bound the IN list (SQLite's parameter limit)
+        rows = conn.execute(select(state_history.c.session_id, state_history.c.ts, state_history.c.to_status)
+                            .where(state_history.c.session_id.in_(ids[first:first + 500]),
+                                   state_history.c.node_id.is_(None), started | ended)
+                            .order_by(state_history.c.session_id, state_history.c.seq))
+        spans: dict[str, list[tuple[float, float | None]]] = {}
+        for sid, ts, to in rows:
+            runs = spans.setdefault(sid, [])
+            if to == "running":
+                runs.append((ts, None))
+            elif runs and runs[-1][1] is None:  # the end of the run that started last
+                runs[-1] = (runs[-1][0], ts)
+        for sid, runs in spans.items():
+            if len(runs) > 1:
+                out[sid] = (len(runs), sum(end - start for start, end in runs[:-1] if end is not None))
     return out
 
 

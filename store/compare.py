@@ -316,6 +316,7 @@ def compare(store: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
         file_rows.append(row)
     totals = []
     results = []
+    earlier = store.earlier_runs(ids)  # a resumed session ran in more than one run: its duration sums them
     for r, per, gone in zip(rows, steps, superseded, strict=True):
         final = outputs[r["id"]][1]
         results.append(final)
@@ -324,7 +325,8 @@ def compare(store: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
         totals.append({"session": r["id"], "name": r["name"], "status": r["status"], "origin": r.get("origin"),
                        "parent_id": r.get("parent_id"), "cost": llm["cost"], "calls": llm["calls"],
                        "prompt_tokens": llm["prompt_tokens"], "completion_tokens": llm["completion_tokens"],
-                       "duration": (ended - started) if started and ended else None, "steps": len(per),
+                       "duration": (ended - started + earlier.get(r["id"], (1, 0.0))[1]) if started and ended
+                       else None, "steps": len(per),
                        "superseded": gone})
     return {"sessions": ids, "totals": totals, "inputs": _inputs(store, rows), "steps": step_rows, "files": file_rows,
             "result": {"sessions": results, "same": all(x == results[0] for x in results[1:]),

@@ -11,6 +11,7 @@ import orjson
 from sqlalchemy import Engine, and_, case, func, or_, select
 
 from labd.ipc.events import APPROVAL_OPTION_MAX, APPROVAL_OPTIONS_MAX, TERMINAL_STATUSES
+from labd.store.attempts import earlier_runs
 from labd.store.blobs import inline
 from labd.store.cost_queries import COST_GROUPS, CostQueries
 from labd.store.graph_queries import GraphQueries, children_first, rollup
@@ -190,6 +191,12 @@ class Store(GraphQueries, CostQueries):
             rows = conn.execute(select(state_history).where(state_history.c.session_id == session_id)
                                 .order_by(order).limit(most)).mappings().all()
         return [dict(r) for r in (rows if most is None else reversed(rows))]
+
+    def earlier_runs(self, ids: list[str]) -> dict[str, tuple[int, float]]:
+        """``{session: (runs, seconds the runs before the last one ran)}`` of the resumed sessions among ``ids``
+        (:func:`labd.store.attempts.earlier_runs`)."""
+        with self.engine.connect() as conn:
+            return earlier_runs(conn, ids)
 
     def count_history(self, session_id: str) -> int:
         with self.engine.connect() as conn:

@@ -355,6 +355,8 @@ class GetSession(Request):
         out["history"] = store.history(sid, most) if most else []
         if len(out["history"]) == most and (done := store.count_history(sid)) > most:
             out["history_omitted"] = done - most
+        if (runs := store.earlier_runs([sid]).get(sid)) is not None:  # resumed: started_at is its last run's
+            out["runs"], out["earlier_runs_seconds"] = runs
         return {"session": out}
 
 

@@ -131,7 +131,8 @@ def _entered(history: list[dict[str, Any]], statuses: tuple[str, ...], default: 
 def timing_text(s: dict[str, Any], now: float) -> str:
     """How long a session ran, or that it did not: ``ran 5m12s``; ``queued for 7s`` (waiting in the run queue);
     ``never ran (ended 17s after it was created)`` for one stopped while queued or whose launch failed. Only a
-    runner that started makes run time (``started_at``); a resumed session queued again is not running either."""
+    runner that started makes run time (``started_at``); a resumed session queued again is not running either. A
+    resumed session's figure covers all its runs: ``ran 2d3h in 2 runs (the last 4s)``."""
     history, created, status = s.get("history") or [], s["created_at"], s["status"]
     started, ended = s.get("started_at"), s.get("ended_at")
     if status in WAITING:
@@ -148,7 +149,11 @@ def timing_text(s: dict[str, Any], now: float) -> str:
             return f"never ran again (ended {format_duration(ended - _entered(history, ('queued',), 0.0))} after " \
                    "it was queued again)"
         return f"never ran (ended {format_duration(ended - created)} after it was created)"
-    return f"ran {format_duration((ended or now) - started)}"
+    last = (ended or now) - started
+    if s.get("runs"):  # resumed: started_at .. ended_at is its last run's; the runs before it ran as long as this
+        return f"ran {format_duration(last + s.get('earlier_runs_seconds', 0.0))} in {s['runs']} runs (the last " \
+               f"{format_duration(last)})"
+    return f"ran {format_duration(last)}"
 
 
 def fit_name(name: str, width: int) -> str:

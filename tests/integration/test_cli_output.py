@@ -126,6 +126,32 @@ def test_cost_step_table_of_a_resumed_session_tells_its_runs_apart(shared_daemon
     assert [n for n, _ in rows] == sorted((n for n, _ in rows), key=lambda n: int(n[1:]))  # the order they ran
 
 
+def test_show_and_compare_of_a_resumed_session_count_every_run(shared_daemon, tmp_path: Path) -> None:
+    """A resumed session ran in two runs: ``session.get`` says so (``runs``, ``earlier_runs_seconds``: the first run's
+    time, from its state history), ``labd show`` says ``ran X in 2 runs (the last Y)`` and compare's duration is both
+    runs (they gave the last run's time only: "ran 3s" of a session that ran for days before its resume)."""
+    counter = tmp_path / "counts"
+    counter.mkdir()
+    with shared_daemon.client() as c:
+        sid = c.start("labd_testflows:durable_four", params={"counter": str(counter)})
+        wait_until(lambda: c.session(sid)["status"] == "failed", timeout=60, what="the first run's failure")
+        c.resume(sid)
+        wait_until(lambda: c.session(sid)["status"] == "completed", timeout=60, what="the resumed run")
+        s = c.session(sid)
+        history = [h for h in c.request("session.history", session=sid)["history"] if h["node_id"] is None]
+        totals = c.request("sessions.compare", sessions=[sid, sid])["totals"]
+    ran = [h["ts"] for h in history if h["to_status"] == "running" and h["from_status"] in ("starting", "queued")]
+    failed = next(h["ts"] for h in history if h["to_status"] == "failed")
+    assert len(ran) == 2 and s["runs"] == 2, (history, s)
+    assert abs(s["earlier_runs_seconds"] - (failed - ran[0])) < 1e-6
+    last = s["ended_at"] - s["started_at"]
+    assert s["started_at"] == ran[1]  # the row's own times are the last run's
+    assert abs(totals[0]["duration"] - (last + s["earlier_runs_seconds"])) < 1e-6
+    shown = labd("show", sid)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"ran \S+ in 2 runs \(the last \S+\)", shown.stdout), shown.stdout
+
+
 def test_colours_on_a_terminal_plain_text_in_pipes(shared_daemon) -> None:
     """On a terminal `ps -a` draws a table with coloured statuses; NO_COLOR (or --no-color) removes the
     colours; in a pipe there is no escape code at all."""
