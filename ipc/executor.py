@@ -18,10 +18,12 @@ started a session: it is not sent again).
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent import futures
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, RUNNING
@@ -75,12 +77,28 @@ class _Work:
     call: FunctionCall
 
 
+#: executors not shut down: at interpreter exit each is shut down and waited for, as concurrent.futures' pools are (its
+#: workers are daemon threads, so that one left without shutdown cannot keep the process from exiting; without this
+#: hook, the calls still queued at exit were dropped without a word, and a running one was no longer followed)
+_LIVE: weakref.WeakSet[Executor] = weakref.WeakSet()
+
+
+def _at_exit() -> None:
+    for ex in list(_LIVE):
+        ex.shutdown(wait=True)
+
+
+# threading's own exit hook runs before daemon threads are abandoned (concurrent.futures.thread registers there too)
+getattr(threading, "_register_atexit", atexit.register)(_at_exit)
+
+
 class Executor(futures.Executor):
     """Run calls as labd sessions, at most ``max_workers`` at once (runs your code as you).
 
     ``home`` selects the daemon (default: ``$LABD_HOME``); ``name`` prefixes session names; ``memory``, ``cpu``,
     ``timeout``, ``budget``, ``budget_action`` and ``max_output`` are each session's limits (as for ``Client.start``);
-    ``stop_grace`` is the seconds a cancelled session gets to stop before it is killed (daemon default);
+    ``stop_grace`` is the seconds a cancelled session gets to stop at a step boundary before its runner is sent
+    SIGTERM (the daemon's default; then ``term_grace``, 5 s by default, before SIGKILL);
     ``restart_wait`` the seconds the workers wait for a daemon to serve again after a stop (a restart; ``math.inf``:
     as long as it takes).
     Futures fail with :class:`~labd.ipc.functions.RemoteError` when the function raises.
@@ -104,12 +122,14 @@ class Executor(futures.Executor):
         self._control_lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered: a future cancelled under it runs its done callback (_done)
         self._shutdown = False
         self._count = 0
         self._closed = False
         #: when the daemon was seen gone, until when the workers wait for a restarted one (None: it serves)
         self._gone_deadline: float | None = None
+        self._pending: set[SessionFuture] = set()  # futures not done yet (cancelled when an exception leaves `with`)
+        _LIVE.add(self)
 
     # ---- concurrent.futures.Executor --------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> SessionFuture:
@@ -119,12 +139,34 @@ class Executor(futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             future = SessionFuture(self._stop)
+            self._pending.add(future)
+            future.add_done_callback(self._done)
             self._queue.put(_Work(future, call))
             if len(self._threads) < self._max_workers:
                 t = threading.Thread(target=self._worker, name=f"labd-executor-{len(self._threads)}", daemon=True)
                 self._threads.append(t)
                 t.start()
         return future
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
+        """Leaving ``with``: wait for every call, as ``concurrent.futures`` does; but when an exception leaves the
+        block (Ctrl-C's ``KeyboardInterrupt`` too), the calls not started are cancelled and the running sessions
+        stopped first: each call is a session that spends time and money, not to be run for a caller that is gone."""
+        if exc_type is not None:
+            self.cancel_all()
+        self.shutdown(wait=True, cancel_futures=exc_type is not None)
+        return None
+
+    def cancel_all(self) -> None:
+        """Cancel every call not done: those not started never start, the running ones' sessions are stopped."""
+        with self._lock:
+            pending = list(self._pending)
+        for future in pending:
+            future.cancel()
+
+    def _done(self, future: futures.Future[Any]) -> None:
+        with self._lock:
+            self._pending.discard(future)  # type: ignore[arg-type]
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls; ``cancel_futures`` cancels the calls not started; ``wait`` waits for the running ones."""
@@ -138,10 +180,11 @@ class Executor(futures.Executor):
                         break
                     if work is not None:
                         work.future.cancel()
-            if not already:
+            if not already or cancel_futures:  # the queue drained above held the end markers of a first call
                 for _ in self._threads:
                     self._queue.put(None)  # one end marker per worker
         if wait:
+            _LIVE.discard(self)
             for t in self._threads:
                 t.join()
             with self._control_lock:

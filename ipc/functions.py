@@ -173,12 +173,23 @@ def describe_unpicklable(obj: Any, path: str, *, verb: str = "cannot be sent to 
     return f"{where}: a {type_name} object {verb} ({describe_exception(exc)})", where, type_name
 
 
+def _cwd() -> str:
+    """This process' working directory; "" when it was removed (submitting from a deleted directory works)."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        return ""
+
+
 def _client_path() -> list[str]:
     """This process' import path (``''`` as the cwd), for the runner to find modules pickled by reference."""
-    cwd = os.getcwd()
+    cwd = _cwd()
     out: list[str] = []
     for entry in sys.path:
-        full = os.path.abspath(entry or cwd)
+        if not cwd and not os.path.isabs(entry):  # relative to a directory that is gone: nothing to find there
+            continue
+        full = os.path.join(cwd, entry) if entry else cwd
+        full = os.path.normpath(full)
         if full not in out and os.path.exists(full):
             out.append(full)
     return out
@@ -210,7 +221,7 @@ def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
                         {"size": len(data), "max": MAX_PAYLOAD})
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     module = getattr(fn, "__module__", None) or ""
-    params = {"function": f"{module}.{name}" if module else name, "path": _client_path(), "cwd": os.getcwd()}
+    params = {"function": f"{module}.{name}" if module else name, "path": _client_path(), "cwd": _cwd()}
     return FunctionCall(base64.b64encode(data).decode("ascii"), params, len(data))
 
 
@@ -284,9 +295,14 @@ def remote_error(session: dict[str, Any], finished: dict[str, Any] | None, error
         return RemoteError(str(error.get("type") or "Exception"), str(error.get("message") or ""),
                            str(error.get("traceback") or ""), session=sid, status=status,
                            exception=exc if isinstance(exc, BaseException) else None)
-    if finished is not None and finished.get("error") and status != "cancelled":
-        type_name, _, message = str(finished["error"]).partition(": ")
-        return RemoteError(type_name, message, str(finished.get("traceback") or ""), session=sid, status=status)
     reason = session.get("reason") or session.get("outcome_error") or status
+    limit = session.get("stop_by") == "limit" or bool(session.get("kill_reason"))
+    if finished is not None and finished.get("error") and status != "cancelled" and not limit:
+        type_name, _, message = str(finished["error"]).partition(": ")
+        if type_name.replace(".", "_").isidentifier():  # "ValueError: ..." (not "terminated (SIGTERM)")
+            return RemoteError(type_name, message, str(finished.get("traceback") or ""), session=sid, status=status)
+        reason = f"{reason} ({finished['error']})" if reason != finished["error"] else reason
+    if limit:  # ended by one of its limits: the reason names it (the runner only saw a SIGTERM, or its wall time)
+        return RemoteError("SessionEnded", f"session {sid} ended {status}: {reason}", session=sid, status=status)
     return RemoteError("Cancelled" if status == "cancelled" else "SessionEnded",
                        f"session {sid} ended {status}: {reason}", session=sid, status=status)

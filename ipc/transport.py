@@ -138,6 +138,28 @@ class Transport:
         except TypeError as exc:  # orjson's JSONEncodeError: e.g. a str that is not valid UTF-8
             raise _unencodable(body, exc) from None
         _check_request(frames[1], body, self.max_request)
+        try:
+            return self._exchange(frames, deadline)
+        except LabdError as exc:
+            # A request that got no reply may still sit in the socket's queue, unsent: libzmq would deliver it to the
+            # next daemon listening at the same endpoint (a `labd serve` after the failure), which would then run a
+            # session the caller was told had failed, and retried. A new socket leaves nothing queued.
+            if exc.code in ("no_daemon", "timeout"):
+                self._renew_socket()
+            raise
+
+    def _no_daemon(self) -> LabdError:
+        return LabdError("no_daemon", f"the labd daemon of home {self.layout.home} (pid {self.info.pid}) stopped "
+                         "before it replied", {"pid": self.info.pid})
+
+    def _renew_socket(self) -> None:
+        """Replace the control socket with a new one connected to the same daemon, dropping what the old one held."""
+        self._sock.close(0)
+        self._sock = self._socket(zmq.DEALER)
+        self._sock.connect(self.info.control)
+
+    def _exchange(self, frames: list[bytes], deadline: float) -> Any:
+        """Send one packed request and wait for its reply until ``deadline``."""
         # A socket with no connection to send on (a remote client whose key was revoked: each reconnection is
         # refused) blocked in send for good, past the client's timeout: sent only once it can be, within it.
         try:
@@ -154,8 +176,7 @@ class Transport:
                 raise self._timed_out()
             if not self._sock.poll(int(min(left, 0.5) * 1000)):
                 if self.local and not daemon_alive(self.info):  # it died meanwhile: no reply will ever come
-                    raise LabdError("no_daemon", f"the labd daemon of home {self.layout.home} (pid {self.info.pid}) "
-                                    "stopped before it replied", {"pid": self.info.pid})
+                    raise self._no_daemon()
                 continue
             try:
                 with gc_paused():  # a page of events is thousands of containers (labd.ipc.gcpause)

@@ -49,6 +49,8 @@ class Waiting:
     _generation: int
 
     if TYPE_CHECKING:  # the client's one-request calls these use
+        def request(self, type_: str, **body: Any) -> Any: ...
+
         def session(self, ref: str) -> dict[str, Any]: ...
 
         def events(self, ref: str, since: int = 0, limit: int = 5000, kinds: list[str] | None = None, *,
@@ -234,6 +236,9 @@ class Waiting:
                 # it had ended (read before the history) and nothing came after `since`: its end is at or
                 # before `since`, so no session.ended is coming (a resume would have shown in the history)
                 cursor.ended = True
+            # asked to follow from past the session's last event: its session.ended may come at or below `since`,
+            # never to be yielded, and the loop would wait for it for ever; so while idle, its end is read instead
+            beyond = since > row["last_seq"] and until_end and not cursor.ended
             idle_checks = 0.0
             while not (cursor.ended and until_end):
                 if generation != self._generation:  # now talking to a restarted daemon: follow its event socket
@@ -247,6 +252,10 @@ class Waiting:
                     if idle_checks >= 1.0:  # quiet for a while: make sure nothing was dropped live
                         idle_checks = 0.0
                         yield from from_store(None)
+                        if beyond and not cursor.ended:
+                            now = self._reading(lambda: self.request("session.get", session=sid,
+                                                                     steps_limit=0)["session"], deadline, sid)
+                            cursor.ended = now["status"] in TERMINAL_STATUSES and now["last_seq"] <= cursor.last
                     continue
                 frames = sub.recv_multipart()
                 idle_checks = 0.0

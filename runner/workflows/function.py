@@ -8,8 +8,10 @@ reference are found through the client's import path (sent with the call), appen
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import inspect
 import os
 import reprlib
 import sys
@@ -47,6 +49,8 @@ def call(ctx: Context, payload: str = "", sha256: str = "", size: int = 0, funct
         fn, args, kwargs = _load(payload, sha256, path or [])
         with ctx.step(_step_name(function, fn)):
             value = fn(*args, **kwargs)
+            if inspect.iscoroutine(value):  # an `async def` function: its value is what the coroutine returns
+                value = asyncio.run(value)
         return _encode(value, max_result)
     except Cancelled:
         raise

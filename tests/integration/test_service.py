@@ -422,6 +422,33 @@ def test_scripts_labd_service_is_the_generated_unit() -> None:
     assert example == render_unit("/opt/labd/.venv/bin/python")
 
 
+def test_a_request_refused_no_daemon_is_not_delivered_to_the_next_daemon(daemon: DaemonProc) -> None:
+    """A ``session.start`` refused with ``no_daemon`` (the daemon stopped) never runs: the client's socket kept the
+    unsent request queued and libzmq delivered it to the next daemon at the same endpoint, which ran a session the
+    user had been told had failed (and had started again: twice). Here the old client, pointed at the new daemon
+    without a new socket (white box: as libzmq's reconnection would carry it), starts a marker session after a
+    ping: the daemon reads one connection's requests in order, so a delivered ghost would be created first."""
+    from labd.ipc import LabdError
+    from labd.ipc.connection import read_connection_file
+
+    c = daemon.client(timeout=60.0)
+    try:
+        c.ping()
+        daemon.stop()
+        with pytest.raises(LabdError) as err:
+            c.start("demo.count", params={"n": 1}, name="ghost")
+        assert err.value.code == "no_daemon", err.value
+        daemon.start()
+        c.info = read_connection_file(c.layout)  # the new daemon (same key and endpoint), on the same socket
+        c.ping()
+        marker = c.start("demo.count", params={"n": 1}, name="marker")
+        names = {s["name"] for s in c.sessions(limit=100)}
+        assert "marker" in names and "ghost" not in names, names
+        c.wait(marker, timeout=60)
+    finally:
+        c.close()
+
+
 def test_request_fails_fast_when_the_daemon_dies_meanwhile(daemon: DaemonProc) -> None:
     """A client waiting for a reply notices that the daemon died (SIGSTOP, then SIGKILL: it never answers)
     and fails with `no_daemon` well before its reply timeout."""
