@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -314,6 +316,9 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     if cfg.retention is not None:
         if not isinstance(cfg.retention, str):
             raise ConfigError(f"retention must be a duration like \"30d\", not {cfg.retention!r}")
+        if re.fullmatch(r"\s*[0-9.]+\s*", cfg.retention):  # "30" meant 30 days, and deleted what ended 30 s ago
+            raise ConfigError(f"retention {cfg.retention.strip()!r} has no unit: write e.g. \"30d\", \"12h\" or "
+                              "\"90m\" (a session is deleted that long after it ended)")
         try:
             parse_duration(cfg.retention)
         except UnitError as exc:
@@ -325,4 +330,12 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     for name in ("secret_env", "preload"):
         if not isinstance(getattr(cfg, name), list) or not all(isinstance(x, str) for x in getattr(cfg, name)):
             raise ConfigError(f"{name} must be a list of strings")
+    for module in cfg.preload:
+        # the template imports these before it forks any runner: one it cannot import killed it at every start,
+        # and the daemon, waiting for it, never served (a restart loop under systemd). Only the top-level package
+        # is looked up: finding a submodule would import (run) its package here.
+        top = module.split(".", 1)[0]
+        if not top.isidentifier() or importlib.util.find_spec(top) is None:
+            raise ConfigError(f"preload: no module {module!r} can be imported (is it installed in the daemon's "
+                              "Python, or on its PYTHONPATH?)")
     return replace(cfg, home=Path(cfg.home))

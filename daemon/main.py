@@ -73,11 +73,14 @@ def check(home: str | os.PathLike[str] | None, *, db: str | None = None, log_for
     except ConfigError as exc:
         print(f"labd: {exc}", file=sys.stderr)
         return 2
+    from labd.daemon.store_identity import check_store
+    from labd.ipc.paths import UnsafeRuntimeDir
     from labd.store.db import probe
 
     try:
+        check_store(cfg.layout, cfg.db_url)  # the home's sessions are this store's (store_identity)
         probe(cfg.db_url)  # the database itself: reachable, writable (serve would fail on it at its start)
-    except ValueError as exc:
+    except (ValueError, UnsafeRuntimeDir) as exc:
         print(f"labd: {exc}", file=sys.stderr)
         return 2
     read = [str(p) for p in config_files(cfg.layout) if p.is_file()]

@@ -39,6 +39,7 @@ from labd.daemon.runtime_watch import RuntimeWatch
 from labd.daemon.sandboxing import SandboxSetup
 from labd.daemon.services import GatewayError, launchers, start_gateway, start_telemetry
 from labd.daemon.startup import AlreadyRunning, Startup, begin, signing_key
+from labd.daemon.store_identity import record_store
 from labd.daemon.supervisor import Supervisor
 from labd.daemon.systemd import Heartbeat, Notifier
 from labd.daemon.warnlimit import WarnLimiter
@@ -109,6 +110,8 @@ class Daemon(SandboxSetup, ControlPlane):
     def delete_sessions(self, sids: list[str], reply_to: tuple[bytes, str] | None = None,
                         result: Any = None) -> None:
         """Ask ingest to delete whole terminal sessions; their directories go once the rows are gone."""
+        # who deleted what, in the daemon's log (only the automatic policy said so): a client's rm or prune too
+        self.log.info("deleting sessions", count=len(sids), sessions=sids[:20], by="client" if reply_to else "policy")
         if reply_to is not None and result is not None:
             self.defer(reply_to, result)
         self._to_ingest.send_pyobj(("delete", sids, reply_to))
@@ -164,6 +167,7 @@ class Daemon(SandboxSetup, ControlPlane):
         known_keys = KnownKeys()  # the store's idempotency keys in memory: a new key costs no store read
         known_keys.load(engine, time.time())
         self.store = Store(engine, known_keys)
+        record_store(layout, cfg.db_url, lambda: bool(self.store.session_ids()))  # daemon/store_identity.py
         # Before the runner socket is bound: a runner that outlived the previous daemon delivers its last
         # events and may exit as soon as it can connect, and adoption (below) must come right after that.
         self.cgroups = session_cgroups(layout.home, cfg.cgroups, cfg.session_tasks, self.log)  # before the probe

@@ -34,6 +34,7 @@ import structlog
 
 from labd.daemon.config import Config
 from labd.daemon.launcher import TemplateLauncher
+from labd.daemon.store_identity import check_store
 from labd.daemon.systemd import Notifier
 from labd.ipc.paths import UnusableHome
 from labd.runner.secret_env import split_secrets, store_withheld
@@ -106,6 +107,7 @@ def begin(cfg: Config) -> Startup:
     for it). Raises :class:`AlreadyRunning` if another daemon serves the home."""
     fd = _lock(cfg)
     try:
+        check_store(cfg.layout, cfg.db_url)  # under the lock: before anything could take its sessions for gone
         nofile = fd_limits(cfg.session_nofile, structlog.get_logger("labd.daemon"))  # before any socket
         # before the template: it takes NOTIFY_SOCKET & co. out of the environment the template and runners inherit
         notifier = Notifier()

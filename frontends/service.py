@@ -146,6 +146,10 @@ def install(home: str | None, *, drain: bool = False, watchdog_sec: int = WATCHD
     print(f"{'unchanged' if old == text else 'updated' if old else 'wrote'} {path}"
           + (f" (it served {served} before)" if served is not None and served != home else ""))
     print(f"  ExecStart runs {sys.executable} -P -m labd --home {home} serve")
+    if os.environ.get("LABD_DB"):  # not written into the unit (it may carry a password): the service would not see it
+        print("labd: LABD_DB is set here but the service does not get it: put the store's URL in the home's "
+              "config.toml ([daemon] db_url; a password in ~/.pgpass or secrets), or the service uses the home's "
+              "SQLite store (a home given another store than its own refuses to start)", file=sys.stderr)
     code, out = _systemctl("daemon-reload")
     if code != 0:
         print(f"  (systemctl --user daemon-reload: {out or code}; run it in your login session)")

@@ -246,8 +246,13 @@ def _outlive_runners() -> None:
 def main() -> None:
     limit_files_from_env()
     clone_filter = keep_in_tree()
-    for name in PRELOAD + [m for m in os.environ.get("LABD_PRELOAD", "").split(",") if m]:
+    for name in PRELOAD:
         importlib.import_module(name)
+    for name in [m for m in os.environ.get("LABD_PRELOAD", "").split(",") if m]:
+        try:  # a preload is an optimisation: one that fails to import must not keep the template from serving
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - any error of the module's own code
+            print(f"labd: preload {name!r} not imported: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop, not the terminal
     in_fd, out_fd = sys.stdin.fileno(), sys.stdout.fileno()
     wake_r, wake_w = os.pipe()

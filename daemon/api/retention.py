@@ -72,10 +72,12 @@ class Prune(Request):
                             hint=f"a list of terminal statuses ({', '.join(sorted(TERMINAL_STATUSES))})")
         dry_run = self.arg("dry_run", bool, False)
         before = time.time() - seconds
-        ids = prune_candidates(self.daemon.store.engine, ended_before=before, statuses=statuses, limit=MAX_IDS)
+        ids = prune_candidates(self.daemon.store.engine, ended_before=before, statuses=statuses, limit=MAX_IDS + 1)
+        # at most MAX_IDS a request; `more` says that others match too (it said "deleted 10000" and left the rest)
+        more, ids = len(ids) > MAX_IDS, ids[:MAX_IDS]
         if dry_run or not ids:
             return {"deleted": [] if dry_run else ids, "would_delete": ids if dry_run else [], "rows": {},
-                    "dry_run": dry_run, "ended_before": before}
-        self.daemon.delete_sessions(ids, self.reply_to, _deleted_reply(ended_before=before))
+                    "dry_run": dry_run, "ended_before": before, "more": more}
+        self.daemon.delete_sessions(ids, self.reply_to, _deleted_reply(ended_before=before, more=more))
         return DEFERRED
 

@@ -55,6 +55,8 @@ def cmd_prune(args: argparse.Namespace, ctx: Ctx) -> int:
     else:
         ctx.out.line(f"deleted {len(r['deleted'])} session(s) that ended before {_when(r)}, "
                      f"{r['rows'].get('events', 0)} events")
+    if r.get("more") and not args.json:  # one request deletes at most 10,000
+        ctx.out.line("more sessions match: run the same command again for the next 10,000", "yellow", err=True)
     return 0
 
 

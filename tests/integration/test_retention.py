@@ -166,11 +166,42 @@ def test_retention_policy_prunes_old_sessions_automatically(isolated_env: Path) 
 
 def test_orphaned_session_directories_are_removed_at_start(isolated_env: Path) -> None:
     """A deletion interrupted by a crash (rows gone, directory left) is finished by the next daemon."""
+    with running_daemon(isolated_env) as d, d.client() as c:  # the home in use: its store is its own
+        kept = _finished(c, n=1)
     orphan = isolated_env / "sessions" / "0123456789ab"
     (orphan / "work").mkdir(parents=True)
     (orphan / "work" / "data.bin").write_bytes(b"x" * 1000)
     with running_daemon(isolated_env):
         wait_until(lambda: not orphan.exists(), timeout=10, what="orphan removed")
+        assert (isolated_env / "sessions" / kept).is_dir()
+
+
+def test_a_prune_matching_more_than_one_request_deletes_says_so(isolated_env: Path) -> None:
+    """10,001 sessions that ended long ago: a prune (and its dry run) deletes (lists) 10,000 and says that more match
+    (it said "deleted 10000 session(s)" and left the rest without a word); the next one deletes the last and says
+    no more. The daemon's log says who deleted what (only the automatic policy did)."""
+    from labd.daemon.api.retention import MAX_IDS
+
+    with running_daemon(isolated_env) as d, d.client() as c:
+        seed = _finished(c, n=1)
+    with sqlite3.connect(isolated_env / "labd.db") as conn:  # the copies: rows only, ended 40 days ago
+        conn.row_factory = sqlite3.Row
+        row = dict(conn.execute("SELECT * FROM sessions WHERE id = ?", (seed,)).fetchone())
+        old = row["ended_at"] - 40 * 86400
+        rows = [{**row, "id": f"{i:032x}", "name": f"copy-{i}", "ended_at": old} for i in range(MAX_IDS)]
+        cols = ", ".join(row)
+        conn.executemany(f"INSERT INTO sessions ({cols}) VALUES ({', '.join(':' + k for k in row)})", rows)
+        conn.execute("UPDATE sessions SET ended_at = ? WHERE id = ?", (old, seed))
+    with running_daemon(isolated_env) as d, d.client() as c:
+        dry = c.prune("30d", dry_run=True)
+        assert len(dry["would_delete"]) == MAX_IDS and dry["more"] is True
+        first = c.prune("30d")
+        assert len(first["deleted"]) == MAX_IDS and first["more"] is True
+        last = c.prune("30d")
+        assert len(last["deleted"]) == 1 and last["more"] is False
+        logged = [json.loads(line) for line in d.log().splitlines() if line.startswith("{")]
+        assert [e["count"] for e in logged if e.get("event") == "deleting sessions" and e.get("by") == "client"] \
+            == [MAX_IDS, 1]
 
 
 def test_bad_config_retention_is_refused(isolated_env: Path) -> None:

@@ -118,3 +118,64 @@ def test_a_home_on_a_read_only_filesystem_is_a_clear_error(tmp_path: Path) -> No
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert f"cannot use {disk / 'home'} as labd's home: Read-only file system" in out.stderr, out.stderr
+
+
+def test_a_daemon_on_another_store_refuses_the_home_and_touches_nothing(isolated_env: Path, tmp_path: Path) -> None:
+    """A home used with one store, then started once with another (`--db` given by mistake, a misspelt SQLite path
+    that would create an empty database): `labd serve` exits 2 naming both stores, and the home's session
+    directories and running sessions are untouched; so too on a home of an older labd (no record of its store) given
+    an empty store. Before, that one start deleted every session directory and killed the running sessions (lost)."""
+    from tests.conftest import DaemonProc, kill_runners, wait_until
+
+    other = tmp_path / "other.db"
+
+    def serve_other() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "labd", "serve", "--db", f"sqlite:///{other}"],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+
+    d = DaemonProc(isolated_env).start()
+    try:
+        with d.client() as c:
+            done = c.start("demo.count", params={"n": 1})
+            c.wait(done, timeout=60)
+            live = c.start("demo.sleep")
+            pid = wait_until(lambda: c.session(live)["pid"], timeout=60, what="the runner")
+        d.stop()  # sessions keep running without a daemon
+        dirs = sorted(p.name for p in (isolated_env / "sessions").iterdir())
+        assert {done, live} <= set(dirs)
+        out = serve_other()
+        assert out.returncode == 2, out.stderr
+        assert "keeps the sessions of the store sqlite:" in out.stderr and str(other) in out.stderr
+        assert "Traceback" not in out.stderr
+        (isolated_env / "store").unlink()  # as a home of a labd before the store was recorded
+        out = serve_other()
+        assert out.returncode == 2, out.stderr
+        assert "session directories, but the store" in out.stderr and "records no session" in out.stderr
+        assert sorted(p.name for p in (isolated_env / "sessions").iterdir()) == dirs
+        assert psutil.pid_exists(pid)
+        d = DaemonProc(isolated_env).start()  # the home's own store: the session is adopted, still running
+        with d.client() as c:
+            assert c.session(live)["status"] == "running" and c.session(done)["status"] == "completed"
+            c.kill(live)
+        assert (isolated_env / "store").read_text().strip() == f"sqlite:{os.path.realpath(isolated_env / 'labd.db')}"
+    finally:
+        d.stop()
+        kill_runners(isolated_env)
+
+
+def test_a_preload_that_fails_to_import_does_not_keep_the_daemon_from_serving(isolated_env: Path,
+                                                                                tmp_path: Path) -> None:
+    """A ``preload`` module that is installed but raises when imported: the template says so in the daemon's log and
+    serves (it died at every start, was started again ~40 times a minute, and the daemon never served)."""
+    from tests.conftest import running_daemon
+
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "broken_preload.py").write_text("raise RuntimeError('this module is broken')\n")
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text('[daemon]\npreload = ["broken_preload"]\n')
+    path = os.pathsep.join([str(mods), os.environ.get("PYTHONPATH", "")])
+    with running_daemon(isolated_env, extra_env={"PYTHONPATH": path}) as d, d.client() as c:
+        sid = c.start("demo.count", params={"n": 1})
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        assert "preload 'broken_preload' not imported: RuntimeError: this module is broken" in d.log()

@@ -352,7 +352,11 @@ def test_service_install_writes_a_user_unit_for_this_interpreter(isolated_env: P
     assert f"\nExecStart={sys.executable} -P -m labd --home {isolated_env} serve --log-format json --drain\n" in text
     for line in ("Type=notify", "WatchdogSec=60", "KillMode=process", "WantedBy=default.target"):
         assert f"\n{line}\n" in text
-    assert "unchanged" in _labd("service", "install", "--drain", env=env).stdout
+    assert "LABD_DB" not in r.stderr
+    again = _labd("service", "install", "--drain", env={**env, "LABD_DB": "sqlite:////srv/labd/other.db"})
+    assert "unchanged" in again.stdout and "sqlite:" not in unit.read_text()
+    # the store in the environment is not the service's: said, as the unit leaves it out (it may hold a password)
+    assert "LABD_DB is set here but the service does not get it" in again.stderr
     st = _labd("service", "status", env=env)
     assert st.returncode == 0 and str(unit) in st.stdout and "not this interpreter" not in st.stdout, st.stdout
     r = _labd("service", "uninstall", env=env)

@@ -407,3 +407,26 @@ def test_sizes_and_limits_that_fit_nothing_are_refused(tmp_path: Path, text: str
     _write_config(home, '[daemon]\nmemory_total = "64M"\nsession_nofile = 1048576\n')
     cfg = load_config(home)
     assert cfg.memory_total == 64 << 20 and cfg.session_nofile == 1 << 20
+
+
+def test_a_retention_without_unit_is_refused(tmp_path: Path) -> None:
+    """``retention = "30"`` is refused (it meant 30 days and deleted every session 30 s after it ended), as
+    ``labd prune --older-than 30`` is; ``"30d"`` is 30 days."""
+    home = tmp_path / "h"
+    for bare in ("30", " 5 ", "1.5"):
+        _write_config(home, f'[daemon]\nretention = "{bare}"\n')
+        with pytest.raises(ConfigError, match="has no unit"):
+            load_config(home)
+    _write_config(home, '[daemon]\nretention = "30d"\n')
+    assert load_config(home).retention_seconds == 30 * 86400
+
+
+def test_a_preload_that_cannot_be_imported_is_refused(tmp_path: Path) -> None:
+    """``preload = ["missing_module"]`` is refused at load (``labd serve --check`` too): the template died at every
+    start importing it and the daemon never served. An installed module is accepted, not imported here."""
+    home = tmp_path / "h"
+    _write_config(home, '[daemon]\npreload = ["no_such_module_xyz.sub"]\n')
+    with pytest.raises(ConfigError, match="no_such_module_xyz"):
+        load_config(home)
+    _write_config(home, '[daemon]\npreload = ["json.decoder"]\n')
+    assert load_config(home).preload == ["json.decoder"]
