@@ -194,6 +194,8 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     launcher: dict[str, Any] = {}
     for path in config_files(layout):
         if not path.exists():
+            if path.is_symlink():  # a link to a file that is gone: its settings were silently not applied
+                raise ConfigError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist")
             continue
         data = _read_toml(path)
         unknown_sections = set(data) - {"daemon", "models", "prices", "mcp", "telemetry", "agents", "sandbox",
@@ -330,6 +332,9 @@ def load_config(home: str | os.PathLike[str] | None = None, **overrides: Any) ->
     for name in ("secret_env", "preload"):
         if not isinstance(getattr(cfg, name), list) or not all(isinstance(x, str) for x in getattr(cfg, name)):
             raise ConfigError(f"{name} must be a list of strings")
+    bad = [n for n in cfg.secret_env if not n or re.search(r"[=\s\x00]", n)]
+    if bad:  # "" or "A B" can name no variable: a misspelt list withheld nothing it meant to
+        raise ConfigError(f"secret_env: {bad[0]!r} is not the name of an environment variable (no spaces, no '=')")
     for module in cfg.preload:
         # the template imports these before it forks any runner: one it cannot import killed it at every start,
         # and the daemon, waiting for it, never served (a restart loop under systemd). Only the top-level package

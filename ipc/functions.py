@@ -167,6 +167,13 @@ def find_unpicklable(obj: Any, path: str, depth: int = 0) -> tuple[str, Any, Exc
 
 def describe_unpicklable(obj: Any, path: str, *, verb: str = "cannot be sent to a session") -> tuple[str, str, str]:
     """``(message, path, type name)`` for something that does not pickle, naming the innermost culprit."""
+    try:
+        dumps(obj)
+    except RecursionError:  # its depth, not any one part: said so (it blamed "argument 1[0][0][0][0][0][0]")
+        return (f"{path}: a {type(obj).__name__} object nested too deeply {verb} (past Python's recursion limit)",
+                path, type(obj).__name__)
+    except Exception:  # noqa: BLE001 - any other failure: find the part that fails below
+        pass
     found = find_unpicklable(obj, path)
     where, culprit, exc = found if found is not None else (path, obj, Exception("unknown error"))
     type_name = type(culprit).__name__

@@ -35,7 +35,8 @@ def read_toml(path: Path, limit: int = MAX_TOML_FILE) -> dict[str, Any]:
     except OSError as exc:
         raise TomlFileError(exc.strerror or str(exc), unreadable=True) from None
     try:
-        return tomllib.loads(raw.decode())
+        # a byte order mark (Windows editors write one) is no TOML: tomllib said only "Invalid statement (at line 1)"
+        return tomllib.loads(raw.decode().removeprefix("\ufeff"))
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise TomlFileError(f"not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {line} (TOML files are UTF-8)") \

@@ -430,3 +430,21 @@ def test_a_preload_that_cannot_be_imported_is_refused(tmp_path: Path) -> None:
         load_config(home)
     _write_config(home, '[daemon]\npreload = ["json.decoder"]\n')
     assert load_config(home).preload == ["json.decoder"]
+
+
+def test_a_broken_link_a_byte_order_mark_and_names_no_variable_has(tmp_path: Path) -> None:
+    """A ``config.toml`` that is a link to a missing file is refused naming both (its settings were silently not
+    applied); one starting with a UTF-8 byte order mark reads as TOML (it was "Invalid statement (at line 1)");
+    ``secret_env`` entries that cannot name a variable (``""``, ``"A B"``) are refused (they withheld nothing)."""
+    home = tmp_path / "h"
+    home.mkdir()
+    (home / "config.toml").symlink_to(tmp_path / "gone.toml")
+    with pytest.raises(ConfigError, match="gone.toml, which does not exist"):
+        load_config(home)
+    (home / "config.toml").unlink()
+    (home / "config.toml").write_bytes("\ufeff[daemon]\nstop_grace = 2.5\n".encode())
+    assert load_config(home).stop_grace == 2.5
+    for names in ('[""]', '["A B"]', '["A=B"]'):
+        _write_config(home, f"[daemon]\nsecret_env = {names}\n")
+        with pytest.raises(ConfigError, match="is not the name of an environment variable"):
+            load_config(home)

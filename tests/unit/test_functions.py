@@ -53,3 +53,15 @@ def test_decode_result_and_remote_error_text() -> None:
     assert decode_result({"a": 1}) == {"a": 1}
     err = RemoteError("ValueError", "bad", "Traceback ...\nValueError: bad\n", session="abc")
     assert str(err).startswith("ValueError: bad\n\n--- remote traceback (session abc) ---\nTraceback")
+
+
+def test_an_argument_nested_too_deeply_is_named_for_its_depth() -> None:
+    """An argument nested past Python's recursion limit is refused naming the argument and its depth (it blamed
+    "argument 1[0][0][0][0][0][0]: a list object", as if a list could not be pickled)."""
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(LabdError) as info:
+        encode_call(len, (deep,), {})
+    assert info.value.code == "not_serializable"
+    assert info.value.message.startswith("argument 1: a list object nested too deeply cannot be sent to a session")
