@@ -34,7 +34,7 @@ import structlog
 
 from labd.daemon.config import Config
 from labd.daemon.launcher import TemplateLauncher
-from labd.daemon.store_identity import check_store
+from labd.daemon.store_identity import check_store, lock_store
 from labd.daemon.systemd import Notifier
 from labd.ipc.paths import UnusableHome
 from labd.runner.secret_env import split_secrets, store_withheld
@@ -56,6 +56,7 @@ class Startup:
     clean_env: dict[str, str]  # the environment without secrets: the template's and every launcher's
     secrets: dict[str, str]  # the secrets taken out of it: given to runners in their spec
     template: TemplateLauncher  # spawned, maybe not ready yet (TemplateLauncher.start waits)
+    store_fd: int | None = None  # holds a SQLite store's ``.labd-lock`` (daemon/store_identity.py)
 
 
 def fd_limits(session_nofile: int, log: Any) -> dict[str, Any]:
@@ -106,8 +107,10 @@ def begin(cfg: Config) -> Startup:
     """Take the home's lock, raise the fd limit, clean the environment and spawn the runner template (not waiting
     for it). Raises :class:`AlreadyRunning` if another daemon serves the home."""
     fd = _lock(cfg)
+    store_fd: int | None = None
     try:
         check_store(cfg.layout, cfg.db_url)  # under the lock: before anything could take its sessions for gone
+        store_fd = lock_store(cfg.layout, cfg.db_url)  # held, as the home's lock, until the process exits
         nofile = fd_limits(cfg.session_nofile, structlog.get_logger("labd.daemon"))  # before any socket
         # before the template: it takes NOTIFY_SOCKET & co. out of the environment the template and runners inherit
         notifier = Notifier()
@@ -120,8 +123,10 @@ def begin(cfg: Config) -> Startup:
         template.spawn()
     except BaseException:
         os.close(fd)
+        if store_fd is not None:
+            os.close(store_fd)
         raise
-    return Startup(fd, notifier, nofile, clean_env, secrets, template)
+    return Startup(fd, notifier, nofile, clean_env, secrets, template, store_fd)
 
 
 def _db_passwords(url: str) -> set[str]:

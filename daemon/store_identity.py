@@ -12,6 +12,7 @@ and a daemon given another store stops before it touches anything, saying what t
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 
 from labd.ipc.paths import Layout, UnusableHome
 
-__all__ = ["WrongStore", "check_store", "record_store", "store_identity"]
+__all__ = ["WrongStore", "check_store", "lock_store", "record_store", "store_identity"]
 
 FILE = "store"
 
@@ -78,3 +79,28 @@ def record_store(layout: Layout, db_url: str, knows_sessions: Callable[[], bool]
     tmp = path.with_name(FILE + ".tmp")
     tmp.write_text(store_identity(db_url) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def lock_store(layout: Layout, db_url: str) -> int | None:
+    """For a SQLite store, hold ``<database>.labd-lock`` (flock) for as long as the daemon runs and return its file
+    descriptor: a second daemon on the same file (another home given it with ``--db``) is refused
+    (:class:`WrongStore`, naming the holder) -- two writers of one record each adopted the other's runners and
+    dropped events as duplicates. None for another kind of store (not locked here: docs/design.md)."""
+    identity = store_identity(db_url)
+    if not identity.startswith("sqlite:/"):
+        return None
+    path = identity.removeprefix("sqlite:") + ".labd-lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:  # a directory we cannot write: the store cannot be opened either, and says so itself
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another labd daemon"
+        os.close(fd)
+        raise WrongStore(f"the store {identity} is written by {holder}: one daemon writes a store (give this home "
+                         "a database of its own)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"the labd daemon of home {layout.home} (pid {os.getpid()})".encode(), 0)
+    return fd

@@ -179,3 +179,26 @@ def test_a_preload_that_fails_to_import_does_not_keep_the_daemon_from_serving(is
         sid = c.start("demo.count", params={"n": 1})
         assert c.wait(sid, timeout=60)["status"] == "completed"
         assert "preload 'broken_preload' not imported: RuntimeError: this module is broken" in d.log()
+
+
+def test_a_second_daemon_on_the_same_sqlite_store_is_refused(isolated_env: Path, tmp_path: Path) -> None:
+    """Another home given this home's SQLite database (`--db`) while its daemon runs: `labd serve` exits 2 naming
+    the daemon that writes it (the two daemons adopted each other's runners and dropped events as duplicates), and
+    the running daemon's sessions go on; once it has stopped, nothing holds the store."""
+    from tests.conftest import DaemonProc, running_daemon
+
+    db = f"sqlite:///{isolated_env / 'labd.db'}"
+    other_home = tmp_path / "other-home"
+    with running_daemon(isolated_env) as d, d.client() as c:
+        out = subprocess.run([sys.executable, "-m", "labd", "--home", str(other_home), "serve", "--db", db],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, out.stderr
+        assert f"is written by the labd daemon of home {isolated_env} (pid {d.proc.pid})" in out.stderr, out.stderr
+        sid = c.start("demo.count", params={"n": 2})
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+    second = DaemonProc(other_home, args=["--db", db]).start()  # the first has stopped: the store is free
+    try:
+        with second.client() as c:
+            assert any(s["id"] == sid for s in c.sessions(status=["completed"]))
+    finally:
+        second.stop()
