@@ -39,7 +39,7 @@ from labd.daemon.runtime_watch import RuntimeWatch
 from labd.daemon.sandboxing import SandboxSetup
 from labd.daemon.services import GatewayError, launchers, start_gateway, start_telemetry
 from labd.daemon.startup import AlreadyRunning, Startup, begin, signing_key
-from labd.daemon.store_identity import record_store
+from labd.daemon.store_identity import hold_server_store, record_store
 from labd.daemon.supervisor import Supervisor
 from labd.daemon.systemd import Heartbeat, Notifier
 from labd.daemon.warnlimit import WarnLimiter
@@ -160,6 +160,7 @@ class Daemon(SandboxSetup, ControlPlane):
         cfg, layout = self.cfg, self.layout
         self.nofile = start.nofile
         engine = open_engine(cfg.db_url)
+        self._store_hold = hold_server_store(engine, cfg.db_url)  # one daemon writes a PostgreSQL store
         # a migration over a big store takes a while (0012 sums every LLM call: ~5 s a million): systemd's start
         # timeout (TimeoutStartSec=120) must not kill it midway, to roll back and start over at every restart
         migrate(engine, on_pending=lambda: self.notifier.send(extend_timeout_usec=3_600_000_000,

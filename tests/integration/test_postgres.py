@@ -110,3 +110,34 @@ def test_database_outage_is_waited_out_without_losing_events(isolated_env, postg
     finally:
         daemon.stop()
         kill_runners(isolated_env)
+
+
+def test_a_second_daemon_on_the_same_postgresql_schema_is_refused(isolated_env, postgres_url, tmp_path) -> None:
+    """Another home given the same PostgreSQL database and schema while a daemon writes it: `labd serve` exits 2
+    saying another daemon writes the store (the two adopted each other's runners and dropped events as
+    duplicates); once the first has stopped (its connection, and so its advisory lock, gone), the second starts."""
+    import subprocess
+    import sys
+
+    schema = f"labd_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = f"{postgres_url}?options=-csearch_path%3D{schema}"
+    first = DaemonProc(isolated_env, args=["--db", url]).start()
+    try:
+        out = subprocess.run([sys.executable, "-m", "labd", "--home", str(tmp_path / "other"), "serve", "--db", url],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, out.stderr
+        assert "is written by another labd daemon" in out.stderr and "Traceback" not in out.stderr
+        with first.client() as c:
+            assert c.ping()
+    finally:
+        first.stop()
+    second = DaemonProc(tmp_path / "other", args=["--db", url]).start()
+    try:
+        with second.client() as c:
+            assert c.ping()
+    finally:
+        second.stop()
+        admin.dispose()
