@@ -153,8 +153,8 @@ class Executor(futures.Executor):
         block (Ctrl-C's ``KeyboardInterrupt`` too), the calls not started are cancelled and the running sessions
         stopped first: each call is a session that spends time and money, not to be run for a caller that is gone."""
         if exc_type is not None:
-            self.cancel_all()
-        self.shutdown(wait=True, cancel_futures=exc_type is not None)
+            self.cancel_all()  # the workers skip the calls cancelled in their queue
+        self.shutdown(wait=True)
         return None
 
     def cancel_all(self) -> None:

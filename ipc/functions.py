@@ -309,7 +309,6 @@ def remote_error(session: dict[str, Any], finished: dict[str, Any] | None, error
         if type_name.replace(".", "_").isidentifier():  # "ValueError: ..." (not "terminated (SIGTERM)")
             return RemoteError(type_name, message, str(finished.get("traceback") or ""), session=sid, status=status)
         reason = f"{reason} ({finished['error']})" if reason != finished["error"] else reason
-    if limit:  # ended by one of its limits: the reason names it (the runner only saw a SIGTERM, or its wall time)
-        return RemoteError("SessionEnded", f"session {sid} ended {status}: {reason}", session=sid, status=status)
-    return RemoteError("Cancelled" if status == "cancelled" else "SessionEnded",
+    # ended by one of its limits: the reason names it (the runner only saw a SIGTERM, or its wall time)
+    return RemoteError("Cancelled" if status == "cancelled" and not limit else "SessionEnded",
                        f"session {sid} ended {status}: {reason}", session=sid, status=status)

@@ -102,17 +102,23 @@ def test_node_columns_sort_numerically(shared_daemon) -> None:
     assert listed == sorted(listed, key=lambda n: int(n[1:])) and any(int(n[1:]) >= 10 for n in listed)
 
 
+def _resumed_once(c, tmp_path: Path) -> str:
+    """A session whose first run failed at its third step and whose resume completed it."""
+    counter = tmp_path / "counts"
+    counter.mkdir()
+    sid = c.start("labd_testflows:durable_four", params={"counter": str(counter)})
+    wait_until(lambda: c.session(sid)["status"] == "failed", timeout=60, what="the first run's failure")
+    c.resume(sid)
+    wait_until(lambda: c.session(sid)["status"] == "completed", timeout=60, what="the resumed run")
+    return sid
+
+
 def test_cost_step_table_of_a_resumed_session_tells_its_runs_apart(shared_daemon, tmp_path: Path) -> None:
     """`labd cost` of a resumed session: the step that failed and ran again is two steps of one name; the STEP table
     gives each row its node id (NODE, STEP, ...), in the order they ran, so every row is told apart (before: the
     name alone, twice, and no way to tell which run's step a row was)."""
-    counter = tmp_path / "counts"
-    counter.mkdir()
     with shared_daemon.client() as c:
-        sid = c.start("labd_testflows:durable_four", params={"counter": str(counter)})
-        wait_until(lambda: c.session(sid)["status"] == "failed", timeout=60, what="the first run's failure")
-        c.resume(sid)
-        wait_until(lambda: c.session(sid)["status"] == "completed", timeout=60, what="the resumed run")
+        sid = _resumed_once(c, tmp_path)
         by_step = c.cost(sid)["by_step"]
     threes = [s["node_id"] for s in by_step if s["name"] == "three"]
     assert len(threes) == 2 and len(set(threes)) == 2, by_step  # the failed run's and the resume's
@@ -130,13 +136,8 @@ def test_show_and_compare_of_a_resumed_session_count_every_run(shared_daemon, tm
     """A resumed session ran in two runs: ``session.get`` says so (``runs``, ``earlier_runs_seconds``: the first run's
     time, from its state history), ``labd show`` says ``ran X in 2 runs (the last Y)`` and compare's duration is both
     runs (they gave the last run's time only: "ran 3s" of a session that ran for days before its resume)."""
-    counter = tmp_path / "counts"
-    counter.mkdir()
     with shared_daemon.client() as c:
-        sid = c.start("labd_testflows:durable_four", params={"counter": str(counter)})
-        wait_until(lambda: c.session(sid)["status"] == "failed", timeout=60, what="the first run's failure")
-        c.resume(sid)
-        wait_until(lambda: c.session(sid)["status"] == "completed", timeout=60, what="the resumed run")
+        sid = _resumed_once(c, tmp_path)
         s = c.session(sid)
         history = [h for h in c.request("session.history", session=sid)["history"] if h["node_id"] is None]
         totals = c.request("sessions.compare", sessions=[sid, sid])["totals"]

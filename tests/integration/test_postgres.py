@@ -11,14 +11,19 @@ import sqlalchemy as sa
 from tests.conftest import DaemonProc, kill_runners
 
 
-def test_sessions_and_agent_tracking_persist_in_postgresql(isolated_env, postgres_url) -> None:
-    """With --db pointing at PostgreSQL, migrations apply, a plain session and an agent workflow are
-    recorded (events gap-free, projections, costs, files), and a restarted daemon reads them back."""
-    schema = f"labd_{uuid.uuid4().hex[:8]}"  # one database per test run, isolated by schema
+def _fresh_schema(postgres_url: str) -> tuple[sa.Engine, str, str]:
+    """(an admin engine, a new schema, the daemon's URL on it): one database per test run, isolated by schema."""
+    schema = f"labd_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(postgres_url)
     with admin.begin() as conn:
         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = f"{postgres_url}?options=-csearch_path%3D{schema}"
+    return admin, schema, f"{postgres_url}?options=-csearch_path%3D{schema}"
+
+
+def test_sessions_and_agent_tracking_persist_in_postgresql(isolated_env, postgres_url) -> None:
+    """With --db pointing at PostgreSQL, migrations apply, a plain session and an agent workflow are
+    recorded (events gap-free, projections, costs, files), and a restarted daemon reads them back."""
+    admin, schema, url = _fresh_schema(postgres_url)
     daemon = DaemonProc(isolated_env, args=["--db", url]).start()
     try:
         with daemon.client() as c:
@@ -119,11 +124,7 @@ def test_a_second_daemon_on_the_same_postgresql_schema_is_refused(isolated_env, 
     import subprocess
     import sys
 
-    schema = f"labd_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(postgres_url)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = f"{postgres_url}?options=-csearch_path%3D{schema}"
+    admin, _, url = _fresh_schema(postgres_url)
     first = DaemonProc(isolated_env, args=["--db", url]).start()
     try:
         out = subprocess.run([sys.executable, "-m", "labd", "--home", str(tmp_path / "other"), "serve", "--db", url],

@@ -42,6 +42,13 @@ async def until(pred: Callable[[], Any], timeout: float = 30.0, what: str = "") 
         await asyncio.sleep(0.05)
 
 
+async def answered_elsewhere(app: TopApp, c: Any, sid: str) -> None:
+    """``two_reviews``' first approval approved by another client, and top polled the second since."""
+    c.approve(sid)
+    await until(lambda: any(a["prompt"] == "Run the second program?" for a in app.pending.get(sid, [])),
+                what="the second approval pending in top")
+
+
 def run_app(home: Path, scenario: Callable[[TopApp, Any], Awaitable[None]], **kw: Any) -> None:
     async def main() -> None:
         app = TopApp(home, **kw)
@@ -212,9 +219,7 @@ def test_r_in_the_approval_view_answers_the_approval_viewed(daemon: DaemonProc) 
         await until(lambda: app.selected == sid and "Run the first program?" in screen_text(app), what="the first")
         await pilot.press("v")
         await until(lambda: app.screen.query("VerticalScroll"), what="the approval view")
-        c.approve(sid)  # answered elsewhere while the view is open
-        await until(lambda: any(a["prompt"] == "Run the second program?" for a in app.pending.get(sid, [])),
-                    what="the second approval pending in top")
+        await answered_elsewhere(app, c, sid)  # while the view is open
         await pilot.press("r")
         await until(lambda: app.screen.query("#feedback"), what="the feedback box")
         await pilot.press("enter")
@@ -237,9 +242,7 @@ def test_v_on_an_approval_answered_elsewhere_says_so(daemon: DaemonProc) -> None
     async def scenario(app: TopApp, pilot: Any) -> None:
         await until(lambda: app.selected == sid and "Run the first program?" in screen_text(app), what="the first")
         stale = list(app.pending[sid])
-        c.approve(sid)  # answered elsewhere
-        await until(lambda: any(a["prompt"] == "Run the second program?" for a in app.pending.get(sid, [])),
-                    what="the second approval pending in top")
+        await answered_elsewhere(app, c, sid)
         app.pending[sid] = stale  # top's list as it was before its next poll
         app.action_view_approval()
         await until(lambda: any("is no longer pending" in n.message for n in app._notifications),
