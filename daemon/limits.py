@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Limits", "MAX_PROCS"]
+from labd.ipc.limits import MAX_PROCS
 
-#: the largest process-count limit of a session (``limits.procs``, ``[daemon] procs``)
-MAX_PROCS = 1_000_000
+__all__ = ["Limits", "MAX_PROCS"]
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from typing import Any
 from labd.ipc.client import Client, LabdError
 from labd.ipc.connection import daemon_alive
 from labd.ipc.functions import FunctionCall, encode_call
+from labd.ipc.limits import check_limits
 
 __all__ = ["Executor", "SessionFuture"]
 
@@ -101,7 +102,9 @@ class Executor(futures.Executor):
     SIGTERM (the daemon's default; then ``term_grace``, 5 s by default, before SIGKILL);
     ``restart_wait`` the seconds the workers wait for a daemon to serve again after a stop (a restart; ``math.inf``:
     as long as it takes).
-    Futures fail with :class:`~labd.ipc.functions.RemoteError` when the function raises.
+    Futures fail with :class:`~labd.ipc.functions.RemoteError` when the function raises. A limit the daemon would
+    refuse raises :class:`LabdError` (``bad_limits``) here (what only the daemon knows, its ``memory_total``, is
+    checked when each session starts).
     """
 
     def __init__(self, max_workers: int = 4, home: str | os.PathLike[str] | None = None, *, name: str | None = None,
@@ -119,6 +122,12 @@ class Executor(futures.Executor):
                                         "budget_action": budget_action, "max_output": max_output}
         self._grace = stop_grace
         self._control = Client(home, restart_wait=restart_wait)  # fails here, not in a worker, when no daemon serves
+        try:  # a limit the daemon would refuse fails here, not in every future (cluster: not this machine's CPUs)
+            check_limits({"output" if k == "max_output" else k: v for k, v in self._limits.items() if v is not None},
+                         cluster=not self._control.local)
+        except LabdError:
+            self._control.close()
+            raise
         self._control_lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []

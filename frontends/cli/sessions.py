@@ -8,6 +8,7 @@ from typing import Any
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
 from labd.frontends.cli.waits import follow, wait_for
 from labd.ipc import LabdError
+from labd.ipc.limits import MAX_JSON_INT, MAX_LIMIT
 from labd.ipc.units import (
     BeyondAny,
     UnitError,
@@ -20,10 +21,10 @@ from labd.ipc.units import (
 
 __all__ = ["register", "parse_params", "limits_from", "bounded_size", "MAX_MEMORY", "MAX_OUTPUT"]
 
-#: the largest --memory the daemon accepts (its ``MAX_LIMIT["memory"]``, 1 PiB; a test pins that they agree)
-MAX_MEMORY = 2**50
+#: the largest --memory the daemon accepts (1 PiB)
+MAX_MEMORY = int(MAX_LIMIT["memory"])
 #: --max-output must stay below 2**64 (16 EiB): a JSON integer cannot be larger, and the daemon reads no more
-MAX_OUTPUT = 2**64 - 1
+MAX_OUTPUT = MAX_JSON_INT
 
 
 def parse_params(items: list[str]) -> dict[str, str]:

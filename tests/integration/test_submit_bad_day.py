@@ -77,6 +77,31 @@ def test_an_exception_leaving_with_cancels_the_calls_and_stops_their_sessions(sh
     assert row["status"] == "cancelled"
 
 
+@pytest.mark.parametrize(("limits", "says"), [
+    ({"memory": "lots"}, "lots"),
+    ({"memory": "512"}, "has no unit"),
+    ({"memory": "1M"}, "below what a runner needs"),
+    ({"timeout": -1}, "positive"),
+    ({"budget_action": "explode"}, "stop or pause"),
+    ({"max_output": "a lot"}, "output limit"),
+])
+def test_an_executor_with_a_limit_the_daemon_would_refuse_fails_where_it_is_made(
+        shared_daemon, limits: dict[str, Any], says: str) -> None:
+    """``labd.Executor(memory="lots")`` raises ``bad_limits`` at once, with the daemon's own message (it was
+    accepted, and then every future failed with it, each after its round trip); no session is started."""
+    with shared_daemon.client() as c:
+        before = len(c.sessions(limit=1000))
+    with pytest.raises(labd.LabdError, match=says) as caught:
+        labd.Executor(max_workers=2, home=shared_daemon.home, **limits)
+    assert caught.value.code == "bad_limits"
+    with shared_daemon.client() as c:
+        assert len(c.sessions(limit=1000)) == before
+        with pytest.raises(labd.LabdError) as daemon_said:  # the same rules, the same words
+            c.request("session.start", workflow="demo.count",
+                      limits={"output" if k == "max_output" else k: v for k, v in limits.items()})
+    assert (daemon_said.value.code, daemon_said.value.message) == ("bad_limits", caught.value.message)
+
+
 def test_a_session_ended_by_its_time_limit_says_so(client: Any) -> None:
     """A function stopped by its wall-time limit raises RemoteError ``SessionEnded`` whose message names the limit
     (it raised a "terminated (SIGTERM)" type with an empty message: the reason, in the record, was lost)."""

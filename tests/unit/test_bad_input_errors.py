@@ -142,8 +142,8 @@ def test_cli_memory_beyond_any_machine_is_said_before_the_daemon(size: str) -> N
 
 def test_cli_memory_up_to_the_ceiling_is_kept() -> None:
     """1024T (the ceiling itself) and ordinary sizes are bytes, as before; the CLI's ceiling is the daemon's."""
-    from labd.daemon.api.sessions import MAX_LIMIT
     from labd.frontends.cli.sessions import MAX_MEMORY, limits_from
+    from labd.ipc.limits import MAX_LIMIT
 
     assert MAX_LIMIT["memory"] == MAX_MEMORY
     assert limits_from(_flags(memory="1024T"))["memory"] == 2**50
