@@ -226,7 +226,7 @@ def test_whole_number_settings_past_what_they_are_used_for_are_refused(tmp_path:
     home = tmp_path / "h"
     for value in (most + 1, 2**62, 10**23):
         _write_config(home, f"[daemon]\n{name} = {value}\n")
-        with pytest.raises(ConfigError, match=rf"^{name} must be a whole number .*to {most}\b"):
+        with pytest.raises(ConfigError, match=rf"config.toml \[daemon\]: {name} must be a whole number .*to {most}\b"):
             load_config(home)
     _write_config(home, f"[daemon]\n{name} = {most}\n")
     assert getattr(load_config(home), name) == most
@@ -236,7 +236,7 @@ def test_the_largest_max_message_fits_libzmq() -> None:
     """Twice the largest max_message (what the daemon's ROUTERs set as MAXMSGSIZE) is a value libzmq takes."""
     import zmq
 
-    from labd.daemon.config import MAX_MAX_MESSAGE
+    from labd.daemon.config_checks import MAX_MAX_MESSAGE
 
     ctx = zmq.Context()
     try:
@@ -448,3 +448,31 @@ def test_a_broken_link_a_byte_order_mark_and_names_no_variable_has(tmp_path: Pat
         _write_config(home, f"[daemon]\nsecret_env = {names}\n")
         with pytest.raises(ConfigError, match="is not the name of an environment variable"):
             load_config(home)
+
+
+def test_an_error_in_a_merged_setting_names_where_it_was_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value refused once the files, the environment and the flags are merged names where it came from: which file
+    (the one whose value won), which variable, which flag. It named the setting only, and with two config files an
+    administrator could not tell which one to mend."""
+    user_dir, home = tmp_path / "xdg", tmp_path / "h"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(user_dir))
+    (user_dir / "labd").mkdir(parents=True)
+    user_file = user_dir / "labd" / "config.toml"
+    user_file.write_text("[daemon]\nstop_grace = -1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(home)
+    assert str(caught.value).startswith(f"{user_file} [daemon]: stop_grace must be")
+    _write_config(home, "[daemon]\nstop_grace = 1e9\n")  # the home's file wins, so its value is the one refused
+    with pytest.raises(ConfigError) as caught:
+        load_config(home)
+    assert str(caught.value).startswith(f"{home / 'config.toml'} [daemon]: stop_grace must be")
+    _write_config(home, "")
+    user_file.write_text("")
+    monkeypatch.setenv("LABD_RUNNER_NICE", "40")
+    with pytest.raises(ConfigError, match=r"^environment variable LABD_RUNNER_NICE: runner_nice must be"):
+        load_config(home)
+    monkeypatch.delenv("LABD_RUNNER_NICE")
+    with pytest.raises(ConfigError, match=r"^--listen: "):
+        load_config(home, listen="udp://nowhere")
+    with pytest.raises(ConfigError, match=r"^--db: db: "):
+        load_config(home, db_url="mysql://x/y")
