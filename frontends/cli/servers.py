@@ -31,7 +31,7 @@ def cmd_top(args: argparse.Namespace, ctx: Ctx) -> int:
 def cmd_mcp(args: argparse.Namespace, ctx: Ctx) -> int:
     from labd.frontends import mcp
 
-    return mcp.run(ctx.home, allow_policy_approvals=args.allow_policy_approvals)
+    return mcp.run(ctx.home, allow_policy_approvals=args.allow_policy_approvals, workflows=args.workflow)
 
 
 def _port(text: str) -> int:
@@ -52,6 +52,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 "The client starts `labd mcp` with its own environment: a daemon with another home than the default\n"
                 'needs "args": ["mcp", "--home", "/its/home"] (or "env": {"LABD_HOME": "/its/home"}); a daemon on\n'
                 'another machine, "args": ["mcp", "--connect", "/path/to/laptop.labd.json"].')
+    s.add_argument("--workflow", action="append", default=[], metavar="PATTERN",
+                   help="also let the MCP client start workflows matching PATTERN (fnmatch: 'mypkg.flows:*', "
+                        "'/srv/flows/*.py:*'; '*' for any); by default it may start the built-ins only, since a "
+                        "workflow is code that runs as you (repeatable)")
     s.add_argument("--allow-policy-approvals", action="store_true",
                    help="let the MCP client answer approvals that a [[policy]] rule requires (default: refused, "
                         "since the client is a model and those rules ask for a human)")

@@ -85,7 +85,7 @@ def test_tools_list_start_follow_and_inspect_a_session(shared_daemon) -> None:
 def test_errors_are_tool_errors_with_labd_codes(shared_daemon) -> None:
     """A bad workflow or an unknown session is an MCP tool error that names labd's stable code; the server
     keeps serving."""
-    server = build_server(shared_daemon.home)
+    server = build_server(shared_daemon.home, workflows=["*"])  # any workflow may be asked for: the daemon refuses
 
     async def go() -> tuple[Any, Any, Any]:
         async with McpClient(server) as c:
@@ -465,7 +465,8 @@ def test_what_a_tool_returns_to_the_model_is_bounded(shared_daemon, tmp_path) ->
         async with McpClient(server) as c:
             events, outputs, since = [], [], 0
             while True:
-                page = _data(await c.call_tool("read_events", {"session": sid, "since": since, "limit": 5000}))
+                page = _data(await c.call_tool("read_events", {"session": sid, "since": since, "limit": 5000,
+                                                                "max_chars": bound}))
                 assert len(json.dumps(page["events"])) <= bound + 100, "one page over the bound"
                 events += page["events"]
                 since = page["events"][-1]["seq"] if page["events"] else since
@@ -473,7 +474,7 @@ def test_what_a_tool_returns_to_the_model_is_bounded(shared_daemon, tmp_path) ->
                     break
             since = 0
             while True:
-                out = _data(await c.call_tool("read_output", {"session": sid, "since": since}))
+                out = _data(await c.call_tool("read_output", {"session": sid, "since": since, "max_chars": bound}))
                 assert len(out["text"]) <= bound
                 outputs.append(out)
                 since = out["next_since"]
@@ -495,14 +496,20 @@ def test_what_a_tool_returns_to_the_model_is_bounded(shared_daemon, tmp_path) ->
 
 
 def test_a_tool_result_too_large_for_a_model_is_a_tool_error(shared_daemon, monkeypatch) -> None:
-    """A tool result whose JSON is over MAX_RESULT characters is an MCP tool error with code result_too_large naming
-    the CLI to read it with, never a reply of that size (here the limit is lowered to a few characters)."""
-    from labd.frontends import mcp
+    """A tool result over MAX_RESULT characters (as the model sees it: indented JSON) is an MCP tool error with code
+    result_too_large saying how to ask this tool for less, never a reply of that size (here the limit is lowered to
+    a few characters)."""
+    from labd.frontends import mcp_read
 
-    monkeypatch.setattr(mcp, "MAX_RESULT", 50, raising=False)
+    monkeypatch.setattr(mcp_read, "MAX_RESULT", 50, raising=False)
     result = _call(build_server(shared_daemon.home), "list_workflows")
     assert result.is_error
     assert "[result_too_large]" in result.content[0].text
+    with shared_daemon.client() as lc:
+        sid = lc.start("demo.count", params={"n": 2})
+        lc.wait(sid, timeout=60)
+    dag = _call(build_server(shared_daemon.home), "get_dag", session=sid, newest=40)
+    assert dag.is_error and "newest=10" in dag.content[0].text
 
 
 MANY_FLOWS = """
@@ -562,7 +569,7 @@ def test_a_tool_reads_from_the_daemon_about_what_it_returns(shared_daemon, tmp_p
             events, since = [], 0
             while True:
                 before = len(received)
-                page = _data(await c.call_tool("read_events", {"session": sid, "since": since}))
+                page = _data(await c.call_tool("read_events", {"session": sid, "since": since, "max_chars": bound}))
                 per_events_call.append(sum(received[before:]))
                 events += page["events"]
                 since = page["events"][-1]["seq"] if page["events"] else since
@@ -571,7 +578,7 @@ def test_a_tool_reads_from_the_daemon_about_what_it_returns(shared_daemon, tmp_p
             text, since = "", 0
             while True:
                 before = len(received)
-                out = _data(await c.call_tool("read_output", {"session": sid, "since": since}))
+                out = _data(await c.call_tool("read_output", {"session": sid, "since": since, "max_chars": bound}))
                 per_output_call.append(sum(received[before:]))
                 text += out["text"]
                 since = out["next_since"]
