@@ -245,10 +245,41 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
         return await call(lambda c: c.pause(session))
 
     @server.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=True))
-    async def resume_session(session: Session) -> dict[str, Any]:
+    async def resume_session(
+            session: Session,
+            budget: Annotated[float | None, Field(gt=0, description="a new LLM budget in USD")] = None,
+    ) -> dict[str, Any]:
         """Resume a paused session (a running one whose pause is not reached yet: the pause is cancelled), or
-        continue an ended one (failed, cancelled, lost) with a new process from its last completed step."""
-        return await call(lambda c: c.resume(session))
+        continue an ended one (failed, cancelled, lost, stopped by its budget) with a new process from its last
+        completed step, nothing re-run that completed."""
+        return await call(lambda c: c.resume(session, budget))
+
+    @server.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=False, open_world_hint=True))
+    async def branch_session(
+            session: Session,
+            from_node: Annotated[str, Field(description="the step to run again: its node id or name (get_session "
+                                                        "and get_dag list them); the steps before it are reused")],
+            hypothesis: str | None = None, instructions: str | None = None,
+            params: Annotated[dict[str, Any] | None, Field(description="parameters to change")] = None,
+            count: Annotated[int, Field(ge=1, le=10)] = 1,
+    ) -> dict[str, Any]:
+        """Try another way from a step instead of re-running everything: `count` new sessions that reuse the
+        session's record up to `from_node` (its work directory as it was then) and run on from there, the
+        `hypothesis` and `instructions` given to the agents of the steps that run again. Compare them with
+        compare_sessions."""
+        def branch(c: Client) -> dict[str, Any]:
+            _check_allowed(c, c.session(session)["workflow"], allowed)  # a branch runs its workflow's code again
+            return c.branch(session, from_node, hypothesis=hypothesis, instructions=instructions, params=params,
+                            count=count)
+        return await call(branch)
+
+    @server.tool(annotations=READ_ONLY)
+    async def compare_sessions(
+            sessions: Annotated[list[str], Field(min_length=2, max_length=10,
+                                                 description="session ids; the first is the baseline")],
+    ) -> dict[str, Any]:
+        """Sessions side by side: their steps, files, totals (cost, duration) and final results."""
+        return await call(lambda c: c.compare(*sessions), bounded_by="compare fewer sessions")
 
     register_files(server, files_call)
     _refuse_unknown_arguments(server)

@@ -241,3 +241,26 @@ def test_the_tools_say_their_bounds_and_that_session_data_is_not_instructions(sh
     assert schemas["get_dag"]["properties"]["format"]["enum"] == ["json", "mermaid", "dot"]
     status = schemas["list_sessions"]["properties"]["status"]
     assert "waiting_approval" in str(status)
+
+
+def test_a_model_branches_and_compares_instead_of_re_running(shared_daemon, flows: Path, tmp_path: Path) -> None:
+    """Through MCP a model branches a finished planning session from its second step (the steps before it reused)
+    and compares the branch with its parent; a session of a workflow it may not start cannot be branched either
+    (a branch runs that code again). Before, MCP had neither tool: a model could only re-run from the start."""
+    server = build_server(shared_daemon.home)
+    with shared_daemon.client() as lc:
+        parent = lc.start("planning_and_control", params={"max_steps": 2})
+        assert lc.wait(parent, timeout=120)["status"] == "completed"
+        second = next(s for s in lc.session(parent)["steps"] if s["name"].startswith("step 2:"))
+        user_sid = lc.start(f"{flows}:mark", params={"path": str(tmp_path / "m")})
+        lc.wait(user_sid, timeout=60)
+    branched = _data(anyio.run(lambda: _tool(server, "branch_session", session=parent, from_node=second["node_id"],
+                                             hypothesis="the input is in Kelvin")))
+    kid = branched["sessions"][0]["session"]
+    with shared_daemon.client() as lc:
+        assert lc.wait(kid, timeout=120)["status"] == "completed"
+        assert {s["name"]: s["status"] for s in lc.session(kid)["steps"]}["planning"] == "reused"
+    compared = _data(anyio.run(lambda: _tool(server, "compare_sessions", sessions=[parent, kid])))
+    assert compared["sessions"] == [parent, kid] and any(row["changed"] for row in compared["steps"])
+    refused = anyio.run(lambda: _tool(server, "branch_session", session=user_sid, from_node="mark"))
+    assert refused.is_error and "[not_allowed]" in refused.content[0].text
