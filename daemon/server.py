@@ -39,7 +39,8 @@ from labd.daemon.runtime_watch import RuntimeWatch
 from labd.daemon.sandboxing import SandboxSetup
 from labd.daemon.services import GatewayError, launchers, start_gateway, start_telemetry
 from labd.daemon.startup import AlreadyRunning, Startup, begin, signing_key
-from labd.daemon.store_identity import hold_server_store, record_store
+from labd.daemon.store_identity import record_store
+from labd.daemon.store_lock import ServerStoreLock
 from labd.daemon.supervisor import Supervisor
 from labd.daemon.systemd import Heartbeat, Notifier
 from labd.daemon.warnlimit import WarnLimiter
@@ -160,7 +161,10 @@ class Daemon(SandboxSetup, ControlPlane):
         cfg, layout = self.cfg, self.layout
         self.nofile = start.nofile
         engine = open_engine(cfg.db_url)
-        self._store_hold = hold_server_store(engine, cfg.db_url)  # one daemon writes a PostgreSQL store
+        self.store_lock: ServerStoreLock | None = None
+        if engine.dialect.name == "postgresql":  # one daemon writes a PostgreSQL store (SQLite: lock_store's file)
+            self.store_lock = ServerStoreLock(engine, cfg.db_url)
+            self.store_lock.acquire()
         # a migration over a big store takes a while (0012 sums every LLM call: ~5 s a million): systemd's start
         # timeout (TimeoutStartSec=120) must not kill it midway, to roll back and start over at every restart
         migrate(engine, on_pending=lambda: self.notifier.send(extend_timeout_usec=3_600_000_000,
@@ -241,6 +245,8 @@ class Daemon(SandboxSetup, ControlPlane):
                              "its runner's tree (the monitor kills them within a second or two)",
                              clone_filter=self.launcher.clone_filter)
         # Ready only now: migrated, sockets bound, template up, connection file written, signal handlers set.
+        if self.store_lock is not None:
+            self.store_lock.start()  # keeps the lock through the server's outages
         heartbeat = Heartbeat(self.notifier)
         self.notifier.ready(f"serving {layout.home}; {len(self.supervisor.running)} sessions adopted")
         poller = zmq.Poller()
@@ -289,6 +295,8 @@ class Daemon(SandboxSetup, ControlPlane):
                 self.log.error("the ingest thread did not stop; exiting without it")  # and term() would wait
             else:
                 z.term()
+            if self.store_lock is not None:
+                self.store_lock.close()
             engine.dispose()
             os.close(wake_r)
             os.close(wake_w)
@@ -363,6 +371,9 @@ class Daemon(SandboxSetup, ControlPlane):
                 break
             if ingest.failed is not None:
                 self.log.error("ingest thread failed; stopping the daemon", error=repr(ingest.failed))
+                self.failed = True
+                break
+            if self.store_lock is not None and self.store_lock.taken:  # logged by the lock's thread
                 self.failed = True
                 break
         if self._signals:

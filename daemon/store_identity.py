@@ -16,12 +16,11 @@ import fcntl
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from labd.ipc.paths import Layout, UnusableHome
 
-__all__ = ["WrongStore", "check_store", "hold_server_store", "lock_store", "record_store", "store_identity"]
+__all__ = ["WrongStore", "check_store", "lock_store", "record_store", "store_identity"]
 
 FILE = "store"
 
@@ -105,27 +104,3 @@ def lock_store(layout: Layout, db_url: str) -> int | None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"the labd daemon of home {layout.home} (pid {os.getpid()})".encode(), 0)
     return fd
-
-
-def hold_server_store(engine: Any, db_url: str) -> Any | None:
-    """For a PostgreSQL store, a connection holding a session-level advisory lock on its database and schema, to keep
-    open for as long as the daemon runs (its end, the daemon's death included, releases the lock): a second daemon
-    on the same database and schema is refused (:class:`WrongStore`). None for another kind of store
-    (:func:`lock_store` locks a SQLite file)."""
-    if engine.dialect.name != "postgresql":
-        return None
-    from sqlalchemy import text
-
-    conn = engine.connect()
-    try:
-        got = conn.execute(text("SELECT pg_try_advisory_lock(hashtext('labd store ' || current_database() || '.' || "
-                                "coalesce(current_schema(), '')))")).scalar()
-        conn.commit()  # the lock is the connection's, not the transaction's: it stays
-    except BaseException:
-        conn.close()
-        raise
-    if not got:
-        conn.close()
-        raise WrongStore(f"the store {store_identity(db_url)} is written by another labd daemon: one daemon writes a "
-                         "store (give this home a database or schema of its own)")
-    return conn

@@ -95,10 +95,12 @@ def _disk(d: Any) -> dict[str, Any] | None:
 def _store(d: Any) -> dict[str, Any]:
     """Can ingest write the store? While it cannot (a full disk, a lock held elsewhere): for how long, and why."""
     ingest = d.ingest
+    lock = getattr(d, "store_lock", None)  # PostgreSQL: is this daemon's hold on the store's lock live?
+    held = {} if lock is None else {"lock_held": lock.held}
     if not ingest.store_down:
-        return {"writable": True}
+        return {"writable": True, **held}
     return {"writable": False, "down_for_s": round(time.monotonic() - ingest.store_down_since, 1),
-            "error": ingest.store_error}
+            "error": ingest.store_error, **held}
 
 
 def _threads(d: Any) -> dict[str, bool]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -141,4 +142,82 @@ def test_a_second_daemon_on_the_same_postgresql_schema_is_refused(isolated_env, 
             assert c.ping()
     finally:
         second.stop()
+        admin.dispose()
+
+
+def _lock_key(admin: sa.Engine, schema: str) -> tuple[int, int]:
+    """(classid, objid) under which pg_locks shows the advisory lock of the store in ``schema``."""
+    with admin.connect() as conn:
+        key = conn.execute(sa.text("SELECT hashtext('labd store ' || current_database() || '.' || :s)"),
+                           {"s": schema}).scalar()
+    return (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+
+
+def _lock_holder(admin: sa.Engine, schema: str) -> int | None:
+    """The backend pid holding the store's advisory lock, if any."""
+    classid, objid = _lock_key(admin, schema)
+    with admin.connect() as conn:
+        return conn.execute(sa.text("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+                                    "classid::bigint = :c AND objid::bigint = :o AND objsubid = 1"),
+                            {"c": classid, "o": objid}).scalar()
+
+
+def test_the_store_lock_is_taken_again_after_its_connection_is_lost(isolated_env, postgres_url, tmp_path) -> None:
+    """The connection holding the store's lock ends (a server restart or a network cut does this; here its backend is
+    terminated): the daemon takes the lock again on a new connection, says so in ``daemon.status``, and a second
+    daemon started afterwards is still refused. Before, the lock was taken at start only: after an outage a second
+    daemon on the store started, and the two adopted each other's runners."""
+    import subprocess
+    import sys
+
+    from tests.conftest import wait_until
+
+    admin, schema, url = _fresh_schema(postgres_url)
+    first = DaemonProc(isolated_env, args=["--db", url]).start()
+    try:
+        old = _lock_holder(admin, schema)
+        assert old is not None
+        with admin.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": old}).scalar()
+        wait_until(lambda: _lock_holder(admin, schema) not in (None, old), timeout=60, what="the lock taken again")
+        with first.client() as c:
+            assert wait_until(lambda: c.status()["store"].get("lock_held"), timeout=30, what="lock_held in status")
+        out = subprocess.run([sys.executable, "-m", "labd", "--home", str(tmp_path / "other"), "serve", "--db", url],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and "is written by another labd daemon" in out.stderr, out.stderr
+        assert first.proc.poll() is None
+    finally:
+        first.stop()
+        admin.dispose()
+
+
+def test_a_daemon_whose_store_lock_another_took_stops(isolated_env, postgres_url) -> None:
+    """If another process takes the store's lock while the daemon's connection is gone (a second daemon started
+    during an outage), the daemon stops, saying why, rather than write the store beside it; its sessions keep
+    running for the daemon that holds the store."""
+    from tests.conftest import wait_until
+
+    admin, schema, url = _fresh_schema(postgres_url)
+    first = DaemonProc(isolated_env, args=["--db", url]).start()
+    thief = admin.connect()
+    try:
+        old = _lock_holder(admin, schema)
+        classid, objid = _lock_key(admin, schema)
+        key = (classid << 32 | objid) - (1 << 64 if classid >> 31 else 0)  # back to the signed bigint
+        # the other waits in the lock's queue first, so it, not the daemon's next try, gets the lock when it is freed
+        waiting = threading.Thread(target=lambda: thief.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key}))
+        waiting.start()
+        with admin.connect() as conn:
+            wait_until(lambda: conn.execute(sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND "
+                                                    "NOT granted")).scalar(), timeout=30, what="the other waiting")
+            conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": old})
+        waiting.join(30)
+        assert _lock_holder(admin, schema) not in (None, old)
+        assert wait_until(lambda: first.proc.poll() is not None, timeout=60, what="the daemon stopping")
+        assert first.proc.returncode != 0
+        assert "another daemon took the store's lock" in first.log()
+    finally:
+        thief.close()
+        first.stop()
+        kill_runners(isolated_env)
         admin.dispose()
