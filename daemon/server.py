@@ -56,6 +56,10 @@ __all__ = ["Daemon", "AlreadyRunning", "GatewayError"]
 
 from labd import __version__ as VERSION
 
+#: message ids the control socket remembers for its replay window (~250 bytes each: ~25 MB at most). A client
+#: flooding it past that makes the guard refuse older requests, never take a replay (ReplayGuard's strict mode)
+CONTROL_REPLAY_IDS = 100_000
+
 
 class Daemon(SandboxSetup, ControlPlane):
     """One labd daemon bound to one home."""
@@ -228,7 +232,10 @@ class Daemon(SandboxSetup, ControlPlane):
             if ap["expires_at"]:
                 self.supervisor.watch_approval(ap["session_id"], ap["id"], ap["expires_at"], ap["policy"] or "reject")
         control = self.control = bind_control(z, self.info.control, cfg.max_message)
-        self.codec = Codec(bytes.fromhex(key), max_message=cfg.max_message)
+        # strict: a request signed before this daemon started (captured, or queued for the one before it) is not
+        # run again, and a full guard refuses rather than forgets (ipc/signing.py ReplayGuard)
+        self.codec = Codec(bytes.fromhex(key), max_message=cfg.max_message, replay_ids=CONTROL_REPLAY_IDS,
+                           strict_replay=True, not_before=time.time())
         write_connection_file(layout, os.getpid(), key=key, events_auth=self.info.events_auth,
                               max_message=cfg.max_message)
         wake_r, wake_w = os.pipe()

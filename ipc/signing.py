@@ -10,9 +10,9 @@ rejected by their timestamp, so the history never needs to be longer than the wi
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import time
-from collections import OrderedDict
 
 __all__ = ["Signer", "ReplayGuard", "SignatureError", "ReplayError", "derive_key", "RUNNER_KEY_CONTEXT"]
 
@@ -63,12 +63,25 @@ class Signer:
 
 
 class ReplayGuard:
-    """Remembers message ids seen within ``window`` seconds; rejects repeats and stale messages."""
+    """Remembers message ids seen within ``window`` seconds; rejects repeats and stale messages.
 
-    def __init__(self, window: float = 300.0, max_ids: int = 1_000_000) -> None:
+    Ids are let go in time stamp order (a heap), whatever order they came in: with arrival order, one message
+    stamped near the window's far edge kept every id after it for up to twice the window. At most ``max_ids`` are
+    kept; past that the oldest go first. ``strict`` (a daemon's control socket): a message stamped at or before an
+    id let go for room is refused too (``floor``), so a full guard refuses what it can no longer tell apart from a
+    replay instead of taking it; and ``not_before`` (the receiver's start) starts that floor, so a request captured
+    before a daemon restarted is not run again by the next daemon, which has seen no ids yet. Without ``strict``
+    (runner frames, taken exactly once by their sequence numbers anyway) an id let go for room may come again."""
+
+    def __init__(self, window: float = 300.0, max_ids: int = 1_000_000, *, strict: bool = False,
+                 not_before: float | None = None) -> None:
         self.window = window
         self.max_ids = max_ids
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self.strict = strict
+        #: a message stamped at or before this is refused (strict guards only)
+        self.floor = not_before if strict and not_before is not None else float("-inf")
+        self._seen: dict[str, float] = {}
+        self._order: list[tuple[float, str]] = []  # heap of (time stamp, id)
 
     def check(self, msg_id: str, ts: float, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -76,16 +89,20 @@ class ReplayGuard:
             raise ReplayError("message has no id")
         if ts < now - self.window or ts > now + self.window:
             raise ReplayError(f"message timestamp outside the {self.window:.0f}s replay window")
+        if ts <= self.floor:
+            raise ReplayError("message stamped before what this receiver can tell apart from a replay (it was sent "
+                              "before the receiver started, or its id would have been let go)")
         if msg_id in self._seen:
             raise ReplayError("message id already seen (replay)")
         self._seen[msg_id] = ts
+        heapq.heappush(self._order, (ts, msg_id))
         self._expire(now)
 
     def _expire(self, now: float) -> None:
         cutoff = now - self.window
-        seen = self._seen
-        while seen:
-            oldest_ts = next(iter(seen.values()))
-            if oldest_ts >= cutoff and len(seen) <= self.max_ids:
-                break
-            seen.popitem(last=False)
+        seen, order = self._seen, self._order
+        while order and (order[0][0] < cutoff or len(seen) > self.max_ids):
+            ts, msg_id = heapq.heappop(order)
+            seen.pop(msg_id, None)
+            if self.strict and ts >= cutoff:  # let go for room, not for age: refuse what it cannot tell apart now
+                self.floor = max(self.floor, ts)

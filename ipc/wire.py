@@ -179,10 +179,11 @@ class Codec:
     """Packs and unpacks signed messages with one key; one instance per socket owner (not thread-safe)."""
 
     def __init__(self, key: bytes, *, max_message: int = DEFAULT_MAX_MESSAGE, replay_window: float = 300.0,
-                 replay_ids: int = 1_000_000):
-        """``replay_ids``: the most message ids remembered for the replay window (the oldest are let go first)."""
+                 replay_ids: int = 1_000_000, strict_replay: bool = False, not_before: float | None = None):
+        """``replay_ids``: the most message ids remembered for the replay window (the oldest are let go first);
+        ``strict_replay`` and ``not_before``: see :class:`~labd.ipc.signing.ReplayGuard`."""
         self.signer = Signer(key)
-        self.guard = ReplayGuard(window=replay_window, max_ids=replay_ids)
+        self.guard = ReplayGuard(window=replay_window, max_ids=replay_ids, strict=strict_replay, not_before=not_before)
         self.max_message = max_message
         # Cheap unique ids: a random per-process prefix plus a counter (no uuid4 per message).
         self._prefix = os.urandom(6).hex()

@@ -36,7 +36,8 @@ class ListApprovals(Request):
         per_session = self.arg("per_session", int, 20, check=lambda n: 1 <= n <= 500, hint="an integer 1-500")
         full = self.arg("full", bool, False, hint="true or false")
         after = self.arg("after", str, None, check=lambda s: 0 < len(s) <= 40, hint="an approval id")
-        sid = resolve_session(self)["id"] if self.body.get("session") else None
+        ref = self.arg("session", str, None, check=lambda s: 0 < len(s) <= 200, hint="a session id or name")
+        sid = resolve_session(self)["id"] if ref is not None else None  # 0 or "" read as "every session" before
         if after is not None and sid is None:
             raise ApiError("bad_request", "after pages through one session's approvals: name the session too")
         store, which = self.daemon.store, None if status == "all" else status

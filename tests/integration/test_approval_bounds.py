@@ -16,7 +16,7 @@ import orjson
 import pytest
 from sqlalchemy import insert
 
-from labd.ipc import Client
+from labd.ipc import Client, LabdError
 from labd.ipc.events import (
     APPROVAL_CONTEXT_MAX,
     APPROVAL_KIND_MAX,
@@ -230,3 +230,12 @@ def test_listing_never_loads_an_old_rows_oversized_options(tmp_path: Path) -> No
         assert len(store.approvals(ids=["ap-old"])[0]["options"]) == 250_000
     finally:
         eng.dispose()
+
+
+@pytest.mark.parametrize("session", [0, "", False, ["x"]])
+def test_a_session_field_of_the_wrong_kind_is_refused_not_read_as_every_session(client: Client, session: Any) -> None:
+    """``approvals.list`` with ``session: 0`` (or ``""``) is ``bad_request``; it was read as "every session's
+    approvals", against the protocol's rule that a field of the wrong type is refused (protocol review)."""
+    with pytest.raises(LabdError) as refused:
+        client.request("approvals.list", session=session)
+    assert refused.value.code == "bad_request" and "session" in refused.value.message

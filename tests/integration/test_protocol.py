@@ -325,3 +325,30 @@ def test_a_runner_cannot_record_a_time_or_cost_out_of_range(small_daemon) -> Non
         assert c.session(sid)["cost"] == 0
         s.close(0)
         c.kill(sid)
+
+
+def test_a_request_captured_before_a_restart_is_not_run_by_the_next_daemon(daemon) -> None:
+    """The exact bytes of a signed ``session.start``, sent again to the daemon started after a restart (within the
+    300 s replay window), start nothing: the next daemon refuses what was signed before it started (counted
+    ``replayed``, no reply). Before, its replay guard started empty and a second session ran (protocol review)."""
+    with daemon.client() as c:
+        codec = Codec(c.info.key_bytes, max_message=c.info.max_message)
+        frames = codec.pack("session.start", {"workflow": "demo.count", "params": {"n": 1}, "limits": {}})
+        s = zmq.Context.instance().socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(c.info.control)
+        s.send_multipart(frames)
+        assert s.poll(30_000), "no reply to the first send"
+        started = codec.unpack(s.recv_multipart()).body["result"]["session"]
+        s.close(0)
+    daemon.stop()
+    daemon.start()
+    with daemon.client() as c:
+        s = zmq.Context.instance().socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(c.info.control)
+        s.send_multipart(frames)
+        assert not s.poll(1_000), "the captured request was answered"
+        s.close(0)
+        assert [r["id"] for r in c.sessions(limit=10)] == [started]
+        assert c.status()["counters"].get("dropped.control.replayed") == 1

@@ -125,6 +125,35 @@ def test_max_ids_bounds_the_history() -> None:
             g.check(f"id{i}", NOW, now=NOW)
 
 
+def test_ids_go_in_time_stamp_order_whatever_order_they_came_in() -> None:
+    """One message stamped near the window's far edge does not keep the ids after it: each goes when its own time
+    stamp leaves the window (they went in arrival order, and one such message kept a flood's ids for ~600 s)."""
+    g = ReplayGuard(window=300)
+    g.check("far", NOW + 299, now=NOW)
+    for i in range(50):
+        g.check(f"id{i}", NOW, now=NOW)
+    g.check("later", NOW + 301, now=NOW + 301)
+    assert sorted(g._seen) == ["far", "later"]  # private, but the memory bound is the behaviour under test
+
+
+def test_a_strict_guard_refuses_what_it_let_go_for_room_and_what_came_before_it() -> None:
+    """A strict guard (the daemon's control socket) that lets ids go for room refuses a message stamped at or before
+    them, so a replay of one cannot slip through; one started at ``not_before`` refuses what was signed before it
+    started (a request captured before a restart). A guard that is not strict (runner frames) takes them again."""
+    strict, loose = ReplayGuard(window=300, max_ids=3, strict=True), ReplayGuard(window=300, max_ids=3)
+    for g in (strict, loose):
+        for i in range(6):
+            g.check(f"id{i}", NOW + i, now=NOW + 6)
+    with pytest.raises(ReplayError, match="before what this receiver can tell apart"):
+        strict.check("id0", NOW, now=NOW + 6)
+    loose.check("id0", NOW, now=NOW + 6)
+    strict.check("new", NOW + 6, now=NOW + 6)
+    started = ReplayGuard(strict=True, not_before=NOW)
+    with pytest.raises(ReplayError, match="before what this receiver can tell apart"):
+        started.check("captured", NOW - 1, now=NOW + 1)
+    started.check("fresh", NOW + 0.5, now=NOW + 1)
+
+
 def test_runner_key_derivation_matches_the_protocol_test_vectors() -> None:
     """The runner keys of docs/protocol.md §7: HMAC-SHA256(daemon key, "labd runner key v1:" + session id) for a
     session's first run, and + "#" + the seq of its session.continued for a resumed run (another key)."""
