@@ -10,6 +10,7 @@ from typing import Any
 
 from labd.daemon.api.start import requeue
 from labd.daemon.orphans import Claims, belongs_here, find_runners, stop_stray
+from labd.daemon.spools import ran_unrecorded
 
 __all__ = ["recover"]
 
@@ -30,7 +31,7 @@ def recover(d: Any) -> set[str]:
                               "its client got no reply)", session_id=sid, pid=pid)
     # A session never recorded as launched (pid None; 0 is a remote runner's) whose runner was found by title
     # waits for that runner to prove itself (a frame signed with the session's key): a title is no proof.
-    claims = d.supervisor.claims = Claims(d.last_seen.__contains__, lambda row: requeue(d, [row]),
+    claims = d.supervisor.claims = Claims(d.last_seen.__contains__, lambda row: _queue_again(d, [row]),
                                           hello=d.ingest.hellos.get)
     queued_ids = {r["id"] for r in queued}
     for row in live + queued:
@@ -39,7 +40,32 @@ def recover(d: Any) -> set[str]:
     for row in live:
         if row["id"] not in claims:
             d.supervisor.adopt(row)
+    _carry_on_stops(d, [r for r in live if r["stop_by"] and r["id"] in d.supervisor.running])
     # sessions queued when the last daemon stopped wait again, in order
-    requeue(d, [r for r in queued if r["id"] not in claims])
+    _queue_again(d, [r for r in queued if r["id"] not in claims])
     claims.settle(d.supervisor.adopt)  # runners that reconnected already are adopted now
     return known
+
+
+def _queue_again(d: Any, rows: list[dict[str, Any]]) -> None:
+    """Queue ``rows`` (stored ``queued``) again, but for those whose runner already ran: the last daemon launched
+    it and died before storing the launch, and the runner, with no daemon to hand its events to, kept them in its
+    spool and ended. Queued again, it ran a second time and its first run's record was lost (a crash review). It
+    ends instead: ingest takes the spool's events first, and the run's own outcome decides its status."""
+    ran = [r for r in rows if ran_unrecorded(d.layout.sessions_dir, r["id"], r.get("runner_seq") or 0)]
+    for row in ran:
+        d.log.warning("a queued session's runner ran while no daemon watched it, and is gone: its record is taken "
+                      "from its spool, not run again", session_id=row["id"])
+        d.supervisor.post(row["id"], "session.ended", {"ended_by": "vanished",
+                                                      "lost_reason": "its runner ran while no daemon watched it and "
+                                                                     "ended without reporting an outcome"})
+    requeue(d, [r for r in rows if r not in ran])
+
+
+def _carry_on_stops(d: Any, rows: list[dict[str, Any]]) -> None:
+    """Adopted sessions the last daemon was stopping: the stop goes on (its grace counted from when it was asked)."""
+    asked = d.store.last_events([r["id"] for r in rows], ["session.stopping"]) if rows else {}
+    for row in rows:
+        at = asked.get((row["id"], "session.stopping"))
+        if at is not None:
+            d.supervisor.carry_on_stop(row["id"], at[1], at[0], d.cfg.stop_grace)

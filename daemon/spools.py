@@ -17,7 +17,7 @@ import orjson
 
 from labd.runner.spool import SPOOL_NAME, scan_spool
 
-__all__ = ["spool_of", "spooled_events", "SpoolChunk", "remove_spool"]
+__all__ = ["spool_of", "spooled_events", "SpoolChunk", "remove_spool", "ran_unrecorded"]
 
 
 def spool_of(sessions_dir: Path, sid: str) -> Path:
@@ -93,3 +93,13 @@ def remove_spool(path: Path) -> None:
         path.unlink()
     except OSError:
         pass
+
+
+def ran_unrecorded(sessions_dir: Path, sid: str, runner_seq: int) -> bool:
+    """Did a runner of ``sid`` run whose events the store lacks: does its spool hold a record past ``runner_seq``?
+    (A runner keeps unacknowledged events there; a resumed run's numbers go on from its predecessor's, so what an
+    earlier run left, already stored, does not count.)"""
+    try:
+        return next(scan_spool(spool_of(sessions_dir, sid), runner_seq, max_body=0), None) is not None
+    except OSError:
+        return False

@@ -149,8 +149,10 @@ class Supervisor(Admission):
             if self._adopt_remote(row):
                 return True
             why = self._remote_lost or "no local runner to adopt (never started, or it ran on a Ray node)"
-            self.post(sid, "session.ended", {"status": "lost", "reason": why, "ended_by": "vanished"})
-            self.log.warning("session lost", session_id=sid, reason=why)
+            # lost unless its record says how it ended: ingest reads the spool of a runner that ran unrecorded (the
+            # last daemon died before storing its launch) before it stores the end, and its outcome then decides
+            self.post(sid, "session.ended", {"lost_reason": why, "ended_by": "vanished"})
+            self.log.warning("no runner to adopt", session_id=sid, reason=why)
             return False
         # The runner ended while no daemon watched it (or just before this one adopted it). Ingest reads
         # its spool before recording the end, so a session that reported its own outcome ends with it;
@@ -187,9 +189,26 @@ class Supervisor(Admission):
         if run.step is None:
             run.step, run.grace = "cooperative", grace
             run.deadline = time.monotonic() + grace
-            self.post(sid, "session.stopping", {"by": by, "reason": reason, "step": "cooperative"})
+            self.post(sid, "session.stopping", {"by": by, "reason": reason, "step": "cooperative", "grace": grace})
             self.send_runner(sid, "cancel", {"reason": reason})
         return True
+
+    def carry_on_stop(self, sid: str, stopping: dict[str, Any], asked_at: float, default_grace: float) -> None:
+        """An adopted session whose stop the last daemon began (``stopping``, its ``session.stopping`` payload, asked
+        at ``asked_at``): the ladder goes on where it was, the grace counted from when the stop was asked (a daemon
+        killed mid-stop forgot it, and a session that ignored the cooperative cancel ran to its end)."""
+        run = self.running.get(sid)
+        if run is None or run.step is not None:
+            return
+        if stopping.get("step") == "sigkill":
+            self._rung(run, "sigkill")
+            return
+        grace = stopping.get("grace")
+        grace = float(grace) if isinstance(grace, int | float) and not isinstance(grace, bool) else default_grace
+        run.step, run.grace = "cooperative", grace
+        run.deadline = time.monotonic() + max(0.0, asked_at + grace - time.time())
+        self.send_runner(sid, "cancel", {"reason": stopping.get("reason") or "stop requested"})
+        self.log.info("stop carried on after a restart", session_id=sid, by=stopping.get("by"))
 
     def stopping(self, sid: str) -> bool:
         """Is ``sid`` ending: its runner being stopped (a stop or kill in progress), found gone by the monitor (its end

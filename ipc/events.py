@@ -98,6 +98,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                         "payload": (str, False),  # a submitted function's pickle (base64)
                         "sys_path": (list, False),  # the client's cwd + PYTHONPATH, first on the runner's sys.path
                         "placement": (dict, False),  # Ray launcher: {on: "ray", gpus, resources}
+                        "priority": (int, False),  # its run-queue priority (absent: 0), which resumes and branches keep
                         "agents": (dict, False),  # --agent overrides {role asked for: role used}
                         "skill": (dict, False),  # started from a skill: {name, version, origin_session}
                         "policy": (list, False),  # the session's own policy rules (labd run --policy FILE)
@@ -114,7 +115,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     "session.started": {"pid": (int, True), "workdir": (str, True)},  # runner
     "session.finished": {"outcome": (str, True), "error": (str, False), "traceback": (str, False),
                          "result": (ANY, False)},  # runner: what the workflow did
-    "session.stopping": {"by": (str, True), "reason": (str, True), "step": (str, True)},
+    "session.stopping": {"by": (str, True), "reason": (str, True), "step": (str, True), "grace": (NUM, False)},
     "session.ended": {"status": (str, False), "reason": (str, False), "exit_code": (int, False),
                       "signal": (int, False), "ended_by": (str, True), "lost_reason": (str, False)},
     # Ray launcher: where a session's actor runs (node id, address, the runner's pid there, its work directory)

@@ -45,6 +45,15 @@ def _merged_limits(row: dict[str, Any], override: Any, created: dict[str, Any] |
     return _limits({"limits": {**base, **override}}, cluster=created is None or bool(created.get("placement")))
 
 
+def _priority(d: Any, sid: str, created: dict[str, Any]) -> int:
+    """The run-queue priority session ``sid`` was given (its ``session.created``; before that was recorded there, its
+    last ``session.queued``), which its resumes and branches keep: they waited behind later, lower ones at 0."""
+    if "priority" in created:
+        return int(created["priority"])
+    queued = d.store.last_events([sid], ["session.queued"]).get((sid, "session.queued"))
+    return int((queued[1] if queued else {}).get("priority") or 0)
+
+
 def _placed(limits: Limits, created: dict[str, Any]) -> Limits:
     """``limits`` checked again now that the session's ``session.created`` says where it runs: a session of this
     machine may not ask for more CPUs than it has (a resume checks its limits before its record is read)."""
@@ -99,7 +108,7 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]
         why = f"resumed by client from {status}" + (f": {reason}" if reason else "") + \
             f" ({len(seed['steps'])} completed steps kept)"
         entry = sup.queue.entry(sid, row["workflow"], _run_params(d, row["params"], c.get("payload")), limits,
-                                row["workdir"], 0, time.time(), extra=entry_extra(d, row["name"], c))
+                                row["workdir"], _priority(d, sid, c), time.time(), extra=entry_extra(d, row["name"], c))
 
         def committed(seq: int, _payload: dict[str, Any]) -> dict[str, Any]:
             # The runner is submitted only now that session.continued is in the store: a session deleted (labd rm)
@@ -266,6 +275,7 @@ class Branch(Request):
         manifest: dict[str, Any] = seed.get("files") or {}
         network = bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network))
         made: list[dict[str, Any]] = []
+        priority = _priority(d, psid, c)  # the parent's place in the run queue
         reply = {"sessions": made, "parent": psid, "node": node["node_id"], "reused": len(seed["steps"]),
                  "files": len(manifest) if seed["manifest"] else 0}
         d.defer(self.reply_to, lambda _seq, _payload: reply)  # once the last branch is committed
@@ -278,7 +288,7 @@ class Branch(Request):
                                        # what its replay needs to run as it did (api/lineage.py), and compare shows
                                        "node_base": seed["node_base"]}
             payload.update((k, v) for k, v in (("hypothesis", hypothesis), ("instructions", instructions)) if v)
-            for key in ("payload", "sys_path", "agents", "tags", "policy", "placement"):
+            for key in ("payload", "sys_path", "agents", "tags", "policy", "placement", "priority"):
                 if c.get(key):
                     payload[key] = c[key]
             sandbox = d.sandbox_spec(sid, network)
@@ -287,7 +297,7 @@ class Branch(Request):
             last = len(made) == count - 1
             d.post_event(sid, "session.created", payload, reply_to=self.reply_to if last else None)
             d.supervisor.submit(d.supervisor.queue.entry(
-                sid, parent["workflow"], _run_params(d, params, c.get("payload")), limits, str(workdir), 0,
+                sid, parent["workflow"], _run_params(d, params, c.get("payload")), limits, str(workdir), priority,
                 time.time(), extra=entry_extra(d, name, payload)))
             made.append({"session": sid, "name": name})
         return DEFERRED

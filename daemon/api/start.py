@@ -201,6 +201,8 @@ class Start(Request):
             created["tags"] = tags
         if placement:
             created["placement"] = placement
+        if priority:
+            created["priority"] = priority
         sandbox = d.sandbox_spec(sid, network)  # what confines the code its agents run: recorded on the session
         created["sandbox"] = {k: sandbox[k] for k in ("level", "mechanism", "reasons", "network")} | {
             "runner": d.runner_confinement}

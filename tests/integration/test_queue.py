@@ -193,9 +193,9 @@ def test_the_queue_survives_a_daemon_restart(isolated_env: Path) -> None:
 
 
 def test_a_resumed_session_keeps_its_place_in_the_queue_across_a_restart(isolated_env: Path) -> None:
-    """A session first queued with priority 5 fails; resumed later (priority 0) it queues behind two sessions
-    submitted before the resume. After a daemon restart it is still behind them: the queue is rebuilt from each
-    session's last submission, not its first (which put it first, with its old priority)."""
+    """A session first queued with priority 5 fails; resumed later (keeping its priority) it queues behind two
+    sessions of the same priority submitted before the resume. After a daemon restart it is still behind them: the
+    queue is rebuilt from each session's last submission, not its first (which put it first)."""
     _configure(isolated_env, 1)
     first = DaemonProc(isolated_env).start()
     try:
@@ -206,7 +206,7 @@ def test_a_resumed_session_keeps_its_place_in_the_queue_across_a_restart(isolate
             c.stop(blocker, grace=1)
             assert c.wait(old, timeout=60)["status"] == "failed"
             _running_blocker(c)
-            a, b = _start(c, seconds=0.1), _start(c, seconds=0.1)
+            a, b = _start(c, seconds=0.1, priority=5), _start(c, seconds=0.1, priority=5)
             c.resume(old)
             before = wait_until(lambda: _positions(c) if len(_positions(c)) == 3 else None, what="three queued")
             assert before == {a: 1, b: 2, old: 3}
@@ -216,6 +216,30 @@ def test_a_resumed_session_keeps_its_place_in_the_queue_across_a_restart(isolate
     finally:
         first.stop()
         kill_runners(isolated_env)
+
+
+def test_resumes_and_branches_keep_the_sessions_priority(isolated_env: Path) -> None:
+    """A session started with priority 10, resumed (or branched) while the queue is full, queues ahead of sessions of
+    priority 5 submitted before: it keeps its priority. Before, resumes and branches were queued at 0, behind
+    everything (crash review)."""
+    _configure(isolated_env, 1)
+    with running_daemon(isolated_env) as d, d.client() as c:
+        old = c.request("session.start", workflow="labd_testflows:ticker", params={"n": 2, "delay": 0.01},
+                        limits={}, priority=10)["session"]
+        failed = c.request("session.start", workflow="demo.fail", params={}, limits={}, priority=10)["session"]
+        assert c.wait(old, timeout=60)["status"] == "completed"
+        assert c.wait(failed, timeout=60)["status"] == "failed"
+        _running_blocker(c)
+        a, b = _start(c, seconds=0.1, priority=5), _start(c, seconds=0.1, priority=5)
+        wait_until(lambda: len(_positions(c)) == 2, what="two queued")
+        kid = c.branch(old, "tick 1")["sessions"][0]["session"]
+        wait_until(lambda: len(_positions(c)) == 3, what="the branch queued")
+        c.resume(failed)
+        positions = wait_until(lambda: _positions(c) if len(_positions(c)) == 4 else None, what="the resume queued")
+        assert positions == {kid: 1, failed: 2, a: 3, b: 4}
+        priorities = {r["id"]: r["queue_priority"] for r in c.sessions(status=["queued"])}
+        assert (priorities[kid], priorities[failed]) == (10, 10)
+    kill_runners(isolated_env)
 
 
 def test_labd_stop_of_a_queued_session_says_it_never_ran(isolated_env: Path) -> None:

@@ -1,0 +1,85 @@
+"""A daemon killed at the wrong moment (crash review): a runner that ran and ended while no daemon watched it, its
+launch never stored, is recorded from its spool with its own outcome (not ``lost``, not run a second time), and a
+stop the killed daemon had begun is carried on by the next one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+
+import orjson
+import psutil
+import pytest
+
+from labd.runner.spool import read_spool, spool_path
+from tests.conftest import DaemonProc, wait_until
+
+N = 20
+
+
+def _ran_unwatched(daemon: DaemonProc) -> tuple[str, int]:
+    """A ticker session whose daemon is SIGKILLed a few ticks in; its runner finishes with no daemon (every event
+    from then on only in its spool) and is then killed, as one that gave up waiting for a daemon ends. (id, pid)"""
+    with daemon.client() as c:
+        sid = c.start("labd_testflows:ticker", params={"n": N, "delay": 0.05})
+        wait_until(lambda: len(list(c.history(sid, kinds=["custom"]))) >= 3, timeout=60, what="first ticks")
+        pid = c.session(sid)["pid"]
+    daemon.kill9()
+    spool = spool_path(daemon.home / "sessions" / sid)
+
+    def finished() -> bool:
+        return any(orjson.loads(body)[2] == "session.finished" for _seq, body in read_spool(spool))
+    wait_until(finished, timeout=60, what="the workflow finished into its spool")
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+               timeout=30, what="the runner gone")
+    return sid, pid
+
+
+@pytest.mark.parametrize("status", ["created", "queued"])
+def test_a_runner_that_ran_unrecorded_and_ended_keeps_its_outcome_and_is_not_run_again(daemon, status: str) -> None:
+    """The last daemon died before storing a session's launch (its row ``created``, or ``queued`` under a full run
+    queue, with no pid), and its runner ran to the end and exited while no daemon watched. The next daemon ends the
+    session from the runner's spool: ``completed``, every tick once, one launch. Before, a ``created`` one was
+    recorded ``lost`` though its record said it completed, and a ``queued`` one ran a second time (its first run's
+    events never stored)."""
+    sid, _pid = _ran_unwatched(daemon)
+    with sqlite3.connect(daemon.home / "labd.db") as conn:
+        conn.execute("UPDATE sessions SET pid = NULL, pid_create_time = NULL, status = ? WHERE id = ?", (status, sid))
+    restarted = DaemonProc(daemon.home).start()
+    try:
+        with restarted.client() as c:
+            final = c.wait(sid, timeout=60)
+            events = list(c.history(sid))
+        assert final["status"] == "completed", final
+        assert [e["payload"]["data"]["i"] for e in events if e["kind"] == "custom"] == list(range(N))
+        assert len([e for e in events if e["kind"] == "session.launched"]) == 1, "a second runner was launched"
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    finally:
+        restarted.stop()
+
+
+def test_a_stop_the_killed_daemon_began_is_carried_on(daemon) -> None:
+    """``labd stop`` of a session that ignores the cooperative cancel and SIGTERM, then the daemon SIGKILLed before
+    the ladder got further: the next daemon adopts the runner and carries the stop on (cancel, SIGTERM, SIGKILL),
+    the grace counted from when it was asked; the session ends ``cancelled``, stopped by its client. Before, the stop
+    was forgotten and the session ran on (for ever, here), holding its run-queue slot."""
+    with daemon.client() as c:
+        sid = c.start("labd_testflows:stubborn")
+        wait_until(lambda: "ignoring SIGTERM" in "".join(e["payload"]["text"] for e in c.history(sid,
+                                                                                             kinds=["output"])),
+                   timeout=60, what="the session running")
+        c.stop(sid, 2.0)
+        wait_until(lambda: c.session(sid)["stop_by"], timeout=30, what="the stop recorded")
+    daemon.kill9()
+    restarted = DaemonProc(daemon.home).start()
+    try:
+        with restarted.client() as c:
+            final = c.wait(sid, timeout=90)
+            stops = [e["payload"] for e in c.history(sid, kinds=["session.stopping"])]
+        assert final["status"] == "cancelled" and final["reason"].startswith("stopped by"), final
+        assert stops[0]["grace"] == 2.0
+        assert "stop carried on after a restart" in restarted.log()
+    finally:
+        restarted.stop()
