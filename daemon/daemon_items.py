@@ -61,6 +61,10 @@ class DaemonItems:
         """Stage one item the rest of the daemon handed over (an event it records, a deletion, a skill write,
         a message for a runner)."""
         op = item[0]
+        if op == "events":  # several, in this one batch: one transaction (Daemon.post_events)
+            for one in item[1]:
+                self._on_internal(one, b)
+            return
         if op == "event":
             _, sid, kind, payload, node_id, reply_to, *stamp = item
             ts = stamp[0] if stamp else time.time()  # when it happened (stamped by the poster), not when staged

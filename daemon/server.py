@@ -112,6 +112,12 @@ class Daemon(SandboxSetup, ControlPlane):
         happened, not when ingest stages it (a session's runner can have started by then)."""
         self._to_ingest.send_pyobj(("event", sid, kind, payload, node_id, reply_to, time.time()))
 
+    def post_events(self, events: list[tuple[str, str, dict[str, Any], tuple[bytes, str] | None]]) -> None:
+        """Several daemon events ``(session, kind, payload, reply_to)``, stored in one transaction: all or none."""
+        now = time.time()
+        self._to_ingest.send_pyobj(("events", [("event", sid, kind, payload, None, reply_to, now)
+                                               for sid, kind, payload, reply_to in events]))
+
     def delete_sessions(self, sids: list[str], reply_to: tuple[bytes, str] | None = None,
                         result: Any = None) -> None:
         """Ask ingest to delete whole terminal sessions; their directories go once the rows are gone."""

@@ -275,6 +275,8 @@ class Branch(Request):
         manifest: dict[str, Any] = seed.get("files") or {}
         network = bool((c.get("sandbox") or {}).get("network", d.cfg.sandbox.network))
         made: list[dict[str, Any]] = []
+        created: list[tuple[str, str, dict[str, Any], Any]] = []
+        entries: list[Any] = []
         priority = _priority(d, psid, c)  # the parent's place in the run queue
         reply = {"sessions": made, "parent": psid, "node": node["node_id"], "reused": len(seed["steps"]),
                  "files": len(manifest) if seed["manifest"] else 0}
@@ -295,11 +297,15 @@ class Branch(Request):
             payload["sandbox"] = {k: sandbox[k] for k in ("level", "mechanism", "reasons", "network")} | {
                 "runner": d.runner_confinement}
             last = len(made) == count - 1
-            d.post_event(sid, "session.created", payload, reply_to=self.reply_to if last else None)
-            d.supervisor.submit(d.supervisor.queue.entry(
+            created.append((sid, "session.created", payload, self.reply_to if last else None))
+            entries.append(d.supervisor.queue.entry(
                 sid, parent["workflow"], _run_params(d, params, c.get("payload")), limits, str(workdir), priority,
                 time.time(), extra=entry_extra(d, name, payload)))
             made.append({"session": sid, "name": name})
+        # all or none: one transaction (a daemon killed between them left 2 branches of 5, and a retry made 5 more)
+        d.post_events(created)
+        for entry in entries:
+            d.supervisor.submit(entry)
         return DEFERRED
 
 
