@@ -247,8 +247,13 @@ class Stop(Request):
                                                                 "was_queued": True})
             self.daemon.supervisor.dequeue(row["id"], "client", self.reply_to)
             return DEFERRED
+        run = self.daemon.supervisor.running.get(row["id"])
+        already = run is not None and run.step is not None  # a stop (or kill) in progress goes on as it was asked
         if row["status"] in TERMINAL_STATUSES or not self.daemon.supervisor.stop(row["id"], "client", grace):
             raise _not_running(self, row)
+        if already and run is not None:
+            return {"session": row["id"], "stopping": True, "grace": run.grace if run.step == "cooperative" else 0.0,
+                    "already_stopping": True}
         return {"session": row["id"], "stopping": True, "grace": grace}
 
 

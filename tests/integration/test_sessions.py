@@ -348,3 +348,18 @@ def test_a_start_with_a_field_it_does_not_take_is_refused_and_starts_nothing(cli
     assert client.wait(sid, timeout=60)["status"] == "completed"
     assert client.wait(client.start("demo.count", params={"n": 1, "delay": 0}, memory="256M"),
                        timeout=60)["status"] == "completed"
+
+
+def test_a_second_stop_answers_with_the_stop_in_force(client) -> None:
+    """A stop while one is under way changes nothing, and its answer says so with the grace in force (it echoed the
+    second request's grace, as if that one applied: protocol review)."""
+    sid = client.start("labd_testflows:stubborn")
+    wait_until(lambda: client.session(sid)["status"] == "running", timeout=60, what="running")
+    first = client.stop(sid, 30.0)
+    second = client.stop(sid, 2.0)
+    try:
+        assert (first["grace"], first.get("already_stopping")) == (30.0, None)
+        assert (second["grace"], second["already_stopping"]) == (30.0, True)
+    finally:
+        client.kill(sid)
+        client.wait(sid, timeout=60)
