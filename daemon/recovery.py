@@ -40,7 +40,7 @@ def recover(d: Any) -> set[str]:
     for row in live:
         if row["id"] not in claims:
             d.supervisor.adopt(row)
-    _carry_on_stops(d, [r for r in live if r["stop_by"] and r["id"] in d.supervisor.running])
+    _carry_on_stops(d, [r for r in live if r.get("stop_by") and r["id"] in d.supervisor.running])
     # sessions queued when the last daemon stopped wait again, in order
     _queue_again(d, [r for r in queued if r["id"] not in claims])
     claims.settle(d.supervisor.adopt)  # runners that reconnected already are adopted now
