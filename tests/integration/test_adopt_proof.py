@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from labd.runner.title import runner_title, session_of_title
-from tests.conftest import DaemonProc, kill_runners, wait_until
+from tests.conftest import DaemonProc, alive, kill_runners, wait_until
 from tests.integration.test_restart import _restart_while_held
 
 _TITLED = ("import sys, time, setproctitle\n"
@@ -114,7 +114,7 @@ def test_impostor_of_a_live_session_whose_runner_is_gone_is_not_adopted(daemon: 
                          what="the session running")
     daemon.kill9()
     os.killpg(pid, signal.SIGKILL)
-    wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+    wait_until(lambda: not alive(pid),
                timeout=30, what="the runner gone")
     if not pid_recorded:
         with sqlite3.connect(daemon.home / "labd.db") as conn:

@@ -9,11 +9,10 @@ import signal
 import sqlite3
 
 import orjson
-import psutil
 import pytest
 
 from labd.runner.spool import read_spool, spool_path
-from tests.conftest import DaemonProc, wait_until
+from tests.conftest import DaemonProc, alive, wait_until
 
 N = 20
 
@@ -32,7 +31,7 @@ def _ran_unwatched(daemon: DaemonProc) -> tuple[str, int]:
         return any(orjson.loads(body)[2] == "session.finished" for _seq, body in read_spool(spool))
     wait_until(finished, timeout=60, what="the workflow finished into its spool")
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+    wait_until(lambda: not alive(pid),
                timeout=30, what="the runner gone")
     return sid, pid
 

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from labd.ipc import LabdError
-from tests.conftest import SMALL_MAX_MESSAGE, DaemonProc, wait_until
+from tests.conftest import SMALL_MAX_MESSAGE, DaemonProc, alive, wait_until
 from tests.integration.impostor import impostor_runner
 from tests.integration.stuck import wait_explained
 
@@ -114,7 +114,7 @@ def test_processes_left_behind_by_a_session_are_cleaned_up(client) -> None:
     sid = client.start("labd_testflows:leave_children")
     assert client.wait(sid, timeout=30)["status"] == "completed"
     child = next(client.history(sid, kinds=["session.finished"]))["payload"]["result"]
-    wait_until(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE,
+    wait_until(lambda: not alive(child),
                timeout=10, what="the leftover child to go")
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from labd.daemon.config import ConfigError, load_config
 from labd.ipc import Client
-from tests.conftest import module_home, running_daemon, wait_until
+from tests.conftest import alive, module_home, running_daemon, wait_until
 
 SECRET = "sk-spare-test-0123456789"
 SPARE_TITLE = "labd: spare runner"
@@ -153,7 +153,7 @@ def test_the_spare_prepares_its_sessions_spool_unnamed(client: Client, shared: d
     nxt = wait_until(lambda: (s := the_spare(client)) and s.pid != spare.pid and unnamed_spool(s) and s,
                      timeout=30, what="the next spare with its spool")
     os.kill(nxt.pid, signal.SIGKILL)
-    wait_until(lambda: not nxt.is_running() or nxt.status() == psutil.STATUS_ZOMBIE, timeout=30, what="its end")
+    wait_until(lambda: not alive(nxt.pid), timeout=30, what="its end")
     assert [e.name for e in sessions.iterdir() if not e.is_dir()] == []
 
 
@@ -163,7 +163,7 @@ def test_a_spare_dies_with_its_template(client: Client) -> None:
     spare = the_spare(client)
     old = client.status()["template_pid"]
     os.kill(old, signal.SIGKILL)
-    wait_until(lambda: not spare.is_running() or spare.status() == psutil.STATUS_ZOMBIE, timeout=30,
+    wait_until(lambda: not alive(spare.pid), timeout=30,
                what="the spare's exit")
     wait_until(lambda: client.status()["template_pid"] not in (None, old), timeout=30, what="new template")
     nxt = the_spare(client)
@@ -194,7 +194,7 @@ def test_a_spare_exits_when_the_daemon_stops(tmp_path: Path) -> None:
     home = Path(os.environ["LABD_HOME"])
     with running_daemon(home) as d, d.client() as c:
         spare = the_spare(c)
-    wait_until(lambda: not spare.is_running() or spare.status() == psutil.STATUS_ZOMBIE, timeout=30,
+    wait_until(lambda: not alive(spare.pid), timeout=30,
                what="the spare's exit")
 
 
