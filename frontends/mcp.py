@@ -299,8 +299,16 @@ def _client(home: str | os.PathLike[str] | None) -> Client:
 
 
 def _check_allowed(c: Client, workflow: str, allowed: tuple[str, ...]) -> None:
-    """Refuse (``not_allowed``) a workflow that is neither a built-in nor matched by one of ``allowed``."""
-    if any(fnmatch.fnmatchcase(workflow, pattern) for pattern in allowed):
+    """Refuse (``not_allowed``) a workflow that is neither a built-in nor matched by one of ``allowed``. A file's
+    path is matched as written and made absolute (against this process's directory, where the daemon resolves it);
+    one with a ``..`` component is matched by no pattern (``'/srv/flows/*.py:*'`` matched
+    ``/srv/flows/../../tmp/x.py:f``: fnmatch's ``*`` takes ``/`` too)."""
+    path, _, function = workflow.rpartition(":")
+    forms = [workflow]
+    if "/" in path:
+        forms.append(f"{os.path.normpath(os.path.join(os.getcwd(), path))}:{function}")
+    if ".." not in path.split("/") and any(fnmatch.fnmatchcase(form, pattern) for form in forms
+                                             for pattern in allowed):
         return
     builtins = {name for w in c.workflows() for name in (w.get("name"), w.get("target")) if name}
     if workflow not in builtins:

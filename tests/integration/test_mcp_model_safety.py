@@ -83,6 +83,9 @@ def test_a_model_starts_only_the_built_ins_unless_more_are_allowed(shared_daemon
     with shared_daemon.client() as lc:
         assert lc.wait(started["session"], timeout=60)["status"] == "completed"
     assert marker.read_text() == "ran"
+    escape = anyio.run(lambda: _tool(allowed, "start_session", params={"path": str(marker) + "2"},
+                                     workflow=f"{flows.parent}/sub/../../{flows.parent.name}/{flows.name}:mark"))
+    assert escape.is_error and "[not_allowed]" in escape.content[0].text  # `..` is matched by no pattern
     builtin = _data(anyio.run(lambda: _tool(build_server(shared_daemon.home), "start_session", workflow="demo.count",
                                             params={"n": 1})))
     assert builtin["session"]
