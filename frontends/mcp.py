@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -44,6 +43,8 @@ from labd.frontends.mcp_read import (
 )
 from labd.frontends.mcp_stdio import guarded_stdio_server
 from labd.ipc.client import Client, LabdError
+from labd.ipc.events import TERMINAL_STATUSES
+from labd.ipc.workflows import file_of, is_file_ref
 
 __all__ = ["build_server", "run", "SESSION_STEPS", "DAG_NEWEST", "RESTART_WAIT"]
 
@@ -87,17 +88,38 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
     server: MCPServer = MCPServer("labd", version=__version__, instructions=INSTRUCTIONS)
     allowed = tuple(workflows)
 
+    served = [False]  # has this server reached a daemon yet (a restart is waited for; no daemon at all is not)
+
     async def call(fn: Callable[[Client], T], *, bounded_by: str | None = "ask for less") -> T:
         """``fn`` on a client, in a worker thread; a tool's result at most :data:`MAX_RESULT` characters as the
-        model sees it (``bounded_by``: how to ask for less, said when it is larger; None: not bounded here)."""
+        model sees it (``bounded_by``: how to ask for less, said when it is larger; None: not bounded here).
+
+        While no daemon serves (a restart), a server that has reached one before waits up to :data:`RESTART_WAIT`
+        seconds, here and not in the thread: a call the client gives up on meanwhile is cancelled before anything
+        is sent (waiting in the thread, it started its session once the daemon was back, and a retry made two)."""
         def run_sync() -> T:
             try:
-                with _client(home) as c:
+                c = Client(home)
+            except LabdError as exc:
+                if exc.code == "no_daemon":
+                    raise _NoDaemon(exc) from None
+                raise ToolError(f"labd: {exc.message} [{exc.code}]") from None
+            served[0] = True
+            try:
+                with c:
                     result = fn(c)
                     return result if bounded_by is None else bounded(result, bounded_by)
             except LabdError as exc:
                 raise ToolError(f"labd: {exc.message} [{exc.code}]") from None
-        return await anyio.to_thread.run_sync(run_sync)
+
+        deadline = anyio.current_time() + RESTART_WAIT
+        while True:
+            try:
+                return await anyio.to_thread.run_sync(run_sync)
+            except _NoDaemon as gone:
+                if not served[0] or anyio.current_time() >= deadline:
+                    raise ToolError(f"labd: {gone.error.message} [no_daemon]") from None
+                await anyio.sleep(0.2)  # cancelled here if the client gives up: nothing was sent
 
     async def files_call(fn: Callable[[Client], T], *, bounded: bool = True, smaller: str = "ask for less") -> T:
         return await call(fn, bounded_by=smaller if bounded else None)
@@ -144,14 +166,16 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
                           bounded_by="ask for fewer steps with steps=10")
 
     @server.tool(annotations=READ_ONLY)
-    async def read_output(session: Session, since: Since = 0, max_chars: MaxChars = DEFAULT_TEXT) -> dict[str, Any]:
+    async def read_output(session: Session, since: Since = 0, max_chars: MaxChars = DEFAULT_TEXT,
+                          offset: Annotated[int, Field(ge=0, description="next_offset of the last call")] = 0,
+                          ) -> dict[str, Any]:
         """The session's printed output after event seq `since` (0: from the start), as text.
 
-        Returns {text, next_since, status, more}: call again with since=next_since for what follows (`more`: there
-        is more now; a running session may print more later). At most `max_chars` characters a call, but always
-        one whole piece of output; a single piece longer than 200,000 characters is cut, and `cut` says so: {seq,
-        chars} (the characters of event `seq` not returned)."""
-        return await call(lambda c: output_since(c, session, since, max_chars), bounded_by=None)
+        Returns {text, next_since, next_offset, status, more}: call again with since=next_since and
+        offset=next_offset for what follows (`more`: there is more now; a running session may print more later).
+        At most `max_chars` characters a call, as you read them (escapes counted); a piece of output larger than
+        that is returned over several calls (next_offset > 0), nothing left out."""
+        return await call(lambda c: output_since(c, session, since, max_chars, offset), bounded_by=None)
 
     @server.tool(annotations=READ_ONLY)
     async def read_events(session: Session, since: Since = 0, limit: Annotated[int, Field(ge=1, le=5000)] = 200,
@@ -252,7 +276,12 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
         """Resume a paused session (a running one whose pause is not reached yet: the pause is cancelled), or
         continue an ended one (failed, cancelled, lost, stopped by its budget) with a new process from its last
         completed step, nothing re-run that completed."""
-        return await call(lambda c: c.resume(session, budget))
+        def resume(c: Client) -> dict[str, Any]:
+            row = c.session(session)
+            if row["status"] in TERMINAL_STATUSES:  # a new process runs its workflow's code again
+                _check_allowed(c, row["workflow"], allowed)
+            return c.resume(row["id"], budget)
+        return await call(resume)
 
     @server.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=False, open_world_hint=True))
     async def branch_session(
@@ -286,30 +315,36 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
     return server
 
 
-def _client(home: str | os.PathLike[str] | None) -> Client:
-    """A client of the daemon; while none serves, waited for up to :data:`RESTART_WAIT` seconds (a restart)."""
-    deadline = time.monotonic() + RESTART_WAIT
-    while True:
-        try:
-            return Client(home)
-        except LabdError as exc:
-            if exc.code != "no_daemon" or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.2)
+class _NoDaemon(Exception):
+    """No daemon served when a call's client was made (nothing was sent)."""
+
+    def __init__(self, error: LabdError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _as_run(workflow: str) -> str:
+    """``workflow`` as the daemon runs it: a file by its absolute path (made absolute against this process's
+    directory, which the client sends; ``..`` resolved), a module as written. Patterns are read the same way, so
+    what is matched is what runs: matched as written, ``'/srv/flows/*.py:*'`` let ``/srv/flows/../../tmp/x.py:f``
+    through (fnmatch's ``*`` takes ``/`` too)."""
+    ref, sep, function = workflow.rpartition(":") if ":" in workflow else (workflow, "", "")
+    if is_file_ref(ref):
+        return f"{file_of(ref, os.getcwd())}{sep}{function}"
+    return workflow
 
 
 def _check_allowed(c: Client, workflow: str, allowed: tuple[str, ...]) -> None:
-    """Refuse (``not_allowed``) a workflow that is neither a built-in nor matched by one of ``allowed``. A file's
-    path is matched as written and made absolute (against this process's directory, where the daemon resolves it);
-    one with a ``..`` component is matched by no pattern (``'/srv/flows/*.py:*'`` matched
-    ``/srv/flows/../../tmp/x.py:f``: fnmatch's ``*`` takes ``/`` too)."""
-    path, _, function = workflow.rpartition(":")
-    forms = [workflow]
-    if "/" in path:
-        forms.append(f"{os.path.normpath(os.path.join(os.getcwd(), path))}:{function}")
-    if ".." not in path.split("/") and any(fnmatch.fnmatchcase(form, pattern) for form in forms
-                                             for pattern in allowed):
+    """Refuse (``not_allowed``) a workflow that is neither a built-in nor matched by one of ``allowed`` (``*``: any),
+    both read as the daemon runs them (:func:`_as_run`). A path starting with ``~`` is matched by ``*`` only: the
+    daemon expands it in its own environment, which this process cannot know (from a server started in an allowed
+    folder, ``~/x.py:f`` passed the check and the daemon ran ``$HOME/x.py``)."""
+    if "*" in allowed:
         return
+    if not workflow.startswith("~"):
+        form = _as_run(workflow)
+        if any(fnmatch.fnmatchcase(form, _as_run(pattern)) for pattern in allowed):
+            return
     builtins = {name for w in c.workflows() for name in (w.get("name"), w.get("target")) if name}
     if workflow not in builtins:
         raise LabdError("not_allowed", f"workflow {workflow!r} is not one this MCP server may start: the daemon's "

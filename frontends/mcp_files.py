@@ -20,7 +20,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from pydantic import Field
 
-from labd.frontends.mcp_read import DEFAULT_TEXT, MAX_TEXT, READ_ONLY
+from labd.frontends.mcp_read import DEFAULT_TEXT, MAX_TEXT, READ_ONLY, fit_text, text_chars
 from labd.ipc.client import Client
 from labd.ipc.safe_files import listed_name, open_beneath, path_bytes
 
@@ -49,34 +49,47 @@ def register_files(server: MCPServer, call: Call) -> None:
         return await call(listed, smaller="ask for fewer with limit")  # type: ignore[no-any-return]
 
     @server.tool(annotations=READ_ONLY)
-    async def read_file(session: str, path: str, offset: Annotated[int, Field(ge=0)] = 0,
+    async def read_file(session: str, path: str, offset: Annotated[int, Field(ge=0, le=2**62)] = 0,
                         max_chars: Annotated[int, Field(ge=1000, le=MAX_TEXT)] = DEFAULT_TEXT,
                         path_b64: str | None = None) -> dict[str, Any]:
         """A piece of one file the session wrote, as text, from byte `offset`: {text (or base64, for bytes that are
         not UTF-8 text), size (the file's bytes), next_offset, more}. Call again with offset=next_offset while
-        `more`. At most `max_chars` characters a call. `path_b64`: as list_files gives it, for a name that is not
-        UTF-8."""
+        `more`. At most `max_chars` characters a call (as you read them: escapes counted). An offset inside a
+        character starts at the next one (`offset` says where). `path_b64`: as list_files gives it, for a name that
+        is not UTF-8."""
         def read(c: Client) -> dict[str, Any]:
             reply = c.request("session.files", session=session)
             exact = listed_name(reply["files"], path, path_b64)
             if exact is None:
                 raise ToolError(f"labd: session {session} has no file {path!r} (list_files lists them) [not_found]")
+            start = offset
             try:
                 with open_beneath(Path(reply["workdir"]), exact) as f:
                     size = os.fstat(f.fileno()).st_size
+                    if offset > size:
+                        raise ToolError(f"labd: offset {offset} is past the end of {path!r} ({size} bytes) "
+                                        "[bad_request]")
                     f.seek(offset)
                     data = f.read(max_chars)
-            except OSError:
+            except FileNotFoundError:
                 raise ToolError(f"labd: file {path!r} is not in the work directory any more [gone]") from None
-            text, used = _text_of(data, offset + len(data) < size)
+            except OSError as exc:  # a link or special file put in its place: not followed, not read
+                raise ToolError(f"labd: {path!r} cannot be read as a regular file of the work directory "
+                                f"({exc.strerror or exc}) [refused]") from None
+            lead = _continuation(data)  # an offset inside a character: start at the next one
+            data, start = data[lead:], offset + lead
+            text, used = _text_of(data, start + len(data) < size)
             piece: dict[str, Any]
             if text is None:
                 used = min(len(data), max_chars * 3 // 4)  # base64: 4 characters for 3 bytes
                 piece = {"base64": base64.b64encode(data[:used]).decode("ascii")}
             else:
+                if text_chars(text) > max_chars:  # escapes (a NUL is six characters) counted as the model reads
+                    text = fit_text(text, max_chars)
+                    used = len(text.encode())
                 piece = {"text": text}
-            end = offset + used
-            return {"path": path, **piece, "offset": offset, "size": size, "next_offset": end, "more": end < size}
+            end = start + used
+            return {"path": path, **piece, "offset": start, "size": size, "next_offset": end, "more": end < size}
         return await call(read, bounded=False)  # type: ignore[no-any-return]
 
     @server.resource("labd://sessions/{session}/files", mime_type="application/json")
@@ -107,6 +120,14 @@ def register_files(server: MCPServer, call: Call) -> None:
             raise ResourceError(f"not a file name in URL-safe base64: {name[:60]!r}") from None
         return await _read_resource(call, session, raw.decode("utf-8", "backslashreplace"),
                                     base64.b64encode(raw).decode("ascii"))
+
+
+def _continuation(data: bytes) -> int:
+    """How many UTF-8 continuation bytes ``data`` starts with, at most 3 (a fourth is not text: decoding says so)."""
+    n = 0
+    while n < min(3, len(data)) and data[n] & 0xC0 == 0x80:
+        n += 1
+    return n
 
 
 def _text_of(data: bytes, cut: bool) -> tuple[str | None, int]:

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import orjson
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
@@ -39,15 +40,35 @@ FIRST_PAGE = 20
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
 
-def json_chars(value: Any, indent: int | None = None) -> int:
-    """Characters of ``value`` as JSON (``indent`` 2: as the SDK hands it to the model)."""
+def json_chars(value: Any, indent: int | None = 2) -> int:
+    """Characters of ``value`` as JSON, by default indented by two: as the SDK hands it to the model."""
     return len(json.dumps(value, default=str, indent=indent, ensure_ascii=False))
+
+
+def text_chars(text: str) -> int:
+    """Characters of ``text`` as a JSON string's content, as the model reads it: a NUL is six (``\\u0000``), so
+    50,000 characters of output could reach the model as 300,000 (MCP retest)."""
+    return len(orjson.dumps(text)) - 2
+
+
+def fit_text(text: str, most: int) -> str:
+    """The longest start of ``text`` whose JSON form (:func:`text_chars`) is at most ``most`` characters."""
+    if text_chars(text) <= most:
+        return text
+    low, high = 0, min(len(text), most)  # each character is at least one
+    while low < high:
+        mid = (low + high + 1) // 2
+        if text_chars(text[:mid]) <= most:
+            low = mid
+        else:
+            high = mid - 1
+    return text[:low]
 
 
 def bounded(result: T, smaller: str) -> T:
     """``result``, if the model sees at most :data:`MAX_RESULT` characters of it; else a tool error saying how to
     ask for less (``smaller``: this tool's way, e.g. "ask for fewer nodes with newest=100")."""
-    n = json_chars(result, indent=2)
+    n = json_chars(result)
     if n > MAX_RESULT:
         raise ToolError(f"labd: the result is {n:,} characters, more than the {MAX_RESULT:,} this server returns in "
                         f"one call; {smaller} [result_too_large]")
@@ -109,38 +130,49 @@ def fit_events(events: list[dict[str, Any]], more: bool, budget: int) -> dict[st
     return {"events": kept, "more": more}
 
 
-def output_since(c: Client, session: str, since: int, budget: int) -> dict[str, Any]:
-    """read_output's reply: the session's output after ``since`` as text, at most ``budget`` characters (but always
-    one whole piece of output, up to :data:`MAX_TEXT`: a larger one is cut, and ``cut`` says so), with the seq to go
-    on from.
+def output_since(c: Client, session: str, since: int, budget: int, offset: int = 0) -> dict[str, Any]:
+    """read_output's reply: the session's output after event ``since`` (less the first ``offset`` characters of the
+    first output event after it) as text, at most ``budget`` characters as the model reads them
+    (:func:`text_chars`), with where to go on from: ``next_since`` and ``next_offset``. A piece of output larger than
+    what is left is cut there, and the next call goes on inside it (``next_offset`` > 0): nothing is left out,
+    however large one piece (a 1 MB line was cut for good, saying how much).
 
     With no output after ``since``, ``next_since`` moves past the events that are not output, to the session's last
     seq *read before* the events were asked for: every event up to it was stored then, so none of them is output the
     caller has not had. (It read the last seq after the events, and output stored between the two requests was
     skipped: 82 lines of 3,000 in an MCP review.)"""
-    events, last_page = read_within(c, session, since, OUTPUT_KINDS, 5000, budget,
-                                    lambda ev: len(ev["payload"].get("text", "")))
+    def size(ev: dict[str, Any]) -> int:
+        return text_chars(ev["payload"].get("text", ""))
+    events, last_page = read_within(c, session, since, OUTPUT_KINDS, 5000, budget, size)
     if not events and not last_page["more"]:
         sid = last_page["session"]
         stored = c.session(sid)["last_seq"]
         if since > stored:  # a seq the session never had: waiting on it would never see output
             raise ToolError(f"labd: since={since} is past the session's last event (seq {stored}); read from "
                             f"next_since as the last call returned it, or 0 for the start [bad_request]")
-        events, last_page = read_within(c, sid, since, OUTPUT_KINDS, 5000, budget,
-                                        lambda ev: len(ev["payload"].get("text", "")))
+        events, last_page = read_within(c, sid, since, OUTPUT_KINDS, 5000, budget, size)
         if not events and not last_page["more"]:
-            return {"text": "", "next_since": stored, "status": last_page["status"], "more": False}
+            return {"text": "", "next_since": stored, "next_offset": 0, "status": last_page["status"], "more": False}
     status, more = last_page["status"], last_page["more"]
     parts: list[str] = []
-    last, size = since, 0
+    last, used = since, 0
     for i, ev in enumerate(events):
         text = ev["payload"].get("text", "")
-        if size + len(text) > budget and parts:
-            return {"text": "".join(parts), "next_since": last, "status": status, "more": True}
-        if len(text) > MAX_TEXT:  # one piece larger than any call: its start, and what was left out
-            return {"text": text[:MAX_TEXT], "next_since": ev["seq"], "status": status,
-                    "more": more or i + 1 < len(events), "cut": {"seq": ev["seq"], "chars": len(text) - MAX_TEXT}}
+        skip = offset if i == 0 else 0
+        if skip > len(text):
+            raise ToolError(f"labd: offset={offset} is past the output of event {ev['seq']} ({len(text)} characters); "
+                            "give next_offset as the last call returned it [bad_request]")
+        text = text[skip:]
+        n = text_chars(text)
+        if used + n > budget:  # what is left of this piece does not fit: as much as does, then on inside it
+            head = fit_text(text, budget - used)
+            if not head and parts:
+                return {"text": "".join(parts), "next_since": last, "next_offset": 0, "status": status, "more": True}
+            head = head or text[:1]  # at least one character, whatever it costs
+            return {"text": "".join(parts) + head, "next_since": ev["seq"] - 1, "next_offset": skip + len(head),
+                    "status": status, "more": True}
         parts.append(text)
-        size += len(text)
+        used += n
         last = ev["seq"]
-    return {"text": "".join(parts), "next_since": last, "status": status, "more": more}
+    return {"text": "".join(parts), "next_since": last, "next_offset": 0, "status": status,
+            "more": more}

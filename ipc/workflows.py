@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-__all__ = ["BUILTINS"]
+import os
+
+__all__ = ["BUILTINS", "is_file_ref", "file_of"]
 
 #: name -> ``module:function`` in the runner
 BUILTINS: dict[str, str] = {
@@ -18,3 +20,22 @@ BUILTINS: dict[str, str] = {
     "hitl": "labd.runner.workflows.planning:hitl",
     "deep_research": "labd.runner.workflows.deep_research:deep_research",
 }
+
+
+def is_file_ref(ref: str) -> bool:
+    """Does ``ref`` (a workflow name's part before ``:``) name a file (``flows.py``, ``path/to/x``, ``./x``, ``~/x``)
+    rather than a module?"""
+    return ref.endswith(".py") or "/" in ref or ref.startswith(".")
+
+
+def file_of(ref: str, cwd: str | None) -> str | None:
+    """The file a workflow file reference names, as the daemon runs it: ``~`` expanded, made absolute against
+    ``cwd`` (the client's working directory), normalised (``..`` resolved). None when ``ref`` is relative and no
+    ``cwd`` is given."""
+    file = os.path.expanduser(ref)
+    if not os.path.isabs(file):
+        if not cwd:
+            return None
+        file = os.path.join(cwd, file)
+    return os.path.normpath(file)
+

@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from labd.ipc.errors import describe_exception
-from labd.ipc.workflows import BUILTINS  # the names are public; this module resolves them
+from labd.ipc.workflows import BUILTINS, file_of, is_file_ref  # public; this module resolves them
 from labd.runner.workflows.params import check_params, describe, record_default
 
 __all__ = ["BUILTINS", "Target", "WorkflowError", "bind_params", "canonical", "describe", "is_builtin", "parse_target",
@@ -59,10 +59,6 @@ class Target:
         return f"{self.module or self.file}:{self.attr}" if self.attr else str(self.file)
 
 
-def _is_file_ref(ref: str) -> bool:
-    return ref.endswith(".py") or "/" in ref or ref.startswith(".")
-
-
 def parse_target(name: str, cwd: str | None = None) -> Target:
     """Split a built-in name, ``package.module:function``, ``path/to/flows.py[:function]`` into a :class:`Target`.
 
@@ -73,14 +69,12 @@ def parse_target(name: str, cwd: str | None = None) -> Target:
     ref, sep, attr = path.rpartition(":") if ":" in path else (path, "", "")
     if sep and not attr.isidentifier():
         raise WorkflowError("unknown_workflow", f"bad workflow {name!r}: {attr!r} after ':' is not a function name")
-    if _is_file_ref(ref):
-        file = os.path.expanduser(ref)
-        if not os.path.isabs(file):
-            if not cwd:
-                raise WorkflowError("unknown_workflow", f"workflow file {ref!r} is relative, and no working "
-                                    "directory came with the request to resolve it against")
-            file = os.path.join(cwd, file)
-        return Target(None, os.path.normpath(file), attr or None)
+    if is_file_ref(ref):
+        file = file_of(ref, cwd)
+        if file is None:
+            raise WorkflowError("unknown_workflow", f"workflow file {ref!r} is relative, and no working "
+                                "directory came with the request to resolve it against")
+        return Target(None, file, attr or None)
     if not sep:
         raise WorkflowError("unknown_workflow", f"unknown workflow {name!r}: not a built-in "
                             f"({', '.join(sorted(BUILTINS))}), not package.module:function, "

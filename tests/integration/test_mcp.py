@@ -55,12 +55,12 @@ def test_tools_list_start_follow_and_inspect_a_session(shared_daemon) -> None:
             started = _data(await c.call_tool("start_session", {"workflow": "demo.count", "params": {"n": 3},
                                                                 "memory": "256M"}))
             sid = started["session"]
-            text, since = "", 0
+            text, since, offset = "", 0, 0
             with anyio.fail_after(60):
                 while True:
-                    out = _data(await c.call_tool("read_output", {"session": sid, "since": since}))
+                    out = _data(await c.call_tool("read_output", {"session": sid, "since": since, "offset": offset}))
                     text += out["text"]
-                    since = out["next_since"]
+                    since, offset = out["next_since"], out["next_offset"]
                     if out["status"] in ("completed", "failed") and not out["more"]:
                         break
                     await anyio.sleep(0.1)
@@ -449,8 +449,9 @@ def test_what_a_tool_returns_to_the_model_is_bounded(shared_daemon, tmp_path) ->
     """A session's large record reaches an MCP client in bounded replies: read_events returns at most ~200,000
     characters of events a call (an event larger than that alone: its payload's size and first 2,000 characters in
     `payload_cut`), paging through all of them with `since`; read_output at most 200,000 characters a call, a single
-    larger piece cut with `cut` saying how much. Before, one read_events call returned a whole daemon page (8 MB
-    here: 4 MB, 5000 events of any size) and read_output a whole oversized piece of output."""
+    larger piece paged inside with `next_offset`, whole. Before, one read_events call returned a whole daemon page
+    (8 MB here: 4 MB, 5000 events of any size) and read_output a whole oversized piece of output (then: its start,
+    the rest left out)."""
     bound, head = 200_000, 2_000  # mcp.MAX_EVENTS_JSON and MAX_TEXT, mcp.EVENT_HEAD
 
     flows = tmp_path / "largeflows.py"
@@ -472,12 +473,13 @@ def test_what_a_tool_returns_to_the_model_is_bounded(shared_daemon, tmp_path) ->
                 since = page["events"][-1]["seq"] if page["events"] else since
                 if not page["more"]:
                     break
-            since = 0
+            since, offset = 0, 0
             while True:
-                out = _data(await c.call_tool("read_output", {"session": sid, "since": since, "max_chars": bound}))
+                out = _data(await c.call_tool("read_output", {"session": sid, "since": since, "max_chars": bound,
+                                                              "offset": offset}))
                 assert len(out["text"]) <= bound
                 outputs.append(out)
-                since = out["next_since"]
+                since, offset = out["next_since"], out["next_offset"]
                 if not out["more"]:
                     break
             return events, outputs
@@ -491,8 +493,8 @@ def test_what_a_tool_returns_to_the_model_is_bounded(shared_daemon, tmp_path) ->
     assert len(big) == 2 and [e["seq"] for e in events if e["payload"] is None] == big
     text = "".join(o["text"] for o in outputs)
     assert text.count("y") == 2_000_000, "ordinary output is paged whole"
-    cut = [o["cut"] for o in outputs if "cut" in o]
-    assert len(cut) == 1 and cut[0]["chars"] == 1_000_000 - bound and text.count("z") == bound
+    assert text.count("z") == 1_000_000, "the 1 MB piece is paged whole"
+    assert sum(1 for o in outputs if o["next_offset"]) >= 4  # inside it: 200,000 characters a call
 
 
 def test_a_tool_result_too_large_for_a_model_is_a_tool_error(shared_daemon, monkeypatch) -> None:
@@ -575,13 +577,14 @@ def test_a_tool_reads_from_the_daemon_about_what_it_returns(shared_daemon, tmp_p
                 since = page["events"][-1]["seq"] if page["events"] else since
                 if not page["more"]:
                     break
-            text, since = "", 0
+            text, since, offset = "", 0, 0
             while True:
                 before = len(received)
-                out = _data(await c.call_tool("read_output", {"session": sid, "since": since, "max_chars": bound}))
+                out = _data(await c.call_tool("read_output", {"session": sid, "since": since, "max_chars": bound,
+                                                              "offset": offset}))
                 per_output_call.append(sum(received[before:]))
                 text += out["text"]
-                since = out["next_since"]
+                since, offset = out["next_since"], out["next_offset"]
                 if not out["more"]:
                     break
         return events, text, per_events_call, per_output_call

@@ -4,6 +4,7 @@ official SDK's client."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,17 @@ def big_files(ctx):
     (ctx.workdir / "blob.bin").write_bytes(bytes(range(256)) * 40)
 
 
+def nuls(ctx):
+    import sys
+    sys.stdout.write("a" + "\\0" * 150_000 + "z\\n")
+    sys.stdout.flush()
+    (ctx.workdir / "nul.txt").write_text("b" + "\\0" * 70_000 + "\\u03bb" * 10 + "y")
+
+
+def boom(ctx):
+    raise RuntimeError("boom")
+
+
 def ask(ctx):
     print("picked", ctx.approval("pick", "Which colour? " + "p" * 5000, options=["green", "red"]))
 '''
@@ -63,7 +75,8 @@ def flows(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_model_starts_only_the_built_ins_unless_more_are_allowed(shared_daemon, flows: Path, tmp_path: Path) -> None:
+def test_a_model_starts_only_the_built_ins_unless_more_are_allowed(shared_daemon, flows: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """By default the MCP client may start the daemon's built-in workflows only: a file or module it names is refused
     (``not_allowed``) and its code never runs. A model steered by what a session printed could otherwise run any
     Python as the user (``/tmp/x.py:shell``), past every policy. ``labd mcp --workflow PATTERN`` allows more."""
@@ -83,9 +96,26 @@ def test_a_model_starts_only_the_built_ins_unless_more_are_allowed(shared_daemon
     with shared_daemon.client() as lc:
         assert lc.wait(started["session"], timeout=60)["status"] == "completed"
     assert marker.read_text() == "ran"
+    outside = flows.parent.parent / f"{flows.parent.name}-outside.py"
+    outside.write_text(FLOWS)
     escape = anyio.run(lambda: _tool(allowed, "start_session", params={"path": str(marker) + "2"},
-                                     workflow=f"{flows.parent}/sub/../../{flows.parent.name}/{flows.name}:mark"))
-    assert escape.is_error and "[not_allowed]" in escape.content[0].text  # `..` is matched by no pattern
+                                     workflow=f"{flows.parent}/../{outside.name}:mark"))
+    outside.unlink()
+    assert escape.is_error and "[not_allowed]" in escape.content[0].text  # `..` is resolved, then matched
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "tilde.py").write_text(FLOWS)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(flows.parent)  # a server started in the allowed folder: `~/x` written there matched it
+    tilde = anyio.run(lambda: _tool(allowed, "start_session", workflow="~/tilde.py:mark",
+                                    params={"path": str(marker) + "3"}))
+    assert tilde.is_error and "[not_allowed]" in tilde.content[0].text
+    assert not Path(str(marker) + "2").exists() and not Path(str(marker) + "3").exists()
+    with shared_daemon.client() as lc:  # the operator's own session of a file workflow, failed
+        failed = lc.start(f"{flows}:boom")
+        assert lc.wait(failed, timeout=60)["status"] == "failed"
+    resumed = anyio.run(lambda: _tool(build_server(shared_daemon.home), "resume_session", session=failed))
+    assert resumed.is_error and "[not_allowed]" in resumed.content[0].text  # a new process would run its code
     builtin = _data(anyio.run(lambda: _tool(build_server(shared_daemon.home), "start_session", workflow="demo.count",
                                             params={"n": 1})))
     assert builtin["session"]
@@ -116,11 +146,11 @@ def test_output_written_between_two_reads_is_not_skipped(shared_daemon, flows: P
     server = build_server(shared_daemon.home)
 
     async def follow() -> str:
-        text, since = "", 0
+        text, since, offset = "", 0, 0
         async with McpClient(server) as c:
             for _ in range(3):
-                out = _data(await c.call_tool("read_output", {"session": sid, "since": since}))
-                text, since = text + out["text"], out["next_since"]
+                out = _data(await c.call_tool("read_output", {"session": sid, "since": since, "offset": offset}))
+                text, since, offset = text + out["text"], out["next_since"], out["next_offset"]
         return text
 
     try:
@@ -210,10 +240,13 @@ def test_stopping_twice_and_costs_without_nodes(shared_daemon) -> None:
 
 
 def test_a_call_made_while_the_daemon_restarts_waits_for_it(daemon, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tool call made while no daemon serves (``labd shutdown`` then ``labd serve``) waits for the next one and is
-    answered; it failed at once with ``no_daemon``, though nothing had been sent. Past the wait it still fails so."""
+    """A tool call made while no daemon serves (``labd shutdown`` then ``labd serve``) by a server that reached one
+    before waits for the next one and is answered; it failed at once with ``no_daemon``, though nothing had been
+    sent. Past the wait it still fails so, and a server that never reached a daemon fails at once (no daemon at all
+    is no restart: 15 s per call was the reviewer's finding)."""
     monkeypatch.setattr(mcp, "RESTART_WAIT", 120.0)  # a deadline for a loaded machine, not a goal
     server = build_server(daemon.home)
+    assert _data(anyio.run(lambda: _tool(server, "list_workflows")))
     daemon.stop()
     answer: list[Any] = []
     caller = threading.Thread(target=lambda: answer.append(anyio.run(lambda: _tool(server, "list_workflows"))))
@@ -226,6 +259,35 @@ def test_a_call_made_while_the_daemon_restarts_waits_for_it(daemon, monkeypatch:
     monkeypatch.setattr(mcp, "RESTART_WAIT", 0.5)
     gone = anyio.run(lambda: _tool(server, "list_workflows"))
     assert gone.is_error and "[no_daemon]" in gone.content[0].text
+    monkeypatch.setattr(mcp, "RESTART_WAIT", 120.0)
+    fresh = anyio.run(lambda: _tool(build_server(daemon.home), "list_workflows"))  # never reached one: at once
+    assert fresh.is_error and "[no_daemon]" in fresh.content[0].text
+
+
+def test_a_call_the_client_gave_up_on_during_a_restart_starts_nothing(daemon, monkeypatch) -> None:
+    """``start_session`` made while the daemon restarts, which the client gives up on (a timeout: the SDK cancels
+    the request), starts nothing once the daemon is back. Before, the wait ran in a worker thread that nothing
+    cancelled: the session started after the client had been told the call failed, and a retry made two."""
+    monkeypatch.setattr(mcp, "RESTART_WAIT", 120.0)
+    server = build_server(daemon.home)
+    with daemon.client() as c:
+        before = len(c.sessions(limit=1000))
+
+    async def go() -> None:
+        async with McpClient(server) as m:
+            await m.call_tool("list_workflows", {})  # this server has reached the daemon
+            daemon.stop()
+            with anyio.move_on_after(2):  # the client gives up (the SDK cancels the request)
+                await m.call_tool("start_session", {"workflow": "demo.count", "params": {"n": 1},
+                                                    "name": "abandoned"})
+            await anyio.sleep(0.5)  # the server takes the cancellation in
+            await anyio.to_thread.run_sync(daemon.start)  # not on this loop: the server keeps running meanwhile
+            await anyio.sleep(1.5)  # longer than the 0.2 s retries: an uncancelled wait would have started it
+
+    anyio.run(go)
+    with daemon.client() as c:
+        rows = c.sessions(limit=1000)
+    assert len(rows) == before and not [r for r in rows if r["name"] == "abandoned"]
 
 
 def test_the_tools_say_their_bounds_and_that_session_data_is_not_instructions(shared_daemon) -> None:
@@ -267,3 +329,46 @@ def test_a_model_branches_and_compares_instead_of_re_running(shared_daemon, flow
     assert compared["sessions"] == [parent, kid] and any(row["changed"] for row in compared["steps"])
     refused = anyio.run(lambda: _tool(server, "branch_session", session=user_sid, from_node="mark"))
     assert refused.is_error and "[not_allowed]" in refused.content[0].text
+
+
+def test_a_reply_is_bounded_as_the_model_reads_it_and_pages_inside_a_piece(shared_daemon, flows: Path) -> None:
+    """Output of NUL characters (six characters each in JSON, ``\\u0000``) comes in replies of at most ``max_chars``
+    characters as the model reads them, paged inside one piece (``next_offset``) and whole; so does a file of them.
+    Before, 50,000 characters of such output reached the model as 393,292, and a piece over 200,000 was cut for
+    good. A file read from inside a character starts at the next one; an offset past the end is an error."""
+    server = build_server(shared_daemon.home)
+    with shared_daemon.client() as lc:
+        sid = lc.start(f"{flows}:nuls")
+        assert lc.wait(sid, timeout=60)["status"] == "completed"
+    budget = 20_000
+
+    async def go() -> tuple[str, list[int], str, list[int], Any, Any, Any]:
+        async with McpClient(server) as c:
+            text, since, offset, sizes = "", 0, 0, []
+            while True:
+                out = _data(await c.call_tool("read_output", {"session": sid, "since": since, "offset": offset,
+                                                              "max_chars": budget}))
+                sizes.append(len(json.dumps(out["text"], ensure_ascii=False)) - 2)
+                text, since, offset = text + out["text"], out["next_since"], out["next_offset"]
+                if not out["more"]:
+                    break
+            body, at, file_sizes = "", 0, []
+            while True:
+                piece = _data(await c.call_tool("read_file", {"session": sid, "path": "nul.txt", "offset": at,
+                                                              "max_chars": budget}))
+                file_sizes.append(len(json.dumps(piece["text"], ensure_ascii=False)) - 2)
+                body, at = body + piece["text"], piece["next_offset"]
+                if not piece["more"]:
+                    break
+            inside = _data(await c.call_tool("read_file", {"session": sid, "path": "nul.txt", "offset": 70_002}))
+            past = await c.call_tool("read_file", {"session": sid, "path": "nul.txt", "offset": 10**9})
+            gone = await c.call_tool("read_file", {"session": sid, "path": "nul.txt", "offset": 2**62 + 1})
+            return text, sizes, body, file_sizes, inside, past, gone
+
+    text, sizes, body, file_sizes, inside, past, gone = anyio.run(go)
+    assert text == "a" + "\0" * 150_000 + "z\n" and max(sizes) <= budget and len(sizes) >= 40
+    assert body == "b" + "\0" * 70_000 + "\u03bb" * 10 + "y" and max(file_sizes) <= budget
+    assert inside["offset"] == 70_003 and inside["text"] == "\u03bb" * 9 + "y"  # byte 70,002 is inside a character
+    assert past.is_error and "[bad_request]" in past.content[0].text
+    assert gone.is_error  # beyond any file: refused by the schema, not an uncaught error
+
