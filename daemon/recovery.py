@@ -37,14 +37,28 @@ def recover(d: Any) -> set[str]:
     for row in live + queued:
         if row["pid"] is None and row["id"] in runners:
             claims.add(row, runners[row["id"]], queued=row["id"] in queued_ids)
+    never: list[dict[str, Any]] = []
     for row in live:
         if row["id"] not in claims:
-            d.supervisor.adopt(row)
+            d.supervisor.adopt(row, never_ran=never.append if _never_ran(d, row) else None)
     _carry_on_stops(d, [r for r in live if r.get("stop_by") and r["id"] in d.supervisor.running])
     # sessions queued when the last daemon stopped wait again, in order
     _queue_again(d, [r for r in queued if r["id"] not in claims])
+    if never:
+        d.log.warning("sessions the last daemon recorded but died before queueing or launching are started now",
+                      sessions=[r["id"] for r in never])
+        requeue(d, never, submit=True)
     claims.settle(d.supervisor.adopt)  # runners that reconnected already are adopted now
     return known
+
+
+def _never_ran(d: Any, row: dict[str, Any]) -> bool:
+    """A session stored ``created`` with no runner recorded, none found by title, and nothing in a spool: the last
+    daemon died between recording it (its client told it exists) and queueing or launching it. It was recorded
+    ``lost`` without ever running (crash retest); it is started now, unless a remote launcher has an actor of it
+    (:meth:`Supervisor.adopt` decides)."""
+    return (row["status"] == "created" and row["pid"] is None
+            and not ran_unrecorded(d.layout.sessions_dir, row["id"], row.get("runner_seq") or 0))
 
 
 def _queue_again(d: Any, rows: list[dict[str, Any]]) -> None:

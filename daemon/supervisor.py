@@ -119,10 +119,13 @@ class Supervisor(Admission):
         self.log.info("session launched", session_id=sid, pid=pid)
         return run
 
-    def adopt(self, row: dict[str, Any], unrecorded: tuple[int, float] | None = None) -> bool:
+    def adopt(self, row: dict[str, Any], unrecorded: tuple[int, float] | None = None, *,
+              never_ran: Callable[[dict[str, Any]], Any] | None = None) -> bool:
         """Take over a runner that outlived a previous daemon; False (and the session is lost) if it is gone.
         ``unrecorded``: the (pid, create time) of its runner found by title (daemon/orphans.py) when the
-        previous daemon died before it recorded ``session.launched``, once it proved itself (orphans.Claims)."""
+        previous daemon died before it recorded ``session.launched``, once it proved itself (orphans.Claims).
+        ``never_ran``: for a session that no runner ever ran (daemon/recovery.py): called with it, to start it,
+        instead of recording it lost, when no remote launcher has an actor of it either."""
         sid, pid, ctime = row["id"], row["pid"], row["pid_create_time"]
         if not pid and unrecorded is not None:  # recorded now; if it ended meanwhile, it ends as below
             pid, ctime = unrecorded
@@ -148,6 +151,9 @@ class Supervisor(Admission):
         if not pid:  # pid 0: started by a remote launcher (Ray), or None: never recorded as started
             if self._adopt_remote(row):
                 return True
+            if never_ran is not None and self._remote_lost is None:
+                never_ran(row)
+                return False
             why = self._remote_lost or "no local runner to adopt (never started, or it ran on a Ray node)"
             # lost unless its record says how it ended: ingest reads the spool of a runner that ran unrecorded (the
             # last daemon died before storing its launch) before it stores the end, and its outcome then decides

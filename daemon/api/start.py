@@ -290,10 +290,12 @@ def refuse_while_store_down(d: Any) -> None:
                        "another program?); nothing was started: retry once it is back (labd status)")
 
 
-def requeue(d: Any, rows: list[dict[str, Any]]) -> int:
+def requeue(d: Any, rows: list[dict[str, Any]], *, submit: bool = False) -> int:
     """Put the sessions stored as ``queued`` (``rows``) back in the run queue, in their order; at daemon start.
     (One whose runner the last daemon had already forked is not among them: it is adopted once that runner proves
-    itself, daemon/orphans.py ``Claims``.)"""
+    itself, daemon/orphans.py ``Claims``.) ``submit``: sessions stored ``created`` that never reached the queue
+    (the last daemon died between recording one and queueing it): submitted as a start would (queued with a
+    ``session.queued`` if they must wait)."""
     ids = [row["id"] for row in rows]
     first = d.store.first_events(ids, ["session.created"])
     # Where each stood: its *last* submission (a resume or a re-queue is one) with that submission's priority and
@@ -302,8 +304,12 @@ def requeue(d: Any, rows: list[dict[str, Any]]) -> int:
     for row in rows:
         at, last = queued.get((row["id"], "session.queued"), (row["created_at"], {}))
         c = first.get((row["id"], "session.created"), {})
-        d.supervisor.requeue(d.supervisor.queue.entry(
+        entry = d.supervisor.queue.entry(
             row["id"], row["workflow"], _run_params(d, row["params"], c.get("payload")),
-            Limits.from_dict(row["limits"]), row["workdir"], int(last.get("priority") or 0), at,
-            extra=entry_extra(d, row["name"], c)))
+            Limits.from_dict(row["limits"]), row["workdir"], int(last.get("priority", c.get("priority")) or 0), at,
+            extra=entry_extra(d, row["name"], c))
+        if submit:
+            d.supervisor.submit(entry)
+        else:
+            d.supervisor.requeue(entry)
     return len(rows)

@@ -82,3 +82,37 @@ def test_a_stop_the_killed_daemon_began_is_carried_on(daemon) -> None:
         assert "stop carried on after a restart" in restarted.log()
     finally:
         restarted.stop()
+
+
+def test_a_session_recorded_but_never_queued_runs_after_a_restart(isolated_env) -> None:
+    """The daemon answered a start (``session.created`` stored) and was killed before it queued or launched the
+    session: the row is ``created`` with no runner and no spool. The next daemon starts it (it waits its turn, and
+    completes). Before, it was recorded ``lost`` ("no local runner to adopt") without ever running (crash retest:
+    1 start in 15, and 2 of 3 branches, when killed at the wrong moment). Made deterministic by killing the daemon
+    while the session waits in the queue and taking its ``session.queued`` out of the record, as that crash leaves
+    it."""
+    (isolated_env).mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text("[daemon]\nmax_sessions = 1\n")
+    first = DaemonProc(isolated_env).start()
+    with first.client() as c:
+        blocker = c.start("demo.sleep", params={"seconds": 60})
+        wait_until(lambda: c.session(blocker)["status"] == "running", timeout=60, what="the blocker running")
+        waiting = c.start("labd_testflows:ticker", params={"n": 3, "delay": 0.01})
+        wait_until(lambda: c.session(waiting)["status"] == "queued", timeout=30, what="queued")
+    first.kill9()
+    with sqlite3.connect(isolated_env / "labd.db") as conn:
+        (seq,) = conn.execute("SELECT max(seq) FROM events WHERE session_id = ? AND kind = 'session.queued'",
+                              (waiting,)).fetchone()
+        assert seq == conn.execute("SELECT max(seq) FROM events WHERE session_id = ?", (waiting,)).fetchone()[0]
+        conn.execute("DELETE FROM events WHERE session_id = ? AND seq = ?", (waiting, seq))
+        conn.execute("DELETE FROM state_history WHERE session_id = ? AND seq = ?", (waiting, seq))
+        conn.execute("UPDATE sessions SET status = 'created', last_seq = ? WHERE id = ?", (seq - 1, waiting))
+    restarted = DaemonProc(isolated_env).start()
+    try:
+        with restarted.client() as c:
+            c.stop(blocker, 1.0)
+            final = c.wait(waiting, timeout=90)
+            assert final["status"] == "completed", final
+            assert [e["kind"] for e in c.history(waiting, kinds=["session.launched"])] == ["session.launched"]
+    finally:
+        restarted.stop()
