@@ -121,9 +121,6 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
                     raise ToolError(f"labd: {gone.error.message} [no_daemon]") from None
                 await anyio.sleep(0.2)  # cancelled here if the client gives up: nothing was sent
 
-    async def files_call(fn: Callable[[Client], T], *, bounded: bool = True, smaller: str = "ask for less") -> T:
-        return await call(fn, bounded_by=smaller if bounded else None)
-
     @server.tool(annotations=READ_ONLY)
     async def list_workflows() -> list[dict[str, Any]]:
         """Workflows this daemon can run (built-ins), with their parameters."""
@@ -310,7 +307,7 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
         """Sessions side by side: their steps, files, totals (cost, duration) and final results."""
         return await call(lambda c: c.compare(*sessions), bounded_by="compare fewer sessions")
 
-    register_files(server, files_call)
+    register_files(server, call)
     _refuse_unknown_arguments(server)
     return server
 

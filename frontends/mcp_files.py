@@ -34,7 +34,8 @@ Call = Callable[..., Awaitable[Any]]
 
 
 def register_files(server: MCPServer, call: Call) -> None:
-    """Add the file resources and tools to ``server``; ``call(fn, bounded=...)`` runs ``fn`` on a client."""
+    """Add the file resources and tools to ``server``; ``call(fn, bounded_by=...)`` runs ``fn`` on a client (the
+    server's own: :func:`labd.frontends.mcp.build_server`)."""
 
     @server.tool(annotations=READ_ONLY)
     async def list_files(session: str, offset: Annotated[int, Field(ge=0)] = 0,
@@ -46,7 +47,7 @@ def register_files(server: MCPServer, call: Call) -> None:
             files = c.files(session)
             page = [{k: f.get(k) for k in _KEYS if f.get(k) is not None} for f in files[offset:offset + limit]]
             return {"files": page, "total": len(files), "more": offset + limit < len(files)}
-        return await call(listed, smaller="ask for fewer with limit")  # type: ignore[no-any-return]
+        return await call(listed, bounded_by="ask for fewer with limit")  # type: ignore[no-any-return]
 
     @server.tool(annotations=READ_ONLY)
     async def read_file(session: str, path: str, offset: Annotated[int, Field(ge=0, le=2**62)] = 0,
@@ -90,7 +91,7 @@ def register_files(server: MCPServer, call: Call) -> None:
                 piece = {"text": text}
             end = start + used
             return {"path": path, **piece, "offset": start, "size": size, "next_offset": end, "more": end < size}
-        return await call(read, bounded=False)  # type: ignore[no-any-return]
+        return await call(read, bounded_by=None)  # type: ignore[no-any-return]
 
     @server.resource("labd://sessions/{session}/files", mime_type="application/json")
     async def session_files(session: str) -> str:
@@ -99,7 +100,7 @@ def register_files(server: MCPServer, call: Call) -> None:
         UTF-8: its bytes; ``path`` is then its display form), and the ``uri`` to read each by. The whole list: the
         list_files tool pages through it."""
         try:
-            files = await call(lambda c: c.files(session), bounded=False)
+            files = await call(lambda c: c.files(session), bounded_by=None)
         except ToolError as exc:
             raise ResourceError(str(exc)) from None
         return json.dumps([{k: f.get(k) for k in _KEYS} | {"uri": file_uri(session, f)} for f in files])
@@ -161,7 +162,7 @@ async def _read_resource(call: Call, session: str, path: str, path_b64: str | No
                      f"offset={used}) reads on]\n")
         return text
     try:
-        return await call(read, bounded=False)  # type: ignore[no-any-return]
+        return await call(read, bounded_by=None)  # type: ignore[no-any-return]
     except ToolError as exc:
         raise ResourceError(str(exc)) from None
 

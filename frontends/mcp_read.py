@@ -18,7 +18,7 @@ from mcp.types import ToolAnnotations
 from labd.ipc.client import Client
 from labd.ipc.events import SCHEMAS
 
-__all__ = ["MAX_TEXT", "DEFAULT_TEXT", "MAX_EVENTS_JSON", "EVENT_HEAD", "MAX_RESULT", "FIRST_PAGE", "READ_ONLY",
+__all__ = ["MAX_TEXT", "DEFAULT_TEXT", "EVENT_HEAD", "MAX_RESULT", "FIRST_PAGE", "READ_ONLY",
            "bounded",
            "event_kinds", "fit_events", "json_chars", "output_since", "read_within"]
 
@@ -28,7 +28,6 @@ OUTPUT_KINDS = ["output"]
 MAX_TEXT = 200_000
 #: ... and what they return unless asked for more: within what model clients take from one tool call
 DEFAULT_TEXT = 50_000
-MAX_EVENTS_JSON = MAX_TEXT  # the name read_events' bound had; the same number
 #: characters kept (the start of its payload's JSON) of one event larger than a whole read_events call
 EVENT_HEAD = 2_000
 #: characters of any other tool's result, as the model sees it: a larger one is a tool error saying how to ask for less

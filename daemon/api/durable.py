@@ -290,9 +290,11 @@ class Branch(Request):
                                        # what its replay needs to run as it did (api/lineage.py), and compare shows
                                        "node_base": seed["node_base"]}
             payload.update((k, v) for k, v in (("hypothesis", hypothesis), ("instructions", instructions)) if v)
-            for key in ("payload", "sys_path", "agents", "tags", "policy", "placement", "priority"):
+            for key in ("payload", "sys_path", "agents", "tags", "policy", "placement"):
                 if c.get(key):
                     payload[key] = c[key]
+            if priority:  # the parent's, however its record says it (its resumes keep it too)
+                payload["priority"] = priority
             sandbox = d.sandbox_spec(sid, network)
             payload["sandbox"] = {k: sandbox[k] for k in ("level", "mechanism", "reasons", "network")} | {
                 "runner": d.runner_confinement}

@@ -452,7 +452,7 @@ def test_what_a_tool_returns_to_the_model_is_bounded(shared_daemon, tmp_path) ->
     larger piece paged inside with `next_offset`, whole. Before, one read_events call returned a whole daemon page
     (8 MB here: 4 MB, 5000 events of any size) and read_output a whole oversized piece of output (then: its start,
     the rest left out)."""
-    bound, head = 200_000, 2_000  # mcp.MAX_EVENTS_JSON and MAX_TEXT, mcp.EVENT_HEAD
+    bound, head = 200_000, 2_000  # mcp_read.MAX_TEXT, mcp_read.EVENT_HEAD
 
     flows = tmp_path / "largeflows.py"
     flows.write_text(LARGE_FLOWS)
@@ -537,7 +537,7 @@ def test_a_tool_reads_from_the_daemon_about_what_it_returns(shared_daemon, tmp_p
     default limit (200) received 200 events of 40 KB (8 MB) to return 5, and read_output a whole page (~8 MB)."""
     from labd.ipc.client import Client
 
-    bound = 200_000  # mcp.MAX_EVENTS_JSON and MAX_TEXT
+    bound = 200_000  # mcp_read.MAX_TEXT
     flows = tmp_path / "manyflows.py"
     flows.write_text(MANY_FLOWS)
     with shared_daemon.client() as lc:
