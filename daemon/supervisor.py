@@ -48,6 +48,7 @@ class Running:
     step: str | None = None  # last ladder rung taken: cooperative | sigterm | sigkill
     deadline: float = 0.0  # when to take the next rung
     grace: float = 0.0
+    stop_asked: tuple[str, str] = ("daemon", "stop requested")  # (by, reason) of its stop, recorded again at SIGTERM
     vanished_at: float = 0.0
     unrecorded: bool = False  # the store refused its session.created: killed, and nothing is posted for it
     crash_file: Path | None = None  # its crash channel (runner/session.py, own_crash_channel), if a local runner
@@ -193,28 +194,35 @@ class Supervisor(Admission):
         if run is None:
             return False
         if run.step is None:
-            run.step, run.grace = "cooperative", grace
+            run.step, run.grace, run.stop_asked = "cooperative", grace, (by, reason)
             run.deadline = time.monotonic() + grace
             self.post(sid, "session.stopping", {"by": by, "reason": reason, "step": "cooperative", "grace": grace})
             self.send_runner(sid, "cancel", {"reason": reason})
         return True
 
     def carry_on_stop(self, sid: str, stopping: dict[str, Any], asked_at: float, default_grace: float) -> None:
-        """An adopted session whose stop the last daemon began (``stopping``, its ``session.stopping`` payload, asked
-        at ``asked_at``): the ladder goes on where it was, the grace counted from when the stop was asked (a daemon
-        killed mid-stop forgot it, and a session that ignored the cooperative cancel ran to its end)."""
+        """An adopted session whose stop the last daemon began (``stopping``, its last ``session.stopping`` payload,
+        recorded at ``asked_at``): the ladder goes on where it was, each rung's wait counted from when the last daemon
+        took it (a daemon killed mid-stop forgot it, and a session that ignored the cooperative cancel ran to its
+        end; one already sent SIGTERM was sent it again and waited a whole ``term_grace`` more)."""
         run = self.running.get(sid)
         if run is None or run.step is not None:
             return
-        if stopping.get("step") == "sigkill":
+        step = stopping.get("step")
+        run.stop_asked = (str(stopping.get("by") or "daemon"), str(stopping.get("reason") or "stop requested"))
+        if step == "sigkill":
             self._rung(run, "sigkill")
             return
-        grace = stopping.get("grace")
-        grace = float(grace) if isinstance(grace, int | float) and not isinstance(grace, bool) else default_grace
-        run.step, run.grace = "cooperative", grace
-        run.deadline = time.monotonic() + max(0.0, asked_at + grace - time.time())
-        self.send_runner(sid, "cancel", {"reason": stopping.get("reason") or "stop requested"})
-        self.log.info("stop carried on after a restart", session_id=sid, by=stopping.get("by"))
+        if step == "sigterm":  # already sent: SIGKILL once term_grace has passed since then
+            run.step = "sigterm"
+            run.deadline = time.monotonic() + max(0.0, asked_at + self.term_grace - time.time())
+        else:
+            grace = stopping.get("grace")
+            grace = float(grace) if isinstance(grace, int | float) and not isinstance(grace, bool) else default_grace
+            run.step, run.grace = "cooperative", grace
+            run.deadline = time.monotonic() + max(0.0, asked_at + grace - time.time())
+            self.send_runner(sid, "cancel", {"reason": run.stop_asked[1]})
+        self.log.info("stop carried on after a restart", session_id=sid, by=run.stop_asked[0], step=run.step)
 
     def stopping(self, sid: str) -> bool:
         """Is ``sid`` ending: its runner being stopped (a stop or kill in progress), found gone by the monitor (its end
@@ -403,5 +411,9 @@ class Supervisor(Admission):
             if run.step and now >= run.deadline:
                 if run.step == "cooperative":
                     self._rung(run, "sigterm")
+                    # recorded once sent, so that a daemon adopting the session after a restart waits out the rest
+                    # of this rung instead of starting it again (a kill before this is posted: it starts again)
+                    by, reason = run.stop_asked
+                    self.post(run.sid, "session.stopping", {"by": by, "reason": reason, "step": "sigterm"})
                 elif run.step == "sigterm":
                     self._rung(run, "sigkill")

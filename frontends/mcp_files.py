@@ -20,11 +20,11 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from pydantic import Field
 
-from labd.frontends.mcp_read import DEFAULT_TEXT, MAX_TEXT, READ_ONLY, fit_text, text_chars
+from labd.frontends.mcp_read import DEFAULT_TEXT, MAX_RESULT, MAX_TEXT, READ_ONLY, fit_text, text_chars
 from labd.ipc.client import Client
 from labd.ipc.safe_files import listed_name, open_beneath, path_bytes
 
-__all__ = ["register_files", "MAX_FILE", "FILES_PAGE"]
+__all__ = ["register_files", "listing", "MAX_FILE", "FILES_PAGE"]
 
 MAX_FILE = 1_000_000  # bytes of a file returned as a resource (read_file pages through the rest)
 FILES_PAGE = 200  # files list_files returns unless asked for fewer or more (at most 1000)
@@ -95,15 +95,16 @@ def register_files(server: MCPServer, call: Call) -> None:
 
     @server.resource("labd://sessions/{session}/files", mime_type="application/json")
     async def session_files(session: str) -> str:
-        """The files a session wrote: path, size, sha256, the step and agent that wrote them, ``restored`` (put in
-        place by a resume's or branch's restore of a checkpoint, not by a step), ``path_b64`` (a name that is not
-        UTF-8: its bytes; ``path`` is then its display form), and the ``uri`` to read each by. The whole list: the
-        list_files tool pages through it."""
+        """The files a session wrote: ``{files, total, more}``, each file with its path, size, sha256, the step and
+        agent that wrote it, ``restored`` (put in place by a resume's or branch's restore of a checkpoint, not by a
+        step), ``path_b64`` (a name that is not UTF-8: its bytes; ``path`` is then its display form), and the
+        ``uri`` to read it by. The first files whose listing fits in 200,000 characters; ``more``: there are
+        ``total``, and the list_files tool pages through them all."""
         try:
             files = await call(lambda c: c.files(session), bounded_by=None)
         except ToolError as exc:
             raise ResourceError(str(exc)) from None
-        return json.dumps([{k: f.get(k) for k in _KEYS} | {"uri": file_uri(session, f)} for f in files])
+        return listing(session, files)
 
     @server.resource("labd://sessions/{session}/file/{+path}")
     async def session_file(session: str, path: str) -> str | bytes:
@@ -121,6 +122,21 @@ def register_files(server: MCPServer, call: Call) -> None:
             raise ResourceError(f"not a file name in URL-safe base64: {name[:60]!r}") from None
         return await _read_resource(call, session, raw.decode("utf-8", "backslashreplace"),
                                     base64.b64encode(raw).decode("ascii"))
+
+
+def listing(session: str, files: list[dict[str, Any]], most: int = MAX_RESULT) -> str:
+    """The files resource's text: the first ``files`` whose JSON fits in ``most`` characters (a session of 10,000
+    files listed whole was 2.9 million characters, more than any model's context), and how many there are."""
+    listed: list[str] = []
+    used = 0
+    for f in files:
+        item = json.dumps({k: f.get(k) for k in _KEYS} | {"uri": file_uri(session, f)})
+        if used + len(item) + 2 > most - 100:  # room for the brackets and the totals
+            break
+        listed.append(item)
+        used += len(item) + 2
+    return (f'{{"files": [{", ".join(listed)}], "total": {len(files)}, '
+            f'"more": {"true" if len(listed) < len(files) else "false"}}}')
 
 
 def _continuation(data: bytes) -> int:

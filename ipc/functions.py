@@ -165,17 +165,20 @@ def find_unpicklable(obj: Any, path: str, depth: int = 0) -> tuple[str, Any, Exc
         return path, obj, exc
 
 
-def describe_unpicklable(obj: Any, path: str, *, verb: str = "cannot be sent to a session") -> tuple[str, str, str]:
-    """``(message, path, type name)`` for something that does not pickle, naming the innermost culprit."""
-    try:
-        dumps(obj)
-    except RecursionError:  # its depth, not any one part: said so (it blamed "argument 1[0][0][0][0][0][0]")
+def describe_unpicklable(obj: Any, path: str, *, verb: str = "cannot be sent to a session",
+                         error: BaseException | None = None) -> tuple[str, str, str]:
+    """``(message, path, type name)`` for something that does not pickle, naming the innermost culprit. ``error``:
+    what pickling ``obj`` raised, when the caller already tried (not pickled again: it may be large)."""
+    if error is None:
+        try:
+            dumps(obj)
+        except Exception as failed:  # noqa: BLE001 - any failure: described below
+            error = failed
+    if isinstance(error, RecursionError):  # its depth, not any one part (it blamed "argument 1[0][0][0][0][0][0]")
         return (f"{path}: a {type(obj).__name__} object nested too deeply {verb} (past Python's recursion limit)",
                 path, type(obj).__name__)
-    except Exception:  # noqa: BLE001 - any other failure: find the part that fails below
-        pass
     found = find_unpicklable(obj, path)
-    where, culprit, exc = found if found is not None else (path, obj, Exception("unknown error"))
+    where, culprit, exc = found if found is not None else (path, obj, error or Exception("unknown error"))
     type_name = type(culprit).__name__
     return f"{where}: a {type_name} object {verb} ({describe_exception(exc)})", where, type_name
 
@@ -216,8 +219,10 @@ def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
         parts += [(f"argument {i}", a) for i, a in enumerate(args, 1)]
         parts += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
         for path, part in parts:
-            if find_unpicklable(part, path) is not None:
-                message, where, type_name = describe_unpicklable(part, path)
+            try:
+                dumps(part)
+            except Exception as exc:  # noqa: BLE001 - this part: say which of its parts fails
+                message, where, type_name = describe_unpicklable(part, path, error=exc)
                 raise LabdError("not_serializable", message, {"path": where, "type": type_name}) from None
         raise
     if len(data) > MAX_PAYLOAD:

@@ -19,7 +19,7 @@ from typing import Any
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.seed import branch_dirs, build_seed, write_seed
 from labd.daemon.api.sessions import _limits, resolve_ref, resolve_session
-from labd.daemon.api.start import _run_params, entry_extra, refuse_never_fits, refuse_while_store_down
+from labd.daemon.api.start import _run_params, entry_extra, priority_of, refuse_never_fits, refuse_while_store_down
 from labd.daemon.limits import Limits
 from labd.daemon.reads import Read
 from labd.runner.checkpoint import OBJECTS_DIR
@@ -46,12 +46,10 @@ def _merged_limits(row: dict[str, Any], override: Any, created: dict[str, Any] |
 
 
 def _priority(d: Any, sid: str, created: dict[str, Any]) -> int:
-    """The run-queue priority session ``sid`` was given (its ``session.created``; before that was recorded there, its
-    last ``session.queued``), which its resumes and branches keep: they waited behind later, lower ones at 0."""
-    if "priority" in created:
-        return int(created["priority"])
+    """The run-queue priority session ``sid`` was given, which its resumes and branches keep (they waited behind
+    later, lower ones at 0): :func:`~labd.daemon.api.start.priority_of`, as a restart's re-queue reads it."""
     queued = d.store.last_events([sid], ["session.queued"]).get((sid, "session.queued"))
-    return int((queued[1] if queued else {}).get("priority") or 0)
+    return priority_of(created, queued[1] if queued else None)
 
 
 def _placed(limits: Limits, created: dict[str, Any]) -> Limits:

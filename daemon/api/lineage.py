@@ -149,6 +149,12 @@ class Compare(Request):
             raise ApiError("bad_request", f"compare takes at most {MAX_COMPARE} sessions")
         store = self.daemon.store
         rows = [resolve_ref(store, r) for r in refs]
+        seen: dict[str, str] = {}
+        for ref, row in zip(refs, rows, strict=True):
+            if row["id"] in seen:  # a comparison of a session with itself says nothing, and reads it twice
+                raise ApiError("bad_request", f"{ref!r} and {seen[row['id']]!r} are the same session ({row['id']}): "
+                               "compare different sessions", {"field": "sessions"})
+            seen[row["id"]] = ref
         return (yield Read(lambda: compare(store, rows), "comparison"))
 
 

@@ -22,7 +22,8 @@ from labd.ipc.signing import derive_key
 from labd.ipc.units import format_size
 from labd.store.schema import IDEMPOTENCY_RETENTION
 
-__all__ = ["PendingStart", "REPLAY_FILE", "Start", "entry_extra", "refuse_never_fits", "requeue", "session_spec"]
+__all__ = ["PendingStart", "REPLAY_FILE", "Start", "entry_extra", "priority_of", "refuse_never_fits", "requeue",
+           "session_spec"]
 
 #: the fields of a ``session.start`` (any other is refused: ignored, a misspelt ``limits`` ran a session without them)
 START_FIELDS = ("workflow", "params", "name", "limits", "cwd", "pythonpath", "network", "tags", "priority", "agents",
@@ -290,6 +291,15 @@ def refuse_while_store_down(d: Any) -> None:
                        "another program?); nothing was started: retry once it is back (labd status)")
 
 
+def priority_of(created: dict[str, Any], last_queued: dict[str, Any] | None) -> int:
+    """A session's run-queue priority, from its ``session.created`` payload and its last ``session.queued`` payload:
+    that last submission's (a resume or a re-queue is one), else the one it was created with (records from before
+    ``session.created`` carried it have it only in ``session.queued``). The one place it is derived."""
+    if last_queued and "priority" in last_queued:
+        return int(last_queued["priority"] or 0)
+    return int(created.get("priority") or 0)
+
+
 def requeue(d: Any, rows: list[dict[str, Any]], *, submit: bool = False) -> int:
     """Put the sessions stored as ``queued`` (``rows``) back in the run queue, in their order; at daemon start.
     (One whose runner the last daemon had already forked is not among them: it is adopted once that runner proves
@@ -306,7 +316,7 @@ def requeue(d: Any, rows: list[dict[str, Any]], *, submit: bool = False) -> int:
         c = first.get((row["id"], "session.created"), {})
         entry = d.supervisor.queue.entry(
             row["id"], row["workflow"], _run_params(d, row["params"], c.get("payload")),
-            Limits.from_dict(row["limits"]), row["workdir"], int(last.get("priority", c.get("priority")) or 0), at,
+            Limits.from_dict(row["limits"]), row["workdir"], priority_of(c, last), at,
             extra=entry_extra(d, row["name"], c))
         if submit:
             d.supervisor.submit(entry)

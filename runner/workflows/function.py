@@ -86,8 +86,9 @@ def _step_name(function: str, fn: Any) -> str:
 def _encode(value: Any, limit: int) -> dict[str, Any]:
     try:
         data = dumps(value)
-    except Exception:  # noqa: BLE001 - say which part of the value does not pickle
-        message, _, _ = describe_unpicklable(value, "the return value", verb="cannot be sent back from a session")
+    except Exception as exc:  # noqa: BLE001 - say which part of the value does not pickle
+        message, _, _ = describe_unpicklable(value, "the return value", verb="cannot be sent back from a session",
+                                             error=exc)
         raise ResultNotSerializable(f"{message}; return plain data, or write it to a file in the session's "
                                     "work directory") from None
     if len(data) > limit:

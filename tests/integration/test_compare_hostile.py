@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
+from labd.ipc.client import LabdError
 from tests.conftest import wait_until
 
 
@@ -70,3 +73,18 @@ def test_compare_reads_no_more_of_a_file_than_a_diff_takes(shared_daemon) -> Non
             assert grown < 200 << 20, f"the daemon grew {grown >> 20} MiB"
         finally:
             c.kill(big)
+
+
+def test_compare_of_a_session_with_itself_is_refused_naming_both_references(shared_daemon) -> None:
+    """The same session given twice, by id and by its name, is a ``bad_request`` that names both references (a
+    comparison with itself says nothing, and read the record twice); two different sessions still compare."""
+    with shared_daemon.client(timeout=60) as c:
+        one = c.start("demo.count", params={"n": 1}, name="compare-self-one")
+        two = c.start("demo.count", params={"n": 1})
+        for sid in (one, two):
+            assert c.wait(sid, timeout=60)["status"] == "completed"
+        with pytest.raises(LabdError) as err:
+            c.compare(one, two, "compare-self-one")
+        assert err.value.code == "bad_request"
+        assert "'compare-self-one'" in err.value.message and one in err.value.message
+        assert len(c.compare(one, two)["sessions"]) == 2

@@ -214,7 +214,7 @@ def test_files_are_resources_and_traversal_is_refused(shared_daemon) -> None:
             return listing, one, errors
 
     listing, one, errors = anyio.run(go)
-    assert first in {f["path"] for f in json.loads(listing.contents[0].text)}
+    assert first in {f["path"] for f in json.loads(listing.contents[0].text)["files"]}
     assert one.contents[0].text == "x,y\n1,2\n"
     assert all(e is not None for e in errors)
 
@@ -238,7 +238,8 @@ def test_every_listed_file_is_read_by_its_uri_whatever_its_name(shared_daemon, t
     async def go() -> dict[str, str]:
         async with McpClient(server) as c:
             listing = json.loads((await c.read_resource(f"labd://sessions/{sid}/files")).contents[0].text)
-            return {f["path"]: (await c.read_resource(f["uri"])).contents[0].text for f in listing}
+            assert listing["total"] == len(listing["files"]) and not listing["more"]
+            return {f["path"]: (await c.read_resource(f["uri"])).contents[0].text for f in listing["files"]}
 
     read = anyio.run(go)
     assert {name: read.get(name) for name in names} == {name: f"I am {name}" for name in names}

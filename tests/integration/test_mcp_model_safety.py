@@ -41,6 +41,11 @@ def big_files(ctx):
     (ctx.workdir / "blob.bin").write_bytes(bytes(range(256)) * 40)
 
 
+def many_files(ctx):
+    for i in range(2000):
+        (ctx.workdir / f"{'result-of-a-long-experiment-' * 2}{i:05d}.csv").write_text(str(i))
+
+
 def nuls(ctx):
     import sys
     sys.stdout.write("a" + "\\0" * 150_000 + "z\\n")
@@ -206,6 +211,33 @@ def test_a_file_larger_than_a_reply_is_read_whole_in_pieces(shared_daemon, flows
     assert served.startswith("a\u03bb") and "[labd: the first 999,999 of the file's 1,400,001 bytes" in served
     assert "offset=999999" in served
     assert listed["total"] == 2 and len(listed["files"]) == 1 and listed["more"]
+
+
+def test_the_files_listing_resource_fits_a_model_and_says_how_many_there_are(shared_daemon, flows: Path) -> None:
+    """A session of 2,000 files: the listing resource holds the first files that fit in 200,000 characters, in the
+    record's order, with ``total`` and ``more``, and a listed file reads by its ``uri``; list_files pages through the
+    rest. Before, the resource was the whole list (10,000 files: 2.9 million characters in a model's context)."""
+    server = build_server(shared_daemon.home)
+    with shared_daemon.client() as lc:
+        sid = lc.start(f"{flows}:many_files")
+        assert lc.wait(sid, timeout=120)["status"] == "completed"
+        recorded = [f["path"] for f in lc.files(sid)]
+    assert len(recorded) == 2000
+
+    async def go() -> tuple[str, tuple[str, str], Any]:
+        async with McpClient(server) as c:
+            text = (await c.read_resource(f"labd://sessions/{sid}/files")).contents[0].text
+            last = json.loads(text)["files"][-1]
+            return text, (last["path"], (await c.read_resource(last["uri"])).contents[0].text), \
+                _data(await c.call_tool("list_files", {"session": sid, "offset": 1990, "limit": 20}))
+
+    text, last_text, tail = anyio.run(go)
+    listing = json.loads(text)
+    assert len(text) <= 200_000 and listing["total"] == 2000 and listing["more"]
+    listed = [f["path"] for f in listing["files"]]
+    assert 100 < len(listed) < 2000 and listed == recorded[:len(listed)]
+    assert last_text[1] == str(int(last_text[0][-9:-4]))  # the file of that name
+    assert [f["path"] for f in tail["files"]] == recorded[1990:] and not tail["more"]
 
 
 def test_a_model_reads_an_approval_whole_before_answering(shared_daemon, flows: Path) -> None:

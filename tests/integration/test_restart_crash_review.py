@@ -11,6 +11,7 @@ import sqlite3
 import orjson
 import pytest
 
+from labd.ipc.client import Client
 from labd.runner.spool import read_spool, spool_path
 from tests.conftest import DaemonProc, alive, wait_until
 
@@ -79,6 +80,38 @@ def test_a_stop_the_killed_daemon_began_is_carried_on(daemon) -> None:
             stops = [e["payload"] for e in c.history(sid, kinds=["session.stopping"])]
         assert final["status"] == "cancelled" and final["reason"].startswith("stopped by"), final
         assert stops[0]["grace"] == 2.0
+        assert "stop carried on after a restart" in restarted.log()
+    finally:
+        restarted.stop()
+
+
+def test_a_stop_past_its_sigterm_waits_out_the_rest_of_term_grace_after_a_restart(isolated_env) -> None:
+    """A stop whose SIGTERM the killed daemon had already sent: that rung is recorded (``session.stopping`` step
+    ``sigterm``), and the next daemon waits out the rest of ``term_grace`` and sends SIGKILL, without cancelling and
+    sending SIGTERM again. Before, it started the ladder over: a second SIGTERM, and a whole ``term_grace`` more."""
+    isolated_env.mkdir(parents=True, exist_ok=True)
+    (isolated_env / "config.toml").write_text("[daemon]\nterm_grace = 8.0\n")
+    first = DaemonProc(isolated_env).start()
+
+    def output(c: Client) -> str:
+        return "".join(e["payload"]["text"] for e in c.history(sid, kinds=["output"]))
+
+    with first.client() as c:
+        sid = c.start("labd_testflows:counts_sigterms")
+        wait_until(lambda: "counting SIGTERMs" in output(c), timeout=60, what="the session running")
+        c.stop(sid, 0.5)
+        wait_until(lambda: [e["payload"]["step"] for e in c.history(sid, kinds=["session.stopping"])]
+                   == ["cooperative", "sigterm"], timeout=30, what="the SIGTERM rung recorded")
+        wait_until(lambda: "sigterm 1" in output(c), timeout=30, what="the runner's SIGTERM")
+    first.kill9()
+    restarted = DaemonProc(isolated_env).start()
+    try:
+        with restarted.client() as c:
+            final = c.wait(sid, timeout=60)
+            assert final["status"] == "cancelled" and final["reason"] == "stopped by client (ended by SIGKILL)", final
+            assert "sigterm 1" in output(c) and "sigterm 2" not in output(c)
+            assert [e["payload"]["step"] for e in c.history(sid, kinds=["session.stopping"])] == \
+                ["cooperative", "sigterm"]
         assert "stop carried on after a restart" in restarted.log()
     finally:
         restarted.stop()

@@ -77,6 +77,20 @@ def stubborn(ctx) -> None:
         time.sleep(0.05)
 
 
+def counts_sigterms(ctx) -> None:
+    """Never checks for cancellation; prints ``sigterm N`` for the N-th SIGTERM and goes on: only SIGKILL ends it."""
+    got = []
+
+    def on_term(signum, frame) -> None:
+        got.append(signum)
+        print(f"sigterm {len(got)}", flush=True)
+
+    signal.signal(signal.SIGTERM, on_term)
+    print("counting SIGTERMs", flush=True)
+    while True:
+        time.sleep(0.05)
+
+
 def ticker(ctx, n: int = 50, delay: float = 0.05) -> int:
     """Emit a step and a line every ``delay`` seconds, ``n`` times."""
     for i in range(n):
