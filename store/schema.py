@@ -231,6 +231,15 @@ skills = Table(
 )
 Index("ix_approvals_session", approvals.c.session_id)
 
+#: the last version number each skill name was given: kept when its versions are deleted, so a number is never
+#: given to two skills (sessions record the ``{name, version}`` they ran)
+skill_names = Table(
+    "skill_names",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("last_version", Integer, nullable=False),
+)
+
 #: content-addressed payloads (sha256 of the UTF-8 text), stored once however many events refer to them
 blobs = Table(
     "blobs",

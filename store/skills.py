@@ -20,29 +20,34 @@ the skill, ``labd skills show``) may rely on. Only ``name`` and ``workflow`` are
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Select, delete, func, insert, or_, select
+from sqlalchemy import Engine, Select, delete, func, insert, or_, select, update
 
 from labd.ipc.functions import FUNCTION_WORKFLOW
 from labd.store.attempts import run_starts
 from labd.store.queries import Store
-from labd.store.schema import skills
+from labd.store.schema import skill_names, skills
 
 __all__ = ["NAME", "SkillError", "check_skill", "extract", "insert_skill", "get_skill", "list_skills",
            "delete_skill"]
 
 MAX_CODE = 20_000  # characters of code kept per step
 MAX_ANSWER = 4000  # characters of a step's accepted answer kept
-MAX_EVENTS = 5000  # events of the session read (so at most that many code runs per step, and files)
+MAX_EVENTS = 5000  # code texts a step of a skill document may hold (an imported one)
+MAX_CODE_RUNS = 100  # code runs that worked kept per step by a save: its last ones
+#: characters of code and answers a save keeps in all (the document stays one message: show, export, import)
+MAX_SKILL_CHARS = 8_000_000
+MAX_FILES = 100_000  # files a skill lists
 MAX_STEPS = 10_000  # steps of a plan
 #: a skill's name (``\Z``, not ``$``, which also matches before a final newline: "deploy\n" was a second skill
 #: listed as "deploy")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
 #: the fields of a skill document (``version`` and ``created_at`` are the store's: replaced when it is stored)
 FIELDS = ("name", "version", "created_at", "description", "workflow", "origin_session", "from_node", "parameters",
-          "params", "plan", "steps", "agents", "files")
+          "params", "plan", "steps", "agents", "files", "sys_path")
 
 
 class SkillError(ValueError):
@@ -70,12 +75,11 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
                          f"with: {', '.join(sorted(params)) or 'none'}): a skill's parameter is one its session was "
                          "started with (a parameter left at the workflow's default cannot be made one; run the "
                          "session with -p NAME=... first)")
-    evs = list(store.events(sid, limit=MAX_EVENTS, kinds=["session.finished", "step.started", "code.execution",
-                                                    "agent.message", "file.created", "file.changed"]))
     steps_rows = {r["node_id"]: r for r in store.steps(sid)}
-    # the run that completed: a resumed session's failed runs have their own session.finished before it
-    finished = next((e for e in reversed(evs) if e["kind"] == "session.finished"), None)
-    result = (finished or {}).get("payload", {}).get("result")
+    # the run that completed: a resumed session's failed runs have their own session.finished before it. Read on
+    # its own: it is the session's last event, and was lost with the plan past the first 5,000 events read
+    finished = store.last_events([sid], ["session.finished"]).get((sid, "session.finished"))
+    result = finished[1].get("result") if finished else None
     plan_steps: list[Any] = []
     if isinstance(result, dict) and isinstance(result.get("plan"), list):
         plan_steps = result["plan"]
@@ -116,16 +120,30 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
     answers: dict[str, str] = {}
     agents_used: set[str] = set()
     answered_by: dict[str, str] = {}  # step node -> the agent that answered in it last
-    files = []
-    for e in evs:
+    files: list[dict[str, Any]] = []
+    kept = {r["node_id"] for r in step_nodes}
+    size = 0  # characters of code and answers kept so far
+    for e in _all_events(store, sid, ["code.execution", "agent.message", "file.created", "file.changed"]):
         p, node = e["payload"], step_of(e.get("node_id"))
+        if node is not None and node not in kept and e["kind"] in ("code.execution", "agent.message"):
+            continue  # a step the skill does not hold (before --from, failed, rejected)
         if e["kind"] == "code.execution" and p.get("exit_code") == 0 and node:
-            code.setdefault(node, []).append(str(p.get("code", ""))[:MAX_CODE])
+            runs = code.setdefault(node, [])
+            if len(runs) >= MAX_CODE_RUNS:  # the last ones that worked are kept: they are what a run is told
+                size -= len(runs.pop(0))
+            runs.append(str(p.get("code", ""))[:MAX_CODE])
+            size += len(runs[-1])
         elif e["kind"] == "agent.message" and node:
+            size -= len(answers.get(node, ""))
             answers[node] = str(p.get("content", ""))[:MAX_ANSWER]
+            size += len(answers[node])
             agents_used.add(str(p.get("agent", "")))
             answered_by[node] = str(p.get("agent", ""))
-        elif e["kind"] in ("file.created", "file.changed"):
+        if size > MAX_SKILL_CHARS:
+            raise SkillError("bad_skill", f"session {sid}'s steps hold more code and answers than a skill does "
+                             f"(over {MAX_SKILL_CHARS:,} characters): save one from a later step (labd skills save "
+                             f"{sid} --from NODE)", "from_node")
+        elif e["kind"] in ("file.created", "file.changed") and len(files) < MAX_FILES:
             size, digest = p.get("size"), p.get("sha256")
             files.append({"path": str(p.get("path"))[:4096], "step": node,
                           "sha256": digest if isinstance(digest, str) and len(digest) <= 128 else None,
@@ -156,9 +174,14 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
                           "code": code.get(row["node_id"], []), "answer": answers.get(row["node_id"], "")})
     used_roles = {s["agent"] for s in steps_out if s["agent"] != "none"} | \
         {a for a in agents_used if roles and a in roles}
+    created = store.first_events([sid], ["session.created"]).get((sid, "session.created"), {})
+    sys_path = created.get("sys_path") if isinstance(created, dict) else None
     return {
         "name": name,
         "description": (description or f"from session {session['name']} ({session['workflow']})")[:2000],
+        # where its workflow was imported from (the client's directory and PYTHONPATH): a run from elsewhere looks
+        # there too (a module workflow ran only from the directory it was saved in)
+        "sys_path": [p for p in sys_path if isinstance(p, str)][:100] if isinstance(sys_path, list) else [],
         "workflow": session["workflow"], "origin_session": sid, "from_node": from_node,
         "parameters": wanted, "params": {k: v for k, v in params.items() if k not in ("plan", "hints")},
         "plan": [{"agent": s["agent"], "goal": s["goal"], "depends_on": s["depends_on"]} for s in steps_out],
@@ -166,6 +189,17 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
         "agents": {r: {"system_prompt": (roles or {}).get(r, {}).get("system_prompt", "")} for r in sorted(used_roles)},
         "files": files,
     }
+
+
+def _all_events(store: Store, sid: str, kinds: list[str]) -> Iterator[dict[str, Any]]:
+    """Every event of ``kinds`` of session ``sid``, read a page at a time (a page is bounded in rows and bytes)."""
+    since = 0
+    while True:
+        page = store.events_page(sid, since=since, kinds=kinds)
+        yield from page["events"]
+        if not page["more"] or not page["events"]:
+            return
+        since = page["events"][-1]["seq"]
 
 
 #: a planning workflow's step name: "step 2: compute it ..." (also "... (redo 1)"); the number is 1-based
@@ -241,6 +275,10 @@ def check_skill(doc: Any) -> None:
         _str(get("description"), "description", 2000)
     _str(get("origin_session"), "origin_session", 32, empty=False, nullable=True)
     _str(get("from_node"), "from_node", 64, empty=False, nullable=True)
+    for i, p in enumerate(_list(get("sys_path", []), "sys_path", 100, "absolute directory paths")):
+        _str(p, f"sys_path[{i}]", 4096, empty=False)
+        if not p.startswith("/") or "\0" in p:
+            raise _bad(f"sys_path[{i}]", "an absolute directory path")
     for i, p in enumerate(_list(get("parameters", []), "parameters", 1000, "parameter names")):
         _str(p, f"parameters[{i}]", 1000, empty=False)
     if not isinstance(get("params", {}), dict):
@@ -283,8 +321,14 @@ def _q_latest(name: str) -> Select[Any]:
 
 def insert_skill(conn: Any, doc: dict[str, Any], now: float) -> int:
     """Store ``doc`` as the next version of its name (the caller commits); returns the version."""
-    last = conn.execute(select(func.max(skills.c.version)).where(skills.c.name == doc["name"])).scalar()
-    version = int(last or 0) + 1
+    name = doc["name"]
+    given = conn.execute(select(skill_names.c.last_version).where(skill_names.c.name == name)).scalar()
+    stored = conn.execute(select(func.max(skills.c.version)).where(skills.c.name == name)).scalar()
+    version = max(int(given or 0), int(stored or 0)) + 1  # never a number a deleted version had
+    if given is None:
+        conn.execute(insert(skill_names).values(name=name, last_version=version))
+    else:
+        conn.execute(update(skill_names).where(skill_names.c.name == name).values(last_version=version))
     doc = {**doc, "version": version, "created_at": now}
     conn.execute(insert(skills).values(name=doc["name"], version=version, created_at=now,
                                        origin_session=doc.get("origin_session"), workflow=doc["workflow"],
@@ -312,16 +356,48 @@ def get_skill(engine: Engine, name: str, version: int | None = None) -> dict[str
 
 
 def list_skills(engine: Engine, search: str | None = None) -> list[dict[str, Any]]:
-    """The latest version of every skill (name, version, workflow, description, origin, created_at)."""
+    """The latest version of every skill (name, version, workflow, description, origin, created_at); ``search``:
+    only those whose name, description or a text in their document (goals, code, answers, params: values, not
+    field names) contains it, case-insensitively, taken literally (``%`` and ``_`` are no wildcards)."""
     latest = select(skills.c.name, func.max(skills.c.version).label("v")).group_by(skills.c.name).subquery()
-    q = (select(skills.c.name, skills.c.version, skills.c.workflow, skills.c.description, skills.c.origin_session,
-                skills.c.created_at)
+    cols = [skills.c.name, skills.c.version, skills.c.workflow, skills.c.description, skills.c.origin_session,
+            skills.c.created_at]
+    q = (select(*cols, *([skills.c.document] if search else []))
          .join(latest, (skills.c.name == latest.c.name) & (skills.c.version == latest.c.v)).order_by(skills.c.name))
     if search:
-        like = f"%{search}%"
-        q = q.where(or_(skills.c.name.ilike(like), skills.c.description.ilike(like), skills.c.document.ilike(like)))
+        # the candidates: the text as it is written inside the stored JSON (a newline or quote escaped), LIKE's
+        # wildcards escaped; then only those where it is in a value (a field name matched every skill)
+        written = orjson.dumps(search).decode()[1:-1]
+        like = "%" + written.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+        q = q.where(or_(skills.c.name.ilike(like, escape="!"), skills.c.description.ilike(like, escape="!"),
+                        skills.c.document.ilike(like, escape="!")))
     with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(q).mappings().all()]
+        rows = [dict(r) for r in conn.execute(q).mappings().all()]
+    if not search:
+        return rows
+    return [{k: v for k, v in r.items() if k != "document"} for r in rows if _mentions(r, search.casefold())]
+
+
+def _mentions(row: dict[str, Any], needle: str) -> bool:
+    """Does ``needle`` (casefolded) occur in the skill's name, description or a text value of its document?"""
+    if needle in str(row["name"]).casefold() or needle in str(row["description"]).casefold():
+        return True
+    try:
+        todo: list[Any] = [orjson.loads(row["document"])]
+    except orjson.JSONDecodeError:
+        return False
+    while todo:
+        value = todo.pop()
+        if isinstance(value, str):
+            if needle in value.casefold():
+                return True
+        elif isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+        elif value is not None and not isinstance(value, bool) and needle in str(value).casefold():
+            return True  # a number among the params
+    return False
 
 
 def delete_skill(conn: Any, name: str) -> int:

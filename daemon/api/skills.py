@@ -7,6 +7,7 @@ Running one is ``session.start`` with workflow ``skill:NAME`` (or ``skill:NAME@V
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
@@ -15,15 +16,24 @@ from labd.daemon.api.sessions import resolve_session
 from labd.daemon.reads import Read
 from labd.store.skills import NAME, SkillError, check_skill, extract, get_skill, list_skills
 
-__all__ = ["expand_skill"]
+__all__ = ["expand_skill", "reuses", "PLAN_WORKFLOWS"]
 
-#: workflows that can start from a saved plan (they take ``plan`` and ``hints`` parameters)
-PLAN_WORKFLOWS = {"planning_and_control"}
+#: workflows that can start from a saved plan (they take ``plan`` and ``hints`` parameters); a skill of any other
+#: workflow reuses its params only (its reply to skill.save says which: ``reuses``)
+PLAN_WORKFLOWS = {"planning_and_control", "hitl"}
+
+
+NAME_HINT = "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 def _name(req: Request) -> str:
-    return str(req.arg("name", str, check=lambda n: NAME.match(n) is not None,
-                       hint="1-100 letters, digits, '.', '_' or '-'"))
+    return str(req.arg("name", str, check=lambda n: NAME.match(n) is not None, hint=NAME_HINT))
+
+
+def reuses(workflow: str) -> str:
+    """What a run of a skill of ``workflow`` takes from it: ``plan`` (the plan, and the code that worked as each
+    step's hint: no planning again) or ``params`` (its parameters only: the workflow takes no saved plan)."""
+    return "plan" if workflow in PLAN_WORKFLOWS else "params"
 
 
 def _skill_error(exc: SkillError) -> ApiError:
@@ -42,9 +52,13 @@ def _usable(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def expand_skill(d: Any, ref: str, params: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """``skill:NAME[@V]`` -> (workflow, params for it, {name, version, origin_session}); given params win over
-    the skill's, and every parameter the skill declared must be given."""
+    """``skill:NAME[@V]`` -> (workflow, params for it, {name, version, origin_session, sys_path}); given params win
+    over the skill's, and every parameter the skill declared must be given. ``sys_path``: where the skill's session
+    imported its workflow from (a run looks there after its own client's directories)."""
     name, at, version = ref.removeprefix("skill:").partition("@")
+    if not NAME.match(name):  # `skill:` alone answered "no skill ''" (not_found)
+        raise ApiError("bad_request", f"{ref!r}: the skill's name must be {NAME_HINT} (skill:NAME or "
+                       "skill:NAME@VERSION)")
     if at and not re.fullmatch(r"[1-9][0-9]{0,8}", version):  # not "the latest" by accident; ASCII digits only
         raise ApiError("bad_request", f"{ref!r}: the version after @ must be a version number (1, 2, ...)")
     try:
@@ -56,11 +70,11 @@ def expand_skill(d: Any, ref: str, params: dict[str, Any]) -> tuple[str, dict[st
         raise ApiError("bad_params", f"skill {name!r} needs parameters {missing} (-p {missing[0]}=...)",
                        {"params": {p: "required by the skill" for p in missing}})
     out = {**doc.get("params", {}), **params}
-    if doc["workflow"] in PLAN_WORKFLOWS and doc.get("plan"):
-        out["plan"] = doc["plan"]
-        out["hints"] = [_hint(s) for s in doc.get("steps", [])]
+    if doc["workflow"] in PLAN_WORKFLOWS and doc.get("plan"):  # given ones win here too (they were overwritten)
+        out.setdefault("plan", doc["plan"])
+        out.setdefault("hints", [_hint(s) for s in doc.get("steps", [])])
     return doc["workflow"], out, {"name": doc["name"], "version": doc["version"],
-                                  "origin_session": doc.get("origin_session")}
+                                  "origin_session": doc.get("origin_session"), "sys_path": doc.get("sys_path") or []}
 
 
 def _hint(step: dict[str, Any]) -> str:
@@ -85,6 +99,10 @@ class SaveSkill(Request):
         description = self.arg("description", str, "", check=lambda s: len(s) <= 2000, hint="≤ 2000 characters")
         parameters = self.arg("parameters", list, [], check=lambda p: all(isinstance(x, str) for x in p),
                               hint="a list of parameter names")
+        twice = sorted(p for p, n in Counter(parameters).items() if n > 1)
+        if twice:  # saved as [task, task], and its runs were told to give -p task=... twice
+            raise ApiError("bad_request", f"parameter {twice[0]!r} is named more than once: name each once",
+                           {"field": "parameters"})
         from_node = self.arg("from_node", str, None, check=lambda s: 0 < len(s) <= 64, hint="a node id")
         try:
             roles = agent_roles(self.daemon)
@@ -111,8 +129,7 @@ class ImportSkill(Request):
 
     def execute(self) -> Any:
         doc = self.arg("document", dict, hint="a skill document (labd skills export)")
-        name = self.arg("name", str, None, check=lambda n: NAME.match(n) is not None,
-                        hint="1-100 letters, digits, '.', '_' or '-'")
+        name = self.arg("name", str, None, check=lambda n: NAME.match(n) is not None, hint=NAME_HINT)
         if name is not None:
             doc = {**doc, "name": name}
         try:
@@ -140,7 +157,8 @@ class GetSkill(Request):
     def execute(self) -> Any:
         version = self.arg("version", int, None, check=lambda v: v > 0, hint="a version number")
         try:
-            return {"skill": get_skill(self.daemon.store.engine, _name(self), version)}
+            doc = get_skill(self.daemon.store.engine, _name(self), version)
+            return {"skill": doc, "reuses": reuses(str(doc.get("workflow")))}
         except SkillError as exc:
             raise _skill_error(exc) from None
 

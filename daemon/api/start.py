@@ -129,6 +129,10 @@ class Start(Request):
 
             wf, expanded, skill = expand_skill(self.daemon, ref, self.arg("params", dict, {}))
             self.body = {**self.body, "workflow": wf, "params": expanded}
+            saved_path = skill.pop("sys_path")
+            if saved_path:  # after the client's own directories, which win
+                mine = self.arg("pythonpath", list, [])
+                self.body["pythonpath"] = (mine + [p for p in saved_path if p not in mine])[:100]
             if not self.body.get("name"):
                 self.body["name"] = f"skill-{skill['name']}-{secrets.token_hex(3)}"[:200]
         workflow, _cwd, path = where_from(self)

@@ -48,9 +48,15 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
         if args.from_node:
             body["from_node"] = args.from_node
         r = c.request("skill.save", **body)
+        if args.json:
+            ctx.out.json(r)
+            return 0
         given = "".join(f" -p {p}=..." for p in args.param or [])  # each run must give them
-        ctx.out.json(r) if args.json else ctx.out.line(f"saved skill {r['name']} version {r['version']}; "
-                                                       f"run it with: labd run skill:{r['name']}{given}")
+        saved = c.request("skill.get", name=r["name"], version=r["version"])
+        ctx.out.line(f"saved skill {r['name']} version {r['version']}; run it with: labd run skill:{r['name']}{given}")
+        ctx.out.line(f"its runs {_REUSES.get(saved.get('reuses'), 'reuse its params')}"
+                     + ("" if saved.get("reuses") == "plan" else f" ({saved['skill']['workflow']} takes no saved "
+                        "plan: it plans again)"))
         return 0
     name = args.session  # show / rm / export take the skill's name as the positional argument
     if action == "import":
@@ -78,11 +84,11 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
         raise CliError(f"the version after @ must be a version number (1, 2, ...), not {number!r}")
     version = {"version": int(number)} if at else {}
     if action == "show":
-        doc = c.request("skill.get", name=name, **version)["skill"]
+        got = c.request("skill.get", name=name, **version)
         if args.json:
-            ctx.out.json(doc)
+            ctx.out.json(got["skill"])
             return 0
-        return _show(ctx, name, doc)
+        return _show(ctx, name, got["skill"], got.get("reuses"), args.code)
     if action == "rm":
         r = c.request("skill.delete", name=name)
         ctx.out.line(f"deleted skill {r['name']} ({counted(r['versions'], 'version')})")
@@ -92,7 +98,10 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
         if args.output == "-":  # to stdout: labd skills export NAME -o - > f.json
             ctx.out.json(doc)
             return 0
-        out = Path(args.output or f"{name}{'@' + number if at else ''}.skill.json")
+        default = f"{name}{'@' + number if at else ''}.skill.json"
+        out = Path(args.output or default)
+        if out.is_dir():  # -o DIR: the default name in it ("DIR exists: remove it" was the answer)
+            out = out / default
         try:  # never over an existing file (an export of another version, or another skill)
             fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
@@ -110,10 +119,16 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
     raise CliError(f"unknown action {action!r}")
 
 
-def _show(ctx: Ctx, name: str, doc: dict[str, Any]) -> int:
+#: what the daemon's skill.get ``reuses`` means for a run of the skill
+_REUSES = {"plan": "reuse its plan (no planning again) and give each step the code that worked",
+           "params": "reuse its params only"}
+
+
+def _show(ctx: Ctx, name: str, doc: dict[str, Any], reuses: str | None = None, with_code: bool = False) -> int:
     """A skill in human form. Every field but name and workflow is optional (a missing one is shown empty); one
     of the wrong shape (a skill stored before imports were checked) is shown as such, named on stderr, and the
-    exit code is 1 (``labd run skill:NAME`` refuses such a skill)."""
+    exit code is 1 (``labd run skill:NAME`` refuses such a skill). ``with_code``: each step's code and answer too, as a
+    run gives them to its agent (an imported skill's code is read before it is run)."""
     bad: list[str] = []
 
     def text(value: Any, field: str, default: str = "") -> str:
@@ -133,7 +148,8 @@ def _show(ctx: Ctx, name: str, doc: dict[str, Any]) -> int:
                     ("from session", text(doc.get("origin_session"), "origin_session")),
                     ("description", text(doc.get("description"), "description")),
                     ("parameters", ", ".join(params) or "(none: defaults below)"),
-                    ("defaults", json.dumps(doc.get("params", {}))[:200])])
+                    ("defaults", json.dumps(doc.get("params", {}))[:200]),
+                    ("runs", _REUSES.get(reuses or "", "?"))])
     steps = doc.get("steps") or []
     if not isinstance(steps, list):
         bad.append("steps")
@@ -152,6 +168,13 @@ def _show(ctx: Ctx, name: str, doc: dict[str, Any]) -> int:
         goal = text(st.get("goal"), f"steps[{i - 1}].goal") or text(st.get("name"), f"steps[{i - 1}].name")
         label = "" if agent == "none" else f"[{agent}] "  # a workflow without a plan: no role
         ctx.out.line(f"  {i}. {label}{goal}{runs}")
+        if with_code:
+            for j, ran in enumerate(code, 1):
+                ctx.out.line(f"     code {j}:")
+                for line in str(ran).splitlines():
+                    ctx.out.line("       " + line)
+            if st.get("answer"):
+                ctx.out.line(f"     answer: {text(st.get('answer'), f'steps[{i - 1}].answer')}")
     if bad:
         ctx.out.line(f"labd: skill {name} has malformed fields ({', '.join(bad)}): labd run skill:{name} refuses it; "
                      f"export it, fix them and import it again", err=True)
@@ -175,6 +198,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="save: a parameter of the session that each run must give (repeat)")
     s.add_argument("--from", dest="from_node", metavar="NODE", help="save: only this step and the ones after it")
     s.add_argument("--search", help="list: only skills whose name, description or content contains this")
-    s.add_argument("--output", "-o", help="export: the file to write (default NAME.skill.json; never over an existing "
-                   "file; - for stdout)")
+    s.add_argument("--code", action="store_true", help="show: each step's code and answer too, as a run gives them "
+                   "to the step's agent (read an imported skill's code before you run it)")
+    s.add_argument("--output", "-o", help="export: the file to write (default NAME.skill.json; a directory: that name "
+                   "in it; never over an existing file; - for stdout)")
     add_json(s)

@@ -144,11 +144,12 @@ def planning_and_control(ctx: Context, task: str = DEFAULT_TASK, max_steps: int 
 
 def hitl(ctx: Context, task: str = DEFAULT_TASK, max_steps: int = 3, max_retries: int = 1, max_redos: int = 2,
          approval_timeout: float = 0.0, timeout_policy: Literal["approve", "reject", "fail"] = "reject",
-         model: str = "default") -> dict[str, Any]:
+         model: str = "default", plan: list[Any] | None = None, hints: list[Any] | None = None) -> dict[str, Any]:
     """planning_and_control with a human in the loop: approve / reject / modify / redo after planning,
     before each step and on error. Redos (at most ``max_redos`` per checkpoint) become branch nodes.
     ``approval_timeout`` > 0 applies ``timeout_policy`` to a request unanswered that long: approve it, reject it,
-    or fail the session."""
+    or fail the session. ``plan`` (e.g. a skill's) is the first plan put to the human, instead of the planner's (a
+    rejected or redone one is planned again); ``hints`` (one text per step of it) go to each step's agent."""
     timeout = approval_timeout if approval_timeout > 0 else None
 
     async def ask(kind: str, prompt: str, options: list[str], context: Any = None) -> Decision:
@@ -161,14 +162,16 @@ def hitl(ctx: Context, task: str = DEFAULT_TASK, max_steps: int = 3, max_retries
         previous: str | None = None
         while True:
             label = "planning" if previous is None else f"planning (attempt {redos + rejections + 1})"
+            from_given = bool(plan) and previous is None  # a plan made again after a rejection or redo is new
             # the plan and its answer go through node.result: a resumed or branched session skips a completed
             # step's body and restores its result (local variables set in it would not exist)
             with ctx.step(label, kind="phase", redo_of=previous) as node:
-                made = await make_plan(ctx, task, max_steps, model, feedback=feedback, hypothesis=hypothesis)
+                made = parse_plan(json.dumps({"steps": plan}), len(plan or ())) if from_given else \
+                    await make_plan(ctx, task, max_steps, model, feedback=feedback, hypothesis=hypothesis)
                 options = ["approve", "reject", "modify"] + (["redo"] if redos < max_redos else [])
                 node.result = (made, await ask("after_planning", f"Approve this plan for: {task}", options,
                                                {"plan": json.loads(made.to_json())["steps"]}))
-            plan, decision = node.result
+            the_plan, decision = node.result
             previous = node.id
             if decision.decision == "approve":
                 break
@@ -184,8 +187,9 @@ def hitl(ctx: Context, task: str = DEFAULT_TASK, max_steps: int = 3, max_retries
                 redos += 1
                 hypothesis = decision.hypothesis or decision.feedback
         results: list[str] = []
+        # the given plan's hints fit its steps only (from_given: the plan accepted is the given one)
         with ctx.step("control", kind="phase"):
-            for i, st in enumerate(plan.steps, 1):
+            for i, st in enumerate(the_plan.steps, 1):
                 name = f"step {i}: {st.goal[:60]}"
                 # the answer is a node's result: a resume or a branch past this point restores it, and does not ask
                 # a human again about a step it restores (or one it reruns from here, as a branch of that step)
@@ -196,16 +200,17 @@ def hitl(ctx: Context, task: str = DEFAULT_TASK, max_steps: int = 3, max_retries
                 if before.decision == "reject":
                     ctx.skip(name, before.feedback or "rejected by a human")
                     continue
-                instructions = " ".join(x for x in (guidance, before.feedback) if x) or None
-                results.append(await _run_with_redos(ctx, ask, i, len(plan.steps), st, name, model, max_retries,
-                                                     max_redos, instructions))
-        return {"plan": json.loads(plan.to_json())["steps"], "results": results}
+                hint = hints[i - 1] if from_given and hints and i - 1 < len(hints) and hints[i - 1] else None
+                instructions = "\n".join(str(x) for x in (guidance, before.feedback, hint) if x) or None
+                results.append(await _run_with_redos(ctx, ask, i, len(the_plan.steps), st, name, model, max_retries,
+                                                     max_redos, instructions, task if from_given else None))
+        return {"plan": json.loads(the_plan.to_json())["steps"], "results": results}
 
     return ctx.run(body())
 
 
 async def _run_with_redos(ctx: Context, ask: Any, i: int, total: int, st: PlanStep, name: str, model: str,
-                          max_retries: int, max_redos: int, instructions: str | None) -> str:
+                          max_retries: int, max_redos: int, instructions: str | None, task: str | None) -> str:
     """Run a step; on failure ask a human: redo (with a hypothesis) as a branch node, accept, or abort."""
     redo_of: str | None = None
     hypothesis: str | None = None
@@ -217,7 +222,7 @@ async def _run_with_redos(ctx: Context, ask: Any, i: int, total: int, st: PlanSt
             with ctx.step(label, redo_of=redo_of) as node:
                 node_id = node.id
                 node.result = await run_step(ctx, i, total, st, model, max_retries, instructions=instructions,
-                                             hypothesis=hypothesis)
+                                             hypothesis=hypothesis, task=task)
             return str(node.result)  # restored, not run again, when a resume or branch finds the step completed
         except StepFailed as exc:
             options = ["approve", "reject"] + (["redo", "modify"] if redos < max_redos else [])

@@ -157,6 +157,22 @@ def test_save_from_a_node_the_session_lacks_is_unknown_node(daemon) -> None:
         assert c.request("skill.list")["skills"] == []
 
 
+def test_a_skill_of_a_long_session_keeps_its_plan_and_every_file(daemon) -> None:
+    """A session whose plan (in its last event) comes after 5,200 file events: the skill has the plan's goals and
+    roles, and lists every file. Before, a save read the session's first 5,000 such events only: the plan was lost
+    (each goal became the step's name, a run of the skill named its steps ``step 1: step 1: ...``), later steps lost
+    their code and answers, and nothing said so."""
+    with daemon.client(timeout=120) as c:
+        sid = c.start("labd_testflows:plan_after_files")
+        assert c.wait(sid, timeout=150)["status"] == "completed"
+        c.request("skill.save", session=sid, name="long-one")
+        doc = c.request("skill.get", name="long-one")["skill"]
+    assert [(s["goal"], s["agent"]) for s in doc["steps"]] == [("write every file", "engineer"),
+                                                               ("sum it up", "writer")]
+    assert doc["plan"][1]["depends_on"] == [0]
+    assert len(doc["files"]) == 5200 and len({f["step"] for f in doc["files"]}) == 1  # all written in step 1
+
+
 def test_a_submitted_functions_session_is_no_skill(daemon) -> None:
     """A `Client.submit` session cannot become a skill: its call (the pickled function and arguments) is not in a
     skill, so `labd run skill:NAME` could only fail (it did, with "field 'payload' goes with workflow ...: use

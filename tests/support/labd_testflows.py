@@ -77,6 +77,18 @@ def stubborn(ctx) -> None:
         time.sleep(0.05)
 
 
+def plan_after_files(ctx, n: int = 5200) -> dict:
+    """A planned session whose plan (its result, in its last event) comes after ``n`` file events: step 1 writes
+    ``n`` files, step 2 nothing."""
+    with ctx.step("step 1: write the files"):
+        for i in range(n):
+            (ctx.workdir / f"f{i:05d}.txt").write_text(str(i))
+    with ctx.step("step 2: sum up"):
+        print("summed up")
+    return {"plan": [{"agent": "engineer", "goal": "write every file"},
+                     {"agent": "writer", "goal": "sum it up", "depends_on": [0]}]}
+
+
 def counts_sigterms(ctx) -> None:
     """Never checks for cancellation; prints ``sigterm N`` for the N-th SIGTERM and goes on: only SIGKILL ends it."""
     got = []

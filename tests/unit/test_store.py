@@ -513,3 +513,22 @@ def test_migration_0012_sums_the_calls_recorded_before(engine: Engine) -> None:
                                   ("s1", "m", 20_000): (2, 20, 4, 0.75)}
     migrate(engine, on_pending=lambda: told.append(2))
     assert told == [1]
+
+
+def test_a_skill_version_number_is_never_given_twice(engine: Engine, writer: BatchWriter) -> None:
+    """Versions of a skill saved after all its versions were deleted go on from the last number (a session records
+    the ``{name, version}`` it ran: after `labd skills rm`, ``NAME@1`` named another skill); a store from before
+    (revision 0013) is migrated with the numbers its skills reached."""
+    from labd.store.skills import get_skill
+
+    doc = {"name": "fit", "workflow": "demo.count"}
+    assert [writer.save_skill(doc)["version"] for _ in range(2)] == [1, 2]
+    assert writer.delete_skill("fit")["versions"] == 2
+    assert writer.save_skill({**doc, "workflow": "demo.sleep"})["version"] == 3
+    assert get_skill(engine, "fit")["workflow"] == "demo.sleep"
+    writer.save_skill({"name": "other", "workflow": "demo.count"})
+    downgrade_to(engine, "0013_files_path_b64")
+    migrate(engine)
+    writer.delete_skill("fit")
+    writer.delete_skill("other")
+    assert writer.save_skill(doc)["version"] == 4 and writer.save_skill({**doc, "name": "other"})["version"] == 2

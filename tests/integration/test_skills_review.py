@@ -1,0 +1,158 @@
+"""Skills as a power user relies on them (skills review): a hitl skill reuses its plan (the one a human kept), given
+``plan``/``hints`` win over a skill's, search finds texts (not field names, wildcards taken literally), and the
+CLI's small promises: what a run reuses, the code a run will hand to agents, ``-o DIR``, names and parameters.
+Against a real daemon, shared by the module (each test its own skill names)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labd.ipc import LabdError
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _labd(home: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "labd", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "LABD_HOME": str(home)}, cwd=cwd)
+
+
+def _answer_all(c, sid: str, decide) -> None:
+    """Answer each approval of ``sid`` with ``decide(approval)`` until the session ends."""
+    while c.session(sid)["status"] not in ("completed", "failed", "cancelled", "lost"):
+        pending = wait_until(lambda: c.approvals(sid) or c.session(sid)["status"] in ("completed", "failed"),
+                             timeout=60, what="an approval or the end")
+        if isinstance(pending, list):
+            ap = pending[0]
+            c.resolve(sid, approval_id=ap["id"], **decide(ap))
+
+
+def test_a_hitl_skill_puts_its_plan_to_the_human_and_leaves_out_the_step_a_human_rejected(shared_daemon) -> None:
+    """A hitl session whose second step a human rejected makes a skill of one step; a run of it puts that plan to
+    the human (no planner call), runs the one step with the code that worked and the new task. Before, a hitl skill
+    planned again (planner and reviewer called) and brought back the step the human had rejected."""
+    with shared_daemon.client(timeout=60) as c:
+        sid = c.start("hitl", params={"task": "Plain.\n- one\n- two", "max_steps": 2})
+
+        def origin(ap):
+            second = ap["kind"] == "before_step" and "step 2" in ap["prompt"]
+            return {"decision": "reject" if second else "approve", "feedback": "not this one" if second else None}
+
+        _answer_all(c, sid, origin)
+        assert c.session(sid)["status"] == "completed"
+        c.request("skill.save", session=sid, name="kept-by-a-human", parameters=["task"])
+        got = c.request("skill.get", name="kept-by-a-human")
+        assert got["reuses"] == "plan" and len(got["skill"]["steps"]) == 1
+        run = c.start("skill:kept-by-a-human", params={"task": "Plain.\n- one again"})
+        first = wait_until(lambda: c.approvals(run), timeout=60, what="the plan put to the human")[0]
+        assert first["kind"] == "after_planning"
+        assert [s["goal"] for s in first["context"]["plan"]] == [got["skill"]["plan"][0]["goal"]]
+        _answer_all(c, run, lambda ap: {"decision": "approve"})
+        assert c.session(run)["status"] == "completed"
+        calls = [e["payload"] for e in c.history(run, kinds=["llm.request"])]
+        assert not [p for p in calls if p["agent"] in ("planner", "plan_reviewer")]
+        steps = [n["name"] for n in c.dag(run)["dag"]["nodes"] if n["kind"] == "step" and n["name"].startswith("step")]
+        assert len(steps) == 1, steps
+        assert any("Task: Plain.\n- one again" in p["input"] for p in calls if p["agent"] == "engineer"), calls
+
+
+def test_a_plan_given_to_a_skill_run_wins_over_the_skills(shared_daemon) -> None:
+    """``-p plan=...`` on a run of a planning skill runs the given plan (the protocol says given params win; the
+    skill's plan was put over it), and the skill's hints are not given to it unless asked."""
+    with shared_daemon.client(timeout=60) as c:
+        sid = c.start("planning_and_control", params={"task": "Step 1 of 2: fit. Step 2 of 2: plot", "max_steps": 2})
+        assert c.wait(sid, timeout=90)["status"] == "completed"
+        c.request("skill.save", session=sid, name="given-wins", parameters=["task"])
+        run = c.start("skill:given-wins", params={"task": "t", "plan": [{"agent": "engineer", "goal": "my own step"}],
+                                                  "hints": ["MY HINT"]})
+        assert c.wait(run, timeout=90)["status"] == "completed"
+        steps = [n["name"] for n in c.dag(run)["dag"]["nodes"] if n["kind"] == "step" and n["name"].startswith("step")]
+        assert steps == ["step 1: my own step"]
+        inputs = [e["payload"]["input"] for e in c.history(run, kinds=["llm.request"])]
+        assert "MY HINT" in inputs[0] and "Code that worked" not in inputs[0]
+
+
+def test_search_finds_texts_literally_and_not_field_names(shared_daemon, tmp_path: Path) -> None:
+    """``skill.list`` search: a text with a newline and a quote (as code holds it) is found; a field name
+    (``origin_session``), ``%`` and ``_`` match nothing unless a text holds them. Before, the raw JSON was searched
+    with LIKE: a field name or ``%`` listed every skill, and escaped texts were never found."""
+    doc = {"name": "searched-one", "workflow": "demo.count", "description": "a_b here",
+           "steps": [{"name": "s", "goal": "g", "code": ['print("hello")\nprint(1)']}]}
+    other = {"name": "searched-two", "workflow": "demo.count", "description": "axb there"}
+    with shared_daemon.client(timeout=60) as c:
+        for d in (doc, other):
+            c.request("skill.import", document=d)
+
+        def found(text: str) -> set[str]:
+            return {s["name"] for s in c.request("skill.list", search=text)["skills"]} & {"searched-one",
+                                                                                       "searched-two"}
+        assert found('("hello")\nprint') == {"searched-one"}
+        assert found("origin_session") == set() and found("workflow") == set()
+        assert found("%") == set() and found("a_b") == {"searched-one"} and found("AXB") == {"searched-two"}
+        assert found("demo.count") == {"searched-one", "searched-two"}  # a value
+
+
+def test_the_cli_says_what_a_run_reuses_shows_its_code_and_refuses_what_it_cannot_save(shared_daemon,
+                                                                                      tmp_path: Path) -> None:
+    """`labd skills save` says what its runs reuse (params only for a workflow without a saved plan); `show
+    --code` prints the code a run gives to agents; `export -o DIR` writes NAME.skill.json into DIR; a parameter
+    named twice, ``skill:`` without a name, and a name starting with '.' are refused saying the rule."""
+    home = shared_daemon.home
+    with shared_daemon.client(timeout=60) as c:
+        counted = c.start("demo.count", params={"n": 1, "delay": 0})
+        assert c.wait(counted, timeout=60)["status"] == "completed"
+        c.request("skill.import", document={"name": "with-code", "workflow": "planning_and_control",
+                                            "plan": [{"agent": "engineer", "goal": "read it"}],
+                                            "steps": [{"name": "step 1: read it", "goal": "read it",
+                                                       "code": ["open('/etc/hostname').read()\nprint('x')"],
+                                                       "answer": "done"}]})
+        with pytest.raises(LabdError) as twice:
+            c.request("skill.save", session=counted, name="twice", parameters=["n", "n"])
+        assert twice.value.code == "bad_request" and "'n' is named more than once" in twice.value.message
+        with pytest.raises(LabdError) as empty:
+            c.start("skill:")
+        assert empty.value.code == "bad_request" and "starting with a letter or digit" in empty.value.message
+        with pytest.raises(LabdError) as dotted:
+            c.request("skill.save", session=counted, name=".x")
+        assert "starting with a letter or digit" in dotted.value.message
+    r = _labd(home, "skills", "save", counted, "--name", "counted", "--param", "n")
+    assert r.returncode == 0 and "its runs reuse its params only (demo.count takes no saved plan" in r.stdout, r
+    r = _labd(home, "skills", "show", "with-code", "--code")
+    assert r.returncode == 0 and "open('/etc/hostname').read()" in r.stdout and "answer: done" in r.stdout, r
+    assert "reuse its plan" in r.stdout
+    r = _labd(home, "skills", "export", "counted", "-o", str(tmp_path))
+    assert r.returncode == 0, r
+    assert json.loads((tmp_path / "counted.skill.json").read_text())["workflow"] == "demo.count"
+
+
+def test_a_skill_of_a_module_workflow_runs_from_another_directory(shared_daemon, tmp_path: Path) -> None:
+    """A session of ``myflows:study`` started in the directory holding ``myflows.py`` makes a skill that runs from
+    any directory: the skill keeps where its session imported the workflow from (``sys_path``), looked in after the
+    running client's own directories. Before, the run failed ``unknown_workflow`` anywhere else."""
+    home = shared_daemon.home
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "skillmod_flows.py").write_text("def study(ctx, topic: str = 'a'):\n    print('studied', topic)\n"
+                                               "    return topic\n")
+    r = _labd(home, "run", "skillmod_flows:study", "-p", "topic=first", "--json", cwd=project)
+    assert r.returncode == 0, r
+    sid = json.loads(r.stdout)["session"]
+    with shared_daemon.client(timeout=60) as c:
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        c.request("skill.save", session=sid, name="module-skill", parameters=["topic"])
+        assert c.request("skill.get", name="module-skill")["skill"]["sys_path"][0] == str(project)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = _labd(home, "run", "skill:module-skill", "-p", "topic=second", "--json", cwd=elsewhere)
+    assert r.returncode == 0, r
+    run = json.loads(r.stdout)["session"]
+    with shared_daemon.client(timeout=60) as c:
+        assert c.wait(run, timeout=60)["status"] == "completed"
+        assert "studied second" in "".join(e["payload"]["text"] for e in c.history(run, kinds=["output"]))
