@@ -20,7 +20,7 @@ from labd.frontends.cli.safetext import text as safe_text
 from labd.ipc import Client, LabdError
 
 from .feed import Feed
-from .format import activity_line, matches, output_text
+from .format import OutputShaper, activity_line, matches
 from .messages import ConnectionChanged, DagUpdated, EventsArrived, SessionsUpdated
 from .widgets import LIVE, ApprovalScreen, DagTree, DetailPane, FeedbackScreen, History, SessionTable, other_options
 
@@ -93,6 +93,7 @@ class TopApp(App[int]):
         self.rows: dict[str, dict[str, Any]] = {}
         self.pending: dict[str, list[dict[str, Any]]] = {}
         self.selected: str | None = None
+        self.shaper = OutputShaper()  # the selected session's output lines, bounded for display
         self.show_ended = True
         self.filter = ""  # the session list's filter (`/`): see format.matches
         self.sessions: list[dict[str, Any]] = []
@@ -181,14 +182,14 @@ class TopApp(App[int]):
         for ev in msg.events:
             kind, p = ev["kind"], ev.get("payload") or {}
             if kind == "output":
-                chunks.append(output_text(p.get("text", "")))
+                chunks.append(self.shaper.output(p.get("text", "")))
                 continue
             if kind == "log":
                 fields = " ".join(f"{k}={v}" for k, v in (p.get("fields") or {}).items() if k != "session_id")
-                chunks.append(output_text(f"[{p.get('level')}] {p.get('event')} {fields}".rstrip()) + "\n")
+                chunks.append(self.shaper.line(f"[{p.get('level')}] {p.get('event')} {fields}".rstrip()))
                 continue
             if kind == "session.ended":
-                chunks.append(output_text(f"== session {p.get('status')}: {p.get('reason')}") + "\n")
+                chunks.append(self.shaper.line(f"== session {p.get('status')}: {p.get('reason')}"))
             if p.get("agent"):
                 act["agent"] = p["agent"]
             act["turns"] = act.get("turns", 0) + (kind == "agent.turn.started")
@@ -243,6 +244,7 @@ class TopApp(App[int]):
         self.selected = sid
         self.activity = {}
         self.output_log.clear()
+        self.shaper.reset()
         self.output_note.display = False
         self.activity_log.clear()
         self.dag_tree.clear()

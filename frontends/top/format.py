@@ -16,7 +16,7 @@ from rich.text import Text
 
 from labd.frontends.cli.safetext import plain, text
 
-__all__ = ["MAX_LINE", "activity_line", "context_lines", "fmt_age", "fmt_bytes", "fmt_cost", "matches", "output_text",
+__all__ = ["MAX_LINE", "OutputShaper", "activity_line", "context_lines", "fmt_age", "fmt_bytes", "fmt_cost", "matches",
            "safe", "spark", "truncate"]
 
 MAX_LINE = 400  # characters of one output line shown; the store keeps the whole line (`labd logs` has it)
@@ -36,14 +36,60 @@ def safe(value: Any) -> Text:
     return Text(text(str(value)), end="")
 
 
-def output_text(chunk: str, limit: int = MAX_LINE) -> str:
-    """An ``output`` chunk with each of its lines truncated for display; partial lines are kept partial. Colour
-    sequences are dropped and other control characters shown as escapes (:func:`safetext.plain`): the output
-    pane is plain text, which Textual would write to the terminal as it is."""
-    chunk = plain(chunk.replace("\r", "") if "\r" in chunk else chunk)
-    if len(chunk) <= limit:
-        return chunk
-    return "\n".join(truncate(line, limit) for line in chunk.split("\n"))
+class OutputShaper:
+    """A session's output made into display lines for the output pane, across chunks: each line shown up to
+    ``limit`` characters, then ``…`` and, once it ends, how much was not shown; a carriage return (a progress bar's
+    update) starts a new display line with the text after the last one in the chunk. Colour sequences are dropped
+    and other control characters shown as escapes (:func:`safetext.plain`): the pane is plain text, which Textual
+    writes to the terminal as it is. A line without a newline grew without end (one ``… (+N chars)`` per chunk,
+    hundreds of MB, the UI stalled seconds at a time: UI review); now what a line holds is bounded."""
+
+    def __init__(self, limit: int = MAX_LINE) -> None:
+        self.limit = limit
+        self.shown = 0  # characters of the current line shown
+        self.hidden = 0  # ... and not shown (past the limit)
+
+    def output(self, chunk: str) -> str:
+        """The display text of an ``output`` event's text (partial lines stay open for the next chunk)."""
+        out: list[str] = []
+        lines = chunk.split("\n")
+        for i, line in enumerate(lines):
+            if "\r" in line:  # what a terminal would show: the text after the last carriage return, on a new line
+                line = line.rsplit("\r", 1)[1]
+                if self.shown or self.hidden:
+                    out.append(self._end())
+            self._add(plain(line), out)
+            if i < len(lines) - 1:
+                out.append(self._end())
+        return "".join(out)
+
+    def line(self, text_: str) -> str:
+        """A whole line of labd's own (a log record, the session's end) on a line of its own."""
+        head = self._end() if self.shown or self.hidden else ""
+        out: list[str] = [head]
+        self._add(plain(text_), out)
+        out.append(self._end())
+        return "".join(out)
+
+    def reset(self) -> None:
+        """Another session's output follows."""
+        self.shown = self.hidden = 0
+
+    def _add(self, piece: str, out: list[str]) -> None:
+        room = self.limit - self.shown
+        if len(piece) <= room:
+            out.append(piece)
+            self.shown += len(piece)
+            return
+        if room > 0:
+            out.append(piece[:room] + "…")
+            self.shown = self.limit
+        self.hidden += len(piece) - max(room, 0)
+
+    def _end(self) -> str:
+        tail = f" (+{self.hidden} chars)" if self.hidden else ""
+        self.shown = self.hidden = 0
+        return tail + "\n"
 
 
 def context_lines(context: Any) -> list[str]:

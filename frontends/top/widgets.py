@@ -148,8 +148,9 @@ class DetailPane(Vertical):
                         f"tool calls {activity.get('tools', 0)}  code runs {activity.get('code', 0)}  "
                         f"llm calls {activity.get('llm', 0)}", style="cyan")
         summary.update(text)
-        self.query_one("#cpu-spark", Sparkline).data = list(hist.cpu.get(sid, [0.0]))
-        self.query_one("#mem-spark", Sparkline).data = list(hist.mem.get(sid, [0.0]))
+        # Textual draws one sample as a full bar (an ended session's read as 100 % CPU): a line needs two
+        self.query_one("#cpu-spark", Sparkline).data = _line(hist.cpu.get(sid, ()))
+        self.query_one("#mem-spark", Sparkline).data = _line(hist.mem.get(sid, ()))
         box = self.query_one("#approval", Static)
         if approval:
             options = approval.get("options") or []
@@ -319,3 +320,9 @@ class ApprovalScreen(ModalScreen[str | None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+def _line(samples: Any) -> list[float]:
+    """A sparkline's data: the samples, or none (a flat baseline) while there are fewer than two."""
+    data = list(samples)
+    return data if len(data) >= 2 else []

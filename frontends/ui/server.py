@@ -55,6 +55,7 @@ from labd.frontends.ui.calls import DAEMON_THREADS, ClientPool, Stopping, http_s
 from labd.frontends.ui.endshort import EndShort, FileShrank
 from labd.frontends.ui.fields import RESOLVE_FIELDS, START_FIELDS, count, field, filters, only, optional
 from labd.frontends.ui.live import DaemonWatch, follow_session
+from labd.frontends.ui.tickets import Ticket, Tickets
 from labd.ipc.client import Client, LabdError
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.ipc.safe_files import listed_name, open_beneath
@@ -125,6 +126,7 @@ def build_app(home: str | None, token: str, port_ref: list[int],
     pool = ClientPool(home)  # a request costs a round trip on a client kept for reuse, not a new connection
     watch = DaemonWatch(home, stopping)  # for the live streams: the stop, and the daemon gone or restarted
     zctx = zmq.asyncio.Context()  # the live streams' SUB sockets, on the loop
+    tickets = Tickets()  # one-time download links
 
     async def daemon(fn: Callable[[Client], T]) -> T:
         async with slots:
@@ -244,7 +246,12 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         return await daemon(lambda c: {"session": c.start(workflow, name=name, params=params, **limits)})
 
     async def session(request: Request) -> Any:
-        return await daemon(lambda c: c.session(request.path_params["sid"]))
+        # `steps`: how many of the newest steps and transitions (the page's header asks for 0: a long session's 2,000
+        # of each were a megabyte read again after every batch of lifecycle events, and every 2 s once it ended)
+        filters(request, "steps")
+        steps = count(request, "steps", -1)
+        limit = {} if steps < 0 else {"steps_limit": steps}
+        return await daemon(lambda c: c.request("session.get", session=request.path_params["sid"], **limit)["session"])
 
     async def action(request: Request) -> Any:
         sid, what = request.path_params["sid"], request.path_params["action"]
@@ -304,16 +311,39 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         refused = refusal(request)
         if refused is not None:
             return refused
-        sid, rel = request.path_params["sid"], request.path_params["path"]
         try:
             filters(request, "b64")  # b64: a name that is not UTF-8, its bytes (the listing's path_b64)
         except ValueError as exc:
             return JSONResponse({"error": {"code": "bad_request", "message": str(exc)}}, status_code=400)
+        return await send_file(request.path_params["sid"], request.path_params["path"], request.query_params.get("b64"))
+
+    async def ticket(request: Request) -> Any:
+        """A one-time link to a file (docs: frontends/ui/tickets.py): ``{url}``."""
+        b = await body(request)
+        sid, path, b64 = b.get("session"), b.get("path"), b.get("b64")
+        if not (isinstance(sid, str) and isinstance(path, str) and (b64 is None or isinstance(b64, str))):
+            raise ValueError("a ticket names {session, path, b64?}: texts")
+        return {"url": f"/api/download/{tickets.issue(Ticket(sid[:200], path[:8192], b64 and b64[:16384]))}"}
+
+    async def ticketed(request: Request) -> Response:
+        """The file a ticket names (the ticket is the credential: a browser's own download sends no header)."""
+        if not allowed_host(request):
+            return forbidden(wrong_host(request))
+        held = tickets.take(request.path_params["ticket"])
+        if held is None:
+            return JSONResponse({"error": {"code": "not_found", "message": "no such download ticket (each is used "
+                                           "once, within a minute): download the file again from its page"}},
+                                status_code=404)
+        return await send_file(held.session, held.path, held.b64)
+
+    async def send_file(sid: str, rel: str, b64: str | None) -> Response:
+        """A session's file, as its listing names it, streamed from a descriptor opened beneath its work
+        directory."""
         try:
             reply = await daemon(lambda c: c.request("session.files", session=sid))
         except LabdError as exc:
             return error(exc)
-        exact = listed_name(reply["files"], rel, request.query_params.get("b64"))
+        exact = listed_name(reply["files"], rel, b64)
         if exact is None:
             return JSONResponse({"error": {"code": "not_found", "message": f"no file {rel!r}"}}, status_code=404)
 
@@ -390,6 +420,8 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         Route("/api/sessions/{sid}/cost", api(cost)),
         Route("/api/sessions/{sid}/files", api(files)),
         Route("/api/sessions/{sid}/files/{path:path}", download),
+        Route("/api/tickets", api(ticket), methods=["POST"]),
+        Route("/api/download/{ticket}", ticketed),
         Route("/api/sessions/{sid}/events", api(events)),
         Route("/api/sessions/{sid}/stream", stream),
         Route("/api/sessions/{sid}/{action}", api(action), methods=["POST"]),

@@ -300,7 +300,7 @@ def test_dag_renders_with_the_record_node_count(page: Any, ui: dict[str, Any]) -
     page.click("#tab-files")  # files with their step and agent; a text file previews in place
     page.click('tr[data-file="step_1.json"] button')
     page.wait_for_function("document.querySelector('#file-preview').textContent.includes('\"step\": 1')")
-    with page.expect_download() as dl:  # the link fetches with the token (no cookie) and hands over the bytes
+    with page.expect_download() as dl:  # a one-time link the page asked for with its token: the browser saves it
         page.click('tr[data-file="step_1.json"] a')
     assert b'"step": 1' in Path(dl.value.path()).read_bytes()
 

@@ -87,6 +87,16 @@ def test_a_large_download_is_streamed_in_bounded_pieces(shared_daemon, tmp_path:
         assert "Traceback" not in ui.stderr()
 
 
+def _big_session(daemon, tmp_path: Path, mib: int) -> tuple[str, Path]:
+    """A completed session that wrote ``big-<mib>.bin`` (``mib`` MiB): its id and work directory."""
+    flows = tmp_path / "bigflows.py"
+    flows.write_text(BIG_FLOWS)
+    with daemon.client() as c:
+        sid = c.start(f"{flows}:big", params={"mib": mib})
+        assert c.wait(sid, timeout=120)["status"] == "completed"
+        return sid, Path(c.request("session.files", session=sid)["workdir"])
+
+
 def _readlink(p: Path) -> str:
     try:
         return str(p.readlink())
@@ -100,12 +110,7 @@ def test_a_file_that_shrinks_while_it_is_sent_ends_the_download_short(shared_dae
     Content-Length (the connection closes: a client sees the transfer incomplete, never a shorter file passed off as
     whole), `labd ui` says so in one line naming the file (and nothing else: no traceback, no uvicorn follow-up
     line), and serves on."""
-    flows = tmp_path / "bigflows.py"
-    flows.write_text(BIG_FLOWS)
-    with shared_daemon.client() as c:
-        sid = c.start(f"{flows}:big", params={"mib": 32})
-        assert c.wait(sid, timeout=120)["status"] == "completed"
-        workdir = Path(c.request("session.files", session=sid)["workdir"])
+    sid, workdir = _big_session(shared_daemon, tmp_path, 32)
     with running_ui(shared_daemon.home, tmp_path / "ui-stderr.log") as ui:
         with socket.create_connection(("127.0.0.1", ui.port), timeout=60) as s:
             s.sendall(f"GET /api/sessions/{sid}/files/big-32.bin HTTP/1.1\r\nHost: 127.0.0.1:{ui.port}\r\n"
@@ -128,3 +133,38 @@ def test_a_file_that_shrinks_while_it_is_sent_ends_the_download_short(shared_dae
         assert [line for line in ui.stderr().splitlines() if line.strip()] == [
             next(line for line in ui.stderr().splitlines() if "shrank" in line)], ui.stderr()
         assert ui.request("/api/status")[0] == 200
+
+
+def test_a_download_ticket_streams_the_file_once_without_the_token(shared_daemon, tmp_path: Path) -> None:
+    """The page asks for a one-time link (with its token) and the browser downloads the file by it, saving as it
+    streams in: the link serves the file's exact bytes without the token, once; a used, unknown or foreign-host
+    request is refused; asking for a link needs the token. Before, the page fetched the file with the token and held
+    it whole in its memory before saving (a 1.5 GiB file: +1.5 GiB and 8 s with no feedback; UI review)."""
+    import json
+    import urllib.request
+
+    sid, workdir = _big_session(shared_daemon, tmp_path, 2)
+    with running_ui(shared_daemon.home, tmp_path / "ui-stderr.log") as ui:
+        ask = json.dumps({"session": sid, "path": "big-2.bin"}).encode()
+        status, body = ui.request("/api/tickets", ask)
+        assert status == 200, body
+        url = json.loads(body)["url"]
+        with urllib.request.urlopen(ui.base + url, timeout=60) as r:  # no Authorization header
+            assert r.status == 200 and r.read() == (workdir / "big-2.bin").read_bytes()
+        for again in (url, "/api/download/not-a-ticket"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(ui.base + again, timeout=30)
+            assert err.value.code == 404
+        tid = json.loads(ui.request("/api/tickets", ask)[1])["url"]
+        foreign = urllib.request.Request(ui.base + tid, headers={"Host": "evil.example:80"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(foreign, timeout=30)
+        assert err.value.code == 403
+        anonymous = urllib.request.Request(ui.base + "/api/tickets", data=ask,
+                                           headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(anonymous, timeout=30)
+        assert err.value.code == 403
+        # the header's light read: no steps, no history (a long session's were a megabyte every 2 s)
+        light = json.loads(ui.request(f"/api/sessions/{sid}?steps=0")[1])
+        assert light["id"] == sid and light["steps"] == [] and light["history"] == []

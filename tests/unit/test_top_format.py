@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from labd.frontends.top.format import (
+    OutputShaper,
     activity_line,
     context_lines,
     fmt_age,
     fmt_bytes,
     fmt_cost,
-    output_text,
     spark,
     truncate,
 )
@@ -19,8 +19,29 @@ def test_long_lines_are_cut_for_display_saying_how_much() -> None:
     """A line longer than the limit shows its start and the number of characters cut; short ones are kept."""
     assert truncate("abc", 5) == "abc"
     assert truncate("x" * 12, 5) == "xxxxx… (+7 chars)"
-    text = output_text("short\n" + "y" * 1000 + "\npartial", limit=10)
+    text = OutputShaper(limit=10).output("short\n" + "y" * 1000 + "\npartial")
     assert text.split("\n") == ["short", "yyyyyyyyyy… (+990 chars)", "partial"]  # a partial line stays partial
+
+
+def test_a_line_without_a_newline_stays_bounded_across_chunks() -> None:
+    """A line written in 1,000 chunks of 64 KiB with no newline shows its first ``limit`` characters once, then the
+    count of the rest when it ends (it grew by every chunk, with one marker each: UI review, 315 MiB in a minute);
+    a log line after a partial line starts a line of its own."""
+    shaper = OutputShaper(limit=10)
+    shown = "".join(shaper.output("x" * 65536) for _ in range(1000))
+    assert shown == "xxxxxxxxxx…"
+    assert shaper.output("end\nnext") == " (+65535993 chars)\nnext"
+    assert shaper.line("[i] logged") == "\n[i] logged\n"
+
+
+def test_a_progress_bar_shows_its_latest_state_on_bounded_lines() -> None:
+    """Carriage-return updates (tqdm, pip) show the text after the last ``\\r`` of a chunk, each chunk's on a line,
+    never one line growing with every update (the ``\\r`` was deleted and the updates ran together)."""
+    shaper = OutputShaper(limit=40)
+    first = shaper.output("\r 10%|#    |")
+    second = shaper.output("\r 20%|##   |\r 30%|###  |")
+    done = shaper.output("\r100%|#####|\n")
+    assert first == " 10%|#    |" and second == "\n 30%|###  |" and done == "\n100%|#####|\n"
 
 
 def test_sparkline_scales_to_the_top_and_keeps_the_newest() -> None:
@@ -89,3 +110,20 @@ def test_a_queued_session_is_live_and_shows_its_place_in_the_queue() -> None:
     assert "queued" in LIVE
     assert str(status_text("queued", {"status": "queued", "queue_position": 2})) == "queued #2"
     assert str(status_text("running", {"status": "running"})) == "running"
+
+
+def test_an_ended_sessions_sparkline_is_flat_not_a_full_bar() -> None:
+    """A session with one sample or none (an ended one) draws a flat baseline; Textual drew the single ``0.0`` it
+    was given as a solid bar, beside "peak cpu 0%" (UI review)."""
+    from rich.console import Console
+    from textual.renderables.sparkline import Sparkline
+
+    from labd.frontends.top.widgets import _line
+
+    def drawn(samples: list[float]) -> str:
+        console = Console(width=10, record=True, color_system=None)
+        console.print(Sparkline(_line(samples), width=10))
+        return console.export_text()
+
+    assert "█" not in drawn([]) and "█" not in drawn([0.0])
+    assert "█" in drawn([0.0, 100.0])  # two samples: a line again

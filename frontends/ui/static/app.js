@@ -90,14 +90,15 @@ function eventStream(url, handlers) {
   return {close: () => ctl.abort()};
 }
 
-// A file of the session, fetched with the token and handed to the browser as a download.
-async function download(url, name) {
-  const r = await fetch(url, {headers: auth()});
-  if (!r.ok) { toast(r.status === 403 ? NO_TOKEN : `could not download ${name}: ${r.statusText}`, true); return; }
-  const href = URL.createObjectURL(await r.blob());
-  const a = el("a", {href, download: name.split("/").pop()});
-  document.body.append(a); a.click(); a.remove();
-  setTimeout(() => URL.revokeObjectURL(href), 60000);
+// A file of the session, downloaded by the browser itself (saved as it streams in) through a one-time link the page
+// asks for with the token: fetched with the token in a header, it was held whole in the page's memory first.
+async function download(sid, x) {
+  try {
+    const t = await api("/api/tickets", {method: "POST", body: JSON.stringify({session: sid, path: x.path, b64: x.path_b64 || null})});
+    const a = el("a", {href: t.url, download: x.path.split("/").pop()});
+    document.body.append(a); a.click(); a.remove();
+    toast(`downloading ${x.path}`);
+  } catch (e) { toast(`could not download ${x.path}: ${e.message}`, true); }
 }
 function toast(msg, error = false) {
   const t = $("#toast");
@@ -206,8 +207,14 @@ function activityLine(ev) {
   }
 }
 
+// A session's output as the page shows it, as `labd top` does: colour sequences dropped, a carriage return (a
+// progress bar's update) a new line, any other control character as a visible escape (ESC was invisible: its
+// sequences read as corrupted text, `[31mRED[0m`).
+const shownText = t => t.replace(/\r\n/g, "\n").replace(/\x1b\[[0-9;?]*m/g, "").replace(/\r/g, "\n")
+  .replace(/[\x00-\x08\x0b-\x1f\x7f]/g, c => "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0"));
+
 async function sessionPage(main, sid) {
-  const s = await api(`/api/sessions/${sid}`);
+  const s = await api(`/api/sessions/${sid}?steps=0`);
   if (!main.isConnected) return;  // the user moved on while it loaded: no stream for a page no longer shown
   const head = el("div", {class: "card", id: "session-head"});
   const renderHead = x => head.replaceChildren(el("h2", {}, `${x.name} `, status(x.status)),
@@ -250,7 +257,8 @@ async function sessionPage(main, sid) {
     const onEnd = () => {
       es.close(); live = null; ended = true;
       const watch = setInterval(async () => {
-        const s = await api(`/api/sessions/${sid}`).catch(() => null);
+        if (document.hidden) return;  // a hidden tab checks again when it is shown
+        const s = await api(`/api/sessions/${sid}?steps=0`).catch(() => null);
         // anything recorded after the end (a resume; it may already have ended again): follow on from there
         if (s && (s.last_seq > lastSeq || !TERMINAL.includes(s.status))) { clearInterval(watch); ended = false; follow(); }
       }, 2000);
@@ -269,7 +277,7 @@ async function sessionPage(main, sid) {
     const batch = pending; pending = [];
     let text = "", ended = false;
     for (const ev of batch) {
-      if (ev.kind === "output") text += ev.payload.text;
+      if (ev.kind === "output") text += shownText(ev.payload.text);
       const line = activityLine(ev);
       if (line) activity.append(el("div", {class: line[1], "data-kind": ev.kind}, line[0]));
       ended = ended || ev.kind === "session.ended" || ev.kind.startsWith("approval.") || ev.kind.startsWith("session.");
@@ -284,7 +292,7 @@ async function sessionPage(main, sid) {
       log.scrollTop = log.scrollHeight;
     }
     while (activity.childElementCount > 5000) activity.firstChild.remove();
-    if (ended) renderHead(await api(`/api/sessions/${sid}`));
+    if (ended) renderHead(await api(`/api/sessions/${sid}?steps=0`));
   }, 100));
 
   const detail = el("div", {class: "card", id: "node-detail"}, el("span", {class: "muted"}, "click a node for its details"));
@@ -328,11 +336,13 @@ async function sessionPage(main, sid) {
   const loadFiles = async () => { const f = await api(`/api/sessions/${sid}/files`);
     const textual = x => x.size <= 200000 && !["image", "binary", "archive"].includes(x.kind);
     panes.files.replaceChildren(el("table", {id: "files"}, el("thead", {}, el("tr", {}, ...["path", "size", "kind", "step", "agent", "tool", "sha256", ""].map(h => el("th", {}, h)))),
-      el("tbody", {}, ...f.files.map(x => el("tr", {dataset: {file: x.path}}, el("td", {}, el("a", {href: fileUrl(sid, x), onclick: e => { e.preventDefault(); download(e.currentTarget.getAttribute("href"), x.path); }}, x.path)), el("td", {}, x.size), el("td", {}, x.kind),
+      el("tbody", {}, ...f.files.map(x => el("tr", {dataset: {file: x.path}}, el("td", {}, el("a", {href: fileUrl(sid, x), onclick: e => { e.preventDefault(); download(sid, x); }}, x.path)), el("td", {}, x.size), el("td", {}, x.kind),
         el("td", {}, x.step || (x.restored ? "(restored)" : "")), el("td", {}, x.agent || ""), el("td", {}, x.tool || ""), el("td", {class: "muted"}, (x.sha256 || "").slice(0, 12)),
         el("td", {}, textual(x) ? el("button", {class: "secondary", onclick: () => showPreview(x)}, "preview") : ""))))), preview); };
   const loadHistory = async () => { const x = await api(`/api/sessions/${sid}`);
-    panes.history.replaceChildren(el("table", {}, el("tbody", {}, ...x.history.map(h => el("tr", {}, el("td", {}, new Date(h.ts * 1000).toLocaleTimeString()),
+    // the newest 2,000 transitions: said so when there are more (it showed them as if they were all)
+    const cut = x.history_omitted ? el("p", {class: "muted", id: "history-note"}, `the newest ${x.history.length} of ${x.history.length + x.history_omitted} state changes: labd history ${sid} has them all`) : "";
+    panes.history.replaceChildren(cut, el("table", {}, el("tbody", {}, ...x.history.map(h => el("tr", {}, el("td", {}, new Date(h.ts * 1000).toLocaleTimeString()),
       el("td", {}, `${h.from_status || ""} → ${h.to_status}`), el("td", {}, h.node_id || ""), el("td", {}, h.actor), el("td", {class: "muted"}, h.reason || "")))))); };
 }
 
@@ -397,7 +407,9 @@ async function header() {
   try {
     const [st, ap] = await Promise.all([api("/api/status"), api("/api/approvals")]);
     $("#daemon-status").textContent = `daemon pid ${st.pid} · ${st.running.length} running`;
-    $("#approval-count").textContent = ap.length || "";
+    // the daemon lists the oldest 20 of each session: `more_pending` (on each of that session's cards) counts the rest
+    const more = Object.fromEntries(ap.filter(a => a.more_pending).map(a => [a.session_id, a.more_pending]));
+    $("#approval-count").textContent = (ap.length + Object.values(more).reduce((x, y) => x + y, 0)) || "";
   } catch (e) { $("#daemon-status").textContent = `daemon: ${e.message}`; }
 }
 async function route() {
