@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from labd.ipc.errors import LabdError, check_timeout
 from labd.ipc.follow import still_ended
 from labd.ipc.live import WIRE_FIELDS, event_from_wire
+from labd.ipc.skills import Skills
 from labd.ipc.transport import Transport
 from labd.ipc.waiting import Waiting
 
@@ -31,7 +32,7 @@ __all__ = ["Client", "LabdError", "WIRE_FIELDS", "SEARCH_TYPES", "check_timeout"
 SEARCH_TYPES = ("session", "step", "message", "code", "file", "approval", "result")
 
 
-class Client(Transport, Waiting):
+class Client(Transport, Waiting, Skills):
     """A connection to the daemon serving ``home`` (default: ``$LABD_HOME`` or the XDG data dir): the SDK's calls,
     each a request (:meth:`request`, labd.ipc.transport) and the waits built on them (labd.ipc.waiting)."""
 

@@ -71,6 +71,9 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
         except RecursionError:  # nested past the parser's stack: was a traceback
             raise CliError(f"cannot read a skill document from {name}: arrays or objects nested too deeply") \
                 from None
+        huge = _huge_number(doc)
+        if huge:  # the wire would carry it as a text: the skill would change without a word
+            raise CliError(f"cannot import {name}: {huge} is a number too large to keep exactly (more than 64 bits)")
         r = c.request("skill.import", document=doc, **({"name": args.name} if args.name else {}))
         ctx.out.json(r) if args.json else ctx.out.line(f"imported skill {r['name']} version {r['version']}")
         return 0
@@ -117,6 +120,20 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
         ctx.out.line(f"wrote {out}")
         return 0
     raise CliError(f"unknown action {action!r}")
+
+
+def _huge_number(doc: Any) -> str | None:
+    """Where ``doc`` (parsed JSON) holds an integer outside 64 bits (``params.max_steps``), or None."""
+    todo: list[tuple[str, Any]] = [("", doc)]
+    while todo:
+        at, value = todo.pop()
+        if isinstance(value, dict):
+            todo.extend((f"{at}.{k}" if at else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            todo.extend((f"{at}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            return at
+    return None
 
 
 #: what the daemon's skill.get ``reuses`` means for a run of the skill

@@ -156,3 +156,26 @@ def test_a_skill_of_a_module_workflow_runs_from_another_directory(shared_daemon,
     with shared_daemon.client(timeout=60) as c:
         assert c.wait(run, timeout=60)["status"] == "completed"
         assert "studied second" in "".join(e["payload"]["text"] for e in c.history(run, kinds=["output"]))
+
+
+def test_the_sdk_saves_lists_reads_imports_and_deletes_skills(shared_daemon, tmp_path: Path) -> None:
+    """The Python SDK has the skills calls (a user had to know the protocol's ``skill.*`` requests), and `labd skills
+    import` refuses an integer past 64 bits, which the wire would have carried as a text (the skill changed without
+    a word)."""
+    with shared_daemon.client(timeout=60) as c:
+        sid = c.start("demo.count", params={"n": 1, "delay": 0})
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        assert c.save_skill(sid, "sdk-made", parameters=["n"], description="counted by the SDK") == \
+            {"name": "sdk-made", "version": 1}
+        assert [s["name"] for s in c.skills(search="counted by the SDK")] == ["sdk-made"]
+        got = c.skill("sdk-made")
+        assert got["reuses"] == "params" and got["skill"]["parameters"] == ["n"]
+        assert c.import_skill(got["skill"], name="sdk-copy")["version"] == 1
+        assert c.delete_skill("sdk-made") == {"name": "sdk-made", "versions": 1}
+        assert c.save_skill(sid, "sdk-made")["version"] == 2  # never a number given before
+        run = c.start("skill:sdk-copy", params={"n": 2})
+        assert c.wait(run, timeout=60)["status"] == "completed"
+    huge = tmp_path / "huge.skill.json"
+    huge.write_text('{"name": "huge", "workflow": "demo.count", "params": {"n": ' + "9" * 400 + "}}")
+    r = _labd(shared_daemon.home, "skills", "import", str(huge))
+    assert r.returncode == 2 and "params.n is a number too large to keep exactly" in r.stderr, r

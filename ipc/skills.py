@@ -1,0 +1,46 @@
+"""The SDK's skills calls (mixed into :class:`~labd.ipc.client.Client`): save a completed session as a skill, list,
+read, delete, import them. Running one is ``Client.start("skill:NAME", params=...)`` (``skill:NAME@VERSION``: an
+older version). Each is one request of docs/protocol.md §4.1 (``skill.*``); errors are
+:class:`~labd.ipc.errors.LabdError` with the daemon's code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Skills"]
+
+
+class Skills:
+    """Skills calls of :class:`~labd.ipc.client.Client`."""
+
+    def request(self, type_: str, **body: Any) -> Any:  # provided by Client
+        raise NotImplementedError
+
+    def save_skill(self, session: str, name: str, *, parameters: list[str] | None = None, description: str = "",
+                   from_node: str | None = None) -> dict[str, Any]:
+        """Save completed session ``session`` as a new version of skill ``name``: ``{name, version}``. ``parameters``:
+        params of the session each run must give; ``from_node``: only that step and the ones after it."""
+        body: dict[str, Any] = {"session": session, "name": name, "parameters": list(parameters or [])}
+        if description:
+            body["description"] = description
+        if from_node is not None:
+            body["from_node"] = from_node
+        return self.request("skill.save", **body)  # type: ignore[no-any-return]
+
+    def skills(self, search: str | None = None) -> list[dict[str, Any]]:
+        """The latest version of every skill (``search``: those whose name, description or texts contain it)."""
+        return self.request("skill.list", **({"search": search} if search else {}))["skills"]  # type: ignore[no-any-return]
+
+    def skill(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """A skill's document (the latest version unless ``version``), with ``reuses`` beside it: ``{skill,
+        reuses}`` (``plan``: runs reuse its plan and code; ``params``: its params only)."""
+        return self.request("skill.get", name=name, **({"version": version} if version else {}))  # type: ignore[no-any-return]
+
+    def delete_skill(self, name: str) -> dict[str, Any]:
+        """Delete every version of skill ``name``: ``{name, versions}`` (their numbers are never given again)."""
+        return self.request("skill.delete", name=name)  # type: ignore[no-any-return]
+
+    def import_skill(self, document: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+        """Store a skill document (as :meth:`skill` or ``labd skills export`` gives it) as a new version, under
+        ``name`` if given: ``{name, version}``."""
+        return self.request("skill.import", document=document, **({"name": name} if name else {}))  # type: ignore[no-any-return]
