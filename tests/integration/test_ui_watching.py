@@ -82,3 +82,41 @@ def test_the_badge_counts_every_pending_approval_and_history_says_what_it_leaves
     finally:
         with own_ui["daemon"].client() as c:
             c.stop(asking, 1.0)
+
+
+def test_a_dag_of_forty_steps_in_a_row_is_drawn_readable_and_its_newest_node_clicks(page: Any,
+                                                                                    ui: dict[str, Any]) -> None:
+    """40 steps in a row: the DAG is drawn at its own size in a box that scrolls (the newest at the right, in view),
+    so a node is as wide as drawn and a click on the newest shows its details. Before, the graph was scaled to the
+    page's width: nodes 28x5 px, and a click landed on the SVG, not the node."""
+    with ui["daemon"].client() as c:
+        sid = c.start("demo.count", params={"n": 40, "delay": 0})
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        steps = [n for n in c.dag(sid)["dag"]["nodes"] if n["kind"] == "step"]
+    page.goto(ui["base"] + f"/#/s/{sid}")
+    page.click("#tab-dag")
+    page.wait_for_function(f"document.querySelectorAll('svg.dag g.node').length >= {len(steps)}")
+    last = steps[-1]
+    node = page.locator(f'svg.dag g.node[data-node="{last["node_id"]}"] rect')
+    box = node.bounding_box()
+    assert box is not None and box["width"] >= 150 and box["height"] >= 25, box
+    node.click()
+    page.wait_for_function(f"document.querySelector('#node-detail').textContent.includes('({last['node_id']})')")
+
+
+def test_a_pause_inside_a_long_step_says_it_is_pausing(page: Any, ui: dict[str, Any]) -> None:
+    """Pause on a session inside a long step: the header says it is pausing at the next step boundary while the
+    status is still ``running`` (a toast for four seconds was all, and the session looked as if nothing had been
+    asked)."""
+    with ui["daemon"].client() as c:
+        sid = c.start("demo.sleep", params={"seconds": 120})
+        wait_until(lambda: c.session(sid)["status"] == "running", timeout=60, what="running")
+    try:
+        page.goto(ui["base"] + f"/#/s/{sid}")
+        page.click("#action-pause")
+        page.wait_for_selector("#pausing")
+        assert "pausing at the next step boundary" in page.inner_text("#session-head")
+        assert page.get_attribute("#session-head .status", "data-status") == "running"
+    finally:
+        with ui["daemon"].client() as c:
+            c.stop(sid, 1.0)

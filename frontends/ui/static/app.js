@@ -217,11 +217,16 @@ async function sessionPage(main, sid) {
   const s = await api(`/api/sessions/${sid}?steps=0`);
   if (!main.isConnected) return;  // the user moved on while it loaded: no stream for a page no longer shown
   const head = el("div", {class: "card", id: "session-head"});
-  const renderHead = x => head.replaceChildren(el("h2", {}, `${x.name} `, status(x.status)),
+  // a pause takes effect at the next step boundary, which a long step may not reach for a while: said meanwhile
+  let pausing = false;
+  const renderHead = x => { pausing = pausing && x.status === "running"; head.replaceChildren(el("h2", {}, `${x.name} `, status(x.status),
+      pausing ? el("span", {class: "muted", id: "pausing"}, " pausing at the next step boundary…") : ""),
     el("div", {class: "muted"}, `${x.id} · ${x.workflow} · cost $${(x.cost || 0).toFixed(4)} · ${x.reason || ""}`),
     el("p", {}, ...(["completed", "failed", "cancelled", "lost"].includes(x.status) ? [] : ["stop", "pause", "resume"]).map(a => el("button", {class: a === "stop" ? "danger" : "secondary", id: `action-${a}`, onclick: async () => {
-      try { await api(`/api/sessions/${sid}/${a}`, {method: "POST"}); toast(`${a} sent`); } catch (e) { toast(e.message, true); }
-    }}, a)), " ", el("a", {href: "#/approvals"}, "approvals")));
+      try { const r = await api(`/api/sessions/${sid}/${a}`, {method: "POST"}); toast(`${a} sent`);
+        if (a === "pause" && r.pausing) { pausing = true; renderHead(x); } else if (a === "resume") { pausing = false; renderHead(x); }
+      } catch (e) { toast(e.message, true); }
+    }}, a)), " ", el("a", {href: "#/approvals"}, "approvals"))); };
   renderHead(s);
   const tabs = ["output", "dag", "cost", "files", "history"];
   const panes = Object.fromEntries(tabs.map(t => [t, el("div", {id: `pane-${t}`, style: t === "output" ? "" : "display:none"})]));

@@ -40,8 +40,11 @@ function renderDag(target, dag, opts) {
   const height = 40 + Math.max(1, ...rows.values()) * 46;
   const svg = document.createElementNS(SVGNS, "svg");
   svg.setAttribute("class", "dag");
+  // drawn at its own size in a scrolling box: scaled to the page's width, 40 steps in a row made nodes 28x5 px,
+  // unreadable and too small to click (UI review)
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  svg.setAttribute("height", Math.min(height, 900));
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height);
   svg.dataset.nodes = String(nodes.length);
   for (const e of edges) {
     const a = pos.get(e.src), b = pos.get(e.dst);
@@ -70,5 +73,6 @@ function renderDag(target, dag, opts) {
     svg.appendChild(g);
   }
   target.replaceChildren(svg);
+  target.scrollLeft = target.scrollWidth;  // the newest nodes are at the right
   return svg;
 }
