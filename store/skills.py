@@ -107,7 +107,11 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
         if from_node not in steps_rows:  # as events.query and session.replay say it: the nodes it does have
             raise SkillError("unknown_node", f"session {sid} has no node {from_node!r}",
                              details={"nodes": list(steps_rows)[:200]})
-        first = steps_rows[from_node]["start_seq"] or 0
+        start_at = steps_rows[from_node]
+        seen = 0  # a node inside a step (an agent turn, an attempt): the step it is part of
+        while start_at["kind"] != "step" and start_at.get("parent_node") in steps_rows and seen < 50:
+            start_at, seen = steps_rows[start_at["parent_node"]], seen + 1
+        first = start_at["start_seq"] or 0
         step_nodes = [r for r in step_nodes if (r["start_seq"] or 0) >= first]
     if len(step_nodes) > MAX_STEPS:  # a long session: name the step a skill of its last MAX_STEPS would start at
         start = step_nodes[-MAX_STEPS]["node_id"]
@@ -283,13 +287,16 @@ def check_skill(doc: Any) -> None:
         _str(p, f"parameters[{i}]", 1000, empty=False)
     if not isinstance(get("params", {}), dict):
         raise _bad("params", "an object (the workflow's parameters)")
-    for i, item in enumerate(_list(get("plan", []), "plan", MAX_STEPS, "steps {agent, goal, depends_on}")):
+    plan = _list(get("plan", []), "plan", MAX_STEPS, "steps {agent, goal, depends_on}")
+    for i, item in enumerate(plan):
         step = _obj(item, f"plan[{i}]", ("agent", "goal", "depends_on"))
         _str(step.get("goal"), f"plan[{i}].goal", 10_000, empty=False)
         if "agent" in step:
             _str(step["agent"], f"plan[{i}].agent", 200, empty=False)
         if "depends_on" in step:
             _ints(step["depends_on"], f"plan[{i}].depends_on")
+            if any(not 0 <= d < i for d in step["depends_on"]):  # an earlier step of the plan (0-based)
+                raise _bad(f"plan[{i}].depends_on", f"indexes of earlier steps of the plan (0 to {i - 1})")
     keys = ("name", "agent", "goal", "depends_on", "code", "answer")
     for i, item in enumerate(_list(get("steps", []), "steps", MAX_STEPS, f"steps {{{', '.join(keys)}}}")):
         step, at = _obj(item, f"steps[{i}]", keys), f"steps[{i}]"

@@ -136,6 +136,13 @@ class ImportSkill(Request):
             check_skill(doc)
         except SkillError as exc:
             raise ApiError("bad_request", f"not a usable skill document: {exc}", {"field": exc.field}) from None
+        if doc["workflow"] in PLAN_WORKFLOWS:  # its plan's roles are asked of this registry (unknown: the engineer)
+            roles = agent_roles(self.daemon)
+            for i, step in enumerate(doc.get("plan") or []):
+                if step.get("agent") is not None and step["agent"] not in roles:
+                    raise ApiError("bad_request", f"not a usable skill document: plan[{i}].agent {step['agent']!r} "
+                                   f"is no role here (known: {', '.join(sorted(roles))}; labd agents lists them)",
+                                   {"field": f"plan[{i}].agent"})
         self.daemon.write("skill.save", doc, self.reply_to)
         return DEFERRED
 

@@ -179,3 +179,34 @@ def test_the_sdk_saves_lists_reads_imports_and_deletes_skills(shared_daemon, tmp
     huge.write_text('{"name": "huge", "workflow": "demo.count", "params": {"n": ' + "9" * 400 + "}}")
     r = _labd(shared_daemon.home, "skills", "import", str(huge))
     assert r.returncode == 2 and "params.n is a number too large to keep exactly" in r.stderr, r
+
+
+def test_an_import_that_could_never_run_as_written_is_refused_naming_the_field(shared_daemon) -> None:
+    """A planning skill whose plan names a role this daemon does not have (it ran as the engineer without a word), or
+    whose step depends on a later or missing one (dropped without a word), is refused naming the field; `--from` an
+    agent turn inside a step saves from that step (it dropped the step)."""
+    plan_doc = {"name": "bad-plan", "workflow": "planning_and_control"}
+    with shared_daemon.client(timeout=60) as c:
+        for plan, field in (([{"agent": "no_such_role", "goal": "g"}], "plan[0].agent"),
+                            ([{"agent": "engineer", "goal": "g", "depends_on": [5]}], "plan[0].depends_on")):
+            with pytest.raises(LabdError) as err:
+                c.import_skill({**plan_doc, "plan": plan})
+            assert err.value.code == "bad_request" and err.value.details["field"] == field, err.value
+        sid = c.start("planning_and_control", params={"task": "Step 1 of 2: fit. Step 2 of 2: plot", "max_steps": 2})
+        assert c.wait(sid, timeout=90)["status"] == "completed"
+        nodes = c.dag(sid)["dag"]["nodes"]
+        step1 = next(n for n in nodes if n["kind"] == "step" and n["name"].startswith("step 1"))
+        turn = next(n for n in nodes if n["kind"] == "agent" and n.get("parent_node") and
+                    _inside(nodes, n, step1["node_id"]))
+        c.save_skill(sid, "from-a-turn", from_node=turn["node_id"])
+        assert [s["name"] for s in c.skill("from-a-turn")["skill"]["steps"]][0] == step1["name"]
+
+
+def _inside(nodes: list[dict], node: dict, step: str) -> bool:
+    """Is ``node`` nested (at any depth) in node ``step``?"""
+    by_id = {n["node_id"]: n for n in nodes}
+    while node.get("parent_node"):
+        if node["parent_node"] == step:
+            return True
+        node = by_id.get(node["parent_node"], {})
+    return False
