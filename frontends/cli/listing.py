@@ -226,7 +226,7 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
         return 0
     lim, live = s["limits"], s.get("live") or {}
     # one read of the record for both: how each run ended (its CPU time) and whether the output was cut
-    told = list(ctx.client().history(s["id"], kinds=["session.ended", "output.truncated"]))
+    told = list(ctx.client().history(s["id"], kinds=["session.created", "session.ended", "output.truncated"]))
     status = ps_status(s) + (f"  ({s['reason']})" if s["reason"] and s["reason"] != s["status"] else "")
     pairs: list[tuple[str, Any]] = [
         ("session", f"{s['id']}  ({s['name']})"),
@@ -243,6 +243,9 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
         ("timings", f"created {datetime.fromtimestamp(s['created_at']).isoformat(timespec='seconds')}, "
          f"{timing_text(s, time.time())}, events {s['last_seq']}"),
     ]
+    came = _started_from(s, next((e["payload"] for e in told if e["kind"] == "session.created"), {}))
+    if came:
+        pairs.insert(2, ("started from", came))
     if s["status"] == "completed" and s.get("outcome_error"):  # e.g. a result too large to record
         pairs.append(("result", styled(str(s["outcome_error"]), "yellow")))
     if s["cost"]:
@@ -268,6 +271,19 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
         ctx.out.line(f"(the newest {len(s['steps'])} nodes; {s['steps_omitted']} earlier ones are in "
                      f"`labd dag {s['id']}`)", "dim")
     return 0
+
+
+def _started_from(s: dict[str, Any], created: dict[str, Any]) -> str:
+    """Where a session came from: the skill (name and version) it ran, or the session it branched or replayed
+    (`labd tree` said only "skill", and the skill's name and version were only in `labd events`)."""
+    skill = created.get("skill")
+    if isinstance(skill, dict) and skill.get("name"):
+        saved = f", saved from session {skill['origin_session']}" if skill.get("origin_session") else ""
+        return f"skill {skill['name']} version {skill.get('version')}{saved}"
+    if s.get("origin") and s.get("parent_id"):
+        at = f" at {s['branch_node']}" if s.get("branch_node") else ""
+        return f"{s['origin']} of session {s['parent_id']}{at}"
+    return ""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -140,7 +140,9 @@ def test_show_and_compare_of_a_resumed_session_count_every_run(shared_daemon, tm
         sid = _resumed_once(c, tmp_path)
         s = c.session(sid)
         history = [h for h in c.request("session.history", session=sid)["history"] if h["node_id"] is None]
-        totals = c.request("sessions.compare", sessions=[sid, sid])["totals"]
+        other = c.start("demo.count", params={"n": 1, "delay": 0})  # compare needs two different sessions
+        c.wait(other, timeout=60)
+        totals = c.request("sessions.compare", sessions=[sid, other])["totals"]
     ran = [h["ts"] for h in history if h["to_status"] == "running" and h["from_status"] in ("starting", "queued")]
     failed = next(h["ts"] for h in history if h["to_status"] == "failed")
     assert len(ran) == 2 and s["runs"] == 2, (history, s)

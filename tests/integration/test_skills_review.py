@@ -159,9 +159,9 @@ def test_a_skill_of_a_module_workflow_runs_from_another_directory(shared_daemon,
 
 
 def test_the_sdk_saves_lists_reads_imports_and_deletes_skills(shared_daemon, tmp_path: Path) -> None:
-    """The Python SDK has the skills calls (a user had to know the protocol's ``skill.*`` requests), and `labd skills
-    import` refuses an integer past 64 bits, which the wire would have carried as a text (the skill changed without
-    a word)."""
+    """The Python SDK has the skills calls (a user had to know the protocol's ``skill.*`` requests), `labd show` of
+    a skill's run says which skill and version it ran, and `labd skills import` refuses an integer past 64 bits,
+    which the wire would have carried as a text (the skill changed without a word)."""
     with shared_daemon.client(timeout=60) as c:
         sid = c.start("demo.count", params={"n": 1, "delay": 0})
         assert c.wait(sid, timeout=60)["status"] == "completed"
@@ -175,6 +175,8 @@ def test_the_sdk_saves_lists_reads_imports_and_deletes_skills(shared_daemon, tmp
         assert c.save_skill(sid, "sdk-made")["version"] == 2  # never a number given before
         run = c.start("skill:sdk-copy", params={"n": 2})
         assert c.wait(run, timeout=60)["status"] == "completed"
+    shown = _labd(shared_daemon.home, "show", run)  # which skill and version it ran (only `labd events` said)
+    assert shown.returncode == 0 and f"skill sdk-copy version 1, saved from session {sid}" in shown.stdout, shown
     huge = tmp_path / "huge.skill.json"
     huge.write_text('{"name": "huge", "workflow": "demo.count", "params": {"n": ' + "9" * 400 + "}}")
     r = _labd(shared_daemon.home, "skills", "import", str(huge))
