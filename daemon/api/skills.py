@@ -14,6 +14,7 @@ from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.roles import agent_roles
 from labd.daemon.api.sessions import resolve_session
 from labd.daemon.reads import Read
+from labd.ipc.workflows import BUILTINS
 from labd.store.skills import NAME, SkillError, check_skill, extract, get_skill, list_skills
 
 __all__ = ["expand_skill", "reuses", "PLAN_WORKFLOWS"]
@@ -73,8 +74,11 @@ def expand_skill(d: Any, ref: str, params: dict[str, Any]) -> tuple[str, dict[st
     if doc["workflow"] in PLAN_WORKFLOWS and doc.get("plan"):  # given ones win here too (they were overwritten)
         out.setdefault("plan", doc["plan"])
         out.setdefault("hints", [_hint(s) for s in doc.get("steps", [])])
+    # a built-in workflow (no module or file named) imports nothing from the session's directories
+    own_code = doc["workflow"] not in BUILTINS
     return doc["workflow"], out, {"name": doc["name"], "version": doc["version"],
-                                  "origin_session": doc.get("origin_session"), "sys_path": doc.get("sys_path") or []}
+                                  "origin_session": doc.get("origin_session"),
+                                  "sys_path": (doc.get("sys_path") or []) if own_code else []}
 
 
 def _hint(step: dict[str, Any]) -> str:
@@ -136,6 +140,9 @@ class ImportSkill(Request):
             check_skill(doc)
         except SkillError as exc:
             raise ApiError("bad_request", f"not a usable skill document: {exc}", {"field": exc.field}) from None
+        # Where another machine's session imported its workflow from is not kept: a directory another local user can
+        # write (/tmp/x) named there would put their modules ahead of the real ones (json.py) in every run of it
+        doc = {k: v for k, v in doc.items() if k != "sys_path"}
         if doc["workflow"] in PLAN_WORKFLOWS:  # its plan's roles are asked of this registry (unknown: the engineer)
             roles = agent_roles(self.daemon)
             for i, step in enumerate(doc.get("plan") or []):

@@ -212,3 +212,19 @@ def _inside(nodes: list[dict], node: dict, step: str) -> bool:
             return True
         node = by_id.get(node["parent_node"], {})
     return False
+
+
+def test_an_imported_skill_brings_no_directories_onto_the_import_path(shared_daemon, tmp_path: Path) -> None:
+    """A skill document naming ``sys_path`` (a directory another local user could write, holding a ``json.py``) is
+    imported without it, and a run of it imports nothing from there; a built-in workflow's skill never adds its
+    session's directories. Otherwise a shared skill file of a built-in workflow could run any code as its user."""
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    (trap / "json.py").write_text(f"open({str(tmp_path / 'pwned')!r}, 'w').write('x')\nraise SystemExit(3)\n")
+    with shared_daemon.client(timeout=60) as c:
+        c.import_skill({"name": "with-a-trap", "workflow": "demo.count", "params": {"n": 1, "delay": 0},
+                        "sys_path": [str(trap)]})
+        assert "sys_path" not in c.skill("with-a-trap")["skill"]
+        run = c.start("skill:with-a-trap")
+        assert c.wait(run, timeout=60)["status"] == "completed"
+    assert not (tmp_path / "pwned").exists()
