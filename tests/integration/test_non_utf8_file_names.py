@@ -106,7 +106,7 @@ def test_the_mcp_server_reads_each_file_by_its_uri(shared_daemon, session: str) 
 
     async def go() -> tuple[list[dict[str, Any]], Any, Exception | None]:
         async with McpClient(server) as c:
-            listing = json.loads((await c.read_resource(f"labd://sessions/{session}/files")).contents[0].text)
+            listing = json.loads((await c.read_resource(f"labd://sessions/{session}/files")).contents[0].text)["files"]
             (bytes_named,) = [f for f in listing if f["path_b64"] == B64]
             read = await c.read_resource(bytes_named["uri"])
             try:
