@@ -7,7 +7,24 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Skills"]
+from labd.ipc.errors import LabdError
+
+__all__ = ["Skills", "huge_number"]
+
+
+def huge_number(doc: Any) -> str | None:
+    """Where ``doc`` (parsed JSON) holds an integer outside 64 bits (``params.max_steps``), or None: the wire would
+    carry it as a text, and the skill would change without a word."""
+    todo: list[tuple[str, Any]] = [("", doc)]
+    while todo:
+        at, value = todo.pop()
+        if isinstance(value, dict):
+            todo.extend((f"{at}.{k}" if at else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            todo.extend((f"{at}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            return at
+    return None
 
 
 class Skills:
@@ -42,5 +59,10 @@ class Skills:
 
     def import_skill(self, document: dict[str, Any], name: str | None = None) -> dict[str, Any]:
         """Store a skill document (as :meth:`skill` or ``labd skills export`` gives it) as a new version, under
-        ``name`` if given: ``{name, version}``."""
+        ``name`` if given: ``{name, version}``. Raises :class:`~labd.ipc.errors.LabdError` ``bad_request`` for an
+        integer past 64 bits (it would be stored as a text)."""
+        huge = huge_number(document)
+        if huge:
+            raise LabdError("bad_request", f"{huge} is a number too large to keep exactly (more than 64 bits)",
+                            {"field": huge})
         return self.request("skill.import", document=document, **({"name": name} if name else {}))  # type: ignore[no-any-return]

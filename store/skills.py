@@ -27,6 +27,7 @@ import orjson
 from sqlalchemy import Engine, Select, delete, func, insert, or_, select, update
 
 from labd.ipc.functions import FUNCTION_WORKFLOW
+from labd.ipc.workflows import BUILTINS
 from labd.store.attempts import run_starts
 from labd.store.queries import Store
 from labd.store.schema import skill_names, skills
@@ -148,11 +149,11 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
                              f"(over {MAX_SKILL_CHARS:,} characters): save one from a later step (labd skills save "
                              f"{sid} --from NODE)", "from_node")
         elif e["kind"] in ("file.created", "file.changed") and len(files) < MAX_FILES:
-            size, digest = p.get("size"), p.get("sha256")
+            nbytes, digest = p.get("size"), p.get("sha256")  # (not `size`: that counts the characters kept)
             files.append({"path": str(p.get("path"))[:4096], "step": node,
                           "sha256": digest if isinstance(digest, str) and len(digest) <= 128 else None,
-                          "size": size if isinstance(size, int) and not isinstance(size, bool) and 0 <= size < 2**63
-                          else None})
+                          "size": nbytes if isinstance(nbytes, int) and not isinstance(nbytes, bool)
+                          and 0 <= nbytes < 2**63 else None})
     steps_out: list[dict[str, Any]] = []
     at: dict[int, int] = {}  # plan index -> the step's place in the skill (depends_on names plan indexes)
     for row in step_nodes:
@@ -185,7 +186,8 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
         "description": (description or f"from session {session['name']} ({session['workflow']})")[:2000],
         # where its workflow was imported from (the client's directory and PYTHONPATH): a run from elsewhere looks
         # there too (a module workflow ran only from the directory it was saved in)
-        "sys_path": [p for p in sys_path if isinstance(p, str)][:100] if isinstance(sys_path, list) else [],
+        "sys_path": [p for p in sys_path if isinstance(p, str)][:100]
+        if isinstance(sys_path, list) and session["workflow"] not in BUILTINS else [],
         "workflow": session["workflow"], "origin_session": sid, "from_node": from_node,
         "parameters": wanted, "params": {k: v for k, v in params.items() if k not in ("plan", "hints")},
         "plan": [{"agent": s["agent"], "goal": s["goal"], "depends_on": s["depends_on"]} for s in steps_out],
@@ -371,21 +373,28 @@ def list_skills(engine: Engine, search: str | None = None) -> list[dict[str, Any
             skills.c.created_at]
     q = (select(*cols, *([skills.c.document] if search else []))
          .join(latest, (skills.c.name == latest.c.name) & (skills.c.version == latest.c.v)).order_by(skills.c.name))
-    if search:
+    if search and search.isascii():
         # the candidates: the text as it is written inside the stored JSON (a newline or quote escaped), LIKE's
-        # wildcards escaped; then only those where it is in a value (a field name matched every skill)
+        # wildcards escaped; then only those where it is in a value (a field name matched every skill). Not for
+        # other text: SQLite's LIKE folds ASCII letters only (`café` missed `CAFÉ`), so every skill is a candidate
         written = orjson.dumps(search).decode()[1:-1]
         like = "%" + written.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
         q = q.where(or_(skills.c.name.ilike(like, escape="!"), skills.c.description.ilike(like, escape="!"),
                         skills.c.document.ilike(like, escape="!")))
-    with engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(q).mappings().all()]
     if not search:
-        return rows
-    return [{k: v for k, v in r.items() if k != "document"} for r in rows if _mentions(r, search.casefold())]
+        with engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings().all()]
+    needle = search.casefold()
+    out: list[dict[str, Any]] = []
+    # one document at a time (each may be megabytes): only the matching rows' columns are kept
+    with engine.connect().execution_options(stream_results=True, max_row_buffer=10) as conn:
+        for r in conn.execute(q).mappings():
+            if _mentions(r, needle):
+                out.append({k: v for k, v in r.items() if k != "document"})
+    return out
 
 
-def _mentions(row: dict[str, Any], needle: str) -> bool:
+def _mentions(row: Any, needle: str) -> bool:
     """Does ``needle`` (casefolded) occur in the skill's name, description or a text value of its document?"""
     if needle in str(row["name"]).casefold() or needle in str(row["description"]).casefold():
         return True
@@ -393,6 +402,8 @@ def _mentions(row: dict[str, Any], needle: str) -> bool:
         todo: list[Any] = [orjson.loads(row["document"])]
     except orjson.JSONDecodeError:
         return False
+    if isinstance(todo[0], dict):  # its own numbers and ids are no content (`1796` matched every skill's time)
+        todo[0] = {k: v for k, v in todo[0].items() if k not in ("created_at", "version", "origin_session")}
     while todo:
         value = todo.pop()
         if isinstance(value, str):

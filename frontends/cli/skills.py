@@ -14,6 +14,7 @@ from typing import Any
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
 from labd.frontends.cli.output import counted
 from labd.ipc.safe_files import read_regular
+from labd.ipc.skills import huge_number
 
 __all__ = ["register"]
 
@@ -71,7 +72,7 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
         except RecursionError:  # nested past the parser's stack: was a traceback
             raise CliError(f"cannot read a skill document from {name}: arrays or objects nested too deeply") \
                 from None
-        huge = _huge_number(doc)
+        huge = huge_number(doc)
         if huge:  # the wire would carry it as a text: the skill would change without a word
             raise CliError(f"cannot import {name}: {huge} is a number too large to keep exactly (more than 64 bits)")
         r = c.request("skill.import", document=doc, **({"name": args.name} if args.name else {}))
@@ -122,20 +123,6 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
     raise CliError(f"unknown action {action!r}")
 
 
-def _huge_number(doc: Any) -> str | None:
-    """Where ``doc`` (parsed JSON) holds an integer outside 64 bits (``params.max_steps``), or None."""
-    todo: list[tuple[str, Any]] = [("", doc)]
-    while todo:
-        at, value = todo.pop()
-        if isinstance(value, dict):
-            todo.extend((f"{at}.{k}" if at else str(k), v) for k, v in value.items())
-        elif isinstance(value, list):
-            todo.extend((f"{at}[{i}]", v) for i, v in enumerate(value))
-        elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
-            return at
-    return None
-
-
 #: what the daemon's skill.get ``reuses`` means for a run of the skill
 _REUSES = {"plan": "reuse its plan (no planning again) and give each step the code that worked",
            "params": "reuse its params only"}
@@ -166,7 +153,9 @@ def _show(ctx: Ctx, name: str, doc: dict[str, Any], reuses: str | None = None, w
                     ("description", text(doc.get("description"), "description")),
                     ("parameters", ", ".join(params) or "(none: defaults below)"),
                     ("defaults", json.dumps(doc.get("params", {}))[:200]),
-                    ("runs", _REUSES.get(reuses or "", "?"))])
+                    ("runs", _REUSES.get(reuses or "", "?"))]
+                   # directories a run imports from, ahead of the installed modules: read before running it
+                   + ([("imports from", ", ".join(str(p) for p in doc["sys_path"]))] if doc.get("sys_path") else []))
     steps = doc.get("steps") or []
     if not isinstance(steps, list):
         bad.append("steps")

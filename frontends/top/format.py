@@ -48,11 +48,15 @@ class OutputShaper:
         self.limit = limit
         self.shown = 0  # characters of the current line shown
         self.hidden = 0  # ... and not shown (past the limit)
+        self.cr = False  # the last chunk ended in a carriage return: a newline next makes it a line's end (CRLF)
 
     def output(self, chunk: str) -> str:
         """The display text of an ``output`` event's text (partial lines stay open for the next chunk)."""
         out: list[str] = []
-        lines = chunk.split("\n")
+        if self.cr and chunk and not chunk.startswith("\n"):  # a carriage return before more text: a new line
+            out.append(self._end())
+        self.cr = chunk.endswith("\r")
+        lines = chunk.replace("\r\n", "\n").rstrip("\r").split("\n")  # CRLF ends a line like LF (it showed empty lines)
         for i, line in enumerate(lines):
             if "\r" in line:  # what a terminal would show: the text after the last carriage return, on a new line
                 line = line.rsplit("\r", 1)[1]
@@ -74,6 +78,7 @@ class OutputShaper:
     def reset(self) -> None:
         """Another session's output follows."""
         self.shown = self.hidden = 0
+        self.cr = False
 
     def _add(self, piece: str, out: list[str]) -> None:
         room = self.limit - self.shown

@@ -329,6 +329,9 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         """The file a ticket names (the ticket is the credential: a browser's own download sends no header)."""
         if not allowed_host(request):
             return forbidden(wrong_host(request))
+        if request.method != "GET":  # a HEAD (a link checker, a prefetch) must not use the ticket up
+            return JSONResponse({"error": {"code": "bad_request", "message": "a download ticket is for GET"}},
+                                status_code=405, headers={"Allow": "GET"})
         held = tickets.take(request.path_params["ticket"])
         if held is None:
             return JSONResponse({"error": {"code": "not_found", "message": "no such download ticket (each is used "

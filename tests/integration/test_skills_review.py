@@ -148,6 +148,8 @@ def test_a_skill_of_a_module_workflow_runs_from_another_directory(shared_daemon,
         assert c.wait(sid, timeout=60)["status"] == "completed"
         c.request("skill.save", session=sid, name="module-skill", parameters=["topic"])
         assert c.request("skill.get", name="module-skill")["skill"]["sys_path"][0] == str(project)
+    shown = _labd(home, "skills", "show", "module-skill")
+    assert f"imports from  {project}" in shown.stdout, shown  # read before running it
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     r = _labd(home, "run", "skill:module-skill", "-p", "topic=second", "--json", cwd=elsewhere)
@@ -177,6 +179,9 @@ def test_the_sdk_saves_lists_reads_imports_and_deletes_skills(shared_daemon, tmp
         assert c.wait(run, timeout=60)["status"] == "completed"
     shown = _labd(shared_daemon.home, "show", run)  # which skill and version it ran (only `labd events` said)
     assert shown.returncode == 0 and f"skill sdk-copy version 1, saved from session {sid}" in shown.stdout, shown
+    with shared_daemon.client(timeout=60) as c, pytest.raises(LabdError) as err:  # the SDK checks it too
+        c.import_skill({"name": "huge", "workflow": "demo.count", "params": {"n": 10**30}})
+    assert err.value.code == "bad_request" and err.value.details == {"field": "params.n"}
     huge = tmp_path / "huge.skill.json"
     huge.write_text('{"name": "huge", "workflow": "demo.count", "params": {"n": ' + "9" * 400 + "}}")
     r = _labd(shared_daemon.home, "skills", "import", str(huge))
@@ -228,3 +233,21 @@ def test_an_imported_skill_brings_no_directories_onto_the_import_path(shared_dae
         run = c.start("skill:with-a-trap")
         assert c.wait(run, timeout=60)["status"] == "completed"
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_big_file_does_not_count_as_code_and_search_reads_texts_not_times(shared_daemon, tmp_path: Path) -> None:
+    """A session that wrote a 9 MB file saves as a skill (the file's size was counted as characters of code: "over
+    8,000,000 characters", even with --from its last step); search ignores the skill's own time and version (``1``
+    matched every skill), and folds case beyond ASCII (``café`` finds ``CAFÉ``). Retest of the skills review."""
+    flows = tmp_path / "bigfile_flows.py"
+    flows.write_text("def write(ctx):\n    (ctx.workdir / 'big.bin').write_bytes(b'x' * 9_000_000)\n")
+    with shared_daemon.client(timeout=60) as c:
+        sid = c.start(f"{flows}:write")
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        assert c.save_skill(sid, "wrote-big")["version"] == 1
+        assert c.skill("wrote-big")["skill"]["files"][0]["size"] == 9_000_000
+        c.import_skill({"name": "accented", "workflow": "demo.count", "description": "CAFÉ notes"})
+        names = {s["name"] for s in c.skills(search="café")}
+        assert "accented" in names and "wrote-big" not in names
+        assert "wrote-big" not in {s["name"] for s in c.skills(search=str(int(c.skill("wrote-big")["skill"]
+                                                                                 ["created_at"]))[:4])}

@@ -168,3 +168,20 @@ def test_a_download_ticket_streams_the_file_once_without_the_token(shared_daemon
         # the header's light read: no steps, no history (a long session's were a megabyte every 2 s)
         light = json.loads(ui.request(f"/api/sessions/{sid}?steps=0")[1])
         assert light["id"] == sid and light["steps"] == [] and light["history"] == []
+
+
+def test_a_head_request_does_not_use_a_download_ticket_up(shared_daemon, tmp_path: Path) -> None:
+    """A HEAD of a ticket's link (a link checker, a prefetch) is refused without using the ticket: the GET after it
+    still downloads the file (retest of the UI review: a HEAD used it up)."""
+    import json
+    import urllib.request
+
+    sid, workdir = _big_session(shared_daemon, tmp_path, 1)
+    with running_ui(shared_daemon.home, tmp_path / "ui-stderr.log") as ui:
+        url = ui.base + json.loads(ui.request("/api/tickets", json.dumps({"session": sid,
+                                                                           "path": "big-1.bin"}).encode())[1])["url"]
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=30)
+        assert err.value.code == 405
+        with urllib.request.urlopen(url, timeout=60) as r:
+            assert r.read() == (workdir / "big-1.bin").read_bytes()

@@ -518,7 +518,7 @@ def test_migration_0012_sums_the_calls_recorded_before(engine: Engine) -> None:
 def test_a_skill_version_number_is_never_given_twice(engine: Engine, writer: BatchWriter) -> None:
     """Versions of a skill saved after all its versions were deleted go on from the last number (a session records
     the ``{name, version}`` it ran: after `labd skills rm`, ``NAME@1`` named another skill); a store from before
-    (revision 0013) is migrated with the numbers its skills reached."""
+    (revision 0013) is migrated with the numbers its skills reached, or its sessions ran."""
     from labd.store.skills import get_skill
 
     doc = {"name": "fit", "workflow": "demo.count"}
@@ -528,7 +528,10 @@ def test_a_skill_version_number_is_never_given_twice(engine: Engine, writer: Bat
     assert get_skill(engine, "fit")["workflow"] == "demo.sleep"
     writer.save_skill({"name": "other", "workflow": "demo.count"})
     downgrade_to(engine, "0013_files_path_b64")
+    # a skill whose versions were all deleted before the migration, but which a session ran at version 7
+    _run_session(writer, {}, sid="s7", created={"skill": {"name": "gone", "version": 7, "origin_session": None}})
     migrate(engine)
     writer.delete_skill("fit")
     writer.delete_skill("other")
     assert writer.save_skill(doc)["version"] == 4 and writer.save_skill({**doc, "name": "other"})["version"] == 2
+    assert writer.save_skill({**doc, "name": "gone"})["version"] == 8

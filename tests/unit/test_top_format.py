@@ -127,3 +127,13 @@ def test_an_ended_sessions_sparkline_is_flat_not_a_full_bar() -> None:
 
     assert "█" not in drawn([]) and "█" not in drawn([0.0])
     assert "█" in drawn([0.0, 100.0])  # two samples: a line again
+
+
+def test_crlf_ends_a_line_like_lf_also_across_chunks() -> None:
+    """Lines ending in CRLF (Windows-style tools, some loggers) show as lines, not each followed by an empty one
+    (retest of the UI review), also when a chunk ends between the CR and the LF; a CR before more text still starts a
+    new display line."""
+    shaper = OutputShaper(limit=40)
+    assert shaper.output("a\r\nb\r\n") == "a\nb\n"
+    assert shaper.output("x\r") + shaper.output("\ny") == "x\ny"
+    assert shaper.output("\r") + shaper.output("p2") == "\np2"
