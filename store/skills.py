@@ -298,7 +298,8 @@ def check_skill(doc: Any) -> None:
         if "depends_on" in step:
             _ints(step["depends_on"], f"plan[{i}].depends_on")
             if any(not 0 <= d < i for d in step["depends_on"]):  # an earlier step of the plan (0-based)
-                raise _bad(f"plan[{i}].depends_on", f"indexes of earlier steps of the plan (0 to {i - 1})")
+                raise _bad(f"plan[{i}].depends_on", f"indexes of earlier steps of the plan (0 to {i - 1})" if i
+                           else "empty: the plan's first step depends on no other")
     keys = ("name", "agent", "goal", "depends_on", "code", "answer")
     for i, item in enumerate(_list(get("steps", []), "steps", MAX_STEPS, f"steps {{{', '.join(keys)}}}")):
         step, at = _obj(item, f"steps[{i}]", keys), f"steps[{i}]"
