@@ -34,6 +34,8 @@ time), so an actor waiting for a node, or slow to answer at adoption, holds up n
 
 from __future__ import annotations
 
+import re
+
 import json
 import logging
 import os
@@ -69,13 +71,21 @@ def _out(msg: dict[str, Any]) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    """Ray's account of an actor's death, shortened to its first meaningful line."""
-    text = str(exc).strip()
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith(("Traceback", "ray.exceptions")):
-            return f"Ray actor lost: {line}"[:500]
-    return f"Ray actor lost: {type(exc).__name__}"
+    """Ray's account of an actor's death: its first meaningful line, and the line saying why when Ray gives one ("The
+    actor is dead because it was killed by `ray.kill`", "... because its node has died"), with the node's address.
+    The first line alone ("The actor died unexpectedly before finishing this task.") was the same for every cause."""
+    lines = [re.sub(r"^ray\.exceptions\.\w+:\s*", "", ln.strip()) for ln in str(exc).strip().splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("Traceback")]
+    if not lines:
+        return f"Ray actor lost: {type(exc).__name__}"
+    said = [lines[0]]
+    why = next((ln for ln in lines[1:] if "because" in ln), None)
+    if why is not None:
+        said.append(why)
+    where = next((ln for ln in lines[1:] if ln.lower().startswith("ip:")), None)
+    if where is not None:
+        said.append(f"(node {where})")
+    return f"Ray actor lost: {' '.join(said)}"[:500]
 
 
 def _feasible(ray: Any, options: dict[str, Any]) -> str | None:

@@ -226,7 +226,8 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
         return 0
     lim, live = s["limits"], s.get("live") or {}
     # one read of the record for both: how each run ended (its CPU time) and whether the output was cut
-    told = list(ctx.client().history(s["id"], kinds=["session.created", "session.ended", "output.truncated"]))
+    told = list(ctx.client().history(s["id"], kinds=["session.created", "session.placed", "session.ended",
+                                                     "output.truncated"]))
     status = ps_status(s) + (f"  ({s['reason']})" if s["reason"] and s["reason"] != s["status"] else "")
     pairs: list[tuple[str, Any]] = [
         ("session", f"{s['id']}  ({s['name']})"),
@@ -243,6 +244,13 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
         ("timings", f"created {datetime.fromtimestamp(s['created_at']).isoformat(timespec='seconds')}, "
          f"{timing_text(s, time.time())}, events {s['last_seq']}"),
     ]
+    placed = [e["payload"] for e in told if e["kind"] == "session.placed"]
+    if placed:  # a Ray session: where it runs (only `labd events` said)
+        p = placed[-1]
+        where = p.get("hostname") or p.get("ip") or "?"
+        pairs.insert(4, ("runs on", f"Ray node {where}" + (f" ({p['ip']})" if p.get("ip") and p.get("hostname") else "")
+                         + (f", node id {str(p['node'])[:16]}" if p.get("node") else "")
+                         + (f", runner pid {p['pid']}" if p.get("pid") else "")))
     came = _started_from(s, next((e["payload"] for e in told if e["kind"] == "session.created"), {}))
     if came:
         pairs.insert(2, ("started from", came))

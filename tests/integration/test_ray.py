@@ -165,6 +165,10 @@ def test_session_in_actor_output_agents_approval_files(ray_daemon: DaemonProc, r
     assert {"out.txt", "sub/blob.bin"} <= files
     shipped = [e["payload"] for e in evs if e["kind"] == "file.shipped"]
     assert all("data" not in p and "error" not in p for p in shipped)  # bytes on disk, not in the store
+    shown = subprocess.run([sys.executable, "-m", "labd", "show", sid], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "LABD_HOME": str(ray_daemon.home)})
+    runs_on = next(line for line in shown.stdout.splitlines() if line.startswith("runs on"))  # where it ran
+    assert f"Ray node {placed.get('hostname') or placed['ip']}" in runs_on, shown.stdout
 
 
 def test_actor_killed_session_lost_delivered_kept(ray_daemon: DaemonProc, rc: object) -> None:
@@ -181,7 +185,8 @@ def test_actor_killed_session_lost_delivered_kept(ray_daemon: DaemonProc, rc: ob
     took = time.monotonic() - t0
     assert s["status"] == "lost", s
     ended = _events(c, sid, ["session.ended"])[0]["payload"]
-    assert "Ray actor lost" in ended["reason"], ended
+    # with Ray's cause, not only its first line ("The actor died unexpectedly ...", the same for every cause)
+    assert "Ray actor lost" in ended["reason"] and "because" in ended["reason"], ended
     kept = "".join(e["payload"]["text"] for e in _events(c, sid, ["output"]))
     assert "".join(seen) in kept
     ticks = [int(line.split()[1]) for line in kept.splitlines() if line.startswith("tick ")]
