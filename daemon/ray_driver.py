@@ -34,12 +34,11 @@ time), so an actor waiting for a node, or slow to answer at adoption, holds up n
 
 from __future__ import annotations
 
-import re
-
 import json
 import logging
 import os
 import queue
+import re
 import signal
 import sys
 import threading
