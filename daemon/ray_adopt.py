@@ -11,7 +11,7 @@ daemon needs to take the runner back is derivable or kept outside the store:
   key having been written anywhere (the secret half goes to the runner only, in its spec);
 - the runner endpoint: a runner dials the address it was given and reconnects to it; with ``runner_listen`` on
   port 0, the port the gateway last bound is remembered in ``<home>/ray-runner-port`` (0600) and bound again
-  (:func:`remembered_port`, :func:`remember_port`).
+  (:func:`remembered_ports`, :func:`remember_ports`).
 - the runner's spec, for an actor Ray had not placed yet when the daemon stopped: kept by Ray with the actor (its
   creation argument), and the runner starts when the actor is placed (:mod:`labd.daemon.ray_pending`).
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import zmq
 from zmq.utils import z85
 
-__all__ = ["actor_name", "namespace", "session_keypair", "remembered_port", "remember_port", "PORT_FILE"]
+__all__ = ["actor_name", "namespace", "session_keypair", "remembered_ports", "remember_ports", "PORT_FILE", "MAX_PORTS"]
 
 PORT_FILE = "ray-runner-port"
 
@@ -52,19 +52,29 @@ def session_keypair(server_secret: bytes, sid: str) -> tuple[bytes, bytes]:
     return zmq.curve_public(secret), secret
 
 
-def remembered_port(home: Path) -> int | None:
-    """The runner gateway's port of the previous daemon of this home (None: none, or unreadable)."""
+#: ports remembered at most (the newest first): a port taken at a restart is kept, and bound once it is free
+MAX_PORTS = 4
+
+
+def remembered_ports(home: Path) -> list[int]:
+    """The runner gateway's ports of the previous daemons of this home, the newest first (runners they launched dial
+    them); [] when none, or unreadable."""
     try:
-        port = int((home / PORT_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return port if 0 < port < 65536 else None
+        words = (home / PORT_FILE).read_text().split()
+    except OSError:
+        return []
+    ports: list[int] = []
+    for w in words[:MAX_PORTS]:
+        if w.isdigit() and 0 < int(w) < 65536 and int(w) not in ports:
+            ports.append(int(w))
+    return ports
 
 
-def remember_port(home: Path, port: int) -> None:
-    """Keep the port the runner gateway bound, for the next daemon of this home (written atomically, 0600)."""
+def remember_ports(home: Path, ports: list[int]) -> None:
+    """Keep the ports runners may dial, the newest first, for the next daemon of this home (atomically, 0600)."""
+    kept = list(dict.fromkeys(ports))[:MAX_PORTS]
     tmp = home / f".{PORT_FILE}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(f"{port}\n")
+        f.write(" ".join(map(str, kept)) + "\n")
     os.replace(tmp, home / PORT_FILE)

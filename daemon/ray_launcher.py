@@ -68,8 +68,8 @@ class RayLauncher:
         self._timeout = timeout
         self.home = home
         self._any_port = self.listen.rpartition(":")[2] in ("0", "*")
-        prefer = ray_adopt.remembered_port(home) if self._any_port else None
-        self.gateway = RunnerGateway(home, self.listen, runners_local, max_message, prefer_port=prefer,
+        self._remembered = ray_adopt.remembered_ports(home) if self._any_port else []
+        self.gateway = RunnerGateway(home, self.listen, runners_local, max_message, prefer_ports=self._remembered,
                                      adopting=True)
         self.namespace = ray_adopt.namespace(self.gateway.public)
         self._restarting = False
@@ -96,8 +96,10 @@ class RayLauncher:
         elif host in ("0.0.0.0", "*", ""):
             host = socket.gethostbyname(socket.gethostname())
         self.endpoint = f"tcp://{host}:{port}"
-        if self._any_port:  # the next daemon binds it again: the runners running now dial this port
-            ray_adopt.remember_port(self.home, int(port))
+        if self._any_port:  # the next daemon binds them again: the runners running now dial these ports
+            # the port bound first; a remembered one that was taken stays remembered (its runners dial it: the
+            # gateway binds it too once it is free, and so will the next daemon)
+            ray_adopt.remember_ports(self.home, [int(port), *self._remembered])
         self._start_driver()
 
     def _start_driver(self) -> None:

@@ -20,6 +20,7 @@ keypair is the daemon's (``<home>/curve``, shared with the client gateway); its 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import structlog
@@ -38,6 +39,7 @@ RELAY_IDLE_S = 3600.0  # a runner heartbeats every second: an hour of silence is
 #: how long the handshake of an unknown key waits for the daemon to finish adopting (a refused CURVE handshake is
 #: a protocol error to ZeroMQ: the runner would never dial again); under ZeroMQ's 30 s handshake timeout
 SETTLE_WAIT_S = 20.0
+WAITING_PORT_RETRY_S = 2.0  # how often a remembered runner port that was taken is tried again
 
 
 class SessionKeys:
@@ -76,13 +78,17 @@ class SessionKeys:
 class RunnerGateway(threading.Thread):
     """Relays CURVE runners on TCP to the local runner socket."""
 
-    def __init__(self, home: Path, listen: str, local: str, max_message: int, prefer_port: int | None = None,
+    def __init__(self, home: Path, listen: str, local: str, max_message: int, prefer_ports: list[int] | None = None,
                  adopting: bool = False) -> None:
-        """``prefer_port``: with port 0 in ``listen``, the port tried first (the previous daemon's); ``adopting``:
-        unknown keys wait for :meth:`settle` (runners of a previous daemon may be adopted meanwhile)."""
+        """``prefer_ports``: with port 0 in ``listen``, the previous daemons' ports, the newest first: the first free
+        one is the endpoint, and the others (runners they launched dial them) are bound too, each as soon as it is
+        free; ``adopting``: unknown keys wait for :meth:`settle` (runners of a previous daemon may be adopted)."""
         super().__init__(name="labd-runner-gateway", daemon=True)
         self.listen, self.local, self.max_message = listen, local, max_message
-        self.prefer_port = prefer_port
+        self.prefer_ports = list(prefer_ports or [])
+        #: remembered ports not bound yet (taken by another program): tried again every few seconds
+        self.waiting_ports: list[int] = []
+        self._host = ""
         self.public, self._secret = ensure_server_keys(home)
         self.keys = SessionKeys()
         if not adopting:
@@ -151,16 +157,32 @@ class RunnerGateway(threading.Thread):
             self._ctx.destroy(0)
 
     def _bind_any(self, router: zmq.Socket, host: str) -> str:
-        """Bind a free port: the preferred one if it is free (runners of the previous daemon dial it), else any."""
-        if self.prefer_port:
+        """Bind the first remembered port that is free (runners of the previous daemons dial them) as the endpoint,
+        else any free port; every other remembered port too, now or once it is free (:meth:`_bind_waiting`). A port
+        taken at a restart was given up for good: its runners never reconnected, their sessions stayed `running`
+        with no output (Ray review)."""
+        self._host = host
+        endpoint = ""
+        for port in self.prefer_ports:
             try:
-                router.bind(f"tcp://{host}:{self.prefer_port}")
-                return f"tcp://{host}:{self.prefer_port}"
+                router.bind(f"tcp://{host}:{port}")
             except zmq.ZMQError as exc:
-                self.log.warning("the previous runner port is taken: runners of the previous daemon cannot "
-                                 "reconnect (set a fixed [launcher] runner_listen port)", port=self.prefer_port,
-                                 error=str(exc))
-        return f"tcp://{host}:{router.bind_to_random_port(f'tcp://{host}')}"
+                self.log.warning("a previous runner port is taken: its runners reconnect once it is free (a fixed "
+                                 "[launcher] runner_listen port avoids this)", port=port, error=str(exc))
+                self.waiting_ports.append(port)
+                continue
+            endpoint = endpoint or f"tcp://{host}:{port}"
+        return endpoint or f"tcp://{host}:{router.bind_to_random_port(f'tcp://{host}')}"
+
+    def _bind_waiting(self, router: zmq.Socket) -> None:
+        """Bind the remembered ports that were taken, those that are free now."""
+        for port in list(self.waiting_ports):
+            try:
+                router.bind(f"tcp://{self._host}:{port}")
+            except zmq.ZMQError:
+                continue
+            self.waiting_ports.remove(port)
+            self.log.warning("a previous runner port is free again and bound: its runners reconnect", port=port)
 
     def _relay(self) -> None:
         router = self._router
@@ -168,6 +190,7 @@ class RunnerGateway(threading.Thread):
         poller.register(router, zmq.POLLIN)
         # the relay connects with the runner's routing id: ingest sees the same identity as from a local runner
         relays = Relays(self._ctx, poller, self.local, RELAY_IDLE_S, keep_identity=True)
+        tried = time.monotonic()
         try:
             while not self._halt.is_set():
                 if self.rebind.due():
@@ -175,6 +198,9 @@ class RunnerGateway(threading.Thread):
                 ready = dict(poller.poll(200))
                 if router is None:
                     continue
+                if self.waiting_ports and time.monotonic() - tried > WAITING_PORT_RETRY_S:
+                    tried = time.monotonic()
+                    self._bind_waiting(router)
                 if router in ready:
                     for _ in range(1000):
                         try:
@@ -194,6 +220,9 @@ class RunnerGateway(threading.Thread):
             self._ctx, zmq.ROUTER, self.public, self._secret, DOMAIN, self.max_message)], [self.endpoint])
         if router is not None:
             self.log.warning("dropped every remote runner's connection (the daemon passed its memory ceiling)")
+            # the new socket has the endpoint only: the other remembered ports are bound again by the relay loop
+            primary = self.endpoint.rpartition(":")[2]
+            self.waiting_ports = [p for p in self.prefer_ports if str(p) != primary]
         else:
             self.log.error("cannot bind the runner endpoint's port again yet: remote runners wait",
                            endpoint=self.endpoint)

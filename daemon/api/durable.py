@@ -60,6 +60,17 @@ def _placed(limits: Limits, created: dict[str, Any]) -> Limits:
     return _limits({"limits": limits.to_dict()})
 
 
+def refuse_ray(d: Any, sid: str, code: str, what: str) -> None:
+    """A session that ran on Ray cannot be resumed or branched here: its checkpoints (the work directory's objects)
+    are on the node it ran on, never in this home (Ray review: resume failed "checkpoint files are gone", and a
+    branch was accepted and its runner crashed at once). Refused, saying so; docs/design.md "Ray launcher"."""
+    placement = d.store.created(sid).get("placement")
+    if isinstance(placement, dict) and placement.get("on", "ray") == "ray":
+        raise ApiError(code, f"session {sid} ran on Ray: its checkpoints are on the node it ran on, not here, so it "
+                       f"cannot be {what} (not supported yet for Ray sessions); start it again, or replay it "
+                       "(labd replay)", {"placement": "ray"})
+
+
 def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]:
     """``session.resume`` of an ended session: a new runner continues it from its last completed step. A handler
     that waits (:mod:`labd.daemon.reads`): the record the seed is built from (every checkpoint, the manifests, the
@@ -67,6 +78,7 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]
     d, sid, status = req.daemon, row["id"], row["status"]
     sup = d.supervisor
     _refuse_resume(d, sid, status)
+    refuse_ray(d, sid, "not_resumable", "resumed")
     reason = req.arg("reason", str, "", check=lambda s: len(s) <= 1000, hint="text of at most 1000 characters")
     limits = _merged_limits(row, req.body.get("limits"))
     budget = req.body.get("budget")
@@ -218,6 +230,7 @@ class Branch(Request):
         psid = parent["id"]
         if parent["status"] in ("created", "queued"):
             raise ApiError("not_started", f"session {psid} has not run yet: nothing to branch from")
+        refuse_ray(d, psid, "no_checkpoint", "branched")
         store = d.store
         # the long reads (the parent's steps, every checkpoint, a manifest per reused step, the objects) on a worker
         # thread (daemon/reads.py): on the request loop, a branch of a long session stalled every other client

@@ -187,6 +187,14 @@ def test_actor_killed_session_lost_delivered_kept(ray_daemon: DaemonProc, rc: ob
     ended = _events(c, sid, ["session.ended"])[0]["payload"]
     # with Ray's cause, not only its first line ("The actor died unexpectedly ...", the same for every cause)
     assert "Ray actor lost" in ended["reason"] and "because" in ended["reason"], ended
+    # its checkpoints are on the node: resume and branch are refused saying so (resume failed "checkpoint files are
+    # gone", and a branch was accepted and its runner crashed at once)
+    from labd.ipc import LabdError
+    for call, code in ((lambda: c.resume(sid), "not_resumable"),  # type: ignore[attr-defined]
+                       (lambda: c.request("session.branch", session=sid, **{"from": "n1"}), "no_checkpoint")):  # type: ignore[attr-defined]
+        with pytest.raises(LabdError) as err:
+            call()
+        assert err.value.code == code and "ran on Ray" in err.value.message, err.value
     kept = "".join(e["payload"]["text"] for e in _events(c, sid, ["output"]))
     assert "".join(seen) in kept
     ticks = [int(line.split()[1]) for line in kept.splitlines() if line.startswith("tick ")]

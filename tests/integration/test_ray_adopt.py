@@ -12,6 +12,7 @@ actor is left on the cluster once the sessions have ended."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ import psutil
 import pytest
 import zmq.auth
 
-from labd.daemon.ray_adopt import actor_name, namespace
+from labd.daemon.ray_adopt import PORT_FILE, actor_name, namespace
 from labd.ipc import LabdError
 from tests.conftest import DaemonProc, wait_until
 from tests.support.ray_cluster import rayctl, shared_cluster
@@ -195,6 +196,32 @@ def test_session_survives_clean_shutdown_and_is_adopted(rig: Rig) -> None:
         _completes_whole(c, rig, sid, down, up)
     wait_until(lambda: _gone(int(placed["actor_pid"])), timeout=30, interval=0.1, what="actor process gone")
     assert rayctl(rig.cluster, rig.namespace, "list") == []
+
+
+def test_a_runner_port_taken_at_a_restart_is_bound_once_it_is_free(rig: Rig) -> None:
+    """The runner port of the last daemon is taken when the next one starts: it listens on another port for new
+    runners, keeps the taken one remembered, and binds it as soon as it is free, so the running session's runner
+    reconnects and its output (some printed while no daemon ran) arrives whole and in order, and it completes.
+    Before, the taken port was forgotten: the session stayed `running` with no output for good, and a stop recorded
+    it `cancelled` though its workflow had completed (Ray review)."""
+    with rig.client() as c:
+        sid, _placed = _started(c, rig)
+    old = int((rig.home / PORT_FILE).read_text().split()[0])
+    down = rig.shutdown()
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the old daemon's TIME_WAIT connections
+    blocker.bind(("127.0.0.1", old))
+    blocker.listen()
+    try:
+        up = rig.restart()
+        ports = [int(p) for p in (rig.home / PORT_FILE).read_text().split()]
+        assert ports[1:] == [old] and ports[0] != old, ports  # the new one first, the taken one kept
+        with rig.client() as c:
+            assert c.session(sid)["status"] == "running"
+    finally:
+        blocker.close()
+    with rig.client() as c:
+        _completes_whole(c, rig, sid, down, up)
 
 
 def test_session_survives_daemon_sigkill_and_stop_works_after(rig: Rig) -> None:
