@@ -44,6 +44,8 @@ __all__ = ["RayLauncher", "Launchers", "placement_from", "PlacementError", "NO_R
 
 #: why a session asked to run on Ray cannot (refused at session.start; a launch says it too, e.g. after a restart
 #: with another configuration)
+DOWN_BACKOFF_S = 15.0  # after a driver start the cluster did not answer, the next is tried this much later ...
+DOWN_BACKOFF_MAX_S = 120.0  # ... doubling up to this
 NO_RAY = 'this daemon has no Ray launcher: set [launcher] kind = "ray" and address in its config, then restart it'
 
 SHIP_MAX_BYTES = 1 << 30  # at most this much of a work directory is shipped back (files beyond are named)
@@ -73,6 +75,10 @@ class RayLauncher:
                                      adopting=True)
         self.namespace = ray_adopt.namespace(self.gateway.public)
         self._restarting = False
+        #: the Ray cluster did not answer a driver start: (since, error); no new start is tried before _retry_at
+        self._down: tuple[float, str] | None = None
+        self._retry_at = 0.0
+        self._backoff = 0.0
         self._swept = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
         self._buf = b""
@@ -101,6 +107,41 @@ class RayLauncher:
             # gateway binds it too once it is free, and so will the next daemon)
             ray_adopt.remember_ports(self.home, [int(port), *self._remembered])
         self._start_driver()
+
+    def _driver(self) -> None:
+        """A driver process, started if there is none. While the cluster does not answer, a start is tried at most
+        once per backoff (15 s, doubling to 2 min): each try holds the daemon's main loop until the driver's start
+        timeout, and every `--on ray` start tried again (a Ray outage froze the whole daemon ~70 s per start: Ray
+        review). Between tries a launch fails at once, saying since when and why."""
+        if self._proc is not None:
+            return
+        now = time.monotonic()
+        if self._down is not None and now < self._retry_at:
+            since, error = self._down
+            raise LaunchError(f"the Ray cluster at {self.address} does not answer (since "
+                              f"{time.strftime('%H:%M:%S', time.localtime(since))}: {error}); labd tries again in "
+                              f"{self._retry_at - now:.0f} s")
+        try:
+            self._start_driver()
+        except LaunchError as exc:
+            self._backoff = min(DOWN_BACKOFF_MAX_S, max(DOWN_BACKOFF_S, self._backoff * 2))
+            self._retry_at = time.monotonic() + self._backoff
+            if self._down is None:
+                self._down = (time.time(), str(exc)[:300])
+            self.log.error("the Ray cluster does not answer", address=self.address, error=str(exc)[:300],
+                           next_try_s=self._backoff)
+            raise
+        self._down, self._backoff = None, 0.0
+
+    def health(self) -> dict[str, Any]:
+        """The launcher's state for ``daemon.status``: its address, whether its driver runs, and while the cluster
+        does not answer since when, why, and when the next start is tried."""
+        out: dict[str, Any] = {"address": self.address, "driver": self._proc is not None and self._proc.poll() is None,
+                               "endpoint": self.endpoint, "waiting_ports": list(self.gateway.waiting_ports)}
+        if self._down is not None:
+            out.update(down_since=self._down[0], error=self._down[1],
+                       retry_in=max(0.0, self._retry_at - time.monotonic()))
+        return out
 
     def _start_driver(self) -> None:
         self._buf = b""
@@ -183,7 +224,7 @@ class RayLauncher:
                          sessions=sorted(watched.values()))
         self._restarting = True
         try:
-            self._start_driver()
+            self._driver()
         except LaunchError as exc:
             for handle, sid in watched.items():
                 self.gateway.revoke(sid)
@@ -239,8 +280,7 @@ class RayLauncher:
             remote["node_dir"] = self.node_dir
         self._sid[handle] = sid
         try:
-            if self._proc is None:  # the driver died (its sessions were reported lost): a new one for this session
-                self._start_driver()
+            self._driver()  # the driver died (its sessions were reported lost): a new one for this session
             self._send({"op": "spawn", "req": req, "handle": handle, "sid": sid, "spec": remote,
                         "options": ray_options(spec)})
             reply = self._wait_for(lambda m: m.get("op") == "spawned" and m.get("req") == req)
@@ -268,8 +308,7 @@ class RayLauncher:
         self.gateway.readmit(sid)  # its runner reconnects with the key derived for it
         self._sid[handle] = sid
         try:
-            if self._proc is None:
-                self._start_driver()
+            self._driver()
             self._send({"op": "adopt", "req": req, "handle": handle, "sid": sid})
             reply = self._wait_for(lambda m: m.get("op") == "adopted" and m.get("req") == req)
         except (LaunchError, OSError) as exc:
@@ -362,6 +401,10 @@ class Launchers:
 
     def kind_of(self, pid: int) -> str:
         return "ray" if pid < 0 else "template"
+
+    def ray_health(self) -> dict[str, Any] | None:
+        """The Ray launcher's state (``daemon.status`` ``ray``), or None without one."""
+        return self.ray.health() if self.ray is not None else None
 
     def adopt_remote(self, sid: str) -> tuple[int | None, str | None]:
         """A session with no local runner: adopt its Ray actor if there is one (see :meth:`RayLauncher.adopt`);

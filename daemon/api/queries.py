@@ -74,7 +74,7 @@ class Status(Request):
                 "uptime": time.time() - d.started, "telemetry": _telemetry(d),
                 "monitor": d.monitor.health(), "kernel_limits": d.cgroups.described,
                 "threads": _threads(d), "nofile": getattr(d, "nofile", None), "store": _store(d),
-                "drain": d.drain, "disk": _disk(d)}
+                "drain": d.drain, "disk": _disk(d), "ray": d.launcher.ray_health()}
 
 
 def _disk(d: Any) -> dict[str, Any] | None:

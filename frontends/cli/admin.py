@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,17 @@ def cmd_status(args: argparse.Namespace, ctx: Ctx) -> int:
             f"; database {format_size(disk['db_bytes'])}" if disk.get("db_bytes") is not None else "")
         fields.append(("disk", styled(text + " (full: new sessions wait for room)", "red") if disk.get("low")
                        else text))
+    ray = st.get("ray")
+    if ray:  # the Ray launcher: where runners call home, and whether the cluster answers
+        if ray.get("down_since"):
+            since = time.strftime("%H:%M:%S", time.localtime(ray["down_since"]))
+            fields.append(("ray", styled(f"{ray['address']} DOES NOT ANSWER since {since}: {ray.get('error')} "
+                                         f"(--on ray starts fail; next try in {ray.get('retry_in', 0):.0f}s)", "red")))
+        else:
+            waiting = ray.get("waiting_ports") or []
+            text = f"{ray['address']}, runners call home at {ray.get('endpoint')}"
+            fields.append(("ray", styled(text + f"; ports {waiting} taken: their runners reconnect once they are free",
+                                         "yellow") if waiting else text))
     down = [name for name, alive in (st.get("threads") or {}).items() if not alive]
     if down:
         fields.append(("threads", styled(f"ended: {', '.join(down)} (see the daemon log)", "red")))
