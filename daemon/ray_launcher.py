@@ -322,6 +322,11 @@ class RayLauncher:
         return None
 
     def drain_exits(self) -> list[ExitInfo]:
+        if not self.gateway.keys.settled.is_set() and self._any_port and not self._sid:
+            # nothing adopted: no runner dials an older port; keep only this one (they piled up to 4, and one taken
+            # was tried for good: it could take another home's port while that daemon restarted)
+            self.gateway.waiting_ports = []
+            ray_adopt.remember_ports(self.home, [int(self.endpoint.rpartition(":")[2])])
         self.gateway.settle()  # called first from the main loop, after every adoption: unknown keys refused now
         self._read_available()
         if time.monotonic() - self._swept > SWEEP_S and self._proc is not None:

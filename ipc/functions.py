@@ -167,8 +167,9 @@ def find_unpicklable(obj: Any, path: str, depth: int = 0) -> tuple[str, Any, Exc
 
 def describe_unpicklable(obj: Any, path: str, *, verb: str = "cannot be sent to a session",
                          error: BaseException | None = None) -> tuple[str, str, str]:
-    """``(message, path, type name)`` for something that does not pickle, naming the innermost culprit. ``error``:
-    what pickling ``obj`` raised, when the caller already tried (not pickled again: it may be large)."""
+    """``(message, path, type name)`` for something that does not pickle, naming the innermost culprit (its parts are
+    pickled one by one to find it). ``error``: what pickling ``obj`` raised, when the caller already tried (``obj``
+    whole is then not pickled again: it may be large)."""
     if error is None:
         try:
             dumps(obj)

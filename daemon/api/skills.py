@@ -10,6 +10,8 @@ import re
 from collections import Counter
 from typing import Any
 
+import orjson
+
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.roles import agent_roles
 from labd.daemon.api.sessions import resolve_session
@@ -71,8 +73,9 @@ def expand_skill(d: Any, ref: str, params: dict[str, Any]) -> tuple[str, dict[st
         raise ApiError("bad_params", f"skill {name!r} needs parameters {missing} (-p {missing[0]}=...)",
                        {"params": {p: "required by the skill" for p in missing}})
     out = {**doc.get("params", {}), **params}
-    if doc["workflow"] in PLAN_WORKFLOWS and doc.get("plan"):  # given ones win here too (they were overwritten)
-        out.setdefault("plan", doc["plan"])
+    # given ones win here too (they were overwritten); the skill's hints fit the skill's plan only
+    if doc["workflow"] in PLAN_WORKFLOWS and doc.get("plan") and "plan" not in params:
+        out["plan"] = doc["plan"]
         out.setdefault("hints", [_hint(s) for s in doc.get("steps", [])])
     # a built-in workflow (no module or file named) imports nothing from the session's directories
     own_code = doc["workflow"] not in BUILTINS
@@ -114,10 +117,17 @@ class SaveSkill(Request):
             roles = {}
         store = self.daemon.store
 
+        most = self.daemon.cfg.max_message * 3 // 4  # the document is one request (import) and one reply (show)
+
         def made() -> dict[str, Any]:  # the session's steps and events, read on a worker (daemon/reads.py)
             doc = extract(store, row, name=name, description=description, parameters=parameters,
                           from_node=from_node, roles=roles)
             check_skill(doc)  # what is stored can be started and shown
+            size = len(orjson.dumps(doc))
+            if size > most:  # code and answers are capped; goals, file lists and wide characters add to them
+                raise SkillError("bad_skill", f"a skill of session {row['id']} would be {size:,} bytes, more than "
+                                 f"{most:,} (it must travel in one message: show, export, import): save one from a "
+                                 f"later step (labd skills save {row['id']} --from NODE)", "from_node")
             return doc
         try:
             doc = yield Read(made, "skill")
@@ -146,7 +156,7 @@ class ImportSkill(Request):
         if doc["workflow"] in PLAN_WORKFLOWS:  # its plan's roles are asked of this registry (unknown: the engineer)
             roles = agent_roles(self.daemon)
             for i, step in enumerate(doc.get("plan") or []):
-                if step.get("agent") is not None and step["agent"] not in roles:
+                if step.get("agent") not in (None, "none") and step["agent"] not in roles:
                     raise ApiError("bad_request", f"not a usable skill document: plan[{i}].agent {step['agent']!r} "
                                    f"is no role here (known: {', '.join(sorted(roles))}; labd agents lists them)",
                                    {"field": f"plan[{i}].agent"})
@@ -158,10 +168,14 @@ class ImportSkill(Request):
 class ListSkills(Request):
     type = "skill.list"
 
-    def execute(self) -> Any:
+    def execute(self) -> Any:  # a generator when it searches
         self.filters("search")  # `name`: every skill
         search = self.arg("search", str, None, check=lambda s: 0 < len(s) <= 200, hint="1-200 characters")
-        return {"skills": list_skills(self.daemon.store.engine, search)}
+        engine = self.daemon.store.engine
+        if search is None:
+            return {"skills": list_skills(engine)}
+        # a search parses documents (megabytes each): on a read worker, not the request loop (daemon/reads.py)
+        return (yield Read(lambda: {"skills": list_skills(engine, search)}, "skill search"))
 
 
 @register

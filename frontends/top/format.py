@@ -55,7 +55,8 @@ class OutputShaper:
         out: list[str] = []
         if self.cr and chunk and not chunk.startswith("\n"):  # a carriage return before more text: a new line
             out.append(self._end())
-        self.cr = chunk.endswith("\r")
+        if chunk:  # an empty one changes nothing (it dropped a pending carriage return)
+            self.cr = chunk.endswith("\r")
         lines = chunk.replace("\r\n", "\n").rstrip("\r").split("\n")  # CRLF ends a line like LF (it showed empty lines)
         for i, line in enumerate(lines):
             if "\r" in line:  # what a terminal would show: the text after the last carriage return, on a new line

@@ -77,6 +77,11 @@ def test_a_plan_given_to_a_skill_run_wins_over_the_skills(shared_daemon) -> None
         assert steps == ["step 1: my own step"]
         inputs = [e["payload"]["input"] for e in c.history(run, kinds=["llm.request"])]
         assert "MY HINT" in inputs[0] and "Code that worked" not in inputs[0]
+        # a plan alone: the skill's hints (made for its own steps, by position) are not given to it either
+        alone = c.start("skill:given-wins", params={"task": "t", "plan": [{"agent": "engineer", "goal": "mine"}]})
+        assert c.wait(alone, timeout=90)["status"] == "completed"
+        first = next(e["payload"]["input"] for e in c.history(alone, kinds=["llm.request"]))
+        assert "Code that worked" not in first
 
 
 def test_search_finds_texts_literally_and_not_field_names(shared_daemon, tmp_path: Path) -> None:
@@ -251,3 +256,19 @@ def test_a_big_file_does_not_count_as_code_and_search_reads_texts_not_times(shar
         assert "accented" in names and "wrote-big" not in names
         assert "wrote-big" not in {s["name"] for s in c.skills(search=str(int(c.skill("wrote-big")["skill"]
                                                                                  ["created_at"]))[:4])}
+
+
+def test_a_skill_too_large_for_one_message_is_refused_saying_from_where(small_daemon, tmp_path: Path) -> None:
+    """On a daemon whose messages are 64 KiB, a session that wrote 600 files with long names makes a skill document
+    larger than a message (its file list: not counted by the cap on code and answers): the save is refused naming
+    ``--from``, instead of storing a skill that `show` and `import` could never carry."""
+    flows = tmp_path / "manyfiles_flows.py"
+    flows.write_text("def write(ctx):\n    for i in range(600):\n"
+                     "        (ctx.workdir / f\"{'a-long-file-name-' * 4}{i}.txt\").write_text(str(i))\n")
+    with small_daemon.client(timeout=60) as c:
+        sid = c.start(f"{flows}:write")
+        assert c.wait(sid, timeout=90)["status"] == "completed"
+        with pytest.raises(LabdError) as err:
+            c.save_skill(sid, "too-big")
+        assert err.value.code == "bad_skill" and "--from" in err.value.message, err.value
+        assert c.skills() == []

@@ -137,3 +137,4 @@ def test_crlf_ends_a_line_like_lf_also_across_chunks() -> None:
     assert shaper.output("a\r\nb\r\n") == "a\nb\n"
     assert shaper.output("x\r") + shaper.output("\ny") == "x\ny"
     assert shaper.output("\r") + shaper.output("p2") == "\np2"
+    assert shaper.output("abc\r") + shaper.output("") + shaper.output("x") == "abc\nx"  # an empty chunk between
