@@ -10,8 +10,8 @@ daemon needs to take the runner back is derivable or kept outside the store:
   (:func:`session_keypair`), so the new runner gateway admits the reconnecting runner's public key without any
   key having been written anywhere (the secret half goes to the runner only, in its spec);
 - the runner endpoint: a runner dials the address it was given and reconnects to it; with ``runner_listen`` on
-  port 0, the port the gateway last bound is remembered in ``<home>/ray-runner-port`` (0600) and bound again
-  (:func:`remembered_ports`, :func:`remember_ports`).
+  port 0, the ports previous gateways bound are remembered in ``<home>/ray-runner-port`` (0600) and bound again,
+  one that is taken once it is free (:func:`remembered_ports`, :func:`remember_ports`).
 - the runner's spec, for an actor Ray had not placed yet when the daemon stopped: kept by Ray with the actor (its
   creation argument), and the runner starts when the actor is placed (:mod:`labd.daemon.ray_pending`).
 

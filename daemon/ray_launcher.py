@@ -44,10 +44,10 @@ __all__ = ["RayLauncher", "Launchers", "placement_from", "PlacementError", "NO_R
 
 #: why a session asked to run on Ray cannot (refused at session.start; a launch says it too, e.g. after a restart
 #: with another configuration)
-DOWN_BACKOFF_S = 15.0  # after a driver start the cluster did not answer, the next is tried this much later ...
-DOWN_BACKOFF_MAX_S = 120.0  # ... doubling up to this
 NO_RAY = 'this daemon has no Ray launcher: set [launcher] kind = "ray" and address in its config, then restart it'
 
+DOWN_BACKOFF_S = 15.0  # after a driver start the cluster did not answer, the next is tried this much later ...
+DOWN_BACKOFF_MAX_S = 120.0  # ... doubling up to this
 SHIP_MAX_BYTES = 1 << 30  # at most this much of a work directory is shipped back (files beyond are named)
 #: how long a remote runner whose workflow ended waits for the daemon to acknowledge its last events (its spool is
 #: on the node, out of the daemon's reach: it waits for a daemon that is being restarted rather than exit)
@@ -325,7 +325,7 @@ class RayLauncher:
         if not self.gateway.keys.settled.is_set() and self._any_port and not self._sid:
             # nothing adopted: no runner dials an older port; keep only this one (they piled up to 4, and one taken
             # was tried for good: it could take another home's port while that daemon restarted)
-            self.gateway.waiting_ports = []
+            self.gateway.forget_waiting()
             ray_adopt.remember_ports(self.home, [int(self.endpoint.rpartition(":")[2])])
         self.gateway.settle()  # called first from the main loop, after every adoption: unknown keys refused now
         self._read_available()

@@ -86,8 +86,10 @@ class RunnerGateway(threading.Thread):
         super().__init__(name="labd-runner-gateway", daemon=True)
         self.listen, self.local, self.max_message = listen, local, max_message
         self.prefer_ports = list(prefer_ports or [])
-        #: remembered ports not bound yet (taken by another program): tried again every few seconds
+        #: remembered ports not bound yet (taken by another program): tried again every few seconds (this thread
+        #: binds them; the daemon's main loop may give them up: :meth:`forget_waiting`)
         self.waiting_ports: list[int] = []
+        self._waiting_lock = threading.Lock()
         self._host = ""
         self.public, self._secret = ensure_server_keys(home)
         self.keys = SessionKeys()
@@ -176,13 +178,19 @@ class RunnerGateway(threading.Thread):
 
     def _bind_waiting(self, router: zmq.Socket) -> None:
         """Bind the remembered ports that were taken, those that are free now."""
-        for port in list(self.waiting_ports):
-            try:
-                router.bind(f"tcp://{self._host}:{port}")
-            except zmq.ZMQError:
-                continue
-            self.waiting_ports.remove(port)
-            self.log.warning("a previous runner port is free again and bound: its runners reconnect", port=port)
+        with self._waiting_lock:
+            for port in list(self.waiting_ports):
+                try:
+                    router.bind(f"tcp://{self._host}:{port}")
+                except zmq.ZMQError:
+                    continue
+                self.waiting_ports.remove(port)
+                self.log.warning("a previous runner port is free again and bound: its runners reconnect", port=port)
+
+    def forget_waiting(self) -> None:
+        """Give up the remembered ports not bound yet (no runner dials them: nothing was adopted)."""
+        with self._waiting_lock:
+            self.waiting_ports.clear()
 
     def _relay(self) -> None:
         router = self._router
@@ -222,7 +230,8 @@ class RunnerGateway(threading.Thread):
             self.log.warning("dropped every remote runner's connection (the daemon passed its memory ceiling)")
             # the new socket has the endpoint only: the other remembered ports are bound again by the relay loop
             primary = self.endpoint.rpartition(":")[2]
-            self.waiting_ports = [p for p in self.prefer_ports if str(p) != primary]
+            with self._waiting_lock:
+                self.waiting_ports[:] = [p for p in self.prefer_ports if str(p) != primary]
         else:
             self.log.error("cannot bind the runner endpoint's port again yet: remote runners wait",
                            endpoint=self.endpoint)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from labd.ipc.errors import LabdError
+from labd.ipc.wire import json_int
 
 __all__ = ["Skills", "huge_number"]
 
@@ -22,7 +23,7 @@ def huge_number(doc: Any) -> str | None:
             todo.extend((f"{at}.{k}" if at else str(k), v) for k, v in value.items())
         elif isinstance(value, list):
             todo.extend((f"{at}[{i}]", v) for i, v in enumerate(value))
-        elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        elif isinstance(value, int) and not isinstance(value, bool) and not json_int(value):
             return at
     return None
 

@@ -26,6 +26,7 @@ from labd.ipc.signing import ReplayError, ReplayGuard, SignatureError, Signer
 __all__ = [
     "PROTOCOL_VERSION",
     "cut_deep",
+    "json_int",
     "DEFAULT_MAX_MESSAGE",
     "ID_MAX",
     "Message",
@@ -290,13 +291,19 @@ def json_fallback(obj: Any) -> Any:
     return repr(obj)
 
 
+def json_int(n: int) -> bool:
+    """Does integer ``n`` travel as a JSON number (orjson's 64 bits, signed or not)? Past them a frame carries it as
+    a text (:func:`encode_json`)."""
+    return -(2**63) <= n < 2**64
+
+
 def _sanitise(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k if isinstance(k, str | int | float | bool) or k is None else repr(k): _sanitise(v)
                 for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_sanitise(v) for v in obj]
-    if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
+    if isinstance(obj, int) and not isinstance(obj, bool) and not json_int(obj):
         return repr(obj)
     return obj
 

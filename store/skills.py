@@ -179,8 +179,7 @@ def extract(store: Store, session: dict[str, Any], *, name: str, description: st
                           "code": code.get(row["node_id"], []), "answer": answers.get(row["node_id"], "")})
     used_roles = {s["agent"] for s in steps_out if s["agent"] != "none"} | \
         {a for a in agents_used if roles and a in roles}
-    created = store.first_events([sid], ["session.created"]).get((sid, "session.created"), {})
-    sys_path = created.get("sys_path") if isinstance(created, dict) else None
+    sys_path = store.created(sid).get("sys_path")
     return {
         "name": name,
         "description": (description or f"from session {session['name']} ({session['workflow']})")[:2000],
@@ -332,9 +331,9 @@ def _q_latest(name: str) -> Select[Any]:
 def insert_skill(conn: Any, doc: dict[str, Any], now: float) -> int:
     """Store ``doc`` as the next version of its name (the caller commits); returns the version."""
     name = doc["name"]
+    # skill_names has every name a version was ever stored under (migration 0014 filled it): never a number twice
     given = conn.execute(select(skill_names.c.last_version).where(skill_names.c.name == name)).scalar()
-    stored = conn.execute(select(func.max(skills.c.version)).where(skills.c.name == name)).scalar()
-    version = max(int(given or 0), int(stored or 0)) + 1  # never a number a deleted version had
+    version = int(given or 0) + 1
     if given is None:
         conn.execute(insert(skill_names).values(name=name, last_version=version))
     else:

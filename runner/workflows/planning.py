@@ -111,6 +111,16 @@ async def run_step(ctx: Context, index: int, total: int, step: PlanStep, model: 
     raise StepFailed(previous.error if previous and previous.error else "step failed")
 
 
+def given_plan(plan: list[Any]) -> Plan:
+    """A plan given as a parameter (a skill's ``{agent, goal, depends_on}`` steps), read as a planner's would be."""
+    return parse_plan(json.dumps({"steps": plan}), len(plan))
+
+
+def step_hint(hints: list[Any] | None, index: int) -> str | None:
+    """The hint given for step ``index`` (1-based) of a given plan, if any."""
+    return str(hints[index - 1]) if hints and index - 1 < len(hints) and hints[index - 1] else None
+
+
 def planning_and_control(ctx: Context, task: str = DEFAULT_TASK, max_steps: int = 3, max_retries: int = 2,
                          model: str = "default", plan: list[Any] | None = None,
                          hints: list[Any] | None = None) -> dict[str, Any]:
@@ -123,7 +133,7 @@ def planning_and_control(ctx: Context, task: str = DEFAULT_TASK, max_steps: int 
         # results go through node.result: a resumed or branched session skips a completed step's body and
         # restores its result (labd.runner.durable)
         with ctx.step("planning", kind="phase") as phase:
-            phase.result = parse_plan(json.dumps({"steps": plan}), len(plan)) if plan else \
+            phase.result = given_plan(plan) if plan else \
                 await make_plan(ctx, task, max_steps, model)
         the_plan = phase.result
         results = []
@@ -131,7 +141,7 @@ def planning_and_control(ctx: Context, task: str = DEFAULT_TASK, max_steps: int 
             names = [f"step {i}: {st.goal[:60]}" for i, st in enumerate(the_plan.steps, 1)]
             planned = ctx.plan(names)  # in the DAG as "planned" until each runs
             for i, st in enumerate(the_plan.steps, 1):
-                hint = hints[i - 1] if hints and i - 1 < len(hints) and hints[i - 1] else None
+                hint = step_hint(hints, i)
                 with ctx.step(names[i - 1], planned=planned[i - 1]) as node:
                     # a given plan (a skill's) was made for the task it was saved from: each step is told this one
                     node.result = await run_step(ctx, i, len(the_plan.steps), st, model, max_retries,
@@ -166,7 +176,7 @@ def hitl(ctx: Context, task: str = DEFAULT_TASK, max_steps: int = 3, max_retries
             # the plan and its answer go through node.result: a resumed or branched session skips a completed
             # step's body and restores its result (local variables set in it would not exist)
             with ctx.step(label, kind="phase", redo_of=previous) as node:
-                made = parse_plan(json.dumps({"steps": plan}), len(plan or ())) if from_given else \
+                made = given_plan(plan) if from_given and plan else \
                     await make_plan(ctx, task, max_steps, model, feedback=feedback, hypothesis=hypothesis)
                 options = ["approve", "reject", "modify"] + (["redo"] if redos < max_redos else [])
                 node.result = (made, await ask("after_planning", f"Approve this plan for: {task}", options,
@@ -200,7 +210,7 @@ def hitl(ctx: Context, task: str = DEFAULT_TASK, max_steps: int = 3, max_retries
                 if before.decision == "reject":
                     ctx.skip(name, before.feedback or "rejected by a human")
                     continue
-                hint = hints[i - 1] if from_given and hints and i - 1 < len(hints) and hints[i - 1] else None
+                hint = step_hint(hints, i) if from_given else None
                 instructions = "\n".join(str(x) for x in (guidance, before.feedback, hint) if x) or None
                 results.append(await _run_with_redos(ctx, ask, i, len(the_plan.steps), st, name, model, max_retries,
                                                      max_redos, instructions, task if from_given else None))
