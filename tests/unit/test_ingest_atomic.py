@@ -28,8 +28,10 @@ def test_events_handed_over_together_are_committed_together(rig: Rig, monkeypatc
     real = BatchWriter.commit
 
     def watched(self: BatchWriter, rows: Any, changes: Any, *args: Any, **kwargs: Any) -> Any:
-        commits.append({row["id"] for row in changes.session_inserts})
-        return real(self, rows, changes, *args, **kwargs)
+        inserted = {row["id"] for row in changes.session_inserts}
+        done = real(self, rows, changes, *args, **kwargs)
+        commits.append(inserted)  # once committed: the count below read before the commit on a loaded box
+        return done
 
     monkeypatch.setattr(BatchWriter, "commit", watched)
     sids = [f"b{i:011d}" for i in range(5)]
