@@ -54,6 +54,12 @@ class ExitInfo:
     #: CPU seconds (user + system) of the runner and the processes it reaped, when its parent reaped it (the local
     #: template: ``wait4``); None when it is not known (an adopted runner's end is noticed, not reaped, by the daemon)
     cpu: float | None = None
+    #: the launch failed after launch() returned (a remote launcher answers later): the session ends ``failed``
+    #: with this reason, as when launch() raises
+    failed: str | None = None
+    #: an adoption found no runner of the session at all (no Ray actor of it): a session that never ran is started
+    #: instead of recorded lost (daemon/recovery.py)
+    absent: bool = False
 
 
 def signal_group(pid: int, sig: int) -> bool:

@@ -153,16 +153,18 @@ def main() -> None:
     try:
         import ray
     except ImportError:
-        _out({"op": "error", "message": "[launcher] names a Ray cluster, but Ray is not installed: "
-                                        "pip install 'labd[ray]' (or remove [launcher] address/kind from config.toml)"})
+        _out({"op": "error", "fatal": True,
+              "message": "[launcher] names a Ray cluster, but Ray is not installed: "
+                         "pip install 'labd[ray]' (or remove [launcher] address/kind from config.toml)"})
         return
+    _out({"op": "loaded"})  # the daemon starts once Ray imports; connecting to the cluster may take a minute
     try:
         from labd.daemon.ray_pending import SelfStartingActor
 
         ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING,
                  configure_logging=False)
         Actor = ray.remote(max_concurrency=4)(SelfStartingActor)  # type: ignore[call-overload]  # wait() blocks one thread; signal() needs another
-    except Exception as exc:  # noqa: BLE001 - reported to the daemon, which refuses to start
+    except Exception as exc:  # noqa: BLE001 - reported to the daemon, which tries again after a backoff
         _out({"op": "error", "message": f"cannot connect to Ray at {address!r}: {exc}"[:1000]})
         return
     _out({"op": "ready", "ray": ray.__version__, "nodes": len([n for n in ray.nodes() if n.get("Alive")])})
@@ -240,7 +242,7 @@ def main() -> None:
                 name = actor_name(msg["sid"])
                 actor, why = _find(ray, name, namespace)
                 if actor is None:
-                    _out({"op": "adopted", "req": msg["req"], "error": why})
+                    _out({"op": "adopted", "req": msg["req"], "error": why, "absent": True})
                     continue
                 actors[handle], names[handle] = actor, name
                 refs[actor.describe.remote()] = (handle, "adopt")  # answered once it is placed, raises if it dies

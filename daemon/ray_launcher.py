@@ -24,21 +24,22 @@ is killed; a periodic sweep kills any actor of this home's namespace that no run
 
 from __future__ import annotations
 
-import json
 import os
+import signal
 import socket
-import subprocess
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from labd.daemon import ray_adopt
-from labd.daemon.launcher import ExitInfo, LaunchError, TemplateLauncher, readable
+from labd.daemon.launcher import ExitInfo, LaunchError, TemplateLauncher
+from labd.daemon.ray_link import DriverLink
 from labd.daemon.ray_placement import PlacementError, placement_from, ray_options
 from labd.daemon.runner_gateway import RunnerGateway
+from labd.ipc.units import shortened
 
 __all__ = ["RayLauncher", "Launchers", "placement_from", "PlacementError", "NO_RAY"]
 
@@ -46,52 +47,67 @@ __all__ = ["RayLauncher", "Launchers", "placement_from", "PlacementError", "NO_R
 #: with another configuration)
 NO_RAY = 'this daemon has no Ray launcher: set [launcher] kind = "ray" and address in its config, then restart it'
 
-DOWN_BACKOFF_S = 15.0  # after a driver start the cluster did not answer, the next is tried this much later ...
-DOWN_BACKOFF_MAX_S = 120.0  # ... doubling up to this
+CONNECT_TIMEOUT_S = 60.0  # a driver that has not connected to the cluster by then is ended (tried again later)
 SHIP_MAX_BYTES = 1 << 30  # at most this much of a work directory is shipped back (files beyond are named)
 #: how long a remote runner whose workflow ended waits for the daemon to acknowledge its last events (its spool is
 #: on the node, out of the daemon's reach: it waits for a daemon that is being restarted rather than exit)
 REMOTE_FLUSH_TIMEOUT_S = 24 * 3600.0
 SWEEP_S = 300.0  # how often the driver kills actors of this home that no running session owns
+DRIVER_ENDED = "the daemon's Ray driver process ended; a new driver adopted the actor"
+
+
+@dataclass
+class _Adoption:
+    """A session whose actor a driver is to take back (at the daemon's start, or after its driver ended)."""
+
+    why: str | None = None  # said in its session.adopted (None at the daemon's start)
+    unrecorded: bool = False  # the last daemon died before recording its launch: session.launched comes first
+    spawned: bool = False  # its spawn was in flight when the driver ended: no actor means it never started
+    req: int | None = None  # the request sent (or held while the driver connects); None: not yet
 
 
 class RayLauncher:
-    """Sessions as Ray actors; the Ray client runs in a driver child process."""
+    """Sessions as Ray actors; the Ray client runs in a driver child process (:mod:`labd.daemon.ray_link`), spoken
+    to without waiting: a launch or an adoption is a request whose answer comes later, through :meth:`drain_exits`
+    (a spawn the cluster refused ends the session ``failed``; an actor that is gone makes it ``lost``) and
+    :meth:`drain_notes` (``session.placed``, ``session.adopted``). While the cluster does not answer, sessions to
+    adopt wait for it (a start is tried once per backoff) and ``--on ray`` starts fail at once, saying why."""
 
     def __init__(self, home: Path, runners_local: str, max_message: int, settings: dict[str, Any],
-                 env: dict[str, str] | None = None, timeout: float = 60.0, session_nofile: int = 0) -> None:
+                 env: dict[str, str] | None = None, timeout: float | None = None, session_nofile: int = 0) -> None:
         self.address = str(settings.get("address") or "auto")
         self.listen = str(settings.get("runner_listen") or "tcp://0.0.0.0:0")
         self.advertise = settings.get("advertise")
         self.node_dir = settings.get("node_dir")
         self.ship_max = int(settings.get("ship_max_bytes") or SHIP_MAX_BYTES)
         self.session_nofile = session_nofile  # [daemon] session_nofile, set by each runner on its node (0: as is)
-        self._env = dict(os.environ if env is None else env)
-        self._timeout = timeout
+        # how long a driver may take to connect, and to answer a spawn; LABD_RAY_CONNECT_TIMEOUT_S: a test's shorter
+        self._timeout = timeout if timeout is not None else shortened(CONNECT_TIMEOUT_S, "LABD_RAY_CONNECT_TIMEOUT_S",
+                                                                      floor=1.0)
         self.home = home
         self._any_port = self.listen.rpartition(":")[2] in ("0", "*")
         self._remembered = ray_adopt.remembered_ports(home) if self._any_port else []
         self.gateway = RunnerGateway(home, self.listen, runners_local, max_message, prefer_ports=self._remembered,
                                      adopting=True)
         self.namespace = ray_adopt.namespace(self.gateway.public)
-        self._restarting = False
-        #: the Ray cluster did not answer a driver start: (since, error); no new start is tried before _retry_at
-        self._down: tuple[float, str] | None = None
-        self._retry_at = 0.0
-        self._backoff = 0.0
+        self.log = structlog.get_logger("labd.ray")
+        self.link = DriverLink(self.address, self.namespace, dict(os.environ if env is None else env),
+                               self._timeout, self.log)
         self._swept = 0.0
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._buf = b""
-        self._replies: list[dict[str, Any]] = []
+        self._sid: dict[int, str] = {}  # every session this launcher answers for, by handle
+        self._watched: set[int] = set()  # those the connected driver watches
+        self._requests: dict[int, tuple[str, int, float]] = {}  # req -> (op, handle, when sent): not answered yet
+        self._adopt: dict[int, _Adoption] = {}  # handles to adopt once a driver is connected
+        self._kills: dict[int, int] = {}  # handle -> SIGTERM / SIGKILL asked before a driver watched its actor
         self._exits: list[ExitInfo] = []
         self._notes: list[tuple[Any, ...]] = []
-        self._sid: dict[int, str] = {}
         self._next = 0
         self._req = 0
         self.endpoint = ""
-        self.log = structlog.get_logger("labd.ray")
 
     def start(self) -> None:
+        """Listen for runners and spawn the driver. The daemon does not wait for the cluster: only Ray missing
+        (:class:`LaunchError`) stops it from starting."""
         self.gateway.start()
         self.gateway.ready.wait(10)
         if self.gateway.error is not None:
@@ -106,220 +122,205 @@ class RayLauncher:
             # the port bound first; a remembered one that was taken stays remembered (its runners dial it: the
             # gateway binds it too once it is free, and so will the next daemon)
             ray_adopt.remember_ports(self.home, [int(port), *self._remembered])
-        self._start_driver()
-
-    def _driver(self) -> None:
-        """A driver process, started if there is none. While the cluster does not answer, a start is tried at most
-        once per backoff (15 s, doubling to 2 min): each try holds the daemon's main loop until the driver's start
-        timeout, and every `--on ray` start tried again (a Ray outage froze the whole daemon ~70 s per start: Ray
-        review). Between tries a launch fails at once, saying since when and why."""
-        if self._proc is not None:
-            return
-        now = time.monotonic()
-        if self._down is not None and now < self._retry_at:
-            since, error = self._down
-            raise LaunchError(f"the Ray cluster at {self.address} does not answer (since "
-                              f"{time.strftime('%H:%M:%S', time.localtime(since))}: {error}); labd tries again in "
-                              f"{self._retry_at - now:.0f} s")
-        try:
-            self._start_driver()
-        except LaunchError as exc:
-            self._backoff = min(DOWN_BACKOFF_MAX_S, max(DOWN_BACKOFF_S, self._backoff * 2))
-            self._retry_at = time.monotonic() + self._backoff
-            if self._down is None:
-                self._down = (time.time(), str(exc)[:300])
-            self.log.error("the Ray cluster does not answer", address=self.address, error=str(exc)[:300],
-                           next_try_s=self._backoff)
-            raise
-        self._down, self._backoff = None, 0.0
-
-    def health(self) -> dict[str, Any]:
-        """The launcher's state for ``daemon.status``: its address, whether its driver runs, and while the cluster
-        does not answer since when, why, and when the next start is tried."""
-        out: dict[str, Any] = {"address": self.address, "driver": self._proc is not None and self._proc.poll() is None,
-                               "endpoint": self.endpoint, "waiting_ports": list(self.gateway.waiting_ports)}
-        if self._down is not None:
-            out.update(down_since=self._down[0], error=self._down[1],
-                       retry_in=max(0.0, self._retry_at - time.monotonic()))
-        return out
-
-    def _start_driver(self) -> None:
-        self._buf = b""
-        self._proc = subprocess.Popen([sys.executable, "-P", "-m", "labd.daemon.ray_driver", self.address,
-                                       self.namespace],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env,
-                                      start_new_session=True, close_fds=True)
-        assert self._proc.stdout is not None  # noqa: S101 - Popen contract
-        os.set_blocking(self._proc.stdout.fileno(), False)
-        first = self._wait_for(lambda m: m.get("op") in ("ready", "error"))
-        if first is None or first["op"] == "error":
-            self._stop_driver()
-            raise LaunchError((first or {}).get("message") or f"the Ray driver did not start (address {self.address})")
-        self.log.info("Ray launcher ready", address=self.address, ray=first.get("ray"), nodes=first.get("nodes"),
+        self.link.start()
+        self.link.wait_loaded()
+        self.log.info("Ray launcher started; its driver connects to the cluster", address=self.address,
                       runner_endpoint=self.endpoint)
 
-    def fileno(self) -> int | None:
-        return self._proc.stdout.fileno() if self._proc and self._proc.stdout else None
+    def health(self) -> dict[str, Any]:
+        """The launcher's state for ``daemon.status``: its address, its driver's state, the sessions waiting for a
+        driver to adopt them, and while the cluster does not answer since when, why, and when the next start is
+        tried."""
+        return {"address": self.address, "endpoint": self.endpoint, "waiting_ports": list(self.gateway.waiting_ports),
+                "adopting": len(self._adopt), **self.link.health()}
 
-    def _send(self, msg: dict[str, Any]) -> None:
-        if self._proc is None or self._proc.poll() is not None or self._proc.stdin is None:
-            raise LaunchError("the Ray driver is not running")
-        self._proc.stdin.write(json.dumps(msg).encode() + b"\n")
-        self._proc.stdin.flush()
-
-    def _read_available(self) -> None:
-        if self._proc is None or self._proc.stdout is None:
-            return
-        while True:
-            try:
-                chunk = os.read(self._proc.stdout.fileno(), 65536)
-            except BlockingIOError:
-                break
-            if not chunk:
-                self._driver_gone()
-                return
-            self._buf += chunk
-        while b"\n" in self._buf:
-            line, self._buf = self._buf.split(b"\n", 1)
-            try:
-                msg = json.loads(line)
-            except ValueError:  # something Ray printed: not ours
-                continue
-            self._on_report(msg)
-
-    def _on_report(self, msg: dict[str, Any]) -> None:
-        op, raw = msg.get("op"), msg.get("handle")
-        handle = raw if isinstance(raw, int) else 0
-        sid = self._sid.get(handle)
-        if op == "exited" and sid is not None:
-            self.gateway.revoke(sid)
-            del self._sid[handle]
-            crash = msg.get("crash")  # [text, cut] read on the node: checked, and bounded again by the supervisor
-            tail = (crash[0], bool(crash[1])) if isinstance(crash, list) and len(crash) == 2 and isinstance(
-                crash[0], str) else None
-            self._exits.append(ExitInfo(handle, msg.get("exit_code"), msg.get("signal"), msg.get("reason"), tail))
-        elif op == "placed" and sid is not None:
-            keys = ("node", "ip", "pid", "workdir", "hostname", "actor_pid")
-            info = {k: msg[k] for k in keys if msg.get(k) is not None}
-            self._notes.append(("event", sid, "session.placed", {"actor": ray_adopt.actor_name(sid), **info}))
-        elif op == "note" and sid is not None:
-            note = msg["note"]
-            if note[0] == "limit":
-                self._notes.append(("limit", sid, note[1]))
-            elif note[0] == "event":
-                self._notes.append(("event", sid, note[1], note[2]))
-        elif op not in ("exited", "placed", "note"):
-            self._replies.append(msg)
-
-    def _driver_gone(self) -> None:
-        """The driver died. Its actors are detached and run on: a new driver adopts them again; a session that
-        cannot be adopted (no new driver, or its actor gone) is lost, with the reason."""
-        self._close_dead_driver()
-        if self._restarting:  # a driver that died while starting: the start fails (LaunchError)
-            return
-        watched, self._sid = dict(self._sid), {}
-        if not watched:
-            return
-        self.log.warning("the Ray driver process ended: starting a new one to adopt its sessions",
-                         sessions=sorted(watched.values()))
-        self._restarting = True
-        try:
-            self._driver()
-        except LaunchError as exc:
-            for handle, sid in watched.items():
-                self.gateway.revoke(sid)
-                self._exits.append(ExitInfo(handle, None, None, f"the Ray driver process ended and no new one "
-                                                                f"could start: {exc}"[:500]))
-            return
-        finally:
-            self._restarting = False
-        for handle, sid in watched.items():
-            why = self._adopt_as(handle, sid)
-            if why is not None:
-                self._exits.append(ExitInfo(handle, None, None, why))
-            else:  # in the session's history, not only the daemon's log
-                self._notes.append(("event", sid, "session.adopted", {
-                    "pid": 0, "reason": "the daemon's Ray driver process ended; a new driver adopted the actor"}))
-
-    def _close_dead_driver(self) -> None:
-        if self._proc is not None:
-            self._proc.wait()
-            for pipe in (self._proc.stdin, self._proc.stdout):
-                if pipe is not None:
-                    try:
-                        pipe.close()
-                    except OSError:
-                        pass
-        self._proc = None
-
-    def _wait_for(self, pred: Any) -> dict[str, Any] | None:
-        deadline = time.monotonic() + self._timeout
-        while self._proc is not None:
-            self._read_available()
-            for i, msg in enumerate(self._replies):
-                if pred(msg):
-                    del self._replies[i]
-                    return msg
-            if time.monotonic() >= deadline or self._proc is None:
-                return None
-            fd = self.fileno()
-            if fd is not None:
-                readable(fd, 0.2)  # poll(), not select(): the daemon's fds may be above 1024
-        return None
+    def _request(self, op: str, handle: int, **fields: Any) -> int:
+        self._req += 1
+        self.link.send({"op": op, "req": self._req, "handle": handle, **fields})
+        self._requests[self._req] = (op, handle, time.monotonic())
+        return self._req
 
     def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
+        """Ask the driver for the session's actor and return its handle at once (the answer comes later)."""
+        self._pump()  # a driver that died unnoticed is replaced first
+        if self.link.state == "none":
+            if not self.link.may_start():
+                raise LaunchError(self.link.refusal())
+            self.link.start()
         sid = spec["session_id"]
         self._next -= 1
-        handle, self._req = self._next, self._req + 1
-        req = self._req
+        handle = self._next
         remote = {**spec, "endpoint": self.endpoint, "curve": self.gateway.authorize(sid), "ship_files": self.ship_max,
                   "record_interval": spec.get("record_interval") or 2.0,
                   "flush_timeout": spec.get("flush_timeout") or REMOTE_FLUSH_TIMEOUT_S,
                   "session_nofile": self.session_nofile}
         if self.node_dir:
             remote["node_dir"] = self.node_dir
-        self._sid[handle] = sid
         try:
-            self._driver()  # the driver died (its sessions were reported lost): a new one for this session
-            self._send({"op": "spawn", "req": req, "handle": handle, "sid": sid, "spec": remote,
-                        "options": ray_options(spec)})
-            reply = self._wait_for(lambda m: m.get("op") == "spawned" and m.get("req") == req)
-        except (LaunchError, OSError) as exc:
-            reply = {"error": str(exc)}
-        if reply is None or reply.get("error"):
-            self._sid.pop(handle, None)
+            self._request("spawn", handle, sid=sid, spec=remote, options=ray_options(spec))
+        except LaunchError:
             self.gateway.revoke(sid)
-            raise LaunchError((reply or {}).get("error") or "the Ray driver did not answer the spawn request")
+            raise
+        self._sid[handle] = sid
         return handle, time.time()
 
-    def adopt(self, sid: str) -> tuple[int | None, str | None]:
-        """Take back session ``sid``'s actor, left running by a previous daemon (or driver): ``(handle, None)``,
-        or ``(None, why it is lost)`` when its actor is not found, dead, or never started its runner. An actor
-        still waiting for a node is adopted as it waits (the session stays ``starting``; ``session.placed`` comes
-        when Ray places it, an exit with Ray's reason if it dies first)."""
+    def adopt(self, sid: str, unrecorded: bool = False) -> tuple[int | None, str | None]:
+        """Take back session ``sid``'s actor, left running by a previous daemon: ``(handle, None)`` at once; the
+        driver answers later (``session.adopted``, or an exit: ``absent`` when no actor of it exists, with why the
+        session is lost). An actor still waiting for a node is adopted as it waits (the session stays ``starting``;
+        ``session.placed`` comes when Ray places it). ``unrecorded``: the last daemon died before recording its
+        launch."""
         self._next -= 1
         handle = self._next
-        why = self._adopt_as(handle, sid)
-        return (None, why) if why is not None else (handle, None)
-
-    def _adopt_as(self, handle: int, sid: str) -> str | None:
-        self._req += 1
-        req = self._req
         self.gateway.readmit(sid)  # its runner reconnects with the key derived for it
         self._sid[handle] = sid
-        try:
-            self._driver()
-            self._send({"op": "adopt", "req": req, "handle": handle, "sid": sid})
-            reply = self._wait_for(lambda m: m.get("op") == "adopted" and m.get("req") == req)
-        except (LaunchError, OSError) as exc:
-            reply = {"error": f"cannot reach the Ray cluster to adopt the session's actor: {exc}"[:500]}
-        if reply is None or reply.get("error"):
-            self._sid.pop(handle, None)
-            self.gateway.revoke(sid)
-            return str((reply or {}).get("error") or "the Ray driver did not answer the adoption request")
-        self.log.info("Ray session adopted", session_id=sid, actor=ray_adopt.actor_name(sid),
-                      **({"waiting": reply["waiting"]} if reply.get("waiting") else {}))
-        return None
+        self._adopt[handle] = _Adoption(unrecorded=unrecorded)
+        self._pump_adoptions()
+        return handle, None
+
+    def _pump_adoptions(self) -> None:
+        """Send the adoptions not sent yet, starting a driver for them if none runs (once per backoff)."""
+        if not self._adopt:
+            return
+        if self.link.may_start():
+            self.link.start()
+        if self.link.state == "none":
+            return
+        for handle, a in self._adopt.items():
+            if a.req is None:
+                try:
+                    a.req = self._request("adopt", handle, sid=self._sid[handle])
+                except LaunchError:
+                    return  # the driver died at once: _pump notices it gone
+
+    def _pump(self) -> None:
+        """Read what the driver said and act on it; start a driver for sessions waiting to be adopted."""
+        for msg in self.link.poll():
+            op = msg.get("op")
+            if op == "_failed":
+                self._driver_failed(str(msg.get("error")))
+            elif op == "_gone":
+                self._driver_gone()
+            elif op in ("spawned", "adopted"):
+                self._answered(msg)
+            elif op != "_ready":
+                self._on_report(msg)
+        now = time.monotonic()
+        for op, handle, sent in list(self._requests.values()):
+            if op == "spawn" and now - sent > self._timeout and handle in self._sid:  # a driver that hangs
+                self._end(handle, ExitInfo(handle, None, None, failed=f"the Ray driver did not answer the spawn "
+                                                                      f"request within {self._timeout:.0f} s"))
+        self._pump_adoptions()
+        if self.link.state == "ready" and now - self._swept > SWEEP_S:
+            # first once connected (after every session was adopted), then now and then: actors left by sessions
+            # that ended (or were deleted, or were killed while the cluster did not answer) are killed
+            self._swept = now
+            try:
+                self.link.send({"op": "sweep"})
+            except LaunchError:
+                pass
+
+    def _answered(self, msg: dict[str, Any]) -> None:
+        op, handle, _ = self._requests.pop(int(msg.get("req") or 0), ("", 0, 0.0))
+        if not op:
+            return
+        sid, error = self._sid.get(handle), msg.get("error")
+        if sid is None:  # ended meanwhile (killed, or the answer came too late): its actor must not run on
+            if not error:
+                self._send_signal(handle, signal.SIGKILL)
+            return
+        if op == "spawn":
+            if error:
+                self._end(handle, ExitInfo(handle, None, None, failed=str(error)[:500]))
+                return
+        else:
+            a = self._adopt.pop(handle, _Adoption())
+            if error:
+                if a.spawned and msg.get("absent"):
+                    self._end(handle, ExitInfo(handle, None, None,
+                                               failed="the Ray driver ended before it created the session's actor"))
+                else:
+                    self._end(handle, ExitInfo(handle, None, None, str(error)[:500], absent=bool(msg.get("absent"))))
+                return
+            if a.unrecorded:  # the previous daemon died between creating the actor and recording it
+                self._notes.append(("event", sid, "session.launched", {"pid": 0, "create_time": 0.0, "launcher": "ray",
+                                                                        "recovered": True, "run_key": True}))
+            waiting = msg.get("waiting")
+            self._notes.append(("event", sid, "session.adopted", {
+                "pid": 0, **({"reason": a.why} if a.why else {}), **({"waiting": waiting} if waiting else {})}))
+            self.log.info("Ray session adopted", session_id=sid, actor=ray_adopt.actor_name(sid),
+                          **({"waiting": waiting} if waiting else {}))
+        self._watched.add(handle)
+        if handle in self._kills:  # a stop asked before the driver watched it
+            self._send_signal(handle, self._kills.pop(handle))
+
+    def _end(self, handle: int, info: ExitInfo) -> None:
+        sid = self._sid.pop(handle, None)
+        if sid is None:
+            return
+        self.gateway.revoke(sid)
+        self._watched.discard(handle)
+        self._adopt.pop(handle, None)
+        self._kills.pop(handle, None)
+        self._exits.append(info)
+
+    def _on_report(self, msg: dict[str, Any]) -> None:
+        op, raw = msg.get("op"), msg.get("handle")
+        handle = raw if isinstance(raw, int) else 0
+        sid = self._sid.get(handle)
+        if sid is None:
+            return
+        if op == "exited":
+            crash = msg.get("crash")  # [text, cut] read on the node: checked, and bounded again by the supervisor
+            tail = (crash[0], bool(crash[1])) if isinstance(crash, list) and len(crash) == 2 and isinstance(
+                crash[0], str) else None
+            self._end(handle, ExitInfo(handle, msg.get("exit_code"), msg.get("signal"), msg.get("reason"), tail))
+        elif op == "placed":
+            keys = ("node", "ip", "pid", "workdir", "hostname", "actor_pid")
+            info = {k: msg[k] for k in keys if msg.get(k) is not None}
+            self._notes.append(("event", sid, "session.placed", {"actor": ray_adopt.actor_name(sid), **info}))
+        elif op == "note":
+            note = msg["note"]
+            if note[0] == "limit":
+                self._notes.append(("limit", sid, note[1]))
+            elif note[0] == "event":
+                self._notes.append(("event", sid, note[1], note[2]))
+
+    def _driver_failed(self, error: str) -> None:
+        """A driver start failed: spawns held for it fail; adoptions wait for the next start; a kill asked meanwhile
+        ends its session now (its actor, if it runs, is swept once a driver connects)."""
+        for op, handle, _ in list(self._requests.values()):
+            if op == "spawn":
+                self._end(handle, ExitInfo(handle, None, None,
+                                           failed=f"the Ray cluster at {self.address} does not answer: {error}"))
+        self._requests.clear()
+        for a in self._adopt.values():
+            a.req = None
+        for handle, sig in list(self._kills.items()):
+            if sig == signal.SIGKILL:
+                self._killed_unreached(handle)
+
+    def _driver_gone(self) -> None:
+        """The driver died. Its actors are detached and run on: a new driver adopts them again (waiting while the
+        cluster does not answer); only a session whose actor is gone is lost, with the reason."""
+        moved = sorted(self._watched) + [h for op, h, _ in self._requests.values() if op == "spawn"]
+        for handle in self._watched:
+            self._adopt[handle] = _Adoption(why=DRIVER_ENDED)
+        for op, handle, _ in self._requests.values():
+            if op == "spawn" and handle in self._sid:
+                self._adopt[handle] = _Adoption(why=DRIVER_ENDED, spawned=True)
+        for a in self._adopt.values():
+            a.req = None
+        self._watched.clear()
+        self._requests.clear()
+        if moved:
+            self.log.warning("the Ray driver process ended: starting a new one to adopt its sessions",
+                             sessions=sorted(self._sid[h] for h in moved if h in self._sid))
+
+    def _killed_unreached(self, handle: int) -> None:
+        self.log.warning("a Ray session was killed while no driver reached the cluster: its actor, if it still "
+                         "runs, is killed once one does", session_id=self._sid.get(handle))
+        self._end(handle, ExitInfo(handle, None, int(signal.SIGKILL)))
 
     def drain_exits(self) -> list[ExitInfo]:
         if not self.gateway.keys.settled.is_set() and self._any_port and not self._sid:
@@ -328,50 +329,43 @@ class RayLauncher:
             self.gateway.forget_waiting()
             ray_adopt.remember_ports(self.home, [int(self.endpoint.rpartition(":")[2])])
         self.gateway.settle()  # called first from the main loop, after every adoption: unknown keys refused now
-        self._read_available()
-        if time.monotonic() - self._swept > SWEEP_S and self._proc is not None:
-            # first from the main loop (after every session was adopted), then now and then: actors left by
-            # sessions that ended (or were deleted) while no daemon could end them are killed
-            self._swept = time.monotonic()
-            try:
-                self._send({"op": "sweep"})
-            except (LaunchError, OSError):
-                pass
+        self._pump()
         exits, self._exits = self._exits, []
         return exits
 
     def drain_notes(self) -> list[tuple[Any, ...]]:
-        self._read_available()
+        self._pump()
         notes, self._notes = self._notes, []
         return notes
 
+    def _send_signal(self, handle: int, sig: int) -> bool:
+        try:
+            self.link.send({"op": "signal", "handle": handle, "sig": int(sig)})
+        except LaunchError:
+            return False
+        return True
+
     def signal(self, pid: int, sig: int) -> bool:
+        """Signal a session's runner on its node. A SIGTERM or SIGKILL for an actor no driver watches yet (being
+        spawned or adopted) is sent once one does; a SIGKILL while no driver reaches the cluster ends the session
+        at once."""
         if pid not in self._sid:
             return False
-        try:
-            self._send({"op": "signal", "handle": pid, "sig": int(sig)})
-        except (LaunchError, OSError):
+        if pid in self._watched and self.link.state == "ready":
+            return self._send_signal(pid, sig)
+        if sig not in (signal.SIGTERM, signal.SIGKILL):
             return False
+        if sig == signal.SIGKILL or pid not in self._kills:
+            self._kills[pid] = int(sig)
+        if sig == signal.SIGKILL and self.link.state == "none":
+            self._killed_unreached(pid)
         return True
 
     def shutdown(self) -> None:
         self.gateway.settle()
-        self._stop_driver()
+        self.link.kill()
         self.gateway.stop()
         self.gateway.join(5)
-
-    def _stop_driver(self) -> None:
-        if self._proc is not None:
-            if self._proc.stdin:
-                self._proc.stdin.close()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            if self._proc.stdout:
-                self._proc.stdout.close()
-            self._proc = None
 
 
 class Launchers:
@@ -411,10 +405,10 @@ class Launchers:
         """The Ray launcher's state (``daemon.status`` ``ray``), or None without one."""
         return self.ray.health() if self.ray is not None else None
 
-    def adopt_remote(self, sid: str) -> tuple[int | None, str | None]:
+    def adopt_remote(self, sid: str, unrecorded: bool = False) -> tuple[int | None, str | None]:
         """A session with no local runner: adopt its Ray actor if there is one (see :meth:`RayLauncher.adopt`);
         ``(None, None)`` when this daemon has no Ray launcher."""
-        return self.ray.adopt(sid) if self.ray is not None else (None, None)
+        return self.ray.adopt(sid, unrecorded) if self.ray is not None else (None, None)
 
     def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
         if (spec.get("placement") or {}).get("on") == "ray":

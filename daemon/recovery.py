@@ -38,9 +38,21 @@ def recover(d: Any) -> set[str]:
         if row["pid"] is None and row["id"] in runners:
             claims.add(row, runners[row["id"]], queued=row["id"] in queued_ids)
     never: list[dict[str, Any]] = []
+    recovering = True
+
+    def start_never_ran(row: dict[str, Any]) -> None:
+        if recovering:
+            never.append(row)
+        else:  # the remote launcher answered later that it has no actor of it
+            d.log.warning("a session the last daemon recorded but died before launching is started now",
+                          session_id=row["id"])
+            requeue(d, [row], submit=True)
+
+    local = _placed_here(d, [r for r in live if r["pid"] is None and r["id"] not in claims])
     for row in live:
         if row["id"] not in claims:
-            d.supervisor.adopt(row, never_ran=never.append if _never_ran(d, row) else None)
+            d.supervisor.adopt(row, never_ran=start_never_ran if _never_ran(d, row) else None,
+                               remote=row["id"] not in local)
     _carry_on_stops(d, [r for r in live if r.get("stop_by") and r["id"] in d.supervisor.running])
     # sessions queued when the last daemon stopped wait again, in order
     _queue_again(d, [r for r in queued if r["id"] not in claims])
@@ -48,8 +60,19 @@ def recover(d: Any) -> set[str]:
         d.log.warning("sessions the last daemon recorded but died before queueing or launching are started now",
                       sessions=[r["id"] for r in never])
         requeue(d, never, submit=True)
+    recovering = False
     claims.settle(d.supervisor.adopt)  # runners that reconnected already are adopted now
     return known
+
+
+def _placed_here(d: Any, rows: list[dict[str, Any]]) -> set[str]:
+    """The sessions of ``rows`` (never recorded as launched) that were to run on this machine: no remote launcher
+    is asked for them (it answers later, and not at all while its cluster is down)."""
+    if not rows or getattr(d.launcher, "ray", None) is None:
+        return set()
+    created = d.store.first_events([r["id"] for r in rows], ["session.created"])
+    return {r["id"] for r in rows
+            if ((created.get((r["id"], "session.created")) or {}).get("placement") or {}).get("on") != "ray"}
 
 
 def _never_ran(d: Any, row: dict[str, Any]) -> bool:

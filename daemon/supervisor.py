@@ -53,6 +53,8 @@ class Running:
     unrecorded: bool = False  # the store refused its session.created: killed, and nothing is posted for it
     crash_file: Path | None = None  # its crash channel (runner/session.py, own_crash_channel), if a local runner
     secrets: list[tuple[str, str]] = field(default_factory=list, repr=False)  # withheld from the crash text
+    #: a session that never ran, being adopted from a remote launcher: started instead if it has no runner there
+    never_ran: Callable[[], Any] | None = field(default=None, repr=False)
 
 
 class Supervisor(Admission):
@@ -121,12 +123,14 @@ class Supervisor(Admission):
         return run
 
     def adopt(self, row: dict[str, Any], unrecorded: tuple[int, float] | None = None, *,
-              never_ran: Callable[[dict[str, Any]], Any] | None = None) -> bool:
+              never_ran: Callable[[dict[str, Any]], Any] | None = None, remote: bool = True) -> bool:
         """Take over a runner that outlived a previous daemon; False (and the session is lost) if it is gone.
         ``unrecorded``: the (pid, create time) of its runner found by title (daemon/orphans.py) when the
         previous daemon died before it recorded ``session.launched``, once it proved itself (orphans.Claims).
         ``never_ran``: for a session that no runner ever ran (daemon/recovery.py): called with it, to start it,
-        instead of recording it lost, when no remote launcher has an actor of it either."""
+        instead of recording it lost, when no remote launcher has an actor of it either (a remote launcher answers
+        later: then it is called from :meth:`on_exit`). ``remote``: whether to ask the remote launcher at all (a
+        session placed on this machine is not asked for)."""
         sid, pid, ctime = row["id"], row["pid"], row["pid_create_time"]
         if not pid and unrecorded is not None:  # recorded now; if it ended meanwhile, it ends as below
             pid, ctime = unrecorded
@@ -150,7 +154,7 @@ class Supervisor(Admission):
             self.log.info("runner adopted", session_id=sid, pid=pid)
             return True
         if not pid:  # pid 0: started by a remote launcher (Ray), or None: never recorded as started
-            if self._adopt_remote(row):
+            if remote and self._adopt_remote(row, never_ran):
                 return True
             if never_ran is not None and self._remote_lost is None:
                 never_ran(row)
@@ -168,24 +172,23 @@ class Supervisor(Admission):
         self.log.warning("runner gone at adoption", session_id=sid, pid=pid)
         return False
 
-    def _adopt_remote(self, row: dict[str, Any]) -> bool:
+    def _adopt_remote(self, row: dict[str, Any], never_ran: Callable[[dict[str, Any]], Any] | None) -> bool:
         """Adopt a session without a local runner through a remote launcher (its Ray actor outlived the previous
-        daemon); False, with the reason in ``_remote_lost`` (None: no remote launcher), if it cannot be."""
+        daemon); False, with the reason in ``_remote_lost`` (None: no remote launcher), if it cannot be. The
+        launcher answers later: ``session.adopted`` (and ``session.launched`` if the last daemon never recorded
+        it), or an exit (:meth:`on_exit`: lost, or started if it never ran)."""
         self._remote_lost = None
         adopt = getattr(self.launcher, "adopt_remote", None)
         if adopt is None:
             return False
         sid = row["id"]
-        handle, self._remote_lost = adopt(sid)
+        handle, self._remote_lost = adopt(sid, row["pid"] is None)
         if handle is None:
             return False
-        if row["pid"] is None:  # the previous daemon died between creating the actor and recording it
-            self.post(sid, "session.launched", {"pid": 0, "create_time": 0.0, "launcher": "ray", "recovered": True,
-                                                "run_key": True})
         started = row["started_at"] or row["created_at"]
-        self.running[sid] = Running(sid, handle, 0.0, Limits.from_dict(row["limits"]), started, adopted=True)
-        self.post(sid, "session.adopted", {"pid": 0})
-        self.log.info("remote session adopted", session_id=sid, handle=handle)
+        self.running[sid] = Running(sid, handle, 0.0, Limits.from_dict(row["limits"]), started, adopted=True,
+                                    never_ran=(lambda: never_ran(row)) if never_ran is not None else None)
+        self.log.info("adopting a remote session", session_id=sid, handle=handle)
         return True
 
     def stop(self, sid: str, by: str, grace: float, reason: str = "stop requested") -> bool:
@@ -344,6 +347,15 @@ class Supervisor(Admission):
         run = self.running.pop(sid)
         if run.unrecorded:  # its tree is buried (killed) like any session's, and nothing is posted
             self.monitor.unwatch(sid)
+            return
+        if info.absent and run.never_ran is not None and run.step is None:  # no actor of it: it never ran
+            run.never_ran()
+            return
+        if info.failed is not None:  # a remote launch the cluster refused: as when launch() raises
+            self.post(sid, "session.ended", {"status": "failed", "reason": f"launch failed: {info.failed}",
+                                             "ended_by": "launch"})
+            self._ended(sid)
+            self.log.warning("launch failed", session_id=sid, error=info.failed)
             return
         if run.step is None and run.limits.memory is not None:  # killed by the kernel at its cgroup's memory limit?
             def breached(note: dict[str, Any]) -> None:

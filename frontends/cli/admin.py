@@ -90,11 +90,17 @@ def cmd_status(args: argparse.Namespace, ctx: Ctx) -> int:
     if ray:  # the Ray launcher: where runners call home, and whether the cluster answers
         if ray.get("down_since"):
             since = time.strftime("%H:%M:%S", time.localtime(ray["down_since"]))
+            waits = f"; {ray['adopting']} session(s) wait for it" if ray.get("adopting") else ""
             fields.append(("ray", styled(f"{ray['address']} DOES NOT ANSWER since {since}: {ray.get('error')} "
-                                         f"(--on ray starts fail; next try in {ray.get('retry_in', 0):.0f}s)", "red")))
+                                         f"(--on ray starts fail{waits}; next try in {ray.get('retry_in', 0):.0f}s)",
+                                         "red")))
         else:
             waiting = ray.get("waiting_ports") or []
             text = f"{ray['address']}, runners call home at {ray.get('endpoint')}"
+            if ray.get("driver_state") == "starting":
+                text += "; connecting to the cluster"
+            if ray.get("adopting"):
+                text += f"; {ray['adopting']} session(s) wait for it to be adopted"
             fields.append(("ray", styled(text + f"; ports {waiting} taken: their runners reconnect once they are free",
                                          "yellow") if waiting else text))
     down = [name for name, alive in (st.get("threads") or {}).items() if not alive]

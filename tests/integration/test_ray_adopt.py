@@ -27,7 +27,7 @@ import zmq.auth
 from labd.daemon.ray_adopt import PORT_FILE, actor_name, namespace
 from labd.ipc import LabdError
 from tests.conftest import DaemonProc, wait_until
-from tests.support.ray_cluster import rayctl, shared_cluster
+from tests.support.ray_cluster import free_port, rayctl, shared_cluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 ray = pytest.importorskip("ray")
@@ -231,6 +231,44 @@ def test_a_runner_port_taken_at_a_restart_is_bound_once_it_is_free(rig: Rig) -> 
                    len((rig.home / PORT_FILE).read_text().split()) == 1, timeout=30, what="the ports pruned")
 
 
+def test_a_daemon_restarted_while_its_cluster_does_not_answer_keeps_its_ray_sessions(rig: Rig) -> None:
+    """The daemon is restarted while its Ray cluster does not answer (its address points where nothing listens, as
+    in an outage). It starts all the same (before: it refused to start), runs local sessions, shows the cluster
+    down in `labd status`, fails a `--on ray` start at once saying why, and keeps its Ray session `running`, not
+    lost: the session's runner calls the daemon, not Ray, so its output still arrives. Restarted with the cluster
+    answering, the daemon adopts the session, which completes with every line exactly once and in order."""
+    with rig.client() as c:
+        sid, _placed = _started(c, rig)
+    rig.shutdown()
+    config = rig.home / "config.toml"
+    good = config.read_text()
+    config.write_text(good.replace(str(rig.cluster["address"]), f"127.0.0.1:{free_port()}"))
+    rig.restart(env={"LABD_RAY_CONNECT_TIMEOUT_S": "3"})
+    with rig.client() as c:
+        st = wait_until(lambda: (s := c.status()) and (s.get("ray") or {}).get("down_since") and s, timeout=60,
+                        interval=0.2, what="the cluster reported down")
+        assert st["ray"]["adopting"] == 1 and st["ray"]["error"] and not st["ray"]["driver"], st["ray"]
+        out = subprocess.run([sys.executable, "-m", "labd", "--home", str(rig.home), "status"], capture_output=True,
+                             text=True, timeout=60)
+        assert "DOES NOT ANSWER" in out.stdout, out.stdout
+        at = len(_ticks(c, sid))
+        wait_until(lambda: len(_ticks(c, sid)) > at + 5, timeout=30, interval=0.1, what="output while Ray is down")
+        assert c.session(sid)["status"] == "running"
+        local = _ended(c, c.start("demo.count", params={"n": 2, "delay": 0}, placement={"on": "local"}))
+        assert local["status"] == "completed", (local["reason"], local.get("error"))
+        refused = c.start("labd_rayadoptflows:gated", placement={"on": "ray"})
+        s = _ended(c, refused)
+        assert s["status"] == "failed" and "does not answer" in str(s["reason"]), s
+    rig.shutdown()
+    config.write_text(good)
+    rig.restart()
+    with rig.client() as c:
+        wait_until(lambda: _events(c, sid, ["session.adopted"]), timeout=60, interval=0.1, what="adopted")
+        evs = _open_gate_and_check(c, rig, sid)
+        assert [e["kind"] for e in evs].count("session.adopted") == 1
+    assert rayctl(rig.cluster, rig.namespace, "list") == []
+
+
 def test_session_survives_daemon_sigkill_and_stop_works_after(rig: Rig) -> None:
     """A daemon SIGKILLed with two Ray sessions running: both keep running; the next daemon adopts them; one
     completes with all its output exactly once and a gap-free `seq`, the other is stopped (`labd stop` reaches the
@@ -351,7 +389,10 @@ def test_actor_waiting_for_a_node_across_restarts_is_not_lost(rig: Rig) -> None:
         wait_until(lambda: all(c.session(s)["status"] == "starting" for s in waiting), timeout=30, interval=0.1,
                    what="their actors created")  # launched: Ray registered the (named) actors
     rig.shutdown()
-    rig.restart()  # adopted while they wait ...
+    rig.restart()  # adopted while they wait (answered once the new daemon's driver has connected) ...
+    with rig.client() as c:
+        wait_until(lambda: all(_events(c, s, ["session.adopted"]) for s in waiting), timeout=60, interval=0.1,
+                   what="adopted by the first restart")
     rig.kill9()
     # ... and again, after a SIGKILL, by a daemon whose adoption deadline is 8 s instead of 30 (the same path, sooner)
     up = rig.restart(env={"LABD_RAY_ADOPT_TIMEOUT_S": str(SHORT_ADOPT_S)})

@@ -62,7 +62,7 @@ elif op == "killall":
 '''
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -118,7 +118,7 @@ def shared_cluster(config: Any) -> dict[str, Any]:
     if cluster is not None:
         return cluster
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Unix socket paths are limited
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HOME": temp, "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)]),
            # node death is noticed in ~2 s instead of Ray's default ~15 s
            "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",

@@ -1,36 +1,105 @@
-"""A Ray cluster that does not answer (Ray review): the launcher tries a driver start at most once per backoff, and
-between tries refuses a launch at once, saying since when and why; ``daemon.status`` shows it. Each try holds the
-daemon's main loop until the driver's start timeout, and every ``--on ray`` start tried again: the whole daemon froze
-~70 s per start."""
+"""A Ray cluster that does not answer (Ray review): the launcher never waits for it. Its start returns once Ray is
+imported (a daemon whose cluster was down did not start at all); a failed connection is tried again at most once per
+backoff; meanwhile a launch fails at once, saying since when and why, and ``daemon.status`` shows it; sessions to
+adopt wait for the cluster instead of being recorded lost. Each try used to hold the daemon's main loop until the
+driver's start timeout, and every ``--on ray`` start tried again: the whole daemon froze ~70 s per start."""
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from labd.daemon.launcher import LaunchError
-from labd.daemon.ray_launcher import DOWN_BACKOFF_S, RayLauncher
+from labd.daemon.launcher import ExitInfo, LaunchError
+from labd.daemon.ray_launcher import RayLauncher
+from labd.daemon.ray_link import DOWN_BACKOFF_S
+from tests.conftest import wait_until
+from tests.support.ray_cluster import free_port
 
 pytestmark = pytest.mark.timeout(120)
+pytest.importorskip("ray")
 
 
 def _drivers() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if "labd.daemon.ray_driver" in " ".join(p.cmdline())]
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "labd.daemon.ray_driver" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
-def test_an_unanswering_cluster_is_tried_once_per_backoff(tmp_path: Path) -> None:
-    """The first launch tries a driver and fails; the next one fails at once, naming the cluster, since when and
-    when it tries again, and starts no driver; the launcher's health says it is down."""
-    ray = RayLauncher(tmp_path, f"ipc://{tmp_path}/runners", 1 << 20,
-                      {"kind": "ray", "address": "127.0.0.1:1", "runner_listen": "tcp://127.0.0.1:0"}, timeout=5.0)
-    with pytest.raises(LaunchError):
-        ray._driver()
+@pytest.fixture
+def ray(tmp_path: Path) -> Iterator[RayLauncher]:
+    """A launcher whose cluster address nothing answers on, with a 3 s connect timeout."""
+    launcher = RayLauncher(tmp_path, f"ipc://{tmp_path}/runners", 1 << 20,
+                           {"kind": "ray", "address": f"127.0.0.1:{free_port()}",
+                            "runner_listen": "tcp://127.0.0.1:0"}, timeout=3.0)
+    launcher.start()
+    try:
+        yield launcher
+    finally:
+        launcher.shutdown()
+
+
+def _down(ray: RayLauncher) -> list[ExitInfo]:
+    """Pump the launcher (as the daemon's main loop does) until its driver's start has failed; the exits meanwhile."""
+    exits: list[ExitInfo] = []
+
+    def failed() -> bool:
+        exits.extend(ray.drain_exits())
+        return ray.link.state == "none" and ray.link.down is not None
+
+    wait_until(failed, timeout=30, interval=0.05, what="the driver's start failed")
+    return exits
+
+
+def test_start_does_not_wait_for_the_cluster_and_a_failed_start_is_tried_once_per_backoff(ray: RayLauncher) -> None:
+    """The launcher's start returns while its driver still connects; the driver that cannot connect is ended; a
+    launch then fails at once, naming the cluster, since when and when it tries again, and starts no driver; the
+    launcher's health says it is down."""
+    assert ray.link.state == "starting" and len(_drivers()) == 1
+    _down(ray)
     assert not _drivers()
     with pytest.raises(LaunchError) as again:
-        ray._driver()
-    assert "the Ray cluster at 127.0.0.1:1 does not answer (since" in str(again.value)
+        ray.launch({"session_id": "s1", "workflow": "demo.sleep"})
+    assert f"the Ray cluster at {ray.address} does not answer (since" in str(again.value)
     assert "labd tries again in" in str(again.value) and not _drivers()
     health = ray.health()
     assert health["down_since"] and not health["driver"] and 0 < health["retry_in"] <= DOWN_BACKOFF_S
+    assert health["driver_state"] == "none"
+
+
+def test_a_launch_held_while_the_driver_connects_fails_when_it_cannot(ray: RayLauncher) -> None:
+    """A session launched while the driver still connects gets its handle at once; when the connection fails, its
+    exit says the launch failed and why (the session ends ``failed``, as when a launch is refused)."""
+    handle, _ = ray.launch({"session_id": "s1", "workflow": "demo.sleep"})
+    assert handle < 0
+    exits = _down(ray)
+    [info] = [e for e in exits if e.pid == handle]
+    assert info.failed is not None and f"the Ray cluster at {ray.address} does not answer" in info.failed
+
+
+def test_sessions_to_adopt_wait_for_the_cluster_and_a_kill_ends_one_at_once(ray: RayLauncher) -> None:
+    """Sessions to adopt while the cluster does not answer are not lost: each try fails and they wait, a new driver
+    tried once the backoff has passed. A SIGKILL (``labd kill``, the end of a stop) of one of them ends it at once,
+    with no driver to reach its actor; the other waits on."""
+    a, _ = ray.adopt("sa")
+    b, _ = ray.adopt("sb")
+    assert a is not None and b is not None
+    assert not [e for e in _down(ray) if e.pid in (a, b)]
+    assert ray.health()["adopting"] == 2
+    ray.link.retry_at = 0.0  # the backoff has passed
+    ray.drain_exits()
+    assert ray.link.state == "starting" and len(_drivers()) == 1  # tried again for them
+    assert not [e for e in _down(ray) if e.pid in (a, b)]
+    assert ray.signal(a, signal.SIGKILL)
+    [info] = ray.drain_exits()
+    assert info.pid == a and info.signal == signal.SIGKILL and info.failed is None
+    assert ray.health()["adopting"] == 1
+    assert not ray.signal(a, signal.SIGKILL)  # ended: not its to signal any more
