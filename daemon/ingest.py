@@ -32,7 +32,7 @@ from labd.daemon.acks import AckPacer
 from labd.daemon.daemon_items import DaemonItems
 from labd.daemon.delivery import Delivery
 from labd.daemon.inbound import bind_runners, bound, rebind
-from labd.daemon.ingest_batch import PUB_SNDHWM, Batch, Fragment, LiveEvents, tune_gc
+from labd.daemon.ingest_batch import PUB_SNDHWM, UNREACHABLE, Batch, Fragment, LiveEvents, tune_gc
 from labd.daemon.outputcap import CAPPED, OutputCaps
 from labd.daemon.recordcap import DEFAULT_MAX_SESSION_RECORD, RecordCaps
 from labd.daemon.runner_frames import RunnerFrames, runner_session
@@ -51,9 +51,7 @@ INGEST_IN = "inproc://labd-ingest-in"
 INGEST_NOTIFY = "inproc://labd-ingest-notify"
 MAX_BATCH = 5000
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # raw runner frames per batch: bounds the memory one batch holds
-#: the database cannot be reached (retry the same batch); anything else it raises means it refused data
 STORE_RETRY_S, STORE_RETRY_MAX_S = 0.5, 5.0  # waits between tries of a batch the store could not take
-UNREACHABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
 REFUSED = (sa_exc.StatementError, OverflowError, ValueError, TypeError)
 #: kinds that change projections (everything else only advances the session's seq)
 PROJECTED = frozenset({"session.created", "session.queued", "session.launched", "session.started", "session.finished",
@@ -235,27 +233,32 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
                 items.append(item)
             self.records.begin()  # what this batch counts of max_session_record, taken back if it is processed again
             self.outcap.begin()  # ... and of the output caps' backstop
-            batch = self._process(items, [])
-            # Runner frames are decoded and processed one at a time (a decoded batch is thousands of
-            # objects: holding several at once costs GC time); the raw frames are kept in case the
-            # batch must be processed again.
-            nbytes = 0
+            batch = Batch()
+            broken: Exception | None = None  # the store went away while the batch read from it
             deferred, self._deferred = self._deferred, []
-            for frames in deferred:  # verified last pass; their sessions' items were just taken
-                frames_list.append(frames)
-                self._process_frames(frames, batch, seen=True)
-            while batch.size() < MAX_BATCH and nbytes < MAX_BATCH_BYTES:
-                try:
-                    frames = self.router.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                nbytes += sum(len(f) for f in frames)
-                frames_list.append(frames)
-                self._process_frames(frames, batch, seen=False)
+            frames_list.extend(deferred)
+            try:
+                self._process(items, [], batch)
+                # Runner frames are decoded and processed one at a time (a decoded batch is thousands of
+                # objects: holding several at once costs GC time); the raw frames are kept in case the
+                # batch must be processed again.
+                nbytes = 0
+                for frames in deferred:  # verified last pass; their sessions' items were just taken
+                    self._process_frames(frames, batch, seen=True)
+                while batch.size() < MAX_BATCH and nbytes < MAX_BATCH_BYTES:
+                    try:
+                        frames = self.router.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    nbytes += sum(len(f) for f in frames)
+                    frames_list.append(frames)
+                    self._process_frames(frames, batch, seen=False)
+            except UNREACHABLE as exc:  # processed again, whole, once the store is back (_write)
+                broken = exc
             if items or frames_list:
                 t_write = time.perf_counter()
                 try:
-                    self._write(batch, items, frames_list)
+                    self._write(batch, items, frames_list, broken)
                 except _GivenUp:
                     # the daemon stops and the store still cannot be written: runners keep their unacknowledged
                     # events for the next daemon; this batch's daemon items (and those queued after) are lost
@@ -267,12 +270,16 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
                 self.count("ingest.write_us", int((time.perf_counter() - t_write) * 1e6))
                 self.count("ingest.batches")
 
-    def _process(self, items: list[tuple[Any, ...]], frames_list: list[list[bytes]]) -> Batch:
-        """Process daemon items and (again: ``seen``) runner frames into a batch."""
-        batch = Batch()
+    def _process(self, items: list[tuple[Any, ...]], frames_list: list[list[bytes]],
+                 batch: Batch | None = None) -> Batch:
+        """Process daemon items and (again: ``seen``) runner frames into a batch. Raises what :data:`UNREACHABLE`
+        names (the store went away while an item read from it): the caller processes them all again later."""
+        batch = Batch() if batch is None else batch
         for item in items:
             try:
                 self._on_internal(item, batch)
+            except UNREACHABLE:
+                raise
             except Exception:  # noqa: BLE001 - one bad item must not stop the writer
                 self.count("dropped.internal.error")
                 self.log.exception("daemon item dropped", op=str(item[0]))
@@ -280,43 +287,56 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
             self._process_frames(frames, batch, seen=True)
         return batch
 
-    def _write(self, batch: Batch, items: list[tuple[Any, ...]], frames_list: list[list[bytes]]) -> None:
+    def _write(self, batch: Batch, items: list[tuple[Any, ...]], frames_list: list[list[bytes]],
+               broken: Exception | None = None) -> None:
         """Commit a batch, then publish, acknowledge and notify. A batch the store refuses is written again
         event by event, the refused events replaced by ``event.rejected`` rows; while the store is
-        unreachable, the batch waits and is then processed again (runners keep what is unacknowledged)."""
+        unreachable, the batch waits and is then processed again (runners keep what is unacknowledged).
+        ``broken``: the store went away while the batch was processed (it is processed again, whole)."""
         delay = 0.0  # grows over consecutive failures: a store that reconnects but cannot write (a full disk)
-        while True:
-            try:
-                if batch.size() or batch.changes.session_updates or batch.changes.session_inserts:
-                    self.records.store_into(self.cursors)  # the bounds' counts, committed with what they count
-                    self.outcap.store_into(self.cursors)
-                    self.writer.commit(batch.rows, batch.changes, self.cursors, batch.plain, batch.noded)
-                break
-            except UNREACHABLE as exc:
-                if not self.store_down:
-                    self.store_down_since, self.store_error = time.monotonic(), str(exc).splitlines()[0][:300]
-                self.store_down = True
-                self.count("store_unavailable")
-                if delay == 0.0 or delay >= STORE_RETRY_MAX_S:  # said once, then once per longest wait
-                    self.log.error("store unavailable; waiting for it", error=str(exc)[:300])
-                delay = min(max(delay * 2, STORE_RETRY_S), STORE_RETRY_MAX_S)
-                self._wait_for_store(delay)
-                self._forget(batch)
-                self.records.rollback()
-                self.outcap.rollback()
-                batch = self._process(items, frames_list)
-            except REFUSED as exc:
-                self.count("store_refused_batches")
-                self.log.error("store refused a batch; writing it event by event", error=str(exc)[:300])
-                self._forget(batch)
-                self.records.rollback()
-                self.outcap.rollback()
-                self._safe = True
+        again = False  # process the batch again first (inside the try: the store can go away again meanwhile)
+        try:
+            while True:
                 try:
-                    batch = self._process(items, frames_list)
-                finally:
-                    self._safe = False
-                break
+                    if broken is not None:
+                        exc, broken = broken, None
+                        raise exc
+                    if again:
+                        again = False
+                        batch = self._process(items, frames_list)
+                        if self._safe:
+                            break  # written event by event as it was processed
+                    if batch.size() or batch.changes.session_updates or batch.changes.session_inserts:
+                        self.records.store_into(self.cursors)  # the bounds' counts, committed with what they count
+                        self.outcap.store_into(self.cursors)
+                        self.writer.commit(batch.rows, batch.changes, self.cursors, batch.plain, batch.noded)
+                    break
+                except UNREACHABLE as exc:
+                    if not self.store_down:
+                        self.store_down_since, self.store_error = time.monotonic(), str(exc).splitlines()[0][:300]
+                    self.store_down = True
+                    self.count("store_unavailable")
+                    if delay == 0.0 or delay >= STORE_RETRY_MAX_S:  # said once, then once per longest wait
+                        self.log.error("store unavailable; waiting for it", error=str(exc)[:300])
+                    delay = min(max(delay * 2, STORE_RETRY_S), STORE_RETRY_MAX_S)
+                    self._wait_for_store(delay)
+                    # every cursor is read again: a pass that did not finish may have read or changed any (and in
+                    # safe mode committed some of its events one by one)
+                    self.cursors.clear()
+                    self.records.rollback()
+                    self.outcap.rollback()
+                    again = True
+                except REFUSED as exc:
+                    if self._safe:
+                        raise
+                    self.count("store_refused_batches")
+                    self.log.error("store refused a batch; writing it event by event", error=str(exc)[:300])
+                    self._forget(batch)
+                    self.records.rollback()
+                    self.outcap.rollback()
+                    self._safe = again = True
+        finally:
+            self._safe = False
         if delay:
             self.store_down = False
             self.log.info("store writable again")

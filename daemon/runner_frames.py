@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from labd.daemon.ingest_batch import LIVE_OVERHEAD, PUB_CHUNK_BYTES, Batch, Fragment, LiveEvents, LiveRun
+from labd.daemon.ingest_batch import LIVE_OVERHEAD, PUB_CHUNK_BYTES, UNREACHABLE, Batch, Fragment, LiveEvents, LiveRun
 from labd.daemon.outputcap import CAPPED, OutputCaps
 from labd.daemon.recordcap import RecordCaps
 from labd.ipc.events import APPROVALS_PENDING_MAX, DAEMON_KINDS, NODE_ID_MAX, TS_MAX, EventError, quick_valid, validate
@@ -120,6 +120,8 @@ class RunnerFrames:
         self._frame = (frames, not seen)
         try:
             self._on_runner_message(frames[0], msg, batch)
+        except UNREACHABLE:  # the store, not the frame: processed again once it is back (ingest._write)
+            raise
         except Exception:  # noqa: BLE001 - a frame we cannot handle is counted and dropped
             self.count("dropped.runner.error")
             self.log.exception("runner frame dropped")

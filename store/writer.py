@@ -72,8 +72,25 @@ class BatchWriter:
         self._conn.execute(text("SELECT 1"))
         self._conn.rollback()
 
+    def _rolled_back(self) -> None:
+        """After a read failed: end its transaction. A connection the database dropped (a PostgreSQL restart) is
+        otherwise left refusing every statement ("Can't reconnect until invalid transaction is rolled back"), and
+        ingest dropped every item that read a session's row, for good, while the daemon looked healthy (admin
+        review)."""
+        try:
+            self._conn.rollback()
+        except Exception:  # noqa: BLE001 - a dead connection: the caller's error says why
+            pass
+
     def load_cursor(self, session_id: str) -> SessionCursor | None:
         """Rebuild ingest's cursor for a session from its row (after a restart, or first sight)."""
+        try:
+            return self._load_cursor(session_id)
+        except BaseException:
+            self._rolled_back()
+            raise
+
+    def _load_cursor(self, session_id: str) -> SessionCursor | None:
         row = self._conn.execute(select(sessions).where(sessions.c.id == session_id)).mappings().first()
         self._conn.rollback()
         if row is None:
@@ -110,9 +127,13 @@ class BatchWriter:
         """Resolved approvals among ``ids`` (re-sent to a runner that reconnects while waiting)."""
         if not ids:
             return []
-        rows = self._conn.execute(select(approvals).where(
-            approvals.c.session_id == session_id, approvals.c.id.in_(ids),
-            approvals.c.status == "resolved")).mappings().all()
+        try:
+            rows = self._conn.execute(select(approvals).where(
+                approvals.c.session_id == session_id, approvals.c.id.in_(ids),
+                approvals.c.status == "resolved")).mappings().all()
+        except BaseException:
+            self._rolled_back()
+            raise
         self._conn.rollback()
         return [dict(r) for r in rows]
 

@@ -118,6 +118,44 @@ def test_database_outage_is_waited_out_without_losing_events(isolated_env, postg
         kill_runners(isolated_env)
 
 
+def test_a_session_started_after_a_database_restart_is_recorded(isolated_env, postgres_server) -> None:
+    """The PostgreSQL server restarts while the daemon is idle (its writer's connection dies unseen): the next
+    session started is recorded and runs to the end, every event stored, and nothing is dropped. Before, the first
+    statement on the dead connection left it refusing every later one ("Can't reconnect until invalid transaction is
+    rolled back"): every session started afterwards was dropped, for good, while ``daemon.status`` said healthy
+    (admin review)."""
+    from tests.conftest import wait_until
+
+    daemon = DaemonProc(isolated_env, args=["--db", postgres_server.url]).start()
+    try:
+        with daemon.client(timeout=60) as c:
+            assert c.wait(c.start("demo.count", params={"n": 2, "delay": 0}), timeout=60)["status"] == "completed"
+            postgres_server.stop()
+            postgres_server.start()
+            sid = wait_until(lambda: _started_or_none(c), timeout=60, interval=0.5, what="a start accepted")
+            final = c.wait(sid, timeout=60)
+            assert final["status"] == "completed", final["reason"]
+            assert [e["payload"]["text"] for e in c.history(sid, kinds=["output"])] == ["count 1/3\n", "count 2/3\n",
+                                                                                        "count 3/3\n"]
+            events = list(c.history(sid))
+            assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+            counters = c.status()["counters"]
+            assert not {k: v for k, v in counters.items() if k.startswith("dropped.")}, counters
+    finally:
+        daemon.stop()
+        kill_runners(isolated_env)
+
+
+def _started_or_none(c: object) -> str | None:
+    """A new three-line session's id, or None while the daemon refuses starts (its store still reconnecting)."""
+    from labd.ipc import LabdError
+
+    try:
+        return c.start("demo.count", params={"n": 3, "delay": 0})  # type: ignore[attr-defined, no-any-return]
+    except LabdError:
+        return None
+
+
 def test_a_second_daemon_on_the_same_postgresql_schema_is_refused(isolated_env, postgres_url, tmp_path) -> None:
     """Another home given the same PostgreSQL database and schema while a daemon writes it: `labd serve` exits 2
     saying another daemon writes the store (the two adopted each other's runners and dropped events as
