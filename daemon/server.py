@@ -39,7 +39,7 @@ from labd.daemon.runtime_watch import RuntimeWatch
 from labd.daemon.sandboxing import SandboxSetup
 from labd.daemon.services import GatewayError, launchers, start_gateway, start_telemetry
 from labd.daemon.startup import AlreadyRunning, Startup, begin, signing_key
-from labd.daemon.store_identity import record_store
+from labd.daemon.store_identity import check_home, record_store
 from labd.daemon.store_lock import ServerStoreLock
 from labd.daemon.supervisor import Supervisor
 from labd.daemon.systemd import Heartbeat, Notifier
@@ -182,7 +182,9 @@ class Daemon(SandboxSetup, ControlPlane):
         known_keys = KnownKeys()  # the store's idempotency keys in memory: a new key costs no store read
         known_keys.load(engine, time.time())
         self.store = Store(engine, known_keys)
+        claim = check_home(layout, engine, cfg.db_url, self.store.session_ids)  # the store's home, and its age
         record_store(layout, cfg.db_url, lambda: bool(self.store.session_ids()))  # daemon/store_identity.py
+        mark = claim.commit()
         # Before the runner socket is bound: a runner that outlived the previous daemon delivers its last
         # events and may exit as soon as it can connect, and adoption (below) must come right after that.
         self.cgroups = session_cgroups(layout.home, cfg.cgroups, cfg.session_tasks, self.log)  # before the probe
@@ -200,7 +202,9 @@ class Daemon(SandboxSetup, ControlPlane):
         checkpointer = self.checkpointer = Checkpointer(engine) if is_sqlite(cfg.db_url) else None
         if checkpointer is not None:
             checkpointer.start()
-        ingest = Ingest(z, BatchWriter(engine, known_keys), bytes.fromhex(key), self.info.runners, self.info.events,
+        writer = BatchWriter(engine, known_keys)
+        writer.on_created = mark.add
+        ingest = Ingest(z, writer, bytes.fromhex(key), self.info.runners, self.info.events,
                         self.counters, self.last_seen, cfg.max_message, sessions_dir=layout.sessions_dir,
                         secure_events=events_auth.secure,
                         max_session_record=None if cfg.max_session_record is None else int(cfg.max_session_record))

@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import fcntl
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from labd.ipc.paths import Layout, UnusableHome
+from labd.store.meta import HOME, SESSIONS_CREATED, read_meta, set_home
 
-__all__ = ["WrongStore", "check_store", "lock_store", "record_store", "store_identity"]
+__all__ = ["WrongStore", "HomeClaim", "StoreMark", "check_home", "check_store", "lock_store", "record_store",
+           "store_identity"]
 
 FILE = "store"
+HOME_ID = "home-id"  # this home's id (random, made at its first start): the store records whose record it is
+MARK = "store-mark"  # how many sessions this home's daemons saw the store insert
 
 
 class WrongStore(UnusableHome):
@@ -79,6 +85,98 @@ def record_store(layout: Layout, db_url: str, knows_sessions: Callable[[], bool]
     tmp = path.with_name(FILE + ".tmp")
     tmp.write_text(store_identity(db_url) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _home_id(layout: Layout) -> str:
+    path = layout.home / HOME_ID
+    try:
+        found = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        found = ""
+    if found:
+        return found
+    made = uuid.uuid4().hex
+    _write(path, made + "\n")
+    return made
+
+
+class StoreMark:
+    """``<home>/store-mark``: the sessions this home's daemons saw the store insert, written after each commit that
+    inserted some (:attr:`labd.store.writer.BatchWriter.on_created`, on ingest's thread)."""
+
+    def __init__(self, path: Path, count: int) -> None:
+        self.path, self.count = path, count
+        _write(path, f"{count}\n")
+
+    def add(self, n: int) -> None:
+        self.count += n
+        try:
+            _write(self.path, f"{self.count}\n")
+        except OSError:  # a full disk: the mark lags, which only weakens the check (never refuses wrongly)
+            pass
+
+
+class HomeClaim:
+    """What :func:`check_home` found acceptable, written by :meth:`commit` once every check of the start passed (a
+    start refused for another reason claims nothing)."""
+
+    def __init__(self, layout: Layout, engine: Any, owner: str, created: int) -> None:
+        self.layout, self.engine, self.owner, self.created = layout, engine, owner, created
+
+    def commit(self) -> StoreMark:
+        """Record this home as the store's (new, or moved: its id moves with it); the home's mark, kept up to date."""
+        mine = f"{_home_id(self.layout)} {self.layout.home}"
+        if self.owner != mine:
+            set_home(self.engine, mine)
+        return StoreMark(self.layout.home / MARK, self.created)
+
+
+def check_home(layout: Layout, engine: Any, db_url: str, session_ids: Callable[[], set[str]]) -> HomeClaim:
+    """Refuse (:class:`WrongStore`) a store that is the record of another home, or that went back in time (it has
+    recorded fewer sessions than this home saw it insert: a backup restored, or an older copy). Either way the
+    daemon would take what the store does not know for deleted: remove the home's session directories it has no
+    row for, stop their runners, adopt another home's runners and lose their output (admin review). A store of no
+    home yet (new, or of a labd before 2026-12-06) becomes this home's when the claim is committed. Writes
+    nothing."""
+    path = layout.home / HOME_ID
+    try:
+        mine = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        mine = ""  # a new home (or one of a labd before 2026-12-06): given an id when it claims the store
+    meta = read_meta(engine)
+    owner = (meta.get(HOME) or (None, None))[0] or ""
+    owner_id, _, owner_path = owner.partition(" ")
+    ident = store_identity(db_url)
+    if owner_id and owner_id != mine and not (not mine and owner_path == str(layout.home)):  # (its id file lost)
+        raise WrongStore(
+            f"the store {ident} is the record of the home {owner_path} (id {owner_id}), not of {layout.home}: a "
+            "daemon of this home would take that home's sessions for its own (adopt its runners, lose their output). "
+            f"Give this home a database of its own, or serve the store from {owner_path}")
+    created = int((meta.get(SESSIONS_CREATED) or (None, 0))[1] or 0)
+    path = layout.home / MARK
+    try:
+        seen: int | None = int(path.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        seen = None
+    if seen is not None and created < seen:
+        sessions = layout.sessions_dir
+        known = session_ids()
+        unknown = sorted(p.name for p in sessions.iterdir() if p.is_dir() and p.name not in known) \
+            if sessions.is_dir() else []
+        raise WrongStore(
+            f"the store {ident} is older than this home: it recorded {created} sessions, and this home's daemons saw "
+            f"it record {seen} (restored from a backup, or an older copy?). A daemon on it would take the "
+            f"{len(unknown)} session directories it does not know for deleted ones (remove them, kill their "
+            f"runners){': ' + ', '.join(unknown[:10]) + (' ...' if len(unknown) > 10 else '') if unknown else ''}. "
+            f"Serve the newer store; or, to go on with this one, move those directories out of {sessions} and "
+            f"delete {path}")
+    return HomeClaim(layout, engine, owner, created)
 
 
 def lock_store(layout: Layout, db_url: str) -> int | None:

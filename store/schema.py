@@ -272,3 +272,14 @@ idempotency_keys = Table(
     Column("created_at", Float, nullable=False),
 )
 Index("ix_idempotency_keys_created_at", idempotency_keys.c.created_at)
+
+#: facts about the store as a whole: ``home`` (the id and path of the home whose record it is: a daemon of another
+#: home is refused, daemon/store_identity.py) and ``sessions_created`` (``n``: sessions ever inserted, deletions
+#: not subtracted; a home that saw more knows the store went back in time: a restored backup)
+store_meta = Table(
+    "store_meta",
+    metadata,
+    Column("key", String(40), primary_key=True),
+    Column("value", Text, nullable=True),
+    Column("n", BigInteger, nullable=True),
+)

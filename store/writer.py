@@ -7,7 +7,7 @@ DESIGN.md §9).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain
 from operator import itemgetter
 from typing import Any
@@ -48,6 +48,8 @@ class BatchWriter:
     def __init__(self, engine: Engine, known_keys: KnownKeys | None = None) -> None:
         self.engine = engine
         self.known_keys = known_keys  # told of idempotency keys before they are committed (store/known_keys.py)
+        #: told how many sessions each commit inserted, once committed (the home's mark: daemon/store_identity.py)
+        self.on_created: Callable[[int], None] | None = None
         self._conn = engine.connect()
         style = engine.dialect.paramstyle
         ph = "?" if style == "qmark" else "%s"
@@ -210,6 +212,9 @@ class BatchWriter:
                 cols = list(changes.session_inserts[0])
                 sql = f"INSERT INTO sessions ({', '.join(cols)}) VALUES ({', '.join([p] * len(cols))})"
                 conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in changes.session_inserts])
+                # counted with them: a home that saw more than its store has knows the store went back (store/meta.py)
+                conn.exec_driver_sql(f"UPDATE store_meta SET n = n + {p} WHERE key = 'sessions_created'",
+                                     (len(changes.session_inserts),))
             if rows:
                 self._insert_events.write(conn, rows)
             if plain:
@@ -270,6 +275,8 @@ class BatchWriter:
         except BaseException:
             conn.rollback()
             raise
+        if changes.session_inserts and self.on_created is not None:
+            self.on_created(len(changes.session_inserts))
 
 
 class _Inserts:

@@ -159,7 +159,8 @@ def _started_or_none(c: object) -> str | None:
 def test_a_second_daemon_on_the_same_postgresql_schema_is_refused(isolated_env, postgres_url, tmp_path) -> None:
     """Another home given the same PostgreSQL database and schema while a daemon writes it: `labd serve` exits 2
     saying another daemon writes the store (the two adopted each other's runners and dropped events as
-    duplicates); once the first has stopped (its connection, and so its advisory lock, gone), the second starts."""
+    duplicates). Once the first has stopped (its connection, and so its advisory lock, gone), the store is still the
+    first home's record: the other home is refused naming it, and the first serves it again."""
     import subprocess
     import sys
 
@@ -174,12 +175,16 @@ def test_a_second_daemon_on_the_same_postgresql_schema_is_refused(isolated_env, 
             assert c.ping()
     finally:
         first.stop()
-    second = DaemonProc(tmp_path / "other", args=["--db", url]).start()
+    out = subprocess.run([sys.executable, "-m", "labd", "--home", str(tmp_path / "other"), "serve", "--db", url],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert f"is the record of the home {isolated_env}" in out.stderr, out.stderr
+    again = DaemonProc(isolated_env, args=["--db", url]).start()
     try:
-        with second.client() as c:
+        with again.client() as c:
             assert c.ping()
     finally:
-        second.stop()
+        again.stop()
         admin.dispose()
 
 

@@ -147,7 +147,8 @@ def test_a_daemon_on_another_store_refuses_the_home_and_touches_nothing(isolated
         assert out.returncode == 2, out.stderr
         assert "keeps the sessions of the store sqlite:" in out.stderr and str(other) in out.stderr
         assert "Traceback" not in out.stderr
-        (isolated_env / "store").unlink()  # as a home of a labd before the store was recorded
+        for name in ("store", "store-mark", "home-id"):  # as a home of a labd before the store was recorded
+            (isolated_env / name).unlink()
         out = serve_other()
         assert out.returncode == 2, out.stderr
         assert "session directories, but the store" in out.stderr and "records no session" in out.stderr
@@ -158,6 +159,71 @@ def test_a_daemon_on_another_store_refuses_the_home_and_touches_nothing(isolated
             assert c.session(live)["status"] == "running" and c.session(done)["status"] == "completed"
             c.kill(live)
         assert (isolated_env / "store").read_text().strip() == f"sqlite:{os.path.realpath(isolated_env / 'labd.db')}"
+    finally:
+        d.stop()
+        kill_runners(isolated_env)
+
+
+def test_a_store_of_another_home_or_restored_from_a_backup_is_refused(isolated_env: Path, tmp_path: Path) -> None:
+    """A store remembers whose record it is, and how many sessions it ever recorded (admin review). Another home
+    given this home's database exits 2 naming the home it belongs to (it adopted that home's runners, which kept
+    talking to their own home: their output was lost). The same store restored from a backup taken before the
+    latest sessions exits 2 saying it is older than the home, naming the session directories it does not know
+    (that start removed them and killed their runners, taking them for deleted). Neither start touches a session
+    directory or a runner, nor claims anything; with the newer store back, the running session is adopted."""
+    import shutil
+
+    from tests.conftest import DaemonProc, kill_runners, wait_until
+
+    db = isolated_env / "labd.db"
+
+    def copy_db(to: Path) -> None:
+        to.mkdir(parents=True, exist_ok=True)
+        for f in db.parent.glob("labd.db*"):
+            if not f.name.endswith("labd-lock"):
+                shutil.copy2(f, to / f.name)
+
+    def put_db(frm: Path) -> None:
+        for f in db.parent.glob("labd.db-*"):
+            if not f.name.endswith("labd-lock"):
+                f.unlink()
+        for f in frm.iterdir():
+            shutil.copy2(f, db.parent / f.name)
+
+    d = DaemonProc(isolated_env).start()
+    try:
+        with d.client() as c:
+            c.wait(c.start("demo.count", params={"n": 1, "delay": 0}), timeout=60)
+        d.stop()
+        copy_db(tmp_path / "backup")
+        d = DaemonProc(isolated_env).start()
+        with d.client() as c:
+            later = c.start("demo.count", params={"n": 1, "delay": 0})
+            c.wait(later, timeout=60)
+            live = c.start("demo.sleep")
+            pid = wait_until(lambda: c.session(live)["pid"], timeout=60, what="the runner")
+        d.stop()  # sessions keep running without a daemon
+        dirs = sorted(p.name for p in (isolated_env / "sessions").iterdir())
+        other = tmp_path / "other-home"
+        out = subprocess.run([sys.executable, "-m", "labd", "--home", str(other), "serve", "--db", f"sqlite:///{db}"],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, out.stderr
+        assert f"is the record of the home {isolated_env}" in out.stderr and "Traceback" not in out.stderr
+        assert not (other / "store").exists()  # the refused home did not take this store for its own
+        copy_db(tmp_path / "newer")
+        put_db(tmp_path / "backup")
+        out = subprocess.run([sys.executable, "-m", "labd", "serve"], stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 2, out.stderr
+        assert "is older than this home: it recorded 1 sessions, and this home's daemons saw it record 3" in out.stderr
+        assert "the 2 session directories it does not know" in out.stderr and later in out.stderr and live in out.stderr
+        assert sorted(p.name for p in (isolated_env / "sessions").iterdir()) == dirs
+        assert psutil.pid_exists(pid)
+        put_db(tmp_path / "newer")
+        d = DaemonProc(isolated_env).start()
+        with d.client() as c:
+            assert c.session(live)["status"] == "running" and c.session(later)["status"] == "completed"
+            c.kill(live)
     finally:
         d.stop()
         kill_runners(isolated_env)
@@ -184,8 +250,9 @@ def test_a_preload_that_fails_to_import_does_not_keep_the_daemon_from_serving(is
 def test_a_second_daemon_on_the_same_sqlite_store_is_refused(isolated_env: Path, tmp_path: Path) -> None:
     """Another home given this home's SQLite database (`--db`) while its daemon runs: `labd serve` exits 2 naming
     the daemon that writes it (the two daemons adopted each other's runners and dropped events as duplicates), and
-    the running daemon's sessions go on; once it has stopped, nothing holds the store."""
-    from tests.conftest import DaemonProc, running_daemon
+    the running daemon's sessions go on. Once it has stopped, the store is still that home's record: the other home
+    is refused naming it (admin review: it started, adopted the first home's runners and lost their output)."""
+    from tests.conftest import running_daemon
 
     db = f"sqlite:///{isolated_env / 'labd.db'}"
     other_home = tmp_path / "other-home"
@@ -196,9 +263,9 @@ def test_a_second_daemon_on_the_same_sqlite_store_is_refused(isolated_env: Path,
         assert f"is written by the labd daemon of home {isolated_env} (pid {d.proc.pid})" in out.stderr, out.stderr
         sid = c.start("demo.count", params={"n": 2})
         assert c.wait(sid, timeout=60)["status"] == "completed"
-    second = DaemonProc(other_home, args=["--db", db]).start()  # the first has stopped: the store is free
-    try:
-        with second.client() as c:
-            assert any(s["id"] == sid for s in c.sessions(status=["completed"]))
-    finally:
-        second.stop()
+    out = subprocess.run([sys.executable, "-m", "labd", "--home", str(other_home), "serve", "--db", db],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert f"is the record of the home {isolated_env}" in out.stderr, out.stderr
+    with running_daemon(isolated_env) as d, d.client() as c:  # its own home serves it as before
+        assert any(s["id"] == sid for s in c.sessions(status=["completed"]))

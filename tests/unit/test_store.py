@@ -528,10 +528,33 @@ def test_a_skill_version_number_is_never_given_twice(engine: Engine, writer: Bat
     assert get_skill(engine, "fit")["workflow"] == "demo.sleep"
     writer.save_skill({"name": "other", "workflow": "demo.count"})
     downgrade_to(engine, "0013_files_path_b64")
-    # a skill whose versions were all deleted before the migration, but which a session ran at version 7
+    # a skill whose versions were all deleted before the migration, but which a session ran at version 7 (recorded
+    # by this labd's writer, which counts sessions in store_meta: the table stands in for the count meanwhile)
+    from labd.store.schema import store_meta
+
+    store_meta.create(engine)
     _run_session(writer, {}, sid="s7", created={"skill": {"name": "gone", "version": 7, "origin_session": None}})
+    store_meta.drop(engine)
     migrate(engine)
     writer.delete_skill("fit")
     writer.delete_skill("other")
     assert writer.save_skill(doc)["version"] == 4 and writer.save_skill({**doc, "name": "other"})["version"] == 2
     assert writer.save_skill({**doc, "name": "gone"})["version"] == 8
+
+
+def test_the_store_counts_every_session_it_ever_recorded(engine: Engine, writer: BatchWriter) -> None:
+    """``store_meta`` ``sessions_created`` counts each session inserted, in the same transaction, and a deletion does
+    not subtract (a home that saw more than its store has knows the store went back: daemon/store_identity.py); a
+    store from before (revision 0014) starts from the sessions it holds."""
+    from labd.store.meta import sessions_created
+
+    counted: list[int] = []
+    writer.on_created = counted.append
+    for sid in ("a1", "a2", "a3"):
+        _run_session(writer, {}, sid=sid)
+    assert sessions_created(engine) == 3 and sum(counted) == 3
+    writer.delete_sessions(["a1"])
+    assert sessions_created(engine) == 3
+    downgrade_to(engine, "0014_skill_names")
+    migrate(engine)
+    assert sessions_created(engine) == 2
