@@ -15,6 +15,7 @@ from labd.daemon.reads import Read, Reads
 from labd.daemon.reply_budget import ReplyBudget
 from labd.ipc.parts import max_reply, split_reply
 from labd.ipc.wire import DEFAULT_MAX_MESSAGE, OversizedFrame, PayloadError, WireError, cut_deep, nesting_ok
+from labd.store.db import UNREACHABLE, unreachable_error
 
 if TYPE_CHECKING:
     from labd.daemon.api.start import PendingStart
@@ -172,8 +173,7 @@ class ControlPlane:
             self._reply(control, identity, msg.id, error=exc)
             return
         except Exception as exc:  # noqa: BLE001 - never a traceback on the wire; the log has it
-            self.log.exception("request failed", type=msg.type)
-            self._reply(control, identity, msg.id, error=ApiError("internal", f"internal error: {exc}"))
+            self._reply(control, identity, msg.id, error=self._failed(exc, msg.type))
             return
         if isinstance(result, Generator):  # a handler that waits: workflow checks (daemon/checks.py), long reads
             context = (identity, msg.id, msg.type)
@@ -237,9 +237,18 @@ class ControlPlane:
         except ApiError as exc:
             self._refuse(control, identity, req_id, exc)
         except Exception as exc:  # noqa: BLE001 - never a traceback on the wire; the log has it
-            self.log.exception("request failed", type=type_)
-            self._refuse(control, identity, req_id, ApiError("internal", f"internal error: {exc}"))
+            self._refuse(control, identity, req_id, self._failed(exc, type_))
         return None
+
+    def _failed(self, exc: Exception, type_: str) -> ApiError:
+        """The error a request that raised ``exc`` is answered with: ``store_unavailable`` when the store could not
+        be reached (a PostgreSQL restart: clients were told "internal error" and the driver's raw message; admin
+        review), else ``internal`` (logged with its traceback)."""
+        if isinstance(exc, UNREACHABLE):
+            self.log.warning("request failed: the store cannot be reached", type=type_, error=str(exc)[:300])
+            return ApiError("store_unavailable", unreachable_error(exc))
+        self.log.exception("request failed", type=type_)
+        return ApiError("internal", f"internal error: {exc}")
 
     def _refuse(self, control: zmq.Socket, identity: bytes, req_id: str, error: ApiError) -> None:
         """Refuse a request, and the keyed retries that waited for it: a suspended one that failed (a start

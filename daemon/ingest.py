@@ -32,7 +32,7 @@ from labd.daemon.acks import AckPacer
 from labd.daemon.daemon_items import DaemonItems
 from labd.daemon.delivery import Delivery
 from labd.daemon.inbound import bind_runners, bound, rebind
-from labd.daemon.ingest_batch import PUB_SNDHWM, UNREACHABLE, Batch, Fragment, LiveEvents, tune_gc
+from labd.daemon.ingest_batch import PUB_SNDHWM, Batch, Fragment, LiveEvents, tune_gc
 from labd.daemon.outputcap import CAPPED, OutputCaps
 from labd.daemon.recordcap import DEFAULT_MAX_SESSION_RECORD, RecordCaps
 from labd.daemon.runner_frames import RunnerFrames, runner_session
@@ -41,6 +41,7 @@ from labd.daemon.subscriptions import LiveSubscriptions
 from labd.daemon.warnlimit import WarnLimiter
 from labd.ipc.wire import Codec
 from labd.store.blobs import take_blobs
+from labd.store.db import UNREACHABLE
 from labd.store.projections import SessionCursor, apply
 from labd.store.search import IndexHints
 from labd.store.writer import BatchWriter

@@ -15,13 +15,9 @@ from itertools import accumulate
 from typing import Any
 
 import orjson
-import sqlalchemy.exc as sa_exc
 
 from labd.store.projections import RowChanges
 from labd.store.writer import EventRow, NodeRow, PlainRow
-
-#: the database cannot be reached (retry the same batch); anything else it raises means it refused data
-UNREACHABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)
 
 __all__ = ["Batch", "LiveEvents", "LiveRun", "Fragment", "tune_gc", "PUB_CHUNK_BYTES", "PUB_SNDHWM", "GC_GEN0"]
 

@@ -56,6 +56,23 @@ class LossyStream:
         return getattr(self._stream, name)
 
 
+class _ToStructlog(logging.Handler):
+    """Libraries' stdlib log records (psycopg's "error ignored terminating <Pipeline [BAD]>: the connection is lost"
+    while its server restarts), rendered as the daemon's own lines: they were written raw, one plain line among the
+    JSON ones, breaking a log shipper's parse and getting no journald priority (admin review)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            log = structlog.get_logger(record.name)
+            method = getattr(log, record.levelname.lower(), log.warning)
+            fields: dict[str, object] = {"logger": record.name}
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            method(record.getMessage(), **fields)
+        except Exception:  # noqa: BLE001 - logging must never raise into the code that logged
+            self.handleError(record)
+
+
 def configure(fmt: str = "auto", level: str = "info") -> None:
     """Configure structlog once for the daemon process (``fmt``: auto | json | console)."""
     # Everything the daemon writes to stdout/stderr goes through a LossyStream (warnings, tracebacks, prints; and
@@ -82,3 +99,6 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
+    root = logging.getLogger()
+    root.handlers = [_ToStructlog()]
+    root.setLevel(logging.WARNING)  # what Python's last-resort handler printed before: warnings and worse

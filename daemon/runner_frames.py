@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from labd.daemon.ingest_batch import LIVE_OVERHEAD, PUB_CHUNK_BYTES, UNREACHABLE, Batch, Fragment, LiveEvents, LiveRun
+from labd.daemon.ingest_batch import LIVE_OVERHEAD, PUB_CHUNK_BYTES, Batch, Fragment, LiveEvents, LiveRun
 from labd.daemon.outputcap import CAPPED, OutputCaps
 from labd.daemon.recordcap import RecordCaps
 from labd.ipc.events import APPROVALS_PENDING_MAX, DAEMON_KINDS, NODE_ID_MAX, TS_MAX, EventError, quick_valid, validate
 from labd.ipc.signing import derive_key
 from labd.ipc.wire import ACK_TAIL, Codec, Message, WireError
+from labd.store.db import UNREACHABLE
 from labd.store.projections import SessionCursor
 from labd.store.search import IndexHints
 

@@ -376,8 +376,11 @@ class Daemon(SandboxSetup, ControlPlane):
             stale = time.monotonic() - ingest.beat
             problem = ("ingest thread died" if ingest.failed is not None or not ingest.is_alive()
                        else f"ingest stuck for {stale:.0f}s" if stale > 10 else "")
+            # the store down is waited out, not a reason for systemd to restart us; but `systemctl status` says it
+            note = (f"store NOT WRITABLE for {time.monotonic() - ingest.store_down_since:.0f}s: {ingest.store_error}"
+                    if ingest.store_down else "")
             heartbeat.tick(not problem, len(self.supervisor.running), self.counters.get("events_persisted", 0),
-                           problem)
+                           problem, note)
             self.retention.tick()
             if self.runtime_watch.gone():
                 self.log.error("the daemon's runtime directory was removed under it, its sockets and connection file "
@@ -426,11 +429,15 @@ class Daemon(SandboxSetup, ControlPlane):
         self.draining = True
         running = sorted(self.supervisor.running)
         self.log.info("draining: stopping running sessions before exit", sessions=running)
-        self.notifier.send(status=f"draining: stopping {len(running)} sessions")
+        # the ladder: stop_grace, then SIGTERM and term_grace, then SIGKILL; a few seconds more to record the ends
+        wait = self.cfg.stop_grace + self.cfg.term_grace + 10
+        # systemd's stop timeout (the unit's TimeoutStopSec=60) would SIGKILL a longer drain midway (admin review):
+        # asked for the drain's whole wait, and half a minute more to record the ends and exit
+        self.notifier.send(stopping=1, extend_timeout_usec=int((wait + 30) * 1_000_000),
+                           status=f"draining: stopping {len(running)} sessions")
         for sid in running:
             self.supervisor.stop(sid, "daemon", self.cfg.stop_grace, reason="daemon stopping (drain)")
-        # the ladder: stop_grace, then SIGTERM and term_grace, then SIGKILL; a few seconds more to record the ends
-        return time.monotonic() + self.cfg.stop_grace + self.cfg.term_grace + 10
+        return time.monotonic() + wait
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         # Record only; the main loop acts. A second Ctrl-C while stopping forces exit (a second signal while

@@ -103,7 +103,9 @@ class Heartbeat:
         self._status = ""
         self.withheld = 0  # pings not sent because the daemon was unhealthy
 
-    def tick(self, healthy: bool, running: int, events_total: int, problem: str = "") -> None:
+    def tick(self, healthy: bool, running: int, events_total: int, problem: str = "", note: str = "") -> None:
+        """One main-loop turn: ``problem`` says why the daemon is not healthy; ``note`` is a trouble it waits out
+        (the store down: a restart would not bring it back), shown in STATUS all the same."""
         if not self.notifier.enabled:
             return
         now = time.monotonic()
@@ -124,6 +126,8 @@ class Heartbeat:
             status = f"{running} session{'s' if running != 1 else ''} running, {rate:.0f} events/s"
             if not healthy:
                 status += f"; UNHEALTHY: {problem}"
+            if note:
+                status += f"; {note}"
             if status != self._status:
                 self._status = status
                 self.notifier.send(status=status)

@@ -9,9 +9,22 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 
-__all__ = ["open_engine", "migrate", "downgrade", "is_sqlite", "Checkpointer", "NewerSchema"]
+__all__ = ["open_engine", "migrate", "downgrade", "is_sqlite", "Checkpointer", "NewerSchema", "UNREACHABLE",
+           "unreachable_error"]
+
+#: the database cannot be reached (a write is retried; a read fails as ``store_unavailable``); anything else it raises
+#: means it refused the data
+UNREACHABLE = (OperationalError, InterfaceError, DisconnectionError)
+
+
+def unreachable_error(exc: BaseException) -> str:
+    """What a client is told when a read met a store that cannot be reached: the driver's first line, not its
+    background link."""
+    first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return (f"the store cannot be reached just now ({first[0][:300] if first else type(exc).__name__}); try again "
+            "once it is back (`labd status` shows the store)")
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 

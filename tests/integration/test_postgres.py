@@ -9,6 +9,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+from labd.ipc import LabdError
 from tests.conftest import DaemonProc, kill_runners
 
 
@@ -94,7 +95,8 @@ def test_sessions_and_agent_tracking_persist_in_postgresql(isolated_env, postgre
 
 def test_database_outage_is_waited_out_without_losing_events(isolated_env, postgres_server) -> None:
     """The PostgreSQL server stops while a session runs: the daemon waits for it (runners hold their
-    events), and when it is back the session finishes with every event stored once."""
+    events), a read meanwhile is refused ``store_unavailable`` (it was "internal error" and the driver's raw message:
+    admin review), and when it is back the session finishes with every event stored once."""
     from tests.conftest import wait_until
 
     daemon = DaemonProc(isolated_env, args=["--db", postgres_server.url]).start()
@@ -104,6 +106,11 @@ def test_database_outage_is_waited_out_without_losing_events(isolated_env, postg
             wait_until(lambda: len(list(c.history(sid, kinds=["custom"]))) >= 5, what="first ticks")
             postgres_server.stop()
             down_until = time.monotonic() + 2.0  # keep it down for a while
+            # a read meanwhile is refused as the store's absence, not as an "internal error" with the driver's text
+            with pytest.raises(LabdError) as refused:
+                c.sessions()
+            assert refused.value.code == "store_unavailable", refused.value
+            assert "the store cannot be reached just now" in str(refused.value), refused.value
             wait_until(lambda: time.monotonic() > down_until, timeout=5, interval=0.1)
             postgres_server.start()
             final = c.wait(sid, timeout=90)

@@ -149,10 +149,12 @@ def test_labd_wait(isolated_env: Path) -> None:
         d.stop()
 
 
-def test_drain_stops_sessions_before_exit(isolated_env: Path) -> None:
+def test_drain_stops_sessions_before_exit(isolated_env: Path, notify_socket: NotifyListener) -> None:
     """Default policy: a stopped daemon leaves sessions running. With `serve --drain`, SIGTERM first stops
     every running session through the ordinary stop ladder (refusing new sessions meanwhile), records their
-    ends, then exits 0; `labd shutdown` of such a daemon says it stopped them, not that they keep running."""
+    ends, then exits 0; `labd shutdown` of such a daemon says it stopped them, not that they keep running. Under
+    systemd the drain asks for the time it may take (`EXTEND_TIMEOUT_USEC`, with `STOPPING=1`): the unit's
+    `TimeoutStopSec=60` killed a drain with longer graces midway (admin review)."""
     from labd.ipc import LabdError
 
     with running_daemon(isolated_env) as d:
@@ -160,7 +162,7 @@ def test_drain_stops_sessions_before_exit(isolated_env: Path) -> None:
             kept = c.start("demo.sleep", params={"seconds": 600})
             wait_until(lambda: c.session(kept)["status"] == "running", timeout=60, what="running")
         assert d.stop() == 0
-        with running_daemon(isolated_env, args=["--drain"]) as d2:
+        with running_daemon(isolated_env, args=["--drain"], extra_env={"NOTIFY_SOCKET": notify_socket.address}) as d2:
             with d2.client() as c:
                 assert c.session(kept)["status"] == "running", "the session did not survive a plain stop"
                 other = c.start("labd_testflows:stubborn")  # only SIGKILL ends it: the drain takes ~10 s
@@ -177,6 +179,9 @@ def test_drain_stops_sessions_before_exit(isolated_env: Path) -> None:
             # `labd shutdown` said "2 sessions keep running (the next `labd serve` adopts them)": they were stopped
             assert down.returncode == 0 and "stopped its 2 running sessions first" in out, out + err_text
             assert "keep running" not in out
+            [asked] = notify_socket.having("EXTEND_TIMEOUT_USEC")
+            assert asked["STOPPING"] == "1" and "draining" in asked["STATUS"]
+            assert int(asked["EXTEND_TIMEOUT_USEC"]) == (5 + 5 + 10 + 30) * 1_000_000  # the default graces
         with running_daemon(isolated_env) as d3, d3.client() as c:
             for sid in (kept, other):
                 row = c.session(sid)
@@ -295,7 +300,8 @@ def test_pending_migration_asks_systemd_for_start_time(isolated_env: Path, notif
 
 
 def test_watchdog_withheld_while_unhealthy(notify_socket: NotifyListener) -> None:
-    """The heartbeat pings only while told the daemon is healthy, and says why in STATUS when not."""
+    """The heartbeat pings only while told the daemon is healthy, and says why in STATUS when not; a trouble the
+    daemon waits out (its store down) is shown in STATUS without withholding pings."""
     from labd.daemon.systemd import Heartbeat, Notifier
 
     env = {"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "100000"}
@@ -310,6 +316,10 @@ def test_watchdog_withheld_while_unhealthy(notify_socket: NotifyListener) -> Non
     assert "UNHEALTHY: ingest stuck" in notify_socket.having("STATUS")[-1]["STATUS"]
     hb.tick(True, 2, 0)
     wait_until(lambda: notify_socket.having("WATCHDOG"), what="a ping once healthy")
+    # a store that cannot be written is waited out (pings go on) but shown (STATUS said nothing of it: admin review)
+    hb.tick(True, 2, 0, "", "store NOT WRITABLE for 4s: connection refused")
+    wait_until(lambda: "store NOT WRITABLE" in notify_socket.having("STATUS")[-1]["STATUS"], what="the store in STATUS")
+    assert "UNHEALTHY" not in notify_socket.having("STATUS")[-1]["STATUS"]
     notifier.close()
 
 
