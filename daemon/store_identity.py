@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 from labd.ipc.paths import Layout, UnusableHome
 from labd.store.meta import HOME, SESSIONS_CREATED, read_meta, set_home
 
-__all__ = ["WrongStore", "HomeClaim", "StoreMark", "check_home", "check_store", "lock_store", "record_store",
-           "store_identity"]
+__all__ = ["WrongStore", "HomeClaim", "StoreMark", "check_home", "check_now", "check_store", "lock_store",
+           "record_store", "store_identity"]
 
 FILE = "store"
 HOME_ID = "home-id"  # this home's id (random, made at its first start): the store records whose record it is
@@ -177,6 +177,48 @@ def check_home(layout: Layout, engine: Any, db_url: str, session_ids: Callable[[
             f"Serve the newer store; or, to go on with this one, move those directories out of {sessions} and "
             f"delete {path}")
     return HomeClaim(layout, engine, owner, created)
+
+
+def check_now(layout: Layout, db_url: str, conn: Any) -> None:
+    """``labd serve --check``'s look at an existing store, on its read-only connection ``conn``: what a start would
+    refuse (:class:`WrongStore`) -- another home's store, an older one than the home saw, one that another daemon
+    writes now. It said "configuration OK" for each, and the start then failed (admin review). Changes nothing."""
+    from sqlalchemy import inspect, select, text
+
+    from labd.store.schema import sessions
+
+    if inspect(conn).has_table("store_meta"):  # else a store of an older labd: a start claims it
+        check_home(layout, conn, db_url, lambda: {r[0] for r in conn.execute(select(sessions.c.id))})
+    identity = store_identity(db_url)
+    if identity.startswith("sqlite:/"):
+        holder = _lock_holder(identity.removeprefix("sqlite:") + ".labd-lock")
+        if holder is not None:
+            raise WrongStore(f"the store {identity} is written by {holder} now: one daemon writes a store")
+    elif conn.dialect.name == "postgresql":
+        got = conn.execute(text(PG_LOCK_SQL.format("pg_try_advisory_lock"))).scalar()
+        if got:
+            conn.execute(text(PG_LOCK_SQL.format("pg_advisory_unlock")))
+        else:
+            raise WrongStore(f"the store {identity} is written by another labd daemon now: one daemon writes a store")
+
+
+#: the advisory lock a daemon holds on its PostgreSQL store (daemon/store_lock.py takes it with the same key)
+PG_LOCK_SQL = "SELECT {}(hashtext('labd store ' || current_database() || '.' || coalesce(current_schema(), '')))"
+
+
+def _lock_holder(path: str) -> str | None:
+    """Who holds a SQLite store's lock file now (its text), or None; read only."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another labd daemon"
+    finally:
+        os.close(fd)  # releases a lock it took
+    return None
 
 
 def lock_store(layout: Layout, db_url: str) -> int | None:

@@ -17,14 +17,13 @@ from typing import Any
 
 import structlog
 
-from labd.daemon.store_identity import WrongStore, store_identity
+from labd.daemon.store_identity import PG_LOCK_SQL, WrongStore, store_identity
 
 __all__ = ["ServerStoreLock", "CHECK_S"]
 
 #: seconds between checks of the connection that holds the lock (and between tries to take it again)
 CHECK_S = 1.0
-_LOCK_SQL = ("SELECT pg_try_advisory_lock(hashtext('labd store ' || current_database() || '.' || "
-             "coalesce(current_schema(), '')))")
+_LOCK_SQL = PG_LOCK_SQL.format("pg_try_advisory_lock")
 
 
 class ServerStoreLock(threading.Thread):

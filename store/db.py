@@ -68,10 +68,10 @@ def check_url(url: str) -> None:
         raise ValueError(f"no driver for {parsed.drivername}: {exc}{hint}") from None
 
 
-def probe(url: str, timeout: float = 10.0) -> None:
+def probe(url: str, timeout: float = 10.0, also: Callable[[Any], object] | None = None) -> None:
     """Raise :class:`ValueError` if the daemon could not write database ``url`` now (``labd serve --check``, after
     :func:`check_url`): a SQLite file it could not create or write, a PostgreSQL server it cannot reach or log in to
-    within ``timeout`` s."""
+    within ``timeout`` s. ``also`` is called with the connection to check more (read only)."""
     if is_sqlite(url):
         path = _sqlite_path(url)
         if path is None:
@@ -91,6 +91,8 @@ def probe(url: str, timeout: float = 10.0) -> None:
     try:
         with engine.connect() as conn:
             check_revision(conn)  # also reads the file: "file is not a database" for a damaged one
+            if also is not None:
+                also(conn)
     except SQLAlchemyError as exc:
         raise ValueError(f"cannot use the database {url.split('@')[-1]}: {str(exc).splitlines()[0]}") from None
     finally:

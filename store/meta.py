@@ -6,7 +6,7 @@ the store writer in the transaction that inserts sessions (:meth:`labd.store.wri
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from labd.store.schema import store_meta
 
@@ -16,11 +16,16 @@ HOME = "home"
 SESSIONS_CREATED = "sessions_created"
 
 
-def read_meta(engine: Engine) -> dict[str, tuple[str | None, int | None]]:
-    """Every fact, as ``{key: (value, n)}``."""
-    with engine.connect() as conn:
-        return {r[0]: (r[1], r[2]) for r in conn.execute(select(store_meta.c.key, store_meta.c.value,
-                                                                store_meta.c.n))}
+def read_meta(bind: Engine | Connection) -> dict[str, tuple[str | None, int | None]]:
+    """Every fact, as ``{key: (value, n)}`` (through an engine, or on a connection: ``labd serve --check``'s)."""
+    if isinstance(bind, Connection):
+        return _read(bind)
+    with bind.connect() as conn:
+        return _read(conn)
+
+
+def _read(conn: Connection) -> dict[str, tuple[str | None, int | None]]:
+    return {r[0]: (r[1], r[2]) for r in conn.execute(select(store_meta.c.key, store_meta.c.value, store_meta.c.n))}
 
 
 def sessions_created(engine: Engine) -> int:

@@ -178,6 +178,9 @@ def test_a_second_daemon_on_the_same_postgresql_schema_is_refused(isolated_env, 
                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
         assert out.returncode == 2, out.stderr
         assert "is written by another labd daemon" in out.stderr and "Traceback" not in out.stderr
+        check = subprocess.run([sys.executable, "-m", "labd", "--home", str(isolated_env), "serve", "--check", "--db",
+                                url], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        assert check.returncode == 2 and "is written by another labd daemon now" in check.stderr, check
         with first.client() as c:
             assert c.ping()
     finally:

@@ -210,6 +210,9 @@ def test_a_store_of_another_home_or_restored_from_a_backup_is_refused(isolated_e
         assert out.returncode == 2, out.stderr
         assert f"is the record of the home {isolated_env}" in out.stderr and "Traceback" not in out.stderr
         assert not (other / "store").exists()  # the refused home did not take this store for its own
+        check = subprocess.run([sys.executable, "-m", "labd", "--home", str(other), "serve", "--check", "--db",
+                                f"sqlite:///{db}"], capture_output=True, text=True, timeout=120)
+        assert check.returncode == 2 and f"is the record of the home {isolated_env}" in check.stderr, check
         copy_db(tmp_path / "newer")
         put_db(tmp_path / "backup")
         out = subprocess.run([sys.executable, "-m", "labd", "serve"], stdin=subprocess.DEVNULL, capture_output=True,
@@ -217,6 +220,9 @@ def test_a_store_of_another_home_or_restored_from_a_backup_is_refused(isolated_e
         assert out.returncode == 2, out.stderr
         assert "is older than this home: it recorded 1 sessions, and this home's daemons saw it record 3" in out.stderr
         assert "the 2 session directories it does not know" in out.stderr and later in out.stderr and live in out.stderr
+        check = subprocess.run([sys.executable, "-m", "labd", "serve", "--check"], capture_output=True, text=True,
+                               timeout=120)
+        assert check.returncode == 2 and "is older than this home" in check.stderr, check  # it said OK
         assert sorted(p.name for p in (isolated_env / "sessions").iterdir()) == dirs
         assert psutil.pid_exists(pid)
         put_db(tmp_path / "newer")
@@ -261,6 +267,11 @@ def test_a_second_daemon_on_the_same_sqlite_store_is_refused(isolated_env: Path,
                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
         assert out.returncode == 2, out.stderr
         assert f"is written by the labd daemon of home {isolated_env} (pid {d.proc.pid})" in out.stderr, out.stderr
+        # `serve --check` says so too, and changes nothing (it said "configuration OK": admin review)
+        check = subprocess.run([sys.executable, "-m", "labd", "serve", "--check"], capture_output=True, text=True,
+                               timeout=120)
+        assert check.returncode == 2 and f"the labd daemon of home {isolated_env} (pid {d.proc.pid})" in \
+            check.stderr, check
         sid = c.start("demo.count", params={"n": 2})
         assert c.wait(sid, timeout=60)["status"] == "completed"
     out = subprocess.run([sys.executable, "-m", "labd", "--home", str(other_home), "serve", "--db", db],
