@@ -55,6 +55,9 @@ class Running:
     secrets: list[tuple[str, str]] = field(default_factory=list, repr=False)  # withheld from the crash text
     #: a session that never ran, being adopted from a remote launcher: started instead if it has no runner there
     never_ran: Callable[[], Any] | None = field(default=None, repr=False)
+    #: (by, reason) of a pause asked and not reached yet (the runner pauses at its next step boundary): shown as
+    #: ``pausing`` in session views until the session is seen paused, or a resume cancels it
+    pausing: tuple[str, str] | None = None
 
 
 class Supervisor(Admission):
@@ -267,12 +270,27 @@ class Supervisor(Admission):
             return False
         self.post(sid, "session.pause_requested", {"by": by, "reason": reason})
         self.send_runner(sid, "pause", {"by": by, "reason": reason})
+        self.running[sid].pausing = (by, reason)
         return True
 
-    def resume(self, sid: str, by: str) -> bool:
+    def pausing(self, sid: str, status: str) -> dict[str, str] | None:
+        """``{by, reason}`` of a pause asked of running session ``sid`` and not reached yet (its stored ``status``:
+        one seen ``paused`` has reached it), else None."""
+        run = self.running.get(sid)
+        if run is None or run.pausing is None:
+            return None
+        if status not in ("running", "waiting_approval"):
+            if status != "starting":
+                run.pausing = None  # paused (or ending): reached
+            return None
+        return {"by": run.pausing[0], "reason": run.pausing[1]}
+
+    def resume(self, sid: str, by: str, budget: float | None = None) -> bool:
+        """Continue a paused session (``budget``: its new one, USD), or cancel a pause it has not reached yet."""
         if sid not in self.running:
             return False
-        self.send_runner(sid, "resume", {"by": by})
+        self.send_runner(sid, "resume", {"by": by} if budget is None else {"by": by, "budget": float(budget)})
+        self.running[sid].pausing = None  # also cancels a pause not reached yet
         return True
 
     def watch_approval(self, sid: str, approval_id: str, deadline: float, policy: str) -> None:

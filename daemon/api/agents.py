@@ -193,10 +193,8 @@ class Resume(_Control):
             raise ApiError("not_paused", f"session {row['id']} is {row['status']}, not paused: a new budget is taken "
                            "by a paused session (one its budget paused, or after labd pause), or when resuming it "
                            "once it has ended")
-        if budget is None:
-            self.daemon.supervisor.resume(row["id"], "client")
-        else:  # the runner enforces budgets before each LLM call; it continues with the new one
-            self.daemon.supervisor.send_runner(row["id"], "resume", {"by": "client", "budget": float(budget)})
+        # the runner enforces budgets before each LLM call; given one, it continues with it
+        self.daemon.supervisor.resume(row["id"], "client", None if budget is None else float(budget))
         return {"session": row["id"], "resuming": True, "status": row["status"],
                 **({"budget": budget} if budget is not None else {})}
 

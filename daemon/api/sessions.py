@@ -123,6 +123,8 @@ def live_view(req: Request, row: dict[str, Any], live: dict[str, dict[str, Any]]
     sid = row["id"]
     out["live"] = live.get(sid) if live is not None else req.daemon.monitor.snapshot_of(sid)
     out["last_seen"] = req.daemon.last_seen.get(sid)
+    if (pausing := req.daemon.supervisor.pausing(sid, row["status"])) is not None:
+        out["pausing"] = pausing  # asked, not reached yet: every client shows it (the dashboard's asking tab did)
     if row["status"] in ("created", "queued"):
         queue = req.daemon.supervisor.queue
         out["queue_position"] = positions.get(sid) if positions is not None else queue.position(sid)

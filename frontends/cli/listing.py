@@ -80,8 +80,11 @@ WAITING = ("created", "queued")
 
 def ps_status(row: dict[str, Any]) -> str:
     """The STATUS cell of ``labd ps``: a queued session's place in the run queue (``queue_position``) and its
-    priority (``queue_priority``) if not the default (``queued #2``, ``queued #1 prio 5``); else the status."""
+    priority (``queue_priority``) if not the default (``queued #2``, ``queued #1 prio 5``); ``pausing`` for a running
+    session asked to pause that has not reached its next step boundary yet; else the status."""
     status = str(row["status"])
+    if status == "running" and isinstance(row.get("pausing"), dict):
+        return "pausing"
     if status not in WAITING or not isinstance(row.get("queue_position"), int):
         return status
     prio = row.get("queue_priority")
@@ -229,6 +232,8 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
     told = list(ctx.client().history(s["id"], kinds=["session.created", "session.placed", "session.ended",
                                                      "output.truncated"]))
     status = ps_status(s) + (f"  ({s['reason']})" if s["reason"] and s["reason"] != s["status"] else "")
+    if isinstance(pausing := s.get("pausing"), dict):
+        status += f"  (pause asked by {pausing.get('by')}: {pausing.get('reason')}; it pauses at its next step)"
     pairs: list[tuple[str, Any]] = [
         ("session", f"{s['id']}  ({s['name']})"),
         ("workflow", f"{s['workflow']}  params {params_text(s['params'])}"),

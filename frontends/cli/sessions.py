@@ -263,10 +263,17 @@ def cmd_kill(args: argparse.Namespace, ctx: Ctx) -> int:
     return _reply(ctx, args, r, said)
 
 
+def _reason(text: str) -> str:
+    """``--reason``: 1-1000 characters (what the daemon takes), said in the option's terms."""
+    if not 0 < len(text) <= 1000:
+        raise argparse.ArgumentTypeError("must be 1-1000 characters")
+    return text
+
+
 def cmd_pause(args: argparse.Namespace, ctx: Ctx) -> int:
     c = ctx.client()
     if args.cmd == "pause":
-        r = c.pause(args.session)
+        r = c.pause(args.session, args.reason)
         if not r.get("pausing", True):
             return _reply(ctx, args, r, f"session {r['session']} is already paused (continue it with "
                           f"`labd resume {r['session']}`)")
@@ -346,3 +353,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--budget", type=float, help="continue a budget-paused session with this budget (USD); "
                    "without it, the budget that paused it is lifted")
     sub.choices["pause"].set_defaults(budget=None)
+    sub.choices["pause"].add_argument("--reason", default="pause requested", type=_reason,
+                                      help="why (recorded with the request, shown by labd show while it is pending)")

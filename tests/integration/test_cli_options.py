@@ -221,6 +221,29 @@ def test_pause_and_resume_say_when_there_is_nothing_to_do(shared_daemon) -> None
         c.kill(sid)
 
 
+def test_a_pause_not_reached_yet_shows_in_ps_and_show(shared_daemon) -> None:
+    """A session asked to pause inside a long step reads `pausing` in `labd ps` (and `labd top`, which shares the
+    cell) and `labd show` says who asked and why, until it pauses or a resume cancels the pause (before: nothing
+    said it had been asked, outside the dashboard tab that asked)."""
+    sid = labd("run", "demo.sleep", "-p", "seconds=120").stdout.strip()
+    with shared_daemon.client() as c:
+        wait_until(lambda: c.session(sid)["status"] == "running", timeout=60, what="running")
+        try:
+            assert "pause requested for" in labd("pause", sid, "--reason", "lunch").stdout
+            row = next(line for line in labd("ps").stdout.splitlines() if line.startswith(sid))
+            assert " pausing " in f" {row} ", row
+            shown = labd("show", sid).stdout
+            status = next(line for line in shown.splitlines() if line.startswith("status"))
+            assert status.split()[1] == "pausing", status
+            assert status.endswith("(pause asked by client: lunch; it pauses at its next step)"), status
+            assert json.loads(labd("show", sid, "--json").stdout)["pausing"] == {"by": "client", "reason": "lunch"}
+            labd("resume", sid)
+            row = next(line for line in labd("ps").stdout.splitlines() if line.startswith(sid))
+            assert " running " in f" {row} " and "pausing" not in row, row
+        finally:
+            c.kill(sid)
+
+
 def test_a_mistyped_option_is_named_by_its_command_with_the_nearest_one(isolated_env: Path) -> None:
     """`labd run demo.count --memroy 1G` is refused by `labd run`'s own parser (its usage, not labd's list of 40
     commands), suggesting --memory; nothing is started (no daemon is even needed). A command's action

@@ -107,7 +107,8 @@ def test_a_dag_of_forty_steps_in_a_row_is_drawn_readable_and_its_newest_node_cli
 def test_a_pause_inside_a_long_step_says_it_is_pausing(page: Any, ui: dict[str, Any]) -> None:
     """Pause on a session inside a long step: the header says it is pausing at the next step boundary while the
     status is still ``running`` (a toast for four seconds was all, and the session looked as if nothing had been
-    asked)."""
+    asked). So does a page that did not ask (the pause came from the CLI), and the session list, from the daemon's
+    ``pausing`` (before: only the tab that asked knew); a resume takes it away."""
     with ui["daemon"].client() as c:
         sid = c.start("demo.sleep", params={"seconds": 120})
         wait_until(lambda: c.session(sid)["status"] == "running", timeout=60, what="running")
@@ -117,6 +118,19 @@ def test_a_pause_inside_a_long_step_says_it_is_pausing(page: Any, ui: dict[str, 
         page.wait_for_selector("#pausing")
         assert "pausing at the next step boundary" in page.inner_text("#session-head")
         assert page.get_attribute("#session-head .status", "data-status") == "running"
+        with ui["daemon"].client() as c:
+            c.resume(sid)
+            assert "pausing" not in c.session(sid)
+        page.reload()
+        wait_until(lambda: page.query_selector("#session-head h2") is not None, timeout=30, what="the header")
+        assert page.query_selector("#pausing") is None
+        with ui["daemon"].client() as c:  # asked elsewhere: this page was not the one that asked
+            c.pause(sid)
+            assert c.session(sid)["pausing"] == {"by": "client", "reason": "pause requested"}
+        page.wait_for_selector("#pausing", timeout=30_000)  # the header's next refresh
+        page.goto(ui["base"] + "/#/")
+        page.wait_for_function("[...document.querySelectorAll('td')].some(t => t.textContent === 'running, pausing')",
+                               timeout=30_000)
     finally:
         with ui["daemon"].client() as c:
             c.stop(sid, 1.0)

@@ -108,7 +108,9 @@ function toast(msg, error = false) {
 const fmtBytes = b => b == null ? "" : b > 2 ** 30 ? (b / 2 ** 30).toFixed(1) + " GiB" : (b / 2 ** 20).toFixed(1) + " MiB";
 const fmtAge = t => { if (!t) return ""; const s = Date.now() / 1000 - t;
   return s < 60 ? `${s.toFixed(0)}s` : s < 3600 ? `${(s / 60).toFixed(0)}m` : s < 86400 ? `${(s / 3600).toFixed(1)}h` : `${(s / 86400).toFixed(1)}d`; };
-const status = s => el("span", {class: `status s-${s}`, "data-status": s}, s);
+// a running session asked to pause that has not reached its next step boundary yet reads "running, pausing"
+const status = (s, pausing = null) => el("span", {class: `status s-${s}`, "data-status": s},
+  pausing && s === "running" ? "running, pausing" : s);
 // The URL of a session's file: each segment of its path encoded (encodeURI leaves "#", "?" alone: "q?.txt" asked
 // for "q", "report#draft" for "report"), the "/" between them kept; a name that is not UTF-8 also by its bytes
 // (path_b64: its path is a display form, which a file really named so shares).
@@ -152,7 +154,7 @@ async function sessionsPage(main) {
       "ones: type one's id or name in the filter, or labd ps -a --limit N" : "";
     tbody.replaceChildren(...rows.map(s =>
       el("tr", {class: "clickable", dataset: {session: s.id}, onclick: () => { location.hash = `#/s/${s.id}`; }},
-        el("td", {}, s.id), el("td", {}, s.name), el("td", {}, s.workflow), el("td", {}, status(s.status)),
+        el("td", {}, s.id), el("td", {}, s.name), el("td", {}, s.workflow), el("td", {}, status(s.status, s.pausing)),
         el("td", {}, s.live ? `${s.live.cpu_percent.toFixed(0)}%` : ""), el("td", {}, s.live ? fmtBytes(s.live.rss) : fmtBytes(s.peak_rss)),
         el("td", {}, s.cost ? `$${s.cost.toFixed(4)}` : ""), el("td", {}, fmtAge(s.created_at)), el("td", {class: "muted"}, (s.reason || "").slice(0, 60)))));
   };
@@ -217,14 +219,15 @@ async function sessionPage(main, sid) {
   const s = await api(`/api/sessions/${sid}?steps=0`);
   if (!main.isConnected) return;  // the user moved on while it loaded: no stream for a page no longer shown
   const head = el("div", {class: "card", id: "session-head"});
-  // a pause takes effect at the next step boundary, which a long step may not reach for a while: said meanwhile
-  let pausing = false;
-  const renderHead = x => { pausing = pausing && x.status === "running"; head.replaceChildren(el("h2", {}, `${x.name} `, status(x.status),
+  // a pause takes effect at the next step boundary, which a long step may not reach for a while: said meanwhile,
+  // from the daemon's `pausing` (a pause asked anywhere: another tab, the CLI, a budget), or at once in the asking tab
+  const renderHead = (x, asked = false) => { const pausing = (asked || !!x.pausing) && x.status === "running";
+    head.replaceChildren(el("h2", {}, `${x.name} `, status(x.status),
       pausing ? el("span", {class: "muted", id: "pausing"}, " pausing at the next step boundary…") : ""),
     el("div", {class: "muted"}, `${x.id} · ${x.workflow} · cost $${(x.cost || 0).toFixed(4)} · ${x.reason || ""}`),
     el("p", {}, ...(["completed", "failed", "cancelled", "lost"].includes(x.status) ? [] : ["stop", "pause", "resume"]).map(a => el("button", {class: a === "stop" ? "danger" : "secondary", id: `action-${a}`, onclick: async () => {
       try { const r = await api(`/api/sessions/${sid}/${a}`, {method: "POST"}); toast(`${a} sent`);
-        if (a === "pause" && r.pausing) { pausing = true; renderHead(x); } else if (a === "resume") { pausing = false; renderHead(x); }
+        if (a === "pause" && r.pausing) renderHead(x, true); else if (a === "resume") renderHead({...x, pausing: null});
       } catch (e) { toast(e.message, true); }
     }}, a)), " ", el("a", {href: "#/approvals"}, "approvals"))); };
   renderHead(s);
