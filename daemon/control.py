@@ -15,7 +15,7 @@ from labd.daemon.reads import Read, Reads
 from labd.daemon.reply_budget import ReplyBudget
 from labd.ipc.parts import max_reply, split_reply
 from labd.ipc.wire import DEFAULT_MAX_MESSAGE, OversizedFrame, PayloadError, WireError, cut_deep, nesting_ok
-from labd.store.db import UNREACHABLE, unreachable_error
+from labd.store.db import unreachable, unreachable_error
 
 if TYPE_CHECKING:
     from labd.daemon.api.start import PendingStart
@@ -244,7 +244,7 @@ class ControlPlane:
         """The error a request that raised ``exc`` is answered with: ``store_unavailable`` when the store could not
         be reached (a PostgreSQL restart: clients were told "internal error" and the driver's raw message; admin
         review), else ``internal`` (logged with its traceback)."""
-        if isinstance(exc, UNREACHABLE):
+        if unreachable(exc):
             self.log.warning("request failed: the store cannot be reached", type=type_, error=str(exc)[:300])
             return ApiError("store_unavailable", unreachable_error(exc))
         self.log.exception("request failed", type=type_)

@@ -169,10 +169,18 @@ class DaemonItems:
         Ingest decides (it is single-threaded and knows each session's committed status): a session
         that is not in a terminal status is refused, and nothing of the request is deleted."""
         live = []
-        for sid in sids:
-            cur = self._cursor(sid)
-            if cur is not None and cur.status not in TERMINAL_STATUSES:
-                live.append(sid)
+        try:
+            for sid in sids:
+                cur = self._cursor(sid)
+                if cur is not None and cur.status not in TERMINAL_STATUSES:
+                    live.append(sid)
+        except Exception as exc:  # noqa: BLE001 - the store went away (a server restart): refused, ingest goes on
+            self.log.error("deleting sessions failed: cannot read them", error=str(exc)[:300])
+            if reply_to is not None:
+                batch.notes.append(("refused", reply_to, "store_unavailable",
+                                    f"cannot read the sessions to delete: {_first_line(exc)}; nothing was deleted "
+                                    "(try again once the store is back)"))
+            return
         if live:
             if reply_to is not None:
                 batch.notes.append(("refused", reply_to, "not_terminal",

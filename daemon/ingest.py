@@ -41,7 +41,7 @@ from labd.daemon.subscriptions import LiveSubscriptions
 from labd.daemon.warnlimit import WarnLimiter
 from labd.ipc.wire import Codec
 from labd.store.blobs import take_blobs
-from labd.store.db import UNREACHABLE
+from labd.store.db import UNREACHABLE, unreachable
 from labd.store.projections import SessionCursor, apply
 from labd.store.search import IndexHints
 from labd.store.writer import BatchWriter
@@ -273,15 +273,16 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
 
     def _process(self, items: list[tuple[Any, ...]], frames_list: list[list[bytes]],
                  batch: Batch | None = None) -> Batch:
-        """Process daemon items and (again: ``seen``) runner frames into a batch. Raises what :data:`UNREACHABLE`
-        names (the store went away while an item read from it): the caller processes them all again later."""
+        """Process daemon items and (again: ``seen``) runner frames into a batch. Raises a store error that
+        :func:`~labd.store.db.unreachable` says is the store's absence (it went away while an item read from it):
+        the caller processes them all again later."""
         batch = Batch() if batch is None else batch
         for item in items:
             try:
                 self._on_internal(item, batch)
-            except UNREACHABLE:
-                raise
-            except Exception:  # noqa: BLE001 - one bad item must not stop the writer
+            except Exception as exc:  # noqa: BLE001 - one bad item must not stop the writer
+                if unreachable(exc):  # the store, not the item: processed again once it is back (_write)
+                    raise
                 self.count("dropped.internal.error")
                 self.log.exception("daemon item dropped", op=str(item[0]))
         for frames in frames_list:

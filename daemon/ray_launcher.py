@@ -203,7 +203,10 @@ class RayLauncher:
                 self._driver_gone()
             elif op in ("spawned", "adopted"):
                 self._answered(msg)
-            elif op != "_ready":
+            elif op == "_ready":  # requests held while it connected are sent now: their time to answer starts now
+                now = time.monotonic()
+                self._requests = {req: (op_, handle, now) for req, (op_, handle, _) in self._requests.items()}
+            else:
                 self._on_report(msg)
         now = time.monotonic()
         for op, handle, sent in list(self._requests.values()):

@@ -50,7 +50,10 @@ class DriverLink:
         self._buf = b""
         self._outbox: list[dict[str, Any]] = []
         self._out: list[dict[str, Any]] = []  # messages read but not yet returned by poll()
+        self._ended = False  # wait_loaded() read the driver's end: poll() reports it
         self.info: dict[str, Any] = {}  # the driver's ready message (Ray's version, nodes)
+        #: the driver's command line (a test gives one of its own)
+        self.command = [sys.executable, "-P", "-m", "labd.daemon.ray_driver", address, namespace]
 
     def may_start(self) -> bool:
         """No driver, and no backoff in force."""
@@ -59,9 +62,8 @@ class DriverLink:
     def start(self) -> None:
         """Spawn a driver; it connects in the background (``poll`` says how that went)."""
         self._buf = b""
-        self._proc = subprocess.Popen([sys.executable, "-P", "-m", "labd.daemon.ray_driver", self.address,
-                                       self.namespace],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env,
+        self._ended = False
+        self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env,
                                       start_new_session=True, close_fds=True)
         assert self._proc.stdout is not None  # noqa: S101 - Popen contract
         os.set_blocking(self._proc.stdout.fileno(), False)
@@ -71,14 +73,18 @@ class DriverLink:
         """Wait until the driver has imported Ray (a second or two); raise :class:`LaunchError` if it cannot, which
         no later start would mend (Ray not installed). Messages read meanwhile are kept for :meth:`poll`."""
         deadline = time.monotonic() + self._timeout
-        while self._proc is not None and time.monotonic() < deadline:
-            for msg in self._read():
-                self._out.append(msg)
-                if msg.get("op") == "error" and msg.get("fatal"):
-                    self.stop()
-                    raise LaunchError(str(msg.get("message")))
-                if msg.get("op") in ("loaded", "ready", "error"):
-                    return
+        while time.monotonic() < deadline:
+            msgs, ended = self._read()
+            self._out.extend(msgs)
+            fatal = next((m for m in msgs if m.get("op") == "error" and m.get("fatal")), None)
+            if fatal is not None:  # read with the driver's end, or before it: either way, said
+                self.kill()
+                raise LaunchError(str(fatal.get("message")))
+            if ended:
+                self._ended = True  # poll() says how (the driver's own error, if it gave one)
+                return
+            if any(m.get("op") in ("loaded", "ready", "error") for m in msgs):
+                return
             if self._proc is not None and self._proc.stdout is not None:
                 readable(self._proc.stdout.fileno(), 0.2)  # poll(), not select(): the daemon's fds may be above 1024
 
@@ -107,31 +113,44 @@ class DriverLink:
     def poll(self) -> list[dict[str, Any]]:
         """What the driver wrote since the last call, in order, with the link's own ``_ready``, ``_failed`` and
         ``_gone`` among them."""
-        out, self._out = self._out, []
-        for msg in [*out, *self._read()]:
+        msgs, ended = self._read()
+        ended, self._ended = ended or self._ended, False
+        held, self._out = self._out, []
+        out: list[dict[str, Any]] = []
+        error: str | None = None  # what a driver that could not connect said
+        for msg in [*held, *msgs]:
             op = msg.get("op")
             if op == "ready" and self.state == "starting":
                 self.state, self.down, self._backoff, self.info = "ready", None, 0.0, msg
                 self.log.info("Ray launcher ready", address=self.address, ray=msg.get("ray"), nodes=msg.get("nodes"))
                 outbox, self._outbox = self._outbox, []
-                for held in outbox:
+                for kept in outbox:
                     try:
-                        self.send(held)
+                        self.send(kept)
                     except LaunchError:
-                        break  # it died at once: poll() reports it gone
-                self._out.append({"op": "_ready"})
+                        break  # it died at once: its end is read next
+                out.append({"op": "_ready"})
             elif op == "error" and self.state == "starting":
-                self._failed(str(msg.get("message") or "the Ray driver did not start"))
+                error = str(msg.get("message") or "the Ray driver did not start")
             elif op != "loaded":
-                self._out.append(msg)
-        if self.state == "starting" and time.monotonic() >= self._deadline:
-            self._failed(f"the Ray driver did not connect within {self._timeout:.0f} s")
-        out, self._out = self._out, []
+                out.append(msg)
+        if ended:
+            was = self.state
+            self._close()
+            if was == "starting":
+                out.append(self._failed(error or "the Ray driver ended before it connected", closed=True))
+            elif was == "ready":
+                out.append({"op": "_gone"})
+        elif error is not None:
+            out.append(self._failed(error))
+        elif self.state == "starting" and time.monotonic() >= self._deadline:
+            out.append(self._failed(f"the Ray driver did not connect within {self._timeout:.0f} s"))
         return out
 
-    def _read(self) -> list[dict[str, Any]]:
+    def _read(self) -> tuple[list[dict[str, Any]], bool]:
+        """The messages the driver wrote that can be read now, and whether its output has ended."""
         if self._proc is None or self._proc.stdout is None:
-            return []
+            return [], False
         ended = False
         while True:
             try:
@@ -151,18 +170,11 @@ class DriverLink:
                 continue
             if isinstance(msg, dict):
                 msgs.append(msg)
-        if ended:
-            was = self.state
-            self._close()
-            if was == "starting":
-                self._out.extend(msgs)
-                self._failed("the Ray driver ended before it connected", closed=True)
-                msgs = []
-            elif was == "ready":
-                msgs.append({"op": "_gone"})
-        return msgs
+        return msgs, ended
 
-    def _failed(self, error: str, closed: bool = False) -> None:
+    def _failed(self, error: str, closed: bool = False) -> dict[str, Any]:
+        """A start that failed: the driver ended (``closed``: already reaped), the backoff doubled; the message
+        :meth:`poll` returns for it."""
         if not closed:
             self.kill()
         self._outbox = []
@@ -172,7 +184,7 @@ class DriverLink:
             self.down = (time.time(), error[:300])
         self.log.error("the Ray cluster does not answer", address=self.address, error=error[:300],
                        next_try_s=self._backoff)
-        self._out.append({"op": "_failed", "error": error[:500]})
+        return {"op": "_failed", "error": error[:500]}
 
     def _close(self) -> None:
         if self._proc is not None:

@@ -27,7 +27,7 @@ from labd.daemon.recordcap import RecordCaps
 from labd.ipc.events import APPROVALS_PENDING_MAX, DAEMON_KINDS, NODE_ID_MAX, TS_MAX, EventError, quick_valid, validate
 from labd.ipc.signing import derive_key
 from labd.ipc.wire import ACK_TAIL, Codec, Message, WireError
-from labd.store.db import UNREACHABLE
+from labd.store.db import unreachable
 from labd.store.projections import SessionCursor
 from labd.store.search import IndexHints
 
@@ -121,9 +121,9 @@ class RunnerFrames:
         self._frame = (frames, not seen)
         try:
             self._on_runner_message(frames[0], msg, batch)
-        except UNREACHABLE:  # the store, not the frame: processed again once it is back (ingest._write)
-            raise
-        except Exception:  # noqa: BLE001 - a frame we cannot handle is counted and dropped
+        except Exception as exc:  # noqa: BLE001 - a frame we cannot handle is counted and dropped
+            if unreachable(exc):  # the store, not the frame: processed again once it is back (ingest._write)
+                raise
             self.count("dropped.runner.error")
             self.log.exception("runner frame dropped")
         finally:

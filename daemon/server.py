@@ -39,7 +39,7 @@ from labd.daemon.runtime_watch import RuntimeWatch
 from labd.daemon.sandboxing import SandboxSetup
 from labd.daemon.services import GatewayError, launchers, start_gateway, start_telemetry
 from labd.daemon.startup import AlreadyRunning, Startup, begin, signing_key
-from labd.daemon.store_identity import check_home, record_store
+from labd.daemon.store_identity import check_home, record_store, session_ids_of
 from labd.daemon.store_lock import ServerStoreLock
 from labd.daemon.supervisor import Supervisor
 from labd.daemon.systemd import Heartbeat, Notifier
@@ -175,6 +175,9 @@ class Daemon(SandboxSetup, ControlPlane):
         if engine.dialect.name == "postgresql":  # one daemon writes a PostgreSQL store (SQLite: lock_store's file)
             self.store_lock = ServerStoreLock(engine, cfg.db_url)
             self.store_lock.acquire()
+        # before the migrations: a store of another home, or one older than this home saw it, is not touched at all
+        # (migrated, it would refuse the older labd its own home may run)
+        claim = check_home(layout, engine, cfg.db_url, lambda: session_ids_of(engine))
         # a migration over a big store takes a while (0012 sums every LLM call: ~5 s a million): systemd's start
         # timeout (TimeoutStartSec=120) must not kill it midway, to roll back and start over at every restart
         migrate(engine, on_pending=lambda: self.notifier.send(extend_timeout_usec=3_600_000_000,
@@ -182,7 +185,6 @@ class Daemon(SandboxSetup, ControlPlane):
         known_keys = KnownKeys()  # the store's idempotency keys in memory: a new key costs no store read
         known_keys.load(engine, time.time())
         self.store = Store(engine, known_keys)
-        claim = check_home(layout, engine, cfg.db_url, self.store.session_ids)  # the store's home, and its age
         record_store(layout, cfg.db_url, lambda: bool(self.store.session_ids()))  # daemon/store_identity.py
         mark = claim.commit()
         # Before the runner socket is bound: a runner that outlived the previous daemon delivers its last

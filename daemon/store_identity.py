@@ -21,10 +21,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from labd.ipc.paths import Layout, UnusableHome
-from labd.store.meta import HOME, SESSIONS_CREATED, read_meta, set_home
+from labd.store.meta import HOME, SESSIONS_CREATED, read_meta, sessions_created, set_home
 
 __all__ = ["WrongStore", "HomeClaim", "StoreMark", "check_home", "check_now", "check_store", "lock_store",
-           "record_store", "store_identity"]
+           "record_store", "session_ids_of", "store_identity"]
 
 FILE = "store"
 HOME_ID = "home-id"  # this home's id (random, made at its first start): the store records whose record it is
@@ -122,6 +122,37 @@ class StoreMark:
             pass
 
 
+def _facts(bind: Any) -> tuple[dict[str, tuple[str | None, int | None]], int]:
+    """The store's ``store_meta`` (empty for a store of a labd before it: not migrated yet, as checks run before the
+    migrations, or a new one) and how many sessions it holds (what the migration counts as ever created)."""
+    from sqlalchemy import Connection, func, inspect, select
+
+    from labd.store.schema import sessions
+
+    def read(conn: Any) -> tuple[dict[str, tuple[str | None, int | None]], int]:
+        tables = inspect(conn)
+        if tables.has_table("store_meta"):
+            return read_meta(conn), 0
+        if tables.has_table("sessions"):
+            return {}, int(conn.execute(select(func.count()).select_from(sessions)).scalar() or 0)
+        return {}, 0
+
+    if isinstance(bind, Connection):
+        return read(bind)
+    with bind.connect() as conn:
+        return read(conn)
+
+
+def session_ids_of(engine: Any) -> set[str]:
+    """Every session id the store holds (none for a new store), before its migrations."""
+    from sqlalchemy import inspect, select
+
+    from labd.store.schema import sessions
+
+    with engine.connect() as conn:
+        return {r[0] for r in conn.execute(select(sessions.c.id))} if inspect(conn).has_table("sessions") else set()
+
+
 class HomeClaim:
     """What :func:`check_home` found acceptable, written by :meth:`commit` once every check of the start passed (a
     start refused for another reason claims nothing)."""
@@ -134,7 +165,7 @@ class HomeClaim:
         mine = f"{_home_id(self.layout)} {self.layout.home}"
         if self.owner != mine:
             set_home(self.engine, mine)
-        return StoreMark(self.layout.home / MARK, self.created)
+        return StoreMark(self.layout.home / MARK, sessions_created(self.engine))  # as migrated
 
 
 def check_home(layout: Layout, engine: Any, db_url: str, session_ids: Callable[[], set[str]]) -> HomeClaim:
@@ -149,7 +180,7 @@ def check_home(layout: Layout, engine: Any, db_url: str, session_ids: Callable[[
         mine = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         mine = ""  # a new home (or one of a labd before 2026-12-06): given an id when it claims the store
-    meta = read_meta(engine)
+    meta, stored = _facts(engine)
     owner = (meta.get(HOME) or (None, None))[0] or ""
     owner_id, _, owner_path = owner.partition(" ")
     ident = store_identity(db_url)
@@ -158,7 +189,7 @@ def check_home(layout: Layout, engine: Any, db_url: str, session_ids: Callable[[
             f"the store {ident} is the record of the home {owner_path} (id {owner_id}), not of {layout.home}: a "
             "daemon of this home would take that home's sessions for its own (adopt its runners, lose their output). "
             f"Give this home a database of its own, or serve the store from {owner_path}")
-    created = int((meta.get(SESSIONS_CREATED) or (None, 0))[1] or 0)
+    created = int((meta.get(SESSIONS_CREATED) or (None, stored))[1] or 0)
     path = layout.home / MARK
     try:
         seen: int | None = int(path.read_text(encoding="utf-8").strip())
@@ -187,8 +218,8 @@ def check_now(layout: Layout, db_url: str, conn: Any) -> None:
 
     from labd.store.schema import sessions
 
-    if inspect(conn).has_table("store_meta"):  # else a store of an older labd: a start claims it
-        check_home(layout, conn, db_url, lambda: {r[0] for r in conn.execute(select(sessions.c.id))})
+    has = inspect(conn).has_table("sessions")
+    check_home(layout, conn, db_url, lambda: {r[0] for r in conn.execute(select(sessions.c.id))} if has else set())
     identity = store_identity(db_url)
     if identity.startswith("sqlite:/"):
         holder = _lock_holder(identity.removeprefix("sqlite:") + ".labd-lock")

@@ -37,7 +37,7 @@ class ServerStoreLock(threading.Thread):
         self.conn: Any = None
         self.held = False
         self.taken: str | None = None
-        self._stop = threading.Event()
+        self._halt = threading.Event()  # not _stop: threading.Thread has a method of that name, join() calls it
         self.log = structlog.get_logger("labd.daemon")
 
     def acquire(self) -> None:
@@ -58,7 +58,7 @@ class ServerStoreLock(threading.Thread):
         self.conn, self.held = conn, True
 
     def run(self) -> None:
-        while not self._stop.wait(CHECK_S):
+        while not self._halt.wait(CHECK_S):
             if self.held and self._alive():
                 continue
             try:
@@ -91,7 +91,7 @@ class ServerStoreLock(threading.Thread):
 
     def close(self) -> None:
         """Stop keeping the lock and release it (the connection closes)."""
-        self._stop.set()
+        self._halt.set()
         if self.is_alive():
             self.join(10)
         if self.conn is not None:

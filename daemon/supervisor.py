@@ -367,8 +367,11 @@ class Supervisor(Admission):
             self.monitor.unwatch(sid)
             return
         if info.absent and run.never_ran is not None and run.step is None:  # no actor of it: it never ran
-            run.never_ran()
-            return
+            try:
+                run.never_ran()
+                return
+            except Exception as exc:  # noqa: BLE001 - the store unreachable: recorded lost, not left `created`
+                self.log.error("could not start a session that never ran", session_id=sid, error=str(exc)[:300])
         if info.failed is not None:  # a remote launch the cluster refused: as when launch() raises
             self.post(sid, "session.ended", {"status": "failed", "reason": f"launch failed: {info.failed}",
                                              "ended_by": "launch"})

@@ -12,11 +12,27 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError, DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 
 __all__ = ["open_engine", "migrate", "downgrade", "is_sqlite", "Checkpointer", "NewerSchema", "UNREACHABLE",
-           "unreachable_error"]
+           "unreachable", "unreachable_error"]
 
 #: the database cannot be reached (a write is retried; a read fails as ``store_unavailable``); anything else it raises
 #: means it refused the data
 UNREACHABLE = (OperationalError, InterfaceError, DisconnectionError)
+
+
+#: SQLite's OperationalError also says the statement is wrong (a bug, not an absent store)
+_STATEMENT_ERRORS = ("no such table", "no such column", "syntax error", "has no column", "ambiguous column")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Did ``exc`` come from a store that cannot be reached now (its server gone, its connection dropped, the file
+    locked or its disk failing), rather than from a wrong statement? A read that meets one is refused or tried
+    again; a statement error is a bug, reported with its traceback."""
+    if isinstance(exc, InterfaceError | DisconnectionError):
+        return True
+    if isinstance(exc, OperationalError):
+        text = str(getattr(exc, "orig", None) or exc).lower()
+        return not any(p in text for p in _STATEMENT_ERRORS)
+    return False
 
 
 def unreachable_error(exc: BaseException) -> str:

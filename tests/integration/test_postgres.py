@@ -148,9 +148,27 @@ def test_a_session_started_after_a_database_restart_is_recorded(isolated_env, po
             assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
             counters = c.status()["counters"]
             assert not {k: v for k, v in counters.items() if k.startswith("dropped.")}, counters
+            # a deletion as the first thing after another restart: refused or done, never the daemon's end (its
+            # read of the sessions on the dead connection killed the ingest thread, and the daemon stopped)
+            postgres_server.stop()
+            postgres_server.start()
+            wait_until(lambda: _removed(c, sid), timeout=60, interval=0.5, what="the session deleted")
+            assert daemon.proc.poll() is None and c.ping()
+            assert sid not in {s["id"] for s in c.sessions(limit=1000)}
     finally:
         daemon.stop()
         kill_runners(isolated_env)
+
+
+def _removed(c: object, sid: str) -> bool:
+    """Delete ``sid``: True once done, False while the store is refused as unreachable (any other error raises)."""
+    try:
+        c.rm(sid)  # type: ignore[attr-defined]
+    except LabdError as exc:
+        if exc.code != "store_unavailable":
+            raise
+        return False
+    return True
 
 
 def _started_or_none(c: object) -> str | None:

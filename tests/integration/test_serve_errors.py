@@ -223,6 +223,19 @@ def test_a_store_of_another_home_or_restored_from_a_backup_is_refused(isolated_e
         check = subprocess.run([sys.executable, "-m", "labd", "serve", "--check"], capture_output=True, text=True,
                                timeout=120)
         assert check.returncode == 2 and "is older than this home" in check.stderr, check  # it said OK
+        # a backup of a labd before store_meta: refused the same way, and left as it was (not migrated first)
+        import sqlalchemy as sa
+
+        from labd.store.db import downgrade
+
+        old = sa.create_engine(f"sqlite:///{db}")
+        downgrade(old, "0014_skill_names")
+        out = subprocess.run([sys.executable, "-m", "labd", "serve"], stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 2 and "it recorded 1 sessions" in out.stderr, out.stderr
+        with old.connect() as conn:
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0014_skill_names"
+        old.dispose()
         assert sorted(p.name for p in (isolated_env / "sessions").iterdir()) == dirs
         assert psutil.pid_exists(pid)
         put_db(tmp_path / "newer")

@@ -7,6 +7,7 @@ driver's start timeout, and every ``--on ray`` start tried again: the whole daem
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,3 +104,36 @@ def test_sessions_to_adopt_wait_for_the_cluster_and_a_kill_ends_one_at_once(ray:
     assert info.pid == a and info.signal == signal.SIGKILL and info.failed is None
     assert ray.health()["adopting"] == 1
     assert not ray.signal(a, signal.SIGKILL)  # ended: not its to signal any more
+
+
+def _fake(tmp_path: Path, lines: list[str]) -> RayLauncher:
+    """A launcher whose driver is a script that prints ``lines`` (JSON) and exits at once."""
+    launcher = RayLauncher(tmp_path, f"ipc://{tmp_path}/runners", 1 << 20,
+                           {"kind": "ray", "address": "127.0.0.1:1", "runner_listen": "tcp://127.0.0.1:0"},
+                           timeout=30.0)
+    launcher.link.command = [sys.executable, "-c", "import sys\nfor line in sys.argv[1:]: print(line, flush=True)",
+                             *lines]
+    return launcher
+
+
+def test_a_driver_that_says_why_and_ends_at_once_is_reported_with_its_reason(tmp_path: Path) -> None:
+    """A driver that cannot connect prints why and exits: the launcher's state says the driver's reason even when its
+    message and its end are read together (they were, and the reason was lost for "ended before it connected")."""
+    ray = _fake(tmp_path, ['{"op": "loaded"}', '{"op": "error", "message": "cannot connect to Ray: refused"}'])
+    ray.link.start()
+    assert ray.link._proc is not None
+    ray.link._proc.wait()  # both lines and the end are there before the first read
+    failed = [m for m in ray.link.poll() if m.get("op") == "_failed"]
+    assert failed == [{"op": "_failed", "error": "cannot connect to Ray: refused"}]
+    assert ray.health()["error"] == "cannot connect to Ray: refused" and ray.link.state == "none"
+
+
+def test_ray_not_installed_stops_the_start_even_when_the_driver_has_already_ended(tmp_path: Path) -> None:
+    """The driver's "Ray is not installed" is fatal (the daemon does not start) also when the driver exited before
+    the launcher read it (a busy box): it was taken for a start that failed, tried again every 15 s to 2 min."""
+    ray = _fake(tmp_path, ['{"op": "error", "fatal": true, "message": "Ray is not installed: pip install labd[ray]"}'])
+    ray.link.start()
+    assert ray.link._proc is not None
+    ray.link._proc.wait()
+    with pytest.raises(LaunchError, match="Ray is not installed"):
+        ray.link.wait_loaded()
