@@ -201,7 +201,8 @@ def test_a_store_of_another_home_or_restored_from_a_backup_is_refused(isolated_e
             later = c.start("demo.count", params={"n": 1, "delay": 0})
             c.wait(later, timeout=60)
             live = c.start("demo.sleep")
-            pid = wait_until(lambda: c.session(live)["pid"], timeout=60, what="the runner")
+            wait_until(lambda: c.session(live)["status"] == "running", timeout=60, what="the session running")
+            pid = c.session(live)["pid"]
         d.stop()  # sessions keep running without a daemon
         dirs = sorted(p.name for p in (isolated_env / "sessions").iterdir())
         other = tmp_path / "other-home"
