@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 import zmq
 
-from labd.daemon.api.start import PendingStart, session_spec
+from labd.daemon.api.start import PendingStart, session_spec, store_down
 from labd.daemon.cgroups import session_cgroups
 from labd.daemon.checks import Check, Checks
 from labd.daemon.config import Config
@@ -379,8 +379,8 @@ class Daemon(SandboxSetup, ControlPlane):
             problem = ("ingest thread died" if ingest.failed is not None or not ingest.is_alive()
                        else f"ingest stuck for {stale:.0f}s" if stale > 10 else "")
             # the store down is waited out, not a reason for systemd to restart us; but `systemctl status` says it
-            note = (f"store NOT WRITABLE for {time.monotonic() - ingest.store_down_since:.0f}s: {ingest.store_error}"
-                    if ingest.store_down else "")
+            down = store_down(self)
+            note = f"store NOT WRITABLE for {time.monotonic() - down[0]:.0f}s: {down[1]}" if down else ""
             heartbeat.tick(not problem, len(self.supervisor.running), self.counters.get("events_persisted", 0),
                            problem, note)
             self.retention.tick()

@@ -220,6 +220,8 @@ def check_now(layout: Layout, db_url: str, conn: Any) -> None:
 
     has = inspect(conn).has_table("sessions")
     check_home(layout, conn, db_url, lambda: {r[0] for r in conn.execute(select(sessions.c.id))} if has else set())
+    if _lock_holder(str(layout.home / "labd.lock")) is not None:
+        return  # this home's own daemon runs: the store's lock is its own (a check of its edited config is the point)
     identity = store_identity(db_url)
     if identity.startswith("sqlite:/"):
         holder = _lock_holder(identity.removeprefix("sqlite:") + ".labd-lock")

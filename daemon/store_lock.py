@@ -13,6 +13,7 @@ whichever daemon writes the store is the one to serve them). A SQLite store is l
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import structlog
@@ -37,6 +38,9 @@ class ServerStoreLock(threading.Thread):
         self.conn: Any = None
         self.held = False
         self.taken: str | None = None
+        #: (since, why) the connection holding the lock was lost, until it is held again: the server is out of reach
+        #: (an idle daemon learns it here first: no write has failed yet)
+        self.lost: tuple[float, str] | None = None
         self._halt = threading.Event()  # not _stop: threading.Thread has a method of that name, join() calls it
         self.log = structlog.get_logger("labd.daemon")
 
@@ -55,7 +59,7 @@ class ServerStoreLock(threading.Thread):
             conn.close()
             raise WrongStore(f"the store {store_identity(self.db_url)} is written by another labd daemon: one daemon "
                              "writes a store (give this home a database or schema of its own)")
-        self.conn, self.held = conn, True
+        self.conn, self.held, self.lost = conn, True, None
 
     def run(self) -> None:
         while not self._halt.wait(CHECK_S):
@@ -81,6 +85,7 @@ class ServerStoreLock(threading.Thread):
             return True
         except Exception as exc:  # noqa: BLE001 - any failure: the connection (and so the lock) is gone
             self.held = False
+            self.lost = (time.monotonic(), (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])
             self.log.warning("lost the connection that holds the store's lock; taking it again once the server "
                              "answers", error=f"{type(exc).__name__}: {str(exc)[:200]}")
             try:

@@ -33,6 +33,8 @@ from labd.ipc.wire import DEFAULT_MAX_MESSAGE, Codec, WireError
 
 __all__ = ["Waiting"]
 
+STORE_RETRY_S = 0.5  # between reads refused while the daemon's store cannot be reached
+
 
 class Waiting:
     """Waiting for sessions across daemon restarts (mixed into :class:`~labd.ipc.client.Client`)."""
@@ -115,9 +117,21 @@ class Waiting:
             try:
                 return read()
             except LabdError as exc:
+                if exc.code == "store_unavailable":
+                    self._store_wait(exc, deadline)
+                    continue
                 if exc.code != "no_daemon" or not self.local:
                     raise
                 self.await_daemon(deadline, session=session)
+
+    @staticmethod
+    def _store_wait(exc: LabdError, deadline: float | None) -> None:
+        """A read refused because the daemon's store cannot be reached (a database server restarting): tried again
+        in a moment, up to ``deadline`` (None: for as long as it takes, as a wait with no timeout waits for the
+        session). `labd run --wait`, `labd logs -f` and ``result()`` gave up on a 3 s restart (admin retest)."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise exc
+        time.sleep(STORE_RETRY_S if deadline is None else min(STORE_RETRY_S, max(0.0, deadline - time.monotonic())))
 
     # ---- waiting for sessions -----------------------------------------------------------------------
     def lookup(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
@@ -226,6 +240,9 @@ class Waiting:
                                 yield ev
                         return
                     except LabdError as exc:  # the daemon stopped: go on from cursor.last with the next one
+                        if exc.code == "store_unavailable":  # its store restarting: go on once it answers
+                            self._store_wait(exc, deadline)
+                            continue
                         if exc.code != "no_daemon" or not self.local:
                             raise
                         self.await_daemon(deadline, session=sid)

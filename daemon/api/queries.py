@@ -10,6 +10,7 @@ from typing import Any
 from labd.daemon.api.base import ApiError, Request, register
 from labd.daemon.api.roles import agent_roles
 from labd.daemon.api.sessions import resolve_session
+from labd.daemon.api.start import store_down
 from labd.daemon.launcher import room
 from labd.ipc.events import SCHEMAS
 from labd.runner.spool import SEGMENT
@@ -94,13 +95,12 @@ def _disk(d: Any) -> dict[str, Any] | None:
 
 def _store(d: Any) -> dict[str, Any]:
     """Can ingest write the store? While it cannot (a full disk, a lock held elsewhere): for how long, and why."""
-    ingest = d.ingest
     lock = getattr(d, "store_lock", None)  # PostgreSQL: is this daemon's hold on the store's lock live?
     held = {} if lock is None else {"lock_held": lock.held}
-    if not ingest.store_down:
+    down = store_down(d)
+    if down is None:
         return {"writable": True, **held}
-    return {"writable": False, "down_for_s": round(time.monotonic() - ingest.store_down_since, 1),
-            "error": ingest.store_error, **held}
+    return {"writable": False, "down_for_s": round(time.monotonic() - down[0], 1), "error": down[1], **held}
 
 
 def _threads(d: Any) -> dict[str, bool]:

@@ -289,10 +289,23 @@ def refuse_never_fits(queue: RunQueue, limits: Limits) -> None:
 def refuse_while_store_down(d: Any) -> None:
     """New sessions are refused while the store cannot be written: accepted, they waited unrecorded, the client
     timed out ("is it running?"), the user retried, and every retry ran once the store was back."""
+    down = store_down(d)
+    if down is not None:
+        raise ApiError("store_unavailable", f"the store cannot be written just now ({down[1]}); nothing was started: "
+                       "retry once it is back (labd status)")
+
+
+def store_down(d: Any) -> tuple[float, str] | None:
+    """(since, why) while the store cannot be written: a commit failed (a full disk, a lock held elsewhere, a server
+    gone), or, on PostgreSQL, the connection holding its lock was lost (an idle daemon's first sign: its starts were
+    accepted, run unrecorded, and the client timed out: admin retest); else None."""
     ingest = getattr(d, "ingest", None)
     if ingest is not None and ingest.store_down:
-        raise ApiError("store_unavailable", "the store cannot be written just now (disk full? database locked by "
-                       "another program?); nothing was started: retry once it is back (labd status)")
+        return ingest.store_down_since, ingest.store_error or "its last commit failed"
+    lock = getattr(d, "store_lock", None)
+    if lock is not None and lock.lost is not None:
+        return lock.lost[0], f"the database server does not answer: {lock.lost[1]}"
+    return None
 
 
 def priority_of(created: dict[str, Any], last_queued: dict[str, Any] | None) -> int:
