@@ -15,6 +15,7 @@ from labd.ipc.errors import LabdError
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 from labd.ipc.limits import check_limits
 from labd.runner.workflows.registry import WorkflowError, canonical
+from labd.store.db import unreachable
 
 __all__ = ["resolve_ref", "resolve_session", "session_name", "where_from", "live_view", "list_params",
            "LIST_PARAMS_MAX"]
@@ -24,6 +25,19 @@ def resolve_session(req: Request) -> dict[str, Any]:
     """The session a request names by id, unique id prefix, or name."""
     ref = req.arg("session", str, check=lambda s: 0 < len(s) <= 200, hint="a session id or name")
     return resolve_ref(req.daemon.store, ref)
+
+
+def resolve_running(req: Request) -> dict[str, Any]:
+    """As :func:`resolve_session`, for a stop or kill: while the store cannot be read (a database server
+    restarting), a running session named by its whole id is still found, from the supervisor (they were refused
+    ``store_unavailable`` though the daemon holds the runner: admin retest)."""
+    try:
+        return resolve_session(req)
+    except Exception as exc:
+        ref = req.body.get("session")
+        if unreachable(exc) and isinstance(ref, str) and ref in req.daemon.supervisor.running:
+            return {"id": ref, "status": "running"}
+        raise
 
 
 def resolve_ref(store: Any, ref: str) -> dict[str, Any]:
@@ -239,7 +253,7 @@ class Stop(Request):
 
     def execute(self) -> Any:
         self.only("session", "grace", done="nothing was stopped")  # a misspelt `grace` stopped with the default
-        row = resolve_session(self)
+        row = resolve_running(self)
         grace = self.arg("grace", (int, float), self.daemon.cfg.stop_grace, check=lambda g: 0 <= g <= 3600,
                          hint="seconds between 0 and 3600")
         if self.daemon.supervisor.stop_claimed(row["id"], "client", grace):  # stopped once its runner proves itself
@@ -265,7 +279,7 @@ class Kill(Request):
 
     def execute(self) -> Any:
         self.only("session", done="nothing was killed")
-        row = resolve_session(self)
+        row = resolve_running(self)
         if self.daemon.supervisor.stop_claimed(row["id"], "client", None):  # killed once its runner proves itself
             return {"session": row["id"], "killing": True, "awaiting_runner": True}
         if row["id"] in self.daemon.supervisor.queue:  # answered once its end is in (as session.stop)

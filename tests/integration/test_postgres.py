@@ -153,6 +153,8 @@ def test_a_session_started_after_a_database_restart_is_recorded(isolated_env, po
     try:
         with daemon.client(timeout=60) as c:
             assert c.wait(c.start("demo.count", params={"n": 2, "delay": 0}), timeout=60)["status"] == "completed"
+            sleeper = c.start("demo.sleep", params={"seconds": 300})
+            wait_until(lambda: c.session(sleeper)["status"] == "running", timeout=60, what="the sleeper running")
             postgres_server.stop()
             # the idle daemon learns it from its store lock's connection: status says so and a start is refused (it
             # was accepted, run unrecorded, and its client timed out: admin retest)
@@ -162,7 +164,11 @@ def test_a_session_started_after_a_database_restart_is_recorded(isolated_env, po
             with pytest.raises(LabdError) as refused:
                 c.start("demo.count", params={"n": 1})
             assert refused.value.code == "store_unavailable", refused.value
+            # a running session can still be killed by its id: the daemon holds its runner (it was refused, as the
+            # store could not be read to find it)
+            assert c.kill(sleeper)["killing"] is True
             postgres_server.start()
+            assert c.wait(sleeper, timeout=60)["status"] == "cancelled"
             sid = wait_until(lambda: _started_or_none(c), timeout=60, interval=0.5, what="a start accepted")
             final = c.wait(sid, timeout=60)
             assert final["status"] == "completed", final["reason"]
