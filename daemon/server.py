@@ -434,8 +434,9 @@ class Daemon(SandboxSetup, ControlPlane):
         # the ladder: stop_grace, then SIGTERM and term_grace, then SIGKILL; a few seconds more to record the ends
         wait = self.cfg.stop_grace + self.cfg.term_grace + 10
         # systemd's stop timeout (the unit's TimeoutStopSec=60) would SIGKILL a longer drain midway (admin review):
-        # asked for the drain's whole wait, and half a minute more to record the ends and exit
-        self.notifier.send(stopping=1, extend_timeout_usec=int((wait + 30) * 1_000_000),
+        # asked for the drain's whole wait, and a minute more to record the ends and exit (the threads' joins after
+        # a drain may take up to ~45 s between them)
+        self.notifier.send(stopping=1, extend_timeout_usec=int((wait + 60) * 1_000_000),
                            status=f"draining: stopping {len(running)} sessions")
         for sid in running:
             self.supervisor.stop(sid, "daemon", self.cfg.stop_grace, reason="daemon stopping (drain)")

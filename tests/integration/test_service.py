@@ -181,7 +181,7 @@ def test_drain_stops_sessions_before_exit(isolated_env: Path, notify_socket: Not
             assert "keep running" not in out
             [asked] = notify_socket.having("EXTEND_TIMEOUT_USEC")
             assert asked["STOPPING"] == "1" and "draining" in asked["STATUS"]
-            assert int(asked["EXTEND_TIMEOUT_USEC"]) == (5 + 5 + 10 + 30) * 1_000_000  # the default graces
+            assert int(asked["EXTEND_TIMEOUT_USEC"]) == (5 + 5 + 10 + 60) * 1_000_000  # the default graces
         with running_daemon(isolated_env) as d3, d3.client() as c:
             for sid in (kept, other):
                 row = c.session(sid)
