@@ -107,6 +107,7 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         #: which sessions' new rows hold nothing the search index wants (read by the indexer)
         self.index_hints = IndexHints()
         self._last_resend: dict[str, float] = {}
+        self._gap_at: dict[str, float] = {}
         self.acks = AckPacer()  # when runners are acknowledged (at once, or once per interval)
         self._warn = WarnLimiter(self.log).warn  # bad frames: a line a second per reason, counters exact
         self.live_subs = LiveSubscriptions(self.count)  # who follows which session's live tail

@@ -24,8 +24,10 @@ import orjson
 from labd.daemon.ingest_batch import LIVE_OVERHEAD, PUB_CHUNK_BYTES, Batch, Fragment, LiveEvents, LiveRun
 from labd.daemon.outputcap import CAPPED, OutputCaps
 from labd.daemon.recordcap import RecordCaps
+from labd.daemon.spools import spool_of
 from labd.ipc.events import APPROVALS_PENDING_MAX, DAEMON_KINDS, NODE_ID_MAX, TS_MAX, EventError, quick_valid, validate
 from labd.ipc.signing import derive_key
+from labd.ipc.units import shortened
 from labd.ipc.wire import ACK_TAIL, Codec, Message, WireError
 from labd.store.db import unreachable
 from labd.store.projections import SessionCursor
@@ -43,6 +45,12 @@ __all__ = ["RunnerFrames", "runner_session", "RESEND_INTERVAL_S"]
 RUNNER_REPLAY_IDS = 4096
 
 RESEND_INTERVAL_S = 0.5  # at most one resend request per session this often (a gap shows in every later frame)
+GAP_SPOOL_S = 5.0  # a gap that resend requests have not filled by then is filled from the session's spool
+
+
+def gap_spool_s() -> float:
+    """:data:`GAP_SPOOL_S`, or the tests' shorter ``LABD_GAP_SPOOL_S``."""
+    return shortened(GAP_SPOOL_S, "LABD_GAP_SPOOL_S", floor=0.1)
 MAX_HELLOS = 4096  # runners' hellos remembered (RunnerFrames.hellos)
 _NUMBER = (int, float)
 _dumps = orjson.dumps
@@ -72,6 +80,8 @@ class RunnerFrames:
     #: run its runner key is derived for (ipc.signing.derive_key; loaded at start, kept by ingest)
     run_seqs: dict[str, int]
     _last_resend: dict[str, float]
+    _gap_at: dict[str, float]  # session -> since when its runner's frames have shown a gap (the first seen)
+    _ingest_spool: Callable[[SessionCursor, Batch], bool]
     _waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]]
     _safe: bool
     _warn: Callable[..., None]  # a line a second per reason (WarnLimiter)
@@ -223,6 +233,7 @@ class RunnerFrames:
         noded_append = b.noded.append
         fast = not self._safe
         hot = 0
+        gap = False
         runner_seq, last_seq = cur.runner_seq, cur.last_seq
         self.index_hints.writing(sid, last_seq + 1)  # the hot rows below are never indexable kinds
         in_slow = False  # True while a slow path runs: then the cursor, not the locals, is current
@@ -239,6 +250,7 @@ class RunnerFrames:
                         self.count("duplicates_ignored")
                         continue
                     # a gap: something before this was lost in transit (e.g. across a daemon restart)
+                    gap = True
                     now = time.monotonic()
                     if now - self._last_resend.get(sid, 0.0) > RESEND_INTERVAL_S:
                         self._last_resend[sid] = now
@@ -315,6 +327,29 @@ class RunnerFrames:
                     self._undefer(live, b, p0, n0)
         if identity is not None:
             b.acks[sid] = (identity, resend, prompt)
+            if gap:
+                self._fill_gap(cur, b)
+            elif self._gap_at:
+                self._gap_at.pop(sid, None)
+
+    def _fill_gap(self, cur: SessionCursor, b: Batch) -> None:
+        """A gap its runner has not filled for :func:`gap_spool_s` seconds of resend requests: the runner cannot
+        send those events again (it had them acknowledged: a store restored from a backup taken while the session
+        ran), so they are taken from the session's spool, on this machine, which holds every event its runner
+        wrote. Before, the output stalled until the session ended, with no word (admin retest)."""
+        now = time.monotonic()
+        since = self._gap_at.setdefault(cur.id, now)
+        if now - since < gap_spool_s() or self.sessions_dir is None \
+                or not spool_of(self.sessions_dir, cur.id).is_file():  # a Ray runner's spool is on its node
+            return
+        before = cur.runner_seq
+        self._ingest_spool(cur, b)
+        self._gap_at[cur.id] = now  # not filled (or only partly): tried again after another wait
+        if cur.runner_seq > before:
+            self.count("gaps_filled_from_spool")
+            self.log.warning("a runner could not send again events the store lacks (a store restored from a "
+                             "backup?): taken from the session's spool", session_id=cur.id,
+                             events=cur.runner_seq - before)
 
     @staticmethod
     def _undefer(live: LiveEvents | None, b: Batch, p0: int, n0: int) -> tuple[Any, Any, bool]:

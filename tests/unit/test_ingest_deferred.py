@@ -158,3 +158,42 @@ def test_a_monitor_sample_arriving_after_the_session_ended_is_not_recorded(inges
         assert kinds(sid) == ["session.created", "resource.sample", "session.ended"]
     finally:
         push.close(0)
+
+
+def test_a_gap_its_runner_cannot_fill_is_filled_from_the_sessions_spool(ingest, monkeypatch) -> None:
+    """The store lacks events its runner had acknowledged (a store restored from a backup taken while the session
+    ran): the runner's frames go on past a gap it cannot fill, whatever ingest asks. Once the gap has lasted
+    ``LABD_GAP_SPOOL_S``, ingest takes the missing events from the session's spool on disk, each once and in order,
+    and the frames after them are stored (before, nothing more was stored until the session ended, with no word)."""
+    import orjson
+
+    from labd.daemon.spools import spool_of
+    from labd.runner.spool import Spool
+
+    monkeypatch.setenv("LABD_GAP_SPOOL_S", "0.3")
+    ing, z, tmp = ingest
+    sid = "9a8b7c6d5e4f"
+    daemon_side = z.socket(zmq.PUSH)
+    daemon_side.connect(INGEST_IN)
+    daemon_side.send_pyobj(_created(sid, tmp))
+    wait_until(lambda: _stored(ing, sid), timeout=10)
+    events = [[i, time.time(), "custom", None, None, {"name": f"e{i}"}] for i in range(1, 11)]
+    path = spool_of(tmp, sid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spool = Spool(path)  # what the runner wrote, every event, before it sent any
+    for ev in events:
+        spool.append(ev[0], orjson.dumps(ev))
+    spool.close()
+    s, codec = _runner(z, sid)
+
+    def send_the_rest() -> bool:  # the runner goes on from what it last had acknowledged: 6 onwards
+        s.send_multipart(codec.pack_events(sid, [encode_json(ev) for ev in events[5:]]))
+        return len(_stored(ing, sid)) == 11
+
+    try:
+        wait_until(send_the_rest, timeout=30, interval=0.2, what=f"the gap filled ({ing.counters})")
+        assert _stored(ing, sid) == [(1, "session.created", 1)] + [(i + 1, "custom", i) for i in range(1, 11)]
+        assert ing.counters.get("gaps_filled_from_spool") == 1
+    finally:
+        s.close(0)
+        daemon_side.close(0)
