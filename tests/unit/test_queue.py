@@ -110,7 +110,7 @@ def test_a_session_in_the_queue_reads_queued_before_its_event_is_stored() -> Non
     q = RunQueue(max_sessions=1)
     _push(q, "waiting", priority=3)
     daemon = SimpleNamespace(monitor=SimpleNamespace(snapshot_of=lambda sid: None), last_seen={},
-                             supervisor=SimpleNamespace(queue=q))
+                             supervisor=SimpleNamespace(queue=q, pausing=lambda sid, status: None))
     req = SimpleNamespace(daemon=daemon)
     seen = live_view(req, {"id": "waiting", "status": "created"})  # type: ignore[arg-type]
     assert (seen["status"], seen["queue_position"], seen["queue_priority"]) == ("queued", 1, 3)
@@ -138,7 +138,7 @@ def test_listing_by_status_goes_by_the_status_shown() -> None:
         return [r for r in rows if status is None or r["status"] in status]
 
     daemon = SimpleNamespace(store=SimpleNamespace(sessions=sessions), last_seen={},
-                             supervisor=SimpleNamespace(queue=q),
+                             supervisor=SimpleNamespace(queue=q, pausing=lambda sid, status: None),
                              monitor=SimpleNamespace(snapshot=dict, snapshot_of=lambda sid: None))
 
     def listed(**body: Any) -> list[tuple[str, str]]:
