@@ -28,7 +28,8 @@ import structlog
 from labd.daemon.priority import lower_priority, own_priority
 from labd.runner.spool import SEGMENT
 
-__all__ = ["Launcher", "TemplateLauncher", "ExitInfo", "LaunchError", "readable", "signal_group", "hand_over_key",
+__all__ = ["Launcher", "TemplateLauncher", "ExitInfo", "LaunchError", "close_pipes", "readable", "signal_group",
+           "hand_over_key",
            "room", "NOFILE_ENV"]
 
 #: the template sets RLIMIT_NOFILE (soft = hard) to this before it forks anything (runner/template.py)
@@ -238,12 +239,7 @@ class TemplateLauncher:
         structlog.get_logger("labd.daemon").warning(
             "runner template died; starting a new one (running sessions carry on)", pid=self._proc.pid,
             **({"signal": signal.Signals(-code).name} if code < 0 else {"exit_code": code}))
-        for pipe in (self._proc.stdin, self._proc.stdout):
-            if pipe is not None:
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
+        close_pipes(self._proc)
         self._proc = None
         self._buf = b""
         self._children = frozenset()  # the new template's children are announced anew
@@ -379,6 +375,16 @@ def _output_ends_within(fd: int, timeout: float) -> bool:
             continue
         except OSError:
             return True
+
+
+def close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    """Close a reaped helper process's stdin and stdout pipes (a broken one is already as good as closed)."""
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            try:
+                pipe.close()
+            except OSError:
+                pass
 
 
 def readable(fd: int, timeout: float) -> bool:

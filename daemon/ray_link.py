@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from labd.daemon.launcher import LaunchError, readable
+from labd.daemon.launcher import LaunchError, close_pipes, readable
 
 __all__ = ["DriverLink", "DOWN_BACKOFF_S", "DOWN_BACKOFF_MAX_S"]
 
@@ -189,12 +189,7 @@ class DriverLink:
     def _close(self) -> None:
         if self._proc is not None:
             self._proc.wait()
-            for pipe in (self._proc.stdin, self._proc.stdout):
-                if pipe is not None:
-                    try:
-                        pipe.close()
-                    except OSError:
-                        pass
+            close_pipes(self._proc)
         self._proc, self.state = None, "none"
 
     def stop(self) -> None:

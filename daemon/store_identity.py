@@ -143,14 +143,20 @@ def _facts(bind: Any) -> tuple[dict[str, tuple[str | None, int | None]], int]:
         return read(conn)
 
 
-def session_ids_of(engine: Any) -> set[str]:
-    """Every session id the store holds (none for a new store), before its migrations."""
-    from sqlalchemy import inspect, select
+def session_ids_of(bind: Any) -> set[str]:
+    """Every session id the store holds (none for a new store), before its migrations; through an engine, or on a
+    connection (``labd serve --check``'s)."""
+    from sqlalchemy import Connection, inspect, select
 
     from labd.store.schema import sessions
 
-    with engine.connect() as conn:
+    def read(conn: Any) -> set[str]:
         return {r[0] for r in conn.execute(select(sessions.c.id))} if inspect(conn).has_table("sessions") else set()
+
+    if isinstance(bind, Connection):
+        return read(bind)
+    with bind.connect() as conn:
+        return read(conn)
 
 
 class HomeClaim:
@@ -214,12 +220,10 @@ def check_now(layout: Layout, db_url: str, conn: Any) -> None:
     """``labd serve --check``'s look at an existing store, on its read-only connection ``conn``: what a start would
     refuse (:class:`WrongStore`) -- another home's store, an older one than the home saw, one that another daemon
     writes now. It said "configuration OK" for each, and the start then failed (admin review). Changes nothing."""
-    from sqlalchemy import inspect, select, text
+    from sqlalchemy import text
 
-    from labd.store.schema import sessions
 
-    has = inspect(conn).has_table("sessions")
-    check_home(layout, conn, db_url, lambda: {r[0] for r in conn.execute(select(sessions.c.id))} if has else set())
+    check_home(layout, conn, db_url, lambda: session_ids_of(conn))
     if _lock_holder(str(layout.home / "labd.lock")) is not None:
         return  # this home's own daemon runs: the store's lock is its own (a check of its edited config is the point)
     identity = store_identity(db_url)
