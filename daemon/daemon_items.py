@@ -16,7 +16,6 @@ from labd.daemon.ingest_batch import Batch
 from labd.daemon.outputcap import OutputCaps
 from labd.daemon.spools import SpoolChunk, spool_of, spooled_events
 from labd.ipc.events import TERMINAL_STATUSES
-from labd.store.db import unreachable
 from labd.store.projections import SessionCursor
 
 if TYPE_CHECKING:
@@ -191,8 +190,11 @@ class DaemonItems:
             counts = self.writer.delete_sessions(sids)
         except Exception as exc:  # noqa: BLE001 - reported to the client; the record is unchanged
             self.log.error("deleting sessions failed", error=str(exc)[:300])
-            if reply_to is not None:  # a store that went away (a server restart) is said so: the client may retry
-                batch.notes.append(("refused", reply_to, "store_unavailable" if unreachable(exc) else "store_error",
+            # a connection the server dropped (a restart) is said so: the client may retry; a full disk stays a
+            # store_error, with its reason
+            dropped = bool(getattr(exc, "connection_invalidated", False))
+            if reply_to is not None:
+                batch.notes.append(("refused", reply_to, "store_unavailable" if dropped else "store_error",
                                     f"could not delete: {_first_line(exc)}"))
             return
         for sid in sids:
