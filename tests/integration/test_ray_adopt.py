@@ -218,8 +218,11 @@ def test_a_runner_port_taken_at_a_restart_is_bound_once_it_is_free(rig: Rig) -> 
         assert ports[1:] == [old] and ports[0] != old, ports  # the new one first, the taken one kept
         with rig.client() as c:
             assert c.session(sid)["status"] == "running"
-            ray_state = c.status()["ray"]  # the status says which port waits, and that the cluster answers
-            assert ray_state["waiting_ports"] == [old] and ray_state["driver"] and "down_since" not in ray_state
+            # The status says which port waits, and (once its driver has connected in the background: a start
+            # never waits for the cluster) that the cluster answers.
+            ray_state = wait_until(lambda: (r := c.status()["ray"])["driver"] and r, timeout=60, interval=0.2,
+                                   what="the Ray driver connected")
+            assert ray_state["waiting_ports"] == [old] and "down_since" not in ray_state, ray_state
     finally:
         blocker.close()
     with rig.client() as c:
