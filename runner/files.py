@@ -12,6 +12,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,22 @@ class FileTracker:
         #: sets it, its restore having said so)
         self.truncation_warned = False
         self._errors_warned: set[str] = set()
+        #: code executions in flight (:meth:`executing`): what a scan finds meanwhile may be theirs
+        self._executing = 0
+
+    @contextmanager
+    def executing(self) -> Iterator[None]:
+        """Mark a code execution in flight, from just after its scan before to just before its (``exact``) scan
+        after. Meanwhile other scans (a step's end, another step's tool call) leave the work directory alone:
+        anything they found might be the execution's, and recording it would take it from the exact scan that
+        credits it (it was recorded with no step). What they would have found is reported by the next scan."""
+        with self._lock:
+            self._executing += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._executing -= 1
 
     def nest(self, node_id: str, parent: str | None) -> None:
         """Record that ``node_id`` (an agent turn, not a step) runs inside ``parent``."""
@@ -99,13 +116,17 @@ class FileTracker:
         return node_id
 
     def scan(self, node_id: str | None, agent: str | None = None, tool: str | None = None,
-             step: str | None = None, exact: bool = False) -> int:
+             step: str | None = None, exact: bool = False, final: bool = False) -> int:
         """Report new, changed and deleted files; returns how many were reported. ``step``: the step the
         scanning node runs in (for an agent turn's node). When another step ran concurrently since the last
         scan, a change cannot be attributed exactly: it is recorded with no node, ``ambiguous: true`` and
         the ``candidates`` (this node and the concurrent steps) rather than credited to a wrong step.
-        ``exact``: the caller knows who wrote what appeared (a code execution between two scans)."""
+        ``exact``: the caller knows who wrote what appeared (a code execution between two scans). A scan that
+        is neither ``exact`` nor ``final`` (the session's last) while an execution is in flight does nothing
+        (:meth:`executing`)."""
         with self._lock:
+            if self._executing and not (exact or final):
+                return 0
             others = self.concurrent(step or self.step_of(node_id)) \
                 if self.concurrent is not None and not exact else []
             if others:

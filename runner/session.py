@@ -289,7 +289,7 @@ def run_session(spec: dict[str, Any]) -> int:
     except Exception as exc:  # noqa: BLE001 - as above: the outcome is recorded whatever happened here
         emit("log", {"level": "error", "logger": "labd.runner.capture",
                      "event": f"capture: {type(exc).__name__}: {exc}"})
-    files.scan(None)  # whatever the workflow left outside any step
+    files.scan(None, final=True)  # whatever the workflow left outside any step (even beside a leaked execution)
     if shipper is not None:  # what changed since the last checkpoint
         shipper.ship(durable.snapshot())
     try:

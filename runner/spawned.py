@@ -187,7 +187,7 @@ class _NoScan(FileTracker):
     """A file tracker that leaves scanning to the runner (a fresh one here would report every file as new)."""
 
     def scan(self, node_id: str | None, agent: str | None = None, tool: str | None = None,
-             step: str | None = None, exact: bool = False) -> int:
+             step: str | None = None, exact: bool = False, final: bool = False) -> int:
         return 0
 
 

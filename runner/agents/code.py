@@ -9,9 +9,10 @@ recorded as a ``code.execution`` event (code, exit code, output), attributed to 
 
 Executions of one session run one at a time, each between two scans of the work directory: the scan
 before takes what others wrote meanwhile (attributed, or marked ambiguous, by the usual rules), the scan
-after credits what appeared during the execution to it exactly. That is what makes file attribution
-exact when steps run concurrently (they share the work directory, and a scan cannot tell which of two
-overlapping programs wrote a file); a concurrent step's own Python writing at that very moment is the
+after credits what appeared during the execution to it exactly, and other scans meanwhile (a concurrent step's end
+or tool call) leave the work directory alone (:meth:`~labd.runner.files.FileTracker.executing`). That is what
+makes file attribution exact when steps run concurrently (they share the work directory, and a scan cannot tell
+which of two overlapping programs wrote a file); a concurrent step's own Python writing at that very moment is the
 one case this cannot tell apart.
 """
 
@@ -73,30 +74,31 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
                                     "exit_code": 126, "output": text, "duration": 0.0,
                                     "sandbox": sb.status.level}, current_node.get())
             return f"{text}\n[exit code: 126]"
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=workdir, env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=False)
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-            rc = proc.returncode if proc.returncode is not None else -1
-        except TimeoutError:
-            proc.kill()
-            out, _ = await proc.communicate()
-            out += f"\n(timed out after {timeout:g}s)".encode()
-            rc = -9
-        full = out.decode("utf-8", "backslashreplace")
-        text = full  # what the model gets back is cut; the record keeps everything (long texts become blobs)
-        if len(text) > MAX_OUTPUT:  # the model's copy ends up in later requests: never cut inside a secret
-            cut = head_cut(text, MAX_OUTPUT)
-            text = text[:cut] + f"\n… ({len(text) - cut} more characters)"
-        payload: dict[str, Any] = {"agent": current_agent.get() or "?", "language": language, "code": code,
-                                   "exit_code": rc, "output": full, "duration": time.monotonic() - start,
-                                   "sandbox": sb.status.level}
-        call = current_call.get()
-        if call:
-            payload["call_id"] = call
-        emit("code.execution", payload, current_node.get())
-        files.scan(current_node.get(), agent=payload["agent"], tool="run_code", exact=True)
+        with files.executing():  # other scans until the exact one below leave its files to it
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=workdir, env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=False)
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+                rc = proc.returncode if proc.returncode is not None else -1
+            except TimeoutError:
+                proc.kill()
+                out, _ = await proc.communicate()
+                out += f"\n(timed out after {timeout:g}s)".encode()
+                rc = -9
+            full = out.decode("utf-8", "backslashreplace")
+            text = full  # what the model gets back is cut; the record keeps everything (long texts become blobs)
+            if len(text) > MAX_OUTPUT:  # the model's copy ends up in later requests: never cut inside a secret
+                cut = head_cut(text, MAX_OUTPUT)
+                text = text[:cut] + f"\n… ({len(text) - cut} more characters)"
+            payload: dict[str, Any] = {"agent": current_agent.get() or "?", "language": language, "code": code,
+                                       "exit_code": rc, "output": full, "duration": time.monotonic() - start,
+                                       "sandbox": sb.status.level}
+            call = current_call.get()
+            if call:
+                payload["call_id"] = call
+            emit("code.execution", payload, current_node.get())
+            files.scan(current_node.get(), agent=payload["agent"], tool="run_code", exact=True)
         return text if rc == 0 else f"{text}\n[exit code: {rc}]"
 
     return run_code
