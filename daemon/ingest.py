@@ -110,6 +110,7 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         self._gap_at: dict[str, float] = {}
         self.acks = AckPacer()  # when runners are acknowledged (at once, or once per interval)
         self._warn = WarnLimiter(self.log).warn  # bad frames: a line a second per reason, counters exact
+        self._strays: set[str] = set()  # sessions unknown to the store whose runner was said to be a stray (once)
         self.live_subs = LiveSubscriptions(self.count)  # who follows which session's live tail
         #: control messages for runners that have not said hello yet (e.g. pause right after start)
         self._waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]] = {}

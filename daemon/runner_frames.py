@@ -85,6 +85,7 @@ class RunnerFrames:
     _waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]]
     _safe: bool
     _warn: Callable[..., None]  # a line a second per reason (WarnLimiter)
+    _strays: set[str]
     #: verified frames of a session ingest did not know yet, processed again in the next pass (see _unknown)
     _deferred: list[list[bytes]]
     _frame: tuple[list[bytes], bool] | None  # the frame being processed, and whether for the first time
@@ -153,7 +154,13 @@ class RunnerFrames:
             return
         if not any(frames is f for f in self._deferred):  # (a store retry's pass over a frame deferred just now)
             self.count("dropped.runner.unknown_session")
-            self._warn("runner frame dropped", "unknown_session", session_id=sid[:64])
+            if sid in self._strays:
+                return
+            if len(self._strays) < 10_000:  # once per session: it resends every second until it ends (admin review)
+                self._strays.add(sid)
+            self.log.warning("a runner of this home reports a session the store does not have: its output is not "
+                             "recorded and nothing supervises it (an older store served?). Stop it: "
+                             f"pkill -f ' #{sid[:64]}$'", session_id=sid[:64])
 
     def _on_runner_message(self, identity: bytes, msg: Message, b: Batch) -> None:
         sid = msg.body.get("session")

@@ -58,12 +58,26 @@ def check_store(layout: Layout, db_url: str) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         raise UnusableHome(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     mine = store_identity(db_url)
+    if recorded and recorded != mine and _moved_with_home(layout, recorded, mine):
+        _write(path, mine + "\n")  # the home was moved, its SQLite file with it (check_home checks it is its own)
+        return
     if recorded and recorded != mine:
         raise WrongStore(
             f"home {layout.home} keeps the sessions of the store {recorded}, not of {mine}: a daemon on another store "
             "would take the home's sessions for deleted ones (remove their directories, stop their runners). Give "
             f"this store a home of its own (--home), or, if the database was moved there, write its new place in "
             f"{path} (or delete that file)")
+
+
+def _moved_with_home(layout: Layout, recorded: str, mine: str) -> bool:
+    """Was the home moved, the SQLite file it keeps inside it with it? The recorded file is gone and the one given,
+    of the same name, lies in this home: the absolute path recorded made every moved SQLite home refused (admin
+    review). Whose record that file is, check_home then says (the store records its home's id)."""
+    if not (recorded.startswith("sqlite:/") and mine.startswith("sqlite:/")):
+        return False
+    old, new = Path(recorded.removeprefix("sqlite:")), Path(mine.removeprefix("sqlite:"))
+    return (old.name == new.name and not os.path.lexists(old) and new.is_file()
+            and new.parent == Path(os.path.realpath(layout.home)))
 
 
 def record_store(layout: Layout, db_url: str, knows_sessions: Callable[[], bool]) -> None:
@@ -190,6 +204,12 @@ def check_home(layout: Layout, engine: Any, db_url: str, session_ids: Callable[[
     owner = (meta.get(HOME) or (None, None))[0] or ""
     owner_id, _, owner_path = owner.partition(" ")
     ident = store_identity(db_url)
+    if owner_id and owner_id == mine and owner_path != str(layout.home) and _same_home(owner_path, owner_id):
+        raise WrongStore(
+            f"this home is a copy of {owner_path} (both are home {owner_id}), whose store {ident} this is: a daemon "
+            f"here would adopt the runners of {owner_path}'s sessions, which report to that home. Serve the store "
+            f"from {owner_path}; to move the home here, remove {owner_path} first; to keep the copy as a home of its "
+            f"own, give it a database of its own and delete {path}")
     if owner_id and owner_id != mine and not (not mine and owner_path == str(layout.home)):  # (its id file lost)
         raise WrongStore(
             f"the store {ident} is the record of the home {owner_path} (id {owner_id}), not of {layout.home}: a "
@@ -211,9 +231,19 @@ def check_home(layout: Layout, engine: Any, db_url: str, session_ids: Callable[[
             f"it record {seen} (restored from a backup, or an older copy?). A daemon on it would take the "
             f"{len(unknown)} session directories it does not know for deleted ones (remove them, kill their "
             f"runners){': ' + ', '.join(unknown[:10]) + (' ...' if len(unknown) > 10 else '') if unknown else ''}. "
-            f"Serve the newer store; or, to go on with this one, move those directories out of {sessions} and "
-            f"delete {path}")
+            f"Serve the newer store; or, to go on with this one, stop those sessions' runners if they still run "
+            f"(`pkill -f ' #<id>$'`: nothing would record or supervise them), move their directories out of "
+            f"{sessions} and delete {path}")
     return HomeClaim(layout, engine, owner, created)
+
+
+def _same_home(place: str, home_id: str) -> bool:
+    """Is ``place`` a home of id ``home_id`` (the home this one was copied from, still there)?"""
+    try:
+        with open(os.path.join(place, HOME_ID), "rb") as f:
+            return f.read(256).decode("utf-8", "replace").strip() == home_id
+    except OSError:
+        return False
 
 
 def check_now(layout: Layout, db_url: str, conn: Any) -> None:
@@ -221,7 +251,6 @@ def check_now(layout: Layout, db_url: str, conn: Any) -> None:
     refuse (:class:`WrongStore`) -- another home's store, an older one than the home saw, one that another daemon
     writes now. It said "configuration OK" for each, and the start then failed (admin review). Changes nothing."""
     from sqlalchemy import text
-
 
     check_home(layout, conn, db_url, lambda: session_ids_of(conn))
     if _lock_holder(str(layout.home / "labd.lock")) is not None:

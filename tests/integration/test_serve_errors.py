@@ -293,3 +293,56 @@ def test_a_second_daemon_on_the_same_sqlite_store_is_refused(isolated_env: Path,
     assert f"is the record of the home {isolated_env}" in out.stderr, out.stderr
     with running_daemon(isolated_env) as d, d.client() as c:  # its own home serves it as before
         assert any(s["id"] == sid for s in c.sessions(status=["completed"]))
+
+
+def test_a_moved_sqlite_home_serves_and_a_copied_one_is_refused(isolated_env: Path, tmp_path: Path) -> None:
+    """A SQLite home moved elsewhere (`mv`, its `labd.db` inside it) serves its sessions from its new place: before,
+    it was refused, as its record of its store named the file's old path (admin review). A copy of a home (`cp -a`:
+    same home id) while the original is still there is refused naming the original, even once the copy's record of
+    its store is deleted as the first refusal suggests: before, the copy was taken for the same home and adopted the
+    original's runners, which go on reporting to the original. The refused copy touches no runner."""
+    import shutil
+
+    from tests.conftest import DaemonProc, kill_runners, wait_until
+
+    home = tmp_path / "a"
+    d = DaemonProc(home).start()
+    try:
+        with d.client() as c:
+            done = c.start("demo.count", params={"n": 1, "delay": 0})
+            c.wait(done, timeout=60)
+            live = c.start("demo.sleep")
+            pid = wait_until(lambda: c.session(live)["pid"], timeout=60, what="the runner")
+        d.stop()
+        copy = tmp_path / "copy"
+        shutil.copytree(home, copy, symlinks=True, ignore=shutil.ignore_patterns("*.sock", "labd.lock"))
+
+        def serve(h: Path) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "labd", "--home", str(h), "serve"],
+                                  stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+
+        out = serve(copy)  # its record names the original's file, which is still there
+        assert out.returncode == 2 and "keeps the sessions of the store sqlite:" in out.stderr, out.stderr
+        (copy / "store").unlink()
+        out = serve(copy)
+        assert out.returncode == 2, out.stderr
+        assert f"this home is a copy of {home}" in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert psutil.pid_exists(pid) and not (copy / "store").exists()
+        d = DaemonProc(home).start()  # the original serves on, its running session adopted
+        with d.client() as c:
+            assert c.session(live)["status"] == "running"
+            c.kill(live)
+            c.wait(live, timeout=60)
+        d.stop()
+        shutil.rmtree(copy)
+        moved = tmp_path / "moved"
+        home.rename(moved)
+        d = DaemonProc(moved).start()
+        with d.client() as c:
+            assert c.session(done)["status"] == "completed" and c.session(live)["status"] == "cancelled"
+            again = c.start("demo.count", params={"n": 1, "delay": 0})
+            assert c.wait(again, timeout=60)["status"] == "completed"
+        assert (moved / "store").read_text().strip() == f"sqlite:{os.path.realpath(moved / 'labd.db')}"
+    finally:
+        d.stop()
+        kill_runners(home if home.exists() else tmp_path / "moved")

@@ -130,6 +130,32 @@ def test_a_frame_of_a_session_that_never_appears_is_dropped_once(ingest) -> None
         sock.close(0)
 
 
+def test_a_runner_of_a_session_the_store_does_not_have_is_said_once_how_to_stop(ingest, monkeypatch) -> None:
+    """A runner whose session the store does not have (an older store served, as the refusal allowed) goes on
+    sending: every frame is counted, and the log says once (not every second, for as long as it runs) that its
+    output is not recorded and how to stop it (admin review)."""
+    ing, z, _tmp = ingest
+    lines: list[tuple[str, dict[str, Any]]] = []
+
+    class Recorder:
+        def warning(self, event: str, **fields: Any) -> None:
+            lines.append((event, fields))
+
+        def __getattr__(self, name: str) -> Any:
+            return lambda *a, **k: None
+
+    monkeypatch.setattr(ing, "log", Recorder())
+    ghost = "0e0e0e0e0e0e"
+    s, codec = _runner(z, ghost)
+    for n in range(1, 6):
+        s.send_multipart(codec.pack_events(ghost, [encode_json([n, time.time(), "custom", None, None, {}])]))
+    wait_until(lambda: ing.counters.get("dropped.runner.unknown_session") == 5, timeout=10)
+    said = [fields for event, fields in lines if "store does not have" in event]
+    assert len(said) == 1 and said[0]["session_id"] == ghost, lines
+    assert any(f"pkill -f ' #{ghost}$'" in event for event, _ in lines), lines
+    s.close(0)
+
+
 def test_a_monitor_sample_arriving_after_the_session_ended_is_not_recorded(ingest) -> None:
     """The monitor reaches ingest on a socket of its own, so a `resource.sample` taken while the runner still ran
     can arrive after the main loop's `session.ended`: recorded, it became an event after the end, which every
