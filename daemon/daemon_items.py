@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from labd.daemon.ingest_batch import Batch
 from labd.daemon.outputcap import OutputCaps
-from labd.daemon.spools import SpoolChunk, spool_of, spooled_events
+from labd.daemon.spools import SpoolChunk, resume_at, spool_ino, spool_of, spooled_events
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.store.projections import SessionCursor
 
@@ -41,7 +41,7 @@ class DaemonItems:
     sessions_dir: Path | None
     max_message: int
     #: session -> (runner_seq, byte offset) where reading its spool goes on (a spool read over several passes)
-    _spool_at: dict[str, tuple[int, int]]
+    _spool_at: dict[str, tuple[int, int, int]]
 
     def count(self, name: str, n: int = 1) -> None:
         raise NotImplementedError
@@ -132,12 +132,15 @@ class DaemonItems:
         if self.sessions_dir is None:
             return True
         after = cur.runner_seq
-        at_seq, at = self._spool_at.get(cur.id, (-1, 0))  # where the last pass stopped, if it placed up to here
-        chunk = SpoolChunk()
+        path = spool_of(self.sessions_dir, cur.id)
+        at_seq, at, ino = self._spool_at.get(cur.id, (-1, 0, 0))  # every record before ``at`` is at/below ``at_seq``
+        start = resume_at(path, at_seq, at, ino) if 0 <= at_seq <= after and at else 0
+        ino = spool_ino(path)
+        chunk = SpoolChunk(end=start, skipped_to=start)
         try:
-            chunk = spooled_events(spool_of(self.sessions_dir, cur.id), after,
-                                   start=at if at_seq == after else 0, max_event=self.max_message,
-                                   max_events=SPOOL_PASS_EVENTS, max_bytes=SPOOL_PASS_BYTES)
+            chunk = spooled_events(path, after, start=start,
+                                   max_event=self.max_message, max_events=SPOOL_PASS_EVENTS,
+                                   max_bytes=SPOOL_PASS_BYTES)
         except OSError as exc:
             self.count("spool_unreadable")
             self.log.error("spool unreadable", session_id=cur.id, error=str(exc)[:300])
@@ -145,11 +148,13 @@ class DaemonItems:
             self._on_events(cur, None, chunk.events, b)
             self.count("spool_events_ingested", cur.runner_seq - after)
             self.log.info("spool ingested", session_id=cur.id, events=cur.runner_seq - after, more=chunk.more)
-        if chunk.more and cur.runner_seq > after:  # placed this chunk's events: read on where it ended
-            self._spool_at[cur.id] = (cur.runner_seq, chunk.end)
-            return False
-        self._spool_at.pop(cur.id, None)  # done (or nothing more can be placed: a gap in a forged spool)
-        return True
+        placed = not chunk.events or cur.runner_seq >= chunk.events[-1][0]
+        if placed and chunk.end > start:  # (skipped, or placed, everything before chunk.end)
+            self._spool_at[cur.id] = (cur.runner_seq, chunk.end, ino)
+        elif chunk.skipped_to > start:
+            self._spool_at[cur.id] = (after, chunk.skipped_to, ino)
+        # more to read where it stopped; or done (or nothing more can be placed: a gap in a forged spool)
+        return not (chunk.more and placed and chunk.end > start)
 
     def _job(self, job: tuple[Any, ...], batch: Batch) -> None:
         """A write that is not an event (a skill saved or deleted), after the batch; its result goes back to

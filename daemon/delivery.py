@@ -38,7 +38,9 @@ class Delivery:
     last_seen: dict[str, float]
     sessions_dir: Path | None
     _last_resend: dict[str, float]
-    _spool_at: dict[str, tuple[int, int]]
+    _spool_at: dict[str, tuple[int, int, int]]
+    _gap_at: dict[str, float]
+    _gap_wait: dict[str, float]
     _runner_codecs: dict[str, Codec]
     run_seqs: dict[str, int]
     _waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]]
@@ -75,6 +77,8 @@ class Delivery:
             self.acks.forget(sid)
             self.records.forget(sid)
             self._spool_at.pop(sid, None)
+            self._gap_at.pop(sid, None)
+            self._gap_wait.pop(sid, None)
             self._runner_codecs.pop(sid, None)
             self.run_seqs.pop(sid, None)
             self.routes.pop(sid, None)

@@ -108,6 +108,7 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         self.index_hints = IndexHints()
         self._last_resend: dict[str, float] = {}
         self._gap_at: dict[str, float] = {}
+        self._gap_wait: dict[str, float] = {}
         self.acks = AckPacer()  # when runners are acknowledged (at once, or once per interval)
         self._warn = WarnLimiter(self.log).warn  # bad frames: a line a second per reason, counters exact
         self._strays: set[str] = set()  # sessions unknown to the store whose runner was said to be a stray (once)
@@ -117,7 +118,7 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         self._safe = False  # safe mode: commit event by event (after the store refused a batch)
         self._deferred: list[list[bytes]] = []  # runner frames that overtook their session.created (runner_frames)
         self._later: list[tuple[Any, ...]] = []  # daemon items carried to the next pass (Batch.later)
-        self._spool_at: dict[str, tuple[int, int]] = {}  # where reading a session's spool goes on (daemon_items)
+        self._spool_at: dict[str, tuple[int, int, int]] = {}  # where reading a session's spool goes on (daemon_items)
         self._frame: tuple[list[bytes], bool] | None = None
         self.ready = threading.Event()
         #: set by the daemon as it stops (with the "stop" item): a wait for an unwritable store ends then

@@ -48,6 +48,10 @@ RESEND_INTERVAL_S = 0.5  # at most one resend request per session this often (a 
 GAP_SPOOL_S = 5.0  # a gap that resend requests have not filled by then is filled from the session's spool
 
 
+#: the longest wait between two fills from a spool that filled nothing (:meth:`RunnerFrames._fill_gap`)
+GAP_SPOOL_MAX_S = 300.0
+
+
 def gap_spool_s() -> float:
     """:data:`GAP_SPOOL_S`, or the tests' shorter ``LABD_GAP_SPOOL_S``."""
     return shortened(GAP_SPOOL_S, "LABD_GAP_SPOOL_S", floor=0.1)
@@ -80,7 +84,8 @@ class RunnerFrames:
     #: run its runner key is derived for (ipc.signing.derive_key; loaded at start, kept by ingest)
     run_seqs: dict[str, int]
     _last_resend: dict[str, float]
-    _gap_at: dict[str, float]  # session -> since when its runner's frames have shown a gap (the first seen)
+    _gap_at: dict[str, float]  # session whose runner's frames show a gap -> when to fill it from its spool
+    _gap_wait: dict[str, float]  # session -> the last wait after a fill from its spool that filled nothing
     _ingest_spool: Callable[[SessionCursor, Batch], bool]
     _waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]]
     _safe: bool
@@ -338,25 +343,35 @@ class RunnerFrames:
                 self._fill_gap(cur, b)
             elif self._gap_at:
                 self._gap_at.pop(sid, None)
+                self._gap_wait.pop(sid, None)
 
     def _fill_gap(self, cur: SessionCursor, b: Batch) -> None:
         """A gap its runner has not filled for :func:`gap_spool_s` seconds of resend requests: the runner cannot
         send those events again (it had them acknowledged: a store restored from a backup taken while the session
         ran), so they are taken from the session's spool, on this machine, which holds every event its runner
-        wrote. Before, the output stalled until the session ended, with no word (admin retest)."""
+        wrote. Before, the output stalled until the session ended, with no word (admin retest). A spool longer than
+        a pass is read on at the next frame; one that fills nothing (a session's code can make its spool so, and
+        the gap) is tried again after twice the last wait, up to :data:`GAP_SPOOL_MAX_S` (attack review: every 5 s,
+        each pass reading what it could make as long as it liked)."""
         now = time.monotonic()
-        since = self._gap_at.setdefault(cur.id, now)
-        if now - since < gap_spool_s() or self.sessions_dir is None \
+        due = self._gap_at.setdefault(cur.id, now + gap_spool_s())
+        if now < due or self.sessions_dir is None \
                 or not spool_of(self.sessions_dir, cur.id).is_file():  # a Ray runner's spool is on its node
             return
         before = cur.runner_seq
-        self._ingest_spool(cur, b)
-        self._gap_at[cur.id] = now  # not filled (or only partly): tried again after another wait
+        more = not self._ingest_spool(cur, b)
         if cur.runner_seq > before:
             self.count("gaps_filled_from_spool")
             self.log.warning("a runner could not send again events the store lacks (a store restored from a "
                              "backup?): taken from the session's spool", session_id=cur.id,
                              events=cur.runner_seq - before)
+        if more:  # read on at the next frame
+            self._gap_at[cur.id] = now
+            return
+        wait = gap_spool_s() if cur.runner_seq > before else \
+            min(self._gap_wait.get(cur.id, gap_spool_s()) * 2, GAP_SPOOL_MAX_S)
+        self._gap_wait[cur.id] = wait
+        self._gap_at[cur.id] = now + wait
 
     @staticmethod
     def _undefer(live: LiveEvents | None, b: Batch, p0: int, n0: int) -> tuple[Any, Any, bool]:

@@ -7,6 +7,7 @@ exactly once). Ingest calls it when a session has ended and before it stores ``s
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -15,9 +16,10 @@ from typing import Any
 
 import orjson
 
-from labd.runner.spool import SPOOL_NAME, scan_spool
+from labd.ipc.safe_files import open_regular
+from labd.runner.spool import HEADER, MAX_RECORD, SPOOL_NAME, scan_spool
 
-__all__ = ["spool_of", "spooled_events", "SpoolChunk", "remove_spool", "ran_unrecorded"]
+__all__ = ["spool_of", "spooled_events", "SpoolChunk", "remove_spool", "ran_unrecorded", "resume_at", "spool_ino"]
 
 
 def spool_of(sessions_dir: Path, sid: str) -> Path:
@@ -35,6 +37,13 @@ class SpoolChunk:
     more: bool = False
     #: the byte offset just past the last record read (where the next chunk starts)
     end: int = 0
+    #: the byte offset past the last record skipped (stored already) before the first one read: every record
+    #: before it is at or below ``after``
+    skipped_to: int = 0
+
+
+#: a spool record longer than this is taken as ``event.truncated`` from its head, unread and unchecked beyond it
+MAX_CHECKED = 64 * 1024 * 1024
 
 
 def spooled_events(path: Path, after: int, *, start: int = 0, max_event: int | None = None,
@@ -47,9 +56,21 @@ def spooled_events(path: Path, after: int, *, start: int = 0, max_event: int | N
     record longer than ``max_event`` (more than a runner could send in one message) becomes ``event.truncated``
     with its kind and size, as the runner's channel replaces an event too large to send; it is never read whole.
     Raises OSError if the file exists but cannot be read."""
-    chunk = SpoolChunk(end=start)
+    chunk = SpoolChunk(end=start, skipped_to=start)
     nbytes = 0
-    for src_seq, body, size, end in scan_spool(path, after, start=start, max_body=max_event):
+    for src_seq, body, size, end in scan_spool(path, after, start=start, max_body=max_event, max_check=MAX_CHECKED,
+                                               skips=True):
+        # what reading it cost counts toward the bound, not only what is kept: a record skipped, or one read
+        # (checked) whole but kept as its head (attack review: 2 GiB records of a sparse file cost 20 s a pass)
+        nbytes += HEADER.size + (min(size, MAX_CHECKED) if body is not None and len(body) < size else
+                                 len(body) if body is not None else 0)
+        chunk.end = end
+        if body is None:  # skipped: stored already
+            chunk.skipped_to = end
+            if max_bytes is not None and nbytes >= max_bytes:
+                chunk.more = True
+                break
+            continue
         if len(body) < size:
             ev: Any = _truncated(src_seq, body, size)
         else:
@@ -60,8 +81,6 @@ def spooled_events(path: Path, after: int, *, start: int = 0, max_event: int | N
             if not (isinstance(ev, list) and len(ev) == 6 and ev[0] == src_seq):
                 ev = [src_seq, time.time(), "spool.unreadable", None, None, {}]
         chunk.events.append(ev)
-        chunk.end = end
-        nbytes += len(body)
         if (max_events is not None and len(chunk.events) >= max_events) or (
                 max_bytes is not None and nbytes >= max_bytes):
             chunk.more = True
@@ -87,6 +106,33 @@ def _truncated(src_seq: int, head: bytes, size: int) -> list[Any]:
     return [src_seq, ts, "event.truncated", None, None, {"kind": str(kind)[:64], "size": size}]
 
 
+def resume_at(path: Path, at_seq: int, at: int, ino: int) -> int:
+    """Where to read the spool at ``path`` on from: ``at`` if the file is still the one read (inode ``ino``) and a
+    record past ``at_seq`` (or the end) starts there, else 0. A live session's runner empties or rewrites its
+    spool behind its acknowledgements, so a place remembered in it may point into zeros or another file."""
+    try:
+        with open_regular(path) as f:
+            st = os.fstat(f.fileno())
+            if st.st_ino != ino or st.st_size < at:
+                return 0
+            f.seek(at)
+            head = f.read(HEADER.size)
+    except OSError:
+        return 0
+    if len(head) < HEADER.size:
+        return at  # the end of what was written
+    length, crc, src_seq = HEADER.unpack(head)
+    return at if 0 < length <= MAX_RECORD and src_seq > at_seq else 0
+
+
+def spool_ino(path: Path) -> int:
+    """The inode of the spool at ``path`` (0 if there is none)."""
+    try:
+        return os.lstat(path).st_ino
+    except OSError:
+        return 0
+
+
 def remove_spool(path: Path) -> None:
     """Delete a spool whose events are all committed (missing is fine)."""
     try:
@@ -100,6 +146,7 @@ def ran_unrecorded(sessions_dir: Path, sid: str, runner_seq: int) -> bool:
     (A runner keeps unacknowledged events there; a resumed run's numbers go on from its predecessor's, so what an
     earlier run left, already stored, does not count.)"""
     try:
-        return next(scan_spool(spool_of(sessions_dir, sid), runner_seq, max_body=0), None) is not None
+        return next(scan_spool(spool_of(sessions_dir, sid), runner_seq, max_body=0, max_check=MAX_CHECKED),
+                    None) is not None
     except OSError:
         return False

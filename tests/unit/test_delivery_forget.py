@@ -25,7 +25,9 @@ class _Ingest(Delivery):
         self.last_seen = {sid: 1.0}
         self.sessions_dir = None
         self._last_resend = {sid: 1.0}
-        self._spool_at = {sid: (0, 0)}
+        self._spool_at = {sid: (0, 0, 0)}
+        self._gap_at = {sid: 1.0}  # its runner's frames showed a gap (daemon/runner_frames.py _fill_gap)
+        self._gap_wait = {sid: 0.2}
         self._runner_codecs = {sid: object()}  # type: ignore[dict-item]
         self.run_seqs = {sid: 7}
         self._waiting_for_hello = {sid: [("pause", {"by": "client"})]}
@@ -46,7 +48,7 @@ def test_an_ended_session_leaves_no_entry_in_ingest() -> None:
     resumed run). A session still running keeps its entries."""
     ingest = _Ingest("s-ended")
     names = ("cursors", "routes", "last_seen", "_last_resend", "_spool_at", "_runner_codecs", "run_seqs",
-             "_waiting_for_hello")
+             "_waiting_for_hello", "_gap_at", "_gap_wait")
     for name in names:
         getattr(ingest, name)["s-live"] = getattr(ingest, name)["s-ended"]
     batch = Batch()

@@ -223,3 +223,47 @@ def test_a_gap_its_runner_cannot_fill_is_filled_from_the_sessions_spool(ingest, 
     finally:
         s.close(0)
         daemon_side.close(0)
+
+
+def test_a_gap_the_spool_cannot_fill_is_tried_again_less_and_less_often(ingest, monkeypatch) -> None:
+    """A gap the session's spool cannot fill either (a session's code can make both: attack review) is not read
+    for again every ``LABD_GAP_SPOOL_S`` for as long as frames come: each fill that filled nothing doubles the wait
+    before the next. The session's later events are still not stored past the gap (nothing is made up)."""
+    monkeypatch.setenv("LABD_GAP_SPOOL_S", "0.1")
+    ing, z, tmp = ingest
+    sid = "7a6b5c4d3e2f"
+    daemon_side = z.socket(zmq.PUSH)
+    daemon_side.connect(INGEST_IN)
+    daemon_side.send_pyobj(_created(sid, tmp))
+    wait_until(lambda: _stored(ing, sid), timeout=10)
+    from labd.daemon.spools import spool_of
+
+    path = spool_of(tmp, sid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")  # a spool holding nothing
+    tries: list[float] = []
+    original = ing._ingest_spool
+
+    def counted(cur: Any, b: Any) -> bool:
+        tries.append(time.monotonic())
+        return original(cur, b)
+
+    monkeypatch.setattr(ing, "_ingest_spool", counted)
+    s, codec = _runner(z, sid)
+    began = time.monotonic()
+    seq = 5  # events 1-4 never arrive: a gap
+    try:
+        while time.monotonic() - began < 3.0:
+            s.send_multipart(codec.pack_events(sid, [encode_json([seq, time.time(), "custom", None, None, {}])]))
+            seq += 1
+            s.poll(50)
+            while s.poll(0):
+                s.recv_multipart()
+        # waits of 0.1, 0.2, 0.4, 0.8, 1.6 s: five tries at most in 3 s, against about 30 without the doubling
+        assert 2 <= len(tries) <= 6, tries
+        gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+        assert all(later > earlier for earlier, later in zip(gaps, gaps[1:], strict=False)), gaps
+        assert _stored(ing, sid) == [(1, "session.created", 1)]
+    finally:
+        s.close(0)
+        daemon_side.close(0)
