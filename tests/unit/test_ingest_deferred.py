@@ -71,6 +71,20 @@ def _stored(ing: Ingest, sid: str) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in rows]
 
 
+def _created_with_spool(ing: Ingest, z: zmq.Context, tmp: Path, sid: str) -> tuple[zmq.Socket, Path]:
+    """Session ``sid`` created (stored) through the daemon's side of ingest; that socket, and where its spool goes
+    (its directory made)."""
+    from labd.daemon.spools import spool_of
+
+    daemon_side = z.socket(zmq.PUSH)
+    daemon_side.connect(INGEST_IN)
+    daemon_side.send_pyobj(_created(sid, tmp))
+    wait_until(lambda: _stored(ing, sid), timeout=10)
+    path = spool_of(tmp, sid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return daemon_side, path
+
+
 def _send_first_event(s: zmq.Socket, codec: Codec, sid: str) -> None:
     s.send_multipart(codec.pack_events(sid, [encode_json([1, time.time(), "custom", None, None, {"name": "first"}])]))
 
@@ -193,19 +207,13 @@ def test_a_gap_its_runner_cannot_fill_is_filled_from_the_sessions_spool(ingest, 
     and the frames after them are stored (before, nothing more was stored until the session ended, with no word)."""
     import orjson
 
-    from labd.daemon.spools import spool_of
     from labd.runner.spool import Spool
 
     monkeypatch.setenv("LABD_GAP_SPOOL_S", "0.3")
     ing, z, tmp = ingest
     sid = "9a8b7c6d5e4f"
-    daemon_side = z.socket(zmq.PUSH)
-    daemon_side.connect(INGEST_IN)
-    daemon_side.send_pyobj(_created(sid, tmp))
-    wait_until(lambda: _stored(ing, sid), timeout=10)
+    daemon_side, path = _created_with_spool(ing, z, tmp, sid)
     events = [[i, time.time(), "custom", None, None, {"name": f"e{i}"}] for i in range(1, 11)]
-    path = spool_of(tmp, sid)
-    path.parent.mkdir(parents=True, exist_ok=True)
     spool = Spool(path)  # what the runner wrote, every event, before it sent any
     for ev in events:
         spool.append(ev[0], orjson.dumps(ev))
@@ -232,14 +240,7 @@ def test_a_gap_the_spool_cannot_fill_is_tried_again_less_and_less_often(ingest, 
     monkeypatch.setenv("LABD_GAP_SPOOL_S", "0.1")
     ing, z, tmp = ingest
     sid = "7a6b5c4d3e2f"
-    daemon_side = z.socket(zmq.PUSH)
-    daemon_side.connect(INGEST_IN)
-    daemon_side.send_pyobj(_created(sid, tmp))
-    wait_until(lambda: _stored(ing, sid), timeout=10)
-    from labd.daemon.spools import spool_of
-
-    path = spool_of(tmp, sid)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    daemon_side, path = _created_with_spool(ing, z, tmp, sid)
     path.write_bytes(b"")  # a spool holding nothing
     tries: list[float] = []
     original = ing._ingest_spool
