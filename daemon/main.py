@@ -26,6 +26,7 @@ def serve(home: str | os.PathLike[str] | None, *, db: str | None = None, log_for
     from labd.daemon.config import ConfigError, load_config
     from labd.daemon.launcher import LaunchError
     from labd.daemon.startup import AlreadyRunning, begin
+    from labd.daemon.store_identity import shown_url
     from labd.ipc.paths import UnsafeRuntimeDir
 
     try:
@@ -51,7 +52,7 @@ def serve(home: str | os.PathLike[str] | None, *, db: str | None = None, log_for
         print(f"labd: {exc}", file=sys.stderr)
         return 2
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        print(f"labd: cannot use the database {cfg.db_url.split('@')[-1]}: {str(exc).splitlines()[0]}",
+        print(f"labd: cannot use the database {shown_url(cfg.db_url)}: {str(exc).splitlines()[0]}",
               file=sys.stderr)
         return 2
     except NewerSchema as exc:  # a downgrade: one line, not Alembic's traceback
@@ -73,7 +74,7 @@ def check(home: str | os.PathLike[str] | None, *, db: str | None = None, log_for
     except ConfigError as exc:
         print(f"labd: {exc}", file=sys.stderr)
         return 2
-    from labd.daemon.store_identity import check_now, check_store
+    from labd.daemon.store_identity import check_now, check_store, shown_url
     from labd.ipc.paths import UnsafeRuntimeDir
     from labd.store.db import probe
 
@@ -86,6 +87,6 @@ def check(home: str | os.PathLike[str] | None, *, db: str | None = None, log_for
         print(f"labd: {exc}", file=sys.stderr)
         return 2
     read = [str(p) for p in config_files(cfg.layout) if p.is_file()]
-    print(f"configuration OK: home {cfg.home}, database {cfg.db_url.split('@')[-1]}; "
+    print(f"configuration OK: home {cfg.home}, database {shown_url(cfg.db_url)}; "
           f"read {', '.join(read) if read else 'no config file (defaults)'}")
     return 0

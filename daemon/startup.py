@@ -28,7 +28,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import structlog
 
@@ -134,10 +134,14 @@ def _db_passwords(url: str) -> set[str]:
     under any name). Parsed here, not by SQLAlchemy: this module runs before the template is spawned, and imports
     nothing heavy."""
     try:
-        password = urlsplit(url).password
+        parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return set()
-    return {password, unquote(password)} if password else set()
+    found = {password, unquote(password)} if password else set()
+    # ... or given as a query parameter (``?password=``, which the drivers take too: attack review)
+    found |= {v for k, v in parse_qsl(parts.query) if "password" in k.lower() and v}
+    return found
 
 
 def signing_key(home: Path) -> str:

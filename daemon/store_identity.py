@@ -12,8 +12,13 @@ and a daemon given another store stops before it touches anything, saying what t
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
+import re
+import stat
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -21,10 +26,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from labd.ipc.paths import Layout, UnusableHome
+from labd.ipc.safe_files import read_regular
 from labd.store.meta import HOME, SESSIONS_CREATED, read_meta, sessions_created, set_home
+from labd.store.urls import shown_url
 
-__all__ = ["WrongStore", "HomeClaim", "StoreMark", "check_home", "check_now", "check_store", "lock_store",
-           "record_store", "session_ids_of", "store_identity"]
+__all__ = ["WrongStore", "HomeClaim", "StoreMark", "check_home", "check_now", "check_store", "check_url",
+           "lock_store", "record_store", "session_ids_of", "shown_url", "store_identity"]
 
 FILE = "store"
 HOME_ID = "home-id"  # this home's id (random, made at its first start): the store records whose record it is
@@ -37,26 +44,36 @@ class WrongStore(UnusableHome):
 
 def store_identity(db_url: str) -> str:
     """The store ``db_url`` names, without credentials: ``sqlite:`` and the file's real path, else
-    ``scheme://host:port/database?query``."""
+    ``scheme://host:port/database?query`` (its credential parameters left out)."""
     if db_url.startswith("sqlite:"):
         path = db_url.split(":///", 1)[1] if ":///" in db_url else ""
         return f"sqlite:{os.path.realpath(path.split('?', 1)[0])}" if path else db_url
-    parts = urlsplit(db_url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    query = f"?{parts.query}" if parts.query else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}{query}"
+    return shown_url(db_url)
+
+
+def check_url(db_url: str) -> None:
+    """Refuse (:class:`UnusableHome`) a store URL that cannot be a home's record: an in-memory SQLite database
+    (``sqlite://``, ``sqlite:///``: a mistyped path, recorded as the home's store, after which the real one was
+    refused), or a port out of range (a traceback)."""
+    if db_url.startswith("sqlite:"):
+        path = db_url.split(":///", 1)[1] if ":///" in db_url else ""
+        if path.split("?", 1)[0] in ("", ":memory:") or "mode=memory" in path:
+            raise UnusableHome(f"the database {db_url} is in memory: it would lose every session at the daemon's "
+                               "exit. Give a file: sqlite:////absolute/path/labd.db")
+        return
+    try:
+        urlsplit(db_url).port  # noqa: B018 - parsed for its error
+    except ValueError as exc:
+        raise UnusableHome(f"the database URL {shown_url(db_url)} is not valid: {exc}") from None
 
 
 def check_store(layout: Layout, db_url: str) -> None:
     """Refuse (:class:`WrongStore`) a store other than the one the home recorded (:func:`record_store`)."""
+    check_url(db_url)
     path: Path = layout.home / FILE
-    try:
-        recorded = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
+    recorded = _read_small(path)
+    if recorded is None:
         return
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UnusableHome(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     mine = store_identity(db_url)
     if recorded and recorded != mine and _moved_with_home(layout, recorded, mine):
         _write(path, mine + "\n")  # the home was moved, its SQLite file with it (check_home checks it is its own)
@@ -96,23 +113,46 @@ def record_store(layout: Layout, db_url: str, knows_sessions: Callable[[], bool]
             "session: a daemon on it would take them for deleted ones (remove them, stop their runners). Start it "
             f"on the home's store, give this store a home of its own (--home), or remove {sessions} if those "
             "sessions are no longer wanted")
-    tmp = path.with_name(FILE + ".tmp")
-    tmp.write_text(store_identity(db_url) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    _write(path, store_identity(db_url) + "\n")
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Replace ``path`` by ``text``, through a new file of a random name (``O_EXCL``): a fixed ``.tmp`` name was
+    written through whatever symlink someone who can write the home put there (attack review)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _read_small(path: Path) -> str | None:
+    """A small text file of the home (``home-id``, ``store-mark``): None if missing; a FIFO, a device, a directory,
+    a huge or undecodable file is :class:`UnusableHome` naming it (a FIFO hung the start for good, holding the
+    home's lock; ``/dev/zero`` grew the daemon until memory ran out: attack review)."""
+    try:
+        return read_regular(path, 4096).decode("utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UnusableHome(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc} (remove it if it is "
+                           "damaged: it is remade)") from None
+
+
+def _valid_id(path: Path, found: str) -> str:
+    if found and not re.fullmatch(r"[0-9a-f]{32}", found):
+        raise UnusableHome(f"{path} is damaged (a home id is 32 hexadecimal digits): restore it, or remove it if the "
+                           "home's store is a new one")
+    return found
 
 
 def _home_id(layout: Layout) -> str:
     path = layout.home / HOME_ID
-    try:
-        found = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        found = ""
+    found = _valid_id(path, _read_small(path) or "")
     if found:
         return found
     made = uuid.uuid4().hex
@@ -196,10 +236,8 @@ def check_home(layout: Layout, engine: Any, db_url: str, session_ids: Callable[[
     home yet (new, or of a labd before 2026-12-06) becomes this home's when the claim is committed. Writes
     nothing."""
     path = layout.home / HOME_ID
-    try:
-        mine = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        mine = ""  # a new home (or one of a labd before 2026-12-06): given an id when it claims the store
+    # a new home (or one of a labd before 2026-12-06): given an id when it claims the store
+    mine = _valid_id(path, _read_small(path) or "")
     meta, stored = _facts(engine)
     owner = (meta.get(HOME) or (None, None))[0] or ""
     owner_id, _, owner_path = owner.partition(" ")
@@ -218,9 +256,9 @@ def check_home(layout: Layout, engine: Any, db_url: str, session_ids: Callable[[
     created = int((meta.get(SESSIONS_CREATED) or (None, stored))[1] or 0)
     path = layout.home / MARK
     try:
-        seen: int | None = int(path.read_text(encoding="utf-8").strip())
-    except (OSError, ValueError):
-        seen = None
+        seen: int | None = int(_read_small(path) or "")
+    except ValueError:
+        seen = None  # (a damaged mark only weakens the check)
     if seen is not None and created < seen:
         sessions = layout.sessions_dir
         known = session_ids()
@@ -296,10 +334,17 @@ def lock_store(layout: Layout, db_url: str) -> int | None:
     if not identity.startswith("sqlite:/"):
         return None
     path = identity.removeprefix("sqlite:") + ".labd-lock"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:  # a directory we cannot write: the store cannot be opened either, and says so itself
-        return None
+    try:  # not through a symlink (another user's, in a shared directory: it was truncated and written)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise WrongStore(f"{path} is a symbolic link: the store's lock file must be a file of its own "
+                             "(remove the link)") from None
+        return None  # a directory we cannot write: the store cannot be opened either, and says so itself
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise WrongStore(f"{path} is not a regular file of this user: the store's lock file must be (remove it)")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError, DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 
+from labd.store.urls import shown_url
+
 __all__ = ["open_engine", "migrate", "downgrade", "is_sqlite", "Checkpointer", "NewerSchema", "UNREACHABLE",
            "unreachable", "unreachable_error"]
 
@@ -71,7 +73,7 @@ def check_url(url: str) -> None:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ValueError(f"{url.split('@')[-1]!r} is not a database URL (sqlite:///PATH or "
+        raise ValueError(f"{shown_url(url)!r} is not a database URL (sqlite:///PATH or "
                          "postgresql+psycopg://USER@HOST/DB)") from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise ValueError(f"labd keeps its record in SQLite or PostgreSQL (sqlite:///PATH, postgresql+psycopg://USER@"
@@ -110,7 +112,7 @@ def probe(url: str, timeout: float = 10.0, also: Callable[[Any], object] | None 
             if also is not None:
                 also(conn)
     except SQLAlchemyError as exc:
-        raise ValueError(f"cannot use the database {url.split('@')[-1]}: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"cannot use the database {shown_url(url)}: {str(exc).splitlines()[0]}") from None
     finally:
         engine.dispose()
 

@@ -12,6 +12,7 @@ from labd.daemon.api.roles import agent_roles
 from labd.daemon.api.sessions import resolve_session
 from labd.daemon.api.start import store_down
 from labd.daemon.launcher import room
+from labd.daemon.store_identity import shown_url
 from labd.ipc.events import SCHEMAS
 from labd.runner.spool import SEGMENT
 from labd.runner.workflows.registry import BUILTINS, describe, resolve
@@ -67,7 +68,7 @@ class Status(Request):
 
     def execute(self) -> Any:
         d = self.daemon
-        return {"pid": os.getpid(), "home": str(d.layout.home), "db": d.cfg.db_url.split("@")[-1],
+        return {"pid": os.getpid(), "home": str(d.layout.home), "db": shown_url(d.cfg.db_url),
                 "running": sorted(d.supervisor.running), "counters": dict(d.counters),
                 "template_pid": d.launcher.template_pid, "workflow_checks": len(d.checks), "long_reads": len(d.reads),
                 "sandbox": {**d.sandbox.to_dict(), "runner": d.runner_confinement,

@@ -319,7 +319,7 @@ def test_serve_check_says_whether_a_daemon_would_start_and_starts_nothing(tmp_pa
     ("mysql://x@localhost/y", "SQLite or PostgreSQL"),
     ("notaurl", "is not a database URL"),
     ("postgresql+pg8000://a@localhost/c", "no driver for postgresql+pg8000"),
-    ("postgresql+psycopg://nobody@127.0.0.1:1/db", "cannot use the database 127.0.0.1:1/db"),
+    ("postgresql+psycopg://nobody@127.0.0.1:1/db", "cannot use the database postgresql+psycopg://127.0.0.1:1/db"),
     ("sqlite:///{tmp}/missing/dir/labd.db", "does not exist"),
 ])
 def test_serve_check_and_serve_refuse_a_database_the_daemon_cannot_use(tmp_path: Path, db: str, said: str) -> None:
