@@ -52,6 +52,7 @@ SHIP_MAX_BYTES = 1 << 30  # at most this much of a work directory is shipped bac
 #: how long a remote runner whose workflow ended waits for the daemon to acknowledge its last events (its spool is
 #: on the node, out of the daemon's reach: it waits for a daemon that is being restarted rather than exit)
 REMOTE_FLUSH_TIMEOUT_S = 24 * 3600.0
+FORGET_AFTER = 10  # a request unanswered this many spawn timeouts after its session ended is forgotten
 SWEEP_S = 300.0  # how often the driver kills actors of this home that no running session owns
 DRIVER_ENDED = "the daemon's Ray driver process ended; a new driver adopted the actor"
 
@@ -164,8 +165,8 @@ class RayLauncher:
         self._sid[handle] = sid
         return handle, time.time()
 
-    def adopt(self, sid: str, unrecorded: bool = False) -> tuple[int | None, str | None]:
-        """Take back session ``sid``'s actor, left running by a previous daemon: ``(handle, None)`` at once; the
+    def adopt(self, sid: str, unrecorded: bool = False) -> int:
+        """Take back session ``sid``'s actor, left running by a previous daemon: its handle at once; the
         driver answers later (``session.adopted``, or an exit: ``absent`` when no actor of it exists, with why the
         session is lost). An actor still waiting for a node is adopted as it waits (the session stays ``starting``;
         ``session.placed`` comes when Ray places it). ``unrecorded``: the last daemon died before recording its
@@ -176,7 +177,7 @@ class RayLauncher:
         self._sid[handle] = sid
         self._adopt[handle] = _Adoption(unrecorded=unrecorded)
         self._pump_adoptions()
-        return handle, None
+        return handle
 
     def _pump_adoptions(self) -> None:
         """Send the adoptions not sent yet, starting a driver for them if none runs (once per backoff)."""
@@ -209,10 +210,14 @@ class RayLauncher:
             else:
                 self._on_report(msg)
         now = time.monotonic()
-        for op, handle, sent in list(self._requests.values()):
+        for req, (op, handle, sent) in list(self._requests.items()):
             if op == "spawn" and now - sent > self._timeout and handle in self._sid:  # a driver that hangs
                 self._end(handle, ExitInfo(handle, None, None, failed=f"the Ray driver did not answer the spawn "
                                                                       f"request within {self._timeout:.0f} s"))
+            elif handle not in self._sid and now - sent > FORGET_AFTER * self._timeout:
+                # kept so that a late success still kills its actor; past this, the sweep does (for a driver
+                # that hangs for good, the table grew by every start)
+                del self._requests[req]
         self._pump_adoptions()
         if self.link.state == "ready" and now - self._swept > SWEEP_S:
             # first once connected (after every session was adopted), then now and then: actors left by sessions
@@ -408,10 +413,10 @@ class Launchers:
         """The Ray launcher's state (``daemon.status`` ``ray``), or None without one."""
         return self.ray.health() if self.ray is not None else None
 
-    def adopt_remote(self, sid: str, unrecorded: bool = False) -> tuple[int | None, str | None]:
+    def adopt_remote(self, sid: str, unrecorded: bool = False) -> int | None:
         """A session with no local runner: adopt its Ray actor if there is one (see :meth:`RayLauncher.adopt`);
-        ``(None, None)`` when this daemon has no Ray launcher."""
-        return self.ray.adopt(sid, unrecorded) if self.ray is not None else (None, None)
+        None when this daemon has no Ray launcher."""
+        return self.ray.adopt(sid, unrecorded) if self.ray is not None else None
 
     def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
         if (spec.get("placement") or {}).get("on") == "ray":

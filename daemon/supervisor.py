@@ -89,7 +89,6 @@ class Supervisor(Admission):
         self.continuing: dict[str, str] = {}
         #: request ids of resumes reading their session's record on a worker (not deferred yet, still in force)
         self.preparing: set[str] = set()
-        self._remote_lost: str | None = None  # why the last remote adoption failed
         self._held_until = 0.0  # the queue waits until then (time.monotonic) after a launch found the disk full
 
     def stop_claimed(self, sid: str, by: str, grace: float | None) -> bool:
@@ -159,10 +158,10 @@ class Supervisor(Admission):
         if not pid:  # pid 0: started by a remote launcher (Ray), or None: never recorded as started
             if remote and self._adopt_remote(row, never_ran):
                 return True
-            if never_ran is not None and self._remote_lost is None:
+            if never_ran is not None:
                 never_ran(row)
                 return False
-            why = self._remote_lost or "no local runner to adopt (never started, or it ran on a Ray node)"
+            why = "no local runner to adopt (never started, or it ran on a Ray node)"
             # lost unless its record says how it ended: ingest reads the spool of a runner that ran unrecorded (the
             # last daemon died before storing its launch) before it stores the end, and its outcome then decides
             self.post(sid, "session.ended", {"lost_reason": why, "ended_by": "vanished"})
@@ -177,15 +176,14 @@ class Supervisor(Admission):
 
     def _adopt_remote(self, row: dict[str, Any], never_ran: Callable[[dict[str, Any]], Any] | None) -> bool:
         """Adopt a session without a local runner through a remote launcher (its Ray actor outlived the previous
-        daemon); False, with the reason in ``_remote_lost`` (None: no remote launcher), if it cannot be. The
-        launcher answers later: ``session.adopted`` (and ``session.launched`` if the last daemon never recorded
-        it), or an exit (:meth:`on_exit`: lost, or started if it never ran)."""
-        self._remote_lost = None
+        daemon); False if there is no remote launcher. The launcher answers later: ``session.adopted`` (and
+        ``session.launched`` if the last daemon never recorded it), or an exit (:meth:`on_exit`: lost, or started if
+        it never ran)."""
         adopt = getattr(self.launcher, "adopt_remote", None)
         if adopt is None:
             return False
         sid = row["id"]
-        handle, self._remote_lost = adopt(sid, row["pid"] is None)
+        handle = adopt(sid, row["pid"] is None)
         if handle is None:
             return False
         started = row["started_at"] or row["created_at"]

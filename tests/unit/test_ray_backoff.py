@@ -90,8 +90,8 @@ def test_sessions_to_adopt_wait_for_the_cluster_and_a_kill_ends_one_at_once(ray:
     """Sessions to adopt while the cluster does not answer are not lost: each try fails and they wait, a new driver
     tried once the backoff has passed. A SIGKILL (``labd kill``, the end of a stop) of one of them ends it at once,
     with no driver to reach its actor; the other waits on."""
-    a, _ = ray.adopt("sa")
-    b, _ = ray.adopt("sb")
+    a = ray.adopt("sa")
+    b = ray.adopt("sb")
     assert a is not None and b is not None
     assert not [e for e in _down(ray) if e.pid in (a, b)]
     assert ray.health()["adopting"] == 2
@@ -137,3 +137,30 @@ def test_ray_not_installed_stops_the_start_even_when_the_driver_has_already_ende
     ray.link._proc.wait()
     with pytest.raises(LaunchError, match="Ray is not installed"):
         ray.link.wait_loaded()
+
+
+def test_a_spawn_the_driver_never_answers_is_ended_then_forgotten(tmp_path: Path, monkeypatch) -> None:
+    """A driver that is connected but never answers: the session launched through it ends ``failed`` after the
+    spawn timeout, and the unanswered request is kept a while (a late success still kills its actor) but not for
+    good: past ``FORGET_AFTER`` timeouts it is dropped (the table grew by every start while the driver hung)."""
+    from labd.daemon import ray_launcher
+
+    monkeypatch.setattr(ray_launcher, "FORGET_AFTER", 2)
+    ray = _fake(tmp_path, ['{"op": "loaded"}', '{"op": "ready"}'])
+    ray.link.command[2] += "\nimport time\ntime.sleep(120)"  # connected, then silent
+    ray._timeout = 0.5
+    ray.start()
+    try:
+        wait_until(lambda: (ray.drain_exits(), ray.link.state == "ready")[1], timeout=30, interval=0.05,
+                   what="the driver connected")
+        handle, _ = ray.launch({"session_id": "s1", "workflow": "demo.sleep"})
+        exits: list[ExitInfo] = []
+        wait_until(lambda: exits.extend(ray.drain_exits()) or any(e.pid == handle for e in exits), timeout=30,
+                   interval=0.05, what="the spawn timed out")
+        [info] = [e for e in exits if e.pid == handle]
+        assert info.failed is not None and "did not answer the spawn request" in info.failed
+        assert len(ray._requests) == 1  # kept for a late answer
+        wait_until(lambda: (ray.drain_exits(), not ray._requests)[1], timeout=30, interval=0.05,
+                   what="the unanswered request forgotten")
+    finally:
+        ray.shutdown()
