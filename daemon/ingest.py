@@ -116,6 +116,7 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         #: control messages for runners that have not said hello yet (e.g. pause right after start)
         self._waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self._safe = False  # safe mode: commit event by event (after the store refused a batch)
+        self._items_done = 0  # daemon items the pass processed so far (_process)
         self._deferred: list[list[bytes]] = []  # runner frames that overtook their session.created (runner_frames)
         self._later: list[tuple[Any, ...]] = []  # daemon items carried to the next pass (Batch.later)
         self._spool_at: dict[str, tuple[int, int, int]] = {}  # where reading a session's spool goes on (daemon_items)
@@ -275,12 +276,14 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
                 self.count("ingest.batches")
 
     def _process(self, items: list[tuple[Any, ...]], frames_list: list[list[bytes]],
-                 batch: Batch | None = None) -> Batch:
-        """Process daemon items and (again: ``seen``) runner frames into a batch. Raises a store error that
-        :func:`~labd.store.db.unreachable` says is the store's absence (it went away while an item read from it):
-        the caller processes them all again later."""
+                 batch: Batch | None = None, skip: int = 0) -> Batch:
+        """Process daemon items (but the first ``skip``) and (again: ``seen``) runner frames into a batch. Raises a
+        store error that :func:`~labd.store.db.unreachable` says is the store's absence (it went away while an item
+        read from it): the caller processes them all again later. :attr:`_items_done` counts the items processed
+        (in safe mode: committed, so not to be processed again)."""
         batch = Batch() if batch is None else batch
-        for item in items:
+        self._items_done = skip
+        for item in items[skip:]:
             try:
                 self._on_internal(item, batch)
             except Exception as exc:  # noqa: BLE001 - one bad item must not stop the writer
@@ -288,6 +291,7 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
                     raise
                 self.count("dropped.internal.error")
                 self.log.exception("daemon item dropped", op=str(item[0]))
+            self._items_done += 1
         for frames in frames_list:
             self._process_frames(frames, batch, seen=True)
         return batch
@@ -300,6 +304,7 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         ``broken``: the store went away while the batch was processed (it is processed again, whole)."""
         delay = 0.0  # grows over consecutive failures: a store that reconnects but cannot write (a full disk)
         again = False  # process the batch again first (inside the try: the store can go away again meanwhile)
+        skip = 0  # daemon items already committed one by one (safe mode) when the store went away: not again
         try:
             while True:
                 try:
@@ -308,7 +313,7 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
                         raise exc
                     if again:
                         again = False
-                        batch = self._process(items, frames_list)
+                        batch = self._process(items, frames_list, skip=skip)
                         if self._safe:
                             break  # written event by event as it was processed
                     if batch.size() or batch.changes.session_updates or batch.changes.session_inserts:
@@ -330,6 +335,8 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
                     self.cursors.clear()
                     self.records.rollback()
                     self.outcap.rollback()
+                    if self._safe:  # (a runner's events are kept from twice by their src_seq; a daemon's, by this)
+                        skip = self._items_done
                     again = True
                 except REFUSED as exc:
                     if self._safe:
@@ -393,6 +400,8 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         try:
             self.writer.commit(one.rows, one.changes, self.cursors, one.plain, one.noded)
         except REFUSED as exc:
+            if unreachable(exc):  # the store went away, not this event: the batch waits for it (_write)
+                raise
             self.count("store_rejected")
             self.log.error("store refused an event", session_id=cur.id, kind=kind, error=str(exc)[:300])
             # Back to what the store has (in place: callers hold this cursor), then skip the event.

@@ -268,3 +268,50 @@ def test_a_gap_the_spool_cannot_fill_is_tried_again_less_and_less_often(ingest, 
     finally:
         s.close(0)
         daemon_side.close(0)
+
+
+def test_a_store_lost_while_a_refused_batch_is_written_event_by_event_records_each_daemon_item_once(
+        ingest, monkeypatch) -> None:
+    """The store refuses a batch of three daemon items, so ingest writes it event by event (safe mode), and goes
+    away at the second: the batch is processed again once it is back. Each item is recorded once: the first was
+    recorded a second time (the daemon's items have no numbers to tell), and the second was recorded as
+    ``event.rejected``, lost, when the store answered again at once (as after a PostgreSQL restart)."""
+    import threading
+
+    import sqlalchemy.exc as sa_exc
+
+    ing, z, tmp = ingest
+    sid = "5e4d3c2b1a09"
+    daemon_side, _path = _created_with_spool(ing, z, tmp, sid)
+    real_commit = ing.writer.commit
+    holding, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def commit(*args: Any, **kwargs: Any) -> Any:
+        if not release.is_set():  # the pass before: held until the three items wait together
+            holding.set()
+            release.wait(10)
+            return real_commit(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # the batch of three: refused
+            raise sa_exc.IntegrityError("INSERT", {}, Exception("refused"))
+        if len(calls) == 3:  # the second item's own commit: the connection dropped
+            raise sa_exc.OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
+        return real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(ing.writer, "commit", commit)
+    monkeypatch.setattr(ing.writer, "reconnect", lambda: None)
+    try:
+        daemon_side.send_pyobj(("event", sid, "custom", {"name": "before", "data": {}}, None, None))
+        assert holding.wait(10)
+        for n in range(3):
+            daemon_side.send_pyobj(("event", sid, "custom", {"name": f"d{n}", "data": {}}, None, None))
+        wait_until(lambda: ing.pull.poll(0), timeout=10)  # (inproc: all three are queued once sent)
+        release.set()
+        wait_until(lambda: len(_stored(ing, sid)) >= 5 and len(calls) >= 5, timeout=30,
+                   what=f"the items written ({len(calls)} commits)")
+        kinds = [k for _seq, k, _src in _stored(ing, sid)]
+        assert kinds == ["session.created"] + ["custom"] * 4, _stored(ing, sid)
+        assert ing.counters.get("store_refused_batches") == 1 and not ing.counters.get("store_rejected")
+    finally:
+        daemon_side.close(0)
