@@ -6,7 +6,8 @@
         for ev in c.follow(sid):          # history from the store, then the live tail; no gap, no dup
             print(ev["seq"], ev["kind"], ev["payload"])
 
-A :class:`Client` is synchronous and not thread-safe: use one per thread.
+A :class:`Client` is synchronous. Threads may share one: their requests take turns on its one connection (a
+client per thread lets them run side by side).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     with labd.Executor(max_workers=4, memory="1G") as ex:
         squares = list(ex.map(lambda x: x * x, range(100)))   # 100 sessions, at most 4 at once, in order
 
-Each worker thread owns a :class:`~labd.ipc.client.Client` (a client is not thread-safe) and handles one call
+Each worker thread owns a :class:`~labd.ipc.client.Client` (threads sharing one take turns) and handles one call
 at a time: it starts the session, follows its event stream until ``session.ended`` (no polling loop), and
 resolves the future from the record (:meth:`Client.result`). So at most ``max_workers`` sessions of this
 executor run at once. Calls are pickled in :meth:`Executor.submit`, so an argument that cannot be sent fails

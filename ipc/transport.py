@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Self
@@ -78,6 +79,10 @@ class Transport:
         self.restart_wait = math.inf if wait_limit is None else wait_limit
         #: how many times this client moved to a restarted daemon (:meth:`reconnect`)
         self._generation = 0
+        #: one exchange on the control socket at a time: a libzmq socket used from two threads at once aborts the
+        #: whole process (``Assertion failed: pfd.revents & POLLIN``), and sharing a client between threads is what
+        #: a script does first (power-user review); requests from several threads take turns
+        self._lock = threading.RLock()
         self._ctx = zmq.Context()
         self._sock = self._socket(zmq.DEALER)
         try:
@@ -93,7 +98,8 @@ class Transport:
         return client_socket(self._ctx, self.info, kind)  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        self._sock.close(0)
+        with self._lock:
+            self._sock.close(0)
         self._ctx.term()
 
     def __enter__(self) -> Self:
@@ -138,15 +144,16 @@ class Transport:
         except TypeError as exc:  # orjson's JSONEncodeError: e.g. a str that is not valid UTF-8
             raise _unencodable(body, exc) from None
         _check_request(frames[1], body, self.max_request)
-        try:
-            return self._exchange(frames, deadline)
-        except LabdError as exc:
-            # A request that got no reply may still sit in the socket's queue, unsent: libzmq would deliver it to the
-            # next daemon listening at the same endpoint (a `labd serve` after the failure), which would then run a
-            # session the caller was told had failed, and retried. A new socket leaves nothing queued.
-            if exc.code in ("no_daemon", "timeout"):
-                self._renew_socket()
-            raise
+        with self._lock:
+            try:
+                return self._exchange(frames, deadline)
+            except LabdError as exc:
+                # A request that got no reply may still sit in the socket's queue, unsent: libzmq would deliver it to
+                # the next daemon listening at the same endpoint (a `labd serve` after the failure), which would then
+                # run a session the caller was told had failed, and retried. A new socket leaves nothing queued.
+                if exc.code in ("no_daemon", "timeout"):
+                    self._renew_socket()
+                raise
 
     def _no_daemon(self) -> LabdError:
         return LabdError("no_daemon", f"the labd daemon of home {self.layout.home} (pid {self.info.pid}) stopped "

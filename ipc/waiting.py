@@ -10,6 +10,7 @@ per call.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ class Waiting:
     max_request: int
     _ctx: zmq.Context
     _sock: zmq.Socket
+    _lock: threading.RLock
     _codec: Codec
     _generation: int
 
@@ -79,11 +81,12 @@ class Waiting:
             return False
         sock = client_socket(self._ctx, info, zmq.DEALER)
         sock.connect(info.control)
-        self._sock.close(0)
-        self._sock, self.info = sock, info
-        self._codec = Codec(info.key_bytes)
-        self.max_request = info.max_message or DEFAULT_MAX_MESSAGE
-        self._generation += 1
+        with self._lock:  # (another thread's exchange holds the old socket)
+            self._sock.close(0)
+            self._sock, self.info = sock, info
+            self._codec = Codec(info.key_bytes)
+            self.max_request = info.max_message or DEFAULT_MAX_MESSAGE
+            self._generation += 1
         return True
 
     def await_daemon(self, deadline: float | None = None, *, session: str | None = None) -> None:

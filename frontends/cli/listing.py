@@ -47,12 +47,16 @@ def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
 
 def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
     rows = _ps_rows(args, ctx)
-    if args.json:
-        ctx.out.json(rows)
-        return 0
-    if args.quiet:
-        for r in rows:
-            print(r["id"])
+    more = len(rows) >= args.limit  # there may be more: a list must not look complete (nor a script's, below)
+    if args.json or args.quiet:
+        if args.json:
+            ctx.out.json(rows)
+        else:
+            for r in rows:
+                print(r["id"])
+        if more:  # `labd ps -q | xargs labd rm` deleted only the newest 200 of a batch, with no word
+            ctx.out.line(f"labd ps: only the newest {len(rows)} listed; --limit N lists more (up to {MAX_LIST})",
+                         err=True)
         return 0
     if not rows:
         hint = "" if args.all or args.status else " (labd ps -a shows ended ones too)"
@@ -64,12 +68,13 @@ def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
         # a session waiting in the queue has no process: no RSS (a resumed one's peak is its previous runner's)
         rss = live.get("rss") if live else None if r["status"] in WAITING else r.get("peak_rss")
         status = styled(ps_status(r), STATUS_STYLE.get(r["status"]))
-        table.append([r["id"], fit_name(r["name"], 28), workflow_label(r)[-40:], status,
+        # cut on a terminal only: a pipe gets whole names (`labd ps -a | grep lr0.002` found no row)
+        table.append([r["id"], fit_name(r["name"], 28) if ctx.out.tty else r["name"], workflow_label(r)[-40:], status,
                       str(r["pid"] or "-"), format_size(rss), f"{live['cpu_percent']:.0f}%" if live else "-",
                       f"${r['cost']:.4f}" if r.get("cost") else "-", age(r["created_at"])])
     ctx.out.table(["ID", "NAME", "WORKFLOW", "STATUS", "PID", "RSS", "CPU", "COST", "AGE"], table,
                   right=("PID", "RSS", "CPU", "COST", "AGE"))
-    if len(rows) >= args.limit:  # there may be more: the list must not look complete
+    if more:
         ctx.out.line(f"(the newest {len(rows)}; --limit N shows more)", "dim", err=True)
     return 0
 

@@ -83,6 +83,29 @@ def _one_line(cell: Cell) -> Cell:
     return cell.translate(_LINE_BREAKS)
 
 
+#: the narrowest a column that gives way is cut to (``sweep-…`` still tells rows apart)
+MIN_CUT = 8
+
+
+def _fit(longest: Sequence[int], keep: Sequence[bool], wrap: Sequence[bool], width: int) -> list[int | None]:
+    """The widths of a table's columns on a terminal ``width`` columns wide: None (as wide as its cells) for each
+    when the table fits; else the columns kept whole (``keep``: ids, status, numbers) stay, and the room left is
+    shared among the others by their longest cell, none cut below :data:`MIN_CUT` (nor widened). Rich shrinks only
+    columns that wrap, so a table of ``no_wrap`` cells overflowed, and every row of ``labd ps`` wrapped on an 80- or
+    100-column terminal (power-user review)."""
+    gaps = 2 * (len(longest) - 1)  # between two columns: the divider and one space of padding (collapsed)
+    if sum(longest) + gaps <= width:
+        return [None] * len(longest)
+    flex = [i for i, k in enumerate(keep) if not k]
+    room = width - gaps - sum(w for w, k in zip(longest, keep, strict=True) if k)
+    need = sum(longest[i] for i in flex)
+    out: list[int | None] = [None] * len(longest)
+    for i in flex:
+        share = room * longest[i] // need if need and room > 0 else 0
+        out[i] = longest[i] if wrap[i] and share >= longest[i] else min(longest[i], max(MIN_CUT, share))
+    return out
+
+
 class Output:
     """Printing for one CLI invocation."""
 
@@ -133,14 +156,16 @@ class Output:
             from rich.text import Text
 
             rows = [[_safe_cell(c) for c in r] for r in rows]
-            t = Table(box=SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold",
+            t = Table(box=SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold",
                       title=Text(safetext.text(title)) if title is not None else None,  # a Text: no markup read
                       title_justify="left", title_style="bold")
+            longest = [max([cell_len(_text(r[i])) for r in rows] + [cell_len(c)]) for i, c in enumerate(columns)]
+            keep = [c in ("ID", "SESSION", "APPROVAL", "NODE", "STATUS") or c in right for c in columns]
+            widths = _fit(longest, keep, [c in wrap for c in columns], self.console().width)
             for i, c in enumerate(columns):
-                longest = max([cell_len(_text(r[i])) for r in rows] + [len(c)])
-                keep = c in ("ID", "SESSION", "APPROVAL", "NODE", "STATUS") or c in right
                 t.add_column(c, justify="right" if c in right else "left", no_wrap=c not in wrap,
-                             overflow="fold" if c in wrap else "ellipsis", min_width=longest if keep else None)
+                             overflow="fold" if c in wrap else "ellipsis", width=widths[i],
+                             min_width=longest[i] if keep[i] else None)
             for r in rows:
                 t.add_row(*[Text(c[0], style=c[1]) if isinstance(c, tuple) else Text(c) for c in r])
             self.console().print(t)
@@ -148,9 +173,9 @@ class Output:
         if title:
             self.stdout.write(title + "\n")
         texts = [[_text(c) for c in r] for r in rows]
-        widths = [max(cell_len(x) for x in col) for col in zip(columns, *texts, strict=False)]
+        plain = [max(cell_len(x) for x in col) for col in zip(columns, *texts, strict=False)]
         for line in [list(columns), *texts]:
-            pads = [" " * (w - cell_len(v)) for v, w in zip(line, widths, strict=True)]
+            pads = [" " * (w - cell_len(v)) for v, w in zip(line, plain, strict=True)]
             cells = [pad + v if c in right else v + pad for v, pad, c in zip(line, pads, columns, strict=True)]
             self.stdout.write("  ".join(cells).rstrip() + "\n")
 

@@ -171,6 +171,11 @@ def test_ps_lists_running_sessions_even_behind_newer_finished_ones(client) -> No
                         text=True, timeout=60)
     assert running in ps.stdout and done not in ps.stdout
     assert "(the newest 1; --limit N shows more)" in ps.stderr  # a cut list says so
+    for form in ("-q", "--json"):  # ... for a script too, on stderr (`ps -q | xargs labd rm` cut a batch silently)
+        cut = subprocess.run([sys.executable, "-m", "labd", "ps", "-a", "--limit", "1", form], capture_output=True,
+                             text=True, timeout=60)
+        assert cut.returncode == 0 and "only the newest 1 listed; --limit N lists more" in cut.stderr, cut
+        assert done in cut.stdout and running not in cut.stdout
     bad = subprocess.run([sys.executable, "-m", "labd", "ps", "--limit", "0"], capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and "argument --limit: must be a whole number 1-10000, not '0'" in bad.stderr
