@@ -301,3 +301,29 @@ def test_options_that_did_nothing_are_refused(shared_daemon, tmp_path: Path) -> 
     assert _session_ids() == before
     assert "-1000 to 1000" in labd("run", "--help").stdout
     assert "the least severe log records written" in labd("serve", "--help").stdout
+
+
+def test_stop_and_kill_act_on_many_sessions_at_once(client) -> None:
+    """`labd stop --tag batch=x` stops every live session of a batch (one line each) and leaves the others;
+    `labd kill A B C` kills several; a session that has ended already is said, not an error, so a script's list that
+    changed under it still succeeds; an unknown one fails the command (exit 1) after the others were acted on;
+    `--json` gives one reply per session. Before, each took one session, and a batch took a shell loop."""
+    batch = [client.start("demo.sleep", params={"seconds": 300}, tags={"batch": "x"}) for _ in range(3)]
+    other = client.start("demo.sleep", params={"seconds": 300})
+    done = client.start("demo.count", params={"n": 1, "delay": 0})
+    client.wait(done, timeout=60)
+    for sid in [*batch, other]:
+        wait_until(lambda s=sid: client.session(s)["status"] == "running", timeout=60, what="running")
+    stop = labd("stop", "--tag", "batch=x", "--grace", "0", "--wait")
+    assert stop.returncode == 0, stop.stderr
+    assert sorted(line.split()[1] for line in stop.stdout.splitlines()) == sorted(batch), stop.stdout
+    assert all(client.session(s)["status"] == "cancelled" for s in batch)
+    assert client.session(other)["status"] == "running"
+    kill = labd("kill", other, done, "nosuchsession")
+    assert kill.returncode == 1, (kill.stdout, kill.stderr)
+    assert f"killing {other}" in kill.stdout and f"{done}: session {done} is not running" in kill.stdout
+    assert "nosuchsession" in kill.stderr and "[not_found]" in kill.stderr, kill.stderr
+    client.wait(other, timeout=60)
+    again = labd("kill", other, done, "--json")
+    assert again.returncode == 0 and [r["error"] for r in json.loads(again.stdout)] == ["not_running"] * 2
+    assert labd("stop").returncode == 2  # nothing named, nothing selected
