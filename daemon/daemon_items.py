@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from labd.daemon.ingest_batch import Batch
 from labd.daemon.outputcap import OutputCaps
-from labd.daemon.spools import SpoolChunk, resume_at, spool_ino, spool_of, spooled_events
+from labd.daemon.spools import SpoolChunk, same_file, spool_ino, spool_of, spooled_events
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.store.projections import SessionCursor
 
@@ -123,7 +123,7 @@ class DaemonItems:
             _, sid, type_, body = item
             b.to_runners.append((sid, type_, body))
 
-    def _ingest_spool(self, cur: SessionCursor, b: Batch) -> bool:
+    def _ingest_spool(self, cur: SessionCursor, b: Batch, live: bool = False) -> bool:
         """Stage what the session's spool holds beyond the last runner event we have (its runner has ended:
         the file is complete), at most a batch's worth (:data:`SPOOL_PASS_EVENTS`, :data:`SPOOL_PASS_BYTES`).
         True once the spool is all staged; False if more is left for the next pass. Exactly once: records at
@@ -133,14 +133,18 @@ class DaemonItems:
             return True
         after = cur.runner_seq
         path = spool_of(self.sessions_dir, cur.id)
-        at_seq, at, ino = self._spool_at.get(cur.id, (-1, 0, 0))  # every record before ``at`` is at/below ``at_seq``
-        start = resume_at(path, at_seq, at, ino) if 0 <= at_seq <= after and at else 0
+        # Where the last pass stopped, if it went through everything before it: only once the runner has ended,
+        # when its spool no longer changes (a live runner empties or rewrites it behind its acknowledgements, so a
+        # place in it means nothing a moment later). A gap fill (``live``) reads from the start, a bounded amount.
+        start = 0
+        if not live:
+            at_seq, at, ino = self._spool_at.get(cur.id, (-1, 0, 0))  # every record before ``at`` is <= at_seq
+            start = at if 0 <= at_seq <= after and same_file(path, ino, at) else 0
         ino = spool_ino(path)
         chunk = SpoolChunk(end=start, skipped_to=start)
         try:
-            chunk = spooled_events(path, after, start=start,
-                                   max_event=self.max_message, max_events=SPOOL_PASS_EVENTS,
-                                   max_bytes=SPOOL_PASS_BYTES)
+            chunk = spooled_events(path, after, start=start, max_event=self.max_message,
+                                   max_events=SPOOL_PASS_EVENTS, max_bytes=SPOOL_PASS_BYTES)
         except OSError as exc:
             self.count("spool_unreadable")
             self.log.error("spool unreadable", session_id=cur.id, error=str(exc)[:300])
@@ -149,6 +153,8 @@ class DaemonItems:
             self.count("spool_events_ingested", cur.runner_seq - after)
             self.log.info("spool ingested", session_id=cur.id, events=cur.runner_seq - after, more=chunk.more)
         placed = not chunk.events or cur.runner_seq >= chunk.events[-1][0]
+        if live:
+            return not (chunk.more and chunk.events and placed)  # more to read only once it placed some
         if placed and chunk.end > start:  # (skipped, or placed, everything before chunk.end)
             self._spool_at[cur.id] = (cur.runner_seq, chunk.end, ino)
         elif chunk.skipped_to > start:

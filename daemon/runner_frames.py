@@ -86,7 +86,7 @@ class RunnerFrames:
     _last_resend: dict[str, float]
     _gap_at: dict[str, float]  # session whose runner's frames show a gap -> when to fill it from its spool
     _gap_wait: dict[str, float]  # session -> the last wait after a fill from its spool that filled nothing
-    _ingest_spool: Callable[[SessionCursor, Batch], bool]
+    _ingest_spool: Callable[..., bool]
     _waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]]
     _safe: bool
     _warn: Callable[..., None]  # a line a second per reason (WarnLimiter)
@@ -359,7 +359,7 @@ class RunnerFrames:
                 or not spool_of(self.sessions_dir, cur.id).is_file():  # a Ray runner's spool is on its node
             return
         before = cur.runner_seq
-        more = not self._ingest_spool(cur, b)
+        more = not self._ingest_spool(cur, b, live=True)
         if cur.runner_seq > before:
             self.count("gaps_filled_from_spool")
             self.log.warning("a runner could not send again events the store lacks (a store restored from a "

@@ -16,10 +16,9 @@ from typing import Any
 
 import orjson
 
-from labd.ipc.safe_files import open_regular
-from labd.runner.spool import HEADER, MAX_RECORD, SPOOL_NAME, scan_spool
+from labd.runner.spool import HEADER, SPOOL_NAME, scan_spool
 
-__all__ = ["spool_of", "spooled_events", "SpoolChunk", "remove_spool", "ran_unrecorded", "resume_at", "spool_ino"]
+__all__ = ["spool_of", "spooled_events", "SpoolChunk", "remove_spool", "ran_unrecorded", "same_file", "spool_ino"]
 
 
 def spool_of(sessions_dir: Path, sid: str) -> Path:
@@ -42,10 +41,6 @@ class SpoolChunk:
     skipped_to: int = 0
 
 
-#: a spool record longer than this is taken as ``event.truncated`` from its head, unread and unchecked beyond it
-MAX_CHECKED = 64 * 1024 * 1024
-
-
 def spooled_events(path: Path, after: int, *, start: int = 0, max_event: int | None = None,
                    max_events: int | None = None, max_bytes: int | None = None) -> SpoolChunk:
     """The events in the spool at ``path`` with ``src_seq > after``, from byte ``start`` (0, or the ``end`` of an
@@ -58,12 +53,12 @@ def spooled_events(path: Path, after: int, *, start: int = 0, max_event: int | N
     Raises OSError if the file exists but cannot be read."""
     chunk = SpoolChunk(end=start, skipped_to=start)
     nbytes = 0
-    for src_seq, body, size, end in scan_spool(path, after, start=start, max_body=max_event, max_check=MAX_CHECKED,
+    # A record longer than ``max_event`` is taken from its head, neither read further nor checked (attack review:
+    # records claiming 2 GiB each, in a sparse file, were read whole to check them, 20 s a pass); what a pass costs
+    # counts toward its bound, records skipped included.
+    for src_seq, body, size, end in scan_spool(path, after, start=start, max_body=max_event, max_check=max_event,
                                                skips=True):
-        # what reading it cost counts toward the bound, not only what is kept: a record skipped, or one read
-        # (checked) whole but kept as its head (attack review: 2 GiB records of a sparse file cost 20 s a pass)
-        nbytes += HEADER.size + (min(size, MAX_CHECKED) if body is not None and len(body) < size else
-                                 len(body) if body is not None else 0)
+        nbytes += HEADER.size + (len(body) if body is not None else 0)
         chunk.end = end
         if body is None:  # skipped: stored already
             chunk.skipped_to = end
@@ -106,23 +101,14 @@ def _truncated(src_seq: int, head: bytes, size: int) -> list[Any]:
     return [src_seq, ts, "event.truncated", None, None, {"kind": str(kind)[:64], "size": size}]
 
 
-def resume_at(path: Path, at_seq: int, at: int, ino: int) -> int:
-    """Where to read the spool at ``path`` on from: ``at`` if the file is still the one read (inode ``ino``) and a
-    record past ``at_seq`` (or the end) starts there, else 0. A live session's runner empties or rewrites its
-    spool behind its acknowledgements, so a place remembered in it may point into zeros or another file."""
+def same_file(path: Path, ino: int, at: int) -> bool:
+    """Is the spool at ``path`` still the file read before (inode ``ino``), at least ``at`` bytes long? (A place
+    remembered in an ended runner's spool is used only in that file: a resumed run's spool is a new one.)"""
     try:
-        with open_regular(path) as f:
-            st = os.fstat(f.fileno())
-            if st.st_ino != ino or st.st_size < at:
-                return 0
-            f.seek(at)
-            head = f.read(HEADER.size)
+        st = os.lstat(path)
     except OSError:
-        return 0
-    if len(head) < HEADER.size:
-        return at  # the end of what was written
-    length, crc, src_seq = HEADER.unpack(head)
-    return at if 0 < length <= MAX_RECORD and src_seq > at_seq else 0
+        return False
+    return st.st_ino == ino and st.st_size >= at
 
 
 def spool_ino(path: Path) -> int:
@@ -146,7 +132,7 @@ def ran_unrecorded(sessions_dir: Path, sid: str, runner_seq: int) -> bool:
     (A runner keeps unacknowledged events there; a resumed run's numbers go on from its predecessor's, so what an
     earlier run left, already stored, does not count.)"""
     try:
-        return next(scan_spool(spool_of(sessions_dir, sid), runner_seq, max_body=0, max_check=MAX_CHECKED),
+        return next(scan_spool(spool_of(sessions_dir, sid), runner_seq, max_body=0, max_check=0),
                     None) is not None
     except OSError:
         return False

@@ -21,10 +21,12 @@ running: the template ends when its stdin, the daemon's pipe, closes with the da
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import resource
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.store_identity import check_store, lock_store
 from labd.daemon.systemd import Notifier
 from labd.ipc.paths import UnusableHome
+from labd.ipc.safe_files import open_regular, read_regular, write_atomic
 from labd.runner.secret_env import split_secrets, store_withheld
 
 __all__ = ["AlreadyRunning", "Startup", "begin", "signing_key"]
@@ -85,14 +88,24 @@ def _lock(cfg: Config) -> int:
     layout.ensure()
     try:  # a read-only filesystem, a full disk: one line, as for a home that cannot be made (main.py)
         os.chmod(layout.home, 0o700)  # sessions' outputs and the database are the user's alone
-        fd = os.open(layout.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        # not through a symlink (its target was truncated and given the pid), and only a regular file (a FIFO
+        # there was a traceback): attack retest
+        fd = os.open(layout.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, f"{layout.lock_file} is not a regular file (remove it)")
     except OSError as exc:
-        raise UnusableHome(f"cannot use {layout.home} as labd's home: {exc.strerror or exc}") from None
+        why = f"{layout.lock_file} is a symbolic link (remove it)" if exc.errno == errno.ELOOP else \
+            exc.strerror or str(exc)
+        raise UnusableHome(f"cannot use {layout.home} as labd's home: {why}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        other = layout.lock_file.read_text().strip() or "?"
+        try:
+            other = read_regular(layout.lock_file, 64).decode(errors="replace").strip() or "?"
+        except OSError:
+            other = "?"
         raise AlreadyRunning(f"another labd daemon (pid {other}) is already serving home {layout.home}") from None
     os.ftruncate(fd, 0)
     try:
@@ -141,21 +154,28 @@ def _db_passwords(url: str) -> set[str]:
     found = {password, unquote(password)} if password else set()
     # ... or given as a query parameter (``?password=``, which the drivers take too: attack review)
     found |= {v for k, v in parse_qsl(parts.query) if "password" in k.lower() and v}
+    for pair in parts.query.split("&"):  # ... and as written there (``s%40cret``: a URL holding it holds that form)
+        key, _, raw = pair.partition("=")
+        if raw and "password" in unquote(key).lower():
+            found.add(raw)
     return found
 
 
 def signing_key(home: Path) -> str:
     """The signing key, kept in ``<home>/daemon.key`` (0600) so runners survive daemon restarts."""
     path = home / "daemon.key"
-    try:
-        key = path.read_text().strip()
+    try:  # not through a symlink, nor from a FIFO or a device (it hung the start, or overwrote a link's target)
+        with open_regular(path) as f:
+            key = f.read(4096).decode("ascii", "replace").strip()
         bytes.fromhex(key)
         if len(key) >= 32:
             return key
-    except (OSError, ValueError):
+    except FileNotFoundError:
         pass
+    except ValueError:  # damaged: a new one
+        pass
+    except OSError as exc:
+        raise UnusableHome(f"cannot read {path}: {exc.strerror or exc} (remove it)") from None
     key = secrets.token_hex(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key)
+    write_atomic(path, key.encode(), 0o600)
     return key

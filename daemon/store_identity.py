@@ -12,13 +12,11 @@ and a daemon given another store stops before it touches anything, saying what t
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
 import re
 import stat
-import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from labd.ipc.paths import Layout, UnusableHome
-from labd.ipc.safe_files import read_regular
+from labd.ipc.safe_files import read_regular, write_atomic
 from labd.store.meta import HOME, SESSIONS_CREATED, read_meta, sessions_created, set_home
 from labd.store.urls import shown_url
 
@@ -117,17 +115,9 @@ def record_store(layout: Layout, db_url: str, knows_sessions: Callable[[], bool]
 
 
 def _write(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text``, through a new file of a random name (``O_EXCL``): a fixed ``.tmp`` name was
-    written through whatever symlink someone who can write the home put there (attack review)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Replace ``path`` by ``text`` (:func:`~labd.ipc.safe_files.write_atomic`: a fixed ``.tmp`` name was written
+    through whatever symlink someone who can write the home put there: attack review)."""
+    write_atomic(path, text.encode("utf-8"), 0o644)
 
 
 def _read_small(path: Path) -> str | None:
@@ -278,8 +268,7 @@ def check_home(layout: Layout, engine: Any, db_url: str, session_ids: Callable[[
 def _same_home(place: str, home_id: str) -> bool:
     """Is ``place`` a home of id ``home_id`` (the home this one was copied from, still there)?"""
     try:
-        with open(os.path.join(place, HOME_ID), "rb") as f:
-            return f.read(256).decode("utf-8", "replace").strip() == home_id
+        return read_regular(os.path.join(place, HOME_ID), 256).decode("utf-8", "replace").strip() == home_id
     except OSError:
         return False
 
@@ -311,11 +300,20 @@ PG_LOCK_SQL = "SELECT {}(hashtext('labd store ' || current_database() || '.' || 
 
 
 def _lock_holder(path: str) -> str | None:
-    """Who holds a SQLite store's lock file now (its text), or None; read only."""
+    """Who holds a lock file now (its text), or None; read only. A lock file a start would refuse (a symlink, not a
+    regular file of this user: :func:`lock_store`) is :class:`WrongStore` here too, and a FIFO there no longer
+    hangs ``labd serve --check`` (attack retest)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise WrongStore(f"{path} is a symbolic link: a lock file must be a file of its own (remove the link)"
+                             ) from None
         return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise WrongStore(f"{path} is not a regular file of this user: a lock file must be (remove it)")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

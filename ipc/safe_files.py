@@ -171,3 +171,24 @@ def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit:,} bytes")
     return data
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` by ``data`` (permissions ``mode``) through a new file of a random name beside it (``O_EXCL``):
+    never through a symlink someone put at ``path`` or at a fixed temporary name (attack review), and a reader sees
+    the old content or the new, never half of it."""
+    import tempfile
+
+    target = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target) or ".", prefix=f".{os.path.basename(target)}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

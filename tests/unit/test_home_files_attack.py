@@ -120,6 +120,7 @@ def test_a_password_in_the_urls_query_is_never_shown_nor_recorded_and_is_withhel
         assert "hunter2" not in shown and "s3" not in shown and "app@" not in shown, shown
         assert "db.example:5433/labd" in shown and "application_name=x" in shown and "host=%2Frun%2Fpg" in shown
     assert {"hunter2", "s3"} <= _db_passwords(url)
+    assert {"s@cret1", "s%40cret1"} <= _db_passwords("postgresql://h/db?PASS%57ORD=s%40cret1")  # both forms
 
 
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:", "postgresql://h:99999/db"])
@@ -132,3 +133,39 @@ def test_a_store_url_that_cannot_be_a_homes_record_is_refused_in_one_line(tmp_pa
     with pytest.raises(UnusableHome):
         check_store(layout_for(home), url)
     assert not (home / "store").exists()
+
+
+@pytest.mark.parametrize("name", ["labd.lock", "daemon.key"])
+@pytest.mark.parametrize("bad", ["symlink", "fifo"])
+def test_the_homes_lock_and_key_are_never_used_through_a_symlink_or_a_fifo(tmp_path: Path, name: str,
+                                                                           bad: str) -> None:
+    """``labd.lock`` or ``daemon.key`` as a symlink to a victim file, or a FIFO: `labd serve` exits 2 with one line
+    naming it, at once, and the victim is as it was (the lock's target was truncated and given the pid, the key's
+    overwritten with a new key; a FIFO as the key hung the start for good, as the lock a traceback)."""
+    home = _home(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    if bad == "symlink":
+        (home / name).symlink_to(victim)
+    else:
+        os.mkfifo(home / name)
+    env = {k: v for k, v in os.environ.items() if k != "LABD_DB"}
+    out = subprocess.run([sys.executable, "-m", "labd", "--home", str(home), "serve"], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=90, env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert name in out.stderr, out.stderr
+    assert victim.read_text() == "precious\n"
+
+
+def test_serve_check_does_not_hang_on_a_fifo_lock_file(tmp_path: Path) -> None:
+    """A FIFO at the SQLite store's lock file: `labd serve --check` says what `serve` would (it hung)."""
+    import sqlite3
+
+    home = _home(tmp_path)
+    sqlite3.connect(home / "labd.db").close()
+    os.mkfifo(home / "labd.db.labd-lock")
+    env = {k: v for k, v in os.environ.items() if k != "LABD_DB"}
+    out = subprocess.run([sys.executable, "-m", "labd", "--home", str(home), "serve", "--check"],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90, env=env)
+    assert out.returncode == 2 and "labd.db.labd-lock is not a regular file" in out.stderr, out.stderr
+

@@ -245,9 +245,9 @@ def test_a_gap_the_spool_cannot_fill_is_tried_again_less_and_less_often(ingest, 
     tries: list[float] = []
     original = ing._ingest_spool
 
-    def counted(cur: Any, b: Any) -> bool:
+    def counted(cur: Any, b: Any, **kw: Any) -> bool:
         tries.append(time.monotonic())
-        return original(cur, b)
+        return original(cur, b, **kw)
 
     monkeypatch.setattr(ing, "_ingest_spool", counted)
     s, codec = _runner(z, sid)
