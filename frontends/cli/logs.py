@@ -11,7 +11,7 @@ from datetime import datetime
 
 from labd.frontends.cli.activity import Activity, Line, Printer
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
-from labd.frontends.cli.sessions import RAW_CONTROL_HELP
+from labd.frontends.cli.sessions import RAW_CONTROL_HELP, say_if_queued
 from labd.frontends.cli.waits import follow, see_restarts_through
 from labd.ipc.events import SCHEMAS
 
@@ -23,6 +23,8 @@ def cmd_logs(args: argparse.Namespace, ctx: Ctx) -> int:
     if args.follow:  # a follower sees a daemon restart through (labd wait too): from its first request on
         see_restarts_through(c)
     sid = c.lookup(args.session)["id"]
+    if args.follow:
+        say_if_queued(ctx, sid)
     raw = args.raw
     ctx.out.raw_output = args.raw_control_chars
     if args.tail is not None and args.tail < 0:

@@ -193,7 +193,7 @@ def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
                      "`labd ps` shows it once it does (`labd stop ID` stops it).", "bold yellow", err=True)
         return 130
     if not args.json:
-        _say_if_queued(ctx, sid)
+        say_if_queued(ctx, sid)
     if not args.follow and args.wait:
         return wait_for(ctx, sid, args.json)
     if not args.follow:
@@ -210,8 +210,9 @@ def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
     return follow(ctx, sid, raw=args.raw, header=True)
 
 
-def _say_if_queued(ctx: Ctx, sid: str) -> None:
-    """On stderr, when the new session waits in the run queue (else nothing was said until it started)."""
+def say_if_queued(ctx: Ctx, sid: str) -> None:
+    """On stderr, when the session waits in the run queue (else a follower said nothing until it started: `labd run
+    --follow`, `labd logs -f`)."""
     try:
         row = ctx.client().session(sid)
     except LabdError:

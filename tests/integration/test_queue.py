@@ -274,5 +274,13 @@ def test_labd_run_says_when_its_session_is_queued(isolated_env: Path) -> None:
         sid = queued.stdout.strip()
         assert queued.returncode == 0 and len(sid) == 12, queued
         assert f"session {sid} is queued (#1)" in queued.stderr, queued.stderr
-        c.stop(blocker, grace=1)
-        assert c.wait(sid, timeout=60)["status"] == "completed"
+        # `labd logs -f` of it says so too (it printed nothing until the session started: power-user review)
+        follower = subprocess.Popen([sys.executable, "-m", "labd", "logs", "-f", sid], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        try:
+            assert follower.stderr is not None
+            assert f"session {sid} is queued (#1)" in follower.stderr.readline()
+        finally:
+            c.stop(blocker, grace=1)
+            assert c.wait(sid, timeout=60)["status"] == "completed"
+            follower.wait(60)
