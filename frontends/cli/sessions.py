@@ -10,7 +10,7 @@ from typing import Any
 from labd.frontends.cli.base import LIVE, CliError, Ctx, add_json, command
 from labd.frontends.cli.waits import follow, wait_for
 from labd.ipc import LabdError
-from labd.ipc.limits import MAX_JSON_INT, MAX_LIMIT
+from labd.ipc.limits import MAX_JSON_INT, MAX_LIMIT, MIN_MEMORY
 from labd.ipc.units import (
     BeyondAny,
     UnitError,
@@ -68,6 +68,10 @@ def limits_from(args: argparse.Namespace) -> dict[str, Any]:
         memory = bounded_size(args.memory, MAX_MEMORY, "at most 1024T, 1 PiB") if args.memory is not None else None
     except UnitError as exc:
         raise CliError(f"--memory: {exc}") from None
+    if memory is not None and memory < MIN_MEMORY:  # said here, in the option's terms (the daemon's reply spoke of
+        # a JSON number's bytes: "sizes as text take a unit", to someone who had given one)
+        raise CliError(f"--memory {args.memory.strip()} is below what a runner needs to start "
+                       f"({MIN_MEMORY // 2**20}M)")
     try:
         if args.cpu is not None and args.cpus is not None:
             raise CliError("give --cpu (percent of one core) or --cpus (cores), not both")
@@ -331,6 +335,17 @@ def cmd_kill(args: argparse.Namespace, ctx: Ctx) -> int:
     return _reply(ctx, args, r, said)
 
 
+def _priority(text: str) -> int:
+    """``--priority``: a whole number -1000 to 1000, checked here so that the error comes with the usage line."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number -1000 to 1000, not {text!r}") from None
+    if not -1000 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be -1000 to 1000 (higher runs first), not {value}")
+    return value
+
+
 def _reason(text: str) -> str:
     """``--reason``: 1-1000 characters (what the daemon takes), said in the option's terms."""
     if not 0 < len(text) <= 1000:
@@ -382,8 +397,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--tag", action="append", default=[], metavar="K=V", help="label the session (repeat)")
     s.add_argument("--network", choices=["on", "off"],
                    help="may code the agents execute use the network (default: [sandbox] network, off)")
-    s.add_argument("--priority", type=int, help="run-queue order when the daemon is at max_sessions: -1000 to 1000, "
-                   "higher first (default 0)")
+    s.add_argument("--priority", type=_priority, help="run-queue order when the daemon is at max_sessions: -1000 to "
+                   "1000, higher first (default 0)")
     s.add_argument("--on", choices=["local", "ray"], help="where it runs: here, or in its own actor on the daemon's "
                    "Ray cluster (default: [launcher] kind); with ray, --cpus and --memory are the actor's request")
     s.add_argument("--gpus", type=float, help="with --on ray: GPUs the session's actor asks Ray for")

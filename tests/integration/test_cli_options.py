@@ -327,3 +327,16 @@ def test_stop_and_kill_act_on_many_sessions_at_once(client) -> None:
     again = labd("kill", other, done, "--json")
     assert again.returncode == 0 and [r["error"] for r in json.loads(again.stdout)] == ["not_running"] * 2
     assert labd("stop").returncode == 2  # nothing named, nothing selected
+
+
+def test_a_priority_out_of_range_and_a_too_small_memory_are_said_in_the_options_terms(isolated_env: Path) -> None:
+    """`--priority 5000` is refused with the usage line, like `--priority abc` (it came back from the daemon as
+    "field 'priority' must be an integer"); `--memory 5M` says it is below what a runner needs, in M (it said "sizes
+    as text take a unit" to someone who had given one). Both before any daemon is asked."""
+    high = labd("run", "demo.count", "--priority", "5000")
+    assert high.returncode == 2 and "usage:" in high.stderr and "must be -1000 to 1000" in high.stderr, high.stderr
+    word = labd("run", "demo.count", "--priority", "abc")
+    assert word.returncode == 2 and "must be a whole number -1000 to 1000, not 'abc'" in word.stderr, word.stderr
+    small = labd("run", "demo.count", "--memory", "5M")
+    assert small.returncode == 2, small.stderr
+    assert "--memory 5M is below what a runner needs to start (32M)" in small.stderr, small.stderr
