@@ -58,8 +58,9 @@ def resolve_ref(store: Any, ref: str) -> dict[str, Any]:
             raise ApiError("ambiguous", f"{len(live)} sessions named {ref!r} have not ended; name one by its id",
                            {"matches": [r["id"] for r in live]})
         return (live or by_name)[0]  # `labd stop study` means the study that runs, not the last one that ended
-    if len(found) > 1:
-        raise ApiError("ambiguous", f"{ref!r} matches {len(found)} sessions; give more of the id",
+    if len(found) > 1:  # named, so that the one meant can be picked (power-user review)
+        named = ", ".join(f"{r['id']} ({r['name']})" for r in found[:5]) + (", ..." if len(found) > 5 else "")
+        raise ApiError("ambiguous", f"{ref!r} matches {len(found)} sessions: {named}; give more of the id",
                        {"matches": [r["id"] for r in found]})
     return found[0]
 

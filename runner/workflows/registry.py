@@ -76,7 +76,11 @@ def parse_target(name: str, cwd: str | None = None) -> Target:
                                 "directory came with the request to resolve it against")
         return Target(None, file, attr or None)
     if not sep:
-        raise WorkflowError("unknown_workflow", f"unknown workflow {name!r}: not a built-in "
+        import difflib
+
+        close = difflib.get_close_matches(name, sorted(BUILTINS), n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]!r}? " if close else ""  # `demo.cont` (power-user review)
+        raise WorkflowError("unknown_workflow", f"unknown workflow {name!r}: {hint}not a built-in "
                             f"({', '.join(sorted(BUILTINS))}), not package.module:function, "
                             "and not a file (path/to/flows.py or ./flows.py:function)")
     if not all(part.isidentifier() for part in ref.split(".")):
