@@ -14,6 +14,7 @@ from labd.frontends.cli import (
     admin,
     approvals,
     completion,
+    control,
     durable,
     lineage,
     listing,
@@ -35,8 +36,8 @@ from labd.ipc.units import UnitError
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 #: each module's ``register(sub)`` adds its commands; a new command group is one more entry here
-COMMAND_MODULES = [sessions, listing, durable, lineage, logs, approvals, records, search, skills, policy, retention,
-                   admin, service, remote, servers, completion]
+COMMAND_MODULES = [sessions, control, listing, durable, lineage, logs, approvals, records, search, skills, policy,
+                   retention, admin, service, remote, servers, completion]
 
 EPILOG = """examples:
   labd serve &                               run the daemon (foreground; use systemd or & to background)
