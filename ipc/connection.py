@@ -29,6 +29,7 @@ import zmq
 from zmq.utils import z85
 
 from labd.ipc.paths import Layout, UnsafeRuntimeDir
+from labd.ipc.safe_files import read_regular
 
 __all__ = ["ConnectionInfo", "write_connection_file", "read_connection_file", "ConnectionFileError",
            "process_start_time", "process_start_ticks", "daemon_alive", "UnsafeConnectionFile", "events_socket",
@@ -213,7 +214,8 @@ def _serving_elsewhere(layout: Layout) -> int | None:
     """The pid of a live daemon of ours that serves ``layout``'s home (the pid its lock file names, titled ``labd:
     daemon (HOME)``), or None. Read only: taking the lock, even shared, could refuse a daemon starting meanwhile."""
     try:
-        pid = int(layout.lock_file.read_text(errors="replace").strip() or 0)
+        # a small regular file only: a FIFO there hung every client command, /dev/zero grew it without end
+        pid = int(read_regular(layout.lock_file, 64).decode(errors="replace").strip() or 0)
         proc = psutil.Process(pid) if pid > 0 else None
         if proc is None or proc.uids().real != os.getuid() or \
                 " ".join(proc.cmdline()).strip() != f"labd: daemon ({layout.home})":

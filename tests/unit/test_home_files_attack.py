@@ -169,3 +169,19 @@ def test_serve_check_does_not_hang_on_a_fifo_lock_file(tmp_path: Path) -> None:
                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90, env=env)
     assert out.returncode == 2 and "labd.db.labd-lock is not a regular file" in out.stderr, out.stderr
 
+
+
+@pytest.mark.parametrize("bad", ["fifo", "dev-zero"])
+def test_a_client_command_with_no_daemon_and_a_bad_lock_file_says_so_at_once(tmp_path: Path, bad: str) -> None:
+    """No daemon runs and ``labd.lock`` is a FIFO (every client command hung for good: `labd ps`, `labd run`,
+    `labd serve --detach`) or a symlink to ``/dev/zero`` (read until memory ran out): `labd ps` exits 2 saying no
+    daemon serves the home (retest of the attack fixes)."""
+    home = _home(tmp_path)
+    if bad == "fifo":
+        os.mkfifo(home / "labd.lock")
+    else:
+        (home / "labd.lock").symlink_to("/dev/zero")
+    env = {k: v for k, v in os.environ.items() if k != "LABD_DB"}
+    out = subprocess.run([sys.executable, "-m", "labd", "--home", str(home), "ps"], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "MemoryError" not in out.stderr, out.stderr
