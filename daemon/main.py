@@ -74,12 +74,13 @@ def check(home: str | os.PathLike[str] | None, *, db: str | None = None, log_for
     except ConfigError as exc:
         print(f"labd: {exc}", file=sys.stderr)
         return 2
-    from labd.daemon.store_identity import check_now, check_store, shown_url
+    from labd.daemon.store_identity import check_now, check_store, lock_holder, shown_url
     from labd.ipc.paths import UnsafeRuntimeDir
     from labd.store.db import probe
 
     try:
         check_store(cfg.layout, cfg.db_url)  # the home's sessions are this store's (store_identity)
+        lock_holder(str(cfg.layout.lock_file))  # a lock file serve would refuse (a symlink, a FIFO): refused here too
         # the database itself: reachable, writable (serve would fail on it at its start), this home's, not older
         # than the home saw it, and no other daemon writing it
         probe(cfg.db_url, also=lambda conn: check_now(cfg.layout, cfg.db_url, conn))

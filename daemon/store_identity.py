@@ -29,7 +29,7 @@ from labd.store.meta import HOME, SESSIONS_CREATED, read_meta, sessions_created,
 from labd.store.urls import shown_url
 
 __all__ = ["WrongStore", "HomeClaim", "StoreMark", "check_home", "check_now", "check_store", "check_url",
-           "lock_store", "record_store", "session_ids_of", "shown_url", "store_identity"]
+           "lock_holder", "lock_store", "record_store", "session_ids_of", "shown_url", "store_identity"]
 
 FILE = "store"
 HOME_ID = "home-id"  # this home's id (random, made at its first start): the store records whose record it is
@@ -280,11 +280,11 @@ def check_now(layout: Layout, db_url: str, conn: Any) -> None:
     from sqlalchemy import text
 
     check_home(layout, conn, db_url, lambda: session_ids_of(conn))
-    if _lock_holder(str(layout.home / "labd.lock")) is not None:
+    if lock_holder(str(layout.home / "labd.lock")) is not None:
         return  # this home's own daemon runs: the store's lock is its own (a check of its edited config is the point)
     identity = store_identity(db_url)
     if identity.startswith("sqlite:/"):
-        holder = _lock_holder(identity.removeprefix("sqlite:") + ".labd-lock")
+        holder = lock_holder(identity.removeprefix("sqlite:") + ".labd-lock")
         if holder is not None:
             raise WrongStore(f"the store {identity} is written by {holder} now: one daemon writes a store")
     elif conn.dialect.name == "postgresql":
@@ -299,7 +299,7 @@ def check_now(layout: Layout, db_url: str, conn: Any) -> None:
 PG_LOCK_SQL = "SELECT {}(hashtext('labd store ' || current_database() || '.' || coalesce(current_schema(), '')))"
 
 
-def _lock_holder(path: str) -> str | None:
+def lock_holder(path: str) -> str | None:
     """Who holds a lock file now (its text), or None; read only. A lock file a start would refuse (a symlink, not a
     regular file of this user: :func:`lock_store`) is :class:`WrongStore` here too, and a FIFO there no longer
     hangs ``labd serve --check`` (attack retest)."""

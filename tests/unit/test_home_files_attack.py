@@ -185,3 +185,14 @@ def test_a_client_command_with_no_daemon_and_a_bad_lock_file_says_so_at_once(tmp
     out = subprocess.run([sys.executable, "-m", "labd", "--home", str(home), "ps"], stdin=subprocess.DEVNULL,
                          capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 2 and "Traceback" not in out.stderr and "MemoryError" not in out.stderr, out.stderr
+
+
+def test_serve_check_refuses_a_fifo_home_lock_in_a_new_home_as_serve_does(tmp_path: Path) -> None:
+    """A brand-new home whose ``labd.lock`` is a FIFO: `serve --check` exits 2 as `serve` would (it said
+    "configuration OK", and the start then failed)."""
+    home = _home(tmp_path)
+    os.mkfifo(home / "labd.lock")
+    env = {k: v for k, v in os.environ.items() if k != "LABD_DB"}
+    out = subprocess.run([sys.executable, "-m", "labd", "--home", str(home), "serve", "--check"],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2 and "labd.lock is not a regular file" in out.stderr, out.stderr
