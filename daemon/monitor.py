@@ -88,6 +88,8 @@ class Monitor(threading.Thread):
         self.record_interval = record_interval
         self._lock = threading.Lock()
         self._watched: dict[str, Watched] = {}
+        #: session -> (runner pid, note) of a kill for a limit, until the supervisor takes it at the exit (take_kill)
+        self._kills: dict[str, tuple[int, dict[str, Any]]] = {}
         self.burials = Burials(cgroups)  # ended sessions' leftovers being terminated (daemon/burial.py)
         self._halt = threading.Event()
         self._wake = threading.Event()
@@ -316,8 +318,7 @@ class Monitor(threading.Thread):
             # The kernel may have killed the runner itself at its group's memory limit. Once unwatched, the
             # supervisor's own check at the exit finds nothing to ask (the session ended "runner killed by SIGKILL",
             # not "killed: memory ... (held by the kernel)": seen once in the full suite); the limit note goes first.
-            self.kernel_breach(w.sid, w.limits.memory, lambda note: self.notes.send_pyobj(
-                ("limit", w.sid, note, sample_payload(w), w.pid)), w)
+            self.kernel_breach(w.sid, w.limits.memory, lambda note: self._limit_note(w, note, sample_payload(w)), w)
         if not self.unwatch(w.sid, only=w):
             return
         # The last sample rides on the note (the supervisor's final sample will find the session unwatched): posted
@@ -352,10 +353,26 @@ class Monitor(threading.Thread):
         # sample with the peak that broke the limit (whichever path, pass or quick re-read, saw it): sent to ingest
         # from here, on another socket, it could land after session.ended, and a client reading the ended session
         # would see a peak below the limit that killed it.
-        self.notes.send_pyobj(("limit", w.sid, note, sample_payload(w), w.pid))
+        self._limit_note(w, note, sample_payload(w))
         self.log.warning("memory limit exceeded: killing", session_id=w.sid, memory=note["measured"],
                          limit=note["max"])
         self._kill_tree(w)
+
+    def _limit_note(self, w: Watched, note: dict[str, Any], sample: dict[str, Any] | None) -> None:
+        """Tell the supervisor a limit was broken (before any kill, so that it records the breach before the exit).
+        A kill's note is also kept until the supervisor takes it at the runner's exit (:meth:`take_kill`): the exit
+        can reach it before the note is read from its socket, and under load a memory breach ended "runner killed by
+        SIGKILL", the breach's note dropped after the end (seen in the full suite)."""
+        if note.get("action") == "kill":
+            with self._lock:
+                self._kills[w.sid] = (w.pid, note)
+        self.notes.send_pyobj(("limit", w.sid, note, sample, w.pid))
+
+    def take_kill(self, sid: str, pid: int) -> dict[str, Any] | None:
+        """The note of a kill for a limit of ``sid``'s runner ``pid`` (:meth:`_limit_note`), once; None if none."""
+        with self._lock:
+            kept = self._kills.pop(sid, None)
+        return kept[1] if kept is not None and kept[0] == pid else None
 
     def _kill_tree(self, w: Watched) -> None:
         signal_members(w, signal.SIGCONT)
@@ -368,8 +385,7 @@ class Monitor(threading.Thread):
         w.num_procs = len(members)
         self.memory.check(w, self.memory.estimate(members, exact=record))
         if lim.memory is not None and self.cgroups is not None and not w.breached:
-            self.kernel_breach(sid, lim.memory, lambda note: self.notes.send_pyobj(("limit", sid, note,
-                                                                                    sample_payload(w), w.pid)), w)
+            self.kernel_breach(sid, lim.memory, lambda note: self._limit_note(w, note, sample_payload(w)), w)
         total = sum(p.cpu for p in members)
         if w.cpu_at:
             w.cpu_percent = max(0.0, (total - w.cpu_total) / max(1e-6, now - w.cpu_at) * 100.0)
@@ -378,9 +394,8 @@ class Monitor(threading.Thread):
         w.procs_near = lim.procs is not None and w.num_procs > lim.procs * NEAR_FRACTION
         if lim.procs is not None and w.num_procs > lim.procs and not w.procs_reported and not w.breached:
             w.procs_reported = w.breached = True
-            self.notes.send_pyobj(("limit", sid, {"limit": "processes", "measured": w.num_procs,
-                                                  "max": lim.procs, "unit": "processes", "action": "kill"}, None,
-                                   w.pid))
+            self._limit_note(w, {"limit": "processes", "measured": w.num_procs, "max": lim.procs,
+                                 "unit": "processes", "action": "kill"}, None)
             self.log.warning("process limit exceeded: killing", session_id=sid, procs=w.num_procs, limit=lim.procs)
             self._kill_tree(w)
             self._record(w)

@@ -376,6 +376,10 @@ class Supervisor(Admission):
             self._ended(sid)
             self.log.warning("launch failed", session_id=sid, error=info.failed)
             return
+        killed = self.monitor.take_kill(sid, run.pid)
+        if run.step is None and killed is not None:  # killed for a limit, its note still on its way: posted here,
+            self.post(sid, "limit.exceeded", killed)  # before the end (the note, when it comes, finds no session)
+            run.step = "sigkill"
         if run.step is None and run.limits.memory is not None:  # killed by the kernel at its cgroup's memory limit?
             def breached(note: dict[str, Any]) -> None:
                 self.post(sid, "limit.exceeded", note)
