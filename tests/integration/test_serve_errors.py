@@ -312,7 +312,8 @@ def test_a_moved_sqlite_home_serves_and_a_copied_one_is_refused(isolated_env: Pa
             done = c.start("demo.count", params={"n": 1, "delay": 0})
             c.wait(done, timeout=60)
             live = c.start("demo.sleep")
-            pid = wait_until(lambda: c.session(live)["pid"], timeout=60, what="the runner")
+            wait_until(lambda: c.session(live)["status"] == "running", timeout=60, what="the session running")
+            pid = c.session(live)["pid"]
         d.stop()
         copy = tmp_path / "copy"
         shutil.copytree(home, copy, symlinks=True, ignore=shutil.ignore_patterns("*.sock", "labd.lock"))
@@ -330,7 +331,7 @@ def test_a_moved_sqlite_home_serves_and_a_copied_one_is_refused(isolated_env: Pa
         assert psutil.pid_exists(pid) and not (copy / "store").exists()
         d = DaemonProc(home).start()  # the original serves on, its running session adopted
         with d.client() as c:
-            assert c.session(live)["status"] == "running"
+            wait_until(lambda: c.session(live)["status"] == "running", timeout=60, what="the session adopted")
             c.kill(live)
             c.wait(live, timeout=60)
         d.stop()
