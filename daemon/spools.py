@@ -56,8 +56,7 @@ def spooled_events(path: Path, after: int, *, start: int = 0, max_event: int | N
     # A record longer than ``max_event`` is taken from its head, neither read further nor checked (attack review:
     # records claiming 2 GiB each, in a sparse file, were read whole to check them, 20 s a pass); what a pass costs
     # counts toward its bound, records skipped included.
-    for src_seq, body, size, end in scan_spool(path, after, start=start, max_body=max_event, max_check=max_event,
-                                               skips=True):
+    for src_seq, body, size, end in scan_spool(path, after, start=start, max_body=max_event, skips=True):
         nbytes += HEADER.size + (len(body) if body is not None else 0)
         chunk.end = end
         if body is None:  # skipped: stored already
@@ -132,7 +131,6 @@ def ran_unrecorded(sessions_dir: Path, sid: str, runner_seq: int) -> bool:
     (A runner keeps unacknowledged events there; a resumed run's numbers go on from its predecessor's, so what an
     earlier run left, already stored, does not count.)"""
     try:
-        return next(scan_spool(spool_of(sessions_dir, sid), runner_seq, max_body=0, max_check=0),
-                    None) is not None
+        return next(scan_spool(spool_of(sessions_dir, sid), runner_seq, max_body=0), None) is not None
     except OSError:
         return False

@@ -30,7 +30,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 import structlog
 
@@ -152,12 +152,12 @@ def _db_passwords(url: str) -> set[str]:
     except ValueError:
         return set()
     found = {password, unquote(password)} if password else set()
-    # ... or given as a query parameter (``?password=``, which the drivers take too: attack review)
-    found |= {v for k, v in parse_qsl(parts.query) if "password" in k.lower() and v}
-    for pair in parts.query.split("&"):  # ... and as written there (``s%40cret``: a URL holding it holds that form)
+    # ... or given as a query parameter (``?password=``, which the drivers take too: attack review), decoded and as
+    # written there (``s%40cret``: a URL holding it holds that form)
+    for pair in parts.query.split("&"):
         key, _, raw = pair.partition("=")
-        if raw and "password" in unquote(key).lower():
-            found.add(raw)
+        if raw and "password" in unquote_plus(key).lower():
+            found |= {raw, unquote_plus(raw)}
     return found
 
 

@@ -296,16 +296,15 @@ def read_spool(path: str | os.PathLike[str], after: int = 0) -> Iterator[tuple[i
 
 
 def scan_spool(path: str | os.PathLike[str], after: int = 0, *, start: int = 0, max_body: int | None = None,
-               max_check: int | None = None, skips: bool = False) -> Iterator[tuple[int, bytes | None, int, int]]:
+               skips: bool = False) -> Iterator[tuple[int, bytes | None, int, int]]:
     """Yield ``(src_seq, body, size, end)`` of every intact record with ``src_seq > after``, from byte ``start``
     (a record boundary: 0, or an ``end`` this yielded before) in file order; ``size`` is the body's length and
-    ``end`` the offset just past the record. As :func:`read_spool`, except that a body longer than ``max_body``
-    is checked a chunk at a time but not kept: only its first :data:`HEAD_KEPT` bytes are yielded (the daemon
-    reads spools written by processes it does not trust, and its memory stays bounded); one longer than
-    ``max_check`` is not read past that head, nor checked (its checksum guards against damage, not forgery, and a
-    session's code could otherwise make the daemon read gigabytes of a sparse file for every record: attack
-    review). ``skips``: also yield ``(src_seq, None, size, end)`` for each record skipped (``src_seq <= after``),
-    so the caller can bound the work and remember where it got to."""
+    ``end`` the offset just past the record. As :func:`read_spool`, except that of a body longer than ``max_body``
+    only its first :data:`HEAD_KEPT` bytes are read and yielded, unchecked (the daemon reads spools written by
+    processes it does not trust: its memory stays bounded, and a checksum guards against damage, not forgery; a
+    session's code made the daemon read gigabytes of a sparse file for every record: attack review). ``skips``:
+    also yield ``(src_seq, None, size, end)`` for each record skipped (``src_seq <= after``), so the caller can
+    bound the work and remember where it got to."""
     try:  # the daemon reads what a session's runner (the workflow's code) may have put there: not through a
         # symlink, and only a regular file (a FIFO in its place blocked the daemon's ingest, every session's record)
         f = open_regular(path)  # closed in finally (a generator)
@@ -330,28 +329,15 @@ def scan_spool(path: str | os.PathLike[str], after: int = 0, *, start: int = 0, 
                 if skips:
                     yield src_seq, None, length, end
                 continue
-            seed = _crc32(src_seq.to_bytes(8, "little"))
             if max_body is not None and length > max_body:
                 head_kept = f.read(min(length, HEAD_KEPT))
-                if max_check is not None and length > max_check:
-                    if len(head_kept) < min(length, HEAD_KEPT):
-                        return
-                    pos = f.seek(end)
-                    yield src_seq, head_kept, length, end
-                    continue
-                left, check = length - len(head_kept), _crc32(head_kept, seed)
-                while left:
-                    chunk = f.read(min(left, 1 << 20))
-                    if not chunk:
-                        return
-                    check, left = _crc32(chunk, check), left - len(chunk)
-                if check != crc:
+                if len(head_kept) < min(length, HEAD_KEPT):
                     return
-                pos = end
+                pos = f.seek(end)
                 yield src_seq, head_kept, length, end
                 continue
             body = f.read(length)
-            if len(body) < length or _crc32(body, seed) != crc:
+            if len(body) < length or _crc32(body, _crc32(src_seq.to_bytes(8, "little"))) != crc:
                 return
             pos = end
             yield src_seq, body, length, end

@@ -87,7 +87,7 @@ def _one_line(cell: Cell) -> Cell:
 MIN_CUT = 8
 
 
-def _fit(longest: Sequence[int], keep: Sequence[bool], wrap: Sequence[bool], width: int) -> list[int | None]:
+def _fit(longest: Sequence[int], keep: Sequence[bool], width: int) -> list[int | None]:
     """The widths of a table's columns on a terminal ``width`` columns wide: None (as wide as its cells) for each
     when the table fits; else the columns kept whole (``keep``: ids, status, numbers) stay, and the room left is
     shared among the others by their longest cell, none cut below :data:`MIN_CUT` (nor widened). Rich shrinks only
@@ -102,7 +102,7 @@ def _fit(longest: Sequence[int], keep: Sequence[bool], wrap: Sequence[bool], wid
     out: list[int | None] = [None] * len(longest)
     for i in flex:
         share = room * longest[i] // need if need and room > 0 else 0
-        out[i] = longest[i] if wrap[i] and share >= longest[i] else min(longest[i], max(MIN_CUT, share))
+        out[i] = min(longest[i], max(MIN_CUT, share))
     return out
 
 
@@ -161,7 +161,7 @@ class Output:
                       title_justify="left", title_style="bold")
             longest = [max([cell_len(_text(r[i])) for r in rows] + [cell_len(c)]) for i, c in enumerate(columns)]
             keep = [c in ("ID", "SESSION", "APPROVAL", "NODE", "STATUS") or c in right for c in columns]
-            widths = _fit(longest, keep, [c in wrap for c in columns], self.console().width)
+            widths = _fit(longest, keep, self.console().width)
             for i, c in enumerate(columns):
                 t.add_column(c, justify="right" if c in right else "left", no_wrap=c not in wrap,
                              overflow="fold" if c in wrap else "ellipsis", width=widths[i],

@@ -6,9 +6,22 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+
+
+def _ended_and_running(c: Any) -> tuple[str, str, int]:
+    """A session run to its end, and one left running (``running``: its runner said hello); their ids and the running
+    one's runner pid."""
+    from tests.conftest import wait_until
+
+    done = c.start("demo.count", params={"n": 1, "delay": 0})
+    c.wait(done, timeout=60)
+    live = c.start("demo.sleep")
+    wait_until(lambda: c.session(live)["status"] == "running", timeout=60, what="the session running")
+    return done, live, int(c.session(live)["pid"])
 
 
 def _templates_of(home: Path) -> list[int]:
@@ -173,7 +186,7 @@ def test_a_store_of_another_home_or_restored_from_a_backup_is_refused(isolated_e
     directory or a runner, nor claims anything; with the newer store back, the running session is adopted."""
     import shutil
 
-    from tests.conftest import DaemonProc, kill_runners, wait_until
+    from tests.conftest import DaemonProc, kill_runners
 
     db = isolated_env / "labd.db"
 
@@ -198,11 +211,7 @@ def test_a_store_of_another_home_or_restored_from_a_backup_is_refused(isolated_e
         copy_db(tmp_path / "backup")
         d = DaemonProc(isolated_env).start()
         with d.client() as c:
-            later = c.start("demo.count", params={"n": 1, "delay": 0})
-            c.wait(later, timeout=60)
-            live = c.start("demo.sleep")
-            wait_until(lambda: c.session(live)["status"] == "running", timeout=60, what="the session running")
-            pid = c.session(live)["pid"]
+            later, live, pid = _ended_and_running(c)
         d.stop()  # sessions keep running without a daemon
         dirs = sorted(p.name for p in (isolated_env / "sessions").iterdir())
         other = tmp_path / "other-home"
@@ -309,11 +318,7 @@ def test_a_moved_sqlite_home_serves_and_a_copied_one_is_refused(isolated_env: Pa
     d = DaemonProc(home).start()
     try:
         with d.client() as c:
-            done = c.start("demo.count", params={"n": 1, "delay": 0})
-            c.wait(done, timeout=60)
-            live = c.start("demo.sleep")
-            wait_until(lambda: c.session(live)["status"] == "running", timeout=60, what="the session running")
-            pid = c.session(live)["pid"]
+            done, live, pid = _ended_and_running(c)
         d.stop()
         copy = tmp_path / "copy"
         shutil.copytree(home, copy, symlinks=True, ignore=shutil.ignore_patterns("*.sock", "labd.lock"))
