@@ -56,7 +56,7 @@ STORE_RETRY_S, STORE_RETRY_MAX_S = 0.5, 5.0  # waits between tries of a batch th
 REFUSED = (sa_exc.StatementError, OverflowError, ValueError, TypeError)
 #: kinds that change projections (everything else only advances the session's seq)
 PROJECTED = frozenset({"session.created", "session.queued", "session.launched", "session.started", "session.finished",
-                       "session.stopping", "session.ended", "session.adopted", "limit.exceeded",
+                       "session.stopping", "session.ended", "session.adopted", "limit.exceeded", "budget.exceeded",
                        "step.started", "step.finished", "step.planned", "resource.sample", "agent.turn.started",
                        "agent.turn.finished", "cost.recorded", "file.created", "file.changed", "file.deleted",
                        "approval.requested", "approval.resolved", "session.paused", "session.resumed",

@@ -197,6 +197,14 @@ def apply(cur: SessionCursor, seq: int, ts: float, kind: str, src: str, node_id:
         if payload["action"] != "pause":
             cur.kill_reason = cur.kill_reason or _limit_reason(payload)
             out.update(cur.id, kill_reason=cur.kill_reason)
+    elif kind == "budget.exceeded":
+        # The runner refused an LLM call over the budget (runner/agents/budget.py) and ends: the same reason as when
+        # the daemon's stop (from the cost events) gets there first, whichever of the two does.
+        if payload["action"] != "pause":
+            cur.kill_reason = cur.kill_reason or _limit_reason(
+                {"limit": "budget", "measured": payload["spent"], "max": payload["budget"], "unit": "USD",
+                 "action": "stop"})
+            out.update(cur.id, kill_reason=cur.kill_reason)
     elif kind == "session.ended":
         finalize(cur, payload)
         for aid in cur.pending_approvals:  # nobody can answer them any more

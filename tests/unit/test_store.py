@@ -410,6 +410,34 @@ def test_a_budget_given_or_lifted_at_resume_is_the_sessions_budget(engine: Engin
     assert one is not None and one.budget == 5.0 and one.limits["budget"] == 5.0
 
 
+def test_a_budget_the_runner_refuses_gives_the_reason_the_daemons_stop_gives(engine: Engine,
+                                                                              writer: BatchWriter) -> None:
+    """The runner's refusal of an LLM call over the budget (``budget.exceeded``, action stop) ends the session with
+    the reason the daemon's budget stop (``limit.exceeded``) gives, not the workflow's exception: which of the two
+    catches the breach first is a race (CI saw both). A budget pause is no end and leaves the reason alone."""
+    cursors: dict[str, SessionCursor] = {}
+    b = Batch(cursors)
+    for sid in ("runner", "daemon", "pause"):
+        b.add(sid, "session.created", CREATED | {"limits": {"budget": 0.0005}})
+        b.add(sid, "session.launched", {"pid": 1, "create_time": 1.0, "launcher": "x"})
+        b.add(sid, "session.started", {"pid": 1, "workdir": "/w"}, src="r")
+    b.add("runner", "budget.exceeded", {"spent": 0.000596, "budget": 0.0005, "action": "stop", "agent": "engineer",
+                                        "reason": "budget reached"}, src="r")
+    b.add("runner", "session.finished", {"outcome": "failed", "error": "BudgetExceeded: budget reached"}, src="r")
+    b.add("daemon", "limit.exceeded", {"limit": "budget", "measured": 0.000596, "max": 0.0005, "unit": "USD",
+                                       "action": "stop"})
+    b.add("pause", "budget.exceeded", {"spent": 0.000596, "budget": 0.0005, "action": "pause", "agent": "engineer",
+                                       "reason": "budget reached"}, src="r")
+    b.add("pause", "session.finished", {"outcome": "failed", "error": "ValueError: x"}, src="r")
+    for sid in ("runner", "daemon", "pause"):
+        b.add(sid, "session.ended", {"ended_by": "runner", "exit_code": 1})
+    b.commit(writer)
+    store = Store(engine)
+    reasons = {sid: store.session(sid)["reason"] for sid in ("runner", "daemon", "pause")}  # type: ignore[index]
+    assert reasons["runner"] == reasons["daemon"] == "stopped: budget $0.000596 > limit $0.000500"
+    assert reasons["pause"] == "workflow failed: ValueError: x"
+
+
 def test_restored_cursor_finalizes_like_the_original(engine: Engine, writer: BatchWriter) -> None:
     """After a daemon restart between the runner's failure report and its exit, the end reason still
     carries the workflow's error (not the row's last transition reason, 'runner started')."""
