@@ -9,25 +9,18 @@ last events), and messages for runners. Split from the writer loop as a concern 
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from labd.daemon.ingest_batch import Batch
 from labd.daemon.outputcap import OutputCaps
-from labd.daemon.spools import SpoolChunk, same_file, spool_ino, spool_of, spooled_events
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.store.projections import SessionCursor
 
 if TYPE_CHECKING:
     from labd.store.writer import BatchWriter
 
-__all__ = ["DaemonItems", "SPOOL_PASS_EVENTS", "SPOOL_PASS_BYTES"]
-
-#: a session's leftover spool is staged at most this much per pass of the ingest loop (the rest in later ones),
-#: so that the batch, and the daemon's memory, stay as bounded as for events sent live (ingest.MAX_BATCH*)
-SPOOL_PASS_EVENTS = 5000
-SPOOL_PASS_BYTES = 4 * 1024 * 1024
-
+__all__ = ["DaemonItems"]
 
 class DaemonItems:
     """Daemon items -> staged events and after-commit jobs (mixin of the ingest thread)."""
@@ -38,21 +31,13 @@ class DaemonItems:
     log: Any
     cursors: dict[str, SessionCursor]
     _last_resend: dict[str, float]
-    sessions_dir: Path | None
-    max_message: int
-    #: session -> (runner_seq, byte offset) where reading its spool goes on (a spool read over several passes)
-    _spool_at: dict[str, tuple[int, int, int]]
+    _ingest_spool: Callable[..., bool]  # (labd.daemon.spool_reading)
 
     def count(self, name: str, n: int = 1) -> None:
         raise NotImplementedError
 
     def _cursor(self, sid: str) -> SessionCursor | None:
         raise NotImplementedError
-
-    def _on_events(self, cur: SessionCursor, identity: bytes | None, evs: list[Any], b: Batch,
-                   raw: bytes | None = None) -> None:
-        raise NotImplementedError
-
     def _append(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
                 node_id: str | None, parent: int | None, payload: dict[str, Any], b: Batch) -> bool:
         raise NotImplementedError
@@ -122,45 +107,6 @@ class DaemonItems:
         elif op == "send":  # a message for a runner, e.g. cancel
             _, sid, type_, body = item
             b.to_runners.append((sid, type_, body))
-
-    def _ingest_spool(self, cur: SessionCursor, b: Batch, live: bool = False) -> bool:
-        """Stage what the session's spool holds beyond the last runner event we have (its runner has ended:
-        the file is complete), at most a batch's worth (:data:`SPOOL_PASS_EVENTS`, :data:`SPOOL_PASS_BYTES`).
-        True once the spool is all staged; False if more is left for the next pass. Exactly once: records at
-        or below ``runner_seq`` are skipped. The spool is the session's own file, written by code the daemon
-        does not trust: no record is read whole beyond what one message may carry (``max_message``)."""
-        if self.sessions_dir is None:
-            return True
-        after = cur.runner_seq
-        path = spool_of(self.sessions_dir, cur.id)
-        # Where the last pass stopped, if it went through everything before it: only once the runner has ended,
-        # when its spool no longer changes (a live runner empties or rewrites it behind its acknowledgements, so a
-        # place in it means nothing a moment later). A gap fill (``live``) reads from the start, a bounded amount.
-        start = 0
-        if not live:
-            at_seq, at, ino = self._spool_at.get(cur.id, (-1, 0, 0))  # every record before ``at`` is <= at_seq
-            start = at if 0 <= at_seq <= after and same_file(path, ino, at) else 0
-        ino = spool_ino(path)
-        chunk = SpoolChunk(end=start, skipped_to=start)
-        try:
-            chunk = spooled_events(path, after, start=start, max_event=self.max_message,
-                                   max_events=SPOOL_PASS_EVENTS, max_bytes=SPOOL_PASS_BYTES)
-        except OSError as exc:
-            self.count("spool_unreadable")
-            self.log.error("spool unreadable", session_id=cur.id, error=str(exc)[:300])
-        if chunk.events:
-            self._on_events(cur, None, chunk.events, b)
-            self.count("spool_events_ingested", cur.runner_seq - after)
-            self.log.info("spool ingested", session_id=cur.id, events=cur.runner_seq - after, more=chunk.more)
-        placed = not chunk.events or cur.runner_seq >= chunk.events[-1][0]
-        if live:
-            return not (chunk.more and chunk.events and placed)  # more to read only once it placed some
-        if placed and chunk.end > start:  # (skipped, or placed, everything before chunk.end)
-            self._spool_at[cur.id] = (cur.runner_seq, chunk.end, ino)
-        elif chunk.skipped_to > start:
-            self._spool_at[cur.id] = (after, chunk.skipped_to, ino)
-        # more to read where it stopped; or done (or nothing more can be placed: a gap in a forged spool)
-        return not (chunk.more and placed and chunk.end > start)
 
     def _job(self, job: tuple[Any, ...], batch: Batch) -> None:
         """A write that is not an event (a skill saved or deleted), after the batch; its result goes back to

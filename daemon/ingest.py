@@ -10,8 +10,9 @@ Duplicates (``src_seq`` already committed) are skipped and re-acked; a gap (a ru
 beyond what we have) is not written and the runner is told to resend from the first missing one.
 
 This module is the writer loop (and staging into the store's rows); what runners send is verified and staged by
-:mod:`labd.daemon.runner_frames`, what the rest of the daemon hands over by :mod:`labd.daemon.daemon_items` (both
-mixins of :class:`Ingest`, on its thread), into a :class:`~labd.daemon.ingest_batch.Batch`; what is done once a
+:mod:`labd.daemon.runner_frames`, what the rest of the daemon hands over by :mod:`labd.daemon.daemon_items`, what
+sessions' spools hold by :mod:`labd.daemon.spool_reading` (all mixins of :class:`Ingest`, on its thread), into a
+:class:`~labd.daemon.ingest_batch.Batch`; what is done once a
 batch is committed (publish, acknowledge, notify) by :mod:`labd.daemon.delivery`.
 """
 
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import sqlalchemy.exc as sa_exc
 import structlog
 import zmq
 
@@ -33,10 +33,12 @@ from labd.daemon.daemon_items import DaemonItems
 from labd.daemon.delivery import Delivery
 from labd.daemon.inbound import bind_runners, bound, rebind
 from labd.daemon.ingest_batch import PUB_SNDHWM, Batch, Fragment, LiveEvents, tune_gc
+from labd.daemon.ingest_commit import Committing, GivenUp
 from labd.daemon.outputcap import CAPPED, OutputCaps
 from labd.daemon.recordcap import DEFAULT_MAX_SESSION_RECORD, RecordCaps
-from labd.daemon.runner_frames import RunnerFrames, runner_session
+from labd.daemon.runner_frames import RunnerFrames
 from labd.daemon.shipped import receive as receive_shipped
+from labd.daemon.spool_reading import SpoolReading
 from labd.daemon.subscriptions import LiveSubscriptions
 from labd.daemon.warnlimit import WarnLimiter
 from labd.ipc.wire import Codec
@@ -46,14 +48,12 @@ from labd.store.projections import SessionCursor, apply
 from labd.store.search import IndexHints
 from labd.store.writer import BatchWriter
 
-__all__ = ["Ingest", "INGEST_IN", "INGEST_NOTIFY", "MAX_BATCH", "Batch", "runner_session"]
+__all__ = ["Ingest", "INGEST_IN", "INGEST_NOTIFY", "MAX_BATCH", "Batch"]
 
 INGEST_IN = "inproc://labd-ingest-in"
 INGEST_NOTIFY = "inproc://labd-ingest-notify"
 MAX_BATCH = 5000
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # raw runner frames per batch: bounds the memory one batch holds
-STORE_RETRY_S, STORE_RETRY_MAX_S = 0.5, 5.0  # waits between tries of a batch the store could not take
-REFUSED = (sa_exc.StatementError, OverflowError, ValueError, TypeError)
 #: kinds that change projections (everything else only advances the session's seq)
 PROJECTED = frozenset({"session.created", "session.queued", "session.launched", "session.started", "session.finished",
                        "session.stopping", "session.ended", "session.adopted", "limit.exceeded", "budget.exceeded",
@@ -68,11 +68,7 @@ PROJECTED = frozenset({"session.created", "session.queued", "session.launched", 
 EDGE_ROW_BYTES = 90
 
 
-class _GivenUp(Exception):
-    """The daemon stops while the store cannot take a batch: the batch is not written."""
-
-
-class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
+class Ingest(Committing, RunnerFrames, DaemonItems, SpoolReading, Delivery, threading.Thread):
     """The store-writer thread. Communicate with it only through its sockets."""
 
     def __init__(self, zctx: zmq.Context, writer: BatchWriter, key: bytes, runners_endpoint: str,
@@ -119,7 +115,7 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
         self._items_done = 0  # daemon items the pass processed so far (_process)
         self._deferred: list[list[bytes]] = []  # runner frames that overtook their session.created (runner_frames)
         self._later: list[tuple[Any, ...]] = []  # daemon items carried to the next pass (Batch.later)
-        self._spool_at: dict[str, tuple[int, int, int]] = {}  # where reading a session's spool goes on (daemon_items)
+        self._spool_at: dict[str, tuple[int, int, int]] = {}  # where reading a session's spool goes on (spool_reading)
         self._frame: tuple[list[bytes], bool] | None = None
         self.ready = threading.Event()
         #: set by the daemon as it stops (with the "stop" item): a wait for an unwritable store ends then
@@ -264,7 +260,7 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
                 t_write = time.perf_counter()
                 try:
                     self._write(batch, items, frames_list, broken)
-                except _GivenUp:
+                except GivenUp:
                     # the daemon stops and the store still cannot be written: runners keep their unacknowledged
                     # events for the next daemon; this batch's daemon items (and those queued after) are lost
                     self.count("ingest.given_up_at_stop", len(items))
@@ -296,132 +292,11 @@ class Ingest(RunnerFrames, DaemonItems, Delivery, threading.Thread):
             self._process_frames(frames, batch, seen=True)
         return batch
 
-    def _write(self, batch: Batch, items: list[tuple[Any, ...]], frames_list: list[list[bytes]],
-               broken: Exception | None = None) -> None:
-        """Commit a batch, then publish, acknowledge and notify. A batch the store refuses is written again
-        event by event, the refused events replaced by ``event.rejected`` rows; while the store is
-        unreachable, the batch waits and is then processed again (runners keep what is unacknowledged).
-        ``broken``: the store went away while the batch was processed (it is processed again, whole)."""
-        delay = 0.0  # grows over consecutive failures: a store that reconnects but cannot write (a full disk)
-        again = False  # process the batch again first (inside the try: the store can go away again meanwhile)
-        skip = 0  # daemon items already committed one by one (safe mode) when the store went away: not again
-        try:
-            while True:
-                try:
-                    if broken is not None:
-                        exc, broken = broken, None
-                        raise exc
-                    if again:
-                        again = False
-                        batch = self._process(items, frames_list, skip=skip)
-                        if self._safe:
-                            break  # written event by event as it was processed
-                    if batch.size() or batch.changes.session_updates or batch.changes.session_inserts:
-                        self.records.store_into(self.cursors)  # the bounds' counts, committed with what they count
-                        self.outcap.store_into(self.cursors)
-                        self.writer.commit(batch.rows, batch.changes, self.cursors, batch.plain, batch.noded)
-                    break
-                except UNREACHABLE as exc:
-                    if not self.store_down:
-                        self.store_down_since, self.store_error = time.monotonic(), str(exc).splitlines()[0][:300]
-                    self.store_down = True
-                    self.count("store_unavailable")
-                    if delay == 0.0 or delay >= STORE_RETRY_MAX_S:  # said once, then once per longest wait
-                        self.log.error("store unavailable; waiting for it", error=str(exc)[:300])
-                    delay = min(max(delay * 2, STORE_RETRY_S), STORE_RETRY_MAX_S)
-                    self._wait_for_store(delay)
-                    # every cursor is read again: a pass that did not finish may have read or changed any (and in
-                    # safe mode committed some of its events one by one)
-                    self.cursors.clear()
-                    self.records.rollback()
-                    self.outcap.rollback()
-                    if self._safe:  # (a runner's events are kept from twice by their src_seq; a daemon's, by this)
-                        skip = self._items_done
-                    again = True
-                except REFUSED as exc:
-                    if self._safe:
-                        raise
-                    self.count("store_refused_batches")
-                    self.log.error("store refused a batch; writing it event by event", error=str(exc)[:300])
-                    self._forget(batch)
-                    self.records.rollback()
-                    self.outcap.rollback()
-                    self._safe = again = True
-        finally:
-            self._safe = False
-        if delay:
-            self.store_down = False
-            self.log.info("store writable again")
-        self.count("events_persisted", batch.count)
-        self._later = batch.later
-        for sids, reply_to in batch.deletes:
-            self._delete_sessions(sids, reply_to, batch)
-        for job in batch.jobs:
-            self._job(job, batch)
-        self._send_batch(batch)
-
-    def _wait_for_store(self, delay: float) -> None:
-        """Sleep ``delay`` seconds (then more, doubling up to STORE_RETRY_MAX_S) until the store reconnects; raise
-        :class:`_GivenUp` once the daemon stops (a full disk must not hold its stop for ever)."""
-        while True:
-            self.beat = time.monotonic()  # waiting for the store is healthy: a restart would not bring it back
-            if self.stopping.wait(delay):
-                raise _GivenUp
-            try:
-                self.writer.reconnect()
-                return
-            except UNREACHABLE:
-                delay = min(delay * 2, STORE_RETRY_MAX_S)
-
     def _cap_and_chars(self, sid: str) -> tuple[int | None, int]:
         """A session's output cap and what its run has had accepted, as its cursor holds them (the backstop's
         first sight of it: daemon/outputcap.py)."""
         cur = self.cursors.get(sid)
         return (None, 0) if cur is None else (cur.output_cap, cur.output_chars)
-
-    def _forget(self, batch: Batch) -> None:
-        """Drop cached cursors a failed batch touched: they are reloaded from the store."""
-        touched = {r[0] for rows in (batch.rows, batch.plain, batch.noded) for r in rows} | set(
-            batch.changes.session_updates) | {
-            r["id"] for r in batch.changes.session_inserts}
-        for sid in touched:
-            self.cursors.pop(sid, None)
-
-    def _append(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
-                node_id: str | None, parent: int | None, payload: dict[str, Any], b: Batch) -> bool:
-        """Add one event (and its projection changes) to the batch; in safe mode, commit it on its own.
-        Returns False if the store refused it (it is then recorded as ``event.rejected``)."""
-        if not self._safe:
-            self._stage(cur, ts, kind, src, src_seq, node_id, parent, payload, b)
-            b.count += 1
-            return True
-        one = Batch()
-        self._stage(cur, ts, kind, src, src_seq, node_id, parent, payload, one)
-        try:
-            self.writer.commit(one.rows, one.changes, self.cursors, one.plain, one.noded)
-        except REFUSED as exc:
-            if unreachable(exc):  # the store went away, not this event: the batch waits for it (_write)
-                raise
-            self.count("store_rejected")
-            self.log.error("store refused an event", session_id=cur.id, kind=kind, error=str(exc)[:300])
-            # Back to what the store has (in place: callers hold this cursor), then skip the event.
-            fresh = self.writer.load_cursor(cur.id)
-            if fresh is None:
-                self.cursors.pop(cur.id, None)
-                return False
-            cur.__dict__.update(fresh.__dict__)
-            if src_seq is not None and src == "r":
-                cur.runner_seq = max(cur.runner_seq, src_seq)
-            marker = Batch()
-            # its count stays (the bytes were offered); a max_session_record crossing it made is still told
-            marker.notes.extend(n for n in one.notes if n[0] == "record")
-            self._stage(cur, time.time(), "event.rejected", src, src_seq, None, None,
-                        {"kind": kind[:64], "reason": f"the store refused it: {type(exc).__name__}"}, marker)
-            self.writer.commit(marker.rows, marker.changes, self.cursors, marker.plain, marker.noded)
-            b.merge(marker)
-            return False
-        b.merge(one)
-        return True
 
     def _stage(self, cur: SessionCursor, ts: float, kind: str, src: str, src_seq: int | None,
                node_id: str | None, parent: int | None, payload: dict[str, Any], b: Batch) -> None:

@@ -13,7 +13,6 @@ payload is encoded once — the text stored is the text the live tail splices in
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,14 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from labd.daemon.ingest_batch import LIVE_OVERHEAD, PUB_CHUNK_BYTES, Batch, Fragment, LiveEvents, LiveRun
+from labd.daemon.ingest_batch import LIVE_OVERHEAD, Batch, Fragment, LiveEvents, LiveRun
 from labd.daemon.outputcap import CAPPED, OutputCaps
 from labd.daemon.recordcap import RecordCaps
-from labd.daemon.spools import spool_of
+from labd.daemon.runner_wire import BadIdentity, run_span, runner_session
 from labd.ipc.events import APPROVALS_PENDING_MAX, DAEMON_KINDS, NODE_ID_MAX, TS_MAX, EventError, quick_valid, validate
 from labd.ipc.signing import derive_key
-from labd.ipc.units import shortened
-from labd.ipc.wire import ACK_TAIL, Codec, Message, WireError
+from labd.ipc.wire import Codec, Message, WireError
 from labd.store.db import unreachable
 from labd.store.projections import SessionCursor
 from labd.store.search import IndexHints
@@ -36,7 +34,7 @@ from labd.store.search import IndexHints
 if TYPE_CHECKING:
     from labd.store.writer import BatchWriter
 
-__all__ = ["RunnerFrames", "runner_session", "RESEND_INTERVAL_S"]
+__all__ = ["RunnerFrames", "RESEND_INTERVAL_S"]
 
 #: message ids remembered per session's runner for the replay window. A session's own code can sign frames with its
 #: runner's key: with the default (a million) it made the daemon hold ~300 MB per session in unique ids (an attack
@@ -45,16 +43,6 @@ __all__ = ["RunnerFrames", "runner_session", "RESEND_INTERVAL_S"]
 RUNNER_REPLAY_IDS = 4096
 
 RESEND_INTERVAL_S = 0.5  # at most one resend request per session this often (a gap shows in every later frame)
-GAP_SPOOL_S = 5.0  # a gap that resend requests have not filled by then is filled from the session's spool
-
-
-#: the longest wait between two fills from a spool that filled nothing (:meth:`RunnerFrames._fill_gap`)
-GAP_SPOOL_MAX_S = 300.0
-
-
-def gap_spool_s() -> float:
-    """:data:`GAP_SPOOL_S`, or the tests' shorter ``LABD_GAP_SPOOL_S``."""
-    return shortened(GAP_SPOOL_S, "LABD_GAP_SPOOL_S", floor=0.1)
 MAX_HELLOS = 4096  # runners' hellos remembered (RunnerFrames.hellos)
 _NUMBER = (int, float)
 _dumps = orjson.dumps
@@ -86,7 +74,7 @@ class RunnerFrames:
     _last_resend: dict[str, float]
     _gap_at: dict[str, float]  # session whose runner's frames show a gap -> when to fill it from its spool
     _gap_wait: dict[str, float]  # session -> the last wait after a fill from its spool that filled nothing
-    _ingest_spool: Callable[..., bool]
+    _fill_gap: Callable[[SessionCursor, Batch], None]  # (labd.daemon.spool_reading)
     _waiting_for_hello: dict[str, list[tuple[str, dict[str, Any]]]]
     _safe: bool
     _warn: Callable[..., None]  # a line a second per reason (WarnLimiter)
@@ -125,7 +113,7 @@ class RunnerFrames:
         sid = runner_session(frames[0])
         try:
             if sid is None:
-                raise _BadIdentity()
+                raise BadIdentity()
             codec = self._codec_for(sid)
             msg = codec.unpack(frames[1:], seen=seen)
             self._runner_codecs.setdefault(sid, codec)
@@ -138,7 +126,7 @@ class RunnerFrames:
         try:
             self._on_runner_message(frames[0], msg, batch)
         except Exception as exc:  # noqa: BLE001 - a frame we cannot handle is counted and dropped
-            if unreachable(exc):  # the store, not the frame: processed again once it is back (ingest._write)
+            if unreachable(exc):  # the store, not the frame: processed again once it is back (ingest_commit._write)
                 raise
             self.count("dropped.runner.error")
             self.log.exception("runner frame dropped")
@@ -345,34 +333,6 @@ class RunnerFrames:
                 self._gap_at.pop(sid, None)
                 self._gap_wait.pop(sid, None)
 
-    def _fill_gap(self, cur: SessionCursor, b: Batch) -> None:
-        """A gap its runner has not filled for :func:`gap_spool_s` seconds of resend requests: the runner cannot
-        send those events again (it had them acknowledged: a store restored from a backup taken while the session
-        ran), so they are taken from the session's spool, on this machine, which holds every event its runner
-        wrote. Before, the output stalled until the session ended, with no word (admin retest). A spool longer than
-        a pass is read on at the next frame; one that fills nothing (a session's code can make its spool so, and
-        the gap) is tried again after twice the last wait, up to :data:`GAP_SPOOL_MAX_S` (attack review: every 5 s,
-        each pass reading what it could make as long as it liked)."""
-        now = time.monotonic()
-        due = self._gap_at.setdefault(cur.id, now + gap_spool_s())
-        if now < due or self.sessions_dir is None \
-                or not spool_of(self.sessions_dir, cur.id).is_file():  # a Ray runner's spool is on its node
-            return
-        before = cur.runner_seq
-        more = not self._ingest_spool(cur, b, live=True)
-        if cur.runner_seq > before:
-            self.count("gaps_filled_from_spool")
-            self.log.warning("a runner could not send again events the store lacks (a store restored from a "
-                             "backup?): taken from the session's spool", session_id=cur.id,
-                             events=cur.runner_seq - before)
-        if more:  # read on at the next frame
-            self._gap_at[cur.id] = now
-            return
-        wait = gap_spool_s() if cur.runner_seq > before else \
-            min(self._gap_wait.get(cur.id, gap_spool_s()) * 2, GAP_SPOOL_MAX_S)
-        self._gap_wait[cur.id] = wait
-        self._gap_at[cur.id] = now + wait
-
     @staticmethod
     def _undefer(live: LiveEvents | None, b: Batch, p0: int, n0: int) -> tuple[Any, Any, bool]:
         """Build the per-event live items of the hot rows this frame staged so far (from ``b.plain[p0:]`` and
@@ -424,54 +384,3 @@ class RunnerFrames:
         self._warn("event rejected", "rejected", session_id=cur.id, kind=str(kind)[:64], error=reason[:300])
         self._append(cur, time.time(), "event.rejected", "r", src_seq, None, None,
                      {"kind": str(kind)[:64], "reason": reason}, b)
-
-
-#: the head of a runner frame exactly as :meth:`labd.ipc.wire.Codec.pack_events` writes it (nothing else may come
-#: before the events; the session is checked separately)
-_RUN_HEAD = re.compile(rb'\{"v":1,"id":"[0-9A-Za-z_-]{1,64}","ts":[0-9.eE+-]{1,32},"type":"events","body":\{"session":')
-#: a frame's events published as one run only up to this size (the Python runner's frames are at most 512 KiB);
-#: larger ones are cut into per-event messages
-MAX_RUN_BYTES = 2 * PUB_CHUNK_BYTES
-
-
-def run_span(raw: bytes, sid: str) -> memoryview | None:
-    """The bytes of a runner frame's ``events`` array, if the frame is laid out as the runner's codec writes it:
-    the fixed head, the session, ``"events":[`` ... ``]}}`` (or ``],"ack":true}}``). The head leaves no room
-    for another ``body`` or ``events`` key before the array; what follows the array inside the span, if it
-    ended early (more keys: crafted bytes), is caught where the span is published: inside a two-element array
-    (:meth:`labd.ipc.wire.Codec.pack_run`), anything but one JSON value makes the message invalid JSON, which a
-    follower drops (and fills from the store). None for any other layout (then the per-event form is published).
-    A view, not a copy: the frame is kept until its batch is published."""
-    m = _RUN_HEAD.match(raw)
-    if m is None or len(raw) > MAX_RUN_BYTES:
-        return None
-    if raw.endswith(b"]}}"):
-        tail = 2
-    elif raw.endswith(ACK_TAIL):  # the runner asked for an ack at once: the same array, one key after it
-        tail = len(ACK_TAIL) - 1
-    else:
-        return None
-    at = m.end()
-    mid = _dumps(sid) + b',"events":['
-    if not raw.startswith(mid, at):
-        return None
-    return memoryview(raw)[at + len(mid) - 1:-tail]
-
-
-class _BadIdentity(WireError):
-    reason = "bad_session"
-
-    def __init__(self) -> None:
-        super().__init__("routing id names no session")
-
-
-def runner_session(identity: bytes) -> str | None:
-    """The session a runner's routing id claims (``<session id>:<random>``; a bare id is accepted too).
-    A claim only: the frame must still verify with that session's key."""
-    sid = identity.split(b":", 1)[0]
-    if not 0 < len(sid) <= 64:
-        return None
-    try:
-        return sid.decode("ascii")
-    except UnicodeDecodeError:
-        return None

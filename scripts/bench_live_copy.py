@@ -43,7 +43,7 @@ def main() -> int:
     import zmq
 
     from labd.daemon import ingest as ing_mod
-    from labd.daemon import runner_frames
+    from labd.daemon import runner_frames  # it calls run_span by its module global
     from labd.ipc.live import live_events
     from labd.ipc.signing import derive_key
     from labd.ipc.wire import Codec, encode_json

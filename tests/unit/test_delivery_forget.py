@@ -26,7 +26,7 @@ class _Ingest(Delivery):
         self.sessions_dir = None
         self._last_resend = {sid: 1.0}
         self._spool_at = {sid: (0, 0, 0)}
-        self._gap_at = {sid: 1.0}  # its runner's frames showed a gap (daemon/runner_frames.py _fill_gap)
+        self._gap_at = {sid: 1.0}  # its runner's frames showed a gap (daemon/spool_reading.py _fill_gap)
         self._gap_wait = {sid: 0.2}
         self._runner_codecs = {sid: object()}  # type: ignore[dict-item]
         self.run_seqs = {sid: 7}

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from labd.daemon.daemon_items import SPOOL_PASS_EVENTS
+from labd.daemon.spool_reading import SPOOL_PASS_EVENTS
 from labd.ipc.wire import encode_json
 from labd.runner.spool import HEADER, Spool
 from tests.conftest import wait_until

@@ -74,7 +74,7 @@ def test_an_ended_runners_spool_is_read_to_its_end_however_many_records_are_stor
     of the attack fixes). The place is used only in the same file."""
     from types import SimpleNamespace
 
-    from labd.daemon.daemon_items import DaemonItems
+    from labd.daemon.spool_reading import SpoolReading
     from labd.daemon.spools import spool_of
     from labd.store.projections import SessionCursor
 
@@ -98,7 +98,7 @@ def test_an_ended_runners_spool_is_read_to_its_end_however_many_records_are_stor
                              count=lambda *a: None, log=SimpleNamespace(info=lambda *a, **k: None,
                                                                         error=lambda *a, **k: None))
     passes = 0
-    while not DaemonItems._ingest_spool(ingest, cur, None):  # type: ignore[arg-type]
+    while not SpoolReading._ingest_spool(ingest, cur, None):  # type: ignore[arg-type]
         passes += 1
         assert passes < 50, "the reading does not end"
     assert placed == list(range(300_001, 300_011)) and passes >= 1
