@@ -265,7 +265,7 @@ def decode_result(result: Any, session: str = "") -> Any:
     A value that does not unpickle here (most often: its class is in a module the session's runner could import
     but this process cannot) raises :class:`RemoteError` ``ResultNotLoadable`` naming ``session``, the value's
     type and why, with the unpickling error as its ``__cause__``: the call did succeed, its value is in the record
-    (``labd show``), and it loads in a process that can import what it needs."""
+    (``labd result`` shows its repr), and it loads in a process that can import what it needs."""
     if isinstance(result, dict) and isinstance(result.get(RESULT_KEY), str):
         try:
             return loads(base64.b64decode(result[RESULT_KEY]))

@@ -155,7 +155,22 @@ class Waiting:
 
         Survives a daemon restart (the session does): it carries on with the next daemon if one serves within
         ``timeout`` (None: within :attr:`restart_wait` of the stop), else raises ``no_daemon`` naming the session."""
-        from labd.ipc.functions import ERROR_EVENT, decode_result, remote_error, result_missing
+        from labd.ipc.functions import decode_result, remote_error, result_missing
+
+        end = self.outcome(ref, timeout)
+        row, finished = end["session"], end["finished"]
+        if row["status"] == "completed" and finished is not None and not result_missing(finished):
+            return decode_result(finished.get("result"), session=row["id"])
+        raise remote_error(row, finished, end["error"])
+
+    def outcome(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for a session to end and return what its record says of how its last run ended, decoding nothing:
+        ``{"session": its final row, "finished": the run's session.finished payload (None if its runner reported
+        none), "error": a submitted function's recorded exception (type, message, traceback) or None}``. A pickled
+        result stays as recorded (``{"labd.pickle": ..., "type", "repr", "size"}``): unpickling runs code, which a
+        terminal showing a result must not (``labd result``); :meth:`result` unpickles. ``timeout`` and a daemon
+        restart as in :meth:`result`."""
+        from labd.ipc.functions import ERROR_EVENT
 
         timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -173,10 +188,8 @@ class Waiting:
             return start, self.events(sid, since=start, kinds=["session.finished"], limit=1)["events"]
         start, found = self._reading(this_run, deadline, sid)
         finished = found[0]["payload"] if found else None
-        if row["status"] == "completed" and finished is not None and not result_missing(finished):
-            return decode_result(finished.get("result"), session=sid)
         error = None
-        if finished is not None and row["status"] != "cancelled":
+        if finished is not None and row["status"] not in ("completed", "cancelled"):
             def last_error() -> dict[str, Any] | None:  # scanned page by page: a session's custom events are not held
                 found = None
                 for ev in self.history(sid, since=start, kinds=["custom"]):
@@ -184,7 +197,7 @@ class Waiting:
                         found = ev["payload"]["data"]
                 return found
             error = self._reading(last_error, deadline, sid)
-        raise remote_error(row, finished, error)
+        return {"session": row, "finished": finished, "error": error}
 
     def wait(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
         """Follow a session until it ends; return its final row (``timeout``, and a daemon restart, as in

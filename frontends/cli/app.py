@@ -48,6 +48,7 @@ EPILOG = """examples:
   labd ps                                    live sessions with RSS / CPU / cost (-a: all)
   labd logs -f SESSION                       output and activity so far, then live (--tail 20 --timestamps)
   labd show SESSION                          status, exit reason, limits, peaks, steps
+  labd result SESSION                        what it returned, once it has ended
   labd stop SESSION                          graceful stop, forced after a grace period
   labd approvals / labd approve SESSION      what waits for a human, and the answer
   labd dag SESSION                           the step graph as a tree (--format mermaid|dot|json, --newest N)

@@ -266,6 +266,8 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
         pairs.insert(2, ("started from", came))
     if s["status"] == "completed" and s.get("outcome_error"):  # e.g. a result too large to record
         pairs.append(("result", styled(str(s["outcome_error"]), "yellow")))
+    elif s["status"] == "completed":  # not read here: a result may be megabytes (labd result reads it)
+        pairs.append(("result", styled(f"labd result {s['id']}", "dim")))
     if s["cost"]:
         budget = lim.get("budget")
         pairs.append(("llm cost", f"${s['cost']:.6f}" + (f" of budget ${budget:g}" if budget else "")

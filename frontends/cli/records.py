@@ -1,4 +1,4 @@
-"""What a session's record holds: its step graph (dag), LLM cost, files, and state history."""
+"""What a session's record holds: its step graph (dag), LLM cost, files, state history, and result."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from labd.frontends.cli.base import CliError, Ctx, add_json, command
+from labd.frontends.cli.base import CliError, Ctx, add_json, command, duration
 from labd.frontends.cli.output import STATUS_STYLE, natural_key, styled
 from labd.ipc.units import UnitError, format_duration, format_size, parse_duration
 
@@ -188,6 +188,51 @@ def cmd_history(args: argparse.Namespace, ctx: Ctx) -> int:
     return 0
 
 
+def cmd_result(args: argparse.Namespace, ctx: Ctx) -> int:
+    """What a session returned, once it has ended (it waits for a running one). A workflow's JSON value: a string
+    as it is, anything else as JSON (``--json``: always JSON). A submitted function's pickled value is shown by the
+    repr its runner recorded, never unpickled: unpickling runs code, which a command showing a result must not.
+    A session that did not complete: why on stderr (a function's remote traceback too), exit 1."""
+    from labd.frontends.cli.interrupt import ctrl_c
+    from labd.frontends.cli.waits import see_restarts_through
+    from labd.ipc.functions import RESULT_KEY, remote_error, result_missing
+
+    client = ctx.client()
+    see_restarts_through(client)
+    try:
+        with ctrl_c():
+            end = client.outcome(args.session, args.timeout)
+    except KeyboardInterrupt:
+        ctx.out.line(f"\n== detached: session {args.session} keeps running; `labd result {args.session}` again "
+                     "shows its result once it has ended.", "bold yellow", err=True)
+        return 130
+    row, finished = end["session"], end["finished"]
+    sid = row["id"]
+    if row["status"] == "completed" and finished is not None and not result_missing(finished):
+        value = finished.get("result")
+        if args.json:
+            ctx.out.json(value)
+        elif isinstance(value, dict) and isinstance(value.get(RESULT_KEY), str):
+            ctx.out.line(str(value.get("repr") or ""))
+            ctx.out.line(f"(a pickled {value.get('type') or 'value'} of {format_size(int(value.get('size') or 0))}, "
+                         "shown by its repr: labd does not unpickle it here, as unpickling runs code; in Python: "
+                         f"labd.Client().result({sid!r}))", "dim", err=True)
+        else:
+            ctx.out.line(value if isinstance(value, str) else json.dumps(value, indent=2))
+        return 0
+    # the remote exception's text and traceback, not its pickled object (loading it would run the session's code)
+    error = {k: v for k, v in end["error"].items() if k != "pickle"} if end["error"] else None
+    why = remote_error(row, finished, error)
+    if args.json:
+        ctx.out.json({"session": sid, "status": row["status"], "reason": row.get("reason"),
+                      "error": {"type": why.type_name, "message": why.message, "traceback": why.traceback or None}})
+    elif why.type_name in ("SessionEnded", "Cancelled", "ResultMissing"):  # these say the session's end already
+        ctx.out.line(why.message, "bold red", err=True)
+    else:
+        ctx.out.line(f"session {sid} ended {row['status']}: {why}", "bold red", err=True)
+    return 1
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "dag", cmd_dag, "a session's step graph: a tree in the terminal, or json / mermaid / dot")
     s.add_argument("session")
@@ -206,6 +251,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "files", cmd_files, "files a session produced, with the step and agent that wrote them")
     s.add_argument("session")
     add_json(s, "a JSON array of file objects")
+    s = command(sub, "result", cmd_result, "what a session returned (waits for it to end)",
+                epilog="a string is printed as it is, anything else as JSON; a submitted function's pickled value by "
+                       "its recorded repr (never unpickled here). Exit status: 0 completed, 1 otherwise (why on "
+                       "stderr), 2 on a timeout, 130 on Ctrl-C (the session keeps running)")
+    s.add_argument("session")
+    s.add_argument("--timeout", type=duration, default=None, help="give up after this long: 30s, 5m (default: none)")
+    add_json(s, "the result as JSON (a pickled one as recorded); for a session that did not complete, "
+                "{session, status, reason, error}")
     s = command(sub, "history", cmd_history, "a session's state transitions (who, why, when)")
     s.add_argument("session")
     add_json(s, "a JSON array of transitions (ts, node_id, from_status, to_status, actor, reason, seq)")
