@@ -35,14 +35,44 @@ def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
             cutoff = max(time.time() - parse_duration(args.since), 0.0)  # before 1970: all of them
         except UnitError as exc:
             raise CliError(f"--since: {exc}") from None
-    # --workflow (a substring or glob, also of a submitted function's label) is matched here, so the daemon is
-    # asked for as many as it lists and --limit counts the matches: applied first, it hid older matches
-    rows = ctx.client().sessions(status=statuses, limit=MAX_LIST if args.workflow else args.limit,
+    # --workflow and --name (a substring or glob; a workflow also by a submitted function's label) are matched here,
+    # so the daemon is asked for as many as it lists and --limit counts the matches: applied first, it hid older ones
+    rows = ctx.client().sessions(status=statuses, limit=MAX_LIST if args.workflow or args.name else args.limit,
                                  tags=tags or None, since=cutoff)
     if args.workflow:
-        pat = args.workflow if any(ch in args.workflow for ch in "*?[") else f"*{args.workflow}*"
+        pat = _pattern(args.workflow)
         rows = [r for r in rows if any(fnmatch.fnmatchcase(w, pat) for w in (r["workflow"], workflow_label(r)))]
-    return rows[:args.limit]
+    if args.name:
+        pat = _pattern(args.name)
+        rows = [r for r in rows if fnmatch.fnmatchcase(r["name"], pat)]
+    rows = rows[:args.limit]
+    if args.sort:
+        rows.sort(key=SORTS[args.sort], reverse=args.sort in ("cost", "rss", "cpu"))  # the most first
+    return rows
+
+
+def _pattern(text: str) -> str:
+    """A filter's glob: the text itself if it is one, else "contains the text"."""
+    return text if any(ch in text for ch in "*?[") else f"*{text}*"
+
+
+def _rss(row: dict[str, Any]) -> int | None:
+    """A row's RSS as ps shows it: the live figure; a session waiting in the queue has no process (a resumed one's
+    peak is its previous runner's); an ended one its peak."""
+    live = row.get("live") or {}
+    return live.get("rss") if live else None if row["status"] in WAITING else row.get("peak_rss")
+
+
+#: ``labd ps --sort``: the key of each order (cost, rss and cpu: the most first; the others ascending)
+SORTS: dict[str, Any] = {
+    "cost": lambda r: r.get("cost") or 0.0,
+    "rss": lambda r: _rss(r) or 0,
+    "cpu": lambda r: (r.get("live") or {}).get("cpu_percent") or 0.0,
+    "name": lambda r: natural_key(r["name"]),
+    "workflow": lambda r: natural_key(workflow_label(r)),
+    "status": lambda r: r["status"],
+    "created": lambda r: r["created_at"],
+}
 
 
 def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -65,8 +95,7 @@ def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
     table = []
     for r in rows:
         live = r.get("live") or {}
-        # a session waiting in the queue has no process: no RSS (a resumed one's peak is its previous runner's)
-        rss = live.get("rss") if live else None if r["status"] in WAITING else r.get("peak_rss")
+        rss = _rss(r)
         status = styled(ps_status(r), STATUS_STYLE.get(r["status"]))
         # cut on a terminal only: a pipe gets whole names (`labd ps -a | grep lr0.002` found no row)
         table.append([r["id"], fit_name(r["name"], 28) if ctx.out.tty else r["name"], workflow_label(r)[-40:], status,
@@ -311,7 +340,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--all", "-a", action="store_true", help="include ended sessions")
     s.add_argument("--status", action="append", metavar="S", help="only these statuses (repeat or comma-separate)")
     s.add_argument("--workflow", metavar="W", help="only workflows containing W (or matching a glob: 'demo.*')")
+    s.add_argument("--name", metavar="N", help="only names containing N (or matching a glob: 'lr-*')")
     s.add_argument("--since", metavar="DUR", help="only sessions created in the last DUR (30m, 2h, 1d)")
+    s.add_argument("--sort", choices=sorted(SORTS), help="order the sessions listed (the newest --limit) by this: "
+                   "cost, rss, cpu the most first; name, workflow, status, created (oldest first) ascending")
     s.add_argument("--tag", action="append", default=[], metavar="K=V", help="only sessions with this tag (repeat); "
                    "ended ones too, as with -a (a tag names a set of runs)")
     s.add_argument("--limit", type=_ps_limit, default=200, help="at most this many (newest first; default 200, "

@@ -54,6 +54,28 @@ def test_ps_limit_counts_the_sessions_the_workflow_filter_keeps(shared_daemon) -
     assert ages.returncode == 0 and old.stdout.strip() in ages.stdout.split(), ages.stderr
 
 
+def test_ps_filters_by_name_and_sorts_what_it_lists(shared_daemon) -> None:
+    """`ps --name N` keeps sessions whose name contains N (or matches a glob), --limit counting the matches (a newer
+    session of another name does not push them out); `--sort` orders them: names naturally (a9 before a10), created
+    oldest first, rss the most first; an unknown key is the usage error."""
+    ids = {}
+    for name in ("sortme-b", "sortme-a10", "sortme-a9", "other"):
+        done = labd("run", "demo.count", "-p", "n=1", "-p", "delay=0", "--name", name, "--wait")
+        assert done.returncode == 0, done.stderr
+        ids[name] = done.stdout.strip()
+    assert set(labd("ps", "-a", "-q", "--name", "sortme").stdout.split()) == {
+        ids["sortme-b"], ids["sortme-a10"], ids["sortme-a9"]}
+    assert labd("ps", "-a", "-q", "--name", "sortme", "--limit", "1").stdout.split() == [ids["sortme-a9"]]
+    assert labd("ps", "-a", "-q", "--name", "sortme-a*", "--sort", "name").stdout.split() == [
+        ids["sortme-a9"], ids["sortme-a10"]]
+    created = json.loads(labd("ps", "-a", "--json", "--name", "sortme", "--sort", "created").stdout)
+    assert [r["id"] for r in created] == [ids["sortme-b"], ids["sortme-a10"], ids["sortme-a9"]]
+    by_rss = json.loads(labd("ps", "-a", "--json", "--name", "sortme", "--sort", "rss").stdout)
+    assert [r["peak_rss"] for r in by_rss] == sorted((r["peak_rss"] for r in by_rss), reverse=True)
+    bad = labd("ps", "--sort", "size")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
 def test_status_is_for_people_and_json_for_programs(shared_daemon) -> None:
     """`status` prints labelled lines (not raw JSON); --json gives the reply object; both say how much room the home's
     filesystem has and how large the store is (they said nothing of disk space)."""
