@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["Client", "LabdError", "WIRE_FIELDS", "SEARCH_TYPES", "check_timeout", "event_from_wire", "still_ended"]
 
 #: what a search hit can be (``search``'s ``types``): the daemon's index has these and no others
-SEARCH_TYPES = ("session", "step", "message", "code", "file", "approval", "result")
+SEARCH_TYPES = ("session", "step", "message", "code", "file", "approval", "result", "error")
 
 
 class Client(Transport, Waiting, Skills):

@@ -1,4 +1,5 @@
-"""Full-text search over the record: sessions (name, workflow, task), steps, agent messages, code and files.
+"""Full-text search over the record: sessions (name, workflow, task), steps, agent messages, code, files, approvals,
+results and errors (a failed step's, a failed session's with its traceback).
 
 The index is derived data, like a projection, but kept outside the store: an SQLite FTS5 database
 (``<home>/search.db``) that an indexer fills from the events, whichever backend holds the record. So ingest —
@@ -27,7 +28,9 @@ __all__ = ["SearchIndex", "IndexHints", "KINDS", "MAX_WORDS", "QueryTooLong", "q
 
 #: the event kinds that make documents (see _doc)
 KINDS = ("session.created", "step.started", "agent.message", "code.execution", "file.created", "file.changed",
-         "approval.requested", "session.finished")
+         "approval.requested", "session.finished", "step.finished")
+#: the index's layout: 2 added the ``error`` documents (indexes made before get them once: SearchIndex._backfill)
+INDEX_VERSION = 2
 #: built once (statement construction was a large share of an update with hundreds of sessions)
 _NEW_EVENTS = (select(events.c.seq, events.c.ts, events.c.kind, events.c.node_id, events.c.payload)
                .where(events.c.session_id == bindparam("sid"), events.c.seq > bindparam("since"),
@@ -114,8 +117,12 @@ def _doc(kind: str, p: dict[str, Any]) -> tuple[str, str, str] | None:
     if kind == "approval.requested":
         return "approval", str(p.get("kind", "")), str(p.get("prompt", ""))
     if kind == "session.finished":
+        if p.get("outcome") != "completed" and p.get("error"):  # what went wrong is what people search for
+            return "error", f"session {p.get('outcome', '')}", f"{p['error']}\n{p.get('traceback') or ''}"
         result = p.get("result")
         return "result", str(p.get("outcome", "")), result if isinstance(result, str) else orjson.dumps(result).decode()
+    if kind == "step.finished" and p.get("error"):
+        return "error", str(p.get("name", "")), str(p["error"])
     return None
 
 
@@ -157,6 +164,9 @@ class SearchIndex:
         self._db = sqlite3.connect(path, check_same_thread=False)
         self._db.executescript(_SCHEMA)
         self._db.execute("PRAGMA journal_mode=WAL")
+        if self._db.execute("PRAGMA user_version").fetchone()[0] < INDEX_VERSION and not self._db.execute(
+                "SELECT 1 FROM indexed LIMIT 1").fetchone():
+            self._db.execute(f"PRAGMA user_version = {INDEX_VERSION}")  # a new index: nothing to bring up to date
         self._marks: dict[str, int] | None = None  # session -> indexed seq, loaded once, then kept in step
         self._full_at = 0.0  # monotonic time of the last full scan
         self._since = 0.0  # wall time when the previous scan began
@@ -179,6 +189,8 @@ class SearchIndex:
                 self._marks = dict(self._db.execute("SELECT session_id, seq FROM indexed").fetchall())
             self._forgotten_meanwhile = set()
         try:
+            if self._db.execute("PRAGMA user_version").fetchone()[0] < INDEX_VERSION:
+                self._backfill(self._marks)  # before anything new is indexed: see _backfill
             return self._update(self._marks, limit_sessions)
         finally:
             with self._lock:
@@ -218,6 +230,33 @@ class SearchIndex:
             if done:
                 added += self._commit(docs, done)
         return added
+
+    def _backfill(self, marks: dict[str, int]) -> None:
+        """Give an index made before :data:`INDEX_VERSION` 2 the ``error`` documents of the events it indexed
+        already (the failed steps and sessions up to each session's mark; later ones come as any event does). Runs
+        before the first update indexes anything new, so every ``error`` document an index at version 1 holds is
+        from a backfill a stop interrupted: those are dropped and the backfill starts again (exactly once)."""
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM docs WHERE type = 'error'")
+        kinds = ("step.finished", "session.finished")
+        query = (select(events.c.session_id, events.c.seq, events.c.ts, events.c.kind, events.c.node_id,
+                        events.c.payload).where(events.c.kind.in_(kinds)))
+        docs: list[tuple[Any, ...]] = []
+        with self.engine.connect() as conn:
+            for sid, seq, ts, kind, node_id, payload in conn.execution_options(yield_per=2000).execute(query):
+                if seq > marks.get(sid, 0):
+                    continue  # not indexed yet: the update takes it
+                d = _doc(kind, orjson.loads(payload))
+                if d is not None and d[0] == "error":
+                    docs.append((d[1][:500], d[2][:MAX_BODY], d[0], sid, seq, node_id, ts))
+                if len(docs) >= FLUSH_DOCS:
+                    self._commit(docs, [])
+                    docs = []
+        with self._lock, self._db:
+            gone = self._forgotten_meanwhile or set()
+            self._db.executemany("INSERT INTO docs (title, body, type, session_id, seq, node_id, ts) "
+                                 "VALUES (?, ?, ?, ?, ?, ?, ?)", [d for d in docs if d[3] not in gone])
+            self._db.execute(f"PRAGMA user_version = {INDEX_VERSION}")
 
     def _commit(self, docs: list[tuple[Any, ...]], done: list[tuple[str, int]]) -> int:
         """Documents and the marks of the sessions they came from, in one transaction: exactly once. One

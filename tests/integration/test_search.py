@@ -111,6 +111,23 @@ def test_cli_search(shared_daemon) -> None:
     assert "more may match" not in out.stderr
 
 
+def test_a_failed_sessions_error_is_found_by_its_words(shared_daemon) -> None:
+    """The error a session failed with is found (type ``error``): its step's and the session's, with the traceback;
+    a session that completed makes none."""
+    word = f"flux{secrets.token_hex(4)}"
+    with shared_daemon.client() as c:
+        failed = c.start("demo.fail", params={"message": f"the {word} capacitor broke"})
+        fine = c.start("demo.count", params={"n": 1, "label": word})
+        for s in (failed, fine):
+            c.wait(s, timeout=60)
+        errors = wait_until(lambda: _hits(c, word, {failed, fine}, types=["error"]) if len(
+            _hits(c, word, {failed, fine}, types=["error"])) >= 2 else None, timeout=30, what="both error documents")
+        assert {h["session_id"] for h in errors} == {failed} and {h["session_status"] for h in errors} == {"failed"}
+        assert {bool(h["node_id"]) for h in errors} == {True, False}  # the step's, and the session's
+        assert _hits(c, "RuntimeError capacitor", {failed}, types=["error"])
+        assert _hits(c, "demo.py", {failed}, types=["error"])  # a word of the traceback
+
+
 INTERLEAVED = """
 def interleaved(ctx, rounds: int = 30, ticks: int = 3000):
     for r in range(rounds):

@@ -213,3 +213,73 @@ def test_a_session_deleted_while_an_update_read_it_does_not_come_back(engine: En
     index.update()
     assert _hits(index, "kinkajou") == [("kept", 1)]
     index.close()
+
+
+def _event(eng: Engine, sid: str, seq: int, kind: str, payload: dict[str, object]) -> None:
+    with eng.begin() as conn:
+        conn.execute(insert(events).values(session_id=sid, seq=seq, ts=time.time(), kind=kind, src="r", src_seq=seq,
+                                           node_id=f"n{seq}" if kind.startswith("step.") else None,
+                                           payload=orjson.dumps(payload).decode()))
+        conn.execute(update(sessions).where(sessions.c.id == sid).values(last_seq=seq))
+
+
+def _failed(eng: Engine, sid: str) -> None:
+    """A session whose step failed with a ZeroDivisionError, then the session with its traceback."""
+    _session(eng, sid, "divide the data")
+    _event(eng, sid, 2, "step.finished", {"name": "divide", "status": "failed", "duration": 0.1,
+                                          "error": "ZeroDivisionError: division by zero"})
+    _event(eng, sid, 3, "session.finished", {"outcome": "failed", "error": "ZeroDivisionError: division by zero",
+                                             "traceback": "File \"flows.py\", line 7, in quotient"})
+
+
+def test_errors_of_failed_steps_and_sessions_are_found(engine: Engine, tmp_path: Path) -> None:
+    """A failed step's error and a failed session's error and traceback are documents of type ``error``: searching
+    the exception's name (or a word of the traceback) finds them; a step that succeeded makes no error document."""
+    index = SearchIndex(tmp_path / "search.db", engine)
+    _failed(engine, "s1")
+    _event(engine, "s1", 4, "step.finished", {"name": "fine", "status": "completed", "duration": 0.1})
+    index.update()
+    hits = index.search("ZeroDivisionError")
+    assert sorted((h["type"], h["seq"]) for h in hits) == [("error", 2), ("error", 3)]
+    assert [h["seq"] for h in index.search("quotient")] == [3]
+    assert [h["type"] for h in index.search("division", types=["error"])] == ["error", "error"]
+    index.close()
+
+
+def test_an_index_made_before_error_documents_gets_them_once(engine: Engine, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An index of version 1 (no error documents) that had indexed failed sessions gets their errors at its next
+    update, once: a backfill a stop interrupted is started again without leaving a document twice, and events
+    beyond a session's mark are indexed by the update as usual (not twice either)."""
+    path = tmp_path / "search.db"
+    index = SearchIndex(path, engine)
+    made = search._doc
+    monkeypatch.setattr(search, "_doc", lambda kind, p: (lambda d: None if d and d[0] == "error" else d)(made(kind, p)))
+    _failed(engine, "old")
+    index.update()  # indexed as a version-1 index would: no error documents
+    monkeypatch.undo()
+    index.close()
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 1")
+    # what an interrupted backfill leaves: one error document, the version still 1
+    db.execute("INSERT INTO docs (title, body, type, session_id, seq, node_id, ts) VALUES "
+               "('divide', 'ZeroDivisionError', 'error', 'old', 2, 'n2', 0)")
+    db.commit()
+    db.close()
+    before = SearchIndex(path, engine)
+    assert [h["seq"] for h in before.search("ZeroDivisionError")] == [2]  # only the leftover, before the update
+    before.close()
+    _failed(engine, "new")  # beyond any mark: the update's to index
+    index = SearchIndex(path, engine)
+    index.update()
+    found = sorted((h["session_id"], h["seq"]) for h in index.search("ZeroDivisionError"))
+    assert found == [("new", 2), ("new", 3), ("old", 2), ("old", 3)]
+    index.update()
+    assert len(index.search("ZeroDivisionError")) == 4
+    index.close()
+    again = SearchIndex(path, engine)  # version 2 now: no second backfill
+    again.update()
+    assert len(again.search("ZeroDivisionError")) == 4
+    again.close()
