@@ -14,7 +14,8 @@ __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    s = command(sub, "search", cmd_search, "full-text search: tasks, step names, agent messages, code, files, results, errors")
+    s = command(sub, "search", cmd_search,
+                "full-text search: tasks, step names, agent messages, code, files, results, errors")
     s.add_argument("query", nargs="+", help="words (all must match; prefixes match too; at most 20 different ones)")
     s.add_argument("--type", help=f"comma-separated: {','.join(TYPES)}")
     s.add_argument("--status", help="comma-separated session statuses")
