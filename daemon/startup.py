@@ -30,7 +30,6 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, unquote_plus, urlsplit
 
 import structlog
 
@@ -41,6 +40,7 @@ from labd.daemon.systemd import Notifier
 from labd.ipc.paths import UnusableHome
 from labd.ipc.safe_files import open_regular, read_regular, write_atomic
 from labd.runner.secret_env import split_secrets, store_withheld
+from labd.store.urls import url_passwords
 
 __all__ = ["AlreadyRunning", "Startup", "begin", "signing_key"]
 
@@ -130,7 +130,7 @@ def begin(cfg: Config) -> Startup:
         # The template (and so every runner) starts without secrets in its environment: code a session
         # runs cannot find them in os.environ nor in /proc/<pid>/environ. Runners get them in their spec.
         clean_env, secrets = split_secrets(dict(os.environ), cfg.secret_env)
-        secrets = store_withheld(secrets, _db_passwords(cfg.db_url), cfg.db_url.startswith("postgresql"))
+        secrets = store_withheld(secrets, url_passwords(cfg.db_url), cfg.db_url.startswith("postgresql"))
         template = TemplateLauncher(env=clean_env, preload=cfg.preload, spare_runners=cfg.spare_runners,
                                     runner_nice=cfg.runner_nice, session_nofile=nofile["sessions"] or 0)
         template.spawn()
@@ -140,25 +140,6 @@ def begin(cfg: Config) -> Startup:
             os.close(store_fd)
         raise
     return Startup(fd, notifier, nofile, clean_env, secrets, template, store_fd)
-
-
-def _db_passwords(url: str) -> set[str]:
-    """The password in the store's URL as written there and decoded, if it has one (what no session may be given
-    under any name). Parsed here, not by SQLAlchemy: this module runs before the template is spawned, and imports
-    nothing heavy."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return set()
-    found = {password, unquote(password)} if password else set()
-    # ... or given as a query parameter (``?password=``, which the drivers take too: attack review), decoded and as
-    # written there (``s%40cret``: a URL holding it holds that form)
-    for pair in parts.query.split("&"):
-        key, _, raw = pair.partition("=")
-        if raw and "password" in unquote_plus(key).lower():
-            found |= {raw, unquote_plus(raw)}
-    return found
 
 
 def signing_key(home: Path) -> str:

@@ -76,6 +76,11 @@ def check_store(layout: Layout, db_url: str) -> None:
     if recorded and recorded != mine and _moved_with_home(layout, recorded, mine):
         _write(path, mine + "\n")  # the home was moved, its SQLite file with it (check_home checks it is its own)
         return
+    if recorded and recorded != mine and not recorded.startswith("sqlite:") and shown_url(recorded) == mine:
+        # recorded before a password inside the database name was left out (a connection string libpq expands):
+        # the same store; the record is rewritten without that password
+        _write(path, mine + "\n")
+        return
     if recorded and recorded != mine:
         raise WrongStore(
             f"home {layout.home} keeps the sessions of the store {recorded}, not of {mine}: a daemon on another store "

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from labd.daemon.startup import _db_passwords
 from labd.daemon.store_identity import (
     HOME_ID,
     MARK,
@@ -28,6 +27,7 @@ from labd.daemon.store_identity import (
     store_identity,
 )
 from labd.ipc.paths import UnusableHome, layout_for
+from labd.store.urls import url_passwords as _db_passwords
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -196,3 +196,27 @@ def test_serve_check_refuses_a_fifo_home_lock_in_a_new_home_as_serve_does(tmp_pa
     out = subprocess.run([sys.executable, "-m", "labd", "--home", str(home), "serve", "--check"],
                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 2 and "labd.lock is not a regular file" in out.stderr, out.stderr
+
+
+def test_a_password_inside_a_database_name_libpq_expands_is_never_shown_nor_recorded(tmp_path: Path) -> None:
+    """libpq reads a database name holding ``=`` (the URL's path, or ``?dbname=``) as a connection string of its
+    own, and uses the password in it: that password is left out of what is shown and recorded (the rest of the
+    string stays, so two stores stay apart) and withheld from sessions, in a string or a nested URI. A home that
+    recorded its store with that password in it (before) still serves, its record rewritten without it."""
+    from urllib.parse import quote
+
+    in_path = "postgresql+psycopg://db.example/" + quote("host=pg1 password='hun ter\\'2' port=5433", safe="")
+    in_query = "postgresql://db.example/labd?dbname=host%3Dpg2%20password%3Dhunter3&application_name=x"
+    nested = "postgresql://db.example/labd?dbname=postgresql%3A%2F%2Fu%3Ahunter4%40pg3%2Fdb"
+    for url, secret, kept in ((in_path, "hun ter'2", "pg1"), (in_query, "hunter3", "pg2"), (nested, "hunter4", "pg3")):
+        for shown in (shown_url(url), store_identity(url)):
+            assert "hunter" not in shown and "hun%20ter" not in shown and "hun+ter" not in shown, shown
+            assert kept in shown, shown
+        assert secret in _db_passwords(url)
+    assert store_identity(in_query) != store_identity(in_query.replace("pg2", "pg9"))  # other stores stay apart
+    home = _home(tmp_path)
+    legacy = "postgresql://db.example/labd?dbname=host%3Dpg2+password%3Dhunter3&application_name=x"
+    (home / "store").write_text(legacy + "\n")
+    check_store(layout_for(home), in_query)
+    record = (home / "store").read_text()
+    assert record.strip() == store_identity(in_query) and "hunter3" not in record

@@ -190,8 +190,8 @@ def test_what_logs_in_to_a_postgresql_store_is_withheld_from_sessions() -> None:
     """With a PostgreSQL store, the libpq settings (``PGPASSWORD``, ``PGPASSFILE`` ...) and any value holding the
     store's password, as its URL writes it or decoded (``DATABASE_URL`` to the same server), are not given to
     sessions; other secrets are. With a SQLite store, a ``PGPASSWORD`` is the user's own secret."""
-    from labd.daemon.startup import _db_passwords
     from labd.runner.secret_env import store_withheld
+    from labd.store.urls import url_passwords as _db_passwords
 
     passwords = _db_passwords("postgresql+psycopg://labd:s%40cret@db.example:5432/labd")
     assert passwords == {"s%40cret", "s@cret"}
