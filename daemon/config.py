@@ -105,8 +105,8 @@ class Config:
     #: default per-session output cap (captured stdout+stderr kept): a size ("1G"), or "none" for no cap
     max_output: int | str | None = "1G"
     #: RLIMIT_NOFILE (soft = hard) of every session process: runner, workflow checks and all they start, executed
-    #: code included (set in the template, daemon/launcher.py); 0 = inherit the daemon's. Well below the daemon's
-    #: own limit, so that one process of a session cannot take all of the daemon's file descriptors
+    #: code included (set in the template, daemon/template_launcher.py); 0 = inherit the daemon's. Well below the
+    #: daemon's own limit, so that one process of a session cannot take all of the daemon's file descriptors
     session_nofile: int = 4096
     #: a cgroup per local session where the daemon can make one (daemon/cgroups.py): "auto" or "off"
     cgroups: str = "auto"

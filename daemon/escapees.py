@@ -2,7 +2,7 @@
 
 The template forks runners, the spare runner, the pre-forked workflow checker and workflow checks, and nothing
 else; it announces each child it forks (``{"op": "forked"}`` on its pipe, kept by
-:meth:`labd.daemon.launcher.TemplateLauncher.template_children`). A child of the template that it did not fork
+:meth:`labd.daemon.template_launcher.TemplateLauncher.template_children`). A child of the template that it did not fork
 was made by ``clone(CLONE_PARENT)`` in a session's process: a sibling of the runner, outside the tree the monitor
 walks. The clone filter every template child inherits refuses that call (:mod:`labd.runner.sandbox.seccomp`);
 should one appear anyway (a kernel without seccomp, an architecture the filter does not know), it is killed here.

@@ -35,10 +35,11 @@ from typing import Any
 import structlog
 
 from labd.daemon import ray_adopt
-from labd.daemon.launcher import ExitInfo, LaunchError, TemplateLauncher
+from labd.daemon.launcher import ExitInfo, LaunchError
 from labd.daemon.ray_link import DriverLink
 from labd.daemon.ray_placement import PlacementError, placement_from, ray_options
 from labd.daemon.runner_gateway import RunnerGateway
+from labd.daemon.template_launcher import TemplateLauncher
 from labd.ipc.units import shortened
 
 __all__ = ["RayLauncher", "Launchers", "placement_from", "PlacementError", "NO_RAY"]

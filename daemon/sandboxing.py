@@ -86,9 +86,10 @@ class SandboxSetup:
 
     def template_hints(self) -> dict[str, Any]:
         """The parts every local runner's spec shares (sandbox and Landlock hide lists, where session directories
-        are, the next runner's cgroup), for the runner template's first spare to prepare for (daemon/launcher.py,
-        TemplateLauncher.hints): without them the first session after a start walked the file system for its
-        Landlock rules and moved between cgroups on its start's path (~3x the later sessions' start)."""
+        are, the next runner's cgroup), for the runner template's first spare to prepare for
+        (daemon/template_launcher.py, TemplateLauncher.hints): without them the first session after a start walked
+        the file system for its Landlock rules and moved between cgroups on its start's path (~3x the later
+        sessions' start)."""
         spec: dict[str, Any] = {"sandbox": self.sandbox_spec("", False),
                                 # a session's work directory is <sessions>/<id>/work: its spool goes in <sessions>/<id>
                                 "workdir": str(self.layout.sessions_dir / "next" / "work")}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from labd.daemon.config import Config
-from labd.daemon.launcher import TemplateLauncher
+from labd.daemon.template_launcher import TemplateLauncher
 from labd.ipc.connection import ConnectionInfo
 
 __all__ = ["GatewayError", "launchers", "start_gateway", "start_telemetry"]

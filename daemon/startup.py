@@ -34,9 +34,9 @@ from typing import Any
 import structlog
 
 from labd.daemon.config import Config
-from labd.daemon.launcher import TemplateLauncher
 from labd.daemon.store_identity import check_store, lock_store
 from labd.daemon.systemd import Notifier
+from labd.daemon.template_launcher import TemplateLauncher
 from labd.ipc.paths import UnusableHome
 from labd.ipc.safe_files import open_regular, read_regular, write_atomic
 from labd.runner.secret_env import split_secrets, store_withheld

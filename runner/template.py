@@ -328,7 +328,7 @@ def main() -> None:
         if not chunk:  # the daemon is gone; our children (runners) carry on
             for fd in private():  # an unused spare and checker see end of file and exit
                 os.close(fd)
-            # End of our output is the answer the daemon waits for (daemon/launcher.py, shutdown): from here on
+            # End of our output is the answer the daemon waits for (daemon/template_launcher.py, shutdown): from here on
             # we only reap. Replaced, not closed, so fd 1 is not reused.
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, out_fd)

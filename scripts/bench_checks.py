@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_common import fmt_ms, print_machine, print_table, ratio, summary  # noqa: E402
 
-from labd.daemon.launcher import TemplateLauncher  # noqa: E402
+from labd.daemon.template_launcher import TemplateLauncher  # noqa: E402
 from labd.runner.checks import check_workflow  # noqa: E402
 
 MODULE = "def count(ctx, n: int = 2, delay: float = 0.2):\n    print(n)\n"

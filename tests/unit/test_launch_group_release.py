@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from labd.daemon.launcher import LaunchError, TemplateLauncher
+from labd.daemon.launcher import LaunchError
+from labd.daemon.template_launcher import TemplateLauncher
 
 
 class _Groups:

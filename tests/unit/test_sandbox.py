@@ -10,7 +10,7 @@ import pytest
 
 import labd.runner.sandbox as sandbox_pkg
 from labd.daemon.config import ConfigError, load_config
-from labd.daemon.launcher import hand_over_key
+from labd.daemon.template_launcher import hand_over_key
 from labd.runner.credentials import take_key
 from labd.runner.sandbox import bwrap, landlock, seccomp
 
