@@ -19,6 +19,13 @@ __all__ = ["register"]
 
 
 def cmd_logs(args: argparse.Namespace, ctx: Ctx) -> int:
+    if len(args.session) != 1 or args.tag:
+        if not args.session and not args.tag:
+            raise CliError("name a session (or several), or select live sessions with --tag K=V")
+        from labd.frontends.cli.multilogs import logs_of_many
+
+        return logs_of_many(args, ctx)
+    args.session = args.session[0]
     c = ctx.client()
     if args.follow:  # a follower sees a daemon restart through (labd wait too): from its first request on
         see_restarts_through(c)
@@ -150,8 +157,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 "\\x07), colours kept;\na carriage return starts a new line. Piped or redirected, the output is "
                 "exactly what was recorded.\n\nExit status: with -f, how the session ended (as `labd run --follow` / "
                 "`--wait`): 0 if it\ncompleted, 1 if it ended otherwise (failed, cancelled, lost), 130 on Ctrl-C "
-                "(detached: the\nsession keeps running); without -f, 0. An error is 2.")
-    s.add_argument("session")
+                "(detached: the\nsession keeps running); without -f, 0. An error is 2.\n\nSeveral sessions "
+                "(`labd logs -f A B`, `--tag K=V`): each line prefixed with its session's\nname, whole lines only; "
+                "exit status 0 if all completed.")
+    s.add_argument("session", nargs="*", help="a session (id or name); several: their lines prefixed")
+    s.add_argument("--tag", action="append", default=[], metavar="K=V",
+                   help="also every live session with this tag (repeat: all of them)")
     s.add_argument("--follow", "-f", action="store_true", help="keep printing until the session ends "
                    "(exit status: 0 if it completed, 1 otherwise)")
     s.add_argument("--tail", "-n", type=int, metavar="N", help="only the last N lines of the history")
