@@ -214,8 +214,11 @@ def cmd_result(args: argparse.Namespace, ctx: Ctx) -> int:
             ctx.out.json(value)
         elif isinstance(value, dict) and isinstance(value.get(RESULT_KEY), str):
             ctx.out.line(str(value.get("repr") or ""))
-            ctx.out.line(f"(a pickled {value.get('type') or 'value'} of {format_size(int(value.get('size') or 0))}, "
-                         "shown by its repr: labd does not unpickle it here, as unpickling runs code; in Python: "
+            size = value.get("size")  # what the runner recorded: a workflow may return such a dict itself
+            sized = isinstance(size, int) and not isinstance(size, bool) and size >= 0
+            of = f" of {format_size(size)}" if sized else ""
+            ctx.out.line(f"(a pickled {str(value.get('type') or 'value')[:200]}{of}, shown by its repr: labd does not "
+                         "unpickle it here, as unpickling runs code; in Python: "
                          f"labd.Client().result({sid!r}))", "dim", err=True)
         else:
             ctx.out.line(value if isinstance(value, str) else json.dumps(value, indent=2))

@@ -106,3 +106,17 @@ def test_a_remote_exception_is_shown_by_its_text_and_never_unpickled(shared_daem
         assert marker.exists()
     finally:
         c.close()
+
+
+def test_a_workflow_returning_what_looks_like_a_pickled_value_cannot_break_the_command(shared_daemon,
+                                                                                       tmp_path: Path) -> None:
+    """A workflow may return a dict shaped like a recorded pickle with fields of any type (its own code chose them):
+    ``labd result`` shows it without a traceback, and ``--json`` gives the dict as recorded."""
+    (tmp_path / "forged.py").write_text(
+        "def forged(ctx):\n    return {'labd.pickle': 'AAAA', 'size': 'huge', 'type': ['x'], 'repr': 7}\n")
+    done = labd("run", "./forged.py", "--wait", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    sid = done.stdout.strip()
+    got = labd("result", sid)
+    assert got.returncode == 0 and got.stdout.strip() == "7" and "Traceback" not in got.stderr, got.stderr
+    assert json.loads(labd("result", sid, "--json").stdout)["size"] == "huge"
