@@ -162,7 +162,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 "exit status 0 if all completed.")
     s.add_argument("session", nargs="*", help="a session (id or name); several: their lines prefixed")
     s.add_argument("--tag", action="append", default=[], metavar="K=V",
-                   help="also every live session with this tag (repeat: all of them)")
+                   help="also every session with this tag, ended ones too (repeat: all of them)")
     s.add_argument("--follow", "-f", action="store_true", help="keep printing until the session ends "
                    "(exit status: 0 if it completed, 1 otherwise)")
     s.add_argument("--tail", "-n", type=int, metavar="N", help="only the last N lines of the history")

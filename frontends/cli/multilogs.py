@@ -1,4 +1,4 @@
-"""``labd logs [-f] A B ...`` and ``labd logs -f --tag K=V``: several sessions' output and activity in one stream.
+"""``labd logs [-f] A B ...`` and ``labd logs [-f] --tag K=V``: several sessions' output and activity in one stream.
 
 Each line is prefixed with its session (``name | ``, the id when names repeat), as ``docker compose logs`` does, and
 only whole lines are printed, so that two sessions printing at once never share a line: a session's unfinished line
@@ -30,6 +30,9 @@ __all__ = ["logs_of_many", "Prefixed"]
 LABEL_WIDTH = 24
 #: an unfinished line longer than this is printed as it is (a session that never ends its line must not grow us)
 MAX_PARTIAL = 64 * 1024
+#: the most sessions ``--tag`` selects, and the most live ones followed at once (a thread and a connection each)
+MAX_TAGGED = 9_999  # (session.list lists at most 10,000: one more tells there are more)
+MAX_FOLLOWED = 200
 
 
 class Prefixed:
@@ -78,17 +81,24 @@ class Prefixed:
 
 
 def _sessions(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
-    """The sessions named (in order, each once) and, with ``--tag``, every live session with those tags."""
+    """The sessions named (in order, each once) and, with ``--tag``, every session with those tags, oldest first
+    (ended ones too, as ``labd ps --tag``: a tag names a batch, and a batch that ended has its logs to show)."""
     c = ctx.client()
     rows: dict[str, dict[str, Any]] = {}
     for ref in args.session:
         row = c.lookup(ref)
         rows.setdefault(row["id"], row)
     if args.tag:
-        for row in reversed(c.sessions(status=list(LIVE), limit=10_000, tags=parse_tags(args.tag))):
+        tagged = c.sessions(limit=MAX_TAGGED + 1, tags=parse_tags(args.tag))
+        if len(tagged) > MAX_TAGGED:
+            raise CliError(f"more than {MAX_TAGGED} sessions have those tags: name the sessions, or narrow the tags")
+        for row in reversed(tagged):
             rows.setdefault(row["id"], row)
         if not rows:
-            raise CliError("no live session has those tags")
+            raise CliError("no session has those tags")
+    if args.follow and sum(r["status"] in LIVE for r in rows.values()) > MAX_FOLLOWED:
+        raise CliError(f"more than {MAX_FOLLOWED} of those sessions are live: follow at most {MAX_FOLLOWED} at once "
+                       "(each is a connection of its own)")
     return list(rows.values())
 
 
@@ -119,7 +129,7 @@ def logs_of_many(args: argparse.Namespace, ctx: Ctx) -> int:
             lines = _last_lines(lines, args.tail)
         for line in lines:
             printer.write(sid, line)
-        if not args.follow:
+        if not args.follow or row["status"] not in LIVE:  # its last line is not coming: printed now, in its place
             printer.end(sid)
     if not args.follow:
         return 0
@@ -134,6 +144,13 @@ def _last_lines(lines: list[Line], n: int) -> list[Line]:
     if lines and (not ends or ends[-1] != len(lines) - 1):
         ends.append(len(lines) - 1)  # an unfinished last line is a line
     return lines[ends[-n - 1] + 1:] if len(ends) > n else lines
+
+
+def _ended(ctx: Ctx, printer: Prefixed, ended: dict[str, str], sid: str, status: str) -> None:
+    """Note how a session ended (said on stderr unless it completed)."""
+    ended[sid] = status
+    if status != "completed":
+        ctx.out.line(f"{printer.prefix[sid]}== ended {status}", "bold red", err=True)
 
 
 def _follow_all(ctx: Ctx, rows: list[dict[str, Any]], printer: Prefixed, last: dict[str, int], raw: bool) -> int:
@@ -158,10 +175,16 @@ def _follow_all(ctx: Ctx, rows: list[dict[str, Any]], printer: Prefixed, last: d
         finally:
             c.close()
 
-    ctx.out.line(f"== following {len(rows)} sessions (Ctrl-C detaches; they keep running)", "bold", err=True)
-    for row in rows:
-        threading.Thread(target=follow_one, args=(row["id"],), name=f"follow-{row['id']}", daemon=True).start()
     ended: dict[str, str] = {}
+    live = [r for r in rows if r["status"] in LIVE]
+    for row in rows:  # ended before this began: their history is all there is
+        if row["status"] not in LIVE:
+            _ended(ctx, printer, ended, row["id"], row["status"])
+    if live:
+        ctx.out.line(f"== following {len(live)} live session{'s' if len(live) > 1 else ''} (Ctrl-C detaches; "
+                     f"{'they keep' if len(live) > 1 else 'it keeps'} running)", "bold", err=True)
+    for row in live:
+        threading.Thread(target=follow_one, args=(row["id"],), name=f"follow-{row['id']}", daemon=True).start()
     try:
         with ctrl_c() as pressed:
             while len(ended) < len(rows):
@@ -176,9 +199,7 @@ def _follow_all(ctx: Ctx, rows: list[dict[str, Any]], printer: Prefixed, last: d
                 printer.end(sid)
                 if what == "error":
                     raise item
-                ended[sid] = item
-                if item != "completed":
-                    ctx.out.line(f"{printer.prefix[sid]}== ended {item}", "bold red", err=True)
+                _ended(ctx, printer, ended, sid, item)
     except KeyboardInterrupt:
         left = [r["id"] for r in rows if r["id"] not in ended]
         ctx.out.line(f"\n== detached: {', '.join(left)} keep running (`labd ps` lists them)", "bold yellow",
