@@ -259,14 +259,17 @@ def check_params(params: Mapping[str, Any], payload: str) -> dict[str, Any]:
     return {**params, "sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
 
 
-def decode_result(result: Any, session: str = "") -> Any:
+def decode_result(result: Any, session: str = "", *, pickled: bool = True) -> Any:
     """A session's result as a Python value: unpickled when the runner pickled it, else the JSON value itself.
+    ``pickled``: the session is a submitted function's (:data:`FUNCTION_WORKFLOW`), whose runner pickles its result;
+    any other workflow's result is its own JSON, a dict shaped like a pickled one included, and is never unpickled
+    (a workflow returning ``{"labd.pickle": ...}`` had its code run in the process that read its result: review).
 
     A value that does not unpickle here (most often: its class is in a module the session's runner could import
     but this process cannot) raises :class:`RemoteError` ``ResultNotLoadable`` naming ``session``, the value's
     type and why, with the unpickling error as its ``__cause__``: the call did succeed, its value is in the record
     (``labd result`` shows its repr), and it loads in a process that can import what it needs."""
-    if isinstance(result, dict) and isinstance(result.get(RESULT_KEY), str):
+    if pickled and isinstance(result, dict) and isinstance(result.get(RESULT_KEY), str):
         try:
             return loads(base64.b64decode(result[RESULT_KEY]))
         except Exception as exc:  # noqa: BLE001 - unpickling runs arbitrary code: any exception type

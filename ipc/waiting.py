@@ -155,22 +155,24 @@ class Waiting:
 
         Survives a daemon restart (the session does): it carries on with the next daemon if one serves within
         ``timeout`` (None: within :attr:`restart_wait` of the stop), else raises ``no_daemon`` naming the session."""
-        from labd.ipc.functions import decode_result, remote_error, result_missing
+        from labd.ipc.functions import FUNCTION_WORKFLOW, decode_result, remote_error, result_missing
 
         end = self.outcome(ref, timeout)
         row, finished = end["session"], end["finished"]
         if row["status"] == "completed" and finished is not None and not result_missing(finished):
-            return decode_result(finished.get("result"), session=row["id"])
+            return decode_result(finished.get("result"), session=row["id"],
+                                 pickled=row["workflow"] == FUNCTION_WORKFLOW)
         raise remote_error(row, finished, end["error"])
 
     def outcome(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
         """Wait for a session to end and return what its record says of how its last run ended, decoding nothing:
         ``{"session": its final row, "finished": the run's session.finished payload (None if its runner reported
-        none), "error": a submitted function's recorded exception (type, message, traceback) or None}``. A pickled
+        none), "error": a submitted function's recorded exception (type, message, traceback, pickle) or None: only a
+        submitted function's session has one, any other workflow's custom events are its own}``. A pickled
         result stays as recorded (``{"labd.pickle": ..., "type", "repr", "size"}``): unpickling runs code, which a
         terminal showing a result must not (``labd result``); :meth:`result` unpickles. ``timeout`` and a daemon
         restart as in :meth:`result`."""
-        from labd.ipc.functions import ERROR_EVENT
+        from labd.ipc.functions import ERROR_EVENT, FUNCTION_WORKFLOW
 
         timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -189,7 +191,10 @@ class Waiting:
         start, found = self._reading(this_run, deadline, sid)
         finished = found[0]["payload"] if found else None
         error = None
-        if finished is not None and row["status"] not in ("completed", "cancelled"):
+        # A submitted function's runner records its exception as this custom event; another workflow could emit one
+        # too, with a pickle of its choosing, which result() would load in the caller's process: not read for those.
+        if finished is not None and row["status"] not in ("completed", "cancelled") \
+                and row["workflow"] == FUNCTION_WORKFLOW:
             def last_error() -> dict[str, Any] | None:  # scanned page by page: a session's custom events are not held
                 found = None
                 for ev in self.history(sid, since=start, kinds=["custom"]):

@@ -195,7 +195,7 @@ def cmd_result(args: argparse.Namespace, ctx: Ctx) -> int:
     A session that did not complete: why on stderr (a function's remote traceback too), exit 1."""
     from labd.frontends.cli.interrupt import ctrl_c
     from labd.frontends.cli.waits import see_restarts_through
-    from labd.ipc.functions import RESULT_KEY, remote_error, result_missing
+    from labd.ipc.functions import FUNCTION_WORKFLOW, RESULT_KEY, remote_error, result_missing
 
     client = ctx.client()
     see_restarts_through(client)
@@ -208,13 +208,15 @@ def cmd_result(args: argparse.Namespace, ctx: Ctx) -> int:
         return 130
     row, finished = end["session"], end["finished"]
     sid = row["id"]
+    # only a submitted function's runner pickles its result: another workflow's dict shaped so is its own JSON
+    function = row["workflow"] == FUNCTION_WORKFLOW
     if row["status"] == "completed" and finished is not None and not result_missing(finished):
         value = finished.get("result")
         if args.json:
             ctx.out.json(value)
-        elif isinstance(value, dict) and isinstance(value.get(RESULT_KEY), str):
+        elif function and isinstance(value, dict) and isinstance(value.get(RESULT_KEY), str):
             ctx.out.line(str(value.get("repr") or ""))
-            size = value.get("size")  # what the runner recorded: a workflow may return such a dict itself
+            size = value.get("size")  # what the runner recorded
             sized = isinstance(size, int) and not isinstance(size, bool) and size >= 0
             of = f" of {format_size(size)}" if sized else ""
             ctx.out.line(f"(a pickled {str(value.get('type') or 'value')[:200]}{of}, shown by its repr: labd does not "

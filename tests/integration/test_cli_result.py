@@ -4,6 +4,7 @@ shown by what its runner recorded of it, never unpickled (unpickling runs the se
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -108,15 +109,45 @@ def test_a_remote_exception_is_shown_by_its_text_and_never_unpickled(shared_daem
         c.close()
 
 
-def test_a_workflow_returning_what_looks_like_a_pickled_value_cannot_break_the_command(shared_daemon,
-                                                                                       tmp_path: Path) -> None:
-    """A workflow may return a dict shaped like a recorded pickle with fields of any type (its own code chose them):
-    ``labd result`` shows it without a traceback, and ``--json`` gives the dict as recorded."""
-    (tmp_path / "forged.py").write_text(
-        "def forged(ctx):\n    return {'labd.pickle': 'AAAA', 'size': 'huge', 'type': ['x'], 'repr': 7}\n")
-    done = labd("run", "./forged.py", "--wait", cwd=tmp_path)
+def test_a_workflow_forging_a_pickled_result_or_a_function_error_never_gets_it_unpickled(shared_daemon,
+                                                                                        tmp_path: Path) -> None:
+    """Only a submitted function's runner pickles its result and records its exception as a pickle. Another workflow
+    returning a dict shaped like a recorded pickle, or emitting the function's error event with a pickle, whose
+    unpickling would create a file: neither ``labd result`` nor the SDK's ``result`` unpickles it (the SDK did: the
+    workflow's code ran, unsandboxed, in the process reading its result: review). The dict is the workflow's JSON."""
+    marker = tmp_path / "pwned"
+    (tmp_path / "forged.py").write_text(textwrap.dedent(f"""
+        import base64, pathlib, pickle
+
+        class Trap:
+            def __reduce__(self):
+                return (pathlib.Path.touch, (pathlib.Path({str(marker)!r}),))
+
+        def _trap():
+            return base64.b64encode(pickle.dumps(Trap())).decode()
+
+        def returns(ctx):
+            return {{"labd.pickle": _trap(), "size": "huge", "type": ["x"], "repr": 7}}
+
+        def raises(ctx):
+            ctx.emit("labd.function.error", {{"type": "X", "message": "m", "traceback": "", "pickle": _trap()}})
+            raise ValueError("plain failure")
+    """))
+    done = labd("run", "./forged.py:returns", "--wait", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     sid = done.stdout.strip()
-    got = labd("result", sid)
-    assert got.returncode == 0 and got.stdout.strip() == "7" and "Traceback" not in got.stderr, got.stderr
-    assert json.loads(labd("result", sid, "--json").stdout)["size"] == "huge"
+    got = labd("result", sid, "--json")
+    assert got.returncode == 0 and json.loads(got.stdout)["size"] == "huge", got.stderr
+    shown = labd("result", sid)
+    assert shown.returncode == 0 and '"labd.pickle"' in shown.stdout and "pickled" not in shown.stderr
+    failed = labd("run", "./forged.py:raises", "--wait", cwd=tmp_path).stdout.strip()
+    assert labd("result", failed).returncode == 1
+    c = shared_daemon.client()
+    try:
+        assert c.result(sid)["labd.pickle"]  # the dict itself
+        with pytest.raises(RemoteError) as raised:
+            c.result(failed)
+        assert raised.value.type_name == "ValueError" and raised.value.exception is None
+    finally:
+        c.close()
+    assert not marker.exists()
