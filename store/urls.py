@@ -18,7 +18,7 @@ _SECRET_PARAMS = ("password", "secret", "token", "passfile", "sslkey")
 
 
 #: one ``key = value`` of a libpq connection string, the value bare or single-quoted (backslash escapes)
-_CONNINFO_PAIR = re.compile(r"([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+_CONNINFO_PAIR = re.compile(r"([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|(?:\\.|[^\s\\])+)")
 
 
 def _secret(key: str) -> bool:
@@ -56,8 +56,8 @@ def _conninfo_passwords(text: str) -> set[str]:
     for key, value in _CONNINFO_PAIR.findall(text):
         if "password" in key.lower():
             if value.startswith("'"):
-                value = re.sub(r"\\(.)", r"\1", value[1:-1])
-            found.add(value)
+                value = value[1:-1]
+            found.add(re.sub(r"\\(.)", r"\1", value))  # libpq's escapes, quoted or not (``SEC\ RET``)
     return found
 
 

@@ -103,13 +103,24 @@ def _sessions(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
 
 
 def _labels(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """Each session's name, or its id where names repeat (or it has none)."""
-    names = [r.get("name") or "" for r in rows]
-    return {r["id"]: name if name and names.count(name) == 1 else r["id"] for r, name in zip(rows, names, strict=True)}
+    """Each session's name as shown (cut to :data:`LABEL_WIDTH`), or its id where those repeat (or it has none):
+    a sweep's names often differ only at their end, past the cut."""
+    shown = [(r.get("name") or "")[:LABEL_WIDTH] for r in rows]
+    return {r["id"]: name if name and shown.count(name) == 1 else r["id"] for r, name in zip(rows, shown, strict=True)}
 
 
 def logs_of_many(args: argparse.Namespace, ctx: Ctx) -> int:
     """``labd logs`` of several sessions (see the module docstring)."""
+    try:
+        with ctrl_c():
+            return _logs_of_many(args, ctx)
+    except KeyboardInterrupt:  # (the follow says which sessions keep running; here, during the histories)
+        if args.follow:
+            ctx.out.line("\n== detached: the sessions keep running (`labd ps` lists them)", "bold yellow", err=True)
+        return 130
+
+
+def _logs_of_many(args: argparse.Namespace, ctx: Ctx) -> int:
     if args.tail is not None and args.tail < 0:
         raise CliError("--tail takes a number of lines (0 or more)")
     c = ctx.client()

@@ -214,6 +214,8 @@ def test_a_password_inside_a_database_name_libpq_expands_is_never_shown_nor_reco
             assert kept in shown, shown
         assert secret in _db_passwords(url)
     assert store_identity(in_query) != store_identity(in_query.replace("pg2", "pg9"))  # other stores stay apart
+    escaped = "postgresql://db.example/" + quote("host=pg4 password=SEC\\ RET", safe="")  # libpq's escape, unquoted
+    assert "SEC RET" in _db_passwords(escaped) and "SEC" not in shown_url(escaped)
     home = _home(tmp_path)
     legacy = "postgresql://db.example/labd?dbname=host%3Dpg2+password%3Dhunter3&application_name=x"
     (home / "store").write_text(legacy + "\n")
