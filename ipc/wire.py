@@ -71,9 +71,12 @@ def encode_json(obj: Any) -> bytes:
     except orjson.JSONEncodeError as exc:
         if "ecursion" in str(exc):
             raise PayloadError(f"value nested deeper than {MAX_DEPTH} levels cannot be recorded") from None
-    # orjson refuses some values without asking the fallback (ints over 64 bits, tuple keys):
-    # sanitise a copy rather than lose the message.
-    return orjson.dumps(_sanitise(obj), default=json_fallback, option=orjson.OPT_NON_STR_KEYS)
+    # orjson refuses some values without asking the fallback (ints over 64 bits, tuple keys, strings holding lone
+    # surrogates): sanitise a copy rather than lose the message (a result holding one crashed the runner: review).
+    try:
+        return orjson.dumps(_sanitise(obj), default=json_fallback, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise PayloadError(f"value cannot be recorded as JSON: {exc}") from None
 
 
 def nesting_ok(obj: Any, limit: int = MAX_DEPTH) -> bool:
@@ -297,14 +300,34 @@ def json_int(n: int) -> bool:
     return -(2**63) <= n < 2**64
 
 
+def _text(s: str) -> str:
+    """``s`` as UTF-8 can carry it: a lone surrogate (``"\\udcff"``, from bytes decoded with ``surrogateescape``) as
+    its escape."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _big_int(n: int) -> str:
+    """An int JSON cannot carry as a number, as text (past Python's 4,300 digits, its size instead)."""
+    try:
+        return repr(n)
+    except ValueError:
+        return f"<int of {n.bit_length():,} bits, too long to write out>"
+
+
 def _sanitise(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return _text(obj)
     if isinstance(obj, dict):
-        return {k if isinstance(k, str | int | float | bool) or k is None else repr(k): _sanitise(v)
-                for k, v in obj.items()}
+        return {_text(k) if isinstance(k, str) else k if isinstance(k, int | float | bool) or k is None else repr(k):
+                _sanitise(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_sanitise(v) for v in obj]
     if isinstance(obj, int) and not isinstance(obj, bool) and not json_int(obj):
-        return repr(obj)
+        return _big_int(obj)
     return obj
 
 
