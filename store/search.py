@@ -28,7 +28,7 @@ __all__ = ["SearchIndex", "IndexHints", "KINDS", "MAX_WORDS", "QueryTooLong", "q
 
 #: the event kinds that make documents (see _doc)
 KINDS = ("session.created", "step.started", "agent.message", "code.execution", "file.created", "file.changed",
-         "approval.requested", "session.finished", "step.finished")
+         "approval.requested", "session.finished", "step.finished", "session.ended")
 #: the index's layout: 2 added the ``error`` documents (indexes made before get them once: SearchIndex._backfill)
 INDEX_VERSION = 2
 #: built once (statement construction was a large share of an update with hundreds of sessions)
@@ -117,12 +117,15 @@ def _doc(kind: str, p: dict[str, Any]) -> tuple[str, str, str] | None:
     if kind == "approval.requested":
         return "approval", str(p.get("kind", "")), str(p.get("prompt", ""))
     if kind == "session.finished":
-        if p.get("outcome") != "completed" and p.get("error"):  # what went wrong is what people search for
-            return "error", f"session {p.get('outcome', '')}", f"{p['error']}\n{p.get('traceback') or ''}"
+        if p.get("outcome") == "failed" and p.get("error"):  # what went wrong is what people search for
+            return "error", "session failed", f"{p['error']}\n{p.get('traceback') or ''}"
         result = p.get("result")
         return "result", str(p.get("outcome", "")), result if isinstance(result, str) else orjson.dumps(result).decode()
     if kind == "step.finished" and p.get("error"):
         return "error", str(p.get("name", "")), str(p["error"])
+    if kind == "session.ended" and p.get("status") in ("failed", "lost") and p.get("reason") and not str(
+            p["reason"]).startswith("workflow failed:"):  # an end its runner did not report: a crash, a limit's kill
+        return "error", f"session {p['status']}", str(p["reason"])
     return None
 
 
@@ -238,7 +241,7 @@ class SearchIndex:
         from a backfill a stop interrupted: those are dropped and the backfill starts again (exactly once)."""
         with self._lock, self._db:
             self._db.execute("DELETE FROM docs WHERE type = 'error'")
-        kinds = ("step.finished", "session.finished")
+        kinds = ("step.finished", "session.finished", "session.ended")
         query = (select(events.c.session_id, events.c.seq, events.c.ts, events.c.kind, events.c.node_id,
                         events.c.payload).where(events.c.kind.in_(kinds)))
         docs: list[tuple[Any, ...]] = []

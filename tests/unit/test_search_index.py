@@ -238,9 +238,19 @@ def test_errors_of_failed_steps_and_sessions_are_found(engine: Engine, tmp_path:
     index = SearchIndex(tmp_path / "search.db", engine)
     _failed(engine, "s1")
     _event(engine, "s1", 4, "step.finished", {"name": "fine", "status": "completed", "duration": 0.1})
+    _event(engine, "s1", 5, "session.ended", {"ended_by": "runner", "status": "failed",  # said already: no 2nd doc
+                                              "reason": "workflow failed: ZeroDivisionError: division by zero"})
+    _session(engine, "s2", "crashing")  # its runner crashed: no session.finished, the reason says it all
+    _event(engine, "s2", 2, "session.ended", {"ended_by": "runner", "status": "failed", "reason": "runner exited "
+                                              "with code 1 before reporting an outcome: TypeError: surrogates"})
+    _session(engine, "s3", "stopped")  # stopped by its user: no error
+    _event(engine, "s3", 2, "session.ended", {"ended_by": "sigterm", "status": "cancelled", "reason": "stopped by u"})
     index.update()
     hits = index.search("ZeroDivisionError")
     assert sorted((h["type"], h["seq"]) for h in hits) == [("error", 2), ("error", 3)]
+    assert [(h["session_id"], h["title"]) for h in index.search("surrogates", types=["error"])] == [
+        ("s2", "session failed")]
+    assert index.search("stopped", types=["error"]) == []
     assert [h["seq"] for h in index.search("quotient")] == [3]
     assert [h["type"] for h in index.search("division", types=["error"])] == ["error", "error"]
     index.close()
