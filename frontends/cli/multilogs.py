@@ -52,6 +52,8 @@ class Prefixed:
     def write(self, sid: str, line: Line) -> None:
         """Print what of ``line`` ends a line of its session's stream; keep the rest for the next piece."""
         if line.stream == "note":
+            if line.text.startswith("== session "):  # its end: nothing more comes, its last line goes before this
+                self.end(sid)
             self.out.line(self.prefix[sid] + self._stamp(line.ts) + line.text, line.style, err=True)
             return
         key = (sid, line.stream)
