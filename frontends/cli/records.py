@@ -259,7 +259,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "result", cmd_result, "what a session returned (waits for it to end)",
                 epilog="a string is printed as it is, anything else as JSON; a submitted function's pickled value by "
                        "its recorded repr (never unpickled here). Exit status: 0 completed, 1 otherwise (why on "
-                       "stderr), 2 on a timeout, 130 on Ctrl-C (the session keeps running)")
+                       "stderr), 2 on a timeout or an error (no such session: the message says which), 130 on Ctrl-C "
+                       "(the session keeps running)")
     s.add_argument("session")
     s.add_argument("--timeout", type=duration, default=None, help="give up after this long: 30s, 5m (default: none)")
     add_json(s, "the result as JSON (a pickled one as recorded); for a session that did not complete, "
