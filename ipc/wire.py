@@ -318,12 +318,20 @@ def _big_int(n: int) -> str:
         return f"<int of {n.bit_length():,} bits, too long to write out>"
 
 
+def _key(k: Any) -> Any:
+    """A dict key as orjson takes it (``OPT_NON_STR_KEYS``): an int past 64 bits, or any other type, as text."""
+    if isinstance(k, str):
+        return _text(k)
+    if isinstance(k, int) and not isinstance(k, bool):
+        return k if json_int(k) else _big_int(k)
+    return k if isinstance(k, float | bool) or k is None else repr(k)
+
+
 def _sanitise(obj: Any) -> Any:
     if isinstance(obj, str):
         return _text(obj)
     if isinstance(obj, dict):
-        return {_text(k) if isinstance(k, str) else k if isinstance(k, int | float | bool) or k is None else repr(k):
-                _sanitise(v) for k, v in obj.items()}
+        return {_key(k): _sanitise(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_sanitise(v) for v in obj]
     if isinstance(obj, int) and not isinstance(obj, bool) and not json_int(obj):

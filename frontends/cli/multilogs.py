@@ -107,7 +107,7 @@ def _sessions(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
 def _labels(rows: list[dict[str, Any]]) -> dict[str, str]:
     """Each session's name as shown (cut to :data:`LABEL_WIDTH`), or its id where those repeat (or it has none):
     a sweep's names often differ only at their end, past the cut."""
-    shown = [(r.get("name") or "")[:LABEL_WIDTH] for r in rows]
+    shown = [(r.get("name") or "")[:LABEL_WIDTH].rstrip() for r in rows]  # as padded: "run" and "run " look alike
     return {r["id"]: name if name and shown.count(name) == 1 else r["id"] for r, name in zip(rows, shown, strict=True)}
 
 

@@ -158,9 +158,9 @@ def test_a_result_json_cannot_carry_as_it_is_is_recorded_not_a_runner_crash(shar
     session completes and its result is recorded as text (the runner crashed encoding them: "runner exited with code
     1 before reporting an outcome", a labd traceback in the reason)."""
     (tmp_path / "odd.py").write_text(
-        "def odd(ctx):\n    return {'text': 'bad \\udcff byte', 'big': 10**5000, 'fine': 2**70}\n")
+        "def odd(ctx):\n    return {'text': 'bad \\udcff byte', 'big': 10**5000, 'fine': 2**70, 'keys': {2**64: 1}}\n")
     done = labd("run", "./odd.py", "--wait", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     value = json.loads(labd("result", done.stdout.strip(), "--json").stdout)
     assert value["text"] == "bad \\udcff byte" and value["fine"] == str(2**70)
-    assert value["big"].startswith("<int of 16,610 bits")
+    assert value["big"].startswith("<int of 16,610 bits") and value["keys"] == {str(2**64): 1}
