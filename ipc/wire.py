@@ -63,9 +63,11 @@ class PayloadError(ValueError):
 MAX_DEPTH = 255
 
 
-def encode_json(obj: Any) -> bytes:
+def encode_json(obj: Any, *, strict_text: bool = False) -> bytes:
     """Encode ``obj`` as JSON the way every labd frame is encoded (unknown types as their repr, big ints
-    as strings); raise :class:`PayloadError` for what cannot be encoded at all (too deeply nested)."""
+    as strings); raise :class:`PayloadError` for what cannot be encoded at all (too deeply nested). A string that
+    is not valid UTF-8 (a lone surrogate) is recorded as its escape; with ``strict_text`` (a client's request: it is
+    told, not changed) orjson's ``JSONEncodeError`` (a ``TypeError``) is raised instead."""
     try:
         return orjson.dumps(obj, default=json_fallback, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError as exc:
@@ -74,8 +76,10 @@ def encode_json(obj: Any) -> bytes:
     # orjson refuses some values without asking the fallback (ints over 64 bits, tuple keys, strings holding lone
     # surrogates): sanitise a copy rather than lose the message (a result holding one crashed the runner: review).
     try:
-        return orjson.dumps(_sanitise(obj), default=json_fallback, option=orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(_sanitise(obj, not strict_text), default=json_fallback, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError as exc:
+        if strict_text:
+            raise
         raise PayloadError(f"value cannot be recorded as JSON: {exc}") from None
 
 
@@ -205,7 +209,7 @@ class Codec:
         if parts:
             env["parts"] = True
         env["body"] = body
-        raw = encode_json(env)
+        raw = encode_json(env, strict_text=True)  # a request with a lone surrogate is refused, naming the field
         return [self.signer.sign(raw), raw]
 
     def _events_head(self, session: str) -> bytes:
@@ -318,22 +322,22 @@ def _big_int(n: int) -> str:
         return f"<int of {n.bit_length():,} bits, too long to write out>"
 
 
-def _key(k: Any) -> Any:
+def _key(k: Any, texts: bool) -> Any:
     """A dict key as orjson takes it (``OPT_NON_STR_KEYS``): an int past 64 bits, or any other type, as text."""
     if isinstance(k, str):
-        return _text(k)
+        return _text(k) if texts else k
     if isinstance(k, int) and not isinstance(k, bool):
         return k if json_int(k) else _big_int(k)
     return k if isinstance(k, float | bool) or k is None else repr(k)
 
 
-def _sanitise(obj: Any) -> Any:
+def _sanitise(obj: Any, texts: bool = True) -> Any:
     if isinstance(obj, str):
-        return _text(obj)
+        return _text(obj) if texts else obj
     if isinstance(obj, dict):
-        return {_key(k): _sanitise(v) for k, v in obj.items()}
+        return {_key(k, texts): _sanitise(v, texts) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_sanitise(v) for v in obj]
+        return [_sanitise(v, texts) for v in obj]
     if isinstance(obj, int) and not isinstance(obj, bool) and not json_int(obj):
         return _big_int(obj)
     return obj

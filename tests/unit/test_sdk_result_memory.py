@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from labd.ipc.functions import ERROR_EVENT, RemoteError
+from labd.ipc.functions import ERROR_EVENT, FUNCTION_WORKFLOW, RemoteError
 from labd.ipc.waiting import Waiting
 
 EVENTS = 100_000  # ~1 KB each: ~100 MB if held at once
@@ -20,7 +20,8 @@ class _Record(Waiting):
     local = False
 
     def session(self, ref: str) -> dict[str, Any]:
-        return {"id": "s1", "status": "failed", "last_seq": EVENTS + 2, "reason": "workflow failed"}
+        return {"id": "s1", "status": "failed", "last_seq": EVENTS + 2, "reason": "workflow failed",
+                "workflow": FUNCTION_WORKFLOW}  # a submitted function's session: its error event is read
 
     def events(self, ref: str, since: int = 0, limit: int = 5000, kinds: list[str] | None = None, *,
                full: bool = False, node: str | None = None, agent: str | None = None) -> dict[str, Any]:
