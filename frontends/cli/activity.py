@@ -16,7 +16,7 @@ from labd.frontends.cli import safetext
 from labd.frontends.cli.output import Output, short
 from labd.ipc.units import format_duration, format_limit, format_size
 
-__all__ = ["Activity", "Line"]
+__all__ = ["Activity", "Line", "Printer", "stamp"]
 
 
 class Line(NamedTuple):
@@ -197,6 +197,11 @@ def _policy_line(p: dict[str, Any]) -> tuple[str, str | None] | None:
     return (f"  policy {rule}: allowed {policy_what(p)}{by}", "dim")
 
 
+def stamp(ts: float) -> str:
+    """The time a line was recorded, as ``-t`` / ``--timestamps`` prefixes it (``14:03:07.512 ``)."""
+    return datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3] + " "
+
+
 class Printer:
     """Writes :class:`Line` s: verbatim text to stdout/stderr (made safe on a terminal: :func:`safetext.output`),
     notes to stderr (styled on a terminal). :meth:`close` when done."""
@@ -225,7 +230,7 @@ class Printer:
         self._reset_colours()
 
     def _stamp(self, ts: float) -> str:
-        return datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3] + " " if self.timestamps else ""
+        return stamp(ts) if self.timestamps else ""
 
     def write(self, line: Line) -> None:
         if line.stream == "note":

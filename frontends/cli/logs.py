@@ -15,7 +15,7 @@ from labd.frontends.cli.sessions import RAW_CONTROL_HELP, say_if_queued
 from labd.frontends.cli.waits import follow, see_restarts_through
 from labd.ipc.events import SCHEMAS
 
-__all__ = ["register"]
+__all__ = ["register", "Tail"]
 
 
 def cmd_logs(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -41,7 +41,7 @@ def cmd_logs(args: argparse.Namespace, ctx: Ctx) -> int:
         # Render the history first and keep its last N lines (output lines and activity lines alike). A --tail
         # beyond what a deque can count (sys.maxsize) is more lines than any history has: all of them.
         activity = Activity(sid, raw=raw)
-        tail = _Tail(args.tail if args.tail <= sys.maxsize else None)
+        tail = Tail(args.tail if args.tail <= sys.maxsize else None)
         for ev in c.history(sid):
             last = ev["seq"]
             if args.tail:
@@ -66,7 +66,7 @@ def cmd_logs(args: argparse.Namespace, ctx: Ctx) -> int:
     return 0
 
 
-class _Tail:
+class Tail:
     """The last ``n`` lines (all with ``None``) of a session's rendered history, as ``tail -n`` counts the lines
     ``labd logs`` prints: a line of output is one line however many ``output`` events it came in (each stream's
     pieces go together up to its newline: stdout written between two pieces of a stderr line does not cut it, nor
@@ -105,7 +105,7 @@ class _Tail:
 
 
 class _Pieces:
-    """One line of :class:`_Tail`: its first piece and the text of all its pieces (``None`` once dropped)."""
+    """One line of :class:`Tail`: its first piece and the text of all its pieces (``None`` once dropped)."""
 
     __slots__ = ("line", "texts")
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import queue
+import sys
 import threading
-from datetime import datetime
 from typing import Any
 
 from labd.frontends.cli import safetext
-from labd.frontends.cli.activity import Activity, Line
+from labd.frontends.cli.activity import Activity, Line, stamp
 from labd.frontends.cli.base import LIVE, CliError, Ctx
 from labd.frontends.cli.interrupt import ctrl_c
+from labd.frontends.cli.logs import Tail
 from labd.frontends.cli.output import Output
 from labd.frontends.cli.sessions import parse_tags
 from labd.frontends.cli.waits import see_restarts_through
@@ -47,7 +48,7 @@ class Prefixed:
         self._safe = {"stdout": out.tty and not out.raw_output, "stderr": out.err_tty and not out.raw_output}
 
     def _stamp(self, ts: float) -> str:
-        return datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3] + " " if self.timestamps else ""
+        return stamp(ts) if self.timestamps else ""
 
     def write(self, sid: str, line: Line) -> None:
         """Print what of ``line`` ends a line of its session's stream; keep the rest for the next piece."""
@@ -132,31 +133,23 @@ def _logs_of_many(args: argparse.Namespace, ctx: Ctx) -> int:
     ctx.out.raw_output = args.raw_control_chars
     printer = Prefixed(ctx.out, _labels(rows), timestamps=args.timestamps)
     last: dict[str, int] = {}
-    for row in rows:  # the history of each, one after the other (--tail: its last N lines)
+    for row in rows:  # the history of each, one after the other (--tail: its last N lines, as `labd logs S` counts)
         sid, activity = row["id"], Activity(row["id"], raw=args.raw)
-        lines: list[Line] = []
+        tail = None if args.tail is None else Tail(args.tail if args.tail <= sys.maxsize else None)
         for ev in c.history(sid):
             last[sid] = ev["seq"]
-            lines += activity.lines(ev)
-        if args.tail is not None:
-            lines = _last_lines(lines, args.tail)
-        for line in lines:
+            for line in activity.lines(ev):
+                if tail is None:
+                    printer.write(sid, line)
+                elif args.tail:
+                    tail.add(line)
+        for line in tail.lines() if tail is not None else ():
             printer.write(sid, line)
         if not args.follow or row["status"] not in LIVE:  # its last line is not coming: printed now, in its place
             printer.end(sid)
     if not args.follow:
         return 0
     return _follow_all(ctx, rows, printer, last, args.raw)
-
-
-def _last_lines(lines: list[Line], n: int) -> list[Line]:
-    """The pieces of the last ``n`` lines (a piece that does not end its line belongs to the line after it)."""
-    if n == 0:
-        return []
-    ends = [i for i, line in enumerate(lines) if line.stream == "note" or line.text.endswith(("\n", "\r"))]
-    if lines and (not ends or ends[-1] != len(lines) - 1):
-        ends.append(len(lines) - 1)  # an unfinished last line is a line
-    return lines[ends[-n - 1] + 1:] if len(ends) > n else lines
 
 
 def _ended(ctx: Ctx, printer: Prefixed, ended: dict[str, str], sid: str, status: str) -> None:
