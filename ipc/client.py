@@ -160,7 +160,16 @@ class Client(Transport, Waiting, Skills):
 
     def sessions(self, status: list[str] | None = None, limit: int = 200, *, workflow: str | None = None,
                  tags: dict[str, str] | None = None, since: float | None = None) -> list[dict[str, Any]]:
-        """Sessions newest first, filtered by status, exact workflow, tags (all must match), created since."""
+        """Sessions newest first, filtered by status, exact workflow, tags (all must match), created since: at most
+        ``limit`` (1-10000) of them; :meth:`sessions_page` says whether there are more, :meth:`iter_sessions` reads
+        them all."""
+        return self.sessions_page(status, limit, workflow=workflow, tags=tags, since=since)["sessions"]
+
+    def sessions_page(self, status: list[str] | None = None, limit: int = 200, *, workflow: str | None = None,
+                      tags: dict[str, str] | None = None, since: float | None = None,
+                      before: str | None = None) -> dict[str, Any]:
+        """One page of :meth:`sessions`: ``{sessions, more, next}``. ``more``: sessions past this page match too;
+        ``next``: the ``before`` that reads the next page (with the same filters)."""
         body: dict[str, Any] = {"limit": limit}
         if status:
             body["status"] = status
@@ -170,7 +179,26 @@ class Client(Transport, Waiting, Skills):
             body["tags"] = tags
         if since is not None:
             body["since"] = since
-        return self.request("session.list", **body)["sessions"]  # type: ignore[no-any-return]
+        if before is not None:
+            body["before"] = before
+        reply = self.request("session.list", **body)
+        # a daemon before `more` gave none: a page cut at its limit may then have more
+        reply.setdefault("more", len(reply["sessions"]) >= limit)
+        reply.setdefault("next", None)
+        return reply  # type: ignore[no-any-return]
+
+    def iter_sessions(self, status: list[str] | None = None, *, workflow: str | None = None,
+                      tags: dict[str, str] | None = None, since: float | None = None,
+                      page: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every matching session, newest first, read a page (``page`` sessions, 1-10000) at a time: a session
+        created meanwhile is not listed (it is newer than the first page), and one deleted meanwhile may be."""
+        before: str | None = None
+        while True:
+            got = self.sessions_page(status, page, workflow=workflow, tags=tags, since=since, before=before)
+            yield from got["sessions"]
+            if not got["more"] or not got["next"]:
+                return
+            before = got["next"]
 
     def session(self, ref: str) -> dict[str, Any]:
         return self.request("session.get", session=ref)["session"]  # type: ignore[no-any-return]

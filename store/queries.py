@@ -87,16 +87,21 @@ class Store(GraphQueries, CostQueries):
         return [_session_dict(r) for r in rows]
 
     def sessions(self, *, status: list[str] | None = None, limit: int = 200, workflow: str | None = None,
-                 tags: dict[str, str] | None = None, since: float | None = None) -> list[dict[str, Any]]:
-        """Sessions newest first; ``workflow`` exact, every ``tags`` key=value present, created at or after
-        ``since`` (seconds since the epoch)."""
-        q = select(sessions).order_by(sessions.c.created_at.desc())
+                 tags: dict[str, str] | None = None, since: float | None = None,
+                 before: tuple[float, str] | None = None) -> list[dict[str, Any]]:
+        """Sessions newest first (``created_at``, then ``id``, both descending); ``workflow`` exact, every ``tags``
+        key=value present, created at or after ``since`` (seconds since the epoch); ``before``: only those after
+        the session ``(created_at, id)`` in this order (the next page of a list that ended with it)."""
+        q = select(sessions).order_by(sessions.c.created_at.desc(), sessions.c.id.desc())
         if status:
             q = q.where(sessions.c.status.in_(status))
         if workflow is not None:
             q = q.where(sessions.c.workflow == workflow)
         if since is not None:
             q = q.where(sessions.c.created_at >= since)
+        if before is not None:
+            at, sid = before
+            q = q.where(or_(sessions.c.created_at < at, and_(sessions.c.created_at == at, sessions.c.id < sid)))
         if tags:  # compact JSON (orjson): each pair appears as "k":"v"; checked exactly below
             for k, v in tags.items():
                 q = q.where(sessions.c.tags.contains(orjson.dumps({k: v}).decode()[1:-1], autoescape=True))

@@ -58,6 +58,9 @@ sessions = Table(
 Index("ix_sessions_status", sessions.c.status)
 Index("ix_sessions_parent_id", sessions.c.parent_id)
 Index("ix_sessions_ended_at", sessions.c.ended_at)
+# session.list's order (newest first, the id breaking ties) and its pages (0016): a list is read from the index, not
+# sorted from the whole table
+Index("ix_sessions_created_at", sessions.c.created_at, sessions.c.id)
 
 events = Table(
     "events",

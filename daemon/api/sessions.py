@@ -207,22 +207,47 @@ class ListSessions(Request):
                           hint=f"a list of statuses ({', '.join(STATUSES)})")
         limit = self.arg("limit", int, 200, check=lambda n: 0 < n <= 10_000, hint="1-10000")
         # filters are honoured or refused, never silently ignored
-        unknown = set(self.body) - {"status", "limit", "workflow", "tags", "since"}
+        unknown = set(self.body) - {"status", "limit", "workflow", "tags", "since", "before"}
         if unknown:
             raise ApiError("bad_request", f"session.list has no filter {', '.join(sorted(unknown))} "
-                           "(accepted: status, limit, workflow, tags, since)")
+                           "(accepted: status, limit, workflow, tags, since, before)")
         workflow = self.arg("workflow", str, None, check=lambda s: 0 < len(s) <= 300, hint="a workflow name")
         tags = self.arg("tags", dict, None, check=_valid_tags, hint="an object of str -> str tags")
         since = self.arg("since", (int, float), None, check=lambda t: math.isfinite(t) and t >= 0,
                          hint="a time in seconds since the epoch")
+        before = self.arg("before", str, None, check=lambda c: read_cursor(c) is not None,
+                          hint="the `next` of an earlier session.list reply")
         # a session just queued may still be stored `created` (live_view shows it `queued`): the filter applies to
         # the status shown, so `queued` also reads stored `created` rows
         stored = [*status, "created"] if status is not None and "queued" in status else status
-        rows = self.daemon.store.sessions(status=stored, limit=limit, workflow=workflow, tags=tags,
-                                          since=None if since is None else float(since))
+        # one more than asked for tells whether the list is complete: a list cut at its limit must not look whole
+        rows = self.daemon.store.sessions(status=stored, limit=limit + 1, workflow=workflow, tags=tags,
+                                          since=None if since is None else float(since),
+                                          before=None if before is None else read_cursor(before))
+        more = len(rows) > limit
+        rows = rows[:limit]
         live, positions = self.daemon.monitor.snapshot(), self.daemon.supervisor.queue.positions()
         shown = [_list_row(self, r, live, positions) for r in rows]
-        return {"sessions": shown if status is None else [r for r in shown if r["status"] in status]}
+        return {"sessions": shown if status is None else [r for r in shown if r["status"] in status],
+                "more": more, "next": list_cursor(rows[-1]) if more else None}
+
+
+def list_cursor(row: dict[str, Any]) -> str:
+    """Where a page of ``session.list`` ended: ``<created_at>/<id>`` of its last session read (the ``next`` of the
+    reply, the ``before`` of the request for the next page)."""
+    return f"{float(row['created_at'])!r}/{row['id']}"
+
+
+def read_cursor(text: str) -> tuple[float, str] | None:
+    """A ``before`` cursor as ``(created_at, id)``; None if it is not one :func:`list_cursor` makes."""
+    at, sep, sid = text.partition("/")
+    if not sep or not 0 < len(sid) <= 64 or not sid.isascii() or not sid.isalnum() or len(at) > 40:
+        return None
+    try:
+        created = float(at)
+    except ValueError:
+        return None
+    return (created, sid) if math.isfinite(created) else None
 
 
 @register

@@ -29,7 +29,7 @@ def _targets(args: argparse.Namespace, ctx: Ctx) -> list[str]:
     tags. Acting on a batch took a shell loop of one command per session (power-user review)."""
     refs = list(args.session)
     if args.tag:
-        live = ctx.client().sessions(status=list(LIVE), limit=10_000, tags=parse_tags(args.tag))
+        live = ctx.client().iter_sessions(status=list(LIVE), tags=parse_tags(args.tag))  # all, not the newest 10,000
         refs += [r["id"] for r in live if r["id"] not in refs]
         if not refs:
             ctx.out.line("no live session has those tags", "dim", err=True)

@@ -20,7 +20,8 @@ __all__ = ["register", "fit_name", "workflow_label", "truncation_text", "ENDED_B
            "timing_text"]
 
 
-def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
+def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> tuple[list[dict[str, Any]], bool]:
+    """The sessions ``labd ps`` lists, and whether more match than ``--limit`` let it list."""
     statuses: list[str] | None = None
     if args.status:
         statuses = comma_list("--status", args.status, STATUSES)
@@ -36,19 +37,34 @@ def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> list[dict[str, Any]]:
         except UnitError as exc:
             raise CliError(f"--since: {exc}") from None
     # --workflow and --name (a substring or glob; a workflow also by a submitted function's label) are matched here,
-    # so the daemon is asked for as many as it lists and --limit counts the matches: applied first, it hid older ones
-    rows = ctx.client().sessions(status=statuses, limit=MAX_LIST if args.workflow or args.name else args.limit,
-                                 tags=tags or None, since=cutoff)
-    if args.workflow:
-        pat = _pattern(args.workflow)
-        rows = [r for r in rows if any(fnmatch.fnmatchcase(w, pat) for w in (r["workflow"], workflow_label(r)))]
-    if args.name:
-        pat = _pattern(args.name)
-        rows = [r for r in rows if fnmatch.fnmatchcase(r["name"], pat)]
-    rows = rows[:args.limit]
+    # on pages read until --limit sessions match: --limit counts the matches (applied first, it hid older ones)
+    keep = _matcher(args)
+    rows: list[dict[str, Any]] = []
+    more, before = False, None
+    while True:
+        want = args.limit - len(rows) if keep is None and args.limit else FILTER_PAGE
+        page = ctx.client().sessions_page(status=statuses, limit=min(want, MAX_LIST), tags=tags or None,
+                                          since=cutoff, before=before)
+        rows += page["sessions"] if keep is None else [r for r in page["sessions"] if keep(r)]
+        if args.limit and len(rows) >= args.limit:
+            more = len(rows) > args.limit or page["more"]
+            rows = rows[:args.limit]
+            break
+        if not page["more"] or not page["next"]:
+            break
+        before = page["next"]
     if args.sort:
         rows.sort(key=SORTS[args.sort], reverse=args.sort in ("cost", "rss", "cpu"))  # the most first
-    return rows
+    return rows, more
+
+
+def _matcher(args: argparse.Namespace) -> Any:
+    """The test of ``--workflow`` and ``--name`` on a listed session; None without them."""
+    if not args.workflow and not args.name:
+        return None
+    wf, name = _pattern(args.workflow or "*"), _pattern(args.name or "*")
+    return lambda r: (fnmatch.fnmatchcase(r["name"], name)
+                      and any(fnmatch.fnmatchcase(w, wf) for w in (r["workflow"], workflow_label(r))))
 
 
 def _pattern(text: str) -> str:
@@ -76,8 +92,7 @@ SORTS: dict[str, Any] = {
 
 
 def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
-    rows = _ps_rows(args, ctx)
-    more = len(rows) >= args.limit  # there may be more: a list must not look complete (nor a script's, below)
+    rows, more = _ps_rows(args, ctx)  # more match: a list must not look complete (nor a script's, below)
     if args.json or args.quiet:
         if args.json:
             ctx.out.json(rows)
@@ -85,8 +100,7 @@ def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
             for r in rows:
                 print(r["id"])
         if more:  # `labd ps -q | xargs labd rm` deleted only the newest 200 of a batch, with no word
-            ctx.out.line(f"labd ps: only the newest {len(rows)} listed; --limit N lists more (up to {MAX_LIST})",
-                         err=True)
+            ctx.out.line(f"labd ps: only the newest {len(rows)} listed; --limit N (or all) lists more", err=True)
         return 0
     if not rows:
         hint = "" if args.all or args.status else " (labd ps -a shows ended ones too)"
@@ -104,7 +118,7 @@ def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
     ctx.out.table(["ID", "NAME", "WORKFLOW", "STATUS", "PID", "RSS", "CPU", "COST", "AGE"], table,
                   right=("PID", "RSS", "CPU", "COST", "AGE"))
     if more:
-        ctx.out.line(f"(the newest {len(rows)}; --limit N shows more)", "dim", err=True)
+        ctx.out.line(f"(the newest {len(rows)}; more match: --limit N or --limit all shows them)", "dim", err=True)
     return 0
 
 
@@ -127,12 +141,17 @@ def ps_status(row: dict[str, Any]) -> str:
 
 #: the most sessions ``session.list`` returns
 MAX_LIST = 10_000
+#: sessions read per page while ``--workflow`` or ``--name`` (matched here) look for ``--limit`` matches, or for
+#: ``--limit all``: a reply of a few MiB at most
+FILTER_PAGE = 2000
 
 
 def _ps_limit(text: str) -> int:
-    """``--limit``: 1-10000 (what the daemon takes), said in the option's terms."""
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIST:
-        raise argparse.ArgumentTypeError(f"must be a whole number 1-10000, not {text!r}")
+    """``--limit``: a whole number from 1, or ``all`` (0: every matching session, read a page at a time)."""
+    if text == "all":
+        return 0
+    if not text.isdigit() or not 1 <= int(text) <= 10**9:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1, or all, not {text!r}")
     return int(text)
 
 
@@ -346,8 +365,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "cost, rss, cpu the most first; name, workflow, status, created (oldest first) ascending")
     s.add_argument("--tag", action="append", default=[], metavar="K=V", help="only sessions with this tag (repeat); "
                    "ended ones too, as with -a (a tag names a set of runs)")
-    s.add_argument("--limit", type=_ps_limit, default=200, help="at most this many (newest first; default 200, "
-                   "at most 10000)")
+    s.add_argument("--limit", type=_ps_limit, default=200, metavar="N", help="at most this many (newest first; "
+                   "default 200; all: every matching session)")
     s.add_argument("--quiet", "-q", action="store_true", help="only ids")
     add_json(s, "a JSON array of session objects")
 

@@ -162,21 +162,59 @@ def test_pause_right_after_start_is_not_lost(client) -> None:
 
 
 def test_ps_lists_running_sessions_even_behind_newer_finished_ones(client) -> None:
-    """`labd ps` (no --all) shows live sessions however many newer ones have finished."""
-    running = client.start("demo.sleep", params={"seconds": 60})
+    """`labd ps` (no --all) shows live sessions however many newer ones have finished; a list cut at --limit says
+    so, on stderr for a script too (`ps -q | xargs labd rm` cut a batch silently), and one that is whole does not
+    (the daemon says whether more match: the CLI guessed from the count, and a list of exactly N looked cut);
+    `--limit all` lists every match."""
+    mark = f"cutlist-{os.getpid()}-"
+    running = client.start("demo.sleep", params={"seconds": 60}, name=mark + "run")
     wait_until(lambda: client.session(running)["status"] == "running")
-    done = client.start("demo.count", params={"n": 1, "delay": 0})
+    done = client.start("demo.count", params={"n": 1, "delay": 0}, name=mark + "done")
     client.wait(done, timeout=30)
-    ps = subprocess.run([sys.executable, "-m", "labd", "ps", "--limit", "1"], capture_output=True,
-                        text=True, timeout=60)
-    assert running in ps.stdout and done not in ps.stdout
-    assert "(the newest 1; --limit N shows more)" in ps.stderr  # a cut list says so
-    for form in ("-q", "--json"):  # ... for a script too, on stderr (`ps -q | xargs labd rm` cut a batch silently)
-        cut = subprocess.run([sys.executable, "-m", "labd", "ps", "-a", "--limit", "1", form], capture_output=True,
-                             text=True, timeout=60)
-        assert cut.returncode == 0 and "only the newest 1 listed; --limit N lists more" in cut.stderr, cut
+
+    def ps(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "labd", "ps", *args], capture_output=True, text=True,
+                              timeout=60)
+
+    live = ps("--name", mark)
+    assert running in live.stdout and done not in live.stdout and "more match" not in live.stderr, live
+    cut = ps("-a", "--name", mark, "--limit", "1")
+    assert done in cut.stdout and running not in cut.stdout
+    assert "(the newest 1; more match: --limit N or --limit all shows them)" in cut.stderr, cut.stderr
+    for form in ("-q", "--json"):
+        cut = ps("-a", "--name", mark, "--limit", "1", form)
+        assert cut.returncode == 0 and "only the newest 1 listed; --limit N (or all) lists more" in cut.stderr, cut
         assert done in cut.stdout and running not in cut.stdout
-    bad = subprocess.run([sys.executable, "-m", "labd", "ps", "--limit", "0"], capture_output=True, text=True,
-                         timeout=60)
-    assert bad.returncode == 2 and "argument --limit: must be a whole number 1-10000, not '0'" in bad.stderr
+    whole = ps("-a", "-q", "--name", mark, "--limit", "2")
+    assert whole.stdout.split() == [done, running] and whole.stderr == "", whole
+    assert ps("-a", "-q", "--name", mark, "--limit", "all").stdout.split() == [done, running]
+    bad = ps("--limit", "0")
+    assert bad.returncode == 2 and "argument --limit: must be a whole number from 1, or all, not '0'" in bad.stderr
     client.stop(running, grace=1)
+
+
+def test_session_list_pages_through_every_session_once(client) -> None:
+    """`session.list` says whether more sessions match than its `limit` (`more`) and where the next page starts
+    (`next`, given back as `before`): paging two at a time lists each of a tag's sessions once, newest first, as one
+    whole list does; the SDK's iter_sessions reads them all; a `before` that is no cursor is refused naming it."""
+    tag = {"pages": str(os.getpid())}
+    made = [client.start("demo.count", params={"n": 1, "delay": 0}, tags=tag) for _ in range(5)]
+    for sid in made:
+        client.wait(sid, timeout=60)
+    whole = client.sessions_page(tags=tag, limit=10)
+    assert [r["id"] for r in whole["sessions"]] == made[::-1] and whole["more"] is False and whole["next"] is None
+    paged, before, pages = [], None, 0
+    while True:
+        page = client.sessions_page(tags=tag, limit=2, before=before)
+        paged += [r["id"] for r in page["sessions"]]
+        pages += 1
+        if not page["more"]:
+            break
+        before = page["next"]
+    assert paged == made[::-1] and pages == 3
+    assert [r["id"] for r in client.iter_sessions(tags=tag, page=2)] == made[::-1]
+    assert [r["id"] for r in client.sessions(tags=tag, limit=5)] == made[::-1]
+    for bad in ("nonsense", "1.5/", "inf/abc", "1.5/../x", "x" * 5000):
+        with pytest.raises(LabdError) as err:
+            client.sessions_page(before=bad)
+        assert err.value.code == "bad_request" and "before" in str(err.value), (bad, err.value)

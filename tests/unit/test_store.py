@@ -286,6 +286,29 @@ def test_sessions_list_newest_first_and_by_status(engine: Engine, writer: BatchW
     assert store.find_session("%") == []  # LIKE wildcards are escaped
 
 
+def test_sessions_pages_list_each_session_once_even_when_created_at_ties(engine: Engine,
+                                                                          writer: BatchWriter) -> None:
+    """Store.sessions' ``before`` (a page's last session, as session.list's ``next`` names it) continues the list
+    newest first with the id breaking ties: paging one at a time through sessions created in the same instant lists
+    each once, in the order one whole list gives; and the list is read from the (created_at, id) index."""
+    cursors: dict[str, SessionCursor] = {}
+    b = Batch(cursors)
+    for sid, ts in (("a1", 5.0), ("b2", 7.0), ("c3", 7.0), ("d4", 7.0), ("e5", 9.0)):
+        b.add(sid, "session.created", {**CREATED, "name": sid}, ts=ts)
+    b.commit(writer)
+    store = Store(engine)
+    whole = [r["id"] for r in store.sessions()]
+    assert whole == ["e5", "d4", "c3", "b2", "a1"]
+    paged: list[str] = []
+    before = None
+    while page := store.sessions(limit=1, before=before):
+        paged.append(page[0]["id"])
+        before = (page[0]["created_at"], page[0]["id"])
+    assert paged == whole
+    assert [r["id"] for r in store.sessions(limit=2, before=(7.0, "c3"))] == ["b2", "a1"]
+    assert "ix_sessions_created_at" in {ix["name"] for ix in inspect(engine).get_indexes("sessions")}
+
+
 @pytest.mark.parametrize("n", [99, 100, 101, 250])
 def test_batches_of_every_size_store_each_row_once_in_order(engine: Engine, writer: BatchWriter, n: int) -> None:
     """Rows go ``store.writer.ROWS_PER_STATEMENT`` (100) to an INSERT and the rest one by one: ``n`` rows of each
