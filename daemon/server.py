@@ -43,6 +43,7 @@ from labd.daemon.store_identity import check_home, record_store, session_ids_of
 from labd.daemon.store_lock import ServerStoreLock
 from labd.daemon.supervisor import Supervisor
 from labd.daemon.systemd import Heartbeat, Notifier
+from labd.daemon.teardown import Built, tear_down
 from labd.daemon.warnlimit import WarnLimiter
 from labd.ipc.connection import ConnectionInfo, write_connection_file
 from labd.ipc.wire import Codec
@@ -276,51 +277,9 @@ class Daemon(SandboxSetup, ControlPlane):
         try:
             self._loop(poller, notes, wake_r, ingest, heartbeat)
         finally:
-            self.notifier.stopping(f"stopping; {len(self.supervisor.running)} sessions keep running")
-            self.checks.close()
-            self.reads.close()
-            signal.set_wakeup_fd(old_wakeup)
-            for s, h in old.items():
-                signal.signal(s, h)
-            try:
-                layout.connection_file.unlink()
-            except FileNotFoundError:
-                pass
-            self.monitor.stop()
-            self.monitor.join(5)
-            if self.gateway is not None:
-                self.gateway.stop()
-                self.gateway.join(5)
-            self.indexer.stop()
-            self.indexer.join(10)
-            if self.telemetry is not None:
-                self.telemetry.stop()
-                self.telemetry.join(15)
-            ingest.stopping.set()  # ends a wait for an unwritable store
-            try:  # never block here: a dead ingest thread no longer reads its queue
-                self._to_ingest.send_pyobj(("stop",), zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-            ingest.join(10)
-            self.launcher.shutdown()
-            self.cgroups.close()  # after the template: its spare waits in the group made ahead
-            if checkpointer is not None:
-                checkpointer.stop()
-                checkpointer.join(10)
-            for sock in (self.control, notes, self._to_ingest):  # the control socket as last bound
-                sock.close(0)
-            events_auth.stop()
-            if ingest.is_alive():  # stuck in the store (a commit that does not return): its sockets stay open,
-                self.log.error("the ingest thread did not stop; exiting without it")  # and term() would wait
-            else:
-                z.term()
-            if self.store_lock is not None:
-                self.store_lock.close()
-            engine.dispose()
-            os.close(wake_r)
-            os.close(wake_w)
-            self.notifier.close()
-            self.log.info("labd stopped")
+            tear_down(self, Built(engine=engine, z=z, notes=notes, ingest=ingest, events_auth=events_auth,
+                                  checkpointer=checkpointer, wake=(wake_r, wake_w), old_wakeup=old_wakeup,
+                                  old_handlers=old))
 
     def _loop(self, poller: zmq.Poller, notes: zmq.Socket, wake_r: int, ingest: Ingest,
               heartbeat: Heartbeat) -> None:
