@@ -3,8 +3,9 @@
 Behind the launcher seam (:class:`labd.daemon.launcher.Launcher`), with what a remote launcher adds to it:
 
 - **handles, not pids**: the supervisor keys runners by the int :meth:`launch` returns; a Ray session's is a
-  negative *handle* (never a local pid), and :meth:`Launchers.is_remote` tells the supervisor not to watch it in the
-  local process table. Where it runs is reported as a ``session.placed`` event (node, ip, pid there, work dir).
+  negative *handle* (never a local pid), which tells the supervisor not to watch it in the local process table
+  (:mod:`labd.daemon.launch_routing`). Where it runs is reported as a ``session.placed`` event (node, ip, pid there,
+  work dir).
 - **liveness from the launcher**: :meth:`drain_exits` reports the runner's exit status as the actor saw it, or
   ``reason`` when the actor or its node was lost (Ray's account) -- the session ends ``lost`` with that reason.
 - **limits from the node**: :meth:`drain_notes` yields the node monitor's notes (``limit`` breaches and
@@ -19,7 +20,8 @@ still waiting for a node) with :meth:`RayLauncher.adopt` (what that needs is in 
 driver that dies while the daemon runs is replaced and its sessions adopted again. The actor of a session that ended
 is killed; a periodic sweep kills any actor of this home's namespace that no running session owns.
 
-:class:`Launchers` routes between the template launcher and this one per session (``labd run --on ray|local``).
+:class:`labd.daemon.launch_routing.Launchers` routes between the template launcher and this one per session
+(``labd run --on ray|local``).
 """
 
 from __future__ import annotations
@@ -35,18 +37,15 @@ from typing import Any
 import structlog
 
 from labd.daemon import ray_adopt
+from labd.daemon.launch_routing import NO_RAY
 from labd.daemon.launcher import ExitInfo, LaunchError
 from labd.daemon.ray_link import DriverLink
 from labd.daemon.ray_placement import PlacementError, placement_from, ray_options
 from labd.daemon.runner_gateway import RunnerGateway
-from labd.daemon.template_launcher import TemplateLauncher
 from labd.ipc.units import shortened
 
-__all__ = ["RayLauncher", "Launchers", "placement_from", "PlacementError", "NO_RAY"]
+__all__ = ["RayLauncher", "placement_from", "PlacementError", "NO_RAY"]
 
-#: why a session asked to run on Ray cannot (refused at session.start; a launch says it too, e.g. after a restart
-#: with another configuration)
-NO_RAY = 'this daemon has no Ray launcher: set [launcher] kind = "ray" and address in its config, then restart it'
 
 CONNECT_TIMEOUT_S = 60.0  # a driver that has not connected to the cluster by then is ended (tried again later)
 SHIP_MAX_BYTES = 1 << 30  # at most this much of a work directory is shipped back (files beyond are named)
@@ -375,77 +374,3 @@ class RayLauncher:
         self.link.kill()
         self.gateway.stop()
         self.gateway.join(5)
-
-
-class Launchers:
-    """The daemon's launcher: the template launcher, plus the Ray launcher when one is configured; each session
-    goes to the one its spec names (``placement.on``). Ray sessions have negative handles."""
-
-    def __init__(self, local: TemplateLauncher, ray: RayLauncher | None = None) -> None:
-        self.local, self.ray = local, ray
-
-    @property
-    def template_pid(self) -> int | None:
-        return self.local.template_pid
-
-    @property
-    def clone_filter(self) -> str | None:
-        return self.local.clone_filter
-
-    def template_children(self) -> tuple[int | None, frozenset[int], float]:
-        return self.local.template_children()
-
-    def start(self) -> None:
-        self.local.start()
-        if self.ray is not None:
-            self.ray.start()
-
-    def fileno(self) -> int | None:
-        return self.local.fileno()
-
-    def is_remote(self, pid: int) -> bool:
-        """Whether ``pid`` is a remote launcher's handle (not a local process: not for the local monitor)."""
-        return pid < 0
-
-    def kind_of(self, pid: int) -> str:
-        return "ray" if pid < 0 else "template"
-
-    def ray_health(self) -> dict[str, Any] | None:
-        """The Ray launcher's state (``daemon.status`` ``ray``), or None without one."""
-        return self.ray.health() if self.ray is not None else None
-
-    def adopt_remote(self, sid: str, unrecorded: bool = False) -> int | None:
-        """A session with no local runner: adopt its Ray actor if there is one (see :meth:`RayLauncher.adopt`);
-        None when this daemon has no Ray launcher."""
-        return self.ray.adopt(sid, unrecorded) if self.ray is not None else None
-
-    def launch(self, spec: dict[str, Any]) -> tuple[int, float]:
-        if (spec.get("placement") or {}).get("on") == "ray":
-            if self.ray is None:
-                raise LaunchError(NO_RAY)
-            return self.ray.launch(spec)
-        return self.local.launch(spec)
-
-    def inspect_start(self, workflow: str, params: dict[str, Any], path: list[str] | None = None,
-                      confine: dict[str, Any] | None = None) -> int:
-        return self.local.inspect_start(workflow, params, path, confine)
-
-    def drain_inspected(self) -> list[tuple[int, dict[str, Any]]]:
-        return self.local.drain_inspected()
-
-    def drain_exits(self) -> list[ExitInfo]:
-        exits = self.local.drain_exits()
-        return exits + self.ray.drain_exits() if self.ray is not None else exits
-
-    def drain_notes(self) -> list[tuple[Any, ...]]:
-        return self.ray.drain_notes() if self.ray is not None else []
-
-    def signal(self, pid: int, sig: int) -> bool:
-        if pid < 0:
-            return self.ray.signal(pid, sig) if self.ray is not None else False
-        return self.local.signal(pid, sig)
-
-    def shutdown(self) -> None:
-        self.local.shutdown()
-        if self.ray is not None:
-            self.ray.shutdown()

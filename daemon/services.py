@@ -32,11 +32,13 @@ def start_telemetry(cfg: Config, engine: Any, home: Path) -> Any:
 
 def launchers(cfg: Config, local: TemplateLauncher, env: dict[str, str], runners: str) -> Any:
     """The template launcher, with the Ray launcher beside it when ``[launcher]`` names a Ray cluster."""
-    from labd.daemon.ray_launcher import Launchers, RayLauncher
+    from labd.daemon.launch_routing import Launchers
 
     settings = cfg.launcher
     if settings.get("kind") != "ray" and not settings.get("address"):
         return Launchers(local)
+    from labd.daemon.ray_launcher import RayLauncher  # only with Ray configured
+
     return Launchers(local, RayLauncher(cfg.home, runners, cfg.max_message, settings, env=env,
                                         session_nofile=cfg.session_nofile))
 

@@ -218,7 +218,8 @@ class Start(Request):
 
 
 def _placement(req: Any) -> dict[str, Any] | None:
-    from labd.daemon.ray_launcher import NO_RAY, PlacementError, placement_from
+    from labd.daemon.launch_routing import NO_RAY
+    from labd.daemon.ray_placement import PlacementError, placement_from
 
     try:
         placement = placement_from(req.body, str(req.daemon.cfg.launcher.get("kind") or "template"))
