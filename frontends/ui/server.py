@@ -29,18 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import json
-import mimetypes
-import os
 from collections.abc import AsyncIterator, Callable
-from email.utils import formatdate
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
-from urllib.parse import quote
+from typing import Any, TypeVar
 
-import anyio
 import zmq.asyncio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -52,23 +46,19 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labd.frontends.ui.calls import DAEMON_THREADS, ClientPool, Stopping, http_status, in_thread
-from labd.frontends.ui.endshort import EndShort, FileShrank
+from labd.frontends.ui.downloads import file_response
+from labd.frontends.ui.endshort import EndShort
 from labd.frontends.ui.fields import RESOLVE_FIELDS, START_FIELDS, count, field, filters, only, optional
 from labd.frontends.ui.live import DaemonWatch, follow_session
 from labd.frontends.ui.tickets import Ticket, Tickets
 from labd.ipc.client import Client, LabdError
 from labd.ipc.events import TERMINAL_STATUSES
-from labd.ipc.safe_files import listed_name, open_beneath
 from labd.ipc.units import shortened
 
 __all__ = ["build_app"]
 
 STATIC = Path(__file__).parent / "static"
 T = TypeVar("T")
-#: A download is sent in pieces of this many bytes, each read when the last one was handed to the connection (whose
-#: buffer holds back the next while the client is slow): the dashboard's memory per download is a piece or two,
-#: whatever the file's size. Until 2026-12-02 a file was read whole into memory first, and one over 64 MiB refused.
-DOWNLOAD_CHUNK = 256 * 1024
 #: A request body (start, resolve) larger than this is refused with 413 once that many bytes arrived, or at once
 #: when its Content-Length says so: it is never read whole into memory.
 MAX_BODY = 1_000_000
@@ -340,53 +330,11 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         return await send_file(held.session, held.path, held.b64)
 
     async def send_file(sid: str, rel: str, b64: str | None) -> Response:
-        """A session's file, as its listing names it, streamed from a descriptor opened beneath its work
-        directory."""
         try:
             reply = await daemon(lambda c: c.request("session.files", session=sid))
         except LabdError as exc:
             return error(exc)
-        exact = listed_name(reply["files"], rel, b64)
-        if exact is None:
-            return JSONResponse({"error": {"code": "not_found", "message": f"no file {rel!r}"}}, status_code=404)
-
-        def opened() -> tuple[BinaryIO, os.stat_result] | None:
-            try:  # opened without following symlinks: nothing the session swaps in can lead outside its workdir
-                f = open_beneath(Path(reply["workdir"]), exact)
-            except OSError:
-                return None
-            return f, os.fstat(f.fileno())
-
-        got = await anyio.to_thread.run_sync(opened)
-        if got is None:
-            return JSONResponse({"error": {"code": "not_found", "message": "file gone"}}, status_code=404)
-        f, st = got
-
-        async def pieces() -> AsyncIterator[bytes]:
-            """The file's first ``st_size`` bytes (its size when opened, as Content-Length says), from the fd opened
-            above: a growing file is sent as it was, one that shrank meanwhile ends short (:class:`FileShrank`: its
-            client sees the length unmet), and no path is opened again."""
-            try:
-                left = st.st_size
-                while left > 0:
-                    piece = await anyio.to_thread.run_sync(f.read, min(DOWNLOAD_CHUNK, left))
-                    if not piece:
-                        raise FileShrank(f"download of {rel!r} (session {sid}) ended short: the file shrank to "
-                                         f"{st.st_size - left} of {st.st_size} bytes while it was sent")
-                    left -= len(piece)
-                    yield piece
-            finally:
-                f.close()
-
-        # FileResponse's headers, but not FileResponse (it reopens the path) and no Range (it would too)
-        name = rel.rsplit("/", 1)[-1]
-        quoted = quote(name)
-        disposition = f'attachment; filename="{name}"' if quoted == name else f"attachment; filename*=utf-8''{quoted}"
-        etag = hashlib.md5(f"{st.st_mtime}-{st.st_size}".encode(), usedforsecurity=False).hexdigest()
-        return StreamingResponse(pieces(), media_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
-                                 headers={"content-disposition": disposition, "etag": f'"{etag}"',
-                                          "content-length": str(st.st_size),
-                                          "last-modified": formatdate(st.st_mtime, usegmt=True)})
+        return await file_response(reply, sid, rel, b64)
 
     async def stream(request: Request) -> Response:
         refused = refusal(request)
