@@ -43,7 +43,7 @@ def untracked() -> Iterator[None]:
 class LLMCall:
     """One LLM call in flight: what the tracking middleware knows, filled in by the recording client."""
 
-    __slots__ = ("agent", "base", "node", "req_seq", "config", "served")
+    __slots__ = ("agent", "base", "node", "req_seq", "config", "served", "budgeted")
 
     def __init__(self, agent: str, base: dict[str, Any], node: str | None, config: Any) -> None:
         self.agent = agent
@@ -52,6 +52,7 @@ class LLMCall:
         self.req_seq: int | None = None
         self.config = config
         self.served = False  # answered from a recorded session (labd replay), not by the model
+        self.budgeted: Any = None  # the Budget that admitted this call, told its price when it ends
 
 
 #: set by TrackingMiddleware.on_llm_call around the call; read by the RecordingClient inside it

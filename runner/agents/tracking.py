@@ -108,10 +108,15 @@ class Tracker:
 
     # ---- LLM calls (called by hooks.RecordingClient, innermost, right before the model is called) ----
     async def before_llm_call(self, call: LLMCall) -> None:
-        """Budget check before the call: the session spends at most its budget plus one call."""
+        """Budget check before the call: the session spends at most its budget plus one call (calls at the same
+        time included: runner/agents/budget.py)."""
+        if call.budgeted is not None:  # the same call again (a retry inside it): admitted once, counted once
+            call.budgeted.priced(0.0)
+            call.budgeted = None
         budget = self.budget
         if budget is not None:
-            await budget.check(self.spent, call)
+            await budget.check(lambda: self.spent, call)
+            call.budgeted = budget
 
     def record_request(self, call: LLMCall, messages: Any, context: Any, tools: Any, response_schema: Any) -> int:
         new: dict[str, str] = {}
@@ -251,12 +256,23 @@ class TrackingMiddleware(BaseMiddleware):
         try:
             resp = await call_next(events, context)
         except BaseException as exc:
+            if call.budgeted is not None:  # admitted, and ended without a price
+                call.budgeted.priced(0.0)
             if call.req_seq is not None:  # a refused budget never reached the model: no response to record
                 self.t.emit("llm.response", {**base, "status": "error", "duration": time.monotonic() - start,
                                              "error": f"{type(exc).__name__}: {exc}"}, node, call.req_seq)
             raise
         finally:
             current_llm_call.reset(token)
+        try:
+            return self._answered(call, resp, events, start)
+        finally:
+            if call.budgeted is not None:  # recording the answer failed before its price was counted
+                call.budgeted.priced(0.0)
+
+    def _answered(self, call: LLMCall, resp: Any, events: Any, start: float) -> Any:
+        """Record a call's answer: its response, message, cost (the budget told its price)."""
+        base, node = self._base, call.node
         req = call.req_seq
         if req is None:  # the client was not wrapped (hooks not installed): record what we know
             req = self.t.emit_full("llm.request", {**base, "messages": len(events),
@@ -290,6 +306,9 @@ class TrackingMiddleware(BaseMiddleware):
         # a response served from a recorded session (labd replay) cost nothing now: the record keeps its tokens
         cost = 0.0 if call.served else price.cost(prompt_tokens, completion_tokens)
         self.t.add_cost(cost, self.agent)
+        if call.budgeted is not None:  # after the cost is counted: a call waiting on this one sees both at once
+            call.budgeted.priced(cost)
+            call.budgeted = None
         self.t.emit("cost.recorded", {"agent": self.agent, "model": model, "prompt_tokens": prompt_tokens,
                                       "completion_tokens": completion_tokens,
                                       "cost": cost, "currency": "USD", "offline": self.offline,

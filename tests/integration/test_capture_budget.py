@@ -33,6 +33,19 @@ def test_stop_on_budget_spends_at_most_one_call_more(client) -> None:
         assert refused[0]["payload"]["budget"] == BUDGET and refused[0]["payload"]["spent"] == total
 
 
+def test_agents_calling_at_once_spend_at_most_one_call_more(client) -> None:
+    """Eight agents calling the model at the same moment (asyncio.gather, each call 0.3 s) with a budget of about
+    two and a half calls: the session still spends at most the budget plus one call (calls wait while those in flight
+    could reach the budget), where each of the eight first calls used to pass the check before any was priced."""
+    budget = 0.0004  # ~2.4 calls of the offline model's nominal prices (a call here ~$0.000165)
+    sid = client.start("labd_fidelityflows:concurrent_spend", params={"agents": 8, "calls": 3}, budget=budget)
+    final = client.wait(sid, timeout=120)
+    costs = [e["payload"]["cost"] for e in _calls(client, sid)]
+    assert costs and max(costs) < budget, costs
+    assert budget <= sum(costs) <= budget + max(costs) + 1e-12, (sum(costs), costs)
+    assert final["status"] == "failed" and "budget" in final["reason"], final["reason"]
+
+
 def test_pause_on_budget_blocks_until_resumed_with_a_new_budget(client) -> None:
     """With ``budget_action pause`` the runner blocks before the call that the budget refuses (status
     paused, no more calls while paused); ``session.resume {budget}`` continues with the new budget and

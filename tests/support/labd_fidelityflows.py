@@ -141,6 +141,37 @@ def spend_loop(ctx: Any, calls: int = 40) -> int:
     return asyncio.run(body())
 
 
+def concurrent_spend(ctx: Any, agents: int = 8, calls: int = 3, latency: float = 0.3) -> int:
+    """``agents`` agents at once (``asyncio.gather``), each making ``calls`` LLM calls that take ``latency`` seconds
+    on the offline model (for budgets under concurrent calls); returns how many were answered."""
+    from ag2 import Agent
+
+    from labd.runner.agents.offline import OfflineClient, OfflineModelConfig
+
+    class SlowClient(OfflineClient):
+        async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(latency)
+            return await super().__call__(*args, **kwargs)
+
+    class SlowConfig(OfflineModelConfig):
+        def copy(self) -> SlowConfig:
+            return SlowConfig(self.model)
+
+        def create(self) -> OfflineClient:
+            return SlowClient(self.model)
+
+    async def one(i: int) -> int:
+        agent = Agent(f"spender{i}", "ROLE: researcher", config=SlowConfig())
+        for j in range(calls):
+            await agent.ask("question: " + "x" * 400)
+        return calls
+
+    async def body() -> int:
+        return sum(await asyncio.gather(*(one(i) for i in range(agents))))
+
+    return asyncio.run(body())
+
+
 def spend_steps(ctx: Any, steps: int = 4) -> int:
     """One LLM call per step; each step then waits (up to 30 s) for the daemon's pause request that a crossed
     budget sends, so the pause lands at the next step boundary, before that step's call (for budgets)."""

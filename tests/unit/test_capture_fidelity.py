@@ -64,11 +64,57 @@ def test_budget_stop_refuses_at_the_limit_and_pause_waits_for_a_new_budget() -> 
         return len(events)
 
     stop = Budget(0.5, "stop", emit)
-    asyncio.run(stop.check(0.49, _Call()))
+    asyncio.run(stop.check(lambda: 0.49, _Call()))
     with pytest.raises(BudgetExceeded, match=r"spent \$0\.500000 of \$0\.500000"):
-        asyncio.run(stop.check(0.5, _Call()))
+        asyncio.run(stop.check(lambda: 0.5, _Call()))
     assert events[-1][0] == "budget.exceeded" and events[-1][1]["action"] == "stop"
     asked: list[str] = []
     pause = Budget(0.5, "pause", emit, pause=lambda reason: asked.append(reason) or 2.0)
-    asyncio.run(pause.check(0.7, _Call()))
+    asyncio.run(pause.check(lambda: 0.7, _Call()))
     assert len(asked) == 1 and pause.limit == 2.0
+
+
+def test_budget_holds_calls_back_while_those_in_flight_could_reach_it() -> None:
+    """Calls made at once: the first is admitted alone (no price is known yet); once a call of $0.3 is priced, a
+    call goes while spent + the calls in flight at $0.3 each stay under the $1 budget (a, b, c: 0.3 + 2 x 0.3 < 1),
+    and the next one (d: 0.3 + 3 x 0.3) waits for them, to be refused once they are priced. So at most the budget
+    plus one call is spent, where all four used to go."""
+    budget = Budget(1.0, "stop", lambda *a, **k: 0)
+    spent = [0.0]
+    order: list[str] = []
+
+    async def call(name: str) -> None:
+        await budget.check(lambda: spent[0], _Call())
+        order.append(f"{name} admitted")
+        await asyncio.sleep(0.05)
+        spent[0] += 0.3
+        budget.priced(0.3)
+        order.append(f"{name} priced")
+
+    async def main() -> list[Any]:
+        await call("first")
+        return await asyncio.gather(*(call(n) for n in "abcd"), return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert order[:5] == ["first admitted", "first priced", "a admitted", "b admitted", "c admitted"], order
+    assert outcomes[:3] == [None, None, None] and isinstance(outcomes[3], BudgetExceeded)
+    assert "d admitted" not in order and spent[0] == pytest.approx(1.2)  # the budget plus (less than) one call
+
+
+def test_first_calls_at_once_go_one_at_a_time_until_one_is_priced() -> None:
+    """Before any call is priced nothing bounds a call's cost: a second call waits for the first one's price."""
+    budget = Budget(1.0, "stop", lambda *a, **k: 0)
+    order: list[str] = []
+
+    async def call(name: str) -> None:
+        await budget.check(lambda: 0.0, _Call())
+        order.append(f"{name} admitted")
+        await asyncio.sleep(0.05)
+        budget.priced(0.1)
+        order.append(f"{name} priced")
+
+    async def main() -> None:
+        await asyncio.gather(call("a"), call("b"))
+
+    asyncio.run(main())
+    assert order == ["a admitted", "a priced", "b admitted", "b priced"]
