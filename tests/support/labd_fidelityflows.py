@@ -162,7 +162,7 @@ def concurrent_spend(ctx: Any, agents: int = 8, calls: int = 3, latency: float =
 
     async def one(i: int) -> int:
         agent = Agent(f"spender{i}", "ROLE: researcher", config=SlowConfig())
-        for j in range(calls):
+        for _ in range(calls):
             await agent.ask("question: " + "x" * 400)
         return calls
 
