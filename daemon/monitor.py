@@ -42,6 +42,7 @@ from typing import Any
 import structlog
 import zmq
 
+from labd.daemon.breaches import Breaches
 from labd.daemon.burial import Burials
 from labd.daemon.cgroups import SessionCgroups
 from labd.daemon.escapees import Escapees
@@ -76,7 +77,7 @@ OOM = "limits monitor: checking the daemon's OOM score failed"
 STEPS = {PASS: "pass", QUICK: "quick", TIMEOUTS: "timeouts", THROTTLE: "throttle", OOM: "oom_score"}
 
 
-class Monitor(threading.Thread):
+class Monitor(Breaches, threading.Thread):
     """Samples and enforces limits; talks to ingest (events) and the supervisor (notes) over inproc."""
 
     def __init__(self, zctx: zmq.Context, sample_interval: float, record_interval: float,
@@ -324,59 +325,6 @@ class Monitor(threading.Thread):
         # The last sample rides on the note (the supervisor's final sample will find the session unwatched): posted
         # by the supervisor, it is ordered before the session.ended it posts, as the breach's sample below.
         self.notes.send_pyobj(("vanished", w.sid, None, sample_payload(w) if w.peak_memory else None, w.pid))
-
-    def kernel_breach(self, sid: str, limit: int, report: Callable[[dict[str, Any]], None],
-                      only: Watched | None = None) -> bool:
-        """If the kernel killed a process of ``sid`` at its cgroup's memory limit: the session's memory breach,
-        reported (``report`` gets the ``limit.exceeded`` payload, before the kill) and its tree killed as a breach
-        seen here would be. False if not, or already reported. Called by the pass, and by the supervisor when a
-        runner exits (the kernel may have killed the runner itself before a pass saw it). ``only``: the pass's
-        entry; a pass that began before the session was resumed must not read (and take) the resumed run's
-        breach, nor kill it under the ended run's name (its note would be dropped as stale: an unexplained kill)."""
-        if only is not None:
-            with self._lock:
-                if self._watched.get(sid) is not only:
-                    return False
-        note = self.cgroups.breach(sid, limit) if self.cgroups is not None else None
-        with self._lock:
-            w = self._watched.get(sid)
-            if note is None or w is None or w.breached or (only is not None and w is not only):
-                return False
-            w.breached = True
-        report(note)
-        self.log.warning("memory limit held by the kernel (cgroup): killing", session_id=sid, **note)
-        self._kill_tree(w)
-        return True
-
-    def _memory_breached(self, w: Watched, note: dict[str, Any]) -> None:
-        # The note goes out before the kill, so the supervisor records the breach before the exit; it carries the
-        # sample with the peak that broke the limit (whichever path, pass or quick re-read, saw it): sent to ingest
-        # from here, on another socket, it could land after session.ended, and a client reading the ended session
-        # would see a peak below the limit that killed it.
-        self._limit_note(w, note, sample_payload(w))
-        self.log.warning("memory limit exceeded: killing", session_id=w.sid, memory=note["measured"],
-                         limit=note["max"])
-        self._kill_tree(w)
-
-    def _limit_note(self, w: Watched, note: dict[str, Any], sample: dict[str, Any] | None) -> None:
-        """Tell the supervisor a limit was broken (before any kill, so that it records the breach before the exit).
-        A kill's note is also kept until the supervisor takes it at the runner's exit (:meth:`take_kill`): the exit
-        can reach it before the note is read from its socket, and under load a memory breach ended "runner killed by
-        SIGKILL", the breach's note dropped after the end (seen in the full suite)."""
-        if note.get("action") == "kill":
-            with self._lock:
-                self._kills[w.sid] = (w.pid, note)
-        self.notes.send_pyobj(("limit", w.sid, note, sample, w.pid))
-
-    def take_kill(self, sid: str, pid: int) -> dict[str, Any] | None:
-        """The note of a kill for a limit of ``sid``'s runner ``pid`` (:meth:`_limit_note`), once; None if none."""
-        with self._lock:
-            kept = self._kills.pop(sid, None)
-        return kept[1] if kept is not None and kept[0] == pid else None
-
-    def _kill_tree(self, w: Watched) -> None:
-        signal_members(w, signal.SIGCONT)
-        signal_members(w, signal.SIGKILL)
 
     def _sample(self, w: Watched, now: float, record: bool) -> None:
         sid, lim, members = w.sid, w.limits, w.members
