@@ -213,12 +213,27 @@ def timing_text(s: dict[str, Any], now: float) -> str:
 
 
 def fit_name(name: str, width: int) -> str:
-    """``name`` in at most ``width`` characters: a longer one keeps its start and its end around a "…" (a branch's
-    name is its parent's with ``-branch-<id>`` added: cut at the end, every branch read like its parent)."""
-    if len(name) <= width:
+    """``name`` in at most ``width`` terminal columns (a CJK character takes two): a longer one keeps its start and
+    its end around a "…" (a branch's name is its parent's with ``-branch-<id>`` added: cut at the end, every branch
+    read like its parent)."""
+    from rich.cells import cell_len
+
+    if cell_len(name) <= width:
         return name
-    tail = (width - 1) // 2
-    return f"{name[:width - 1 - tail]}…{name[-tail:]}"
+    tail_width = (width - 1) // 2
+    head, used = [], 0
+    for ch in name:  # whole characters: a wide one that would straddle the edge is left out
+        used += cell_len(ch)
+        if used > width - 1 - tail_width:
+            break
+        head.append(ch)
+    tail, used = [], 0
+    for ch in reversed(name):
+        used += cell_len(ch)
+        if used > tail_width:
+            break
+        tail.append(ch)
+    return "".join(head) + "…" + "".join(reversed(tail))
 
 
 def truncation_text(events: Any) -> str | None:

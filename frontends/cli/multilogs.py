@@ -16,6 +16,8 @@ import sys
 import threading
 from typing import Any
 
+from rich.cells import cell_len, set_cell_size
+
 from labd.frontends.cli import safetext
 from labd.frontends.cli.activity import Activity, Line, stamp
 from labd.frontends.cli.base import LIVE, CliError, Ctx
@@ -42,8 +44,11 @@ class Prefixed:
     def __init__(self, out: Output, labels: dict[str, str], *, timestamps: bool = False) -> None:
         self.out = out
         self.timestamps = timestamps
-        width = min(max((len(label) for label in labels.values()), default=0), LABEL_WIDTH)
-        self.prefix = {sid: f"{safetext.text(label)[:width]:<{width}} | " for sid, label in labels.items()}
+        # in terminal columns, not characters: a CJK name takes two a character, and padded by its length it pushed
+        # its lines two columns right per character
+        shown = {sid: safetext.text(label) for sid, label in labels.items()}
+        width = min(max((cell_len(label) for label in shown.values()), default=0), LABEL_WIDTH)
+        self.prefix = {sid: set_cell_size(label, width) + " | " for sid, label in shown.items()}
         self._partial: dict[tuple[str, str], tuple[float, str]] = {}  # (session, stream) -> (ts, text) unfinished
         self._safe = {"stdout": out.tty and not out.raw_output, "stderr": out.err_tty and not out.raw_output}
 
