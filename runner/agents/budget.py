@@ -4,8 +4,12 @@ With a budget ``B`` a call is refused once the session has spent ``B`` or more, 
 most ``B`` plus the one call that crossed it. That holds for calls made at the same time too (agents in threads, or
 ``asyncio.gather``): each call counts as in flight from its admission until it is priced, and a call waits while the
 calls in flight could, costing what the dearest call so far cost, take the session to ``B`` (the first call of a
-session waits for any other in flight: nothing is known of a call's price before one is priced). Before, every call
-checked before those in flight were priced went through: eight agents with a budget of two calls spent eight.
+session waits for any other in flight: nothing is known of a call's price before one is priced; a failed or
+replayed call says nothing of it). Before, every call checked before those in flight were priced went through: eight
+agents with a budget of two calls spent eight. The bound is as good as that estimate: calls in flight that each cost
+more than any before them (a context that grows) can pass it by a little more. A call made inside another (a
+checking middleware, a model that consults an agent) does not wait for the one it is in, and no call waits more than
+:data:`ADMIT_WAIT_MAX_S`. Calls reaching a pausing budget at once share one pause, and the resume's budget.
 
 ``stop`` ends the workflow (``BudgetExceeded``, a BaseException, so a workflow's ``except Exception`` cannot swallow
 it: the session ends ``failed`` with the figures in its reason); ``pause`` blocks the calling thread, as a pause at a
@@ -16,14 +20,19 @@ step boundary does, until the session is resumed — with a new budget (``sessio
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Budget", "BudgetExceeded", "ADMIT_POLL_S"]
+__all__ = ["Budget", "BudgetExceeded", "ADMIT_POLL_S", "ADMIT_WAIT_MAX_S"]
 
 #: how often a call held back by the calls in flight looks again (they are LLM calls: seconds, not microseconds)
 ADMIT_POLL_S = 0.01
+#: the longest a call waits for the calls in flight: then it goes, and the session's log says the budget may be
+#: passed by more than one call (a call waiting on one that waits on it in turn, in a way nobody foresaw, must not
+#: hang the session for good)
+ADMIT_WAIT_MAX_S = 300.0
 
 
 class BudgetExceeded(BaseException):
@@ -43,11 +52,16 @@ class Budget:
         self._lock = threading.Lock()  # calls come from the workflow's threads, each on its own event loop
         self._in_flight = 0
         self._dearest: float | None = None  # the most one call has cost so far (None: no call priced yet)
+        #: the budget pause under way (its end), which every call reaching the budget meanwhile waits for: one pause
+        #: and one resume for all of them, the resume's budget theirs too (each paused on its own, most of them
+        #: read the resume's budget as lifted, and one arriving after the resume stayed paused for good)
+        self._pausing: concurrent.futures.Future[None] | None = None
 
     async def check(self, spent: Callable[[], float], call: Any) -> None:
         """Admit the call (it is then in flight until :meth:`priced`), refuse it (stop), or wait (pause) when the
         session has spent its budget (``spent()``: what it has spent so far); wait first while the calls in flight
-        could take it there."""
+        could take it there, unless the call is made inside one of them (``call.nested``: that one waits for it)."""
+        waited = 0.0
         while True:
             now = spent()
             if now >= self.limit:
@@ -55,24 +69,51 @@ class Budget:
                 continue
             with self._lock:
                 flying, dearest = self._in_flight, self._dearest
-                if not flying or (dearest is not None and now + flying * dearest < self.limit):
+                if (not flying or getattr(call, "nested", False) or waited >= ADMIT_WAIT_MAX_S
+                        or (dearest is not None and now + flying * dearest < self.limit)):
                     self._in_flight = flying + 1
-                    return
+                    break
             await asyncio.sleep(ADMIT_POLL_S)
+            waited += ADMIT_POLL_S
+        if waited >= ADMIT_WAIT_MAX_S:
+            self.emit("log", {"level": "warning", "logger": "labd.budget",
+                              "event": f"an LLM call by {call.agent} waited {ADMIT_WAIT_MAX_S:.0f} s for {flying} "
+                                       "calls in flight and went on: the budget may be passed by more than one call"},
+                      call.node)
 
-    def priced(self, cost: float) -> None:
-        """An admitted call ended, its ``cost`` already counted in what the session spent (0 for one that failed)."""
+    def priced(self, cost: float, *, real: bool = True) -> None:
+        """An admitted call ended, its ``cost`` already counted in what the session spent. ``real``: the model
+        priced it (not a failure, nor an answer replayed from a record): only those say what a call may cost."""
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
-            if self._dearest is None or cost > self._dearest:
+            if real and (self._dearest is None or cost > self._dearest):
                 self._dearest = cost
 
     async def _reached(self, spent: float, call: Any) -> None:
+        """The session has spent its budget: refuse the call (stop), or pause until a resume says what the budget is
+        now (pause). A call reaching the budget while another call's pause is under way waits for that pause."""
+        under_way: concurrent.futures.Future[None] | None = None
+        if self.action == "pause" and self.pause is not None:
+            with self._lock:
+                first = self._pausing is None
+                under_way = self._pausing = concurrent.futures.Future() if first else self._pausing
+            if not first and under_way is not None:
+                try:  # its end, then the caller looks again (a stop meanwhile: the pause it makes raises Cancelled)
+                    await asyncio.wrap_future(under_way)
+                except BaseException:  # noqa: BLE001 - the pausing call raises its own
+                    pass
+                return
         reason = (f"budget reached: spent ${spent:.6f} of ${self.limit:.6f} before an LLM call by "
                   f"{call.agent} ({self.action})")
         self.emit("budget.exceeded", {"spent": spent, "budget": self.limit, "action": self.action,
                                       "agent": call.agent, "reason": reason}, call.node)
         if self.action != "pause" or self.pause is None:
             raise BudgetExceeded(reason)
-        new = await asyncio.to_thread(self.pause, reason)
-        self.limit = float("inf") if new is None else float(new)
+        try:
+            new = await asyncio.to_thread(self.pause, reason)
+            self.limit = float("inf") if new is None else float(new)
+        finally:
+            with self._lock:
+                self._pausing = None
+            if under_way is not None:
+                under_way.set_result(None)

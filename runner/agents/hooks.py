@@ -43,7 +43,7 @@ def untracked() -> Iterator[None]:
 class LLMCall:
     """One LLM call in flight: what the tracking middleware knows, filled in by the recording client."""
 
-    __slots__ = ("agent", "base", "node", "req_seq", "config", "served", "budgeted")
+    __slots__ = ("agent", "base", "node", "req_seq", "config", "served", "budgeted", "nested")
 
     def __init__(self, agent: str, base: dict[str, Any], node: str | None, config: Any) -> None:
         self.agent = agent
@@ -53,6 +53,7 @@ class LLMCall:
         self.config = config
         self.served = False  # answered from a recorded session (labd replay), not by the model
         self.budgeted: Any = None  # the Budget that admitted this call, told its price when it ends
+        self.nested = False  # made while another call was in flight in this context (a verifier inside a call)
 
 
 #: set by TrackingMiddleware.on_llm_call around the call; read by the RecordingClient inside it

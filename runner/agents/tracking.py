@@ -111,7 +111,7 @@ class Tracker:
         """Budget check before the call: the session spends at most its budget plus one call (calls at the same
         time included: runner/agents/budget.py)."""
         if call.budgeted is not None:  # the same call again (a retry inside it): admitted once, counted once
-            call.budgeted.priced(0.0)
+            call.budgeted.priced(0.0, real=False)
             call.budgeted = None
         budget = self.budget
         if budget is not None:
@@ -251,13 +251,14 @@ class TrackingMiddleware(BaseMiddleware):
                 return refused_response(refused, self.model)
         base = self._base
         call = LLMCall(self.agent, base, node, _config_of(context))
+        call.nested = current_llm_call.get() is not None  # its budget check must not wait for the call it is in
         token = current_llm_call.set(call)
         start = time.monotonic()
         try:
             resp = await call_next(events, context)
         except BaseException as exc:
             if call.budgeted is not None:  # admitted, and ended without a price
-                call.budgeted.priced(0.0)
+                call.budgeted.priced(0.0, real=False)
             if call.req_seq is not None:  # a refused budget never reached the model: no response to record
                 self.t.emit("llm.response", {**base, "status": "error", "duration": time.monotonic() - start,
                                              "error": f"{type(exc).__name__}: {exc}"}, node, call.req_seq)
@@ -268,7 +269,7 @@ class TrackingMiddleware(BaseMiddleware):
             return self._answered(call, resp, events, start)
         finally:
             if call.budgeted is not None:  # recording the answer failed before its price was counted
-                call.budgeted.priced(0.0)
+                call.budgeted.priced(0.0, real=False)
 
     def _answered(self, call: LLMCall, resp: Any, events: Any, start: float) -> Any:
         """Record a call's answer: its response, message, cost (the budget told its price)."""
@@ -307,7 +308,7 @@ class TrackingMiddleware(BaseMiddleware):
         cost = 0.0 if call.served else price.cost(prompt_tokens, completion_tokens)
         self.t.add_cost(cost, self.agent)
         if call.budgeted is not None:  # after the cost is counted: a call waiting on this one sees both at once
-            call.budgeted.priced(cost)
+            call.budgeted.priced(cost, real=not call.served)
             call.budgeted = None
         self.t.emit("cost.recorded", {"agent": self.agent, "model": model, "prompt_tokens": prompt_tokens,
                                       "completion_tokens": completion_tokens,

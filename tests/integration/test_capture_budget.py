@@ -46,6 +46,53 @@ def test_agents_calling_at_once_spend_at_most_one_call_more(client) -> None:
     assert final["status"] == "failed" and "budget" in final["reason"], final["reason"]
 
 
+def test_a_failed_first_call_leaves_the_bound_on_calls_at_once(client) -> None:
+    """A first call that fails (no price) before eight agents call at once: the bound still holds (a failure
+    counted as a call of $0 let every later call through at once: 8 calls against a budget of 2.4)."""
+    budget = 0.0004
+    sid = client.start("labd_fidelityflows:concurrent_spend", params={"agents": 8, "calls": 3, "fail_first": 1},
+                       budget=budget)
+    final = client.wait(sid, timeout=120)
+    costs = [e["payload"]["cost"] for e in _calls(client, sid)]
+    assert costs and budget <= sum(costs) <= budget + max(costs) + 1e-12, (sum(costs), costs)
+    assert final["status"] == "failed" and "budget" in final["reason"], final["reason"]
+
+
+def test_calls_made_inside_other_calls_do_not_wait_for_them(client) -> None:
+    """An LLM call made inside another (a checking middleware after the answer, a model consulting a helper agent)
+    under a budget goes at once: it waited for the call it was in to be priced, which waited for it (the session
+    hung, spending nothing)."""
+    sid = client.start("labd_fidelityflows:nested_calls", budget=5.0)
+    final = client.wait(sid, timeout=60)
+    assert final["status"] == "completed", final["reason"]
+    agents = {e["payload"]["agent"] for e in _calls(client, sid)}
+    assert {"writer", "checker", "router", "helper"} <= agents, agents
+
+
+def test_calls_at_once_share_one_budget_pause_and_its_new_budget(client) -> None:
+    """Eight agents calling at once reach a pausing budget: the session pauses once (not once per call), and the
+    resume's new budget holds for every waiting call (each paused on its own: most read the resume as lifting
+    the budget, spent past the new one, and one arriving after the resume stayed paused for good)."""
+    sid = client.start("labd_fidelityflows:concurrent_spend", params={"agents": 8, "calls": 3}, budget=0.0004,
+                       budget_action="pause")
+    wait_until(lambda: client.session(sid)["status"] == "paused", timeout=60, what="budget pause")
+    paused = [e for e in client.history(sid) if e["kind"] == "session.paused"]
+    assert len(paused) == 1, paused
+    client.resume(sid, budget=0.002)
+    wait_until(lambda: sum(e["kind"] == "session.resumed" for e in client.history(sid)) == 1
+               and client.session(sid)["status"] == "paused", timeout=60, what="the second budget pause")
+    history = list(client.history(sid))
+    resumed = [e["payload"] for e in history if e["kind"] == "session.resumed"]
+    assert [r.get("budget") for r in resumed] == [0.002], resumed
+    costs = [e["payload"]["cost"] for e in history if e["kind"] == "cost.recorded"]
+    assert 0.002 <= sum(costs) <= 0.002 + max(costs) + 1e-12, (sum(costs), costs)
+    assert sum(e["kind"] == "session.paused" for e in history) == 2
+    client.resume(sid, budget=1.0)
+    final = client.wait(sid, timeout=120)
+    assert final["status"] == "completed", final["reason"]
+    assert len(_calls(client, sid)) == 24
+
+
 def test_pause_on_budget_blocks_until_resumed_with_a_new_budget(client) -> None:
     """With ``budget_action pause`` the runner blocks before the call that the budget refuses (status
     paused, no more calls while paused); ``session.resume {budget}`` continues with the new budget and

@@ -141,15 +141,20 @@ def spend_loop(ctx: Any, calls: int = 40) -> int:
     return asyncio.run(body())
 
 
-def concurrent_spend(ctx: Any, agents: int = 8, calls: int = 3, latency: float = 0.3) -> int:
-    """``agents`` agents at once (``asyncio.gather``), each making ``calls`` LLM calls that take ``latency`` seconds
-    on the offline model (for budgets under concurrent calls); returns how many were answered."""
-    from ag2 import Agent
-
+def _slow_model(latency: float, fail_first: int = 0, inside: Any = None) -> Any:
+    """An offline model config whose calls take ``latency`` seconds; its first ``fail_first`` calls raise, and each
+    call first awaits ``inside()`` when given (a model that consults another agent within its own call)."""
     from labd.runner.agents.offline import OfflineClient, OfflineModelConfig
+
+    made = {"calls": 0}
 
     class SlowClient(OfflineClient):
         async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            made["calls"] += 1
+            if made["calls"] <= fail_first:
+                raise RuntimeError("the model is unavailable (a transient failure)")
+            if inside is not None:
+                await inside()
             await asyncio.sleep(latency)
             return await super().__call__(*args, **kwargs)
 
@@ -160,14 +165,53 @@ def concurrent_spend(ctx: Any, agents: int = 8, calls: int = 3, latency: float =
         def create(self) -> OfflineClient:
             return SlowClient(self.model)
 
+    return SlowConfig()
+
+
+def concurrent_spend(ctx: Any, agents: int = 8, calls: int = 3, latency: float = 0.3, fail_first: int = 0) -> int:
+    """``agents`` agents at once (``asyncio.gather``), each making ``calls`` LLM calls that take ``latency`` seconds
+    on the offline model (for budgets under concurrent calls); with ``fail_first``, a first call that fails (caught)
+    comes before them. Returns how many were answered."""
+    from ag2 import Agent
+
     async def one(i: int) -> int:
-        agent = Agent(f"spender{i}", "ROLE: researcher", config=SlowConfig())
+        agent = Agent(f"spender{i}", "ROLE: researcher", config=_slow_model(latency))
         for _ in range(calls):
             await agent.ask("question: " + "x" * 400)
         return calls
 
     async def body() -> int:
+        if fail_first:
+            try:
+                await Agent("unlucky", "ROLE: researcher", config=_slow_model(latency, fail_first)).ask("question")
+            except Exception as exc:  # noqa: BLE001 - the workflow carries on, as a retrying one would
+                print("the first call failed:", exc)
         return sum(await asyncio.gather(*(one(i) for i in range(agents))))
+
+    return asyncio.run(body())
+
+
+def nested_calls(ctx: Any) -> str:
+    """LLM calls made inside other LLM calls: a middleware (inside labd's tracking) that checks each answer with
+    another agent, and a model that consults a helper agent within its own call."""
+    from ag2 import Agent
+    from ag2.middleware import BaseMiddleware
+
+    class Verify(BaseMiddleware):
+        async def on_llm_call(self, call_next: Any, events: Any, context: Any) -> Any:
+            answer = await call_next(events, context)
+            await Agent("checker", "ROLE: researcher", config=_slow_model(0.05)).ask("is this right?")
+            return answer
+
+    async def consult() -> None:
+        await Agent("helper", "ROLE: researcher", config=_slow_model(0.05)).ask("a sub-question")
+
+    async def body() -> str:
+        writer = ctx.agent("writer", "ROLE: researcher", model=_slow_model(0.05),
+                           middleware=[lambda event, context: Verify(event, context)])
+        await writer.ask("write")
+        await Agent("router", "ROLE: researcher", config=_slow_model(0.05, inside=consult)).ask("route")
+        return "done"
 
     return asyncio.run(body())
 
