@@ -33,6 +33,10 @@ __all__ = ["Client", "LabdError", "WIRE_FIELDS", "SEARCH_TYPES", "check_timeout"
 SEARCH_TYPES = ("session", "step", "message", "code", "file", "approval", "result", "error")
 
 
+#: the most sessions one ``session.list`` reply holds
+MAX_LIST = 10_000
+
+
 class Client(Transport, Waiting, Skills):
     """A connection to the daemon serving ``home`` (default: ``$LABD_HOME`` or the XDG data dir): the SDK's calls,
     each a request (:meth:`request`, labd.ipc.transport) and the waits built on them (labd.ipc.waiting)."""
@@ -191,12 +195,24 @@ class Client(Transport, Waiting, Skills):
                       tags: dict[str, str] | None = None, since: float | None = None,
                       page: int = 1000) -> Iterator[dict[str, Any]]:
         """Every matching session, newest first, read a page (``page`` sessions, 1-10000) at a time: a session
-        created meanwhile is not listed (it is newer than the first page), and one deleted meanwhile may be."""
+        created meanwhile is not listed (it is newer than the first page), and one deleted meanwhile may be. From a
+        daemon older than paging (no ``next``): its newest 10,000, then :class:`LabdError` ``list_incomplete`` if
+        more match (a list cut short must not look whole)."""
         before: str | None = None
+        filters: dict[str, Any] = {"workflow": workflow, "tags": tags, "since": since}
         while True:
-            got = self.sessions_page(status, page, workflow=workflow, tags=tags, since=since, before=before)
+            got = self.sessions_page(status, page, before=before, **filters)
             yield from got["sessions"]
-            if not got["more"] or not got["next"]:
+            if not got["more"]:
+                return
+            if not got["next"]:  # an older daemon: one page of at most 10,000 is all it can give
+                seen = {r["id"] for r in got["sessions"]}
+                if page < MAX_LIST:
+                    got = self.sessions_page(status, MAX_LIST, **filters)
+                    yield from (r for r in got["sessions"] if r["id"] not in seen)
+                if got["more"]:
+                    raise LabdError("list_incomplete", f"the daemon lists only the newest {MAX_LIST} sessions (it is "
+                                    "older than paging: restart it on this version of labd to list them all)")
                 return
             before = got["next"]
 

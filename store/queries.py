@@ -105,9 +105,14 @@ class Store(GraphQueries, CostQueries):
         if tags:  # compact JSON (orjson): each pair appears as "k":"v"; checked exactly below
             for k, v in tags.items():
                 q = q.where(sessions.c.tags.contains(orjson.dumps({k: v}).decode()[1:-1], autoescape=True))
+        else:
+            # in SQL: PostgreSQL's driver fetches every row a query matches before the first is read (a page of 200
+            # read and sorted all 200,000 sessions, 0.4 s); the (created_at, id) index then gives the page in order
+            q = q.limit(limit)
         out: list[dict[str, Any]] = []
         with self.engine.connect() as conn:
-            for r in conn.execute(q).mappings():
+            # with tags, rows are matched here: streamed in batches, not all fetched for the first page
+            for r in conn.execution_options(yield_per=500).execute(q).mappings():
                 d = _session_dict(r)
                 if tags and any(d["tags"].get(k) != v for k, v in tags.items()):
                     continue

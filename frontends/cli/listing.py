@@ -12,6 +12,7 @@ from typing import Any
 from labd.frontends.cli.base import LIVE, CliError, Ctx, add_json, comma_list, command
 from labd.frontends.cli.output import STATUS_STYLE, age, natural_key, styled
 from labd.frontends.cli.sessions import parse_tags
+from labd.ipc.errors import LabdError
 from labd.ipc.events import STATUSES
 from labd.ipc.functions import FUNCTION_WORKFLOW
 from labd.ipc.units import UnitError, format_duration, format_size, parse_duration
@@ -40,19 +41,21 @@ def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> tuple[list[dict[str, Any]], 
     # on pages read until --limit sessions match: --limit counts the matches (applied first, it hid older ones)
     keep = _matcher(args)
     rows: list[dict[str, Any]] = []
-    more, before = False, None
-    while True:
-        want = args.limit - len(rows) if keep is None and args.limit else FILTER_PAGE
-        page = ctx.client().sessions_page(status=statuses, limit=min(want, MAX_LIST), tags=tags or None,
-                                          since=cutoff, before=before)
-        rows += page["sessions"] if keep is None else [r for r in page["sessions"] if keep(r)]
-        if args.limit and len(rows) >= args.limit:
-            more = len(rows) > args.limit or page["more"]
-            rows = rows[:args.limit]
-            break
-        if not page["more"] or not page["next"]:
-            break
-        before = page["next"]
+    more = False
+    # one more than --limit tells whether more match; matched here, or all: a page of FILTER_PAGE at a time
+    page = min(args.limit + 1, MAX_LIST) if keep is None and args.limit else FILTER_PAGE
+    try:
+        for r in ctx.client().iter_sessions(status=statuses, tags=tags or None, since=cutoff, page=page):
+            if keep is not None and not keep(r):
+                continue
+            if args.limit and len(rows) == args.limit:
+                more = True
+                break
+            rows.append(r)
+    except LabdError as exc:
+        if exc.code != "list_incomplete":  # an older daemon: its newest 10,000 are listed, and the note says so
+            raise
+        more = True
     if args.sort:
         rows.sort(key=SORTS[args.sort], reverse=args.sort in ("cost", "rss", "cpu"))  # the most first
     return rows, more
