@@ -14,14 +14,29 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-from typing import TYPE_CHECKING  # noqa: E402
-
-from labd.ipc.client import Client, LabdError  # noqa: E402 - after __version__, which the client may read
-from labd.ipc.executor import Executor  # noqa: E402
-from labd.ipc.functions import RemoteError  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 if TYPE_CHECKING:
+    from labd.ipc.client import Client, LabdError
+    from labd.ipc.executor import Executor
+    from labd.ipc.functions import RemoteError
     from labd.runner.context import Context
+
+#: the SDK's names, imported when first used (``from labd import Client``), not with the package: the ``labd``
+#: command imports this package first, and a Ctrl-C during the SDK's import (a few hundred ms) was a traceback
+_LAZY = {"Client": "labd.ipc.client", "LabdError": "labd.ipc.client", "Executor": "labd.ipc.executor",
+         "RemoteError": "labd.ipc.functions"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'labd' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: later lookups find it here
+    return value
 
 
 def context() -> "Context":

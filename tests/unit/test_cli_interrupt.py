@@ -50,7 +50,7 @@ class Interrupt:
     """Stands for a Ctrl-C pressed while the commands load: importing them raises KeyboardInterrupt."""
 
     def find_spec(self, name, path=None, target=None):
-        if name == "labd.frontends.cli.app":
+        if name == MODULE:
             raise KeyboardInterrupt
         return None
 
@@ -58,15 +58,16 @@ sys.meta_path.insert(0, Interrupt())
 '''
 
 
+@pytest.mark.parametrize("module", ["labd.frontends.cli.app", "labd.ipc.client"])
 @pytest.mark.parametrize("how", [["-m", "labd"], ["-c", "import sys; from labd.frontends.cli import main; "
                                                         "sys.exit(main())"]])
-def test_ctrl_c_while_the_commands_load_exits_130_without_a_traceback(tmp_path, how: list[str]) -> None:
-    """A Ctrl-C while `labd` is still loading its commands (a second or so on a busy machine) exits 130 quietly,
-    as one during a command does: it printed a KeyboardInterrupt traceback, through `python -m labd` and through
-    the installed `labd` script (which imports ``main`` from the package and calls it)."""
+def test_ctrl_c_while_the_commands_load_exits_130_without_a_traceback(tmp_path, how: list[str], module: str) -> None:
+    """A Ctrl-C while `labd` is still loading its commands or the SDK (a second or so on a busy machine) exits 130
+    quietly, as one during a command does: it printed a KeyboardInterrupt traceback, through `python -m labd` and
+    through the installed `labd` script (which imports ``main`` from the package and calls it)."""
     import subprocess
 
-    (tmp_path / "sitecustomize.py").write_text(_INTERRUPTING_IMPORT)
+    (tmp_path / "sitecustomize.py").write_text(f"MODULE = {module!r}\n" + _INTERRUPTING_IMPORT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, *how, "ps"], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 130 and "Traceback" not in done.stderr, (done.returncode, done.stderr)
