@@ -61,6 +61,7 @@ Index("ix_sessions_ended_at", sessions.c.ended_at)
 # session.list's order (newest first, the id breaking ties) and its pages (0016): a list is read from the index, not
 # sorted from the whole table
 Index("ix_sessions_created_at", sessions.c.created_at, sessions.c.id)
+Index("ix_sessions_status_created_at", sessions.c.status, sessions.c.created_at, sessions.c.id)  # `ps --status S`
 
 events = Table(
     "events",

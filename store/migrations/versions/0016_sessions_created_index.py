@@ -1,5 +1,6 @@
-"""An index on ``sessions (created_at, id)``: ``session.list`` reads sessions newest first and pages through them
-(``before``); without it every list sorted the whole table (100,000 sessions: every ``labd ps -a``).
+"""Indexes on ``sessions (created_at, id)`` and ``(status, created_at, id)``: ``session.list`` reads sessions newest
+first and pages through them (``before``); without them every list sorted the whole table, or all the sessions of
+the statuses asked for (100,000 sessions: every ``labd ps -a``, every page of ``labd ps --status completed``).
 
 Revision ID: 0016_sessions_created_index
 Revises: 0015_store_meta
@@ -15,7 +16,9 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_index("ix_sessions_created_at", "sessions", ["created_at", "id"])
+    op.create_index("ix_sessions_status_created_at", "sessions", ["status", "created_at", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_sessions_status_created_at", table_name="sessions")
     op.drop_index("ix_sessions_created_at", table_name="sessions")
