@@ -113,6 +113,7 @@ class Context(Interruptible):
         self._open: set[str] = set()
         self._window: set[str] = set()
         self._agent_factory: Any = None
+        self._factory_lock = threading.Lock()  # one factory, one tracker and one budget for all threads
         #: durable steps (labd.runner.durable.Durable): positions, checkpoints, the record to skip
         self.durable: Any = None
         #: a branch's hypothesis and instructions (``labd branch --hypothesis/--instructions``), else None
@@ -352,7 +353,12 @@ class Context(Interruptible):
         if self._agent_factory is None:
             if self._agents is None:
                 raise RuntimeError("agents are not available in this context")
-            self._agent_factory = self._agents()
+            # Threads making their first LLM call at once each built a factory of their own, each with its own
+            # tracker and budget: every one started from $0 spent, and eight threads spent eight calls of a budget
+            # of two (retest review). Built once, under a lock of its own (building it takes no other lock here).
+            with self._factory_lock:
+                if self._agent_factory is None:
+                    self._agent_factory = self._agents()
         return self._agent_factory
 
     def role(self, role: str, *, name: str | None = None, model: Any = "default", **kwargs: Any) -> Any:

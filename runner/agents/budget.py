@@ -8,8 +8,10 @@ session waits for any other in flight: nothing is known of a call's price before
 replayed call says nothing of it). Before, every call checked before those in flight were priced went through: eight
 agents with a budget of two calls spent eight. The bound is as good as that estimate: calls in flight that each cost
 more than any before them (a context that grows) can pass it by a little more. A call made inside another (a
-checking middleware, a model that consults an agent) does not wait for the one it is in, and no call waits more than
-:data:`ADMIT_WAIT_MAX_S`. Calls reaching a pausing budget at once share one pause, and the resume's budget.
+checking middleware, a model that consults an agent) does not wait at all: it could wait for a call that waits for
+it (its own, or another's waiting for a call of its own), so each such call can pass the budget by one call. No call
+waits more than :data:`ADMIT_WAIT_MAX_S`. Calls reaching a pausing budget at once share one pause, and the
+resume's budget.
 
 ``stop`` ends the workflow (``BudgetExceeded``, a BaseException, so a workflow's ``except Exception`` cannot swallow
 it: the session ends ``failed`` with the figures in its reason); ``pause`` blocks the calling thread, as a pause at a
@@ -20,7 +22,6 @@ step boundary does, until the session is resumed — with a new budget (``sessio
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -55,7 +56,7 @@ class Budget:
         #: the budget pause under way (its end), which every call reaching the budget meanwhile waits for: one pause
         #: and one resume for all of them, the resume's budget theirs too (each paused on its own, most of them
         #: read the resume's budget as lifted, and one arriving after the resume stayed paused for good)
-        self._pausing: concurrent.futures.Future[None] | None = None
+        self._pausing: threading.Event | None = None
 
     async def check(self, spent: Callable[[], float], call: Any) -> None:
         """Admit the call (it is then in flight until :meth:`priced`), refuse it (stop), or wait (pause) when the
@@ -92,16 +93,16 @@ class Budget:
     async def _reached(self, spent: float, call: Any) -> None:
         """The session has spent its budget: refuse the call (stop), or pause until a resume says what the budget is
         now (pause). A call reaching the budget while another call's pause is under way waits for that pause."""
-        under_way: concurrent.futures.Future[None] | None = None
+        under_way: threading.Event | None = None
         if self.action == "pause" and self.pause is not None:
             with self._lock:
                 first = self._pausing is None
-                under_way = self._pausing = concurrent.futures.Future() if first else self._pausing
+                under_way = self._pausing = threading.Event() if first else self._pausing
             if not first and under_way is not None:
-                try:  # its end, then the caller looks again (a stop meanwhile: the pause it makes raises Cancelled)
-                    await asyncio.wrap_future(under_way)
-                except BaseException:  # noqa: BLE001 - the pausing call raises its own
-                    pass
+                # its end, then the caller looks again (after a stop, the pause it makes raises Cancelled); polled,
+                # as the admission wait is: the pause is another thread's, and a cancelled caller just stops waiting
+                while not under_way.is_set():
+                    await asyncio.sleep(ADMIT_POLL_S)
                 return
         reason = (f"budget reached: spent ${spent:.6f} of ${self.limit:.6f} before an LLM call by "
                   f"{call.agent} ({self.action})")
@@ -116,4 +117,4 @@ class Budget:
             with self._lock:
                 self._pausing = None
             if under_way is not None:
-                under_way.set_result(None)
+                under_way.set()

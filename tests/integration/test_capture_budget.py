@@ -58,6 +58,16 @@ def test_a_failed_first_call_leaves_the_bound_on_calls_at_once(client) -> None:
     assert final["status"] == "failed" and "budget" in final["reason"], final["reason"]
 
 
+def test_threads_calling_at_once_share_the_sessions_budget(client) -> None:
+    """Eight threads making their first LLM call at the same moment spend at most the budget plus one call: each
+    built an agent factory of its own, with its own tracker and budget starting from $0, and all eight calls went."""
+    budget = 0.0004
+    sid = client.start("labd_fidelityflows:thread_spend", params={"threads": 8}, budget=budget)
+    client.wait(sid, timeout=120)
+    costs = [e["payload"]["cost"] for e in _calls(client, sid)]
+    assert costs and budget <= sum(costs) <= budget + max(costs) + 1e-12, (sum(costs), costs)
+
+
 def test_calls_made_inside_other_calls_do_not_wait_for_them(client) -> None:
     """An LLM call made inside another (a checking middleware after the answer, a model consulting a helper agent)
     under a budget goes at once: it waited for the call it was in to be priced, which waited for it (the session

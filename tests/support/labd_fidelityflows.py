@@ -191,6 +191,32 @@ def concurrent_spend(ctx: Any, agents: int = 8, calls: int = 3, latency: float =
     return asyncio.run(body())
 
 
+def thread_spend(ctx: Any, threads: int = 8) -> int:
+    """``threads`` threads each make their first LLM call at the same moment (a barrier), each on its own event
+    loop; a thread the budget refuses ends quietly. Returns how many calls were answered."""
+    import threading
+
+    from ag2 import Agent
+
+    barrier = threading.Barrier(threads)
+    answered: list[int] = []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            asyncio.run(Agent(f"thread{i}", "ROLE: researcher", config=_slow_model(0.3)).ask("question: " + "x" * 400))
+            answered.append(i)
+        except BaseException:  # noqa: BLE001 - BudgetExceeded: this thread's call was refused
+            pass
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return len(answered)
+
+
 def nested_calls(ctx: Any) -> str:
     """LLM calls made inside other LLM calls: a middleware (inside labd's tracking) that checks each answer with
     another agent, and a model that consults a helper agent within its own call."""

@@ -118,3 +118,36 @@ def test_first_calls_at_once_go_one_at_a_time_until_one_is_priced() -> None:
 
     asyncio.run(main())
     assert order == ["a admitted", "a priced", "b admitted", "b priced"]
+
+
+def test_calls_reaching_a_pausing_budget_share_one_pause_and_a_cancelled_one_stops_waiting() -> None:
+    """Three calls reach a pausing budget at once: the pause hook runs once (one pause, one resume), the resume's
+    new budget is every call's, and a call cancelled while it waits for that pause is cancelled (its cancellation
+    is not swallowed) without disturbing the others."""
+    import threading
+
+    resume = threading.Event()
+    pauses: list[str] = []
+
+    def pause(reason: str) -> float:
+        pauses.append(reason)
+        resume.wait(10)
+        return 5.0
+
+    budget = Budget(1.0, "pause", lambda *a, **k: 0, pause=pause)
+
+    async def call() -> None:
+        await budget.check(lambda: 1.0, _Call())
+        budget.priced(0.1)  # the call was made: priced (a later call waits for the calls in flight till then)
+
+    async def main() -> list[Any]:
+        calls = [asyncio.ensure_future(call()) for _ in range(3)]
+        await asyncio.sleep(0.2)  # all three reached the budget; one pauses, two wait for its pause
+        calls[2].cancel()
+        await asyncio.sleep(0.05)
+        resume.set()
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert len(pauses) == 1 and budget.limit == 5.0
+    assert outcomes[:2] == [None, None] and isinstance(outcomes[2], asyncio.CancelledError), outcomes
