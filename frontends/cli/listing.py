@@ -103,7 +103,7 @@ def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
             for r in rows:
                 print(r["id"])
         if more:  # `labd ps -q | xargs labd rm` deleted only the newest 200 of a batch, with no word
-            ctx.out.line(f"labd ps: only the newest {len(rows)} listed; --limit N (or all) lists more", err=True)
+            ctx.out.line(f"labd ps: only the newest {len(rows)} listed; {_more_hint(args)}", err=True)
         return 0
     if not rows:
         hint = "" if args.all or args.status else " (labd ps -a shows ended ones too)"
@@ -121,8 +121,16 @@ def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
     ctx.out.table(["ID", "NAME", "WORKFLOW", "STATUS", "PID", "RSS", "CPU", "COST", "AGE"], table,
                   right=("PID", "RSS", "CPU", "COST", "AGE"))
     if more:
-        ctx.out.line(f"(the newest {len(rows)}; more match: --limit N or --limit all shows them)", "dim", err=True)
+        ctx.out.line(f"(the newest {len(rows)}; more match: {_more_hint(args)})", "dim", err=True)
     return 0
+
+
+def _more_hint(args: argparse.Namespace) -> str:
+    """How to list the sessions a cut list left out: a bigger ``--limit``, or, when ``--limit all`` was cut (only a
+    daemon older than paging cuts it, at its newest 10,000), the daemon's restart on this labd."""
+    if not args.limit:
+        return "the daemon lists only its newest 10,000 (it is older than paging: restart it on this labd)"
+    return "--limit N (or all) lists more" if args.quiet or args.json else "--limit N or --limit all shows them"
 
 
 #: statuses of a session that waits for a place to run (the run queue): no runner, no run time yet

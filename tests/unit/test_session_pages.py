@@ -81,3 +81,10 @@ def test_ps_says_a_list_is_cut_exactly_when_it_is(paging: bool) -> None:
     assert (len(rows), more) == ((12_000, False) if paging else (10_000, True))
     rows, more = _ps(big, 5, name="s11")  # matched here: the newest five names containing "s11"
     assert [r["name"] for r in rows] == ["s11999", "s11998", "s11997", "s11996", "s11995"] and more is True
+
+
+def test_the_note_of_a_cut_all_says_the_daemon_is_older() -> None:
+    """A cut `--limit all` (only an older daemon cuts it) says why and what to do, not "--limit all shows them"."""
+    all_args = argparse.Namespace(limit=0, quiet=False, json=False)
+    assert "older than paging" in listing._more_hint(all_args)
+    assert "--limit N" in listing._more_hint(argparse.Namespace(limit=5, quiet=True, json=False))
