@@ -71,8 +71,12 @@ def _matcher(args: argparse.Namespace) -> Any:
 
 
 def _pattern(text: str) -> str:
-    """A filter's glob: the text itself if it is one, else "contains the text"."""
-    return text if any(ch in text for ch in "*?[") else f"*{text}*"
+    """A filter's glob: the text itself if it is one (it has a ``*`` or ``?``), else "contains the text", taken
+    literally: ``--name 'lr[0.1]'`` finds names holding ``lr[0.1]`` (read as a glob's character class, it found
+    ``lr0``, ``lr1`` and ``lr.`` and not the name typed)."""
+    if any(ch in text for ch in "*?"):
+        return text
+    return "*" + text.replace("[", "[[]") + "*"  # fnmatch has no escape: a "[" is the class of one "["
 
 
 def _rss(row: dict[str, Any]) -> int | None:

@@ -88,3 +88,13 @@ def test_the_note_of_a_cut_all_says_the_daemon_is_older() -> None:
     all_args = argparse.Namespace(limit=0, quiet=False, json=False)
     assert "older than paging" in listing._more_hint(all_args)
     assert "--limit N" in listing._more_hint(argparse.Namespace(limit=5, quiet=True, json=False))
+
+
+def test_a_name_filter_with_brackets_is_taken_literally_unless_it_is_a_glob() -> None:
+    """`ps --name 'lr[0.1]'` finds the names holding that text (as a glob it matched lr0, lr1 and lr. instead);
+    with a * or ? it is a glob, character classes included."""
+    fake = FakeDaemon(0, paging=True)
+    fake.rows = [{"id": f"{n:032x}", "created_at": float(n), "name": name, "workflow": "w", "status": "completed"}
+                 for n, name in enumerate(["sweep-lr[0.1]", "sweep-lr0", "sweep-lr1", "other"], 1)][::-1]
+    assert [r["name"] for r in _ps(fake, 10, name="lr[0.1]")[0]] == ["sweep-lr[0.1]"]
+    assert sorted(r["name"] for r in _ps(fake, 10, name="*lr[01]")[0]) == ["sweep-lr0", "sweep-lr1"]
