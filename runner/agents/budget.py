@@ -1,21 +1,25 @@
 """The LLM budget, enforced in the runner before each call (the runner knows what it has spent).
 
-With a budget ``B`` a call is refused once the session has spent ``B`` or more, so a session spends at
-most ``B`` plus the one call that crossed it. That holds for calls made at the same time too (agents in threads, or
-``asyncio.gather``): each call counts as in flight from its admission until it is priced, and a call waits while the
-calls in flight could, costing what the dearest call so far cost, take the session to ``B`` (the first call of a
-session waits for any other in flight: nothing is known of a call's price before one is priced; a failed or
-replayed call says nothing of it). Before, every call checked before those in flight were priced went through: eight
-agents with a budget of two calls spent eight. The bound is as good as that estimate: calls in flight that each cost
-more than any before them (a context that grows) can pass it by a little more. A call made inside another (a
-checking middleware, a model that consults an agent) does not wait at all: it could wait for a call that waits for
-it (its own, or another's waiting for a call of its own), so each such call can pass the budget by one call. No call
-waits more than :data:`ADMIT_WAIT_MAX_S`. Calls reaching a pausing budget at once share one pause, and the
-resume's budget.
+With a budget ``B`` a call is refused once the session has spent ``B`` or more, so a session spends at most ``B``
+plus the one call that crossed it. That holds for calls made at the same time too (agents in threads, or
+``asyncio.gather``): each call counts as in flight from its admission until it is priced, reserving what it may cost
+(its request's size at the model's price, or the dearest call so far if that is more), and a call waits while what
+the calls in flight reserve could take the session to ``B``. The first call of a session waits for any other in
+flight (no call has been priced: nothing bounds the answer's length), and a failed or replayed call says nothing of
+what a call costs. Before, every call checked before those in flight were priced went through: eight agents with a
+budget of two calls spent eight; and counting each at the dearest call so far let many large calls through after a
+cheap first one. An answer longer than any before can still pass the bound by its excess. Worker processes forked
+by the workflow have a budget each (docs/design.md, "Workflows that fork"); the daemon's backstop stops the session
+once it sees the cost. A call made inside another (a checking middleware, a model that consults an agent) does not
+wait at all: it could wait for a call that waits for it (its own, or another's waiting for a call of its own), so
+each such call can pass the budget by one call. It is known by its context (``current_llm_call``), which
+``asyncio.to_thread`` carries and a plain thread does not: a call made in a plain thread inside another call waits,
+at most :data:`ADMIT_WAIT_MAX_S`, as every call does. Calls reaching a pausing budget at once share one pause, and
+the resume's budget.
 
 ``stop`` ends the workflow (``BudgetExceeded``, a BaseException, so a workflow's ``except Exception`` cannot swallow
-it: the session ends ``failed`` with the figures in its reason); ``pause`` blocks the calling thread, as a pause at a
-step boundary does, until the session is resumed — with a new budget (``session.resume {budget}``) or without one
+it: the session ends ``failed`` with the figures in its reason); ``pause`` blocks the calling thread, as a pause at
+a step boundary does, until the session is resumed — with a new budget (``session.resume {budget}``) or without one
 (the budget is then lifted, so the resume means "go on").
 """
 
@@ -52,16 +56,19 @@ class Budget:
         self.pause = pause
         self._lock = threading.Lock()  # calls come from the workflow's threads, each on its own event loop
         self._in_flight = 0
+        self._reserved = 0.0  # what the calls in flight may cost: each its estimate, at least the dearest so far
         self._dearest: float | None = None  # the most one call has cost so far (None: no call priced yet)
         #: the budget pause under way (its end), which every call reaching the budget meanwhile waits for: one pause
         #: and one resume for all of them, the resume's budget theirs too (each paused on its own, most of them
         #: read the resume's budget as lifted, and one arriving after the resume stayed paused for good)
         self._pausing: threading.Event | None = None
 
-    async def check(self, spent: Callable[[], float], call: Any) -> None:
+    async def check(self, spent: Callable[[], float], call: Any, estimate: float = 0.0) -> float:
         """Admit the call (it is then in flight until :meth:`priced`), refuse it (stop), or wait (pause) when the
         session has spent its budget (``spent()``: what it has spent so far); wait first while the calls in flight
-        could take it there, unless the call is made inside one of them (``call.nested``: that one waits for it)."""
+        could take it there, unless the call is made inside one of them (``call.nested``: that one waits for it).
+        ``estimate``: what this call may cost (from its request's size). Returns what it reserved, for
+        :meth:`priced`."""
         waited = 0.0
         while True:
             now = spent()
@@ -71,8 +78,9 @@ class Budget:
             with self._lock:
                 flying, dearest = self._in_flight, self._dearest
                 if (not flying or getattr(call, "nested", False) or waited >= ADMIT_WAIT_MAX_S
-                        or (dearest is not None and now + flying * dearest < self.limit)):
-                    self._in_flight = flying + 1
+                        or (dearest is not None and now + self._reserved < self.limit)):
+                    reserve = max(estimate, dearest or 0.0)
+                    self._in_flight, self._reserved = flying + 1, self._reserved + reserve
                     break
             await asyncio.sleep(ADMIT_POLL_S)
             waited += ADMIT_POLL_S
@@ -81,12 +89,15 @@ class Budget:
                               "event": f"an LLM call by {call.agent} waited {ADMIT_WAIT_MAX_S:.0f} s for {flying} "
                                        "calls in flight and went on: the budget may be passed by more than one call"},
                       call.node)
+        return reserve
 
-    def priced(self, cost: float, *, real: bool = True) -> None:
-        """An admitted call ended, its ``cost`` already counted in what the session spent. ``real``: the model
-        priced it (not a failure, nor an answer replayed from a record): only those say what a call may cost."""
+    def priced(self, cost: float, *, real: bool = True, reserved: float = 0.0) -> None:
+        """An admitted call ended, its ``cost`` already counted in what the session spent; ``reserved``: what
+        :meth:`check` returned for it. ``real``: the model priced it (not a failure, nor an answer replayed from a
+        record): only those say what a call may cost."""
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
+            self._reserved = max(0.0, self._reserved - reserved) if self._in_flight else 0.0
             if real and (self._dearest is None or cost > self._dearest):
                 self._dearest = cost
 

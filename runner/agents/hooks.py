@@ -43,7 +43,7 @@ def untracked() -> Iterator[None]:
 class LLMCall:
     """One LLM call in flight: what the tracking middleware knows, filled in by the recording client."""
 
-    __slots__ = ("agent", "base", "node", "req_seq", "config", "served", "budgeted", "nested")
+    __slots__ = ("agent", "base", "node", "req_seq", "config", "served", "budgeted", "nested", "reserved")
 
     def __init__(self, agent: str, base: dict[str, Any], node: str | None, config: Any) -> None:
         self.agent = agent
@@ -54,6 +54,7 @@ class LLMCall:
         self.served = False  # answered from a recorded session (labd replay), not by the model
         self.budgeted: Any = None  # the Budget that admitted this call, told its price when it ends
         self.nested = False  # made while another call was in flight in this context (a verifier inside a call)
+        self.reserved = 0.0  # what the budget counts this call as possibly costing while it is in flight
 
 
 #: set by TrackingMiddleware.on_llm_call around the call; read by the RecordingClient inside it
@@ -78,7 +79,7 @@ class RecordingClient:
             tracker = self._factory.tracker
             call.config = self._config
             if tracker.budget is not None:  # no coroutine to await per call when the session has no budget
-                await tracker.before_llm_call(call)
+                await tracker.before_llm_call(call, messages, context)
             call.req_seq = tracker.record_request(call, messages, context, tools, response_schema)
             replayer = replay.active()
             if replayer is not None and not replayer.live:  # a replay: the recorded response, if it was recorded

@@ -72,6 +72,7 @@ class Tracker:
         #: USD priced so far by this runner (the budget is checked against it before each call)
         self.spent = 0.0
         self.spent_by: dict[str, float] = {}  # ... and per agent (policies can cap an agent's cost)
+        self.longest_answer = 0  # completion tokens of the longest answer so far (a budget's estimate of a call)
         self.budget: Budget | None = None
         self.policy: PolicyGate | None = None  # the session's [[policy]] rules, when it has any
         self._describe = describe
@@ -107,16 +108,28 @@ class Tracker:
         return cached  # type: ignore[no-any-return]
 
     # ---- LLM calls (called by hooks.RecordingClient, innermost, right before the model is called) ----
-    async def before_llm_call(self, call: LLMCall) -> None:
+    async def before_llm_call(self, call: LLMCall, messages: Any = (), context: Any = None) -> None:
         """Budget check before the call: the session spends at most its budget plus one call (calls at the same
         time included: runner/agents/budget.py)."""
         if call.budgeted is not None:  # the same call again (a retry inside it): admitted once, counted once
-            call.budgeted.priced(0.0, real=False)
+            call.budgeted.priced(0.0, real=False, reserved=call.reserved)
             call.budgeted = None
         budget = self.budget
         if budget is not None:
-            await budget.check(lambda: self.spent, call)
+            call.reserved = await budget.check(lambda: self.spent, call, self._estimate(call, messages, context))
             call.budgeted = budget
+
+    def _estimate(self, call: LLMCall, messages: Any, context: Any) -> float:
+        """What a call may cost, before it is made: its request's text at ~4 characters a token, and an answer as
+        long as the longest so far, at the model's price (only sessions with a budget pay for this)."""
+        try:
+            chars = sum(len(str(part)) for part in getattr(context, "prompt", None) or ())
+            for event in messages or ():
+                chars += len(_event_text(event))
+            price = self.prices.price(str(call.base.get("model") or ""))
+            return price.cost(chars // 4 + 1, self.longest_answer)
+        except Exception:  # noqa: BLE001 - an estimate must never fail the call: the dearest call so far stands in
+            return 0.0
 
     def record_request(self, call: LLMCall, messages: Any, context: Any, tools: Any, response_schema: Any) -> int:
         new: dict[str, str] = {}
@@ -258,7 +271,7 @@ class TrackingMiddleware(BaseMiddleware):
             resp = await call_next(events, context)
         except BaseException as exc:
             if call.budgeted is not None:  # admitted, and ended without a price
-                call.budgeted.priced(0.0, real=False)
+                call.budgeted.priced(0.0, real=False, reserved=call.reserved)
             if call.req_seq is not None:  # a refused budget never reached the model: no response to record
                 self.t.emit("llm.response", {**base, "status": "error", "duration": time.monotonic() - start,
                                              "error": f"{type(exc).__name__}: {exc}"}, node, call.req_seq)
@@ -269,7 +282,7 @@ class TrackingMiddleware(BaseMiddleware):
             return self._answered(call, resp, events, start)
         finally:
             if call.budgeted is not None:  # recording the answer failed before its price was counted
-                call.budgeted.priced(0.0, real=False)
+                call.budgeted.priced(0.0, real=False, reserved=call.reserved)
 
     def _answered(self, call: LLMCall, resp: Any, events: Any, start: float) -> Any:
         """Record a call's answer: its response, message, cost (the budget told its price)."""
@@ -308,7 +321,9 @@ class TrackingMiddleware(BaseMiddleware):
         cost = 0.0 if call.served else price.cost(prompt_tokens, completion_tokens)
         self.t.add_cost(cost, self.agent)
         if call.budgeted is not None:  # after the cost is counted: a call waiting on this one sees both at once
-            call.budgeted.priced(cost, real=not call.served)
+            if not call.served:
+                self.t.longest_answer = max(self.t.longest_answer, completion_tokens)
+            call.budgeted.priced(cost, real=not call.served, reserved=call.reserved)
             call.budgeted = None
         self.t.emit("cost.recorded", {"agent": self.agent, "model": model, "prompt_tokens": prompt_tokens,
                                       "completion_tokens": completion_tokens,

@@ -58,6 +58,19 @@ def test_a_failed_first_call_leaves_the_bound_on_calls_at_once(client) -> None:
     assert final["status"] == "failed" and "budget" in final["reason"], final["reason"]
 
 
+def test_a_cheap_first_call_does_not_let_large_calls_through_at_once(client) -> None:
+    """A cheap first call ("hi"), then eight agents with large requests at once: each is counted at what its own
+    request may cost, so the session still spends at most the budget plus one call (counted at the cheap call's
+    price, about eleven large calls went at once: 3.6 times the budget)."""
+    budget = 0.0004
+    sid = client.start("labd_fidelityflows:concurrent_spend", params={"agents": 8, "calls": 3, "cheap_first": True},
+                       budget=budget)
+    client.wait(sid, timeout=120)
+    costs = [e["payload"]["cost"] for e in _calls(client, sid)]
+    assert costs and min(costs) * 3 < max(costs), costs  # the first call really was the cheap one
+    assert budget <= sum(costs) <= budget + max(costs) + 1e-12, (sum(costs), costs)
+
+
 def test_threads_calling_at_once_share_the_sessions_budget(client) -> None:
     """Eight threads making their first LLM call at the same moment spend at most the budget plus one call: each
     built an agent factory of its own, with its own tracker and budget starting from $0, and all eight calls went."""

@@ -168,10 +168,11 @@ def _slow_model(latency: float, fail_first: int = 0, inside: Any = None) -> Any:
     return SlowConfig()
 
 
-def concurrent_spend(ctx: Any, agents: int = 8, calls: int = 3, latency: float = 0.3, fail_first: int = 0) -> int:
+def concurrent_spend(ctx: Any, agents: int = 8, calls: int = 3, latency: float = 0.3, fail_first: int = 0,
+                     cheap_first: bool = False) -> int:
     """``agents`` agents at once (``asyncio.gather``), each making ``calls`` LLM calls that take ``latency`` seconds
     on the offline model (for budgets under concurrent calls); with ``fail_first``, a first call that fails (caught)
-    comes before them. Returns how many were answered."""
+    comes before them, with ``cheap_first`` a cheap one. Returns how many were answered."""
     from ag2 import Agent
 
     async def one(i: int) -> int:
@@ -186,6 +187,8 @@ def concurrent_spend(ctx: Any, agents: int = 8, calls: int = 3, latency: float =
                 await Agent("unlucky", "ROLE: researcher", config=_slow_model(latency, fail_first)).ask("question")
             except Exception as exc:  # noqa: BLE001 - the workflow carries on, as a retrying one would
                 print("the first call failed:", exc)
+        if cheap_first:  # a call far cheaper than the ones that follow
+            await Agent("greeter", "ROLE: researcher", config=_slow_model(latency)).ask("hi")
         return sum(await asyncio.gather(*(one(i) for i in range(agents))))
 
     return asyncio.run(body())
