@@ -208,7 +208,7 @@ def run_session(spec: dict[str, Any]) -> int:
         factory = AgentFactory(emit=agent_emit, new_node_id=ctx.new_node_id, workdir=workdir,
                             models=spec.get("models") or {}, prices=spec.get("prices") or {}, secrets=secrets,
                             approvals=ctx.approvals, files=files, limits=spec.get("limits"),  # type: ignore[arg-type]
-                            pause=lambda reason: ctx.wait_paused("budget", reason),
+                            pause=lambda reason: ctx.wait_paused("budget", reason), check_stop=ctx.check_cancelled,
                             mcp_servers=spec.get("mcp_servers") or {}, roles=spec.get("roles") or None,
                             role_overrides=spec.get("agent_overrides") or {}, policy=spec.get("policy"))
         factory.tracker.spent = durable.spent

@@ -48,12 +48,16 @@ class Budget:
     """A session's budget: ``limit`` USD, ``action`` stop | pause."""
 
     def __init__(self, limit: float, action: str, emit: Callable[..., int],
-                 pause: Callable[[str], float | None] | None = None) -> None:
+                 pause: Callable[[str], float | None] | None = None,
+                 check_stop: Callable[[], None] | None = None) -> None:
         self.limit = float(limit)
         self.action = action
         self.emit = emit
         #: blocks until resumed; returns the new budget given with the resume (None: lifted)
         self.pause = pause
+        #: raises (the session's Cancelled) once a stop was asked for: a call waiting here then ends, not starts a
+        #: pause of its own (after a stop, each waiting call recorded a pause before it ended, 0.25 s apart)
+        self.check_stop = check_stop or (lambda: None)
         self._lock = threading.Lock()  # calls come from the workflow's threads, each on its own event loop
         self._in_flight = 0
         self._reserved = 0.0  # what the calls in flight may cost: each its estimate, at least the dearest so far
@@ -82,6 +86,7 @@ class Budget:
                     reserve = max(estimate, dearest or 0.0)
                     self._in_flight, self._reserved = flying + 1, self._reserved + reserve
                     break
+            self.check_stop()  # a stop while it waits for the calls in flight: it ends, it does not start
             await asyncio.sleep(ADMIT_POLL_S)
             waited += ADMIT_POLL_S
         if waited >= ADMIT_WAIT_MAX_S:
@@ -104,6 +109,7 @@ class Budget:
     async def _reached(self, spent: float, call: Any) -> None:
         """The session has spent its budget: refuse the call (stop), or pause until a resume says what the budget is
         now (pause). A call reaching the budget while another call's pause is under way waits for that pause."""
+        self.check_stop()  # a session being stopped records no new budget pause (nor refusal): it ends
         under_way: threading.Event | None = None
         if self.action == "pause" and self.pause is not None:
             with self._lock:
@@ -113,6 +119,7 @@ class Budget:
                 # its end, then the caller looks again (after a stop, the pause it makes raises Cancelled); polled,
                 # as the admission wait is: the pause is another thread's, and a cancelled caller just stops waiting
                 while not under_way.is_set():
+                    self.check_stop()
                     await asyncio.sleep(ADMIT_POLL_S)
                 return
         reason = (f"budget reached: spent ${spent:.6f} of ${self.limit:.6f} before an LLM call by "

@@ -48,7 +48,8 @@ class AgentFactory:
                  mcp_servers: Mapping[str, Mapping[str, Any]] | None = None,
                  roles: Mapping[str, Any] | None = None, role_overrides: Mapping[str, str] | None = None,
                  limits: Mapping[str, Any] | None = None, pause: Callable[[str], float | None] | None = None,
-                 policy: Sequence[Mapping[str, Any]] | None = None) -> None:
+                 policy: Sequence[Mapping[str, Any]] | None = None,
+                 check_stop: Callable[[], None] | None = None) -> None:
         self.models = dict(models)
         self.mcp_servers = dict(mcp_servers or {})
         self.roles = dict(roles or BUILTIN)
@@ -66,6 +67,7 @@ class AgentFactory:
                                        gate=self._code_gate if rules else None)
         self._budget_action = str((limits or {}).get("budget_action") or "stop")
         self._pause = pause
+        self._check_stop = check_stop  # raises the session's Cancelled once a stop was asked for
         budget = (limits or {}).get("budget")
         if isinstance(budget, int | float) and not isinstance(budget, bool):
             self.set_budget(float(budget))
@@ -77,7 +79,8 @@ class AgentFactory:
         if budget is None:
             if limit is None:
                 return False
-            self.tracker.budget = Budget(limit, self._budget_action, self.emit, self._pause)
+            self.tracker.budget = Budget(limit, self._budget_action, self.emit, self._pause,
+                                         check_stop=self._check_stop)
         else:
             budget.limit = float("inf") if limit is None else float(limit)
         return True

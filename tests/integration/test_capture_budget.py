@@ -116,6 +116,20 @@ def test_calls_at_once_share_one_budget_pause_and_its_new_budget(client) -> None
     assert len(_calls(client, sid)) == 24
 
 
+def test_a_stop_while_calls_wait_on_a_budget_pause_records_one_pause(client) -> None:
+    """Calls in eight threads wait on one budget pause and the session is stopped: it ends cancelled with the one
+    pause it had (each waiting thread's call went on to record a pause of its own, 0.25 s apart, before it ended)."""
+    sid = client.start("labd_fidelityflows:thread_spend", params={"threads": 8}, budget=0.0004,
+                       budget_action="pause")
+    wait_until(lambda: client.session(sid)["status"] == "paused", timeout=60, what="budget pause")
+    client.stop(sid, grace=30)
+    final = client.wait(sid, timeout=60)
+    history = list(client.history(sid))
+    assert final["status"] in ("cancelled", "completed"), final["reason"]  # completed: every thread's call ended
+    assert sum(e["kind"] == "session.paused" for e in history) == 1, [e["kind"] for e in history][-30:]
+    assert sum(e["kind"] == "budget.exceeded" for e in history) == 1
+
+
 def test_pause_on_budget_blocks_until_resumed_with_a_new_budget(client) -> None:
     """With ``budget_action pause`` the runner blocks before the call that the budget refuses (status
     paused, no more calls while paused); ``session.resume {budget}`` continues with the new budget and
