@@ -128,11 +128,19 @@ class Budget:
                                       "agent": call.agent, "reason": reason}, call.node)
         if self.action != "pause" or self.pause is None:
             raise BudgetExceeded(reason)
-        try:
-            new = await asyncio.to_thread(self.pause, reason)
-            self.limit = float("inf") if new is None else float(new)
-        finally:
-            with self._lock:
-                self._pausing = None
-            if under_way is not None:
-                under_way.set()
+        pause, done = self.pause, under_way
+
+        def paused() -> None:
+            # The whole pause, its budget and its end, on the pause's own thread: a caller cancelled meanwhile (an
+            # asyncio.wait_for that gave up) stops waiting for it, but the pause goes on for the calls waiting on it
+            # until the resume, whose budget then holds (it was lost, and the others started a second pause)
+            try:
+                new = pause(reason)
+                self.limit = float("inf") if new is None else float(new)
+            finally:
+                with self._lock:
+                    self._pausing = None
+                if done is not None:
+                    done.set()
+
+        await asyncio.to_thread(paused)

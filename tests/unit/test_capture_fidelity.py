@@ -151,3 +151,40 @@ def test_calls_reaching_a_pausing_budget_share_one_pause_and_a_cancelled_one_sto
     outcomes = asyncio.run(main())
     assert len(pauses) == 1 and budget.limit == 5.0
     assert outcomes[:2] == [None, None] and isinstance(outcomes[2], asyncio.CancelledError), outcomes
+
+
+def test_a_pausing_call_given_up_on_leaves_the_pause_and_its_budget_to_the_others() -> None:
+    """The call whose pause the others share is cancelled (an asyncio.wait_for that gave up) while paused: the
+    pause goes on, the others wait for it (no second pause), and the resume's budget holds (it was lost, and the
+    others started a pause of their own)."""
+    import threading
+
+    resume = threading.Event()
+    pauses: list[str] = []
+
+    def pause(reason: str) -> float:
+        pauses.append(reason)
+        resume.wait(10)
+        return 5.0
+
+    budget = Budget(1.0, "pause", lambda *a, **k: 0, pause=pause)
+    spent = [1.0]
+
+    async def call() -> None:
+        await budget.check(lambda: spent[0], _Call())
+        budget.priced(0.1)
+
+    async def main() -> list[Any]:
+        leader = asyncio.ensure_future(call())
+        await asyncio.sleep(0.1)  # it pauses
+        others = [asyncio.ensure_future(call()) for _ in range(2)]
+        await asyncio.sleep(0.1)  # they wait for its pause
+        leader.cancel()
+        await asyncio.sleep(0.2)
+        assert len(pauses) == 1 and not any(o.done() for o in others)  # still paused, for them
+        resume.set()
+        return await asyncio.gather(leader, *others, return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert isinstance(outcomes[0], asyncio.CancelledError) and outcomes[1:] == [None, None], outcomes
+    assert len(pauses) == 1 and budget.limit == 5.0
