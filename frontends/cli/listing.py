@@ -12,6 +12,7 @@ from typing import Any
 from labd.frontends.cli.base import LIVE, CliError, Ctx, add_json, comma_list, command
 from labd.frontends.cli.output import STATUS_STYLE, age, natural_key, styled
 from labd.frontends.cli.sessions import parse_tags
+from labd.ipc.client import MAX_LIST
 from labd.ipc.errors import LabdError
 from labd.ipc.events import STATUSES
 from labd.ipc.functions import FUNCTION_WORKFLOW
@@ -154,8 +155,6 @@ def ps_status(row: dict[str, Any]) -> str:
     return f"queued #{row['queue_position']}" + (f" prio {prio}" if isinstance(prio, int) and prio else "")
 
 
-#: the most sessions ``session.list`` returns
-MAX_LIST = 10_000
 #: sessions read per page while ``--workflow`` or ``--name`` (matched here) look for ``--limit`` matches, or for
 #: ``--limit all``: a reply of a few MiB at most
 FILTER_PAGE = 2000

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,12 +122,9 @@ def test_first_calls_at_once_go_one_at_a_time_until_one_is_priced() -> None:
     assert order == ["a admitted", "a priced", "b admitted", "b priced"]
 
 
-def test_calls_reaching_a_pausing_budget_share_one_pause_and_a_cancelled_one_stops_waiting() -> None:
-    """Three calls reach a pausing budget at once: the pause hook runs once (one pause, one resume), the resume's
-    new budget is every call's, and a call cancelled while it waits for that pause is cancelled (its cancellation
-    is not swallowed) without disturbing the others."""
-    import threading
-
+def _paused_budget() -> tuple[Budget, threading.Event, list[str]]:
+    """A $1 pausing budget whose pause hook records each pause and blocks until ``resume`` is set, then gives a new
+    budget of $5."""
     resume = threading.Event()
     pauses: list[str] = []
 
@@ -134,11 +133,25 @@ def test_calls_reaching_a_pausing_budget_share_one_pause_and_a_cancelled_one_sto
         resume.wait(10)
         return 5.0
 
-    budget = Budget(1.0, "pause", lambda *a, **k: 0, pause=pause)
+    return Budget(1.0, "pause", lambda *a, **k: 0, pause=pause), resume, pauses
 
+
+def _priced_call(budget: Budget) -> Callable[[], Coroutine[Any, Any, None]]:
+    """An LLM call of a session that has spent its $1: admitted by ``budget`` (after its pause), then priced (a
+    later call waits for the calls in flight till then)."""
     async def call() -> None:
         await budget.check(lambda: 1.0, _Call())
-        budget.priced(0.1)  # the call was made: priced (a later call waits for the calls in flight till then)
+        budget.priced(0.1)
+    return call
+
+
+def test_calls_reaching_a_pausing_budget_share_one_pause_and_a_cancelled_one_stops_waiting() -> None:
+    """Three calls reach a pausing budget at once: the pause hook runs once (one pause, one resume), the resume's
+    new budget is every call's, and a call cancelled while it waits for that pause is cancelled (its cancellation
+    is not swallowed) without disturbing the others."""
+    budget, resume, pauses = _paused_budget()
+
+    call = _priced_call(budget)
 
     async def main() -> list[Any]:
         calls = [asyncio.ensure_future(call()) for _ in range(3)]
@@ -157,22 +170,8 @@ def test_a_pausing_call_given_up_on_leaves_the_pause_and_its_budget_to_the_other
     """The call whose pause the others share is cancelled (an asyncio.wait_for that gave up) while paused: the
     pause goes on, the others wait for it (no second pause), and the resume's budget holds (it was lost, and the
     others started a pause of their own)."""
-    import threading
-
-    resume = threading.Event()
-    pauses: list[str] = []
-
-    def pause(reason: str) -> float:
-        pauses.append(reason)
-        resume.wait(10)
-        return 5.0
-
-    budget = Budget(1.0, "pause", lambda *a, **k: 0, pause=pause)
-    spent = [1.0]
-
-    async def call() -> None:
-        await budget.check(lambda: spent[0], _Call())
-        budget.priced(0.1)
+    budget, resume, pauses = _paused_budget()
+    call = _priced_call(budget)
 
     async def main() -> list[Any]:
         leader = asyncio.ensure_future(call())
