@@ -20,7 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Hierarchy", "detect", "base_name", "cgroup_mounts", "write_file", "DAEMON_LEAF"]
+__all__ = ["Hierarchy", "detect", "base_name", "cgroup_mounts", "write_file", "read_text", "subdirs", "counter",
+           "DAEMON_LEAF"]
 
 #: the v2 leaf a delegated daemon runs in (systemd ``DelegateSubgroup=``): its sessions' groups go beside it
 DAEMON_LEAF = "labd-daemon"
@@ -132,3 +133,31 @@ def detect(home: Path, mode: str = "auto", *, proc_cgroup: str | None = None, mo
         return [Hierarchy(2, ("memory", "pids"), base, v2)], "cgroup v2 (memory, pids)"
     except OSError as exc:
         return [], f"unavailable: {exc.strerror or exc} ({getattr(exc, 'filename', '') or 'cgroup'})"
+
+
+def read_text(path: Path) -> str:
+    """A cgroup file's text (empty if it cannot be read: the group is gone)."""
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def subdirs(d: Path) -> list[Path]:
+    """The groups directly under ``d`` (none if it cannot be listed)."""
+    try:
+        return [p for p in d.iterdir() if p.is_dir()]
+    except OSError:
+        return []
+
+
+def counter(path: Path, name: str) -> int:
+    """A ``name value`` line of a cgroup's flat-keyed file (0 if missing)."""
+    try:
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == name:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0

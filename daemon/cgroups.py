@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from labd.daemon.cgroup_layout import DAEMON_LEAF, Hierarchy, base_name, cgroup_mounts, detect
+from labd.daemon.cgroup_layout import counter as _counter
+from labd.daemon.cgroup_layout import read_text as _read_text
+from labd.daemon.cgroup_layout import subdirs as _subdirs
 from labd.daemon.cgroup_layout import write_file as _write
 
 __all__ = ["SessionCgroups", "Hierarchy", "detect", "session_cgroups", "base_name", "cgroup_mounts",
@@ -380,29 +383,3 @@ def _kill_member(pid: int, group: str) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
-def _subdirs(d: Path) -> list[Path]:
-    try:
-        return [p for p in d.iterdir() if p.is_dir()]
-    except OSError:
-        return []
-
-
-def _counter(path: Path, name: str) -> int:
-    """A ``name value`` line of a cgroup's flat-keyed file (0 if missing)."""
-    try:
-        for line in path.read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == name:
-                return int(value)
-    except (OSError, ValueError):
-        pass
-    return 0

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from labd.ipc.errors import LabdError, check_timeout
 from labd.ipc.follow import still_ended
+from labd.ipc.listing import MAX_LIST, Listing
 from labd.ipc.live import WIRE_FIELDS, event_from_wire
 from labd.ipc.skills import Skills
 from labd.ipc.transport import Transport
@@ -27,17 +28,14 @@ from labd.ipc.waiting import Waiting
 if TYPE_CHECKING:
     from labd.ipc.functions import FunctionCall
 
-__all__ = ["Client", "LabdError", "WIRE_FIELDS", "SEARCH_TYPES", "check_timeout", "event_from_wire", "still_ended"]
+__all__ = ["Client", "LabdError", "MAX_LIST", "WIRE_FIELDS", "SEARCH_TYPES", "check_timeout", "event_from_wire",
+           "still_ended"]
 
 #: what a search hit can be (``search``'s ``types``): the daemon's index has these and no others
 SEARCH_TYPES = ("session", "step", "message", "code", "file", "approval", "result", "error")
 
 
-#: the most sessions one ``session.list`` reply holds
-MAX_LIST = 10_000
-
-
-class Client(Transport, Waiting, Skills):
+class Client(Transport, Waiting, Listing, Skills):
     """A connection to the daemon serving ``home`` (default: ``$LABD_HOME`` or the XDG data dir): the SDK's calls,
     each a request (:meth:`request`, labd.ipc.transport) and the waits built on them (labd.ipc.waiting)."""
 
@@ -161,60 +159,6 @@ class Client(Transport, Waiting, Skills):
         after ``since`` (seconds since the epoch)."""
         extra = {} if since is None else {"since": since}
         return self.request("cost.summary", by=by, **extra)  # type: ignore[no-any-return]
-
-    def sessions(self, status: list[str] | None = None, limit: int = 200, *, workflow: str | None = None,
-                 tags: dict[str, str] | None = None, since: float | None = None) -> list[dict[str, Any]]:
-        """Sessions newest first, filtered by status, exact workflow, tags (all must match), created since: at most
-        ``limit`` (1-10000) of them; :meth:`sessions_page` says whether there are more, :meth:`iter_sessions` reads
-        them all."""
-        return self.sessions_page(status, limit, workflow=workflow, tags=tags, since=since)["sessions"]
-
-    def sessions_page(self, status: list[str] | None = None, limit: int = 200, *, workflow: str | None = None,
-                      tags: dict[str, str] | None = None, since: float | None = None,
-                      before: str | None = None) -> dict[str, Any]:
-        """One page of :meth:`sessions`: ``{sessions, more, next}``. ``more``: sessions past this page match too;
-        ``next``: the ``before`` that reads the next page (with the same filters)."""
-        body: dict[str, Any] = {"limit": limit}
-        if status:
-            body["status"] = status
-        if workflow:
-            body["workflow"] = workflow
-        if tags:
-            body["tags"] = tags
-        if since is not None:
-            body["since"] = since
-        if before is not None:
-            body["before"] = before
-        reply = self.request("session.list", **body)
-        # a daemon before `more` gave none: a page cut at its limit may then have more
-        reply.setdefault("more", len(reply["sessions"]) >= limit)
-        reply.setdefault("next", None)
-        return reply  # type: ignore[no-any-return]
-
-    def iter_sessions(self, status: list[str] | None = None, *, workflow: str | None = None,
-                      tags: dict[str, str] | None = None, since: float | None = None,
-                      page: int = 1000) -> Iterator[dict[str, Any]]:
-        """Every matching session, newest first, read a page (``page`` sessions, 1-10000) at a time: a session
-        created meanwhile is not listed (it is newer than the first page), and one deleted meanwhile may be. From a
-        daemon older than paging (no ``next``): its newest 10,000, then :class:`LabdError` ``list_incomplete`` if
-        more match (a list cut short must not look whole)."""
-        before: str | None = None
-        filters: dict[str, Any] = {"workflow": workflow, "tags": tags, "since": since}
-        while True:
-            got = self.sessions_page(status, page, before=before, **filters)
-            yield from got["sessions"]
-            if not got["more"]:
-                return
-            if not got["next"]:  # an older daemon: one page of at most 10,000 is all it can give
-                seen = {r["id"] for r in got["sessions"]}
-                if page < MAX_LIST:
-                    got = self.sessions_page(status, MAX_LIST, **filters)
-                    yield from (r for r in got["sessions"] if r["id"] not in seen)
-                if got["more"]:
-                    raise LabdError("list_incomplete", f"the daemon lists only the newest {MAX_LIST} sessions (it is "
-                                    "older than paging: restart it on this version of labd to list them all)")
-                return
-            before = got["next"]
 
     def session(self, ref: str) -> dict[str, Any]:
         return self.request("session.get", session=ref)["session"]  # type: ignore[no-any-return]

@@ -12,10 +12,10 @@ from typing import Any
 from labd.frontends.cli.base import LIVE, CliError, Ctx, add_json, comma_list, command
 from labd.frontends.cli.output import STATUS_STYLE, age, natural_key, styled
 from labd.frontends.cli.sessions import parse_tags
-from labd.ipc.client import MAX_LIST
 from labd.ipc.errors import LabdError
 from labd.ipc.events import STATUSES
 from labd.ipc.functions import FUNCTION_WORKFLOW
+from labd.ipc.listing import MAX_LIST
 from labd.ipc.units import UnitError, format_duration, format_size, parse_duration
 
 __all__ = ["register", "fit_name", "workflow_label", "truncation_text", "ENDED_BY", "ended_by_text", "ps_status",
