@@ -278,8 +278,8 @@ class ControlPlane:
                                                         "pid": run.pid if run and run.pid > 0 else None},
                             refusable=False)
             elif note[0] == "refused":
-                _, (identity, req_id), code, message = note  # no session
-                self._refuse(control, identity, req_id, ApiError(code, message))
+                _, (identity, req_id), code, message, *details = note  # no session
+                self._refuse(control, identity, req_id, ApiError(code, message, details[0] if details else None))
             elif note[0] == "done":  # a write that is not an event (skills)
                 _, (identity, req_id), result = note
                 self._deferred.pop(req_id, None)

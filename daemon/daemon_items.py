@@ -16,6 +16,7 @@ from labd.daemon.ingest_batch import Batch
 from labd.daemon.outputcap import OutputCaps
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.store.projections import SessionCursor
+from labd.store.skill_document import SkillError
 
 if TYPE_CHECKING:
     from labd.store.writer import BatchWriter
@@ -113,7 +114,10 @@ class DaemonItems:
         the request that asked for it."""
         op, arg, reply_to = job
         try:
-            result = self.writer.save_skill(arg) if op == "skill.save" else self.writer.delete_skill(arg)
+            result = self.writer.save_skill(*arg) if op == "skill.save" else self.writer.delete_skill(arg)
+        except SkillError as exc:  # a retry's key used for another request: nothing written
+            batch.notes.append(("refused", reply_to, exc.code, str(exc), exc.details))
+            return
         except Exception as exc:  # noqa: BLE001 - reported to the client; nothing half-written
             self.log.error("store refused a write", op=op, error=str(exc)[:300])
             batch.notes.append(("refused", reply_to, "store_error", f"could not write: {_first_line(exc)}"))

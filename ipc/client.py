@@ -13,7 +13,6 @@ client per thread lets them run side by side).
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -107,16 +106,9 @@ class Client(Transport, Waiting, Listing, Skills):
 
     def _start(self, body: dict[str, Any], idempotency_key: str | None, retries: int,
                type_: str = "session.start") -> str:
-        """Send ``type_`` (a request that starts a session) with an idempotency key, re-sent unchanged on each
-        retry after a timeout; returns the new session's id."""
-        body["idempotency_key"] = idempotency_key or secrets.token_hex(16)
-        for attempt in range(retries + 1):
-            try:
-                return self.request(type_, **body)["session"]  # type: ignore[no-any-return]
-            except LabdError as exc:
-                if exc.code != "timeout" or attempt == retries:
-                    raise
-        raise AssertionError("unreachable")
+        """Send ``type_`` (a request that starts a session), keyed and retried (:meth:`keyed_request`); returns
+        the new session's id."""
+        return self.keyed_request(type_, body, idempotency_key, retries)["session"]  # type: ignore[no-any-return]
 
     def agents(self) -> list[dict[str, Any]]:
         """The agent registry: roles with system prompt, model, code execution, MCP servers and source."""

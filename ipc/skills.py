@@ -34,16 +34,24 @@ class Skills:
     def request(self, type_: str, **body: Any) -> Any:  # provided by Client
         raise NotImplementedError
 
+    def keyed_request(self, type_: str, body: dict[str, Any], key: str | None, retries: int) -> Any:  # by Client
+        raise NotImplementedError
+
     def save_skill(self, session: str, name: str, *, parameters: list[str] | None = None, description: str = "",
-                   from_node: str | None = None) -> dict[str, Any]:
+                   from_node: str | None = None, idempotency_key: str | None = None,
+                   retries: int = 1) -> dict[str, Any]:
         """Save completed session ``session`` as a new version of skill ``name``: ``{name, version}``. ``parameters``:
-        params of the session each run must give; ``from_node``: only that step and the ones after it."""
+        params of the session each run must give; ``from_node``: only that step and the ones after it.
+
+        Carries an idempotency key (``idempotency_key``, else a fresh random one) and is retried ``retries`` times
+        with it when no reply comes in time: the daemon answers a retry with the version the first attempt stored
+        (``replayed: true``), so a lost reply never saves a second version."""
         body: dict[str, Any] = {"session": session, "name": name, "parameters": list(parameters or [])}
         if description:
             body["description"] = description
         if from_node is not None:
             body["from_node"] = from_node
-        return self.request("skill.save", **body)  # type: ignore[no-any-return]
+        return self.keyed_request("skill.save", body, idempotency_key, retries)
 
     def skills(self, search: str | None = None) -> list[dict[str, Any]]:
         """The latest version of every skill (``search``: those whose name, description or texts contain it)."""
@@ -58,12 +66,14 @@ class Skills:
         """Delete every version of skill ``name``: ``{name, versions}`` (their numbers are never given again)."""
         return self.request("skill.delete", name=name)  # type: ignore[no-any-return]
 
-    def import_skill(self, document: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    def import_skill(self, document: dict[str, Any], name: str | None = None, *, idempotency_key: str | None = None,
+                     retries: int = 1) -> dict[str, Any]:
         """Store a skill document (as :meth:`skill` or ``labd skills export`` gives it) as a new version, under
         ``name`` if given: ``{name, version}``. Raises :class:`~labd.ipc.errors.LabdError` ``bad_request`` for an
-        integer past 64 bits (it would be stored as a text)."""
+        integer past 64 bits (it would be stored as a text). Keyed and retried as :meth:`save_skill`."""
         huge = huge_number(document)
         if huge:
             raise LabdError("bad_request", f"{huge} is a number too large to keep exactly (more than 64 bits)",
                             {"field": huge})
-        return self.request("skill.import", document=document, **({"name": name} if name else {}))  # type: ignore[no-any-return]
+        return self.keyed_request("skill.import", {"document": document, **({"name": name} if name else {})},
+                           idempotency_key, retries)

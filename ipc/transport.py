@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -129,6 +130,19 @@ class Transport:
                     raise
             time.sleep(pause)
             pause = min(2 * pause, BUSY_MOST)
+
+    def keyed_request(self, type_: str, body: dict[str, Any], key: str | None, retries: int) -> Any:
+        """:meth:`request` for a request that changes something once (a start, a skill save): it carries an
+        idempotency key (``key``, else a fresh random one) and is re-sent unchanged ``retries`` times when no reply
+        comes in time; the daemon answers a retry with what the first attempt did, so it is never done twice."""
+        body["idempotency_key"] = key or secrets.token_hex(16)
+        for attempt in range(retries + 1):
+            try:
+                return self.request(type_, **body)
+            except LabdError as exc:
+                if exc.code != "timeout" or attempt == retries:
+                    raise
+        raise AssertionError("unreachable")
 
     def _timed_out(self) -> LabdError:
         where = (f"home {self.layout.home}" if self.local else

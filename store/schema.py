@@ -232,8 +232,13 @@ skills = Table(
     Column("workflow", String(300), nullable=False),
     Column("description", Text, nullable=False),
     Column("document", Text, nullable=False),
+    # a save's or import's idempotency key and the sha256 of what it asked for (a retry after a lost reply gets the
+    # version the first attempt stored; the same key for another request is refused): null without a key
+    Column("idempotency_key", String(200)),
+    Column("request_digest", String(64)),
 )
 Index("ix_approvals_session", approvals.c.session_id)
+Index("ix_skills_idempotency_key", skills.c.idempotency_key)
 
 #: the last version number each skill name was given: kept when its versions are deleted, so a number is never
 #: given to two skills (sessions record the ``{name, version}`` they ran)

@@ -32,8 +32,8 @@ from labd.store.queries import Store
 from labd.store.schema import skill_names, skills
 from labd.store.skill_document import MAX_ANSWER, MAX_CODE, MAX_STEPS, NAME, SkillError, check_skill
 
-__all__ = ["NAME", "SkillError", "check_skill", "extract", "insert_skill", "get_skill", "list_skills",
-           "delete_skill"]
+__all__ = ["NAME", "SkillError", "check_skill", "extract", "insert_skill", "skill_by_key", "get_skill",
+           "list_skills", "delete_skill"]
 
 MAX_CODE_RUNS = 100  # code runs that worked kept per step by a save: its last ones
 #: characters of code and answers a save keeps in all (the document stays one message: show, export, import)
@@ -200,8 +200,29 @@ def _q_latest(name: str) -> Select[Any]:
     return select(skills).where(skills.c.name == name).order_by(skills.c.version.desc()).limit(1)
 
 
-def insert_skill(conn: Any, doc: dict[str, Any], now: float) -> int:
-    """Store ``doc`` as the next version of its name (the caller commits); returns the version."""
+def skill_by_key(conn: Any, key: str, digest: str | None) -> tuple[str, int] | None:
+    """``(name, version)`` the save or import with idempotency ``key`` stored, if one did; :class:`SkillError`
+    ``idempotency_conflict`` when that request asked for something else than ``digest`` says."""
+    first = conn.execute(select(skills.c.name, skills.c.version, skills.c.request_digest)
+                         .where(skills.c.idempotency_key == key).limit(1)).first()
+    if first is None:
+        return None
+    if first.request_digest != digest:
+        raise SkillError("idempotency_conflict", "this idempotency_key was used for a different skill save or import "
+                         "(another session, name, parameters or document); use a new key per request",
+                         details={"name": first.name, "version": first.version})
+    return first.name, int(first.version)
+
+
+def insert_skill(conn: Any, doc: dict[str, Any], now: float, key: str | None = None,
+                 digest: str | None = None) -> tuple[str, int, bool]:
+    """Store ``doc`` as the next version of its name (the caller commits); returns ``(name, version, replayed)``.
+    With an idempotency ``key`` already stored: the version it stored, nothing new (a retry after a lost reply), if
+    ``digest`` (of what the request asked) matches; else :class:`SkillError` ``idempotency_conflict``."""
+    if key is not None:
+        first = skill_by_key(conn, key, digest)
+        if first is not None:
+            return *first, True
     name = doc["name"]
     # skill_names has every name a version was ever stored under (migration 0014 filled it): never a number twice
     given = conn.execute(select(skill_names.c.last_version).where(skill_names.c.name == name)).scalar()
@@ -214,8 +235,9 @@ def insert_skill(conn: Any, doc: dict[str, Any], now: float) -> int:
     conn.execute(insert(skills).values(name=doc["name"], version=version, created_at=now,
                                        origin_session=doc.get("origin_session"), workflow=doc["workflow"],
                                        description=doc.get("description", ""),
-                                       document=orjson.dumps(doc).decode()))
-    return version
+                                       document=orjson.dumps(doc).decode(), idempotency_key=key,
+                                       request_digest=digest if key is not None else None))
+    return name, version, False
 
 
 def get_skill(engine: Engine, name: str, version: int | None = None) -> dict[str, Any]:

@@ -169,14 +169,16 @@ class BatchWriter:
             f"INSERT INTO cost_sums (session_id, model, day, {', '.join(SUMMED)}) VALUES ({', '.join([self._p] * 7)}) "
             f"{ADD_TO_COST_SUMS}", [(*k, *v) for k, v in sums.items()])
 
-    def save_skill(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """Store a skill document as the next version of its name; ``{name, version}``."""
+    def save_skill(self, doc: dict[str, Any], key: str | None = None, digest: str | None = None) -> dict[str, Any]:
+        """Store a skill document as the next version of its name; ``{name, version}``. With an idempotency ``key``
+        a retry gets the first save's version (``replayed``); :class:`~labd.store.skills.SkillError`
+        ``idempotency_conflict`` for the key of another request (``digest``: of what the request asked)."""
         import time
 
         try:
-            version = insert_skill(self._conn, doc, time.time())
+            name, version, replayed = insert_skill(self._conn, doc, time.time(), key, digest)
             self._conn.commit()
-            return {"name": doc["name"], "version": version}
+            return {"name": name, "version": version, **({"replayed": True} if replayed else {})}
         except BaseException:
             self._conn.rollback()
             raise

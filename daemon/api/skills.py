@@ -6,6 +6,7 @@ Running one is ``session.start`` with workflow ``skill:NAME`` (or ``skill:NAME@V
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from typing import Any
@@ -17,7 +18,7 @@ from labd.daemon.api.roles import agent_roles
 from labd.daemon.api.sessions import resolve_session
 from labd.daemon.reads import Read
 from labd.ipc.workflows import BUILTINS
-from labd.store.skills import NAME, SkillError, check_skill, extract, get_skill, list_skills
+from labd.store.skills import NAME, SkillError, check_skill, extract, get_skill, list_skills, skill_by_key
 
 __all__ = ["expand_skill", "reuses", "PLAN_WORKFLOWS"]
 
@@ -31,6 +32,30 @@ NAME_HINT = "1-100 letters, digits, '.', '_' or '-', starting with a letter or d
 
 def _name(req: Request) -> str:
     return str(req.arg("name", str, check=lambda n: NAME.match(n) is not None, hint=NAME_HINT))
+
+
+def _idempotency(req: Request, asked: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The request's ``idempotency_key`` (None without one) and the sha256 of what it ``asked`` for: a retry with
+    the key gets the version the first attempt stored, another request with it ``idempotency_conflict``."""
+    key = req.arg("idempotency_key", str, None, check=lambda s: 0 < len(s) <= 200 and s.isprintable(),
+                  hint="1-200 printable characters")
+    if key is None:
+        return None, None
+    return key, hashlib.sha256(orjson.dumps(asked, option=orjson.OPT_SORT_KEYS, default=repr)).hexdigest()
+
+
+def _stored(req: Request, key: str | None, digest: str | None) -> dict[str, Any] | None:
+    """The answer to a retry whose first attempt is already stored (one indexed read, at once: a client that timed
+    out retries on the same short timeout, and a save read and wrote the whole record again to answer it), else
+    None. A retry that comes while its first attempt is still being written is answered by the writer."""
+    if key is None:
+        return None
+    try:
+        with req.daemon.store.engine.connect() as conn:
+            first = skill_by_key(conn, key, digest)
+    except SkillError as exc:
+        raise _skill_error(exc) from None
+    return None if first is None else {"name": first[0], "version": first[1], "replayed": True}
 
 
 def reuses(workflow: str) -> str:
@@ -100,7 +125,8 @@ class SaveSkill(Request):
 
     def execute(self) -> Any:  # a generator: the skill is extracted on a read worker
         # a misspelt `parameters` saved a skill whose runs need none
-        self.only("session", "name", "description", "parameters", "from_node", done="nothing was saved")
+        self.only("session", "name", "description", "parameters", "from_node", "idempotency_key",
+                  done="nothing was saved")
         row = resolve_session(self)
         name = _name(self)
         description = self.arg("description", str, "", check=lambda s: len(s) <= 2000, hint="≤ 2000 characters")
@@ -111,6 +137,11 @@ class SaveSkill(Request):
             raise ApiError("bad_request", f"parameter {twice[0]!r} is named more than once: name each once",
                            {"field": "parameters"})
         from_node = self.arg("from_node", str, None, check=lambda s: 0 < len(s) <= 64, hint="a node id")
+        key, digest = _idempotency(self, {"op": "save", "session": row["id"], "name": name, "description": description,
+                                          "parameters": parameters, "from_node": from_node})
+        replay = _stored(self, key, digest)
+        if replay is not None:
+            return replay
         try:
             roles = agent_roles(self.daemon)
         except ApiError:  # a role file broken since: the skill is saved without the roles it used
@@ -133,7 +164,7 @@ class SaveSkill(Request):
             doc = yield Read(made, "skill")
         except SkillError as exc:
             raise _skill_error(exc) from None
-        self.daemon.write("skill.save", doc, self.reply_to)
+        self.daemon.write("skill.save", (doc, key, digest), self.reply_to)
         return DEFERRED
 
 
@@ -144,6 +175,10 @@ class ImportSkill(Request):
     def execute(self) -> Any:
         doc = self.arg("document", dict, hint="a skill document (labd skills export)")
         name = self.arg("name", str, None, check=lambda n: NAME.match(n) is not None, hint=NAME_HINT)
+        key, digest = _idempotency(self, {"op": "import", "document": doc, "name": name})
+        replay = _stored(self, key, digest)
+        if replay is not None:
+            return replay
         if name is not None:
             doc = {**doc, "name": name}
         try:
@@ -160,7 +195,7 @@ class ImportSkill(Request):
                     raise ApiError("bad_request", f"not a usable skill document: plan[{i}].agent {step['agent']!r} "
                                    f"is no role here (known: {', '.join(sorted(roles))}; labd agents lists them)",
                                    {"field": f"plan[{i}].agent"})
-        self.daemon.write("skill.save", doc, self.reply_to)
+        self.daemon.write("skill.save", (doc, key, digest), self.reply_to)
         return DEFERRED
 
 

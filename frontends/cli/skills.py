@@ -43,12 +43,9 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
     if action == "save":
         if not args.session or not args.name:
             raise CliError("usage: labd skills save SESSION --name NAME [--param P] [--from NODE]")
-        body = {"session": args.session, "name": args.name, "parameters": args.param or []}
-        if args.description:
-            body["description"] = args.description
-        if args.from_node:
-            body["from_node"] = args.from_node
-        r = c.request("skill.save", **body)
+        # keyed and retried once with the key when no reply comes in time: a lost reply never saves a second version
+        r = c.save_skill(args.session, args.name, parameters=args.param or [], description=args.description or "",
+                         from_node=args.from_node or None)
         if args.json:
             ctx.out.json(r)
             return 0
@@ -75,7 +72,7 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
         huge = huge_number(doc)
         if huge:  # the wire would carry it as a text: the skill would change without a word
             raise CliError(f"cannot import {name}: {huge} is a number too large to keep exactly (more than 64 bits)")
-        r = c.request("skill.import", document=doc, **({"name": args.name} if args.name else {}))
+        r = c.import_skill(doc, args.name or None)  # keyed and retried as a save
         ctx.out.json(r) if args.json else ctx.out.line(f"imported skill {r['name']} version {r['version']}")
         return 0
     if not name:

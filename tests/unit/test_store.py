@@ -595,6 +595,30 @@ def test_a_skill_version_number_is_never_given_twice(engine: Engine, writer: Bat
     assert writer.save_skill({**doc, "name": "gone"})["version"] == 8
 
 
+def test_a_keyed_skill_save_is_stored_once_and_its_key_survives_the_migration(engine: Engine,
+                                                                                writer: BatchWriter) -> None:
+    """A save with an idempotency key stores one version: the same key and digest again answers that version
+    (``replayed``), the same key with another digest is ``idempotency_conflict`` and stores nothing, and a save
+    without a key is a new version as before. A store from before the keys (revision 0016) keeps its skills and takes
+    keyed saves after the migration, on SQLite and PostgreSQL."""
+    from labd.store.skills import SkillError, get_skill
+
+    doc = {"name": "keyed", "workflow": "demo.count"}
+    writer.save_skill(doc)
+    downgrade_to(engine, "0016_sessions_created_index")
+    migrate(engine)
+    assert get_skill(engine, "keyed")["version"] == 1  # kept through the migration
+    assert writer.save_skill(doc, "k1", "d1") == {"name": "keyed", "version": 2}
+    assert writer.save_skill(doc, "k1", "d1") == {"name": "keyed", "version": 2, "replayed": True}
+    with pytest.raises(SkillError) as err:
+        writer.save_skill({**doc, "name": "other"}, "k1", "d2")
+    assert err.value.code == "idempotency_conflict" and err.value.details == {"name": "keyed", "version": 2}
+    with pytest.raises(SkillError):
+        get_skill(engine, "other")
+    assert writer.save_skill(doc) == {"name": "keyed", "version": 3}
+    assert writer.save_skill({**doc, "name": "other"}, "k2", "d2") == {"name": "other", "version": 1}
+
+
 def test_the_store_counts_every_session_it_ever_recorded(engine: Engine, writer: BatchWriter) -> None:
     """``store_meta`` ``sessions_created`` counts each session inserted, in the same transaction, and a deletion does
     not subtract (a home that saw more than its store has knows the store went back: daemon/store_identity.py); a
