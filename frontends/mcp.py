@@ -147,11 +147,19 @@ def build_server(home: str | os.PathLike[str] | None = None, *, allow_policy_app
 
     @server.tool(annotations=READ_ONLY)
     async def list_sessions(status: list[Status] | None = None,
-                            limit: Annotated[int, Field(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
-        """Sessions, newest first: id, name, workflow, status, reason, cost (USD), created_at, ended_at (epoch s)."""
-        def listed(c: Client) -> list[dict[str, Any]]:
+                            limit: Annotated[int, Field(ge=1, le=500)] = 50,
+                            before: Annotated[str | None, Field(max_length=100, description="next of the last call: "
+                                                                "the sessions older than its list")] = None,
+                            ) -> dict[str, Any]:
+        """Sessions, newest first: id, name, workflow, status, reason, cost (USD), created_at, ended_at (epoch s).
+
+        Returns {sessions, more, next}: `more` is true when more sessions match than this list holds; call again
+        with before=next (and the same status) for the older ones."""
+        def listed(c: Client) -> dict[str, Any]:
             keep = ("id", "name", "workflow", "status", "reason", "cost", "created_at", "ended_at", "last_seq")
-            return [{k: r.get(k) for k in keep} for r in c.sessions(status=list(status or ()) or None, limit=limit)]
+            page = c.sessions_page(status=list(status or ()) or None, limit=limit, before=before)
+            return {"sessions": [{k: r.get(k) for k in keep} for r in page["sessions"]], "more": page["more"],
+                    "next": page["next"] if page["more"] else None}
         return await call(listed, bounded_by="ask for fewer with limit")
 
     @server.tool(annotations=READ_ONLY)

@@ -76,7 +76,7 @@ def test_tools_list_start_follow_and_inspect_a_session(shared_daemon) -> None:
     assert r["session"]["status"] == "completed"
     assert [line for line in r["text"].splitlines() if line.startswith("count")] or r["text"].count("\n") >= 3
     assert r["events"]["events"][0]["payload"]["status"] == "completed"
-    assert any(s["id"] == r["sid"] for s in r["listed"])
+    assert any(s["id"] == r["sid"] for s in r["listed"]["sessions"])
     nodes = r["dag"]["dag"]["nodes"]  # 3 steps: all of them (the default is the newest 500)
     assert len(nodes) == 3 and "nodes_omitted" not in r["dag"]
     assert r["newest"]["dag"]["nodes"] == nodes[-1:] and r["newest"]["nodes_omitted"] == 2
@@ -99,6 +99,36 @@ def test_errors_are_tool_errors_with_labd_codes(shared_daemon) -> None:
     assert "[unknown_workflow]" in bad.content[0].text or "[workflow_import_failed]" in bad.content[0].text
     assert missing.is_error and "[not_found]" in missing.content[0].text
     assert not ok.is_error
+
+
+def test_list_sessions_says_when_more_match_and_pages_to_the_oldest(shared_daemon) -> None:
+    """`list_sessions` says whether more sessions match than its list holds (`more`) and where the older ones start
+    (`next`, given back as `before`): paging with limit=2 lists every session the daemon has, newest first, each
+    once, and the last page says no more. Before, a model got the newest `limit` sessions and no sign that the list
+    was cut. A `before` that is no cursor is a tool error naming it."""
+    with shared_daemon.client() as c:
+        for _ in range(3):  # at least five sessions, whatever the module's other tests left
+            c.wait(c.start("demo.count", params={"n": 1, "delay": 0}), timeout=60)
+        every = [s["id"] for s in c.iter_sessions()]
+    server = build_server(shared_daemon.home)
+
+    async def go() -> tuple[list[dict[str, Any]], Any]:
+        pages, before = [], None
+        async with McpClient(server) as m:
+            while True:
+                page = _data(await m.call_tool("list_sessions", {"limit": 2, **({"before": before} if before else {})}))
+                pages.append(page)
+                if not page["more"]:
+                    break
+                before = page["next"]
+            bad = await m.call_tool("list_sessions", {"before": "not a cursor"})
+        return pages, bad
+
+    pages, bad = anyio.run(go)
+    assert len(every) >= 3 and len(pages) == -(-len(every) // 2)
+    assert [s["id"] for p in pages for s in p["sessions"]] == every
+    assert all(p["more"] and p["next"] for p in pages[:-1]) and pages[-1]["next"] is None
+    assert bad.is_error and "before" in bad.content[0].text
 
 
 def test_an_approval_answered_through_mcp_resolves_the_session(shared_daemon) -> None:
@@ -260,7 +290,7 @@ def test_real_stdio_round_trip(shared_daemon) -> None:
             return started, sessions
 
     started, sessions = anyio.run(go)
-    assert any(s["id"] == started["session"] for s in sessions)
+    assert any(s["id"] == started["session"] for s in sessions["sessions"])
 
 
 def test_agents_use_tools_of_configured_mcp_servers_and_calls_are_tracked(isolated_env) -> None:
