@@ -140,8 +140,17 @@ class Transport:
             try:
                 return self.request(type_, **body)
             except LabdError as exc:
-                if exc.code != "timeout" or attempt == retries:
+                if exc.code == "bad_request" and exc.details.get("field") == "idempotency_key" and key is None:
+                    # a daemon older than keys on this request: once, as it was sent then (no retry: unkeyed, a
+                    # retry could do it twice)
+                    del body["idempotency_key"]
+                    return self.request(type_, **body)
+                if exc.code != "timeout":
                     raise
+                if attempt == retries:
+                    raise LabdError("timeout", f"{exc.message}; sent {attempt + 1} times with one idempotency key: "
+                                    "it may still be carried out, once (look before sending it again)",
+                                    exc.details) from None
         raise AssertionError("unreachable")
 
     def _timed_out(self) -> LabdError:

@@ -127,7 +127,7 @@ class SaveSkill(Request):
         # a misspelt `parameters` saved a skill whose runs need none
         self.only("session", "name", "description", "parameters", "from_node", "idempotency_key",
                   done="nothing was saved")
-        row = resolve_session(self)
+        ref = self.arg("session", str, check=lambda s: 0 < len(s) <= 200, hint="a session id or name")
         name = _name(self)
         description = self.arg("description", str, "", check=lambda s: len(s) <= 2000, hint="≤ 2000 characters")
         parameters = self.arg("parameters", list, [], check=lambda p: all(isinstance(x, str) for x in p),
@@ -137,11 +137,14 @@ class SaveSkill(Request):
             raise ApiError("bad_request", f"parameter {twice[0]!r} is named more than once: name each once",
                            {"field": "parameters"})
         from_node = self.arg("from_node", str, None, check=lambda s: 0 < len(s) <= 64, hint="a node id")
-        key, digest = _idempotency(self, {"op": "save", "session": row["id"], "name": name, "description": description,
+        # the request as sent (its session as named): a retry is answered even once that session was deleted, or
+        # its name given to a newer one (a review: not_found, idempotency_conflict)
+        key, digest = _idempotency(self, {"op": "save", "session": ref, "name": name, "description": description,
                                           "parameters": parameters, "from_node": from_node})
         replay = _stored(self, key, digest)
         if replay is not None:
             return replay
+        row = resolve_session(self)
         try:
             roles = agent_roles(self.daemon)
         except ApiError:  # a role file broken since: the skill is saved without the roles it used

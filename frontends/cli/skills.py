@@ -24,8 +24,9 @@ MAX_IMPORT_FILE = 256 * 1024 * 1024
 
 
 def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
-    c = ctx.client()
     action = args.action or "list"
+    # a save reads the session's whole record (a long one takes a while): a 15 s wait timed out, and the save went on
+    c = ctx.client(timeout=120.0 if action in ("save", "import") else 15.0)
     if action == "list":
         body = {"search": args.search} if args.search else {}
         rows = c.request("skill.list", **body)["skills"]

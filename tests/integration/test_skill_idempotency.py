@@ -138,6 +138,22 @@ def test_a_key_used_again_for_another_request_is_refused(shared_daemon: DaemonPr
             assert err.value.code == "bad_request" and "idempotency_key" in err.value.message
 
 
+def test_a_retry_is_answered_after_its_session_was_deleted(shared_daemon: DaemonProc) -> None:
+    """The key is looked up before the session is: a retry whose session was deleted meanwhile (or whose session's
+    name now names a newer one) gets the version it stored, not ``not_found`` or ``idempotency_conflict`` (review
+    helper-148)."""
+    with shared_daemon.client(timeout=60) as c:
+        sid = c.start("demo.count", name="renamed-later", params={"n": 1, "delay": 0})
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        by_name = {"session": "renamed-later", "name": "after-rm", "idempotency_key": "after-rm"}
+        assert c.request("skill.save", **by_name)["version"] == 1
+        c.rm(sid)
+        assert c.request("skill.save", **by_name) == {"name": "after-rm", "version": 1, "replayed": True}
+        newer = c.start("demo.count", name="renamed-later", params={"n": 1, "delay": 0})
+        c.wait(newer, timeout=60)
+        assert c.request("skill.save", **by_name)["replayed"] is True
+
+
 def test_a_save_key_outlives_a_daemon_restart(isolated_env: Path) -> None:
     """Keys are stored with the version they saved: after a daemon restart the same save answers that version."""
     with running_daemon(isolated_env) as d, d.client(timeout=60) as c:
