@@ -38,6 +38,7 @@ from labd.daemon.outputcap import CAPPED, OutputCaps
 from labd.daemon.recordcap import DEFAULT_MAX_SESSION_RECORD, RecordCaps
 from labd.daemon.runner_frames import RunnerFrames
 from labd.daemon.shipped import receive as receive_shipped
+from labd.daemon.shipped import receive_object
 from labd.daemon.spool_reading import SpoolReading
 from labd.daemon.subscriptions import LiveSubscriptions
 from labd.daemon.warnlimit import WarnLimiter
@@ -304,6 +305,8 @@ class Ingest(Committing, RunnerFrames, DaemonItems, SpoolReading, Delivery, thre
         seq = cur.last_seq + 1
         if kind == "file.shipped":  # a remote runner's file: the bytes go to the work directory, not the store
             payload = receive_shipped(self.sessions_dir, cur.id, payload)
+        elif kind == "checkpoint.object":  # ... and its checkpoints' objects to the session's object store
+            payload = receive_object(self.sessions_dir, cur.id, payload)
         nb = len(changes.blobs)
         payload = take_blobs(cur.id, seq, ts, payload, changes)  # full-fidelity texts -> blobs table
         text = orjson.dumps(payload, default=repr).decode()  # first: a TypeError here has changed nothing

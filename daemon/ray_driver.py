@@ -48,6 +48,7 @@ from typing import Any
 from labd.daemon.ray_adopt import actor_name
 from labd.daemon.ray_pending import WAITING, actor_state
 from labd.ipc.units import shortened
+from labd.runner.carry import carried
 
 __all__ = ["main"]
 
@@ -230,8 +231,9 @@ def main() -> None:
                 name = actor_name(msg["sid"])
                 _free_name(ray, name, namespace)
                 try:
+                    spec = carried(msg["spec"])
                     actor = Actor.options(name=name, namespace=namespace, lifetime="detached",
-                                          **msg["options"]).remote(msg["sid"], msg["spec"])
+                                          **msg["options"]).remote(msg["sid"], spec)
                 except Exception as exc:  # noqa: BLE001 - e.g. the name still taken: the launch fails
                     _out({"op": "spawned", "req": msg["req"], "error": f"cannot create the actor: {exc}"[:1000]})
                     continue

@@ -1,4 +1,5 @@
-"""Receiving the files a remote runner ships back (``file.shipped`` events, see :mod:`labd.runner.ship`).
+"""Receiving the files a remote runner ships back (``file.shipped`` events, see :mod:`labd.runner.ship`), and its
+checkpoints' objects (``checkpoint.object``: :func:`receive_object`).
 
 Ingest calls :func:`receive` for each such event before it is stored: the chunk is written into the daemon's
 copy of the session's work directory (``<sessions>/<id>/work``, where ``labd files`` and downloads read) and
@@ -14,12 +15,20 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import orjson
+
+from labd.runner.checkpoint import OBJECTS_DIR
 from labd.runner.names import path_of_event
 
-__all__ = ["receive"]
+__all__ = ["receive", "receive_object"]
+
+#: an object's name in a session's object store: ``ab/<sha256>`` (stored whole) or ``ab/<sha256>.chunks`` (the
+#: index of a file stored in chunks), ``ab`` the digest's first two digits
+_OBJECT = re.compile(r"([0-9a-f]{2})/(([0-9a-f]{64})(\.chunks)?)")
 
 PART = ".labd-part"
 
@@ -81,3 +90,61 @@ def receive(sessions_dir: Path | None, sid: str, payload: dict[str, Any]) -> dic
     except (OSError, ValueError, binascii.Error) as exc:
         return {**stored, "error": f"not written: {exc}"[:300]}
     return stored
+
+
+def receive_object(sessions_dir: Path | None, sid: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Write the chunk of a checkpoint object in ``payload`` into the session's object store at home
+    (``<sessions>/<id>/checkpoints/objects``), where a resume or a branch of the session is made, as
+    :func:`receive` does a file: assembled in ``<name>.labd-part``, renamed into place (read-only) once the last
+    chunk came and the object holds its digest (an index of chunks: a JSON object). An object already there is
+    kept (objects never change). Best effort: a failure is noted in the returned payload as ``error``; the stored
+    payload has no ``data``."""
+    stored = {k: v for k, v in payload.items() if k != "data"}
+    if sessions_dir is None:
+        return stored
+    name = str(payload.get("name"))
+    m = _OBJECT.fullmatch(name)
+    if m is None or m.group(1) != m.group(3)[:2]:
+        return {**stored, "error": "refused: not an object name"}
+    root = sessions_dir / sid / OBJECTS_DIR
+    target = root / m.group(1) / m.group(2)
+    try:
+        if os.path.lexists(target):
+            return stored
+        data = base64.b64decode(str(payload.get("data") or ""), validate=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.parent.resolve().is_relative_to((sessions_dir / sid).resolve()):
+            return {**stored, "error": "refused: the object store leaves the session's directory"}
+        part = target.with_name(target.name + PART)
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            if int(payload["offset"]) == 0:
+                os.ftruncate(fd, 0)
+            os.pwrite(fd, data, int(payload["offset"]))
+        finally:
+            os.close(fd)
+        stored["bytes"] = len(data)
+        if payload.get("last"):
+            if m.group(4):  # a chunk index is named by its file's digest: it must at least be an index
+                ok = isinstance(_json(part.read_bytes()), dict)
+            else:
+                h = hashlib.sha256()
+                with open(part, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+                ok = h.hexdigest() == m.group(3)
+            if not ok:
+                part.unlink(missing_ok=True)
+                return {**stored, "error": "damaged: the object does not hold its digest; it was not kept"}
+            os.chmod(part, 0o444)
+            os.replace(part, target)
+    except (OSError, ValueError, binascii.Error) as exc:
+        return {**stored, "error": f"not written: {exc}"[:300]}
+    return stored
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None

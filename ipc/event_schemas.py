@@ -137,6 +137,11 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     "file.shipped": {"path": (str, True), "size": (int, True), "sha256": (str, True), "offset": (int, True),
                      "data": (str, False), "last": (bool, True), "bytes": (int, False), "error": (str, False),
                      "deleted": (bool, False), "path_b64": (str, False)},
+    # a remote runner's checkpoint object (manifest, result, file content, chunk or chunk index), shipped home in
+    # chunks before the checkpoint that needs it (Ray): the daemon keeps the bytes in the session's object store and
+    # stores the event without ``data``; ``name``: ``ab/<sha256>`` or ``ab/<sha256>.chunks``
+    "checkpoint.object": {"name": (str, True), "size": (int, True), "offset": (int, True), "data": (str, False),
+                          "last": (bool, True), "bytes": (int, False), "error": (str, False)},
     # approvals: requested by the runner, resolved by the daemon (a client's answer or the timeout policy)
     "approval.requested": {"approval_id": (str, True), "kind": (str, True), "prompt": (str, True),
                            "options": (list, True), "context": (ANY, False), "timeout": (NUM, False),

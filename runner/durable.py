@@ -74,11 +74,15 @@ class Durable:
     """Positions, the recorded steps to skip, and checkpoints, for one runner."""
 
     def __init__(self, emit: Callable[..., int], session_dir: Path, workdir: Path, files: Any,
-                 seed: dict[str, Any] | None = None) -> None:
+                 seed: dict[str, Any] | None = None, *, list_objects: bool = False) -> None:
+        """``list_objects``: note every object written (``objects.added``), from the first (a restore's own
+        manifest is the base later ones are stored against): a remote runner ships them home."""
         self._emit = emit
         self.workdir = workdir
         self.files = files
         self.objects = ObjectStore(session_dir / OBJECTS_DIR)
+        if list_objects:
+            self.objects.added = []
         #: what this session's checkpoints may still add to its objects (checkpoint_store.MAX_SESSION_BYTES)
         self.budget = SessionBudget(self.objects.root)
         seed = seed or {}
@@ -112,6 +116,9 @@ class Durable:
         self.enabled = True  # scripts/bench_flows.py turns checkpoints off to measure their cost
         #: called with each step's checkpoint (a remote runner ships the files that changed: runner/ship.py)
         self.after_checkpoint: Callable[[Snapshot], object] | None = None
+        #: called before each ``step.checkpoint`` is emitted (a remote runner ships the checkpoint's new objects
+        #: first, so a daemon that has the event has what a resume or branch from it needs: runner/ship.py)
+        self.before_checkpoint: Callable[[], object] | None = None
         self._cap_warned: set[str] = set()  # the warnings given that checkpoints leave files out (see _left_out)
 
     # ---- positions and the record -----------------------------------------------------------------
@@ -233,6 +240,8 @@ class Durable:
                 payload[key] = rec[key]
         if rec.get("node") and rec["node"] != node_id:  # a planned step keeps the id its plan gave it here
             payload["origin_node"] = rec["node"]  # the parent's node: where a replay finds what the step recorded
+        if self.before_checkpoint is not None:
+            self.before_checkpoint()
         self._emit("step.checkpoint", payload, node_id)
 
     def checkpoint(self, node_id: str, path: str, name: str, result: Any) -> None:
@@ -247,6 +256,8 @@ class Durable:
         with self._lock:
             self._started.pop(node_id, None)
         payload["duration"] = time.monotonic() - start
+        if self.before_checkpoint is not None:
+            self.before_checkpoint()
         self._emit("step.checkpoint", payload, node_id)
         if self.after_checkpoint is not None:
             self.after_checkpoint(Snapshot(manifest, self.objects))

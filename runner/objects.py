@@ -135,6 +135,9 @@ class ObjectStore:
         self.new_limit: int | None = None
         #: the work directory (opened, and its path) :meth:`put_file` reads files of (None: any path)
         self.within: tuple[WorkDir, Path] | None = None
+        #: when a list: each object this store writes is appended to it, by its name under ``root``
+        #: (``ab/<sha256>``, ``ab/<sha256>.chunks``): what a remote runner ships home (runner/ship.py)
+        self.added: list[str] | None = None
 
     def bounded(self, limit: int, within: tuple[WorkDir, Path] | None = None,
                 new_limit: int | None = None) -> ObjectStore:
@@ -143,6 +146,7 @@ class ObjectStore:
         it, no symlink followed in any component)."""
         store = ObjectStore(self.root)
         store._known, store.limit, store.within, store.new_limit = self._known, limit, within, new_limit
+        store.added = self.added
         return store
 
     def path(self, digest: str) -> Path:
@@ -238,6 +242,8 @@ class ObjectStore:
             tmp.unlink(missing_ok=True)
             raise
         self._known.add(digest)
+        if self.added is not None:
+            self.added.append(f"{dest.parent.name}/{dest.name}")
 
     def put_bytes(self, data: bytes) -> str:
         """Store ``data``; returns its sha256. Raises (leaving no temporary file) when the write fails."""

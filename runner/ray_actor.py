@@ -64,6 +64,11 @@ class SessionActor:
         self.session_dir = session_dir
         workdir = session_dir / "work"
         spec = {**spec, "workdir": str(workdir), "spool": str(session_dir / "events.spool")}
+        carry = spec.pop("carry", None)
+        if carry:  # a resume or branch: its seed and checkpoint objects, from the daemon's home (runner/carry.py)
+            from labd.runner.carry import unpack
+
+            unpack(session_dir, carry)
         if spec.get("confine"):  # the runner's own Landlock: its session directory is the one on this node
             spec["confine"] = {**spec["confine"], "allow": [str(session_dir)]}
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}

@@ -182,7 +182,8 @@ def run_session(spec: dict[str, Any]) -> int:
         files.scan(node_id)
 
     ctx.after_step = scan_after_step
-    durable = Durable(emit, workdir.parent, workdir, files, seed)
+    # a remote runner (Ray) ships its checkpoints' objects home: a resume or branch of it is made there
+    durable = Durable(emit, workdir.parent, workdir, files, seed, list_objects=bool(spec.get("ship_files")))
     ctx.durable, ctx.hypothesis, ctx.instructions = durable, durable.hypothesis, durable.instructions
     shipper = None
     if spec.get("ship_files"):  # a remote runner (Ray): its files reach the daemon after each step and at the end
@@ -190,6 +191,7 @@ def run_session(spec: dict[str, Any]) -> int:
 
         shipper = Shipper(workdir, emit, int(spec["ship_files"]), chunk_for(spec.get("max_message")))
         durable.after_checkpoint = shipper.ship
+        durable.before_checkpoint = lambda: shipper.ship_objects(durable.objects)
     if durable.node_base:  # node ids go on after the record's (a resume's DAG, a branch's parent)
         ctx._node_ids = itertools.count(durable.node_base + 1)  # noqa: SLF001
         forksafe.number_forks_from(durable.node_base + 1)  # ... and its forked children's ("f<j>.<i>")

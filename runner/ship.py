@@ -19,6 +19,7 @@ import base64
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from labd.runner.checkpoint import Snapshot
 from labd.runner.names import display, key_path, path_fields
@@ -45,6 +46,7 @@ class Shipper:
         self.root, self.emit, self.max_bytes, self.chunk = root, emit, max_bytes, chunk
         self.total = 0
         self._sent: dict[str, str] = {}  # rel -> sha256 as last shipped
+        self._objects_left_out = 0  # checkpoint objects over max_bytes (said once)
         self._lock = threading.Lock()  # concurrent steps checkpoint (and ship) from their own threads
 
     def ship(self, snapshot: Snapshot) -> tuple[int, int]:
@@ -83,14 +85,61 @@ class Shipper:
                                        "limit): " + ", ".join(skipped[:20])})
         return shipped, nbytes
 
+    def ship_objects(self, objects: ObjectStore) -> int:
+        """Ship the objects ``objects`` wrote since the last call (``objects.added``: manifests, results, file
+        contents, chunks and their indexes) as ``checkpoint.object`` events, before the checkpoint that needs them
+        is recorded: the daemon keeps them in the session's object store at home, where a resume or a branch of
+        the session is made. Past ``max_bytes`` an object is left out (said once): a resume or branch from a
+        checkpoint that needs it is then refused. Returns the bytes shipped."""
+        with self._lock:
+            added = objects.added
+            if not added:
+                return 0
+            names, added[:] = list(added), []
+            nbytes = 0
+            for name in names:
+                path = objects.root / name
+                try:
+                    size = path.stat().st_size
+                    if self.total + size > self.max_bytes:
+                        self._objects_left_out += 1
+                        if self._objects_left_out == 1:
+                            self.emit("log", {"level": "warning", "logger": "labd.runner.ship",
+                                              "event": f"checkpoint objects not shipped back (over the "
+                                                       f"{self.max_bytes}-byte limit): this session cannot be "
+                                                       "resumed or branched from its later checkpoints"})
+                        continue
+                    with open(path, "rb") as f:
+                        self._send_chunks(f, size, self._object_sender(name, size))
+                except OSError as exc:
+                    self.emit("log", {"level": "warning", "logger": "labd.runner.ship",
+                                      "event": f"checkpoint object not shipped: {name}: {exc}"})
+                    continue
+                self.total += size
+                nbytes += size
+            return nbytes
+
+    def _object_sender(self, name: str, size: int) -> Callable[[int, bytes, bool], object]:
+        def send(offset: int, data: bytes, last: bool) -> object:
+            return self.emit("checkpoint.object", {"name": name, "size": size, "offset": offset,
+                                                   "data": base64.b64encode(data).decode(), "last": last})
+        return send
+
+    def _send_chunks(self, f: Any, size: int, send: Callable[[int, bytes, bool], object]) -> None:
+        """Read ``f`` (``size`` bytes) a chunk at a time and ``send(offset, data, last)`` each (one empty chunk for
+        an empty file)."""
+        offset = 0
+        while True:
+            data = f.read(self.chunk)
+            last = offset + len(data) >= size or not data
+            send(offset, data, last)
+            offset += len(data)
+            if last:
+                break
+
     def _send(self, objects: ObjectStore, rel: str, size: int, digest: str) -> None:
+        fields = path_fields(key_path(rel))
         with objects.reader(digest) as f:
-            offset = 0
-            while True:
-                data = f.read(self.chunk)
-                last = offset + len(data) >= size or not data
-                self.emit("file.shipped", {**path_fields(key_path(rel)), "size": size, "sha256": digest,
-                                           "offset": offset, "data": base64.b64encode(data).decode(), "last": last})
-                offset += len(data)
-                if last:
-                    break
+            self._send_chunks(f, size, lambda off, data, last: self.emit(
+                "file.shipped", {**fields, "size": size, "sha256": digest, "offset": off,
+                                 "data": base64.b64encode(data).decode(), "last": last}))

@@ -60,15 +60,17 @@ def _placed(limits: Limits, created: dict[str, Any]) -> Limits:
     return _limits({"limits": limits.to_dict()})
 
 
-def refuse_ray(d: Any, sid: str, code: str, what: str) -> None:
-    """A session that ran on Ray cannot be resumed or branched here: its checkpoints (the work directory's objects)
-    are on the node it ran on, never in this home (Ray review: resume failed "checkpoint files are gone", and a
-    branch was accepted and its runner crashed at once). Refused, saying so; docs/design.md "Ray launcher"."""
+def refuse_unshipped(d: Any, sid: str, cps: list[dict[str, Any]], code: str, what: str) -> None:
+    """A session that ran on Ray keeps its checkpoints' objects at home only when its runner shipped them
+    (``checkpoint.object``, since 2026-12-07); one that ran before, and recorded checkpoints, cannot be ``what``
+    (resumed, branched) here: refused, saying why (the generic "checkpoint files are gone" did not)."""
+    if not cps or (d.layout.sessions_dir / sid / OBJECTS_DIR).is_dir():
+        return
     placement = d.store.created(sid).get("placement")
     if isinstance(placement, dict) and placement.get("on", "ray") == "ray":
-        raise ApiError(code, f"session {sid} ran on Ray: its checkpoints are on the node it ran on, not here, so it "
-                       f"cannot be {what} (not supported yet for Ray sessions); start it again, or replay it "
-                       "(labd replay)", {"placement": "ray"})
+        raise ApiError(code, f"session {sid} ran on Ray with a labd that kept its checkpoints on the node it ran on, "
+                       f"not here, so it cannot be {what}; start it again, or replay it (labd replay)",
+                       {"placement": "ray"})
 
 
 def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]:
@@ -78,7 +80,6 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]
     d, sid, status = req.daemon, row["id"], row["status"]
     sup = d.supervisor
     _refuse_resume(d, sid, status)
-    refuse_ray(d, sid, "not_resumable", "resumed")
     reason = req.arg("reason", str, "", check=lambda s: len(s) <= 1000, hint="text of at most 1000 characters")
     limits = _merged_limits(row, req.body.get("limits"))
     budget = req.body.get("budget")
@@ -96,6 +97,7 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]
 
         def prepare() -> tuple[list[dict[str, Any]], dict[str, Any], list[str], dict[str, Any]]:
             cps = checkpoints(store, sid)
+            refuse_unshipped(d, sid, cps, "not_resumable", "resumed")
             seed = build_seed(cps, session_dir / OBJECTS_DIR, mode="resume", node_base=max_node_number(store, sid),
                          first_seq=int(row["runner_seq"]) + 1,
                          spent=float(row.get("cost") or 0.0),  # a budget is the session's whole spend, as ingest counts
@@ -230,7 +232,6 @@ class Branch(Request):
         psid = parent["id"]
         if parent["status"] in ("created", "queued"):
             raise ApiError("not_started", f"session {psid} has not run yet: nothing to branch from")
-        refuse_ray(d, psid, "no_checkpoint", "branched")
         store = d.store
         # the long reads (the parent's steps, every checkpoint, a manifest per reused step, the objects) on a worker
         # thread (daemon/reads.py): on the request loop, a branch of a long session stalled every other client
@@ -266,6 +267,7 @@ class Branch(Request):
         dirs = [d.layout.sessions_dir / sid for sid in sids]
 
         def prepare() -> dict[str, Any]:
+            refuse_unshipped(d, psid, cps, "no_checkpoint", "branched")
             seed = build_seed(cps, src, step_files=True, mode="branch", node_base=max_node_number(store, psid),
                          hypothesis=hypothesis, instructions=instructions)
             branch_dirs(psid, src, seed, dirs)

@@ -1,4 +1,5 @@
-"""Receiving shipped files (daemon/shipped.py, what ingest does with a remote runner's ``file.shipped`` events),
+"""Receiving shipped files and checkpoint objects (daemon/shipped.py, what ingest does with a remote runner's
+``file.shipped`` and ``checkpoint.object`` events; runner/carry.py, what a resume takes to its node),
 on a real directory without Ray: chunks assemble into the file only when the last one matches the sha256; a path
 that would leave the session's work directory, or go through a symlink out of it, is refused."""
 
@@ -8,6 +9,7 @@ import base64
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 from labd.daemon.shipped import receive
 
@@ -118,3 +120,114 @@ def test_incremental_shipping_sends_only_changes_and_deletions(tmp_path: Path) -
     work = tmp_path / "s4" / "work"
     assert sorted(p.name for p in work.iterdir()) == ["keep.txt", "new.txt"]
     assert ship() == (0, 0) and deliver() == []
+
+
+def _node_durable(tmp: Path) -> tuple[Any, Any, list[tuple[str, dict[str, Any]]], Path]:
+    """A remote runner's durable steps on ``tmp/node``: objects listed and shipped before each checkpoint (as
+    runner/session.py wires them), its events in one list, in order."""
+    from labd.runner.durable import Durable
+    from labd.runner.files import FileTracker
+    from labd.runner.ship import Shipper
+
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(kind: str, payload: dict[str, Any], node: Any = None, parent: Any = None) -> int:
+        events.append((kind, payload))
+        return len(events)
+
+    work = tmp / "node" / "work"
+    work.mkdir(parents=True)
+    tracker = FileTracker(work, emit)
+    durable = Durable(emit, work.parent, work, tracker, list_objects=True)
+    shipper = Shipper(work, emit, 1 << 30, 64 * 1024)
+    durable.before_checkpoint = lambda: shipper.ship_objects(durable.objects)
+    return durable, tracker, events, work
+
+
+def _objects(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.glob("*/*") if p.is_file()}
+
+
+def test_checkpoint_objects_go_home_before_their_checkpoint(tmp_path: Path) -> None:
+    """A remote runner ships every object a checkpoint wrote (its manifest, its result, each file's content, a large
+    file's chunks and their index) as ``checkpoint.object`` events *before* the ``step.checkpoint`` that names them,
+    so a daemon holding the checkpoint holds what a resume or branch from it needs: received, the session's object
+    store at home is the node's, byte for byte. The next checkpoint ships only what it added."""
+    from labd.daemon.shipped import receive_object
+    from labd.runner.checkpoint import OBJECTS_DIR
+
+    durable, tracker, events, work = _node_durable(tmp_path)
+    (work / "small.txt").write_text("one")
+    (work / "big.bin").write_bytes(b"".join(bytes([i]) * (1 << 20) for i in range(1, 6)))
+    tracker.scan("n1")
+    durable.checkpoint("n1", "0", "first", {"answer": "x" * 5000})
+    kinds = [k for k, _ in events]
+    assert kinds[-1] == "step.checkpoint" and "checkpoint.object" in kinds
+    assert all(k == "checkpoint.object" for k in kinds[:-1] if k != "file.changed" and k != "file.created")
+    for kind, payload in events:
+        if kind == "checkpoint.object":
+            got = receive_object(tmp_path / "home", "s1", payload)
+            assert "data" not in got and "error" not in got, got
+    node, home = work.parent / OBJECTS_DIR, tmp_path / "home" / "s1" / OBJECTS_DIR
+    assert _objects(home) == _objects(node) and len(_objects(node)) >= 8  # 5 chunks, their index, a file, manifest
+    assert any(name.endswith(".chunks") for name in _objects(home))
+    assert all(not os.access(p, os.W_OK) or os.geteuid() == 0 for p in home.glob("*/*"))
+    events.clear()
+    (work / "small.txt").write_text("two")
+    tracker.scan("n2")
+    durable.checkpoint("n2", "1", "second", None)
+    names = [p["name"] for k, p in events if k == "checkpoint.object"]
+    assert 1 <= len(names) <= 2 and events[-1][0] == "step.checkpoint"  # the changed file, its manifest
+
+
+def test_a_checkpoint_object_that_is_not_one_is_refused(tmp_path: Path) -> None:
+    """``checkpoint.object`` names are object names only (``ab/<sha256>``, ``ab/<sha256>.chunks``, ``ab`` its first
+    two digits): anything else is refused and nothing written; an object whose bytes do not hold its digest, or an
+    index that is not JSON, is not kept; an object already there is kept as it is (objects never change)."""
+    import hashlib
+
+    from labd.daemon.shipped import receive_object
+
+    def ev(name: str, data: bytes) -> dict[str, object]:
+        return {"name": name, "size": len(data), "offset": 0, "data": base64.b64encode(data).decode(), "last": True}
+
+    good = hashlib.sha256(b"abc").hexdigest()
+    for name in ("../x", f"zz/{good}", f"{good[:2]}/{good}/x", f"/{good[:2]}/{good}", f"{good[:2]}/{good}.txt",
+                 f"{good[:2]}/../{good}"):
+        assert receive_object(tmp_path, "s", ev(name, b"abc"))["error"].startswith("refused"), name
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").rglob("*.*"))
+    assert "damaged" in receive_object(tmp_path, "s", ev(f"{good[:2]}/{good}", b"abd"))["error"]
+    assert "damaged" in receive_object(tmp_path, "s", ev(f"{good[:2]}/{good}.chunks", b"not json"))["error"]
+    root = tmp_path / "s" / "checkpoints" / "objects" / good[:2]
+    assert sorted(p.name for p in root.iterdir()) == []
+    assert "error" not in receive_object(tmp_path, "s", ev(f"{good[:2]}/{good}", b"abc"))
+    assert "error" not in receive_object(tmp_path, "s", ev(f"{good[:2]}/{good}", b"other bytes"))  # kept as it was
+    assert (root / good).read_bytes() == b"abc"
+
+
+def test_what_a_resume_carries_to_its_node_is_written_there_whole(tmp_path: Path) -> None:
+    """The Ray driver reads a resumed session's seed and objects from the home (``carried``: partial and temporary
+    files left out) and the actor writes them on the node (``unpack``): the same files, objects read-only; a path
+    that leaves the session directory is refused."""
+    import pytest
+
+    from labd.runner.carry import carried, unpack
+
+    home = tmp_path / "home" / "s"
+    (home / "checkpoints" / "objects" / "ab").mkdir(parents=True)
+    (home / "durable.seed.json").write_text('{"steps": []}')
+    (home / "checkpoints" / "objects" / "ab" / ("ab" + "0" * 62)).write_bytes(b"object")
+    (home / "checkpoints" / "objects" / "ab" / ("ab" + "1" * 62 + ".labd-part")).write_bytes(b"half")
+    (home / "checkpoints" / "objects" / "ab" / ".tmp-1").write_bytes(b"tmp")
+    spec = carried({"session_id": "s", "carry_from": str(home)})
+    assert "carry_from" not in spec and sorted(spec["carry"]) == [
+        "checkpoints/objects/ab/ab" + "0" * 62, "durable.seed.json"]
+    node = tmp_path / "node" / "s"
+    assert unpack(node, spec["carry"]) == 2
+    assert (node / "durable.seed.json").read_text() == '{"steps": []}'
+    assert (node / "checkpoints" / "objects" / "ab" / ("ab" + "0" * 62)).read_bytes() == b"object"
+    assert unpack(node, spec["carry"]) == 1  # the seed again; the object is there already
+    for bad in ("../escape", "/abs", "a/../../x", ""):
+        with pytest.raises(ValueError):
+            unpack(node, {bad: b"x"})
+    assert not (tmp_path / "node" / "escape").exists()
