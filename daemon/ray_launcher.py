@@ -157,8 +157,8 @@ class RayLauncher:
                   "session_nofile": self.session_nofile}
         if self.node_dir:
             remote["node_dir"] = self.node_dir
-        if spec.get("durable"):  # a resume or branch: its seed and checkpoint objects go to the node (the driver
-            remote["carry_from"] = str(self.home / "sessions" / sid)  # reads them: not on the daemon's loop)
+        if spec.get("durable") or spec.get("replay_seed"):  # a resume, branch or replay: its seeds and checkpoint
+            remote["carry_from"] = str(self.home / "sessions" / sid)  # objects go to the node (runner/carry.py)
         try:
             self._request("spawn", handle, sid=sid, spec=remote, options=ray_options(spec))
         except LaunchError:

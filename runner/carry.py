@@ -1,4 +1,4 @@
-"""What a resumed or branched session takes to the Ray node it runs on: its seed and its checkpoint objects.
+"""What a resumed, branched or replayed session takes to the Ray node it runs on: its seeds and checkpoint objects.
 
 A local runner continues a session from ``<home>/sessions/<id>``: the daemon writes the seed there
 (``durable.seed.json``: the steps to skip and the checkpoint to restore) beside the session's object store
@@ -6,7 +6,9 @@ A local runner continues a session from ``<home>/sessions/<id>``: the daemon wri
 linked from the parent's for a branch). A runner on a Ray node has a session directory of its own there, so the Ray
 driver reads those files (:func:`carried`, on the daemon's machine: not on the daemon's loop) and puts them in the
 spec the session's actor is created with, and the actor writes them into the node's session directory before it
-starts the runner (:func:`unpack`). Only the seed and objects travel: the work directory is restored from them.
+starts the runner (:func:`unpack`). Only the seeds and objects travel: the work directory is restored from them. A
+replay's seed (``replay.json``, the record it serves) travels the same way: its path at home named nothing on another
+node.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from typing import Any
 from labd.runner.checkpoint import OBJECTS_DIR
 from labd.runner.durable import SEED_FILE
 
-__all__ = ["carried", "unpack"]
+__all__ = ["carried", "unpack", "REPLAY_FILE"]
+
+#: a replay's seed (``labd replay``: the recorded responses it serves), beside the session's durable seed
+REPLAY_FILE = "replay.json"
 
 
 def carried(spec: dict[str, Any]) -> dict[str, Any]:
@@ -29,9 +34,10 @@ def carried(spec: dict[str, Any]) -> dict[str, Any]:
         return spec
     base = Path(src)
     files: dict[str, bytes] = {}
-    seed = base / SEED_FILE
-    if seed.is_file():
-        files[SEED_FILE] = seed.read_bytes()
+    for name in (SEED_FILE, REPLAY_FILE):
+        seed = base / name
+        if seed.is_file():
+            files[name] = seed.read_bytes()
     objects = base / OBJECTS_DIR
     if objects.is_dir():
         for sub in sorted(objects.iterdir()):

@@ -69,6 +69,8 @@ class SessionActor:
             from labd.runner.carry import unpack
 
             unpack(session_dir, carry)
+            if spec.get("replay_seed"):  # a replay's seed: its copy on this node (the home's path names nothing here)
+                spec["replay_seed"] = str(session_dir / Path(str(spec["replay_seed"])).name)
         if spec.get("confine"):  # the runner's own Landlock: its session directory is the one on this node
             spec["confine"] = {**spec["confine"], "allow": [str(session_dir)]}
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}

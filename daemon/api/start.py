@@ -20,6 +20,7 @@ from labd.daemon.queue import Queued, RunQueue
 from labd.ipc.functions import FUNCTION_WORKFLOW, MAX_PAYLOAD, MAX_PAYLOAD_TEXT, MAX_RESULT, check_params
 from labd.ipc.signing import derive_key
 from labd.ipc.units import format_size
+from labd.runner.carry import REPLAY_FILE
 from labd.store.schema import IDEMPOTENCY_RETENTION
 
 __all__ = ["PendingStart", "REPLAY_FILE", "Start", "entry_extra", "priority_of", "refuse_never_fits", "requeue",
@@ -30,7 +31,6 @@ START_FIELDS = ("workflow", "params", "name", "limits", "cwd", "pythonpath", "ne
                 "policy", "payload", "idempotency_key", "placement", "procs")  # procs: an older client's place for it
 MAX_PENDING_KEYS = 10_000  # in-flight idempotency keys remembered in memory (each a few dozen bytes)
 #: a replay's seed, beside its work directory (written by daemon/api/lineage.py, read by the runner)
-REPLAY_FILE = "replay.json"
 MAX_WAITING_RETRIES = 64  # retries of one uncommitted start held for its commit; more are answered at once
 
 

@@ -214,8 +214,8 @@ def test_a_ray_session_is_resumed_and_branched_on_ray(ray_daemon: DaemonProc, rc
     ``session.placed``), the first step is not run again (its output once in the whole record), and the second step
     reads the first step's files, restored on the node from the checkpoint objects the first runner shipped home
     (one of them 5 MiB: stored in chunks). A branch of it from the second step runs on Ray too, from the same
-    checkpoint. Both were refused ("ran on Ray": the checkpoints were on the node only). A Ray session whose objects
-    never came home (a labd from before) is still refused, saying why."""
+    checkpoint, and a replay of it as well. Both were refused ("ran on Ray": the checkpoints were on the node only).
+    A Ray session whose objects never came home (a labd from before) is still refused, saying why."""
     from labd.ipc import LabdError
 
     c = rc
@@ -246,6 +246,12 @@ def test_a_ray_session_is_resumed_and_branched_on_ray(ray_daemon: DaemonProc, rc
     bout = "".join(str(e["payload"]["text"]) for e in _events(c, branch, ["output"]))
     assert "step one ran" not in bout and "step two read: made in step one, 5242880 bytes" in bout, bout
     assert _events(c, branch, ["session.placed"])
+    # a replay of it runs on Ray too, its seed (the record it serves) carried to the node like a resume's
+    replay = c.replay(sid)  # type: ignore[attr-defined]
+    assert _ended(c, replay)["status"] == "completed"
+    rout = "".join(str(e["payload"]["text"]) for e in _events(c, replay, ["output"]))
+    assert "step two read: made in step one" in rout, rout
+    assert _events(c, replay, ["session.placed"])
 
 
 def test_stop_and_kill_through_ray(ray_daemon: DaemonProc, rc: object) -> None:

@@ -206,9 +206,9 @@ def test_a_checkpoint_object_that_is_not_one_is_refused(tmp_path: Path) -> None:
 
 
 def test_what_a_resume_carries_to_its_node_is_written_there_whole(tmp_path: Path) -> None:
-    """The Ray driver reads a resumed session's seed and objects from the home (``carried``: partial and temporary
-    files left out) and the actor writes them on the node (``unpack``): the same files, objects read-only; a path
-    that leaves the session directory is refused."""
+    """The Ray driver reads a resumed session's seeds (a replay's too) and objects from the home (``carried``:
+    partial and temporary files left out) and the actor writes them on the node (``unpack``): the same files, objects
+    read-only; a path that leaves the session directory is refused."""
     import pytest
 
     from labd.runner.carry import carried, unpack
@@ -216,17 +216,19 @@ def test_what_a_resume_carries_to_its_node_is_written_there_whole(tmp_path: Path
     home = tmp_path / "home" / "s"
     (home / "checkpoints" / "objects" / "ab").mkdir(parents=True)
     (home / "durable.seed.json").write_text('{"steps": []}')
+    (home / "replay.json").write_text('{"responses": []}')
     (home / "checkpoints" / "objects" / "ab" / ("ab" + "0" * 62)).write_bytes(b"object")
     (home / "checkpoints" / "objects" / "ab" / ("ab" + "1" * 62 + ".labd-part")).write_bytes(b"half")
     (home / "checkpoints" / "objects" / "ab" / ".tmp-1").write_bytes(b"tmp")
     spec = carried({"session_id": "s", "carry_from": str(home)})
     assert "carry_from" not in spec and sorted(spec["carry"]) == [
-        "checkpoints/objects/ab/ab" + "0" * 62, "durable.seed.json"]
+        "checkpoints/objects/ab/ab" + "0" * 62, "durable.seed.json", "replay.json"]
     node = tmp_path / "node" / "s"
-    assert unpack(node, spec["carry"]) == 2
+    assert unpack(node, spec["carry"]) == 3
     assert (node / "durable.seed.json").read_text() == '{"steps": []}'
+    assert (node / "replay.json").read_text() == '{"responses": []}'
     assert (node / "checkpoints" / "objects" / "ab" / ("ab" + "0" * 62)).read_bytes() == b"object"
-    assert unpack(node, spec["carry"]) == 1  # the seed again; the object is there already
+    assert unpack(node, spec["carry"]) == 2  # the seeds again; the object is there already
     for bad in ("../escape", "/abs", "a/../../x", ""):
         with pytest.raises(ValueError):
             unpack(node, {bad: b"x"})
