@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 import re
@@ -23,6 +24,7 @@ import orjson
 
 from labd.runner.checkpoint import OBJECTS_DIR
 from labd.runner.names import path_of_event
+from labd.runner.workfs import WorkDir
 
 __all__ = ["receive", "receive_object"]
 
@@ -97,8 +99,9 @@ def receive_object(sessions_dir: Path | None, sid: str, payload: dict[str, Any])
     (``<sessions>/<id>/checkpoints/objects``), where a resume or a branch of the session is made, as
     :func:`receive` does a file: assembled in ``<name>.labd-part``, renamed into place (read-only) once the last
     chunk came and the object holds its digest (an index of chunks: a JSON object). An object already there is
-    kept (objects never change). Best effort: a failure is noted in the returned payload as ``error``; the stored
-    payload has no ``data``."""
+    kept (objects never change). Every directory on the way is opened without following a symlink, from the session's
+    own (a symlink a runner put there is replaced by a real directory: nothing is written beyond it). Best effort: a
+    failure is noted in the returned payload as ``error``; the stored payload has no ``data``."""
     stored = {k: v for k, v in payload.items() if k != "data"}
     if sessions_dir is None:
         return stored
@@ -106,41 +109,69 @@ def receive_object(sessions_dir: Path | None, sid: str, payload: dict[str, Any])
     m = _OBJECT.fullmatch(name)
     if m is None or m.group(1) != m.group(3)[:2]:
         return {**stored, "error": "refused: not an object name"}
-    root = sessions_dir / sid / OBJECTS_DIR
-    target = root / m.group(1) / m.group(2)
+    obj, part = m.group(2), m.group(2) + PART
     try:
-        if os.path.lexists(target):
-            return stored
         data = base64.b64decode(str(payload.get("data") or ""), validate=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.parent.resolve().is_relative_to((sessions_dir / sid).resolve()):
-            return {**stored, "error": "refused: the object store leaves the session's directory"}
-        part = target.with_name(target.name + PART)
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fd = _object_dir(sessions_dir / sid, m.group(1))
         try:
-            if int(payload["offset"]) == 0:
-                os.ftruncate(fd, 0)
-            os.pwrite(fd, data, int(payload["offset"]))
+            try:
+                os.stat(obj, dir_fd=fd, follow_symlinks=False)
+                return stored  # there already: objects never change
+            except FileNotFoundError:
+                pass
+            out = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=fd)
+            try:
+                if int(payload["offset"]) == 0:
+                    os.ftruncate(out, 0)
+                os.pwrite(out, data, int(payload["offset"]))
+            finally:
+                os.close(out)
+            stored["bytes"] = len(data)
+            if payload.get("last"):
+                if not _holds(fd, part, m.group(3), bool(m.group(4))):
+                    os.unlink(part, dir_fd=fd)
+                    return {**stored, "error": "damaged: the object does not hold its digest; it was not kept"}
+                os.replace(part, obj, src_dir_fd=fd, dst_dir_fd=fd)
         finally:
             os.close(fd)
-        stored["bytes"] = len(data)
-        if payload.get("last"):
-            if m.group(4):  # a chunk index is named by its file's digest: it must at least be an index
-                ok = isinstance(_json(part.read_bytes()), dict)
-            else:
-                h = hashlib.sha256()
-                with open(part, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
-                ok = h.hexdigest() == m.group(3)
-            if not ok:
-                part.unlink(missing_ok=True)
-                return {**stored, "error": "damaged: the object does not hold its digest; it was not kept"}
-            os.chmod(part, 0o444)
-            os.replace(part, target)
     except (OSError, ValueError, binascii.Error) as exc:
         return {**stored, "error": f"not written: {exc}"[:300]}
     return stored
+
+
+def _object_dir(session: Path, sub: str) -> int:
+    """A descriptor of ``<session>/checkpoints/objects/<sub>``, each directory made if missing, none followed if it
+    is a symlink (one is replaced by a real directory: :meth:`labd.runner.workfs.WorkDir.open_dir`)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(session, 0o700)  # the daemon's own directory of sessions holds it
+    root = WorkDir(session)
+    try:
+        return root.open_dir([*PurePosixPath(OBJECTS_DIR).parts, sub], create=True)
+    finally:
+        root.close()
+
+
+def _holds(dir_fd: int, part: str, digest: str, index: bool) -> bool:
+    """Does the assembled ``part`` hold object ``digest`` (an index of chunks: is it a JSON object)? Made read-only
+    when it does."""
+    f = os.open(part, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        if index:
+            chunks, block = [], os.read(f, 1 << 20)
+            while block:
+                chunks.append(block)
+                block = os.read(f, 1 << 20)
+            ok = isinstance(_json(b"".join(chunks)), dict)
+        else:
+            h = hashlib.sha256()
+            for block in iter(lambda: os.read(f, 1 << 20), b""):
+                h.update(block)
+            ok = h.hexdigest() == digest
+        if ok:
+            os.fchmod(f, 0o444)
+        return ok
+    finally:
+        os.close(f)
 
 
 def _json(data: bytes) -> Any:

@@ -191,6 +191,7 @@ def run_session(spec: dict[str, Any]) -> int:
 
         shipper = Shipper(workdir, emit, int(spec["ship_files"]), chunk_for(spec.get("max_message")))
         durable.after_checkpoint = shipper.ship
+        shipper.assume_shipped((seed or {}).get("shipped"))  # a resume: the home's copy, as the last runner left it
         durable.before_checkpoint = lambda: shipper.ship_objects(durable.objects)
     if durable.node_base:  # node ids go on after the record's (a resume's DAG, a branch's parent)
         ctx._node_ids = itertools.count(durable.node_base + 1)  # noqa: SLF001

@@ -46,8 +46,15 @@ class Shipper:
         self.root, self.emit, self.max_bytes, self.chunk = root, emit, max_bytes, chunk
         self.total = 0
         self._sent: dict[str, str] = {}  # rel -> sha256 as last shipped
-        self._objects_left_out = 0  # checkpoint objects over max_bytes (said once)
+        self._objects_left_out = 0  # checkpoint objects were over max_bytes: none are shipped from then on
         self._lock = threading.Lock()  # concurrent steps checkpoint (and ship) from their own threads
+
+    def assume_shipped(self, shipped: dict[str, str] | None) -> None:
+        """Start from what the daemon's copy of the work directory holds (manifest key -> sha256; a resume's seed:
+        :func:`labd.store.checkpoints.shipped_files`): only what differs is shipped, and what is not in a snapshot
+        any more is deleted there."""
+        with self._lock:
+            self._sent.update({str(k): str(v) for k, v in (shipped or {}).items()})
 
     def ship(self, snapshot: Snapshot) -> tuple[int, int]:
         """Ship what ``snapshot`` holds that was not shipped yet; returns (files, bytes) shipped by this call."""
@@ -95,7 +102,11 @@ class Shipper:
             added = objects.added
             if not added:
                 return 0
-            names, added[:] = list(added), []
+            n = len(added)  # appends from other threads after this point stay for the next call
+            names = added[:n]
+            del added[:n]
+            if self._objects_left_out:  # the chain of checkpoints is broken already: keep the budget for files
+                return 0
             nbytes = 0
             for name in names:
                 path = objects.root / name
@@ -103,12 +114,11 @@ class Shipper:
                     size = path.stat().st_size
                     if self.total + size > self.max_bytes:
                         self._objects_left_out += 1
-                        if self._objects_left_out == 1:
-                            self.emit("log", {"level": "warning", "logger": "labd.runner.ship",
-                                              "event": f"checkpoint objects not shipped back (over the "
-                                                       f"{self.max_bytes}-byte limit): this session cannot be "
-                                                       "resumed or branched from its later checkpoints"})
-                        continue
+                        self.emit("log", {"level": "warning", "logger": "labd.runner.ship",
+                                          "event": f"checkpoint objects not shipped back any more (over [launcher] "
+                                                   f"ship_max_bytes, {self.max_bytes} bytes): this session cannot be "
+                                                   "resumed or branched from this step's checkpoint on"})
+                        return nbytes
                     with open(path, "rb") as f:
                         self._send_chunks(f, size, self._object_sender(name, size))
                 except OSError as exc:

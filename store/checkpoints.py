@@ -16,7 +16,7 @@ from sqlalchemy import select
 from labd.runner.names import b64_key
 from labd.store.schema import events, files, steps
 
-__all__ = ["checkpoints", "max_node_number", "step_row", "recorded_files"]
+__all__ = ["checkpoints", "max_node_number", "step_row", "recorded_files", "shipped_files"]
 
 _NODE_NUMBER = re.compile(r"^[nf](\d+)(?:\.|$)")  # n12 (the runner's), f12.3 (a forked child's, fork 12)
 
@@ -65,3 +65,25 @@ def recorded_files(store: Any, session_id: str) -> dict[str, str]:
             else:
                 out[key] = digest
     return out
+
+
+def shipped_files(store: Any, session_id: str) -> dict[str, str]:
+    """The daemon's copy of a remote session's work directory as its ``file.shipped`` events left it: manifest key ->
+    sha256 of each file whose last chunk was kept (deleted ones gone). A resumed remote runner starts its shipping
+    from it, so it ships only what differs and deletes at home what its restore removed on the node (it started
+    from nothing: the home kept files the restore had removed, and every restored file was shipped again)."""
+    out: dict[str, str] = {}
+    since = 0
+    while True:
+        page = store.events(session_id, since=since, kinds=["file.shipped"])
+        for ev in page:
+            p = ev["payload"]
+            key = (b64_key(p["path_b64"]) if p.get("path_b64") else None) or str(p.get("path"))
+            if p.get("deleted"):
+                out.pop(key, None)
+            elif p.get("last") and not p.get("error"):
+                out[key] = str(p.get("sha256"))
+        if not page:
+            return out
+        since = page[-1]["seq"]
+

@@ -23,7 +23,7 @@ from labd.daemon.api.start import _run_params, entry_extra, priority_of, refuse_
 from labd.daemon.limits import Limits
 from labd.daemon.reads import Read
 from labd.runner.checkpoint import OBJECTS_DIR
-from labd.store.checkpoints import checkpoints, max_node_number, recorded_files, step_row
+from labd.store.checkpoints import checkpoints, max_node_number, recorded_files, shipped_files, step_row
 
 __all__ = ["resume_ended", "RESUMABLE"]
 
@@ -60,17 +60,29 @@ def _placed(limits: Limits, created: dict[str, Any]) -> Limits:
     return _limits({"limits": limits.to_dict()})
 
 
-def refuse_unshipped(d: Any, sid: str, cps: list[dict[str, Any]], code: str, what: str) -> None:
-    """A session that ran on Ray keeps its checkpoints' objects at home only when its runner shipped them
-    (``checkpoint.object``, since 2026-12-07); one that ran before, and recorded checkpoints, cannot be ``what``
-    (resumed, branched) here: refused, saying why (the generic "checkpoint files are gone" did not)."""
-    if not cps or (d.layout.sessions_dir / sid / OBJECTS_DIR).is_dir():
-        return
+def _ran_on_ray(d: Any, sid: str) -> bool:
     placement = d.store.created(sid).get("placement")
-    if isinstance(placement, dict) and placement.get("on", "ray") == "ray":
-        raise ApiError(code, f"session {sid} ran on Ray with a labd that kept its checkpoints on the node it ran on, "
-                       f"not here, so it cannot be {what}; start it again, or replay it (labd replay)",
-                       {"placement": "ray"})
+    return isinstance(placement, dict) and placement.get("on", "ray") == "ray"
+
+
+def refuse_unshipped(d: Any, sid: str, cps: list[dict[str, Any]], code: str, what: str) -> None:
+    """A session that ran on Ray has its checkpoints' objects at home only as far as its runner shipped them
+    (``checkpoint.object``, since 2026-12-07, within ``[launcher] ship_max_bytes``); one with checkpoints and no
+    objects here cannot be ``what`` (resumed, branched): refused, saying why (the generic "checkpoint files are
+    gone" did not)."""
+    if not cps or (d.layout.sessions_dir / sid / OBJECTS_DIR).is_dir() or not _ran_on_ray(d, sid):
+        return
+    raise ApiError(code, f"session {sid} ran on Ray and its checkpoints are not here, so it cannot be {what}: a labd "
+                   "before 2026-12-07 kept them on the node, and past [launcher] ship_max_bytes a runner stops "
+                   "shipping them; start it again, or replay it (labd replay)", {"placement": "ray"})
+
+
+def ray_hint(d: Any, sid: str, exc: ApiError) -> ApiError:
+    """``exc`` (a checkpoint that cannot be used: an object missing) with why, for a session that ran on Ray."""
+    if exc.code != "no_checkpoint" or not _ran_on_ray(d, sid):
+        return exc
+    return ApiError(exc.code, f"{exc.message} (it ran on Ray: its runner ships checkpoint objects home within "
+                    "[launcher] ship_max_bytes, and stops past it)", {**exc.details, "placement": "ray"})
 
 
 def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]:
@@ -98,10 +110,14 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]
         def prepare() -> tuple[list[dict[str, Any]], dict[str, Any], list[str], dict[str, Any]]:
             cps = checkpoints(store, sid)
             refuse_unshipped(d, sid, cps, "not_resumable", "resumed")
-            seed = build_seed(cps, session_dir / OBJECTS_DIR, mode="resume", node_base=max_node_number(store, sid),
-                         first_seq=int(row["runner_seq"]) + 1,
-                         spent=float(row.get("cost") or 0.0),  # a budget is the session's whole spend, as ingest counts
-                         recorded=recorded_files(store, sid))  # the restore records what it changes against this
+            try:
+                seed = build_seed(cps, session_dir / OBJECTS_DIR, mode="resume",
+                                  node_base=max_node_number(store, sid), first_seq=int(row["runner_seq"]) + 1,
+                                  spent=float(row.get("cost") or 0.0),  # the session's whole spend, as ingest counts
+                                  recorded=recorded_files(store, sid),  # the restore records its changes against it
+                                  shipped=shipped_files(store, sid))  # a remote runner's: the home's copy of its files
+            except ApiError as exc:
+                raise ray_hint(d, sid, exc) from None
             interrupted = [st["node_id"] for st in store.steps(sid) if st["status"] in ("running", "paused")]
             return cps, seed, interrupted, store.created(sid)
 
@@ -268,8 +284,11 @@ class Branch(Request):
 
         def prepare() -> dict[str, Any]:
             refuse_unshipped(d, psid, cps, "no_checkpoint", "branched")
-            seed = build_seed(cps, src, step_files=True, mode="branch", node_base=max_node_number(store, psid),
-                         hypothesis=hypothesis, instructions=instructions)
+            try:
+                seed = build_seed(cps, src, step_files=True, mode="branch", node_base=max_node_number(store, psid),
+                                  hypothesis=hypothesis, instructions=instructions)
+            except ApiError as exc:
+                raise ray_hint(d, psid, exc) from None
             branch_dirs(psid, src, seed, dirs)
             return seed
 

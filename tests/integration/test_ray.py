@@ -72,6 +72,7 @@ def twostep(ctx, marker: str = "") -> str:
         node.result = {"made": 1}
     with ctx.step("use"):
         if not os.path.exists(marker):
+            Path("junk.txt").write_text("left by the failed try\\n")
             raise RuntimeError("transient failure")
         print(f"step two read: {Path('made.txt').read_text().strip()}, {len(Path('big.bin').read_bytes())} bytes",
               flush=True)
@@ -213,7 +214,9 @@ def test_a_ray_session_is_resumed_and_branched_on_ray(ray_daemon: DaemonProc, rc
     """A session that failed on Ray at its second step is resumed: it runs on Ray again (a second
     ``session.placed``), the first step is not run again (its output once in the whole record), and the second step
     reads the first step's files, restored on the node from the checkpoint objects the first runner shipped home
-    (one of them 5 MiB: stored in chunks). A branch of it from the second step runs on Ray too, from the same
+    (one of them 5 MiB: stored in chunks); the home's copy of the work directory follows (the failed try's file,
+    which the restore removed, is deleted there, and restored files are not shipped again). A branch of it from the
+    second step runs on Ray too, from the same
     checkpoint, and a replay of it as well. Both were refused ("ran on Ray": the checkpoints were on the node only).
     A Ray session whose objects never came home (a labd from before) is still refused, saying why."""
     from labd.ipc import LabdError
@@ -223,6 +226,8 @@ def test_a_ray_session_is_resumed_and_branched_on_ray(ray_daemon: DaemonProc, rc
     sid = c.start(f"{ray_daemon.flows}:twostep", params={"marker": str(marker)})  # type: ignore[attr-defined]
     first = _ended(c, sid)
     assert first["status"] == "failed" and "transient failure" in str(first["reason"]), first
+    home_work = ray_daemon.home / "sessions" / sid / "work"
+    assert (home_work / "junk.txt").exists() and (home_work / "big.bin").stat().st_size == 5 << 20  # shipped at its end
     objects = ray_daemon.home / "sessions" / sid / "checkpoints" / "objects"
     assert len(list(objects.glob("*/*.chunks"))) == 1 and len(list(objects.glob("*/*"))) >= 8  # chunks, index, ...
     hidden = objects.with_name("objects.hidden")
@@ -239,6 +244,12 @@ def test_a_ray_session_is_resumed_and_branched_on_ray(ray_daemon: DaemonProc, rc
     assert out.count("step one ran") == 1, out
     assert "step two read: made in step one, 5242880 bytes" in out, out
     assert len(_events(c, sid, ["session.placed"])) == 2  # on Ray both times
+    # the home's copy of its work directory follows the resume's: the failed try's file, removed on the node by the
+    # restore, is gone here too, and the restored 5 MiB file was not shipped again (review helper-149)
+    assert not (home_work / "junk.txt").exists() and (home_work / "made.txt").exists()
+    resumed_from = max(e["seq"] for e in _events(c, sid, ["session.continued"]))
+    again_shipped = {str(e["payload"]["path"]) for e in _events(c, sid, ["file.shipped"]) if e["seq"] > resumed_from}
+    assert "big.bin" not in again_shipped and "junk.txt" in again_shipped, again_shipped
     use = next(n for n in c.dag(sid)["dag"]["nodes"] if n.get("name") == "use")  # type: ignore[attr-defined]
     branch = c.branch(sid, use["node_id"])["sessions"][0]["session"]  # type: ignore[attr-defined]
     done = _ended(c, branch)

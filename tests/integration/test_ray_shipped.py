@@ -164,6 +164,7 @@ def test_checkpoint_objects_go_home_before_their_checkpoint(tmp_path: Path) -> N
     kinds = [k for k, _ in events]
     assert kinds[-1] == "step.checkpoint" and "checkpoint.object" in kinds
     assert all(k == "checkpoint.object" for k in kinds[:-1] if k != "file.changed" and k != "file.created")
+    (tmp_path / "home").mkdir()  # the daemon's directory of sessions
     for kind, payload in events:
         if kind == "checkpoint.object":
             got = receive_object(tmp_path / "home", "s1", payload)
@@ -203,6 +204,15 @@ def test_a_checkpoint_object_that_is_not_one_is_refused(tmp_path: Path) -> None:
     assert "error" not in receive_object(tmp_path, "s", ev(f"{good[:2]}/{good}", b"abc"))
     assert "error" not in receive_object(tmp_path, "s", ev(f"{good[:2]}/{good}", b"other bytes"))  # kept as it was
     assert (root / good).read_bytes() == b"abc"
+    # an object store a runner made a symlink (a local runner can, in its own session directory): not followed, it
+    # is replaced by a real directory, and nothing is made beyond it (review helper-149: a directory was made there)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "t" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "t" / "checkpoints" / "objects").symlink_to(outside)
+    assert "error" not in receive_object(tmp_path, "t", ev(f"{good[:2]}/{good}", b"abc"))
+    assert not list(outside.iterdir()) and not (tmp_path / "t" / "checkpoints" / "objects").is_symlink()
+    assert (tmp_path / "t" / "checkpoints" / "objects" / good[:2] / good).read_bytes() == b"abc"
 
 
 def test_what_a_resume_carries_to_its_node_is_written_there_whole(tmp_path: Path) -> None:
@@ -233,3 +243,29 @@ def test_what_a_resume_carries_to_its_node_is_written_there_whole(tmp_path: Path
         with pytest.raises(ValueError):
             unpack(node, {bad: b"x"})
     assert not (tmp_path / "node" / "escape").exists()
+
+
+def test_a_resumed_remote_runner_ships_only_what_differs_from_the_homes_copy(tmp_path: Path) -> None:
+    """A resumed remote runner starts from the home's copy of its work directory (the seed's ``shipped``, from the
+    session's ``file.shipped`` events): a restored file the home has is not shipped again, and a file the restore
+    removed on the node is deleted at home (review helper-149: the home kept it, and a 5 MiB restored file was
+    shipped again)."""
+    import hashlib
+
+    from labd.runner.durable import Durable
+    from labd.runner.files import FileTracker
+    from labd.runner.ship import Shipper
+
+    work = tmp_path / "node" / "work"
+    work.mkdir(parents=True)
+    (work / "keep.txt").write_text("kept")
+    sent: list[dict[str, object]] = []
+    tracker = FileTracker(work, lambda *a, **k: 0)
+    durable = Durable(lambda *a, **k: 0, work.parent, work, tracker)
+    shipper = Shipper(work, lambda kind, payload: sent.append(payload) or 0, 1 << 30)
+    shipper.assume_shipped({"keep.txt": hashlib.sha256(b"kept").hexdigest(),
+                            "junk.txt": hashlib.sha256(b"junk").hexdigest()})
+    tracker.scan(None)
+    assert shipper.ship(durable.snapshot()) == (0, 0)
+    assert [(p["path"], p.get("deleted")) for p in sent] == [("junk.txt", True)]
+
