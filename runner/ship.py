@@ -46,7 +46,7 @@ class Shipper:
         self.root, self.emit, self.max_bytes, self.chunk = root, emit, max_bytes, chunk
         self.total = 0
         self._sent: dict[str, str] = {}  # rel -> sha256 as last shipped
-        self._objects_left_out = 0  # checkpoint objects were over max_bytes: none are shipped from then on
+        self._objects_stopped = False  # checkpoint objects went over max_bytes: none are shipped from then on
         self._lock = threading.Lock()  # concurrent steps checkpoint (and ship) from their own threads
 
     def assume_shipped(self, shipped: dict[str, str] | None) -> None:
@@ -96,8 +96,8 @@ class Shipper:
         """Ship the objects ``objects`` wrote since the last call (``objects.added``: manifests, results, file
         contents, chunks and their indexes) as ``checkpoint.object`` events, before the checkpoint that needs them
         is recorded: the daemon keeps them in the session's object store at home, where a resume or a branch of
-        the session is made. Past ``max_bytes`` an object is left out (said once): a resume or branch from a
-        checkpoint that needs it is then refused. Returns the bytes shipped."""
+        the session is made. Past ``max_bytes`` no more objects are shipped, from then on (said in a ``log`` event):
+        a resume or branch from a checkpoint that needs one is then refused. Returns the bytes shipped."""
         with self._lock:
             added = objects.added
             if not added:
@@ -105,7 +105,7 @@ class Shipper:
             n = len(added)  # appends from other threads after this point stay for the next call
             names = added[:n]
             del added[:n]
-            if self._objects_left_out:  # the chain of checkpoints is broken already: keep the budget for files
+            if self._objects_stopped:  # the chain of checkpoints is broken already: keep the budget for files
                 return 0
             nbytes = 0
             for name in names:
@@ -113,7 +113,7 @@ class Shipper:
                 try:
                     size = path.stat().st_size
                     if self.total + size > self.max_bytes:
-                        self._objects_left_out += 1
+                        self._objects_stopped = True
                         self.emit("log", {"level": "warning", "logger": "labd.runner.ship",
                                           "event": f"checkpoint objects not shipped back any more (over [launcher] "
                                                    f"ship_max_bytes, {self.max_bytes} bytes): this session cannot be "

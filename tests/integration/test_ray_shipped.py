@@ -269,3 +269,26 @@ def test_a_resumed_remote_runner_ships_only_what_differs_from_the_homes_copy(tmp
     assert shipper.ship(durable.snapshot()) == (0, 0)
     assert [(p["path"], p.get("deleted")) for p in sent] == [("junk.txt", True)]
 
+
+
+def test_past_ship_max_bytes_no_more_objects_are_shipped_and_the_session_says_so(tmp_path: Path) -> None:
+    """Objects over ``[launcher] ship_max_bytes`` stop the shipping of objects for good (a checkpoint missing one is
+    unusable, and stray chunks of a file only took the files' budget: review helper-149), said once in a ``log``
+    event naming the setting; later checkpoints ship none."""
+    from labd.runner.ship import Shipper
+
+    durable, tracker, events, work = _node_durable(tmp_path)
+    shipper = Shipper(work, lambda kind, payload: events.append((kind, payload)) or 0, 3 << 20, 64 * 1024)
+    durable.before_checkpoint = lambda: shipper.ship_objects(durable.objects)
+    (work / "big.bin").write_bytes(b"".join(bytes([i]) * (1 << 20) for i in range(1, 6)))
+    tracker.scan("n1")
+    durable.checkpoint("n1", "0", "first", None)
+    shipped = {p["name"] for k, p in events if k == "checkpoint.object"}
+    warnings = [p["event"] for k, p in events if k == "log" and "ship_max_bytes" in str(p.get("event"))]
+    assert 1 <= len(shipped) <= 3 and len(warnings) == 1, (shipped, warnings)
+    events.clear()
+    (work / "small.txt").write_text("later")
+    tracker.scan("n2")
+    durable.checkpoint("n2", "1", "second", None)
+    assert not [p for k, p in events if k == "checkpoint.object"] and events[-1][0] == "step.checkpoint"
+    assert not [p for k, p in events if k == "log"]  # said once
