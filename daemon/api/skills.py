@@ -176,6 +176,8 @@ class ImportSkill(Request):
     type = "skill.import"
 
     def execute(self) -> Any:
+        # a misspelt idempotency_key was ignored: a retry stored a second version
+        self.only("document", "name", "idempotency_key", done="nothing was imported")
         doc = self.arg("document", dict, hint="a skill document (labd skills export)")
         name = self.arg("name", str, None, check=lambda n: NAME.match(n) is not None, hint=NAME_HINT)
         key, digest = _idempotency(self, {"op": "import", "document": doc, "name": name})

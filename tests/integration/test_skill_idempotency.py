@@ -132,6 +132,9 @@ def test_a_key_used_again_for_another_request_is_refused(shared_daemon: DaemonPr
                 c.skill(gone)
             assert err.value.code == "not_found"
         assert c.save_skill(sid, "conflict-a")["version"] == first["version"] + 1
+        with pytest.raises(LabdError) as err:  # a misspelt key was ignored: a retry stored a second version
+            c.request("skill.import", document=doc, name="conflict-d", idempotency_kye="typo")
+        assert err.value.code == "bad_request" and err.value.details == {"field": "idempotency_kye"}
         for bad in ("", "x" * 201, "tab\there"):
             with pytest.raises(LabdError) as err:
                 c.request("skill.save", session=sid, name="conflict-a", idempotency_key=bad)
