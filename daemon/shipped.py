@@ -18,7 +18,7 @@ import hashlib
 import os
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -73,20 +73,11 @@ def receive(sessions_dir: Path | None, sid: str, payload: dict[str, Any]) -> dic
         data = base64.b64decode(str(payload.get("data") or ""), validate=True)
         target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_name(target.name + PART)
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            if int(payload["offset"]) == 0:
-                os.ftruncate(fd, 0)
-            os.pwrite(fd, data, int(payload["offset"]))
-        finally:
-            os.close(fd)
-        stored["bytes"] = len(data)
+        stored["bytes"] = _write_chunk(str(part), data, int(payload["offset"]))
         if payload.get("last"):
-            h = hashlib.sha256()
-            with open(part, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            if h.hexdigest() != payload["sha256"]:
+            with _read(str(part)) as f:
+                kept = _sha256(f) == payload["sha256"]
+            if not kept:
                 return {**stored, "error": "sha256 mismatch: a chunk is missing; the file was not kept"}
             os.replace(part, target)
     except (OSError, ValueError, binascii.Error) as exc:
@@ -119,14 +110,7 @@ def receive_object(sessions_dir: Path | None, sid: str, payload: dict[str, Any])
                 return stored  # there already: objects never change
             except FileNotFoundError:
                 pass
-            out = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=fd)
-            try:
-                if int(payload["offset"]) == 0:
-                    os.ftruncate(out, 0)
-                os.pwrite(out, data, int(payload["offset"]))
-            finally:
-                os.close(out)
-            stored["bytes"] = len(data)
+            stored["bytes"] = _write_chunk(part, data, int(payload["offset"]), fd)
             if payload.get("last"):
                 if not _holds(fd, part, m.group(3), bool(m.group(4))):
                     os.unlink(part, dir_fd=fd)
@@ -151,27 +135,40 @@ def _object_dir(session: Path, sub: str) -> int:
         root.close()
 
 
+def _write_chunk(part: str, data: bytes, offset: int, dir_fd: int | None = None) -> int:
+    """Write ``data`` at ``offset`` of the partial file ``part`` (made if missing, emptied by the first chunk, never
+    through a symlink; relative to ``dir_fd`` if given); returns the bytes written."""
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
+    try:
+        if offset == 0:
+            os.ftruncate(fd, 0)
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+    return len(data)
+
+
+def _read(part: str, dir_fd: int | None = None) -> BinaryIO:
+    """The file ``part`` opened for reading, without following a symlink (relative to ``dir_fd`` if given)."""
+    return os.fdopen(os.open(part, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd), "rb")
+
+
+def _sha256(f: BinaryIO) -> str:
+    """The sha256 of what is left to read of ``f``, a MiB at a time."""
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+    return h.hexdigest()
+
+
 def _holds(dir_fd: int, part: str, digest: str, index: bool) -> bool:
     """Does the assembled ``part`` hold object ``digest`` (an index of chunks: is it a JSON object)? Made read-only
     when it does."""
-    f = os.open(part, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
-    try:
-        if index:
-            chunks, block = [], os.read(f, 1 << 20)
-            while block:
-                chunks.append(block)
-                block = os.read(f, 1 << 20)
-            ok = isinstance(_json(b"".join(chunks)), dict)
-        else:
-            h = hashlib.sha256()
-            for block in iter(lambda: os.read(f, 1 << 20), b""):
-                h.update(block)
-            ok = h.hexdigest() == digest
+    with _read(part, dir_fd) as f:
+        ok = isinstance(_json(f.read()), dict) if index else _sha256(f) == digest
         if ok:
-            os.fchmod(f, 0o444)
-        return ok
-    finally:
-        os.close(f)
+            os.fchmod(f.fileno(), 0o444)
+    return ok
 
 
 def _json(data: bytes) -> Any:

@@ -120,7 +120,7 @@ class Shipper:
                                                    "resumed or branched from this step's checkpoint on"})
                         return nbytes
                     with open(path, "rb") as f:
-                        self._send_chunks(f, size, self._object_sender(name, size))
+                        self._send_chunks(f, "checkpoint.object", {"name": name, "size": size})
                 except OSError as exc:
                     self.emit("log", {"level": "warning", "logger": "labd.runner.ship",
                                       "event": f"checkpoint object not shipped: {name}: {exc}"})
@@ -129,27 +129,18 @@ class Shipper:
                 nbytes += size
             return nbytes
 
-    def _object_sender(self, name: str, size: int) -> Callable[[int, bytes, bool], object]:
-        def send(offset: int, data: bytes, last: bool) -> object:
-            return self.emit("checkpoint.object", {"name": name, "size": size, "offset": offset,
-                                                   "data": base64.b64encode(data).decode(), "last": last})
-        return send
-
-    def _send_chunks(self, f: Any, size: int, send: Callable[[int, bytes, bool], object]) -> None:
-        """Read ``f`` (``size`` bytes) a chunk at a time and ``send(offset, data, last)`` each (one empty chunk for
-        an empty file)."""
-        offset = 0
+    def _send_chunks(self, f: Any, kind: str, fields: dict[str, Any]) -> None:
+        """Read ``f`` (``fields["size"]`` bytes) a chunk at a time and emit each as a ``kind`` event: ``fields`` with
+        its ``offset``, ``data`` (base64) and ``last`` (one empty chunk for an empty file)."""
+        size, offset = int(fields["size"]), 0
         while True:
             data = f.read(self.chunk)
             last = offset + len(data) >= size or not data
-            send(offset, data, last)
+            self.emit(kind, {**fields, "offset": offset, "data": base64.b64encode(data).decode(), "last": last})
             offset += len(data)
             if last:
                 break
 
     def _send(self, objects: ObjectStore, rel: str, size: int, digest: str) -> None:
-        fields = path_fields(key_path(rel))
         with objects.reader(digest) as f:
-            self._send_chunks(f, size, lambda off, data, last: self.emit(
-                "file.shipped", {**fields, "size": size, "sha256": digest, "offset": off,
-                                 "data": base64.b64encode(data).decode(), "last": last}))
+            self._send_chunks(f, "file.shipped", {**path_fields(key_path(rel)), "size": size, "sha256": digest})

@@ -69,17 +69,17 @@ def refuse_unshipped(d: Any, sid: str, cps: list[dict[str, Any]], code: str, wha
     """A session that ran on Ray has its checkpoints' objects at home only as far as its runner shipped them
     (``checkpoint.object``, since 2026-12-07, within ``[launcher] ship_max_bytes``); one with checkpoints and no
     objects here cannot be ``what`` (resumed, branched): refused, saying why (the generic "checkpoint files are
-    gone" did not)."""
-    if not cps or (d.layout.sessions_dir / sid / OBJECTS_DIR).is_dir() or not _ran_on_ray(d, sid):
+    gone" did not). Called for a session that ran on Ray only."""
+    if not cps or (d.layout.sessions_dir / sid / OBJECTS_DIR).is_dir():
         return
     raise ApiError(code, f"session {sid} ran on Ray and its checkpoints are not here, so it cannot be {what}: a labd "
                    "before 2026-12-07 kept them on the node, and past [launcher] ship_max_bytes a runner stops "
                    "shipping them; start it again, or replay it (labd replay)", {"placement": "ray"})
 
 
-def ray_hint(d: Any, sid: str, exc: ApiError) -> ApiError:
+def ray_hint(exc: ApiError) -> ApiError:
     """``exc`` (a checkpoint that cannot be used: an object missing) with why, for a session that ran on Ray."""
-    if exc.code != "no_checkpoint" or not _ran_on_ray(d, sid):
+    if exc.code != "no_checkpoint":
         return exc
     return ApiError(exc.code, f"{exc.message} (it ran on Ray: its runner ships checkpoint objects home within "
                     "[launcher] ship_max_bytes, and stops past it)", {**exc.details, "placement": "ray"})
@@ -109,15 +109,18 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]
 
         def prepare() -> tuple[list[dict[str, Any]], dict[str, Any], list[str], dict[str, Any]]:
             cps = checkpoints(store, sid)
-            refuse_unshipped(d, sid, cps, "not_resumable", "resumed")
+            on_ray = _ran_on_ray(d, sid)
+            if on_ray:
+                refuse_unshipped(d, sid, cps, "not_resumable", "resumed")
             try:
                 seed = build_seed(cps, session_dir / OBJECTS_DIR, mode="resume",
                                   node_base=max_node_number(store, sid), first_seq=int(row["runner_seq"]) + 1,
                                   spent=float(row.get("cost") or 0.0),  # the session's whole spend, as ingest counts
                                   recorded=recorded_files(store, sid),  # the restore records its changes against it
-                                  shipped=shipped_files(store, sid))  # a remote runner's: the home's copy of its files
+                                  # a remote runner's: the home's copy of its files (a read of every file.shipped)
+                                  shipped=shipped_files(store, sid) if on_ray else None)
             except ApiError as exc:
-                raise ray_hint(d, sid, exc) from None
+                raise (ray_hint(exc) if on_ray else exc) from None
             interrupted = [st["node_id"] for st in store.steps(sid) if st["status"] in ("running", "paused")]
             return cps, seed, interrupted, store.created(sid)
 
@@ -283,12 +286,14 @@ class Branch(Request):
         dirs = [d.layout.sessions_dir / sid for sid in sids]
 
         def prepare() -> dict[str, Any]:
-            refuse_unshipped(d, psid, cps, "no_checkpoint", "branched")
+            on_ray = _ran_on_ray(d, psid)
+            if on_ray:
+                refuse_unshipped(d, psid, cps, "no_checkpoint", "branched")
             try:
                 seed = build_seed(cps, src, step_files=True, mode="branch", node_base=max_node_number(store, psid),
                                   hypothesis=hypothesis, instructions=instructions)
             except ApiError as exc:
-                raise ray_hint(d, psid, exc) from None
+                raise (ray_hint(exc) if on_ray else exc) from None
             branch_dirs(psid, src, seed, dirs)
             return seed
 

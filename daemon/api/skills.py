@@ -6,7 +6,6 @@ Running one is ``session.start`` with workflow ``skill:NAME`` (or ``skill:NAME@V
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from typing import Any
@@ -16,6 +15,7 @@ import orjson
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
 from labd.daemon.api.roles import agent_roles
 from labd.daemon.api.sessions import resolve_session
+from labd.daemon.api.start import digest_of, idempotency_key
 from labd.daemon.reads import Read
 from labd.ipc.workflows import BUILTINS
 from labd.store.skills import NAME, SkillError, check_skill, extract, get_skill, list_skills, skill_by_key
@@ -35,13 +35,11 @@ def _name(req: Request) -> str:
 
 
 def _idempotency(req: Request, asked: dict[str, Any]) -> tuple[str | None, str | None]:
-    """The request's ``idempotency_key`` (None without one) and the sha256 of what it ``asked`` for: a retry with
-    the key gets the version the first attempt stored, another request with it ``idempotency_conflict``."""
-    key = req.arg("idempotency_key", str, None, check=lambda s: 0 < len(s) <= 200 and s.isprintable(),
-                  hint="1-200 printable characters")
-    if key is None:
-        return None, None
-    return key, hashlib.sha256(orjson.dumps(asked, option=orjson.OPT_SORT_KEYS, default=repr)).hexdigest()
+    """The request's ``idempotency_key`` (None without one) and the digest of what it ``asked`` for, as a start's
+    are (:mod:`labd.daemon.api.start`): a retry with the key gets the version the first attempt stored, another
+    request with it ``idempotency_conflict``."""
+    key = idempotency_key(req)
+    return (None, None) if key is None else (key, digest_of(asked))
 
 
 def _stored(req: Request, key: str | None, digest: str | None) -> dict[str, Any] | None:

@@ -34,13 +34,25 @@ MAX_PENDING_KEYS = 10_000  # in-flight idempotency keys remembered in memory (ea
 MAX_WAITING_RETRIES = 64  # retries of one uncommitted start held for its commit; more are answered at once
 
 
+def digest_of(what: Any) -> str:
+    """The sha256 of what a keyed request asks for (JSON, keys sorted), stored with its idempotency key so that a
+    key re-used for a different request is refused rather than replayed (starts, skill saves and imports)."""
+    return hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS, default=repr)).hexdigest()
+
+
+def idempotency_key(req: Request) -> str | None:
+    """A keyed request's ``idempotency_key`` (None without one): 1-200 printable characters."""
+    key = req.arg("idempotency_key", str, None, check=lambda s: 0 < len(s) <= 200 and s.isprintable(),
+                  hint="1-200 printable characters")
+    return None if key is None else str(key)
+
+
 def _request_digest(body: dict[str, Any]) -> str:
     """What a start asks for, so a key re-used for a different request is refused rather than replayed."""
     # everything but the key and where the client stands (a retry from another shell is the same request);
     # absent and empty (null, {}, [], "") mean the same
-    what = {k: v for k, v in body.items()
-            if k not in ("idempotency_key", "cwd", "pythonpath") and v not in (None, {}, [], "")}
-    return hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS, default=repr)).hexdigest()
+    return digest_of({k: v for k, v in body.items()
+                      if k not in ("idempotency_key", "cwd", "pythonpath") and v not in (None, {}, [], "")})
 
 
 class PendingStart(NamedTuple):
@@ -114,8 +126,7 @@ class Start(Request):
         if self.daemon.draining:
             raise ApiError("draining", "the daemon is stopping and stopping its sessions (serve --drain): "
                            "no new sessions; start it again, then retry")
-        key = self.arg("idempotency_key", str, None, check=lambda s: 0 < len(s) <= 200 and s.isprintable(),
-                       hint="1-200 printable characters")
+        key = idempotency_key(self)
         digest = _request_digest(self.body)
         if key is not None:
             replay = self._replayed(key, digest)
