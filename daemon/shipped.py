@@ -7,6 +7,11 @@ the stored event keeps everything but the bytes. A file is assembled in ``<path>
 place only when its last chunk arrived and its sha256 matches, so a reader never sees half a file. Paths are
 relative and confined to the work directory (no ``..``, no absolute path, nothing written through a symlink):
 a runner writes only into its own session's directory.
+
+A chunk of a file whose content the runner shipped as checkpoint objects comes without its bytes
+(``from_object: true``, a range ``offset``/``length`` of at most :data:`MAX_RANGE` bytes): it is copied from the
+session's object store at home, which ingest filled from the runner's earlier ``checkpoint.object`` events; the file
+is still kept only if the whole holds its sha256 (:mod:`labd.runner.ship`, "A file's bytes travel once").
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from labd.ipc.safe_files import open_regular
 from labd.runner.checkpoint import OBJECTS_DIR
 from labd.runner.names import path_of_event
+from labd.runner.objects import CHUNK_BYTES, ObjectStore, read_json_object
 from labd.runner.workfs import WorkDir
 
 __all__ = ["receive", "receive_object"]
@@ -33,6 +40,8 @@ __all__ = ["receive", "receive_object"]
 _OBJECT = re.compile(r"([0-9a-f]{2})/(([0-9a-f]{64})(\.chunks)?)")
 
 PART = ".labd-part"
+#: the most bytes one ``from_object`` chunk may name (the runner names 4 MiB: runner/ship.py FROM_OBJECT_RANGE)
+MAX_RANGE = 8 << 20
 
 
 def _target(sessions_dir: Path, sid: str, rel: str) -> Path | None:
@@ -70,7 +79,11 @@ def receive(sessions_dir: Path | None, sid: str, payload: dict[str, Any]) -> dic
             return {**stored, "error": f"not deleted: {exc}"[:300]}
         return stored
     try:
-        data = base64.b64decode(str(payload.get("data") or ""), validate=True)
+        if payload.get("from_object"):
+            data = _object_range(sessions_dir / sid, str(payload["sha256"]), int(payload["offset"]),
+                                 int(payload.get("length", -1)))
+        else:
+            data = base64.b64decode(str(payload.get("data") or ""), validate=True)
         target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_name(target.name + PART)
         stored["bytes"] = _write_chunk(str(part), data, int(payload["offset"]))
@@ -121,6 +134,47 @@ def receive_object(sessions_dir: Path | None, sid: str, payload: dict[str, Any])
     except (OSError, ValueError, binascii.Error) as exc:
         return {**stored, "error": f"not written: {exc}"[:300]}
     return stored
+
+
+def _object_range(session: Path, digest: str, offset: int, length: int) -> bytes:
+    """``length`` bytes at ``offset`` of the content of object ``digest`` in ``session``'s object store at home (stored
+    whole, or as chunks: the index says which). OSError (or ValueError) when it is not there, not an object name, or
+    shorter than that: the chunk is then not written, and the file not kept."""
+    if not 0 <= length <= MAX_RANGE or offset < 0:
+        raise ValueError(f"a range of {length} bytes at {offset} (at most {MAX_RANGE})")
+    store = ObjectStore(session / OBJECTS_DIR)
+    try:
+        with open_regular(store.path(digest)) as f:
+            data = os.pread(f.fileno(), length, offset)
+    except FileNotFoundError:
+        data = _chunked_range(store, digest, offset, length)
+    if len(data) != length:
+        raise ValueError(f"object {digest[:12]}... holds {len(data)} of the {length} bytes at {offset}")
+    return data
+
+
+def _chunked_range(store: ObjectStore, digest: str, offset: int, length: int) -> bytes:
+    """:func:`_object_range` of an object stored in chunks: read through its index (the runner wrote it: anything
+    but the form runner/objects.py writes, 1 MiB chunks, is damaged)."""
+    try:
+        index = read_json_object(store.index_path(digest))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"object {digest[:12]}... is not in the session's object store at home") from None
+    try:
+        chunk, names = int(index.get("chunk") or CHUNK_BYTES), [str(c) for c in index["chunks"]]
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"the chunk index of object {digest[:12]}... is damaged") from exc
+    if chunk != CHUNK_BYTES:  # a smaller one would make a range thousands of opens on the ingest thread
+        raise ValueError(f"the chunk index of object {digest[:12]}... is damaged (chunks of {chunk} bytes)")
+    parts, at = [], offset
+    while at < offset + length and at // chunk < len(names):
+        with open_regular(store.path(names[at // chunk])) as f:
+            piece = os.pread(f.fileno(), min(offset + length - at, chunk - at % chunk), at % chunk)
+        if not piece:
+            break
+        parts.append(piece)
+        at += len(piece)
+    return b"".join(parts)
 
 
 def _object_dir(session: Path, sub: str) -> int:

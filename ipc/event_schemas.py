@@ -133,10 +133,12 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                      "restored": (bool, False), "path_b64": (str, False)},
     # a remote runner's work-directory file, shipped back in chunks after each checkpoint and at the end (Ray;
     # the daemon keeps the bytes in its copy of the work directory and stores the event without ``data``;
-    # ``deleted``: gone on the node since it was shipped)
+    # ``deleted``: gone on the node since it was shipped; ``from_object``: no ``data``, the daemon copies ``length``
+    # bytes at ``offset`` of the object ``sha256`` from the session's object store at home)
     "file.shipped": {"path": (str, True), "size": (int, True), "sha256": (str, True), "offset": (int, True),
                      "data": (str, False), "last": (bool, True), "bytes": (int, False), "error": (str, False),
-                     "deleted": (bool, False), "path_b64": (str, False)},
+                     "deleted": (bool, False), "path_b64": (str, False),
+                     "from_object": (bool, False), "length": (int, False)},
     # a remote runner's checkpoint object (manifest, result, file content, chunk or chunk index), shipped home in
     # chunks before the checkpoint that needs it (Ray): the daemon keeps the bytes in the session's object store and
     # stores the event without ``data``; ``name``: ``ab/<sha256>`` or ``ab/<sha256>.chunks``

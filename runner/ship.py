@@ -11,6 +11,15 @@ what is tracked, checkpointed and shipped), and a file rewritten after the check
 half-old, half-new. They travel like every other event (spooled, signed, acknowledged, re-sent), so a file
 is either delivered whole or the session's record says which chunks are missing; the daemon writes them
 under its own copy of the work directory (:mod:`labd.daemon.shipped`), where ``labd files`` and downloads look.
+
+**A file's bytes travel once.** A remote runner also ships its checkpoints' objects home (:meth:`Shipper.ship_objects`,
+before each checkpoint), and a file's content *is* such an object (a large file: its chunks and their index). So a
+file whose objects this runner has shipped goes as ``file.shipped`` events with ``from_object: true`` and no
+``data``, each naming a range (``offset``, ``length``) that the daemon copies from the session's object store at
+home; only a file whose objects are not known to be there (objects past ``ship_max_bytes``, one that failed to ship,
+one already on the node before this runner: a resume's, or a former runner's on the same node) carries its bytes.
+Before, every changed file travelled twice, and a file growing past 4 MiB (a log) went whole at every step while
+its checkpoint shipped only its new chunks.
 """
 
 from __future__ import annotations
@@ -25,9 +34,15 @@ from labd.runner.checkpoint import Snapshot
 from labd.runner.names import display, key_path, path_fields
 from labd.runner.objects import ObjectStore
 
-__all__ = ["chunk_for", "CHUNK", "Shipper"]
+__all__ = ["chunk_for", "CHUNK", "FROM_OBJECT_RANGE", "MAX_HOME_NAMES", "Shipper"]
 
 CHUNK = 512 * 1024  # raw bytes per event (~683 KiB of base64): well under max_message, one event per message
+#: bytes of a file one ``from_object`` event names: the daemon copies that much per event on its ingest thread (a
+#: 1 GiB file in one event would hold every session's ingest up for a second)
+FROM_OBJECT_RANGE = 4 << 20
+#: object names this runner remembers as shipped home (~100 bytes each); past it, files whose objects it does not
+#: remember carry their bytes, as before: correct, only larger
+MAX_HOME_NAMES = 200_000
 
 
 def chunk_for(max_message: int | None) -> int:
@@ -47,6 +62,8 @@ class Shipper:
         self.total = 0
         self._sent: dict[str, str] = {}  # rel -> sha256 as last shipped
         self._objects_stopped = False  # checkpoint objects went over max_bytes: none are shipped from then on
+        #: names of the objects this runner shipped: at home, so a file made of them goes without its bytes
+        self._home: set[str] = set()
         self._lock = threading.Lock()  # concurrent steps checkpoint (and ship) from their own threads
 
     def assume_shipped(self, shipped: dict[str, str] | None) -> None:
@@ -57,8 +74,10 @@ class Shipper:
             self._sent.update({str(k): str(v) for k, v in (shipped or {}).items()})
 
     def ship(self, snapshot: Snapshot) -> tuple[int, int]:
-        """Ship what ``snapshot`` holds that was not shipped yet; returns (files, bytes) shipped by this call."""
+        """Ship what ``snapshot`` holds that was not shipped yet (its objects first, so its files can name them);
+        returns (files, bytes of their content) shipped by this call."""
         with self._lock:
+            self._ship_objects(snapshot.objects)  # the final snapshot's: no checkpoint shipped them
             return self._ship(snapshot)
 
     def _ship(self, snapshot: Snapshot) -> tuple[int, int]:
@@ -70,6 +89,12 @@ class Shipper:
                 continue  # unchanged since shipped: not even opened
             try:
                 size = snapshot.objects.size(digest)
+                if self._at_home(snapshot.objects, digest):
+                    self._send_from_object(rel, size, digest)
+                    self._sent[rel] = digest
+                    shipped += 1
+                    nbytes += size
+                    continue
                 if self.total + size > self.max_bytes:
                     skipped.append(display(key_path(rel)))
                     continue
@@ -99,35 +124,54 @@ class Shipper:
         the session is made. Past ``max_bytes`` no more objects are shipped, from then on (said in a ``log`` event):
         a resume or branch from a checkpoint that needs one is then refused. Returns the bytes shipped."""
         with self._lock:
-            added = objects.added
-            if not added:
-                return 0
-            n = len(added)  # appends from other threads after this point stay for the next call
-            names = added[:n]
-            del added[:n]
-            if self._objects_stopped:  # the chain of checkpoints is broken already: keep the budget for files
-                return 0
-            nbytes = 0
-            for name in names:
-                path = objects.root / name
-                try:
-                    size = path.stat().st_size
-                    if self.total + size > self.max_bytes:
-                        self._objects_stopped = True
-                        self.emit("log", {"level": "warning", "logger": "labd.runner.ship",
-                                          "event": f"checkpoint objects not shipped back any more (over [launcher] "
-                                                   f"ship_max_bytes, {self.max_bytes} bytes): this session cannot be "
-                                                   "resumed or branched from this step's checkpoint on"})
-                        return nbytes
-                    with open(path, "rb") as f:
-                        self._send_chunks(f, "checkpoint.object", {"name": name, "size": size})
-                except OSError as exc:
+            return self._ship_objects(objects)
+
+    def _ship_objects(self, objects: ObjectStore) -> int:
+        added = objects.added
+        if not added:
+            return 0
+        n = len(added)  # appends from other threads after this point stay for the next call
+        names = added[:n]
+        del added[:n]
+        if self._objects_stopped:  # the chain of checkpoints is broken already: keep the budget for files
+            return 0
+        nbytes = 0
+        for name in names:
+            path = objects.root / name
+            try:
+                size = path.stat().st_size
+                if self.total + size > self.max_bytes:
+                    self._objects_stopped = True
                     self.emit("log", {"level": "warning", "logger": "labd.runner.ship",
-                                      "event": f"checkpoint object not shipped: {name}: {exc}"})
-                    continue
-                self.total += size
-                nbytes += size
-            return nbytes
+                                      "event": f"checkpoint objects not shipped back any more (over [launcher] "
+                                               f"ship_max_bytes, {self.max_bytes} bytes): this session cannot be "
+                                               "resumed or branched from this step's checkpoint on"})
+                    return nbytes
+                with open(path, "rb") as f:
+                    self._send_chunks(f, "checkpoint.object", {"name": name, "size": size})
+            except OSError as exc:
+                self.emit("log", {"level": "warning", "logger": "labd.runner.ship",
+                                  "event": f"checkpoint object not shipped: {name}: {exc}"})
+                continue
+            if len(self._home) < MAX_HOME_NAMES:
+                self._home.add(name)
+            self.total += size
+            nbytes += size
+        return nbytes
+
+    def _at_home(self, objects: ObjectStore, digest: str) -> bool:
+        """Did this runner ship every object the content ``digest`` is made of (itself, or its chunk index and
+        chunks)? Only then can the daemon copy the file from its object store."""
+        home, sub = self._home, digest[:2]
+        if f"{sub}/{digest}" in home:
+            return True
+        if f"{sub}/{digest}.chunks" not in home:
+            return False
+        try:
+            chunks = objects.chunks(digest)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return chunks is not None and all(f"{c[:2]}/{c}" in home for c in chunks)
 
     def _send_chunks(self, f: Any, kind: str, fields: dict[str, Any]) -> None:
         """Read ``f`` (``fields["size"]`` bytes) a chunk at a time and emit each as a ``kind`` event: ``fields`` with
@@ -138,6 +182,18 @@ class Shipper:
             last = offset + len(data) >= size or not data
             self.emit(kind, {**fields, "offset": offset, "data": base64.b64encode(data).decode(), "last": last})
             offset += len(data)
+            if last:
+                break
+
+    def _send_from_object(self, rel: str, size: int, digest: str) -> None:
+        """Ship file ``rel`` as ranges of object ``digest`` the daemon has (no bytes; one event for an empty file)."""
+        fields = {**path_fields(key_path(rel)), "size": size, "sha256": digest, "from_object": True}
+        offset = 0
+        while True:
+            length = min(FROM_OBJECT_RANGE, size - offset)
+            last = offset + length >= size
+            self.emit("file.shipped", {**fields, "offset": offset, "length": length, "last": last})
+            offset += length
             if last:
                 break
 

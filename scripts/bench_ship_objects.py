@@ -9,13 +9,17 @@ backlog is acknowledged as the channel thread would):
 
 - ``files only``: a step changes one file, is checkpointed, and its changed files are shipped (a Ray runner before
   2026-12-07);
-- ``files + objects``: the same, with the checkpoint's objects shipped first (now).
+- ``files + objects, bytes twice``: the same, with the checkpoint's objects shipped first and each file's bytes
+  shipped again (2026-12-07, §60);
+- ``objects, files as ranges``: the objects shipped first, each file as ranges of them without its bytes (now).
 
-Blocks of the two alternate (ABBA), each ``--steps`` steps in a fresh work directory; the median of the per-pair
-ratios of the calling thread's CPU time is reported, with the bytes each variant emits per step. Nothing asserts on
-timing. The transport and the daemon's side (ingest writes the objects) are not in this figure.
+Blocks of the three rotate (each pair of rounds in opposite orders), each ``--steps`` steps in a fresh work directory;
+the median of the per-round ratios of the calling thread's CPU time to ``files only`` is reported, with the bytes each
+variant emits per step. Nothing asserts on timing. The transport and the daemon's side (ingest writes the objects,
+and copies a file from them) are not in this figure.
 
     .venv/bin/python scripts/bench_ship_objects.py --pairs 20 --steps 40 --size 65536
+    .venv/bin/python scripts/bench_ship_objects.py --pairs 5 --steps 20 --size 65536 --grow 8388608
 """
 
 from __future__ import annotations
@@ -34,9 +38,12 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from bench_common import bare_channel, print_machine, print_table  # noqa: E402
 
+VARIANTS = ("files only (before)", "files + objects, bytes twice (§60)", "objects, files as ranges (now)")
 
-def block(base: Path, objects: bool, steps: int, size: int) -> tuple[float, int]:
-    """One block: ``steps`` checkpointed steps, each changing one ``size``-byte file; (CPU seconds, bytes emitted)."""
+
+def block(base: Path, variant: int, steps: int, size: int, grow: int = 0) -> tuple[float, int]:
+    """One block: ``steps`` checkpointed steps, each changing one ``size``-byte file (with ``grow``: appending ``size``
+    bytes to one log that starts at ``grow`` bytes); (CPU seconds, bytes emitted)."""
     from labd.runner.durable import Durable
     from labd.runner.files import FileTracker
     from labd.runner.ship import Shipper
@@ -52,14 +59,22 @@ def block(base: Path, objects: bool, steps: int, size: int) -> tuple[float, int]
         return emit(kind, payload, node, parent)
 
     tracker = FileTracker(work, counted)
-    durable = Durable(counted, work.parent, work, tracker, list_objects=objects)
+    durable = Durable(counted, work.parent, work, tracker, list_objects=variant > 0)
     shipper = Shipper(work, counted, 1 << 40)
     durable.after_checkpoint = shipper.ship
-    if objects:
+    if variant > 0:
         durable.before_checkpoint = lambda: shipper.ship_objects(durable.objects)
+    if variant == 1:  # as before files went as ranges: every file with its bytes
+        shipper._at_home = lambda objects, digest: False  # type: ignore[method-assign]  # noqa: SLF001
+    if grow:
+        (work / "log.bin").write_bytes(os.urandom(grow))
     start = time.thread_time()
     for i in range(steps):
-        (work / f"f{i % 8}.bin").write_bytes(os.urandom(size))
+        if grow:
+            with open(work / "log.bin", "ab") as f:
+                f.write(os.urandom(size))
+        else:
+            (work / f"f{i % 8}.bin").write_bytes(os.urandom(size))
         tracker.scan(f"n{i}")
         durable.checkpoint(f"n{i}", str(i), f"step {i}", {"i": i})
     took = time.thread_time() - start
@@ -72,26 +87,38 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=20, help="ABBA pairs of blocks (default 20)")
     ap.add_argument("--steps", type=int, default=40, help="checkpointed steps per block (default 40)")
     ap.add_argument("--size", type=int, default=65536, help="bytes of the file each step changes (default 65536)")
+    ap.add_argument("--grow", type=int, default=0, metavar="BYTES",
+                    help="instead: each step appends --size bytes to one log that starts at BYTES (a file past 4 MiB "
+                         "is checkpointed in 1 MiB chunks)")
     args = ap.parse_args()
-    print_machine(f"{args.pairs} pairs x {args.steps} steps, one {args.size:,}-byte file changed per step")
+    what = (f"{args.size:,} bytes appended per step to a log of {args.grow:,}" if args.grow
+            else f"one {args.size:,}-byte file changed per step")
+    print_machine(f"{args.pairs} pairs x {args.steps} steps, {what}")
     base = Path(tempfile.mkdtemp(prefix="labd-bench-ship-"))
-    block(base, True, 5, args.size)  # warm both paths
-    block(base, False, 5, args.size)
-    ratios, cpu, sent = [], {False: [], True: []}, {False: 0, True: 0}
+    for v in range(len(VARIANTS)):  # warm every path
+        block(base, v, 5, args.size, args.grow)
+    ratios: dict[int, list[float]] = {1: [], 2: []}
+    cpu: dict[int, list[float]] = {v: [] for v in range(len(VARIANTS))}
+    sent = dict.fromkeys(range(len(VARIANTS)), 0)
     for p in range(args.pairs):
         got = {}
-        for objects in ((False, True) if p % 2 == 0 else (True, False)):
-            got[objects] = block(base, objects, args.steps, args.size)
-            cpu[objects].append(got[objects][0] / args.steps)
-            sent[objects] = got[objects][1] // args.steps
-        ratios.append(got[True][0] / got[False][0])
-    rows = [[name, f"{statistics.median(cpu[v]) * 1e6:,.0f} us", f"{sent[v]:,}"]
-            for name, v in (("files only (before)", False), ("files + objects (now)", True))]
-    print_table(["variant", "CPU per step (median)", "base64 bytes emitted per step"], rows,
-                title="a remote runner's checkpointed step, calling thread")
-    q = statistics.quantiles(ratios, n=4)
-    print(f"\nfiles + objects / files only: median {statistics.median(ratios):.2f}x (IQR {q[0]:.2f}-{q[2]:.2f}x, "
-          f"{len(ratios)} pairs)")
+        for v in ((0, 1, 2) if p % 2 == 0 else (2, 1, 0)):
+            got[v] = block(base, v, args.steps, args.size, args.grow)
+            cpu[v].append(got[v][0] / args.steps)
+            sent[v] = got[v][1] // args.steps
+        for v in (1, 2):
+            ratios[v].append(got[v][0] / got[0][0])
+
+    def vs_files(v: int) -> str:
+        if v == 0:
+            return "1"
+        q = statistics.quantiles(ratios[v], n=4)
+        return f"{statistics.median(ratios[v]):.2f}x ({q[0]:.2f}-{q[2]:.2f})"
+
+    rows = [[name, f"{statistics.median(cpu[v]) * 1e6:,.0f} us", vs_files(v), f"{sent[v]:,}"]
+            for v, name in enumerate(VARIANTS)]
+    print_table(["variant", "CPU per step (median)", "vs files only (median of rounds, IQR)",
+                 "base64 bytes emitted per step"], rows, title="a remote runner's checkpointed step, calling thread")
     return 0
 
 

@@ -397,7 +397,8 @@ def test_runner_endpoint_refuses_wrong_curve_key(ray_daemon: DaemonProc) -> None
 def test_files_are_shipped_after_each_step_while_the_session_runs(ray_daemon: DaemonProc, rc: object) -> None:
     """A Ray session's files reach the daemon at each checkpoint, not only at the end: while step two waits for
     an approval, step one's file is already in the daemon's copy of the work directory; a file deleted on the
-    node in step two is gone from the copy at the end."""
+    node in step two is gone from the copy at the end. The files go without their bytes: the daemon copies them from
+    the checkpoint objects the runner shipped first."""
     c = rc
     sid = c.start(f"{ray_daemon.flows}:stepped")  # type: ignore[attr-defined]
     work = ray_daemon.home / "sessions" / sid / "work"
@@ -407,8 +408,10 @@ def test_files_are_shipped_after_each_step_while_the_session_runs(ray_daemon: Da
     c.resolve(sid, "yes")  # type: ignore[attr-defined]
     assert _ended(c, sid)["status"] == "completed"
     assert (work / "first.txt").exists() and not (work / "scratch.txt").exists()
-    shipped = [e["payload"]["path"] for e in _events(c, sid, ["file.shipped"]) if not e["payload"].get("deleted")]
-    assert shipped.count("first.txt") == 1  # unchanged after step one: not shipped again at the end
+    events = [e["payload"] for e in _events(c, sid, ["file.shipped"]) if not e["payload"].get("deleted")]
+    assert [p["path"] for p in events].count("first.txt") == 1  # unchanged after step one: not shipped again
+    # each went as a range of its checkpoint object, which had gone home just before: its bytes travelled once
+    assert events and all(p.get("from_object") and not p.get("error") for p in events), events
 
 
 def test_a_ray_runner_crash_is_recorded_and_its_descriptor_limit_is_the_sessions(ray_daemon: DaemonProc,

@@ -292,3 +292,130 @@ def test_past_ship_max_bytes_no_more_objects_are_shipped_and_the_session_says_so
     durable.checkpoint("n2", "1", "second", None)
     assert not [p for k, p in events if k == "checkpoint.object"] and events[-1][0] == "step.checkpoint"
     assert not [p for k, p in events if k == "log"]  # said once
+
+
+def _node_shipping(tmp: Path, max_bytes: int = 1 << 30) -> tuple[Any, Any, list[tuple[str, dict[str, Any]]], Path]:
+    """:func:`_node_durable` with its files shipped after each checkpoint too, as runner/session.py wires a remote
+    runner (objects before the checkpoint, files after it)."""
+    from labd.runner.ship import Shipper
+
+    durable, tracker, events, work = _node_durable(tmp)
+    shipper = Shipper(work, lambda kind, payload: events.append((kind, payload)) or 0, max_bytes, 64 * 1024)
+    durable.before_checkpoint = lambda: shipper.ship_objects(durable.objects)
+    durable.after_checkpoint = shipper.ship
+    return durable, shipper, events, work
+
+
+def _deliver(home: Path, events: list[tuple[str, dict[str, Any]]]) -> int:
+    """Ingest's part, in the events' order: objects into the home's object store, files into its work copy. Returns
+    the bytes that travelled (decoded ``data`` of both kinds); every event must be taken without an error."""
+    from labd.daemon.shipped import receive_object
+
+    wire = 0
+    for kind, payload in events:
+        if kind in ("checkpoint.object", "file.shipped"):
+            wire += len(base64.b64decode(str(payload.get("data") or "")))
+            got = (receive_object if kind == "checkpoint.object" else receive)(home, "s1", payload)
+            assert "data" not in got and "error" not in got, got
+    return wire
+
+
+def _tree_of(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_files_bytes_travel_once_its_objects_are_home(tmp_path: Path) -> None:
+    """A remote runner's changed files go as ``file.shipped`` events *without* their bytes once the objects they are
+    made of went home (``from_object``: the daemon copies them from the session's object store): a step's bytes on
+    the wire are its objects' only, and the home's copy of the work directory is the node's, byte for byte (a small
+    file, an empty one, a 5 MiB one stored in chunks). A chunked file that grows by 100 bytes costs its next step
+    about its new chunk, not its 5 MiB again; the final ship (no checkpoint) ships its objects first as well."""
+    durable, shipper, events, work = _node_shipping(tmp_path)
+    (work / "small.txt").write_text("one")
+    (work / "empty.txt").write_bytes(b"")
+    big = b"".join(bytes([i]) * (1 << 20) for i in range(1, 6))
+    (work / "big.bin").write_bytes(big)
+    durable.files.scan("n1")
+    durable.checkpoint("n1", "0", "first", None)
+    files = [p for k, p in events if k == "file.shipped"]
+    assert sorted(p["path"] for p in files if p["last"]) == ["big.bin", "empty.txt", "small.txt"]
+    assert all(p.get("from_object") and "data" not in p for p in files), files
+    assert [p["length"] for p in files if p["path"] == "big.bin"] == [4 << 20, 1 << 20]
+    home = tmp_path / "home"
+    home.mkdir()
+    objects = sum(int(p["size"]) for k, p in events if k == "checkpoint.object" and p["last"])
+    assert _deliver(home, events) == objects < len(big) + 64 * 1024  # before: the objects, and the files again
+    assert _tree_of(home / "s1" / "work") == _tree_of(work)
+    events.clear()
+    with open(work / "big.bin", "ab") as f:
+        f.write(b"x" * 100)
+    durable.files.scan("n2")
+    durable.checkpoint("n2", "1", "second", None)
+    assert _deliver(home, events) < (1 << 20) + 64 * 1024  # its new last chunk, the index, the manifest
+    assert _tree_of(home / "s1" / "work") == _tree_of(work)
+    events.clear()
+    (work / "late.txt").write_text("after the last step")
+    durable.files.scan(None)
+    assert shipper.ship(durable.snapshot()) == (1, len("after the last step"))
+    shipping = [k for k, _ in events if k in ("checkpoint.object", "file.shipped")]
+    assert shipping[-1] == "file.shipped" and set(shipping[:-1]) == {"checkpoint.object"}, shipping
+    assert "data" not in events[-1][1]
+    _deliver(home, events)
+    assert (home / "s1" / "work" / "late.txt").read_text() == "after the last step"
+
+
+def test_a_file_whose_objects_are_not_known_home_carries_its_bytes(tmp_path: Path) -> None:
+    """A file made of an object this runner did not ship (one already on the node: a resume's carry, or a former
+    runner's on the same node that may never have gone home) is shipped with its bytes, as before: the home's copy
+    gets it even though the home's object store lacks the object."""
+    from labd.runner.checkpoint import OBJECTS_DIR
+    from labd.runner.objects import ObjectStore
+
+    stale = ObjectStore(tmp_path / "node" / OBJECTS_DIR).put_bytes(b"left by an earlier runner")
+    durable, _shipper, events, work = _node_shipping(tmp_path)
+    (work / "same.txt").write_bytes(b"left by an earlier runner")
+    durable.files.scan("n1")
+    durable.checkpoint("n1", "0", "first", None)
+    (shipped,) = [p for k, p in events if k == "file.shipped"]
+    assert shipped["sha256"] == stale and "from_object" not in shipped and shipped["data"]
+    assert stale not in {p["name"].split("/")[-1] for k, p in events if k == "checkpoint.object"}
+    home = tmp_path / "home"
+    home.mkdir()
+    _deliver(home, events)
+    assert (home / "s1" / "work" / "same.txt").read_bytes() == b"left by an earlier runner"
+
+
+def test_a_from_object_chunk_the_home_cannot_serve_is_refused(tmp_path: Path) -> None:
+    """A ``from_object`` chunk names a range of an object the daemon must have: an object not at home, a range longer
+    than ``MAX_RANGE`` or past the object's end, a name that is not a digest, or a damaged chunk index is an
+    ``error`` on the stored event (never an exception into ingest), and no file appears."""
+    from labd.daemon.shipped import MAX_RANGE, receive_object
+    from labd.runner.checkpoint import OBJECTS_DIR
+
+    data = b"content at home"
+    digest = hashlib.sha256(data).hexdigest()
+
+    def chunk(**over: object) -> dict[str, object]:
+        return {"path": "f.txt", "size": len(data), "sha256": digest, "offset": 0, "length": len(data), "last": True,
+                "from_object": True, **over}
+
+    assert "not in the session's object store at home" in receive(tmp_path, "s1", chunk())["error"]
+    obj = {"name": f"{digest[:2]}/{digest}", "size": len(data), "offset": 0,
+           "data": base64.b64encode(data).decode(), "last": True}
+    assert "error" not in receive_object(tmp_path, "s1", obj)
+    for bad in (chunk(length=MAX_RANGE + 1), chunk(length=len(data) + 1), chunk(offset=-1),
+                chunk(sha256="../../daemon.key"), chunk(length=-1)):
+        assert "error" in receive(tmp_path, "s1", bad), bad
+    assert not (tmp_path / "s1" / "work" / "f.txt").exists()
+    # a chunk index a runner shipped that is not the form runner/objects.py writes (1 MiB chunks)
+    fake = hashlib.sha256(b"index").hexdigest()
+    for index in (b'{"size": 3, "chunk": 0, "chunks": []}', b'{"size": 3, "chunks": 7}', b'{"size": 3}',
+                  b'{"size": 3, "chunk": 1, "chunks": ["%s"]}' % digest.encode()):  # 1-byte chunks: an open a byte
+        name = f"{fake[:2]}/{fake}.chunks"
+        (tmp_path / "s1" / OBJECTS_DIR / fake[:2] / f"{fake}.chunks").unlink(missing_ok=True)
+        assert "error" not in receive_object(tmp_path, "s1", {**obj, "name": name, "size": len(index),
+                                                                "data": base64.b64encode(index).decode()})
+        got = receive(tmp_path, "s1", chunk(sha256=fake, length=3, size=3))
+        assert "error" in got and not (tmp_path / "s1" / "work" / "f.txt").exists(), got
+    assert "error" not in receive(tmp_path, "s1", chunk())
+    assert (tmp_path / "s1" / "work" / "f.txt").read_bytes() == data
