@@ -307,6 +307,9 @@ class Ingest(Committing, RunnerFrames, DaemonItems, SpoolReading, Delivery, thre
             payload = receive_shipped(self.sessions_dir, cur.id, payload)
         elif kind == "checkpoint.object":  # ... and its checkpoints' objects to the session's object store
             payload = receive_object(self.sessions_dir, cur.id, payload)
+            if "error" in payload and payload.get("last"):  # not kept (its last chunk says so, whichever failed):
+                # the runner ships the files made of it with their bytes again
+                b.to_runners.append((cur.id, "objects.missing", {"names": [str(payload.get("name"))[:200]]}))
         nb = len(changes.blobs)
         payload = take_blobs(cur.id, seq, ts, payload, changes)  # full-fidelity texts -> blobs table
         text = orjson.dumps(payload, default=repr).decode()  # first: a TypeError here has changed nothing

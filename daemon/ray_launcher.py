@@ -152,6 +152,7 @@ class RayLauncher:
         self._next -= 1
         handle = self._next
         remote = {**spec, "endpoint": self.endpoint, "curve": self.gateway.authorize(sid), "ship_files": self.ship_max,
+                  "ship_ranges": True,
                   "record_interval": spec.get("record_interval") or 2.0,
                   "flush_timeout": spec.get("flush_timeout") or REMOTE_FLUSH_TIMEOUT_S,
                   "session_nofile": self.session_nofile}

@@ -9,9 +9,11 @@ relative and confined to the work directory (no ``..``, no absolute path, nothin
 a runner writes only into its own session's directory.
 
 A chunk of a file whose content the runner shipped as checkpoint objects comes without its bytes
-(``from_object: true``, a range ``offset``/``length`` of at most :data:`MAX_RANGE` bytes): it is copied from the
-session's object store at home, which ingest filled from the runner's earlier ``checkpoint.object`` events; the file
-is still kept only if the whole holds its sha256 (:mod:`labd.runner.ship`, "A file's bytes travel once").
+(``from_object: true``, a range ``offset``/``length`` of at most 4 MiB): it is copied from the session's object
+store at home, which ingest filled from the runner's earlier ``checkpoint.object`` events
+(:mod:`labd.daemon.object_ranges`); the file is still kept only if the whole holds its sha256 (:mod:`labd.runner.ship`,
+"A file's bytes travel once"). A partial file whose chunk could not be written, or whose whole does not hold its
+sha256, is removed.
 """
 
 from __future__ import annotations
@@ -27,10 +29,9 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from labd.ipc.safe_files import open_regular
+from labd.daemon.object_ranges import MAX_INDEX_BYTES, index_ok, object_range
 from labd.runner.checkpoint import OBJECTS_DIR
 from labd.runner.names import path_of_event
-from labd.runner.objects import CHUNK_BYTES, ObjectStore, read_json_object
 from labd.runner.workfs import WorkDir
 
 __all__ = ["receive", "receive_object"]
@@ -40,8 +41,14 @@ __all__ = ["receive", "receive_object"]
 _OBJECT = re.compile(r"([0-9a-f]{2})/(([0-9a-f]{64})(\.chunks)?)")
 
 PART = ".labd-part"
-#: the most bytes one ``from_object`` chunk may name (the runner names 4 MiB: runner/ship.py FROM_OBJECT_RANGE)
-MAX_RANGE = 8 << 20
+#: offsets and lengths past this are refused (a file of 8 PiB): an int beyond 64 bits raised OverflowError in pwrite
+_MAX_OFFSET = 1 << 53
+
+
+def _place(payload: dict[str, Any], key: str) -> int | None:
+    """``payload[key]`` if it is an int from 0 to :data:`_MAX_OFFSET` (not a bool, None, a float or a string)."""
+    v = payload.get(key)
+    return v if type(v) is int and 0 <= v <= _MAX_OFFSET else None
 
 
 def _target(sessions_dir: Path, sid: str, rel: str) -> Path | None:
@@ -78,22 +85,27 @@ def receive(sessions_dir: Path | None, sid: str, payload: dict[str, Any]) -> dic
         except OSError as exc:
             return {**stored, "error": f"not deleted: {exc}"[:300]}
         return stored
+    offset, size = _place(payload, "offset"), _place(payload, "size")
+    length = _place(payload, "length") if payload.get("from_object") else 0
+    if offset is None or size is None or length is None:
+        return {**stored, "error": "refused: offset, size and length must be integers from 0 to 2**53"}
+    part = target.with_name(target.name + PART)
     try:
         if payload.get("from_object"):
-            data = _object_range(sessions_dir / sid, str(payload["sha256"]), int(payload["offset"]),
-                                 int(payload.get("length", -1)))
+            data = object_range(sessions_dir / sid, str(payload["sha256"]), size, offset, length)
         else:
             data = base64.b64decode(str(payload.get("data") or ""), validate=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(target.name + PART)
-        stored["bytes"] = _write_chunk(str(part), data, int(payload["offset"]))
+        stored["bytes"] = _write_chunk(str(part), data, offset)
         if payload.get("last"):
             with _read(str(part)) as f:
                 kept = _sha256(f) == payload["sha256"]
             if not kept:
+                _discard(part)
                 return {**stored, "error": "sha256 mismatch: a chunk is missing; the file was not kept"}
             os.replace(part, target)
     except (OSError, ValueError, binascii.Error) as exc:
+        _discard(part)  # what was assembled can never become the file now: its next try starts at offset 0
         return {**stored, "error": f"not written: {exc}"[:300]}
     return stored
 
@@ -102,7 +114,8 @@ def receive_object(sessions_dir: Path | None, sid: str, payload: dict[str, Any])
     """Write the chunk of a checkpoint object in ``payload`` into the session's object store at home
     (``<sessions>/<id>/checkpoints/objects``), where a resume or a branch of the session is made, as
     :func:`receive` does a file: assembled in ``<name>.labd-part``, renamed into place (read-only) once the last
-    chunk came and the object holds its digest (an index of chunks: a JSON object). An object already there is
+    chunk came and the object holds its digest (an index of chunks: one of the form runner/objects.py writes). An
+    object already there is
     kept (objects never change). Every directory on the way is opened without following a symlink, from the session's
     own (a symlink a runner put there is replaced by a real directory: nothing is written beyond it). Best effort: a
     failure is noted in the returned payload as ``error``; the stored payload has no ``data``."""
@@ -114,6 +127,9 @@ def receive_object(sessions_dir: Path | None, sid: str, payload: dict[str, Any])
     if m is None or m.group(1) != m.group(3)[:2]:
         return {**stored, "error": "refused: not an object name"}
     obj, part = m.group(2), m.group(2) + PART
+    offset = _place(payload, "offset")
+    if offset is None:
+        return {**stored, "error": "refused: offset must be an integer from 0 to 2**53"}
     try:
         data = base64.b64decode(str(payload.get("data") or ""), validate=True)
         fd = _object_dir(sessions_dir / sid, m.group(1))
@@ -123,7 +139,7 @@ def receive_object(sessions_dir: Path | None, sid: str, payload: dict[str, Any])
                 return stored  # there already: objects never change
             except FileNotFoundError:
                 pass
-            stored["bytes"] = _write_chunk(part, data, int(payload["offset"]), fd)
+            stored["bytes"] = _write_chunk(part, data, offset, fd)
             if payload.get("last"):
                 if not _holds(fd, part, m.group(3), bool(m.group(4))):
                     os.unlink(part, dir_fd=fd)
@@ -136,47 +152,6 @@ def receive_object(sessions_dir: Path | None, sid: str, payload: dict[str, Any])
     return stored
 
 
-def _object_range(session: Path, digest: str, offset: int, length: int) -> bytes:
-    """``length`` bytes at ``offset`` of the content of object ``digest`` in ``session``'s object store at home (stored
-    whole, or as chunks: the index says which). OSError (or ValueError) when it is not there, not an object name, or
-    shorter than that: the chunk is then not written, and the file not kept."""
-    if not 0 <= length <= MAX_RANGE or offset < 0:
-        raise ValueError(f"a range of {length} bytes at {offset} (at most {MAX_RANGE})")
-    store = ObjectStore(session / OBJECTS_DIR)
-    try:
-        with open_regular(store.path(digest)) as f:
-            data = os.pread(f.fileno(), length, offset)
-    except FileNotFoundError:
-        data = _chunked_range(store, digest, offset, length)
-    if len(data) != length:
-        raise ValueError(f"object {digest[:12]}... holds {len(data)} of the {length} bytes at {offset}")
-    return data
-
-
-def _chunked_range(store: ObjectStore, digest: str, offset: int, length: int) -> bytes:
-    """:func:`_object_range` of an object stored in chunks: read through its index (the runner wrote it: anything
-    but the form runner/objects.py writes, 1 MiB chunks, is damaged)."""
-    try:
-        index = read_json_object(store.index_path(digest))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"object {digest[:12]}... is not in the session's object store at home") from None
-    try:
-        chunk, names = int(index.get("chunk") or CHUNK_BYTES), [str(c) for c in index["chunks"]]
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"the chunk index of object {digest[:12]}... is damaged") from exc
-    if chunk != CHUNK_BYTES:  # a smaller one would make a range thousands of opens on the ingest thread
-        raise ValueError(f"the chunk index of object {digest[:12]}... is damaged (chunks of {chunk} bytes)")
-    parts, at = [], offset
-    while at < offset + length and at // chunk < len(names):
-        with open_regular(store.path(names[at // chunk])) as f:
-            piece = os.pread(f.fileno(), min(offset + length - at, chunk - at % chunk), at % chunk)
-        if not piece:
-            break
-        parts.append(piece)
-        at += len(piece)
-    return b"".join(parts)
-
-
 def _object_dir(session: Path, sub: str) -> int:
     """A descriptor of ``<session>/checkpoints/objects/<sub>``, each directory made if missing, none followed if it
     is a symlink (one is replaced by a real directory: :meth:`labd.runner.workfs.WorkDir.open_dir`)."""
@@ -187,6 +162,12 @@ def _object_dir(session: Path, sub: str) -> int:
         return root.open_dir([*PurePosixPath(OBJECTS_DIR).parts, sub], create=True)
     finally:
         root.close()
+
+
+def _discard(part: Path) -> None:
+    """Remove a partial file (not through a symlink: unlink removes the link itself)."""
+    with contextlib.suppress(OSError):
+        part.unlink()
 
 
 def _write_chunk(part: str, data: bytes, offset: int, dir_fd: int | None = None) -> int:
@@ -216,10 +197,10 @@ def _sha256(f: BinaryIO) -> str:
 
 
 def _holds(dir_fd: int, part: str, digest: str, index: bool) -> bool:
-    """Does the assembled ``part`` hold object ``digest`` (an index of chunks: is it a JSON object)? Made read-only
-    when it does."""
+    """Does the assembled ``part`` hold object ``digest`` (an index of chunks: is it one as runner/objects.py writes,
+    :func:`~labd.daemon.object_ranges.index_ok`)? Made read-only when it does."""
     with _read(part, dir_fd) as f:
-        ok = isinstance(_json(f.read()), dict) if index else _sha256(f) == digest
+        ok = index_ok(_json(f.read(MAX_INDEX_BYTES + 1))) if index else _sha256(f) == digest
         if ok:
             os.fchmod(f.fileno(), 0o444)
     return ok

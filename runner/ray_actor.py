@@ -67,8 +67,12 @@ class SessionActor:
         carry = spec.pop("carry", None)
         if carry:  # a resume or branch: its seed and checkpoint objects, from the daemon's home (runner/carry.py)
             from labd.runner.carry import unpack
+            from labd.runner.checkpoint import OBJECTS_DIR
 
             unpack(session_dir, carry)
+            # the objects it came with are at home (it read them there): the runner's files made of them go as ranges
+            prefix = f"{OBJECTS_DIR}/"
+            spec["at_home"] = [rel[len(prefix):] for rel in carry if rel.startswith(prefix)]
             if spec.get("replay_seed"):  # a replay's seed: its copy on this node (the home's path names nothing here)
                 spec["replay_seed"] = str(session_dir / Path(str(spec["replay_seed"])).name)
         if spec.get("confine"):  # the runner's own Landlock: its session directory is the one on this node

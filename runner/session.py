@@ -189,7 +189,10 @@ def run_session(spec: dict[str, Any]) -> int:
     if spec.get("ship_files"):  # a remote runner (Ray): its files reach the daemon after each step and at the end
         from labd.runner.ship import Shipper, chunk_for
 
-        shipper = Shipper(workdir, emit, int(spec["ship_files"]), chunk_for(spec.get("max_message")))
+        shipper = Shipper(workdir, emit, int(spec["ship_files"]), chunk_for(spec.get("max_message")),
+                          ranges=bool(spec.get("ship_ranges")))
+        channel.handlers["objects.missing"] = shipper.objects_missing  # the daemon could not keep some at home
+        shipper.assume_at_home(spec.get("at_home"))  # a resume's objects, carried from home (runner/ray_actor.py)
         durable.after_checkpoint = shipper.ship
         shipper.assume_shipped((seed or {}).get("shipped"))  # a resume: the home's copy, as the last runner left it
         durable.before_checkpoint = lambda: shipper.ship_objects(durable.objects)

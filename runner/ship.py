@@ -25,6 +25,7 @@ its checkpoint shipped only its new chunks.
 from __future__ import annotations
 
 import base64
+import collections
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -57,13 +58,18 @@ class Shipper:
     differs from what was shipped before, and marks the ones deleted since; ``max_bytes`` bounds the session.
     ``root`` is the work directory the snapshots describe (kept for callers; the bytes come from the snapshots)."""
 
-    def __init__(self, root: Path, emit: Callable[..., int], max_bytes: int, chunk: int = CHUNK) -> None:
-        self.root, self.emit, self.max_bytes, self.chunk = root, emit, max_bytes, chunk
+    def __init__(self, root: Path, emit: Callable[..., int], max_bytes: int, chunk: int = CHUNK, *,
+                 ranges: bool = True) -> None:
+        """``ranges``: the daemon takes files as ranges of objects (``from_object``; the launcher says so in the
+        spec, ``ship_ranges``: an older daemon would refuse every such file)."""
+        self.root, self.emit, self.max_bytes, self.chunk, self.ranges = root, emit, max_bytes, chunk, ranges
         self.total = 0
         self._sent: dict[str, str] = {}  # rel -> sha256 as last shipped
         self._objects_stopped = False  # checkpoint objects went over max_bytes: none are shipped from then on
         #: names of the objects this runner shipped: at home, so a file made of them goes without its bytes
         self._home: set[str] = set()
+        #: names of objects the daemon said it could not keep (``objects.missing``), noted on the channel thread
+        self._missing: collections.deque[str] = collections.deque(maxlen=MAX_HOME_NAMES)
         self._lock = threading.Lock()  # concurrent steps checkpoint (and ship) from their own threads
 
     def assume_shipped(self, shipped: dict[str, str] | None) -> None:
@@ -73,6 +79,14 @@ class Shipper:
         with self._lock:
             self._sent.update({str(k): str(v) for k, v in (shipped or {}).items()})
 
+    def assume_at_home(self, names: list[str] | None) -> None:
+        """Objects known to be in the home's object store (``ab/<sha256>``, ``ab/<sha256>.chunks``: a resume's, carried
+        from there to this node): files made of them go as ranges too (a log resumed past 4 MiB went whole at every
+        step). Objects merely found on the node are never assumed at home: a former runner's may not have gone."""
+        with self._lock:
+            for name in (names or [])[:MAX_HOME_NAMES - len(self._home)]:
+                self._home.add(str(name))
+
     def ship(self, snapshot: Snapshot) -> tuple[int, int]:
         """Ship what ``snapshot`` holds that was not shipped yet (its objects first, so its files can name them);
         returns (files, bytes of their content) shipped by this call."""
@@ -80,7 +94,29 @@ class Shipper:
             self._ship_objects(snapshot.objects)  # the final snapshot's: no checkpoint shipped them
             return self._ship(snapshot)
 
+    def objects_missing(self, body: dict[str, Any]) -> None:
+        """The daemon's ``objects.missing``: it could not keep these objects (a full disk at home). Called on the
+        channel thread, which must never wait for :attr:`_lock` (a ship holding it may wait in ``emit`` for the
+        room that thread makes): only noted here, taken into account by the next ship."""
+        names = body.get("names")
+        if isinstance(names, list):
+            self._missing.extend(str(n) for n in names[:1000])
+
+    def _forget_missing(self, objects: ObjectStore) -> None:
+        """The objects the daemon could not keep are not at home: files made of them are shipped again, with their
+        bytes (else every later version of a log whose chunk was lost there would fail at home for good)."""
+        gone: set[str] = set()
+        while self._missing:
+            gone.add(self._missing.popleft())
+        if not gone:
+            return
+        self._home -= gone
+        for rel, digest in list(self._sent.items()):
+            if digest and gone.intersection(self._made_of(objects, digest)):
+                self._sent[rel] = ""  # matches no content: shipped again, or deleted at home if gone meanwhile
+
     def _ship(self, snapshot: Snapshot) -> tuple[int, int]:
+        self._forget_missing(snapshot.objects)
         shipped = nbytes = 0
         skipped: list[str] = []
         for rel in sorted(snapshot.files):  # manifest keys (labd.runner.names.manifest_key)
@@ -145,7 +181,7 @@ class Shipper:
                     self.emit("log", {"level": "warning", "logger": "labd.runner.ship",
                                       "event": f"checkpoint objects not shipped back any more (over [launcher] "
                                                f"ship_max_bytes, {self.max_bytes} bytes): this session cannot be "
-                                               "resumed or branched from this step's checkpoint on"})
+                                               "resumed or branched from its next checkpoint on"})
                     return nbytes
                 with open(path, "rb") as f:
                     self._send_chunks(f, "checkpoint.object", {"name": name, "size": size})
@@ -162,16 +198,23 @@ class Shipper:
     def _at_home(self, objects: ObjectStore, digest: str) -> bool:
         """Did this runner ship every object the content ``digest`` is made of (itself, or its chunk index and
         chunks)? Only then can the daemon copy the file from its object store."""
-        home, sub = self._home, digest[:2]
-        if f"{sub}/{digest}" in home:
-            return True
-        if f"{sub}/{digest}.chunks" not in home:
+        home = self._home
+        if not self.ranges or f"{digest[:2]}/{digest}.chunks" not in home and f"{digest[:2]}/{digest}" not in home:
             return False
+        names = self._made_of(objects, digest)
+        return bool(names) and all(name in home for name in names)
+
+    @staticmethod
+    def _made_of(objects: ObjectStore, digest: str) -> list[str]:
+        """The names of the objects the content ``digest`` is made of on this node: itself, or its chunk index and
+        chunks (empty when it cannot be told)."""
         try:
             chunks = objects.chunks(digest)
         except (OSError, ValueError, KeyError, TypeError):
-            return False
-        return chunks is not None and all(f"{c[:2]}/{c}" in home for c in chunks)
+            return []
+        if chunks is None:
+            return [f"{digest[:2]}/{digest}"]
+        return [f"{digest[:2]}/{digest}.chunks", *(f"{c[:2]}/{c}" for c in chunks)]
 
     def _send_chunks(self, f: Any, kind: str, fields: dict[str, Any]) -> None:
         """Read ``f`` (``fields["size"]`` bytes) a chunk at a time and emit each as a ``kind`` event: ``fields`` with

@@ -250,6 +250,8 @@ def test_a_ray_session_is_resumed_and_branched_on_ray(ray_daemon: DaemonProc, rc
     resumed_from = max(e["seq"] for e in _events(c, sid, ["session.continued"]))
     again_shipped = {str(e["payload"]["path"]) for e in _events(c, sid, ["file.shipped"]) if e["seq"] > resumed_from}
     assert "big.bin" not in again_shipped and "junk.txt" in again_shipped, again_shipped
+    failed = [e["payload"] for e in _events(c, sid, ["file.shipped", "checkpoint.object"]) if e["payload"].get("error")]
+    assert not failed, failed  # every file and object kept at home, the ranges of a resumed runner's files too
     use = next(n for n in c.dag(sid)["dag"]["nodes"] if n.get("name") == "use")  # type: ignore[attr-defined]
     branch = c.branch(sid, use["node_id"])["sessions"][0]["session"]  # type: ignore[attr-defined]
     done = _ended(c, branch)

@@ -136,7 +136,7 @@ def _node_durable(tmp: Path) -> tuple[Any, Any, list[tuple[str, dict[str, Any]]]
         return len(events)
 
     work = tmp / "node" / "work"
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)  # a resumed one's holds what its restore left
     tracker = FileTracker(work, emit)
     durable = Durable(emit, work.parent, work, tracker, list_objects=True)
     shipper = Shipper(work, emit, 1 << 30, 64 * 1024)
@@ -389,7 +389,8 @@ def test_a_from_object_chunk_the_home_cannot_serve_is_refused(tmp_path: Path) ->
     """A ``from_object`` chunk names a range of an object the daemon must have: an object not at home, a range longer
     than ``MAX_RANGE`` or past the object's end, a name that is not a digest, or a damaged chunk index is an
     ``error`` on the stored event (never an exception into ingest), and no file appears."""
-    from labd.daemon.shipped import MAX_RANGE, receive_object
+    from labd.daemon.object_ranges import MAX_RANGE
+    from labd.daemon.shipped import receive_object
     from labd.runner.checkpoint import OBJECTS_DIR
 
     data = b"content at home"
@@ -407,15 +408,148 @@ def test_a_from_object_chunk_the_home_cannot_serve_is_refused(tmp_path: Path) ->
                 chunk(sha256="../../daemon.key"), chunk(length=-1)):
         assert "error" in receive(tmp_path, "s1", bad), bad
     assert not (tmp_path / "s1" / "work" / "f.txt").exists()
-    # a chunk index a runner shipped that is not the form runner/objects.py writes (1 MiB chunks)
+    # a chunk index that is not the form runner/objects.py writes (1 MiB chunks, one digest a MiB): refused when it
+    # is shipped; and one put in place by the session's runner (a local one can write its object store) is refused
+    # when a range is read through it
     fake = hashlib.sha256(b"index").hexdigest()
     for index in (b'{"size": 3, "chunk": 0, "chunks": []}', b'{"size": 3, "chunks": 7}', b'{"size": 3}',
-                  b'{"size": 3, "chunk": 1, "chunks": ["%s"]}' % digest.encode()):  # 1-byte chunks: an open a byte
+                  b'{"size": 3, "chunk": 1, "chunks": ["%s"]}' % digest.encode(),  # 1-byte chunks: an open a byte
+                  b'{"size": 3, "chunk": 1048576, "chunks": ["../../x"]}', b'[1, 2]'):
         name = f"{fake[:2]}/{fake}.chunks"
-        (tmp_path / "s1" / OBJECTS_DIR / fake[:2] / f"{fake}.chunks").unlink(missing_ok=True)
-        assert "error" not in receive_object(tmp_path, "s1", {**obj, "name": name, "size": len(index),
-                                                                "data": base64.b64encode(index).decode()})
+        planted = tmp_path / "s1" / OBJECTS_DIR / fake[:2] / f"{fake}.chunks"
+        planted.unlink(missing_ok=True)
+        got = receive_object(tmp_path, "s1", {**obj, "name": name, "size": len(index),
+                                               "data": base64.b64encode(index).decode()})
+        assert "damaged" in got["error"], (index, got)
+        planted.parent.mkdir(parents=True, exist_ok=True)
+        planted.write_bytes(index)
         got = receive(tmp_path, "s1", chunk(sha256=fake, length=3, size=3))
         assert "error" in got and not (tmp_path / "s1" / "work" / "f.txt").exists(), got
+    # a good index read once (and kept for the next range), then a range of the same object claiming another size
+    planted.unlink()
+    planted.write_bytes(b'{"size": 3, "chunk": 1048576, "chunks": ["%s"]}' % digest.encode())
+    assert "sha256 mismatch" in receive(tmp_path, "s1", chunk(sha256=fake, length=3, size=3))["error"]
+    got = receive(tmp_path, "s1", chunk(sha256=fake, size=5 << 20, offset=4 << 20, length=1))
+    assert "damaged or not of a" in got["error"], got
     assert "error" not in receive(tmp_path, "s1", chunk())
     assert (tmp_path / "s1" / "work" / "f.txt").read_bytes() == data
+
+
+def test_a_file_made_of_an_object_the_home_lost_goes_again_with_its_bytes(tmp_path: Path) -> None:
+    """One chunk of a growing log cannot be kept at home (its write fails, as on a full disk): the daemon says so
+    (``objects.missing``, tests/unit/test_objects_missing.py) and the runner's next ship sends the log with its
+    bytes, so the home's copy is right again from the next step on (review helper-151: the chunk was never sent again,
+    and every later version of the log failed at home for good). Files not made of it still go as ranges."""
+    from labd.daemon.shipped import receive_object
+
+    durable, shipper, events, work = _node_shipping(tmp_path)
+    (work / "run.log").write_bytes(os.urandom(5 << 20))
+    (work / "note.txt").write_text("small")
+    durable.files.scan("n1")
+    durable.checkpoint("n1", "0", "first", None)
+    home = tmp_path / "home"
+    chunk = next(p["name"] for k, p in events if k == "checkpoint.object" and p["size"] == 1 << 20)
+    (home / "s1" / "checkpoints" / "objects" / f"{chunk}.labd-part").mkdir(parents=True)  # its write fails
+    lost = []
+    for kind, payload in events:
+        if kind == "checkpoint.object":
+            if "error" in receive_object(home, "s1", payload) and payload["last"]:  # as ingest tells the runner
+                lost.append(payload["name"])
+        elif kind == "file.shipped":
+            receive(home, "s1", payload)
+    assert lost == [chunk] and not (home / "s1" / "work" / "run.log").exists()
+    assert not list((home / "s1" / "work").glob("*.labd-part"))  # the failed file's partial copy is not left
+    shipper.objects_missing({"names": lost})  # what ingest sends the runner, on its channel thread
+    events.clear()
+    with open(work / "run.log", "ab") as f:
+        f.write(b"more")
+    (work / "note.txt").write_text("changed")
+    durable.files.scan("n2")
+    durable.checkpoint("n2", "1", "second", None)
+    files = {p["path"]: p for k, p in events if k == "file.shipped" and p["last"]}
+    assert not files["run.log"].get("from_object") and files["note.txt"]["from_object"]
+    _deliver(home, events)
+    assert _tree_of(home / "s1" / "work") == _tree_of(work)
+
+
+def test_a_daemon_that_does_not_take_ranges_gets_every_files_bytes(tmp_path: Path) -> None:
+    """A launcher that does not say ``ship_ranges`` (a daemon older than ranges, which would refuse every such file)
+    gets every file with its bytes, objects shipped all the same."""
+    from labd.runner.ship import Shipper
+
+    durable, _shipper, events, work = _node_shipping(tmp_path)
+    old = Shipper(work, lambda kind, payload: events.append((kind, payload)) or 0, 1 << 30, 64 * 1024, ranges=False)
+    durable.before_checkpoint = lambda: old.ship_objects(durable.objects)
+    durable.after_checkpoint = old.ship
+    (work / "a.txt").write_text("with its bytes")
+    durable.files.scan("n1")
+    durable.checkpoint("n1", "0", "first", None)
+    (shipped,) = [p for k, p in events if k == "file.shipped"]
+    assert "from_object" not in shipped and base64.b64decode(shipped["data"]) == b"with its bytes"
+    assert any(k == "checkpoint.object" for k, _ in events)
+
+
+def test_a_range_is_never_read_through_a_link_the_session_planted(tmp_path: Path) -> None:
+    """A local session's runner can write its own session directory and forge a ``from_object`` chunk: an object
+    store directory (or object) it made a symlink to files outside it (another session's objects, a user's file
+    named by its digest) is not read through, and nothing is copied into its work directory (review helper-151:
+    another session's object was copied). Offsets and lengths that are not plain integers in range are refused
+    (an offset past 64 bits raised OverflowError out of ingest)."""
+    from labd.runner.checkpoint import OBJECTS_DIR
+
+    secret = b"PIN=4711\n"
+    digest = hashlib.sha256(secret).hexdigest()
+    other = tmp_path / "other" / OBJECTS_DIR / digest[:2]
+    other.mkdir(parents=True)
+    (other / digest).write_bytes(secret)
+    objects = tmp_path / "s1" / OBJECTS_DIR
+    objects.mkdir(parents=True)
+    (objects / digest[:2]).symlink_to(other)
+    forged = {"path": "stolen.txt", "size": len(secret), "sha256": digest, "offset": 0, "length": len(secret),
+              "last": True, "from_object": True}
+    assert "error" in receive(tmp_path, "s1", forged)
+    (objects / digest[:2]).unlink()
+    (objects / digest[:2]).mkdir()
+    (objects / digest[:2] / digest).symlink_to(other / digest)
+    assert "error" in receive(tmp_path, "s1", forged)
+    assert not (tmp_path / "s1" / "work" / "stolen.txt").exists()
+    for bad in ({"offset": 1 << 64}, {"offset": None}, {"length": None}, {"length": True}, {"offset": 1.0},
+                {"size": "9"}):
+        assert receive(tmp_path, "s1", {**forged, **bad})["error"].startswith("refused"), bad
+
+
+def test_a_resumed_runner_ships_a_grown_log_as_ranges_of_the_objects_it_came_with(tmp_path: Path) -> None:
+    """A resume carries the session's objects from home to its node (``carried`` / ``unpack``), and the actor tells the
+    runner their names (``at_home``): a log past 4 MiB that grows after the resume goes as ranges, its old chunks
+    being at home, so a step costs its new chunk, not the whole log (review helper-151: it went whole at every step
+    after a resume). The home's copy is the node's."""
+    import shutil
+
+    from labd.runner.carry import carried, unpack
+    from labd.runner.checkpoint import OBJECTS_DIR
+
+    first = tmp_path / "first"
+    durable, _shipper, events, work = _node_shipping(first)
+    (work / "run.log").write_bytes(os.urandom(6 << 20))
+    durable.files.scan("n1")
+    durable.checkpoint("n1", "0", "first", None)
+    home = tmp_path / "home"
+    home.mkdir()
+    _deliver(home, events)
+    spec = carried({"carry_from": str(home / "s1")})
+    second = tmp_path / "second"
+    unpack(second / "node", spec["carry"])
+    at_home = [rel[len(OBJECTS_DIR) + 1:] for rel in spec["carry"] if rel.startswith(f"{OBJECTS_DIR}/")]
+    (second / "node" / "work").mkdir(parents=True)
+    shutil.copy(work / "run.log", second / "node" / "work" / "run.log")  # as the restore leaves it
+    durable2, shipper2, events2, work2 = _node_shipping(second)
+    shipper2.assume_shipped({"run.log": hashlib.sha256((work / "run.log").read_bytes()).hexdigest()})
+    shipper2.assume_at_home(at_home)
+    with open(work2 / "run.log", "ab") as f:
+        f.write(b"after the resume")
+    durable2.files.scan("n2")
+    durable2.checkpoint("n2", "1", "second", None)
+    (log,) = [p for k, p in events2 if k == "file.shipped" and p["last"]]
+    assert log["from_object"], log
+    assert _deliver(home, events2) < (1 << 20) + 64 * 1024  # the new last chunk, the index and the manifest
+    assert (home / "s1" / "work" / "run.log").read_bytes() == (work2 / "run.log").read_bytes()

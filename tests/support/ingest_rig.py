@@ -38,6 +38,8 @@ class Rig:
         self._start(engine)
         self.codec = Codec(derive_key(KEY, SID))
         self.seq = 0
+        #: what ingest sent the stand-in runner besides acks (type, body), in order
+        self.control: list[tuple[str, dict[str, Any]]] = []
 
     def _start(self, engine: Any) -> None:
         self.ing = Ingest(self.z, BatchWriter(engine), KEY, "inproc://runners", "inproc://events", {}, {},
@@ -88,9 +90,29 @@ class Rig:
                 msg = self.codec.unpack(self.runner.recv_multipart())
                 if msg.type == "ack" and msg.body["next"] >= want:
                     return True
+                if msg.type != "ack":
+                    self.control.append((msg.type, msg.body))
             return False
         wait_until(acked, timeout=20, what="ack")
         return self.seq
+
+    def read_control(self, wait: float) -> list[tuple[str, dict[str, Any]]]:
+        """:attr:`control`, after reading what the stand-in runner receives for up to ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while self.runner.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            msg = self.codec.unpack(self.runner.recv_multipart())
+            if msg.type != "ack":
+                self.control.append((msg.type, msg.body))
+                return self.control
+        return self.control
+
+    def payloads(self, kind: str) -> list[dict[str, Any]]:
+        """The stored payloads of ``kind``, in order."""
+        import orjson
+
+        with self.ing.writer.engine.connect() as conn:
+            return [orjson.loads(r[0]) for r in conn.exec_driver_sql(
+                "SELECT payload FROM events WHERE session_id = ? AND kind = ? ORDER BY seq", (SID, kind))]
 
     def stored(self) -> list[tuple[Any, ...]]:
         with self.ing.writer.engine.connect() as conn:
