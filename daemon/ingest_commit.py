@@ -176,6 +176,8 @@ class Committing:
             marker = Batch()
             # its count stays (the bytes were offered); a max_session_record crossing it made is still told
             marker.notes.extend(n for n in one.notes if n[0] == "record")
+            # the event is not recorded, but an object it brought that the home could not keep is still missing there
+            marker.to_runners.extend(t for t in one.to_runners if t[1] == "objects.missing")
             self._stage(cur, time.time(), "event.rejected", src, src_seq, None, None,
                         {"kind": kind[:64], "reason": f"the store refused it: {type(exc).__name__}"}, marker)
             self.writer.commit(marker.rows, marker.changes, self.cursors, marker.plain, marker.noded)

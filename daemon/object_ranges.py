@@ -6,17 +6,18 @@ runner can write its own session directory: every file and directory is opened t
 :class:`~labd.runner.workfs.WorkDir` (no symlink followed in any component, regular files only, never blocking on
 a FIFO), so a range never reads beyond the session's own store. A file of 4 MiB or more is stored as 1 MiB chunks and
 an index (:mod:`labd.runner.objects`); an index is checked for exactly that form (:func:`index_ok`) when it arrives
-and again when a range is read through it, and at most :data:`MAX_INDEX_BYTES` of it are read. The ranges of one
-file come one after another, so the last index read is kept (one parse a file, not one a range).
+when it arrives (:func:`index_ok`: its bytes must be exactly what the runner's encoder makes of it, at most
+:data:`MAX_INDEX_BYTES`). So a range reads only the few entries it needs, at their computed offsets
+(:func:`_chunk_names`), and never parses an index: a 16 MiB index parsed for every 250-byte event cost ingest 0.2 s
+each. An entry that is not a quoted digest there (an index a local session's runner rewrote in its own store) is
+refused; the file's sha256 is checked whole in any case.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import threading
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -32,20 +33,26 @@ MAX_RANGE = 4 << 20
 MAX_INDEX_BYTES = 16 << 20
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
-_last_lock = threading.Lock()
-_last: tuple[Path, str, int, list[str]] | None = None  # (session, digest, size, chunk digests): the last index read
+_ENTRY = 67  # '"' + 64 hex digits + '",': one chunk's entry in an index as orjson writes it
 
 
-def index_ok(index: Any, size: int | None = None) -> bool:
-    """Is ``index`` a chunk index as :mod:`labd.runner.objects` writes one: ``{"size", "chunk": 1 MiB, "chunks": [one
-    digest per MiB of size]}`` (and, with ``size``, of that size)?"""
+def index_ok(raw: bytes) -> bool:
+    """Are ``raw`` the bytes of a chunk index exactly as :mod:`labd.runner.objects` writes one (orjson, compact):
+    ``{"size":N,"chunk":1048576,"chunks":[one digest per MiB of N]}``, at most :data:`MAX_INDEX_BYTES`?"""
+    if len(raw) > MAX_INDEX_BYTES:
+        return False
+    try:
+        index = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
     if not isinstance(index, dict):
         return False
     n, chunk, chunks = index.get("size"), index.get("chunk"), index.get("chunks")
-    if type(n) is not int or n < 0 or (size is not None and n != size) or chunk != CHUNK_BYTES:
+    if type(n) is not int or n < 0 or chunk != CHUNK_BYTES or not isinstance(chunks, list):
         return False
-    return (isinstance(chunks, list) and len(chunks) == -(-n // CHUNK_BYTES)
-            and all(isinstance(c, str) and _DIGEST.fullmatch(c) for c in chunks))
+    if len(chunks) != -(-n // CHUNK_BYTES) or not all(isinstance(c, str) and _DIGEST.fullmatch(c) for c in chunks):
+        return False
+    return raw == orjson.dumps({"size": n, "chunk": CHUNK_BYTES, "chunks": chunks})  # entries at known offsets
 
 
 def object_range(session: Path, digest: str, size: int, offset: int, length: int) -> bytes:
@@ -65,7 +72,7 @@ def object_range(session: Path, digest: str, size: int, offset: int, length: int
         try:
             fd = root.open_file(f"{OBJECTS_DIR}/{digest[:2]}/{digest}")
         except FileNotFoundError:
-            data = _chunked(root, session, digest, size, offset, length)
+            data = _chunked(root, digest, size, offset, length)
         else:
             try:
                 if os.fstat(fd).st_size != size:
@@ -78,12 +85,15 @@ def object_range(session: Path, digest: str, size: int, offset: int, length: int
     return data
 
 
-def _chunked(root: WorkDir, session: Path, digest: str, size: int, offset: int, length: int) -> bytes:
-    """:func:`object_range` of an object stored as chunks."""
-    names = _chunks(root, session, digest, size)
+def _chunked(root: WorkDir, digest: str, size: int, offset: int, length: int) -> bytes:
+    """:func:`object_range` of an object stored as chunks: the chunk digests it needs, read from the index's entries."""
+    if not length:
+        return b""
+    first, last = offset // CHUNK_BYTES, max(offset, offset + length - 1) // CHUNK_BYTES
+    names = _chunk_names(root, digest, size, first, last)
     parts, at = [], offset
     while at < offset + length:
-        name = names[at // CHUNK_BYTES]
+        name = names[at // CHUNK_BYTES - first]
         fd = root.open_file(f"{OBJECTS_DIR}/{name[:2]}/{name}")
         try:
             piece = os.pread(fd, min(offset + length - at, CHUNK_BYTES - at % CHUNK_BYTES), at % CHUNK_BYTES)
@@ -96,31 +106,28 @@ def _chunked(root: WorkDir, session: Path, digest: str, size: int, offset: int, 
     return b"".join(parts)
 
 
-def _chunks(root: WorkDir, session: Path, digest: str, size: int) -> list[str]:
-    """The chunk digests of object ``digest`` from its index (the last one read is kept)."""
-    global _last
-    with _last_lock:
-        last = _last
-    if last is not None and last[:3] == (session, digest, size):  # the size too: the names are checked against it
-        return last[3]
+def _chunk_names(root: WorkDir, digest: str, size: int, first: int, last: int) -> list[str]:
+    """The digests of chunks ``first`` .. ``last`` of object ``digest`` (``size`` bytes), read from its index at the
+    offsets :func:`index_ok` guarantees (ValueError if they are not there: not an index of that size)."""
     try:
         fd = root.open_file(f"{OBJECTS_DIR}/{digest[:2]}/{digest}.chunks")
     except FileNotFoundError:
         raise FileNotFoundError(f"object {digest[:12]}... is not in the session's object store at home") from None
     try:
-        if os.fstat(fd).st_size > MAX_INDEX_BYTES:
-            raise ValueError(f"the chunk index of object {digest[:12]}... is over {MAX_INDEX_BYTES} bytes")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            raw = f.read(MAX_INDEX_BYTES + 1)
+        head = b'{"size":%d,"chunk":%d,"chunks":[' % (size, CHUNK_BYTES)
+        count = -(-size // CHUNK_BYTES)
+        tail = b"]}"
+        if os.fstat(fd).st_size != len(head) + max(0, count * _ENTRY - 1) + len(tail) or \
+                os.pread(fd, len(head), 0) != head:
+            raise ValueError(f"the chunk index of object {digest[:12]}... is damaged or not of a {size}-byte file")
+        raw = os.pread(fd, (last - first + 1) * _ENTRY, len(head) + first * _ENTRY)
     finally:
         os.close(fd)
-    try:
-        index = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        index = None
-    if not index_ok(index, size):
-        raise ValueError(f"the chunk index of object {digest[:12]}... is damaged or not of a {size}-byte file")
-    names = [str(c) for c in index["chunks"]]
-    with _last_lock:
-        _last = (session, digest, size, names)
+    names = []
+    for i in range(last - first + 1):
+        entry = raw[i * _ENTRY:i * _ENTRY + 66]
+        name = entry[1:65].decode("ascii", "replace")
+        if entry[:1] != b'"' or entry[65:66] != b'"' or not _DIGEST.fullmatch(name):
+            raise ValueError(f"the chunk index of object {digest[:12]}... is damaged")
+        names.append(name)
     return names

@@ -21,13 +21,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import hashlib
 import os
 import re
+import stat
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
-
-import orjson
 
 from labd.daemon.object_ranges import MAX_INDEX_BYTES, index_ok, object_range
 from labd.runner.checkpoint import OBJECTS_DIR
@@ -51,18 +51,40 @@ def _place(payload: dict[str, Any], key: str) -> int | None:
     return v if type(v) is int and 0 <= v <= _MAX_OFFSET else None
 
 
-def _target(sessions_dir: Path, sid: str, rel: str) -> Path | None:
+def _parts(rel: str) -> list[str] | None:
+    """The components of a shipped file's relative path; None for one that would leave the work directory."""
     p = PurePosixPath(rel)
     if p.is_absolute() or not p.parts or any(part in ("..", "") for part in p.parts) or "\x00" in rel:
         return None
-    work = sessions_dir / sid / "work"
-    target = work.joinpath(*p.parts)
-    try:  # no component may be a symlink leading out
-        if not target.parent.resolve().is_relative_to(work.resolve()):
-            return None
-    except OSError:
-        return None
-    return target
+    return list(p.parts)
+
+
+def _work_dir_of(sessions_dir: Path, sid: str, dirs: list[str], create: bool) -> int:
+    """A descriptor of ``<sessions>/<sid>/work/<dirs...>``, every component opened without following a symlink (ELOOP
+    or ENOTDIR for one that is a symlink or not a directory: the path is refused), those missing made with
+    ``create`` (else FileNotFoundError). Each write, rename and removal of a file then goes relative to it, so a
+    directory swapped for a symlink meanwhile (a local session's runner can write its work directory) is never
+    followed."""
+    session = sessions_dir / sid
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(session, 0o700)  # the daemon's own directory of sessions holds it
+    fd = os.open(session, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in ("work", *dirs):
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o755, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+_REFUSED_OUT = "refused: the path leaves the work directory"
 
 
 def receive(sessions_dir: Path | None, sid: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -75,38 +97,66 @@ def receive(sessions_dir: Path | None, sid: str, payload: dict[str, Any]) -> dic
         rel = path_of_event(payload)
     except (binascii.Error, ValueError):
         return {**stored, "error": "refused: path_b64 is not base64"}
-    target = _target(sessions_dir, sid, rel)
-    if target is None:
-        return {**stored, "error": "refused: the path leaves the work directory"}
+    parts = _parts(rel)
+    if parts is None:
+        return {**stored, "error": _REFUSED_OUT}
+    name, part = parts[-1], parts[-1] + PART
     if payload.get("deleted"):  # deleted on the node since it was shipped: so in the daemon's copy
-        try:
-            if target.is_file() and not target.is_symlink():
-                target.unlink()
-        except OSError as exc:
-            return {**stored, "error": f"not deleted: {exc}"[:300]}
-        return stored
+        return _delete(sessions_dir, sid, parts, stored)
     offset, size = _place(payload, "offset"), _place(payload, "size")
     length = _place(payload, "length") if payload.get("from_object") else 0
     if offset is None or size is None or length is None:
         return {**stored, "error": "refused: offset, size and length must be integers from 0 to 2**53"}
-    part = target.with_name(target.name + PART)
     try:
         if payload.get("from_object"):
             data = object_range(sessions_dir / sid, str(payload["sha256"]), size, offset, length)
         else:
             data = base64.b64decode(str(payload.get("data") or ""), validate=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        stored["bytes"] = _write_chunk(str(part), data, offset)
-        if payload.get("last"):
-            with _read(str(part)) as f:
-                kept = _sha256(f) == payload["sha256"]
-            if not kept:
-                _discard(part)
-                return {**stored, "error": "sha256 mismatch: a chunk is missing; the file was not kept"}
-            os.replace(part, target)
-    except (OSError, ValueError, binascii.Error) as exc:
-        _discard(part)  # what was assembled can never become the file now: its next try starts at offset 0
+        if offset + len(data) > size:  # a chunk past the file's end: a sparse part of any size, hashed whole
+            return {**stored, "error": f"refused: {len(data)} bytes at {offset} of a {size}-byte file"}
+        dfd = _work_dir_of(sessions_dir, sid, parts[:-1], create=True)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            return {**stored, "error": _REFUSED_OUT}
         return {**stored, "error": f"not written: {exc}"[:300]}
+    except (ValueError, binascii.Error) as exc:
+        return {**stored, "error": f"not written: {exc}"[:300]}
+    try:
+        stored["bytes"] = _write_chunk(part, data, offset, dfd)
+        if payload.get("last"):
+            with _read(part, dfd) as f:
+                kept = os.fstat(f.fileno()).st_size == size and _sha256(f) == payload["sha256"]
+            if not kept:
+                _discard(part, dfd)
+                return {**stored, "error": "sha256 mismatch: a chunk is missing; the file was not kept"}
+            os.replace(part, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except (OSError, ValueError) as exc:
+        _discard(part, dfd)  # what was assembled can never become the file now: its next try starts at offset 0
+        return {**stored, "error": f"not written: {exc}"[:300]}
+    finally:
+        os.close(dfd)
+    return stored
+
+
+def _delete(sessions_dir: Path, sid: str, parts: list[str], stored: dict[str, Any]) -> dict[str, Any]:
+    """Remove the daemon's copy of a file deleted on the node (a regular file only, never through a symlink)."""
+    try:
+        dfd = _work_dir_of(sessions_dir, sid, parts[:-1], create=False)
+    except FileNotFoundError:
+        return stored  # its directory is not there: nor is the file
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            return {**stored, "error": _REFUSED_OUT}
+        return {**stored, "error": f"not deleted: {exc}"[:300]}
+    try:
+        if stat.S_ISREG(os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False).st_mode):
+            os.unlink(parts[-1], dir_fd=dfd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return {**stored, "error": f"not deleted: {exc}"[:300]}
+    finally:
+        os.close(dfd)
     return stored
 
 
@@ -164,10 +214,11 @@ def _object_dir(session: Path, sub: str) -> int:
         root.close()
 
 
-def _discard(part: Path) -> None:
-    """Remove a partial file (not through a symlink: unlink removes the link itself)."""
+def _discard(part: str, dir_fd: int) -> None:
+    """Remove the partial file ``part`` of the directory ``dir_fd`` (unlinkat: a symlink put there is removed itself,
+    nothing beyond it)."""
     with contextlib.suppress(OSError):
-        part.unlink()
+        os.unlink(part, dir_fd=dir_fd)
 
 
 def _write_chunk(part: str, data: bytes, offset: int, dir_fd: int | None = None) -> int:
@@ -200,14 +251,7 @@ def _holds(dir_fd: int, part: str, digest: str, index: bool) -> bool:
     """Does the assembled ``part`` hold object ``digest`` (an index of chunks: is it one as runner/objects.py writes,
     :func:`~labd.daemon.object_ranges.index_ok`)? Made read-only when it does."""
     with _read(part, dir_fd) as f:
-        ok = index_ok(_json(f.read(MAX_INDEX_BYTES + 1))) if index else _sha256(f) == digest
+        ok = index_ok(f.read(MAX_INDEX_BYTES + 1)) if index else _sha256(f) == digest
         if ok:
             os.fchmod(f.fileno(), 0o444)
     return ok
-
-
-def _json(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None

@@ -16,10 +16,13 @@ under its own copy of the work directory (:mod:`labd.daemon.shipped`), where ``l
 before each checkpoint), and a file's content *is* such an object (a large file: its chunks and their index). So a
 file whose objects this runner has shipped goes as ``file.shipped`` events with ``from_object: true`` and no
 ``data``, each naming a range (``offset``, ``length``) that the daemon copies from the session's object store at
-home; only a file whose objects are not known to be there (objects past ``ship_max_bytes``, one that failed to ship,
-one already on the node before this runner: a resume's, or a former runner's on the same node) carries its bytes.
-Before, every changed file travelled twice, and a file growing past 4 MiB (a log) went whole at every step while
-its checkpoint shipped only its new chunks.
+home. Known to be there: the objects this runner shipped, and those a resume carried from home (the actor names them,
+:meth:`Shipper.assume_at_home`); an object the daemon could not keep is said back (``objects.missing``), shipped again
+and no longer counted. Only a file whose objects are not known to be there (objects past ``ship_max_bytes``, one
+that failed to ship, one a former runner left on the same node) carries its bytes, and only ``ranges`` (the
+launcher's ``ship_ranges``: a daemon that takes them) lets a file go as ranges at all. Before, every changed file
+travelled twice, and a file growing past 4 MiB (a log) went whole at every step while its checkpoint shipped only its
+new chunks.
 """
 
 from __future__ import annotations
@@ -103,17 +106,22 @@ class Shipper:
             self._missing.extend(str(n) for n in names[:1000])
 
     def _forget_missing(self, objects: ObjectStore) -> None:
-        """The objects the daemon could not keep are not at home: files made of them are shipped again, with their
-        bytes (else every later version of a log whose chunk was lost there would fail at home for good)."""
+        """The objects the daemon could not keep are not at home: those still on this node are shipped again (the
+        checkpoints naming them become resumable again once they are kept), and the files made of them are shipped
+        again too (as ranges once their objects are back, else with their bytes). Without this, every later version
+        of a log whose chunk was lost there failed at home for good."""
         gone: set[str] = set()
         while self._missing:
             gone.add(self._missing.popleft())
+        gone &= self._home  # names it never shipped are not its business
         if not gone:
             return
         self._home -= gone
         for rel, digest in list(self._sent.items()):
             if digest and gone.intersection(self._made_of(objects, digest)):
                 self._sent[rel] = ""  # matches no content: shipped again, or deleted at home if gone meanwhile
+        if objects.added is not None:
+            objects.added.extend(sorted(n for n in gone if (objects.root / n).is_file()))
 
     def _ship(self, snapshot: Snapshot) -> tuple[int, int]:
         self._forget_missing(snapshot.objects)
@@ -163,6 +171,7 @@ class Shipper:
             return self._ship_objects(objects)
 
     def _ship_objects(self, objects: ObjectStore) -> int:
+        self._forget_missing(objects)
         added = objects.added
         if not added:
             return 0
@@ -196,8 +205,9 @@ class Shipper:
         return nbytes
 
     def _at_home(self, objects: ObjectStore, digest: str) -> bool:
-        """Did this runner ship every object the content ``digest`` is made of (itself, or its chunk index and
-        chunks)? Only then can the daemon copy the file from its object store."""
+        """Is every object the content ``digest`` is made of (itself, or its chunk index and chunks) known to be at
+        home (shipped by this runner, or carried from there)? Only then can the daemon copy the file from its object
+        store."""
         home = self._home
         if not self.ranges or f"{digest[:2]}/{digest}.chunks" not in home and f"{digest[:2]}/{digest}" not in home:
             return False

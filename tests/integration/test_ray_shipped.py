@@ -414,7 +414,8 @@ def test_a_from_object_chunk_the_home_cannot_serve_is_refused(tmp_path: Path) ->
     fake = hashlib.sha256(b"index").hexdigest()
     for index in (b'{"size": 3, "chunk": 0, "chunks": []}', b'{"size": 3, "chunks": 7}', b'{"size": 3}',
                   b'{"size": 3, "chunk": 1, "chunks": ["%s"]}' % digest.encode(),  # 1-byte chunks: an open a byte
-                  b'{"size": 3, "chunk": 1048576, "chunks": ["../../x"]}', b'[1, 2]'):
+                  b'{"size": 3, "chunk": 1048576, "chunks": ["../../x"]}', b'[1, 2]',
+                  b'{"size": 3, "chunk": 1048576, "chunks": ["%s"]}' % digest.encode()):  # spaced: not at its offsets
         name = f"{fake[:2]}/{fake}.chunks"
         planted = tmp_path / "s1" / OBJECTS_DIR / fake[:2] / f"{fake}.chunks"
         planted.unlink(missing_ok=True)
@@ -427,19 +428,26 @@ def test_a_from_object_chunk_the_home_cannot_serve_is_refused(tmp_path: Path) ->
         assert "error" in got and not (tmp_path / "s1" / "work" / "f.txt").exists(), got
     # a good index read once (and kept for the next range), then a range of the same object claiming another size
     planted.unlink()
-    planted.write_bytes(b'{"size": 3, "chunk": 1048576, "chunks": ["%s"]}' % digest.encode())
+    planted.write_bytes(b'{"size":3,"chunk":1048576,"chunks":["%s"]}' % digest.encode())  # as the runner writes
     assert "sha256 mismatch" in receive(tmp_path, "s1", chunk(sha256=fake, length=3, size=3))["error"]
     got = receive(tmp_path, "s1", chunk(sha256=fake, size=5 << 20, offset=4 << 20, length=1))
     assert "damaged or not of a" in got["error"], got
+    planted.unlink()  # the same form with an entry that is no digest (a local runner rewrote it in its own store)
+    planted.write_bytes(b'{"size":3,"chunk":1048576,"chunks":["%s"]}' % (b"../" + digest.encode()[3:]))
+    assert "damaged" in receive(tmp_path, "s1", chunk(sha256=fake, length=3, size=3))["error"]
     assert "error" not in receive(tmp_path, "s1", chunk())
     assert (tmp_path / "s1" / "work" / "f.txt").read_bytes() == data
 
 
-def test_a_file_made_of_an_object_the_home_lost_goes_again_with_its_bytes(tmp_path: Path) -> None:
+def test_an_object_the_home_lost_is_shipped_again_and_so_are_the_files_made_of_it(tmp_path: Path) -> None:
     """One chunk of a growing log cannot be kept at home (its write fails, as on a full disk): the daemon says so
-    (``objects.missing``, tests/unit/test_objects_missing.py) and the runner's next ship sends the log with its
-    bytes, so the home's copy is right again from the next step on (review helper-151: the chunk was never sent again,
-    and every later version of the log failed at home for good). Files not made of it still go as ranges."""
+    (``objects.missing``, tests/unit/test_objects_missing.py); the runner's next ship sends that chunk again (the
+    checkpoints naming it become usable for a resume) and the log again, so once the home has room its copy is right
+    from the next step on (review helper-151: the chunk was never sent again, and every later version of the log
+    failed at home for good; helper-152: the log then went whole at every step). The failed file's partial copy is
+    not left behind."""
+    import shutil
+
     from labd.daemon.shipped import receive_object
 
     durable, shipper, events, work = _node_shipping(tmp_path)
@@ -449,7 +457,8 @@ def test_a_file_made_of_an_object_the_home_lost_goes_again_with_its_bytes(tmp_pa
     durable.checkpoint("n1", "0", "first", None)
     home = tmp_path / "home"
     chunk = next(p["name"] for k, p in events if k == "checkpoint.object" and p["size"] == 1 << 20)
-    (home / "s1" / "checkpoints" / "objects" / f"{chunk}.labd-part").mkdir(parents=True)  # its write fails
+    obstacle = home / "s1" / "checkpoints" / "objects" / f"{chunk}.labd-part"
+    obstacle.mkdir(parents=True)  # its write fails
     lost = []
     for kind, payload in events:
         if kind == "checkpoint.object":
@@ -458,18 +467,20 @@ def test_a_file_made_of_an_object_the_home_lost_goes_again_with_its_bytes(tmp_pa
         elif kind == "file.shipped":
             receive(home, "s1", payload)
     assert lost == [chunk] and not (home / "s1" / "work" / "run.log").exists()
-    assert not list((home / "s1" / "work").glob("*.labd-part"))  # the failed file's partial copy is not left
-    shipper.objects_missing({"names": lost})  # what ingest sends the runner, on its channel thread
+    assert not list((home / "s1" / "work").glob("*.labd-part"))
+    shipper.objects_missing({"names": [*lost, "00/never-shipped"]})  # what ingest sends, on the channel thread
+    shutil.rmtree(obstacle)  # the home has room again
     events.clear()
     with open(work / "run.log", "ab") as f:
         f.write(b"more")
-    (work / "note.txt").write_text("changed")
     durable.files.scan("n2")
     durable.checkpoint("n2", "1", "second", None)
-    files = {p["path"]: p for k, p in events if k == "file.shipped" and p["last"]}
-    assert not files["run.log"].get("from_object") and files["note.txt"]["from_object"]
+    assert chunk in {p["name"] for k, p in events if k == "checkpoint.object"}  # sent again
+    files = {p["path"] for k, p in events if k == "file.shipped" and p["last"]}
+    assert files == {"run.log"}, files  # note.txt did not change and is not made of the lost chunk
     _deliver(home, events)
     assert _tree_of(home / "s1" / "work") == _tree_of(work)
+    assert (home / "s1" / "checkpoints" / "objects" / chunk).is_file()
 
 
 def test_a_daemon_that_does_not_take_ranges_gets_every_files_bytes(tmp_path: Path) -> None:
@@ -553,3 +564,22 @@ def test_a_resumed_runner_ships_a_grown_log_as_ranges_of_the_objects_it_came_wit
     assert log["from_object"], log
     assert _deliver(home, events2) < (1 << 20) + 64 * 1024  # the new last chunk, the index and the manifest
     assert (home / "s1" / "work" / "run.log").read_bytes() == (work2 / "run.log").read_bytes()
+
+
+def test_a_chunk_past_its_files_end_or_a_link_loop_is_refused_without_harm(tmp_path: Path) -> None:
+    """A chunk whose offset lies past the file's ``size`` is refused (a 1-byte chunk at 4 GiB made a sparse file that
+    was then hashed whole: 20 s of ingest); and a directory symlink loop in a local session's own work directory is
+    refused (``Path.resolve`` raised RuntimeError out of ingest). Review helper-152."""
+    digest = hashlib.sha256(b"x").hexdigest()
+    far = {"path": "f.bin", "size": 1, "sha256": digest, "offset": 4 << 30,
+           "data": base64.b64encode(b"x").decode(), "last": True}
+    assert receive(tmp_path, "s1", far)["error"].startswith("refused")
+    assert not (tmp_path / "s1" / "work").exists()  # refused before anything was made
+    work = tmp_path / "s2" / "work"
+    work.mkdir(parents=True)
+    (work / "loop").symlink_to(work / "loop")
+    got = receive(tmp_path, "s2", {**far, "path": "loop/f.bin", "offset": 0})
+    assert got["error"].startswith("refused"), got
+    deleted = receive(tmp_path, "s2", {"path": "loop/f.bin", "size": 0, "sha256": "", "offset": 0, "last": True,
+                                       "deleted": True})
+    assert deleted["error"].startswith("refused"), deleted
