@@ -78,6 +78,17 @@ def twostep(ctx, marker: str = "") -> str:
               flush=True)
     return "done"
 
+def lost_object(ctx, content: str, go: str, again: str) -> str:
+    while not os.path.exists(go):
+        ctx.sleep(0.05)
+    with ctx.step("one"):
+        Path("data.txt").write_text(content)
+    while not os.path.exists(again):
+        ctx.sleep(0.05)
+    with ctx.step("two"):
+        Path("other.txt").write_text("step two")
+    return "done"
+
 def nofile(ctx) -> list:
     import resource
     return list(resource.getrlimit(resource.RLIMIT_NOFILE))
@@ -414,6 +425,37 @@ def test_files_are_shipped_after_each_step_while_the_session_runs(ray_daemon: Da
     assert [p["path"] for p in events].count("first.txt") == 1  # unchanged after step one: not shipped again
     # each went as a range of its checkpoint object, which had gone home just before: its bytes travelled once
     assert events and all(p.get("from_object") and not p.get("error") for p in events), events
+
+
+def test_an_object_the_home_could_not_keep_is_shipped_again_by_the_ray_runner(ray_daemon: DaemonProc, rc: object,
+                                                                              tmp_path: Path) -> None:
+    """The home cannot keep a Ray session's checkpoint object (its write fails, as on a full disk): the daemon tells
+    the runner (``objects.missing``), and once the home has room the runner's next step ships that object again and
+    the file made of it, so the home's object store and its copy of the work directory are whole at the end. Before,
+    the object was never sent again: the file stayed missing at home, and the checkpoint could not be resumed from."""
+    import hashlib
+    import shutil
+
+    c = rc
+    content = f"content of {tmp_path.name}\n"  # its own object: no other session's
+    digest = hashlib.sha256(content.encode()).hexdigest()
+    go, again = tmp_path / "go", tmp_path / "again"
+    sid = c.start(f"{ray_daemon.flows}:lost_object",  # type: ignore[attr-defined]
+                  params={"content": content, "go": str(go), "again": str(again)})
+    session = ray_daemon.home / "sessions" / sid
+    obstacle = session / "checkpoints" / "objects" / digest[:2] / f"{digest}.labd-part"
+    obstacle.mkdir(parents=True)  # the object's partial file cannot be written
+    go.touch()
+
+    def failed() -> list[dict]:
+        return [e["payload"] for e in _events(c, sid, ["checkpoint.object"])
+                if e["payload"].get("error") and e["payload"]["name"] == f"{digest[:2]}/{digest}"]
+    wait_until(failed, timeout=60, interval=0.1, what="the object refused at home")
+    shutil.rmtree(obstacle)  # room again
+    again.touch()
+    assert _ended(c, sid)["status"] == "completed"
+    assert (session / "checkpoints" / "objects" / digest[:2] / digest).read_text() == content
+    assert (session / "work" / "data.txt").read_text() == content and (session / "work" / "other.txt").exists()
 
 
 def test_a_ray_runner_crash_is_recorded_and_its_descriptor_limit_is_the_sessions(ray_daemon: DaemonProc,
