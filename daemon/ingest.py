@@ -308,7 +308,7 @@ class Ingest(Committing, RunnerFrames, DaemonItems, SpoolReading, Delivery, thre
         elif kind == "checkpoint.object":  # ... and its checkpoints' objects to the session's object store
             payload = receive_object(self.sessions_dir, cur.id, payload)
             if "error" in payload and payload.get("last"):  # not kept (its last chunk says so, whichever failed):
-                # the runner ships the files made of it with their bytes again
+                # the runner ships it again if its node still has it, and the files made of it
                 b.to_runners.append((cur.id, "objects.missing", {"names": [str(payload.get("name"))[:200]]}))
         nb = len(changes.blobs)
         payload = take_blobs(cur.id, seq, ts, payload, changes)  # full-fidelity texts -> blobs table

@@ -142,7 +142,7 @@ class Batch:
         for sid, evs in other.pub.items():
             self.pub.setdefault(sid, LiveEvents()).extend(evs)
         self.notes.extend(other.notes)
-        self.to_runners.extend(other.to_runners)  # an approval's resolution, objects the home could not keep
+        self.to_runners.extend(other.to_runners)  # what staging an event tells runners (objects.missing)
         self.ended |= other.ended
 
 

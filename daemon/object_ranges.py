@@ -5,8 +5,8 @@ The store (``<sessions>/<id>/checkpoints/objects``) holds what the session's run
 runner can write its own session directory: every file and directory is opened through
 :class:`~labd.runner.workfs.WorkDir` (no symlink followed in any component, regular files only, never blocking on
 a FIFO), so a range never reads beyond the session's own store. A file of 4 MiB or more is stored as 1 MiB chunks and
-an index (:mod:`labd.runner.objects`); an index is checked for exactly that form (:func:`index_ok`) when it arrives
-when it arrives (:func:`index_ok`: its bytes must be exactly what the runner's encoder makes of it, at most
+an index (:mod:`labd.runner.objects`); an index is checked for exactly that form when it arrives (:func:`index_ok`:
+its bytes must be exactly what the runner's encoder makes of it, at most
 :data:`MAX_INDEX_BYTES`). So a range reads only the few entries it needs, at their computed offsets
 (:func:`_chunk_names`), and never parses an index: a 16 MiB index parsed for every 250-byte event cost ingest 0.2 s
 each. An entry that is not a quoted digest there (an index a local session's runner rewrote in its own store) is
@@ -94,7 +94,11 @@ def _chunked(root: WorkDir, digest: str, size: int, offset: int, length: int) ->
     parts, at = [], offset
     while at < offset + length:
         name = names[at // CHUNK_BYTES - first]
-        fd = root.open_file(f"{OBJECTS_DIR}/{name[:2]}/{name}")
+        try:
+            fd = root.open_file(f"{OBJECTS_DIR}/{name[:2]}/{name}")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"chunk {name[:12]}... of object {digest[:12]}... is not in the session's object "
+                                    "store at home") from None
         try:
             piece = os.pread(fd, min(offset + length - at, CHUNK_BYTES - at % CHUNK_BYTES), at % CHUNK_BYTES)
         finally:

@@ -45,7 +45,7 @@ PART = ".labd-part"
 _MAX_OFFSET = 1 << 53
 
 
-def _place(payload: dict[str, Any], key: str) -> int | None:
+def _uint53(payload: dict[str, Any], key: str) -> int | None:
     """``payload[key]`` if it is an int from 0 to :data:`_MAX_OFFSET` (not a bool, None, a float or a string)."""
     v = payload.get(key)
     return v if type(v) is int and 0 <= v <= _MAX_OFFSET else None
@@ -59,22 +59,27 @@ def _parts(rel: str) -> list[str] | None:
     return list(p.parts)
 
 
+def _session_made(session: Path) -> None:
+    """Make a session's directory at home if missing (the daemon's own directory of sessions holds it)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(session, 0o700)
+
+
 def _work_dir_of(sessions_dir: Path, sid: str, dirs: list[str], create: bool) -> int:
     """A descriptor of ``<sessions>/<sid>/work/<dirs...>``, every component opened without following a symlink (ELOOP
     or ENOTDIR for one that is a symlink or not a directory: the path is refused), those missing made with
     ``create`` (else FileNotFoundError). Each write, rename and removal of a file then goes relative to it, so a
     directory swapped for a symlink meanwhile (a local session's runner can write its work directory) is never
-    followed."""
+    followed. The home's copy never holds a symlink of its own: a remote runner ships regular files only."""
     session = sessions_dir / sid
     if create:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(session, 0o700)  # the daemon's own directory of sessions holds it
+        _session_made(session)
     fd = os.open(session, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for name in ("work", *dirs):
             if create:
                 with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, 0o755, dir_fd=fd)
+                    os.mkdir(name, 0o777, dir_fd=fd)  # the umask decides, as for any directory the daemon makes
             child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             os.close(fd)
             fd = child
@@ -84,7 +89,11 @@ def _work_dir_of(sessions_dir: Path, sid: str, dirs: list[str], create: bool) ->
     return fd
 
 
-_REFUSED_OUT = "refused: the path leaves the work directory"
+def _refusal(exc: OSError, what: str) -> str:
+    """The stored error for a failure to reach or write a shipped file's place in the home's copy."""
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # O_DIRECTORY | O_NOFOLLOW on a symlink: ENOTDIR, as on a file
+        return "refused: a directory on its path is a symlink or a file in the home's copy"
+    return f"{what}: {exc}"[:300]
 
 
 def receive(sessions_dir: Path | None, sid: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -99,12 +108,11 @@ def receive(sessions_dir: Path | None, sid: str, payload: dict[str, Any]) -> dic
         return {**stored, "error": "refused: path_b64 is not base64"}
     parts = _parts(rel)
     if parts is None:
-        return {**stored, "error": _REFUSED_OUT}
-    name, part = parts[-1], parts[-1] + PART
+        return {**stored, "error": "refused: the path leaves the work directory"}
     if payload.get("deleted"):  # deleted on the node since it was shipped: so in the daemon's copy
         return _delete(sessions_dir, sid, parts, stored)
-    offset, size = _place(payload, "offset"), _place(payload, "size")
-    length = _place(payload, "length") if payload.get("from_object") else 0
+    offset, size = _uint53(payload, "offset"), _uint53(payload, "size")
+    length = _uint53(payload, "length") if payload.get("from_object") else 0
     if offset is None or size is None or length is None:
         return {**stored, "error": "refused: offset, size and length must be integers from 0 to 2**53"}
     try:
@@ -112,15 +120,17 @@ def receive(sessions_dir: Path | None, sid: str, payload: dict[str, Any]) -> dic
             data = object_range(sessions_dir / sid, str(payload["sha256"]), size, offset, length)
         else:
             data = base64.b64decode(str(payload.get("data") or ""), validate=True)
-        if offset + len(data) > size:  # a chunk past the file's end: a sparse part of any size, hashed whole
-            return {**stored, "error": f"refused: {len(data)} bytes at {offset} of a {size}-byte file"}
+    except (OSError, ValueError, binascii.Error) as exc:
+        _drop_part(sessions_dir, sid, parts)  # what was assembled can never become the file now
+        return {**stored, "error": f"not written: {exc}"[:300]}
+    if offset + len(data) > size:
+        _drop_part(sessions_dir, sid, parts)
+        return {**stored, "error": f"refused: {len(data)} bytes at {offset} of a {size}-byte file"}
+    try:
         dfd = _work_dir_of(sessions_dir, sid, parts[:-1], create=True)
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            return {**stored, "error": _REFUSED_OUT}
-        return {**stored, "error": f"not written: {exc}"[:300]}
-    except (ValueError, binascii.Error) as exc:
-        return {**stored, "error": f"not written: {exc}"[:300]}
+        return {**stored, "error": _refusal(exc, "not written")}
+    name, part = parts[-1], parts[-1] + PART
     try:
         stored["bytes"] = _write_chunk(part, data, offset, dfd)
         if payload.get("last"):
@@ -131,23 +141,35 @@ def receive(sessions_dir: Path | None, sid: str, payload: dict[str, Any]) -> dic
                 return {**stored, "error": "sha256 mismatch: a chunk is missing; the file was not kept"}
             os.replace(part, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     except (OSError, ValueError) as exc:
-        _discard(part, dfd)  # what was assembled can never become the file now: its next try starts at offset 0
-        return {**stored, "error": f"not written: {exc}"[:300]}
+        _discard(part, dfd)  # its next try starts at offset 0
+        return {**stored, "error": _refusal(exc, "not written") if isinstance(exc, OSError)
+                else f"not written: {exc}"[:300]}
     finally:
         os.close(dfd)
     return stored
 
 
+def _drop_part(sessions_dir: Path, sid: str, parts: list[str]) -> None:
+    """Remove the partial file of ``parts`` in the home's copy, if there is one (nothing is made on the way)."""
+    try:
+        dfd = _work_dir_of(sessions_dir, sid, parts[:-1], create=False)
+    except OSError:
+        return
+    try:
+        _discard(parts[-1] + PART, dfd)
+    finally:
+        os.close(dfd)
+
+
 def _delete(sessions_dir: Path, sid: str, parts: list[str], stored: dict[str, Any]) -> dict[str, Any]:
-    """Remove the daemon's copy of a file deleted on the node (a regular file only, never through a symlink)."""
+    """Remove the daemon's copy of a file deleted on the node (a regular file only, never through a symlink), and
+    the directories that leaves empty (the node may have put a file of the same name in their place)."""
     try:
         dfd = _work_dir_of(sessions_dir, sid, parts[:-1], create=False)
     except FileNotFoundError:
         return stored  # its directory is not there: nor is the file
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            return {**stored, "error": _REFUSED_OUT}
-        return {**stored, "error": f"not deleted: {exc}"[:300]}
+        return {**stored, "error": _refusal(exc, "not deleted")}
     try:
         if stat.S_ISREG(os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False).st_mode):
             os.unlink(parts[-1], dir_fd=dfd)
@@ -157,6 +179,17 @@ def _delete(sessions_dir: Path, sid: str, parts: list[str], stored: dict[str, An
         return {**stored, "error": f"not deleted: {exc}"[:300]}
     finally:
         os.close(dfd)
+    for depth in range(len(parts) - 1, 0, -1):  # the deepest first; stop at the first that is not empty
+        try:
+            dfd = _work_dir_of(sessions_dir, sid, parts[:depth - 1], create=False)
+        except OSError:
+            break
+        try:
+            os.rmdir(parts[depth - 1], dir_fd=dfd)  # rmdir removes no symlink, and only an empty directory
+        except OSError:
+            break
+        finally:
+            os.close(dfd)
     return stored
 
 
@@ -177,11 +210,13 @@ def receive_object(sessions_dir: Path | None, sid: str, payload: dict[str, Any])
     if m is None or m.group(1) != m.group(3)[:2]:
         return {**stored, "error": "refused: not an object name"}
     obj, part = m.group(2), m.group(2) + PART
-    offset = _place(payload, "offset")
-    if offset is None:
-        return {**stored, "error": "refused: offset must be an integer from 0 to 2**53"}
+    offset, size = _uint53(payload, "offset"), _uint53(payload, "size")
+    if offset is None or size is None:
+        return {**stored, "error": "refused: offset and size must be integers from 0 to 2**53"}
     try:
         data = base64.b64decode(str(payload.get("data") or ""), validate=True)
+        if offset + len(data) > size:
+            return {**stored, "error": f"refused: {len(data)} bytes at {offset} of a {size}-byte object"}
         fd = _object_dir(sessions_dir / sid, m.group(1))
         try:
             try:
@@ -191,8 +226,8 @@ def receive_object(sessions_dir: Path | None, sid: str, payload: dict[str, Any])
                 pass
             stored["bytes"] = _write_chunk(part, data, offset, fd)
             if payload.get("last"):
-                if not _holds(fd, part, m.group(3), bool(m.group(4))):
-                    os.unlink(part, dir_fd=fd)
+                if not _holds(fd, part, size, m.group(3), bool(m.group(4))):
+                    _discard(part, fd)
                     return {**stored, "error": "damaged: the object does not hold its digest; it was not kept"}
                 os.replace(part, obj, src_dir_fd=fd, dst_dir_fd=fd)
         finally:
@@ -205,8 +240,7 @@ def receive_object(sessions_dir: Path | None, sid: str, payload: dict[str, Any])
 def _object_dir(session: Path, sub: str) -> int:
     """A descriptor of ``<session>/checkpoints/objects/<sub>``, each directory made if missing, none followed if it
     is a symlink (one is replaced by a real directory: :meth:`labd.runner.workfs.WorkDir.open_dir`)."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(session, 0o700)  # the daemon's own directory of sessions holds it
+    _session_made(session)
     root = WorkDir(session)
     try:
         return root.open_dir([*PurePosixPath(OBJECTS_DIR).parts, sub], create=True)
@@ -223,11 +257,16 @@ def _discard(part: str, dir_fd: int) -> None:
 
 def _write_chunk(part: str, data: bytes, offset: int, dir_fd: int | None = None) -> int:
     """Write ``data`` at ``offset`` of the partial file ``part`` (made if missing, emptied by the first chunk, never
-    through a symlink; relative to ``dir_fd`` if given); returns the bytes written."""
+    through a symlink; relative to ``dir_fd`` if given); returns the bytes written. Chunks come in order: one that
+    starts past the part's end is refused (ValueError), so the part never has a hole and what is hashed at the end is
+    what arrived (a 1-byte chunk near the end of a claimed 16 TiB made a sparse part hashed for hours). One written
+    again (an event taken again after its batch was refused) is written over."""
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
     try:
         if offset == 0:
             os.ftruncate(fd, 0)
+        elif offset > os.fstat(fd).st_size:
+            raise ValueError(f"a chunk at {offset} is past the {os.fstat(fd).st_size} bytes that came before it")
         os.pwrite(fd, data, offset)
     finally:
         os.close(fd)
@@ -247,10 +286,12 @@ def _sha256(f: BinaryIO) -> str:
     return h.hexdigest()
 
 
-def _holds(dir_fd: int, part: str, digest: str, index: bool) -> bool:
-    """Does the assembled ``part`` hold object ``digest`` (an index of chunks: is it one as runner/objects.py writes,
-    :func:`~labd.daemon.object_ranges.index_ok`)? Made read-only when it does."""
+def _holds(dir_fd: int, part: str, size: int, digest: str, index: bool) -> bool:
+    """Is the assembled ``part`` ``size`` bytes holding object ``digest`` (an index of chunks: one as runner/objects.py
+    writes, :func:`~labd.daemon.object_ranges.index_ok`)? Made read-only when it is."""
     with _read(part, dir_fd) as f:
+        if os.fstat(f.fileno()).st_size != size:
+            return False
         ok = index_ok(f.read(MAX_INDEX_BYTES + 1)) if index else _sha256(f) == digest
         if ok:
             os.fchmod(f.fileno(), 0o444)

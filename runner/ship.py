@@ -62,7 +62,7 @@ class Shipper:
     ``root`` is the work directory the snapshots describe (kept for callers; the bytes come from the snapshots)."""
 
     def __init__(self, root: Path, emit: Callable[..., int], max_bytes: int, chunk: int = CHUNK, *,
-                 ranges: bool = True) -> None:
+                 ranges: bool = False) -> None:
         """``ranges``: the daemon takes files as ranges of objects (``from_object``; the launcher says so in the
         spec, ``ship_ranges``: an older daemon would refuse every such file)."""
         self.root, self.emit, self.max_bytes, self.chunk, self.ranges = root, emit, max_bytes, chunk, ranges
@@ -120,13 +120,23 @@ class Shipper:
         for rel, digest in list(self._sent.items()):
             if digest and gone.intersection(self._made_of(objects, digest)):
                 self._sent[rel] = ""  # matches no content: shipped again, or deleted at home if gone meanwhile
+        again = sorted(n for n in gone if (objects.root / n).is_file())
         if objects.added is not None:
-            objects.added.extend(sorted(n for n in gone if (objects.root / n).is_file()))
+            objects.added.extend(again)
+        self.emit("log", {"level": "warning", "logger": "labd.runner.ship",
+                          "event": f"{len(gone)} checkpoint objects were not kept at home; {len(again)} shipped "
+                                   "again, with the files made of them"})
 
     def _ship(self, snapshot: Snapshot) -> tuple[int, int]:
         self._forget_missing(snapshot.objects)
         shipped = nbytes = 0
         skipped: list[str] = []
+        # deleted since shipped: the daemon's copy follows, first (a file that became a directory, or the reverse,
+        # makes room at home for what replaces it; the daemon removes the directories a deletion leaves empty)
+        for rel in sorted(set(self._sent) - set(snapshot.files)):
+            del self._sent[rel]
+            self.emit("file.shipped", {**path_fields(key_path(rel)), "size": 0, "sha256": "", "offset": 0,
+                                       "last": True, "deleted": True})
         for rel in sorted(snapshot.files):  # manifest keys (labd.runner.names.manifest_key)
             digest = str(snapshot.files[rel][0])
             if self._sent.get(rel) == digest:
@@ -151,10 +161,6 @@ class Shipper:
             shipped += 1
             nbytes += size
             self.total += size
-        for rel in sorted(set(self._sent) - set(snapshot.files)):  # deleted since shipped: the daemon's copy follows
-            del self._sent[rel]
-            self.emit("file.shipped", {**path_fields(key_path(rel)), "size": 0, "sha256": "", "offset": 0,
-                                       "last": True, "deleted": True})
         if skipped:
             self.emit("log", {"level": "warning", "logger": "labd.runner.ship",
                               "event": f"{len(skipped)} files not shipped back (over the {self.max_bytes}-byte "
@@ -209,7 +215,7 @@ class Shipper:
         home (shipped by this runner, or carried from there)? Only then can the daemon copy the file from its object
         store."""
         home = self._home
-        if not self.ranges or f"{digest[:2]}/{digest}.chunks" not in home and f"{digest[:2]}/{digest}" not in home:
+        if not self.ranges or (f"{digest[:2]}/{digest}.chunks" not in home and f"{digest[:2]}/{digest}" not in home):
             return False
         names = self._made_of(objects, digest)
         return bool(names) and all(name in home for name in names)

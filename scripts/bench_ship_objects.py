@@ -64,7 +64,7 @@ def block(base: Path, variant: int, steps: int, size: int, grow: int = 0) -> tup
 
     tracker = FileTracker(work, counted)
     durable = Durable(counted, work.parent, work, tracker, list_objects=variant > 0)
-    shipper = Shipper(work, counted, 1 << 40)
+    shipper = Shipper(work, counted, 1 << 40, ranges=True)
     durable.after_checkpoint = shipper.ship
     if variant > 0:
         durable.before_checkpoint = lambda: shipper.ship_objects(durable.objects)

@@ -432,7 +432,9 @@ def test_an_object_the_home_could_not_keep_is_shipped_again_by_the_ray_runner(ra
     """The home cannot keep a Ray session's checkpoint object (its write fails, as on a full disk): the daemon tells
     the runner (``objects.missing``), and once the home has room the runner's next step ships that object again and
     the file made of it, so the home's object store and its copy of the work directory are whole at the end. Before,
-    the object was never sent again: the file stayed missing at home, and the checkpoint could not be resumed from."""
+    the object was never sent again: the file stayed missing at home, and the checkpoint could not be resumed from.
+    (The daemon sends ``objects.missing`` right after the commit this test sees, on the same thread, and the workflow
+    looks for ``again`` every 50 ms: the runner has the message before its next step ships.)"""
     import hashlib
     import shutil
 
@@ -456,6 +458,8 @@ def test_an_object_the_home_could_not_keep_is_shipped_again_by_the_ray_runner(ra
     assert _ended(c, sid)["status"] == "completed"
     assert (session / "checkpoints" / "objects" / digest[:2] / digest).read_text() == content
     assert (session / "work" / "data.txt").read_text() == content and (session / "work" / "other.txt").exists()
+    logs = [str(e["payload"].get("event")) for e in _events(c, sid, ["log"])]
+    assert any("not kept at home; 1 shipped again" in line for line in logs), logs  # the session says so
 
 
 def test_a_ray_runner_crash_is_recorded_and_its_descriptor_limit_is_the_sessions(ray_daemon: DaemonProc,

@@ -300,7 +300,8 @@ def _node_shipping(tmp: Path, max_bytes: int = 1 << 30) -> tuple[Any, Any, list[
     from labd.runner.ship import Shipper
 
     durable, tracker, events, work = _node_durable(tmp)
-    shipper = Shipper(work, lambda kind, payload: events.append((kind, payload)) or 0, max_bytes, 64 * 1024)
+    shipper = Shipper(work, lambda kind, payload: events.append((kind, payload)) or 0, max_bytes, 64 * 1024,
+                      ranges=True)
     durable.before_checkpoint = lambda: shipper.ship_objects(durable.objects)
     durable.after_checkpoint = shipper.ship
     return durable, shipper, events, work
@@ -426,7 +427,7 @@ def test_a_from_object_chunk_the_home_cannot_serve_is_refused(tmp_path: Path) ->
         planted.write_bytes(index)
         got = receive(tmp_path, "s1", chunk(sha256=fake, length=3, size=3))
         assert "error" in got and not (tmp_path / "s1" / "work" / "f.txt").exists(), got
-    # a good index read once (and kept for the next range), then a range of the same object claiming another size
+    # a good index, then a range of the same object claiming another size (its entries are not where that puts them)
     planted.unlink()
     planted.write_bytes(b'{"size":3,"chunk":1048576,"chunks":["%s"]}' % digest.encode())  # as the runner writes
     assert "sha256 mismatch" in receive(tmp_path, "s1", chunk(sha256=fake, length=3, size=3))["error"]
@@ -485,11 +486,11 @@ def test_an_object_the_home_lost_is_shipped_again_and_so_are_the_files_made_of_i
 
 def test_a_daemon_that_does_not_take_ranges_gets_every_files_bytes(tmp_path: Path) -> None:
     """A launcher that does not say ``ship_ranges`` (a daemon older than ranges, which would refuse every such file)
-    gets every file with its bytes, objects shipped all the same."""
+    gets every file with its bytes, objects shipped all the same (``ranges`` is off unless asked for)."""
     from labd.runner.ship import Shipper
 
     durable, _shipper, events, work = _node_shipping(tmp_path)
-    old = Shipper(work, lambda kind, payload: events.append((kind, payload)) or 0, 1 << 30, 64 * 1024, ranges=False)
+    old = Shipper(work, lambda kind, payload: events.append((kind, payload)) or 0, 1 << 30, 64 * 1024)
     durable.before_checkpoint = lambda: old.ship_objects(durable.objects)
     durable.after_checkpoint = old.ship
     (work / "a.txt").write_text("with its bytes")
@@ -567,14 +568,25 @@ def test_a_resumed_runner_ships_a_grown_log_as_ranges_of_the_objects_it_came_wit
 
 
 def test_a_chunk_past_its_files_end_or_a_link_loop_is_refused_without_harm(tmp_path: Path) -> None:
-    """A chunk whose offset lies past the file's ``size`` is refused (a 1-byte chunk at 4 GiB made a sparse file that
-    was then hashed whole: 20 s of ingest); and a directory symlink loop in a local session's own work directory is
-    refused (``Path.resolve`` raised RuntimeError out of ingest). Review helper-152."""
+    """A chunk past the file's ``size``, or starting past what came before it, is refused, files and objects alike (a
+    1-byte chunk at 4 GiB made a sparse file that was then hashed whole: 20 s of ingest; the sender chooses ``size``,
+    so only chunks in order bound it); and a directory symlink loop in a local session's own work directory is refused
+    (``Path.resolve`` raised RuntimeError out of ingest). Reviews helper-152 and helper-153."""
     digest = hashlib.sha256(b"x").hexdigest()
     far = {"path": "f.bin", "size": 1, "sha256": digest, "offset": 4 << 30,
            "data": base64.b64encode(b"x").decode(), "last": True}
     assert receive(tmp_path, "s1", far)["error"].startswith("refused")
     assert not (tmp_path / "s1" / "work").exists()  # refused before anything was made
+    # a chunk that starts past what came before it (a hole): a claimed size is no bound, the sender chooses it
+    hole = {**far, "size": 16 << 40, "offset": (16 << 40) - 1}
+    assert "past the 0 bytes" in receive(tmp_path, "s1", hole)["error"]
+    assert not list((tmp_path / "s1" / "work").glob("*.labd-part"))
+    from labd.daemon.shipped import receive_object
+
+    obj = {"name": f"{digest[:2]}/{digest}", "size": 16 << 40, "offset": (16 << 40) - 1, "last": True,
+           "data": base64.b64encode(b"x").decode()}
+    assert "past the 0 bytes" in receive_object(tmp_path, "s1", obj)["error"]
+    assert "refused" in receive_object(tmp_path, "s1", {**obj, "size": 1, "offset": 1})["error"]
     work = tmp_path / "s2" / "work"
     work.mkdir(parents=True)
     (work / "loop").symlink_to(work / "loop")
@@ -583,3 +595,49 @@ def test_a_chunk_past_its_files_end_or_a_link_loop_is_refused_without_harm(tmp_p
     deleted = receive(tmp_path, "s2", {"path": "loop/f.bin", "size": 0, "sha256": "", "offset": 0, "last": True,
                                        "deleted": True})
     assert deleted["error"].startswith("refused"), deleted
+
+
+def test_a_file_that_became_a_directory_and_back_follows_at_home(tmp_path: Path) -> None:
+    """On the node ``out`` goes from a file to a directory holding ``out/a.txt``, and back to a file: the home's copy
+    follows each time (deletions are shipped first, and the daemon removes the directories a deletion leaves
+    empty). Before, ``out/a.txt`` met the old file ``out`` at home, failed, and was never shipped again; neither was
+    at home (review helper-153)."""
+    durable, _shipper, events, work = _node_shipping(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    for n, make in enumerate((lambda: (work / "out").write_text("a file"),
+                              lambda: ((work / "out").unlink(), (work / "out").mkdir(),
+                                       (work / "out" / "a.txt").write_text("in a directory")),
+                              lambda: ((work / "out" / "a.txt").unlink(), (work / "out").rmdir(),
+                                       (work / "out").write_text("a file again")))):
+        make()
+        events.clear()
+        durable.files.scan(f"n{n}")
+        durable.checkpoint(f"n{n}", str(n), f"step {n}", None)
+        _deliver(home, events)
+        assert _tree_of(home / "s1" / "work") == _tree_of(work), n
+
+
+def test_a_failed_last_range_leaves_no_partial_file(tmp_path: Path) -> None:
+    """The last range of a 5 MiB file cannot be served at home (its chunk is missing there): the chunks before it were
+    written, and the partial file is removed, not left where downloads see it (review helper-153)."""
+    from labd.daemon.shipped import receive_object
+
+    durable, _shipper, events, work = _node_shipping(tmp_path)
+    data = os.urandom(5 << 20)
+    (work / "run.log").write_bytes(data)
+    durable.files.scan("n1")
+    durable.checkpoint("n1", "0", "first", None)
+    tail = hashlib.sha256(data[4 << 20:]).hexdigest()
+    last_chunk = f"{tail[:2]}/{tail}"
+    home = tmp_path / "home"
+    home.mkdir()
+    errors = []
+    for kind, payload in events:
+        if kind == "checkpoint.object" and payload["name"] != last_chunk:
+            receive_object(home, "s1", payload)
+        elif kind == "file.shipped":
+            errors.append(receive(home, "s1", payload).get("error"))
+    assert errors[0] is None and errors[-1] and "not in the session's object store" in errors[-1], errors
+    assert not (home / "s1" / "work" / "run.log").exists()
+    assert not list((home / "s1" / "work").glob("*.labd-part"))

@@ -98,7 +98,7 @@ def test_incremental_shipping_skips_unchanged_and_marks_deleted(tmp_path: Path) 
     files.scan(None)
     assert shipper.ship(durable.snapshot()) == (1, len("step two"))
     assert [(k, p["path"], p.get("deleted", False)) for k, p in sent if k == "file.shipped"] == \
-        [("file.shipped", "new.txt", False), ("file.shipped", "gone.txt", True)]
+        [("file.shipped", "gone.txt", True), ("file.shipped", "new.txt", False)]  # deletions first: room at home
     (warning,) = [p for k, p in sent if k == "log"]
     assert "huge.bin" in warning["event"]
     sent.clear()
