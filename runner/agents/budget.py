@@ -13,8 +13,9 @@ by the workflow have a budget each (docs/design.md, "Workflows that fork"); the 
 once it sees the cost. A call made inside another (a checking middleware, a model that consults an agent) does not
 wait at all: it could wait for a call that waits for it (its own, or another's waiting for a call of its own), so
 each such call can pass the budget by one call. It is known by its context (``current_llm_call``), which
-``asyncio.to_thread`` carries and a plain thread does not: a call made in a plain thread inside another call waits,
-at most :data:`ADMIT_WAIT_MAX_S`, as every call does. Calls reaching a pausing budget at once share one pause, and
+``asyncio.to_thread`` carries, and for a plain thread by the call in flight where the thread was started
+(:mod:`labd.runner.agents.nesting`; until 2026-12-07 such a call waited up to :data:`ADMIT_WAIT_MAX_S`).
+Calls reaching a pausing budget at once share one pause, and
 the resume's budget.
 
 ``stop`` ends the workflow (``BudgetExceeded``, a BaseException, so a workflow's ``except Exception`` cannot swallow

@@ -43,7 +43,7 @@ def untracked() -> Iterator[None]:
 class LLMCall:
     """One LLM call in flight: what the tracking middleware knows, filled in by the recording client."""
 
-    __slots__ = ("agent", "base", "node", "req_seq", "config", "served", "budgeted", "nested", "reserved")
+    __slots__ = ("agent", "base", "node", "req_seq", "config", "served", "budgeted", "nested", "reserved", "done")
 
     def __init__(self, agent: str, base: dict[str, Any], node: str | None, config: Any) -> None:
         self.agent = agent
@@ -55,6 +55,7 @@ class LLMCall:
         self.budgeted: Any = None  # the Budget that admitted this call, told its price when it ends
         self.nested = False  # made while another call was in flight in this context (a verifier inside a call)
         self.reserved = 0.0  # what the budget counts this call as possibly costing while it is in flight
+        self.done = False  # it returned or raised: calls made later in threads it started are not inside it
 
 
 #: set by TrackingMiddleware.on_llm_call around the call; read by the RecordingClient inside it
@@ -96,6 +97,10 @@ def track_all_agents(factory: Callable[[], Any]) -> None:
     """Install the class-level seam (once per process); ``factory`` returns the session's AgentFactory."""
     _installed[:] = [factory]
     from ag2 import Agent
+
+    from labd.runner.agents import nesting
+
+    nesting.install()  # calls made in plain threads inside a call are known as nested (runner/agents/nesting.py)
 
     if getattr(Agent._drive_scope, "_labd_hook", False):
         return

@@ -31,6 +31,7 @@ from labd.runner.agents.code import CODE_TOOL
 from labd.runner.agents.context import current_agent, current_call, current_model
 from labd.runner.agents.fidelity import BlobSender, jsonable, model_params
 from labd.runner.agents.hooks import LLMCall, current_llm_call
+from labd.runner.agents.nesting import enclosing_call
 from labd.runner.agents.policy import PolicyGate, refused_response, refused_tool_result
 from labd.runner.agents.pricing import PriceTable
 from labd.runner.context import clip, current_node
@@ -264,7 +265,7 @@ class TrackingMiddleware(BaseMiddleware):
                 return refused_response(refused, self.model)
         base = self._base
         call = LLMCall(self.agent, base, node, _config_of(context))
-        call.nested = current_llm_call.get() is not None  # its budget check must not wait for the call it is in
+        call.nested = enclosing_call() is not None  # its budget check must not wait for the call it is in
         token = current_llm_call.set(call)
         start = time.monotonic()
         try:
@@ -278,6 +279,7 @@ class TrackingMiddleware(BaseMiddleware):
             raise
         finally:
             current_llm_call.reset(token)
+            call.done = True
         try:
             return self._answered(call, resp, events, start)
         finally:

@@ -92,6 +92,17 @@ def test_calls_made_inside_other_calls_do_not_wait_for_them(client) -> None:
     assert {"writer", "checker", "router", "helper"} <= agents, agents
 
 
+def test_a_call_made_in_a_plain_thread_inside_another_call_does_not_wait_for_it(client) -> None:
+    """A model that, within its own call, runs a helper agent in a plain ``threading.Thread`` and joins it, under a
+    budget: the helper's call goes at once. Its thread does not carry the call's context, so it was not known as
+    nested and waited (up to 300 s) for the call that was waiting for it (a known gap until 2026-12-07)."""
+    sid = client.start("labd_fidelityflows:thread_nested_calls", budget=5.0)
+    final = client.wait(sid, timeout=60)
+    assert final["status"] == "completed", final["reason"]
+    agents = [e["payload"]["agent"] for e in _calls(client, sid)]
+    assert sorted(agents) == ["helper", "router"], agents
+
+
 def test_calls_at_once_share_one_budget_pause_and_its_new_budget(client) -> None:
     """Eight agents calling at once reach a pausing budget: the session pauses once (not once per call), and the
     resume's new budget holds for every waiting call (each paused on its own: most read the resume as lifting

@@ -245,6 +245,28 @@ def nested_calls(ctx: Any) -> str:
     return asyncio.run(body())
 
 
+def thread_nested_calls(ctx: Any) -> str:
+    """A model that consults a helper agent within its own call from a plain ``threading.Thread`` it starts and joins
+    (not ``asyncio.to_thread``: the thread does not carry the call's context)."""
+    import threading
+
+    from ag2 import Agent
+
+    async def consult_in_a_thread() -> None:
+        def helper() -> None:
+            asyncio.run(Agent("helper", "ROLE: researcher", config=_slow_model(0.05)).ask("a sub-question"))
+        t = threading.Thread(target=helper)
+        t.start()
+        t.join()
+
+    async def body() -> str:
+        router = ctx.agent("router", "ROLE: researcher", model=_slow_model(0.05, inside=consult_in_a_thread))
+        await router.ask("route")
+        return "done"
+
+    return asyncio.run(body())
+
+
 def spend_steps(ctx: Any, steps: int = 4) -> int:
     """One LLM call per step; each step then waits (up to 30 s) for the daemon's pause request that a crossed
     budget sends, so the pause lands at the next step boundary, before that step's call (for budgets)."""
