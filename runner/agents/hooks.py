@@ -43,7 +43,8 @@ def untracked() -> Iterator[None]:
 class LLMCall:
     """One LLM call in flight: what the tracking middleware knows, filled in by the recording client."""
 
-    __slots__ = ("agent", "base", "node", "req_seq", "config", "served", "budgeted", "nested", "reserved", "done")
+    __slots__ = ("agent", "base", "node", "req_seq", "config", "served", "budgeted", "nested", "reserved", "done",
+                 "parent")
 
     def __init__(self, agent: str, base: dict[str, Any], node: str | None, config: Any) -> None:
         self.agent = agent
@@ -53,9 +54,10 @@ class LLMCall:
         self.config = config
         self.served = False  # answered from a recorded session (labd replay), not by the model
         self.budgeted: Any = None  # the Budget that admitted this call, told its price when it ends
-        self.nested = False  # made while another call was in flight in this context (a verifier inside a call)
+        self.nested = False  # made inside another call in flight (a verifier inside a call: runner/agents/nesting.py)
         self.reserved = 0.0  # what the budget counts this call as possibly costing while it is in flight
         self.done = False  # it returned or raised: calls made later in threads it started are not inside it
+        self.parent: LLMCall | None = None  # the call it was made in, if any: enclosing once this one is done
 
 
 #: set by TrackingMiddleware.on_llm_call around the call; read by the RecordingClient inside it

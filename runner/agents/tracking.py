@@ -265,7 +265,8 @@ class TrackingMiddleware(BaseMiddleware):
                 return refused_response(refused, self.model)
         base = self._base
         call = LLMCall(self.agent, base, node, _config_of(context))
-        call.nested = enclosing_call() is not None  # its budget check must not wait for the call it is in
+        call.parent = enclosing_call()
+        call.nested = call.parent is not None  # its budget check must not wait for the call it is in
         token = current_llm_call.set(call)
         start = time.monotonic()
         try:
