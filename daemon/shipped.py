@@ -198,10 +198,10 @@ def receive_object(sessions_dir: Path | None, sid: str, payload: dict[str, Any])
     (``<sessions>/<id>/checkpoints/objects``), where a resume or a branch of the session is made, as
     :func:`receive` does a file: assembled in ``<name>.labd-part``, renamed into place (read-only) once the last
     chunk came and the object holds its digest (an index of chunks: one of the form runner/objects.py writes). An
-    object already there is
-    kept (objects never change). Every directory on the way is opened without following a symlink, from the session's
-    own (a symlink a runner put there is replaced by a real directory: nothing is written beyond it). Best effort: a
-    failure is noted in the returned payload as ``error``; the stored payload has no ``data``."""
+    object already there is kept (objects never change). Every directory on the way is opened without following a
+    symlink, from the session's own (a symlink a runner put there is replaced by a real directory: nothing is written
+    beyond it). Best effort: a failure is noted in the returned payload as ``error``; the stored payload has no
+    ``data``."""
     stored = {k: v for k, v in payload.items() if k != "data"}
     if sessions_dir is None:
         return stored
@@ -265,8 +265,8 @@ def _write_chunk(part: str, data: bytes, offset: int, dir_fd: int | None = None)
     try:
         if offset == 0:
             os.ftruncate(fd, 0)
-        elif offset > os.fstat(fd).st_size:
-            raise ValueError(f"a chunk at {offset} is past the {os.fstat(fd).st_size} bytes that came before it")
+        elif offset > (have := os.fstat(fd).st_size):
+            raise ValueError(f"a chunk at {offset} is past the {have} bytes that came before it")
         os.pwrite(fd, data, offset)
     finally:
         os.close(fd)

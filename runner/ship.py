@@ -128,7 +128,7 @@ class Shipper:
                                    "again, with the files made of them"})
 
     def _ship(self, snapshot: Snapshot) -> tuple[int, int]:
-        self._forget_missing(snapshot.objects)
+        """:meth:`ship`'s files, once its objects went (which also took in what the daemon said is missing)."""
         shipped = nbytes = 0
         skipped: list[str] = []
         # deleted since shipped: the daemon's copy follows, first (a file that became a directory, or the reverse,
@@ -144,15 +144,13 @@ class Shipper:
             try:
                 size = snapshot.objects.size(digest)
                 if self._at_home(snapshot.objects, digest):
-                    self._send_from_object(rel, size, digest)
-                    self._sent[rel] = digest
-                    shipped += 1
-                    nbytes += size
-                    continue
-                if self.total + size > self.max_bytes:
+                    self._send_from_object(rel, size, digest)  # no bytes: not counted against max_bytes
+                elif self.total + size > self.max_bytes:
                     skipped.append(display(key_path(rel)))
                     continue
-                self._send(snapshot.objects, rel, size, digest)
+                else:
+                    self._send(snapshot.objects, rel, size, digest)
+                    self.total += size
             except OSError as exc:  # an object gone or unreadable: say so, ship the rest
                 self.emit("log", {"level": "warning", "event": f"file not shipped: {display(key_path(rel))}: {exc}",
                                   "logger": "labd.runner.ship"})
@@ -160,7 +158,6 @@ class Shipper:
             self._sent[rel] = digest
             shipped += 1
             nbytes += size
-            self.total += size
         if skipped:
             self.emit("log", {"level": "warning", "logger": "labd.runner.ship",
                               "event": f"{len(skipped)} files not shipped back (over the {self.max_bytes}-byte "
