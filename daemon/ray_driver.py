@@ -8,8 +8,11 @@ side is :class:`labd.daemon.ray_launcher.RayLauncher`. Requests (one JSON object
 - ``{"op": "spawn", "req", "handle", "sid", "spec", "options"}``: create the session's actor
   (:class:`labd.daemon.ray_pending.SelfStartingActor`, ``options`` = its Ray resource request; *detached*, named
   ``labd-<session>`` in ``NAMESPACE``, so it outlives this driver), which starts the runner once Ray places it.
-  Answered at once with ``{"op": "spawned", "req"}`` (or ``"error"`` when no node of the cluster could ever
-  satisfy the request); placement happens afterwards and is reported as ``{"op": "placed", "handle", ...}``.
+  Answered with ``{"op": "spawned", "req"}`` once the actor is created (or ``"error"`` when no node of the cluster
+  could ever satisfy the request), by one of :data:`SPAWNERS` threads: a resume's seed and checkpoint objects are
+  read from the home and sent with the actor (:func:`labd.runner.carry.carried`) meanwhile, off the loop; a signal
+  for it that comes first is held until it exists. Placement happens afterwards and is reported as
+  ``{"op": "placed", "handle", ...}``.
 - ``{"op": "adopt", "req", "handle", "sid"}``: find the actor a previous driver created for the session and
   watch it from now on: ``{"op": "adopted", "req"}`` with ``"error"`` (why it is lost) when it is not there, is
   dead, or never started its runner. An actor Ray has not placed yet (:data:`labd.daemon.ray_pending.WAITING`)
@@ -28,8 +31,8 @@ file, ``[text, cut]``, when it exited on a signal or a non-zero code) -- ``reaso
 lost (Ray's own account of why); the actor of a session that ended is killed. End of stdin: the driver exits;
 the detached actors keep running their sessions (or waiting to be placed) for the next daemon to adopt.
 
-The loop never waits on one actor: every call is in flight at once (``ray.wait`` over all of them, 50 ms at a
-time), so an actor waiting for a node, or slow to answer at adoption, holds up no other session's poll.
+The loop never waits on one actor nor on a spawn: every call is in flight at once (``ray.wait`` over all of them,
+50 ms at a time), so an actor waiting for a node, or slow to answer at adoption, holds up no other session's poll.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ __all__ = ["main"]
 
 POLL_S = 0.5  # the actor's long poll: notes reach the daemon at least this often
 KILL_ACTOR_AFTER_S = 3.0
+#: threads creating actors (:func:`_spawner`): a resume reading a large record holds up one of them
+SPAWNERS = 2
+SPAWNED = "spawned-by-thread"  # the loop's own message from a spawner thread (never sent by the daemon)
 #: how long an adoption waits for a placed actor's describe() before the actor is adopted anyway (answering the
 #: daemon, which waits); it is then waited for as one not placed yet
 ADOPT_TIMEOUT_S = 30.0
@@ -148,6 +154,35 @@ def _sweep(ray: Any, namespace: str, watched: set[str]) -> None:
                 pass
 
 
+def _spawner(ray: Any, actor_class: Any, namespace: str, spawns: queue.Queue[dict[str, Any]],
+             inbox: queue.Queue[dict[str, Any] | None]) -> None:
+    """Create the actors of ``spawns`` one at a time, answering each on the loop's ``inbox`` (``SPAWNED``, with the
+    actor or an error). Off the loop: the name's previous holder may take seconds to go (:func:`_free_name`), and a
+    resume's seed and objects are read from the home and sent with the actor (:func:`carried`): meanwhile the other
+    sessions' polls, signals and adoptions go on."""
+    while True:
+        msg = spawns.get()
+        answer: dict[str, Any] = {"op": SPAWNED, "req": msg["req"], "handle": int(msg.get("handle") or 0)}
+        answer.update(_create(ray, actor_class, namespace, msg))
+        del msg  # a resume's objects are not kept while this thread waits for the next spawn
+        inbox.put(answer)
+
+
+def _create(ray: Any, actor_class: Any, namespace: str, msg: dict[str, Any]) -> dict[str, Any]:
+    """``{"actor": the session's new actor}``, or ``{"error": why not}`` (never raises: a spawner thread goes on)."""
+    try:
+        why = _feasible(ray, msg["options"])
+        if why is not None:
+            return {"actor": None, "error": why}
+        name = actor_name(msg["sid"])
+        _free_name(ray, name, namespace)
+        spec = carried(msg["spec"])
+        return {"actor": actor_class.options(name=name, namespace=namespace, lifetime="detached",
+                                             **msg["options"]).remote(msg["sid"], spec)}
+    except Exception as exc:  # noqa: BLE001 - e.g. the name still taken, the cluster gone: the launch fails
+        return {"actor": None, "error": f"cannot create the actor: {exc}"[:1000]}
+
+
 def main() -> None:
     address = sys.argv[1] if len(sys.argv) > 1 else "auto"
     namespace = sys.argv[2] if len(sys.argv) > 2 else "labd"
@@ -214,6 +249,19 @@ def main() -> None:
             forget(handle)
         _out({"op": "adopted", "req": req, **({"error": error} if error is not None else fields)})
 
+    def signalled(handle: int, sig: int) -> None:
+        if handle not in placed and sig in (signal.SIGTERM, signal.SIGKILL):
+            ended(handle, signal=sig)  # no runner yet: the actor is taken out of Ray's queue
+            return
+        actors[handle].signal.remote(sig)
+        if sig == signal.SIGKILL:
+            kill_at.setdefault(handle, time.monotonic() + KILL_ACTOR_AFTER_S)
+
+    spawning: dict[int, tuple[str, list[int]]] = {}  # handle -> (actor name, signals held until it is created)
+    spawns: queue.Queue[dict[str, Any]] = queue.Queue()
+    for i in range(SPAWNERS):
+        threading.Thread(target=_spawner, args=(ray, Actor, namespace, spawns, inbox), name=f"spawn-{i}",
+                         daemon=True).start()
     while True:
         while True:
             try:
@@ -224,22 +272,20 @@ def main() -> None:
                 return  # the daemon closed our stdin: exit (the detached actors run on, for the next daemon)
             op, handle = msg.get("op"), int(msg.get("handle") or 0)
             if op == "spawn":
-                why = _feasible(ray, msg["options"])
-                if why is not None:
-                    _out({"op": "spawned", "req": msg["req"], "error": why})
-                    continue
                 name = actor_name(msg["sid"])
-                _free_name(ray, name, namespace)
-                try:
-                    spec = carried(msg["spec"])
-                    actor = Actor.options(name=name, namespace=namespace, lifetime="detached",
-                                          **msg["options"]).remote(msg["sid"], spec)
-                except Exception as exc:  # noqa: BLE001 - e.g. the name still taken: the launch fails
-                    _out({"op": "spawned", "req": msg["req"], "error": f"cannot create the actor: {exc}"[:1000]})
+                spawning[handle] = (name, [])
+                spawns.put(msg)  # created on a spawner thread: a resume's objects are read and sent meanwhile
+            elif op == SPAWNED and handle in spawning and "actor" in msg:  # a spawner thread's answer
+                name, held = spawning.pop(handle)
+                if msg.get("error") is not None:
+                    _out({"op": "spawned", "req": msg["req"], "error": msg["error"]})
                     continue
+                actor = msg["actor"]
                 actors[handle], names[handle] = actor, name
                 refs[actor.where.remote()] = (handle, "start")  # answered once Ray has placed it
                 _out({"op": "spawned", "req": msg["req"]})
+                for sig in held:  # signals that came while it was being created, in their order
+                    signalled(handle, sig)
             elif op == "adopt":
                 name = actor_name(msg["sid"])
                 actor, why = _find(ray, name, namespace)
@@ -252,16 +298,12 @@ def main() -> None:
                 state = actor_state(ray, actor)
                 if state in WAITING:  # Ray places it when a node has room: watched meanwhile, with no deadline
                     adopted(handle, waiting=state)
-            elif op == "sweep":
-                _sweep(ray, namespace, set(names.values()))
+            elif op == "sweep":  # the actors being created are watched already
+                _sweep(ray, namespace, set(names.values()) | {name for name, _ in spawning.values()})
+            elif op == "signal" and handle in spawning:
+                spawning[handle][1].append(int(msg["sig"]))
             elif op == "signal" and handle in actors:
-                sig = int(msg["sig"])
-                if handle not in placed and sig in (signal.SIGTERM, signal.SIGKILL):
-                    ended(handle, signal=sig)  # no runner yet: the actor is taken out of Ray's queue
-                    continue
-                actors[handle].signal.remote(sig)
-                if sig == signal.SIGKILL:
-                    kill_at.setdefault(handle, time.monotonic() + KILL_ACTOR_AFTER_S)
+                signalled(handle, int(msg["sig"]))
         if not refs:
             continue
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0.05)

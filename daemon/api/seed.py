@@ -19,6 +19,7 @@ import orjson
 
 from labd.daemon.api.base import ApiError
 from labd.ipc.safe_files import UnsafePath, open_beneath, open_regular
+from labd.runner.carry import needed_objects
 from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore, load_manifest, load_manifests
 from labd.runner.durable import SEED_FILE
 from labd.runner.objects import read_json_object
@@ -185,11 +186,7 @@ def branch_dirs(psid: str, src: Path, seed: dict[str, Any], dirs: list[Path]) ->
     """Each new branch's session directory: the parent's objects it needs (linked) and its seed, written before its
     ``session.created`` (a restart that re-queues it finds it). On a worker (files only); a branch that could not be
     prepared leaves nothing, nor do the others."""
-    digests = {s["result"] for s in seed["steps"].values() if s.get("result")}
-    digests.update(seed.get("chain") or ())
-    digests.update(v[0] for v in (seed.get("files") or {}).values())
-    # the files of each reused step's own checkpoint too: a branch of this branch may restore any of them
-    digests.update(v[0] for s in seed["steps"].values() for v in (s.get("files") or {}).values())
+    digests = needed_objects(seed)  # with each reused step's own files: a branch of this branch may restore them
     try:
         for session_dir in dirs:
             try:

@@ -502,3 +502,61 @@ def test_a_ray_runners_spawned_workers_have_the_context(ray_daemon: DaemonProc, 
     assert all(steps[f"worker {i}"]["payload"]["parent_node"] == steps["fan out"]["node_id"] for i in range(2))
     assert sorted(e["payload"]["data"]["i"] for e in evs if e["kind"] == "custom") == [0, 1]
     assert len([e for e in evs if e["kind"] == "llm.response"]) == 4  # ctx.agent's and a plain ag2.Agent's, each
+
+
+def test_a_resume_sent_to_its_node_holds_up_no_other_request_of_the_driver(ray_cluster: dict[str, object],
+                                                                           tmp_path: Path) -> None:
+    """The Ray driver creates actors on spawner threads: while a resume's 64 MiB of checkpoint objects are read from
+    the home and sent with its actor, the driver answers another request (an adoption) at once, and the spawn after;
+    a SIGKILL sent meanwhile is held until the actor exists, then ends it (not placed yet: its actor is killed).
+    Before, the driver's one loop read and sent them first, and every other session's request waited."""
+    import json
+
+    from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore
+    from tests.support.ray_cluster import rayctl
+
+    session = tmp_path / "home" / "sessions" / "s-big"
+    store = ObjectStore(session / OBJECTS_DIR)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(64 << 20))
+    digest, _ = store.put_file(big, hashlib.sha256(big.read_bytes()).hexdigest())
+    (session / "durable.seed.json").write_text(json.dumps(
+        {"steps": {}, "manifest": None, "files": {"big.bin": [digest, 64 << 20, 0o644]}}))
+    namespace = "labd-spawner-test"
+    driver = subprocess.Popen([sys.executable, "-m", "labd.daemon.ray_driver", str(ray_cluster["address"]), namespace],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(REPO),
+                              env=ray_cluster["env"])  # type: ignore[arg-type]
+    assert driver.stdin is not None and driver.stdout is not None
+    said: list[dict[str, object]] = []
+
+    def next_said(*ops: str) -> dict[str, object]:
+        for line in driver.stdout:  # type: ignore[union-attr]
+            msg = json.loads(line)
+            said.append(msg)
+            if msg.get("op") in ops:
+                return msg  # type: ignore[no-any-return]
+        raise AssertionError(f"the driver ended; it said {said}")
+
+    try:
+        assert next_said("ready", "error")["op"] == "ready", said
+        for msg in ({"op": "spawn", "req": 1, "handle": -1, "sid": "s-big", "options": {"num_cpus": 0},
+                     "spec": {"session_id": "s-big", "carry_from": str(session), "durable": True}},
+                    {"op": "adopt", "req": 2, "handle": -2, "sid": "s-none"},
+                    {"op": "signal", "handle": -1, "sig": signal.SIGKILL}):
+            driver.stdin.write(json.dumps(msg) + "\n")
+        driver.stdin.flush()
+        first = next_said("spawned", "adopted")
+        assert first["op"] == "adopted" and first["req"] == 2 and first.get("absent"), said
+        spawned = next_said("spawned")
+        assert spawned["req"] == 1 and "error" not in spawned, said
+        exited = next_said("exited")
+        assert exited["handle"] == -1 and exited["signal"] == signal.SIGKILL, said
+        wait_until(lambda: "labd-s-big" not in rayctl(ray_cluster, namespace, "list"), timeout=30,
+                   what="the killed session's actor gone")
+    finally:
+        driver.stdin.close()
+        try:
+            driver.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            driver.kill()
+            driver.wait()

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from labd.daemon.shipped import receive
 
 
@@ -216,33 +218,68 @@ def test_a_checkpoint_object_that_is_not_one_is_refused(tmp_path: Path) -> None:
 
 
 def test_what_a_resume_carries_to_its_node_is_written_there_whole(tmp_path: Path) -> None:
-    """The Ray driver reads a resumed session's seeds (a replay's too) and objects from the home (``carried``:
-    partial and temporary files left out) and the actor writes them on the node (``unpack``): the same files, objects
-    read-only; a path that leaves the session directory is refused."""
+    """The Ray driver reads a resumed session's seeds (a replay's too) and the objects its seed needs from the home
+    (``carried``) and the actor writes them on the node (``unpack``): the same files, objects read-only; a path that
+    leaves the session directory is refused. Only what the seed names travels: the restored work directory's files (a
+    chunked one as its index and chunks), the kept steps' results, the manifest chain; an older version of a file,
+    partial and temporary files, and a symlink planted among the objects stay at home."""
     import pytest
 
     from labd.runner.carry import carried, unpack
+    from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore
 
     home = tmp_path / "home" / "s"
-    (home / "checkpoints" / "objects" / "ab").mkdir(parents=True)
-    (home / "durable.seed.json").write_text('{"steps": []}')
+    store = ObjectStore(home / OBJECTS_DIR)
+    small = store.put_bytes(b"object")
+    result = store.put_bytes(b'{"answer": 42}')
+    old = store.put_bytes(b"an older version of the file")
+    (tmp_path / "big").write_bytes(os.urandom(5 << 20))
+    big, _ = store.put_file(tmp_path / "big", hashlib.sha256((tmp_path / "big").read_bytes()).hexdigest())
+    chain = store.put_json({"files": {"a.txt": [small, 6, 0o644], "big.bin": [big, 5 << 20, 0o644]}})
+    seed = {"steps": {"0": {"name": "one", "node": "n1", "result": result}}, "manifest": chain,
+            "files": {"a.txt": [small, 6, 0o644], "big.bin": [big, 5 << 20, 0o644]}, "chain": [chain]}
+    (home / "durable.seed.json").write_bytes(orjson.dumps(seed))
     (home / "replay.json").write_text('{"responses": []}')
-    (home / "checkpoints" / "objects" / "ab" / ("ab" + "0" * 62)).write_bytes(b"object")
-    (home / "checkpoints" / "objects" / "ab" / ("ab" + "1" * 62 + ".labd-part")).write_bytes(b"half")
-    (home / "checkpoints" / "objects" / "ab" / ".tmp-1").write_bytes(b"tmp")
-    spec = carried({"session_id": "s", "carry_from": str(home)})
-    assert "carry_from" not in spec and sorted(spec["carry"]) == [
-        "checkpoints/objects/ab/ab" + "0" * 62, "durable.seed.json", "replay.json"]
+    objects = home / OBJECTS_DIR
+    (objects / "ab").mkdir(exist_ok=True)
+    (objects / "ab" / ("ab" + "1" * 62 + ".labd-part")).write_bytes(b"half")
+    (objects / "ab" / ".tmp-1").write_bytes(b"tmp")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not the session's")
+    planted = hashlib.sha256(b"planted").hexdigest()
+    (objects / planted[:2]).mkdir(exist_ok=True)
+    (objects / planted[:2] / planted).symlink_to(secret)
+    spec = carried({"session_id": "s", "carry_from": str(home), "durable": True})
+    chunks = store.chunks(big)
+    assert chunks is not None and len(chunks) == 5
+    want = {"durable.seed.json", "replay.json", *(f"{OBJECTS_DIR}/{p.as_posix()}" for d in (small, result, chain, big)
+                                                  for p in store.parts(d))}
+    assert "carry_from" not in spec and set(spec["carry"]) == want, set(spec["carry"]) ^ want
+    assert not any(old in rel for rel in spec["carry"])
     node = tmp_path / "node" / "s"
-    assert unpack(node, spec["carry"]) == 3
-    assert (node / "durable.seed.json").read_text() == '{"steps": []}'
+    assert unpack(node, spec["carry"]) == len(want)
+    assert (node / "durable.seed.json").read_bytes() == (home / "durable.seed.json").read_bytes()
     assert (node / "replay.json").read_text() == '{"responses": []}'
-    assert (node / "checkpoints" / "objects" / "ab" / ("ab" + "0" * 62)).read_bytes() == b"object"
-    assert unpack(node, spec["carry"]) == 2  # the seeds again; the object is there already
+    assert ObjectStore(node / OBJECTS_DIR).get_verified(big) == (tmp_path / "big").read_bytes()
+    assert (node / OBJECTS_DIR / small[:2] / small).stat().st_mode & 0o222 == 0  # read-only
+    assert unpack(node, spec["carry"]) == 2  # the seeds again; the objects are there already
+    # the seed naming the planted symlink's digest: the link is not followed
+    (home / "durable.seed.json").write_bytes(orjson.dumps({**seed, "files": {"x": [planted, 17, 0o644]}}))
+    assert not any(planted in rel for rel in carried({"carry_from": str(home)})["carry"])
     for bad in ("../escape", "/abs", "a/../../x", ""):
         with pytest.raises(ValueError):
             unpack(node, {bad: b"x"})
     assert not (tmp_path / "node" / "escape").exists()
+
+
+def _write_seed(session: Path, events: list[tuple[str, dict[str, Any]]]) -> None:
+    """The seed the daemon writes before a resume (``build_seed``, from the session's ``step.checkpoint`` events as
+    the store returns them)."""
+    from labd.daemon.api.seed import build_seed, write_seed
+    from labd.runner.checkpoint import OBJECTS_DIR
+
+    cps = [{"node_id": f"n{i}", **p} for i, (kind, p) in enumerate(events) if kind == "step.checkpoint"]
+    write_seed(session, build_seed(cps, session / OBJECTS_DIR, mode="resume"))
 
 
 def test_a_resumed_remote_runner_ships_only_what_differs_from_the_homes_copy(tmp_path: Path) -> None:
@@ -548,6 +585,7 @@ def test_a_resumed_runner_ships_a_grown_log_as_ranges_of_the_objects_it_came_wit
     home = tmp_path / "home"
     home.mkdir()
     _deliver(home, events)
+    _write_seed(home / "s1", events)
     spec = carried({"carry_from": str(home / "s1")})
     second = tmp_path / "second"
     unpack(second / "node", spec["carry"])
