@@ -23,7 +23,8 @@ Match keys (all given keys must match; a key the action does not carry never mat
 Effects: ``allow``; ``deny`` (the agent gets a refusal it can act on; ``reason`` is shown to it);
 ``require_approval`` (a durable approval of kind ``policy``; ``timeout`` seconds and ``on_timeout``
 approve | reject, default reject); ``cap`` with ``max_cost`` (USD) and ``per`` agent | session (default agent):
-refuses once the cost reached ``max_cost``; below it the rule does not apply and evaluation goes on. A ``cap``
+refuses once the cost reached ``max_cost``; below it the rule does not apply and evaluation goes on (the runner
+decides an LLM call once the calls in flight can no longer change the decision: runner/agents/inflight.py). A ``cap``
 without ``action`` applies to LLM calls.
 
 Order: the daemon's rules first (config.toml; the home's file before the user's), then the session's own

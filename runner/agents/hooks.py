@@ -44,7 +44,7 @@ class LLMCall:
     """One LLM call in flight: what the tracking middleware knows, filled in by the recording client."""
 
     __slots__ = ("agent", "base", "node", "req_seq", "config", "served", "budgeted", "nested", "reserved", "done",
-                 "parent")
+                 "parent", "gated", "gate_reserved")
 
     def __init__(self, agent: str, base: dict[str, Any], node: str | None, config: Any) -> None:
         self.agent = agent
@@ -58,6 +58,8 @@ class LLMCall:
         self.reserved = 0.0  # what the budget counts this call as possibly costing while it is in flight
         self.done = False  # it returned or raised: calls made later in threads it started are not inside it
         self.parent: LLMCall | None = None  # the call it was made in, if any: enclosing once this one is done
+        self.gated: Any = None  # the policy's calls in flight (runner/agents/inflight.py), told when it ends
+        self.gate_reserved = 0.0  # ... what it counts this call as possibly costing
 
 
 #: set by TrackingMiddleware.on_llm_call around the call; read by the RecordingClient inside it

@@ -17,10 +17,13 @@ reject): approve runs the action, reject refuses it (with the human's feedback i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 from labd.ipc.policy import Action, Decision, Policy
+from labd.runner.agents.budget import ADMIT_POLL_S, ADMIT_WAIT_MAX_S
+from labd.runner.agents.inflight import CallsInFlight
 from labd.runner.approvals import Approvals
 from labd.runner.context import Cancelled
 
@@ -44,10 +47,37 @@ class PolicyGate:
         self.approvals = approvals
         #: agent -> (USD this agent spent so far, USD the session spent so far)
         self.costs = costs
+        self.in_flight = CallsInFlight()
 
     def action(self, kind: str, agent: str | None, **fields: Any) -> Action:
         agent_cost, session_cost = self.costs(agent)
         return Action(kind, agent=agent, agent_cost=agent_cost, session_cost=session_cost, **fields)
+
+    async def check_llm(self, agent: str, model: str, node: str | None, *, nested: bool = False) -> str | None:
+        """Decide an LLM call as :meth:`check` does, once the calls in flight could no longer change the decision
+        (:mod:`labd.runner.agents.inflight`): it waits for them meanwhile, unless ``nested`` (made inside one of
+        them). Admitted, the caller reserves what it may cost (``in_flight.admitted``) and tells its price."""
+        waited = 0.0
+        while True:
+            action = self.action("llm", agent, model=model)
+            if nested or waited >= ADMIT_WAIT_MAX_S or not self._unsettled(action):
+                break
+            await asyncio.sleep(ADMIT_POLL_S)
+            waited += ADMIT_POLL_S
+        if waited >= ADMIT_WAIT_MAX_S:
+            self.emit("log", {"level": "warning", "logger": "labd.policy",
+                              "event": f"an LLM call by {agent} waited {ADMIT_WAIT_MAX_S:.0f} s for the calls in "
+                                       "flight and was decided on the costs priced so far"}, node)
+        return await self.check(action, node)
+
+    def _unsettled(self, action: Action) -> bool:
+        """Could the calls in flight, once priced, make another rule decide ``action``?"""
+        pending = self.in_flight.pending(action.agent)
+        if pending is None or not any(pending):
+            return False
+        later = dataclasses.replace(action, agent_cost=action.agent_cost + pending[0],
+                                    session_cost=action.session_cost + pending[1])
+        return self.policy.evaluate(later).rule is not self.policy.evaluate(action).rule
 
     async def check(self, action: Action, node: str | None, *, code: str | None = None) -> str | None:
         """Decide ``action``; None: go ahead, else the refusal text the agent gets."""

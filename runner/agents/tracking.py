@@ -258,22 +258,23 @@ class TrackingMiddleware(BaseMiddleware):
 
     async def on_llm_call(self, call_next: Any, events: Any, context: Any) -> Any:
         node = current_node.get()
-        gate = self.t.policy
-        if gate is not None:  # before anything is recorded: a refused call never reaches the model
-            refused = await gate.check(gate.action("llm", self.agent, model=self.model), node)
-            if refused is not None:
-                return refused_response(refused, self.model)
         base = self._base
         call = LLMCall(self.agent, base, node, _config_of(context))
         call.parent = enclosing_call()
-        call.nested = call.parent is not None  # its budget check must not wait for the call it is in
+        call.nested = call.parent is not None  # its budget and policy checks must not wait for the call it is in
+        gate = self.t.policy
+        if gate is not None:  # before anything is recorded: a refused call never reaches the model
+            refused = await gate.check_llm(self.agent, self.model, node, nested=call.nested)
+            if refused is not None:
+                return refused_response(refused, self.model)
+            call.gated, call.gate_reserved = gate.in_flight, self.t._estimate(call, events, context)
+            gate.in_flight.admitted(self.agent, call.gate_reserved)
         token = current_llm_call.set(call)
         start = time.monotonic()
         try:
             resp = await call_next(events, context)
         except BaseException as exc:
-            if call.budgeted is not None:  # admitted, and ended without a price
-                call.budgeted.priced(0.0, real=False, reserved=call.reserved)
+            _settle(call)  # admitted, and ended without a price
             if call.req_seq is not None:  # a refused budget never reached the model: no response to record
                 self.t.emit("llm.response", {**base, "status": "error", "duration": time.monotonic() - start,
                                              "error": f"{type(exc).__name__}: {exc}"}, node, call.req_seq)
@@ -284,8 +285,7 @@ class TrackingMiddleware(BaseMiddleware):
         try:
             return self._answered(call, resp, events, start)
         finally:
-            if call.budgeted is not None:  # recording the answer failed before its price was counted
-                call.budgeted.priced(0.0, real=False, reserved=call.reserved)
+            _settle(call)  # recording the answer failed before its price was counted
 
     def _answered(self, call: LLMCall, resp: Any, events: Any, start: float) -> Any:
         """Record a call's answer: its response, message, cost (the budget told its price)."""
@@ -323,11 +323,9 @@ class TrackingMiddleware(BaseMiddleware):
         # a response served from a recorded session (labd replay) cost nothing now: the record keeps its tokens
         cost = 0.0 if call.served else price.cost(prompt_tokens, completion_tokens)
         self.t.add_cost(cost, self.agent)
-        if call.budgeted is not None:  # after the cost is counted: a call waiting on this one sees both at once
-            if not call.served:
-                self.t.longest_answer = max(self.t.longest_answer, completion_tokens)
-            call.budgeted.priced(cost, real=not call.served, reserved=call.reserved)
-            call.budgeted = None
+        if not call.served:  # what the next calls' estimates take an answer's length to be
+            self.t.longest_answer = max(self.t.longest_answer, completion_tokens)
+        _settle(call, cost, real=not call.served)  # after the cost is counted: a waiting call sees both at once
         self.t.emit("cost.recorded", {"agent": self.agent, "model": model, "prompt_tokens": prompt_tokens,
                                       "completion_tokens": completion_tokens,
                                       "cost": cost, "currency": "USD", "offline": self.offline,
@@ -381,6 +379,16 @@ class TrackingMiddleware(BaseMiddleware):
             self.t.emit("subagent.finished", done, node, call)
         self.t.files.scan(node, agent=self.agent, tool=event.name, step=self._step)
         return result
+
+
+def _settle(call: LLMCall, cost: float = 0.0, real: bool = False) -> None:
+    """Tell the budget and the policy's calls in flight that ``call`` ended, at ``cost`` (once each)."""
+    if call.budgeted is not None:
+        call.budgeted.priced(cost, real=real, reserved=call.reserved)
+        call.budgeted = None
+    if call.gated is not None:
+        call.gated.priced(call.agent, call.gate_reserved, real=real)
+        call.gated = None
 
 
 def _channel_id(context: Any) -> str | None:

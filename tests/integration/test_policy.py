@@ -316,3 +316,21 @@ def test_daemon_refuses_an_invalid_policy(isolated_env: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "labd", "--home", str(isolated_env), "serve"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and "'strict'" in out.stderr and "effect" in out.stderr
+
+
+def test_agents_calling_at_once_pass_a_cap_by_one_call_at_most(pd: Any) -> None:
+    """Eight agents calling the model at the same moment (``asyncio.gather``, each call 0.3 s) under the session's own
+    cap of about two and a half calls: a call waits while the calls in flight could reach the cap once priced, so the
+    session spends at most the cap plus one call, and the calls after it are refused (the session completes). Before,
+    each of the eight first calls was decided before any was priced: eight calls went through a cap of 2.4."""
+    cap = 0.0004  # a call here costs ~$0.000165 on the offline model's nominal prices
+    rule = {"name": "crowd-cap", "effect": "cap", "per": "session", "agent": "spender?", "max_cost": cap}
+    sid = pd.start("labd_fidelityflows:concurrent_spend", params={"agents": 8, "calls": 3}, policy=[rule])
+    row = pd.wait(sid, timeout=120)
+    assert row["status"] == "completed", row["reason"]
+    costs = [e["payload"]["cost"] for e in pd.history(sid, kinds=["cost.recorded"])]
+    assert costs and max(costs) < cap, costs
+    assert cap <= sum(costs) <= cap + max(costs) + 1e-12, (sum(costs), costs)
+    denied = [d for d in _decisions(pd, sid) if d["outcome"] == "denied"]
+    assert len(denied) == 24 - len(costs), (len(denied), len(costs))
+    assert all(d["rule"] == "crowd-cap" and d["session_cost"] >= cap for d in denied), denied
