@@ -285,7 +285,8 @@ class TrackingMiddleware(BaseMiddleware):
         try:
             return self._answered(call, resp, events, start)
         finally:
-            _settle(call)  # recording the answer failed before its price was counted
+            if call.budgeted is not None or call.gated is not None:  # recording the answer failed before its price
+                _settle(call)
 
     def _answered(self, call: LLMCall, resp: Any, events: Any, start: float) -> Any:
         """Record a call's answer: its response, message, cost (the budget told its price)."""
@@ -325,7 +326,8 @@ class TrackingMiddleware(BaseMiddleware):
         self.t.add_cost(cost, self.agent)
         if not call.served:  # what the next calls' estimates take an answer's length to be
             self.t.longest_answer = max(self.t.longest_answer, completion_tokens)
-        _settle(call, cost, real=not call.served)  # after the cost is counted: a waiting call sees both at once
+        if call.budgeted is not None or call.gated is not None:  # after the cost is counted: a waiting call sees both
+            _settle(call, cost, real=not call.served)
         self.t.emit("cost.recorded", {"agent": self.agent, "model": model, "prompt_tokens": prompt_tokens,
                                       "completion_tokens": completion_tokens,
                                       "cost": cost, "currency": "USD", "offline": self.offline,
