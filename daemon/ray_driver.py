@@ -11,7 +11,9 @@ side is :class:`labd.daemon.ray_launcher.RayLauncher`. Requests (one JSON object
   Answered with ``{"op": "spawned", "req"}`` once the actor is created (or ``"error"`` when no node of the cluster
   could ever satisfy the request), by one of :data:`SPAWNERS` threads: a resume's seed and checkpoint objects are
   read from the home and sent with the actor (:func:`labd.runner.carry.carried`) meanwhile, off the loop; a signal
-  for it that comes first is held until it exists. Placement happens afterwards and is reported as
+  for it that comes first is held until it exists. Spawns of one session are made one after the other (a retry kills
+  the actor its earlier spawn made), and one still queued ``give_up_after`` seconds after it came (the daemon's own
+  deadline, after which it ended the session) is not made. Placement happens afterwards and is reported as
   ``{"op": "placed", "handle", ...}``.
 - ``{"op": "adopt", "req", "handle", "sid"}``: find the actor a previous driver created for the session and
   watch it from now on: ``{"op": "adopted", "req"}`` with ``"error"`` (why it is lost) when it is not there, is
@@ -31,8 +33,9 @@ file, ``[text, cut]``, when it exited on a signal or a non-zero code) -- ``reaso
 lost (Ray's own account of why); the actor of a session that ended is killed. End of stdin: the driver exits;
 the detached actors keep running their sessions (or waiting to be placed) for the next daemon to adopt.
 
-The loop never waits on one actor nor on a spawn: every call is in flight at once (``ray.wait`` over all of them,
-50 ms at a time), so an actor waiting for a node, or slow to answer at adoption, holds up no other session's poll.
+The loop never waits on one actor: every call is in flight at once (``ray.wait`` over all of them, 50 ms at a
+time), so an actor waiting for a node, or slow to answer at adoption, holds up no other session's poll; actors are
+created on spawner threads. (Adoptions and sweeps still make their short calls to Ray's control store on the loop.)
 """
 
 from __future__ import annotations
@@ -163,7 +166,12 @@ def _spawner(ray: Any, actor_class: Any, namespace: str, spawns: queue.Queue[dic
     while True:
         msg = spawns.get()
         answer: dict[str, Any] = {"op": SPAWNED, "req": msg["req"], "handle": int(msg.get("handle") or 0)}
-        answer.update(_create(ray, actor_class, namespace, msg))
+        give_up = msg.get("give_up_after")
+        if isinstance(give_up, (int, float)) and time.monotonic() - float(msg.get("received") or 0) > give_up:
+            # it waited behind other spawns until the daemon stopped waiting for it (and ended the session)
+            answer.update(actor=None, error=f"not created: it waited {give_up:.0f} s behind other spawns")
+        else:
+            answer.update(_create(ray, actor_class, namespace, msg))
         del msg  # a resume's objects are not kept while this thread waits for the next spawn
         inbox.put(answer)
 
@@ -258,6 +266,7 @@ def main() -> None:
             kill_at.setdefault(handle, time.monotonic() + KILL_ACTOR_AFTER_S)
 
     spawning: dict[int, tuple[str, list[int]]] = {}  # handle -> (actor name, signals held until it is created)
+    later: dict[str, list[dict[str, Any]]] = {}  # actor name -> spawns of it waiting for the one being made
     spawns: queue.Queue[dict[str, Any]] = queue.Queue()
     for i in range(SPAWNERS):
         threading.Thread(target=_spawner, args=(ray, Actor, namespace, spawns, inbox), name=f"spawn-{i}",
@@ -273,10 +282,18 @@ def main() -> None:
             op, handle = msg.get("op"), int(msg.get("handle") or 0)
             if op == "spawn":
                 name = actor_name(msg["sid"])
+                msg["received"] = time.monotonic()
+                if any(n == name for n, _ in spawning.values()):  # one at a time per name: the later one frees it
+                    later.setdefault(name, []).append(msg)
+                else:
+                    spawns.put(msg)  # created on a spawner thread: a resume's objects are read and sent meanwhile
                 spawning[handle] = (name, [])
-                spawns.put(msg)  # created on a spawner thread: a resume's objects are read and sent meanwhile
             elif op == SPAWNED and handle in spawning and "actor" in msg:  # a spawner thread's answer
                 name, held = spawning.pop(handle)
+                if later.get(name):  # the next spawn of that name (a retry): its turn now
+                    spawns.put(later[name].pop(0))
+                else:
+                    later.pop(name, None)
                 if msg.get("error") is not None:
                     _out({"op": "spawned", "req": msg["req"], "error": msg["error"]})
                     continue

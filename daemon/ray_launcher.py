@@ -161,7 +161,8 @@ class RayLauncher:
         if spec.get("durable") or spec.get("replay_seed"):  # a resume, branch or replay: its seeds and checkpoint
             remote["carry_from"] = str(self.home / "sessions" / sid)  # objects go to the node (runner/carry.py)
         try:
-            self._request("spawn", handle, sid=sid, spec=remote, options=ray_options(spec))
+            # give_up_after: a spawn still queued in the driver past the time this daemon waits is not made
+            self._request("spawn", handle, sid=sid, spec=remote, options=ray_options(spec), give_up_after=self._timeout)
         except LaunchError:
             self.gateway.revoke(sid)
             raise

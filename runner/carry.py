@@ -18,6 +18,7 @@ every object went, so the actor's creation arguments grew with the session's who
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -27,7 +28,9 @@ import orjson
 
 from labd.ipc.safe_files import open_beneath
 from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore
+from labd.runner.checkpoint_store import total_size
 from labd.runner.durable import SEED_FILE
+from labd.runner.objects import CHUNK_BYTES, MAX_JSON_OBJECT
 
 __all__ = ["carried", "needed_objects", "unpack", "REPLAY_FILE"]
 
@@ -40,7 +43,8 @@ def needed_objects(seed: dict[str, Any]) -> set[str]:
     result, the restored manifest's chain, the restored work directory's files, and each kept step's own files (a
     branch records them as its checkpoints, which a branch of it may restore). What a branch links from its parent
     (:func:`labd.daemon.api.seed.branch_dirs`) and what a resume carries to a Ray node (:func:`carried`)."""
-    steps = [s for s in (seed.get("steps") or {}).values() if isinstance(s, dict)]
+    kept = seed.get("steps")
+    steps = [s for s in kept.values() if isinstance(s, dict)] if isinstance(kept, dict) else []
     digests = {str(s["result"]) for s in steps if s.get("result")}
     digests.update(str(h) for h in seed.get("chain") or ())
     digests.update(str(v[0]) for v in _entries(seed.get("files")))
@@ -57,7 +61,9 @@ def carried(spec: dict[str, Any]) -> dict[str, Any]:
     """``spec`` with ``carry``: ``{relative path: bytes}`` of the seeds under the session directory
     ``spec["carry_from"]`` names and the objects its durable seed needs (:func:`needed_objects`; absent:
     ``spec`` as it is). An object missing or unreadable at home is left out: the runner's restore reports the file
-    damaged, as on a local resume. Files are opened without following a symlink, regular files only."""
+    damaged, as on a local resume. Files are opened without following a symlink, regular files only; an object is
+    read up to its bound (a chunk's 1 MiB, else :data:`~labd.runner.objects.MAX_JSON_OBJECT`) and carried only if it
+    holds its digest. The seed carried says what the session's objects at home hold (``objects_bytes``)."""
     src = spec.get("carry_from")
     if not src:
         return spec
@@ -69,7 +75,8 @@ def carried(spec: dict[str, Any]) -> dict[str, Any]:
             files[name] = data
     if SEED_FILE in files:
         seed = orjson.loads(files[SEED_FILE])  # written by the daemon a moment ago: bad JSON fails the launch
-        store = ObjectStore(base / OBJECTS_DIR)
+        root = base / OBJECTS_DIR
+        store = ObjectStore(root)
         for digest in sorted(needed_objects(seed)):
             try:
                 parts = store.parts(digest)
@@ -77,18 +84,32 @@ def carried(spec: dict[str, Any]) -> dict[str, Any]:
                 continue
             for part in parts:
                 rel = f"{OBJECTS_DIR}/{part.as_posix()}"
-                if rel not in files and (data := _read(base, rel)) is not None:
+                if rel in files:
+                    continue
+                index = part.name.endswith(".chunks")  # named by its file's digest, not its own: bounded only
+                data = _read(base, rel, CHUNK_BYTES if len(parts) > 1 and not index else MAX_JSON_OBJECT,
+                             None if index else part.name)
+                if data is not None:
                     files[rel] = data
+        # what the session's objects at home hold: the node's store has only what was carried, and the session's
+        # cap on its objects (checkpoint_store.MAX_SESSION_BYTES) counts from the whole
+        files[SEED_FILE] = orjson.dumps({**seed, "objects_bytes": total_size(root)})
     return {**{k: v for k, v in spec.items() if k != "carry_from"}, "carry": files}
 
 
-def _read(base: Path, rel: str) -> bytes | None:
-    """The bytes of regular file ``rel`` under ``base`` (no symlink followed), None if it is not one."""
+def _read(base: Path, rel: str, limit: int | None = None, digest: str | None = None) -> bytes | None:
+    """The bytes of regular file ``rel`` under ``base`` (no symlink followed), None if it is not one, is longer than
+    ``limit`` or does not hold ``digest`` (an object swapped, or damaged, at home: the restore says so)."""
     try:
         with open_beneath(base, rel, links_ok=True) as f:  # objects are shared with branches by hard links
-            return f.read()
+            data = f.read() if limit is None else f.read(limit + 1)
     except OSError:  # gone, or UnsafePath (a symlink, not a regular file)
         return None
+    if limit is not None and len(data) > limit:
+        return None
+    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+        return None
+    return data
 
 
 def unpack(session_dir: Path, files: dict[str, bytes]) -> int:

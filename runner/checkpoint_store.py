@@ -32,7 +32,8 @@ from labd.runner.names import display, manifest_key
 from labd.runner.objects import CHUNKED_FROM, OverCap, index_bytes, index_least
 from labd.runner.workfs import WorkDir
 
-__all__ = ["MAX_FILE_BYTES", "MAX_NEW_BYTES", "MAX_SESSION_BYTES", "SessionBudget", "Stored", "store_files"]
+__all__ = ["MAX_FILE_BYTES", "MAX_NEW_BYTES", "MAX_SESSION_BYTES", "SessionBudget", "Stored", "store_files",
+           "total_size"]
 
 #: a checkpoint stores no file that would add more than this to the objects (apparent sizes: a sparse file's holes
 #: count; a file stored in chunks adds the chunks not stored yet), nor new objects past MAX_NEW_BYTES in all (files
@@ -49,8 +50,11 @@ class SessionBudget:
     :meth:`take`). The directory's total is summed once, at the first :meth:`take` (one ``stat`` per object: what a
     resumed session, or a branch's linked objects, already hold), then kept by adding what is stored."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, floor: int = 0) -> None:
         self.root = root
+        #: at least this much is used: a Ray runner's store holds only what its resume carried from home, whose
+        #: objects hold this much (runner/carry.py)
+        self.floor = floor
         self._used: int | None = None
         self._lock = threading.Lock()
 
@@ -58,7 +62,7 @@ class SessionBudget:
     def used(self) -> int:
         with self._lock:
             if self._used is None:
-                self._used = _total_size(self.root)
+                self._used = max(total_size(self.root), self.floor)
             return self._used
 
     def take(self, size: int) -> bool:
@@ -85,7 +89,7 @@ class SessionBudget:
                 self._used = max(0, (self._used or 0) - size)
 
 
-def _total_size(root: Path) -> int:
+def total_size(root: Path) -> int:
     """The apparent size of the objects under ``root`` (``ab/<sha256>``; temporary files not counted)."""
     total = 0
     try:

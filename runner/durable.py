@@ -83,9 +83,9 @@ class Durable:
         self.objects = ObjectStore(session_dir / OBJECTS_DIR)
         if list_objects:
             self.objects.added = []
-        #: what this session's checkpoints may still add to its objects (checkpoint_store.MAX_SESSION_BYTES)
-        self.budget = SessionBudget(self.objects.root)
         seed = seed or {}
+        #: what this session's checkpoints may still add to its objects (checkpoint_store.MAX_SESSION_BYTES)
+        self.budget = SessionBudget(self.objects.root, floor=int(seed.get("objects_bytes") or 0))
         self.mode: str | None = seed.get("mode")  # resume | branch | None (a first run)
         self.record: dict[str, dict[str, Any]] = dict(seed.get("steps") or {})
         self.manifest: str | None = seed.get("manifest")

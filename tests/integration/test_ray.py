@@ -509,8 +509,12 @@ def test_a_resume_sent_to_its_node_holds_up_no_other_request_of_the_driver(ray_c
     """The Ray driver creates actors on spawner threads: while a resume's 64 MiB of checkpoint objects are read from
     the home and sent with its actor, the driver answers another request (an adoption) at once, and the spawn after;
     a SIGKILL sent meanwhile is held until the actor exists, then ends it (not placed yet: its actor is killed).
-    Before, the driver's one loop read and sent them first, and every other session's request waited."""
+    Before, the driver's one loop read and sent them first, and every other session's request waited. Two spawns of
+    one session (a retry) are made one after the other (review helper-155: on two threads at once the second failed,
+    its name taken by the first)."""
     import json
+    import queue
+    import threading
 
     from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore
     from tests.support.ray_cluster import rayctl
@@ -528,14 +532,22 @@ def test_a_resume_sent_to_its_node_holds_up_no_other_request_of_the_driver(ray_c
                               env=ray_cluster["env"])  # type: ignore[arg-type]
     assert driver.stdin is not None and driver.stdout is not None
     said: list[dict[str, object]] = []
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=lambda: [*map(lines.put, driver.stdout), lines.put(None)],  # type: ignore[arg-type]
+                     daemon=True).start()
 
     def next_said(*ops: str) -> dict[str, object]:
-        for line in driver.stdout:  # type: ignore[union-attr]
+        while True:
+            try:
+                line = lines.get(timeout=60)
+            except queue.Empty:
+                raise AssertionError(f"the driver said no {ops} within 60 s; it said {said}") from None
+            if line is None:
+                raise AssertionError(f"the driver ended; it said {said}")
             msg = json.loads(line)
             said.append(msg)
             if msg.get("op") in ops:
                 return msg  # type: ignore[no-any-return]
-        raise AssertionError(f"the driver ended; it said {said}")
 
     try:
         assert next_said("ready", "error")["op"] == "ready", said
@@ -553,6 +565,26 @@ def test_a_resume_sent_to_its_node_holds_up_no_other_request_of_the_driver(ray_c
         assert exited["handle"] == -1 and exited["signal"] == signal.SIGKILL, said
         wait_until(lambda: "labd-s-big" not in rayctl(ray_cluster, namespace, "list"), timeout=30,
                    what="the killed session's actor gone")
+        # a spawn of the session again while its first is being made (the daemon's retry): one after the other, the
+        # second freeing the name (the first actor killed: its session lost), never "the name is already taken"
+        for req, handle in ((3, -3), (4, -4)):
+            driver.stdin.write(json.dumps({"op": "spawn", "req": req, "handle": handle, "sid": "s-big",
+                                           "options": {"num_cpus": 0}, "give_up_after": 120,
+                                           "spec": {"session_id": "s-big", "carry_from": str(session),
+                                                    "durable": True}}) + "\n")
+        driver.stdin.flush()
+        answers = [next_said("spawned"), next_said("spawned")]
+        assert [a["req"] for a in answers] == [3, 4] and not any("error" in a for a in answers), said
+        driver.stdin.write(json.dumps({"op": "signal", "handle": -4, "sig": signal.SIGKILL}) + "\n")
+        driver.stdin.flush()
+        def ended() -> set[object]:
+            return {m["handle"] for m in said if m.get("op") == "exited"} & {-3, -4}
+
+        while ended() != {-3, -4}:  # -3's may come before -4 is even answered: its actor is killed by -4's spawn
+            next_said("exited")
+        assert next(m for m in said if m.get("op") == "exited" and m["handle"] == -3)["reason"], said
+        wait_until(lambda: "labd-s-big" not in rayctl(ray_cluster, namespace, "list"), timeout=30,
+                   what="the second actor gone too")
     finally:
         driver.stdin.close()
         try:

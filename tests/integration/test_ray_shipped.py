@@ -222,7 +222,9 @@ def test_what_a_resume_carries_to_its_node_is_written_there_whole(tmp_path: Path
     (``carried``) and the actor writes them on the node (``unpack``): the same files, objects read-only; a path that
     leaves the session directory is refused. Only what the seed names travels: the restored work directory's files (a
     chunked one as its index and chunks), the kept steps' results, the manifest chain; an older version of a file,
-    partial and temporary files, and a symlink planted among the objects stay at home."""
+    partial and temporary files, a symlink planted among the objects and an object that no longer holds its digest
+    stay at home. The seed carried says what the home's objects hold: the node's cap on the session's objects counts
+    from it (review helper-155: it counted only what was carried)."""
     import pytest
 
     from labd.runner.carry import carried, unpack
@@ -235,9 +237,14 @@ def test_what_a_resume_carries_to_its_node_is_written_there_whole(tmp_path: Path
     old = store.put_bytes(b"an older version of the file")
     (tmp_path / "big").write_bytes(os.urandom(5 << 20))
     big, _ = store.put_file(tmp_path / "big", hashlib.sha256((tmp_path / "big").read_bytes()).hexdigest())
-    chain = store.put_json({"files": {"a.txt": [small, 6, 0o644], "big.bin": [big, 5 << 20, 0o644]}})
-    seed = {"steps": {"0": {"name": "one", "node": "n1", "result": result}}, "manifest": chain,
-            "files": {"a.txt": [small, 6, 0o644], "big.bin": [big, 5 << 20, 0o644]}, "chain": [chain]}
+    tampered = store.put_bytes(b"original")
+    tampered_path = home / OBJECTS_DIR / tampered[:2] / tampered
+    tampered_path.chmod(0o600)
+    tampered_path.write_bytes(b"replaced")  # no longer its digest: left home, the node's restore says it is damaged
+    files = {"a.txt": [small, 6, 0o644], "big.bin": [big, 5 << 20, 0o644], "c.txt": [tampered, 8, 0o644]}
+    chain = store.put_json({"files": files})
+    seed = {"steps": {"0": {"name": "one", "node": "n1", "result": result}}, "manifest": chain, "files": files,
+            "chain": [chain]}
     (home / "durable.seed.json").write_bytes(orjson.dumps(seed))
     (home / "replay.json").write_text('{"responses": []}')
     objects = home / OBJECTS_DIR
@@ -255,13 +262,20 @@ def test_what_a_resume_carries_to_its_node_is_written_there_whole(tmp_path: Path
     want = {"durable.seed.json", "replay.json", *(f"{OBJECTS_DIR}/{p.as_posix()}" for d in (small, result, chain, big)
                                                   for p in store.parts(d))}
     assert "carry_from" not in spec and set(spec["carry"]) == want, set(spec["carry"]) ^ want
-    assert not any(old in rel for rel in spec["carry"])
+    assert not any(old in rel or tampered in rel for rel in spec["carry"])
+    # the node's store holds only what was carried; the session's cap on its objects counts from the home's whole
+    from labd.runner.checkpoint_store import SessionBudget, total_size
+
+    carried_seed = orjson.loads(spec["carry"]["durable.seed.json"])
+    assert carried_seed["objects_bytes"] == total_size(objects) > 5 << 20
+    assert {k: v for k, v in carried_seed.items() if k != "objects_bytes"} == seed
     node = tmp_path / "node" / "s"
     assert unpack(node, spec["carry"]) == len(want)
-    assert (node / "durable.seed.json").read_bytes() == (home / "durable.seed.json").read_bytes()
+    assert (node / "durable.seed.json").read_bytes() == spec["carry"]["durable.seed.json"]
     assert (node / "replay.json").read_text() == '{"responses": []}'
     assert ObjectStore(node / OBJECTS_DIR).get_verified(big) == (tmp_path / "big").read_bytes()
     assert (node / OBJECTS_DIR / small[:2] / small).stat().st_mode & 0o222 == 0  # read-only
+    assert SessionBudget(node / OBJECTS_DIR, floor=carried_seed["objects_bytes"]).used == total_size(objects)
     assert unpack(node, spec["carry"]) == 2  # the seeds again; the objects are there already
     # the seed naming the planted symlink's digest: the link is not followed
     (home / "durable.seed.json").write_bytes(orjson.dumps({**seed, "files": {"x": [planted, 17, 0o644]}}))
