@@ -68,6 +68,11 @@ class Budget:
         #: read the resume's budget as lifted, and one arriving after the resume stayed paused for good)
         self._pausing: threading.Event | None = None
 
+    @property
+    def pausing(self) -> bool:
+        """Whether a budget pause is under way (the calls reaching the budget wait for its resume)."""
+        return self._pausing is not None
+
     async def check(self, spent: Callable[[], float], call: Any, estimate: float = 0.0) -> float:
         """Admit the call (it is then in flight until :meth:`priced`), refuse it (stop), or wait (pause) when the
         session has spent its budget (``spent()``: what it has spent so far); wait first while the calls in flight

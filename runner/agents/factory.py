@@ -61,7 +61,7 @@ class AgentFactory:
         self.tracker = Tracker(emit, new_node_id, PriceTable(prices), files, describe=self.describe)
         rules = Policy.from_spec([dict(r) for r in policy or ()])
         if rules:  # no rules: no gate, no decisions recorded, nothing asked
-            self.tracker.policy = PolicyGate(rules, emit, approvals, self.tracker.costs)
+            self.tracker.policy = PolicyGate(rules, emit, approvals, self.tracker.costs, check_stop=check_stop)
         # full outputs, as blobs
         self._run_code = make_run_code(self.tracker.emit_full, workdir, files,
                                        gate=self._code_gate if rules else None)

@@ -61,6 +61,15 @@ class LLMCall:
         self.gated: Any = None  # the policy's calls in flight (runner/agents/inflight.py), told when it ends
         self.gate_reserved = 0.0  # ... what it counts this call as possibly costing
 
+    def settle(self, cost: float = 0.0, real: bool = False) -> None:
+        """Tell the budget and the policy's calls in flight that this call ended, at ``cost`` (once each)."""
+        if self.budgeted is not None:
+            self.budgeted.priced(cost, real=real, reserved=self.reserved)
+            self.budgeted = None
+        if self.gated is not None:
+            self.gated.priced(self.agent, self.gate_reserved, cost, real=real)
+            self.gated = None
+
 
 #: set by TrackingMiddleware.on_llm_call around the call; read by the RecordingClient inside it
 current_llm_call: contextvars.ContextVar[LLMCall | None] = contextvars.ContextVar("labd_llm_call", default=None)

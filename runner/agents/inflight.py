@@ -5,17 +5,24 @@ is decided on the costs priced so far. Calls made at the same time (agents in th
 decided before any of them was priced, so eight agents under a cap of two calls spent eight. Now an LLM call whose
 decision the calls in flight could change once priced waits for them (:meth:`labd.runner.agents.policy.PolicyGate.
 check_llm`), as a budget's call does (:mod:`labd.runner.agents.budget`): each call in flight reserves what it may cost
-(its request's size at the model's price, the longest answer so far), and before any call was priced nothing bounds
-an answer, so any call in flight could. A call made inside another one does not wait (it could wait for a call that
-waits for it), nor does one that waited :data:`~labd.runner.agents.budget.ADMIT_WAIT_MAX_S`. Tool calls and code
-runs are decided on the costs priced so far: they spend nothing themselves.
+(its request's size at the model's price and the longest answer so far, at least the dearest call so far), and a call
+is decided and reserved in one step under this module's lock, reading the calls in flight before the costs, so two
+threads never both pass on the same figures. Before any call was priced nothing bounds an answer: an agent's calls
+in flight may take it (and the session) anywhere. A call made inside another one does not wait (it could wait for a
+call that waits for it), nor does one that waited :data:`~labd.runner.agents.budget.ADMIT_WAIT_MAX_S`, nor one made
+while the session's budget pauses it. Tool calls and code runs are decided on the costs priced so far: they spend
+nothing themselves. Like the budget, a cap can still be passed by the excess of an answer longer than any before.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Callable
 
 __all__ = ["CallsInFlight"]
+
+INF = float("inf")
 
 
 class CallsInFlight:
@@ -26,27 +33,40 @@ class CallsInFlight:
         self._lock = threading.Lock()
         self._count: dict[str | None, int] = {}
         self._reserved: dict[str | None, float] = {}
-        self._priced = False  # some call was priced by the model: answers are bounded by what was seen
+        self._dearest: float | None = None  # the most a call priced by the model has cost (None: none priced yet)
+
+    def _pending(self, agent: str | None) -> tuple[float, float] | None:
+        """(what ``agent``'s calls in flight may cost, what all calls in flight may cost), None when none is in
+        flight; before any call was priced, ``inf`` for each that has calls in flight. Lock held."""
+        if not self._count:
+            return None
+        if self._dearest is None:
+            return (INF if agent in self._count else 0.0), INF
+        return self._reserved.get(agent, 0.0), sum(self._reserved.values())
 
     def pending(self, agent: str | None) -> tuple[float, float] | None:
-        """(what ``agent``'s calls in flight may cost, what all calls in flight may cost), ``inf`` for both while no
-        call was priced yet; None when no call is in flight."""
+        """:meth:`_pending`, for a look from outside."""
         with self._lock:
-            if not self._count:
-                return None
-            if not self._priced:
-                return float("inf"), float("inf")
-            return self._reserved.get(agent, 0.0), sum(self._reserved.values())
+            return self._pending(agent)
 
-    def admitted(self, agent: str | None, reserve: float) -> None:
-        """An LLM call of ``agent`` is in flight from now on, possibly costing ``reserve``."""
+    def admit(self, agent: str | None, decide: Callable[[tuple[float, float] | None], bool | None],
+              estimate: float) -> float | None:
+        """``decide(pending)`` under the lock (it reads the costs: after the calls in flight, so a call priced
+        meanwhile is seen in one or the other, never in neither); when it says True, a call of ``agent`` is in flight
+        from now on: returns what it reserves (``estimate``, at least the dearest call so far; a non-finite or
+        negative estimate counts as 0). Else None, nothing reserved."""
         with self._lock:
+            if not decide(self._pending(agent)):
+                return None
+            reserve = max(estimate if math.isfinite(estimate) and estimate > 0 else 0.0, self._dearest or 0.0)
             self._count[agent] = self._count.get(agent, 0) + 1
             self._reserved[agent] = self._reserved.get(agent, 0.0) + reserve
+            return reserve
 
-    def priced(self, agent: str | None, reserve: float, *, real: bool) -> None:
-        """An admitted call ended, its cost already counted in what was spent (``reserve``: what it reserved).
-        ``real``: the model priced it (not a failure, nor a replayed answer)."""
+    def priced(self, agent: str | None, reserve: float, cost: float = 0.0, *, real: bool) -> None:
+        """An admitted call ended, its ``cost`` already counted in what was spent (``reserve``: what :meth:`admit`
+        returned). ``real``: the model priced it (not a failure, nor a replayed answer): it says what a call may
+        cost."""
         with self._lock:
             left = self._count.get(agent, 0) - 1
             if left > 0:
@@ -55,4 +75,5 @@ class CallsInFlight:
             else:
                 self._count.pop(agent, None)
                 self._reserved.pop(agent, None)
-            self._priced = self._priced or real
+            if real and math.isfinite(cost) and (self._dearest is None or cost > self._dearest):
+                self._dearest = max(0.0, cost)

@@ -122,7 +122,8 @@ class Tracker:
 
     def _estimate(self, call: LLMCall, messages: Any, context: Any) -> float:
         """What a call may cost, before it is made: its request's text at ~4 characters a token, and an answer as
-        long as the longest so far, at the model's price (only sessions with a budget pay for this)."""
+        long as the longest so far, at the model's price (only sessions with a budget, or a policy rule on costs, pay
+        for this)."""
         try:
             chars = sum(len(str(part)) for part in getattr(context, "prompt", None) or ())
             for event in messages or ():
@@ -264,17 +265,21 @@ class TrackingMiddleware(BaseMiddleware):
         call.nested = call.parent is not None  # its budget and policy checks must not wait for the call it is in
         gate = self.t.policy
         if gate is not None:  # before anything is recorded: a refused call never reaches the model
-            refused = await gate.check_llm(self.agent, self.model, node, nested=call.nested)
+            budget = self.t.budget
+            refused, reserved = await gate.check_llm(
+                self.agent, self.model, node, nested=call.nested,
+                estimate=self.t._estimate(call, events, context) if gate.costly else 0.0,
+                paused=lambda: budget is not None and budget.pausing)  # it would wait for the paused calls
             if refused is not None:
                 return refused_response(refused, self.model)
-            call.gated, call.gate_reserved = gate.in_flight, self.t._estimate(call, events, context)
-            gate.in_flight.admitted(self.agent, call.gate_reserved)
+            if reserved is not None:  # in flight for the policy until it is priced (LLMCall.settle)
+                call.gated, call.gate_reserved = gate.in_flight, reserved
         token = current_llm_call.set(call)
         start = time.monotonic()
         try:
             resp = await call_next(events, context)
         except BaseException as exc:
-            _settle(call)  # admitted, and ended without a price
+            call.settle()  # admitted, and ended without a price
             if call.req_seq is not None:  # a refused budget never reached the model: no response to record
                 self.t.emit("llm.response", {**base, "status": "error", "duration": time.monotonic() - start,
                                              "error": f"{type(exc).__name__}: {exc}"}, node, call.req_seq)
@@ -286,7 +291,7 @@ class TrackingMiddleware(BaseMiddleware):
             return self._answered(call, resp, events, start)
         finally:
             if call.budgeted is not None or call.gated is not None:  # recording the answer failed before its price
-                _settle(call)
+                call.settle()
 
     def _answered(self, call: LLMCall, resp: Any, events: Any, start: float) -> Any:
         """Record a call's answer: its response, message, cost (the budget told its price)."""
@@ -327,7 +332,7 @@ class TrackingMiddleware(BaseMiddleware):
         if not call.served:  # what the next calls' estimates take an answer's length to be
             self.t.longest_answer = max(self.t.longest_answer, completion_tokens)
         if call.budgeted is not None or call.gated is not None:  # after the cost is counted: a waiting call sees both
-            _settle(call, cost, real=not call.served)
+            call.settle(cost, real=not call.served)
         self.t.emit("cost.recorded", {"agent": self.agent, "model": model, "prompt_tokens": prompt_tokens,
                                       "completion_tokens": completion_tokens,
                                       "cost": cost, "currency": "USD", "offline": self.offline,
@@ -381,16 +386,6 @@ class TrackingMiddleware(BaseMiddleware):
             self.t.emit("subagent.finished", done, node, call)
         self.t.files.scan(node, agent=self.agent, tool=event.name, step=self._step)
         return result
-
-
-def _settle(call: LLMCall, cost: float = 0.0, real: bool = False) -> None:
-    """Tell the budget and the policy's calls in flight that ``call`` ended, at ``cost`` (once each)."""
-    if call.budgeted is not None:
-        call.budgeted.priced(cost, real=real, reserved=call.reserved)
-        call.budgeted = None
-    if call.gated is not None:
-        call.gated.priced(call.agent, call.gate_reserved, real=real)
-        call.gated = None
 
 
 def _channel_id(context: Any) -> str | None:

@@ -334,3 +334,17 @@ def test_agents_calling_at_once_pass_a_cap_by_one_call_at_most(pd: Any) -> None:
     denied = [d for d in _decisions(pd, sid) if d["outcome"] == "denied"]
     assert len(denied) == 24 - len(costs), (len(denied), len(costs))
     assert all(d["rule"] == "crowd-cap" and d["session_cost"] >= cap for d in denied), denied
+
+
+def test_threads_calling_at_once_pass_a_cap_by_one_call_at_most(pd: Any) -> None:
+    """Eight threads, each on its own event loop, make their first LLM call at the same moment under the session's own
+    cap of about two and a half calls: each call is decided and reserved in one step, so at most the cap plus one call
+    is spent. Review helper-156: decided, then reserved, five to eight of eight went through."""
+    cap = 0.0004
+    rule = {"name": "thread-cap", "effect": "cap", "per": "session", "agent": "thread?", "max_cost": cap}
+    sid = pd.start("labd_fidelityflows:thread_spend", params={"threads": 8}, policy=[rule])
+    row = pd.wait(sid, timeout=120)
+    assert row["status"] == "completed", row["reason"]
+    costs = [e["payload"]["cost"] for e in pd.history(sid, kinds=["cost.recorded"])]
+    assert costs and cap <= sum(costs) <= cap + max(costs) + 1e-12, (sum(costs), costs)
+    assert sum(d["outcome"] == "denied" for d in _decisions(pd, sid)) == 8 - len(costs)
