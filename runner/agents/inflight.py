@@ -9,8 +9,9 @@ check_llm`), as a budget's call does (:mod:`labd.runner.agents.budget`): each ca
 is decided and reserved in one step under this module's lock, reading the calls in flight before the costs, so two
 threads never both pass on the same figures. Before any call was priced nothing bounds an answer: an agent's calls
 in flight may take it (and the session) anywhere. A call made inside another one does not wait (it could wait for a
-call that waits for it), nor does one that waited :data:`~labd.runner.agents.budget.ADMIT_WAIT_MAX_S`, nor one made
-while the session's budget pauses it. Tool calls and code runs are decided on the costs priced so far: they spend
+call that waits for it), nor does one that waited :data:`~labd.runner.agents.budget.ADMIT_WAIT_MAX_S` (the time a
+budget pause holds the calls in flight not counted: review helper-157 found calls decided at once during a pause went
+through the cap together after the resume). Tool calls and code runs are decided on the costs priced so far: they spend
 nothing themselves. Like the budget, a cap can still be passed by the excess of an answer longer than any before.
 """
 

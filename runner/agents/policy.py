@@ -65,22 +65,24 @@ class PolicyGate:
                                                                                                 float | None]:
         """Decide an LLM call as :meth:`check` does, once the calls in flight could no longer change the decision
         (:mod:`labd.runner.agents.inflight`): it waits for them meanwhile, unless ``nested`` (made inside one of
-        them) or the session's budget pauses it (``paused``). Returns (the refusal or None, what the call reserved
-        while in flight, ``estimate`` at least: None when nothing was, which :meth:`CallsInFlight.priced` is told
-        when it ends). A call a human approves is decided again on the costs of then."""
+        them), at most :data:`ADMIT_WAIT_MAX_S`, not counting the time the session's budget pauses it (``paused``).
+        Returns (the refusal or None, what the call reserved while in flight, ``estimate`` at least: None when
+        nothing was, which :meth:`CallsInFlight.priced` is told when it ends). A call a human approves is decided
+        again on the costs of then."""
         if not self.costly:  # no rule looks at costs: nothing in flight can change a decision
             return await self.check(self.action("llm", agent, model=model), node), None
         waited = 0.0
         approved: Rule | None = None  # the rule a human said yes to
         while True:
             decided: list[tuple[Action, Decision]] = []
-            patient = not (nested or waited >= ADMIT_WAIT_MAX_S or paused())
+            patient = not (nested or waited >= ADMIT_WAIT_MAX_S)
             decide = functools.partial(self._decide, agent, model, patient, approved, decided)
             reserve = self.in_flight.admit(agent, decide, estimate)
             if not decided:
                 self.check_stop()  # a stop while it waits: it ends, it does not start
                 await asyncio.sleep(ADMIT_POLL_S)
-                waited += ADMIT_POLL_S
+                if not paused():  # the calls it waits for wait for a human's resume: that time is not counted
+                    waited += ADMIT_POLL_S
                 continue
             action, decision = decided[0]
             if waited >= ADMIT_WAIT_MAX_S:

@@ -265,11 +265,10 @@ class TrackingMiddleware(BaseMiddleware):
         call.nested = call.parent is not None  # its budget and policy checks must not wait for the call it is in
         gate = self.t.policy
         if gate is not None:  # before anything is recorded: a refused call never reaches the model
-            budget = self.t.budget
             refused, reserved = await gate.check_llm(
                 self.agent, self.model, node, nested=call.nested,
                 estimate=self.t._estimate(call, events, context) if gate.costly else 0.0,
-                paused=lambda: budget is not None and budget.pausing)  # it would wait for the paused calls
+                paused=lambda: (b := self.t.budget) is not None and b.pausing)  # waiting for a resume: not counted
             if refused is not None:
                 return refused_response(refused, self.model)
             if reserved is not None:  # in flight for the policy until it is priced (LLMCall.settle)
