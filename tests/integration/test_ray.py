@@ -592,3 +592,50 @@ def test_a_resume_sent_to_its_node_holds_up_no_other_request_of_the_driver(ray_c
         except subprocess.TimeoutExpired:
             driver.kill()
             driver.wait()
+
+
+def test_a_resume_waiting_for_a_node_keeps_what_it_carries_after_its_driver_exits(ray_cluster: dict[str, object],
+                                                                                 tmp_path: Path) -> None:
+    """A resume whose actor waits for a node (the resource it asks for is held) when the Ray driver exits, as at a
+    daemon restart, still gets its 16 MiB of checkpoint objects: once placed, the actor writes them into its session
+    directory on the node, byte for byte. (They travel in the actor's creation arguments, which Ray keeps in its object
+    store; the driver that put them there is gone by then.)"""
+    import json
+
+    from labd.runner.checkpoint import OBJECTS_DIR, ObjectStore
+    from tests.support.ray_cluster import rayctl
+
+    session = tmp_path / "home" / "sessions" / "s-wait"
+    store = ObjectStore(session / OBJECTS_DIR)
+    data = os.urandom(16 << 20)
+    (tmp_path / "big.bin").write_bytes(data)
+    digest, _ = store.put_file(tmp_path / "big.bin", hashlib.sha256(data).hexdigest())
+    (session / "durable.seed.json").write_text(json.dumps(
+        {"steps": {}, "manifest": None, "files": {"big.bin": [digest, len(data), 0o644]}}))
+    namespace = "labd-carry-wait-test"
+    rayctl(ray_cluster, namespace, "hold", "holder", "head")
+    node = tmp_path / "node"
+    try:
+        driver = subprocess.Popen([sys.executable, "-m", "labd.daemon.ray_driver", str(ray_cluster["address"]),
+                                   namespace], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  cwd=str(REPO), env=ray_cluster["env"])  # type: ignore[arg-type]
+        assert driver.stdin is not None and driver.stdout is not None
+        said = [json.loads(driver.stdout.readline()) for _ in range(2)]
+        assert said[-1]["op"] == "ready", said
+        driver.stdin.write(json.dumps({"op": "spawn", "req": 1, "handle": -1, "sid": "s-wait",
+                                       "options": {"num_cpus": 0, "resources": {"head": 1}},
+                                       "spec": {"session_id": "s-wait", "carry_from": str(session), "durable": True,
+                                                "node_dir": str(node)}}) + "\n")
+        driver.stdin.flush()
+        spawned = json.loads(driver.stdout.readline())
+        assert spawned == {"op": "spawned", "req": 1}, spawned
+        states = rayctl(ray_cluster, namespace, "states", "labd-s-wait")
+        assert states["labd-s-wait"] in ("PENDING_CREATION", "DEPENDENCIES_UNREADY"), states
+        driver.stdin.close()  # the daemon going: its driver exits, the detached actor waits on
+        assert driver.wait(timeout=60) == 0
+        rayctl(ray_cluster, namespace, "kill", "holder")  # the resource frees: Ray places the actor
+        objects = ObjectStore(node / "s-wait" / OBJECTS_DIR)
+        wait_until(lambda: objects.complete(digest), timeout=60, what="the carried objects on the node")
+        assert objects.get_verified(digest) == data
+    finally:
+        rayctl(ray_cluster, namespace, "killall")

@@ -37,12 +37,13 @@ if op == "list":
 elif op == "kill":
     ray.kill(ray.get_actor(sys.argv[4], namespace=namespace), no_restart=True)
     print(json.dumps("killed"))
-elif op == "stray":  # a detached actor of the namespace that no session owns (as a leak would leave)
+elif op in ("stray", "hold"):  # a detached actor no session owns (as a leak would leave); hold: taking resource X
     @ray.remote(num_cpus=0)
     class Stray:
         def ping(self):
             return True
-    actor = Stray.options(name=sys.argv[4], lifetime="detached").remote()
+    held = {"resources": {sys.argv[5]: 1}} if op == "hold" else {}
+    actor = Stray.options(name=sys.argv[4], lifetime="detached", **held).remote()
     ray.get(actor.ping.remote())
     print(json.dumps("created"))
 elif op == "states":  # the GCS actor table's state of each named actor (None: no such name)
@@ -140,7 +141,8 @@ def shared_cluster(config: Any) -> dict[str, Any]:
 
 def rayctl(cluster: dict[str, Any], namespace: str, op: str, *args: str) -> Any:
     """Run a short Ray driver against ``cluster`` in ``namespace``: ``list`` (the names of its live named actors),
-    ``kill NAME``, ``stray NAME`` (a detached actor no session owns), ``states NAME...`` (each one's state in Ray's
+    ``kill NAME``, ``stray NAME`` (a detached actor no session owns), ``hold NAME RESOURCE`` (the same, holding one
+    unit of RESOURCE), ``states NAME...`` (each one's state in Ray's
     actor table: ``PENDING_CREATION``, ``ALIVE``, ...) or ``killall``; returns what it printed (JSON)."""
     run = subprocess.run([sys.executable, "-c", _CTL, str(cluster["address"]), namespace, op, *args],
                          env=cluster["env"], capture_output=True, text=True, timeout=90)
