@@ -107,20 +107,20 @@ class PolicyGate:
         flight could change the decision), else whether the call goes ahead (allowed, or by the rule a human
         ``approved``), its action and decision added to ``decided``."""
         action = self.action("llm", agent, model=model)  # the costs, read after the calls in flight
-        if patient and self._unsettled(action, pending):
-            return None
         decision = self.policy.evaluate(action)
+        if patient and self._unsettled(action, decision, pending):
+            return None
         decided.append((action, decision))
         return decision.outcome == "allow" or (approved is not None and decision.rule is approved)
 
-    def _unsettled(self, action: Action, pending: tuple[float, float] | None) -> bool:
-        """Could the calls in flight (``pending``: what they may cost), once priced, make another rule decide
-        ``action``?"""
+    def _unsettled(self, action: Action, decision: Decision, pending: tuple[float, float] | None) -> bool:
+        """Could the calls in flight (``pending``: what they may cost), once priced, make another rule than
+        ``decision``'s decide ``action``?"""
         if pending is None or not any(pending):
             return False
         later = dataclasses.replace(action, agent_cost=action.agent_cost + pending[0],
                                     session_cost=action.session_cost + pending[1])
-        return self.policy.evaluate(later).rule is not self.policy.evaluate(action).rule
+        return self.policy.evaluate(later).rule is not decision.rule
 
     async def check(self, action: Action, node: str | None, *, code: str | None = None) -> str | None:
         """Decide ``action``; None: go ahead, else the refusal text the agent gets."""
