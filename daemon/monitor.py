@@ -94,6 +94,7 @@ class Monitor(Breaches, threading.Thread):
         self.burials = Burials(cgroups)  # ended sessions' leftovers being terminated (daemon/burial.py)
         self._halt = threading.Event()
         self._wake = threading.Event()
+        self._changes = 0  # changes to what is watched (_changed_watch)
         self.table = ProcTable()
         self.pss = PssCache()
         self.markers = MarkerCache()
@@ -116,7 +117,7 @@ class Monitor(Breaches, threading.Thread):
             if p is None:  # gone already (it ended before its watch): what it left is buried as any run's (its group
                 self.burials.resumed(sid, pid)  # released at the end: no unwatch will bury it)
                 self.burials.bury(Watched(sid, pid, limits, started))
-                self._wake.set()
+                self._changed_watch()
                 return
         except OSError as exc:  # no fd left to read it: watch it anyway (the first good pass reads its start)
             self.log.warning("limits monitor: cannot read a runner's process; watching it anyway",
@@ -131,7 +132,7 @@ class Monitor(Breaches, threading.Thread):
             self._watched[sid] = Watched(sid, pid, limits, started, start_key=p.start if p else None, t_at=now,
                                           watched_at=now, keys={p.key} if p else set())
         self.burials.resumed(sid, pid)  # a resume before its last run's burial was over: that burial ends now
-        self._wake.set()
+        self._changed_watch()
 
     def unwatch(self, sid: str, bury: bool = True, only: Watched | None = None) -> bool:
         """Stop watching ``sid`` (with ``only``: if it is still watched as ``only``, not as a run watched since);
@@ -145,7 +146,7 @@ class Monitor(Breaches, threading.Thread):
             self.burials.bury(w)
         if w.stopped_until:
             signal_members(w, signal.SIGCONT)  # never leave a group stopped behind
-        self._wake.set()
+        self._changed_watch()
         return True
 
     def signal_tree(self, sid: str, sig: int) -> None:
@@ -188,6 +189,13 @@ class Monitor(Breaches, threading.Thread):
         self._halt.set()
         self._wake.set()
 
+    def _changed_watch(self) -> None:
+        """Wake the thread for a change to what it watches; its quiet ticks are only for nothing changed since its
+        last full one (a count, not the event alone: a set between its wait's timeout and its clear is not lost)."""
+        with self._lock:
+            self._changes += 1
+        self._wake.set()
+
     # ---- thread -----------------------------------------------------------------------------------
     def run(self) -> None:
         self.out = self.zctx.socket(zmq.PUSH)
@@ -196,14 +204,26 @@ class Monitor(Breaches, threading.Thread):
         self.notes.connect(INGEST_NOTIFY)
         next_pass = last_pass = time.monotonic()
         next_record = next_pass + self.record_interval
+        seen, quiet, counted = -1, False, False
         try:
             while not self._halt.is_set():
                 if self.cgroups is not None:
                     self.cgroups.make_ahead()  # the next runner's group, named by a launch (which woke us)
+                now = time.monotonic()
+                storm = counted and self.forks.burst()
+                if quiet and seen == self._changes and not storm and now < next_pass and time.time() < self._deadline:
+                    # A tick that only looks for a fork storm: nothing else can be due. Every change to what is
+                    # watched (a watch, an unwatch, a burial) is counted, and the last full tick found no session near
+                    # a limit, throttled, new or buried. 100 idle sessions: ~0.4 % of a core less than a full tick's
+                    # look at each of them ten times a second (docs/benchmarks.md §64).
+                    tick = self.limit_interval if counted else next_pass - now
+                    self._wake.wait(max(0.002, min(tick, next_pass - now, self._deadline - time.time())))
+                    self._wake.clear()
+                    continue
                 with self._lock:
                     watched = list(self._watched.values())
+                    seen = self._changes
                 buried = bool(self.burials)
-                now = time.monotonic()
                 strict = buried or any(w.limits.strict or w.procs_near for w in watched)
                 fresh = [w.watched_at for w in watched if w.fresh]
                 if fresh:  # a new session is sampled soon, but not while its runner starts (a pass is a few ms
@@ -211,7 +231,7 @@ class Monitor(Breaches, threading.Thread):
                     # costs one pass per period
                     next_pass = min(next_pass, max(last_pass + self.limit_interval, min(fresh) + FRESH_DELAY_S))
                 counted = any(w.limits.procs is not None for w in watched)
-                if counted and self.forks.burst():
+                if storm:
                     next_pass = min(next_pass, last_pass + self.limit_interval)  # a storm: pass now, not in 2 s
                 if now >= next_pass:
                     record = now >= next_record
@@ -234,11 +254,13 @@ class Monitor(Breaches, threading.Thread):
                 wait = next_pass - time.monotonic()
                 if throttled:
                     wait = min(wait, THROTTLE_TICK_S)
-                if any(w.near for w in watched):
+                near = any(w.near for w in watched)
+                if near:
                     wait = min(wait, NEAR_TICK_S)
                 if counted:  # look for a fork storm every tick (one small read: daemon/forkrate.py)
                     wait = min(wait, self.limit_interval)
                 wait = min(wait, self._deadline - time.time())
+                quiet = not (strict or throttled or near or buried or any(w.fresh for w in watched))
                 self._wake.wait(max(0.002, wait))
                 self._wake.clear()
         finally:
