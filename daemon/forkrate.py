@@ -7,16 +7,22 @@ default limit of 256, before the next pass. The kernel's last assigned pid (the 
 small read) says how many pids were handed out since the last look, by any process of the machine; past
 :data:`BURST` in one tick, the monitor passes at once (daemon/monitor.py), so a storm runs at most a tick (0.1 s)
 past the limit. Threads take pids too, so a thread storm also brings a pass (threads are not counted by ``procs``).
+The pids are counted over a window of :data:`WINDOW_S`, however often the monitor looks: it ticks every 20 ms while
+a session is CPU-throttled, and counting from the last look only then took 3,200 forks a second to be a storm
+(review helper-158).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 __all__ = ["BURST", "ForkRate"]
 
 #: pids handed out since the last look that make the monitor pass now
 BURST = 64
+#: the span the pids are counted over (the monitor's ``limit_interval``)
+WINDOW_S = 0.1
 
 
 def last_pid() -> int | None:
@@ -29,20 +35,28 @@ def last_pid() -> int | None:
 
 
 class ForkRate:
-    """:meth:`burst` is true when at least :data:`BURST` pids were handed out since the previous call."""
+    """:meth:`burst` is true when at least :data:`BURST` pids were handed out within a window of :data:`WINDOW_S`
+    (or since the previous call, when calls are further apart)."""
 
-    def __init__(self, read: Callable[[], int | None] = last_pid) -> None:
+    def __init__(self, read: Callable[[], int | None] = last_pid,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._read = read
+        self._clock = clock
         try:
             with open("/proc/sys/kernel/pid_max", "rb") as f:
                 self.pid_max = int(f.read())
         except (OSError, ValueError):
             self.pid_max = 1 << 22
-        self._last: int | None = None
+        self._base: int | None = None  # the last pid when the window began
+        self._base_at = 0.0
 
     def burst(self) -> bool:
-        now = self._read()
-        last, self._last = self._last, now
-        if now is None or last is None:
+        now, at = self._read(), self._clock()
+        base = self._base
+        if now is None or base is None:
+            self._base, self._base_at = now, at
             return False
-        return (now - last) % self.pid_max >= BURST  # pids wrap at pid_max
+        storm = (now - base) % self.pid_max >= BURST  # pids wrap at pid_max
+        if storm or at - self._base_at >= WINDOW_S:  # a new window: from this look on
+            self._base, self._base_at = now, at
+        return storm

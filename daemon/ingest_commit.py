@@ -24,6 +24,7 @@ from labd.store.db import UNREACHABLE, unreachable
 from labd.store.projections import SessionCursor
 
 if TYPE_CHECKING:
+    from labd.store.search import IndexHints
     from labd.store.writer import BatchWriter
 
 __all__ = ["Committing", "GivenUp", "REFUSED", "STORE_RETRY_S", "STORE_RETRY_MAX_S"]
@@ -42,6 +43,7 @@ class Committing:
 
     # provided by Ingest
     writer: BatchWriter
+    index_hints: IndexHints
     log: Any
     cursors: dict[str, SessionCursor]
     records: RecordCaps
@@ -120,6 +122,7 @@ class Committing:
             self.store_down = False
             self.log.info("store writable again")
         self.count("events_persisted", batch.count)
+        self.index_hints.committed()  # the indexer looks at the store again (store/search.py)
         self._later = batch.later
         for sids, reply_to in batch.deletes:
             self._delete_sessions(sids, reply_to, batch)

@@ -131,8 +131,11 @@ class Monitor(Breaches, threading.Thread):
             now = time.monotonic()
             self._watched[sid] = Watched(sid, pid, limits, started, start_key=p.start if p else None, t_at=now,
                                           watched_at=now, keys={p.key} if p else set())
-        self.burials.resumed(sid, pid)  # a resume before its last run's burial was over: that burial ends now
-        self._changed_watch()
+            self._changes += 1  # with the change itself: the loop's copy has it, or its next tick is a full one
+        try:
+            self.burials.resumed(sid, pid)  # a resume before its last run's burial was over: that burial ends now
+        finally:
+            self._changed_watch()
 
     def unwatch(self, sid: str, bury: bool = True, only: Watched | None = None) -> bool:
         """Stop watching ``sid`` (with ``only``: if it is still watched as ``only``, not as a run watched since);
@@ -142,11 +145,14 @@ class Monitor(Breaches, threading.Thread):
             if w is None or (only is not None and w is not only):
                 return False
             del self._watched[sid]
-        if bury:
-            self.burials.bury(w)
-        if w.stopped_until:
-            signal_members(w, signal.SIGCONT)  # never leave a group stopped behind
-        self._changed_watch()
+            self._changes += 1
+        try:
+            if bury:
+                self.burials.bury(w)
+            if w.stopped_until:
+                signal_members(w, signal.SIGCONT)  # never leave a group stopped behind
+        finally:
+            self._changed_watch()  # again: the burial is a change too
         return True
 
     def signal_tree(self, sid: str, sig: int) -> None:

@@ -67,6 +67,8 @@ class IndexHints:
 
     def __init__(self, limit: int = MAX_HINTS) -> None:
         self.limit = limit
+        #: batches ingest committed so far (:meth:`committed`): the indexer skips a pass when none was since its last
+        self.commits = 0
         #: session -> (the first seq this process wrote or will write, the highest indexable seq staged; 0: none)
         self._hints: dict[str, tuple[int, int]] = {}
 
@@ -87,6 +89,10 @@ class IndexHints:
             hint = (seq, 0)
         if seq > hint[1] and kind in _KIND_SET:
             self._hints[sid] = (hint[0], seq)
+
+    def committed(self) -> None:
+        """Ingest committed a batch (called after the commit, so the indexer then finds its rows)."""
+        self.commits += 1
 
     def nothing_after(self, sid: str, since: int) -> bool:
         """True if every row of ``sid`` after ``since`` that is committed now was written by this process and
@@ -172,6 +178,8 @@ class SearchIndex:
             self._db.execute(f"PRAGMA user_version = {INDEX_VERSION}")  # a new index: nothing to bring up to date
         self._marks: dict[str, int] | None = None  # session -> indexed seq, loaded once, then kept in step
         self._full_at = 0.0  # monotonic time of the last full scan
+        #: ``hints.commits`` read before the last update that left nothing for later (None: none yet)
+        self._indexed_commits: int | None = None
         self._since = 0.0  # wall time when the previous scan began
         #: sessions forgotten while an update ran (None: no update running): that update read them before their
         #: deletion and must not commit their documents back (it would resurrect a deleted session's hits)
@@ -186,7 +194,12 @@ class SearchIndex:
 
         Reads the whole sessions table at most every :data:`FULL_SCAN_EVERY` seconds; in between only the
         sessions that are live or ended since the previous scan (both indexed columns), which are the only
-        ones whose record grows."""
+        ones whose record grows, and nothing at all when ingest committed nothing since the last update that left
+        nothing for later (``hints.commits``: 500 idle sessions made a query a second, 0.17 % of a core)."""
+        commits = self.hints.commits if self.hints is not None else None
+        if commits is not None and commits == self._indexed_commits \
+                and time.monotonic() - self._full_at < FULL_SCAN_EVERY:
+            return 0
         with self._lock:
             if self._marks is None:
                 self._marks = dict(self._db.execute("SELECT session_id, seq FROM indexed").fetchall())
@@ -194,7 +207,10 @@ class SearchIndex:
         try:
             if self._db.execute("PRAGMA user_version").fetchone()[0] < INDEX_VERSION:
                 self._backfill(self._marks)  # before anything new is indexed: see _backfill
-            return self._update(self._marks, limit_sessions)
+            added = self._update(self._marks, limit_sessions)
+            if self._full_at:  # nothing was left for the next pass (a cut resets it to 0: a full scan next)
+                self._indexed_commits = commits
+            return added
         finally:
             with self._lock:
                 self._forgotten_meanwhile = None

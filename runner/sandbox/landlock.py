@@ -207,6 +207,9 @@ class _Walker:
     """Collects roots, denied paths met and listed directories, as :func:`walk` visits paths."""
 
     def __init__(self, denied: tuple[str, ...]) -> None:
+        for d in denied:  # the lookups below are exact only for normalised absolute paths: refuse anything else
+            if not isinstance(d, str) or not d.startswith("/") or d.startswith("//") or os.path.normpath(d) != d:
+                raise ValueError(f"a denied path must be absolute and normalised (os.path.realpath): {d!r}")
         self.denied = frozenset(denied)
         #: every directory above a denied path: the ones to list (their other entries are roots)
         self.above = frozenset(_ancestors(denied))

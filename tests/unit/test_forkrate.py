@@ -42,3 +42,24 @@ def test_the_last_pid_moves_with_the_processes_this_machine_starts() -> None:
     assert moved >= len(started), (before, after)
     # each pid handed out meanwhile lies in (before, after], the window the figure says was handed out
     assert all(0 < (pid - before) % pid_max <= moved for pid in started), (before, started, after)
+
+
+def test_pids_are_counted_over_a_window_however_often_the_monitor_looks() -> None:
+    """Looks every 20 ms (the monitor's tick while a session is CPU-throttled), 20 pids each: a storm within the 0.1 s
+    window (it was counted from the previous look only, and 20 < BURST every time). The same pids spread over looks
+    0.2 s apart are no storm."""
+    pids, clock = [1000], [0.0]
+    r = ForkRate(read=lambda: pids[0], clock=lambda: clock[0])
+    assert not r.burst()
+    seen = []
+    for _ in range(5):
+        pids[0] += 20
+        clock[0] += 0.02
+        seen.append(r.burst())
+    assert any(seen), seen
+    slow = ForkRate(read=lambda: pids[0], clock=lambda: clock[0])
+    slow.burst()
+    for _ in range(10):
+        pids[0] += 20
+        clock[0] += 0.2
+        assert not slow.burst()

@@ -200,3 +200,12 @@ def test_a_waiting_spare_redoes_a_stale_preparation(tmp_path: Path) -> None:
         assert str(tmp_path / "new") in again[1].roots
     finally:
         credentials._take_prepared(None)
+
+
+@pytest.mark.parametrize("path", ["/tmp/a/", "//tmp/a", "tmp/a", "/tmp/./a", "/tmp/b/../a", b"/tmp/a"])
+def test_a_walk_refuses_a_denied_path_it_could_not_match_exactly(path: object) -> None:
+    """The walk's set lookups are exact only for absolute, normalised paths (``walk`` resolves every denied path
+    first); given another spelling directly, it refuses rather than grant what that path names (review helper-158:
+    ``"T/a/"`` would have left ``T/a/secret`` readable, a bytes path would have granted ``/``)."""
+    with pytest.raises(ValueError, match="absolute and normalised"):
+        landlock._Walker((path,))  # type: ignore[arg-type]

@@ -142,16 +142,19 @@ def test_hints_spare_reading_rows_that_hold_nothing_indexable(engine: Engine, tm
     hints.writing("bulk", 2)
     for seq in range(2, 200):
         _tick(engine, "bulk", seq)
+    hints.committed()  # as ingest says after each commit
     assert index.update() == 0
     assert reads == []  # the 198 ticks were not read back
     hints.staged("bulk", 200, "step.started")
     _grow(engine, "bulk", 200, "bulk omega")
+    hints.committed()
     assert index.update() == 1
     assert len(reads) == 1
     assert _hits(index, "omega") == [("bulk", 200)]
     hints.writing("bulk", 201)
     for seq in range(201, 250):
         _tick(engine, "bulk", seq)
+    hints.committed()
     assert index.update() == 0
     assert len(reads) == 1
     # the mark moved over the skipped rows: a restart will not read them either
@@ -180,6 +183,7 @@ def test_hints_never_hide_rows_written_before_them_or_dropped(engine: Engine, tm
                                            src_seq=4, node_id="n4",
                                            payload=orjson.dumps({"agent": "x", "content": "gamma"}).decode()))
         conn.execute(update(sessions).where(sessions.c.id == "a").values(last_seq=4))
+    hints.committed()
     assert index.update() == 1
     assert _hits(index, "gamma") == [("a", 4)]
     assert hints.nothing_after("a", 4)
@@ -293,3 +297,32 @@ def test_an_index_made_before_error_documents_gets_them_once(engine: Engine, tmp
     again.update()
     assert len(again.search("ZeroDivisionError")) == 4
     again.close()
+
+
+def test_an_index_reads_nothing_while_ingest_commits_nothing(engine: Engine, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ingest's hints, an update while nothing was committed since the last complete one reads no store row
+    (500 idle sessions: a query a second for nothing); the next commit is indexed at the next update, and the full
+    scan still comes every FULL_SCAN_EVERY seconds."""
+    from sqlalchemy import event
+
+    hints = search.IndexHints()
+    _session(engine, "live", "live alpha")
+    index = SearchIndex(tmp_path / "search.db", engine, hints)
+    hints.committed()
+    assert index.update() == 1
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    for _ in range(5):
+        assert index.update() == 0
+    assert statements == []
+    _grow(engine, "live", 2, "live beta")
+    hints.committed()
+    assert index.update() == 1
+    assert _hits(index, "beta") == [("live", 2)]
+    statements.clear()
+    clock = time.monotonic() + search.FULL_SCAN_EVERY + 1
+    monkeypatch.setattr(search.time, "monotonic", lambda: clock)
+    assert index.update() == 0
+    assert statements, "the periodic full scan was skipped"
+    index.close()
