@@ -89,6 +89,31 @@ def test_a_walk_grants_and_hides_what_comparing_every_denied_path_would(tmp_path
     assert walker.met and walker.roots  # the case is not empty: something is hidden, something granted
 
 
+def test_an_extended_walk_grants_and_hides_what_a_fresh_one_would(tmp_path: Path) -> None:
+    """A walk brought up to date after entries were only added (``_extend``: the new entries visited with the same
+    set lookups) grants and meets below ``tmp_path`` what the path-by-path rule gives for the tree as it is now: a
+    new sibling is granted, a new directory above a denied path that did not exist is listed (its other entries
+    granted, the denied path hidden once it appears)."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "a").mkdir()
+    denied = [str(tmp_path / "home"), str(tmp_path / "later" / "home")]
+
+    def below(paths: list[str]) -> list[str]:
+        return sorted(p for p in paths if p == str(tmp_path) or p.startswith(str(tmp_path) + "/"))
+
+    first = landlock.walk(denied)
+    assert below(first.roots) == [str(tmp_path / "a")]
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "later").mkdir()
+    (tmp_path / "later" / "other").mkdir()
+    (tmp_path / "later" / "home").mkdir()
+    second = landlock.walk(denied)
+    roots, met = _reference_walk(str(tmp_path), denied)
+    assert below(second.roots) == sorted(roots)
+    assert below(second.met) == sorted(met)
+    assert str(tmp_path / "later" / "other") in second.roots and str(tmp_path / "later") not in second.roots
+
+
 def _confined_child(prepare: list[str] | None, confine: dict[str, Any], probes: list[str],
                     before: Any = None) -> dict[str, Any]:
     """Fork; in the child, optionally prepare (as a spare does), run ``before``, confine, then try to read
