@@ -220,10 +220,10 @@ class Monitor(Breaches, threading.Thread):
                 if quiet and seen == self._changes and not storm and now < next_pass and time.time() < self._deadline:
                     # A tick that only looks for a fork storm: nothing else can be due. Every change to what is
                     # watched (a watch, an unwatch, a burial) is counted, and the last full tick found no session near
-                    # a limit, throttled, new or buried. 100 idle sessions: ~0.4 % of a core less than a full tick's
+                    # a limit, throttled, new or buried. 100 idle sessions: ~0.15 % of a core less than a full tick's
                     # look at each of them ten times a second (docs/benchmarks.md §64).
-                    tick = self.limit_interval if counted else next_pass - now
-                    self._wake.wait(max(0.002, min(tick, next_pass - now, self._deadline - time.time())))
+                    wait = min(next_pass - now, self._deadline - time.time())
+                    self._wake.wait(max(0.002, min(wait, self.limit_interval) if counted else wait))
                     self._wake.clear()
                     continue
                 with self._lock:

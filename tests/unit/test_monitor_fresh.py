@@ -7,42 +7,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import zmq
 
 from labd.daemon.limits import Limits
-from labd.daemon.monitor import FRESH_DELAY_S, Monitor
+from labd.daemon.monitor import FRESH_DELAY_S
 from tests.conftest import wait_until
-
-
-class _Timed(Monitor):
-    """A real monitor that notes when each process-table pass begins."""
-
-    def __init__(self, *a: Any, **kw: Any) -> None:
-        super().__init__(*a, **kw)
-        self.pass_times: list[float] = []
-
-    def _pass(self, watched: Any, now: float, record: bool) -> None:
-        self.pass_times.append(time.monotonic())
-        super()._pass(watched, now, record)
+from tests.support.monitor_rig import TimedMonitor, running_monitor
 
 
 @pytest.fixture
-def monitor() -> Iterator[_Timed]:
-    ctx = zmq.Context()
-    m = _Timed(ctx, sample_interval=60.0, record_interval=60.0)  # no regular pass during the test
-    m.start()
-    try:
+def monitor() -> Iterator[TimedMonitor]:
+    with running_monitor() as m:
         yield m
-    finally:
-        m.stop()
-        m.join(10)
-        ctx.term()
 
 
-def test_a_new_session_is_first_sampled_after_its_start_window(monitor: _Timed) -> None:
+def test_a_new_session_is_first_sampled_after_its_start_window(monitor: TimedMonitor) -> None:
     """After a watch begins, the next pass comes no earlier than FRESH_DELAY_S later, and it does come (long
     before the 60 s sampling period): the session gets its first sample, with its peak memory."""
     wait_until(lambda: monitor.pass_times, timeout=30, what="the monitor's first pass")
