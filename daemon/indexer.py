@@ -24,6 +24,7 @@ class Indexer(threading.Thread):
         self.index = SearchIndex(home / "search.db", engine, hints)
         self.interval = interval
         self._halt = threading.Event()  # not `_stop`: Thread has a method of that name
+        self._wake = threading.Event()  # a pass now: sessions to forget
         self.log = structlog.get_logger("labd.indexer")
         self._forget_lock = threading.Lock()
         self._to_forget: set[str] = set()  # deleted sessions still in the index (a forget that failed is retried)
@@ -31,11 +32,14 @@ class Indexer(threading.Thread):
         self.failures = FailureLog(self.log, "search index works again", clock=time.monotonic)
 
     def forget(self, sids: list[str]) -> None:
-        """Drop deleted sessions from the index now if possible; a failure (a full disk) is logged and retried by
-        this thread's loop, never raised into the caller (the daemon's main loop: it had ended the daemon)."""
+        """Have deleted sessions dropped from the index: this thread does it at once (woken), so the caller, the
+        daemon's main loop, never waits for the index (dropping 10,000 sessions from a million documents took
+        15 s, with no request answered meanwhile). A failure (a full disk) is logged and retried at each pass; a
+        daemon that stops first leaves them to its next start, whose first full scan drops every session the store
+        no longer has (:meth:`SearchIndex.update`)."""
         with self._forget_lock:
             self._to_forget.update(sids)
-        self._forget_pending()
+        self._wake.set()
 
     def _forget_pending(self) -> None:
         with self._forget_lock:
@@ -53,11 +57,13 @@ class Indexer(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
+        self._wake.set()
 
     def run(self) -> None:
         while not self._halt.is_set():
             self._pass()
-            self._halt.wait(self.interval)
+            self._wake.wait(self.interval)
+            self._wake.clear()
         self.index.close()
 
 

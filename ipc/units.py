@@ -55,6 +55,8 @@ def parse_size(text: str) -> int:
 
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+_MONTHS = ("mo", "mon", "mos", "month", "months")  # no fixed length: refused, with days suggested
+_CAPITAL_M = re.compile(r"([0-9]*\.?[0-9]+)\s*M(?![A-Za-z])")  # "6M": minutes or months? refused
 _DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)\s*([a-z]*)", re.IGNORECASE)
 
 
@@ -83,8 +85,23 @@ def parse_output_cap(value: object) -> int | None:
     return value
 
 
+def _months_hint(num: str) -> str:
+    try:
+        return f"{round(float(num) * 30):d}d"
+    except (ValueError, OverflowError):
+        return "180d"
+
+
 def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``1h30m``, ``1h 30m``, ``1.5h``, ``2d``, ``500ms`` -> seconds (bare: seconds)."""
+    """``90``, ``90s``, ``15m``, ``1h30m``, ``1h 30m``, ``1.5h``, ``2d``, ``500ms`` -> seconds (bare: seconds).
+
+    Units are read case-blind, except an upper-case ``M``, which is refused (:class:`UnitError`): people write it
+    for months as often as for minutes."""
+    capital = _CAPITAL_M.search(text)
+    if capital:  # a slip here can delete records: a retention of "6M" deleted every session a minute after it ended
+        num = capital.group(1)
+        raise UnitError(f"bad duration {text!r}: is {num}M minutes or months? write {num}m or {num}min for minutes, "
+                        f"days for months (e.g. {_months_hint(num)})")
     t = text.strip().lower()
     pos, total, parts = 0, 0.0, 0
     hint = "(try 90s, 15m, 1h30m or 2d)"
@@ -93,6 +110,8 @@ def parse_duration(text: str) -> float:
         if not m:
             raise UnitError(f"bad duration {text!r} {hint}")
         num, unit = m.group(1), m.group(2)
+        if unit in _MONTHS:
+            raise UnitError(f"bad duration {text!r}: months differ in length: write days (e.g. {_months_hint(num)})")
         if unit not in _DURATION_UNITS and not (unit == "" and pos == 0 and m.end() == len(t)):
             raise UnitError(f"bad duration {text!r}: unknown unit {unit or '(none)'!r} {hint}")
         total += float(num) * _DURATION_UNITS.get(unit, 1)

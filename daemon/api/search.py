@@ -41,11 +41,17 @@ class Search(Request):
             hits = indexer.index.search(text, types=types, session_ids=allowed, limit=limit)
         except QueryTooLong as exc:
             raise ApiError("bad_request", str(exc), {"max_words": MAX_WORDS}) from None
-        names: dict[str, dict[str, Any]] = {}
+        names: dict[str, dict[str, Any] | None] = {}
+        found = []
         for h in hits:
             sid = h["session_id"]
             if sid not in names:
-                row = self.daemon.store.session(sid) or {}
-                names[sid] = {"name": row.get("name"), "workflow": row.get("workflow"), "status": row.get("status")}
-            h.update({f"session_{k}": v for k, v in names[sid].items()})
-        return {"query": text, "hits": hits}
+                row = self.daemon.store.session(sid)
+                names[sid] = None if row is None else {"name": row.get("name"), "workflow": row.get("workflow"),
+                                                       "status": row.get("status")}
+            about = names[sid]
+            if about is None:  # deleted, and not yet dropped from the index (its indexer does that next)
+                continue
+            h.update({f"session_{k}": v for k, v in about.items()})
+            found.append(h)
+        return {"query": text, "hits": found}

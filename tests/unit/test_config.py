@@ -421,6 +421,16 @@ def test_a_retention_without_unit_is_refused(tmp_path: Path) -> None:
     assert load_config(home).retention_seconds == 30 * 86400
 
 
+def test_a_retention_in_capital_m_is_refused(tmp_path: Path) -> None:
+    """``retention = "1M"`` (one month, meant) is refused at load, so ``labd serve --check`` says so: it was read
+    as one minute, and the daemon deleted every session a minute after it ended."""
+    home = tmp_path / "h"
+    for given in ("1M", "6M", "6 months"):
+        _write_config(home, f'[daemon]\nretention = "{given}"\n')
+        with pytest.raises(ConfigError, match="retention: bad duration.*(minutes or months|months differ)"):
+            load_config(home)
+
+
 def test_a_preload_that_cannot_be_imported_is_refused(tmp_path: Path) -> None:
     """``preload = ["missing_module"]`` is refused at load (``labd serve --check`` too): the template died at every
     start importing it and the daemon never served. An installed module is accepted, not imported here."""

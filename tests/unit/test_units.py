@@ -53,6 +53,19 @@ def test_parse_duration_good(text: str, value: float) -> None:
     assert parse_duration(text) == value
 
 
+@pytest.mark.parametrize(("text", "says"), [
+    ("1M", "is 1M minutes or months"), ("6M", "e.g. 180d"), ("1h30M", "is 30M minutes or months"),
+    (" 2 M ", "is 2M minutes"), ("6mo", "months differ in length"), ("3 months", "e.g. 90d"),
+])
+def test_parse_duration_refuses_what_could_be_months(text: str, says: str) -> None:
+    """An upper-case ``M`` (minutes to some, months to others) and month units are refused with the alternatives,
+    not read as minutes: a retention of "1M" deleted every session a minute after it ended. ``15MIN`` and ``15m``
+    stay minutes."""
+    with pytest.raises(UnitError, match=says):
+        parse_duration(text)
+    assert parse_duration("15MIN") == parse_duration("15m") == 900.0
+
+
 @pytest.mark.parametrize("text", ["", "s", "abc", "10x", "0", "0s", "-1m", "1h30", "h1", "nan", "1h-5m"])
 def test_parse_duration_bad(text: str) -> None:
     """Garbage, unknown units, a bare number after a unit, and non-positive durations raise UnitError."""
