@@ -219,6 +219,28 @@ def test_a_session_deleted_while_an_update_read_it_does_not_come_back(engine: En
     index.close()
 
 
+def test_a_deletion_whose_forget_never_ran_is_dropped_at_the_next_start(engine: Engine, tmp_path: Path) -> None:
+    """The daemon was killed after a deletion's commit and before the index dropped the session: the next daemon's
+    index (a new ``SearchIndex`` on the same file) drops it at its first update, a full scan, so the deleted
+    session's text is not searchable for good; the sessions the store still has keep their hits."""
+    from sqlalchemy import delete
+
+    index = SearchIndex(tmp_path / "search.db", engine)
+    _session(engine, "gone", "quokka gone")
+    _session(engine, "kept", "quokka kept")
+    index.update()
+    assert sorted(_hits(index, "quokka")) == [("gone", 1), ("kept", 1)]
+    index.close()
+    with engine.begin() as conn:  # the deletion commits; the daemon dies before its forget
+        conn.execute(delete(events).where(events.c.session_id == "gone"))
+        conn.execute(delete(sessions).where(sessions.c.id == "gone"))
+    again = SearchIndex(tmp_path / "search.db", engine)
+    again.update()
+    assert _hits(again, "quokka") == [("kept", 1)]
+    assert again._db.execute("SELECT session_id FROM indexed").fetchall() == [("kept",)]
+    again.close()
+
+
 def _event(eng: Engine, sid: str, seq: int, kind: str, payload: dict[str, object]) -> None:
     with eng.begin() as conn:
         conn.execute(insert(events).values(session_id=sid, seq=seq, ts=time.time(), kind=kind, src="r", src_seq=seq,
