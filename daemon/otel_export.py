@@ -2,12 +2,18 @@
 
 ``[telemetry] otlp_endpoint = "http://127.0.0.1:4318"`` turns it on. A thread of the daemon reads the store —
 never the live stream — and sends the spans that :mod:`labd.daemon.otel_spans` maps from each session's events,
-through the OpenTelemetry SDK's OTLP/HTTP exporter. Its cursor (per session: the last seq whose spans the
+encoded by the OpenTelemetry SDK's OTLP encoder and posted by :mod:`labd.daemon.otel_http` (bounded: a deadline
+per request, a capped answer, a redirect is no success). Its cursor (per session: the last seq whose spans the
 collector acknowledged) lives in ``<home>/otel-export.json``, replaced atomically after each acknowledged
 batch. So a collector outage loses nothing (the cursor does not move; the next pass sends the same spans), a
 daemon restart resumes where the last acknowledged batch ended, and nothing is sent twice unless a collector
 stored a batch but its reply was lost — and then the span ids are the same (deterministic), so the collector
 sees the same spans again, not new ones.
+
+The cursor moves after each acknowledged batch, past the events all of whose spans it held. A batch whose
+encoding is over :data:`MAX_BATCH_BYTES`, or that the collector answers 413, is split in halves; one the collector
+answers 400 is left out (counted as skipped: sent again it would be refused again). While the collector fails, the
+passes wait for its ``Retry-After``, else twice as long each time, up to :data:`MAX_BACKOFF_S`.
 
 A span that cannot be sent — its event's own time is not a time, or the collector's encoder refuses it — is
 skipped and counted (``skipped``, ``telemetry.skipped_spans`` in ``daemon.status``), never retried: one bad event
@@ -31,6 +37,7 @@ import orjson
 import structlog
 from sqlalchemy import Engine, select
 
+from labd.daemon.otel_http import OtlpHttp
 from labd.daemon.otel_spans import CLOSERS, MAX_TIME, SpanRecord, span_id, spans_from_events, trace_id
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.store.schema import events, sessions, steps
@@ -38,6 +45,8 @@ from labd.store.schema import events, sessions, steps
 __all__ = ["OtelExporter"]
 
 BATCH_SPANS = 512
+MAX_BATCH_BYTES = 4 << 20  # a batch encoded larger is split (collectors refuse bodies past 4-20 MiB)
+MAX_BACKOFF_S = 60.0  # the longest wait between passes while the collector fails (without a Retry-After)
 PAGE_EVENTS = 2000
 
 
@@ -47,12 +56,10 @@ class OtelExporter(threading.Thread):
     def __init__(self, engine: Engine, endpoint: str, cursor_file: Path, *, service_name: str = "labd",
                  interval: float = 2.0, headers: dict[str, str] | None = None, timeout: float = 10.0) -> None:
         super().__init__(name="labd-otel", daemon=True)
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
 
         url = endpoint.rstrip("/")
-        self.exporter = OTLPSpanExporter(endpoint=url if url.endswith("/v1/traces") else f"{url}/v1/traces",
-                                         headers=headers, timeout=timeout)
+        self.http = OtlpHttp(url if url.endswith("/v1/traces") else f"{url}/v1/traces", headers, timeout)
         self.resource = Resource.create({"service.name": service_name})
         self.engine = engine
         self.cursor_file = cursor_file
@@ -62,6 +69,8 @@ class OtelExporter(threading.Thread):
         self.exported = 0  # spans acknowledged by the collector (for status/tests)
         self.failures = 0
         self.skipped = 0  # spans that could not be made or sent, left out for good (for status/tests)
+        self.last_error: str | None = None  # why the last batch that failed did (None once one is taken again)
+        self._wait = interval  # until the next pass: longer while the collector fails (Retry-After, backoff)
         self.cursor = self._load()
         self._saved = json.dumps(self.cursor)  # what the cursor file holds (or the empty cursor, with no file)
 
@@ -89,6 +98,7 @@ class OtelExporter(threading.Thread):
     # ---- the loop -------------------------------------------------------------------------------
     def stop(self) -> None:
         self._halt.set()
+        self.http.close()  # a request in progress ends now, not at its deadline
 
     def run(self) -> None:
         while not self._halt.is_set():
@@ -97,8 +107,7 @@ class OtelExporter(threading.Thread):
             except Exception:  # noqa: BLE001 - the exporter must never take the daemon down
                 self.failures += 1
                 self.log.exception("telemetry export pass failed")
-            self._halt.wait(self.interval)
-        self.exporter.shutdown()
+            self._halt.wait(self._wait)
 
     def export_pass(self) -> bool:
         """One pass over sessions with unexported events; returns False when the collector refused a batch."""
@@ -110,7 +119,7 @@ class OtelExporter(threading.Thread):
         for row in rows:
             session = dict(row)
             sid = session["id"]
-            if not self._export_session(session):
+            if self._halt.is_set() or not self._export_session(session):
                 ok = False
                 break
             if session["status"] in TERMINAL_STATUSES and self.cursor["sessions"].get(sid, 0) >= session["last_seq"]:
@@ -148,6 +157,12 @@ class OtelExporter(threading.Thread):
             for start in range(0, len(spans), BATCH_SPANS):
                 if not self._send(spans[start:start + BATCH_SPANS]):
                     return False
+                # Past every event whose spans are all acknowledged now: a batch that fails later does not send
+                # these again (a collector taking three batches of four then refusing the fourth was sent the
+                # first three over and over)
+                after = start + BATCH_SPANS
+                self.cursor["sessions"][sid] = spans[after].seq - 1 if after < len(spans) else page_end
+                self._save()
             since = page_end
             self.cursor["sessions"][sid] = since
             self._save()
@@ -170,30 +185,61 @@ class OtelExporter(threading.Thread):
         self.log.warning("telemetry: span skipped", session=sid, span=what, error=str(why)[:300])
 
     def _send(self, records: list[SpanRecord]) -> bool:
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
+        """Send one batch; True once the collector took it (or what of it can never be taken was left out),
+        False to try again later (the cursor stays before it)."""
         spans = []
         for r in records:
             try:
                 spans.append(self._to_otel(r))
             except (ValueError, TypeError, OverflowError) as exc:
                 self._skip(r.session_id, r.key, exc)
-        if not spans:
+        return self._post(spans) if spans else True
+
+    def _post(self, spans: list[Any]) -> bool:
+        body = self._encode(spans)
+        if body is None:  # a span the encoder refuses: left out, the rest sent
+            spans, _ = self._encodable(spans)
+            body = self._encode(spans) if spans else b""
+            if not spans or body is None:
+                return True
+        if len(body) > MAX_BATCH_BYTES and len(spans) > 1:  # a collector's request limit (4 MiB gRPC, 20 MiB HTTP)
+            half = len(spans) // 2
+            return self._post(spans[:half]) and self._post(spans[half:])
+        answer = self.http.post(body)
+        if answer.outcome == "too_large" and len(spans) > 1:
+            half = len(spans) // 2
+            return self._post(spans[:half]) and self._post(spans[half:])
+        if answer.outcome in ("too_large", "refused"):  # never taken, however often sent: left out, counted
+            for sp in spans:
+                self._skip(str(sp.attributes.get("labd.session.id", "?")), sp.name, ValueError(answer.message))
             return True
-        result = self.exporter.export(spans)
-        if result is not SpanExportResult.SUCCESS:
-            # The SDK answers FAILURE alike for a collector that is down and a batch it cannot encode: only the
-            # latter is ours to fix, by leaving out the spans that cannot be encoded (retrying them cannot help).
-            good, bad = self._encodable(spans)
-            if bad:
-                spans = good
-                result = self.exporter.export(good) if good else SpanExportResult.SUCCESS
-        if result is SpanExportResult.SUCCESS:
-            self.exported += len(spans)
+        if answer.outcome == "ok":
+            self.exported += len(spans) - min(answer.rejected, len(spans))
+            if answer.rejected:
+                self.skipped += min(answer.rejected, len(spans))
+                self.log.warning("telemetry: the collector rejected spans of a batch", rejected=answer.rejected,
+                                 spans=len(spans))
+            self.last_error = None
+            self._wait = self.interval
             return True
         self.failures += 1
-        self.log.warning("collector refused or unreachable; will retry", spans=len(records))
+        self.last_error = answer.message
+        # The next pass after the collector's Retry-After, else twice the last wait (up to a minute)
+        self._wait = answer.retry_after if answer.retry_after is not None else min(max(self._wait * 2, self.interval),
+                                                                                   MAX_BACKOFF_S)
+        self._wait = max(self._wait, self.interval)
+        self.log.warning("collector refused or unreachable; will retry", spans=len(spans), error=answer.message,
+                         retry_in_s=round(self._wait, 1))
         return False
+
+    @staticmethod
+    def _encode(spans: list[Any]) -> bytes | None:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        try:
+            return encode_spans(spans).SerializeToString()  # type: ignore[no-any-return]
+        except Exception:  # noqa: BLE001 - whatever the encoder raises, the batch cannot be sent as it is
+            return None
 
     def _to_otel(self, r: SpanRecord) -> Any:
         from opentelemetry.sdk.trace import ReadableSpan

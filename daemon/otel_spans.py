@@ -59,6 +59,7 @@ class SpanRecord:
     attributes: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     kind: str = "internal"  # internal | client (LLM calls)
+    seq: int = 0  # the event that closed it (the exporter's cursor moves past it once the span is acknowledged)
 
 
 def _node_parent(node: dict[str, Any] | None) -> str:
@@ -212,5 +213,6 @@ def spans_from_events(session: dict[str, Any], events: Iterable[dict[str, Any]],
                 skipped(ev, exc)
             continue
         if span is not None:
+            span.seq = int(ev.get("seq") or 0)
             out.append(span)
     return out

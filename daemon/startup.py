@@ -129,7 +129,11 @@ def begin(cfg: Config) -> Startup:
         notifier = Notifier()
         # The template (and so every runner) starts without secrets in its environment: code a session
         # runs cannot find them in os.environ nor in /proc/<pid>/environ. Runners get them in their spec.
-        clean_env, secrets = split_secrets(dict(os.environ), cfg.secret_env)
+        # The collector's credentials ([telemetry] headers_env) are the daemon's: neither in a session's environment
+        # nor among the secrets it may read (a name like HONEYCOMB_TEAM matches no secret pattern)
+        collector = set((cfg.telemetry.get("headers_env") or {}).values())
+        clean_env, secrets = split_secrets(dict(os.environ), [*cfg.secret_env, *collector])
+        secrets = {k: v for k, v in secrets.items() if k not in collector}
         secrets = store_withheld(secrets, url_passwords(cfg.db_url), cfg.db_url.startswith("postgresql"))
         template = TemplateLauncher(env=clean_env, preload=cfg.preload, spare_runners=cfg.spare_runners,
                                     runner_nice=cfg.runner_nice, session_nofile=nofile["sessions"] or 0)

@@ -57,8 +57,10 @@ def tear_down(d: Daemon, b: Built) -> None:
     d.indexer.stop()
     d.indexer.join(10)
     if d.telemetry is not None:
-        d.telemetry.stop()
+        d.telemetry.stop()  # ends a request in progress too
         d.telemetry.join(15)
+        if d.telemetry.is_alive():
+            d.log.warning("telemetry exporter did not stop within 15 s")
     b.ingest.stopping.set()  # ends a wait for an unwritable store
     try:  # never block here: a dead ingest thread no longer reads its queue
         d._to_ingest.send_pyobj(("stop",), zmq.NOBLOCK)

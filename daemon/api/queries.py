@@ -116,8 +116,11 @@ def _telemetry(d: Any) -> dict[str, Any] | None:
     t = getattr(d, "telemetry", None)
     if t is None:
         return None
-    return {"endpoint": d.cfg.telemetry.get("otlp_endpoint"), "exported_spans": t.exported,
-            "failures": t.failures, "skipped_spans": t.skipped, "alive": t.is_alive()}
+    from labd.store.urls import shown_url
+
+    return {"endpoint": shown_url(str(d.cfg.telemetry.get("otlp_endpoint"))),  # no user:password@ shown
+            "exported_spans": t.exported, "failures": t.failures, "skipped_spans": t.skipped,
+            "last_error": t.last_error, "alive": t.is_alive()}
 
 
 @register

@@ -96,24 +96,31 @@ def test_long_texts_are_cut() -> None:
     assert len(span.name) < 5000 and len(span.attributes["gen_ai.tool.name"]) < 5000 and len(span.error or "") < 5000
 
 
-class FakeSdkExporter:
-    """Answers like the SDK's OTLPSpanExporter: FAILURE for a batch it cannot encode, else SUCCESS (the spans kept)."""
+class FakeCollector:
+    """Stands in for the exporter's transport (``OtlpHttp``): decodes each posted batch and takes it (answers ok),
+    keeping each span's name, attributes and times."""
 
     def __init__(self) -> None:
         self.sent: list[Any] = []
 
-    def export(self, spans: list[Any]) -> Any:
-        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-        from opentelemetry.sdk.trace.export import SpanExportResult
+    def post(self, body: bytes) -> Any:
+        from types import SimpleNamespace
 
-        try:
-            encode_spans(spans).SerializePartialToString()
-        except Exception:  # noqa: BLE001 - as the SDK does
-            return SpanExportResult.FAILURE
-        self.sent.extend(spans)
-        return SpanExportResult.SUCCESS
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    def shutdown(self) -> None:
+        from labd.daemon.otel_http import Answer
+
+        req = ExportTraceServiceRequest()
+        req.ParseFromString(body)
+        for rs in req.resource_spans:
+            for ss in rs.scope_spans:
+                for sp in ss.spans:
+                    attrs = {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in sp.attributes}
+                    self.sent.append(SimpleNamespace(name=sp.name, attributes=attrs, start_time=sp.start_time_unix_nano,
+                                                     end_time=sp.end_time_unix_nano))
+        return Answer("ok")
+
+    def close(self) -> None:
         pass
 
 
@@ -122,9 +129,8 @@ def test_the_exporter_skips_and_counts_spans_it_cannot_convert_or_encode(tmp_pat
     skipped and counted; the other spans of the batch are sent; nothing counts as a failure."""
     engine = open_engine(f"sqlite:///{tmp_path / 'labd.db'}")
     exporter = OtelExporter(engine, "http://127.0.0.1:9", tmp_path / "otel.json")
-    exporter.exporter.shutdown()
-    fake = FakeSdkExporter()
-    exporter.exporter = fake  # type: ignore[assignment]
+    fake = FakeCollector()
+    exporter.http = fake  # type: ignore[assignment]
     try:
         good = SpanRecord("s1", "seq:1", "run_code", 1000.0, 1001.0, "session")
         records = [good, SpanRecord("s1", "seq:2", "run_code", -1e300, 1001.0, "session"),
@@ -146,9 +152,8 @@ def test_an_export_pass_moves_past_a_hostile_event_to_later_sessions(tmp_path: P
     writer = BatchWriter(engine)
     cursors: dict[str, SessionCursor] = {}
     exporter = OtelExporter(engine, "http://127.0.0.1:9", tmp_path / "otel.json")
-    exporter.exporter.shutdown()
-    fake = FakeSdkExporter()
-    exporter.exporter = fake  # type: ignore[assignment]
+    fake = FakeCollector()
+    exporter.http = fake  # type: ignore[assignment]
     try:
         for sid, base in (("bad", 0.0), ("later", 100.0)):
             b = Batch(cursors)

@@ -38,6 +38,6 @@ def test_cursor_file_is_rewritten_only_when_the_cursor_moves(tmp_path: Path) -> 
         assert cursor_file.stat().st_ino != first.st_ino
         assert '"s1": 2' in cursor_file.read_text()
     finally:
-        exporter.exporter.shutdown()
+        exporter.http.close()
         writer.close()
         engine.dispose()

@@ -1,0 +1,170 @@
+"""One OTLP/HTTP request at a time, with bounds a collector cannot push past: labd's own transport for the exporter.
+
+The OpenTelemetry SDK's exporter posts through ``requests``, which reads a whole response into memory and applies
+its timeout to each read, not to the request: a collector answering an endless body grew the daemon by 250 MB a
+second, one sending a byte every few seconds held the export (and the daemon's shutdown) for ever, and a redirect
+counted as success (the SDK accepts every status below 400), so spans were dropped without a word. Here:
+
+- one deadline for the whole request (connect, send, headers, body), and :meth:`OtlpHttp.close` from another
+  thread ends a request in progress (the daemon stopping);
+- at most :data:`MAX_RESPONSE` bytes of a response are read, the rest is dropped with the connection;
+- the status decides: 2xx is an answer (with OTLP's ``partial_success``: spans the collector rejected), 413 means
+  the batch is too large (the caller splits it), 400 means this batch will never be taken (the caller skips it),
+  anything else — 3xx, 401/403/404, 429, 5xx, a network error — means try again later, after ``Retry-After`` when
+  the collector gave one.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import socket
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+__all__ = ["Answer", "OtlpHttp", "MAX_RESPONSE", "MAX_RETRY_AFTER"]
+
+MAX_RESPONSE = 64 << 10  # bytes of a collector's answer that are read (an OTLP answer is a few bytes)
+MAX_RETRY_AFTER = 300.0  # seconds: the longest Retry-After followed (a collector cannot park the export for days)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What became of one request. ``outcome``: ``ok`` (taken; ``rejected`` spans of it refused by the collector),
+    ``too_large`` (413), ``refused`` (400: this batch is never taken), ``retry`` (anything else)."""
+
+    outcome: str
+    message: str = ""
+    rejected: int = 0
+    retry_after: float | None = None
+
+
+class OtlpHttp:
+    """POSTs protobuf bodies to one OTLP/HTTP traces URL. One request at a time (the exporter's thread)."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.headers = {"Content-Type": "application/x-protobuf", **(headers or {})}
+        if parts.username is not None:  # user:password@host, as requests sent it: basic authentication
+            login = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            self.headers.setdefault("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._conn: http.client.HTTPConnection | None = None
+        self._closed = False
+
+    def close(self) -> None:
+        """End a request in progress (from any thread) and refuse new ones: the daemon is stopping."""
+        with self._lock:
+            self._closed = True
+            conn = self._conn
+        _abort(conn)
+
+    def post(self, body: bytes) -> Answer:
+        """Send ``body``; never raises for what the network or the collector does."""
+        deadline = time.monotonic() + self.timeout
+        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+        conn = cls(self.host, self.port, timeout=self.timeout)
+        with self._lock:
+            if self._closed:
+                return Answer("retry", "the exporter is stopping")
+            self._conn = conn
+        # The deadline holds for every phase: a socket timeout is per read, and a collector that sends its status
+        # line or headers a byte at a time would reset it for ever. At the deadline the socket is shut down.
+        timer = threading.Timer(self.timeout, _abort, (conn,))
+        timer.daemon = True
+        timer.start()
+        try:
+            conn.connect()
+            conn.request("POST", self.path, body=body, headers=self.headers)
+            resp = conn.getresponse()
+            data = _read(resp, deadline)
+            return _answer(resp.status, resp.reason, resp.getheader("Retry-After"), resp.getheader("Location"), data)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            late = time.monotonic() >= deadline
+            reason = f"no answer within {self.timeout:g} s" if late else f"{type(exc).__name__}: {exc}"
+            return Answer("retry", f"collector unreachable: {reason}"[:300])
+        finally:
+            timer.cancel()
+            with self._lock:
+                self._conn = None
+            conn.close()
+
+
+def _abort(conn: http.client.HTTPConnection | None) -> None:
+    """Shut the connection's socket down: a thread blocked reading or writing it returns at once."""
+    sock = conn.sock if conn is not None else None
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _read(resp: http.client.HTTPResponse, deadline: float) -> bytes:
+    """At most :data:`MAX_RESPONSE` bytes of the body, within the deadline."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < MAX_RESPONSE:
+        if time.monotonic() >= deadline:
+            raise TimeoutError("deadline")
+        chunk = resp.read1(min(16384, MAX_RESPONSE - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _answer(status: int, reason: str, retry_after: str | None, location: str | None, data: bytes) -> Answer:
+    if 200 <= status < 300:
+        return Answer("ok", rejected=_rejected(data))
+    said = f"collector answered {status} {reason}".strip()
+    if status == 413:
+        return Answer("too_large", said)
+    if status == 400:
+        return Answer("refused", f"{said}: {_text(data)}" if data else said)
+    if 300 <= status < 400:
+        said += f" (a redirect to {location!r}: not followed, set otlp_endpoint to where it leads)"
+    return Answer("retry", said[:300], retry_after=_retry_after(retry_after))
+
+
+def _rejected(data: bytes) -> int:
+    """Spans an OTLP answer says it rejected (``partial_success.rejected_spans``); 0 for an empty or other answer."""
+    if not data:
+        return 0
+    try:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+        answer = ExportTraceServiceResponse()
+        answer.ParseFromString(data)
+        return max(int(answer.partial_success.rejected_spans), 0)
+    except Exception:  # noqa: BLE001 - an answer that is not OTLP (a proxy's page) is a plain success
+        return 0
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` (seconds, or an HTTP date) as seconds from now, at most :data:`MAX_RETRY_AFTER`."""
+    if not value:
+        return None
+    try:
+        secs = float(value)
+    except ValueError:
+        try:
+            secs = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if secs != secs:  # NaN
+        return None
+    return min(max(secs, 0.0), MAX_RETRY_AFTER)
+
+
+def _text(data: bytes) -> str:
+    return data[:200].decode("utf-8", "replace").replace("\n", " ")
