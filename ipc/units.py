@@ -13,7 +13,7 @@ import re
 
 __all__ = ["UnitError", "BeyondAny", "parse_size", "parse_output_cap", "MIN_OUTPUT", "MAX_OUTPUT", "parse_duration",
            "parse_percent", "parse_cpus", "max_cpu_percent", "MAX_CLUSTER_CPUS",
-           "format_size", "format_duration", "format_seconds", "format_limit", "shortened"]
+           "format_size", "format_duration", "format_seconds", "format_limit", "format_over", "shortened"]
 
 
 class UnitError(ValueError):
@@ -112,8 +112,12 @@ def parse_duration(text: str) -> float:
         num, unit = m.group(1), m.group(2)
         if unit in _MONTHS:
             raise UnitError(f"bad duration {text!r}: months differ in length: write days (e.g. {_months_hint(num)})")
-        if unit not in _DURATION_UNITS and not (unit == "" and pos == 0 and m.end() == len(t)):
-            raise UnitError(f"bad duration {text!r}: unknown unit {unit or '(none)'!r} {hint}")
+        if unit == "" and not (pos == 0 and m.end() == len(t)):  # "1h30": the 30 of what?
+            last = m.end() == len(t)
+            raise UnitError(f"bad duration {text!r}: {num} has no unit" + (f" (did you mean {text.strip()}m?)" if last
+                                                                            else f" {hint}"))
+        if unit not in _DURATION_UNITS and unit != "":
+            raise UnitError(f"bad duration {text!r}: unknown unit {unit!r} {hint}")
         total += float(num) * _DURATION_UNITS.get(unit, 1)
         parts += 1
         pos = m.end()
@@ -232,6 +236,21 @@ def format_limit(value: float, unit: str) -> str:
     if unit == "USD":
         return f"${value:.6f}"
     return f"{value:g} {unit}"
+
+
+def format_over(measured: float, top: float, unit: str) -> tuple[str, str]:
+    """``measured`` and the limit ``top`` it passed, each as :func:`format_limit` says it, but with as many more
+    digits of ``measured`` as it takes to tell them apart (``memory 100.4 MiB > limit 100 MiB``, not ``100 MiB >
+    limit 100 MiB``)."""
+    said, limit = format_limit(measured, unit), format_limit(top, unit)
+    scale = {"bytes": (2**20, " MiB"), "percent": (1, " %"), "seconds": (1, " s")}.get(unit)
+    if said != limit or not measured > top or scale is None or (unit == "seconds" and not 1 <= top < 86400):
+        return said, limit  # (seconds: only as plain seconds, the way format_seconds says 1 s to a day)
+    for digits in range(1, 10):
+        said = f"{measured / scale[0]:.{digits}f}".rstrip("0").rstrip(".") + scale[1]
+        if said != limit:
+            break
+    return said, limit
 
 
 def shortened(default: float, var: str, floor: float = 0.0) -> float:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from labd.ipc.events import TERMINAL_STATUSES
-from labd.ipc.units import format_limit
+from labd.ipc.units import format_limit, format_over
 from labd.runner.context import MAX_STEP_ERROR, clip
 
 __all__ = ["SessionCursor", "RowChanges", "apply", "ALLOWED_TRANSITIONS", "MAX_REASON"]
@@ -355,4 +355,5 @@ def _limit_reason(p: dict[str, Any]) -> str:
     verb = {"kill": "killed", "pause": "paused"}.get(p["action"], "stopped")
     if p.get("enforced_by") == "cgroup":  # the kernel held the limit: usage never went past it (daemon/cgroups.py)
         return f"{verb}: {p['limit']} reached its limit {format_limit(p['max'], p['unit'])} (held by the kernel)"
-    return f"{verb}: {p['limit']} {format_limit(p['measured'], p['unit'])} > limit {format_limit(p['max'], p['unit'])}"
+    measured, top = format_over(p["measured"], p["max"], p["unit"])
+    return f"{verb}: {p['limit']} {measured} > limit {top}"

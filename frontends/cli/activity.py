@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from labd.frontends.cli import safetext
 from labd.frontends.cli.output import Output, short
-from labd.ipc.units import format_duration, format_limit, format_size
+from labd.ipc.units import format_duration, format_over, format_size
 
 __all__ = ["Activity", "Line", "Printer", "stamp"]
 
@@ -141,7 +141,7 @@ class Activity:
         if kind == "limit.exceeded":
             measured, top = p["measured"], p["max"]
             if p.get("unit") in ("bytes", "seconds"):  # as `labd show` words it: "memory 124 MiB > limit 100 MiB"
-                measured, top = format_limit(measured, p["unit"]), format_limit(top, p["unit"])
+                measured, top = format_over(measured, top, p["unit"])
             elif p.get("unit"):
                 measured, top = f"{measured:g} {p['unit']}", f"{top:g} {p['unit']}"
             if p.get("enforced_by") == "cgroup":  # the kernel held it: usage never went past the limit

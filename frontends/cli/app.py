@@ -7,6 +7,7 @@ Only this module turns errors into messages and exit codes: 0 ok, 1 a session fa
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 import labd
@@ -75,6 +76,31 @@ def _known_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
             return
 
 
+def _negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--timeout -5m`` as ``--timeout=-5m``: argparse takes a value that starts with ``-`` and a digit (and is not
+    a plain number) for an option, and said "expected one argument" instead of what is wrong with the value.
+    Only for options of the command that take a value."""
+    out: list[str] = []
+    chosen = parser
+    words = iter(argv)
+    for word in words:
+        action = chosen._option_string_actions.get(word) if word.startswith("--") else None  # noqa: SLF001
+        if action is not None and action.nargs is None:  # one value
+            value = next(words, None)
+            if value is not None and re.match(r"-[0-9.]", value):
+                out.append(f"{word}={value}")
+                continue
+            out.append(word)
+            if value is not None:
+                out.append(value)
+            continue
+        if chosen is parser and not word.startswith("-"):
+            sub = subcommands(parser).choices.get(word)
+            chosen = sub if sub is not None else chosen
+        out.append(word)
+    return out
+
+
 def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
     """The innermost parser the command line chose (``labd remote list``: the ``list`` parser, not ``remote``'s)."""
     while True:
@@ -109,11 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A character the output's encoding lacks (PYTHONIOENCODING=latin-1, an ASCII terminal) is shown as an escape
+    # (`\u2713`), as `labd logs` does, instead of ending the command with a traceback
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
     try:
         parser = build_parser()
     except KeyboardInterrupt:  # Ctrl-C while the commands' modules load
         return 130
-    _known_command(parser, sys.argv[1:] if argv is None else argv)
+    argv = _negative_values(parser, sys.argv[1:] if argv is None else argv)
+    _known_command(parser, argv)
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the command's own parser (its usage, not labd's), with the nearest option it has
         _unrecognized(parser, args, extra)

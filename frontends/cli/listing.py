@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from labd.frontends.cli.base import LIVE, CliError, Ctx, add_json, comma_list, command
-from labd.frontends.cli.output import STATUS_STYLE, age, natural_key, styled
+from labd.frontends.cli.output import STATUS_STYLE, Cell, age, natural_key, styled
 from labd.frontends.cli.sessions import parse_tags
 from labd.ipc.errors import LabdError
 from labd.ipc.events import STATUSES
@@ -19,7 +19,20 @@ from labd.ipc.listing import MAX_LIST
 from labd.ipc.units import UnitError, format_duration, format_size, parse_duration
 
 __all__ = ["register", "fit_name", "workflow_label", "truncation_text", "ENDED_BY", "ended_by_text", "ps_status",
-           "timing_text"]
+           "timing_text", "heard_text", "QUIET_S"]
+#: seconds without a word from a live session's runner before ``labd show`` calls it unresponsive: a runner with
+#: nothing to send (sleeping, paused, waiting for an approval) sends a heartbeat every 30 s; two and a half missed
+QUIET_S = 75.0
+
+
+def heard_text(s: dict[str, Any], now: float) -> Cell | None:
+    """``labd show``'s line on when a live session's runner was last heard from (None for an ended session);
+    flagged only past :data:`QUIET_S` (an idle runner is heard from at its heartbeat: it was flagged after 10 s)."""
+    if s["status"] not in LIVE or not s.get("last_seen"):
+        return None
+    quiet = now - s["last_seen"]
+    late = quiet > QUIET_S
+    return styled(f"last heard from {quiet:.1f}s ago" + ("  (unresponsive?)" if late else ""), "red" if late else None)
 
 
 def _ps_rows(args: argparse.Namespace, ctx: Ctx) -> tuple[list[dict[str, Any]], bool]:
@@ -352,10 +365,9 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
     cut = truncation_text(e for e in told if e["kind"] == "output.truncated")
     if cut:
         pairs.append(("output", styled(cut, "yellow")))
-    if s["status"] in LIVE and s.get("last_seen"):
-        quiet = time.time() - s["last_seen"]
-        text = f"last heard from {quiet:.1f}s ago" + ("  (unresponsive?)" if quiet > 10 else "")
-        pairs.append(("runner", styled(text, "red" if quiet > 10 else None)))
+    heard = heard_text(s, time.time())
+    if heard:
+        pairs.append(("runner", heard))
     ctx.out.fields(pairs)
     if s["steps"]:
         rows = [[st["node_id"], styled(st["status"], STATUS_STYLE.get(st["status"])),

@@ -341,3 +341,17 @@ def test_a_typo_in_a_status_or_type_list_names_the_value_and_the_choices(shared_
         assert "must be a list" not in r.stderr
     assert labd("ps", "--status", "running,paused", "--status", "queued").returncode == 0
     assert labd("search", "x", "--type", "step,message", "--status", "completed").returncode == 0
+
+
+def test_an_output_encoding_without_the_characters_shows_escapes(shared_daemon) -> None:
+    """With an output encoding that lacks a character labd prints (``PYTHONIOENCODING=ascii``: the tree's lines,
+    a check mark), ``labd dag`` and ``labd workflows`` show it as an escape and exit 0 (they ended with a
+    ``UnicodeEncodeError`` traceback, where ``labd logs`` already escaped)."""
+    import os
+
+    sid = labd("run", "planning_and_control", "-p", "task=Step 1 of 2: fit. Step 2 of 2: plot", "--wait").stdout.strip()
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    for args in (("dag", sid), ("workflows",)):
+        out = labd(*args, env=env)
+        assert out.returncode == 0 and "Traceback" not in out.stderr, (args, out.stderr[-2000:])
+        assert "\\u" in out.stdout and out.stdout.isascii(), (args, out.stdout[:500])

@@ -212,3 +212,16 @@ def test_labd_show_shortens_huge_params_and_says_where_they_are_whole() -> None:
     assert params_text({"n": 3, "label": "x"}) == '{"n": 3, "label": "x"}'
     long = params_text({"label": "x" * 5_000_000})
     assert long == '{"label": "' + "x" * 989 + "... (5,000,013 characters; labd show --json: all)", long[-80:]
+
+
+def test_a_breach_just_past_its_limit_reads_as_one() -> None:
+    """A memory kill at 100.4 MiB against a 100 MiB limit read "memory 100 MiB > limit 100 MiB": the measured
+    side gets the digits it needs to differ, the limit stays as given; a wide breach is said as before."""
+    from labd.ipc.units import format_over
+
+    assert format_over(100.4 * 2**20, 100 * 2**20, "bytes") == ("100.4 MiB", "100 MiB")
+    assert format_over(100 * 2**20 + 5, 100 * 2**20, "bytes") == ("100.000005 MiB", "100 MiB")
+    assert format_over(124 * 2**20, 100 * 2**20, "bytes") == ("124 MiB", "100 MiB")
+    assert format_over(100.3, 100, "percent") == ("100.3 %", "100 %")
+    assert format_over(2.0004, 2, "seconds") == ("2.0004 s", "2 s")
+    assert format_over(2.5, 2, "seconds") == ("2.5 s", "2 s")

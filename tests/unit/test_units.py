@@ -66,6 +66,14 @@ def test_parse_duration_refuses_what_could_be_months(text: str, says: str) -> No
     assert parse_duration("15MIN") == parse_duration("15m") == 900.0
 
 
+def test_a_number_without_unit_after_another_part_is_named() -> None:
+    """``1h30`` says that the 30 has no unit and suggests ``1h30m`` (it said "unknown unit '(none)'")."""
+    with pytest.raises(UnitError, match=r"30 has no unit \(did you mean 1h30m\?\)"):
+        parse_duration("1h30")
+    with pytest.raises(UnitError, match="30 has no unit .try 90s"):
+        parse_duration("30 1h")
+
+
 @pytest.mark.parametrize("text", ["", "s", "abc", "10x", "0", "0s", "-1m", "1h30", "h1", "nan", "1h-5m"])
 def test_parse_duration_bad(text: str) -> None:
     """Garbage, unknown units, a bare number after a unit, and non-positive durations raise UnitError."""
