@@ -4,11 +4,11 @@
 never the live stream — and sends the spans that :mod:`labd.daemon.otel_spans` maps from each session's events,
 encoded by the OpenTelemetry SDK's OTLP encoder and posted by :mod:`labd.daemon.otel_http` (bounded: a deadline
 per request, a capped answer, a redirect is no success). Its cursor (per session: the last seq whose spans the
-collector acknowledged) lives in ``<home>/otel-export.json``, replaced atomically after each acknowledged
-batch. So a collector outage loses nothing (the cursor does not move; the next pass sends the same spans), a
-daemon restart resumes where the last acknowledged batch ended, and nothing is sent twice unless a collector
-stored a batch but its reply was lost — and then the span ids are the same (deterministic), so the collector
-sees the same spans again, not new ones.
+collector acknowledged) lives in ``<home>/otel-export.db`` (:mod:`labd.daemon.otel_cursor`), committed after
+each acknowledged batch. So a collector outage loses nothing (the cursor does not move; the next pass sends the
+same spans), a daemon restart resumes where the last acknowledged batch ended, and nothing is sent twice unless a
+collector stored a batch but its reply was lost — and then the span ids are the same (deterministic), so the
+collector sees the same spans again, not new ones.
 
 The cursor moves after each acknowledged batch, past the events all of whose spans it held. A batch whose
 encoding is over :data:`MAX_BATCH_BYTES`, or that the collector answers 413, is split in halves; one the collector
@@ -20,34 +20,40 @@ skipped and counted (``skipped``, ``telemetry.skipped_spans`` in ``daemon.status
 must not hold back the spans after it, nor any other session's (:mod:`labd.daemon.otel_spans` clamps what it
 can: a start that is not a time becomes the end, an out-of-range int attribute is left out).
 
-Sessions are read in order of creation; a session is forgotten by the cursor once it has ended and every span
-of it is acknowledged (``done_before`` marks how far that goes, so the file stays small).
+Sessions are exported oldest first. A pass reads every session's ``last_seq`` once a minute (the first pass
+too), and in between only the sessions that are live, ended since the previous pass, or left with spans unsent:
+a session resumed long after it ended is live again and goes on from its cursor, its second end a ``session``
+span of its own (``session@<seq>``).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, or_, select
 
+from labd.daemon.otel_cursor import ExportCursor
 from labd.daemon.otel_http import OtlpHttp
 from labd.daemon.otel_spans import CLOSERS, MAX_TIME, SpanRecord, span_id, spans_from_events, trace_id
-from labd.ipc.events import TERMINAL_STATUSES
+from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 from labd.store.schema import events, sessions, steps
 
 __all__ = ["OtelExporter"]
 
+LIVE = tuple(st for st in STATUSES if st not in TERMINAL_STATUSES)
 BATCH_SPANS = 512
 MAX_BATCH_BYTES = 4 << 20  # a batch encoded larger is split (collectors refuse bodies past 4-20 MiB)
 MAX_BACKOFF_S = 60.0  # the longest wait between passes while the collector fails (without a Retry-After)
 PAGE_EVENTS = 2000
+PAGE_BYTES = 32 << 20  # payload read per page, past its first event (a page is decoded whole)
+FULL_SCAN_EVERY = 60.0  # seconds between passes that read every session (between them: live and recent ones)
+ENDED_SLACK = 5.0  # seconds: a session that ended just before the previous pass read its sessions is read again
 
 
 class OtelExporter(threading.Thread):
@@ -71,29 +77,10 @@ class OtelExporter(threading.Thread):
         self.skipped = 0  # spans that could not be made or sent, left out for good (for status/tests)
         self.last_error: str | None = None  # why the last batch that failed did (None once one is taken again)
         self._wait = interval  # until the next pass: longer while the collector fails (Retry-After, backoff)
-        self.cursor = self._load()
-        self._saved = json.dumps(self.cursor)  # what the cursor file holds (or the empty cursor, with no file)
-
-    # ---- cursor ---------------------------------------------------------------------------------
-    def _load(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.cursor_file.read_text())
-            if isinstance(data, dict) and isinstance(data.get("sessions"), dict):
-                return {"done_before": float(data.get("done_before") or 0.0), "sessions": data["sessions"]}
-        except (OSError, ValueError):
-            pass
-        return {"done_before": 0.0, "sessions": {}}
-
-    def _save(self) -> None:
-        """Write the cursor file, only when the cursor moved: an idle daemon's pass every ``interval`` seconds
-        writes nothing."""
-        data = json.dumps(self.cursor)
-        if data == self._saved:
-            return
-        tmp = self.cursor_file.with_suffix(".tmp")
-        tmp.write_text(data)
-        os.replace(tmp, self.cursor_file)
-        self._saved = data
+        self.cursor = ExportCursor(cursor_file, engine, legacy=cursor_file.with_name("otel-export.json"))
+        self._full_at = 0.0  # monotonic time of the last pass that read every session (0: the next one does)
+        self._since = 0.0  # wall time the previous pass began
+        self._behind: set[str] = set()  # sessions a pass left with spans unsent (the collector failed)
 
     # ---- the loop -------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -108,52 +95,54 @@ class OtelExporter(threading.Thread):
                 self.failures += 1
                 self.log.exception("telemetry export pass failed")
             self._halt.wait(self._wait)
+        self.cursor.close()
 
     def export_pass(self) -> bool:
-        """One pass over sessions with unexported events; returns False when the collector refused a batch."""
-        done_before = self.cursor["done_before"]
+        """One pass over sessions with unexported events, oldest first; returns False when the collector refused
+        a batch. Reads every session's ``last_seq`` once a :data:`FULL_SCAN_EVERY` (the first pass too), else
+        only the sessions that are live, ended since the previous pass, or left behind by it: a session resumed
+        long after it ended is live again, and goes on from its cursor."""
+        now, wall = time.monotonic(), time.time()
+        query = select(sessions.c.id, sessions.c.last_seq, sessions.c.created_at)
+        full = now - self._full_at >= FULL_SCAN_EVERY
+        if not full:
+            query = query.where(or_(sessions.c.status.in_(LIVE), sessions.c.ended_at >= self._since - ENDED_SLACK,
+                                    sessions.c.id.in_(sorted(self._behind))))
         with self.engine.connect() as conn:
-            rows = conn.execute(select(sessions).where(sessions.c.created_at >= done_before)
-                                .order_by(sessions.c.created_at)).mappings().all()
-        ok = True
-        for row in rows:
-            session = dict(row)
-            sid = session["id"]
-            if self._halt.is_set() or not self._export_session(session):
-                ok = False
-                break
-            if session["status"] in TERMINAL_STATUSES and self.cursor["sessions"].get(sid, 0) >= session["last_seq"]:
-                self.cursor["sessions"][sid] = -1  # finished: forgotten once done_before passes it
-        # Move done_before over the leading run of finished sessions, and forget them.
-        for row in rows:
-            if self.cursor["sessions"].get(row["id"]) == -1:
-                self.cursor["done_before"] = row["created_at"] + 1e-6
-                self.cursor["sessions"].pop(row["id"], None)
-            else:
-                break
-        self._save()
-        return ok
+            rows = conn.execute(query).all()
+        if full:
+            self._full_at = now
+            gone = self.cursor.known() - {sid for sid, _, _ in rows}
+            self.cursor.forget(gone)  # deleted sessions (labd rm, retention)
+        self._since = wall
+        todo = sorted((created, sid) for sid, last, created in rows if last > self.cursor.get(sid))
+        self._behind = {sid for _, sid in todo}
+        for _, sid in todo:
+            if self._halt.is_set():
+                return False
+            with self.engine.connect() as conn:
+                row = conn.execute(select(sessions).where(sessions.c.id == sid)).mappings().first()
+            if row is None:
+                self._behind.discard(sid)
+                continue
+            if not self._export_session(dict(row)):
+                return False
+            self._behind.discard(sid)
+        return True
 
     def _export_session(self, session: dict[str, Any]) -> bool:
         sid = session["id"]
-        since = self.cursor["sessions"].get(sid, 0)
-        if since < 0 or since >= session["last_seq"]:
-            return True
+        since = self.cursor.get(sid)
         upto = session["last_seq"]
         while since < upto:
             with self.engine.connect() as conn:
-                page = conn.execute(
-                    select(events.c.seq, events.c.ts, events.c.kind, events.c.node_id, events.c.parent,
-                           events.c.payload)
-                    .where(events.c.session_id == sid, events.c.seq > since, events.c.seq <= upto,
-                           events.c.kind.in_(CLOSERS))
-                    .order_by(events.c.seq).limit(PAGE_EVENTS)).all()
-                evs = [{"seq": r[0], "ts": r[1], "kind": r[2], "node_id": r[3], "parent": r[4],
-                        "payload": orjson.loads(r[5])} for r in page]
+                page_end, evs = self._page(conn, sid, since, upto)
+                if any(ev["kind"] == "session.ended" for ev in evs):  # a resumed session ends again: its own span
+                    session["first_end_seq"] = conn.execute(select(func.min(events.c.seq)).where(
+                        events.c.session_id == sid, events.c.kind == "session.ended")).scalar()
                 spans = spans_from_events(session, evs, lambda nid: self._node(conn, sid, nid),
-                                          lambda src_seq: self._opener(conn, sid, src_seq),
+                                          lambda src_seq, before: self._opener(conn, sid, src_seq, before),
                                           skipped=lambda ev, why: self._skip(sid, ev.get("seq"), why))
-            page_end = evs[-1]["seq"] if len(page) == PAGE_EVENTS else upto
             for start in range(0, len(spans), BATCH_SPANS):
                 if not self._send(spans[start:start + BATCH_SPANS]):
                     return False
@@ -161,12 +150,35 @@ class OtelExporter(threading.Thread):
                 # these again (a collector taking three batches of four then refusing the fourth was sent the
                 # first three over and over)
                 after = start + BATCH_SPANS
-                self.cursor["sessions"][sid] = spans[after].seq - 1 if after < len(spans) else page_end
-                self._save()
+                if after < len(spans):
+                    self.cursor.move(sid, spans[after].seq - 1)
             since = page_end
-            self.cursor["sessions"][sid] = since
-            self._save()
+            self.cursor.move(sid, since)
         return True
+
+    @staticmethod
+    def _page(conn: Any, sid: str, since: int, upto: int) -> tuple[int, list[dict[str, Any]]]:
+        """``(the seq the page ends at, its span-closing events)`` after ``since``: at most :data:`PAGE_EVENTS`
+        events and, past the first, :data:`PAGE_BYTES` of payload (400 code runs of a megabyte of output each held
+        the daemon at 866 MB: a page is read whole)."""
+        closers = (events.c.session_id == sid, events.c.seq > since, events.c.seq <= upto, events.c.kind.in_(CLOSERS))
+        heads = conn.execute(select(events.c.seq, func.length(events.c.payload)).where(*closers)
+                             .order_by(events.c.seq).limit(PAGE_EVENTS)).all()
+        if not heads:
+            return upto, []
+        total, count = 0, 0
+        for _, size in heads:
+            if count and total + (size or 0) > PAGE_BYTES:
+                break
+            total += size or 0
+            count += 1
+        last = heads[count - 1][0]
+        end = upto if count == len(heads) < PAGE_EVENTS else last
+        rows = conn.execute(select(events.c.seq, events.c.ts, events.c.kind, events.c.node_id, events.c.parent,
+                                   events.c.payload).where(*closers, events.c.seq <= last)
+                            .order_by(events.c.seq)).all()
+        return end, [{"seq": r[0], "ts": r[1], "kind": r[2], "node_id": r[3], "parent": r[4],
+                      "payload": orjson.loads(r[5])} for r in rows]
 
     @staticmethod
     def _node(conn: Any, sid: str, nid: str) -> dict[str, Any] | None:
@@ -174,9 +186,13 @@ class OtelExporter(threading.Thread):
         return dict(row) if row else None
 
     @staticmethod
-    def _opener(conn: Any, sid: str, src_seq: int) -> dict[str, Any] | None:
+    def _opener(conn: Any, sid: str, src_seq: int, before: int) -> dict[str, Any] | None:
+        """The runner event with ``src_seq`` (a request, a call) before seq ``before``: looked for backwards from
+        there along the key (``src_seq`` has no index, and an opener is usually just before what it opens: a
+        search from the start made a long session's export quadratic)."""
         row = conn.execute(select(events.c.ts, events.c.kind).where(
-            events.c.session_id == sid, events.c.src == "r", events.c.src_seq == src_seq)).first()
+            events.c.session_id == sid, events.c.seq < before, events.c.src == "r", events.c.src_seq == src_seq)
+            .order_by(events.c.seq.desc()).limit(1)).first()
         return {"ts": row[0], "kind": row[1]} if row else None
 
     def _skip(self, sid: str, what: Any, why: BaseException) -> None:

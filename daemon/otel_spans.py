@@ -112,7 +112,7 @@ def window(end: float, start: Any = None, duration: Any = None) -> tuple[float, 
 
 
 def _span(session: dict[str, Any], ev: dict[str, Any], node: Callable[[str], dict[str, Any] | None],
-          opener: Callable[[int], dict[str, Any] | None]) -> SpanRecord | None:
+          opener: Callable[[int, int], dict[str, Any] | None]) -> SpanRecord | None:
     """The span ``ev`` closes (None for an event that closes none); raises ValueError/TypeError/... for an
     event no span can be made of."""
     sid = session["id"]
@@ -140,7 +140,7 @@ def _span(session: dict[str, Any], ev: dict[str, Any], node: Callable[[str], dic
         error = text(p.get("error")) if status not in ("completed", "ok") else None
         return _record(sid, f"node:{nid}", name, start, end, clamped, _node_parent(row), attrs, error)
     if kind == "llm.response":
-        req = opener(ev["parent"]) if ev.get("parent") else None
+        req = opener(ev["parent"], ev["seq"]) if ev.get("parent") else None
         start, end, clamped = window(ts, req["ts"], None) if req else window(ts, None, p.get("duration"))
         usage = p.get("usage")
         usage = usage if isinstance(usage, dict) else {}
@@ -158,7 +158,7 @@ def _span(session: dict[str, Any], ev: dict[str, Any], node: Callable[[str], dic
         return _record(sid, f"seq:{ev['seq']}", text(f"chat {model}"), start, end, clamped, parent, attrs, error,
                        kind="client")
     if kind == "tool.result":
-        req = opener(ev["parent"]) if ev.get("parent") else None
+        req = opener(ev["parent"], ev["seq"]) if ev.get("parent") else None
         start, end, clamped = window(ts, req["ts"], None) if req else window(ts, None, p.get("duration"))
         tool = text(p.get("name") or "")
         attrs.update({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": tool,
@@ -182,8 +182,9 @@ def _span(session: dict[str, Any], ev: dict[str, Any], node: Callable[[str], dic
                       "labd.cost.usd": float(session.get("cost") or 0.0)})
         start, end, clamped = window(ts, session.get("created_at") or ts, None)
         error = text(p.get("reason") or status) if status != "completed" else None
-        return _record(sid, "session", text(f"session {session.get('workflow')}"), start, end, clamped, None,
-                       attrs, error)
+        first = session.get("first_end_seq")  # a resumed session ends again: that run's span is its own
+        key = "session" if first is None or ev["seq"] <= first else f"session@{ev['seq']}"
+        return _record(sid, key, text(f"session {session.get('workflow')}"), start, end, clamped, None, attrs, error)
     return None
 
 
@@ -196,12 +197,13 @@ def _record(sid: str, key: str, name: str, start: float, end: float, clamped: bo
 
 def spans_from_events(session: dict[str, Any], events: Iterable[dict[str, Any]],
                       node: Callable[[str], dict[str, Any] | None],
-                      opener: Callable[[int], dict[str, Any] | None], *,
+                      opener: Callable[[int, int], dict[str, Any] | None], *,
                       skipped: Callable[[dict[str, Any], Exception], None] | None = None) -> list[SpanRecord]:
     """Spans closed by ``events`` (one session's, in seq order).
 
     ``node(node_id)`` returns the steps row of a node (started_at, parent_node, kind, agent, status);
-    ``opener(src_seq)`` returns the runner event with that ``src_seq`` (an LLM request, a tool call). An event
+    ``opener(src_seq, seq)`` returns the runner event with that ``src_seq`` before ``seq`` (an LLM request, a tool
+    call: what the event at ``seq`` closes). An event
     no span can be made of (its own time is not a time, a field of an impossible type) is left out and given to
     ``skipped(event, why)``: one bad event never stops the others."""
     out: list[SpanRecord] = []

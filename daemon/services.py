@@ -23,7 +23,7 @@ def start_telemetry(cfg: Config, engine: Any, home: Path) -> Any:
     from labd.daemon.otel_export import OtelExporter
 
     headers = {h: os.environ.get(var, "") for h, var in (tel.get("headers_env") or {}).items()}
-    exporter = OtelExporter(engine, tel["otlp_endpoint"], home / "otel-export.json",
+    exporter = OtelExporter(engine, tel["otlp_endpoint"], home / "otel-export.db",
                             service_name=str(tel.get("service_name") or "labd"),
                             interval=float(tel.get("interval", 2.0)), headers=headers or None)
     exporter.start()

@@ -33,6 +33,13 @@ def many_steps(ctx, n=600):
     return "done"
 
 
+def flaky(ctx, marker=""):
+    for i in range(3):
+        with ctx.step(f"part {i}"):
+            if i == 1 and not os.path.exists(marker):
+                raise RuntimeError("transient failure")
+
+
 def show_env(ctx):
     print("team:", os.environ.get("LABD_TEST_COLLECTOR_TEAM"), "secret:", ctx.secret("LABD_TEST_COLLECTOR_TEAM"))
     return "done"
@@ -281,3 +288,26 @@ def test_the_collectors_credentials_stay_out_of_sessions(isolated_env: Path, col
         assert not any(key in str(e["payload"]) for e in c.history(sid))
         wait_until(lambda: collector.of(sid), timeout=60, what="the session's spans")
         assert any(h.get("x-team") == key for h in collector.headers)
+
+
+def test_a_resumed_sessions_second_run_is_exported(isolated_env: Path, collector: Collector, tmp_path: Path) -> None:
+    """A session fails in its second step and is exported; resumed, it completes: the collector gets the second
+    run's spans (its steps, and a session span of its own for the second end), and none of the first run's again
+    (the cursor forgot an ended session, and found sessions by creation time: the second run was never sent)."""
+    flows = _flows(tmp_path)
+    marker = tmp_path / "marker"
+    _home(isolated_env, collector.port)
+    with running_daemon(isolated_env) as d, d.client() as c:
+        sid = c.start(f"{flows}:flaky", params={"marker": str(marker)})
+        assert c.wait(sid, timeout=60)["status"] == "failed"
+        first = _expected(c, sid)
+        wait_until(lambda: _got(collector.of(sid)) == first, timeout=60, what=f"the first run's spans {first}")
+        sent = len(collector.of(sid))
+        marker.write_text("now it works")
+        c.resume(sid)
+        wait_until(lambda: c.session(sid)["status"] == "completed", timeout=60, what="the resumed run's end")
+        want = _expected(c, sid)  # every node span of both runs, and a session span per end
+        want["session"] = 2
+        wait_until(lambda: _got(collector.of(sid)) == want, timeout=60, what=f"the second run's spans {want}")
+        spans = collector.of(sid)
+        assert len({s["id"] for s in spans}) == len(spans) > sent
