@@ -66,10 +66,22 @@ def configure_logging(emit: Emit, session_id: str) -> Any:
             except Exception:  # noqa: BLE001 - logging must never break the workflow
                 self.handleError(record)
 
+    handler = EventHandler()
+    handler.addFilter(_ag2_close_noise)
     root = logging.getLogger()
-    root.handlers[:] = [EventHandler()]
+    root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     return structlog.get_logger("workflow").bind(session_id=session_id)
+
+
+def _ag2_close_noise(record: logging.LogRecord) -> bool:
+    """False for asyncio's report that it could not close one of ag2's own turn generators (``Agent._turn_scope``,
+    ``_drive_scope``) left open by an exception that ended a turn (a budget's stop, a policy's refusal): a
+    traceback of ag2's internals, recorded as an error after a clean stop, with nothing for the user to do (the
+    exception that ended the turn is recorded in its own right)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (record.name == "asyncio" and isinstance(exc, RuntimeError) and "didn't stop after athrow" in str(exc)
+                and "<async_generator object Agent._" in str(record.msg))
 
 
 #: a log field that cannot be recorded becomes ``{"unrecorded": why, "repr": its repr cut to this many chars}``
