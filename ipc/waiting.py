@@ -204,13 +204,16 @@ class Waiting:
             error = self._reading(last_error, deadline, sid)
         return {"session": row, "finished": finished, "error": error}
 
-    def wait(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
+    def wait(self, ref: str, timeout: float | None = None, *,
+             on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Follow a session until it ends; return its final row (``timeout``, and a daemon restart, as in
-        :meth:`follow`)."""
+        :meth:`follow`). ``on_event``: called with each event followed meanwhile (e.g. to tell a person that the
+        session paused and waits for them)."""
         limit = check_timeout(timeout)
         deadline = None if limit is None else time.monotonic() + limit
-        for _ in self.follow(ref, timeout=limit):
-            pass
+        for ev in self.follow(ref, timeout=limit):
+            if on_event is not None:
+                on_event(ev)
         return self._reading(lambda: self.session(ref), deadline, ref)  # type: ignore[no-any-return]
 
     def follow(self, ref: str, since: int = 0, *, until_end: bool = True,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from labd.frontends.cli.activity import Activity, Printer
@@ -26,7 +27,7 @@ def wait_for(ctx: Ctx, sid: str, as_json: bool, *, announce: bool = True, extra:
         print(sid, flush=True)
     try:
         with ctrl_c():
-            row = ctx.client().wait(sid)
+            row = ctx.client().wait(sid, on_event=person_notes(ctx, sid))
     except KeyboardInterrupt:
         ctx.out.line(f"\n== detached: session {sid} keeps running. Stop it with `labd stop {sid}`; "
                      f"follow it with `labd logs -f {sid}`.", "bold yellow", err=True)
@@ -71,7 +72,8 @@ def wait_all(ctx: Ctx, sids: list[str], reply: dict[str, Any] | None, timeout: f
                 client.lookup(sid)  # had ended
             for sid in sids:
                 try:
-                    row = client.wait(sid, None if deadline is None else max(0.0, deadline - time.monotonic()))
+                    row = client.wait(sid, None if deadline is None else max(0.0, deadline - time.monotonic()),
+                                      on_event=person_notes(ctx, sid))
                 except LabdError as exc:
                     if exc.code == "no_daemon" and exc.details.get("session"):
                         left = sids[len(ended):]
@@ -135,6 +137,27 @@ def follow(ctx: Ctx, sid: str, *, raw: bool = False, timestamps: bool = False, s
     if status is None:
         status = c.session(sid)["status"]
     return 0 if status == "completed" else 1
+
+
+def person_notes(ctx: Ctx, sid: str) -> Callable[[dict[str, Any]], None]:
+    """What a quiet wait (``--wait``, ``labd wait``) says on stderr when the session it waits for starts waiting
+    for a person (paused: by its budget, by a client; an approval): it would wait for ever, saying nothing. Events
+    from before the wait began are the session's past, not news, unless the session waits for a person now."""
+    began = time.time()
+    state = {"now": _waiting_for(ctx.client(), sid)}
+    if state["now"]:
+        ctx.out.line(f"== still waiting:{state['now']}", "yellow", err=True)
+
+    def note(ev: dict[str, Any]) -> None:
+        if ev["kind"] not in ("session.paused", "approval.requested") or float(ev.get("ts") or 0) < began:
+            return
+        p = ev.get("payload") or {}
+        if ev["kind"] == "session.paused":
+            why = f" ({p['reason']})" if p.get("reason") else ""
+            ctx.out.line(f"== {sid} paused{why}: `labd resume {sid}` goes on; still waiting", "yellow", err=True)
+        else:
+            ctx.out.line(f"== {sid} waits for an approval: `labd approvals {sid}`; still waiting", "yellow", err=True)
+    return note
 
 
 def _waiting_for(client: Any, sid: str) -> str:

@@ -340,3 +340,26 @@ def test_a_priority_out_of_range_and_a_too_small_memory_are_said_in_the_options_
     small = labd("run", "demo.count", "--memory", "5M")
     assert small.returncode == 2, small.stderr
     assert "--memory 5M is below what a runner needs to start (32M)" in small.stderr, small.stderr
+
+
+def test_a_quiet_wait_says_when_the_session_paused_for_its_budget(shared_daemon) -> None:
+    """`labd run ... --on-budget pause --wait` said nothing while the session sat paused for its budget (ten minutes
+    of silence in a review): it now says on stderr that the session paused, and how to go on; once resumed with
+    a new budget, it waits on and exits 0 when the session completes."""
+    proc = subprocess.Popen([sys.executable, "-m", "labd", "run", "planning_and_control", "--budget", "0.0004",
+                             "--on-budget", "pause", "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=os.environ)
+    try:
+        sid = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        with shared_daemon.client() as c:
+            wait_until(lambda: c.session(sid)["status"] == "paused", timeout=90, what="the budget's pause")
+        said = proc.stderr.readline()  # type: ignore[union-attr]
+        assert f"{sid} paused" in said and f"labd resume {sid}" in said, said
+        assert proc.poll() is None  # still waiting
+        assert labd("resume", sid, "--budget", "1").returncode == 0
+        out, err = proc.communicate(timeout=90)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
