@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
@@ -85,8 +86,8 @@ def limits_from(args: argparse.Namespace) -> dict[str, Any]:
         timeout = parse_duration(args.timeout) if args.timeout is not None else None
     except UnitError as exc:
         raise CliError(str(exc)) from None
-    if args.budget is not None and not args.budget > 0:
-        raise CliError("--budget must be a positive amount of USD")
+    if args.budget is not None and not 0 < args.budget < math.inf:
+        raise CliError("--budget must be a positive amount of USD (a number: no limit is no --budget)")
     limits: dict[str, Any] = {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": args.budget,
                               "budget_action": args.on_budget}
     if getattr(args, "max_output", None) is not None:

@@ -23,3 +23,14 @@ def test_a_negative_value_is_refused_for_what_it_is(argv: list[str], says: str, 
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert says in err and "expected one argument" not in err, err
+
+
+@pytest.mark.parametrize("budget", ["inf", "nan", "0", "-1"])
+def test_a_budget_that_is_no_amount_is_refused_by_its_flag(budget: str, capsys: pytest.CaptureFixture[str],
+                                                           tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--budget inf`` was sent, and the daemon's wire check answered about "limits.budget" and JSON's lack of
+    Infinity; every budget that is not a positive finite amount is now refused by the flag's own message."""
+    monkeypatch.setenv("LABD_HOME", str(tmp_path))
+    assert main(["run", "demo.count", "--budget", budget]) == 2
+    err = capsys.readouterr().err
+    assert "--budget must be a positive amount of USD" in err, err
