@@ -101,6 +101,13 @@ def check_telemetry(path: Path, section: Any) -> dict[str, Any]:
     endpoint = section.get("otlp_endpoint")
     if endpoint is not None and (not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))):
         raise ConfigError(f"{path}: [telemetry] otlp_endpoint must be an http(s) URL, not {endpoint!r}")
+    if endpoint is not None:
+        from labd.daemon.otel_http import parse_endpoint
+
+        try:  # all of it, here: `serve --check` said OK to a port of "43l8", and the daemon then failed to start
+            parse_endpoint(endpoint)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: [telemetry] otlp_endpoint: {exc}") from None
     interval = section.get("interval", 2.0)
     if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0.05 <= interval <= 3600:
         raise ConfigError(f"{path}: [telemetry] interval must be between 0.05 and 3600 seconds")

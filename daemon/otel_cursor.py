@@ -37,6 +37,7 @@ class ExportCursor:
     """Per-session export marks, durable (each :meth:`move` is committed) and read from memory."""
 
     def __init__(self, path: Path, engine: Engine, legacy: Path | None = None) -> None:
+        """Raises ``sqlite3.Error`` or ``OSError`` when the file can be neither opened nor made anew."""
         self.path = path
         self.log = structlog.get_logger("labd.otel")
         self._lock = threading.Lock()

@@ -29,6 +29,7 @@ span of its own (``session@<seq>``).
 from __future__ import annotations
 
 import math
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ import structlog
 from sqlalchemy import Engine, func, or_, select
 
 from labd.daemon.otel_cursor import ExportCursor
-from labd.daemon.otel_http import OtlpHttp
+from labd.daemon.otel_http import OtlpHttp, TlsFiles
 from labd.daemon.otel_spans import CLOSERS, MAX_TIME, SpanRecord, span_id, spans_from_events, trace_id
 from labd.ipc.events import STATUSES, TERMINAL_STATUSES
 from labd.store.schema import events, sessions, steps
@@ -60,12 +61,13 @@ class OtelExporter(threading.Thread):
     """Sends spans for every session's record to an OTLP/HTTP endpoint, resuming from its cursor file."""
 
     def __init__(self, engine: Engine, endpoint: str, cursor_file: Path, *, service_name: str = "labd",
-                 interval: float = 2.0, headers: dict[str, str] | None = None, timeout: float = 10.0) -> None:
+                 interval: float = 2.0, headers: dict[str, str] | None = None, timeout: float = 10.0,
+                 tls: TlsFiles | None = None) -> None:
         super().__init__(name="labd-otel", daemon=True)
         from opentelemetry.sdk.resources import Resource
 
         url = endpoint.rstrip("/")
-        self.http = OtlpHttp(url if url.endswith("/v1/traces") else f"{url}/v1/traces", headers, timeout)
+        self.http = OtlpHttp(url if url.endswith("/v1/traces") else f"{url}/v1/traces", headers, timeout, tls=tls)
         self.resource = Resource.create({"service.name": service_name})
         self.engine = engine
         self.cursor_file = cursor_file
@@ -128,6 +130,7 @@ class OtelExporter(threading.Thread):
             if not self._export_session(dict(row)):
                 return False
             self._behind.discard(sid)
+        self._wait = self.interval  # a whole pass went through: the backoff is over
         return True
 
     def _export_session(self, session: dict[str, Any]) -> bool:
@@ -150,11 +153,22 @@ class OtelExporter(threading.Thread):
                 # these again (a collector taking three batches of four then refusing the fourth was sent the
                 # first three over and over)
                 after = start + BATCH_SPANS
-                if after < len(spans):
-                    self.cursor.move(sid, spans[after].seq - 1)
+                if after < len(spans) and not self._moved(sid, spans[after].seq - 1):
+                    return False
             since = page_end
-            self.cursor.move(sid, since)
+            if not self._moved(sid, since):
+                return False
         return True
+
+    def _moved(self, sid: str, seq: int) -> bool:
+        """Move the cursor; False (a failure, as the collector's: the passes back off) when it cannot be written
+        (a full disk): the spans since the last move are sent again later, not every ``interval`` for ever."""
+        try:
+            self.cursor.move(sid, seq)
+            return True
+        except (sqlite3.Error, OSError) as exc:
+            self._failed(f"the export's progress cannot be recorded ({self.cursor.path.name}): {exc}"[:300], None)
+            return False
 
     @staticmethod
     def _page(conn: Any, sid: str, since: int, upto: int) -> tuple[int, list[dict[str, Any]]]:
@@ -222,7 +236,7 @@ class OtelExporter(threading.Thread):
             half = len(spans) // 2
             return self._post(spans[:half]) and self._post(spans[half:])
         answer = self.http.post(body)
-        if answer.outcome == "too_large" and len(spans) > 1:
+        if answer.outcome in ("too_large", "reset") and len(spans) > 1:
             half = len(spans) // 2
             return self._post(spans[:half]) and self._post(spans[half:])
         if answer.outcome in ("too_large", "refused"):  # never taken, however often sent: left out, counted
@@ -236,17 +250,18 @@ class OtelExporter(threading.Thread):
                 self.log.warning("telemetry: the collector rejected spans of a batch", rejected=answer.rejected,
                                  spans=len(spans))
             self.last_error = None
-            self._wait = self.interval
             return True
-        self.failures += 1
-        self.last_error = answer.message
-        # The next pass after the collector's Retry-After, else twice the last wait (up to a minute)
-        self._wait = answer.retry_after if answer.retry_after is not None else min(max(self._wait * 2, self.interval),
-                                                                                   MAX_BACKOFF_S)
-        self._wait = max(self._wait, self.interval)
-        self.log.warning("collector refused or unreachable; will retry", spans=len(spans), error=answer.message,
-                         retry_in_s=round(self._wait, 1))
+        self._failed(answer.message, answer.retry_after, spans=len(spans))
         return False
+
+    def _failed(self, why: str, retry_after: float | None, **fields: Any) -> None:
+        """Count a failed batch; the next pass after ``retry_after`` (the collector's), else twice the last wait (up
+        to :data:`MAX_BACKOFF_S`)."""
+        self.failures += 1
+        self.last_error = why
+        wait = retry_after if retry_after is not None else min(max(self._wait * 2, self.interval), MAX_BACKOFF_S)
+        self._wait = max(wait, self.interval)
+        self.log.warning("telemetry export failed; will retry", error=why, retry_in_s=round(self._wait, 1), **fields)
 
     @staticmethod
     def _encode(spans: list[Any]) -> bytes | None:

@@ -19,13 +19,15 @@ from __future__ import annotations
 import base64
 import http.client
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import NamedTuple
 
-__all__ = ["Answer", "OtlpHttp", "MAX_RESPONSE", "MAX_RETRY_AFTER"]
+__all__ = ["Answer", "OtlpHttp", "TlsFiles", "parse_endpoint", "MAX_RESPONSE", "MAX_RETRY_AFTER"]
 
 MAX_RESPONSE = 64 << 10  # bytes of a collector's answer that are read (an OTLP answer is a few bytes)
 MAX_RETRY_AFTER = 300.0  # seconds: the longest Retry-After followed (a collector cannot park the export for days)
@@ -34,7 +36,9 @@ MAX_RETRY_AFTER = 300.0  # seconds: the longest Retry-After followed (a collecto
 @dataclass(frozen=True)
 class Answer:
     """What became of one request. ``outcome``: ``ok`` (taken; ``rejected`` spans of it refused by the collector),
-    ``too_large`` (413), ``refused`` (400: this batch is never taken), ``retry`` (anything else)."""
+    ``too_large`` (413), ``refused`` (400: this batch is never taken), ``reset`` (the connection was closed while
+    the body was sent, with no answer: a collector refusing a large body does that; split it if it can be),
+    ``retry`` (anything else)."""
 
     outcome: str
     message: str = ""
@@ -45,17 +49,24 @@ class Answer:
 class OtlpHttp:
     """POSTs protobuf bodies to one OTLP/HTTP traces URL. One request at a time (the exporter's thread)."""
 
-    def __init__(self, url: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
-        self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.headers = {"Content-Type": "application/x-protobuf", **(headers or {})}
-        if parts.username is not None:  # user:password@host, as requests sent it: basic authentication
-            login = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+    def __init__(self, url: str, headers: dict[str, str] | None = None, timeout: float = 10.0, *,
+                 tls: TlsFiles | None = None) -> None:
+        self.scheme, self.host, self.port, self.path, login = parse_endpoint(url)
+        self.headers = {"Content-Type": "application/x-protobuf"}
+        for name, value in (headers or {}).items():
+            value = value.strip()  # a key read from a file with CRLF endings ends in \r: not part of it
+            if any(c in value for c in "\r\n\0") or any(c in name for c in "\r\n\0: "):
+                # http.client refuses it with the whole value in its message, which would reach the log and status
+                raise ValueError(f"header {name!r} holds a line break or NUL: not sent (its value is not shown)")
+            self.headers[name] = value
+        if login is not None:  # user:password@host, as requests sent it: basic authentication
             self.headers.setdefault("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
         self.timeout = timeout
+        self._context: ssl.SSLContext | None = None
+        if self.scheme == "https" and tls is not None and any(tls):
+            self._context = ssl.create_default_context(cafile=tls.ca)
+            if tls.cert:
+                self._context.load_cert_chain(tls.cert, tls.key)
         self._lock = threading.Lock()
         self._conn: http.client.HTTPConnection | None = None
         self._closed = False
@@ -70,8 +81,11 @@ class OtlpHttp:
     def post(self, body: bytes) -> Answer:
         """Send ``body``; never raises for what the network or the collector does."""
         deadline = time.monotonic() + self.timeout
-        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-        conn = cls(self.host, self.port, timeout=self.timeout)
+        if self.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                                                           context=self._context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         with self._lock:
             if self._closed:
                 return Answer("retry", "the exporter is stopping")
@@ -83,19 +97,58 @@ class OtlpHttp:
         timer.start()
         try:
             conn.connect()
-            conn.request("POST", self.path, body=body, headers=self.headers)
-            resp = conn.getresponse()
+            if time.monotonic() >= deadline:  # the timer fired while connecting, with no socket to shut down yet
+                raise TimeoutError("deadline")
+            try:
+                conn.request("POST", self.path, body=body, headers=self.headers)
+            except OSError as sending:  # the collector may have answered (413) and closed without reading it all
+                try:
+                    resp = conn.getresponse()
+                except (OSError, http.client.HTTPException):
+                    return Answer("reset", f"collector closed the connection while {len(body)} bytes were sent: "
+                                  f"{type(sending).__name__}")
+            else:
+                resp = conn.getresponse()
             data = _read(resp, deadline)
             return _answer(resp.status, resp.reason, resp.getheader("Retry-After"), resp.getheader("Location"), data)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             late = time.monotonic() >= deadline
-            reason = f"no answer within {self.timeout:g} s" if late else f"{type(exc).__name__}: {exc}"
+            # the type only for a ValueError: http.client's messages quote what it refused (a header's value)
+            reason = f"no answer within {self.timeout:g} s" if late else type(exc).__name__ if isinstance(
+                exc, ValueError) else f"{type(exc).__name__}: {exc}"
             return Answer("retry", f"collector unreachable: {reason}"[:300])
         finally:
             timer.cancel()
             with self._lock:
                 self._conn = None
             conn.close()
+
+
+class TlsFiles(NamedTuple):
+    """Files of a TLS connection to the collector: the CA bundle to trust, the client's certificate and key (mTLS)."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+def parse_endpoint(url: str) -> tuple[str, str, int, str, str | None]:
+    """``(scheme, host, port, path with query, "user:password" or None)`` of an http(s) URL; ValueError saying
+    what is wrong with it (the URL itself is not quoted: it may hold a password)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("not an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("no host name")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("its port is not a number from 0 to 65535") from None
+    port = port or (443 if parts.scheme == "https" else 80)  # an IPv6 literal without one: http.client would split it
+    login = None
+    if parts.username is not None:
+        login = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+    return parts.scheme, parts.hostname, port, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), login
 
 
 def _abort(conn: http.client.HTTPConnection | None) -> None:

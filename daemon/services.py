@@ -12,7 +12,7 @@ from labd.daemon.config import Config
 from labd.daemon.template_launcher import TemplateLauncher
 from labd.ipc.connection import ConnectionInfo
 
-__all__ = ["GatewayError", "launchers", "start_gateway", "start_telemetry"]
+__all__ = ["GatewayError", "OTEL_HEADER_VARS", "launchers", "otel_env_headers", "start_gateway", "start_telemetry"]
 
 
 def start_telemetry(cfg: Config, engine: Any, home: Path) -> Any:
@@ -20,14 +20,45 @@ def start_telemetry(cfg: Config, engine: Any, home: Path) -> Any:
     tel = cfg.telemetry
     if not tel.get("otlp_endpoint"):
         return None
-    from labd.daemon.otel_export import OtelExporter
+    import sqlite3
 
-    headers = {h: os.environ.get(var, "") for h, var in (tel.get("headers_env") or {}).items()}
-    exporter = OtelExporter(engine, tel["otlp_endpoint"], home / "otel-export.db",
-                            service_name=str(tel.get("service_name") or "labd"),
-                            interval=float(tel.get("interval", 2.0)), headers=headers or None)
+    import structlog
+
+    from labd.daemon.otel_export import OtelExporter
+    from labd.daemon.otel_http import TlsFiles
+
+    # OpenTelemetry's own settings, as its SDK's exporter read them (the traces' variant first), under those named in
+    # headers_env; a custom CA and a client certificate (mTLS) for an https endpoint
+    headers = otel_env_headers(os.environ)
+    headers.update({h: os.environ.get(var, "") for h, var in (tel.get("headers_env") or {}).items()})
+    tls = TlsFiles(*(os.environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or os.environ.get(f"OTEL_EXPORTER_OTLP_{name}")
+                     for name in ("CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY")))
+    try:
+        exporter = OtelExporter(engine, tel["otlp_endpoint"], home / "otel-export.db",
+                                service_name=str(tel.get("service_name") or "labd"),
+                                interval=float(tel.get("interval", 2.0)), headers=headers or None, tls=tls)
+    except (ValueError, OSError, sqlite3.Error) as exc:  # the daemon serves on, without export, and says why
+        structlog.get_logger("labd.otel").error("telemetry export is off: it cannot start", error=str(exc)[:300])
+        return None
     exporter.start()
     return exporter
+
+
+#: the environment variables that hold an OTLP collector's headers (its API key), as OpenTelemetry names them
+OTEL_HEADER_VARS = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+
+
+def otel_env_headers(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The headers OpenTelemetry's variables give (``k1=v1,k2=v2``, values URL-encoded; the traces' one wins)."""
+    from urllib.parse import unquote
+
+    out: dict[str, str] = {}
+    for var in OTEL_HEADER_VARS:
+        for item in (env.get(var) or "").split(","):
+            name, eq, value = item.partition("=")
+            if eq and name.strip():
+                out[unquote(name.strip())] = unquote(value.strip())
+    return out
 
 
 def launchers(cfg: Config, local: TemplateLauncher, env: dict[str, str], runners: str) -> Any:

@@ -132,6 +132,8 @@ def begin(cfg: Config) -> Startup:
         # The collector's credentials ([telemetry] headers_env) are the daemon's: neither in a session's environment
         # nor among the secrets it may read (a name like HONEYCOMB_TEAM matches no secret pattern)
         collector = set((cfg.telemetry.get("headers_env") or {}).values())
+        if cfg.telemetry.get("otlp_endpoint"):  # OpenTelemetry's own header variables too, which the exporter reads
+            collector.update(("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"))
         clean_env, secrets = split_secrets(dict(os.environ), [*cfg.secret_env, *collector])
         secrets = {k: v for k, v in secrets.items() if k not in collector}
         secrets = store_withheld(secrets, url_passwords(cfg.db_url), cfg.db_url.startswith("postgresql"))

@@ -84,6 +84,9 @@ def _negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[s
     chosen = parser
     words = iter(argv)
     for word in words:
+        if word == "--":  # what follows is positional, as it is
+            out += [word, *words]
+            break
         action = chosen._option_string_actions.get(word) if word.startswith("--") else None  # noqa: SLF001
         if action is not None and action.nargs is None:  # one value
             value = next(words, None)

@@ -34,3 +34,12 @@ def test_a_budget_that_is_no_amount_is_refused_by_its_flag(budget: str, capsys: 
     assert main(["run", "demo.count", "--budget", budget]) == 2
     err = capsys.readouterr().err
     assert "--budget must be a positive amount of USD" in err, err
+
+
+def test_words_after_a_double_dash_are_left_as_they_are() -> None:
+    """``labd search -- --limit -3`` searches for those words: nothing after ``--`` is joined to an option."""
+    from labd.frontends.cli.app import _negative_values, build_parser
+
+    parser = build_parser()
+    assert _negative_values(parser, ["search", "--", "--limit", "-3"]) == ["search", "--", "--limit", "-3"]
+    assert _negative_values(parser, ["search", "x", "--limit", "-3"]) == ["search", "x", "--limit=-3"]
