@@ -41,7 +41,8 @@ def flaky(ctx, marker=""):
 
 
 def show_env(ctx):
-    print("team:", os.environ.get("LABD_TEST_COLLECTOR_TEAM"), "secret:", ctx.secret("LABD_TEST_COLLECTOR_TEAM"))
+    print("team:", os.environ.get("LABD_TEST_COLLECTOR_TEAM"), "secret:", ctx.secret("LABD_TEST_COLLECTOR_TEAM"),
+          "otel:", os.environ.get("OTEL_EXPORTER_OTLP_HEADERS"), ctx.secret("OTEL_EXPORTER_OTLP_HEADERS"))
     return "done"
 '''
 
@@ -275,19 +276,23 @@ def test_a_rate_limit_sends_nothing_twice(isolated_env: Path, collector: Collect
 def test_the_collectors_credentials_stay_out_of_sessions(isolated_env: Path, collector: Collector,
                                                           tmp_path: Path) -> None:
     """``[telemetry] headers_env`` names the variable that holds the collector's key (here one no secret pattern
-    matches): the collector gets the header, and a session sees the variable neither in its environment nor among
-    its secrets, so its output, the store and the spans never hold it (it did all three)."""
+    matches), and ``OTEL_EXPORTER_OTLP_HEADERS`` gives another: the collector gets both headers, and a session
+    sees the variables neither in its environment nor among its secrets, so its output, the store and the spans
+    never hold them (they did all three)."""
     flows = _flows(tmp_path)
     key = "k3y-of-the-collector-" + "7" * 12
     _home(isolated_env, collector.port, 'headers_env = { x-team = "LABD_TEST_COLLECTOR_TEAM" }\n')
-    with running_daemon(isolated_env, extra_env={"LABD_TEST_COLLECTOR_TEAM": key}) as d, d.client() as c:
+    otel = "zz-otel-key-" + "8" * 12
+    env = {"LABD_TEST_COLLECTOR_TEAM": key + "\r", "OTEL_EXPORTER_OTLP_HEADERS": f"x-otel={otel}"}
+    with running_daemon(isolated_env, extra_env=env) as d, d.client() as c:
         sid = c.start(f"{flows}:show_env")
         assert c.wait(sid, timeout=60)["status"] == "completed"
         printed = "".join(e["payload"].get("text", "") for e in c.history(sid, kinds=["output"]))
-        assert "team: None secret: None" in printed, printed
-        assert not any(key in str(e["payload"]) for e in c.history(sid))
+        assert "team: None secret: None otel: None None" in printed, printed
+        assert not any(key in str(e["payload"]) or otel in str(e["payload"]) for e in c.history(sid))
         wait_until(lambda: collector.of(sid), timeout=60, what="the session's spans")
-        assert any(h.get("x-team") == key for h in collector.headers)
+        # both sent, the key's trailing \r (a file with CRLF endings) trimmed
+        assert any(h.get("x-team") == key and h.get("x-otel") == otel for h in collector.headers)
 
 
 def test_a_resumed_sessions_second_run_is_exported(isolated_env: Path, collector: Collector, tmp_path: Path) -> None:
