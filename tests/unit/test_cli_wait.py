@@ -24,7 +24,10 @@ class GoneDaemon:
     def lookup(self, sid: str) -> dict[str, Any]:  # every reference is resolved before anything is waited for
         return {"id": sid, "status": "running"}
 
-    def wait(self, sid: str, timeout: float | None) -> dict[str, Any]:
+    def session(self, sid: str) -> dict[str, Any]:  # what a quiet wait asks first (is it waiting for a person?)
+        raise LabdError("no_daemon", "no labd daemon is running")
+
+    def wait(self, sid: str, timeout: float | None, *, on_event: Any = None) -> dict[str, Any]:
         self.asked.append(sid)
         if len(self.asked) == 1:
             return {"id": sid, "status": "completed"}
