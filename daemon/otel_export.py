@@ -31,30 +31,26 @@ from __future__ import annotations
 import math
 import sqlite3
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Engine, func, select
 
 from labd.daemon.otel_cursor import ExportCursor
 from labd.daemon.otel_http import OtlpHttp, TlsFiles
 from labd.daemon.otel_spans import CLOSERS, MAX_TIME, SpanRecord, span_id, spans_from_events, trace_id
-from labd.ipc.events import STATUSES, TERMINAL_STATUSES
+from labd.store.growth import GrowthScan
 from labd.store.schema import events, sessions, steps
 
 __all__ = ["OtelExporter"]
 
-LIVE = tuple(st for st in STATUSES if st not in TERMINAL_STATUSES)
 BATCH_SPANS = 512
 MAX_BATCH_BYTES = 4 << 20  # a batch encoded larger is split (collectors refuse bodies past 4-20 MiB)
 MAX_BACKOFF_S = 60.0  # the longest wait between passes while the collector fails (without a Retry-After)
 PAGE_EVENTS = 2000
 PAGE_BYTES = 32 << 20  # payload read per page, past its first event (a page is decoded whole)
-FULL_SCAN_EVERY = 60.0  # seconds between passes that read every session (between them: live and recent ones)
-ENDED_SLACK = 5.0  # seconds: a session that ended just before the previous pass read its sessions is read again
 
 
 class OtelExporter(threading.Thread):
@@ -70,7 +66,6 @@ class OtelExporter(threading.Thread):
         self.http = OtlpHttp(url if url.endswith("/v1/traces") else f"{url}/v1/traces", headers, timeout, tls=tls)
         self.resource = Resource.create({"service.name": service_name})
         self.engine = engine
-        self.cursor_file = cursor_file
         self.interval = interval
         self.log = structlog.get_logger("labd.otel")
         self._halt = threading.Event()
@@ -80,8 +75,7 @@ class OtelExporter(threading.Thread):
         self.last_error: str | None = None  # why the last batch that failed did (None once one is taken again)
         self._wait = interval  # until the next pass: longer while the collector fails (Retry-After, backoff)
         self.cursor = ExportCursor(cursor_file, engine, legacy=cursor_file.with_name("otel-export.json"))
-        self._full_at = 0.0  # monotonic time of the last pass that read every session (0: the next one does)
-        self._since = 0.0  # wall time the previous pass began
+        self.scan = GrowthScan()  # which sessions' records may have grown (store/growth.py)
         self._behind: set[str] = set()  # sessions a pass left with spans unsent (the collector failed)
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -101,22 +95,15 @@ class OtelExporter(threading.Thread):
 
     def export_pass(self) -> bool:
         """One pass over sessions with unexported events, oldest first; returns False when the collector refused
-        a batch. Reads every session's ``last_seq`` once a :data:`FULL_SCAN_EVERY` (the first pass too), else
+        a batch. Reads every session's ``last_seq`` about once a minute (the first pass too), else
         only the sessions that are live, ended since the previous pass, or left behind by it: a session resumed
         long after it ended is live again, and goes on from its cursor."""
-        now, wall = time.monotonic(), time.time()
-        query = select(sessions.c.id, sessions.c.last_seq, sessions.c.created_at)
-        full = now - self._full_at >= FULL_SCAN_EVERY
-        if not full:
-            query = query.where(or_(sessions.c.status.in_(LIVE), sessions.c.ended_at >= self._since - ENDED_SLACK,
-                                    sessions.c.id.in_(sorted(self._behind))))
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
+            rows, full = self.scan.read(conn, sessions.c.id, sessions.c.last_seq, sessions.c.created_at,
+                                        also=self._behind)
         if full:
-            self._full_at = now
             gone = self.cursor.known() - {sid for sid, _, _ in rows}
             self.cursor.forget(gone)  # deleted sessions (labd rm, retention)
-        self._since = wall
         todo = sorted((created, sid) for sid, last, created in rows if last > self.cursor.get(sid))
         self._behind = {sid for _, sid in todo}
         for _, sid in todo:

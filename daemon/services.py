@@ -11,8 +11,9 @@ from typing import Any
 from labd.daemon.config import Config
 from labd.daemon.template_launcher import TemplateLauncher
 from labd.ipc.connection import ConnectionInfo
+from labd.runner.secret_env import OTEL_HEADER_VARS
 
-__all__ = ["GatewayError", "OTEL_HEADER_VARS", "launchers", "otel_env_headers", "start_gateway", "start_telemetry"]
+__all__ = ["GatewayError", "launchers", "otel_env_headers", "start_gateway", "start_telemetry"]
 
 
 def start_telemetry(cfg: Config, engine: Any, home: Path) -> Any:
@@ -42,10 +43,6 @@ def start_telemetry(cfg: Config, engine: Any, home: Path) -> Any:
         return None
     exporter.start()
     return exporter
-
-
-#: the environment variables that hold an OTLP collector's headers (its API key), as OpenTelemetry names them
-OTEL_HEADER_VARS = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
 
 
 def otel_env_headers(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:

@@ -39,7 +39,7 @@ from labd.daemon.systemd import Notifier
 from labd.daemon.template_launcher import TemplateLauncher
 from labd.ipc.paths import UnusableHome
 from labd.ipc.safe_files import open_regular, read_regular, write_atomic
-from labd.runner.secret_env import split_secrets, store_withheld
+from labd.runner.secret_env import OTEL_HEADER_VARS, split_secrets, store_withheld
 from labd.store.urls import url_passwords
 
 __all__ = ["AlreadyRunning", "Startup", "begin", "signing_key"]
@@ -133,7 +133,7 @@ def begin(cfg: Config) -> Startup:
         # nor among the secrets it may read (a name like HONEYCOMB_TEAM matches no secret pattern)
         collector = set((cfg.telemetry.get("headers_env") or {}).values())
         if cfg.telemetry.get("otlp_endpoint"):  # OpenTelemetry's own header variables too, which the exporter reads
-            collector.update(("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"))
+            collector.update(OTEL_HEADER_VARS)
         clean_env, secrets = split_secrets(dict(os.environ), [*cfg.secret_env, *collector])
         secrets = {k: v for k, v in secrets.items() if k not in collector}
         secrets = store_withheld(secrets, url_passwords(cfg.db_url), cfg.db_url.startswith("postgresql"))

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["SECRET_PATTERN", "SECRET_VALUE", "PROXY_NAME", "WITHHELD", "PG_WITHHELD", "split_secrets",
-           "store_withheld"]
+__all__ = ["SECRET_PATTERN", "SECRET_VALUE", "PROXY_NAME", "WITHHELD", "PG_WITHHELD", "OTEL_HEADER_VARS",
+           "split_secrets", "store_withheld"]
 
 #: environment variables that look like credentials are withheld from the workflow's environment
 SECRET_PATTERN = re.compile(
@@ -28,6 +28,9 @@ PROXY_NAME = re.compile(r"(^|_)PROXY$", re.IGNORECASE)
 WITHHELD = ("LABD_DB",)
 #: ... nor, when the store is PostgreSQL, the libpq settings that may log in to it
 PG_WITHHELD = ("PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE", "PGSSLKEY", "PGSSLPASSWORD")
+#: ... nor, when the daemon exports to an OTLP collector, OpenTelemetry's variables for that collector's headers (its
+#: API key), which the exporter reads (daemon/services.py)
+OTEL_HEADER_VARS = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
 
 
 def split_secrets(env: dict[str, str], extra_names: list[str] | None = None) -> tuple[dict[str, str], dict[str, str]]:

@@ -13,15 +13,14 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, bindparam, or_, select
+from sqlalchemy import Engine, bindparam, select
 
-from labd.ipc.events import STATUSES, TERMINAL_STATUSES
+from labd.store.growth import GrowthScan
 from labd.store.schema import events, sessions
 
 __all__ = ["SearchIndex", "IndexHints", "KINDS", "MAX_WORDS", "QueryTooLong", "query_words"]
@@ -38,11 +37,6 @@ _NEW_EVENTS = (select(events.c.seq, events.c.ts, events.c.kind, events.c.node_id
 FORGET_CHUNK = 50_000  # deleted sessions per statement that drops their documents (each reads the whole index)
 FLUSH_DOCS = 5000  # documents per index transaction (many sessions' worth share one commit)
 MAX_BODY = 20_000  # characters of one document that are indexed
-LIVE = tuple(s for s in STATUSES if s not in TERMINAL_STATUSES)
-#: seconds between full scans of the sessions table; in between, only live and recently ended sessions are read
-#: (a daemon that has kept 100,000 sessions would otherwise read every row every second)
-FULL_SCAN_EVERY = 60.0
-_ENDED_SLACK = 5.0  # seconds: a session that ended just before the previous scan's read is read once more
 _SCHEMA = """
 CREATE VIRTUAL TABLE IF NOT EXISTS docs USING fts5(
     title, body, type UNINDEXED, session_id UNINDEXED, seq UNINDEXED, node_id UNINDEXED, ts UNINDEXED,
@@ -178,10 +172,9 @@ class SearchIndex:
                 "SELECT 1 FROM indexed LIMIT 1").fetchone():
             self._db.execute(f"PRAGMA user_version = {INDEX_VERSION}")  # a new index: nothing to bring up to date
         self._marks: dict[str, int] | None = None  # session -> indexed seq, loaded once, then kept in step
-        self._full_at = 0.0  # monotonic time of the last full scan
+        self.scan = GrowthScan()  # which sessions' records may have grown (store/growth.py)
         #: ``hints.commits`` read before the last update that left nothing for later (None: none yet)
         self._indexed_commits: int | None = None
-        self._since = 0.0  # wall time when the previous scan began
         #: sessions forgotten while an update ran (None: no update running): that update read them before their
         #: deletion and must not commit their documents back (it would resurrect a deleted session's hits)
         self._forgotten_meanwhile: set[str] | None = None
@@ -193,13 +186,12 @@ class SearchIndex:
     def update(self, limit_sessions: int = 500) -> int:
         """Index new events of sessions whose record grew; returns the number of documents added.
 
-        Reads the whole sessions table at most every :data:`FULL_SCAN_EVERY` seconds; in between only the
-        sessions that are live or ended since the previous scan (both indexed columns), which are the only
+        Reads the whole sessions table about once a minute (:class:`~labd.store.growth.GrowthScan`); in between
+        only the sessions that are live or ended since the previous scan (both indexed columns), which are the only
         ones whose record grows, and nothing at all when ingest committed nothing since the last update that left
         nothing for later (``hints.commits``: 500 idle sessions made a query a second, 0.17 % of a core)."""
         commits = self.hints.commits if self.hints is not None else None
-        if commits is not None and commits == self._indexed_commits \
-                and time.monotonic() - self._full_at < FULL_SCAN_EVERY:
+        if commits is not None and commits == self._indexed_commits and not self.scan.due():
             return 0
         with self._lock:
             if self._marks is None:
@@ -209,7 +201,7 @@ class SearchIndex:
             if self._db.execute("PRAGMA user_version").fetchone()[0] < INDEX_VERSION:
                 self._backfill(self._marks)  # before anything new is indexed: see _backfill
             added = self._update(self._marks, limit_sessions)
-            if self._full_at:  # nothing was left for the next pass (a cut resets it to 0: a full scan next)
+            if self.scan.full_at:  # nothing was left for the next pass (a cut asks for a full scan next)
                 self._indexed_commits = commits
             return added
         finally:
@@ -217,15 +209,9 @@ class SearchIndex:
                 self._forgotten_meanwhile = None
 
     def _update(self, marks: dict[str, int], limit_sessions: int) -> int:
-        now, wall = time.monotonic(), time.time()
-        query = select(sessions.c.id, sessions.c.last_seq)
-        if now - self._full_at < FULL_SCAN_EVERY:
-            query = query.where(or_(sessions.c.status.in_(LIVE), sessions.c.ended_at >= self._since - _ENDED_SLACK))
-        else:
-            self._full_at = now
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-            if self._full_at == now:  # every session: those the index has and the store no longer has were
+            rows, full = self.scan.read(conn, sessions.c.id, sessions.c.last_seq)
+            if full:  # every session: those the index has and the store no longer has were
                 # deleted while their forget could not run (the daemon was killed after the deletion's commit)
                 present = {sid for sid, _ in rows}
                 stale = [sid for sid in marks if sid not in present]
@@ -233,8 +219,8 @@ class SearchIndex:
                     self.forget(stale)
             todo = [(sid, last) for sid, last in rows if last > marks.get(sid, 0)]
             if len(todo) > limit_sessions:  # the rest next time: do not let the next scan skip them
-                todo, self._full_at = todo[:limit_sessions], 0.0
-            self._since = wall
+                todo = todo[:limit_sessions]
+                self.scan.again()
             added = 0
             docs: list[tuple[Any, ...]] = []
             done: list[tuple[str, int]] = []
@@ -303,8 +289,8 @@ class SearchIndex:
 
     def forget(self, sids: Iterable[str]) -> None:
         """Drop deleted sessions from the index (retention). ``session_id`` is not an indexed column of an FTS5
-        table, so each statement reads every document: one statement for many sessions, not one per few hundred
-        (10,000 sessions from a million documents: 20 reads of the whole index, 15 s)."""
+        table, so each statement reads every document: one statement for many sessions, not one per 500 (5,000
+        sessions from a million documents: 1.1 s against 3.4 s; docs/benchmarks.md §66)."""
         ids = list(sids)
         with self._lock, self._db:
             for start in range(0, len(ids), FORGET_CHUNK):

@@ -144,9 +144,9 @@ def person_notes(ctx: Ctx, sid: str) -> Callable[[dict[str, Any]], None]:
     for a person (paused: by its budget, by a client; an approval): it would wait for ever, saying nothing. Events
     from before the wait began are the session's past, not news, unless the session waits for a person now."""
     began = time.time()
-    state = {"now": _waiting_for(ctx.client(), sid)}
-    if state["now"]:
-        ctx.out.line(f"== still waiting:{state['now']}", "yellow", err=True)
+    now = _waiting_for(ctx.client(), sid)
+    if now:
+        ctx.out.line(f"== still waiting:{now}", "yellow", err=True)
 
     def note(ev: dict[str, Any]) -> None:
         if ev["kind"] not in ("session.paused", "approval.requested") or float(ev.get("ts") or 0) < began:

@@ -164,6 +164,14 @@ def _telemetry(c: Any) -> dict[str, Any]:
     return c.status()["telemetry"]  # type: ignore[no-any-return]
 
 
+def _first_failure(c: Any, what: str) -> dict[str, Any]:
+    """The exporter's status once it has counted a failed batch."""
+    def failed() -> dict[str, Any] | None:
+        tel = _telemetry(c)
+        return tel if tel["failures"] > 0 else None
+    return wait_until(failed, timeout=60, what=what)  # type: ignore[no-any-return]
+
+
 def test_an_endless_answer_does_not_grow_the_daemon(isolated_env: Path, collector: Collector) -> None:
     """A collector that answers 200 and then streams its body without end: the daemon reads a few KiB of it and
     goes on (the SDK's transport read it all: 250 MB a second until the daemon was killed). Its memory stays
@@ -184,7 +192,6 @@ def test_an_endless_answer_does_not_grow_the_daemon(isolated_env: Path, collecto
         # 250 MB a second before: over this test's seconds of streaming that is gigabytes
         assert proc.memory_info().rss - before < 100 << 20
         assert _telemetry(c)["failures"] == 0
-        collector.mode = "ok"
 
 
 def test_a_dripping_collector_is_seen_and_does_not_hold_the_daemon_stop(isolated_env: Path,
@@ -197,8 +204,7 @@ def test_a_dripping_collector_is_seen_and_does_not_hold_the_daemon_stop(isolated
     with running_daemon(isolated_env) as d, d.client() as c:
         sid = c.start("demo.count", params={"n": 1})
         assert c.wait(sid, timeout=60)["status"] == "completed"
-        tel = wait_until(lambda: (lambda t: t if t["failures"] > 0 else None)(_telemetry(c)), timeout=60,
-                         what="the first request to end at its deadline")
+        tel = _first_failure(c, "the first request to end at its deadline")
         assert "no answer within" in (tel["last_error"] or ""), tel
         assert tel["exported_spans"] == 0
         wait_until(lambda: collector.requests >= 2, timeout=60, what="a request in progress again")
@@ -215,8 +221,7 @@ def test_a_redirect_is_no_success_and_nothing_is_lost(isolated_env: Path, collec
     with running_daemon(isolated_env) as d, d.client() as c:
         sid = c.start("demo.count", params={"n": 2})
         assert c.wait(sid, timeout=60)["status"] == "completed"
-        tel = wait_until(lambda: (lambda t: t if t["failures"] > 0 else None)(_telemetry(c)), timeout=60,
-                         what="the redirect counted as a failure")
+        tel = _first_failure(c, "the redirect counted as a failure")
         assert tel["exported_spans"] == 0 and "redirect" in (tel["last_error"] or ""), tel
         collector.mode = "ok"
         want = _expected(c, sid)

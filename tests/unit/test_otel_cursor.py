@@ -97,7 +97,7 @@ def test_an_old_cursor_file_is_taken_over_and_deleted_sessions_are_dropped(tmp_p
 
         with engine.begin() as conn:
             conn.execute(delete(sessions).where(sessions.c.id == "old"))
-        exporter._full_at = 0.0  # the next pass is a full scan (one a minute)
+        exporter.scan.again()  # the next pass is a full scan (one a minute)
         assert exporter.export_pass()
         assert exporter.cursor.known() == {"mid"}
         exporter.cursor.close()

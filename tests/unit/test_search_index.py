@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, insert, update
 from sqlalchemy.engine import Connection
 
-from labd.store import search
+from labd.store import growth, search
 from labd.store.db import migrate, open_engine
 from labd.store.schema import events, sessions
 from labd.store.search import SearchIndex
@@ -92,7 +92,7 @@ def test_between_full_scans_long_ended_sessions_are_not_read(engine: Engine, tmp
     assert real_update(index) == 1
     assert rows_seen == [1]
     _grow(engine, "s007", 2, "epsilon")  # an old session changed behind the incremental scan's back
-    monkeypatch.setattr(search, "FULL_SCAN_EVERY", 0.0)
+    monkeypatch.setattr(growth, "FULL_SCAN_EVERY", 0.0)
     assert real_update(index) == 1
     assert rows_seen[-1] == 301
     assert _hits(index, "epsilon") == [("s007", 2)]
@@ -343,8 +343,8 @@ def test_an_index_reads_nothing_while_ingest_commits_nothing(engine: Engine, tmp
     assert index.update() == 1
     assert _hits(index, "beta") == [("live", 2)]
     statements.clear()
-    clock = time.monotonic() + search.FULL_SCAN_EVERY + 1
-    monkeypatch.setattr(search.time, "monotonic", lambda: clock)
+    clock = time.monotonic() + growth.FULL_SCAN_EVERY + 1
+    monkeypatch.setattr(growth.time, "monotonic", lambda: clock)
     assert index.update() == 0
     assert statements, "the periodic full scan was skipped"
     index.close()
