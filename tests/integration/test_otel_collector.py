@@ -57,6 +57,7 @@ class Collector:
         self.refuse_name = ""  # a batch holding a span of this name is answered 400
         self.requests = 0
         self.limit_from = 0  # "ratelimit" counts requests from this one on
+        self.rate_limited = 0  # how many requests "ratelimit" answered 429
         self.headers: list[dict[str, str]] = []
         self.lock = threading.Lock()
         outer = self
@@ -99,6 +100,8 @@ class Collector:
                 if mode == "hold":  # not yet: come back at once
                     return self._answer(503, b"starting", {"Retry-After": "0"})
                 if mode == "ratelimit" and nth - outer.limit_from == 3:  # the third request from now: not for 11 s
+                    with outer.lock:
+                        outer.rate_limited += 1
                     return self._answer(429, b"slow down", {"Retry-After": "11"})
                 if outer.max_body and len(body) > outer.max_body:
                     return self._answer(413, b"too large", {})
@@ -273,7 +276,10 @@ def test_a_rate_limit_sends_nothing_twice(isolated_env: Path, collector: Collect
         wait_until(lambda: _got(collector.of(sid)) == want, timeout=150, what=f"spans {want} through the limit")
         spans = collector.of(sid)
         assert len({s["id"] for s in spans}) == len(spans) == sum(want.values())
-        assert collector.requests - collector.limit_from == 4  # two taken, one refused, the third again
+        # the third request was refused and nothing was sent twice: not the refused batch (ids above are unique) nor
+        # the two taken before it. How many requests in all depends on whether the exporter's pass read the session
+        # whole or partly before its end (a loaded box: 5 requests once), so the count is not pinned
+        assert collector.rate_limited == 1
         # the refusal counted, and over (the collector has the spans a moment before the exporter reads its answer)
         tel = wait_until(lambda: (lambda t: t if t["last_error"] is None else None)(_telemetry(c)), timeout=30,
                          what="the exporter to read the last answer")
