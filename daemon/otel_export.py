@@ -58,12 +58,13 @@ class OtelExporter(threading.Thread):
 
     def __init__(self, engine: Engine, endpoint: str, cursor_file: Path, *, service_name: str = "labd",
                  interval: float = 2.0, headers: dict[str, str] | None = None, timeout: float = 10.0,
-                 tls: TlsFiles | None = None) -> None:
+                 tls: TlsFiles | None = None, gzip: bool = False) -> None:
         super().__init__(name="labd-otel", daemon=True)
         from opentelemetry.sdk.resources import Resource
 
         url = endpoint.rstrip("/")
-        self.http = OtlpHttp(url if url.endswith("/v1/traces") else f"{url}/v1/traces", headers, timeout, tls=tls)
+        self.http = OtlpHttp(url if url.endswith("/v1/traces") else f"{url}/v1/traces", headers, timeout, tls=tls,
+                             gzip=gzip)
         self.resource = Resource.create({"service.name": service_name})
         self.engine = engine
         self.interval = interval

@@ -17,6 +17,7 @@ counted as success (the SDK accepts every status below 400), so spans were dropp
 from __future__ import annotations
 
 import base64
+import gzip
 import http.client
 import socket
 import ssl
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import NamedTuple
 
-__all__ = ["Answer", "OtlpHttp", "TlsFiles", "parse_endpoint", "MAX_RESPONSE", "MAX_RETRY_AFTER"]
+__all__ = ["Answer", "OtlpHttp", "TlsFiles", "parse_endpoint", "parse_compression", "parse_timeout", "MAX_RESPONSE",
+           "MAX_RETRY_AFTER"]
 
 MAX_RESPONSE = 64 << 10  # bytes of a collector's answer that are read (an OTLP answer is a few bytes)
 MAX_RETRY_AFTER = 300.0  # seconds: the longest Retry-After followed (a collector cannot park the export for days)
@@ -50,9 +52,12 @@ class OtlpHttp:
     """POSTs protobuf bodies to one OTLP/HTTP traces URL. One request at a time (the exporter's thread)."""
 
     def __init__(self, url: str, headers: dict[str, str] | None = None, timeout: float = 10.0, *,
-                 tls: TlsFiles | None = None) -> None:
+                 tls: TlsFiles | None = None, gzip: bool = False) -> None:
         self.scheme, self.host, self.port, self.path, login = parse_endpoint(url)
         self.headers = {"Content-Type": "application/x-protobuf"}
+        self.gzip = gzip  # bodies sent gzip-compressed (OTEL_EXPORTER_OTLP_COMPRESSION=gzip)
+        if gzip:
+            self.headers["Content-Encoding"] = "gzip"
         for name, value in (headers or {}).items():
             value = value.strip()  # a key read from a file with CRLF endings ends in \r: not part of it
             if any(c in value for c in "\r\n\0") or any(c in name for c in "\r\n\0: "):
@@ -80,6 +85,8 @@ class OtlpHttp:
 
     def post(self, body: bytes) -> Answer:
         """Send ``body``; never raises for what the network or the collector does."""
+        if self.gzip:
+            body = gzip.compress(body, compresslevel=6)  # span protobufs shrink to about a sixth
         deadline = time.monotonic() + self.timeout
         if self.scheme == "https":
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
@@ -149,6 +156,29 @@ def parse_endpoint(url: str) -> tuple[str, str, int, str, str | None]:
     if parts.username is not None:
         login = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
     return parts.scheme, parts.hostname, port, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), login
+
+
+def parse_compression(value: str | None) -> bool:
+    """``OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION``: True for ``gzip``; ``none`` or unset: False; ValueError for
+    anything else (the SDK's exporter takes these two)."""
+    text = (value or "none").strip().lower()
+    if text not in ("gzip", "none", ""):
+        raise ValueError(f"compression {value!r} is not gzip or none")
+    return text == "gzip"
+
+
+def parse_timeout(value: str | None, default: float = 10.0) -> float:
+    """``OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT``: milliseconds, as the OpenTelemetry specification has them, to the
+    seconds one request may take (``default`` when unset); ValueError for what is not a positive number."""
+    if value is None or not value.strip():
+        return default
+    try:
+        ms = float(value)
+    except ValueError:
+        raise ValueError(f"timeout {value!r} is not a number of milliseconds") from None
+    if not 0 < ms < float("inf"):
+        raise ValueError(f"timeout {value!r} must be a positive number of milliseconds")
+    return ms / 1000.0
 
 
 def _abort(conn: http.client.HTTPConnection | None) -> None:

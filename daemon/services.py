@@ -26,18 +26,21 @@ def start_telemetry(cfg: Config, engine: Any, home: Path) -> Any:
     import structlog
 
     from labd.daemon.otel_export import OtelExporter
-    from labd.daemon.otel_http import TlsFiles
+    from labd.daemon.otel_http import TlsFiles, parse_compression, parse_timeout
 
-    # OpenTelemetry's own settings, as its SDK's exporter read them (the traces' variant first), under those named in
-    # headers_env; a custom CA and a client certificate (mTLS) for an https endpoint
+    def otel(name: str) -> str | None:  # OpenTelemetry's own settings, as its SDK's exporter read them: traces' first
+        return os.environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or os.environ.get(f"OTEL_EXPORTER_OTLP_{name}")
+
+    # headers from OpenTelemetry's variables, under those named in headers_env; a custom CA and a client certificate
+    # (mTLS) for an https endpoint; gzip bodies; how long one request may take
     headers = otel_env_headers(os.environ)
     headers.update({h: os.environ.get(var, "") for h, var in (tel.get("headers_env") or {}).items()})
-    tls = TlsFiles(*(os.environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or os.environ.get(f"OTEL_EXPORTER_OTLP_{name}")
-                     for name in ("CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY")))
+    tls = TlsFiles(*(otel(name) for name in ("CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY")))
     try:
         exporter = OtelExporter(engine, tel["otlp_endpoint"], home / "otel-export.db",
                                 service_name=str(tel.get("service_name") or "labd"),
-                                interval=float(tel.get("interval", 2.0)), headers=headers or None, tls=tls)
+                                interval=float(tel.get("interval", 2.0)), headers=headers or None, tls=tls,
+                                gzip=parse_compression(otel("COMPRESSION")), timeout=parse_timeout(otel("TIMEOUT")))
     except (ValueError, OSError, sqlite3.Error) as exc:  # the daemon serves on, without export, and says why
         structlog.get_logger("labd.otel").error("telemetry export is off: it cannot start", error=str(exc)[:300])
         return None

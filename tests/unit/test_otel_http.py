@@ -146,3 +146,74 @@ def test_opentelemetrys_own_header_variables_are_read() -> None:
     env = {"OTEL_EXPORTER_OTLP_HEADERS": "api-key=a%20b, x-team=one",
            "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-team=two"}
     assert otel_env_headers(env) == {"api-key": "a b", "x-team": "two"}
+
+
+def test_gzip_compression_and_the_timeout_are_read_as_opentelemetry_gives_them() -> None:
+    """``OTEL_EXPORTER_OTLP_COMPRESSION=gzip`` sends bodies gzip-compressed with ``Content-Encoding: gzip`` (the
+    collector gets the same bytes back); ``none`` or unset sends them as they are; ``OTEL_EXPORTER_OTLP_TIMEOUT`` is
+    milliseconds. Neither was read: a collector behind a link that charges by the byte got bodies six times larger,
+    and a collector's own timeout setting had no effect."""
+    import gzip
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from labd.daemon.otel_http import parse_compression, parse_timeout
+
+    got: list[tuple[str | None, bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            got.append((self.headers.get("Content-Encoding"), self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        body = b"span " * 2000
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+        for value in ("gzip", "none", None):
+            assert OtlpHttp(url, gzip=parse_compression(value)).post(body).outcome == "ok"
+        (enc, sent), (plain_enc, plain), (unset_enc, unset) = got
+        assert enc == "gzip" and len(sent) < len(body) // 10 and gzip.decompress(sent) == body
+        assert (plain_enc, plain) == (unset_enc, unset) == (None, body)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert parse_compression(" GZIP ") is True
+    with pytest.raises(ValueError, match="not gzip or none"):
+        parse_compression("zstd")
+    assert parse_timeout("2500") == 2.5 and parse_timeout(None) == 10.0 and parse_timeout("") == 10.0
+    for bad in ("abc", "0", "-5", "inf", "nan"):
+        with pytest.raises(ValueError):
+            parse_timeout(bad)
+
+
+def test_a_bad_compression_setting_leaves_export_off_and_the_daemon_serving(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OTEL_EXPORTER_OTLP_TRACES_COMPRESSION=brotli`` (not a value OpenTelemetry has): the exporter does not start,
+    and ``start_telemetry`` returns None (logged) rather than raising out of the daemon's start; a good one for
+    traces wins over a bad general one, as the traces' variant does."""
+    from labd.daemon.config import load_config
+    from labd.daemon.services import start_telemetry
+    from labd.store.db import open_engine
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text('[telemetry]\notlp_endpoint = "http://127.0.0.1:9"\n')
+    engine = open_engine(f"sqlite:///{tmp_path / 'labd.db'}")
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "brotli")
+        assert start_telemetry(load_config(home), engine, home) is None
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1500")
+        exporter = start_telemetry(load_config(home), engine, home)
+        assert exporter is not None and exporter.http.gzip and exporter.http.timeout == 1.5
+        exporter.stop()
+        exporter.join(10)
+    finally:
+        engine.dispose()
