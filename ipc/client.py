@@ -161,8 +161,12 @@ class Client(Transport, Waiting, Listing, Skills):
             body["grace"] = grace
         return self.request("session.stop", **body)  # type: ignore[no-any-return]
 
-    def rm(self, *refs: str) -> dict[str, Any]:
-        """Delete terminal sessions: their whole record and their directories (``session.rm``)."""
+    def rm(self, *refs: str, dry_run: bool = False) -> dict[str, Any]:
+        """Delete terminal sessions: their whole record and their directories (``session.rm``). ``dry_run``: delete
+        nothing, and say which sessions the references name (``sessions``), which of them would be deleted
+        (``would_delete``) and which have not ended (``not_ended``: a deletion would be refused)."""
+        if dry_run:
+            return self.request("session.rm", sessions=list(refs), dry_run=True)  # type: ignore[no-any-return]
         return self.request("session.rm", sessions=list(refs))  # type: ignore[no-any-return]
 
     def prune(self, older_than: str | float, *, status: list[str] | None = None,

@@ -31,19 +31,37 @@ class Remove(Request):
     type = "session.rm"
 
     def execute(self) -> Any:
-        self.only("sessions")  # a `dry_run: true` (as prune takes) deleted
+        self.only("sessions", "dry_run")  # a misspelt `dryrun` deleted (any other field is refused)
         refs = self.arg("sessions", list, check=lambda s: 0 < len(s) <= MAX_IDS and all(isinstance(x, str) for x in s),
                         hint=f"a list of 1-{MAX_IDS} session ids or names")
-        ids: list[str] = []
+        dry_run = self.arg("dry_run", bool, False)
+        rows: dict[str, dict[str, Any]] = {}
         for ref in refs:
             row = resolve_ref(self.daemon.store, ref)
-            if row["status"] not in TERMINAL_STATUSES:
+            if row["id"] != ref and row["name"] == ref:
+                _only_one_named(self.daemon.store, ref)
+            if row["status"] not in TERMINAL_STATUSES and not dry_run:
                 raise ApiError("not_terminal", f"session {row['id']} is {row['status']}: stop it first",
                                {"session": row["id"], "status": row["status"]})
-            if row["id"] not in ids:
-                ids.append(row["id"])
-        self.daemon.delete_sessions(ids, self.reply_to, _deleted_reply())
+            rows.setdefault(row["id"], row)
+        if dry_run:  # resolved and checked as the deletion would be; `not_ended` are those it would refuse
+            said = [{"id": r["id"], "name": r["name"], "status": r["status"]} for r in rows.values()]
+            return {"deleted": [], "rows": {}, "dry_run": True, "sessions": said,
+                    "would_delete": [r["id"] for r in said if r["status"] in TERMINAL_STATUSES],
+                    "not_ended": [r["id"] for r in said if r["status"] not in TERMINAL_STATUSES]}
+        self.daemon.delete_sessions(list(rows), self.reply_to, _deleted_reply())
         return DEFERRED
+
+
+def _only_one_named(store: Any, name: str) -> None:
+    """Refuse a deletion by a name several sessions share. Elsewhere a shared name means the one that runs, else the
+    newest; `labd rm study` deleted the newest of three studies and said nothing of the other two, and a deletion
+    cannot be taken back: the ids are given, to name the ones meant."""
+    named = [r["id"] for r in store.find_session(name) if r["name"] == name]
+    if len(named) > 1:
+        shown = ", ".join(named[:5]) + (", ..." if len(named) > 5 else "")
+        raise ApiError("ambiguous", f"{len(named)}{'+' if len(named) >= 20 else ''} sessions are named {name!r} "
+                       f"({shown}); rm takes the ids of those to delete", {"matches": named})
 
 
 @register

@@ -64,6 +64,19 @@ def _each(args: argparse.Namespace, ctx: Ctx, refs: list[str], act: Callable[[st
     return 1 if failed else 0
 
 
+def _one(args: argparse.Namespace, ctx: Ctx, ref: str, act: Callable[[str], tuple[dict[str, Any], str]]
+         ) -> tuple[dict[str, Any], str] | int:
+    """Act on one named session: its reply and line, or the exit code once a session that had ended already was said
+    (as :func:`_each` says it, exit 0). `labd stop ID` of an ended session had exited 2 while `labd stop A B` and
+    `--tag` of the same session exited 0: a script could not tell "already stopped" from a bad call."""
+    try:
+        return act(ref)
+    except LabdError as exc:
+        if exc.code != "not_running":
+            raise
+        return _reply(ctx, args, {"session": ref, "error": exc.code, "message": exc.message}, f"{ref}: {exc.message}")
+
+
 def cmd_stop(args: argparse.Namespace, ctx: Ctx) -> int:
     c = ctx.client()
     grace = parse_grace(args.grace)
@@ -85,7 +98,10 @@ def cmd_stop(args: argparse.Namespace, ctx: Ctx) -> int:
                 except LabdError:
                     continue
         return code
-    r, said = stop(refs[0])
+    one = _one(args, ctx, refs[0], stop)
+    if isinstance(one, int):
+        return one
+    r, said = one
     if args.wait:
         s = c.wait(r["session"])
         r = {**r, "status": s["status"], "reason": s["reason"]}
@@ -119,8 +135,8 @@ def cmd_kill(args: argparse.Namespace, ctx: Ctx) -> int:
 
     if len(refs) != 1 or args.tag:
         return _each(args, ctx, refs, kill)
-    r, said = kill(refs[0])
-    return _reply(ctx, args, r, said)
+    one = _one(args, ctx, refs[0], kill)
+    return one if isinstance(one, int) else _reply(ctx, args, *one)
 
 
 def _reason(text: str) -> str:

@@ -135,9 +135,11 @@ def cmd_events(args: argparse.Namespace, ctx: Ctx) -> int:
                            f"{', '.join(sorted(SCHEMAS))}")
     it = c.follow(args.session, since=args.since) if args.follow else c.history(
         args.session, since=args.since, full=args.full, node=args.node, agent=args.agent)
+    shown = 0
     for ev in it:
         if args.kind and not any(ev["kind"].startswith(k) for k in args.kind):
             continue
+        shown += 1
         if args.json:
             print(json.dumps(ev, default=str), flush=True)
         else:
@@ -146,6 +148,13 @@ def cmd_events(args: argparse.Namespace, ctx: Ctx) -> int:
             payload = json.dumps(ev["payload"], default=str)  # JSON: control characters escaped as \uXXXX
             print(ctx.out.safe(f"{ev['seq']:>7} {t} {ev['src'][0]} {ev['kind']}{node} "
                                f"{payload if args.full else payload[:200]}"), flush=True)
+    if not shown and not args.follow and (args.agent or args.node or args.kind or args.since):
+        # a misspelt agent or node printed nothing and exited 0: say which filter left nothing (still exit 0: an
+        # empty selection is an answer, and scripts read stdout)
+        said = [f"{flag} {value}" for flag, value in (("--agent", args.agent), ("--node", args.node),
+                                                     ("--since", args.since)) if value]
+        said += [f"--kind {k}" for k in args.kind or ()]
+        ctx.out.line(f"no events of {args.session} match {' '.join(said)}", "dim", err=True)
     return 0
 
 

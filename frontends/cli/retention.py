@@ -27,10 +27,9 @@ def cmd_rm(args: argparse.Namespace, ctx: Ctx) -> int:
 def _rm_dry_run(args: argparse.Namespace, ctx: Ctx) -> int:
     """``labd rm --dry-run``: the sessions the references name (resolved as ``rm`` resolves them: id, prefix or
     name), which of them would be deleted and which have not ended (``rm`` refuses those); deletes nothing."""
-    c = ctx.client()
-    rows = {row["id"]: row for row in (c.session(ref) for ref in args.sessions)}
-    gone = [row for row in rows.values() if row["status"] in TERMINAL]
-    live = [row for row in rows.values() if row["status"] not in TERMINAL]
+    rows = ctx.client().rm(*args.sessions, dry_run=True)["sessions"]
+    gone = [row for row in rows if row["status"] in TERMINAL]
+    live = [row for row in rows if row["status"] not in TERMINAL]
     if args.json:
         ctx.out.json({"would_delete": [r["id"] for r in gone], "not_ended": [r["id"] for r in live]})
     else:

@@ -142,6 +142,11 @@ def test_cli_flags_for_full_events_tags_and_cost_across_sessions(daemon) -> None
     full = labd("events", sid, "--full", "--agent", "writer", "--json", "--kind", "llm.response")
     (resp,) = [json.loads(line) for line in full.stdout.splitlines()]
     assert isinstance(resp["payload"]["content"], str) and len(resp["payload"]["content"]) == 6000
+    # an agent the session has not got: nothing printed, and stderr says which filter left nothing (it was silent)
+    nobody = labd("events", sid, "--agent", "nobody", "--kind", "llm")
+    assert nobody.returncode == 0 and nobody.stdout == "", nobody
+    assert f"no events of {sid} match --agent nobody --kind llm" in nobody.stderr, nobody.stderr
+    assert "match" not in full.stderr  # a selection that found events says nothing
     cost = labd("cost", "--all", "--by", "tag", "--json")
     groups = {g["tag"]: g for g in json.loads(cost.stdout)["groups"]}
     assert groups["team=red"]["sessions"] == 1

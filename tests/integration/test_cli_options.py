@@ -326,6 +326,12 @@ def test_stop_and_kill_act_on_many_sessions_at_once(client) -> None:
     client.wait(other, timeout=60)
     again = labd("kill", other, done, "--json")
     assert again.returncode == 0 and [r["error"] for r in json.loads(again.stdout)] == ["not_running"] * 2
+    # one session named: the same answer as in a list (it exited 2, with --tag 0); an unknown one still fails
+    for cmd in ("stop", "kill"):
+        single = labd(cmd, done)
+        assert single.returncode == 0 and f"{done}: session {done} is not running" in single.stdout, single
+        assert json.loads(labd(cmd, done, "--json").stdout)["error"] == "not_running"
+        assert labd(cmd, "nosuchsession").returncode != 0
     assert labd("stop").returncode == 2  # nothing named, nothing selected
 
 

@@ -113,6 +113,34 @@ def test_cli_rm_and_prune(shared_daemon) -> None:
     assert out.returncode == 2 and "not_found" in out.stderr
 
 
+def test_rm_by_a_name_several_sessions_share_is_refused_with_their_ids(shared_daemon) -> None:
+    """`labd rm study` when three ended sessions are named study: refused (exit 2, ``ambiguous``) naming their
+    ids, nothing deleted, the dry run refused the same way; by their ids all three go. It deleted the newest and
+    said nothing of the others (a review). A name one session has still deletes it."""
+    daemon = shared_daemon
+    env = {**os.environ, "LABD_HOME": str(daemon.home)}
+    name = f"study-{os.getpid()}"
+    with daemon.client() as c:
+        sids = [c.start("demo.count", params={"n": 1, "delay": 0}, name=name) for _ in range(3)]
+        for sid in sids:
+            assert c.wait(sid, timeout=60)["status"] == "completed"
+        for extra in ([], ["--dry-run"]):
+            out = subprocess.run([sys.executable, "-m", "labd", "rm", *extra, name], capture_output=True, text=True,
+                                 env=env, timeout=60)
+            assert out.returncode == 2 and "ambiguous" in out.stderr, out
+            assert f"3 sessions are named {name!r}" in out.stderr and all(s in out.stderr for s in sids), out.stderr
+        assert all(_rows(daemon.home, s)["sessions"] == 1 for s in sids)
+        with pytest.raises(LabdError) as err:
+            c.rm(name)
+        assert err.value.code == "ambiguous" and sorted(err.value.details["matches"]) == sorted(sids)
+        out = subprocess.run([sys.executable, "-m", "labd", "rm", *sids], capture_output=True, text=True, env=env,
+                             timeout=60)
+        assert out.returncode == 0 and "deleted 3 session" in out.stdout, out
+        alone = c.start("demo.count", params={"n": 1, "delay": 0}, name=name + "-alone")
+        c.wait(alone, timeout=60)
+        assert c.rm(name + "-alone")["deleted"] == [alone]
+
+
 def test_prune_with_a_bare_number_is_refused_and_deletes_nothing(shared_daemon) -> None:
     """`labd prune --older-than 30` (30d meant, the unit dropped) is refused, exit 2, naming the units, and deletes
     nothing; before, a bare number was seconds: every session that ended over 30 s ago was deleted at once. The
@@ -310,7 +338,7 @@ def test_daemon_exits_cleanly_after_deleting_sessions(isolated_env: Path) -> Non
 @pytest.mark.timeout(180)
 def test_a_field_a_deleting_request_does_not_take_is_refused_and_nothing_is_deleted(daemon) -> None:
     """``session.prune`` with ``dryrun`` (for ``dry_run``) or ``statuses`` (for ``status``), ``session.rm`` with
-    ``dry_run`` (which only prune takes) and ``skill.delete`` with ``version``: each is ``bad_request`` naming the
+    ``dryrun`` and ``skill.delete`` with ``version``: each is ``bad_request`` naming the
     field, and every session and skill version is still there. Each was ignored: the "dry run" deleted every ended
     session, ``statuses: ["failed"]`` deleted the completed ones too, and a one-version delete deleted them all."""
     from labd.ipc import LabdError
@@ -322,7 +350,7 @@ def test_a_field_a_deleting_request_does_not_take_is_refused_and_nothing_is_dele
         for kind, body, field in [
                 ("session.prune", {"older_than": "0s", "dryrun": True}, "dryrun"),
                 ("session.prune", {"older_than": 0, "statuses": ["failed"]}, "statuses"),
-                ("session.rm", {"sessions": [done], "dry_run": True}, "dry_run"),
+                ("session.rm", {"sessions": [done], "dryrun": True}, "dryrun"),
                 ("skill.delete", {"name": "keep", "version": 2}, "version")]:
             with pytest.raises(LabdError) as err:
                 c.request(kind, **body)
@@ -331,6 +359,7 @@ def test_a_field_a_deleting_request_does_not_take_is_refused_and_nothing_is_dele
         assert c.session(done)["status"] == "completed" and _rows(daemon.home, done)["events"] > 0
         assert c.request("skill.get", name="keep")["skill"]["version"] == 2
         assert c.prune("0s", dry_run=True)["would_delete"] == [done]  # the fields it takes still work
+        assert c.rm(done, dry_run=True)["would_delete"] == [done]
         assert c.prune("0s", status=["failed"])["deleted"] == []
         assert c.rm(done)["deleted"] == [done]
         assert c.request("skill.delete", name="keep")["versions"] == 2
