@@ -153,6 +153,9 @@ def test_a_daemon_on_another_store_refuses_the_home_and_touches_nothing(isolated
             c.wait(done, timeout=60)
             live = c.start("demo.sleep")
             pid = wait_until(lambda: c.session(live)["pid"], timeout=60, what="the runner")
+            # running, not still starting (a pid is known before the runner's start is recorded: a CI run adopted
+            # a session still `starting`)
+            wait_until(lambda: c.session(live)["status"] == "running", timeout=60, what="the session running")
         d.stop()  # sessions keep running without a daemon
         dirs = sorted(p.name for p in (isolated_env / "sessions").iterdir())
         assert {done, live} <= set(dirs)
@@ -169,7 +172,8 @@ def test_a_daemon_on_another_store_refuses_the_home_and_touches_nothing(isolated
         assert psutil.pid_exists(pid)
         d = DaemonProc(isolated_env).start()  # the home's own store: the session is adopted, still running
         with d.client() as c:
-            assert c.session(live)["status"] == "running" and c.session(done)["status"] == "completed"
+            wait_until(lambda: c.session(live)["status"] == "running", timeout=60, what="the session adopted")
+            assert c.session(done)["status"] == "completed"
             c.kill(live)
         assert (isolated_env / "store").read_text().strip() == f"sqlite:{os.path.realpath(isolated_env / 'labd.db')}"
     finally:
