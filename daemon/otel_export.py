@@ -11,8 +11,10 @@ collector stored a batch but its reply was lost — and then the span ids are th
 collector sees the same spans again, not new ones.
 
 The cursor moves after each acknowledged batch, past the events all of whose spans it held. A batch whose
-encoding is over :data:`MAX_BATCH_BYTES`, or that the collector answers 413, is split in halves; one the collector
-answers 400 is left out (counted as skipped: sent again it would be refused again). While the collector fails, the
+encoding is over :data:`MAX_BATCH_BYTES`, or that the collector answers 413, is split in halves. One the collector
+answers 400 is checked by an empty request: if that is refused too, the collector refuses everything (a proxy in
+front of it answering bad credentials so), which is a failure to retry; else the batch is split down to the spans
+refused, which are left out (counted as skipped: sent again they would be refused again). While the collector fails, the
 passes wait for its ``Retry-After``, else twice as long each time, up to :data:`MAX_BACKOFF_S`.
 
 A span that cannot be sent — its event's own time is not a time, or the collector's encoder refuses it — is
@@ -213,7 +215,9 @@ class OtelExporter(threading.Thread):
                 self._skip(r.session_id, r.key, exc)
         return self._post(spans) if spans else True
 
-    def _post(self, spans: list[Any]) -> bool:
+    def _post(self, spans: list[Any], checked: bool = False) -> bool:
+        """Send encoded ``spans``, split when too large; ``checked``: the collector took an empty request since a
+        400 (so a 400 now is about these spans)."""
         body = self._encode(spans)
         if body is None:  # a span the encoder refuses: left out, the rest sent
             spans, _ = self._encodable(spans)
@@ -222,11 +226,24 @@ class OtelExporter(threading.Thread):
                 return True
         if len(body) > MAX_BATCH_BYTES and len(spans) > 1:  # a collector's request limit (4 MiB gRPC, 20 MiB HTTP)
             half = len(spans) // 2
-            return self._post(spans[:half]) and self._post(spans[half:])
+            return self._post(spans[:half], checked) and self._post(spans[half:], checked)
         answer = self.http.post(body)
         if answer.outcome in ("too_large", "reset") and len(spans) > 1:
             half = len(spans) // 2
-            return self._post(spans[:half]) and self._post(spans[half:])
+            return self._post(spans[:half], checked) and self._post(spans[half:], checked)
+        if answer.outcome == "refused" and not checked:
+            # A 400 about the batch, or about every request? An empty request is valid OTLP that a collector takes:
+            # refused too, it is the collector (a proxy answering bad credentials with 400 had every span skipped)
+            probe = self.http.post(b"")
+            if probe.outcome != "ok":
+                self._failed(f"{answer.message}; an empty request was refused too ({probe.message or probe.outcome}): "
+                             "the collector refuses every request, the spans wait for it", probe.retry_after,
+                             spans=len(spans))
+                return False
+            checked = True
+        if answer.outcome == "refused" and len(spans) > 1:  # only the spans it refuses are left out
+            half = len(spans) // 2
+            return self._post(spans[:half], checked) and self._post(spans[half:], checked)
         if answer.outcome in ("too_large", "refused"):  # never taken, however often sent: left out, counted
             for sp in spans:
                 self._skip(str(sp.attributes.get("labd.session.id", "?")), sp.name, ValueError(answer.message))

@@ -17,7 +17,7 @@ counted as success (the SDK accepts every status below 400), so spans were dropp
 from __future__ import annotations
 
 import base64
-import gzip
+import gzip as gzip_format
 import http.client
 import socket
 import ssl
@@ -86,7 +86,7 @@ class OtlpHttp:
     def post(self, body: bytes) -> Answer:
         """Send ``body``; never raises for what the network or the collector does."""
         if self.gzip:
-            body = gzip.compress(body, compresslevel=6)  # span protobufs shrink to about a sixth
+            body = gzip_format.compress(body, compresslevel=6)  # span protobufs shrink to about a sixth
         deadline = time.monotonic() + self.timeout
         if self.scheme == "https":
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,

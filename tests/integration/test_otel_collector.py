@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,8 @@ class Collector:
                     return
                 if mode == "redirect":
                     return self._answer(302, b"", {"Location": "http://127.0.0.1:1/login"})
+                if mode == "authproxy":  # a proxy in front of it, answering bad credentials with 400
+                    return self._answer(400, b"bad credentials", {})
                 if mode == "hold":  # not yet: come back at once
                     return self._answer(503, b"starting", {"Retry-After": "0"})
                 if mode == "ratelimit" and nth - outer.limit_from == 3:  # the third request from now: not for 11 s
@@ -252,11 +255,34 @@ def test_a_request_size_limit_splits_batches_and_a_refused_batch_does_not_stop_e
         bad = c.start("demo.count", params={"n": 1})
         assert c.wait(bad, timeout=60)["status"] == "completed"
         wait_until(lambda: _telemetry(c)["skipped_spans"] > 0, timeout=60, what="the refused batch skipped")
+        # only the refused span is left out: the batch was split down to it (the whole batch was skipped)
+        wait_until(lambda: _got(collector.of(bad)) == _expected(c, bad) - Counter(session=1), timeout=60,
+                   what="the refused batch's other spans")
+        assert _telemetry(c)["skipped_spans"] == 1
         collector.refuse_name = ""
         later = c.start("demo.count", params={"n": 2})
         assert c.wait(later, timeout=60)["status"] == "completed"
         wait_until(lambda: _got(collector.of(later)) == _expected(c, later), timeout=60,
                    what="the later session's spans")
+
+
+def test_a_collector_that_refuses_every_request_with_400_is_a_failure_not_a_skip(isolated_env: Path,
+                                                                                collector: Collector) -> None:
+    """A proxy in front of the collector answers 400 to every request (bad credentials said so): an empty request
+    is refused too, so it is the collector, not the batch: export fails and retries, ``labd status`` says so, no
+    span is skipped, and once the proxy lets requests through every span arrives (each batch was skipped: the
+    spans were lost to the collector for good)."""
+    collector.mode = "authproxy"
+    _home(isolated_env, collector.port)
+    with running_daemon(isolated_env) as d, d.client() as c:
+        sid = c.start("demo.count", params={"n": 2})
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        tel = _first_failure(c, "the refusals counted as a failure")
+        assert "refuses every request" in (tel["last_error"] or "") and tel["skipped_spans"] == 0, tel
+        collector.mode = "ok"
+        want = _expected(c, sid)
+        wait_until(lambda: _got(collector.of(sid)) == want, timeout=90, what=f"spans {want} once it lets them in")
+        assert _telemetry(c)["skipped_spans"] == 0
 
 
 def test_a_rate_limit_sends_nothing_twice(isolated_env: Path, collector: Collector, tmp_path: Path) -> None:
