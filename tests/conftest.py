@@ -22,8 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 SUPPORT = Path(__file__).resolve().parent / "support"
 
 
-def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
-    """Poll ``pred`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+def wait_until(pred: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02, what: str = "") -> Any:
+    """Poll ``pred`` until it returns something truthy; fail the test after ``timeout`` seconds (a deadline, not a
+    goal: 10 s by default was too short for a runner's start on a loaded CI box)."""
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
@@ -32,6 +33,16 @@ def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}")
         time.sleep(interval)
+
+
+def runner_pid(c: Any, sid: str, timeout: float = 60.0) -> int:
+    """Wait until session ``sid`` runs and its runner's pid is recorded; the pid. Both are needed: the runner's
+    ``session.started`` may be stored before the daemon's ``session.launched`` (which carries the pid), so a session
+    can be ``running`` with ``pid`` still None for a moment."""
+    def ready() -> int | None:
+        s = c.session(sid)
+        return int(s["pid"]) if s["status"] == "running" and s["pid"] else None
+    return wait_until(ready, timeout=timeout, what=f"session {sid} running with its runner's pid")  # type: ignore[no-any-return]
 
 
 def alive(pid: int) -> bool:

@@ -10,7 +10,7 @@ import zmq
 
 from labd.ipc.signing import derive_key
 from labd.ipc.wire import DEFAULT_MAX_MESSAGE, Codec
-from tests.conftest import wait_until
+from tests.conftest import runner_pid, wait_until
 
 
 def impostor_runner(c: Any, *, routing_suffix: str = ":impostor",
@@ -27,8 +27,7 @@ def impostor_runner(c: Any, *, routing_suffix: str = ":impostor",
 
 def freeze_runner(c: Any, sid: str) -> None:
     """Wait until ``sid`` runs, SIGSTOP its runner, and wait until what the runner sent is stored."""
-    wait_until(lambda: c.session(sid)["status"] == "running")
-    os.kill(int(c.session(sid)["pid"]), signal.SIGSTOP)
+    os.kill(runner_pid(c, sid), signal.SIGSTOP)
     seen: list[int] = []
 
     def settled() -> bool:  # the runner's last sequence number read three times over: what it sent is stored

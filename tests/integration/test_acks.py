@@ -82,7 +82,9 @@ def test_a_session_ends_at_once_although_acks_are_paced(slow_acks) -> None:
         final = c.wait(sid, timeout=60)
         took = time.monotonic() - t0
         assert final["status"] == "completed"
-        assert took < INTERVAL_S / 2, f"the end waited for the paced ack ({took:.1f} s)"
+        # waiting for the paced ack (or giving up on it: the runner's 30 s flush timeout) takes >= 30 s; the rest
+        # of a start and 2,000 events well under 24 s, even on a loaded box
+        assert took < INTERVAL_S * 0.8, f"the end waited for the paced ack ({took:.1f} s)"
         assert c.status()["counters"].get("acks.asked", 0) > before
         runner = [e["src_seq"] for e in c.history(sid) if e["src"] == "runner"]
         assert runner == list(range(1, len(runner) + 1))

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from labd.ipc.events import TERMINAL_STATUSES
-from tests.conftest import DaemonProc, alive, module_daemon_on, pointed_at, wait_until
+from tests.conftest import DaemonProc, alive, module_daemon_on, pointed_at, runner_pid, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a cgroup per session needs root (or systemd delegation)")
 
@@ -319,7 +319,7 @@ def test_what_a_session_left_while_no_daemon_ran_is_killed(request: pytest.Fixtu
             sid = c.start("labd_cgroupflows:leave_orphan")
             line = wait_until(lambda: next((e["payload"]["text"] for e in c.history(sid, kinds=["output"])
                                             if e["payload"]["text"].startswith("orphan ")), None), what="orphan")
-            runner = c.session(sid)["pid"]
+            runner = runner_pid(c, sid)
         orphan = int(line.split()[1])
         groups = _groups(orphan)
         assert groups["pids"].parent.name.startswith("labd-")
@@ -390,7 +390,7 @@ def test_kill_then_resume_of_a_runner_adopted_without_a_group_keeps_the_resumed_
                 what="the stubborn child"))
             wait_until(lambda: any(s["name"] == "wait" and s["status"] == "running" for s in c.session(sid)["steps"]),
                        timeout=60, what="step wait running")
-            runner = c.session(sid)["pid"]
+            runner = runner_pid(c, sid)
         assert not _groups(runner)["memory"].parent.name.startswith("labd-")  # no group of a daemon's
         d.kill9()
         try:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from labd.ipc.functions import RemoteError
+from tests.conftest import wait_until
 from tests.integration.cli_support import labd
 
 pytestmark = pytest.mark.timeout(180)
@@ -50,6 +51,8 @@ def test_a_timeout_exits_2_and_leaves_the_session_running(shared_daemon) -> None
     """``--timeout`` on a session that runs on: exit 2 (as ``labd wait``), the session untouched."""
     sid = labd("run", "demo.sleep", "-p", "seconds=60").stdout.strip()
     try:
+        wait_until(lambda: json.loads(labd("show", sid, "--json").stdout)["status"] == "running", timeout=60,
+                   what="the session running")  # `run` answers once it is created, before its runner starts
         got = labd("result", sid, "--timeout", "1s")
         assert got.returncode == 2, (got.returncode, got.stderr)
         assert json.loads(labd("show", sid, "--json").stdout)["status"] == "running"

@@ -13,7 +13,7 @@ import zmq
 from labd.ipc.paths import layout_for
 from labd.ipc.signing import derive_key
 from labd.ipc.wire import Codec
-from tests.conftest import wait_until
+from tests.conftest import runner_pid, wait_until
 
 pytestmark = pytest.mark.fault
 
@@ -47,8 +47,7 @@ def test_the_daemon_key_never_reaches_a_runner_or_the_template(shared_daemon) ->
     template's memory holds neither; the key file the runner was given is gone once it runs."""
     with shared_daemon.client() as c:
         sid = c.start("demo.sleep", params={"seconds": 60})
-        wait_until(lambda: c.session(sid)["status"] == "running", timeout=30, what="running")
-        pid, template = c.session(sid)["pid"], c.status()["template_pid"]
+        pid, template = runner_pid(c, sid), c.status()["template_pid"]
         daemon_key = c.info.key_bytes
         own = derive_key(daemon_key, sid)
         assert not (shared_daemon.home / "sessions" / sid / "runner.key").exists()

@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import DaemonProc, alive, wait_until
+from tests.conftest import DaemonProc, alive, runner_pid, wait_until
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64",
                                 reason="the workflow makes the raw clone system call by its x86_64 number (56)")
@@ -35,7 +35,7 @@ def test_clone_with_clone_parent_is_refused_in_a_session(shared_daemon) -> None:
     with shared_daemon.client() as client:
         sid = client.start("labd_testflows:clone_parent", memory="100M")
         pid, err = _cloned(client, sid)
-        runner = client.session(sid)["pid"]
+        runner = runner_pid(client, sid)
         status = psutil.Process(runner).status()
         seccomp = [ln for ln in Path(f"/proc/{runner}/status").read_text().splitlines() if ln.startswith("Seccomp:")]
         client.stop(sid, grace=0.5)
@@ -62,7 +62,7 @@ def test_a_child_of_the_template_it_did_not_fork_is_killed(unfiltered) -> None:
         sid = client.start("labd_testflows:clone_parent", memory="100M")
         pid, err = _cloned(client, sid)
         assert pid > 0 and err == 0
-        template = client.session(sid)["pid"] and psutil.Process(client.session(sid)["pid"]).ppid()
+        template = psutil.Process(runner_pid(client, sid)).ppid()
         assert psutil.Process(pid).ppid() == template  # a sibling of the runner, outside its tree
         wait_until(lambda: not alive(pid), timeout=30, what="the escapee killed")
         assert client.session(sid)["status"] == "running"

@@ -154,8 +154,8 @@ def test_pending_approval_survives_a_daemon_restart(daemon) -> None:
 def test_pause_and_resume_at_step_boundaries(client) -> None:
     """pause takes effect at the next step boundary (status paused, recorded with who and why);
     resume continues; the session completes."""
-    sid = client.start("demo.count", params={"n": 30, "delay": 0.05})
-    wait_until(lambda: client.session(sid)["status"] == "running")
+    sid = client.start("demo.count", params={"n": 200, "delay": 0.05})  # 10 s: not over before the pause arrives
+    wait_until(lambda: client.session(sid)["status"] == "running", timeout=60)
     client.pause(sid)
     wait_until(lambda: client.session(sid)["status"] == "paused", what="paused")
     paused_steps = len(client.session(sid)["steps"])

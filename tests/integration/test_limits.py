@@ -38,6 +38,7 @@ def test_memory_hog_is_killed_with_the_reason_recorded(monitor_only, monkeypatch
 
 def _hog_is_killed(client: Any) -> None:
     bystander = client.start("demo.sleep", params={"seconds": 30})
+    wait_until(lambda: client.session(bystander)["status"] == "running", timeout=60, what="the bystander running")
     sid = client.start("labd_testflows:memory_hog", params={"mb": 800}, memory="150M")
     final = client.wait(sid, timeout=60)
     assert final["status"] == "failed"

@@ -81,11 +81,15 @@ def _setup(c: Any, suffix: str) -> tuple[str, Codec, zmq.Socket, Tail, int]:
     nxt = max(e["src_seq"] for e in c.history(sid) if e["src"] == "runner") + 1
     tail = Tail(c, sid)
     for _ in range(100):  # the subscription reaches the daemon asynchronously
+        last = nxt
         nxt = _send(codec, s, sid, [[nxt, time.time(), "custom", None, None, {"name": "warm-up"}]])
         tail.drain(200)
         if tail.bodies:
             break
     assert tail.bodies, "the live tail never started"
+    # the one that arrived may be an earlier warm-up, late: the last one sent must not arrive after the clear
+    wait_until(lambda: tail.drain(50) or any(e["src_seq"] == last for e in tail.events()), timeout=30,
+               what="the last warm-up on the live tail")
     tail.bodies.clear()
     return sid, codec, s, tail, nxt
 

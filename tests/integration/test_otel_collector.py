@@ -68,11 +68,11 @@ class Collector:
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                with outer.lock:
+                with outer.lock:  # the mode with the count: a test switches both at once
                     outer.requests += 1
                     nth = outer.requests
                     outer.headers.append(dict(self.headers))
-                mode = outer.mode
+                    mode = outer.mode
                 if mode == "endless":  # 200, then a body that never ends
                     self.send_response(200)
                     self.send_header("Transfer-Encoding", "chunked")

@@ -41,7 +41,7 @@ def test_find_a_session_by_a_word_in_an_agent_message_and_a_file_by_name(shared_
         files = _indexed(c, "step_2", own, types=["file"])  # the file comes later in the session than the review
         assert [h["title"] for h in files] == ["step_2.json"] and files[0]["session_id"] == sid
         assert _hits(c, "zebrafish", own, types=["session"])[0]["session_id"] == sid  # the task text
-        steps = _hits(c, "summarise findings", own, types=["step"])
+        steps = _indexed(c, "summarise findings", own, types=["step"])  # step 3 starts after the file was indexed
         assert steps and steps[0]["node_id"] and steps[0]["session_workflow"] == "planning_and_control"
         assert _hits(c, "xylophoneqq", own) == []
 

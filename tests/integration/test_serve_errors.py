@@ -15,13 +15,12 @@ import pytest
 def _ended_and_running(c: Any) -> tuple[str, str, int]:
     """A session run to its end, and one left running (``running``: its runner said hello); their ids and the running
     one's runner pid."""
-    from tests.conftest import wait_until
+    from tests.conftest import runner_pid
 
     done = c.start("demo.count", params={"n": 1, "delay": 0})
     c.wait(done, timeout=60)
     live = c.start("demo.sleep")
-    wait_until(lambda: c.session(live)["status"] == "running", timeout=60, what="the session running")
-    return done, live, int(c.session(live)["pid"])
+    return done, live, runner_pid(c, live)
 
 
 def _templates_of(home: Path) -> list[int]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, DaemonProc, kill_runners, running_daemon, wait_until
+from tests.conftest import REPO, DaemonProc, kill_runners, runner_pid, running_daemon, wait_until
 
 
 def _labd(*args: str, timeout: float = 90, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -112,8 +112,7 @@ def test_labd_shutdown_stops_the_daemon_and_sessions_keep_running(isolated_env: 
     try:
         with Client(isolated_env) as c:
             sid = c.start("demo.sleep", params={"seconds": 60})
-            wait_until(lambda: c.session(sid)["status"] == "running", timeout=60)
-            runner = c.session(sid)["pid"]
+            runner = runner_pid(c, sid)
         down = _labd("shutdown", "--timeout", "60")
         assert down.returncode == 0, down.stderr
         assert f"pid {pid} stopped" in down.stdout and "1 session keeps running" in down.stdout, down.stdout

@@ -61,7 +61,8 @@ def test_a_session_runs_in_the_spare_and_a_new_spare_takes_its_place(client: Cli
     """The waiting spare becomes the next session's runner (same pid), in its own process group, under the
     session's limits; a fresh spare (another pid) is forked after it."""
     spare = the_spare(client)
-    sid = client.start("demo.sleep", params={"seconds": 60}, timeout=2.0)
+    # a 10 s wall-time limit: ended by it, but not before the checks of its process below (2 s was, on a slow box)
+    sid = client.start("demo.sleep", params={"seconds": 60}, timeout=10.0)
     run = wait_until(lambda: (s := client.session(sid)).get("pid") and s, timeout=30, what="runner pid")
     assert run["pid"] == spare.pid
     template = client.status()["template_pid"]
