@@ -163,7 +163,21 @@ class MalformedFrame(WireError):
 #: the longest message id accepted: a receiver remembers every id for its replay window, so an unbounded id would be
 #: memory a sender could make it hold (8 MiB ids: +500 MB in seconds, an attack review)
 ID_MAX = 128
-_ID_RE = re.compile(rb'"id":"([0-9A-Za-z_-]{1,%d})"' % ID_MAX)
+#: an envelope's ``id`` found without decoding (a message too large or undecodable, to answer it): any JSON spacing,
+#: any id without escapes (a quote, a backslash or a control character); it matched compact JSON and [0-9A-Za-z_-]
+#: only, so a client writing `"id": "..."` or ids like `ui:1` got no answer (a protocol review)
+_ID_RE = re.compile(rb'"id"[ \t\r\n]*:[ \t\r\n]*"([^"\\\x00-\x1f]{1,%d})"' % ID_MAX)
+
+
+def _found_id(raw: bytes) -> str | None:
+    """The ``id`` in the first 256 bytes of an envelope, if one is there (see :data:`_ID_RE`)."""
+    found = _ID_RE.search(raw[:256])
+    if found is None:
+        return None
+    try:
+        return found.group(1).decode()
+    except UnicodeDecodeError:
+        return None
 
 
 class OversizedFrame(WireError):
@@ -243,8 +257,7 @@ class Codec:
             self.signer.verify(sig, raw)
         except SignatureError:
             return None
-        found = _ID_RE.search(raw[:256])
-        return found.group(1).decode() if found else None
+        return _found_id(raw)
 
     def unpack(self, frames: list[bytes], *, seen: bool = False) -> Message:
         """Verify and decode ``[signature, body]``; raise a :class:`WireError` subclass to drop it.
@@ -266,8 +279,7 @@ class Codec:
             err = MalformedFrame(f"body is not JSON: {exc}")
             # The signature is valid, so the sender is genuine: give the receiver the id to answer (e.g. a
             # request nested deeper than the decoder allows still gets a structured error reply).
-            found = _ID_RE.search(raw[:256])
-            err.msg_id = found.group(1).decode() if found else None
+            err.msg_id = _found_id(raw)
             raise err from None
         if not isinstance(env, dict):
             raise MalformedFrame("body is not a JSON object")

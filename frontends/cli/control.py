@@ -160,8 +160,8 @@ def cmd_pause(args: argparse.Namespace, ctx: Ctx) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = command(sub, "stop", cmd_stop, "stop sessions: ask, then SIGTERM, then SIGKILL")
-    s.add_argument("session", nargs="*", help="ids or names (several: one line each; one that has ended is said, "
-                   "not an error)")
+    s.add_argument("session", nargs="*", help="ids or names (several: one line each); one that has ended is said, "
+                   "not an error (exit 0)")
     s.add_argument("--tag", action="append", default=[], metavar="K=V",
                    help="also every live session with this tag (repeat: all of them)")
     s.add_argument("--grace", metavar="DUR",

@@ -164,6 +164,26 @@ def test_an_oversized_frame_names_its_id_only_when_validly_signed() -> None:
     assert c.oversized_id(frames[1:]) is None
 
 
+def test_the_id_of_a_message_it_cannot_read_is_found_whatever_its_json_spacing() -> None:
+    """A request too large, or undecodable, is answered to its ``id`` read from its first bytes: found in JSON as
+    other languages write it (``"id": "..."``, Python's ``json.dumps``) and for any id without escapes (``ui:1``,
+    ``my.id``), as the protocol says any unique string works; it was found only in compact JSON and for ids of
+    ``[0-9A-Za-z_-]``, so such clients were never told (a protocol review). An id with an escape is not guessed."""
+    import json
+
+    c = Codec(KEY, max_message=200)
+    for msg_id in ("ui:1", "my.id", "3f2b-UUID-like", "caf\u00e9" if False else "café"):
+        raw = json.dumps({"v": 1, "id": msg_id, "ts": time.time(), "type": "t", "body": {"pad": "x" * 300}},
+                         ensure_ascii=False).encode()
+        assert c.oversized_id([c.signer.sign(raw), raw]) == msg_id
+        bad = raw.replace(b'"pad"', b'"pad": NaN, "q"', 1)[:180]  # signed, within the limit, not JSON
+        with pytest.raises(MalformedFrame) as err:
+            c.unpack([c.signer.sign(bad), bad])
+        assert err.value.msg_id == msg_id
+    quoted = json.dumps({"v": 1, "id": 'a"b', "ts": 1.0, "type": "t", "body": {"pad": "x" * 300}}).encode()
+    assert c.oversized_id([c.signer.sign(quoted), quoted]) is None
+
+
 def test_non_finite_finds_nan_and_infinity_with_their_path() -> None:
     """``non_finite``: the first NaN/±Infinity in a request body (what orjson would send as null) and where it is;
     None for finite floats, ints, None and strings."""
