@@ -21,6 +21,7 @@ from pathlib import Path
 __all__ = ["lower_priority", "own_priority", "group_nice", "MAX_NICE"]
 
 MAX_NICE = 19
+MAX_PASSES = 8  # listings of a runner's threads (a runner starting threads without end is not waited for)
 
 
 def group_nice(pid: int | str) -> int | None:
@@ -53,11 +54,21 @@ def lower_priority(pid: int, steps: int, base: tuple[int, int | None] | None = N
         if current is not None and current != group_target:
             with contextlib.suppress(OSError):
                 Path(f"/proc/{pid}/autogroup").write_text(str(group_target))
-    try:
-        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        tids = [pid]
-    for tid in tids:  # Linux keeps a nice value per thread: PRIO_PROCESS with a thread id sets that thread's
-        with contextlib.suppress(OSError):
-            if os.getpriority(os.PRIO_PROCESS, tid) != target:
-                os.setpriority(os.PRIO_PROCESS, tid, target)
+    # Linux keeps a nice value per thread: PRIO_PROCESS with a thread id sets that thread's. A thread the runner
+    # starts while this runs inherits its creator's value, possibly from before the change (a CI run found a runner
+    # thread left at 0): the threads are listed again until a listing has none not yet set, so each thread is one
+    # set here or one created by such a one.
+    done: set[int] = set()
+    for _ in range(MAX_PASSES):
+        try:
+            tids = {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+        except OSError:
+            tids = {pid}
+        new = tids - done
+        if not new:
+            break
+        for tid in sorted(new):
+            with contextlib.suppress(OSError):
+                if os.getpriority(os.PRIO_PROCESS, tid) != target:
+                    os.setpriority(os.PRIO_PROCESS, tid, target)
+        done |= new

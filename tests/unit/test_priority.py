@@ -62,3 +62,30 @@ def test_steps_are_relative_to_the_base_and_capped(child: subprocess.Popen[str])
     child.wait()
     lower_priority(child.pid, 5)  # gone: nothing to do, nothing raised
     assert not Path(f"/proc/{child.pid}").exists()
+
+
+def test_a_thread_started_while_the_threads_are_set_is_set_too(child: subprocess.Popen[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread the runner starts while its threads are being set (here: one the first listing does not show, as a
+    thread cloned just after it) inherits its creator's old value; it is found by listing again, so no thread is
+    left at the daemon's level (a CI run found a runner thread at 0 with runner_nice = 15)."""
+    import labd.daemon.priority as priority
+
+    real = os.listdir
+    calls = []
+
+    def late_thread(path: str) -> list[str]:  # the first listing of the child's threads misses its second thread
+        names = real(path)
+        if path == f"/proc/{child.pid}/task":
+            calls.append(path)
+            if len(calls) == 1:
+                return [str(child.pid)]
+        return names
+
+    monkeypatch.setattr(priority.os, "listdir", late_thread)
+    target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
+    lower_priority(child.pid, 5)
+    monkeypatch.undo()
+    nices = thread_nices(child.pid)
+    assert len(nices) >= 2 and set(nices) == {target}, nices
+    assert len(calls) == 3  # listed until a listing shows no thread not yet set
