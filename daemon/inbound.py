@@ -167,9 +167,22 @@ class TcpRebind:
     def __init__(self) -> None:
         self._asked = threading.Event()
         self._retrying = False  # a socket could not be bound again yet: only the missing ones are tried
+        self._settled = threading.Event()  # no reset asked, or the last one asked is done
+        self._settled.set()
+        self._lock = threading.Lock()
+        self._asks = 0  # resets asked so far: one asked while another is done is done again after it
 
     def request(self) -> None:
-        self._asked.set()
+        with self._lock:
+            self._asks += 1
+            self._settled.clear()
+            self._asked.set()
+
+    def settled(self, timeout: float) -> bool:
+        """Wait until every reset asked so far is done (the old connections dropped, the ports bound again); False
+        after ``timeout`` seconds. A client acting after a revocation's answer then meets the new sockets, not old
+        ones about to be closed under its request (which got no answer: a CI run)."""
+        return self._settled.wait(timeout)
 
     def due(self) -> bool:
         return self._asked.is_set()
@@ -180,11 +193,16 @@ class TcpRebind:
         ``poller`` (the old ones closed: every connection dropped); after a failed attempt, only the missing
         (None) ones. A socket whose port cannot be bound yet is None; :meth:`due` stays true until all are bound."""
         first = not self._retrying
+        with self._lock:
+            asks = self._asks
         out = [self._redo(old, poller, make, endpoint, 2.0 if first else 0.1) if first or old is None else old
                for old, make, endpoint in zip(socks, makes, endpoints, strict=True)]
         self._retrying = any(s is None for s in out)
         if not self._retrying:
-            self._asked.clear()
+            with self._lock:
+                if asks == self._asks:  # else another reset was asked meanwhile: due again
+                    self._asked.clear()
+                    self._settled.set()
         return out
 
     @staticmethod

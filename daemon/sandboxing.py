@@ -79,8 +79,11 @@ class SandboxSetup:
         # own unconfined (a v1 hierarchy's release_agent: daemon/cgroups.py, SessionCgroups.mounts), or change the
         # machine's settings. (/proc/sys cannot be made read-only this way: docs/security.md.)
         read = ["/sys", *(m for m in self.cgroups.mounts if m != "/sys" and not m.startswith("/sys/"))]  # one rule
-        # every other labd home of this user too: its key would open its daemon's control socket (daemon/homes.py)
-        hide = [str(self.layout.home), str(self.layout.runtime_dir.parent), *homes.others(self.layout.home)]
+        # every other labd home of this user too: its key would open its daemon's control socket (daemon/homes.py);
+        # and the registry that lists them: a runner that rewrote it had the other homes' keys open to the next
+        # session (an attack review)
+        hide = [str(self.layout.home), str(self.layout.runtime_dir.parent), *homes.others(self.layout.home),
+                str(homes.registry_path())]
         return {"hide": [*hide, *read],
                 "allow": [str(self.layout.sessions_dir / sid)] if sid else [], "read": read}
 

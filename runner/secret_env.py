@@ -15,7 +15,7 @@ __all__ = ["SECRET_PATTERN", "SECRET_VALUE", "PROXY_NAME", "WITHHELD", "PG_WITHH
 #: environment variables that look like credentials are withheld from the workflow's environment
 SECRET_PATTERN = re.compile(
     r"(^|_)(API_?KEY|APIKEY|SECRET|SECRET_KEY|SECRET_ACCESS_KEY|ACCESS_KEY|PRIVATE_KEY|PASSWORD|PASSWD|"
-    r"CREDENTIALS?|CREDS|AUTH|AUTHORIZATION|BEARER|PASSPHRASE)(_|$)|(API_?KEY|TOKEN|SECRET|PASSWORD|PASSPHRASE|_KEY|_PAT|"
+    r"CREDENTIALS?|CREDS|AUTH|AUTHORIZATION|BEARER|PASSPHRASE|SECRETS|COOKIES?|DSN)(_|$)|(API_?KEY|TOKEN|SECRET|PASSWORD|PASSPHRASE|_KEY|_PAT|"
     r"_PASS|_PWD)$", re.IGNORECASE)  # _PWD, not PWD: the shell's working directory (OLDPWD too) is no secret
 #: ... and so do values that carry a password in a URL (``DATABASE_URL=postgres://user:pw@host/db``), anywhere in
 #: the value, whatever the name, except proxy settings (``HTTPS_PROXY=http://user:pw@proxy:3128``), which the

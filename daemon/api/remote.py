@@ -10,6 +10,9 @@ from typing import Any
 
 from labd.daemon.api.base import ApiError, Request, register
 from labd.daemon.curve_keys import add_client, curve_dir
+from labd.daemon.reads import Read
+
+SETTLE_S = 5.0  # how long remote.remove waits for the remote connections' drop before it answers anyway
 
 #: a remote client's name (``\Z``, not ``$``, which also matches before a final newline: "bob\n" was a name)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
@@ -66,4 +69,7 @@ class RemoveRemote(Request):
             raise ApiError("not_found", f"no remote client named {name!r}")
         path.unlink()
         gw.revoke()  # its open connections too, not only new ones
-        return {"name": name, "removed": True}
+        # answered once they are dropped and the ports listen again, on a read worker (the gateway's thread does it
+        # within a pass; a port the kernel has not let go yet takes longer)
+        settled = yield Read(lambda: gw.rebind.settled(SETTLE_S), "the remote connections' drop")
+        return {"name": name, "removed": True, "reconnectable": settled}

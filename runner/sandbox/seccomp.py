@@ -9,7 +9,10 @@ since the filter checks syscall numbers of the native ABI only.
 :func:`deny_clone_parent` keeps a session's processes in its runner's tree: ``clone`` with ``CLONE_PARENT`` (the
 child would be the *runner's parent's* child, a sibling of the runner outside the tree the limits monitor walks)
 fails with ``EPERM``, so does ``prctl(PR_SET_CHILD_SUBREAPER, 0)`` (a runner is its tree's subreaper: without that,
-a grandchild whose parent exits goes to init), and ``clone3`` fails with ``ENOSYS`` (its flags are in memory, which
+a grandchild whose parent exits goes to init), so does ``prlimit64`` setting another process's limits (a pid other than
+0 with a new limit: the same user's processes, the daemon's and other sessions' among them, are otherwise open to it,
+and an ``RLIMIT_CPU`` of one second killed the daemon, an ``RLIMIT_NOFILE`` at its open count made its next
+connection end it; an attack review), and ``clone3`` fails with ``ENOSYS`` (its flags are in memory, which
 a seccomp filter cannot read; glibc then falls back to ``clone``, as under Docker's default profile). The template
 installs it before it forks anything, so every runner, spare and workflow check inherits it. It must not break what
 runners run, so foreign ABIs are not refused here but checked with their own numbers (i386 and x32 on x86_64,
@@ -51,6 +54,9 @@ _CLONE_ABIS: dict[str, list[tuple[int, list[int], list[int], list[int]]]] = {
                 (0x40000028, [120], [435], [172])],                                                   # 32-bit ARM
 }
 _PR_SET_CHILD_SUBREAPER = 36
+#: arch -> the prlimit64 numbers of that ABI (x32's: bit 30 set; prlimit64 is a "common" entry)
+_PRLIMIT_NRS: dict[int, list[int]] = {0xC000003E: [302, 0x40000000 | 302], 0x40000003: [340],
+                                      0xC00000B7: [261], 0x40000028: [369]}
 #: machine -> (AUDIT_ARCH_*, [setpgid and setsid nrs]) for each ABI it runs, native first (x32: bit 30 set)
 _GROUP_ABIS: dict[str, list[tuple[int, list[int]]]] = {
     "x86_64": [(0xC000003E, [109, 112, 0x40000000 | 109, 0x40000000 | 112]), (0x40000003, [57, 66])],
@@ -127,9 +133,12 @@ def _assemble(ins: list[Ins | str]) -> bytes:
 
 
 def _clone_program(machine: str) -> bytes:
-    """``clone`` with CLONE_PARENT -> EPERM, ``clone3`` -> ENOSYS, ``prctl(PR_SET_CHILD_SUBREAPER, 0)`` -> EPERM, in
-    every ABI the machine runs; the rest allowed. The flags are ``clone``'s first argument in all of them (low 32
-    bits at offset 16: little endian), prctl's option its first and the value its second (offset 24)."""
+    """``clone`` with CLONE_PARENT -> EPERM, ``clone3`` -> ENOSYS, ``prctl(PR_SET_CHILD_SUBREAPER, 0)`` -> EPERM,
+    ``prlimit64(pid != 0, ..., new != NULL, ...)`` -> EPERM, in every ABI the machine runs; the rest allowed. The
+    flags are ``clone``'s first argument in all of them (low 32 bits at offset 16: little endian), prctl's option its
+    first and the value its second (offset 24), prlimit64's pid its first and the new limit its third (offset 32, its
+    high half at 36). Reading another process's limits stays allowed (``prlimit --pid``); setting one's own with its
+    pid instead of 0 is refused too (glibc's ``setrlimit`` passes 0)."""
     abis = _CLONE_ABIS[machine]
     ins: list[Ins | str] = [(_LD_W_ABS, 0, 0, 4)]  # A = arch
     ins += [(_JEQ_K, f"abi{i}", 0, arch) for i, (arch, _c, _c3, _p) in enumerate(abis)]
@@ -139,11 +148,15 @@ def _clone_program(machine: str) -> bytes:
         ins += [(_JEQ_K, "nosys", 0, nr) for nr in clone3s]
         ins += [(_JEQ_K, "flags", 0, nr) for nr in clones]
         ins += [(_JEQ_K, "prctl", 0, nr) for nr in prctls]
+        ins += [(_JEQ_K, "prlimit", 0, nr) for nr in _PRLIMIT_NRS.get(_arch, [])]
         ins.append((_RET_K, 0, 0, _ALLOW))
     # prctl(PR_SET_CHILD_SUBREAPER, 0): a runner is its tree's subreaper (orphans come back to it); unsetting that
     # would let a grandchild whose parent exits be re-parented to init, out of the tree (an attack review)
     ins += ["prctl", (_LD_W_ABS, 0, 0, 16), (_JEQ_K, 0, "allow", _PR_SET_CHILD_SUBREAPER),
             (_LD_W_ABS, 0, 0, 24), (_JEQ_K, "perm", "allow", 0)]
+    ins += ["prlimit", (_LD_W_ABS, 0, 0, 16), (_JEQ_K, "allow", 0, 0),  # pid 0: the caller's own
+            (_LD_W_ABS, 0, 0, 32), (_JEQ_K, 0, "perm", 0),  # a new limit (not NULL): refused
+            (_LD_W_ABS, 0, 0, 36), (_JEQ_K, "allow", "perm", 0)]
     ins += ["flags", (_LD_W_ABS, 0, 0, 16), (_JSET_K, "perm", 0, _CLONE_PARENT),
             "allow", (_RET_K, 0, 0, _ALLOW),
             "perm", (_RET_K, 0, 0, _ERRNO | _EPERM),

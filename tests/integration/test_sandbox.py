@@ -12,6 +12,7 @@ import socket
 import textwrap
 from pathlib import Path
 
+import psutil
 import pytest
 
 from labd.ipc.paths import layout_for
@@ -91,7 +92,7 @@ class _Listeners:
 def test_hostile_code_cannot_escape(isolated_env: Path, tmp_path: Path, mechanism: str) -> None:
     """Programs an agent runs cannot read labd's key, database, connection file, runtime directory,
     another session's files, ~/.ssh/id_rsa, /proc/<daemon>/environ or their runner's memory; cannot signal
-    the daemon; cannot
+    the daemon nor set its limits or their runner's (prlimit: one second of CPU killed either); cannot
     write outside their work directory; cannot reach a loopback TCP or UDP listener. A control program
     shows that they do run and may write their own work directory."""
     home = isolated_env
@@ -107,6 +108,7 @@ def test_hostile_code_cannot_escape(isolated_env: Path, tmp_path: Path, mechanis
             other = _other_session_file(c)
             daemon_pid = c.status()["pid"]
             key_before = (home / "daemon.key").read_text()
+            nofile_before = psutil.Process(daemon_pid).rlimit(psutil.RLIMIT_NOFILE)
             layout = layout_for(home)
             tcp_port, udp_port = net.tcp.getsockname()[1], net.udp.getsockname()[1]
             attempts = {
@@ -118,11 +120,16 @@ def test_hostile_code_cannot_escape(isolated_env: Path, tmp_path: Path, mechanis
                 "ssh_key": f"open({str(ssh / 'id_rsa')!r}).read()",
                 "daemon_environ": f"open('/proc/{daemon_pid}/environ', 'rb').read()",
                 "signal_daemon": f"os.kill({daemon_pid}, 0)",
+                # another process's limits, one less file: an RLIMIT_CPU of 1 s this way killed the daemon
+                "prlimit_daemon": f"import resource\nn = resource.RLIMIT_NOFILE\nsoft, hard = resource.prlimit("
+                                  f"{daemon_pid}, n)\nresource.prlimit({daemon_pid}, n, (soft - 1, hard))",
                 "tcp": f"socket.create_connection(('127.0.0.1', {tcp_port}), timeout=3).close()",
             }
             if mechanism == "landlock":  # the runner (which holds its session's key) is the parent here; under
                 # bwrap the parent is bwrap's own init inside the PID namespace and the runner is not visible
                 attempts["runner_memory"] = "open(f'/proc/{os.getppid()}/mem', 'rb').read(1)"
+                attempts["prlimit_runner"] = ("import resource\nresource.prlimit(os.getppid(), resource.RLIMIT_CPU, "
+                                              "(1, 1))")
             programs = [_attempt(n, a) for n, a in attempts.items()]
             # Checked on the host: whatever these programs believe, nothing may reach the real files / ports.
             programs += [
@@ -146,6 +153,7 @@ def test_hostile_code_cannot_escape(isolated_env: Path, tmp_path: Path, mechanis
             assert (work / "mine.txt").read_text() == "ok"
             assert not outside.exists(), "a write outside the work directory reached the host"
             assert (home / "daemon.key").read_text() == key_before
+            assert psutil.Process(daemon_pid).rlimit(psutil.RLIMIT_NOFILE) == nofile_before
             assert net.received() == [], "executed code reached a loopback listener"
             created = next(c.history(sid, kinds=["session.created"]))["payload"]
             assert created["sandbox"]["mechanism"] == mechanism and created["sandbox"]["network"] is False
@@ -257,6 +265,16 @@ def test_another_labd_home_of_the_user_is_hidden_from_sessions(isolated_env: Pat
             read = next(c.history(sid, kinds=["session.finished"]))["payload"]["result"]
             if mechanism == "landlock":
                 assert all(read[p] == "PermissionError" for p in secrets), read
+                # nor can it rewrite the registry of homes, which decides what the next session hides: a runner that
+                # left the other home out of it had that home's key open to the next session (an attack review)
+                from labd.daemon.homes import registry_path
+
+                registry = registry_path()
+                listed = registry.read_text()
+                sid = c.start("labd_testflows:runner_writes", params={"paths": [str(registry)]})
+                assert c.wait(sid, timeout=60)["status"] == "completed"
+                wrote = next(c.history(sid, kinds=["session.finished"]))["payload"]["result"]
+                assert wrote == {str(registry): "PermissionError"} and registry.read_text() == listed, wrote
             programs = [_attempt("other_key", f"open({secrets[0]!r}).read()"),
                         _attempt("other_db", f"open({secrets[1]!r}, 'rb').read(16)"),
                         "open('mine.txt', 'w').write('ok'); print('CONTROL', open('mine.txt').read())"]

@@ -139,14 +139,15 @@ def test_a_revoked_client_already_connected_is_cut_off_and_others_go_on(shared_t
         kept = _write(tmp_path / "kept.json", local.request("remote.add", name="kept")["connection"])
     with Client(connection_file=gone, timeout=3) as revoked, Client(connection_file=kept, timeout=10) as other:
         assert revoked.ping()["pid"] == other.ping()["pid"] == d.proc.pid
-        with d.client() as local:
-            local.request("remote.remove", name="gone")
+        with d.client() as local:  # answered once the connections are dropped and the ports listen again
+            assert local.request("remote.remove", name="gone") == {"name": "gone", "removed": True,
+                                                                    "reconnectable": True}
         with pytest.raises(LabdError) as err:
             revoked.start("demo.count", params={"n": 1})
         assert err.value.code == "timeout", err.value
         assert wait_until(lambda: other.ping()["pid"] == d.proc.pid, timeout=30, what="the other client answered")
     with d.client() as local:
-        local.request("remote.remove", name="kept")
+        assert local.request("remote.remove", name="kept")["reconnectable"] is True
 
 
 def test_cli_remote_add_and_connect(shared_tcp_daemon, tmp_path: Path) -> None:

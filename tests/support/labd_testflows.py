@@ -285,6 +285,19 @@ def runner_reads(ctx, paths: list) -> dict:
     return out
 
 
+def runner_writes(ctx, paths: list) -> dict:
+    """The runner itself (workflow code) tries to append to each path (a file another labd reads)."""
+    out = {}
+    for p in paths:
+        try:
+            with open(p, "a") as f:
+                f.write("")
+            out[p] = "written"
+        except OSError as exc:
+            out[p] = type(exc).__name__
+    return out
+
+
 def writes_files(ctx) -> int:
     """Write a text file and a nested one inside a step (recorded as the step's files)."""
     from pathlib import Path

@@ -59,3 +59,44 @@ def test_resident_bytes_reads_this_process() -> None:
     after = resident_bytes()
     assert after is not None and after > before + (48 << 20)
     block.close()
+
+
+def test_a_reset_is_settled_only_once_done_and_one_asked_meanwhile_is_done_again() -> None:
+    """``TcpRebind.settled``: false from a reset's request until the owner's thread has closed the old socket and
+    bound a new one; a reset asked while one is being done stays due, and settles only after it is done too.
+    (``remote.remove`` answers on it: a client acting right after the answer met the old socket, closed under its
+    request, and got no reply: a CI run.)"""
+    import socket as _socket
+
+    import zmq
+
+    from labd.daemon.inbound import TcpRebind
+
+    probe = _socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    ctx = zmq.Context()
+    poller = zmq.Poller()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    poller.register(sock, zmq.POLLIN)
+    rebind = TcpRebind()
+    try:
+        assert rebind.settled(0) and not rebind.due()
+        rebind.request()
+        assert rebind.due() and not rebind.settled(0.05)
+
+        def make() -> zmq.Socket:
+            rebind.request()  # asked again while this one is being done
+            return ctx.socket(zmq.ROUTER)
+
+        (sock,) = rebind.renew([sock], poller, [make], [endpoint])
+        assert sock is not None and rebind.due() and not rebind.settled(0.05)
+        (sock,) = rebind.renew([sock], poller, [lambda: ctx.socket(zmq.ROUTER)], [endpoint])
+        assert sock is not None and not rebind.due() and rebind.settled(0)
+    finally:
+        if sock is not None:
+            sock.close(0)
+        ctx.term()

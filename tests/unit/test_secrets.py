@@ -22,10 +22,12 @@ WITHHELD = ["OPENAI_API_KEY", "anthropic_api_key", "MY_APIKEY", "GITHUB_TOKEN", 
             # found by the review of the dashboard and MCP server
             "MY_SERVICE_AUTH", "HTTP_AUTHORIZATION", "BASIC_AUTH_HEADER", "API_BEARER",
             # found by the attack review of 2026-12-05
-            "DB_PASS", "MYSQL_PWD", "GPG_PASSPHRASE", "SSH_KEY_PASSPHRASE", "PASSPHRASE_FILE_TEXT"]
+            "DB_PASS", "MYSQL_PWD", "GPG_PASSPHRASE", "SSH_KEY_PASSPHRASE", "PASSPHRASE_FILE_TEXT",
+            # found by the attack review of 2026-12-07 (a Sentry DSN holds its key: https://KEY@host/1)
+            "SENTRY_DSN", "DATABASE_DSN", "APP_SECRETS", "MY_COOKIE", "SESSION_COOKIES", "COOKIE_JAR"]
 KEPT = ["PATH", "HOME", "LANG", "TOKENIZERS_PARALLELISM", "MAX_TOKENS", "CUDA_VISIBLE_DEVICES", "PYTHONPATH",
         "TOKEN_COUNT_LIMIT", "KEYBOARD_LAYOUT", "AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "PWD", "OLDPWD", "PASSES",
-        "BYPASS_CACHE", "COMPASS_HOME"]
+        "BYPASS_CACHE", "COMPASS_HOME", "DSNAME", "COOKIECUTTER_CONFIG", "SECRETSTORE_BIN"]
 
 
 @pytest.mark.parametrize("name", WITHHELD)
