@@ -187,6 +187,10 @@ class RunnerFrames:
             # good, and code that copied it out wrote steps, outcomes and approvals into finished sessions.
             self.count("dropped.runner.ended", len(evs))
             self._warn("runner events of an ended session dropped", "ended", session_id=sid, status=cur.status)
+            # Acked all the same (the ack says what the record holds, which took its spool before the end): a runner
+            # still alive waits in its close for an ack of what it sent last, and one the daemon ended from its
+            # spool (adopted late after a restart) had waited its whole flush timeout, 30 s, for one never sent
+            b.acks[sid] = (identity, False, True)
             return
         self._on_events(cur, identity, evs, b, self._frame[0][-1] if self._frame is not None else None)
         if msg.body.get("ack") is True and sid in b.acks:  # the runner waits for it (daemon/acks.py)

@@ -242,8 +242,8 @@ def test_the_dag_and_comparison_of_many_steps_reach_the_sdk_in_parts(small_daemo
 def test_a_finished_sessions_record_takes_no_more_runner_events(small_daemon) -> None:
     """A session's runner key is the session's for good: code that copied it out wrote output, a running step, a
     forged failure and a pending approval into the completed session's record (an attack review). Once its end
-    is recorded, frames signed with that key are dropped, counted (``dropped.runner.ended``): the record, its
-    status and its approvals stay as they were."""
+    is recorded, frames signed with that key are dropped, counted (``dropped.runner.ended``) and acked up to what
+    the record holds (so a late runner can exit): the record, its status and its approvals stay as they were."""
     with small_daemon.client() as c:
         sid = c.start("demo.count", params={"n": 1})
         assert c.wait(sid, timeout=60)["status"] == "completed"
@@ -265,6 +265,11 @@ def test_a_finished_sessions_record_takes_no_more_runner_events(small_daemon) ->
         s.send_multipart(codec.pack("events", {"session": sid, "events": evs}))
         wait_until(lambda: c.status()["counters"].get("dropped.runner.ended", 0) == dropped + 4,
                    what="the frame to be dropped")
+        # answered with an ack of what the record holds (before it, none: a runner the daemon ended from its spool
+        # waited its whole 30 s flush timeout to exit), which claims none of the dropped events
+        assert s.poll(10_000), "no ack for a frame of an ended session"
+        ack = codec.unpack(s.recv_multipart())
+        assert ack.type == "ack" and ack.body["next"] == nxt, ack
         s.close(0)
         assert list(c.history(sid)) == before
         assert c.session(sid)["status"] == "completed"
