@@ -225,12 +225,10 @@ class OtelExporter(threading.Thread):
             if not spans or body is None:
                 return True
         if len(body) > MAX_BATCH_BYTES and len(spans) > 1:  # a collector's request limit (4 MiB gRPC, 20 MiB HTTP)
-            half = len(spans) // 2
-            return self._post(spans[:half], checked) and self._post(spans[half:], checked)
+            return self._halves(spans, checked)
         answer = self.http.post(body)
         if answer.outcome in ("too_large", "reset") and len(spans) > 1:
-            half = len(spans) // 2
-            return self._post(spans[:half], checked) and self._post(spans[half:], checked)
+            return self._halves(spans, checked)
         if answer.outcome == "refused" and not checked:
             # A 400 about the batch, or about every request? An empty request is valid OTLP that a collector takes:
             # refused too, it is the collector (a proxy answering bad credentials with 400 had every span skipped)
@@ -242,8 +240,7 @@ class OtelExporter(threading.Thread):
                 return False
             checked = True
         if answer.outcome == "refused" and len(spans) > 1:  # only the spans it refuses are left out
-            half = len(spans) // 2
-            return self._post(spans[:half], checked) and self._post(spans[half:], checked)
+            return self._halves(spans, checked)
         if answer.outcome in ("too_large", "refused"):  # never taken, however often sent: left out, counted
             for sp in spans:
                 self._skip(str(sp.attributes.get("labd.session.id", "?")), sp.name, ValueError(answer.message))
@@ -258,6 +255,11 @@ class OtelExporter(threading.Thread):
             return True
         self._failed(answer.message, answer.retry_after, spans=len(spans))
         return False
+
+    def _halves(self, spans: list[Any], checked: bool) -> bool:
+        """Send ``spans`` as two batches, the second only once the first is through."""
+        half = len(spans) // 2
+        return self._post(spans[:half], checked) and self._post(spans[half:], checked)
 
     def _failed(self, why: str, retry_after: float | None, **fields: Any) -> None:
         """Count a failed batch; the next pass after ``retry_after`` (the collector's), else twice the last wait (up

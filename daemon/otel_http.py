@@ -86,7 +86,7 @@ class OtlpHttp:
     def post(self, body: bytes) -> Answer:
         """Send ``body``; never raises for what the network or the collector does."""
         if self.gzip:
-            body = gzip_format.compress(body, compresslevel=6)  # span protobufs shrink to about a sixth
+            body = gzip_format.compress(body, compresslevel=6)
         deadline = time.monotonic() + self.timeout
         if self.scheme == "https":
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,

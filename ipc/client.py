@@ -165,9 +165,8 @@ class Client(Transport, Waiting, Listing, Skills):
         """Delete terminal sessions: their whole record and their directories (``session.rm``). ``dry_run``: delete
         nothing, and say which sessions the references name (``sessions``), which of them would be deleted
         (``would_delete``) and which have not ended (``not_ended``: a deletion would be refused)."""
-        if dry_run:
-            return self.request("session.rm", sessions=list(refs), dry_run=True)  # type: ignore[no-any-return]
-        return self.request("session.rm", sessions=list(refs))  # type: ignore[no-any-return]
+        extra = {"dry_run": True} if dry_run else {}  # sent only when asked: a daemon before it refuses the field
+        return self.request("session.rm", sessions=list(refs), **extra)  # type: ignore[no-any-return]
 
     def prune(self, older_than: str | float, *, status: list[str] | None = None,
               dry_run: bool = False) -> dict[str, Any]:

@@ -178,6 +178,19 @@ def _first_failure(c: Any, what: str) -> dict[str, Any]:
     return wait_until(failed, timeout=60, what=what)  # type: ignore[no-any-return]
 
 
+def _fails_then_arrives(c: Any, collector: Collector, what: str) -> dict[str, Any]:
+    """A session run while the collector misbehaves (its ``mode`` set by the caller): the exporter's status at its
+    first failure; then the collector answers again, and every span of the session arrives, none twice."""
+    sid = c.start("demo.count", params={"n": 2})
+    assert c.wait(sid, timeout=60)["status"] == "completed"
+    tel = _first_failure(c, what)
+    collector.mode = "ok"
+    want = _expected(c, sid)
+    wait_until(lambda: _got(collector.of(sid)) == want, timeout=90, what=f"spans {want} once it answers again")
+    assert len({s["id"] for s in collector.of(sid)}) == len(collector.of(sid))
+    return tel
+
+
 def test_an_endless_answer_does_not_grow_the_daemon(isolated_env: Path, collector: Collector) -> None:
     """A collector that answers 200 and then streams its body without end: the daemon reads a few KiB of it and
     goes on (the SDK's transport read it all: 250 MB a second until the daemon was killed). Its memory stays
@@ -225,14 +238,8 @@ def test_a_redirect_is_no_success_and_nothing_is_lost(isolated_env: Path, collec
     collector.mode = "redirect"
     _home(isolated_env, collector.port)
     with running_daemon(isolated_env) as d, d.client() as c:
-        sid = c.start("demo.count", params={"n": 2})
-        assert c.wait(sid, timeout=60)["status"] == "completed"
-        tel = _first_failure(c, "the redirect counted as a failure")
+        tel = _fails_then_arrives(c, collector, "the redirect counted as a failure")
         assert tel["exported_spans"] == 0 and "redirect" in (tel["last_error"] or ""), tel
-        collector.mode = "ok"
-        want = _expected(c, sid)
-        wait_until(lambda: _got(collector.of(sid)) == want, timeout=90, what=f"spans {want} after the redirect")
-        assert len({s["id"] for s in collector.of(sid)}) == len(collector.of(sid))
         wait_until(lambda: _telemetry(c)["last_error"] is None, timeout=30, what="the exporter to read the answer")
 
 
@@ -275,13 +282,8 @@ def test_a_collector_that_refuses_every_request_with_400_is_a_failure_not_a_skip
     collector.mode = "authproxy"
     _home(isolated_env, collector.port)
     with running_daemon(isolated_env) as d, d.client() as c:
-        sid = c.start("demo.count", params={"n": 2})
-        assert c.wait(sid, timeout=60)["status"] == "completed"
-        tel = _first_failure(c, "the refusals counted as a failure")
+        tel = _fails_then_arrives(c, collector, "the refusals counted as a failure")
         assert "refuses every request" in (tel["last_error"] or "") and tel["skipped_spans"] == 0, tel
-        collector.mode = "ok"
-        want = _expected(c, sid)
-        wait_until(lambda: _got(collector.of(sid)) == want, timeout=90, what=f"spans {want} once it lets them in")
         assert _telemetry(c)["skipped_spans"] == 0
 
 

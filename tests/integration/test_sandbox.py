@@ -121,6 +121,9 @@ def test_hostile_code_cannot_escape(isolated_env: Path, tmp_path: Path, mechanis
                 "daemon_environ": f"open('/proc/{daemon_pid}/environ', 'rb').read()",
                 "signal_daemon": f"os.kill({daemon_pid}, 0)",
                 # another process's limits, one less file: an RLIMIT_CPU of 1 s this way killed the daemon
+                # nor lower its priority (docs/security.md says a runner can, executed code cannot)
+                "renice_daemon": f"os.setpriority(os.PRIO_PROCESS, {daemon_pid}, 19)",
+                "pin_daemon": f"os.sched_setaffinity({daemon_pid}, {{0}})",
                 "prlimit_daemon": f"import resource\nn = resource.RLIMIT_NOFILE\nsoft, hard = resource.prlimit("
                                   f"{daemon_pid}, n)\nresource.prlimit({daemon_pid}, n, (soft - 1, hard))",
                 "tcp": f"socket.create_connection(('127.0.0.1', {tcp_port}), timeout=3).close()",
