@@ -296,7 +296,9 @@ class PostgresServer:
         self.as_user: list[str] = []
         if os.geteuid() == 0:
             os.chown(self.base, *_uid_gid("postgres"))
-            self.as_user = ["runuser", "-u", "postgres", "--"]
+            # runuser lives in /usr/sbin, which a minimal PATH lacks (a fresh clone's suite under `env -i`)
+            runuser = shutil.which("runuser", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+            self.as_user = [runuser or "runuser", "-u", "postgres", "--"]
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
