@@ -8,6 +8,8 @@ counted as success (the SDK accepts every status below 400), so spans were dropp
 - one deadline for the whole request (connect, send, headers, body), and :meth:`OtlpHttp.close` from another
   thread ends a request in progress (the daemon stopping);
 - at most :data:`MAX_RESPONSE` bytes of a response are read, the rest is dropped with the connection;
+- the connection is kept for the next request (HTTP/1.1 keep-alive) while the collector keeps it open and its answer
+  was read to the end; a kept connection the collector closed meanwhile is retried once on a new one;
 - the status decides: 2xx is an answer (with OTLP's ``partial_success``: spans the collector rejected), 413 means
   the batch is too large (the caller splits it), 400 means this batch will never be taken (the caller skips it),
   anything else — 3xx, 401/403/404, 429, 5xx, a network error — means try again later, after ``Retry-After`` when
@@ -33,6 +35,7 @@ __all__ = ["Answer", "OtlpHttp", "TlsFiles", "parse_endpoint", "parse_compressio
 
 MAX_RESPONSE = 64 << 10  # bytes of a collector's answer that are read (an OTLP answer is a few bytes)
 MAX_RETRY_AFTER = 300.0  # seconds: the longest Retry-After followed (a collector cannot park the export for days)
+KEEP_IDLE_S = 30.0  # a connection idle longer is not reused but closed (collectors close idle ones when they like)
 
 
 @dataclass(frozen=True)
@@ -73,37 +76,69 @@ class OtlpHttp:
             if tls.cert:
                 self._context.load_cert_chain(tls.cert, tls.key)
         self._lock = threading.Lock()
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: http.client.HTTPConnection | None = None  # kept open for the next request (keep-alive)
+        self._kept_at = 0.0
+        self._inflight: http.client.HTTPConnection | None = None
         self._closed = False
+        self.connections = 0  # connections opened so far (each a TCP and, over https, a TLS handshake)
 
     def close(self) -> None:
         """End a request in progress (from any thread) and refuse new ones: the daemon is stopping."""
         with self._lock:
             self._closed = True
-            conn = self._conn
-        _abort(conn)
+            kept, self._conn = self._conn, None
+            inflight = self._inflight
+        _abort(inflight)
+        if kept is not None:
+            kept.close()
 
     def post(self, body: bytes) -> Answer:
-        """Send ``body``; never raises for what the network or the collector does."""
+        """Send ``body``; never raises for what the network or the collector does. The connection is kept for the
+        next request while the collector keeps it open (HTTP/1.1 keep-alive): an export of a long session is
+        thousands of requests, each a TCP and, over https, a TLS handshake of its own before."""
         if self.gzip:
             body = gzip_format.compress(body, compresslevel=6)
         deadline = time.monotonic() + self.timeout
+        with self._lock:
+            kept, self._conn = self._conn, None
+            closed = self._closed
+        if kept is not None and (closed or time.monotonic() - self._kept_at > KEEP_IDLE_S):
+            kept.close()  # idle for long: the collector has likely closed it (Go's servers do after 90 s)
+            kept = None
+        if closed:
+            return Answer("retry", "the exporter is stopping")
+        if kept is not None:
+            answer = self._send(kept, body, deadline, reused=True)
+            if answer is not None:
+                return answer
+            # the collector had closed the kept connection meanwhile: once more, on a new one
+        return self._send(self._new(), body, deadline, reused=False) or Answer("retry", "collector unreachable")
+
+    def _new(self) -> http.client.HTTPConnection:
         if self.scheme == "https":
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
-                                                                           context=self._context)
-        else:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self._context)
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+
+    def _send(self, conn: http.client.HTTPConnection, body: bytes, deadline: float, *,
+              reused: bool) -> Answer | None:
+        """One request on ``conn``; None when ``reused`` and the collector had closed it before answering (to be
+        sent again on a new connection: a collector closes an idle keep-alive connection when it likes)."""
         with self._lock:
             if self._closed:
+                conn.close()
                 return Answer("retry", "the exporter is stopping")
-            self._conn = conn
+            self._inflight = conn
+        keep = False
         # The deadline holds for every phase: a socket timeout is per read, and a collector that sends its status
         # line or headers a byte at a time would reset it for ever. At the deadline the socket is shut down.
-        timer = threading.Timer(self.timeout, _abort, (conn,))
+        timer = threading.Timer(max(deadline - time.monotonic(), 0.0), _abort, (conn,))
         timer.daemon = True
         timer.start()
         try:
-            conn.connect()
+            if not reused:
+                conn.connect()
+                if self._closed:  # close() ran while connecting, with no socket yet to shut down
+                    return Answer("retry", "the exporter is stopping")
             if time.monotonic() >= deadline:  # the timer fired while connecting, with no socket to shut down yet
                 raise TimeoutError("deadline")
             try:
@@ -112,14 +147,22 @@ class OtlpHttp:
                 try:
                     resp = conn.getresponse()
                 except (OSError, http.client.HTTPException):
+                    if reused:
+                        return None
                     return Answer("reset", f"collector closed the connection while {len(body)} bytes were sent: "
                                   f"{type(sending).__name__}")
             else:
                 resp = conn.getresponse()
             data = _read(resp, deadline)
+            if resp.length == 0:  # read to its end: read1 leaves an answer of a known length open at its end
+                resp.close()
+            # kept only when the answer was read to its end and the collector keeps the connection open
+            keep = resp.isclosed() and not resp.will_close
             return _answer(resp.status, resp.reason, resp.getheader("Retry-After"), resp.getheader("Location"), data)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             late = time.monotonic() >= deadline
+            if reused and not late and isinstance(exc, (ConnectionError, http.client.BadStatusLine)):
+                return None  # closed by the collector while idle (RemoteDisconnected is both of these)
             # the type only for a ValueError: http.client's messages quote what it refused (a header's value)
             reason = f"no answer within {self.timeout:g} s" if late else type(exc).__name__ if isinstance(
                 exc, ValueError) else f"{type(exc).__name__}: {exc}"
@@ -127,8 +170,13 @@ class OtlpHttp:
         finally:
             timer.cancel()
             with self._lock:
-                self._conn = None
-            conn.close()
+                self._inflight = None
+                self.connections += not reused
+                keep = keep and not self._closed
+                if keep:
+                    self._conn, self._kept_at = conn, time.monotonic()
+            if not keep:
+                conn.close()
 
 
 class TlsFiles(NamedTuple):
