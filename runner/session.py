@@ -25,7 +25,7 @@ import psutil
 
 from labd.ipc.errors import describe_exception
 from labd.ipc.wire import encode_json
-from labd.runner import forksafe, spawned
+from labd.runner import exiting, forksafe, spawned
 from labd.runner.approvals import Approvals, ApprovalTimeout
 from labd.runner.capture import OutputCapture, report_crash
 from labd.runner.cgroup_join import join_cgroup
@@ -262,6 +262,7 @@ def run_session(spec: dict[str, Any]) -> int:
     try:
         # The client's working directory and PYTHONPATH come first, so `labd run mymod:fn` finds what
         # `python -c "import mymod"` would find where the user typed it.
+        exiting.forget_inherited()  # the template's exit handlers (the session's, from its imports on, run at its end)
         search = list(spec.get("sys_path") or [])
         sys.path[:0] = search
         importlib.invalidate_caches()
@@ -285,6 +286,15 @@ def run_session(spec: dict[str, Any]) -> int:
     except BaseException as exc:  # noqa: BLE001 - everything the workflow raises is its outcome
         outcome, code = "failed", EXIT_FAILED
         extra = {"error": describe_exception(exc), "traceback": traceback.format_exc()}  # even if its str() raises
+    if outcome != "cancelled":  # as `python script.py` ends: its threads waited for, its atexit handlers run
+        try:
+            exiting.finish_like_python(ctx.check_cancelled, lambda text: emit(
+                "log", {"level": "info", "logger": "labd.runner", "event": text}))
+        except Cancelled as exc:  # stopped meanwhile: a thread that never ends cannot hold the session
+            if outcome == "completed":
+                outcome, code, extra = "cancelled", EXIT_CANCELLED, {"error": str(exc) or "cancelled"}
+        except BaseException as exc:  # noqa: BLE001 - a threading exit callback raised: the outcome is recorded
+            emit("log", {"level": "error", "logger": "labd.runner", "event": f"at exit: {describe_exception(exc)}"})
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         relay.close()  # what forked children sent comes before session.finished

@@ -120,10 +120,13 @@ def _fork_child(in_fd: int, out_fd: int, wake_fds: tuple[int, int], job: Any, cl
             signal.signal(sig, signal.SIG_DFL)
         for fd in (*wake_fds, in_fd, *close):
             os.close(fd)
-        devnull = os.open(os.devnull, os.O_RDWR)
+        devnull = os.open(os.devnull, os.O_RDWR)  # fd 0 itself when in_fd was 0, just closed
         os.dup2(devnull, 0)
         os.dup2(devnull, out_fd)  # drop the template's reply pipe without freeing fd 1 for reuse
-        os.close(devnull)
+        if devnull not in (0, out_fd):
+            # Closing it when it *is* fd 0 left stdin closed, and the capture's next pipe took fd 0: a session
+            # reading stdin read its own output back (lost from the record) or waited on it for ever.
+            os.close(devnull)
         # The GC stays frozen in the child: objects inherited from the template are never scanned, so
         # the first full collection neither takes ~65 ms nor unshares ~27 MiB (docs/benchmarks.md).
         job()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import running_daemon
+from tests.conftest import running_daemon, wait_until
 
 KEY = "sk-leak-Z9q8w7e6r5t4"
 M = "[secret FAKE_API_KEY withheld]"
@@ -59,3 +59,48 @@ def test_a_held_start_of_a_secret_at_a_step_end_is_recorded_in_that_step_and_the
     assert steps["rest-10"] == {"stdout": f"{M} R10\n"}, steps
     runs = [KEY[i:i + 8] for i in range(len(KEY) - 7)]
     assert not [r for r in runs if r in repr(events)]
+
+
+def test_a_session_reading_stdin_reads_end_of_file_and_its_output_is_all_recorded(isolated_env: Path) -> None:
+    """A session's stdin is ``/dev/null``: ``sys.stdin.read()`` returns ``""`` and ``input()`` raises EOFError at once,
+    and the line printed before is in the record. Before, fd 0 was the read end of the session's own stdout pipe
+    (the runner's fork closed its /dev/null, and the output capture's pipe took fd 0): the read took the printed
+    line away from the record, or waited for ever."""
+    with running_daemon(isolated_env) as d, d.client() as c:
+        sid = c.start("labd_testflows:reads_stdin")
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        got = c.result(sid)
+        out = "".join(e["payload"]["text"] for e in c.history(sid) if e["kind"] == "output")
+    assert got == {"read": "", "input_eof": True, "fd0": "/dev/null", "fd0_is_pipe": False}, got
+    assert "important output line\n" in out, out
+
+
+def test_a_session_ends_as_python_does_its_threads_waited_for_and_its_atexit_handlers_run(isolated_env: Path) -> None:
+    """A workflow that returns while a non-daemon thread it started still works, with an ``atexit`` handler and an
+    executor never shut down: the session ends once the thread has written its file and printed, then the handler
+    ran (in that order, as ``python script.py``), and the record says what it waited for. Before, the runner left
+    at once: the thread's file and output and the handler's output were lost without a word."""
+    with running_daemon(isolated_env) as d, d.client() as c:
+        sid = c.start("labd_testflows:leaves_work_behind")
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        assert c.result(sid) == "returned"
+        events = list(c.history(sid))
+        files = [f["path"] for f in c.files(sid)]
+    out = "".join(e["payload"]["text"] for e in events if e["kind"] == "output")
+    assert "executor job\n" in out and "thread done\natexit ran\n" in out, out
+    said = [e["payload"]["event"] for e in events if e["kind"] == "log" and e["payload"].get("logger") == "labd.runner"]
+    assert any("waiting for 1 thread(s)" in s and "late-writer" in s for s in said), said
+    assert "from_thread.txt" in files, files
+
+
+def test_a_thread_that_never_ends_holds_the_session_only_until_it_is_stopped(isolated_env: Path) -> None:
+    """A workflow that returns leaving a thread that runs for ever: the session stays running (as the program would)
+    and says why in its record; a stop ends it, cancelled, without reaching for SIGKILL."""
+    with running_daemon(isolated_env) as d, d.client() as c:
+        sid = c.start("labd_testflows:thread_never_ends")
+        wait_until(lambda: any("spinner" in (e["payload"].get("event") or "") for e in c.history(sid)
+                               if e["kind"] == "log"), what="the wait for the thread to be said")
+        assert c.session(sid)["status"] == "running"
+        c.stop(sid)
+        ended = c.wait(sid, timeout=60)
+    assert ended["status"] == "cancelled", ended

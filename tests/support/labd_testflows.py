@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -535,6 +536,52 @@ def replay_steps(ctx, source: str) -> str:
     with ctx.step(f"analyse {label}"):
         Path("label.txt").write_text(label + "\n")
     return label
+
+
+def reads_stdin(ctx) -> dict:
+    """Prints a line, then reads stdin as a script would (``sys.stdin.read``, ``input``) and says what fd 0 is."""
+    print("important output line", flush=True)
+    read = sys.stdin.read()
+    try:
+        input()
+        eof = False
+    except EOFError:
+        eof = True
+    st = os.fstat(0)
+    return {"read": read, "input_eof": eof, "fd0": os.readlink("/proc/self/fd/0"),
+            "fd0_is_pipe": stat.S_ISFIFO(st.st_mode)}
+
+
+def leaves_work_behind(ctx, delay: float = 0.5) -> str:
+    """Returns while a non-daemon thread it started still works (it writes ``from_thread.txt`` and prints after
+    ``delay``), with an ``atexit`` handler registered and an executor never shut down (its idle worker is a
+    non-daemon thread too): ``python script.py`` would wait for the thread, then run the handler."""
+    import atexit
+    import concurrent.futures
+    import threading
+
+    def work() -> None:
+        time.sleep(delay)  # the scenario: work still going on when the workflow returns
+        with open("from_thread.txt", "w") as f:
+            f.write("written after the workflow returned\n")
+        print("thread done", flush=True)
+
+    threading.Thread(target=work, name="late-writer").start()
+    atexit.register(lambda: print("atexit ran", flush=True))
+    concurrent.futures.ThreadPoolExecutor(1).submit(print, "executor job", flush=True).result()
+    return "returned"
+
+
+def thread_never_ends(ctx) -> str:
+    """Returns while a non-daemon thread it started runs for ever."""
+    import threading
+
+    def spin() -> None:
+        while True:
+            time.sleep(0.05)
+
+    threading.Thread(target=spin, name="spinner").start()
+    return "returned"
 
 
 def partial_at_step_end(ctx, pause: float = 0.5) -> None:
