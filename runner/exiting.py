@@ -39,7 +39,7 @@ def lingering_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t is not me and not t.daemon and t.is_alive()]
 
 
-def finish_like_python(check_cancelled: Callable[[], None], say: Callable[[str], None]) -> None:
+def finish_like_python(check_cancelled: Callable[[], object], say: Callable[[str], object]) -> None:
     """Threading's exit callbacks, then wait for the non-daemon threads, then the session's ``atexit`` handlers.
     ``check_cancelled`` raises to end the wait (a stop); ``say`` records a line of why the session has not ended
     yet. An exception of a handler is printed to stderr (so recorded) and the others still run, as Python does."""
