@@ -37,15 +37,18 @@ class Skills:
     def keyed_request(self, type_: str, body: dict[str, Any], key: str | None, retries: int) -> Any:  # by Client
         raise NotImplementedError
 
-    def save_skill(self, session: str, name: str, *, parameters: list[str] | None = None, description: str = "",
+    def save_skill(self, session: str, name: str, *, parameters: list[str] | str | None = None, description: str = "",
                    from_node: str | None = None, idempotency_key: str | None = None,
                    retries: int = 1) -> dict[str, Any]:
         """Save completed session ``session`` as a new version of skill ``name``: ``{name, version}``. ``parameters``:
-        params of the session each run must give; ``from_node``: only that step and the ones after it.
+        params of the session each run must give (a list of names, or one name); ``from_node``: only that step and
+        the ones after it.
 
         Carries an idempotency key (``idempotency_key``, else a fresh random one) and is retried ``retries`` times
         with it when no reply comes in time: the daemon answers a retry with the version the first attempt stored
         (``replayed: true``), so a lost reply never saves a second version."""
+        if isinstance(parameters, str):  # one name ("task"): list("task") would ask for 't', 'a', 's', 'k'
+            parameters = [parameters]
         body: dict[str, Any] = {"session": session, "name": name, "parameters": list(parameters or [])}
         if description:
             body["description"] = description
@@ -71,6 +74,8 @@ class Skills:
         """Store a skill document (as :meth:`skill` or ``labd skills export`` gives it) as a new version, under
         ``name`` if given: ``{name, version}``. Raises :class:`~labd.ipc.errors.LabdError` ``bad_request`` for an
         integer past 64 bits (it would be stored as a text). Keyed and retried as :meth:`save_skill`."""
+        if set(document) == {"skill", "reuses"} and isinstance(document["skill"], dict):
+            document = document["skill"]  # as skill() gives it: the document, with what runs reuse beside it
         huge = huge_number(document)
         if huge:
             raise LabdError("bad_request", f"{huge} is a number too large to keep exactly (more than 64 bits)",

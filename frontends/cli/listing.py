@@ -133,7 +133,8 @@ def cmd_ps(args: argparse.Namespace, ctx: Ctx) -> int:
         rss = _rss(r)
         status = styled(ps_status(r), STATUS_STYLE.get(r["status"]))
         # cut on a terminal only: a pipe gets whole names (`labd ps -a | grep lr0.002` found no row)
-        table.append([r["id"], fit_name(r["name"], 28) if ctx.out.tty else r["name"], workflow_label(r)[-40:], status,
+        table.append([r["id"], fit_name(r["name"], 28) if ctx.out.tty else r["name"],
+                      fit_name(workflow_label(r), 40) if ctx.out.tty else workflow_label(r), status,
                       str(r["pid"] or "-"), format_size(rss), f"{live['cpu_percent']:.0f}%" if live else "-",
                       f"${r['cost']:.4f}" if r.get("cost") else "-", age(r["created_at"])])
     ctx.out.table(["ID", "NAME", "WORKFLOW", "STATUS", "PID", "RSS", "CPU", "COST", "AGE"], table,

@@ -197,6 +197,8 @@ def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
         return 130
     if not args.json:
         say_if_queued(ctx, sid)
+        if agents:
+            say_unregistered_roles(ctx, agents)
     if not args.follow and args.wait:
         return wait_for(ctx, sid, args.json)
     if not args.follow:
@@ -211,6 +213,19 @@ def cmd_run(args: argparse.Namespace, ctx: Ctx) -> int:
         return follow_json(ctx, sid)
     ctx.out.raw_output = args.raw_control_chars
     return follow(ctx, sid, raw=args.raw, header=True)
+
+
+def say_unregistered_roles(ctx: Ctx, agents: dict[str, str]) -> None:
+    """On stderr, for ``--agent ROLE=OTHER`` whose ROLE is no role of the registry: it replaces a role only if the
+    workflow asks for one by that name (one that ``labd agents`` does not list), so a typo (``enginer=``) left the
+    default engineer in place without a word. The daemon cannot tell (a workflow asks for roles as it runs)."""
+    try:
+        known = {str(a.get("name")) for a in ctx.client().agents()}
+    except LabdError:
+        return
+    for role in sorted(set(agents) - known):
+        ctx.out.line(f"note: --agent {ctx.out.safe(role)}=...: no role {ctx.out.safe(role)!r} in the registry (`labd "
+                     "agents`); it takes effect only if the workflow asks for a role by that name", "yellow", err=True)
 
 
 def say_if_queued(ctx: Ctx, sid: str) -> None:

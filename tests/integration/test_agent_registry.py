@@ -75,7 +75,8 @@ def test_bad_roles_are_refused_clearly(isolated_env: Path) -> None:
     """An override naming an unknown role is refused at start (`bad_agents`); a role file in <home>/agents that
     does not parse makes `agents.list` and `session.start` answer `bad_agents` naming the file (one rule,
     daemon/api/roles.py); a role with unknown keys in config.toml stops the daemon with a message naming it;
-    `labd run --agent` checks its syntax."""
+    `labd run --agent` checks its syntax, and notes a ROLE no registry role has (it replaces nothing unless the
+    workflow asks for that name: a typo went unnoticed)."""
     from labd.ipc import LabdError
 
     with running_daemon(isolated_env) as d, d.client() as c:
@@ -86,6 +87,12 @@ def test_bad_roles_are_refused_clearly(isolated_env: Path) -> None:
         out = subprocess.run([sys.executable, "-m", "labd", "run", "one_shot", "--agent", "engineer"],
                              capture_output=True, text=True, env=env, timeout=60)
         assert out.returncode == 2 and "ROLE=OTHER_ROLE" in out.stderr
+        # a ROLE the registry does not have (a typo) starts, but says it may replace nothing; a registered one is quiet
+        for role, noted in (("enginer", True), ("engineer", False)):
+            out = subprocess.run([sys.executable, "-m", "labd", "run", "demo.count", "--agent", f"{role}=planner"],
+                                 capture_output=True, text=True, env=env, timeout=60)
+            assert out.returncode == 0 and out.stdout.strip(), out
+            assert ("no role 'enginer' in the registry" in out.stderr) is noted, out.stderr
         out = subprocess.run([sys.executable, "-m", "labd", "agents", "--json"], capture_output=True, text=True,
                              env=env, timeout=60)
         assert out.returncode == 0 and "engineer" in {r["name"] for r in json.loads(out.stdout)}

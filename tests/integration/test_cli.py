@@ -40,7 +40,8 @@ def test_ps_show_events_logs_for_a_finished_session(shared_daemon) -> None:
 def test_ps_keeps_both_ends_of_a_long_name(shared_daemon) -> None:
     """On a terminal, a name longer than ps's NAME column keeps its start and its end around "…": a branch's name is
     its parent's with ``-branch-<id>`` added, and cut at the end every branch read like its parent. In a pipe, the
-    name is whole (`labd ps -a | grep` found none of a sweep's cut names: power-user review)."""
+    name is whole (`labd ps -a | grep` found none of a sweep's cut names: power-user review). The same for a long
+    workflow name."""
     import re
 
     from tests.integration.cli_support import labd_tty
@@ -52,6 +53,13 @@ def test_ps_keeps_both_ends_of_a_long_name(shared_daemon) -> None:
     assert "a-rather-long-…branch-1a2b3c" in row, row
     piped = next(line for line in labd("ps", "--all").stdout.splitlines() if line.startswith(sid))
     assert name in piped, piped
+    # the WORKFLOW column alike: it was cut to its last 40 characters without a mark ("rly_long_inner_function_name")
+    flow = "labd_testflows:a_workflow_function_with_a_rather_long_name_indeed"
+    sid = labd("run", flow, "--wait").stdout.strip()
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", labd_tty("ps", "--all"))
+    row = next(line for line in shown.splitlines() if line.startswith(sid))
+    assert "labd_testflows:a_wor…er_long_name_indeed" in row, row  # both ends, the cut marked
+    assert flow in next(line for line in labd("ps", "--all").stdout.splitlines() if line.startswith(sid))
 
 
 BURN = """\

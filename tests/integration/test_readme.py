@@ -61,3 +61,25 @@ def test_the_readme_workflow_example_runs_from_its_folder(daemon, tmp_path: Path
         assert result["accepted"] is True and result["answer"].startswith("DONE")
         kinds = {e["kind"] for e in c.history(sid)}
         assert {"agent.turn.started", "llm.request", "code.execution", "file.created"} <= kinds
+
+
+def test_the_readme_policy_example_keeps_the_default_model_usable(tmp_path: Path) -> None:
+    """The README's policy rules, checked with its own `labd policy check`: gpt-4o is refused to agents other than
+    the planner, as its name says, but the configuration example's default model (gpt-4o-mini) is not. The
+    example's ``"gpt-4o*"`` matched gpt-4o-mini too, so the two examples together refused nearly every LLM call."""
+    readme = (REPO / "README.md").read_text()
+    rules = re.search(r"```toml\n(\[\[policy\]\].*?)```", readme, re.S)
+    default = re.search(r'^model = "([^"]+)"', readme.split("## Configuration", 1)[-1], re.M)
+    assert rules and default, "README policy or configuration example not found"
+    (tmp_path / "rules.toml").write_text(rules.group(1))
+
+    def decide(agent: str, model: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "labd", "policy", "check", str(tmp_path / "rules.toml"),
+                              "--action", "llm", "--agent", agent, "--model", model, "--json"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return str(json.loads(out.stdout)["decision"]["effect"])
+
+    assert decide("writer", "gpt-4o") == "deny"
+    assert decide("planner", "gpt-4o") != "deny"
+    assert decide("writer", default.group(1)) != "deny", default.group(1)

@@ -41,6 +41,19 @@ def test_a_save_sent_twice_with_one_key_is_one_version(shared_daemon: DaemonProc
         assert "idempotency_key" not in doc and "request_digest" not in doc and doc["parameters"] == ["n"]
 
 
+def test_the_sdk_takes_what_skill_gives_and_one_parameter_name(shared_daemon: DaemonProc) -> None:
+    """``import_skill(c.skill(name))`` stores a copy, as its docstring says (the ``{skill, reuses}`` reply was refused:
+    ``field 'reuses' must be absent``), and ``save_skill(..., parameters="n")`` asks for the parameter ``n`` (the
+    string was split into its characters)."""
+    with shared_daemon.client(timeout=60) as c:
+        sid = _completed(c)
+        assert c.save_skill(sid, "one-param", parameters="n")["version"] == 1
+        got = c.skill("one-param")
+        assert got["skill"]["parameters"] == ["n"]
+        assert c.import_skill(got, "one-param-copy") == {"name": "one-param-copy", "version": 1}
+        assert c.skill("one-param-copy")["skill"]["parameters"] == ["n"]
+
+
 def test_saves_sent_back_to_back_with_one_key_store_one_version(shared_daemon: DaemonProc) -> None:
     """Four identical saves sent at once, each retry before the first is written (each is read from the session's
     record on a read worker, then written by the one writer): one version, three of the four answers ``replayed``."""

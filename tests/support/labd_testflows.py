@@ -791,3 +791,7 @@ def graph_rounds(ctx, rounds: int = 12, code: bool = True) -> int:
                 asyncio.run(engineer.ask(f"Step {i} of {rounds}: compute"))
                 Path(f"round_{i}.txt").write_text(str(i))
     return rounds
+
+
+def a_workflow_function_with_a_rather_long_name_indeed(ctx) -> None:
+    """Does nothing: its name is longer than `labd ps`'s WORKFLOW column."""
