@@ -152,6 +152,9 @@ class FileTracker:
                         present.add(rel)
                         prev = self._seen.get(rel)
                         if prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns:
+                            # a chmod changes neither: the next checkpoint keeps the mode (a branch or resume put the
+                            # old one back: a script made executable was not, a file made private was readable again)
+                            self.modes[rel] = stat.S_IMODE(st.st_mode)
                             continue
                         try:  # through the fds: a symlink (or FIFO) swapped in since the walk is not read
                             digest, size, st = wd.sha256_stat(rel)  # what was hashed, not the walk's stat

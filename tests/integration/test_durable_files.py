@@ -361,3 +361,49 @@ def test_a_log_growing_over_many_steps_is_stored_once_and_each_step_restores_its
         c.resume(failed)
         assert _ended(c, failed, timeout=120)["status"] == "completed", c.session(failed)["reason"]
         assert (Path(c.session(failed)["workdir"]) / "train.log").stat().st_size == 10 << 20
+
+
+_MODE_FLOW = """\
+import os
+import stat
+import subprocess
+
+def modes(ctx, fail_once: bool = False):
+    w = ctx.workdir
+    marker = w / ".state" / "failed-once"
+    with ctx.step("write"):
+        (w / "run.sh").write_text("#!/bin/sh\\necho ran\\n")
+        (w / "secret.txt").write_text("mine")
+    with ctx.step("chmod"):  # a change of mode only: neither the size nor the mtime moves
+        os.chmod(w / "run.sh", 0o755)
+        os.chmod(w / "secret.txt", 0o600)
+    with ctx.step("use"):
+        if fail_once and not marker.exists():
+            marker.parent.mkdir(exist_ok=True)
+            marker.write_text("")
+            raise RuntimeError("use fails once")
+        ran = subprocess.run([str(w / "run.sh")], capture_output=True, text=True, check=True).stdout.strip()
+        return [ran, oct(stat.S_IMODE(os.stat(w / "secret.txt").st_mode))]
+"""
+
+
+def test_a_step_that_only_changes_modes_is_restored_with_them(shared_daemon, tmp_path: Path) -> None:
+    """A step that only chmods files (a script made executable, a file made private): a branch from the next step
+    and a resume of it both find the modes that step set. Before, the scan skipped a file whose size and mtime had
+    not moved, so the checkpoint kept the old modes: the branch failed with PermissionError running the script,
+    and the resume found the private file readable by all again."""
+    (tmp_path / "mode_flow.py").write_text(_MODE_FLOW)
+    flow = f"{tmp_path / 'mode_flow.py'}:modes"
+    with shared_daemon.client() as c:
+        parent = c.start(flow)
+        assert _ended(c, parent)["status"] == "completed"
+        assert c.result(parent) == ["ran", "0o600"]
+        kid = c.branch(parent, "use")["sessions"][0]["session"]
+        assert _ended(c, kid)["status"] == "completed", c.session(kid).get("reason")
+        assert c.result(kid) == ["ran", "0o600"]
+        failing = c.start(flow, params={"fail_once": True})
+        assert _ended(c, failing)["status"] == "failed"
+        c.resume(failing)
+        wait_until(lambda: c.session(failing)["status"] not in ("failed", "queued", "starting", "running"))
+        assert c.session(failing)["status"] == "completed", c.session(failing).get("reason")
+        assert c.result(failing) == ["ran", "0o600"]
