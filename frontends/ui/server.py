@@ -45,6 +45,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from labd.frontends.ui.accept_errors import quiet_accept_errors
 from labd.frontends.ui.calls import DAEMON_THREADS, ClientPool, Stopping, http_status, in_thread
 from labd.frontends.ui.downloads import file_response
 from labd.frontends.ui.endshort import EndShort
@@ -351,6 +352,10 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         except LabdError as exc:  # anything else may pass (the page retries a 503)
             return JSONResponse({"error": {"code": exc.code, "message": exc.message}},
                                 status_code=404 if exc.code == "not_found" else 503)
+        # The session's id from here on, not the text given: the live tail is subscribed by prefix (ZeroMQ topics),
+        # so an id prefix also took in the events of every session whose id starts so (the cursor then skipped the
+        # session's own), and a name subscribed to nothing (the stream only polled the store)
+        sid = str(row["id"])
 
         async def page(after: int) -> dict[str, Any]:
             return await daemon(lambda c: c.events(sid, since=after, limit=2000))
@@ -382,6 +387,7 @@ def build_app(home: str | None, token: str, port_ref: list[int],
     ]
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        quiet_accept_errors(asyncio.get_running_loop())  # out of descriptors: a line a minute, not 80,000 tracebacks
         yield
         pool.close()  # after the open responses have ended (or been cancelled)
         zctx.destroy(linger=0)

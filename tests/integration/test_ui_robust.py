@@ -162,6 +162,28 @@ def test_file_links_and_previews_fetch_the_named_file_whatever_its_characters(sh
                                "`${name}\\n\\nthis is ${name}\\n`", arg=[name])
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.browser
+@no_browser
+def test_bidi_overrides_in_names_and_output_show_as_escapes(shared_daemon, shared_ui: Ui, shared_page: Any) -> None:
+    """A right-to-left override (U+202E) in a file name, a step name and the output shows as ``\\u202e`` on the
+    page, as `labd top` and the CLI show it: read as written, the file ``invoice<U+202E>fdp.exe`` showed as
+    ``invoiceexe.pdf`` (an attack review)."""
+    daemon, ui, page = shared_daemon, shared_ui, shared_page
+    with daemon.client() as c:
+        sid = c.start("labd_testflows:bidi_names")
+    _wait_completed(daemon, sid)
+    page.goto(f"{ui.base}/#/s/{sid}")
+    page.wait_for_function("document.querySelector('#output') && "
+                           "document.querySelector('#output').textContent.includes('line')")
+    assert "line\\u202etxet" in page.inner_text("#output")
+    page.click("#tab-files")
+    page.wait_for_selector("#files tbody tr")
+    files = page.inner_text("#files")
+    assert "invoice\\u202efdp.exe" in files and "\u202e" not in files, files
+    assert "\u202e" not in page.inner_text("body")
+
+
 # ---- 2. node details late in a long session ---------------------------------------------------------------------
 
 @pytest.mark.timeout(240)

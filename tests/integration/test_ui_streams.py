@@ -284,3 +284,28 @@ def test_a_stream_of_a_session_deleted_meanwhile_ends_instead_of_erring(daemon: 
             c.rm(sid)
         wait_until(lambda: not reader.thread.is_alive(), timeout=30, what="the stream of a deleted session ending")
         assert len(reader.named("error")) <= 1, reader.messages
+
+
+def test_a_stream_opened_by_an_id_prefix_follows_that_session_only(daemon: DaemonProc) -> None:
+    """A page opened at an id prefix (``#/s/7``, as the README allows any unique prefix) streams that session only.
+    The stream subscribed to the live tail with the text given, and ZeroMQ topics match by prefix: once another
+    session whose id starts so began, those of its events past the followed session's last seq came down the stream
+    (and the cursor, moved past them, would drop the session's own). Here short sessions are started until one shares
+    the first character of the followed one's id (1 in 16 does); none of their lines may reach the stream, and the
+    followed session's events reach it each once, in order."""
+    with daemon.client() as c:
+        sid = c.start("demo.sleep", params={"seconds": 600})  # a few events, then quiet: others' seqs pass its own
+    with dashboard_in_process(daemon.home) as (base, token):
+        reader = StreamReader(f"{base}/api/sessions/{sid[0]}/stream", token).start()
+        wait_until(lambda: reader.output("sleeping"), timeout=60, what="the followed session's first line streamed")
+        with daemon.client() as c:
+            for _ in range(300):  # (15/16)**300: never in practice
+                other = c.start("demo.count", params={"n": 3, "delay": 0, "label": "FOREIGN"})
+                c.wait(other, timeout=60)
+                if other[0] == sid[0]:
+                    break
+            assert other[0] == sid[0]
+            c.stop(sid)
+        wait_until(lambda: reader.named("end"), timeout=60, what="the followed session's end streamed")
+        assert reader.output("FOREIGN") is None
+        _gap_free(reader, daemon, sid)

@@ -795,3 +795,12 @@ def graph_rounds(ctx, rounds: int = 12, code: bool = True) -> int:
 
 def a_workflow_function_with_a_rather_long_name_indeed(ctx) -> None:
     """Does nothing: its name is longer than `labd ps`'s WORKFLOW column."""
+
+
+def bidi_names(ctx) -> None:
+    """A file, a step and a line of output holding a right-to-left override (U+202E): read as written, the file
+    ``invoice<U+202E>fdp.exe`` shows as ``invoiceexe.pdf``."""
+    with ctx.step("step\u202eeman"):
+        with open("invoice\u202efdp.exe", "w") as f:
+            f.write("not a pdf\n")
+        print("line\u202etxet", flush=True)

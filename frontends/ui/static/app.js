@@ -21,6 +21,14 @@ const login = (async () => {
 const auth = (extra = {}) => ({...extra, Authorization: `Bearer ${localStorage.getItem(TOKEN_KEY) || ""}`});
 const NO_TOKEN = "this browser has no valid token for this dashboard: open the URL `labd ui` printed";
 const $ = (sel, root = document) => root.querySelector(sel);
+// Text the page shows from the record (names, paths, prompts, messages): a control character or a bidi embedding,
+// override or isolate (U+202A-U+202E, U+2066-U+2069) as a visible escape, as the terminal front-ends show them
+// (frontends/cli/safetext.py): a file "invoice\u202efdp.exe" read "invoiceexe.pdf". Tab and line breaks stay.
+const INVISIBLE = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/g;
+const visible = t => String(t).replace(INVISIBLE, c => {
+  const n = c.charCodeAt(0);
+  return n < 0x100 ? "\\x" + n.toString(16).padStart(2, "0") : "\\u" + n.toString(16);
+});
 const el = (tag, attrs = {}, ...children) => {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
@@ -28,7 +36,7 @@ const el = (tag, attrs = {}, ...children) => {
     else if (k === "dataset") Object.assign(e.dataset, v);
     else if (v !== null && v !== undefined) e.setAttribute(k, v);
   }
-  for (const c of children.flat()) e.append(c instanceof Node ? c : document.createTextNode(String(c ?? "")));
+  for (const c of children.flat()) e.append(c instanceof Node ? c : document.createTextNode(visible(c ?? "")));
   return e;
 };
 let timers = [];
@@ -212,8 +220,7 @@ function activityLine(ev) {
 // A session's output as the page shows it, as `labd top` does: colour sequences dropped, a carriage return (a
 // progress bar's update) a new line, any other control character as a visible escape (ESC was invisible: its
 // sequences read as corrupted text, `[31mRED[0m`).
-const shownText = t => t.replace(/\r\n/g, "\n").replace(/\x1b\[[0-9;?]*m/g, "").replace(/\r/g, "\n")
-  .replace(/[\x00-\x08\x0b-\x1f\x7f]/g, c => "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0"));
+const shownText = t => visible(t.replace(/\r\n/g, "\n").replace(/\x1b\[[0-9;?]*m/g, "").replace(/\r/g, "\n"));
 
 async function sessionPage(main, sid) {
   const s = await api(`/api/sessions/${sid}?steps=0`);
@@ -339,7 +346,7 @@ async function sessionPage(main, sid) {
   const showPreview = async (x) => {  // text files up to 200 kB, shown in place; others: the download link
     const r = await fetch(fileUrl(sid, x), {headers: auth()});
     const text = await r.text();
-    preview.style.display = ""; preview.textContent = `${x.path}\n\n` + text.slice(0, 200000);
+    preview.style.display = ""; preview.textContent = visible(`${x.path}\n\n` + text.slice(0, 200000));
   };
   const loadFiles = async () => { const f = await api(`/api/sessions/${sid}/files`);
     const textual = x => x.size <= 200000 && !["image", "binary", "archive"].includes(x.kind);

@@ -65,9 +65,9 @@ function renderDag(target, dag, opts) {
     const label = (n.kind === "agent" ? (n.agent || "agent") + " turn" : n.name || n.node_id);
     const t = document.createElementNS(SVGNS, "text");
     t.setAttribute("x", x + 8); t.setAttribute("y", y + 19);
-    t.textContent = label.length > 24 ? label.slice(0, 23) + "…" : label;
+    t.textContent = visible(label.length > 24 ? label.slice(0, 23) + "…" : label);  // visible: app.js (loaded by now)
     const title = document.createElementNS(SVGNS, "title");
-    title.textContent = `${label} (${n.node_id}) — ${n.status}`;
+    title.textContent = visible(`${label} (${n.node_id}) — ${n.status}`);
     g.append(rect, t, title);
     g.addEventListener("click", () => onSelect(n));
     svg.appendChild(g);
