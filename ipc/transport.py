@@ -161,7 +161,7 @@ class Transport:
     def _request_once(self, type_: str, body: dict[str, Any], deadline: float) -> Any:
         """Send ``type_`` once (a fresh id) and wait for its reply until ``deadline`` (monotonic)."""
         try:
-            frames = self._codec.pack(type_, body, parts=True)
+            frames = self._codec.pack(type_, body, parts=True, exact_ints=True)
         except PayloadError as exc:
             raise LabdError("bad_request", f"the request cannot be sent: {exc}") from None
         except TypeError as exc:  # orjson's JSONEncodeError: e.g. a str that is not valid UTF-8
@@ -255,6 +255,10 @@ def _unencodable(body: dict[str, Any], exc: TypeError) -> LabdError:
                 return LabdError("bad_request", f"field {path!r} is not valid text: {bad.reason} at character "
                                  f"{bad.start} ({value[bad.start]!r}); a request carries only strings that encode "
                                  "as UTF-8", {"field": path})
+        elif isinstance(value, int) and not isinstance(value, bool) and not -(1 << 63) <= value < (1 << 64):
+            shown = str(value) if value.bit_length() <= 100 else f"an integer of {value.bit_length():,} bits"
+            return LabdError("bad_request", f"field {path!r} is {shown}, past 64 bits: a request carries integers of "
+                             "at most 64 bits", {"field": path})
         elif isinstance(value, dict):
             for k, v in reversed(list(value.items())):
                 name = k.encode("utf-8", "backslashreplace").decode() if isinstance(k, str) else str(k)

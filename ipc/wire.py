@@ -63,16 +63,19 @@ class PayloadError(ValueError):
 MAX_DEPTH = 255
 
 
-def encode_json(obj: Any, *, strict_text: bool = False) -> bytes:
+def encode_json(obj: Any, *, strict_text: bool = False, exact_ints: bool = False) -> bytes:
     """Encode ``obj`` as JSON the way every labd frame is encoded (unknown types as their repr, big ints
     as strings); raise :class:`PayloadError` for what cannot be encoded at all (too deeply nested). A string that
     is not valid UTF-8 (a lone surrogate) is recorded as its escape; with ``strict_text`` (a client's request: it is
-    told, not changed) orjson's ``JSONEncodeError`` (a ``TypeError``) is raised instead."""
+    told, not changed) orjson's ``JSONEncodeError`` (a ``TypeError``) is raised instead; so with ``exact_ints`` for an
+    integer past 64 bits (else carried as its text)."""
     try:
         return orjson.dumps(obj, default=json_fallback, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError as exc:
         if "ecursion" in str(exc):
             raise PayloadError(f"value nested deeper than {MAX_DEPTH} levels cannot be recorded") from None
+        if exact_ints and "64-bit" in str(exc):  # a client's request is refused, naming the field: sent as a text,
+            raise  # the daemon refused the field's type ("must be a seq >= 0" for a seq of 23 digits)
     # orjson refuses some values without asking the fallback (ints over 64 bits, tuple keys, strings holding lone
     # surrogates): sanitise a copy rather than lose the message (a result holding one crashed the runner: review).
     try:
@@ -214,16 +217,17 @@ class Codec:
     def new_id(self) -> str:
         return f"{self._prefix}{next(self._counter):x}"
 
-    def pack(self, type_: str, body: dict[str, Any], *, re: str | None = None, parts: bool = False) -> list[bytes]:
+    def pack(self, type_: str, body: dict[str, Any], *, re: str | None = None, parts: bool = False,
+             exact_ints: bool = False) -> list[bytes]:
         """Return ``[signature, body]`` frames for a new message; ``parts``: a request whose sender takes a large
-        reply in parts (:mod:`labd.ipc.parts`)."""
+        reply in parts (:mod:`labd.ipc.parts`); ``exact_ints``: raise (a TypeError) for an integer past 64 bits."""
         env: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": self.new_id(), "ts": time.time(), "type": type_}
         if re is not None:
             env["re"] = re
         if parts:
             env["parts"] = True
         env["body"] = body
-        raw = encode_json(env, strict_text=True)  # a request with a lone surrogate is refused, naming the field
+        raw = encode_json(env, strict_text=True, exact_ints=exact_ints)  # a lone surrogate is refused, naming the field
         return [self.signer.sign(raw), raw]
 
     def _events_head(self, session: str) -> bytes:

@@ -81,6 +81,7 @@ class Durable:
         self.workdir = workdir
         self.files = files
         self.objects = ObjectStore(session_dir / OBJECTS_DIR)
+        self.objects.sweep()  # a runner killed while storing a file left its temporary file behind
         if list_objects:
             self.objects.added = []
         seed = seed or {}

@@ -103,7 +103,8 @@ class ResolveApproval(Request):
         # approve | reject | modify | redo for the built-in checkpoints; any option the request listed
         decision = self.arg("decision", str, check=lambda d: 0 < len(d) <= 40, hint="one of the request's options")
         feedback = self.arg("feedback", str, None, check=lambda s: len(s) <= 20_000, hint="text up to 20000 chars")
-        hypothesis = self.arg("hypothesis", str, None, check=lambda s: len(s) <= 20_000, hint="text")
+        hypothesis = self.arg("hypothesis", str, None, check=lambda s: len(s) <= 20_000,
+                              hint="text of at most 20,000 characters")
         by = self.arg("by", str, "client", check=lambda s: 0 < len(s) <= 100, hint="a name up to 100 chars")
         aid = self.arg("approval_id", str, None, check=lambda s: 0 < len(s) <= 40, hint="an approval id")
         refuse = self.arg("refuse_kinds", list, None, check=lambda k: len(k) <= 20 and all(

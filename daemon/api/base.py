@@ -43,10 +43,13 @@ class Request:
             return value
         if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
             raise ApiError("bad_request", f"field {name!r} must be {hint or _json_types(types)}")
+        if (isinstance(value, int) and isinstance(value, types) and not -INT64 <= value < INT64) or (
+                isinstance(value, float) and int in (types if isinstance(types, tuple) else (types,))
+                and not -INT64 <= value < INT64):  # a JSON integer past 64 bits reaches us as a float (orjson)
+            # what the store (SQL INTEGER) can hold; before the check, whose hint ("a seq >= 0") a huge number meets
+            raise ApiError("bad_request", f"field {name!r} is out of range (a 64-bit integer)")
         if not isinstance(value, types) or (check is not None and not _passes(check, value)):
             raise ApiError("bad_request", f"field {name!r} must be {hint or _json_types(types)}")
-        if isinstance(value, int) and not -INT64 <= value < INT64:  # what the store (SQL INTEGER) can hold
-            raise ApiError("bad_request", f"field {name!r} is out of range (a 64-bit integer)")
         return value
 
     def only(self, *fields: str, done: str = "nothing was deleted") -> None:

@@ -244,8 +244,10 @@ class Branch(Request):
         parent = resolve_ref(d.store, self.arg("session", str, check=lambda s: 0 < len(s) <= 200,
                                                hint="a session id or name"))
         ref = self.arg("from", str, check=lambda s: 0 < len(s) <= 200, hint="a node id or step name")
-        hypothesis = self.arg("hypothesis", str, None, check=lambda s: len(s) <= _TEXT, hint="text")
-        instructions = self.arg("instructions", str, None, check=lambda s: len(s) <= _TEXT, hint="text")
+        hypothesis = self.arg("hypothesis", str, None, check=lambda s: len(s) <= _TEXT,
+                              hint=f"text of at most {_TEXT:,} characters")
+        instructions = self.arg("instructions", str, None, check=lambda s: len(s) <= _TEXT,
+                                hint=f"text of at most {_TEXT:,} characters")
         count = self.arg("count", int, 1, check=lambda n: 1 <= n <= MAX_BRANCHES, hint=f"1-{MAX_BRANCHES}")
         overrides = self.arg("params", dict, {})
         psid = parent["id"]

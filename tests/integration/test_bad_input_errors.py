@@ -135,13 +135,16 @@ def test_run_with_a_size_beyond_any_machine(client: Client, flags: list[str]) ->
 
 @pytest.mark.parametrize("field", ["memory", "max_output"])
 def test_sdk_start_with_a_size_too_large_for_json(client: Client, field: str) -> None:
-    """Client.start(memory=2**70) (sent as its digits: JSON integers end at 2**64) is `bad_limits` saying the limit
-    is beyond any machine, as 2000T is; likewise max_output=2**70. Before: `has no unit` / `add a unit`."""
+    """Client.start(memory=2**70) is refused before it is sent (`bad_request` naming the field: JSON integers end at
+    64 bits); likewise max_output=2**70. Before: sent as its digits, `has no unit` / `add a unit`, later `bad_limits`
+    (beyond any machine); a client that sends such a number as JSON still gets that from the daemon."""
     too_large: dict[str, Any] = {field: 2**70}
+    before = len(client.sessions())
     with pytest.raises(LabdError) as err:
         client.start("demo.sleep", **too_large)
-    assert err.value.code == "bad_limits" and "is beyond any machine" in err.value.message, err.value.message
-    assert "1.18059e+21" in err.value.message
+    assert err.value.code == "bad_request" and "past 64 bits" in err.value.message, err.value.message
+    assert err.value.details["field"].startswith("limits.") and str(2**70) in err.value.message
+    assert len(client.sessions()) == before
 
 
 @pytest.mark.timeout(60)  # before the fix, wait(timeout=nan) never returned

@@ -83,7 +83,8 @@ def _events_all(home: Path, sid: str) -> list[tuple[Any, ...]]:
 def test_resume_refusals_and_divergence(shared_daemon, tmp_path: Path) -> None:
     """`resume` of a completed session is refused with a clear error; a workflow whose re-execution asks for
     another step than the record holds at a position fails with a step.diverged event, not a silent guess; a branch
-    from a step the session lacks is `unknown_node` listing the steps it can branch from."""
+    from a step the session lacks is `unknown_node` listing the steps it can branch from; a hypothesis too long and a
+    number past 64 bits are refused saying so."""
     from labd.ipc import LabdError
 
     counter = tmp_path / "c"
@@ -111,6 +112,13 @@ def test_resume_refusals_and_divergence(shared_daemon, tmp_path: Path) -> None:
         with pytest.raises(LabdError) as err:
             c.branch(sid, from_node="no such step")
         assert steps and set(err.value.details["nodes"]) == steps and err.value.details["node"] == "no such step"
+        # what is wrong is said: a hypothesis too long (it said "must be text"), a seq past 64 bits (">= 0")
+        with pytest.raises(LabdError, match="at most 10,000 characters"):
+            c.branch(sid, from_node="first", hypothesis="x" * 10_001)
+        with pytest.raises(LabdError, match="'since' is 10+, past 64 bits"):  # refused before it is sent
+            c.request("events.query", session=sid, since=10**22)
+        with pytest.raises(LabdError, match="out of range"):  # a client that sends it as JSON does
+            c.request("events.query", session=sid, since=float(10**22))
 
 
 def test_branch_from_a_step_name_several_completed_steps_share_is_ambiguous(shared_daemon) -> None:

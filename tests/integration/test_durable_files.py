@@ -407,3 +407,25 @@ def test_a_step_that_only_changes_modes_is_restored_with_them(shared_daemon, tmp
         wait_until(lambda: c.session(failing)["status"] not in ("failed", "queued", "starting", "running"))
         assert c.session(failing)["status"] == "completed", c.session(failing).get("reason")
         assert c.result(failing) == ["ran", "0o600"]
+
+
+def test_a_resume_removes_what_a_runner_killed_while_storing_left(shared_daemon, tmp_path: Path) -> None:
+    """A runner killed while it stored a file into the session's objects leaves that file's temporary copy (up to a
+    chunk, 1 MiB, each) behind; a review found 12 MiB of them after several kills, kept for good and counted
+    against the session's cap. The next runner of the session (a resume) removes them, and only them: the
+    objects stay and the resumed session restores and completes as before."""
+    flow = _flow(tmp_path)
+    with shared_daemon.client() as c:
+        sid = c.start(flow, params={"fail_once": True})
+        assert _ended(c, sid)["status"] == "failed"
+        objects = Path(c.session(sid)["workdir"]).parent / "checkpoints" / "objects"
+        kept = sorted(p.relative_to(objects) for p in objects.rglob("*") if p.is_file())
+        assert kept
+        stale = [objects / ".tmp-999999-0-deadbeef", objects / ".tmp-999998-3-0badf00d"]
+        for p in stale:
+            p.write_bytes(b"\0" * (1 << 20))
+        c.resume(sid)
+        wait_until(lambda: c.session(sid)["status"] not in ("failed", "queued", "starting", "running"), timeout=60)
+        assert c.session(sid)["status"] == "completed", c.session(sid).get("reason")
+    assert not any(p.exists() for p in stale)
+    assert set(kept) <= {p.relative_to(objects) for p in objects.rglob("*") if p.is_file()}
