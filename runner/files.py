@@ -85,6 +85,7 @@ class FileTracker:
         #: the warning that scans are truncated was given (once per session: a resume from a partial checkpoint
         #: sets it, its restore having said so)
         self.truncation_warned = False
+        self.symlinks_warned = False  # the warning that symlinks are not checkpointed was given (once per runner)
         self._errors_warned: set[str] = set()
         #: code executions in flight (:meth:`executing`): what a scan finds meanwhile may be theirs
         self._executing = 0
@@ -169,6 +170,8 @@ class FileTracker:
                         found += 1
                     if stopped is None and wd.truncated:
                         stopped = f"more than {MAX_ENTRIES} directory entries"
+                    if wd.symlinks and not self.symlinks_warned:
+                        self._warn_symlinks(wd.symlinks)
             except Exception as exc:  # noqa: BLE001 - a scan that fails must never end the runner
                 stopped = "error"
                 self._scan_error(exc)
@@ -189,6 +192,15 @@ class FileTracker:
                 self._report("deleted", rel, digest, None, node_id, agent, tool, attribution)
                 found += 1
             return found
+
+    def _warn_symlinks(self, some: list[str]) -> None:
+        """The one warning that the work directory holds symlinks, which checkpoints do not keep (regular files only,
+        as do empty directories): a branch from a later step starts without them (a resume leaves them in place)."""
+        self.symlinks_warned = True
+        self._emit("log", {"level": "warning", "logger": "labd.runner.files",
+                           "event": f"the work directory holds symlinks (e.g. {', '.join(some)}): step checkpoints "
+                                    "keep regular files only (not symlinks, nor empty directories), so a branch from a "
+                                    "later step starts without them; make them inside the step that uses them"}, None)
 
     def _warn_truncated(self, why: str) -> None:
         """The one warning (per session) that scans stop at a bound, what is left out and what it means."""

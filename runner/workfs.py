@@ -59,6 +59,8 @@ class WorkDir:
         self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the root itself is labd's
         #: the last :meth:`walk` stopped at its ``max_entries`` bound
         self.truncated = False
+        #: the first symlinks the last :meth:`walk` passed over (it yields regular files only), at most 3
+        self.symlinks: list[str] = []
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -122,6 +124,7 @@ class WorkDir:
         a limit. ``max_entries``: stop after that many directory entries were listed (files, directories and the
         rest alike); then :attr:`truncated` is set (the walk left out what it did not reach)."""
         self.truncated = False
+        self.symlinks = []
         budget = max_entries if max_entries is not None else -1
         pending = [""]
         chain: list[tuple[str, int]] = []  # (prefix, fd) of the directories on the way to the current one
@@ -162,6 +165,8 @@ class WorkDir:
                         continue
                     if stat.S_ISREG(st.st_mode):
                         yield prefix + entry.name, st
+                    elif stat.S_ISLNK(st.st_mode) and len(self.symlinks) < 3:
+                        self.symlinks.append(prefix + entry.name)
                 if self.truncated:
                     return
                 pending.extend(prefix + name + "/" for name in reversed(subdirs))
