@@ -121,7 +121,7 @@ class Activity:
             return (f"  $ {p['cost']:.6f} {p['model']}{offline} · session total ${self.cost:.6f}", "dim")
         if kind in ("file.created", "file.changed"):
             mark = "+" if kind == "file.created" else "~"
-            return (f"  {mark} {p['path']} ({format_size(p.get('size'))})", "dim")
+            return (f"  {mark} {safetext.one_line(p['path'])} ({format_size(p.get('size'))})", "dim")
         if kind == "policy.decision":
             return _policy_line(p)
         if kind == "approval.requested":

@@ -9,6 +9,7 @@ from typing import Any
 from labd.frontends.cli.base import CliError, Ctx, add_json, command, last_line
 from labd.frontends.cli.interrupt import ctrl_c
 from labd.frontends.cli.output import short
+from labd.frontends.cli.safetext import one_line
 from labd.ipc.family import family_tree
 
 __all__ = ["register"]
@@ -134,7 +135,7 @@ def cmd_compare(args: argparse.Namespace, ctx: Ctx) -> int:
     elif not changed:
         ctx.out.line(f"files: {len(r['files'])}, all the same")
     else:
-        ctx.out.table(["FILE", *ids[1:]], [[f["path"], *f["states"]] for f in changed])
+        ctx.out.table(["FILE", *ids[1:]], [[one_line(f["path"]), *f["states"]] for f in changed])
         for f in changed:
             for d in f.get("diffs") or []:
                 if d:

@@ -11,6 +11,7 @@ from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, add_json, command, duration
 from labd.frontends.cli.output import STATUS_STYLE, natural_key, styled
+from labd.frontends.cli.safetext import one_line
 from labd.ipc.units import UnitError, format_duration, format_size, parse_duration
 
 __all__ = ["register", "tree_lines"]
@@ -161,8 +162,8 @@ def cmd_files(args: argparse.Namespace, ctx: Ctx) -> int:
     if args.json:
         ctx.out.json(rows)
         return 0
-    table = [[f["path"], f["change"], format_size(f["size"]) if f["size"] else "0B", f["kind"], f["sha256"][:12],
-              _file_step(f), f["agent"] or "-", f["tool"] or "-"] for f in rows]
+    table = [[one_line(f["path"]), f["change"], format_size(f["size"]) if f["size"] else "0B", f["kind"],
+              f["sha256"][:12], _file_step(f), f["agent"] or "-", f["tool"] or "-"] for f in rows]
     ctx.out.table(["PATH", "CHANGE", "SIZE", "KIND", "SHA256", "STEP", "AGENT", "TOOL"], table, right=("SIZE",))
     return 0
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["output", "text", "plain"]
+__all__ = ["output", "text", "plain", "one_line"]
 
 _BIDI = "\u202a-\u202e\u2066-\u2069"
 #: every control but \t, \n, \r and ESC (handled apart): the rest of C0, DEL, C1, and the bidi controls
@@ -110,3 +110,10 @@ def plain(s: str) -> str:
     """As :func:`text`, with SGR colour sequences removed rather than shown (for ``labd top``'s output pane,
     which draws its own colours)."""
     return _TEXT.sub(_text_one, _SGR.sub("", s))
+
+
+def one_line(s: str) -> str:
+    """A name that must stay on its line (a file's path in a list or an activity line): line breaks and tabs shown as
+    ``\\n``, ``\\r``, ``\\t`` wherever it goes (a file named ``"x\\n+ fake.txt"`` printed a line of its own, in a
+    pipe too); on a terminal the printer shows the rest as :func:`text` does."""
+    return s.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")

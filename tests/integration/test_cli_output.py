@@ -359,3 +359,17 @@ def test_an_output_encoding_without_the_characters_shows_escapes(shared_daemon) 
         out = labd(*args, env=env)
         assert out.returncode == 0 and "Traceback" not in out.stderr, (args, out.stderr[-2000:])
         assert "\\u" in out.stdout and out.stdout.isascii(), (args, out.stdout[:500])
+
+
+def test_a_file_name_with_a_line_break_stays_on_its_line(shared_daemon) -> None:
+    """A file named ``"new\\n  + forged.txt"``: `labd logs` and `labd files` show it on one line, its break as
+    ``\\n`` (`files` in a pipe too). Printed as it was, its second half read as an activity line of its own."""
+    ran = labd("run", "labd_testflows:newline_name", "--wait")
+    sid = ran.stdout.strip()
+    assert ran.returncode == 0 and sid, ran
+    for args, pipe_too in ((("logs", sid), False), (("files", sid), True)):  # piped, logs prints the output alone
+        piped = labd(*args)
+        assert piped.returncode == 0, piped
+        for shown in ([piped.stdout] if pipe_too else []) + [ANSI.sub("", labd_tty(*args))]:
+            assert "new\\n  + forged.txt" in shown, shown
+            assert not any(line.lstrip().startswith("+ forged") for line in shown.splitlines()), shown

@@ -804,3 +804,9 @@ def bidi_names(ctx) -> None:
         with open("invoice\u202efdp.exe", "w") as f:
             f.write("not a pdf\n")
         print("line\u202etxet", flush=True)
+
+
+def newline_name(ctx) -> None:
+    """Writes, in a step, a file whose name holds a line break and what would read as an activity line after it."""
+    with ctx.step("write"), open("new\n  + forged.txt", "w") as f:
+        f.write("x\n")
