@@ -272,7 +272,15 @@ class Client(Transport, Waiting, Listing, Skills):
                            ("limits", limits)):
             if value:
                 body[key] = value
-        return self.request("session.branch", **body)  # type: ignore[no-any-return]
+        try:
+            return self.request("session.branch", **body)  # type: ignore[no-any-return]
+        except LabdError as exc:
+            if exc.code not in ("no_daemon", "timeout"):
+                raise
+            # not keyed (unlike start and replay): a retry makes new branches, whether or not these were made
+            raise LabdError(exc.code, f"{exc.message}; the branch may have been made all the same: `labd tree "
+                            f"{session}` lists the sessions branched from it (look before trying again)",
+                            exc.details) from None
 
     def checkpoints(self, session: str) -> list[dict[str, Any]]:
         """The checkpoints a session recorded (one per completed step), in record order."""

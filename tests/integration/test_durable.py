@@ -588,3 +588,25 @@ def test_the_result_of_a_resumed_session_is_its_completed_runs(shared_daemon, tm
         c.resume(sid)
         assert c.wait(sid, timeout=60)["status"] == "completed"
         assert c.result(sid)["two"] == 2
+
+
+def test_a_branch_with_no_reply_says_it_may_have_been_made(daemon) -> None:
+    """A branch is not keyed (a retry makes new sessions): when no reply comes (here, the daemon stopped with SIGSTOP
+    so the client times out), the error says the branch may have been made and how to look, rather than invite a
+    retry that doubles the work (a review made 4 branches out of 2 so)."""
+    import os
+    import signal
+
+    from labd.ipc import LabdError
+
+    with daemon.client() as c:
+        sid = c.start("demo.count", params={"n": 2, "delay": 0})
+        assert _ended(c, sid)["status"] == "completed"
+    assert daemon.proc is not None
+    os.kill(daemon.proc.pid, signal.SIGSTOP)
+    try:
+        with daemon.client(timeout=1.0) as c, pytest.raises(LabdError) as err:
+            c.branch(sid, "count 2")
+    finally:
+        os.kill(daemon.proc.pid, signal.SIGCONT)
+    assert err.value.code == "timeout" and f"labd tree {sid}" in err.value.message, err.value
