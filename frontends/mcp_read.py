@@ -82,6 +82,8 @@ def event_kinds(asked: list[str] | None) -> list[str] | None:
         return None
     out: list[str] = []
     for k in asked:
+        if not k:  # the start of every kind: read as "all", which no one asking for kinds meant
+            raise ToolError("labd: an empty event kind names none (leave kinds out for all events) [bad_request]")
         matched = [k] if k in SCHEMAS else [kind for kind in SCHEMAS if kind.startswith(k)]
         if not matched:
             raise ToolError(f"labd: no event kind {k!r} (nor any starting so); the kinds: "

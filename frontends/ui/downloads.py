@@ -17,7 +17,7 @@ import anyio
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from labd.frontends.ui.endshort import FileShrank
-from labd.ipc.safe_files import listed_name, open_beneath
+from labd.ipc.safe_files import UnsafePath, listed_name, open_beneath
 
 __all__ = ["DOWNLOAD_CHUNK", "file_response"]
 
@@ -29,21 +29,26 @@ DOWNLOAD_CHUNK = 256 * 1024
 
 async def file_response(reply: dict[str, Any], sid: str, rel: str, b64: str | None) -> Response:
     """A session's file, as its listing (``reply``: its ``session.files``) names it, streamed from a descriptor
-    opened beneath its work directory; 404 for a name the listing lacks or a file gone."""
+    opened beneath its work directory; 404 for a name the listing lacks or a file gone, 403 ``refused`` for one that
+    is no longer a plain file of its own (a symlink, a FIFO, a hard link: perhaps a second name of a file elsewhere)."""
     exact = listed_name(reply["files"], rel, b64)
     if exact is None:
         return JSONResponse({"error": {"code": "not_found", "message": f"no file {rel!r}"}}, status_code=404)
 
-    def opened() -> tuple[BinaryIO, os.stat_result] | None:
+    def opened() -> tuple[BinaryIO, os.stat_result] | str:
         try:  # opened without following symlinks: nothing the session swaps in can lead outside its workdir
             f = open_beneath(Path(reply["workdir"]), exact)
+        except UnsafePath as exc:  # a symlink, a FIFO, a hard link (perhaps to a file outside it): said, not "gone"
+            return f"refused: {exc}"
         except OSError:
-            return None
+            return "file gone"
         return f, os.fstat(f.fileno())
 
     got = await anyio.to_thread.run_sync(opened)
-    if got is None:
-        return JSONResponse({"error": {"code": "not_found", "message": "file gone"}}, status_code=404)
+    if isinstance(got, str):
+        refused = got.startswith("refused")
+        return JSONResponse({"error": {"code": "refused" if refused else "not_found", "message": got}},
+                            status_code=403 if refused else 404)
     f, st = got
 
     async def pieces() -> AsyncIterator[bytes]:

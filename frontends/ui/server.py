@@ -356,6 +356,9 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         # so an id prefix also took in the events of every session whose id starts so (the cursor then skipped the
         # session's own), and a name subscribed to nothing (the stream only polled the store)
         sid = str(row["id"])
+        if since > int(row.get("last_seq") or 0):  # a seq it never had: the stream would wait for it in silence
+            return JSONResponse({"error": {"code": "bad_request", "message": f"since {since} is past the session's "
+                                           f"last event (seq {row.get('last_seq') or 0})"}}, status_code=400)
 
         async def page(after: int) -> dict[str, Any]:
             return await daemon(lambda c: c.events(sid, since=after, limit=2000))

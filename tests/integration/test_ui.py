@@ -158,13 +158,20 @@ def _refusal(ui: dict[str, Any], path: str, headers: dict[str, str], data: bytes
 
 def test_bad_stream_and_body_input_gets_a_clear_4xx(ui: dict[str, Any]) -> None:
     """A non-numeric or negative `since` / Last-Event-ID is a 400 and a stream of an unknown session a 404 (both were
-    a 500 or a stream of errors that never ended); a 100,000-deep JSON body is a 400, not a 500."""
+    a 500 or a stream of errors that never ended), as is a `since` past the session's last event (a stream that sent
+    nothing, for ever); a 100,000-deep JSON body is a 400, not a 500."""
     status = functools.partial(_status, ui)
     good = {"Authorization": f"Bearer {ui['token']}"}
     assert status("/api/sessions/abc/stream?since=abc", good) == 400
     assert status("/api/sessions/abc/stream?since=-5", good) == 400
     assert status("/api/sessions/abc/stream", {**good, "Last-Event-ID": "x"}) == 400
     assert status("/api/sessions/000000000000/stream", good) == 404
+    with ui["daemon"].client() as c:  # a seq past the session's last: it was a stream that never sent anything
+        sid = c.start("demo.sleep", params={"seconds": 60})
+        try:
+            assert status(f"/api/sessions/{sid}/stream?since=999999999999999999", good) == 400
+        finally:
+            c.stop(sid)
     deep = b'{"workflow": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     assert status("/api/sessions", {**good, "Content-Type": "application/json"}, deep) == 400
 

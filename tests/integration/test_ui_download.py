@@ -185,3 +185,25 @@ def test_a_head_request_does_not_use_a_download_ticket_up(shared_daemon, tmp_pat
         assert err.value.code == 405
         with urllib.request.urlopen(url, timeout=60) as r:
             assert r.read() == (workdir / "big-1.bin").read_bytes()
+
+
+def test_a_file_that_became_a_hard_link_is_refused_saying_so_and_a_gone_one_is_gone(shared_daemon,
+                                                                                   tmp_path: Path) -> None:
+    """A listed file replaced by a hard link (a second name of a file that may live outside the work directory:
+    the session's code can ``link()`` one it can reach) is refused, 403 ``refused`` naming the hard links, not
+    answered "file gone" as an attack review found; a file really gone is still a 404."""
+    import json
+
+    sid, workdir = _big_session(shared_daemon, tmp_path, 1)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the session's")
+    (workdir / "big-1.bin").unlink()
+    (workdir / "big-1.bin").hardlink_to(outside)
+    with running_ui(shared_daemon.home, tmp_path / "ui-stderr.log") as ui:
+        status, body = ui.request(f"/api/sessions/{sid}/files/big-1.bin")
+        assert status == 403, body
+        error = json.loads(body)["error"]
+        assert error["code"] == "refused" and "hard links" in error["message"], error
+        (workdir / "big-1.bin").unlink()
+        status, body = ui.request(f"/api/sessions/{sid}/files/big-1.bin")
+        assert status == 404 and json.loads(body)["error"]["message"] == "file gone", body
