@@ -33,7 +33,7 @@ from labd.runner.channel import Channel, PayloadError
 from labd.runner.channel_wire import too_large
 from labd.runner.context import Cancelled, Context, current_node
 from labd.runner.crash_tail import CRASH_FILE
-from labd.runner.credentials import confine_runner, take_key
+from labd.runner.credentials import confine_runner, note_refusal, take_key
 from labd.runner.durable import Durable, read_seed
 from labd.runner.files import FileTracker
 from labd.runner.forked import Relay
@@ -284,6 +284,7 @@ def run_session(spec: dict[str, Any]) -> int:
             outcome, code = "failed", EXIT_FAILED
             extra = {"error": f"SystemExit: {exc.code}", "traceback": traceback.format_exc()}
     except BaseException as exc:  # noqa: BLE001 - everything the workflow raises is its outcome
+        note_refusal(exc, workdir)  # a write the runner's confinement refused says why
         outcome, code = "failed", EXIT_FAILED
         extra = {"error": describe_exception(exc), "traceback": traceback.format_exc()}  # even if its str() raises
     if outcome != "cancelled":  # as `python script.py` ends: its threads waited for, its atexit handlers run

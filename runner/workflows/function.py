@@ -21,6 +21,7 @@ from typing import Any
 from labd.ipc.errors import exception_text
 from labd.ipc.functions import ERROR_EVENT, MAX_RESULT, RESULT_KEY, describe_unpicklable, dumps, loads
 from labd.runner.context import Cancelled, Context
+from labd.runner.credentials import note_refusal
 
 __all__ = ["call", "FunctionLoadError", "ResultNotSerializable", "ResultTooLarge"]
 
@@ -56,6 +57,7 @@ def call(ctx: Context, payload: str = "", sha256: str = "", size: int = 0, funct
         raise
     except BaseException as exc:  # noqa: BLE001 - recorded for Client.result, then the session fails with it
         if os.getpid() == me:  # a child the function forked: its exception is not the call's (forksafe ends it)
+            note_refusal(exc, ctx.workdir)  # a write the confinement refused says why
             _record(ctx, exc, max_result // 2)
         raise
 

@@ -3,6 +3,7 @@ cannot be cut off from the daemon by another process that takes its routing id (
 
 from __future__ import annotations
 
+import os
 import textwrap
 import time
 from pathlib import Path
@@ -262,3 +263,26 @@ def test_only_holders_of_the_key_can_follow_live_events(daemon, tmp_path) -> Non
         c.kill(victim)
         for s in (plain, guesser, stranger, good):
             s.close(0)
+
+
+def test_a_write_the_confinement_refuses_says_why(shared_daemon) -> None:
+    """A submitted function that creates a file directly in the directory holding labd's home (as ``~`` holds the
+    default home) gets the PermissionError, with a note saying it is labd's confinement and where to write instead;
+    a user review read the bare ``[Errno 13]`` as a bug (README said only "use absolute paths")."""
+    import labd
+
+    with shared_daemon.client() as c:
+        if c.status()["sandbox"]["runner"] != "landlock":
+            pytest.skip("runner confinement unavailable")
+        target = str(shared_daemon.home.parent / f"new-{os.getpid()}.txt")
+
+        def write(path: str) -> None:
+            with open(path, "w") as f:
+                f.write("x")
+
+        sid = c.submit(write, target)
+        with pytest.raises(labd.RemoteError) as err:
+            c.result(sid, timeout=60)
+    text = str(err.value)
+    assert "PermissionError" in text and "cannot create new entries directly in" in text, text
+    assert "session's work directory" in text and not os.path.exists(target)
