@@ -128,7 +128,9 @@ class _Run:
 
     def origin(self, nid: str) -> tuple[str, str] | None:
         """Where the step this session reused as node ``nid`` ran: (session, node), or None if unknown."""
-        parent = self.row.get("parent_id") if self.row.get("origin") == "branch" else None
+        # a branch's, or a replay's of a branch (it reused the branch's reused steps: a replay of anything else reuses
+        # none), ran in the parent: followed there (a replay's were left as they were, and read as changed)
+        parent = self.row.get("parent_id") if self.row.get("origin") in ("branch", "replay") else None
         cp = self.reused_checkpoint(nid)
         if cp is not None and parent:  # a branch's: the parent's node (a planned step's is named in its checkpoint)
             return parent, str(cp.get("origin_node") or nid)

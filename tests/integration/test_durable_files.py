@@ -455,3 +455,21 @@ def test_symlinks_a_checkpoint_does_not_keep_are_said_once(shared_daemon, tmp_pa
         warned = [e["payload"]["event"] for e in c.history(sid) if e["kind"] == "log"
                   and e["payload"].get("logger") == "labd.runner.files"]
     assert len(warned) == 1 and "data/current" in warned[0] and "regular files only" in warned[0], warned
+
+
+def test_compare_of_a_branch_and_its_replay_shows_the_reused_steps_unchanged(shared_daemon, tmp_path: Path) -> None:
+    """A branch and a replay of that branch reused the same steps (both from the branch's parent): `labd compare
+    branch replay` shows them unchanged, each cell the run it reused. Before, a replay's reused steps were not followed
+    to where they ran (only a branch's were), and read as changed in result and status."""
+    flow = _flow(tmp_path)
+    with shared_daemon.client() as c:
+        parent = c.start(flow)
+        assert _ended(c, parent)["status"] == "completed"
+        kid = c.branch(parent, "s2")["sessions"][0]["session"]
+        assert _ended(c, kid)["status"] == "completed"
+        replay = c.replay(kid)
+        assert _ended(c, replay)["status"] == "completed"
+        rows = {r["name"]: r for r in c.compare(kid, replay)["steps"]}
+    for name in ("s0", "s1"):
+        assert rows[name]["changed"] == [], (name, rows[name])
+        assert all(cell["reused"] and cell["origin"]["session"] == parent for cell in rows[name]["sessions"]), rows
