@@ -198,10 +198,15 @@ def _gone_meanwhile(store: Any, sid: str) -> ApiError | None:
 def _find_node(store: Any, sid: str, ref: str) -> dict[str, Any]:
     node = step_row(store, sid, ref)
     if node is None:
-        steps = [s for s in store.steps(sid) if s["kind"] != "agent"]
+        every = store.steps(sid)
+        steps = [s for s in every if s["kind"] != "agent"]
         named = [s for s in steps if s["name"] == ref]
         if not named:  # the code and details events.query and session.replay answer, with the nodes to branch from
-            raise ApiError("unknown_node", f"session {sid} has no node {ref!r} (see labd dag {sid})",
+            # an agent's name (its turns are nodes too, named so in `labd dag`): said, not "no node"
+            turns = any(s["kind"] == "agent" and (s["name"] == ref or s.get("agent") == ref) for s in every)
+            hint = (f": {ref!r} names agent turns, which are no branch point; branch from the step they ran in"
+                    if turns else "")
+            raise ApiError("unknown_node", f"session {sid} has no node {ref!r}{hint} (see labd dag {sid})",
                            {"node": ref, "nodes": [s["node_id"] for s in steps][:200]})
         done = [s for s in named if s["status"] == "completed"]  # a loop's steps share a name; retries too
         if len(done) > 1:

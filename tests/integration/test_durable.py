@@ -610,3 +610,19 @@ def test_a_branch_with_no_reply_says_it_may_have_been_made(daemon) -> None:
     finally:
         os.kill(daemon.proc.pid, signal.SIGCONT)
     assert err.value.code == "timeout" and f"labd tree {sid}" in err.value.message, err.value
+
+
+def test_a_branch_from_an_agents_name_says_agent_turns_are_no_branch_point(shared_daemon) -> None:
+    """`labd branch S --from engineer`, where engineer is an agent whose turns are nodes of the session: refused as
+    before (`unknown_node`), now saying that the name is an agent's and to branch from the step its turns ran in (a
+    review read "has no node 'engineer'" beside a DAG full of engineer turns)."""
+    from labd.ipc import LabdError
+
+    with shared_daemon.client() as c:
+        sid = c.start("one_shot", params={"task": "Step 1 of 1: sum the squares"})
+        assert _ended(c, sid)["status"] == "completed"
+        agents = {n.get("agent") for n in c.dag(sid)["dag"]["nodes"] if n["kind"] == "agent"}
+        assert "engineer" in agents, agents
+        with pytest.raises(LabdError) as err:
+            c.branch(sid, "engineer")
+    assert err.value.code == "unknown_node" and "names agent turns" in err.value.message, err.value
