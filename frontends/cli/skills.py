@@ -55,7 +55,7 @@ def cmd_skills(args: argparse.Namespace, ctx: Ctx) -> int:
         ctx.out.line(f"saved skill {r['name']} version {r['version']}; run it with: labd run skill:{r['name']}{given}")
         ctx.out.line(f"its runs {_REUSES.get(saved.get('reuses'), 'reuse its params')}"
                      + ("" if saved.get("reuses") == "plan" else f" ({saved['skill']['workflow']} takes no saved "
-                        "plan: it plans again)"))
+                        "plan: each run does its work again)"))
         return 0
     name = args.session  # show / rm / export take the skill's name as the positional argument
     if action == "import":
