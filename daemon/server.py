@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 import zmq
 
+from labd.daemon.api.branch_keys import InFlight
 from labd.daemon.api.start import PendingStart, session_spec, store_down
 from labd.daemon.cgroups import session_cgroups
 from labd.daemon.checks import Check, Checks
@@ -103,6 +104,7 @@ class Daemon(SandboxSetup, ControlPlane):
         #: retries of a start that is not committed yet, by the first start's request id: they are answered
         #: with it, once the session is in the store (so the session a retry names can always be read)
         self.idempotent_waiters: dict[str, list[tuple[bytes, str]]] = {}
+        self.branches_in_flight = InFlight()  # session.branch keys not yet committed (daemon/api/branch_keys.py)
         self.runtime_watch = RuntimeWatch(self.layout)  # its connection file and sockets, removed under it
         self.failed = False  # set when the daemon stops because a part of it broke (exit code 1)
 

@@ -263,24 +263,21 @@ class Client(Transport, Waiting, Listing, Skills):
 
     def branch(self, session: str, from_node: str, *, hypothesis: str | None = None,
                instructions: str | None = None, params: dict[str, Any] | None = None, count: int = 1,
-               limits: dict[str, Any] | None = None) -> dict[str, Any]:
+               limits: dict[str, Any] | None = None, idempotency_key: str | None = None,
+               retries: int = 1) -> dict[str, Any]:
         """Start ``count`` new sessions from ``session``'s record up to node ``from_node`` (an id or step name):
         the steps completed before it are reused, the work directory is as it was, the hypothesis and
-        instructions reach the agents of the steps that run again. ``{"sessions": [{session, name}], ...}``."""
+        instructions reach the agents of the steps that run again. ``{"sessions": [{session, name}], ...}``.
+
+        Carries an idempotency key (``idempotency_key``, else a fresh random one) and is retried ``retries`` times
+        with it when no reply comes in time: the daemon answers a retry with the sessions the first attempt made
+        (``replayed: true``), so a lost reply never makes a second set of branches."""
         body: dict[str, Any] = {"session": session, "from": from_node, "count": count}
         for key, value in (("hypothesis", hypothesis), ("instructions", instructions), ("params", params),
                            ("limits", limits)):
             if value:
                 body[key] = value
-        try:
-            return self.request("session.branch", **body)  # type: ignore[no-any-return]
-        except LabdError as exc:
-            if exc.code not in ("no_daemon", "timeout"):
-                raise
-            # not keyed (unlike start and replay): a retry makes new branches, whether or not these were made
-            raise LabdError(exc.code, f"{exc.message}; the branch may have been made all the same: `labd tree "
-                            f"{session}` lists the sessions branched from it (look before trying again)",
-                            exc.details) from None
+        return self.keyed_request("session.branch", body, idempotency_key, retries)  # type: ignore[no-any-return]
 
     def checkpoints(self, session: str) -> list[dict[str, Any]]:
         """The checkpoints a session recorded (one per completed step), in record order."""

@@ -17,9 +17,17 @@ from collections.abc import Generator
 from typing import Any
 
 from labd.daemon.api.base import DEFERRED, ApiError, Request, register
+from labd.daemon.api.branch_keys import branch_digest, made_before, wait_for_first
 from labd.daemon.api.seed import branch_dirs, build_seed, write_seed
 from labd.daemon.api.sessions import _limits, resolve_ref, resolve_session
-from labd.daemon.api.start import _run_params, entry_extra, priority_of, refuse_never_fits, refuse_while_store_down
+from labd.daemon.api.start import (
+    _run_params,
+    entry_extra,
+    idempotency_key,
+    priority_of,
+    refuse_never_fits,
+    refuse_while_store_down,
+)
 from labd.daemon.limits import Limits
 from labd.daemon.reads import Read
 from labd.runner.checkpoint import OBJECTS_DIR
@@ -241,11 +249,30 @@ class Branch(Request):
 
     def execute(self) -> Any:
         d = self.daemon
-        self.only("session", "from", "hypothesis", "instructions", "count", "params", "limits",
+        self.only("session", "from", "hypothesis", "instructions", "count", "params", "limits", "idempotency_key",
                   done="nothing was started")  # a misspelt `hypothesis` or `params` branched without it
         if d.draining:
             raise ApiError("draining", "the daemon is stopping its sessions (serve --drain): no new sessions")
         refuse_while_store_down(d)
+        key = idempotency_key(self)
+        if key is not None:  # a retry answers what the first attempt made (daemon/api/branch_keys.py)
+            digest = branch_digest(self.body)
+            store, in_flight = d.store, d.branches_in_flight
+            found = made_before(store, key, digest)
+            if found is None and in_flight.digest(key) is not None:
+                found = yield Read(lambda: wait_for_first(store, key, digest, in_flight), "branch retry")
+            if found is not None:
+                return found
+            in_flight.note(key, digest)
+            try:
+                return (yield from self._branch(key, digest))
+            except BaseException:
+                in_flight.done(key)
+                raise
+        return (yield from self._branch(None, None))
+
+    def _branch(self, idem: str | None, digest: str | None) -> Any:  # idem: the idempotency key (`key` is a loop's)
+        d = self.daemon
         parent = resolve_ref(d.store, self.arg("session", str, check=lambda s: 0 < len(s) <= 200,
                                                hint="a session id or name"))
         ref = self.arg("from", str, check=lambda s: 0 < len(s) <= 200, hint="a node id or step name")
@@ -324,7 +351,12 @@ class Branch(Request):
         priority = _priority(d, psid, c)  # the parent's place in the run queue
         reply = {"sessions": made, "parent": psid, "node": node["node_id"], "reused": len(seed["steps"]),
                  "files": len(manifest) if seed["manifest"] else 0}
-        d.defer(self.reply_to, lambda _seq, _payload: reply)  # once the last branch is committed
+        def answer(_seq: int, _payload: Any) -> dict[str, Any]:  # once the last branch is committed
+            if idem is not None:
+                d.branches_in_flight.done(idem)
+            return reply
+
+        d.defer(self.reply_to, answer)
         for sid, session_dir in zip(sids, dirs, strict=True):
             name = f"{parent['name'][:150]}-branch-{sid[:6]}"
             workdir = session_dir / "work"
@@ -334,6 +366,8 @@ class Branch(Request):
                                        # what its replay needs to run as it did (api/lineage.py), and compare shows
                                        "node_base": seed["node_base"]}
             payload.update((k, v) for k, v in (("hypothesis", hypothesis), ("instructions", instructions)) if v)
+            if idem is not None:  # committed with the session: a retry finds it (daemon/api/branch_keys.py)
+                payload.update(idempotency_key=f"{idem}#{len(made)}", request_digest=digest)
             for key in ("payload", "sys_path", "agents", "tags", "policy", "placement"):
                 if c.get(key):
                     payload[key] = c[key]

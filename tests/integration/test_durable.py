@@ -590,10 +590,10 @@ def test_the_result_of_a_resumed_session_is_its_completed_runs(shared_daemon, tm
         assert c.result(sid)["two"] == 2
 
 
-def test_a_branch_with_no_reply_says_it_may_have_been_made(daemon) -> None:
-    """A branch is not keyed (a retry makes new sessions): when no reply comes (here, the daemon stopped with SIGSTOP
-    so the client times out), the error says the branch may have been made and how to look, rather than invite a
-    retry that doubles the work (a review made 4 branches out of 2 so)."""
+def test_a_branch_with_no_reply_says_it_may_still_be_made_once(daemon) -> None:
+    """A branch that gets no reply (here, the daemon stopped with SIGSTOP so the client times out, after its keyed
+    retry) says it may still be made, once; once the daemon goes on, both attempts made one branch, not two (a review
+    made 4 branches out of 2 by retrying an unkeyed branch)."""
     import os
     import signal
 
@@ -603,13 +603,18 @@ def test_a_branch_with_no_reply_says_it_may_have_been_made(daemon) -> None:
         sid = c.start("demo.count", params={"n": 2, "delay": 0})
         assert _ended(c, sid)["status"] == "completed"
     assert daemon.proc is not None
-    os.kill(daemon.proc.pid, signal.SIGSTOP)
-    try:
-        with daemon.client(timeout=1.0) as c, pytest.raises(LabdError) as err:
-            c.branch(sid, "count 2")
-    finally:
-        os.kill(daemon.proc.pid, signal.SIGCONT)
-    assert err.value.code == "timeout" and f"labd tree {sid}" in err.value.message, err.value
+    with daemon.client(timeout=1.0) as c:
+        c.ping()  # connected while the daemon answers: the first attempt reaches it
+        os.kill(daemon.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(LabdError) as err:
+                c.branch(sid, "count 2")
+        finally:
+            os.kill(daemon.proc.pid, signal.SIGCONT)
+    assert err.value.code == "timeout" and "one idempotency key" in err.value.message, err.value
+    with daemon.client() as c:
+        wait_until(lambda: [s for s in c.sessions(status=[]) if s.get("parent_id") == sid], what="the branch")
+        assert len([s for s in c.sessions(status=[]) if s.get("parent_id") == sid]) == 1
 
 
 def test_a_branch_from_an_agents_name_says_agent_turns_are_no_branch_point(shared_daemon) -> None:

@@ -1,0 +1,86 @@
+"""Idempotency keys of ``session.branch``: a retry of a branch whose reply was lost answers the sessions the first
+attempt made, never new ones (a durable-sessions review made 4 branches out of 2 by retrying after a daemon kill).
+
+A branch with ``idempotency_key`` K and ``count`` N records K as ``K#0`` .. ``K#<N-1>`` on its N ``session.created``
+events, with the digest of what it asked for: the store keeps them as it keeps a start's key
+(``idempotency_keys``, :data:`~labd.store.schema.IDEMPOTENCY_RETENTION`), committed with the sessions in one
+transaction (all or none). A retry finds ``K#0`` and answers those sessions (``replayed: true``); one asking for
+something else with the same key is ``idempotency_conflict``. A retry that arrives while the first attempt is still
+being made (its seed is built on a read worker, which may take a while for a long session) waits, on a worker, for the
+first attempt's commit, and answers it; if the first attempt failed meanwhile, the retry makes the branches itself.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from labd.daemon.api.base import ApiError
+from labd.daemon.api.start import digest_of
+
+__all__ = ["InFlight", "branch_digest", "made_before", "wait_for_first"]
+
+FIRST_WAIT_S = 60.0  # how long a retry waits for the first attempt's commit before it says so
+IN_FLIGHT_S = 300.0  # an in-flight note older than this is stale (its attempt failed without a word)
+
+
+def branch_digest(body: dict[str, Any]) -> str:
+    """What a branch asks for (all but its key; absent and empty alike), so that a key re-used for another request
+    is refused rather than answered with the wrong sessions."""
+    return digest_of({"op": "branch", **{k: v for k, v in body.items()
+                                         if k != "idempotency_key" and v not in (None, {}, [], "")}})
+
+
+def made_before(store: Any, key: str, digest: str) -> dict[str, Any] | None:
+    """The reply to a retry whose first attempt's branches are committed, or None (none made with ``key``)."""
+    first = store.idempotent_start(f"{key}#0", time.time())
+    if first is None:
+        return None
+    if first["digest"] != digest:
+        raise ApiError("idempotency_conflict", "this idempotency_key was used for a different session.branch "
+                       "(another session, node, count, params, ...); use a new key per request",
+                       {"session": first["session_id"]})
+    made = []
+    for i in range(10_000):
+        row = store.idempotent_start(f"{key}#{i}", time.time()) if i else first
+        if row is None:
+            break
+        s = store.session(row["session_id"])
+        made.append({"session": row["session_id"], "name": s["name"] if s else None})
+    s = store.session(made[0]["session"])
+    return {"sessions": made, "parent": s.get("parent_id") if s else None, "node": s.get("branch_node") if s else None,
+            "replayed": True}
+
+
+class InFlight:
+    """Keys of branches being made (not yet committed), with their digests: a retry meanwhile waits for them."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, tuple[str, float]] = {}
+
+    def note(self, key: str, digest: str) -> None:
+        now = time.monotonic()
+        for k in [k for k, (_d, at) in self._keys.items() if now - at > IN_FLIGHT_S]:
+            del self._keys[k]
+        self._keys[key] = (digest, now)
+
+    def done(self, key: str) -> None:
+        self._keys.pop(key, None)
+
+    def digest(self, key: str) -> str | None:
+        got = self._keys.get(key)
+        return got[0] if got is not None and time.monotonic() - got[1] <= IN_FLIGHT_S else None
+
+
+def wait_for_first(store: Any, key: str, digest: str, in_flight: InFlight) -> dict[str, Any] | None:
+    """On a read worker: wait until the first attempt with ``key`` is committed (its reply) or has failed (None: make
+    the branches now); ``busy`` if it is still being made after :data:`FIRST_WAIT_S`."""
+    deadline = time.monotonic() + FIRST_WAIT_S
+    while time.monotonic() < deadline:
+        found = made_before(store, key, digest)
+        if found is not None:
+            return found
+        if in_flight.digest(key) is None:  # the first attempt ended without making them
+            return None
+        time.sleep(0.05)
+    raise ApiError("busy", "a session.branch with this idempotency_key is still being made; ask again in a while")
