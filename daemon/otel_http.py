@@ -111,7 +111,9 @@ class OtlpHttp:
             answer = self._send(kept, body, deadline, reused=True)
             if answer is not None:
                 return answer
-            # the collector had closed the kept connection meanwhile: once more, on a new one
+            # the collector had closed the kept connection meanwhile (it failed at once): once more, on a new one,
+            # with a whole deadline of its own (what was left of the first could end it before its connect)
+            deadline = time.monotonic() + self.timeout
         return self._send(self._new(), body, deadline, reused=False) or Answer("retry", "collector unreachable")
 
     def _new(self) -> http.client.HTTPConnection:

@@ -126,29 +126,41 @@ def confine_runner(confine: dict[str, Any] | None) -> str:
         rules.restrict()
     except OSError as exc:
         return f"unavailable: {exc}"
+    global _confined
+    _confined = True
     return "landlock"
+
+
+_confined = False  # this process confined itself (confine_runner): a PermissionError may be Landlock's
 
 
 def note_refusal(exc: BaseException, workdir: str | os.PathLike[str]) -> None:
     """Add a note to a ``PermissionError`` the runner's confinement explains (Landlock, :func:`confine_runner`): a new
-    entry directly in a directory on the way to labd's home (``~``, or ``/tmp`` for a home under it), or anything in
-    the home outside the session's own directory. The bare ``[Errno 13]`` read as a bug; the note says why and where
-    to write instead. ``workdir``: the session's work directory (``<home>/sessions/<id>/work``)."""
-    if not isinstance(exc, PermissionError) or not exc.filename or not isinstance(exc.filename, str):
-        return
-    from pathlib import Path
+    entry directly in a directory on the way to labd's home (``~``, or ``/tmp`` for a home under it) that the user
+    could otherwise create, or anything in the home outside the session's own directory. The bare ``[Errno 13]``
+    read as a bug; the note says why and where to write instead. ``workdir``: the session's work directory
+    (``<home>/sessions/<id>/work``). Never raises, and notes an exception once."""
+    try:
+        if not _confined or not isinstance(exc, PermissionError) or not isinstance(exc.filename, str):
+            return
+        if any(str(n).startswith("labd: ") for n in getattr(exc, "__notes__", ())):
+            return  # noted already (a submitted function's, on its way out of the session)
+        from pathlib import Path
 
-    work = Path(workdir)
-    session, home = work.parent, work.parent.parent.parent
-    target = Path(os.path.abspath(exc.filename))
-    if target.is_relative_to(session):
+        work = Path(workdir)
+        session, home = work.parent, work.parent.parent.parent
+        target = Path(os.path.abspath(exc.filename))  # the cwd may be gone: an OSError, and no note
+        if target.is_relative_to(session):
+            return
+        if target.is_relative_to(home):
+            why = f"labd's home ({home}) is out of a session's reach, but for its own directory"
+        elif (home.is_relative_to(target.parent) and not os.path.lexists(target)
+              and os.access(target.parent, os.W_OK)):  # the user may create it there: Landlock refused it
+            why = (f"a session cannot create new entries directly in {target.parent}, a directory on the way to "
+                   f"labd's home ({home}); existing files there stay usable")
+        else:
+            return
+        exc.add_note(f"labd: {why}. Write new files in the session's work directory ({work}) or in a folder of "
+                     "their own (docs/security.md, \"Runners\").")
+    except Exception:  # noqa: BLE001 - a note is a help: never in the way of the error itself
         return
-    if target.is_relative_to(home):
-        why = f"labd's home ({home}) is out of a session's reach, but for its own directory"
-    elif home.is_relative_to(target.parent):
-        why = (f"a session cannot create new entries directly in {target.parent}, a directory on the way to labd's "
-               f"home ({home}); existing files there stay usable")
-    else:
-        return
-    exc.add_note(f"labd: {why}. Write new files in the session's work directory ({work}) or in a folder of their "
-                 "own (docs/security.md, \"Runners\").")

@@ -43,17 +43,27 @@ def finish_like_python(check_cancelled: Callable[[], object], say: Callable[[str
     """Threading's exit callbacks, then wait for the non-daemon threads, then the session's ``atexit`` handlers.
     ``check_cancelled`` raises to end the wait (a stop); ``say`` records a line of why the session has not ended
     yet. An exception of a handler is printed to stderr (so recorded) and the others still run, as Python does."""
-    # concurrent.futures registers here (threading._register_atexit): an executor never shut down has idle workers
-    # waiting on its queue, which this callback ends; Python calls them before it waits for the threads
-    for callback in reversed(list(getattr(threading, "_threading_atexits", ()))):
-        callback()
     waiting = lingering_threads()
     if waiting:
         names = ", ".join(t.name for t in waiting[:10]) + (f" and {len(waiting) - 10} more" if waiting[10:] else "")
         say(f"the workflow returned; waiting for {len(waiting)} thread(s) it started, as Python would: {names}")
-    while waiting:
+    # concurrent.futures registers here (threading._register_atexit): an executor never shut down has idle workers
+    # waiting on its queue, which this callback ends; Python calls them before it waits for the threads. They join
+    # the executors' workers without a bound (a job still running): on a thread of their own, so a stop ends the wait
+    callbacks = list(getattr(threading, "_threading_atexits", ()))
+    if callbacks:
+        ran = threading.Thread(target=lambda: [cb() for cb in reversed(callbacks)], name="labd-exit-callbacks",
+                               daemon=True)
+        ran.start()
+        while ran.is_alive():
+            ran.join(CHECK_S)
+            check_cancelled()
+    while waiting := lingering_threads():  # including threads the ones waited for started meanwhile
         for t in waiting:
             t.join(CHECK_S)
             check_cancelled()
-        waiting = lingering_threads()  # including threads the ones waited for started meanwhile
+    check_cancelled()
     atexit._run_exitfuncs()  # noqa: SLF001 - the interpreter's own call at exit: prints a handler's exception
+    # A stop meanwhile (SIGTERM raised Cancelled inside a handler, which _run_exitfuncs prints and goes past; or the
+    # cancel message) still counts: the session is cancelled, not completed
+    check_cancelled()

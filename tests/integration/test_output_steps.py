@@ -104,3 +104,21 @@ def test_a_thread_that_never_ends_holds_the_session_only_until_it_is_stopped(iso
         c.stop(sid)
         ended = c.wait(sid, timeout=60)
     assert ended["status"] == "cancelled", ended
+
+
+def test_a_stop_ends_the_wait_for_an_executors_job_and_for_an_atexit_handler(isolated_env: Path) -> None:
+    """A workflow that returns while an executor it never shut down runs a long job: the record says what the session
+    waits for, and a stop ends the wait (cancelled), not the job's end. The same for an atexit handler that takes
+    long: the session is cancelled, not recorded completed (a review: the executor's join was unbounded and silent,
+    and a stop during a handler was swallowed)."""
+    with running_daemon(isolated_env) as d, d.client() as c:
+        sid = c.start("labd_testflows:busy_at_return", params={"what": "executor"})
+        wait_until(lambda: any("long-job" in (e["payload"].get("event") or "") for e in c.history(sid)
+                               if e["kind"] == "log"), what="the wait for the executor's job to be said")
+        c.stop(sid, grace=1)
+        assert c.wait(sid, timeout=60)["status"] == "cancelled"
+        sid = c.start("labd_testflows:busy_at_return", params={"what": "atexit"})
+        wait_until(lambda: any("atexit begins" in e["payload"].get("text", "") for e in c.history(sid)
+                               if e["kind"] == "output"), what="the atexit handler running")
+        c.stop(sid, grace=1)
+        assert c.wait(sid, timeout=60)["status"] == "cancelled"

@@ -572,6 +572,23 @@ def leaves_work_behind(ctx, delay: float = 0.5) -> str:
     return "returned"
 
 
+def busy_at_return(ctx, what: str = "executor") -> str:
+    """Returns while an executor never shut down still runs a long job (``executor``), or with an atexit handler
+    that takes long (``atexit``)."""
+    import atexit
+    import concurrent.futures
+
+    if what == "executor":
+        concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="long-job").submit(time.sleep, 600)
+    else:
+        def slow() -> None:
+            print("atexit begins", flush=True)
+            time.sleep(600)
+
+        atexit.register(slow)
+    return "returned"
+
+
 def thread_never_ends(ctx) -> str:
     """Returns while a non-daemon thread it started runs for ever."""
     import threading
