@@ -7,7 +7,8 @@ would have waited for the thread and run the handler. Now, after the workflow re
 what the interpreter does at exit, in its order:
 
 1. threading's own exit callbacks (``concurrent.futures`` lets the idle workers of an executor never shut down go);
-2. it waits for every non-daemon thread, saying in the record which ones it waits for;
+2. it waits for every non-daemon thread, saying in the record which ones it waits for (once it has waited 0.2 s:
+   idle workers end at once);
 3. it runs the ``atexit`` handlers the session registered (those inherited from the template are cleared when the
    session starts: :func:`forget_inherited`).
 
@@ -43,10 +44,18 @@ def finish_like_python(check_cancelled: Callable[[], object], say: Callable[[str
     """Threading's exit callbacks, then wait for the non-daemon threads, then the session's ``atexit`` handlers.
     ``check_cancelled`` raises to end the wait (a stop); ``say`` records a line of why the session has not ended
     yet. An exception of a handler is printed to stderr (so recorded) and the others still run, as Python does."""
-    waiting = lingering_threads()
-    if waiting:
-        names = ", ".join(t.name for t in waiting[:10]) + (f" and {len(waiting) - 10} more" if waiting[10:] else "")
-        say(f"the workflow returned; waiting for {len(waiting)} thread(s) it started, as Python would: {names}")
+    said = False
+
+    def say_once() -> None:
+        """What the session waits for, once it has waited a moment: idle workers (an executor's, AnyIO's after an
+        agent session) end at once and are not worth a line in every session's record."""
+        nonlocal said
+        waiting = lingering_threads()
+        if waiting and not said:
+            said = True
+            names = ", ".join(t.name for t in waiting[:10]) + (f" and {len(waiting) - 10} more" if waiting[10:] else "")
+            say(f"the workflow returned; waiting for {len(waiting)} thread(s) it started, as Python would: {names}")
+
     # concurrent.futures registers here (threading._register_atexit): an executor never shut down has idle workers
     # waiting on its queue, which this callback ends; Python calls them before it waits for the threads. They join
     # the executors' workers without a bound (a job still running): on a thread of their own, so a stop ends the wait
@@ -55,13 +64,19 @@ def finish_like_python(check_cancelled: Callable[[], object], say: Callable[[str
         ran = threading.Thread(target=lambda: [cb() for cb in reversed(callbacks)], name="labd-exit-callbacks",
                                daemon=True)
         ran.start()
+        ran.join(CHECK_S)
         while ran.is_alive():
+            say_once()
             ran.join(CHECK_S)
             check_cancelled()
+    waited = False
     while waiting := lingering_threads():  # including threads the ones waited for started meanwhile
+        if waited:
+            say_once()
         for t in waiting:
             t.join(CHECK_S)
             check_cancelled()
+        waited = True
     check_cancelled()
     atexit._run_exitfuncs()  # noqa: SLF001 - the interpreter's own call at exit: prints a handler's exception
     # A stop meanwhile (SIGTERM raised Cancelled inside a handler, which _run_exitfuncs prints and goes past; or the
