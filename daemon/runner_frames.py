@@ -185,8 +185,14 @@ class RunnerFrames:
             # Its end is recorded, after everything its runner sent and spooled (daemon_items: the spool is read
             # before session.ended): nothing a runner sends now belongs to the record. The key is the session's for
             # good, and code that copied it out wrote steps, outcomes and approvals into finished sessions.
-            self.count("dropped.runner.ended", len(evs))
-            self._warn("runner events of an ended session dropped", "ended", session_id=sid, status=cur.status)
+            # Counted as dropped: the events the record does not hold. A frame sent again of what the record took
+            # from the spool (a runner killed, its frames still in the socket, the end recorded from the spool) is
+            # no loss; counting it made `dropped.` counters say events were lost when none were
+            late = sum(1 for ev in evs if not (ev.__class__ is list and ev and ev[0].__class__ is int
+                                               and ev[0] <= cur.runner_seq))
+            if late:
+                self.count("dropped.runner.ended", late)
+                self._warn("runner events of an ended session dropped", "ended", session_id=sid, status=cur.status)
             # Acked all the same (the ack says what the record holds, which took its spool before the end): a runner
             # still alive waits in its close for an ack of what it sent last, and one the daemon ended from its
             # spool (adopted late after a restart) had waited its whole flush timeout, 30 s, for one never sent
