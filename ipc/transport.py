@@ -28,7 +28,7 @@ from labd.ipc.errors import LabdError, check_timeout
 from labd.ipc.gcpause import gc_paused
 from labd.ipc.parts import PART_TYPE, PartError, Reassembly
 from labd.ipc.paths import layout_for
-from labd.ipc.wire import DEFAULT_MAX_MESSAGE, Codec, PayloadError, WireError, non_finite
+from labd.ipc.wire import DEFAULT_MAX_MESSAGE, Codec, PayloadError, WireError, json_int, non_finite
 
 __all__ = ["Transport", "BUSY_FIRST", "BUSY_MOST"]
 
@@ -255,7 +255,7 @@ def _unencodable(body: dict[str, Any], exc: TypeError) -> LabdError:
                 return LabdError("bad_request", f"field {path!r} is not valid text: {bad.reason} at character "
                                  f"{bad.start} ({value[bad.start]!r}); a request carries only strings that encode "
                                  "as UTF-8", {"field": path})
-        elif isinstance(value, int) and not isinstance(value, bool) and not -(1 << 63) <= value < (1 << 64):
+        elif isinstance(value, int) and not isinstance(value, bool) and not json_int(value):
             shown = str(value) if value.bit_length() <= 100 else f"an integer of {value.bit_length():,} bits"
             return LabdError("bad_request", f"field {path!r} is {shown}, past 64 bits: a request carries integers of "
                              "at most 64 bits", {"field": path})

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+import time
 from collections.abc import Callable
 
 __all__ = ["CHECK_S", "finish_like_python", "forget_inherited", "lingering_threads"]
@@ -44,17 +45,19 @@ def finish_like_python(check_cancelled: Callable[[], object], say: Callable[[str
     """Threading's exit callbacks, then wait for the non-daemon threads, then the session's ``atexit`` handlers.
     ``check_cancelled`` raises to end the wait (a stop); ``say`` records a line of why the session has not ended
     yet. An exception of a handler is printed to stderr (so recorded) and the others still run, as Python does."""
-    said = False
+    since, said = time.monotonic(), False
 
-    def say_once() -> None:
-        """What the session waits for, once it has waited a moment: idle workers (an executor's, AnyIO's after an
-        agent session) end at once and are not worth a line in every session's record."""
+    def joined(t: threading.Thread) -> None:
+        """Wait a moment for ``t``, then look for a stop; once the wait has lasted :data:`CHECK_S`, say (once) what
+        the session waits for: idle workers (an executor's, AnyIO's after an agent session) end at once and are not
+        worth a line in every session's record."""
         nonlocal said
-        waiting = lingering_threads()
-        if waiting and not said:
+        t.join(CHECK_S)
+        if t.is_alive() and not said and time.monotonic() - since >= CHECK_S and (waiting := lingering_threads()):
             said = True
-            names = ", ".join(t.name for t in waiting[:10]) + (f" and {len(waiting) - 10} more" if waiting[10:] else "")
+            names = ", ".join(x.name for x in waiting[:10]) + (f" and {len(waiting) - 10} more" if waiting[10:] else "")
             say(f"the workflow returned; waiting for {len(waiting)} thread(s) it started, as Python would: {names}")
+        check_cancelled()
 
     # concurrent.futures registers here (threading._register_atexit): an executor never shut down has idle workers
     # waiting on its queue, which this callback ends; Python calls them before it waits for the threads. They join
@@ -64,19 +67,11 @@ def finish_like_python(check_cancelled: Callable[[], object], say: Callable[[str
         ran = threading.Thread(target=lambda: [cb() for cb in reversed(callbacks)], name="labd-exit-callbacks",
                                daemon=True)
         ran.start()
-        ran.join(CHECK_S)
         while ran.is_alive():
-            say_once()
-            ran.join(CHECK_S)
-            check_cancelled()
-    waited = False
+            joined(ran)
     while waiting := lingering_threads():  # including threads the ones waited for started meanwhile
-        if waited:
-            say_once()
         for t in waiting:
-            t.join(CHECK_S)
-            check_cancelled()
-        waited = True
+            joined(t)
     check_cancelled()
     atexit._run_exitfuncs()  # noqa: SLF001 - the interpreter's own call at exit: prints a handler's exception
     # A stop meanwhile (SIGTERM raised Cancelled inside a handler, which _run_exitfuncs prints and goes past; or the

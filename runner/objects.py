@@ -29,6 +29,7 @@ whole (small by its ``fstat``) stops at the bound as well: emptied after the ope
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -227,24 +228,19 @@ class ObjectStore:
             self.path(chunk)  # ValueError now, not halfway through the read, for an index naming anything else
         return io.BufferedReader(_Chunks(self, chunks), buffer_size=CHUNK_BYTES)
 
-    def sweep(self) -> int:
+    def sweep(self) -> None:
         """Remove the temporary files an earlier runner of the session left (it was killed while storing a file:
-        up to a chunk each, kept for good and counted against the session's cap); returns how many. Only this
-        process writes the store while it runs (one runner per session), so any other process's are stale."""
+        up to a chunk each, kept for good and counted against the session's cap). Only this process writes the store
+        while it runs (one runner per session), so any other process's are stale."""
         mine = f".tmp-{os.getpid()}-"
-        removed = 0
         try:
             with os.scandir(self.root) as entries:
                 for entry in entries:
                     if entry.name.startswith(".tmp-") and not entry.name.startswith(mine):
-                        try:
+                        with contextlib.suppress(FileNotFoundError):
                             os.unlink(entry.path)
-                            removed += 1
-                        except FileNotFoundError:
-                            pass
         except FileNotFoundError:  # no store yet
             pass
-        return removed
 
     def _tmp(self) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)

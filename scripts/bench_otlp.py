@@ -12,13 +12,13 @@ included) and the ratio kept / new per scheme. Nothing asserts on timing.
 from __future__ import annotations
 
 import argparse
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from bench_common import print_machine, print_table, ratio
@@ -27,50 +27,28 @@ from labd.daemon import otel_http
 from labd.daemon.otel_http import OtlpHttp, TlsFiles
 
 
-class Collector:
-    """A loopback HTTP/1.1 collector answering every POST 200 (keep-alive), a thread per connection."""
+class _Answer(BaseHTTPRequestHandler):
+    """200 to every POST, the connection kept (HTTP/1.1)."""
 
-    def __init__(self, context: ssl.SSLContext | None) -> None:
-        self.server = socket.socket()
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(64)
-        self.port = self.server.getsockname()[1]
-        self.context = context
-        threading.Thread(target=self._accept, daemon=True).start()
+    protocol_version = "HTTP/1.1"
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            if self.context is not None:
-                conn = self.context.wrap_socket(conn, server_side=True)
-            buf = b""
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = conn.recv(1 << 16)
-                    if not chunk:
-                        return
-                    buf += chunk
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:"))
-                while len(buf) < length:
-                    chunk = conn.recv(1 << 16)
-                    if not chunk:
-                        return
-                    buf += chunk
-                buf = buf[length:]
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-        except (OSError, ssl.SSLError):
-            return
-        finally:
-            conn.close()
+    def log_message(self, *_: object) -> None:  # no line per request
+        pass
+
+
+def _collector(context: ssl.SSLContext | None) -> int:
+    """A loopback HTTP/1.1 collector (the standard library's, a thread per connection) in a thread; its port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return int(server.server_address[1])
 
 
 def _certificate(where: Path) -> tuple[str, str]:
@@ -108,9 +86,9 @@ def main() -> int:
         cert, key = _certificate(Path(tmp))
         server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_ctx.load_cert_chain(cert, key)
-        plain, secure = Collector(None), Collector(server_ctx)
-        targets = [("http", f"http://127.0.0.1:{plain.port}/v1/traces", None),
-                   ("https", f"https://127.0.0.1:{secure.port}/v1/traces", TlsFiles(ca=cert))]
+        plain, secure = _collector(None), _collector(server_ctx)
+        targets = [("http", f"http://127.0.0.1:{plain}/v1/traces", None),
+                   ("https", f"https://127.0.0.1:{secure}/v1/traces", TlsFiles(ca=cert))]
         rows = []
         for scheme, url, tls in targets:
             got: dict[bool, list[tuple[float, float, int]]] = {True: [], False: []}

@@ -43,10 +43,10 @@ class Request:
             return value
         if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
             raise ApiError("bad_request", f"field {name!r} must be {hint or _json_types(types)}")
-        if (isinstance(value, int) and isinstance(value, types) and not -INT64 <= value < INT64) or (
-                isinstance(value, float) and types is int and not -INT64 <= value < INT64):
-            # a JSON integer past 64 bits reaches us as a float (orjson); a field that takes floats takes it
-            # what the store (SQL INTEGER) can hold; before the check, whose hint ("a seq >= 0") a huge number meets
+        # what the store (SQL INTEGER) can hold, checked before the field's own check, whose hint ("a seq >= 0") a
+        # huge number meets; a JSON integer past 64 bits reaches us as a float (orjson), refused so in an int field
+        integral = isinstance(value, int) and isinstance(value, types) or isinstance(value, float) and types is int
+        if integral and not -INT64 <= value < INT64:
             raise ApiError("bad_request", f"field {name!r} is out of range (a 64-bit integer)")
         if not isinstance(value, types) or (check is not None and not _passes(check, value)):
             raise ApiError("bad_request", f"field {name!r} must be {hint or _json_types(types)}")

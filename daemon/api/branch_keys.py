@@ -40,36 +40,33 @@ def made_before(store: Any, key: str, digest: str) -> dict[str, Any] | None:
         raise ApiError("idempotency_conflict", "this idempotency_key was used for a different session.branch "
                        "(another session, node, count, params, ...); use a new key per request",
                        {"session": first["session_id"]})
-    made = []
-    for i in range(10_000):
-        row = store.idempotent_start(f"{key}#{i}", time.time()) if i else first
-        if row is None:
-            break
-        s = store.session(row["session_id"])
-        made.append({"session": row["session_id"], "name": s["name"] if s else None})
-    s = store.session(made[0]["session"])
-    return {"sessions": made, "parent": s.get("parent_id") if s else None, "node": s.get("branch_node") if s else None,
-            "replayed": True}
+    rows, row = [], first
+    while row is not None:  # K#0, K#1, ... up to the first missing: the N the first attempt made (all or none)
+        rows.append(store.session(row["session_id"]) or {"id": row["session_id"]})
+        row = store.idempotent_start(f"{key}#{len(rows)}", time.time())
+    return {"sessions": [{"session": s["id"], "name": s.get("name")} for s in rows], "parent": rows[0].get("parent_id"),
+            "node": rows[0].get("branch_node"), "replayed": True}
 
 
 class InFlight:
-    """Keys of branches being made (not yet committed), with their digests: a retry meanwhile waits for them."""
+    """Keys of branches being made (not yet committed): a retry meanwhile waits for them. (A retry that asks for
+    something else is told so by :func:`made_before` once the first attempt is committed.)"""
 
     def __init__(self) -> None:
-        self._keys: dict[str, tuple[str, float]] = {}
+        self._since: dict[str, float] = {}
 
-    def note(self, key: str, digest: str) -> None:
+    def note(self, key: str) -> None:
         now = time.monotonic()
-        for k in [k for k, (_d, at) in self._keys.items() if now - at > IN_FLIGHT_S]:
-            del self._keys[k]
-        self._keys[key] = (digest, now)
+        for k in [k for k, at in self._since.items() if now - at > IN_FLIGHT_S]:
+            del self._since[k]
+        self._since[key] = now
 
     def done(self, key: str) -> None:
-        self._keys.pop(key, None)
+        self._since.pop(key, None)
 
-    def digest(self, key: str) -> str | None:
-        got = self._keys.get(key)
-        return got[0] if got is not None and time.monotonic() - got[1] <= IN_FLIGHT_S else None
+    def busy(self, key: str) -> bool:
+        at = self._since.get(key)
+        return at is not None and time.monotonic() - at <= IN_FLIGHT_S
 
 
 def wait_for_first(store: Any, key: str, digest: str, in_flight: InFlight) -> dict[str, Any] | None:
@@ -80,7 +77,7 @@ def wait_for_first(store: Any, key: str, digest: str, in_flight: InFlight) -> di
         found = made_before(store, key, digest)
         if found is not None:
             return found
-        if in_flight.digest(key) is None:  # the first attempt ended without making them
+        if not in_flight.busy(key):  # the first attempt ended without making them
             return None
         time.sleep(0.05)
     raise ApiError("busy", "a session.branch with this idempotency_key is still being made; ask again in a while")

@@ -259,11 +259,11 @@ class Branch(Request):
             digest = branch_digest(self.body)
             store, in_flight = d.store, d.branches_in_flight
             found = made_before(store, key, digest)
-            if found is None and in_flight.digest(key) is not None:
+            if found is None and in_flight.busy(key):
                 found = yield Read(lambda: wait_for_first(store, key, digest, in_flight), "branch retry")
             if found is not None:
                 return found
-            in_flight.note(key, digest)
+            in_flight.note(key)
             try:
                 return (yield from self._branch(key, digest))
             except BaseException:

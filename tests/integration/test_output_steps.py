@@ -123,3 +123,14 @@ def test_a_stop_ends_the_wait_for_an_executors_job_and_for_an_atexit_handler(iso
                                if e["kind"] == "output"), what="the atexit handler running")
         c.stop(sid, grace=1)
         assert c.wait(sid, timeout=60)["status"] == "cancelled"
+
+
+def test_an_agent_sessions_idle_workers_add_no_line_to_its_record(isolated_env: Path) -> None:
+    """An agent session leaves AnyIO's idle worker thread (non-daemon), which ends at once at the session's end: the
+    wait for it is not said (a line in every agent session's record, found by a probe), the session completes."""
+    with running_daemon(isolated_env) as d, d.client() as c:
+        sid = c.start("one_shot", params={"task": "Step 1 of 1: sum the squares"})
+        assert c.wait(sid, timeout=120)["status"] == "completed"
+        said = [e["payload"]["event"] for e in c.history(sid)
+                if e["kind"] == "log" and e["payload"].get("logger") == "labd.runner"]
+    assert said == [], said

@@ -14,6 +14,7 @@ import pytest
 
 from labd.daemon import otel_http
 from labd.daemon.otel_http import OtlpHttp
+from tests.conftest import wait_until
 
 
 class Collector:
@@ -25,6 +26,7 @@ class Collector:
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.connections = 0
+        self.ended = 0  # connections the client closed
         self.requests: list[bytes] = []
         self.server = socket.socket()
         self.server.bind(("127.0.0.1", 0))
@@ -49,6 +51,7 @@ class Collector:
                 while b"\r\n\r\n" not in buf:
                     chunk = conn.recv(65536)
                     if not chunk:
+                        self.ended += 1
                         return
                     buf += chunk
                 head, _, buf = buf.partition(b"\r\n\r\n")
@@ -119,6 +122,7 @@ def test_close_ends_the_kept_connection_and_refuses_new_requests() -> None:
     with collector("keep") as (c, http):
         assert http.post(b"x").outcome == "ok"
         http.close()
+        wait_until(lambda: c.ended == 1, timeout=10, what="the collector to see the kept connection end")
         answer = http.post(b"y")
         assert answer.outcome == "retry" and "stopping" in answer.message
         assert c.requests == [b"x"]
