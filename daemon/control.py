@@ -18,6 +18,7 @@ from labd.ipc.wire import DEFAULT_MAX_MESSAGE, OversizedFrame, PayloadError, Wir
 from labd.store.db import unreachable, unreachable_error
 
 if TYPE_CHECKING:
+    from labd.daemon.api.branch_keys import InFlight
     from labd.daemon.api.start import PendingStart
 
 __all__ = ["ControlPlane", "MAX_REQUEST_DEPTH"]
@@ -44,6 +45,7 @@ class ControlPlane:
     idempotent_starts: dict[str, PendingStart]
     idempotent_requests: dict[str, str]
     idempotent_waiters: dict[str, list[tuple[bytes, str]]]
+    branches_in_flight: InFlight
     supervisor: Any
     retention: Any
     indexer: Any
@@ -256,6 +258,7 @@ class ControlPlane:
         start the writer refused."""
         self.idempotent_starts.pop(self.idempotent_requests.pop(req_id, ""), None)
         self._answer_retries(control, ("refused", (identity, req_id), error.code, error.message))
+        self.branches_in_flight.refused(req_id)
         self._deferred.pop(req_id, None)
         self._reply(control, identity, req_id, error=error)
 

@@ -53,20 +53,27 @@ class InFlight:
     something else is told so by :func:`made_before` once the first attempt is committed.)"""
 
     def __init__(self) -> None:
-        self._since: dict[str, float] = {}
+        self._since: dict[str, tuple[float, str]] = {}  # key: when it was noted, and the request id making it
 
-    def note(self, key: str) -> None:
+    def note(self, key: str, req_id: str) -> None:
         now = time.monotonic()
-        for k in [k for k, at in self._since.items() if now - at > IN_FLIGHT_S]:
+        for k in [k for k, (at, _) in self._since.items() if now - at > IN_FLIGHT_S]:
             del self._since[k]
-        self._since[key] = now
+        self._since[key] = (now, req_id)
 
     def done(self, key: str) -> None:
         self._since.pop(key, None)
 
+    def refused(self, req_id: str) -> None:
+        """The request ``req_id`` was refused after its handler returned (the writer refused its commit): a branch it
+        was making is no longer in flight, so a retry makes the branches at once (it had waited for
+        :data:`FIRST_WAIT_S` and then been told ``busy``, for up to :data:`IN_FLIGHT_S`)."""
+        for k in [k for k, (_, r) in self._since.items() if r == req_id]:
+            del self._since[k]
+
     def busy(self, key: str) -> bool:
-        at = self._since.get(key)
-        return at is not None and time.monotonic() - at <= IN_FLIGHT_S
+        noted = self._since.get(key)
+        return noted is not None and time.monotonic() - noted[0] <= IN_FLIGHT_S
 
 
 def wait_for_first(store: Any, key: str, digest: str, in_flight: InFlight) -> dict[str, Any] | None:

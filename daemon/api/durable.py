@@ -263,7 +263,7 @@ class Branch(Request):
                 found = yield Read(lambda: wait_for_first(store, key, digest, in_flight), "branch retry")
             if found is not None:
                 return found
-            in_flight.note(key)
+            in_flight.note(key, self.reply_to[1])
             try:
                 return (yield from self._branch(key, digest))
             except BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from typing import Any
 
 from labd.frontends.cli.base import CliError, Ctx, add_json, command
@@ -63,29 +64,24 @@ def limits_from(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None and not value.strip():
             raise CliError(f"--{option.replace('_', '-')} needs a value, not {value!r} (leave the option out for "
                            + ("the daemon's default)" if option == "max_output" else "no limit)"))
-    try:
-        memory = bounded_size(args.memory, MAX_MEMORY, "at most 1024T, 1 PiB") if args.memory is not None else None
-    except UnitError as exc:
-        raise CliError(f"--memory: {exc}") from None
+    memory = None if args.memory is None else \
+        _unit("--memory", lambda: bounded_size(args.memory, MAX_MEMORY, "at most 1024T, 1 PiB"))
     if memory is not None and memory < MIN_MEMORY:  # said here, in the option's terms (the daemon's reply spoke of
         # a JSON number's bytes: "sizes as text take a unit", to someone who had given one)
         raise CliError(f"--memory {args.memory.strip()} is below what a runner needs to start "
                        f"({MIN_MEMORY // 2**20}M)")
-    try:
-        if args.cpu is not None and args.cpus is not None:
-            raise CliError("give --cpu (percent of one core) or --cpus (cores), not both")
-        cpu = None
-        cluster = getattr(args, "on", None) == "ray"  # on Ray: the CPUs its node reserves, not this machine's
-        if args.cpu is not None:
-            if not args.cpu.strip().endswith("%"):
-                raise CliError(f"--cpu takes a percent of one core: did you mean --cpu {args.cpu.strip()}%? "
-                               "(--cpus takes cores, e.g. --cpus 0.5)")
-            cpu = parse_percent(args.cpu, cluster=cluster)
-        elif args.cpus is not None:
-            cpu = parse_cpus(args.cpus, cluster=cluster)
-        timeout = parse_duration(args.timeout) if args.timeout is not None else None
-    except UnitError as exc:
-        raise CliError(str(exc)) from None
+    if args.cpu is not None and args.cpus is not None:
+        raise CliError("give --cpu (percent of one core) or --cpus (cores), not both")
+    cpu = None
+    cluster = getattr(args, "on", None) == "ray"  # on Ray: the CPUs its node reserves, not this machine's
+    if args.cpu is not None:
+        if not args.cpu.strip().endswith("%"):
+            raise CliError(f"--cpu takes a percent of one core: did you mean --cpu {args.cpu.strip()}%? "
+                           "(--cpus takes cores, e.g. --cpus 0.5)")
+        cpu = _unit("--cpu", lambda: parse_percent(args.cpu, cluster=cluster))
+    elif args.cpus is not None:
+        cpu = _unit("--cpus", lambda: parse_cpus(args.cpus, cluster=cluster))
+    timeout = _unit("--timeout", lambda: parse_duration(args.timeout)) if args.timeout is not None else None
     if args.budget is not None and not 0 < args.budget < math.inf:
         raise CliError("--budget must be a positive amount of USD (a number: no limit is no --budget)")
     limits: dict[str, Any] = {"memory": memory, "cpu": cpu, "timeout": timeout, "budget": args.budget,
@@ -93,6 +89,14 @@ def limits_from(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "max_output", None) is not None:
         limits["max_output"] = max_output_arg(args.max_output)
     return limits
+
+
+def _unit(option: str, parse: Callable[[], Any]) -> Any:
+    """``parse()``, its error named by the option, as ``--memory``'s is (the message quotes only the value)."""
+    try:
+        return parse()
+    except UnitError as exc:
+        raise CliError(f"{option}: {exc}") from None
 
 
 def procs_arg(text: str) -> str | int:

@@ -215,6 +215,13 @@ def build_app(home: str | None, token: str, port_ref: list[int],
     def allowed_host(request: Request) -> bool:
         return request.headers.get("host", "") in (f"127.0.0.1:{port_ref[0]}", f"localhost:{port_ref[0]}")
 
+    static = StaticFiles(directory=STATIC)
+
+    async def static_files(scope: Scope, receive: Receive, send: Send) -> None:
+        """The page's scripts and styles, behind the Host check as every other path is (they hold no data)."""
+        request = Request(scope)
+        await (static if allowed_host(request) else forbidden(wrong_host(request)))(scope, receive, send)
+
     async def status(_: Request) -> Any:
         return await daemon(lambda c: c.status())
 
@@ -386,7 +393,7 @@ def build_app(home: str | None, token: str, port_ref: list[int],
         Route("/api/sessions/{sid}/{action}", api(action), methods=["POST"]),
         Route("/api/approvals", api(approvals)),
         Route("/api/approvals/resolve", api(resolve), methods=["POST"]),
-        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+        Mount("/static", app=static_files, name="static"),
     ]
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -123,11 +123,14 @@ def _status(ui: dict[str, Any], path: str, headers: dict[str, str] | None = None
 
 def test_wrong_or_missing_token_gets_403(ui: dict[str, Any]) -> None:
     """Without the token, with a wrong one, or with a foreign Host header, every API, stream and download answers
-    403; the page's shell (static, no data) is served to our own Host only; a cookie is never the credential."""
+    403; the page's shell and its scripts (static, no data) are served to our own Host only; a cookie is never the
+    credential."""
     status = functools.partial(_status, ui)
     good = {"Authorization": f"Bearer {ui['token']}"}
     assert status("/") == 200
     assert status("/", {"Host": "evil.example:80"}) == 403
+    assert status("/static/app.js") == 200
+    assert status("/static/app.js", {"Host": "evil.example:80"}) == 403
     assert status("/api/sessions") == 403
     assert status("/?token=wrong") == 403
     assert status("/api/sessions", {"Authorization": "Bearer wrong"}) == 403

@@ -8,15 +8,17 @@ from labd.frontends.cli.app import main
 
 
 @pytest.mark.parametrize(("argv", "says"), [
-    (["run", "demo.count", "--timeout", "-5m"], "bad duration '-5m'"),
-    (["run", "demo.count", "--memory", "-1G"], "bad size '-1G'"),
+    (["run", "demo.count", "--timeout", "-5m"], "--timeout: bad duration '-5m'"),
+    (["run", "demo.count", "--memory", "-1G"], "--memory: bad size '-1G'"),
+    (["run", "demo.count", "--cpus", "-2"], "--cpus: bad CPU count '-2'"),
     (["ps", "-a", "--since", "-5m"], "bad duration '-5m'"),
     (["wait", "s1", "--timeout", "-5m"], "bad duration '-5m'"),
 ])
 def test_a_negative_value_is_refused_for_what_it_is(argv: list[str], says: str, capsys: pytest.CaptureFixture[str],
                                                     tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
     """argparse took ``-5m`` for an option and said "expected one argument"; the value now reaches the option's
-    own check, whose message says what is wrong with it (as ``--timeout=-5m`` always did). Exit 2 either way."""
+    own check, whose message names the option and says what is wrong with the value (as ``--timeout=-5m`` always
+    did). Exit 2 either way."""
     monkeypatch.setenv("LABD_HOME", str(tmp_path))  # no daemon: the values are refused before one is asked
     with pytest.raises(SystemExit) as exited:
         raise SystemExit(main(argv))
