@@ -99,7 +99,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
                     "duration": (NUM, True), "result": (TEXT, False), "error": (TEXT, False)},
     "code.execution": {"agent": (str, True), "language": (str, True), "code": (TEXT, True),
                        "exit_code": (int, True), "output": (TEXT, True), "duration": (NUM, True),
-                       "call_id": (str, False)},
+                       "call_id": (str, False), "output_dropped": (int, False)},
     "subagent.started": {"agent": (str, True), "child": (str, True), "task_id": (str, True),
                          "objective": (str, False)},
     "subagent.finished": {"agent": (str, True), "child": (str, True), "task_id": (str, True),

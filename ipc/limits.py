@@ -157,7 +157,8 @@ def _positive(value: Any, name: str) -> Any:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise LabdError("bad_limits", f"limit {name!r} must be a positive number or a string like 512M / 50% / 1h")
+        raise LabdError("bad_limits", f"limit {name!r} must be a positive number (of USD)" if name == "budget" else
+                        f"limit {name!r} must be a positive number or a string like 512M / 50% / 1h")
     return _bounded(value, name)
 
 

@@ -37,13 +37,13 @@ inside an escape sequence is not one in the text, and is left alone).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, AnyStr
 
 import orjson
 
 __all__ = ["HOLD_RUN", "MIN_WITHHELD", "StreamWithholder", "guard_cuts", "head_cut", "looked_for", "mark",
-           "tail_start", "withhold_event"]
+           "tail_start", "text_withholder", "withhold_event"]
 
 MIN_WITHHELD = 8  # characters: a shorter "secret" value is not looked for in events (it would match ordinary text)
 _HEAD = 16  # characters of a possible tail compared before all of it
@@ -102,6 +102,19 @@ def tail_start(text: str, limit: int) -> int:
 def mark(name: str) -> str:
     """What a withheld value of secret ``name`` reads as in events."""
     return f"[secret {name} withheld]"
+
+
+def text_withholder(secrets: Mapping[str, str]) -> Callable[[str], str] | None:
+    """A function replacing these secrets' values in a text as events read them (``[secret NAME withheld]``), or
+    None when none is looked for. For a text that travels in an event under its own checksum (a blob, addressed by
+    its sha256): withheld before the checksum is taken, since the event's own pass (:func:`withhold_event`) would
+    change the text after it, and the daemon refuses a blob that does not match its address (the whole event
+    was lost: a review's ``code.execution`` whose 5,000-character code held an API key)."""
+    pairs = [(v, mark(n)) for n, v in looked_for(dict(secrets))]
+    if not pairs:
+        return None
+    values, marks = [v for v, _ in pairs], [m for _, m in pairs]
+    return lambda text: _replaced_in(text, values, marks)
 
 
 def _found(text: AnyStr, values: Sequence[AnyStr]) -> list[tuple[int, int, int]]:

@@ -36,20 +36,22 @@ class Request:
 
     def arg(self, name: str, types: builtins.type | tuple[builtins.type, ...], default: Any = ..., *,
             check: Callable[[Any], bool] | None = None, hint: str = "") -> Any:
+        """The body's field ``name``, checked; else ``bad_request`` with ``details.field`` = ``name`` (a GUI marks
+        the field)."""
         value = self.body.get(name, default)
         if value is ...:
-            raise ApiError("bad_request", f"missing field {name!r}")
+            raise ApiError("bad_request", f"missing field {name!r}", {"field": name})
         if value is default and default is not ...:
             return value
         if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-            raise ApiError("bad_request", f"field {name!r} must be {hint or _json_types(types)}")
+            raise ApiError("bad_request", f"field {name!r} must be {hint or _json_types(types)}", {"field": name})
         # what the store (SQL INTEGER) can hold, checked before the field's own check, whose hint ("a seq >= 0") a
         # huge number meets; a JSON integer past 64 bits reaches us as a float (orjson), refused so in an int field
         integral = isinstance(value, int) and isinstance(value, types) or isinstance(value, float) and types is int
         if integral and not -INT64 <= value < INT64:
-            raise ApiError("bad_request", f"field {name!r} is out of range (a 64-bit integer)")
+            raise ApiError("bad_request", f"field {name!r} is out of range (a 64-bit integer)", {"field": name})
         if not isinstance(value, types) or (check is not None and not _passes(check, value)):
-            raise ApiError("bad_request", f"field {name!r} must be {hint or _json_types(types)}")
+            raise ApiError("bad_request", f"field {name!r} must be {hint or _json_types(types)}", {"field": name})
         return value
 
     def only(self, *fields: str, done: str = "nothing was deleted") -> None:

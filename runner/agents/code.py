@@ -23,6 +23,7 @@ import os
 import sys
 import time
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,14 @@ from labd.runner.files import FileTracker
 from labd.runner.sandbox import Sandbox, SandboxRefused, session_sandbox
 from labd.runner.withhold import head_cut
 
-__all__ = ["make_run_code", "MAX_OUTPUT", "CODE_TOOL"]
+__all__ = ["make_run_code", "MAX_OUTPUT", "CODE_TOOL", "KEPT_HEAD", "KEPT_TAIL"]
 
 CODE_TOOL = "run_code"  # the tool's name, as agents see it (and as policy rules name it: a `code` action)
 
 MAX_OUTPUT = 20_000
+#: of a program's output the record keeps this many bytes from its start and from its end (:class:`_Kept`): a
+#: ``code.execution`` event fits in one message, and what fed the model is always there
+KEPT_HEAD = KEPT_TAIL = 2 << 20
 _COMMANDS = {"python": lambda code: [sys.executable, "-c", code], "bash": lambda code: ["bash", "-c", code]}
 
 
@@ -78,15 +82,21 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=workdir, env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=False)
+            kept = _Kept()
+            reader = asyncio.ensure_future(kept.read(proc.stdout))  # type: ignore[arg-type]  # a PIPE: never None
             try:
-                out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+                await asyncio.wait_for(asyncio.gather(proc.wait(), asyncio.shield(reader)), timeout)
                 rc = proc.returncode if proc.returncode is not None else -1
+                late = ""
             except TimeoutError:
                 proc.kill()
-                out, _ = await proc.communicate()
-                out += f"\n(timed out after {timeout:g}s)".encode()
-                rc = -9
-            full = out.decode("utf-8", "backslashreplace")
+                await proc.wait()
+                rc, late = -9, f"\n(timed out after {timeout:g}s)"
+                try:  # what it wrote before the kill; a child of it may still hold the pipe open
+                    await asyncio.wait_for(asyncio.shield(reader), 5.0)
+                except TimeoutError:
+                    reader.cancel()
+            full = kept.text() + late
             text = full  # what the model gets back is cut; the record keeps everything (long texts become blobs)
             if len(text) > MAX_OUTPUT:  # the model's copy ends up in later requests: never cut inside a secret
                 cut = head_cut(text, MAX_OUTPUT)
@@ -94,6 +104,8 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
             payload: dict[str, Any] = {"agent": current_agent.get() or "?", "language": language, "code": code,
                                        "exit_code": rc, "output": full, "duration": time.monotonic() - start,
                                        "sandbox": sb.status.level}
+            if kept.dropped:
+                payload["output_dropped"] = kept.dropped
             call = current_call.get()
             if call:
                 payload["call_id"] = call
@@ -102,3 +114,39 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
         return text if rc == 0 else f"{text}\n[exit code: {rc}]"
 
     return run_code
+
+
+class _Kept:
+    """A program's output as the record keeps it: its first :data:`KEPT_HEAD` and last :data:`KEPT_TAIL` bytes, the
+    bytes between them counted (``dropped``). The runner read all of it into memory and recorded it in one event: a
+    program printing 17 MiB had its whole ``code.execution`` (code, exit code, output) replaced by
+    ``event.truncated``, as an event must fit in one message, and 100 MB of output took the runner to 629 MB."""
+
+    def __init__(self) -> None:
+        self.head = bytearray()
+        self.tail: deque[bytes] = deque()
+        self.tail_size = 0
+        self.dropped = 0
+
+    async def read(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(1 << 16):
+            room = KEPT_HEAD - len(self.head)
+            if room > 0:
+                self.head += chunk[:room]
+                chunk = chunk[room:]
+            if not chunk:
+                continue
+            self.tail.append(chunk)
+            self.tail_size += len(chunk)
+            while self.tail_size - len(self.tail[0]) >= KEPT_TAIL:  # whole chunks the tail no longer needs
+                self.tail_size -= len(first := self.tail.popleft())
+                self.dropped += len(first)
+
+    def text(self) -> str:
+        tail = b"".join(self.tail)
+        if len(tail) > KEPT_TAIL:
+            self.dropped += len(tail) - KEPT_TAIL
+            tail = tail[-KEPT_TAIL:]
+            self.tail, self.tail_size = deque([tail]), len(tail)
+        gap = f"\n… [{self.dropped:,} bytes of output not recorded]\n".encode() if self.dropped else b""
+        return (bytes(self.head) + gap + tail).decode("utf-8", "backslashreplace")

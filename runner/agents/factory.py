@@ -58,7 +58,7 @@ class AgentFactory:
         self.approvals = approvals
         self.workdir = workdir
         self.emit = emit
-        self.tracker = Tracker(emit, new_node_id, PriceTable(prices), files, describe=self.describe)
+        self.tracker = Tracker(emit, new_node_id, PriceTable(prices), files, describe=self.describe, secrets=secrets)
         rules = Policy.from_spec([dict(r) for r in policy or ()])
         if rules:  # no rules: no gate, no decisions recorded, nothing asked
             self.tracker.policy = PolicyGate(rules, emit, approvals, self.tracker.costs, check_stop=check_stop)

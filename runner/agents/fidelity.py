@@ -207,8 +207,11 @@ class BlobSender:
     per turn). ag2 events are records of what happened: a middleware that rewrites history (compaction,
     assembly) builds new events, which are new entries."""
 
-    def __init__(self, threshold: int = BLOB_MIN) -> None:
+    def __init__(self, threshold: int = BLOB_MIN, withhold: Callable[[str], str] | None = None) -> None:
         self.threshold = threshold
+        #: the session's secrets replaced in a blob's text before its address is taken
+        #: (:func:`labd.runner.withhold.text_withholder`)
+        self._withhold = withhold
         self._sent: set[str] = set()
         self._lock = threading.Lock()
         #: id(event) -> (a callable returning the event: its weak reference, or a holder; its serialised form;
@@ -246,9 +249,7 @@ class BlobSender:
             def text(s: str, refs: list[tuple[str, str]] = refs) -> Any:
                 if len(s) < threshold:
                     return s
-                ref = self._ref(s, new)
-                refs.append((ref["$blob"], s))
-                return ref
+                return self._ref(s, new, refs)
             form = event_form(message, text)
             if len(memo) >= MEMO_SIZE:
                 with self._lock:  # oldest first (insertion order); another thread may have evicted it
@@ -265,7 +266,9 @@ class BlobSender:
                     self._sent.add(digest)
                     new[digest] = text
 
-    def _ref(self, text: str, new: dict[str, str]) -> dict[str, Any]:
+    def _ref(self, text: str, new: dict[str, str], refs: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+        if self._withhold is not None:
+            text = self._withhold(text)
         data = text.encode("utf-8", "surrogatepass")
         digest = hashlib.sha256(data).hexdigest()
         with self._lock:
@@ -273,6 +276,8 @@ class BlobSender:
             self._sent.add(digest)
         if first:
             new[digest] = text
+        if refs is not None:
+            refs.append((digest, text))
         return {"$blob": digest, "size": len(data)}
 
     def _walk(self, obj: Any, new: dict[str, str]) -> Any:

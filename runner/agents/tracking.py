@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ag2.events import BaseEvent, ModelRequest, ToolErrorEvent, ToolNotFoundEvent, ToolResultsEvent
@@ -36,6 +36,7 @@ from labd.runner.agents.policy import PolicyGate, refused_response, refused_tool
 from labd.runner.agents.pricing import PriceTable
 from labd.runner.context import clip, current_node
 from labd.runner.files import FileTracker
+from labd.runner.withhold import text_withholder
 
 __all__ = ["Tracker", "TrackingMiddleware"]
 
@@ -64,12 +65,13 @@ class Tracker:
     """Per-session state shared by all tracked agents."""
 
     def __init__(self, emit: Callable[..., int], new_node_id: Callable[[], str], prices: PriceTable,
-                 files: FileTracker, describe: Callable[[Any], tuple[str, str, bool]] | None = None) -> None:
+                 files: FileTracker, describe: Callable[[Any], tuple[str, str, bool]] | None = None,
+                 secrets: Mapping[str, str] | None = None) -> None:
         self.emit = emit
         self.new_node_id = new_node_id
         self.prices = prices
         self.files = files
-        self.blobs = BlobSender()
+        self.blobs = BlobSender(withhold=text_withholder(secrets or {}))
         #: USD priced so far by this runner (the budget is checked against it before each call)
         self.spent = 0.0
         self.spent_by: dict[str, float] = {}  # ... and per agent (policies can cap an agent's cost)

@@ -84,3 +84,49 @@ def test_a_secret_the_workflow_prints_or_logs_is_never_recorded(daemon) -> None:
     assert finished["result"] == "[secret FAKE_API_KEY withheld]"
     db = b"".join(p.read_bytes() for p in daemon.home.glob("labd.db*"))
     assert secret.encode() not in db
+
+
+def test_a_secret_in_a_long_text_is_withheld_and_its_event_kept(daemon) -> None:
+    """A program of over 5,000 characters quoting the session's API key is recorded as ``code.execution`` with the
+    key withheld in its code (a blob: long texts travel under their sha256). Before, the channel replaced the key in
+    the blob's text after its address was taken, the daemon refused the event as not matching its sha256, and the
+    whole execution (code, exit code, output) was missing from the record."""
+    daemon.stop()
+    from tests.conftest import DaemonProc
+
+    secret = "sk-leak-Z9q8w7e6r5t4"
+    d = DaemonProc(daemon.home, extra_env={"FAKE_API_KEY": secret}).start()
+    try:
+        with d.client() as c:
+            sid = c.start("labd_testflows:run_code_directly", params={"mode": "secret"})
+            assert c.wait(sid, timeout=60)["status"] == "completed"
+            events = list(c.history(sid, full=True))
+    finally:
+        d.stop()
+    rejected = [e for e in events if e["kind"] == "event.rejected"]
+    assert not rejected, rejected
+    [run] = [e["payload"] for e in events if e["kind"] == "code.execution"]
+    assert run["exit_code"] == 0 and run["output"] == "long ran\n"
+    assert run["code"].startswith("x = '[secret FAKE_API_KEY withheld]'\n# ppp") and len(run["code"]) > 5000
+    assert secret not in repr(events)
+    db = b"".join(p.read_bytes() for p in daemon.home.glob("labd.db*"))
+    assert secret.encode() not in db
+
+
+def test_a_program_printing_more_than_a_message_keeps_its_execution_record(daemon) -> None:
+    """A program that prints 17 MiB (more than one message holds) is recorded as ``code.execution`` with its code,
+    exit code, and the start and end of its output, the bytes between them counted (``output_dropped``). Before, the
+    whole event was replaced by ``event.truncated``: what the agent had run was gone from the record."""
+    from labd.runner.agents.code import KEPT_HEAD, KEPT_TAIL
+
+    with daemon.client() as c:
+        sid = c.start("labd_testflows:run_code_directly", params={"mode": "flood"})
+        assert c.wait(sid, timeout=120)["status"] == "completed"
+        events = list(c.history(sid, full=True))
+    assert not [e for e in events if e["kind"] in ("event.truncated", "event.rejected")]
+    [run] = [e["payload"] for e in events if e["kind"] == "code.execution"]
+    assert run["exit_code"] == 0 and "sys.stdout.write('A' * (17 << 20))" in run["code"]
+    printed = (17 << 20) + len("\nthe end\n")
+    assert run["output_dropped"] == printed - KEPT_HEAD - KEPT_TAIL
+    head, gap, tail = run["output"].partition(f"\n… [{run['output_dropped']:,} bytes of output not recorded]\n")
+    assert gap and head == "A" * KEPT_HEAD and tail.endswith("A\nthe end\n") and len(tail) == KEPT_TAIL

@@ -827,3 +827,17 @@ def newline_name(ctx) -> None:
     """Writes, in a step, a file whose name holds a line break and what would read as an activity line after it."""
     with ctx.step("write"), open("new\n  + forged.txt", "w") as f:
         f.write("x\n")
+
+
+def run_code_directly(ctx, mode: str = "secret") -> str:
+    """Runs one program through the agents' ``run_code`` tool, no model involved (a review's probe): ``secret``, a
+    program of over 5,000 characters that quotes the session's FAKE_API_KEY (its code travels as a blob); ``flood``,
+    one that prints 17 MiB, more than one message holds, then a last line."""
+    import asyncio
+
+    if mode == "secret":
+        key = ctx.secret("FAKE_API_KEY") or ""
+        code = f"x = {key!r}\n# " + "p" * 5000 + "\nprint('long ran')"
+    else:
+        code = "import sys\nsys.stdout.write('A' * (17 << 20))\nprint('\\nthe end')"
+    return str(asyncio.run(ctx.agent_factory()._run_code(code)))[-100:]

@@ -225,3 +225,17 @@ def test_a_breach_just_past_its_limit_reads_as_one() -> None:
     assert format_over(100.3, 100, "percent") == ("100.3 %", "100 %")
     assert format_over(2.0004, 2, "seconds") == ("2.0004 s", "2 s")
     assert format_over(2.5, 2, "seconds") == ("2.5 s", "2 s")
+
+
+@pytest.mark.parametrize("budget", ["1", "$5", True, -2])
+def test_a_budget_that_is_no_number_is_told_it_takes_usd_not_a_unit(budget: object) -> None:
+    """``limits.budget`` of ``"1"`` was told "a positive number or a string like 512M / 50% / 1h", but a budget takes
+    no unit: the message now says a positive number of USD; the other limits keep theirs."""
+    from labd.ipc import LabdError
+    from labd.ipc.limits import check_limits
+
+    with pytest.raises(LabdError) as err:
+        check_limits({"budget": budget})
+    assert err.value.code == "bad_limits" and err.value.message == "limit 'budget' must be a positive number (of USD)"
+    with pytest.raises(LabdError, match="or a string like 512M"):
+        check_limits({"timeout": -1})
