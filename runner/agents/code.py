@@ -34,7 +34,7 @@ from labd.runner.files import FileTracker
 from labd.runner.sandbox import Sandbox, SandboxRefused, session_sandbox
 from labd.runner.withhold import head_cut
 
-__all__ = ["make_run_code", "MAX_OUTPUT", "CODE_TOOL", "KEPT_HEAD", "KEPT_TAIL"]
+__all__ = ["make_run_code", "MAX_OUTPUT", "MAX_CODE", "CODE_TOOL", "KEPT_HEAD", "KEPT_TAIL"]
 
 CODE_TOOL = "run_code"  # the tool's name, as agents see it (and as policy rules name it: a `code` action)
 
@@ -42,6 +42,9 @@ MAX_OUTPUT = 20_000
 #: of a program's output the record keeps this many bytes from its start and from its end (:class:`_Kept`): a
 #: ``code.execution`` event fits in one message, and what fed the model is always there
 KEPT_HEAD = KEPT_TAIL = 2 << 20
+#: the longest program run (bytes): it goes as one argument (``python -c``), which Linux takes up to 128 KiB
+#: (MAX_ARG_STRLEN), the sandbox's own words included
+MAX_CODE = 120 << 10
 _COMMANDS = {"python": lambda code: [sys.executable, "-c", code], "bash": lambda code: ["bash", "-c", code]}
 
 
@@ -70,18 +73,28 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
         files.scan(files.step_of(current_node.get()))  # what others wrote before this execution
         start = time.monotonic()
         sb = sandbox or session_sandbox()
+        def not_run(why: str) -> str:
+            text = f"not run: {why}"
+            emit("code.execution", {"agent": current_agent.get() or "?", "language": language, "code": code,
+                                    "exit_code": 126, "output": text, "duration": time.monotonic() - start,
+                                    "sandbox": sb.status.level}, current_node.get())
+            return f"{text}\n[exit code: 126]"
+
+        size = len(code.encode("utf-8", "surrogatepass"))
+        if size > MAX_CODE:  # the kernel takes one argument of at most 128 KiB: the exec failed, and the tool raised
+            return not_run(f"the program is {size:,} bytes; at most {MAX_CODE:,} can be run at once (split it into "
+                           "modules written to files, and run a short program that imports them)")
         try:
             argv = sb.wrap(_COMMANDS[language](code), str(workdir))
         except SandboxRefused as exc:
-            text = f"not run: {exc}"
-            emit("code.execution", {"agent": current_agent.get() or "?", "language": language, "code": code,
-                                    "exit_code": 126, "output": text, "duration": 0.0,
-                                    "sandbox": sb.status.level}, current_node.get())
-            return f"{text}\n[exit code: 126]"
+            return not_run(str(exc))
         with files.executing():  # other scans until the exact one below leave its files to it
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=workdir, env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=False)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, cwd=workdir, env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=False)
+            except OSError as exc:  # e.g. no process left under the session's --procs: told, as a program's failure
+                return not_run(f"could not start it: {exc.strerror or exc}")
             kept = _Kept()
             reader = asyncio.ensure_future(kept.read(proc.stdout))  # type: ignore[arg-type]  # a PIPE: never None
             try:

@@ -130,3 +130,18 @@ def test_a_program_printing_more_than_a_message_keeps_its_execution_record(daemo
     assert run["output_dropped"] == printed - KEPT_HEAD - KEPT_TAIL
     head, gap, tail = run["output"].partition(f"\n… [{run['output_dropped']:,} bytes of output not recorded]\n")
     assert gap and head == "A" * KEPT_HEAD and tail.endswith("A\nthe end\n") and len(tail) == KEPT_TAIL
+
+
+def test_a_program_longer_than_one_argument_is_refused_to_its_agent_not_raised(daemon) -> None:
+    """A 200 KiB program (Linux passes one argument of at most 128 KiB) is answered "not run" with why, as a
+    program's failure the agent can act on, and recorded as ``code.execution`` (exit code 126, its code kept);
+    before, the exec's ``OSError: Argument list too long`` left the tool and failed the whole session."""
+    with daemon.client() as c:
+        sid = c.start("labd_testflows:run_code_directly", params={"mode": "huge"})
+        assert c.wait(sid, timeout=60)["status"] == "completed"
+        events = list(c.history(sid, full=True))
+        result = c.result(sid)
+    [run] = [e["payload"] for e in events if e["kind"] == "code.execution"]
+    assert run["exit_code"] == 126 and run["output"].startswith("not run: the program is 200,623 bytes") and \
+        run["code"].endswith("print('huge ran')")
+    assert "[exit code: 126]" in str(result)

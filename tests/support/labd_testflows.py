@@ -832,12 +832,15 @@ def newline_name(ctx) -> None:
 def run_code_directly(ctx, mode: str = "secret") -> str:
     """Runs one program through the agents' ``run_code`` tool, no model involved (a review's probe): ``secret``, a
     program of over 5,000 characters that quotes the session's FAKE_API_KEY (its code travels as a blob); ``flood``,
-    one that prints 17 MiB, more than one message holds, then a last line."""
+    one that prints 17 MiB, more than one message holds, then a last line; ``huge``, a program of 200 KiB, more than
+    one argument may be."""
     import asyncio
 
     if mode == "secret":
         key = ctx.secret("FAKE_API_KEY") or ""
         code = f"x = {key!r}\n# " + "p" * 5000 + "\nprint('long ran')"
+    elif mode == "huge":
+        code = "x = 1\n" + ("# " + "c" * 1000 + "\n") * 200 + "print('huge ran')"
     else:
         code = "import sys\nsys.stdout.write('A' * (17 << 20))\nprint('\\nthe end')"
     return str(asyncio.run(ctx.agent_factory()._run_code(code)))[-100:]
