@@ -43,6 +43,7 @@ class Admission:
     post: Callable[..., None]
     log: Any
     spec_for: Callable[[Queued], dict[str, Any]] | None
+    launcher: Any
     _held_until: float
 
     def launch(self, sid: str, spec: dict[str, Any], limits: Limits) -> Running:
@@ -54,7 +55,9 @@ class Admission:
         Returns its queue position, or None if it was launched. One whose launch found the disk full is queued (at
         the head: the queue was empty), and :meth:`pump` launches it once there is room; it was dropped, left
         ``created`` for good."""
-        disk_full = False
+        # behind a launch that found the disk full, a session waits for room on disk too (it was told "room in the run
+        # queue (max_sessions, memory_total)" in a home that sets neither: an admin's review)
+        disk_full = time.monotonic() < self._held_until
         if not len(self.queue) and self.queue.fits(q.limits, self._running_limits()):
             if self._start(q):
                 return None  # launched
@@ -120,6 +123,11 @@ class Admission:
                     self.log.warning("the disk is full: queued sessions wait until a launch succeeds",
                                      session_id=q.sid, error=str(exc), retry_s=DISK_FULL_RETRY_S)
                 self._held_until = time.monotonic() + DISK_FULL_RETRY_S
+                # what the launcher keeps ready (a spare runner, a checker) holds files open: a file the admin
+                # deletes to make room kept its space until they were renewed, up to 5 minutes (docs/security.md)
+                renew = getattr(self.launcher, "renew_spares", None)
+                if renew is not None:
+                    renew()
                 return False
             self.post(q.sid, "session.ended", {"status": "failed", "reason": f"launch failed: {exc}",
                                                "ended_by": "launch"})

@@ -75,6 +75,10 @@ class Launchers:
                       confine: dict[str, Any] | None = None) -> int:
         return self.local.inspect_start(workflow, params, path, confine)
 
+    def renew_spares(self) -> None:
+        """The local launcher's spare runner and checker renewed (:meth:`TemplateLauncher.renew_spares`)."""
+        self.local.renew_spares()
+
     def drain_inspected(self) -> list[tuple[int, dict[str, Any]]]:
         return self.local.drain_inspected()
 

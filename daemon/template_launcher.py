@@ -228,6 +228,16 @@ class TemplateLauncher:
             create_time = time.time()  # it already exited; its exit is in the queue
         return pid, create_time
 
+    def renew_spares(self) -> None:
+        """Have the template replace its unused spare runner and pre-forked checker now: their Landlock rules hold
+        the files beside labd's home open, so space freed by deleting one comes back only once they are renewed
+        (the daemon asks while the disk is full)."""
+        try:
+            self._send({"op": "renew"})
+        except OSError as exc:  # the template is gone: the next launch restarts it (with nothing held)
+            structlog.get_logger("labd.daemon").warning("could not ask the runner template to renew its spares",
+                                                        error=str(exc))
+
     def inspect_start(self, workflow: str, params: dict[str, Any], path: list[str] | None = None,
                       confine: dict[str, Any] | None = None) -> int:
         """Ask the template to resolve a workflow and check its params in a throwaway child, with ``path``

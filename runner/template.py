@@ -365,11 +365,12 @@ def main() -> None:
                     hints = hints_of(spec)
                     if spare is None:
                         spare_due = time.monotonic() + SPARE_DELAY_S
-            elif req["op"] == "hints" and use_spare:  # at the daemon's start: what every runner gets
+            elif req["op"] in ("hints", "renew") and use_spare:  # hints: at the daemon's start, what every runner
+                # gets; renew: the disk is full, and what the spare and checker hold open may be what was deleted
                 from labd.runner.spare import hints_of
 
-                primed = hints_of(req["spec"])
-                if primed != hints:  # the spare and checker forked before prepare for the wrong things: again
+                primed = hints_of(req["spec"]) if req["op"] == "hints" else hints
+                if primed != hints or req["op"] == "renew":  # those forked before prepare for the wrong things
                     hints = primed
                     if spare is not None:
                         spare.close()

@@ -240,3 +240,27 @@ def test_a_file_deleted_beside_the_home_frees_its_space_once_the_idle_spare_is_r
         big.unlink()
         wait_until(lambda: free() >= before + (20 << 20), timeout=60, what="the deleted file's space given back")
         wait_until(lambda: (s := spares(template)) and s[0].pid != first.pid, timeout=30, what="a new spare ready")
+
+
+@pytest.mark.timeout(240)
+def test_a_file_deleted_beside_the_home_on_a_full_disk_lets_the_waiting_session_start(small_disk: Path,
+                                                                                     isolated_env: Path) -> None:
+    """On a full disk, deleting a file beside labd's home that the spare runner and the checker had held open since
+    they were forked (their Landlock rules grant it) makes room within a retry or two: each launch that finds the disk
+    full has the template renew them. Before, the space came back only when they were next renewed anyway, up to 5
+    minutes later, and the waiting session waited that long (an admin's review: 4.5 minutes)."""
+    big = small_disk / "big"
+    big.write_bytes(b"\1" * (16 << 20))  # before the daemon: its spare and checker hold it from their start
+    home = small_disk / "home"
+    with running_daemon(home) as d, d.client() as c:
+        first = c.start("demo.count", params={"n": 2})
+        assert c.wait(first, timeout=60)["status"] == "completed"
+        filler = _fill(small_disk)  # made after them: not held
+        try:
+            sid = c.start("demo.count", params={"n": 2})
+            wait_until(lambda: c.session(sid)["status"] == "queued", timeout=30, what="the session queued for room")
+            big.unlink()
+            row = c.wait(sid, timeout=60)  # the default renewal (5 minutes) is far past this
+            assert row["status"] == "completed", row
+        finally:
+            filler.unlink()

@@ -88,3 +88,21 @@ def test_a_session_submitted_to_an_empty_queue_on_a_full_disk_is_queued_not_drop
     monkeypatch.setattr(supervisor_mod.time, "monotonic", lambda: 1e12)  # the hold has passed
     sup.pump()
     assert launcher.launched == ["c"] and "c" not in sup.queue
+
+
+def test_a_session_queued_behind_a_launch_the_full_disk_refused_is_told_it_waits_for_disk() -> None:
+    """While launches find the disk full, a new session queued behind them says why it waits (``why``: the disk is
+    full), not the run queue's default "room in the run queue (max_sessions, memory_total)", which sent an admin
+    whose home set neither looking there; and each such launch has the launcher renew what it keeps ready (its
+    spare runner and checker hold files beside the home open), where the launcher can."""
+    from labd.daemon.admission import DISK_FULL
+
+    sup, launcher, posts = _supervisor()
+    renewed: list[bool] = []
+    launcher.renew_spares = lambda: renewed.append(True)  # type: ignore[attr-defined]
+    launcher.fail = OSError(errno.ENOSPC, "No space left on device")
+    sup.pump()
+    assert renewed == [True]
+    sup.submit(sup.queue.entry("c", "demo.sleep", {}, Limits(), "/w", 0, 3.0))
+    [queued] = [p for sid, kind, p in posts if sid == "c" and kind == "session.queued"]
+    assert queued.get("why") == DISK_FULL and queued["position"] == 3
