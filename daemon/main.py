@@ -90,4 +90,8 @@ def check(home: str | os.PathLike[str] | None, *, db: str | None = None, log_for
     read = [str(p) for p in config_files(cfg.layout) if p.is_file()]
     print(f"configuration OK: home {cfg.home}, database {shown_url(cfg.db_url)}; "
           f"read {', '.join(read) if read else 'no config file (defaults)'}")
+    running = lock_holder(str(cfg.layout.lock_file))
+    if running is not None:  # the check of a running service's edited config: it is not using it yet (admin review)
+        print(f"this home's daemon ({running}) runs now, with the configuration it started with: restart it to use "
+              "this one (`systemctl --user restart labd` under systemd, else `labd shutdown` and `labd serve`)")
     return 0

@@ -59,6 +59,9 @@ try:  # benchmarks compare periods side by side (scripts/bench_scale.py --heartb
 except ValueError:
     pass
 RESEND_AFTER_S = 5.0
+#: emit() also waits while the events not yet acknowledged take this many bytes: on a full disk (no spool) they are
+#: held in memory only, and up to max_unacked output chunks of 64 KiB are 12.8 GB
+MAX_UNACKED_BYTES = 64 << 20
 
 _dumps = orjson.dumps
 _JSON_OPTS = orjson.OPT_NON_STR_KEYS
@@ -92,6 +95,7 @@ class Channel(ChannelWire):
         self._pending_bytes = 0
         self._pending_urgent = 0
         self._q: list[bytes] = []  # taken, not acknowledged; _q[i] has src_seq _acked_upto + 1 + i
+        self._q_bytes = 0  # their bytes in all
         self._times: list[float] = []  # emit time of each _q entry
         self._acked_upto = first_seq - 1  # every src_seq <= this is committed in the store
         self._send_pos = 0  # index into _q of the next event to (re)send
@@ -145,7 +149,8 @@ class Channel(ChannelWire):
         this returns -1.
 
         Raises :class:`PayloadError` (and records nothing) for a payload JSON cannot carry at all (nested
-        deeper than 255 levels). Blocks while the unacknowledged backlog is full."""
+        deeper than 255 levels). Blocks while the unacknowledged backlog is full (``max_unacked`` events, or
+        :data:`MAX_UNACKED_BYTES`)."""
         # The hot path of every workflow: a few C calls per event, no Python helpers (see docs/design.md,
         # "Ingest per event"). One encoding, which the spool, the wire and the daemon's store all keep.
         if self._forked is not None:  # a child forked by the workflow: the runner's channel is not its own
@@ -158,7 +163,8 @@ class Channel(ChannelWire):
         error: str | None = None
         mono = _mono()
         with self._mutex:
-            if len(self._q) + len(self._pending) >= self._max_unacked:
+            if len(self._q) + len(self._pending) >= self._max_unacked or \
+                    self._q_bytes + self._pending_bytes >= MAX_UNACKED_BYTES:
                 self._wait_for_room()
             seq = self._next_seq
             ev = [seq, _wall() if ts is None else ts, kind, node_id, parent, payload]
@@ -216,7 +222,8 @@ class Channel(ChannelWire):
 
     def _wait_for_room(self) -> None:
         """Back-pressure: wait (lock held) until the unacknowledged backlog has room, or the channel closes."""
-        while len(self._q) + len(self._pending) >= self._max_unacked and not self._closing:
+        while (len(self._q) + len(self._pending) >= self._max_unacked
+               or self._q_bytes + self._pending_bytes >= MAX_UNACKED_BYTES) and not self._closing:
             self._lock.wait(0.5)
 
     @property
@@ -299,6 +306,7 @@ class Channel(ChannelWire):
         self._q += self._pending
         self._times += self._pending_t
         self._unsent_bytes += self._pending_bytes
+        self._q_bytes += self._pending_bytes
         if self._pending_urgent:
             self._urgent_seq = self._pending_urgent
         self._pending = []

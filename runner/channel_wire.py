@@ -26,7 +26,10 @@ from labd.runner import spool as spool_file
 from labd.runner.pacing import Pacer, size_bounded
 from labd.runner.spool import Spool
 
-__all__ = ["ChannelWire", "too_large"]
+__all__ = ["ChannelWire", "SEND_QUEUE", "too_large"]
+
+#: messages ZeroMQ holds for the daemon at most (its SNDHWM): each is a batch of up to 512 KiB (runner/pacing.py)
+SEND_QUEUE = 64
 
 _MONITOR_HEAD = struct.Struct("=Hi")
 
@@ -46,6 +49,7 @@ class ChannelWire:
     _acked_upto: int
     _send_pos: int
     _unsent_bytes: int
+    _q_bytes: int
     _force: bool
     _ack_now: bool
     _ack_asked: bool
@@ -85,7 +89,11 @@ class ChannelWire:
         # Unique per connection: the daemon routes to the last validly signed one (no hijack by routing id).
         sock.setsockopt(zmq.ROUTING_ID, f"{self.session_id}:{os.urandom(8).hex()}".encode())
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 1000)
+        # Few messages wait in ZeroMQ: each resend copies the unacknowledged events into new ones, and while the daemon
+        # reads nothing (its store unwritable) 1,000 of them (of up to 512 KiB) piled up in the session's own memory,
+        # counted against its --memory (an admin's review: 30 MB of output, a peak of 309 MB). A full queue only
+        # makes the thread wait for room (_flush), as it would for the socket
+        sock.setsockopt(zmq.SNDHWM, SEND_QUEUE)
         sock.setsockopt(zmq.RECONNECT_IVL, 50)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if self._curve:  # before connect: the handshake authenticates us and the daemon (docs/protocol.md)
@@ -144,6 +152,7 @@ class ChannelWire:
                 if drop:
                     if drop > self._send_pos:  # acknowledged before we (re)sent them
                         self._unsent_bytes -= sum(len(r) for r in self._q[self._send_pos:drop])
+                    self._q_bytes -= sum(map(len, self._q[:drop]))
                     del self._q[:drop]
                     del self._times[:drop]
                     self._acked_upto += drop
@@ -226,6 +235,7 @@ class ChannelWire:
         with self._lock:
             if self._q and self._send_pos == start:
                 self._unsent_bytes += len(marker) - len(self._q[start])
+                self._q_bytes += len(marker) - len(self._q[start])
                 self._q[start] = marker
 
     def event_room(self) -> int:

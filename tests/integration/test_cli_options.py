@@ -369,3 +369,14 @@ def test_a_quiet_wait_says_when_the_session_paused_for_its_budget(shared_daemon)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_check_beside_its_running_daemon_says_the_daemon_runs_on_its_old_configuration(shared_daemon) -> None:
+    """`labd serve --check` in the home of a running daemon (the check of a running service's edited config.toml)
+    passes, as the daemon's own lock is no other writer, and says the daemon runs now with the configuration it
+    started with, and how to apply the new one; it had said only "configuration OK", which an admin took for "no
+    daemon writes it"."""
+    r = labd("serve", "--check")
+    assert r.returncode == 0 and r.stdout.startswith("configuration OK"), r
+    assert f"this home's daemon ({shared_daemon.proc.pid}) runs now, with the configuration it started with: " \
+           "restart it" in r.stdout, r.stdout

@@ -20,10 +20,12 @@ SID = "sess-unit-1"
 class FakeDaemon:
     """A ROUTER socket that receives the channel's messages and answers with signed acks."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, rcvhwm: int | None = None) -> None:
         self.zctx = zmq.Context()
         self.sock = self.zctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if rcvhwm is not None:  # before the bind: a listener gives its connections the options it had then
+            self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
         self.sock.bind(endpoint)
         self.codec = Codec(KEY)
         self.identity = b""
