@@ -250,7 +250,11 @@ class ControlPlane:
             self.log.warning("request failed: the store cannot be reached", type=type_, error=str(exc)[:300])
             return ApiError("store_unavailable", unreachable_error(exc))
         self.log.exception("request failed", type=type_)
-        return ApiError("internal", f"internal error: {exc}")
+        # one line: a store's error is SQLAlchemy's text of several lines, with the SQL statement and its parameters
+        # (`labd ps` on a damaged database printed them all: an admin's review); its driver's error says it in one
+        cause = getattr(exc, "orig", None) or exc
+        said = next((line for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+        return ApiError("internal", f"internal error: {said[:500]}")
 
     def _refuse(self, control: zmq.Socket, identity: bytes, req_id: str, error: ApiError) -> None:
         """Refuse a request, and the keyed retries that waited for it: a suspended one that failed (a start

@@ -125,6 +125,21 @@ def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, ext
     sub.error(f"unrecognized arguments: {' '.join(hints or extra)}")
 
 
+def _given_twice(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> None:
+    """Exit 2 (the command's usage) for an option that takes one value given twice: argparse kept the last one
+    silently (`labd ps --name a --name b` listed b's sessions only: an admin's review). Options that collect (``-p``,
+    ``--tag``) and flags are not counted; nothing after ``--``."""
+    sub = _chosen(parser, args)
+    words = argv[:argv.index("--")] if "--" in argv else argv
+    for action in sub._actions:  # noqa: SLF001 - argparse keeps its options there
+        if type(action) is not argparse._StoreAction or not action.option_strings:  # noqa: SLF001
+            continue
+        longs = tuple(f"{o}=" for o in action.option_strings if o.startswith("--"))
+        given = sum(1 for w in words if w in action.option_strings or w.startswith(longs))
+        if given > 1:
+            sub.error(f"argument {'/'.join(action.option_strings)}: given {given} times; it takes one value")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labd", description="Run AI research sessions, each in its own process, "
                                 "and keep a complete record of everything they do.",
@@ -152,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the command's own parser (its usage, not labd's), with the nearest option it has
         _unrecognized(parser, args, extra)
+    _given_twice(parser, args, argv)
     ctx = Ctx(args)
     try:
         code = int(args.handler(args, ctx))

@@ -45,3 +45,31 @@ def test_words_after_a_double_dash_are_left_as_they_are() -> None:
     parser = build_parser()
     assert _negative_values(parser, ["search", "--", "--limit", "-3"]) == ["search", "--", "--limit", "-3"]
     assert _negative_values(parser, ["search", "x", "--limit", "-3"]) == ["search", "x", "--limit=-3"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["ps", "-a", "--name", "q07", "--name", "q21"],
+    ["ps", "-a", "--name=q07", "--name", "q21"],
+    ["run", "demo.count", "--memory", "1G", "--memory", "2G"],
+])
+def test_an_option_of_one_value_given_twice_is_refused(argv: list[str], capsys: pytest.CaptureFixture[str],
+                                                      tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An option that takes one value, given twice, kept the last value silently (`labd ps --name q07 --name q21`
+    listed q21's sessions only: an admin's review); it is now an argument error with the command's usage, exit 2,
+    before anything is asked of a daemon. Options that collect (``-p``, ``--tag``) may repeat."""
+    monkeypatch.setenv("LABD_HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "given 2 times; it takes one value" in err and err.startswith("usage: labd "), err
+
+
+def test_options_that_collect_may_repeat(capsys: pytest.CaptureFixture[str], tmp_path: object,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--tag`` twice, and words after ``--`` that look like a repeated option, are no error of this kind: the
+    command goes on (to find no daemon here)."""
+    monkeypatch.setenv("LABD_HOME", str(tmp_path))
+    assert main(["ps", "-a", "--tag", "a=1", "--tag", "b=2"]) == 2
+    assert main(["search", "--", "--name", "--name"]) == 2
+    assert "given 2 times" not in capsys.readouterr().err

@@ -78,3 +78,31 @@ def test_a_recorded_value_too_deep_to_send_is_cut_not_the_whole_reply() -> None:
     assert set(value) == {"unsent"} and "deeper than" in value["unsent"], value
     assert 200 < depth < 251
     assert plane.counters["control.reply_cut"] == 1 and "control.reply_unencodable" not in plane.counters
+
+
+def test_a_request_the_store_failed_is_answered_in_one_line_without_its_sql() -> None:
+    """A request a damaged database failed (``database disk image is malformed``) is answered ``internal`` with the
+    driver's one line: it was SQLAlchemy's whole text, the SQL statement and its parameters over several lines,
+    which `labd ps` printed (an admin's review). Any other error keeps its first line."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    plane = ControlPlane.__new__(ControlPlane)
+    plane.log = _Log()
+    damaged = sqlalchemy.exc.DatabaseError("SELECT sessions.id FROM sessions WHERE ...", {"p": 1},
+                                           sqlite3.DatabaseError("database disk image is malformed"))
+    assert "\n" in str(damaged) and "SELECT" in str(damaged)
+    err = plane._failed(damaged, "session.list")
+    assert (err.code, err.message) == ("internal", "internal error: database disk image is malformed")
+    assert plane._failed(ValueError("first\nsecond"), "x").message == "internal error: first"
+
+
+class _Log:
+    """Stands in for the daemon's logger: the traceback goes to the log, not the reply."""
+
+    def exception(self, *_a: Any, **_kw: Any) -> None:
+        pass
+
+    def warning(self, *_a: Any, **_kw: Any) -> None:
+        pass
