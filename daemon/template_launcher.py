@@ -234,7 +234,8 @@ class TemplateLauncher:
         (the daemon asks while the disk is full)."""
         try:
             self._send({"op": "renew"})
-        except OSError as exc:  # the template is gone: the next launch restarts it (with nothing held)
+        except Exception as exc:  # noqa: BLE001 - the template is gone and would not start (OSError, LaunchError):
+            # the next launch restarts it (with nothing held); never raised into the queue's retry
             structlog.get_logger("labd.daemon").warning("could not ask the runner template to renew its spares",
                                                         error=str(exc))
 

@@ -49,10 +49,11 @@ def check_limits(raw: Any, *, procs: Any = _NOT_GIVEN, default_output: Any = Non
     :func:`labd.ipc.units.max_cpu_percent`)."""
     raw = raw or {}
     if not isinstance(raw, dict):
-        raise LabdError("bad_request", "field 'limits' must be an object")
+        raise LabdError("bad_request", "field 'limits' must be an object", {"field": "limits"})
     unknown = set(raw) - set(LIMIT_KEYS)
     if unknown:
-        raise LabdError("bad_request", f"unknown limits {sorted(unknown)} (accepted: {', '.join(LIMIT_KEYS)})")
+        raise LabdError("bad_request", f"unknown limits {sorted(unknown)} (accepted: {', '.join(LIMIT_KEYS)})",
+                        {"field": f"limits.{sorted(unknown)[0]}"})
     action = raw.get("budget_action") or "stop"
     if action not in ("stop", "pause"):
         raise LabdError("bad_limits", "budget_action must be stop or pause")

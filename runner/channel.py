@@ -59,8 +59,9 @@ try:  # benchmarks compare periods side by side (scripts/bench_scale.py --heartb
 except ValueError:
     pass
 RESEND_AFTER_S = 5.0
-#: emit() also waits while the events not yet acknowledged take this many bytes: on a full disk (no spool) they are
-#: held in memory only, and up to max_unacked output chunks of 64 KiB are 12.8 GB
+#: emit() also waits while the events not yet acknowledged take this many bytes (whether or not a spool has them: they
+#: are in memory either way, and on a full disk, with no spool, only there): max_unacked output chunks of 64 KiB are
+#: 12.8 GB
 MAX_UNACKED_BYTES = 64 << 20
 
 _dumps = orjson.dumps

@@ -30,6 +30,8 @@ __all__ = ["ChannelWire", "SEND_QUEUE", "too_large"]
 
 #: messages ZeroMQ holds for the daemon at most (its SNDHWM): each is a batch of up to 512 KiB (runner/pacing.py)
 SEND_QUEUE = 64
+#: unacknowledged bytes past which a message asks for its ack at once (a quarter of emit's bound, as for events)
+_PROMPT_BYTES = 16 << 20
 
 _MONITOR_HEAD = struct.Struct("=Hi")
 
@@ -182,7 +184,8 @@ class ChannelWire:
                 start = self._send_pos
                 batch, nbytes = size_bounded(self._q[start:start + self._batch_cap])
                 self._batch_cap = pacing.BATCH_EVENTS
-                prompt = self._ack_now or len(self._q) + len(self._pending) >= self._prompt_backlog
+                prompt = self._ack_now or len(self._q) + len(self._pending) >= self._prompt_backlog \
+                    or self._q_bytes >= _PROMPT_BYTES  # an emit may wait at MAX_UNACKED_BYTES: not for a paced ack
                 if self._ack_now:
                     self._ack_asked = True
             frames = self._codec.pack_events(self.session_id, batch, ack=prompt)

@@ -45,10 +45,10 @@ def _merged_limits(row: dict[str, Any], override: Any, created: dict[str, Any] |
     """A session's stored limits with a request's ``override`` checked over them. ``created``: the session's
     ``session.created`` payload, which says where it runs (a Ray session's CPUs are its node's, up to the cluster
     bound); None: not read yet, checked with the cluster bound (then again with :func:`_placed`)."""
-    if override is None:
+    if not override:  # absent, or a falsy value: none, as session.start takes it (docs/protocol.md)
         return Limits.from_dict(row["limits"])
     if not isinstance(override, dict):
-        raise ApiError("bad_request", "field 'limits' must be an object")
+        raise ApiError("bad_request", "field 'limits' must be an object", {"field": "limits"})
     base = {k: v for k, v in (row["limits"] or {}).items() if v is not None}
     return _limits({"limits": {**base, **override}}, cluster=created is None or bool(created.get("placement")))
 
@@ -138,7 +138,7 @@ def resume_ended(req: Request, row: dict[str, Any]) -> Generator[Read, Any, Any]
             sup.preparing.discard(req_id)
         if store.session(sid) is None:  # deleted (labd rm, retention) while its record was read
             raise ApiError("not_found", f"no session {sid!r}: it was deleted while being resumed")
-        if req.body.get("limits") is not None or budget is not None:
+        if req.body.get("limits") or budget is not None:
             limits = _placed(limits, c)
         if d.draining:
             raise ApiError("draining", "the daemon is stopping its sessions (serve --drain): no resume now")

@@ -166,7 +166,7 @@ class Start(Request):
                            hint=f"base64 text of a pickled call of at most {MAX_PAYLOAD} bytes")
         if (payload is not None) != (workflow == FUNCTION_WORKFLOW):
             raise ApiError("bad_request", f"field 'payload' goes with workflow {FUNCTION_WORKFLOW!r}, and that "
-                           "workflow needs it (use Client.submit)")
+                           "workflow needs it (use Client.submit)", {"field": "payload"})
         sid = secrets.token_hex(6)
         if key is not None:  # before the check: a retry while the workflow imports joins this start
             self._remember(key, sid, digest, name or "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Sequence
 
 import labd
 from labd.frontends.cli import (
@@ -127,17 +128,32 @@ def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, ext
 
 def _given_twice(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> None:
     """Exit 2 (the command's usage) for an option that takes one value given twice: argparse kept the last one
-    silently (`labd ps --name a --name b` listed b's sessions only: an admin's review). Options that collect (``-p``,
-    ``--tag``) and flags are not counted; nothing after ``--``."""
+    silently (`labd ps --name a --name b` listed b's sessions only: an admin's review). Counted as argparse reads
+    them: ``--name a``, ``--name=a``, an abbreviation (``--na a``), a short option with its value attached (``-n5``).
+    Options that collect (``-p``, ``--tag``), flags, and the global options (``--home``: before and after the
+    command alike, an alias and an override) are not counted; nothing after ``--``."""
     sub = _chosen(parser, args)
+    top = {o for a in parser._actions for o in a.option_strings}  # noqa: SLF001 - argparse keeps its options there
+    longs = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]  # noqa: SLF001
     words = argv[:argv.index("--")] if "--" in argv else argv
-    for action in sub._actions:  # noqa: SLF001 - argparse keeps its options there
-        if type(action) is not argparse._StoreAction or not action.option_strings:  # noqa: SLF001
+    for action in sub._actions:  # noqa: SLF001
+        if type(action) is not argparse._StoreAction or not action.option_strings \
+                or top & set(action.option_strings):  # noqa: SLF001
             continue
-        longs = tuple(f"{o}=" for o in action.option_strings if o.startswith("--"))
-        given = sum(1 for w in words if w in action.option_strings or w.startswith(longs))
+        given = len([w for w in words if _names(w, action.option_strings, longs)])
         if given > 1:
             sub.error(f"argument {'/'.join(action.option_strings)}: given {given} times; it takes one value")
+
+
+def _names(word: str, options: Sequence[str], longs: list[str]) -> bool:
+    """Does ``word`` give one of ``options``, as argparse reads it?"""
+    if word.startswith("--"):
+        name = word.split("=", 1)[0]
+        if name in options:
+            return True
+        found = [o for o in longs if o.startswith(name)]  # an abbreviation argparse takes: it names one option only
+        return len(name) > 2 and len(found) == 1 and found[0] in options
+    return any(len(o) == 2 and word.startswith(o) for o in options)  # -n 5 and -n5
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,28 +23,27 @@ import os
 import sys
 import time
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from labd.runner.agents.context import current_agent, current_call
+from labd.runner.agents.kept_output import KeptOutput
 from labd.runner.context import current_node
 from labd.runner.files import FileTracker
 from labd.runner.sandbox import Sandbox, SandboxRefused, session_sandbox
 from labd.runner.withhold import head_cut
 
-__all__ = ["make_run_code", "MAX_OUTPUT", "MAX_CODE", "CODE_TOOL", "KEPT_HEAD", "KEPT_TAIL"]
+__all__ = ["make_run_code", "MAX_OUTPUT", "MAX_CODE", "CODE_TOOL"]
 
 CODE_TOOL = "run_code"  # the tool's name, as agents see it (and as policy rules name it: a `code` action)
 
 MAX_OUTPUT = 20_000
-#: of a program's output the record keeps this many bytes from its start and from its end (:class:`_Kept`): a
-#: ``code.execution`` event fits in one message, and what fed the model is always there
-KEPT_HEAD = KEPT_TAIL = 2 << 20
-#: the longest program run (bytes): it goes as one argument (``python -c``), which Linux takes up to 128 KiB
-#: (MAX_ARG_STRLEN), the sandbox's own words included
-MAX_CODE = 120 << 10
+#: the longest program run (bytes): it goes as an argument of its own (``python -c``), which Linux takes up to
+#: 128 KiB with its terminating NUL (MAX_ARG_STRLEN)
+MAX_CODE = (128 << 10) - 1
+#: after a program ended, how long its output is read on while a process it started keeps the pipe open
+OPEN_AFTER_S = 5.0
 _COMMANDS = {"python": lambda code: [sys.executable, "-c", code], "bash": lambda code: ["bash", "-c", code]}
 
 
@@ -84,10 +83,14 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
         if size > MAX_CODE:  # the kernel takes one argument of at most 128 KiB: the exec failed, and the tool raised
             return not_run(f"the program is {size:,} bytes; at most {MAX_CODE:,} can be run at once (split it into "
                            "modules written to files, and run a short program that imports them)")
+        if "\0" in code:  # no argument can hold one: the exec raised ValueError out of the tool
+            return not_run("the program holds a NUL character, which no program text passed to python or bash may")
         try:
             argv = sb.wrap(_COMMANDS[language](code), str(workdir))
         except SandboxRefused as exc:
             return not_run(str(exc))
+        except OSError as exc:  # the sandbox's policy file could not be written (a full disk)
+            return not_run(f"its sandbox could not be set up: {exc.strerror or exc}")
         with files.executing():  # other scans until the exact one below leave its files to it
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -95,21 +98,11 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=False)
             except OSError as exc:  # e.g. no process left under the session's --procs: told, as a program's failure
                 return not_run(f"could not start it: {exc.strerror or exc}")
-            kept = _Kept()
+            kept = KeptOutput()
             reader = asyncio.ensure_future(kept.read(proc.stdout))  # type: ignore[arg-type]  # a PIPE: never None
-            try:
-                await asyncio.wait_for(asyncio.gather(proc.wait(), asyncio.shield(reader)), timeout)
-                rc = proc.returncode if proc.returncode is not None else -1
-                late = ""
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-                rc, late = -9, f"\n(timed out after {timeout:g}s)"
-                try:  # what it wrote before the kill; a child of it may still hold the pipe open
-                    await asyncio.wait_for(asyncio.shield(reader), 5.0)
-                except TimeoutError:
-                    reader.cancel()
-            full = kept.text() + late
+            rc, late = await _finish(proc, reader, timeout)
+            output, dropped = kept.text()
+            full = output + late
             text = full  # what the model gets back is cut; the record keeps everything (long texts become blobs)
             if len(text) > MAX_OUTPUT:  # the model's copy ends up in later requests: never cut inside a secret
                 cut = head_cut(text, MAX_OUTPUT)
@@ -117,8 +110,8 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
             payload: dict[str, Any] = {"agent": current_agent.get() or "?", "language": language, "code": code,
                                        "exit_code": rc, "output": full, "duration": time.monotonic() - start,
                                        "sandbox": sb.status.level}
-            if kept.dropped:
-                payload["output_dropped"] = kept.dropped
+            if dropped:
+                payload["output_dropped"] = dropped
             call = current_call.get()
             if call:
                 payload["call_id"] = call
@@ -129,37 +122,38 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
     return run_code
 
 
-class _Kept:
-    """A program's output as the record keeps it: its first :data:`KEPT_HEAD` and last :data:`KEPT_TAIL` bytes, the
-    bytes between them counted (``dropped``). The runner read all of it into memory and recorded it in one event: a
-    program printing 17 MiB had its whole ``code.execution`` (code, exit code, output) replaced by
-    ``event.truncated``, as an event must fit in one message, and 100 MB of output took the runner to 629 MB."""
+async def _finish(proc: asyncio.subprocess.Process, reader: asyncio.Future[None], timeout: float) -> tuple[int, str]:
+    """Wait for the program's end (killed past ``timeout``) while ``reader`` reads its output, then for the rest of
+    its output, :data:`OPEN_AFTER_S` at most; returns its exit code (-9: killed) and what to add to the output."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    # Not Process.wait(): it also waits for the output pipe to close, which a process the program started in the
+    # background may hold for ever (the tool then waited out the timeout, and said -9 of a program that had ended);
+    # the exit shows in returncode, looked at while the output is read
+    while proc.returncode is None and (left := deadline - loop.time()) > 0:
+        if reader.done():
+            await asyncio.sleep(min(0.1, left))
+        else:
+            await asyncio.wait((reader,), timeout=min(0.1, left))
+    late = ""
+    if proc.returncode is None:
+        proc.kill()
+        late = f"\n(timed out after {timeout:g}s)"
+        for _ in range(500):  # SIGKILL: reaped within moments
+            if proc.returncode is not None:
+                break
+            await asyncio.sleep(0.01)
+    if not reader.done():  # what it wrote before its end; a process it started may still hold the pipe
+        await asyncio.wait((reader,), timeout=OPEN_AFTER_S)
+        if not reader.done():
+            reader.cancel()
+            _close_pipes(proc)
+            late += "\n(its output was still open after it ended: a process it started holds it; not read further)"
+    return (-9 if late.startswith("\n(timed out") else proc.returncode if proc.returncode is not None else -1), late
 
-    def __init__(self) -> None:
-        self.head = bytearray()
-        self.tail: deque[bytes] = deque()
-        self.tail_size = 0
-        self.dropped = 0
 
-    async def read(self, stream: asyncio.StreamReader) -> None:
-        while chunk := await stream.read(1 << 16):
-            room = KEPT_HEAD - len(self.head)
-            if room > 0:
-                self.head += chunk[:room]
-                chunk = chunk[room:]
-            if not chunk:
-                continue
-            self.tail.append(chunk)
-            self.tail_size += len(chunk)
-            while self.tail_size - len(self.tail[0]) >= KEPT_TAIL:  # whole chunks the tail no longer needs
-                self.tail_size -= len(first := self.tail.popleft())
-                self.dropped += len(first)
-
-    def text(self) -> str:
-        tail = b"".join(self.tail)
-        if len(tail) > KEPT_TAIL:
-            self.dropped += len(tail) - KEPT_TAIL
-            tail = tail[-KEPT_TAIL:]
-            self.tail, self.tail_size = deque([tail]), len(tail)
-        gap = f"\n… [{self.dropped:,} bytes of output not recorded]\n".encode() if self.dropped else b""
-        return (bytes(self.head) + gap + tail).decode("utf-8", "backslashreplace")
+def _close_pipes(proc: asyncio.subprocess.Process) -> None:
+    """Close the pipe of a reading given up (left open, it was reported at the loop's close)."""
+    transport = getattr(proc, "_transport", None)  # asyncio's Process keeps it there, and offers no close
+    if transport is not None:
+        transport.close()

@@ -117,7 +117,7 @@ def test_a_program_printing_more_than_a_message_keeps_its_execution_record(daemo
     """A program that prints 17 MiB (more than one message holds) is recorded as ``code.execution`` with its code,
     exit code, and the start and end of its output, the bytes between them counted (``output_dropped``). Before, the
     whole event was replaced by ``event.truncated``: what the agent had run was gone from the record."""
-    from labd.runner.agents.code import KEPT_HEAD, KEPT_TAIL
+    from labd.runner.agents.kept_output import KEPT_HEAD, KEPT_TAIL
 
     with daemon.client() as c:
         sid = c.start("labd_testflows:run_code_directly", params={"mode": "flood"})

@@ -315,3 +315,18 @@ def test_a_field_refused_is_named_in_details_for_a_gui_to_mark(body: dict[str, o
         request.arg("limit", int, 100)
     assert err.value.code == "bad_request" and says in err.value.message
     assert err.value.details == {"field": says.split("'")[1]}
+
+
+@pytest.mark.parametrize("falsy", [None, False, 0, "", [], {}])
+def test_a_falsy_limits_on_resume_or_branch_means_none_as_on_start(falsy: object) -> None:
+    """``limits`` of ``false``, ``0``, ``""``, ``[]`` or ``{}`` means no change on ``session.resume`` and
+    ``session.branch``, as it means none on ``session.start`` (docs/protocol.md says so of every request); they
+    were refused "must be an object". Anything else that is not an object is refused naming the field."""
+    from labd.daemon.api.base import ApiError
+    from labd.daemon.api.durable import _merged_limits
+
+    row = {"limits": {"memory": 512 << 20, "timeout": 60.0}}
+    assert _merged_limits(row, falsy).to_dict() == _merged_limits(row, None).to_dict()
+    with pytest.raises(ApiError) as err:
+        _merged_limits(row, "512M")
+    assert err.value.details == {"field": "limits"}

@@ -51,6 +51,8 @@ def test_words_after_a_double_dash_are_left_as_they_are() -> None:
     ["ps", "-a", "--name", "q07", "--name", "q21"],
     ["ps", "-a", "--name=q07", "--name", "q21"],
     ["run", "demo.count", "--memory", "1G", "--memory", "2G"],
+    ["ps", "-a", "--na", "q07", "--name", "q21"],
+    ["logs", "s1", "--tail=3", "-n4"],
 ])
 def test_an_option_of_one_value_given_twice_is_refused(argv: list[str], capsys: pytest.CaptureFixture[str],
                                                       tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,9 +69,11 @@ def test_an_option_of_one_value_given_twice_is_refused(argv: list[str], capsys: 
 
 def test_options_that_collect_may_repeat(capsys: pytest.CaptureFixture[str], tmp_path: object,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--tag`` twice, and words after ``--`` that look like a repeated option, are no error of this kind: the
-    command goes on (to find no daemon here)."""
+    """``--tag`` twice, words after ``--`` that look like a repeated option, and a global option given before and
+    after the command (an alias's ``--home`` and an override) are no error of this kind: the command goes on (to
+    find no daemon here)."""
     monkeypatch.setenv("LABD_HOME", str(tmp_path))
     assert main(["ps", "-a", "--tag", "a=1", "--tag", "b=2"]) == 2
     assert main(["search", "--", "--name", "--name"]) == 2
+    assert main(["--home", str(tmp_path), "ps", "-a", "--home", str(tmp_path)]) == 2  # a global option, both sides
     assert "given 2 times" not in capsys.readouterr().err
