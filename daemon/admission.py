@@ -57,8 +57,9 @@ class Admission:
         ``created`` for good."""
         # behind a launch that found the disk full, a session waits for room on disk too (it was told "room in the run
         # queue (max_sessions, memory_total)" in a home that sets neither: an admin's review)
-        disk_full = time.monotonic() < self._held_until
-        if not len(self.queue) and self.queue.fits(q.limits, self._running_limits()):
+        fits = self.queue.fits(q.limits, self._running_limits())
+        disk_full = fits and time.monotonic() < self._held_until  # one that does not fit waits for room all the same
+        if not len(self.queue) and fits:
             if self._start(q):
                 return None  # launched
             disk_full = True  # queued below, saying why: "max_sessions, memory_total" sent the user looking there
