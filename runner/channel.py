@@ -42,8 +42,7 @@ from labd.runner.channel_wire import ChannelWire
 from labd.runner.outputcap import OutputCap
 from labd.runner.pacing import URGENT_GAP_S, URGENT_KINDS, Pacer, is_bulk, urgent
 from labd.runner.spool import Spool
-from labd.runner.withhold import MIN_WITHHELD, guard_cuts, looked_for, withhold_event
-from labd.runner.withhold import mark as withheld_mark
+from labd.runner.withhold import MIN_WITHHELD, guard_cuts, marked, withhold_event
 
 __all__ = ["Channel", "is_bulk", "PayloadError", "MIN_WITHHELD"]
 
@@ -217,7 +216,7 @@ class Channel(ChannelWire):
         :data:`MIN_WITHHELD` characters are left alone: they would match ordinary text. A value is found only whole in
         one event: the output capture, which cuts its streams into events anywhere, replaces them in the stream
         itself (``OutputCapture.withhold``, :class:`labd.runner.withhold.StreamWithholder`)."""
-        self._withheld_text = [(v, withheld_mark(n)) for n, v in looked_for(secrets)]
+        self._withheld_text = marked(secrets)
         guard_cuts([v for v, _ in self._withheld_text])  # a field cut short never ends inside one (runner/withhold.py)
         self._withheld = [(orjson.dumps(v)[1:-1], orjson.dumps(m)[1:-1]) for v, m in self._withheld_text]
 

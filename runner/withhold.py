@@ -43,7 +43,7 @@ from typing import Any, AnyStr
 import orjson
 
 __all__ = ["HOLD_RUN", "MIN_WITHHELD", "StreamWithholder", "guard_cuts", "head_cut", "looked_for", "mark",
-           "tail_start", "text_withholder", "withhold_event"]
+           "marked", "tail_start", "text_withholder", "withhold_event"]
 
 MIN_WITHHELD = 8  # characters: a shorter "secret" value is not looked for in events (it would match ordinary text)
 _HEAD = 16  # characters of a possible tail compared before all of it
@@ -104,13 +104,18 @@ def mark(name: str) -> str:
     return f"[secret {name} withheld]"
 
 
+def marked(secrets: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(value, what it reads as) of the secrets looked for in events (:func:`looked_for`'s, in its order)."""
+    return [(v, mark(n)) for n, v in looked_for(dict(secrets))]
+
+
 def text_withholder(secrets: Mapping[str, str]) -> Callable[[str], str] | None:
     """A function replacing these secrets' values in a text as events read them (``[secret NAME withheld]``), or
     None when none is looked for. For a text that travels in an event under its own checksum (a blob, addressed by
     its sha256): withheld before the checksum is taken, since the event's own pass (:func:`withhold_event`) would
     change the text after it, and the daemon refuses a blob that does not match its address (the whole event
     was lost: a review's ``code.execution`` whose 5,000-character code held an API key)."""
-    pairs = [(v, mark(n)) for n, v in looked_for(dict(secrets))]
+    pairs = marked(secrets)
     if not pairs:
         return None
     values, marks = [v for v, _ in pairs], [m for _, m in pairs]

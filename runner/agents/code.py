@@ -72,6 +72,7 @@ def make_run_code(emit: Callable[..., int], workdir: Path, files: FileTracker,
         files.scan(files.step_of(current_node.get()))  # what others wrote before this execution
         start = time.monotonic()
         sb = sandbox or session_sandbox()
+
         def not_run(why: str) -> str:
             text = f"not run: {why}"
             emit("code.execution", {"agent": current_agent.get() or "?", "language": language, "code": code,
@@ -135,10 +136,10 @@ async def _finish(proc: asyncio.subprocess.Process, reader: asyncio.Future[None]
             await asyncio.sleep(min(0.1, left))
         else:
             await asyncio.wait((reader,), timeout=min(0.1, left))
-    late = ""
-    if proc.returncode is None:
+    timed_out = proc.returncode is None
+    late = f"\n(timed out after {timeout:g}s)" if timed_out else ""
+    if timed_out:
         proc.kill()
-        late = f"\n(timed out after {timeout:g}s)"
         for _ in range(500):  # SIGKILL: reaped within moments
             if proc.returncode is not None:
                 break
@@ -149,7 +150,7 @@ async def _finish(proc: asyncio.subprocess.Process, reader: asyncio.Future[None]
             reader.cancel()
             _close_pipes(proc)
             late += "\n(its output was still open after it ended: a process it started holds it; not read further)"
-    return (-9 if late.startswith("\n(timed out") else proc.returncode if proc.returncode is not None else -1), late
+    return (-9 if timed_out else proc.returncode if proc.returncode is not None else -1), late
 
 
 def _close_pipes(proc: asyncio.subprocess.Process) -> None:
