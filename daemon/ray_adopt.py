@@ -28,9 +28,14 @@ from pathlib import Path
 import zmq
 from zmq.utils import z85
 
-__all__ = ["actor_name", "namespace", "session_keypair", "remembered_ports", "remember_ports", "PORT_FILE", "MAX_PORTS"]
+__all__ = ["actor_name", "namespace", "session_keypair", "remembered_ports", "remember_ports", "PORT_FILE", "MAX_PORTS",
+           "WAITING"]
 
 PORT_FILE = "ray-runner-port"
+
+#: an actor in one of these states (Ray's actor table) exists and is not placed (yet): Ray places it when a node has
+#: room (the driver reads the state, :func:`labd.daemon.ray_pending.actor_state`; the launcher is told it)
+WAITING = ("DEPENDENCIES_UNREADY", "PENDING_CREATION", "RESTARTING")
 
 
 def actor_name(sid: str) -> str:

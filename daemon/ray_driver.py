@@ -17,7 +17,7 @@ side is :class:`labd.daemon.ray_launcher.RayLauncher`. Requests (one JSON object
   ``{"op": "placed", "handle", ...}``.
 - ``{"op": "adopt", "req", "handle", "sid"}``: find the actor a previous driver created for the session and
   watch it from now on: ``{"op": "adopted", "req"}`` with ``"error"`` (why it is lost) when it is not there, is
-  dead, or never started its runner. An actor Ray has not placed yet (:data:`labd.daemon.ray_pending.WAITING`)
+  dead, or never started its runner. An actor Ray has not placed yet (:data:`labd.daemon.ray_adopt.WAITING`)
   is adopted at once, with ``"waiting": STATE``, and waited for without a deadline (reported ``placed`` when
   Ray places it, ``exited`` if it dies first); so is a placed one that has not answered within
   :data:`ADOPT_TIMEOUT_S`. Only an actor that is gone makes the session lost.
@@ -51,8 +51,8 @@ import threading
 import time
 from typing import Any
 
-from labd.daemon.ray_adopt import actor_name
-from labd.daemon.ray_pending import WAITING, actor_state
+from labd.daemon.ray_adopt import WAITING, actor_name
+from labd.daemon.ray_pending import actor_state
 from labd.ipc.units import shortened
 from labd.runner.carry import carried
 
@@ -116,8 +116,10 @@ def _find(ray: Any, name: str, namespace: str) -> tuple[Any, str | None]:
     try:
         return ray.get_actor(name, namespace=namespace), None
     except ValueError:
-        return None, (f"Ray actor {name} not found (killed, or its node died, while no daemon ran; "
-                      f"namespace {namespace})")
+        # not "while no daemon ran": an actor the cluster lost before placing it (stopped, restarted) is not there
+        # either, nor one killed while this home's driver was down but its daemon ran
+        return None, (f"Ray actor {name} not found (killed, its node died, or the cluster was stopped or "
+                      f"restarted, since a driver of this home last watched it; namespace {namespace})")
 
 
 def _kill(ray: Any, actor: Any) -> None:

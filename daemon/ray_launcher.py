@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import structlog
 from labd.daemon import ray_adopt
 from labd.daemon.launch_routing import NO_RAY
 from labd.daemon.launcher import ExitInfo, LaunchError
+from labd.daemon.ray_endpoint import home_host
 from labd.daemon.ray_link import DriverLink
 from labd.daemon.ray_placement import PlacementError, placement_from, ray_options
 from labd.daemon.runner_gateway import RunnerGateway
@@ -55,6 +55,7 @@ REMOTE_FLUSH_TIMEOUT_S = 24 * 3600.0
 FORGET_AFTER = 10  # a request unanswered this many spawn timeouts after its session ended is forgotten
 SWEEP_S = 300.0  # how often the driver kills actors of this home that no running session owns
 DRIVER_ENDED = "the daemon's Ray driver process ended; a new driver adopted the actor"
+NEVER_PLACED = "Ray never placed the session's actor on a node"
 
 
 @dataclass
@@ -64,6 +65,9 @@ class _Adoption:
     why: str | None = None  # said in its session.adopted (None at the daemon's start)
     unrecorded: bool = False  # the last daemon died before recording its launch: session.launched comes first
     spawned: bool = False  # its spawn was in flight when the driver ended: no actor means it never started
+    #: Ray had not placed its actor when the driver ended (this daemon watched it waiting): no actor means it never
+    #: ran, and while the cluster does not answer it is not waited for (False: placed, or not known at a start)
+    unplaced: bool = False
     req: int | None = None  # the request sent (or held while the driver connects); None: not yet
 
 
@@ -97,6 +101,7 @@ class RayLauncher:
         self._swept = 0.0
         self._sid: dict[int, str] = {}  # every session this launcher answers for, by handle
         self._watched: set[int] = set()  # those the connected driver watches
+        self._placed: set[int] = set()  # those whose actor Ray placed (their runner started on a node)
         self._requests: dict[int, tuple[str, int, float]] = {}  # req -> (op, handle, when sent): not answered yet
         self._adopt: dict[int, _Adoption] = {}  # handles to adopt once a driver is connected
         self._kills: dict[int, int] = {}  # handle -> SIGTERM / SIGKILL asked before a driver watched its actor
@@ -117,7 +122,10 @@ class RayLauncher:
         if self.advertise:
             host = str(self.advertise)
         elif host in ("0.0.0.0", "*", ""):
-            host = socket.gethostbyname(socket.gethostname())
+            host = home_host(self.address)
+            if host.startswith("127."):
+                self.log.warning("remote runners are told to call this host at a loopback address: runners on other "
+                                 "hosts cannot; set [launcher] advertise", host=host, address=self.address)
         self.endpoint = f"tcp://{host}:{port}"
         if self._any_port:  # the next daemon binds them again: the runners running now dial these ports
             # the port bound first; a remembered one that was taken stays remembered (its runners dial it: the
@@ -251,6 +259,9 @@ class RayLauncher:
                 if a.spawned and msg.get("absent"):
                     self._end(handle, ExitInfo(handle, None, None,
                                                failed="the Ray driver ended before it created the session's actor"))
+                elif a.unplaced and msg.get("absent"):
+                    self._end(handle, ExitInfo(handle, None, None, failed=NEVER_PLACED + " (the cluster was stopped "
+                                                                                       "or restarted)"))
                 else:
                     self._end(handle, ExitInfo(handle, None, None, str(error)[:500], absent=bool(msg.get("absent"))))
                 return
@@ -258,6 +269,8 @@ class RayLauncher:
                 self._notes.append(("event", sid, "session.launched", {"pid": 0, "create_time": 0.0, "launcher": "ray",
                                                                         "recovered": True, "run_key": True}))
             waiting = msg.get("waiting")
+            if waiting not in ray_adopt.WAITING:  # placed (or its state unknown: as the driver, taken as placed)
+                self._placed.add(handle)
             self._notes.append(("event", sid, "session.adopted", {
                 "pid": 0, **({"reason": a.why} if a.why else {}), **({"waiting": waiting} if waiting else {})}))
             self.log.info("Ray session adopted", session_id=sid, actor=ray_adopt.actor_name(sid),
@@ -272,6 +285,7 @@ class RayLauncher:
             return
         self.gateway.revoke(sid)
         self._watched.discard(handle)
+        self._placed.discard(handle)
         self._adopt.pop(handle, None)
         self._kills.pop(handle, None)
         self._exits.append(info)
@@ -291,6 +305,7 @@ class RayLauncher:
             keys = ("node", "ip", "pid", "workdir", "hostname", "actor_pid")
             info = {k: msg[k] for k in keys if msg.get(k) is not None}
             self._notes.append(("event", sid, "session.placed", {"actor": ray_adopt.actor_name(sid), **info}))
+            self._placed.add(handle)
         elif op == "note":
             note = msg["note"]
             if note[0] == "limit":
@@ -299,13 +314,19 @@ class RayLauncher:
                 self._notes.append(("event", sid, note[1], note[2]))
 
     def _driver_failed(self, error: str) -> None:
-        """A driver start failed: spawns held for it fail; adoptions wait for the next start; a kill asked meanwhile
-        ends its session now (its actor, if it runs, is swept once a driver connects)."""
+        """A driver start failed: spawns held for it fail, and so do the sessions whose actor Ray had not placed
+        when the last driver ended (the cluster went away under them: a ``labd run --wait`` waited for it for good);
+        the other adoptions wait for the next start; a kill asked meanwhile ends its session now (its actor, if it
+        runs, is swept once a driver connects)."""
         for op, handle, _ in list(self._requests.values()):
             if op == "spawn":
                 self._end(handle, ExitInfo(handle, None, None,
                                            failed=f"the Ray cluster at {self.address} does not answer: {error}"))
         self._requests.clear()
+        for handle, a in list(self._adopt.items()):
+            if a.spawned or a.unplaced:
+                self._end(handle, ExitInfo(handle, None, None, failed=(
+                    f"{NEVER_PLACED}: the Ray cluster at {self.address} stopped answering: {error}")[:500]))
         for a in self._adopt.values():
             a.req = None
         for handle, sig in list(self._kills.items()):
@@ -317,7 +338,7 @@ class RayLauncher:
         cluster does not answer); only a session whose actor is gone is lost, with the reason."""
         moved = sorted(self._watched) + [h for op, h, _ in self._requests.values() if op == "spawn"]
         for handle in self._watched:
-            self._adopt[handle] = _Adoption(why=DRIVER_ENDED)
+            self._adopt[handle] = _Adoption(why=DRIVER_ENDED, unplaced=handle not in self._placed)
         for op, handle, _ in self._requests.values():
             if op == "spawn" and handle in self._sid:
                 self._adopt[handle] = _Adoption(why=DRIVER_ENDED, spawned=True)

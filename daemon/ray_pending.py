@@ -18,12 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from labd.daemon.ray_adopt import WAITING
 from labd.runner.ray_actor import SessionActor
 
 __all__ = ["SelfStartingActor", "WAITING", "actor_state"]
-
-#: an actor in one of these states exists and is not placed (yet): Ray will place it when a node has room
-WAITING = ("DEPENDENCIES_UNREADY", "PENDING_CREATION", "RESTARTING")
 
 
 class SelfStartingActor(SessionActor):

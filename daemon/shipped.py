@@ -51,6 +51,14 @@ def _uint53(payload: dict[str, Any], key: str) -> int | None:
     return v if type(v) is int and 0 <= v <= _MAX_OFFSET else None
 
 
+def _mode(payload: dict[str, Any]) -> int | None:
+    """The shipped file's permission bits for the daemon's copy (``mode``: an int of at most 0o7777, else None: the
+    copy stays 0600). Only the rwx bits are kept (never set-id or sticky), and the owner may always read it (the
+    daemon serves ``labd files`` downloads from it)."""
+    v = payload.get("mode")
+    return (v & 0o777) | 0o400 if type(v) is int and 0 <= v <= 0o7777 else None
+
+
 def _parts(rel: str) -> list[str] | None:
     """The components of a shipped file's relative path; None for one that would leave the work directory."""
     p = PurePosixPath(rel)
@@ -136,6 +144,8 @@ def receive(sessions_dir: Path | None, sid: str, payload: dict[str, Any]) -> dic
         if payload.get("last"):
             with _read(part, dfd) as f:
                 kept = os.fstat(f.fileno()).st_size == size and _sha256(f) == payload["sha256"]
+                if kept and (mode := _mode(payload)) is not None:
+                    os.fchmod(f.fileno(), mode)
             if not kept:
                 _discard(part, dfd)
                 return {**stored, "error": "sha256 mismatch: a chunk is missing; the file was not kept"}

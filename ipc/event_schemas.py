@@ -138,7 +138,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | type, bool]]] = {
     "file.shipped": {"path": (str, True), "size": (int, True), "sha256": (str, True), "offset": (int, True),
                      "data": (str, False), "last": (bool, True), "bytes": (int, False), "error": (str, False),
                      "deleted": (bool, False), "path_b64": (str, False),
-                     "from_object": (bool, False), "length": (int, False)},
+                     "from_object": (bool, False), "length": (int, False), "mode": (int, False)},
     # a remote runner's checkpoint object (manifest, result, file content, chunk or chunk index), shipped home in
     # chunks before the checkpoint that needs it (Ray): the daemon keeps the bytes in the session's object store and
     # stores the event without ``data``; ``name``: ``ab/<sha256>`` or ``ab/<sha256>.chunks``

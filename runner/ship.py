@@ -68,6 +68,9 @@ class Shipper:
         self.root, self.emit, self.max_bytes, self.chunk, self.ranges = root, emit, max_bytes, chunk, ranges
         self.total = 0
         self._sent: dict[str, str] = {}  # rel -> sha256 as last shipped
+        #: rel -> permission bits as last shipped; a file not here (a resume's, whose modes the seed does not name)
+        #: counts as shipped with its current mode: a chmod alone ships it again, a resume does not ship everything
+        self._modes: dict[str, int] = {}
         self._objects_stopped = False  # checkpoint objects went over max_bytes: none are shipped from then on
         #: names of the objects this runner shipped: at home, so a file made of them goes without its bytes
         self._home: set[str] = set()
@@ -135,27 +138,31 @@ class Shipper:
         # makes room at home for what replaces it; the daemon removes the directories a deletion leaves empty)
         for rel in sorted(set(self._sent) - set(snapshot.files)):
             del self._sent[rel]
+            self._modes.pop(rel, None)
             self.emit("file.shipped", {**path_fields(key_path(rel)), "size": 0, "sha256": "", "offset": 0,
                                        "last": True, "deleted": True})
         for rel in sorted(snapshot.files):  # manifest keys (labd.runner.names.manifest_key)
-            digest = str(snapshot.files[rel][0])
-            if self._sent.get(rel) == digest:
-                continue  # unchanged since shipped: not even opened
+            entry = snapshot.files[rel]
+            digest, mode = str(entry[0]), _mode(entry)
+            if self._sent.get(rel) == digest and self._modes.get(rel, mode) == mode:
+                continue  # unchanged since shipped (content and mode): not even opened
             try:
                 size = snapshot.objects.size(digest)
                 if self._at_home(snapshot.objects, digest):
-                    self._send_from_object(rel, size, digest)  # no bytes: not counted against max_bytes
+                    self._send_from_object(rel, size, digest, mode)  # no bytes: not counted against max_bytes
                 elif self.total + size > self.max_bytes:
                     skipped.append(display(key_path(rel)))
                     continue
                 else:
-                    self._send(snapshot.objects, rel, size, digest)
+                    self._send(snapshot.objects, rel, size, digest, mode)
                     self.total += size
             except OSError as exc:  # an object gone or unreadable: say so, ship the rest
                 self.emit("log", {"level": "warning", "event": f"file not shipped: {display(key_path(rel))}: {exc}",
                                   "logger": "labd.runner.ship"})
                 continue
             self._sent[rel] = digest
+            if mode is not None:
+                self._modes[rel] = mode
             shipped += 1
             nbytes += size
         if skipped:
@@ -241,9 +248,9 @@ class Shipper:
             if last:
                 break
 
-    def _send_from_object(self, rel: str, size: int, digest: str) -> None:
+    def _send_from_object(self, rel: str, size: int, digest: str, mode: int | None = None) -> None:
         """Ship file ``rel`` as ranges of object ``digest`` the daemon has (no bytes; one event for an empty file)."""
-        fields = {**path_fields(key_path(rel)), "size": size, "sha256": digest, "from_object": True}
+        fields = {**_file_fields(rel, size, digest, mode), "from_object": True}
         offset = 0
         while True:
             length = min(FROM_OBJECT_RANGE, size - offset)
@@ -253,6 +260,20 @@ class Shipper:
             if last:
                 break
 
-    def _send(self, objects: ObjectStore, rel: str, size: int, digest: str) -> None:
+    def _send(self, objects: ObjectStore, rel: str, size: int, digest: str, mode: int | None = None) -> None:
         with objects.reader(digest) as f:
-            self._send_chunks(f, "file.shipped", {**path_fields(key_path(rel)), "size": size, "sha256": digest})
+            self._send_chunks(f, "file.shipped", _file_fields(rel, size, digest, mode))
+
+
+def _mode(entry: list[Any]) -> int | None:
+    """A manifest entry's permission bits (``[sha256, size, mode]``); None for an entry without one."""
+    return int(entry[2]) & 0o777 if len(entry) > 2 and isinstance(entry[2], int) else None
+
+
+def _file_fields(rel: str, size: int, digest: str, mode: int | None) -> dict[str, Any]:
+    """What every chunk of file ``rel`` says of it: its path, size, sha256 and permission bits (the daemon gives its
+    copy that mode: shipped scripts stayed 0600, not executable, at home)."""
+    fields = {**path_fields(key_path(rel)), "size": size, "sha256": digest}
+    if mode is not None:
+        fields["mode"] = mode
+    return fields

@@ -48,6 +48,8 @@ def stepped(ctx) -> str:
     with ctx.step("first"):
         Path("first.txt").write_text("step one's result\\n")
         Path("scratch.txt").write_text("deleted in step two\\n")
+        Path("run.sh").write_text("#!/bin/sh\\necho ran\\n")
+        os.chmod("run.sh", 0o755)
     with ctx.step("second"):
         os.remove("scratch.txt")
         d = ctx.approval("go", "Finish?", options=["yes"])
@@ -410,14 +412,16 @@ def test_runner_endpoint_refuses_wrong_curve_key(ray_daemon: DaemonProc) -> None
 def test_files_are_shipped_after_each_step_while_the_session_runs(ray_daemon: DaemonProc, rc: object) -> None:
     """A Ray session's files reach the daemon at each checkpoint, not only at the end: while step two waits for
     an approval, step one's file is already in the daemon's copy of the work directory; a file deleted on the
-    node in step two is gone from the copy at the end. The files go without their bytes: the daemon copies them from
-    the checkpoint objects the runner shipped first."""
+    node in step two is gone from the copy at the end; a script made executable there is executable at home. The
+    files go without their bytes: the daemon copies them from the checkpoint objects the runner shipped first."""
     c = rc
     sid = c.start(f"{ray_daemon.flows}:stepped")  # type: ignore[attr-defined]
     work = ray_daemon.home / "sessions" / sid / "work"
     wait_until(lambda: _events(c, sid, ["approval.requested"]), timeout=60, interval=0.1, what="step two waits")
     assert (work / "first.txt").read_text() == "step one's result\n"
     assert (work / "scratch.txt").exists()
+    assert (work / "run.sh").stat().st_mode & 0o777 == 0o755  # executable on the node: so at home
+    assert subprocess.run([str(work / "run.sh")], capture_output=True, text=True).stdout == "ran\n"
     c.resolve(sid, "yes")  # type: ignore[attr-defined]
     assert _ended(c, sid)["status"] == "completed"
     assert (work / "first.txt").exists() and not (work / "scratch.txt").exists()

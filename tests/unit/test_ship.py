@@ -125,3 +125,49 @@ def test_the_daemon_keeps_a_shipped_non_utf8_name_by_its_bytes(tmp_path: Path) -
     assert Path(os.fsdecode(os.path.join(os.fsencode(work), raw))).read_bytes() == data
     refused = receive(tmp_path, "s2", {**chunk, "path_b64": "not base64!"})
     assert "path_b64" in refused["error"] and not (tmp_path / "s2").exists()
+
+
+def test_a_shipped_file_keeps_its_mode_at_home_and_a_chmod_alone_ships_it_again(tmp_path: Path) -> None:
+    """A script made executable on the node (0755) and a private file (0640) arrive in the daemon's copy with those
+    modes (they arrived 0600: a shipped script could not be run from home); set-id bits never travel. A ``chmod``
+    that leaves the content as it was ships the file again (with its new mode), and an unchanged file is not
+    shipped. A chunk whose ``mode`` is not a mode leaves the copy 0600."""
+    import base64
+    import hashlib
+
+    from labd.daemon.shipped import receive
+
+    durable, files, _ = _durable(tmp_path)
+    work = durable.workdir
+    (work / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (work / "run.sh").chmod(0o4755)
+    (work / "notes.txt").write_text("private")
+    (work / "notes.txt").chmod(0o640)
+    sent: list[dict[str, Any]] = []
+    shipper = Shipper(work, lambda kind, payload: sent.append(payload) or 0, 1 << 30)
+    files.scan(None)
+    home = tmp_path / "home"
+    (home / "s1").mkdir(parents=True)
+
+    def ship() -> list[str]:
+        sent.clear()
+        shipper.ship(durable.snapshot())
+        for chunk in sent:
+            got = receive(home, "s1", chunk)
+            assert "error" not in got, got["error"]
+        return sorted(str(c["path"]) for c in sent)
+
+    assert ship() == ["notes.txt", "run.sh"]
+    copy = home / "s1" / "work"
+    assert (copy / "run.sh").stat().st_mode & 0o7777 == 0o755
+    assert (copy / "notes.txt").stat().st_mode & 0o7777 == 0o640
+    (work / "notes.txt").chmod(0o600)
+    files.scan(None)
+    assert ship() == ["notes.txt"]
+    assert (copy / "notes.txt").stat().st_mode & 0o7777 == 0o600
+    assert ship() == []
+    data = b"x"
+    odd = {"path": "odd.txt", "size": 1, "sha256": hashlib.sha256(data).hexdigest(), "offset": 0, "last": True,
+           "data": base64.b64encode(data).decode(), "mode": 0o100755}
+    assert "error" not in receive(home, "s1", odd)
+    assert (copy / "odd.txt").stat().st_mode & 0o7777 == 0o600
