@@ -47,6 +47,7 @@ class ControlPlane:
     idempotent_waiters: dict[str, list[tuple[bytes, str]]]
     branches_in_flight: InFlight
     supervisor: Any
+    launcher: Any  # daemon.launch_routing.Launchers
     retention: Any
     indexer: Any
     checkpointer: Any  # store.db.Checkpointer, None on PostgreSQL
@@ -292,8 +293,10 @@ class ControlPlane:
                 self._deferred.pop(req_id, None)
                 self._reply(control, identity, req_id, result, refusable=False)
             elif note[0] == "deleted":
-                _, reply_to, sids, counts = note
+                _, reply_to, sids, counts, placed = note
                 self.retention.remove_dirs(sids)
+                if placed:  # their directories on Ray nodes (the Ray launcher's, if there is one)
+                    self.launcher.clean_nodes(placed)
                 self.indexer.forget(sids)
                 if self.checkpointer is not None:  # the deletion's log back to nothing (SQLite)
                     self.checkpointer.compact_soon()

@@ -147,6 +147,11 @@ class DaemonItems:
                 batch.notes.append(("refused", reply_to, "not_terminal",
                                     f"session {live[0]} is {self.cursors[live[0]].status}: stop it first"))
             return
+        try:  # where they ran on Ray nodes, read before the rows go: their directories there are removed too
+            placed = self.writer.node_dirs(sids)
+        except Exception as exc:  # noqa: BLE001 - the deletion goes on; the nodes keep those directories
+            self.log.warning("cannot read where deleted sessions ran on Ray nodes", error=str(exc)[:300])
+            placed = []
         try:
             counts = self.writer.delete_sessions(sids)
         except Exception as exc:  # noqa: BLE001 - reported to the client; the record is unchanged
@@ -162,7 +167,7 @@ class DaemonItems:
             self.cursors.pop(sid, None)
             self._last_resend.pop(sid, None)
         self.count("sessions_deleted", counts.get("sessions", 0))
-        batch.notes.append(("deleted", reply_to, sids, counts))
+        batch.notes.append(("deleted", reply_to, sids, counts, placed))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from labd.daemon.launcher import ExitInfo, LaunchError
 
 if TYPE_CHECKING:
@@ -58,6 +60,16 @@ class Launchers:
     def ray_health(self) -> dict[str, Any] | None:
         """The Ray launcher's state (``daemon.status`` ``ray``), or None without one."""
         return self.ray.health() if self.ray is not None else None
+
+    def clean_nodes(self, placed: list[tuple[str, str, str]]) -> None:
+        """Deleted sessions' directories on the Ray nodes they ran on (``(session, node, work dir)``): removed by the
+        Ray launcher; without one (the configuration changed since) they stay, and the log says so."""
+        if self.ray is not None:
+            self.ray.clean_nodes(placed)
+        elif placed:
+            structlog.get_logger("labd.ray").warning(
+                "deleted sessions ran on Ray nodes, but this daemon has no Ray launcher: their directories there are "
+                "not removed", sessions=sorted({p[0] for p in placed})[:20])
 
     def adopt_remote(self, sid: str, unrecorded: bool = False) -> int | None:
         """A session with no local runner: adopt its Ray actor if there is one (see :meth:`RayLauncher.adopt`);

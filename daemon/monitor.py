@@ -129,7 +129,7 @@ class Monitor(Breaches, threading.Thread):
             self.cgroups.adopt(sid, pid)  # its group, if the last daemon made one
         with self._lock:
             now = time.monotonic()
-            self._watched[sid] = Watched(sid, pid, limits, started, start_key=p.start if p else None, t_at=now,
+            self._watched[sid] = Watched(sid, pid, limits, started, start_key=p.start if p else None,
                                           watched_at=now, keys={p.key} if p else set())
             self._changes += 1  # with the change itself: the loop's copy has it, or its next tick is a full one
         try:

@@ -63,6 +63,7 @@ KILL_ACTOR_AFTER_S = 3.0
 #: threads creating actors (:func:`_spawner`): a resume reading a large record holds up one of them
 SPAWNERS = 2
 SPAWNED = "spawned-by-thread"  # the loop's own message from a spawner thread (never sent by the daemon)
+MAX_CLEANING = 1000  # removals of deleted sessions' node directories in flight at once (more are refused: logged)
 #: how long an adoption waits for a placed actor's describe() before the actor is adopted anyway (answering the
 #: daemon, which waits); it is then waited for as one not placed yet
 ADOPT_TIMEOUT_S = 30.0
@@ -193,6 +194,15 @@ def _create(ray: Any, actor_class: Any, namespace: str, msg: dict[str, Any]) -> 
         return {"actor": None, "error": f"cannot create the actor: {exc}"[:1000]}
 
 
+def _clean(ray: Any, cleaner: Any, msg: dict[str, Any]) -> Any:
+    """Start removing a deleted session's directory on its node (a task pinned there, ``soft=False``: never on another
+    node); the task's ref. Raises what Ray raises for a submission it refuses."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    pinned = NodeAffinitySchedulingStrategy(node_id=str(msg["node"]), soft=False)
+    return cleaner.options(scheduling_strategy=pinned).remote(str(msg["workdir"]), str(msg["sid"]))
+
+
 def main() -> None:
     address = sys.argv[1] if len(sys.argv) > 1 else "auto"
     namespace = sys.argv[2] if len(sys.argv) > 2 else "labd"
@@ -210,6 +220,9 @@ def main() -> None:
         ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING,
                  configure_logging=False)
         Actor = ray.remote(max_concurrency=4)(SelfStartingActor)  # type: ignore[call-overload]  # wait() blocks one thread; signal() needs another
+        from labd.runner.node_cleanup import remove_session_dir
+
+        cleaner = ray.remote(num_cpus=0, max_retries=0)(remove_session_dir)
     except Exception as exc:  # noqa: BLE001 - reported to the daemon, which tries again after a backoff
         _out({"op": "error", "message": f"cannot connect to Ray at {address!r}: {exc}"[:1000]})
         return
@@ -267,6 +280,7 @@ def main() -> None:
         if sig == signal.SIGKILL:
             kill_at.setdefault(handle, time.monotonic() + KILL_ACTOR_AFTER_S)
 
+    cleaning: dict[Any, dict[str, Any]] = {}  # task ref -> its "clean" request: deleted sessions' node directories
     spawning: dict[int, tuple[str, list[int]]] = {}  # handle -> (actor name, signals held until it is created)
     later: dict[str, list[dict[str, Any]]] = {}  # actor name -> spawns of it waiting for the one being made
     spawns: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -319,6 +333,17 @@ def main() -> None:
                     adopted(handle, waiting=state)
             elif op == "sweep":  # the actors being created are watched already
                 _sweep(ray, namespace, set(names.values()) | {name for name, _ in spawning.values()})
+            elif op == "clean":  # a deleted session's directory on a node: answered "cleaned" when the task ends
+                try:
+                    if len(cleaning) >= MAX_CLEANING:
+                        raise RuntimeError(f"{MAX_CLEANING} removals already in flight")
+                    ref = _clean(ray, cleaner, msg)
+                except Exception as exc:  # noqa: BLE001 - the directory stays; the daemon logs why
+                    _out({"op": "cleaned", "sid": msg.get("sid"), "node": msg.get("node"),
+                          "workdir": msg.get("workdir"), "outcome": f"not removed: {exc}"[:500]})
+                    continue
+                cleaning[ref] = msg
+                refs[ref] = (0, "clean")
             elif op == "signal" and handle in spawning:
                 spawning[handle][1].append(int(msg["sig"]))
             elif op == "signal" and handle in actors:
@@ -328,6 +353,15 @@ def main() -> None:
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0.05)
         for ref in ready:
             handle, what = refs.pop(ref)
+            if what == "clean":
+                done = cleaning.pop(ref)
+                try:
+                    outcome = str(ray.get(ref))
+                except Exception as exc:  # noqa: BLE001 - refused on the node, or the node is gone: it stays
+                    outcome = f"not removed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}"
+                _out({"op": "cleaned", "sid": done.get("sid"), "node": done.get("node"),
+                      "workdir": done.get("workdir"), "outcome": outcome[:500]})
+                continue
             if handle not in actors:
                 continue
             try:

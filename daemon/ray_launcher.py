@@ -216,6 +216,9 @@ class RayLauncher:
                 self._driver_gone()
             elif op in ("spawned", "adopted"):
                 self._answered(msg)
+            elif op == "cleaned":  # a deleted session's directory on its node (the session is gone from the store)
+                self.log.info("a deleted session's directory on its Ray node", session_id=msg.get("sid"),
+                              node=msg.get("node"), workdir=msg.get("workdir"), outcome=str(msg.get("outcome"))[:300])
             elif op == "_ready":  # requests held while it connected are sent now: their time to answer starts now
                 now = time.monotonic()
                 self._requests = {req: (op_, handle, now) for req, (op_, handle, _) in self._requests.items()}
@@ -370,6 +373,17 @@ class RayLauncher:
         self._pump()
         notes, self._notes = self._notes, []
         return notes
+
+    def clean_nodes(self, placed: list[tuple[str, str, str]]) -> None:
+        """Remove deleted sessions' directories on the nodes they ran on (``(session, node id, work dir)``): the
+        driver runs a task pinned to each node (:func:`labd.runner.node_cleanup.remove_session_dir`) and reports
+        what became of it. While no driver reaches the cluster they stay, and the log names them."""
+        for sid, node, workdir in placed:
+            try:
+                self.link.send({"op": "clean", "sid": sid, "node": node, "workdir": workdir})
+            except LaunchError:
+                self.log.warning("a deleted session's directory on its Ray node is not removed: the cluster does not "
+                                 "answer", session_id=sid, node=node, workdir=workdir)
 
     def _send_signal(self, handle: int, sig: int) -> bool:
         try:

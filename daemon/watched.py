@@ -15,10 +15,9 @@ from typing import Any
 from labd.daemon.launcher import signal_group
 from labd.daemon.limits import Limits
 from labd.daemon.proctable import Proc, read_proc
+from labd.runner.cpu_bucket import CpuBucket
 
-__all__ = ["Watched", "figures", "sample_payload", "kill_proc", "signal_members", "throttle", "BURST_S"]
-
-BURST_S = 0.1  # how much CPU time a throttled session may bank
+__all__ = ["Watched", "figures", "sample_payload", "kill_proc", "signal_members", "throttle"]
 
 
 @dataclass
@@ -44,9 +43,7 @@ class Watched:
     #: past half its process-count limit: the monitor samples it at the fast period until it drops back
     procs_near: bool = False
     # throttling
-    allowance: float = 0.0
-    t_total: float = 0.0
-    t_at: float = 0.0
+    bucket: CpuBucket = field(default_factory=CpuBucket)
     stopped_until: float = 0.0
     breached: bool = False
     procs_reported: bool = False
@@ -91,16 +88,10 @@ def throttle(w: Watched, now: float) -> None:
             return
         signal_members(w, signal.SIGCONT)
         w.stopped_until = 0.0
-    quota = (w.limits.cpu or 100.0) / 100.0
     total = sum(p.cpu for p in (read_proc(m.pid) for m in w.members) if p is not None)
-    if w.t_total == 0.0:
-        w.t_total, w.t_at, w.allowance = total, now, 0.0
-        return
-    used = max(0.0, total - w.t_total)
-    w.allowance = min(w.allowance + quota * (now - w.t_at), quota * BURST_S) - used
-    w.t_total, w.t_at = total, now
-    if w.allowance < 0:
-        w.stopped_until = now + -w.allowance / quota
+    stop = w.bucket.charge(total, now, (w.limits.cpu or 100.0) / 100.0)
+    if stop > 0:
+        w.stopped_until = now + stop
         signal_members(w, signal.SIGSTOP)
 
 

@@ -9,8 +9,10 @@ payload formats as the local monitor's; the launcher collects them and the daemo
 ``limit.exceeded`` / ``resource.sample`` events. As on the daemon's monitor, the tree is sampled every 0.1 s only
 while the session has a memory or process limit to enforce (else every ``record_interval``), and a periodic
 sample is noted only when a figure moved or 30 s passed (:func:`labd.ipc.samples.worth_recording`).
-CPU throttling (``--cpu``) is not done on a node: there, ``--cpus`` is the actor's Ray resource request
-(scheduling), not a throttle.
+A CPU limit (``--cpu``/``--cpus``: also the actor's Ray resource request, which only places it) is enforced as the
+daemon's monitor does for a local runner: the tree is sampled every :data:`THROTTLE_TICK_S` and stopped (SIGSTOP)
+while it has used more than its quota earned (:class:`labd.runner.cpu_bucket.CpuBucket`), then continued. Until
+2026-12-07 it was only a reservation on a node, though ``labd show`` listed it as a limit (a Ray review).
 """
 
 from __future__ import annotations
@@ -24,8 +26,13 @@ from typing import Any
 import psutil
 
 from labd.ipc.samples import Figures, worth_recording
+from labd.runner.cpu_bucket import CpuBucket
 
-__all__ = ["NodeMonitor"]
+__all__ = ["NodeMonitor", "THROTTLE_TICK_S"]
+
+#: the sampling period while a CPU limit is enforced (the daemon's monitor reads one process table for all its
+#: sessions every 20 ms; a node monitor walks its tree with psutil: 50 ms)
+THROTTLE_TICK_S = 0.05
 
 
 class NodeMonitor(threading.Thread):
@@ -40,8 +47,10 @@ class NodeMonitor(threading.Thread):
         # the tree is past half of (every session has one by default: daemon/limits.py, Limits.strict)
         self.fixed = interval is not None
         self.fast = min(limit_interval, record_interval)
+        if limits.get("cpu") is not None:
+            self.fast = min(self.fast, THROTTLE_TICK_S)
         self.interval = interval if interval is not None else (
-            self.fast if limits.get("memory") is not None else record_interval)
+            self.fast if limits.get("memory") is not None or limits.get("cpu") is not None else record_interval)
         self.slow = self.interval
         self._recorded: Figures | None = None  # figures of the last resource.sample noted
         self._recorded_at = 0.0
@@ -52,6 +61,9 @@ class NodeMonitor(threading.Thread):
         self.peak_cpu = 0.0
         self._breached = self._timed_out = False
         self._cpu: dict[int, tuple[float, float]] = {}
+        self.cpu_seconds = 0.0  # the tree's CPU time at the last sample (its members then)
+        self.bucket = CpuBucket()
+        self.stopped_until = 0.0  # monotonic time until which the tree is stopped for its CPU limit (0: running)
 
     def stop(self) -> None:
         self._halt.set()
@@ -73,11 +85,15 @@ class NodeMonitor(threading.Thread):
             return []
 
     def kill_tree(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the runner's group and every member of its tree (members may have left the group: setsid)."""
-        members = self._tree()
-        for p in members:
+        """Signal the runner's group and every member of its tree (members may have left the group: setsid),
+        continued first (one stopped by the CPU limit would hold a SIGTERM until then)."""
+        self._signal_tree(sig, cont=True)
+
+    def _signal_tree(self, sig: int, cont: bool = False) -> None:
+        for p in self._tree():
             try:
-                p.send_signal(signal.SIGCONT)
+                if cont:
+                    p.send_signal(signal.SIGCONT)
                 p.send_signal(sig)
             except psutil.Error:
                 pass
@@ -86,10 +102,23 @@ class NodeMonitor(threading.Thread):
         except (ProcessLookupError, PermissionError):
             pass
 
+    def throttle(self, now: float) -> None:
+        """The CPU limit: continue the tree once its stop is over; stop it (SIGSTOP) for as long as its debt takes to
+        pay at the quota when it used more than it earned since the last sample."""
+        if self.stopped_until:
+            if now < self.stopped_until:
+                return
+            self._signal_tree(signal.SIGCONT)
+            self.stopped_until = 0.0
+        stop = self.bucket.charge(self.cpu_seconds, now, float(self.limits["cpu"]) / 100.0)
+        if stop > 0:
+            self.stopped_until = now + stop
+            self._signal_tree(signal.SIGSTOP)
+
     def sample(self) -> dict[str, Any]:
         """One reading of the tree (and the peaks so far), the local monitor's ``resource.sample`` fields."""
         members = self._tree()
-        rss = cpu = 0.0
+        rss = cpu = seconds = 0.0
         now = time.monotonic()
         seen: dict[int, tuple[float, float]] = {}
         for p in members:
@@ -100,15 +129,18 @@ class NodeMonitor(threading.Thread):
                     total = t.user + t.system
             except psutil.Error:
                 continue
+            seconds += total
             prev = self._cpu.get(p.pid)
             if prev is not None and now > prev[1]:
                 cpu += (total - prev[0]) / (now - prev[1]) * 100.0
             seen[p.pid] = (total, now)
         self._cpu = seen
+        self.cpu_seconds = seconds
         self.peak_rss = max(self.peak_rss, int(rss))
         self.peak_cpu = max(self.peak_cpu, cpu)
         return {"rss": int(rss), "rss_sum": int(rss), "cpu_percent": round(cpu, 1), "num_procs": len(members),
-                "peak_rss": self.peak_rss, "peak_cpu_percent": round(self.peak_cpu, 1)}
+                "peak_rss": self.peak_rss, "peak_cpu_percent": round(self.peak_cpu, 1),
+                "throttled": self.stopped_until > 0}
 
     def _record(self, s: dict[str, Any], now: float, periodic: bool = True) -> None:
         """Note ``s`` as a ``resource.sample`` unless ``periodic`` and no figure moved since the last one."""
@@ -127,12 +159,22 @@ class NodeMonitor(threading.Thread):
     def _next_wait(self) -> float:
         """The pass interval, shortened to wake up when the wall-time limit runs out (a session with only a
         timeout is sampled every ``record_interval``, yet stopped on time, as the daemon's monitor does)."""
+        wait = self.interval
+        if self.stopped_until:  # continued on time
+            wait = min(wait, max(0.002, self.stopped_until - time.monotonic()))
         timeout = self.limits.get("timeout")
         if timeout is None or self._timed_out:
-            return self.interval
-        return max(0.01, min(self.interval, self.started + timeout - time.time() + 0.01))
+            return wait
+        return max(0.01, min(wait, self.started + timeout - time.time() + 0.01))
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            if self.stopped_until:  # never leave the tree stopped behind (the actor's end stops this thread)
+                self._signal_tree(signal.SIGCONT)
+
+    def _run(self) -> None:
         last_record = 0.0
         lim = self.limits
         last: dict[str, Any] | None = None
@@ -162,6 +204,8 @@ class NodeMonitor(threading.Thread):
                 self._note("limit", {"limit": "wall time", "measured": round(wall, 2), "max": lim["timeout"],
                                      "unit": "seconds", "action": "stop"})
             now = time.monotonic()
+            if lim.get("cpu") is not None and not self._breached:
+                self.throttle(now)
             if now - last_record >= self.record_interval:
                 last_record = now
                 self._record(s, now)

@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, select
 
 from labd.ipc.events import TERMINAL_STATUSES
-from labd.store.schema import blob_refs, blobs, metadata, sessions
+from labd.store.schema import blob_refs, blobs, events, metadata, sessions
 
-__all__ = ["delete_sessions", "prune_candidates"]
+__all__ = ["delete_sessions", "node_dirs", "prune_candidates"]
 
 
 def _keyed_tables() -> list[Any]:
@@ -52,6 +53,26 @@ def delete_sessions(conn: Connection, ids: Iterable[str]) -> dict[str, int]:
         gone += conn.execute(blobs.delete().where(blobs.c.sha256.in_(chunk), still)).rowcount or 0
     counts["blobs"] = gone
     return counts
+
+
+def node_dirs(conn: Connection, ids: Iterable[str]) -> list[tuple[str, str, str]]:
+    """``(session, node id, work directory)`` of every placement (``session.placed``) of the sessions of ``ids`` that
+    ran on a remote launcher (``pid`` 0): read before they are deleted, so that their directories on the nodes can be
+    removed too. Reads each such session's events (their deletion reads them all anyway)."""
+    ids = list(ids)
+    remote: list[str] = []
+    for start in range(0, len(ids), 500):
+        remote.extend(r[0] for r in conn.execute(select(sessions.c.id).where(
+            sessions.c.id.in_(ids[start:start + 500]), sessions.c.pid == 0)))
+    found: dict[tuple[str, str, str], None] = {}
+    for start in range(0, len(remote), 500):
+        for sid, payload in conn.execute(select(events.c.session_id, events.c.payload).where(
+                events.c.session_id.in_(remote[start:start + 500]), events.c.kind == "session.placed")):
+            placed = orjson.loads(payload)
+            node, workdir = placed.get("node"), placed.get("workdir")
+            if isinstance(node, str) and node and isinstance(workdir, str) and workdir:
+                found[(sid, node, workdir)] = None
+    return list(found)
 
 
 def prune_candidates(engine: Engine, *, ended_before: float, statuses: Iterable[str] | None = None,

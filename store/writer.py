@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select
 from labd.store.attempts import run_keys
 from labd.store.known_keys import KnownKeys
 from labd.store.projections import RowChanges, SessionCursor
-from labd.store.retention import delete_sessions
+from labd.store.retention import delete_sessions, node_dirs
 from labd.store.schema import ADD_TO_COST_SUMS, DAY, IDEMPOTENCY_RETENTION, SUMMED, approvals, model_key, sessions
 from labd.store.skills import delete_skill, insert_skill
 
@@ -192,6 +192,14 @@ class BatchWriter:
         except BaseException:
             self._conn.rollback()
             raise
+
+    def node_dirs(self, ids: list[str]) -> list[tuple[str, str, str]]:
+        """Where the remote sessions among ``ids`` ran (:func:`labd.store.retention.node_dirs`): read before they are
+        deleted."""
+        try:
+            return node_dirs(self._conn, ids)
+        finally:
+            self._conn.rollback()  # a read: no transaction left open
 
     def delete_sessions(self, ids: list[str]) -> dict[str, int]:
         """Delete whole sessions (every row of theirs, in one transaction); rows deleted per table."""

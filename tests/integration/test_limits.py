@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
 from tests.conftest import alive, module_daemon_on, pointed_at, wait_until
+from tests.support.procmem import run_delay
 
 
 @pytest.fixture
@@ -66,15 +65,6 @@ def test_memory_held_in_an_unmapped_memfd_counts(monitor_only, monkeypatch: pyte
         assert final["peak_rss"] > 150 * 2**20
 
 
-def _run_delay(pid: int) -> float:
-    """Seconds the process's threads waited, runnable, for a CPU (``/proc/<pid>/task/*/schedstat``)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            total += int((task / "schedstat").read_text().split()[1])
-    return total / 1e9
-
-
 def test_cpu_hog_is_held_to_its_quota(client) -> None:
     """A busy loop limited to 30 % of a core gets at most 30 % (+15 % of the quota) over a few seconds, and no
     less than 30 % -15 % unless the box itself had no CPU to give it (time it spent runnable but waiting for a
@@ -83,10 +73,10 @@ def test_cpu_hog_is_held_to_its_quota(client) -> None:
     pid = wait_until(lambda: client.session(sid)["pid"], what="runner pid")
     proc = psutil.Process(pid)
     wait_until(lambda: client.session(sid)["status"] == "running", what="running")
-    c0, d0 = sum(proc.cpu_times()[:2]), _run_delay(pid)
+    c0, d0 = sum(proc.cpu_times()[:2]), run_delay(pid)
     start = time.monotonic()
     wait_until(lambda: time.monotonic() - start > 4.0, timeout=10, interval=0.2, what="measurement window")
-    c1, d1 = sum(proc.cpu_times()[:2]), _run_delay(pid)
+    c1, d1 = sum(proc.cpu_times()[:2]), run_delay(pid)
     wall = time.monotonic() - start
     share, starved = (c1 - c0) / wall * 100, (d1 - d0) / wall * 100
     client.kill(sid)

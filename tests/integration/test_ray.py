@@ -55,6 +55,12 @@ def stepped(ctx) -> str:
         d = ctx.approval("go", "Finish?", options=["yes"])
     return d.decision
 
+def spin(ctx, seconds: float = 3.0) -> float:
+    c0, t0 = time.process_time(), time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        pass
+    return (time.process_time() - c0) / (time.monotonic() - t0) * 100
+
 def tick(ctx, n: int = 100000, delay: float = 0.05) -> int:
     for i in range(n):
         print(f"tick {i}", flush=True)
@@ -334,8 +340,11 @@ def test_node_lost_session_lost(ray_daemon: DaemonProc, rc: object, worker_node:
 def test_limits_enforced_on_node(ray_daemon: DaemonProc, rc: object) -> None:
     """A remote session over its memory limit is killed by the node-local monitor in its actor, and one over its
     wall time is stopped by the daemon's ladder on the monitor's note: the same limit.exceeded events (memory /
-    kill, wall time / stop) as for local sessions."""
+    kill, wall time / stop) as for local sessions. A busy loop with ``--cpu 30%`` gets at most 30 % of a core
+    (+15 %) on its node (the node monitor throttles it: it was only Ray's reservation, and took a whole core)."""
     c = rc
+    spin = c.start(f"{ray_daemon.flows}:spin", cpu="30%")  # type: ignore[attr-defined]
+    assert c.result(spin, timeout=60) <= 30 * 1.15  # type: ignore[attr-defined]
     mem = c.start("labd_testflows:memory_hog", params={"mb": 600}, memory="150M")  # type: ignore[attr-defined]
     slow = c.start(f"{ray_daemon.flows}:tick", timeout=2, placement={"on": "ray"})  # type: ignore[attr-defined]
     s = _ended(c, mem)
@@ -346,6 +355,28 @@ def test_limits_enforced_on_node(ray_daemon: DaemonProc, rc: object) -> None:
     lim = _events(c, slow, ["limit.exceeded"])
     assert lim and lim[0]["payload"]["limit"] == "wall time" and lim[0]["payload"]["action"] == "stop", lim
     assert s["status"] in ("failed", "cancelled") and "wall time" in str(s.get("reason")), s
+
+
+def test_a_deleted_sessions_directory_on_its_node_is_removed(ray_daemon: DaemonProc, rc: object) -> None:
+    """A Ray session killed on its node leaves its directory there (work directory, the spool of what it had not
+    delivered: the only copy of what it did since its last step); ``labd rm`` of the session removes it there too (a
+    task pinned to the node), and only it: another such session's directory on the same node stays. Nothing removed
+    them before (node disks filled with the work of sessions long deleted)."""
+    c = rc
+    node = ray_daemon.home.parent / "node"
+    gone, kept = (c.start(f"{ray_daemon.flows}:tick", placement={"on": "ray"})  # type: ignore[attr-defined]
+                  for _ in range(2))
+    for sid in (gone, kept):
+        wait_until(lambda sid=sid: _events(c, sid, ["output"]), timeout=60, interval=0.1, what="running")
+        c.kill(sid)  # type: ignore[attr-defined]
+        assert _ended(c, sid)["status"] in ("cancelled", "failed", "lost"), _ended(c, sid)
+        assert (node / sid / "work").is_dir()
+    subprocess.run([sys.executable, "-m", "labd", "--home", str(ray_daemon.home), "rm", gone], check=True,
+                   capture_output=True, timeout=60)
+    wait_until(lambda: not (node / gone).exists(), timeout=60, interval=0.1, what="its node directory removed")
+    assert (node / kept / "work").is_dir()
+    wait_until(lambda: "a deleted session's directory on its Ray node" in ray_daemon.log(), timeout=30,
+               interval=0.1, what="the removal reported in the daemon's log")
 
 
 def test_cli_placement_and_infeasible_request(ray_daemon: DaemonProc, rc: object) -> None:

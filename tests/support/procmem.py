@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
-__all__ = ["memory_mb", "reset_peak"]
+__all__ = ["memory_mb", "reset_peak", "run_delay"]
 
 
 def memory_mb(pid: int, field: str = "VmRSS") -> int:
@@ -19,3 +20,13 @@ def memory_mb(pid: int, field: str = "VmRSS") -> int:
 def reset_peak(pid: int) -> None:
     """Reset the process's peak (``VmHWM``) to what it holds now, so a later read tells what one action raised it by."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def run_delay(pid: int) -> float:
+    """Seconds the process's threads waited, runnable, for a CPU (``/proc/<pid>/task/*/schedstat``): what a busy box
+    withheld from it, which a test of a CPU limit must not blame on the limit."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
