@@ -10,8 +10,9 @@ payload formats as the local monitor's; the launcher collects them and the daemo
 while the session has a memory or process limit to enforce (else every ``record_interval``), and a periodic
 sample is noted only when a figure moved or 30 s passed (:func:`labd.ipc.samples.worth_recording`).
 A CPU limit (``--cpu``/``--cpus``: also the actor's Ray resource request, which only places it) is enforced as the
-daemon's monitor does for a local runner: the tree is sampled every :data:`THROTTLE_TICK_S` and stopped (SIGSTOP)
-while it has used more than its quota earned (:class:`labd.runner.cpu_bucket.CpuBucket`), then continued. Until
+daemon's monitor does for a local runner: the tree is sampled every :data:`THROTTLE_TICK_S` while it uses near its
+quota (every :data:`CPU_COOL_S` while well under it) and stopped (SIGSTOP) while it has used more than its quota
+earned (:class:`labd.runner.cpu_bucket.CpuBucket`), then continued. Until
 2026-12-07 it was only a reservation on a node, though ``labd show`` listed it as a limit (a Ray review).
 """
 
@@ -26,13 +27,15 @@ from typing import Any
 import psutil
 
 from labd.ipc.samples import Figures, worth_recording
-from labd.runner.cpu_bucket import CpuBucket
+from labd.runner.cpu_bucket import BURST_S, CpuBucket
 
 __all__ = ["NodeMonitor", "THROTTLE_TICK_S"]
 
 #: the sampling period while a CPU limit is enforced (the daemon's monitor reads one process table for all its
 #: sessions every 20 ms; a node monitor walks its tree with psutil: 50 ms)
 THROTTLE_TICK_S = 0.05
+#: the period while a CPU-limited tree uses less than half its quota (an idle session: 4 passes a second, not 20)
+CPU_COOL_S = 0.25
 
 
 class NodeMonitor(threading.Thread):
@@ -47,10 +50,8 @@ class NodeMonitor(threading.Thread):
         # the tree is past half of (every session has one by default: daemon/limits.py, Limits.strict)
         self.fixed = interval is not None
         self.fast = min(limit_interval, record_interval)
-        if limits.get("cpu") is not None:
-            self.fast = min(self.fast, THROTTLE_TICK_S)
         self.interval = interval if interval is not None else (
-            self.fast if limits.get("memory") is not None or limits.get("cpu") is not None else record_interval)
+            self.fast if limits.get("memory") is not None else record_interval)
         self.slow = self.interval
         self._recorded: Figures | None = None  # figures of the last resource.sample noted
         self._recorded_at = 0.0
@@ -62,6 +63,8 @@ class NodeMonitor(threading.Thread):
         self._breached = self._timed_out = False
         self._cpu: dict[int, tuple[float, float]] = {}
         self.cpu_seconds = 0.0  # the tree's CPU time at the last sample (its members then)
+        self.cpu_percent = 0.0  # the tree's CPU use between the last two samples (% of one core)
+        self._members: list[psutil.Process] = []  # the tree at the last sample
         self.bucket = CpuBucket()
         self.stopped_until = 0.0  # monotonic time until which the tree is stopped for its CPU limit (0: running)
 
@@ -89,8 +92,11 @@ class NodeMonitor(threading.Thread):
         continued first (one stopped by the CPU limit would hold a SIGTERM until then)."""
         self._signal_tree(sig, cont=True)
 
-    def _signal_tree(self, sig: int, cont: bool = False) -> None:
-        for p in self._tree():
+    def _signal_tree(self, sig: int, cont: bool = False, members: list[psutil.Process] | None = None) -> None:
+        """``sig`` to the runner's group and to each of ``members`` (the tree read now if None). A throttle's
+        stop and continue use the last sample's members: psutil refuses to signal a pid that another process took
+        since (it checks the start time), and reading the tree again cost a /proc scan per signal."""
+        for p in self._tree() if members is None else members:
             try:
                 if cont:
                     p.send_signal(signal.SIGCONT)
@@ -108,12 +114,12 @@ class NodeMonitor(threading.Thread):
         if self.stopped_until:
             if now < self.stopped_until:
                 return
-            self._signal_tree(signal.SIGCONT)
+            self._signal_tree(signal.SIGCONT, members=self._members)
             self.stopped_until = 0.0
         stop = self.bucket.charge(self.cpu_seconds, now, float(self.limits["cpu"]) / 100.0)
         if stop > 0:
             self.stopped_until = now + stop
-            self._signal_tree(signal.SIGSTOP)
+            self._signal_tree(signal.SIGSTOP, members=self._members)
 
     def sample(self) -> dict[str, Any]:
         """One reading of the tree (and the peaks so far), the local monitor's ``resource.sample`` fields."""
@@ -134,8 +140,8 @@ class NodeMonitor(threading.Thread):
             if prev is not None and now > prev[1]:
                 cpu += (total - prev[0]) / (now - prev[1]) * 100.0
             seen[p.pid] = (total, now)
-        self._cpu = seen
-        self.cpu_seconds = seconds
+        self._cpu, self._members = seen, members
+        self.cpu_seconds, self.cpu_percent = seconds, cpu
         self.peak_rss = max(self.peak_rss, int(rss))
         self.peak_cpu = max(self.peak_cpu, cpu)
         return {"rss": int(rss), "rss_sum": int(rss), "cpu_percent": round(cpu, 1), "num_procs": len(members),
@@ -160,6 +166,15 @@ class NodeMonitor(threading.Thread):
         """The pass interval, shortened to wake up when the wall-time limit runs out (a session with only a
         timeout is sampled every ``record_interval``, yet stopped on time, as the daemon's monitor does)."""
         wait = self.interval
+        cpu_limit = self.limits.get("cpu")
+        if cpu_limit is not None and not self.fixed:
+            # a tree using near its quota, stopped for it, or whose bucket is not full (it used CPU lately: a tree
+            # just continued reads 0 % for the time it was stopped) is read every 50 ms; an idle one four times a
+            # second: a tree that turns busy runs up to that long before its first stop, and pays it back after
+            quota = float(cpu_limit) / 100.0
+            hot = self.stopped_until or self.cpu_percent >= float(cpu_limit) / 2 or \
+                self.bucket.allowance < quota * BURST_S * 0.99
+            wait = min(wait, THROTTLE_TICK_S if hot else CPU_COOL_S)
         if self.stopped_until:  # continued on time
             wait = min(wait, max(0.002, self.stopped_until - time.monotonic()))
         timeout = self.limits.get("timeout")
