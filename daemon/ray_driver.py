@@ -40,6 +40,7 @@ created on spawner threads. (Adoptions and sweeps still make their short calls t
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -63,7 +64,7 @@ KILL_ACTOR_AFTER_S = 3.0
 #: threads creating actors (:func:`_spawner`): a resume reading a large record holds up one of them
 SPAWNERS = 2
 SPAWNED = "spawned-by-thread"  # the loop's own message from a spawner thread (never sent by the daemon)
-MAX_CLEANING = 1000  # removals of deleted sessions' node directories in flight at once (more are refused: logged)
+MAX_CLEANING = 100  # removals of deleted sessions' node directories in flight at once (the others wait their turn)
 #: how long an adoption waits for a placed actor's describe() before the actor is adopted anyway (answering the
 #: daemon, which waits); it is then waited for as one not placed yet
 ADOPT_TIMEOUT_S = 30.0
@@ -281,6 +282,7 @@ def main() -> None:
             kill_at.setdefault(handle, time.monotonic() + KILL_ACTOR_AFTER_S)
 
     cleaning: dict[Any, dict[str, Any]] = {}  # task ref -> its "clean" request: deleted sessions' node directories
+    to_clean: collections.deque[dict[str, Any]] = collections.deque()  # "clean" requests not started yet
     spawning: dict[int, tuple[str, list[int]]] = {}  # handle -> (actor name, signals held until it is created)
     later: dict[str, list[dict[str, Any]]] = {}  # actor name -> spawns of it waiting for the one being made
     spawns: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -334,20 +336,19 @@ def main() -> None:
             elif op == "sweep":  # the actors being created are watched already
                 _sweep(ray, namespace, set(names.values()) | {name for name, _ in spawning.values()})
             elif op == "clean":  # a deleted session's directory on a node: answered "cleaned" when the task ends
-                try:
-                    if len(cleaning) >= MAX_CLEANING:
-                        raise RuntimeError(f"{MAX_CLEANING} removals already in flight")
-                    ref = _clean(ray, cleaner, msg)
-                except Exception as exc:  # noqa: BLE001 - the directory stays; the daemon logs why
-                    _out({"op": "cleaned", "sid": msg.get("sid"), "node": msg.get("node"),
-                          "workdir": msg.get("workdir"), "outcome": f"not removed: {exc}"[:500]})
-                    continue
-                cleaning[ref] = msg
-                refs[ref] = (0, "clean")
+                to_clean.append(msg)  # started below, MAX_CLEANING at a time (a prune deletes 10,000 at once)
             elif op == "signal" and handle in spawning:
                 spawning[handle][1].append(int(msg["sig"]))
             elif op == "signal" and handle in actors:
                 signalled(handle, int(msg["sig"]))
+        while to_clean and len(cleaning) < MAX_CLEANING:
+            msg = to_clean.popleft()
+            try:
+                cleaning[_clean(ray, cleaner, msg)] = msg
+            except Exception as exc:  # noqa: BLE001 - the directory stays; the daemon logs why
+                _out({"op": "cleaned", "sid": msg.get("sid"), "node": msg.get("node"), "workdir": msg.get("workdir"),
+                      "outcome": f"not removed: {exc}"[:500]})
+        refs.update((ref, (0, "clean")) for ref in cleaning if ref not in refs)
         if not refs:
             continue
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0.05)

@@ -26,6 +26,7 @@ is killed; a periodic sweep kills any actor of this home's namespace that no run
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import time
@@ -53,9 +54,10 @@ SHIP_MAX_BYTES = 1 << 30  # at most this much of a work directory is shipped bac
 #: on the node, out of the daemon's reach: it waits for a daemon that is being restarted rather than exit)
 REMOTE_FLUSH_TIMEOUT_S = 24 * 3600.0
 FORGET_AFTER = 10  # a request unanswered this many spawn timeouts after its session ended is forgotten
+MAX_CLEANS = 100_000  # deleted sessions' node directories waiting for a connected driver (~200 bytes each)
 SWEEP_S = 300.0  # how often the driver kills actors of this home that no running session owns
 DRIVER_ENDED = "the daemon's Ray driver process ended; a new driver adopted the actor"
-NEVER_PLACED = "Ray never placed the session's actor on a node"
+NEVER_PLACED = "Ray had not placed the session's actor on a node"
 
 
 @dataclass
@@ -106,6 +108,7 @@ class RayLauncher:
         self._adopt: dict[int, _Adoption] = {}  # handles to adopt once a driver is connected
         self._kills: dict[int, int] = {}  # handle -> SIGTERM / SIGKILL asked before a driver watched its actor
         self._exits: list[ExitInfo] = []
+        self._cleans: collections.deque[tuple[str, str, str]] = collections.deque()  # node dirs to remove, unsent
         self._notes: list[tuple[Any, ...]] = []
         self._next = 0
         self._req = 0
@@ -217,8 +220,10 @@ class RayLauncher:
             elif op in ("spawned", "adopted"):
                 self._answered(msg)
             elif op == "cleaned":  # a deleted session's directory on its node (the session is gone from the store)
-                self.log.info("a deleted session's directory on its Ray node", session_id=msg.get("sid"),
-                              node=msg.get("node"), workdir=msg.get("workdir"), outcome=str(msg.get("outcome"))[:300])
+                outcome = str(msg.get("outcome"))[:300]
+                (self.log.warning if outcome.startswith("not removed") else self.log.info)(
+                    "a deleted session's directory on its Ray node", session_id=msg.get("sid"), node=msg.get("node"),
+                    workdir=msg.get("workdir"), outcome=outcome)
             elif op == "_ready":  # requests held while it connected are sent now: their time to answer starts now
                 now = time.monotonic()
                 self._requests = {req: (op_, handle, now) for req, (op_, handle, _) in self._requests.items()}
@@ -234,6 +239,7 @@ class RayLauncher:
                 # that hangs for good, the table grew by every start)
                 del self._requests[req]
         self._pump_adoptions()
+        self._send_cleans()
         if self.link.state == "ready" and now - self._swept > SWEEP_S:
             # first once connected (after every session was adopted), then now and then: actors left by sessions
             # that ended (or were deleted, or were killed while the cluster did not answer) are killed
@@ -263,8 +269,8 @@ class RayLauncher:
                     self._end(handle, ExitInfo(handle, None, None,
                                                failed="the Ray driver ended before it created the session's actor"))
                 elif a.unplaced and msg.get("absent"):
-                    self._end(handle, ExitInfo(handle, None, None, failed=NEVER_PLACED + " (the cluster was stopped "
-                                                                                       "or restarted)"))
+                    self._end(handle, ExitInfo(handle, None, None, failed=(
+                        NEVER_PLACED + ", and the cluster no longer has it (stopped or restarted)")))
                 else:
                     self._end(handle, ExitInfo(handle, None, None, str(error)[:500], absent=bool(msg.get("absent"))))
                 return
@@ -287,6 +293,7 @@ class RayLauncher:
         if sid is None:
             return
         self.gateway.revoke(sid)
+        self.gateway.heard.discard(sid)
         self._watched.discard(handle)
         self._placed.discard(handle)
         self._adopt.pop(handle, None)
@@ -327,9 +334,11 @@ class RayLauncher:
                                            failed=f"the Ray cluster at {self.address} does not answer: {error}"))
         self._requests.clear()
         for handle, a in list(self._adopt.items()):
-            if a.spawned or a.unplaced:
+            if (a.spawned or a.unplaced) and self._sid.get(handle) not in self.gateway.heard:
+                # not placed as far as this daemon knows, and its runner never called: a runner that did is alive
+                # (placed meanwhile), and waits for the cluster as a placed one does
                 self._end(handle, ExitInfo(handle, None, None, failed=(
-                    f"{NEVER_PLACED}: the Ray cluster at {self.address} stopped answering: {error}")[:500]))
+                    f"{NEVER_PLACED} when the Ray cluster at {self.address} stopped answering ({error})")[:500]))
         for a in self._adopt.values():
             a.req = None
         for handle, sig in list(self._kills.items()):
@@ -377,13 +386,23 @@ class RayLauncher:
     def clean_nodes(self, placed: list[tuple[str, str, str]]) -> None:
         """Remove deleted sessions' directories on the nodes they ran on (``(session, node id, work dir)``): the
         driver runs a task pinned to each node (:func:`labd.runner.node_cleanup.remove_session_dir`) and reports
-        what became of it. While no driver reaches the cluster they stay, and the log names them."""
-        for sid, node, workdir in placed:
+        what became of it. They wait here until a driver is connected (not in its outbox, which a failed start
+        empties, and which spawns need); past :data:`MAX_CLEANS` waiting, the log names those left on the nodes."""
+        room = MAX_CLEANS - len(self._cleans)
+        for sid, node, workdir in placed[max(0, room):]:
+            self.log.warning("a deleted session's directory on its Ray node is not removed: too many removals wait for "
+                             "the cluster", session_id=sid, node=node, workdir=workdir)
+        self._cleans.extend(placed[:max(0, room)])
+        self._send_cleans()
+
+    def _send_cleans(self) -> None:
+        while self._cleans and self.link.state == "ready":
+            sid, node, workdir = self._cleans[0]
             try:
                 self.link.send({"op": "clean", "sid": sid, "node": node, "workdir": workdir})
             except LaunchError:
-                self.log.warning("a deleted session's directory on its Ray node is not removed: the cluster does not "
-                                 "answer", session_id=sid, node=node, workdir=workdir)
+                return  # the driver died: sent once another one is connected
+            self._cleans.popleft()
 
     def _send_signal(self, handle: int, sig: int) -> bool:
         try:
@@ -409,6 +428,10 @@ class RayLauncher:
         return True
 
     def shutdown(self) -> None:
+        if self._cleans:  # the sessions are gone from the store: no later daemon knows of these directories
+            self.log.warning("deleted sessions' directories on Ray nodes are not removed: the daemon stops before a "
+                             "driver reached the cluster", count=len(self._cleans),
+                             workdirs=[w for _, _, w in list(self._cleans)[:20]])
         self.gateway.settle()
         self.link.kill()
         self.gateway.stop()

@@ -10,9 +10,6 @@ start (:meth:`Retention.sweep` removes session directories that have no session 
 
 from __future__ import annotations
 
-import os
-import shutil
-import stat
 import threading
 import time
 from collections.abc import Callable, Container
@@ -21,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from labd.runner.trees import remove_tree
 from labd.store.retention import prune_candidates
 
 __all__ = ["Retention", "remove_tree"]
@@ -75,38 +73,3 @@ class Retention:
         if ids:
             self.log.info("retention policy: pruning sessions", count=len(ids), older_than_s=self.older_than)
             self.request_delete(ids)
-
-
-def remove_tree(path: Path) -> list[str]:
-    """Remove the directory tree ``path``, also where a session's code made parts of it read-only (a Go module
-    cache, ``chmod -R a-w results``: ``rmtree`` alone leaves those behind for a daemon that is not root). Never
-    follows a symbolic link. Returns what could not be removed (``"path: reason"``), empty when all is gone."""
-    shutil.rmtree(path, ignore_errors=True)
-    if not os.path.lexists(path):
-        return []
-    _unlock_dirs(path)  # the owner may always give itself back the rights to empty its own directories
-    left: list[str] = []
-    shutil.rmtree(path, onerror=lambda _func, where, exc: left.append(f"{where}: {exc[1]}"))
-    return left
-
-
-def _unlock_dirs(top: Path) -> None:
-    """Give the owner read, write and search rights on every directory under ``top`` (top-down, so each is
-    listable once its parent is), through file descriptors opened without following a symbolic link."""
-    stack = [os.fspath(top)]
-    while stack:
-        where = stack.pop()
-        try:
-            fd = os.open(where, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:  # gone, not a directory, or a symbolic link put in its place: not ours to change
-            continue
-        try:
-            mode = os.fstat(fd).st_mode
-            if mode & stat.S_IRWXU != stat.S_IRWXU:
-                os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(mode) | stat.S_IRWXU)  # the directory fd names
-            with os.scandir(f"/proc/self/fd/{fd}") as entries:
-                stack.extend(os.path.join(where, e.name) for e in entries if e.is_dir(follow_symlinks=False))
-        except OSError:
-            pass  # not the daemon's to change (another owner): rmtree reports what stays
-        finally:
-            os.close(fd)

@@ -100,6 +100,9 @@ class RunnerGateway(threading.Thread):
         self.error: BaseException | None = None
         self.endpoint = ""  # the bound address, with the real port when listen asked for port 0
         self.refused = 0  # messages dropped because their routing id names another session
+        #: sessions whose runner has called through this gateway (a set the launcher reads and prunes; one add per
+        #: session, from the gateway's thread)
+        self.heard: set[str] = set()
         self._halt = threading.Event()
         self._ctx = zmq.Context()
         #: the daemon passed its memory ceiling: drop every remote runner's connection (daemon/inbound.py); they
@@ -250,3 +253,5 @@ class RunnerGateway(threading.Thread):
             self.refused += 1  # a key issued for another session (or revoked): not passed on
             return
         relays.send(ident, [f.bytes for f in frames[1:]])
+        if sid not in self.heard:
+            self.heard.add(sid)

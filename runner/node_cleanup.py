@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
 from pathlib import Path
+
+from labd.runner.trees import remove_tree
 
 __all__ = ["remove_session_dir"]
 
@@ -41,21 +42,7 @@ def remove_session_dir(workdir: str, sid: str) -> str:
         raise ValueError(f"{session_dir} is not a directory")
     if st.st_uid != os.getuid():
         raise ValueError(f"{session_dir} belongs to uid {st.st_uid}, not this user")
-    errors: list[str] = []
-
-    def again(func: object, path: str, _exc: object) -> None:
-        # a directory the session made read-only (chmod -R a-w) holds its entries: make it writable, try once more
-        try:
-            os.chmod(os.path.dirname(path), 0o700)
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.chmod(path, 0o700)
-                shutil.rmtree(path)
-            else:
-                os.unlink(path)
-        except OSError as exc:
-            errors.append(f"{path}: {exc.strerror}")
-
-    shutil.rmtree(session_dir, onerror=again)  # never follows a symlink inside
-    if errors:
-        raise OSError(f"{len(errors)} entries of {session_dir} not removed: {'; '.join(errors[:3])}")
+    left = remove_tree(session_dir)  # never follows a symlink; read-only parts made writable first
+    if left:
+        raise OSError(f"{len(left)} entries of {session_dir} not removed: {'; '.join(left[:3])}")
     return "removed"

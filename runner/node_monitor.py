@@ -91,6 +91,7 @@ class NodeMonitor(threading.Thread):
         """Signal the runner's group and every member of its tree (members may have left the group: setsid),
         continued first (one stopped by the CPU limit would hold a SIGTERM until then)."""
         self._signal_tree(sig, cont=True)
+        self.stopped_until = 0.0  # continued: its samples no longer say throttled
 
     def _signal_tree(self, sig: int, cont: bool = False, members: list[psutil.Process] | None = None) -> None:
         """``sig`` to the runner's group and to each of ``members`` (the tree read now if None). A throttle's

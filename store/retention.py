@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, or_, select
 
 from labd.ipc.events import TERMINAL_STATUSES
 from labd.store.schema import blob_refs, blobs, events, metadata, sessions
@@ -57,13 +57,14 @@ def delete_sessions(conn: Connection, ids: Iterable[str]) -> dict[str, int]:
 
 def node_dirs(conn: Connection, ids: Iterable[str]) -> list[tuple[str, str, str]]:
     """``(session, node id, work directory)`` of every placement (``session.placed``) of the sessions of ``ids`` that
-    ran on a remote launcher (``pid`` 0): read before they are deleted, so that their directories on the nodes can be
-    removed too. Reads each such session's events (their deletion reads them all anyway)."""
+    ran on a remote launcher (``pid`` 0; or none, as a session resumed whose new run never launched has: its earlier
+    runs may have been placed): read before they are deleted, so that their directories on the nodes can be removed
+    too. Reads each such session's events (their deletion reads them all anyway)."""
     ids = list(ids)
     remote: list[str] = []
     for start in range(0, len(ids), 500):
         remote.extend(r[0] for r in conn.execute(select(sessions.c.id).where(
-            sessions.c.id.in_(ids[start:start + 500]), sessions.c.pid == 0)))
+            sessions.c.id.in_(ids[start:start + 500]), or_(sessions.c.pid == 0, sessions.c.pid.is_(None)))))
     found: dict[tuple[str, str, str], None] = {}
     for start in range(0, len(remote), 500):
         for sid, payload in conn.execute(select(events.c.session_id, events.c.payload).where(

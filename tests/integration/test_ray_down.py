@@ -54,7 +54,7 @@ def test_sessions_not_placed_fail_when_the_cluster_goes_away_and_placed_ones_wai
         isolated_env: Path, head: tuple[RayNode, dict[str, Any]]) -> None:
     """Two sessions each ask for the cluster's one ``slot``: Ray places the first, the second waits in Ray's queue.
     The cluster is stopped. Once the daemon's driver has ended and a new one cannot connect, the second session
-    ends ``failed``, saying Ray never placed it and that the cluster stopped answering (a ``labd wait`` of it
+    ends ``failed``, saying Ray had not placed it and that the cluster stopped answering (a ``labd wait`` of it
     returns, as would a ``labd run --wait``); the first, placed, is still waited for (``running``), and
     ``labd kill`` ends it at once."""
     node, cluster = head
@@ -84,7 +84,7 @@ def test_sessions_not_placed_fail_when_the_cluster_goes_away_and_placed_ones_wai
                                            interval=0.2, what="the unplaced session ended")
             assert s["status"] == "failed", s
             reason = str(s.get("reason"))
-            assert "Ray never placed the session's actor" in reason and "stopped answering" in reason, s
+            assert "Ray had not placed the session's actor" in reason and "stopped answering" in reason, s
             assert address in reason, s
             assert not list(c.history(waiting, kinds=["session.placed"]))
             out, err = waiter.communicate(timeout=30)
