@@ -396,7 +396,11 @@ class RayLauncher:
         self._send_cleans()
 
     def _send_cleans(self) -> None:
-        while self._cleans and self.link.state == "ready":
+        """Send up to 1,000 waiting removals (a write to the driver's stdin blocks while it reads, and a prune may ask
+        for 10,000 at once: the main loop is not held up by them), the rest on the next pumps."""
+        for _ in range(1000):
+            if not self._cleans or self.link.state != "ready":
+                return
             sid, node, workdir = self._cleans[0]
             try:
                 self.link.send({"op": "clean", "sid": sid, "node": node, "workdir": workdir})
