@@ -23,19 +23,34 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 from zmq.utils import z85
 
 __all__ = ["actor_name", "namespace", "session_keypair", "remembered_ports", "remember_ports", "PORT_FILE", "MAX_PORTS",
-           "WAITING"]
+           "WAITING", "Adoption"]
 
 PORT_FILE = "ray-runner-port"
 
 #: an actor in one of these states (Ray's actor table) exists and is not placed (yet): Ray places it when a node has
 #: room (the driver reads the state, :func:`labd.daemon.ray_pending.actor_state`; the launcher is told it)
 WAITING = ("DEPENDENCIES_UNREADY", "PENDING_CREATION", "RESTARTING")
+
+
+@dataclass
+class Adoption:
+    """A session whose actor the Ray launcher's driver is to take back (at the daemon's start, or after its driver
+    ended): :class:`labd.daemon.ray_launcher.RayLauncher`'s bookkeeping of it."""
+
+    why: str | None = None  # said in its session.adopted (None at the daemon's start)
+    unrecorded: bool = False  # the last daemon died before recording its launch: session.launched comes first
+    spawned: bool = False  # its spawn was in flight when the driver ended: no actor means it never started
+    #: Ray had not placed its actor when the driver ended (this daemon watched it waiting): no actor means it never
+    #: ran, and while the cluster does not answer it is not waited for (False: placed, or not known at a start)
+    unplaced: bool = False
+    req: int | None = None  # the request sent (or held while the driver connects); None: not yet
 
 
 def actor_name(sid: str) -> str:

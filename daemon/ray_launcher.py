@@ -26,11 +26,9 @@ is killed; a periodic sweep kills any actor of this home's namespace that no run
 
 from __future__ import annotations
 
-import collections
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,8 @@ import structlog
 from labd.daemon import ray_adopt
 from labd.daemon.launch_routing import NO_RAY
 from labd.daemon.launcher import ExitInfo, LaunchError
+from labd.daemon.ray_adopt import Adoption
+from labd.daemon.ray_cleanup import NodeCleanups
 from labd.daemon.ray_endpoint import home_host
 from labd.daemon.ray_link import DriverLink
 from labd.daemon.ray_placement import PlacementError, placement_from, ray_options
@@ -54,23 +54,9 @@ SHIP_MAX_BYTES = 1 << 30  # at most this much of a work directory is shipped bac
 #: on the node, out of the daemon's reach: it waits for a daemon that is being restarted rather than exit)
 REMOTE_FLUSH_TIMEOUT_S = 24 * 3600.0
 FORGET_AFTER = 10  # a request unanswered this many spawn timeouts after its session ended is forgotten
-MAX_CLEANS = 100_000  # deleted sessions' node directories waiting for a connected driver (~200 bytes each)
 SWEEP_S = 300.0  # how often the driver kills actors of this home that no running session owns
 DRIVER_ENDED = "the daemon's Ray driver process ended; a new driver adopted the actor"
 NEVER_PLACED = "Ray had not placed the session's actor on a node"
-
-
-@dataclass
-class _Adoption:
-    """A session whose actor a driver is to take back (at the daemon's start, or after its driver ended)."""
-
-    why: str | None = None  # said in its session.adopted (None at the daemon's start)
-    unrecorded: bool = False  # the last daemon died before recording its launch: session.launched comes first
-    spawned: bool = False  # its spawn was in flight when the driver ended: no actor means it never started
-    #: Ray had not placed its actor when the driver ended (this daemon watched it waiting): no actor means it never
-    #: ran, and while the cluster does not answer it is not waited for (False: placed, or not known at a start)
-    unplaced: bool = False
-    req: int | None = None  # the request sent (or held while the driver connects); None: not yet
 
 
 class RayLauncher:
@@ -100,15 +86,15 @@ class RayLauncher:
         self.log = structlog.get_logger("labd.ray")
         self.link = DriverLink(self.address, self.namespace, dict(os.environ if env is None else env),
                                self._timeout, self.log)
+        self.cleanups = NodeCleanups(self.log)  # deleted sessions' node directories, until a driver takes them
         self._swept = 0.0
         self._sid: dict[int, str] = {}  # every session this launcher answers for, by handle
         self._watched: set[int] = set()  # those the connected driver watches
         self._placed: set[int] = set()  # those whose actor Ray placed (their runner started on a node)
         self._requests: dict[int, tuple[str, int, float]] = {}  # req -> (op, handle, when sent): not answered yet
-        self._adopt: dict[int, _Adoption] = {}  # handles to adopt once a driver is connected
+        self._adopt: dict[int, Adoption] = {}  # handles to adopt once a driver is connected
         self._kills: dict[int, int] = {}  # handle -> SIGTERM / SIGKILL asked before a driver watched its actor
         self._exits: list[ExitInfo] = []
-        self._cleans: collections.deque[tuple[str, str, str]] = collections.deque()  # node dirs to remove, unsent
         self._notes: list[tuple[Any, ...]] = []
         self._next = 0
         self._req = 0
@@ -190,7 +176,7 @@ class RayLauncher:
         handle = self._next
         self.gateway.readmit(sid)  # its runner reconnects with the key derived for it
         self._sid[handle] = sid
-        self._adopt[handle] = _Adoption(unrecorded=unrecorded)
+        self._adopt[handle] = Adoption(unrecorded=unrecorded)
         self._pump_adoptions()
         return handle
 
@@ -220,10 +206,7 @@ class RayLauncher:
             elif op in ("spawned", "adopted"):
                 self._answered(msg)
             elif op == "cleaned":  # a deleted session's directory on its node (the session is gone from the store)
-                outcome = str(msg.get("outcome"))[:300]
-                (self.log.warning if outcome.startswith("not removed") else self.log.info)(
-                    "a deleted session's directory on its Ray node", session_id=msg.get("sid"), node=msg.get("node"),
-                    workdir=msg.get("workdir"), outcome=outcome)
+                self.cleanups.report(msg)
             elif op == "_ready":  # requests held while it connected are sent now: their time to answer starts now
                 now = time.monotonic()
                 self._requests = {req: (op_, handle, now) for req, (op_, handle, _) in self._requests.items()}
@@ -239,7 +222,7 @@ class RayLauncher:
                 # that hangs for good, the table grew by every start)
                 del self._requests[req]
         self._pump_adoptions()
-        self._send_cleans()
+        self.cleanups.send(self.link)
         if self.link.state == "ready" and now - self._swept > SWEEP_S:
             # first once connected (after every session was adopted), then now and then: actors left by sessions
             # that ended (or were deleted, or were killed while the cluster did not answer) are killed
@@ -263,7 +246,7 @@ class RayLauncher:
                 self._end(handle, ExitInfo(handle, None, None, failed=str(error)[:500]))
                 return
         else:
-            a = self._adopt.pop(handle, _Adoption())
+            a = self._adopt.pop(handle, Adoption())
             if error:
                 if a.spawned and msg.get("absent"):
                     self._end(handle, ExitInfo(handle, None, None,
@@ -350,10 +333,10 @@ class RayLauncher:
         cluster does not answer); only a session whose actor is gone is lost, with the reason."""
         moved = sorted(self._watched) + [h for op, h, _ in self._requests.values() if op == "spawn"]
         for handle in self._watched:
-            self._adopt[handle] = _Adoption(why=DRIVER_ENDED, unplaced=handle not in self._placed)
+            self._adopt[handle] = Adoption(why=DRIVER_ENDED, unplaced=handle not in self._placed)
         for op, handle, _ in self._requests.values():
             if op == "spawn" and handle in self._sid:
-                self._adopt[handle] = _Adoption(why=DRIVER_ENDED, spawned=True)
+                self._adopt[handle] = Adoption(why=DRIVER_ENDED, spawned=True)
         for a in self._adopt.values():
             a.req = None
         self._watched.clear()
@@ -386,27 +369,9 @@ class RayLauncher:
     def clean_nodes(self, placed: list[tuple[str, str, str]]) -> None:
         """Remove deleted sessions' directories on the nodes they ran on (``(session, node id, work dir)``): the
         driver runs a task pinned to each node (:func:`labd.runner.node_cleanup.remove_session_dir`) and reports
-        what became of it. They wait here until a driver is connected (not in its outbox, which a failed start
-        empties, and which spawns need); past :data:`MAX_CLEANS` waiting, the log names those left on the nodes."""
-        room = MAX_CLEANS - len(self._cleans)
-        for sid, node, workdir in placed[max(0, room):]:
-            self.log.warning("a deleted session's directory on its Ray node is not removed: too many removals wait for "
-                             "the cluster", session_id=sid, node=node, workdir=workdir)
-        self._cleans.extend(placed[:max(0, room)])
-        self._send_cleans()
-
-    def _send_cleans(self) -> None:
-        """Send up to 1,000 waiting removals (a write to the driver's stdin blocks while it reads, and a prune may ask
-        for 10,000 at once: the main loop is not held up by them), the rest on the next pumps."""
-        for _ in range(1000):
-            if not self._cleans or self.link.state != "ready":
-                return
-            sid, node, workdir = self._cleans[0]
-            try:
-                self.link.send({"op": "clean", "sid": sid, "node": node, "workdir": workdir})
-            except LaunchError:
-                return  # the driver died: sent once another one is connected
-            self._cleans.popleft()
+        what became of it; they wait until a driver is connected (:mod:`labd.daemon.ray_cleanup`)."""
+        self.cleanups.add(placed)
+        self.cleanups.send(self.link)
 
     def _send_signal(self, handle: int, sig: int) -> bool:
         try:
@@ -432,10 +397,7 @@ class RayLauncher:
         return True
 
     def shutdown(self) -> None:
-        if self._cleans:  # the sessions are gone from the store: no later daemon knows of these directories
-            self.log.warning("deleted sessions' directories on Ray nodes are not removed: the daemon stops before a "
-                             "driver reached the cluster", count=len(self._cleans),
-                             workdirs=[w for _, _, w in list(self._cleans)[:20]])
+        self.cleanups.abandon()
         self.gateway.settle()
         self.link.kill()
         self.gateway.stop()

@@ -9,7 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from labd.daemon.ray_launcher import RayLauncher, _Adoption
+from labd.daemon.ray_adopt import Adoption
+from labd.daemon.ray_launcher import RayLauncher
 from tests.conftest import wait_until
 
 RECORDER = """
@@ -43,14 +44,14 @@ def test_removals_wait_for_a_connected_driver_then_go_in_order(tmp_path: Path) -
     ray = _launcher(tmp_path)
     placed = [("0123456789ab", "node-a", "/n/0123456789ab/work"), ("ba9876543210", "node-b", "/n/ba9876543210/work")]
     ray.clean_nodes(placed)
-    assert len(ray._cleans) == 2 and not _received(tmp_path)
+    assert len(ray.cleanups.waiting) == 2 and not _received(tmp_path)
     ray.start()
     try:
         wait_until(lambda: (ray.drain_exits(), len(_received(tmp_path)) == 2)[1], timeout=30, interval=0.05,
                    what="the removals sent to the connected driver")
         assert [(m["op"], m["sid"], m["node"], m["workdir"]) for m in _received(tmp_path)] == \
             [("clean", *p) for p in placed]
-        assert not ray._cleans
+        assert not ray.cleanups.waiting
     finally:
         ray.shutdown()
 
@@ -62,9 +63,9 @@ def test_when_the_cluster_stops_answering_only_unplaced_sessions_never_heard_fro
     ray = _launcher(tmp_path)
     for handle, sid in ((-1, "aaaaaaaaaaaa"), (-2, "bbbbbbbbbbbb"), (-3, "cccccccccccc")):
         ray._sid[handle] = sid
-    ray._adopt[-1] = _Adoption(why="driver ended", unplaced=False)
-    ray._adopt[-2] = _Adoption(why="driver ended", unplaced=True)
-    ray._adopt[-3] = _Adoption(why="driver ended", unplaced=True)
+    ray._adopt[-1] = Adoption(why="driver ended", unplaced=False)
+    ray._adopt[-2] = Adoption(why="driver ended", unplaced=True)
+    ray._adopt[-3] = Adoption(why="driver ended", unplaced=True)
     ray.gateway.heard.add("cccccccccccc")
     ray._driver_failed("the Ray driver did not connect within 60 s")
     [info] = ray._exits
