@@ -344,11 +344,12 @@ def main() -> None:
         while to_clean and len(cleaning) < MAX_CLEANING:
             msg = to_clean.popleft()
             try:
-                cleaning[_clean(ray, cleaner, msg)] = msg
+                ref = _clean(ray, cleaner, msg)
             except Exception as exc:  # noqa: BLE001 - the directory stays; the daemon logs why
                 _out({"op": "cleaned", "sid": msg.get("sid"), "node": msg.get("node"), "workdir": msg.get("workdir"),
                       "outcome": f"not removed: {exc}"[:500]})
-        refs.update((ref, (0, "clean")) for ref in cleaning if ref not in refs)
+                continue
+            cleaning[ref], refs[ref] = msg, (0, "clean")
         if not refs:
             continue
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0.05)

@@ -16,13 +16,14 @@ import os
 import socket
 from pathlib import Path
 
-__all__ = ["home_host", "head_host"]
+__all__ = ["home_host", "head_host", "is_loopback"]
 
 #: where ``ray start --head`` records the local cluster's address, which ``address = "auto"`` connects to
 CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")
 
 
-def _loopback(ip: str) -> bool:
+def is_loopback(ip: str) -> bool:
+    """Whether ``ip`` is a loopback address (False for anything that is not an address)."""
     try:
         return ipaddress.ip_address(ip).is_loopback
     except ValueError:
@@ -51,7 +52,7 @@ def home_host(address: str, environ: dict[str, str] | None = None, current: Path
     loopback one, else the local address of the route to the cluster's head (still loopback for a head on a loopback
     address, or when the head cannot be resolved or routed to)."""
     own = socket.gethostbyname(socket.gethostname())
-    if not _loopback(own):
+    if not is_loopback(own):
         return own
     head = head_host(address, environ, current)
     if head is None:
@@ -59,11 +60,11 @@ def home_host(address: str, environ: dict[str, str] | None = None, current: Path
     try:
         infos = socket.getaddrinfo(head, 9, socket.AF_INET, socket.SOCK_DGRAM)
         target = str(infos[0][4][0])
-        if _loopback(target):
+        if is_loopback(target):
             return own
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect((target, 9))  # a route chosen, nothing sent
             found = str(s.getsockname()[0])
     except (OSError, IndexError):
         return own
-    return own if _loopback(found) or found == "0.0.0.0" else found
+    return own if is_loopback(found) or found == "0.0.0.0" else found

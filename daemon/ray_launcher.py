@@ -39,7 +39,7 @@ from labd.daemon.launch_routing import NO_RAY
 from labd.daemon.launcher import ExitInfo, LaunchError
 from labd.daemon.ray_adopt import Adoption
 from labd.daemon.ray_cleanup import NodeCleanups
-from labd.daemon.ray_endpoint import home_host
+from labd.daemon.ray_endpoint import home_host, is_loopback
 from labd.daemon.ray_link import DriverLink
 from labd.daemon.ray_placement import PlacementError, placement_from, ray_options
 from labd.daemon.runner_gateway import RunnerGateway
@@ -112,7 +112,7 @@ class RayLauncher:
             host = str(self.advertise)
         elif host in ("0.0.0.0", "*", ""):
             host = home_host(self.address)
-            if host.startswith("127."):
+            if is_loopback(host):
                 self.log.warning("remote runners are told to call this host at a loopback address: runners on other "
                                  "hosts cannot; set [launcher] advertise", host=host, address=self.address)
         self.endpoint = f"tcp://{host}:{port}"

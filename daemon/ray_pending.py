@@ -8,8 +8,9 @@ and the runner starts in the constructor (:class:`SelfStartingActor`): whenever 
 runs, whichever driver watches it (or none: it is adopted by the next daemon, its runner reconnecting as any).
 
 The driver's side: :func:`actor_state` reads an actor's state from the GCS actor table, so that an adopted actor
-in one of :data:`WAITING` is waited for without a deadline. The public state API (``ray.util.state``) is not used:
-it asks the dashboard, which a cluster may run without (the tests' does) and ``pip install ray`` does not bring.
+in one of :data:`labd.daemon.ray_adopt.WAITING` is waited for without a deadline. The public state API
+(``ray.util.state``) is not used: it asks the dashboard, which a cluster may run without (the tests' does) and
+``pip install ray`` does not bring.
 
 This module is imported by the driver and, for the actor class, by Ray's workers on the nodes; never by the daemon.
 """
@@ -18,10 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from labd.daemon.ray_adopt import WAITING
 from labd.runner.ray_actor import SessionActor
 
-__all__ = ["SelfStartingActor", "WAITING", "actor_state"]
+__all__ = ["SelfStartingActor", "actor_state"]
 
 
 class SelfStartingActor(SessionActor):

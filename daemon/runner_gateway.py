@@ -253,5 +253,4 @@ class RunnerGateway(threading.Thread):
             self.refused += 1  # a key issued for another session (or revoked): not passed on
             return
         relays.send(ident, [f.bytes for f in frames[1:]])
-        if sid not in self.heard:
-            self.heard.add(sid)
+        self.heard.add(sid)

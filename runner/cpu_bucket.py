@@ -22,6 +22,11 @@ class CpuBucket:
     t_total: float = 0.0  # the tree's CPU seconds at the last reading (0: none yet)
     t_at: float = 0.0  # when that reading was taken (monotonic seconds)
 
+    def rested(self, quota: float) -> bool:
+        """Whether the bucket is full: the tree used (almost) nothing beyond what it earned lately. A tree that used
+        CPU since, or is stopped paying a debt, is not (nor one just continued: its last reading shows the stop)."""
+        return self.allowance >= quota * BURST_S * 0.99
+
     def charge(self, total: float, now: float, quota: float) -> float:
         """Take a reading (``total`` CPU seconds of the tree at ``now``; ``quota``: cores it may use); returns how many
         seconds to stop it for (0: it may run on). The first reading only starts the count."""

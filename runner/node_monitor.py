@@ -10,10 +10,10 @@ payload formats as the local monitor's; the launcher collects them and the daemo
 while the session has a memory or process limit to enforce (else every ``record_interval``), and a periodic
 sample is noted only when a figure moved or 30 s passed (:func:`labd.ipc.samples.worth_recording`).
 A CPU limit (``--cpu``/``--cpus``: also the actor's Ray resource request, which only places it) is enforced as the
-daemon's monitor does for a local runner: the tree is sampled every :data:`THROTTLE_TICK_S` while it uses near its
-quota (every :data:`CPU_COOL_S` while well under it) and stopped (SIGSTOP) while it has used more than its quota
-earned (:class:`labd.runner.cpu_bucket.CpuBucket`), then continued. Until
-2026-12-07 it was only a reservation on a node, though ``labd show`` listed it as a limit (a Ray review).
+daemon's monitor does for a local runner: the tree is sampled every :data:`THROTTLE_TICK_S` while it uses CPU
+(every :data:`CPU_COOL_S` while it uses next to nothing) and stopped (SIGSTOP) while it has used more than its quota
+earned (:class:`labd.runner.cpu_bucket.CpuBucket`), then continued. Until 2026-12-07 it was only a reservation on
+a node, though ``labd show`` listed it as a limit (a Ray review).
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from typing import Any
 import psutil
 
 from labd.ipc.samples import Figures, worth_recording
-from labd.runner.cpu_bucket import BURST_S, CpuBucket
+from labd.runner.cpu_bucket import CpuBucket
 
 __all__ = ["NodeMonitor", "THROTTLE_TICK_S"]
 
 #: the sampling period while a CPU limit is enforced (the daemon's monitor reads one process table for all its
 #: sessions every 20 ms; a node monitor walks its tree with psutil: 50 ms)
 THROTTLE_TICK_S = 0.05
-#: the period while a CPU-limited tree uses less than half its quota (an idle session: 4 passes a second, not 20)
+#: the period while a CPU-limited tree uses next to nothing (its bucket full: an idle session; 4 passes a second)
 CPU_COOL_S = 0.25
 
 
@@ -63,7 +63,6 @@ class NodeMonitor(threading.Thread):
         self._breached = self._timed_out = False
         self._cpu: dict[int, tuple[float, float]] = {}
         self.cpu_seconds = 0.0  # the tree's CPU time at the last sample (its members then)
-        self.cpu_percent = 0.0  # the tree's CPU use between the last two samples (% of one core)
         self._members: list[psutil.Process] = []  # the tree at the last sample
         self.bucket = CpuBucket()
         self.stopped_until = 0.0  # monotonic time until which the tree is stopped for its CPU limit (0: running)
@@ -142,7 +141,7 @@ class NodeMonitor(threading.Thread):
                 cpu += (total - prev[0]) / (now - prev[1]) * 100.0
             seen[p.pid] = (total, now)
         self._cpu, self._members = seen, members
-        self.cpu_seconds, self.cpu_percent = seconds, cpu
+        self.cpu_seconds = seconds
         self.peak_rss = max(self.peak_rss, int(rss))
         self.peak_cpu = max(self.peak_cpu, cpu)
         return {"rss": int(rss), "rss_sum": int(rss), "cpu_percent": round(cpu, 1), "num_procs": len(members),
@@ -169,13 +168,10 @@ class NodeMonitor(threading.Thread):
         wait = self.interval
         cpu_limit = self.limits.get("cpu")
         if cpu_limit is not None and not self.fixed:
-            # a tree using near its quota, stopped for it, or whose bucket is not full (it used CPU lately: a tree
-            # just continued reads 0 % for the time it was stopped) is read every 50 ms; an idle one four times a
-            # second: a tree that turns busy runs up to that long before its first stop, and pays it back after
-            quota = float(cpu_limit) / 100.0
-            hot = self.stopped_until or self.cpu_percent >= float(cpu_limit) / 2 or \
-                self.bucket.allowance < quota * BURST_S * 0.99
-            wait = min(wait, THROTTLE_TICK_S if hot else CPU_COOL_S)
+            # a tree that used CPU lately (or is stopped for it) is read every 50 ms; an idle one four times a second:
+            # a tree that turns busy runs up to that long before its first stop, and pays it back after
+            rested = self.bucket.rested(float(cpu_limit) / 100.0)
+            wait = min(wait, CPU_COOL_S if rested else THROTTLE_TICK_S)
         if self.stopped_until:  # continued on time
             wait = min(wait, max(0.002, self.stopped_until - time.monotonic()))
         timeout = self.limits.get("timeout")
