@@ -55,8 +55,9 @@ def test_sessions_not_placed_fail_when_the_cluster_goes_away_and_placed_ones_wai
     """Two sessions each ask for the cluster's one ``slot``: Ray places the first, the second waits in Ray's queue.
     The cluster is stopped. Once the daemon's driver has ended and a new one cannot connect, the second session
     ends ``failed``, saying Ray had not placed it and that the cluster stopped answering (a ``labd wait`` of it
-    returns, as would a ``labd run --wait``); the first, placed, is still waited for (``running``), and
-    ``labd kill`` ends it at once."""
+    returns, as would a ``labd run --wait``); the first, placed, is never failed as unplaced: it is still waited for
+    (``running``; ``labd kill`` ends it at once), or ``lost`` with Ray's account when the driver saw its actor die
+    with the head first (a busy box: CI saw it)."""
     node, cluster = head
     address = cluster["address"]
     home = isolated_env
@@ -89,10 +90,15 @@ def test_sessions_not_placed_fail_when_the_cluster_goes_away_and_placed_ones_wai
             assert not list(c.history(waiting, kinds=["session.placed"]))
             out, err = waiter.communicate(timeout=30)
             assert waiter.returncode != 0 and "failed" in (out + err), (out, err)
-            assert c.session(placed)["status"] == "running"  # placed: waited for, not failed
-            kill = subprocess.run([sys.executable, "-m", "labd", "--home", str(home), "kill", placed],
-                                  capture_output=True, text=True, timeout=60)
-            assert kill.returncode == 0, kill.stderr
-            wait_until(lambda: c.session(placed)["status"] in ENDED, timeout=30, interval=0.1, what="killed")
+            # placed: never failed as unplaced. It waits for the cluster (``running``), unless the driver saw its actor
+            # die with the head before the driver itself lost the cluster (a busy box): then ``lost``, Ray's account
+            first = c.session(placed)
+            assert first["status"] in ("running", "lost"), first
+            assert "had not placed" not in str(first.get("reason")), first
+            if first["status"] == "running":
+                kill = subprocess.run([sys.executable, "-m", "labd", "--home", str(home), "kill", placed],
+                                      capture_output=True, text=True, timeout=60)
+                assert kill.returncode == 0, kill.stderr
+                wait_until(lambda: c.session(placed)["status"] in ENDED, timeout=30, interval=0.1, what="killed")
     finally:
         daemon.stop()
